@@ -1,0 +1,1 @@
+"""Benchmarks: throughput and latency percentiles, beside a peer measured in the same run."""

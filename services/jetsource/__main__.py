@@ -1,0 +1,3 @@
+from jetsource.cli import main
+
+main()

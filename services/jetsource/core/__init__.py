@@ -1,0 +1,1 @@
+"""Domain-neutral engine pieces: settings, envelope, codec, ids, errors."""

@@ -1,0 +1,152 @@
+"""Settings shared by every jetsource process.
+
+Environment variables use the prefix ``JETSOURCE_`` and ``__`` between nested
+names (``JETSOURCE_NATS__URL``). Secrets can also come from files named the same
+way in lower case (``jetsource_nats__password``) inside ``JETSOURCE_SECRETS_DIR``
+(default ``/run/secrets/jetsource`` when it exists), which is how Kubernetes
+mounts a Secret. Each service subclasses :class:`JetsourceSettings`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Self
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    NestedSecretsSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+DEFAULT_SECRETS_DIR = Path("/run/secrets/jetsource")
+
+
+class TlsSettings(BaseModel):
+    """Client TLS. ``enabled`` with no files means "verify against system CAs"."""
+
+    enabled: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    verify_hostname: bool = True
+
+    @property
+    def active(self) -> bool:
+        return self.enabled or self.ca_file is not None or self.cert_file is not None
+
+
+class NatsSettings(BaseModel):
+    """NATS connection. ``url`` unset means the local devstack server."""
+
+    url: str | None = None
+    user: str | None = None
+    password: SecretStr | None = None
+    token: SecretStr | None = None
+    creds_file: Path | None = None
+    nkey_seed_file: Path | None = None
+    tls: TlsSettings = TlsSettings()
+    connect_timeout_s: float = 5.0
+    name: str | None = None
+
+
+class ValkeySettings(BaseModel):
+    """Valkey connection. ``url`` unset means the local devstack server."""
+
+    url: str | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: TlsSettings = TlsSettings()
+    socket_timeout_s: float = 5.0
+
+
+class GraphSettings(BaseModel):
+    """Graph store reached over Bolt (Neo4j 5, or ArcadeDB's Bolt plugin locally).
+
+    ``uri`` unset means the local devstack server.
+    """
+
+    uri: str | None = None
+    user: str = "neo4j"
+    password: SecretStr | None = None
+    database: str = "jetsource"
+    tls: TlsSettings = TlsSettings()
+    connection_timeout_s: float = 10.0
+
+
+class DevstackSettings(BaseModel):
+    """Where and how `jetsource infra up` runs the embedded servers."""
+
+    home: Path = Path(".jetsource")
+    host: str = "127.0.0.1"
+    nats_port: int = 4222
+    nats_monitor_port: int = 8222
+    # JetStream fsync policy: None keeps the server default (2m); "always" fsyncs every write.
+    nats_sync_interval: str | None = None
+    valkey_port: int = 6379
+    graph_http_port: int = 2480
+    graph_bolt_port: int = 7687
+    graph_password: SecretStr = SecretStr("jetsource-dev")
+    graph_heap: str = "512m"
+    ready_timeout_s: float = 60.0
+
+
+class JetsourceSettings(BaseSettings):
+    """Base settings: endpoints and credentials every service needs."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="JETSOURCE_",
+        env_nested_delimiter="__",
+        secrets_nested_delimiter="__",
+        extra="ignore",
+    )
+
+    nats: NatsSettings = NatsSettings()
+    valkey: ValkeySettings = ValkeySettings()
+    graph: GraphSettings = GraphSettings()
+    devstack: DevstackSettings = DevstackSettings()
+    log_level: str = Field(default="INFO")
+    log_json: bool = True
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            dotenv_settings,
+            NestedSecretsSettingsSource(file_secret_settings),
+        )
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Self:
+        """Read settings from the environment and the secrets directory, if any."""
+        secrets = os.environ.get("JETSOURCE_SECRETS_DIR")
+        secrets_dir = Path(secrets) if secrets else DEFAULT_SECRETS_DIR
+        if secrets_dir.is_dir():
+            overrides.setdefault("_secrets_dir", secrets_dir)
+        return cls(**overrides)
+
+    # Effective endpoints: an external URL when set, else the local devstack server.
+    def nats_url(self) -> str:
+        return self.nats.url or f"nats://{self.devstack.host}:{self.devstack.nats_port}"
+
+    def valkey_url(self) -> str:
+        return self.valkey.url or f"redis://{self.devstack.host}:{self.devstack.valkey_port}/0"
+
+    def graph_uri(self) -> str:
+        return self.graph.uri or f"bolt://{self.devstack.host}:{self.devstack.graph_bolt_port}"
+
+    def graph_auth(self) -> tuple[str, str]:
+        if self.graph.uri is None:
+            return ("root", self.devstack.graph_password.get_secret_value())
+        password = self.graph.password.get_secret_value() if self.graph.password else ""
+        return (self.graph.user, password)

@@ -1,0 +1,1 @@
+"""Local infrastructure on embedded servers from Python wheels (no Docker needed)."""

