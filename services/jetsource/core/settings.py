@@ -76,6 +76,27 @@ class GraphSettings(BaseModel):
     connection_timeout_s: float = 10.0
 
 
+class EventStoreSettings(BaseModel):
+    """The event stream. Production: replicas 3 and a server with ``sync_interval: always``."""
+
+    stream: str = "CONTEXT_EVENTS"
+    subject_prefix: str = "context.events"
+    aggregate_type: str = "context"
+    replicas: int = Field(default=1, ge=1, le=5)
+    duplicate_window_s: float = Field(default=120.0, gt=0)
+    max_msg_size: int = Field(default=1024 * 1024, gt=0)
+    max_bytes: int = -1
+    compression: str = Field(default="s2", pattern="^(s2|none)$")
+    request_timeout_s: float = Field(default=5.0, gt=0)
+    # Transient failures (timeouts, reconnects) are retried with the same event ids.
+    retry_attempts: int = Field(default=5, ge=1)
+    retry_backoff_s: float = Field(default=0.05, ge=0)
+    # Conflicts under ExpectedVersion.ANY are retried after a reload.
+    any_conflict_retries: int = Field(default=50, ge=0)
+    # Last (version, sequence) per aggregate kept in memory to skip a read per append.
+    position_cache_size: int = Field(default=100_000, ge=0)
+
+
 class DevstackSettings(BaseModel):
     """Where and how `jetsource infra up` runs the embedded servers."""
 
@@ -106,6 +127,7 @@ class JetsourceSettings(BaseSettings):
     nats: NatsSettings = NatsSettings()
     valkey: ValkeySettings = ValkeySettings()
     graph: GraphSettings = GraphSettings()
+    eventstore: EventStoreSettings = EventStoreSettings()
     devstack: DevstackSettings = DevstackSettings()
     log_level: str = Field(default="INFO")
     log_json: bool = True

@@ -1,0 +1,80 @@
+"""What goes into the event store and what comes out of it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+
+from google.protobuf.message import Message
+
+from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
+from jetsource.core.codec import UnknownEvent
+from jetsource.core.ids import uuid7
+
+
+class ExpectedVersion(Enum):
+    """Special expectations for append; an int expects that exact current version."""
+
+    ANY = "any"  # append after whatever is there (versions stay contiguous)
+    NO_STREAM = "no_stream"  # the aggregate must not exist yet
+
+
+ANY = ExpectedVersion.ANY
+NO_STREAM = ExpectedVersion.NO_STREAM
+Expected = int | ExpectedVersion
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event to append. Keep ``event_id`` to make a retry idempotent."""
+
+    event: Message
+    event_id: str = field(default_factory=uuid7)
+    occurred_at_ns: int | None = None
+    causation_id: str = ""
+    correlation_id: str = ""
+    idempotency_key: str = ""
+    source: str = ""
+    parent_aggregate_id: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RecordedEvent:
+    """A stored event: its envelope, the decoded (current-version) event, its position."""
+
+    envelope: EventEnvelope
+    event: Message | UnknownEvent
+    stream_seq: int
+    recorded_at_ns: int
+
+    @property
+    def event_id(self) -> str:
+        return self.envelope.event_id
+
+    @property
+    def event_type(self) -> str:
+        return self.envelope.event_type
+
+    @property
+    def aggregate_id(self) -> str:
+        return self.envelope.aggregate_id
+
+    @property
+    def version(self) -> int:
+        return self.envelope.aggregate_version
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    aggregate_id: str
+    versions: list[int]
+    stream_seqs: list[int]
+    event_ids: list[str]
+    # True when these events were already stored (an idempotent retry).
+    duplicate: bool = False
+
+    @property
+    def last_version(self) -> int:
+        return self.versions[-1]

@@ -1,0 +1,43 @@
+"""Typed errors. Each says what is wrong in words a caller can act on."""
+
+from __future__ import annotations
+
+
+class JetsourceError(Exception):
+    """Base of every jetsource error."""
+
+
+class ValidationError(JetsourceError, ValueError):
+    """Bad input: nothing was changed."""
+
+
+class InvalidAggregateIdError(ValidationError):
+    pass
+
+
+class EventTooLargeError(ValidationError):
+    pass
+
+
+class UnknownEventTypeError(ValidationError):
+    """An event type or message class that is not registered in the codec."""
+
+
+class StreamMissingError(JetsourceError):
+    """The event stream does not exist: run ensure_streams() (or provisioning)."""
+
+
+class EventStoreUnavailableError(JetsourceError):
+    """NATS did not answer within the retry budget."""
+
+
+class ConcurrencyError(JetsourceError):
+    """The aggregate moved on: its version is not the one the append expected."""
+
+    def __init__(self, aggregate_id: str, expected: object, actual: int) -> None:
+        self.aggregate_id = aggregate_id
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"aggregate {aggregate_id!r} is at version {actual}, append expected {expected}"
+        )

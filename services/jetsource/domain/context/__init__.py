@@ -1,0 +1,1 @@
+"""The "context" domain: one story's decisions, subtasks and their dependencies."""

@@ -1,0 +1,1 @@
+"""The JetStream event store and its in-memory twin."""

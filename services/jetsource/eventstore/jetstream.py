@@ -1,0 +1,438 @@
+"""The event store on JetStream.
+
+One stream (``CONTEXT_EVENTS``), one subject per aggregate and event type
+(``context.events.<aggregate_id>.<event_type>``). An append is one publish (one
+event) or one atomic batch (several), guarded by the aggregate's last subject
+sequence and deduplicated by ``Nats-Msg-Id`` = event id. The stream sequence is the
+global order; the envelope's ``aggregate_version`` is the per-aggregate order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import datetime
+from functools import partial
+from typing import Any, TypeVar
+
+from google.protobuf.message import DecodeError
+from nats.aio.client import Client as NATS
+from nats.errors import ConnectionClosedError, ConnectionReconnectingError, OutboundBufferLimitError
+
+from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
+from jetsource.core.clock import now_ns, to_ns, to_timestamp
+from jetsource.core.codec import EventRegistry, PayloadDecodeError
+from jetsource.core.envelope import (
+    AppendResult,
+    Expected,
+    ExpectedVersion,
+    NewEvent,
+    RecordedEvent,
+)
+from jetsource.core.errors import (
+    ConcurrencyError,
+    EventStoreUnavailableError,
+    EventTooLargeError,
+    StreamMissingError,
+    ValidationError,
+)
+from jetsource.core.ids import uuid7, validate_aggregate_id
+from jetsource.core.settings import EventStoreSettings
+from jetsource.eventstore import jsapi
+from jetsource.eventstore.jsapi import JsApiError, NoRespondersError, OutMessage, RawMessage
+
+T = TypeVar("T")
+
+_TRANSIENT = (
+    TimeoutError,
+    ConnectionClosedError,
+    ConnectionReconnectingError,
+    OutboundBufferLimitError,
+)
+# Header bytes NATS adds around ours ("NATS/1.0\r\n", separators): a safe allowance.
+_HEADER_OVERHEAD = 64
+
+
+def stream_config(cfg: EventStoreSettings) -> dict[str, Any]:
+    """Event-store defaults: nothing is ever deleted, rewritten or silently dropped."""
+    return {
+        "name": cfg.stream,
+        "subjects": [f"{cfg.subject_prefix}.>"],
+        "retention": "limits",
+        "storage": "file",
+        "discard": "new",  # a full stream refuses appends rather than dropping history
+        "deny_delete": True,
+        "deny_purge": True,
+        "compression": cfg.compression,
+        "allow_direct": True,
+        "allow_atomic": True,
+        "duplicate_window": int(cfg.duplicate_window_s * 1_000_000_000),
+        "num_replicas": cfg.replicas,
+        "max_msg_size": cfg.max_msg_size,
+        "max_bytes": cfg.max_bytes,
+        "max_msgs": -1,
+        "max_age": 0,
+    }
+
+
+class JetStreamEventStore:
+    def __init__(self, nc: NATS, registry: EventRegistry, settings: EventStoreSettings) -> None:
+        self._nc = nc
+        self._registry = registry
+        self._cfg = settings
+        self._replies = jsapi.Replies(nc)
+        # aggregate id -> (version, stream sequence) of its last known event
+        self._positions: OrderedDict[str, tuple[int, int]] = OrderedDict()
+
+    @property
+    def settings(self) -> EventStoreSettings:
+        return self._cfg
+
+    async def start(self) -> None:
+        await self._replies.start()
+
+    async def close(self) -> None:
+        await self._replies.stop()
+
+    # -- provisioning ---------------------------------------------------------
+
+    async def ensure_streams(self) -> dict[str, Any]:
+        """Create the stream, or bring an existing one to this configuration."""
+        await self.start()
+        config = stream_config(self._cfg)
+        timeout = self._cfg.request_timeout_s
+        try:
+            return await jsapi.api(
+                self._replies, f"STREAM.CREATE.{self._cfg.stream}", config, timeout
+            )
+        except JsApiError as exc:
+            if exc.err_code != 10058:  # stream name already in use with a different configuration
+                raise
+        return await jsapi.api(self._replies, f"STREAM.UPDATE.{self._cfg.stream}", config, timeout)
+
+    async def stream_info(self) -> dict[str, Any]:
+        return await self._call(
+            lambda: jsapi.api(
+                self._replies, f"STREAM.INFO.{self._cfg.stream}", {}, self._cfg.request_timeout_s
+            )
+        )
+
+    # -- helpers ----------------------------------------------------------------
+
+    def _subject_filter(self, aggregate_id: str) -> str:
+        return f"{self._cfg.subject_prefix}.{aggregate_id}.>"
+
+    async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """Retry transient failures with backoff; map a missing stream to a clear error."""
+        attempts = self._cfg.retry_attempts
+        for attempt in range(attempts):
+            try:
+                return await fn()
+            except NoRespondersError:
+                raise StreamMissingError(
+                    f"stream {self._cfg.stream} does not exist (no responders): "
+                    "run ensure_streams() or `jetsource` provisioning first"
+                ) from None
+            except JsApiError as exc:
+                if exc.err_code == jsapi.ERR_STREAM_NOT_FOUND:
+                    raise StreamMissingError(f"stream {self._cfg.stream} not found") from exc
+                raise
+            except _TRANSIENT as exc:
+                if attempt == attempts - 1:
+                    raise EventStoreUnavailableError(
+                        f"NATS did not answer after {attempts} attempts: {exc!r}"
+                    ) from exc
+                delay = self._cfg.retry_backoff_s * (2**attempt)
+                await asyncio.sleep(delay * (0.5 + random.random()))
+        raise AssertionError("unreachable")
+
+    def _remember(self, aggregate_id: str, version: int, seq: int) -> None:
+        if self._cfg.position_cache_size == 0:
+            return
+        known = self._positions.get(aggregate_id)
+        if known is None or known[0] < version:
+            self._positions[aggregate_id] = (version, seq)
+        self._positions.move_to_end(aggregate_id)
+        while len(self._positions) > self._cfg.position_cache_size:
+            self._positions.popitem(last=False)
+
+    def _record(self, raw: RawMessage) -> RecordedEvent:
+        envelope = EventEnvelope()
+        try:
+            envelope.ParseFromString(raw.data)
+        except DecodeError as exc:
+            raise PayloadDecodeError(f"stream sequence {raw.seq}: envelope does not parse") from exc
+        envelope.recorded_at.CopyFrom(to_timestamp(raw.time_ns))
+        event = self._registry.decode(
+            envelope.event_type, envelope.schema_version, envelope.payload
+        )
+        return RecordedEvent(envelope, event, raw.seq, raw.time_ns)
+
+    async def _last(self, aggregate_id: str) -> tuple[int, int]:
+        """(version, sequence) of the aggregate's last event, from the server."""
+        raw = await self._call(
+            lambda: jsapi.last_for_subject(
+                self._replies,
+                self._cfg.stream,
+                self._subject_filter(aggregate_id),
+                self._cfg.request_timeout_s,
+            )
+        )
+        if raw is None:
+            return 0, 0
+        envelope = EventEnvelope.FromString(raw.data)
+        self._remember(aggregate_id, envelope.aggregate_version, raw.seq)
+        return envelope.aggregate_version, raw.seq
+
+    # -- append -----------------------------------------------------------------
+
+    def _build(
+        self, aggregate_id: str, events: Sequence[NewEvent], base_version: int
+    ) -> list[OutMessage]:
+        out = []
+        now = now_ns()
+        for i, new in enumerate(events):
+            event_type, schema_version, payload = self._registry.encode(new.event)
+            envelope = EventEnvelope(
+                event_id=new.event_id,
+                event_type=event_type,
+                schema_version=schema_version,
+                aggregate_type=self._cfg.aggregate_type,
+                aggregate_id=aggregate_id,
+                aggregate_version=base_version + i + 1,
+                parent_aggregate_id=new.parent_aggregate_id,
+                causation_id=new.causation_id,
+                correlation_id=new.correlation_id,
+                source=new.source,
+                idempotency_key=new.idempotency_key,
+                metadata=dict(new.metadata),
+                payload=payload,
+            )
+            # recorded_at is left empty: readers take it from the stream's own timestamp.
+            envelope.occurred_at.CopyFrom(to_timestamp(new.occurred_at_ns or now))
+            data = envelope.SerializeToString(deterministic=True)
+            subject = f"{self._cfg.subject_prefix}.{aggregate_id}.{event_type}"
+            headers = {"Nats-Msg-Id": new.event_id}
+            size = len(data) + len(subject) + sum(len(k) + len(v) + 4 for k, v in headers.items())
+            if size + 200 + _HEADER_OVERHEAD > self._cfg.max_msg_size:
+                raise EventTooLargeError(
+                    f"event {i} ({event_type}) is {size} bytes; the stream accepts at most "
+                    f"{self._cfg.max_msg_size} bytes per event"
+                )
+            out.append(OutMessage(subject, data, headers))
+        return out
+
+    @staticmethod
+    def _guard(messages: list[OutMessage], aggregate_subjects: str, seq: int) -> list[OutMessage]:
+        first = messages[0]
+        headers = {
+            **first.headers,
+            "Nats-Expected-Last-Subject-Sequence": str(seq),
+            "Nats-Expected-Last-Subject-Sequence-Subject": aggregate_subjects,
+        }
+        return [OutMessage(first.subject, first.data, headers), *messages[1:]]
+
+    async def append(
+        self, aggregate_id: str, events: Sequence[NewEvent], expected_version: Expected
+    ) -> AppendResult:
+        validate_aggregate_id(aggregate_id)
+        if not events:
+            raise ValidationError("append needs at least one event")
+        if len(events) > jsapi.BATCH_LIMIT:
+            raise ValidationError(
+                f"{len(events)} events in one append; at most {jsapi.BATCH_LIMIT} are atomic"
+            )
+        if isinstance(expected_version, int) and expected_version < 0:
+            raise ValidationError("expected_version must be >= 0, ANY or NO_STREAM")
+        ids = [e.event_id for e in events]
+        if len(set(ids)) != len(ids):
+            raise ValidationError("event ids within one append must be unique")
+        self._build(aggregate_id, events, 0)  # validate types and sizes before any I/O
+        await self.start()
+
+        for _ in range(self._cfg.any_conflict_retries + 1):
+            version, seq = await self._base(aggregate_id, expected_version)
+            if (isinstance(expected_version, int) and version != expected_version) or (
+                expected_version is ExpectedVersion.NO_STREAM and version != 0
+            ):
+                return await self._conflict(aggregate_id, events, expected_version, version)
+            messages = self._guard(
+                self._build(aggregate_id, events, version), self._subject_filter(aggregate_id), seq
+            )
+            try:
+                ack = await self._call(partial(self._publish, messages))
+            except JsApiError as exc:
+                if exc.err_code not in (
+                    jsapi.ERR_WRONG_LAST_SEQUENCE,
+                    jsapi.ERR_BATCH_DUPLICATE_MSG_ID,
+                ):
+                    if exc.err_code == jsapi.ERR_MESSAGE_TOO_LARGE:
+                        raise EventTooLargeError(exc.description) from exc
+                    raise
+                self._positions.pop(aggregate_id, None)
+                if expected_version is ExpectedVersion.ANY:
+                    found = await self._find(aggregate_id, events)
+                    if found is not None:
+                        return found
+                    continue  # somebody else appended: reload and try again
+                actual, _ = await self._last(aggregate_id)
+                return await self._conflict(aggregate_id, events, expected_version, actual)
+            if ack.duplicate:
+                found = await self._find(aggregate_id, events)
+                if found is None:
+                    raise ConcurrencyError(aggregate_id, expected_version, version)
+                return found
+            n = len(events)
+            seqs = list(range(ack.seq - n + 1, ack.seq + 1))
+            self._remember(aggregate_id, version + n, ack.seq)
+            return AppendResult(aggregate_id, list(range(version + 1, version + n + 1)), seqs, ids)
+        actual, _ = await self._last(aggregate_id)
+        raise ConcurrencyError(aggregate_id, expected_version, actual)
+
+    async def _publish(self, messages: list[OutMessage]) -> jsapi.PubAck:
+        timeout = self._cfg.request_timeout_s
+        if len(messages) == 1:
+            return await jsapi.publish(self._replies, messages[0], timeout)
+        return await jsapi.publish_atomic_batch(self._replies, messages, uuid7(), timeout)
+
+    async def _base(self, aggregate_id: str, expected: Expected) -> tuple[int, int]:
+        known = self._positions.get(aggregate_id)
+        if known is not None and (
+            expected is ExpectedVersion.ANY or (isinstance(expected, int) and known[0] == expected)
+        ):
+            return known  # stale? then the server's sequence check rejects and we reload
+        return await self._last(aggregate_id)
+
+    async def _conflict(
+        self, aggregate_id: str, events: Sequence[NewEvent], expected: Expected, actual: int
+    ) -> AppendResult:
+        """The aggregate is not where we expected: our own earlier append, or a conflict."""
+        found = await self._find(aggregate_id, events)
+        if found is not None:
+            return found
+        raise ConcurrencyError(aggregate_id, expected, actual)
+
+    async def _find(self, aggregate_id: str, events: Sequence[NewEvent]) -> AppendResult | None:
+        """Were these events stored already (a retry after a lost ack)? Return that result.
+
+        The common case is cheap: our events are the aggregate's newest, so the last one
+        is checked first; otherwise the aggregate is scanned.
+        """
+        ids = [e.event_id for e in events]
+        last = await self._call(
+            lambda: jsapi.last_for_subject(
+                self._replies,
+                self._cfg.stream,
+                self._subject_filter(aggregate_id),
+                self._cfg.request_timeout_s,
+            )
+        )
+        if last is None:
+            return None
+        tail = EventEnvelope.FromString(last.data)
+        if tail.event_id == ids[-1]:
+            # An atomic batch occupies consecutive sequences.
+            n = len(ids)
+            v, s = tail.aggregate_version, last.seq
+            return AppendResult(
+                aggregate_id,
+                list(range(v - n + 1, v + 1)),
+                list(range(s - n + 1, s + 1)),
+                ids,
+                duplicate=True,
+            )
+        found: list[RecordedEvent] = []
+        async for record in self._scan(aggregate_id, 1):
+            if found or record.event_id == ids[0]:
+                found.append(record)
+                if len(found) == len(ids):
+                    break
+        if not found:
+            return None
+        if [r.event_id for r in found] != ids:
+            raise ConcurrencyError(aggregate_id, "the same event ids", found[0].version - 1)
+        return AppendResult(
+            aggregate_id,
+            [r.version for r in found],
+            [r.stream_seq for r in found],
+            ids,
+            duplicate=True,
+        )
+
+    # -- reads --------------------------------------------------------------------
+
+    async def _scan(self, aggregate_id: str, from_seq: int) -> AsyncIterator[RecordedEvent]:
+        async for raw in jsapi.direct_get_batch(
+            self._replies,
+            self._cfg.stream,
+            self._subject_filter(aggregate_id),
+            from_seq,
+            self._cfg.request_timeout_s,
+        ):
+            yield self._record(raw)
+
+    async def read_aggregate(
+        self,
+        aggregate_id: str,
+        from_version: int = 1,
+        to_version: int | None = None,
+        until_time: datetime | int | None = None,
+        from_seq: int = 1,
+    ) -> list[RecordedEvent]:
+        validate_aggregate_id(aggregate_id)
+        if from_version < 1:
+            raise ValidationError("from_version starts at 1")
+        await self.start()
+        limit_ns = to_ns(until_time) if until_time is not None else None
+        seq_bound = await self.seq_at_time(limit_ns) if limit_ns is not None else None
+        out: list[RecordedEvent] = []
+
+        async def collect() -> None:
+            out.clear()  # a retried read starts over
+            async for record in self._scan(aggregate_id, from_seq):
+                if seq_bound is not None and record.stream_seq > seq_bound:
+                    break
+                if to_version is not None and record.version > to_version:
+                    break
+                if limit_ns is not None and record.recorded_at_ns > limit_ns:
+                    break
+                if record.version >= from_version:
+                    out.append(record)
+
+        await self._call(collect)
+        if out:
+            self._remember(aggregate_id, out[-1].version, out[-1].stream_seq)
+        return out
+
+    async def read_all(
+        self, from_seq: int = 1, to_seq: int | None = None, subject_filter: str | None = None
+    ) -> AsyncIterator[RecordedEvent]:
+        await self.start()
+        subject = subject_filter or f"{self._cfg.subject_prefix}.>"
+        async for raw in jsapi.direct_get_batch(
+            self._replies, self._cfg.stream, subject, from_seq, self._cfg.request_timeout_s
+        ):
+            if to_seq is not None and raw.seq > to_seq:
+                return
+            yield self._record(raw)
+
+    async def last_version(self, aggregate_id: str) -> int:
+        validate_aggregate_id(aggregate_id)
+        await self.start()
+        version, _ = await self._last(aggregate_id)
+        return version
+
+    async def seq_at_time(self, time: datetime | int) -> int:
+        await self.start()
+        t = to_ns(time)
+        after = await self._call(
+            lambda: jsapi.first_at_or_after(
+                self._replies, self._cfg.stream, t + 1, None, self._cfg.request_timeout_s
+            )
+        )
+        if after is not None:
+            return after.seq - 1
+        info = await self.stream_info()
+        return int(info["state"]["last_seq"])

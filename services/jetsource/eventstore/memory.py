@@ -1,0 +1,176 @@
+"""In-memory event store for unit tests: the same contract as the JetStream store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import datetime
+
+from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
+from jetsource.core.clock import now_ns, to_ns, to_timestamp
+from jetsource.core.codec import EventRegistry
+from jetsource.core.envelope import (
+    AppendResult,
+    Expected,
+    ExpectedVersion,
+    NewEvent,
+    RecordedEvent,
+)
+from jetsource.core.errors import (
+    ConcurrencyError,
+    EventTooLargeError,
+    ValidationError,
+)
+from jetsource.core.ids import validate_aggregate_id
+from jetsource.core.settings import EventStoreSettings
+
+BATCH_LIMIT = 1000
+
+
+def _subject_matches(pattern: str, subject: str) -> bool:
+    """NATS subject matching: '*' is one token, '>' the rest."""
+    p, s = pattern.split("."), subject.split(".")
+    for i, token in enumerate(p):
+        if token == ">":
+            return len(s) > i
+        if i >= len(s) or token not in ("*", s[i]):
+            return False
+    return len(p) == len(s)
+
+
+class InMemoryEventStore:
+    def __init__(
+        self,
+        registry: EventRegistry,
+        settings: EventStoreSettings | None = None,
+        clock: Callable[[], int] = now_ns,
+    ) -> None:
+        self._registry = registry
+        self._cfg = settings or EventStoreSettings()
+        self._clock = clock
+        self._log: list[tuple[str, RecordedEvent]] = []  # (subject, record), seq = index + 1
+        self._by_aggregate: dict[str, list[RecordedEvent]] = {}
+        self._by_event_id: dict[str, RecordedEvent] = {}
+        self._lock = asyncio.Lock()
+        self._last_time = 0
+
+    async def ensure_streams(self) -> None:
+        return None
+
+    async def append(
+        self, aggregate_id: str, events: Sequence[NewEvent], expected_version: Expected
+    ) -> AppendResult:
+        validate_aggregate_id(aggregate_id)
+        if not events:
+            raise ValidationError("append needs at least one event")
+        if len(events) > BATCH_LIMIT:
+            raise ValidationError(f"{len(events)} events in one append; at most {BATCH_LIMIT}")
+        if isinstance(expected_version, int) and expected_version < 0:
+            raise ValidationError("expected_version must be >= 0, ANY or NO_STREAM")
+        ids = [e.event_id for e in events]
+        if len(set(ids)) != len(ids):
+            raise ValidationError("event ids within one append must be unique")
+        encoded = [self._registry.encode(e.event) for e in events]
+        for i, (event_type, _, payload) in enumerate(encoded):
+            if len(payload) + 200 > self._cfg.max_msg_size:
+                raise EventTooLargeError(
+                    f"event {i} ({event_type}) is {len(payload)} bytes; the stream accepts at "
+                    f"most {self._cfg.max_msg_size} bytes per event"
+                )
+        async with self._lock:
+            history = self._by_aggregate.get(aggregate_id, [])
+            known = [self._by_event_id.get(i) for i in ids]
+            if all(known):
+                stored = [k for k in known if k is not None]
+                return AppendResult(
+                    aggregate_id,
+                    [r.version for r in stored],
+                    [r.stream_seq for r in stored],
+                    ids,
+                    duplicate=True,
+                )
+            if any(known):
+                raise ConcurrencyError(aggregate_id, "the same event ids", len(history))
+            version = len(history)
+            if (isinstance(expected_version, int) and expected_version != version) or (
+                expected_version is ExpectedVersion.NO_STREAM and version != 0
+            ):
+                raise ConcurrencyError(aggregate_id, expected_version, version)
+            now = max(self._clock(), self._last_time + 1)
+            self._last_time = now
+            out = []
+            for i, (new, (event_type, schema_version, payload)) in enumerate(
+                zip(events, encoded, strict=True)
+            ):
+                envelope = EventEnvelope(
+                    event_id=new.event_id,
+                    event_type=event_type,
+                    schema_version=schema_version,
+                    aggregate_type=self._cfg.aggregate_type,
+                    aggregate_id=aggregate_id,
+                    aggregate_version=version + i + 1,
+                    parent_aggregate_id=new.parent_aggregate_id,
+                    causation_id=new.causation_id,
+                    correlation_id=new.correlation_id,
+                    source=new.source,
+                    idempotency_key=new.idempotency_key,
+                    metadata=dict(new.metadata),
+                    payload=payload,
+                )
+                envelope.occurred_at.CopyFrom(to_timestamp(new.occurred_at_ns or now))
+                envelope.recorded_at.CopyFrom(to_timestamp(now))
+                seq = len(self._log) + 1
+                record = RecordedEvent(
+                    envelope, self._registry.decode(event_type, schema_version, payload), seq, now
+                )
+                subject = f"{self._cfg.subject_prefix}.{aggregate_id}.{event_type}"
+                self._log.append((subject, record))
+                self._by_event_id[new.event_id] = record
+                out.append(record)
+            self._by_aggregate[aggregate_id] = [*history, *out]
+            return AppendResult(
+                aggregate_id, [r.version for r in out], [r.stream_seq for r in out], ids
+            )
+
+    async def read_aggregate(
+        self,
+        aggregate_id: str,
+        from_version: int = 1,
+        to_version: int | None = None,
+        until_time: datetime | int | None = None,
+        from_seq: int = 1,
+    ) -> list[RecordedEvent]:
+        validate_aggregate_id(aggregate_id)
+        if from_version < 1:
+            raise ValidationError("from_version starts at 1")
+        limit = to_ns(until_time) if until_time is not None else None
+        return [
+            r
+            for r in self._by_aggregate.get(aggregate_id, [])
+            if r.stream_seq >= from_seq
+            and r.version >= from_version
+            and (to_version is None or r.version <= to_version)
+            and (limit is None or r.recorded_at_ns <= limit)
+        ]
+
+    async def read_all(
+        self, from_seq: int = 1, to_seq: int | None = None, subject_filter: str | None = None
+    ) -> AsyncIterator[RecordedEvent]:
+        for subject, record in list(self._log[max(from_seq, 1) - 1 :]):
+            if to_seq is not None and record.stream_seq > to_seq:
+                return
+            if subject_filter is None or _subject_matches(subject_filter, subject):
+                yield record
+
+    async def last_version(self, aggregate_id: str) -> int:
+        validate_aggregate_id(aggregate_id)
+        return len(self._by_aggregate.get(aggregate_id, []))
+
+    async def seq_at_time(self, time: datetime | int) -> int:
+        t = to_ns(time)
+        last = 0
+        for _, record in self._log:
+            if record.recorded_at_ns > t:
+                break
+            last = record.stream_seq
+        return last

@@ -1,0 +1,235 @@
+"""The event store contract: every adapter passes these (JetStream and in-memory)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from jetsource._gen.context.v1 import events_pb2 as ev
+from jetsource.core.envelope import ANY, NO_STREAM, NewEvent
+from jetsource.core.errors import (
+    ConcurrencyError,
+    EventTooLargeError,
+    InvalidAggregateIdError,
+    UnknownEventTypeError,
+    ValidationError,
+)
+from tests.eventstore_fixtures import created, decision
+
+Store = Any
+
+
+async def count_all(store: Store) -> int:
+    return len([r async for r in store.read_all()])
+
+
+class EventStoreContract:
+    """Subclass with a ``store`` fixture yielding a fresh, empty store."""
+
+    async def test_append_and_read_back(self, store: Store) -> None:
+        first = await store.append("story-1", [created("hello")], NO_STREAM)
+        assert first.versions == [1] and not first.duplicate
+        more = await store.append("story-1", [decision(1), decision(2)], 1)
+        assert more.versions == [2, 3]
+        assert more.stream_seqs == [first.stream_seqs[0] + 1, first.stream_seqs[0] + 2]
+
+        events = await store.read_aggregate("story-1")
+        assert [e.version for e in events] == [1, 2, 3]
+        assert [e.event_type for e in events] == [
+            "ContextCreated",
+            "DecisionAdded",
+            "DecisionAdded",
+        ]
+        assert events[0].event == ev.ContextCreated(title="hello", created_by="tester")
+        assert events[1].event_id == more.event_ids[0]
+        assert all(e.envelope.aggregate_type for e in events)
+        assert all(e.recorded_at_ns > 0 for e in events)
+        assert await store.last_version("story-1") == 3
+        assert await store.last_version("nobody") == 0
+
+    async def test_envelope_carries_metadata(self, store: Store) -> None:
+        new = NewEvent(
+            ev.ContextCreated(title="t"),
+            causation_id="cause",
+            correlation_id="corr",
+            idempotency_key="key-1",
+            source="tests",
+            parent_aggregate_id="parent",
+            metadata={"actor": "alice"},
+            occurred_at_ns=1_700_000_000_123_456_789,
+        )
+        await store.append("meta", [new], NO_STREAM)
+        (read,) = await store.read_aggregate("meta")
+        env = read.envelope
+        assert (env.causation_id, env.correlation_id, env.idempotency_key) == (
+            "cause",
+            "corr",
+            "key-1",
+        )
+        assert (env.source, env.parent_aggregate_id, dict(env.metadata)) == (
+            "tests",
+            "parent",
+            {"actor": "alice"},
+        )
+        assert env.occurred_at.seconds == 1_700_000_000 and env.occurred_at.nanos == 123_456_789
+        assert env.schema_version == 1 and env.event_id == new.event_id
+
+    async def test_wrong_expected_version_is_a_conflict_naming_the_actual(
+        self, store: Store
+    ) -> None:
+        await store.append("c", [created(), decision(1)], NO_STREAM)
+        with pytest.raises(ConcurrencyError) as err:
+            await store.append("c", [decision(2)], 1)
+        assert err.value.actual == 2
+        assert "version 2" in str(err.value)
+        with pytest.raises(ConcurrencyError):
+            await store.append("c", [decision(3)], NO_STREAM)
+        assert await store.last_version("c") == 2
+
+    async def test_five_event_append_that_conflicts_stores_none(self, store: Store) -> None:
+        await store.append("five", [created()], NO_STREAM)
+        await store.append("five", [decision(0)], 1)
+        before = await count_all(store)
+        with pytest.raises(ConcurrencyError):
+            await store.append("five", [decision(i) for i in range(1, 6)], 1)
+        assert await count_all(store) == before
+        assert await store.last_version("five") == 2
+
+    async def test_any_appends_after_whatever_is_there(self, store: Store) -> None:
+        await store.append("any", [created()], ANY)
+        result = await store.append("any", [decision(1), decision(2)], ANY)
+        assert result.versions == [2, 3]
+
+    async def test_same_event_ids_again_return_the_original_result(self, store: Store) -> None:
+        single = [created()]
+        batch = [decision(i) for i in range(4)]
+        first = await store.append("idem", single, NO_STREAM)
+        second = await store.append("idem", batch, 1)
+        before = await count_all(store)
+
+        again_single = await store.append("idem", single, NO_STREAM)
+        again_batch = await store.append("idem", batch, 1)
+        assert (again_single.versions, again_single.stream_seqs) == (
+            first.versions,
+            first.stream_seqs,
+        )
+        assert (again_batch.versions, again_batch.stream_seqs) == (
+            second.versions,
+            second.stream_seqs,
+        )
+        assert again_single.duplicate and again_batch.duplicate
+        # Also under ANY, and after more events were appended by others.
+        await store.append("idem", [decision(99)], ANY)
+        again_any = await store.append("idem", batch, ANY)
+        assert again_any.versions == second.versions
+        assert await count_all(store) == before + 1
+
+    async def test_fifty_concurrent_writers_on_one_aggregate(self, store: Store) -> None:
+        await store.append("hot", [created()], NO_STREAM)
+        conflicts = 0
+
+        async def writer(n: int) -> None:
+            nonlocal conflicts
+            event = decision(n)  # same event id on every retry
+            for _ in range(500):
+                version = await store.last_version("hot")
+                try:
+                    await store.append("hot", [event], version)
+                    return
+                except ConcurrencyError:
+                    conflicts += 1
+                    await asyncio.sleep(0)
+            raise AssertionError(f"writer {n} never got through")
+
+        await asyncio.gather(*(writer(n) for n in range(50)))
+        events = await store.read_aggregate("hot")
+        assert [e.version for e in events] == list(range(1, 52))
+        ids = [e.event.decision_id for e in events[1:]]
+        assert sorted(ids) == sorted(f"d{n}" for n in range(50))  # none lost, none twice
+
+    async def test_time_bounded_reads_are_exact(self, store: Store) -> None:
+        for i in range(4):
+            await store.append("clock", [decision(i)], i)
+            await asyncio.sleep(0.003)
+        events = await store.read_aggregate("clock")
+        times = [e.recorded_at_ns for e in events]
+        assert times == sorted(times) and len(set(times)) == 4
+
+        async def versions(until: int) -> list[int]:
+            return [e.version for e in await store.read_aggregate("clock", until_time=until)]
+
+        assert await versions(times[0] - 1) == []
+        assert await versions(times[0] - 1_000_000) == []
+        assert await versions(times[0]) == [1]
+        assert await versions(times[1] - 1) == [1]
+        assert await versions(times[1]) == [1, 2]
+        assert await versions(times[1] + 1) == [1, 2]
+        assert await versions(times[2] - 1_000_000) == [1, 2]
+        assert await versions(times[2] + 1_000_000) == [1, 2, 3]
+        assert await versions(times[3]) == [1, 2, 3, 4]
+        assert await versions(times[3] + 10**12) == [1, 2, 3, 4]
+
+        assert await store.seq_at_time(times[0] - 1) == 0
+        assert await store.seq_at_time(times[1]) == events[1].stream_seq
+        assert await store.seq_at_time(times[2] - 1) == events[1].stream_seq
+
+    async def test_version_ranges(self, store: Store) -> None:
+        await store.append("range", [created(), *[decision(i) for i in range(9)]], NO_STREAM)
+        got = await store.read_aggregate("range", from_version=3, to_version=6)
+        assert [e.version for e in got] == [3, 4, 5, 6]
+        assert await store.read_aggregate("range", from_version=11) == []
+        with pytest.raises(ValidationError):
+            await store.read_aggregate("range", from_version=0)
+
+    async def test_read_all_in_global_order_with_filters(self, store: Store) -> None:
+        a = await store.append("a", [created(), decision(1)], NO_STREAM)
+        b = await store.append("b", [created()], NO_STREAM)
+        await store.append("a", [decision(2)], 2)
+        everything = [r async for r in store.read_all()]
+        assert [r.stream_seq for r in everything] == sorted(r.stream_seq for r in everything)
+        assert [(r.aggregate_id, r.version) for r in everything] == [
+            ("a", 1),
+            ("a", 2),
+            ("b", 1),
+            ("a", 3),
+        ]
+        window = [
+            r async for r in store.read_all(from_seq=a.stream_seqs[1], to_seq=b.stream_seqs[0])
+        ]
+        assert [(r.aggregate_id, r.version) for r in window] == [("a", 2), ("b", 1)]
+
+    @pytest.mark.parametrize(
+        "bad",
+        ["has.dot", "has space", "star*", "gt>", "", "x" * 129, "tab\t", "-leading", "ünï"],
+    )
+    async def test_bad_aggregate_ids_are_rejected_and_store_nothing(
+        self, store: Store, bad: str
+    ) -> None:
+        with pytest.raises(InvalidAggregateIdError, match="aggregate_id"):
+            await store.append(bad, [created()], ANY)
+        assert await count_all(store) == 0
+
+    async def test_oversized_payload_is_rejected(self, store: Store) -> None:
+        huge = NewEvent(ev.DecisionAdded(decision_id="d", body="x" * 2_000_000))
+        with pytest.raises(EventTooLargeError, match="bytes"):
+            await store.append("big", [created(), huge], NO_STREAM)
+        assert await count_all(store) == 0
+
+    async def test_unregistered_event_type_is_rejected(self, store: Store) -> None:
+        from google.protobuf.timestamp_pb2 import Timestamp
+
+        with pytest.raises(UnknownEventTypeError, match="Timestamp"):
+            await store.append("unreg", [created(), NewEvent(Timestamp())], NO_STREAM)
+        assert await count_all(store) == 0
+
+    async def test_empty_and_malformed_appends(self, store: Store) -> None:
+        with pytest.raises(ValidationError):
+            await store.append("x", [], ANY)
+        same = created()
+        with pytest.raises(ValidationError, match="unique"):
+            await store.append("x", [same, same], ANY)
+        with pytest.raises(ValidationError, match="expected_version"):
+            await store.append("x", [created()], -1)
+        assert await count_all(store) == 0

@@ -1,0 +1,25 @@
+"""Event store adapters for the shared contract suite."""
+
+from __future__ import annotations
+
+from jetsource._gen.context.v1 import events_pb2 as ev
+from jetsource.core.envelope import NewEvent
+from jetsource.core.settings import EventStoreSettings
+
+
+def isolated_settings(unique: str, **overrides: object) -> EventStoreSettings:
+    """A stream and subject space of its own, so tests share one server safely."""
+    return EventStoreSettings(
+        stream=f"CE_{unique}",
+        subject_prefix=f"ce{unique}.events",
+        retry_backoff_s=0.01,
+        **overrides,  # type: ignore[arg-type]
+    )
+
+
+def created(title: str = "story") -> NewEvent:
+    return NewEvent(ev.ContextCreated(title=title, created_by="tester"))
+
+
+def decision(n: int, body: str = "") -> NewEvent:
+    return NewEvent(ev.DecisionAdded(decision_id=f"d{n}", title=f"decision {n}", body=body))

@@ -1,0 +1,130 @@
+"""The raw $JS.API helpers against a real nats-server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from nats.aio.client import Client as NATS
+
+from jetsource.eventstore import jsapi
+from jetsource.eventstore.jsapi import JsApiError, NoRespondersError, OutMessage, Replies
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def stream(nc: NATS, unique: str) -> AsyncIterator[tuple[Replies, str, str]]:
+    replies = Replies(nc)
+    await replies.start()
+    name, prefix = f"JS_{unique}", f"js{unique}"
+    config = {"name": name, "subjects": [f"{prefix}.>"], "allow_direct": True, "allow_atomic": True}
+    await jsapi.api(replies, f"STREAM.CREATE.{name}", config, 5)
+    yield replies, name, prefix
+    await jsapi.api(replies, f"STREAM.DELETE.{name}", {}, 5)
+    await replies.stop()
+
+
+def out(subject: str, data: bytes, **headers: str) -> OutMessage:
+    return OutMessage(subject, data, headers)
+
+
+async def test_atomic_batch_stores_all_at_consecutive_sequences(
+    stream: tuple[Replies, str, str],
+) -> None:
+    replies, name, p = stream
+    await jsapi.publish(replies, out(f"{p}.x", b"0"), 5)
+    ack = await jsapi.publish_atomic_batch(
+        replies, [out(f"{p}.a.{i}", str(i).encode()) for i in range(7)], "b1", 5
+    )
+    assert (ack.seq, ack.batch, ack.count) == (8, "b1", 7)
+    got = [m async for m in jsapi.direct_get_batch(replies, name, f"{p}.a.>", 1, 5)]
+    assert [(m.seq, m.data) for m in got] == [(i + 2, str(i).encode()) for i in range(7)]
+
+
+async def test_atomic_batch_failing_its_guard_stores_nothing(
+    stream: tuple[Replies, str, str],
+) -> None:
+    replies, name, p = stream
+    await jsapi.publish(replies, out(f"{p}.a.0", b"first"), 5)
+    guard = {
+        "Nats-Expected-Last-Subject-Sequence": "0",  # wrong: a.0 is at 1
+        "Nats-Expected-Last-Subject-Sequence-Subject": f"{p}.a.>",
+    }
+    batch = [OutMessage(f"{p}.a.1", b"1", guard), out(f"{p}.a.2", b"2"), out(f"{p}.a.3", b"3")]
+    with pytest.raises(JsApiError) as err:
+        await jsapi.publish_atomic_batch(replies, batch, "b2", 5)
+    assert err.value.err_code == jsapi.ERR_WRONG_LAST_SEQUENCE
+    info = await jsapi.api(replies, f"STREAM.INFO.{name}", {}, 5)
+    assert info["state"]["messages"] == 1
+
+
+async def test_atomic_batch_dedupes_by_msg_id_as_a_whole(stream: tuple[Replies, str, str]) -> None:
+    replies, name, p = stream
+    batch = [out(f"{p}.a.{i}", b"x", **{"Nats-Msg-Id": f"id-{i}"}) for i in range(3)]
+    await jsapi.publish_atomic_batch(replies, batch, "b3", 5)
+    with pytest.raises(JsApiError) as err:
+        await jsapi.publish_atomic_batch(replies, batch, "b4", 5)
+    assert err.value.err_code == jsapi.ERR_BATCH_DUPLICATE_MSG_ID
+    info = await jsapi.api(replies, f"STREAM.INFO.{name}", {}, 5)
+    assert info["state"]["messages"] == 3
+
+
+async def test_single_publish_dedupes_and_reports_the_original_sequence(
+    stream: tuple[Replies, str, str],
+) -> None:
+    replies, _, p = stream
+    first = await jsapi.publish(replies, out(f"{p}.s", b"1", **{"Nats-Msg-Id": "same"}), 5)
+    await jsapi.publish(replies, out(f"{p}.s", b"2"), 5)
+    again = await jsapi.publish(replies, out(f"{p}.s", b"1", **{"Nats-Msg-Id": "same"}), 5)
+    assert again.duplicate and again.seq == first.seq
+
+
+async def test_batch_size_limits(stream: tuple[Replies, str, str]) -> None:
+    replies, _, p = stream
+    with pytest.raises(ValueError, match=r"1\.\.1000"):
+        await jsapi.publish_atomic_batch(replies, [], "empty", 5)
+    with pytest.raises(ValueError, match=r"1\.\.1000"):
+        await jsapi.publish_atomic_batch(replies, [out(f"{p}.a", b"")] * 1001, "big", 5)
+
+
+async def test_batched_direct_get_pages_through_a_filtered_subject(
+    stream: tuple[Replies, str, str],
+) -> None:
+    replies, name, p = stream
+    for i in range(20):
+        await jsapi.publish(replies, out(f"{p}.{'a' if i % 2 else 'b'}.{i}", str(i).encode()), 5)
+    got = [m async for m in jsapi.direct_get_batch(replies, name, f"{p}.a.>", 1, 5, page=3)]
+    assert [m.data for m in got] == [str(i).encode() for i in range(1, 20, 2)]
+    assert all(got[i].time_ns <= got[i + 1].time_ns for i in range(len(got) - 1))
+    tail = [m async for m in jsapi.direct_get_batch(replies, name, f"{p}.a.>", 15, 5, page=3)]
+    assert [m.seq for m in tail] == [16, 18, 20]
+    assert [m async for m in jsapi.direct_get_batch(replies, name, f"{p}.none.>", 1, 5)] == []
+
+
+async def test_last_for_subject_and_first_at_or_after(stream: tuple[Replies, str, str]) -> None:
+    replies, name, p = stream
+    for i in range(5):
+        await jsapi.publish(replies, out(f"{p}.k.{i % 2}", str(i).encode()), 5)
+    last = await jsapi.last_for_subject(replies, name, f"{p}.k.>", 5)
+    assert last is not None and last.seq == 5 and last.data == b"4"
+    assert await jsapi.last_for_subject(replies, name, f"{p}.missing.>", 5) is None
+    third = await jsapi.direct_get(replies, name, {"seq": 3}, 5)
+    assert third is not None
+    at = await jsapi.first_at_or_after(replies, name, third.time_ns, None, 5)
+    after = await jsapi.first_at_or_after(replies, name, third.time_ns + 1, None, 5)
+    assert at is not None and at.seq == 3
+    assert after is not None and after.seq == 4
+
+
+async def test_no_stream_means_no_responders(nc: NATS, unique: str) -> None:
+    replies = Replies(nc)
+    await replies.start()
+    with pytest.raises(NoRespondersError):
+        await jsapi.direct_get(replies, f"NOPE_{unique}", {"seq": 1}, 5)
+    with pytest.raises(NoRespondersError):
+        await jsapi.publish(replies, out(f"nowhere{unique}.x", b""), 5)
+    with pytest.raises(JsApiError) as err:
+        await jsapi.api(replies, f"STREAM.INFO.NOPE_{unique}", {}, 5)
+    assert err.value.err_code == jsapi.ERR_STREAM_NOT_FOUND
+    await replies.stop()

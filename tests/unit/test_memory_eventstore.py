@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from jetsource.domain.context.events import registry
+from jetsource.eventstore.memory import InMemoryEventStore, _subject_matches
+from tests.contract_eventstore import EventStoreContract
+
+
+class TestInMemoryEventStore(EventStoreContract):
+    @pytest.fixture
+    async def store(self) -> AsyncIterator[InMemoryEventStore]:
+        yield InMemoryEventStore(registry)
+
+
+def test_subject_matching() -> None:
+    assert _subject_matches("a.>", "a.b.c")
+    assert not _subject_matches("a.>", "a")
+    assert _subject_matches("a.*.c", "a.b.c")
+    assert not _subject_matches("a.*", "a.b.c")
+    assert not _subject_matches("a.b", "a.c")
