@@ -120,6 +120,12 @@ def test_up_status_down_and_data_survives(env: dict[str, str]) -> None:
 
         assert jetsource(env, "infra", "up").returncode == 0
         assert read_data(env) == (b"kept", b"kept", 1)
+
+        # `jetsource up` (what `make up` runs) with servers up: shows the event store working.
+        shown = jetsource(env, "up")
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+        assert "already running" in shown.stdout
+        assert "read back 'jetsource is up'" in " ".join(shown.stdout.split())
     finally:
         jetsource(env, "infra", "down")
 

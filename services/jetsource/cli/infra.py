@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from datetime import UTC, datetime
+
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -72,5 +75,32 @@ def up_all() -> None:
     if stack.running():
         console.print("local servers already running")
         _report(stack.status())
-        return
-    up()
+    else:
+        up()
+    asyncio.run(_show_event_store(stack.settings))
+
+
+async def _show_event_store(settings: JetsourceSettings) -> None:
+    """Provision the event stream, append a demo event and read it back."""
+    from jetsource._gen.context.v1 import events_pb2
+    from jetsource.core.envelope import NO_STREAM, NewEvent
+    from jetsource.domain.context.events import registry
+    from jetsource.eventstore.bootstrap import open_event_store
+
+    nc, store = await open_event_store(settings, registry, provision=True)
+    try:
+        demo = f"demo-{datetime.now(UTC):%Y%m%dT%H%M%S%f}"
+        created = events_pb2.ContextCreated(title="jetsource is up", created_by="jetsource up")
+        result = await store.append(demo, [NewEvent(created)], NO_STREAM)
+        (event,) = await store.read_aggregate(demo)
+        assert isinstance(event.event, events_pb2.ContextCreated)
+        info = await store.stream_info()
+        console.print(
+            f"event store: appended {event.event_type} to {demo!r} as version "
+            f"{result.last_version} at stream sequence {result.stream_seqs[0]}, read back "
+            f"{event.event.title!r}; stream {settings.eventstore.stream} holds "
+            f"{info['state']['messages']} events"
+        )
+    finally:
+        await store.close()
+        await nc.close()

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
+import random
 import re
 import threading
 import time
-import uuid
 
 from jetsource.core.errors import InvalidAggregateIdError
 
@@ -35,9 +34,11 @@ def uuid7() -> str:
         else:
             _last_ms, _counter = ms, 0
         counter = _counter
-    rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
-    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | counter << 64 | 0b10 << 62 | rand
-    return str(uuid.UUID(int=value))
+    # random is reseeded from os.urandom at import and after fork: unique enough for
+    # ids, and an order of magnitude cheaper than a syscall per id on the append path.
+    rand = random.getrandbits(62)
+    h = f"{(ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | counter << 64 | 0b10 << 62 | rand:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def validate_aggregate_id(aggregate_id: str, field: str = "aggregate_id") -> str:

@@ -51,8 +51,8 @@ _TRANSIENT = (
     ConnectionReconnectingError,
     OutboundBufferLimitError,
 )
-# Header bytes NATS adds around ours ("NATS/1.0\r\n", separators): a safe allowance.
-_HEADER_OVERHEAD = 64
+# Envelope tags, varints and timestamps, our three headers and NATS framing: generous.
+_ENVELOPE_AND_HEADER_OVERHEAD = 512
 
 
 def stream_config(cfg: EventStoreSettings) -> dict[str, Any]:
@@ -158,13 +158,32 @@ class JetStreamEventStore:
         while len(self._positions) > self._cfg.position_cache_size:
             self._positions.popitem(last=False)
 
-    def _record(self, raw: RawMessage) -> RecordedEvent:
+    def _envelope(self, raw: RawMessage) -> EventEnvelope:
+        """The full envelope of a stored message.
+
+        The stored envelope leaves out what the message already carries, so it is not
+        stored twice: event_id (the Nats-Msg-Id header), aggregate id and event type
+        (the subject's last two tokens), aggregate type (the stream's), recorded_at
+        (the stream's timestamp). Fields a writer did store are kept as they are.
+        """
         envelope = EventEnvelope()
         try:
             envelope.ParseFromString(raw.data)
         except DecodeError as exc:
             raise PayloadDecodeError(f"stream sequence {raw.seq}: envelope does not parse") from exc
+        if not envelope.event_id:
+            envelope.event_id = raw.headers.get("Nats-Msg-Id", "")
+        if not envelope.event_type or not envelope.aggregate_id:
+            _, aggregate_id, event_type = raw.subject.rsplit(".", 2)
+            envelope.event_type = envelope.event_type or event_type
+            envelope.aggregate_id = envelope.aggregate_id or aggregate_id
+        if not envelope.aggregate_type:
+            envelope.aggregate_type = self._cfg.aggregate_type
         envelope.recorded_at.CopyFrom(to_timestamp(raw.time_ns))
+        return envelope
+
+    def _record(self, raw: RawMessage) -> RecordedEvent:
+        envelope = self._envelope(raw)
         event = self._registry.decode(
             envelope.event_type, envelope.schema_version, envelope.payload
         )
@@ -182,57 +201,90 @@ class JetStreamEventStore:
         )
         if raw is None:
             return 0, 0
-        envelope = EventEnvelope.FromString(raw.data)
+        envelope = self._envelope(raw)
         self._remember(aggregate_id, envelope.aggregate_version, raw.seq)
         return envelope.aggregate_version, raw.seq
 
     # -- append -----------------------------------------------------------------
 
-    def _build(
-        self, aggregate_id: str, events: Sequence[NewEvent], base_version: int
+    def _encode(
+        self, aggregate_id: str, events: Sequence[NewEvent]
+    ) -> list[tuple[str, int, bytes]]:
+        """Encode payloads once per append (types checked, sizes bounded) before any I/O."""
+        out = []
+        for i, new in enumerate(events):
+            event_type, schema_version, payload = self._registry.encode(new.event)
+            # Upper bound of the stored message: payload, envelope strings, subject, headers.
+            size = (
+                len(payload)
+                + len(new.event_id) * 2
+                + len(event_type) * 2
+                + len(aggregate_id) * 3
+                + len(self._cfg.subject_prefix) * 2
+                + len(self._cfg.aggregate_type)
+                + sum(
+                    len(x)
+                    for x in (
+                        new.parent_aggregate_id,
+                        new.causation_id,
+                        new.correlation_id,
+                        new.source,
+                        new.idempotency_key,
+                    )
+                )
+                + sum(len(k) + len(v) + 6 for k, v in new.metadata.items())
+                + _ENVELOPE_AND_HEADER_OVERHEAD
+            )
+            if size > self._cfg.max_msg_size:
+                raise EventTooLargeError(
+                    f"event {i} ({event_type}) is {size} bytes; the stream accepts at most "
+                    f"{self._cfg.max_msg_size} bytes per event"
+                )
+            out.append((event_type, schema_version, payload))
+        return out
+
+    def _messages(
+        self,
+        aggregate_id: str,
+        events: Sequence[NewEvent],
+        encoded: list[tuple[str, int, bytes]],
+        base_version: int,
+        base_seq: int,
     ) -> list[OutMessage]:
         out = []
         now = now_ns()
-        for i, new in enumerate(events):
-            event_type, schema_version, payload = self._registry.encode(new.event)
+        prefix = f"{self._cfg.subject_prefix}.{aggregate_id}"
+        for i, (new, (event_type, schema_version, payload)) in enumerate(
+            zip(events, encoded, strict=True)
+        ):
+            # event_id, event_type, aggregate id and type are carried by the header and
+            # subject; _envelope() puts them back on read.
             envelope = EventEnvelope(
-                event_id=new.event_id,
-                event_type=event_type,
                 schema_version=schema_version,
-                aggregate_type=self._cfg.aggregate_type,
-                aggregate_id=aggregate_id,
                 aggregate_version=base_version + i + 1,
                 parent_aggregate_id=new.parent_aggregate_id,
                 causation_id=new.causation_id,
                 correlation_id=new.correlation_id,
                 source=new.source,
                 idempotency_key=new.idempotency_key,
-                metadata=dict(new.metadata),
+                metadata=new.metadata,
                 payload=payload,
+                occurred_at=to_timestamp(new.occurred_at_ns or now),
+                # recorded_at stays empty: readers take the stream's own timestamp.
             )
-            # recorded_at is left empty: readers take it from the stream's own timestamp.
-            envelope.occurred_at.CopyFrom(to_timestamp(new.occurred_at_ns or now))
-            data = envelope.SerializeToString(deterministic=True)
-            subject = f"{self._cfg.subject_prefix}.{aggregate_id}.{event_type}"
             headers = {"Nats-Msg-Id": new.event_id}
-            size = len(data) + len(subject) + sum(len(k) + len(v) + 4 for k, v in headers.items())
-            if size + 200 + _HEADER_OVERHEAD > self._cfg.max_msg_size:
-                raise EventTooLargeError(
-                    f"event {i} ({event_type}) is {size} bytes; the stream accepts at most "
-                    f"{self._cfg.max_msg_size} bytes per event"
+            if i == 0:
+                # Optimistic concurrency: the aggregate's subjects must end where we read them.
+                headers["Nats-Expected-Last-Subject-Sequence"] = str(base_seq)
+                headers["Nats-Expected-Last-Subject-Sequence-Subject"] = f"{prefix}.>"
+            out.append(
+                OutMessage(
+                    f"{prefix}.{event_type}",
+                    envelope.SerializeToString(deterministic=True),
+                    headers,
                 )
-            out.append(OutMessage(subject, data, headers))
+            )
         return out
-
-    @staticmethod
-    def _guard(messages: list[OutMessage], aggregate_subjects: str, seq: int) -> list[OutMessage]:
-        first = messages[0]
-        headers = {
-            **first.headers,
-            "Nats-Expected-Last-Subject-Sequence": str(seq),
-            "Nats-Expected-Last-Subject-Sequence-Subject": aggregate_subjects,
-        }
-        return [OutMessage(first.subject, first.data, headers), *messages[1:]]
 
     async def append(
         self, aggregate_id: str, events: Sequence[NewEvent], expected_version: Expected
@@ -249,7 +301,7 @@ class JetStreamEventStore:
         ids = [e.event_id for e in events]
         if len(set(ids)) != len(ids):
             raise ValidationError("event ids within one append must be unique")
-        self._build(aggregate_id, events, 0)  # validate types and sizes before any I/O
+        encoded = self._encode(aggregate_id, events)
         await self.start()
 
         for _ in range(self._cfg.any_conflict_retries + 1):
@@ -258,9 +310,7 @@ class JetStreamEventStore:
                 expected_version is ExpectedVersion.NO_STREAM and version != 0
             ):
                 return await self._conflict(aggregate_id, events, expected_version, version)
-            messages = self._guard(
-                self._build(aggregate_id, events, version), self._subject_filter(aggregate_id), seq
-            )
+            messages = self._messages(aggregate_id, events, encoded, version, seq)
             try:
                 ack = await self._call(partial(self._publish, messages))
             except JsApiError as exc:
@@ -331,7 +381,7 @@ class JetStreamEventStore:
         )
         if last is None:
             return None
-        tail = EventEnvelope.FromString(last.data)
+        tail = self._envelope(last)
         if tail.event_id == ids[-1]:
             # An atomic batch occupies consecutive sequences.
             n = len(ids)

@@ -111,6 +111,7 @@ class Replies:
         self._nc = nc
         self._prefix = nc.new_inbox()
         self._queues: dict[str, asyncio.Queue[Msg]] = {}
+        self._futures: dict[str, asyncio.Future[Msg]] = {}
         self._next = 0
         self._sub: Any = None
 
@@ -119,7 +120,13 @@ class Replies:
             self._sub = await self._nc.subscribe(f"{self._prefix}.*", cb=self._route)
 
     async def _route(self, msg: Msg) -> None:
-        queue = self._queues.get(msg.subject.rsplit(".", 1)[-1])
+        token = msg.subject.rsplit(".", 1)[-1]
+        future = self._futures.get(token)
+        if future is not None:
+            if not future.done():
+                future.set_result(msg)
+            return
+        queue = self._queues.get(token)
         if queue is not None:
             queue.put_nowait(msg)
 
@@ -136,12 +143,22 @@ class Replies:
     async def request(
         self, subject: str, data: bytes, headers: Mapping[str, str] | None, timeout: float
     ) -> Msg:
-        reply, queue = self.open()
+        """One request, one reply: a bare future (no queue) on the hot append path."""
+        self._next += 1
+        token = str(self._next)
+        future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        self._futures[token] = future
         try:
-            await self._nc.publish(subject, data, reply=reply, headers=dict(headers or {}))
-            return await asyncio.wait_for(queue.get(), timeout)
+            await self._nc.publish(
+                subject,
+                data,
+                reply=f"{self._prefix}.{token}",
+                headers=headers,  # type: ignore[arg-type]
+            )
+            async with asyncio.timeout(timeout):
+                return await future
         finally:
-            self.close(reply)
+            self._futures.pop(token, None)
 
     async def stop(self) -> None:
         if self._sub is not None:

@@ -1,0 +1,240 @@
+"""Event store appends (OCC + dedupe) beside raw nats-py `js.publish`, same run, same server.
+
+Workload: AGGREGATES aggregates, EVENTS events of a typical size, sent by CONCURRENCY
+writers that each own a share of the aggregates (a partitioned publisher: no conflicts).
+  - single: one event per command -> one publish with the OCC and Msg-Id headers;
+  - batch10: ten events per command -> one atomic batch;
+  - raw: `js.publish` of the same subjects and payloads, no headers, awaited one by one
+    per writer (the plain client's way), into a stream with the same configuration.
+Prints events/s, command latency p50/p90/p99, the ratio to raw, and stored bytes per
+event (stream state, and on disk after s2 compression).
+
+    python -m bench.bench_eventstore [--events N] [--aggregates N] [--concurrency N]
+    JETSOURCE_BENCH_NATS_URL=nats://... to use an external server (disk size then unknown)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import nats
+from nats.js.api import StorageType, StreamConfig
+
+from jetsource._gen.context.v1 import events_pb2 as ev
+from jetsource.core.envelope import NewEvent
+from jetsource.core.settings import EventStoreSettings
+from jetsource.devstack.servers import NatsServer, free_port, stop_pid
+from jetsource.domain.context.events import registry
+from jetsource.eventstore.jetstream import JetStreamEventStore
+
+
+def typical_event(n: int) -> ev.DecisionAdded:
+    return ev.DecisionAdded(
+        decision_id=f"d-{n:05d}",
+        title="Use JetStream atomic batches for commands",
+        body="Several events of one command are stored together or not at all.",
+        author="agent-7",
+    )
+
+
+@dataclass
+class Result:
+    name: str
+    events: int
+    seconds: float
+    latencies_ms: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds
+
+    def pct(self, q: float) -> float:
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    def line(self, raw: Result | None = None) -> str:
+        ratio = f"  {self.rate / raw.rate:5.2f}x raw" if raw else ""
+        return (
+            f"{self.name:<22} {self.rate:>9,.0f} ev/s  p50 {self.pct(0.5):6.2f} ms  "
+            f"p90 {self.pct(0.9):6.2f} ms  p99 {self.pct(0.99):6.2f} ms{ratio}"
+        )
+
+
+async def drive(
+    name: str,
+    commands_per_writer: list[list[Callable[[], Awaitable[None]]]],
+    events_per_command: int,
+) -> Result:
+    latencies: list[float] = []
+
+    async def writer(commands: list[Callable[[], Awaitable[None]]]) -> None:
+        for command in commands:
+            t0 = time.perf_counter()
+            await command()
+            latencies.append((time.perf_counter() - t0) * 1000)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(writer(c) for c in commands_per_writer))
+    elapsed = time.perf_counter() - started
+    total = sum(len(c) for c in commands_per_writer) * events_per_command
+    return Result(name, total, elapsed, latencies)
+
+
+def du(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+async def run(events: int, aggregates: int, concurrency: int, sync: str | None) -> None:
+    url = os.environ.get("JETSOURCE_BENCH_NATS_URL")
+    tmp = Path(tempfile.mkdtemp(prefix="jetsource-bench-"))
+    proc = None
+    if not url:
+        server = NatsServer(
+            tmp / "nats", port=free_port(), monitor_port=free_port(), sync_interval=sync
+        )
+        proc = server.start()
+        server.wait_ready(proc, 30)
+        url = server.address()
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    try:
+        version = nc._server_info["version"]
+        print(
+            f"server nats-server {version} sync_interval={sync or 'default (2m)'}; "
+            f"{events:,} events, {aggregates:,} aggregates, {concurrency} writers, "
+            f"os.cpu_count()={os.cpu_count()}"
+        )
+        ids = [f"story-{i:04d}" for i in range(aggregates)]
+        per_writer = [ids[w::concurrency] for w in range(concurrency)]
+
+        def store_for(tag: str) -> JetStreamEventStore:
+            cfg = EventStoreSettings(stream=f"BENCH_{tag}", subject_prefix=f"bench{tag}.events")
+            return JetStreamEventStore(nc, registry, cfg)
+
+        # -- raw client, same payload bytes and subjects ---------------------------------
+        probe = store_for("probe")
+        first = [NewEvent(typical_event(0))]
+        sample = probe._messages("story-0000", first, probe._encode("story-0000", first), 0, 0)[0]
+        await js.add_stream(
+            StreamConfig(
+                name="BENCH_RAW",
+                subjects=["benchraw.>"],
+                storage=StorageType.FILE,
+                compression="s2",
+                allow_direct=True,  # type: ignore[arg-type]
+            )
+        )
+        payload = sample.data
+
+        def raw_commands(n_events: int) -> list[list[Callable[[], Awaitable[None]]]]:
+            out: list[list[Callable[[], Awaitable[None]]]] = []
+            for mine in per_writer:
+                cmds: list[Callable[[], Awaitable[None]]] = []
+                for i in range(n_events // concurrency):
+                    subject = f"benchraw.{mine[i % len(mine)]}.DecisionAdded"
+
+                    async def publish(subject: str = subject) -> None:
+                        await js.publish(subject, payload)
+
+                    cmds.append(publish)
+                out.append(cmds)
+            return out
+
+        raw = await drive("raw js.publish", raw_commands(events), 1)
+
+        # -- event store, one event per command --------------------------------------------
+        async def store_run(tag: str, size: int) -> tuple[Result, JetStreamEventStore]:
+            store = store_for(tag)
+            await store.ensure_streams()
+            versions = dict.fromkeys(ids, 0)
+            counter = 0
+            out: list[list[Callable[[], Awaitable[None]]]] = []
+            for mine in per_writer:
+                cmds: list[Callable[[], Awaitable[None]]] = []
+                for i in range(events // size // concurrency):
+                    agg = mine[i % len(mine)]
+
+                    async def command(agg: str = agg) -> None:
+                        nonlocal counter
+                        batch = [NewEvent(typical_event(counter + k)) for k in range(size)]
+                        counter += size
+                        result = await store.append(agg, batch, versions[agg])
+                        versions[agg] = result.last_version
+
+                    cmds.append(command)
+                out.append(cmds)
+            name = "store single-event" if size == 1 else f"store {size}-event cmds"
+            return await drive(name, out, size), store
+
+        single, single_store = await store_run("single", 1)
+        batch, _ = await store_run("batch10", 10)
+
+        # A raw client storing 10-event commands must publish ten times per command.
+        raw10 = await drive(
+            "raw js.publish x10",
+            [
+                [_tenfold(cmds[i : i + 10]) for i in range(0, len(cmds) // 10 * 10, 10)]
+                for cmds in raw_commands(events)
+            ],
+            10,
+        )
+
+        print(raw.line())
+        print(single.line(raw))
+        print(raw10.line())
+        print(batch.line(raw10) + f"  ({batch.rate / raw.rate:4.2f}x raw single)")
+
+        info = await single_store.stream_info()
+        state = info["state"]
+        print(
+            f"stored bytes/event (single-event stream, stream state): "
+            f"{state['bytes'] / state['messages']:.0f}"
+        )
+        if proc is not None:
+            for name in ("BENCH_single", "BENCH_batch10", "BENCH_RAW"):
+                stream_dir = tmp / "nats" / "jetstream" / "jetstream" / "$G" / "streams" / name
+                raw_info = await js.stream_info(name)
+                n = raw_info.state.messages
+                print(f"stored bytes/event on disk, {name:<14} (s2): {du(stream_dir) / n:6.0f}")
+        await probe.close()
+    finally:
+        await nc.close()
+        if proc is not None:
+            stop_pid(proc.pid)
+
+
+def _tenfold(cmds: list[Callable[[], Awaitable[None]]]) -> Callable[[], Awaitable[None]]:
+    async def ten() -> None:
+        for c in cmds:
+            await c()
+
+    return ten
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--aggregates", type=int, default=1_000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument(
+        "--always-events",
+        type=int,
+        default=10_000,
+        help="events for the second pass on a server with sync_interval: always (0 skips it)",
+    )
+    args = parser.parse_args(argv)
+    asyncio.run(run(args.events, args.aggregates, args.concurrency, None))
+    if args.always_events:
+        # Production fsyncs every write: the durability atomic batches always pay on R1.
+        asyncio.run(run(args.always_events, args.aggregates, args.concurrency, "always"))
+
+
+if __name__ == "__main__":
+    main()
