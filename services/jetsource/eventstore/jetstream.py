@@ -36,11 +36,11 @@ from jetsource.core.errors import (
     EventStoreUnavailableError,
     EventTooLargeError,
     StreamMissingError,
-    ValidationError,
 )
 from jetsource.core.ids import uuid7, validate_aggregate_id
 from jetsource.core.settings import EventStoreSettings
 from jetsource.eventstore import jsapi
+from jetsource.eventstore.common import check_append, check_read, stored_envelope
 from jetsource.eventstore.jsapi import JsApiError, NoRespondersError, OutMessage, RawMessage
 
 T = TypeVar("T")
@@ -257,21 +257,7 @@ class JetStreamEventStore:
         for i, (new, (event_type, schema_version, payload)) in enumerate(
             zip(events, encoded, strict=True)
         ):
-            # event_id, event_type, aggregate id and type are carried by the header and
-            # subject; _envelope() puts them back on read.
-            envelope = EventEnvelope(
-                schema_version=schema_version,
-                aggregate_version=base_version + i + 1,
-                parent_aggregate_id=new.parent_aggregate_id,
-                causation_id=new.causation_id,
-                correlation_id=new.correlation_id,
-                source=new.source,
-                idempotency_key=new.idempotency_key,
-                metadata=new.metadata,
-                payload=payload,
-                occurred_at=to_timestamp(new.occurred_at_ns or now),
-                # recorded_at stays empty: readers take the stream's own timestamp.
-            )
+            envelope = stored_envelope(new, schema_version, base_version + i + 1, payload, now)
             headers = {"Nats-Msg-Id": new.event_id}
             if i == 0:
                 # Optimistic concurrency: the aggregate's subjects must end where we read them.
@@ -289,18 +275,7 @@ class JetStreamEventStore:
     async def append(
         self, aggregate_id: str, events: Sequence[NewEvent], expected_version: Expected
     ) -> AppendResult:
-        validate_aggregate_id(aggregate_id)
-        if not events:
-            raise ValidationError("append needs at least one event")
-        if len(events) > jsapi.BATCH_LIMIT:
-            raise ValidationError(
-                f"{len(events)} events in one append; at most {jsapi.BATCH_LIMIT} are atomic"
-            )
-        if isinstance(expected_version, int) and expected_version < 0:
-            raise ValidationError("expected_version must be >= 0, ANY or NO_STREAM")
-        ids = [e.event_id for e in events]
-        if len(set(ids)) != len(ids):
-            raise ValidationError("event ids within one append must be unique")
+        ids = check_append(aggregate_id, events, expected_version)
         encoded = self._encode(aggregate_id, events)
         await self.start()
 
@@ -431,9 +406,7 @@ class JetStreamEventStore:
         until_time: datetime | int | None = None,
         from_seq: int = 1,
     ) -> list[RecordedEvent]:
-        validate_aggregate_id(aggregate_id)
-        if from_version < 1:
-            raise ValidationError("from_version starts at 1")
+        check_read(aggregate_id, from_version)
         await self.start()
         limit_ns = to_ns(until_time) if until_time is not None else None
         seq_bound = await self.seq_at_time(limit_ns) if limit_ns is not None else None

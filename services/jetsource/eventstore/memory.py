@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 
-from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
 from jetsource.core.clock import now_ns, to_ns, to_timestamp
 from jetsource.core.codec import EventRegistry
 from jetsource.core.envelope import (
@@ -19,12 +18,10 @@ from jetsource.core.envelope import (
 from jetsource.core.errors import (
     ConcurrencyError,
     EventTooLargeError,
-    ValidationError,
 )
 from jetsource.core.ids import validate_aggregate_id
 from jetsource.core.settings import EventStoreSettings
-
-BATCH_LIMIT = 1000
+from jetsource.eventstore.common import check_append, check_read, stored_envelope
 
 
 def _subject_matches(pattern: str, subject: str) -> bool:
@@ -60,16 +57,7 @@ class InMemoryEventStore:
     async def append(
         self, aggregate_id: str, events: Sequence[NewEvent], expected_version: Expected
     ) -> AppendResult:
-        validate_aggregate_id(aggregate_id)
-        if not events:
-            raise ValidationError("append needs at least one event")
-        if len(events) > BATCH_LIMIT:
-            raise ValidationError(f"{len(events)} events in one append; at most {BATCH_LIMIT}")
-        if isinstance(expected_version, int) and expected_version < 0:
-            raise ValidationError("expected_version must be >= 0, ANY or NO_STREAM")
-        ids = [e.event_id for e in events]
-        if len(set(ids)) != len(ids):
-            raise ValidationError("event ids within one append must be unique")
+        ids = check_append(aggregate_id, events, expected_version)
         encoded = [self._registry.encode(e.event) for e in events]
         for i, (event_type, _, payload) in enumerate(encoded):
             if len(payload) + 200 > self._cfg.max_msg_size:
@@ -102,22 +90,11 @@ class InMemoryEventStore:
             for i, (new, (event_type, schema_version, payload)) in enumerate(
                 zip(events, encoded, strict=True)
             ):
-                envelope = EventEnvelope(
-                    event_id=new.event_id,
-                    event_type=event_type,
-                    schema_version=schema_version,
-                    aggregate_type=self._cfg.aggregate_type,
-                    aggregate_id=aggregate_id,
-                    aggregate_version=version + i + 1,
-                    parent_aggregate_id=new.parent_aggregate_id,
-                    causation_id=new.causation_id,
-                    correlation_id=new.correlation_id,
-                    source=new.source,
-                    idempotency_key=new.idempotency_key,
-                    metadata=dict(new.metadata),
-                    payload=payload,
-                )
-                envelope.occurred_at.CopyFrom(to_timestamp(new.occurred_at_ns or now))
+                envelope = stored_envelope(new, schema_version, version + i + 1, payload, now)
+                envelope.event_id = new.event_id
+                envelope.event_type = event_type
+                envelope.aggregate_id = aggregate_id
+                envelope.aggregate_type = self._cfg.aggregate_type
                 envelope.recorded_at.CopyFrom(to_timestamp(now))
                 seq = len(self._log) + 1
                 record = RecordedEvent(
@@ -140,9 +117,7 @@ class InMemoryEventStore:
         until_time: datetime | int | None = None,
         from_seq: int = 1,
     ) -> list[RecordedEvent]:
-        validate_aggregate_id(aggregate_id)
-        if from_version < 1:
-            raise ValidationError("from_version starts at 1")
+        check_read(aggregate_id, from_version)
         limit = to_ns(until_time) if until_time is not None else None
         return [
             r
