@@ -8,7 +8,11 @@ class JetsourceError(Exception):
 
 
 class ValidationError(JetsourceError, ValueError):
-    """Bad input: nothing was changed."""
+    """Bad input: nothing was changed. ``field`` names the offending input, if known."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class InvalidAggregateIdError(ValidationError):

@@ -1,0 +1,497 @@
+"""The context aggregate: state, commands, ``decide`` and ``evolve``. Pure: no I/O.
+
+``decide(command, state) -> events`` checks every invariant and raises
+:class:`DomainError` (a rule of the domain says no) or :class:`ValidationError`
+(the command itself is malformed, naming the field). ``evolve(state, event)``
+applies one event; it refuses an event that contradicts the state, which decide
+never emits.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import TypeAlias, TypeVar
+
+from google.protobuf.message import Message
+
+from jetsource._gen.context.v1 import events_pb2 as ev
+from jetsource.core.codec import UnknownEvent
+from jetsource.core.errors import JetsourceError, ValidationError
+
+T = TypeVar("T")
+Status: TypeAlias = ev.SubtaskStatus.ValueType
+NodeKind: TypeAlias = ev.NodeKind.ValueType
+TODO, IN_PROGRESS, BLOCKED, DONE, CANCELLED = (
+    ev.SUBTASK_STATUS_TODO,
+    ev.SUBTASK_STATUS_IN_PROGRESS,
+    ev.SUBTASK_STATUS_BLOCKED,
+    ev.SUBTASK_STATUS_DONE,
+    ev.SUBTASK_STATUS_CANCELLED,
+)
+TRANSITIONS: Mapping[Status, frozenset[Status]] = {
+    TODO: frozenset({IN_PROGRESS, BLOCKED, CANCELLED}),
+    IN_PROGRESS: frozenset({TODO, BLOCKED, DONE, CANCELLED}),
+    BLOCKED: frozenset({TODO, IN_PROGRESS, CANCELLED}),
+    DONE: frozenset(),
+    CANCELLED: frozenset(),
+}
+STATUS_NAMES = {TODO: "todo", IN_PROGRESS: "in_progress", BLOCKED: "blocked", DONE: "done",
+                CANCELLED: "cancelled"}  # fmt: skip
+
+# Length limits (characters).
+MAX_ID, MAX_TITLE, MAX_TEXT, MAX_NAME, MAX_TAGS, MAX_TAG = 64, 200, 10_000, 100, 20, 50
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]*")
+
+
+class DomainError(JetsourceError):
+    """A rule of the domain forbids this command in the current state."""
+
+
+class EvolveError(JetsourceError):
+    """An event contradicts the state it is applied to."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    id: str
+    title: str
+    body: str = ""
+    rationale: str = ""
+    author: str = ""
+    affects: tuple[str, ...] = ()
+    superseded_by: str = ""
+    revisions: int = 0
+
+    @property
+    def active(self) -> bool:
+        return not self.superseded_by
+
+
+@dataclass(frozen=True)
+class Subtask:
+    id: str
+    title: str
+    description: str = ""
+    assignee: str = ""
+    status: Status = TODO
+    progress: int = 0
+    status_note: str = ""
+
+
+@dataclass(frozen=True)
+class ContextState:
+    id: str = ""
+    version: int = 0
+    exists: bool = False
+    title: str = ""
+    description: str = ""
+    created_by: str = ""
+    tags: tuple[str, ...] = ()
+    closed: bool = False
+    close_reason: str = ""
+    decisions: Mapping[str, Decision] = field(default_factory=lambda: MappingProxyType({}))
+    subtasks: Mapping[str, Subtask] = field(default_factory=lambda: MappingProxyType({}))
+    # (from_id, to_id): from depends on to
+    dependencies: frozenset[tuple[str, str]] = frozenset()
+
+    def kind_of(self, node_id: str) -> NodeKind:
+        if node_id in self.decisions:
+            return ev.NODE_KIND_DECISION
+        if node_id in self.subtasks:
+            return ev.NODE_KIND_SUBTASK
+        return ev.NODE_KIND_UNSPECIFIED
+
+
+# -- commands -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CreateContext:
+    title: str
+    description: str = ""
+    created_by: str = ""
+    tags: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class AddDecision:
+    decision_id: str
+    title: str
+    body: str = ""
+    rationale: str = ""
+    author: str = ""
+    affects: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class ReviseDecision:
+    decision_id: str
+    title: str = ""
+    body: str = ""
+    rationale: str = ""
+    revised_by: str = ""
+
+
+@dataclass(frozen=True)
+class SupersedeDecision:
+    decision_id: str
+    superseded_by: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class AddSubtask:
+    subtask_id: str
+    title: str
+    description: str = ""
+    assignee: str = ""
+
+
+@dataclass(frozen=True)
+class UpdateSubtask:
+    subtask_id: str
+    status: Status | None = None
+    assignee: str | None = None
+    progress: int | None = None
+
+
+@dataclass(frozen=True)
+class LinkDependency:
+    from_id: str
+    to_id: str
+
+
+@dataclass(frozen=True)
+class CloseContext:
+    reason: str = ""
+    closed_by: str = ""
+
+
+Command = (
+    CreateContext
+    | AddDecision
+    | ReviseDecision
+    | SupersedeDecision
+    | AddSubtask
+    | UpdateSubtask
+    | LinkDependency
+    | CloseContext
+)
+
+# -- validation helpers -------------------------------------------------------------
+
+
+def _text(value: str, name: str, limit: int, required: bool = False) -> None:
+    if required and not value.strip():
+        raise ValidationError(f"{name} is required", field=name)
+    if len(value) > limit:
+        raise ValidationError(f"{name} is {len(value)} characters; at most {limit}", field=name)
+
+
+def _node_id(value: str, name: str) -> None:
+    if not value:
+        raise ValidationError(f"{name} is required", field=name)
+    if len(value) > MAX_ID or not _ID.fullmatch(value):
+        raise ValidationError(
+            f"{name} {value[:80]!r} is invalid: letters, digits, '-' and '_', at most {MAX_ID}",
+            field=name,
+        )
+
+
+def _depends(deps: frozenset[tuple[str, str]], start: str, target: str) -> bool:
+    """Is ``target`` reachable from ``start`` along dependencies?"""
+    seen, stack = set(), [start]
+    while stack:
+        node = stack.pop()
+        if node == target:
+            return True
+        if node in seen:
+            continue
+        seen.add(node)
+        stack.extend(to for frm, to in deps if frm == node)
+    return False
+
+
+# -- decide -------------------------------------------------------------------------
+
+
+def decide(command: Command, state: ContextState) -> list[Message]:
+    if isinstance(command, CreateContext):
+        _text(command.title, "title", MAX_TITLE, required=True)
+        _text(command.description, "description", MAX_TEXT)
+        _text(command.created_by, "created_by", MAX_NAME)
+        if len(command.tags) > MAX_TAGS:
+            raise ValidationError(f"at most {MAX_TAGS} tags", field="tags")
+        for tag in command.tags:
+            _text(tag, "tags", MAX_TAG, required=True)
+        if state.exists:
+            raise DomainError(f"context {state.id!r} already exists")
+        return [
+            ev.ContextCreated(
+                title=command.title,
+                description=command.description,
+                created_by=command.created_by,
+                tags=list(command.tags),
+            )
+        ]
+
+    if not state.exists:
+        raise DomainError(f"context {state.id!r} does not exist: create it first")
+    if state.closed:
+        raise DomainError(f"context {state.id!r} is closed and accepts no changes")
+
+    if isinstance(command, AddDecision):
+        _node_id(command.decision_id, "decision_id")
+        _text(command.title, "title", MAX_TITLE, required=True)
+        _text(command.body, "body", MAX_TEXT)
+        _text(command.rationale, "rationale", MAX_TEXT)
+        _text(command.author, "author", MAX_NAME)
+        for target in command.affects:
+            _node_id(target, "affects")
+        _unused_id(state, command.decision_id)
+        missing = [t for t in command.affects if not state.kind_of(t)]
+        if missing:
+            raise DomainError(f"affects unknown decisions or subtasks: {', '.join(missing)}")
+        return [
+            ev.DecisionAdded(
+                decision_id=command.decision_id,
+                title=command.title,
+                body=command.body,
+                rationale=command.rationale,
+                author=command.author,
+                affects=list(dict.fromkeys(command.affects)),
+            )
+        ]
+
+    if isinstance(command, ReviseDecision):
+        _node_id(command.decision_id, "decision_id")
+        _text(command.title, "title", MAX_TITLE)
+        _text(command.body, "body", MAX_TEXT)
+        _text(command.rationale, "rationale", MAX_TEXT)
+        _text(command.revised_by, "revised_by", MAX_NAME)
+        decision = _active_decision(state, command.decision_id)
+        if not (command.title or command.body or command.rationale):
+            raise ValidationError("a revision changes title, body or rationale", field="title")
+        del decision
+        return [
+            ev.DecisionRevised(
+                decision_id=command.decision_id,
+                title=command.title,
+                body=command.body,
+                rationale=command.rationale,
+                revised_by=command.revised_by,
+            )
+        ]
+
+    if isinstance(command, SupersedeDecision):
+        _node_id(command.decision_id, "decision_id")
+        _node_id(command.superseded_by, "superseded_by")
+        _text(command.reason, "reason", MAX_TEXT)
+        _active_decision(state, command.decision_id)
+        if command.superseded_by == command.decision_id:
+            raise DomainError("a decision cannot supersede itself")
+        replacement = state.decisions.get(command.superseded_by)
+        if replacement is None:
+            raise DomainError(f"decision {command.superseded_by!r} does not exist")
+        if not replacement.active:
+            raise DomainError(f"decision {command.superseded_by!r} is itself superseded")
+        return [
+            ev.DecisionSuperseded(
+                decision_id=command.decision_id,
+                superseded_by=command.superseded_by,
+                reason=command.reason,
+            )
+        ]
+
+    if isinstance(command, AddSubtask):
+        _node_id(command.subtask_id, "subtask_id")
+        _text(command.title, "title", MAX_TITLE, required=True)
+        _text(command.description, "description", MAX_TEXT)
+        _text(command.assignee, "assignee", MAX_NAME)
+        _unused_id(state, command.subtask_id)
+        return [
+            ev.SubtaskAdded(
+                subtask_id=command.subtask_id,
+                title=command.title,
+                description=command.description,
+                assignee=command.assignee,
+            )
+        ]
+
+    if isinstance(command, UpdateSubtask):
+        _node_id(command.subtask_id, "subtask_id")
+        if command.assignee is not None:
+            _text(command.assignee, "assignee", MAX_NAME)
+        if command.progress is not None and not 0 <= command.progress <= 100:
+            raise ValidationError("progress must be 0..100", field="progress")
+        if command.status is not None and command.status not in TRANSITIONS:
+            raise ValidationError(f"unknown status {command.status}", field="status")
+        if command.status is None and command.assignee is None and command.progress is None:
+            raise ValidationError("nothing to update: give status, assignee or progress",
+                                  field="status")  # fmt: skip
+        subtask = state.subtasks.get(command.subtask_id)
+        if subtask is None:
+            raise DomainError(f"subtask {command.subtask_id!r} does not exist")
+        if not TRANSITIONS[subtask.status]:
+            raise DomainError(
+                f"subtask {subtask.id!r} is {STATUS_NAMES[subtask.status]} and cannot change"
+            )
+        status = subtask.status if command.status is None else command.status
+        if (
+            command.status is not None
+            and command.status != subtask.status
+            and command.status not in TRANSITIONS[subtask.status]
+        ):
+            raise DomainError(
+                f"subtask {subtask.id!r} cannot move from {STATUS_NAMES[subtask.status]} "
+                f"to {STATUS_NAMES[command.status]}"
+            )
+        return [
+            ev.SubtaskUpdated(
+                subtask_id=subtask.id,
+                status=status,
+                assignee=subtask.assignee if command.assignee is None else command.assignee,
+                progress=subtask.progress if command.progress is None else command.progress,
+            )
+        ]
+
+    if isinstance(command, LinkDependency):
+        _node_id(command.from_id, "from_id")
+        _node_id(command.to_id, "to_id")
+        from_kind, to_kind = state.kind_of(command.from_id), state.kind_of(command.to_id)
+        if not from_kind:
+            raise DomainError(f"{command.from_id!r} is neither a decision nor a subtask here")
+        if not to_kind:
+            raise DomainError(f"{command.to_id!r} is neither a decision nor a subtask here")
+        if command.from_id == command.to_id:
+            raise DomainError("a node cannot depend on itself")
+        if (command.from_id, command.to_id) in state.dependencies:
+            raise DomainError(f"{command.from_id!r} already depends on {command.to_id!r}")
+        if _depends(state.dependencies, command.to_id, command.from_id):
+            raise DomainError(
+                f"linking {command.from_id!r} -> {command.to_id!r} would create a dependency cycle"
+            )
+        return [
+            ev.DependencyLinked(
+                from_id=command.from_id, from_kind=from_kind, to_id=command.to_id, to_kind=to_kind
+            )
+        ]
+
+    if isinstance(command, CloseContext):
+        _text(command.reason, "reason", MAX_TEXT)
+        _text(command.closed_by, "closed_by", MAX_NAME)
+        return [ev.ContextClosed(reason=command.reason, closed_by=command.closed_by)]
+
+    raise ValidationError(f"unknown command {type(command).__name__}", field="command")
+
+
+def _unused_id(state: ContextState, node_id: str) -> None:
+    if node_id in state.decisions or node_id in state.subtasks:
+        raise DomainError(f"id {node_id!r} is already used in context {state.id!r}")
+
+
+def _active_decision(state: ContextState, decision_id: str) -> Decision:
+    decision = state.decisions.get(decision_id)
+    if decision is None:
+        raise DomainError(f"decision {decision_id!r} does not exist")
+    if not decision.active:
+        raise DomainError(f"decision {decision_id!r} was superseded by {decision.superseded_by!r}")
+    return decision
+
+
+# -- evolve -------------------------------------------------------------------------
+
+
+def evolve(state: ContextState, event: Message | UnknownEvent) -> ContextState:
+    """Apply one event. Unknown events only advance the version."""
+    state = replace(state, version=state.version + 1)
+    if isinstance(event, UnknownEvent):
+        return state
+    if isinstance(event, ev.ContextCreated):
+        if state.exists:
+            raise EvolveError("ContextCreated on an existing context")
+        return replace(
+            state,
+            exists=True,
+            title=event.title,
+            description=event.description,
+            created_by=event.created_by,
+            tags=tuple(event.tags),
+        )
+    if not state.exists:
+        raise EvolveError(f"{type(event).__name__} before ContextCreated")
+    if state.closed:
+        raise EvolveError(f"{type(event).__name__} after ContextClosed")
+    if isinstance(event, ev.DecisionAdded):
+        if state.kind_of(event.decision_id):
+            raise EvolveError(f"duplicate id {event.decision_id!r}")
+        decision = Decision(
+            event.decision_id,
+            event.title,
+            event.body,
+            event.rationale,
+            event.author,
+            tuple(event.affects),
+        )
+        return replace(state, decisions=_with(state.decisions, decision.id, decision))
+    if isinstance(event, ev.DecisionRevised):
+        old = _existing(state.decisions, event.decision_id)
+        new = replace(
+            old,
+            title=event.title or old.title,
+            body=event.body or old.body,
+            rationale=event.rationale or old.rationale,
+            revisions=old.revisions + 1,
+        )
+        return replace(state, decisions=_with(state.decisions, new.id, new))
+    if isinstance(event, ev.DecisionSuperseded):
+        old = _existing(state.decisions, event.decision_id)
+        _existing(state.decisions, event.superseded_by)
+        new = replace(old, superseded_by=event.superseded_by)
+        return replace(state, decisions=_with(state.decisions, new.id, new))
+    if isinstance(event, ev.SubtaskAdded):
+        if state.kind_of(event.subtask_id):
+            raise EvolveError(f"duplicate id {event.subtask_id!r}")
+        subtask = Subtask(event.subtask_id, event.title, event.description, event.assignee)
+        return replace(state, subtasks=_with(state.subtasks, subtask.id, subtask))
+    if isinstance(event, ev.SubtaskUpdated):
+        old_task = _existing(state.subtasks, event.subtask_id)
+        new_task = replace(
+            old_task,
+            status=event.status or old_task.status,
+            assignee=event.assignee,
+            progress=event.progress,
+            status_note=event.status_note,
+        )
+        return replace(state, subtasks=_with(state.subtasks, new_task.id, new_task))
+    if isinstance(event, ev.DependencyLinked):
+        if not state.kind_of(event.from_id) or not state.kind_of(event.to_id):
+            raise EvolveError("dependency on an unknown node")
+        return replace(state, dependencies=state.dependencies | {(event.from_id, event.to_id)})
+    if isinstance(event, ev.ContextClosed):
+        return replace(state, closed=True, close_reason=event.reason)
+    return state  # a registered type this model does not use: nothing to change
+
+
+def _with(mapping: Mapping[str, T], key: str, value: T) -> Mapping[str, T]:
+    copied = dict(mapping)
+    copied[key] = value
+    return MappingProxyType(copied)
+
+
+def _existing(mapping: Mapping[str, T], key: str) -> T:
+    try:
+        return mapping[key]
+    except KeyError:
+        raise EvolveError(f"unknown id {key!r}") from None
+
+
+def fold(events: Sequence[Message | UnknownEvent], state: ContextState | None = None,
+         context_id: str = "") -> ContextState:  # fmt: skip
+    state = state or ContextState(id=context_id)
+    for event in events:
+        state = evolve(state, event)
+    return state
