@@ -38,8 +38,13 @@ TRANSITIONS: Mapping[Status, frozenset[Status]] = {
     DONE: frozenset(),
     CANCELLED: frozenset(),
 }
-STATUS_NAMES = {TODO: "todo", IN_PROGRESS: "in_progress", BLOCKED: "blocked", DONE: "done",
-                CANCELLED: "cancelled"}  # fmt: skip
+STATUS_NAMES = {
+    TODO: "todo",
+    IN_PROGRESS: "in_progress",
+    BLOCKED: "blocked",
+    DONE: "done",
+    CANCELLED: "cancelled",
+}
 
 # Length limits (characters).
 MAX_ID, MAX_TITLE, MAX_TEXT, MAX_NAME, MAX_TAGS, MAX_TAG = 64, 200, 10_000, 100, 20, 50
@@ -272,10 +277,9 @@ def decide(command: Command, state: ContextState) -> list[Message]:
         _text(command.body, "body", MAX_TEXT)
         _text(command.rationale, "rationale", MAX_TEXT)
         _text(command.revised_by, "revised_by", MAX_NAME)
-        decision = _active_decision(state, command.decision_id)
+        _active_decision(state, command.decision_id)
         if not (command.title or command.body or command.rationale):
             raise ValidationError("a revision changes title, body or rationale", field="title")
-        del decision
         return [
             ev.DecisionRevised(
                 decision_id=command.decision_id,
@@ -330,8 +334,9 @@ def decide(command: Command, state: ContextState) -> list[Message]:
         if command.status is not None and command.status not in TRANSITIONS:
             raise ValidationError(f"unknown status {command.status}", field="status")
         if command.status is None and command.assignee is None and command.progress is None:
-            raise ValidationError("nothing to update: give status, assignee or progress",
-                                  field="status")  # fmt: skip
+            raise ValidationError(
+                "nothing to update: give status, assignee or progress", field="status"
+            )
         subtask = state.subtasks.get(command.subtask_id)
         if subtask is None:
             raise DomainError(f"subtask {command.subtask_id!r} does not exist")
@@ -489,8 +494,11 @@ def _existing(mapping: Mapping[str, T], key: str) -> T:
         raise EvolveError(f"unknown id {key!r}") from None
 
 
-def fold(events: Sequence[Message | UnknownEvent], state: ContextState | None = None,
-         context_id: str = "") -> ContextState:  # fmt: skip
+def fold(
+    events: Sequence[Message | UnknownEvent],
+    state: ContextState | None = None,
+    context_id: str = "",
+) -> ContextState:
     state = state or ContextState(id=context_id)
     for event in events:
         state = evolve(state, event)
