@@ -1,0 +1,201 @@
+"""Typed Python client for the publisher's ContextCommandService.
+
+    async with ContextClient("127.0.0.1:50051") as client:
+        r = await client.create_context("story-1", title="Checkout")
+        await client.add_decision("story-1", "d1", "Use NATS", expected_version=r.version)
+
+Each call sends a fresh idempotency key unless one is given: pass the same key to
+retry safely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+
+from jetsource._gen.context.v1 import commands_pb2 as pb
+from jetsource._gen.context.v1 import commands_pb2_grpc as pb_grpc
+from jetsource._gen.context.v1 import events_pb2
+from jetsource.core.ids import uuid7
+
+STATUSES = {
+    "todo": events_pb2.SUBTASK_STATUS_TODO,
+    "in_progress": events_pb2.SUBTASK_STATUS_IN_PROGRESS,
+    "blocked": events_pb2.SUBTASK_STATUS_BLOCKED,
+    "done": events_pb2.SUBTASK_STATUS_DONE,
+    "cancelled": events_pb2.SUBTASK_STATUS_CANCELLED,
+}
+
+
+class ContextClient:
+    def __init__(self, target: str, timeout: float = 10.0, actor: str = "") -> None:
+        self._channel = grpc.aio.insecure_channel(target)
+        self._stub = pb_grpc.ContextCommandServiceStub(self._channel)
+        self._timeout = timeout
+        self._actor = actor
+
+    async def __aenter__(self) -> ContextClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def _send(
+        self,
+        rpc: str,
+        context_id: str,
+        idempotency_key: str | None,
+        expected_version: int | None,
+        correlation_id: str,
+        causation_id: str,
+        **fields: Any,
+    ) -> pb.CommandResult:
+        options = pb.CommandOptions(
+            idempotency_key=uuid7() if idempotency_key is None else idempotency_key,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            actor=self._actor,
+        )
+        if expected_version is not None:
+            options.expected_version = expected_version
+        request = getattr(pb, f"{rpc}Request")(context_id=context_id, options=options, **fields)
+        response = await getattr(self._stub, rpc)(request, timeout=self._timeout)
+        result: pb.CommandResult = response.result
+        return result
+
+    async def create_context(
+        self,
+        context_id: str,
+        title: str,
+        description: str = "",
+        tags: Sequence[str] = (),
+        **opts: Any,
+    ) -> pb.CommandResult:
+        return await self._send(
+            "CreateContext",
+            context_id,
+            **_o(opts),
+            title=title,
+            description=description,
+            tags=list(tags),
+        )
+
+    async def add_decision(
+        self,
+        context_id: str,
+        decision_id: str,
+        title: str,
+        body: str = "",
+        rationale: str = "",
+        affects: Sequence[str] = (),
+        **opts: Any,
+    ) -> pb.CommandResult:
+        return await self._send(
+            "AddDecision",
+            context_id,
+            **_o(opts),
+            decision_id=decision_id,
+            title=title,
+            body=body,
+            rationale=rationale,
+            affects=list(affects),
+        )
+
+    async def revise_decision(
+        self,
+        context_id: str,
+        decision_id: str,
+        title: str = "",
+        body: str = "",
+        rationale: str = "",
+        **opts: Any,
+    ) -> pb.CommandResult:
+        return await self._send(
+            "ReviseDecision",
+            context_id,
+            **_o(opts),
+            decision_id=decision_id,
+            title=title,
+            body=body,
+            rationale=rationale,
+        )
+
+    async def supersede_decision(
+        self, context_id: str, decision_id: str, superseded_by: str, reason: str = "", **opts: Any
+    ) -> pb.CommandResult:
+        return await self._send(
+            "SupersedeDecision",
+            context_id,
+            **_o(opts),
+            decision_id=decision_id,
+            superseded_by=superseded_by,
+            reason=reason,
+        )
+
+    async def add_subtask(
+        self,
+        context_id: str,
+        subtask_id: str,
+        title: str,
+        description: str = "",
+        assignee: str = "",
+        **opts: Any,
+    ) -> pb.CommandResult:
+        return await self._send(
+            "AddSubtask",
+            context_id,
+            **_o(opts),
+            subtask_id=subtask_id,
+            title=title,
+            description=description,
+            assignee=assignee,
+        )
+
+    async def update_subtask(
+        self,
+        context_id: str,
+        subtask_id: str,
+        status: str | None = None,
+        assignee: str | None = None,
+        progress: int | None = None,
+        **opts: Any,
+    ) -> pb.CommandResult:
+        fields: dict[str, Any] = {"subtask_id": subtask_id}
+        if status is not None:
+            if status not in STATUSES:
+                raise ValueError(f"status must be one of {', '.join(STATUSES)}")
+            fields["status"] = STATUSES[status]
+        if assignee is not None:
+            fields["assignee"] = assignee
+        if progress is not None:
+            fields["progress"] = progress
+        return await self._send("UpdateSubtask", context_id, **_o(opts), **fields)
+
+    async def link_dependency(
+        self, context_id: str, from_id: str, to_id: str, **opts: Any
+    ) -> pb.CommandResult:
+        return await self._send(
+            "LinkDependency", context_id, **_o(opts), from_id=from_id, to_id=to_id
+        )
+
+    async def close_context(
+        self, context_id: str, reason: str = "", **opts: Any
+    ) -> pb.CommandResult:
+        return await self._send("CloseContext", context_id, **_o(opts), reason=reason)
+
+
+def _o(opts: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(opts) - {"idempotency_key", "expected_version", "correlation_id", "causation_id"}
+    if unknown:
+        raise TypeError(f"unknown options: {', '.join(sorted(unknown))}")
+    return {
+        "idempotency_key": opts.get("idempotency_key"),
+        "expected_version": opts.get("expected_version"),
+        "correlation_id": opts.get("correlation_id", ""),
+        "causation_id": opts.get("causation_id", ""),
+    }

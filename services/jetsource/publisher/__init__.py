@@ -1,0 +1,1 @@
+"""The publisher service: gRPC commands -> decide -> append."""

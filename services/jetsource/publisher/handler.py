@@ -1,0 +1,198 @@
+"""Command handling, independent of gRPC: load, check idempotency, decide, append.
+
+State is folded from the event store and kept per context in a bounded cache; a
+command reads only the events after the cached version. Within one process the
+commands of one context run one at a time (fewer conflicts); across processes the
+event store's optimistic concurrency decides, and a loser reloads and retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+from google.protobuf.message import Message
+
+from jetsource.core.envelope import AppendResult, NewEvent, RecordedEvent
+from jetsource.core.errors import ConcurrencyError, JetsourceError, ValidationError
+from jetsource.core.ids import validate_aggregate_id
+from jetsource.domain.context.model import Command, ContextState, DomainError, decide, evolve
+from jetsource.eventstore.port import EventStore
+
+MAX_KEY = 128
+
+
+class ExpectedVersionMismatchError(JetsourceError):
+    """The caller's expected version is not the context's: nothing was appended."""
+
+    def __init__(self, context_id: str, expected: int, actual: int) -> None:
+        self.expected, self.actual = expected, actual
+        super().__init__(
+            f"context {context_id!r} is at version {actual}, the command expected {expected}"
+        )
+
+
+class RetriesExhaustedError(JetsourceError):
+    pass
+
+
+@dataclass(frozen=True)
+class CommandOptions:
+    idempotency_key: str
+    expected_version: int | None = None
+    correlation_id: str = ""
+    causation_id: str = ""
+    actor: str = ""
+
+
+@dataclass
+class Loaded:
+    state: ContextState
+    last_seq: int = 0
+    # idempotency key -> the result of the command that used it
+    results: dict[str, AppendResult] = field(default_factory=dict)
+
+    def apply(self, records: Iterable[RecordedEvent]) -> None:
+        for record in records:
+            self.state = evolve(self.state, record.event)
+            self.last_seq = record.stream_seq
+            key = record.envelope.idempotency_key
+            if not key:
+                continue
+            prior = self.results.get(key)
+            if prior is None:
+                self.results[key] = AppendResult(
+                    record.aggregate_id,
+                    [record.version],
+                    [record.stream_seq],
+                    [record.event_id],
+                    duplicate=True,
+                )
+            else:
+                prior.versions.append(record.version)
+                prior.stream_seqs.append(record.stream_seq)
+                prior.event_ids.append(record.event_id)
+
+    def appended(self, events: list[Message], result: AppendResult, key: str) -> None:
+        """Fold our own successful append in without reading it back."""
+        for event in events:
+            self.state = evolve(self.state, event)
+        self.last_seq = result.stream_seqs[-1]
+        self.results[key] = replace(result, duplicate=True)
+
+
+class CommandHandler:
+    def __init__(
+        self,
+        store: EventStore,
+        conflict_retries: int = 20,
+        conflict_backoff_s: float = 0.005,
+        cache_size: int = 10_000,
+    ) -> None:
+        self._store = store
+        self._retries = conflict_retries
+        self._backoff = conflict_backoff_s
+        self._cache_size = cache_size
+        self._cache: OrderedDict[str, Loaded] = OrderedDict()
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    async def load(self, context_id: str) -> Loaded:
+        """Current state: the cached fold plus whatever was appended since."""
+        loaded = self._cache.get(context_id) or Loaded(ContextState(id=context_id))
+        tail = await self._store.read_aggregate(
+            context_id, from_version=loaded.state.version + 1, from_seq=loaded.last_seq + 1
+        )
+        loaded.apply(tail)
+        if self._cache_size:
+            self._cache[context_id] = loaded
+            self._cache.move_to_end(context_id)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return loaded
+
+    async def execute(
+        self, context_id: str, command: Command, options: CommandOptions
+    ) -> AppendResult:
+        validate_aggregate_id(context_id, field="context_id")
+        key = options.idempotency_key
+        if not key.strip():
+            raise ValidationError("options.idempotency_key is required", field="idempotency_key")
+        if len(key) > MAX_KEY:
+            raise ValidationError(
+                f"options.idempotency_key is {len(key)} characters; at most {MAX_KEY}",
+                field="idempotency_key",
+            )
+        lock, users = self._locks.get(context_id) or (asyncio.Lock(), 0)
+        self._locks[context_id] = (lock, users + 1)
+        try:
+            async with lock:
+                return await self._execute(context_id, command, options)
+        finally:
+            lock, users = self._locks[context_id]
+            if users == 1:
+                del self._locks[context_id]
+            else:
+                self._locks[context_id] = (lock, users - 1)
+
+    def _cached(self, context_id: str) -> Loaded | None:
+        return self._cache.get(context_id)
+
+    async def _execute(
+        self, context_id: str, command: Command, options: CommandOptions
+    ) -> AppendResult:
+        key, expected = options.idempotency_key, options.expected_version
+        for attempt in range(self._retries + 1):
+            # Optimistic: a cached fold is trusted for the happy path (a stale one makes
+            # the append conflict); a refusal is only given after a fresh read.
+            loaded = self._cached(context_id)
+            fresh = loaded is None
+            if loaded is None:
+                loaded = await self.load(context_id)
+            try:
+                if key in loaded.results:
+                    return loaded.results[key]
+                if expected is not None and expected != loaded.state.version:
+                    raise ExpectedVersionMismatchError(context_id, expected, loaded.state.version)
+                events = decide(command, loaded.state)
+            except (ExpectedVersionMismatchError, DomainError):
+                if fresh:
+                    raise
+                loaded = await self.load(context_id)  # read what the cache may have missed
+                if key in loaded.results:
+                    return loaded.results[key]
+                if expected is not None and expected != loaded.state.version:
+                    raise ExpectedVersionMismatchError(
+                        context_id, expected, loaded.state.version
+                    ) from None
+                events = decide(command, loaded.state)
+            metadata = {"actor": options.actor} if options.actor else {}
+            new = [
+                NewEvent(
+                    event,
+                    idempotency_key=key,
+                    correlation_id=options.correlation_id,
+                    causation_id=options.causation_id,
+                    source="publisher",
+                    metadata=metadata,
+                )
+                for event in events
+            ]
+            try:
+                result = await self._store.append(context_id, new, loaded.state.version)
+            except ConcurrencyError as exc:
+                self._cache.pop(context_id, None)
+                if expected is not None:
+                    raise ExpectedVersionMismatchError(context_id, expected, exc.actual) from exc
+                await asyncio.sleep(self._backoff * (attempt + 1) * random.random())
+                continue
+            if result.duplicate:
+                self._cache.pop(context_id, None)  # stored before by someone: reload next time
+            else:
+                loaded.appended(events, result, key)
+            return result
+        raise RetriesExhaustedError(
+            f"context {context_id!r} kept changing: gave up after {self._retries} retries"
+        )

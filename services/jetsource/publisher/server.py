@@ -1,0 +1,89 @@
+"""Publisher entrypoint and composition root: settings -> store -> handler -> gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from nats.aio.client import Client as NATS
+from prometheus_client import start_http_server
+
+from jetsource._gen.context.v1 import commands_pb2, commands_pb2_grpc
+from jetsource.domain.context.events import registry
+from jetsource.eventstore.bootstrap import open_event_store
+from jetsource.eventstore.jetstream import JetStreamEventStore
+from jetsource.publisher.handler import CommandHandler
+from jetsource.publisher.service import ContextCommandService
+from jetsource.publisher.settings import PublisherSettings
+
+log = logging.getLogger("jetsource.publisher")
+SERVICE_NAME = commands_pb2.DESCRIPTOR.services_by_name["ContextCommandService"].full_name
+
+
+@dataclass
+class Publisher:
+    server: grpc.aio.Server
+    port: int
+    nc: NATS
+    store: JetStreamEventStore
+    health: health.aio.HealthServicer
+    stopped: bool = False
+
+    async def stop(self, grace: float) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)  # in-flight commands finish within the grace period
+        await self.store.close()
+        await self.nc.drain()
+
+
+async def build(settings: PublisherSettings) -> Publisher:
+    nc, store = await open_event_store(settings, registry, provision=True)
+    handler = CommandHandler(
+        store, settings.conflict_retries, settings.conflict_backoff_s, settings.state_cache_size
+    )
+    server = grpc.aio.server(maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
+    commands_pb2_grpc.add_ContextCommandServiceServicer_to_server(
+        ContextCommandService(handler, settings.default_deadline_s), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return Publisher(server, port, nc, store, health_servicer)
+
+
+async def serve(settings: PublisherSettings) -> None:
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr=settings.grpc_host)
+    publisher = await build(settings)
+    log.info("publisher listening on %s:%d", settings.grpc_host, publisher.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("publisher shutting down")
+    await publisher.stop(settings.shutdown_grace_s)
+
+
+def main() -> None:
+    settings = PublisherSettings.load()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()
