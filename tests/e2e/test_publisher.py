@@ -17,7 +17,7 @@ from jetsource._gen.context.v1 import commands_pb2_grpc as pb_grpc
 from jetsource.client import ContextClient
 from jetsource.core.settings import NatsSettings
 from jetsource.publisher.server import Publisher, build
-from jetsource.publisher.settings import PublisherSettings
+from jetsource.publisher.settings import PublisherOptions, PublisherSettings
 from tests.eventstore_fixtures import isolated_settings
 from tests.infra import Server
 
@@ -30,8 +30,7 @@ def publisher_settings(nats_server: Server, unique: str) -> PublisherSettings:
     return PublisherSettings(
         nats=NatsSettings(url=nats_server.url),
         eventstore=isolated_settings(unique),
-        grpc_port=0,
-        metrics_port=0,
+        publisher=PublisherOptions(grpc_port=0, metrics_port=0),
     )
 
 

@@ -35,6 +35,8 @@ def env(tmp_path: Path) -> dict[str, str]:
     env |= {f"JETSOURCE_DEVSTACK__{k}": str(v) for k, v in ports.items()}
     env["JETSOURCE_DEVSTACK__HOME"] = str(tmp_path / "home")
     env["JETSOURCE_DEVSTACK__GRAPH_PASSWORD"] = PASSWORD
+    env["JETSOURCE_PUBLISHER__GRPC_PORT"] = str(free_port())
+    env["JETSOURCE_PUBLISHER__METRICS_PORT"] = str(free_port())
     env["COLUMNS"] = "200"  # keep rich tables on one line per server
     return env
 
@@ -121,11 +123,26 @@ def test_up_status_down_and_data_survives(env: dict[str, str]) -> None:
         assert jetsource(env, "infra", "up").returncode == 0
         assert read_data(env) == (b"kept", b"kept", 1)
 
-        # `jetsource up` (what `make up` runs) with servers up: shows the event store working.
+        # `jetsource up` (what `make up` runs) with servers up: starts the publisher and
+        # shows a story going through it.
         shown = jetsource(env, "up")
         assert shown.returncode == 0, shown.stdout + shown.stderr
         assert "already running" in shown.stdout
-        assert "read back 'jetsource is up'" in " ".join(shown.stdout.split())
+        text = " ".join(shown.stdout.split())
+        assert "service publisher" in text and "healthy" in text
+        assert "reached version 4; read back ContextCreated, DecisionAdded" in text
+
+        # a person works a context from the shell
+        made = jetsource(env, "ctx", "create", "cli-1", "--title", "From the shell")
+        assert made.returncode == 0 and "cli-1 at version 1" in made.stdout, made.stdout
+        jetsource(env, "ctx", "decide", "cli-1", "d1", "--title", "Use NATS")
+        refused = jetsource(env, "ctx", "decide", "cli-1", "d1", "--title", "again")
+        assert refused.returncode == 1 and "FAILED_PRECONDITION" in refused.stdout
+        shown = jetsource(env, "ctx", "show", "cli-1")
+        assert shown.returncode == 0 and "From the shell" in shown.stdout
+        assert "Use NATS" in shown.stdout and "version 2" in shown.stdout
+        down = jetsource(env, "down")
+        assert down.returncode == 0 and "publisher" in down.stdout, down.stdout
     finally:
         jetsource(env, "infra", "down")
 

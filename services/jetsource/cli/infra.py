@@ -11,6 +11,7 @@ from rich.table import Table
 
 from jetsource.core.settings import JetsourceSettings
 from jetsource.devstack.servers import ServerError
+from jetsource.devstack.services import LocalServices
 from jetsource.devstack.stack import AlreadyRunningError, LocalStack, ServerStatus
 
 app = typer.Typer(
@@ -64,43 +65,62 @@ def status() -> None:
 
 @app.command()
 def down() -> None:
-    """Stop the local servers started by `infra up` (external ones are left alone)."""
-    stopped = _stack().down()
+    """Stop the services, then the local servers (external servers are left alone)."""
+    stack = _stack()
+    stopped = LocalServices(stack.home).down() + stack.down()
     console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
 
 
 def up_all() -> None:
-    """Start the whole local system and show it working."""
+    """Start the whole local system (servers, then services) and show it working."""
     stack = _stack()
     if stack.running():
         console.print("local servers already running")
         _report(stack.status())
     else:
         up()
-    asyncio.run(_show_event_store(stack.settings))
+    try:
+        with console.status("starting services..."):
+            services = LocalServices(stack.home).up()
+    except ServerError as exc:
+        console.print(f"[red]failed to start services: {exc}[/red]")
+        raise typer.Exit(1) from exc
+    for s in services:
+        health = "[green]healthy[/green]" if s.healthy else "[red]down[/red]"
+        console.print(f"service {s.name}: {s.address} {health} (pid {s.pid})")
+    if not all(s.healthy for s in services):
+        raise typer.Exit(1)
+    asyncio.run(_demo(stack.settings))
 
 
-async def _show_event_store(settings: JetsourceSettings) -> None:
-    """Provision the event stream, append a demo event and read it back."""
-    from jetsource._gen.context.v1 import events_pb2
-    from jetsource.core.envelope import NO_STREAM, NewEvent
+def down_all() -> None:
+    """Stop the services, then the local servers."""
+    down()
+
+
+async def _demo(settings: JetsourceSettings) -> None:
+    """A story through the publisher's gRPC API, then read back from the event store."""
+    from jetsource.client import ContextClient
     from jetsource.domain.context.events import registry
     from jetsource.eventstore.bootstrap import open_event_store
+    from jetsource.publisher.settings import PublisherSettings
 
-    nc, store = await open_event_store(settings, registry, provision=True)
+    demo = f"demo-{datetime.now(UTC):%Y%m%dT%H%M%S%f}"
+    target = PublisherSettings.load().publisher.target()
+    async with ContextClient(target, actor="jetsource up") as client:
+        await client.create_context(demo, "jetsource is up", tags=["demo"])
+        await client.add_decision(demo, "d1", "Record context as events", rationale="replayable")
+        await client.add_subtask(demo, "s1", "Try `jetsource ctx show " + demo + "`")
+        last = await client.link_dependency(demo, "s1", "d1")
+    nc, store = await open_event_store(settings, registry)
     try:
-        demo = f"demo-{datetime.now(UTC):%Y%m%dT%H%M%S%f}"
-        created = events_pb2.ContextCreated(title="jetsource is up", created_by="jetsource up")
-        result = await store.append(demo, [NewEvent(created)], NO_STREAM)
-        (event,) = await store.read_aggregate(demo)
-        assert isinstance(event.event, events_pb2.ContextCreated)
+        events = await store.read_aggregate(demo)
         info = await store.stream_info()
-        console.print(
-            f"event store: appended {event.event_type} to {demo!r} as version "
-            f"{result.last_version} at stream sequence {result.stream_seqs[0]}, read back "
-            f"{event.event.title!r}; stream {settings.eventstore.stream} holds "
-            f"{info['state']['messages']} events"
-        )
     finally:
         await store.close()
         await nc.close()
+    console.print(
+        f"publisher at {target}: story {demo!r} reached version {last.version}; read back "
+        f"{', '.join(e.event_type for e in events)}; stream {settings.eventstore.stream} "
+        f"holds {info['state']['messages']} events"
+    )

@@ -46,19 +46,18 @@ class Publisher:
 
 async def build(settings: PublisherSettings) -> Publisher:
     nc, store = await open_event_store(settings, registry, provision=True)
-    handler = CommandHandler(
-        store, settings.conflict_retries, settings.conflict_backoff_s, settings.state_cache_size
-    )
-    server = grpc.aio.server(maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
+    o = settings.publisher
+    handler = CommandHandler(store, o.conflict_retries, o.conflict_backoff_s, o.state_cache_size)
+    server = grpc.aio.server(maximum_concurrent_rpcs=o.max_concurrent_rpcs)
     commands_pb2_grpc.add_ContextCommandServiceServicer_to_server(
-        ContextCommandService(handler, settings.default_deadline_s), server
+        ContextCommandService(handler, o.default_deadline_s), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+    port = server.add_insecure_port(o.target())
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -66,17 +65,18 @@ async def build(settings: PublisherSettings) -> Publisher:
 
 
 async def serve(settings: PublisherSettings) -> None:
-    if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr=settings.grpc_host)
+    o = settings.publisher
+    if o.metrics_port:
+        start_http_server(o.metrics_port, addr=o.grpc_host)
     publisher = await build(settings)
-    log.info("publisher listening on %s:%d", settings.grpc_host, publisher.port)
+    log.info("publisher listening on %s:%d", o.grpc_host, publisher.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("publisher shutting down")
-    await publisher.stop(settings.shutdown_grace_s)
+    await publisher.stop(o.shutdown_grace_s)
 
 
 def main() -> None:

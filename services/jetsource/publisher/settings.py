@@ -1,12 +1,12 @@
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from jetsource.core.settings import JetsourceSettings
 
 
-class PublisherSettings(JetsourceSettings):
-    """``JETSOURCE_PUBLISHER_...`` is not a prefix: these are top-level ``JETSOURCE_`` names."""
+class PublisherOptions(BaseModel):
+    """``JETSOURCE_PUBLISHER__...``"""
 
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 50051
@@ -18,3 +18,10 @@ class PublisherSettings(JetsourceSettings):
     max_concurrent_rpcs: int = Field(default=256, ge=1)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     default_deadline_s: float = Field(default=10.0, gt=0)
+
+    def target(self) -> str:
+        return f"{self.grpc_host}:{self.grpc_port}"
+
+
+class PublisherSettings(JetsourceSettings):
+    publisher: PublisherOptions = PublisherOptions()

@@ -1,0 +1,129 @@
+"""jetsource's own services as local background processes, beside the embedded servers.
+
+`jetsource up` starts them after the servers; `jetsource down` (and `infra down`) stops
+them first. Each is ready when its gRPC health check answers SERVING.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+import jetsource
+from jetsource.devstack.servers import EmbeddedServer, ServerError, pid_alive, stop_pid
+from jetsource.publisher.settings import PublisherSettings
+
+
+class GrpcService(EmbeddedServer):
+    def __init__(self, name: str, module: str, data_dir: Path, host: str, port: int) -> None:
+        super().__init__(data_dir, host)
+        self.name = name
+        self.module = module
+        self.port = port
+
+    def ports(self) -> list[int]:
+        return [self.port]
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", self.module]
+
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def ready(self) -> bool:
+        with grpc.insecure_channel(self.address()) as channel:
+            try:
+                response = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=1.0
+                )
+            except grpc.RpcError:
+                return False
+        return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
+    def version(self) -> str:
+        return jetsource.__version__
+
+
+@dataclass
+class ServiceStatus:
+    name: str
+    address: str
+    pid: int | None
+    healthy: bool
+
+
+class LocalServices:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.state_file = home / "services.json"
+
+    def services(self) -> list[GrpcService]:
+        publisher = PublisherSettings.load().publisher
+        return [
+            GrpcService(
+                "publisher",
+                "jetsource.publisher.server",
+                self.home / "services" / "publisher",
+                publisher.grpc_host,
+                publisher.grpc_port,
+            )
+        ]
+
+    def _state(self) -> dict[str, Any]:
+        try:
+            state: dict[str, Any] = json.loads(self.state_file.read_text())
+            return state
+        except (OSError, ValueError):
+            return {}
+
+    def _save(self, state: dict[str, Any]) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.state_file.write_text(json.dumps(state, indent=2))
+
+    def up(self, timeout: float = 60.0) -> list[ServiceStatus]:
+        state = self._state()
+        for service in self.services():
+            entry = state.get(service.name)
+            if entry and pid_alive(entry["pid"]):
+                continue
+            proc = service.start()
+            state[service.name] = {"pid": proc.pid, "address": service.address()}
+            self._save(state)
+            try:
+                service.wait_ready(proc, timeout)
+            except ServerError:
+                stop_pid(proc.pid)
+                raise
+        return self.status()
+
+    def status(self) -> list[ServiceStatus]:
+        state = self._state()
+        out = []
+        for service in self.services():
+            entry = state.get(service.name) or {}
+            pid = entry.get("pid")
+            alive = pid is not None and pid_alive(pid)
+            out.append(
+                ServiceStatus(
+                    service.name,
+                    service.address(),
+                    pid if alive else None,
+                    alive and service.ready(),
+                )
+            )
+        return out
+
+    def down(self) -> list[str]:
+        stopped = []
+        for name, entry in self._state().items():
+            if not stop_pid(entry["pid"]):
+                raise ServerError(f"{name} (pid {entry['pid']}) did not stop")
+            stopped.append(name)
+        self.state_file.unlink(missing_ok=True)
+        return stopped
