@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import string
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -16,6 +18,7 @@ from jetsource._gen.context.v1 import commands_pb2 as pb
 from jetsource._gen.context.v1 import commands_pb2_grpc as pb_grpc
 from jetsource.client import ContextClient
 from jetsource.core.settings import NatsSettings
+from jetsource.devstack.servers import NatsServer, free_port, stop_pid
 from jetsource.publisher.server import Publisher, build
 from jetsource.publisher.settings import PublisherOptions, PublisherSettings
 from tests.eventstore_fixtures import isolated_settings
@@ -258,3 +261,39 @@ async def test_fuzzed_requests_never_yield_internal(publisher: Publisher) -> Non
         assert Code.INVALID_ARGUMENT in codes
         health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
         assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_nats_down_is_unavailable(tmp_path: Path, unique: str) -> None:
+    nats_proc = NatsServer(tmp_path, port=free_port(), monitor_port=free_port())
+    proc = nats_proc.start()
+    nats_proc.wait_ready(proc, 30)
+    settings = PublisherSettings(
+        nats=NatsSettings(url=nats_proc.address()),
+        eventstore=isolated_settings(unique, request_timeout_s=0.2, retry_attempts=2),
+        publisher=PublisherOptions(grpc_port=0, metrics_port=0),
+    )
+    publisher = await build(settings)
+    try:
+        async with ContextClient(f"127.0.0.1:{publisher.port}") as client:
+            await client.create_context("down", "t")
+            stop_pid(proc.pid)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await client.add_decision("down", "d1", "x")
+            assert err.value.code() == Code.UNAVAILABLE
+            assert "NATS" in (err.value.details() or "")
+    finally:
+        with contextlib.suppress(Exception):
+            await publisher.stop(0)
+
+
+async def test_deadline_is_respected(client: ContextClient, publisher: Publisher) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{publisher.port}") as channel:
+        stub = pb_grpc.ContextCommandServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.CreateContext(
+                pb.CreateContextRequest(
+                    context_id="slow", title="t", options=pb.CommandOptions(idempotency_key="k")
+                ),
+                timeout=0.0001,
+            )
+        assert err.value.code() == Code.DEADLINE_EXCEEDED

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import nats
 import pytest
 import redis
@@ -141,6 +142,11 @@ def test_up_status_down_and_data_survives(env: dict[str, str]) -> None:
         shown = jetsource(env, "ctx", "show", "cli-1")
         assert shown.returncode == 0 and "From the shell" in shown.stdout
         assert "Use NATS" in shown.stdout and "version 2" in shown.stdout
+        metrics = httpx.get(
+            f"http://127.0.0.1:{env['JETSOURCE_PUBLISHER__METRICS_PORT']}/metrics", timeout=5
+        ).text
+        assert 'jetsource_publisher_commands_total{command="AddDecision",outcome="ok"}' in metrics
+        assert 'outcome="refused"' in metrics
         down = jetsource(env, "down")
         assert down.returncode == 0 and "publisher" in down.stdout, down.stdout
     finally:
