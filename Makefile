@@ -52,6 +52,7 @@ buf-lint:
 	else echo "buf lint skipped: npm not found"; fi
 
 bench: install
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[local,dev,bench]'
 	$(BIN)/python -m bench
 
 clean:

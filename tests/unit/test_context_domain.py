@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -29,6 +31,7 @@ from jetsource.domain.context.model import (
     UpdateSubtask,
     decide,
     evolve,
+    fold,
 )
 
 
@@ -188,6 +191,7 @@ def check_invariants(state: ContextState, applied: int) -> None:
 @given(st.lists(commands, max_size=40))
 def test_random_commands_never_break_an_invariant(sequence: list[Command]) -> None:
     state, applied = ContextState(id="p"), 0
+    emitted: list[Any] = []
     for command in sequence:
         try:
             events = decide(command, state)
@@ -196,10 +200,18 @@ def test_random_commands_never_break_an_invariant(sequence: list[Command]) -> No
         for event in events:
             state = evolve(state, event)  # decide never emits what evolve rejects
             applied += 1
+        emitted.extend(events)
         check_invariants(state, applied)
         if state.closed:
             with pytest.raises(DomainError):
                 decide(AddSubtask("z", "late"), state)
+    # fold (linear, in place on private copies) equals evolving one by one...
+    assert fold(emitted, context_id="p") == state
+    # ...also from a mid-way state, which it must leave untouched
+    half = fold(emitted[: len(emitted) // 2], context_id="p")
+    before = (dict(half.decisions), dict(half.subtasks))
+    assert fold(emitted[len(emitted) // 2 :], half) == state
+    assert (dict(half.decisions), dict(half.subtasks)) == before
 
 
 def test_unknown_events_only_advance_the_version() -> None:

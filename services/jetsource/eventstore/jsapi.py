@@ -23,7 +23,7 @@ from nats.aio.msg import Msg
 from jetsource.core.clock import format_rfc3339_ns, parse_rfc3339_ns
 
 BATCH_LIMIT = 1000  # server default maximum messages per atomic batch
-DIRECT_GET_PAGE = 256
+DIRECT_GET_PAGE = 1000
 
 # JetStream error codes we act on.
 ERR_WRONG_LAST_SEQUENCE = 10071
@@ -265,7 +265,10 @@ async def direct_get_batch(
             )
             pending = 0
             while True:
-                msg = await asyncio.wait_for(queue.get(), timeout)
+                msg = queue.get_nowait() if not queue.empty() else None
+                if msg is None:
+                    async with asyncio.timeout(timeout):
+                        msg = await queue.get()
                 status = _status(msg)
                 if status is None:
                     raw = _raw(msg)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from google.protobuf.message import Message
@@ -19,7 +19,7 @@ from google.protobuf.message import Message
 from jetsource.core.envelope import AppendResult, NewEvent, RecordedEvent
 from jetsource.core.errors import ConcurrencyError, JetsourceError, ValidationError
 from jetsource.core.ids import validate_aggregate_id
-from jetsource.domain.context.model import Command, ContextState, DomainError, decide, evolve
+from jetsource.domain.context.model import Command, ContextState, DomainError, decide, fold
 from jetsource.eventstore.port import EventStore
 
 MAX_KEY = 128
@@ -55,9 +55,9 @@ class Loaded:
     # idempotency key -> the result of the command that used it
     results: dict[str, AppendResult] = field(default_factory=dict)
 
-    def apply(self, records: Iterable[RecordedEvent]) -> None:
+    def apply(self, records: Sequence[RecordedEvent]) -> None:
+        self.state = fold([r.event for r in records], self.state)
         for record in records:
-            self.state = evolve(self.state, record.event)
             self.last_seq = record.stream_seq
             key = record.envelope.idempotency_key
             if not key:
@@ -78,8 +78,7 @@ class Loaded:
 
     def appended(self, events: list[Message], result: AppendResult, key: str) -> None:
         """Fold our own successful append in without reading it back."""
-        for event in events:
-            self.state = evolve(self.state, event)
+        self.state = fold(events, self.state)
         self.last_seq = result.stream_seqs[-1]
         self.results[key] = replace(result, duplicate=True)
 
