@@ -349,6 +349,15 @@ class ArcadeGraphServer(EmbeddedServer):
         return str(self._http("GET", "/api/v1/server?mode=basic").json()["version"]).split()[0]
 
 
+def read_state(path: Path) -> dict[str, Any]:
+    """A JSON state file (pids, addresses); empty when missing or unreadable."""
+    try:
+        state: dict[str, Any] = json.loads(path.read_text())
+        return state
+    except (OSError, ValueError):
+        return {}
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

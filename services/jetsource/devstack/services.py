@@ -16,7 +16,13 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import jetsource
-from jetsource.devstack.servers import EmbeddedServer, ServerError, pid_alive, stop_pid
+from jetsource.devstack.servers import (
+    EmbeddedServer,
+    ServerError,
+    pid_alive,
+    read_state,
+    stop_pid,
+)
 from jetsource.publisher.settings import PublisherSettings
 
 
@@ -76,11 +82,7 @@ class LocalServices:
         ]
 
     def _state(self) -> dict[str, Any]:
-        try:
-            state: dict[str, Any] = json.loads(self.state_file.read_text())
-            return state
-        except (OSError, ValueError):
-            return {}
+        return read_state(self.state_file)
 
     def _save(self, state: dict[str, Any]) -> None:
         self.home.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ from jetsource.devstack.servers import (
     ServerError,
     ValkeyServer,
     pid_alive,
+    read_state,
     stop_pid,
 )
 
@@ -73,11 +74,7 @@ class LocalStack:
         }
 
     def _read_state(self) -> dict[str, Any]:
-        try:
-            state: dict[str, Any] = json.loads(self.state_file.read_text())
-            return state
-        except (OSError, ValueError):
-            return {}
+        return read_state(self.state_file)
 
     def running(self) -> dict[str, int]:
         return {
