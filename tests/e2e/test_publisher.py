@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import REGISTRY
 
 from jetsource._gen.context.v1 import commands_pb2 as pb
 from jetsource._gen.context.v1 import commands_pb2_grpc as pb_grpc
@@ -186,8 +187,11 @@ async def test_twenty_concurrent_clients_on_one_context(
                     assert exc.code() == Code.ABORTED, exc.details()
                     failed += 1
 
+    retries_before = REGISTRY.get_sample_value("jetsource_publisher_retries_total") or 0.0
     await asyncio.gather(*(worker(n) for n in range(20)))
     assert ok + failed == 100
+    # two publishers on one context do conflict, and the losers retry
+    assert (REGISTRY.get_sample_value("jetsource_publisher_retries_total") or 0) > retries_before
     assert await versions(publisher, "busy") == 1 + ok
     assert ok >= 90, f"only {ok} of 100 commands got through"
 

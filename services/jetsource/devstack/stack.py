@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from jetsource.core.settings import JetsourceSettings
@@ -156,7 +156,3 @@ class LocalStack:
                 raise ServerError(f"{name} (pid {entry['pid']}) did not stop")
         self.state_file.unlink(missing_ok=True)
         return stopped
-
-
-def status_rows(statuses: list[ServerStatus]) -> list[dict[str, Any]]:
-    return [asdict(s) for s in statuses]

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from google.protobuf.message import Message
+from prometheus_client import Counter
 
 from jetsource.core.envelope import AppendResult, NewEvent, RecordedEvent
 from jetsource.core.errors import ConcurrencyError, JetsourceError, ValidationError
@@ -23,6 +24,13 @@ from jetsource.domain.context.model import Command, ContextState, DomainError, d
 from jetsource.eventstore.port import EventStore
 
 MAX_KEY = 128
+
+CONFLICTS = Counter(
+    "jetsource_publisher_conflicts_total", "Appends rejected because the context had moved on"
+)
+RETRIES = Counter(
+    "jetsource_publisher_retries_total", "Commands reloaded and retried after a conflict"
+)
 
 
 class ExpectedVersionMismatchError(JetsourceError):
@@ -182,9 +190,11 @@ class CommandHandler:
             try:
                 result = await self._store.append(context_id, new, loaded.state.version)
             except ConcurrencyError as exc:
+                CONFLICTS.inc()
                 self._cache.pop(context_id, None)
                 if expected is not None:
                     raise ExpectedVersionMismatchError(context_id, expected, exc.actual) from exc
+                RETRIES.inc()
                 await asyncio.sleep(self._backoff * (attempt + 1) * random.random())
                 continue
             if result.duplicate:

@@ -37,7 +37,6 @@ LATENCY = Histogram(
     ["command"],
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
-CONFLICTS = Counter("jetsource_publisher_conflicts_total", "Commands that met a conflict")
 
 
 def _options(request: Any) -> CommandOptions:
@@ -97,8 +96,6 @@ class ContextCommandService(pb_grpc.ContextCommandServiceServicer):
             for kind, code, outcome in STATUS:
                 if isinstance(exc, kind):
                     COMMANDS.labels(name, outcome).inc()
-                    if outcome == "conflict":
-                        CONFLICTS.inc()
                     await context.abort(code, str(exc) or "deadline exceeded")
             raise
         COMMANDS.labels(name, "duplicate" if result.duplicate else "ok").inc()
