@@ -108,7 +108,7 @@ class JetStreamEventStore:
                 self._replies, f"STREAM.CREATE.{self._cfg.stream}", config, timeout
             )
         except JsApiError as exc:
-            if exc.err_code != 10058:  # stream name already in use with a different configuration
+            if exc.err_code != jsapi.ERR_STREAM_NAME_IN_USE:
                 raise
         return await jsapi.api(self._replies, f"STREAM.UPDATE.{self._cfg.stream}", config, timeout)
 
@@ -189,9 +189,9 @@ class JetStreamEventStore:
         )
         return RecordedEvent(envelope, event, raw.seq, raw.time_ns)
 
-    async def _last(self, aggregate_id: str) -> tuple[int, int]:
-        """(version, sequence) of the aggregate's last event, from the server."""
-        raw = await self._call(
+    async def _tail(self, aggregate_id: str) -> RawMessage | None:
+        """The aggregate's last stored message, from the server."""
+        return await self._call(
             lambda: jsapi.last_for_subject(
                 self._replies,
                 self._cfg.stream,
@@ -199,11 +199,17 @@ class JetStreamEventStore:
                 self._cfg.request_timeout_s,
             )
         )
-        if raw is None:
+
+    def _position(self, aggregate_id: str, tail: RawMessage | None) -> tuple[int, int]:
+        """(version, sequence) of a tail message, remembered for the next append."""
+        if tail is None:
             return 0, 0
-        envelope = self._envelope(raw)
-        self._remember(aggregate_id, envelope.aggregate_version, raw.seq)
-        return envelope.aggregate_version, raw.seq
+        version = self._envelope(tail).aggregate_version
+        self._remember(aggregate_id, version, tail.seq)
+        return version, tail.seq
+
+    async def _last(self, aggregate_id: str) -> tuple[int, int]:
+        return self._position(aggregate_id, await self._tail(aggregate_id))
 
     # -- append -----------------------------------------------------------------
 
@@ -302,8 +308,9 @@ class JetStreamEventStore:
                     if found is not None:
                         return found
                     continue  # somebody else appended: reload and try again
-                actual, _ = await self._last(aggregate_id)
-                return await self._conflict(aggregate_id, events, expected_version, actual)
+                tail = await self._tail(aggregate_id)
+                actual, _ = self._position(aggregate_id, tail)
+                return await self._conflict(aggregate_id, events, expected_version, actual, tail)
             if ack.duplicate:
                 found = await self._find(aggregate_id, events)
                 if found is None:
@@ -331,36 +338,37 @@ class JetStreamEventStore:
         return await self._last(aggregate_id)
 
     async def _conflict(
-        self, aggregate_id: str, events: Sequence[NewEvent], expected: Expected, actual: int
+        self,
+        aggregate_id: str,
+        events: Sequence[NewEvent],
+        expected: Expected,
+        actual: int,
+        tail: RawMessage | None = None,
     ) -> AppendResult:
         """The aggregate is not where we expected: our own earlier append, or a conflict."""
-        found = await self._find(aggregate_id, events)
+        found = await self._find(aggregate_id, events, tail)
         if found is not None:
             return found
         raise ConcurrencyError(aggregate_id, expected, actual)
 
-    async def _find(self, aggregate_id: str, events: Sequence[NewEvent]) -> AppendResult | None:
+    async def _find(
+        self, aggregate_id: str, events: Sequence[NewEvent], tail: RawMessage | None = None
+    ) -> AppendResult | None:
         """Were these events stored already (a retry after a lost ack)? Return that result.
 
         The common case is cheap: our events are the aggregate's newest, so the last one
-        is checked first; otherwise the aggregate is scanned.
+        (``tail``, if the caller just fetched it) is checked first; otherwise the
+        aggregate is scanned.
         """
         ids = [e.event_id for e in events]
-        last = await self._call(
-            lambda: jsapi.last_for_subject(
-                self._replies,
-                self._cfg.stream,
-                self._subject_filter(aggregate_id),
-                self._cfg.request_timeout_s,
-            )
-        )
+        last = tail if tail is not None else await self._tail(aggregate_id)
         if last is None:
             return None
-        tail = self._envelope(last)
-        if tail.event_id == ids[-1]:
+        newest = self._envelope(last)
+        if newest.event_id == ids[-1]:
             # An atomic batch occupies consecutive sequences.
             n = len(ids)
-            v, s = tail.aggregate_version, last.seq
+            v, s = newest.aggregate_version, last.seq
             return AppendResult(
                 aggregate_id,
                 list(range(v - n + 1, v + 1)),
@@ -369,7 +377,7 @@ class JetStreamEventStore:
                 duplicate=True,
             )
         found: list[RecordedEvent] = []
-        async for record in self._scan(aggregate_id, 1):
+        async for record in self._scan(self._subject_filter(aggregate_id), 1):
             if found or record.event_id == ids[0]:
                 found.append(record)
                 if len(found) == len(ids):
@@ -388,13 +396,9 @@ class JetStreamEventStore:
 
     # -- reads --------------------------------------------------------------------
 
-    async def _scan(self, aggregate_id: str, from_seq: int) -> AsyncIterator[RecordedEvent]:
+    async def _scan(self, subject: str, from_seq: int) -> AsyncIterator[RecordedEvent]:
         async for raw in jsapi.direct_get_batch(
-            self._replies,
-            self._cfg.stream,
-            self._subject_filter(aggregate_id),
-            from_seq,
-            self._cfg.request_timeout_s,
+            self._replies, self._cfg.stream, subject, from_seq, self._cfg.request_timeout_s
         ):
             yield self._record(raw)
 
@@ -414,7 +418,7 @@ class JetStreamEventStore:
 
         async def collect() -> None:
             out.clear()  # a retried read starts over
-            async for record in self._scan(aggregate_id, from_seq):
+            async for record in self._scan(self._subject_filter(aggregate_id), from_seq):
                 if seq_bound is not None and record.stream_seq > seq_bound:
                     break
                 if to_version is not None and record.version > to_version:
@@ -434,12 +438,10 @@ class JetStreamEventStore:
     ) -> AsyncIterator[RecordedEvent]:
         await self.start()
         subject = subject_filter or f"{self._cfg.subject_prefix}.>"
-        async for raw in jsapi.direct_get_batch(
-            self._replies, self._cfg.stream, subject, from_seq, self._cfg.request_timeout_s
-        ):
-            if to_seq is not None and raw.seq > to_seq:
+        async for record in self._scan(subject, from_seq):
+            if to_seq is not None and record.stream_seq > to_seq:
                 return
-            yield self._record(raw)
+            yield record
 
     async def last_version(self, aggregate_id: str) -> int:
         validate_aggregate_id(aggregate_id)
