@@ -159,22 +159,15 @@ class CommandHandler:
             if loaded is None:
                 loaded = await self.load(context_id)
             try:
-                if key in loaded.results:
-                    return loaded.results[key]
-                if expected is not None and expected != loaded.state.version:
-                    raise ExpectedVersionMismatchError(context_id, expected, loaded.state.version)
-                events = decide(command, loaded.state)
+                plan = _plan(context_id, loaded, command, key, expected)
             except (ExpectedVersionMismatchError, DomainError):
                 if fresh:
                     raise
                 loaded = await self.load(context_id)  # read what the cache may have missed
-                if key in loaded.results:
-                    return loaded.results[key]
-                if expected is not None and expected != loaded.state.version:
-                    raise ExpectedVersionMismatchError(
-                        context_id, expected, loaded.state.version
-                    ) from None
-                events = decide(command, loaded.state)
+                plan = _plan(context_id, loaded, command, key, expected)
+            if isinstance(plan, AppendResult):
+                return plan  # this key was used before: the original result
+            events = plan
             metadata = {"actor": options.actor} if options.actor else {}
             new = [
                 NewEvent(
@@ -205,3 +198,14 @@ class CommandHandler:
         raise RetriesExhaustedError(
             f"context {context_id!r} kept changing: gave up after {self._retries} retries"
         )
+
+
+def _plan(
+    context_id: str, loaded: Loaded, command: Command, key: str, expected: int | None
+) -> AppendResult | list[Message]:
+    """The original result if ``key`` was used before, else the events to append."""
+    if key in loaded.results:
+        return loaded.results[key]
+    if expected is not None and expected != loaded.state.version:
+        raise ExpectedVersionMismatchError(context_id, expected, loaded.state.version)
+    return decide(command, loaded.state)
