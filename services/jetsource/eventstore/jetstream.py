@@ -182,7 +182,8 @@ class JetStreamEventStore:
         envelope.recorded_at.CopyFrom(to_timestamp(raw.time_ns))
         return envelope
 
-    def _record(self, raw: RawMessage) -> RecordedEvent:
+    def decode(self, raw: RawMessage) -> RecordedEvent:
+        """A stored message as a recorded event (envelope completed, payload upcast)."""
         envelope = self._envelope(raw)
         event = self._registry.decode(
             envelope.event_type, envelope.schema_version, envelope.payload
@@ -400,7 +401,7 @@ class JetStreamEventStore:
         async for raw in jsapi.direct_get_batch(
             self._replies, self._cfg.stream, subject, from_seq, self._cfg.request_timeout_s
         ):
-            yield self._record(raw)
+            yield self.decode(raw)
 
     async def read_aggregate(
         self,

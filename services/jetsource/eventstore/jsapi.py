@@ -3,7 +3,8 @@
 - atomic batch publish (ADR-50, server 2.12+), pipelined: one round trip per batch;
 - batched direct get (ADR-31) with paging, and single direct gets by sequence, last
   message of a (wildcard) subject, or first message at or after a time;
-- stream create/update/info as plain JSON.
+- stream create/update/info, consumers and message deletion as plain JSON;
+- a continuous pull from a durable consumer that returns what has arrived.
 
 Every reply comes through one wildcard inbox subscription (:class:`Replies`), so a
 request costs no SUB/UNSUB and replies can be awaited out of order.
@@ -12,7 +13,10 @@ request costs no SUB/UNSUB and replies can be awaited out of order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import time
+from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +35,8 @@ ERR_STREAM_NOT_FOUND = 10059
 ERR_STREAM_NAME_IN_USE = 10058  # exists with a different configuration
 ERR_BATCH_DUPLICATE_MSG_ID = 10201
 ERR_MESSAGE_TOO_LARGE = 10054
+ERR_CONSUMER_NOT_FOUND = 10014
+ERR_SEQUENCE_NOT_FOUND = 10037
 
 
 class JsApiError(Exception):
@@ -288,3 +294,207 @@ async def direct_get_batch(
             replies.close(reply)
         if pending == 0:
             return
+
+
+# -- pull consumers ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A message delivered by a pull consumer, with its position from the ack subject."""
+
+    subject: str
+    data: bytes
+    headers: Mapping[str, str]
+    reply: str
+    stream_seq: int
+    delivered: int  # 1 on first delivery
+    time_ns: int
+    pending: int  # messages left in the consumer after this one
+
+
+def parse_ack_subject(reply: str) -> tuple[int, int, int, int]:
+    """(delivered, stream seq, timestamp ns, pending) from a ``$JS.ACK`` subject.
+
+    v1: ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>``;
+    v2 adds the domain and account hash after ``ACK`` and a random token at the end.
+    """
+    tokens = reply.split(".")
+    if len(tokens) == 9:
+        fields = tokens[4:9]
+    elif len(tokens) >= 11:
+        fields = tokens[6:11]
+    else:
+        raise ValueError(f"not a JetStream ack subject: {reply!r}")
+    delivered, sseq, _cseq, ts, pending = (int(x) for x in fields)
+    return delivered, sseq, ts, pending
+
+
+def consumer_config(
+    durable: str,
+    filter_subject: str,
+    ack_wait_s: float,
+    max_ack_pending: int,
+    opt_start_seq: int | None = None,
+) -> dict[str, Any]:
+    """A durable pull consumer that never gives up on a message by itself
+    (``max_deliver`` -1): dead-lettering is the projector's decision, not the server's."""
+    config: dict[str, Any] = {
+        "durable_name": durable,
+        "filter_subject": filter_subject,
+        "ack_policy": "explicit",
+        "ack_wait": int(ack_wait_s * 1_000_000_000),
+        "max_deliver": -1,
+        "max_ack_pending": max_ack_pending,
+        "replay_policy": "instant",
+        "deliver_policy": "all",
+        "max_waiting": 16,
+    }
+    if opt_start_seq is not None and opt_start_seq > 1:
+        config["deliver_policy"] = "by_start_sequence"
+        config["opt_start_seq"] = opt_start_seq
+    return config
+
+
+async def ensure_consumer(
+    replies: Replies, stream: str, config: Mapping[str, Any], timeout: float
+) -> dict[str, Any]:
+    """Create the durable consumer, or return the existing one unchanged."""
+    name = config["durable_name"]
+    try:
+        return await api(replies, f"CONSUMER.INFO.{stream}.{name}", {}, timeout)
+    except JsApiError as exc:
+        if exc.err_code != ERR_CONSUMER_NOT_FOUND:
+            raise
+    body = {"stream_name": stream, "config": dict(config), "action": "create"}
+    return await api(replies, f"CONSUMER.CREATE.{stream}.{name}", body, timeout)
+
+
+async def consumer_info(
+    replies: Replies, stream: str, name: str, timeout: float
+) -> dict[str, Any] | None:
+    try:
+        return await api(replies, f"CONSUMER.INFO.{stream}.{name}", {}, timeout)
+    except JsApiError as exc:
+        if exc.err_code == ERR_CONSUMER_NOT_FOUND:
+            return None
+        raise
+
+
+async def delete_consumer(replies: Replies, stream: str, name: str, timeout: float) -> bool:
+    try:
+        await api(replies, f"CONSUMER.DELETE.{stream}.{name}", {}, timeout)
+    except JsApiError as exc:
+        if exc.err_code == ERR_CONSUMER_NOT_FOUND:
+            return False
+        raise
+    return True
+
+
+async def delete_message(replies: Replies, stream: str, seq: int, timeout: float) -> bool:
+    try:
+        body = await api(replies, f"STREAM.MSG.DELETE.{stream}", {"seq": seq}, timeout)
+    except JsApiError as exc:
+        if exc.err_code == ERR_SEQUENCE_NOT_FOUND:
+            return False
+        raise
+    return bool(body.get("success"))
+
+
+class PullConsumer:
+    """A continuous pull from one durable consumer.
+
+    Pull requests are kept outstanding (up to two of ``batch`` messages, each expiring
+    after ``expires_s``), so messages flow as soon as they are stored and
+    :meth:`next_batch` returns whatever has arrived without waiting to fill a batch:
+    low latency when idle, full batches under load. nats-py's ``fetch`` instead waits
+    for the whole batch (or its timeout) once the first message is in.
+    """
+
+    def __init__(
+        self, nc: NATS, stream: str, consumer: str, batch: int = 256, expires_s: float = 5.0
+    ) -> None:
+        self._nc = nc
+        self._subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._batch = batch
+        self._expires_s = expires_s
+        self._inbox = nc.new_inbox()
+        self._buffer: deque[Delivery] = deque()
+        self._arrived = asyncio.Event()
+        self._owed = 0  # messages the server may still send for our open requests
+        self._last_request = 0.0
+        self._sub: Any = None
+        self.error: str | None = None
+
+    async def start(self) -> None:
+        if self._sub is None:
+            self._sub = await self._nc.subscribe(self._inbox, cb=self._on_message)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
+
+    async def _on_message(self, msg: Msg) -> None:
+        status = _status(msg)
+        if status is None:
+            self._owed = max(self._owed - 1, 0)
+            delivered, seq, ts, pending = parse_ack_subject(msg.reply)
+            self._buffer.append(
+                Delivery(
+                    msg.subject, msg.data, msg.headers or {}, msg.reply, seq, delivered, ts, pending
+                )
+            )
+            self._arrived.set()
+            return
+        if status == "100":  # idle heartbeat
+            return
+        headers = msg.headers or {}
+        # 404/408: a request ran out or expired; 409: the server dropped it (its reason
+        # in Description). Either way its unsent messages are no longer owed.
+        left = int(headers.get("Nats-Pending-Messages", "0") or 0)
+        self._owed = max(self._owed - left, 0) if left else 0
+        if status == "409":
+            self.error = headers.get("Description", "409")
+        self._arrived.set()
+
+    async def _request(self) -> None:
+        now = time.monotonic()
+        # An outstanding request can be lost (reconnect, server restart): forget it
+        # once it must have expired.
+        if self._owed and now - self._last_request > self._expires_s + 1.0:
+            self._owed = 0
+        if self._owed <= self._batch:
+            body = {"batch": self._batch, "expires": int(self._expires_s * 1_000_000_000)}
+            await self._nc.publish(self._subject, json.dumps(body).encode(), reply=self._inbox)
+            self._owed += self._batch
+            self._last_request = now
+
+    async def next_batch(self, max_messages: int, max_wait_s: float) -> list[Delivery]:
+        """Up to ``max_messages`` delivered messages; waits at most ``max_wait_s`` for one."""
+        await self.start()
+        await self._request()
+        if not self._buffer:
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max_wait_s):
+                    await self._arrived.wait()
+        out: list[Delivery] = []
+        while self._buffer and len(out) < max_messages:
+            out.append(self._buffer.popleft())
+        return out
+
+    def clear(self) -> None:
+        """Drop buffered messages (they will be redelivered after the ack wait)."""
+        self._buffer.clear()
+
+
+async def ack(nc: NATS, delivery: Delivery) -> None:
+    await nc.publish(delivery.reply, b"+ACK")
+
+
+async def nak(nc: NATS, delivery: Delivery, delay_s: float = 0.0) -> None:
+    payload = b"-NAK"
+    if delay_s > 0:
+        payload += b" " + json.dumps({"delay": int(delay_s * 1_000_000_000)}).encode()
+    await nc.publish(delivery.reply, payload)

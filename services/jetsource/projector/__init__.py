@@ -1,0 +1,1 @@
+"""The projector: durable consumers that keep read models (Valkey, graph) up to date."""

@@ -1,0 +1,118 @@
+"""Composition root of the projector and its admin commands: settings in, the
+connections, the model registry and a factory for model versions out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from neo4j import AsyncDriver
+from redis.asyncio import Redis
+
+from jetsource.domain.context.events import registry as event_registry
+from jetsource.eventstore.bootstrap import open_event_store
+from jetsource.eventstore.jetstream import JetStreamEventStore
+from jetsource.projector.control import Control
+from jetsource.projector.deadletters import DeadLetters
+from jetsource.projector.graph_model import GRAPH, GraphModel, connect_graph, graph_spec
+from jetsource.projector.readmodel import ModelSpec, ReadModel
+from jetsource.projector.settings import ProjectorSettings
+from jetsource.projector.valkey_models import (
+    CONTEXT,
+    TIMELINE,
+    ContextModel,
+    TimelineModel,
+    connect_valkey,
+    context_spec,
+    timeline_spec,
+)
+
+# name -> spec of a given version
+SPECS: dict[str, Callable[[int], ModelSpec]] = {
+    CONTEXT: context_spec,
+    TIMELINE: timeline_spec,
+    GRAPH: graph_spec,
+}
+
+
+class UnknownModelError(ValueError):
+    pass
+
+
+def spec_for(name: str, version: int) -> ModelSpec:
+    if name not in SPECS:
+        raise UnknownModelError(f"unknown read model {name!r}; known: {', '.join(SPECS)}")
+    if version < 1:
+        raise ValueError(f"model versions start at 1, got {version}")
+    return SPECS[name](version)
+
+
+@dataclass
+class Projection:
+    settings: ProjectorSettings
+    nc: NATS
+    store: JetStreamEventStore
+    dead_letters: DeadLetters
+    control: Control
+    _redis: Redis | None = None
+    _graph: AsyncDriver | None = None
+    extra_models: dict[str, Callable[[int], ReadModel]] = field(default_factory=dict)
+
+    @property
+    def redis(self) -> Redis:
+        if self._redis is None:
+            self._redis = connect_valkey(self.settings)
+        return self._redis
+
+    @property
+    def graph(self) -> AsyncDriver:
+        if self._graph is None:
+            self._graph = connect_graph(self.settings)
+        return self._graph
+
+    def model(self, name: str, version: int) -> ReadModel:
+        o = self.settings.projector
+        if name in self.extra_models:
+            return self.extra_models[name](version)
+        spec = spec_for(name, version)
+        model: Any
+        if name == CONTEXT:
+            model = ContextModel(spec, self.redis, o.valkey_prefix, self.store, o.state_cache_size)
+        elif name == TIMELINE:
+            model = TimelineModel(spec, self.redis, o.valkey_prefix, o.timeline_keep)
+        else:
+            model = GraphModel(
+                spec,
+                self.graph,
+                self.settings.graph.database,
+                self.store,
+                o.state_cache_size,
+                o.graph_label_prefix,
+            )
+        return model  # type: ignore[no-any-return]
+
+    async def close(self) -> None:
+        await self.store.close()
+        if self._redis is not None:
+            await self._redis.aclose()
+        if self._graph is not None:
+            await self._graph.close()
+        await self.nc.drain()
+
+
+async def open_projection(settings: ProjectorSettings, provision: bool = True) -> Projection:
+    nc, store = await open_event_store(settings, event_registry, provision=provision)
+    o = settings.projector
+    dead_letters = DeadLetters(
+        nc,
+        store._replies,
+        o.dlq_stream,
+        o.dlq_subject_prefix,
+        settings.eventstore.request_timeout_s,
+    )
+    if provision:
+        await dead_letters.ensure_stream(settings.eventstore.replicas)
+    control = Control(nc, o.control_bucket, settings.eventstore.replicas)
+    return Projection(settings, nc, store, dead_letters, control)

@@ -1,0 +1,184 @@
+"""Dead letters: events a read model could not apply, kept with the reason.
+
+Stream ``CONTEXT_DLQ``, one subject per model version and aggregate
+(``jetsource.dlq.<model>.v<version>.<aggregate_id>``). Each entry holds the original
+message bytes and headers naming the reason, the original stream sequence and
+subject, and how many times it was tried. Publishing is idempotent (``Nats-Msg-Id``
+= model, version and original sequence), so a crash between dead-lettering and the
+ack never files an event twice. Entries are deleted once retried or discarded.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from nats.aio.client import Client as NATS
+
+from jetsource.core.clock import format_rfc3339_ns, now_ns, parse_rfc3339_ns
+from jetsource.eventstore import jsapi
+from jetsource.eventstore.jsapi import JsApiError, OutMessage, RawMessage, Replies
+from jetsource.projector.readmodel import ModelSpec
+
+H_REASON = "Jetsource-Dlq-Reason"
+H_SEQ = "Jetsource-Dlq-Original-Seq"
+H_SUBJECT = "Jetsource-Dlq-Original-Subject"
+H_EVENT_ID = "Jetsource-Dlq-Event-Id"
+H_TRIES = "Jetsource-Dlq-Tries"
+H_TIME = "Jetsource-Dlq-Time"
+_SAFE = re.compile(r"[^A-Za-z0-9_\-]")
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    dlq_seq: int
+    model: str
+    version: int
+    aggregate_id: str
+    original_seq: int
+    original_subject: str
+    event_id: str
+    reason: str
+    tries: int
+    time_ns: int
+    data: bytes
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "dlq_seq": self.dlq_seq,
+            "model": f"{self.model} v{self.version}",
+            "aggregate_id": self.aggregate_id,
+            "original_seq": self.original_seq,
+            "subject": self.original_subject,
+            "event_id": self.event_id,
+            "reason": self.reason,
+            "tries": self.tries,
+            "time": format_rfc3339_ns(self.time_ns),
+            "bytes": len(self.data),
+        }
+
+
+def aggregate_of(subject: str, prefix: str) -> str:
+    """The aggregate id a subject names (``<prefix>.<id>.<type>``), or ``_``."""
+    rest = subject[len(prefix) + 1 :] if subject.startswith(prefix + ".") else ""
+    parts = rest.split(".")
+    return parts[0] if len(parts) == 2 and parts[0] else "_"
+
+
+class DeadLetters:
+    def __init__(
+        self, nc: NATS, replies: Replies, stream: str, subject_prefix: str, timeout: float
+    ) -> None:
+        self._nc = nc
+        self._replies = replies
+        self.stream = stream
+        self.prefix = subject_prefix
+        self._timeout = timeout
+
+    async def ensure_stream(self, replicas: int = 1) -> None:
+        await self._replies.start()
+        config = {
+            "name": self.stream,
+            "subjects": [f"{self.prefix}.>"],
+            "retention": "limits",
+            "storage": "file",
+            "discard": "new",
+            "allow_direct": True,
+            "duplicate_window": 120_000_000_000,
+            "num_replicas": replicas,
+            "max_msgs": -1,
+            "max_age": 0,
+        }
+        try:
+            await jsapi.api(self._replies, f"STREAM.CREATE.{self.stream}", config, self._timeout)
+        except JsApiError as exc:
+            if exc.err_code != jsapi.ERR_STREAM_NAME_IN_USE:
+                raise
+            await jsapi.api(self._replies, f"STREAM.UPDATE.{self.stream}", config, self._timeout)
+
+    def subject(self, spec: ModelSpec, aggregate_id: str = ">") -> str:
+        return f"{self.prefix}.{spec.name}.v{spec.version}.{_SAFE.sub('_', aggregate_id) or '_'}"
+
+    async def publish(
+        self,
+        spec: ModelSpec,
+        aggregate_id: str,
+        original: RawMessage,
+        reason: str,
+        tries: int,
+    ) -> None:
+        headers = {
+            "Nats-Msg-Id": f"{spec.name}-v{spec.version}-{original.seq}",
+            H_REASON: reason.replace("\r", " ").replace("\n", " ")[:1000],
+            H_SEQ: str(original.seq),
+            H_SUBJECT: original.subject,
+            H_EVENT_ID: original.headers.get("Nats-Msg-Id", ""),
+            H_TRIES: str(tries),
+            H_TIME: format_rfc3339_ns(now_ns()),
+        }
+        await jsapi.publish(
+            self._replies,
+            OutMessage(self.subject(spec, aggregate_id), original.data, headers),
+            self._timeout,
+        )
+
+    def _parse(self, raw: RawMessage) -> DeadLetter:
+        h: Mapping[str, str] = raw.headers
+        _, model, version, aggregate_id = raw.subject[len(self.prefix) + 1 :].split(".", 3)
+        return DeadLetter(
+            dlq_seq=raw.seq,
+            model=model,
+            version=int(version.lstrip("v")),
+            aggregate_id=aggregate_id,
+            original_seq=int(h.get(H_SEQ, "0")),
+            original_subject=h.get(H_SUBJECT, ""),
+            event_id=h.get(H_EVENT_ID, ""),
+            reason=h.get(H_REASON, ""),
+            tries=int(h.get(H_TRIES, "0")),
+            time_ns=parse_rfc3339_ns(h[H_TIME]) if H_TIME in h else raw.time_ns,
+            data=raw.data,
+        )
+
+    async def list(
+        self, spec: ModelSpec | None = None, aggregate_id: str = ">"
+    ) -> list[DeadLetter]:
+        await self._replies.start()
+        subject = self.subject(spec, aggregate_id) if spec else f"{self.prefix}.>"
+        out = []
+        try:
+            async for raw in jsapi.direct_get_batch(
+                self._replies, self.stream, subject, 1, self._timeout
+            ):
+                out.append(self._parse(raw))
+        except jsapi.NoRespondersError:
+            return []
+        return out
+
+    async def get(self, dlq_seq: int) -> DeadLetter | None:
+        await self._replies.start()
+        raw = await jsapi.direct_get(self._replies, self.stream, {"seq": dlq_seq}, self._timeout)
+        if raw is None or not raw.subject.startswith(self.prefix + "."):
+            return None
+        return self._parse(raw)
+
+    async def pending(self, spec: ModelSpec, aggregate_id: str) -> bool:
+        """Does this aggregate still have dead letters in this model version?"""
+        raw = await jsapi.last_for_subject(
+            self._replies, self.stream, self.subject(spec, aggregate_id), self._timeout
+        )
+        return raw is not None
+
+    async def delete(self, dlq_seq: int) -> bool:
+        return await jsapi.delete_message(self._replies, self.stream, dlq_seq, self._timeout)
+
+    async def count(self, spec: ModelSpec) -> int:
+        await self._replies.start()
+        info = await jsapi.api(
+            self._replies,
+            f"STREAM.INFO.{self.stream}",
+            {"subjects_filter": self.subject(spec)},
+            self._timeout,
+        )
+        return sum(int(n) for n in (info["state"].get("subjects") or {}).values())

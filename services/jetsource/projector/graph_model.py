@@ -1,0 +1,497 @@
+"""The graph read model (Neo4j 5 in production, ArcadeDB's Bolt plugin locally).
+
+Nodes: Story, Decision, Subtask; relationships HAS_DECISION, HAS_SUBTASK,
+DEPENDS_ON, SUPERSEDES, AFFECTS. Labels carry the model version (``Story_v1``) so
+two versions live side by side. One transaction per batch: the Story node is the
+guard (its ``version`` must be the one the batch was computed from; it is locked
+by the first write), every other node is guarded by its last stream sequence, and a
+Checkpoint node moves in the same transaction.
+
+The node properties are computed by folding the events with the domain's own
+``evolve`` (states are cached; a cold story is folded from the event store up to the
+version its Story node holds), so the graph never disagrees with the domain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from neo4j import AsyncDriver, AsyncGraphDatabase, AsyncManagedTransaction
+from neo4j import exceptions as neo4j_errors
+
+from jetsource.core.envelope import RecordedEvent
+from jetsource.core.settings import JetsourceSettings
+from jetsource.domain.context.model import STATUS_NAMES, ContextState, Decision, Subtask
+from jetsource.domain.context.model import fold as fold_state
+from jetsource.eventstore.port import EventStore
+from jetsource.projector.readmodel import Checkpoint, Kind, ModelSpec, Outcome, TransientError
+from jetsource.projector.valkey_models import ContextModel, block_rest, group
+
+T = TypeVar("T")
+GRAPH = "graph"
+_TRANSIENT = (
+    neo4j_errors.ServiceUnavailable,
+    neo4j_errors.SessionExpired,
+    neo4j_errors.TransientError,
+    neo4j_errors.DatabaseUnavailable,
+    OSError,
+    TimeoutError,
+)
+
+
+def graph_spec(version: int) -> ModelSpec:
+    return ModelSpec(
+        GRAPH,
+        version,
+        Kind.AGGREGATE,
+        "graph",
+        "stories, decisions, subtasks and their relationships",
+        idempotency="Story.version must equal the batch's base version; nodes guarded by seq",
+    )
+
+
+def connect_graph(settings: JetsourceSettings) -> AsyncDriver:
+    g = settings.graph
+    return AsyncGraphDatabase.driver(
+        settings.graph_uri(),
+        auth=settings.graph_auth(),
+        connection_timeout=g.connection_timeout_s,
+        max_transaction_retry_time=5.0,
+    )
+
+
+async def _io(call: Awaitable[T]) -> T:
+    try:
+        return await call
+    except _TRANSIENT as exc:
+        raise TransientError(f"graph: {exc}") from exc
+
+
+@dataclass
+class _Writes:
+    stories: list[dict[str, Any]] = field(default_factory=list)
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    subtasks: list[dict[str, Any]] = field(default_factory=list)
+    # (relationship, from label, to label) -> rows {story, a, b}
+    edges: dict[tuple[str, str, str], list[dict[str, Any]]] = field(default_factory=dict)
+
+    def edge(self, rel: str, a_label: str, b_label: str, story: str, a: str, b: str) -> None:
+        self.edges.setdefault((rel, a_label, b_label), []).append(
+            {"story": story, "a": f"{story}/{a}", "b": f"{story}/{b}"}
+        )
+
+
+class GraphModel:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        driver: AsyncDriver,
+        database: str,
+        store: EventStore,
+        cache_size: int,
+        label_prefix: str = "",
+    ) -> None:
+        self.spec = spec
+        self.driver = driver
+        self.database = database
+        self.store = store
+        self.cache_size = cache_size
+        v, x = spec.version, label_prefix
+        self.story, self.decision = f"{x}Story_v{v}", f"{x}Decision_v{v}"
+        self.subtask, self.checkpoint_label = f"{x}Subtask_v{v}", f"{x}Checkpoint_v{v}"
+        self._cache: OrderedDict[str, tuple[int, ContextState]] = OrderedDict()
+
+    def _label(self, state: ContextState, node_id: str) -> str:
+        return self.decision if node_id in state.decisions else self.subtask
+
+    async def setup(self) -> None:
+        async with self.driver.session(database=self.database) as session:
+            for label in (self.story, self.decision, self.subtask):
+                await _io(
+                    session.run(
+                        f"CREATE CONSTRAINT {label.lower()}_key IF NOT EXISTS "
+                        f"FOR (n:{label}) REQUIRE n.key IS UNIQUE"
+                    )
+                )
+            for label in (self.decision, self.subtask):
+                await _io(
+                    session.run(
+                        f"CREATE INDEX {label.lower()}_story IF NOT EXISTS "
+                        f"FOR (n:{label}) ON (n.story)"
+                    )
+                )
+
+    # -- state ------------------------------------------------------------------
+
+    async def _load(self, ids: Sequence[str]) -> dict[str, tuple[int, ContextState]]:
+        """(stored seq, state) per story: from the cache, else folded from the store
+        up to the version the Story node holds."""
+        out = {i: self._cache[i] for i in ids if i in self._cache}
+        missing = [i for i in ids if i not in out]
+        if missing:
+            async with self.driver.session(database=self.database) as session:
+                result = await _io(
+                    session.run(
+                        f"MATCH (s:{self.story}) WHERE s.key IN $keys "
+                        "RETURN s.key AS key, s.version AS version",
+                        keys=missing,
+                    )
+                )
+                stored = {r["key"]: r["version"] async for r in result}
+            for i in missing:
+                version = stored.get(i) or 0
+                events = await self.store.read_aggregate(i, to_version=version) if version else []
+                state = fold_state((e.event for e in events), context_id=i)
+                out[i] = (events[-1].stream_seq if events else 0, state)
+        return out
+
+    def _remember(self, story: str, seq: int, state: ContextState) -> None:
+        if self.cache_size == 0:
+            return
+        self._cache[story] = (seq, state)
+        self._cache.move_to_end(story)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    # -- writes -----------------------------------------------------------------
+
+    def _diff(
+        self,
+        writes: _Writes,
+        old: ContextState,
+        new: ContextState,
+        seq: int,
+        count: int,
+        recorded_at: int,
+    ) -> None:
+        sid = new.id
+        writes.stories.append(
+            {
+                "key": sid,
+                "base": old.version,
+                "version": new.version,
+                "seq": seq,
+                "n": count,
+                "props": {
+                    "title": new.title,
+                    "description": new.description,
+                    "created_by": new.created_by,
+                    "tags": list(new.tags),
+                    "status": "closed" if new.closed else "open",
+                    "close_reason": new.close_reason,
+                    "updated_at": recorded_at,
+                },
+            }
+        )
+        for d in new.decisions.values():
+            before = old.decisions.get(d.id)
+            if before == d:
+                continue
+            writes.decisions.append(_decision_row(sid, d, seq))
+            if before is None:
+                writes.edge("HAS_DECISION", self.story, self.decision, sid, "", d.id)
+                for target in d.affects:
+                    writes.edge(
+                        "AFFECTS", self.decision, self._label(new, target), sid, d.id, target
+                    )
+            if d.superseded_by and (before is None or not before.superseded_by):
+                writes.edge("SUPERSEDES", self.decision, self.decision, sid, d.superseded_by, d.id)
+        for t in new.subtasks.values():
+            before_t = old.subtasks.get(t.id)
+            if before_t == t:
+                continue
+            writes.subtasks.append(_subtask_row(sid, t, seq))
+            if before_t is None:
+                writes.edge("HAS_SUBTASK", self.story, self.subtask, sid, "", t.id)
+        for a, b in new.dependencies - old.dependencies:
+            writes.edge("DEPENDS_ON", self._label(new, a), self._label(new, b), sid, a, b)
+
+    async def _write(self, writes: _Writes, max_seq: int) -> set[str]:
+        """One transaction; returns the stories whose guard held (the rest conflicted)."""
+
+        async def work(tx: AsyncManagedTransaction) -> set[str]:
+            result = await tx.run(
+                f"UNWIND $rows AS r MERGE (s:{self.story} {{key: r.key}}) "
+                "ON CREATE SET s.version = 0, s.applied = 0 "
+                "SET s.version = s.version "  # takes the node's write lock before the check
+                "WITH s, r WHERE s.version = r.base "
+                "SET s += r.props, s.version = r.version, s.seq = r.seq, "
+                "s.applied = s.applied + r.n "
+                "RETURN s.key AS key",
+                rows=writes.stories,
+            )
+            ok = {r["key"] async for r in result}
+            if not ok:
+                return ok
+            for label, rows in ((self.decision, writes.decisions), (self.subtask, writes.subtasks)):
+                rows = [r for r in rows if r["story"] in ok]
+                if rows:
+                    await tx.run(
+                        f"UNWIND $rows AS r MERGE (n:{label} {{key: r.key}}) "
+                        "WITH n, r WHERE coalesce(n.seq, 0) < r.seq "
+                        "SET n += r.props, n.seq = r.seq, n.story = r.story",
+                        rows=rows,
+                    )
+            for (rel, a_label, b_label), edge_rows in writes.edges.items():
+                rows = [r for r in edge_rows if r["story"] in ok]
+                if not rows:
+                    continue
+                a_match = (
+                    f"(a:{a_label} {{key: r.story}})"
+                    if a_label == self.story
+                    else f"(a:{a_label} {{key: r.a}})"
+                )
+                await tx.run(
+                    f"UNWIND $rows AS r MATCH {a_match} MATCH (b:{b_label} {{key: r.b}}) "
+                    f"MERGE (a)-[:{rel}]->(b)",
+                    rows=rows,
+                )
+            await tx.run(
+                f"MERGE (c:{self.checkpoint_label} {{model: $model}}) "
+                "ON CREATE SET c.seq = 0, c.applied = 0 "
+                "SET c.applied = c.applied + $applied "
+                "WITH c WHERE c.seq < $seq SET c.seq = $seq",
+                model=self.spec.name,
+                applied=sum(r["n"] for r in writes.stories if r["key"] in ok),
+                seq=max_seq,
+            )
+            return ok
+
+        async with self.driver.session(database=self.database) as session:
+            return await _io(session.execute_write(work))
+
+    async def apply(self, events: Sequence[RecordedEvent]) -> Outcome:
+        outcome = Outcome()
+        groups = group(events)
+        loaded = await self._load(list(groups))
+        writes = _Writes()
+        pending: dict[str, tuple[int, ContextState, list[int]]] = {}
+        for story, evs in groups.items():
+            _, state = loaded[story]
+            fresh: list[RecordedEvent] = []
+            for i, e in enumerate(evs):
+                expected = state.version + len(fresh) + 1
+                if e.version < expected:
+                    outcome.done.append(e.stream_seq)
+                elif e.version > expected:
+                    block_rest(outcome, evs[i:], f"waiting for version {expected}")
+                    break
+                else:
+                    fresh.append(e)
+            if not fresh:
+                continue
+            new, fresh = ContextModel._fold(state, fresh, outcome)
+            if not fresh:
+                continue
+            last = fresh[-1]
+            self._diff(writes, state, new, last.stream_seq, len(fresh), last.recorded_at_ns)
+            pending[story] = (last.stream_seq, new, [e.stream_seq for e in fresh])
+        if not pending:
+            return outcome
+        ok = await self._write(writes, max(seq for seq, _, _ in pending.values()))
+        for story, (seq, state, seqs) in pending.items():
+            if story in ok:
+                self._remember(story, seq, state)
+                outcome.done.extend(seqs)
+                outcome.applied += len(seqs)
+            else:
+                self._cache.pop(story, None)
+                for s in seqs:
+                    outcome.waiting[s] = "the stored version moved; recomputing"
+        return outcome
+
+    async def _adjust_applied(self, delta: int) -> None:
+        async with self.driver.session(database=self.database) as session:
+            await _io(
+                session.run(
+                    f"MATCH (c:{self.checkpoint_label} {{model: $model}}) "
+                    "SET c.applied = c.applied + $delta",
+                    model=self.spec.name,
+                    delta=delta,
+                )
+            )
+
+    async def skip(self, aggregate_id: str, stream_seq: int) -> bool:
+        from jetsource.core.codec import UnknownEvent
+        from jetsource.projector.valkey_models import _skipped_envelope
+
+        _, state = (await self._load([aggregate_id]))[aggregate_id]
+        placeholder = RecordedEvent(
+            _skipped_envelope(aggregate_id, state.version + 1),
+            UnknownEvent("Skipped", 0, b"", "discarded dead letter"),
+            stream_seq,
+            0,
+        )
+        return stream_seq in (await self.apply([placeholder])).done
+
+    async def rewind(self, aggregate_id: str, to_version: int) -> int:
+        """Delete the story's subgraph and write it back as it was at ``to_version``."""
+        previous = await self.position(aggregate_id)
+        self._cache.pop(aggregate_id, None)
+        async with self.driver.session(database=self.database) as session:
+            for label in (self.decision, self.subtask):
+                await _io(
+                    session.run(
+                        f"MATCH (n:{label} {{story: $key}}) DETACH DELETE n", key=aggregate_id
+                    )
+                )
+            await _io(
+                session.run(
+                    f"MATCH (s:{self.story} {{key: $key}}) DETACH DELETE s", key=aggregate_id
+                )
+            )
+        events = (
+            await self.store.read_aggregate(aggregate_id, to_version=to_version)
+            if to_version
+            else []
+        )
+        if events:
+            state = fold_state((e.event for e in events), context_id=aggregate_id)
+            writes = _Writes()
+            self._diff(
+                writes,
+                ContextState(id=aggregate_id),
+                state,
+                events[-1].stream_seq,
+                len(events),
+                events[-1].recorded_at_ns,
+            )
+            writes.stories[0]["n"] = 0  # the checkpoint's total is adjusted below
+            await self._write(writes, events[-1].stream_seq)
+        await self._adjust_applied(to_version - previous)
+        return previous
+
+    async def position(self, aggregate_id: str) -> int:
+        async with self.driver.session(database=self.database) as session:
+            result = await _io(
+                session.run(
+                    f"MATCH (s:{self.story} {{key: $key}}) RETURN s.version AS v", key=aggregate_id
+                )
+            )
+            record = await result.single()
+        return int(record["v"]) if record else 0
+
+    async def checkpoint(self) -> Checkpoint:
+        async with self.driver.session(database=self.database) as session:
+            result = await _io(
+                session.run(
+                    f"MATCH (c:{self.checkpoint_label} {{model: $model}}) "
+                    "RETURN c.seq AS seq, c.applied AS applied",
+                    model=self.spec.name,
+                )
+            )
+            record = await result.single()
+        if record is None:
+            return Checkpoint(0, 0)
+        return Checkpoint(int(record["seq"] or 0), int(record["applied"] or 0))
+
+    async def digest(self) -> str:
+        h = hashlib.sha256()
+        async with self.driver.session(database=self.database) as session:
+            for label in (self.story, self.decision, self.subtask):
+                result = await _io(
+                    session.run(f"MATCH (n:{label}) RETURN n.key AS key, properties(n) AS p")
+                )
+                rows = sorted([(r["key"], sorted(r["p"].items())) async for r in result])
+                h.update(f"{label.rsplit('_', 1)[0]}:{rows!r}\n".encode())
+            edges = []
+            for label in (self.story, self.decision, self.subtask):
+                result = await _io(
+                    session.run(
+                        f"MATCH (a:{label})-[r]->(b) RETURN type(r) AS t, a.key AS a, b.key AS b"
+                    )
+                )
+                edges += [(r["t"], r["a"], r["b"]) async for r in result]
+            h.update(f"edges:{sorted(edges)!r}\n".encode())
+            checkpoint = await self.checkpoint()
+            h.update(f"applied:{checkpoint.applied}\n".encode())
+        return h.hexdigest()
+
+    async def drop(self) -> int:
+        removed = 0
+        async with self.driver.session(database=self.database) as session:
+            for label in (self.story, self.decision, self.subtask, self.checkpoint_label):
+                while True:
+                    result = await _io(
+                        session.run(
+                            f"MATCH (n:{label}) WITH n LIMIT 2000 DETACH DELETE n "
+                            "RETURN count(*) AS c"
+                        )
+                    )
+                    record = await result.single()
+                    n = int(record["c"]) if record else 0
+                    removed += n
+                    if n == 0:
+                        break
+        self._cache.clear()
+        return removed
+
+    async def close(self) -> None:
+        await self.driver.close()
+
+    async def neighbourhood(self, story: str) -> dict[str, Any]:
+        """The story's nodes and relationships (for the CLI and tests)."""
+        async with self.driver.session(database=self.database) as session:
+            result = await _io(
+                session.run(
+                    f"MATCH (s:{self.story} {{key: $key}}) RETURN properties(s) AS p", key=story
+                )
+            )
+            record = await result.single()
+            if record is None:
+                return {}
+            edges = []
+            for match in (
+                f"(a:{self.story} {{key: $key}})",
+                f"(a:{self.decision} {{story: $key}})",
+                f"(a:{self.subtask} {{story: $key}})",
+            ):
+                result = await _io(
+                    session.run(
+                        f"MATCH {match}-[r]->(b) RETURN type(r) AS t, a.key AS a, b.key AS b",
+                        key=story,
+                    )
+                )
+                edges += [(r["t"], r["a"], r["b"]) async for r in result]
+            edges.sort()
+        return {"story": dict(record["p"]), "edges": edges}
+
+
+def _decision_row(story: str, d: Decision, seq: int) -> dict[str, Any]:
+    return {
+        "key": f"{story}/{d.id}",
+        "story": story,
+        "seq": seq,
+        "props": {
+            "id": d.id,
+            "title": d.title,
+            "body": d.body,
+            "rationale": d.rationale,
+            "author": d.author,
+            "affects": list(d.affects),
+            "superseded_by": d.superseded_by,
+            "active": d.active,
+            "revisions": d.revisions,
+        },
+    }
+
+
+def _subtask_row(story: str, t: Subtask, seq: int) -> dict[str, Any]:
+    return {
+        "key": f"{story}/{t.id}",
+        "story": story,
+        "seq": seq,
+        "props": {
+            "id": t.id,
+            "title": t.title,
+            "description": t.description,
+            "assignee": t.assignee,
+            "status": STATUS_NAMES.get(t.status, "unspecified"),
+            "progress": t.progress,
+            "status_note": t.status_note,
+        },
+    }

@@ -1,0 +1,269 @@
+"""The consumer runtime: one worker per (read model, model version).
+
+A worker pulls from its durable consumer, decodes and upcasts, hands the batch to
+the model (which writes effects and checkpoint atomically), then acks what is done.
+Events waiting behind an earlier one of their aggregate are redelivered shortly;
+events the handler refuses (or that do not decode) are retried with backoff and,
+after ``max_deliver`` refusals, filed as dead letters. From then on the aggregate is
+parked: its later events go to the dead letters too (in order), until
+``jetsource projector dlq retry`` (or ``discard``) clears them, so an aggregate never
+skips an event. Other aggregates keep flowing. Transient store trouble redelivers
+the whole batch with backoff and never counts towards dead-lettering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from nats.aio.client import Client as NATS
+from prometheus_client import Counter, Gauge, Histogram
+
+from jetsource.core.codec import PayloadDecodeError, UnknownEvent
+from jetsource.core.envelope import RecordedEvent
+from jetsource.eventstore import jsapi
+from jetsource.eventstore.jetstream import JetStreamEventStore
+from jetsource.eventstore.jsapi import Delivery, RawMessage
+from jetsource.projector.deadletters import DeadLetters, aggregate_of
+from jetsource.projector.readmodel import Outcome, ReadModel, TransientError
+from jetsource.projector.settings import ProjectorOptions
+
+log = logging.getLogger("jetsource.projector")
+
+EVENTS = Counter(
+    "jetsource_projector_events_total",
+    "Events handled by read model and outcome",
+    ["model", "version", "outcome"],
+)
+BATCH_SECONDS = Histogram(
+    "jetsource_projector_batch_seconds",
+    "Time to apply and ack one batch",
+    ["model", "version"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+LAG = Gauge(
+    "jetsource_projector_lag", "Messages not yet delivered to the model", ["model", "version"]
+)
+CHECKPOINT = Gauge(
+    "jetsource_projector_checkpoint", "Last stream sequence handled", ["model", "version"]
+)
+DEAD_LETTERS = Counter(
+    "jetsource_projector_dead_letters_total", "Events filed as dead letters", ["model", "version"]
+)
+
+
+@dataclass
+class WorkerStats:
+    batches: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    unknown: int = 0
+    last_seq: int = 0
+    pending: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+class Worker:
+    def __init__(
+        self,
+        nc: NATS,
+        store: JetStreamEventStore,
+        model: ReadModel,
+        dead_letters: DeadLetters,
+        options: ProjectorOptions,
+    ) -> None:
+        self.nc = nc
+        self.store = store
+        self.model = model
+        self.spec = model.spec
+        self.dlq = dead_letters
+        self.o = options
+        self.stats = WorkerStats()
+        self._stream = store.settings.stream
+        self._prefix = store.settings.subject_prefix
+        self._pull = jsapi.PullConsumer(
+            nc, self._stream, self.spec.durable, options.pull_batch, options.pull_expires_s
+        )
+        # aggregate -> original sequences filed as dead letters (parked aggregates)
+        self._parked: dict[str, set[int]] = {}
+        self._failures: OrderedDict[int, int] = OrderedDict()
+        self._labels = (self.spec.name, str(self.spec.version))
+        self._stop = asyncio.Event()
+        self.running = False
+
+    async def ensure_consumer(self) -> None:
+        await self.store.start()
+        config = jsapi.consumer_config(
+            self.spec.durable,
+            f"{self._prefix}.>",
+            self.o.ack_wait_s,
+            self.o.max_ack_pending,
+        )
+        await jsapi.ensure_consumer(
+            self.store._replies, self._stream, config, self.store.settings.request_timeout_s
+        )
+
+    async def start(self) -> None:
+        await self.model.setup()
+        await self.ensure_consumer()
+        for letter in await self.dlq.list(self.spec):
+            self._parked.setdefault(letter.aggregate_id, set()).add(letter.original_seq)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, until_caught_up: bool = False) -> None:
+        """Process batches until stopped (or, with ``until_caught_up``, until the
+        consumer has nothing left). A batch in progress is always finished."""
+        await self.start()
+        self.running = True
+        try:
+            while not self._stop.is_set():
+                batch = await self._pull.next_batch(self.o.batch_size, 0.5)
+                if batch:
+                    await self.process(batch)
+                elif until_caught_up and await self.caught_up():
+                    return
+        finally:
+            self.running = False
+            await self._pull.stop()
+
+    async def caught_up(self) -> bool:
+        info = await jsapi.consumer_info(
+            self.store._replies, self._stream, self.spec.durable, self.o.ack_wait_s
+        )
+        if info is None:
+            return False
+        self.stats.pending = int(info["num_pending"])
+        LAG.labels(*self._labels).set(self.stats.pending + int(info["num_ack_pending"]))
+        return self.stats.pending == 0 and int(info["num_ack_pending"]) == 0
+
+    # -- one batch --------------------------------------------------------------
+
+    async def process(self, batch: Sequence[Delivery]) -> None:
+        started = time.perf_counter()
+        by_seq = {d.stream_seq: d for d in batch}
+        records: list[RecordedEvent] = []
+        acks: list[Delivery] = []
+        checked: dict[str, bool] = {}
+        for d in batch:
+            raw = RawMessage(d.subject, d.stream_seq, d.time_ns, d.headers, d.data)
+            aggregate_id = aggregate_of(d.subject, self._prefix)
+            if aggregate_id in self._parked and await self._still_parked(aggregate_id, checked):
+                if d.stream_seq in self._parked[aggregate_id]:
+                    acks.append(d)  # filed already; the ack was lost
+                else:
+                    first = min(self._parked[aggregate_id])
+                    await self._dead_letter(
+                        d, aggregate_id, f"parked behind dead letter of sequence {first}", 0
+                    )
+                continue
+            try:
+                record = self.store.decode(raw)
+            except PayloadDecodeError as exc:
+                await self._refused(d, aggregate_id, f"undecodable: {exc}")
+                continue
+            types = self.spec.event_types
+            if types is not None and record.event_type not in types:
+                acks.append(d)
+                continue
+            if isinstance(record.event, UnknownEvent):
+                self.stats.unknown += 1
+                EVENTS.labels(*self._labels, "unknown").inc()
+            records.append(record)
+        outcome = Outcome()
+        if records:
+            try:
+                outcome = await self.model.apply(records)
+            except TransientError as exc:
+                log.warning("%s v%s: %s; redelivering", *self._labels, exc)
+                for r in records:
+                    await jsapi.nak(self.nc, by_seq[r.stream_seq], self.o.backoff(1))
+                await self._ack(acks)
+                return
+            except Exception:
+                log.exception("%s v%s: batch failed; isolating aggregates", *self._labels)
+                outcome = await self._isolate(records)
+        acks += [by_seq[s] for s in outcome.done]
+        await self._ack(acks)
+        for seq in outcome.waiting:
+            await jsapi.nak(self.nc, by_seq[seq], self.o.waiting_delay_s)
+        for seq, reason in outcome.failed.items():
+            d = by_seq[seq]
+            await self._refused(d, aggregate_of(d.subject, self._prefix), reason)
+        self._account(batch, outcome, time.perf_counter() - started)
+
+    async def _isolate(self, records: list[RecordedEvent]) -> Outcome:
+        """A handler raised for the batch: apply aggregate by aggregate, so one bad
+        aggregate fails alone."""
+        outcome = Outcome()
+        groups: OrderedDict[str, list[RecordedEvent]] = OrderedDict()
+        for r in records:
+            groups.setdefault(r.aggregate_id, []).append(r)
+        for evs in groups.values():
+            try:
+                outcome.merge(await self.model.apply(evs))
+            except TransientError:
+                for e in evs:
+                    outcome.waiting[e.stream_seq] = "store unavailable"
+            except Exception as exc:
+                outcome.failed[evs[0].stream_seq] = f"handler error: {exc!r}"
+                for e in evs[1:]:
+                    outcome.waiting[e.stream_seq] = f"behind failed sequence {evs[0].stream_seq}"
+        return outcome
+
+    async def _ack(self, deliveries: Sequence[Delivery]) -> None:
+        for d in deliveries:
+            await jsapi.ack(self.nc, d)
+
+    async def _still_parked(self, aggregate_id: str, checked: dict[str, bool]) -> bool:
+        """Parked until its dead letters are gone (retried or discarded elsewhere)."""
+        if aggregate_id not in checked:
+            checked[aggregate_id] = await self.dlq.pending(self.spec, aggregate_id)
+            if not checked[aggregate_id]:
+                del self._parked[aggregate_id]
+        return checked[aggregate_id]
+
+    async def _refused(self, d: Delivery, aggregate_id: str, reason: str) -> None:
+        tries = self._failures.pop(d.stream_seq, 0) + 1
+        if tries >= self.o.max_deliver:
+            await self._dead_letter(d, aggregate_id, reason, tries)
+            return
+        self._failures[d.stream_seq] = tries
+        while len(self._failures) > 100_000:
+            self._failures.popitem(last=False)
+        log.warning("%s v%s: seq %d refused (%d): %s", *self._labels, d.stream_seq, tries, reason)
+        EVENTS.labels(*self._labels, "refused").inc()
+        await jsapi.nak(self.nc, d, self.o.backoff(tries))
+
+    async def _dead_letter(self, d: Delivery, aggregate_id: str, reason: str, tries: int) -> None:
+        raw = RawMessage(d.subject, d.stream_seq, d.time_ns, d.headers, d.data)
+        await self.dlq.publish(self.spec, aggregate_id, raw, reason, tries)
+        self._parked.setdefault(aggregate_id, set()).add(d.stream_seq)
+        await jsapi.ack(self.nc, d)
+        self.stats.dead_letters += 1
+        DEAD_LETTERS.labels(*self._labels).inc()
+        log.error("%s v%s: seq %d dead-lettered: %s", *self._labels, d.stream_seq, reason)
+
+    def _account(self, batch: Sequence[Delivery], outcome: Outcome, seconds: float) -> None:
+        s = self.stats
+        s.batches += 1
+        s.applied += outcome.applied
+        duplicates = len(outcome.done) - outcome.applied
+        s.duplicates += duplicates
+        last = batch[-1]
+        s.last_seq = max(s.last_seq, last.stream_seq)
+        s.pending = last.pending
+        EVENTS.labels(*self._labels, "applied").inc(outcome.applied)
+        if duplicates:
+            EVENTS.labels(*self._labels, "duplicate").inc(duplicates)
+        if outcome.waiting:
+            EVENTS.labels(*self._labels, "waiting").inc(len(outcome.waiting))
+        BATCH_SECONDS.labels(*self._labels).observe(seconds)
+        LAG.labels(*self._labels).set(last.pending)
+        CHECKPOINT.labels(*self._labels).set(s.last_seq)

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from jetsource.core.settings import JetsourceSettings
+
+
+class ProjectorOptions(BaseModel):
+    """``JETSOURCE_PROJECTOR__...``"""
+
+    host: str = "127.0.0.1"
+    # /metrics (Prometheus) and /healthz on one HTTP port; 0 disables both.
+    http_port: int = Field(default=9102, ge=0)
+    models: list[str] = Field(default_factory=lambda: ["context", "timeline", "graph"])
+    # Largest batch handed to a model at once (one Lua script / one transaction).
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+    pull_batch: int = Field(default=1000, ge=1)
+    pull_expires_s: float = Field(default=5.0, gt=0.1)
+    ack_wait_s: float = Field(default=30.0, gt=0)
+    max_ack_pending: int = Field(default=20_000, ge=1)
+    # A handler that refuses an event this many times sends it to the dead letters.
+    max_deliver: int = Field(default=5, ge=1)
+    backoff_s: list[float] = Field(default_factory=lambda: [0.2, 1.0, 5.0, 15.0, 30.0])
+    # Redelivery delay for an event waiting behind an earlier one of its aggregate.
+    waiting_delay_s: float = Field(default=0.1, ge=0)
+    dlq_stream: str = "CONTEXT_DLQ"
+    dlq_subject_prefix: str = "jetsource.dlq"
+    control_bucket: str = "JETSOURCE_READMODELS"
+    control_poll_s: float = Field(default=2.0, gt=0)
+    valkey_prefix: str = "jetsource"
+    # Graph labels are <prefix><Name>_v<version>, e.g. Story_v1.
+    graph_label_prefix: str = Field(default="", pattern=r"^[A-Za-z]?[A-Za-z0-9]*$")
+    timeline_keep: int = Field(default=50, ge=1)
+    state_cache_size: int = Field(default=10_000, ge=0)
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+
+    def backoff(self, failures: int) -> float:
+        return self.backoff_s[min(failures, len(self.backoff_s)) - 1] if self.backoff_s else 0.0
+
+
+class ProjectorSettings(JetsourceSettings):
+    projector: ProjectorOptions = ProjectorOptions()

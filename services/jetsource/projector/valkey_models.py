@@ -1,0 +1,496 @@
+"""Valkey read models: ``context`` (current state per story, indexes) and ``timeline``.
+
+Every key of a model version lives under ``<prefix>:<model>:v<version>:``, so two
+versions run side by side. One Lua script per batch writes the effects of every
+aggregate whose stored version is the one the batch was computed from, and moves the
+checkpoint, atomically. A redelivered event finds its version already stored and
+changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from collections.abc import Awaitable, Iterator, Sequence
+from typing import Any, TypeVar
+
+from google.protobuf.message import Message
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+
+from jetsource.core.codec import UnknownEvent
+from jetsource.core.envelope import RecordedEvent
+from jetsource.core.settings import JetsourceSettings
+from jetsource.domain.context.model import ContextState, EvolveError, evolve, fold
+from jetsource.domain.context.serialize import state_from_dict, state_to_dict
+from jetsource.eventstore.port import EventStore
+from jetsource.projector.readmodel import Checkpoint, Kind, ModelSpec, Outcome, TransientError
+
+T = TypeVar("T")
+_TRANSIENT = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    redis_errors.BusyLoadingError,
+    OSError,
+)
+
+CONTEXT = "context"
+TIMELINE = "timeline"
+
+
+def connect_valkey(settings: JetsourceSettings) -> Redis:
+    v = settings.valkey
+    options: dict[str, Any] = {
+        "username": v.username,
+        "password": v.password.get_secret_value() if v.password else None,
+        "socket_timeout": v.socket_timeout_s,
+        "socket_connect_timeout": v.socket_timeout_s,
+    }
+    if v.tls.active:
+        options["ssl_ca_certs"] = str(v.tls.ca_file) if v.tls.ca_file else None
+        options["ssl_certfile"] = str(v.tls.cert_file) if v.tls.cert_file else None
+        options["ssl_keyfile"] = str(v.tls.key_file) if v.tls.key_file else None
+    return Redis.from_url(settings.valkey_url(), **options)
+
+
+async def _io(call: Awaitable[T]) -> T:
+    try:
+        return await call
+    except _TRANSIENT as exc:
+        raise TransientError(f"valkey: {exc}") from exc
+
+
+def group(events: Sequence[RecordedEvent]) -> OrderedDict[str, list[RecordedEvent]]:
+    """Events per aggregate, in stream order within each."""
+    out: OrderedDict[str, list[RecordedEvent]] = OrderedDict()
+    for e in events:
+        out.setdefault(e.aggregate_id, []).append(e)
+    return out
+
+
+def block_rest(outcome: Outcome, events: Sequence[RecordedEvent], reason: str) -> None:
+    for e in events:
+        outcome.waiting[e.stream_seq] = reason
+
+
+# Per aggregate: id, base version, new version, last seq, doc, updated ms, status, count.
+_CONTEXT_APPLY = """
+local p = ARGV[1]
+local n = tonumber(ARGV[2])
+local conflicts = {}
+local applied, maxseq, i = 0, 0, 3
+for _ = 1, n do
+  local id, base, ver = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  local seq, doc, ms = tonumber(ARGV[i + 3]), ARGV[i + 4], ARGV[i + 5]
+  local status, cnt = ARGV[i + 6], tonumber(ARGV[i + 7])
+  i = i + 8
+  local cur = tonumber(redis.call('HGET', p .. ':pos', id) or '0')
+  if cur == base then
+    redis.call('SET', p .. ':doc:' .. id, doc)
+    redis.call('HSET', p .. ':pos', id, ver)
+    redis.call('ZADD', p .. ':idx:updated', ms, id)
+    local other = status == 'closed' and 'open' or 'closed'
+    redis.call('ZREM', p .. ':idx:status:' .. other, id)
+    redis.call('ZADD', p .. ':idx:status:' .. status, ms, id)
+    applied = applied + cnt
+    if seq > maxseq then maxseq = seq end
+  elseif cur < ver then
+    table.insert(conflicts, id)
+  end
+end
+if applied > 0 then
+  redis.call('HINCRBY', p .. ':meta', 'applied', applied)
+  local cp = tonumber(redis.call('HGET', p .. ':meta', 'checkpoint') or '0')
+  if maxseq > cp then redis.call('HSET', p .. ':meta', 'checkpoint', maxseq) end
+end
+return conflicts
+"""
+
+# Unconditional write of one aggregate (rewind for replay): id, version, doc, ms, status.
+_CONTEXT_PUT = """
+local p, id, ver = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local cur = tonumber(redis.call('HGET', p .. ':pos', id) or '0')
+if ver == 0 then
+  redis.call('DEL', p .. ':doc:' .. id)
+  redis.call('HDEL', p .. ':pos', id)
+  redis.call('ZREM', p .. ':idx:updated', id)
+  redis.call('ZREM', p .. ':idx:status:open', id)
+  redis.call('ZREM', p .. ':idx:status:closed', id)
+else
+  local status = ARGV[6]
+  local other = status == 'closed' and 'open' or 'closed'
+  redis.call('SET', p .. ':doc:' .. id, ARGV[4])
+  redis.call('HSET', p .. ':pos', id, ver)
+  redis.call('ZADD', p .. ':idx:updated', ARGV[5], id)
+  redis.call('ZREM', p .. ':idx:status:' .. other, id)
+  redis.call('ZADD', p .. ':idx:status:' .. status, ARGV[5], id)
+end
+redis.call('HINCRBY', p .. ':meta', 'applied', ver - cur)
+return cur
+"""
+
+# Per event: id, version, seq, entry. Applies v only right after v-1; a gap blocks the
+# rest of that aggregate in this batch (returned as waiting sequences).
+_TIMELINE_APPLY = """
+local p, keep, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local pos, blocked, waiting = {}, {}, {}
+local applied, maxseq, i = 0, 0, 4
+for _ = 1, n do
+  local id, ver, seq, entry = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), ARGV[i + 3]
+  i = i + 4
+  if pos[id] == nil then pos[id] = tonumber(redis.call('HGET', p .. ':pos', id) or '0') end
+  if blocked[id] then
+    table.insert(waiting, seq)
+  elseif ver == pos[id] + 1 then
+    local key = p .. ':tl:' .. id
+    redis.call('ZADD', key, ver, entry)
+    redis.call('ZREMRANGEBYRANK', key, 0, -(keep + 1))
+    redis.call('HSET', p .. ':pos', id, ver)
+    pos[id] = ver
+    applied = applied + 1
+    if seq > maxseq then maxseq = seq end
+  elseif ver > pos[id] + 1 then
+    blocked[id] = true
+    table.insert(waiting, seq)
+  end
+end
+if applied > 0 then
+  redis.call('HINCRBY', p .. ':meta', 'applied', applied)
+  local cp = tonumber(redis.call('HGET', p .. ':meta', 'checkpoint') or '0')
+  if maxseq > cp then redis.call('HSET', p .. ':meta', 'checkpoint', maxseq) end
+end
+return {applied, waiting}
+"""
+
+_TIMELINE_REWIND = """
+local p, id, ver = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local cur = tonumber(redis.call('HGET', p .. ':pos', id) or '0')
+if cur > ver then
+  redis.call('ZREMRANGEBYSCORE', p .. ':tl:' .. id, '(' .. ver, '+inf')
+  if ver == 0 then
+    redis.call('HDEL', p .. ':pos', id)
+  else
+    redis.call('HSET', p .. ':pos', id, ver)
+  end
+  redis.call('HINCRBY', p .. ':meta', 'applied', ver - cur)
+end
+return cur
+"""
+
+
+class ValkeyModel:
+    """What both Valkey models share: namespace, checkpoint, digest, drop."""
+
+    spec: ModelSpec
+
+    def __init__(self, spec: ModelSpec, redis: Redis, prefix: str) -> None:
+        self.spec = spec
+        self.redis = redis
+        self.ns = f"{prefix}:{spec.name}:v{spec.version}"
+
+    async def checkpoint(self) -> Checkpoint:
+        meta = await _io(self.redis.hgetall(f"{self.ns}:meta"))
+        return Checkpoint(int(meta.get(b"checkpoint", 0)), int(meta.get(b"applied", 0)))
+
+    async def position(self, aggregate_id: str) -> int:
+        return int(await _io(self.redis.hget(f"{self.ns}:pos", aggregate_id)) or 0)
+
+    async def _keys(self) -> list[bytes]:
+        return sorted([k async for k in self.redis.scan_iter(match=f"{self.ns}:*", count=1000)])
+
+    async def digest(self) -> str:
+        """sha256 over every key (without the namespace) and its content."""
+        h = hashlib.sha256()
+        cut = len(self.ns) + 1
+        for key in await _io(self._keys()):
+            if key.endswith(b":meta"):
+                meta = await self.redis.hgetall(key)
+                content: Any = {"applied": int(meta.get(b"applied", 0))}
+            else:
+                kind = _text(await self.redis.type(key))
+                if kind == "string":
+                    content = await self.redis.get(key)
+                elif kind == "hash":
+                    content = sorted((await self.redis.hgetall(key)).items())
+                elif kind == "zset":
+                    content = await self.redis.zrange(key, 0, -1, withscores=True)
+                else:
+                    content = kind
+            h.update(key[cut:] + b"\0" + repr(content).encode() + b"\n")
+        return h.hexdigest()
+
+    async def drop(self) -> int:
+        keys = await _io(self._keys())
+        for i in range(0, len(keys), 500):
+            await self.redis.unlink(*keys[i : i + 500])
+        return len(keys)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _status(state: ContextState) -> str:
+    return "closed" if state.closed else "open"
+
+
+class ContextModel(ValkeyModel):
+    """Current state of each story: ``doc:<id>`` (JSON), ``idx:updated`` and
+    ``idx:status:<open|closed>`` (sorted by last update, ms)."""
+
+    def __init__(
+        self, spec: ModelSpec, redis: Redis, prefix: str, store: EventStore, cache_size: int
+    ) -> None:
+        super().__init__(spec, redis, prefix)
+        self.store = store
+        self.cache_size = cache_size
+        # id -> (doc fields other than the state, state); what this process last wrote.
+        self._cache: OrderedDict[str, tuple[dict[str, Any], ContextState]] = OrderedDict()
+        self._apply = redis.register_script(_CONTEXT_APPLY)
+        self._put = redis.register_script(_CONTEXT_PUT)
+
+    async def setup(self) -> None:
+        pass
+
+    def _remember(self, aggregate_id: str, meta: dict[str, Any], state: ContextState) -> None:
+        if self.cache_size == 0:
+            return
+        self._cache[aggregate_id] = (meta, state)
+        self._cache.move_to_end(aggregate_id)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    async def _load(self, ids: Sequence[str]) -> dict[str, tuple[dict[str, Any], ContextState]]:
+        out = {i: self._cache[i] for i in ids if i in self._cache}
+        missing = [i for i in ids if i not in out]
+        if missing:
+            docs = await _io(self.redis.mget([f"{self.ns}:doc:{i}" for i in missing]))
+            for i, raw in zip(missing, docs, strict=True):
+                if raw is None:
+                    out[i] = ({"seq": 0, "applied": 0, "created_at": 0}, ContextState(id=i))
+                else:
+                    doc = json.loads(raw)
+                    state = state_from_dict(doc.pop("state"))
+                    out[i] = (doc, state)
+        return out
+
+    @staticmethod
+    def _doc(meta: dict[str, Any], state: ContextState) -> str:
+        return json.dumps(
+            {**meta, "status": _status(state), "state": state_to_dict(state)},
+            separators=(",", ":"),
+            sort_keys=True,
+        )
+
+    async def apply(self, events: Sequence[RecordedEvent]) -> Outcome:
+        outcome = Outcome()
+        groups = group(events)
+        loaded = await self._load(list(groups))
+        args: list[Any] = []
+        pending: dict[str, tuple[dict[str, Any], ContextState, list[int]]] = {}
+        for aggregate_id, evs in groups.items():
+            meta, state = loaded[aggregate_id]
+            base = state.version
+            fresh: list[RecordedEvent] = []
+            for i, e in enumerate(evs):
+                expected = base + len(fresh) + 1
+                if e.version < expected:
+                    outcome.done.append(e.stream_seq)  # applied before: a redelivery
+                elif e.version > expected:
+                    block_rest(outcome, evs[i:], f"waiting for version {expected}")
+                    break
+                else:
+                    fresh.append(e)
+            if not fresh:
+                continue
+            new, fresh = self._fold(state, fresh, outcome)
+            if not fresh:
+                continue
+            last = fresh[-1]
+            new_meta = {
+                "seq": last.stream_seq,
+                "applied": meta["applied"] + len(fresh),
+                "created_at": meta["created_at"] or fresh[0].recorded_at_ns,
+                "updated_at": last.recorded_at_ns,
+            }
+            args += [
+                aggregate_id,
+                base,
+                new.version,
+                last.stream_seq,
+                self._doc(new_meta, new),
+                last.recorded_at_ns // 1_000_000,
+                _status(new),
+                len(fresh),
+            ]
+            pending[aggregate_id] = (new_meta, new, [e.stream_seq for e in fresh])
+        if not pending:
+            return outcome
+        conflicts = await _io(self._apply(args=[self.ns, len(pending), *args]))
+        conflicted = {c.decode() for c in conflicts}
+        for aggregate_id, (meta, state, seqs) in pending.items():
+            if aggregate_id in conflicted:
+                self._cache.pop(aggregate_id, None)  # somebody else wrote it: reload next time
+                for s in seqs:
+                    outcome.waiting[s] = "the stored version moved; recomputing"
+            else:
+                self._remember(aggregate_id, meta, state)
+                outcome.done.extend(seqs)
+                outcome.applied += len(seqs)
+        return outcome
+
+    @staticmethod
+    def _fold(
+        state: ContextState, events: list[RecordedEvent], outcome: Outcome
+    ) -> tuple[ContextState, list[RecordedEvent]]:
+        """Fold the events; if one is refused, keep those before it and fail it."""
+        try:
+            return fold((e.event for e in events), state), events
+        except EvolveError:
+            pass
+        for i, e in enumerate(events):
+            try:
+                state = evolve(state, e.event)
+            except EvolveError as exc:
+                outcome.failed[e.stream_seq] = f"{e.event_type} v{e.version}: {exc}"
+                block_rest(outcome, events[i + 1 :], f"behind refused sequence {e.stream_seq}")
+                return state, events[:i]
+        raise AssertionError("fold failed but every event applies")
+
+    async def skip(self, aggregate_id: str, stream_seq: int) -> bool:
+        meta, state = (await self._load([aggregate_id]))[aggregate_id]
+        placeholder = RecordedEvent(
+            _skipped_envelope(aggregate_id, state.version + 1),
+            UnknownEvent("Skipped", 0, b"", "discarded dead letter"),
+            stream_seq,
+            meta.get("updated_at", 0),
+        )
+        outcome = await self.apply([placeholder])
+        return stream_seq in outcome.done
+
+    async def rewind(self, aggregate_id: str, to_version: int) -> int:
+        events = (
+            await self.store.read_aggregate(aggregate_id, to_version=to_version)
+            if to_version
+            else []
+        )
+        state = fold((e.event for e in events), context_id=aggregate_id)
+        meta = {
+            "seq": events[-1].stream_seq if events else 0,
+            "applied": len(events),
+            "created_at": events[0].recorded_at_ns if events else 0,
+            "updated_at": events[-1].recorded_at_ns if events else 0,
+        }
+        self._cache.pop(aggregate_id, None)
+        previous = await _io(
+            self._put(
+                args=[
+                    self.ns,
+                    aggregate_id,
+                    state.version,
+                    self._doc(meta, state),
+                    meta["updated_at"] // 1_000_000,
+                    _status(state),
+                ]
+            )
+        )
+        return int(previous)
+
+    async def read(self, aggregate_id: str) -> dict[str, Any] | None:
+        raw = await _io(self.redis.get(f"{self.ns}:doc:{aggregate_id}"))
+        return json.loads(raw) if raw else None
+
+
+def _skipped_envelope(aggregate_id: str, version: int) -> Any:
+    from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
+
+    return EventEnvelope(aggregate_id=aggregate_id, aggregate_version=version, event_type="Skipped")
+
+
+def _scalars(event: Message | UnknownEvent) -> Iterator[tuple[str, Any]]:
+    if isinstance(event, UnknownEvent):
+        yield "unknown", event.reason
+        return
+    for fd, value in event.ListFields():
+        if isinstance(value, str):
+            yield fd.name, value[:200]
+        elif isinstance(value, int | bool):
+            yield fd.name, value
+
+
+class TimelineModel(ValkeyModel):
+    """The most recent ``keep`` events of each story: ``tl:<id>`` sorted by version."""
+
+    def __init__(self, spec: ModelSpec, redis: Redis, prefix: str, keep: int) -> None:
+        super().__init__(spec, redis, prefix)
+        self.keep = keep
+        self._apply = redis.register_script(_TIMELINE_APPLY)
+        self._rewind = redis.register_script(_TIMELINE_REWIND)
+
+    async def setup(self) -> None:
+        pass
+
+    @staticmethod
+    def entry(e: RecordedEvent) -> str:
+        return json.dumps(
+            {
+                "seq": e.stream_seq,
+                "version": e.version,
+                "type": e.event_type,
+                "event_id": e.event_id,
+                "recorded_at": e.recorded_at_ns,
+                "data": dict(_scalars(e.event)),
+            },
+            separators=(",", ":"),
+        )
+
+    async def apply(self, events: Sequence[RecordedEvent]) -> Outcome:
+        args: list[Any] = [self.ns, self.keep, len(events)]
+        for e in events:
+            args += [e.aggregate_id, e.version, e.stream_seq, self.entry(e)]
+        applied, raw_waiting = await _io(self._apply(args=args))
+        waiting = {int(s) for s in raw_waiting}
+        outcome = Outcome(applied=int(applied))
+        for e in events:
+            if e.stream_seq in waiting:
+                outcome.waiting[e.stream_seq] = "waiting for the previous version"
+            else:
+                outcome.done.append(e.stream_seq)
+        return outcome
+
+    async def skip(self, aggregate_id: str, stream_seq: int) -> bool:
+        version = await self.position(aggregate_id) + 1
+        placeholder = RecordedEvent(
+            _skipped_envelope(aggregate_id, version),
+            UnknownEvent("Skipped", 0, b"", "discarded dead letter"),
+            stream_seq,
+            0,
+        )
+        return stream_seq in (await self.apply([placeholder])).done
+
+    async def rewind(self, aggregate_id: str, to_version: int) -> int:
+        return int(await _io(self._rewind(args=[self.ns, aggregate_id, to_version])))
+
+    async def read(self, aggregate_id: str, limit: int = 50) -> list[dict[str, Any]]:
+        raw = await _io(self.redis.zrevrange(f"{self.ns}:tl:{aggregate_id}", 0, limit - 1))
+        return [json.loads(r) for r in raw]  # type: ignore[arg-type]
+
+
+def context_spec(version: int) -> ModelSpec:
+    return ModelSpec(
+        CONTEXT,
+        version,
+        Kind.SNAPSHOT,
+        "valkey",
+        "current state of each story, with indexes by update time and status",
+    )
+
+
+def timeline_spec(version: int) -> ModelSpec:
+    return ModelSpec(
+        TIMELINE, version, Kind.TIMELINE, "valkey", "the most recent events of each story"
+    )

@@ -1,0 +1,64 @@
+"""Helpers for projector tests: isolated settings, seeded stories, model digests."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from google.protobuf.message import Message
+
+from jetsource.core.envelope import NewEvent
+from jetsource.core.settings import JetsourceSettings
+from jetsource.domain.context.model import ContextState, fold
+from jetsource.domain.context.samples import story_events
+from jetsource.eventstore.jetstream import JetStreamEventStore
+from jetsource.projector.settings import ProjectorOptions, ProjectorSettings
+from tests.eventstore_fixtures import isolated_settings
+
+
+def projector_settings(base: JetsourceSettings, unique: str, **options: Any) -> ProjectorSettings:
+    """Every name a projector touches made unique: stream, subjects, DLQ, control
+    bucket, Valkey prefix and graph labels, so tests share the session's servers."""
+    defaults: dict[str, Any] = {
+        "http_port": 0,
+        "dlq_stream": f"DLQ_{unique}",
+        "dlq_subject_prefix": f"dlq{unique}",
+        "control_bucket": f"RM_{unique}",
+        "valkey_prefix": f"t{unique}",
+        "graph_label_prefix": f"T{unique}",
+        "backoff_s": [0.05, 0.05, 0.05, 0.05, 0.05],
+        "waiting_delay_s": 0.02,
+        "pull_expires_s": 1.0,
+    }
+    defaults.update(options)
+    return ProjectorSettings(
+        nats=base.nats,
+        valkey=base.valkey,
+        graph=base.graph,
+        eventstore=isolated_settings(unique),
+        projector=ProjectorOptions(**defaults),
+    )
+
+
+def story_ids(n: int, tag: str = "s") -> list[str]:
+    return [f"{tag}{i:04d}" for i in range(n)]
+
+
+async def seed(
+    store: JetStreamEventStore, stories: list[str], events: int, seed: int = 0, batch: int = 1
+) -> dict[str, list[Message]]:
+    """Append a valid history of ``events`` events to each story (concurrently)."""
+    histories = {s: story_events(s, events, seed) for s in stories}
+
+    async def write(story: str) -> None:
+        history = histories[story]
+        for i in range(0, len(history), batch):
+            chunk = [NewEvent(m) for m in history[i : i + batch]]
+            await store.append(story, chunk, i)
+
+    await asyncio.gather(*(write(s) for s in stories))
+    return histories
+
+
+def expected_state(story: str, history: list[Message]) -> ContextState:
+    return fold(history, context_id=story)
