@@ -9,7 +9,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Any
 
-from jetsource.domain.context.model import STATUS_NAMES, ContextState, Decision, Subtask
+from jetsource.domain.context.model import STATUS_NAMES, TODO, ContextState, Decision, Subtask
 
 STATE_SCHEMA_VERSION = 1
 _STATUS_BY_NAME = {name: status for status, name in STATUS_NAMES.items()}
@@ -77,7 +77,7 @@ def state_from_dict(doc: dict[str, Any]) -> ContextState:
             title=t["title"],
             description=t["description"],
             assignee=t["assignee"],
-            status=_STATUS_BY_NAME.get(t["status"], 0),
+            status=_STATUS_BY_NAME.get(t["status"], TODO),
             progress=t["progress"],
             status_note=t["status_note"],
         )
