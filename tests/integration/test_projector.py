@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from google.protobuf.message import Message
 
+from jetsource.core.envelope import NewEvent
 from jetsource.core.settings import JetsourceSettings
+from jetsource.domain.context.samples import story_events
 from jetsource.domain.context.serialize import state_to_dict
 from jetsource.eventstore import jsapi
 from jetsource.projector.bootstrap import Projection, open_projection
@@ -80,3 +83,157 @@ async def test_models_follow_the_stream_and_redelivery_changes_nothing(
         assert worker.stats.applied == 0, name
         assert worker.stats.duplicates == total, name
         assert await worker.model.digest() == digests[name], name
+
+
+class FlakyContext(ContextModel):
+    """The context model with a handler that refuses some events until fixed."""
+
+    poison: set[int] = set()
+    fixed = False
+
+    async def apply(self, events):  # type: ignore[no-untyped-def]
+        from jetsource.projector.readmodel import Outcome
+
+        if self.fixed:
+            return await super().apply(events)
+        refused = Outcome()
+        kept = []
+        for e in events:
+            if e.stream_seq in self.poison:
+                refused.failed[e.stream_seq] = "handler bug: cannot project this"
+            else:
+                kept.append(e)
+        outcome = await super().apply(kept)
+        outcome.merge(refused)
+        return outcome
+
+
+async def test_poison_goes_to_dead_letters_and_retry_applies_it_once(
+    projection: Projection,
+) -> None:
+    from jetsource.projector import admin
+
+    p = projection
+    o = p.settings.projector
+    flaky = FlakyContext(
+        p.model("context", 1).spec, p.redis, o.valkey_prefix, p.store, o.state_cache_size
+    )
+    p.extra_models["context"] = lambda version: flaky
+    stories = story_ids(3)
+    histories = await seed(p.store, stories, 10)
+    # A message that is not an envelope at all, on a story of its own.
+    await p.nc.jetstream().publish(f"{p.store.settings.subject_prefix}.junk.DecisionAdded", b"\xff")
+    # The handler refuses s0001's 4th event: its 5th..10th must wait behind it.
+    s1 = await p.store.read_aggregate("s0001")
+    flaky.poison = {s1[3].stream_seq}
+
+    worker = await build(p, "context")
+    letters = await admin.dlq_list(p, "context")
+    by_story: dict[str, list[str]] = {}
+    for letter in letters:
+        by_story.setdefault(letter.aggregate_id, []).append(letter.reason)
+    assert set(by_story) == {"junk", "s0001"}, letters
+    assert by_story["junk"] == [by_story["junk"][0]]
+    assert by_story["junk"][0].startswith("undecodable")
+    assert by_story["s0001"][0] == "handler bug: cannot project this"
+    assert all(r.startswith("parked behind") for r in by_story["s0001"][1:])
+    assert len(by_story["s0001"]) == 7  # the refused event and the six after it
+    assert [d.tries for d in letters if d.aggregate_id == "s0001"][0] == o.max_deliver
+    # Everybody else went on.
+    assert await flaky.position("s0000") == 10
+    assert await flaky.position("s0002") == 10
+    assert await flaky.position("s0001") == 3
+    assert worker.stats.dead_letters == 8
+
+    # New events of the parked story queue up behind it, in order.
+    more = {"s0001": await seed_more(p, "s0001", histories["s0001"], 12)}
+    await build(p, "context")
+    assert len(await admin.dlq_list(p, "context", "s0001")) == 9
+
+    # Still broken: retry fails and keeps everything.
+    report = await admin.dlq_retry(p, "context", "s0001")
+    assert not report.done and len(report.failed) == 9
+    flaky.fixed = True
+    report = await admin.dlq_retry(p, "context", "s0001")
+    assert len(report.done) == 9 and not report.failed
+    doc = await flaky.read("s0001")
+    assert doc is not None
+    assert doc["state"] == state_to_dict(expected_state("s0001", more["s0001"]))
+    assert doc["applied"] == 12
+    assert (await flaky.checkpoint()).applied == 32
+
+    # The undecodable one stays undecodable; discarding steps past it.
+    report = await admin.dlq_retry(p, "context", "junk")
+    assert list(report.failed.values())[0].startswith("still undecodable")
+    report = await admin.dlq_discard(p, "context", "junk")
+    assert len(report.done) == 1
+    assert await admin.dlq_list(p, "context") == []
+    # The live worker sees the story unparked and goes on with new events.
+    await seed_more(p, "s0001", more["s0001"], 15)
+    await build(p, "context")
+    assert await flaky.position("s0001") == 15
+
+
+async def seed_more(p: Projection, story: str, history: list[Message], upto: int) -> list[Message]:
+    """Extend a seeded story (same generator, same seed) to ``upto`` events."""
+    full = story_events(story, upto)
+    assert full[: len(history)] == history
+    for i in range(len(history), upto):
+        await p.store.append(story, [NewEvent(full[i])], i)
+    return full
+
+
+async def test_replay_reapplies_only_the_slice(projection: Projection) -> None:
+    from jetsource.projector import admin
+
+    p = projection
+    stories = story_ids(4)
+    for story in stories:  # one after the other: each story's events are contiguous
+        await seed(p.store, [story], 20)
+    for name in MODELS:
+        await build(p, name)
+    clean = {name: await p.model(name, 1).digest() for name in MODELS}
+    context = p.model("context", 1)
+    assert isinstance(context, ContextModel)
+    ns = context.ns
+
+    async def corrupt(story: str) -> None:
+        await p.redis.set(f"{ns}:doc:{story}", b'{"broken": true}')
+
+    async def broken(story: str) -> bool:
+        return await p.redis.get(f"{ns}:doc:{story}") == b'{"broken": true}'
+
+    for story in stories:
+        await corrupt(story)
+    report = await admin.replay(p, "context", aggregate_id="s0000")
+    assert (report.events, report.reapplied, report.aggregates) == (20, 20, 1)
+    assert [await broken(s) for s in stories] == [False, True, True, True]
+
+    # A sequence range inside s0001 (its events are 21..40): only s0001 is touched;
+    # its later events are carried forward so the model ends where it was.
+    report = await admin.replay(p, "context", from_seq=25, to_seq=30)
+    assert (report.events, report.reapplied, report.aggregates) == (6, 6, 1)
+    assert report.carried_forward == 10
+    assert [await broken(s) for s in stories] == [False, False, True, True]
+
+    # A time range: s0002's events only.
+    s2 = await p.store.read_aggregate("s0002")
+    report = await admin.replay(
+        p, "context", from_time=s2[0].recorded_at_ns, to_time=s2[-1].recorded_at_ns
+    )
+    assert report.aggregates == 1 and report.events == 20
+    assert [await broken(s) for s in stories] == [False, False, False, True]
+    await admin.replay(p, "context", aggregate_id="s0003")
+    assert await context.digest() == clean["context"]
+
+    # The timeline and the graph re-apply a slice the same way and end unchanged.
+    graph = p.model("graph", 1)
+    assert isinstance(graph, GraphModel)
+    before = await graph.dump()
+    for name in ("timeline", "graph"):
+        report = await admin.replay(p, name, from_seq=5, to_seq=65)
+        if name == "graph":
+            after = await graph.dump()
+            assert [x for x in after if x not in before] == [x for x in before if x not in after]
+        assert report.events == 61 and report.reapplied == 61, name
+        assert await p.model(name, 1).digest() == clean[name], name

@@ -99,7 +99,9 @@ class DeadLetters:
             await jsapi.api(self._replies, f"STREAM.UPDATE.{self.stream}", config, self._timeout)
 
     def subject(self, spec: ModelSpec, aggregate_id: str = ">") -> str:
-        return f"{self.prefix}.{spec.name}.v{spec.version}.{_SAFE.sub('_', aggregate_id) or '_'}"
+        """The model version's dead letters of one aggregate (``>``: all of them)."""
+        token = aggregate_id if aggregate_id == ">" else (_SAFE.sub("_", aggregate_id) or "_")
+        return f"{self.prefix}.{spec.name}.v{spec.version}.{token}"
 
     async def publish(
         self,
@@ -126,7 +128,7 @@ class DeadLetters:
 
     def _parse(self, raw: RawMessage) -> DeadLetter:
         h: Mapping[str, str] = raw.headers
-        _, model, version, aggregate_id = raw.subject[len(self.prefix) + 1 :].split(".", 3)
+        model, version, aggregate_id = raw.subject[len(self.prefix) + 1 :].split(".", 2)
         return DeadLetter(
             dlq_seq=raw.seq,
             model=model,

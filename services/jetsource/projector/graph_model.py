@@ -101,6 +101,7 @@ class GraphModel:
         self.store = store
         self.cache_size = cache_size
         v, x = spec.version, label_prefix
+        self.prefix = x
         self.story, self.decision = f"{x}Story_v{v}", f"{x}Decision_v{v}"
         self.subtask, self.checkpoint_label = f"{x}Subtask_v{v}", f"{x}Checkpoint_v{v}"
         self._cache: OrderedDict[str, tuple[int, ContextState]] = OrderedDict()
@@ -164,11 +165,18 @@ class GraphModel:
         writes: _Writes,
         old: ContextState,
         new: ContextState,
-        seq: int,
-        count: int,
-        recorded_at: int,
+        events: Sequence[RecordedEvent],
     ) -> None:
+        """Rows for what changed from ``old`` to ``new``; each node carries the stream
+        sequence of the last event that changed it (the same on every rebuild)."""
         sid = new.id
+        last = events[-1]
+        seq, count, recorded_at = last.stream_seq, len(events), last.recorded_at_ns
+        touched: dict[str, int] = {}
+        for e in events:
+            node = getattr(e.event, "decision_id", "") or getattr(e.event, "subtask_id", "")
+            if node:
+                touched[node] = e.stream_seq
         writes.stories.append(
             {
                 "key": sid,
@@ -191,7 +199,7 @@ class GraphModel:
             before = old.decisions.get(d.id)
             if before == d:
                 continue
-            writes.decisions.append(_decision_row(sid, d, seq))
+            writes.decisions.append(_decision_row(sid, d, touched.get(d.id, seq)))
             if before is None:
                 writes.edge("HAS_DECISION", self.story, self.decision, sid, "", d.id)
                 for target in d.affects:
@@ -204,7 +212,7 @@ class GraphModel:
             before_t = old.subtasks.get(t.id)
             if before_t == t:
                 continue
-            writes.subtasks.append(_subtask_row(sid, t, seq))
+            writes.subtasks.append(_subtask_row(sid, t, touched.get(t.id, seq)))
             if before_t is None:
                 writes.edge("HAS_SUBTASK", self.story, self.subtask, sid, "", t.id)
         for a, b in new.dependencies - old.dependencies:
@@ -287,9 +295,8 @@ class GraphModel:
             new, fresh = ContextModel._fold(state, fresh, outcome)
             if not fresh:
                 continue
-            last = fresh[-1]
-            self._diff(writes, state, new, last.stream_seq, len(fresh), last.recorded_at_ns)
-            pending[story] = (last.stream_seq, new, [e.stream_seq for e in fresh])
+            self._diff(writes, state, new, fresh)
+            pending[story] = (fresh[-1].stream_seq, new, [e.stream_seq for e in fresh])
         if not pending:
             return outcome
         ok = await self._write(writes, max(seq for seq, _, _ in pending.values()))
@@ -352,17 +359,10 @@ class GraphModel:
         if events:
             state = fold_state((e.event for e in events), context_id=aggregate_id)
             writes = _Writes()
-            self._diff(
-                writes,
-                ContextState(id=aggregate_id),
-                state,
-                events[-1].stream_seq,
-                len(events),
-                events[-1].recorded_at_ns,
-            )
-            writes.stories[0]["n"] = 0  # the checkpoint's total is adjusted below
+            self._diff(writes, ContextState(id=aggregate_id), state, events)
             await self._write(writes, events[-1].stream_seq)
-        await self._adjust_applied(to_version - previous)
+        # The write counted the rewound story's events into the total once more.
+        await self._adjust_applied(to_version - previous - len(events))
         return previous
 
     async def position(self, aggregate_id: str) -> int:
@@ -389,27 +389,28 @@ class GraphModel:
             return Checkpoint(0, 0)
         return Checkpoint(int(record["seq"] or 0), int(record["applied"] or 0))
 
-    async def digest(self) -> str:
-        h = hashlib.sha256()
+    async def dump(self) -> list[tuple[str, Any]]:
+        """Every node (by label and key, with its properties) and relationship, sorted."""
+        out: list[tuple[str, Any]] = []
         async with self.driver.session(database=self.database) as session:
             for label in (self.story, self.decision, self.subtask):
+                name = label.removeprefix(self.prefix).rsplit("_", 1)[0]
                 result = await _io(
                     session.run(f"MATCH (n:{label}) RETURN n.key AS key, properties(n) AS p")
                 )
-                rows = sorted([(r["key"], sorted(r["p"].items())) async for r in result])
-                h.update(f"{label.rsplit('_', 1)[0]}:{rows!r}\n".encode())
-            edges = []
-            for label in (self.story, self.decision, self.subtask):
+                out += [(name, (r["key"], sorted(r["p"].items()))) async for r in result]
                 result = await _io(
                     session.run(
                         f"MATCH (a:{label})-[r]->(b) RETURN type(r) AS t, a.key AS a, b.key AS b"
                     )
                 )
-                edges += [(r["t"], r["a"], r["b"]) async for r in result]
-            h.update(f"edges:{sorted(edges)!r}\n".encode())
-            checkpoint = await self.checkpoint()
-            h.update(f"applied:{checkpoint.applied}\n".encode())
-        return h.hexdigest()
+                out += [("edge", (r["t"], r["a"], r["b"])) async for r in result]
+        out.sort(key=repr)
+        out.append(("applied", (await self.checkpoint()).applied))
+        return out
+
+    async def digest(self) -> str:
+        return hashlib.sha256(repr(await self.dump()).encode()).hexdigest()
 
     async def drop(self) -> int:
         removed = 0
