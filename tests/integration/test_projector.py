@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import ClassVar
 
 import pytest
 from google.protobuf.message import Message
@@ -88,7 +89,7 @@ async def test_models_follow_the_stream_and_redelivery_changes_nothing(
 class FlakyContext(ContextModel):
     """The context model with a handler that refuses some events until fixed."""
 
-    poison: set[int] = set()
+    poison: ClassVar[set[int]] = set()
     fixed = False
 
     async def apply(self, events):  # type: ignore[no-untyped-def]
@@ -138,7 +139,7 @@ async def test_poison_goes_to_dead_letters_and_retry_applies_it_once(
     assert by_story["s0001"][0] == "handler bug: cannot project this"
     assert all(r.startswith("parked behind") for r in by_story["s0001"][1:])
     assert len(by_story["s0001"]) == 7  # the refused event and the six after it
-    assert [d.tries for d in letters if d.aggregate_id == "s0001"][0] == o.max_deliver
+    assert next(d.tries for d in letters if d.aggregate_id == "s0001") == o.max_deliver
     # Everybody else went on.
     assert await flaky.position("s0000") == 10
     assert await flaky.position("s0002") == 10
@@ -164,7 +165,7 @@ async def test_poison_goes_to_dead_letters_and_retry_applies_it_once(
 
     # The undecodable one stays undecodable; discarding steps past it.
     report = await admin.dlq_retry(p, "context", "junk")
-    assert list(report.failed.values())[0].startswith("still undecodable")
+    assert next(iter(report.failed.values())).startswith("still undecodable")
     report = await admin.dlq_discard(p, "context", "junk")
     assert len(report.done) == 1
     assert await admin.dlq_list(p, "context") == []
