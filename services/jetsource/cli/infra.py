@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -124,3 +126,43 @@ async def _demo(settings: JetsourceSettings) -> None:
         f"{', '.join(e.event_type for e in events)}; stream {settings.eventstore.stream} "
         f"holds {info['state']['messages']} events"
     )
+    await _demo_read_models(demo, last.version)
+
+
+async def _demo_read_models(demo: str, version: int) -> None:
+    """Wait until the projector has the story in Valkey and the graph; show both."""
+    from jetsource.projector.bootstrap import open_projection
+    from jetsource.projector.graph_model import GraphModel
+    from jetsource.projector.settings import ProjectorSettings
+    from jetsource.projector.valkey_models import ContextModel
+
+    p = await open_projection(ProjectorSettings.load(), provision=False)
+    try:
+        versions = {}
+        for name in ("context", "graph"):
+            control = await p.control.get(name)
+            versions[name] = control.active if control else 1
+        context, graph = (
+            p.model("context", versions["context"]),
+            p.model("graph", versions["graph"]),
+        )
+        assert isinstance(context, ContextModel) and isinstance(graph, GraphModel)
+        started = time.monotonic()
+        doc: dict[str, Any] | None = None
+        while time.monotonic() - started < 30:
+            doc = await context.read(demo)
+            if doc and doc["state"]["version"] >= version and await graph.position(demo) >= version:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            console.print("[red]the projector did not show the story within 30 s[/red]")
+            raise typer.Exit(1)
+        hood = await graph.neighbourhood(demo)
+        console.print(
+            f"projector: Valkey has {demo!r} at version {doc['state']['version']} "
+            f"({len(doc['state']['decisions'])} decision, {len(doc['state']['subtasks'])} "
+            f"subtask) after {1000 * (time.monotonic() - started):.0f} ms; the graph has "
+            + ", ".join(f"{t} {a.split('/')[-1]}->{b.split('/')[-1]}" for t, a, b in hood["edges"])
+        )
+    finally:
+        await p.close()

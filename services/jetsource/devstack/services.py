@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import jetsource
@@ -23,6 +24,7 @@ from jetsource.devstack.servers import (
     read_state,
     stop_pid,
 )
+from jetsource.projector.settings import ProjectorSettings
 from jetsource.publisher.settings import PublisherSettings
 
 
@@ -56,6 +58,14 @@ class GrpcService(EmbeddedServer):
         return jetsource.__version__
 
 
+class WorkerService(GrpcService):
+    """A service without a gRPC API (projector, snapshotter): ready when its HTTP
+    /healthz answers 200."""
+
+    def ready(self) -> bool:
+        return httpx.get(f"http://{self.address()}/healthz", timeout=1.0).status_code == 200
+
+
 @dataclass
 class ServiceStatus:
     name: str
@@ -71,6 +81,7 @@ class LocalServices:
 
     def services(self) -> list[GrpcService]:
         publisher = PublisherSettings.load().publisher
+        projector = ProjectorSettings.load().projector
         return [
             GrpcService(
                 "publisher",
@@ -78,7 +89,14 @@ class LocalServices:
                 self.home / "services" / "publisher",
                 publisher.grpc_host,
                 publisher.grpc_port,
-            )
+            ),
+            WorkerService(
+                "projector",
+                "jetsource.projector.server",
+                self.home / "services" / "projector",
+                projector.host,
+                projector.http_port,
+            ),
         ]
 
     def _state(self) -> dict[str, Any]:
