@@ -238,3 +238,83 @@ async def test_replay_reapplies_only_the_slice(projection: Projection) -> None:
             assert [x for x in after if x not in before] == [x for x in before if x not in after]
         assert report.events == 61 and report.reapplied == 61, name
         assert await p.model(name, 1).digest() == clean[name], name
+
+
+async def test_rebuild_and_cutover_under_live_traffic(projection: Projection) -> None:
+    import asyncio
+
+    from jetsource.projector import admin
+    from jetsource.projector.server import ProjectorService
+
+    p = projection
+    p.settings.projector.models = ["context"]
+    p.settings.projector.control_poll_s = 0.2
+    stories = story_ids(8)
+    histories = await seed(p.store, stories, 30)
+    service = ProjectorService(p)
+    stop = asyncio.Event()
+    running = asyncio.create_task(service.run(stop))
+    traffic_stop = asyncio.Event()
+    lengths = dict.fromkeys(stories, 30)
+
+    async def traffic() -> None:
+        n = 0
+        while not traffic_stop.is_set():
+            story = stories[n % len(stories)]
+            histories[story] = await seed_more(p, story, histories[story], lengths[story] + 1)
+            lengths[story] += 1
+            n += 1
+            await asyncio.sleep(0.002)
+
+    reads = {"ok": 0, "missing": 0, "versions": set()}
+
+    async def reader() -> None:
+        while not traffic_stop.is_set():
+            control = await p.control.get("context")
+            if control is not None:
+                model = p.model("context", control.active)
+                assert isinstance(model, ContextModel)
+                for story in stories:
+                    doc = await model.read(story)
+                    reads["ok" if doc and doc["state"]["exists"] else "missing"] += 1
+                reads["versions"].add(control.active)
+            await asyncio.sleep(0.005)
+
+    try:
+        while (await p.model("context", 1).checkpoint()).applied < 8 * 30:
+            await asyncio.sleep(0.05)
+        writers = [asyncio.create_task(traffic()), asyncio.create_task(reader())]
+        report = await admin.rebuild(p, "context", 2)
+        assert report.applied >= 8 * 30
+        await asyncio.sleep(0.5)  # the service picks v2 up
+        result = await admin.cutover(p, "context", 2)
+        assert (result["previous"], result["active"]) == (1, 2)
+        await asyncio.sleep(0.3)
+        traffic_stop.set()
+        await asyncio.gather(*writers)
+        total = sum(lengths.values())
+        for version in (1, 2):
+            model = p.model("context", version)
+            for _ in range(200):
+                if (await model.checkpoint()).applied == total:
+                    break
+                await asyncio.sleep(0.05)
+        assert reads["missing"] == 0 and reads["ok"] > 0
+        assert reads["versions"] == {1, 2}
+        v1, v2 = p.model("context", 1), p.model("context", 2)
+        assert (await v2.checkpoint()).applied == total
+        assert await v1.digest() == await v2.digest()
+        # A clean build after the traffic equals both.
+        await admin.rebuild(p, "context", 3)
+        assert await p.model("context", 3).digest() == await v2.digest()
+        # The old version goes on request; the service stops its worker.
+        assert await admin.drop(p, "context", 1) > 0
+        with pytest.raises(admin.AdminError, match="active"):
+            await admin.drop(p, "context", 2)
+        await asyncio.sleep(0.5)
+        assert set(service.workers) == {("context", 2), ("context", 3)}
+    finally:
+        stop.set()
+        await running
+        for v in (2, 3):
+            await p.model("context", v).drop()
