@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-stamp
 BUF    := .tools/node_modules/.bin/buf
 PY_SRC := services tests scripts bench
 
-.PHONY: install up down status test lint proto proto-check buf-lint bench clean
+.PHONY: install up down status test chaos lint proto proto-check buf-lint bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ status: install
 
 test: install lint
 	$(BIN)/pytest
+
+chaos: install
+	$(BIN)/pytest -m chaos -s
 
 lint: install proto-check buf-lint
 	$(BIN)/ruff check $(PY_SRC)

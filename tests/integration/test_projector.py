@@ -281,7 +281,9 @@ async def test_rebuild_and_cutover_under_live_traffic(projection: Projection) ->
             await asyncio.sleep(0.005)
 
     try:
-        while (await p.model("context", 1).checkpoint()).applied < 8 * 30:
+        for _ in range(400):
+            if (await p.model("context", 1).checkpoint()).applied >= 8 * 30:
+                break
             await asyncio.sleep(0.05)
         writers = [asyncio.create_task(traffic()), asyncio.create_task(reader())]
         report = await admin.rebuild(p, "context", 2)

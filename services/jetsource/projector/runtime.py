@@ -25,6 +25,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from jetsource.core.codec import PayloadDecodeError, UnknownEvent
 from jetsource.core.envelope import RecordedEvent
+from jetsource.core.errors import EventStoreUnavailableError
 from jetsource.eventstore import jsapi
 from jetsource.eventstore.jetstream import JetStreamEventStore
 from jetsource.eventstore.jsapi import Delivery, RawMessage
@@ -180,7 +181,7 @@ class Worker:
         if records:
             try:
                 outcome = await self.model.apply(records)
-            except TransientError as exc:
+            except (TransientError, EventStoreUnavailableError) as exc:
                 log.warning("%s v%s: %s; redelivering", *self._labels, exc)
                 for r in records:
                     await jsapi.nak(self.nc, by_seq[r.stream_seq], self.o.backoff(1))
@@ -208,7 +209,7 @@ class Worker:
         for evs in groups.values():
             try:
                 outcome.merge(await self.model.apply(evs))
-            except TransientError:
+            except (TransientError, EventStoreUnavailableError):
                 for e in evs:
                     outcome.waiting[e.stream_seq] = "store unavailable"
             except Exception as exc:
