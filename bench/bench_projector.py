@@ -102,21 +102,21 @@ async def freshness(p: Projection, env: dict[str, str], seconds: float, log: Pat
 
         async def load(n: int) -> None:
             story = f"load-{n}"
-            history = story_events(story, 100_000)
+            history = story_events(story, 5_000)
             i = 0
-            while not stop.is_set():
+            while not stop.is_set() and i < len(history):
                 await p.store.append(story, [NewEvent(history[i])], i)
                 i += 1
                 await asyncio.sleep(0.004)  # about 250 events/s per writer
 
         loaders = [asyncio.create_task(load(n)) for n in range(8)]
         probe = "fresh-probe"
-        history = story_events(probe, 100_000)
+        history = story_events(probe, 5_000)
         latencies: list[float] = []
         missed = 0
         deadline = time.monotonic() + seconds
         i = 0
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and i < len(history):
             started = time.perf_counter()
             await p.store.append(probe, [NewEvent(history[i])], i)
             while time.perf_counter() - started < 5.0:
