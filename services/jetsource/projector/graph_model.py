@@ -29,7 +29,7 @@ from jetsource.domain.context.model import STATUS_NAMES, ContextState, Decision,
 from jetsource.domain.context.model import fold as fold_state
 from jetsource.eventstore.port import EventStore
 from jetsource.projector.readmodel import Checkpoint, Kind, ModelSpec, Outcome, TransientError
-from jetsource.projector.valkey_models import ContextModel, block_rest, group
+from jetsource.projector.valkey_models import ContextModel, group, next_versions, skipped
 
 T = TypeVar("T")
 GRAPH = "graph"
@@ -280,16 +280,7 @@ class GraphModel:
         pending: dict[str, tuple[int, ContextState, list[int]]] = {}
         for story, evs in groups.items():
             _, state = loaded[story]
-            fresh: list[RecordedEvent] = []
-            for i, e in enumerate(evs):
-                expected = state.version + len(fresh) + 1
-                if e.version < expected:
-                    outcome.done.append(e.stream_seq)
-                elif e.version > expected:
-                    block_rest(outcome, evs[i:], f"waiting for version {expected}")
-                    break
-                else:
-                    fresh.append(e)
+            fresh = next_versions(state.version, evs, outcome)
             if not fresh:
                 continue
             new, fresh = ContextModel._fold(state, fresh, outcome)
@@ -323,16 +314,8 @@ class GraphModel:
             )
 
     async def skip(self, aggregate_id: str, stream_seq: int) -> bool:
-        from jetsource.core.codec import UnknownEvent
-        from jetsource.projector.valkey_models import _skipped_envelope
-
         _, state = (await self._load([aggregate_id]))[aggregate_id]
-        placeholder = RecordedEvent(
-            _skipped_envelope(aggregate_id, state.version + 1),
-            UnknownEvent("Skipped", 0, b"", "discarded dead letter"),
-            stream_seq,
-            0,
-        )
+        placeholder = skipped(aggregate_id, state.version + 1, stream_seq, 0)
         return stream_seq in (await self.apply([placeholder])).done
 
     async def rewind(self, aggregate_id: str, to_version: int) -> int:

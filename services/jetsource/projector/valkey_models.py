@@ -19,6 +19,7 @@ from google.protobuf.message import Message
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
+from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
 from jetsource.core.codec import UnknownEvent
 from jetsource.core.envelope import RecordedEvent
 from jetsource.core.settings import JetsourceSettings
@@ -72,6 +73,34 @@ def group(events: Sequence[RecordedEvent]) -> OrderedDict[str, list[RecordedEven
 def block_rest(outcome: Outcome, events: Sequence[RecordedEvent], reason: str) -> None:
     for e in events:
         outcome.waiting[e.stream_seq] = reason
+
+
+def next_versions(
+    version: int, events: Sequence[RecordedEvent], outcome: Outcome
+) -> list[RecordedEvent]:
+    """The events that continue an aggregate stored at ``version``: older ones are
+    done (a redelivery), and a gap makes the rest wait."""
+    fresh: list[RecordedEvent] = []
+    for i, e in enumerate(events):
+        expected = version + len(fresh) + 1
+        if e.version < expected:
+            outcome.done.append(e.stream_seq)
+        elif e.version > expected:
+            block_rest(outcome, events[i:], f"waiting for version {expected}")
+            break
+        else:
+            fresh.append(e)
+    return fresh
+
+
+def skipped(aggregate_id: str, version: int, stream_seq: int, time_ns: int) -> RecordedEvent:
+    """A stand-in for a discarded dead letter: applying it only advances the version."""
+    return RecordedEvent(
+        EventEnvelope(aggregate_id=aggregate_id, aggregate_version=version, event_type="Skipped"),
+        UnknownEvent("Skipped", 0, b"", "discarded dead letter"),
+        stream_seq,
+        time_ns,
+    )
 
 
 # Per aggregate: id, base version, new version, last seq, doc, updated ms, status, count.
@@ -295,16 +324,7 @@ class ContextModel(ValkeyModel):
         for aggregate_id, evs in groups.items():
             meta, state = loaded[aggregate_id]
             base = state.version
-            fresh: list[RecordedEvent] = []
-            for i, e in enumerate(evs):
-                expected = base + len(fresh) + 1
-                if e.version < expected:
-                    outcome.done.append(e.stream_seq)  # applied before: a redelivery
-                elif e.version > expected:
-                    block_rest(outcome, evs[i:], f"waiting for version {expected}")
-                    break
-                else:
-                    fresh.append(e)
+            fresh = next_versions(base, evs, outcome)
             if not fresh:
                 continue
             new, fresh = self._fold(state, fresh, outcome)
@@ -363,11 +383,8 @@ class ContextModel(ValkeyModel):
 
     async def skip(self, aggregate_id: str, stream_seq: int) -> bool:
         meta, state = (await self._load([aggregate_id]))[aggregate_id]
-        placeholder = RecordedEvent(
-            _skipped_envelope(aggregate_id, state.version + 1),
-            UnknownEvent("Skipped", 0, b"", "discarded dead letter"),
-            stream_seq,
-            meta.get("updated_at", 0),
+        placeholder = skipped(
+            aggregate_id, state.version + 1, stream_seq, meta.get("updated_at", 0)
         )
         outcome = await self.apply([placeholder])
         return stream_seq in outcome.done
@@ -463,13 +480,7 @@ class TimelineModel(ValkeyModel):
         return outcome
 
     async def skip(self, aggregate_id: str, stream_seq: int) -> bool:
-        version = await self.position(aggregate_id) + 1
-        placeholder = RecordedEvent(
-            _skipped_envelope(aggregate_id, version),
-            UnknownEvent("Skipped", 0, b"", "discarded dead letter"),
-            stream_seq,
-            0,
-        )
+        placeholder = skipped(aggregate_id, await self.position(aggregate_id) + 1, stream_seq, 0)
         return stream_seq in (await self.apply([placeholder])).done
 
     async def rewind(self, aggregate_id: str, to_version: int) -> int:
