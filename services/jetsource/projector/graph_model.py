@@ -25,8 +25,9 @@ from neo4j import exceptions as neo4j_errors
 
 from jetsource.core.envelope import RecordedEvent
 from jetsource.core.settings import JetsourceSettings
-from jetsource.domain.context.model import STATUS_NAMES, ContextState, Decision, Subtask
+from jetsource.domain.context.model import ContextState, Decision, Subtask
 from jetsource.domain.context.model import fold as fold_state
+from jetsource.domain.context.serialize import decision_to_dict, subtask_to_dict
 from jetsource.eventstore.port import EventStore
 from jetsource.projector.readmodel import Checkpoint, Kind, ModelSpec, Outcome, TransientError
 from jetsource.projector.valkey_models import ContextModel, group, next_versions, skipped
@@ -446,36 +447,9 @@ class GraphModel:
 
 
 def _decision_row(story: str, d: Decision, seq: int) -> dict[str, Any]:
-    return {
-        "key": f"{story}/{d.id}",
-        "story": story,
-        "seq": seq,
-        "props": {
-            "id": d.id,
-            "title": d.title,
-            "body": d.body,
-            "rationale": d.rationale,
-            "author": d.author,
-            "affects": list(d.affects),
-            "superseded_by": d.superseded_by,
-            "active": d.active,
-            "revisions": d.revisions,
-        },
-    }
+    props = {**decision_to_dict(d), "active": d.active}
+    return {"key": f"{story}/{d.id}", "story": story, "seq": seq, "props": props}
 
 
 def _subtask_row(story: str, t: Subtask, seq: int) -> dict[str, Any]:
-    return {
-        "key": f"{story}/{t.id}",
-        "story": story,
-        "seq": seq,
-        "props": {
-            "id": t.id,
-            "title": t.title,
-            "description": t.description,
-            "assignee": t.assignee,
-            "status": STATUS_NAMES.get(t.status, "unspecified"),
-            "progress": t.progress,
-            "status_note": t.status_note,
-        },
-    }
+    return {"key": f"{story}/{t.id}", "story": story, "seq": seq, "props": subtask_to_dict(t)}

@@ -103,8 +103,19 @@ def skipped(aggregate_id: str, version: int, stream_seq: int, time_ns: int) -> R
     )
 
 
+# The end of every apply script: count what was applied and move the checkpoint, in the
+# same script (so in the same atomic step) as the effects.
+_CHECKPOINT = """
+if applied > 0 then
+  redis.call('HINCRBY', p .. ':meta', 'applied', applied)
+  local cp = tonumber(redis.call('HGET', p .. ':meta', 'checkpoint') or '0')
+  if maxseq > cp then redis.call('HSET', p .. ':meta', 'checkpoint', maxseq) end
+end
+"""
+
 # Per aggregate: id, base version, new version, last seq, doc, updated ms, status, count.
-_CONTEXT_APPLY = """
+_CONTEXT_APPLY = (
+    """
 local p = ARGV[1]
 local n = tonumber(ARGV[2])
 local conflicts = {}
@@ -128,13 +139,12 @@ for _ = 1, n do
     table.insert(conflicts, id)
   end
 end
-if applied > 0 then
-  redis.call('HINCRBY', p .. ':meta', 'applied', applied)
-  local cp = tonumber(redis.call('HGET', p .. ':meta', 'checkpoint') or '0')
-  if maxseq > cp then redis.call('HSET', p .. ':meta', 'checkpoint', maxseq) end
-end
+"""
+    + _CHECKPOINT
+    + """
 return conflicts
 """
+)
 
 # Unconditional write of one aggregate (rewind for replay): id, version, doc, ms, status.
 _CONTEXT_PUT = """
@@ -161,7 +171,8 @@ return cur
 
 # Per event: id, version, seq, entry. Applies v only right after v-1; a gap blocks the
 # rest of that aggregate in this batch (returned as waiting sequences).
-_TIMELINE_APPLY = """
+_TIMELINE_APPLY = (
+    """
 local p, keep, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local pos, blocked, waiting = {}, {}, {}
 local applied, maxseq, i = 0, 0, 4
@@ -184,13 +195,12 @@ for _ = 1, n do
     table.insert(waiting, seq)
   end
 end
-if applied > 0 then
-  redis.call('HINCRBY', p .. ':meta', 'applied', applied)
-  local cp = tonumber(redis.call('HGET', p .. ':meta', 'checkpoint') or '0')
-  if maxseq > cp then redis.call('HSET', p .. ':meta', 'checkpoint', maxseq) end
-end
+"""
+    + _CHECKPOINT
+    + """
 return {applied, waiting}
 """
+)
 
 _TIMELINE_REWIND = """
 local p, id, ver = ARGV[1], ARGV[2], tonumber(ARGV[3])
