@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -29,10 +30,27 @@ class ServerError(RuntimeError):
     """An embedded server could not be found, started or reached."""
 
 
+# Below Linux's ephemeral range (32768-60999): a port handed out here is never taken by
+# the kernel for somebody's outgoing connection or a `bind(0)` listener between the moment
+# we pick it and the moment our server binds it.
+_PORT_RANGE = (20000, 32767)
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port nobody listens on, not handed out before by this process."""
+    for _ in range(1000):
+        port = random.randint(*_PORT_RANGE)
+        if port in _handed_out:
+            continue
+        with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise ServerError(f"no free port in {_PORT_RANGE[0]}-{_PORT_RANGE[1]} on {host}")
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
