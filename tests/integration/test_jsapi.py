@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -128,3 +129,29 @@ async def test_no_stream_means_no_responders(nc: NATS, unique: str) -> None:
         await jsapi.api(replies, f"STREAM.INFO.NOPE_{unique}", {}, 5)
     assert err.value.err_code == jsapi.ERR_STREAM_NOT_FOUND
     await replies.stop()
+
+
+async def test_pull_consumer_hands_back_what_arrives_after_stop(
+    nc: NATS, stream: tuple[Replies, str, str]
+) -> None:
+    """Messages a puller has received but not handed out when it stops must not wait
+    out the ack wait (30 s here): the next puller on the durable gets them at once."""
+    replies, name, p = stream
+    config = jsapi.consumer_config("d1", f"{p}.>", ack_wait_s=30, max_ack_pending=100)
+    await jsapi.ensure_consumer(replies, name, config, 5)
+    first = jsapi.PullConsumer(nc, name, "d1", batch=10, expires_s=1.0)
+    await jsapi.publish(replies, out(f"{p}.a", b"1"), 5)
+    [one] = await first.next_batch(10, 2.0)
+    assert (one.data, one.stream_seq, one.delivered) == (b"1", 1, 1)
+    await jsapi.ack(nc, one)
+    # A message arrives on our open pull request, and we stop before taking it.
+    await jsapi.publish(replies, out(f"{p}.a", b"2"), 5)
+    await asyncio.sleep(0.2)
+    await first.stop()
+    second = jsapi.PullConsumer(nc, name, "d1", batch=10, expires_s=1.0)
+    got: list[jsapi.Delivery] = []
+    async with asyncio.timeout(5):
+        while not got:
+            got = await second.next_batch(10, 1.0)
+    assert [(d.data, d.stream_seq) for d in got] == [(b"2", 2)]
+    await second.stop()

@@ -424,6 +424,7 @@ class PullConsumer:
         self._owed = 0  # messages the server may still send for our open requests
         self._last_request = 0.0
         self._sub: Any = None
+        self._stopping = False
         self.error: str | None = None
 
     async def start(self) -> None:
@@ -431,12 +432,32 @@ class PullConsumer:
             self._sub = await self._nc.subscribe(self._inbox, cb=self._on_message)
 
     async def stop(self) -> None:
-        if self._sub is not None:
-            await self._sub.unsubscribe()
-            self._sub = None
+        """Hand back what this puller holds. The server cannot cancel a pull request,
+        so until the open ones are spent or expired, whatever still arrives (and what is
+        buffered) is nak'd for immediate redelivery to the next puller, instead of
+        waiting out the ack wait in an inbox nobody reads."""
+        if self._sub is None:
+            return
+        self._stopping = True
+        while self._buffer:
+            await self._nc.publish(self._buffer.popleft().reply, b"-NAK")
+        deadline = time.monotonic() + self._expires_s + 0.5
+        while self._owed and time.monotonic() < deadline and self._nc.is_connected:
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(deadline - time.monotonic(), 0)):
+                    await self._arrived.wait()
+        await self._sub.unsubscribe()
+        self._sub = None
+        self._stopping = False
 
     async def _on_message(self, msg: Msg) -> None:
         status = _status(msg)
+        if status is None and self._stopping:
+            self._owed = max(self._owed - 1, 0)
+            await self._nc.publish(msg.reply, b"-NAK")
+            self._arrived.set()
+            return
         if status is None:
             self._owed = max(self._owed - 1, 0)
             delivered, seq, ts, pending = parse_ack_subject(msg.reply)
