@@ -168,8 +168,12 @@ class GraphModel:
         new: ContextState,
         events: Sequence[RecordedEvent],
     ) -> None:
-        """Rows for what changed from ``old`` to ``new``; each node carries the stream
-        sequence of the last event that changed it (the same on every rebuild)."""
+        """Rows for what changed from ``old`` to ``new``, and for every node an event
+        names. Each node carries the stream sequence of the last event that named it:
+        the same however the events were batched (a node written only when it changed
+        would keep the sequence of whichever event of its batch came last, and an
+        event that names a node without changing it, such as a repeated subtask
+        update, would count in one batching and not in another)."""
         sid = new.id
         last = events[-1]
         seq, count, recorded_at = last.stream_seq, len(events), last.recorded_at_ns
@@ -198,7 +202,7 @@ class GraphModel:
         )
         for d in new.decisions.values():
             before = old.decisions.get(d.id)
-            if before == d:
+            if before == d and d.id not in touched:
                 continue
             writes.decisions.append(_decision_row(sid, d, touched.get(d.id, seq)))
             if before is None:
@@ -211,7 +215,7 @@ class GraphModel:
                 writes.edge("SUPERSEDES", self.decision, self.decision, sid, d.superseded_by, d.id)
         for t in new.subtasks.values():
             before_t = old.subtasks.get(t.id)
-            if before_t == t:
+            if before_t == t and t.id not in touched:
                 continue
             writes.subtasks.append(_subtask_row(sid, t, touched.get(t.id, seq)))
             if before_t is None:
