@@ -8,7 +8,7 @@ from typing import Any
 from google.protobuf.message import Message
 
 from jetsource.core.envelope import NewEvent
-from jetsource.core.settings import JetsourceSettings
+from jetsource.core.settings import JetsourceSettings, SnapshotSettings
 from jetsource.domain.context.model import ContextState, fold
 from jetsource.domain.context.samples import story_events
 from jetsource.eventstore.jetstream import JetStreamEventStore
@@ -16,9 +16,20 @@ from jetsource.projector.settings import ProjectorOptions, ProjectorSettings
 from tests.eventstore_fixtures import isolated_settings
 
 
-def projector_settings(base: JetsourceSettings, unique: str, **options: Any) -> ProjectorSettings:
-    """Every name a projector touches made unique: stream, subjects, DLQ, control
-    bucket, Valkey prefix and graph labels, so tests share the session's servers."""
+def isolated_snapshots(unique: str, **overrides: Any) -> SnapshotSettings:
+    return SnapshotSettings(
+        stream=f"SN_{unique}", subject_prefix=f"sn{unique}.snapshots", **overrides
+    )
+
+
+def projector_settings(
+    base: JetsourceSettings,
+    unique: str,
+    snapshots: dict[str, Any] | None = None,
+    **options: Any,
+) -> ProjectorSettings:
+    """Every name a projector touches made unique: stream, subjects, snapshots, DLQ,
+    control bucket, Valkey prefix and graph labels, so tests share the servers."""
     defaults: dict[str, Any] = {
         "http_port": 0,
         "dlq_stream": f"DLQ_{unique}",
@@ -36,6 +47,7 @@ def projector_settings(base: JetsourceSettings, unique: str, **options: Any) -> 
         valkey=base.valkey,
         graph=base.graph,
         eventstore=isolated_settings(unique),
+        snapshots=isolated_snapshots(unique, **(snapshots or {})),
         projector=ProjectorOptions(**defaults),
     )
 

@@ -97,6 +97,24 @@ class EventStoreSettings(BaseModel):
     position_cache_size: int = Field(default=100_000, ge=0)
 
 
+class SnapshotSettings(BaseModel):
+    """The snapshot stream: one subject per aggregate, a bounded history on each.
+
+    Every reader (publisher, query, snapshotter) loads state through it; only the
+    snapshotter writes. ``every`` is how many events apart snapshots are taken.
+    """
+
+    stream: str = "CONTEXT_SNAPSHOTS"
+    subject_prefix: str = "context.snapshots"
+    every: int = Field(default=100, ge=1)
+    keep: int = Field(default=5, ge=1, le=1000)
+    # Larger encoded states are not snapshotted (readers fold from events instead).
+    max_msg_size: int = Field(default=8 * 1024 * 1024, gt=0)
+    # Decoded snapshot states kept in memory per process (they never change).
+    cache_size: int = Field(default=1_000, ge=0)
+    replicas: int = Field(default=1, ge=1, le=5)
+
+
 class DevstackSettings(BaseModel):
     """Where and how `jetsource infra up` runs the embedded servers."""
 
@@ -128,6 +146,7 @@ class JetsourceSettings(BaseSettings):
     valkey: ValkeySettings = ValkeySettings()
     graph: GraphSettings = GraphSettings()
     eventstore: EventStoreSettings = EventStoreSettings()
+    snapshots: SnapshotSettings = SnapshotSettings()
     devstack: DevstackSettings = DevstackSettings()
     log_level: str = Field(default="INFO")
     log_json: bool = True

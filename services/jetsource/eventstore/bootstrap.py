@@ -10,6 +10,7 @@ from nats.aio.client import Client as NATS
 from jetsource.core.codec import EventRegistry
 from jetsource.core.settings import JetsourceSettings
 from jetsource.eventstore.jetstream import JetStreamEventStore
+from jetsource.eventstore.snapshots import JetStreamSnapshotStore
 
 
 def nats_options(settings: JetsourceSettings) -> dict[str, Any]:
@@ -54,3 +55,16 @@ async def open_event_store(
     else:
         await store.start()
     return nc, store
+
+
+async def open_snapshot_store(
+    nc: NATS, settings: JetsourceSettings, provision: bool = False
+) -> JetStreamSnapshotStore:
+    snapshots = JetStreamSnapshotStore(
+        nc, settings.snapshots, settings.eventstore.request_timeout_s
+    )
+    if provision:
+        await snapshots.ensure_stream()
+    else:
+        await snapshots.start()
+    return snapshots

@@ -12,8 +12,10 @@ from neo4j import AsyncDriver
 from redis.asyncio import Redis
 
 from jetsource.domain.context.events import registry as event_registry
-from jetsource.eventstore.bootstrap import open_event_store
+from jetsource.domain.context.history import StateLoader
+from jetsource.eventstore.bootstrap import open_event_store, open_snapshot_store
 from jetsource.eventstore.jetstream import JetStreamEventStore
+from jetsource.eventstore.snapshots import JetStreamSnapshotStore
 from jetsource.projector.control import Control
 from jetsource.projector.deadletters import DeadLetters
 from jetsource.projector.graph_model import GRAPH, GraphModel, connect_graph, graph_spec
@@ -28,12 +30,14 @@ from jetsource.projector.valkey_models import (
     context_spec,
     timeline_spec,
 )
+from jetsource.snapshotter.model import SNAPSHOTS, SnapshotModel, snapshot_spec
 
 # name -> spec of a given version
 SPECS: dict[str, Callable[[int], ModelSpec]] = {
     CONTEXT: context_spec,
     TIMELINE: timeline_spec,
     GRAPH: graph_spec,
+    SNAPSHOTS: snapshot_spec,
 }
 
 
@@ -56,6 +60,7 @@ class Projection:
     store: JetStreamEventStore
     dead_letters: DeadLetters
     control: Control
+    snapshots: JetStreamSnapshotStore
     _redis: Redis | None = None
     _graph: AsyncDriver | None = None
     extra_models: dict[str, Callable[[int], ReadModel]] = field(default_factory=dict)
@@ -80,6 +85,11 @@ class Projection:
         model: Any
         if name == CONTEXT:
             model = ContextModel(spec, self.redis, o.valkey_prefix, self.store, o.state_cache_size)
+        elif name == SNAPSHOTS:
+            loader = StateLoader(self.store, self.snapshots, self.settings.snapshots.cache_size)
+            model = SnapshotModel(
+                spec, self.snapshots, loader, self.settings.snapshots.every, o.state_cache_size
+            )
         elif name == TIMELINE:
             model = TimelineModel(spec, self.redis, o.valkey_prefix, o.timeline_keep)
         else:
@@ -95,6 +105,7 @@ class Projection:
 
     async def close(self) -> None:
         await self.store.close()
+        await self.snapshots.close()
         if self._redis is not None:
             await self._redis.aclose()
         if self._graph is not None:
@@ -115,4 +126,5 @@ async def open_projection(settings: ProjectorSettings, provision: bool = True) -
     if provision:
         await dead_letters.ensure_stream(settings.eventstore.replicas)
     control = Control(nc, o.control_bucket, settings.eventstore.replicas)
-    return Projection(settings, nc, store, dead_letters, control)
+    snapshots = await open_snapshot_store(nc, settings, provision)
+    return Projection(settings, nc, store, dead_letters, control, snapshots)

@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from jetsource.domain.context.serialize import STATE_SCHEMA_VERSION
 from jetsource.projector.bootstrap import Projection, open_projection
 from jetsource.projector.runtime import Worker
 from jetsource.projector.settings import ProjectorOptions, ProjectorSettings
+from jetsource.snapshotter.model import SNAPSHOTS
 
 log = logging.getLogger("jetsource.projector")
 
@@ -34,6 +36,9 @@ class ProjectorService:
         ones whose version is gone (dropped after a cutover)."""
         wanted: set[tuple[str, int]] = set()
         for name in self.options.models:
+            if name == SNAPSHOTS:  # its version follows the state schema, not a cutover
+                wanted.add((name, STATE_SCHEMA_VERSION))
+                continue
             control = await self.projection.control.ensure(name, 1)
             wanted |= {(name, v) for v in control.live()}
         for key in wanted - set(self.workers):
@@ -118,7 +123,7 @@ async def http_server(service: ProjectorService, host: str, port: int) -> asynci
     return await asyncio.start_server(handle, host, port)
 
 
-async def serve(settings: ProjectorSettings) -> None:
+async def serve(settings: ProjectorSettings, name: str = "projector") -> None:
     projection = await open_projection(settings, provision=True)
     service = ProjectorService(projection)
     o = settings.projector
@@ -127,9 +132,9 @@ async def serve(settings: ProjectorSettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("projector running models %s", ", ".join(o.models))
+    log.info("%s running models %s", name, ", ".join(o.models))
     await service.run(stop)
-    log.info("projector stopped")
+    log.info("%s stopped", name)
     if server is not None:
         server.close()
     await projection.close()

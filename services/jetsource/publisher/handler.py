@@ -20,6 +20,7 @@ from prometheus_client import Counter
 from jetsource.core.envelope import AppendResult, NewEvent, RecordedEvent
 from jetsource.core.errors import ConcurrencyError, JetsourceError, ValidationError
 from jetsource.core.ids import validate_aggregate_id
+from jetsource.domain.context.history import Keys, StateLoader
 from jetsource.domain.context.model import Command, ContextState, DomainError, decide, fold
 from jetsource.eventstore.port import EventStore
 
@@ -62,6 +63,8 @@ class Loaded:
     last_seq: int = 0
     # idempotency key -> the result of the command that used it
     results: dict[str, AppendResult] = field(default_factory=dict)
+    # keys known from a snapshot load: key -> (first, last version); read when repeated
+    older: Keys = field(default_factory=dict)
 
     def apply(self, records: Sequence[RecordedEvent]) -> None:
         self.state = fold([r.event for r in records], self.state)
@@ -98,8 +101,10 @@ class CommandHandler:
         conflict_retries: int = 20,
         conflict_backoff_s: float = 0.005,
         cache_size: int = 10_000,
+        loader: StateLoader | None = None,
     ) -> None:
         self._store = store
+        self._loader = loader
         self._retries = conflict_retries
         self._backoff = conflict_backoff_s
         self._cache_size = cache_size
@@ -107,12 +112,18 @@ class CommandHandler:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     async def load(self, context_id: str) -> Loaded:
-        """Current state: the cached fold plus whatever was appended since."""
-        loaded = self._cache.get(context_id) or Loaded(ContextState(id=context_id))
-        tail = await self._store.read_aggregate(
-            context_id, from_version=loaded.state.version + 1, from_seq=loaded.last_seq + 1
-        )
-        loaded.apply(tail)
+        """Current state: the cached fold plus whatever was appended since; not cached,
+        the latest snapshot plus the events after it."""
+        loaded = self._cache.get(context_id)
+        if loaded is None and self._loader is not None:
+            point = await self._loader.load(context_id, keys=True)
+            loaded = Loaded(point.state, point.last_seq, older=point.keys)
+        else:
+            loaded = loaded or Loaded(ContextState(id=context_id))
+            tail = await self._store.read_aggregate(
+                context_id, from_version=loaded.state.version + 1, from_seq=loaded.last_seq + 1
+            )
+            loaded.apply(tail)
         if self._cache_size:
             self._cache[context_id] = loaded
             self._cache.move_to_end(context_id)
@@ -144,6 +155,21 @@ class CommandHandler:
             else:
                 self._locks[context_id] = (lock, users - 1)
 
+    async def _recall(
+        self, context_id: str, loaded: Loaded, key: str, first: int, last: int
+    ) -> AppendResult:
+        """The original result of a key known from a snapshot: read its events back."""
+        records = await self._store.read_aggregate(context_id, first, last)
+        result = AppendResult(
+            context_id,
+            [r.version for r in records],
+            [r.stream_seq for r in records],
+            [r.event_id for r in records],
+            duplicate=True,
+        )
+        loaded.results[key] = result
+        return result
+
     def _cached(self, context_id: str) -> Loaded | None:
         return self._cache.get(context_id)
 
@@ -167,6 +193,8 @@ class CommandHandler:
                 plan = _plan(context_id, loaded, command, key, expected)
             if isinstance(plan, AppendResult):
                 return plan  # this key was used before: the original result
+            if isinstance(plan, tuple):
+                return await self._recall(context_id, loaded, key, *plan)
             events = plan
             metadata = {"actor": options.actor} if options.actor else {}
             new = [
@@ -202,10 +230,13 @@ class CommandHandler:
 
 def _plan(
     context_id: str, loaded: Loaded, command: Command, key: str, expected: int | None
-) -> AppendResult | list[Message]:
-    """The original result if ``key`` was used before, else the events to append."""
+) -> AppendResult | tuple[int, int] | list[Message]:
+    """The original result if ``key`` was used before (or the versions it appended,
+    when only a snapshot said so), else the events to append."""
     if key in loaded.results:
         return loaded.results[key]
+    if key in loaded.older:
+        return loaded.older[key]
     if expected is not None and expected != loaded.state.version:
         raise ExpectedVersionMismatchError(context_id, expected, loaded.state.version)
     return decide(command, loaded.state)

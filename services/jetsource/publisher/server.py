@@ -15,8 +15,10 @@ from prometheus_client import start_http_server
 
 from jetsource._gen.context.v1 import commands_pb2, commands_pb2_grpc
 from jetsource.domain.context.events import registry
-from jetsource.eventstore.bootstrap import open_event_store
+from jetsource.domain.context.history import StateLoader
+from jetsource.eventstore.bootstrap import open_event_store, open_snapshot_store
 from jetsource.eventstore.jetstream import JetStreamEventStore
+from jetsource.eventstore.snapshots import JetStreamSnapshotStore
 from jetsource.publisher.handler import CommandHandler
 from jetsource.publisher.service import ContextCommandService
 from jetsource.publisher.settings import PublisherSettings
@@ -32,6 +34,7 @@ class Publisher:
     nc: NATS
     store: JetStreamEventStore
     health: health.aio.HealthServicer
+    snapshots: JetStreamSnapshotStore
     stopped: bool = False
 
     async def stop(self, grace: float) -> None:
@@ -41,13 +44,18 @@ class Publisher:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)  # in-flight commands finish within the grace period
         await self.store.close()
+        await self.snapshots.close()
         await self.nc.drain()
 
 
 async def build(settings: PublisherSettings) -> Publisher:
     nc, store = await open_event_store(settings, registry, provision=True)
     o = settings.publisher
-    handler = CommandHandler(store, o.conflict_retries, o.conflict_backoff_s, o.state_cache_size)
+    snapshots = await open_snapshot_store(nc, settings, provision=True)
+    loader = StateLoader(store, snapshots, settings.snapshots.cache_size)
+    handler = CommandHandler(
+        store, o.conflict_retries, o.conflict_backoff_s, o.state_cache_size, loader
+    )
     server = grpc.aio.server(maximum_concurrent_rpcs=o.max_concurrent_rpcs)
     commands_pb2_grpc.add_ContextCommandServiceServicer_to_server(
         ContextCommandService(handler, o.default_deadline_s), server
@@ -61,7 +69,7 @@ async def build(settings: PublisherSettings) -> Publisher:
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Publisher(server, port, nc, store, health_servicer)
+    return Publisher(server, port, nc, store, health_servicer, snapshots)
 
 
 async def serve(settings: PublisherSettings) -> None:

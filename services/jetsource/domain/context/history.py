@@ -1,0 +1,182 @@
+"""A context's state at any point of its history: the latest usable snapshot at or
+before the point, plus the remaining events folded from the event stream.
+
+Every reader goes through :class:`StateLoader` (the publisher for current state, the
+query service for time travel, the snapshotter for its next snapshot), so they all
+agree with a full fold from version 1. A snapshot is used only if its state schema
+is the one this code writes (``STATE_SCHEMA_VERSION``); an older one is skipped and
+the state folded from events, never misread.
+
+A point is a version (``to_version``), a time (``until``: every event recorded at or
+before it; stream times never go backwards) or both; none means "now".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from jetsource.core.clock import to_ns
+from jetsource.core.envelope import RecordedEvent
+from jetsource.domain.context.model import ContextState, fold
+from jetsource.domain.context.serialize import STATE_SCHEMA_VERSION, state_from_dict, state_to_dict
+from jetsource.eventstore.port import EventStore
+from jetsource.eventstore.snapshots import Snapshot, SnapshotStore
+
+log = logging.getLogger("jetsource.history")
+
+AGGREGATE_TYPE = "context"
+ENCODING = "json+zlib"
+# idempotency key -> (first version, last version) of the command that used it
+Keys = dict[str, tuple[int, int]]
+
+
+class SnapshotDecodeError(ValueError):
+    pass
+
+
+def encode_state(state: ContextState) -> bytes:
+    doc = json.dumps(state_to_dict(state), separators=(",", ":"), sort_keys=True)
+    return zlib.compress(doc.encode(), 1)
+
+
+def decode_state(snapshot: Snapshot) -> ContextState:
+    if snapshot.schema_version != STATE_SCHEMA_VERSION:
+        raise SnapshotDecodeError(
+            f"state schema {snapshot.schema_version}; this code reads {STATE_SCHEMA_VERSION}"
+        )
+    if snapshot.encoding != ENCODING:
+        raise SnapshotDecodeError(f"unknown snapshot encoding {snapshot.encoding!r}")
+    try:
+        state = state_from_dict(json.loads(zlib.decompress(snapshot.state)))
+    except (zlib.error, ValueError, KeyError, TypeError) as exc:
+        raise SnapshotDecodeError(f"unreadable snapshot state: {exc!r}") from exc
+    if state.id != snapshot.aggregate_id or state.version != snapshot.version:
+        raise SnapshotDecodeError(
+            f"snapshot says {snapshot.aggregate_id} v{snapshot.version}, "
+            f"its state is {state.id} v{state.version}"
+        )
+    return state
+
+
+def encode_keys(keys: Keys) -> bytes:
+    return zlib.compress(json.dumps(keys, separators=(",", ":"), sort_keys=True).encode(), 1)
+
+
+def decode_keys(data: bytes) -> Keys:
+    if not data:
+        return {}
+    return {k: (int(a), int(b)) for k, (a, b) in json.loads(zlib.decompress(data)).items()}
+
+
+def add_keys(keys: Keys, events: list[RecordedEvent]) -> None:
+    for e in events:
+        key = e.envelope.idempotency_key
+        if key:
+            first, _ = keys.get(key, (e.version, e.version))
+            keys[key] = (first, e.version)
+
+
+def make_snapshot(
+    state: ContextState, last: RecordedEvent, keys: Keys, taken_at_ns: int = 0
+) -> Snapshot:
+    return Snapshot(
+        AGGREGATE_TYPE,
+        state.id,
+        state.version,
+        last.stream_seq,
+        last.recorded_at_ns,
+        STATE_SCHEMA_VERSION,
+        ENCODING,
+        encode_state(state),
+        encode_keys(keys),
+        taken_at_ns,
+    )
+
+
+@dataclass
+class PointInTime:
+    state: ContextState
+    last_seq: int = 0  # stream sequence of the last event included (0: none)
+    recorded_at_ns: int = 0  # its recorded time
+    snapshot_version: int = 0  # the snapshot it started from (0: none)
+    events_folded: int = 0
+    keys: Keys = field(default_factory=dict)  # only when asked for
+
+
+class StateLoader:
+    def __init__(
+        self,
+        store: EventStore,
+        snapshots: SnapshotStore | None,
+        cache_size: int = 1_000,
+    ) -> None:
+        self.store = store
+        self.snapshots = snapshots
+        self.cache_size = cache_size
+        # (aggregate, version, snapshot seq) -> decoded state: snapshots never change
+        self._cache: OrderedDict[tuple[str, int, int], ContextState] = OrderedDict()
+
+    def _decoded(self, snapshot: Snapshot) -> ContextState:
+        key = (snapshot.aggregate_id, snapshot.version, snapshot.snapshot_seq)
+        state = self._cache.get(key)
+        if state is None:
+            state = decode_state(snapshot)
+            if self.cache_size:
+                self._cache[key] = state
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(key)
+        return state
+
+    async def load(
+        self,
+        aggregate_id: str,
+        to_version: int | None = None,
+        until: datetime | int | None = None,
+        keys: bool = False,
+        use_snapshots: bool = True,
+    ) -> PointInTime:
+        """State after every event up to ``to_version`` and recorded at or before
+        ``until`` (both optional)."""
+        limit_ns = to_ns(until) if until is not None else None
+        max_seq = await self.store.seq_at_time(limit_ns) if limit_ns is not None else None
+        point = PointInTime(ContextState(id=aggregate_id))
+        snapshot = None
+        if use_snapshots and self.snapshots is not None and to_version != 0:
+            snapshot = await self.snapshots.find(
+                aggregate_id, STATE_SCHEMA_VERSION, to_version, max_seq
+            )
+        if snapshot is not None:
+            try:
+                state = self._decoded(snapshot)
+                point = PointInTime(
+                    state, snapshot.last_seq, snapshot.recorded_at_ns, snapshot.version
+                )
+                if keys:
+                    point.keys = decode_keys(snapshot.idempotency_keys)
+            except (SnapshotDecodeError, ValueError) as exc:
+                log.warning("%s: snapshot v%d skipped: %s", aggregate_id, snapshot.version, exc)
+                point = PointInTime(ContextState(id=aggregate_id))
+        if to_version is not None and point.state.version >= to_version:
+            return point
+        tail = await self.store.read_aggregate(
+            aggregate_id,
+            from_version=point.state.version + 1,
+            to_version=to_version,
+            until_time=limit_ns,
+            from_seq=point.last_seq + 1,
+        )
+        if tail:
+            point.state = fold((e.event for e in tail), point.state)
+            point.last_seq = tail[-1].stream_seq
+            point.recorded_at_ns = tail[-1].recorded_at_ns
+            point.events_folded = len(tail)
+            if keys:
+                add_keys(point.keys, tail)
+        return point

@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from pydantic import Field
+
+from jetsource.projector.settings import ProjectorOptions, ProjectorSettings
+from jetsource.snapshotter.model import SNAPSHOTS
+
+
+class SnapshotterOptions(ProjectorOptions):
+    """``JETSOURCE_SNAPSHOTTER__...``: the projector runtime's options, for the one
+    ``snapshots`` model. How often and how many snapshots: ``JETSOURCE_SNAPSHOTS__...``."""
+
+    http_port: int = Field(default=9103, ge=0)
+    models: list[str] = Field(default_factory=lambda: [SNAPSHOTS])
+
+
+class SnapshotterSettings(ProjectorSettings):
+    snapshotter: SnapshotterOptions = SnapshotterOptions()
+
+    def runtime(self) -> ProjectorSettings:
+        """Settings for the projector runtime, with the snapshotter's options."""
+        return ProjectorSettings.model_construct(
+            **{name: getattr(self, name) for name in ProjectorSettings.model_fields},
+            projector=self.snapshotter,
+        )

@@ -1,0 +1,101 @@
+"""Time travel on the in-memory adapters: state at any version or time equals a
+full fold from version 1, with snapshots absent, present, part-way and of an old
+schema (hypothesis). The same checks run against JetStream in
+tests/integration/test_snapshots.py."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from jetsource.domain.context.events import registry
+from jetsource.domain.context.history import StateLoader
+from jetsource.eventstore.memory import InMemoryEventStore
+from jetsource.eventstore.snapshots import InMemorySnapshotStore
+from tests.contract_snapshots import SnapshotStoreContract
+from tests.history_fixtures import append_history, probe_times, save_snapshots, state_at
+
+
+class TestInMemorySnapshotStore(SnapshotStoreContract):
+    @pytest.fixture
+    async def snapshots(self) -> AsyncIterator[InMemorySnapshotStore]:
+        yield InMemorySnapshotStore(keep=3)
+
+
+def ticking_clock(steps: list[int]):  # type: ignore[no-untyped-def]
+    now = [1_700_000_000_000_000_000]
+    i = [0]
+
+    def clock() -> int:
+        now[0] += steps[i[0] % len(steps)]
+        i[0] += 1
+        return now[0]
+
+    return clock
+
+
+@st.composite
+def arrangements(draw: st.DrawFn) -> dict[str, object]:
+    n = draw(st.integers(1, 90))
+    mode = draw(st.sampled_from(["absent", "every", "some", "old", "old+some"]))
+    versions: list[int] = []
+    old: list[int] = []
+    if mode == "every":
+        k = draw(st.integers(1, 30))
+        versions = list(range(k, n + 1, k))
+    if "some" in mode:
+        versions = draw(st.lists(st.integers(1, n), max_size=6, unique=True))
+    if "old" in mode:
+        old = draw(st.lists(st.integers(1, n), min_size=1, max_size=4, unique=True))
+    return {
+        "n": n,
+        "seed": draw(st.integers(0, 10_000)),
+        "groups": draw(st.lists(st.integers(1, 4), min_size=1, max_size=4)),
+        "steps": draw(st.lists(st.integers(1, 3_000_000), min_size=1, max_size=5)),
+        "versions": versions,
+        "old": old,
+        "keep": draw(st.integers(1, 8)),
+    }
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(arrangements())
+async def test_time_travel_equals_a_full_fold(a: dict) -> None:  # type: ignore[type-arg]
+    store = InMemoryEventStore(registry, clock=ticking_clock(a["steps"]))
+    snapshots = InMemorySnapshotStore(keep=a["keep"])
+    records = await append_history(store, "s1", a["n"], a["seed"], a["groups"])
+    await save_snapshots(snapshots, records, a["versions"], a["old"])
+    loader = StateLoader(store, snapshots, cache_size=4)
+    for v in range(0, len(records) + 1):
+        point = await loader.load("s1", to_version=v)
+        assert point.state == state_at(records, v), v
+        assert point.snapshot_version <= v
+        assert point.last_seq == (records[v - 1].stream_seq if v else 0)
+    for t in probe_times(records):
+        point = await loader.load("s1", until=t)
+        assert point.state == state_at(records, until=t), t
+    # Both bounds at once, and the keys seen up to a point.
+    for v in range(1, len(records) + 1, 7):
+        t = records[v - 1].recorded_at_ns
+        point = await loader.load("s1", to_version=v, until=t, keys=True)
+        assert point.state == state_at(records, v, t)
+        assert set(point.keys) == {
+            r.envelope.idempotency_key for r in records if r.version <= point.state.version
+        }
+
+
+async def test_old_schema_snapshots_are_never_read() -> None:
+    store = InMemoryEventStore(registry)
+    snapshots = InMemorySnapshotStore()
+    records = await append_history(store, "s1", 40, 3)
+    await save_snapshots(snapshots, records, [], old=[10, 20, 30])
+    point = await StateLoader(store, snapshots).load("s1")
+    assert point.snapshot_version == 0 and point.events_folded == 40
+    assert point.state == state_at(records)
+    await save_snapshots(snapshots, records, [20])
+    point = await StateLoader(store, snapshots).load("s1")
+    assert (point.snapshot_version, point.events_folded) == (20, 20)
+    assert point.state == state_at(records)
