@@ -1,4 +1,5 @@
-"""Typed Python client for the publisher's ContextCommandService.
+"""Typed Python clients: ContextClient for the publisher's ContextCommandService,
+QueryClient (below) for the query service.
 
     async with ContextClient("127.0.0.1:50051") as client:
         r = await client.create_context("story-1", title="Checkout")
@@ -11,14 +12,18 @@ retry safely.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from datetime import datetime
+from typing import Any, TypeVar
 
 import grpc
 
 from jetsource._gen.context.v1 import commands_pb2 as pb
 from jetsource._gen.context.v1 import commands_pb2_grpc as pb_grpc
-from jetsource._gen.context.v1 import events_pb2
+from jetsource._gen.context.v1 import events_pb2, query_pb2, query_pb2_grpc
+from jetsource.core.clock import to_ns, to_timestamp
 from jetsource.core.ids import uuid7
+
+R = TypeVar("R")
 
 STATUSES = {
     "todo": events_pb2.SUBTASK_STATUS_TODO,
@@ -199,3 +204,88 @@ def _o(opts: dict[str, Any]) -> dict[str, Any]:
         "correlation_id": opts.get("correlation_id", ""),
         "causation_id": opts.get("causation_id", ""),
     }
+
+
+class QueryClient:
+    """Typed client for the query service's ContextQueryService.
+
+    async with QueryClient("127.0.0.1:50052") as q:
+        now = await q.get_context("story-1", min_version=r.version)  # read your write
+        then = await q.at_time("story-1", datetime(2026, 11, 1, tzinfo=UTC))
+        async for change in q.watch("story-1", from_version=1): ...
+    """
+
+    def __init__(self, target: str, timeout: float = 10.0) -> None:
+        self._channel = grpc.aio.insecure_channel(target)
+        self._stub = query_pb2_grpc.ContextQueryServiceStub(self._channel)
+        self._timeout = timeout
+
+    async def __aenter__(self) -> QueryClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def _query(self, rpc: str, request: Any, answer: type[R]) -> R:
+        response = await getattr(self._stub, rpc)(request, timeout=self._timeout)
+        assert isinstance(response, answer)
+        return response
+
+    async def get_context(
+        self, context_id: str, min_version: int = 0, strict: bool = False
+    ) -> query_pb2.GetContextResponse:
+        request = query_pb2.GetContextRequest(
+            context_id=context_id, min_version=min_version, strict=strict
+        )
+        return await self._query("GetContext", request, query_pb2.GetContextResponse)
+
+    async def at_version(
+        self, context_id: str, version: int
+    ) -> query_pb2.GetContextAtVersionResponse:
+        request = query_pb2.GetContextAtVersionRequest(context_id=context_id, version=version)
+        return await self._query(
+            "GetContextAtVersion", request, query_pb2.GetContextAtVersionResponse
+        )
+
+    async def at_time(
+        self, context_id: str, at: datetime | int
+    ) -> query_pb2.GetContextAtTimeResponse:
+        request = query_pb2.GetContextAtTimeRequest(context_id=context_id)
+        request.time.CopyFrom(to_timestamp(to_ns(at)))
+        return await self._query("GetContextAtTime", request, query_pb2.GetContextAtTimeResponse)
+
+    async def list_events(
+        self, context_id: str, from_version: int = 1, limit: int = 0, page_token: str = ""
+    ) -> query_pb2.ListEventsResponse:
+        request = query_pb2.ListEventsRequest(
+            context_id=context_id, from_version=from_version, limit=limit, page_token=page_token
+        )
+        return await self._query("ListEvents", request, query_pb2.ListEventsResponse)
+
+    async def list_contexts(
+        self,
+        status: query_pb2.ContextStatus.ValueType = query_pb2.CONTEXT_STATUS_UNSPECIFIED,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> query_pb2.ListContextsResponse:
+        request = query_pb2.ListContextsRequest(
+            status=status, page_size=page_size, page_token=page_token
+        )
+        return await self._query("ListContexts", request, query_pb2.ListContextsResponse)
+
+    async def graph(
+        self, context_id: str, depth: int = 2, root_id: str = ""
+    ) -> query_pb2.GetDecisionGraphResponse:
+        request = query_pb2.GetDecisionGraphRequest(
+            context_id=context_id, depth=depth, root_id=root_id
+        )
+        return await self._query("GetDecisionGraph", request, query_pb2.GetDecisionGraphResponse)
+
+    def watch(self, context_id: str, from_version: int = 1, timeout: float | None = None) -> Any:
+        """A server stream of WatchContextResponse (iterate it with ``async for``;
+        ``cancel()`` it to stop)."""
+        request = query_pb2.WatchContextRequest(context_id=context_id, from_version=from_version)
+        return self._stub.WatchContext(request, timeout=timeout)

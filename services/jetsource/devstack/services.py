@@ -26,6 +26,8 @@ from jetsource.devstack.servers import (
 )
 from jetsource.projector.settings import ProjectorSettings
 from jetsource.publisher.settings import PublisherSettings
+from jetsource.query.settings import QuerySettings
+from jetsource.snapshotter.settings import SnapshotterSettings
 
 
 class GrpcService(EmbeddedServer):
@@ -82,6 +84,8 @@ class LocalServices:
     def services(self) -> list[GrpcService]:
         publisher = PublisherSettings.load().publisher
         projector = ProjectorSettings.load().projector
+        snapshotter = SnapshotterSettings.load().snapshotter
+        query = QuerySettings.load().query
         return [
             GrpcService(
                 "publisher",
@@ -96,6 +100,20 @@ class LocalServices:
                 self.home / "services" / "projector",
                 projector.host,
                 projector.http_port,
+            ),
+            WorkerService(
+                "snapshotter",
+                "jetsource.snapshotter.server",
+                self.home / "services" / "snapshotter",
+                snapshotter.host,
+                snapshotter.http_port,
+            ),
+            GrpcService(
+                "query",
+                "jetsource.query.server",
+                self.home / "services" / "query",
+                query.grpc_host,
+                query.grpc_port,
             ),
         ]
 

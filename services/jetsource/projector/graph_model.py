@@ -422,6 +422,21 @@ class GraphModel:
     async def close(self) -> None:
         await self.driver.close()
 
+    async def nodes(self, story: str) -> list[tuple[str, dict[str, Any]]]:
+        """The story's nodes as (kind, properties): "story", "decision", "subtask"."""
+        out: list[tuple[str, dict[str, Any]]] = []
+        async with self.driver.session(database=self.database) as session:
+            for kind, match in (
+                ("story", f"(n:{self.story} {{key: $key}})"),
+                ("decision", f"(n:{self.decision} {{story: $key}})"),
+                ("subtask", f"(n:{self.subtask} {{story: $key}})"),
+            ):
+                result = await _io(
+                    session.run(f"MATCH {match} RETURN properties(n) AS p", key=story)
+                )
+                out += [(kind, dict(r["p"])) async for r in result]
+        return out
+
     async def neighbourhood(self, story: str) -> dict[str, Any]:
         """The story's nodes and relationships (for the CLI and tests)."""
         async with self.driver.session(database=self.database) as session:

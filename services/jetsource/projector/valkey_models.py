@@ -431,6 +431,18 @@ class ContextModel(ValkeyModel):
         raw = await _io(self.redis.get(f"{self.ns}:doc:{aggregate_id}"))
         return json.loads(raw) if raw else None
 
+    async def read_many(self, ids: Sequence[str]) -> list[dict[str, Any] | None]:
+        if not ids:
+            return []
+        raws = await _io(self.redis.mget([f"{self.ns}:doc:{i}" for i in ids]))
+        return [json.loads(raw) if raw else None for raw in raws]
+
+    async def recent(self, status: str | None, offset: int, count: int) -> list[str]:
+        """Story ids, most recently updated first; ``status`` "open", "closed" or None."""
+        index = f"{self.ns}:idx:status:{status}" if status else f"{self.ns}:idx:updated"
+        ids: list[Any] = await _io(self.redis.zrevrange(index, offset, offset + count - 1))
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+
 
 def _skipped_envelope(aggregate_id: str, version: int) -> Any:
     from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope

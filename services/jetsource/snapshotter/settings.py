@@ -20,6 +20,10 @@ class SnapshotterSettings(ProjectorSettings):
     def runtime(self) -> ProjectorSettings:
         """Settings for the projector runtime, with the snapshotter's options."""
         return ProjectorSettings.model_construct(
-            **{name: getattr(self, name) for name in ProjectorSettings.model_fields},
+            **{
+                name: getattr(self, name)
+                for name in ProjectorSettings.model_fields
+                if name != "projector"
+            },
             projector=self.snapshotter,
         )

@@ -1,0 +1,85 @@
+"""Query entrypoint and composition root: settings -> stores and read models ->
+gRPC server (health, reflection, Prometheus /metrics on its own port)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from jetsource._gen.context.v1 import query_pb2, query_pb2_grpc
+from jetsource.domain.context.history import StateLoader
+from jetsource.projector.bootstrap import Projection, open_projection
+from jetsource.query.service import ContextQueryService
+from jetsource.query.settings import QuerySettings
+
+log = logging.getLogger("jetsource.query")
+SERVICE_NAME = query_pb2.DESCRIPTOR.services_by_name["ContextQueryService"].full_name
+
+
+@dataclass
+class Query:
+    server: grpc.aio.Server
+    port: int
+    projection: Projection
+    health: health.aio.HealthServicer
+    stopped: bool = False
+
+    async def stop(self, grace: float) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)  # open watches end; in-flight reads finish
+        await self.projection.close()
+
+
+async def build(settings: QuerySettings) -> Query:
+    projection = await open_projection(settings, provision=False)
+    o = settings.query
+    loader = StateLoader(projection.store, projection.snapshots, settings.snapshots.cache_size)
+    server = grpc.aio.server(maximum_concurrent_rpcs=o.max_concurrent_rpcs)
+    query_pb2_grpc.add_ContextQueryServiceServicer_to_server(
+        ContextQueryService(projection, loader, o), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    port = server.add_insecure_port(o.target())
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return Query(server, port, projection, health_servicer)
+
+
+async def serve(settings: QuerySettings) -> None:
+    o = settings.query
+    if o.metrics_port:
+        start_http_server(o.metrics_port, addr=o.grpc_host)
+    query = await build(settings)
+    log.info("query listening on %s:%d", o.grpc_host, query.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("query shutting down")
+    await query.stop(o.shutdown_grace_s)
+
+
+def main() -> None:
+    settings = QuerySettings.load()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,330 @@
+"""Publisher -> projector and snapshotter -> query, through gRPC only (real NATS,
+Valkey and graph store; every service in this process on its own port)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from jetsource._gen.context.v1 import query_pb2 as q
+from jetsource._gen.context.v1 import query_pb2_grpc as q_grpc
+from jetsource.client import ContextClient, QueryClient
+from jetsource.core.settings import JetsourceSettings
+from jetsource.domain.context.model import fold
+from jetsource.domain.context.serialize import state_to_dict
+from jetsource.projector.bootstrap import open_projection
+from jetsource.projector.server import ProjectorService
+from jetsource.publisher.server import Publisher
+from jetsource.publisher.server import build as build_publisher
+from jetsource.publisher.settings import PublisherOptions, PublisherSettings
+from jetsource.query.server import Query
+from jetsource.query.server import build as build_query
+from jetsource.query.settings import QueryOptions, QuerySettings
+from jetsource.query.views import context_view
+from jetsource.snapshotter.settings import SnapshotterOptions, SnapshotterSettings
+from tests.projector_fixtures import projector_settings
+
+pytestmark = pytest.mark.e2e
+Code = grpc.StatusCode
+EVERY = 10
+
+
+@dataclass
+class Stack:
+    publisher: Publisher
+    query: Query
+    commands: ContextClient
+    reads: QueryClient
+    publisher_settings: PublisherSettings
+    tasks: list[asyncio.Task[None]]
+    stop: asyncio.Event
+
+    async def restart_publisher(self) -> None:
+        await self.publisher.stop(1.0)
+        await self.commands.close()
+        self.publisher = await build_publisher(self.publisher_settings)
+        self.commands = ContextClient(f"127.0.0.1:{self.publisher.port}", actor="tester")
+
+
+@pytest.fixture
+async def stack(settings: JetsourceSettings, unique: str) -> AsyncIterator[Stack]:
+    base = projector_settings(settings, unique, snapshots={"every": EVERY})
+    shared = {name: getattr(base, name) for name in JetsourceSettings.model_fields}
+    publisher_settings = PublisherSettings(
+        **shared, publisher=PublisherOptions(grpc_port=0, metrics_port=0)
+    )
+    publisher = await build_publisher(publisher_settings)
+    stop = asyncio.Event()
+    projector = ProjectorService(await open_projection(base))
+    snap_settings = SnapshotterSettings(
+        **shared,
+        projector=base.projector,
+        snapshotter=SnapshotterOptions(**{**base.projector.model_dump(), "models": ["snapshots"]}),
+    )
+    snapshotter = ProjectorService(await open_projection(snap_settings.runtime()))
+    tasks = [asyncio.create_task(s.run(stop)) for s in (projector, snapshotter)]
+    query = await build_query(
+        QuerySettings(
+            **shared,
+            projector=base.projector,
+            query=QueryOptions(grpc_port=0, metrics_port=0, watch_poll_s=0.5),
+        )
+    )
+    s = Stack(
+        publisher,
+        query,
+        ContextClient(f"127.0.0.1:{publisher.port}", actor="tester"),
+        QueryClient(f"127.0.0.1:{query.port}", timeout=5.0),
+        publisher_settings,
+        tasks,
+        stop,
+    )
+    yield s
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await s.commands.close()
+    await s.reads.close()
+    await s.query.stop(0)
+    await s.publisher.stop(0)
+    for service in (projector, snapshotter):
+        for name in ("context", "timeline", "graph"):
+            await service.projection.model(name, 1).drop()
+        await service.projection.close()
+
+
+async def write_story(c: ContextClient, cid: str, decisions: int) -> int:
+    await c.create_context(cid, "A story", description="told in events", tags=["e2e"])
+    last = None
+    for n in range(decisions):
+        last = await c.add_decision(cid, f"d{n}", f"decision {n}", rationale="why not")
+        if n % 3 == 2:
+            await c.add_subtask(cid, f"t{n}", f"subtask {n}", assignee="ana")
+            last = await c.link_dependency(cid, f"t{n}", f"d{n}")
+    assert last is not None
+    return int(last.version)
+
+
+def view_at(records: list[Any], version: int) -> q.ContextView:
+    state = fold([r.event for r in records[:version]], context_id=records[0].aggregate_id)
+    return context_view(state_to_dict(state))
+
+
+async def test_a_story_through_all_four_services(stack: Stack) -> None:
+    version = await write_story(stack.commands, "e2e-story", 24)
+    records = await stack.publisher.store.read_aggregate("e2e-story")
+    assert version == len(records) == 1 + 24 + 2 * 8
+
+    # Read your write: the projector may still be working; min_version waits for it.
+    now = await stack.reads.get_context("e2e-story", min_version=version)
+    assert not now.behind and now.source == q.READ_SOURCE_READ_MODEL
+    assert now.context == view_at(records, version)
+
+    # Time travel: every version, and times at, between, before-after events.
+    for v in range(1, version + 1):
+        at = await stack.reads.at_version("e2e-story", v)
+        assert at.context == view_at(records, v), v
+        assert at.last_stream_sequence == records[v - 1].stream_seq
+    for i, r in enumerate(records):
+        for t, expected in ((r.recorded_at_ns, i + 1), (r.recorded_at_ns - 1, i)):
+            if expected == 0 or (i and records[i - 1].recorded_at_ns == r.recorded_at_ns):
+                continue
+            at_time = await stack.reads.at_time("e2e-story", t)
+            assert at_time.context == view_at(records, expected), (t, expected)
+    # Snapshots arrive from the snapshotter; later reads start from them.
+    for _ in range(200):
+        late = await stack.reads.at_version("e2e-story", version)
+        if late.snapshot_version == version - version % EVERY:
+            break
+        await asyncio.sleep(0.05)
+    assert late.snapshot_version == version - version % EVERY
+    assert late.events_folded == version % EVERY
+    assert late.context == view_at(records, version)
+
+    # History in pages: every event once, in order.
+    seen, token = [], ""
+    while True:
+        page = await stack.reads.list_events("e2e-story", limit=7, page_token=token)
+        seen += [e.version for e in page.events]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == list(range(1, version + 1))
+    first = (await stack.reads.list_events("e2e-story", limit=1)).events[0]
+    assert first.event.WhichOneof("event") == "context_created"
+    assert first.event.context_created.title == "A story" and first.event_id
+
+    listed = await stack.reads.list_contexts(status=q.CONTEXT_STATUS_OPEN)
+    assert "e2e-story" in [c.context_id for c in listed.contexts]
+    assert not (await stack.reads.list_contexts(status=q.CONTEXT_STATUS_CLOSED)).contexts
+
+    graph = None
+    for _ in range(200):
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            graph = await stack.reads.graph("e2e-story", depth=1)
+            if graph.version == version:
+                break
+        await asyncio.sleep(0.05)
+    assert graph is not None and graph.version == version
+    kinds = {n.id: n.kind for n in graph.nodes}
+    assert kinds["e2e-story"] == q.GRAPH_NODE_KIND_STORY
+    assert sum(k == q.GRAPH_NODE_KIND_DECISION for k in kinds.values()) == 24
+    assert sum(k == q.GRAPH_NODE_KIND_SUBTASK for k in kinds.values()) == 8
+    around = await stack.reads.graph("e2e-story", depth=1, root_id="t2")
+    assert {n.id for n in around.nodes} == {"t2", "d2", "e2e-story"}
+    assert ("DEPENDS_ON", "t2", "d2") in {(e.type, e.from_id, e.to_id) for e in around.edges}
+    assert [n.id for n in (await stack.reads.graph("e2e-story", depth=0)).nodes] == ["e2e-story"]
+
+
+async def test_bad_input_gets_a_clear_status_and_changes_nothing(stack: Stack) -> None:
+    version = await write_story(stack.commands, "bad-input", 2)
+    created = (await stack.reads.list_events("bad-input", limit=1)).events[0].recorded_at
+    before = Timestamp(seconds=created.seconds - 3600)
+    stub = q_grpc.ContextQueryServiceStub(stack.reads._channel)
+    cases: list[tuple[str, Any, Code, str]] = [
+        ("GetContext", q.GetContextRequest(context_id="nobody"), Code.NOT_FOUND, "nobody"),
+        ("GetContext", q.GetContextRequest(context_id="a.b"), Code.INVALID_ARGUMENT, "context_id"),
+        ("GetContext", q.GetContextRequest(context_id=""), Code.INVALID_ARGUMENT, "context_id"),
+        (
+            "GetContext",
+            q.GetContextRequest(context_id="bad-input", min_version=-1),
+            Code.INVALID_ARGUMENT,
+            "min_version",
+        ),
+        (
+            "GetContextAtVersion",
+            q.GetContextAtVersionRequest(context_id="bad-input", version=-3),
+            Code.INVALID_ARGUMENT,
+            "version",
+        ),
+        (
+            "GetContextAtVersion",
+            q.GetContextAtVersionRequest(context_id="bad-input", version=2**62),
+            Code.INVALID_ARGUMENT,
+            "version",
+        ),
+        (
+            "GetContextAtVersion",
+            q.GetContextAtVersionRequest(context_id="bad-input", version=version + 1),
+            Code.OUT_OF_RANGE,
+            f"at version {version}",
+        ),
+        (
+            "GetContextAtVersion",
+            q.GetContextAtVersionRequest(context_id="nobody", version=1),
+            Code.NOT_FOUND,
+            "nobody",
+        ),
+        (
+            "GetContextAtTime",
+            q.GetContextAtTimeRequest(context_id="bad-input", time=before),
+            Code.NOT_FOUND,
+            "did not exist yet",
+        ),
+        (
+            "GetContextAtTime",
+            q.GetContextAtTimeRequest(context_id="bad-input"),
+            Code.INVALID_ARGUMENT,
+            "time",
+        ),
+        (
+            "ListEvents",
+            q.ListEventsRequest(context_id="bad-input", limit=-1),
+            Code.INVALID_ARGUMENT,
+            "limit",
+        ),
+        (
+            "ListEvents",
+            q.ListEventsRequest(context_id="bad-input", limit=5000),
+            Code.INVALID_ARGUMENT,
+            "limit",
+        ),
+        (
+            "ListEvents",
+            q.ListEventsRequest(context_id="bad-input", from_version=-1),
+            Code.INVALID_ARGUMENT,
+            "from_version",
+        ),
+        (
+            "ListEvents",
+            q.ListEventsRequest(context_id="bad-input", page_token="junk!"),
+            Code.INVALID_ARGUMENT,
+            "page_token",
+        ),
+        ("ListEvents", q.ListEventsRequest(context_id="nobody"), Code.NOT_FOUND, "nobody"),
+        ("ListContexts", q.ListContextsRequest(page_size=-5), Code.INVALID_ARGUMENT, "page_size"),
+        ("ListContexts", q.ListContextsRequest(status=42), Code.INVALID_ARGUMENT, "status"),  # type: ignore[arg-type]
+        (
+            "GetDecisionGraph",
+            q.GetDecisionGraphRequest(context_id="bad-input", depth=99),
+            Code.INVALID_ARGUMENT,
+            "depth",
+        ),
+        (
+            "GetDecisionGraph",
+            q.GetDecisionGraphRequest(context_id="nobody", depth=1),
+            Code.NOT_FOUND,
+            "nobody",
+        ),
+    ]
+    for rpc, request, code, words in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await getattr(stub, rpc)(request, timeout=5)
+        assert info.value.code() == code, (rpc, request, info.value.details())
+        assert words in (info.value.details() or ""), (rpc, info.value.details())
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        watch = stub.WatchContext(q.WatchContextRequest(context_id="nobody"))
+        async for _ in watch:
+            pass
+    assert info.value.code() == Code.NOT_FOUND
+
+    # Read-your-writes that cannot be met: behind (or FAILED_PRECONDITION when strict).
+    ask = q.GetContextRequest(context_id="bad-input", min_version=version + 5)
+    behind = await stub.GetContext(ask, timeout=0.5)
+    assert behind.behind and behind.context.version == version
+    ask.strict = True
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.GetContext(ask, timeout=0.5)
+    assert info.value.code() == Code.FAILED_PRECONDITION
+    assert f"min_version {version + 5}" in (info.value.details() or "")
+    assert await stack.publisher.store.last_version("bad-input") == version
+
+
+async def test_watch_delivers_each_event_once_across_restart_and_reconnect(
+    stack: Stack,
+) -> None:
+    await stack.commands.create_context("watched", "Watched")
+    got: list[q.WatchContextResponse] = []
+
+    async def follow(from_version: int, until: int) -> None:
+        call = stack.reads.watch("watched", from_version=from_version)
+        async for change in call:
+            got.append(change)
+            if change.event.version >= until:
+                call.cancel()
+                return
+
+    first = asyncio.create_task(follow(1, 6))
+    for n in range(3):
+        await stack.commands.add_decision("watched", f"a{n}", f"before restart {n}")
+    await stack.restart_publisher()
+    for n in range(2):
+        await stack.commands.add_decision("watched", f"b{n}", f"after restart {n}")
+    await asyncio.wait_for(first, 10)
+    # The client went away at version 6; it comes back asking for what follows.
+    second = asyncio.create_task(follow(got[-1].event.version + 1, 10))
+    for n in range(4):
+        await stack.commands.add_decision("watched", f"c{n}", f"after reconnect {n}")
+    await asyncio.wait_for(second, 10)
+
+    records = await stack.publisher.store.read_aggregate("watched")
+    assert [c.event.version for c in got] == list(range(1, 11))
+    assert [c.event.event_id for c in got] == [r.event_id for r in records]
+    for change in got:
+        assert change.state == view_at(records, change.event.version)
