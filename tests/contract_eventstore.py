@@ -233,3 +233,12 @@ class EventStoreContract:
         with pytest.raises(ValidationError, match="expected_version"):
             await store.append("x", [created()], -1)
         assert await count_all(store) == 0
+
+    async def test_a_time_far_in_the_future_sees_everything(self, store: Store) -> None:
+        from datetime import UTC, datetime
+
+        result = await store.append("future", [created("t"), decision(1)], NO_STREAM)
+        for year in (2100, 2262, 2999):
+            at = datetime(year, 1, 1, tzinfo=UTC)
+            assert await store.seq_at_time(at) == result.stream_seqs[-1], year
+            assert len(await store.read_aggregate("future", until_time=at)) == 2, year

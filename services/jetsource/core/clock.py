@@ -52,3 +52,9 @@ def to_timestamp(ns: int) -> Timestamp:
 
 def from_timestamp(ts: Timestamp) -> int:
     return ts.seconds * NS + ts.nanos
+
+
+# Later than any event (2200-01-01). nats-server keeps times as int64 nanoseconds and
+# a start time near their end (2262) wraps around, so asking "what was stored by
+# then?" for a later time is asked for this one instead.
+MAX_TIME_NS = 7_258_118_400 * 10**9

@@ -22,7 +22,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import ConnectionClosedError, ConnectionReconnectingError, OutboundBufferLimitError
 
 from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
-from jetsource.core.clock import now_ns, to_ns, to_timestamp
+from jetsource.core.clock import MAX_TIME_NS, now_ns, to_ns, to_timestamp
 from jetsource.core.codec import EventRegistry, PayloadDecodeError
 from jetsource.core.envelope import (
     AppendResult,
@@ -452,7 +452,7 @@ class JetStreamEventStore:
 
     async def seq_at_time(self, time: datetime | int) -> int:
         await self.start()
-        t = to_ns(time)
+        t = min(to_ns(time), MAX_TIME_NS)
         after = await self._call(
             lambda: jsapi.first_at_or_after(
                 self._replies, self._cfg.stream, t + 1, None, self._cfg.request_timeout_s
