@@ -38,6 +38,10 @@ def env(tmp_path: Path) -> dict[str, str]:
     env["JETSOURCE_DEVSTACK__GRAPH_PASSWORD"] = PASSWORD
     env["JETSOURCE_PUBLISHER__GRPC_PORT"] = str(free_port())
     env["JETSOURCE_PUBLISHER__METRICS_PORT"] = str(free_port())
+    env["JETSOURCE_PROJECTOR__HTTP_PORT"] = str(free_port())
+    env["JETSOURCE_SNAPSHOTTER__HTTP_PORT"] = str(free_port())
+    env["JETSOURCE_QUERY__GRPC_PORT"] = str(free_port())
+    env["JETSOURCE_QUERY__METRICS_PORT"] = str(free_port())
     env["COLUMNS"] = "200"  # keep rich tables on one line per server
     return env
 
@@ -130,8 +134,10 @@ def test_up_status_down_and_data_survives(env: dict[str, str]) -> None:
         assert shown.returncode == 0, shown.stdout + shown.stderr
         assert "already running" in shown.stdout
         text = " ".join(shown.stdout.split())
-        assert "service publisher" in text and "healthy" in text
+        for service in ("publisher", "projector", "snapshotter", "query"):
+            assert f"service {service}" in text, text
         assert "reached version 4; read back ContextCreated, DecisionAdded" in text
+        assert "GetContext(min_version=4) answered version 4" in text, text
 
         # a person works a context from the shell
         made = jetsource(env, "ctx", "create", "cli-1", "--title", "From the shell")
@@ -142,6 +148,16 @@ def test_up_status_down_and_data_survives(env: dict[str, str]) -> None:
         shown = jetsource(env, "ctx", "show", "cli-1")
         assert shown.returncode == 0 and "From the shell" in shown.stdout
         assert "Use NATS" in shown.stdout and "version 2" in shown.stdout
+        # ... and as it was before the decision, by version and by time
+        then = jetsource(env, "ctx", "show", "cli-1", "--at", "1")
+        assert then.returncode == 0 and "version 1, at 1" in " ".join(then.stdout.split())
+        assert "Use NATS" not in then.stdout, then.stdout
+        long_ago = jetsource(env, "ctx", "show", "cli-1", "--at", "2001-01-01T00:00:00Z")
+        assert long_ago.returncode == 1 and "did not exist yet" in long_ago.stdout
+        later = jetsource(env, "ctx", "show", "cli-1", "--at", "2999-01-01T00:00:00")
+        assert later.returncode == 0 and "Use NATS" in later.stdout, later.stdout
+        junk = jetsource(env, "ctx", "show", "cli-1", "--at", "yesterday")
+        assert junk.returncode == 2 and "INVALID_ARGUMENT" in junk.stdout
         metrics = httpx.get(
             f"http://127.0.0.1:{env['JETSOURCE_PUBLISHER__METRICS_PORT']}/metrics", timeout=5
         ).text

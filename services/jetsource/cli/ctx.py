@@ -1,7 +1,7 @@
 """`jetsource ctx create | decide | subtask | link | close | show`: work a context from the shell.
 
-Commands go through the publisher's gRPC API; `show` folds the context's events
-from the event store.
+Commands go through the publisher's gRPC API; `show` reads through the query
+service (`--at` a version or a time travels back).
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -16,9 +17,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from jetsource.client import STATUSES, ContextClient
-from jetsource.domain.context.model import STATUS_NAMES, ContextState, fold
+from jetsource._gen.context.v1.query_pb2 import CONTEXT_STATUS_CLOSED
+from jetsource.client import STATUSES, ContextClient, QueryClient
 from jetsource.publisher.settings import PublisherSettings
+from jetsource.query.settings import QuerySettings
 
 app = typer.Typer(help="Work a story's context: commands via the publisher.", no_args_is_help=True)
 console = Console()
@@ -180,28 +182,54 @@ def close(
 
 
 @app.command()
-def show(context_id: str) -> None:
-    """Show the context's current state, folded from its events."""
-    from jetsource.domain.context.events import registry
-    from jetsource.eventstore.bootstrap import open_event_store
-
-    async def load() -> ContextState:
-        nc, store = await open_event_store(PublisherSettings.load(), registry)
+def show(
+    context_id: str,
+    at: str | None = typer.Option(
+        None,
+        "--at",
+        help="A version (e.g. 12) or a time (ISO 8601, e.g. 2026-11-23T10:00:00Z): "
+        "the context as it was then",
+    ),
+    query: str | None = typer.Option(None, "--query", help="host:port (default from settings)"),
+) -> None:
+    """Show a context through the query service: now, or at a version or time."""
+    target = query or QuerySettings.load().query.target()
+    point: int | datetime | None = None
+    if at is not None:
         try:
-            events = await store.read_aggregate(context_id)
-        finally:
-            await store.close()
-            await nc.close()
-        return fold([e.event for e in events], context_id=context_id)
+            point = int(at) if at.strip().lstrip("-").isdigit() else _when(at)
+        except ValueError as exc:
+            console.print(f"[red]INVALID_ARGUMENT[/red]: --at {at!r}: {exc}")
+            raise typer.Exit(2) from exc
 
-    state = asyncio.run(load())
-    if not state.exists:
-        console.print(f"[red]NOT_FOUND[/red]: context {context_id!r} has no events")
-        raise typer.Exit(1)
-    closed = " [closed]" if state.closed else ""
-    console.print(f"[bold]{state.title}[/bold] ({context_id}, version {state.version}){closed}")
+    async def load() -> tuple[Any, str]:
+        async with QueryClient(target) as q:
+            if point is None:
+                r = await q.get_context(context_id)
+                return r.context, "now"
+            r2: Any
+            if isinstance(point, int):
+                r2 = await q.at_version(context_id, point)
+            else:
+                r2 = await q.at_time(context_id, point)
+            source = (
+                f"from snapshot v{r2.snapshot_version} + {r2.events_folded} events"
+                if r2.snapshot_version
+                else f"folded from {r2.events_folded} events"
+            )
+            return r2.context, f"at {at} ({source})"
+
+    try:
+        view, when = asyncio.run(load())
+    except grpc.aio.AioRpcError as exc:
+        console.print(f"[red]{exc.code().name}[/red]: {exc.details()}")
+        raise typer.Exit(1) from exc
+    closed = " [closed]" if view.status == CONTEXT_STATUS_CLOSED else ""
+    console.print(
+        f"[bold]{view.title}[/bold] ({context_id}, version {view.version}, {when}){closed}"
+    )
     decisions = Table("decision", "title", "rationale", "status")
-    for d in state.decisions.values():
+    for d in view.decisions:
         decisions.add_row(
             d.id,
             d.title,
@@ -209,10 +237,14 @@ def show(context_id: str) -> None:
             f"superseded by {d.superseded_by}" if d.superseded_by else "active",
         )
     subtasks = Table("subtask", "title", "assignee", "status", "progress")
-    for t in state.subtasks.values():
-        subtasks.add_row(
-            t.id, t.title, t.assignee, STATUS_NAMES.get(t.status, "?"), f"{t.progress}%"
-        )
+    names = {v: k for k, v in STATUSES.items()}
+    for t in view.subtasks:
+        subtasks.add_row(t.id, t.title, t.assignee, names.get(t.status, "?"), f"{t.progress}%")
     console.print(decisions, subtasks)
-    for frm, to in sorted(state.dependencies):
-        console.print(f"  {frm} depends on {to}")
+    for dep in view.dependencies:
+        console.print(f"  {dep.from_id} depends on {dep.to_id}")
+
+
+def _when(text: str) -> datetime:
+    value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime
-from typing import Any
 
 import typer
 from rich.console import Console
@@ -130,39 +129,37 @@ async def _demo(settings: JetsourceSettings) -> None:
 
 
 async def _demo_read_models(demo: str, version: int) -> None:
-    """Wait until the projector has the story in Valkey and the graph; show both."""
-    from jetsource.projector.bootstrap import open_projection
-    from jetsource.projector.graph_model import GraphModel
-    from jetsource.projector.settings import ProjectorSettings
-    from jetsource.projector.valkey_models import ContextModel
+    """Read the story back through the query service: read-your-writes from the
+    projector's Valkey model, the past from the stream, the graph."""
+    import grpc
 
-    p = await open_projection(ProjectorSettings.load(), provision=False)
-    try:
-        versions = {}
-        for name in ("context", "graph"):
-            control = await p.control.get(name)
-            versions[name] = control.active if control else 1
-        context, graph = (
-            p.model("context", versions["context"]),
-            p.model("graph", versions["graph"]),
-        )
-        assert isinstance(context, ContextModel) and isinstance(graph, GraphModel)
-        started = time.monotonic()
-        doc: dict[str, Any] | None = None
+    from jetsource.client import QueryClient
+    from jetsource.query.settings import QuerySettings
+
+    target = QuerySettings.load().query.target()
+    started = time.monotonic()
+    async with QueryClient(target, timeout=30) as q:
+        now = await q.get_context(demo, min_version=version)
+        waited = 1000 * (time.monotonic() - started)
+        first = await q.at_version(demo, 1)
+        graph = None
         while time.monotonic() - started < 30:
-            doc = await context.read(demo)
-            if doc and doc["state"]["version"] >= version and await graph.position(demo) >= version:
+            try:
+                graph = await q.graph(demo, depth=2)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                    raise
+            if graph is not None and graph.version >= version:
                 break
             await asyncio.sleep(0.05)
-        else:
-            console.print("[red]the projector did not show the story within 30 s[/red]")
-            raise typer.Exit(1)
-        hood = await graph.neighbourhood(demo)
-        console.print(
-            f"projector: Valkey has {demo!r} at version {doc['state']['version']} "
-            f"({len(doc['state']['decisions'])} decision, {len(doc['state']['subtasks'])} "
-            f"subtask) after {1000 * (time.monotonic() - started):.0f} ms; the graph has "
-            + ", ".join(f"{t} {a.split('/')[-1]}->{b.split('/')[-1]}" for t, a, b in hood["edges"])
-        )
-    finally:
-        await p.close()
+    if now.behind or graph is None:
+        console.print("[red]the read models did not show the story within 30 s[/red]")
+        raise typer.Exit(1)
+    c = now.context
+    console.print(
+        f"query at {target}: GetContext(min_version={version}) answered version {c.version} "
+        f"({len(c.decisions)} decision, {len(c.subtasks)} subtask) from the read model in "
+        f"{waited:.0f} ms; GetContextAtVersion(1): {first.context.title!r} with "
+        f"{len(first.context.decisions)} decisions; graph: "
+        + ", ".join(f"{e.type} {e.from_id}->{e.to_id}" for e in graph.edges)
+    )
