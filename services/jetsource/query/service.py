@@ -37,14 +37,13 @@ from jetsource.core.errors import (
 from jetsource.core.ids import validate_aggregate_id
 from jetsource.domain.context.history import StateLoader
 from jetsource.domain.context.model import fold
-from jetsource.domain.context.serialize import state_to_dict
 from jetsource.eventstore.jsapi import JsApiError, NoRespondersError
 from jetsource.projector.bootstrap import Projection
 from jetsource.projector.graph_model import GRAPH, GraphModel
 from jetsource.projector.readmodel import TransientError
 from jetsource.projector.valkey_models import CONTEXT, ContextModel
 from jetsource.query.settings import QueryOptions
-from jetsource.query.views import STATUS, STATUS_NAME, context_view, event_view
+from jetsource.query.views import STATUS, STATUS_NAME, context_view, event_view, state_view
 
 log = logging.getLogger("jetsource.query")
 T = TypeVar("T")
@@ -245,7 +244,7 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
                 f"context {cid!r} is at version {have}; min_version {wanted} not reached",
             )
         response = pb.GetContextResponse(
-            context=context_view(state_to_dict(point.state)),
+            context=state_view(point.state),
             behind=have < wanted,
             source=pb.READ_SOURCE_EVENT_STORE,
         )
@@ -412,9 +411,7 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
                         break  # never skip: read again from where the state is
                     state = fold([r.event], state)
                     seq = r.stream_seq
-                    yield pb.WatchContextResponse(
-                        event=event_view(r), state=context_view(state_to_dict(state))
-                    )
+                    yield pb.WatchContextResponse(event=event_view(r), state=state_view(state))
                 if records:
                     continue
                 with contextlib.suppress(TimeoutError):
@@ -426,7 +423,7 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
 
 def _fill(response: T, point: Any) -> T:
     r: Any = response
-    r.context.CopyFrom(context_view(state_to_dict(point.state)))
+    r.context.CopyFrom(state_view(point.state))
     r.recorded_at.CopyFrom(to_timestamp(point.recorded_at_ns))
     r.last_stream_sequence = point.last_seq
     r.snapshot_version = point.snapshot_version

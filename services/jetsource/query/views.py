@@ -9,6 +9,7 @@ from jetsource._gen.context.v1 import query_pb2 as pb
 from jetsource.core.clock import to_timestamp
 from jetsource.core.codec import UnknownEvent
 from jetsource.core.envelope import RecordedEvent
+from jetsource.domain.context.model import ContextState
 
 STATUS = {"open": pb.CONTEXT_STATUS_OPEN, "closed": pb.CONTEXT_STATUS_CLOSED}
 STATUS_NAME = {v: k for k, v in STATUS.items()}
@@ -71,4 +72,48 @@ def event_view(record: RecordedEvent) -> pb.EventView:
         name = _EVENT_FIELD.get(type(record.event).__name__)
         if name:
             getattr(view.event, name).CopyFrom(record.event)
+    return view
+
+
+def state_view(state: ContextState) -> pb.ContextView:
+    """Straight from a folded state (the same message as ``context_view`` of its
+    dict form, without building the dict first)."""
+    view = pb.ContextView(
+        context_id=state.id,
+        version=state.version,
+        title=state.title,
+        description=state.description,
+        created_by=state.created_by,
+        tags=state.tags,
+        status=pb.CONTEXT_STATUS_CLOSED if state.closed else pb.CONTEXT_STATUS_OPEN,
+        close_reason=state.close_reason,
+    )
+    decisions, subtasks = view.decisions, view.subtasks
+    for key in sorted(state.decisions):
+        d = state.decisions[key]
+        decisions.add(
+            id=d.id,
+            title=d.title,
+            body=d.body,
+            rationale=d.rationale,
+            author=d.author,
+            affects=d.affects,
+            superseded_by=d.superseded_by,
+            revisions=d.revisions,
+            active=not d.superseded_by,
+        )
+    for key in sorted(state.subtasks):
+        t = state.subtasks[key]
+        subtasks.add(
+            id=t.id,
+            title=t.title,
+            description=t.description,
+            assignee=t.assignee,
+            status=t.status,
+            progress=t.progress,
+            status_note=t.status_note,
+        )
+    view.dependencies.extend(
+        pb.Dependency(from_id=a, to_id=b) for a, b in sorted(state.dependencies)
+    )
     return view

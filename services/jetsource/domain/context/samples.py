@@ -29,11 +29,21 @@ from jetsource.domain.context.model import (
 )
 
 
-def _commands(state: ContextState, rng: random.Random, n: int) -> Iterator[Command]:
+def _commands(
+    state: ContextState, rng: random.Random, n: int, max_nodes: int | None = None
+) -> Iterator[Command]:
     active = [d.id for d in state.decisions.values() if d.active]
     open_tasks = [t for t in state.subtasks.values() if TRANSITIONS[t.status]]
     nodes = list(state.decisions) + list(state.subtasks)
     roll = rng.random()
+    if max_nodes is not None and len(nodes) >= max_nodes and active:
+        # A long-lived story: its decisions are revised and its work progresses.
+        if roll < 0.5 and open_tasks:
+            task = rng.choice(open_tasks)
+            status = rng.choice(sorted(TRANSITIONS[task.status]))
+            yield UpdateSubtask(task.id, status=status, progress=rng.randint(0, 100))
+        yield ReviseDecision(rng.choice(active), body=f"revised at {n}")
+        return
     if roll < 0.25 or not nodes:
         yield AddDecision(
             f"d{n}",
@@ -60,8 +70,12 @@ def _commands(state: ContextState, rng: random.Random, n: int) -> Iterator[Comma
     yield AddDecision(f"d{n}x", f"decision {n}x")
 
 
-def story_events(context_id: str, events: int, seed: int = 0) -> list[Message]:
-    """A history of about ``events`` events (at least 1) for one story."""
+def story_events(
+    context_id: str, events: int, seed: int = 0, max_nodes: int | None = None
+) -> list[Message]:
+    """A history of about ``events`` events (at least 1) for one story. With
+    ``max_nodes``, once it has that many decisions and subtasks it only revises and
+    progresses them (a long-lived story) instead of growing."""
     rng = random.Random(f"{context_id}:{seed}")
     state = ContextState(id=context_id)
     out: list[Message] = []
@@ -71,7 +85,7 @@ def story_events(context_id: str, events: int, seed: int = 0) -> list[Message]:
     n = 0
     while len(out) < events:
         n += 1
-        for command in _commands(state, rng, n):
+        for command in _commands(state, rng, n, max_nodes):
             try:
                 produced = decide(command, state)
             except DomainError:
