@@ -101,16 +101,9 @@ class JetStreamEventStore:
     async def ensure_streams(self) -> dict[str, Any]:
         """Create the stream, or bring an existing one to this configuration."""
         await self.start()
-        config = stream_config(self._cfg)
-        timeout = self._cfg.request_timeout_s
-        try:
-            return await jsapi.api(
-                self._replies, f"STREAM.CREATE.{self._cfg.stream}", config, timeout
-            )
-        except JsApiError as exc:
-            if exc.err_code != jsapi.ERR_STREAM_NAME_IN_USE:
-                raise
-        return await jsapi.api(self._replies, f"STREAM.UPDATE.{self._cfg.stream}", config, timeout)
+        return await jsapi.ensure_stream(
+            self._replies, stream_config(self._cfg), self._cfg.request_timeout_s
+        )
 
     async def stream_info(self) -> dict[str, Any]:
         return await self._call(

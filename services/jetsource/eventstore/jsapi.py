@@ -356,6 +356,19 @@ def consumer_config(
     return config
 
 
+async def ensure_stream(
+    replies: Replies, config: Mapping[str, Any], timeout: float
+) -> dict[str, Any]:
+    """Create the stream, or bring an existing one to this configuration."""
+    name = config["name"]
+    try:
+        return await api(replies, f"STREAM.CREATE.{name}", dict(config), timeout)
+    except JsApiError as exc:
+        if exc.err_code != ERR_STREAM_NAME_IN_USE:
+            raise
+    return await api(replies, f"STREAM.UPDATE.{name}", dict(config), timeout)
+
+
 async def ensure_consumer(
     replies: Replies, stream: str, config: Mapping[str, Any], timeout: float
 ) -> dict[str, Any]:

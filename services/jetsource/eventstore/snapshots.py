@@ -28,7 +28,7 @@ from jetsource.core.clock import from_timestamp, to_timestamp
 from jetsource.core.ids import validate_aggregate_id
 from jetsource.core.settings import SnapshotSettings
 from jetsource.eventstore import jsapi
-from jetsource.eventstore.jsapi import JsApiError, OutMessage, RawMessage
+from jetsource.eventstore.jsapi import OutMessage, RawMessage
 
 SCHEMA_HEADER = "Jetsource-State-Schema"
 VERSION_HEADER = "Jetsource-Snapshot-Version"
@@ -168,14 +168,7 @@ class JetStreamSnapshotStore:
 
     async def ensure_stream(self) -> dict[str, Any]:
         await self.start()
-        config = stream_config(self._cfg)
-        name = self._cfg.stream
-        try:
-            return await jsapi.api(self._replies, f"STREAM.CREATE.{name}", config, self._timeout)
-        except JsApiError as exc:
-            if exc.err_code != jsapi.ERR_STREAM_NAME_IN_USE:
-                raise
-        return await jsapi.api(self._replies, f"STREAM.UPDATE.{name}", config, self._timeout)
+        return await jsapi.ensure_stream(self._replies, stream_config(self._cfg), self._timeout)
 
     def subject(self, aggregate_id: str) -> str:
         validate_aggregate_id(aggregate_id)

@@ -19,7 +19,7 @@ from nats.aio.client import Client as NATS
 
 from jetsource.core.clock import format_rfc3339_ns, now_ns, parse_rfc3339_ns
 from jetsource.eventstore import jsapi
-from jetsource.eventstore.jsapi import JsApiError, OutMessage, RawMessage, Replies
+from jetsource.eventstore.jsapi import OutMessage, RawMessage, Replies
 from jetsource.projector.readmodel import ModelSpec
 
 H_REASON = "Jetsource-Dlq-Reason"
@@ -91,12 +91,7 @@ class DeadLetters:
             "max_msgs": -1,
             "max_age": 0,
         }
-        try:
-            await jsapi.api(self._replies, f"STREAM.CREATE.{self.stream}", config, self._timeout)
-        except JsApiError as exc:
-            if exc.err_code != jsapi.ERR_STREAM_NAME_IN_USE:
-                raise
-            await jsapi.api(self._replies, f"STREAM.UPDATE.{self.stream}", config, self._timeout)
+        await jsapi.ensure_stream(self._replies, config, self._timeout)
 
     def subject(self, spec: ModelSpec, aggregate_id: str = ">") -> str:
         """The model version's dead letters of one aggregate (``>``: all of them)."""

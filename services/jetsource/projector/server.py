@@ -7,11 +7,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from dataclasses import dataclass, field
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from jetsource.core.grpcserver import stop_on_signals
 from jetsource.domain.context.serialize import STATE_SCHEMA_VERSION
 from jetsource.projector.bootstrap import Projection, open_projection
 from jetsource.projector.runtime import Worker
@@ -128,10 +128,7 @@ async def serve(settings: ProjectorSettings, name: str = "projector") -> None:
     service = ProjectorService(projection)
     o = settings.projector
     server = await http_server(service, o.host, o.http_port) if o.http_port else None
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     log.info("%s running models %s", name, ", ".join(o.models))
     await service.run(stop)
     log.info("%s stopped", name)

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from dataclasses import dataclass
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health
 from nats.aio.client import Client as NATS
 from prometheus_client import start_http_server
 
 from jetsource._gen.context.v1 import commands_pb2, commands_pb2_grpc
+from jetsource.core.grpcserver import start_grpc, stop_on_signals
 from jetsource.domain.context.events import registry
 from jetsource.domain.context.history import StateLoader
 from jetsource.eventstore.bootstrap import open_event_store, open_snapshot_store
@@ -56,19 +55,14 @@ async def build(settings: PublisherSettings) -> Publisher:
     handler = CommandHandler(
         store, o.conflict_retries, o.conflict_backoff_s, o.state_cache_size, loader
     )
-    server = grpc.aio.server(maximum_concurrent_rpcs=o.max_concurrent_rpcs)
-    commands_pb2_grpc.add_ContextCommandServiceServicer_to_server(
-        ContextCommandService(handler, o.default_deadline_s), server
+    server, port, health_servicer = await start_grpc(
+        lambda server: commands_pb2_grpc.add_ContextCommandServiceServicer_to_server(
+            ContextCommandService(handler, o.default_deadline_s), server
+        ),
+        SERVICE_NAME,
+        o.target(),
+        o.max_concurrent_rpcs,
     )
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-    )
-    port = server.add_insecure_port(o.target())
-    await server.start()
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return Publisher(server, port, nc, store, health_servicer, snapshots)
 
 
@@ -78,11 +72,7 @@ async def serve(settings: PublisherSettings) -> None:
         start_http_server(o.metrics_port, addr=o.grpc_host)
     publisher = await build(settings)
     log.info("publisher listening on %s:%d", o.grpc_host, publisher.port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await stop_on_signals().wait()
     log.info("publisher shutting down")
     await publisher.stop(o.shutdown_grace_s)
 

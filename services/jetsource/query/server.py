@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from dataclasses import dataclass
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health
 from prometheus_client import start_http_server
 
 from jetsource._gen.context.v1 import query_pb2, query_pb2_grpc
+from jetsource.core.grpcserver import start_grpc, stop_on_signals
 from jetsource.domain.context.history import StateLoader
 from jetsource.projector.bootstrap import Projection, open_projection
 from jetsource.query.service import ContextQueryService
@@ -44,19 +43,14 @@ async def build(settings: QuerySettings) -> Query:
     projection = await open_projection(settings, provision=False)
     o = settings.query
     loader = StateLoader(projection.store, projection.snapshots, settings.snapshots.cache_size)
-    server = grpc.aio.server(maximum_concurrent_rpcs=o.max_concurrent_rpcs)
-    query_pb2_grpc.add_ContextQueryServiceServicer_to_server(
-        ContextQueryService(projection, loader, o), server
+    server, port, health_servicer = await start_grpc(
+        lambda server: query_pb2_grpc.add_ContextQueryServiceServicer_to_server(
+            ContextQueryService(projection, loader, o), server
+        ),
+        SERVICE_NAME,
+        o.target(),
+        o.max_concurrent_rpcs,
     )
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-    )
-    port = server.add_insecure_port(o.target())
-    await server.start()
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return Query(server, port, projection, health_servicer)
 
 
@@ -66,11 +60,7 @@ async def serve(settings: QuerySettings) -> None:
         start_http_server(o.metrics_port, addr=o.grpc_host)
     query = await build(settings)
     log.info("query listening on %s:%d", o.grpc_host, query.port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await stop_on_signals().wait()
     log.info("query shutting down")
     await query.stop(o.shutdown_grace_s)
 
