@@ -45,6 +45,15 @@ async def connect(settings: JetsourceSettings) -> NATS:
     return await nats.connect(**nats_options(settings))
 
 
+async def release(nc: NATS) -> None:
+    """Drain the connection; if it cannot be drained (the server is gone and it is
+    reconnecting), close it, so its reconnect loop never outlives its owner."""
+    try:
+        await nc.drain()
+    except Exception:
+        await nc.close()
+
+
 async def open_event_store(
     settings: JetsourceSettings, registry: EventRegistry, provision: bool = False
 ) -> tuple[NATS, JetStreamEventStore]:

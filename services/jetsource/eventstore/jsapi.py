@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from nats import errors as nats_errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
@@ -111,6 +112,14 @@ def _raw(msg: Msg) -> RawMessage:
     )
 
 
+_GONE = (
+    nats_errors.ConnectionClosedError,
+    nats_errors.ConnectionReconnectingError,
+    nats_errors.ConnectionDrainingError,
+    nats_errors.BadSubscriptionError,
+)
+
+
 class Replies:
     """One wildcard inbox subscription routing replies to per-request queues."""
 
@@ -169,8 +178,15 @@ class Replies:
 
     async def stop(self) -> None:
         if self._sub is not None:
-            await self._sub.unsubscribe()
-            self._sub = None
+            sub, self._sub = self._sub, None
+            # A connection that is gone or reconnecting takes the subscription with it.
+            with contextlib.suppress(
+                nats_errors.ConnectionClosedError,
+                nats_errors.ConnectionReconnectingError,
+                nats_errors.ConnectionDrainingError,
+                nats_errors.BadSubscriptionError,
+            ):
+                await sub.unsubscribe()
 
 
 async def api(

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from jetsource.domain.context.events import registry as event_registry
 from jetsource.domain.context.history import StateLoader
-from jetsource.eventstore.bootstrap import open_event_store, open_snapshot_store
+from jetsource.eventstore.bootstrap import open_event_store, open_snapshot_store, release
 from jetsource.eventstore.jetstream import JetStreamEventStore
 from jetsource.eventstore.snapshots import JetStreamSnapshotStore
 from jetsource.projector.control import Control
@@ -104,13 +104,15 @@ class Projection:
         return model  # type: ignore[no-any-return]
 
     async def close(self) -> None:
-        await self.store.close()
-        await self.snapshots.close()
-        if self._redis is not None:
-            await self._redis.aclose()
-        if self._graph is not None:
-            await self._graph.close()
-        await self.nc.drain()
+        try:
+            await self.store.close()
+            await self.snapshots.close()
+            if self._redis is not None:
+                await self._redis.aclose()
+            if self._graph is not None:
+                await self._graph.close()
+        finally:
+            await release(self.nc)
 
 
 async def open_projection(settings: ProjectorSettings, provision: bool = True) -> Projection:

@@ -15,7 +15,7 @@ from jetsource._gen.context.v1 import commands_pb2, commands_pb2_grpc
 from jetsource.core.grpcserver import start_grpc, stop_on_signals
 from jetsource.domain.context.events import registry
 from jetsource.domain.context.history import StateLoader
-from jetsource.eventstore.bootstrap import open_event_store, open_snapshot_store
+from jetsource.eventstore.bootstrap import open_event_store, open_snapshot_store, release
 from jetsource.eventstore.jetstream import JetStreamEventStore
 from jetsource.eventstore.snapshots import JetStreamSnapshotStore
 from jetsource.publisher.handler import CommandHandler
@@ -42,9 +42,11 @@ class Publisher:
         self.stopped = True
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)  # in-flight commands finish within the grace period
-        await self.store.close()
-        await self.snapshots.close()
-        await self.nc.drain()
+        try:
+            await self.store.close()
+            await self.snapshots.close()
+        finally:
+            await release(self.nc)
 
 
 async def build(settings: PublisherSettings) -> Publisher:
