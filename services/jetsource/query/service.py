@@ -235,9 +235,10 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
 
     async def _from_store(self, cid: str, wanted: int, strict: bool) -> pb.GetContextResponse:
         """Not projected (yet): fold it from the stream, if it exists at all."""
-        await self._must_exist(cid)
         point = await self.loader.load(cid)
         have = point.state.version
+        if have == 0:
+            raise not_found(cid)
         if have < wanted and strict:
             raise QueryError(
                 grpc.StatusCode.FAILED_PRECONDITION,
