@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -22,8 +23,35 @@ from jetsource._gen.context.v1 import commands_pb2_grpc as pb_grpc
 from jetsource._gen.context.v1 import events_pb2, query_pb2, query_pb2_grpc
 from jetsource.core.clock import to_ns, to_timestamp
 from jetsource.core.ids import uuid7
+from jetsource.core.settings import GrpcClientSettings
 
 R = TypeVar("R")
+
+
+def open_channel(
+    target: str, security: GrpcClientSettings | None = None
+) -> tuple[grpc.aio.Channel, tuple[tuple[str, str], ...]]:
+    """A channel to a jetsource gRPC service and the metadata every call carries
+    (the bearer token, if any). TLS when ``security.tls`` is on: the CA file (else the
+    system CAs), a client certificate for mutual TLS, a server-name override."""
+    s = security or GrpcClientSettings()
+    metadata: tuple[tuple[str, str], ...] = ()
+    if s.token is not None and s.token.get_secret_value():
+        metadata = (("authorization", f"Bearer {s.token.get_secret_value()}"),)
+    if not s.tls.active:
+        return grpc.aio.insecure_channel(target), metadata
+
+    def read(path: Path | None) -> bytes | None:
+        return path.read_bytes() if path is not None else None
+
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=read(s.tls.ca_file),
+        private_key=read(s.tls.key_file or s.tls.cert_file) if s.tls.cert_file else None,
+        certificate_chain=read(s.tls.cert_file),
+    )
+    options = [("grpc.ssl_target_name_override", s.server_name)] if s.server_name else []
+    return grpc.aio.secure_channel(target, credentials, options=options), metadata
+
 
 STATUSES = {
     "todo": events_pb2.SUBTASK_STATUS_TODO,
@@ -35,8 +63,14 @@ STATUSES = {
 
 
 class ContextClient:
-    def __init__(self, target: str, timeout: float = 10.0, actor: str = "") -> None:
-        self._channel = grpc.aio.insecure_channel(target)
+    def __init__(
+        self,
+        target: str,
+        timeout: float = 10.0,
+        actor: str = "",
+        security: GrpcClientSettings | None = None,
+    ) -> None:
+        self._channel, self._metadata = open_channel(target, security)
         self._stub = pb_grpc.ContextCommandServiceStub(self._channel)
         self._timeout = timeout
         self._actor = actor
@@ -69,7 +103,9 @@ class ContextClient:
         if expected_version is not None:
             options.expected_version = expected_version
         request = getattr(pb, f"{rpc}Request")(context_id=context_id, options=options, **fields)
-        response = await getattr(self._stub, rpc)(request, timeout=self._timeout)
+        response = await getattr(self._stub, rpc)(
+            request, timeout=self._timeout, metadata=self._metadata
+        )
         result: pb.CommandResult = response.result
         return result
 
@@ -215,8 +251,10 @@ class QueryClient:
         async for change in q.watch("story-1", from_version=1): ...
     """
 
-    def __init__(self, target: str, timeout: float = 10.0) -> None:
-        self._channel = grpc.aio.insecure_channel(target)
+    def __init__(
+        self, target: str, timeout: float = 10.0, security: GrpcClientSettings | None = None
+    ) -> None:
+        self._channel, self._metadata = open_channel(target, security)
         self._stub = query_pb2_grpc.ContextQueryServiceStub(self._channel)
         self._timeout = timeout
 
@@ -230,7 +268,9 @@ class QueryClient:
         await self._channel.close()
 
     async def _query(self, rpc: str, request: Any, answer: type[R]) -> R:
-        response = await getattr(self._stub, rpc)(request, timeout=self._timeout)
+        response = await getattr(self._stub, rpc)(
+            request, timeout=self._timeout, metadata=self._metadata
+        )
         assert isinstance(response, answer)
         return response
 
@@ -288,4 +328,4 @@ class QueryClient:
         """A server stream of WatchContextResponse (iterate it with ``async for``;
         ``cancel()`` it to stop)."""
         request = query_pb2.WatchContextRequest(context_id=context_id, from_version=from_version)
-        return self._stub.WatchContext(request, timeout=timeout)
+        return self._stub.WatchContext(request, timeout=timeout, metadata=self._metadata)

@@ -36,10 +36,13 @@ def _run(
     publisher: str | None,
     actor: str | None,
 ) -> None:
-    target = publisher or PublisherSettings.load().publisher.target()
+    settings = PublisherSettings.load()
+    target = publisher or settings.publisher.target()
 
     async def go() -> Any:
-        async with ContextClient(target, actor=actor or getpass.getuser()) as client:
+        async with ContextClient(
+            target, actor=actor or getpass.getuser(), security=settings.client
+        ) as client:
             return await call(client)
 
     try:
@@ -193,7 +196,8 @@ def show(
     query: str | None = typer.Option(None, "--query", help="host:port (default from settings)"),
 ) -> None:
     """Show a context through the query service: now, or at a version or time."""
-    target = query or QuerySettings.load().query.target()
+    settings = QuerySettings.load()
+    target = query or settings.query.target()
     point: int | datetime | None = None
     if at is not None:
         try:
@@ -203,7 +207,7 @@ def show(
             raise typer.Exit(2) from exc
 
     async def load() -> tuple[Any, str]:
-        async with QueryClient(target) as q:
+        async with QueryClient(target, security=settings.client) as q:
             if point is None:
                 r = await q.get_context(context_id)
                 return r.context, "now"

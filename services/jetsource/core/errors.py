@@ -45,3 +45,8 @@ class ConcurrencyError(JetsourceError):
         super().__init__(
             f"aggregate {aggregate_id!r} is at version {actual}, append expected {expected}"
         )
+
+
+class AccessDeniedError(JetsourceError):
+    """A server refused this process's credentials or certificate. Retrying will not
+    help: the configuration must change. The message names the server, never a secret."""

@@ -38,6 +38,46 @@ class TlsSettings(BaseModel):
         return self.enabled or self.ca_file is not None or self.cert_file is not None
 
 
+class ServerTlsSettings(BaseModel):
+    """Server TLS for a gRPC service. ``client_ca_file`` set means mutual TLS: clients
+    must present a certificate signed by it."""
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    client_ca_file: Path | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.cert_file is not None
+
+
+class GrpcServerSettings(BaseModel):
+    """What the gRPC services (publisher, query) accept: ``JETSOURCE_GRPC__...``.
+
+    ``auth_tokens`` non-empty means every call but the health check needs
+    ``authorization: Bearer <one of them>`` (a JSON list in the environment, or a
+    file ``grpc__auth_tokens`` in the secrets directory). A client is its token, else
+    its connection; ``max_inflight_per_client`` bounds its concurrent calls, so one
+    misbehaving client cannot take every slot. ``health_port`` serves only
+    grpc.health.v1 in plain text, for probes that cannot speak TLS (Kubernetes)."""
+
+    tls: ServerTlsSettings = ServerTlsSettings()
+    auth_tokens: list[SecretStr] = Field(default_factory=list)
+    max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_inflight_per_client: int = Field(default=64, ge=1)
+    health_port: int = Field(default=0, ge=0)
+
+
+class GrpcClientSettings(BaseModel):
+    """How jetsource's clients (CLI, typed clients) reach the gRPC services:
+    ``JETSOURCE_CLIENT__...``. ``tls.enabled`` with no ``ca_file`` trusts the system CAs;
+    ``cert_file``/``key_file`` present a client certificate (mutual TLS)."""
+
+    tls: TlsSettings = TlsSettings()
+    server_name: str | None = None  # the name the server certificate must carry
+    token: SecretStr | None = None
+
+
 class NatsSettings(BaseModel):
     """NATS connection. ``url`` unset means the local devstack server."""
 
@@ -148,6 +188,8 @@ class JetsourceSettings(BaseSettings):
     eventstore: EventStoreSettings = EventStoreSettings()
     snapshots: SnapshotSettings = SnapshotSettings()
     devstack: DevstackSettings = DevstackSettings()
+    grpc: GrpcServerSettings = GrpcServerSettings()
+    client: GrpcClientSettings = GrpcClientSettings()
     log_level: str = Field(default="INFO")
     log_json: bool = True
 

@@ -106,6 +106,10 @@ class EmbeddedServer(ABC):
     def prepare(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
 
+    def environment(self) -> dict[str, str] | None:
+        """The process environment (None: inherit this one's)."""
+        return None
+
     def after_ready(self) -> None:
         """One-time setup once the server answers (e.g. create a database)."""
         return None
@@ -123,6 +127,7 @@ class EmbeddedServer(ABC):
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                env=self.environment(),
                 start_new_session=True,  # outlives the CLI that started it
             )
         finally:
@@ -164,12 +169,15 @@ class NatsServer(EmbeddedServer):
         monitor_port: int = 8222,
         sync_interval: str | None = None,
         server_name: str = "jetsource-local",
+        extra_config: str = "",
     ) -> None:
         super().__init__(data_dir, host)
         self.port = port
         self.monitor_port = monitor_port
         self.sync_interval = sync_interval
         self.server_name = server_name
+        # Appended to the config file: authorization, tls or cluster blocks.
+        self.extra_config = extra_config
 
     @staticmethod
     def binary() -> Path:
@@ -200,6 +208,7 @@ class NatsServer(EmbeddedServer):
             "jetstream {",
             *(f"  {k}: {json.dumps(v)}" for k, v in jetstream.items()),
             "}",
+            self.extra_config,
         ]
         return "\n".join(lines) + "\n"
 
@@ -226,9 +235,17 @@ class NatsServer(EmbeddedServer):
 class ValkeyServer(EmbeddedServer):
     name = "valkey"
 
-    def __init__(self, data_dir: Path, host: str = "127.0.0.1", port: int = 6379) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        host: str = "127.0.0.1",
+        port: int = 6379,
+        user: tuple[str, str] | None = None,
+    ) -> None:
         super().__init__(data_dir, host)
         self.port = port
+        # (name, password): an ACL user with every right, and the default user off.
+        self.user = user
 
     @staticmethod
     def binary() -> Path:
@@ -251,15 +268,39 @@ class ValkeyServer(EmbeddedServer):
             "--appendfsync", "everysec",
             "--save", "",
             "--protected-mode", "no",
+            *self._acl(),
         ]  # fmt: skip
+
+    def _acl(self) -> list[str]:
+        if self.user is None:
+            return []
+        name, password = self.user
+        return [
+            "--user",
+            "default",
+            "off",
+            "--user",
+            name,
+            "on",
+            f">{password}",
+            "~*",
+            "&*",
+            "+@all",
+        ]
+
+    def _client(self, timeout: float) -> Any:
+        import redis
+
+        name, password = self.user or (None, None)
+        return redis.Redis(
+            host=self.host, port=self.port, socket_timeout=timeout, username=name, password=password
+        )
 
     def address(self) -> str:
         return f"redis://{self.host}:{self.port}/0"
 
     def _info(self) -> dict[str, Any]:
-        import redis
-
-        client = redis.Redis(host=self.host, port=self.port, socket_timeout=2.0)
+        client = self._client(2.0)
         try:
             return dict(client.info("server"))
         finally:
@@ -268,7 +309,7 @@ class ValkeyServer(EmbeddedServer):
     def ready(self) -> bool:
         import redis
 
-        client = redis.Redis(host=self.host, port=self.port, socket_timeout=1.0)
+        client = self._client(1.0)
         try:
             return bool(client.ping())
         except redis.RedisError:

@@ -31,11 +31,26 @@ from jetsource.snapshotter.settings import SnapshotterSettings
 
 
 class GrpcService(EmbeddedServer):
-    def __init__(self, name: str, module: str, data_dir: Path, host: str, port: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        module: str,
+        data_dir: Path,
+        host: str,
+        port: int,
+        env: dict[str, str] | None = None,
+        health_port: int | None = None,
+    ) -> None:
         super().__init__(data_dir, host)
         self.name = name
         self.module = module
         self.port = port
+        self.env = env
+        # With TLS on, readiness is asked on the plain-text health-only port.
+        self.health_port = health_port
+
+    def environment(self) -> dict[str, str] | None:
+        return self.env
 
     def ports(self) -> list[int]:
         return [self.port]
@@ -47,7 +62,7 @@ class GrpcService(EmbeddedServer):
         return f"{self.host}:{self.port}"
 
     def ready(self) -> bool:
-        with grpc.insecure_channel(self.address()) as channel:
+        with grpc.insecure_channel(f"{self.host}:{self.health_port or self.port}") as channel:
             try:
                 response = health_pb2_grpc.HealthStub(channel).Check(
                     health_pb2.HealthCheckRequest(), timeout=1.0

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import re
+import ssl
 from typing import Any
 
-import nats
 from nats.aio.client import Client as NATS
 
 from jetsource.core.codec import EventRegistry
+from jetsource.core.errors import AccessDeniedError
 from jetsource.core.settings import JetsourceSettings
 from jetsource.eventstore.jetstream import JetStreamEventStore
 from jetsource.eventstore.snapshots import JetStreamSnapshotStore
+
+log = logging.getLogger("jetsource.nats")
 
 
 def nats_options(settings: JetsourceSettings) -> dict[str, Any]:
     n = settings.nats
     options: dict[str, Any] = {
-        "servers": [settings.nats_url()],
+        # A comma-separated URL lists a cluster's servers: the client fails over among them.
+        "servers": [u.strip() for u in settings.nats_url().split(",") if u.strip()],
         "connect_timeout": n.connect_timeout_s,
         "max_reconnect_attempts": -1,
         "name": n.name or "jetsource",
@@ -31,8 +39,6 @@ def nats_options(settings: JetsourceSettings) -> dict[str, Any]:
     if n.nkey_seed_file:
         options["nkeys_seed"] = str(n.nkey_seed_file)
     if n.tls.active:
-        import ssl
-
         context = ssl.create_default_context(cafile=str(n.tls.ca_file) if n.tls.ca_file else None)
         if n.tls.cert_file:
             context.load_cert_chain(str(n.tls.cert_file), str(n.tls.key_file or n.tls.cert_file))
@@ -41,8 +47,44 @@ def nats_options(settings: JetsourceSettings) -> dict[str, Any]:
     return options
 
 
+# What NATS answers when it will never accept this client as configured.
+_REFUSALS = ("authorization violation", "authentication", "certificate", "tls")
+
+
+def redact_url(url: str) -> str:
+    """The URL(s) without any user:password@ part, fit for a log or an error."""
+    return ",".join(re.sub(r"//[^/@]*@", "//***@", u) for u in url.split(","))
+
+
 async def connect(settings: JetsourceSettings) -> NATS:
-    return await nats.connect(**nats_options(settings))
+    """A connected client. Refused credentials or certificates raise AccessDeniedError at
+    once (nats-py would otherwise retry them forever); an absent server is waited for."""
+    loop = asyncio.get_running_loop()
+    refused: asyncio.Future[Exception] = loop.create_future()
+
+    async def on_error(exc: Exception) -> None:
+        text = str(exc).lower()
+        if isinstance(exc, ssl.SSLError) or any(k in text for k in _REFUSALS):
+            if not refused.done():
+                refused.set_result(exc)
+            log.error("nats refused this client: %s", exc)
+        else:
+            log.warning("nats: %s", exc)
+
+    nc = NATS()
+    connecting = asyncio.ensure_future(nc.connect(**nats_options(settings), error_cb=on_error))
+    waiting: set[asyncio.Future[Any]] = {connecting, refused}
+    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    if connecting.done() and connecting.exception() is None:
+        return nc
+    connecting.cancel()
+    with contextlib.suppress(BaseException):
+        await connecting
+    await nc.close()
+    reason = refused.result() if refused.done() else connecting.exception()
+    raise AccessDeniedError(
+        f"NATS at {redact_url(settings.nats_url())} refused this client: {reason}"
+    ) from reason
 
 
 async def release(nc: NATS) -> None:

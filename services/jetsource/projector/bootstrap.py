@@ -3,6 +3,7 @@ connections, the model registry and a factory for model versions out."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,9 +12,15 @@ from nats.aio.client import Client as NATS
 from neo4j import AsyncDriver
 from redis.asyncio import Redis
 
+from jetsource.core.errors import AccessDeniedError
 from jetsource.domain.context.events import registry as event_registry
 from jetsource.domain.context.history import StateLoader
-from jetsource.eventstore.bootstrap import open_event_store, open_snapshot_store, release
+from jetsource.eventstore.bootstrap import (
+    open_event_store,
+    open_snapshot_store,
+    redact_url,
+    release,
+)
 from jetsource.eventstore.jetstream import JetStreamEventStore
 from jetsource.eventstore.snapshots import JetStreamSnapshotStore
 from jetsource.projector.control import Control
@@ -31,6 +38,8 @@ from jetsource.projector.valkey_models import (
     timeline_spec,
 )
 from jetsource.snapshotter.model import SNAPSHOTS, SnapshotModel, snapshot_spec
+
+log = logging.getLogger("jetsource.projector")
 
 # name -> spec of a given version
 SPECS: dict[str, Callable[[int], ModelSpec]] = {
@@ -102,6 +111,34 @@ class Projection:
                 o.graph_label_prefix,
             )
         return model  # type: ignore[no-any-return]
+
+    async def check_access(self, valkey: bool, graph: bool) -> None:
+        """Refused credentials fail here, clearly, instead of as retried batches later.
+        A server that is merely down is not an error: the models wait for it."""
+        from neo4j.exceptions import AuthError
+        from redis.exceptions import AuthenticationError, ResponseError
+
+        if valkey:
+            try:
+                await self.redis.ping()
+            except (AuthenticationError, ResponseError) as exc:
+                if isinstance(exc, ResponseError) and "NOAUTH" not in str(exc).upper():
+                    raise
+                raise AccessDeniedError(
+                    f"Valkey at {redact_url(self.settings.valkey_url())} refused this client: {exc}"
+                ) from exc
+            except Exception as exc:
+                log.warning("valkey not reachable yet: %s", exc)
+        if graph:
+            try:
+                await self.graph.verify_connectivity()
+            except AuthError as exc:
+                raise AccessDeniedError(
+                    f"graph store at {self.settings.graph_uri()} refused user "
+                    f"{self.settings.graph_auth()[0]!r}: {exc.message or exc}"
+                ) from exc
+            except Exception as exc:
+                log.warning("graph store not reachable yet: %s", exc)
 
     async def close(self) -> None:
         try:

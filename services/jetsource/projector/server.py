@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from jetsource.core.grpcserver import stop_on_signals
+from jetsource.core.runner import run_service
 from jetsource.domain.context.serialize import STATE_SCHEMA_VERSION
 from jetsource.projector.bootstrap import Projection, open_projection
 from jetsource.projector.runtime import Worker
@@ -125,8 +126,15 @@ async def http_server(service: ProjectorService, host: str, port: int) -> asynci
 
 async def serve(settings: ProjectorSettings, name: str = "projector") -> None:
     projection = await open_projection(settings, provision=True)
-    service = ProjectorService(projection)
     o = settings.projector
+    try:
+        await projection.check_access(
+            valkey=bool({"context", "timeline"} & set(o.models)), graph="graph" in o.models
+        )
+    except BaseException:
+        await projection.close()
+        raise
+    service = ProjectorService(projection)
     server = await http_server(service, o.host, o.http_port) if o.http_port else None
     stop = stop_on_signals()
     log.info("%s running models %s", name, ", ".join(o.models))
@@ -138,9 +146,7 @@ async def serve(settings: ProjectorSettings, name: str = "projector") -> None:
 
 
 def main() -> None:
-    settings = ProjectorSettings.load()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
-    asyncio.run(serve(settings))
+    run_service("projector", ProjectorSettings.load(), serve)
 
 
 if __name__ == "__main__":

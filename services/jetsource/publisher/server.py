@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 
-import grpc
-from grpc_health.v1 import health
 from nats.aio.client import Client as NATS
 from prometheus_client import start_http_server
 
 from jetsource._gen.context.v1 import commands_pb2, commands_pb2_grpc
-from jetsource.core.grpcserver import start_grpc, stop_on_signals
+from jetsource.core.grpcserver import GrpcEndpoint, start_grpc, stop_on_signals
+from jetsource.core.runner import run_service
 from jetsource.domain.context.events import registry
 from jetsource.domain.context.history import StateLoader
 from jetsource.eventstore.bootstrap import open_event_store, open_snapshot_store, release
@@ -28,20 +26,21 @@ SERVICE_NAME = commands_pb2.DESCRIPTOR.services_by_name["ContextCommandService"]
 
 @dataclass
 class Publisher:
-    server: grpc.aio.Server
-    port: int
+    grpc: GrpcEndpoint
     nc: NATS
     store: JetStreamEventStore
-    health: health.aio.HealthServicer
     snapshots: JetStreamSnapshotStore
     stopped: bool = False
+
+    @property
+    def port(self) -> int:
+        return self.grpc.port
 
     async def stop(self, grace: float) -> None:
         if self.stopped:
             return
         self.stopped = True
-        await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)  # in-flight commands finish within the grace period
+        await self.grpc.stop(grace)  # in-flight commands finish within the grace period
         try:
             await self.store.close()
             await self.snapshots.close()
@@ -57,15 +56,16 @@ async def build(settings: PublisherSettings) -> Publisher:
     handler = CommandHandler(
         store, o.conflict_retries, o.conflict_backoff_s, o.state_cache_size, loader
     )
-    server, port, health_servicer = await start_grpc(
+    endpoint = await start_grpc(
         lambda server: commands_pb2_grpc.add_ContextCommandServiceServicer_to_server(
             ContextCommandService(handler, o.default_deadline_s), server
         ),
         SERVICE_NAME,
         o.target(),
         o.max_concurrent_rpcs,
+        settings.grpc,
     )
-    return Publisher(server, port, nc, store, health_servicer, snapshots)
+    return Publisher(endpoint, nc, store, snapshots)
 
 
 async def serve(settings: PublisherSettings) -> None:
@@ -80,9 +80,7 @@ async def serve(settings: PublisherSettings) -> None:
 
 
 def main() -> None:
-    settings = PublisherSettings.load()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
-    asyncio.run(serve(settings))
+    run_service("publisher", PublisherSettings.load(), serve)
 
 
 if __name__ == "__main__":

@@ -3,16 +3,14 @@ gRPC server (health, reflection, Prometheus /metrics on its own port)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 
-import grpc
-from grpc_health.v1 import health
 from prometheus_client import start_http_server
 
 from jetsource._gen.context.v1 import query_pb2, query_pb2_grpc
-from jetsource.core.grpcserver import start_grpc, stop_on_signals
+from jetsource.core.grpcserver import GrpcEndpoint, start_grpc, stop_on_signals
+from jetsource.core.runner import run_service
 from jetsource.domain.context.history import StateLoader
 from jetsource.projector.bootstrap import Projection, open_projection
 from jetsource.query.service import ContextQueryService
@@ -24,34 +22,41 @@ SERVICE_NAME = query_pb2.DESCRIPTOR.services_by_name["ContextQueryService"].full
 
 @dataclass
 class Query:
-    server: grpc.aio.Server
-    port: int
+    grpc: GrpcEndpoint
     projection: Projection
-    health: health.aio.HealthServicer
     stopped: bool = False
+
+    @property
+    def port(self) -> int:
+        return self.grpc.port
 
     async def stop(self, grace: float) -> None:
         if self.stopped:
             return
         self.stopped = True
-        await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)  # open watches end; in-flight reads finish
+        await self.grpc.stop(grace)  # open watches end; in-flight reads finish
         await self.projection.close()
 
 
 async def build(settings: QuerySettings) -> Query:
     projection = await open_projection(settings, provision=False)
+    try:
+        await projection.check_access(valkey=True, graph=True)
+    except BaseException:
+        await projection.close()
+        raise
     o = settings.query
     loader = StateLoader(projection.store, projection.snapshots, settings.snapshots.cache_size)
-    server, port, health_servicer = await start_grpc(
+    endpoint = await start_grpc(
         lambda server: query_pb2_grpc.add_ContextQueryServiceServicer_to_server(
             ContextQueryService(projection, loader, o), server
         ),
         SERVICE_NAME,
         o.target(),
         o.max_concurrent_rpcs,
+        settings.grpc,
     )
-    return Query(server, port, projection, health_servicer)
+    return Query(endpoint, projection)
 
 
 async def serve(settings: QuerySettings) -> None:
@@ -66,9 +71,7 @@ async def serve(settings: QuerySettings) -> None:
 
 
 def main() -> None:
-    settings = QuerySettings.load()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
-    asyncio.run(serve(settings))
+    run_service("query", QuerySettings.load(), serve)
 
 
 if __name__ == "__main__":

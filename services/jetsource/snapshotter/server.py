@@ -4,17 +4,17 @@ durable consumer ``jetsource-snapshots-v<state schema>``), with /metrics and
 
 from __future__ import annotations
 
-import asyncio
-import logging
+from functools import partial
 
+from jetsource.core.runner import run_service
 from jetsource.projector.server import serve
 from jetsource.snapshotter.settings import SnapshotterSettings
 
 
 def main() -> None:
-    settings = SnapshotterSettings.load()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
-    asyncio.run(serve(settings.runtime(), name="snapshotter"))
+    run_service(
+        "snapshotter", SnapshotterSettings.load().runtime(), partial(serve, name="snapshotter")
+    )
 
 
 if __name__ == "__main__":

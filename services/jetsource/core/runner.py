@@ -1,0 +1,26 @@
+"""How each service process runs: logging from settings, then its serve coroutine; a
+server that refuses the service's credentials ends it with one clear line and exit
+code 2 (restarting cannot help), never a retry loop or a traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+from jetsource.core.errors import AccessDeniedError
+from jetsource.core.settings import JetsourceSettings
+
+S = TypeVar("S", bound=JetsourceSettings)
+EXIT_ACCESS_DENIED = 2
+
+
+def run_service(name: str, settings: S, serve: Callable[[S], Coroutine[Any, Any, None]]) -> None:
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
+    try:
+        asyncio.run(serve(settings))
+    except AccessDeniedError as exc:
+        logging.getLogger(f"jetsource.{name}").error("%s cannot start: %s", name, exc)
+        sys.exit(EXIT_ACCESS_DENIED)
