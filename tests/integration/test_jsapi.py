@@ -103,6 +103,36 @@ async def test_batched_direct_get_pages_through_a_filtered_subject(
     assert [m async for m in jsapi.direct_get_batch(replies, name, f"{p}.none.>", 1, 5)] == []
 
 
+async def test_direct_get_page_returns_at_most_a_batch_and_what_is_left(
+    stream: tuple[Replies, str, str],
+) -> None:
+    replies, name, p = stream
+    for i in range(20):  # a at even sequences, b at odd ones
+        await jsapi.publish(replies, out(f"{p}.{'a' if i % 2 else 'b'}.{i}", str(i).encode()), 5)
+    page = await jsapi.direct_get_page(replies, name, f"{p}.a.>", 1, 3, 5)
+    assert [m.seq for m in page.messages] == [2, 4, 6] and page.pending == 7
+    assert [m.subject for m in page.messages] == [f"{p}.a.1", f"{p}.a.3", f"{p}.a.5"]
+    assert [m.data for m in page.messages] == [b"1", b"3", b"5"]
+    assert all(m.time_ns > 0 and m.headers["Nats-Stream"] == name for m in page.messages)
+    page = await jsapi.direct_get_page(replies, name, f"{p}.a.>", 15, 3, 5)
+    assert [m.seq for m in page.messages] == [16, 18, 20] and page.pending == 0
+    page = await jsapi.direct_get_page(replies, name, f"{p}.a.>", 17, 100, 5)  # beyond the end
+    assert [m.seq for m in page.messages] == [18, 20] and page.pending == 0
+    assert await jsapi.direct_get_page(replies, name, f"{p}.a.>", 21, 5, 5) == jsapi.Page([], 0)
+    assert await jsapi.direct_get_page(replies, name, f"{p}.none.>", 1, 5, 5) == jsapi.Page([], 0)
+    # Paging through with pages of one equals one big page.
+    one_by_one = [m async for m in jsapi.direct_get_batch(replies, name, f"{p}.b.>", 1, 5, page=1)]
+    whole = await jsapi.direct_get_page(replies, name, f"{p}.b.>", 1, 1000, 5)
+
+    def key(m: jsapi.RawMessage) -> tuple[int, str, int, bytes]:
+        return m.seq, m.subject, m.time_ns, m.data
+
+    assert [key(m) for m in one_by_one] == [key(m) for m in whole.messages]
+    assert len(whole.messages) == 10
+    with pytest.raises(ValueError, match="batch"):
+        await jsapi.direct_get_page(replies, name, f"{p}.a.>", 1, 0, 5)
+
+
 async def test_last_for_subject_and_first_at_or_after(stream: tuple[Replies, str, str]) -> None:
     replies, name, p = stream
     for i in range(5):

@@ -1,8 +1,9 @@
 """Raw `$JS.API` requests that nats-py 2.16 has no helpers for.
 
 - atomic batch publish (ADR-50, server 2.12+), pipelined: one round trip per batch;
-- batched direct get (ADR-31) with paging, and single direct gets by sequence, last
-  message of a (wildcard) subject, or first message at or after a time;
+- batched direct get (ADR-31): one page of a given size, or paging through all, and
+  single direct gets by sequence, last message of a (wildcard) subject, or first
+  message at or after a time;
 - stream create/update/info, consumers and message deletion as plain JSON;
 - a continuous pull from a durable consumer that returns what has arrived.
 
@@ -268,6 +269,50 @@ async def first_at_or_after(
     return await direct_get(replies, stream, request, timeout)
 
 
+@dataclass(frozen=True)
+class Page:
+    """One batched direct get: the messages, and how many more match after them."""
+
+    messages: list[RawMessage]
+    pending: int  # matching messages stored after the last one returned (0: none)
+
+
+async def direct_get_page(
+    replies: Replies, stream: str, subject: str, from_seq: int, batch: int, timeout: float
+) -> Page:
+    """Up to ``batch`` messages matching ``subject`` (wildcards allowed) at or after
+    ``from_seq``, in stream order, in one request (ADR-31 batched direct get: the
+    server sends them, then an end-of-batch status 204 saying how many more match)."""
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}")
+    reply, queue = replies.open()
+    messages: list[RawMessage] = []
+    try:
+        body = {"seq": max(from_seq, 1), "batch": batch, "next_by_subj": subject}
+        await replies._nc.publish(
+            f"$JS.API.DIRECT.GET.{stream}", json.dumps(body).encode(), reply=reply
+        )
+        while True:
+            msg = queue.get_nowait() if not queue.empty() else None
+            if msg is None:
+                async with asyncio.timeout(timeout):
+                    msg = await queue.get()
+            status = _status(msg)
+            if status is None:
+                messages.append(_raw(msg))
+                continue
+            if status == "204":  # end of this batch
+                pending = int((msg.headers or {}).get("Nats-Num-Pending", "0"))
+                return Page(messages, pending)
+            if status == "404":  # nothing (more) matches
+                return Page(messages, 0)
+            if status == "503":
+                raise NoRespondersError(stream)
+            raise JsApiError(int(status), 0, (msg.headers or {}).get("Description", ""))
+    finally:
+        replies.close(reply)
+
+
 async def direct_get_batch(
     replies: Replies,
     stream: str,
@@ -280,36 +325,12 @@ async def direct_get_batch(
     fetched ``page`` at a time with batched direct get."""
     seq = max(from_seq, 1)
     while True:
-        reply, queue = replies.open()
-        try:
-            body = {"seq": seq, "batch": page, "next_by_subj": subject}
-            await replies._nc.publish(
-                f"$JS.API.DIRECT.GET.{stream}", json.dumps(body).encode(), reply=reply
-            )
-            pending = 0
-            while True:
-                msg = queue.get_nowait() if not queue.empty() else None
-                if msg is None:
-                    async with asyncio.timeout(timeout):
-                        msg = await queue.get()
-                status = _status(msg)
-                if status is None:
-                    raw = _raw(msg)
-                    seq = raw.seq + 1
-                    yield raw
-                    continue
-                if status == "204":  # end of this batch
-                    pending = int((msg.headers or {}).get("Nats-Num-Pending", "0"))
-                    break
-                if status == "404":
-                    return
-                if status == "503":
-                    raise NoRespondersError(stream)
-                raise JsApiError(int(status), 0, (msg.headers or {}).get("Description", ""))
-        finally:
-            replies.close(reply)
-        if pending == 0:
+        got = await direct_get_page(replies, stream, subject, seq, page, timeout)
+        for raw in got.messages:
+            yield raw
+        if got.pending == 0 or not got.messages:
             return
+        seq = got.messages[-1].seq + 1
 
 
 # -- pull consumers ---------------------------------------------------------------
