@@ -183,6 +183,51 @@ class EventStoreContract:
         with pytest.raises(ValidationError):
             await store.read_aggregate("range", from_version=0)
 
+    async def test_bounded_reads_of_interleaved_aggregates_are_exact(self, store: Store) -> None:
+        """Every combination of version range, start hint and sequence bound gives
+        exactly the matching events, with another aggregate's events in between."""
+        for i in range(10):
+            for agg in ("left", "right"):
+                v = await store.last_version(agg)
+                batch = ([created()] if v == 0 else []) + [
+                    decision(10 * v + j) for j in range(1 + i % 3)
+                ]
+                await store.append(agg, batch, v)
+        full = await store.read_aggregate("left")
+        n, seqs = len(full), [r.stream_seq for r in full]
+        assert [r.version for r in full] == list(range(1, n + 1))
+        others = [r.stream_seq for r in await store.read_aggregate("right")]
+        last_seq = max(seqs[-1], others[-1])
+
+        def expected(lo: int, hi: int | None, to_seq: int | None) -> list[int]:
+            return [
+                r.version
+                for r in full
+                if r.version >= lo
+                and (hi is None or r.version <= hi)
+                and (to_seq is None or r.stream_seq <= to_seq)
+            ]
+
+        for lo in (1, 2, n // 2, n, n + 1):
+            hints = [1] + ([seqs[lo - 2] + 1] if 2 <= lo <= n + 1 else [])
+            bounds: list[int | None] = [None, 0, last_seq + 100]
+            if lo <= n:
+                bounds += [seqs[lo - 1], seqs[lo - 1] - 1, seqs[min(lo + 2, n - 1)]]
+                bounds += [s for s in others if s > seqs[lo - 1]][:1]  # between them
+            for hi in (None, lo - 1, lo, lo + 3, n, n + 5):
+                for hint in hints:
+                    for to_seq in bounds:
+                        got = await store.read_aggregate(
+                            "left", from_version=lo, to_version=hi, from_seq=hint, to_seq=to_seq
+                        )
+                        assert [r.version for r in got] == expected(lo, hi, to_seq), (
+                            lo,
+                            hi,
+                            hint,
+                            to_seq,
+                        )
+                        assert [r.stream_seq for r in got] == [seqs[r.version - 1] for r in got]
+
     async def test_read_all_in_global_order_with_filters(self, store: Store) -> None:
         a = await store.append("a", [created(), decision(1)], NO_STREAM)
         b = await store.append("b", [created()], NO_STREAM)

@@ -107,6 +107,39 @@ async def test_lost_ack_is_retried_and_returns_the_original(
     await store.close()
 
 
+async def test_a_bounded_read_fetches_only_the_events_it_returns(
+    nc: NATS, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = JetStreamEventStore(nc, registry, isolated_settings(unique))
+    await store.ensure_streams()
+    await store.append("a", [created(), *[decision(i) for i in range(29)]], NO_STREAM)
+    await store.append("b", [created()], NO_STREAM)
+    await store.append("a", [decision(99)], 30)
+    full = await store.read_aggregate("a")
+    after_10 = full[9].stream_seq + 1  # like a snapshot at version 10
+
+    async def received(**bounds: int) -> tuple[list[int], int]:
+        before = nc.stats["in_msgs"]
+        got = await store.read_aggregate("a", from_version=11, from_seq=after_10, **bounds)
+        return [r.version for r in got], nc.stats["in_msgs"] - before
+
+    # The events asked for and one end-of-batch status, nothing after them.
+    assert await received(to_version=15) == ([11, 12, 13, 14, 15], 6)
+    assert await received(to_seq=full[14].stream_seq) == ([11, 12, 13, 14, 15], 6)
+    assert await received(to_version=31, to_seq=full[29].stream_seq) == (
+        list(range(11, 31)),
+        21,
+    )
+    # Beyond the end: what there is.
+    assert (await received(to_version=40))[0] == list(range(11, 32))
+    # From a hint below from_version, in small pages: whole pages up to it, then exact.
+    monkeypatch.setattr(jsapi, "DIRECT_GET_PAGE", 4)
+    got = await store.read_aggregate("a", from_version=11, to_version=15)
+    assert [r.version for r in got] == [11, 12, 13, 14, 15]
+    assert [r.version for r in await store.read_aggregate("a")] == list(range(1, 32))
+    await store.close()
+
+
 async def test_unknown_event_types_and_versions_decode_to_unknown(nc: NATS, unique: str) -> None:
     settings = isolated_settings(unique)
     store = JetStreamEventStore(nc, registry, settings)

@@ -403,24 +403,51 @@ class JetStreamEventStore:
         to_version: int | None = None,
         until_time: datetime | int | None = None,
         from_seq: int = 1,
+        to_seq: int | None = None,
     ) -> list[RecordedEvent]:
         check_read(aggregate_id, from_version)
         await self.start()
         limit_ns = to_ns(until_time) if until_time is not None else None
-        seq_bound = await self.seq_at_time(limit_ns) if limit_ns is not None else None
+        seq_bound = to_seq
+        if limit_ns is not None:
+            at = await self.seq_at_time(limit_ns)
+            seq_bound = at if seq_bound is None else min(seq_bound, at)
+        subject = self._subject_filter(aggregate_id)
+        stream, timeout = self._cfg.stream, self._cfg.request_timeout_s
         out: list[RecordedEvent] = []
 
         async def collect() -> None:
             out.clear()  # a retried read starts over
-            async for record in self._scan(self._subject_filter(aggregate_id), from_seq):
-                if seq_bound is not None and record.stream_seq > seq_bound:
-                    break
-                if to_version is not None and record.version > to_version:
-                    break
-                if limit_ns is not None and record.recorded_at_ns > limit_ns:
-                    break
-                if record.version >= from_version:
-                    out.append(record)
+            seq, wanted = from_seq, from_version  # next sequence to ask for, next version
+            while True:
+                # Versions are contiguous, so a read up to a version asks for exactly
+                # the events it still lacks, and never for more than the sequence bound
+                # allows. Only while it walks up to from_version from a from_seq hint
+                # below it (seen after a first page) does it take whole pages.
+                batch = jsapi.DIRECT_GET_PAGE
+                if to_version is not None and (out or seq == from_seq):
+                    batch = min(batch, to_version - wanted + 1)
+                if seq_bound is not None:
+                    batch = min(batch, seq_bound - seq + 1)
+                if batch < 1:
+                    return
+                page = await jsapi.direct_get_page(
+                    self._replies, stream, subject, seq, batch, timeout
+                )
+                for raw in page.messages:
+                    if seq_bound is not None and raw.seq > seq_bound:
+                        return
+                    record = self.decode(raw)
+                    if to_version is not None and record.version > to_version:
+                        return
+                    if limit_ns is not None and record.recorded_at_ns > limit_ns:
+                        return
+                    if record.version >= from_version:
+                        out.append(record)
+                        wanted = record.version + 1
+                if page.pending == 0 or not page.messages:
+                    return
+                seq = page.messages[-1].seq + 1
 
         await self._call(collect)
         if out:

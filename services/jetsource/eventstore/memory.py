@@ -116,6 +116,7 @@ class InMemoryEventStore:
         to_version: int | None = None,
         until_time: datetime | int | None = None,
         from_seq: int = 1,
+        to_seq: int | None = None,
     ) -> list[RecordedEvent]:
         check_read(aggregate_id, from_version)
         limit = to_ns(until_time) if until_time is not None else None
@@ -123,6 +124,7 @@ class InMemoryEventStore:
             r
             for r in self._by_aggregate.get(aggregate_id, [])
             if r.stream_seq >= from_seq
+            and (to_seq is None or r.stream_seq <= to_seq)
             and r.version >= from_version
             and (to_version is None or r.version <= to_version)
             and (limit is None or r.recorded_at_ns <= limit)

@@ -22,10 +22,12 @@ class EventStore(Protocol):
         to_version: int | None = None,
         until_time: datetime | int | None = None,
         from_seq: int = 1,
+        to_seq: int | None = None,
     ) -> list[RecordedEvent]:
-        """Events of one aggregate in version order, bounded by version and/or time
-        (recorded at or before ``until_time``). ``from_seq`` is a hint (e.g. a
-        snapshot's last sequence) where to start looking."""
+        """Events of one aggregate in version order, bounded by version, time
+        (recorded at or before ``until_time``) and/or stream sequence (at or below
+        ``to_seq``, e.g. ``seq_at_time`` of a time the caller has looked up already).
+        ``from_seq`` is a hint (e.g. a snapshot's last sequence) where to start looking."""
 
     def read_all(
         self, from_seq: int = 1, to_seq: int | None = None, subject_filter: str | None = None
