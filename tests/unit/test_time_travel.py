@@ -6,6 +6,7 @@ tests/integration/test_snapshots.py."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import datetime
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 from jetsource.domain.context.events import registry
 from jetsource.domain.context.history import StateLoader
 from jetsource.eventstore.memory import InMemoryEventStore
-from jetsource.eventstore.snapshots import InMemorySnapshotStore
+from jetsource.eventstore.snapshots import InMemorySnapshotStore, Snapshot
 from tests.contract_snapshots import SnapshotStoreContract
 from tests.history_fixtures import append_history, probe_times, save_snapshots, state_at
 
@@ -99,3 +100,59 @@ async def test_old_schema_snapshots_are_never_read() -> None:
     point = await StateLoader(store, snapshots).load("s1")
     assert (point.snapshot_version, point.events_folded) == (20, 20)
     assert point.state == state_at(records)
+
+
+class CountingSnapshots(InMemorySnapshotStore):
+    def __init__(self, keep: int = 5) -> None:
+        super().__init__(keep)
+        self.asked = 0
+
+    async def latest(self, aggregate_id: str) -> Snapshot | None:
+        self.asked += 1
+        return await super().latest(aggregate_id)
+
+    async def history(self, aggregate_id: str) -> list[Snapshot]:
+        self.asked += 1
+        return await super().history(aggregate_id)
+
+
+class CountingStore(InMemoryEventStore):
+    times_looked_up = 0
+
+    async def seq_at_time(self, time: datetime | int) -> int:
+        self.times_looked_up += 1
+        return await super().seq_at_time(time)
+
+
+async def test_points_between_listed_snapshots_need_no_snapshot_lookup() -> None:
+    store = CountingStore(registry, clock=ticking_clock([1000]))
+    snapshots = CountingSnapshots(keep=5)
+    records = await append_history(store, "s1", 60, 4)
+    await save_snapshots(snapshots, records, [10, 20, 30, 40, 50])
+    loader = StateLoader(store, snapshots)
+    first = await loader.load("s1", to_version=35)  # the latest (50) is past it: list them
+    assert (first.snapshot_version, snapshots.asked) == (30, 2)
+    for v in range(10, 50):
+        point = await loader.load("s1", to_version=v)
+        assert point.state == state_at(records, v)
+        assert point.snapshot_version == v // 10 * 10
+        assert point.base is not None and point.base.version == point.snapshot_version
+    for v in range(10, 50):
+        t = records[v - 1].recorded_at_ns
+        point = await loader.load("s1", until=t)
+        assert point.state == state_at(records, until=t) and point.snapshot_version == v // 10 * 10
+    assert snapshots.asked == 2 + 3 * 2  # fetching 10, 20 and 40 to decode them, once
+    assert store.times_looked_up == 40  # once per time, not again for the tail
+    # Past the newest listed snapshot the store is asked again; new ones are found.
+    await save_snapshots(snapshots, records, [60])
+    point = await loader.load("s1")
+    assert (point.snapshot_version, point.state) == (60, state_at(records))
+    # A listed snapshot deleted since is still a correct start: events never change.
+    assert await snapshots.delete_after("s1", 15) == 5
+    point = await loader.load("s1", to_version=45)
+    assert (point.snapshot_version, point.state) == (40, state_at(records, 45))
+    # Without a cache nothing is listed or kept.
+    bare = StateLoader(store, snapshots, cache_size=0)
+    await save_snapshots(snapshots, records, [10, 50])
+    assert (await bare.load("s1", to_version=12)).snapshot_version == 10
+    assert bare._listed == {} and bare._cache == {}

@@ -17,7 +17,7 @@ import json
 import logging
 import zlib
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from jetsource.core.clock import to_ns
@@ -25,7 +25,7 @@ from jetsource.core.envelope import RecordedEvent
 from jetsource.domain.context.model import ContextState, fold
 from jetsource.domain.context.serialize import STATE_SCHEMA_VERSION, state_from_dict, state_to_dict
 from jetsource.eventstore.port import EventStore
-from jetsource.eventstore.snapshots import Snapshot, SnapshotStore
+from jetsource.eventstore.snapshots import Snapshot, SnapshotStore, choose
 
 log = logging.getLogger("jetsource.history")
 
@@ -106,9 +106,19 @@ class PointInTime:
     snapshot_version: int = 0  # the snapshot it started from (0: none)
     events_folded: int = 0
     keys: Keys = field(default_factory=dict)  # only when asked for
+    # The decoded snapshot state it started from, shared by every load from that
+    # snapshot (never changed): what did not change since is the same object in both.
+    base: ContextState | None = None
 
 
 class StateLoader:
+    """Loads states through snapshots. Two caches, both of facts that never change
+    (events are never deleted, so a snapshot of this schema is the fold of its
+    versions for good): decoded snapshot states, and per aggregate the list of
+    snapshots kept when it was last listed. With that list, a point that has a
+    listed snapshot at or before it and one past it is served without asking the
+    snapshot store: snapshots stored later are past the point too."""
+
     def __init__(
         self,
         store: EventStore,
@@ -120,9 +130,15 @@ class StateLoader:
         self.cache_size = cache_size
         # (aggregate, version, snapshot seq) -> decoded state: snapshots never change
         self._cache: OrderedDict[tuple[str, int, int], ContextState] = OrderedDict()
+        # aggregate -> its snapshots (without their state) as last listed
+        self._listed: OrderedDict[str, list[Snapshot]] = OrderedDict()
+
+    @staticmethod
+    def _key(snapshot: Snapshot) -> tuple[str, int, int]:
+        return (snapshot.aggregate_id, snapshot.version, snapshot.snapshot_seq)
 
     def _decoded(self, snapshot: Snapshot) -> ContextState:
-        key = (snapshot.aggregate_id, snapshot.version, snapshot.snapshot_seq)
+        key = self._key(snapshot)
         state = self._cache.get(key)
         if state is None:
             state = decode_state(snapshot)
@@ -133,6 +149,49 @@ class StateLoader:
         else:
             self._cache.move_to_end(key)
         return state
+
+    def _list(self, aggregate_id: str, kept: list[Snapshot]) -> None:
+        if self.cache_size:
+            self._listed[aggregate_id] = [
+                replace(s, state=b"", idempotency_keys=b"")
+                for s in kept
+                if s.schema_version == STATE_SCHEMA_VERSION
+            ]
+            self._listed.move_to_end(aggregate_id)
+            while len(self._listed) > self.cache_size:
+                self._listed.popitem(last=False)
+
+    def _from_list(
+        self, aggregate_id: str, to_version: int | None, max_seq: int | None
+    ) -> tuple[Snapshot, ContextState] | None:
+        """The best listed snapshot for the point, if the point lies between listed
+        ones (so no snapshot stored since can be closer) and its state is decoded."""
+        listed = self._listed.get(aggregate_id)
+        if not listed:
+            return None
+        best = choose(listed, STATE_SCHEMA_VERSION, to_version, max_seq)
+        if best is None or all(s.usable(STATE_SCHEMA_VERSION, to_version, max_seq) for s in listed):
+            return None
+        state = self._cache.get(self._key(best))
+        if state is None:
+            return None
+        self._cache.move_to_end(self._key(best))
+        self._listed.move_to_end(aggregate_id)
+        return best, state
+
+    async def _find(
+        self, aggregate_id: str, to_version: int | None, max_seq: int | None
+    ) -> Snapshot | None:
+        """The newest usable snapshot: usually the latest one; else list them all."""
+        assert self.snapshots is not None
+        latest = await self.snapshots.latest(aggregate_id)
+        if latest is None:
+            return None
+        if latest.usable(STATE_SCHEMA_VERSION, to_version, max_seq):
+            return latest
+        kept = await self.snapshots.history(aggregate_id)
+        self._list(aggregate_id, kept)
+        return choose(kept, STATE_SCHEMA_VERSION, to_version, max_seq)
 
     async def load(
         self,
@@ -145,32 +204,38 @@ class StateLoader:
         """State after every event up to ``to_version`` and recorded at or before
         ``until`` (both optional)."""
         limit_ns = to_ns(until) if until is not None else None
+        # Stream times never go backwards: "recorded by then" is "at or below this
+        # sequence", looked up once and used for both the snapshot and the tail.
         max_seq = await self.store.seq_at_time(limit_ns) if limit_ns is not None else None
         point = PointInTime(ContextState(id=aggregate_id))
-        snapshot = None
-        if use_snapshots and self.snapshots is not None and to_version != 0:
-            snapshot = await self.snapshots.find(
-                aggregate_id, STATE_SCHEMA_VERSION, to_version, max_seq
-            )
-        if snapshot is not None:
-            try:
-                state = self._decoded(snapshot)
-                point = PointInTime(
-                    state, snapshot.last_seq, snapshot.recorded_at_ns, snapshot.version
-                )
-                if keys:
-                    point.keys = decode_keys(snapshot.idempotency_keys)
-            except (SnapshotDecodeError, ValueError) as exc:
-                log.warning("%s: snapshot v%d skipped: %s", aggregate_id, snapshot.version, exc)
-                point = PointInTime(ContextState(id=aggregate_id))
+        if use_snapshots and self.snapshots is not None and to_version != 0 and max_seq != 0:
+            found = None if keys else self._from_list(aggregate_id, to_version, max_seq)
+            snapshot = found[0] if found else await self._find(aggregate_id, to_version, max_seq)
+            if snapshot is not None:
+                try:
+                    state = found[1] if found else self._decoded(snapshot)
+                    point = PointInTime(
+                        state,
+                        snapshot.last_seq,
+                        snapshot.recorded_at_ns,
+                        snapshot.version,
+                        base=state,
+                    )
+                    if keys:
+                        point.keys = decode_keys(snapshot.idempotency_keys)
+                except (SnapshotDecodeError, ValueError) as exc:
+                    log.warning("%s: snapshot v%d skipped: %s", aggregate_id, snapshot.version, exc)
+                    point = PointInTime(ContextState(id=aggregate_id))
         if to_version is not None and point.state.version >= to_version:
+            return point
+        if max_seq is not None and point.last_seq >= max_seq:
             return point
         tail = await self.store.read_aggregate(
             aggregate_id,
             from_version=point.state.version + 1,
             to_version=to_version,
-            until_time=limit_ns,
             from_seq=point.last_seq + 1,
+            to_seq=max_seq,
         )
         if tail:
             point.state = fold((e.event for e in tail), point.state)
