@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import pytest
 
+from jetsource._gen.context.v1 import events_pb2 as ev
+from jetsource._gen.context.v1 import query_pb2 as pb
 from jetsource.domain.context.model import fold
 from jetsource.domain.context.samples import story_events
-from jetsource.domain.context.serialize import state_to_dict
-from jetsource.query.views import context_view, state_view
+from jetsource.domain.context.serialize import state_from_dict, state_to_dict
+from jetsource.query.views import ViewEncoder, context_view, state_view
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -15,3 +17,28 @@ def test_a_state_and_its_dict_form_give_the_same_view(seed: int) -> None:
         state = fold(events[:n], context_id=f"s{seed}")
         assert state_view(state) == context_view(state_to_dict(state))
     assert state_view(state).decisions and state_view(state).subtasks
+
+
+@pytest.mark.parametrize("max_nodes", [None, 12])
+@pytest.mark.parametrize("seed", range(3))
+def test_a_view_encoded_from_a_base_is_the_full_view(seed: int, max_nodes: int | None) -> None:
+    cid = f"s{seed}"
+    events = story_events(cid, 400, seed, max_nodes=max_nodes)
+    events.append(ev.ContextClosed(reason="done", closed_by="me"))
+    encoder = ViewEncoder(size=2)
+    for cut in (1, 60, 250, 400):
+        base = fold(events[:cut], context_id=cid)
+        for extra in (0, 1, 7, 60, len(events) - cut):
+            state = fold(events[cut : cut + extra], base)
+            want = state_view(state)
+            got = encoder.encode(state, base)
+            assert got == want.SerializeToString(), (cut, extra)
+            assert pb.ContextView.FromString(got) == want
+    # Not folded from the base: an earlier state, a copy, another story, no base.
+    late, early = fold(events, context_id=cid), fold(events[:100], context_id=cid)
+    copy = state_from_dict(state_to_dict(late))
+    other = fold(story_events("other", 50, seed + 1), context_id="other")
+    for state in (early, copy, other, late):
+        assert encoder.encode(state, late) == state_view(state).SerializeToString()
+        assert encoder.encode(state) == state_view(state).SerializeToString()
+    assert ViewEncoder(size=0).encode(late, early) == state_view(late).SerializeToString()

@@ -35,7 +35,7 @@ from jetsource.core.errors import (
     ValidationError,
 )
 from jetsource.core.ids import validate_aggregate_id
-from jetsource.domain.context.history import StateLoader
+from jetsource.domain.context.history import PointInTime, StateLoader
 from jetsource.domain.context.model import fold
 from jetsource.eventstore.jsapi import JsApiError, NoRespondersError
 from jetsource.projector.bootstrap import Projection
@@ -43,7 +43,14 @@ from jetsource.projector.graph_model import GRAPH, GraphModel
 from jetsource.projector.readmodel import TransientError
 from jetsource.projector.valkey_models import CONTEXT, ContextModel
 from jetsource.query.settings import QueryOptions
-from jetsource.query.views import STATUS, STATUS_NAME, context_view, event_view, state_view
+from jetsource.query.views import (
+    STATUS,
+    STATUS_NAME,
+    ViewEncoder,
+    context_view,
+    event_view,
+    state_view,
+)
 
 log = logging.getLogger("jetsource.query")
 T = TypeVar("T")
@@ -130,6 +137,8 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
         self.o = options
         self._active: dict[str, _Active] = {}
         self._models: dict[tuple[str, int], Any] = {}
+        # Views of time-travel answers, encoded from the snapshot states they start from.
+        self._views = ViewEncoder()
 
     # -- plumbing ---------------------------------------------------------------
 
@@ -269,7 +278,7 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
                     f"version: context {cid!r} is at version {point.state.version}; "
                     f"asked for {version}",
                 )
-            return _fill(pb.GetContextAtVersionResponse(), point)
+            return self._fill(pb.GetContextAtVersionResponse(), point)
 
         return await self._run("GetContextAtVersion", context, work)
 
@@ -292,9 +301,18 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
                     f"context {cid!r} did not exist yet at {format_rfc3339_ns(at)}; "
                     f"it was created at {format_rfc3339_ns(first[0].recorded_at_ns)}",
                 )
-            return _fill(pb.GetContextAtTimeResponse(), point)
+            return self._fill(pb.GetContextAtTimeResponse(), point)
 
         return await self._run("GetContextAtTime", context, work)
+
+    def _fill(self, response: T, point: PointInTime) -> T:
+        r: Any = response
+        r.context.MergeFromString(self._views.encode(point.state, point.base))
+        r.recorded_at.CopyFrom(to_timestamp(point.recorded_at_ns))
+        r.last_stream_sequence = point.last_seq
+        r.snapshot_version = point.snapshot_version
+        r.events_folded = point.events_folded
+        return response
 
     # -- history and listings -------------------------------------------------------
 
@@ -420,16 +438,6 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
         finally:
             await sub.unsubscribe()
             LATENCY.labels("WatchContext").observe(time.perf_counter() - started)
-
-
-def _fill(response: T, point: Any) -> T:
-    r: Any = response
-    r.context.CopyFrom(state_view(point.state))
-    r.recorded_at.CopyFrom(to_timestamp(point.recorded_at_ns))
-    r.last_stream_sequence = point.last_seq
-    r.snapshot_version = point.snapshot_version
-    r.events_folded = point.events_folded
-    return response
 
 
 _KIND = {

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import bisect
+import itertools
+import operator
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from typing import Any
+
+from google.protobuf.message import Message
 
 from jetsource._gen.context.v1 import events_pb2 as ev
 from jetsource._gen.context.v1 import query_pb2 as pb
 from jetsource.core.clock import to_timestamp
 from jetsource.core.codec import UnknownEvent
 from jetsource.core.envelope import RecordedEvent
-from jetsource.domain.context.model import ContextState
+from jetsource.domain.context.model import ContextState, Decision, Subtask
 
 STATUS = {"open": pb.CONTEXT_STATUS_OPEN, "closed": pb.CONTEXT_STATUS_CLOSED}
 STATUS_NAME = {v: k for k, v in STATUS.items()}
@@ -117,3 +124,198 @@ def state_view(state: ContextState) -> pb.ContextView:
         pb.Dependency(from_id=a, to_id=b) for a, b in sorted(state.dependencies)
     )
     return view
+
+
+# -- the same view, serialized, from a snapshot's state plus what changed since ------
+#
+# A time-travel answer is a snapshot's state with a few events folded on top. Folding
+# replaces only the decisions and subtasks an event touches; every other one is the
+# very object the snapshot's state holds. So the serialized view of a snapshot's state
+# is kept in pieces (one per decision, subtask and dependency, in view order), and the
+# view of a state folded from it re-encodes only the pieces whose objects differ:
+# work in the number of changes, not in the size of the state. The bytes are the ones
+# ``state_view(state).SerializeToString()`` gives (tests compare them).
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(number: int) -> bytes:
+    return _varint(number << 3 | 2)  # length-delimited
+
+
+_DECISION_FIELD = _field(pb.ContextView.DECISIONS_FIELD_NUMBER)
+_SUBTASK_FIELD = _field(pb.ContextView.SUBTASKS_FIELD_NUMBER)
+_DEPENDENCY_FIELD = _field(pb.ContextView.DEPENDENCIES_FIELD_NUMBER)
+
+
+def _entry(field: bytes, message: Message) -> bytes:
+    body = message.SerializeToString()
+    return field + _varint(len(body)) + body
+
+
+def _decision_entry(d: Decision) -> bytes:
+    return _entry(
+        _DECISION_FIELD,
+        pb.DecisionView(
+            id=d.id,
+            title=d.title,
+            body=d.body,
+            rationale=d.rationale,
+            author=d.author,
+            affects=d.affects,
+            superseded_by=d.superseded_by,
+            revisions=d.revisions,
+            active=not d.superseded_by,
+        ),
+    )
+
+
+def _subtask_entry(t: Subtask) -> bytes:
+    return _entry(
+        _SUBTASK_FIELD,
+        pb.SubtaskView(
+            id=t.id,
+            title=t.title,
+            description=t.description,
+            assignee=t.assignee,
+            status=t.status,
+            progress=t.progress,
+            status_note=t.status_note,
+        ),
+    )
+
+
+def _dependency_entry(dep: tuple[str, str]) -> bytes:
+    return _entry(_DEPENDENCY_FIELD, pb.Dependency(from_id=dep[0], to_id=dep[1]))
+
+
+def _head(state: ContextState) -> bytes:
+    """Everything but the repeated messages (the fields numbered before them)."""
+    return pb.ContextView(
+        context_id=state.id,
+        version=state.version,
+        title=state.title,
+        description=state.description,
+        created_by=state.created_by,
+        tags=state.tags,
+        status=pb.CONTEXT_STATUS_CLOSED if state.closed else pb.CONTEXT_STATUS_OPEN,
+        close_reason=state.close_reason,
+    ).SerializeToString()
+
+
+class _Pieces:
+    """One map of a base state (decisions or subtasks), encoded in view (id) order."""
+
+    def __init__(self, items: Mapping[str, Any], encode: Callable[[Any], bytes]) -> None:
+        self.items = items
+        self.encode = encode
+        self.order = list(items)  # the map's own order, to line up a fold's copy of it
+        self.values = list(items.values())
+        self.keys = sorted(items)
+        self.at = {key: i for i, key in enumerate(self.keys)}
+        self.chunks = [encode(items[key]) for key in self.keys]
+        self.joined = b"".join(self.chunks)
+
+    def _changed(self, items: Mapping[str, Any]) -> tuple[list[str], list[str]] | None:
+        """(keys whose value is another object, keys the base does not have), or
+        None when a base key is missing."""
+        n = len(self.order)
+        keys = list(items)
+        if keys[:n] == self.order:  # a fold's copy: same order, new keys at the end
+            values = list(items.values())[:n]
+            flags = map(operator.is_not, values, self.values)
+            return list(itertools.compress(self.order, flags)), keys[n:]
+        if any(key not in items for key in self.order):
+            return None
+        base = self.items
+        changed = [k for k, v in items.items() if k in base and base[k] is not v]
+        return changed, [k for k in keys if k not in base]
+
+    def encode_like(self, items: Mapping[str, Any]) -> bytes:
+        if items is self.items:
+            return self.joined
+        found = self._changed(items)
+        if found is None:  # not derived from the base: encode it all
+            return b"".join(self.encode(items[key]) for key in sorted(items))
+        changed, added = found
+        if not changed and not added:
+            return self.joined
+        chunks = self.chunks.copy()
+        for key in changed:
+            chunks[self.at[key]] = self.encode(items[key])
+        if added:
+            keys = self.keys.copy()
+            for key in sorted(added):
+                i = bisect.bisect(keys, key)
+                keys.insert(i, key)
+                chunks.insert(i, self.encode(items[key]))
+        return b"".join(chunks)
+
+
+class _Base:
+    def __init__(self, state: ContextState) -> None:
+        self.state = state
+        self.decisions = _Pieces(state.decisions, _decision_entry)
+        self.subtasks = _Pieces(state.subtasks, _subtask_entry)
+        self.dependencies = sorted(state.dependencies)
+        self.dependency_chunks = [_dependency_entry(d) for d in self.dependencies]
+        self.dependencies_joined = b"".join(self.dependency_chunks)
+
+    def encode_dependencies(self, deps: frozenset[tuple[str, str]]) -> bytes:
+        base = self.state.dependencies
+        if deps is base:
+            return self.dependencies_joined
+        if not base <= deps:
+            return b"".join(_dependency_entry(d) for d in sorted(deps))
+        added = deps - base
+        if not added:
+            return self.dependencies_joined
+        keys, chunks = self.dependencies.copy(), self.dependency_chunks.copy()
+        for dep in sorted(added):
+            i = bisect.bisect(keys, dep)
+            keys.insert(i, dep)
+            chunks.insert(i, _dependency_entry(dep))
+        return b"".join(chunks)
+
+
+class ViewEncoder:
+    """Serialized ``ContextView`` of states folded from a few base states (decoded
+    snapshots, shared by the loads that start from them): the pieces of the most
+    recently used ``size`` bases are kept."""
+
+    def __init__(self, size: int = 16) -> None:
+        self.size = size
+        self._bases: OrderedDict[int, _Base] = OrderedDict()
+
+    def _base(self, state: ContextState) -> _Base:
+        base = self._bases.get(id(state))
+        if base is None or base.state is not state:
+            base = _Base(state)
+            self._bases[id(state)] = base
+            while len(self._bases) > self.size:
+                self._bases.popitem(last=False)
+        else:
+            self._bases.move_to_end(id(state))
+        return base
+
+    def encode(self, state: ContextState, base: ContextState | None = None) -> bytes:
+        """``state_view(state).SerializeToString()``; fast when ``state`` was folded
+        from ``base`` (any state works: what is not the base's is encoded anew)."""
+        if base is None or not self.size:
+            return state_view(state).SerializeToString()
+        b = self._base(base)
+        return b"".join(
+            (
+                _head(state),
+                b.decisions.encode_like(state.decisions),
+                b.subtasks.encode_like(state.subtasks),
+                b.encode_dependencies(state.dependencies),
+            )
+        )
