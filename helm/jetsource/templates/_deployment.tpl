@@ -1,0 +1,140 @@
+{{/*
+One Deployment of a jetsource process. Called with a dict:
+  root       the chart's root context ($)
+  component  publisher | query | projector | snapshotter
+  command    the console script (deploy/Dockerfile, pyproject [project.scripts])
+  env        process-specific variables (name -> value), before the component's own env
+  ports      list of (dict "name" "containerPort")
+  probes     YAML of startupProbe/readinessProbe/livenessProbe
+  recreate   true for single-consumer workers: never two at once
+  hpa        true when an HPA owns the replica count
+*/}}
+{{- define "jetsource.deployment" -}}
+{{- $root := .root }}
+{{- $v := index $root.Values .component }}
+{{- $ctx := dict "root" $root "component" .component }}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ include "jetsource.fullname" $root }}-{{ .component }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "jetsource.componentLabels" $ctx | nindent 4 }}
+spec:
+  {{- if not .hpa }}
+  replicas: {{ $v.replicas }}
+  {{- end }}
+  revisionHistoryLimit: 5
+  {{- if .recreate }}
+  strategy:
+    type: Recreate
+  {{- else }}
+  strategy:
+    type: RollingUpdate
+    rollingUpdate:
+      maxUnavailable: 0
+      maxSurge: 1
+  {{- end }}
+  selector:
+    matchLabels:
+      {{- include "jetsource.componentSelector" $ctx | nindent 6 }}
+  template:
+    metadata:
+      labels:
+        {{- include "jetsource.componentLabels" $ctx | nindent 8 }}
+      annotations:
+        {{- include "jetsource.checksums" $root | nindent 8 }}
+        {{- with $v.podAnnotations }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+    spec:
+      serviceAccountName: {{ include "jetsource.serviceAccountName" $root }}
+      {{- include "jetsource.podCommon" $root | nindent 6 }}
+      terminationGracePeriodSeconds: 30
+      containers:
+        - name: {{ .component }}
+          image: {{ include "jetsource.image" $root }}
+          imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+          command: [{{ .command | quote }}]
+          envFrom:
+            - configMapRef:
+                name: {{ include "jetsource.fullname" $root }}
+          env:
+            {{- include "jetsource.envList" (merge (dict) $v.env .env) | trim | nindent 12 }}
+          ports:
+            {{- range .ports }}
+            - name: {{ .name }}
+              containerPort: {{ .containerPort }}
+              protocol: TCP
+            {{- end }}
+          {{- .probes | nindent 10 }}
+          resources:
+            {{- toYaml $v.resources | nindent 12 }}
+          securityContext:
+            {{- toYaml $root.Values.securityContext | nindent 12 }}
+          volumeMounts:
+            {{- include "jetsource.volumeMounts" $root | nindent 12 }}
+      volumes:
+        {{- include "jetsource.volumes" (dict "root" $root "secretName" (include "jetsource.secretName" $root)) | nindent 8 }}
+      {{- with $v.nodeSelector }}
+      nodeSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $v.tolerations }}
+      tolerations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $v.affinity }}
+      affinity:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $v.topologySpreadConstraints }}
+      topologySpreadConstraints:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+{{- end }}
+
+{{/* Probes of a gRPC service: grpc.health.v1 on its port (kubelet's native gRPC probe). */}}
+{{- define "jetsource.grpcProbes" -}}
+startupProbe:
+  grpc:
+    port: {{ . }}
+  periodSeconds: 2
+  failureThreshold: 60
+readinessProbe:
+  grpc:
+    port: {{ . }}
+  periodSeconds: 5
+  timeoutSeconds: 2
+  failureThreshold: 2
+livenessProbe:
+  grpc:
+    port: {{ . }}
+  periodSeconds: 10
+  timeoutSeconds: 3
+  failureThreshold: 6
+{{- end }}
+
+{{/* Probes of a worker: /healthz is 200 while every consumer runs and NATS is connected. */}}
+{{- define "jetsource.httpProbes" -}}
+startupProbe:
+  httpGet:
+    path: /healthz
+    port: http
+  periodSeconds: 2
+  failureThreshold: 90
+readinessProbe:
+  httpGet:
+    path: /healthz
+    port: http
+  periodSeconds: 10
+  timeoutSeconds: 3
+livenessProbe:
+  httpGet:
+    path: /healthz
+    port: http
+  periodSeconds: 15
+  timeoutSeconds: 5
+  # A NATS outage makes /healthz fail too; restarting does not help then, so be patient.
+  failureThreshold: 8
+{{- end }}

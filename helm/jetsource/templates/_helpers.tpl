@@ -1,0 +1,161 @@
+{{/* Chart name, truncated to the 63 characters a DNS label allows. */}}
+{{- define "jetsource.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Fully qualified app name: release-chart unless the release name already says it. */}}
+{{- define "jetsource.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "jetsource.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "jetsource.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "jetsource.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "jetsource.labels" -}}
+helm.sh/chart: {{ include "jetsource.chart" . }}
+{{ include "jetsource.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: jetsource
+{{- end }}
+
+{{/* Labels of one component: (dict "root" $ "component" "publisher"). */}}
+{{- define "jetsource.componentLabels" -}}
+{{ include "jetsource.labels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "jetsource.componentSelector" -}}
+{{ include "jetsource.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "jetsource.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{- define "jetsource.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "jetsource.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Pre-install hooks run before the chart's ServiceAccount exists. */}}
+{{- define "jetsource.hookServiceAccountName" -}}
+{{- if .Values.serviceAccount.create }}default{{ else }}{{ include "jetsource.serviceAccountName" . }}{{ end }}
+{{- end }}
+
+{{- define "jetsource.secretName" -}}
+{{- default (include "jetsource.fullname" .) .Values.secrets.existingSecret }}
+{{- end }}
+
+{{/* Settings every process reads: the ConfigMap's data, and the hook Job's env. */}}
+{{- define "jetsource.configData" -}}
+JETSOURCE_NATS__URL: {{ .Values.nats.url | quote }}
+{{- with .Values.nats.user }}
+JETSOURCE_NATS__USER: {{ . | quote }}
+{{- end }}
+JETSOURCE_VALKEY__URL: {{ .Values.valkey.url | quote }}
+{{- with .Values.valkey.username }}
+JETSOURCE_VALKEY__USERNAME: {{ . | quote }}
+{{- end }}
+JETSOURCE_GRAPH__URI: {{ .Values.graph.uri | quote }}
+JETSOURCE_GRAPH__USER: {{ .Values.graph.user | quote }}
+JETSOURCE_GRAPH__DATABASE: {{ .Values.graph.database | quote }}
+JETSOURCE_EVENTSTORE__REPLICAS: {{ .Values.config.eventstore.replicas | quote }}
+JETSOURCE_SNAPSHOTS__REPLICAS: {{ .Values.config.snapshots.replicas | quote }}
+JETSOURCE_SNAPSHOTS__EVERY: {{ .Values.config.snapshots.every | quote }}
+JETSOURCE_SNAPSHOTS__KEEP: {{ .Values.config.snapshots.keep | quote }}
+JETSOURCE_LOG_LEVEL: {{ .Values.config.logLevel | quote }}
+{{- range $name, $value := .Values.config.env }}
+{{ $name }}: {{ $value | toString | quote }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret's data: one file per secret setting, only those given. */}}
+{{- define "jetsource.secretData" -}}
+{{- $s := .Values.secrets }}
+{{- with $s.natsPassword }}
+jetsource_nats__password: {{ . | b64enc | quote }}
+{{- end }}
+{{- with $s.natsToken }}
+jetsource_nats__token: {{ . | b64enc | quote }}
+{{- end }}
+{{- with $s.valkeyPassword }}
+jetsource_valkey__password: {{ . | b64enc | quote }}
+{{- end }}
+{{- with $s.graphPassword }}
+jetsource_graph__password: {{ . | b64enc | quote }}
+{{- end }}
+{{- range $name, $value := $s.extra }}
+{{ $name }}: {{ $value | toString | b64enc | quote }}
+{{- end }}
+{{- end }}
+
+{{/* Per-process variables: a list of env entries from a name -> value map. */}}
+{{- define "jetsource.envList" -}}
+{{- range $name, $value := . }}
+- name: {{ $name }}
+  value: {{ $value | toString | quote }}
+{{- end }}
+{{- end }}
+
+{{/* Rolls the pods when the ConfigMap or the chart's own Secret changes. */}}
+{{- define "jetsource.checksums" -}}
+checksum/config: {{ include "jetsource.configData" . | sha256sum }}
+{{- if not .Values.secrets.existingSecret }}
+checksum/secret: {{ include "jetsource.secretData" . | sha256sum }}
+{{- end }}
+{{- end }}
+
+{{/* Volumes every jetsource pod has: secrets (files) and a writable /tmp.
+     (dict "root" $ "secretName" name) */}}
+{{- define "jetsource.volumes" -}}
+- name: secrets
+  secret:
+    secretName: {{ .secretName }}
+    defaultMode: 0440
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ .root.Values.tmpSizeLimit }}
+{{- end }}
+
+{{- define "jetsource.volumeMounts" -}}
+- name: secrets
+  mountPath: /run/secrets/jetsource
+  readOnly: true
+- name: tmp
+  mountPath: /tmp
+{{- end }}
+
+{{/* Pod-level settings shared by every pod of the chart. */}}
+{{- define "jetsource.podCommon" -}}
+automountServiceAccountToken: false
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- end }}
