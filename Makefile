@@ -38,6 +38,7 @@ lint: install proto-check buf-lint
 	$(BIN)/ruff check $(PY_SRC)
 	$(BIN)/ruff format --check $(PY_SRC)
 	$(BIN)/mypy
+	$(BIN)/yamllint --strict -c deploy/yamllint.yaml docker-compose.yml helm/jetsource/Chart.yaml helm/jetsource/values.yaml helm/jetsource/values-production.yaml
 
 proto: install
 	$(BIN)/python scripts/genproto.py

@@ -1,0 +1,210 @@
+"""docker-compose.yml: valid against the Compose specification, every JETSOURCE_*
+variable a real setting of the process it configures, servers named, gRPC reachable from
+the host, and start order by health."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.deploy.chart import (
+    COMPOSE,
+    ROOT,
+    SCRIPTS,
+    SETTINGS,
+    check_environment,
+    interpolate,
+    loaded,
+)
+
+# What every jetsource process needs named (unset URLs mean "local devstack server").
+SERVERS = {
+    "JETSOURCE_NATS__URL": "nats://nats:4222",
+    "JETSOURCE_VALKEY__URL": "redis://valkey:6379/0",
+    "JETSOURCE_GRAPH__URI": "bolt://neo4j:7687",
+    "JETSOURCE_GRAPH__USER": "neo4j",
+    "JETSOURCE_GRAPH__PASSWORD": None,
+}
+# gRPC servers bind 127.0.0.1 by default: unreachable from outside the container.
+BINDINGS = {
+    "publisher": {"JETSOURCE_PUBLISHER__GRPC_HOST": "0.0.0.0"},
+    "query": {"JETSOURCE_QUERY__GRPC_HOST": "0.0.0.0"},
+}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    loaded_: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    return loaded_
+
+
+def jetsource_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        name: s
+        for name, s in compose["services"].items()
+        if str(s.get("image", "")).startswith("jetsource:")
+    }
+
+
+def settings_class(service: dict[str, Any]) -> Any:
+    script = service["command"][0]
+    assert script in SCRIPTS, f"{script} is not a console script of pyproject.toml"
+    return SETTINGS[script]
+
+
+def problems(compose: dict[str, Any]) -> list[str]:
+    """Every JETSOURCE_* variable of every jetsource service against its settings."""
+    found = []
+    for name, service in jetsource_services(compose).items():
+        env = {k: interpolate(v) for k, v in service.get("environment", {}).items()}
+        required = SERVERS | BINDINGS.get(name, {})
+        found += [f"{name}: {p}" for p in check_environment(settings_class(service), env, required)]
+    return found
+
+
+def test_compose_file_is_valid_against_the_compose_specification() -> None:
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "check_jsonschema",
+            "--builtin-schema",
+            "vendor.compose-spec",
+            str(COMPOSE),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_the_four_services_and_the_stream_provisioning_run_from_the_one_image(
+    compose: dict[str, Any],
+) -> None:
+    services = jetsource_services(compose)
+    commands = {name: s["command"] for name, s in services.items()}
+    assert commands == {
+        "streams": ["jetsource", "streams", "ensure", "--timeout", "60"],
+        "publisher": ["jetsource-publisher"],
+        "projector": ["jetsource-projector"],
+        "snapshotter": ["jetsource-snapshotter"],
+        "query": ["jetsource-query"],
+    }
+    for name, service in services.items():
+        assert service["build"] == {"context": ".", "dockerfile": "deploy/Dockerfile"}, name
+        assert service["read_only"] is True and service["cap_drop"] == ["ALL"], name
+    assert (ROOT / "deploy" / "Dockerfile").is_file()
+    assert {"nats", "valkey", "neo4j"} <= set(compose["services"])
+
+
+def test_every_jetsource_variable_is_a_setting_and_the_required_ones_are_set(
+    compose: dict[str, Any],
+) -> None:
+    assert problems(compose) == []
+
+
+@pytest.mark.parametrize(
+    ("service", "rename", "expected"),
+    [
+        # A typo in a nested name: ignored at run time (extra="ignore"), so gRPC would
+        # bind 127.0.0.1 inside the container and the host could not reach it.
+        ("publisher", ("JETSOURCE_PUBLISHER__GRPC_HOST", "JETSOURCE_PUBLISHER__GRCP_HOST"), 2),
+        # One underscore instead of two: not nested, no such top-level setting.
+        ("query", ("JETSOURCE_VALKEY__URL", "JETSOURCE_VALKEY_URL"), 2),
+        # A setting of another service.
+        ("snapshotter", ("JETSOURCE_SNAPSHOTTER__HOST", "JETSOURCE_PUBLISHER__HOSTNAME"), 1),
+    ],
+)
+def test_a_misspelled_variable_fails_the_check(
+    compose: dict[str, Any], service: str, rename: tuple[str, str], expected: int
+) -> None:
+    mutated = copy.deepcopy(compose)
+    env = mutated["services"][service]["environment"]
+    old, new = rename
+    env[new] = env.pop(old)
+    found = problems(mutated)
+    assert len(found) == expected, found
+    assert all(p.startswith(f"{service}: ") for p in found)
+    assert any(new in p for p in found)
+
+
+# Where each process listens, as its settings say after loading its environment.
+LISTENS = {
+    "publisher": lambda s: s.publisher.target(),
+    "query": lambda s: s.query.target(),
+    "projector": lambda s: f"{s.projector.host}:{s.projector.http_port}",
+    "snapshotter": lambda s: f"{s.snapshotter.host}:{s.snapshotter.http_port}",
+}
+
+
+def test_each_process_loads_its_servers_and_listens_where_compose_publishes(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    listening = {}
+    for name, service in jetsource_services(compose).items():
+        env = {k: interpolate(v) for k, v in service["environment"].items()}
+        settings: Any = loaded(monkeypatch, settings_class(service), env)
+        assert settings.nats_url() == "nats://nats:4222", name
+        assert settings.valkey_url() == "redis://valkey:6379/0", name
+        assert settings.graph_uri() == "bolt://neo4j:7687", name
+        assert settings.graph_auth() == ("neo4j", "jetsource-dev"), name
+        assert settings.graph.database == "neo4j", name  # Community has one database
+        if name in LISTENS:
+            listening[name] = LISTENS[name](settings)
+            port = listening[name].rsplit(":", 1)[1]
+            assert f"{port}:{port}" in service["ports"], name
+    assert listening == {
+        "publisher": "0.0.0.0:50051",
+        "query": "0.0.0.0:50052",
+        "projector": "0.0.0.0:9102",
+        "snapshotter": "0.0.0.0:9103",
+    }
+
+
+def test_the_host_reaches_publisher_and_query_on_the_cli_defaults(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`jetsource ctx` on the host, with no settings, talks to these published ports."""
+    from jetsource.publisher.settings import PublisherSettings
+    from jetsource.query.settings import QuerySettings
+
+    host_publisher = loaded(monkeypatch, PublisherSettings, {}).publisher.target()
+    host_query = loaded(monkeypatch, QuerySettings, {}).query.target()
+    assert host_publisher == "127.0.0.1:50051" and host_query == "127.0.0.1:50052"
+    assert "50051:50051" in compose["services"]["publisher"]["ports"]
+    assert "50052:50052" in compose["services"]["query"]["ports"]
+
+
+def test_services_start_in_order_of_health_after_the_streams_exist(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    for name, service in jetsource_services(compose).items():
+        depends = service["depends_on"]
+        assert depends["nats"] == {"condition": "service_healthy"}, name
+        for target, rule in depends.items():
+            assert rule["condition"] in {"service_healthy", "service_completed_successfully"}
+            if rule["condition"] == "service_healthy":
+                assert "healthcheck" in services[target], f"{name} waits on {target}'s health"
+        if name == "streams":
+            assert service["restart"] == "no"
+            continue
+        assert depends["streams"] == {"condition": "service_completed_successfully"}, name
+        check = service["healthcheck"]["test"]
+        assert check[:3] == ["CMD", "python", "/opt/jetsource/healthcheck.py"], name
+    for name in ("projector", "query"):  # the read models live in Valkey and the graph
+        assert services[name]["depends_on"]["valkey"]["condition"] == "service_healthy"
+        assert services[name]["depends_on"]["neo4j"]["condition"] == "service_healthy"
+    assert (
+        services["neo4j"]["environment"]["NEO4J_AUTH"] == "neo4j/${NEO4J_PASSWORD:-jetsource-dev}"
+    )
+    assert (
+        services["publisher"]["environment"]["JETSOURCE_GRAPH__PASSWORD"]
+        == "${NEO4J_PASSWORD:-jetsource-dev}"
+    )
