@@ -27,6 +27,7 @@ from tests.deploy.chart import (
     manifests,
     pod_spec,
     render,
+    unknown_variable,
     values_file,
 )
 
@@ -310,14 +311,33 @@ def test_secrets_are_mounted_where_the_settings_read_them(
     renders: dict[str, list[dict[str, Any]]],
 ) -> None:
     for doc in workloads(renders["default"]):
-        if doc["kind"] == "Pod":
-            continue  # the test pod needs no credentials: it only calls gRPC
         mounts = {m["name"]: m for m in container(doc)["volumeMounts"]}
         assert mounts["secrets"] == {
             "name": "secrets",
             "mountPath": "/run/secrets/jetsource",
             "readOnly": True,
         }
+
+
+def test_every_secret_file_the_chart_writes_is_a_setting() -> None:
+    extra = {
+        "jetsource_grpc__auth_tokens": '["t1","t2"]',
+        "jetsource_client__token": "t1",
+    }
+    values = {
+        "secrets": {
+            "natsPassword": "a",
+            "natsToken": "b",
+            "valkeyPassword": "c",
+            "graphPassword": "d",
+            "extra": extra,
+        }
+    }
+    for secret in by_kind(manifests(render(values)), "Secret").values():
+        assert len(secret["data"]) == 6
+        for key in secret["data"]:
+            assert unknown_variable(SETTINGS["jetsource"], key.upper()) is None, key
+    assert unknown_variable(SETTINGS["jetsource"], "JETSOURCE_GRAPH__PASSWRD") is not None
 
 
 # --- monitoring, network --------------------------------------------------------------
