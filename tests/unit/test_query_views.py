@@ -7,7 +7,7 @@ from jetsource._gen.context.v1 import query_pb2 as pb
 from jetsource.domain.context.model import fold
 from jetsource.domain.context.samples import story_events
 from jetsource.domain.context.serialize import state_from_dict, state_to_dict
-from jetsource.query.views import ViewEncoder, context_view, state_view
+from jetsource.query.views import ViewEncoder, context_view, state_view, with_context
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -42,3 +42,20 @@ def test_a_view_encoded_from_a_base_is_the_full_view(seed: int, max_nodes: int |
         assert encoder.encode(state, late) == state_view(state).SerializeToString()
         assert encoder.encode(state) == state_view(state).SerializeToString()
     assert ViewEncoder(size=0).encode(late, early) == state_view(late).SerializeToString()
+
+
+def test_an_answer_with_an_encoded_view_is_the_whole_message() -> None:
+    state = fold(story_events("w", 120, 3), context_id="w")
+    view = state_view(state)
+    for kind in (pb.GetContextAtVersionResponse, pb.GetContextAtTimeResponse):
+        rest = kind(last_stream_sequence=99, snapshot_version=100, events_folded=20)
+        rest.recorded_at.FromNanoseconds(1_700_000_000_123_456_789)
+        whole = kind()
+        whole.CopyFrom(rest)
+        whole.context.CopyFrom(view)
+        encoded = with_context(rest, view.SerializeToString())
+        assert encoded == whole.SerializeToString()
+        assert kind.FromString(encoded) == whole
+    assert pb.GetContextAtVersionResponse.FromString(
+        with_context(pb.GetContextAtVersionResponse(), b"")
+    ) == pb.GetContextAtVersionResponse(context=pb.ContextView())

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 
 from prometheus_client import start_http_server
 
-from jetsource._gen.context.v1 import query_pb2, query_pb2_grpc
+from jetsource._gen.context.v1 import query_pb2
 from jetsource.core.grpcserver import GrpcEndpoint, start_grpc, stop_on_signals
 from jetsource.core.runner import run_service
 from jetsource.domain.context.history import StateLoader
 from jetsource.projector.bootstrap import Projection, open_projection
-from jetsource.query.service import ContextQueryService
+from jetsource.query.service import ContextQueryService, add_to_server
 from jetsource.query.settings import QuerySettings
 
 log = logging.getLogger("jetsource.query")
@@ -48,9 +48,7 @@ async def build(settings: QuerySettings) -> Query:
     o = settings.query
     loader = StateLoader(projection.store, projection.snapshots, settings.snapshots.cache_size)
     endpoint = await start_grpc(
-        lambda server: query_pb2_grpc.add_ContextQueryServiceServicer_to_server(
-            ContextQueryService(projection, loader, o), server
-        ),
+        lambda server: add_to_server(ContextQueryService(projection, loader, o), server),
         SERVICE_NAME,
         o.target(),
         o.max_concurrent_rpcs,

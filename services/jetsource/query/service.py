@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import message_factory
 from prometheus_client import Counter, Histogram
 
 from jetsource._gen.context.v1 import query_pb2 as pb
@@ -50,6 +51,7 @@ from jetsource.query.views import (
     context_view,
     event_view,
     state_view,
+    with_context,
 )
 
 log = logging.getLogger("jetsource.query")
@@ -266,7 +268,15 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
     async def GetContextAtVersion(
         self, request: pb.GetContextAtVersionRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetContextAtVersionResponse:
-        async def work() -> pb.GetContextAtVersionResponse:
+        answer = await self.context_at_version(request, context)
+        return pb.GetContextAtVersionResponse.FromString(answer)
+
+    async def context_at_version(
+        self, request: pb.GetContextAtVersionRequest, context: grpc.aio.ServicerContext
+    ) -> bytes:
+        """GetContextAtVersion's answer, encoded (``add_to_server`` serves it so)."""
+
+        async def work() -> bytes:
             cid = _context_id(request.context_id)
             version = _number("version", request.version, 1)
             point = await self.loader.load(cid, to_version=version)
@@ -278,14 +288,22 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
                     f"version: context {cid!r} is at version {point.state.version}; "
                     f"asked for {version}",
                 )
-            return self._fill(pb.GetContextAtVersionResponse(), point)
+            return self._answer(pb.GetContextAtVersionResponse, point)
 
         return await self._run("GetContextAtVersion", context, work)
 
     async def GetContextAtTime(
         self, request: pb.GetContextAtTimeRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetContextAtTimeResponse:
-        async def work() -> pb.GetContextAtTimeResponse:
+        answer = await self.context_at_time(request, context)
+        return pb.GetContextAtTimeResponse.FromString(answer)
+
+    async def context_at_time(
+        self, request: pb.GetContextAtTimeRequest, context: grpc.aio.ServicerContext
+    ) -> bytes:
+        """GetContextAtTime's answer, encoded (``add_to_server`` serves it so)."""
+
+        async def work() -> bytes:
             cid = _context_id(request.context_id)
             if not request.HasField("time"):
                 raise invalid("time", "required")
@@ -301,18 +319,23 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
                     f"context {cid!r} did not exist yet at {format_rfc3339_ns(at)}; "
                     f"it was created at {format_rfc3339_ns(first[0].recorded_at_ns)}",
                 )
-            return self._fill(pb.GetContextAtTimeResponse(), point)
+            return self._answer(pb.GetContextAtTimeResponse, point)
 
         return await self._run("GetContextAtTime", context, work)
 
-    def _fill(self, response: T, point: PointInTime) -> T:
-        r: Any = response
-        r.context.MergeFromString(self._views.encode(point.state, point.base))
-        r.recorded_at.CopyFrom(to_timestamp(point.recorded_at_ns))
-        r.last_stream_sequence = point.last_seq
-        r.snapshot_version = point.snapshot_version
-        r.events_folded = point.events_folded
-        return response
+    def _answer(
+        self,
+        kind: type[pb.GetContextAtVersionResponse] | type[pb.GetContextAtTimeResponse],
+        point: PointInTime,
+    ) -> bytes:
+        """The answer encoded around the view's bytes, which are never parsed here."""
+        rest = kind(
+            last_stream_sequence=point.last_seq,
+            snapshot_version=point.snapshot_version,
+            events_folded=point.events_folded,
+        )
+        rest.recorded_at.CopyFrom(to_timestamp(point.recorded_at_ns))
+        return with_context(rest, self._views.encode(point.state, point.base))
 
     # -- history and listings -------------------------------------------------------
 
@@ -438,6 +461,40 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
         finally:
             await sub.unsubscribe()
             LATENCY.labels("WatchContext").observe(time.perf_counter() - started)
+
+
+# Methods whose answers the servicer encodes itself, and its method giving them.
+_ENCODED = {
+    "GetContextAtVersion": "context_at_version",
+    "GetContextAtTime": "context_at_time",
+}
+
+
+def add_to_server(servicer: ContextQueryService, server: grpc.aio.Server) -> None:
+    """``add_ContextQueryServiceServicer_to_server``, except that the time-travel
+    methods answer with their encoded message, sent as it is."""
+    service = pb.DESCRIPTOR.services_by_name["ContextQueryService"]
+    handlers = {}
+    for method in service.methods:
+        request = message_factory.GetMessageClass(method.input_type)
+        if method.name in _ENCODED:
+            call = getattr(servicer, _ENCODED[method.name])
+            serialize: Callable[[Any], bytes] = bytes
+        else:
+            call = getattr(servicer, method.name)
+            serialize = message_factory.GetMessageClass(method.output_type).SerializeToString
+        make = (
+            grpc.unary_stream_rpc_method_handler
+            if method.server_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = make(
+            call, request_deserializer=request.FromString, response_serializer=serialize
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(service.full_name, handlers)
 
 
 _KIND = {

@@ -319,3 +319,10 @@ class ViewEncoder:
                 b.encode_dependencies(state.dependencies),
             )
         )
+
+
+def with_context(answer: Message, view: bytes) -> bytes:
+    """``answer`` (a time-travel response without its ``context``) encoded with the
+    encoded ``view`` as its context: the bytes the whole message would encode to."""
+    number = answer.DESCRIPTOR.fields_by_name["context"].number
+    return _field(number) + _varint(len(view)) + view + answer.SerializeToString()
