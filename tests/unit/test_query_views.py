@@ -1,13 +1,21 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jetsource._gen.context.v1 import events_pb2 as ev
 from jetsource._gen.context.v1 import query_pb2 as pb
 from jetsource.domain.context.model import fold
 from jetsource.domain.context.samples import story_events
 from jetsource.domain.context.serialize import state_from_dict, state_to_dict
-from jetsource.query.views import ViewEncoder, context_view, state_view, with_context
+from jetsource.query.views import (
+    ViewEncoder,
+    _Entries,
+    context_view,
+    state_view,
+    with_context,
+)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -59,3 +67,25 @@ def test_an_answer_with_an_encoded_view_is_the_whole_message() -> None:
     assert pb.GetContextAtVersionResponse.FromString(
         with_context(pb.GetContextAtVersionResponse(), b"")
     ) == pb.GetContextAtVersionResponse(context=pb.ContextView())
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.integers(0, 60), unique=True, max_size=25),
+    st.lists(st.integers(0, 60), max_size=10),
+    st.lists(st.integers(0, 60), max_size=10),
+)
+def test_spliced_entries_equal_entries_joined(
+    base: list[int], replace: list[int], insert: list[int]
+) -> None:
+    keys = sorted(base)
+    chunks = [b"<%d>" % k for k in keys]
+    entries = _Entries(keys, chunks)
+    replaced = {keys.index(k): b"[%d]" % k for k in replace if k in keys}
+    inserted = [(k, b"+%d" % k) for k in set(insert) - set(keys)]
+    want = dict(zip(keys, chunks, strict=True))
+    want.update({keys[i]: chunk for i, chunk in replaced.items()})
+    want.update(inserted)
+    out: list[bytes | memoryview] = []
+    entries.splice(replaced, inserted, out)
+    assert b"".join(out) == b"".join(want[k] for k in sorted(want))

@@ -210,18 +210,56 @@ def _head(state: ContextState) -> bytes:
     ).SerializeToString()
 
 
-class _Pieces:
-    """One map of a base state (decisions or subtasks), encoded in view (id) order."""
+Pieces = list[bytes | memoryview]
+
+
+class _Entries:
+    """Repeated-field entries of a base state, encoded in view (key) order, with
+    where each starts in their concatenation. An edited copy is spliced from slices
+    of it, so its cost is in the number of edits, not entries."""
+
+    def __init__(self, keys: list[Any], chunks: list[bytes]) -> None:
+        self.keys = keys
+        self.at = {key: i for i, key in enumerate(keys)}
+        self.joined = b"".join(chunks)
+        self.starts = list(itertools.accumulate(map(len, chunks), initial=0))
+        self._view = memoryview(self.joined)
+
+    def splice(
+        self, replaced: dict[int, bytes], inserted: list[tuple[Any, bytes]], out: Pieces
+    ) -> None:
+        """Append the entries, with those at ``replaced`` positions replaced and the
+        ``inserted`` (key, entry) pairs put in key order, to ``out``."""
+        if not replaced and not inserted:
+            out.append(self.joined)
+            return
+        edits: dict[int, list[bytes]] = {i: [] for i in replaced}
+        for key, chunk in sorted(inserted, key=operator.itemgetter(0)):
+            edits.setdefault(bisect.bisect(self.keys, key), []).append(chunk)
+        done = 0  # entries before this one are out
+        for i in sorted(edits):
+            if i > done:
+                out.append(self._view[self.starts[done] : self.starts[i]])
+            out.extend(edits[i])  # new keys sort before the entry at i
+            if i in replaced:
+                out.append(replaced[i])
+                done = i + 1
+            else:
+                done = i
+        if done < len(self.keys):
+            out.append(self._view[self.starts[done] :])
+
+
+class _MapEntries:
+    """One map of a base state (decisions or subtasks) and its entries."""
 
     def __init__(self, items: Mapping[str, Any], encode: Callable[[Any], bytes]) -> None:
         self.items = items
         self.encode = encode
         self.order = list(items)  # the map's own order, to line up a fold's copy of it
         self.values = list(items.values())
-        self.keys = sorted(items)
-        self.at = {key: i for i, key in enumerate(self.keys)}
-        self.chunks = [encode(items[key]) for key in self.keys]
-        self.joined = b"".join(self.chunks)
+        keys = sorted(items)
+        self.entries = _Entries(keys, [encode(items[key]) for key in keys])
 
     def _changed(self, items: Mapping[str, Any]) -> tuple[list[str], list[str]] | None:
         """(keys whose value is another object, keys the base does not have), or
@@ -229,8 +267,7 @@ class _Pieces:
         n = len(self.order)
         keys = list(items)
         if keys[:n] == self.order:  # a fold's copy: same order, new keys at the end
-            values = list(items.values())[:n]
-            flags = map(operator.is_not, values, self.values)
+            flags = map(operator.is_not, itertools.islice(items.values(), n), self.values)
             return list(itertools.compress(self.order, flags)), keys[n:]
         if any(key not in items for key in self.order):
             return None
@@ -238,51 +275,41 @@ class _Pieces:
         changed = [k for k, v in items.items() if k in base and base[k] is not v]
         return changed, [k for k in keys if k not in base]
 
-    def encode_like(self, items: Mapping[str, Any]) -> bytes:
+    def encode_like(self, items: Mapping[str, Any], out: Pieces) -> None:
         if items is self.items:
-            return self.joined
+            out.append(self.entries.joined)
+            return
         found = self._changed(items)
         if found is None:  # not derived from the base: encode it all
-            return b"".join(self.encode(items[key]) for key in sorted(items))
+            out.extend(self.encode(items[key]) for key in sorted(items))
+            return
         changed, added = found
-        if not changed and not added:
-            return self.joined
-        chunks = self.chunks.copy()
-        for key in changed:
-            chunks[self.at[key]] = self.encode(items[key])
-        if added:
-            keys = self.keys.copy()
-            for key in sorted(added):
-                i = bisect.bisect(keys, key)
-                keys.insert(i, key)
-                chunks.insert(i, self.encode(items[key]))
-        return b"".join(chunks)
+        at, encode = self.entries.at, self.encode
+        self.entries.splice(
+            {at[key]: encode(items[key]) for key in changed},
+            [(key, encode(items[key])) for key in added],
+            out,
+        )
 
 
 class _Base:
     def __init__(self, state: ContextState) -> None:
         self.state = state
-        self.decisions = _Pieces(state.decisions, _decision_entry)
-        self.subtasks = _Pieces(state.subtasks, _subtask_entry)
-        self.dependencies = sorted(state.dependencies)
-        self.dependency_chunks = [_dependency_entry(d) for d in self.dependencies]
-        self.dependencies_joined = b"".join(self.dependency_chunks)
+        self.decisions = _MapEntries(state.decisions, _decision_entry)
+        self.subtasks = _MapEntries(state.subtasks, _subtask_entry)
+        deps = sorted(state.dependencies)
+        self.dependencies = _Entries(deps, [_dependency_entry(d) for d in deps])
 
-    def encode_dependencies(self, deps: frozenset[tuple[str, str]]) -> bytes:
+    def encode_dependencies(self, deps: frozenset[tuple[str, str]], out: Pieces) -> None:
         base = self.state.dependencies
         if deps is base:
-            return self.dependencies_joined
-        if not base <= deps:
-            return b"".join(_dependency_entry(d) for d in sorted(deps))
+            out.append(self.dependencies.joined)
+            return
         added = deps - base
-        if not added:
-            return self.dependencies_joined
-        keys, chunks = self.dependencies.copy(), self.dependency_chunks.copy()
-        for dep in sorted(added):
-            i = bisect.bisect(keys, dep)
-            keys.insert(i, dep)
-            chunks.insert(i, _dependency_entry(dep))
-        return b"".join(chunks)
+        if len(added) != len(deps) - len(base):  # some of the base's are gone
+            out.extend(_dependency_entry(d) for d in sorted(deps))
+            return
+        self.dependencies.splice({}, [(d, _dependency_entry(d)) for d in added], out)
 
 
 class ViewEncoder:
@@ -311,14 +338,11 @@ class ViewEncoder:
         if base is None or not self.size:
             return state_view(state).SerializeToString()
         b = self._base(base)
-        return b"".join(
-            (
-                _head(state),
-                b.decisions.encode_like(state.decisions),
-                b.subtasks.encode_like(state.subtasks),
-                b.encode_dependencies(state.dependencies),
-            )
-        )
+        out: Pieces = [_head(state)]
+        b.decisions.encode_like(state.decisions, out)
+        b.subtasks.encode_like(state.subtasks, out)
+        b.encode_dependencies(state.dependencies, out)
+        return b"".join(out)
 
 
 def with_context(answer: Message, view: bytes) -> bytes:
