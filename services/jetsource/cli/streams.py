@@ -12,10 +12,11 @@ as for the projector (``JETSOURCE_NATS__...``, ``JETSOURCE_EVENTSTORE__...``,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import logging
 from dataclasses import asdict, dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import typer
 from nats import errors as nats_errors
@@ -24,6 +25,7 @@ from rich.table import Table
 
 from jetsource.core.errors import JetsourceError
 from jetsource.eventstore import jsapi
+from jetsource.eventstore.bootstrap import redact_url
 from jetsource.projector.bootstrap import Projection, open_projection
 from jetsource.projector.settings import ProjectorSettings
 
@@ -31,25 +33,6 @@ app = typer.Typer(help="JetStream streams: provision them (idempotent).", no_arg
 console = Console()
 
 CREATED, UPDATED, UNCHANGED = "created", "updated", "unchanged"
-
-
-class _LastError(logging.Handler):
-    """Keeps nats-py's last connection error for the summary instead of a traceback
-    per reconnect attempt (the client retries until the timeout)."""
-
-    last: str | None = None
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.exc_info and record.exc_info[1] is not None:
-            self.last = repr(record.exc_info[1])
-
-    @classmethod
-    def install(cls) -> _LastError:
-        handler = cls()
-        logger = logging.getLogger("nats.aio.client")
-        logger.addHandler(handler)
-        logger.propagate = False
-        return handler
 
 
 @dataclass
@@ -75,6 +58,40 @@ async def _config(replies: jsapi.Replies, stream: str, timeout: float) -> dict[s
 def _settled(config: dict[str, Any]) -> dict[str, Any]:
     # The server stamps its own version into the metadata on every update.
     return {k: v for k, v in config.items() if k != "metadata"}
+
+
+class NatsUnreachableError(Exception):
+    pass
+
+
+async def wait_for_nats(url: str, deadline: float) -> None:
+    """Return once one of the NATS servers (``url`` may list several, comma-separated)
+    accepts a TCP connection; raise NatsUnreachableError at ``deadline`` (loop time).
+
+    nats-py waits for an absent server forever, and on Python 3.11 a connect given up on
+    cannot always be cancelled (a refused attempt can swallow the cancellation), so a
+    command that must stop in time checks the servers before it connects."""
+    servers = []
+    for part in url.split(","):
+        split = urlsplit(part.strip())
+        servers.append((split.hostname or "127.0.0.1", split.port or 4222))
+    loop = asyncio.get_running_loop()
+    last: BaseException | None = None
+    while True:
+        for host, port in servers:
+            budget = min(max(deadline - loop.time(), 0.1), 5.0)
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), budget)
+            except (OSError, TimeoutError) as exc:
+                last = exc
+                continue
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return
+        if loop.time() + 0.5 >= deadline:
+            raise NatsUnreachableError(repr(last))
+        await asyncio.sleep(0.5)
 
 
 async def ensure_all(settings: ProjectorSettings) -> list[Provisioned]:
@@ -138,17 +155,19 @@ def ensure(
     again: nothing is deleted, stored messages stay.
     """
     settings = ProjectorSettings.load()
-    errors = _LastError.install()
 
     async def go() -> list[Provisioned]:
-        return await asyncio.wait_for(ensure_all(settings), timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        await wait_for_nats(settings.nats_url(), deadline)
+        return await asyncio.wait_for(ensure_all(settings), max(deadline - loop.time(), 1.0))
 
     try:
         done = asyncio.run(go())
-    except TimeoutError as exc:
-        last = f" (last error: {errors.last})" if errors.last else ""
+    except (NatsUnreachableError, TimeoutError) as exc:
+        last = f" (last error: {exc})" if str(exc) else ""
         console.print(
-            f"[red]error[/red]: NATS at {settings.nats_url()} did not answer "
+            f"[red]error[/red]: NATS at {redact_url(settings.nats_url())} did not answer "
             f"within {timeout:g} s{last}"
         )
         raise typer.Exit(1) from exc
