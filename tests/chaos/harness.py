@@ -1,0 +1,415 @@
+"""Chaos scenarios on a running stack under load.
+
+A scenario starts the four services as processes on its own stream and read-model
+names, drives commands through the publisher's gRPC API (each command retried with
+its idempotency key until acknowledged), injects its fault, then checks the
+invariants and returns one row of the table:
+
+  appended      commands sent (each at least once)
+  acknowledged  commands the publisher confirmed
+  readable      confirmed commands found in the stream at their confirmed version
+  digest equal  every read model equals a clean rebuild of the stream
+  duplicates    events stored twice (same idempotency key) + effects applied twice
+  dead letters  messages in the dead-letter stream (poison only where injected)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+
+from jetsource.client import ContextClient
+from jetsource.core.settings import JetsourceSettings
+from jetsource.devstack.servers import NatsServer, ValkeyServer, free_port
+from jetsource.projector import admin
+from jetsource.projector.bootstrap import Projection, open_projection
+from jetsource.projector.settings import ProjectorSettings
+from tests.infra import Server
+from tests.projector_fixtures import projector_settings
+from tests.stack import Services
+
+MODELS = ("context", "timeline", "graph")
+RETRY = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+}
+
+
+@dataclass
+class Row:
+    scenario: str
+    appended: int = 0
+    acknowledged: int = 0
+    readable: int = 0
+    digest_equal: bool = False
+    duplicates: int = 0
+    dead_letters: int = 0
+    expected_dead_letters: int = 0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return (
+            self.acknowledged == self.appended
+            and self.readable == self.acknowledged
+            and self.digest_equal
+            and self.duplicates == 0
+            and self.dead_letters == self.expected_dead_letters
+        )
+
+
+HEADER = (
+    f"{'scenario':<24} {'appended':>8} {'acked':>6} {'readable':>8} {'digest=':>7} "
+    f"{'dup':>4} {'dlq':>4} {'secs':>5}  result"
+)
+
+
+def line(r: Row) -> str:
+    return (
+        f"{r.scenario:<24} {r.appended:>8} {r.acknowledged:>6} {r.readable:>8} "
+        f"{'yes' if r.digest_equal else 'NO':>7} {r.duplicates:>4} {r.dead_letters:>4} "
+        f"{r.seconds:>5.0f}  {'pass' if r.passed else 'FAIL'}  {'; '.join(r.notes)}"
+    )
+
+
+@dataclass
+class Cluster:
+    """One NATS server, or three in a cluster on loopback."""
+
+    nodes: list[NatsServer]
+    procs: list[Any]
+
+    @property
+    def url(self) -> str:
+        return ",".join(n.address() for n in self.nodes)
+
+    def kill(self, i: int) -> None:
+        self.procs[i].kill()
+        self.procs[i].wait(timeout=10)
+
+    def start(self, i: int) -> None:
+        self.procs[i] = self.nodes[i].start()
+        self.nodes[i].wait_ready(self.procs[i], 60)
+
+    def restart(self, i: int = 0) -> None:
+        self.procs[i].terminate()
+        self.procs[i].wait(timeout=30)
+        self.start(i)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+                p.wait(timeout=30)
+
+    def leader_of(self, stream: str) -> int:
+        for node in self.nodes:
+            try:
+                info = httpx.get(
+                    f"http://{node.host}:{node.monitor_port}/jsz?streams=true", timeout=2
+                ).json()
+            except httpx.HTTPError:
+                continue
+            for account in info.get("account_details", []):
+                for s in account.get("stream_detail", []):
+                    if s["name"] == stream and s.get("cluster", {}).get("leader"):
+                        name = s["cluster"]["leader"]
+                        return [n.server_name for n in self.nodes].index(name)
+        raise AssertionError(f"no leader known for {stream}")
+
+    def wait_meta_leader(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                jsz = httpx.get(
+                    f"http://127.0.0.1:{self.nodes[0].monitor_port}/jsz", timeout=2
+                ).json()
+                if jsz.get("meta_cluster", {}).get("leader"):
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError("no JetStream meta leader")
+
+
+def start_cluster(home: Path, size: int) -> Cluster:
+    ports = [(free_port(), free_port(), free_port()) for _ in range(size)]
+    nodes = []
+    for i, (client, monitor, route) in enumerate(ports):
+        extra = ""
+        if size > 1:
+            routes = ", ".join(f'"nats-route://127.0.0.1:{r}"' for _, _, r in ports)
+            extra = (
+                "cluster {\n  name: jetsource-chaos\n"
+                f'  listen: "127.0.0.1:{route}"\n  routes: [{routes}]\n}}\n'
+            )
+        nodes.append(
+            NatsServer(
+                home / f"nats{i}",
+                port=client,
+                monitor_port=monitor,
+                server_name=f"n{i}",
+                extra_config=extra,
+            )
+        )
+    procs = [n.start() for n in nodes]
+    cluster = Cluster(nodes, procs)
+    for i, n in enumerate(nodes):
+        n.wait_ready(procs[i], 60)
+    if size > 1:
+        cluster.wait_meta_leader()
+    return cluster
+
+
+@dataclass
+class Stack:
+    """Servers for one chaos run: NATS (one or three), Valkey and the graph store."""
+
+    home: Path
+    nats: Cluster
+    valkey: ValkeyServer
+    valkey_proc: Any
+    graph: Server
+
+    def restart_valkey(self) -> None:
+        self.valkey_proc.terminate()
+        self.valkey_proc.wait(timeout=30)
+        self.valkey_proc = self.valkey.start()
+        self.valkey.wait_ready(self.valkey_proc, 60)
+
+    def stop(self) -> None:
+        self.nats.stop()
+        if self.valkey_proc.poll() is None:
+            self.valkey_proc.terminate()
+            self.valkey_proc.wait(timeout=30)
+
+    def settings(self, base: JetsourceSettings, unique: str, replicas: int) -> ProjectorSettings:
+        s = projector_settings(
+            base,
+            unique,
+            ack_wait_s=2.0,
+            pull_batch=200,
+            backoff_s=[0.1, 0.2, 0.5],
+        )
+        s.nats.url = self.nats.url
+        s.valkey.url = self.valkey.address()
+        s.eventstore.replicas = replicas
+        s.snapshots.replicas = replicas
+        s.snapshots.every = 10
+        s.eventstore.retry_attempts = 3
+        return s
+
+
+def start_stack(home: Path, graph: Server, nats_nodes: int = 1) -> Stack:
+    cluster = start_cluster(home, nats_nodes)
+    valkey = ValkeyServer(home / "valkey", port=free_port())
+    proc = valkey.start()
+    valkey.wait_ready(proc, 60)
+    return Stack(home, cluster, valkey, proc, graph)
+
+
+@dataclass
+class Command:
+    story: str
+    key: str
+    version: int  # the version it makes (expected version + 1)
+
+
+@dataclass
+class Load:
+    """Writers through the publisher until stopped: each takes the next story and sends
+    its ``events`` commands in order. Every command is retried with its idempotency key
+    (and expected version) until acknowledged."""
+
+    target: str
+    prefix: str
+    events: int
+    writers: int = 8
+    stories: list[str] = field(default_factory=list)
+    sent: list[Command] = field(default_factory=list)
+    acked: dict[str, int] = field(default_factory=dict)  # key -> version
+    retries: int = 0
+
+    async def _send(self, client: ContextClient, c: Command) -> None:
+        self.sent.append(c)
+        while True:
+            try:
+                if c.version == 1:
+                    r = await client.create_context(
+                        c.story, title=f"Story {c.story}", idempotency_key=c.key
+                    )
+                elif c.version % 3 == 0:
+                    r = await client.add_subtask(
+                        c.story,
+                        f"t{c.version}",
+                        title=f"Task {c.version}",
+                        idempotency_key=c.key,
+                        expected_version=c.version - 1,
+                    )
+                else:
+                    r = await client.add_decision(
+                        c.story,
+                        f"d{c.version}",
+                        f"Decision {c.version}",
+                        idempotency_key=c.key,
+                        expected_version=c.version - 1,
+                    )
+                self.acked[c.key] = r.version
+                return
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in RETRY:
+                    raise
+                self.retries += 1
+                await asyncio.sleep(0.2)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async def writer() -> None:
+            async with ContextClient(self.target, timeout=5) as client:
+                while not stop.is_set():
+                    story = f"{self.prefix}-{len(self.stories):04d}"
+                    self.stories.append(story)
+                    for v in range(1, self.events + 1):
+                        await self._send(client, Command(story, f"{story}:{v}", v))
+
+        await asyncio.gather(*(writer() for _ in range(self.writers)))
+
+
+Fault = Callable[["Run"], Awaitable[str]]
+
+
+@dataclass
+class Run:
+    """One scenario in progress: its stack, settings, services and load."""
+
+    name: str
+    stack: Stack
+    settings: ProjectorSettings
+    services: Services
+    load: Load
+    projection: Projection
+    expected_dead_letters: int = 0
+    poison: int = 0  # messages injected that no model can apply
+
+
+async def _converged(run: Run, total: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        applied = [(await run.projection.model(m, 1).checkpoint()).applied for m in MODELS]
+        if all(a >= total for a in applied):
+            return
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"{run.name}: read models did not converge ({applied} of {total})")
+
+
+async def check(run: Run, row: Row) -> None:
+    p, load = run.projection, run.load
+    row.appended = len({c.key for c in load.sent})
+    row.acknowledged = len(load.acked)
+    keys_seen: dict[str, int] = {}
+    total = 0
+    for story in load.stories:
+        events = await p.store.read_aggregate(story)
+        total += len(events)
+        assert [e.version for e in events] == list(range(1, len(events) + 1)), story
+        for e in events:
+            key = e.envelope.idempotency_key
+            keys_seen[key] = keys_seen.get(key, 0) + 1
+            if load.acked.get(key) == e.version:
+                row.readable += 1
+    row.duplicates = sum(n - 1 for n in keys_seen.values() if n > 1)
+    good = (await p.store.stream_info())["state"]["messages"] - run.poison
+    await _converged(run, good, 180)
+    await asyncio.sleep(1.0)  # the snapshotter's dead letters, if any, are filed by now
+    row.dead_letters = len(await admin.dlq_list(p))
+    equal = True
+    for name in MODELS:
+        model = p.model(name, 1)
+        # Exactly once: each event applied once (poison never).
+        row.duplicates += max(0, (await model.checkpoint()).applied - good)
+        await admin.rebuild(p, name, 2)
+        clean = p.model(name, 2)
+        equal = equal and await model.digest() == await clean.digest()
+    row.digest_equal = equal
+
+
+async def scenario(
+    name: str,
+    stack: Stack,
+    base: JetsourceSettings,
+    fault: Fault,
+    writers: int = 8,
+    events: int = 20,
+    replicas: int = 1,
+    expected_dead_letters: int = 0,
+    poison: int = 0,
+) -> Row:
+    started = time.monotonic()
+    unique = f"{name.replace('-', '')[:10]}{random.randrange(10**6):06d}"
+    s = stack.settings(base, unique, replicas)
+    home = stack.home / unique
+    options = {
+        k: getattr(s.projector, k)
+        for k in (
+            "dlq_stream",
+            "dlq_subject_prefix",
+            "control_bucket",
+            "valkey_prefix",
+            "graph_label_prefix",
+            "ack_wait_s",
+            "pull_batch",
+            "backoff_s",
+        )
+    }
+    shared = JetsourceSettings(
+        **{k: getattr(s, k) for k in JetsourceSettings.model_fields if k != "log_level"},
+        log_level="WARNING",
+    )
+    services = Services.configure(
+        home,
+        shared,
+        options={
+            "projector": {**options, "models": list(MODELS)},
+            "snapshotter": options,
+            "query": {},
+        },
+    )
+    row = Row(name, expected_dead_letters=expected_dead_letters)
+    projection = await open_projection(s)
+    try:
+        await asyncio.to_thread(services.start_all)
+        load = Load(services.address("publisher"), unique, events, writers)
+        run = Run(name, stack, s, services, load, projection, expected_dead_letters, poison)
+        stop = asyncio.Event()
+        writing = asyncio.create_task(load.run(stop))
+        row.notes.append(await fault(run))
+        await asyncio.sleep(1.0)  # the load goes on a little after the fault
+        stop.set()
+        await writing
+        if load.retries:
+            row.notes.append(f"{load.retries} retried")
+        for svc in ("publisher", "projector", "snapshotter", "query"):
+            if not services.alive(svc):
+                await asyncio.to_thread(services.start, svc)
+        await check(run, row)
+    finally:
+        row.seconds = time.monotonic() - started
+        await asyncio.to_thread(services.stop_all)
+        for m in MODELS:
+            for v in (1, 2):
+                with contextlib.suppress(Exception):
+                    await projection.model(m, v).drop()
+        await projection.close()
+    return row

@@ -1,0 +1,151 @@
+"""Chaos scenarios on a running stack under load (`make chaos`), printed as a table.
+
+`test_short_subset` (kill -9 of the publisher and the projector under a small load)
+runs in `make test`; the whole table runs in `make chaos`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from jetsource.core.settings import JetsourceSettings
+from tests.chaos.harness import HEADER, Fault, Row, Run, Stack, line, scenario, start_stack
+from tests.infra import Server
+
+pytestmark = pytest.mark.e2e
+
+
+async def _pause(seconds: float) -> None:
+    await asyncio.sleep(seconds)
+
+
+def kill9(*names: str, times: int = 2, gap: float = 2.0) -> Fault:
+    async def fault(run: Run) -> str:
+        for _ in range(times):
+            await _pause(gap)
+            for name in names:
+                run.services.kill(name, signal.SIGKILL)
+            await _pause(0.3)
+            for name in names:
+                await asyncio.to_thread(run.services.start, name)
+        return f"kill -9 {'+'.join(names)} x{times}"
+
+    return fault
+
+
+async def restart_nats(run: Run) -> str:
+    await _pause(2.0)
+    await asyncio.to_thread(run.stack.nats.restart, 0)
+    return "nats-server restarted"
+
+
+async def restart_valkey(run: Run) -> str:
+    await _pause(2.0)
+    await asyncio.to_thread(run.stack.restart_valkey)
+    return "valkey restarted"
+
+
+async def restart_graph(run: Run) -> str:
+    await _pause(2.0)
+    await asyncio.to_thread(run.stack.graph.restart)
+    return "graph store restarted"
+
+
+async def sigstop_projector(run: Run) -> str:
+    await _pause(2.0)
+    stopped = run.settings.projector.ack_wait_s * 3
+    run.services.kill("projector", signal.SIGSTOP)
+    await _pause(stopped)
+    run.services.kill("projector", signal.SIGCONT)
+    return f"projector stopped {stopped:.0f}s (ack wait {run.settings.projector.ack_wait_s:.0f}s)"
+
+
+async def poison(run: Run) -> str:
+    await _pause(1.0)
+    js = run.projection.nc.jetstream()
+    subject = f"{run.settings.eventstore.subject_prefix}.poison-1.x"
+    await js.publish(subject, b"\xff not an event", stream=run.settings.eventstore.stream)
+    return "1 undecodable message"
+
+
+async def kill_stream_leader(run: Run) -> str:
+    await _pause(2.0)
+    stream = run.settings.eventstore.stream
+    leader = await asyncio.to_thread(run.stack.nats.leader_of, stream)
+    run.stack.nats.kill(leader)
+    await _pause(4.0)
+    await asyncio.to_thread(run.stack.nats.start, leader)
+    return f"stream leader n{leader} killed, back after 4s"
+
+
+SCENARIOS: list[tuple[str, Fault, dict[str, int]]] = [
+    ("kill9-publisher", kill9("publisher"), {}),
+    ("kill9-projector", kill9("projector", times=3), {}),
+    ("kill9-snapshotter", kill9("snapshotter"), {}),
+    ("kill9-query", kill9("query"), {}),
+    ("restart-nats", restart_nats, {}),
+    ("restart-valkey", restart_valkey, {}),
+    ("restart-graph", restart_graph, {}),
+    ("sigstop-projector", sigstop_projector, {}),
+    # Four consumers see the poison (context, timeline, graph, snapshots): four letters.
+    ("poison", poison, {"expected_dead_letters": 4, "poison": 1}),
+]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, graph_server: Server) -> Iterator[Stack]:
+    s = start_stack(tmp_path_factory.mktemp("chaos"), graph_server)
+    yield s
+    s.stop()
+
+
+async def _run(
+    name: str, stack: Stack, settings: JetsourceSettings, fault: Fault, **kw: int
+) -> Row:
+    try:
+        return await scenario(name, stack, settings, fault, **kw)
+    except Exception as exc:  # a broken scenario is a failed row, not a lost table
+        return Row(name, notes=[f"error: {exc!r}"[:300]])
+
+
+def _table(rows: list[Row]) -> str:
+    return "\n".join([HEADER, *(line(r) for r in rows)])
+
+
+async def test_short_subset(stack: Stack, settings: JetsourceSettings) -> None:
+    row = await _run(
+        "kill9-publisher+projector",
+        stack,
+        settings,
+        kill9("publisher", "projector", times=1, gap=1.5),
+        writers=4,
+        events=10,
+    )
+    print("\n" + _table([row]))
+    assert row.passed, _table([row])
+
+
+@pytest.mark.chaos
+@pytest.mark.timeout(900)
+async def test_chaos_table(stack: Stack, settings: JetsourceSettings, tmp_path: Path) -> None:
+    rows = []
+    for name, fault, kw in SCENARIOS:
+        rows.append(await _run(name, stack, settings, fault, **kw))
+        print(line(rows[-1]), flush=True)
+    cluster = start_stack(tmp_path / "cluster", stack.graph, nats_nodes=3)
+    try:
+        rows.append(
+            await _run("cluster-leader-kill-r3", cluster, settings, kill_stream_leader, replicas=3)
+        )
+    finally:
+        cluster.stop()
+    table = _table(rows)
+    print("\n" + table)
+    (Path(".jetsource") / "chaos-table.txt").parent.mkdir(exist_ok=True)
+    (Path(".jetsource") / "chaos-table.txt").write_text(table + "\n")
+    assert all(r.passed for r in rows), table
