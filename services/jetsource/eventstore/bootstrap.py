@@ -74,17 +74,29 @@ async def connect(settings: JetsourceSettings) -> NATS:
     nc = NATS()
     connecting = asyncio.ensure_future(nc.connect(**nats_options(settings), error_cb=on_error))
     waiting: set[asyncio.Future[Any]] = {connecting, refused}
-    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-    if connecting.done() and connecting.exception() is None:
+    try:
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # the caller gave up (a timeout): stop connecting as well
+        await _abandon(nc, connecting)
+        raise
+    if not refused.done():
+        connecting.result()  # connected, or a failure other than a refusal, raised as is
         return nc
-    connecting.cancel()
-    with contextlib.suppress(BaseException):
-        await connecting
-    await nc.close()
-    reason = refused.result() if refused.done() else connecting.exception()
+    await _abandon(nc, connecting)
+    reason = refused.result()
     raise AccessDeniedError(
         f"NATS at {redact_url(settings.nats_url())} refused this client: {reason}"
     ) from reason
+
+
+async def _abandon(nc: NATS, connecting: asyncio.Future[Any]) -> None:
+    """Stop a connect in progress and its retry loop (closing the client ends it even
+    where nats-py swallows the cancellation)."""
+    connecting.cancel()
+    with contextlib.suppress(Exception):
+        await nc.close()
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        await asyncio.wait_for(connecting, 2)
 
 
 async def release(nc: NATS) -> None:

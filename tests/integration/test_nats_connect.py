@@ -1,0 +1,27 @@
+"""bootstrap.connect: a caller's timeout stops the connect attempt for good (nats-py
+would otherwise retry an absent server forever in the background)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from jetsource.core.settings import JetsourceSettings, NatsSettings
+from jetsource.devstack.servers import free_port
+from jetsource.eventstore.bootstrap import connect, redact_url
+
+
+async def test_a_timeout_abandons_the_connect_attempt() -> None:
+    settings = JetsourceSettings(
+        nats=NatsSettings(url=f"nats://127.0.0.1:{free_port()}", connect_timeout_s=0.2)
+    )
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(connect(settings), 1.0)
+    await asyncio.sleep(0.5)
+    left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    assert left == []
+
+
+def test_urls_are_redacted() -> None:
+    assert redact_url("nats://u:secret@a:4222,tls://b:4222") == "nats://***@a:4222,tls://b:4222"
