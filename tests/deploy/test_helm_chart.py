@@ -584,6 +584,10 @@ def test_notes_say_where_things_are() -> None:
     assert (
         "monitoring.coreos.com/v1" not in render(None, MONITORING)["jetsource/templates/NOTES.txt"]
     )
+    # A password someone put in a URL is not printed back.
+    leaky = render({"nats": {"url": "nats://js:hunter2@nats:4222"}})
+    assert "hunter2" not in leaky["jetsource/templates/NOTES.txt"]
+    assert "nats://***@nats:4222" in leaky["jetsource/templates/NOTES.txt"]
 
 
 def test_values_production_keeps_secrets_out_of_the_values(
