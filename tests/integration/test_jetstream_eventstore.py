@@ -130,6 +130,12 @@ async def test_a_bounded_read_fetches_only_the_events_it_returns(
         list(range(11, 31)),
         21,
     )
+    # A range dense in the aggregate's events is read whole, another's event included
+    # (an unfiltered batch: its cost on the server does not grow with the stream).
+    assert await received(to_version=31, to_seq=full[30].stream_seq) == (
+        list(range(11, 32)),
+        23,
+    )
     # Beyond the end: what there is.
     assert (await received(to_version=40))[0] == list(range(11, 32))
     # From a hint below from_version, in small pages: whole pages up to it, then exact.

@@ -120,6 +120,10 @@ async def test_direct_get_page_returns_at_most_a_batch_and_what_is_left(
     assert [m.seq for m in page.messages] == [18, 20] and page.pending == 0
     assert await jsapi.direct_get_page(replies, name, f"{p}.a.>", 21, 5, 5) == jsapi.Page([], 0)
     assert await jsapi.direct_get_page(replies, name, f"{p}.none.>", 1, 5, 5) == jsapi.Page([], 0)
+    # No subject: every message in stream order.
+    page = await jsapi.direct_get_page(replies, name, None, 5, 4, 5)
+    assert [m.seq for m in page.messages] == [5, 6, 7, 8] and page.pending == 12
+    assert [m.data for m in page.messages] == [b"4", b"5", b"6", b"7"]
     # Paging through with pages of one equals one big page.
     one_by_one = [m async for m in jsapi.direct_get_batch(replies, name, f"{p}.b.>", 1, 5, page=1)]
     whole = await jsapi.direct_get_page(replies, name, f"{p}.b.>", 1, 1000, 5)

@@ -413,6 +413,7 @@ class JetStreamEventStore:
             at = await self.seq_at_time(limit_ns)
             seq_bound = at if seq_bound is None else min(seq_bound, at)
         subject = self._subject_filter(aggregate_id)
+        ours = subject[:-1]  # "<prefix>.<id>.": the aggregate's subjects start so
         stream, timeout = self._cfg.stream, self._cfg.request_timeout_s
         out: list[RecordedEvent] = []
 
@@ -425,18 +426,37 @@ class JetStreamEventStore:
                 # allows. Only while it walks up to from_version from a from_seq hint
                 # below it (seen after a first page) does it take whole pages.
                 batch = jsapi.DIRECT_GET_PAGE
-                if to_version is not None and (out or seq == from_seq):
-                    batch = min(batch, to_version - wanted + 1)
-                if seq_bound is not None:
-                    batch = min(batch, seq_bound - seq + 1)
+                need = None if to_version is None else to_version - wanted + 1
+                if need is not None and (out or seq == from_seq):
+                    batch = min(batch, need)
+                span = None if seq_bound is None else seq_bound - seq + 1
+                if span is not None:
+                    batch = min(batch, span)
                 if batch < 1:
                     return
+                # A filtered batch costs the server time in the length of the stream
+                # after seq; an unfiltered one does not. When the sequence range left
+                # holds at most twice the events still wanted (they are dense in it, as
+                # in a run of the aggregate's own commands), read the whole range
+                # unfiltered and keep ours: one cheap request, and the last one.
+                whole = (
+                    span is not None
+                    and need is not None
+                    and span <= min(2 * need, jsapi.DIRECT_GET_PAGE)
+                )
                 page = await jsapi.direct_get_page(
-                    self._replies, stream, subject, seq, batch, timeout
+                    self._replies,
+                    stream,
+                    None if whole else subject,
+                    seq,
+                    batch if not whole or span is None else span,
+                    timeout,
                 )
                 for raw in page.messages:
                     if seq_bound is not None and raw.seq > seq_bound:
                         return
+                    if whole and not raw.subject.startswith(ours):
+                        continue
                     record = self.decode(raw)
                     if to_version is not None and record.version > to_version:
                         return
@@ -445,7 +465,7 @@ class JetStreamEventStore:
                     if record.version >= from_version:
                         out.append(record)
                         wanted = record.version + 1
-                if page.pending == 0 or not page.messages:
+                if whole or page.pending == 0 or not page.messages:
                     return
                 seq = page.messages[-1].seq + 1
 

@@ -278,17 +278,23 @@ class Page:
 
 
 async def direct_get_page(
-    replies: Replies, stream: str, subject: str, from_seq: int, batch: int, timeout: float
+    replies: Replies, stream: str, subject: str | None, from_seq: int, batch: int, timeout: float
 ) -> Page:
-    """Up to ``batch`` messages matching ``subject`` (wildcards allowed) at or after
-    ``from_seq``, in stream order, in one request (ADR-31 batched direct get: the
-    server sends them, then an end-of-batch status 204 saying how many more match)."""
+    """Up to ``batch`` messages matching ``subject`` (wildcards allowed; None: any) at
+    or after ``from_seq``, in stream order, in one request (ADR-31 batched direct get:
+    the server sends them, then an end-of-batch status 204 saying how many more match).
+
+    Cost on the server (nats-server 2.12-2.15): with a subject, the count of what is
+    left grows with the part of the stream after ``from_seq`` (about 1 ms per 10,000
+    messages), however small the batch; without one it does not (0.3 ms for 50)."""
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
     reply, queue = replies.open()
     messages: list[RawMessage] = []
     try:
-        body = {"seq": max(from_seq, 1), "batch": batch, "next_by_subj": subject}
+        body: dict[str, Any] = {"seq": max(from_seq, 1), "batch": batch}
+        if subject is not None:
+            body["next_by_subj"] = subject
         await replies._nc.publish(
             f"$JS.API.DIRECT.GET.{stream}", json.dumps(body).encode(), reply=reply
         )
