@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import datetime
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from jetsource.core.envelope import RecordedEvent
 from jetsource.domain.context.events import registry
 from jetsource.domain.context.history import StateLoader
 from jetsource.eventstore.memory import InMemoryEventStore
@@ -118,10 +120,15 @@ class CountingSnapshots(InMemorySnapshotStore):
 
 class CountingStore(InMemoryEventStore):
     times_looked_up = 0
+    last_read: dict[str, Any] | None = None
 
     async def seq_at_time(self, time: datetime | int) -> int:
         self.times_looked_up += 1
         return await super().seq_at_time(time)
+
+    async def read_aggregate(self, aggregate_id: str, **bounds: Any) -> list[RecordedEvent]:
+        self.last_read = bounds
+        return await super().read_aggregate(aggregate_id, **bounds)
 
 
 async def test_points_between_listed_snapshots_need_no_snapshot_lookup() -> None:
@@ -143,6 +150,12 @@ async def test_points_between_listed_snapshots_need_no_snapshot_lookup() -> None
         assert point.state == state_at(records, until=t) and point.snapshot_version == v // 10 * 10
     assert snapshots.asked == 2 + 3 * 2  # fetching 10, 20 and 40 to decode them, once
     assert store.times_looked_up == 40  # once per time, not again for the tail
+    # The snapshot past the point bounds the tail read: by sequence for a version
+    # (here exactly, the aggregate is alone in the stream), by version for a time.
+    await loader.load("s1", to_version=37)
+    assert store.last_read and store.last_read["to_seq"] == records[36].stream_seq
+    await loader.load("s1", until=records[36].recorded_at_ns)
+    assert store.last_read and store.last_read["to_version"] == 39
     # Past the newest listed snapshot the store is asked again; new ones are found.
     await save_snapshots(snapshots, records, [60])
     point = await loader.load("s1")

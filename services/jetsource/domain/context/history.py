@@ -179,6 +179,23 @@ class StateLoader:
         self._listed.move_to_end(aggregate_id)
         return best, state
 
+    def _bounds(
+        self, aggregate_id: str, to_version: int | None, max_seq: int | None
+    ) -> tuple[int | None, int | None]:
+        """The point's version and sequence bounds, narrowed by listed snapshots past
+        it, so the tail read knows where the events it needs end: a snapshot of
+        version V at sequence S puts event v < V at sequence S - (V - v) or below,
+        and every event below sequence S below version V."""
+        last_version, last_seq = to_version, max_seq
+        for s in self._listed.get(aggregate_id, ()):
+            if to_version is not None and s.version > to_version:
+                at_most = s.last_seq - (s.version - to_version)
+                last_seq = at_most if last_seq is None else min(last_seq, at_most)
+            if max_seq is not None and s.last_seq > max_seq:
+                below = s.version - 1
+                last_version = below if last_version is None else min(last_version, below)
+        return last_version, last_seq
+
     async def _find(
         self, aggregate_id: str, to_version: int | None, max_seq: int | None
     ) -> Snapshot | None:
@@ -230,12 +247,13 @@ class StateLoader:
             return point
         if max_seq is not None and point.last_seq >= max_seq:
             return point
+        last_version, last_seq = self._bounds(aggregate_id, to_version, max_seq)
         tail = await self.store.read_aggregate(
             aggregate_id,
             from_version=point.state.version + 1,
-            to_version=to_version,
+            to_version=last_version,
             from_seq=point.last_seq + 1,
-            to_seq=max_seq,
+            to_seq=last_seq,
         )
         if tail:
             point.state = fold((e.event for e in tail), point.state)
