@@ -5,11 +5,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import nats
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from nats.aio.client import Client
 from nats.aio.client import Client as NATS
 
 from jetsource.eventstore import jsapi
 from jetsource.eventstore.jsapi import JsApiError, NoRespondersError, OutMessage, Replies
+from tests.infra import Server
 
 pytestmark = pytest.mark.integration
 
@@ -189,3 +194,34 @@ async def test_pull_consumer_hands_back_what_arrives_after_stop(
             got = await second.next_batch(10, 1.0)
     assert [(d.data, d.stream_seq) for d in got] == [(b"2", 2)]
     await second.stop()
+
+
+_header_text = st.text(
+    st.sampled_from(list("Nats-Sequence: \t\x0b\x1cAbz09_.:é>*\u00a0\u2003")), max_size=30
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_header_text, max_size=8), st.sampled_from(["\r\n", "\n", ""]))
+def test_lean_header_parsing_equals_nats_py(lines: list[str], end: str) -> None:
+    raw = "\r\n".join(lines).encode() + end.encode()
+    assert jsapi.parse_header_lines(raw) == Client._parse_header_lines(raw)
+    raw = b"\xff\xfeName: x\r\nOk: \xff\r\n" + raw
+    assert jsapi.parse_header_lines(raw) == Client._parse_header_lines(raw)
+
+
+async def test_lean_headers_read_what_nats_py_reads(
+    nats_server: Server, stream: tuple[Replies, str, str]
+) -> None:
+    replies, name, p = stream
+    odd = {"Nats-Msg-Id": "m1", "X-Spaced": "  padded value  ", "X-Unicode": "žluť", "X-E": ""}
+    await jsapi.publish(replies, OutMessage(f"{p}.h", b"body", odd), 5)
+    lean = await jsapi.direct_get(replies, name, {"seq": 1}, 5)
+    assert "_parse_header_lines" in replies._nc.__dict__  # Replies installed it
+    plain = await nats.connect(nats_server.url)  # a connection as nats-py makes it
+    try:
+        reply = await plain.request(f"$JS.API.DIRECT.GET.{name}", b'{"seq": 1}', timeout=5)
+    finally:
+        await plain.close()
+    assert lean is not None and dict(lean.headers) == reply.headers
+    assert reply.headers["X-Unicode"] == "žluť" and reply.headers["X-Spaced"] == "padded value"
