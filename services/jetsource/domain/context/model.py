@@ -419,14 +419,16 @@ def evolve(state: ContextState, event: Message | UnknownEvent) -> ContextState:
 
 
 def _evolve(state: ContextState, event: Message | UnknownEvent, put: Put) -> ContextState:
-    state = replace(state, version=state.version + 1)
+    # One copy of the state per event: the version moves with whatever else changes.
+    version = state.version + 1
     if isinstance(event, UnknownEvent):
-        return state
+        return replace(state, version=version)
     if isinstance(event, ev.ContextCreated):
         if state.exists:
             raise EvolveError("ContextCreated on an existing context")
         return replace(
             state,
+            version=version,
             exists=True,
             title=event.title,
             description=event.description,
@@ -448,7 +450,9 @@ def _evolve(state: ContextState, event: Message | UnknownEvent, put: Put) -> Con
             event.author,
             tuple(event.affects),
         )
-        return replace(state, decisions=put(state.decisions, decision.id, decision))
+        return replace(
+            state, version=version, decisions=put(state.decisions, decision.id, decision)
+        )
     if isinstance(event, ev.DecisionRevised):
         old = _existing(state.decisions, event.decision_id)
         new = replace(
@@ -458,17 +462,17 @@ def _evolve(state: ContextState, event: Message | UnknownEvent, put: Put) -> Con
             rationale=event.rationale or old.rationale,
             revisions=old.revisions + 1,
         )
-        return replace(state, decisions=put(state.decisions, new.id, new))
+        return replace(state, version=version, decisions=put(state.decisions, new.id, new))
     if isinstance(event, ev.DecisionSuperseded):
         old = _existing(state.decisions, event.decision_id)
         _existing(state.decisions, event.superseded_by)
         new = replace(old, superseded_by=event.superseded_by)
-        return replace(state, decisions=put(state.decisions, new.id, new))
+        return replace(state, version=version, decisions=put(state.decisions, new.id, new))
     if isinstance(event, ev.SubtaskAdded):
         if state.kind_of(event.subtask_id):
             raise EvolveError(f"duplicate id {event.subtask_id!r}")
         subtask = Subtask(event.subtask_id, event.title, event.description, event.assignee)
-        return replace(state, subtasks=put(state.subtasks, subtask.id, subtask))
+        return replace(state, version=version, subtasks=put(state.subtasks, subtask.id, subtask))
     if isinstance(event, ev.SubtaskUpdated):
         old_task = _existing(state.subtasks, event.subtask_id)
         new_task = replace(
@@ -478,14 +482,16 @@ def _evolve(state: ContextState, event: Message | UnknownEvent, put: Put) -> Con
             progress=event.progress,
             status_note=event.status_note,
         )
-        return replace(state, subtasks=put(state.subtasks, new_task.id, new_task))
+        return replace(state, version=version, subtasks=put(state.subtasks, new_task.id, new_task))
     if isinstance(event, ev.DependencyLinked):
         if not state.kind_of(event.from_id) or not state.kind_of(event.to_id):
             raise EvolveError("dependency on an unknown node")
-        return replace(state, dependencies=state.dependencies | {(event.from_id, event.to_id)})
+        return replace(
+            state, version=version, dependencies=state.dependencies | {(event.from_id, event.to_id)}
+        )
     if isinstance(event, ev.ContextClosed):
-        return replace(state, closed=True, close_reason=event.reason)
-    return state  # a registered type this model does not use: nothing to change
+        return replace(state, version=version, closed=True, close_reason=event.reason)
+    return replace(state, version=version)  # a registered type this model does not use
 
 
 def _with(mapping: Mapping[str, T], key: str, value: T) -> Mapping[str, T]:
