@@ -175,6 +175,30 @@ class EventStoreContract:
         assert await store.seq_at_time(times[1]) == events[1].stream_seq
         assert await store.seq_at_time(times[2] - 1) == events[1].stream_seq
 
+    async def test_version_at_time_among_other_aggregates(self, store: Store) -> None:
+        for i in range(4):
+            await store.append("when", [created() if i == 0 else decision(i)], i)
+            await asyncio.sleep(0.003)
+            await store.append(f"other-{i}", [created()], NO_STREAM)
+            await asyncio.sleep(0.003)
+        await store.append("when", [decision(10), decision(11)], 4)  # one time for both
+        events = await store.read_aggregate("when")
+        times = [e.recorded_at_ns for e in events]
+        assert times == sorted(times)
+        for e in events:
+            t = e.recorded_at_ns
+            expected = max(r.version for r in events if r.recorded_at_ns <= t)
+            assert await store.version_at_time("when", t) == expected
+            assert await store.version_at_time("when", t - 1) == expected - sum(
+                1 for r in events if r.recorded_at_ns == t
+            )
+        assert await store.version_at_time("when", times[0] - 1_000_000) == 0
+        assert await store.version_at_time("when", times[-1] + 1) == 6
+        assert await store.version_at_time("when", times[-1] + 10**18) == 6  # year 2200+
+        assert await store.version_at_time("nobody", times[-1]) == 0
+        with pytest.raises(ValidationError):
+            await store.version_at_time("bad.id", times[-1])
+
     async def test_version_ranges(self, store: Store) -> None:
         await store.append("range", [created(), *[decision(i) for i in range(9)]], NO_STREAM)
         got = await store.read_aggregate("range", from_version=3, to_version=6)

@@ -502,3 +502,25 @@ class JetStreamEventStore:
             return after.seq - 1
         info = await self.stream_info()
         return int(info["state"]["last_seq"])
+
+    async def version_at_time(self, aggregate_id: str, time: datetime | int) -> int:
+        """One direct get: the aggregate's first event recorded after ``time`` (a
+        single get by time and subject costs the server next to nothing); the version
+        before it is the answer. With none after it, the last event is the answer,
+        unless it was appended (after the time) between the two looks: look again."""
+        validate_aggregate_id(aggregate_id)
+        await self.start()
+        t = min(to_ns(time), MAX_TIME_NS)
+        subject = self._subject_filter(aggregate_id)
+        stream, timeout = self._cfg.stream, self._cfg.request_timeout_s
+        while True:
+            after = await self._call(
+                lambda: jsapi.first_at_or_after(self._replies, stream, t + 1, subject, timeout)
+            )
+            if after is not None:
+                return self._envelope(after).aggregate_version - 1
+            last = await self._tail(aggregate_id)
+            if last is None:
+                return 0
+            if last.time_ns <= t:
+                return self._position(aggregate_id, last)[0]

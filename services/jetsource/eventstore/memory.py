@@ -151,3 +151,13 @@ class InMemoryEventStore:
                 break
             last = record.stream_seq
         return last
+
+    async def version_at_time(self, aggregate_id: str, time: datetime | int) -> int:
+        validate_aggregate_id(aggregate_id)
+        t = to_ns(time)
+        version = 0
+        for record in self._by_aggregate.get(aggregate_id, []):
+            if record.recorded_at_ns > t:
+                break
+            version = record.version
+        return version

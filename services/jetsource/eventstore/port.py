@@ -39,3 +39,8 @@ class EventStore(Protocol):
 
     async def seq_at_time(self, time: datetime | int) -> int:
         """Last stream sequence recorded at or before ``time``; 0 if none."""
+
+    async def version_at_time(self, aggregate_id: str, time: datetime | int) -> int:
+        """The aggregate's last version recorded at or before ``time``; 0 if none.
+        (Stream times never go backwards, so its events recorded by then are exactly
+        versions 1 to this one.)"""
