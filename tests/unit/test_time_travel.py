@@ -122,9 +122,9 @@ class CountingStore(InMemoryEventStore):
     times_looked_up = 0
     last_read: dict[str, Any] | None = None
 
-    async def seq_at_time(self, time: datetime | int) -> int:
+    async def version_at_time(self, aggregate_id: str, time: datetime | int) -> int:
         self.times_looked_up += 1
-        return await super().seq_at_time(time)
+        return await super().version_at_time(aggregate_id, time)
 
     async def read_aggregate(self, aggregate_id: str, **bounds: Any) -> list[RecordedEvent]:
         self.last_read = bounds
@@ -149,13 +149,14 @@ async def test_points_between_listed_snapshots_need_no_snapshot_lookup() -> None
         point = await loader.load("s1", until=t)
         assert point.state == state_at(records, until=t) and point.snapshot_version == v // 10 * 10
     assert snapshots.asked == 2 + 3 * 2  # fetching 10, 20 and 40 to decode them, once
-    assert store.times_looked_up == 40  # once per time, not again for the tail
-    # The snapshot past the point bounds the tail read: by sequence for a version
-    # (here exactly, the aggregate is alone in the stream), by version for a time.
-    await loader.load("s1", to_version=37)
-    assert store.last_read and store.last_read["to_seq"] == records[36].stream_seq
-    await loader.load("s1", until=records[36].recorded_at_ns)
-    assert store.last_read and store.last_read["to_version"] == 39
+    assert store.times_looked_up == 40  # once per time, nothing else looked up
+    # A time is a version (the last one recorded by then), and the snapshot past it
+    # bounds the tail read by sequence (here exactly: the aggregate is alone).
+    for point in (dict(to_version=37), dict(until=records[36].recorded_at_ns)):
+        await loader.load("s1", **point)
+        assert store.last_read is not None
+        assert store.last_read["to_version"] == 37
+        assert store.last_read["to_seq"] == records[36].stream_seq
     # Past the newest listed snapshot the store is asked again; new ones are found.
     await save_snapshots(snapshots, records, [60])
     point = await loader.load("s1")

@@ -162,15 +162,15 @@ class StateLoader:
                 self._listed.popitem(last=False)
 
     def _from_list(
-        self, aggregate_id: str, to_version: int | None, max_seq: int | None
+        self, aggregate_id: str, to_version: int | None
     ) -> tuple[Snapshot, ContextState] | None:
         """The best listed snapshot for the point, if the point lies between listed
         ones (so no snapshot stored since can be closer) and its state is decoded."""
         listed = self._listed.get(aggregate_id)
-        if not listed:
+        if not listed or to_version is None:
             return None
-        best = choose(listed, STATE_SCHEMA_VERSION, to_version, max_seq)
-        if best is None or all(s.usable(STATE_SCHEMA_VERSION, to_version, max_seq) for s in listed):
+        best = choose(listed, STATE_SCHEMA_VERSION, to_version, None)
+        if best is None or all(s.version <= to_version for s in listed):
             return None
         state = self._cache.get(self._key(best))
         if state is None:
@@ -179,36 +179,31 @@ class StateLoader:
         self._listed.move_to_end(aggregate_id)
         return best, state
 
-    def _bounds(
-        self, aggregate_id: str, to_version: int | None, max_seq: int | None
-    ) -> tuple[int | None, int | None]:
-        """The point's version and sequence bounds, narrowed by listed snapshots past
-        it, so the tail read knows where the events it needs end: a snapshot of
-        version V at sequence S puts event v < V at sequence S - (V - v) or below,
-        and every event below sequence S below version V."""
-        last_version, last_seq = to_version, max_seq
-        for s in self._listed.get(aggregate_id, ()):
-            if to_version is not None and s.version > to_version:
-                at_most = s.last_seq - (s.version - to_version)
-                last_seq = at_most if last_seq is None else min(last_seq, at_most)
-            if max_seq is not None and s.last_seq > max_seq:
-                below = s.version - 1
-                last_version = below if last_version is None else min(last_version, below)
-        return last_version, last_seq
+    def _last_seq(self, aggregate_id: str, to_version: int | None) -> int | None:
+        """Where the events up to the point end, from listed snapshots past it: a
+        snapshot of version V at sequence S puts event v < V at S - (V - v) or below
+        (so a tail read knows its range; exactly, when the aggregate's events are
+        contiguous in the stream)."""
+        if to_version is None:
+            return None
+        bounds = [
+            s.last_seq - (s.version - to_version)
+            for s in self._listed.get(aggregate_id, ())
+            if s.version > to_version
+        ]
+        return min(bounds, default=None)
 
-    async def _find(
-        self, aggregate_id: str, to_version: int | None, max_seq: int | None
-    ) -> Snapshot | None:
+    async def _find(self, aggregate_id: str, to_version: int | None) -> Snapshot | None:
         """The newest usable snapshot: usually the latest one; else list them all."""
         assert self.snapshots is not None
         latest = await self.snapshots.latest(aggregate_id)
         if latest is None:
             return None
-        if latest.usable(STATE_SCHEMA_VERSION, to_version, max_seq):
+        if latest.usable(STATE_SCHEMA_VERSION, to_version, None):
             return latest
         kept = await self.snapshots.history(aggregate_id)
         self._list(aggregate_id, kept)
-        return choose(kept, STATE_SCHEMA_VERSION, to_version, max_seq)
+        return choose(kept, STATE_SCHEMA_VERSION, to_version, None)
 
     async def load(
         self,
@@ -220,14 +215,16 @@ class StateLoader:
     ) -> PointInTime:
         """State after every event up to ``to_version`` and recorded at or before
         ``until`` (both optional)."""
-        limit_ns = to_ns(until) if until is not None else None
-        # Stream times never go backwards: "recorded by then" is "at or below this
-        # sequence", looked up once and used for both the snapshot and the tail.
-        max_seq = await self.store.seq_at_time(limit_ns) if limit_ns is not None else None
+        if until is not None:
+            # Stream times never go backwards: the events recorded by then are the
+            # versions up to the last one recorded by then. One look-up, and the rest
+            # is a read up to a version.
+            by_then = await self.store.version_at_time(aggregate_id, to_ns(until))
+            to_version = by_then if to_version is None else min(to_version, by_then)
         point = PointInTime(ContextState(id=aggregate_id))
-        if use_snapshots and self.snapshots is not None and to_version != 0 and max_seq != 0:
-            found = None if keys else self._from_list(aggregate_id, to_version, max_seq)
-            snapshot = found[0] if found else await self._find(aggregate_id, to_version, max_seq)
+        if use_snapshots and self.snapshots is not None and to_version != 0:
+            found = None if keys else self._from_list(aggregate_id, to_version)
+            snapshot = found[0] if found else await self._find(aggregate_id, to_version)
             if snapshot is not None:
                 try:
                     state = found[1] if found else self._decoded(snapshot)
@@ -245,15 +242,12 @@ class StateLoader:
                     point = PointInTime(ContextState(id=aggregate_id))
         if to_version is not None and point.state.version >= to_version:
             return point
-        if max_seq is not None and point.last_seq >= max_seq:
-            return point
-        last_version, last_seq = self._bounds(aggregate_id, to_version, max_seq)
         tail = await self.store.read_aggregate(
             aggregate_id,
             from_version=point.state.version + 1,
-            to_version=last_version,
+            to_version=to_version,
             from_seq=point.last_seq + 1,
-            to_seq=last_seq,
+            to_seq=self._last_seq(aggregate_id, to_version),
         )
         if tail:
             point.state = fold((e.event for e in tail), point.state)
