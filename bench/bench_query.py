@@ -10,16 +10,19 @@
 Prints reads/s and p50/p99 latency, and the ratios.
 
     python -m bench.bench_query [--history 10000] [--reads 300] [--max-nodes 200]
+                                [--interleave K]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import random
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +47,29 @@ async def append(store: JetStreamEventStore, story: str, events: list[Any]) -> N
         await store.append(story, [NewEvent(e) for e in events[i : i + 50]], ANY)
 
 
-async def seed(url: str, history: int, max_nodes: int | None) -> dict[str, Any]:
+def other_writers() -> Iterator[tuple[str, list[Any]]]:
+    """Commands of 10 events of other stories (200 events each), one after another."""
+    for n in itertools.count():
+        story = f"other-{n}"
+        events = story_events(story, 200, seed=n)
+        for i in range(0, len(events), 10):
+            yield story, events[i : i + 10]
+
+
+async def append_among(
+    store: JetStreamEventStore, story: str, events: list[Any], others: int
+) -> None:
+    """The story in commands of 10 events, each followed by ``others`` commands of
+    other stories: a stream shared with other writers."""
+    writers = other_writers()
+    for i in range(0, len(events), 10):
+        await store.append(story, [NewEvent(e) for e in events[i : i + 10]], ANY)
+        for _ in range(others):
+            other, chunk = next(writers)
+            await store.append(other, [NewEvent(e) for e in chunk], ANY)
+
+
+async def seed(url: str, history: int, max_nodes: int | None, interleave: int) -> dict[str, Any]:
     """One long story with snapshots, its twin without, 100 short stories."""
     nc = await nats.connect(url)
     store = JetStreamEventStore(nc, registry, EventStoreSettings())
@@ -52,7 +77,10 @@ async def seed(url: str, history: int, max_nodes: int | None) -> dict[str, Any]:
     snapshots = JetStreamSnapshotStore(nc, SnapshotSettings(), 5.0)
     await snapshots.ensure_stream()
     long = story_events("long", history, seed=7, max_nodes=max_nodes)
-    await append(store, "long", long)
+    if interleave:
+        await append_among(store, "long", long, interleave)
+    else:
+        await append(store, "long", long)
     await append(store, "long-nosnap", long)
     records = await store.read_aggregate("long")
     twin = await store.read_aggregate("long-nosnap")
@@ -123,7 +151,7 @@ def drive_peer(history: int, targets: list[int], tmp: Path) -> Stats:
     return Stats("pyeventsourcing get(version=)", latencies, time.perf_counter() - started)
 
 
-async def run(history: int, reads: int, max_nodes: int | None) -> None:
+async def run(history: int, reads: int, max_nodes: int | None, interleave: int = 0) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="jetsource-bench-query-"))
     nats_server = NatsServer(tmp / "nats", port=free_port(), monitor_port=free_port())
     valkey_server = ValkeyServer(tmp / "valkey", port=free_port())
@@ -135,7 +163,7 @@ async def run(history: int, reads: int, max_nodes: int | None) -> None:
             server.wait_ready(proc, 30)
         url = nats_server.address()
         valkey = f"redis://127.0.0.1:{valkey_server.port}/0"
-        seeded = await seed(url, history, max_nodes)
+        seeded = await seed(url, history, max_nodes, interleave)
         await project(url, valkey)
         port = free_port()
         os.environ.update(
@@ -156,8 +184,9 @@ async def run(history: int, reads: int, max_nodes: int | None) -> None:
         versions = [records[i].version for i in picks]
         times = [records[i].recorded_at_ns for i in picks]
         twin_times = [seeded["twin"][i].recorded_at_ns for i in picks]
+        among = f", among {interleave}x as many events of others" if interleave else ""
         print(
-            f"{history}-event story (state {seeded['state_bytes'] // 1000} kB as text), "
+            f"{history}-event story (state {seeded['state_bytes'] // 1000} kB as text{among}), "
             f"{reads} reads per row, targets among the last 100 events; cpus={os.cpu_count()}"
         )
         async with QueryClient(service.address(), timeout=60) as q:
@@ -219,8 +248,16 @@ def main(argv: list[str] | None = None) -> None:
         help="a long-lived story: stop adding decisions/subtasks at this many, then only "
         "revise and progress them (default: keep growing, ~4,500 nodes at 10k events)",
     )
+    parser.add_argument(
+        "--interleave",
+        type=int,
+        default=0,
+        metavar="K",
+        help="write the story with snapshots in commands of 10 events, each followed by K "
+        "commands of other stories (default 0: its events are contiguous in the stream)",
+    )
     args = parser.parse_args(argv)
-    asyncio.run(run(args.history, args.reads, args.max_nodes))
+    asyncio.run(run(args.history, args.reads, args.max_nodes, args.interleave))
 
 
 if __name__ == "__main__":
