@@ -146,6 +146,23 @@ async def test_a_bounded_read_fetches_only_the_events_it_returns(
     await store.close()
 
 
+async def test_version_at_time_counts_when_the_look_up_keeps_missing(
+    nc: NATS, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = JetStreamEventStore(nc, registry, isolated_settings(unique))
+    await store.ensure_streams()
+    await store.append("v", [created(), decision(1), decision(2)], NO_STREAM)
+    events = await store.read_aggregate("v")
+
+    async def never(*_: object) -> None:  # as if every event came just after the look
+        return None
+
+    monkeypatch.setattr(jsapi, "first_at_or_after", never)
+    assert await store.version_at_time("v", events[1].recorded_at_ns) == 2
+    assert await store.version_at_time("v", events[2].recorded_at_ns) == 3
+    await store.close()
+
+
 async def test_unknown_event_types_and_versions_decode_to_unknown(nc: NATS, unique: str) -> None:
     settings = isolated_settings(unique)
     store = JetStreamEventStore(nc, registry, settings)
