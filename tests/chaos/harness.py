@@ -204,8 +204,9 @@ class Stack:
             pull_batch=200,
             backoff_s=[0.1, 0.2, 0.5],
         )
-        s.nats.url = self.nats.url
-        s.valkey.url = self.valkey.address()
+        # Copies: the base's server settings are the session's, shared by other tests.
+        s.nats = s.nats.model_copy(update={"url": self.nats.url})
+        s.valkey = s.valkey.model_copy(update={"url": self.valkey.address()})
         s.eventstore.replicas = replicas
         s.snapshots.replicas = replicas
         s.snapshots.every = 10
