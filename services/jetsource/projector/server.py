@@ -15,8 +15,10 @@ from jetsource.core.grpcserver import stop_on_signals
 from jetsource.core.runner import run_service
 from jetsource.domain.context.serialize import STATE_SCHEMA_VERSION
 from jetsource.projector.bootstrap import Projection, open_projection
+from jetsource.projector.graph_model import GRAPH
 from jetsource.projector.runtime import Worker
 from jetsource.projector.settings import ProjectorOptions, ProjectorSettings
+from jetsource.projector.valkey_models import CONTEXT, TIMELINE
 from jetsource.snapshotter.model import SNAPSHOTS
 
 log = logging.getLogger("jetsource.projector")
@@ -129,7 +131,7 @@ async def serve(settings: ProjectorSettings, name: str = "projector") -> None:
     o = settings.projector
     try:
         await projection.check_access(
-            valkey=bool({"context", "timeline"} & set(o.models)), graph="graph" in o.models
+            valkey=bool({CONTEXT, TIMELINE} & set(o.models)), graph=GRAPH in o.models
         )
     except BaseException:
         await projection.close()

@@ -82,6 +82,33 @@ def event_view(record: RecordedEvent) -> pb.EventView:
     return view
 
 
+def _decision_fields(d: Decision) -> dict[str, Any]:
+    """A decision's DecisionView fields (one list for the message and the encoded view)."""
+    return {
+        "id": d.id,
+        "title": d.title,
+        "body": d.body,
+        "rationale": d.rationale,
+        "author": d.author,
+        "affects": d.affects,
+        "superseded_by": d.superseded_by,
+        "revisions": d.revisions,
+        "active": not d.superseded_by,
+    }
+
+
+def _subtask_fields(t: Subtask) -> dict[str, Any]:
+    return {
+        "id": t.id,
+        "title": t.title,
+        "description": t.description,
+        "assignee": t.assignee,
+        "status": t.status,
+        "progress": t.progress,
+        "status_note": t.status_note,
+    }
+
+
 def state_view(state: ContextState) -> pb.ContextView:
     """Straight from a folded state (the same message as ``context_view`` of its
     dict form, without building the dict first)."""
@@ -98,28 +125,10 @@ def state_view(state: ContextState) -> pb.ContextView:
     decisions, subtasks = view.decisions, view.subtasks
     for key in sorted(state.decisions):
         d = state.decisions[key]
-        decisions.add(
-            id=d.id,
-            title=d.title,
-            body=d.body,
-            rationale=d.rationale,
-            author=d.author,
-            affects=d.affects,
-            superseded_by=d.superseded_by,
-            revisions=d.revisions,
-            active=not d.superseded_by,
-        )
+        decisions.add(**_decision_fields(d))
     for key in sorted(state.subtasks):
         t = state.subtasks[key]
-        subtasks.add(
-            id=t.id,
-            title=t.title,
-            description=t.description,
-            assignee=t.assignee,
-            status=t.status,
-            progress=t.progress,
-            status_note=t.status_note,
-        )
+        subtasks.add(**_subtask_fields(t))
     view.dependencies.extend(
         pb.Dependency(from_id=a, to_id=b) for a, b in sorted(state.dependencies)
     )
@@ -163,32 +172,14 @@ def _entry(field: bytes, message: Message) -> bytes:
 def _decision_entry(d: Decision) -> bytes:
     return _entry(
         _DECISION_FIELD,
-        pb.DecisionView(
-            id=d.id,
-            title=d.title,
-            body=d.body,
-            rationale=d.rationale,
-            author=d.author,
-            affects=d.affects,
-            superseded_by=d.superseded_by,
-            revisions=d.revisions,
-            active=not d.superseded_by,
-        ),
+        pb.DecisionView(**_decision_fields(d)),
     )
 
 
 def _subtask_entry(t: Subtask) -> bytes:
     return _entry(
         _SUBTASK_FIELD,
-        pb.SubtaskView(
-            id=t.id,
-            title=t.title,
-            description=t.description,
-            assignee=t.assignee,
-            status=t.status,
-            progress=t.progress,
-            status_note=t.status_note,
-        ),
+        pb.SubtaskView(**_subtask_fields(t)),
     )
 
 
