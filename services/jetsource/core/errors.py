@@ -50,3 +50,21 @@ class ConcurrencyError(JetsourceError):
 class AccessDeniedError(JetsourceError):
     """A server refused this process's credentials or certificate. Retrying will not
     help: the configuration must change. The message names the server, never a secret."""
+
+
+class CorruptEventError(JetsourceError):
+    """A stored message of an aggregate is not a valid event at its place in the
+    aggregate's history: it does not decode, its envelope is empty or names another
+    aggregate, its version breaks the contiguous chain, or the domain refuses it.
+    Nothing can be read or decided past it until an operator voids that stream
+    sequence (``jetsource repair void``). gRPC answers DATA_LOSS naming the sequence."""
+
+    def __init__(self, aggregate_id: str, stream_seq: int, reason: str) -> None:
+        self.aggregate_id = aggregate_id
+        self.stream_seq = stream_seq
+        self.reason = reason
+        super().__init__(
+            f"aggregate {aggregate_id!r} holds a corrupt event at stream sequence "
+            f"{stream_seq}: {reason}; nothing past it can be read until an operator "
+            f"voids it (jetsource repair void --seq {stream_seq})"
+        )
