@@ -23,7 +23,7 @@ from nats.errors import ConnectionClosedError, ConnectionReconnectingError, Outb
 
 from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
 from jetsource.core.clock import MAX_TIME_NS, now_ns, to_ns, to_timestamp
-from jetsource.core.codec import EventRegistry, PayloadDecodeError
+from jetsource.core.codec import EventRegistry, PayloadDecodeError, UnknownEvent
 from jetsource.core.envelope import (
     AppendResult,
     Expected,
@@ -33,6 +33,7 @@ from jetsource.core.envelope import (
 )
 from jetsource.core.errors import (
     ConcurrencyError,
+    CorruptEventError,
     EventStoreUnavailableError,
     EventTooLargeError,
     StreamMissingError,
@@ -55,11 +56,28 @@ _TRANSIENT = (
 _ENVELOPE_AND_HEADER_OVERHEAD = 512
 
 
+def void_prefix(subject_prefix: str) -> str:
+    """``context.events`` -> ``context.voids``: the subjects of operators' voids."""
+    root, _, _ = subject_prefix.rpartition(".")
+    return f"{root}.voids" if root else f"{subject_prefix}_voids"
+
+
+def voided_event(record: RecordedEvent) -> RecordedEvent:
+    """A voided event at its place in the history: it keeps its version and changes
+    nothing (every handler skips an unknown event)."""
+    return RecordedEvent(
+        record.envelope,
+        UnknownEvent(record.event_type, record.envelope.schema_version, b"", "voided"),
+        record.stream_seq,
+        record.recorded_at_ns,
+    )
+
+
 def stream_config(cfg: EventStoreSettings) -> dict[str, Any]:
     """Event-store defaults: nothing is ever deleted, rewritten or silently dropped."""
     return {
         "name": cfg.stream,
-        "subjects": [f"{cfg.subject_prefix}.>"],
+        "subjects": [f"{cfg.subject_prefix}.>", f"{void_prefix(cfg.subject_prefix)}.>"],
         "retention": "limits",
         "storage": "file",
         "discard": "new",  # a full stream refuses appends rather than dropping history
@@ -85,6 +103,7 @@ class JetStreamEventStore:
         self._replies = jsapi.Replies(nc)
         # aggregate id -> (version, stream sequence) of its last known event
         self._positions: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        self._voids: set[int] = set()  # stream sequences known to be voided
 
     @property
     def settings(self) -> EventStoreSettings:
@@ -166,10 +185,25 @@ class JetStreamEventStore:
             raise PayloadDecodeError(f"stream sequence {raw.seq}: envelope does not parse") from exc
         if not envelope.event_id:
             envelope.event_id = raw.headers.get("Nats-Msg-Id", "")
-        if not envelope.event_type or not envelope.aggregate_id:
-            _, aggregate_id, event_type = raw.subject.rsplit(".", 2)
-            envelope.event_type = envelope.event_type or event_type
-            envelope.aggregate_id = envelope.aggregate_id or aggregate_id
+        _, aggregate_id, event_type = raw.subject.rsplit(".", 2)
+        # What the subject says is what the stream guards (optimistic concurrency is on
+        # the subject): an envelope that disagrees with it, or that has no place in a
+        # history (no version, no schema), was not written by an event store.
+        problem = None
+        if envelope.aggregate_id and envelope.aggregate_id != aggregate_id:
+            problem = f"its envelope names aggregate {envelope.aggregate_id[:80]!r}"
+        elif envelope.event_type and envelope.event_type != event_type:
+            problem = f"its envelope names event type {envelope.event_type[:80]!r}"
+        elif envelope.aggregate_version < 1:
+            problem = "its envelope has no aggregate version" + (
+                " (empty message)" if not raw.data else ""
+            )
+        elif envelope.schema_version < 1:
+            problem = "its envelope has no schema version"
+        if problem:
+            raise PayloadDecodeError(f"stream sequence {raw.seq}: {problem}")
+        envelope.event_type = event_type
+        envelope.aggregate_id = aggregate_id
         if not envelope.aggregate_type:
             envelope.aggregate_type = self._cfg.aggregate_type
         envelope.recorded_at.CopyFrom(to_timestamp(raw.time_ns))
@@ -198,7 +232,10 @@ class JetStreamEventStore:
         """(version, sequence) of a tail message, remembered for the next append."""
         if tail is None:
             return 0, 0
-        version = self._envelope(tail).aggregate_version
+        try:
+            version = self._envelope(tail).aggregate_version
+        except PayloadDecodeError as exc:
+            raise CorruptEventError(aggregate_id, tail.seq, str(exc)) from exc
         self._remember(aggregate_id, version, tail.seq)
         return version, tail.seq
 
@@ -358,7 +395,10 @@ class JetStreamEventStore:
         last = tail if tail is not None else await self._tail(aggregate_id)
         if last is None:
             return None
-        newest = self._envelope(last)
+        try:
+            newest = self._envelope(last)
+        except PayloadDecodeError as exc:
+            raise CorruptEventError(aggregate_id, last.seq, str(exc)) from exc
         if newest.event_id == ids[-1]:
             # An atomic batch occupies consecutive sequences.
             n = len(ids)
@@ -371,7 +411,7 @@ class JetStreamEventStore:
                 duplicate=True,
             )
         found: list[RecordedEvent] = []
-        async for record in self._scan(self._subject_filter(aggregate_id), 1):
+        for record in await self.read_aggregate(aggregate_id):
             if found or record.event_id == ids[0]:
                 found.append(record)
                 if len(found) == len(ids):
@@ -391,10 +431,63 @@ class JetStreamEventStore:
     # -- reads --------------------------------------------------------------------
 
     async def _scan(self, subject: str, from_seq: int) -> AsyncIterator[RecordedEvent]:
+        """Every message matching ``subject`` decoded; a message that does not decode
+        is skipped if an operator voided it, else CorruptEventError."""
         async for raw in jsapi.direct_get_batch(
             self._replies, self._cfg.stream, subject, from_seq, self._cfg.request_timeout_s
         ):
-            yield self.decode(raw)
+            try:
+                yield self.decode(raw)
+            except PayloadDecodeError as exc:
+                aggregate_id = raw.subject.rsplit(".", 2)[-2]
+                if not await self.voided(aggregate_id, raw.seq):
+                    raise CorruptEventError(aggregate_id, raw.seq, str(exc)) from exc
+
+    def void_subject(self, aggregate_id: str, stream_seq: int) -> str:
+        """Where an operator's void of one stream sequence is recorded: beside the
+        events, in the same stream, outside the subjects readers and consumers read."""
+        return f"{void_prefix(self._cfg.subject_prefix)}.{aggregate_id}.{stream_seq}"
+
+    async def voided(self, aggregate_id: str, stream_seq: int) -> bool:
+        """Has an operator voided this stream sequence? Asked only for a message that
+        is not a valid event at its place, so it costs nothing on the usual path;
+        a void is never undone, so a yes is remembered."""
+        if stream_seq in self._voids:
+            return True
+        raw = await self._call(
+            lambda: jsapi.last_for_subject(
+                self._replies,
+                self._cfg.stream,
+                self.void_subject(aggregate_id, stream_seq),
+                self._cfg.request_timeout_s,
+            )
+        )
+        if raw is not None:
+            self._voids.add(stream_seq)
+        return raw is not None
+
+    async def _in_chain(
+        self, aggregate_id: str, raw: RawMessage, expected: int | None
+    ) -> RecordedEvent | None:
+        """The message as the next event of the aggregate's history (``expected``: the
+        version it must carry, None when not known), or CorruptEventError naming its
+        sequence. A voided message is read as a no-op event if it holds the expected
+        version, else not at all."""
+        record: RecordedEvent | None
+        try:
+            record = self.decode(raw)
+            problem = None
+            if expected is not None and record.version != expected:
+                problem = f"it carries version {record.version} where {expected} belongs"
+        except PayloadDecodeError as exc:
+            record, problem = None, str(exc)
+        if problem is None:
+            return record
+        if not await self.voided(aggregate_id, raw.seq):
+            raise CorruptEventError(aggregate_id, raw.seq, problem)
+        if record is None or expected is None or record.version != expected:
+            return None
+        return voided_event(record)
 
     async def read_aggregate(
         self,
@@ -417,8 +510,13 @@ class JetStreamEventStore:
         stream, timeout = self._cfg.stream, self._cfg.request_timeout_s
         out: list[RecordedEvent] = []
 
+        # The version the next message must carry: known from the start of the
+        # aggregate, or once a first message is read after a sequence hint.
+        expected: list[int | None] = [None]
+
         async def collect() -> None:
             out.clear()  # a retried read starts over
+            expected[0] = 1 if from_seq <= 1 else None
             seq, wanted = from_seq, from_version  # next sequence to ask for, next version
             while True:
                 # Versions are contiguous, so a read up to a version asks for exactly
@@ -457,7 +555,11 @@ class JetStreamEventStore:
                         return
                     if whole and not raw.subject.startswith(ours):
                         continue
-                    record = self.decode(raw)
+                    checked = await self._in_chain(aggregate_id, raw, expected[0])
+                    if checked is None:
+                        continue  # voided, with no place in the history
+                    record = checked
+                    expected[0] = record.version + 1
                     if to_version is not None and record.version > to_version:
                         return
                     if limit_ns is not None and record.recorded_at_ns > limit_ns:
@@ -518,11 +620,16 @@ class JetStreamEventStore:
                 lambda: jsapi.first_at_or_after(self._replies, stream, t + 1, subject, timeout)
             )
             if after is not None:
-                return self._envelope(after).aggregate_version - 1
+                try:
+                    return self._envelope(after).aggregate_version - 1
+                except PayloadDecodeError:
+                    break  # not an event: the counting read below says what it is
             last = await self._tail(aggregate_id)
             if last is None:
                 return 0
             if last.time_ns <= t:
                 return self._position(aggregate_id, last)[0]
-        # Appends keep racing the look-ups: count what was recorded by then instead.
-        return len(await self.read_aggregate(aggregate_id, until_time=t))
+        # Appends keep racing the look-ups (or a message is not an event): read what
+        # was recorded by then instead.
+        events = await self.read_aggregate(aggregate_id, until_time=t)
+        return events[-1].version if events else 0

@@ -50,6 +50,7 @@ class InMemoryEventStore:
         self._by_event_id: dict[str, RecordedEvent] = {}
         self._lock = asyncio.Lock()
         self._last_time = 0
+        self._voids: set[int] = set()
 
     async def ensure_streams(self) -> None:
         return None
@@ -151,6 +152,13 @@ class InMemoryEventStore:
                 break
             last = record.stream_seq
         return last
+
+    async def voided(self, aggregate_id: str, stream_seq: int) -> bool:
+        return stream_seq in self._voids
+
+    def void(self, stream_seq: int) -> None:
+        """What ``jetsource repair void`` records, for unit tests of the readers."""
+        self._voids.add(stream_seq)
 
     async def version_at_time(self, aggregate_id: str, time: datetime | int) -> int:
         validate_aggregate_id(aggregate_id)

@@ -40,6 +40,10 @@ class EventStore(Protocol):
     async def seq_at_time(self, time: datetime | int) -> int:
         """Last stream sequence recorded at or before ``time``; 0 if none."""
 
+    async def voided(self, aggregate_id: str, stream_seq: int) -> bool:
+        """Has an operator voided this stream sequence (``jetsource repair void``)?
+        A voided event reads as a no-op at its place in the history."""
+
     async def version_at_time(self, aggregate_id: str, time: datetime | int) -> int:
         """The aggregate's last version recorded at or before ``time``; 0 if none.
         (Stream times never go backwards, so its events recorded by then are exactly

@@ -20,7 +20,7 @@ from prometheus_client import Counter
 from jetsource.core.envelope import AppendResult, NewEvent, RecordedEvent
 from jetsource.core.errors import ConcurrencyError, JetsourceError, ValidationError
 from jetsource.core.ids import validate_aggregate_id
-from jetsource.domain.context.history import Keys, StateLoader
+from jetsource.domain.context.history import Keys, StateLoader, fold_records
 from jetsource.domain.context.model import Command, ContextState, DomainError, decide, fold
 from jetsource.eventstore.port import EventStore
 
@@ -66,8 +66,8 @@ class Loaded:
     # keys known from a snapshot load: key -> (first, last version); read when repeated
     older: Keys = field(default_factory=dict)
 
-    def apply(self, records: Sequence[RecordedEvent]) -> None:
-        self.state = fold([r.event for r in records], self.state)
+    def remember(self, records: Sequence[RecordedEvent]) -> None:
+        """Note the stored events' positions and idempotency keys (state folded apart)."""
         for record in records:
             self.last_seq = record.stream_seq
             key = record.envelope.idempotency_key
@@ -123,7 +123,8 @@ class CommandHandler:
             tail = await self._store.read_aggregate(
                 context_id, from_version=loaded.state.version + 1, from_seq=loaded.last_seq + 1
             )
-            loaded.apply(tail)
+            loaded.state = await fold_records(self._store, tail, loaded.state)
+            loaded.remember(tail)
         if self._cache_size:
             self._cache[context_id] = loaded
             self._cache.move_to_end(context_id)
@@ -214,6 +215,15 @@ class CommandHandler:
                 CONFLICTS.inc()
                 self._cache.pop(context_id, None)
                 if expected is not None:
+                    # The key before the version: the context may have moved by this very
+                    # command (a reply lost to a deadline, a retry that raced it).
+                    fresh_load = await self.load(context_id)
+                    if key in fresh_load.results:
+                        return fresh_load.results[key]
+                    if key in fresh_load.older:
+                        return await self._recall(
+                            context_id, fresh_load, key, *fresh_load.older[key]
+                        )
                     raise ExpectedVersionMismatchError(context_id, expected, exc.actual) from exc
                 RETRIES.inc()
                 await asyncio.sleep(self._backoff * (attempt + 1) * random.random())

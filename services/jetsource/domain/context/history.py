@@ -22,7 +22,8 @@ from datetime import datetime
 
 from jetsource.core.clock import to_ns
 from jetsource.core.envelope import RecordedEvent
-from jetsource.domain.context.model import ContextState, fold
+from jetsource.core.errors import CorruptEventError
+from jetsource.domain.context.model import ContextState, EvolveError, evolve, fold
 from jetsource.domain.context.serialize import STATE_SCHEMA_VERSION, state_from_dict, state_to_dict
 from jetsource.eventstore.port import EventStore
 from jetsource.eventstore.snapshots import Snapshot, SnapshotStore, choose
@@ -37,6 +38,29 @@ Keys = dict[str, tuple[int, int]]
 
 class SnapshotDecodeError(ValueError):
     pass
+
+
+async def fold_records(
+    store: EventStore, records: list[RecordedEvent], state: ContextState
+) -> ContextState:
+    """Fold stored events into ``state``. An event the domain refuses has no place in
+    the history: CorruptEventError naming its sequence, unless an operator voided it,
+    then it changes nothing (the store already reads voided messages so; this covers
+    a void recorded after the read)."""
+    try:
+        return fold((r.event for r in records), state)
+    except EvolveError:
+        pass
+    for r in records:
+        try:
+            state = evolve(state, r.event)
+        except EvolveError as exc:
+            if not await store.voided(r.aggregate_id, r.stream_seq):
+                raise CorruptEventError(
+                    r.aggregate_id, r.stream_seq, f"{r.event_type} v{r.version}: {exc}"
+                ) from exc
+            state = replace(state, version=r.version)
+    return state
 
 
 def encode_state(state: ContextState) -> bytes:
@@ -250,7 +274,7 @@ class StateLoader:
             to_seq=self._last_seq(aggregate_id, to_version),
         )
         if tail:
-            point.state = fold((e.event for e in tail), point.state)
+            point.state = await fold_records(self.store, tail, point.state)
             point.last_seq = tail[-1].stream_seq
             point.recorded_at_ns = tail[-1].recorded_at_ns
             point.events_folded = len(tail)
