@@ -7,19 +7,211 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import logging
 import signal
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
+from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status  # type: ignore[import-untyped]
 
+from jetsource.core.errors import (
+    ConcurrencyError,
+    CorruptEventError,
+    EventStoreUnavailableError,
+    StreamMissingError,
+    ValidationError,
+)
 from jetsource.core.settings import GrpcServerSettings
 
 HEALTH_PREFIX = f"/{health.SERVICE_NAME}/"
+ERROR_DOMAIN = "jetsource"
+log = logging.getLogger("jetsource.grpc")
+
+
+# -- errors -> status codes, in one place -----------------------------------------------
+
+
+class RpcError(Exception):
+    """An answer that is not OK, raised anywhere below a handler: the interceptor sends
+    it as ``code`` with ``message``, and a google.rpc.Status in the trailers with a
+    BadRequest (``violations``: field path -> description) and an ErrorInfo (``reason``
+    and ``metadata``) when given."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        *,
+        field: str | None = None,
+        violations: Sequence[tuple[str, str]] = (),
+        reason: str = "",
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        found = list(violations)
+        if field and not found:
+            found = [(field, message)]
+        self.violations = found
+        self.reason = reason
+        self.metadata = dict(metadata or {})
+
+
+def status_details(error: RpcError) -> status_pb2.Status:
+    """The google.rpc.Status sent in the ``grpc-status-details-bin`` trailer."""
+    status = status_pb2.Status(code=error.code.value[0], message=error.message)
+    if error.violations:
+        bad = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
+                for f, d in error.violations
+            ]
+        )
+        packed = any_pb2.Any()
+        packed.Pack(bad)
+        status.details.append(packed)
+    if error.reason or error.metadata:
+        info = error_details_pb2.ErrorInfo(
+            reason=error.reason or error.code.name,
+            domain=ERROR_DOMAIN,
+            metadata=error.metadata,
+        )
+        packed = any_pb2.Any()
+        packed.Pack(info)
+        status.details.append(packed)
+    return status
+
+
+async def abort(context: grpc.aio.ServicerContext, error: RpcError) -> NoReturn:
+    """Answer ``error`` with its rich details in the trailers."""
+    status = rpc_status.to_status(status_details(error))
+    await context.abort(status.code, status.details, status.trailing_metadata)
+    raise AssertionError("abort returned")  # pragma: no cover
+
+
+# Exception types the services register (DomainError, ...), most specific first; each
+# maps to a code and, optionally, a function giving the RpcError itself.
+_Mapper = Callable[[BaseException], RpcError]
+_REGISTERED: list[tuple[type[BaseException], _Mapper]] = []
+
+
+def register_error(
+    kind: type[BaseException],
+    code: grpc.StatusCode | None = None,
+    mapper: _Mapper | None = None,
+) -> None:
+    """Map exceptions of ``kind`` (raised by any handler) to ``code`` with their message,
+    or to what ``mapper`` makes of them. Registered types are tried before the built-in
+    ones, in registration order."""
+    if mapper is None:
+        if code is None:
+            raise ValueError("give a code or a mapper")
+        fixed = code
+
+        def mapper(exc: BaseException) -> RpcError:
+            return RpcError(fixed, str(exc) or fixed.name.lower().replace("_", " "))
+
+    _REGISTERED[:] = [(k, m) for k, m in _REGISTERED if k is not kind]
+    _REGISTERED.append((kind, mapper))
+
+
+def validation_error(exc: BaseException) -> RpcError:
+    field = getattr(exc, "field", None)
+    return RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), field=field)
+
+
+def version_conflict(exc: BaseException) -> RpcError:
+    """ABORTED naming the current version, also as ErrorInfo metadata."""
+    actual = getattr(exc, "actual", None)
+    return RpcError(
+        grpc.StatusCode.ABORTED,
+        str(exc),
+        reason="VERSION_MISMATCH",
+        metadata={"current_version": str(actual)} if actual is not None else {},
+    )
+
+
+def corrupt_event(exc: BaseException) -> RpcError:
+    seq = getattr(exc, "stream_seq", None)
+    cid = getattr(exc, "aggregate_id", "")
+    return RpcError(
+        grpc.StatusCode.DATA_LOSS,
+        str(exc),
+        reason="CORRUPT_EVENT",
+        metadata={"context_id": str(cid), "stream_sequence": str(seq)},
+    )
+
+
+_BUILT_IN: list[tuple[type[BaseException], _Mapper]] = [
+    (RpcError, lambda exc: exc if isinstance(exc, RpcError) else _internal(exc)),
+    (CorruptEventError, corrupt_event),
+    (ValidationError, validation_error),
+    (ConcurrencyError, version_conflict),
+    (
+        EventStoreUnavailableError,
+        lambda exc: RpcError(grpc.StatusCode.UNAVAILABLE, f"event store unavailable: {exc}"),
+    ),
+    (
+        StreamMissingError,
+        lambda exc: RpcError(grpc.StatusCode.UNAVAILABLE, f"event store unavailable: {exc}"),
+    ),
+    (
+        TimeoutError,
+        lambda exc: RpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"),
+    ),
+]
+
+
+def _internal(exc: BaseException) -> RpcError:
+    return RpcError(
+        grpc.StatusCode.INTERNAL,
+        "internal error: the server failed to answer this request; it was logged",
+    )
+
+
+def to_rpc_error(exc: BaseException) -> RpcError:
+    """What a handler's exception is answered with (INTERNAL when nothing maps it)."""
+    for kind, mapper in (*_REGISTERED, *_BUILT_IN):
+        if isinstance(exc, kind):
+            return mapper(exc)
+    return _internal(exc)
+
+
+async def answer_error(
+    context: grpc.aio.ServicerContext, method: str, exc: BaseException
+) -> NoReturn:
+    error = to_rpc_error(exc)
+    if error.code is grpc.StatusCode.INTERNAL:
+        log.error("%s failed unexpectedly", method, exc_info=exc)
+    elif error.code is grpc.StatusCode.DATA_LOSS:
+        log.warning("%s: %s", method, error.message)
+    await abort(context, error)
+
+
+def _parse(parse: Callable[[bytes], Any] | None, body: bytes) -> Any:
+    if parse is None:
+        return body
+    try:
+        return parse(body)
+    except (DecodeError, ValueError, TypeError, UnicodeDecodeError, RuntimeError) as exc:
+        raise RpcError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "request body is not a valid protobuf message of this method's request type "
+            "(truncated, malformed, or a string field that is not UTF-8)",
+            field="request body",
+        ) from exc
+
+
+_PASS_THROUGH = (grpc.aio.AbortError, asyncio.CancelledError, GeneratorExit)
 
 
 @dataclass
@@ -41,7 +233,10 @@ class GrpcEndpoint:
 
 
 class Guard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Bearer-token check and a bound on each client's calls in flight.
+    """Bearer-token check, a bound on each client's calls in flight, request parsing
+    and the one place where a handler's failure becomes a status: known errors map to
+    their codes (``to_rpc_error``), anything else is logged with its traceback and
+    answered INTERNAL with a generic message (never UNKNOWN, never a class name).
 
     The health service is neither authenticated nor counted (probes call it). A client
     is identified by its token when tokens are required, else by its connection."""
@@ -96,34 +291,43 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         method = str(getattr(details, "method", ""))
         if handler is None or method.startswith(HEALTH_PREFIX):
             return handler
+        # Requests arrive as bytes and are parsed here, so a body that is not valid
+        # protobuf is INVALID_ARGUMENT (grpc.aio's own deserializer answers UNKNOWN).
+        parse = handler.request_deserializer
         if handler.unary_unary is not None:
             inner = handler.unary_unary
 
-            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def unary(body: bytes, context: grpc.aio.ServicerContext) -> Any:
                 client = await self._enter(context)
                 try:
-                    return await inner(request, context)
+                    return await inner(_parse(parse, body), context)
+                except _PASS_THROUGH:
+                    raise
+                except Exception as exc:
+                    await answer_error(context, method, exc)
                 finally:
                     self._leave(client)
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary, handler.request_deserializer, handler.response_serializer
-            )
+            return grpc.unary_unary_rpc_method_handler(unary, None, handler.response_serializer)
         if handler.unary_stream is not None:
             stream = handler.unary_stream
 
             async def streaming(
-                request: Any, context: grpc.aio.ServicerContext
+                body: bytes, context: grpc.aio.ServicerContext
             ) -> AsyncIterator[Any]:
                 client = await self._enter(context)
                 try:
-                    async for item in stream(request, context):
+                    async for item in stream(_parse(parse, body), context):
                         yield item
+                except _PASS_THROUGH:
+                    raise
+                except Exception as exc:
+                    await answer_error(context, method, exc)
                 finally:
                     self._leave(client)
 
             return grpc.unary_stream_rpc_method_handler(
-                streaming, handler.request_deserializer, handler.response_serializer
+                streaming, None, handler.response_serializer
             )
         return handler  # no client- or bidi-streaming RPCs in jetsource
 

@@ -1,4 +1,6 @@
-"""gRPC ContextCommandService: requests -> commands, errors -> status codes."""
+"""gRPC ContextCommandService: requests -> commands. Errors are raised as they are and
+answered by the server's interceptor (``jetsource.core.grpcserver``): the types this
+service adds are registered with it below."""
 
 from __future__ import annotations
 
@@ -12,16 +14,20 @@ from prometheus_client import Counter, Histogram
 
 from jetsource._gen.context.v1 import commands_pb2 as pb
 from jetsource._gen.context.v1 import commands_pb2_grpc as pb_grpc
+from jetsource.core.clock import now_ns
 from jetsource.core.envelope import AppendResult
 from jetsource.core.errors import (
     ConcurrencyError,
+    CorruptEventError,
     EventStoreUnavailableError,
     StreamMissingError,
     ValidationError,
 )
+from jetsource.core.grpcserver import register_error, version_conflict
 from jetsource.domain.context import model as m
 from jetsource.domain.context.model import DomainError
 from jetsource.publisher.handler import (
+    MAX_KEY,
     CommandHandler,
     CommandOptions,
     ExpectedVersionMismatchError,
@@ -39,8 +45,28 @@ LATENCY = Histogram(
 )
 
 
+# Every string of CommandOptions and its limit (characters); refused naming its path.
+OPTION_LIMITS = {
+    "idempotency_key": MAX_KEY,
+    "correlation_id": MAX_KEY,
+    "causation_id": MAX_KEY,
+    "actor": m.MAX_NAME,
+}
+
+
 def _options(request: Any) -> CommandOptions:
     o = request.options
+    if not o.idempotency_key.strip():
+        raise ValidationError(
+            "options.idempotency_key is required", field="options.idempotency_key"
+        )
+    for name, limit in OPTION_LIMITS.items():
+        value = getattr(o, name)
+        if len(value) > limit:
+            raise ValidationError(
+                f"options.{name} is {len(value)} characters; at most {limit}",
+                field=f"options.{name}",
+            )
     return CommandOptions(
         idempotency_key=o.idempotency_key,
         expected_version=o.expected_version if o.HasField("expected_version") else None,
@@ -60,16 +86,22 @@ def _result(r: AppendResult) -> pb.CommandResult:
     )
 
 
-STATUS: list[tuple[type[BaseException], grpc.StatusCode, str]] = [
-    (ValidationError, grpc.StatusCode.INVALID_ARGUMENT, "invalid"),
-    (DomainError, grpc.StatusCode.FAILED_PRECONDITION, "refused"),
-    (ExpectedVersionMismatchError, grpc.StatusCode.ABORTED, "conflict"),
-    (ConcurrencyError, grpc.StatusCode.ABORTED, "conflict"),
-    (RetriesExhaustedError, grpc.StatusCode.ABORTED, "conflict"),
-    (EventStoreUnavailableError, grpc.StatusCode.UNAVAILABLE, "unavailable"),
-    (StreamMissingError, grpc.StatusCode.UNAVAILABLE, "unavailable"),
-    (TimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED, "deadline"),
+# Exception -> metric outcome (the status code comes from the interceptor's mapping).
+OUTCOMES: list[tuple[type[BaseException], str]] = [
+    (ValidationError, "invalid"),
+    (DomainError, "refused"),
+    (ExpectedVersionMismatchError, "conflict"),
+    (ConcurrencyError, "conflict"),
+    (RetriesExhaustedError, "conflict"),
+    (CorruptEventError, "data_loss"),
+    (EventStoreUnavailableError, "unavailable"),
+    (StreamMissingError, "unavailable"),
+    (TimeoutError, "deadline"),
 ]
+
+register_error(DomainError, grpc.StatusCode.FAILED_PRECONDITION)
+register_error(ExpectedVersionMismatchError, mapper=version_conflict)
+register_error(RetriesExhaustedError, grpc.StatusCode.ABORTED)
 
 
 class ContextCommandService(pb_grpc.ContextCommandServiceServicer):
@@ -89,14 +121,13 @@ class ContextCommandService(pb_grpc.ContextCommandServiceServicer):
         remaining = context.time_remaining()
         budget = self._default_deadline if remaining is None else max(remaining, 0.0)
         try:
+            options = _options(request)
             command = build()
             async with asyncio.timeout(budget):
-                result = await self._handler.execute(request.context_id, command, _options(request))
-        except tuple(e for e, _, _ in STATUS) as exc:
-            for kind, code, outcome in STATUS:
-                if isinstance(exc, kind):
-                    COMMANDS.labels(name, outcome).inc()
-                    await context.abort(code, str(exc) or "deadline exceeded")
+                result = await self._handler.execute(request.context_id, command, options)
+        except Exception as exc:
+            outcome = next((o for kind, o in OUTCOMES if isinstance(exc, kind)), "error")
+            COMMANDS.labels(name, outcome).inc()
             raise
         COMMANDS.labels(name, "duplicate" if result.duplicate else "ok").inc()
         LATENCY.labels(name).observe(time.perf_counter() - started)
@@ -192,6 +223,6 @@ class ContextCommandService(pb_grpc.ContextCommandServiceServicer):
             "CloseContext",
             request,
             context,
-            lambda: m.CloseContext(request.reason, request.options.actor),
+            lambda: m.CloseContext(request.reason, request.options.actor, closed_at_ns=now_ns()),
             lambda r: pb.CloseContextResponse(result=r),
         )

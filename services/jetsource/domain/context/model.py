@@ -18,6 +18,7 @@ from typing import Any, TypeAlias, TypeVar
 from google.protobuf.message import Message
 
 from jetsource._gen.context.v1 import events_pb2 as ev
+from jetsource.core.clock import now_ns, to_timestamp
 from jetsource.core.codec import UnknownEvent
 from jetsource.core.errors import JetsourceError, ValidationError
 
@@ -173,6 +174,9 @@ class LinkDependency:
 class CloseContext:
     reason: str = ""
     closed_by: str = ""
+    # When it was closed (ns since the epoch): taken when the command is made, so
+    # decide stays pure and ContextClosed.closed_at is always set.
+    closed_at_ns: int = field(default_factory=now_ns)
 
 
 Command = (
@@ -345,6 +349,13 @@ def decide(command: Command, state: ContextState) -> list[Message]:
                 f"subtask {subtask.id!r} is {STATUS_NAMES[subtask.status]} and cannot change"
             )
         status = subtask.status if command.status is None else command.status
+        assignee = subtask.assignee if command.assignee is None else command.assignee
+        progress = subtask.progress if command.progress is None else command.progress
+        if (status, assignee, progress) == (subtask.status, subtask.assignee, subtask.progress):
+            raise DomainError(
+                f"subtask {subtask.id!r}: nothing to change (it already has that status, "
+                "assignee and progress)"
+            )
         if (
             command.status is not None
             and command.status != subtask.status
@@ -358,8 +369,8 @@ def decide(command: Command, state: ContextState) -> list[Message]:
             ev.SubtaskUpdated(
                 subtask_id=subtask.id,
                 status=status,
-                assignee=subtask.assignee if command.assignee is None else command.assignee,
-                progress=subtask.progress if command.progress is None else command.progress,
+                assignee=assignee,
+                progress=progress,
             )
         ]
 
@@ -388,7 +399,15 @@ def decide(command: Command, state: ContextState) -> list[Message]:
     if isinstance(command, CloseContext):
         _text(command.reason, "reason", MAX_TEXT)
         _text(command.closed_by, "closed_by", MAX_NAME)
-        return [ev.ContextClosed(reason=command.reason, closed_by=command.closed_by)]
+        if command.closed_at_ns <= 0:
+            raise ValidationError("closed_at must be a time after 1970", field="closed_at")
+        return [
+            ev.ContextClosed(
+                reason=command.reason,
+                closed_by=command.closed_by,
+                closed_at=to_timestamp(command.closed_at_ns),
+            )
+        ]
 
     raise ValidationError(f"unknown command {type(command).__name__}", field="command")
 
