@@ -76,6 +76,14 @@ class GrpcClientSettings(BaseModel):
     tls: TlsSettings = TlsSettings()
     server_name: str | None = None  # the name the server certificate must carry
     token: SecretStr | None = None
+    # Where the CLI sends commands and queries (host:port): ``JETSOURCE_CLIENT__PUBLISHER``
+    # and ``JETSOURCE_CLIENT__QUERY``. Unset: the local service (its bind port, on loopback).
+    publisher: str | None = None
+    query: str | None = None
+    # Deadline of each call the CLI makes (``--timeout`` overrides it).
+    timeout_s: float = Field(default=10.0, gt=0)
+    # How long the CLI waits for a connection before saying the server is not reachable.
+    connect_timeout_s: float = Field(default=3.0, gt=0)
 
 
 class NatsSettings(BaseModel):
@@ -162,8 +170,10 @@ class DevstackSettings(BaseModel):
     host: str = "127.0.0.1"
     nats_port: int = 4222
     nats_monitor_port: int = 8222
-    # JetStream fsync policy: None keeps the server default (2m); "always" fsyncs every write.
-    nats_sync_interval: str | None = None
+    # JetStream fsync policy. "always" (default) fsyncs every write before the ack, as
+    # production does; a duration ("2m", "10s") or "default" (the server's own 2m)
+    # relaxes it for benchmarks: a power loss may then lose that much acknowledged data.
+    nats_sync_interval: str | None = "always"
     valkey_port: int = 6379
     graph_http_port: int = 2480
     graph_bolt_port: int = 7687

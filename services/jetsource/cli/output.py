@@ -1,0 +1,223 @@
+"""How the `jetsource` command prints: one place for output modes, errors and exit codes.
+
+``--output table`` draws Rich tables (the default on a terminal), ``plain`` writes
+tab-separated lines with no box drawing and no wrapping (the default when stdout is
+not a terminal), ``json`` writes one JSON document (or one per line for streams).
+User data is never read as Rich markup. Errors go to stderr.
+
+Exit codes: 0 ok, 1 refused by the server, 2 usage, 3 unavailable (not reachable,
+timed out, overloaded: retry with the same idempotency key), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, NoReturn
+
+import grpc
+import typer
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+OK, REFUSED, USAGE, UNAVAILABLE = 0, 1, 2, 3
+
+# Codes that mean "no answer": the command may or may not have been applied.
+UNAVAILABLE_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+
+
+class Mode(StrEnum):
+    table = "table"
+    json = "json"
+    plain = "plain"
+
+
+_state: dict[str, Mode | None] = {"mode": None}
+
+
+def set_mode(mode: Mode | str | None) -> None:
+    """The global ``--output`` (None: decide from the terminal)."""
+    _state["mode"] = Mode(mode) if mode is not None else None
+
+
+def mode(override: Mode | str | None = None) -> Mode:
+    if override is not None:
+        return Mode(override)
+    chosen = _state["mode"]
+    if chosen is not None:
+        return chosen
+    return Mode.table if sys.stdout.isatty() else Mode.plain
+
+
+def stdout() -> Console:
+    return Console(markup=False, highlight=False, emoji=False, soft_wrap=True)
+
+
+def stderr() -> Console:
+    return Console(stderr=True, markup=False, highlight=False, emoji=False, soft_wrap=True)
+
+
+# -- data ------------------------------------------------------------------------------
+
+
+def data(message: Message) -> dict[str, Any]:
+    """A protobuf message as plain JSON data: every field present (defaults too), enums
+    by name, 64-bit integers as numbers (not strings), Timestamps as RFC 3339."""
+    out: dict[str, Any] = {}
+    field: Any
+    for field in message.DESCRIPTOR.fields:
+        value = getattr(message, field.name)
+        if field.containing_oneof is not None and not message.HasField(field.name):
+            continue
+        if _is_map(field):
+            out[field.name] = {
+                k: _value(field.message_type.fields_by_name["value"], v) for k, v in value.items()
+            }
+        elif _is_repeated(field):
+            out[field.name] = [_value(field, v) for v in value]
+        else:
+            out[field.name] = _value(field, value)
+    return out
+
+
+def _is_repeated(field: Any) -> bool:
+    return bool(field.is_repeated)
+
+
+def _is_map(field: Any) -> bool:
+    return (
+        _is_repeated(field)
+        and field.type == FieldDescriptor.TYPE_MESSAGE
+        and field.message_type.GetOptions().map_entry
+    )
+
+
+def _value(field: Any, value: Any) -> Any:
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        if isinstance(value, Timestamp):
+            return timestamp(value)
+        return data(value)
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        enum_value = field.enum_type.values_by_number.get(value)
+        return enum_value.name if enum_value is not None else value
+    if field.type == FieldDescriptor.TYPE_BYTES:
+        return value.hex()
+    return value
+
+
+def timestamp(value: Timestamp) -> str | None:
+    if value.seconds == 0 and value.nanos == 0:
+        return None
+    when = datetime.fromtimestamp(value.seconds, UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%S") + f".{value.nanos:09d}Z"
+
+
+def natural_key(text: str) -> tuple[Any, ...]:
+    """d1 < d2 < d10: digit runs compare as numbers."""
+    return tuple(
+        (0, int(part), part) if part.isdigit() else (1, 0, part)
+        for part in re.split(r"(\d+)", text)
+        if part
+    )
+
+
+# -- printing --------------------------------------------------------------------------
+
+
+def emit_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def line(text: str | Text = "") -> None:
+    """One line of text on stdout, printed literally."""
+    if mode() == Mode.table:
+        stdout().print(text)
+    else:
+        sys.stdout.write(str(text) + "\n")
+        sys.stdout.flush()
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple):
+        return ", ".join(_cell(v) for v in value)
+    return str(value)
+
+
+def _plain_cell(value: Any) -> str:
+    text = _cell(value)
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+
+
+def table(
+    title: str,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    console: Console | None = None,
+) -> None:
+    """A table: Rich (cells never read as markup) or tab-separated lines with a header."""
+    rows = list(rows)
+    if mode() == Mode.table:
+        t = Table(*columns, title=title or None, title_justify="left")
+        for row in rows:
+            t.add_row(*(Text(_cell(v)) for v in row))
+        (console or stdout()).print(t)
+        return
+    out = []
+    if title:
+        out.append(f"# {title}")
+    out.append("\t".join(columns))
+    out.extend("\t".join(_plain_cell(v) for v in row) for row in rows)
+    sys.stdout.write("\n".join(out) + "\n")
+    sys.stdout.flush()
+
+
+def fields(pairs: Iterable[tuple[str, Any]]) -> None:
+    """``name: value`` lines (values printed literally)."""
+    for name, value in pairs:
+        if mode() == Mode.table:
+            stdout().print(Text.assemble((f"{name}: ", "bold"), _cell(value)))
+        else:
+            sys.stdout.write(f"{name}: {_plain_cell(value)}\n")
+    sys.stdout.flush()
+
+
+# -- errors ----------------------------------------------------------------------------
+
+
+def fail(code: int, status: str, message: str, **extra: Any) -> NoReturn:
+    """Print an error on stderr (JSON with ``--output json``) and exit with ``code``."""
+    if mode() == Mode.json:
+        body = {"code": status, "message": message, "exit_code": code}
+        body.update({k: v for k, v in extra.items() if v is not None})
+        sys.stderr.write(json.dumps({"error": body}, ensure_ascii=False) + "\n")
+    else:
+        text = Text.assemble((status, "bold red"), ": ", message)
+        console = stderr()
+        console.print(text)
+        hint = extra.get("hint")
+        if hint:
+            console.print(hint)
+    sys.stderr.flush()
+    raise typer.Exit(code)
+
+
+def exit_code(code: grpc.StatusCode) -> int:
+    return UNAVAILABLE if code in UNAVAILABLE_CODES else REFUSED
