@@ -6,17 +6,27 @@
 - state at a version or time: latest usable snapshot + the events after it;
 - history, story listing, the decision graph (graph model) and a live watch.
 
-Errors: a malformed id, negative or absurd numbers, a bad page token ->
-INVALID_ARGUMENT naming the field; an unknown context, or a time before it existed ->
-NOT_FOUND; a version past the current one -> OUT_OF_RANGE; stores away -> UNAVAILABLE.
+Errors: a malformed id, negative or absurd numbers, an invalid Timestamp, a bad page
+token -> INVALID_ARGUMENT naming the field; an unknown context, or a time before it
+existed -> NOT_FOUND; a version past the current one -> OUT_OF_RANGE; stores away ->
+UNAVAILABLE; a corrupt stored event -> DATA_LOSS naming its stream sequence. Errors are
+raised; the server's interceptor (``jetsource.core.grpcserver``) answers them.
+
+Page tokens are opaque: a version byte, the cursor and an HMAC-SHA256 tag (truncated)
+over the method, what the token is bound to (the context, or the status filter) and
+the cursor. Any change to a token is refused as INVALID_ARGUMENT naming page_token.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import contextlib
+import hashlib
+import hmac
 import logging
+import struct
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,16 +35,20 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import message_factory
+from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import Counter, Histogram
+from redis import exceptions as redis_errors
 
 from jetsource._gen.context.v1 import query_pb2 as pb
 from jetsource._gen.context.v1 import query_pb2_grpc as pb_grpc
 from jetsource.core.clock import format_rfc3339_ns, from_timestamp, to_timestamp
 from jetsource.core.errors import (
+    CorruptEventError,
     EventStoreUnavailableError,
     StreamMissingError,
     ValidationError,
 )
+from jetsource.core.grpcserver import RpcError
 from jetsource.core.ids import validate_aggregate_id
 from jetsource.domain.context.history import PointInTime, StateLoader
 from jetsource.domain.context.model import fold
@@ -69,14 +83,12 @@ LATENCY = Histogram(
 )
 
 
-class QueryError(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+class QueryError(RpcError):
+    """A refusal of this service (the interceptor answers it with its code)."""
 
 
 def invalid(field: str, message: str) -> QueryError:
-    return QueryError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {message}")
+    return QueryError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {message}", field=field)
 
 
 def not_found(context_id: str) -> QueryError:
@@ -111,18 +123,61 @@ def _page_size(field: str, value: int, default: int, high: int) -> int:
     return default if value == 0 else _number(field, value, 1, high)
 
 
-def _token(kind: str, value: int) -> str:
-    return base64.urlsafe_b64encode(f"{kind}:{value}".encode()).decode()
+# -- timestamps ---------------------------------------------------------------------
+
+# google.protobuf.Timestamp's valid range: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999999999Z
+MIN_SECONDS, MAX_SECONDS = -62_135_596_800, 253_402_300_799
 
 
-def _untoken(kind: str, token: str) -> int:
-    try:
-        tag, value = base64.urlsafe_b64decode(token.encode()).decode().split(":")
-        if tag != kind or int(value) < 0:
-            raise ValueError(tag)
-        return int(value)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise invalid("page_token", "not a token this method returned") from exc
+def timestamp_ns(field: str, ts: Timestamp) -> int:
+    """A valid Timestamp as ns since the epoch (negative before 1970), or INVALID_ARGUMENT."""
+    if not 0 <= ts.nanos < 1_000_000_000:
+        raise invalid(field, f"nanos must be in [0, 999999999], got {ts.nanos}")
+    if not MIN_SECONDS <= ts.seconds <= MAX_SECONDS:
+        raise invalid(field, f"seconds {ts.seconds} is outside years 1..9999 (a Timestamp's range)")
+    return from_timestamp(ts)
+
+
+# -- page tokens ------------------------------------------------------------------------
+
+TOKEN_VERSION = 1
+_TAG_BYTES = 16
+_TOKEN_FAULT = "not a page token this method returned for this request (start without one)"
+
+
+class PageTokens:
+    """Opaque, tamper-evident page tokens: base64url(version | cursor | tag), the tag an
+    HMAC over the method, the request it belongs to and the cursor. The key is derived
+    from the deployment's stream and read-model names, so every replica accepts every
+    replica's tokens."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def _tag(self, kind: str, bound: str, body: bytes) -> bytes:
+        text = f"{kind}\0{bound}\0".encode()
+        return hmac.new(self._key, text + body, hashlib.sha256).digest()[:_TAG_BYTES]
+
+    def make(self, kind: str, bound: str, cursor: bytes) -> str:
+        body = bytes([TOKEN_VERSION]) + cursor
+        raw = body + self._tag(kind, bound, body)
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    def read(self, kind: str, bound: str, token: str) -> bytes:
+        try:
+            raw = base64.urlsafe_b64decode(token.encode("ascii") + b"=" * (-len(token) % 4))
+        except (ValueError, binascii.Error, UnicodeEncodeError) as exc:
+            raise invalid("page_token", _TOKEN_FAULT) from exc
+        if len(raw) < 1 + _TAG_BYTES or raw[0] != TOKEN_VERSION:
+            raise invalid("page_token", _TOKEN_FAULT)
+        body, tag = raw[:-_TAG_BYTES], raw[-_TAG_BYTES:]
+        if not hmac.compare_digest(tag, self._tag(kind, bound, body)):
+            raise invalid("page_token", _TOKEN_FAULT)
+        return body[1:]
+
+
+_EV = struct.Struct(">Q")  # ListEvents: the next version
+_CTX = struct.Struct(">d")  # ListContexts: the last score shown, then its id (UTF-8)
 
 
 @dataclass
@@ -141,6 +196,8 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
         self._models: dict[tuple[str, int], Any] = {}
         # Views of time-travel answers, encoded from the snapshot states they start from.
         self._views = ViewEncoder()
+        seed = f"jetsource page tokens v{TOKEN_VERSION}|{projection.store.settings.stream}"
+        self._tokens = PageTokens(hashlib.sha256(seed.encode()).digest())
 
     # -- plumbing ---------------------------------------------------------------
 
@@ -168,17 +225,12 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
         try:
             async with asyncio.timeout(self._budget(context)):
                 result = await work()
-        except QueryError as exc:
-            REQUESTS.labels(method, exc.code.name.lower()).inc()
-            await context.abort(exc.code, str(exc))
-            raise
-        except TimeoutError:
-            REQUESTS.labels(method, "deadline").inc()
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
-            raise
-        except _UNAVAILABLE as exc:
-            REQUESTS.labels(method, "unavailable").inc()
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"store unavailable: {exc}")
+        except BaseException as exc:
+            error = _query_error(exc)
+            outcome = error.code.name.lower() if error else "error"
+            REQUESTS.labels(method, outcome).inc()
+            if error is not None and error is not exc:
+                raise error from exc
             raise
         REQUESTS.labels(method, "ok").inc()
         LATENCY.labels(method).observe(time.perf_counter() - started)
@@ -221,6 +273,12 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
 
         return await self._run("GetContext", context, work)
 
+    def _give_up_at(self, context: grpc.aio.ServicerContext) -> float:
+        """When a read-your-writes wait stops, on the monotonic clock: early enough to
+        answer within the caller's deadline (a margin of max(100 ms, 10 %) of it)."""
+        budget = self._budget(context)
+        return time.monotonic() + max(budget - max(0.1, 0.1 * budget), 0.0)
+
     async def _wait_for(
         self,
         model: ContextModel,
@@ -234,14 +292,22 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
         unless a version was asked for."""
         if doc is None and wanted == 0:
             return None
-        end = time.monotonic() + max(self._budget(context) - 0.05, 0.0)
+        end = self._give_up_at(context)
         pause = self.o.poll_min_s
-        while time.monotonic() + pause < end:
-            await asyncio.sleep(pause)
-            doc = await model.read(cid)
-            if doc is not None and doc["state"]["version"] >= wanted:
-                return doc
-            pause = min(pause * 2, self.o.poll_max_s)
+        # The whole wait, reads included, ends at ``end``: a slow read under load does
+        # not push the answer past the deadline.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(
+                asyncio.get_running_loop().time() + end - time.monotonic()
+            ):
+                while time.monotonic() + pause < end:
+                    await asyncio.sleep(pause)
+                    fresh = await model.read(cid)
+                    if fresh is not None:
+                        doc = fresh
+                        if doc["state"]["version"] >= wanted:
+                            return doc
+                    pause = min(pause * 2, self.o.poll_max_s)
         return doc
 
     async def _from_store(self, cid: str, wanted: int, strict: bool) -> pb.GetContextResponse:
@@ -307,9 +373,16 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
             cid = _context_id(request.context_id)
             if not request.HasField("time"):
                 raise invalid("time", "required")
-            at = from_timestamp(request.time)
-            if at < 0:
-                raise invalid("time", "before 1970")
+            at = timestamp_ns("time", request.time)
+            if at < 0:  # valid, but before any event could have been recorded
+                await self._must_exist(cid)
+                first = await self.store.read_aggregate(cid, to_version=1)
+                raise QueryError(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"context {cid!r} did not exist yet at {request.time.ToJsonString()} "
+                    f"(before the context existed); it was created at "
+                    f"{format_rfc3339_ns(first[0].recorded_at_ns)}",
+                )
             point = await self.loader.load(cid, until=at)
             if point.state.version == 0:
                 await self._must_exist(cid)
@@ -346,7 +419,11 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
             cid = _context_id(request.context_id)
             limit = _page_size("limit", request.limit, 100, self.o.max_page_size)
             if request.page_token:
-                start = _untoken("ev", request.page_token)
+                cursor = self._tokens.read("ListEvents", cid, request.page_token)
+                if len(cursor) != _EV.size:
+                    raise invalid("page_token", _TOKEN_FAULT)
+                (start,) = _EV.unpack(cursor)
+                _number("page_token", start, 1, MAX_VERSION + 1)
             else:
                 start = max(_number("from_version", request.from_version, 0), 1)
             records = await self.store.read_aggregate(
@@ -356,7 +433,9 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
                 await self._must_exist(cid)
             response = pb.ListEventsResponse(events=[event_view(r) for r in records])
             if len(records) == limit:
-                response.next_page_token = _token("ev", records[-1].version + 1)
+                response.next_page_token = self._tokens.make(
+                    "ListEvents", cid, _EV.pack(records[-1].version + 1)
+                )
             return response
 
         return await self._run("ListEvents", context, work)
@@ -368,9 +447,16 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
             size = _page_size("page_size", request.page_size, 50, self.o.max_page_size)
             if request.status not in (0, *STATUS.values()):
                 raise invalid("status", f"unknown status {request.status}")
-            offset = _untoken("ctx", request.page_token) if request.page_token else 0
+            bound = f"status={request.status}"
+            after: tuple[float, bytes] | None = None
+            if request.page_token:
+                cursor = self._tokens.read("ListContexts", bound, request.page_token)
+                if len(cursor) < _CTX.size:
+                    raise invalid("page_token", _TOKEN_FAULT)
+                after = (_CTX.unpack(cursor[: _CTX.size])[0], cursor[_CTX.size :])
             model: ContextModel = await self._model(CONTEXT)
-            ids = await model.recent(STATUS_NAME.get(request.status), offset, size)
+            page = await recent_after(model, STATUS_NAME.get(request.status), after, size)
+            ids = [member.decode() for member, _ in page]
             response = pb.ListContextsResponse()
             for cid, doc in zip(ids, await model.read_many(ids), strict=True):
                 if doc is None:
@@ -384,8 +470,11 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
                 )
                 summary.updated_at.CopyFrom(to_timestamp(int(doc.get("updated_at") or 0)))
                 response.contexts.append(summary)
-            if len(ids) == size:
-                response.next_page_token = _token("ctx", offset + size)
+            if len(page) == size:
+                member, score = page[-1]
+                response.next_page_token = self._tokens.make(
+                    "ListContexts", bound, _CTX.pack(score) + member
+                )
             return response
 
         return await self._run("ListContexts", context, work)
@@ -421,13 +510,12 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
             cid = _context_id(request.context_id)
             start = max(_number("from_version", request.from_version, 0), 1)
             await self._must_exist(cid)
-        except QueryError as exc:
-            REQUESTS.labels("WatchContext", exc.code.name.lower()).inc()
-            await context.abort(exc.code, str(exc))
-            return
-        except _UNAVAILABLE as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"store unavailable: {exc}")
-            return
+        except BaseException as exc:
+            error = _query_error(exc)
+            REQUESTS.labels("WatchContext", error.code.name.lower() if error else "error").inc()
+            if error is not None and error is not exc:
+                raise error from exc
+            raise
         REQUESTS.labels("WatchContext", "ok").inc()
         wake = asyncio.Event()
 
@@ -461,6 +549,55 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
         finally:
             await sub.unsubscribe()
             LATENCY.labels("WatchContext").observe(time.perf_counter() - started)
+
+
+def _query_error(exc: BaseException) -> RpcError | None:
+    """The RpcError an exception of a query is answered with, when this service knows
+    it (others are mapped by the interceptor)."""
+    if isinstance(exc, RpcError):
+        return exc
+    if isinstance(exc, TimeoutError):
+        return RpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+    if isinstance(exc, CorruptEventError):
+        return None  # DATA_LOSS, mapped by the interceptor with its details
+    if isinstance(exc, _UNAVAILABLE):
+        return RpcError(grpc.StatusCode.UNAVAILABLE, f"store unavailable: {exc}")
+    return None
+
+
+async def recent_after(
+    model: ContextModel, status: str | None, after: tuple[float, bytes] | None, count: int
+) -> list[tuple[bytes, float]]:
+    """Up to ``count`` (id, score) of the most recently updated stories, after the cursor
+    ``after`` = (score, id) of the last one shown, in the index's own order (score
+    descending, then id descending, as ZREVRANGEBYSCORE gives). A story updated after
+    its page was read is not shown again (its score moved ahead of the cursor); the
+    stories not updated are never skipped nor repeated, whatever changed between pages."""
+    index = f"{model.ns}:idx:status:{status}" if status else f"{model.ns}:idx:updated"
+    redis = model.redis
+    try:
+        if after is None:
+            got: list[Any] = await redis.zrevrangebyscore(
+                index, "+inf", "-inf", start=0, num=count, withscores=True
+            )
+            return [(_member(m), float(s)) for m, s in got]
+        score, last = after
+        ties: list[Any] = await redis.zrevrangebyscore(
+            index, repr(score), repr(score), withscores=True
+        )
+        out = [(_member(m), float(s)) for m, s in ties if _member(m) < last][:count]
+        if len(out) < count:
+            rest: list[Any] = await redis.zrevrangebyscore(
+                index, f"({score!r}", "-inf", start=0, num=count - len(out), withscores=True
+            )
+            out.extend((_member(m), float(s)) for m, s in rest)
+        return out
+    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+        raise TransientError(f"valkey: {exc}") from exc
+
+
+def _member(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
 
 
 # Methods whose answers the servicer encodes itself, and its method giving them.
