@@ -7,24 +7,43 @@ callback ``(done, total)``, so the CLI draws bars and tests just call them.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar, cast
 
 from jetsource.core.clock import to_ns
 from jetsource.core.envelope import RecordedEvent
+from jetsource.core.errors import EventStoreUnavailableError
 from jetsource.core.ids import validate_aggregate_id
+from jetsource.domain.context.model import EvolveError
 from jetsource.eventstore import jsapi
 from jetsource.projector.bootstrap import SPECS, Projection, spec_for
-from jetsource.projector.control import BUILDING, LIVE, ControlError, ModelControl
+from jetsource.projector.control import (
+    BUILDING,
+    DROPPED,
+    LIVE,
+    ControlError,
+    ModelControl,
+)
 from jetsource.projector.deadletters import DeadLetter
-from jetsource.projector.readmodel import ReadModel
+from jetsource.projector.readmodel import ReadModel, TransientError
 from jetsource.projector.runtime import Worker
 
+log = logging.getLogger("jetsource.projector")
+T = TypeVar("T")
 Progress = Callable[[int, int], None]
 APPLY_BATCH = 500
+# Transient store trouble (graph deadlock or restart, Valkey or NATS away) during an
+# admin write: tried again with backoff, this many times, before the command fails.
+RETRY_ATTEMPTS = 8
+RETRY_FIRST_S, RETRY_MAX_S = 0.1, 3.0
+# Replay of one aggregate under live writes: compare-and-set at the version it was
+# read at, this many times; then at any version up to its head in the stream.
+REPLAY_EXACT_ATTEMPTS = 5
+REPLAY_ATTEMPTS = 20
 
 
 class AdminError(Exception):
@@ -38,6 +57,34 @@ def _quiet(done: int, total: int) -> None:
 async def _control(p: Projection, name: str) -> ModelControl:
     spec_for(name, 1)  # validates the name
     return await p.control.ensure(name, 1)
+
+
+async def _retry(call: Callable[[], Awaitable[T]], what: str) -> T:
+    """``call()``, tried again with exponential backoff while the store says the
+    trouble is transient; the last error is raised."""
+    delay = RETRY_FIRST_S
+    for attempt in range(1, RETRY_ATTEMPTS + 1):
+        try:
+            return await call()
+        except (TransientError, EventStoreUnavailableError) as exc:
+            if attempt == RETRY_ATTEMPTS:
+                raise
+            log.warning("%s: %s; again in %.1fs", what, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
+    raise AssertionError("unreachable")
+
+
+async def _save(p: Projection, name: str, change: Callable[[ModelControl], None]) -> ModelControl:
+    """Read, change and compare-and-set the control entry; again if it moved."""
+    for _ in range(20):
+        control = await _control(p, name)
+        change(control)
+        try:
+            return await p.control.save(name, control)
+        except ControlError:
+            await asyncio.sleep(0.05)
+    raise AdminError(f"the control entry of {name} keeps changing; try again")
 
 
 async def _stream_last_seq(p: Projection) -> int:
@@ -97,14 +144,72 @@ class ReplayReport:
     seconds: float = 0.0
 
 
-async def _apply_all(model: ReadModel, events: list[RecordedEvent], report: ReplayReport) -> int:
-    applied = 0
-    for i in range(0, len(events), APPLY_BATCH):
-        outcome = await model.apply(events[i : i + APPLY_BATCH])
-        applied += outcome.applied
-        report.failed.update(outcome.failed)
-        report.failed.update({s: r for s, r in outcome.waiting.items()})
-    return applied
+class _Rewindable(Protocol):
+    """The rewind every store's model offers: one atomic, guarded write of an
+    aggregate at a version, folded from the events given."""
+
+    async def rewind(
+        self,
+        aggregate_id: str,
+        to_version: int,
+        *,
+        events: Sequence[RecordedEvent] | None = None,
+        guard: tuple[int, int] | None = None,
+    ) -> int: ...
+
+
+async def _replay_aggregate(p: Projection, model: ReadModel, aggregate_id: str) -> tuple[int, int]:
+    """Write one aggregate again, whole, in one atomic step guarded by its stored
+    version: (the version it was at, the version written).
+
+    The events are read up to the stored version and the write happens only if the
+    version is still that one (a live worker that moved it meanwhile: read the new
+    events, try again). A story written faster than that is written at its head in
+    the stream instead, if the stored version is still at or below it: the live
+    worker's own write is guarded by the version it read, so it then finds these
+    events applied and acks them. Nothing is ever written half: a failure leaves
+    the aggregate as it was."""
+    target: _Rewindable = cast(_Rewindable, model)
+    name = f"replay {model.spec.name} v{model.spec.version} {aggregate_id}"
+    position = await _retry(lambda: model.position(aggregate_id), name)
+    events: list[RecordedEvent] = []
+
+    async def read_up_to(version: int | None) -> None:
+        if version is not None and len(events) >= version:
+            return
+        more = await _retry(
+            lambda: p.store.read_aggregate(
+                aggregate_id, from_version=len(events) + 1, to_version=version
+            ),
+            name,
+        )
+        events.extend(more)
+
+    if position:
+        await read_up_to(position)
+    low = position
+    for attempt in range(REPLAY_ATTEMPTS):
+        if attempt < REPLAY_EXACT_ATTEMPTS:
+            version, guard = position, (position, position)
+        else:
+            await read_up_to(None)
+            version, guard = len(events), (low, len(events))
+            if version < low:
+                raise AdminError(f"{aggregate_id}: stored at {low}, the stream has {version}")
+
+        async def write(v: int = version, g: tuple[int, int] = guard) -> int:
+            return await target.rewind(aggregate_id, v, events=events, guard=g)
+
+        current = await _retry(write, name)
+        if guard[0] <= current <= guard[1]:
+            return current, version
+        # A live worker moved it (or another replay): start from where it is now.
+        position = low = current
+        await read_up_to(current)
+        del events[current:]
+    raise AdminError(
+        f"{aggregate_id} kept moving under the replay ({REPLAY_ATTEMPTS} attempts); try again"
+    )
 
 
 async def replay(
@@ -119,10 +224,13 @@ async def replay(
 ) -> ReplayReport:
     """Re-apply a slice of the stream to the active version of a model.
 
-    Each aggregate in the slice is first put back to its state right before its
-    first event in the slice, then the slice is applied; events of that aggregate
-    after the slice (up to where the model was) are applied again after it, so the
-    model ends where it was, with the slice's effects recomputed.
+    Every aggregate with events in the slice is written again from its events, up
+    to the version the model holds (so the slice's effects are recomputed and the
+    model ends where it was), in one atomic step per aggregate guarded by the
+    stored version: safe while the projector writes the same aggregates. Transient
+    store errors are retried with backoff; an aggregate that still fails is left
+    exactly as it was and reported in ``failed`` (under its first sequence in the
+    slice).
     """
     started = time.perf_counter()
     control = await _control(p, name)
@@ -133,7 +241,7 @@ async def replay(
     low = from_seq or 1
     if from_time is not None:
         low = max(low, await p.store.seq_at_time(to_ns(from_time) - 1) + 1)
-    checkpoint = await model.checkpoint()
+    checkpoint = await _retry(model.checkpoint, f"replay {name}")
     high = min(to_seq, checkpoint.seq) if to_seq is not None else checkpoint.seq
     if to_time is not None:
         high = min(high, await p.store.seq_at_time(to_time))
@@ -143,28 +251,21 @@ async def replay(
     subject = f"{p.store.settings.subject_prefix}.{aggregate_id}.>" if aggregate_id else None
     events = [e async for e in p.store.read_all(low, high, subject)]
     report.events = len(events)
-    first: dict[str, int] = {}
-    last: dict[str, int] = {}
+    slices: dict[str, list[RecordedEvent]] = {}
     for e in events:
-        first.setdefault(e.aggregate_id, e.version)
-        last[e.aggregate_id] = e.version
-    report.aggregates = len(first)
-    total = len(events) + len(first)
+        slices.setdefault(e.aggregate_id, []).append(e)
+    report.aggregates = len(slices)
     done = 0
-    previous: dict[str, int] = {}
-    for agg, version in first.items():
-        previous[agg] = await model.rewind(agg, version - 1)
-        done += 1
-        progress(done, total)
-    for i in range(0, len(events), APPLY_BATCH):
-        chunk = events[i : i + APPLY_BATCH]
-        report.reapplied += await _apply_all(model, chunk, report)
-        done += len(chunk)
-        progress(done, total)
-    for agg, was in previous.items():
-        if was > last[agg]:
-            later = await p.store.read_aggregate(agg, from_version=last[agg] + 1, to_version=was)
-            report.carried_forward += await _apply_all(model, later, report)
+    for agg, evs in slices.items():
+        try:
+            _, written = await _replay_aggregate(p, model, agg)
+        except (TransientError, EventStoreUnavailableError, AdminError, EvolveError) as exc:
+            report.failed[evs[0].stream_seq] = f"{agg}: not replayed, left as it was: {exc}"
+        else:
+            report.reapplied += sum(1 for e in evs if e.version <= written)
+            report.carried_forward += max(0, written - evs[-1].version)
+        done += len(evs)
+        progress(done, len(events))
     report.seconds = time.perf_counter() - started
     return report
 
@@ -195,6 +296,11 @@ async def rebuild(
     control = await _control(p, name)
     spec_for(name, to_version)
     state = control.versions.get(to_version)
+    if state == DROPPED:
+        raise AdminError(
+            f"{name} v{to_version} is being dropped; run `jetsource projector drop --model "
+            f"{name} --version {to_version}` again to finish, then rebuild"
+        )
     if state == LIVE:
         raise AdminError(
             f"{name} v{to_version} is already built and live"
@@ -211,6 +317,11 @@ async def rebuild(
             total = await _stream_last_seq(p)
             progress(min(worker.stats.last_seq, total), total)
             await asyncio.wait([task], timeout=0.5)
+            if (await _control(p, name)).versions.get(to_version) != BUILDING:
+                # `drop` took it (state dropped, or gone): stop writing at once.
+                worker.stop()
+                await asyncio.wait([task], timeout=p.settings.projector.shutdown_grace_s)
+                raise AdminError(f"{name} v{to_version} was dropped while it was being built")
         await task
     finally:
         if not task.done():
@@ -218,14 +329,13 @@ async def rebuild(
             await asyncio.wait([task], timeout=p.settings.projector.shutdown_grace_s)
     total = await _stream_last_seq(p)
     progress(total, total)
-    for _ in range(10):
-        control = await _control(p, name)
-        control.versions[to_version] = LIVE
-        try:
-            await p.control.save(name, control)
-            break
-        except ControlError:
-            continue
+
+    def go_live(c: ModelControl) -> None:
+        if c.versions.get(to_version) != BUILDING:
+            raise AdminError(f"{name} v{to_version} was dropped while it was being built")
+        c.versions[to_version] = LIVE
+
+    await _save(p, name, go_live)
     checkpoint = await model.checkpoint()
     return RebuildReport(
         name, to_version, worker.stats.applied, checkpoint.seq, time.perf_counter() - started
@@ -260,18 +370,94 @@ async def cutover(
     return result
 
 
-async def drop(p: Projection, name: str, version: int) -> int:
-    """Delete a model version that queries no longer read: namespace and consumer."""
+async def _leftovers(p: Projection, name: str, version: int) -> tuple[bool, int]:
+    """(the version's consumer exists, how many keys/nodes its namespace holds)."""
+    spec = spec_for(name, version)
+    info = await jsapi.consumer_info(
+        p.store._replies, p.store.settings.stream, spec.durable, p.store.settings.request_timeout_s
+    )
+    return info is not None, await _retry(lambda: _count(p.model(name, version)), "drop")
+
+
+async def _count(model: ReadModel) -> int:
+    from jetsource.projector.graph_model import GraphModel
+    from jetsource.projector.valkey_models import ValkeyModel
+
+    if isinstance(model, ValkeyModel):
+        return len([k async for k in model.redis.scan_iter(match=f"{model.ns}:*", count=1000)])
+    if isinstance(model, GraphModel):
+        total = 0
+        async with model.driver.session(database=model.database) as session:
+            for label in (model.story, model.decision, model.subtask, model.checkpoint_label):
+                result = await session.run(f"MATCH (n:{label}) RETURN count(n) AS c")
+                record = await result.single()
+                total += int(record["c"]) if record else 0
+        return total
+    return 0
+
+
+async def drop(
+    p: Projection,
+    name: str,
+    version: int,
+    settle_s: float | None = None,
+    verify_s: float = 1.0,
+) -> int:
+    """Delete a model version that queries no longer read: consumer and namespace.
+
+    Fenced against a live worker of that version: the version is first marked
+    ``dropped`` in the control entry (a worker asks before each batch and stops;
+    the projector service stops running it within a control poll), then, after
+    ``settle_s`` (default: a control poll and a second), the consumer goes, then the
+    keys, and both are checked again ``verify_s`` later, deleted again if a late
+    write brought something back. The control entry loses the version last, so a
+    drop that fails half-way is finished by running it again. Returns how many
+    keys/nodes were removed."""
     control = await _control(p, name)
     if control.active == version:
         raise AdminError(f"{name} v{version} is active; cut over to another version first")
-    control.versions.pop(version, None)
-    await p.control.save(name, control)
     spec = spec_for(name, version)
-    await jsapi.delete_consumer(
-        p.store._replies, p.store.settings.stream, spec.durable, p.store.settings.request_timeout_s
-    )
-    return await p.model(name, version).drop()
+
+    def mark(c: ModelControl) -> None:
+        if c.active == version:
+            raise AdminError(f"{name} v{version} is active; cut over to another version first")
+        c.versions[version] = DROPPED
+
+    await _save(p, name, mark)
+    if settle_s is None:
+        settle_s = p.settings.projector.control_poll_s + 1.0
+    await asyncio.sleep(settle_s)
+    model = p.model(name, version)
+    removed = 0
+    for _ in range(5):
+        await jsapi.delete_consumer(
+            p.store._replies,
+            p.store.settings.stream,
+            spec.durable,
+            p.store.settings.request_timeout_s,
+        )
+        removed += await _retry(model.drop, f"drop {name} v{version}")
+        await asyncio.sleep(verify_s)
+        consumer, keys = await _leftovers(p, name, version)
+        if not consumer and keys == 0:
+            break
+        log.warning(
+            "drop %s v%d: %s came back; deleting again",
+            name,
+            version,
+            "the consumer" if consumer else f"{keys} keys",
+        )
+    else:
+        raise AdminError(
+            f"{name} v{version} keeps being written (is a rebuild of it still running?); "
+            "stop it and run drop again"
+        )
+
+    def forget(c: ModelControl) -> None:
+        c.versions.pop(version, None)
+
+    await _save(p, name, forget)
+    return removed
 
 
 # -- dead letters -------------------------------------------------------------------

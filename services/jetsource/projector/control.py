@@ -5,14 +5,20 @@ One NATS KV entry per model (bucket ``JETSOURCE_READMODELS``)::
     {"active": 1, "versions": {"1": "live", "2": "building"}}
 
 ``building``: a rebuild owns it (``jetsource projector rebuild``); ``live``: the
-projector service keeps it up to date. Updates are compare-and-set on the entry's
-revision, so the cutover (changing ``active``) is one atomic write: a reader sees
-the old version or the new one, each complete.
+projector service keeps it up to date; ``dropped``: ``jetsource projector drop`` is
+deleting it: a worker of that version stops and writes nothing more (it asks
+:func:`version_dropped` before each batch), the projector service stops running it,
+and the entry goes once the consumer and the keys are gone.
+
+Updates are compare-and-set on the entry's revision, so the cutover (changing
+``active``) is one atomic write: a reader sees the old version or the new one, each
+complete.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +31,7 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
-BUILDING, LIVE = "building", "live"
+BUILDING, LIVE, DROPPED = "building", "live", "dropped"
 
 
 class ControlError(Exception):
@@ -117,3 +123,56 @@ class Control:
             if control is not None:
                 out[key] = control
         return out
+
+
+class DropFence:
+    """What a worker of one model version asks before each write: has ``drop``
+    marked its version? The control entry is read at most every ``every_s`` (and
+    the bucket is never created from here); when NATS does not answer the answer is
+    "not dropped" (the worker cannot pull then either, and ``drop`` waits for it)."""
+
+    def __init__(
+        self, nc: NATS, bucket: str, model: str, version: int, every_s: float = 0.25
+    ) -> None:
+        self.nc = nc
+        self._js = nc.jetstream()
+        self.bucket = bucket
+        self.model = model
+        self.version = version
+        self.every_s = every_s
+        self._kv: KeyValue | None = None
+        self._checked = -float("inf")
+        self._dropped = False
+
+    async def dropped(self) -> bool:
+        if self._dropped:
+            return True
+        now = time.monotonic()
+        if now - self._checked < self.every_s:
+            return False
+        self._checked = now
+        try:
+            if self._kv is None:
+                self._kv = await self._js.key_value(self.bucket)
+            entry = await self._kv.get(self.model)
+        except Exception:  # no bucket, no entry, NATS away: not dropped
+            return False
+        if entry.value is None:
+            return False
+        versions = ModelControl.decode(entry.value, 0).versions
+        self._dropped = versions.get(self.version) == DROPPED
+        return self._dropped
+
+
+_FENCES: dict[tuple[int, str, str, int], DropFence] = {}
+
+
+async def version_dropped(nc: NATS, bucket: str, model: str, version: int) -> bool:
+    """True once ``jetsource projector drop`` has marked ``model`` ``version``: its
+    worker must stop before writing anything more. Cheap enough to ask before every
+    batch (one KV read per quarter second per version and connection)."""
+    key = (id(nc), bucket, model, version)
+    fence = _FENCES.get(key)
+    if fence is None or fence.nc is not nc:
+        fence = _FENCES[key] = DropFence(nc, bucket, model, version)
+    return await fence.dropped()

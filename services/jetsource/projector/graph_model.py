@@ -223,10 +223,12 @@ class GraphModel:
         for a, b in new.dependencies - old.dependencies:
             writes.edge("DEPENDS_ON", self._label(new, a), self._label(new, b), sid, a, b)
 
-    async def _write(self, writes: _Writes, max_seq: int) -> set[str]:
-        """One transaction; returns the stories whose guard held (the rest conflicted)."""
+    async def _write(self, writes: _Writes, max_seq: int) -> dict[str, int]:
+        """One transaction; returns the stories whose guard held (the rest conflicted)
+        with the number of events the transaction applied to each: what it added to
+        the checkpoint's ``applied``, as the database reported it."""
 
-        async def work(tx: AsyncManagedTransaction) -> set[str]:
+        async def work(tx: AsyncManagedTransaction) -> dict[str, int]:
             result = await tx.run(
                 f"UNWIND $rows AS r MERGE (s:{self.story} {{key: r.key}}) "
                 "ON CREATE SET s.version = 0, s.applied = 0 "
@@ -234,48 +236,58 @@ class GraphModel:
                 "WITH s, r WHERE s.version = r.base "
                 "SET s += r.props, s.version = r.version, s.seq = r.seq, "
                 "s.applied = s.applied + r.n "
-                "RETURN s.key AS key",
+                "RETURN s.key AS key, r.n AS n",
                 rows=writes.stories,
             )
-            ok = {r["key"] async for r in result}
+            ok = {r["key"]: int(r["n"]) async for r in result}
             if not ok:
                 return ok
-            for label, rows in ((self.decision, writes.decisions), (self.subtask, writes.subtasks)):
-                rows = [r for r in rows if r["story"] in ok]
-                if rows:
-                    await tx.run(
-                        f"UNWIND $rows AS r MERGE (n:{label} {{key: r.key}}) "
-                        "WITH n, r WHERE coalesce(n.seq, 0) < r.seq "
-                        "SET n += r.props, n.seq = r.seq, n.story = r.story",
-                        rows=rows,
-                    )
-            for (rel, a_label, b_label), edge_rows in writes.edges.items():
-                rows = [r for r in edge_rows if r["story"] in ok]
-                if not rows:
-                    continue
-                a_match = (
-                    f"(a:{a_label} {{key: r.story}})"
-                    if a_label == self.story
-                    else f"(a:{a_label} {{key: r.a}})"
-                )
-                await tx.run(
-                    f"UNWIND $rows AS r MATCH {a_match} MATCH (b:{b_label} {{key: r.b}}) "
-                    f"MERGE (a)-[:{rel}]->(b)",
-                    rows=rows,
-                )
-            await tx.run(
-                f"MERGE (c:{self.checkpoint_label} {{model: $model}}) "
-                "ON CREATE SET c.seq = 0, c.applied = 0 "
-                "SET c.applied = c.applied + $applied "
-                "WITH c WHERE c.seq < $seq SET c.seq = $seq",
-                model=self.spec.name,
-                applied=sum(r["n"] for r in writes.stories if r["key"] in ok),
-                seq=max_seq,
-            )
+            await self._write_nodes(tx, writes, set(ok))
+            await self._move_checkpoint(tx, sum(ok.values()), max_seq)
             return ok
 
         async with self.driver.session(database=self.database) as session:
             return await _io(session.execute_write(work))
+
+    async def _write_nodes(
+        self, tx: AsyncManagedTransaction, writes: _Writes, ok: set[str]
+    ) -> None:
+        """Decision and Subtask nodes (each guarded by its last sequence) and the
+        relationships of the stories in ``ok``."""
+        for label, rows in ((self.decision, writes.decisions), (self.subtask, writes.subtasks)):
+            rows = [r for r in rows if r["story"] in ok]
+            if rows:
+                await tx.run(
+                    f"UNWIND $rows AS r MERGE (n:{label} {{key: r.key}}) "
+                    "WITH n, r WHERE coalesce(n.seq, 0) < r.seq "
+                    "SET n += r.props, n.seq = r.seq, n.story = r.story",
+                    rows=rows,
+                )
+        for (rel, a_label, b_label), edge_rows in writes.edges.items():
+            rows = [r for r in edge_rows if r["story"] in ok]
+            if not rows:
+                continue
+            a_match = (
+                f"(a:{a_label} {{key: r.story}})"
+                if a_label == self.story
+                else f"(a:{a_label} {{key: r.a}})"
+            )
+            await tx.run(
+                f"UNWIND $rows AS r MATCH {a_match} MATCH (b:{b_label} {{key: r.b}}) "
+                f"MERGE (a)-[:{rel}]->(b)",
+                rows=rows,
+            )
+
+    async def _move_checkpoint(self, tx: AsyncManagedTransaction, applied: int, seq: int) -> None:
+        await tx.run(
+            f"MERGE (c:{self.checkpoint_label} {{model: $model}}) "
+            "ON CREATE SET c.seq = 0, c.applied = 0 "
+            "SET c.applied = c.applied + $applied "
+            "WITH c WHERE c.seq < $seq SET c.seq = $seq",
+            model=self.spec.name,
+            applied=applied,
+            seq=seq,
+        )
 
     async def apply(self, events: Sequence[RecordedEvent]) -> Outcome:
         outcome = Outcome()
@@ -300,57 +312,82 @@ class GraphModel:
             if story in ok:
                 self._remember(story, seq, state)
                 outcome.done.extend(seqs)
-                outcome.applied += len(seqs)
+                outcome.applied += ok[story]  # as the transaction counted it
             else:
                 self._cache.pop(story, None)
                 for s in seqs:
                     outcome.waiting[s] = "the stored version moved; recomputing"
         return outcome
 
-    async def _adjust_applied(self, delta: int) -> None:
-        async with self.driver.session(database=self.database) as session:
-            await _io(
-                session.run(
-                    f"MATCH (c:{self.checkpoint_label} {{model: $model}}) "
-                    "SET c.applied = c.applied + $delta",
-                    model=self.spec.name,
-                    delta=delta,
-                )
-            )
-
     async def skip(self, aggregate_id: str, stream_seq: int) -> bool:
         _, state = (await self._load([aggregate_id]))[aggregate_id]
         placeholder = skipped(aggregate_id, state.version + 1, stream_seq, 0)
         return stream_seq in (await self.apply([placeholder])).done
 
-    async def rewind(self, aggregate_id: str, to_version: int) -> int:
-        """Delete the story's subgraph and write it back as it was at ``to_version``."""
-        previous = await self.position(aggregate_id)
+    async def rewind(
+        self,
+        aggregate_id: str,
+        to_version: int,
+        *,
+        events: Sequence[RecordedEvent] | None = None,
+        guard: tuple[int, int] | None = None,
+    ) -> int:
+        """Write the story's subgraph as it is at ``to_version`` (folded from its
+        events: ``events`` if given, its first ``to_version`` events, else read from
+        the store), in one transaction: the Story node is locked, its Decision and
+        Subtask nodes are deleted and written back, the counts move with it. With
+        ``guard`` (low, high) nothing is written unless the stored version is within
+        it. Returns the version the story was at (0: absent)."""
+        if events is None:
+            events = (
+                await self.store.read_aggregate(aggregate_id, to_version=to_version)
+                if to_version
+                else []
+            )
+        events = list(events[:to_version])
+        if [e.version for e in events] != list(range(1, to_version + 1)):
+            raise ValueError(f"rewind of {aggregate_id} to {to_version}: events are not 1..n")
+        state = fold_state((e.event for e in events), context_id=aggregate_id)
+        writes = _Writes()
+        if events:
+            self._diff(writes, ContextState(id=aggregate_id), state, events)
+        props = writes.stories[0]["props"] if writes.stories else {}
+        last_seq = events[-1].stream_seq if events else 0
         self._cache.pop(aggregate_id, None)
-        async with self.driver.session(database=self.database) as session:
+
+        async def work(tx: AsyncManagedTransaction) -> int:
+            # The Story node's write lock first (as every batch takes it), then the check.
+            result = await tx.run(
+                f"MATCH (s:{self.story} {{key: $key}}) SET s.version = s.version "
+                "RETURN s.version AS v",
+                key=aggregate_id,
+            )
+            record = await result.single()
+            current = int(record["v"] or 0) if record else 0
+            if guard is not None and not guard[0] <= current <= guard[1]:
+                return current
             for label in (self.decision, self.subtask):
-                await _io(
-                    session.run(
-                        f"MATCH (n:{label} {{story: $key}}) DETACH DELETE n", key=aggregate_id
-                    )
-                )
-            await _io(
-                session.run(
+                await tx.run(f"MATCH (n:{label} {{story: $key}}) DETACH DELETE n", key=aggregate_id)
+            if to_version == 0:
+                await tx.run(
                     f"MATCH (s:{self.story} {{key: $key}}) DETACH DELETE s", key=aggregate_id
                 )
-            )
-        events = (
-            await self.store.read_aggregate(aggregate_id, to_version=to_version)
-            if to_version
-            else []
-        )
-        if events:
-            state = fold_state((e.event for e in events), context_id=aggregate_id)
-            writes = _Writes()
-            self._diff(writes, ContextState(id=aggregate_id), state, events)
-            await self._write(writes, events[-1].stream_seq)
-        # The write counted the rewound story's events into the total once more.
-        await self._adjust_applied(to_version - previous - len(events))
+            else:
+                await tx.run(
+                    f"MERGE (s:{self.story} {{key: $key}}) "
+                    "SET s += $props, s.version = $version, s.seq = $seq, s.applied = $version",
+                    key=aggregate_id,
+                    props=props,
+                    version=to_version,
+                    seq=last_seq,
+                )
+                await self._write_nodes(tx, writes, {aggregate_id})
+            await self._move_checkpoint(tx, to_version - current, last_seq)
+            return current
+
+        async with self.driver.session(database=self.database) as session:
+            previous = await _io(session.execute_write(work))
+        self._cache.pop(aggregate_id, None)
         return previous
 
     async def position(self, aggregate_id: str) -> int:

@@ -38,6 +38,7 @@ _TRANSIENT = (
 
 CONTEXT = "context"
 TIMELINE = "timeline"
+_NO_LIMIT = 2**52  # an open upper bound for the rewind scripts' version guard
 
 
 def connect_valkey(settings: JetsourceSettings) -> Redis:
@@ -146,10 +147,13 @@ return conflicts
 """
 )
 
-# Unconditional write of one aggregate (rewind for replay): id, version, doc, ms, status.
+# Write of one aggregate (rewind for replay): id, version, doc, ms, status, then the
+# guard (low, high: nothing is written unless the stored version is within) and the
+# aggregate's last sequence (moves the checkpoint forward, never back).
 _CONTEXT_PUT = """
 local p, id, ver = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local cur = tonumber(redis.call('HGET', p .. ':pos', id) or '0')
+if cur < tonumber(ARGV[7]) or cur > tonumber(ARGV[8]) then return cur end
 if ver == 0 then
   redis.call('DEL', p .. ':doc:' .. id)
   redis.call('HDEL', p .. ':pos', id)
@@ -166,6 +170,9 @@ else
   redis.call('ZADD', p .. ':idx:status:' .. status, ARGV[5], id)
 end
 redis.call('HINCRBY', p .. ':meta', 'applied', ver - cur)
+local seq = tonumber(ARGV[9])
+local cp = tonumber(redis.call('HGET', p .. ':meta', 'checkpoint') or '0')
+if seq > cp then redis.call('HSET', p .. ':meta', 'checkpoint', seq) end
 return cur
 """
 
@@ -202,18 +209,33 @@ return {applied, waiting}
 """
 )
 
+# id, version, guard (low, high: nothing is written unless the stored version is
+# within), n, then n (version, entry) pairs and the last sequence. n = -1: only trim
+# the entries after the version (no entries known); otherwise the entries replace
+# the aggregate's timeline.
 _TIMELINE_REWIND = """
 local p, id, ver = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local cur = tonumber(redis.call('HGET', p .. ':pos', id) or '0')
-if cur > ver then
-  redis.call('ZREMRANGEBYSCORE', p .. ':tl:' .. id, '(' .. ver, '+inf')
-  if ver == 0 then
-    redis.call('HDEL', p .. ':pos', id)
-  else
-    redis.call('HSET', p .. ':pos', id, ver)
+if cur < tonumber(ARGV[4]) or cur > tonumber(ARGV[5]) then return cur end
+local n, key = tonumber(ARGV[6]), p .. ':tl:' .. id
+if n < 0 then
+  if cur <= ver then return cur end
+  redis.call('ZREMRANGEBYSCORE', key, '(' .. ver, '+inf')
+else
+  redis.call('DEL', key)
+  for i = 1, n do
+    redis.call('ZADD', key, tonumber(ARGV[5 + 2 * i]), ARGV[6 + 2 * i])
   end
-  redis.call('HINCRBY', p .. ':meta', 'applied', ver - cur)
+  local seq = tonumber(ARGV[7 + 2 * n])
+  local cp = tonumber(redis.call('HGET', p .. ':meta', 'checkpoint') or '0')
+  if seq > cp then redis.call('HSET', p .. ':meta', 'checkpoint', seq) end
 end
+if ver == 0 then
+  redis.call('HDEL', p .. ':pos', id)
+else
+  redis.call('HSET', p .. ':pos', id, ver)
+end
+redis.call('HINCRBY', p .. ':meta', 'applied', ver - cur)
 return cur
 """
 
@@ -399,12 +421,27 @@ class ContextModel(ValkeyModel):
         outcome = await self.apply([placeholder])
         return stream_seq in outcome.done
 
-    async def rewind(self, aggregate_id: str, to_version: int) -> int:
-        events = (
-            await self.store.read_aggregate(aggregate_id, to_version=to_version)
-            if to_version
-            else []
-        )
+    async def rewind(
+        self,
+        aggregate_id: str,
+        to_version: int,
+        *,
+        events: Sequence[RecordedEvent] | None = None,
+        guard: tuple[int, int] | None = None,
+    ) -> int:
+        """Write the story as it is at ``to_version`` (folded from ``events``, its
+        first ``to_version`` events, else read from the store) in one script; with
+        ``guard`` (low, high) only if the stored version is within. Returns the
+        version it was at."""
+        if events is None:
+            events = (
+                await self.store.read_aggregate(aggregate_id, to_version=to_version)
+                if to_version
+                else []
+            )
+        events = list(events[:to_version])
+        if [e.version for e in events] != list(range(1, to_version + 1)):
+            raise ValueError(f"rewind of {aggregate_id} to {to_version}: events are not 1..n")
         state = fold((e.event for e in events), context_id=aggregate_id)
         meta = {
             "seq": events[-1].stream_seq if events else 0,
@@ -412,6 +449,7 @@ class ContextModel(ValkeyModel):
             "created_at": events[0].recorded_at_ns if events else 0,
             "updated_at": events[-1].recorded_at_ns if events else 0,
         }
+        low, high = guard or (0, _NO_LIMIT)
         self._cache.pop(aggregate_id, None)
         previous = await _io(
             self._put(
@@ -422,9 +460,13 @@ class ContextModel(ValkeyModel):
                     self._doc(meta, state),
                     meta["updated_at"] // 1_000_000,
                     _status(state),
+                    low,
+                    high,
+                    meta["seq"],
                 ]
             )
         )
+        self._cache.pop(aggregate_id, None)
         return int(previous)
 
     async def read(self, aggregate_id: str) -> dict[str, Any] | None:
@@ -505,8 +547,32 @@ class TimelineModel(ValkeyModel):
         placeholder = skipped(aggregate_id, await self.position(aggregate_id) + 1, stream_seq, 0)
         return stream_seq in (await self.apply([placeholder])).done
 
-    async def rewind(self, aggregate_id: str, to_version: int) -> int:
-        return int(await _io(self._rewind(args=[self.ns, aggregate_id, to_version])))
+    async def rewind(
+        self,
+        aggregate_id: str,
+        to_version: int,
+        *,
+        events: Sequence[RecordedEvent] | None = None,
+        guard: tuple[int, int] | None = None,
+    ) -> int:
+        """Without ``events``: drop the entries after ``to_version``. With them (the
+        aggregate's first ``to_version`` events): its timeline is written as it is at
+        ``to_version``, in one script. With ``guard`` (low, high) nothing changes
+        unless the stored version is within. Returns the version it was at."""
+        low, high = guard or (0, _NO_LIMIT)
+        args: list[Any] = [self.ns, aggregate_id, to_version, low, high]
+        if events is None:
+            args.append(-1)
+        else:
+            kept = list(events[:to_version])
+            if [e.version for e in kept] != list(range(1, to_version + 1)):
+                raise ValueError(f"rewind of {aggregate_id} to {to_version}: events are not 1..n")
+            kept = kept[-self.keep :]
+            args.append(len(kept))
+            for e in kept:
+                args += [e.version, self.entry(e)]
+            args.append(kept[-1].stream_seq if kept else 0)
+        return int(await _io(self._rewind(args=args)))
 
     async def read(self, aggregate_id: str, limit: int = 50) -> list[dict[str, Any]]:
         raw = await _io(self.redis.zrevrange(f"{self.ns}:tl:{aggregate_id}", 0, limit - 1))
