@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.text import Text
 
+from jetsource.cli import output
 from jetsource.core.settings import JetsourceSettings
 from jetsource.devstack.servers import ServerError
-from jetsource.devstack.services import LocalServices
-from jetsource.devstack.stack import AlreadyRunningError, LocalStack, ServerStatus
+from jetsource.devstack.services import LocalServices, ServiceStatus
+from jetsource.devstack.stack import LocalStack, ServerStatus
 
 app = typer.Typer(
     help="Local servers (NATS, Valkey, graph) from Python wheels.", no_args_is_help=True
@@ -25,43 +27,109 @@ def _stack() -> LocalStack:
     return LocalStack(JetsourceSettings.load())
 
 
-def _table(statuses: list[ServerStatus]) -> Table:
-    table = Table(title="jetsource local servers")
-    for column in ("server", "address", "health", "version", "pid", "detail"):
-        table.add_column(column)
+def _health(ok: bool) -> str:
+    return "healthy" if ok else "down"
+
+
+def _rows(
+    statuses: list[ServerStatus], services: list[ServiceStatus] | None = None
+) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
     for s in statuses:
-        health = "[green]healthy[/green]" if s.healthy else "[red]down[/red]"
         pid = str(s.pid) if s.pid else ("external" if not s.managed else "-")
-        table.add_row(s.name, s.address, health, s.version, pid, s.detail)
-    return table
+        out.append(
+            {
+                "name": s.name,
+                "kind": "server",
+                "address": s.address,
+                "health": _health(s.healthy),
+                "healthy": s.healthy,
+                "version": s.version,
+                "pid": pid,
+                "detail": s.detail,
+            }
+        )
+    for v in services or []:
+        out.append(
+            {
+                "name": v.name,
+                "kind": "service",
+                "address": v.address,
+                "health": _health(v.healthy) if v.started else "not started",
+                "healthy": v.healthy,
+                "version": "",
+                "pid": str(v.pid or "-"),
+                "detail": v.detail if v.started else "",
+            }
+        )
+    return out
 
 
-def _report(statuses: list[ServerStatus]) -> None:
-    console.print(_table(statuses))
-    if not all(s.healthy for s in statuses):
+def _show(statuses: list[ServerStatus], services: list[ServiceStatus] | None = None) -> None:
+    rows = _rows(statuses, services)
+    if output.mode() == output.Mode.json:
+        output.emit_json(
+            {
+                "servers": [r for r in rows if r["kind"] == "server"],
+                "services": [r for r in rows if r["kind"] == "service"],
+            }
+        )
+        return
+    columns = ("name", "address", "health", "version", "pid", "detail")
+    output.table(
+        "jetsource local servers and services",
+        columns,
+        [[r[c] for c in columns] for r in rows],
+    )
+
+
+def _report(statuses: list[ServerStatus], services: list[ServiceStatus] | None = None) -> None:
+    """Show the table; exit 1 unless every server and every started service is healthy
+    (a service `jetsource up` never started is listed, not counted)."""
+    _show(statuses, services)
+    if not all(s.healthy for s in statuses) or not all(
+        v.healthy for v in services or [] if v.started
+    ):
         raise typer.Exit(1)
+
+
+def _say(text: str) -> None:
+    """Progress lines: stdout, except with --output json (stderr, so stdout stays JSON)."""
+    if output.mode() == output.Mode.json:
+        output.stderr().print(Text(text))
+    else:
+        output.line(text)
+
+
+def _start_servers(stack: LocalStack) -> list[ServerStatus]:
+    try:
+        with console.status("starting what is down..."):
+            result = stack.up()
+    except ServerError as exc:
+        output.stderr().print(Text(f"failed to start: {exc}", style="red"))
+        raise typer.Exit(1) from exc
+    if result.already_running:
+        _say("local servers already running")
+    else:
+        _say(f"started: {', '.join(result.started)}")
+    return result.statuses
 
 
 @app.command()
 def up() -> None:
-    """Start the local servers in the background; data stays under .jetsource/."""
+    """Start the local servers that are down (all of them the first time), in the
+    background; data stays under .jetsource/. Servers that run are left alone."""
     stack = _stack()
-    try:
-        with console.status("starting local servers..."):
-            statuses = stack.up()
-    except AlreadyRunningError as exc:
-        console.print(f"[yellow]{exc}[/yellow]")
-        raise typer.Exit(1) from exc
-    except ServerError as exc:
-        console.print(f"[red]failed to start: {exc}[/red]")
-        raise typer.Exit(1) from exc
+    statuses = _start_servers(stack)
     _report(statuses)
 
 
 @app.command()
 def status() -> None:
-    """Show each server, its address, health and version; exit 1 unless all are healthy."""
-    _report(_stack().status())
+    """Each server and service: address, health, version, pid; for NATS, JetStream's
+    storage and any condition refusing writes. Exit 1 unless all are healthy."""
+    stack = _stack()
+    _report(stack.status(), LocalServices(stack.home).status())
 
 
 @app.command()
@@ -69,29 +137,31 @@ def down() -> None:
     """Stop the services, then the local servers (external servers are left alone)."""
     stack = _stack()
     stopped = LocalServices(stack.home).down() + stack.down()
-    console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+    _say(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
 
 
-def up_all() -> None:
-    """Start the whole local system (servers, then services) and show it working."""
+def up_all(
+    demo: bool = typer.Option(
+        True, "--demo/--no-demo", help="Drive a demo story through the services at the end."
+    ),
+) -> None:
+    """Start what is down of the local system (servers, then services) and show it
+    working. Run it again after anything died: it restarts exactly that."""
     stack = _stack()
-    if stack.running():
-        console.print("local servers already running")
-        _report(stack.status())
-    else:
-        up()
+    statuses = _start_servers(stack)
+    _report(statuses)
     try:
         with console.status("starting services..."):
             services = LocalServices(stack.home).up()
     except ServerError as exc:
-        console.print(f"[red]failed to start services: {exc}[/red]")
+        output.stderr().print(Text(f"failed to start services: {exc}", style="red"))
         raise typer.Exit(1) from exc
     for s in services:
-        health = "[green]healthy[/green]" if s.healthy else "[red]down[/red]"
-        console.print(f"service {s.name}: {s.address} {health} (pid {s.pid})")
+        _say(f"service {s.name}: {s.address} {_health(s.healthy)} (pid {s.pid})")
     if not all(s.healthy for s in services):
         raise typer.Exit(1)
-    asyncio.run(_demo(stack.settings))
+    if demo:
+        asyncio.run(_demo(stack.settings))
 
 
 def down_all() -> None:

@@ -22,6 +22,32 @@ def probe_nats(url: str, timeout: float = 3.0) -> str:
     return asyncio.run(asyncio.wait_for(run(), timeout * 2))
 
 
+def nats_condition(url: str, timeout: float = 3.0) -> tuple[bool, str]:
+    """(writable, what JetStream's account info says): disabled, or storage used and
+    reserved against the account's limit."""
+    import nats
+    from nats.js.errors import APIError, ServiceUnavailableError
+
+    async def run() -> tuple[bool, str]:
+        nc = await nats.connect(url, connect_timeout=timeout, max_reconnect_attempts=0)
+        try:
+            info = await nc.jetstream().account_info()
+        except (ServiceUnavailableError, APIError) as exc:
+            return False, f"JetStream refused account info: {exc}"
+        finally:
+            await nc.close()
+        used = info.storage + (getattr(info, "reserved_storage", 0) or 0)
+        limit = info.limits.max_storage or -1
+        text = f"JetStream storage {used / 1048576:.1f} MB used"
+        if limit > 0:
+            text += f" of {limit / 1048576:.1f} MB account limit"
+            if used >= limit:
+                return False, "JetStream account storage limit reached: " + text
+        return True, text
+
+    return asyncio.run(asyncio.wait_for(run(), timeout * 2))
+
+
 def probe_valkey(url: str, timeout: float = 3.0) -> str:
     import redis
 

@@ -17,7 +17,8 @@ import subprocess
 import sys
 import time
 from abc import ABC, abstractmethod
-from contextlib import closing
+from contextlib import closing, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,39 @@ class EmbeddedServer(ABC):
     def ports(self) -> list[int]:
         return []
 
+    def pid_file(self) -> Path | None:
+        """Where the server writes its own pid (None: it writes none)."""
+        return None
+
+    def owns(self, pid: int) -> bool:
+        """Whether process ``pid`` is this server (its command line names our data
+        dir), so a pid reused by an unrelated process is never taken for it."""
+        cmdline = process_cmdline(pid)
+        return cmdline is None or str(self.data_dir) in cmdline
+
+    def find_pid(self, known: int | None = None) -> int | None:
+        """The pid of the process running this server now: the pid file it wrote, the
+        pid we started, or (Linux) any process whose command line is this server's.
+        A server restarted by hand with the same config is found as well."""
+        candidates: list[int] = []
+        pid_file = self.pid_file()
+        if pid_file is not None:
+            with suppress(OSError, ValueError):
+                candidates.append(int(pid_file.read_text().strip()))
+        if known:
+            candidates.append(known)
+        for pid in candidates:
+            if pid_alive(pid) and self.owns(pid):
+                return pid
+        for pid in _all_pids():
+            if pid != os.getpid() and self._matches(pid) and pid_alive(pid):
+                return pid
+        return None
+
+    def _matches(self, pid: int) -> bool:
+        cmdline = process_cmdline(pid)
+        return cmdline is not None and self.owns(pid)
+
     def prepare(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
 
@@ -170,12 +204,18 @@ class NatsServer(EmbeddedServer):
         sync_interval: str | None = None,
         server_name: str = "jetsource-local",
         extra_config: str = "",
+        max_file_store: int | str | None = None,
     ) -> None:
         super().__init__(data_dir, host)
         self.port = port
         self.monitor_port = monitor_port
-        self.sync_interval = sync_interval
+        # None (or "default") leaves the server's own 2m: what tests and benchmarks use.
+        # `jetsource infra up` passes the devstack setting, "always" by default.
+        self.sync_interval = None if sync_interval in (None, "", "default") else sync_interval
         self.server_name = server_name
+        # JetStream's file storage limit for the server (bytes or "1MB"): tests use a
+        # tiny one to stand in for a full disk.
+        self.max_file_store = max_file_store
         # Appended to the config file: authorization, tls or cluster blocks.
         self.extra_config = extra_config
 
@@ -196,12 +236,18 @@ class NatsServer(EmbeddedServer):
     def ports(self) -> list[int]:
         return [self.port, self.monitor_port]
 
+    def pid_file(self) -> Path:
+        return self.data_dir / "nats.pid"
+
     def config_text(self) -> str:
-        jetstream = {"store_dir": str(self.data_dir / "jetstream")}
+        jetstream: dict[str, str | int] = {"store_dir": str(self.data_dir / "jetstream")}
         if self.sync_interval:
             jetstream["sync_interval"] = self.sync_interval
+        if self.max_file_store is not None:
+            jetstream["max_file_store"] = self.max_file_store
         lines = [
             f"server_name: {json.dumps(self.server_name)}",
+            f"pid_file: {json.dumps(str(self.pid_file()))}",
             f"listen: {json.dumps(f'{self.host}:{self.port}')}",
             f"http: {json.dumps(f'{self.host}:{self.monitor_port}')}",
             "max_payload: 8MB",
@@ -230,6 +276,92 @@ class NatsServer(EmbeddedServer):
 
     def version(self) -> str:
         return str(self._monitor("/varz").json()["version"])
+
+    def store_dir(self) -> Path:
+        return self.data_dir / "jetstream"
+
+    def jetstream_condition(self) -> JetStreamCondition:
+        """What the server says about JetStream: disabled, a stream it cannot write
+        (a full disk leaves it so until restart), storage used against its limit."""
+        jsz = self._monitor("/jsz").json()
+        health = self._monitor("/healthz")
+        problem = "" if health.status_code == 200 else str(health.json().get("error", ""))
+        config = jsz.get("config") or {}
+        return JetStreamCondition(
+            disabled=bool(jsz.get("disabled")) or not config,
+            write_error=problem,
+            storage=int(jsz.get("storage", 0)),
+            reserved=int(jsz.get("reserved_storage", 0)),
+            max_storage=int(config.get("max_storage", 0)),
+            disk_free=disk_free(self.store_dir()),
+        )
+
+
+@dataclass(frozen=True)
+class JetStreamCondition:
+    """JetStream as a local nats-server reports it (monitor port)."""
+
+    disabled: bool
+    write_error: str  # /healthz's error: a stream it cannot write, e.g. disk full
+    storage: int
+    reserved: int
+    max_storage: int
+    disk_free: int | None  # bytes free on the store's filesystem
+
+    @property
+    def disk_full(self) -> bool:
+        return "no space left" in self.write_error.lower() or (
+            self.disk_free is not None and self.disk_free < DISK_LOW_BYTES
+        )
+
+    @property
+    def at_limit(self) -> bool:
+        return self.max_storage > 0 and self.storage + self.reserved >= self.max_storage
+
+    @property
+    def writable(self) -> bool:
+        return not (self.disabled or self.write_error or self.at_limit)
+
+    def describe(self) -> str:
+        used = f"JetStream storage {_size(self.storage)} used"
+        if self.reserved:
+            used += f" + {_size(self.reserved)} reserved"
+        if self.max_storage > 0:
+            used += f" of {_size(self.max_storage)} limit"
+        free = "" if self.disk_free is None else f"; {_size(self.disk_free)} free on disk"
+        if self.disabled:
+            return f"JetStream DISABLED (writes refused); {used}{free}"
+        if self.write_error:
+            cause = "disk full: " if "no space left" in self.write_error.lower() else ""
+            return f"{cause}JetStream cannot write: {self.write_error}; {used}{free}"
+        if self.at_limit:
+            return f"JetStream storage limit reached (writes refused): {used}{free}"
+        return used + free
+
+
+DISK_LOW_BYTES = 16 * 1024 * 1024
+
+
+def _size(n: int) -> str:
+    if abs(n) < 1024:
+        return f"{n} B"
+    value = float(n)
+    for unit in ("KB", "MB", "GB", "TB"):
+        value /= 1024
+        if abs(value) < 1024 or unit == "TB":
+            break
+    return f"{value:.1f} {unit}"
+
+
+def disk_free(path: Path) -> int | None:
+    """Bytes free on the filesystem holding ``path`` (its nearest existing parent)."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            try:
+                return shutil.disk_usage(candidate).free
+            except OSError:
+                return None
+    return None
 
 
 class ValkeyServer(EmbeddedServer):
@@ -268,8 +400,12 @@ class ValkeyServer(EmbeddedServer):
             "--appendfsync", "everysec",
             "--save", "",
             "--protected-mode", "no",
+            "--pidfile", str(self.pid_file()),
             *self._acl(),
         ]  # fmt: skip
+
+    def pid_file(self) -> Path:
+        return self.data_dir / "valkey.pid"
 
     def _acl(self) -> list[str]:
         if self.user is None:
@@ -453,3 +589,29 @@ def stop_pid(pid: int, timeout: float = 20.0) -> bool:
         return True
     time.sleep(0.2)
     return not pid_alive(pid)
+
+
+def process_cmdline(pid: int) -> str | None:
+    """The command line of ``pid`` (None where /proc is not there to ask)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return "" if Path("/proc/self").exists() else None
+    except OSError:
+        return None
+    return raw.replace(b"\0", b" ").decode(errors="replace")
+
+
+def process_cwd(pid: int) -> Path | None:
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return None
+
+
+def _all_pids() -> list[int]:
+    """Every pid (Linux /proc); empty where there is none."""
+    try:
+        return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+    except OSError:
+        return []

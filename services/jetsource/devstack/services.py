@@ -1,7 +1,9 @@
 """jetsource's own services as local background processes, beside the embedded servers.
 
 `jetsource up` starts them after the servers; `jetsource down` (and `infra down`) stops
-them first. Each is ready when its gRPC health check answers SERVING.
+them first. Each is ready when its gRPC health check answers SERVING (the projector and
+snapshotter: when /healthz answers 200). `up` starts exactly the services whose process
+is gone; a running one that is slow to answer is left alone, never killed for it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import jetsource
 from jetsource.devstack.servers import (
     EmbeddedServer,
     ServerError,
-    pid_alive,
+    process_cmdline,
+    process_cwd,
     read_state,
     stop_pid,
 )
@@ -58,6 +61,16 @@ class GrpcService(EmbeddedServer):
     def command(self) -> list[str]:
         return [sys.executable, "-m", self.module]
 
+    def owns(self, pid: int) -> bool:
+        """``python -m <module>`` running in this service's directory."""
+        cmdline = process_cmdline(pid)
+        if cmdline is None:
+            return True  # no /proc to ask
+        cwd = process_cwd(pid)
+        return f"-m {self.module}" in cmdline and (
+            cwd is None or cwd.resolve() == self.data_dir.resolve()
+        )
+
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
@@ -80,7 +93,10 @@ class WorkerService(GrpcService):
     /healthz answers 200."""
 
     def ready(self) -> bool:
-        return httpx.get(f"http://{self.address()}/healthz", timeout=1.0).status_code == 200
+        try:
+            return httpx.get(f"http://{self.address()}/healthz", timeout=2.0).status_code == 200
+        except httpx.HTTPError:  # refused, or slow to answer: not ready (yet)
+            return False
 
 
 @dataclass
@@ -89,6 +105,8 @@ class ServiceStatus:
     address: str
     pid: int | None
     healthy: bool
+    started: bool = True  # False: never started by `jetsource up` in this home
+    detail: str = ""
 
 
 class LocalServices:
@@ -140,43 +158,70 @@ class LocalServices:
         self.state_file.write_text(json.dumps(state, indent=2))
 
     def up(self, timeout: float = 60.0) -> list[ServiceStatus]:
+        """Start each service whose process is gone and wait until it is ready. One
+        that runs is left alone; one that does not get ready in ``timeout`` is left
+        running (it may be catching up) and named in the error."""
         state = self._state()
+        slow: list[str] = []
         for service in self.services():
-            entry = state.get(service.name)
-            if entry and pid_alive(entry["pid"]):
+            entry = state.get(service.name) or {}
+            pid = service.find_pid(entry.get("pid"))
+            if pid is not None:
+                state[service.name] = {"pid": pid, "address": service.address()}
+                self._save(state)
                 continue
             proc = service.start()
             state[service.name] = {"pid": proc.pid, "address": service.address()}
             self._save(state)
             try:
                 service.wait_ready(proc, timeout)
-            except ServerError:
-                stop_pid(proc.pid)
-                raise
+            except ServerError as exc:
+                if proc.poll() is not None:  # it exited: nothing to wait for
+                    raise
+                slow.append(f"{service.name} (pid {proc.pid}): {exc}")
+        if slow:
+            raise ServerError(
+                "still starting, left running: " + "; ".join(slow) + " (`jetsource infra "
+                "status` shows when they are healthy)"
+            )
         return self.status()
 
     def status(self) -> list[ServiceStatus]:
         state = self._state()
         out = []
         for service in self.services():
-            entry = state.get(service.name) or {}
-            pid = entry.get("pid")
-            alive = pid is not None and pid_alive(pid)
+            entry = state.get(service.name)
+            pid = service.find_pid((entry or {}).get("pid"))
+            try:
+                healthy = pid is not None and service.ready()
+            except Exception:
+                healthy = False
+            if pid is None:
+                detail = "stopped" if entry else "not started (`jetsource up` starts it)"
+            else:
+                detail = "" if healthy else "not ready"
             out.append(
                 ServiceStatus(
                     service.name,
                     service.address(),
-                    pid if alive else None,
-                    alive and service.ready(),
+                    pid,
+                    healthy,
+                    started=entry is not None or pid is not None,
+                    detail=detail,
                 )
             )
         return out
 
     def down(self) -> list[str]:
         stopped = []
-        for name, entry in self._state().items():
-            if not stop_pid(entry["pid"]):
-                raise ServerError(f"{name} (pid {entry['pid']}) did not stop")
-            stopped.append(name)
+        state = self._state()
+        for service in self.services():
+            entry = state.get(service.name)
+            pid = service.find_pid((entry or {}).get("pid"))
+            if pid is None:
+                continue
+            if not stop_pid(pid):
+                raise ServerError(f"{service.name} (pid {pid}) did not stop")
+            stopped.append(service.name)
         self.state_file.unlink(missing_ok=True)
         return stopped
