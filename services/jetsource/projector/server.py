@@ -7,7 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
+import time
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -71,11 +74,14 @@ class ProjectorService:
         log.info("stopped %s v%d", *key)
 
     def healthy(self) -> bool:
+        """Asked from the health thread: reads a snapshot of the worker table (one
+        C-level copy under the GIL), never awaits the loop."""
+        workers = list(self.workers.values())
         return (
             not self.stopping
             and self.projection.nc.is_connected
-            and bool(self.workers)
-            and all(not t.done() for _, t in self.workers.values())
+            and bool(workers)
+            and all(not t.done() for _, t in workers)
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -95,35 +101,80 @@ class ProjectorService:
         )
 
 
-async def http_server(service: ProjectorService, host: str, port: int) -> asyncio.Server:
-    """/metrics (Prometheus text) and /healthz (200 when every worker runs)."""
+# The event loop is asked to tick this often; /healthz says 503 when it has not for
+# LOOP_STALL_S (a worker hogging the loop that long is stuck, not catching up).
+LOOP_TICK_S = 0.5
+LOOP_STALL_S = 30.0
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request = await asyncio.wait_for(reader.readline(), 5)
-            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
-                pass
-            path = request.split(b" ")[1].decode() if request.count(b" ") >= 2 else "/"
-            if path.startswith("/metrics"):
-                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest()
-            elif path.startswith("/healthz") or path.startswith("/readyz"):
-                ok = service.healthy()
-                status = "200 OK" if ok else "503 Service Unavailable"
-                ctype, body = "text/plain", b"ok\n" if ok else b"unhealthy\n"
-            else:
-                status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
-            writer.write(
-                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-                + body
-            )
-            await writer.drain()
-        except (TimeoutError, ConnectionError, IndexError):
-            pass
-        finally:
-            writer.close()
 
-    return await asyncio.start_server(handle, host, port)
+class HealthServer:
+    """/metrics (Prometheus text) and /healthz (/readyz) on a thread of their own.
+
+    Catch-up work runs on the event loop; an answer from the loop would wait behind
+    it (over a second after a restart under load, enough for `jetsource up` to give
+    up on a healthy projector). The thread answers at once from what the loop last
+    recorded: the workers' state and a heartbeat the loop writes every
+    ``LOOP_TICK_S``. Nothing here awaits the loop."""
+
+    def __init__(self, service: ProjectorService, host: str, port: int) -> None:
+        self.service = service
+        self.heartbeat = time.monotonic()
+        health = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.startswith("/metrics"):
+                    code, ctype, body = 200, CONTENT_TYPE_LATEST, generate_latest()
+                elif self.path.startswith(("/healthz", "/readyz")):
+                    ok, why = health.check()
+                    code, ctype = (200 if ok else 503), "text/plain"
+                    body = b"ok\n" if ok else f"unhealthy: {why}\n".encode()
+                else:
+                    code, ctype, body = 404, "text/plain", b"not found\n"
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                return None  # probes every second would flood the log
+
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd.daemon_threads = True
+        self.port = int(self.httpd.server_address[1])
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, name="projector-http", daemon=True
+        )
+        self._beat: asyncio.Task[None] | None = None
+
+    def check(self) -> tuple[bool, str]:
+        stalled = time.monotonic() - self.heartbeat
+        if stalled > LOOP_STALL_S:
+            return False, f"event loop has not run for {stalled:.0f} s"
+        return (True, "") if self.service.healthy() else (False, "workers not running")
+
+    async def _tick(self) -> None:
+        while True:
+            self.heartbeat = time.monotonic()
+            await asyncio.sleep(LOOP_TICK_S)
+
+    def start(self) -> HealthServer:
+        self._beat = asyncio.create_task(self._tick(), name="projector-heartbeat")
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        if self._beat is not None:
+            self._beat.cancel()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def http_server(service: ProjectorService, host: str, port: int) -> HealthServer:
+    """Start /metrics and /healthz (200 when every worker runs) on their own thread."""
+    return HealthServer(service, host, port).start()
 
 
 async def serve(settings: ProjectorSettings, name: str = "projector") -> None:
@@ -137,7 +188,7 @@ async def serve(settings: ProjectorSettings, name: str = "projector") -> None:
         await projection.close()
         raise
     service = ProjectorService(projection)
-    server = await http_server(service, o.host, o.http_port) if o.http_port else None
+    server = http_server(service, o.host, o.http_port) if o.http_port else None
     stop = stop_on_signals()
     log.info("%s running models %s", name, ", ".join(o.models))
     await service.run(stop)
