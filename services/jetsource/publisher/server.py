@@ -1,20 +1,36 @@
-"""Publisher entrypoint and composition root: settings -> store -> handler -> gRPC server."""
+"""Publisher entrypoint and composition root: settings -> store -> handler -> gRPC server.
+
+Health tells the truth about writing: the gRPC health service says NOT_SERVING while
+the publisher cannot store events (NATS unreachable, or JetStream refusing writes: a
+full disk or storage limit, JetStream disabled, the stream sealed) and SERVING again on
+its own once a probe write and the stream's state say it can.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from dataclasses import dataclass
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
 
+from grpc_health.v1 import health_pb2
 from nats.aio.client import Client as NATS
-from prometheus_client import start_http_server
+from prometheus_client import Gauge, start_http_server
 
 from jetsource._gen.context.v1 import commands_pb2, commands_pb2_grpc
+from jetsource.core.envelope import AppendResult, Expected, NewEvent
+from jetsource.core.errors import EventStoreUnavailableError
 from jetsource.core.grpcserver import GrpcEndpoint, start_grpc, stop_on_signals
 from jetsource.core.runner import run_service
 from jetsource.domain.context.events import registry
 from jetsource.domain.context.history import StateLoader
 from jetsource.eventstore.bootstrap import open_event_store, open_snapshot_store, release
 from jetsource.eventstore.jetstream import JetStreamEventStore
+from jetsource.eventstore.port import EventStore
+from jetsource.eventstore.refusals import JetStreamRefusedError, classify, refused_from
 from jetsource.eventstore.snapshots import JetStreamSnapshotStore
 from jetsource.publisher.handler import CommandHandler
 from jetsource.publisher.service import ContextCommandService
@@ -23,6 +39,154 @@ from jetsource.publisher.settings import PublisherSettings
 log = logging.getLogger("jetsource.publisher")
 SERVICE_NAME = commands_pb2.DESCRIPTOR.services_by_name["ContextCommandService"].full_name
 
+PROBE_STREAM = "JETSOURCE_PROBE"
+PROBE_EVERY_S = 10.0  # while writable: notice a refusal even when no command comes
+PROBE_RETRY_S = 1.0  # while not writable: notice the way back quickly
+
+WRITABLE = Gauge(
+    "jetsource_publisher_writable",
+    "1 while the publisher can store events; 0 while NATS is away or JetStream refuses",
+)
+
+
+@dataclass
+class WriteHealth:
+    """Whether the publisher can store events, published as its gRPC health.
+
+    Set by what appends answer (a refusal or no answer: not writable; a stored event:
+    writable) and by a probe: a tiny write to ``JETSOURCE_PROBE`` (one message per
+    publisher, replaced each time) plus the event stream's state (sealed, at its
+    max_bytes) and the account's storage against its limit."""
+
+    nc: NATS
+    stream: str
+    replicas: int = 1
+    health: Any = None  # grpc_health's aio HealthServicer
+    writable: bool = True
+    reason: str = ""
+    probe_subject: str = field(default_factory=lambda: f"jetsource.probe.{time.time_ns()}")
+    _task: asyncio.Task[None] | None = None
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _probe_ready: bool = False
+
+    async def mark(self, writable: bool, reason: str = "") -> None:
+        changed = writable != self.writable
+        self.writable, self.reason = writable, reason
+        WRITABLE.set(1 if writable else 0)
+        if not changed:
+            return
+        if writable:
+            log.info("publisher can store events again: SERVING")
+        else:
+            log.warning("publisher cannot store events: NOT_SERVING (%s)", reason)
+            self._wake.set()
+        if self.health is not None:
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if writable
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for name in ("", SERVICE_NAME):
+                await self.health.set(name, status)
+
+    async def probe(self) -> str:
+        """Empty when the publisher can write; else what stops it."""
+        if not self.nc.is_connected:
+            return "NATS is not connected"
+        js = self.nc.jetstream()
+        try:
+            info = await js.stream_info(self.stream)
+            if info.config.sealed:
+                return f"stream {self.stream} is sealed"
+            max_bytes = info.config.max_bytes or -1
+            if max_bytes > 0 and info.state.bytes >= max_bytes:
+                return f"stream {self.stream} is at its max_bytes ({max_bytes})"
+            account = await js.account_info()
+            limit = account.limits.max_storage or -1
+            used = account.storage + (getattr(account, "reserved_storage", 0) or 0)
+            if limit > 0 and used >= limit:
+                return f"JetStream account storage limit reached ({used} of {limit} bytes)"
+            if not self._probe_ready:
+                from nats.js.api import DiscardPolicy, StorageType, StreamConfig
+
+                with contextlib.suppress(Exception):  # exists already: fine
+                    await js.add_stream(
+                        StreamConfig(
+                            name=PROBE_STREAM,
+                            subjects=["jetsource.probe.>"],
+                            storage=StorageType.FILE,
+                            max_msgs_per_subject=1,
+                            max_age=3600,
+                            discard=DiscardPolicy.OLD,
+                            num_replicas=self.replicas,
+                        )
+                    )
+                self._probe_ready = True
+            await js.publish(self.probe_subject, b"probe", stream=PROBE_STREAM, timeout=2.0)
+        except Exception as exc:
+            named = refused_from(exc, PROBE_STREAM)
+            if named is not None:
+                return str(named)
+            return f"NATS JetStream did not accept a probe write: {exc!r}"
+        return ""
+
+    async def run(self) -> None:
+        while True:
+            problem = await self.probe()
+            await self.mark(not problem, problem)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._wake.wait(), PROBE_EVERY_S if self.writable else PROBE_RETRY_S
+                )
+
+    def start(self) -> None:
+        WRITABLE.set(1)
+        self._task = asyncio.create_task(self.run(), name="publisher-write-health")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+
+class WatchedStore:
+    """The event store as the handler sees it: appends that JetStream refuses raise a
+    named :class:`JetStreamRefusedError` (UNAVAILABLE over gRPC) and turn health to
+    NOT_SERVING; an append that is stored turns it back. Everything else passes
+    through."""
+
+    def __init__(self, store: JetStreamEventStore, health: WriteHealth) -> None:
+        self._store = store
+        self._health = health
+
+    async def append(
+        self, aggregate_id: str, events: Sequence[NewEvent], expected_version: Expected
+    ) -> AppendResult:
+        try:
+            result = await self._store.append(aggregate_id, events, expected_version)
+        except JetStreamRefusedError as exc:
+            await self._health.mark(False, str(exc))
+            raise
+        except EventStoreUnavailableError as exc:
+            await self._health.mark(False, str(exc))
+            raise
+        except Exception as exc:
+            code = getattr(exc, "err_code", None)
+            if isinstance(code, int) and classify(code) is not None:
+                named = refused_from(exc, self._health.stream)
+                assert named is not None
+                await self._health.mark(False, str(named))
+                raise named from exc
+            raise
+        if not self._health.writable:
+            await self._health.mark(True)
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
 
 @dataclass
 class Publisher:
@@ -30,6 +194,7 @@ class Publisher:
     nc: NATS
     store: JetStreamEventStore
     snapshots: JetStreamSnapshotStore
+    writes: WriteHealth | None = None
     stopped: bool = False
 
     @property
@@ -40,6 +205,8 @@ class Publisher:
         if self.stopped:
             return
         self.stopped = True
+        if self.writes is not None:
+            await self.writes.stop()
         await self.grpc.stop(grace)  # in-flight commands finish within the grace period
         try:
             await self.store.close()
@@ -52,9 +219,11 @@ async def build(settings: PublisherSettings) -> Publisher:
     nc, store = await open_event_store(settings, registry, provision=True)
     o = settings.publisher
     snapshots = await open_snapshot_store(nc, settings, provision=True)
-    loader = StateLoader(store, snapshots, settings.snapshots.cache_size)
+    writes = WriteHealth(nc, settings.eventstore.stream, settings.eventstore.replicas)
+    watched = cast(EventStore, WatchedStore(store, writes))
+    loader = StateLoader(watched, snapshots, settings.snapshots.cache_size)
     handler = CommandHandler(
-        store, o.conflict_retries, o.conflict_backoff_s, o.state_cache_size, loader
+        watched, o.conflict_retries, o.conflict_backoff_s, o.state_cache_size, loader
     )
     endpoint = await start_grpc(
         lambda server: commands_pb2_grpc.add_ContextCommandServiceServicer_to_server(
@@ -65,7 +234,9 @@ async def build(settings: PublisherSettings) -> Publisher:
         o.max_concurrent_rpcs,
         settings.grpc,
     )
-    return Publisher(endpoint, nc, store, snapshots)
+    writes.health = endpoint.health
+    writes.start()
+    return Publisher(endpoint, nc, store, snapshots, writes)
 
 
 async def serve(settings: PublisherSettings) -> None:
