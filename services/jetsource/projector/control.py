@@ -17,7 +17,9 @@ complete.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +32,8 @@ from nats.js.errors import (
     NoKeysError,
 )
 from nats.js.kv import KeyValue
+
+from jetsource.core.errors import EventStoreUnavailableError
 
 BUILDING, LIVE, DROPPED = "building", "live", "dropped"
 
@@ -176,3 +180,96 @@ async def version_dropped(nc: NATS, bucket: str, model: str, version: int) -> bo
     if fence is None or fence.nc is not nc:
         fence = _FENCES[key] = DropFence(nc, bucket, model, version)
     return await fence.dropped()
+
+
+log = logging.getLogger("jetsource.projector.control")
+
+
+class ControlUnavailableError(EventStoreUnavailableError):
+    """The control bucket did not answer and no recent enough active version is known."""
+
+
+class ActiveVersionCache:
+    """The active version of each model as readers (the query service) need it.
+
+    Looked up in the control bucket at most every ``refresh_s``, in the background: a
+    reader gets the version known meanwhile and never waits for NATS while that
+    version was confirmed within ``max_stale_s``. So reads keep coming from the read
+    model while NATS is briefly away, and a cutover is seen within about ``refresh_s``.
+    With nothing known, or only an older version, the reader waits for the lookup
+    (at most ``lookup_timeout_s``) and gets ``ControlUnavailableError`` if it fails."""
+
+    def __init__(
+        self,
+        control: Control,
+        refresh_s: float = 1.0,
+        max_stale_s: float = 30.0,
+        lookup_timeout_s: float = 2.0,
+    ) -> None:
+        self.control = control
+        self.refresh_s = refresh_s
+        self.max_stale_s = max_stale_s
+        self.lookup_timeout_s = lookup_timeout_s
+        # model -> (active version, monotonic time it was last confirmed)
+        self.known: dict[str, tuple[int, float]] = {}
+        self._started: dict[str, float] = {}
+        self._lookups: dict[str, asyncio.Future[int]] = {}
+
+    async def _lookup(self, model: str) -> int:
+        control = await asyncio.wait_for(self.control.get(model), self.lookup_timeout_s)
+        version = control.active if control else 1
+        self.known[model] = (version, time.monotonic())
+        return version
+
+    def _done(self, model: str, lookup: asyncio.Future[int]) -> None:
+        if lookup.cancelled() or lookup.exception() is None:
+            return
+        known = self.known.get(model)
+        if known is not None:
+            log.warning(
+                "active version of %s not confirmed (%r): serving v%d, confirmed %.0f s ago",
+                model,
+                lookup.exception(),
+                known[0],
+                time.monotonic() - known[1],
+            )
+
+    async def active(self, model: str) -> int:
+        now = time.monotonic()
+        known = self.known.get(model)
+        lookup = self._lookups.get(model)
+        due = now - self._started.get(model, -float("inf")) >= self.refresh_s
+        if (lookup is None or lookup.done()) and (known is None or due):
+            self._started[model] = now
+            lookup = self._lookups[model] = asyncio.ensure_future(self._lookup(model))
+            lookup.add_done_callback(lambda f: self._done(model, f))
+        if known is not None and now - known[1] <= self.max_stale_s:
+            return known[0]
+        assert lookup is not None
+        try:
+            return await asyncio.shield(lookup)
+        except Exception as exc:
+            age = (
+                ""
+                if known is None
+                else f"; the last one known was confirmed {now - known[1]:.0f} s ago"
+            )
+            raise ControlUnavailableError(
+                f"the active version of read model {model!r} cannot be looked up in NATS "
+                f"KV ({exc!r}){age}, longer than control_max_stale_s={self.max_stale_s:g}"
+            ) from exc
+
+
+_ACTIVE: dict[int, ActiveVersionCache] = {}
+
+
+async def active_version(
+    control: Control, model: str, refresh_s: float = 1.0, max_stale_s: float = 30.0
+) -> int:
+    """The active version of ``model`` for a reader, through one
+    :class:`ActiveVersionCache` per ``Control`` (bounded staleness while NATS is away)."""
+    cache = _ACTIVE.get(id(control))
+    if cache is None or cache.control is not control:
+        cache = _ACTIVE[id(control)] = ActiveVersionCache(control, refresh_s, max_stale_s)
+    cache.refresh_s, cache.max_stale_s = refresh_s, max_stale_s
+    return await cache.active(model)

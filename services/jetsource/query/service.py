@@ -202,16 +202,16 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
     # -- plumbing ---------------------------------------------------------------
 
     async def _model(self, name: str) -> Any:
-        """The active version of a read model (cached for ``control_ttl_s``)."""
-        cached = self._active.get(name)
-        now = time.monotonic()
-        if cached is None or now - cached.at > self.o.control_ttl_s:
-            control = await self.p.control.get(name)
-            cached = _Active(control.active if control else 1, now)
-            self._active[name] = cached
-        key = (name, cached.version)
+        """The active version of a read model: looked up every ``control_ttl_s``; while
+        NATS does not answer, the last one known is served for ``control_max_stale_s``."""
+        from jetsource.projector.control import active_version
+
+        version = await active_version(
+            self.p.control, name, self.o.control_ttl_s, self.o.control_max_stale_s
+        )
+        key = (name, version)
         if key not in self._models:
-            self._models[key] = self.p.model(name, cached.version)
+            self._models[key] = self.p.model(name, version)
         return self._models[key]
 
     def _budget(self, context: grpc.aio.ServicerContext) -> float:

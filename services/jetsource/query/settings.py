@@ -23,8 +23,10 @@ class QueryOptions(BaseModel):
     max_graph_depth: int = Field(default=10, ge=0)
     # WatchContext re-reads the stream at least this often (it is woken per event).
     watch_poll_s: float = Field(default=1.0, gt=0)
-    # How long the active read-model versions are cached.
+    # How often the active read-model versions are looked up in NATS KV, and for how long
+    # the last one known keeps serving reads while NATS does not answer.
     control_ttl_s: float = Field(default=1.0, ge=0)
+    control_max_stale_s: float = Field(default=30.0, ge=0)
     shutdown_grace_s: float = Field(default=5.0, ge=0)
 
     def target(self) -> str:
