@@ -65,7 +65,9 @@ def mode(override: Mode | str | None = None) -> Mode:
 
 
 def stdout() -> Console:
-    return Console(markup=False, highlight=False, emoji=False, soft_wrap=True)
+    # Piped (``-o table | less -S``): no wrapping at 80 columns, tables as wide as they are.
+    width = None if sys.stdout.isatty() else 100_000
+    return Console(markup=False, highlight=False, emoji=False, soft_wrap=True, width=width)
 
 
 def stderr() -> Console:
