@@ -383,7 +383,9 @@ async def test_unreachable_min_version_answers_within_the_deadline_under_concurr
     outcomes = [o for o, _ in answers]
     assert outcomes.count("behind") == 40, (Counter(outcomes), sorted(t for _, t in answers))
     assert outcomes.count("FAILED_PRECONDITION") == 40, outcomes
-    assert max(t for _, t in answers) < 2.0
+    # answered with the documented margin: waits stop max(100 ms, 10 %) before the
+    # deadline (here 200 ms), so even under load every answer is in well before it
+    assert max(t for _, t in answers) < 1.9, sorted(t for _, t in answers)[-5:]
 
 
 # -- 6. timestamps ---------------------------------------------------------------------------
