@@ -13,7 +13,13 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from jetsource.core.settings import JetsourceSettings
-from tests.infra import Server, settings_for, start_graph, start_nats, start_valkey
+from tests.infra import Server, settings_for, start_graph, start_nats, start_valkey, stop_all
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Servers a test started and did not stop (and, with tests/infra.py's SIGTERM and
+    SIGINT handlers, those of an interrupted session) stop with the session."""
+    stop_all()
 
 
 @pytest.fixture(scope="session")

@@ -6,12 +6,20 @@ Per server, an environment URL selects an external one:
 JETSOURCE_TEST_INFRA=containers starts NATS, Valkey and Neo4j 5 with testcontainers
 where a Docker engine answers (and fails loudly where none does).
 Otherwise each server is started from its Python wheel on free ports in a temp dir.
+
+Every server started here is stopped when the session ends, also when pytest is
+stopped by SIGTERM (a CI time limit) or SIGINT: the servers run in sessions of their
+own (no terminal signal reaches them), so without this they would be orphaned.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
+import signal
 import subprocess
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,9 +49,10 @@ class Server:
     extra: dict[str, Any] = field(default_factory=dict)
     _stop: Callable[[], None] | None = None
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 20.0) -> None:
+        _LIVE.pop(id(self), None)
         if self.proc is not None:
-            stop_pid(self.proc.pid)
+            stop_pid(self.proc.pid, timeout)
             self.proc.wait(timeout=5)
         if self._stop is not None:
             self._stop()
@@ -53,17 +62,64 @@ class Server:
         assert self.embedded is not None, "only embedded servers can be restarted here"
         self.stop()
         self.proc = self.embedded.start()
+        track(self)
         self.embedded.wait_ready(self.proc, 60)
+
+
+# Servers this process started and has not stopped yet.
+_LIVE: dict[int, Server] = {}
+_HANDLED: dict[int, Any] = {}  # signal -> the handler ours replaced
+
+
+def track(server: Server) -> Server:
+    """Stop ``server`` at exit and on SIGTERM / SIGINT, whatever else happens."""
+    _LIVE[id(server)] = server
+    _install_stop_handlers()
+    return server
+
+
+def stop_all(timeout: float = 5.0) -> None:
+    """Stop every server still running (SIGTERM, SIGKILL after ``timeout``)."""
+    for server in list(_LIVE.values()):
+        with contextlib.suppress(Exception):
+            server.stop(timeout)
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    stop_all()
+    previous = _HANDLED.pop(signum, signal.SIG_DFL)
+    signal.signal(signum, previous)
+    if callable(previous):
+        previous(signum, frame)  # SIGINT: pytest's KeyboardInterrupt
+    elif previous != signal.SIG_IGN:
+        os.kill(os.getpid(), signum)  # the default action: die of that signal
+
+
+def _install_stop_handlers() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers can be set from the main thread only
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        if sig in _HANDLED:
+            continue
+        current = signal.getsignal(sig)
+        if current is _on_signal:
+            continue
+        _HANDLED[sig] = current
+        signal.signal(sig, _on_signal)
+
+
+atexit.register(stop_all)
 
 
 def _embedded(server: EmbeddedServer, **extra: Any) -> Server:
     proc = server.start()
+    started = track(Server("embedded", server.address(), server, proc, extra))
     try:
         server.wait_ready(proc, 90)
     except BaseException:
-        stop_pid(proc.pid)
+        started.stop()
         raise
-    return Server("embedded", server.address(), server, proc, extra)
+    return started
 
 
 def _docker() -> Any:
@@ -103,8 +159,12 @@ def start_nats(tmp: Path) -> Server:
         return Server("external", url)
     if MODE == "containers":
         c, addr = _container("nats:2.12-alpine", 4222, "-js")
-        return Server("containers", f"nats://{addr}", _stop=c.stop)
-    return _embedded(NatsServer(tmp / "nats", port=free_port(), monitor_port=free_port()))
+        return track(Server("containers", f"nats://{addr}", _stop=c.stop))
+    # sync_interval=None: the server's own 2m, for speed (`jetsource infra up` uses
+    # "always"; a test server's data is thrown away with its temp dir).
+    return _embedded(
+        NatsServer(tmp / "nats", port=free_port(), monitor_port=free_port(), sync_interval=None)
+    )
 
 
 def start_valkey(tmp: Path) -> Server:
@@ -112,7 +172,7 @@ def start_valkey(tmp: Path) -> Server:
         return Server("external", url)
     if MODE == "containers":
         c, addr = _container("valkey/valkey:8", 6379)
-        return Server("containers", f"redis://{addr}/0", _stop=c.stop)
+        return track(Server("containers", f"redis://{addr}/0", _stop=c.stop))
     return _embedded(ValkeyServer(tmp / "valkey", port=free_port()))
 
 
@@ -130,11 +190,13 @@ def start_graph(tmp: Path) -> Server:
     if MODE == "containers":
         password = "jetsource-test"
         c, addr = _container("neo4j:5", 7687, NEO4J_AUTH=f"neo4j/{password}")
-        return Server(
-            "containers",
-            f"bolt://{addr}",
-            _stop=c.stop,
-            extra={"user": "neo4j", "password": password, "database": "neo4j"},
+        return track(
+            Server(
+                "containers",
+                f"bolt://{addr}",
+                _stop=c.stop,
+                extra={"user": "neo4j", "password": password, "database": "neo4j"},
+            )
         )
     server = ArcadeGraphServer(
         tmp / "graph", http_port=free_port(), bolt_port=free_port(), password="jetsource-test"
