@@ -131,11 +131,10 @@ def timestamp(value: Timestamp) -> str | None:
 
 def natural_key(text: str) -> tuple[Any, ...]:
     """d1 < d2 < d10: digit runs compare as numbers."""
-    return tuple(
-        (0, int(part), part) if part.isdigit() else (1, 0, part)
-        for part in re.split(r"(\d+)", text)
-        if part
+    parts = tuple(
+        (0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", text) if part
     )
+    return (parts, text)
 
 
 # -- printing --------------------------------------------------------------------------

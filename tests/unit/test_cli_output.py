@@ -1,0 +1,155 @@
+"""The CLI's output layer and the checks it makes before sending anything (no servers)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import grpc
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from jetsource._gen.context.v1 import commands_pb2, query_pb2
+from jetsource.cli import output
+from jetsource.cli.app import app
+from jetsource.core.clock import to_timestamp
+
+
+@pytest.fixture(autouse=True)
+def _reset_mode() -> None:
+    output.set_mode(None)
+
+
+def test_natural_order_of_ids() -> None:
+    ids = ["d10", "d2", "t1", "d1", "d", "d02x", "a10b2", "a10b10", "a9"]
+    assert sorted(ids, key=output.natural_key) == [
+        "a9", "a10b2", "a10b10", "d", "d1", "d2", "d02x", "d10", "t1",
+    ]  # fmt: skip
+
+
+def test_data_keeps_numbers_enums_times_maps_and_defaults() -> None:
+    result = commands_pb2.CommandResult(context_id="s", version=2**40, stream_sequences=[7])
+    assert output.data(result) == {
+        "context_id": "s",
+        "version": 2**40,  # a number, not the string protobuf's JSON mapping makes of it
+        "stream_sequences": [7],
+        "event_ids": [],
+        "duplicate": False,
+    }
+    event = query_pb2.EventView(version=3, metadata={"actor": "ana"})
+    event.recorded_at.CopyFrom(to_timestamp(1_700_000_000_123_456_789))
+    event.event.decision_added.decision_id = "d1"
+    d = output.data(event)
+    assert d["recorded_at"] == "2023-11-14T22:13:20.123456789Z"
+    assert d["occurred_at"] is None and d["metadata"] == {"actor": "ana"}
+    assert list(d["event"]) == ["decision_added"]  # only the oneof member that is set
+    assert d["event"]["decision_added"]["decision_id"] == "d1"
+    view = query_pb2.ContextView(status=query_pb2.CONTEXT_STATUS_CLOSED)
+    assert output.data(view)["status"] == "CONTEXT_STATUS_CLOSED"
+
+
+def test_plain_tables_are_tab_separated_literal_and_unwrapped(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    output.set_mode("plain")
+    long = "x" * 300
+    output.table("decisions", ("id", "title"), [("d1", "[bold]a\tb\nc[/bold]"), ("d2", long)])
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == ["# decisions", "id\ttitle", "d1\t[bold]a\\tb\\nc[/bold]", f"d2\t{long}"]
+
+
+def test_table_mode_never_reads_markup(capsys: pytest.CaptureFixture[str]) -> None:
+    output.set_mode("table")
+    output.table("", ("title",), [("Fix [urgent] bug",)])
+    output.line("story [closed]")
+    output.fields([("tags", ["[red]x", "y"])])
+    printed = capsys.readouterr().out
+    for literal in ("Fix [urgent] bug", "story [closed]", "tags: [red]x, y"):
+        assert literal in printed
+
+
+def test_the_default_mode_follows_the_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.stdout.isatty", lambda: False)
+    assert output.mode() == output.Mode.plain
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True)
+    assert output.mode() == output.Mode.table
+    output.set_mode("json")
+    assert output.mode() == output.Mode.json and output.mode("plain") == output.Mode.plain
+
+
+def test_errors_go_to_stderr_with_an_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(typer.Exit) as raised:
+        output.fail(1, "NOT_FOUND", "no context [x]", hint="idempotency key: k")
+    assert raised.value.exit_code == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == "NOT_FOUND: no context [x]\nidempotency key: k\n"
+    output.set_mode("json")
+    with pytest.raises(typer.Exit):
+        output.fail(3, "UNAVAILABLE", "gone", idempotency_key="k", target=None)
+    error = json.loads(capsys.readouterr().err)["error"]
+    assert error == {
+        "code": "UNAVAILABLE",
+        "message": "gone",
+        "exit_code": 3,
+        "idempotency_key": "k",
+    }
+
+
+@pytest.mark.parametrize(
+    ("code", "exit_code"),
+    [
+        (grpc.StatusCode.INVALID_ARGUMENT, 1),
+        (grpc.StatusCode.FAILED_PRECONDITION, 1),
+        (grpc.StatusCode.ABORTED, 1),
+        (grpc.StatusCode.NOT_FOUND, 1),
+        (grpc.StatusCode.OUT_OF_RANGE, 1),
+        (grpc.StatusCode.DATA_LOSS, 1),
+        (grpc.StatusCode.UNAUTHENTICATED, 1),
+        (grpc.StatusCode.UNAVAILABLE, 3),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, 3),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, 3),
+    ],
+)
+def test_exit_codes_by_status(code: grpc.StatusCode, exit_code: int) -> None:
+    assert output.exit_code(code) == exit_code
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def test_usage_errors_exit_2_before_anything_is_sent() -> None:
+    runner = CliRunner()
+    nobody = f"127.0.0.1:{closed_port()}"
+    for args in (
+        ["ctx", "show", "s", "--at", "soon", "--query", nobody],
+        ["ctx", "subtask", "s", "t1", "--status", "finished", "--publisher", nobody],
+        ["ctx", "list", "--status", "half", "--query", nobody],
+        ["--output", "yaml", "ctx", "list"],
+    ):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2, (args, r.output)
+
+
+def test_a_refused_connection_exits_3_at_once_naming_the_setting() -> None:
+    runner = CliRunner()
+    nobody = f"127.0.0.1:{closed_port()}"
+    started = time.monotonic()
+    r = runner.invoke(
+        app, ["ctx", "create", "s", "--title", "t"], env={"JETSOURCE_CLIENT__PUBLISHER": nobody}
+    )
+    assert time.monotonic() - started < 2.0
+    assert r.exit_code == 3, r.output
+    assert f"publisher at {nobody} is not reachable" in r.output
+    assert "JETSOURCE_CLIENT__PUBLISHER" in r.output and "idempotency key" in r.output
+
+
+def test_version() -> None:
+    r = CliRunner().invoke(app, ["--version"])
+    assert r.exit_code == 0 and r.output.startswith("jetsource ")
