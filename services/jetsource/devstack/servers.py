@@ -54,6 +54,17 @@ def free_port(host: str = "127.0.0.1") -> int:
     raise ServerError(f"no free port in {_PORT_RANGE[0]}-{_PORT_RANGE[1]} on {host}")
 
 
+def parse_size(value: int | str) -> int:
+    """Bytes from an int or a size like "512KB", "2MB", "1G" (powers of 1024)."""
+    if isinstance(value, int):
+        return value
+    text = value.strip().upper().removesuffix("B")
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
+
+
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
@@ -243,8 +254,8 @@ class NatsServer(EmbeddedServer):
         jetstream: dict[str, str | int] = {"store_dir": str(self.data_dir / "jetstream")}
         if self.sync_interval:
             jetstream["sync_interval"] = self.sync_interval
-        if self.max_file_store is not None:
-            jetstream["max_file_store"] = self.max_file_store
+        if self.max_file_store is not None:  # a size is written bare (512KB), never quoted
+            jetstream["max_file_store"] = int(parse_size(self.max_file_store))
         lines = [
             f"server_name: {json.dumps(self.server_name)}",
             f"pid_file: {json.dumps(str(self.pid_file()))}",
@@ -316,7 +327,9 @@ class JetStreamCondition:
 
     @property
     def at_limit(self) -> bool:
-        return self.max_storage > 0 and self.storage + self.reserved >= self.max_storage
+        """Used and reserved storage at (or within 1% of) the server's limit: a write
+        of any size is refused there."""
+        return self.max_storage > 0 and self.storage + self.reserved >= 0.99 * self.max_storage
 
     @property
     def writable(self) -> bool:

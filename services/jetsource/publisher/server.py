@@ -124,6 +124,7 @@ class WriteHealth:
                 self._probe_ready = True
             await js.publish(self.probe_subject, b"probe", stream=PROBE_STREAM, timeout=2.0)
         except Exception as exc:
+            self._probe_ready = False  # the probe stream may be missing: create it next time
             named = refused_from(exc, PROBE_STREAM)
             if named is not None:
                 return str(named)
