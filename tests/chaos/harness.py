@@ -59,11 +59,14 @@ class Row:
     expected_dead_letters: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)  # a row's own checks that failed
+    rates: dict[str, float] = field(default_factory=dict)  # clean rebuild, events/s
 
     @property
     def passed(self) -> bool:
         return (
-            self.acknowledged == self.appended
+            not self.failures
+            and self.acknowledged == self.appended
             and self.readable == self.acknowledged
             and self.digest_equal
             and self.duplicates == 0
@@ -81,7 +84,7 @@ def line(r: Row) -> str:
     return (
         f"{r.scenario:<24} {r.appended:>8} {r.acknowledged:>6} {r.readable:>8} "
         f"{'yes' if r.digest_equal else 'NO':>7} {r.duplicates:>4} {r.dead_letters:>4} "
-        f"{r.seconds:>5.0f}  {'pass' if r.passed else 'FAIL'}  {'; '.join(r.notes)}"
+        f"{r.seconds:>5.0f}  {'pass' if r.passed else 'FAIL'}  {'; '.join(r.notes + r.failures)}"
     )
 
 
@@ -239,6 +242,9 @@ class Load:
     prefix: str
     events: int
     writers: int = 8
+    # Writers that all append to one story (``<prefix>-hot``) without an expected
+    # version, each command still retried with its idempotency key until confirmed.
+    hot_writers: int = 0
     stories: list[str] = field(default_factory=list)
     sent: list[Command] = field(default_factory=list)
     acked: dict[str, int] = field(default_factory=dict)  # key -> version
@@ -276,7 +282,47 @@ class Load:
                 self.retries += 1
                 await asyncio.sleep(0.2)
 
+    @property
+    def hot(self) -> str:
+        return f"{self.prefix}-hot"
+
+    async def _send_hot(self, client: ContextClient, writer: int, n: int) -> None:
+        """The ``n``-th command of a hot writer: its first 15 decisions, then
+        revisions of them (the story stays a bounded size, like a long-lived one)."""
+        key = f"{self.hot}:w{writer}:{n}"
+        self.sent.append(Command(self.hot, key, 0))
+        decision = f"w{writer}d{n % 15}"
+        while True:
+            try:
+                if n < 15:
+                    r = await client.add_decision(
+                        self.hot, decision, f"Decision {n}", idempotency_key=key
+                    )
+                else:
+                    r = await client.revise_decision(
+                        self.hot, decision, title=f"Revision {n}", idempotency_key=key
+                    )
+                self.acked[key] = r.version
+                return
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in RETRY:
+                    raise
+                self.retries += 1
+                await asyncio.sleep(0.2)
+
     async def run(self, stop: asyncio.Event) -> None:
+        if self.hot_writers:
+            async with ContextClient(self.target, timeout=5) as client:
+                self.stories.append(self.hot)
+                await self._send(client, Command(self.hot, f"{self.hot}:1", 1))
+
+        async def hot_writer(w: int) -> None:
+            async with ContextClient(self.target, timeout=5) as client:
+                n = 0
+                while not stop.is_set():
+                    await self._send_hot(client, w, n)
+                    n += 1
+
         async def writer() -> None:
             async with ContextClient(self.target, timeout=5) as client:
                 while not stop.is_set():
@@ -285,7 +331,10 @@ class Load:
                     for v in range(1, self.events + 1):
                         await self._send(client, Command(story, f"{story}:{v}", v))
 
-        await asyncio.gather(*(writer() for _ in range(self.writers)))
+        await asyncio.gather(
+            *(writer() for _ in range(self.writers)),
+            *(hot_writer(w) for w in range(self.hot_writers)),
+        )
 
 
 Fault = Callable[["Run"], Awaitable[str]]
@@ -303,6 +352,15 @@ class Run:
     projection: Projection
     expected_dead_letters: int = 0
     poison: int = 0  # messages injected that no model can apply
+    # What a fault measured, for the checks after the load (hot-story row).
+    restarted_at: float = 0.0  # monotonic time of the projector's last restart
+    applied_at_restart: dict[str, int] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    converge_timeout: float = 180.0
+
+
+async def applied(run: Run) -> dict[str, int]:
+    return {m: (await run.projection.model(m, 1).checkpoint()).applied for m in MODELS}
 
 
 async def _converged(run: Run, total: int, timeout: float) -> None:
@@ -313,6 +371,19 @@ async def _converged(run: Run, total: int, timeout: float) -> None:
             return
         await asyncio.sleep(0.5)
     raise AssertionError(f"{run.name}: read models did not converge ({applied} of {total})")
+
+
+async def time_to_head(run: Run, total: int, timeout: float) -> dict[str, float]:
+    """Seconds from ``run.restarted_at`` until each model had applied ``total``
+    events (the stream head); models still behind after ``timeout`` are missing."""
+    reached: dict[str, float] = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and len(reached) < len(MODELS):
+        for m, n in (await applied(run)).items():
+            if m not in reached and n >= total:
+                reached[m] = time.monotonic() - run.restarted_at
+        await asyncio.sleep(0.2)
+    return reached
 
 
 async def check(run: Run, row: Row) -> None:
@@ -332,7 +403,10 @@ async def check(run: Run, row: Row) -> None:
                 row.readable += 1
     row.duplicates = sum(n - 1 for n in keys_seen.values() if n > 1)
     good = (await p.store.stream_info())["state"]["messages"] - run.poison
-    await _converged(run, good, 180)
+    row.failures += run.failures
+    if run.restarted_at:
+        await _bound_time_to_head(run, row, good)
+    await _converged(run, good, run.converge_timeout)
     await asyncio.sleep(1.0)  # the snapshotter's dead letters, if any, are filed by now
     row.dead_letters = len(await admin.dlq_list(p))
     equal = True
@@ -340,10 +414,44 @@ async def check(run: Run, row: Row) -> None:
         model = p.model(name, 1)
         # Exactly once: each event applied once (poison never).
         row.duplicates += max(0, (await model.checkpoint()).applied - good)
-        await admin.rebuild(p, name, 2)
+        report = await admin.rebuild(p, name, 2)
+        row.rates[name] = report.rate
         clean = p.model(name, 2)
         equal = equal and await model.digest() == await clean.digest()
     row.digest_equal = equal
+    if run.restarted_at and "head" in run.applied_at_restart:
+        _judge_time_to_head(run, row, good)
+
+
+async def _bound_time_to_head(run: Run, row: Row, total: int) -> None:
+    """After the load stopped: how long from the last restart until every model was
+    at the stream head (kept in ``run.applied_at_restart`` under "t:<model>")."""
+    reached = await time_to_head(run, total, run.converge_timeout)
+    run.applied_at_restart["head"] = total
+    for m in MODELS:
+        run.applied_at_restart[f"t:{m}"] = int(reached.get(m, -1) * 1000)
+    if len(reached) < len(MODELS):
+        now = await applied(run)
+        row.failures.append(
+            f"not at the head {run.converge_timeout:.0f}s after the load: "
+            + ", ".join(f"{m} {now[m]}/{total}" for m in MODELS)
+        )
+        run.converge_timeout = 1.0  # check() need not wait again: the row failed
+
+
+def _judge_time_to_head(run: Run, row: Row, total: int) -> None:
+    """Bound per model: backlog at the last restart / (half the model's clean
+    rebuild rate, measured in this row) + 10 s."""
+    parts = []
+    for m in MODELS:
+        backlog = total - run.applied_at_restart[m]
+        rate = row.rates.get(m, 0.0)
+        bound = backlog / (rate / 2) + 10 if rate else float("inf")
+        took = run.applied_at_restart[f"t:{m}"] / 1000
+        parts.append(f"{m} {took:.1f}s<={bound:.1f}s ({backlog} @ {rate:.0f}/s)")
+        if took < 0 or took > bound:
+            row.failures.append(f"{m} took {took:.1f}s to the head, bound {bound:.1f}s")
+    row.notes.append("to head after last restart: " + "; ".join(parts))
 
 
 async def scenario(
@@ -356,6 +464,7 @@ async def scenario(
     replicas: int = 1,
     expected_dead_letters: int = 0,
     poison: int = 0,
+    hot_writers: int = 0,
 ) -> Row:
     started = time.monotonic()
     unique = f"{name.replace('-', '')[:10]}{random.randrange(10**6):06d}"
@@ -391,7 +500,7 @@ async def scenario(
     projection = await open_projection(s)
     try:
         await asyncio.to_thread(services.start_all)
-        load = Load(services.address("publisher"), unique, events, writers)
+        load = Load(services.address("publisher"), unique, events, writers, hot_writers)
         run = Run(name, stack, s, services, load, projection, expected_dead_letters, poison)
         stop = asyncio.Event()
         writing = asyncio.create_task(load.run(stop))
