@@ -316,3 +316,32 @@ def test_every_ctx_command_takes_timeout_output_and_commands_a_key() -> None:
         if name in commands:
             for option in ("--idempotency-key", "--correlation-id", "--causation-id"):
                 assert option in r.output, (name, option)
+
+
+def test_watch_resumes_after_the_query_service_restarts(cli_stack: CliStack) -> None:
+    """`ctx watch` reconnects by itself with from_version = last + 1: no gap, no duplicate.
+    (Last in this module: it restarts the query service.)"""
+    cid = story()
+    ok(cli_stack, "ctx", "create", cid, "--title", "T")
+    proc = subprocess.Popen(
+        [JETSOURCE, "-o", "json", "ctx", "watch", cid],
+        env=cli_stack.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert json.loads(proc.stdout.readline())["event"]["version"] == 1
+        cli_stack.services.restart("query")
+        for n in range(1, 4):
+            ok(cli_stack, "ctx", "decide", cid, f"d{n}", "--title", "x")
+        seen = [json.loads(proc.stdout.readline())["event"]["version"] for _ in range(3)]
+        assert seen == [2, 3, 4]
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=15)
+        assert proc.returncode == 0 and "resuming from version 2" in err, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
