@@ -461,7 +461,9 @@ def show(
         0, "--min-version", min=0, help="Wait (within --timeout) until the read model has it"
     ),
     pager: bool | None = typer.Option(
-        None, "--pager/--no-pager", help="Page long output (default: on a terminal)"
+        None,
+        "--pager/--no-pager",
+        help="Page long table output (default: when taller than the terminal)",
     ),
     query: str | None = QUERY,
     timeout: float | None = TIMEOUT,
@@ -508,10 +510,10 @@ def show(
             and 14 + 2 * rows > shutil.get_terminal_size().lines
         )
     with console.pager() if use_pager else contextlib.nullcontext():
-        _print_view(view, when, console)
+        _print_view(view, when)
 
 
-def _print_view(view: dict[str, Any], when: str, console: Any) -> None:
+def _print_view(view: dict[str, Any], when: str) -> None:
     closed = view["status"] == "CONTEXT_STATUS_CLOSED"
     header = Text.assemble(
         (view["title"], "bold"),
@@ -544,7 +546,6 @@ def _print_view(view: dict[str, Any], when: str, console: Any) -> None:
             )
             for d in view["decisions"]
         ),
-        console,
     )
     out.table(
         "subtasks",
@@ -561,13 +562,11 @@ def _print_view(view: dict[str, Any], when: str, console: Any) -> None:
             )
             for t in view["subtasks"]
         ),
-        console,
     )
     out.table(
         "dependencies",
         ("from", "depends on"),
         ((d["from_id"], d["to_id"]) for d in view["dependencies"]),
-        console,
     )
 
 

@@ -64,10 +64,22 @@ def mode(override: Mode | str | None = None) -> Mode:
     return Mode.table if sys.stdout.isatty() else Mode.plain
 
 
+_consoles: dict[bool, Console] = {}
+
+
 def stdout() -> Console:
-    # Piped (``-o table | less -S``): no wrapping at 80 columns, tables as wide as they are.
-    width = None if sys.stdout.isatty() else 100_000
-    return Console(markup=False, highlight=False, emoji=False, soft_wrap=True, width=width)
+    """The one stdout console (so a pager around a command's output gets all of it)."""
+    tty = sys.stdout.isatty()
+    if tty not in _consoles:
+        # Piped (``-o table | less -S``): no wrapping at 80 columns, tables as wide as they are.
+        _consoles[tty] = Console(
+            markup=False,
+            highlight=False,
+            emoji=False,
+            soft_wrap=True,
+            width=None if tty else 100_000,
+        )
+    return _consoles[tty]
 
 
 def stderr() -> Console:
