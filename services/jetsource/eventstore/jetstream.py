@@ -10,6 +10,7 @@ global order; the envelope's ``aggregate_version`` is the per-aggregate order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -37,6 +38,7 @@ from jetsource.core.errors import (
     EventStoreUnavailableError,
     EventTooLargeError,
     StreamMissingError,
+    ValidationError,
 )
 from jetsource.core.ids import uuid7, validate_aggregate_id
 from jetsource.core.settings import EventStoreSettings
@@ -54,6 +56,10 @@ _TRANSIENT = (
 )
 # Envelope tags, varints and timestamps, our three headers and NATS framing: generous.
 _ENVELOPE_AND_HEADER_OVERHEAD = 512
+
+
+class _VoidedTail(Exception):
+    """An aggregate's last message is voided: its version comes from the history."""
 
 
 def void_prefix(subject_prefix: str) -> str:
@@ -104,6 +110,7 @@ class JetStreamEventStore:
         # aggregate id -> (version, stream sequence) of its last known event
         self._positions: OrderedDict[str, tuple[int, int]] = OrderedDict()
         self._voids: set[int] = set()  # stream sequences known to be voided
+        self._void_sub: Any = None
 
     @property
     def settings(self) -> EventStoreSettings:
@@ -111,8 +118,37 @@ class JetStreamEventStore:
 
     async def start(self) -> None:
         await self._replies.start()
+        if self._void_sub is None:
+            await self._watch_voids()
+
+    async def _watch_voids(self) -> None:
+        """Know every voided sequence without asking: the few recorded so far, then
+        each new one as it is recorded (the stream's subjects are core subjects too).
+        ``voided()`` still asks the stream when a message is not valid, so a void
+        missed here is found where it matters."""
+        prefix = void_prefix(self._cfg.subject_prefix)
+
+        async def seen(msg: Any) -> None:
+            tail = msg.subject.rsplit(".", 1)[-1]
+            if tail.isdigit():
+                self._voids.add(int(tail))
+
+        self._void_sub = await self._nc.subscribe(f"{prefix}.>", cb=seen)
+        try:
+            async for raw in jsapi.direct_get_batch(
+                self._replies, self._cfg.stream, f"{prefix}.>", 1, self._cfg.request_timeout_s
+            ):
+                tail = raw.subject.rsplit(".", 1)[-1]
+                if tail.isdigit():
+                    self._voids.add(int(tail))
+        except (JsApiError, NoRespondersError, *_TRANSIENT):
+            pass  # no stream yet, or NATS away: voided() asks when it matters
 
     async def close(self) -> None:
+        if self._void_sub is not None:
+            sub, self._void_sub = self._void_sub, None
+            with contextlib.suppress(ConnectionClosedError, ConnectionReconnectingError):
+                await sub.unsubscribe()
         await self._replies.stop()
 
     # -- provisioning ---------------------------------------------------------
@@ -232,6 +268,8 @@ class JetStreamEventStore:
         """(version, sequence) of a tail message, remembered for the next append."""
         if tail is None:
             return 0, 0
+        if tail.seq in self._voids:
+            raise _VoidedTail(tail.seq)
         try:
             version = self._envelope(tail).aggregate_version
         except PayloadDecodeError as exc:
@@ -240,7 +278,20 @@ class JetStreamEventStore:
         return version, tail.seq
 
     async def _last(self, aggregate_id: str) -> tuple[int, int]:
-        return self._position(aggregate_id, await self._tail(aggregate_id))
+        tail = await self._tail(aggregate_id)
+        try:
+            return self._position(aggregate_id, tail)
+        except (CorruptEventError, _VoidedTail) as exc:
+            # The last message says nothing of the version: read the history (which
+            # steps over what an operator voided, or names what is corrupt).
+            assert tail is not None
+            if isinstance(exc, CorruptEventError) and not await self.voided(aggregate_id, tail.seq):
+                raise
+            events = await self.read_aggregate(aggregate_id)
+            version = events[-1].version if events else 0
+            self._positions.pop(aggregate_id, None)
+            self._remember(aggregate_id, version, tail.seq)
+            return version, tail.seq
 
     # -- append -----------------------------------------------------------------
 
@@ -339,9 +390,8 @@ class JetStreamEventStore:
                     if found is not None:
                         return found
                     continue  # somebody else appended: reload and try again
-                tail = await self._tail(aggregate_id)
-                actual, _ = self._position(aggregate_id, tail)
-                return await self._conflict(aggregate_id, events, expected_version, actual, tail)
+                actual, _ = await self._last(aggregate_id)
+                return await self._conflict(aggregate_id, events, expected_version, actual)
             if ack.duplicate:
                 found = await self._find(aggregate_id, events)
                 if found is None:
@@ -397,9 +447,9 @@ class JetStreamEventStore:
             return None
         try:
             newest = self._envelope(last)
-        except PayloadDecodeError as exc:
-            raise CorruptEventError(aggregate_id, last.seq, str(exc)) from exc
-        if newest.event_id == ids[-1]:
+        except PayloadDecodeError:
+            newest = EventEnvelope()  # not ours: look through the history below
+        if newest.event_id == ids[-1] and last.seq not in self._voids:
             # An atomic batch occupies consecutive sequences.
             n = len(ids)
             v, s = newest.aggregate_version, last.seq
@@ -466,6 +516,47 @@ class JetStreamEventStore:
             self._voids.add(stream_seq)
         return raw is not None
 
+    async def void(self, stream_seq: int, reason: str, actor: str) -> tuple[str, bool]:
+        """Record an operator's void of one stream sequence of an aggregate, as an
+        envelope of its own (type ``SequenceVoided``) on the void subject beside the
+        events; nothing is deleted. From then on every reader steps over it. Returns
+        the aggregate id and whether it was voided before."""
+        await self.start()
+        raw = await self._call(
+            lambda: jsapi.direct_get(
+                self._replies, self._cfg.stream, {"seq": stream_seq}, self._cfg.request_timeout_s
+            )
+        )
+        prefix = self._cfg.subject_prefix + "."
+        if raw is None or not raw.subject.startswith(prefix):
+            raise ValidationError(
+                f"stream sequence {stream_seq} of {self._cfg.stream} holds no event "
+                f"(nothing stored there, or not under {prefix}>)",
+                field="seq",
+            )
+        aggregate_id = raw.subject[len(prefix) :].split(".", 1)[0]
+        if await self.voided(aggregate_id, stream_seq):
+            return aggregate_id, True
+        record = EventEnvelope(
+            event_id=uuid7(),
+            event_type="SequenceVoided",
+            schema_version=1,
+            aggregate_type=self._cfg.aggregate_type,
+            aggregate_id=aggregate_id,
+            source="repair",
+            metadata={"voided_seq": str(stream_seq), "reason": reason[:1000], "actor": actor},
+            occurred_at=to_timestamp(now_ns()),
+        )
+        message = OutMessage(
+            self.void_subject(aggregate_id, stream_seq),
+            record.SerializeToString(deterministic=True),
+            {"Nats-Msg-Id": f"void-{self._cfg.stream}-{stream_seq}"},
+        )
+        await self._call(partial(self._publish, [message]))
+        self._voids.add(stream_seq)
+        self._positions.pop(aggregate_id, None)
+        return aggregate_id, False
+
     async def _in_chain(
         self, aggregate_id: str, raw: RawMessage, expected: int | None
     ) -> RecordedEvent | None:
@@ -481,11 +572,11 @@ class JetStreamEventStore:
                 problem = f"it carries version {record.version} where {expected} belongs"
         except PayloadDecodeError as exc:
             record, problem = None, str(exc)
-        if problem is None:
+        if problem is None and raw.seq not in self._voids:
             return record
-        if not await self.voided(aggregate_id, raw.seq):
+        if problem is not None and not await self.voided(aggregate_id, raw.seq):
             raise CorruptEventError(aggregate_id, raw.seq, problem)
-        if record is None or expected is None or record.version != expected:
+        if record is None or problem is not None:
             return None
         return voided_event(record)
 
@@ -513,6 +604,7 @@ class JetStreamEventStore:
         # The version the next message must carry: known from the start of the
         # aggregate, or once a first message is read after a sequence hint.
         expected: list[int | None] = [None]
+        stepped = [False]
 
         async def collect() -> None:
             out.clear()  # a retried read starts over
@@ -557,6 +649,7 @@ class JetStreamEventStore:
                         continue
                     checked = await self._in_chain(aggregate_id, raw, expected[0])
                     if checked is None:
+                        stepped[0] = True  # the subjects' last sequence may be this one
                         continue  # voided, with no place in the history
                     record = checked
                     expected[0] = record.version + 1
@@ -572,7 +665,7 @@ class JetStreamEventStore:
                 seq = page.messages[-1].seq + 1
 
         await self._call(collect)
-        if out:
+        if out and not stepped[0]:
             self._remember(aggregate_id, out[-1].version, out[-1].stream_seq)
         return out
 

@@ -25,9 +25,9 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from jetsource.core.codec import PayloadDecodeError, UnknownEvent
 from jetsource.core.envelope import RecordedEvent
-from jetsource.core.errors import EventStoreUnavailableError
+from jetsource.core.errors import CorruptEventError, EventStoreUnavailableError
 from jetsource.eventstore import jsapi
-from jetsource.eventstore.jetstream import JetStreamEventStore
+from jetsource.eventstore.jetstream import JetStreamEventStore, voided_event
 from jetsource.eventstore.jsapi import Delivery, RawMessage
 from jetsource.projector.deadletters import DeadLetters, aggregate_of
 from jetsource.projector.readmodel import Outcome, ReadModel, TransientError
@@ -52,6 +52,11 @@ LAG = Gauge(
 CHECKPOINT = Gauge(
     "jetsource_projector_checkpoint", "Last stream sequence handled", ["model", "version"]
 )
+STALLED = Gauge(
+    "jetsource_projector_stalled",
+    "1 while the model has work delivered but has done nothing for stall_after_s",
+    ["model", "version"],
+)
 DEAD_LETTERS = Counter(
     "jetsource_projector_dead_letters_total", "Events filed as dead letters", ["model", "version"]
 )
@@ -64,6 +69,7 @@ class WorkerStats:
     duplicates: int = 0
     dead_letters: int = 0
     unknown: int = 0
+    filled: int = 0  # applied from the stream to fill a gap, ahead of redelivery
     last_seq: int = 0
     pending: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -93,6 +99,8 @@ class Worker:
         # aggregate -> original sequences filed as dead letters (parked aggregates)
         self._parked: dict[str, set[int]] = {}
         self._failures: OrderedDict[int, int] = OrderedDict()
+        self._waits: OrderedDict[int, int] = OrderedDict()  # seq -> rounds it waited
+        self._progress_at = time.monotonic()
         self._labels = (self.spec.name, str(self.spec.version))
         self._stop = asyncio.Event()
         self.running = False
@@ -128,8 +136,11 @@ class Worker:
                 batch = await self._pull.next_batch(self.o.batch_size, 0.5)
                 if batch:
                     await self.process(batch)
-                elif until_caught_up and await self.caught_up():
-                    return
+                else:
+                    self._progress_at = time.monotonic()  # idle is not stalled
+                    STALLED.labels(*self._labels).set(0)
+                    if until_caught_up and await self.caught_up():
+                        return
         finally:
             self.running = False
             await self._pull.stop()
@@ -167,6 +178,9 @@ class Worker:
             try:
                 record = self.store.decode(raw)
             except PayloadDecodeError as exc:
+                if await self.store.voided(aggregate_id, d.stream_seq):
+                    acks.append(d)  # voided by an operator: in no history
+                    continue
                 await self._refused(d, aggregate_id, f"undecodable: {exc}")
                 continue
             types = self.spec.event_types
@@ -178,9 +192,12 @@ class Worker:
                 EVENTS.labels(*self._labels, "unknown").inc()
             records.append(record)
         outcome = Outcome()
+        filled = 0
         if records:
             try:
                 outcome = await self.model.apply(records)
+                if outcome.waiting or outcome.failed:
+                    filled = await self._settle(records, outcome)
             except (TransientError, EventStoreUnavailableError) as exc:
                 log.warning("%s v%s: %s; redelivering", *self._labels, exc)
                 for r in records:
@@ -190,14 +207,99 @@ class Worker:
             except Exception:
                 log.exception("%s v%s: batch failed; isolating aggregates", *self._labels)
                 outcome = await self._isolate(records)
-        acks += [by_seq[s] for s in outcome.done]
+        acks += [by_seq[s] for s in outcome.done if s in by_seq]
         await self._ack(acks)
-        for seq in outcome.waiting:
-            await jsapi.nak(self.nc, by_seq[seq], self.o.waiting_delay_s)
+        for done in acks:
+            self._waits.pop(done.stream_seq, None)
+        for seq, reason in outcome.waiting.items():
+            d = by_seq[seq]
+            waits = self._waits.pop(seq, 0) + 1
+            if waits >= self.o.max_waits:
+                # Waiting has a bound: what still waits after this many rounds (with
+                # gaps filled from the stream) will not be applied by waiting longer.
+                await self._refused(
+                    d, aggregate_of(d.subject, self._prefix), f"waited {waits} times: {reason}"
+                )
+                continue
+            self._waits[seq] = waits
+            await jsapi.nak(self.nc, d, self.o.waiting_delay_s)
+        while len(self._waits) > 100_000:
+            self._waits.popitem(last=False)
         for seq, reason in outcome.failed.items():
             d = by_seq[seq]
             await self._refused(d, aggregate_of(d.subject, self._prefix), reason)
-        self._account(batch, outcome, time.perf_counter() - started)
+        self._account(batch, outcome, filled, time.perf_counter() - started)
+
+    async def _settle(self, records: list[RecordedEvent], outcome: Outcome) -> int:
+        """Apply what the model left waiting or refused, without waiting for redelivery.
+
+        An aggregate's events wait when an earlier version is not applied yet: after a
+        crash its earlier events are redelivered only when their ack wait ends, in any
+        order, so a hot aggregate could creep forward a few events per round. Instead
+        the missing versions are read from the stream and applied first, in order, with
+        the waiting ones. A gap the stream cannot fill (no such versions before the
+        event) is refused, so it reaches the dead letters instead of waiting for good.
+        A refused or gap-making event an operator voided is stepped over. Returns how
+        many events were applied from the stream (not delivered in this batch)."""
+        held: OrderedDict[str, list[RecordedEvent]] = OrderedDict()
+        for r in records:
+            if r.stream_seq in outcome.waiting or r.stream_seq in outcome.failed:
+                held.setdefault(r.aggregate_id, []).append(r)
+        filled = 0
+        for aggregate_id, evs in held.items():
+            if any(outcome.waiting.get(e.stream_seq, "").startswith("behind") for e in evs[:1]):
+                continue  # behind an event refused in this batch: its turn comes after
+            first = evs[0]
+            position = await self.model.position(aggregate_id)
+            again: list[RecordedEvent] = []
+            if first.stream_seq in outcome.failed or first.version > position + 1:
+                if await self.store.voided(aggregate_id, first.stream_seq):
+                    if first.version == position + 1:
+                        again = [voided_event(first), *evs[1:]]  # a no-op at its place
+                    else:
+                        outcome.waiting.pop(first.stream_seq, None)
+                        outcome.failed.pop(first.stream_seq, None)
+                        outcome.done.append(first.stream_seq)  # no place in the history
+                        continue
+                elif first.stream_seq in outcome.failed:
+                    continue
+                else:
+                    try:
+                        missing = await self.store.read_aggregate(
+                            aggregate_id,
+                            from_version=position + 1,
+                            to_version=first.version - 1,
+                            to_seq=first.stream_seq - 1,
+                        )
+                    except CorruptEventError as exc:
+                        log.warning("%s v%s: gap of %s: %s", *self._labels, aggregate_id, exc)
+                        continue  # the corrupt message is dead-lettered on its own delivery
+                    if [m.version for m in missing] != list(range(position + 1, first.version)):
+                        outcome.waiting.pop(first.stream_seq, None)
+                        outcome.failed[first.stream_seq] = (
+                            f"version gap: {aggregate_id!r} has no version {position + 1} "
+                            f"before sequence {first.stream_seq} (this event says "
+                            f"version {first.version})"
+                        )
+                        continue
+                    again = [*missing, *evs]
+            else:
+                again = evs  # the stored version moved under us (a replay): once more
+            for e in evs:
+                outcome.waiting.pop(e.stream_seq, None)
+                outcome.failed.pop(e.stream_seq, None)
+            result = await self.model.apply(again)
+            mine = {e.stream_seq for e in evs}
+            outcome.done.extend(s for s in result.done if s in mine)
+            outcome.waiting.update({s: r for s, r in result.waiting.items() if s in mine})
+            outcome.failed.update({s: r for s, r in result.failed.items() if s in mine})
+            # The missing versions come first: none of ours applies before all of them.
+            applied_from_stream = min(len(again) - len(evs), result.applied)
+            outcome.applied += result.applied - applied_from_stream
+            filled += applied_from_stream
+            if applied_from_stream:
+                EVENTS.labels(*self._labels, "filled").inc(applied_from_stream)
+        return filled
 
     async def _isolate(self, records: list[RecordedEvent]) -> Outcome:
         """A handler raised for the batch: apply aggregate by aggregate, so one bad
@@ -251,16 +353,27 @@ class Worker:
         DEAD_LETTERS.labels(*self._labels).inc()
         log.error("%s v%s: seq %d dead-lettered: %s", *self._labels, d.stream_seq, reason)
 
-    def _account(self, batch: Sequence[Delivery], outcome: Outcome, seconds: float) -> None:
+    @property
+    def stalled(self) -> bool:
+        """Running, with work delivered, and nothing done for ``stall_after_s``."""
+        return self.running and time.monotonic() - self._progress_at > self.o.stall_after_s
+
+    def _account(
+        self, batch: Sequence[Delivery], outcome: Outcome, filled: int, seconds: float
+    ) -> None:
         s = self.stats
         s.batches += 1
-        s.applied += outcome.applied
-        duplicates = len(outcome.done) - outcome.applied
+        s.applied += outcome.applied + filled
+        s.filled += filled
+        if outcome.done or outcome.failed or filled:
+            self._progress_at = time.monotonic()
+        STALLED.labels(*self._labels).set(1 if self.stalled else 0)
+        duplicates = max(0, len(outcome.done) - outcome.applied)
         s.duplicates += duplicates
         last = batch[-1]
         s.last_seq = max(s.last_seq, last.stream_seq)
         s.pending = last.pending
-        EVENTS.labels(*self._labels, "applied").inc(outcome.applied)
+        EVENTS.labels(*self._labels, "applied").inc(outcome.applied + filled)
         if duplicates:
             EVENTS.labels(*self._labels, "duplicate").inc(duplicates)
         if outcome.waiting:

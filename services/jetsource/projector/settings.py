@@ -23,6 +23,12 @@ class ProjectorOptions(BaseModel):
     backoff_s: list[float] = Field(default_factory=lambda: [0.2, 1.0, 5.0, 15.0, 30.0])
     # Redelivery delay for an event waiting behind an earlier one of its aggregate.
     waiting_delay_s: float = Field(default=0.1, ge=0)
+    # An event still waiting after this many rounds (gaps are filled from the stream, so
+    # waiting is rare) is refused, and so reaches the dead letters: waiting is bounded.
+    max_waits: int = Field(default=100, ge=1)
+    # A model with work delivered and nothing done for this long is stalled: /healthz
+    # answers 503 and jetsource_projector_stalled is 1.
+    stall_after_s: float = Field(default=120.0, gt=0)
     dlq_stream: str = "CONTEXT_DLQ"
     dlq_subject_prefix: str = "jetsource.dlq"
     control_bucket: str = "JETSOURCE_READMODELS"

@@ -119,7 +119,7 @@ _CONTEXT_APPLY = (
     """
 local p = ARGV[1]
 local n = tonumber(ARGV[2])
-local conflicts = {}
+local conflicts, stale = {}, {}
 local applied, maxseq, i = 0, 0, 3
 for _ = 1, n do
   local id, base, ver = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
@@ -138,12 +138,14 @@ for _ = 1, n do
     if seq > maxseq then maxseq = seq end
   elseif cur < ver then
     table.insert(conflicts, id)
+  else
+    table.insert(stale, id)
   end
 end
 """
     + _CHECKPOINT
     + """
-return conflicts
+return {conflicts, stale}
 """
 )
 
@@ -382,13 +384,19 @@ class ContextModel(ValkeyModel):
             pending[aggregate_id] = (new_meta, new, [e.stream_seq for e in fresh])
         if not pending:
             return outcome
-        conflicts = await _io(self._apply(args=[self.ns, len(pending), *args]))
+        conflicts, stale = await _io(self._apply(args=[self.ns, len(pending), *args]))
         conflicted = {c.decode() for c in conflicts}
+        written_before = {c.decode() for c in stale}
         for aggregate_id, (meta, state, seqs) in pending.items():
             if aggregate_id in conflicted:
                 self._cache.pop(aggregate_id, None)  # somebody else wrote it: reload next time
                 for s in seqs:
                     outcome.waiting[s] = "the stored version moved; recomputing"
+            elif aggregate_id in written_before:
+                # Somebody else (a replay) stored these versions already: done, not
+                # applied by us (the script counted nothing for them).
+                self._cache.pop(aggregate_id, None)
+                outcome.done.extend(seqs)
             else:
                 self._remember(aggregate_id, meta, state)
                 outcome.done.extend(seqs)
