@@ -82,6 +82,9 @@ class ProjectorService:
             and self.projection.nc.is_connected
             and bool(workers)
             and all(not t.done() for _, t in workers)
+            # A model with work delivered and nothing done for stall_after_s is not
+            # healthy, even though its task runs (#22: /healthz said 200 through a livelock).
+            and not any(w.stalled for w, _ in workers)
         )
 
     async def run(self, stop: asyncio.Event) -> None:
