@@ -57,9 +57,11 @@ def jetsource(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[st
 
 
 def rows(output: str) -> dict[str, str]:
+    """Server rows of `infra status` (a Rich table on a terminal, tab-separated piped)."""
     found = {}
     for line in output.splitlines():
-        cells = [c.strip() for c in line.strip("│ ").split("│")]
+        sep = "\t" if "\t" in line else "│"
+        cells = [c.strip() for c in line.strip("│ ").split(sep)]
         if cells and cells[0] in {"nats", "valkey", "graph"}:
             found[cells[0]] = line
     return found
@@ -114,8 +116,9 @@ def test_up_status_down_and_data_survives(env: dict[str, str]) -> None:
             assert "healthy" in table[name], table[name]
             assert f"127.0.0.1:{env['JETSOURCE_DEVSTACK__' + port]}" in table[name]
 
+        # Nothing is down: a second `up` says so and succeeds (scripts can run it always).
         again = jetsource(env, "infra", "up")
-        assert again.returncode != 0
+        assert again.returncode == 0, again.stdout + again.stderr
         assert "already running" in again.stdout
 
         write_data(env)
@@ -139,30 +142,17 @@ def test_up_status_down_and_data_survives(env: dict[str, str]) -> None:
         assert "reached version 4; read back ContextCreated, DecisionAdded" in text
         assert "GetContext(min_version=4) answered version 4" in text, text
 
-        # a person works a context from the shell
-        made = jetsource(env, "ctx", "create", "cli-1", "--title", "From the shell")
-        assert made.returncode == 0 and "cli-1 at version 1" in made.stdout, made.stdout
-        jetsource(env, "ctx", "decide", "cli-1", "d1", "--title", "Use NATS")
-        refused = jetsource(env, "ctx", "decide", "cli-1", "d1", "--title", "again")
-        assert refused.returncode == 1 and "FAILED_PRECONDITION" in refused.stdout
-        shown = jetsource(env, "ctx", "show", "cli-1")
-        assert shown.returncode == 0 and "From the shell" in shown.stdout
-        assert "Use NATS" in shown.stdout and "version 2" in shown.stdout
-        # ... and as it was before the decision, by version and by time
-        then = jetsource(env, "ctx", "show", "cli-1", "--at", "1")
-        assert then.returncode == 0 and "version 1, at 1" in " ".join(then.stdout.split())
-        assert "Use NATS" not in then.stdout, then.stdout
-        long_ago = jetsource(env, "ctx", "show", "cli-1", "--at", "2001-01-01T00:00:00Z")
-        assert long_ago.returncode == 1 and "did not exist yet" in long_ago.stdout
-        later = jetsource(env, "ctx", "show", "cli-1", "--at", "2999-01-01T00:00:00")
-        assert later.returncode == 0 and "Use NATS" in later.stdout, later.stdout
-        junk = jetsource(env, "ctx", "show", "cli-1", "--at", "yesterday")
-        assert junk.returncode == 2 and "INVALID_ARGUMENT" in junk.stdout
+        status = jetsource(env, "infra", "status")
+        assert status.returncode == 0, status.stdout
+        for service in ("publisher", "projector", "snapshotter", "query"):
+            assert any(
+                line.split("\t")[0] == service and "healthy" in line
+                for line in status.stdout.splitlines()
+            ), status.stdout
         metrics = httpx.get(
             f"http://127.0.0.1:{env['JETSOURCE_PUBLISHER__METRICS_PORT']}/metrics", timeout=5
         ).text
         assert 'jetsource_publisher_commands_total{command="AddDecision",outcome="ok"}' in metrics
-        assert 'outcome="refused"' in metrics
         down = jetsource(env, "down")
         assert down.returncode == 0 and "publisher" in down.stdout, down.stdout
     finally:

@@ -420,6 +420,14 @@ class ValkeyServer(EmbeddedServer):
     def pid_file(self) -> Path:
         return self.data_dir / "valkey.pid"
 
+    def owns(self, pid: int) -> bool:
+        """valkey-server rewrites its command line to "valkey-server host:port"."""
+        cmdline = process_cmdline(pid)
+        return cmdline is None or (
+            "valkey-server" in cmdline
+            and (f":{self.port}" in cmdline or str(self.data_dir) in cmdline)
+        )
+
     def _acl(self) -> list[str]:
         if self.user is None:
             return []

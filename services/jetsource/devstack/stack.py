@@ -222,9 +222,10 @@ class LocalStack:
                 version = server.version() if healthy else ""
                 detail = "" if healthy else "not answering"
             except Exception as exc:
-                healthy, version = False, ""
+                healthy, version, detail = False, "", str(exc)
+            if not healthy and pid is None:
                 listening = any(port_open(server.host, p) for p in server.ports())
-                detail = str(exc) if pid is not None or listening else "stopped"
+                detail = f"port busy, not answering: {detail}" if listening else "stopped"
             if healthy and isinstance(server, NatsServer):
                 healthy, detail = self._nats_detail(server)
             out.append(ServerStatus(name, server.address(), True, pid, healthy, version, detail))
