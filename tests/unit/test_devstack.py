@@ -61,3 +61,26 @@ def test_start_refuses_a_busy_port(tmp_path: Path) -> None:
         port = s.getsockname()[1]
         with pytest.raises(ServerError, match=f"port.*{port}.*in use"):
             ValkeyServer(tmp_path, port=port).start()
+
+
+def test_local_nats_fsyncs_every_write_by_default(tmp_path: Path) -> None:
+    settings = JetsourceSettings()
+    settings.devstack.home = tmp_path
+    nats = LocalStack(settings).embedded()["nats"]
+    assert isinstance(nats, NatsServer)
+    assert 'sync_interval: "always"' in nats.config_text()
+    # relaxed for benchmarks: a duration, or "default" for the server's own 2m
+    settings.devstack.nats_sync_interval = "default"
+    relaxed = LocalStack(settings).embedded()["nats"]
+    assert isinstance(relaxed, NatsServer) and "sync_interval" not in relaxed.config_text()
+    settings.devstack.nats_sync_interval = "10s"
+    ten = LocalStack(settings).embedded()["nats"]
+    assert isinstance(ten, NatsServer) and 'sync_interval: "10s"' in ten.config_text()
+    # a test server keeps the fast default unless it asks
+    assert "sync_interval" not in NatsServer(tmp_path, sync_interval=None).config_text()
+
+
+def test_nats_config_sizes_and_pid_file(tmp_path: Path) -> None:
+    text = NatsServer(tmp_path, max_file_store="512KB").config_text()
+    assert "max_file_store: 524288" in text
+    assert f'pid_file: "{tmp_path / "nats.pid"}"' in text
