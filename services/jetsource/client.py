@@ -12,6 +12,7 @@ retry safely.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -329,3 +330,36 @@ class QueryClient:
         ``cancel()`` it to stop)."""
         request = query_pb2.WatchContextRequest(context_id=context_id, from_version=from_version)
         return self._stub.WatchContext(request, timeout=timeout, metadata=self._metadata)
+
+
+@dataclass(frozen=True)
+class ErrorDetails:
+    """The google.rpc.Status details a refusal carries in its trailers: the fields it
+    names (BadRequest field violations: path -> description) and its ErrorInfo
+    (``reason``, e.g. VERSION_MISMATCH or CORRUPT_EVENT, and ``metadata``, e.g.
+    ``{"current_version": "7"}``)."""
+
+    fields: dict[str, str]
+    reason: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def error_details(error: grpc.RpcError) -> ErrorDetails:
+    """What a failed call's trailers say beyond its code and message (empty when the
+    server sent no details)."""
+    from google.rpc import error_details_pb2  # type: ignore[import-untyped]
+    from grpc_status import rpc_status  # type: ignore[import-untyped]
+
+    try:
+        status = rpc_status.from_call(error)
+    except ValueError:  # a trailer that does not match the call's code or message
+        status = None
+    fields: dict[str, str] = {}
+    reason, metadata = "", {}
+    for packed in status.details if status is not None else ():
+        bad, info = error_details_pb2.BadRequest(), error_details_pb2.ErrorInfo()
+        if packed.Unpack(bad):
+            fields.update((v.field, v.description) for v in bad.field_violations)
+        elif packed.Unpack(info):
+            reason, metadata = info.reason, dict(info.metadata)
+    return ErrorDetails(fields, reason, metadata)

@@ -24,6 +24,7 @@ from jetsource._gen.context.v1 import commands_pb2_grpc as c_grpc
 from jetsource._gen.context.v1 import events_pb2 as ev
 from jetsource._gen.context.v1 import query_pb2 as q
 from jetsource._gen.context.v1 import query_pb2_grpc as q_grpc
+from jetsource.client import ErrorDetails, error_details
 from jetsource.core.ids import uuid7
 from jetsource.domain.context.model import MAX_NAME
 from jetsource.publisher import service as publisher_service
@@ -206,6 +207,7 @@ async def test_errors_carry_google_rpc_status_details(stack: Stack) -> None:
     )
     (bad,) = details(error)
     assert [v.field for v in bad.field_violations] == ["options.actor"]
+    assert list(error_details(error).fields) == ["options.actor"]
 
     error = await refused(
         commands.AddDecision(
@@ -223,6 +225,8 @@ async def test_errors_carry_google_rpc_status_details(stack: Stack) -> None:
     (info,) = details(error)
     assert info.reason == "VERSION_MISMATCH" and info.domain == "jetsource"
     assert dict(info.metadata) == {"current_version": "1"}
+    # the typed client reads the same details
+    assert error_details(error) == ErrorDetails({}, "VERSION_MISMATCH", {"current_version": "1"})
 
 
 # -- 4. page tokens ----------------------------------------------------------------------
