@@ -42,7 +42,7 @@ from jetsource.core.errors import (
 )
 from jetsource.core.ids import uuid7, validate_aggregate_id
 from jetsource.core.settings import EventStoreSettings
-from jetsource.eventstore import jsapi
+from jetsource.eventstore import jsapi, refusals
 from jetsource.eventstore.common import check_append, check_read, stored_envelope
 from jetsource.eventstore.jsapi import JsApiError, NoRespondersError, OutMessage, RawMessage
 
@@ -186,11 +186,14 @@ class JetStreamEventStore:
             except JsApiError as exc:
                 if exc.err_code == jsapi.ERR_STREAM_NOT_FOUND:
                     raise StreamMissingError(f"stream {self._cfg.stream} not found") from exc
+                if (named := refusals.refused_from(exc, self._cfg.stream)) is not None:
+                    raise named from exc
                 raise
             except _TRANSIENT as exc:
                 if attempt == attempts - 1:
                     raise EventStoreUnavailableError(
-                        f"NATS did not answer after {attempts} attempts: {exc!r}"
+                        f"NATS did not answer after {attempts} attempts: {exc!r} (a full disk "
+                        "makes JetStream stop answering writes; see `jetsource infra status`)"
                     ) from exc
                 delay = self._cfg.retry_backoff_s * (2**attempt)
                 await asyncio.sleep(delay * (0.5 + random.random()))
