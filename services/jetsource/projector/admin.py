@@ -18,6 +18,7 @@ from jetsource.core.clock import to_ns
 from jetsource.core.envelope import RecordedEvent
 from jetsource.core.errors import EventStoreUnavailableError
 from jetsource.core.ids import validate_aggregate_id
+from jetsource.domain.context.model import ContextState, fold
 from jetsource.eventstore import jsapi
 from jetsource.projector.bootstrap import SPECS, Projection, spec_for
 from jetsource.projector.control import (
@@ -157,6 +158,7 @@ class _Rewindable(Protocol):
         *,
         events: Sequence[RecordedEvent] | None = None,
         guard: tuple[int, int] | None = None,
+        state: ContextState | None = None,
     ) -> int: ...
 
 
@@ -179,17 +181,33 @@ async def _replay_aggregate(p: Projection, model: ReadModel, aggregate_id: str) 
     async def read_up_to(version: int | None) -> None:
         if version is not None and len(events) >= version:
             return
+        # From the sequence after the last event read: a hot story's history is not
+        # walked again on every attempt.
+        after = events[-1].stream_seq + 1 if events else 1
         more = await _retry(
             lambda: p.store.read_aggregate(
-                aggregate_id, from_version=len(events) + 1, to_version=version
+                aggregate_id, from_version=len(events) + 1, to_version=version, from_seq=after
             ),
             name,
         )
         events.extend(more)
 
+    # The fold of events[:folded], kept across attempts: a hot story's history is
+    # folded once, then only the events that arrived meanwhile.
+    folded, state = 0, ContextState(id=aggregate_id)
+
+    def state_at(version: int) -> ContextState:
+        nonlocal folded, state
+        if folded > version:
+            folded, state = 0, ContextState(id=aggregate_id)
+        state = fold((e.event for e in events[folded:version]), state)
+        folded = version
+        return state
+
     if position:
         await read_up_to(position)
     low = position
+    tried: list[str] = []
     for attempt in range(REPLAY_ATTEMPTS):
         if attempt < REPLAY_EXACT_ATTEMPTS:
             version, guard = position, (position, position)
@@ -199,18 +217,24 @@ async def _replay_aggregate(p: Projection, model: ReadModel, aggregate_id: str) 
             if version < low:
                 raise AdminError(f"{aggregate_id}: stored at {low}, the stream has {version}")
 
-        async def write(v: int = version, g: tuple[int, int] = guard) -> int:
-            return await target.rewind(aggregate_id, v, events=events, guard=g)
+        at = state_at(version)
+
+        async def write(
+            v: int = version, g: tuple[int, int] = guard, folded: ContextState = at
+        ) -> int:
+            return await target.rewind(aggregate_id, v, events=events, guard=g, state=folded)
 
         current = await _retry(write, name)
         if guard[0] <= current <= guard[1]:
             return current, version
+        tried.append(f"{guard[0]}..{guard[1]}: {current}")
         # A live worker moved it (or another replay): start from where it is now.
         position = low = current
         await read_up_to(current)
         del events[current:]
     raise AdminError(
-        f"{aggregate_id} kept moving under the replay ({REPLAY_ATTEMPTS} attempts); try again"
+        f"{aggregate_id} kept moving under the replay ({REPLAY_ATTEMPTS} attempts: guard and "
+        f"stored version {', '.join(tried[-6:])}); try again"
     )
 
 
@@ -262,7 +286,7 @@ async def replay(
         try:
             was, written = await _replay_aggregate(p, model, agg)
         except Exception as exc:  # this aggregate's write did not happen: go on
-            log.warning("replay %s %s failed: %r", name, agg, exc)
+            log.warning("replay %s %s failed: %s", name, agg, exc)
             report.failed[evs[0].stream_seq] = f"{agg}: not replayed, left as it was: {exc!r}"
         else:
             report.reapplied += sum(1 for e in evs if e.version <= written)

@@ -331,13 +331,14 @@ class GraphModel:
         *,
         events: Sequence[RecordedEvent] | None = None,
         guard: tuple[int, int] | None = None,
+        state: ContextState | None = None,
     ) -> int:
-        """Write the story's subgraph as it is at ``to_version`` (folded from its
-        events: ``events`` if given, its first ``to_version`` events, else read from
-        the store), in one transaction: the Story node is locked, its Decision and
-        Subtask nodes are deleted and written back, the counts move with it. With
-        ``guard`` (low, high) nothing is written unless the stored version is within
-        it. Returns the version the story was at (0: absent)."""
+        """Write the story's subgraph as it is at ``to_version`` (``state`` if given,
+        else folded from its events: ``events`` if given, its first ``to_version``
+        events, else read from the store), in one transaction: the Story node is
+        locked, its Decision and Subtask nodes are deleted and written back, the
+        counts move with it. With ``guard`` (low, high) nothing is written unless
+        the stored version is within it. Returns the version the story was at (0: absent)."""
         if events is None:
             events = (
                 await self.store.read_aggregate(aggregate_id, to_version=to_version)
@@ -347,7 +348,8 @@ class GraphModel:
         events = list(events[:to_version])
         if [e.version for e in events] != list(range(1, to_version + 1)):
             raise ValueError(f"rewind of {aggregate_id} to {to_version}: events are not 1..n")
-        state = fold_state((e.event for e in events), context_id=aggregate_id)
+        if state is None or state.version != to_version:  # else: the caller folded them
+            state = fold_state((e.event for e in events), context_id=aggregate_id)
         writes = _Writes()
         if events:
             self._diff(writes, ContextState(id=aggregate_id), state, events)

@@ -436,9 +436,11 @@ class ContextModel(ValkeyModel):
         *,
         events: Sequence[RecordedEvent] | None = None,
         guard: tuple[int, int] | None = None,
+        state: ContextState | None = None,
     ) -> int:
-        """Write the story as it is at ``to_version`` (folded from ``events``, its
-        first ``to_version`` events, else read from the store) in one script; with
+        """Write the story as it is at ``to_version`` (``state``, else folded from
+        ``events``, its first ``to_version`` events, else read from the store) in one
+        script; with
         ``guard`` (low, high) only if the stored version is within. Returns the
         version it was at."""
         if events is None:
@@ -450,7 +452,8 @@ class ContextModel(ValkeyModel):
         events = list(events[:to_version])
         if [e.version for e in events] != list(range(1, to_version + 1)):
             raise ValueError(f"rewind of {aggregate_id} to {to_version}: events are not 1..n")
-        state = fold((e.event for e in events), context_id=aggregate_id)
+        if state is None or state.version != to_version:  # else: the caller folded them
+            state = fold((e.event for e in events), context_id=aggregate_id)
         meta = {
             "seq": events[-1].stream_seq if events else 0,
             "applied": len(events),
@@ -562,6 +565,7 @@ class TimelineModel(ValkeyModel):
         *,
         events: Sequence[RecordedEvent] | None = None,
         guard: tuple[int, int] | None = None,
+        state: ContextState | None = None,
     ) -> int:
         """Without ``events``: drop the entries after ``to_version``. With them (the
         aggregate's first ``to_version`` events): its timeline is written as it is at
