@@ -60,6 +60,22 @@ STALLED = Gauge(
 DEAD_LETTERS = Counter(
     "jetsource_projector_dead_letters_total", "Events filed as dead letters", ["model", "version"]
 )
+# Not "jetsource_projector_dead_letters": that is the family name of the counter above.
+DEAD_LETTER_DEPTH = Gauge(
+    "jetsource_projector_dead_letters_pending",
+    "Dead letters waiting in the DLQ stream (counted at start, then as they are filed; "
+    "recounted when an aggregate is released and every DEPTH_REFRESH_S while idle)",
+    ["model", "version"],
+)
+FRESHNESS = Histogram(
+    "jetsource_projector_freshness_seconds",
+    "Append to visible: now minus the event's recorded time, when the model applied it",
+    ["model", "version"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600),
+)
+# While idle, the dead-letter depth is recounted this often (letters retried or
+# discarded by an operator leave the DLQ from another process).
+DEPTH_REFRESH_S = 30.0
 
 
 @dataclass
@@ -102,6 +118,7 @@ class Worker:
         self._waits: OrderedDict[int, int] = OrderedDict()  # seq -> rounds it waited
         self._progress_at = time.monotonic()
         self._labels = (self.spec.name, str(self.spec.version))
+        self._depth_at = time.monotonic()
         self._stop = asyncio.Event()
         self.running = False
 
@@ -120,8 +137,11 @@ class Worker:
     async def start(self) -> None:
         await self.model.setup()
         await self.ensure_consumer()
-        for letter in await self.dlq.list(self.spec):
+        letters = await self.dlq.list(self.spec)
+        for letter in letters:
             self._parked.setdefault(letter.aggregate_id, set()).add(letter.original_seq)
+        DEAD_LETTER_DEPTH.labels(*self._labels).set(len(letters))
+        self._depth_at = time.monotonic()
 
     def stop(self) -> None:
         self._stop.set()
@@ -139,6 +159,8 @@ class Worker:
                 else:
                     self._progress_at = time.monotonic()  # idle is not stalled
                     STALLED.labels(*self._labels).set(0)
+                    if time.monotonic() - self._depth_at > DEPTH_REFRESH_S:
+                        await self._recount_dead_letters()
                     if until_caught_up and await self.caught_up():
                         return
         finally:
@@ -229,6 +251,7 @@ class Worker:
             d = by_seq[seq]
             await self._refused(d, aggregate_of(d.subject, self._prefix), reason)
         self._account(batch, outcome, filled, time.perf_counter() - started)
+        self._observe_freshness(records, outcome)
 
     async def _settle(self, records: list[RecordedEvent], outcome: Outcome) -> int:
         """Apply what the model left waiting or refused, without waiting for redelivery.
@@ -330,6 +353,7 @@ class Worker:
             checked[aggregate_id] = await self.dlq.pending(self.spec, aggregate_id)
             if not checked[aggregate_id]:
                 del self._parked[aggregate_id]
+                await self._recount_dead_letters()  # retried or discarded elsewhere
         return checked[aggregate_id]
 
     async def _refused(self, d: Delivery, aggregate_id: str, reason: str) -> None:
@@ -351,7 +375,29 @@ class Worker:
         await jsapi.ack(self.nc, d)
         self.stats.dead_letters += 1
         DEAD_LETTERS.labels(*self._labels).inc()
+        DEAD_LETTER_DEPTH.labels(*self._labels).inc()
         log.error("%s v%s: seq %d dead-lettered: %s", *self._labels, d.stream_seq, reason)
+
+    async def _recount_dead_letters(self) -> None:
+        """Set the dead-letter depth from the DLQ stream; on failure keep the last value."""
+        self._depth_at = time.monotonic()
+        try:
+            depth = await self.dlq.count(self.spec)
+        except Exception as exc:
+            log.debug("%s v%s: dead letters not counted: %r", *self._labels, exc)
+            return
+        DEAD_LETTER_DEPTH.labels(*self._labels).set(depth)
+
+    def _observe_freshness(self, records: Sequence[RecordedEvent], outcome: Outcome) -> None:
+        """Append-to-visible time of each event the model took in this batch."""
+        if not outcome.done:
+            return
+        done = set(outcome.done)
+        now_ns = time.time_ns()
+        histogram = FRESHNESS.labels(*self._labels)
+        for r in records:
+            if r.stream_seq in done:
+                histogram.observe(max(0, now_ns - r.recorded_at_ns) / 1e9)
 
     @property
     def stalled(self) -> bool:

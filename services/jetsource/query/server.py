@@ -10,6 +10,7 @@ from prometheus_client import start_http_server
 
 from jetsource._gen.context.v1 import query_pb2
 from jetsource.core.grpcserver import GrpcEndpoint, start_grpc, stop_on_signals
+from jetsource.core.metrics import register_service, watch_nats
 from jetsource.core.runner import run_service
 from jetsource.domain.context.history import StateLoader
 from jetsource.projector.bootstrap import Projection, open_projection
@@ -59,12 +60,15 @@ async def build(settings: QuerySettings) -> Query:
 
 async def serve(settings: QuerySettings) -> None:
     o = settings.query
+    register_service("query")
     if o.metrics_port:
         start_http_server(o.metrics_port, addr=o.grpc_host)
     query = await build(settings)
+    nats_state = watch_nats(query.projection.nc, "query")
     log.info("query listening on %s:%d", o.grpc_host, query.port)
     await stop_on_signals().wait()
     log.info("query shutting down")
+    nats_state.cancel()
     await query.stop(o.shutdown_grace_s)
 
 

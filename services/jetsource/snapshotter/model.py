@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from prometheus_client import Counter
+from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
 from jetsource.core.envelope import RecordedEvent
 from jetsource.domain.context.history import (
@@ -42,12 +42,29 @@ from jetsource.projector.valkey_models import group
 log = logging.getLogger("jetsource.snapshotter")
 SNAPSHOTS = "snapshots"
 
+# Not registered at import: every service imports this module (through the projection
+# bootstrap), and only a process that runs the snapshots model exports these. Registered
+# on the default registry when the first SnapshotModel is built (register_metrics).
 WRITTEN = Counter(
-    "jetsource_snapshots_written_total", "Snapshots written (new ones, not duplicates)"
+    "jetsource_snapshots_written_total",
+    "Snapshots written (new ones, not duplicates)",
+    registry=None,
 )
 TOO_LARGE = Counter(
-    "jetsource_snapshots_too_large_total", "Snapshots not written: above the message size limit"
+    "jetsource_snapshots_too_large_total",
+    "Snapshots not written: above the message size limit",
+    registry=None,
 )
+_registered: set[int] = set()
+
+
+def register_metrics(registry: CollectorRegistry = REGISTRY) -> None:
+    """Export the snapshot counters from ``registry`` (once per registry)."""
+    if id(registry) in _registered:
+        return
+    for metric in (WRITTEN, TOO_LARGE):
+        registry.register(metric)
+    _registered.add(id(registry))
 
 
 def snapshot_spec(version: int) -> ModelSpec:
@@ -82,6 +99,7 @@ class SnapshotModel:
                 f"the snapshots model version is the state schema version "
                 f"({STATE_SCHEMA_VERSION}), not {spec.version}"
             )
+        register_metrics()
         self.spec = spec
         self.snapshots = snapshots
         self.loader = loader

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 from functools import partial
 
+from jetsource.core.metrics import register_service
 from jetsource.core.runner import run_service
 from jetsource.projector.server import serve
 from jetsource.snapshotter.settings import SnapshotterSettings
 
 
 def main() -> None:
+    # jetsource_build_info; the NATS connection state is watched in projector.server.serve
+    # (shared with the projector), which owns the connection.
+    register_service("snapshotter")
     run_service(
         "snapshotter", SnapshotterSettings.load().runtime(), partial(serve, name="snapshotter")
     )

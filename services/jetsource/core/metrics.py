@@ -1,0 +1,88 @@
+"""Metrics every service process exports about itself: what it is (build info) and
+whether its NATS connection is up.
+
+Each entrypoint calls :func:`register_service` once (``jetsource_build_info`` = 1 for its
+name and the package version) and :func:`watch_nats` with its NATS client
+(``jetsource_nats_connected`` = 1 while connected). The connection state follows
+nats-py's disconnected / reconnected / closed callbacks (chained after any the client
+already has) and is also polled, so a missed callback is corrected within ``poll_s``.
+
+Metrics of one service are defined where that service's code is, and only modules a
+service imports register theirs: a module imported by several services must not define
+metrics at import time (see ``jetsource.snapshotter.model``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from prometheus_client import Gauge
+
+from jetsource import __version__
+
+log = logging.getLogger("jetsource.metrics")
+
+BUILD_INFO = Gauge(
+    "jetsource_build_info",
+    "Always 1: the jetsource version this service process runs",
+    ["version", "service"],
+)
+NATS_CONNECTED = Gauge(
+    "jetsource_nats_connected",
+    "1 while the service's NATS connection is up, 0 while it is down or reconnecting",
+    ["service"],
+)
+
+Callback = Callable[[], Awaitable[None]]
+
+
+def register_service(service: str, version: str = __version__) -> None:
+    """Export ``jetsource_build_info{version,service} 1`` for this process."""
+    BUILD_INFO.labels(version, service).set(1)
+
+
+def set_nats_connected(service: str, connected: bool) -> None:
+    NATS_CONNECTED.labels(service).set(1 if connected else 0)
+
+
+def _chain(nc: Any, attribute: str, service: str, connected: bool) -> bool:
+    """Run our update after the client's own callback ``attribute`` (nats-py keeps them
+    as ``_disconnected_cb`` etc.). False when this client has no such attribute."""
+    if not hasattr(nc, attribute):
+        return False
+    previous: Callback | None = getattr(nc, attribute)
+
+    async def callback() -> None:
+        set_nats_connected(service, connected)
+        if previous is not None:
+            await previous()
+
+    setattr(nc, attribute, callback)
+    return True
+
+
+def watch_nats(nc: Any, service: str, poll_s: float = 5.0) -> asyncio.Task[None]:
+    """Keep ``jetsource_nats_connected{service}`` in step with ``nc`` (a connected nats-py
+    client). Returns the polling task; cancel it (or let the loop end) to stop."""
+    set_nats_connected(service, bool(nc.is_connected))
+    hooked = all(
+        [
+            _chain(nc, "_disconnected_cb", service, False),
+            _chain(nc, "_reconnected_cb", service, True),
+            _chain(nc, "_closed_cb", service, False),
+        ]
+    )
+    if not hooked:
+        log.debug("nats client has no connection callbacks to chain; polling only")
+
+    async def poll() -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                set_nats_connected(service, bool(nc.is_connected))
+            await asyncio.sleep(poll_s)
+
+    return asyncio.create_task(poll(), name=f"{service}-nats-connected")
