@@ -135,7 +135,7 @@ async def hot_story(run: Run) -> str:
         run.restarted_at = time.monotonic()
         run.applied_at_restart = await applied(run)
         await asyncio.to_thread(run.services.start, "projector")
-    await _pause(2.0)
+    await _pause(1.0)
     hot_events = len(await run.projection.store.read_aggregate(run.load.hot))
     return f"kill -9 projector x3; hot story {hot_events} events"
 
