@@ -8,9 +8,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 BUF    := .tools/node_modules/.bin/buf
+CYPHER_LS_VERSION := 2.0.0-next.38
+CYPHER_LS := .tools/.cypher-language-support-$(CYPHER_LS_VERSION)
 PY_SRC := services tests scripts bench
 
-.PHONY: install up down status test chaos lint proto proto-check buf-lint bench clean
+.PHONY: install up down status test chaos lint proto proto-check buf-lint cypher-lint bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,7 +36,7 @@ test: install lint
 chaos: install
 	$(BIN)/pytest -m chaos -s
 
-lint: install proto-check buf-lint
+lint: install proto-check buf-lint cypher-lint
 	$(BIN)/ruff check $(PY_SRC)
 	$(BIN)/ruff format --check $(PY_SRC)
 	$(BIN)/mypy
@@ -54,6 +56,19 @@ buf-lint:
 	@if command -v npm >/dev/null 2>&1; then \
 		$(MAKE) --no-print-directory $(BUF) && $(BUF) lint && echo "buf lint: clean"; \
 	else echo "buf lint skipped: npm not found"; fi
+
+$(CYPHER_LS):
+	npm install --silent --no-audit --no-fund --save-exact --prefix .tools @neo4j-cypher/language-support@$(CYPHER_LS_VERSION)
+	@touch $@
+
+# Neo4j's own Cypher grammar and semantic analysis (from npm, like buf) over every
+# statement the graph model sends: a statement ArcadeDB accepts but Neo4j 5 rejects fails.
+cypher-lint: install
+	@if command -v npm >/dev/null 2>&1 && command -v node >/dev/null 2>&1; then \
+		$(MAKE) --no-print-directory $(CYPHER_LS) && \
+		$(BIN)/python -m tests.cypher_collect >.tools/cypher-statements.json && \
+		node scripts/cypher-lint.mjs --summary --strict <.tools/cypher-statements.json; \
+	else echo "cypher lint skipped: npm not found"; fi
 
 bench: install
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[local,dev,bench]'
