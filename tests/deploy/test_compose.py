@@ -29,6 +29,10 @@ SERVERS = {
     "JETSOURCE_GRAPH__URI": "bolt://neo4j:7687",
     "JETSOURCE_GRAPH__USER": "neo4j",
     "JETSOURCE_GRAPH__PASSWORD": None,
+    # Every server asks for credentials (#18: compose published them without auth).
+    "JETSOURCE_NATS__USER": None,
+    "JETSOURCE_NATS__PASSWORD": None,
+    "JETSOURCE_VALKEY__PASSWORD": None,
 }
 # gRPC servers bind 127.0.0.1 by default: unreachable from outside the container.
 BINDINGS = {
@@ -65,6 +69,11 @@ def problems(compose: dict[str, Any]) -> list[str]:
         required = SERVERS | BINDINGS.get(name, {})
         found += [f"{name}: {p}" for p in check_environment(settings_class(service), env, required)]
     return found
+
+
+def published(service: dict[str, Any]) -> list[str]:
+    """The service's published ports with ${VAR:-default} at their defaults."""
+    return [interpolate(p) for p in service.get("ports", [])]
 
 
 def test_compose_file_is_valid_against_the_compose_specification() -> None:
@@ -158,7 +167,7 @@ def test_each_process_loads_its_servers_and_listens_where_compose_publishes(
         if name in LISTENS:
             listening[name] = LISTENS[name](settings)
             port = listening[name].rsplit(":", 1)[1]
-            assert f"{port}:{port}" in service["ports"], name
+            assert f"127.0.0.1:{port}:{port}" in published(service), name
     assert listening == {
         "publisher": "0.0.0.0:50051",
         "query": "0.0.0.0:50052",
@@ -177,8 +186,8 @@ def test_the_host_reaches_publisher_and_query_on_the_cli_defaults(
     host_publisher = loaded(monkeypatch, PublisherSettings, {}).publisher.target()
     host_query = loaded(monkeypatch, QuerySettings, {}).query.target()
     assert host_publisher == "127.0.0.1:50051" and host_query == "127.0.0.1:50052"
-    assert "50051:50051" in compose["services"]["publisher"]["ports"]
-    assert "50052:50052" in compose["services"]["query"]["ports"]
+    assert "127.0.0.1:50051:50051" in published(compose["services"]["publisher"])
+    assert "127.0.0.1:50052:50052" in published(compose["services"]["query"])
 
 
 def test_services_start_in_order_of_health_after_the_streams_exist(
@@ -208,3 +217,92 @@ def test_services_start_in_order_of_health_after_the_streams_exist(
         services["publisher"]["environment"]["JETSOURCE_GRAPH__PASSWORD"]
         == "${NEO4J_PASSWORD:-jetsource-dev}"
     )
+
+
+def test_every_port_is_published_on_localhost_only_by_default(compose: dict[str, Any]) -> None:
+    """#18: NATS, Valkey and Neo4j were published on every interface."""
+    ports = {name: s["ports"] for name, s in compose["services"].items() if "ports" in s}
+    assert {"nats", "valkey", "neo4j", "publisher", "query", "prometheus", "grafana"} <= set(ports)
+    for name, service_ports in ports.items():
+        for port in service_ports:
+            assert isinstance(port, str) and port.startswith("${BIND_ADDRESS:-127.0.0.1}:"), name
+            assert interpolate(port).count(":") == 2, (name, port)
+
+
+def test_every_server_asks_for_credentials(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    services = compose["services"]
+    nats_env = services["nats"]["environment"]
+    assert nats_env["NATS_USER"] == "${NATS_USER:-jetsource}"
+    assert nats_env["NATS_PASSWORD"] == "${NATS_PASSWORD:-jetsource-dev}"
+    config = (ROOT / "deploy" / "nats" / "jetstream.conf").read_text()
+    assert "$NATS_USER" in config and "$NATS_PASSWORD" in config
+    assert (
+        services["valkey"]["environment"]["VALKEY_PASSWORD"] == "${VALKEY_PASSWORD:-jetsource-dev}"
+    )
+    assert '--requirepass "$$VALKEY_PASSWORD"' in " ".join(services["valkey"]["command"])
+    assert "$$VALKEY_PASSWORD" in " ".join(services["valkey"]["healthcheck"]["test"])
+    for name, service in jetsource_services(compose).items():
+        env = {k: interpolate(v) for k, v in service["environment"].items()}
+        settings: Any = loaded(monkeypatch, settings_class(service), env)
+        assert settings.nats.user == "jetsource", name
+        assert settings.nats.password.get_secret_value() == "jetsource-dev", name
+        assert settings.valkey.password.get_secret_value() == "jetsource-dev", name
+    grafana = services["grafana"]["environment"]
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD"] == "${GRAFANA_PASSWORD:-jetsource-dev}"
+    assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+
+
+def test_monitoring_profile_provisions_prometheus_and_grafana(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name in ("prometheus", "grafana"):
+        assert services[name]["profiles"] == ["monitoring"], name
+    # Nothing else is behind a profile: a plain `up` starts jetsource without them.
+    assert [n for n, s in services.items() if "profiles" in s] == ["prometheus", "grafana"]
+    mounts = {
+        service: {v.split(":")[0]: v.split(":")[1] for v in services[service]["volumes"]}
+        for service in ("prometheus", "grafana")
+    }
+    for source in [*mounts["prometheus"], *mounts["grafana"]]:
+        if source.startswith("./"):
+            assert (ROOT / source).exists(), source
+    assert mounts["prometheus"]["./deploy/prometheus/prometheus.yml"] == (
+        "/etc/prometheus/prometheus.yml"
+    )
+    assert mounts["prometheus"]["./deploy/prometheus/alerts.yml"] == "/etc/prometheus/alerts.yml"
+    assert mounts["grafana"]["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
+    dashboards = yaml.safe_load(
+        (ROOT / "deploy/grafana/provisioning/dashboards/jetsource.yml").read_text()
+    )
+    path = dashboards["providers"][0]["options"]["path"]
+    assert mounts["grafana"]["./deploy/grafana/jetsource.json"] == f"{path}/jetsource.json"
+    datasources = yaml.safe_load(
+        (ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text()
+    )
+    assert datasources["datasources"][0]["url"] == "http://prometheus:9090"
+
+
+def test_prometheus_scrapes_every_metrics_port_compose_configures(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    targets = {
+        t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]
+    }
+    assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    expected = set()
+    for name, service in jetsource_services(compose).items():
+        if name == "streams":
+            continue
+        env = {k: interpolate(v) for k, v in service["environment"].items()}
+        settings: Any = loaded(monkeypatch, settings_class(service), env)
+        options = getattr(settings, name)
+        port = options.metrics_port if hasattr(options, "metrics_port") else options.http_port
+        expected.add(f"{name}:{port}")
+    assert expected == {"publisher:9101", "projector:9102", "snapshotter:9103", "query:9104"}
+    assert expected <= targets
+    # No target label "service": the metrics carry their own and would be renamed.
+    for job in config["scrape_configs"]:
+        for sc in job["static_configs"]:
+            assert "service" not in sc.get("labels", {}), job["job_name"]

