@@ -35,6 +35,8 @@ PRODUCTION = values_file("values-production.yaml")
 MONITORING = ("monitoring.coreos.com/v1",)
 EXISTING = {"secrets": {"existingSecret": "jetsource-mine", "graphPassword": "not-rendered"}}
 WORKLOADS = ("Deployment", "Job", "Pod")
+# The Prometheus Operator's kinds: their shape is asserted (here and test_operator_pack.py).
+CRDS = ("ServiceMonitor", "PrometheusRule")
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +128,7 @@ def test_every_manifest_validates_against_kubernetes(
     validated: dict[str, int] = {}
     for name, docs in renders.items():
         for doc in docs:
-            if doc["kind"] == "ServiceMonitor":  # a CRD: kubernetes-validate has no schema
+            if doc["kind"] in CRDS:  # kubernetes-validate has no schema for them
                 continue
             kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
             validated[name] = validated.get(name, 0) + 1
@@ -145,6 +147,7 @@ def test_every_manifest_validates_against_kubernetes(
         "Job",
         "Pod",
         "ServiceMonitor",
+        "PrometheusRule",
     }
 
 
