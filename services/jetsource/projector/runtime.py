@@ -29,6 +29,7 @@ from jetsource.core.errors import CorruptEventError, EventStoreUnavailableError
 from jetsource.eventstore import jsapi
 from jetsource.eventstore.jetstream import JetStreamEventStore, voided_event
 from jetsource.eventstore.jsapi import Delivery, RawMessage
+from jetsource.projector.control import version_dropped
 from jetsource.projector.deadletters import DeadLetters, aggregate_of
 from jetsource.projector.readmodel import Outcome, ReadModel, TransientError
 from jetsource.projector.settings import ProjectorOptions
@@ -155,6 +156,13 @@ class Worker:
             while not self._stop.is_set():
                 batch = await self._pull.next_batch(self.o.batch_size, 0.5)
                 if batch:
+                    # Fenced: a version being dropped writes nothing more (`projector drop`
+                    # marks it in the control bucket before deleting anything).
+                    if await version_dropped(
+                        self.nc, self.o.control_bucket, self.spec.name, self.spec.version
+                    ):
+                        log.warning("%s v%s: dropped; this worker stops", *self._labels)
+                        return
                     await self.process(batch)
                 else:
                     self._progress_at = time.monotonic()  # idle is not stalled
