@@ -1,4 +1,5 @@
-"""`jetsource streams ensure`: provision what jetsource keeps in JetStream.
+"""`jetsource streams ensure`: provision what jetsource keeps in JetStream;
+`jetsource streams backup DIR` / `restore DIR`: its streams to files and back.
 
 Creates the event stream, the snapshot stream, the dead-letter stream and the
 read-model control bucket, or brings existing streams to the configured settings
@@ -12,24 +13,36 @@ as for the projector (``JETSOURCE_NATS__...``, ``JETSOURCE_EVENTSTORE__...``,
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import typer
 from nats import errors as nats_errors
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from jetsource import __version__
+from jetsource.core.clock import format_rfc3339_ns, now_ns
 from jetsource.core.errors import JetsourceError
 from jetsource.eventstore import jsapi
-from jetsource.eventstore.bootstrap import redact_url
+from jetsource.eventstore.bootstrap import connect, redact_url, release
 from jetsource.projector.bootstrap import Projection, open_projection
+from jetsource.projector.deadletters import H_SUBJECT
 from jetsource.projector.settings import ProjectorSettings
 
-app = typer.Typer(help="JetStream streams: provision them (idempotent).", no_args_is_help=True)
+app = typer.Typer(
+    help="JetStream streams: provision them (idempotent), back them up, restore them.",
+    no_args_is_help=True,
+)
 console = Console()
 
 CREATED, UPDATED, UNCHANGED = "created", "updated", "unchanged"
@@ -183,5 +196,344 @@ def ensure(
     for d in done:
         table.add_row(
             d.role, d.stream, d.action, " ".join(d.subjects), str(d.replicas), str(d.messages)
+        )
+    console.print(table)
+
+
+# --- backup and restore ---------------------------------------------------------------
+#
+# Message by message, through the JetStream API (batched direct get out, publish in):
+# a backup is a folder of JSON Lines files anyone can read, and a restore can rename the
+# streams and their subjects, so it goes into a new stream beside the old one, or into an
+# empty server. nats-server's own snapshot ($JS.API.STREAM.SNAPSHOT / RESTORE, the `nats
+# stream backup` command) keeps the stored timestamps and gaps too, but restores under the
+# stream's own name and subjects only.
+
+BACKUP_FORMAT = "jetsource-streams-backup/1"
+MANIFEST = "manifest.json"
+# Direct-get metadata, not part of the stored message.
+_GET_HEADERS = {
+    "Nats-Stream",
+    "Nats-Sequence",
+    "Nats-Time-Stamp",
+    "Nats-Subject",
+    "Nats-Last-Sequence",
+    "Nats-Num-Pending",
+    "Nats-UpTo-Sequence",
+}
+# Publish-time checks and batch markers: evaluated again on restore, they would refuse it.
+_SKIP_ON_RESTORE = ("Nats-Expected-", "Nats-Batch-", "Nats-Required-Api-Level")
+# Set by the server; refused or meaningless in a create request.
+_SERVER_CONFIG = {"created", "metadata", "sealed"}
+# The restored stream's duplicate window while it is written (the server's smallest): a
+# dead letter filed twice (retried, failed again) keeps its message id, and both copies
+# must go back in. A message id seen again within it waits the window out first.
+_RESTORE_DUPLICATE_WINDOW_NS = 100_000_000
+_RESTORE_DUPLICATE_WINDOW_S = _RESTORE_DUPLICATE_WINDOW_NS / 1e9 + 0.05
+
+
+def roles(settings: ProjectorSettings) -> dict[str, str]:
+    """role -> stream name, for the streams a backup holds."""
+    return {
+        "events": settings.eventstore.stream,
+        "snapshots": settings.snapshots.stream,
+        "dead-letters": settings.projector.dlq_stream,
+    }
+
+
+@dataclass
+class StreamBackup:
+    role: str
+    stream: str
+    file: str
+    messages: int
+    first_seq: int
+    last_seq: int
+    subjects: list[str]
+
+
+def _message_line(raw: jsapi.RawMessage) -> str:
+    headers = {k: v for k, v in raw.headers.items() if k not in _GET_HEADERS}
+    return json.dumps(
+        {
+            "seq": raw.seq,
+            "subject": raw.subject,
+            "time": format_rfc3339_ns(raw.time_ns),
+            "headers": headers,
+            "data": base64.b64encode(raw.data).decode("ascii"),
+        },
+        separators=(",", ":"),
+    )
+
+
+async def backup_streams(
+    settings: ProjectorSettings, folder: Path, page: int = 256
+) -> list[StreamBackup]:
+    """Write every message of the event, snapshot and dead-letter streams to
+    ``folder/<stream>.jsonl`` (first line: the stream's config and state; then one line
+    per message, oldest first) and ``folder/manifest.json``. ``folder`` exists."""
+    timeout = settings.eventstore.request_timeout_s
+    nc = await connect(settings)
+    replies = jsapi.Replies(nc)
+    await replies.start()
+    done: list[StreamBackup] = []
+    try:
+        for role, stream in roles(settings).items():
+            info = await _config(replies, stream, timeout)
+            if info is None:
+                continue  # never created (no dead letters yet, say): nothing to keep
+            file = f"{stream}.jsonl"
+            count, first, last = 0, 0, 0
+            with (folder / file).open("w", encoding="utf-8") as out:
+                header = {"role": role, "config": info["config"], "state": info["state"]}
+                out.write(json.dumps(header, separators=(",", ":")) + "\n")
+                seq = 1
+                while True:
+                    got = await jsapi.direct_get_page(replies, stream, None, seq, page, timeout)
+                    for raw in got.messages:
+                        out.write(_message_line(raw) + "\n")
+                        count += 1
+                        first = first or raw.seq
+                        last = raw.seq
+                    if got.pending == 0 or not got.messages:
+                        break
+                    seq = got.messages[-1].seq + 1
+            done.append(
+                StreamBackup(
+                    role, stream, file, count, first, last, list(info["config"]["subjects"])
+                )
+            )
+    finally:
+        await replies.stop()
+        await release(nc)
+    manifest = {
+        "format": BACKUP_FORMAT,
+        "jetsource": __version__,
+        "created": format_rfc3339_ns(now_ns()),
+        "streams": [asdict(d) for d in done],
+    }
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return done
+
+
+def _rewrite(subject: str, prefixes: dict[str, str]) -> str:
+    for old, new in prefixes.items():
+        if subject == old or subject.startswith(old + "."):
+            return new + subject[len(old) :]
+    return subject
+
+
+@dataclass
+class StreamRestore:
+    role: str
+    source: str
+    stream: str
+    messages: int
+    same_sequences: bool  # every message got its backed-up sequence
+
+
+async def restore_streams(
+    settings: ProjectorSettings,
+    folder: Path,
+    names: dict[str, str],
+    prefixes: dict[str, str],
+) -> list[StreamRestore]:
+    """Create each backed-up stream (renamed by ``names``, its subjects' roots by
+    ``prefixes``) and publish its messages in their order. A target that exists with
+    messages is refused before anything is written."""
+    manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    if manifest.get("format") != BACKUP_FORMAT:
+        raise BackupError(f"{folder / MANIFEST}: not a {BACKUP_FORMAT} manifest")
+    timeout = settings.eventstore.request_timeout_s
+    nc = await connect(settings)
+    replies = jsapi.Replies(nc)
+    await replies.start()
+    done: list[StreamRestore] = []
+    try:
+        entries = manifest["streams"]
+        for entry in entries:  # refuse before writing anything
+            target = names.get(entry["stream"], entry["stream"])
+            info = await _config(replies, target, timeout)
+            if info is not None and int(info["state"].get("messages", 0)) > 0:
+                raise BackupError(
+                    f"stream {target} exists and holds messages: restore writes only into "
+                    f"a new or empty stream (--rename {entry['stream']}=NEW)"
+                )
+        for entry in entries:
+            done.append(await _restore_one(replies, folder, entry, names, prefixes, timeout))
+    finally:
+        await replies.stop()
+        await release(nc)
+    return done
+
+
+async def _restore_one(
+    replies: jsapi.Replies,
+    folder: Path,
+    entry: dict[str, Any],
+    names: dict[str, str],
+    prefixes: dict[str, str],
+    timeout: float,
+) -> StreamRestore:
+    target = names.get(entry["stream"], entry["stream"])
+    with (folder / entry["file"]).open(encoding="utf-8") as lines:
+        header = json.loads(next(lines))
+        config = {k: v for k, v in header["config"].items() if k not in _SERVER_CONFIG}
+        config["name"] = target
+        config["subjects"] = [_rewrite(s, prefixes) for s in config.get("subjects", [])]
+        window = config.get("duplicate_window")
+        config["duplicate_window"] = _RESTORE_DUPLICATE_WINDOW_NS
+        first_seq = int(entry.get("first_seq") or 0)
+        if first_seq > 1:
+            config["first_seq"] = first_seq  # the same sequences, when the stream has no gaps
+        existing = await _config(replies, target, timeout)
+        if existing is None:
+            await jsapi.api(replies, f"STREAM.CREATE.{target}", config, timeout)
+        else:
+            config.pop("first_seq", None)
+            await jsapi.api(replies, f"STREAM.UPDATE.{target}", config, timeout)
+        count, same = 0, True
+        recent: OrderedDict[str, float] = OrderedDict()  # message id -> published at
+        for line in lines:
+            m = json.loads(line)
+            headers = {k: v for k, v in m["headers"].items() if not k.startswith(_SKIP_ON_RESTORE)}
+            if H_SUBJECT in headers:  # a dead letter names its event's subject
+                headers[H_SUBJECT] = _rewrite(headers[H_SUBJECT], prefixes)
+            await _outwait_duplicate(recent, headers.get("Nats-Msg-Id"))
+            ack = await jsapi.publish(
+                replies,
+                jsapi.OutMessage(
+                    _rewrite(m["subject"], prefixes), base64.b64decode(m["data"]), headers
+                ),
+                timeout,
+            )
+            same = same and ack.seq == int(m["seq"])
+            count += 1
+    if window is not None:  # the backed-up duplicate window again
+        config.pop("first_seq", None)
+        config["duplicate_window"] = window
+        await jsapi.api(replies, f"STREAM.UPDATE.{target}", config, timeout)
+    if count != int(entry["messages"]):
+        raise BackupError(
+            f"{entry['file']}: {count} messages, the manifest says {entry['messages']}"
+        )
+    return StreamRestore(entry["role"], entry["stream"], target, count, same)
+
+
+async def _outwait_duplicate(recent: OrderedDict[str, float], msg_id: str | None) -> None:
+    """Wait until ``msg_id`` (when published within the duplicate window) is no longer
+    a duplicate to the server; remember it as published now."""
+    now = time.monotonic()
+    while recent and now - next(iter(recent.values())) > _RESTORE_DUPLICATE_WINDOW_S:
+        recent.popitem(last=False)
+    if not msg_id:
+        return
+    if msg_id in recent:
+        await asyncio.sleep(max(0.0, _RESTORE_DUPLICATE_WINDOW_S - (now - recent.pop(msg_id))))
+    recent[msg_id] = time.monotonic()
+
+
+class BackupError(JetsourceError):
+    pass
+
+
+def _pairs(values: list[str], option: str) -> dict[str, str]:
+    pairs = {}
+    for value in values:
+        old, sep, new = value.partition("=")
+        if not sep or not old or not new:
+            raise typer.BadParameter(f"{value!r}: expected OLD=NEW", param_hint=option)
+        pairs[old] = new
+    return pairs
+
+
+def _run(settings: ProjectorSettings, timeout: float, work: Callable[[], Awaitable[Any]]) -> Any:
+    async def go() -> Any:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        await wait_for_nats(settings.nats_url(), deadline)
+        return await asyncio.wait_for(work(), max(deadline - loop.time(), 1.0))
+
+    try:
+        return asyncio.run(go())
+    except (NatsUnreachableError, TimeoutError) as exc:
+        console.print(
+            f"[red]error[/red]: NATS at {redact_url(settings.nats_url())} did not answer "
+            f"within {timeout:g} s"
+        )
+        raise typer.Exit(1) from exc
+    except (JetsourceError, jsapi.JsApiError, nats_errors.Error, OSError, ValueError) as exc:
+        console.print(f"[red]error[/red]: {escape(str(exc))}")
+        raise typer.Exit(1) from exc
+
+
+@app.command()
+def backup(
+    folder: Path = typer.Argument(..., help="Folder to write (created if missing)"),
+    timeout: float = typer.Option(
+        3600.0, "--timeout", min=0.1, help="Give up after this many seconds"
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON"),
+) -> None:
+    """Back up the event, snapshot and dead-letter streams to FOLDER.
+
+    One JSON Lines file per stream (its config and state, then every message oldest
+    first: sequence, subject, stored time, headers, data in base64) and manifest.json.
+    Reads only; safe while the services run (the backup ends where each stream ended
+    when it was read).
+    """
+    settings = ProjectorSettings.load()
+    folder.mkdir(parents=True, exist_ok=True)
+    done: list[StreamBackup] = _run(settings, timeout, lambda: backup_streams(settings, folder))
+    if as_json:
+        print(json.dumps([asdict(d) for d in done]))
+        return
+    table = Table()
+    for column in ("role", "stream", "messages", "first seq", "last seq", "file"):
+        table.add_column(column, overflow="fold")
+    for d in done:
+        table.add_row(d.role, d.stream, str(d.messages), str(d.first_seq), str(d.last_seq), d.file)
+    console.print(table)
+
+
+@app.command()
+def restore(
+    folder: Path = typer.Argument(..., exists=True, file_okay=False, help="A backup folder"),
+    rename: list[str] = typer.Option(
+        [], "--rename", help="OLD=NEW: restore stream OLD as NEW (repeatable)"
+    ),
+    subject_prefix: list[str] = typer.Option(
+        [],
+        "--subject-prefix",
+        help="OLD=NEW: subjects under OLD go under NEW (repeatable), e.g. "
+        "context.events=restored.events (a stream beside the old one needs its own subjects)",
+    ),
+    timeout: float = typer.Option(
+        3600.0, "--timeout", min=0.1, help="Give up after this many seconds"
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON"),
+) -> None:
+    """Restore a backup into new (or empty) streams, every message in its order.
+
+    Streams keep their names unless --rename says otherwise; a stream that exists with
+    messages is refused before anything is written. Sequences are the backed-up ones
+    when the stream had no gaps (see same_sequences); stored times are the time of the
+    restore. Rebuild the read models from a restored event stream.
+    """
+    settings = ProjectorSettings.load()
+    names = _pairs(rename, "--rename")
+    prefixes = _pairs(subject_prefix, "--subject-prefix")
+    done: list[StreamRestore] = _run(
+        settings, timeout, lambda: restore_streams(settings, folder, names, prefixes)
+    )
+    if as_json:
+        print(json.dumps([asdict(d) for d in done]))
+        return
+    table = Table()
+    for column in ("role", "from", "stream", "messages", "same sequences"):
+        table.add_column(column, overflow="fold")
+    for d in done:
+        table.add_row(
+            d.role, d.source, d.stream, str(d.messages), "yes" if d.same_sequences else "no"
         )
     console.print(table)
