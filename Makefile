@@ -40,6 +40,7 @@ lint: install proto-check buf-lint cypher-lint
 	$(BIN)/ruff check $(PY_SRC)
 	$(BIN)/ruff format --check $(PY_SRC)
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/yamllint --strict -c deploy/yamllint.yaml docker-compose.yml helm/jetsource/Chart.yaml helm/jetsource/values.yaml helm/jetsource/values-production.yaml
 
 proto: install

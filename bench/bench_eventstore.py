@@ -31,7 +31,7 @@ from jetsource._gen.context.v1 import events_pb2 as ev
 from jetsource.core.envelope import NewEvent
 from jetsource.core.settings import EventStoreSettings
 from jetsource.devstack.servers import NatsServer, free_port, stop_pid
-from jetsource.domain.context.events import registry
+from jetsource.domains.context.events import registry
 from jetsource.eventstore.jetstream import JetStreamEventStore
 
 

@@ -32,11 +32,11 @@ from jetsource.devstack.servers import (
     free_port,
     stop_pid,
 )
-from jetsource.domain.context.samples import story_events
-from jetsource.projector import admin
-from jetsource.projector.bootstrap import Projection, open_projection
-from jetsource.projector.settings import ProjectorOptions, ProjectorSettings
-from jetsource.projector.valkey_models import ContextModel
+from jetsource.domains.context.samples import story_events
+from jetsource.domains.context.valkey_models import ContextModel
+from jetsource.projection import admin
+from jetsource.projection.bootstrap import Projection, open_projection
+from jetsource.projection.settings import ProjectorOptions, ProjectorSettings
 
 
 def pct(values: list[float], q: float) -> float:

@@ -34,10 +34,10 @@ from jetsource.core.envelope import ANY, NewEvent
 from jetsource.core.settings import EventStoreSettings, SnapshotSettings
 from jetsource.devstack.servers import NatsServer, ValkeyServer, free_port, stop_pid
 from jetsource.devstack.services import GrpcService
-from jetsource.domain.context.events import registry
-from jetsource.domain.context.history import add_keys, make_snapshot
-from jetsource.domain.context.model import fold
-from jetsource.domain.context.samples import story_events
+from jetsource.domains.context.events import registry
+from jetsource.domains.context.history import add_keys, make_snapshot
+from jetsource.domains.context.model import fold
+from jetsource.domains.context.samples import story_events
 from jetsource.eventstore.jetstream import JetStreamEventStore
 from jetsource.eventstore.snapshots import JetStreamSnapshotStore
 
@@ -103,9 +103,9 @@ async def seed(url: str, history: int, max_nodes: int | None, interleave: int) -
 async def project(url: str, valkey: str) -> None:
     """Fill the Valkey context model (the projector's work) in this process."""
     from jetsource.core.settings import NatsSettings, ValkeySettings
-    from jetsource.projector.bootstrap import open_projection
-    from jetsource.projector.runtime import Worker
-    from jetsource.projector.settings import ProjectorOptions, ProjectorSettings
+    from jetsource.projection.bootstrap import open_projection
+    from jetsource.projection.runtime import Worker
+    from jetsource.projection.settings import ProjectorOptions, ProjectorSettings
 
     s = ProjectorSettings(
         nats=NatsSettings(url=url),

@@ -33,12 +33,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from jetsource.core.envelope import NewEvent, RecordedEvent
-from jetsource.domain.context.events import registry
-from jetsource.domain.context.model import CloseContext, ContextState, decide, evolve
-from jetsource.domain.context.samples import story_events
+from jetsource.domains.context.events import registry
+from jetsource.domains.context.graph_model import GraphModel, graph_spec
+from jetsource.domains.context.model import CloseContext, ContextState, decide, evolve
+from jetsource.domains.context.samples import story_events
 from jetsource.eventstore.memory import InMemoryEventStore
-from jetsource.projector import admin
-from jetsource.projector.graph_model import GraphModel, graph_spec
+from jetsource.projection import admin
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from jetsource.core.envelope import ANY, NewEvent, RecordedEvent
-from jetsource.domain.context.history import Keys, add_keys, make_snapshot
-from jetsource.domain.context.model import ContextState, fold
-from jetsource.domain.context.samples import story_events
+from jetsource.domains.context.history import Keys, add_keys, make_snapshot
+from jetsource.domains.context.model import ContextState, fold
+from jetsource.domains.context.samples import story_events
 from jetsource.eventstore.port import EventStore
 from jetsource.eventstore.snapshots import Snapshot, SnapshotStore
 

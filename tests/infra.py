@@ -158,7 +158,7 @@ def start_nats(tmp: Path) -> Server:
     if url := os.environ.get("JETSOURCE_TEST_NATS_URL"):
         return Server("external", url)
     if MODE == "containers":
-        c, addr = _container("nats:2.12-alpine", 4222, "-js")
+        c, addr = _container("nats:2.15.1-alpine", 4222, "-js")
         return track(Server("containers", f"nats://{addr}", _stop=c.stop))
     # sync_interval=None: the server's own 2m, for speed (`jetsource infra up` uses
     # "always"; a test server's data is thrown away with its temp dir).

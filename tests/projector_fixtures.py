@@ -9,10 +9,10 @@ from google.protobuf.message import Message
 
 from jetsource.core.envelope import NewEvent
 from jetsource.core.settings import JetsourceSettings, SnapshotSettings
-from jetsource.domain.context.model import ContextState, fold
-from jetsource.domain.context.samples import story_events
+from jetsource.domains.context.model import ContextState, fold
+from jetsource.domains.context.samples import story_events
 from jetsource.eventstore.jetstream import JetStreamEventStore
-from jetsource.projector.settings import ProjectorOptions, ProjectorSettings
+from jetsource.projection.settings import ProjectorOptions, ProjectorSettings
 from tests.eventstore_fixtures import isolated_settings
 
 

@@ -30,9 +30,9 @@ import httpx
 from jetsource.client import ContextClient
 from jetsource.core.settings import JetsourceSettings
 from jetsource.devstack.servers import NatsServer, ValkeyServer, free_port
-from jetsource.projector import admin
-from jetsource.projector.bootstrap import Projection, open_projection
-from jetsource.projector.settings import ProjectorSettings
+from jetsource.projection import admin
+from jetsource.projection.bootstrap import Projection, open_projection
+from jetsource.projection.settings import ProjectorSettings
 from tests.infra import Server
 from tests.projector_fixtures import projector_settings
 from tests.stack import Services

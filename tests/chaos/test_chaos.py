@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from jetsource.core.settings import JetsourceSettings
-from jetsource.projector import admin
+from jetsource.projection import admin
 from tests.chaos.harness import (
     HEADER,
     Fault,

@@ -21,7 +21,7 @@ from helm_python import _native
 from pydantic import BaseModel
 
 from jetsource.core.settings import JetsourceSettings
-from jetsource.projector.settings import ProjectorSettings
+from jetsource.projection.settings import ProjectorSettings
 from jetsource.publisher.settings import PublisherSettings
 from jetsource.query.settings import QuerySettings
 from jetsource.snapshotter.settings import SnapshotterSettings

@@ -15,7 +15,8 @@ SERVICES: dict[str, tuple[str, str]] = {
     "projector": ("jetsource.projector.server", ""),
     "snapshotter": (
         "jetsource.snapshotter.server",
-        "from jetsource.snapshotter.model import register_metrics; register_metrics()",
+        "from jetsource.domains.context.snapshots_model import register_metrics; "
+        "register_metrics()",
     ),
     "query": ("jetsource.query.server", ""),
 }

@@ -26,9 +26,9 @@ from jetsource._gen.context.v1 import query_pb2 as q
 from jetsource._gen.context.v1 import query_pb2_grpc as q_grpc
 from jetsource.client import ErrorDetails, error_details
 from jetsource.core.ids import uuid7
-from jetsource.domain.context.model import MAX_NAME
-from jetsource.publisher import service as publisher_service
-from jetsource.query import service as query_service
+from jetsource.domains.context import command_service as publisher_service
+from jetsource.domains.context import query_service
+from jetsource.domains.context.model import MAX_NAME
 from tests.e2e import test_query
 from tests.e2e.test_query import Stack
 

@@ -21,10 +21,10 @@ from jetsource.core.envelope import NewEvent
 from jetsource.core.errors import EventStoreUnavailableError
 from jetsource.core.settings import JetsourceSettings
 from jetsource.devstack.servers import free_port
-from jetsource.domain.context.samples import story_events
-from jetsource.projector import admin
-from jetsource.projector.bootstrap import Projection, open_projection
-from jetsource.projector.settings import ProjectorSettings
+from jetsource.domains.context.samples import story_events
+from jetsource.projection import admin
+from jetsource.projection.bootstrap import Projection, open_projection
+from jetsource.projection.settings import ProjectorSettings
 from tests.infra import Server
 from tests.projector_fixtures import projector_settings, story_ids
 
@@ -155,7 +155,7 @@ async def test_exactly_once_through_kills_restarts_and_redelivery(
             clean = p.model(name, 2)
             assert (await clean.checkpoint()).applied == total, name
             if name == "graph":
-                from jetsource.projector.graph_model import GraphModel
+                from jetsource.domains.context.graph_model import GraphModel
 
                 assert isinstance(model, GraphModel) and isinstance(clean, GraphModel)
                 # Rows compared as sets of hashes (linear): the first few that differ

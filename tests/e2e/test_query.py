@@ -17,17 +17,17 @@ from jetsource._gen.context.v1 import query_pb2 as q
 from jetsource._gen.context.v1 import query_pb2_grpc as q_grpc
 from jetsource.client import ContextClient, QueryClient
 from jetsource.core.settings import JetsourceSettings
-from jetsource.domain.context.model import fold
-from jetsource.domain.context.serialize import state_to_dict
-from jetsource.projector.bootstrap import open_projection
-from jetsource.projector.server import ProjectorService
+from jetsource.domains.context.model import fold
+from jetsource.domains.context.serialize import state_to_dict
+from jetsource.domains.context.views import context_view
+from jetsource.projection.bootstrap import open_projection
+from jetsource.projection.host import ProjectorService
 from jetsource.publisher.server import Publisher
 from jetsource.publisher.server import build as build_publisher
 from jetsource.publisher.settings import PublisherOptions, PublisherSettings
 from jetsource.query.server import Query
 from jetsource.query.server import build as build_query
 from jetsource.query.settings import QueryOptions, QuerySettings
-from jetsource.query.views import context_view
 from jetsource.snapshotter.settings import SnapshotterOptions, SnapshotterSettings
 from tests.projector_fixtures import projector_settings
 

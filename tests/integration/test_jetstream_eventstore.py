@@ -14,7 +14,7 @@ from jetsource.core.codec import UnknownEvent
 from jetsource.core.envelope import NO_STREAM
 from jetsource.core.errors import ConcurrencyError, EventStoreUnavailableError, StreamMissingError
 from jetsource.devstack.servers import NatsServer, free_port, stop_pid
-from jetsource.domain.context.events import registry
+from jetsource.domains.context.events import registry
 from jetsource.eventstore import jsapi
 from jetsource.eventstore.jetstream import JetStreamEventStore
 from jetsource.eventstore.jsapi import OutMessage

@@ -24,14 +24,14 @@ from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
 from jetsource.core.envelope import NO_STREAM, NewEvent
 from jetsource.core.errors import CorruptEventError
 from jetsource.core.settings import JetsourceSettings
-from jetsource.domain.context import model as m
-from jetsource.domain.context.history import StateLoader
+from jetsource.domains.context import model as m
+from jetsource.domains.context.commands import CommandHandler, CommandOptions
+from jetsource.domains.context.history import StateLoader
 from jetsource.eventstore import jsapi
 from jetsource.eventstore.jsapi import OutMessage
-from jetsource.projector.bootstrap import Projection, open_projection
-from jetsource.projector.repair import void_sequence
-from jetsource.projector.runtime import Worker
-from jetsource.publisher.handler import CommandHandler, CommandOptions
+from jetsource.projection.bootstrap import Projection, open_projection
+from jetsource.projection.repair import void_sequence
+from jetsource.projection.runtime import Worker
 from tests.projector_fixtures import projector_settings, seed, story_ids
 
 pytestmark = pytest.mark.integration

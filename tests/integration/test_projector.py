@@ -10,13 +10,13 @@ from google.protobuf.message import Message
 
 from jetsource.core.envelope import ANY, NewEvent
 from jetsource.core.settings import JetsourceSettings
-from jetsource.domain.context.samples import story_events
-from jetsource.domain.context.serialize import state_to_dict
+from jetsource.domains.context.graph_model import GraphModel
+from jetsource.domains.context.samples import story_events
+from jetsource.domains.context.serialize import state_to_dict
+from jetsource.domains.context.valkey_models import ContextModel, TimelineModel
 from jetsource.eventstore import jsapi
-from jetsource.projector.bootstrap import Projection, open_projection
-from jetsource.projector.graph_model import GraphModel
-from jetsource.projector.runtime import Worker
-from jetsource.projector.valkey_models import ContextModel, TimelineModel
+from jetsource.projection.bootstrap import Projection, open_projection
+from jetsource.projection.runtime import Worker
 from tests.projector_fixtures import expected_state, projector_settings, seed, story_ids
 
 pytestmark = pytest.mark.integration
@@ -93,7 +93,7 @@ class FlakyContext(ContextModel):
     fixed = False
 
     async def apply(self, events):  # type: ignore[no-untyped-def]
-        from jetsource.projector.readmodel import Outcome
+        from jetsource.projection.contract import Outcome
 
         if self.fixed:
             return await super().apply(events)
@@ -112,7 +112,7 @@ class FlakyContext(ContextModel):
 async def test_poison_goes_to_dead_letters_and_retry_applies_it_once(
     projection: Projection,
 ) -> None:
-    from jetsource.projector import admin
+    from jetsource.projection import admin
 
     p = projection
     o = p.settings.projector
@@ -185,7 +185,7 @@ async def seed_more(p: Projection, story: str, history: list[Message], upto: int
 
 
 async def test_replay_reapplies_only_the_slice(projection: Projection) -> None:
-    from jetsource.projector import admin
+    from jetsource.projection import admin
 
     p = projection
     stories = story_ids(4)
@@ -243,8 +243,8 @@ async def test_replay_reapplies_only_the_slice(projection: Projection) -> None:
 async def test_rebuild_and_cutover_under_live_traffic(projection: Projection) -> None:
     import asyncio
 
-    from jetsource.projector import admin
-    from jetsource.projector.server import ProjectorService
+    from jetsource.projection import admin
+    from jetsource.projection.host import ProjectorService
 
     p = projection
     p.settings.projector.models = ["context"]

@@ -14,7 +14,7 @@ import pytest
 
 from jetsource.core.errors import CorruptEventError
 from jetsource.core.settings import EventStoreSettings
-from jetsource.domain.context.events import registry
+from jetsource.domains.context.events import registry
 from jetsource.eventstore.jetstream import JetStreamEventStore
 from tests.infra import Server
 

@@ -16,14 +16,14 @@ from neo4j import exceptions as neo4j_errors
 
 from jetsource.core.envelope import NewEvent
 from jetsource.core.settings import JetsourceSettings
-from jetsource.domain.context.samples import story_events
+from jetsource.domains.context.graph_model import GraphModel
+from jetsource.domains.context.samples import story_events
 from jetsource.eventstore import jsapi
-from jetsource.projector import admin
-from jetsource.projector.bootstrap import Projection, open_projection
-from jetsource.projector.control import DROPPED, version_dropped
-from jetsource.projector.graph_model import GraphModel
-from jetsource.projector.runtime import Worker
-from jetsource.projector.server import ProjectorService
+from jetsource.projection import admin
+from jetsource.projection.bootstrap import Projection, open_projection
+from jetsource.projection.control import DROPPED, version_dropped
+from jetsource.projection.host import ProjectorService
+from jetsource.projection.runtime import Worker
 from tests.projector_fixtures import projector_settings, seed, story_ids
 
 pytestmark = pytest.mark.integration

@@ -12,14 +12,14 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from jetsource.core.settings import JetsourceSettings
-from jetsource.domain.context.history import StateLoader, decode_state
-from jetsource.domain.context.model import AddDecision
-from jetsource.domain.context.serialize import STATE_SCHEMA_VERSION
+from jetsource.domains.context.commands import CommandHandler, CommandOptions
+from jetsource.domains.context.history import StateLoader, decode_state
+from jetsource.domains.context.model import AddDecision
+from jetsource.domains.context.serialize import STATE_SCHEMA_VERSION
+from jetsource.domains.context.snapshots_model import SnapshotModel
 from jetsource.eventstore.snapshots import JetStreamSnapshotStore, stream_config
-from jetsource.projector.bootstrap import Projection, open_projection
-from jetsource.projector.runtime import Worker
-from jetsource.publisher.handler import CommandHandler, CommandOptions
-from jetsource.snapshotter.model import SnapshotModel
+from jetsource.projection.bootstrap import Projection, open_projection
+from jetsource.projection.runtime import Worker
 from tests.contract_snapshots import SnapshotStoreContract
 from tests.history_fixtures import (
     append_history,

@@ -18,7 +18,7 @@ import pytest
 
 from jetsource.core.envelope import NO_STREAM
 from jetsource.core.settings import EventStoreSettings
-from jetsource.domain.context.events import registry
+from jetsource.domains.context.events import registry
 from jetsource.eventstore import jsapi
 from jetsource.eventstore.jetstream import JetStreamEventStore
 from tests.eventstore_fixtures import created, decision

@@ -15,7 +15,7 @@ import pytest
 from jetsource.core.envelope import NO_STREAM
 from jetsource.core.settings import EventStoreSettings
 from jetsource.devstack.servers import free_port
-from jetsource.domain.context.events import registry
+from jetsource.domains.context.events import registry
 from jetsource.eventstore.jetstream import JetStreamEventStore
 from tests.eventstore_fixtures import created
 from tests.infra import Server
@@ -91,7 +91,8 @@ async def test_ensure_creates_every_stream_then_changes_nothing(
         "read-models": "created",
     }
     assert first["events"]["stream"] == f"CE_{unique}"
-    assert first["events"]["subjects"] == [f"ce{unique}.events.>"]
+    # The events, and the operators' voids beside them (`jetsource repair void`).
+    assert first["events"]["subjects"] == [f"ce{unique}.events.>", f"ce{unique}.voids.>"]
     assert first["snapshots"]["subjects"] == [f"cs{unique}.snapshots.>"]
     assert first["dead letters"]["subjects"] == [f"dlq{unique}.>"]
     assert first["read-models"]["stream"] == f"KV_RM_{unique}"

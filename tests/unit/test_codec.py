@@ -6,7 +6,7 @@ from jetsource._gen.context.v1 import events_history_pb2 as history
 from jetsource._gen.context.v1 import events_pb2 as ev
 from jetsource.core.codec import EventRegistry, PayloadDecodeError, UnknownEvent
 from jetsource.core.errors import UnknownEventTypeError
-from jetsource.domain.context.events import registry, status_from_text
+from jetsource.domains.context.events import registry, status_from_text
 from tests.fixtures.golden import CASES, HERE
 
 

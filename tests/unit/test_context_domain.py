@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jetsource.core.errors import ValidationError
-from jetsource.domain.context.model import (
+from jetsource.domains.context.model import (
     BLOCKED,
     CANCELLED,
     DONE,

@@ -81,8 +81,7 @@ def test_the_collector_drives_every_statement_in_the_code(statements: list[State
     assert len(cypher_literals()) >= 20
     assert uncovered(statements) == []
     sites = {s.site[0] for s in statements}
-    assert "services/jetsource/projector/graph_model.py" in sites
-    assert "services/jetsource/projector/admin.py" in sites  # counts nodes for drop/status
+    assert "services/jetsource/domains/context/graph_model.py" in sites
 
 
 def test_the_coverage_check_sees_a_statement_never_sent(

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from jetsource.core.errors import ConcurrencyError, CorruptEventError, ValidationError
 from jetsource.core.grpcserver import RpcError, status_details, to_rpc_error
-from jetsource.query.service import PageTokens, QueryError, timestamp_ns
+from jetsource.domains.context.query_service import PageTokens, QueryError, timestamp_ns
 
 Code = grpc.StatusCode
 

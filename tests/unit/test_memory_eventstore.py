@@ -4,7 +4,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from jetsource.domain.context.events import registry
+from jetsource.domains.context.events import registry
 from jetsource.eventstore.memory import InMemoryEventStore, _subject_matches
 from tests.contract_eventstore import EventStoreContract
 

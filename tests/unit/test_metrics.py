@@ -15,9 +15,9 @@ from jetsource import __version__
 from jetsource.core import metrics
 from jetsource.core.envelope import RecordedEvent
 from jetsource.core.settings import EventStoreSettings
-from jetsource.projector.readmodel import Kind, ModelSpec, Outcome
-from jetsource.projector.runtime import Worker
-from jetsource.projector.settings import ProjectorOptions
+from jetsource.projection.contract import Kind, ModelSpec, Outcome
+from jetsource.projection.runtime import Worker
+from jetsource.projection.settings import ProjectorOptions
 from tests.deploy.exported_metrics import families
 
 
@@ -185,3 +185,31 @@ async def test_dead_letter_depth_from_the_dlq_then_recounted() -> None:
     dlq.stored = 0  # retried elsewhere
     await w._recount_dead_letters()
     assert value("jetsource_projector_dead_letters_pending", **labels) == 0
+
+
+def test_metrics_port_answers_healthz_itself_not_with_the_metrics_page() -> None:
+    """#18: /healthz on the publisher's and query service's metrics ports returned the
+    metrics page; it answers the service's health now, and /metrics stays."""
+    import urllib.error
+    import urllib.request
+
+    from jetsource.core.metrics import start_metrics_server
+    from jetsource.devstack.servers import free_port
+
+    state = {"ok": True}
+    port = free_port()
+    server = start_metrics_server(port, "127.0.0.1", lambda: state["ok"])
+    try:
+        base = f"http://127.0.0.1:{port}"
+        with urllib.request.urlopen(f"{base}/healthz", timeout=5) as answer:
+            assert answer.status == 200 and answer.read() == b"ok\n"
+        state["ok"] = False
+        try:
+            urllib.request.urlopen(f"{base}/healthz", timeout=5)
+            raise AssertionError("expected 503")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 503
+        with urllib.request.urlopen(f"{base}/metrics", timeout=5) as answer:
+            assert b"jetsource_build_info" in answer.read()
+    finally:
+        server.shutdown()

@@ -6,10 +6,10 @@ from hypothesis import strategies as st
 
 from jetsource._gen.context.v1 import events_pb2 as ev
 from jetsource._gen.context.v1 import query_pb2 as pb
-from jetsource.domain.context.model import fold
-from jetsource.domain.context.samples import story_events
-from jetsource.domain.context.serialize import state_from_dict, state_to_dict
-from jetsource.query.views import (
+from jetsource.domains.context.model import fold
+from jetsource.domains.context.samples import story_events
+from jetsource.domains.context.serialize import state_from_dict, state_to_dict
+from jetsource.domains.context.views import (
     ViewEncoder,
     _Entries,
     context_view,

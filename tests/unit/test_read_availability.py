@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from jetsource.devstack.servers import free_port
-from jetsource.projector.control import ActiveVersionCache, ControlUnavailableError, ModelControl
-from jetsource.projector.server import HealthServer
+from jetsource.projection.control import ActiveVersionCache, ControlUnavailableError, ModelControl
+from jetsource.projection.host import HealthServer
 
 
 class FakeService:
@@ -51,7 +51,7 @@ async def test_healthz_answers_while_the_loop_is_busy() -> None:
 
 
 async def test_healthz_is_503_when_the_loop_is_stuck(monkeypatch: pytest.MonkeyPatch) -> None:
-    import jetsource.projector.server as srv
+    import jetsource.projection.host as srv
 
     monkeypatch.setattr(srv, "LOOP_STALL_S", 0.3)
     port = free_port()

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jetsource.core.envelope import RecordedEvent
-from jetsource.domain.context.events import registry
-from jetsource.domain.context.history import StateLoader
+from jetsource.domains.context.events import registry
+from jetsource.domains.context.history import StateLoader
 from jetsource.eventstore.memory import InMemoryEventStore
 from jetsource.eventstore.snapshots import InMemorySnapshotStore, Snapshot
 from tests.contract_snapshots import SnapshotStoreContract

@@ -172,7 +172,7 @@ def down_all() -> None:
 async def _demo(settings: JetsourceSettings) -> None:
     """A story through the publisher's gRPC API, then read back from the event store."""
     from jetsource.client import ContextClient
-    from jetsource.domain.context.events import registry
+    from jetsource.domains.context.events import registry
     from jetsource.eventstore.bootstrap import open_event_store
     from jetsource.publisher.settings import PublisherSettings
 

@@ -19,10 +19,10 @@ from rich.table import Table
 
 from jetsource.core.clock import parse_rfc3339_ns
 from jetsource.core.errors import JetsourceError
-from jetsource.projector import admin
-from jetsource.projector.bootstrap import Projection, UnknownModelError, open_projection
-from jetsource.projector.control import ControlError
-from jetsource.projector.settings import ProjectorSettings
+from jetsource.projection import admin
+from jetsource.projection.bootstrap import Projection, UnknownModelError, open_projection
+from jetsource.projection.control import ControlError
+from jetsource.projection.settings import ProjectorSettings
 
 T = TypeVar("T")
 app = typer.Typer(help="Read models: status, replay, rebuild, cut over, dead letters.")

@@ -17,9 +17,9 @@ import sys
 import typer
 
 from jetsource.core.errors import JetsourceError
-from jetsource.projector.bootstrap import open_projection
-from jetsource.projector.repair import VoidReport, void_sequence
-from jetsource.projector.settings import ProjectorSettings
+from jetsource.projection.bootstrap import open_projection
+from jetsource.projection.repair import VoidReport, void_sequence
+from jetsource.projection.settings import ProjectorSettings
 
 app = typer.Typer(help="Repair a poisoned story without deleting anything.", no_args_is_help=True)
 

@@ -35,9 +35,9 @@ from jetsource.core.clock import format_rfc3339_ns, now_ns
 from jetsource.core.errors import JetsourceError
 from jetsource.eventstore import jsapi
 from jetsource.eventstore.bootstrap import connect, redact_url, release
-from jetsource.projector.bootstrap import Projection, open_projection
-from jetsource.projector.deadletters import H_SUBJECT
-from jetsource.projector.settings import ProjectorSettings
+from jetsource.projection.bootstrap import Projection, open_projection
+from jetsource.projection.deadletters import H_SUBJECT
+from jetsource.projection.settings import ProjectorSettings
 
 app = typer.Typer(
     help="JetStream streams: provision them (idempotent), back them up, restore them.",

@@ -9,7 +9,7 @@ already has) and is also polled, so a missed callback is corrected within ``poll
 
 Metrics of one service are defined where that service's code is, and only modules a
 service imports register theirs: a module imported by several services must not define
-metrics at import time (see ``jetsource.snapshotter.model``).
+metrics at import time (see ``jetsource.domains.context.snapshots_model``).
 """
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import Awaitable, Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import Gauge
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Gauge, generate_latest
 
 from jetsource import __version__
 
@@ -86,3 +88,43 @@ def watch_nats(nc: Any, service: str, poll_s: float = 5.0) -> asyncio.Task[None]
             await asyncio.sleep(poll_s)
 
     return asyncio.create_task(poll(), name=f"{service}-nats-connected")
+
+
+def start_metrics_server(
+    port: int, host: str, healthy: Callable[[], bool] = lambda: True
+) -> ThreadingHTTPServer:
+    """``/metrics`` (Prometheus) and ``/healthz`` (200 ``ok`` / 503 ``unhealthy`` from
+    ``healthy()``, read from this thread, never awaiting the loop) on one port, served
+    from a thread of their own. prometheus_client's own server answered every path,
+    ``/healthz`` included, with the metrics page."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.split("?", 1)[0] == "/healthz":
+                ok = _safe(healthy)
+                body = b"ok\n" if ok else b"unhealthy\n"
+                self.send_response(200 if ok else 503)
+                content_type = "text/plain; charset=utf-8"
+            else:
+                body = generate_latest(REGISTRY)
+                self.send_response(200)
+                content_type = CONTENT_TYPE_LATEST
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server
+
+
+def _safe(check: Callable[[], bool]) -> bool:
+    try:
+        return bool(check())
+    except Exception:
+        return False

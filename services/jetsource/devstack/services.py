@@ -27,7 +27,7 @@ from jetsource.devstack.servers import (
     read_state,
     stop_pid,
 )
-from jetsource.projector.settings import ProjectorSettings
+from jetsource.projection.settings import ProjectorSettings
 from jetsource.publisher.settings import PublisherSettings
 from jetsource.query.settings import QuerySettings
 from jetsource.snapshotter.settings import SnapshotterSettings
@@ -129,7 +129,7 @@ class LocalServices:
             ),
             WorkerService(
                 "projector",
-                "jetsource.projector.server",
+                "jetsource.projection.host",
                 self.home / "services" / "projector",
                 projector.host,
                 projector.http_port,

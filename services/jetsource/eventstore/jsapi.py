@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import time
+import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -245,6 +246,22 @@ async def api(
 async def publish(replies: Replies, message: OutMessage, timeout: float) -> PubAck:
     msg = await replies.request(message.subject, message.data, message.headers, timeout)
     return parse_puback(msg)
+
+
+async def publish_stored(
+    replies: Replies, stream: str, message: OutMessage, timeout: float
+) -> PubAck:
+    """Publish, deduplicated by its ``Nats-Msg-Id`` as usual, but stored for sure:
+    the server also deduplicates against a message it has since deleted (within its
+    duplicate window), which would drop a snapshot written again after a drop, or a
+    dead letter filed again after a retry. Such a publish is made again under a new
+    id. The ack says ``duplicate`` only when the original is still stored."""
+    ack = await publish(replies, message, timeout)
+    if not ack.duplicate or await direct_get(replies, stream, {"seq": ack.seq}, timeout):
+        return ack
+    headers = dict(message.headers or {})
+    headers["Nats-Msg-Id"] = f"{headers.get('Nats-Msg-Id', '')}~{uuid.uuid4().hex[:12]}"
+    return await publish(replies, OutMessage(message.subject, message.data, headers), timeout)
 
 
 async def publish_atomic_batch(

@@ -197,8 +197,9 @@ class JetStreamSnapshotStore:
             SCHEMA_HEADER: str(snapshot.schema_version),
             VERSION_HEADER: str(snapshot.version),
         }
-        ack = await jsapi.publish(
+        ack = await jsapi.publish_stored(
             self._replies,
+            self._cfg.stream,
             OutMessage(self.subject(snapshot.aggregate_id), data, headers),
             self._timeout,
         )

@@ -18,22 +18,23 @@ from typing import Any, cast
 
 from grpc_health.v1 import health_pb2
 from nats.aio.client import Client as NATS
-from prometheus_client import Gauge, start_http_server
+from prometheus_client import Gauge
 
 from jetsource._gen.context.v1 import commands_pb2, commands_pb2_grpc
 from jetsource.core.envelope import AppendResult, Expected, NewEvent
 from jetsource.core.errors import EventStoreUnavailableError
 from jetsource.core.grpcserver import GrpcEndpoint, start_grpc, stop_on_signals
+from jetsource.core.metrics import register_service, start_metrics_server, watch_nats
 from jetsource.core.runner import run_service
-from jetsource.domain.context.events import registry
-from jetsource.domain.context.history import StateLoader
+from jetsource.domains.context.command_service import ContextCommandService
+from jetsource.domains.context.commands import CommandHandler
+from jetsource.domains.context.events import registry
+from jetsource.domains.context.history import StateLoader
 from jetsource.eventstore.bootstrap import open_event_store, open_snapshot_store, release
 from jetsource.eventstore.jetstream import JetStreamEventStore
 from jetsource.eventstore.port import EventStore
 from jetsource.eventstore.refusals import JetStreamRefusedError, classify, refused_from
 from jetsource.eventstore.snapshots import JetStreamSnapshotStore
-from jetsource.publisher.handler import CommandHandler
-from jetsource.publisher.service import ContextCommandService
 from jetsource.publisher.settings import PublisherSettings
 
 log = logging.getLogger("jetsource.publisher")
@@ -242,12 +243,21 @@ async def build(settings: PublisherSettings) -> Publisher:
 
 async def serve(settings: PublisherSettings) -> None:
     o = settings.publisher
-    if o.metrics_port:
-        start_http_server(o.metrics_port, addr=o.grpc_host)
+    register_service("publisher")
     publisher = await build(settings)
+
+    def healthy() -> bool:
+        writes = publisher.writes
+        return publisher.nc.is_connected and (writes is None or writes.writable)
+
+    metrics = start_metrics_server(o.metrics_port, o.grpc_host, healthy) if o.metrics_port else None
+    nats_state = watch_nats(publisher.nc, "publisher")
     log.info("publisher listening on %s:%d", o.grpc_host, publisher.port)
     await stop_on_signals().wait()
     log.info("publisher shutting down")
+    nats_state.cancel()
+    if metrics is not None:
+        metrics.shutdown()
     await publisher.stop(o.shutdown_grace_s)
 
 

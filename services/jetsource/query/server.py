@@ -6,15 +6,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from prometheus_client import start_http_server
-
 from jetsource._gen.context.v1 import query_pb2
 from jetsource.core.grpcserver import GrpcEndpoint, start_grpc, stop_on_signals
-from jetsource.core.metrics import register_service, watch_nats
+from jetsource.core.metrics import register_service, start_metrics_server, watch_nats
 from jetsource.core.runner import run_service
-from jetsource.domain.context.history import StateLoader
-from jetsource.projector.bootstrap import Projection, open_projection
-from jetsource.query.service import ContextQueryService, add_to_server
+from jetsource.domains.context.history import StateLoader
+from jetsource.domains.context.query_service import ContextQueryService, add_to_server
+from jetsource.projection.bootstrap import Projection, open_projection
 from jetsource.query.settings import QuerySettings
 
 log = logging.getLogger("jetsource.query")
@@ -61,14 +59,19 @@ async def build(settings: QuerySettings) -> Query:
 async def serve(settings: QuerySettings) -> None:
     o = settings.query
     register_service("query")
-    if o.metrics_port:
-        start_http_server(o.metrics_port, addr=o.grpc_host)
     query = await build(settings)
+    metrics = (
+        start_metrics_server(o.metrics_port, o.grpc_host, lambda: query.projection.nc.is_connected)
+        if o.metrics_port
+        else None
+    )
     nats_state = watch_nats(query.projection.nc, "query")
     log.info("query listening on %s:%d", o.grpc_host, query.port)
     await stop_on_signals().wait()
     log.info("query shutting down")
     nats_state.cancel()
+    if metrics is not None:
+        metrics.shutdown()
     await query.stop(o.shutdown_grace_s)
 
 

@@ -8,7 +8,7 @@ from functools import partial
 
 from jetsource.core.metrics import register_service
 from jetsource.core.runner import run_service
-from jetsource.projector.server import serve
+from jetsource.projection.host import serve
 from jetsource.snapshotter.settings import SnapshotterSettings
 
 

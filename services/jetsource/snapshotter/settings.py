@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from jetsource.projector.settings import ProjectorOptions, ProjectorSettings
-from jetsource.snapshotter.model import SNAPSHOTS
+from jetsource.domains.context.snapshots_model import SNAPSHOTS
+from jetsource.projection.settings import ProjectorOptions, ProjectorSettings
 
 
 class SnapshotterOptions(ProjectorOptions):

@@ -23,8 +23,8 @@ from datetime import datetime
 from jetsource.core.clock import to_ns
 from jetsource.core.envelope import RecordedEvent
 from jetsource.core.errors import CorruptEventError
-from jetsource.domain.context.model import ContextState, EvolveError, evolve, fold
-from jetsource.domain.context.serialize import STATE_SCHEMA_VERSION, state_from_dict, state_to_dict
+from jetsource.domains.context.model import ContextState, EvolveError, evolve, fold
+from jetsource.domains.context.serialize import STATE_SCHEMA_VERSION, state_from_dict, state_to_dict
 from jetsource.eventstore.port import EventStore
 from jetsource.eventstore.snapshots import Snapshot, SnapshotStore, choose
 
@@ -38,6 +38,30 @@ Keys = dict[str, tuple[int, int]]
 
 class SnapshotDecodeError(ValueError):
     pass
+
+
+class FoldCache:
+    """The fold of each aggregate's event prefix, kept across calls: a replay that
+    writes a hot story again and again (the live worker moving it meanwhile) folds its
+    history once, then only the events that arrived since. A prefix that changed
+    (other events at the same places) is folded again from version 1."""
+
+    def __init__(self, size: int = 1_000) -> None:
+        self.size = size
+        self._by: OrderedDict[str, tuple[int, int, ContextState]] = OrderedDict()
+
+    def state_at(
+        self, aggregate_id: str, events: list[RecordedEvent], version: int
+    ) -> ContextState:
+        n, last_seq, state = self._by.get(aggregate_id, (0, 0, ContextState(id=aggregate_id)))
+        if n > version or (n and (len(events) < n or events[n - 1].stream_seq != last_seq)):
+            n, state = 0, ContextState(id=aggregate_id)
+        state = fold((e.event for e in events[n:version]), state)
+        self._by[aggregate_id] = (version, events[version - 1].stream_seq if version else 0, state)
+        self._by.move_to_end(aggregate_id)
+        while len(self._by) > self.size:
+            self._by.popitem(last=False)
+        return state
 
 
 async def fold_records(

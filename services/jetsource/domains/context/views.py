@@ -16,7 +16,7 @@ from jetsource._gen.context.v1 import query_pb2 as pb
 from jetsource.core.clock import to_timestamp
 from jetsource.core.codec import UnknownEvent
 from jetsource.core.envelope import RecordedEvent
-from jetsource.domain.context.model import ContextState, Decision, Subtask
+from jetsource.domains.context.model import ContextState, Decision, Subtask
 
 STATUS = {"open": pb.CONTEXT_STATUS_OPEN, "closed": pb.CONTEXT_STATUS_CLOSED}
 STATUS_NAME = {v: k for k, v in STATUS.items()}

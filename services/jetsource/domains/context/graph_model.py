@@ -16,32 +16,24 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-from neo4j import AsyncDriver, AsyncGraphDatabase, AsyncManagedTransaction
-from neo4j import exceptions as neo4j_errors
+from neo4j import AsyncDriver, AsyncManagedTransaction
 
 from jetsource.core.envelope import RecordedEvent
-from jetsource.core.settings import JetsourceSettings
-from jetsource.domain.context.model import ContextState, Decision, Subtask
-from jetsource.domain.context.model import fold as fold_state
-from jetsource.domain.context.serialize import decision_to_dict, subtask_to_dict
+from jetsource.domains.context.history import FoldCache
+from jetsource.domains.context.model import ContextState, Decision, Subtask
+from jetsource.domains.context.model import fold as fold_state
+from jetsource.domains.context.serialize import decision_to_dict, subtask_to_dict
+from jetsource.domains.context.valkey_models import ContextModel
 from jetsource.eventstore.port import EventStore
-from jetsource.projector.readmodel import Checkpoint, Kind, ModelSpec, Outcome, TransientError
-from jetsource.projector.valkey_models import ContextModel, group, next_versions, skipped
+from jetsource.projection.contract import Checkpoint, Kind, ModelSpec, Outcome
+from jetsource.projection.graph import graph_io
+from jetsource.projection.valkey import group, next_versions, skipped
 
-T = TypeVar("T")
 GRAPH = "graph"
-_TRANSIENT = (
-    neo4j_errors.ServiceUnavailable,
-    neo4j_errors.SessionExpired,
-    neo4j_errors.TransientError,
-    neo4j_errors.DatabaseUnavailable,
-    OSError,
-    TimeoutError,
-)
 
 
 def graph_spec(version: int) -> ModelSpec:
@@ -51,25 +43,8 @@ def graph_spec(version: int) -> ModelSpec:
         Kind.AGGREGATE,
         "graph",
         "stories, decisions, subtasks and their relationships",
-        idempotency="Story.version must equal the batch's base version; nodes guarded by seq",
+        notes="Story.version must equal the batch's base version; nodes guarded by seq",
     )
-
-
-def connect_graph(settings: JetsourceSettings) -> AsyncDriver:
-    g = settings.graph
-    return AsyncGraphDatabase.driver(
-        settings.graph_uri(),
-        auth=settings.graph_auth(),
-        connection_timeout=g.connection_timeout_s,
-        max_transaction_retry_time=5.0,
-    )
-
-
-async def _io(call: Awaitable[T]) -> T:
-    try:
-        return await call
-    except _TRANSIENT as exc:
-        raise TransientError(f"graph: {exc}") from exc
 
 
 @dataclass
@@ -106,6 +81,7 @@ class GraphModel:
         self.story, self.decision = f"{x}Story_v{v}", f"{x}Decision_v{v}"
         self.subtask, self.checkpoint_label = f"{x}Subtask_v{v}", f"{x}Checkpoint_v{v}"
         self._cache: OrderedDict[str, tuple[int, ContextState]] = OrderedDict()
+        self._folds = FoldCache()  # replay: a hot story's history folded once
 
     def _label(self, state: ContextState, node_id: str) -> str:
         return self.decision if node_id in state.decisions else self.subtask
@@ -113,14 +89,14 @@ class GraphModel:
     async def setup(self) -> None:
         async with self.driver.session(database=self.database) as session:
             for label in (self.story, self.decision, self.subtask):
-                await _io(
+                await graph_io(
                     session.run(
                         f"CREATE CONSTRAINT {label.lower()}_key IF NOT EXISTS "
                         f"FOR (n:{label}) REQUIRE n.key IS UNIQUE"
                     )
                 )
             for label in (self.decision, self.subtask):
-                await _io(
+                await graph_io(
                     session.run(
                         f"CREATE INDEX {label.lower()}_story IF NOT EXISTS "
                         f"FOR (n:{label}) ON (n.story)"
@@ -136,7 +112,7 @@ class GraphModel:
         missing = [i for i in ids if i not in out]
         if missing:
             async with self.driver.session(database=self.database) as session:
-                result = await _io(
+                result = await graph_io(
                     session.run(
                         f"MATCH (s:{self.story}) WHERE s.key IN $keys "
                         "RETURN s.key AS key, s.version AS version",
@@ -247,7 +223,7 @@ class GraphModel:
             return ok
 
         async with self.driver.session(database=self.database) as session:
-            return await _io(session.execute_write(work))
+            return await graph_io(session.execute_write(work))
 
     async def _write_nodes(
         self, tx: AsyncManagedTransaction, writes: _Writes, ok: set[str]
@@ -349,7 +325,7 @@ class GraphModel:
         if [e.version for e in events] != list(range(1, to_version + 1)):
             raise ValueError(f"rewind of {aggregate_id} to {to_version}: events are not 1..n")
         if state is None or state.version != to_version:  # else: the caller folded them
-            state = fold_state((e.event for e in events), context_id=aggregate_id)
+            state = self._folds.state_at(aggregate_id, events, to_version)
         writes = _Writes()
         if events:
             self._diff(writes, ContextState(id=aggregate_id), state, events)
@@ -388,13 +364,13 @@ class GraphModel:
             return current
 
         async with self.driver.session(database=self.database) as session:
-            previous = await _io(session.execute_write(work))
+            previous = await graph_io(session.execute_write(work))
         self._cache.pop(aggregate_id, None)
         return previous
 
     async def position(self, aggregate_id: str) -> int:
         async with self.driver.session(database=self.database) as session:
-            result = await _io(
+            result = await graph_io(
                 session.run(
                     f"MATCH (s:{self.story} {{key: $key}}) RETURN s.version AS v", key=aggregate_id
                 )
@@ -404,7 +380,7 @@ class GraphModel:
 
     async def checkpoint(self) -> Checkpoint:
         async with self.driver.session(database=self.database) as session:
-            result = await _io(
+            result = await graph_io(
                 session.run(
                     f"MATCH (c:{self.checkpoint_label} {{model: $model}}) "
                     "RETURN c.seq AS seq, c.applied AS applied",
@@ -422,11 +398,11 @@ class GraphModel:
         async with self.driver.session(database=self.database) as session:
             for label in (self.story, self.decision, self.subtask):
                 name = label.removeprefix(self.prefix).rsplit("_", 1)[0]
-                result = await _io(
+                result = await graph_io(
                     session.run(f"MATCH (n:{label}) RETURN n.key AS key, properties(n) AS p")
                 )
                 out += [(name, (r["key"], sorted(r["p"].items()))) async for r in result]
-                result = await _io(
+                result = await graph_io(
                     session.run(
                         f"MATCH (a:{label})-[r]->(b) RETURN type(r) AS t, a.key AS a, b.key AS b"
                     )
@@ -439,12 +415,22 @@ class GraphModel:
     async def digest(self) -> str:
         return hashlib.sha256(repr(await self.dump()).encode()).hexdigest()
 
+    async def size(self) -> int:
+        """How many nodes the model version holds."""
+        total = 0
+        async with self.driver.session(database=self.database) as session:
+            for label in (self.story, self.decision, self.subtask, self.checkpoint_label):
+                result = await session.run(f"MATCH (n:{label}) RETURN count(n) AS c")
+                record = await result.single()
+                total += int(record["c"]) if record else 0
+        return total
+
     async def drop(self) -> int:
         removed = 0
         async with self.driver.session(database=self.database) as session:
             for label in (self.story, self.decision, self.subtask, self.checkpoint_label):
                 while True:
-                    result = await _io(
+                    result = await graph_io(
                         session.run(
                             f"MATCH (n:{label}) WITH n LIMIT 2000 DETACH DELETE n "
                             "RETURN count(*) AS c"
@@ -470,7 +456,7 @@ class GraphModel:
                 ("decision", f"(n:{self.decision} {{story: $key}})"),
                 ("subtask", f"(n:{self.subtask} {{story: $key}})"),
             ):
-                result = await _io(
+                result = await graph_io(
                     session.run(f"MATCH {match} RETURN properties(n) AS p", key=story)
                 )
                 out += [(kind, dict(r["p"])) async for r in result]
@@ -479,7 +465,7 @@ class GraphModel:
     async def neighbourhood(self, story: str) -> dict[str, Any]:
         """The story's nodes and relationships (for the CLI and tests)."""
         async with self.driver.session(database=self.database) as session:
-            result = await _io(
+            result = await graph_io(
                 session.run(
                     f"MATCH (s:{self.story} {{key: $key}}) RETURN properties(s) AS p", key=story
                 )
@@ -493,7 +479,7 @@ class GraphModel:
                 f"(a:{self.decision} {{story: $key}})",
                 f"(a:{self.subtask} {{story: $key}})",
             ):
-                result = await _io(
+                result = await graph_io(
                     session.run(
                         f"MATCH {match}-[r]->(b) RETURN type(r) AS t, a.key AS a, b.key AS b",
                         key=story,

@@ -14,23 +14,22 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar, cast
 
-from jetsource.core.clock import to_ns
+from jetsource.core.clock import now_ns, parse_rfc3339_ns, to_ns
 from jetsource.core.envelope import RecordedEvent
 from jetsource.core.errors import EventStoreUnavailableError
 from jetsource.core.ids import validate_aggregate_id
-from jetsource.domain.context.model import ContextState, fold
 from jetsource.eventstore import jsapi
-from jetsource.projector.bootstrap import SPECS, Projection, spec_for
-from jetsource.projector.control import (
+from jetsource.projection.bootstrap import Projection
+from jetsource.projection.contract import ReadModel, TransientError
+from jetsource.projection.control import (
     BUILDING,
     DROPPED,
     LIVE,
     ControlError,
     ModelControl,
 )
-from jetsource.projector.deadletters import DeadLetter
-from jetsource.projector.readmodel import ReadModel, TransientError
-from jetsource.projector.runtime import Worker
+from jetsource.projection.deadletters import DeadLetter
+from jetsource.projection.runtime import Worker
 
 log = logging.getLogger("jetsource.projector")
 T = TypeVar("T")
@@ -55,7 +54,7 @@ def _quiet(done: int, total: int) -> None:
 
 
 async def _control(p: Projection, name: str) -> ModelControl:
-    spec_for(name, 1)  # validates the name
+    p.spec(name, 1)  # validates the name
     return await p.control.ensure(name, 1)
 
 
@@ -87,8 +86,8 @@ async def _save(p: Projection, name: str, change: Callable[[ModelControl], None]
     raise AdminError(f"the control entry of {name} keeps changing; try again")
 
 
-async def _stream_last_seq(p: Projection) -> int:
-    info = await p.store.stream_info()
+async def _stream_last_seq(p: Projection, name: str) -> int:
+    info = await p.store_for(name).stream_info()
     return int(info["state"]["last_seq"])
 
 
@@ -96,37 +95,77 @@ async def _stream_last_seq(p: Projection) -> int:
 
 
 async def status(p: Projection) -> list[dict[str, Any]]:
-    last = await _stream_last_seq(p)
+    """A row per version of every model of every registered domain: its domain and
+    stream, state (building, live, dropped; ``stalled`` when its consumer has work
+    and acknowledged nothing for ``stall_after_s``; ``not started`` when no consumer
+    exists yet), checkpoint, applied count, lag and dead letters. A model whose
+    version follows a schema (snapshots) is listed at that version."""
     rows: list[dict[str, Any]] = []
-    for name in SPECS:
-        control = await p.control.get(name)
+    stall_after_s = p.settings.projector.stall_after_s
+    for name in p.model_names():
+        store = p.store_for(name)
+        domain = p.domains.owner(name)
+        last = await _stream_last_seq(p, name)
+        pinned = p.pinned_version(name)
+        control = (
+            await p.control.get(name) if pinned is None else ModelControl(pinned, {pinned: LIVE})
+        )
         if control is None:
-            rows.append({"model": name, "version": "-", "state": "not started"})
+            rows.append(
+                {
+                    "domain": domain.name,
+                    "stream": store.settings.stream,
+                    "model": name,
+                    "version": "-",
+                    "state": "not started",
+                }
+            )
             continue
         for version, state in sorted(control.versions.items()):
             model = p.model(name, version)
             checkpoint = await model.checkpoint()
             info = await jsapi.consumer_info(
-                p.store._replies,
-                p.store.settings.stream,
+                store._replies,
+                store.settings.stream,
                 model.spec.durable,
-                p.store.settings.request_timeout_s,
+                store.settings.request_timeout_s,
             )
             pending = int(info["num_pending"]) + int(info["num_ack_pending"]) if info else last
+            shown = state
+            if info is None and state == LIVE:
+                shown = "not started"
+            elif info is not None and pending and _idle_s(info) > stall_after_s:
+                shown = "stalled"
             rows.append(
                 {
+                    "domain": domain.name,
+                    "stream": store.settings.stream,
                     "model": name,
                     "version": version,
                     "active": version == control.active,
-                    "state": state,
+                    "state": shown,
                     "checkpoint": checkpoint.seq,
                     "applied": checkpoint.applied,
                     "lag": pending,
                     "stream_last_seq": last,
                     "dead_letters": await p.dead_letters.count(model.spec),
+                    "contract": model.spec.describe(),
                 }
             )
     return rows
+
+
+def _idle_s(info: dict[str, Any]) -> float:
+    """Seconds since the consumer last saw an acknowledgement (or, with none yet,
+    since it was created)."""
+    stamp = (info.get("ack_floor") or {}).get("last_active") or info.get("created")
+    if not stamp:
+        return 0.0
+    try:
+        then = parse_rfc3339_ns(stamp)
+    except ValueError:
+        return 0.0
+    return max(0.0, (now_ns() - then) / 1e9)
 
 
 # -- replay ----------------------------------------------------------------------
@@ -158,7 +197,6 @@ class _Rewindable(Protocol):
         *,
         events: Sequence[RecordedEvent] | None = None,
         guard: tuple[int, int] | None = None,
-        state: ContextState | None = None,
     ) -> int: ...
 
 
@@ -185,24 +223,12 @@ async def _replay_aggregate(p: Projection, model: ReadModel, aggregate_id: str) 
         # walked again on every attempt.
         after = events[-1].stream_seq + 1 if events else 1
         more = await _retry(
-            lambda: p.store.read_aggregate(
+            lambda: p.store_for(model.spec.name).read_aggregate(
                 aggregate_id, from_version=len(events) + 1, to_version=version, from_seq=after
             ),
             name,
         )
         events.extend(more)
-
-    # The fold of events[:folded], kept across attempts: a hot story's history is
-    # folded once, then only the events that arrived meanwhile.
-    folded, state = 0, ContextState(id=aggregate_id)
-
-    def state_at(version: int) -> ContextState:
-        nonlocal folded, state
-        if folded > version:
-            folded, state = 0, ContextState(id=aggregate_id)
-        state = fold((e.event for e in events[folded:version]), state)
-        folded = version
-        return state
 
     if position:
         await read_up_to(position)
@@ -217,12 +243,10 @@ async def _replay_aggregate(p: Projection, model: ReadModel, aggregate_id: str) 
             if version < low:
                 raise AdminError(f"{aggregate_id}: stored at {low}, the stream has {version}")
 
-        at = state_at(version)
-
-        async def write(
-            v: int = version, g: tuple[int, int] = guard, folded: ContextState = at
-        ) -> int:
-            return await target.rewind(aggregate_id, v, events=events, guard=g, state=folded)
+        async def write(v: int = version, g: tuple[int, int] = guard) -> int:
+            # The model folds (and keeps the fold across attempts): the engine knows
+            # no domain's state.
+            return await target.rewind(aggregate_id, v, events=events, guard=g)
 
         current = await _retry(write, name)
         if guard[0] <= current <= guard[1]:
@@ -261,21 +285,22 @@ async def replay(
     started = time.perf_counter()
     control = await _control(p, name)
     model = p.model(name, control.active)
+    store = p.store_for(name)
     report = ReplayReport(name, control.active)
     if aggregate_id is not None:
         validate_aggregate_id(aggregate_id, field="aggregate")
     low = from_seq or 1
     if from_time is not None:
-        low = max(low, await p.store.seq_at_time(to_ns(from_time) - 1) + 1)
+        low = max(low, await store.seq_at_time(to_ns(from_time) - 1) + 1)
     checkpoint = await _retry(model.checkpoint, f"replay {name}")
     high = min(to_seq, checkpoint.seq) if to_seq is not None else checkpoint.seq
     if to_time is not None:
-        high = min(high, await p.store.seq_at_time(to_time))
+        high = min(high, await store.seq_at_time(to_time))
     if low < 1 or high < low:
         report.seconds = time.perf_counter() - started
         return report
-    subject = f"{p.store.settings.subject_prefix}.{aggregate_id}.>" if aggregate_id else None
-    events = [e async for e in p.store.read_all(low, high, subject)]
+    subject = f"{store.settings.subject_prefix}.{aggregate_id}.>" if aggregate_id else None
+    events = [e async for e in store.read_all(low, high, subject)]
     report.events = len(events)
     slices: dict[str, list[RecordedEvent]] = {}
     for e in events:
@@ -322,7 +347,7 @@ async def rebuild(
     where it stopped if run again."""
     started = time.perf_counter()
     control = await _control(p, name)
-    spec_for(name, to_version)
+    p.spec(name, to_version)
     state = control.versions.get(to_version)
     if state == DROPPED:
         raise AdminError(
@@ -338,11 +363,11 @@ async def rebuild(
         control.versions[to_version] = BUILDING
         control = await p.control.save(name, control)
     model = p.model(name, to_version)
-    worker = Worker(p.nc, p.store, model, p.dead_letters, p.settings.projector)
+    worker = Worker(p.nc, p.store_for(name), model, p.dead_letters, p.settings.projector)
     task = asyncio.create_task(worker.run(until_caught_up=True))
     try:
         while not task.done():
-            total = await _stream_last_seq(p)
+            total = await _stream_last_seq(p, name)
             progress(min(worker.stats.last_seq, total), total)
             await asyncio.wait([task], timeout=0.5)
             if (await _control(p, name)).versions.get(to_version) != BUILDING:
@@ -355,7 +380,7 @@ async def rebuild(
         if not task.done():
             worker.stop()
             await asyncio.wait([task], timeout=p.settings.projector.shutdown_grace_s)
-    total = await _stream_last_seq(p)
+    total = await _stream_last_seq(p, name)
     progress(total, total)
 
     def go_live(c: ModelControl) -> None:
@@ -380,9 +405,10 @@ async def cutover(
             f"{name} v{version} is not built (state: {control.versions.get(version, 'absent')}); "
             f"run `jetsource projector rebuild --model {name} --to-version {version}` first"
         )
-    spec = spec_for(name, version)
+    spec = p.spec(name, version)
+    store = p.store_for(name)
     info = await jsapi.consumer_info(
-        p.store._replies, p.store.settings.stream, spec.durable, p.store.settings.request_timeout_s
+        store._replies, store.settings.stream, spec.durable, store.settings.request_timeout_s
     )
     lag = int(info["num_pending"]) + int(info["num_ack_pending"]) if info else -1
     if lag < 0 or lag > max_lag:
@@ -400,28 +426,18 @@ async def cutover(
 
 async def _leftovers(p: Projection, name: str, version: int) -> tuple[bool, int]:
     """(the version's consumer exists, how many keys/nodes its namespace holds)."""
-    spec = spec_for(name, version)
+    spec = p.spec(name, version)
+    store = p.store_for(name)
     info = await jsapi.consumer_info(
-        p.store._replies, p.store.settings.stream, spec.durable, p.store.settings.request_timeout_s
+        store._replies, store.settings.stream, spec.durable, store.settings.request_timeout_s
     )
     return info is not None, await _retry(lambda: _count(p.model(name, version)), "drop")
 
 
 async def _count(model: ReadModel) -> int:
-    from jetsource.projector.graph_model import GraphModel
-    from jetsource.projector.valkey_models import ValkeyModel
-
-    if isinstance(model, ValkeyModel):
-        return len([k async for k in model.redis.scan_iter(match=f"{model.ns}:*", count=1000)])
-    if isinstance(model, GraphModel):
-        total = 0
-        async with model.driver.session(database=model.database) as session:
-            for label in (model.story, model.decision, model.subtask, model.checkpoint_label):
-                result = await session.run(f"MATCH (n:{label}) RETURN count(n) AS c")
-                record = await result.single()
-                total += int(record["c"]) if record else 0
-        return total
-    return 0
+    """How many keys/nodes a model version holds, where its store can tell."""
+    size = getattr(model, "size", None)
+    return int(await size()) if size is not None else 0
 
 
 async def drop(
@@ -444,7 +460,7 @@ async def drop(
     control = await _control(p, name)
     if control.active == version:
         raise AdminError(f"{name} v{version} is active; cut over to another version first")
-    spec = spec_for(name, version)
+    spec = p.spec(name, version)
 
     def mark(c: ModelControl) -> None:
         if c.active == version:
@@ -458,11 +474,9 @@ async def drop(
     model = p.model(name, version)
     removed = 0
     for _ in range(5):
+        store = p.store_for(name)
         await jsapi.delete_consumer(
-            p.store._replies,
-            p.store.settings.stream,
-            spec.durable,
-            p.store.settings.request_timeout_s,
+            store._replies, store.settings.stream, spec.durable, store.settings.request_timeout_s
         )
         removed += await _retry(model.drop, f"drop {name} v{version}")
         await asyncio.sleep(verify_s)
@@ -495,12 +509,12 @@ async def dlq_list(
     p: Projection, name: str | None = None, aggregate_id: str | None = None
 ) -> list[DeadLetter]:
     out = []
-    names = [name] if name else list(SPECS)
+    names = [name] if name else p.model_names()
     for n in names:
         control = await p.control.get(n)
         versions = sorted(control.versions) if control else [1]
         for v in versions:
-            out += await p.dead_letters.list(spec_for(n, v), aggregate_id or ">")
+            out += await p.dead_letters.list(p.spec(n, v), aggregate_id or ">")
     return sorted(out, key=lambda d: (d.model, d.version, d.original_seq))
 
 
@@ -558,16 +572,17 @@ async def dlq_retry(
 
 
 async def _retry_one(p: Projection, letter: DeadLetter) -> str | None:
+    store = p.store_for(letter.model)
     raw = await jsapi.direct_get(
-        p.store._replies,
-        p.store.settings.stream,
+        store._replies,
+        store.settings.stream,
         {"seq": letter.original_seq},
-        p.store.settings.request_timeout_s,
+        store.settings.request_timeout_s,
     )
     if raw is None:
         return f"stream sequence {letter.original_seq} is gone"
     try:
-        record = p.store.decode(raw)
+        record = store.decode(raw)
     except Exception as exc:
         return f"still undecodable: {exc}"
     model = p.model(letter.model, letter.version)

@@ -11,7 +11,10 @@ class ProjectorOptions(BaseModel):
     host: str = "127.0.0.1"
     # /metrics (Prometheus) and /healthz on one HTTP port; 0 disables both.
     http_port: int = Field(default=9102, ge=0)
-    models: list[str] = Field(default_factory=lambda: ["context", "timeline", "graph"])
+    # The read models to run; empty: every default model of every registered domain.
+    models: list[str] = Field(default_factory=list)
+    # The module whose REGISTRY lists the domains (the one place they are registered).
+    domains: str = "jetsource.domains"
     # Largest batch handed to a model at once (one Lua script / one transaction).
     batch_size: int = Field(default=500, ge=1, le=10_000)
     pull_batch: int = Field(default=1000, ge=1)

@@ -23,16 +23,17 @@ from dataclasses import dataclass, field
 from nats.aio.client import Client as NATS
 from prometheus_client import Counter, Gauge, Histogram
 
+from jetsource.core.clock import format_rfc3339_ns
 from jetsource.core.codec import PayloadDecodeError, UnknownEvent
 from jetsource.core.envelope import RecordedEvent
 from jetsource.core.errors import CorruptEventError, EventStoreUnavailableError
 from jetsource.eventstore import jsapi
 from jetsource.eventstore.jetstream import JetStreamEventStore, voided_event
 from jetsource.eventstore.jsapi import Delivery, RawMessage
-from jetsource.projector.control import version_dropped
-from jetsource.projector.deadletters import DeadLetters, aggregate_of
-from jetsource.projector.readmodel import Outcome, ReadModel, TransientError
-from jetsource.projector.settings import ProjectorOptions
+from jetsource.projection.contract import Outcome, ReadModel, TransientError
+from jetsource.projection.control import version_dropped
+from jetsource.projection.deadletters import DeadLetters, aggregate_of
+from jetsource.projection.settings import ProjectorOptions
 
 log = logging.getLogger("jetsource.projector")
 
@@ -125,12 +126,23 @@ class Worker:
 
     async def ensure_consumer(self) -> None:
         await self.store.start()
+        # The model's declared event types are its filter: it never receives others.
+        # A fresh consumer starts where the model's contract says a build starts.
+        start = self.spec.replay_start
         config = jsapi.consumer_config(
             self.spec.durable,
             f"{self._prefix}.>",
             self.o.ack_wait_s,
             self.o.max_ack_pending,
+            opt_start_seq=start.sequence,
         )
+        subjects = self.spec.filter_subjects(self._prefix)
+        if subjects != [f"{self._prefix}.>"]:
+            del config["filter_subject"]
+            config["filter_subjects"] = subjects
+        if start.time_ns:
+            config["deliver_policy"] = "by_start_time"
+            config["opt_start_time"] = format_rfc3339_ns(start.time_ns)
         await jsapi.ensure_consumer(
             self.store._replies, self._stream, config, self.store.settings.request_timeout_s
         )
@@ -213,7 +225,7 @@ class Worker:
                     continue
                 await self._refused(d, aggregate_id, f"undecodable: {exc}")
                 continue
-            types = self.spec.event_types
+            types = self.spec.consumed_events
             if types is not None and record.event_type not in types:
                 acks.append(d)
                 continue
@@ -226,7 +238,7 @@ class Worker:
         if records:
             try:
                 outcome = await self.model.apply(records)
-                if outcome.waiting or outcome.failed:
+                if (outcome.waiting or outcome.failed) and self.spec.contiguous:
                     filled = await self._settle(records, outcome)
             except (TransientError, EventStoreUnavailableError) as exc:
                 log.warning("%s v%s: %s; redelivering", *self._labels, exc)

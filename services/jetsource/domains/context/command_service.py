@@ -24,15 +24,15 @@ from jetsource.core.errors import (
     ValidationError,
 )
 from jetsource.core.grpcserver import register_error, version_conflict
-from jetsource.domain.context import model as m
-from jetsource.domain.context.model import DomainError
-from jetsource.publisher.handler import (
+from jetsource.domains.context import model as m
+from jetsource.domains.context.commands import (
     MAX_KEY,
     CommandHandler,
     CommandOptions,
     ExpectedVersionMismatchError,
     RetriesExhaustedError,
 )
+from jetsource.domains.context.model import DomainError
 
 COMMANDS = Counter(
     "jetsource_publisher_commands_total", "Commands by type and outcome", ["command", "outcome"]

@@ -20,7 +20,7 @@ from nats.aio.client import Client as NATS
 from jetsource.core.clock import format_rfc3339_ns, now_ns, parse_rfc3339_ns
 from jetsource.eventstore import jsapi
 from jetsource.eventstore.jsapi import OutMessage, RawMessage, Replies
-from jetsource.projector.readmodel import ModelSpec
+from jetsource.projection.contract import ModelSpec
 
 H_REASON = "Jetsource-Dlq-Reason"
 H_SEQ = "Jetsource-Dlq-Original-Seq"
@@ -115,8 +115,9 @@ class DeadLetters:
             H_TRIES: str(tries),
             H_TIME: format_rfc3339_ns(now_ns()),
         }
-        await jsapi.publish(
+        await jsapi.publish_stored(
             self._replies,
+            self.stream,
             OutMessage(self.subject(spec, aggregate_id), original.data, headers),
             self._timeout,
         )

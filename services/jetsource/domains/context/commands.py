@@ -20,8 +20,8 @@ from prometheus_client import Counter
 from jetsource.core.envelope import AppendResult, NewEvent, RecordedEvent
 from jetsource.core.errors import ConcurrencyError, JetsourceError, ValidationError
 from jetsource.core.ids import validate_aggregate_id
-from jetsource.domain.context.history import Keys, StateLoader, fold_records
-from jetsource.domain.context.model import Command, ContextState, DomainError, decide, fold
+from jetsource.domains.context.history import Keys, StateLoader, fold_records
+from jetsource.domains.context.model import Command, ContextState, DomainError, decide, fold
 from jetsource.eventstore.port import EventStore
 
 MAX_KEY = 128

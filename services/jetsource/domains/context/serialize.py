@@ -9,7 +9,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Any
 
-from jetsource.domain.context.model import STATUS_NAMES, TODO, ContextState, Decision, Subtask
+from jetsource.domains.context.model import STATUS_NAMES, TODO, ContextState, Decision, Subtask
 
 STATE_SCHEMA_VERSION = 1
 _STATUS_BY_NAME = {name: status for status, name in STATUS_NAMES.items()}

@@ -9,110 +9,36 @@ changes nothing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import OrderedDict
-from collections.abc import Awaitable, Iterator, Sequence
-from typing import Any, TypeVar
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from google.protobuf.message import Message
-from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
 from jetsource.core.codec import UnknownEvent
 from jetsource.core.envelope import RecordedEvent
-from jetsource.core.settings import JetsourceSettings
-from jetsource.domain.context.model import ContextState, EvolveError, evolve, fold
-from jetsource.domain.context.serialize import state_from_dict, state_to_dict
+from jetsource.domains.context.history import FoldCache
+from jetsource.domains.context.model import ContextState, EvolveError, evolve, fold
+from jetsource.domains.context.serialize import state_from_dict, state_to_dict
 from jetsource.eventstore.port import EventStore
-from jetsource.projector.readmodel import Checkpoint, Kind, ModelSpec, Outcome, TransientError
-
-T = TypeVar("T")
-_TRANSIENT = (
-    redis_errors.ConnectionError,
-    redis_errors.TimeoutError,
-    redis_errors.BusyLoadingError,
-    OSError,
+from jetsource.projection.contract import Kind, ModelSpec, Outcome
+from jetsource.projection.valkey import (
+    CHECKPOINT_LUA,
+    ValkeyModel,
+    block_rest,
+    group,
+    next_versions,
+    skipped,
+    valkey_io,
 )
 
 CONTEXT = "context"
 TIMELINE = "timeline"
 _NO_LIMIT = 2**52  # an open upper bound for the rewind scripts' version guard
 
-
-def connect_valkey(settings: JetsourceSettings) -> Redis:
-    v = settings.valkey
-    options: dict[str, Any] = {
-        "username": v.username,
-        "password": v.password.get_secret_value() if v.password else None,
-        "socket_timeout": v.socket_timeout_s,
-        "socket_connect_timeout": v.socket_timeout_s,
-    }
-    if v.tls.active:
-        options["ssl_ca_certs"] = str(v.tls.ca_file) if v.tls.ca_file else None
-        options["ssl_certfile"] = str(v.tls.cert_file) if v.tls.cert_file else None
-        options["ssl_keyfile"] = str(v.tls.key_file) if v.tls.key_file else None
-    return Redis.from_url(settings.valkey_url(), **options)
-
-
-async def _io(call: Awaitable[T]) -> T:
-    try:
-        return await call
-    except _TRANSIENT as exc:
-        raise TransientError(f"valkey: {exc}") from exc
-
-
-def group(events: Sequence[RecordedEvent]) -> OrderedDict[str, list[RecordedEvent]]:
-    """Events per aggregate, in stream order within each."""
-    out: OrderedDict[str, list[RecordedEvent]] = OrderedDict()
-    for e in events:
-        out.setdefault(e.aggregate_id, []).append(e)
-    return out
-
-
-def block_rest(outcome: Outcome, events: Sequence[RecordedEvent], reason: str) -> None:
-    for e in events:
-        outcome.waiting[e.stream_seq] = reason
-
-
-def next_versions(
-    version: int, events: Sequence[RecordedEvent], outcome: Outcome
-) -> list[RecordedEvent]:
-    """The events that continue an aggregate stored at ``version``: older ones are
-    done (a redelivery), and a gap makes the rest wait."""
-    fresh: list[RecordedEvent] = []
-    for i, e in enumerate(events):
-        expected = version + len(fresh) + 1
-        if e.version < expected:
-            outcome.done.append(e.stream_seq)
-        elif e.version > expected:
-            block_rest(outcome, events[i:], f"waiting for version {expected}")
-            break
-        else:
-            fresh.append(e)
-    return fresh
-
-
-def skipped(aggregate_id: str, version: int, stream_seq: int, time_ns: int) -> RecordedEvent:
-    """A stand-in for a discarded dead letter: applying it only advances the version."""
-    return RecordedEvent(
-        EventEnvelope(aggregate_id=aggregate_id, aggregate_version=version, event_type="Skipped"),
-        UnknownEvent("Skipped", 0, b"", "discarded dead letter"),
-        stream_seq,
-        time_ns,
-    )
-
-
-# The end of every apply script: count what was applied and move the checkpoint, in the
-# same script (so in the same atomic step) as the effects.
-_CHECKPOINT = """
-if applied > 0 then
-  redis.call('HINCRBY', p .. ':meta', 'applied', applied)
-  local cp = tonumber(redis.call('HGET', p .. ':meta', 'checkpoint') or '0')
-  if maxseq > cp then redis.call('HSET', p .. ':meta', 'checkpoint', maxseq) end
-end
-"""
 
 # Per aggregate: id, base version, new version, last seq, doc, updated ms, status, count.
 _CONTEXT_APPLY = (
@@ -143,7 +69,7 @@ for _ = 1, n do
   end
 end
 """
-    + _CHECKPOINT
+    + CHECKPOINT_LUA
     + """
 return {conflicts, stale}
 """
@@ -205,7 +131,7 @@ for _ = 1, n do
   end
 end
 """
-    + _CHECKPOINT
+    + CHECKPOINT_LUA
     + """
 return {applied, waiting}
 """
@@ -242,61 +168,6 @@ return cur
 """
 
 
-class ValkeyModel:
-    """What both Valkey models share: namespace, checkpoint, digest, drop."""
-
-    spec: ModelSpec
-
-    def __init__(self, spec: ModelSpec, redis: Redis, prefix: str) -> None:
-        self.spec = spec
-        self.redis = redis
-        self.ns = f"{prefix}:{spec.name}:v{spec.version}"
-
-    async def checkpoint(self) -> Checkpoint:
-        meta = await _io(self.redis.hgetall(f"{self.ns}:meta"))
-        return Checkpoint(int(meta.get(b"checkpoint", 0)), int(meta.get(b"applied", 0)))
-
-    async def position(self, aggregate_id: str) -> int:
-        return int(await _io(self.redis.hget(f"{self.ns}:pos", aggregate_id)) or 0)
-
-    async def _keys(self) -> list[bytes]:
-        return sorted([k async for k in self.redis.scan_iter(match=f"{self.ns}:*", count=1000)])
-
-    async def digest(self) -> str:
-        """sha256 over every key (without the namespace) and its content."""
-        h = hashlib.sha256()
-        cut = len(self.ns) + 1
-        for key in await _io(self._keys()):
-            if key.endswith(b":meta"):
-                meta = await self.redis.hgetall(key)
-                content: Any = {"applied": int(meta.get(b"applied", 0))}
-            else:
-                kind = _text(await self.redis.type(key))
-                if kind == "string":
-                    content = await self.redis.get(key)
-                elif kind == "hash":
-                    content = sorted((await self.redis.hgetall(key)).items())
-                elif kind == "zset":
-                    content = await self.redis.zrange(key, 0, -1, withscores=True)
-                else:
-                    content = kind
-            h.update(key[cut:] + b"\0" + repr(content).encode() + b"\n")
-        return h.hexdigest()
-
-    async def drop(self) -> int:
-        keys = await _io(self._keys())
-        for i in range(0, len(keys), 500):
-            await self.redis.unlink(*keys[i : i + 500])
-        return len(keys)
-
-    async def close(self) -> None:
-        await self.redis.aclose()
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _status(state: ContextState) -> str:
     return "closed" if state.closed else "open"
 
@@ -313,6 +184,7 @@ class ContextModel(ValkeyModel):
         self.cache_size = cache_size
         # id -> (doc fields other than the state, state); what this process last wrote.
         self._cache: OrderedDict[str, tuple[dict[str, Any], ContextState]] = OrderedDict()
+        self._folds = FoldCache()  # replay: a hot story's history folded once
         self._apply = redis.register_script(_CONTEXT_APPLY)
         self._put = redis.register_script(_CONTEXT_PUT)
 
@@ -331,7 +203,7 @@ class ContextModel(ValkeyModel):
         out = {i: self._cache[i] for i in ids if i in self._cache}
         missing = [i for i in ids if i not in out]
         if missing:
-            docs = await _io(self.redis.mget([f"{self.ns}:doc:{i}" for i in missing]))
+            docs = await valkey_io(self.redis.mget([f"{self.ns}:doc:{i}" for i in missing]))
             for i, raw in zip(missing, docs, strict=True):
                 if raw is None:
                     out[i] = ({"seq": 0, "applied": 0, "created_at": 0}, ContextState(id=i))
@@ -384,7 +256,7 @@ class ContextModel(ValkeyModel):
             pending[aggregate_id] = (new_meta, new, [e.stream_seq for e in fresh])
         if not pending:
             return outcome
-        conflicts, stale = await _io(self._apply(args=[self.ns, len(pending), *args]))
+        conflicts, stale = await valkey_io(self._apply(args=[self.ns, len(pending), *args]))
         conflicted = {c.decode() for c in conflicts}
         written_before = {c.decode() for c in stale}
         for aggregate_id, (meta, state, seqs) in pending.items():
@@ -453,7 +325,7 @@ class ContextModel(ValkeyModel):
         if [e.version for e in events] != list(range(1, to_version + 1)):
             raise ValueError(f"rewind of {aggregate_id} to {to_version}: events are not 1..n")
         if state is None or state.version != to_version:  # else: the caller folded them
-            state = fold((e.event for e in events), context_id=aggregate_id)
+            state = self._folds.state_at(aggregate_id, events, to_version)
         meta = {
             "seq": events[-1].stream_seq if events else 0,
             "applied": len(events),
@@ -462,7 +334,7 @@ class ContextModel(ValkeyModel):
         }
         low, high = guard or (0, _NO_LIMIT)
         self._cache.pop(aggregate_id, None)
-        previous = await _io(
+        previous = await valkey_io(
             self._put(
                 args=[
                     self.ns,
@@ -481,24 +353,23 @@ class ContextModel(ValkeyModel):
         return int(previous)
 
     async def read(self, aggregate_id: str) -> dict[str, Any] | None:
-        raw = await _io(self.redis.get(f"{self.ns}:doc:{aggregate_id}"))
+        raw = await valkey_io(self.redis.get(f"{self.ns}:doc:{aggregate_id}"))
         return json.loads(raw) if raw else None
 
     async def read_many(self, ids: Sequence[str]) -> list[dict[str, Any] | None]:
         if not ids:
             return []
-        raws = await _io(self.redis.mget([f"{self.ns}:doc:{i}" for i in ids]))
+        raws = await valkey_io(self.redis.mget([f"{self.ns}:doc:{i}" for i in ids]))
         return [json.loads(raw) if raw else None for raw in raws]
 
     async def recent(self, status: str | None, offset: int, count: int) -> list[str]:
         """Story ids, most recently updated first; ``status`` "open", "closed" or None."""
         index = f"{self.ns}:idx:status:{status}" if status else f"{self.ns}:idx:updated"
-        ids: list[Any] = await _io(self.redis.zrevrange(index, offset, offset + count - 1))
+        ids: list[Any] = await valkey_io(self.redis.zrevrange(index, offset, offset + count - 1))
         return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
 
 
 def _skipped_envelope(aggregate_id: str, version: int) -> Any:
-    from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
 
     return EventEnvelope(aggregate_id=aggregate_id, aggregate_version=version, event_type="Skipped")
 
@@ -544,7 +415,7 @@ class TimelineModel(ValkeyModel):
         args: list[Any] = [self.ns, self.keep, len(events)]
         for e in events:
             args += [e.aggregate_id, e.version, e.stream_seq, self.entry(e)]
-        applied, raw_waiting = await _io(self._apply(args=args))
+        applied, raw_waiting = await valkey_io(self._apply(args=args))
         waiting = {int(s) for s in raw_waiting}
         outcome = Outcome(applied=int(applied))
         for e in events:
@@ -584,10 +455,10 @@ class TimelineModel(ValkeyModel):
             for e in kept:
                 args += [e.version, self.entry(e)]
             args.append(kept[-1].stream_seq if kept else 0)
-        return int(await _io(self._rewind(args=args)))
+        return int(await valkey_io(self._rewind(args=args)))
 
     async def read(self, aggregate_id: str, limit: int = 50) -> list[dict[str, Any]]:
-        raw = await _io(self.redis.zrevrange(f"{self.ns}:tl:{aggregate_id}", 0, limit - 1))
+        raw = await valkey_io(self.redis.zrevrange(f"{self.ns}:tl:{aggregate_id}", 0, limit - 1))
         return [json.loads(r) for r in raw]  # type: ignore[arg-type]
 
 

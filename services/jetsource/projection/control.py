@@ -182,7 +182,7 @@ async def version_dropped(nc: NATS, bucket: str, model: str, version: int) -> bo
     return await fence.dropped()
 
 
-log = logging.getLogger("jetsource.projector.control")
+log = logging.getLogger("jetsource.projection.control")
 
 
 class ControlUnavailableError(EventStoreUnavailableError):

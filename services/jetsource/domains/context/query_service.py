@@ -50,15 +50,12 @@ from jetsource.core.errors import (
 )
 from jetsource.core.grpcserver import RpcError
 from jetsource.core.ids import validate_aggregate_id
-from jetsource.domain.context.history import PointInTime, StateLoader
-from jetsource.domain.context.model import fold
-from jetsource.eventstore.jsapi import JsApiError, NoRespondersError
-from jetsource.projector.bootstrap import Projection
-from jetsource.projector.graph_model import GRAPH, GraphModel
-from jetsource.projector.readmodel import TransientError
-from jetsource.projector.valkey_models import CONTEXT, ContextModel
-from jetsource.query.settings import QueryOptions
-from jetsource.query.views import (
+from jetsource.domains.context.graph_model import GRAPH, GraphModel
+from jetsource.domains.context.history import PointInTime, StateLoader
+from jetsource.domains.context.model import fold
+from jetsource.domains.context.query_settings import QueryOptions
+from jetsource.domains.context.valkey_models import CONTEXT, ContextModel
+from jetsource.domains.context.views import (
     STATUS,
     STATUS_NAME,
     ViewEncoder,
@@ -67,6 +64,9 @@ from jetsource.query.views import (
     state_view,
     with_context,
 )
+from jetsource.eventstore.jsapi import JsApiError, NoRespondersError
+from jetsource.projection.bootstrap import Projection
+from jetsource.projection.contract import TransientError
 
 log = logging.getLogger("jetsource.query")
 T = TypeVar("T")
@@ -204,7 +204,7 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
     async def _model(self, name: str) -> Any:
         """The active version of a read model: looked up every ``control_ttl_s``; while
         NATS does not answer, the last one known is served for ``control_max_stale_s``."""
-        from jetsource.projector.control import active_version
+        from jetsource.projection.control import active_version
 
         version = await active_version(
             self.p.control, name, self.o.control_ttl_s, self.o.control_max_stale_s

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 from google.protobuf.message import Message
 
-from jetsource.domain.context.model import (
+from jetsource.domains.context.model import (
     TRANSITIONS,
     AddDecision,
     AddSubtask,

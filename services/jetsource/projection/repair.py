@@ -21,8 +21,8 @@ from jetsource.core.codec import PayloadDecodeError
 from jetsource.core.envelope import RecordedEvent
 from jetsource.eventstore import jsapi
 from jetsource.eventstore.jetstream import voided_event
-from jetsource.projector import admin
-from jetsource.projector.bootstrap import Projection
+from jetsource.projection import admin
+from jetsource.projection.bootstrap import Projection
 
 
 @dataclass

@@ -25,19 +25,26 @@ from dataclasses import dataclass
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
 from jetsource.core.envelope import RecordedEvent
-from jetsource.domain.context.history import (
+from jetsource.domains.context.history import (
     Keys,
     StateLoader,
     add_keys,
     decode_state,
     make_snapshot,
 )
-from jetsource.domain.context.model import ContextState, EvolveError, fold
-from jetsource.domain.context.serialize import STATE_SCHEMA_VERSION, state_to_dict
+from jetsource.domains.context.model import ContextState, EvolveError, fold
+from jetsource.domains.context.serialize import STATE_SCHEMA_VERSION, state_to_dict
 from jetsource.eventstore.jsapi import JsApiError, NoRespondersError
 from jetsource.eventstore.snapshots import SnapshotStore, SnapshotTooLargeError
-from jetsource.projector.readmodel import Checkpoint, Kind, ModelSpec, Outcome, TransientError
-from jetsource.projector.valkey_models import group
+from jetsource.projection.contract import (
+    Checkpoint,
+    IdempotencyKey,
+    Kind,
+    ModelSpec,
+    Outcome,
+    TransientError,
+)
+from jetsource.projection.valkey import group
 
 log = logging.getLogger("jetsource.snapshotter")
 SNAPSHOTS = "snapshots"
@@ -74,8 +81,8 @@ def snapshot_spec(version: int) -> ModelSpec:
         Kind.SNAPSHOT,
         "jetstream",
         "a snapshot of each context every N events (CONTEXT_SNAPSHOTS)",
-        idempotency="keyed by (aggregate, version, state schema); saving again is a no-op",
-        rebuild="the model version is the state schema version: a new one re-reads the stream",
+        idempotency_key=IdempotencyKey(("state_schema", "aggregate_id", "aggregate_version")),
+        notes="the model version is the state schema version: a new one re-reads the stream",
     )
 
 

@@ -1,0 +1,9 @@
+"""The one place domains are registered. The engine loads ``REGISTRY`` from here by
+name (``JETSOURCE_PROJECTOR__DOMAINS``); each domain is a package beside this file."""
+
+from jetsource.domains.context.descriptor import DOMAIN as CONTEXT
+from jetsource.projection.domain import DomainRegistry
+
+REGISTRY = DomainRegistry([CONTEXT])
+
+__all__ = ["REGISTRY"]

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from jetsource.projection.settings import ProjectorSettings
+
+
+class QueryOptions(BaseModel):
+    """``JETSOURCE_QUERY__...``. The read models' names (Valkey prefix, graph label
+    prefix, control bucket) are the projector's settings, read from
+    ``JETSOURCE_PROJECTOR__...`` so both services agree."""
+
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = Field(default=50052, ge=0)
+    metrics_port: int = Field(default=9104, ge=0)  # 0 disables /metrics
+    max_concurrent_rpcs: int = Field(default=1000, ge=1)
+    # Used when the client sets no deadline (read-your-writes waits at most this long).
+    default_deadline_s: float = Field(default=5.0, gt=0)
+    # Read-your-writes polling of the read model: starts at min, doubles up to max.
+    poll_min_s: float = Field(default=0.002, gt=0)
+    poll_max_s: float = Field(default=0.05, gt=0)
+    max_page_size: int = Field(default=1000, ge=1)
+    max_graph_depth: int = Field(default=10, ge=0)
+    # WatchContext re-reads the stream at least this often (it is woken per event).
+    watch_poll_s: float = Field(default=1.0, gt=0)
+    # How often the active read-model versions are looked up in NATS KV, and for how long
+    # the last one known keeps serving reads while NATS does not answer.
+    control_ttl_s: float = Field(default=1.0, ge=0)
+    control_max_stale_s: float = Field(default=30.0, ge=0)
+    shutdown_grace_s: float = Field(default=5.0, ge=0)
+
+    def target(self) -> str:
+        return f"{self.grpc_host}:{self.grpc_port}"
+
+
+class QuerySettings(ProjectorSettings):
+    query: QueryOptions = QueryOptions()

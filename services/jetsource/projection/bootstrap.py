@@ -1,0 +1,221 @@
+"""Composition root of the projection runtime and its admin commands: settings and
+the registered domains in; the connections, one event store per domain's stream, the
+dead letters, the control bucket and a factory for model versions out.
+
+The engine knows no domain: the registry module is named by a setting
+(``JETSOURCE_PROJECTOR__DOMAINS``, default ``jetsource.domains``) and loaded by name.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from nats.aio.client import Client as NATS
+from neo4j import AsyncDriver
+from redis.asyncio import Redis
+
+from jetsource.core.errors import AccessDeniedError
+from jetsource.eventstore.bootstrap import (
+    open_event_store,
+    open_snapshot_store,
+    redact_url,
+    release,
+)
+from jetsource.eventstore.jetstream import JetStreamEventStore
+from jetsource.eventstore.snapshots import JetStreamSnapshotStore
+from jetsource.projection.contract import ModelSpec, ReadModel
+from jetsource.projection.control import Control
+from jetsource.projection.deadletters import DeadLetters
+from jetsource.projection.domain import Domain, DomainRegistry, UnknownModelError
+from jetsource.projection.graph import connect_graph
+from jetsource.projection.settings import ProjectorOptions, ProjectorSettings
+from jetsource.projection.valkey import connect_valkey
+
+log = logging.getLogger("jetsource.projector")
+
+__all__ = ["ModelEnv", "Projection", "UnknownModelError", "load_domains", "open_projection"]
+
+
+def load_domains(module: str = "jetsource.domains") -> DomainRegistry:
+    """The registry a domains module exports as ``REGISTRY`` (``module`` or
+    ``module:attribute``)."""
+    name, _, attribute = module.partition(":")
+    registry = getattr(importlib.import_module(name), attribute or "REGISTRY")
+    if not isinstance(registry, DomainRegistry):
+        raise TypeError(f"{module} is not a DomainRegistry")
+    return registry
+
+
+@dataclass
+class ModelEnv:
+    """What a model factory gets from the engine: its domain's event store, the
+    shared snapshot store, Valkey and the graph driver (connected on first use),
+    and the runtime's settings."""
+
+    projection: Projection
+    domain: Domain
+    store: JetStreamEventStore
+
+    @property
+    def settings(self) -> ProjectorSettings:
+        return self.projection.settings
+
+    @property
+    def options(self) -> ProjectorOptions:
+        return self.projection.settings.projector
+
+    @property
+    def snapshots(self) -> JetStreamSnapshotStore:
+        return self.projection.snapshots
+
+    @property
+    def redis(self) -> Redis:
+        return self.projection.redis
+
+    @property
+    def graph(self) -> AsyncDriver:
+        return self.projection.graph
+
+
+@dataclass
+class Projection:
+    settings: ProjectorSettings
+    nc: NATS
+    domains: DomainRegistry
+    stores: dict[str, JetStreamEventStore]
+    dead_letters: DeadLetters
+    control: Control
+    snapshots: JetStreamSnapshotStore
+    _redis: Redis | None = None
+    _graph: AsyncDriver | None = None
+    extra_models: dict[str, Callable[[int], ReadModel]] = field(default_factory=dict)
+
+    @property
+    def store(self) -> JetStreamEventStore:
+        """The first registered domain's store (commands that name no model)."""
+        return next(iter(self.stores.values()))
+
+    def store_for(self, model: str) -> JetStreamEventStore:
+        return self.stores[self.domains.owner(model).name]
+
+    def domain_store(self, domain: str) -> JetStreamEventStore:
+        try:
+            return self.stores[domain]
+        except KeyError:
+            raise UnknownModelError(
+                f"unknown domain {domain!r}; known: {', '.join(self.stores)}"
+            ) from None
+
+    @property
+    def redis(self) -> Redis:
+        if self._redis is None:
+            self._redis = connect_valkey(self.settings)
+        return self._redis
+
+    @property
+    def graph(self) -> AsyncDriver:
+        if self._graph is None:
+            self._graph = connect_graph(self.settings)
+        return self._graph
+
+    def model_names(self) -> list[str]:
+        return self.domains.models()
+
+    def default_models(self) -> list[str]:
+        """What the projector runs unless its settings name the models."""
+        return [m for m in self.domains.models() if self.domains.decl(m).default]
+
+    def spec(self, name: str, version: int) -> ModelSpec:
+        return self.domains.decl(name).spec(version)
+
+    def pinned_version(self, name: str) -> int | None:
+        return self.domains.decl(name).pinned_version
+
+    def model(self, name: str, version: int) -> ReadModel:
+        if name in self.extra_models:
+            return self.extra_models[name](version)
+        decl = self.domains.decl(name)
+        domain = self.domains.owner(name)
+        env = ModelEnv(self, domain, self.stores[domain.name])
+        return decl.build(env, decl.spec(version))
+
+    async def check_access(self, valkey: bool, graph: bool) -> None:
+        """Refused credentials fail here, clearly, instead of as retried batches later.
+        A server that is merely down is not an error: the models wait for it."""
+        from neo4j.exceptions import AuthError
+        from redis.exceptions import AuthenticationError, ResponseError
+
+        if valkey:
+            try:
+                await self.redis.ping()
+            except (AuthenticationError, ResponseError) as exc:
+                if isinstance(exc, ResponseError) and "NOAUTH" not in str(exc).upper():
+                    raise
+                raise AccessDeniedError(
+                    f"Valkey at {redact_url(self.settings.valkey_url())} refused this client: {exc}"
+                ) from exc
+            except Exception as exc:
+                log.warning("valkey not reachable yet: %s", exc)
+        if graph:
+            try:
+                await self.graph.verify_connectivity()
+            except AuthError as exc:
+                raise AccessDeniedError(
+                    f"graph store at {self.settings.graph_uri()} refused user "
+                    f"{self.settings.graph_auth()[0]!r}: {exc.message or exc}"
+                ) from exc
+            except Exception as exc:
+                log.warning("graph store not reachable yet: %s", exc)
+
+    async def close(self) -> None:
+        try:
+            for store in self.stores.values():
+                await store.close()
+            await self.snapshots.close()
+            if self._redis is not None:
+                await self._redis.aclose()
+            if self._graph is not None:
+                await self._graph.close()
+        finally:
+            await release(self.nc)
+
+
+async def open_projection(
+    settings: ProjectorSettings,
+    provision: bool = True,
+    domains: DomainRegistry | None = None,
+) -> Projection:
+    """Connect, open one event store per registered domain (creating the streams
+    when ``provision``), the dead letters, the control bucket and the snapshots."""
+    registry = domains if domains is not None else load_domains(settings.projector.domains)
+    listed = list(registry)
+    if not listed:
+        raise ValueError("no domain is registered")
+    first = listed[0]
+    nc, first_store = await open_event_store(
+        settings.model_copy(update={"eventstore": first.eventstore(settings)}),
+        first.registry,
+        provision=provision,
+    )
+    stores = {first.name: first_store}
+    for domain in listed[1:]:
+        store = JetStreamEventStore(nc, domain.registry, domain.eventstore(settings))
+        if provision:
+            await store.ensure_streams()
+        stores[domain.name] = store
+    o = settings.projector
+    dead_letters = DeadLetters(
+        nc,
+        first_store._replies,
+        o.dlq_stream,
+        o.dlq_subject_prefix,
+        settings.eventstore.request_timeout_s,
+    )
+    if provision:
+        await dead_letters.ensure_stream(settings.eventstore.replicas)
+    control = Control(nc, o.control_bucket, settings.eventstore.replicas)
+    snapshots = await open_snapshot_store(nc, settings, provision)
+    return Projection(settings, nc, registry, stores, dead_letters, control, snapshots)

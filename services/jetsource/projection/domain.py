@@ -1,0 +1,155 @@
+"""A domain is a plug-in: one descriptor says what the engine needs to carry it.
+
+The engine (event store, projection runtime, snapshots, admin) reads descriptors and
+never imports a domain. A domain package builds its ``Domain`` and the one registry
+(``jetsource.domains``) lists them; a test can register a throwaway one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from google.protobuf.message import Message
+
+from jetsource.core.codec import EventRegistry
+from jetsource.core.ids import valid_event_type
+from jetsource.core.settings import EventStoreSettings
+
+if TYPE_CHECKING:
+    from jetsource.projection.bootstrap import ModelEnv
+    from jetsource.projection.contract import ModelSpec, ReadModel
+
+
+class Retention(StrEnum):
+    FOREVER = "forever"  # the audit log: nothing is ever removed
+    AGE = "age"  # messages older than max_age_s are removed by the server
+    AGE_WITH_COMPACTION = "age+compaction"  # archived, then purged behind snapshots
+
+
+@dataclass(frozen=True)
+class StreamPolicy:
+    """How a domain's event stream keeps its history. Purge rights belong to the
+    roles named here (an archiver, a pruner), never to a service."""
+
+    retention: Retention = Retention.FOREVER
+    max_age_s: float = 0.0
+    purge_roles: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.retention is not Retention.FOREVER and self.max_age_s <= 0:
+            raise ValueError(f"retention {self.retention} needs max_age_s > 0")
+
+
+@dataclass(frozen=True)
+class ModelDecl:
+    """A read model a domain declares: its spec for a version, and how to build it
+    from the engine's resources (``ModelEnv``: the domain's event store, Valkey, the
+    graph driver, snapshots, options)."""
+
+    spec: Callable[[int], ModelSpec]
+    build: Callable[[ModelEnv, ModelSpec], ReadModel]
+    # Run by the projector unless its settings name the models; False for models
+    # that run in a service of their own (the snapshotter).
+    default: bool = True
+    # A model whose version follows a schema (snapshots) instead of a cutover.
+    pinned_version: int | None = None
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+    stream: str
+    subject_prefix: str
+    aggregate_type: str
+    registry: EventRegistry
+    models: Mapping[str, ModelDecl] = field(default_factory=dict)
+    policy: StreamPolicy = StreamPolicy()
+    # The services that serve it, for operators (names of console scripts).
+    services: tuple[str, ...] = ()
+    # A generated valid history of one aggregate (id, number of events, seed): the
+    # runtime's generic tests (determinism of every model) build from it.
+    sample_history: Callable[[str, int, int], list[Message]] | None = None
+    # Where the stream's names come from: the context domain's are settings
+    # (JETSOURCE_EVENTSTORE__STREAM, ...); None means the descriptor's own.
+    settings_key: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier():
+            raise ValueError(f"domain name {self.name!r} must be an identifier")
+        if not valid_event_type(self.aggregate_type.capitalize()):
+            raise ValueError(f"aggregate type {self.aggregate_type!r} must be letters/digits")
+
+    def eventstore(self, settings: Any) -> EventStoreSettings:
+        """This domain's event store settings: the shared ones (replicas, limits,
+        timeouts) with its own stream, subjects and aggregate type."""
+        base: EventStoreSettings = settings.eventstore
+        if self.settings_key is not None:
+            return base
+        return base.model_copy(
+            update={
+                "stream": self.stream,
+                "subject_prefix": self.subject_prefix,
+                "aggregate_type": self.aggregate_type,
+            }
+        )
+
+
+class DomainRegistry:
+    """Domains by name, and each read model by its (globally unique) name: a model's
+    name is its durable consumer, its dead-letter subjects and its control key."""
+
+    def __init__(self, domains: list[Domain] | None = None) -> None:
+        self._domains: dict[str, Domain] = {}
+        self._owner: dict[str, str] = {}
+        for d in domains or []:
+            self.register(d)
+
+    def register(self, domain: Domain) -> None:
+        if domain.name in self._domains:
+            raise ValueError(f"domain {domain.name!r} registered twice")
+        for other in self._domains.values():
+            if other.stream == domain.stream or other.subject_prefix == domain.subject_prefix:
+                raise ValueError(
+                    f"domain {domain.name!r} shares its stream or subjects with {other.name!r}"
+                )
+        for model in domain.models:
+            if model in self._owner:
+                raise ValueError(
+                    f"read model {model!r} of {domain.name!r} is already declared by "
+                    f"{self._owner[model]!r}: model names are global"
+                )
+        self._domains[domain.name] = domain
+        for model in domain.models:
+            self._owner[model] = domain.name
+
+    def unregister(self, name: str) -> None:
+        domain = self._domains.pop(name)
+        for model in domain.models:
+            self._owner.pop(model, None)
+
+    def __iter__(self) -> Any:
+        return iter(list(self._domains.values()))
+
+    def get(self, name: str) -> Domain:
+        return self._domains[name]
+
+    def owner(self, model: str) -> Domain:
+        try:
+            return self._domains[self._owner[model]]
+        except KeyError:
+            raise UnknownModelError(
+                f"unknown read model {model!r}; known: {', '.join(self.models())}"
+            ) from None
+
+    def models(self) -> list[str]:
+        return list(self._owner)
+
+    def decl(self, model: str) -> ModelDecl:
+        return self.owner(model).models[model]
+
+
+class UnknownModelError(ValueError):
+    pass

@@ -1,0 +1,211 @@
+"""The runtime host: one worker per live (model, version) of the models it runs,
+each model on its own domain's stream, kept in step with the read-model control
+entries; /metrics and /healthz over HTTP; SIGTERM finishes the batch in progress,
+then stops. The projector and the snapshotter services are this host."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from jetsource.core.grpcserver import stop_on_signals
+from jetsource.core.metrics import register_service, watch_nats
+from jetsource.projection.bootstrap import Projection, open_projection
+from jetsource.projection.runtime import Worker
+from jetsource.projection.settings import ProjectorOptions, ProjectorSettings
+
+log = logging.getLogger("jetsource.projector")
+
+
+@dataclass
+class ProjectorService:
+    projection: Projection
+    workers: dict[tuple[str, int], tuple[Worker, asyncio.Task[None]]] = field(default_factory=dict)
+    stopping: bool = False
+
+    @property
+    def options(self) -> ProjectorOptions:
+        return self.projection.settings.projector
+
+    @property
+    def models(self) -> list[str]:
+        """The models named by the settings, else every default model of every
+        registered domain."""
+        return self.options.models or self.projection.default_models()
+
+    async def sync(self) -> None:
+        """Start a worker for every live version of the configured models; stop the
+        ones whose version is gone (dropped after a cutover)."""
+        wanted: set[tuple[str, int]] = set()
+        for name in self.models:
+            pinned = self.projection.pinned_version(name)
+            if pinned is not None:  # its version follows a schema, not a cutover
+                wanted.add((name, pinned))
+                continue
+            control = await self.projection.control.ensure(name, 1)
+            wanted |= {(name, v) for v in control.live()}
+        for key in wanted - set(self.workers):
+            worker = Worker(
+                self.projection.nc,
+                self.projection.store_for(key[0]),
+                self.projection.model(*key),
+                self.projection.dead_letters,
+                self.options,
+            )
+            task = asyncio.create_task(worker.run(), name=f"worker-{key[0]}-v{key[1]}")
+            self.workers[key] = (worker, task)
+            log.info("started %s v%d", *key)
+        for key in set(self.workers) - wanted:
+            await self._stop_worker(key)
+        for key, (_, task) in list(self.workers.items()):
+            if task.done():  # crashed: log and restart on the next sync
+                exc = task.exception()
+                log.error("worker %s v%d stopped: %r", *key, exc)
+                del self.workers[key]
+
+    async def _stop_worker(self, key: tuple[str, int]) -> None:
+        worker, task = self.workers.pop(key)
+        worker.stop()
+        with contextlib.suppress(asyncio.TimeoutError, Exception):
+            await asyncio.wait_for(task, self.options.shutdown_grace_s)
+        log.info("stopped %s v%d", *key)
+
+    def healthy(self) -> bool:
+        """Asked from the health thread: reads a snapshot of the worker table (one
+        C-level copy under the GIL), never awaits the loop."""
+        workers = list(self.workers.values())
+        return (
+            not self.stopping
+            and self.projection.nc.is_connected
+            and bool(workers)
+            and all(not t.done() for _, t in workers)
+            # A model with work delivered and nothing done for stall_after_s is not
+            # healthy, even though its task runs (#22: /healthz said 200 through a livelock).
+            and not any(w.stalled for w, _ in workers)
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.sync()
+            except Exception as exc:  # NATS briefly away: keep the workers, retry
+                log.warning("control sync failed: %r", exc)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.options.control_poll_s)
+        self.stopping = True
+        for worker, _ in self.workers.values():
+            worker.stop()
+        await asyncio.gather(
+            *(asyncio.wait_for(t, self.options.shutdown_grace_s) for _, t in self.workers.values()),
+            return_exceptions=True,
+        )
+
+
+# The event loop is asked to tick this often; /healthz says 503 when it has not for
+# LOOP_STALL_S (a worker hogging the loop that long is stuck, not catching up).
+LOOP_TICK_S = 0.5
+LOOP_STALL_S = 30.0
+
+
+class HealthServer:
+    """/metrics (Prometheus text) and /healthz (/readyz) on a thread of their own.
+
+    Catch-up work runs on the event loop; an answer from the loop would wait behind
+    it (over a second after a restart under load, enough for `jetsource up` to give
+    up on a healthy projector). The thread answers at once from what the loop last
+    recorded: the workers' state and a heartbeat the loop writes every
+    ``LOOP_TICK_S``. Nothing here awaits the loop."""
+
+    def __init__(self, service: ProjectorService, host: str, port: int) -> None:
+        self.service = service
+        self.heartbeat = time.monotonic()
+        health = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.startswith("/metrics"):
+                    code, ctype, body = 200, CONTENT_TYPE_LATEST, generate_latest()
+                elif self.path.startswith(("/healthz", "/readyz")):
+                    ok, why = health.check()
+                    code, ctype = (200 if ok else 503), "text/plain"
+                    body = b"ok\n" if ok else f"unhealthy: {why}\n".encode()
+                else:
+                    code, ctype, body = 404, "text/plain", b"not found\n"
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                return None  # probes every second would flood the log
+
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd.daemon_threads = True
+        self.port = int(self.httpd.server_address[1])
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, name="projector-http", daemon=True
+        )
+        self._beat: asyncio.Task[None] | None = None
+
+    def check(self) -> tuple[bool, str]:
+        stalled = time.monotonic() - self.heartbeat
+        if stalled > LOOP_STALL_S:
+            return False, f"event loop has not run for {stalled:.0f} s"
+        return (True, "") if self.service.healthy() else (False, "workers not running")
+
+    async def _tick(self) -> None:
+        while True:
+            self.heartbeat = time.monotonic()
+            await asyncio.sleep(LOOP_TICK_S)
+
+    def start(self) -> HealthServer:
+        self._beat = asyncio.create_task(self._tick(), name="projector-heartbeat")
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        if self._beat is not None:
+            self._beat.cancel()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def http_server(service: ProjectorService, host: str, port: int) -> HealthServer:
+    """Start /metrics and /healthz (200 when every worker runs) on their own thread."""
+    return HealthServer(service, host, port).start()
+
+
+async def serve(settings: ProjectorSettings, name: str = "projector") -> None:
+    projection = await open_projection(settings, provision=True)
+    o = settings.projector
+    service = ProjectorService(projection)
+    try:
+        for model in service.models:
+            projection.spec(model, 1)  # a misspelt model fails here, by name
+        stores = {
+            projection.spec(m, projection.pinned_version(m) or 1).store for m in service.models
+        }
+        await projection.check_access(valkey="valkey" in stores, graph="graph" in stores)
+    except BaseException:
+        await projection.close()
+        raise
+    server = http_server(service, o.host, o.http_port) if o.http_port else None
+    register_service(name)
+    nats_state = watch_nats(projection.nc, name)
+    stop = stop_on_signals()
+    log.info("%s running models %s", name, ", ".join(service.models))
+    await service.run(stop)
+    nats_state.cancel()
+    log.info("%s stopped", name)
+    if server is not None:
+        server.close()
+    await projection.close()

@@ -1,0 +1,164 @@
+"""What every Valkey read model shares: the client, transient errors, the
+per-aggregate batching helpers, the checkpoint step of an apply script, and a base
+class with its namespace, checkpoint, digest and drop.
+
+Every key of a model version lives under ``<prefix>:<model>:v<version>:``, so two
+versions run side by side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeVar
+
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+
+from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
+from jetsource.core.codec import UnknownEvent
+from jetsource.core.envelope import RecordedEvent
+from jetsource.core.settings import JetsourceSettings
+from jetsource.projection.contract import Checkpoint, ModelSpec, Outcome, TransientError
+
+T = TypeVar("T")
+_TRANSIENT = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    redis_errors.BusyLoadingError,
+    OSError,
+)
+
+
+def connect_valkey(settings: JetsourceSettings) -> Redis:
+    v = settings.valkey
+    options: dict[str, Any] = {
+        "username": v.username,
+        "password": v.password.get_secret_value() if v.password else None,
+        "socket_timeout": v.socket_timeout_s,
+        "socket_connect_timeout": v.socket_timeout_s,
+    }
+    if v.tls.active:
+        options["ssl_ca_certs"] = str(v.tls.ca_file) if v.tls.ca_file else None
+        options["ssl_certfile"] = str(v.tls.cert_file) if v.tls.cert_file else None
+        options["ssl_keyfile"] = str(v.tls.key_file) if v.tls.key_file else None
+    return Redis.from_url(settings.valkey_url(), **options)
+
+
+async def valkey_io(call: Awaitable[T]) -> T:
+    try:
+        return await call
+    except _TRANSIENT as exc:
+        raise TransientError(f"valkey: {exc}") from exc
+
+
+def group(events: Sequence[RecordedEvent]) -> OrderedDict[str, list[RecordedEvent]]:
+    """Events per aggregate, in stream order within each."""
+    out: OrderedDict[str, list[RecordedEvent]] = OrderedDict()
+    for e in events:
+        out.setdefault(e.aggregate_id, []).append(e)
+    return out
+
+
+def block_rest(outcome: Outcome, events: Sequence[RecordedEvent], reason: str) -> None:
+    for e in events:
+        outcome.waiting[e.stream_seq] = reason
+
+
+def next_versions(
+    version: int, events: Sequence[RecordedEvent], outcome: Outcome
+) -> list[RecordedEvent]:
+    """The events that continue an aggregate stored at ``version``: older ones are
+    done (a redelivery), and a gap makes the rest wait."""
+    fresh: list[RecordedEvent] = []
+    for i, e in enumerate(events):
+        expected = version + len(fresh) + 1
+        if e.version < expected:
+            outcome.done.append(e.stream_seq)
+        elif e.version > expected:
+            block_rest(outcome, events[i:], f"waiting for version {expected}")
+            break
+        else:
+            fresh.append(e)
+    return fresh
+
+
+def skipped(aggregate_id: str, version: int, stream_seq: int, time_ns: int) -> RecordedEvent:
+    """A stand-in for a discarded dead letter: applying it only advances the version."""
+    return RecordedEvent(
+        EventEnvelope(aggregate_id=aggregate_id, aggregate_version=version, event_type="Skipped"),
+        UnknownEvent("Skipped", 0, b"", "discarded dead letter"),
+        stream_seq,
+        time_ns,
+    )
+
+
+# The end of every apply script: count what was applied and move the checkpoint, in the
+# same script (so in the same atomic step) as the effects.
+CHECKPOINT_LUA = """
+if applied > 0 then
+  redis.call('HINCRBY', p .. ':meta', 'applied', applied)
+  local cp = tonumber(redis.call('HGET', p .. ':meta', 'checkpoint') or '0')
+  if maxseq > cp then redis.call('HSET', p .. ':meta', 'checkpoint', maxseq) end
+end
+"""
+
+
+class ValkeyModel:
+    """What both Valkey models share: namespace, checkpoint, digest, drop."""
+
+    spec: ModelSpec
+
+    def __init__(self, spec: ModelSpec, redis: Redis, prefix: str) -> None:
+        self.spec = spec
+        self.redis = redis
+        self.ns = f"{prefix}:{spec.name}:v{spec.version}"
+
+    async def checkpoint(self) -> Checkpoint:
+        meta = await valkey_io(self.redis.hgetall(f"{self.ns}:meta"))
+        return Checkpoint(int(meta.get(b"checkpoint", 0)), int(meta.get(b"applied", 0)))
+
+    async def position(self, aggregate_id: str) -> int:
+        return int(await valkey_io(self.redis.hget(f"{self.ns}:pos", aggregate_id)) or 0)
+
+    async def _keys(self) -> list[bytes]:
+        return sorted([k async for k in self.redis.scan_iter(match=f"{self.ns}:*", count=1000)])
+
+    async def digest(self) -> str:
+        """sha256 over every key (without the namespace) and its content."""
+        h = hashlib.sha256()
+        cut = len(self.ns) + 1
+        for key in await valkey_io(self._keys()):
+            if key.endswith(b":meta"):
+                meta = await self.redis.hgetall(key)
+                content: Any = {"applied": int(meta.get(b"applied", 0))}
+            else:
+                kind = text(await self.redis.type(key))
+                if kind == "string":
+                    content = await self.redis.get(key)
+                elif kind == "hash":
+                    content = sorted((await self.redis.hgetall(key)).items())
+                elif kind == "zset":
+                    content = await self.redis.zrange(key, 0, -1, withscores=True)
+                else:
+                    content = kind
+            h.update(key[cut:] + b"\0" + repr(content).encode() + b"\n")
+        return h.hexdigest()
+
+    async def size(self) -> int:
+        """How many keys the model version holds."""
+        return len(await valkey_io(self._keys()))
+
+    async def drop(self) -> int:
+        keys = await valkey_io(self._keys())
+        for i in range(0, len(keys), 500):
+            await self.redis.unlink(*keys[i : i + 500])
+        return len(keys)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+
+def text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
