@@ -129,7 +129,7 @@ class LocalServices:
             ),
             WorkerService(
                 "projector",
-                "jetsource.projection.host",
+                "jetsource.projector.server",
                 self.home / "services" / "projector",
                 projector.host,
                 projector.http_port,
