@@ -1,7 +1,11 @@
-"""What `jetsource projector` does: status, replay, rebuild, cutover, drop, dead letters.
+"""What `jetsource projector` does: status, replay, rebuild, reset, cutover, drop,
+wait, dead letters.
 
 Each function works on a :class:`Projection` and reports progress through a
-callback ``(done, total)``, so the CLI draws bars and tests just call them.
+callback ``(done, total)``, so the CLI draws bars (or prints progress lines) and
+tests just call them. A refused command raises :class:`AdminError`; a command whose
+arguments cannot make sense (an inverted or empty range, an unknown event type)
+raises :class:`UsageError`; a wait that ran out of time raises :class:`WaitTimeout`.
 """
 
 from __future__ import annotations
@@ -14,10 +18,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar, cast
 
-from jetsource.core.clock import now_ns, parse_rfc3339_ns, to_ns
+from jetsource.core.clock import format_rfc3339_ns, now_ns, parse_rfc3339_ns, to_ns
 from jetsource.core.envelope import RecordedEvent
 from jetsource.core.errors import EventStoreUnavailableError
-from jetsource.core.ids import validate_aggregate_id
+from jetsource.core.ids import uuid7, validate_aggregate_id
 from jetsource.eventstore import jsapi
 from jetsource.projection.bootstrap import Projection
 from jetsource.projection.contract import ReadModel, TransientError
@@ -25,6 +29,7 @@ from jetsource.projection.control import (
     BUILDING,
     DROPPED,
     LIVE,
+    RESETTING,
     ControlError,
     ModelControl,
 )
@@ -45,8 +50,70 @@ REPLAY_EXACT_ATTEMPTS = 5
 REPLAY_ATTEMPTS = 20
 
 
+# Build progress is written to the control entry (for `projector status`) this often.
+PROGRESS_SAVE_S = 2.0
+
+
 class AdminError(Exception):
     """A refused admin command; the message says why and what to do."""
+
+
+class UsageError(AdminError):
+    """Arguments that cannot make sense: an inverted or empty range, an unknown event
+    type, a malformed id. Nothing was done."""
+
+
+class WaitTimeout(AdminError):
+    """``wait`` ran out of time before the version was live and caught up."""
+
+
+class Meter:
+    """Rate and ETA of long work from ``(done, total)`` samples."""
+
+    def __init__(self, start: int = 0) -> None:
+        self.started = time.monotonic()
+        self.start = start
+        self.done = start
+        self.total = 0
+
+    def update(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+
+    @property
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self.started
+
+    @property
+    def rate(self) -> float:
+        elapsed = self.elapsed_s
+        return (self.done - self.start) / elapsed if elapsed > 0 else 0.0
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.done / self.total if self.total else 0.0
+
+    @property
+    def eta_s(self) -> float | None:
+        left = max(0, self.total - self.done)
+        if not left:
+            return 0.0
+        rate = self.rate
+        return left / rate if rate > 0 else None
+
+    def snapshot(self) -> dict[str, Any]:
+        eta = self.eta_s
+        return {
+            "done": self.done,
+            "total": self.total,
+            "percent": round(self.percent, 1),
+            "rate": round(self.rate, 1),
+            "eta_s": None if eta is None else round(eta, 1),
+            "elapsed_s": round(self.elapsed_s, 1),
+        }
+
+
+def _stamp() -> str:
+    return format_rfc3339_ns(now_ns())
 
 
 def _quiet(done: int, total: int) -> None:
@@ -96,62 +163,87 @@ async def _stream_last_seq(p: Projection, name: str) -> int:
 
 async def status(p: Projection) -> list[dict[str, Any]]:
     """A row per version of every model of every registered domain: its domain and
-    stream, state (building, live, dropped; ``stalled`` when its consumer has work
-    and acknowledged nothing for ``stall_after_s``; ``not started`` when no consumer
-    exists yet), checkpoint, applied count, lag and dead letters. A model whose
-    version follows a schema (snapshots) is listed at that version."""
+    stream, state (building, resetting, live, dropped; ``stalled`` when its consumer
+    has work and acknowledged nothing for ``stall_after_s``; ``not started`` when no
+    consumer exists yet; ``unavailable`` with ``error`` when a store did not answer),
+    checkpoint, applied count, lag, dead letters, the build ``progress`` of a
+    version being built (percent, rate, ETA) and the model's ``last_replay`` run. A
+    model whose version follows a schema (snapshots) is listed at that version."""
     rows: list[dict[str, Any]] = []
-    stall_after_s = p.settings.projector.stall_after_s
     for name in p.model_names():
-        store = p.store_for(name)
         domain = p.domains.owner(name)
-        last = await _stream_last_seq(p, name)
-        pinned = p.pinned_version(name)
-        control = (
-            await p.control.get(name) if pinned is None else ModelControl(pinned, {pinned: LIVE})
-        )
-        if control is None:
+        stream = p.store_for(name).settings.stream
+        try:
+            rows += await _status_rows(p, name)
+        except Exception as exc:  # one store away: the other models are still shown
             rows.append(
                 {
                     "domain": domain.name,
-                    "stream": store.settings.stream,
+                    "stream": stream,
                     "model": name,
                     "version": "-",
-                    "state": "not started",
+                    "state": "unavailable",
+                    "error": f"{type(exc).__name__}: {exc}",
                 }
             )
-            continue
-        for version, state in sorted(control.versions.items()):
-            model = p.model(name, version)
-            checkpoint = await model.checkpoint()
-            info = await jsapi.consumer_info(
-                store._replies,
-                store.settings.stream,
-                model.spec.durable,
-                store.settings.request_timeout_s,
-            )
-            pending = int(info["num_pending"]) + int(info["num_ack_pending"]) if info else last
-            shown = state
-            if info is None and state == LIVE:
-                shown = "not started"
-            elif info is not None and pending and _idle_s(info) > stall_after_s:
-                shown = "stalled"
-            rows.append(
-                {
-                    "domain": domain.name,
-                    "stream": store.settings.stream,
-                    "model": name,
-                    "version": version,
-                    "active": version == control.active,
-                    "state": shown,
-                    "checkpoint": checkpoint.seq,
-                    "applied": checkpoint.applied,
-                    "lag": pending,
-                    "stream_last_seq": last,
-                    "dead_letters": await p.dead_letters.count(model.spec),
-                    "contract": model.spec.describe(),
-                }
-            )
+    return rows
+
+
+async def _status_rows(p: Projection, name: str) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    stall_after_s = p.settings.projector.stall_after_s
+    store = p.store_for(name)
+    domain = p.domains.owner(name)
+    last = await _stream_last_seq(p, name)
+    pinned = p.pinned_version(name)
+    control = await p.control.get(name)
+    last_replay = control.last_replay if control is not None else None
+    if pinned is not None:
+        control = ModelControl(pinned, {pinned: LIVE})
+    if control is None:
+        return [
+            {
+                "domain": domain.name,
+                "stream": store.settings.stream,
+                "model": name,
+                "version": "-",
+                "state": "not started",
+                "last_replay": None,
+            }
+        ]
+    for version, state in sorted(control.versions.items()):
+        model = p.model(name, version)
+        checkpoint = await model.checkpoint()
+        info = await jsapi.consumer_info(
+            store._replies,
+            store.settings.stream,
+            model.spec.durable,
+            store.settings.request_timeout_s,
+        )
+        pending = int(info["num_pending"]) + int(info["num_ack_pending"]) if info else last
+        shown = state
+        if info is None and state == LIVE:
+            shown = "not started"
+        elif info is not None and pending and _idle_s(info) > stall_after_s:
+            shown = "stalled"
+        row: dict[str, Any] = {
+            "domain": domain.name,
+            "stream": store.settings.stream,
+            "model": name,
+            "version": version,
+            "active": version == control.active,
+            "state": shown,
+            "checkpoint": checkpoint.seq,
+            "applied": checkpoint.applied,
+            "lag": pending,
+            "stream_last_seq": last,
+            "dead_letters": await p.dead_letters.count(model.spec),
+            "contract": model.spec.describe(),
+            "last_replay": last_replay,
+        }
+        if state in (BUILDING, RESETTING):
+            row["progress"] = control.progress.get(version)
+        rows.append(row)
     return rows
 
 
@@ -175,7 +267,11 @@ def _idle_s(info: dict[str, Any]) -> float:
 class ReplayReport:
     model: str
     version: int
+    run_id: str = ""
+    selectors: dict[str, Any] = field(default_factory=dict)
     events: int = 0  # in the slice
+    last_seq: int = 0  # the stream sequence of the last event replayed
+    checkpoint: int = 0  # the model's checkpoint when the slice was read
     reapplied: int = 0
     carried_forward: int = 0  # later events of a rewound aggregate, applied again after
     # Versions a replay wrote past where the model was (a story the live worker was
@@ -262,6 +358,91 @@ async def _replay_aggregate(p: Projection, model: ReadModel, aggregate_id: str) 
     )
 
 
+def _iso(value: datetime | int | None) -> str | None:
+    return None if value is None else format_rfc3339_ns(to_ns(value))
+
+
+def _selectors(
+    aggregate_id: str | None,
+    from_seq: int | None,
+    to_seq: int | None,
+    from_time: datetime | int | None,
+    to_time: datetime | int | None,
+    event_types: Sequence[str] | None,
+    actor: str | None,
+) -> dict[str, Any]:
+    chosen: dict[str, Any] = {
+        "aggregate": aggregate_id,
+        "from_seq": from_seq,
+        "to_seq": to_seq,
+        "from_time": _iso(from_time),
+        "to_time": _iso(to_time),
+        "types": sorted(set(event_types)) if event_types else None,
+        "actor": actor,
+    }
+    return {k: v for k, v in chosen.items() if v is not None}
+
+
+def validate_slice(
+    p: Projection | None,
+    name: str,
+    aggregate_id: str | None = None,
+    from_seq: int | None = None,
+    to_seq: int | None = None,
+    from_time: datetime | int | None = None,
+    to_time: datetime | int | None = None,
+    event_types: Sequence[str] | None = None,
+    actor: str | None = None,
+) -> None:
+    """Raise :class:`UsageError` for a slice that cannot select anything: none named,
+    a range that is empty or inverted, a malformed story id, an unknown event type
+    (checked against the model's domain when ``p`` is given)."""
+    if not any(
+        x is not None and x != [] for x in (aggregate_id, from_seq, to_seq, from_time, to_time)
+    ) and not (event_types or actor):
+        raise UsageError(
+            "name a slice: --aggregate, --from-seq/--to-seq, --from-time/--to-time, "
+            "--type or --actor"
+        )
+    if (from_seq is not None and from_seq < 1) or (to_seq is not None and to_seq < 1):
+        raise UsageError("stream sequences start at 1")
+    if from_seq is not None and to_seq is not None and from_seq > to_seq:
+        raise UsageError(f"--from-seq {from_seq} is after --to-seq {to_seq}: an inverted range")
+    if from_time is not None and to_time is not None and to_ns(from_time) >= to_ns(to_time):
+        raise UsageError(
+            f"--from-time {_iso(from_time)} is not before --to-time {_iso(to_time)}: "
+            "an empty or inverted range"
+        )
+    if aggregate_id is not None:
+        try:
+            validate_aggregate_id(aggregate_id, field="aggregate")
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+    if actor is not None and not actor.strip():
+        raise UsageError("--actor must not be empty")
+    if p is not None and event_types:
+        known = set(p.domains.owner(name).registry.event_types())
+        unknown = sorted(set(event_types) - known)
+        if unknown:
+            raise UsageError(
+                f"unknown event type {', '.join(unknown)} for {name}; known: "
+                f"{', '.join(sorted(known))}"
+            )
+
+
+async def _record_replay(p: Projection, name: str, entry: dict[str, Any]) -> None:
+    """The model's last replay run, where `projector status` shows it; never fails
+    the replay it describes."""
+
+    def put(c: ModelControl) -> None:
+        c.last_replay = entry
+
+    try:
+        await _save(p, name, put)
+    except Exception as exc:
+        log.warning("replay %s: run %s not recorded: %r", name, entry.get("run_id"), exc)
+
+
 async def replay(
     p: Projection,
     name: str,
@@ -271,24 +452,36 @@ async def replay(
     from_time: datetime | int | None = None,
     to_time: datetime | int | None = None,
     progress: Progress = _quiet,
+    event_types: Sequence[str] | None = None,
+    actor: str | None = None,
+    run_id: str | None = None,
 ) -> ReplayReport:
     """Re-apply a slice of the stream to the active version of a model.
 
-    Every aggregate with events in the slice is written again from its events, up
-    to the version the model holds (so the slice's effects are recomputed and the
-    model ends where it was), in one atomic step per aggregate guarded by the
-    stored version: safe while the projector writes the same aggregates. Transient
-    store errors are retried with backoff; an aggregate that still fails is left
-    exactly as it was and reported in ``failed`` (under its first sequence in the
-    slice).
+    The slice is chosen by any of: one aggregate, a stream sequence range, a time
+    range, event types and the actor recorded in the events' envelope metadata
+    (``actor``), all of which must match. Every aggregate with events in the slice
+    is written again from its events, up to the version the model holds (so the
+    slice's effects are recomputed and the model ends where it was), in one atomic
+    step per aggregate guarded by the stored version: safe while the projector
+    writes the same aggregates. Transient store errors are retried with backoff; an
+    aggregate that still fails is left exactly as it was and reported in ``failed``
+    (under its first sequence in the slice).
+
+    A slice that cannot select anything raises :class:`UsageError`; a story with no
+    events raises :class:`AdminError`; a slice that holds no event the model has
+    applied (a range past its checkpoint) returns a report of 0 events (the CLI
+    refuses it) and records no run. The run is identified by ``run_id`` (a
+    new uuid7 unless given) and recorded, with its selectors, events and the last
+    replayed stream sequence, as the model's ``last_replay`` in the control entry.
     """
     started = time.perf_counter()
+    validate_slice(p, name, aggregate_id, from_seq, to_seq, from_time, to_time, event_types, actor)
     control = await _control(p, name)
     model = p.model(name, control.active)
     store = p.store_for(name)
-    report = ReplayReport(name, control.active)
-    if aggregate_id is not None:
-        validate_aggregate_id(aggregate_id, field="aggregate")
+    selectors = _selectors(aggregate_id, from_seq, to_seq, from_time, to_time, event_types, actor)
+    report = ReplayReport(name, control.active, run_id or uuid7(), selectors)
     low = from_seq or 1
     if from_time is not None:
         low = max(low, await store.seq_at_time(to_ns(from_time) - 1) + 1)
@@ -296,16 +489,45 @@ async def replay(
     high = min(to_seq, checkpoint.seq) if to_seq is not None else checkpoint.seq
     if to_time is not None:
         high = min(high, await store.seq_at_time(to_time))
-    if low < 1 or high < low:
+    if aggregate_id is not None and not await store.last_version(aggregate_id):
+        raise AdminError(f"{aggregate_id} has no events in {store.settings.stream}")
+    events: list[RecordedEvent] = []
+    if low >= 1 and high >= low:
+        subject = f"{store.settings.subject_prefix}.{aggregate_id}.>" if aggregate_id else None
+        if event_types and len(set(event_types)) == 1:
+            agg = aggregate_id or "*"
+            subject = f"{store.settings.subject_prefix}.{agg}.{next(iter(set(event_types)))}"
+        wanted = set(event_types or ())
+        async for e in store.read_all(low, high, subject):
+            if wanted and e.event_type not in wanted:
+                continue
+            if actor is not None and e.envelope.metadata.get("actor") != actor:
+                continue
+            events.append(e)
+    report.checkpoint = checkpoint.seq
+    if not events:  # nothing to do, and no run to record
         report.seconds = time.perf_counter() - started
         return report
-    subject = f"{store.settings.subject_prefix}.{aggregate_id}.>" if aggregate_id else None
-    events = [e async for e in store.read_all(low, high, subject)]
     report.events = len(events)
+    report.last_seq = events[-1].stream_seq
     slices: dict[str, list[RecordedEvent]] = {}
     for e in events:
         slices.setdefault(e.aggregate_id, []).append(e)
     report.aggregates = len(slices)
+    entry: dict[str, Any] = {
+        "run_id": report.run_id,
+        "model": name,
+        "version": control.active,
+        "selectors": selectors,
+        "events": report.events,
+        "aggregates": report.aggregates,
+        "first_seq": events[0].stream_seq,
+        "last_seq": report.last_seq,
+        "started_at": _stamp(),
+        "finished_at": None,
+        "state": "running",
+    }
+    await _record_replay(p, name, entry)
     done = 0
     for agg, evs in slices.items():
         try:
@@ -320,6 +542,14 @@ async def replay(
         done += len(evs)
         progress(done, len(events))
     report.seconds = time.perf_counter() - started
+    entry.update(
+        finished_at=_stamp(),
+        state="failed" if report.failed else "done",
+        reapplied=report.reapplied,
+        failed=len(report.failed),
+        seconds=round(report.seconds, 3),
+    )
+    await _record_replay(p, name, entry)
     return report
 
 
@@ -342,17 +572,28 @@ class RebuildReport:
 async def rebuild(
     p: Projection, name: str, to_version: int, progress: Progress = _quiet
 ) -> RebuildReport:
-    """Build ``to_version`` side by side from the start of the stream, catch up with
+    """Build ``to_version`` side by side from the model's replay_start, catch up with
     live traffic, then hand it to the projector service (state ``live``). Resumes
-    where it stopped if run again."""
+    where it stopped if run again. Progress (done/total, rate, ETA) is kept in the
+    control entry while it builds, for `projector status`."""
     started = time.perf_counter()
     control = await _control(p, name)
+    if p.pinned_version(name) is not None:
+        raise AdminError(
+            f"{name} follows a schema version (v{p.pinned_version(name)}), not a cutover: "
+            f"use `jetsource projector reset {name} --yes` to build it again"
+        )
     p.spec(name, to_version)
     state = control.versions.get(to_version)
     if state == DROPPED:
         raise AdminError(
             f"{name} v{to_version} is being dropped; run `jetsource projector drop --model "
             f"{name} --version {to_version}` again to finish, then rebuild"
+        )
+    if state == RESETTING:
+        raise AdminError(
+            f"{name} v{to_version} is being reset; run `jetsource projector reset {name} "
+            "--yes` again to finish"
         )
     if state == LIVE:
         raise AdminError(
@@ -362,19 +603,50 @@ async def rebuild(
     if state is None:
         control.versions[to_version] = BUILDING
         control = await p.control.save(name, control)
-    model = p.model(name, to_version)
+    return await _build(p, name, to_version, progress, started)
+
+
+async def _save_progress(p: Projection, name: str, version: int, meter: Meter | None) -> None:
+    """The build progress of ``version`` in the control entry (None: remove it); a
+    failure is logged, never fatal to the build."""
+
+    def put(c: ModelControl) -> None:
+        if meter is None:
+            c.progress.pop(version, None)
+        else:
+            c.progress[version] = {**meter.snapshot(), "updated_at": _stamp()}
+
+    try:
+        await _save(p, name, put)
+    except Exception as exc:
+        log.warning("%s v%d: progress not saved: %r", name, version, exc)
+
+
+async def _build(
+    p: Projection, name: str, version: int, progress: Progress, started: float
+) -> RebuildReport:
+    """Run a worker of ``version`` (state ``building``) until it has caught up, then
+    mark it ``live``. Stops at once if the version stops being ``building``."""
+    model = p.model(name, version)
     worker = Worker(p.nc, p.store_for(name), model, p.dead_letters, p.settings.projector)
     task = asyncio.create_task(worker.run(until_caught_up=True))
+    meter = Meter((await _retry(model.checkpoint, f"build {name} v{version}")).seq)
+    saved = -float("inf")
     try:
         while not task.done():
             total = await _stream_last_seq(p, name)
-            progress(min(worker.stats.last_seq, total), total)
+            done = min(max(worker.stats.last_seq, meter.start), total)
+            meter.update(done, total)
+            progress(done, total)
+            if time.monotonic() - saved >= PROGRESS_SAVE_S:
+                saved = time.monotonic()
+                await _save_progress(p, name, version, meter)
             await asyncio.wait([task], timeout=0.5)
-            if (await _control(p, name)).versions.get(to_version) != BUILDING:
+            if (await _control(p, name)).versions.get(version) != BUILDING:
                 # `drop` took it (state dropped, or gone): stop writing at once.
                 worker.stop()
                 await asyncio.wait([task], timeout=p.settings.projector.shutdown_grace_s)
-                raise AdminError(f"{name} v{to_version} was dropped while it was being built")
+                raise AdminError(f"{name} v{version} was dropped while it was being built")
         await task
     finally:
         if not task.done():
@@ -384,14 +656,99 @@ async def rebuild(
     progress(total, total)
 
     def go_live(c: ModelControl) -> None:
-        if c.versions.get(to_version) != BUILDING:
-            raise AdminError(f"{name} v{to_version} was dropped while it was being built")
-        c.versions[to_version] = LIVE
+        if c.versions.get(version) != BUILDING:
+            raise AdminError(f"{name} v{version} was dropped while it was being built")
+        c.versions[version] = LIVE
+        c.progress.pop(version, None)
 
     await _save(p, name, go_live)
     checkpoint = await model.checkpoint()
     return RebuildReport(
-        name, to_version, worker.stats.applied, checkpoint.seq, time.perf_counter() - started
+        name, version, worker.stats.applied, checkpoint.seq, time.perf_counter() - started
+    )
+
+
+async def reset(
+    p: Projection,
+    name: str,
+    progress: Progress = _quiet,
+    settle_s: float | None = None,
+    verify_s: float = 1.0,
+) -> RebuildReport:
+    """Truncate the active version of ``name`` in place and build it again from the
+    model's replay_start (the contract's in-place reset; readers see it empty, then
+    growing).
+
+    Fenced like ``drop``: the version is first marked ``resetting`` in the control
+    entry, so a worker of it (the projector service's) stops before its next batch
+    and the service stops running it; after ``settle_s`` (default: a control poll
+    and a second) the consumer and the namespace are deleted (and checked again
+    ``verify_s`` later); then the version is marked ``building``, built by a worker
+    of this process until it has caught up, and marked ``live`` again, so the
+    projector service resumes it from there. Run again after an interruption, it
+    finishes what was started."""
+    started = time.perf_counter()
+    control = await _control(p, name)
+    version = control.active
+    pinned = p.pinned_version(name)
+    if pinned is not None:
+        raise AdminError(
+            f"{name} v{pinned} follows a schema and is run by its own service; it cannot be "
+            "reset from here"
+        )
+    state = control.versions.get(version)
+    if state == DROPPED:
+        raise AdminError(f"{name} v{version} is being dropped")
+    if state != BUILDING:  # building: a reset interrupted after the truncation
+        if state not in (LIVE, RESETTING):
+            raise AdminError(f"{name} v{version} is {state or 'absent'}; nothing to reset")
+
+        def mark(c: ModelControl) -> None:
+            if c.active != version:
+                raise AdminError(f"{name}: the active version changed meanwhile; try again")
+            c.versions[version] = RESETTING
+            c.progress[version] = {"phase": "truncating", "updated_at": _stamp()}
+
+        await _save(p, name, mark)
+        if settle_s is None:
+            settle_s = p.settings.projector.control_poll_s + 1.0
+        await asyncio.sleep(settle_s)
+        await _truncate(p, name, version, verify_s)
+
+        def building(c: ModelControl) -> None:
+            if c.versions.get(version) != RESETTING:
+                raise AdminError(f"{name} v{version} changed state while it was truncated")
+            c.versions[version] = BUILDING
+
+        await _save(p, name, building)
+    return await _build(p, name, version, progress, started)
+
+
+async def _truncate(p: Projection, name: str, version: int, verify_s: float) -> int:
+    """Delete a fenced version's consumer and namespace, and check again ``verify_s``
+    later (deleting again what a late write brought back). Returns what was removed."""
+    spec = p.spec(name, version)
+    model = p.model(name, version)
+    removed = 0
+    for _ in range(5):
+        store = p.store_for(name)
+        await jsapi.delete_consumer(
+            store._replies, store.settings.stream, spec.durable, store.settings.request_timeout_s
+        )
+        removed += await _retry(model.drop, f"truncate {name} v{version}")
+        await asyncio.sleep(verify_s)
+        consumer, keys = await _leftovers(p, name, version)
+        if not consumer and keys == 0:
+            return removed
+        log.warning(
+            "%s v%d: %s came back; deleting again",
+            name,
+            version,
+            "the consumer" if consumer else f"{keys} keys",
+        )
+    raise AdminError(
+        f"{name} v{version} keeps being written (is a rebuild of it still running?); "
+        "stop it and run the command again"
     )
 
 
@@ -400,6 +757,8 @@ async def cutover(
 ) -> dict[str, Any]:
     """Make ``version`` the one queries read: one compare-and-set of the control entry."""
     control = await _control(p, name)
+    if control.active == version:
+        raise AdminError(f"{name} v{version} is already the active version; nothing to cut over")
     if control.versions.get(version) != LIVE:
         raise AdminError(
             f"{name} v{version} is not built (state: {control.versions.get(version, 'absent')}); "
@@ -460,7 +819,7 @@ async def drop(
     control = await _control(p, name)
     if control.active == version:
         raise AdminError(f"{name} v{version} is active; cut over to another version first")
-    spec = p.spec(name, version)
+    p.spec(name, version)
 
     def mark(c: ModelControl) -> None:
         if c.active == version:
@@ -471,35 +830,78 @@ async def drop(
     if settle_s is None:
         settle_s = p.settings.projector.control_poll_s + 1.0
     await asyncio.sleep(settle_s)
-    model = p.model(name, version)
-    removed = 0
-    for _ in range(5):
-        store = p.store_for(name)
-        await jsapi.delete_consumer(
-            store._replies, store.settings.stream, spec.durable, store.settings.request_timeout_s
-        )
-        removed += await _retry(model.drop, f"drop {name} v{version}")
-        await asyncio.sleep(verify_s)
-        consumer, keys = await _leftovers(p, name, version)
-        if not consumer and keys == 0:
-            break
-        log.warning(
-            "drop %s v%d: %s came back; deleting again",
-            name,
-            version,
-            "the consumer" if consumer else f"{keys} keys",
-        )
-    else:
-        raise AdminError(
-            f"{name} v{version} keeps being written (is a rebuild of it still running?); "
-            "stop it and run drop again"
-        )
+    removed = await _truncate(p, name, version, verify_s)
 
     def forget(c: ModelControl) -> None:
         c.versions.pop(version, None)
+        c.progress.pop(version, None)
 
     await _save(p, name, forget)
     return removed
+
+
+# -- wait ----------------------------------------------------------------------------
+
+
+async def _lag(p: Projection, name: str, version: int) -> int | None:
+    """Events the version's consumer has not acknowledged yet (None: no consumer)."""
+    store = p.store_for(name)
+    info = await jsapi.consumer_info(
+        store._replies,
+        store.settings.stream,
+        p.spec(name, version).durable,
+        store.settings.request_timeout_s,
+    )
+    if info is None:
+        return None
+    return int(info["num_pending"]) + int(info["num_ack_pending"])
+
+
+async def wait(
+    p: Projection,
+    name: str,
+    version: int,
+    timeout_s: float | None = None,
+    poll_s: float = 0.5,
+) -> dict[str, Any]:
+    """Wait until ``version`` of ``name`` is live and caught up (its consumer exists
+    and has nothing pending or unacknowledged). Raises :class:`WaitTimeout` after
+    ``timeout_s`` (None: wait for good), :class:`AdminError` if the version is being
+    dropped. A version that does not exist yet is waited for (a rebuild may be about
+    to start it)."""
+    p.spec(name, version)
+    started = time.monotonic()
+    pinned = p.pinned_version(name)
+    state: str | None = None
+    lag: int | None = None
+    while True:
+        if pinned is not None:
+            if version != pinned:
+                raise AdminError(f"{name} follows a schema version: only v{pinned} exists")
+            state = LIVE
+        else:
+            control = await p.control.get(name)
+            state = control.versions.get(version) if control else None
+            if state == DROPPED:
+                raise AdminError(f"{name} v{version} is being dropped; it will never be live")
+        lag = await _lag(p, name, version) if state == LIVE else None
+        waited = time.monotonic() - started
+        if state == LIVE and lag == 0:
+            return {
+                "model": name,
+                "version": version,
+                "state": state,
+                "lag": 0,
+                "checkpoint": (await p.model(name, version).checkpoint()).seq,
+                "waited_s": round(waited, 3),
+            }
+        if timeout_s is not None and waited >= timeout_s:
+            raise WaitTimeout(
+                f"{name} v{version} is not live and caught up after {timeout_s:g} s "
+                f"(state {state or 'absent'}, lag {'-' if lag is None else lag})"
+            )
+        delay = poll_s if timeout_s is None else max(0.0, min(poll_s, timeout_s - waited))
+        await asyncio.sleep(delay)
 
 
 # -- dead letters -------------------------------------------------------------------
@@ -515,7 +917,8 @@ async def dlq_list(
         versions = sorted(control.versions) if control else [1]
         for v in versions:
             out += await p.dead_letters.list(p.spec(n, v), aggregate_id or ">")
-    return sorted(out, key=lambda d: (d.model, d.version, d.original_seq))
+    # Oldest first: by the event's stream sequence, then when it was filed.
+    return sorted(out, key=lambda d: (d.original_seq, d.time_ns, d.dlq_seq))
 
 
 @dataclass

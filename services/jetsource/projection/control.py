@@ -4,11 +4,19 @@ One NATS KV entry per model (bucket ``JETSOURCE_READMODELS``)::
 
     {"active": 1, "versions": {"1": "live", "2": "building"}}
 
-``building``: a rebuild owns it (``jetsource projector rebuild``); ``live``: the
-projector service keeps it up to date; ``dropped``: ``jetsource projector drop`` is
-deleting it: a worker of that version stops and writes nothing more (it asks
-:func:`version_dropped` before each batch), the projector service stops running it,
-and the entry goes once the consumer and the keys are gone.
+``building``: a rebuild owns it (``jetsource projector rebuild``, or ``reset`` once
+the version is truncated); ``live``: the projector service keeps it up to date;
+``dropped``: ``jetsource projector drop`` is deleting it; ``resetting``:
+``jetsource projector reset`` is truncating it in place. A worker of a dropped or
+resetting version stops and writes nothing more (it asks :func:`version_dropped`
+before each batch), the projector service stops running it; a dropped version's
+entry goes once the consumer and the keys are gone, a reset one turns ``building``
+and then ``live`` again.
+
+Beside the versions the entry carries what operators read in ``projector status``:
+``progress`` of a version being built (done/total stream sequences, rate, ETA) and
+``last_replay``, the last selective replay run of the model (run id, selectors,
+events, last replayed stream sequence, when it finished). Both are optional.
 
 Updates are compare-and-set on the entry's revision, so the cutover (changing
 ``active``) is one atomic write: a reader sees the old version or the new one, each
@@ -35,7 +43,9 @@ from nats.js.kv import KeyValue
 
 from jetsource.core.errors import EventStoreUnavailableError
 
-BUILDING, LIVE, DROPPED = "building", "live", "dropped"
+BUILDING, LIVE, DROPPED, RESETTING = "building", "live", "dropped", "resetting"
+# States in which a worker of the version must not write.
+FENCED = frozenset({DROPPED, RESETTING})
 
 
 class ControlError(Exception):
@@ -47,19 +57,35 @@ class ModelControl:
     active: int
     versions: dict[int, str] = field(default_factory=dict)
     revision: int = 0
+    # Build progress per version (while building or resetting).
+    progress: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # The last selective replay run of this model.
+    last_replay: dict[str, Any] | None = None
 
     def live(self) -> list[int]:
         return sorted(v for v, s in self.versions.items() if s == LIVE)
 
     def encode(self) -> bytes:
-        return json.dumps(
-            {"active": self.active, "versions": {str(v): s for v, s in self.versions.items()}}
-        ).encode()
+        body: dict[str, Any] = {
+            "active": self.active,
+            "versions": {str(v): s for v, s in self.versions.items()},
+        }
+        if self.progress:
+            body["progress"] = {str(v): p for v, p in self.progress.items()}
+        if self.last_replay is not None:
+            body["last_replay"] = self.last_replay
+        return json.dumps(body).encode()
 
     @classmethod
     def decode(cls, data: bytes, revision: int) -> ModelControl:
         body: dict[str, Any] = json.loads(data)
-        return cls(int(body["active"]), {int(v): s for v, s in body["versions"].items()}, revision)
+        return cls(
+            int(body["active"]),
+            {int(v): s for v, s in body["versions"].items()},
+            revision,
+            {int(v): p for v, p in (body.get("progress") or {}).items()},
+            body.get("last_replay"),
+        )
 
 
 class Control:
@@ -130,10 +156,13 @@ class Control:
 
 
 class DropFence:
-    """What a worker of one model version asks before each write: has ``drop``
-    marked its version? The control entry is read at most every ``every_s`` (and
-    the bucket is never created from here); when NATS does not answer the answer is
-    "not dropped" (the worker cannot pull then either, and ``drop`` waits for it)."""
+    """What a worker of one model version asks before each write: has ``drop`` or
+    ``reset`` marked its version (state ``dropped`` or ``resetting``)? The control
+    entry is read at most every ``every_s`` (and the bucket is never created from
+    here); the answer is kept that long. When NATS does not answer the answer is
+    "not fenced" (the worker cannot pull then either, and ``drop`` waits for it).
+    Not sticky: a version reset (or dropped and built again) is written again once
+    its state is ``building`` or ``live``."""
 
     def __init__(
         self, nc: NATS, bucket: str, model: str, version: int, every_s: float = 0.25
@@ -149,22 +178,22 @@ class DropFence:
         self._dropped = False
 
     async def dropped(self) -> bool:
-        if self._dropped:
-            return True
         now = time.monotonic()
         if now - self._checked < self.every_s:
-            return False
+            return self._dropped
         self._checked = now
         try:
             if self._kv is None:
                 self._kv = await self._js.key_value(self.bucket)
             entry = await self._kv.get(self.model)
-        except Exception:  # no bucket, no entry, NATS away: not dropped
+        except Exception:  # no bucket, no entry, NATS away: not fenced
+            self._dropped = False
             return False
         if entry.value is None:
+            self._dropped = False
             return False
         versions = ModelControl.decode(entry.value, 0).versions
-        self._dropped = versions.get(self.version) == DROPPED
+        self._dropped = versions.get(self.version) in FENCED
         return self._dropped
 
 
@@ -172,9 +201,10 @@ _FENCES: dict[tuple[int, str, str, int], DropFence] = {}
 
 
 async def version_dropped(nc: NATS, bucket: str, model: str, version: int) -> bool:
-    """True once ``jetsource projector drop`` has marked ``model`` ``version``: its
-    worker must stop before writing anything more. Cheap enough to ask before every
-    batch (one KV read per quarter second per version and connection)."""
+    """True while ``jetsource projector drop`` or ``reset`` has marked ``model``
+    ``version`` (dropped, resetting): its worker must stop before writing anything
+    more. Cheap enough to ask before every batch (one KV read per quarter second per
+    version and connection)."""
     key = (id(nc), bucket, model, version)
     fence = _FENCES.get(key)
     if fence is None or fence.nc is not nc:
