@@ -1,6 +1,7 @@
-"""How each service process runs: logging from settings, then its serve coroutine; a
-server that refuses the service's credentials ends it with one clear line and exit
-code 2 (restarting cannot help), never a retry loop or a traceback."""
+"""How each service process runs: logging (structured, jetsource.core.logging) and
+tracing (jetsource.core.telemetry, when configured) from settings, then its serve
+coroutine; a server that refuses the service's credentials ends it with one clear
+line and exit code 2 (restarting cannot help), never a retry loop or a traceback."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from jetsource.core import telemetry
 from jetsource.core.errors import AccessDeniedError
+from jetsource.core.logging import setup_logging
 from jetsource.core.settings import JetsourceSettings
 
 S = TypeVar("S", bound=JetsourceSettings)
@@ -18,9 +21,17 @@ EXIT_ACCESS_DENIED = 2
 
 
 def run_service(name: str, settings: S, serve: Callable[[S], Coroutine[Any, Any, None]]) -> None:
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(message)s")
+    setup_logging(
+        name,
+        settings.log_level,
+        json=settings.log_json,
+        repeat_window_s=settings.log_repeat_window_s,
+    )
+    telemetry.setup_tracing(name, settings.otel)
     try:
         asyncio.run(serve(settings))
     except AccessDeniedError as exc:
         logging.getLogger(f"jetsource.{name}").error("%s cannot start: %s", name, exc)
         sys.exit(EXIT_ACCESS_DENIED)
+    finally:
+        telemetry.shutdown()  # the spans still queued are sent

@@ -182,6 +182,23 @@ class DevstackSettings(BaseModel):
     ready_timeout_s: float = 60.0
 
 
+class OtelSettings(BaseModel):
+    """OpenTelemetry traces: ``JETSOURCE_OTEL__...`` (needs the ``otel`` extra).
+
+    ``endpoint`` unset (or the extra not installed) means nothing is traced and events
+    carry no ``traceparent`` header. Spans go to an OTLP/gRPC collector, e.g.
+    ``http://otel-collector:4317`` (``https://`` for TLS; ``insecure`` overrides what
+    the scheme says). The exporter's own ``OTEL_EXPORTER_OTLP_*`` variables (headers,
+    certificates) apply as usual."""
+
+    endpoint: str | None = None
+    # Defaults to ``jetsource-<service>`` (jetsource-publisher, jetsource-projector, ...).
+    service_name: str | None = None
+    insecure: bool | None = None
+    # Fraction of new traces kept (a trace begun upstream keeps its parent's decision).
+    sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+
+
 class JetsourceSettings(BaseSettings):
     """Base settings: endpoints and credentials every service needs."""
 
@@ -200,8 +217,14 @@ class JetsourceSettings(BaseSettings):
     devstack: DevstackSettings = DevstackSettings()
     grpc: GrpcServerSettings = GrpcServerSettings()
     client: GrpcClientSettings = GrpcClientSettings()
+    otel: OtelSettings = OtelSettings()
+    # Service logs (jetsource.core.logging): ``JETSOURCE_LOG_LEVEL``; ``JETSOURCE_LOG_JSON``
+    # true (JSON lines) or false (key=value); unset: JSON unless stderr is a terminal.
     log_level: str = Field(default="INFO")
-    log_json: bool = True
+    log_json: bool | None = None
+    # The same warning (same logger and text, or the same rate key) is written at most
+    # once per window; the next line written says how many were suppressed. 0: all.
+    log_repeat_window_s: float = Field(default=10.0, ge=0.0)
 
     @classmethod
     def settings_customise_sources(
