@@ -25,12 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nats
-from nats.js.api import StorageType, StreamConfig
+from nats.js.api import StorageType, StoreCompression, StreamConfig
 
+from bench.common import CPUS, Aim, CpuMeter, CpuReport, Table, ms, ratio, show, stop
 from jetsource._gen.context.v1 import events_pb2 as ev
 from jetsource.core.envelope import NewEvent
 from jetsource.core.settings import EventStoreSettings
-from jetsource.devstack.servers import NatsServer, free_port, stop_pid
+from jetsource.devstack.servers import NatsServer, free_port
 from jetsource.domains.context.events import registry
 from jetsource.eventstore.jetstream import JetStreamEventStore
 
@@ -50,6 +51,7 @@ class Result:
     events: int
     seconds: float
     latencies_ms: list[float]
+    cpu: CpuReport | None = None
 
     @property
     def rate(self) -> float:
@@ -71,6 +73,7 @@ async def drive(
     name: str,
     commands_per_writer: list[list[Callable[[], Awaitable[None]]]],
     events_per_command: int,
+    meter: CpuMeter,
 ) -> Result:
     latencies: list[float] = []
 
@@ -80,18 +83,31 @@ async def drive(
             await command()
             latencies.append((time.perf_counter() - t0) * 1000)
 
+    meter.start()
     started = time.perf_counter()
     await asyncio.gather(*(writer(c) for c in commands_per_writer))
     elapsed = time.perf_counter() - started
     total = sum(len(c) for c in commands_per_writer) * events_per_command
-    return Result(name, total, elapsed, latencies)
+    return Result(name, total, elapsed, latencies, meter.stop(total))
 
 
 def du(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-async def run(events: int, aggregates: int, concurrency: int, sync: str | None) -> None:
+@dataclass
+class Pass:
+    """One server's rows: raw, store single-event, raw x10, store 10-event."""
+
+    sync: str | None
+    raw: Result
+    single: Result
+    raw10: Result
+    batch: Result
+    stored: list[str]
+
+
+async def run(events: int, aggregates: int, concurrency: int, sync: str | None) -> Pass:
     url = os.environ.get("JETSOURCE_BENCH_NATS_URL")
     tmp = Path(tempfile.mkdtemp(prefix="jetsource-bench-"))
     proc = None
@@ -104,6 +120,11 @@ async def run(events: int, aggregates: int, concurrency: int, sync: str | None) 
         url = server.address()
     nc = await nats.connect(url)
     js = nc.jetstream()
+    pids = {"nats-server": proc.pid} if proc is not None else {}
+
+    def meter() -> CpuMeter:
+        return CpuMeter(pids)
+
     try:
         version = nc._server_info["version"]
         print(
@@ -127,8 +148,8 @@ async def run(events: int, aggregates: int, concurrency: int, sync: str | None) 
                 name="BENCH_RAW",
                 subjects=["benchraw.>"],
                 storage=StorageType.FILE,
-                compression="s2",
-                allow_direct=True,  # type: ignore[arg-type]
+                compression=StoreCompression.S2,
+                allow_direct=True,
             )
         )
         payload = sample.data
@@ -147,7 +168,7 @@ async def run(events: int, aggregates: int, concurrency: int, sync: str | None) 
                 out.append(cmds)
             return out
 
-        raw = await drive("raw js.publish", raw_commands(events), 1)
+        raw = await drive("raw js.publish", raw_commands(events), 1, meter())
 
         # -- event store, one event per command --------------------------------------------
         async def store_run(tag: str, size: int) -> tuple[Result, JetStreamEventStore]:
@@ -171,7 +192,7 @@ async def run(events: int, aggregates: int, concurrency: int, sync: str | None) 
                     cmds.append(command)
                 out.append(cmds)
             name = "store single-event" if size == 1 else f"store {size}-event cmds"
-            return await drive(name, out, size), store
+            return await drive(name, out, size, meter()), store
 
         single, single_store = await store_run("single", 1)
         batch, _ = await store_run("batch10", 10)
@@ -184,6 +205,7 @@ async def run(events: int, aggregates: int, concurrency: int, sync: str | None) 
                 for cmds in raw_commands(events)
             ],
             10,
+            meter(),
         )
 
         print(raw.line())
@@ -193,21 +215,19 @@ async def run(events: int, aggregates: int, concurrency: int, sync: str | None) 
 
         info = await single_store.stream_info()
         state = info["state"]
-        print(
-            f"stored bytes/event (single-event stream, stream state): "
-            f"{state['bytes'] / state['messages']:.0f}"
-        )
+        stored = [f"stream state {state['bytes'] / state['messages']:.0f} (single-event stream)"]
         if proc is not None:
             for name in ("BENCH_single", "BENCH_batch10", "BENCH_RAW"):
                 stream_dir = tmp / "nats" / "jetstream" / "jetstream" / "$G" / "streams" / name
                 raw_info = await js.stream_info(name)
                 n = raw_info.state.messages
-                print(f"stored bytes/event on disk, {name:<14} (s2): {du(stream_dir) / n:6.0f}")
+                stored.append(f"on disk (s2) {name} {du(stream_dir) / n:.0f}")
+        print("stored bytes/event: " + "; ".join(stored))
         await probe.close()
+        return Pass(sync, raw, single, raw10, batch, stored)
     finally:
         await nc.close()
-        if proc is not None:
-            stop_pid(proc.pid)
+        stop(proc)
 
 
 def _tenfold(cmds: list[Callable[[], Awaitable[None]]]) -> Callable[[], Awaitable[None]]:
@@ -218,8 +238,44 @@ def _tenfold(cmds: list[Callable[[], Awaitable[None]]]) -> Callable[[], Awaitabl
     return ten
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def table(passes: list[Pass], aggregates: int, concurrency: int) -> Table:
+    t = Table(
+        f"Event store appends beside raw `js.publish`: typical events over {aggregates:,} "
+        f"aggregates, {concurrency} writers, same server, same run",
+        ["server sync", "row", "events/s", "command latency", "vs raw", "CPU ms per event"],
+    )
+    for p in passes:
+        sync = f"{p.sync or 'default (2m)'}, {p.raw.events:,} events"
+        r_single = p.single.rate / p.raw.rate
+        r_batch = p.batch.rate / p.raw10.rate
+        single_aims = [Aim.at_least("≥ 0.8x raw", r_single, 0.8)] if p.sync is None else []
+        batch_aims = [Aim.at_least("≥ 1x raw x10 per event", r_batch, 1.0)] if p.sync else []
+        t.row([sync, "raw `js.publish`", *_cells(p.raw, "")])
+        t.row([sync, "store, 1-event commands", *_cells(p.single, ratio(r_single))], single_aims)
+        t.row([sync, "raw, 10 publishes per command", *_cells(p.raw10, "")])
+        t.row(
+            [sync, "store, 10-event commands (atomic)", *_cells(p.batch, ratio(r_batch))],
+            batch_aims,
+        )
+    for p in passes:
+        t.note(f"Stored bytes per event, sync {p.sync or 'default'}: " + "; ".join(p.stored) + ".")
+    t.note(
+        "CPU ms per event: the bench process (the writers) + nats-server, over the row; "
+        f"of {CPUS} cores."
+    )
+    return t
+
+
+def _cells(r: Result, vs: str) -> list[str]:
+    cpu = r.cpu.cells() if r.cpu else "n/a"
+    return [f"{r.rate:,.0f}", f"p50 {ms(r.pct(0.5))}, p99 {ms(r.pct(0.99))}", vs, cpu]
+
+
+QUICK = ["--events", "2000", "--aggregates", "100", "--always-events", "500"]
+
+
+def main(argv: list[str] | None = None) -> list[Table]:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--aggregates", type=int, default=1_000)
     parser.add_argument("--concurrency", type=int, default=32)
@@ -230,10 +286,13 @@ def main(argv: list[str] | None = None) -> None:
         help="events for the second pass on a server with sync_interval: always (0 skips it)",
     )
     args = parser.parse_args(argv)
-    asyncio.run(run(args.events, args.aggregates, args.concurrency, None))
+    passes = [asyncio.run(run(args.events, args.aggregates, args.concurrency, None))]
     if args.always_events:
         # Production fsyncs every write: the durability atomic batches always pay on R1.
-        asyncio.run(run(args.always_events, args.aggregates, args.concurrency, "always"))
+        passes.append(
+            asyncio.run(run(args.always_events, args.aggregates, args.concurrency, "always"))
+        )
+    return show([table(passes, args.aggregates, args.concurrency)])
 
 
 if __name__ == "__main__":

@@ -1,13 +1,18 @@
-"""Publisher commands through gRPC beside pyeventsourcing on SQLite, same run, same workload.
+"""Publisher commands through gRPC beside pyeventsourcing at its best, same run, same workload.
 
-Workload: AGGREGATES stories of HISTORY events each (1,000 by default); each command
-loads its story and appends one DecisionAdded. Clients: 1 and 16, each on its own story.
+Workload: stories of HISTORY events each (1,000 by default); each command loads its story
+and appends one DecisionAdded. Clients: 1 and 16, each on its own story.
   - jetsource (cached): the publisher as its own process, default settings (it keeps
     folded state and reads only what others appended; OCC catches a stale cache);
   - jetsource (no cache): the same with the state cache off, so every command folds the
-    whole history from JetStream (the same work pyeventsourcing does);
-  - pyeventsourcing 9 on SQLite (file): repository.get(id) then save(), 1 and 16 threads.
-Prints commands/s and p50/p99 latency, and each jetsource row's ratio to the peer.
+    whole history from JetStream (through snapshots when the snapshotter wrote any;
+    none here);
+  - pyeventsourcing 9 on SQLite (file), repository.get(id) then save(), 1 and 16 threads,
+    in three configurations (bench/peer.py): no snapshots (its default), snapshots every
+    100 (its documented way for long histories), and snapshots + its aggregate cache.
+Ratios are against the BEST peer row at the same number of clients. CPU per command:
+the bench process (gRPC clients; for the peer, everything), the publisher and
+nats-server (utime + stime from /proc/<pid>/stat before and after each row).
 
     python -m bench.bench_publisher [--history 1000] [--commands 200]
 """
@@ -25,33 +30,23 @@ from typing import Any
 
 import nats
 
+from bench import peer
+from bench.common import CPUS, Aim, CpuMeter, Stats, Table, ratio, show, stop
 from jetsource._gen.context.v1 import events_pb2 as ev
 from jetsource.client import ContextClient
 from jetsource.core.envelope import NewEvent
 from jetsource.core.settings import EventStoreSettings
-from jetsource.devstack.servers import NatsServer, free_port, stop_pid
+from jetsource.devstack.servers import NatsServer, free_port
 from jetsource.devstack.services import GrpcService
 from jetsource.domains.context.events import registry
 from jetsource.eventstore.jetstream import JetStreamEventStore
 
-
-class Stats:
-    def __init__(self, name: str, latencies: list[float], seconds: float) -> None:
-        self.name, self.latencies, self.seconds = name, sorted(latencies), seconds
-
-    @property
-    def rate(self) -> float:
-        return len(self.latencies) / self.seconds
-
-    def pct(self, q: float) -> float:
-        return self.latencies[min(len(self.latencies) - 1, int(q * len(self.latencies)))] * 1000
-
-    def line(self, peer: Stats | None = None) -> str:
-        ratio = f"  {self.rate / peer.rate:6.1f}x peer" if peer else ""
-        return (
-            f"{self.name:<34} {self.rate:>8,.0f} cmd/s  p50 {self.pct(0.5):7.2f} ms  "
-            f"p99 {self.pct(0.99):7.2f} ms{ratio}"
-        )
+QUICK = ["--history", "100", "--commands", "20"]
+CLIENTS = (1, 16)
+OURS = {
+    "cached": "jetsource publisher (default: cached fold)",
+    "no-cache": "jetsource publisher, state cache off (full fold per command)",
+}
 
 
 async def seed_jetsource(url: str, stories: list[str], history: int) -> None:
@@ -71,7 +66,9 @@ async def seed_jetsource(url: str, stories: list[str], history: int) -> None:
     await nc.close()
 
 
-async def drive_jetsource(name: str, target: str, stories: list[str], commands: int) -> Stats:
+async def drive_jetsource(
+    name: str, target: str, stories: list[str], commands: int, meter: CpuMeter
+) -> Stats:
     latencies: list[float] = []
 
     async def client(story: str) -> None:
@@ -81,36 +78,15 @@ async def drive_jetsource(name: str, target: str, stories: list[str], commands: 
                 await c.add_decision(story, f"bench-{i}", "benchmarked decision")
                 latencies.append(time.perf_counter() - t0)
 
+    meter.start()
     started = time.perf_counter()
     await asyncio.gather(*(client(s) for s in stories))
-    return Stats(
-        f"jetsource {name}, {len(stories)} client(s)", latencies, time.perf_counter() - started
-    )
+    stats = Stats(name, latencies, time.perf_counter() - started)
+    stats.cpu = meter.stop(len(latencies))
+    return stats
 
 
-def peer_app(path: Path) -> tuple[Any, Any]:
-    from eventsourcing.application import Application
-    from eventsourcing.domain import Aggregate, event
-
-    class Story(Aggregate):  # type: ignore[misc]
-        @event("Created")  # type: ignore[untyped-decorator]
-        def __init__(self, title: str) -> None:
-            self.title = title
-            self.decisions: dict[str, str] = {}
-
-        @event("DecisionAdded")  # type: ignore[untyped-decorator]
-        def add_decision(self, decision_id: str, title: str) -> None:
-            if decision_id in self.decisions:
-                raise ValueError(f"decision {decision_id} exists")
-            self.decisions[decision_id] = title
-
-    app = Application(
-        env={"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(path)}
-    )
-    return app, Story
-
-
-def drive_peer(app: Any, ids: list[Any], commands: int, tag: str) -> Stats:
+def drive_peer(app: Any, ids: list[Any], commands: int, tag: str, name: str) -> Stats:
     latencies: list[float] = []
     lock = threading.Lock()
 
@@ -124,74 +100,127 @@ def drive_peer(app: Any, ids: list[Any], commands: int, tag: str) -> Stats:
                 latencies.append(time.perf_counter() - t0)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in ids]
+    meter = CpuMeter(client="pyeventsourcing process").start()
     started = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return Stats(
-        f"pyeventsourcing sqlite, {len(ids)} client(s)", latencies, time.perf_counter() - started
+    stats = Stats(name, latencies, time.perf_counter() - started)
+    stats.cpu = meter.stop(len(latencies))
+    return stats
+
+
+def table(rows: dict[tuple[str, int], Stats], history: int) -> Table:
+    t = Table(
+        f"Commands through the publisher: {history:,}-event stories, one DecisionAdded per "
+        "command, each client on its own story",
+        ["configuration", "clients", "cmd/s", "latency", "vs best peer", "CPU ms per command"],
     )
+    for clients in CLIENTS:
+        peers = [rows[(c, clients)] for c in peer.CONFIGS if (c, clients) in rows]
+        best = max(peers, key=lambda s: s.rate) if peers else None
+        for label in OURS:
+            s = rows[(label, clients)]
+            aims: list[Aim] = []
+            if label == "cached" and clients == 16:
+                aims = [
+                    Aim.at_least("≥ 3,000 cmd/s", s.rate, 3000),
+                    Aim.at_least("≥ 5x best peer", s.rate / best.rate if best else 0, 5),
+                    Aim.at_most("p99 < 10 ms", s.p99, 10),
+                ]
+            elif label == "cached" and clients == 1:
+                aims = [Aim.at_most("p50 < 1 ms", s.p50, 1)]
+            t.row(_cells(s, clients, best), aims)
+        for s in peers:
+            name = s.name + (" (best peer)" if s is best else "")
+            t.row(_cells(s, clients, None, name))
+    t.note(
+        "CPU ms per command: the bench process (the gRPC clients; for pyeventsourcing "
+        "everything, SQLite included) + the publisher + nats-server, from getrusage and "
+        f"/proc/<pid>/stat over the row; 'cores busy' is that CPU over the row's wall "
+        f"time, of {CPUS}. The CPU ceiling is cores / CPU per command."
+    )
+    return t
 
 
-async def run(history: int, commands: int) -> None:
+def _cells(s: Stats, clients: int, best: Stats | None, name: str | None = None) -> list[str]:
+    cpu = s.cpu.cells() if s.cpu else "n/a"
+    ceiling = f" (CPU ceiling {s.cpu.ceiling():,.0f} cmd/s)" if s.cpu else ""
+    return [
+        name or s.name,
+        str(clients),
+        f"{s.rate:,.0f}",
+        s.latency(),
+        ratio(s.rate / best.rate) if best and best.rate else "",
+        cpu + ceiling,
+    ]
+
+
+async def run(history: int, commands: int) -> list[Table]:
     tmp = Path(tempfile.mkdtemp(prefix="jetsource-bench-pub-"))
     server = NatsServer(tmp / "nats", port=free_port(), monitor_port=free_port())
     proc = server.start()
     server.wait_ready(proc, 30)
-    print(f"{history}-event stories; {commands} commands per client; cpus={os.cpu_count()}")
+    print(f"{history}-event stories; {commands} commands per client; cpus={CPUS}")
     publishers = []
+    rows: dict[tuple[str, int], Stats] = {}
     try:
-        rows: dict[tuple[str, int], Stats] = {}
         for label, cache in (("cached", "10000"), ("no-cache", "0")):
             port = free_port()
             env = {
+                **os.environ,
                 "JETSOURCE_NATS__URL": server.address(),
                 "JETSOURCE_PUBLISHER__GRPC_PORT": str(port),
                 "JETSOURCE_PUBLISHER__METRICS_PORT": "0",
                 "JETSOURCE_PUBLISHER__STATE_CACHE_SIZE": cache,
             }
-            os.environ.update(env)
             service = GrpcService(
-                f"publisher-{label}", "jetsource.publisher.server", tmp / label, "127.0.0.1", port
+                f"publisher-{label}",
+                "jetsource.publisher.server",
+                tmp / label,
+                "127.0.0.1",
+                port,
+                env=env,
             )
             p = service.start()
             publishers.append(p)
             service.wait_ready(p, 60)
-            for clients in (1, 16):
+            for clients in CLIENTS:
                 stories = [f"{label}-{clients}-{i}" for i in range(clients)]
                 await seed_jetsource(server.address(), stories, history)
+                meter = CpuMeter({"publisher": p.pid, "nats-server": proc.pid})
                 rows[(label, clients)] = await drive_jetsource(
-                    label, service.address(), stories, commands
+                    OURS[label], service.address(), stories, commands, meter
                 )
-        app, story_cls = peer_app(tmp / "peer.sqlite")
-        for clients in (1, 16):
-            ids = []
-            for _ in range(clients):
-                story = story_cls(title="peer")
-                for i in range(history - 1):
-                    story.add_decision(f"seed-{i}", "seeded decision")
-                app.save(story)
-                ids.append(story.id)
-            peer_commands = max(10, commands // 4)
-            rows[("peer", clients)] = drive_peer(app, ids, peer_commands, f"c{clients}")
-        for clients in (1, 16):
-            peer = rows[("peer", clients)]
-            print(rows[("cached", clients)].line(peer))
-            print(rows[("no-cache", clients)].line(peer))
-            print(peer.line())
+                print(rows[(label, clients)].line(), f"[{clients} client(s)]")
+            stop(p)
+        if not peer.available():
+            print("pyeventsourcing not installed (pip install -e '.[bench]'): no peer rows")
+        else:
+            for config in peer.CONFIGS:
+                app, story_cls = peer.make_app(tmp / f"peer-{config}.sqlite", config)
+                for clients in CLIENTS:
+                    ids = [peer.seed_story(app, story_cls, history) for _ in range(clients)]
+                    n = max(10, commands // 4) if config == "plain" else commands
+                    rows[(config, clients)] = drive_peer(
+                        app, ids, n, f"c{clients}", peer.LABELS[config]
+                    )
+                    print(rows[(config, clients)].line(), f"[{clients} client(s)]")
+                app.close()
     finally:
         for p in publishers:
-            stop_pid(p.pid)
-        stop_pid(proc.pid)
+            stop(p)
+        stop(proc)
+    return [table(rows, history)]
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> list[Table]:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--history", type=int, default=1000)
     parser.add_argument("--commands", type=int, default=200)
     args = parser.parse_args(argv)
-    asyncio.run(run(args.history, args.commands))
+    return show(asyncio.run(run(args.history, args.commands)))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,248 @@
+"""What every benchmark shares: latency stats, CPU accounting, aims and markdown tables.
+
+A benchmark module's ``main(argv)`` prints its tables and returns them (``list[Table]``);
+``QUICK`` is the argv of its quick mode (small sizes: a check that the code still runs,
+not a measurement). ``python -m bench`` runs them all and writes bench/results.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import subprocess
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from jetsource.devstack.servers import stop_pid
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+CPUS = os.cpu_count() or 1
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    """The q-quantile of ``values`` (any unit; nearest rank, no interpolation)."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class Stats:
+    """Latencies in seconds of one row's operations and the wall time they took."""
+
+    def __init__(self, name: str, latencies: list[float], seconds: float) -> None:
+        self.name, self.latencies, self.seconds = name, sorted(latencies), seconds
+        self.cpu: CpuReport | None = None
+
+    @property
+    def count(self) -> int:
+        return len(self.latencies)
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) / self.seconds if self.seconds else 0.0
+
+    def pct(self, q: float) -> float:
+        """The q-quantile latency in milliseconds."""
+        return pct(self.latencies, q) * 1000
+
+    @property
+    def p50(self) -> float:
+        return self.pct(0.5)
+
+    @property
+    def p99(self) -> float:
+        return self.pct(0.99)
+
+    def line(self, peer: Stats | None = None, unit: str = "cmd/s") -> str:
+        ratio = f"  {self.rate / peer.rate:6.1f}x best peer" if peer and peer.rate else ""
+        return (
+            f"{self.name:<44} {self.rate:>8,.0f} {unit:<5}  p50 {self.p50:7.2f} ms  "
+            f"p99 {self.p99:7.2f} ms{ratio}"
+        )
+
+    def summary(self, unit: str = "cmd/s") -> str:
+        return f"{self.rate:,.0f} {unit}, p50 {ms(self.p50)}, p99 {ms(self.p99)}"
+
+    def latency(self) -> str:
+        return f"p50 {ms(self.p50)}, p99 {ms(self.p99)}"
+
+
+def ms(value: float) -> str:
+    if value != value:  # nan
+        return "n/a"
+    if value >= 100:
+        return f"{value:,.0f} ms"
+    if value >= 10:
+        return f"{value:.1f} ms"
+    return f"{value:.2f} ms"
+
+
+def ratio(value: float) -> str:
+    return f"{value:.2f}x" if value < 10 else f"{value:.1f}x"
+
+
+# -- CPU -------------------------------------------------------------------------------
+
+
+def proc_cpu_seconds(pid: int) -> float | None:
+    """utime + stime of a live process (all its threads), from /proc/<pid>/stat."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()
+    # After "pid (comm) ": state is field 3 of stat(5), utime 14, stime 15.
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def self_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class CpuReport:
+    """CPU seconds each process spent while a row ran, and the operations it did."""
+
+    seconds: dict[str, float]
+    wall: float
+    operations: int
+
+    def per_op_ms(self) -> dict[str, float]:
+        n = max(1, self.operations)
+        return {name: s / n * 1000 for name, s in self.seconds.items()}
+
+    @property
+    def total(self) -> float:
+        return sum(self.seconds.values())
+
+    def cells(self) -> str:
+        """ "client 0.41 + publisher 1.20 + nats-server 0.30 = 1.91 ms CPU/op; 1.6 of 2 cores"."""
+        per = self.per_op_ms()
+        parts = " + ".join(f"{name} {v:.2f}" for name, v in per.items())
+        total = self.total / max(1, self.operations) * 1000
+        busy = self.total / self.wall if self.wall else 0.0
+        if len(per) > 1:
+            parts += f" = {total:.2f}"
+        return f"{parts} ms; {busy:.1f} of {CPUS} cores busy"
+
+    def ceiling(self) -> float:
+        """Operations/s if every core did only this work at this CPU cost per op."""
+        per = self.total / max(1, self.operations)
+        return CPUS / per if per else float("inf")
+
+
+class CpuMeter:
+    """CPU seconds of this process (the client: resource.getrusage) and of the server
+    processes given by pid (/proc/<pid>/stat), between start() and stop()."""
+
+    def __init__(self, pids: dict[str, int] | None = None, client: str = "client") -> None:
+        self.pids = pids or {}
+        self.client = client
+        self._start: dict[str, float | None] = {}
+        self._t0 = 0.0
+
+    def _read(self) -> dict[str, float | None]:
+        out: dict[str, float | None] = {self.client: self_cpu_seconds()}
+        for name, pid in self.pids.items():
+            out[name] = proc_cpu_seconds(pid)
+        return out
+
+    def start(self) -> CpuMeter:
+        self._start = self._read()
+        self._t0 = time.perf_counter()
+        return self
+
+    def stop(self, operations: int) -> CpuReport:
+        wall = time.perf_counter() - self._t0
+        end = self._read()
+        seconds = {}
+        for name, before in self._start.items():
+            after = end.get(name)
+            if before is not None and after is not None:
+                seconds[name] = after - before
+        return CpuReport(seconds, wall, operations)
+
+
+# -- aims and tables -------------------------------------------------------------------
+
+
+@dataclass
+class Aim:
+    """One aim from issue 23 and whether this run's figure meets it."""
+
+    text: str
+    met: bool
+
+    @staticmethod
+    def at_least(text: str, value: float, target: float) -> Aim:
+        return Aim(text, value == value and value >= target)
+
+    @staticmethod
+    def at_most(text: str, value: float, target: float) -> Aim:
+        return Aim(text, value == value and value <= target)
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[tuple[list[str], list[Aim]]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def row(self, cells: Iterable[str], aims: Iterable[Aim] = ()) -> None:
+        self.rows.append((list(cells), list(aims)))
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+    @property
+    def has_aims(self) -> bool:
+        return any(aims for _, aims in self.rows)
+
+    @property
+    def misses(self) -> list[str]:
+        return [a.text for _, aims in self.rows for a in aims if not a.met]
+
+    def markdown(self) -> str:
+        columns = list(self.columns)
+        if self.has_aims:
+            columns += ["aim (issue 23)", "verdict"]
+        lines = [f"### {self.title}", "", "| " + " | ".join(columns) + " |"]
+        lines.append("|" + "---|" * len(columns))
+        for cells, aims in self.rows:
+            cells = cells + [""] * (len(self.columns) - len(cells))
+            if self.has_aims:
+                if aims:
+                    missed = [a.text for a in aims if not a.met]
+                    verdict = (
+                        "**misses its aim**: " + "; ".join(missed) if missed else "meets its aim"
+                    )
+                    cells += ["; ".join(a.text for a in aims), verdict]
+                else:
+                    cells += ["", ""]
+            lines.append("| " + " | ".join(cells) + " |")
+        if self.notes:
+            lines.append("")
+            lines.extend(self.notes)
+        return "\n".join(lines) + "\n"
+
+
+def stop(proc: subprocess.Popen[bytes] | None) -> None:
+    """Stop a server this bench started, and reap it."""
+    if proc is not None and proc.poll() is None:
+        stop_pid(proc.pid)
+    if proc is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+
+
+def show(tables: list[Table]) -> list[Table]:
+    for table in tables:
+        print()
+        print(table.markdown())
+    return tables
