@@ -1,42 +1,142 @@
-"""`jetsource projector status | replay | rebuild | cutover | drop | dlq ...`.
+"""`jetsource projector status | replay | rebuild | reset | cutover | drop | wait | dlq ...`.
 
 Admin commands for the read models. They talk to NATS, Valkey and the graph store
 directly (settings as for the projector service), show progress on long work, print
 a summary and exit non-zero on failure.
+
+Scripting: ``--json`` on every command (or the global ``--output json``) prints one
+JSON document on stdout; errors go to stderr (as ``{"error": {...}}`` in JSON mode).
+Exit codes: 0 ok, 1 refused (the command cannot be done as asked: a version that is
+not built, already active, being dropped; failed dead letters or stories), 2 usage
+(an unknown model, an empty or inverted slice, a missing ``--yes``), 3 unavailable
+(NATS, Valkey or the graph store did not answer; ``wait`` timed out).
+
+Long work (rebuild, reset, replay, dlq retry) draws a progress bar on a terminal; when
+stdout is not a terminal (or with JSON output) it writes a progress line on stderr
+every ``JETSOURCE_PROGRESS_EVERY_S`` seconds (5): done/total, percent, rate, ETA.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any, NoReturn, TypeVar
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-from rich.table import Table
 
-from jetsource.core.clock import parse_rfc3339_ns
-from jetsource.core.errors import JetsourceError
+from jetsource.cli import output
+from jetsource.cli.output import REFUSED, UNAVAILABLE, USAGE, Mode
+from jetsource.core.clock import format_rfc3339_ns, parse_rfc3339_ns
+from jetsource.core.errors import (
+    AccessDeniedError,
+    EventStoreUnavailableError,
+    JetsourceError,
+    StreamMissingError,
+)
+from jetsource.eventstore.bootstrap import redact_url
 from jetsource.projection import admin
-from jetsource.projection.bootstrap import Projection, UnknownModelError, open_projection
+from jetsource.projection.bootstrap import (
+    Projection,
+    UnknownModelError,
+    load_domains,
+    open_projection,
+)
 from jetsource.projection.control import ControlError
 from jetsource.projection.settings import ProjectorSettings
 
 T = TypeVar("T")
-app = typer.Typer(help="Read models: status, replay, rebuild, cut over, dead letters.")
+app = typer.Typer(
+    help="Read models: status, replay, rebuild, reset, cut over, drop, wait, dead letters.\n\n"
+    "Every command takes --json. Exit codes: 0 ok, 1 refused, 2 usage, 3 unavailable.",
+    no_args_is_help=True,
+)
 dlq = typer.Typer(help="Dead letters: list, show, retry, discard.", no_args_is_help=True)
 app.add_typer(dlq, name="dlq")
-console = Console()
 
-MODEL = typer.Option(..., "--model", "-m", help="context | timeline | graph")
-MODEL_OPT = typer.Option(None, "--model", "-m", help="context | timeline | graph (default: all)")
+# Connecting waits this long for NATS before the command gives up (exit 3).
+CONNECT_TIMEOUT_S = float(os.environ.get("JETSOURCE_ADMIN_CONNECT_TIMEOUT_S", "10"))
+PROGRESS_EVERY_S = float(os.environ.get("JETSOURCE_PROGRESS_EVERY_S", "5"))
+
+MODEL_ARG = typer.Argument(None, metavar="[MODEL]", help="The read model (or use --model)")
+MODEL = typer.Option(None, "--model", "-m", help="The read model, e.g. context | timeline | graph")
+MODEL_OPT = typer.Option(None, "--model", "-m", help="One read model (default: all)")
+JSON = typer.Option(False, "--json", help="One JSON document on stdout (as --output json)")
+
+
+# -- plumbing ---------------------------------------------------------------------------
+
+
+def _json(flag: bool) -> bool:
+    """``--json`` here or ``--output json`` globally; either makes errors JSON too."""
+    if flag:
+        output.set_mode(Mode.json)
+    return output.mode() == Mode.json
+
+
+def _settings() -> ProjectorSettings:
+    return ProjectorSettings.load()
+
+
+def _model(arg: str | None, opt: str | None, required: bool = True) -> str:
+    """The model named by the argument or ``--model``, checked against the registered
+    domains before anything connects (a misspelt name is a usage error)."""
+    if arg and opt and arg != opt:
+        output.fail(USAGE, "usage", f"two models named: {arg!r} and --model {opt!r}")
+    name = arg or opt
+    if not name:
+        if required:
+            output.fail(USAGE, "usage", "name the read model: MODEL or --model")
+        return ""
+    known = load_domains(_settings().projector.domains).models()
+    if name not in known:
+        output.fail(
+            USAGE, "usage", f"unknown read model {name!r}; known: {', '.join(sorted(known))}"
+        )
+    return name
+
+
+def _fail_for(exc: BaseException, settings: ProjectorSettings) -> NoReturn:
+    if isinstance(exc, admin.WaitTimeout):
+        output.fail(UNAVAILABLE, "timeout", str(exc))
+    if isinstance(exc, admin.UsageError | UnknownModelError):
+        output.fail(USAGE, "usage", str(exc))
+    if isinstance(exc, admin.AdminError | ControlError | StreamMissingError):
+        output.fail(REFUSED, "refused", str(exc))
+    if isinstance(exc, AccessDeniedError):
+        output.fail(REFUSED, "access denied", str(exc))
+    if isinstance(exc, TimeoutError | EventStoreUnavailableError | OSError):
+        output.fail(
+            UNAVAILABLE,
+            "unavailable",
+            f"{exc or type(exc).__name__}",
+            hint=f"NATS: {redact_url(settings.nats_url())} (JETSOURCE_NATS__URL), Valkey: "
+            "JETSOURCE_VALKEY__URL, graph: JETSOURCE_GRAPH__URI",
+        )
+    if isinstance(exc, JetsourceError | ValueError):
+        output.fail(REFUSED, "refused", str(exc))
+    raise exc
 
 
 def _run(work: Callable[[Projection], Awaitable[T]]) -> T:
+    settings = _settings()
+
     async def go() -> T:
-        p = await open_projection(ProjectorSettings.load(), provision=False)
+        try:
+            p = await asyncio.wait_for(
+                open_projection(settings, provision=False), CONNECT_TIMEOUT_S
+            )
+        except TimeoutError:
+            raise TimeoutError(
+                f"NATS at {redact_url(settings.nats_url())} did not answer within "
+                f"{CONNECT_TIMEOUT_S:g} s"
+            ) from None
         try:
             return await work(p)
         finally:
@@ -44,154 +144,401 @@ def _run(work: Callable[[Projection], Awaitable[T]]) -> T:
 
     try:
         return asyncio.run(go())
-    except (admin.AdminError, ControlError, UnknownModelError, JetsourceError, ValueError) as exc:
-        console.print(f"[red]error[/red]: {exc}")
-        raise typer.Exit(1) from exc
+    except Exception as exc:
+        _fail_for(exc, settings)
 
 
-def _progress(description: str) -> tuple[Progress, Callable[[int, int], None]]:
-    bar = Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
+def _eta(seconds: float | None) -> str:
+    return "?" if seconds is None else str(timedelta(seconds=round(seconds)))
+
+
+def progress_line(what: str, meter: admin.Meter) -> str:
+    return (
+        f"{what}: {meter.done:,}/{meter.total:,} ({meter.percent:.1f}%), "
+        f"{meter.rate:,.0f}/s, ETA {_eta(meter.eta_s)}"
     )
-    task = bar.add_task(description, total=None)
-
-    def update(done: int, total: int) -> None:
-        bar.update(task, completed=done, total=total)
-
-    return bar, update
 
 
-def _time(value: str | None) -> int | None:
-    return parse_rfc3339_ns(value) if value else None
+@contextmanager
+def _progress(what: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress callback ``(done, total)``: a bar on a terminal; otherwise (piped,
+    as ``kubectl logs`` sees it, or JSON output) a line on stderr every few seconds
+    and one at the end."""
+    if output.mode() == Mode.table and sys.stdout.isatty():
+        bar = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=output.stdout(),
+            transient=False,
+        )
+        task = bar.add_task(what, total=None)
+
+        def draw(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        with bar:
+            yield draw
+        return
+    meter: admin.Meter | None = None
+    last = [0.0]
+    as_json = output.mode() == Mode.json
+
+    def say() -> None:
+        assert meter is not None
+        if as_json:
+            line = json.dumps({"progress": {"what": what, **meter.snapshot()}})
+        else:
+            line = progress_line(what, meter)
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def report(done: int, total: int) -> None:
+        nonlocal meter
+        if meter is None:
+            meter = admin.Meter(done)
+            last[0] = time.monotonic()
+        meter.update(done, total)
+        if time.monotonic() - last[0] >= PROGRESS_EVERY_S:
+            last[0] = time.monotonic()
+            say()
+
+    yield report
+    if meter is not None:
+        say()
+
+
+def _time(value: str | None, flag: str) -> int | None:
+    if not value:
+        return None
+    try:
+        return parse_rfc3339_ns(value)
+    except ValueError as exc:
+        output.fail(USAGE, "usage", f"{flag} {value!r}: not an RFC 3339 UTC time ({exc})")
+
+
+# -- status -----------------------------------------------------------------------------
+
+
+def _progress_cell(row: dict[str, Any]) -> str:
+    p = row.get("progress")
+    if not p:
+        return ""
+    if "percent" not in p:
+        return str(p.get("phase", ""))
+    return f"{p['percent']:.1f}% {p['rate']:,.0f}/s ETA {_eta(p.get('eta_s'))}"
+
+
+def _replay_cell(row: dict[str, Any]) -> str:
+    r = row.get("last_replay")
+    if not r:
+        return ""
+    return f"{r['run_id']} seq {r.get('last_seq')} {r.get('state', '')}"
 
 
 @app.command()
-def status(as_json: bool = typer.Option(False, "--json")) -> None:
-    """Per model version: state, active, checkpoint, lag, dead letters."""
+def status(as_json: bool = JSON) -> None:
+    """Per model version of every domain: state, active, checkpoint, lag, dead letters,
+    build progress (percent, rate, ETA) and the last replay run. Exit 3 if a model's
+    store did not answer (its row says so)."""
+    json_out = _json(as_json)
     rows = _run(admin.status)
-    if as_json:
-        console.print_json(json.dumps(rows))
-        return
-    table = Table("model", "version", "active", "state", "checkpoint", "applied", "lag", "dlq")
-    for r in rows:
-        table.add_row(
-            r["model"],
-            str(r["version"]),
-            "yes" if r.get("active") else "",
-            r["state"],
-            str(r.get("checkpoint", "")),
-            str(r.get("applied", "")),
-            str(r.get("lag", "")),
-            str(r.get("dead_letters", "")),
+    if json_out:
+        output.emit_json(rows)
+    else:
+        output.table(
+            "",
+            (
+                "domain",
+                "model",
+                "version",
+                "active",
+                "state",
+                "checkpoint",
+                "applied",
+                "lag",
+                "dlq",
+                "progress",
+                "last replay",
+            ),
+            (
+                (
+                    r["domain"],
+                    r["model"],
+                    r["version"],
+                    "yes" if r.get("active") else "",
+                    r["state"] + (f" ({r['error']})" if r.get("error") else ""),
+                    r.get("checkpoint"),
+                    r.get("applied"),
+                    r.get("lag"),
+                    r.get("dead_letters"),
+                    _progress_cell(r),
+                    _replay_cell(r),
+                )
+                for r in rows
+            ),
         )
-    console.print(table)
+    if any(r["state"] == "unavailable" for r in rows):
+        raise typer.Exit(UNAVAILABLE)
+
+
+# -- replay -----------------------------------------------------------------------------
+
+
+def _replay_data(report: admin.ReplayReport) -> dict[str, Any]:
+    return {
+        "run_id": report.run_id,
+        "model": report.model,
+        "version": report.version,
+        "selectors": report.selectors,
+        "events": report.events,
+        "aggregates": report.aggregates,
+        "reapplied": report.reapplied,
+        "carried_forward": report.carried_forward,
+        "advanced": report.advanced,
+        "last_seq": report.last_seq,
+        "checkpoint": report.checkpoint,
+        "failed": {str(k): v for k, v in sorted(report.failed.items())},
+        "seconds": round(report.seconds, 3),
+    }
 
 
 @app.command()
 def replay(
-    model: str = MODEL,
-    aggregate: str | None = typer.Option(None, "--aggregate", help="One story id"),
-    from_seq: int | None = typer.Option(None, "--from-seq", min=1),
-    to_seq: int | None = typer.Option(None, "--to-seq", min=1),
-    from_time: str | None = typer.Option(None, "--from-time", help="RFC 3339"),
-    to_time: str | None = typer.Option(None, "--to-time", help="RFC 3339"),
+    model_arg: str | None = MODEL_ARG,
+    model_opt: str | None = MODEL,
+    aggregate: str | None = typer.Option(None, "--aggregate", help="One aggregate (story) id"),
+    from_seq: int | None = typer.Option(None, "--from-seq", help="First stream sequence"),
+    to_seq: int | None = typer.Option(None, "--to-seq", help="Last stream sequence"),
+    from_time: str | None = typer.Option(None, "--from-time", help="RFC 3339 UTC, inclusive"),
+    to_time: str | None = typer.Option(None, "--to-time", help="RFC 3339 UTC, inclusive"),
+    types: list[str] | None = typer.Option(
+        None, "--type", help="Event type, e.g. DecisionAdded (repeatable)"
+    ),
+    actor: str | None = typer.Option(
+        None, "--actor", help="Events whose envelope metadata names this actor"
+    ),
+    run_id: str | None = typer.Option(None, "--run-id", help="Name the run (default: a uuid7)"),
+    as_json: bool = JSON,
 ) -> None:
-    """Re-apply a slice of the stream (one story, a sequence or a time range)."""
-    if not any((aggregate, from_seq, to_seq, from_time, to_time)):
-        console.print("[red]error[/red]: name a slice: --aggregate, --from/--to-seq or -time")
-        raise typer.Exit(2)
-    bar, update = _progress(f"replaying {model}")
-    with bar:
+    """Re-apply a slice of the stream to the active version: every selector given must
+    match (aggregate, sequence range, time range, event types, actor). The run id and
+    the last replayed event show in `projector status`."""
+    json_out = _json(as_json)
+    name = _model(model_arg, model_opt)
+    start, end = _time(from_time, "--from-time"), _time(to_time, "--to-time")
+    try:
+        admin.validate_slice(None, name, aggregate, from_seq, to_seq, start, end, types, actor)
+    except admin.UsageError as exc:
+        output.fail(USAGE, "usage", str(exc))
+    with _progress(f"replaying {name}") as update:
         report = _run(
             lambda p: admin.replay(
                 p,
-                model,
+                name,
                 aggregate,
                 from_seq,
                 to_seq,
-                _time(from_time),
-                _time(to_time),
+                start,
+                end,
                 progress=update,
+                event_types=types,
+                actor=actor,
+                run_id=run_id,
             )
         )
-    console.print(
-        f"{model} v{report.version}: {report.events} events in the slice, "
-        f"{report.reapplied} re-applied, {report.carried_forward} carried forward, "
-        f"{report.aggregates} stories, {report.seconds:.1f} s"
-    )
+    if not report.events:
+        where = ", ".join(f"{k}={v}" for k, v in report.selectors.items())
+        output.fail(
+            REFUSED,
+            "refused",
+            f"the slice ({where}) holds no event {name} v{report.version} has applied "
+            f"(its checkpoint is stream sequence {report.checkpoint}); nothing replayed",
+        )
+    if json_out:
+        output.emit_json(_replay_data(report))
+    else:
+        output.line(
+            f"{name} v{report.version} run {report.run_id}: {report.events} events in the "
+            f"slice (last sequence {report.last_seq}), {report.reapplied} re-applied, "
+            f"{report.carried_forward} carried forward, {report.aggregates} stories, "
+            f"{report.seconds:.1f} s"
+        )
     if report.failed:
         for seq, reason in sorted(report.failed.items()):
-            console.print(f"[red]sequence {seq}[/red]: {reason}")
-        raise typer.Exit(1)
+            output.stderr().print(f"sequence {seq}: {reason}")
+        raise typer.Exit(REFUSED)
+
+
+# -- rebuild, reset, cutover, drop, wait ------------------------------------------------
+
+
+def _built(report: admin.RebuildReport, **extra: Any) -> dict[str, Any]:
+    return {
+        "model": report.model,
+        "version": report.version,
+        "applied": report.applied,
+        "checkpoint": report.checkpoint,
+        "seconds": round(report.seconds, 3),
+        "rate": round(report.rate, 1),
+        **extra,
+    }
 
 
 @app.command()
 def rebuild(
-    model: str = MODEL,
+    model_arg: str | None = MODEL_ARG,
+    model_opt: str | None = MODEL,
     to_version: int = typer.Option(..., "--to-version", min=1),
+    as_json: bool = JSON,
 ) -> None:
-    """Build a new version side by side from the start; the projector keeps it live."""
-    bar, update = _progress(f"building {model} v{to_version}")
-    with bar:
-        report = _run(lambda p: admin.rebuild(p, model, to_version, progress=update))
-    console.print(
-        f"{model} v{to_version} built: {report.applied} events applied in "
+    """Build a new version side by side from the model's replay_start; the projector
+    keeps it live. Progress shows in `projector status` while it builds."""
+    json_out = _json(as_json)
+    name = _model(model_arg, model_opt)
+    with _progress(f"building {name} v{to_version}") as update:
+        report = _run(lambda p: admin.rebuild(p, name, to_version, progress=update))
+    if json_out:
+        output.emit_json(_built(report))
+        return
+    output.line(
+        f"{name} v{to_version} built: {report.applied} events applied in "
         f"{report.seconds:.1f} s ({report.rate:,.0f}/s), checkpoint {report.checkpoint}. "
-        f"Next: `jetsource projector cutover --model {model} --to-version {to_version}`"
+        f"Next: `jetsource projector cutover --model {name} --to-version {to_version}`"
+    )
+
+
+@app.command()
+def reset(
+    model_arg: str | None = MODEL_ARG,
+    model_opt: str | None = MODEL,
+    yes: bool = typer.Option(False, "--yes", help="Confirm: the active version is emptied"),
+    as_json: bool = JSON,
+) -> None:
+    """Truncate the ACTIVE version in place and rebuild it from the model's
+    replay_start (queries see it empty, then growing). Its live worker is fenced
+    first; the projector service resumes the version once it is rebuilt."""
+    json_out = _json(as_json)
+    name = _model(model_arg, model_opt)
+    if not yes:
+        output.fail(
+            USAGE,
+            "usage",
+            f"reset empties the active version of {name} and rebuilds it: add --yes to confirm",
+        )
+    with _progress(f"resetting {name}") as update:
+        report = _run(lambda p: admin.reset(p, name, progress=update))
+    if json_out:
+        output.emit_json(_built(report, reset=True))
+        return
+    output.line(
+        f"{name} v{report.version} reset and rebuilt: {report.applied} events applied in "
+        f"{report.seconds:.1f} s ({report.rate:,.0f}/s), checkpoint {report.checkpoint}; "
+        "the projector service resumes it"
     )
 
 
 @app.command()
 def cutover(
-    model: str = MODEL,
+    model_arg: str | None = MODEL_ARG,
+    model_opt: str | None = MODEL,
     to_version: int = typer.Option(..., "--to-version", min=1),
     drop_old: bool = typer.Option(False, "--drop-old", help="Delete the previous version"),
     max_lag: int = typer.Option(1000, "--max-lag", min=0),
+    as_json: bool = JSON,
 ) -> None:
-    """Switch the version queries read, atomically."""
-    result = _run(lambda p: admin.cutover(p, model, to_version, drop_old, max_lag))
+    """Switch the version queries read, atomically. Refused (exit 1) for the version
+    that is already active, one that is not live, or one lagging more than --max-lag."""
+    json_out = _json(as_json)
+    name = _model(model_arg, model_opt)
+    result = _run(lambda p: admin.cutover(p, name, to_version, drop_old, max_lag))
+    if json_out:
+        output.emit_json(result)
+        return
     dropped = f"; dropped v{result['previous']}" if "dropped" in result else ""
-    console.print(f"{model}: active v{result['previous']} -> v{result['active']}{dropped}")
+    output.line(f"{name}: active v{result['previous']} -> v{result['active']}{dropped}")
 
 
 @app.command()
-def drop(model: str = MODEL, version: int = typer.Option(..., "--version", min=1)) -> None:
+def drop(
+    model_arg: str | None = MODEL_ARG,
+    model_opt: str | None = MODEL,
+    version: int = typer.Option(..., "--version", min=1),
+    as_json: bool = JSON,
+) -> None:
     """Delete an inactive model version (namespace and consumer)."""
-    removed = _run(lambda p: admin.drop(p, model, version))
-    console.print(f"{model} v{version} dropped ({removed} keys/nodes)")
+    json_out = _json(as_json)
+    name = _model(model_arg, model_opt)
+    removed = _run(lambda p: admin.drop(p, name, version))
+    if json_out:
+        output.emit_json({"model": name, "version": version, "removed": removed})
+        return
+    output.line(f"{name} v{version} dropped ({removed} keys/nodes)")
+
+
+@app.command()
+def wait(
+    model_arg: str | None = MODEL_ARG,
+    model_opt: str | None = MODEL,
+    version: int = typer.Option(..., "--version", min=1),
+    timeout: float | None = typer.Option(
+        None, "--timeout", min=0.0, help="Seconds (default: wait for good)"
+    ),
+    as_json: bool = JSON,
+) -> None:
+    """Wait until a version is live and caught up (lag 0): exit 0; exit 3 on timeout."""
+    json_out = _json(as_json)
+    name = _model(model_arg, model_opt)
+    result = _run(lambda p: admin.wait(p, name, version, timeout))
+    if json_out:
+        output.emit_json(result)
+        return
+    output.line(
+        f"{name} v{version} is live and caught up (checkpoint {result['checkpoint']}, "
+        f"waited {result['waited_s']:.1f} s)"
+    )
+
+
+# -- dead letters -----------------------------------------------------------------------
 
 
 @dlq.command("list")
 def dlq_list(
     model: str | None = MODEL_OPT,
     aggregate: str | None = typer.Option(None, "--aggregate"),
+    as_json: bool = JSON,
 ) -> None:
-    """Dead letters, oldest first."""
-    letters = _run(lambda p: admin.dlq_list(p, model, aggregate))
-    table = Table("dlq seq", "model", "story", "stream seq", "tries", "time", "reason")
-    for d in letters:
-        s = d.summary()
-        table.add_row(
-            str(d.dlq_seq),
-            s["model"],
-            d.aggregate_id,
-            str(d.original_seq),
-            str(d.tries),
-            s["time"],
-            d.reason,
-        )
-    console.print(table)
-    console.print(f"{len(letters)} dead letters")
+    """Dead letters, oldest first (by the event's stream sequence, then filing time)."""
+    json_out = _json(as_json)
+    name = _model(None, model, required=False) or None
+    letters = _run(lambda p: admin.dlq_list(p, name, aggregate))
+    if json_out:
+        output.emit_json([d.summary() for d in letters])
+        return
+    output.table(
+        "",
+        ("dlq seq", "model", "story", "stream seq", "tries", "time", "reason"),
+        (
+            (
+                d.dlq_seq,
+                d.summary()["model"],
+                d.aggregate_id,
+                d.original_seq,
+                d.tries,
+                format_rfc3339_ns(d.time_ns),
+                d.reason,
+            )
+            for d in letters
+        ),
+    )
+    output.line(f"{len(letters)} dead letters")
 
 
 @dlq.command("show")
-def dlq_show(dlq_seq: int = typer.Argument(..., min=1)) -> None:
-    """One dead letter in full."""
+def dlq_show(dlq_seq: int = typer.Argument(..., min=1), as_json: bool = JSON) -> None:
+    """One dead letter in full (always JSON)."""
+    _json(as_json)
 
     async def get(p: Projection) -> dict[str, Any]:
         letter = await p.dead_letters.get(dlq_seq)
@@ -201,15 +548,23 @@ def dlq_show(dlq_seq: int = typer.Argument(..., min=1)) -> None:
         out["data_hex"] = letter.data[:512].hex()
         return out
 
-    console.print_json(json.dumps(_run(get)))
+    output.emit_json(_run(get))
 
 
-def _report(verb: str, report: admin.DlqReport) -> None:
-    console.print(f"{len(report.done)} dead letters {verb}, {len(report.failed)} failed")
-    for seq, reason in sorted(report.failed.items()):
-        console.print(f"[red]{seq}[/red]: {reason}")
+def _report(verb: str, report: admin.DlqReport, json_out: bool) -> None:
+    if json_out:
+        output.emit_json(
+            {
+                verb: sorted(report.done),
+                "failed": {str(k): v for k, v in sorted(report.failed.items())},
+            }
+        )
+    else:
+        output.line(f"{len(report.done)} dead letters {verb}, {len(report.failed)} failed")
+        for seq, reason in sorted(report.failed.items()):
+            output.stderr().print(f"{seq}: {reason}")
     if report.failed:
-        raise typer.Exit(1)
+        raise typer.Exit(REFUSED)
 
 
 SEQS = typer.Option(None, "--seq", help="Dead-letter sequence (repeatable)")
@@ -220,12 +575,14 @@ def dlq_retry(
     model: str | None = MODEL_OPT,
     aggregate: str | None = typer.Option(None, "--aggregate"),
     seqs: list[int] | None = SEQS,
+    as_json: bool = JSON,
 ) -> None:
     """Apply dead letters again (after a fix); each success removes its entry."""
-    bar, update = _progress("retrying")
-    with bar:
-        report = _run(lambda p: admin.dlq_retry(p, model, aggregate, seqs, progress=update))
-    _report("applied", report)
+    json_out = _json(as_json)
+    name = _model(None, model, required=False) or None
+    with _progress("retrying dead letters") as update:
+        report = _run(lambda p: admin.dlq_retry(p, name, aggregate, seqs, progress=update))
+    _report("applied", report, json_out)
 
 
 @dlq.command("discard")
@@ -234,11 +591,15 @@ def dlq_discard(
     aggregate: str | None = typer.Option(None, "--aggregate"),
     seqs: list[int] | None = SEQS,
     yes: bool = typer.Option(False, "--yes", help="Do not ask"),
+    as_json: bool = JSON,
 ) -> None:
     """Give up on dead letters: their stories step past them without applying them."""
+    json_out = _json(as_json)
+    name = _model(None, model, required=False) or None
     if not (seqs or aggregate):
-        console.print("[red]error[/red]: name --seq or --aggregate to discard")
-        raise typer.Exit(2)
+        output.fail(USAGE, "usage", "name --seq or --aggregate to discard")
     if not yes:
+        if json_out or not sys.stdin.isatty():
+            output.fail(USAGE, "usage", "discarding cannot be undone: add --yes to confirm")
         typer.confirm("Discard these dead letters for good?", abort=True)
-    _report("discarded", _run(lambda p: admin.dlq_discard(p, model, aggregate, seqs)))
+    _report("discarded", _run(lambda p: admin.dlq_discard(p, name, aggregate, seqs)), json_out)
