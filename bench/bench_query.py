@@ -1,13 +1,18 @@
-"""Query service reads over gRPC, beside pyeventsourcing's repository.get(id, version=).
+"""Time travel as a library and as a service, beside pyeventsourcing at its best, same run.
 
-  - GetContext from the Valkey context model: 16 concurrent clients over 100 stories;
   - time travel near the end of one 10,000-event story (a target among its last 100
-    events, by time and by version): with snapshots (every 100, as the snapshotter
-    writes them) and without (the same history under another id, no snapshots), both
-    through the query service in its own process;
-  - pyeventsourcing 9 on SQLite: repository.get(id, version=v) on a 10,000-event
-    aggregate, same targets, no snapshots (its default), in the same run.
-Prints reads/s and p50/p99 latency, and the ratios.
+    events, by version and by time), with snapshots (every 100, as the snapshotter
+    writes them) and without (the same history under another id):
+      * in process: jetsource's StateLoader (domains/context/history.py) on the
+        JetStream event store and snapshot store, in this process;
+      * over gRPC: GetContextAtVersion / GetContextAtTime, the query service in its
+        own process;
+  - pyeventsourcing 9 on SQLite (file), in process: repository.get(id, version=v) on a
+    story of as many events with as many live decisions (bench/peer.py), same targets,
+    with snapshots every 100 (snapshotting_intervals, its documented way) and without;
+  - GetContext from the Valkey context model: 16 concurrent clients over 100 stories.
+Ratios are the best peer row's p50 over ours (above 1: we are faster). CPU per read:
+the bench process, the query service (gRPC rows) and nats-server.
 
     python -m bench.bench_query [--history 10000] [--reads 300] [--max-nodes 200]
                                 [--interleave K]
@@ -28,14 +33,15 @@ from typing import Any
 
 import nats
 
-from bench.bench_publisher import Stats, peer_app
+from bench import peer
+from bench.common import CPUS, Aim, CpuMeter, Stats, Table, ratio, show, stop
 from jetsource.client import QueryClient
 from jetsource.core.envelope import ANY, NewEvent
 from jetsource.core.settings import EventStoreSettings, SnapshotSettings
-from jetsource.devstack.servers import NatsServer, ValkeyServer, free_port, stop_pid
+from jetsource.devstack.servers import NatsServer, ValkeyServer, free_port
 from jetsource.devstack.services import GrpcService
 from jetsource.domains.context.events import registry
-from jetsource.domains.context.history import add_keys, make_snapshot
+from jetsource.domains.context.history import StateLoader, add_keys, make_snapshot
 from jetsource.domains.context.model import fold
 from jetsource.domains.context.samples import story_events
 from jetsource.eventstore.jetstream import JetStreamEventStore
@@ -97,7 +103,13 @@ async def seed(url: str, history: int, max_nodes: int | None, interleave: int) -
     await snapshots.close()
     await store.close()
     await nc.close()
-    return {"records": records, "twin": twin, "short": short, "state_bytes": len(str(state))}
+    return {
+        "records": records,
+        "twin": twin,
+        "short": short,
+        "state_bytes": len(str(state)),
+        "nodes": len(state.decisions) + len(state.subtasks),
+    }
 
 
 async def project(url: str, valkey: str) -> None:
@@ -119,7 +131,10 @@ async def project(url: str, valkey: str) -> None:
     await p.close()
 
 
-async def timed(name: str, calls: list[Any], clients: int) -> Stats:
+QUICK = ["--history", "600", "--reads", "20"]
+
+
+async def timed(name: str, calls: list[Any], clients: int, meter: CpuMeter) -> Stats:
     latencies: list[float] = []
     queue = list(calls)
 
@@ -130,28 +145,156 @@ async def timed(name: str, calls: list[Any], clients: int) -> Stats:
             await call()
             latencies.append(time.perf_counter() - t0)
 
+    meter.start()
     started = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
-    return Stats(name, latencies, time.perf_counter() - started)
+    stats = Stats(name, latencies, time.perf_counter() - started)
+    stats.cpu = meter.stop(len(latencies))
+    return stats
 
 
-def drive_peer(history: int, targets: list[int], tmp: Path) -> Stats:
-    app, story_cls = peer_app(tmp / "peer.sqlite")
-    story = story_cls(title="peer")
-    for i in range(history - 1):
-        story.add_decision(f"seed-{i}", "seeded decision")
-    app.save(story)
+def drive_peer(config: str, history: int, live: int, targets: list[int], tmp: Path) -> Stats:
+    app, story_cls = peer.make_app(tmp / f"peer-{config}.sqlite", config)
+    story_id = peer.seed_story(app, story_cls, history, live)
+    app.repository.get(story_id, version=targets[0])  # warm, like the gRPC rows
     latencies = []
+    meter = CpuMeter(client="pyeventsourcing process").start()
     started = time.perf_counter()
     for v in targets:
         t0 = time.perf_counter()
-        got = app.repository.get(story.id, version=v)
+        got = app.repository.get(story_id, version=v)
         latencies.append(time.perf_counter() - t0)
-        assert got.version == v
-    return Stats("pyeventsourcing get(version=)", latencies, time.perf_counter() - started)
+        assert got.version == v, (got.version, v)
+    stats = Stats(
+        f"{peer.LABELS[config]}: get(id, version=v)", latencies, time.perf_counter() - started
+    )
+    stats.cpu = meter.stop(len(latencies))
+    app.close()
+    return stats
 
 
-async def run(history: int, reads: int, max_nodes: int | None, interleave: int = 0) -> None:
+async def in_process(
+    url: str, records: list[Any], twin: list[Any], picks: list[int], nats_pid: int
+) -> dict[str, Stats]:
+    """jetsource's StateLoader in this process, on the JetStream stores."""
+    nc = await nats.connect(url)
+    store = JetStreamEventStore(nc, registry, EventStoreSettings())
+    snapshots = JetStreamSnapshotStore(nc, SnapshotSettings(), 5.0)
+    await store.start()
+    await snapshots.start()
+    loader = StateLoader(store, snapshots, SnapshotSettings().cache_size)
+    few = picks[: max(2, len(picks) // 10)]
+    history = len(records)
+    try:
+        await loader.load("long", to_version=history)  # warm, like the gRPC rows
+        await loader.load("long-nosnap", to_version=history)
+
+        def meter() -> CpuMeter:
+            return CpuMeter({"nats-server": nats_pid})
+
+        rows = {
+            "version_snap": await timed(
+                "StateLoader.load(to_version=v), snapshots",
+                [
+                    lambda i=i: _checked(
+                        loader.load("long", to_version=records[i].version), records[i].version
+                    )
+                    for i in picks
+                ],
+                1,
+                meter(),
+            ),
+            "time_snap": await timed(
+                "StateLoader.load(until=t), snapshots",
+                [
+                    lambda i=i: _checked(
+                        loader.load("long", until=records[i].recorded_at_ns), records[i].version
+                    )
+                    for i in picks
+                ],
+                1,
+                meter(),
+            ),
+            "version_none": await timed(
+                "StateLoader.load(to_version=v), no snapshots",
+                [
+                    lambda i=i: _checked(
+                        loader.load("long-nosnap", to_version=twin[i].version), twin[i].version
+                    )
+                    for i in few
+                ],
+                1,
+                meter(),
+            ),
+        }
+    finally:
+        await snapshots.close()
+        await store.close()
+        await nc.close()
+    return rows
+
+
+async def _checked(load: Any, version: int) -> None:
+    point = await load
+    assert point.state.version == version, (point.state.version, version)
+
+
+def vs_peer(s: Stats, best: Stats | None) -> str:
+    return ratio(best.p50 / s.p50) if best and s.p50 else ""
+
+
+def cpu(s: Stats) -> str:
+    return s.cpu.cells() if s.cpu else "n/a"
+
+
+def tables(
+    rows: dict[str, Stats], peers: list[Stats], history: int, seeded: dict[str, Any], among: str
+) -> list[Table]:
+    best = min(peers, key=lambda s: s.p50) if peers else None
+    t = Table(
+        f"Time travel: a {history:,}-event story ({seeded['nodes']:,} live decisions and "
+        f"subtasks, state {seeded['state_bytes'] // 1000} kB as text{among}), targets among "
+        "its last 100 versions",
+        ["path", "reads", "latency", "vs best peer (its p50 / ours)", "CPU ms per read"],
+    )
+
+    def add(s: Stats, aims: list[Aim], name: str | None = None) -> None:
+        t.row([name or s.name, str(s.count), s.latency(), vs_peer(s, best), cpu(s)], aims)
+
+    for key in ("version_snap", "time_snap", "version_none"):
+        s = rows[f"lib_{key}"]
+        aims = []
+        if key != "version_none" and best is not None:
+            aims = [
+                Aim.at_most("p50 ≤ best peer's", s.p50, best.p50),
+                Aim.at_most("p99 ≤ best peer's", s.p99, best.p99),
+            ]
+        add(s, aims, "in process: " + s.name)
+    for key in ("version_snap", "time_snap", "version_none", "time_none"):
+        s = rows[key]
+        aims = []
+        if key.endswith("_snap"):
+            aims = [Aim.at_most("p50 < 2 ms", s.p50, 2), Aim.at_most("p99 < 5 ms", s.p99, 5)]
+        add(s, aims, "gRPC: " + s.name)
+    for s in peers:
+        add(s, [], "in process: " + s.name + (" (best peer)" if s is best else ""))
+    t.note(
+        "pyeventsourcing's story has as many events and as many live decisions as ours "
+        "(DecisionAdded, then DecisionRevised). CPU: the bench process (client, or the "
+        "whole library in process) + the query service (gRPC rows) + nats-server, over "
+        f"the row; of {CPUS} cores."
+    )
+    g = rows["get"]
+    t2 = Table(
+        "GetContext from the Valkey context model: 16 concurrent gRPC clients over 100 stories",
+        ["path", "reads/s", "latency", "CPU ms per read"],
+    )
+    t2.row([g.name, f"{g.rate:,.0f}", g.latency(), cpu(g)])
+    t2.note("CPU: bench process + query service + nats-server + valkey-server.")
+    return [t, t2]
+
+
+async def run(history: int, reads: int, max_nodes: int | None, interleave: int = 0) -> list[Table]:
     tmp = Path(tempfile.mkdtemp(prefix="jetsource-bench-query-"))
     nats_server = NatsServer(tmp / "nats", port=free_port(), monitor_port=free_port())
     valkey_server = ValkeyServer(tmp / "valkey", port=free_port())
@@ -161,34 +304,45 @@ async def run(history: int, reads: int, max_nodes: int | None, interleave: int =
             proc = server.start()
             procs.append(proc)
             server.wait_ready(proc, 30)
+        nats_pid, valkey_pid = procs[0].pid, procs[1].pid
         url = nats_server.address()
         valkey = f"redis://127.0.0.1:{valkey_server.port}/0"
         seeded = await seed(url, history, max_nodes, interleave)
         await project(url, valkey)
         port = free_port()
-        os.environ.update(
-            {
-                "JETSOURCE_NATS__URL": url,
-                "JETSOURCE_VALKEY__URL": valkey,
-                "JETSOURCE_QUERY__GRPC_PORT": str(port),
-                "JETSOURCE_QUERY__METRICS_PORT": "0",
-            }
+        env = {
+            **os.environ,
+            "JETSOURCE_NATS__URL": url,
+            "JETSOURCE_VALKEY__URL": valkey,
+            "JETSOURCE_QUERY__GRPC_PORT": str(port),
+            "JETSOURCE_QUERY__METRICS_PORT": "0",
+        }
+        service = GrpcService(
+            "query", "jetsource.query.server", tmp / "query", "127.0.0.1", port, env=env
         )
-        service = GrpcService("query", "jetsource.query.server", tmp / "query", "127.0.0.1", port)
         proc = service.start()
         procs.append(proc)
         service.wait_ready(proc, 60)
         records = seeded["records"]
         rng = random.Random(3)
         picks = [rng.randrange(history - 100, history) for _ in range(reads)]
+        few = picks[: max(2, reads // 10)]
         versions = [records[i].version for i in picks]
         times = [records[i].recorded_at_ns for i in picks]
-        twin_times = [seeded["twin"][i].recorded_at_ns for i in picks]
+        twin_times = [seeded["twin"][i].recorded_at_ns for i in few]
+        twin_versions = [seeded["twin"][i].version for i in few]
         among = f", among {interleave}x as many events of others" if interleave else ""
         print(
             f"{history}-event story (state {seeded['state_bytes'] // 1000} kB as text{among}), "
-            f"{reads} reads per row, targets among the last 100 events; cpus={os.cpu_count()}"
+            f"{reads} reads per row, targets among the last 100 events; cpus={CPUS}"
         )
+
+        def meter(*extra: str) -> CpuMeter:
+            pids = {"query": proc.pid, "nats-server": nats_pid}
+            if "valkey" in extra:
+                pids["valkey-server"] = valkey_pid
+            return CpuMeter(pids)
+
         async with QueryClient(service.address(), timeout=60) as q:
             check = await q.at_version("long", history)
             assert check.snapshot_version == history, check.snapshot_version
@@ -200,45 +354,54 @@ async def run(history: int, reads: int, max_nodes: int | None, interleave: int =
                     "GetContext, 16 clients",
                     [lambda s=rng.choice(short): q.get_context(s) for _ in range(reads * 10)],
                     16,
+                    meter("valkey"),
                 ),
                 "time_snap": await timed(
-                    "AtTime, snapshots",
+                    "GetContextAtTime, snapshots",
                     [lambda t=t: q.at_time("long", t) for t in times],
                     1,
+                    meter(),
                 ),
                 "version_snap": await timed(
-                    "AtVersion, snapshots",
+                    "GetContextAtVersion, snapshots",
                     [lambda v=v: q.at_version("long", v) for v in versions],
                     1,
+                    meter(),
                 ),
                 "time_none": await timed(
-                    "AtTime, no snapshots",
-                    [lambda t=t: q.at_time("long-nosnap", t) for t in twin_times[: reads // 10]],
+                    "GetContextAtTime, no snapshots",
+                    [lambda t=t: q.at_time("long-nosnap", t) for t in twin_times],
                     1,
+                    meter(),
                 ),
                 "version_none": await timed(
-                    "AtVersion, no snapshots",
-                    [lambda v=v: q.at_version("long-nosnap", v) for v in versions[: reads // 10]],
+                    "GetContextAtVersion, no snapshots",
+                    [lambda v=v: q.at_version("long-nosnap", v) for v in twin_versions],
                     1,
+                    meter(),
                 ),
             }
-        peer = drive_peer(history, versions[: reads // 10], tmp)
-        print(rows["get"].line().replace("cmd/s", "rd/s "))
-        for kind in ("time", "version"):
-            snap, none = rows[f"{kind}_snap"], rows[f"{kind}_none"]
-            print(
-                snap.line(peer).replace("cmd/s", "rd/s ")
-                + f"  {none.pct(0.5) / snap.pct(0.5):5.1f}x faster than without (p50)"
-            )
-            print(none.line(peer).replace("cmd/s", "rd/s "))
-        print(peer.line().replace("cmd/s", "rd/s "))
+        stop(proc)  # the in-process rows share the machine with nats-server only
+        lib = await in_process(url, records, seeded["twin"], picks, nats_pid)
+        rows.update({f"lib_{k}": v for k, v in lib.items()})
+        peers: list[Stats] = []
+        if peer.available():
+            peers.append(drive_peer("snapshots", history, seeded["nodes"], versions, tmp))
+            peers.append(drive_peer("plain", history, seeded["nodes"], versions[: len(few)], tmp))
+        else:
+            print("pyeventsourcing not installed (pip install -e '.[bench]'): no peer rows")
+        for s in rows.values():
+            print(s.line(unit="rd/s"))
+        for s in peers:
+            print(s.line(unit="rd/s"))
+        return tables(rows, peers, history, seeded, among)
     finally:
-        for proc in reversed(procs):
-            stop_pid(proc.pid)
+        for p in reversed(procs):
+            stop(p)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> list[Table]:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--history", type=int, default=10_000)
     parser.add_argument("--reads", type=int, default=300)
     parser.add_argument(
@@ -257,7 +420,7 @@ def main(argv: list[str] | None = None) -> None:
         "commands of other stories (default 0: its events are contiguous in the stream)",
     )
     args = parser.parse_args(argv)
-    asyncio.run(run(args.history, args.reads, args.max_nodes, args.interleave))
+    return show(asyncio.run(run(args.history, args.reads, args.max_nodes, args.interleave)))
 
 
 if __name__ == "__main__":
