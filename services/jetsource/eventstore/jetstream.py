@@ -23,6 +23,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import ConnectionClosedError, ConnectionReconnectingError, OutboundBufferLimitError
 
 from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
+from jetsource.core import telemetry
 from jetsource.core.clock import MAX_TIME_NS, now_ns, to_ns, to_timestamp
 from jetsource.core.codec import EventRegistry, PayloadDecodeError, UnknownEvent
 from jetsource.core.envelope import (
@@ -345,11 +346,14 @@ class JetStreamEventStore:
         out = []
         now = now_ns()
         prefix = f"{self._cfg.subject_prefix}.{aggregate_id}"
+        # W3C traceparent of the append's span, for the projector's spans; only while
+        # a span is being traced (headers cost bytes on every stored event).
+        trace = telemetry.trace_headers()
         for i, (new, (event_type, schema_version, payload)) in enumerate(
             zip(events, encoded, strict=True)
         ):
             envelope = stored_envelope(new, schema_version, base_version + i + 1, payload, now)
-            headers = {"Nats-Msg-Id": new.event_id}
+            headers = {"Nats-Msg-Id": new.event_id, **trace}
             if i == 0:
                 # Optimistic concurrency: the aggregate's subjects must end where we read them.
                 headers["Nats-Expected-Last-Subject-Sequence"] = str(base_seq)
@@ -364,6 +368,27 @@ class JetStreamEventStore:
         return out
 
     async def append(
+        self, aggregate_id: str, events: Sequence[NewEvent], expected_version: Expected
+    ) -> AppendResult:
+        if not telemetry.enabled():
+            return await self._append(aggregate_id, events, expected_version)
+        with telemetry.span(
+            f"append {self._cfg.stream}",
+            kind="producer",
+            attributes={
+                "messaging.system": "nats",
+                "messaging.destination.name": self._cfg.stream,
+                "messaging.batch.message_count": len(events),
+                "jetsource.aggregate_id": aggregate_id,
+            },
+        ) as span:
+            result = await self._append(aggregate_id, events, expected_version)
+            if span is not None and result.stream_seqs:
+                span.set_attribute("jetsource.stream_seq", result.stream_seqs[-1])
+                span.set_attribute("jetsource.duplicate", result.duplicate)
+            return result
+
+    async def _append(
         self, aggregate_id: str, events: Sequence[NewEvent], expected_version: Expected
     ) -> AppendResult:
         ids = check_append(aggregate_id, events, expected_version)

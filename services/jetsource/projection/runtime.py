@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from nats.aio.client import Client as NATS
 from prometheus_client import Counter, Gauge, Histogram
 
+from jetsource.core import telemetry
 from jetsource.core.clock import format_rfc3339_ns
 from jetsource.core.codec import PayloadDecodeError, UnknownEvent
 from jetsource.core.envelope import RecordedEvent
@@ -120,6 +121,8 @@ class Worker:
         self._waits: OrderedDict[int, int] = OrderedDict()  # seq -> rounds it waited
         self._progress_at = time.monotonic()
         self._labels = (self.spec.name, str(self.spec.version))
+        # Fields of every log line of this worker (structured logs: jetsource.core.logging).
+        self._log = {"model": self.spec.name, "version": self.spec.version}
         self._depth_at = time.monotonic()
         self._stop = asyncio.Event()
         self.running = False
@@ -173,7 +176,9 @@ class Worker:
                     if await version_dropped(
                         self.nc, self.o.control_bucket, self.spec.name, self.spec.version
                     ):
-                        log.warning("%s v%s: dropped; this worker stops", *self._labels)
+                        log.warning(
+                            "%s v%s: dropped; this worker stops", *self._labels, extra=self._log
+                        )
                         return
                     await self.process(batch)
                 else:
@@ -200,6 +205,27 @@ class Worker:
     # -- one batch --------------------------------------------------------------
 
     async def process(self, batch: Sequence[Delivery]) -> None:
+        """One batch, in a span (when tracing) that continues the trace of the first
+        event's append (its ``traceparent`` header) and links the others'."""
+        if not telemetry.enabled():
+            await self._process(batch)
+            return
+        with telemetry.batch_span(
+            f"project {self.spec.name} v{self.spec.version}",
+            (d.headers for d in batch),
+            {
+                "messaging.system": "nats",
+                "messaging.destination.name": self._stream,
+                "messaging.batch.message_count": len(batch),
+                "jetsource.model": self.spec.name,
+                "jetsource.model_version": self.spec.version,
+                "jetsource.first_seq": batch[0].stream_seq,
+                "jetsource.last_seq": batch[-1].stream_seq,
+            },
+        ):
+            await self._process(batch)
+
+    async def _process(self, batch: Sequence[Delivery]) -> None:
         started = time.perf_counter()
         by_seq = {d.stream_seq: d for d in batch}
         records: list[RecordedEvent] = []
@@ -241,13 +267,26 @@ class Worker:
                 if (outcome.waiting or outcome.failed) and self.spec.contiguous:
                     filled = await self._settle(records, outcome)
             except (TransientError, EventStoreUnavailableError) as exc:
-                log.warning("%s v%s: %s; redelivering", *self._labels, exc)
+                # Rate-limited per worker: an outage gives a line every few seconds with
+                # the count of those left out, not one per batch.
+                log.warning(
+                    "%s v%s: %s; redelivering",
+                    *self._labels,
+                    exc,
+                    extra={
+                        **self._log,
+                        "events": len(records),
+                        "rate_key": f"redelivering {self._labels}",
+                    },
+                )
                 for r in records:
                     await jsapi.nak(self.nc, by_seq[r.stream_seq], self.o.backoff(1))
                 await self._ack(acks)
                 return
             except Exception:
-                log.exception("%s v%s: batch failed; isolating aggregates", *self._labels)
+                log.exception(
+                    "%s v%s: batch failed; isolating aggregates", *self._labels, extra=self._log
+                )
                 outcome = await self._isolate(records)
         acks += [by_seq[s] for s in outcome.done if s in by_seq]
         await self._ack(acks)
@@ -315,7 +354,13 @@ class Worker:
                             to_seq=first.stream_seq - 1,
                         )
                     except CorruptEventError as exc:
-                        log.warning("%s v%s: gap of %s: %s", *self._labels, aggregate_id, exc)
+                        log.warning(
+                            "%s v%s: gap of %s: %s",
+                            *self._labels,
+                            aggregate_id,
+                            exc,
+                            extra={**self._log, "aggregate": aggregate_id},
+                        )
                         continue  # the corrupt message is dead-lettered on its own delivery
                     if [m.version for m in missing] != list(range(position + 1, first.version)):
                         outcome.waiting.pop(first.stream_seq, None)
@@ -384,7 +429,14 @@ class Worker:
         self._failures[d.stream_seq] = tries
         while len(self._failures) > 100_000:
             self._failures.popitem(last=False)
-        log.warning("%s v%s: seq %d refused (%d): %s", *self._labels, d.stream_seq, tries, reason)
+        log.warning(
+            "%s v%s: seq %d refused (%d): %s",
+            *self._labels,
+            d.stream_seq,
+            tries,
+            reason,
+            extra={**self._log, "aggregate": aggregate_id, "seq": d.stream_seq, "tries": tries},
+        )
         EVENTS.labels(*self._labels, "refused").inc()
         await jsapi.nak(self.nc, d, self.o.backoff(tries))
 
@@ -396,7 +448,13 @@ class Worker:
         self.stats.dead_letters += 1
         DEAD_LETTERS.labels(*self._labels).inc()
         DEAD_LETTER_DEPTH.labels(*self._labels).inc()
-        log.error("%s v%s: seq %d dead-lettered: %s", *self._labels, d.stream_seq, reason)
+        log.error(
+            "%s v%s: seq %d dead-lettered: %s",
+            *self._labels,
+            d.stream_seq,
+            reason,
+            extra={**self._log, "aggregate": aggregate_id, "seq": d.stream_seq, "tries": tries},
+        )
 
     async def _recount_dead_letters(self) -> None:
         """Set the dead-letter depth from the DLQ stream; on failure keep the last value."""
@@ -404,7 +462,7 @@ class Worker:
         try:
             depth = await self.dlq.count(self.spec)
         except Exception as exc:
-            log.debug("%s v%s: dead letters not counted: %r", *self._labels, exc)
+            log.debug("%s v%s: dead letters not counted: %r", *self._labels, exc, extra=self._log)
             return
         DEAD_LETTER_DEPTH.labels(*self._labels).set(depth)
 

@@ -14,6 +14,7 @@ from prometheus_client import Counter, Histogram
 
 from jetsource._gen.context.v1 import commands_pb2 as pb
 from jetsource._gen.context.v1 import commands_pb2_grpc as pb_grpc
+from jetsource.core import telemetry
 from jetsource.core.clock import now_ns
 from jetsource.core.envelope import AppendResult
 from jetsource.core.errors import (
@@ -44,6 +45,8 @@ LATENCY = Histogram(
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 
+
+SERVICE = pb.DESCRIPTOR.services_by_name["ContextCommandService"].full_name
 
 # Every string of CommandOptions and its limit (characters); refused naming its path.
 OPTION_LIMITS = {
@@ -121,10 +124,13 @@ class ContextCommandService(pb_grpc.ContextCommandServiceServicer):
         remaining = context.time_remaining()
         budget = self._default_deadline if remaining is None else max(remaining, 0.0)
         try:
-            options = _options(request)
-            command = build()
-            async with asyncio.timeout(budget):
-                result = await self._handler.execute(request.context_id, command, options)
+            with telemetry.rpc_span(SERVICE, name, context) as span:
+                if span is not None:
+                    span.set_attribute("jetsource.aggregate_id", request.context_id)
+                options = _options(request)
+                command = build()
+                async with asyncio.timeout(budget):
+                    result = await self._handler.execute(request.context_id, command, options)
         except Exception as exc:
             outcome = next((o for kind, o in OUTCOMES if isinstance(exc, kind)), "error")
             COMMANDS.labels(name, outcome).inc()
