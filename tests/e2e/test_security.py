@@ -18,7 +18,7 @@ import grpc
 import httpx
 import nkeys
 import pytest
-import redis
+import valkey
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from neo4j import GraphDatabase
 from neo4j.exceptions import AuthError
@@ -306,8 +306,8 @@ async def test_nats_valkey_and_graph_refuse_clients_without_credentials(secure: 
             await asyncio.wait_for(connect(_nats_settings(secure, **changes)), 20)
         assert words in str(denied.value)
         assert NATS_PASSWORD not in str(denied.value)
-    plain = redis.Redis(host="127.0.0.1", port=secure.valkey.port, socket_timeout=3)
-    with pytest.raises(redis.exceptions.AuthenticationError):
+    plain = valkey.Valkey(host="127.0.0.1", port=secure.valkey.port, socket_timeout=3)
+    with pytest.raises(valkey.exceptions.AuthenticationError):
         plain.ping()
     plain.close()
     graph = secure.graph

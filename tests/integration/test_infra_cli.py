@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import nats
 import pytest
-import redis
+import valkey
 from nats.js.api import StreamConfig
 from neo4j import GraphDatabase
 
@@ -76,7 +76,7 @@ def write_data(env: dict[str, str]) -> None:
         await nc.close()
 
     asyncio.run(publish())
-    redis.Redis(port=int(env["JETSOURCE_DEVSTACK__VALKEY_PORT"])).set("keep", "kept")
+    valkey.Valkey(port=int(env["JETSOURCE_DEVSTACK__VALKEY_PORT"])).set("keep", "kept")
     bolt = f"bolt://127.0.0.1:{env['JETSOURCE_DEVSTACK__GRAPH_BOLT_PORT']}"
     with GraphDatabase.driver(bolt, auth=("root", PASSWORD)) as driver:
         driver.execute_query("MERGE (n:Keep {key: 'kept'})", database_="jetsource")
@@ -90,7 +90,7 @@ def read_data(env: dict[str, str]) -> tuple[bytes, bytes | None, int]:
         return bytes(msg.data or b"")
 
     kept = asyncio.run(fetch())
-    value = redis.Redis(port=int(env["JETSOURCE_DEVSTACK__VALKEY_PORT"])).get("keep")
+    value = valkey.Valkey(port=int(env["JETSOURCE_DEVSTACK__VALKEY_PORT"])).get("keep")
     bolt = f"bolt://127.0.0.1:{env['JETSOURCE_DEVSTACK__GRAPH_BOLT_PORT']}"
     with GraphDatabase.driver(bolt, auth=("root", PASSWORD)) as driver:
         records, _, _ = driver.execute_query(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-import redis.asyncio as aioredis
+import valkey.asyncio as aiovalkey
 from nats.aio.client import Client as NATS
 from nats.js.api import StreamConfig
 from neo4j import AsyncGraphDatabase
@@ -35,7 +35,7 @@ async def test_nats_jetstream_stream_publish_direct_get(nc: NATS, unique: str) -
 
 
 async def test_valkey_set_get(valkey_server: Server, unique: str) -> None:
-    client = aioredis.Redis.from_url(valkey_server.url)
+    client = aiovalkey.Valkey.from_url(valkey_server.url)
     try:
         info = await client.info("server")
         version = str(info.get("valkey_version") or info["redis_version"])

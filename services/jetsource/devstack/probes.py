@@ -49,9 +49,9 @@ def nats_condition(url: str, timeout: float = 3.0) -> tuple[bool, str]:
 
 
 def probe_valkey(url: str, timeout: float = 3.0) -> str:
-    import redis
+    import valkey
 
-    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    client = valkey.Valkey.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
     try:
         info = client.info("server")
         return str(info.get("valkey_version") or info["redis_version"])

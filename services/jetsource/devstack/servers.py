@@ -446,10 +446,10 @@ class ValkeyServer(EmbeddedServer):
         ]
 
     def _client(self, timeout: float) -> Any:
-        import redis
+        import valkey
 
         name, password = self.user or (None, None)
-        return redis.Redis(
+        return valkey.Valkey(
             host=self.host, port=self.port, socket_timeout=timeout, username=name, password=password
         )
 
@@ -464,12 +464,12 @@ class ValkeyServer(EmbeddedServer):
             client.close()
 
     def ready(self) -> bool:
-        import redis
+        import valkey
 
         client = self._client(1.0)
         try:
             return bool(client.ping())
-        except redis.RedisError:
+        except valkey.ValkeyError:
             return False
         finally:
             client.close()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from nats.aio.client import Client as NATS
 from neo4j import AsyncDriver
-from redis.asyncio import Redis
+from valkey.asyncio import Valkey
 
 from jetsource.core.errors import AccessDeniedError
 from jetsource.eventstore.bootstrap import (
@@ -72,7 +72,7 @@ class ModelEnv:
         return self.projection.snapshots
 
     @property
-    def redis(self) -> Redis:
+    def redis(self) -> Valkey:
         return self.projection.redis
 
     @property
@@ -89,7 +89,7 @@ class Projection:
     dead_letters: DeadLetters
     control: Control
     snapshots: JetStreamSnapshotStore
-    _redis: Redis | None = None
+    _redis: Valkey | None = None
     _graph: AsyncDriver | None = None
     extra_models: dict[str, Callable[[int], ReadModel]] = field(default_factory=dict)
 
@@ -110,7 +110,7 @@ class Projection:
             ) from None
 
     @property
-    def redis(self) -> Redis:
+    def redis(self) -> Valkey:
         if self._redis is None:
             self._redis = connect_valkey(self.settings)
         return self._redis
@@ -146,7 +146,7 @@ class Projection:
         """Refused credentials fail here, clearly, instead of as retried batches later.
         A server that is merely down is not an error: the models wait for it."""
         from neo4j.exceptions import AuthError
-        from redis.exceptions import AuthenticationError, ResponseError
+        from valkey.exceptions import AuthenticationError, ResponseError
 
         if valkey:
             try:

@@ -13,8 +13,8 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
-from redis import exceptions as redis_errors
-from redis.asyncio import Redis
+from valkey import exceptions as valkey_errors
+from valkey.asyncio import Valkey
 
 from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
 from jetsource.core.codec import UnknownEvent
@@ -24,14 +24,14 @@ from jetsource.projection.contract import Checkpoint, ModelSpec, Outcome, Transi
 
 T = TypeVar("T")
 _TRANSIENT = (
-    redis_errors.ConnectionError,
-    redis_errors.TimeoutError,
-    redis_errors.BusyLoadingError,
+    valkey_errors.ConnectionError,
+    valkey_errors.TimeoutError,
+    valkey_errors.BusyLoadingError,
     OSError,
 )
 
 
-def connect_valkey(settings: JetsourceSettings) -> Redis:
+def connect_valkey(settings: JetsourceSettings) -> Valkey:
     v = settings.valkey
     options: dict[str, Any] = {
         "username": v.username,
@@ -43,7 +43,7 @@ def connect_valkey(settings: JetsourceSettings) -> Redis:
         options["ssl_ca_certs"] = str(v.tls.ca_file) if v.tls.ca_file else None
         options["ssl_certfile"] = str(v.tls.cert_file) if v.tls.cert_file else None
         options["ssl_keyfile"] = str(v.tls.key_file) if v.tls.key_file else None
-    return Redis.from_url(settings.valkey_url(), **options)
+    return Valkey.from_url(settings.valkey_url(), **options)
 
 
 async def valkey_io(call: Awaitable[T]) -> T:
@@ -110,7 +110,7 @@ class ValkeyModel:
 
     spec: ModelSpec
 
-    def __init__(self, spec: ModelSpec, redis: Redis, prefix: str) -> None:
+    def __init__(self, spec: ModelSpec, redis: Valkey, prefix: str) -> None:
         self.spec = spec
         self.redis = redis
         self.ns = f"{prefix}:{spec.name}:v{spec.version}"

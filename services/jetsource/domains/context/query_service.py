@@ -37,7 +37,7 @@ import grpc
 from google.protobuf import message_factory
 from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import Counter, Histogram
-from redis import exceptions as redis_errors
+from valkey import exceptions as valkey_errors
 
 from jetsource._gen.context.v1 import query_pb2 as pb
 from jetsource._gen.context.v1 import query_pb2_grpc as pb_grpc
@@ -592,7 +592,7 @@ async def recent_after(
             )
             out.extend((_member(m), float(s)) for m, s in rest)
         return out
-    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+    except (valkey_errors.ConnectionError, valkey_errors.TimeoutError, OSError) as exc:
         raise TransientError(f"valkey: {exc}") from exc
 
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from google.protobuf.message import Message
-from redis.asyncio import Redis
+from valkey.asyncio import Valkey
 
 from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
 from jetsource.core.codec import UnknownEvent
@@ -177,7 +177,7 @@ class ContextModel(ValkeyModel):
     ``idx:status:<open|closed>`` (sorted by last update, ms)."""
 
     def __init__(
-        self, spec: ModelSpec, redis: Redis, prefix: str, store: EventStore, cache_size: int
+        self, spec: ModelSpec, redis: Valkey, prefix: str, store: EventStore, cache_size: int
     ) -> None:
         super().__init__(spec, redis, prefix)
         self.store = store
@@ -388,7 +388,7 @@ def _scalars(event: Message | UnknownEvent) -> Iterator[tuple[str, Any]]:
 class TimelineModel(ValkeyModel):
     """The most recent ``keep`` events of each story: ``tl:<id>`` sorted by version."""
 
-    def __init__(self, spec: ModelSpec, redis: Redis, prefix: str, keep: int) -> None:
+    def __init__(self, spec: ModelSpec, redis: Valkey, prefix: str, keep: int) -> None:
         super().__init__(spec, redis, prefix)
         self.keep = keep
         self._apply = redis.register_script(_TIMELINE_APPLY)
@@ -459,7 +459,7 @@ class TimelineModel(ValkeyModel):
 
     async def read(self, aggregate_id: str, limit: int = 50) -> list[dict[str, Any]]:
         raw = await valkey_io(self.redis.zrevrange(f"{self.ns}:tl:{aggregate_id}", 0, limit - 1))
-        return [json.loads(r) for r in raw]  # type: ignore[arg-type]
+        return [json.loads(r) for r in raw]
 
 
 def context_spec(version: int) -> ModelSpec:
