@@ -22,7 +22,9 @@ from pathlib import Path
 
 import httpx
 import nats
+from pydantic import SecretStr
 
+from bench.common import CPUS, Aim, CpuMeter, CpuReport, Table, ms, ratio, show, stop
 from jetsource.core.envelope import NewEvent
 from jetsource.core.settings import GraphSettings, NatsSettings, ValkeySettings
 from jetsource.devstack.servers import (
@@ -30,7 +32,6 @@ from jetsource.devstack.servers import (
     NatsServer,
     ValkeyServer,
     free_port,
-    stop_pid,
 )
 from jetsource.domains.context.samples import story_events
 from jetsource.domains.context.valkey_models import ContextModel
@@ -53,6 +54,21 @@ async def seed(p: Projection, stories: list[str], events: int) -> None:
                 await p.store.append(story, [NewEvent(m)], i)
 
     await asyncio.gather(*(write(s) for s in stories))
+
+
+LOAD_WRITERS, LOAD_PER_WRITER = 8, 250.0
+MODELS = ("context", "timeline", "graph")
+# timeline is the same code path as context (a Valkey model): quick mode skips it.
+QUICK = [
+    "--stories",
+    "50",
+    "--events",
+    "20",
+    "--freshness-seconds",
+    "2",
+    "--models",
+    "context,graph",
+]
 
 
 async def raw_delivery(url: str, stream: str, total: int) -> tuple[float, float]:
@@ -82,7 +98,9 @@ def start_projector(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
         )
 
 
-async def freshness(p: Projection, env: dict[str, str], seconds: float, log: Path) -> list[float]:
+async def freshness(
+    p: Projection, env: dict[str, str], seconds: float, log: Path, pids: dict[str, int]
+) -> tuple[list[float], float, CpuReport]:
     """Append to one probe story while 8 writers load others; time until Valkey has it."""
     proc = start_projector(env, log)
     port = env["JETSOURCE_PROJECTOR__HTTP_PORT"]
@@ -99,19 +117,29 @@ async def freshness(p: Projection, env: dict[str, str], seconds: float, log: Pat
         model = p.model("context", control.active if control else 1)
         assert isinstance(model, ContextModel)
         stop = asyncio.Event()
+        loaded = 0
+
+        # Histories made before the clock starts: making them costs CPU seconds.
+        size = int(LOAD_PER_WRITER * seconds * 1.5) + 10
+        histories = [story_events(f"load-{n}", size) for n in range(LOAD_WRITERS)]
 
         async def load(n: int) -> None:
-            story = f"load-{n}"
-            history = story_events(story, 5_000)
+            """250 appends/s on a schedule (8 writers: 2,000/s), as far as they keep up."""
+            nonlocal loaded
+            story, history = f"load-{n}", histories[n]
             i = 0
+            begin = time.perf_counter()
             while not stop.is_set() and i < len(history):
                 await p.store.append(story, [NewEvent(history[i])], i)
                 i += 1
-                await asyncio.sleep(0.004)  # about 250 events/s per writer
+                loaded += 1
+                await asyncio.sleep(max(0.0, begin + i / LOAD_PER_WRITER - time.perf_counter()))
 
-        loaders = [asyncio.create_task(load(n)) for n in range(8)]
         probe = "fresh-probe"
-        history = story_events(probe, 5_000)
+        history = story_events(probe, int(seconds / 0.01) + 10)
+        load_started = time.perf_counter()
+        meter = CpuMeter({**pids, "projector": proc.pid}).start()
+        loaders = [asyncio.create_task(load(n)) for n in range(LOAD_WRITERS)]
         latencies: list[float] = []
         missed = 0
         deadline = time.monotonic() + seconds
@@ -131,15 +159,19 @@ async def freshness(p: Projection, env: dict[str, str], seconds: float, log: Pat
             await asyncio.sleep(0.01)
         stop.set()
         await asyncio.gather(*loaders)
+        load_s = time.perf_counter() - load_started
+        cpu = meter.stop(loaded + i)
         if missed:
             print(f"freshness: {missed} probes not visible within 5 s")
-        return latencies
+        return latencies, (loaded + i) / load_s, cpu
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
 
 
-async def run(stories: int, events: int, fresh_s: float) -> None:
+async def run(
+    stories: int, events: int, fresh_s: float, models: tuple[str, ...] = MODELS
+) -> list[Table]:
     tmp = Path(tempfile.mkdtemp(prefix="jetsource-bench-projector-"))
     servers = [
         NatsServer(tmp / "nats", port=free_port(), monitor_port=free_port()),
@@ -149,75 +181,151 @@ async def run(stories: int, events: int, fresh_s: float) -> None:
         ),
     ]
     procs = []
-    for server in servers:
-        proc = server.start()
-        procs.append(proc)
-        server.wait_ready(proc, 120)
-    nats_s, valkey_s, graph_s = servers
-    assert isinstance(graph_s, ArcadeGraphServer)
-    settings = ProjectorSettings(
-        nats=NatsSettings(url=nats_s.address()),
-        valkey=ValkeySettings(url=valkey_s.address()),
-        graph=GraphSettings(
-            uri=graph_s.address(), user="root", password="bench-pass", database=graph_s.database
-        ),
-        projector=ProjectorOptions(http_port=free_port(), models=["context"]),
-    )
-    p = await open_projection(settings)
     try:
-        total = stories * events
-        print(
-            f"{total:,} events ({stories:,} stories x {events}), os.cpu_count()={os.cpu_count()}; "
-            "nats-server, valkey-server, ArcadeDB and the benchmark share the machine"
+        for server in servers:
+            proc = server.start()
+            procs.append(proc)
+            server.wait_ready(proc, 120)
+        pids = dict(
+            zip(("nats-server", "valkey-server", "arcadedb"), [p.pid for p in procs], strict=True)
         )
-        t = time.perf_counter()
-        await seed(p, [f"s{i:05d}" for i in range(stories)], events)
-        print(f"seeded in {time.perf_counter() - t:.1f} s")
-        raw_rate, raw_s = await raw_delivery(nats_s.address(), settings.eventstore.stream, total)
-        print(f"raw consumer (nats-py fetch 1000 + ack) {raw_rate:>10,.0f} msg/s ({raw_s:.1f} s)")
-        for name in ("context", "timeline", "graph"):
-            # v1 is created live (and empty) with the control entry: build v2 beside it.
-            report = await admin.rebuild(p, name, 2)
-            print(
-                f"rebuild {name:<8} ({'graph' if name == 'graph' else 'valkey'})"
-                f"{report.rate:>14,.0f} ev/s ({report.seconds:.1f} s) = "
-                f"{report.rate / raw_rate:.2f}x raw delivery"
-            )
-        await admin.cutover(p, "context", 2, drop_old=True)
-        s = settings
-        env = {
-            **os.environ,
-            "JETSOURCE_NATS__URL": s.nats_url(),
-            "JETSOURCE_VALKEY__URL": s.valkey_url(),
-            "JETSOURCE_GRAPH__URI": s.graph_uri(),
-            "JETSOURCE_GRAPH__USER": "root",
-            "JETSOURCE_GRAPH__PASSWORD": "bench-pass",
-            "JETSOURCE_GRAPH__DATABASE": s.graph.database,
-            "JETSOURCE_PROJECTOR__HTTP_PORT": str(s.projector.http_port),
-            "JETSOURCE_PROJECTOR__MODELS": json.dumps(["context"]),
-            "JETSOURCE_LOG_LEVEL": "WARNING",
-        }
-        lat = await freshness(p, env, fresh_s, tmp / "projector.log")
-        if not lat:
-            print(f"freshness: nothing became visible; see {tmp / 'projector.log'}")
-            return
-        print(
-            f"freshness append->visible in Valkey, {len(lat)} probes under ~2,000 ev/s load: "
-            f"p50 {pct(lat, 0.5):.1f} ms  p99 {pct(lat, 0.99):.1f} ms  max {pct(lat, 1.0):.1f} ms"
+        nats_s, valkey_s, graph_s = servers
+        assert isinstance(graph_s, ArcadeGraphServer)
+        settings = ProjectorSettings(
+            nats=NatsSettings(url=nats_s.address()),
+            valkey=ValkeySettings(url=valkey_s.address()),
+            graph=GraphSettings(
+                uri=graph_s.address(),
+                user="root",
+                password=SecretStr("bench-pass"),
+                database=graph_s.database,
+            ),
+            projector=ProjectorOptions(http_port=free_port(), models=["context"]),
         )
+        p = await open_projection(settings)
+        try:
+            return await measure(p, settings, pids, stories, events, fresh_s, tmp, models)
+        finally:
+            await p.close()
     finally:
-        await p.close()
-        for proc in procs:
-            stop_pid(proc.pid)
+        for proc in reversed(procs):
+            stop(proc)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+async def measure(
+    p: Projection,
+    settings: ProjectorSettings,
+    pids: dict[str, int],
+    stories: int,
+    events: int,
+    fresh_s: float,
+    tmp: Path,
+    models: tuple[str, ...],
+) -> list[Table]:
+    total = stories * events
+    print(
+        f"{total:,} events ({stories:,} stories x {events}), cpus={CPUS}; "
+        "nats-server, valkey-server, ArcadeDB and the benchmark share the machine"
+    )
+    t = time.perf_counter()
+    await seed(p, [f"s{i:05d}" for i in range(stories)], events)
+    print(f"seeded in {time.perf_counter() - t:.1f} s")
+    meter = CpuMeter({"nats-server": pids["nats-server"]}).start()
+    raw_rate, raw_s = await raw_delivery(settings.nats_url(), settings.eventstore.stream, total)
+    raw_cpu = meter.stop(total)
+    print(f"raw consumer (nats-py fetch 1000 + ack) {raw_rate:>10,.0f} msg/s ({raw_s:.1f} s)")
+    rebuild = Table(
+        f"Projector rebuilds: {total:,} events ({stories:,} stories x {events}) into each "
+        "read model, beside nats-py's own pull consumer on the same stream",
+        ["path", "events/s", "vs raw delivery", "CPU ms per event"],
+    )
+    rebuild.row(
+        ["raw delivery (nats-py fetch 1,000, ack each)", f"{raw_rate:,.0f}", "1x", raw_cpu.cells()]
+    )
+    for name in models:
+        # v1 is created live (and empty) with the control entry: build v2 beside it.
+        meter = CpuMeter(pids, client="bench process (the rebuild)").start()
+        report = await admin.rebuild(p, name, 2)
+        cpu = meter.stop(report.applied)
+        store = "ArcadeDB over Bolt" if name == "graph" else "Valkey"
+        print(
+            f"rebuild {name:<8} ({store}){report.rate:>14,.0f} ev/s ({report.seconds:.1f} s) = "
+            f"{report.rate / raw_rate:.2f}x raw delivery"
+        )
+        rebuild.row(
+            [
+                f"rebuild `{name}` ({store})",
+                f"{report.rate:,.0f}",
+                ratio(report.rate / raw_rate),
+                cpu.cells(),
+            ]
+        )
+    rebuild.note("CPU: the bench process (the rebuild runs in it) + each server, over the row.")
+    await admin.cutover(p, "context", 2, drop_old=True)
+    s = settings
+    env = {
+        **os.environ,
+        "JETSOURCE_NATS__URL": s.nats_url(),
+        "JETSOURCE_VALKEY__URL": s.valkey_url(),
+        "JETSOURCE_GRAPH__URI": s.graph_uri(),
+        "JETSOURCE_GRAPH__USER": "root",
+        "JETSOURCE_GRAPH__PASSWORD": "bench-pass",
+        "JETSOURCE_GRAPH__DATABASE": s.graph.database,
+        "JETSOURCE_PROJECTOR__HTTP_PORT": str(s.projector.http_port),
+        "JETSOURCE_PROJECTOR__MODELS": json.dumps(["context"]),
+        "JETSOURCE_LOG_LEVEL": "WARNING",
+    }
+    fresh_pids = {k: v for k, v in pids.items() if k != "arcadedb"}
+    lat, load, cpu = await freshness(p, env, fresh_s, tmp / "projector.log", fresh_pids)
+    fresh = Table(
+        "Freshness: append to visible in the Valkey context model, the projector in its own "
+        f"process, under {LOAD_WRITERS} writers aiming at "
+        f"{LOAD_WRITERS * LOAD_PER_WRITER:,.0f} appends/s",
+        ["probes", "load reached", "append to visible", "max", "CPU ms per append"],
+    )
+    if not lat:
+        print(f"freshness: nothing became visible; see {tmp / 'projector.log'}")
+        fresh.row(["0", f"{load:,.0f}/s", "nothing visible", "", cpu.cells()], [Aim("any", False)])
+        return [rebuild, fresh]
+    p50, p99, top = (pct(lat, q) for q in (0.5, 0.99, 1.0))
+    print(
+        f"freshness append->visible in Valkey, {len(lat)} probes under {load:,.0f} ev/s load: "
+        f"p50 {p50:.1f} ms  p99 {p99:.1f} ms  max {top:.1f} ms"
+    )
+    fresh.row(
+        [
+            str(len(lat)),
+            f"{load:,.0f} appends/s",
+            f"p50 {ms(p50)}, p99 {ms(p99)}",
+            ms(top),
+            cpu.cells(),
+        ],
+        [
+            Aim.at_most("p50 < 5 ms", p50, 5),
+            Aim.at_most("p99 < 20 ms", p99, 20),
+            Aim.at_least("at 2,000 appends/s of load (≥ 1,900 reached)", load, 1900),
+        ],
+    )
+    fresh.note(
+        "CPU per append (probes and load): the bench process (writers and the probe's "
+        "reads) + nats-server + valkey-server + the projector."
+    )
+    return [rebuild, fresh]
+
+
+def main(argv: list[str] | None = None) -> list[Table]:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--stories", type=int, default=1000)
     parser.add_argument("--events", type=int, default=100)
     parser.add_argument("--freshness-seconds", type=float, default=15.0)
+    parser.add_argument(
+        "--models", default=",".join(MODELS), help="models to rebuild (context must be one)"
+    )
     args = parser.parse_args(argv)
-    asyncio.run(run(args.stories, args.events, args.freshness_seconds))
+    models = tuple(m for m in args.models.split(",") if m)
+    if "context" not in models:
+        parser.error("--models: context is needed (freshness reads it)")
+    return show(asyncio.run(run(args.stories, args.events, args.freshness_seconds, models)))
 
 
 if __name__ == "__main__":
