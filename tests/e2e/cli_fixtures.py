@@ -59,14 +59,10 @@ def client_env(publisher: str, query: str) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module")
-def cli_stack(
-    settings: JetsourceSettings, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[CliStack]:
-    """A fresh stack: publisher, projector, snapshotter and query service as processes,
-    on a stream, models and names of their own."""
-    unique = uuid.uuid4().hex[:10]
-    base = projector_settings(settings, unique)
+def isolated_services(settings: JetsourceSettings, home: Path) -> Services:
+    """The four services as processes (not started), on a stream, models and names
+    of their own, so a module's stack shares the session's servers safely."""
+    base = projector_settings(settings, uuid.uuid4().hex[:10])
     shared = JetsourceSettings(
         nats=base.nats,
         valkey=base.valkey,
@@ -76,11 +72,18 @@ def cli_stack(
     )
     names = ("dlq_stream", "dlq_subject_prefix", "control_bucket", "valkey_prefix")
     projector = {k: getattr(base.projector, k) for k in (*names, "graph_label_prefix")}
-    services = Services.configure(
-        tmp_path_factory.mktemp("cli-stack"),
-        shared,
-        options={"projector": projector, "snapshotter": projector, "query": {}},
+    return Services.configure(
+        home, shared, options={"projector": projector, "snapshotter": projector, "query": {}}
     )
+
+
+@pytest.fixture(scope="module")
+def cli_stack(
+    settings: JetsourceSettings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[CliStack]:
+    """A fresh stack: publisher, projector, snapshotter and query service as processes,
+    on a stream, models and names of their own."""
+    services = isolated_services(settings, tmp_path_factory.mktemp("cli-stack"))
     try:
         services.start_all()
         yield CliStack(

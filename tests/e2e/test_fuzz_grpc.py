@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from jetsource._gen.context.v1 import commands_pb2 as c
 from jetsource._gen.context.v1 import query_pb2 as q
 from jetsource.core.settings import JetsourceSettings
-from tests.projector_fixtures import projector_settings
+from tests.e2e.cli_fixtures import isolated_services
 from tests.stack import Services
 
 pytestmark = pytest.mark.e2e
@@ -65,31 +65,19 @@ class Fuzzed:
 def fuzzed(
     settings: JetsourceSettings, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Fuzzed]:
-    unique = uuid.uuid4().hex[:10]
-    base = projector_settings(settings, unique)
-    shared = JetsourceSettings(
-        nats=base.nats,
-        valkey=base.valkey,
-        graph=base.graph,
-        eventstore=base.eventstore,
-        snapshots=base.snapshots,
-    )
-    names = ("dlq_stream", "dlq_subject_prefix", "control_bucket", "valkey_prefix")
-    projector = {k: getattr(base.projector, k) for k in (*names, "graph_label_prefix")}
-    services = Services.configure(
-        tmp_path_factory.mktemp("fuzz"),
-        shared,
-        options={"projector": projector, "snapshotter": projector, "query": {}},
-    )
+    services = isolated_services(settings, tmp_path_factory.mktemp("fuzz"))
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    nc = asyncio.run_coroutine_threadsafe(nats.connect(str(base.nats.url)), loop).result(10)
+    nc = asyncio.run_coroutine_threadsafe(
+        nats.connect(services.env["JETSOURCE_NATS__URL"]), loop
+    ).result(10)
     channels: dict[str, grpc.Channel] = {}
     try:
         services.start_all()
         channels = {n: grpc.insecure_channel(services.address(n)) for n in ("publisher", "query")}
-        fuzz = Fuzzed(services, channels, base.eventstore.stream, loop, nc.jetstream())
+        stream = services.env["JETSOURCE_EVENTSTORE__STREAM"]
+        fuzz = Fuzzed(services, channels, stream, loop, nc.jetstream())
         seed(fuzz)
         yield fuzz
     finally:

@@ -23,7 +23,7 @@ from typing import Any
 from neo4j import AsyncDriver, AsyncManagedTransaction
 
 from jetsource.core.envelope import RecordedEvent
-from jetsource.domains.context.history import FoldCache
+from jetsource.domains.context.history import FoldCache, history_up_to
 from jetsource.domains.context.model import ContextState, Decision, Subtask
 from jetsource.domains.context.model import fold as fold_state
 from jetsource.domains.context.serialize import decision_to_dict, subtask_to_dict
@@ -315,15 +315,7 @@ class GraphModel:
         locked, its Decision and Subtask nodes are deleted and written back, the
         counts move with it. With ``guard`` (low, high) nothing is written unless
         the stored version is within it. Returns the version the story was at (0: absent)."""
-        if events is None:
-            events = (
-                await self.store.read_aggregate(aggregate_id, to_version=to_version)
-                if to_version
-                else []
-            )
-        events = list(events[:to_version])
-        if [e.version for e in events] != list(range(1, to_version + 1)):
-            raise ValueError(f"rewind of {aggregate_id} to {to_version}: events are not 1..n")
+        events = await history_up_to(self.store, aggregate_id, to_version, events)
         if state is None or state.version != to_version:  # else: the caller folded them
             state = self._folds.state_at(aggregate_id, events, to_version)
         writes = _Writes()

@@ -17,6 +17,7 @@ import json
 import logging
 import zlib
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -38,6 +39,24 @@ Keys = dict[str, tuple[int, int]]
 
 class SnapshotDecodeError(ValueError):
     pass
+
+
+async def history_up_to(
+    store: EventStore,
+    aggregate_id: str,
+    to_version: int,
+    events: Sequence[RecordedEvent] | None = None,
+) -> list[RecordedEvent]:
+    """The aggregate's first ``to_version`` events (``events`` if the caller read them,
+    else from the store), checked to be versions 1..n: what a rewind writes from."""
+    if events is None:
+        events = (
+            await store.read_aggregate(aggregate_id, to_version=to_version) if to_version else []
+        )
+    out = list(events[:to_version])
+    if [e.version for e in out] != list(range(1, to_version + 1)):
+        raise ValueError(f"rewind of {aggregate_id} to {to_version}: events are not 1..n")
+    return out
 
 
 class FoldCache:
