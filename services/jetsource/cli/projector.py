@@ -239,9 +239,12 @@ def _replay_cell(row: dict[str, Any]) -> str:
 
 @app.command()
 def status(as_json: bool = JSON) -> None:
-    """Per model version of every domain: state, active, checkpoint, lag, dead letters,
-    build progress (percent, rate, ETA) and the last replay run. Exit 3 if a model's
-    store did not answer (its row says so)."""
+    """Every model version of every domain: state, lag, progress, last replay.
+
+    Columns: state, active, checkpoint, applied, lag, dead letters, build progress
+    (percent, rate, ETA) and the model's last replay run (run id, last replayed
+    sequence). Exit 3 if a model's store did not answer (its row says so).
+    """
     json_out = _json(as_json)
     rows = _run(admin.status)
     if json_out:
@@ -322,9 +325,12 @@ def replay(
     run_id: str | None = typer.Option(None, "--run-id", help="Name the run (default: a uuid7)"),
     as_json: bool = JSON,
 ) -> None:
-    """Re-apply a slice of the stream to the active version: every selector given must
-    match (aggregate, sequence range, time range, event types, actor). The run id and
-    the last replayed event show in `projector status`."""
+    """Re-apply a slice of the stream to the active version.
+
+    Every selector given must match: aggregate, sequence range, time range, event
+    types, actor. The run id and the last replayed event show in `projector status`.
+    Exit 2 for an empty or inverted slice, 1 when it holds no applied event.
+    """
     json_out = _json(as_json)
     name = _model(model_arg, model_opt)
     start, end = _time(from_time, "--from-time"), _time(to_time, "--to-time")
@@ -393,8 +399,11 @@ def rebuild(
     to_version: int = typer.Option(..., "--to-version", min=1),
     as_json: bool = JSON,
 ) -> None:
-    """Build a new version side by side from the model's replay_start; the projector
-    keeps it live. Progress shows in `projector status` while it builds."""
+    """Build a new version side by side; the projector then keeps it live.
+
+    It starts from the model's replay_start; progress shows in `projector status`
+    while it builds.
+    """
     json_out = _json(as_json)
     name = _model(model_arg, model_opt)
     with _progress(f"building {name} v{to_version}") as update:
@@ -416,9 +425,12 @@ def reset(
     yes: bool = typer.Option(False, "--yes", help="Confirm: the active version is emptied"),
     as_json: bool = JSON,
 ) -> None:
-    """Truncate the ACTIVE version in place and rebuild it from the model's
-    replay_start (queries see it empty, then growing). Its live worker is fenced
-    first; the projector service resumes the version once it is rebuilt."""
+    """Truncate the ACTIVE version in place and rebuild it (needs --yes).
+
+    It is rebuilt from the model's replay_start; queries see it empty, then growing.
+    Its live worker is fenced first; the projector service resumes the version once
+    it is rebuilt.
+    """
     json_out = _json(as_json)
     name = _model(model_arg, model_opt)
     if not yes:
@@ -448,8 +460,11 @@ def cutover(
     max_lag: int = typer.Option(1000, "--max-lag", min=0),
     as_json: bool = JSON,
 ) -> None:
-    """Switch the version queries read, atomically. Refused (exit 1) for the version
-    that is already active, one that is not live, or one lagging more than --max-lag."""
+    """Switch the version queries read, atomically.
+
+    Refused (exit 1) for the version that is already active, one that is not live,
+    or one lagging more than --max-lag.
+    """
     json_out = _json(as_json)
     name = _model(model_arg, model_opt)
     result = _run(lambda p: admin.cutover(p, name, to_version, drop_old, max_lag))
@@ -487,7 +502,7 @@ def wait(
     ),
     as_json: bool = JSON,
 ) -> None:
-    """Wait until a version is live and caught up (lag 0): exit 0; exit 3 on timeout."""
+    """Wait until a version is live and caught up (lag 0); exit 3 on timeout."""
     json_out = _json(as_json)
     name = _model(model_arg, model_opt)
     result = _run(lambda p: admin.wait(p, name, version, timeout))
