@@ -71,9 +71,12 @@ cypher-lint: install
 		node scripts/cypher-lint.mjs --summary --strict <.tools/cypher-statements.json; \
 	else echo "cypher lint skipped: npm not found"; fi
 
+# Every benchmark, beside its peers, into bench/results.md (the README's tables, each
+# figure beside its aim). Minutes, on a quiet machine. `make bench BENCH_ARGS=--quick`:
+# small sizes, about a minute, checks the benchmarks run (their figures mean nothing).
 bench: install
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[local,dev,bench]'
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache

@@ -70,7 +70,7 @@ def render(
             "the benchmarks run; they measure nothing.**",
         ]
     misses = [
-        f"- {name}: {table.title.split(':')[0]}: {miss}"
+        f"- {table.title.split(':')[0]}: {miss}"
         for name, tables in results.items()
         for table in tables
         for miss in table.misses

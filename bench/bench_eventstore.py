@@ -243,6 +243,7 @@ def table(passes: list[Pass], aggregates: int, concurrency: int) -> Table:
         f"Event store appends beside raw `js.publish`: typical events over {aggregates:,} "
         f"aggregates, {concurrency} writers, same server, same run",
         ["server sync", "row", "events/s", "command latency", "vs raw", "CPU ms per event"],
+        label_columns=2,
     )
     for p in passes:
         sync = f"{p.sync or 'default (2m)'}, {p.raw.events:,} events"

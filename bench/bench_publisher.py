@@ -116,6 +116,7 @@ def table(rows: dict[tuple[str, int], Stats], history: int) -> Table:
         f"Commands through the publisher: {history:,}-event stories, one DecisionAdded per "
         "command, each client on its own story",
         ["configuration", "clients", "cmd/s", "latency", "vs best peer", "CPU ms per command"],
+        label_columns=2,
     )
     for clients in CLIENTS:
         peers = [rows[(c, clients)] for c in peer.CONFIGS if (c, clients) in rows]

@@ -193,6 +193,7 @@ class Table:
     columns: list[str]
     rows: list[tuple[list[str], list[Aim]]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    label_columns: int = 1  # the leading cells that name a row
 
     def row(self, cells: Iterable[str], aims: Iterable[Aim] = ()) -> None:
         self.rows.append((list(cells), list(aims)))
@@ -206,7 +207,12 @@ class Table:
 
     @property
     def misses(self) -> list[str]:
-        return [a.text for _, aims in self.rows for a in aims if not a.met]
+        return [
+            f"{', '.join(cells[: self.label_columns])}: {a.text}"
+            for cells, aims in self.rows
+            for a in aims
+            if not a.met
+        ]
 
     def markdown(self) -> str:
         columns = list(self.columns)
