@@ -41,6 +41,7 @@ from valkey import exceptions as valkey_errors
 
 from jetsource._gen.context.v1 import query_pb2 as pb
 from jetsource._gen.context.v1 import query_pb2_grpc as pb_grpc
+from jetsource.core import telemetry
 from jetsource.core.clock import format_rfc3339_ns, from_timestamp, to_timestamp
 from jetsource.core.errors import (
     CorruptEventError,
@@ -69,6 +70,7 @@ from jetsource.projection.bootstrap import Projection
 from jetsource.projection.contract import TransientError
 
 log = logging.getLogger("jetsource.query")
+SERVICE = pb.DESCRIPTOR.services_by_name["ContextQueryService"].full_name
 T = TypeVar("T")
 MAX_VERSION = 10**12  # beyond any real history: a larger number is a mistake
 
@@ -223,8 +225,9 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
     ) -> T:
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(self._budget(context)):
-                result = await work()
+            with telemetry.rpc_span(SERVICE, method, context):
+                async with asyncio.timeout(self._budget(context)):
+                    result = await work()
         except BaseException as exc:
             error = _query_error(exc)
             outcome = error.code.name.lower() if error else "error"
