@@ -135,6 +135,24 @@ def span(
     return cm
 
 
+def rpc_span(service: str, method: str, context: Any) -> AbstractContextManager[Any]:
+    """A SERVER span for one gRPC call (``service`` is the full service name), parented
+    to the ``traceparent`` the caller sent in its metadata, if any."""
+    if _tracer is None:
+        return contextlib.nullcontext()
+    carrier: dict[str, str] = {}
+    with contextlib.suppress(Exception):  # a context without metadata (a direct call)
+        for key, value in context.invocation_metadata() or ():
+            if key in (TRACEPARENT, TRACESTATE) and isinstance(value, str):
+                carrier[key] = value
+    return span(
+        f"{service}/{method}",
+        kind="server",
+        attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": method},
+        carrier=carrier,
+    )
+
+
 def batch_span(
     name: str,
     carriers: Iterable[Mapping[str, str] | None],
