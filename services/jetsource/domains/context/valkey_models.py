@@ -20,7 +20,7 @@ from valkey.asyncio import Valkey
 from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
 from jetsource.core.codec import UnknownEvent
 from jetsource.core.envelope import RecordedEvent
-from jetsource.domains.context.history import FoldCache
+from jetsource.domains.context.history import FoldCache, history_up_to
 from jetsource.domains.context.model import ContextState, EvolveError, evolve, fold
 from jetsource.domains.context.serialize import state_from_dict, state_to_dict
 from jetsource.eventstore.port import EventStore
@@ -315,15 +315,7 @@ class ContextModel(ValkeyModel):
         script; with
         ``guard`` (low, high) only if the stored version is within. Returns the
         version it was at."""
-        if events is None:
-            events = (
-                await self.store.read_aggregate(aggregate_id, to_version=to_version)
-                if to_version
-                else []
-            )
-        events = list(events[:to_version])
-        if [e.version for e in events] != list(range(1, to_version + 1)):
-            raise ValueError(f"rewind of {aggregate_id} to {to_version}: events are not 1..n")
+        events = await history_up_to(self.store, aggregate_id, to_version, events)
         if state is None or state.version != to_version:  # else: the caller folded them
             state = self._folds.state_at(aggregate_id, events, to_version)
         meta = {
