@@ -227,3 +227,30 @@ async def test_a_repeated_key_returns_its_result_whatever_the_expected_version(
     assert again.duplicate
     assert (again.versions, again.stream_seqs) == (original.versions, original.stream_seqs)
     assert await p.store.last_version("s") == 2
+
+
+async def test_a_discarded_dead_letter_is_stepped_over_by_a_rebuild(
+    projection: Projection,
+) -> None:
+    """#18: a rebuild sat retrying an event already discarded in the previous version.
+    A discard is remembered for the model: every later version steps over it by rule,
+    files no dead letter and equals the version it was discarded from."""
+    from jetsource.projection import admin
+
+    p = projection
+    await p.store.append("story", [NewEvent(ev.ContextCreated(title="t"))], NO_STREAM)
+    await p.store.append("story", [NewEvent(ev.ContextCreated(title="again"))], 1)
+    await p.store.append("other", [NewEvent(ev.ContextCreated(title="o"))], NO_STREAM)
+    await p.control.ensure("context", 1)
+    await run_until_caught_up(p, "context")
+    letters = await p.dead_letters.list(p.spec("context", 1))
+    assert len(letters) == 1
+    report = await admin.dlq_discard(p, "context", dlq_seqs=[letters[0].dlq_seq])
+    assert report.done == [letters[0].dlq_seq]
+    await p.store.append("story", [NewEvent(ev.DecisionAdded(decision_id="d1", title="x"))], 2)
+    await run_until_caught_up(p, "context")
+
+    rebuilt = await admin.rebuild(p, "context", 2)
+    assert rebuilt.applied == 4  # the discarded event counts as stepped over, at its place
+    assert await p.dead_letters.list(p.spec("context", 2)) == []
+    assert await p.model("context", 2).digest() == await p.model("context", 1).digest()

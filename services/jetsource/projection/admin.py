@@ -1025,6 +1025,13 @@ async def dlq_discard(
             continue
         model = p.model(letter.model, letter.version)
         if await model.skip(letter.aggregate_id, letter.original_seq):
+            # Remembered for the model, so every version (a rebuild) steps over it too.
+            seq = letter.original_seq
+
+            def remember(control: ModelControl, seq: int = seq) -> None:
+                control.discarded.append(seq)
+
+            await _save(p, letter.model, remember)
             await p.dead_letters.delete(letter.dlq_seq)
             report.done.append(letter.dlq_seq)
         else:

@@ -8,6 +8,7 @@ The engine knows no domain: the registry module is named by a setting
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 from collections.abc import Callable
@@ -169,6 +170,21 @@ class Projection:
                 ) from exc
             except Exception as exc:
                 log.warning("graph store not reachable yet: %s", exc)
+
+    async def unreachable(self, stores: set[str], timeout_s: float = 2.0) -> dict[str, str]:
+        """Which of the read-model stores named (``valkey``, ``graph``) and NATS do not
+        answer now: store -> why. Health follows it (NOT_SERVING / 503 while a service
+        cannot reach a store it needs, serving again on its own)."""
+        down: dict[str, str] = {}
+        if not self.nc.is_connected:
+            down["nats"] = "not connected"
+        checks = {"valkey": lambda: self.redis.ping(), "graph": self.graph.verify_connectivity}
+        for name in sorted(stores & set(checks)):
+            try:
+                await asyncio.wait_for(checks[name](), timeout_s)
+            except Exception as exc:
+                down[name] = f"{type(exc).__name__}: {exc}"[:200]
+        return down
 
     async def close(self) -> None:
         try:

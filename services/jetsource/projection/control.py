@@ -61,6 +61,9 @@ class ModelControl:
     progress: dict[int, dict[str, Any]] = field(default_factory=dict)
     # The last selective replay run of this model.
     last_replay: dict[str, Any] | None = None
+    # Stream sequences an operator discarded from this model's dead letters: every
+    # version of the model steps over them by rule (a rebuild never stalls on one).
+    discarded: list[int] = field(default_factory=list)
 
     def live(self) -> list[int]:
         return sorted(v for v, s in self.versions.items() if s == LIVE)
@@ -74,6 +77,8 @@ class ModelControl:
             body["progress"] = {str(v): p for v, p in self.progress.items()}
         if self.last_replay is not None:
             body["last_replay"] = self.last_replay
+        if self.discarded:
+            body["discarded"] = sorted(set(self.discarded))
         return json.dumps(body).encode()
 
     @classmethod
@@ -85,6 +90,7 @@ class ModelControl:
             revision,
             {int(v): p for v, p in (body.get("progress") or {}).items()},
             body.get("last_replay"),
+            [int(x) for x in body.get("discarded") or []],
         )
 
 
@@ -303,3 +309,17 @@ async def active_version(
         cache = _ACTIVE[id(control)] = ActiveVersionCache(control, refresh_s, max_stale_s)
     cache.refresh_s, cache.max_stale_s = refresh_s, max_stale_s
     return await cache.active(model)
+
+
+async def discarded_sequences(nc: NATS, bucket: str, model: str) -> set[int]:
+    """The stream sequences discarded from ``model``'s dead letters (any version), as
+    its control entry lists them; empty when there is none or NATS does not answer
+    (then a refused event is dead-lettered again, as before)."""
+    try:
+        kv = await nc.jetstream().key_value(bucket)
+        entry = await kv.get(model)
+    except Exception:
+        return set()
+    if entry is None or entry.value is None:
+        return set()
+    return set(ModelControl.decode(entry.value, entry.revision or 0).discarded)

@@ -29,6 +29,21 @@ class ProjectorService:
     projection: Projection
     workers: dict[tuple[str, int], tuple[Worker, asyncio.Task[None]]] = field(default_factory=dict)
     stopping: bool = False
+    # Stores the running models need that did not answer at the last probe: not healthy.
+    unreachable: dict[str, str] = field(default_factory=dict)
+
+    async def probe(self) -> None:
+        kinds = {
+            self.projection.spec(m, self.projection.pinned_version(m) or 1).store
+            for m in self.models
+        }
+        down = await self.projection.unreachable(kinds)
+        if down != self.unreachable:
+            if down:
+                log.warning("not reachable: %s", ", ".join(f"{k} ({v})" for k, v in down.items()))
+            else:
+                log.info("every store answers again")
+        self.unreachable = down
 
     @property
     def options(self) -> ProjectorOptions:
@@ -89,6 +104,8 @@ class ProjectorService:
             # A model with work delivered and nothing done for stall_after_s is not
             # healthy, even though its task runs (#22: /healthz said 200 through a livelock).
             and not any(w.stalled for w, _ in workers)
+            # Nor is one whose store does not answer (#18: 200 with Valkey down).
+            and not self.unreachable
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -97,6 +114,7 @@ class ProjectorService:
                 await self.sync()
             except Exception as exc:  # NATS briefly away: keep the workers, retry
                 log.warning("control sync failed: %r", exc)
+            await self.probe()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.options.control_poll_s)
         self.stopping = True

@@ -32,7 +32,7 @@ from jetsource.eventstore import jsapi
 from jetsource.eventstore.jetstream import JetStreamEventStore, voided_event
 from jetsource.eventstore.jsapi import Delivery, RawMessage
 from jetsource.projection.contract import Outcome, ReadModel, TransientError
-from jetsource.projection.control import version_dropped
+from jetsource.projection.control import discarded_sequences, version_dropped
 from jetsource.projection.deadletters import DeadLetters, aggregate_of
 from jetsource.projection.settings import ProjectorOptions
 
@@ -119,6 +119,7 @@ class Worker:
         self._parked: dict[str, set[int]] = {}
         self._failures: OrderedDict[int, int] = OrderedDict()
         self._waits: OrderedDict[int, int] = OrderedDict()  # seq -> rounds it waited
+        self._discarded: set[int] = set()  # sequences discarded from this model's DLQ
         self._progress_at = time.monotonic()
         self._labels = (self.spec.name, str(self.spec.version))
         # Fields of every log line of this worker (structured logs: jetsource.core.logging).
@@ -153,6 +154,7 @@ class Worker:
     async def start(self) -> None:
         await self.model.setup()
         await self.ensure_consumer()
+        self._discarded = await discarded_sequences(self.nc, self.o.control_bucket, self.spec.name)
         letters = await self.dlq.list(self.spec)
         for letter in letters:
             self._parked.setdefault(letter.aggregate_id, set()).add(letter.original_seq)
@@ -335,7 +337,12 @@ class Worker:
             position = await self.model.position(aggregate_id)
             again: list[RecordedEvent] = []
             if first.stream_seq in outcome.failed or first.version > position + 1:
-                if await self.store.voided(aggregate_id, first.stream_seq):
+                # Voided by an operator for every reader, or discarded from this
+                # model's dead letters before (a rebuild steps over it by rule).
+                stepped_over = first.stream_seq in self._discarded and (
+                    first.stream_seq in outcome.failed
+                )
+                if stepped_over or await self.store.voided(aggregate_id, first.stream_seq):
                     if first.version == position + 1:
                         again = [voided_event(first), *evs[1:]]  # a no-op at its place
                     else:

@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 
 from valkey import exceptions as valkey_errors
 from valkey.asyncio import Valkey
+from valkey.asyncio.retry import Retry
+from valkey.backoff import ExponentialBackoff
 
 from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
 from jetsource.core.codec import UnknownEvent
@@ -38,6 +40,11 @@ def connect_valkey(settings: JetsourceSettings) -> Valkey:
         "password": v.password.get_secret_value() if v.password else None,
         "socket_timeout": v.socket_timeout_s,
         "socket_connect_timeout": v.socket_timeout_s,
+        # A dropped connection is tried again (3 times, 50 ms doubling) before a
+        # command fails: what redis-py did by default and valkey-py does not, so a
+        # blip is not an error a query returns.
+        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+        "retry_on_error": [valkey_errors.ConnectionError, valkey_errors.TimeoutError],
     }
     if v.tls.active:
         options["ssl_ca_certs"] = str(v.tls.ca_file) if v.tls.ca_file else None

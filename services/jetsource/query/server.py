@@ -3,8 +3,11 @@ gRPC server (health, reflection, Prometheus /metrics on its own port)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from grpc_health.v1 import health_pb2
 
 from jetsource._gen.context.v1 import query_pb2
 from jetsource.core.grpcserver import GrpcEndpoint, start_grpc, stop_on_signals
@@ -24,6 +27,7 @@ class Query:
     grpc: GrpcEndpoint
     projection: Projection
     stopped: bool = False
+    unreachable: dict[str, str] = field(default_factory=dict)
 
     @property
     def port(self) -> int:
@@ -56,19 +60,48 @@ async def build(settings: QuerySettings) -> Query:
     return Query(endpoint, projection)
 
 
+async def follow_stores(query: Query, every_s: float) -> None:
+    """Health tells the truth: NOT_SERVING while NATS, Valkey or the graph store does
+    not answer (every read needs one of them), SERVING again on its own."""
+    serving = True
+    while True:
+        down = await query.projection.unreachable({"valkey", "graph"})
+        if bool(down) == serving:
+            serving = not down
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if serving
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for name in ("", SERVICE_NAME):
+                await query.grpc.health.set(name, status)
+            if down:
+                log.warning("NOT_SERVING: not reachable: %s", ", ".join(down))
+            else:
+                log.info("SERVING: every store answers again")
+        query.unreachable = down
+        await asyncio.sleep(every_s)
+
+
 async def serve(settings: QuerySettings) -> None:
     o = settings.query
     register_service("query")
     query = await build(settings)
     metrics = (
-        start_metrics_server(o.metrics_port, o.grpc_host, lambda: query.projection.nc.is_connected)
+        start_metrics_server(
+            o.metrics_port,
+            o.grpc_host,
+            lambda: query.projection.nc.is_connected and not query.unreachable,
+        )
         if o.metrics_port
         else None
     )
     nats_state = watch_nats(query.projection.nc, "query")
+    stores = asyncio.create_task(follow_stores(query, o.store_probe_s))
     log.info("query listening on %s:%d", o.grpc_host, query.port)
     await stop_on_signals().wait()
     log.info("query shutting down")
+    stores.cancel()
     nats_state.cancel()
     if metrics is not None:
         metrics.shutdown()

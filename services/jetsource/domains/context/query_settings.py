@@ -13,6 +13,9 @@ class QueryOptions(BaseModel):
     grpc_host: str = "127.0.0.1"
     grpc_port: int = Field(default=50052, ge=0)
     metrics_port: int = Field(default=9104, ge=0)  # 0 disables /metrics
+    # How often health checks NATS, Valkey and the graph store (NOT_SERVING while one
+    # does not answer).
+    store_probe_s: float = Field(default=2.0, gt=0)
     max_concurrent_rpcs: int = Field(default=1000, ge=1)
     # Used when the client sets no deadline (read-your-writes waits at most this long).
     default_deadline_s: float = Field(default=5.0, gt=0)
