@@ -111,6 +111,14 @@ async def test_poison_is_named_dead_lettered_once_and_voided(projection: Project
         expected = [s for k, s in poison.items() if name != "snapshots" or k != "foreign"]
         assert sorted(d.original_seq for d in letters) == sorted(expected), name
         assert worker.stats.dead_letters == len(expected), name
+    # `projector status` shows them too (what `dlq list` lists is the list above).
+    from jetsource.projection import admin
+
+    for name in ("context", "timeline", "graph"):
+        await p.control.ensure(name, 1)
+    rows = {r["model"]: r for r in await admin.status(p) if r.get("version") == 1}
+    for name in ("context", "timeline", "graph"):
+        assert rows[name]["dead_letters"] == len(poison), rows[name]
 
     # Repair: void each; nothing is deleted, every reader steps over it.
     last_seq_before = int((await p.store.stream_info())["state"]["last_seq"])
