@@ -11,10 +11,9 @@ from typing import Any
 
 from jetsource.domains.context.events import AGGREGATE_TYPE, registry
 from jetsource.domains.context.graph_model import GRAPH, GraphModel, graph_spec
-from jetsource.domains.context.history import StateLoader
 from jetsource.domains.context.samples import story_events
-from jetsource.domains.context.serialize import STATE_SCHEMA_VERSION
-from jetsource.domains.context.snapshots_model import SNAPSHOTS, SnapshotModel, snapshot_spec
+from jetsource.domains.context.snapshots_model import DECL as SNAPSHOTS_DECL
+from jetsource.domains.context.snapshots_model import SNAPSHOTS
 from jetsource.domains.context.valkey_models import (
     CONTEXT,
     TIMELINE,
@@ -51,13 +50,6 @@ def _graph(env: ModelEnv, spec: ModelSpec) -> ReadModel:
     return model  # type: ignore[no-any-return]
 
 
-def _snapshots(env: ModelEnv, spec: ModelSpec) -> ReadModel:
-    s = env.settings.snapshots
-    loader = StateLoader(env.store, env.snapshots, s.cache_size)
-    model: Any = SnapshotModel(spec, env.snapshots, loader, s.every, env.options.state_cache_size)
-    return model  # type: ignore[no-any-return]
-
-
 DOMAIN = Domain(
     name="context",
     stream="CONTEXT_EVENTS",
@@ -69,9 +61,7 @@ DOMAIN = Domain(
         TIMELINE: ModelDecl(timeline_spec, _timeline),
         GRAPH: ModelDecl(graph_spec, _graph),
         # Run by the snapshotter service; its version is the state schema's.
-        SNAPSHOTS: ModelDecl(
-            snapshot_spec, _snapshots, default=False, pinned_version=STATE_SCHEMA_VERSION
-        ),
+        SNAPSHOTS: SNAPSHOTS_DECL,
     },
     # The audit log and time travel to any point: keep everything.
     policy=StreamPolicy(Retention.FOREVER),

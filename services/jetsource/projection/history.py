@@ -1,0 +1,331 @@
+"""An aggregate's state at any point of its history, for any domain: the latest
+usable snapshot at or before the point, plus the remaining events folded from the
+event stream.
+
+A domain that wants snapshots provides a :class:`StateCodec` (its empty state, its
+checked fold, one-event evolve, and the state's encoding); the engine does the rest:
+:class:`StateLoader` here, the snapshots read model in
+:mod:`jetsource.projection.snapshots`. Every reader of a domain's state goes through
+the loader, so they all agree with a full fold from version 1. A snapshot is used
+only if its state schema is the one the codec writes (``schema_version``); an older
+one is skipped and the state folded from events, never misread.
+
+A point is a version (``to_version``), a time (``until``: every event recorded at or
+before it; stream times never go backwards) or both; none means "now".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import zlib
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any, Generic, Protocol, TypeVar
+
+from jetsource.core.clock import to_ns
+from jetsource.core.envelope import RecordedEvent
+from jetsource.core.errors import JetsourceError
+from jetsource.eventstore.port import EventStore
+from jetsource.eventstore.snapshots import Snapshot, SnapshotStore, choose
+
+log = logging.getLogger("jetsource.history")
+
+S = TypeVar("S")
+# idempotency key -> (first version, last version) of the command that used it
+Keys = dict[str, tuple[int, int]]
+
+
+class SnapshotDecodeError(ValueError):
+    """A snapshot's state cannot be read by this code (other schema or encoding,
+    damaged bytes, or a state that is not the one the snapshot says)."""
+
+
+class RefusedEvent(JetsourceError):
+    """The domain refuses an event at this place in the history (it contradicts the
+    state): no state past it is right."""
+
+
+class StateCodec(Protocol[S]):
+    """What a domain gives the engine to snapshot and load its aggregates' state."""
+
+    @property
+    def aggregate_type(self) -> str: ...
+
+    @property
+    def schema_version(self) -> int:
+        """The state schema this code writes and reads; a snapshot of another is skipped."""
+        ...
+
+    @property
+    def encoding(self) -> str: ...
+
+    def empty(self, aggregate_id: str) -> S:
+        """The state before the first event."""
+        ...
+
+    def version(self, state: S) -> int:
+        """The aggregate version the state is at (0: no event)."""
+        ...
+
+    async def fold(self, store: EventStore, records: list[RecordedEvent], state: S) -> S:
+        """Fold stored events into ``state``, checked: an event the domain refuses
+        raises CorruptEventError naming its sequence, unless an operator voided it
+        (``store.voided``), then it only advances the version."""
+        ...
+
+    def evolve_one(self, state: S, record: RecordedEvent) -> S:
+        """Apply one event; :class:`RefusedEvent` if the domain refuses it."""
+        ...
+
+    def encode(self, state: S) -> bytes: ...
+
+    def decode(self, snapshot: Snapshot) -> S:
+        """The state in ``snapshot`` (schema and encoding already checked);
+        :class:`SnapshotDecodeError` if it cannot be read."""
+        ...
+
+    def describe(self, state: S) -> Any:
+        """A plain, deterministic view of the state (for digests)."""
+        ...
+
+
+async def history_up_to(
+    store: EventStore,
+    aggregate_id: str,
+    to_version: int,
+    events: Sequence[RecordedEvent] | None = None,
+) -> list[RecordedEvent]:
+    """The aggregate's first ``to_version`` events (``events`` if the caller read them,
+    else from the store), checked to be versions 1..n: what a rewind writes from."""
+    if events is None:
+        events = (
+            await store.read_aggregate(aggregate_id, to_version=to_version) if to_version else []
+        )
+    out = list(events[:to_version])
+    if [e.version for e in out] != list(range(1, to_version + 1)):
+        raise ValueError(f"rewind of {aggregate_id} to {to_version}: events are not 1..n")
+    return out
+
+
+def decode_snapshot(codec: StateCodec[S], snapshot: Snapshot) -> S:
+    """The state in ``snapshot``, checked to be of the codec's schema and encoding and
+    at the snapshot's version."""
+    if snapshot.schema_version != codec.schema_version:
+        raise SnapshotDecodeError(
+            f"state schema {snapshot.schema_version}; this code reads {codec.schema_version}"
+        )
+    if snapshot.encoding != codec.encoding:
+        raise SnapshotDecodeError(f"unknown snapshot encoding {snapshot.encoding!r}")
+    state = codec.decode(snapshot)
+    if codec.version(state) != snapshot.version:
+        raise SnapshotDecodeError(
+            f"snapshot says {snapshot.aggregate_id} v{snapshot.version}, "
+            f"its state is at v{codec.version(state)}"
+        )
+    return state
+
+
+def encode_keys(keys: Keys) -> bytes:
+    return zlib.compress(json.dumps(keys, separators=(",", ":"), sort_keys=True).encode(), 1)
+
+
+def decode_keys(data: bytes) -> Keys:
+    if not data:
+        return {}
+    return {k: (int(a), int(b)) for k, (a, b) in json.loads(zlib.decompress(data)).items()}
+
+
+def add_keys(keys: Keys, events: list[RecordedEvent]) -> None:
+    for e in events:
+        key = e.envelope.idempotency_key
+        if key:
+            first, _ = keys.get(key, (e.version, e.version))
+            keys[key] = (first, e.version)
+
+
+def make_snapshot(
+    codec: StateCodec[S], state: S, last: RecordedEvent, keys: Keys, taken_at_ns: int = 0
+) -> Snapshot:
+    """The snapshot of ``state``, the fold up to and including ``last``."""
+    return Snapshot(
+        codec.aggregate_type,
+        last.aggregate_id,
+        codec.version(state),
+        last.stream_seq,
+        last.recorded_at_ns,
+        codec.schema_version,
+        codec.encoding,
+        codec.encode(state),
+        encode_keys(keys),
+        taken_at_ns,
+    )
+
+
+@dataclass
+class PointInTime(Generic[S]):
+    state: S
+    last_seq: int = 0  # stream sequence of the last event included (0: none)
+    recorded_at_ns: int = 0  # its recorded time
+    snapshot_version: int = 0  # the snapshot it started from (0: none)
+    events_folded: int = 0
+    keys: Keys = field(default_factory=dict)  # only when asked for
+    # The decoded snapshot state it started from, shared by every load from that
+    # snapshot (never changed): what did not change since is the same object in both.
+    base: S | None = None
+
+
+class StateLoader(Generic[S]):
+    """Loads states through snapshots. Two caches, both of facts that never change
+    (events are never deleted, so a snapshot of this schema is the fold of its
+    versions for good): decoded snapshot states, and per aggregate the list of
+    snapshots kept when it was last listed. With that list, a point that has a
+    listed snapshot at or before it and one past it is served without asking the
+    snapshot store: snapshots stored later are past the point too."""
+
+    def __init__(
+        self,
+        codec: StateCodec[S],
+        store: EventStore,
+        snapshots: SnapshotStore | None,
+        cache_size: int = 1_000,
+    ) -> None:
+        self.codec = codec
+        self.store = store
+        self.snapshots = snapshots
+        self.cache_size = cache_size
+        # (aggregate, version, snapshot seq) -> decoded state: snapshots never change
+        self._cache: OrderedDict[tuple[str, int, int], S] = OrderedDict()
+        # aggregate -> its snapshots (without their state) as last listed
+        self._listed: OrderedDict[str, list[Snapshot]] = OrderedDict()
+
+    @property
+    def schema(self) -> int:
+        return self.codec.schema_version
+
+    @staticmethod
+    def _key(snapshot: Snapshot) -> tuple[str, int, int]:
+        return (snapshot.aggregate_id, snapshot.version, snapshot.snapshot_seq)
+
+    def _decoded(self, snapshot: Snapshot) -> S:
+        key = self._key(snapshot)
+        state = self._cache.get(key)
+        if state is None:
+            state = decode_snapshot(self.codec, snapshot)
+            if self.cache_size:
+                self._cache[key] = state
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(key)
+        return state
+
+    def _list(self, aggregate_id: str, kept: list[Snapshot]) -> None:
+        if self.cache_size:
+            self._listed[aggregate_id] = [
+                replace(s, state=b"", idempotency_keys=b"")
+                for s in kept
+                if s.schema_version == self.schema
+            ]
+            self._listed.move_to_end(aggregate_id)
+            while len(self._listed) > self.cache_size:
+                self._listed.popitem(last=False)
+
+    def _from_list(self, aggregate_id: str, to_version: int | None) -> tuple[Snapshot, S] | None:
+        """The best listed snapshot for the point, if the point lies between listed
+        ones (so no snapshot stored since can be closer) and its state is decoded."""
+        listed = self._listed.get(aggregate_id)
+        if not listed or to_version is None:
+            return None
+        best = choose(listed, self.schema, to_version, None)
+        if best is None or all(s.version <= to_version for s in listed):
+            return None
+        state = self._cache.get(self._key(best))
+        if state is None:
+            return None
+        self._cache.move_to_end(self._key(best))
+        self._listed.move_to_end(aggregate_id)
+        return best, state
+
+    def _last_seq(self, aggregate_id: str, to_version: int | None) -> int | None:
+        """Where the events up to the point end, from listed snapshots past it: a
+        snapshot of version V at sequence S puts event v < V at S - (V - v) or below
+        (so a tail read knows its range; exactly, when the aggregate's events are
+        contiguous in the stream)."""
+        if to_version is None:
+            return None
+        bounds = [
+            s.last_seq - (s.version - to_version)
+            for s in self._listed.get(aggregate_id, ())
+            if s.version > to_version
+        ]
+        return min(bounds, default=None)
+
+    async def _find(self, aggregate_id: str, to_version: int | None) -> Snapshot | None:
+        """The newest usable snapshot: usually the latest one; else list them all."""
+        assert self.snapshots is not None
+        latest = await self.snapshots.latest(aggregate_id)
+        if latest is None:
+            return None
+        if latest.usable(self.schema, to_version, None):
+            return latest
+        kept = await self.snapshots.history(aggregate_id)
+        self._list(aggregate_id, kept)
+        return choose(kept, self.schema, to_version, None)
+
+    async def load(
+        self,
+        aggregate_id: str,
+        to_version: int | None = None,
+        until: datetime | int | None = None,
+        keys: bool = False,
+        use_snapshots: bool = True,
+    ) -> PointInTime[S]:
+        """State after every event up to ``to_version`` and recorded at or before
+        ``until`` (both optional)."""
+        codec = self.codec
+        if until is not None:
+            # Stream times never go backwards: the events recorded by then are the
+            # versions up to the last one recorded by then. One look-up, and the rest
+            # is a read up to a version.
+            by_then = await self.store.version_at_time(aggregate_id, to_ns(until))
+            to_version = by_then if to_version is None else min(to_version, by_then)
+        point = PointInTime(codec.empty(aggregate_id))
+        if use_snapshots and self.snapshots is not None and to_version != 0:
+            found = None if keys else self._from_list(aggregate_id, to_version)
+            snapshot = found[0] if found else await self._find(aggregate_id, to_version)
+            if snapshot is not None:
+                try:
+                    state = found[1] if found else self._decoded(snapshot)
+                    point = PointInTime(
+                        state,
+                        snapshot.last_seq,
+                        snapshot.recorded_at_ns,
+                        snapshot.version,
+                        base=state,
+                    )
+                    if keys:
+                        point.keys = decode_keys(snapshot.idempotency_keys)
+                except (SnapshotDecodeError, ValueError) as exc:
+                    log.warning("%s: snapshot v%d skipped: %s", aggregate_id, snapshot.version, exc)
+                    point = PointInTime(codec.empty(aggregate_id))
+        at = codec.version(point.state)
+        if to_version is not None and at >= to_version:
+            return point
+        tail = await self.store.read_aggregate(
+            aggregate_id,
+            from_version=at + 1,
+            to_version=to_version,
+            from_seq=point.last_seq + 1,
+            to_seq=self._last_seq(aggregate_id, to_version),
+        )
+        if tail:
+            point.state = await codec.fold(self.store, tail, point.state)
+            point.last_seq = tail[-1].stream_seq
+            point.recorded_at_ns = tail[-1].recorded_at_ns
+            point.events_folded = len(tail)
+            if keys:
+                add_keys(point.keys, tail)
+        return point
