@@ -40,6 +40,7 @@ log = logging.getLogger("jetsource.projector")
 T = TypeVar("T")
 Progress = Callable[[int, int], None]
 APPLY_BATCH = 500
+BUILD_PULL_EXPIRES_S = 0.5
 # Transient store trouble (graph deadlock or restart, Valkey or NATS away) during an
 # admin write: tried again with backoff, this many times, before the command fails.
 RETRY_ATTEMPTS = 8
@@ -628,7 +629,13 @@ async def _build(
     """Run a worker of ``version`` (state ``building``) until it has caught up, then
     mark it ``live``. Stops at once if the version stops being ``building``."""
     model = p.model(name, version)
-    worker = Worker(p.nc, p.store_for(name), model, p.dead_letters, p.settings.projector)
+    # Short pull requests: when the build has caught up, its puller hands back what
+    # open requests still bring (new appends) before the service takes over, and waits
+    # for them to expire; with the service's 5 s expiry every build ended 5 s late.
+    options = p.settings.projector.model_copy(
+        update={"pull_expires_s": min(p.settings.projector.pull_expires_s, BUILD_PULL_EXPIRES_S)}
+    )
+    worker = Worker(p.nc, p.store_for(name), model, p.dead_letters, options)
     task = asyncio.create_task(worker.run(until_caught_up=True))
     meter = Meter((await _retry(model.checkpoint, f"build {name} v{version}")).seq)
     saved = -float("inf")
