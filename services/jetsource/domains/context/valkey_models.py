@@ -22,7 +22,7 @@ from jetsource.core.codec import UnknownEvent
 from jetsource.core.envelope import RecordedEvent
 from jetsource.domains.context.history import FoldCache, history_up_to
 from jetsource.domains.context.model import ContextState, EvolveError, evolve, fold
-from jetsource.domains.context.serialize import state_from_dict, state_to_dict
+from jetsource.domains.context.serialize import StateEncoder, state_from_dict
 from jetsource.eventstore.port import EventStore
 from jetsource.projection.contract import Kind, ModelSpec, Outcome
 from jetsource.projection.valkey import (
@@ -37,6 +37,7 @@ from jetsource.projection.valkey import (
 
 CONTEXT = "context"
 TIMELINE = "timeline"
+_STATE = "\x00state\x00"  # where the state's JSON goes in a document
 _NO_LIMIT = 2**52  # an open upper bound for the rewind scripts' version guard
 
 
@@ -185,6 +186,7 @@ class ContextModel(ValkeyModel):
         # id -> (doc fields other than the state, state); what this process last wrote.
         self._cache: OrderedDict[str, tuple[dict[str, Any], ContextState]] = OrderedDict()
         self._folds = FoldCache()  # replay: a hot story's history folded once
+        self._encoder = StateEncoder()
         self._apply = redis.register_script(_CONTEXT_APPLY)
         self._put = redis.register_script(_CONTEXT_PUT)
 
@@ -213,12 +215,16 @@ class ContextModel(ValkeyModel):
                     out[i] = (doc, state)
         return out
 
-    @staticmethod
-    def _doc(meta: dict[str, Any], state: ContextState) -> str:
-        return json.dumps(
-            {**meta, "status": _status(state), "state": state_to_dict(state)},
+    def _doc(self, meta: dict[str, Any], state: ContextState) -> str:
+        """The stored document: json.dumps(..., sort_keys=True) of meta, status and the
+        state, the state encoded by parts (only what changed is encoded again)."""
+        shell = json.dumps(
+            {**meta, "status": _status(state), "state": _STATE},
             separators=(",", ":"),
             sort_keys=True,
+        )
+        return shell.replace(
+            f'"state":{json.dumps(_STATE)}', '"state":' + self._encoder.encode(state), 1
         )
 
     async def apply(self, events: Sequence[RecordedEvent]) -> Outcome:
