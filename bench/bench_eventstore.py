@@ -27,7 +27,18 @@ from pathlib import Path
 import nats
 from nats.js.api import StorageType, StoreCompression, StreamConfig
 
-from bench.common import CPUS, Aim, CpuMeter, CpuReport, Table, ms, ratio, show, stop
+from bench.common import (
+    CPUS,
+    Aim,
+    CpuMeter,
+    CpuReport,
+    Table,
+    exit_on_signals,
+    ms,
+    ratio,
+    show,
+    stop,
+)
 from jetsource._gen.context.v1 import events_pb2 as ev
 from jetsource.core.envelope import NewEvent
 from jetsource.core.settings import EventStoreSettings
@@ -276,6 +287,7 @@ QUICK = ["--events", "2000", "--aggregates", "100", "--always-events", "500"]
 
 
 def main(argv: list[str] | None = None) -> list[Table]:
+    exit_on_signals()
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--aggregates", type=int, default=1_000)

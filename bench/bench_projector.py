@@ -24,7 +24,18 @@ import httpx
 import nats
 from pydantic import SecretStr
 
-from bench.common import CPUS, Aim, CpuMeter, CpuReport, Table, ms, ratio, show, stop
+from bench.common import (
+    CPUS,
+    Aim,
+    CpuMeter,
+    CpuReport,
+    Table,
+    exit_on_signals,
+    ms,
+    ratio,
+    show,
+    stop,
+)
 from jetsource.core.envelope import NewEvent
 from jetsource.core.settings import GraphSettings, NatsSettings, ValkeySettings
 from jetsource.devstack.servers import (
@@ -314,6 +325,7 @@ async def measure(
 
 
 def main(argv: list[str] | None = None) -> list[Table]:
+    exit_on_signals()
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--stories", type=int, default=1000)
     parser.add_argument("--events", type=int, default=100)

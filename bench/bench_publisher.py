@@ -31,7 +31,7 @@ from typing import Any
 import nats
 
 from bench import peer
-from bench.common import CPUS, Aim, CpuMeter, Stats, Table, ratio, show, stop
+from bench.common import CPUS, Aim, CpuMeter, Stats, Table, exit_on_signals, ratio, show, stop
 from jetsource._gen.context.v1 import events_pb2 as ev
 from jetsource.client import ContextClient
 from jetsource.core.envelope import NewEvent
@@ -217,6 +217,7 @@ async def run(history: int, commands: int) -> list[Table]:
 
 
 def main(argv: list[str] | None = None) -> list[Table]:
+    exit_on_signals()
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--history", type=int, default=1000)
     parser.add_argument("--commands", type=int, default=200)

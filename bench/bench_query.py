@@ -34,7 +34,7 @@ from typing import Any
 import nats
 
 from bench import peer
-from bench.common import CPUS, Aim, CpuMeter, Stats, Table, ratio, show, stop
+from bench.common import CPUS, Aim, CpuMeter, Stats, Table, exit_on_signals, ratio, show, stop
 from jetsource.client import QueryClient
 from jetsource.core.envelope import ANY, NewEvent
 from jetsource.core.settings import EventStoreSettings, SnapshotSettings
@@ -401,6 +401,7 @@ async def run(history: int, reads: int, max_nodes: int | None, interleave: int =
 
 
 def main(argv: list[str] | None = None) -> list[Table]:
+    exit_on_signals()
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--history", type=int, default=10_000)
     parser.add_argument("--reads", type=int, default=300)

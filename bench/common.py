@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import signal
 import subprocess
 import time
 from collections.abc import Iterable, Sequence
@@ -252,3 +253,15 @@ def show(tables: list[Table]) -> list[Table]:
         print()
         print(table.markdown())
     return tables
+
+
+def exit_on_signals() -> None:
+    """SIGTERM (a time limit, `kill`) ends the benchmark like Ctrl-C does: as an
+    exception, so every ``finally`` stops the servers it started. By default SIGTERM
+    killed the process outright and left nats-server, Valkey, ArcadeDB and the services
+    running (they run in sessions of their own)."""
+
+    def stop_here(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop_here)
