@@ -307,17 +307,15 @@ class GraphModel:
         *,
         events: Sequence[RecordedEvent] | None = None,
         guard: tuple[int, int] | None = None,
-        state: ContextState | None = None,
     ) -> int:
-        """Write the story's subgraph as it is at ``to_version`` (``state`` if given,
-        else folded from its events: ``events`` if given, its first ``to_version``
+        """Write the story's subgraph as it is at ``to_version`` (folded from its
+        events, kept across calls: ``events`` if given, its first ``to_version``
         events, else read from the store), in one transaction: the Story node is
         locked, its Decision and Subtask nodes are deleted and written back, the
         counts move with it. With ``guard`` (low, high) nothing is written unless
         the stored version is within it. Returns the version the story was at (0: absent)."""
         events = await history_up_to(self.store, aggregate_id, to_version, events)
-        if state is None or state.version != to_version:  # else: the caller folded them
-            state = self._folds.state_at(aggregate_id, events, to_version)
+        state = self._folds.state_at(aggregate_id, events, to_version)
         writes = _Writes()
         if events:
             self._diff(writes, ContextState(id=aggregate_id), state, events)

@@ -314,16 +314,14 @@ class ContextModel(ValkeyModel):
         *,
         events: Sequence[RecordedEvent] | None = None,
         guard: tuple[int, int] | None = None,
-        state: ContextState | None = None,
     ) -> int:
-        """Write the story as it is at ``to_version`` (``state``, else folded from
-        ``events``, its first ``to_version`` events, else read from the store) in one
+        """Write the story as it is at ``to_version`` (folded from ``events``, its
+        first ``to_version`` events, else read from the store; the fold kept) in one
         script; with
         ``guard`` (low, high) only if the stored version is within. Returns the
         version it was at."""
         events = await history_up_to(self.store, aggregate_id, to_version, events)
-        if state is None or state.version != to_version:  # else: the caller folded them
-            state = self._folds.state_at(aggregate_id, events, to_version)
+        state = self._folds.state_at(aggregate_id, events, to_version)
         meta = {
             "seq": events[-1].stream_seq if events else 0,
             "applied": len(events),
@@ -434,7 +432,6 @@ class TimelineModel(ValkeyModel):
         *,
         events: Sequence[RecordedEvent] | None = None,
         guard: tuple[int, int] | None = None,
-        state: ContextState | None = None,
     ) -> int:
         """Without ``events``: drop the entries after ``to_version``. With them (the
         aggregate's first ``to_version`` events): its timeline is written as it is at
