@@ -436,6 +436,26 @@ class GetIdentityResponse(_message.Message):
 Global___GetIdentityResponse: _TypeAlias = GetIdentityResponse  # noqa: Y015
 
 @_typing.final
+class FindIdentityResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def identity(self) -> Global___IdentityView: ...
+    def __init__(
+        self,
+        *,
+        identity: Global___IdentityView | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FindIdentityResponse: _TypeAlias = FindIdentityResponse  # noqa: Y015
+
+@_typing.final
 class ListIdentitiesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

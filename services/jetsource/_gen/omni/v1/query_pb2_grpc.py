@@ -66,7 +66,7 @@ class OmniQueryServiceStub:
         self.FindIdentity = channel.unary_unary(
                 '/jetsource.omni.v1.OmniQueryService/FindIdentity',
                 request_serializer=jetsource_dot_omni_dot_v1_dot_query__pb2.FindIdentityRequest.SerializeToString,
-                response_deserializer=jetsource_dot_omni_dot_v1_dot_query__pb2.GetIdentityResponse.FromString,
+                response_deserializer=jetsource_dot_omni_dot_v1_dot_query__pb2.FindIdentityResponse.FromString,
                 _registered_method=True)
         self.ListIdentities = channel.unary_unary(
                 '/jetsource.omni.v1.OmniQueryService/ListIdentities',
@@ -159,7 +159,7 @@ def add_OmniQueryServiceServicer_to_server(servicer, server):
             'FindIdentity': grpc.unary_unary_rpc_method_handler(
                     servicer.FindIdentity,
                     request_deserializer=jetsource_dot_omni_dot_v1_dot_query__pb2.FindIdentityRequest.FromString,
-                    response_serializer=jetsource_dot_omni_dot_v1_dot_query__pb2.GetIdentityResponse.SerializeToString,
+                    response_serializer=jetsource_dot_omni_dot_v1_dot_query__pb2.FindIdentityResponse.SerializeToString,
             ),
             'ListIdentities': grpc.unary_unary_rpc_method_handler(
                     servicer.ListIdentities,
@@ -331,7 +331,7 @@ class OmniQueryService:
             target,
             '/jetsource.omni.v1.OmniQueryService/FindIdentity',
             jetsource_dot_omni_dot_v1_dot_query__pb2.FindIdentityRequest.SerializeToString,
-            jetsource_dot_omni_dot_v1_dot_query__pb2.GetIdentityResponse.FromString,
+            jetsource_dot_omni_dot_v1_dot_query__pb2.FindIdentityResponse.FromString,
             options,
             channel_credentials,
             insecure,

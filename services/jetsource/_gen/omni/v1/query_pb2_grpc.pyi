@@ -46,7 +46,7 @@ class OmniQueryServiceStub:
     GetConversation: _grpc.UnaryUnaryMultiCallable[_query_pb2.GetConversationRequest, _query_pb2.GetConversationResponse]
     """One conversation (chat or channel) of one instance, newest first."""
     GetIdentity: _grpc.UnaryUnaryMultiCallable[_query_pb2.GetIdentityRequest, _query_pb2.GetIdentityResponse]
-    FindIdentity: _grpc.UnaryUnaryMultiCallable[_query_pb2.FindIdentityRequest, _query_pb2.GetIdentityResponse]
+    FindIdentity: _grpc.UnaryUnaryMultiCallable[_query_pb2.FindIdentityRequest, _query_pb2.FindIdentityResponse]
     """Which identity a handle resolves to, as the read model has it."""
     ListIdentities: _grpc.UnaryUnaryMultiCallable[_query_pb2.ListIdentitiesRequest, _query_pb2.ListIdentitiesResponse]
 
@@ -67,7 +67,7 @@ class OmniQueryServiceAsyncStub(OmniQueryServiceStub):
     GetConversation: _aio.UnaryUnaryMultiCallable[_query_pb2.GetConversationRequest, _query_pb2.GetConversationResponse]  # type: ignore[assignment]
     """One conversation (chat or channel) of one instance, newest first."""
     GetIdentity: _aio.UnaryUnaryMultiCallable[_query_pb2.GetIdentityRequest, _query_pb2.GetIdentityResponse]  # type: ignore[assignment]
-    FindIdentity: _aio.UnaryUnaryMultiCallable[_query_pb2.FindIdentityRequest, _query_pb2.GetIdentityResponse]  # type: ignore[assignment]
+    FindIdentity: _aio.UnaryUnaryMultiCallable[_query_pb2.FindIdentityRequest, _query_pb2.FindIdentityResponse]  # type: ignore[assignment]
     """Which identity a handle resolves to, as the read model has it."""
     ListIdentities: _aio.UnaryUnaryMultiCallable[_query_pb2.ListIdentitiesRequest, _query_pb2.ListIdentitiesResponse]  # type: ignore[assignment]
 
@@ -121,7 +121,7 @@ class OmniQueryServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _query_pb2.FindIdentityRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_query_pb2.GetIdentityResponse, _abc.Awaitable[_query_pb2.GetIdentityResponse]]:
+    ) -> _typing.Union[_query_pb2.FindIdentityResponse, _abc.Awaitable[_query_pb2.FindIdentityResponse]]:
         """Which identity a handle resolves to, as the read model has it."""
 
     @_abc_1.abstractmethod
