@@ -1,0 +1,1 @@
+"""The omni domain: messaging ingest (issue #17)."""

@@ -1,0 +1,191 @@
+"""What every normalizer shares: the event id, the per-request context, typed access to the
+JSON body that names the failing field, and timestamp parsing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from jetsource._gen.omni.v1.events_pb2 import NormalizedEvent
+from jetsource.domains.omni.normalize.errors import Malformed
+
+# Fixed forever: event ids are uuid5(OMNI_NAMESPACE, provider \x1f instance \x1f provider_event_id).
+OMNI_NAMESPACE = uuid.UUID("6f6d6e69-0000-4000-8000-6a6574737263")
+
+
+def event_id(provider: str, instance: str, provider_event_id: str) -> str:
+    """The normalized event id: the same provider event on the same instance always gets the
+    same id, however often it is delivered."""
+    return str(uuid.uuid5(OMNI_NAMESPACE, f"{provider}\x1f{instance}\x1f{provider_event_id}"))
+
+
+def digest(value: Any) -> str:
+    """A short stable digest of a JSON value, for provider events that carry no id of their own
+    (presence): equal bodies give equal digests, so a re-delivery keeps its id."""
+    raw = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def timestamp(dt: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(dt if dt.tzinfo else dt.replace(tzinfo=UTC))
+    return ts
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """One webhook request: where it came in and when; shared by the events it yields."""
+
+    provider: str
+    instance: str
+    received_at: datetime
+    raw_ref: str
+
+    def event(self, fmt: str, provider_event_id: str) -> NormalizedEvent:
+        """A new event with the fields every normalizer fills the same way."""
+        ev = NormalizedEvent(
+            id=event_id(self.provider, self.instance, provider_event_id),
+            provider=self.provider,
+            provider_event_id=provider_event_id,
+            instance_name=self.instance,
+            raw_ref=self.raw_ref,
+            provider_format=fmt,
+        )
+        ev.received_at.CopyFrom(timestamp(self.received_at))
+        return ev
+
+
+_TYPE_NAMES = {str: "a string", bool: "a boolean", dict: "an object", list: "an array"}
+
+
+class Node:
+    """A JSON object together with its path in the body, so that every missing or mistyped
+    field is reported by its full path (``entry[0].changes[0].value.messages[0].from``)."""
+
+    __slots__ = ("path", "raw")
+
+    def __init__(self, raw: Mapping[str, Any], path: str = "") -> None:
+        self.raw = raw
+        self.path = path
+
+    def at(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def has(self, key: str) -> bool:
+        return self.raw.get(key) is not None
+
+    def _get(self, key: str, kind: type, required: bool) -> Any:
+        value = self.raw.get(key)
+        if value is None:
+            if required:
+                raise Malformed(self.at(key), "required field is missing")
+            return None
+        # bool is an int in Python; a JSON true is never a number here.
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise Malformed(self.at(key), f"must be {_TYPE_NAMES.get(kind, kind.__name__)}")
+        return value
+
+    def req_str(self, key: str) -> str:
+        value: str = self._get(key, str, True)
+        if not value:
+            raise Malformed(self.at(key), "must not be empty")
+        return value
+
+    def opt_str(self, key: str, default: str = "") -> str:
+        value = self._get(key, str, False)
+        return default if value is None else value
+
+    def opt_bool(self, key: str) -> bool:
+        return bool(self._get(key, bool, False))
+
+    def opt_int(self, key: str) -> int:
+        """An integer that providers send as a number or as a decimal string."""
+        value = self.raw.get(key)
+        if value is None:
+            return 0
+        return as_int(value, self.at(key))
+
+    def opt_float(self, key: str) -> float | None:
+        value = self.raw.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise Malformed(self.at(key), "must be a number")
+        return float(value)
+
+    def obj(self, key: str) -> Node:
+        return Node(self._get(key, dict, True), self.at(key))
+
+    def opt_obj(self, key: str) -> Node | None:
+        value = self._get(key, dict, False)
+        return None if value is None else Node(value, self.at(key))
+
+    def _list(self, key: str, required: bool) -> list[Any]:
+        value = self._get(key, list, required)
+        return [] if value is None else value
+
+    def objs(self, key: str, required: bool = False) -> Iterator[Node]:
+        """Each element of an array of objects."""
+        for i, item in enumerate(self._list(key, required)):
+            where = f"{self.at(key)}[{i}]"
+            if not isinstance(item, dict):
+                raise Malformed(where, "must be an object")
+            yield Node(item, where)
+
+    def str_list(self, key: str) -> list[str]:
+        """An optional array of strings."""
+        out = []
+        for i, item in enumerate(self._list(key, False)):
+            if not isinstance(item, str):
+                raise Malformed(f"{self.at(key)}[{i}]", "must be a string")
+            out.append(item)
+        return out
+
+
+def as_int(value: Any, field: str) -> int:
+    if isinstance(value, bool):
+        raise Malformed(field, "must be an integer")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    if isinstance(value, Mapping) and isinstance(value.get("low"), int):
+        # protobufjs Long as JSON ({"low": .., "high": .., "unsigned": ..}), as Baileys sends
+        # some counters and timestamps.
+        return (int(value.get("high") or 0) << 32) | (int(value["low"]) & 0xFFFFFFFF)
+    raise Malformed(field, "must be an integer (or a decimal string)")
+
+
+def unix_seconds(value: Any, field: str) -> Timestamp:
+    seconds = as_int(value, field)
+    if not 0 <= seconds < 253402300800:  # year 10000
+        raise Malformed(field, "is not a plausible unix time in seconds")
+    ts = Timestamp()
+    ts.FromSeconds(seconds)
+    return ts
+
+
+def unix_millis(value: Any, field: str) -> Timestamp:
+    millis = as_int(value, field)
+    if not 0 <= millis < 253402300800000:
+        raise Malformed(field, "is not a plausible unix time in milliseconds")
+    ts = Timestamp()
+    ts.FromMilliseconds(millis)
+    return ts
+
+
+def iso_time(value: Any, field: str) -> Timestamp:
+    if not isinstance(value, str):
+        raise Malformed(field, "must be an ISO 8601 time string")
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise Malformed(field, "must be an ISO 8601 time string") from None
+    return timestamp(dt)
