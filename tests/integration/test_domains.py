@@ -61,7 +61,8 @@ async def write_histories(
     for step in range(longest):
         for aggregate, history in histories.items():
             if step < len(history):
-                await store.append(aggregate, [NewEvent(history[step])], step)
+                e = history[step]
+                await store.append(aggregate, [e if isinstance(e, NewEvent) else NewEvent(e)], step)
     return sum(len(h) for h in histories.values())
 
 

@@ -7,12 +7,13 @@ current versions. Unknown types (or versions newer than this code knows) decode 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError, Message
 
-from jetsource.core.errors import UnknownEventTypeError
+from jetsource.core.errors import InvalidEventTypeError, UnknownEventTypeError
 from jetsource.core.ids import valid_event_type
 
 Upcaster = Callable[[Message], Message]
@@ -33,17 +34,56 @@ class PayloadDecodeError(ValueError):
 
 
 class EventRegistry:
-    def __init__(self) -> None:
+    """Event messages by (type, schema version).
+
+    A domain whose callers name their own event types (the process ledger) gives a
+    ``fallback`` message: every event type its ``event_types`` pattern accepts is then
+    stored as that message (``encode(message, event_type, version)``) and decoded as it,
+    whatever the type. ``event_types`` is the domain's rule for type names (default:
+    CamelCase letters and digits, at most 64); it is what makes a type a safe subject
+    token."""
+
+    def __init__(
+        self,
+        *,
+        fallback: type[Message] | None = None,
+        event_types: re.Pattern[str] | None = None,
+        event_types_rule: str = "",
+    ) -> None:
         self._classes: dict[tuple[str, int], type[Message]] = {}
         self._current: dict[str, int] = {}
         self._by_class: dict[type[Message], tuple[str, int]] = {}
         self._upcasters: dict[tuple[str, int], Upcaster] = {}
+        self._fallback = fallback
+        self._pattern = event_types
+        self._rule = event_types_rule or (
+            f"must match {event_types.pattern}"
+            if event_types
+            else "must be CamelCase letters and digits (at most 64)"
+        )
+
+    @property
+    def fallback(self) -> type[Message] | None:
+        return self._fallback
+
+    def valid_type(self, event_type: str) -> bool:
+        """Is ``event_type`` a type name of this domain (a safe subject token)?"""
+        if self._pattern is None:
+            return valid_event_type(event_type)
+        return bool(self._pattern.fullmatch(event_type))
+
+    def check_type(self, event_type: str) -> str:
+        if not self.valid_type(event_type):
+            raise InvalidEventTypeError(
+                f"event type {event_type[:80]!r} {self._rule}", field="event_type"
+            )
+        return event_type
 
     def register(
         self, event_type: str, version: int, cls: type[Message], *, current: bool = True
     ) -> None:
-        if not valid_event_type(event_type):
-            raise ValueError(f"event type {event_type!r} must be CamelCase letters and digits")
+        if not self.valid_type(event_type):
+            raise ValueError(f"event type {event_type!r} {self._rule}")
         if version < 1:
             raise ValueError("schema versions start at 1")
         key = (event_type, version)
@@ -92,12 +132,44 @@ class EventRegistry:
                 f"{type(message).__name__} is not a registered current event message"
             ) from None
 
-    def encode(self, message: Message) -> tuple[str, int, bytes]:
-        event_type, version = self.type_of(message)
-        return event_type, version, message.SerializeToString(deterministic=True)
+    def encode(
+        self, message: Message, event_type: str = "", schema_version: int = 0
+    ) -> tuple[str, int, bytes]:
+        """(type, version, bytes) of a message to store. ``event_type`` (and
+        ``schema_version``, default 1) name the type of a fallback message; a registered
+        message names its own."""
+        if event_type and event_type not in self._current and self._fallback is not None:
+            if type(message) is not self._fallback:
+                raise UnknownEventTypeError(
+                    f"event type {event_type!r} is stored as {self._fallback.__name__}, "
+                    f"not {type(message).__name__}"
+                )
+            self.check_type(event_type)
+            version = schema_version or 1
+            return event_type, version, message.SerializeToString(deterministic=True)
+        registered, version = self.type_of(message)
+        if event_type and event_type != registered:
+            raise UnknownEventTypeError(
+                f"{type(message).__name__} is event type {registered!r}, not {event_type!r}"
+            )
+        return registered, version, message.SerializeToString(deterministic=True)
 
     def decode(self, event_type: str, version: int, payload: bytes) -> Message | UnknownEvent:
         cls = self._classes.get((event_type, version))
+        if (
+            cls is None
+            and self._fallback is not None
+            and event_type not in self._current
+            and self.valid_type(event_type)
+        ):
+            message = self._fallback()
+            try:
+                message.ParseFromString(payload)
+            except DecodeError as exc:
+                raise PayloadDecodeError(
+                    f"{event_type} v{version}: payload does not parse: {exc}"
+                ) from exc
+            return message
         if cls is None:
             reason = (
                 "unknown event type"

@@ -38,6 +38,11 @@ class NewEvent:
     source: str = ""
     parent_aggregate_id: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
+    # Only for a domain whose registry has a fallback message (the caller names the
+    # type): the event type and its schema version (0: 1). Registered messages name
+    # their own.
+    event_type: str = ""
+    schema_version: int = 0
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,10 @@ class UnknownEventTypeError(ValidationError):
     """An event type or message class that is not registered in the codec."""
 
 
+class InvalidEventTypeError(ValidationError):
+    """An event type name the domain's rule refuses (it would not be a safe subject token)."""
+
+
 class StreamMissingError(JetsourceError):
     """The event stream does not exist: run ensure_streams() (or provisioning)."""
 

@@ -305,7 +305,9 @@ class JetStreamEventStore:
         """Encode payloads once per append (types checked, sizes bounded) before any I/O."""
         out = []
         for i, new in enumerate(events):
-            event_type, schema_version, payload = self._registry.encode(new.event)
+            event_type, schema_version, payload = self._registry.encode(
+                new.event, new.event_type, new.schema_version
+            )
             # Upper bound of the stored message: payload, envelope strings, subject, headers.
             size = (
                 len(payload)

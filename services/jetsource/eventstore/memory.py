@@ -59,7 +59,7 @@ class InMemoryEventStore:
         self, aggregate_id: str, events: Sequence[NewEvent], expected_version: Expected
     ) -> AppendResult:
         ids = check_append(aggregate_id, events, expected_version)
-        encoded = [self._registry.encode(e.event) for e in events]
+        encoded = [self._registry.encode(e.event, e.event_type, e.schema_version) for e in events]
         for i, (event_type, _, payload) in enumerate(encoded):
             if len(payload) + 200 > self._cfg.max_msg_size:
                 raise EventTooLargeError(

@@ -422,8 +422,15 @@ def validate_slice(
     if actor is not None and not actor.strip():
         raise UsageError("--actor must not be empty")
     if p is not None and event_types:
-        known = set(p.domains.owner(name).registry.event_types())
-        unknown = sorted(set(event_types) - known)
+        registry = p.domains.owner(name).registry
+        known = set(registry.event_types())
+        # A domain whose callers name their types (a fallback message) knows every
+        # type its rule accepts.
+        unknown = sorted(
+            t
+            for t in set(event_types) - known
+            if registry.fallback is None or not registry.valid_type(t)
+        )
         if unknown:
             raise UsageError(
                 f"unknown event type {', '.join(unknown)} for {name}; known: "

@@ -7,7 +7,7 @@ never imports a domain. A domain package builds its ``Domain`` and the one regis
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from google.protobuf.message import Message
 
 from jetsource.core.codec import EventRegistry
+from jetsource.core.envelope import NewEvent
 from jetsource.core.ids import valid_event_type
 from jetsource.core.settings import EventStoreSettings
 
@@ -71,7 +72,8 @@ class Domain:
     services: tuple[str, ...] = ()
     # A generated valid history of one aggregate (id, number of events, seed): the
     # runtime's generic tests (determinism of every model) build from it.
-    sample_history: Callable[[str, int, int], list[Message]] | None = None
+    # A domain whose registry has a fallback message gives NewEvents (they name the type).
+    sample_history: Callable[[str, int, int], Sequence[Message | NewEvent]] | None = None
     # Where the stream's names come from: the context domain's are settings
     # (JETSOURCE_EVENTSTORE__STREAM, ...); None means the descriptor's own.
     settings_key: str | None = None
