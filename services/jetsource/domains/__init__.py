@@ -2,8 +2,9 @@
 name (``JETSOURCE_PROJECTOR__DOMAINS``); each domain is a package beside this file."""
 
 from jetsource.domains.context.descriptor import DOMAIN as CONTEXT
+from jetsource.domains.process.descriptor import DOMAIN as PROCESS
 from jetsource.projection.domain import DomainRegistry
 
-REGISTRY = DomainRegistry([CONTEXT])
+REGISTRY = DomainRegistry([CONTEXT, PROCESS])
 
 __all__ = ["REGISTRY"]
