@@ -1,0 +1,266 @@
+"""The event format users see (the JSON export, the follow stream, JSONL files):
+
+    {"ts": "2026-12-02T21:40:00.123Z", "session": "<id>", "seq": 1,
+     "type": "session_started", "data": {...}}
+
+and its mapping onto the process ledger. A session is a root process of kind
+``session``; its events are that process's events and ``seq`` is its ``process_seq``
+(assigned by the store, contiguous from 1). The two ends of a session are the
+process lifecycle so the registry understands them with no special case:
+
+- ``session_started`` is ``process_started`` with ``{"kind": "session", "name":
+  <command>, "session": <the user's data>}``,
+- ``session_ended`` is ``process_completed`` (status completed),
+  ``process_failed`` (failed; ``error`` copied up for the registry) or
+  ``process_cancelled`` (interrupted), each carrying the user's data under
+  ``"session"``.
+
+Every other type is recorded as is, its data the payload. The user's data sits whole
+under one key, so the round trip JSON -> canonical -> JSON gives back the same
+document. Reading ignores unknown fields; unknown types pass through untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+
+from jetsource._gen.process.v1 import events_pb2
+from jetsource.core.clock import NS, from_timestamp, to_timestamp
+from jetsource.core.ids import MAX_AGGREGATE_ID_LENGTH, uuid7
+
+SESSION_KIND = "session"
+SESSION_STARTED, SESSION_ENDED = "session_started", "session_ended"
+PROCESS_STARTED = "process_started"
+ENDINGS = {
+    "completed": "process_completed",
+    "failed": "process_failed",
+    "interrupted": "process_cancelled",
+}
+ENDED_STATUS = {v: k for k, v in ENDINGS.items()}
+# Types a session's user data may not carry: the ledger's own lifecycle.
+RESERVED = frozenset({PROCESS_STARTED, *ENDINGS.values()})
+
+_TYPE = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
+_SESSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]*")
+_TS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}(?:Z|[+-]\d{2}:\d{2})")
+MS = 1_000_000
+_KEY_WIDTH = 12  # seq digits in keys: lexical order = numeric order up to 10^12 events
+
+
+class EventFormatError(ValueError):
+    """A session event document that is not valid; ``field`` names what is wrong."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+def new_session_id() -> str:
+    """A session id: a UUIDv7 (time-ordered, a per-process counter within a millisecond
+    and 62 random bits), so ids made at any rate, in any number of processes, differ."""
+    return uuid7()
+
+
+def event_key(session: str, seq: int) -> str:
+    """``<session>:<seq>`` with seq zero-padded: keys sort as (session, seq) do."""
+    return f"{session}:{seq:0{_KEY_WIDTH}d}"
+
+
+def format_ts(ns: int) -> str:
+    """ISO 8601, UTC, milliseconds: ``2026-12-02T21:40:00.123Z``."""
+    ms = ns // MS
+    base = datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{base}.{ms % 1000:03d}Z"
+
+
+def parse_ts(text: Any) -> int:
+    """Nanoseconds since the epoch from an ISO 8601 timestamp with milliseconds."""
+    if not isinstance(text, str) or not _TS.fullmatch(text):
+        raise EventFormatError(
+            "ts", f"{text!r} is not ISO 8601 with milliseconds (2026-12-02T21:40:00.123Z)"
+        )
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as e:
+        raise EventFormatError("ts", f"{text!r}: {e}") from None
+    seconds = int(when.timestamp())
+    return seconds * NS + (when.microsecond // 1000) * MS
+
+
+@dataclass(frozen=True)
+class SessionEvent:
+    ts_ns: int
+    session: str
+    seq: int
+    type: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ts(self) -> str:
+        return format_ts(self.ts_ns)
+
+    @property
+    def key(self) -> str:
+        return event_key(self.session, self.seq)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ts": self.ts, "session": self.session, "seq": self.seq, "type": self.type,
+                "data": self.data}  # fmt: skip
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, doc: Any) -> SessionEvent:
+        """Parse one document, strictly on the five fields and ignoring any others."""
+        if not isinstance(doc, dict):
+            raise EventFormatError("event", f"must be a JSON object, not {type(doc).__name__}")
+        for name in ("ts", "session", "seq", "type", "data"):
+            if name not in doc:
+                raise EventFormatError(name, "is missing")
+        ts_ns = parse_ts(doc["ts"])
+        session = doc["session"]
+        if (
+            not isinstance(session, str)
+            or not _SESSION.fullmatch(session)
+            or len(session) > MAX_AGGREGATE_ID_LENGTH
+        ):
+            raise EventFormatError(
+                "session", f"{session!r} is not a session id (letters, digits, '-', '_')"
+            )
+        seq = doc["seq"]
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
+            raise EventFormatError("seq", f"{seq!r} must be an integer >= 1")
+        event_type = doc["type"]
+        if not isinstance(event_type, str) or not _TYPE.fullmatch(event_type):
+            raise EventFormatError("type", f"{event_type!r} must be snake_case")
+        if event_type in RESERVED:
+            raise EventFormatError(
+                "type", f"{event_type} is the ledger's own; use session_started/session_ended"
+            )
+        data = doc["data"]
+        if not isinstance(data, dict):
+            raise EventFormatError("data", f"must be a JSON object, not {type(data).__name__}")
+        _check_numbers(data, "data")
+        if event_type == SESSION_ENDED and data.get("status") not in ENDINGS:
+            raise EventFormatError(
+                "data.status", f"session_ended needs status one of {sorted(ENDINGS)}"
+            )
+        if event_type == SESSION_STARTED and seq != 1:
+            raise EventFormatError("seq", "session_started is always seq 1")
+        return cls(ts_ns, session, seq, event_type, data)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> SessionEvent:
+        try:
+            doc = json.loads(text)
+        except ValueError as e:
+            raise EventFormatError("event", f"not JSON: {e}") from None
+        return cls.from_dict(doc)
+
+
+_SAFE = 2**53
+
+
+def _check_numbers(value: Any, where: str) -> None:
+    """The ledger keeps data as a protobuf Struct, whose numbers are doubles: an
+    integer beyond 2^53 would come back changed, so it is refused, not rounded."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _SAFE:
+        raise EventFormatError(where, f"integer {value} is beyond 2^53; send it as a string")
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        raise EventFormatError(where, f"{value} is not a JSON number")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_numbers(v, f"{where}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_numbers(v, f"{where}[{i}]")
+
+
+def _struct(data: dict[str, Any]) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(data)
+    return s
+
+
+def to_canonical(event: SessionEvent, *, source: str = "jetsource.sessions") -> (
+    events_pb2.CanonicalEvent
+):  # fmt: skip
+    """The ledger's canonical event for a session event, recorded on the session's root
+    process. The idempotency key is ``<session>:<seq>``: recording the same session
+    event twice (a re-import, a retry) appends it once."""
+    ce = events_pb2.CanonicalEvent(
+        process_id=event.session,
+        source=source,
+        idempotency_key=event.key,
+        occurred_at=to_timestamp(event.ts_ns),
+    )
+    if event.type == SESSION_STARTED:
+        command = event.data.get("command")
+        ce.event_type = PROCESS_STARTED
+        payload: dict[str, Any] = {
+            "kind": SESSION_KIND,
+            "name": command if isinstance(command, str) else "",
+            "session": event.data,
+        }
+    elif event.type == SESSION_ENDED:
+        ce.event_type = ENDINGS[event.data["status"]]
+        payload = {"session": event.data}
+        if event.data["status"] == "failed":
+            payload["error"] = event.data.get("error", "failed")
+    else:
+        ce.event_type = event.type
+        payload = event.data
+    ce.data.CopyFrom(_struct(payload))
+    return ce
+
+
+def _data(event: events_pb2.CanonicalEvent) -> dict[str, Any]:
+    if event.WhichOneof("payload") == "data":
+        out: dict[str, Any] = json_format.MessageToDict(event.data)
+        return out
+    if event.WhichOneof("payload") == "typed":
+        return {"content_type": event.typed.content_type, "bytes": len(event.typed.data)}
+    return {}
+
+
+def _restore_ints(value: Any) -> Any:
+    """Struct keeps numbers as doubles: give integral ones back as ints (JSON has one
+    number type; 3 and 3.0 are the same number, but users expect 3)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _restore_ints(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_restore_ints(v) for v in value]
+    return value
+
+
+def from_stored(stored: events_pb2.StoredEvent, session: str | None = None) -> SessionEvent:
+    """A session event from a stored event of the session's root process."""
+    ce = stored.event
+    data = _restore_ints(_data(ce))
+    event_type = ce.event_type
+    if event_type == PROCESS_STARTED and data.get("kind") == SESSION_KIND:
+        event_type = SESSION_STARTED
+        data = data.get("session", {})
+    elif event_type in ENDED_STATUS:
+        user = data.get("session")
+        data = user if isinstance(user, dict) else {"status": ENDED_STATUS[event_type]}
+        event_type = SESSION_ENDED
+    ts_ns = from_timestamp(ce.occurred_at) if ce.HasField("occurred_at") else 0
+    if not ts_ns and stored.HasField("recorded_at"):
+        ts_ns = from_timestamp(stored.recorded_at)
+    return SessionEvent(
+        ts_ns=(ts_ns // MS) * MS,
+        session=session or ce.process_id,
+        seq=stored.process_seq,
+        type=event_type,
+        data=data,
+    )
