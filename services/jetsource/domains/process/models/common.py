@@ -1,0 +1,169 @@
+"""What the process read models share: reading a stored process event (envelope +
+``ProcessEventBody``), the lifecycle vocabulary, and the Lua that keeps the process
+tree (parent, root, depth, children; a child recorded before its parent is attached,
+with its whole subtree, when the parent appears).
+
+Only the engine's public pieces are used here (no event store): the query service
+reads these models without importing the event store.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+
+from jetsource._gen.process.v1.events_pb2 import (
+    CanonicalEvent,
+    ProcessEventBody,
+    StoredEvent,
+)
+from jetsource.core.clock import from_timestamp
+from jetsource.core.envelope import RecordedEvent
+
+STARTED = "process_started"
+ENDINGS = {
+    "process_completed": "completed",
+    "process_failed": "failed",
+    "process_cancelled": "cancelled",
+    "process_interrupted": "interrupted",
+}
+STATUSES = ("running", "completed", "failed", "cancelled", "interrupted")
+# The stand-in of a discarded dead letter (projection.valkey.skipped): it only moves
+# the process's position.
+SKIPPED = "Skipped"
+
+
+def body_of(e: RecordedEvent) -> ProcessEventBody:
+    """The event's body: decoded by the domain's registry, else from the envelope's
+    payload bytes (an unknown or undecodable payload reads as an empty body)."""
+    if isinstance(e.event, ProcessEventBody):
+        return e.event
+    body = ProcessEventBody()
+    try:
+        body.ParseFromString(e.envelope.payload)
+    except DecodeError:
+        body.Clear()
+    return body
+
+
+def occurred_ns(e: RecordedEvent) -> int | None:
+    env = e.envelope
+    return from_timestamp(env.occurred_at) if env.HasField("occurred_at") else None
+
+
+def stored_event(e: RecordedEvent, body: ProcessEventBody | None = None) -> StoredEvent:
+    """The event as the query service answers it: the canonical event and its positions."""
+    env = e.envelope
+    body = body if body is not None else body_of(e)
+    canonical = CanonicalEvent(
+        event_id=env.event_id,
+        process_id=env.aggregate_id,
+        parent_process_id=env.parent_aggregate_id,
+        event_type=env.event_type,
+        source=env.source,
+        schema_version=env.schema_version,
+        causation_id=env.causation_id,
+        correlation_id=env.correlation_id,
+        idempotency_key=env.idempotency_key,
+    )
+    if env.HasField("occurred_at"):
+        canonical.occurred_at.CopyFrom(env.occurred_at)
+    which = body.WhichOneof("payload")
+    if which == "data":
+        canonical.data.CopyFrom(body.data)
+    elif which == "typed":
+        canonical.typed.CopyFrom(body.typed)
+    canonical.attributes.update(body.attributes)
+    out = StoredEvent(event=canonical, global_seq=e.stream_seq, process_seq=e.version)
+    out.recorded_at.FromNanoseconds(e.recorded_at_ns)
+    return out
+
+
+@dataclass(frozen=True)
+class Lifecycle:
+    """What the registry takes from one event."""
+
+    kind: str = ""
+    name: str = ""
+    error: str = ""  # JSON of data["error"] (a google.protobuf.Value), when failed
+    attributes: str = ""  # JSON object of the body's attributes, for process_started
+
+
+def lifecycle(event_type: str, body: ProcessEventBody) -> Lifecycle:
+    if event_type not in (STARTED, "process_failed"):
+        return Lifecycle()
+    fields = body.data.fields if body.WhichOneof("payload") == "data" else {}
+    if event_type == "process_failed":
+        error = fields.get("error")
+        return Lifecycle(error=json_format.MessageToJson(error, indent=None) if error else "")
+
+    def text(key: str) -> str:
+        value = fields.get(key)
+        return value.string_value if value is not None else ""
+
+    return Lifecycle(
+        kind=text("kind"),
+        name=text("name"),
+        attributes=json.dumps(dict(sorted(body.attributes.items())), separators=(",", ":")),
+    )
+
+
+# The process tree, kept in the model's own keys (each model keeps its own copy: models
+# are built and rebuilt independently):
+#   <p>:first   hash id -> global_seq of its first event (also: "the process exists")
+#   <p>:root, <p>:depth, <p>:parent (linked parent)    hashes by id
+#   <p>:kids:<id>      zset of linked children, score = the child's first global_seq
+#   <p>:pending:<id>   zset of processes that named <id> as parent before it appeared
+# ``moved(node, old_root, new_root)`` is called for every node of a subtree that gets a
+# new root. A link that would close a cycle is refused (the child stays a root, pending).
+TREE_LUA = """
+local function subtree(id)
+  local out, i = {id}, 1
+  while i <= #out do
+    local kids = redis.call('ZRANGE', p .. ':kids:' .. out[i], 0, -1)
+    for _, k in ipairs(kids) do table.insert(out, k) end
+    i = i + 1
+  end
+  return out
+end
+
+local function attach(c, q, moved)
+  local qroot = redis.call('HGET', p .. ':root', q)
+  if qroot == c then return false end
+  local qdepth = tonumber(redis.call('HGET', p .. ':depth', q))
+  redis.call('HSET', p .. ':parent', c, q)
+  redis.call('ZADD', p .. ':kids:' .. q, redis.call('HGET', p .. ':first', c), c)
+  for _, n in ipairs(subtree(c)) do
+    local d = tonumber(redis.call('HGET', p .. ':depth', n)) + qdepth + 1
+    redis.call('HSET', p .. ':root', n, qroot)
+    redis.call('HSET', p .. ':depth', n, d)
+    moved(n, c, qroot)
+  end
+  return true
+end
+
+-- A process's first event: it exists from now on; children that named it before
+-- are attached to it.
+local function appear(id, gseq, moved)
+  redis.call('HSET', p .. ':first', id, gseq)
+  redis.call('HSET', p .. ':root', id, id)
+  redis.call('HSET', p .. ':depth', id, 0)
+  local waiting = redis.call('ZRANGE', p .. ':pending:' .. id, 0, -1)
+  for _, c in ipairs(waiting) do attach(c, id, moved) end
+  redis.call('DEL', p .. ':pending:' .. id)
+end
+
+-- The first parent a process names is its parent.
+local function declare(id, parent, gseq, moved)
+  if parent == '' or parent == id then return end
+  if redis.call('HSETNX', p .. ':declared', id, parent) == 0 then return end
+  if redis.call('HEXISTS', p .. ':first', parent) == 1 then
+    attach(id, parent, moved)
+  else
+    redis.call('ZADD', p .. ':pending:' .. parent, gseq, id)
+  end
+end
+"""

@@ -1,0 +1,275 @@
+"""The ``process_graph`` read model (Neo4j 5 in production, ArcadeDB's Bolt plugin
+locally, the same Cypher).
+
+- ``(:Process_v1 {id})``: one node per process (and per parent named before it was
+  recorded: ``version`` 0 until its first event);
+- ``(child)-[:CHILD_OF]->(parent)``: the first parent a process names;
+- ``(:ProcessEvent_v1 {id, process})``: which process each event id belongs to, so a
+  causation id can be resolved whenever the causing event arrives;
+- ``(effect)-[:CAUSED_BY]->(cause)`` between two different processes: an event of
+  ``effect`` names as ``causation_id`` an event of ``cause``. Until the causing event
+  is recorded the link waits as ``(effect)-[:AWAITS]->(:ProcessEvent_v1 {id})``.
+
+One transaction per batch: the Process node is the guard (its ``version`` must be the
+process_seq the batch continues; the first write takes its lock), then the events, the
+links and a checkpoint node.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+from neo4j import AsyncDriver, AsyncManagedTransaction
+
+from jetsource.core.envelope import RecordedEvent
+from jetsource.domains.process.models.common import SKIPPED
+from jetsource.projection.contract import Checkpoint, Kind, ModelSpec, Outcome, RebuildStrategy
+from jetsource.projection.graph import graph_io
+from jetsource.projection.valkey import group, next_versions, skipped
+
+PROCESS_GRAPH = "process_graph"
+
+
+def process_graph_spec(version: int) -> ModelSpec:
+    return ModelSpec(
+        PROCESS_GRAPH,
+        version,
+        Kind.AGGREGATE,
+        "graph",
+        "processes with CHILD_OF (parent) and CAUSED_BY (causation across processes) edges",
+        rebuild_strategy=RebuildStrategy.SIDE_BY_SIDE,
+        notes="Process.version must equal the batch's base process_seq",
+    )
+
+
+class ProcessGraphModel:
+    def __init__(
+        self, spec: ModelSpec, driver: AsyncDriver, database: str, label_prefix: str = ""
+    ) -> None:
+        self.spec = spec
+        self.driver = driver
+        self.database = database
+        v, x = spec.version, label_prefix
+        self.process, self.event = f"{x}Process_v{v}", f"{x}ProcessEvent_v{v}"
+        self.checkpoint_label = f"{x}ProcessCheckpoint_v{v}"
+
+    async def setup(self) -> None:
+        async with self.driver.session(database=self.database) as session:
+            for label in (self.process, self.event):
+                await graph_io(
+                    session.run(
+                        f"CREATE CONSTRAINT {label.lower()}_id IF NOT EXISTS "
+                        f"FOR (n:{label}) REQUIRE n.id IS UNIQUE"
+                    )
+                )
+
+    async def _versions(self, ids: Sequence[str]) -> dict[str, tuple[int, str]]:
+        async with self.driver.session(database=self.database) as session:
+            result = await graph_io(
+                session.run(
+                    f"MATCH (p:{self.process}) WHERE p.id IN $ids "
+                    "RETURN p.id AS id, p.version AS version, p.declared AS declared",
+                    ids=list(ids),
+                )
+            )
+            return {r["id"]: (int(r["version"] or 0), r["declared"] or "") async for r in result}
+
+    async def position(self, aggregate_id: str) -> int:
+        return (await self._versions([aggregate_id])).get(aggregate_id, (0, ""))[0]
+
+    async def apply(self, events: Sequence[RecordedEvent]) -> Outcome:
+        outcome = Outcome()
+        groups = group(events)
+        stored = await self._versions(list(groups))
+        rows: list[dict[str, Any]] = []
+        evs: list[dict[str, Any]] = []
+        links: list[dict[str, Any]] = []
+        causes: list[dict[str, Any]] = []
+        seqs: dict[str, list[int]] = {}
+        for pid, batch in groups.items():
+            base, declared = stored.get(pid, (0, ""))
+            fresh = next_versions(base, batch, outcome)
+            if not fresh:
+                continue
+            rows.append({"id": pid, "base": base, "version": fresh[-1].version, "n": len(fresh)})
+            seqs[pid] = [e.stream_seq for e in fresh]
+            for e in fresh:
+                if e.event_type == SKIPPED and not e.envelope.payload:
+                    continue
+                env = e.envelope
+                evs.append({"id": env.event_id, "process": pid})
+                parent = env.parent_aggregate_id
+                if not declared and parent and parent != pid:
+                    declared = parent
+                    links.append({"child": pid, "parent": parent})
+                if env.causation_id:
+                    causes.append({"process": pid, "cause": env.causation_id})
+        if not rows:
+            return outcome
+        maxseq = max(s for ss in seqs.values() for s in ss)
+        ok = await self._write(rows, evs, links, causes, maxseq)
+        for pid, ss in seqs.items():
+            if pid in ok:
+                outcome.done.extend(ss)
+                outcome.applied += ok[pid]
+            else:
+                for s in ss:
+                    outcome.waiting[s] = "the stored process_seq moved; recomputing"
+        return outcome
+
+    async def _write(
+        self,
+        rows: list[dict[str, Any]],
+        evs: list[dict[str, Any]],
+        links: list[dict[str, Any]],
+        causes: list[dict[str, Any]],
+        maxseq: int,
+    ) -> dict[str, int]:
+        P, E = self.process, self.event
+
+        async def work(tx: AsyncManagedTransaction) -> dict[str, int]:
+            result = await tx.run(
+                f"UNWIND $rows AS r MERGE (p:{P} {{id: r.id}}) "
+                "ON CREATE SET p.version = 0 "
+                "SET p.version = p.version "  # takes the node's write lock before the check
+                "WITH p, r WHERE p.version = r.base "
+                "SET p.version = r.version "
+                "RETURN p.id AS id, r.n AS n",
+                rows=rows,
+            )
+            ok = {r["id"]: int(r["n"]) async for r in result}
+            if not ok:
+                return ok
+            mine = [e for e in evs if e["process"] in ok]
+            if mine:
+                await tx.run(
+                    f"UNWIND $evs AS e MERGE (x:{E} {{id: e.id}}) SET x.process = e.process",
+                    evs=mine,
+                )
+            child_links = [link for link in links if link["child"] in ok]
+            if child_links:
+                await tx.run(
+                    f"UNWIND $links AS l MATCH (c:{P} {{id: l.child}}) "
+                    f"MERGE (q:{P} {{id: l.parent}}) ON CREATE SET q.version = 0 "
+                    "SET c.declared = l.parent "
+                    "MERGE (c)-[:CHILD_OF]->(q)",
+                    links=child_links,
+                )
+            waits = [c for c in causes if c["process"] in ok]
+            if waits:
+                await tx.run(
+                    f"UNWIND $causes AS c MATCH (p:{P} {{id: c.process}}) "
+                    f"MERGE (x:{E} {{id: c.cause}}) MERGE (p)-[:AWAITS]->(x)",
+                    causes=waits,
+                )
+            touched = sorted({e["id"] for e in mine} | {c["cause"] for c in waits})
+            if touched:
+                await tx.run(
+                    f"MATCH (w:{P})-[a:AWAITS]->(x:{E}) "
+                    "WHERE x.id IN $ids AND x.process IS NOT NULL "
+                    f"MATCH (q:{P} {{id: x.process}}) "
+                    "DELETE a "
+                    "WITH w, q WHERE w.id <> q.id "
+                    "MERGE (w)-[:CAUSED_BY]->(q)",
+                    ids=touched,
+                )
+            await tx.run(
+                f"MERGE (c:{self.checkpoint_label} {{model: $model}}) "
+                "ON CREATE SET c.seq = 0, c.applied = 0 "
+                "SET c.applied = c.applied + $applied "
+                "WITH c WHERE c.seq < $seq SET c.seq = $seq",
+                model=self.spec.name,
+                applied=sum(ok.values()),
+                seq=maxseq,
+            )
+            return ok
+
+        async with self.driver.session(database=self.database) as session:
+            return await graph_io(session.execute_write(work))
+
+    async def skip(self, aggregate_id: str, stream_seq: int) -> bool:
+        placeholder = skipped(aggregate_id, await self.position(aggregate_id) + 1, stream_seq, 0)
+        return stream_seq in (await self.apply([placeholder])).done
+
+    async def rewind(self, aggregate_id: str, to_version: int) -> int:
+        raise NotImplementedError(
+            "process_graph: rebuilt side by side (`projector rebuild`), not per process"
+        )
+
+    async def checkpoint(self) -> Checkpoint:
+        async with self.driver.session(database=self.database) as session:
+            result = await graph_io(
+                session.run(
+                    f"MATCH (c:{self.checkpoint_label}) RETURN c.seq AS seq, c.applied AS applied"
+                )
+            )
+            record = await result.single()
+        if record is None:
+            return Checkpoint(0, 0)
+        return Checkpoint(int(record["seq"] or 0), int(record["applied"] or 0))
+
+    async def edges(self, rel: str) -> list[tuple[str, str]]:
+        """(from, to) process ids of CHILD_OF, CAUSED_BY or AWAITS (to: an event id)."""
+        if rel not in ("CHILD_OF", "CAUSED_BY", "AWAITS"):
+            raise ValueError(f"unknown relationship {rel!r}")
+        target = self.event if rel == "AWAITS" else self.process
+        async with self.driver.session(database=self.database) as session:
+            result = await graph_io(
+                session.run(
+                    f"MATCH (a:{self.process})-[:{rel}]->(b:{target}) RETURN a.id AS a, b.id AS b"
+                )
+            )
+            return sorted([(str(r["a"]), str(r["b"])) async for r in result])
+
+    async def neighbours(self, process_id: str) -> dict[str, list[str]]:
+        """A process's parent, children, causes and effects, from the graph."""
+        async with self.driver.session(database=self.database) as session:
+            result = await graph_io(
+                session.run(
+                    f"MATCH (p:{self.process} {{id: $id}})-[r:CHILD_OF|CAUSED_BY]-"
+                    f"(o:{self.process}) "
+                    "RETURN type(r) AS rel, startNode(r).id = p.id AS out, o.id AS other",
+                    id=process_id,
+                )
+            )
+            out: dict[str, list[str]] = {"parent": [], "children": [], "causes": [], "effects": []}
+            async for r in result:
+                key = {
+                    ("CHILD_OF", True): "parent",
+                    ("CHILD_OF", False): "children",
+                    ("CAUSED_BY", True): "causes",
+                    ("CAUSED_BY", False): "effects",
+                }[(r["rel"], bool(r["out"]))]
+                out[key].append(r["other"])
+            return {k: sorted(v) for k, v in out.items()}
+
+    async def digest(self) -> str:
+        async with self.driver.session(database=self.database) as session:
+            result = await graph_io(
+                session.run(
+                    f"MATCH (n:{self.process}) RETURN n.id AS id, n.version AS version, "
+                    "n.declared AS declared ORDER BY id"
+                )
+            )
+            nodes = [tuple(r.values()) async for r in result]
+            result = await graph_io(
+                session.run(f"MATCH (x:{self.event}) RETURN x.id AS id, x.process AS p ORDER BY id")
+            )
+            evs = [tuple(r.values()) async for r in result]
+        rels = [await self.edges(rel) for rel in ("CHILD_OF", "CAUSED_BY", "AWAITS")]
+        applied = (await self.checkpoint()).applied
+        return hashlib.sha256(repr((nodes, evs, rels, applied)).encode()).hexdigest()
+
+    async def drop(self) -> int:
+        async with self.driver.session(database=self.database) as session:
+            result = await session.run(
+                f"MATCH (n) WHERE n:{self.process} OR n:{self.event} OR n:{self.checkpoint_label} "
+                "DETACH DELETE n RETURN count(*) AS c"
+            )
+            record = await result.single()
+            return int(record["c"]) if record else 0
+
+    async def close(self) -> None:
+        pass

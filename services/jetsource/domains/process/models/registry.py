@@ -1,0 +1,326 @@
+"""The ``processes`` read model (Valkey): the process registry.
+
+Per process ``p:<id>`` (hash): kind, name, status (running | completed | failed |
+cancelled | interrupted), started_at/ended_at (occurred, ns), first/last recorded_at
+(ns), event count, last event type, last process_seq, error (JSON), attributes (JSON),
+first (the global_seq of its first event). The tree (parent, root, depth, children)
+is kept by ``TREE_LUA``. Indexes, all sorted by the process's first global_seq (the
+order processes appeared in the ledger; unique, so a cursor is one number):
+``idx:all``, ``idx:status:<status>``, ``idx:kind:<kind>``, ``idx:root:<root>``, and
+``kids:<id>`` for a parent.
+
+Status: the first event makes a process ``running``; process_completed / _failed /
+_cancelled / _interrupted set theirs (the last one recorded wins), and when a process
+ends, every descendant still ``running`` becomes ``interrupted`` (ended_at = the
+ancestor's ending time). A child recorded before its parent is a root (parent_pending)
+until the parent's first event: then it and its whole subtree get the parent's root
+and their depths.
+
+One Lua script per batch applies every event that is the next of its process (by
+process_seq) and moves the checkpoint; a redelivered event changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from valkey.asyncio import Valkey
+
+from jetsource.core.envelope import RecordedEvent
+from jetsource.domains.process.models.common import (
+    ENDINGS,
+    SKIPPED,
+    TREE_LUA,
+    body_of,
+    lifecycle,
+    occurred_ns,
+)
+from jetsource.projection.contract import Kind, ModelSpec, Outcome, RebuildStrategy
+from jetsource.projection.valkey import CHECKPOINT_LUA, ValkeyModel, skipped, text, valkey_io
+
+PROCESSES = "processes"
+
+_ENDINGS_LUA = "{" + ", ".join(f"{k} = '{v}'" for k, v in ENDINGS.items()) + "}"
+
+_APPLY = (
+    """
+local p, n = ARGV[1], tonumber(ARGV[2])
+"""
+    + TREE_LUA
+    + """
+local ENDINGS = """
+    + _ENDINGS_LUA
+    + """
+local function moved(node, old, new)
+  redis.call('ZREM', p .. ':idx:root:' .. old, node)
+  redis.call('ZADD', p .. ':idx:root:' .. new, redis.call('HGET', p .. ':first', node), node)
+end
+local function set_status(id, status, ended)
+  local h = p .. ':p:' .. id
+  local old = redis.call('HGET', h, 'status')
+  if old then redis.call('ZREM', p .. ':idx:status:' .. old, id) end
+  redis.call('HSET', h, 'status', status)
+  redis.call('ZADD', p .. ':idx:status:' .. status, redis.call('HGET', p .. ':first', id), id)
+  if ended ~= nil then
+    if ended == '' then
+      redis.call('HDEL', h, 'ended_at')
+    else
+      redis.call('HSET', h, 'ended_at', ended)
+    end
+  end
+end
+local pos, blocked, waiting = {}, {}, {}
+local applied, maxseq, i = 0, 0, 3
+for _ = 1, n do
+  local id, ver, seq, typ = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), ARGV[i + 3]
+  local parent, occ, rec = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
+  local kind, name, err = ARGV[i + 7], ARGV[i + 8], ARGV[i + 9]
+  local attrs, skip = ARGV[i + 10], ARGV[i + 11]
+  i = i + 12
+  if pos[id] == nil then pos[id] = tonumber(redis.call('HGET', p .. ':pos', id) or '0') end
+  if blocked[id] then
+    table.insert(waiting, seq)
+  elseif ver == pos[id] + 1 then
+    redis.call('HSET', p .. ':pos', id, ver)
+    pos[id] = ver
+    applied = applied + 1
+    if seq > maxseq then maxseq = seq end
+    if skip ~= '1' then
+      local h = p .. ':p:' .. id
+      if redis.call('HEXISTS', p .. ':first', id) == 0 then
+        appear(id, seq, moved)
+        redis.call('HSET', h, 'first', seq, 'first_rec', rec, 'count', 0)
+        redis.call('ZADD', p .. ':idx:all', seq, id)
+        redis.call('ZADD', p .. ':idx:root:' .. id, seq, id)
+        set_status(id, 'running', nil)
+      end
+      declare(id, parent, seq, moved)
+      redis.call('HINCRBY', h, 'count', 1)
+      redis.call('HSET', h, 'last_type', typ, 'last_seq', ver, 'last_rec', rec)
+      if typ == 'process_started' then
+        if kind ~= '' then
+          local old = redis.call('HGET', h, 'kind')
+          if old then redis.call('ZREM', p .. ':idx:kind:' .. old, id) end
+          redis.call('HSET', h, 'kind', kind)
+          redis.call('ZADD', p .. ':idx:kind:' .. kind, redis.call('HGET', h, 'first'), id)
+        end
+        if name ~= '' then redis.call('HSET', h, 'name', name) end
+        if occ ~= '' then redis.call('HSET', h, 'started_at', occ) end
+        if attrs ~= '' then redis.call('HSET', h, 'attrs', attrs) end
+      end
+      local ending = ENDINGS[typ]
+      if ending then
+        set_status(id, ending, occ)
+        if ending == 'failed' and err ~= '' then
+          redis.call('HSET', h, 'error', err)
+        elseif ending == 'failed' then
+          redis.call('HDEL', h, 'error')
+        end
+        local below = subtree(id)
+        for k = 2, #below do
+          if redis.call('HGET', p .. ':p:' .. below[k], 'status') == 'running' then
+            set_status(below[k], 'interrupted', occ)
+          end
+        end
+      end
+    end
+  elseif ver > pos[id] + 1 then
+    blocked[id] = true
+    table.insert(waiting, seq)
+  end
+end
+"""
+    + CHECKPOINT_LUA
+    + """
+return {applied, waiting}
+"""
+)
+
+
+def processes_spec(version: int) -> ModelSpec:
+    return ModelSpec(
+        PROCESSES,
+        version,
+        Kind.SNAPSHOT,
+        "valkey",
+        "the process registry: status, kind, name, tree and times of each process, "
+        "with indexes by status, kind and root",
+        rebuild_strategy=RebuildStrategy.SIDE_BY_SIDE,
+        notes="a process's events apply in process_seq order; a child recorded before "
+        "its parent is attached (with its subtree) when the parent appears",
+    )
+
+
+@dataclass
+class ProcessRow:
+    """One process as the registry holds it."""
+
+    process_id: str
+    kind: str = ""
+    name: str = ""
+    status: str = "running"
+    parent: str = ""  # linked parent
+    declared: str = ""  # the parent it named (may not be recorded yet)
+    root: str = ""
+    depth: int = 0
+    children: list[str] = field(default_factory=list)
+    started_at: int | None = None
+    ended_at: int | None = None
+    first_recorded_at: int = 0
+    last_recorded_at: int = 0
+    event_count: int = 0
+    last_event_type: str = ""
+    last_process_seq: int = 0
+    first_global_seq: int = 0
+    error: str = ""
+    attributes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def parent_pending(self) -> bool:
+        return bool(self.declared) and not self.parent
+
+
+class ProcessesModel(ValkeyModel):
+    def __init__(self, spec: ModelSpec, redis: Valkey, prefix: str) -> None:
+        super().__init__(spec, redis, prefix)
+        self._apply = redis.register_script(_APPLY)
+
+    async def setup(self) -> None:
+        pass
+
+    @staticmethod
+    def _args(e: RecordedEvent) -> list[Any]:
+        if e.event_type == SKIPPED and not e.envelope.payload:
+            return [e.aggregate_id, e.version, e.stream_seq, SKIPPED, "", "", 0, "", "", "", "", 1]
+        body = body_of(e)
+        life = lifecycle(e.event_type, body)
+        occ = occurred_ns(e)
+        return [
+            e.aggregate_id,
+            e.version,
+            e.stream_seq,
+            e.event_type,
+            e.envelope.parent_aggregate_id,
+            "" if occ is None else occ,
+            e.recorded_at_ns,
+            life.kind,
+            life.name,
+            life.error,
+            life.attributes,
+            0,
+        ]
+
+    async def apply(self, events: Sequence[RecordedEvent]) -> Outcome:
+        args: list[Any] = [self.ns, len(events)]
+        for e in events:
+            args += self._args(e)
+        applied, raw_waiting = await valkey_io(self._apply(args=args))
+        waiting = {int(s) for s in raw_waiting}
+        outcome = Outcome(applied=int(applied))
+        for e in events:
+            if e.stream_seq in waiting:
+                outcome.waiting[e.stream_seq] = "waiting for the previous process_seq"
+            else:
+                outcome.done.append(e.stream_seq)
+        return outcome
+
+    async def skip(self, aggregate_id: str, stream_seq: int) -> bool:
+        placeholder = skipped(aggregate_id, await self.position(aggregate_id) + 1, stream_seq, 0)
+        return stream_seq in (await self.apply([placeholder])).done
+
+    async def rewind(self, aggregate_id: str, to_version: int) -> int:
+        raise NotImplementedError(
+            "processes: one process's events change others (its subtree's root and "
+            "status), so it is rebuilt side by side (`projector rebuild`), not replayed "
+            "per process"
+        )
+
+    # -- reads ------------------------------------------------------------------
+
+    async def read_many(self, ids: Sequence[str]) -> list[ProcessRow | None]:
+        if not ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for pid in ids:
+            pipe.hgetall(f"{self.ns}:p:{pid}")
+            pipe.hmget(f"{self.ns}:root", [pid])
+            pipe.hmget(f"{self.ns}:depth", [pid])
+            pipe.hmget(f"{self.ns}:parent", [pid])
+            pipe.hmget(f"{self.ns}:declared", [pid])
+            pipe.zrange(f"{self.ns}:kids:{pid}", 0, -1)
+        raw = await valkey_io(pipe.execute())
+        out: list[ProcessRow | None] = []
+        for k, pid in enumerate(ids):
+            h, root, depth, parent, declared, kids = raw[6 * k : 6 * k + 6]
+            if not h:
+                out.append(None)
+                continue
+            out.append(_row(pid, h, root[0], depth[0], parent[0], declared[0], kids))
+        return out
+
+    async def read(self, process_id: str) -> ProcessRow | None:
+        return (await self.read_many([process_id]))[0]
+
+    def index(self, name: str, value: str = "") -> str:
+        """The key of an index: all, status, kind, root, kids."""
+        if name == "all":
+            return f"{self.ns}:idx:all"
+        if name == "kids":
+            return f"{self.ns}:kids:{value}"
+        return f"{self.ns}:idx:{name}:{value}"
+
+    async def scan(self, key: str, below: int | None, count: int) -> list[tuple[str, int]]:
+        """(id, first global_seq) of an index, newest first, below the cursor."""
+        high = "+inf" if below is None else f"({below}"
+        raw = await valkey_io(
+            self.redis.zrevrangebyscore(key, high, "-inf", start=0, num=count, withscores=True)
+        )
+        return [(text(m), int(s)) for m, s in raw]
+
+    async def children(self, ids: Sequence[str]) -> list[list[str]]:
+        pipe = self.redis.pipeline(transaction=False)
+        for pid in ids:
+            pipe.zrange(f"{self.ns}:kids:{pid}", 0, -1)
+        return [[text(k) for k in kids] for kids in await valkey_io(pipe.execute())]
+
+
+def _row(
+    pid: str,
+    h: dict[bytes, bytes],
+    root: bytes | None,
+    depth: bytes | None,
+    parent: bytes | None,
+    declared: bytes | None,
+    kids: list[bytes],
+) -> ProcessRow:
+    def s(key: str) -> str:
+        return text(h.get(key.encode(), b""))
+
+    def n(key: str) -> int | None:
+        value = h.get(key.encode())
+        return int(value) if value is not None else None
+
+    return ProcessRow(
+        process_id=pid,
+        kind=s("kind"),
+        name=s("name"),
+        status=s("status") or "running",
+        parent=text(parent) if parent else "",
+        declared=text(declared) if declared else "",
+        root=text(root) if root else pid,
+        depth=int(depth or 0),
+        children=[text(k) for k in kids],
+        started_at=n("started_at"),
+        ended_at=n("ended_at"),
+        first_recorded_at=n("first_rec") or 0,
+        last_recorded_at=n("last_rec") or 0,
+        event_count=n("count") or 0,
+        last_event_type=s("last_type"),
+        last_process_seq=n("last_seq") or 0,
+        first_global_seq=n("first") or 0,
+        error=s("error"),
+        attributes=json.loads(s("attrs")) if s("attrs") else {},
+    )

@@ -1,0 +1,199 @@
+"""The ``process_timeline`` read model (Valkey): every event, so a timeline is read
+from the model, never from the log.
+
+- ``ev`` (hash): global_seq -> the event as the query service answers it
+  (``StoredEvent``, protobuf bytes), stored once;
+- ``tl:<process>`` (zset): the process's events (score and member = global_seq; within
+  a process, global_seq order is process_seq order);
+- ``tree:<root>`` (zset): the whole tree of a root in global_seq order. When a child
+  recorded before its parent is attached, its tree is merged into the parent's root's;
+- ``all`` (zset): every event, for ListEvents across processes;
+- the tree itself (``TREE_LUA``), the model's own copy.
+
+One Lua script per batch applies each event that is the next of its process, moves the
+checkpoint, and publishes the highest global_seq applied on ``<ns>:applied`` (what a
+watch waits on; a watcher also polls, so a lost message only delays it).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Sequence
+from typing import Any
+
+from valkey.asyncio import Valkey
+
+from jetsource._gen.process.v1.events_pb2 import StoredEvent
+from jetsource.core.envelope import RecordedEvent
+from jetsource.domains.process.models.common import SKIPPED, TREE_LUA, stored_event
+from jetsource.projection.contract import Kind, ModelSpec, Outcome, RebuildStrategy
+from jetsource.projection.valkey import CHECKPOINT_LUA, ValkeyModel, skipped, text, valkey_io
+
+TIMELINE = "process_timeline"
+
+_APPLY = (
+    """
+local p, n = ARGV[1], tonumber(ARGV[2])
+"""
+    + TREE_LUA
+    + """
+local function moved(node, old, new)
+  if node == old then
+    redis.call('ZUNIONSTORE', p .. ':tree:' .. new, 2, p .. ':tree:' .. new, p .. ':tree:' .. old)
+    redis.call('DEL', p .. ':tree:' .. old)
+  end
+end
+local pos, blocked, waiting = {}, {}, {}
+local applied, maxseq, i = 0, 0, 3
+for _ = 1, n do
+  local id, ver, seq = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  local parent, entry, skip = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
+  i = i + 6
+  if pos[id] == nil then pos[id] = tonumber(redis.call('HGET', p .. ':pos', id) or '0') end
+  if blocked[id] then
+    table.insert(waiting, seq)
+  elseif ver == pos[id] + 1 then
+    redis.call('HSET', p .. ':pos', id, ver)
+    pos[id] = ver
+    applied = applied + 1
+    if seq > maxseq then maxseq = seq end
+    if skip ~= '1' then
+      if redis.call('HEXISTS', p .. ':first', id) == 0 then appear(id, seq, moved) end
+      declare(id, parent, seq, moved)
+      redis.call('HSET', p .. ':ev', seq, entry)
+      redis.call('ZADD', p .. ':tl:' .. id, seq, seq)
+      redis.call('ZADD', p .. ':all', seq, seq)
+      redis.call('ZADD', p .. ':tree:' .. redis.call('HGET', p .. ':root', id), seq, seq)
+    end
+  elseif ver > pos[id] + 1 then
+    blocked[id] = true
+    table.insert(waiting, seq)
+  end
+end
+"""
+    + CHECKPOINT_LUA
+    + """
+if applied > 0 then redis.call('PUBLISH', p .. ':applied', maxseq) end
+return {applied, waiting}
+"""
+)
+
+# The ids of a process's subtree (itself first), breadth first.
+_SUBTREE = (
+    """
+local p = ARGV[1]
+"""
+    + TREE_LUA
+    + """
+if redis.call('HEXISTS', p .. ':first', ARGV[2]) == 0 then return {} end
+return subtree(ARGV[2])
+"""
+)
+
+
+def timeline_spec(version: int) -> ModelSpec:
+    return ModelSpec(
+        TIMELINE,
+        version,
+        Kind.TIMELINE,
+        "valkey",
+        "every event: per process in process_seq order, per root tree and across "
+        "processes in global_seq order",
+        rebuild_strategy=RebuildStrategy.SIDE_BY_SIDE,
+    )
+
+
+class ProcessTimelineModel(ValkeyModel):
+    def __init__(self, spec: ModelSpec, redis: Valkey, prefix: str) -> None:
+        super().__init__(spec, redis, prefix)
+        self._apply = redis.register_script(_APPLY)
+        self._subtree = redis.register_script(_SUBTREE)
+
+    @property
+    def channel(self) -> str:
+        return f"{self.ns}:applied"
+
+    async def setup(self) -> None:
+        pass
+
+    async def apply(self, events: Sequence[RecordedEvent]) -> Outcome:
+        args: list[Any] = [self.ns, len(events)]
+        for e in events:
+            if e.event_type == SKIPPED and not e.envelope.payload:
+                args += [e.aggregate_id, e.version, e.stream_seq, "", "", 1]
+            else:
+                entry = stored_event(e).SerializeToString(deterministic=True)
+                args += [
+                    e.aggregate_id,
+                    e.version,
+                    e.stream_seq,
+                    e.envelope.parent_aggregate_id,
+                    entry,
+                    0,
+                ]
+        applied, raw_waiting = await valkey_io(self._apply(args=args))
+        waiting = {int(s) for s in raw_waiting}
+        outcome = Outcome(applied=int(applied))
+        for e in events:
+            if e.stream_seq in waiting:
+                outcome.waiting[e.stream_seq] = "waiting for the previous process_seq"
+            else:
+                outcome.done.append(e.stream_seq)
+        return outcome
+
+    async def skip(self, aggregate_id: str, stream_seq: int) -> bool:
+        placeholder = skipped(aggregate_id, await self.position(aggregate_id) + 1, stream_seq, 0)
+        return stream_seq in (await self.apply([placeholder])).done
+
+    async def rewind(self, aggregate_id: str, to_version: int) -> int:
+        raise NotImplementedError(
+            "process_timeline: a process's events move its subtree between trees, so it "
+            "is rebuilt side by side (`projector rebuild`), not replayed per process"
+        )
+
+    # -- reads ------------------------------------------------------------------
+
+    async def exists(self, process_id: str) -> bool:
+        return bool(await valkey_io(self.redis.hexists(f"{self.ns}:first", process_id)))
+
+    async def root_of(self, process_id: str) -> str | None:
+        root = await valkey_io(self.redis.hget(f"{self.ns}:root", process_id))
+        return text(root) if root else None
+
+    async def subtree(self, process_id: str) -> list[str]:
+        ids = await valkey_io(self._subtree(args=[self.ns, process_id]))
+        return [text(i) for i in ids]
+
+    def process_key(self, process_id: str) -> str:
+        return f"{self.ns}:tl:{process_id}"
+
+    def tree_key(self, root: str) -> str:
+        return f"{self.ns}:tree:{root}"
+
+    @property
+    def all_key(self) -> str:
+        return f"{self.ns}:all"
+
+    async def seqs(self, key: str, after: int, upto: int | None, count: int) -> list[int]:
+        """Global sequences of one index above ``after`` (and at most ``upto``)."""
+        high = "+inf" if upto is None else upto
+        raw = await valkey_io(self.redis.zrangebyscore(key, f"({after}", high, start=0, num=count))
+        return [int(s) for s in raw]
+
+    async def merged_seqs(
+        self, keys: Sequence[str], after: int, upto: int | None, count: int
+    ) -> list[int]:
+        """The first ``count`` global sequences of several indexes, merged."""
+        high = "+inf" if upto is None else upto
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.zrangebyscore(key, f"({after}", high, start=0, num=count)
+        lists = await valkey_io(pipe.execute())
+        merged = heapq.merge(*([int(s) for s in raw] for raw in lists))
+        return [s for _, s in zip(range(count), merged, strict=False)]
+
+    async def events(self, seqs: Sequence[int]) -> list[StoredEvent]:
+        if not seqs:
+            return []
+        raws = await valkey_io(self.redis.hmget(f"{self.ns}:ev", list(seqs)))
+        return [StoredEvent.FromString(raw) for raw in raws if raw is not None]

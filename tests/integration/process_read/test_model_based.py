@@ -1,0 +1,171 @@
+"""Model-based test of the process read models (#15), on real NATS, Valkey and the
+graph store: random concurrent writers record many processes nested several levels
+(children often before their parents, several writers on one process, duplicates and
+retries after lost acks); then
+
+- every accepted event appears exactly once in the timeline model, process_seq is
+  contiguous per process in the log;
+- the registry equals a fold of the log written independently here (tests/.../ledger.py);
+- each process's timeline and each root's tree timeline equal the log's;
+- the graph's CHILD_OF and CAUSED_BY edges equal the parent and causation links.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
+
+import pytest
+from nats.aio.client import Client as NATS
+
+from jetsource.core.settings import JetsourceSettings
+from jetsource.domains.process.models import PROCESS_GRAPH, PROCESSES, TIMELINE
+from jetsource.domains.process.models.graph import ProcessGraphModel
+from jetsource.domains.process.models.registry import ProcessesModel
+from jetsource.domains.process.models.timeline import ProcessTimelineModel
+from jetsource.projection.bootstrap import Projection, open_projection
+from jetsource.projection.domain import DomainRegistry
+from jetsource.projection.host import ProjectorService
+from tests.integration.process_read.ledger import (
+    Ev,
+    Writer,
+    fold,
+    forest,
+    histories,
+    process_domain,
+    registry_view,
+)
+from tests.projector_fixtures import projector_settings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def projection(settings: JetsourceSettings, unique: str) -> AsyncIterator[Projection]:
+    p = await open_projection(
+        projector_settings(settings, unique), domains=DomainRegistry([process_domain(unique)])
+    )
+    await p.domain_store("process").ensure_streams()
+    yield p
+    for name in p.model_names():
+        await p.model(name, 1).drop()
+    await p.close()
+
+
+async def project_until_caught_up(p: Projection, timeout: float = 60) -> None:
+    store = p.domain_store("process")
+    last = (await store.stream_info())["state"]["last_seq"]
+    service = ProjectorService(p)
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    try:
+        started = time.monotonic()
+        while True:
+            cps = [
+                (await p.model(m, 1).checkpoint()).seq for m in (PROCESSES, TIMELINE, PROCESS_GRAPH)
+            ]
+            if min(cps) >= last:
+                return
+            assert time.monotonic() - started < timeout, (cps, last)
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await task
+
+
+async def write_randomly(nc: NATS, p: Projection, seed: int) -> tuple[Writer, dict[str, list[Ev]]]:
+    rng = random.Random(seed)
+    parents = forest(rng, roots=4, fanout=3, depth=3)
+    plan = histories(rng, parents, base_ns=1_700_000_000_000_000_000)
+    writer = Writer(nc, p.domains.get("process"))
+    # Processes in random order (children often before parents); each process's
+    # events split between two writers at a random point, so writers race on it.
+    order = list(plan)
+    rng.shuffle(order)
+    queues: list[list[Ev]] = [[] for _ in range(6)]
+    for i, pid in enumerate(order):
+        evs = plan[pid]
+        cut = rng.randint(0, len(evs))
+        queues[i % 6].extend(evs[:cut])
+        queues[(i + 1) % 6].extend(evs[cut:])
+
+    async def run(queue: list[Ev]) -> None:
+        for ev in queue:
+            await writer.record(ev, lose_ack=rng.random() < 0.1)
+            if rng.random() < 0.1:
+                await writer.record(ev)  # a duplicate
+
+    await asyncio.gather(*(run(q) for q in queues))
+    return writer, plan
+
+
+async def test_random_concurrent_writers_give_models_equal_to_a_fold_of_the_log(
+    nc: NATS, projection: Projection
+) -> None:
+    p = projection
+    writer, plan = await write_randomly(nc, p, seed=15)
+    sent = {e.event_id for evs in plan.values() for e in evs}
+    await project_until_caught_up(p)
+
+    log = [r async for r in p.domain_store("process").read_all()]
+    # Exactly once: every event the writers sent is in the log once.
+    assert sorted(r.event_id for r in log) == sorted(sent)
+    assert writer.appended == len(sent) and writer.duplicates > 0
+    by_process: dict[str, list[int]] = defaultdict(list)
+    for r in log:
+        by_process[r.aggregate_id].append(r.version)
+    for pid, versions in by_process.items():
+        assert versions == list(range(1, len(versions) + 1)), pid
+
+    registry = p.model(PROCESSES, 1)
+    timeline = p.model(TIMELINE, 1)
+    graph = p.model(PROCESS_GRAPH, 1)
+    assert isinstance(registry, ProcessesModel)
+    assert isinstance(timeline, ProcessTimelineModel)
+    assert isinstance(graph, ProcessGraphModel)
+
+    want = fold(log)
+    ids = sorted(want)
+    rows = await registry.read_many(ids)
+    got = {pid: registry_view(row) for pid, row in zip(ids, rows, strict=True) if row}
+    assert got == want
+    # The nesting the test meant: several levels, and children recorded first.
+    assert max(w["depth"] for w in want.values()) >= 3
+    assert len({w["status"] for w in want.values()}) >= 4
+    assert any(w["first"] < want[w["parent"]]["first"] for w in want.values() if w["parent"])
+
+    # Timelines: per process (process_seq order) and per root tree (global order).
+    gseqs_of: dict[str, list[int]] = defaultdict(list)
+    for r in log:
+        gseqs_of[r.aggregate_id].append(r.stream_seq)
+    for pid in ids:
+        seqs = await timeline.seqs(timeline.process_key(pid), 0, None, 10_000)
+        assert seqs == gseqs_of[pid]
+        events = await timeline.events(seqs)
+        assert [e.process_seq for e in events] == list(range(1, len(seqs) + 1))
+        assert all(e.event.process_id == pid for e in events)
+    for root in {w["root"] for w in want.values()}:
+        members = {pid for pid, w in want.items() if w["root"] == root}
+        expected = [r.stream_seq for r in log if r.aggregate_id in members]
+        assert await timeline.seqs(timeline.tree_key(root), 0, None, 10_000) == expected
+    all_seqs = await timeline.seqs(timeline.all_key, 0, None, 100_000)
+    assert all_seqs == [r.stream_seq for r in log]
+
+    # The graph: CHILD_OF per declared parent, CAUSED_BY per causation across processes.
+    process_of = {r.event_id: r.aggregate_id for r in log}
+    child_of = sorted((pid, w["declared"]) for pid, w in want.items() if w["declared"])
+    caused_by = sorted(
+        {
+            (r.aggregate_id, process_of[r.envelope.causation_id])
+            for r in log
+            if r.envelope.causation_id in process_of
+            and process_of[r.envelope.causation_id] != r.aggregate_id
+        }
+    )
+    assert caused_by, "the generator made no cross-process causation"
+    assert await graph.edges("CHILD_OF") == child_of
+    assert await graph.edges("CAUSED_BY") == caused_by
+    assert await graph.edges("AWAITS") == []
