@@ -329,7 +329,31 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return grpc.unary_stream_rpc_method_handler(
                 streaming, None, handler.response_serializer
             )
-        return handler  # no client- or bidi-streaming RPCs in jetsource
+        if handler.stream_unary is not None:
+            gather = handler.stream_unary
+
+            async def client_streaming(
+                bodies: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+            ) -> Any:
+                client = await self._enter(context)
+
+                async def requests() -> AsyncIterator[Any]:
+                    async for body in bodies:
+                        yield _parse(parse, body)
+
+                try:
+                    return await gather(requests(), context)
+                except _PASS_THROUGH:
+                    raise
+                except Exception as exc:
+                    await answer_error(context, method, exc)
+                finally:
+                    self._leave(client)
+
+            return grpc.stream_unary_rpc_method_handler(
+                client_streaming, None, handler.response_serializer
+            )
+        return handler  # no bidi-streaming RPCs in jetsource
 
 
 def _read(path: Any) -> bytes:

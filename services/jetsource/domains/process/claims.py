@@ -1,0 +1,164 @@
+"""Idempotency that lasts forever: a claim per (process, event id) and per (process,
+idempotency key) in a JetStream key-value bucket, made with ``create`` (it succeeds
+for exactly one writer).
+
+A claim is written *before* the append (``pending``, naming the event id that will be
+appended) and completed *after* it (``done``, with the positions). A crash between
+the two leaves a pending claim; whoever meets it later (after its lease, or at once
+when this observer knows its own append failed) looks the event id up in the
+process's history and either returns what is stored or appends it then: nothing
+lost, nothing doubled. The stream's duplicate window (``Nats-Msg-Id`` = event id)
+guards the short overlap of an owner and a taker on top of that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.js.api import StorageType
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from jetsource.core.errors import EventStoreUnavailableError
+
+DEFAULT_BUCKET = "PROCESS_IDEMPOTENCY"
+
+
+def claim_key(kind: str, process_id: str, value: str) -> str:
+    """``e`` (event id) or ``k`` (idempotency key), the process, a digest of the value
+    (any text becomes a valid key of bounded length)."""
+    return f"{kind}.{process_id}.{hashlib.sha256(value.encode()).hexdigest()[:40]}"
+
+
+@dataclass(frozen=True)
+class ClaimValue:
+    event_id: str
+    since_ns: int  # when the claim (or its latest takeover) was made
+    global_seq: int = 0  # 0 while pending
+    process_seq: int = 0
+    recorded_ns: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.global_seq > 0
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {
+                "id": self.event_id,
+                "t": self.since_ns,
+                "g": self.global_seq,
+                "p": self.process_seq,
+                "r": self.recorded_ns,
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> ClaimValue:
+        d = json.loads(raw)
+        return cls(d["id"], int(d["t"]), int(d["g"]), int(d["p"]), int(d["r"]))
+
+
+class Claims(Protocol):
+    async def create(self, key: str, value: ClaimValue) -> int | None:
+        """The new claim's revision, or None when the key is claimed already."""
+
+    async def get(self, key: str) -> tuple[ClaimValue, int] | None: ...
+
+    async def update(self, key: str, value: ClaimValue, revision: int) -> int | None:
+        """Compare-and-set; None when the claim moved on since ``revision``."""
+
+    async def put(self, key: str, value: ClaimValue) -> None: ...
+
+    async def delete(self, key: str, revision: int) -> None: ...
+
+
+_UNAVAILABLE = (
+    asyncio.TimeoutError,
+    nats.errors.TimeoutError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.NoRespondersError,
+    nats.errors.OutboundBufferLimitError,
+)
+
+
+@contextlib.asynccontextmanager
+async def _unavailable(what: str) -> AsyncIterator[None]:
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        raise EventStoreUnavailableError(
+            f"the claims bucket did not answer ({what}): {exc!r}"
+        ) from exc
+
+
+class KvClaims:
+    """The claims in a JetStream key-value bucket (file storage, one revision kept)."""
+
+    def __init__(self, nc: NATS, bucket: str = DEFAULT_BUCKET, replicas: int = 1) -> None:
+        self._js = nc.jetstream()
+        self._bucket = bucket
+        self._replicas = replicas
+        self._kv: KeyValue | None = None
+
+    async def kv(self) -> KeyValue:
+        if self._kv is None:
+            try:
+                self._kv = await self._js.key_value(self._bucket)
+            except BucketNotFoundError:
+                self._kv = await self._js.create_key_value(
+                    bucket=self._bucket,
+                    history=1,
+                    replicas=self._replicas,
+                    storage=StorageType.FILE,
+                    description="process ledger: claims of event ids and idempotency keys",
+                )
+        return self._kv
+
+    async def create(self, key: str, value: ClaimValue) -> int | None:
+        async with _unavailable("create"):
+            kv = await self.kv()
+            try:
+                return await kv.create(key, value.encode(), validate_keys=False)
+            except KeyWrongLastSequenceError:
+                return None
+
+    async def get(self, key: str) -> tuple[ClaimValue, int] | None:
+        async with _unavailable("get"):
+            kv = await self.kv()
+            try:
+                entry = await kv.get(key, validate_keys=False)
+            except KeyNotFoundError:
+                return None
+        if entry.value is None:
+            return None
+        return ClaimValue.decode(entry.value), entry.revision or 0
+
+    async def update(self, key: str, value: ClaimValue, revision: int) -> int | None:
+        async with _unavailable("update"):
+            kv = await self.kv()
+            try:
+                return await kv.update(key, value.encode(), last=revision, validate_keys=False)
+            except KeyWrongLastSequenceError:
+                return None
+
+    async def put(self, key: str, value: ClaimValue) -> None:
+        async with _unavailable("put"):
+            kv = await self.kv()
+            await kv.put(key, value.encode(), validate_keys=False)
+
+    async def delete(self, key: str, revision: int) -> None:
+        async with _unavailable("delete"):
+            kv = await self.kv()
+            with contextlib.suppress(KeyWrongLastSequenceError):  # taken over: theirs now
+                await kv.delete(key, last=revision, validate_keys=False)

@@ -1,0 +1,176 @@
+"""Canonical events as callers send them -> events the store can append, or a
+refusal naming the field. Nothing is appended for a refused event.
+
+JSON input (the JSONL adapter, the CLI) goes through :func:`parse_json_event`, which
+refuses unknown fields and a payload that is not a JSON object."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+
+from jetsource._gen.process.v1.events_pb2 import CanonicalEvent, ProcessEventBody
+from jetsource.core.envelope import NewEvent
+from jetsource.core.errors import ValidationError
+from jetsource.core.ids import uuid7, validate_aggregate_id
+from jetsource.domains.process.events import registry
+
+# Event ids (and causation ids, which name one): a Nats-Msg-Id and a log-safe token.
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}")
+_PRINTABLE = re.compile(r"[^\x00-\x1f\x7f]*")
+# google.protobuf.Timestamp's own range: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59Z.
+_MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one event may carry (the observer's settings)."""
+
+    max_payload_bytes: int = 256 * 1024
+    max_attributes: int = 64
+    max_attribute_bytes: int = 4096
+    max_text: int = 256  # source, correlation id, idempotency key, content type
+    max_schema_version: int = 1_000_000
+
+
+def _text(value: str, field: str, limit: int) -> None:
+    if len(value) > limit:
+        raise ValidationError(f"{field} is {len(value)} characters; at most {limit}", field)
+    if not _PRINTABLE.fullmatch(value):
+        raise ValidationError(f"{field} contains control characters", field)
+
+
+def _event_id(value: str, field: str) -> None:
+    if not _ID.fullmatch(value):
+        raise ValidationError(
+            f"{field} {value[:80]!r} is invalid: 1 to 128 of letters, digits, '.', '_', ':' "
+            "and '-', starting with a letter or digit",
+            field,
+        )
+
+
+def to_new_event(event: CanonicalEvent, limits: Limits, at: str = "event") -> NewEvent:
+    """The event to append (an event id assigned when absent), or ValidationError
+    whose ``field`` is the path of the offending input (``events[3].process_id``)."""
+    f = f"{at}."
+    validate_aggregate_id(event.process_id, field=f + "process_id")
+    if event.event_id:
+        _event_id(event.event_id, f + "event_id")
+    if event.parent_process_id:
+        validate_aggregate_id(event.parent_process_id, field=f + "parent_process_id")
+        if event.parent_process_id == event.process_id:
+            raise ValidationError(
+                f"{f}parent_process_id names the process itself", f + "parent_process_id"
+            )
+    if not event.event_type:
+        raise ValidationError(f"{f}event_type is required", f + "event_type")
+    try:
+        registry.check_type(event.event_type)
+    except ValidationError as exc:
+        raise ValidationError(f"{f}event_type: {exc}", f + "event_type") from None
+    occurred_ns: int | None = None
+    if event.HasField("occurred_at"):
+        ts = event.occurred_at
+        if not 0 <= ts.nanos <= 999_999_999 or not _MIN_SECONDS <= ts.seconds <= _MAX_SECONDS:
+            raise ValidationError(
+                f"{f}occurred_at is not a valid timestamp (seconds {ts.seconds}, nanos "
+                f"{ts.nanos}; years 1 to 9999, nanos 0 to 999999999)",
+                f + "occurred_at",
+            )
+        if ts.seconds < 0:
+            raise ValidationError(
+                f"{f}occurred_at is before 1970-01-01: not a time a process ran",
+                f + "occurred_at",
+            )
+        occurred_ns = ts.seconds * 1_000_000_000 + ts.nanos or None
+    _text(event.source, f + "source", limits.max_text)
+    if event.schema_version > limits.max_schema_version:
+        raise ValidationError(
+            f"{f}schema_version {event.schema_version} is above {limits.max_schema_version}",
+            f + "schema_version",
+        )
+    if event.causation_id:
+        _event_id(event.causation_id, f + "causation_id")
+    _text(event.correlation_id, f + "correlation_id", limits.max_text)
+    _text(event.idempotency_key, f + "idempotency_key", limits.max_text)
+    if len(event.attributes) > limits.max_attributes:
+        raise ValidationError(
+            f"{f}attributes has {len(event.attributes)} entries; at most {limits.max_attributes}",
+            f + "attributes",
+        )
+    for key, value in event.attributes.items():
+        if not key:
+            raise ValidationError(f"{f}attributes has an empty key", f + "attributes")
+        _text(key, f"{f}attributes[{key[:40]!r}]", limits.max_text)
+        _text(value, f"{f}attributes[{key[:40]!r}]", limits.max_attribute_bytes)
+    body = ProcessEventBody(attributes=event.attributes)
+    which = event.WhichOneof("payload")
+    if which == "data":
+        body.data.CopyFrom(event.data)
+    elif which == "typed":
+        if not event.typed.content_type:
+            raise ValidationError(
+                f"{f}typed.content_type is required with typed bytes", f + "typed.content_type"
+            )
+        _text(event.typed.content_type, f + "typed.content_type", limits.max_text)
+        body.typed.CopyFrom(event.typed)
+    size = body.ByteSize()
+    if size > limits.max_payload_bytes:
+        raise ValidationError(
+            f"{f}payload is {size} bytes; at most {limits.max_payload_bytes} "
+            "(JETSOURCE_OBSERVER__MAX_PAYLOAD_BYTES)",
+            f + ("typed" if which == "typed" else "data"),
+        )
+    return NewEvent(
+        body,
+        event_id=event.event_id or uuid7(),
+        occurred_at_ns=occurred_ns,
+        causation_id=event.causation_id,
+        correlation_id=event.correlation_id,
+        idempotency_key=event.idempotency_key,
+        source=event.source,
+        parent_aggregate_id=event.parent_process_id,
+        event_type=event.event_type,
+        schema_version=event.schema_version,
+    )
+
+
+_FIELDS = {f.json_name for f in CanonicalEvent.DESCRIPTOR.fields} | {
+    f.name for f in CanonicalEvent.DESCRIPTOR.fields
+}
+
+
+def parse_json_event(obj: Any, at: str = "event") -> CanonicalEvent:
+    """A canonical event from its JSON form (proto3 JSON names, snake_case or
+    lowerCamel). Unknown fields, a payload that is not an object and wrong types are
+    ValidationError naming the field; nothing is guessed."""
+    if not isinstance(obj, Mapping):
+        raise ValidationError(f"{at} must be a JSON object, not {type(obj).__name__}", at)
+    for key in obj:
+        if key not in _FIELDS:
+            raise ValidationError(f"{at}.{key} is not a field of a canonical event", f"{at}.{key}")
+    for name in ("data", "payload"):
+        if name in obj and not isinstance(obj[name], Mapping):
+            raise ValidationError(
+                f"{at}.{name} must be a JSON object, not {type(obj[name]).__name__}",
+                f"{at}.{name}",
+            )
+    try:
+        return json_format.ParseDict(dict(obj), CanonicalEvent(), ignore_unknown_fields=False)
+    except json_format.ParseError as exc:
+        # protobuf says "Failed to parse <field> field: ..." or names the field path.
+        text = str(exc)
+        m = re.search(r"(?:parse|field) (\w+)", text)
+        field = f"{at}.{m.group(1)}" if m and m.group(1) in _FIELDS else at
+        raise ValidationError(f"{at}: {text}", field) from None
+
+
+def struct(data: Mapping[str, Any] | None) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    if data:
+        s.update(data)
+    return s

@@ -1,0 +1,1 @@
+"""The process ledger's observer: a write-only gRPC service (``jetsource-observer``)."""

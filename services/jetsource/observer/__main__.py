@@ -1,0 +1,3 @@
+from jetsource.observer.server import main
+
+main()

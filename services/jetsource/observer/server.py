@@ -1,0 +1,279 @@
+"""Observer entrypoint and composition root: settings -> store + claims -> recorder ->
+gRPC ``ObserverService`` (write-only: Record, RecordBatch, RecordStream).
+
+Health tells the truth about writing: NOT_SERVING while NATS is not connected or the
+last append failed for want of the event store; SERVING again once an append (or the
+connection) says it can write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2
+from nats.aio.client import Client as NATS
+from prometheus_client import Counter, Gauge, Histogram
+
+from jetsource._gen.process.v1 import events_pb2 as epb
+from jetsource._gen.process.v1 import observer_pb2 as pb
+from jetsource._gen.process.v1 import observer_pb2_grpc as pb_grpc
+from jetsource.core.clock import to_timestamp
+from jetsource.core.errors import EventStoreUnavailableError, StreamMissingError, ValidationError
+from jetsource.core.grpcserver import GrpcEndpoint, start_grpc, stop_on_signals
+from jetsource.core.metrics import register_service, start_metrics_server, watch_nats
+from jetsource.core.runner import run_service
+from jetsource.domains.process.claims import KvClaims
+from jetsource.domains.process.descriptor import DOMAIN
+from jetsource.domains.process.recorder import Recorded, Recorder, RecorderOptions
+from jetsource.domains.process.validation import Limits
+from jetsource.eventstore.bootstrap import connect, release
+from jetsource.eventstore.jetstream import JetStreamEventStore
+from jetsource.observer.settings import ObserverSettings
+
+log = logging.getLogger("jetsource.observer")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ObserverService"].full_name
+
+EVENTS = Counter(
+    "jetsource_observer_events_total",
+    "Events by outcome: recorded, duplicate (positions of the original), refused",
+    ["outcome"],
+)
+LATENCY = Histogram(
+    "jetsource_observer_call_seconds",
+    "Observer call latency by method",
+    ["method"],
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+)
+WRITABLE = Gauge(
+    "jetsource_observer_writable",
+    "1 while the observer can record events; 0 while NATS or JetStream is away",
+)
+
+
+def position(r: Recorded) -> epb.Position:
+    return epb.Position(
+        event_id=r.event_id,
+        process_id=r.process_id,
+        global_seq=r.global_seq,
+        process_seq=r.process_seq,
+        recorded_at=to_timestamp(r.recorded_ns),
+        duplicate=r.duplicate,
+    )
+
+
+@dataclass
+class Health:
+    """SERVING while the observer can write (see the module docstring)."""
+
+    servicer: Any = None
+    writable: bool = True
+
+    async def mark(self, writable: bool, reason: str = "") -> None:
+        WRITABLE.set(1 if writable else 0)
+        if writable == self.writable:
+            return
+        self.writable = writable
+        if writable:
+            log.info("observer can record events again: SERVING")
+        else:
+            log.warning("observer cannot record events: NOT_SERVING (%s)", reason)
+        if self.servicer is not None:
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if writable
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for name in ("", SERVICE_NAME):
+                await self.servicer.set(name, status)
+
+
+class ObserverService(pb_grpc.ObserverServiceServicer):
+    """Write-only by contract: the service has no read RPC at all."""
+
+    def __init__(self, recorder: Recorder, health: Health, stream_flush_events: int) -> None:
+        self._recorder = recorder
+        self._health = health
+        self._flush_events = stream_flush_events
+
+    async def _record(
+        self, method: str, events: Sequence[epb.CanonicalEvent], at: str
+    ) -> list[epb.Position]:
+        started = time.perf_counter()
+        try:
+            recorded = await self._recorder.record(events, at)
+        except ValidationError:
+            EVENTS.labels("refused").inc(len(events))
+            raise
+        except (EventStoreUnavailableError, StreamMissingError) as exc:
+            await self._health.mark(False, str(exc))
+            raise
+        if not self._health.writable:
+            await self._health.mark(True)
+        dup = sum(1 for r in recorded if r.duplicate)
+        EVENTS.labels("duplicate").inc(dup)
+        EVENTS.labels("recorded").inc(len(recorded) - dup)
+        LATENCY.labels(method).observe(time.perf_counter() - started)
+        return [position(r) for r in recorded]
+
+    async def Record(
+        self, request: pb.RecordRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecordResponse:
+        if not request.HasField("event"):
+            raise ValidationError("event is required", "event")
+        [p] = await self._record("Record", [request.event], "event")
+        return pb.RecordResponse(position=p)
+
+    async def RecordBatch(
+        self, request: pb.RecordBatchRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecordBatchResponse:
+        positions = await self._record("RecordBatch", request.events, "events")
+        return pb.RecordBatchResponse(positions=positions)
+
+    async def RecordStream(
+        self,
+        request_iterator: AsyncIterator[pb.RecordStreamRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> pb.RecordStreamResponse:
+        """Records what has arrived whenever the previous flush is done (at most
+        ``stream_flush_events`` at once): events are recorded as they come, in arrival
+        order per process. A refused event ends the stream with INVALID_ARGUMENT
+        naming ``events[i]`` (its arrival index); what arrived before it is recorded
+        (send it again with the same ids: duplicates, nothing doubled)."""
+        queue: asyncio.Queue[epb.CanonicalEvent | None] = asyncio.Queue()
+
+        async def read() -> None:
+            async for req in request_iterator:
+                await queue.put(req.event)
+            await queue.put(None)
+
+        reader = asyncio.create_task(read())
+        out: list[epb.Position] = []
+        try:
+            ended = False
+            while not ended:
+                first = await queue.get()
+                if first is None:
+                    break
+                batch = [first]
+                while not queue.empty() and len(batch) < self._flush_events:
+                    nxt = queue.get_nowait()
+                    if nxt is None:
+                        ended = True
+                        break
+                    batch.append(nxt)
+                try:
+                    out += await self._record("RecordStream", batch, "events")
+                except ValidationError as exc:
+                    # Name the event by its arrival index in the whole stream.
+                    field = exc.field or "events"
+                    if field.startswith("events["):
+                        i, rest = field[len("events[") :].split("]", 1)
+                        field = f"events[{len(out) + int(i)}]{rest}"
+                        raise ValidationError(
+                            str(exc).replace(exc.field or "", field, 1), field
+                        ) from None
+                    raise
+            if not reader.done():
+                await reader
+            else:
+                reader.result()
+        finally:
+            if not reader.done():
+                reader.cancel()
+                with contextlib.suppress(BaseException):
+                    await reader
+        return pb.RecordStreamResponse(positions=out)
+
+
+@dataclass
+class Observer:
+    grpc: GrpcEndpoint
+    nc: NATS
+    store: JetStreamEventStore
+    recorder: Recorder
+    health: Health
+    stopped: bool = False
+
+    @property
+    def port(self) -> int:
+        return self.grpc.port
+
+    async def stop(self, grace: float) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
+        await self.grpc.stop(grace)
+        try:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.recorder.flush(), grace or 1.0)
+            await self.store.close()
+        finally:
+            await release(self.nc)
+
+
+def recorder_options(settings: ObserverSettings) -> RecorderOptions:
+    o = settings.observer
+    return RecorderOptions(
+        limits=Limits(max_payload_bytes=o.max_payload_bytes, max_attributes=o.max_attributes),
+        max_batch_events=o.max_batch_events,
+        claim_lease_s=o.claim_lease_s,
+        conflict_retries=o.conflict_retries,
+    )
+
+
+async def build(settings: ObserverSettings) -> Observer:
+    o = settings.observer
+    nc = await connect(settings)
+    cfg = DOMAIN.eventstore(settings)
+    store = JetStreamEventStore(nc, DOMAIN.registry, cfg)
+    await store.ensure_streams()
+    claims = KvClaims(nc, o.claims_bucket, cfg.replicas)
+    await claims.kv()
+    recorder = Recorder(store, claims, recorder_options(settings))
+    health = Health()
+    endpoint = await start_grpc(
+        lambda server: pb_grpc.add_ObserverServiceServicer_to_server(
+            ObserverService(recorder, health, o.stream_flush_events), server
+        ),
+        SERVICE_NAME,
+        o.target(),
+        o.max_concurrent_rpcs,
+        settings.grpc,
+    )
+    health.servicer = endpoint.health
+    WRITABLE.set(1)
+    return Observer(endpoint, nc, store, recorder, health)
+
+
+async def serve(settings: ObserverSettings) -> None:
+    o = settings.observer
+    register_service("observer")
+    observer = await build(settings)
+
+    def healthy() -> bool:
+        return observer.nc.is_connected and observer.health.writable
+
+    metrics = start_metrics_server(o.metrics_port, o.grpc_host, healthy) if o.metrics_port else None
+    nats_state = watch_nats(observer.nc, "observer")
+    log.info("observer listening on %s:%d", o.grpc_host, observer.port)
+    await stop_on_signals().wait()
+    log.info("observer shutting down")
+    nats_state.cancel()
+    if metrics is not None:
+        metrics.shutdown()
+    await observer.stop(o.shutdown_grace_s)
+
+
+def main() -> None:
+    run_service("observer", ObserverSettings.load(), serve)
+
+
+if __name__ == "__main__":
+    main()
