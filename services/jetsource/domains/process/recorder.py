@@ -101,7 +101,11 @@ class Recorder:
                 f"{at} has {len(events)} events; at most {self._o.max_batch_events} per request",
                 at,
             )
-        out = [to_new_event(e, self._o.limits, f"{at}[{i}]") for i, e in enumerate(events)]
+        # One event alone (Record) is named ``event.<field>``, else ``events[i].<field>``.
+        out = [
+            to_new_event(e, self._o.limits, at if at == "event" else f"{at}[{i}]")
+            for i, e in enumerate(events)
+        ]
         per_process: dict[str, int] = {}
         for e in events:
             per_process[e.process_id] = per_process.get(e.process_id, 0) + 1

@@ -44,6 +44,13 @@ def _text(value: str, field: str, limit: int) -> None:
         raise ValidationError(f"{field} contains control characters", field)
 
 
+def _process_id(value: str, field: str) -> None:
+    try:
+        validate_aggregate_id(value, field=field)
+    except ValidationError as exc:
+        raise ValidationError(str(exc), field) from None
+
+
 def _event_id(value: str, field: str) -> None:
     if not _ID.fullmatch(value):
         raise ValidationError(
@@ -57,11 +64,11 @@ def to_new_event(event: CanonicalEvent, limits: Limits, at: str = "event") -> Ne
     """The event to append (an event id assigned when absent), or ValidationError
     whose ``field`` is the path of the offending input (``events[3].process_id``)."""
     f = f"{at}."
-    validate_aggregate_id(event.process_id, field=f + "process_id")
+    _process_id(event.process_id, f + "process_id")
     if event.event_id:
         _event_id(event.event_id, f + "event_id")
     if event.parent_process_id:
-        validate_aggregate_id(event.parent_process_id, field=f + "parent_process_id")
+        _process_id(event.parent_process_id, f + "parent_process_id")
         if event.parent_process_id == event.process_id:
             raise ValidationError(
                 f"{f}parent_process_id names the process itself", f + "parent_process_id"
@@ -120,10 +127,11 @@ def to_new_event(event: CanonicalEvent, limits: Limits, at: str = "event") -> Ne
         body.typed.CopyFrom(event.typed)
     size = body.ByteSize()
     if size > limits.max_payload_bytes:
+        where = f + ("typed" if which == "typed" else "data")
         raise ValidationError(
-            f"{f}payload is {size} bytes; at most {limits.max_payload_bytes} "
+            f"{where}: the payload is {size} bytes; at most {limits.max_payload_bytes} "
             "(JETSOURCE_OBSERVER__MAX_PAYLOAD_BYTES)",
-            f + ("typed" if which == "typed" else "data"),
+            where,
         )
     return NewEvent(
         body,
