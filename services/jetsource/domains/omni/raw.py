@@ -1,0 +1,144 @@
+"""The raw payload archive: one JetStream stream (``OMNI_RAW``), one message per request
+on ``omni.raw.<id>``, written before anything is normalized from it and read back by id
+(``jetsource omni raw show ID``, ``GetEvent`` with ``include_raw``)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.errors import ConnectionClosedError, ConnectionReconnectingError, OutboundBufferLimitError
+
+from jetsource._gen.omni.v1.raw_pb2 import RawPayload
+from jetsource.core.errors import EventStoreUnavailableError, StreamMissingError, ValidationError
+from jetsource.core.ids import validate_aggregate_id
+from jetsource.domains.omni.settings import OmniOptions
+from jetsource.eventstore import jsapi
+from jetsource.eventstore.jsapi import JsApiError, NoRespondersError, OutMessage
+
+_TRANSIENT = (
+    TimeoutError,
+    ConnectionClosedError,
+    ConnectionReconnectingError,
+    OutboundBufferLimitError,
+)
+
+
+def raw_stream_config(o: OmniOptions) -> dict[str, Any]:
+    """Like an event store: nothing is rewritten or silently dropped; a retention age
+    only when one is set (0: keep everything)."""
+    return {
+        "name": o.raw_stream,
+        "subjects": [f"{o.raw_subject_prefix}.>"],
+        "retention": "limits",
+        "storage": "file",
+        "discard": "new",
+        "deny_delete": True,
+        "deny_purge": o.raw_max_age_s == 0,
+        "compression": "s2",
+        "allow_direct": True,
+        "duplicate_window": 120 * 1_000_000_000,
+        "num_replicas": o.raw_replicas,
+        "max_msg_size": o.raw_max_msg_size,
+        "max_age": int(o.raw_max_age_s * 1_000_000_000),
+        "max_msgs": -1,
+        "max_bytes": -1,
+    }
+
+
+class RawArchive:
+    def __init__(
+        self,
+        nc: NATS,
+        options: OmniOptions,
+        timeout_s: float = 5.0,
+        attempts: int = 3,
+        backoff_s: float = 0.05,
+    ) -> None:
+        self._o = options
+        self._replies = jsapi.Replies(nc)
+        self._timeout = timeout_s
+        self._attempts = attempts
+        self._backoff = backoff_s
+        self._started = False
+
+    async def start(self) -> None:
+        if not self._started:
+            await self._replies.start()
+            self._started = True
+
+    async def close(self) -> None:
+        if self._started:
+            self._started = False
+            await self._replies.stop()
+
+    async def ensure_stream(self) -> dict[str, Any]:
+        await self.start()
+        return await jsapi.ensure_stream(self._replies, raw_stream_config(self._o), self._timeout)
+
+    def subject(self, raw_id: str) -> str:
+        return f"{self._o.raw_subject_prefix}.{raw_id}"
+
+    async def _call(self, fn: Any) -> Any:
+        for attempt in range(self._attempts):
+            try:
+                return await fn()
+            except NoRespondersError:
+                raise StreamMissingError(f"stream {self._o.raw_stream} does not exist") from None
+            except JsApiError as exc:
+                if exc.err_code == jsapi.ERR_STREAM_NOT_FOUND:
+                    raise StreamMissingError(f"stream {self._o.raw_stream} not found") from exc
+                raise
+            except _TRANSIENT as exc:
+                if attempt == self._attempts - 1:
+                    raise EventStoreUnavailableError(
+                        f"NATS did not store the raw payload after {self._attempts} attempts: "
+                        f"{exc!r}"
+                    ) from exc
+                await asyncio.sleep(self._backoff * (2**attempt))
+        raise AssertionError("unreachable")
+
+    async def put(self, record: RawPayload) -> int:
+        """Store one record (its id is the message id: a retried put stores it once);
+        returns its stream sequence."""
+        await self.start()
+        message = OutMessage(
+            self.subject(record.id),
+            record.SerializeToString(deterministic=True),
+            {"Nats-Msg-Id": f"raw-{record.id}"},
+        )
+
+        async def publish() -> int:
+            ack = await jsapi.publish(self._replies, message, self._timeout)
+            return ack.seq
+
+        seq: int = await self._call(publish)
+        return seq
+
+    async def get(self, raw_id: str) -> RawPayload | None:
+        try:
+            validate_aggregate_id(raw_id, "raw_id")
+        except ValidationError:
+            raise ValidationError(
+                f"raw id {raw_id[:80]!r} is not an id (letters, digits, '-' and '_')",
+                field="raw_id",
+            ) from None
+        await self.start()
+        raw = await self._call(
+            lambda: jsapi.last_for_subject(
+                self._replies, self._o.raw_stream, self.subject(raw_id), self._timeout
+            )
+        )
+        if raw is None:
+            return None
+        record = RawPayload()
+        record.ParseFromString(raw.data)
+        return record
+
+    async def info(self) -> dict[str, Any]:
+        await self.start()
+        result: dict[str, Any] = await self._call(
+            lambda: jsapi.api(self._replies, f"STREAM.INFO.{self._o.raw_stream}", {}, self._timeout)
+        )
+        return result

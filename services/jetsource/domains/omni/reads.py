@@ -1,0 +1,351 @@
+"""The omni reads, from its Valkey read models (and the raw archive for a payload):
+one implementation behind the gRPC OmniQueryService and the ingress's REST /api/v1/.
+
+Lists are newest first by stream sequence (the global order); a page token is the
+stream sequence of the page's last event, and the next page starts below it.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from valkey.asyncio import Valkey
+
+from jetsource._gen.omni.v1.events_pb2 import NormalizedEvent
+from jetsource._gen.omni.v1.query_pb2 import (
+    EventView,
+    Handle,
+    IdentityView,
+    ProcessingStatus,
+)
+from jetsource._gen.omni.v1.raw_pb2 import RawPayload
+from jetsource.core.clock import now_ns, to_timestamp
+from jetsource.core.errors import JetsourceError, ValidationError
+from jetsource.core.ids import validate_aggregate_id
+from jetsource.domains.omni.events import handle_name, is_identity
+from jetsource.domains.omni.models import (
+    OMNI_EVENTS,
+    OMNI_IDENTITIES,
+    short_direction,
+    short_type,
+)
+from jetsource.domains.omni.raw import RawArchive
+from jetsource.projection.valkey import valkey_io
+
+DAY_NS = 24 * 3600 * 1_000_000_000
+DEFAULT_PAGE = 50
+# Events looked at per page when filters narrow an index (the page ends early, with a
+# token to go on, rather than scanning without bound).
+SCAN_LIMIT = 5_000
+
+
+class NotFoundError(JetsourceError):
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Filters:
+    instance: str = ""
+    provider: str = ""
+    event_type: str = ""  # message, reaction, ... ("" = any)
+    direction: str = ""  # inbound, outbound, system
+
+    def keys(self) -> list[str]:
+        out = []
+        if self.instance:
+            out.append(f"r:i:{self.instance}")
+        if self.provider:
+            out.append(f"r:p:{self.provider}")
+        if self.event_type:
+            out.append(f"r:t:{self.event_type}")
+        if self.direction:
+            out.append(f"r:d:{self.direction}")
+        return out
+
+    def match(self, e: NormalizedEvent) -> bool:
+        return (
+            (not self.instance or e.instance_name == self.instance)
+            and (not self.provider or e.provider == self.provider)
+            and (not self.event_type or short_type(e.event_type) == self.event_type)
+            and (not self.direction or short_direction(e.direction) == self.direction)
+        )
+
+
+def _text(v: bytes | str | None) -> str:
+    if v is None:
+        return ""
+    return v.decode() if isinstance(v, bytes) else v
+
+
+_FIELDS = ("ev", "seq", "st", "att", "wk", "err", "upd")
+
+
+def _view(values: list[Any]) -> EventView | None:
+    ev, seq, st, att, wk, err, upd = values
+    if ev is None:
+        return None
+    event = NormalizedEvent()
+    event.ParseFromString(ev)
+    attempts = int(att or 0)
+    status = ProcessingStatus(
+        state=_text(st),
+        attempts=attempts,
+        retry_count=max(0, attempts - 1),
+        worker=_text(wk),
+        last_error=_text(err),
+        updated_at=to_timestamp(int(upd or 0)),
+    )
+    return EventView(event=event, stream_seq=int(seq or 0), status=status)
+
+
+def page_size(requested: int, maximum: int) -> int:
+    if requested < 0 or requested > maximum:
+        raise ValidationError(
+            f"page_size must be 0..{maximum} (0: {DEFAULT_PAGE})", field="page_size"
+        )
+    return requested or DEFAULT_PAGE
+
+
+def below(token: str) -> float:
+    """The highest stream sequence a page may start at."""
+    if not token:
+        return float("inf")
+    if not token.isdigit():
+        raise ValidationError("page_token is not one this service handed out", field="page_token")
+    return int(token) - 1
+
+
+class OmniReads:
+    def __init__(
+        self,
+        redis: Valkey,
+        prefix: str,
+        active: Callable[[str], Awaitable[int]],
+        raw: RawArchive,
+        seq_at_time: Callable[[int], Awaitable[int]],
+        max_page_size: int = 1000,
+    ) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self._active = active
+        self.raw = raw
+        self._seq_at_time = seq_at_time
+        self.max_page_size = max_page_size
+
+    async def ns(self, model: str) -> str:
+        return f"{self.prefix}:{model}:v{await self._active(model)}"
+
+    async def _views(self, ns: str, ids: list[str]) -> list[EventView | None]:
+        if not ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for i in ids:
+            pipe.hmget(f"{ns}:e:{i}", *_FIELDS)
+        rows = await valkey_io(pipe.execute())
+        return [_view(r) for r in rows]
+
+    # -- events -------------------------------------------------------------------------
+
+    async def recent(
+        self, filters: Filters, since_ns: int | None, size: int, token: str
+    ) -> tuple[list[EventView], str]:
+        size = page_size(size, self.max_page_size)
+        top = below(token)
+        since = now_ns() - DAY_NS if since_ns is None else since_ns
+        floor = (await self._seq_at_time(since)) + 1 if since > 0 else 1
+        ns = await self.ns(OMNI_EVENTS)
+        keys = filters.keys() or ["r:all"]
+        if len(keys) > 1:
+            pipe = self.redis.pipeline(transaction=False)
+            for k in keys:
+                pipe.zcard(f"{ns}:{k}")
+            sizes = await valkey_io(pipe.execute())
+            keys = [k for _, k in sorted(zip(sizes, keys, strict=True))]
+        index, exact = f"{ns}:{keys[0]}", len(keys) == 1
+        out: list[EventView] = []
+        scanned = 0
+        while len(out) < size and top >= floor:
+            want = size - len(out) if exact else max(2 * (size - len(out)), 100)
+            rows = await valkey_io(
+                self.redis.zrevrangebyscore(
+                    index,
+                    "+inf" if top == float("inf") else int(top),
+                    floor,
+                    start=0,
+                    num=want,
+                    withscores=True,
+                )
+            )
+            if not rows:
+                return out, ""
+            views = await self._views(ns, [_text(m) for m, _ in rows])
+            for (_, score), view in zip(rows, views, strict=True):
+                top = int(score) - 1
+                scanned += 1
+                if view is not None and (exact or filters.match(view.event)):
+                    out.append(view)
+                    if len(out) == size:
+                        return out, str(int(score))
+            if scanned >= SCAN_LIMIT:
+                return out, str(top + 1)
+            if len(rows) < want:
+                return out, ""
+        return out, ""
+
+    async def event(self, event_id: str) -> EventView:
+        validate_aggregate_id(event_id, "event_id")
+        ns = await self.ns(OMNI_EVENTS)
+        (view,) = await self._views(ns, [event_id])
+        if view is None:
+            raise NotFoundError(f"no event {event_id!r}", "event_id")
+        return view
+
+    async def raw_payload(self, raw_id: str) -> RawPayload | None:
+        return await self.raw.get(raw_id) if raw_id else None
+
+    async def _page(
+        self, ns: str, keys: list[str], size: int, token: str
+    ) -> tuple[list[EventView], str]:
+        """Newest first across ``keys`` (sorted sets of event ids by sequence)."""
+        size = page_size(size, self.max_page_size)
+        top = below(token)
+        pipe = self.redis.pipeline(transaction=False)
+        for k in keys:
+            pipe.zrevrangebyscore(
+                f"{ns}:{k}",
+                "+inf" if top == float("inf") else int(top),
+                1,
+                start=0,
+                num=size + 1,
+                withscores=True,
+            )
+        found = await valkey_io(pipe.execute())
+        merged = heapq.nlargest(size + 1, {(int(s), _text(m)) for rows in found for m, s in rows})
+        more = len(merged) > size
+        merged = merged[:size]
+        views = await self._views(ns, [m for _, m in merged])
+        out = [v for v in views if v is not None]
+        return out, str(merged[-1][0]) if more and merged else ""
+
+    async def conversation(
+        self, provider: str, instance: str, conversation_id: str, size: int, token: str
+    ) -> tuple[list[EventView], str]:
+        for name, value in (
+            ("provider", provider),
+            ("instance", instance),
+            ("conversation_id", conversation_id),
+        ):
+            if not value:
+                raise ValidationError(f"{name} is required", field=name)
+        ns = await self.ns(OMNI_EVENTS)
+        return await self._page(ns, [f"c:{provider}:{instance}:{conversation_id}"], size, token)
+
+    async def timeline(
+        self, identity_id: str, size: int, token: str
+    ) -> tuple[IdentityView, list[EventView], str]:
+        identity = await self.identity(identity_id)
+        ids = [identity.identity_id, *await self._merged_from(identity.identity_id)]
+        ns = await self.ns(OMNI_EVENTS)
+        events, next_token = await self._page(ns, [f"tl:{i}" for i in ids], size, token)
+        return identity, events, next_token
+
+    # -- identities ---------------------------------------------------------------------------
+
+    async def _merged_from(self, identity_id: str) -> list[str]:
+        """Every identity merged into this one, transitively."""
+        ns = await self.ns(OMNI_IDENTITIES)
+        out: list[str] = []
+        todo = [identity_id]
+        while todo and len(out) < 1000:
+            current = todo.pop()
+            for m in await valkey_io(self.redis.hkeys(f"{ns}:i:{current}:m")):
+                merged = _text(m)
+                if merged not in out and merged != identity_id:
+                    out.append(merged)
+                    todo.append(merged)
+        return out
+
+    async def identity(self, identity_id: str) -> IdentityView:
+        validate_aggregate_id(identity_id, "identity_id")
+        if not is_identity(identity_id):
+            raise ValidationError(
+                f"{identity_id!r} is not an identity id (idn-...)", field="identity_id"
+            )
+        ns = await self.ns(OMNI_IDENTITIES)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(f"{ns}:i:{identity_id}")
+        pipe.hgetall(f"{ns}:i:{identity_id}:h")
+        pipe.hkeys(f"{ns}:i:{identity_id}:m")
+        doc, handles, merged = await valkey_io(pipe.execute())
+        if not doc:
+            raise NotFoundError(f"no identity {identity_id!r}", "identity_id")
+        view = IdentityView(
+            identity_id=identity_id,
+            display_name=_text(doc.get(b"name")),
+            merged_into=_text(doc.get(b"into")),
+            created_by=_text(doc.get(b"by")),
+            merged_from=sorted(_text(m) for m in merged),
+        )
+        for name, instance in sorted(handles.items()):
+            provider, _, external_id = _text(name).partition(":")
+            view.handles.append(
+                Handle(provider=provider, external_id=external_id, instance=_text(instance))
+            )
+        return view
+
+    async def find(self, provider: str, external_id: str) -> IdentityView:
+        if not provider or not external_id:
+            raise ValidationError(
+                "provider and external_id are required",
+                field="provider" if not provider else "external_id",
+            )
+        ns = await self.ns(OMNI_IDENTITIES)
+        found = await valkey_io(self.redis.hget(f"{ns}:h", handle_name(provider, external_id)))
+        if not found:
+            raise NotFoundError(
+                f"no identity has the handle {provider}:{external_id}", "external_id"
+            )
+        view = await self.identity(_text(found))
+        seen = {view.identity_id}
+        while view.merged_into and view.merged_into not in seen:
+            seen.add(view.merged_into)
+            view = await self.identity(view.merged_into)
+        return view
+
+    async def identities(
+        self, provider: str, include_merged: bool, size: int, token: str
+    ) -> tuple[list[IdentityView], str]:
+        size = page_size(size, self.max_page_size)
+        top = below(token)
+        ns = await self.ns(OMNI_IDENTITIES)
+        index = f"{ns}:ip:{provider}" if provider else f"{ns}:ia"
+        out: list[IdentityView] = []
+        while len(out) < size:
+            rows = await valkey_io(
+                self.redis.zrevrangebyscore(
+                    index,
+                    "+inf" if top == float("inf") else int(top),
+                    1,
+                    start=0,
+                    num=size - len(out),
+                    withscores=True,
+                )
+            )
+            if not rows:
+                return out, ""
+            for member, score in rows:
+                top = int(score) - 1
+                try:
+                    view = await self.identity(_text(member))
+                except NotFoundError:
+                    continue
+                if include_merged or not view.merged_into:
+                    out.append(view)
+                    if len(out) == size:
+                        return out, str(int(score))
+        return out, ""

@@ -1,0 +1,56 @@
+"""Settings of the omni domain (``JETSOURCE_OMNI__...``), shared by the ingress, the
+projector's read models and the CLI: where raw payloads and handle claims live."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+
+
+class OmniOptions(BaseModel):
+    # The normalized events' stream and subjects; empty: OMNI_EVENTS / omni.events (the
+    # descriptor's). Tests and side-by-side deployments move them; the projector must
+    # then be given the same domain (descriptor.omni_domain).
+    events_stream: str = ""
+    events_subject_prefix: str = ""
+    # The raw payload archive: every request body as received, rejected ones too.
+    raw_stream: str = "OMNI_RAW"
+    raw_subject_prefix: str = "omni.raw"
+    # How long raw payloads are kept; 0 keeps everything (the users' decision).
+    raw_max_age_s: float = Field(default=0.0, ge=0)
+    # Bodies are archived whole up to the ingress's max_body_bytes, so this bounds it.
+    raw_max_msg_size: int = Field(default=6 * 1024 * 1024, gt=0)
+    raw_replicas: int = Field(default=1, ge=1, le=5)
+    # NATS KV bucket: handle ("provider.<base64 id>") -> identity id; create() claims.
+    identity_bucket: str = "OMNI_HANDLES"
+    # Handles kept in each process's memory (kept current by watching the bucket).
+    identity_cache_size: int = Field(default=200_000, ge=0)
+
+
+class InstanceConfig(BaseModel):
+    """One account or bot whose webhooks the ingress accepts on
+    ``/webhooks/<provider>/<name>``, and how its requests are signed:
+
+    - ``whatsapp`` + ``cloud``: ``X-Hub-Signature-256: sha256=<HMAC-SHA256 of the body
+      with app_secret>``; ``verify_token`` answers Meta's GET verification handshake;
+    - ``whatsapp`` + ``evolution``: the ``apikey`` header equals ``api_key``;
+    - ``discord`` + ``forwarder``: ``X-Jetsource-Signature: sha256=<HMAC-SHA256 of the
+      body with shared_secret>`` (what the forwarding bot sends).
+    """
+
+    provider: str = Field(pattern="^(whatsapp|discord)$")
+    format: str = Field(pattern="^(cloud|evolution|forwarder)$")
+    app_secret: SecretStr | None = None
+    verify_token: SecretStr | None = None
+    api_key: SecretStr | None = None
+    shared_secret: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _secrets(self) -> InstanceConfig:
+        needs = {"cloud": "app_secret", "evolution": "api_key", "forwarder": "shared_secret"}
+        need = needs[self.format]
+        if getattr(self, need) is None:
+            raise ValueError(f"format {self.format!r} needs {need}")
+        allowed = {"whatsapp": ("cloud", "evolution"), "discord": ("forwarder",)}
+        if self.format not in allowed[self.provider]:
+            raise ValueError(f"provider {self.provider!r} has no format {self.format!r}")
+        return self

@@ -1,0 +1,65 @@
+"""Request authentication of each webhook format. Pure: headers, body and the
+instance's secrets in; None (authentic) or the reason it is not."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+
+from jetsource.domains.omni.settings import InstanceConfig
+
+SIGNATURE_HEADERS = {
+    "cloud": "x-hub-signature-256",
+    "evolution": "apikey",
+    "forwarder": "x-jetsource-signature",
+}
+# Header values never archived as they came (they are the secret itself).
+SECRET_HEADERS = frozenset({"apikey", "authorization", "cookie", "x-api-key"})
+
+
+def sign(secret: str, body: bytes) -> str:
+    """``sha256=<hex>``: what Meta sends in X-Hub-Signature-256 and the forwarder in
+    X-Jetsource-Signature."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def _hmac_problem(header: str, given: str | None, secret: str, body: bytes) -> str | None:
+    if not given:
+        return f"missing {header} header"
+    if not given.startswith("sha256="):
+        return f"{header} is not of the form sha256=<hex>"
+    if not hmac.compare_digest(given.strip().lower(), sign(secret, body)):
+        return f"{header} does not match the body signed with the instance's secret"
+    return None
+
+
+def check(config: InstanceConfig, headers: Mapping[str, str], body: bytes) -> str | None:
+    """Why the request is not authentic, or None. ``headers`` have lower-case names."""
+    header = SIGNATURE_HEADERS[config.format]
+    given = headers.get(header)
+    if config.format == "cloud":
+        assert config.app_secret is not None
+        return _hmac_problem(header, given, config.app_secret.get_secret_value(), body)
+    if config.format == "forwarder":
+        assert config.shared_secret is not None
+        return _hmac_problem(header, given, config.shared_secret.get_secret_value(), body)
+    assert config.api_key is not None
+    if not given:
+        return "missing apikey header"
+    if not hmac.compare_digest(given.encode(), config.api_key.get_secret_value().encode()):
+        return "apikey header does not match the instance's API key"
+    return None
+
+
+def verify_handshake(config: InstanceConfig, mode: str | None, token: str | None) -> bool:
+    """Meta's GET verification: ``hub.mode=subscribe`` and the instance's verify token."""
+    if config.format != "cloud" or config.verify_token is None or mode != "subscribe":
+        return False
+    return token is not None and hmac.compare_digest(
+        token.encode(), config.verify_token.get_secret_value().encode()
+    )
+
+
+def redacted(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k: ("[redacted]" if k in SECRET_HEADERS else v) for k, v in headers.items()}

@@ -1,0 +1,291 @@
+"""The ingress's HTTP application (FastAPI): webhooks in, reads out.
+
+- ``GET /webhooks/whatsapp/{instance}``: Meta's verification handshake;
+- ``POST /webhooks/whatsapp/{instance}`` (WhatsApp Cloud API and Evolution API) and
+  ``POST /webhooks/discord/{instance}`` (the forwarding bot): see intake.py;
+- ``/api/v1/...``: the OmniQueryService reads as JSON, and processing status updates;
+- ``/healthz``, ``/openapi.json``, ``/docs``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hmac
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+from pydantic import BaseModel, Field
+
+from jetsource.core.clock import parse_rfc3339_ns
+from jetsource.core.errors import (
+    ConcurrencyError,
+    EventStoreUnavailableError,
+    JetsourceError,
+    StreamMissingError,
+    ValidationError,
+)
+from jetsource.domains.omni import signatures
+from jetsource.domains.omni.intake import Intake, WebhookRequest
+from jetsource.domains.omni.processing import EventNotFoundError, record_status
+from jetsource.domains.omni.reads import Filters, NotFoundError, OmniReads
+from jetsource.eventstore.jetstream import JetStreamEventStore
+
+log = logging.getLogger("jetsource.ingest")
+
+EVENT_TYPES = ("message", "reaction", "edit", "delete", "status", "presence", "protocol", "system")
+DIRECTIONS = ("inbound", "outbound", "system")
+
+
+def as_json(message: Message) -> dict[str, Any]:
+    return MessageToDict(message, preserving_proto_field_name=True)
+
+
+def raw_json(message: Message) -> dict[str, Any]:
+    """A raw payload as JSON: the body base64 as protobuf's JSON has it, and as text
+    when it is UTF-8."""
+    out = as_json(message)
+    body = getattr(message, "body", b"")
+    with contextlib.suppress(UnicodeDecodeError):
+        out["body_text"] = body.decode()
+    out.setdefault("body", base64.b64encode(body).decode())
+    return out
+
+
+def _error(status: int, code: str, message: str, field: str | None = None) -> JSONResponse:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if field:
+        error["field"] = field
+    return JSONResponse({"error": error}, status_code=status)
+
+
+class StatusUpdate(BaseModel):
+    state: str = Field(description="processing, completed or failed")
+    worker: str
+    attempt: int = 1
+    reason: str = ""
+    will_retry: bool = False
+
+
+async def read_body(request: Request, limit: int) -> tuple[bytes, int, bool]:
+    """The body, read up to ``limit`` + 1 bytes: (bytes, size, truncated). A body
+    announced or found larger is not read further (it is refused)."""
+    announced = request.headers.get("content-length")
+    if announced and announced.isdigit() and int(announced) > limit:
+        chunks: list[bytes] = []
+        got = 0
+        async for chunk in request.stream():
+            chunks.append(chunk)
+            got += len(chunk)
+            if got > limit:
+                break
+        return b"".join(chunks)[: limit + 1], int(announced), True
+    chunks = []
+    got = 0
+    async for chunk in request.stream():
+        chunks.append(chunk)
+        got += len(chunk)
+        if got > limit:
+            return b"".join(chunks), got, True
+    body = b"".join(chunks)
+    return body, len(body), False
+
+
+def create_app(
+    intake: Intake,
+    reads: OmniReads,
+    store: JetStreamEventStore,
+    api_tokens: list[str] | None = None,
+    healthy: Any = None,
+) -> FastAPI:
+    app = FastAPI(
+        title="jetsource-ingest",
+        description="Messaging webhooks (WhatsApp Cloud API, Evolution API, Discord) "
+        "normalized into provider-neutral events; reads of the omni domain.",
+        version="1",
+    )
+    tokens = [t.encode() for t in api_tokens or []]
+
+    @app.exception_handler(ValidationError)
+    async def _invalid(request: Request, exc: ValidationError) -> JSONResponse:
+        if isinstance(exc, EventNotFoundError):
+            return _error(404, "not_found", str(exc), exc.field)
+        return _error(400, "invalid_argument", str(exc), exc.field)
+
+    @app.exception_handler(NotFoundError)
+    async def _missing(request: Request, exc: NotFoundError) -> JSONResponse:
+        return _error(404, "not_found", str(exc), exc.field or None)
+
+    @app.exception_handler(ConcurrencyError)
+    async def _conflict(request: Request, exc: ConcurrencyError) -> JSONResponse:
+        return _error(409, "conflict", str(exc))
+
+    @app.exception_handler(JetsourceError)
+    async def _unavailable(request: Request, exc: JetsourceError) -> JSONResponse:
+        if isinstance(exc, EventStoreUnavailableError | StreamMissingError):
+            return _error(503, "unavailable", str(exc))
+        log.error("%s failed", request.url.path, exc_info=exc)
+        return _error(500, "internal", "internal error; it was logged")
+
+    @app.middleware("http")
+    async def _auth(request: Request, call_next: Any) -> Response:
+        if tokens and request.url.path.startswith("/api/"):
+            given = request.headers.get("authorization", "")
+            token = given.removeprefix("Bearer ").encode()
+            if not given.startswith("Bearer ") or not any(
+                hmac.compare_digest(token, t) for t in tokens
+            ):
+                return _error(401, "unauthenticated", "Authorization: Bearer <token> required")
+        response: Response = await call_next(request)
+        return response
+
+    # -- webhooks ----------------------------------------------------------------------
+
+    async def webhook(provider: str, instance: str, request: Request) -> JSONResponse:
+        body, size, truncated = await read_body(request, intake.max_body_bytes)
+        answer = await intake.handle(
+            WebhookRequest(
+                provider=provider,
+                instance=instance,
+                headers={k.lower(): v for k, v in request.headers.items()},
+                body=body,
+                method=request.method,
+                path=request.url.path,
+                query=request.url.query,
+                body_size=size,
+                truncated=truncated,
+                remote_addr=request.client.host if request.client else "",
+            )
+        )
+        return JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)
+
+    @app.post("/webhooks/whatsapp/{instance}", tags=["webhooks"])
+    async def whatsapp(instance: str, request: Request) -> JSONResponse:
+        """WhatsApp Cloud API (X-Hub-Signature-256) or Evolution API (apikey header)."""
+        return await webhook("whatsapp", instance, request)
+
+    @app.get("/webhooks/whatsapp/{instance}", tags=["webhooks"], response_model=None)
+    async def whatsapp_verify(
+        instance: str,
+        mode: str | None = Query(None, alias="hub.mode"),
+        token: str | None = Query(None, alias="hub.verify_token"),
+        challenge: str = Query("", alias="hub.challenge"),
+    ) -> Response:
+        """Meta's verification handshake: echo hub.challenge when the token matches."""
+        config = intake.instance("whatsapp", instance)
+        if config is None:
+            return _error(404, "unknown_instance", f"no whatsapp instance {instance!r}", "instance")
+        if not signatures.verify_handshake(config, mode, token):
+            return _error(403, "verification_failed", "hub.mode or hub.verify_token is wrong")
+        return PlainTextResponse(challenge)
+
+    @app.post("/webhooks/discord/{instance}", tags=["webhooks"])
+    async def discord(instance: str, request: Request) -> JSONResponse:
+        """Gateway dispatches forwarded by a bot (X-Jetsource-Signature)."""
+        return await webhook("discord", instance, request)
+
+    # -- reads -----------------------------------------------------------------------------
+
+    @app.get("/api/v1/events", tags=["reads"])
+    async def recent_events(
+        instance: str = "",
+        provider: str = "",
+        type: str = "",
+        direction: str = "",
+        since: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> dict[str, Any]:
+        """Newest first; the last 24 hours unless `since` (RFC 3339) says otherwise."""
+        if type and type not in EVENT_TYPES:
+            raise ValidationError(f"type must be one of {', '.join(EVENT_TYPES)}", field="type")
+        if direction and direction not in DIRECTIONS:
+            raise ValidationError(
+                f"direction must be one of {', '.join(DIRECTIONS)}", field="direction"
+            )
+        since_ns = None
+        if since:
+            try:
+                since_ns = parse_rfc3339_ns(since)
+            except ValueError:
+                raise ValidationError("since must be an RFC 3339 time", field="since") from None
+        events, token = await reads.recent(
+            Filters(instance, provider, type, direction), since_ns, page_size, page_token
+        )
+        return {"events": [as_json(e) for e in events], "next_page_token": token}
+
+    @app.get("/api/v1/events/{event_id}", tags=["reads"])
+    async def get_event(event_id: str, include_raw: bool = False) -> dict[str, Any]:
+        view = await reads.event(event_id)
+        out: dict[str, Any] = {"event": as_json(view)}
+        if include_raw:
+            raw = await reads.raw_payload(view.event.raw_ref)
+            out["raw"] = raw_json(raw) if raw is not None else None
+        return out
+
+    @app.post("/api/v1/events/{event_id}/status", tags=["processing"])
+    async def set_status(event_id: str, update: StatusUpdate) -> dict[str, Any]:
+        """Record a processing step (received -> processing -> completed/failed)."""
+        version = await record_status(
+            store,
+            event_id,
+            update.state,
+            update.worker,
+            update.attempt,
+            update.reason,
+            update.will_retry,
+        )
+        return {"event_id": event_id, "version": version}
+
+    @app.get("/api/v1/raw/{raw_id}", tags=["reads"])
+    async def get_raw(raw_id: str) -> dict[str, Any]:
+        raw = await reads.raw_payload(raw_id)
+        if raw is None:
+            raise NotFoundError(f"no raw payload {raw_id!r}", "raw_id")
+        return raw_json(raw)
+
+    @app.get("/api/v1/conversations/{provider}/{instance}/{conversation_id}", tags=["reads"])
+    async def conversation(
+        provider: str, instance: str, conversation_id: str, page_size: int = 0, page_token: str = ""
+    ) -> dict[str, Any]:
+        events, token = await reads.conversation(
+            provider, instance, conversation_id, page_size, page_token
+        )
+        return {"events": [as_json(e) for e in events], "next_page_token": token}
+
+    @app.get("/api/v1/identities", tags=["reads"])
+    async def identities(
+        provider: str = "", include_merged: bool = False, page_size: int = 0, page_token: str = ""
+    ) -> dict[str, Any]:
+        found, token = await reads.identities(provider, include_merged, page_size, page_token)
+        return {"identities": [as_json(i) for i in found], "next_page_token": token}
+
+    @app.get("/api/v1/identities/{identity_id}", tags=["reads"])
+    async def identity(identity_id: str) -> dict[str, Any]:
+        return {"identity": as_json(await reads.identity(identity_id))}
+
+    @app.get("/api/v1/identities/{identity_id}/timeline", tags=["reads"])
+    async def timeline(
+        identity_id: str, page_size: int = 0, page_token: str = ""
+    ) -> dict[str, Any]:
+        view, events, token = await reads.timeline(identity_id, page_size, page_token)
+        return {
+            "identity": as_json(view),
+            "events": [as_json(e) for e in events],
+            "next_page_token": token,
+        }
+
+    @app.get("/api/v1/handles/{provider}/{external_id}", tags=["reads"])
+    async def find_identity(provider: str, external_id: str) -> dict[str, Any]:
+        return {"identity": as_json(await reads.find(provider, external_id))}
+
+    @app.get("/healthz", tags=["health"], response_model=None)
+    async def healthz() -> Response:
+        ok = healthy() if healthy is not None else True
+        return JSONResponse({"ok": bool(ok)}, status_code=200 if ok else 503)
+
+    return app

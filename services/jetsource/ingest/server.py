@@ -1,0 +1,163 @@
+"""jetsource-ingest entrypoint and composition root: settings -> NATS (the OMNI_EVENTS
+and OMNI_RAW streams, the handle bucket), Valkey (the read models) -> the HTTP ingress
+(uvicorn) and the OmniQueryService (gRPC), in one process, stopped on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+from nats.aio.client import Client as NATS
+
+from jetsource.core.grpcserver import GrpcEndpoint, start_grpc, stop_on_signals
+from jetsource.core.metrics import register_service, watch_nats
+from jetsource.core.runner import run_service
+from jetsource.domains.omni.descriptor import omni_domain
+from jetsource.domains.omni.identity import IdentityService
+from jetsource.domains.omni.intake import Intake
+from jetsource.domains.omni.query_service import SERVICE_NAME, OmniQueryService, add_to_server
+from jetsource.domains.omni.raw import RawArchive
+from jetsource.domains.omni.reads import OmniReads
+from jetsource.eventstore.bootstrap import connect, release
+from jetsource.eventstore.jetstream import JetStreamEventStore
+from jetsource.ingest.app import create_app
+from jetsource.ingest.settings import IngestSettings
+from jetsource.projection.control import ActiveVersionCache, Control
+from jetsource.projection.valkey import connect_valkey
+
+log = logging.getLogger("jetsource.ingest")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the process's stop event ends it."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@dataclass
+class Ingest:
+    nc: NATS
+    store: JetStreamEventStore
+    raw: RawArchive
+    identities: IdentityService
+    intake: Intake
+    reads: OmniReads
+    app: Any
+    grpc: GrpcEndpoint
+    http: _Server | None = None
+    http_task: asyncio.Task[None] | None = None
+    redis: Any = None
+
+    @property
+    def http_port(self) -> int:
+        assert self.http is not None
+        servers = getattr(self.http, "servers", [])
+        return int(servers[0].sockets[0].getsockname()[1]) if servers else 0
+
+    async def start_http(self, host: str, port: int) -> None:
+        config = uvicorn.Config(
+            self.app, host=host, port=port, log_config=None, access_log=False, lifespan="off"
+        )
+        self.http = _Server(config)
+        self.http_task = asyncio.create_task(self.http.serve())
+        while not self.http.started:
+            if self.http_task.done():
+                self.http_task.result()  # raises why it could not start
+                raise RuntimeError("the HTTP server stopped while starting")
+            await asyncio.sleep(0.01)
+
+    async def stop(self, grace: float) -> None:
+        if self.http is not None and self.http_task is not None:
+            self.http.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.http_task, grace + 1)
+        await self.grpc.stop(grace)
+        await self.identities.close()
+        await self.raw.close()
+        await self.store.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+        await release(self.nc)
+
+
+async def build(settings: IngestSettings) -> Ingest:
+    """Connect and provision (the omni streams and bucket), then serve gRPC; the HTTP
+    server starts with :meth:`Ingest.start_http`."""
+    nc = await connect(settings)
+    try:
+        domain = omni_domain(settings.omni)
+        store = JetStreamEventStore(nc, domain.registry, domain.eventstore(settings))
+        await store.ensure_streams()
+        o = settings.ingest
+        timeout = settings.eventstore.request_timeout_s
+        raw = RawArchive(nc, settings.omni, timeout)
+        await raw.ensure_stream()
+        identities = IdentityService(nc, store, settings.omni)
+        await identities.start()
+        intake = Intake(
+            o.instances, store, raw, identities, o.max_body_bytes, o.keep_rejected_bytes
+        )
+        redis = connect_valkey(settings)
+        control = Control(nc, settings.projector.control_bucket, settings.eventstore.replicas)
+        active = ActiveVersionCache(control, o.control_ttl_s, o.control_max_stale_s)
+        reads = OmniReads(
+            redis,
+            settings.projector.valkey_prefix,
+            active.active,
+            raw,
+            store.seq_at_time,
+            o.max_page_size,
+        )
+        app = create_app(
+            intake,
+            reads,
+            store,
+            [t.get_secret_value() for t in o.api_tokens if t.get_secret_value()],
+            healthy=lambda: nc.is_connected,
+        )
+        endpoint = await start_grpc(
+            lambda server: add_to_server(OmniQueryService(reads), server),
+            SERVICE_NAME,
+            f"{o.grpc_host}:{o.grpc_port}",
+            o.max_concurrent_rpcs,
+            settings.grpc,
+        )
+    except BaseException:
+        await release(nc)
+        raise
+    return Ingest(nc, store, raw, identities, intake, reads, app, endpoint, redis=redis)
+
+
+async def serve(settings: IngestSettings) -> None:
+    o = settings.ingest
+    register_service("ingest")
+    ingest = await build(settings)
+    await ingest.start_http(o.host, o.http_port)
+    nats_state = watch_nats(ingest.nc, "ingest")
+    log.info(
+        "ingest listening: http %s:%d, grpc %s:%d, %d instance(s)",
+        o.host,
+        ingest.http_port,
+        o.grpc_host,
+        ingest.grpc.port,
+        len(o.instances),
+    )
+    await stop_on_signals().wait()
+    log.info("ingest shutting down")
+    nats_state.cancel()
+    await ingest.stop(o.shutdown_grace_s)
+
+
+def main() -> None:
+    run_service("ingest", IngestSettings.load(), serve)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Settings of jetsource-ingest: ``JETSOURCE_INGEST__...`` for the ingress itself,
+``JETSOURCE_OMNI__...`` for the domain's streams and bucket; read models' names (Valkey
+prefix, control bucket) are the projector's, so both agree.
+
+Instances come as JSON (``JETSOURCE_INGEST__INSTANCES``) or, with their secrets, from
+the file ``jetsource_ingest__instances`` in the secrets directory (a Kubernetes Secret)::
+
+    {"acme": {"provider": "whatsapp", "format": "cloud", "app_secret": "...",
+              "verify_token": "..."},
+     "evo": {"provider": "whatsapp", "format": "evolution", "api_key": "..."},
+     "bot": {"provider": "discord", "format": "forwarder", "shared_secret": "..."}}
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, SecretStr
+
+from jetsource.domains.omni.settings import InstanceConfig, OmniOptions
+from jetsource.projection.settings import ProjectorSettings
+
+
+class IngestOptions(BaseModel):
+    host: str = "127.0.0.1"
+    # Webhooks, REST reads (/api/v1/), OpenAPI (/openapi.json, /docs), /healthz, /metrics.
+    http_port: int = Field(default=8088, ge=0)
+    # OmniQueryService (gRPC); 0 picks a free port.
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = Field(default=50054, ge=0)
+    max_concurrent_rpcs: int = Field(default=1000, ge=1)
+    instances: dict[str, InstanceConfig] = Field(default_factory=dict)
+    # Larger bodies are refused (413) and archived cut to keep_rejected_bytes.
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    keep_rejected_bytes: int = Field(default=64 * 1024, ge=0)
+    # Non-empty: /api/v1/ asks for "Authorization: Bearer <one of them>".
+    api_tokens: list[SecretStr] = Field(default_factory=list)
+    max_page_size: int = Field(default=1000, ge=1)
+    control_ttl_s: float = Field(default=1.0, ge=0)
+    control_max_stale_s: float = Field(default=30.0, ge=0)
+    shutdown_grace_s: float = Field(default=5.0, ge=0)
+
+
+class IngestSettings(ProjectorSettings):
+    ingest: IngestOptions = IngestOptions()
+    omni: OmniOptions = OmniOptions()

@@ -1,0 +1,118 @@
+"""The identity service against real NATS: one identity per handle under concurrent
+first contact (KV create as the claim), stable and cached resolution, admin link and
+merge followed by every process's cache."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import nats
+import pytest
+
+from jetsource.core.errors import ValidationError
+from jetsource.domains.omni.events import IDENTITY_CREATED, first_contact_identity
+from jetsource.domains.omni.identity import IdentityNotFoundError, IdentityService
+from jetsource.ingest.server import Ingest
+
+pytestmark = pytest.mark.integration
+
+
+async def second_service(ingest: Ingest) -> tuple[IdentityService, nats.NATS]:
+    """Another process's identity service: its own connection and cache."""
+    nc = await nats.connect(ingest.nc.connected_url.geturl())
+    from jetsource.eventstore.jetstream import JetStreamEventStore
+
+    store = JetStreamEventStore(nc, ingest.store._registry, ingest.store.settings)
+    service = IdentityService(nc, store, ingest.identities._o)
+    await service.start()
+    return service, nc
+
+
+async def test_concurrent_first_contact_creates_one_identity(ingest: Ingest) -> None:
+    other, nc = await second_service(ingest)
+    try:
+        services = [ingest.identities, other]
+        ids = await asyncio.gather(
+            *(
+                services[i % 2].resolve(
+                    "whatsapp", "4915100000001", "acme", {"display_name": "Ana"}
+                )
+                for i in range(40)
+            )
+        )
+        assert len(set(ids)) == 1
+        (identity,) = set(ids)
+        assert identity == first_contact_identity("whatsapp", "4915100000001")
+        history = await ingest.store.read_aggregate(identity)
+        assert [r.event_type for r in history] == [IDENTITY_CREATED, "ExternalIdLinked"]
+        created = [r async for r in ingest.store.read_all() if r.event_type == IDENTITY_CREATED]
+        assert [r.aggregate_id for r in created] == [identity]
+    finally:
+        await other.close()
+        await nc.drain()
+
+
+async def test_resolution_is_stable_and_cached(ingest: Ingest) -> None:
+    ids = ingest.identities
+    first = await ids.resolve("discord", "80351110224678912", "bot")
+    hits = ids.hits
+    assert await ids.resolve("discord", "80351110224678912", "bot") == first
+    assert ids.hits == hits + 1
+    ids.forget()
+    misses = ids.misses
+    assert await ids.resolve("discord", "80351110224678912", "bot") == first  # from KV
+    assert ids.misses == misses + 1
+    assert len(await ingest.store.read_aggregate(first)) == 2  # nothing written again
+
+
+async def test_link_and_merge_reach_other_processes_caches(ingest: Ingest) -> None:
+    admin, nc = await second_service(ingest)
+    try:
+        phone = await ingest.identities.resolve("whatsapp", "4915100000002", "acme")
+        user = await ingest.identities.resolve("discord", "111", "bot")
+        assert phone != user
+        moved = await admin.merge(phone, user, actor="test", reason="same person")
+        assert moved == ["discord:111"]
+        deadline = time.monotonic() + 5
+        while await ingest.identities.resolve("discord", "111", "bot") != phone:
+            assert time.monotonic() < deadline, "the ingress cache never followed the merge"
+            await asyncio.sleep(0.02)
+        assert set(await admin.handles_of(phone)) == {
+            ("whatsapp", "4915100000002"),
+            ("discord", "111"),
+        }
+        # Link a handle met elsewhere to another identity: it moves.
+        other = await ingest.identities.resolve("discord", "222", "bot")
+        previous = await admin.link(phone, "discord", "222", actor="test")
+        assert previous == other
+        deadline = time.monotonic() + 5
+        while await ingest.identities.resolve("discord", "222", "bot") != phone:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        with pytest.raises(ValidationError) as merged_twice:
+            await admin.merge(phone, user, actor="test")
+        assert merged_twice.value.field == "merged_id"
+    finally:
+        await admin.close()
+        await nc.drain()
+
+
+async def test_bad_identity_input_is_refused_and_changes_nothing(ingest: Ingest) -> None:
+    ids = ingest.identities
+    before = (await ingest.store.stream_info())["state"]["messages"]
+    with pytest.raises(ValidationError) as empty:
+        await ids.resolve("whatsapp", "", "acme")
+    assert empty.value.field == "external_id"
+    with pytest.raises(ValidationError) as provider:
+        await ids.resolve("what sapp", "1", "acme")
+    assert provider.value.field == "provider"
+    with pytest.raises(IdentityNotFoundError) as missing:
+        await ids.link("idn-doesnotexist", "whatsapp", "1", actor="test")
+    assert missing.value.field == "identity_id"
+    someone = await ids.resolve("whatsapp", "4915100000003", "acme")
+    with pytest.raises(ValidationError) as itself:
+        await ids.merge(someone, someone, actor="test")
+    assert itself.value.field == "merged_id"
+    after = (await ingest.store.stream_info())["state"]["messages"]
+    assert after == before + 2  # only the valid resolve wrote (created + linked)
