@@ -147,7 +147,7 @@ class SessionEvent:
         data = doc["data"]
         if not isinstance(data, dict):
             raise EventFormatError("data", f"must be a JSON object, not {type(data).__name__}")
-        _check_numbers(data, "data")
+        check_numbers(data, "data")
         if event_type == SESSION_ENDED and data.get("status") not in ENDINGS:
             raise EventFormatError(
                 "data.status", f"session_ended needs status one of {sorted(ENDINGS)}"
@@ -168,7 +168,7 @@ class SessionEvent:
 _SAFE = 2**53
 
 
-def _check_numbers(value: Any, where: str) -> None:
+def check_numbers(value: Any, where: str) -> None:
     """The ledger keeps data as a protobuf Struct, whose numbers are doubles: an
     integer beyond 2^53 would come back changed, so it is refused, not rounded."""
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _SAFE:
@@ -177,10 +177,10 @@ def _check_numbers(value: Any, where: str) -> None:
         raise EventFormatError(where, f"{value} is not a JSON number")
     if isinstance(value, dict):
         for k, v in value.items():
-            _check_numbers(v, f"{where}.{k}")
+            check_numbers(v, f"{where}.{k}")
     elif isinstance(value, list):
         for i, v in enumerate(value):
-            _check_numbers(v, f"{where}[{i}]")
+            check_numbers(v, f"{where}[{i}]")
 
 
 def _struct(data: dict[str, Any]) -> struct_pb2.Struct:
@@ -198,7 +198,9 @@ def to_canonical(event: SessionEvent, *, source: str = "jetsource.sessions") -> 
     ce = events_pb2.CanonicalEvent(
         process_id=event.session,
         source=source,
-        idempotency_key=event.key,
+        # Known only for an event that has a seq (an import): then a second import of
+        # it appends nothing. A live emitter's events are made idempotent by event id.
+        idempotency_key=event.key if event.seq > 0 else "",
         occurred_at=to_timestamp(event.ts_ns),
     )
     if event.type == SESSION_STARTED:

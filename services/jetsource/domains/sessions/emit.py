@@ -1,0 +1,203 @@
+"""Emitting a session: ``session_started`` first, ``session_ended`` (or a failure) last.
+
+    async with session(writer, "context generate", argv=sys.argv) as s:
+        s.emit("level_started", {"level": 0, "nodes": 3})
+
+``emit`` does not wait: events are queued in order and a background task records
+them in batches (one ``RecordBatch`` per batch, per process in order). Entering the
+block records ``session_started`` and waits for it, so it is always seq 1. Leaving it
+flushes what is queued, then records ``session_ended``: ``completed`` on a normal
+exit, ``failed`` with the error on an exception, ``interrupted`` on cancellation or
+Ctrl-C (KeyboardInterrupt); the exception goes on. When the emitter has been quiet for
+``heartbeat_s`` it records a ``session_heartbeat`` so readers can tell a quiet session
+from one whose emitter is gone.
+
+When recording fails (the ledger refused or could not be reached after the writer's
+retries), the session is marked failed: later emits are dropped and counted, and at
+the end a best-effort ``session_ended`` with status failed and the commit error is
+recorded (if even that fails, readers see the session without an end and, once quiet,
+as interrupted). The queue is bounded (``max_pending``): when full, ``emit`` drops the
+event and counts it in ``dropped`` rather than block the instrumented program.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from jetsource._gen.process.v1 import events_pb2
+from jetsource.core.ids import uuid7
+from jetsource.domains.sessions.catalog import Validation, load_catalog
+from jetsource.domains.sessions.format import (
+    RESERVED,
+    SESSION_ENDED,
+    SESSION_STARTED,
+    SessionEvent,
+    check_numbers,
+    new_session_id,
+    to_canonical,
+)
+from jetsource.domains.sessions.ledger import SessionWriter
+
+HEARTBEAT = "session_heartbeat"
+
+
+class SessionFailedError(RuntimeError):
+    pass
+
+
+class Session:
+    def __init__(
+        self,
+        writer: SessionWriter,
+        command: str,
+        *,
+        argv: Sequence[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        session_id: str | None = None,
+        validation: Validation | str = Validation.WARN,
+        heartbeat_s: float = 10.0,
+        max_pending: int = 10_000,
+        max_batch: int = 500,
+        source: str = "jetsource.sessions",
+    ) -> None:
+        if not command:
+            raise ValueError("command: a session needs the command it runs")
+        self.id = session_id or new_session_id()
+        self.command = command
+        self._writer = writer
+        self._validation = Validation(validation)
+        self._heartbeat_s = heartbeat_s
+        self._max_batch = max_batch
+        self._source = source
+        self._started: dict[str, Any] = {
+            "command": command,
+            "argv": list(argv or []),
+            "cwd": os.getcwd(),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+        }
+        with contextlib.suppress(Exception):
+            self._started["user"] = getpass.getuser()
+        if metadata:
+            self._started["metadata"] = metadata
+        self._queue: asyncio.Queue[events_pb2.CanonicalEvent] = asyncio.Queue(max_pending)
+        self._task: asyncio.Task[None] | None = None
+        self._last_sent = time.monotonic()
+        self._t0 = time.monotonic()
+        self.error: BaseException | None = None
+        self.dropped = 0
+        self.recorded = 0
+        self._closed = False
+        self._inflight = 0
+
+    def _canonical(self, event_type: str, data: dict[str, Any]) -> events_pb2.CanonicalEvent:
+        ce = to_canonical(
+            SessionEvent(time.time_ns(), self.id, 0, event_type, data), source=self._source
+        )
+        ce.event_id = uuid7()
+        return ce
+
+    def emit(self, event_type: str, data: dict[str, Any] | None = None) -> None:
+        """Queue an event (checked against the catalog per the validation setting:
+        strict raises CatalogViolation for a known type with bad data)."""
+        data = dict(data or {})
+        if event_type in RESERVED or event_type in (SESSION_STARTED, SESSION_ENDED):
+            raise ValueError(f"type: {event_type} is recorded by the session itself")
+        check_numbers(data, "data")
+        load_catalog().check(event_type, data, self._validation)
+        if self._closed or self.error is not None:
+            self.dropped += 1
+            return
+        try:
+            self._queue.put_nowait(self._canonical(event_type, data))
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    async def _send(self, batch: list[events_pb2.CanonicalEvent]) -> None:
+        await self._writer.record(batch)
+        self.recorded += len(batch)
+        self._last_sent = time.monotonic()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                first = await asyncio.wait_for(self._queue.get(), self._heartbeat_s)
+            except TimeoutError:
+                if time.monotonic() - self._last_sent >= self._heartbeat_s:
+                    first = self._canonical(HEARTBEAT, {"interval_s": self._heartbeat_s})
+                else:
+                    continue
+            batch = [first]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            self._inflight = len(batch)
+            try:
+                await self._send(batch)
+            except Exception as exc:  # the ledger refused or is unreachable: session failed
+                self.error = exc
+                self.dropped += len(batch) + self._queue.qsize()
+                return
+            finally:
+                self._inflight = 0
+
+    async def flush(self) -> None:
+        """Wait until every queued event is recorded (or the session failed)."""
+        while self._task is not None and not self._task.done():
+            if self._queue.empty() and self._inflight == 0:
+                return
+            await asyncio.sleep(0.001)
+
+    async def __aenter__(self) -> Session:
+        await self._send([self._canonical(SESSION_STARTED, self._started)])
+        self._task = asyncio.create_task(self._run(), name=f"session {self.id}")
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        await self.close(exc)
+
+    async def close(self, exc: BaseException | None = None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        task = self._task
+        if task is not None:
+            # Let the background task drain the queue, then stop it.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.flush())
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        ended: dict[str, Any] = {"duration_ms": round((time.monotonic() - self._t0) * 1000, 3)}
+        if self.error is not None:
+            ended |= {"status": "failed", "error": f"ingest commit failed: {self.error}"}
+        elif exc is None:
+            ended["status"] = "completed"
+        elif isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
+            ended |= {"status": "interrupted", "error": type(exc).__name__}
+        else:
+            ended |= {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        if self.dropped:
+            ended["dropped"] = self.dropped
+        # Best effort, and never masking the exception that ended the block.
+        with contextlib.suppress(Exception):
+            await self._writer.record([self._canonical(SESSION_ENDED, ended)])
+
+
+@contextlib.asynccontextmanager
+async def session(writer: SessionWriter, command: str, **options: Any) -> AsyncIterator[Session]:
+    s = Session(writer, command, **options)
+    await s.__aenter__()
+    try:
+        yield s
+    except BaseException as exc:
+        await s.close(exc)
+        raise
+    else:
+        await s.close(None)

@@ -1,0 +1,294 @@
+"""Sessions on the process ledger: the ports the emitter, the CLI, the TUI and the
+pruner use, and their adapters.
+
+- ``SessionWriter`` records canonical events. ``ObserverWriter`` sends them to the
+  observer (``ObserverService.RecordBatch``: idempotent forever, the production path);
+  ``LedgerWriter`` appends them to the ``PROCESS_EVENTS`` stream through the engine's
+  event store with the observer's envelope mapping (aggregate = process, version =
+  process_seq), for tools and tests that run without an observer.
+- ``SessionReader`` reads sessions back: ``LedgerReader`` from the stream through the
+  engine's event store (histories by direct get, live follow by an ordered JetStream
+  consumer on the session's subjects, so an event is seen once it is committed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from google.protobuf import json_format
+
+from jetsource._gen.process.v1 import events_pb2
+from jetsource.core.clock import from_timestamp, to_timestamp
+from jetsource.core.envelope import ANY, NewEvent, RecordedEvent
+from jetsource.core.ids import uuid7
+from jetsource.domains.sessions.format import (
+    ENDED_STATUS,
+    PROCESS_STARTED,
+    SESSION_KIND,
+    SessionEvent,
+    from_stored,
+)
+
+
+class SessionWriter(Protocol):
+    async def record(
+        self, events: Sequence[events_pb2.CanonicalEvent]
+    ) -> list[events_pb2.Position]:
+        """Record events (per process in the given order); their positions back."""
+
+
+class SessionReader(Protocol):
+    async def processes(self) -> dict[str, ProcessSummary]:
+        """Every process the ledger knows, by id (sessions are the roots of kind
+        ``session``)."""
+
+    async def events(self, session_id: str, after_seq: int = 0) -> list[Recorded]:
+        """The session's events with seq above ``after_seq``, in seq order."""
+
+    def follow(self, session_id: str, after_seq: int = 0) -> AsyncIterator[Recorded]:
+        """The session's events above ``after_seq``, then live as they commit."""
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A session event and when the store recorded it (for the interrupted rule)."""
+
+    event: SessionEvent
+    recorded_ns: int
+    global_seq: int
+
+
+@dataclass
+class ProcessSummary:
+    process_id: str
+    parent: str = ""
+    kind: str = ""
+    name: str = ""
+    status: str = "running"
+    started_ns: int = 0
+    ended_ns: int = 0
+    last_recorded_ns: int = 0
+    error: str = ""
+
+
+def stored_event(record: RecordedEvent) -> events_pb2.StoredEvent:
+    """A recorded event of PROCESS_EVENTS as the ledger's StoredEvent."""
+    env = record.envelope
+    body = record.event
+    if not isinstance(body, events_pb2.ProcessEventBody):
+        body = events_pb2.ProcessEventBody()
+        with contextlib.suppress(Exception):
+            body.ParseFromString(env.payload)
+    ce = events_pb2.CanonicalEvent(
+        event_id=env.event_id,
+        process_id=env.aggregate_id,
+        parent_process_id=env.parent_aggregate_id,
+        event_type=env.event_type,
+        source=env.source,
+        schema_version=env.schema_version,
+        causation_id=env.causation_id,
+        correlation_id=env.correlation_id,
+        idempotency_key=env.idempotency_key,
+        attributes=dict(body.attributes),
+    )
+    if env.HasField("occurred_at"):
+        ce.occurred_at.CopyFrom(env.occurred_at)
+    if body.WhichOneof("payload") == "data":
+        ce.data.CopyFrom(body.data)
+    elif body.WhichOneof("payload") == "typed":
+        ce.typed.CopyFrom(body.typed)
+    return events_pb2.StoredEvent(
+        event=ce,
+        global_seq=record.stream_seq,
+        process_seq=env.aggregate_version,
+        recorded_at=to_timestamp(record.recorded_at_ns),
+    )
+
+
+class LedgerWriter:
+    """Appends canonical events through the engine's event store (the process domain's
+    stream). Order per process is the store's: each batch of one process is appended
+    atomically after whatever is there."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+
+    async def record(
+        self, events: Sequence[events_pb2.CanonicalEvent]
+    ) -> list[events_pb2.Position]:
+        out: list[events_pb2.Position] = []
+        i = 0
+        while i < len(events):
+            j = i
+            while j < len(events) and events[j].process_id == events[i].process_id:
+                j += 1
+            run = events[i:j]
+            news = [_new_event(ce) for ce in run]
+            result = await self._store.append(run[0].process_id, news, ANY)
+            for ce, news_i, version, seq in zip(
+                run, news, result.versions, result.stream_seqs, strict=True
+            ):
+                out.append(
+                    events_pb2.Position(
+                        event_id=news_i.event_id,
+                        process_id=ce.process_id,
+                        global_seq=seq,
+                        process_seq=version,
+                        duplicate=result.duplicate,
+                    )
+                )
+            i = j
+        return out
+
+
+def _new_event(ce: events_pb2.CanonicalEvent) -> NewEvent:
+    body = events_pb2.ProcessEventBody(attributes=dict(ce.attributes))
+    if ce.WhichOneof("payload") == "data":
+        body.data.CopyFrom(ce.data)
+    elif ce.WhichOneof("payload") == "typed":
+        body.typed.CopyFrom(ce.typed)
+    return NewEvent(
+        body,
+        event_id=ce.event_id or uuid7(),
+        occurred_at_ns=from_timestamp(ce.occurred_at) if ce.HasField("occurred_at") else None,
+        causation_id=ce.causation_id,
+        correlation_id=ce.correlation_id,
+        idempotency_key=ce.idempotency_key,
+        source=ce.source,
+        parent_aggregate_id=ce.parent_process_id,
+        event_type=ce.event_type,
+        schema_version=ce.schema_version,
+    )
+
+
+class ObserverWriter:
+    """Records through the observer's gRPC ``RecordBatch`` (a stub of ObserverService)."""
+
+    def __init__(self, stub: Any, timeout_s: float = 10.0) -> None:
+        self._stub = stub
+        self._timeout = timeout_s
+
+    async def record(
+        self, events: Sequence[events_pb2.CanonicalEvent]
+    ) -> list[events_pb2.Position]:
+        from jetsource._gen.process.v1 import observer_pb2
+
+        reply = await self._stub.RecordBatch(
+            observer_pb2.RecordBatchRequest(events=list(events)), timeout=self._timeout
+        )
+        return list(reply.positions)
+
+
+def _data(record: RecordedEvent) -> dict[str, Any]:
+    body = record.event
+    if isinstance(body, events_pb2.ProcessEventBody) and body.WhichOneof("payload") == "data":
+        out: dict[str, Any] = json_format.MessageToDict(body.data)
+        return out
+    return {}
+
+
+class LedgerReader:
+    """Reads sessions from the process domain's stream through the engine's event
+    store: ``store`` is a JetStreamEventStore of PROCESS_EVENTS, ``js`` the NATS
+    JetStream context for live follow."""
+
+    def __init__(self, store: Any, js: Any, stream: str, subject_prefix: str) -> None:
+        self._store = store
+        self._js = js
+        self._stream = stream
+        self._prefix = subject_prefix
+
+    async def processes(self) -> dict[str, ProcessSummary]:
+        found: dict[str, ProcessSummary] = {}
+        async for r in self._store.read_all(subject_filter=f"{self._prefix}.*.process_*"):
+            env = r.envelope
+            p = found.setdefault(env.aggregate_id, ProcessSummary(env.aggregate_id))
+            p.last_recorded_ns = max(p.last_recorded_ns, r.recorded_at_ns)
+            occurred = from_timestamp(env.occurred_at) if env.HasField("occurred_at") else 0
+            if env.event_type == PROCESS_STARTED:
+                data = _data(r)
+                p.parent = env.parent_aggregate_id
+                p.kind = str(data.get("kind", ""))
+                p.name = str(data.get("name", ""))
+                p.started_ns = occurred or r.recorded_at_ns
+            elif env.event_type in ENDED_STATUS:
+                p.status = {"process_cancelled": "cancelled"}.get(
+                    env.event_type, ENDED_STATUS[env.event_type]
+                )
+                p.ended_ns = occurred or r.recorded_at_ns
+                error = _data(r).get("error")
+                p.error = error if isinstance(error, str) else ""
+        return found
+
+    async def sessions(self) -> list[ProcessSummary]:
+        return [
+            p for p in (await self.processes()).values() if p.kind == SESSION_KIND and not p.parent
+        ]
+
+    async def events(self, session_id: str, after_seq: int = 0) -> list[Recorded]:
+        records = await self._store.read_aggregate(session_id, from_version=after_seq + 1)
+        return [_recorded(r, session_id) for r in records]
+
+    async def last_recorded_ns(self, process_id: str) -> int:
+        """When the process's last event (of any type) was recorded; 0 if none."""
+        version = await self._store.last_version(process_id)
+        if not version:
+            return 0
+        last = await self._store.read_aggregate(process_id, from_version=version)
+        return int(last[-1].recorded_at_ns) if last else 0
+
+    async def follow(self, session_id: str, after_seq: int = 0) -> AsyncIterator[Recorded]:
+        from nats.js.api import ConsumerConfig, DeliverPolicy
+
+        from jetsource.eventstore.jsapi import RawMessage
+
+        backlog = await self.events(session_id, after_seq)
+        start = 1
+        for r in backlog:
+            yield r
+            after_seq, start = r.event.seq, r.global_seq + 1
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def on_message(msg: Any) -> None:
+            await queue.put(msg)
+
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
+        if start == 1:
+            config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+        sub = await self._js.subscribe(
+            f"{self._prefix}.{session_id}.>",
+            stream=self._stream,
+            ordered_consumer=True,
+            cb=on_message,
+            config=config,
+            idle_heartbeat=2.0,
+        )
+        try:
+            while True:
+                msg = await queue.get()
+                meta = msg.metadata
+                raw = RawMessage(
+                    subject=msg.subject,
+                    seq=meta.sequence.stream,
+                    time_ns=int(meta.timestamp.timestamp() * 1e9),
+                    headers=dict(msg.headers or {}),
+                    data=msg.data,
+                )
+                rec = _recorded(self._store.decode(raw), session_id)
+                if rec.event.seq <= after_seq:
+                    continue  # already delivered from the backlog
+                after_seq = rec.event.seq
+                yield rec
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+
+def _recorded(record: RecordedEvent, session_id: str) -> Recorded:
+    return Recorded(
+        from_stored(stored_event(record), session_id), record.recorded_at_ns, record.stream_seq
+    )

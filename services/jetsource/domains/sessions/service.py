@@ -1,0 +1,222 @@
+"""What users do with sessions: list, show, export, follow, replay and prune.
+
+Built on a ``SessionReader`` (the ledger) and, for pruning, a ``Purger``: the one
+role that may remove history from the stream carrying sessions. Only whole *ended*
+sessions (completed or failed) are pruned, with every process nested under them;
+active and interrupted sessions never are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from jetsource.core.clock import NS, now_ns
+from jetsource.domains.sessions.format import SESSION_KIND, SessionEvent
+from jetsource.domains.sessions.ledger import ProcessSummary, Recorded, SessionReader
+from jetsource.domains.sessions.progress import SessionState, evolve, fold
+from jetsource.domains.sessions.record import (
+    COMPLETED,
+    FAILED,
+    SessionRecord,
+    record_of,
+    session_status,
+)
+from jetsource.domains.sessions.settings import SessionsSettings
+
+
+class SessionNotFoundError(LookupError):
+    pass
+
+
+class Purger(Protocol):
+    async def purge(self, process_id: str) -> int:
+        """Remove every event of one process from the stream; how many went."""
+
+
+class PruneDeniedError(PermissionError):
+    """The stream refuses purges (its policy keeps history forever for every role)."""
+
+
+@dataclass
+class PruneReport:
+    dry_run: bool
+    pruned: list[SessionRecord] = field(default_factory=list)
+    processes: int = 0
+    events: int = 0
+    kept: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "sessions": [r.session_id for r in self.pruned],
+            "processes": self.processes,
+            "events": self.events,
+            "kept": self.kept,
+        }
+
+
+def choose_prunable(
+    records: Iterable[SessionRecord], now: int, older_than_s: float, keep: int
+) -> list[SessionRecord]:
+    """Ended sessions (completed or failed) older than ``older_than_s`` (by end time;
+    0: no age rule) or beyond the newest ``keep`` ended ones (0: no count rule),
+    oldest first. Active and interrupted sessions are never chosen."""
+    ended = sorted(
+        (r for r in records if r.status in (COMPLETED, FAILED)),
+        key=lambda r: (r.ended_ns or r.last_recorded_ns, r.session_id),
+        reverse=True,
+    )
+    chosen = []
+    for rank, r in enumerate(ended):
+        too_many = keep > 0 and rank >= keep
+        too_old = older_than_s > 0 and now - (r.ended_ns or r.last_recorded_ns) > older_than_s * NS
+        if too_many or too_old:
+            chosen.append(r)
+    return list(reversed(chosen))
+
+
+class Sessions:
+    def __init__(
+        self,
+        reader: SessionReader,
+        settings: SessionsSettings | None = None,
+        clock: Callable[[], int] = now_ns,
+    ) -> None:
+        self.reader = reader
+        self.settings = settings or SessionsSettings()
+        self._clock = clock
+
+    async def _record(self, session_id: str, recorded: list[Recorded]) -> SessionRecord:
+        if not recorded:
+            raise SessionNotFoundError(f"session {session_id!r} not found")
+        state = fold([r.event for r in recorded])
+        return record_of(
+            state,
+            recorded[-1].recorded_ns,
+            self._clock(),
+            self.settings.interrupted_after_s,
+        )
+
+    async def list_sessions(
+        self, statuses: Iterable[str] = (), search: str = "", limit: int = 0
+    ) -> list[SessionRecord]:
+        """Newest first. ``search`` matches the id or the command (case-insensitive)."""
+        wanted = set(statuses)
+        out = []
+        for p in await self._roots():
+            if search and search.lower() not in f"{p.process_id} {p.name}".lower():
+                continue
+            recorded = await self.reader.events(p.process_id)
+            if not recorded:
+                continue
+            record = await self._record(p.process_id, recorded)
+            if wanted and record.status not in wanted:
+                continue
+            out.append(record)
+        out.sort(key=lambda r: (r.started_ns, r.session_id), reverse=True)
+        return out[:limit] if limit else out
+
+    async def _roots(self) -> list[ProcessSummary]:
+        return [
+            p
+            for p in (await self.reader.processes()).values()
+            if p.kind == SESSION_KIND and not p.parent
+        ]
+
+    async def show(self, session_id: str) -> tuple[SessionRecord, SessionState, list[Recorded]]:
+        recorded = await self.reader.events(session_id)
+        record = await self._record(session_id, recorded)
+        return record, fold([r.event for r in recorded]), recorded
+
+    async def export(self, session_id: str, after_seq: int = 0) -> list[SessionEvent]:
+        recorded = await self.reader.events(session_id, after_seq)
+        if not recorded and after_seq == 0:
+            raise SessionNotFoundError(f"session {session_id!r} not found")
+        return [r.event for r in recorded]
+
+    async def replay(self, session_id: str, to_seq: int | None = None) -> SessionState:
+        """The session's state rebuilt from storage (up to ``to_seq``)."""
+        events = await self.export(session_id)
+        return fold([e for e in events if to_seq is None or e.seq <= to_seq])
+
+    async def follow(
+        self, session_id: str, after_seq: int = 0, until_end: bool = True
+    ) -> AsyncIterator[Recorded]:
+        """The session's events above ``after_seq``, then live. Stops after
+        ``session_ended`` when ``until_end``."""
+        stream = self.reader.follow(session_id, after_seq)
+        try:
+            async for r in stream:
+                yield r
+                if until_end and r.event.type == "session_ended":
+                    return
+        finally:
+            closer = getattr(stream, "aclose", None)
+            if closer is not None:
+                with contextlib.suppress(Exception):
+                    await closer()
+
+    async def tree(self, session_id: str) -> dict[str, list[ProcessSummary]]:
+        """Children by parent id, for the processes under the session."""
+        procs = await self.reader.processes()
+        children: dict[str, list[ProcessSummary]] = {}
+        for p in procs.values():
+            if p.parent:
+                children.setdefault(p.parent, []).append(p)
+        return {k: sorted(v, key=lambda p: p.started_ns) for k, v in children.items()}
+
+    async def prune(
+        self,
+        purger: Purger | None,
+        older_than_s: float | None = None,
+        keep: int | None = None,
+        dry_run: bool = False,
+    ) -> PruneReport:
+        older = self.settings.prune_older_than_s if older_than_s is None else older_than_s
+        keep_n = self.settings.prune_keep if keep is None else keep
+        records = await self.list_sessions()
+        chosen = choose_prunable(records, self._clock(), older, keep_n)
+        report = PruneReport(dry_run=dry_run, kept=len(records) - len(chosen))
+        procs = await self.reader.processes()
+        below: dict[str, list[str]] = {}
+        for p in procs.values():
+            if p.parent:
+                below.setdefault(p.parent, []).append(p.process_id)
+        for record in chosen:
+            # The whole tree under the session: children first, the root last, so an
+            # interrupted prune leaves a session that is still listed and pruned again.
+            ids, todo = [], [record.session_id]
+            while todo:
+                pid = todo.pop()
+                ids.append(pid)
+                todo.extend(below.get(pid, []))
+            report.processes += len(ids)
+            if not dry_run:
+                if purger is None:
+                    raise PruneDeniedError("no purger: this client may not remove history")
+                for pid in reversed(ids):
+                    report.events += await purger.purge(pid)
+            else:
+                report.events += record.event_count
+            report.pruned.append(record)
+        return report
+
+
+def status_of(summary: ProcessSummary, now: int, quiet_s: float) -> str:
+    ended = summary.status if summary.status != "running" else "active"
+    return session_status(ended, summary.last_recorded_ns, now, quiet_s)
+
+
+__all__ = [
+    "PruneDeniedError",
+    "PruneReport",
+    "Purger",
+    "SessionNotFoundError",
+    "Sessions",
+    "choose_prunable",
+    "evolve",
+    "status_of",
+]

@@ -1,0 +1,37 @@
+"""Settings of sessions (``JETSOURCE_SESSIONS__...``), shared by the emitter, the CLI,
+the TUI and the pruner."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from jetsource.core.settings import JetsourceSettings
+from jetsource.domains.sessions.catalog import Validation
+
+
+class SessionsSettings(BaseModel):
+    # The ledger stream that carries sessions (the process domain's).
+    stream: str = "PROCESS_EVENTS"
+    subject_prefix: str = "process.events"
+    # Events checked against the catalog when emitted or imported: off, warn (log and
+    # keep) or strict (refuse a known type whose data breaks its schema).
+    validation: Validation = Validation.WARN
+    # An emitter that has been quiet this long sends a session_heartbeat.
+    heartbeat_s: float = Field(default=10.0, gt=0)
+    # A session with no session_ended and no event (heartbeats included) for this long
+    # is shown as interrupted: its emitter is gone.
+    interrupted_after_s: float = Field(default=60.0, gt=0)
+    # The periodic pruner (``jetsource sessions prune --every``, the Helm CronJob):
+    # completed sessions older than this go (0: no age limit) ...
+    prune_older_than_s: float = Field(default=30 * 86_400.0, ge=0)
+    # ... and beyond the newest ``prune_keep`` completed ones (0: no count limit).
+    prune_keep: int = Field(default=1000, ge=0)
+    # How often the long-running pruner runs (0: it does not).
+    prune_every_s: float = Field(default=0.0, ge=0)
+
+
+class SessionsAppSettings(JetsourceSettings):
+    """What the sessions CLI, the TUI and the pruner read: the shared settings and
+    ``sessions``."""
+
+    sessions: SessionsSettings = SessionsSettings()
