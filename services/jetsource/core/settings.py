@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Self
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     NestedSecretsSettingsSource,
@@ -143,6 +143,35 @@ class EventStoreSettings(BaseModel):
     any_conflict_retries: int = Field(default=50, ge=0)
     # Last (version, sequence) per aggregate kept in memory to skip a read per append.
     position_cache_size: int = Field(default=100_000, ge=0)
+    # Retention (the domain's StreamPolicy; for the context stream these settings):
+    # "forever" keeps everything (deny purge); "age" lets the server drop messages older
+    # than max_age_s; "age+compaction" keeps everything live until the archiver has
+    # sealed events older than max_age_s into verified archive segments behind a
+    # snapshot, then purges them (the only stream kind whose purge is not denied; a
+    # stream created with deny purge can never allow it again: restore it into a new one).
+    retention: str = Field(default="forever", pattern="^(forever|age|age\\+compaction)$")
+    max_age_s: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _age_given(self) -> Self:
+        if self.retention != "forever" and self.max_age_s <= 0:
+            raise ValueError(f"retention {self.retention} needs max_age_s > 0")
+        return self
+
+
+class ArchiveSettings(BaseModel):
+    """Where compacted events are archived (``JETSOURCE_ARCHIVE__...``): ``url`` is a
+    local directory (a path or ``file:///...``; default ``<devstack home>/archive``)
+    or ``s3://bucket/prefix`` (any S3-compatible store: ``endpoint``, ``region`` and
+    the usual ``AWS_*`` credentials). Readers (query, rebuilds) read across the
+    horizon only when ``read`` is true; else they answer FAILED_PRECONDITION naming it."""
+
+    url: str | None = None
+    read: bool = True
+    endpoint: str | None = None
+    region: str | None = None
+    # Events per sealed segment (one object each, compressed and checksummed).
+    segment_events: int = Field(default=10_000, ge=1, le=1_000_000)
 
 
 class SnapshotSettings(BaseModel):
@@ -214,6 +243,7 @@ class JetsourceSettings(BaseSettings):
     graph: GraphSettings = GraphSettings()
     eventstore: EventStoreSettings = EventStoreSettings()
     snapshots: SnapshotSettings = SnapshotSettings()
+    archive: ArchiveSettings = ArchiveSettings()
     devstack: DevstackSettings = DevstackSettings()
     grpc: GrpcServerSettings = GrpcServerSettings()
     client: GrpcClientSettings = GrpcClientSettings()
@@ -254,6 +284,9 @@ class JetsourceSettings(BaseSettings):
     # Effective endpoints: an external URL when set, else the local devstack server.
     def nats_url(self) -> str:
         return self.nats.url or f"nats://{self.devstack.host}:{self.devstack.nats_port}"
+
+    def archive_url(self) -> str:
+        return self.archive.url or str(self.devstack.home / "archive")
 
     def valkey_url(self) -> str:
         return self.valkey.url or f"redis://{self.devstack.host}:{self.devstack.valkey_port}/0"

@@ -43,8 +43,10 @@ from jetsource.core.errors import (
 )
 from jetsource.core.ids import uuid7, validate_aggregate_id
 from jetsource.core.settings import EventStoreSettings
+from jetsource.eventstore import horizon as horizons
 from jetsource.eventstore import jsapi, refusals
 from jetsource.eventstore.common import check_append, check_read, stored_envelope
+from jetsource.eventstore.horizon import BeyondHorizonError, Horizon
 from jetsource.eventstore.jsapi import JsApiError, NoRespondersError, OutMessage, RawMessage
 
 T = TypeVar("T")
@@ -89,7 +91,9 @@ def stream_config(cfg: EventStoreSettings) -> dict[str, Any]:
         "storage": "file",
         "discard": "new",  # a full stream refuses appends rather than dropping history
         "deny_delete": True,
-        "deny_purge": True,
+        # Only a stream whose policy archives and compacts can be purged, and then only
+        # by the archiver's credentials (NATS permissions on $JS.API.STREAM.PURGE).
+        "deny_purge": cfg.retention != "age+compaction",
         "compression": cfg.compression,
         "allow_direct": True,
         "allow_atomic": True,
@@ -98,7 +102,7 @@ def stream_config(cfg: EventStoreSettings) -> dict[str, Any]:
         "max_msg_size": cfg.max_msg_size,
         "max_bytes": cfg.max_bytes,
         "max_msgs": -1,
-        "max_age": 0,
+        "max_age": int(cfg.max_age_s * 1_000_000_000) if cfg.retention == "age" else 0,
     }
 
 
@@ -291,7 +295,7 @@ class JetStreamEventStore:
             assert tail is not None
             if isinstance(exc, CorruptEventError) and not await self.voided(aggregate_id, tail.seq):
                 raise
-            events = await self.read_aggregate(aggregate_id)
+            events = await self.live_history(aggregate_id)
             version = events[-1].version if events else 0
             self._positions.pop(aggregate_id, None)
             self._remember(aggregate_id, version, tail.seq)
@@ -491,7 +495,7 @@ class JetStreamEventStore:
                 duplicate=True,
             )
         found: list[RecordedEvent] = []
-        for record in await self.read_aggregate(aggregate_id):
+        for record in await self.live_history(aggregate_id):
             if found or record.event_id == ids[0]:
                 found.append(record)
                 if len(found) == len(ids):
@@ -610,6 +614,63 @@ class JetStreamEventStore:
             return None
         return voided_event(record)
 
+    # -- the compaction horizon ------------------------------------------------------
+
+    @property
+    def _compacted(self) -> bool:
+        """Can this stream's histories start after version 1 (archived and purged)?"""
+        return self._cfg.retention == "age+compaction"
+
+    async def horizon(self, aggregate_id: str) -> Horizon | None:
+        """The aggregate's compaction horizon (None: its whole history is live)."""
+        if not self._compacted:
+            return None
+        found = await self._call(
+            lambda: horizons.read(
+                self._replies, self._cfg.stream, aggregate_id, self._cfg.request_timeout_s
+            )
+        )
+        return found[0] if found else None
+
+    async def _before_horizon(self, aggregate_id: str, time_ns: int) -> None:
+        """BeyondHorizonError if ``time_ns`` lies before the aggregate's horizon: the
+        first event after it may be purged, so the live stream cannot say."""
+        horizon = await self.horizon(aggregate_id)
+        if horizon is not None and time_ns < horizon.time_ns:
+            raise BeyondHorizonError(aggregate_id, horizon)
+
+    async def _chain_start(
+        self, aggregate_id: str, raw: RawMessage, from_version: int, expected: int | None
+    ) -> int | None:
+        """The version the first message read must carry. A history that starts past
+        what was asked for (past version 1 from the start, or past ``from_version``
+        from a sequence hint) starts at its compaction horizon when one covers the
+        gap: BeyondHorizonError if versions asked for were purged, else the read
+        starts there. Without a horizon nothing changes (the chain check names it)."""
+        if not self._compacted:
+            return expected
+        try:
+            version = self._envelope(raw).aggregate_version
+        except PayloadDecodeError:
+            return expected
+        if version <= (expected if expected is not None else from_version):
+            return expected
+        horizon = await self.horizon(aggregate_id)
+        if horizon is None or version > horizon.version + 1:
+            return expected
+        if from_version <= horizon.version:
+            raise BeyondHorizonError(aggregate_id, horizon)
+        return version if expected is not None else None
+
+    async def live_history(self, aggregate_id: str) -> list[RecordedEvent]:
+        """Every event of the aggregate still in the live stream (from its horizon on)."""
+        try:
+            return await self.read_aggregate(aggregate_id)
+        except BeyondHorizonError as exc:
+            return await self.read_aggregate(
+                aggregate_id, from_version=exc.horizon.version + 1, from_seq=exc.horizon.seq + 1
+            )
+
     async def read_aggregate(
         self,
         aggregate_id: str,
@@ -639,6 +700,7 @@ class JetStreamEventStore:
         async def collect() -> None:
             out.clear()  # a retried read starts over
             expected[0] = 1 if from_seq <= 1 else None
+            started = False
             seq, wanted = from_seq, from_version  # next sequence to ask for, next version
             while True:
                 # Versions are contiguous, so a read up to a version asks for exactly
@@ -677,6 +739,11 @@ class JetStreamEventStore:
                         return
                     if whole and not raw.subject.startswith(ours):
                         continue
+                    if not started:
+                        started = True
+                        expected[0] = await self._chain_start(
+                            aggregate_id, raw, from_version, expected[0]
+                        )
                     checked = await self._in_chain(aggregate_id, raw, expected[0])
                     if checked is None:
                         stepped[0] = True  # the subjects' last sequence may be this one
@@ -695,6 +762,13 @@ class JetStreamEventStore:
                 seq = page.messages[-1].seq + 1
 
         await self._call(collect)
+        if self._compacted and (not out or out[0].version > from_version):
+            # Nothing (or a later start) where the range asked for begins: were the
+            # events there purged? Then the live stream cannot answer.
+            wanted = to_version is None or to_version >= from_version
+            horizon = await self.horizon(aggregate_id) if wanted else None
+            if horizon is not None and from_version <= horizon.version and from_seq <= horizon.seq:
+                raise BeyondHorizonError(aggregate_id, horizon)
         if out and not stepped[0]:
             self._remember(aggregate_id, out[-1].version, out[-1].stream_seq)
         return out
@@ -743,6 +817,8 @@ class JetStreamEventStore:
                 lambda: jsapi.first_at_or_after(self._replies, stream, t + 1, subject, timeout)
             )
             if after is not None:
+                if self._compacted:  # (clocks disagree: no shortcut by max_age)
+                    await self._before_horizon(aggregate_id, t)
                 try:
                     return self._envelope(after).aggregate_version - 1
                 except PayloadDecodeError:

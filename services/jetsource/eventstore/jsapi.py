@@ -4,7 +4,7 @@
 - batched direct get (ADR-31): one page of a given size, or paging through all, and
   single direct gets by sequence, last message of a (wildcard) subject, or first
   message at or after a time;
-- stream create/update/info, consumers and message deletion as plain JSON;
+- stream create/update/info, consumers, message deletion and purge by subject as plain JSON;
 - a continuous pull from a durable consumer that returns what has arrived.
 
 Every reply comes through one wildcard inbox subscription (:class:`Replies`), so a
@@ -517,6 +517,18 @@ async def delete_message(replies: Replies, stream: str, seq: int, timeout: float
             return False
         raise
     return bool(body.get("success"))
+
+
+async def purge_subject_before(
+    replies: Replies, stream: str, subject: str, before_seq: int, timeout: float
+) -> int:
+    """Purge the messages matching ``subject`` whose sequence is below ``before_seq``
+    (``$JS.API.STREAM.PURGE`` with filter and seq); returns how many went. Refused
+    (10110) by a stream with ``deny_purge``; only the archiver's credentials may ask."""
+    body = await api(
+        replies, f"STREAM.PURGE.{stream}", {"filter": subject, "seq": before_seq}, timeout
+    )
+    return int(body.get("purged", 0))
 
 
 class PullConsumer:

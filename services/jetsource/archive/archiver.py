@@ -1,0 +1,312 @@
+"""The archiver: compaction behind snapshots, export, and restore.
+
+Compaction of a stream whose policy is ``age+compaction``, per aggregate:
+
+1. its live events recorded before the horizon (now - max_age), up to the version
+   its latest snapshot covers, never its last event (the stream's last subject
+   sequence is what appends are checked against), are the candidates;
+2. they are sealed into a segment, stored, read back and verified, and the
+   segment's manifest entry written;
+3. the aggregate's horizon (KV, compare-and-set) names the new version and segment;
+4. only then are they purged: ``$JS.API.STREAM.PURGE`` filtered to the aggregate's
+   subjects, below the sequence after the last archived one.
+
+So nothing is purged that is not in a verified segment written by the same run.
+A run killed anywhere leaves at most an orphan segment or an entry whose events are
+still live; the next run writes the same segment again (same bytes, same name) and
+goes on. Two archivers at once seal the same events (each purge follows its own
+verified segment); readers keep one copy of each sequence.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from jetsource.archive.segment import ArchivedMessage, stored_headers
+from jetsource.archive.store import AggregateRange, Archive, SegmentEntry
+from jetsource.core.clock import now_ns
+from jetsource.core.codec import PayloadDecodeError
+from jetsource.core.errors import JetsourceError
+from jetsource.eventstore import horizon as horizons
+from jetsource.eventstore import jsapi
+from jetsource.eventstore.horizon import Horizon
+from jetsource.eventstore.jetstream import JetStreamEventStore
+from jetsource.eventstore.jsapi import RawMessage
+from jetsource.eventstore.snapshots import SnapshotStore
+
+log = logging.getLogger("jetsource.archive")
+
+
+class ArchiveError(JetsourceError):
+    pass
+
+
+@dataclass
+class CompactReport:
+    stream: str
+    horizon_ns: int
+    scanned: int = 0  # live events older than the horizon
+    archived: int = 0
+    purged: int = 0
+    aggregates: int = 0
+    segments: list[str] = field(default_factory=list)
+    # aggregate -> why its old events stay live (no snapshot covers them, ...)
+    kept: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Candidate:
+    aggregate_id: str
+    messages: list[ArchivedMessage]
+    versions: list[int]
+
+
+def to_archived(raw: RawMessage) -> ArchivedMessage:
+    return ArchivedMessage(raw.seq, raw.time_ns, raw.subject, stored_headers(raw.headers), raw.data)
+
+
+def to_raw(m: ArchivedMessage) -> RawMessage:
+    return RawMessage(m.subject, m.seq, m.time_ns, dict(m.headers), m.data)
+
+
+class Archiver:
+    def __init__(
+        self,
+        store: JetStreamEventStore,
+        snapshots: SnapshotStore | None,
+        archive: Archive,
+        schema: int | None = None,
+        segment_events: int = 10_000,
+    ) -> None:
+        self.store = store
+        self.snapshots = snapshots
+        self.archive = archive
+        self.schema = schema  # the state schema a covering snapshot must have (None: any)
+        self.segment_events = segment_events
+        self._cfg = store.settings
+        self._replies = store._replies
+
+    # -- compaction ----------------------------------------------------------------
+
+    async def _old_messages(self, before_seq: int) -> dict[str, list[RawMessage]]:
+        """The stream's live events up to ``before_seq``, by aggregate, in order."""
+        out: dict[str, list[RawMessage]] = {}
+        prefix = self._cfg.subject_prefix + "."
+        if before_seq < 1:
+            return out
+        async for raw in jsapi.direct_get_batch(
+            self._replies, self._cfg.stream, f"{prefix}>", 1, self._cfg.request_timeout_s
+        ):
+            if raw.seq > before_seq:
+                break
+            out.setdefault(raw.subject[len(prefix) :].split(".", 1)[0], []).append(raw)
+        return out
+
+    async def _candidate(
+        self, aggregate_id: str, old: list[RawMessage], report: CompactReport
+    ) -> _Candidate | None:
+        if self.snapshots is None:
+            report.kept[aggregate_id] = "no snapshot store"
+            return None
+        snapshot = await self.snapshots.latest(aggregate_id)
+        wrong_schema = self.schema is not None and snapshot is not None
+        if wrong_schema and snapshot is not None and snapshot.schema_version != self.schema:
+            kept = [
+                s
+                for s in await self.snapshots.history(aggregate_id)
+                if s.schema_version == self.schema
+            ]
+            snapshot = kept[-1] if kept else None
+        if snapshot is None:
+            report.kept[aggregate_id] = "no snapshot covers its old events"
+            return None
+        tail = await jsapi.last_for_subject(
+            self._replies,
+            self._cfg.stream,
+            f"{self._cfg.subject_prefix}.{aggregate_id}.>",
+            self._cfg.request_timeout_s,
+        )
+        messages: list[ArchivedMessage] = []
+        versions: list[int] = []
+        for raw in old:
+            try:
+                version = self.store.decode(raw).version
+            except PayloadDecodeError as exc:
+                report.kept[aggregate_id] = f"sequence {raw.seq} does not decode ({exc})"
+                break
+            if (
+                version > snapshot.version
+                or raw.seq > snapshot.last_seq
+                or tail is None
+                or raw.seq >= tail.seq  # its last event stays: appends check against it
+                or (versions and version != versions[-1] + 1)
+            ):
+                break
+            messages.append(to_archived(raw))
+            versions.append(version)
+        if not messages:
+            report.kept.setdefault(aggregate_id, "its snapshot or last event is older")
+            return None
+        return _Candidate(aggregate_id, messages, versions)
+
+    async def compact(
+        self,
+        now: int | None = None,
+        after_seal: Callable[[SegmentEntry], None] | None = None,
+    ) -> CompactReport:
+        """Archive and purge what the policy allows; ``after_seal`` is called once a
+        segment is verified, before any purge (fault tests stop a run there)."""
+        if self._cfg.retention != "age+compaction":
+            raise ArchiveError(
+                f"stream {self._cfg.stream} keeps its events ({self._cfg.retention}): "
+                "only a stream whose retention is age+compaction is compacted"
+            )
+        horizon_ns = (now if now is not None else now_ns()) - int(self._cfg.max_age_s * 1e9)
+        report = CompactReport(self._cfg.stream, horizon_ns)
+        await self.store.start()
+        before_seq = await self.store.seq_at_time(horizon_ns)
+        old = await self._old_messages(before_seq)
+        report.scanned = sum(len(v) for v in old.values())
+        batch: list[_Candidate] = []
+        size = 0
+        for aggregate_id, raws in old.items():
+            found = await self._candidate(aggregate_id, raws, report)
+            if found is None:
+                continue
+            batch.append(found)
+            size += len(found.messages)
+            if size >= self.segment_events:
+                await self._seal_and_purge(batch, report, after_seal)
+                batch, size = [], 0
+        if batch:
+            await self._seal_and_purge(batch, report, after_seal)
+        return report
+
+    async def _seal_and_purge(
+        self,
+        batch: Sequence[_Candidate],
+        report: CompactReport,
+        after_seal: Callable[[SegmentEntry], None] | None,
+    ) -> None:
+        messages = sorted((m for c in batch for m in c.messages), key=lambda m: m.seq)
+        ranges = {
+            c.aggregate_id: AggregateRange(
+                c.versions[0],
+                c.versions[-1],
+                c.messages[0].seq,
+                c.messages[-1].seq,
+                c.messages[0].time_ns,
+                c.messages[-1].time_ns,
+            )
+            for c in batch
+        }
+        entry = await self.archive.write(messages, ranges)
+        report.segments.append(entry.name)
+        report.archived += len(messages)
+        if after_seal is not None:
+            after_seal(entry)
+        for c in batch:
+            r = ranges[c.aggregate_id]
+            await self._advance_horizon(c.aggregate_id, r, entry.name)
+            purged = await jsapi.purge_subject_before(
+                self._replies,
+                self._cfg.stream,
+                f"{self._cfg.subject_prefix}.{c.aggregate_id}.>",
+                r.last_seq + 1,
+                self._cfg.request_timeout_s,
+            )
+            report.purged += purged
+            report.aggregates += 1
+        log.info("sealed %s (%d events), purged behind it", entry.name, len(messages))
+
+    async def ensure_bucket(self) -> None:
+        await jsapi.ensure_stream(
+            self._replies,
+            horizons.bucket_config(self._cfg.stream, self._cfg.replicas),
+            self._cfg.request_timeout_s,
+        )
+
+    async def _advance_horizon(self, aggregate_id: str, r: AggregateRange, segment: str) -> None:
+        """Record the aggregate's horizon (compare-and-set on the KV revision) before
+        anything of it is purged; never moves a horizon back."""
+        await self.ensure_bucket()
+        timeout = self._cfg.request_timeout_s
+        for _ in range(20):
+            found = await horizons.read(self._replies, self._cfg.stream, aggregate_id, timeout)
+            old, revision = found if found else (None, 0)
+            segments = tuple(old.segments) if old else ()
+            if segment in segments and old is not None and old.version >= r.last_version:
+                return
+            if old is not None and old.version >= r.last_version:
+                new = Horizon(old.version, old.seq, old.time_ns, (*segments, segment))
+            else:
+                new = Horizon(r.last_version, r.last_seq, r.last_time_ns, (*segments, segment))
+            try:
+                await jsapi.publish(
+                    self._replies,
+                    jsapi.OutMessage(
+                        horizons.kv_subject(self._cfg.stream, aggregate_id),
+                        new.encode(),
+                        {"Nats-Expected-Last-Subject-Sequence": str(revision)},
+                    ),
+                    timeout,
+                )
+                return
+            except jsapi.JsApiError as exc:
+                if exc.err_code != jsapi.ERR_WRONG_LAST_SEQUENCE:
+                    raise
+        raise ArchiveError(f"horizon of {aggregate_id}: kept changing under this archiver")
+
+    # -- export and restore ------------------------------------------------------------
+
+    async def export(self, from_seq: int = 1, to_seq: int | None = None) -> list[SegmentEntry]:
+        """Seal every live message of the stream (events and voids) in the range into
+        segments, purging nothing: a copy for cold storage or disaster recovery."""
+        await self.store.start()
+        entries: list[SegmentEntry] = []
+        chunk: list[ArchivedMessage] = []
+        seq = max(from_seq, 1)
+        timeout = self._cfg.request_timeout_s
+        while True:
+            page = await jsapi.direct_get_page(
+                self._replies, self._cfg.stream, None, seq, jsapi.DIRECT_GET_PAGE, timeout
+            )
+            done = page.pending == 0 or not page.messages
+            for raw in page.messages:
+                if to_seq is not None and raw.seq > to_seq:
+                    done = True
+                    break
+                chunk.append(to_archived(raw))
+                if len(chunk) >= self.segment_events:
+                    entries.append(await self.archive.write(chunk, self._ranges(chunk)))
+                    chunk = []
+            if done:
+                break
+            seq = page.messages[-1].seq + 1
+        if chunk:
+            entries.append(await self.archive.write(chunk, self._ranges(chunk)))
+        return entries
+
+    def _ranges(self, chunk: list[ArchivedMessage]) -> dict[str, AggregateRange]:
+        prefix = self._cfg.subject_prefix + "."
+        out: dict[str, AggregateRange] = {}
+        for m in chunk:
+            if not m.subject.startswith(prefix):
+                continue
+            try:
+                version = self.store.decode(to_raw(m)).version
+            except PayloadDecodeError:
+                continue
+            aggregate_id = m.subject[len(prefix) :].split(".", 1)[0]
+            r = out.get(aggregate_id)
+            if r is None:
+                out[aggregate_id] = AggregateRange(
+                    version, version, m.seq, m.seq, m.time_ns, m.time_ns
+                )
+            else:
+                out[aggregate_id] = AggregateRange(
+                    r.first_version, version, r.first_seq, m.seq, r.first_time_ns, m.time_ns
+                )
+        return out

@@ -1,0 +1,144 @@
+"""Disaster recovery: a stream rebuilt from its archive and its live tail into a new
+stream, every message with its original sequence, subject (moved to a new prefix
+when asked), headers and bytes.
+
+The archive and the live stream (when it still answers) together hold every
+message: compaction purges only what a verified segment holds. They are merged by
+sequence; the new stream is created with the first sequence, written in order, and
+a sequence held by neither (a message deleted by an operator) is taken by a filler
+that is deleted at once, so every later message keeps its number. The new stream
+then gets the source's protections (deny delete, deny purge per its policy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from jetsource.archive.segment import ArchivedMessage
+from jetsource.archive.store import Archive
+from jetsource.core.errors import JetsourceError
+from jetsource.eventstore import jsapi
+from jetsource.eventstore.jsapi import Replies
+
+# Checks made when a message was first written; made again they would refuse it.
+_SKIP_ON_RESTORE = ("Nats-Expected-", "Nats-Batch-", "Nats-Required-Api-Level")
+_SERVER_CONFIG = {"created", "metadata", "sealed", "first_seq"}
+GAP_TOKEN = "_restore_gap"
+
+
+class RestoreError(JetsourceError):
+    pass
+
+
+@dataclass
+class RestoreReport:
+    source: str
+    target: str
+    from_archive: int
+    from_live: int
+    gaps: int
+    first_seq: int
+    last_seq: int
+
+
+def rewrite(subject: str, prefixes: dict[str, str]) -> str:
+    for old, new in prefixes.items():
+        if subject == old or subject.startswith(old + "."):
+            return new + subject[len(old) :]
+    return subject
+
+
+async def _live_messages(replies: Replies, stream: str, timeout: float) -> list[ArchivedMessage]:
+    from jetsource.archive.archiver import to_archived
+
+    out: list[ArchivedMessage] = []
+    seq = 1
+    while True:
+        try:
+            page = await jsapi.direct_get_page(
+                replies, stream, None, seq, jsapi.DIRECT_GET_PAGE, timeout
+            )
+        except jsapi.NoRespondersError:
+            return out  # the source is gone: the archive is all there is
+        out.extend(to_archived(raw) for raw in page.messages)
+        if page.pending == 0 or not page.messages:
+            return out
+        seq = page.messages[-1].seq + 1
+
+
+async def _info(replies: Replies, stream: str, timeout: float) -> dict[str, Any] | None:
+    try:
+        return await jsapi.api(replies, f"STREAM.INFO.{stream}", {}, timeout)
+    except jsapi.NoRespondersError:
+        return None
+    except jsapi.JsApiError as exc:
+        if exc.err_code == jsapi.ERR_STREAM_NOT_FOUND:
+            return None
+        raise
+
+
+async def restore(
+    replies: Replies,
+    archive: Archive,
+    source_config: dict[str, Any],
+    target: str,
+    prefixes: dict[str, str],
+    timeout: float,
+    progress: Callable[[int, int], None] = lambda done, total: None,
+) -> RestoreReport:
+    """Write archive + live tail of ``archive.stream`` into the new stream ``target``.
+    ``source_config`` is the source's stream configuration (its info, or as
+    configured when the source is gone)."""
+    source = archive.stream
+    existing = await _info(replies, target, timeout)
+    if existing is not None and int(existing["state"].get("messages", 0)) > 0:
+        raise RestoreError(f"stream {target} exists and holds messages: restore into a new one")
+    merged: dict[int, ArchivedMessage] = {m.seq: m for m in await archive.messages()}
+    archived = len(merged)
+    live = await _live_messages(replies, source, timeout) if source != target else []
+    for m in live:
+        merged[m.seq] = m
+    if not merged:
+        raise RestoreError(f"nothing to restore: no archived or live message of {source}")
+    seqs = sorted(merged)
+    first, last = seqs[0], seqs[-1]
+    subjects = [rewrite(s, prefixes) for s in source_config.get("subjects", [])]
+    gap_subject = None
+    if len(seqs) != last - first + 1:
+        # A subject inside the new stream's own subjects that no reader reads.
+        root = subjects[0].removesuffix(".>")
+        gap_subject = f"{root}.{GAP_TOKEN}.{GAP_TOKEN}"
+    config = {k: v for k, v in source_config.items() if k not in _SERVER_CONFIG}
+    final = dict(config, name=target, subjects=subjects)
+    writing = dict(final, deny_delete=False, deny_purge=False)
+    if existing is None:
+        await jsapi.api(replies, f"STREAM.CREATE.{target}", dict(writing, first_seq=first), timeout)
+    else:
+        raise RestoreError(f"stream {target} exists: restore creates a new stream")
+    gaps = 0
+    expect = first
+    for done, seq in enumerate(seqs, start=1):
+        while expect < seq:  # a sequence nobody holds: keep the numbering
+            assert gap_subject is not None
+            ack = await jsapi.publish(replies, jsapi.OutMessage(gap_subject, b"", {}), timeout)
+            await jsapi.delete_message(replies, target, ack.seq, timeout)
+            gaps += 1
+            expect += 1
+        m = merged[seq]
+        headers = {k: v for k, v in m.headers.items() if not k.startswith(_SKIP_ON_RESTORE)}
+        ack = await jsapi.publish(
+            replies, jsapi.OutMessage(rewrite(m.subject, prefixes), m.data, headers), timeout
+        )
+        if ack.seq != seq or ack.duplicate:
+            raise RestoreError(
+                f"sequence {seq} of {source} was written as {ack.seq} in {target}"
+                + (" (a duplicate message id)" if ack.duplicate else "")
+            )
+        expect = seq + 1
+        if done % 1000 == 0:
+            progress(done, len(seqs))
+    progress(len(seqs), len(seqs))
+    await jsapi.api(replies, f"STREAM.UPDATE.{target}", final, timeout)
+    return RestoreReport(source, target, archived, len(live), gaps, first, last)

@@ -1,0 +1,189 @@
+"""The archive of one event stream: sealed segments and the manifest that lists them.
+
+Layout in the object store::
+
+    segments/<stream>/<first seq>-<last seq>-<sha256[:16]>.seg   the sealed segment
+    manifest/<stream>/<same name>.json                           its manifest entry
+
+A manifest entry is written only after its segment was stored, read back and
+verified, so every entry names a whole, checked segment; the manifest is the set of
+entries (two archivers never write the same key: a name carries the content's hash,
+and keys are written create-only). A segment without an entry (an archiver killed
+between the two writes) is an orphan: ``verify`` reports it, nothing reads it, and
+nothing was purged on its account.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+from jetsource.archive import segment
+from jetsource.archive.objectstore import ObjectStore
+from jetsource.archive.segment import ArchivedMessage, SegmentError
+from jetsource.core.clock import format_rfc3339_ns, now_ns
+
+
+@dataclass(frozen=True)
+class AggregateRange:
+    first_version: int
+    last_version: int
+    first_seq: int
+    last_seq: int
+    first_time_ns: int
+    last_time_ns: int
+
+
+@dataclass(frozen=True)
+class SegmentEntry:
+    name: str  # key of the segment
+    stream: str
+    count: int
+    first_seq: int
+    last_seq: int
+    size: int
+    sha256: str
+    created: str
+    # aggregate id -> the versions (and sequences, times) of its events in the segment
+    aggregates: dict[str, AggregateRange] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self), indent=1, sort_keys=True).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> SegmentEntry:
+        body = json.loads(data)
+        body["aggregates"] = {k: AggregateRange(**v) for k, v in body["aggregates"].items()}
+        return cls(**body)
+
+
+@dataclass
+class VerifyReport:
+    ok: list[str] = field(default_factory=list)
+    corrupt: dict[str, str] = field(default_factory=dict)  # segment -> what is wrong
+    orphans: list[str] = field(default_factory=list)  # segments without an entry
+
+    @property
+    def passed(self) -> bool:
+        return not self.corrupt
+
+
+class Archive:
+    def __init__(self, objects: ObjectStore, stream: str) -> None:
+        self.objects = objects
+        self.stream = stream
+        self._entries: dict[str, SegmentEntry] = {}  # manifest key -> entry (immutable)
+        self._segments: dict[str, list[ArchivedMessage]] = {}  # small cache of decoded
+
+    @property
+    def _seg_prefix(self) -> str:
+        return f"segments/{self.stream}/"
+
+    @property
+    def _man_prefix(self) -> str:
+        return f"manifest/{self.stream}/"
+
+    def _entry_key(self, name: str) -> str:
+        return self._man_prefix + name.rsplit("/", 1)[-1].removesuffix(".seg") + ".json"
+
+    async def write(
+        self,
+        messages: Sequence[ArchivedMessage],
+        aggregates: dict[str, AggregateRange],
+    ) -> SegmentEntry:
+        """Seal ``messages`` into a segment, store it, read it back and verify it,
+        then write its manifest entry. Returns the entry (only once all is checked)."""
+        blob = segment.encode(self.stream, messages)
+        digest = segment.checksum(blob)
+        name = f"{self._seg_prefix}{messages[0].seq:020d}-{messages[-1].seq:020d}-{digest[:16]}.seg"
+        await self.objects.put(name, blob, create_only=True)  # same name: same bytes
+        entry = SegmentEntry(
+            name,
+            self.stream,
+            len(messages),
+            messages[0].seq,
+            messages[-1].seq,
+            len(blob),
+            digest,
+            format_rfc3339_ns(now_ns()),
+            aggregates,
+        )
+        back = await self.read(entry, cache=False)
+        if [(m.seq, m.data, m.subject) for m in back] != [
+            (m.seq, m.data, m.subject) for m in messages
+        ]:
+            raise SegmentError(f"{name}: read back, it is not what was written")
+        await self.objects.put(self._entry_key(name), entry.encode(), create_only=True)
+        self._entries[self._entry_key(name)] = entry
+        return entry
+
+    async def entries(self) -> list[SegmentEntry]:
+        """The manifest: every entry, in stream order."""
+        for key in await self.objects.list(self._man_prefix):
+            if key not in self._entries:
+                data = await self.objects.get(key)
+                if data is not None:
+                    self._entries[key] = SegmentEntry.decode(data)
+        return sorted(self._entries.values(), key=lambda e: (e.first_seq, e.name))
+
+    async def entry(self, name: str) -> SegmentEntry | None:
+        key = self._entry_key(name)
+        if key not in self._entries:
+            data = await self.objects.get(key)
+            if data is None:
+                return None
+            self._entries[key] = SegmentEntry.decode(data)
+        return self._entries[key]
+
+    def _check(self, entry: SegmentEntry, blob: bytes | None) -> list[ArchivedMessage]:
+        if blob is None:
+            raise SegmentError(f"{entry.name}: missing from {self.objects.location}")
+        if len(blob) != entry.size or segment.checksum(blob) != entry.sha256:
+            raise SegmentError(f"{entry.name}: checksum differs from the manifest's")
+        header, messages = segment.decode(blob)
+        if (header["count"], header["first_seq"], header["last_seq"]) != (
+            entry.count,
+            entry.first_seq,
+            entry.last_seq,
+        ):
+            raise SegmentError(f"{entry.name}: header differs from the manifest entry")
+        return messages
+
+    async def read(self, entry: SegmentEntry, cache: bool = True) -> list[ArchivedMessage]:
+        """The segment's messages, checked against its entry."""
+        if cache and entry.name in self._segments:
+            return self._segments[entry.name]
+        messages = self._check(entry, await self.objects.get(entry.name))
+        if cache:
+            self._segments[entry.name] = messages
+            while len(self._segments) > 64:
+                self._segments.pop(next(iter(self._segments)))
+        return messages
+
+    async def verify(self) -> VerifyReport:
+        """Every entry's segment read and checked; segments without an entry listed."""
+        report = VerifyReport()
+        entries = await self.entries()
+        named = {e.name for e in entries}
+        for entry in entries:
+            try:
+                self._check(entry, await self.objects.get(entry.name))
+            except SegmentError as exc:
+                report.corrupt[entry.name] = str(exc)
+            else:
+                report.ok.append(entry.name)
+        report.orphans = [k for k in await self.objects.list(self._seg_prefix) if k not in named]
+        return report
+
+    async def messages(self, upto_seq: int | None = None) -> list[ArchivedMessage]:
+        """Every archived message once, in stream order (segments may overlap when two
+        archivers sealed the same events: the same bytes, kept once)."""
+        out: dict[int, ArchivedMessage] = {}
+        for entry in await self.entries():
+            if upto_seq is not None and entry.first_seq > upto_seq:
+                continue
+            for m in await self.read(entry, cache=False):
+                if upto_seq is None or m.seq <= upto_seq:
+                    out.setdefault(m.seq, m)
+        return [out[s] for s in sorted(out)]

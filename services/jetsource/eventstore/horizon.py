@@ -1,0 +1,116 @@
+"""The compaction horizon of an aggregate: how far its history was archived and
+purged from the live stream.
+
+A stream whose policy is ``age+compaction`` loses, per aggregate, the events an
+archiver sealed into verified archive segments and a snapshot covers. Before it
+purges them the archiver records the aggregate's horizon (one NATS KV entry per
+aggregate, bucket ``HORIZONS_<stream>``)::
+
+    {"version": 120, "seq": 48211, "time_ns": ..., "segments": ["CONTEXT_EVENTS/..."]}
+
+so a reader that meets a history starting after version 1 knows why: versions
+1..``version`` (stream sequences up to ``seq``, recorded up to ``time_ns``) are in
+the named archive segments. The event store asks for it only when a read needs what
+is not in the live stream; a stream that is never compacted never asks.
+
+Readers that are configured with the archive read across the horizon
+(:mod:`jetsource.archive.history`); the others get :class:`BeyondHorizonError`,
+which names the horizon (gRPC FAILED_PRECONDITION).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from jetsource.core.clock import format_rfc3339_ns
+from jetsource.core.errors import JetsourceError
+from jetsource.eventstore import jsapi
+
+
+@dataclass(frozen=True)
+class Horizon:
+    version: int  # versions 1..version are archived (and purged, or about to be)
+    seq: int  # stream sequence of that last archived version
+    time_ns: int  # its recorded time
+    segments: tuple[str, ...] = field(default=())
+
+    def encode(self) -> bytes:
+        body = asdict(self)
+        body["segments"] = list(self.segments)
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Horizon:
+        body = json.loads(data)
+        return cls(
+            int(body["version"]),
+            int(body["seq"]),
+            int(body["time_ns"]),
+            tuple(str(s) for s in body.get("segments", ())),
+        )
+
+
+class BeyondHorizonError(JetsourceError):
+    """What was asked for lies before the aggregate's compaction horizon, and this
+    reader does not read the archive. gRPC answers FAILED_PRECONDITION."""
+
+    def __init__(self, aggregate_id: str, horizon: Horizon) -> None:
+        self.aggregate_id = aggregate_id
+        self.horizon = horizon
+        super().__init__(
+            f"aggregate {aggregate_id!r}: versions 1..{horizon.version} (recorded up to "
+            f"{format_rfc3339_ns(horizon.time_ns)}, stream sequence {horizon.seq}) were "
+            "compacted into the archive, which this reader is not configured to read "
+            "(JETSOURCE_ARCHIVE__URL; `jetsource archive list`)"
+        )
+
+
+def bucket(stream: str) -> str:
+    return f"HORIZONS_{stream}"
+
+
+def kv_stream(stream: str) -> str:
+    return f"KV_{bucket(stream)}"
+
+
+def kv_subject(stream: str, aggregate_id: str) -> str:
+    return f"$KV.{bucket(stream)}.{aggregate_id}"
+
+
+def bucket_config(stream: str, replicas: int) -> dict[str, object]:
+    """A NATS KV bucket (the layout nats clients expect), one value per key, never
+    deleted by anyone but an operator."""
+    return {
+        "name": kv_stream(stream),
+        "subjects": [f"$KV.{bucket(stream)}.>"],
+        "retention": "limits",
+        "storage": "file",
+        "discard": "new",
+        "max_msgs_per_subject": 1,
+        "allow_rollup_hdrs": True,
+        "deny_delete": True,
+        "allow_direct": True,
+        "num_replicas": replicas,
+        "max_age": 0,
+    }
+
+
+async def read(
+    replies: jsapi.Replies, stream: str, aggregate_id: str, timeout: float
+) -> tuple[Horizon, int] | None:
+    """The aggregate's horizon and its KV revision, or None (never compacted, or no
+    bucket: the stream was never compacted at all)."""
+    try:
+        raw = await jsapi.last_for_subject(
+            replies, kv_stream(stream), kv_subject(stream, aggregate_id), timeout
+        )
+    except jsapi.NoRespondersError:
+        return None
+    except jsapi.JsApiError as exc:
+        if exc.err_code == jsapi.ERR_STREAM_NOT_FOUND or exc.code == 404:
+            return None
+        raise
+    if raw is None or not raw.data:
+        return None
+    return Horizon.decode(raw.data), raw.seq

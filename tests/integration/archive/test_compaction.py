@@ -1,0 +1,160 @@
+"""Compaction behind snapshots on a real nats-server, with a short horizon: the
+time-travel answer for every version and many times before and after the horizon
+equals a full fold of the original history; idempotency keys, snapshots and the
+publisher's appends are unaffected; without the archive a read before the horizon
+is refused naming it; what was purged is exactly what a verified segment holds."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from jetsource.core.envelope import NewEvent
+from jetsource.core.settings import JetsourceSettings
+from jetsource.domains.context.history import StateLoader
+from jetsource.domains.context.samples import story_events
+from jetsource.eventstore import jsapi
+from jetsource.eventstore.horizon import BeyondHorizonError
+from jetsource.eventstore.jetstream import stream_config
+from jetsource.projection.bootstrap import Projection, open_projection
+from jetsource.projection.history import add_keys
+from tests.history_fixtures import append_history, probe_times, save_snapshots, state_at
+from tests.integration.archive.fixtures import (
+    compact_at,
+    compacting_settings,
+    middle_time,
+    reader,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def projection(
+    settings: JetsourceSettings, unique: str, tmp_path: Path
+) -> AsyncIterator[Projection]:
+    p = await open_projection(compacting_settings(settings, unique, tmp_path / "archive"))
+    yield p
+    await p.close()
+
+
+async def test_time_travel_across_the_horizon_equals_a_full_fold(projection: Projection) -> None:
+    p = projection
+    histories = {}
+    for i, sizes in enumerate(([1], [1, 3, 2], [2])):
+        cid = f"tt{i}"
+        histories[cid] = await append_history(p.store, cid, 45, seed=i, group_sizes=sizes)
+        await save_snapshots(p.snapshots, histories[cid], [10, 20, 30, 40])
+    records = histories["tt2"]
+    compacted = await compact_at(p, middle_time(records))
+    report = compacted.report
+    assert report.purged == report.archived > 0
+    assert report.aggregates == 3, report.kept
+
+    # The live stream starts after the horizon now.
+    for cid, recs in histories.items():
+        h = await p.store.horizon(cid)
+        assert h is not None and 1 <= h.version < len(recs)
+        assert recs[h.version - 1].recorded_at_ns <= compacted.horizon_ns
+        first = await jsapi.direct_get(
+            p.store._replies,
+            p.store.settings.stream,
+            {"seq": 1, "next_by_subj": f"{p.store.settings.subject_prefix}.{cid}.>"},
+            5.0,
+        )
+        assert first is not None and first.seq == recs[h.version].stream_seq
+
+    history = reader(p)
+    loader = StateLoader(history, p.snapshots, cache_size=8)
+    bare = StateLoader(history, None)  # no snapshot: a full fold through the archive
+    for cid, recs in histories.items():
+        for v in range(1, len(recs) + 1):
+            want = state_at(recs, v)
+            assert (await loader.load(cid, to_version=v)).state == want, (cid, v)
+            assert (await bare.load(cid, to_version=v)).state == want, (cid, v)
+        for t in probe_times(recs):
+            assert (await loader.load(cid, until=t)).state == state_at(recs, until=t), (cid, t)
+        # The audit trail: every event, byte for byte, from the archive and the stream.
+        again = await history.read_aggregate(cid)
+        assert [(r.stream_seq, r.envelope.SerializeToString()) for r in again] == [
+            (r.stream_seq, r.envelope.SerializeToString()) for r in recs
+        ]
+        page = await history.read_aggregate(cid, from_version=3, to_version=40)
+        assert [r.version for r in page] == list(range(3, 41))
+        # Idempotency keys through the snapshot are the full history's.
+        keys: dict[str, tuple[int, int]] = {}
+        add_keys(keys, recs)
+        assert (await loader.load(cid, keys=True)).keys == keys
+
+
+async def test_without_the_archive_reads_before_the_horizon_name_it(
+    projection: Projection,
+) -> None:
+    p = projection
+    records = await append_history(p.store, "nh", 40, seed=3)
+    await save_snapshots(p.snapshots, records, [30])
+    compacted = await compact_at(p, middle_time(records, 0.5))
+    h = await p.store.horizon("nh")
+    assert h is not None and h.version == compacted.report.archived
+    live = StateLoader(p.store, p.snapshots)
+    with pytest.raises(BeyondHorizonError, match=rf"versions 1..{h.version} .* compacted"):
+        await live.load("nh", to_version=h.version - 1)
+    with pytest.raises(BeyondHorizonError):
+        await live.load("nh", until=records[0].recorded_at_ns)
+    with pytest.raises(BeyondHorizonError):
+        await p.store.read_aggregate("nh")
+    # From the snapshot past the horizon on, the live stream alone answers, and right.
+    for v in range(30, 41):
+        assert (await live.load("nh", to_version=v)).state == state_at(records, v)
+    for t in probe_times(records[29:]):
+        if t >= records[29].recorded_at_ns:
+            assert (await live.load("nh", until=t)).state == state_at(records, until=t)
+
+
+async def test_the_publisher_keeps_appending_after_compaction(projection: Projection) -> None:
+    p = projection
+    records = await append_history(p.store, "pk", 30, seed=4)
+    await save_snapshots(p.snapshots, records, [25])
+    await compact_at(p, middle_time(records, 0.9))
+    assert await p.store.last_version("pk") == 30
+    more = story_events("pk", 40, 4)[30:]
+    # Optimistic concurrency on the aggregate's last subject sequence still holds.
+    result = await p.store.append("pk", [NewEvent(more[0])], 30)
+    assert result.versions == [31]
+    with pytest.raises(Exception, match="version 31"):
+        await p.store.append("pk", [NewEvent(more[1])], 30)
+    await p.store.append("pk", [NewEvent(e) for e in more[1:4]], 31)
+    # A fresh store (no cached position) reads the tail the same way.
+    p.store._positions.clear()
+    assert await p.store.last_version("pk") == 34
+    full = await reader(p).read_aggregate("pk")
+    assert [r.version for r in full] == list(range(1, 35))
+
+
+async def test_only_events_covered_by_a_snapshot_and_never_the_last_are_purged(
+    projection: Projection,
+) -> None:
+    p = projection
+    a = await append_history(p.store, "cov", 20, seed=6)
+    b = await append_history(p.store, "nosnap", 20, seed=7)
+    c = await append_history(p.store, "last", 5, seed=8)
+    await save_snapshots(p.snapshots, a, [8])
+    await save_snapshots(p.snapshots, c, [5])
+    compacted = await compact_at(p, max(b[-1].recorded_at_ns, c[-1].recorded_at_ns) + 1)
+    assert (await p.store.horizon("cov")).version == 8  # type: ignore[union-attr]
+    assert await p.store.horizon("nosnap") is None
+    assert "nosnap" in compacted.report.kept
+    assert (await p.store.horizon("last")).version == 4  # type: ignore[union-attr]
+    assert await p.store.last_version("last") == 5
+    assert [r.version for r in await p.store.read_aggregate("nosnap")] == list(range(1, 21))
+
+
+def test_only_a_compacting_stream_allows_purge() -> None:
+    from jetsource.core.settings import EventStoreSettings
+
+    assert stream_config(EventStoreSettings())["deny_purge"] is True
+    assert stream_config(EventStoreSettings(retention="age", max_age_s=60))["max_age"] == 60 * 10**9
+    compacting = stream_config(EventStoreSettings(retention="age+compaction", max_age_s=60))
+    assert compacting["deny_purge"] is False and compacting["max_age"] == 0
