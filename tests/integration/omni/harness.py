@@ -30,20 +30,28 @@ from jetsource.projection.host import ProjectorService
 from jetsource.projection.settings import ProjectorOptions
 from tests.stack import environment
 
-SECRETS = {"acme": "acme-app-secret", "evo": "evo-api-key", "bot": "bot-shared-secret"}
+SECRETS = {
+    "acme-cloud": "acme-app-secret",
+    "acme-evo": "acme-evolution-api-key",
+    "acme-bot": "acme-forwarder-secret",
+}
 VERIFY_TOKEN = "acme-verify-token"
 INSTANCES = {
-    "acme": InstanceConfig(
+    "acme-cloud": InstanceConfig(
         provider="whatsapp",
         format="cloud",
-        app_secret=SECRETS["acme"],
+        app_secret=SECRETS["acme-cloud"],
         verify_token=VERIFY_TOKEN,
     ),
-    "evo": InstanceConfig(provider="whatsapp", format="evolution", api_key=SECRETS["evo"]),
-    "bot": InstanceConfig(provider="discord", format="forwarder", shared_secret=SECRETS["bot"]),
+    "acme-evo": InstanceConfig(
+        provider="whatsapp", format="evolution", api_key=SECRETS["acme-evo"]
+    ),
+    "acme-bot": InstanceConfig(
+        provider="discord", format="forwarder", shared_secret=SECRETS["acme-bot"]
+    ),
 }
 # The route each instance is served on.
-PROVIDER = {"acme": "whatsapp", "evo": "whatsapp", "bot": "discord"}
+PROVIDER = {"acme-cloud": "whatsapp", "acme-evo": "whatsapp", "acme-bot": "discord"}
 
 
 def omni_settings(nats_url: str, valkey_url: str, unique: str, **ingest: Any) -> IngestSettings:
@@ -79,12 +87,13 @@ def omni_settings(nats_url: str, valkey_url: str, unique: str, **ingest: Any) ->
 def headers_for(instance: str, body: bytes) -> dict[str, str]:
     """The headers the provider (or forwarder) of ``instance`` signs a body with."""
     h = {"content-type": "application/json"}
-    if instance == "acme":
-        h["x-hub-signature-256"] = sign(SECRETS["acme"], body)
-    elif instance == "evo":
-        h["apikey"] = SECRETS["evo"]
+    fmt = INSTANCES[instance].format
+    if fmt == "cloud":
+        h["x-hub-signature-256"] = sign(SECRETS[instance], body)
+    elif fmt == "evolution":
+        h["apikey"] = SECRETS[instance]
     else:
-        h["x-jetsource-signature"] = sign(SECRETS["bot"], body)
+        h["x-jetsource-signature"] = sign(SECRETS[instance], body)
     return h
 
 
