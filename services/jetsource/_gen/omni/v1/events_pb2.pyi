@@ -931,7 +931,9 @@ class NormalizedEvent(_message.Message):
     name and address, contact names, an edit's new text.
     """
     content_media_url: _builtins.str
-    """The first media's url (or provider media id where no url is sent)."""
+    """The first media's url, where the provider sends one (WhatsApp Cloud sends only a media id:
+    see metadata.media[0].media_id).
+    """
     raw_ref: _builtins.str
     """Reference to the archived raw payload this event was normalized from."""
     provider_format: _builtins.str

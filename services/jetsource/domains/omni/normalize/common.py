@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -112,13 +113,41 @@ class Node:
             return 0
         return as_int(value, self.at(key))
 
+    def opt_count(self, key: str, bits: int = 32) -> int:
+        """A non-negative integer (a size, a duration, a count) that fits its proto field."""
+        value = self.opt_int(key)
+        if not 0 <= value < 1 << bits:
+            raise Malformed(self.at(key), f"must be an integer from 0 to {(1 << bits) - 1}")
+        return value
+
     def opt_float(self, key: str) -> float | None:
         value = self.raw.get(key)
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise Malformed(self.at(key), "must be a number")
+        if not math.isfinite(value):
+            raise Malformed(self.at(key), "must be a finite number")
         return float(value)
+
+    def coordinate(self, key: str, limit: float) -> float:
+        """A required latitude (limit 90) or longitude (limit 180)."""
+        value = self.opt_float(key)
+        if value is None:
+            raise Malformed(self.at(key), "required field is missing")
+        if not -limit <= value <= limit:
+            raise Malformed(self.at(key), f"must be between -{limit:g} and {limit:g}")
+        return value
+
+    def req(self, key: str) -> Any:
+        """A required value of any JSON type."""
+        value = self.raw.get(key)
+        if value is None:
+            raise Malformed(self.at(key), "required field is missing")
+        return value
+
+    def unix_seconds(self, key: str) -> Timestamp:
+        return unix_seconds(self.req(key), self.at(key))
 
     def obj(self, key: str) -> Node:
         return Node(self._get(key, dict, True), self.at(key))

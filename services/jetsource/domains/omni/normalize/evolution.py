@@ -1,20 +1,535 @@
-"""Normalizer for the evolution wire format (being built: raises Unrecognised until it is)."""
+"""Evolution API webhooks (Baileys-based WhatsApp): ``{"event": "messages.upsert", "instance":
+..., "data": {...}, "date_time": ..., "sender": <the instance's own JID>, ...}``.
+
+Events normalized: ``messages.upsert`` and ``send.message`` (messages in and out, reactions,
+polls, protocol messages), ``messages.edited`` / ``send.message.update`` (edits and revokes),
+``messages.update`` (receipts, decrypted poll votes), ``messages.delete`` and
+``presence.update``. Upper-case names (``MESSAGES_UPSERT``) are accepted as well. Other events
+(connection, contacts, chats, groups, ...) are ``Unrecognised``.
+
+JIDs become handles without their server part for people (``5511999990000@s.whatsapp.net`` ->
+``5511999990000``, so they meet the WhatsApp Cloud API's ``wa_id`` for the same number); group
+and LID JIDs are kept whole.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+from jetsource._gen.omni.v1 import events_pb2 as pb
 from jetsource._gen.omni.v1.events_pb2 import NormalizedEvent
-from jetsource.domains.omni.normalize.common import Context
-from jetsource.domains.omni.normalize.errors import Unrecognised
+from jetsource.domains.omni.normalize.common import (
+    Context,
+    Node,
+    as_int,
+    digest,
+    iso_time,
+    unix_millis,
+)
+from jetsource.domains.omni.normalize.errors import Malformed, Unrecognised
 
 FORMAT = "evolution"
+
+_MEDIA = {
+    "imageMessage": pb.CONTENT_TYPE_IMAGE,
+    "videoMessage": pb.CONTENT_TYPE_VIDEO,
+    "ptvMessage": pb.CONTENT_TYPE_VIDEO,
+    "audioMessage": pb.CONTENT_TYPE_AUDIO,
+    "documentMessage": pb.CONTENT_TYPE_DOCUMENT,
+    "stickerMessage": pb.CONTENT_TYPE_STICKER,
+}
+# Wrappers whose inner ``message`` is the real content.
+_WRAPPERS = (
+    "ephemeralMessage",
+    "viewOnceMessage",
+    "viewOnceMessageV2",
+    "viewOnceMessageV2Extension",
+    "documentWithCaptionMessage",
+    "editedMessage",
+)
+_POLLS = ("pollCreationMessage", "pollCreationMessageV2", "pollCreationMessageV3")
+# Baileys' WebMessageInfo status names (src/utils/renderStatus.ts) and their numbers.
+_RECEIPTS = {
+    "ERROR": pb.RECEIPT_STATUS_FAILED,
+    "PENDING": pb.RECEIPT_STATUS_PENDING,
+    "SERVER_ACK": pb.RECEIPT_STATUS_SENT,
+    "DELIVERY_ACK": pb.RECEIPT_STATUS_DELIVERED,
+    "READ": pb.RECEIPT_STATUS_READ,
+    "PLAYED": pb.RECEIPT_STATUS_PLAYED,
+    "DELETED": pb.RECEIPT_STATUS_DELETED,
+}
+_RECEIPT_NUMBERS = ["ERROR", "PENDING", "SERVER_ACK", "DELIVERY_ACK", "READ", "PLAYED"]
+# proto.Message.ProtocolMessage.Type, by number, for payloads that keep enums numeric.
+_PROTOCOL_TYPES = {
+    0: "REVOKE",
+    3: "EPHEMERAL_SETTING",
+    4: "EPHEMERAL_SYNC_RESPONSE",
+    5: "HISTORY_SYNC_NOTIFICATION",
+    6: "APP_STATE_SYNC_KEY_SHARE",
+    7: "APP_STATE_SYNC_KEY_REQUEST",
+    8: "MSG_FANOUT_BACKFILL_REQUEST",
+    9: "INITIAL_SECURITY_NOTIFICATION_SETTING_SYNC",
+    10: "APP_STATE_FATAL_EXCEPTION_NOTIFICATION",
+    11: "SHARE_PHONE_NUMBER",
+    14: "MESSAGE_EDIT",
+    16: "PEER_DATA_OPERATION_REQUEST_MESSAGE",
+    17: "PEER_DATA_OPERATION_REQUEST_RESPONSE_MESSAGE",
+}
+_PRESENCE = {
+    "available": pb.PRESENCE_STATUS_ONLINE,
+    "unavailable": pb.PRESENCE_STATUS_OFFLINE,
+    "composing": pb.PRESENCE_STATUS_TYPING,
+    "recording": pb.PRESENCE_STATUS_RECORDING,
+    "paused": pb.PRESENCE_STATUS_PAUSED,
+}
 
 
 def matches(body: Mapping[str, Any]) -> bool:
     return isinstance(body.get("event"), str) and "data" in body
 
 
+def event_name(raw: str) -> str:
+    """``MESSAGES_UPSERT`` and ``messages.upsert`` name the same event."""
+    return raw.strip().lower().replace("_", ".")
+
+
+def handle(jid: str) -> str:
+    """A person's handle from a JID (device suffix and server dropped); groups, LIDs, newsletters
+    and broadcast lists keep their whole JID, which is their only stable name."""
+    user, _, server = jid.partition("@")
+    if server in ("s.whatsapp.net", "c.us") and user:
+        return user.split(":", 1)[0]
+    return jid
+
+
+class _Envelope:
+    def __init__(self, ctx: Context, root: Node) -> None:
+        self.ctx = ctx
+        self.root = root
+        own = root.opt_str("sender")
+        self.own = handle(own) if own else ""
+        self.sent_at = (
+            iso_time(root.raw["date_time"], "date_time") if root.has("date_time") else None
+        )
+
+    def event(self, provider_event_id: str) -> NormalizedEvent:
+        ev = self.ctx.event(FORMAT, provider_event_id)
+        if self.sent_at is not None:
+            ev.provider_timestamp.CopyFrom(self.sent_at)
+        return ev
+
+    def route(self, ev: NormalizedEvent, key: Node, *, remote_field: str = "remoteJid") -> None:
+        """Direction, sender, recipient and conversation from a message key."""
+        remote = key.req_str(remote_field)
+        chat = handle(remote)
+        ev.conversation_id = ev.channel_id = chat
+        group = remote.endswith("@g.us")
+        participant = key.opt_str("participant")
+        if key.opt_bool("fromMe"):
+            ev.direction = pb.DIRECTION_OUTBOUND
+            ev.sender_handle = self.own
+            ev.recipient_handle = "" if group else chat
+        else:
+            ev.direction = pb.DIRECTION_INBOUND
+            ev.sender_handle = handle(participant) if group and participant else chat
+            ev.recipient_handle = self.own
+
+
 def normalize(ctx: Context, body: Mapping[str, Any]) -> list[NormalizedEvent]:
-    raise Unrecognised(f"{FORMAT} normalizer not built yet")
+    root = Node(body)
+    name = event_name(root.req_str("event"))
+    handler = _HANDLERS.get(name)
+    if handler is None:
+        raise Unrecognised(f"Evolution API event {root.raw['event']!r} is not normalized")
+    env = _Envelope(ctx, root)
+    out: list[NormalizedEvent] = []
+    for item in _items(root):
+        out.extend(handler(env, item))
+    return out
+
+
+def _items(root: Node) -> Iterator[Node]:
+    """``data`` is one object, or for some events and versions an array of them."""
+    data = root.raw.get("data")
+    if isinstance(data, list):
+        yield from root.objs("data", required=True)
+    else:
+        yield root.obj("data")
+
+
+# --- messages.upsert / send.message ---------------------------------------------------------
+
+
+def _upsert(env: _Envelope, data: Node) -> list[NormalizedEvent]:
+    key = data.obj("key")
+    msg_id = key.req_str("id")
+    message = data.obj("message")
+    kind, content = _content_of(message, data.opt_str("messageType"))
+    ev = env.event(msg_id)
+    env.route(ev, key)
+    ev.provider_timestamp.CopyFrom(_seconds(data, "messageTimestamp"))
+    if ev.direction == pb.DIRECTION_INBOUND:
+        ev.sender_name = data.opt_str("pushName")
+    ev.event_type = pb.EVENT_TYPE_MESSAGE
+    md = ev.metadata
+    md.extra["messageType"] = kind
+    if data.has("source"):
+        md.extra["source"] = data.opt_str("source")
+    if kind in ("protocolMessage",):
+        return [_protocol(env, ev, content, outer_key=key)]
+    _fill_content(ev, kind, content, message)
+    ctx_info = data.opt_obj("contextInfo") or (
+        content.opt_obj("contextInfo") if isinstance(content, Node) else None
+    )
+    if ctx_info is not None:
+        _context_info(ev, ctx_info)
+    return [ev]
+
+
+def _content_of(message: Node, declared: str) -> tuple[str, Any]:
+    """The content key of a Baileys message and its value, through wrapper messages."""
+    for _ in range(4):  # wrappers nest at most a couple of levels
+        keys = [k for k in message.raw if k not in ("messageContextInfo", "mediaUrl", "base64")]
+        kind = declared if declared in message.raw else (keys[0] if keys else "")
+        if not kind:
+            raise Malformed(message.path, "message has no content")
+        if kind in _WRAPPERS:
+            inner = message.obj(kind)
+            if not inner.has("message"):
+                return kind, inner
+            message, declared = inner.obj("message"), ""
+            continue
+        value = message.raw[kind]
+        return kind, Node(value, message.at(kind)) if isinstance(value, dict) else value
+    raise Malformed(message.path, "message wrappers nest too deep")
+
+
+def _fill_content(ev: NormalizedEvent, kind: str, content: Any, message: Node) -> None:
+    md = ev.metadata
+    if kind == "conversation":
+        if not isinstance(content, str):
+            raise Malformed(message.at(kind), "must be a string")
+        ev.content_type = pb.CONTENT_TYPE_TEXT
+        ev.content_text = content
+        return
+    if not isinstance(content, Node):
+        raise Malformed(message.at(kind), "must be an object")
+    if kind == "extendedTextMessage":
+        ev.content_type = pb.CONTENT_TYPE_TEXT
+        ev.content_text = content.req_str("text")
+    elif kind in _MEDIA:
+        ev.content_type = _MEDIA[kind]
+        m = md.media.add(
+            mime_type=content.opt_str("mimetype"),
+            sha256=content.opt_str("fileSha256"),
+            file_name=content.opt_str("fileName") or content.opt_str("title"),
+            caption=content.opt_str("caption"),
+            size_bytes=content.opt_count("fileLength", 64),
+            duration_seconds=content.opt_count("seconds"),
+            width=content.opt_count("width"),
+            height=content.opt_count("height"),
+            voice=content.opt_bool("ptt"),
+            # Evolution adds mediaUrl when it stores the media (S3/MinIO); the WhatsApp url is
+            # encrypted media that needs the mediaKey.
+            url=message.opt_str("mediaUrl") or content.opt_str("url"),
+            media_id=content.opt_str("directPath"),
+        )
+        ev.content_media_url = m.url
+        ev.content_text = " ".join(p for p in (m.caption, m.file_name) if p)
+        if kind == "stickerMessage":
+            sticker_id = m.sha256 or m.media_id
+            md.sticker_ids.append(sticker_id)
+            md.stickers.add(
+                sticker_id=sticker_id,
+                format=m.mime_type.removeprefix("image/"),
+                animated=content.opt_bool("isAnimated"),
+            )
+    elif kind in ("locationMessage", "liveLocationMessage"):
+        ev.content_type = pb.CONTENT_TYPE_LOCATION
+        loc = md.location
+        loc.latitude = content.coordinate("degreesLatitude", 90)
+        loc.longitude = content.coordinate("degreesLongitude", 180)
+        loc.name, loc.address = content.opt_str("name"), content.opt_str("address")
+        loc.url = content.opt_str("url")
+        ev.content_text = " ".join(
+            p for p in (loc.name, loc.address, content.opt_str("caption")) if p
+        )
+    elif kind == "contactMessage":
+        ev.content_type = pb.CONTENT_TYPE_CONTACT
+        md.contacts.append(_vcard_contact(content))
+        ev.content_text = md.contacts[0].formatted_name
+    elif kind == "contactsArrayMessage":
+        ev.content_type = pb.CONTENT_TYPE_CONTACT
+        for c in content.objs("contacts", required=True):
+            md.contacts.append(_vcard_contact(c))
+        ev.content_text = " ".join(c.formatted_name for c in md.contacts if c.formatted_name)
+    elif kind in _POLLS:
+        ev.content_type = pb.CONTENT_TYPE_POLL
+        poll = md.poll
+        poll.question = content.req_str("name")
+        for opt in content.objs("options", required=True):
+            poll.options.add(name=opt.req_str("optionName"))
+        poll.selectable_count = content.opt_count("selectableOptionsCount")
+        poll.allow_multiselect = poll.selectable_count != 1
+        ev.content_text = " ".join([poll.question, *(o.name for o in poll.options)])
+    elif kind == "pollUpdateMessage":
+        # The vote itself is encrypted for the poll's creator; Evolution reports decrypted
+        # tallies in messages.update (pollUpdates). Here only which poll was voted on.
+        ev.content_type = pb.CONTENT_TYPE_POLL_VOTE
+        md.poll_vote.poll_message_id = content.obj("pollCreationMessageKey").req_str("id")
+        md.extra["vote_encrypted"] = "true"
+    elif kind == "reactionMessage":
+        ev.event_type = pb.EVENT_TYPE_REACTION
+        ev.content_type = pb.CONTENT_TYPE_REACTION
+        emoji = content.opt_str("text")
+        md.reactions.add(
+            target_message_id=content.obj("key").req_str("id"),
+            emoji=emoji,
+            reactor_handle=ev.sender_handle,
+            removed=not emoji,
+        )
+    elif kind in ("buttonsResponseMessage", "templateButtonReplyMessage", "listResponseMessage"):
+        ev.content_type = pb.CONTENT_TYPE_INTERACTIVE
+        ev.content_text = (
+            content.opt_str("selectedDisplayText")
+            or content.opt_str("title")
+            or content.opt_str("description")
+        )
+        reply = content.opt_obj("singleSelectReply")
+        md.extra["reply_id"] = (
+            content.opt_str("selectedButtonId")
+            or content.opt_str("selectedId")
+            or (reply.opt_str("selectedRowId") if reply is not None else "")
+        )
+    else:
+        ev.content_type = pb.CONTENT_TYPE_OTHER
+
+
+def _vcard_contact(node: Node) -> pb.Contact:
+    vcard = node.opt_str("vcard")
+    contact = pb.Contact(formatted_name=node.opt_str("displayName"), vcard=vcard)
+    for line in vcard.splitlines():
+        name, _, value = line.partition(":")
+        params = name.split(";")
+        field = params[0].upper().rsplit(".", 1)[-1]  # "item1.TEL" -> "TEL"
+        if field == "FN" and not contact.formatted_name:
+            contact.formatted_name = value
+        elif field == "N":
+            parts = value.split(";")
+            contact.last_name = parts[0]
+            contact.first_name = parts[1] if len(parts) > 1 else ""
+        elif field == "ORG":
+            contact.organization = value.split(";")[0]
+        elif field == "EMAIL":
+            contact.emails.append(value)
+        elif field == "TEL":
+            wa_id = next((p[5:] for p in params if p.lower().startswith("waid=")), "")
+            kinds = [p[5:].upper() for p in params if p.lower().startswith("type=")]
+            contact.phones.add(phone=value, wa_id=wa_id, type=kinds[0] if kinds else "")
+    return contact
+
+
+def _context_info(ev: NormalizedEvent, info: Node) -> None:
+    md = ev.metadata
+    if info.has("stanzaId"):
+        md.quoted.message_id = info.req_str("stanzaId")
+        md.quoted.sender_handle = handle(info.opt_str("participant"))
+        quoted = info.opt_obj("quotedMessage")
+        if quoted is not None:
+            text = quoted.raw.get("conversation")
+            ext = quoted.opt_obj("extendedTextMessage")
+            md.quoted.text = text if isinstance(text, str) else (ext.opt_str("text") if ext else "")
+    md.mentions.extend(handle(j) for j in info.str_list("mentionedJid"))
+    md.forwarded = info.opt_bool("isForwarded")
+    md.quoted.forwarded = md.forwarded and md.HasField("quoted")
+
+
+# --- protocol messages: edits and revokes ---------------------------------------------------
+
+
+def _protocol_type(node: Node) -> str:
+    raw = node.raw.get("type")
+    if isinstance(raw, str):
+        return raw.upper()
+    if raw is None:
+        return "REVOKE"  # proto default (0) is dropped from JSON
+    return _PROTOCOL_TYPES.get(as_int(raw, node.at("type")), f"TYPE_{raw}")
+
+
+def _protocol(
+    env: _Envelope, ev: NormalizedEvent | None, proto: Any, *, outer_key: Node | None = None
+) -> NormalizedEvent:
+    """A ProtocolMessage: a revoke becomes a delete, a MESSAGE_EDIT an edit, the rest protocol.
+    Ids of edits and revokes are derived from the message they act on, so that the same revoke
+    reported by messages.upsert, messages.edited and messages.delete is one event."""
+    if not isinstance(proto, Node):
+        raise Malformed("data.message.protocolMessage", "must be an object")
+    kind = _protocol_type(proto)
+    if kind == "REVOKE":
+        key = proto.obj("key")
+        target = key.req_str("id")
+        ev = _rekey(env, ev, f"{target}:delete")
+        env.route(ev, outer_key or key)
+        ev.event_type = pb.EVENT_TYPE_DELETE
+        ev.content_type = pb.CONTENT_TYPE_UNSPECIFIED
+        ev.metadata.deletion.target_message_id = target
+        ev.metadata.deletion.deleted_by_handle = ev.sender_handle
+        ev.metadata.deletion.for_everyone = True
+    elif kind == "MESSAGE_EDIT":
+        key = proto.obj("key")
+        target = key.req_str("id")
+        edited = proto.obj("editedMessage")
+        ekind, econtent = _content_of(edited, "")
+        probe = pb.NormalizedEvent()
+        _fill_content(probe, ekind, econtent, edited)
+        ev = _rekey(env, ev, f"{target}:edit:{digest(edited.raw)}")
+        env.route(ev, outer_key or key)
+        ev.event_type = pb.EVENT_TYPE_EDIT
+        ev.content_type = probe.content_type
+        ev.content_text = probe.content_text
+        ev.metadata.edit.target_message_id = target
+        ev.metadata.edit.new_text = probe.content_text
+        if proto.has("timestampMs"):
+            at = unix_millis(proto.raw["timestampMs"], proto.at("timestampMs"))
+            ev.metadata.edit.edited_at.CopyFrom(at)
+            ev.provider_timestamp.CopyFrom(at)
+        elif ev.HasField("provider_timestamp"):
+            ev.metadata.edit.edited_at.CopyFrom(ev.provider_timestamp)
+    else:
+        if ev is None:
+            key = proto.obj("key")
+            ev = env.event(f"{key.req_str('id')}:protocol:{kind}:{digest(proto.raw)}")
+            env.route(ev, key)
+        ev.event_type = pb.EVENT_TYPE_PROTOCOL
+        ev.content_type = pb.CONTENT_TYPE_UNSPECIFIED
+        ev.metadata.protocol.kind = kind.lower()
+        if proto.has("ephemeralExpiration"):
+            ev.metadata.protocol.detail = (
+                f"ephemeralExpiration={proto.opt_int('ephemeralExpiration')}"
+            )
+    return ev
+
+
+def _rekey(env: _Envelope, ev: NormalizedEvent | None, provider_event_id: str) -> NormalizedEvent:
+    fresh = env.event(provider_event_id)
+    if ev is not None:
+        if ev.HasField("provider_timestamp"):
+            fresh.provider_timestamp.CopyFrom(ev.provider_timestamp)
+        for k, v in ev.metadata.extra.items():
+            fresh.metadata.extra[k] = v
+        fresh.metadata.extra["via_message_id"] = ev.provider_event_id
+    return fresh
+
+
+def _edited(env: _Envelope, data: Node) -> list[NormalizedEvent]:
+    return [_protocol(env, None, data)]
+
+
+# --- messages.update: receipts and poll votes ----------------------------------------------
+
+
+def _update(env: _Envelope, data: Node) -> list[NormalizedEvent]:
+    key = data.opt_obj("key") or data
+    id_field = "id" if key is not data else "keyId"
+    msg_id = key.req_str(id_field)
+    votes = list(data.objs("pollUpdates"))
+    if votes:
+        return _poll_votes(env, key, msg_id, votes)
+    raw = data.req("status")
+    state = _RECEIPT_NUMBERS[raw] if isinstance(raw, int) and 0 <= raw < 6 else raw
+    if not isinstance(state, str) or state.upper() not in _RECEIPTS:
+        raise Malformed(data.at("status"), f"unknown message status {raw!r}")
+    state = state.upper()
+    ev = env.event(f"{msg_id}:{state}")
+    env.route(ev, key)
+    ev.event_type = pb.EVENT_TYPE_STATUS
+    ev.metadata.receipt.status = _RECEIPTS[state]
+    ev.metadata.receipt.target_message_id = msg_id
+    ev.metadata.extra["status"] = state
+    return [ev]
+
+
+def _poll_votes(
+    env: _Envelope, key: Node, poll_id: str, tallies: list[Node]
+) -> list[NormalizedEvent]:
+    """Evolution sends the poll's aggregate ([{name, voters: [jid]}]); one vote event per voter
+    with the options that voter holds now."""
+    chosen: dict[str, list[str]] = {}
+    for option in tallies:
+        name = option.req_str("name")
+        for voter in option.str_list("voters"):
+            chosen.setdefault(voter, []).append(name)
+    out = []
+    for voter, names in sorted(chosen.items()):
+        ev = env.event(f"{poll_id}:vote:{handle(voter)}:{digest(sorted(names))}")
+        env.route(ev, key)
+        ev.direction = pb.DIRECTION_INBOUND if handle(voter) != env.own else pb.DIRECTION_OUTBOUND
+        ev.sender_handle = handle(voter)
+        ev.recipient_handle = env.own if ev.direction == pb.DIRECTION_INBOUND else ""
+        ev.event_type = pb.EVENT_TYPE_MESSAGE
+        ev.content_type = pb.CONTENT_TYPE_POLL_VOTE
+        ev.content_text = " ".join(names)
+        ev.metadata.poll_vote.poll_message_id = poll_id
+        ev.metadata.poll_vote.selected_options.extend(names)
+        out.append(ev)
+    return out
+
+
+# --- messages.delete ------------------------------------------------------------------------
+
+
+def _delete(env: _Envelope, data: Node) -> list[NormalizedEvent]:
+    key = data.opt_obj("key") or data
+    target = key.req_str("id")
+    ev = env.event(f"{target}:delete")
+    env.route(ev, key)
+    ev.event_type = pb.EVENT_TYPE_DELETE
+    ev.metadata.deletion.target_message_id = target
+    ev.metadata.deletion.deleted_by_handle = ev.sender_handle
+    ev.metadata.deletion.for_everyone = True
+    return [ev]
+
+
+# --- presence.update ------------------------------------------------------------------------
+
+
+def _presence(env: _Envelope, data: Node) -> list[NormalizedEvent]:
+    chat = data.req_str("id")
+    presences = data.obj("presences")
+    out = []
+    for jid in sorted(presences.raw):
+        p = presences.obj(jid)
+        state = p.req_str("lastKnownPresence")
+        if state not in _PRESENCE:
+            raise Malformed(p.at("lastKnownPresence"), f"unknown presence {state!r}")
+        # Presence has no id of its own: the webhook's time tells one report from the next.
+        stamp = env.root.opt_str("date_time") or digest(p.raw)
+        ev = env.event(f"presence:{chat}:{jid}:{state}:{stamp}")
+        ev.event_type = pb.EVENT_TYPE_PRESENCE
+        ev.direction = pb.DIRECTION_INBOUND
+        ev.sender_handle = handle(jid)
+        ev.recipient_handle = env.own
+        ev.conversation_id = ev.channel_id = handle(chat)
+        ev.metadata.presence.status = _PRESENCE[state]
+        if p.has("lastSeen"):
+            ev.metadata.presence.last_seen.CopyFrom(p.unix_seconds("lastSeen"))
+        out.append(ev)
+    if not out:
+        raise Malformed(presences.path, "no presences")
+    return out
+
+
+def _seconds(node: Node, key: str) -> Any:
+    return node.unix_seconds(key)
+
+
+_HANDLERS = {
+    "messages.upsert": _upsert,
+    "send.message": _upsert,
+    "messages.edited": _edited,
+    "send.message.update": _edited,
+    "messages.update": _update,
+    "messages.delete": _delete,
+    "presence.update": _presence,
+}
