@@ -1,0 +1,1 @@
+"""The process ledger's read-only query service (``jetsource-process-query``)."""

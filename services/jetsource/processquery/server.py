@@ -1,0 +1,130 @@
+"""Process query entrypoint and composition root: settings -> Valkey (the read
+models), NATS (only the control bucket: which model version is active; never the
+event stream) -> gRPC server (health, reflection, Prometheus /metrics)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from grpc_health.v1 import health_pb2
+from nats.aio.client import Client as NATS
+from valkey.asyncio import Valkey
+
+from jetsource.core.grpcserver import GrpcEndpoint, start_grpc, stop_on_signals
+from jetsource.core.metrics import register_service, start_metrics_server, watch_nats
+from jetsource.core.runner import run_service
+from jetsource.eventstore.bootstrap import connect, release
+from jetsource.processquery.service import SERVICE, ProcessQueryService, add_to_server
+from jetsource.processquery.settings import ProcessQuerySettings
+from jetsource.projection.control import Control
+from jetsource.projection.valkey import connect_valkey
+
+log = logging.getLogger("jetsource.process_query")
+
+
+@dataclass
+class ProcessQuery:
+    grpc: GrpcEndpoint
+    service: ProcessQueryService
+    nc: NATS
+    redis: Valkey
+    stopped: bool = False
+    valkey_down: bool = False
+
+    @property
+    def port(self) -> int:
+        return self.grpc.port
+
+    async def stop(self, grace: float) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
+        await self.grpc.stop(grace)
+        await self.redis.aclose()
+        await release(self.nc)
+
+
+async def build(settings: ProcessQuerySettings) -> ProcessQuery:
+    nc = await connect(settings)
+    redis = connect_valkey(settings)
+    o, p = settings.process_query, settings.projector
+    control = Control(nc, p.control_bucket, settings.eventstore.replicas)
+    service = ProcessQueryService(redis, control, p.valkey_prefix, o, p.control_bucket)
+    try:
+        endpoint = await start_grpc(
+            lambda server: add_to_server(service, server),
+            SERVICE,
+            o.target(),
+            o.max_concurrent_rpcs,
+            settings.grpc,
+        )
+    except BaseException:
+        await redis.aclose()
+        await release(nc)
+        raise
+    return ProcessQuery(endpoint, service, nc, redis)
+
+
+async def follow_valkey(query: ProcessQuery, every_s: float) -> None:
+    """NOT_SERVING while Valkey (every read model) does not answer, SERVING again on
+    its own."""
+    serving = True
+    while True:
+        try:
+            await asyncio.wait_for(query.redis.ping(), every_s)
+            down = False
+        except Exception:
+            down = True
+        if down == serving:
+            serving = not down
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if serving
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for name in ("", SERVICE):
+                await query.grpc.health.set(name, status)
+            if down:
+                log.warning("NOT_SERVING: valkey does not answer")
+            else:
+                log.info("SERVING: valkey answers again")
+        query.valkey_down = down
+        await asyncio.sleep(every_s)
+
+
+async def serve(settings: ProcessQuerySettings) -> None:
+    o = settings.process_query
+    register_service("process-query")
+    query = await build(settings)
+    metrics = (
+        start_metrics_server(
+            o.metrics_port,
+            o.grpc_host,
+            lambda: query.nc.is_connected and not query.valkey_down,
+        )
+        if o.metrics_port
+        else None
+    )
+    nats_state = watch_nats(query.nc, "process-query")
+    stores = asyncio.create_task(follow_valkey(query, o.store_probe_s))
+    log.info("process query listening on %s:%d", o.grpc_host, query.port)
+    await stop_on_signals().wait()
+    log.info("process query shutting down")
+    stores.cancel()
+    nats_state.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await stores
+    if metrics is not None:
+        metrics.shutdown()
+    await query.stop(o.shutdown_grace_s)
+
+
+def main() -> None:
+    run_service("process-query", ProcessQuerySettings.load(), serve)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,595 @@
+"""ProcessQueryService: read-only, every answer from the process read models (the
+``processes`` registry and ``process_timeline`` in Valkey, their active versions from
+the control bucket); it never reads the event stream (an import contract in
+pyproject.toml keeps the event store out of this package).
+
+Errors: a malformed id, an unknown status, a bad event type, an invalid Timestamp or
+window, a page size out of range, a bad page token -> INVALID_ARGUMENT naming the
+field; an unknown process -> NOT_FOUND; Valkey or the control bucket away ->
+UNAVAILABLE. The server's interceptor (``jetsource.core.grpcserver``) answers them.
+
+Orders: ListProcesses shows the newest processes first (by the global_seq of their
+first event: unique, so paging never repeats or skips one); a process's timeline is
+in process_seq order, a subtree's and ListEvents in global_seq order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.struct_pb2 import Value
+from google.protobuf.timestamp_pb2 import Timestamp
+from prometheus_client import Counter, Histogram
+from valkey.asyncio import Valkey
+
+from jetsource._gen.process.v1 import query_pb2 as pb
+from jetsource._gen.process.v1 import query_pb2_grpc as pb_grpc
+from jetsource._gen.process.v1.events_pb2 import StoredEvent
+from jetsource.core import telemetry
+from jetsource.core.clock import from_timestamp, to_timestamp
+from jetsource.core.errors import EventStoreUnavailableError, ValidationError
+from jetsource.core.grpcserver import RpcError
+from jetsource.core.ids import validate_aggregate_id
+from jetsource.domains.process.models.registry import (
+    PROCESSES,
+    ProcessesModel,
+    ProcessRow,
+    processes_spec,
+)
+from jetsource.domains.process.models.timeline import (
+    TIMELINE,
+    ProcessTimelineModel,
+    timeline_spec,
+)
+from jetsource.processquery.settings import ProcessQueryOptions
+from jetsource.processquery.tokens import PageTokens, invalid
+from jetsource.projection.contract import TransientError
+from jetsource.projection.control import Control, active_version
+
+log = logging.getLogger("jetsource.process_query")
+SERVICE = pb.DESCRIPTOR.services_by_name["ProcessQueryService"].full_name
+T = TypeVar("T")
+
+REQUESTS = Counter(
+    "jetsource_process_query_requests_total",
+    "Process query RPCs by method and outcome",
+    ["method", "outcome"],
+)
+LATENCY = Histogram(
+    "jetsource_process_query_seconds",
+    "Process query RPC latency by method",
+    ["method"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+
+STATUS = {
+    "running": pb.PROCESS_STATUS_RUNNING,
+    "completed": pb.PROCESS_STATUS_COMPLETED,
+    "failed": pb.PROCESS_STATUS_FAILED,
+    "cancelled": pb.PROCESS_STATUS_CANCELLED,
+    "interrupted": pb.PROCESS_STATUS_INTERRUPTED,
+}
+STATUS_NAME: dict[int, str] = {int(v): k for k, v in STATUS.items()}
+_EVENT_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,127}")
+MAX_SEQ = 2**53  # Valkey scores are doubles: global sequences above this are not exact
+# google.protobuf.Timestamp's valid range: 0001-01-01 .. 9999-12-31
+MIN_SECONDS, MAX_SECONDS = -62_135_596_800, 253_402_300_799
+_UNAVAILABLE = (TransientError, EventStoreUnavailableError, ConnectionError, OSError)
+
+
+# -- request checks ---------------------------------------------------------------------
+
+
+def _process_id(field: str, value: str, required: bool = True) -> str:
+    if not value and not required:
+        return ""
+    try:
+        return validate_aggregate_id(value, field=field)
+    except ValidationError as exc:
+        raise invalid(field, str(exc)) from exc
+
+
+def _timestamp(field: str, ts: Timestamp) -> int:
+    if not 0 <= ts.nanos < 1_000_000_000:
+        raise invalid(field, f"nanos must be in [0, 999999999], got {ts.nanos}")
+    if not MIN_SECONDS <= ts.seconds <= MAX_SECONDS:
+        raise invalid(field, f"seconds {ts.seconds} is outside years 1..9999")
+    return from_timestamp(ts)
+
+
+def _window(field: str, message: Any, present: bool) -> tuple[int | None, int | None]:
+    if not present:
+        return None, None
+    low = (
+        _timestamp(f"{field}.from", getattr(message, "from")) if message.HasField("from") else None
+    )
+    high = _timestamp(f"{field}.to", message.to) if message.HasField("to") else None
+    if low is not None and high is not None and high < low:
+        raise invalid(field, "to is before from")
+    return low, high
+
+
+def _page_size(value: int, o: ProcessQueryOptions) -> int:
+    if value == 0:
+        return o.default_page_size
+    if value > o.max_page_size:
+        raise invalid("page_size", f"must be between 1 and {o.max_page_size}, got {value}")
+    return value
+
+
+def _statuses(field: str, values: Sequence[int]) -> list[str]:
+    out = []
+    for i, v in enumerate(values):
+        if v not in STATUS_NAME:
+            raise invalid(f"{field}[{i}]", f"unknown process status {v}")
+        out.append(STATUS_NAME[v])
+    return sorted(set(out))
+
+
+def _event_types(values: Sequence[str]) -> frozenset[str] | None:
+    for i, t in enumerate(values):
+        if not _EVENT_TYPE.fullmatch(t):
+            raise invalid(
+                f"event_types[{i}]",
+                f"{t[:80]!r} is not an event type (letters, digits and '_', at most 128)",
+            )
+    return frozenset(values) if values else None
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    types: frozenset[str] | None = None
+    occurred: tuple[int | None, int | None] = (None, None)
+    recorded: tuple[int | None, int | None] = (None, None)
+    known_at: int | None = None  # recorded <= T
+    as_of: int | None = None  # occurred <= T'
+
+    def bound(self) -> str:
+        return json.dumps(
+            [sorted(self.types or ()), self.occurred, self.recorded, self.known_at, self.as_of]
+        )
+
+    def past_end(self, e: StoredEvent) -> bool:
+        """Recorded times never go backwards along global_seq: past the recorded bound,
+        nothing later matches."""
+        rec = from_timestamp(e.recorded_at)
+        high = self.recorded[1]
+        return (high is not None and rec >= high) or (
+            self.known_at is not None and rec > self.known_at
+        )
+
+    def match(self, e: StoredEvent) -> bool:
+        if self.types is not None and e.event.event_type not in self.types:
+            return False
+        rec = from_timestamp(e.recorded_at)
+        low = self.recorded[0]
+        if low is not None and rec < low:
+            return False
+        occ = from_timestamp(e.event.occurred_at) if e.event.HasField("occurred_at") else rec
+        lo, hi = self.occurred
+        if (lo is not None and occ < lo) or (hi is not None and occ >= hi):
+            return False
+        return self.as_of is None or occ <= self.as_of
+
+
+def _filter(request: Any) -> EventFilter:
+    known_at = _timestamp("known_at", request.known_at) if _has(request, "known_at") else None
+    as_of = _timestamp("as_of", request.as_of) if _has(request, "as_of") else None
+    return EventFilter(
+        types=_event_types(request.event_types),
+        occurred=_window("occurred", request.occurred, request.HasField("occurred")),
+        recorded=_window("recorded", request.recorded, request.HasField("recorded")),
+        known_at=known_at,
+        as_of=as_of,
+    )
+
+
+def _has(request: Any, field: str) -> bool:
+    return field in request.DESCRIPTOR.fields_by_name and request.HasField(field)
+
+
+# -- views ------------------------------------------------------------------------------
+
+
+def process_info(row: ProcessRow) -> pb.ProcessInfo:
+    info = pb.ProcessInfo(
+        process_id=row.process_id,
+        parent_process_id=row.parent or row.declared,
+        root_process_id=row.root,
+        depth=row.depth,
+        kind=row.kind,
+        name=row.name,
+        status=STATUS.get(row.status, pb.PROCESS_STATUS_UNSPECIFIED),
+        children=row.children,
+        event_count=row.event_count,
+        last_event_type=row.last_event_type,
+        last_process_seq=row.last_process_seq,
+        attributes=row.attributes,
+        parent_pending=row.parent_pending,
+    )
+    if row.started_at is not None:
+        info.started_at.CopyFrom(to_timestamp(row.started_at))
+    if row.ended_at is not None:
+        info.ended_at.CopyFrom(to_timestamp(row.ended_at))
+    if row.first_recorded_at:
+        info.first_recorded_at.CopyFrom(to_timestamp(row.first_recorded_at))
+    if row.last_recorded_at:
+        info.last_recorded_at.CopyFrom(to_timestamp(row.last_recorded_at))
+    if row.error:
+        info.error.CopyFrom(json_format.Parse(row.error, Value()))
+    return info
+
+
+Fetch = Callable[[int, int], Awaitable[list[int]]]
+
+
+class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
+    def __init__(
+        self,
+        redis: Valkey,
+        control: Control,
+        prefix: str,
+        options: ProcessQueryOptions,
+        token_seed: str = "",
+    ) -> None:
+        self.redis = redis
+        self.control = control
+        self.prefix = prefix
+        self.o = options
+        self.tokens = PageTokens(f"{prefix}|{token_seed}")
+        self._models: dict[tuple[str, int], Any] = {}
+
+    # -- plumbing ---------------------------------------------------------------
+
+    async def _active(self, name: str) -> int:
+        return await active_version(
+            self.control, name, self.o.control_ttl_s, self.o.control_max_stale_s
+        )
+
+    async def registry(self) -> ProcessesModel:
+        version = await self._active(PROCESSES)
+        key = (PROCESSES, version)
+        if key not in self._models:
+            self._models[key] = ProcessesModel(processes_spec(version), self.redis, self.prefix)
+        model: ProcessesModel = self._models[key]
+        return model
+
+    async def timeline(self) -> ProcessTimelineModel:
+        version = await self._active(TIMELINE)
+        key = (TIMELINE, version)
+        if key not in self._models:
+            self._models[key] = ProcessTimelineModel(
+                timeline_spec(version), self.redis, self.prefix
+            )
+        model: ProcessTimelineModel = self._models[key]
+        return model
+
+    def _budget(self, context: grpc.aio.ServicerContext) -> float:
+        remaining = context.time_remaining()
+        return self.o.default_deadline_s if remaining is None else max(remaining, 0.0)
+
+    async def _run(
+        self, method: str, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]]
+    ) -> T:
+        started = time.perf_counter()
+        try:
+            with telemetry.rpc_span(SERVICE, method, context):
+                async with asyncio.timeout(self._budget(context)):
+                    result = await work()
+        except BaseException as exc:
+            error = _error(exc)
+            REQUESTS.labels(method, error.code.name.lower() if error else "error").inc()
+            if error is not None and error is not exc:
+                raise error from exc
+            raise
+        REQUESTS.labels(method, "ok").inc()
+        LATENCY.labels(method).observe(time.perf_counter() - started)
+        return result
+
+    @staticmethod
+    def _not_found(process_id: str) -> RpcError:
+        return RpcError(grpc.StatusCode.NOT_FOUND, f"process {process_id!r} not found")
+
+    # -- the registry -----------------------------------------------------------
+
+    async def GetProcess(
+        self, request: pb.GetProcessRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetProcessResponse:
+        async def work() -> pb.GetProcessResponse:
+            pid = _process_id("process_id", request.process_id)
+            row = await (await self.registry()).read(pid)
+            if row is None:
+                raise self._not_found(pid)
+            return pb.GetProcessResponse(process=process_info(row))
+
+        return await self._run("GetProcess", context, work)
+
+    async def ListProcesses(
+        self, request: pb.ListProcessesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListProcessesResponse:
+        async def work() -> pb.ListProcessesResponse:
+            statuses = _statuses("statuses", request.statuses)
+            kind = request.kind
+            if len(kind) > 128:
+                raise invalid("kind", f"at most 128 characters, got {len(kind)}")
+            root = _process_id("root_process_id", request.root_process_id, required=False)
+            parent = _process_id("parent_process_id", request.parent_process_id, required=False)
+            started = _window("started", request.started, request.HasField("started"))
+            size = _page_size(request.page_size, self.o)
+            bound = json.dumps([statuses, kind, root, parent, started])
+            below = (
+                self.tokens.read("ListProcesses", bound, request.page_token)
+                if request.page_token
+                else None
+            )
+            model = await self.registry()
+            if parent:
+                key = model.index("kids", parent)
+            elif root:
+                key = model.index("root", root)
+            elif kind:
+                key = model.index("kind", kind)
+            elif len(statuses) == 1:
+                key = model.index("status", statuses[0])
+            else:
+                key = model.index("all")
+
+            def wanted(row: ProcessRow) -> bool:
+                if statuses and row.status not in statuses:
+                    return False
+                if kind and row.kind != kind:
+                    return False
+                if root and row.root != root:
+                    return False
+                if parent and row.parent != parent:
+                    return False
+                lo, hi = started
+                if lo is not None or hi is not None:
+                    if row.started_at is None:
+                        return False
+                    if (lo is not None and row.started_at < lo) or (
+                        hi is not None and row.started_at >= hi
+                    ):
+                        return False
+                return True
+
+            out: list[pb.ProcessInfo] = []
+            scanned, cursor, more = 0, below, True
+            while len(out) < size and scanned < self.o.max_scan:
+                want = min(max(size - len(out), 16) * 2, 1000)
+                entries = await model.scan(key, cursor, want)
+                rows = await model.read_many([pid for pid, _ in entries])
+                for (_, first), row in zip(entries, rows, strict=True):
+                    cursor = first
+                    scanned += 1
+                    if row is not None and wanted(row):
+                        out.append(process_info(row))
+                        if len(out) == size:
+                            break
+                if len(entries) < want and (not entries or cursor == entries[-1][1]):
+                    more = False
+                    break
+            token = (
+                self.tokens.make("ListProcesses", bound, cursor)
+                if more and cursor is not None
+                else ""
+            )
+            return pb.ListProcessesResponse(processes=out, next_page_token=token)
+
+        return await self._run("ListProcesses", context, work)
+
+    async def GetProcessTree(
+        self, request: pb.GetProcessTreeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetProcessTreeResponse:
+        async def work() -> pb.GetProcessTreeResponse:
+            pid = _process_id("process_id", request.process_id)
+            statuses = set(_statuses("statuses", request.statuses))
+            max_depth = request.max_depth
+            model = await self.registry()
+            top = await model.read(pid)
+            if top is None:
+                raise self._not_found(pid)
+            root = pb.ProcessNode(process=process_info(top))
+            truncated = False
+            level: list[tuple[pb.ProcessNode, ProcessRow]] = [(root, top)]
+            depth, count = 0, 1
+            while level:
+                if max_depth and depth >= max_depth:
+                    truncated = truncated or any(row.children for _, row in level)
+                    break
+                ids = [c for _, row in level for c in row.children]
+                if count + len(ids) > self.o.max_tree_nodes:
+                    truncated = True
+                    break
+                rows = dict(zip(ids, await model.read_many(ids), strict=True))
+                nxt: list[tuple[pb.ProcessNode, ProcessRow]] = []
+                for node, row in level:
+                    for c in row.children:
+                        child = rows.get(c)
+                        if child is None or (statuses and child.status not in statuses):
+                            continue
+                        child_node = node.children.add(process=process_info(child))
+                        nxt.append((child_node, child))
+                count += len(nxt)
+                level, depth = nxt, depth + 1
+            return pb.GetProcessTreeResponse(root=root, truncated=truncated)
+
+        return await self._run("GetProcessTree", context, work)
+
+    # -- timelines ----------------------------------------------------------------
+
+    async def _fetcher(self, model: ProcessTimelineModel, pid: str, subtree: bool) -> Fetch:
+        """How to read the process's (or subtree's) global sequences after a cursor."""
+        if not subtree:
+            key = model.process_key(pid)
+            return lambda after, count: model.seqs(key, after, None, count)
+        if await model.root_of(pid) == pid:
+            key = model.tree_key(pid)
+            return lambda after, count: model.seqs(key, after, None, count)
+        keys = [model.process_key(p) for p in await model.subtree(pid)]
+        return lambda after, count: model.merged_seqs(keys, after, None, count)
+
+    async def _page(
+        self,
+        model: ProcessTimelineModel,
+        fetch: Fetch,
+        after: int,
+        size: int,
+        flt: EventFilter,
+    ) -> tuple[list[StoredEvent], int | None]:
+        """Up to ``size`` matching events after ``after``; the cursor to go on from, or
+        None at the end."""
+        out: list[StoredEvent] = []
+        scanned, cursor = 0, after
+        while len(out) < size and scanned < self.o.max_scan:
+            want = min(max(size - len(out), 16) * 2, 1000)
+            seqs = await fetch(cursor, want)
+            if not seqs:
+                return out, None
+            events = await model.events(seqs)
+            consumed_all = True
+            for e in events:
+                if flt.past_end(e):
+                    return out, None
+                cursor = e.global_seq
+                scanned += 1
+                if flt.match(e):
+                    out.append(e)
+                    if len(out) == size:
+                        consumed_all = e.global_seq == seqs[-1]
+                        break
+            if consumed_all:
+                cursor = max(cursor, seqs[-1])
+                if len(seqs) < want:
+                    return out, None
+        return out, cursor
+
+    async def GetProcessTimeline(
+        self, request: pb.GetProcessTimelineRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetProcessTimelineResponse:
+        async def work() -> pb.GetProcessTimelineResponse:
+            pid = _process_id("process_id", request.process_id)
+            flt = _filter(request)
+            size = _page_size(request.page_size, self.o)
+            bound = json.dumps([pid, request.subtree, flt.bound()])
+            after = (
+                self.tokens.read("GetProcessTimeline", bound, request.page_token)
+                if request.page_token
+                else 0
+            )
+            model = await self.timeline()
+            if not await model.exists(pid):
+                raise self._not_found(pid)
+            fetch = await self._fetcher(model, pid, request.subtree)
+            events, cursor = await self._page(model, fetch, after, size, flt)
+            token = "" if cursor is None else self.tokens.make("GetProcessTimeline", bound, cursor)
+            return pb.GetProcessTimelineResponse(events=events, next_page_token=token)
+
+        return await self._run("GetProcessTimeline", context, work)
+
+    async def ListEvents(
+        self, request: pb.ListEventsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListEventsResponse:
+        async def work() -> pb.ListEventsResponse:
+            low, high = request.from_global_seq, request.to_global_seq
+            if low > MAX_SEQ:
+                raise invalid("from_global_seq", f"at most {MAX_SEQ}, got {low}")
+            if high > MAX_SEQ:
+                raise invalid("to_global_seq", f"at most {MAX_SEQ}, got {high}")
+            if high and low > high:
+                raise invalid("to_global_seq", f"{high} is below from_global_seq {low}")
+            flt = _filter(request)
+            size = _page_size(request.page_size, self.o)
+            bound = json.dumps([low, high, flt.bound()])
+            after = (
+                self.tokens.read("ListEvents", bound, request.page_token)
+                if request.page_token
+                else max(low - 1, 0)
+            )
+            model = await self.timeline()
+            upto = high or None
+
+            async def fetch(cursor: int, count: int) -> list[int]:
+                return await model.seqs(model.all_key, cursor, upto, count)
+
+            events, cursor = await self._page(model, fetch, after, size, flt)
+            token = "" if cursor is None else self.tokens.make("ListEvents", bound, cursor)
+            return pb.ListEventsResponse(events=events, next_page_token=token)
+
+        return await self._run("ListEvents", context, work)
+
+    async def WatchProcess(
+        self, request: pb.WatchProcessRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchProcessResponse]:
+        started = time.perf_counter()
+
+        async def check() -> tuple[str, ProcessTimelineModel]:
+            pid = _process_id("process_id", request.process_id)
+            if request.after_global_seq > MAX_SEQ:
+                raise invalid("after_global_seq", f"at most {MAX_SEQ}")
+            model = await self.timeline()
+            if not await model.exists(pid):
+                raise self._not_found(pid)
+            return pid, model
+
+        try:
+            pid, model = await check()
+        except BaseException as exc:
+            error = _error(exc)
+            REQUESTS.labels("WatchProcess", error.code.name.lower() if error else "error").inc()
+            if error is not None and error is not exc:
+                raise error from exc
+            raise
+        REQUESTS.labels("WatchProcess", "ok").inc()
+        pubsub = self.redis.pubsub()
+        # Subscribe before the first read, so nothing applied between them is missed.
+        await pubsub.subscribe(model.channel)
+        cursor = request.after_global_seq
+        try:
+            while True:
+                try:
+                    model = await self.timeline()
+                    fetch = await self._fetcher(model, pid, request.subtree)
+                    seqs = await fetch(cursor, 500)
+                    events = await model.events(seqs)
+                except _UNAVAILABLE as exc:
+                    log.warning("watch %s: %r; retrying", pid, exc)
+                    seqs, events = [], []
+                for e in events:
+                    cursor = e.global_seq
+                    yield pb.WatchProcessResponse(event=e)
+                if seqs:
+                    continue
+                with contextlib.suppress(TimeoutError, *_UNAVAILABLE):
+                    await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=self.o.watch_poll_s
+                    )
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.unsubscribe()
+                await pubsub.aclose()
+            LATENCY.labels("WatchProcess").observe(time.perf_counter() - started)
+
+
+def _error(exc: BaseException) -> RpcError | None:
+    if isinstance(exc, RpcError):
+        return exc
+    if isinstance(exc, TimeoutError):
+        return RpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+    if isinstance(exc, _UNAVAILABLE):
+        return RpcError(grpc.StatusCode.UNAVAILABLE, f"store unavailable: {exc}")
+    return None
+
+
+def add_to_server(servicer: ProcessQueryService, server: grpc.aio.Server) -> None:
+    pb_grpc.add_ProcessQueryServiceServicer_to_server(servicer, server)

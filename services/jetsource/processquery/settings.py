@@ -1,0 +1,36 @@
+"""``JETSOURCE_PROCESS_QUERY__...``. The read models' names (Valkey prefix, control
+bucket) are the projector's settings (``JETSOURCE_PROJECTOR__...``), so both agree."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from jetsource.projection.settings import ProjectorSettings
+
+
+class ProcessQueryOptions(BaseModel):
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = Field(default=50055, ge=0)
+    metrics_port: int = Field(default=9106, ge=0)  # 0 disables /metrics
+    store_probe_s: float = Field(default=2.0, gt=0)
+    max_concurrent_rpcs: int = Field(default=1000, ge=1)
+    default_deadline_s: float = Field(default=5.0, gt=0)
+    default_page_size: int = Field(default=100, ge=1)
+    max_page_size: int = Field(default=1000, ge=1)
+    # A page scans at most this many entries of a model (filters that match little
+    # answer a short page with a token rather than scanning everything at once).
+    max_scan: int = Field(default=20_000, ge=100)
+    # GetProcessTree returns at most this many processes (then truncated=true).
+    max_tree_nodes: int = Field(default=10_000, ge=1)
+    # WatchProcess is woken by the timeline model's messages and reads at least this often.
+    watch_poll_s: float = Field(default=1.0, gt=0)
+    control_ttl_s: float = Field(default=1.0, ge=0)
+    control_max_stale_s: float = Field(default=30.0, ge=0)
+    shutdown_grace_s: float = Field(default=5.0, ge=0)
+
+    def target(self) -> str:
+        return f"{self.grpc_host}:{self.grpc_port}"
+
+
+class ProcessQuerySettings(ProjectorSettings):
+    process_query: ProcessQueryOptions = ProcessQueryOptions()
