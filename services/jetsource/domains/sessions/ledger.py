@@ -204,7 +204,11 @@ class LedgerReader:
 
     async def processes(self) -> dict[str, ProcessSummary]:
         found: dict[str, ProcessSummary] = {}
-        async for r in self._store.read_all(subject_filter=f"{self._prefix}.*.process_*"):
+        lifecycle: list[RecordedEvent] = []
+        for event_type in (PROCESS_STARTED, *ENDED_STATUS):
+            async for r in self._store.read_all(subject_filter=f"{self._prefix}.*.{event_type}"):
+                lifecycle.append(r)
+        for r in sorted(lifecycle, key=lambda r: r.stream_seq):
             env = r.envelope
             p = found.setdefault(env.aggregate_id, ProcessSummary(env.aggregate_id))
             p.last_recorded_ns = max(p.last_recorded_ns, r.recorded_at_ns)
