@@ -202,6 +202,9 @@ async def test_importing_the_same_jsonl_twice_appends_once(client: SessionsClien
     canon = [to_canonical(SessionEvent.from_json(line)) for line in lines]
     first = await client.writer.record(canon)
     assert [p.process_seq for p in first] == [1, 2]
+    again = [to_canonical(SessionEvent.from_json(line)) for line in lines]
+    second = await client.writer.record(again)
+    assert [p.process_seq for p in second] == [1, 2]
     exported = await client.sessions.export("imp-1")
     assert [e.to_json() for e in exported] == lines
     assert fold(exported).command == "scan"

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -51,6 +52,7 @@ _SESSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]*")
 _TS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}(?:Z|[+-]\d{2}:\d{2})")
 MS = 1_000_000
 _KEY_WIDTH = 12  # seq digits in keys: lexical order = numeric order up to 10^12 events
+_IMPORT_NS = uuid.UUID("5b1f0e4c-2d6a-5e8b-9c3d-16a0c7e2f401")
 
 
 class EventFormatError(ValueError):
@@ -201,6 +203,9 @@ def to_canonical(event: SessionEvent, *, source: str = "jetsource.sessions") -> 
         # Known only for an event that has a seq (an import): then a second import of
         # it appends nothing. A live emitter's events are made idempotent by event id.
         idempotency_key=event.key if event.seq > 0 else "",
+        # and its id is derived from the same key, so even a writer that dedupes only
+        # by event id (the stream's duplicate window) appends it once.
+        event_id=str(uuid.uuid5(_IMPORT_NS, event.key)) if event.seq > 0 else "",
         occurred_at=to_timestamp(event.ts_ns),
     )
     if event.type == SESSION_STARTED:
