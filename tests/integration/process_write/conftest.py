@@ -17,7 +17,7 @@ from tests.infra import Server
 def observer_settings(nats_server: Server, **options: object) -> ObserverSettings:
     return ObserverSettings(
         nats=NatsSettings(url=nats_server.url),
-        observer=ObserverOptions(grpc_port=0, metrics_port=0, **options),  # type: ignore[arg-type]
+        observer=ObserverOptions(**{"grpc_port": 0, "metrics_port": 0, **options}),  # type: ignore[arg-type]
     )
 
 

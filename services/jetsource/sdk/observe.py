@@ -1,0 +1,428 @@
+"""The Python SDK of the process ledger: processes as ``async with`` blocks, events
+emitted without waiting, sent in batches by a background flush.
+
+    observer = Observer("127.0.0.1:50053", source="trainer")
+    async with observer:
+        async with observer.process("generate", kind="pipeline") as p:
+            p.emit("level_started", {"level": 1})
+            async with observer.process("level-1", kind="stage"):   # a child of p
+                ...
+
+- ``process()`` emits ``process_started`` (kind, name, attributes; the parent from the
+  enclosing ``process()``, kept in a ``contextvars`` variable, so asyncio tasks
+  created inside a process are its children) and, on leaving the block,
+  ``process_completed``, ``process_failed`` (``error``: the exception) or
+  ``process_cancelled`` (``asyncio.CancelledError``).
+- ``emit()`` never blocks the instrumented code and never raises for the observer's
+  sake: it stamps an event id (UUIDv7, so a resend is a duplicate, never a double)
+  and the time, and queues the event.
+- A background task sends what is queued with ``RecordBatch`` (at most
+  ``batch_size`` events, at least every ``flush_interval_s``), in emit order.
+
+Policy when the observer is unreachable (or slow): the batch is resent with the same
+event ids, backing off up to ``max_backoff_s``; meanwhile events queue up to
+``buffer_size``. When the buffer is full, the **oldest** queued event is dropped (the oldest
+that is not a lifecycle event, so a process keeps its start and end) and
+counted (``stats.dropped``, with a warning at most every 10 s): the instrumented code
+keeps running and the newest history is kept. ``close()`` (leaving ``async with
+observer``) waits up to ``close_timeout_s`` for the buffer to drain, then counts what
+is left as dropped. An event the observer refuses (INVALID_ARGUMENT) is dropped alone
+and counted in ``stats.refused``; the rest of its batch is resent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import random
+import re
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import grpc
+from google.protobuf import struct_pb2
+from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
+
+from jetsource._gen.process.v1 import events_pb2 as epb
+from jetsource._gen.process.v1 import observer_pb2 as pb
+from jetsource._gen.process.v1 import observer_pb2_grpc as pb_grpc
+from jetsource.core.ids import uuid7
+
+log = logging.getLogger("jetsource.sdk")
+
+_EVENT_TYPE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.CANCELLED,
+}
+
+_LIFECYCLE = frozenset(
+    {"process_started", "process_completed", "process_failed", "process_cancelled"}
+)
+
+_current: contextvars.ContextVar[Process | None] = contextvars.ContextVar(
+    "jetsource_process", default=None
+)
+
+
+@dataclass
+class Stats:
+    emitted: int = 0
+    sent: int = 0  # acknowledged by the observer (duplicates included)
+    duplicates: int = 0
+    dropped: int = 0  # the buffer was full (oldest first), or left at close
+    refused: int = 0  # INVALID_ARGUMENT for that event
+    retries: int = 0  # batches resent after a failure
+
+
+def current_process() -> Process | None:
+    """The process whose ``async with`` block (or a task started in it) runs here."""
+    return _current.get()
+
+
+def _struct(data: Mapping[str, Any] | None) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    if data:
+        s.update(data)
+    return s
+
+
+class Process:
+    """One process: emit its events; its lifecycle is emitted by the ``async with``."""
+
+    def __init__(
+        self,
+        observer: Observer,
+        name: str,
+        kind: str,
+        process_id: str,
+        parent: Process | None,
+        attributes: Mapping[str, Any],
+    ) -> None:
+        self.observer = observer
+        self.name = name
+        self.kind = kind
+        self.process_id = process_id
+        self.parent = parent
+        self.attributes = dict(attributes)
+        self.last_event_id = ""
+        self._token: contextvars.Token[Process | None] | None = None
+        self._ended = False
+
+    @property
+    def parent_process_id(self) -> str:
+        return self.parent.process_id if self.parent else ""
+
+    def emit(
+        self,
+        event_type: str,
+        data: Mapping[str, Any] | None = None,
+        *,
+        causation_id: str = "",
+        idempotency_key: str = "",
+        attributes: Mapping[str, str] | None = None,
+        correlation_id: str = "",
+    ) -> str:
+        """Queue an event of this process; returns its event id. A malformed event type
+        is a programming error: ValueError here, at the call."""
+        if not _EVENT_TYPE.fullmatch(event_type):
+            raise ValueError(
+                f"event type {event_type!r} must be snake_case (a lowercase letter, then "
+                "lowercase letters, digits and '_', at most 64)"
+            )
+        event = epb.CanonicalEvent(
+            event_id=uuid7(),
+            process_id=self.process_id,
+            parent_process_id=self.parent_process_id,
+            event_type=event_type,
+            source=self.observer.source,
+            causation_id=causation_id,
+            correlation_id=correlation_id,
+            idempotency_key=idempotency_key,
+            data=_struct(data),
+            attributes=dict(attributes or {}),
+        )
+        event.occurred_at.FromNanoseconds(time.time_ns())
+        self.observer._queue(event)
+        self.last_event_id = event.event_id
+        return event.event_id
+
+    async def __aenter__(self) -> Process:
+        data = {"kind": self.kind, "name": self.name, **self.attributes}
+        # Started because of what its parent did last (explicit causation).
+        cause = self.parent.last_event_id if self.parent else ""
+        self.emit("process_started", data, causation_id=cause)
+        self._token = _current.set(self)
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._token is not None:
+            with contextlib.suppress(ValueError):  # left from another context: no reset
+                _current.reset(self._token)
+        if self._ended:
+            return
+        self._ended = True
+        if exc is None:
+            self.emit("process_completed")
+        elif isinstance(exc, asyncio.CancelledError):
+            self.emit("process_cancelled")
+        else:
+            self.emit(
+                "process_failed",
+                {"error": f"{type(exc).__name__}: {exc}"[:4000], "error_type": type(exc).__name__},
+            )
+
+
+class Observer:
+    """A client of ``jetsource-observer`` with a buffer and a background flush (see the
+    module docstring for the policy when the observer is unreachable)."""
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50053",
+        *,
+        source: str = "",
+        batch_size: int = 500,
+        flush_interval_s: float = 0.05,
+        buffer_size: int = 10_000,
+        call_timeout_s: float = 5.0,
+        max_backoff_s: float = 2.0,
+        close_timeout_s: float = 10.0,
+        token: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        if batch_size < 1 or buffer_size < batch_size:
+            raise ValueError("batch_size >= 1 and buffer_size >= batch_size")
+        self.target = target
+        self.source = source
+        self.batch_size = batch_size
+        self.flush_interval_s = flush_interval_s
+        self.buffer_size = buffer_size
+        self.call_timeout_s = call_timeout_s
+        self.max_backoff_s = max_backoff_s
+        self.close_timeout_s = close_timeout_s
+        self.stats = Stats()
+        self._token = token
+        self._credentials = credentials
+        self._buffer: deque[epb.CanonicalEvent] = deque()
+        self._inflight: list[epb.CanonicalEvent] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: pb_grpc.ObserverServiceStub | None = None
+        self._last_drop_warning = 0.0
+        self._closing = False
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._begin()
+
+    def _begin(self) -> None:
+        if self._task is not None:
+            return
+        if self._credentials is not None:
+            self._channel = grpc.aio.secure_channel(self.target, self._credentials)
+        else:
+            self._channel = grpc.aio.insecure_channel(self.target)
+        self._stub = pb_grpc.ObserverServiceStub(self._channel)
+        self._task = asyncio.create_task(self._run(), name="jetsource-sdk-flush")
+
+    async def close(self) -> None:
+        """Send what is queued (up to ``close_timeout_s``), then stop."""
+        if self._task is None:
+            return
+        self._closing = True
+        self._wake.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.flush(), self.close_timeout_s)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+        left = len(self._buffer) + len(self._inflight)
+        if left:
+            self.stats.dropped += left
+            log.warning("observer unreachable at close: %d events dropped", left)
+            self._buffer.clear()
+            self._inflight = []
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+    async def __aenter__(self) -> Observer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def flush(self) -> None:
+        """Wait until everything emitted so far is acknowledged (or dropped)."""
+        while self._buffer or self._inflight:
+            self._wake.set()
+            self._idle.clear()
+            await self._idle.wait()
+
+    # -- processes --------------------------------------------------------------------
+
+    def process(
+        self,
+        name: str,
+        kind: str = "",
+        *,
+        process_id: str | None = None,
+        attributes: Mapping[str, Any] | None = None,
+        parent: Process | None = None,
+    ) -> Process:
+        """A process as an ``async with`` block; its parent is the enclosing process
+        (or ``parent``). ``process_id`` defaults to a fresh UUIDv7."""
+        return Process(
+            self,
+            name,
+            kind,
+            process_id or uuid7(),
+            parent if parent is not None else _current.get(),
+            attributes or {},
+        )
+
+    # -- the buffer and the flush -----------------------------------------------------
+
+    def _queue(self, event: epb.CanonicalEvent) -> None:
+        self.stats.emitted += 1
+        if self._task is None and not self._closing:
+            # Not started: start lazily when a loop runs (emit needs no await).
+            with contextlib.suppress(RuntimeError):
+                asyncio.get_running_loop()
+                self._begin()
+        while len(self._buffer) >= self.buffer_size:
+            self._drop_oldest()
+        self._buffer.append(event)
+        if len(self._buffer) >= self.batch_size:
+            self._wake.set()
+
+    def _drop_oldest(self) -> None:
+        """Drop the oldest queued event that is not a lifecycle event (a process keeps
+        its start and end while its steps can go); the oldest of all if every queued
+        event is one."""
+        for i, e in enumerate(self._buffer):
+            if e.event_type not in _LIFECYCLE:
+                del self._buffer[i]
+                break
+        else:
+            self._buffer.popleft()
+        self._dropped(1)
+
+    def _dropped(self, n: int) -> None:
+        self.stats.dropped += n
+        now = time.monotonic()
+        if now - self._last_drop_warning > 10:
+            self._last_drop_warning = now
+            log.warning(
+                "observer buffer full (%d events): dropping the oldest; %d dropped so far",
+                self.buffer_size,
+                self.stats.dropped,
+            )
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            if not self._buffer:
+                self._idle.set()
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
+                continue
+            if (
+                len(self._buffer) < self.batch_size
+                and not self._closing
+                and not self._wake.is_set()
+            ):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
+            self._wake.clear()
+            n = min(self.batch_size, len(self._buffer))
+            self._inflight = [self._buffer.popleft() for _ in range(n)]
+            try:
+                ok = await self._send(self._inflight)
+            except asyncio.CancelledError:
+                self._buffer.extendleft(reversed(self._inflight))
+                self._inflight = []
+                raise
+            if ok:
+                self._inflight = []
+                backoff = 0.05
+                continue
+            # Not sent: back to the front, in order; the oldest go first if over capacity.
+            self._buffer.extendleft(reversed(self._inflight))
+            self._inflight = []
+            while len(self._buffer) > self.buffer_size:
+                self._drop_oldest()
+            self.stats.retries += 1
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(self.max_backoff_s, backoff * 2)
+
+    async def _send(self, batch: list[epb.CanonicalEvent]) -> bool:
+        """True when the batch is settled (recorded, or its refused events dropped and
+        the rest recorded); False to resend it later."""
+        assert self._stub is not None
+        metadata = (("authorization", f"Bearer {self._token}"),) if self._token else None
+        while batch:
+            try:
+                response = await self._stub.RecordBatch(
+                    pb.RecordBatchRequest(events=batch),
+                    timeout=self.call_timeout_s,
+                    metadata=metadata,
+                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in _RETRYABLE:
+                    log.debug("observer call failed (%s): resending", exc.code().name)
+                    return False
+                bad = _refused_index(exc)
+                if exc.code() != grpc.StatusCode.INVALID_ARGUMENT or bad is None:
+                    log.warning("observer refused a batch of %d: %s", len(batch), exc.details())
+                    self.stats.refused += len(batch)
+                    return True
+                log.warning("observer refused an event: %s", exc.details())
+                self.stats.refused += 1
+                batch = batch[:bad] + batch[bad + 1 :]
+                self._inflight = batch
+                continue
+            self.stats.sent += len(response.positions)
+            self.stats.duplicates += sum(1 for p in response.positions if p.duplicate)
+            return True
+        return True
+
+
+def _refused_index(exc: grpc.aio.AioRpcError) -> int | None:
+    """``i`` of the ``events[i]...`` field the observer named."""
+    for key, value in exc.trailing_metadata() or ():
+        if key != "grpc-status-details-bin":
+            continue
+        status = status_pb2.Status.FromString(value)
+        for detail in status.details:
+            bad = error_details_pb2.BadRequest()
+            if detail.Unpack(bad):
+                for v in bad.field_violations:
+                    m = re.match(r"events\[(\d+)\]", v.field)
+                    if m:
+                        return int(m.group(1))
+    return None
