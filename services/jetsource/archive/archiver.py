@@ -28,6 +28,7 @@ from jetsource.archive.segment import ArchivedMessage, stored_headers
 from jetsource.archive.store import AggregateRange, Archive, SegmentEntry
 from jetsource.core.clock import now_ns
 from jetsource.core.codec import PayloadDecodeError
+from jetsource.core.envelope import RecordedEvent
 from jetsource.core.errors import JetsourceError
 from jetsource.eventstore import horizon as horizons
 from jetsource.eventstore import jsapi
@@ -69,6 +70,16 @@ def to_archived(raw: RawMessage) -> ArchivedMessage:
 
 def to_raw(m: ArchivedMessage) -> RawMessage:
     return RawMessage(m.subject, m.seq, m.time_ns, dict(m.headers), m.data)
+
+
+async def open_record(store: JetStreamEventStore, raw: RawMessage) -> RecordedEvent:
+    """A stored message as a recorded event, its sealed personal fields opened (or
+    read as erased) where the store seals them."""
+    opener = getattr(store, "open", None)
+    if opener is not None:
+        record: RecordedEvent = await opener(raw)
+        return record
+    return store.decode(raw)
 
 
 class Archiver:
@@ -132,7 +143,7 @@ class Archiver:
         versions: list[int] = []
         for raw in old:
             try:
-                version = self.store.decode(raw).version
+                version = (await open_record(self.store, raw)).version
             except PayloadDecodeError as exc:
                 report.kept[aggregate_id] = f"sequence {raw.seq} does not decode ({exc})"
                 break
@@ -280,23 +291,23 @@ class Archiver:
                     break
                 chunk.append(to_archived(raw))
                 if len(chunk) >= self.segment_events:
-                    entries.append(await self.archive.write(chunk, self._ranges(chunk)))
+                    entries.append(await self.archive.write(chunk, await self._ranges(chunk)))
                     chunk = []
             if done:
                 break
             seq = page.messages[-1].seq + 1
         if chunk:
-            entries.append(await self.archive.write(chunk, self._ranges(chunk)))
+            entries.append(await self.archive.write(chunk, await self._ranges(chunk)))
         return entries
 
-    def _ranges(self, chunk: list[ArchivedMessage]) -> dict[str, AggregateRange]:
+    async def _ranges(self, chunk: list[ArchivedMessage]) -> dict[str, AggregateRange]:
         prefix = self._cfg.subject_prefix + "."
         out: dict[str, AggregateRange] = {}
         for m in chunk:
             if not m.subject.startswith(prefix):
                 continue
             try:
-                version = self.store.decode(to_raw(m)).version
+                version = (await open_record(self.store, to_raw(m))).version
             except PayloadDecodeError:
                 continue
             aggregate_id = m.subject[len(prefix) :].split(".", 1)[0]

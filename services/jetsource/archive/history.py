@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from jetsource.archive.archiver import to_raw
+from jetsource.archive.archiver import open_record, to_raw
 from jetsource.archive.objectstore import open_object_store
 from jetsource.archive.segment import ArchivedMessage
 from jetsource.archive.store import Archive
@@ -66,7 +66,7 @@ class ArchivedHistory:
                     found.setdefault(m.seq, m)
         out: list[RecordedEvent] = []
         for seq in sorted(found):
-            record = self.live.decode(to_raw(found[seq]))
+            record = await open_record(self.live, to_raw(found[seq]))
             if seq in self.live._voids:
                 record = voided_event(record)
             out.append(record)

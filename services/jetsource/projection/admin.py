@@ -630,6 +630,21 @@ async def _save_progress(p: Projection, name: str, version: int, meter: Meter | 
         log.warning("%s v%d: progress not saved: %r", name, version, exc)
 
 
+async def _from_archive(p: Projection, name: str, model: ReadModel) -> None:
+    """On a compacted stream a build starts with what only the archive still holds
+    (merged in stream order with the live events among it); the worker goes on from
+    the live stream."""
+    store = p.store_for(name)
+    if store.settings.retention != "age+compaction" or not p.settings.archive.read:
+        return
+    from jetsource.archive.history import open_archive
+    from jetsource.archive.replay import replay_archive
+
+    await model.setup()
+    applied = await replay_archive(store, open_archive(p.settings, store.settings.stream), model)
+    log.info("%s v%d: %d events applied from the archive", name, model.spec.version, applied)
+
+
 async def _build(
     p: Projection, name: str, version: int, progress: Progress, started: float
 ) -> RebuildReport:
@@ -642,6 +657,7 @@ async def _build(
     options = p.settings.projector.model_copy(
         update={"pull_expires_s": min(p.settings.projector.pull_expires_s, BUILD_PULL_EXPIRES_S)}
     )
+    await _from_archive(p, name, model)
     worker = Worker(p.nc, p.store_for(name), model, p.dead_letters, options)
     task = asyncio.create_task(worker.run(until_caught_up=True))
     meter = Meter((await _retry(model.checkpoint, f"build {name} v{version}")).seq)

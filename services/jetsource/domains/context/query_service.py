@@ -9,8 +9,11 @@
 Errors: a malformed id, negative or absurd numbers, an invalid Timestamp, a bad page
 token -> INVALID_ARGUMENT naming the field; an unknown context, or a time before it
 existed -> NOT_FOUND; a version past the current one -> OUT_OF_RANGE; stores away ->
-UNAVAILABLE; a corrupt stored event -> DATA_LOSS naming its stream sequence. Errors are
-raised; the server's interceptor (``jetsource.core.grpcserver``) answers them.
+UNAVAILABLE; a corrupt stored event -> DATA_LOSS naming its stream sequence; a point
+before a compacted stream's horizon when this service does not read the archive ->
+FAILED_PRECONDITION (reason BEFORE_HORIZON, naming the horizon's version, sequence and
+time). Errors are raised; the server's interceptor (``jetsource.core.grpcserver``)
+answers them.
 
 Page tokens are opaque: a version byte, the cursor and an HMAC-SHA256 tag (truncated)
 over the method, what the token is bound to (the context, or the status filter) and
@@ -41,6 +44,7 @@ from valkey import exceptions as valkey_errors
 
 from jetsource._gen.context.v1 import query_pb2 as pb
 from jetsource._gen.context.v1 import query_pb2_grpc as pb_grpc
+from jetsource.archive.history import history_store
 from jetsource.core import telemetry
 from jetsource.core.clock import format_rfc3339_ns, from_timestamp, to_timestamp
 from jetsource.core.errors import (
@@ -65,6 +69,7 @@ from jetsource.domains.context.views import (
     state_view,
     with_context,
 )
+from jetsource.eventstore.horizon import BeyondHorizonError
 from jetsource.eventstore.jsapi import JsApiError, NoRespondersError
 from jetsource.projection.bootstrap import Projection
 from jetsource.projection.contract import TransientError
@@ -191,7 +196,11 @@ class _Active:
 class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
     def __init__(self, projection: Projection, loader: StateLoader, options: QueryOptions) -> None:
         self.p = projection
-        self.store = projection.store
+        # History before a compacted stream's horizon comes from the archive (when
+        # this service reads it; else FAILED_PRECONDITION names the horizon).
+        self.store = history_store(projection.store, projection.settings)
+        if loader.store is projection.store:
+            loader.store = self.store
         self.loader = loader
         self.o = options
         self._active: dict[str, _Active] = {}
@@ -563,6 +572,17 @@ def _query_error(exc: BaseException) -> RpcError | None:
         return RpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
     if isinstance(exc, CorruptEventError):
         return None  # DATA_LOSS, mapped by the interceptor with its details
+    if isinstance(exc, BeyondHorizonError):
+        return RpcError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            str(exc),
+            reason="BEFORE_HORIZON",
+            metadata={
+                "horizon_version": str(exc.horizon.version),
+                "horizon_stream_sequence": str(exc.horizon.seq),
+                "horizon_time": format_rfc3339_ns(exc.horizon.time_ns),
+            },
+        )
     if isinstance(exc, _UNAVAILABLE):
         return RpcError(grpc.StatusCode.UNAVAILABLE, f"store unavailable: {exc}")
     return None
