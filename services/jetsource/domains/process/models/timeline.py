@@ -193,6 +193,7 @@ class ProcessTimelineModel(ValkeyModel):
         return [s for _, s in zip(range(count), merged, strict=False)]
 
     async def events(self, seqs: Sequence[int]) -> list[StoredEvent]:
+        """The stored events of these global sequences (those the model has), in order."""
         if not seqs:
             return []
         raws = await valkey_io(self.redis.hmget(f"{self.ns}:ev", list(seqs)))

@@ -1,0 +1,327 @@
+"""Observer -> projector (the process models) -> ProcessQueryService, over gRPC only
+(real NATS, Valkey and graph store; every service in this process on its own port).
+
+A small tree is recorded through the observer (a grandchild before its parent); the
+query service answers the registry, the tree, timelines (a process, a subtree,
+filtered, paged, as known at a recorded time and as of an occurred time), events
+across processes, a watch that continues live, and refuses bad requests with
+INVALID_ARGUMENT naming the field, unknown processes with NOT_FOUND.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.struct_pb2 import Struct
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from jetsource._gen.process.v1 import events_pb2 as ev
+from jetsource._gen.process.v1 import observer_pb2 as ob
+from jetsource._gen.process.v1 import observer_pb2_grpc as ob_grpc
+from jetsource._gen.process.v1 import query_pb2 as q
+from jetsource._gen.process.v1 import query_pb2_grpc as q_grpc
+from jetsource.core.settings import JetsourceSettings
+from jetsource.observer.server import Observer
+from jetsource.observer.server import build as build_observer
+from jetsource.observer.settings import ObserverOptions, ObserverSettings
+from jetsource.processquery.server import ProcessQuery
+from jetsource.processquery.server import build as build_query
+from jetsource.processquery.settings import ProcessQueryOptions, ProcessQuerySettings
+from jetsource.projection.bootstrap import open_projection
+from jetsource.projection.host import ProjectorService
+from tests.projector_fixtures import projector_settings
+
+pytestmark = pytest.mark.e2e
+Code = grpc.StatusCode
+MODELS = ["processes", "process_timeline", "process_graph"]
+T0 = 1_800_000_000  # occurred times of the test's events, seconds
+
+
+@dataclass
+class Stack:
+    observer: Observer
+    query: ProcessQuery
+    record: ob_grpc.ObserverServiceStub
+    reads: q_grpc.ProcessQueryServiceStub
+    channels: list[grpc.aio.Channel]
+
+
+@pytest.fixture
+async def stack(settings: JetsourceSettings, unique: str) -> AsyncIterator[Stack]:
+    base = projector_settings(settings, unique, models=MODELS)
+    shared = {name: getattr(base, name) for name in JetsourceSettings.model_fields}
+    observer = await build_observer(
+        ObserverSettings(
+            **shared,
+            observer=ObserverOptions(grpc_port=0, metrics_port=0, claims_bucket=f"CL_{unique}"),
+        )
+    )
+    stop = asyncio.Event()
+    projector = ProjectorService(await open_projection(base))
+    task = asyncio.create_task(projector.run(stop))
+    query = await build_query(
+        ProcessQuerySettings(
+            **shared,
+            projector=base.projector,
+            process_query=ProcessQueryOptions(grpc_port=0, metrics_port=0, watch_poll_s=0.5),
+        )
+    )
+    channels = [
+        grpc.aio.insecure_channel(f"127.0.0.1:{observer.port}"),
+        grpc.aio.insecure_channel(f"127.0.0.1:{query.port}"),
+    ]
+    yield Stack(
+        observer,
+        query,
+        ob_grpc.ObserverServiceStub(channels[0]),
+        q_grpc.ProcessQueryServiceStub(channels[1]),
+        channels,
+    )
+    for c in channels:
+        await c.close()
+    await query.stop(0)
+    stop.set()
+    await task
+    await observer.stop(0)
+
+
+def event(
+    pid: str, event_type: str, at: int, parent: str = "", cause: str = "", **data: Any
+) -> ev.CanonicalEvent:
+    e = ev.CanonicalEvent(
+        process_id=pid,
+        parent_process_id=parent,
+        event_type=event_type,
+        source="e2e",
+        causation_id=cause,
+        occurred_at=Timestamp(seconds=T0 + at),
+    )
+    body = Struct()
+    body.update(data)
+    e.data.CopyFrom(body)
+    return e
+
+
+async def visible(reads: q_grpc.ProcessQueryServiceStub, pid: str, count: int) -> None:
+    started = time.monotonic()
+    while True:
+        try:
+            got = await reads.GetProcess(q.GetProcessRequest(process_id=pid), timeout=5)
+            if got.process.event_count >= count:
+                return
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == Code.NOT_FOUND
+        assert time.monotonic() - started < 30, f"{pid} not visible with {count} events"
+        await asyncio.sleep(0.05)
+
+
+async def refused(call: Any, request: Any) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        result = call(request, timeout=5)
+        if hasattr(result, "__aiter__"):
+            async for _ in result:
+                pass
+        else:
+            await result
+    return info.value
+
+
+async def test_the_ledger_read_side_over_grpc(stack: Stack, unique: str) -> None:
+    root, child, grand = f"r{unique}", f"c{unique}", f"g{unique}"
+    # The grandchild first: its parent is recorded later.
+    first = await stack.record.RecordBatch(
+        ob.RecordBatchRequest(
+            events=[
+                event(grand, "process_started", 5, parent=child, kind="tool", name="grep"),
+                event(grand, "tool_called", 6, tool="grep"),
+            ]
+        ),
+        timeout=10,
+    )
+    cause = first.positions[1].event_id
+    await stack.record.RecordBatch(
+        ob.RecordBatchRequest(
+            events=[
+                event(root, "process_started", 0, kind="pipeline", name="generate"),
+                event(child, "process_started", 1, parent=root, kind="agent", name="planner"),
+                event(child, "step_done", 7, cause=cause, step=1),
+                event(grand, "process_failed", 8, error="no match"),
+                event(child, "process_completed", 9),
+            ]
+        ),
+        timeout=10,
+    )
+    await visible(stack.reads, child, 3)
+    await visible(stack.reads, grand, 3)
+    reads = stack.reads
+
+    # The registry: the grandchild was linked when its parent appeared.
+    g = (await reads.GetProcess(q.GetProcessRequest(process_id=grand), timeout=5)).process
+    assert (g.root_process_id, g.depth, g.parent_process_id) == (root, 2, child)
+    assert (g.kind, g.name, g.status, g.parent_pending) == (
+        "tool",
+        "grep",
+        q.PROCESS_STATUS_FAILED,
+        False,
+    )
+    assert g.error.string_value == "no match" and g.ended_at.seconds == T0 + 8
+    r = (await reads.GetProcess(q.GetProcessRequest(process_id=root), timeout=5)).process
+    assert (r.status, list(r.children), r.depth) == (q.PROCESS_STATUS_RUNNING, [child], 0)
+
+    # Listing: by root, newest first, paged one at a time with no repeats.
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = await reads.ListProcesses(
+            q.ListProcessesRequest(root_process_id=root, page_size=1, page_token=token), timeout=5
+        )
+        seen += [p.process_id for p in page.processes]
+        token = page.next_page_token
+        if not token:
+            break
+    # Newest first by first appearance: the grandchild was recorded before both.
+    assert seen == [child, root, grand]
+    failed = await reads.ListProcesses(
+        q.ListProcessesRequest(statuses=[q.PROCESS_STATUS_FAILED], root_process_id=root),
+        timeout=5,
+    )
+    assert [p.process_id for p in failed.processes] == [grand]
+    kids = await reads.ListProcesses(q.ListProcessesRequest(parent_process_id=child), timeout=5)
+    assert [p.process_id for p in kids.processes] == [grand]
+
+    # The tree, whole and cut at depth 1.
+    tree = await reads.GetProcessTree(q.GetProcessTreeRequest(process_id=root), timeout=5)
+    assert tree.root.children[0].children[0].process.process_id == grand and not tree.truncated
+    cut = await reads.GetProcessTree(
+        q.GetProcessTreeRequest(process_id=root, max_depth=1), timeout=5
+    )
+    assert cut.truncated and not cut.root.children[0].children
+
+    # Timelines: a process in process_seq order; the subtree in global order, paged.
+    own = await reads.GetProcessTimeline(q.GetProcessTimelineRequest(process_id=grand), timeout=5)
+    assert [e.process_seq for e in own.events] == [1, 2, 3]
+    assert [e.event.event_type for e in own.events] == [
+        "process_started",
+        "tool_called",
+        "process_failed",
+    ]
+    whole: list[ev.StoredEvent] = []
+    token = ""
+    while True:
+        page = await reads.GetProcessTimeline(
+            q.GetProcessTimelineRequest(
+                process_id=root, subtree=True, page_size=2, page_token=token
+            ),
+            timeout=5,
+        )
+        whole += page.events
+        token = page.next_page_token
+        if not token:
+            break
+    seqs = [e.global_seq for e in whole]
+    assert len(whole) == 7 and seqs == sorted(seqs)
+    sub = await reads.GetProcessTimeline(
+        q.GetProcessTimelineRequest(process_id=child, subtree=True), timeout=5
+    )
+    assert {e.event.process_id for e in sub.events} == {child, grand} and len(sub.events) == 6
+    typed = await reads.GetProcessTimeline(
+        q.GetProcessTimelineRequest(process_id=root, subtree=True, event_types=["process_started"]),
+        timeout=5,
+    )
+    assert len(typed.events) == 3
+    # As of occurred time T0+6: what had happened by then (the last events had not).
+    as_of = await reads.GetProcessTimeline(
+        q.GetProcessTimelineRequest(process_id=root, subtree=True, as_of=Timestamp(seconds=T0 + 6)),
+        timeout=5,
+    )
+    assert {e.event.event_type for e in as_of.events} == {"process_started", "tool_called"}
+    # As known at the grandchild's second record time: only the first batch.
+    known = await reads.GetProcessTimeline(
+        q.GetProcessTimelineRequest(process_id=grand, known_at=own.events[1].recorded_at),
+        timeout=5,
+    )
+    assert [e.process_seq for e in known.events] == [1, 2]
+
+    # Across processes, by global_seq range.
+    low = min(seqs)
+    listed = await reads.ListEvents(
+        q.ListEventsRequest(from_global_seq=low, to_global_seq=low + 1), timeout=5
+    )
+    assert [e.global_seq for e in listed.events] == [low, low + 1]
+
+    # Watch: what is there after a position, then live.
+    watch = reads.WatchProcess(
+        q.WatchProcessRequest(process_id=root, subtree=True, after_global_seq=seqs[-2]), timeout=30
+    )
+    stream = watch.__aiter__()
+    assert (await stream.__anext__()).event.global_seq == seqs[-1]
+    await stack.record.Record(
+        ob.RecordRequest(event=event(root, "process_completed", 10)), timeout=5
+    )
+    live = await asyncio.wait_for(stream.__anext__(), 10)
+    assert (live.event.event.process_id, live.event.event.event_type) == (root, "process_completed")
+    watch.cancel()
+
+    # Refusals name the field; nothing unknown is made up.
+    bad = [
+        (reads.GetProcess, q.GetProcessRequest(process_id="a.b"), "process_id"),
+        (reads.GetProcess, q.GetProcessRequest(), "process_id"),
+        (reads.ListProcesses, q.ListProcessesRequest(statuses=[9]), "statuses[0]"),
+        (reads.ListProcesses, q.ListProcessesRequest(page_size=100_000), "page_size"),
+        (reads.ListProcesses, q.ListProcessesRequest(page_token="junk"), "page_token"),
+        (reads.ListProcesses, q.ListProcessesRequest(root_process_id="a b"), "root_process_id"),
+        (
+            reads.GetProcessTimeline,
+            q.GetProcessTimelineRequest(process_id=root, event_types=["no-dash"]),
+            "event_types[0]",
+        ),
+        (
+            reads.GetProcessTimeline,
+            q.GetProcessTimelineRequest(process_id=root, known_at=Timestamp(nanos=-1)),
+            "known_at",
+        ),
+        (
+            reads.GetProcessTimeline,
+            q.GetProcessTimelineRequest(
+                process_id=root,
+                occurred=q.TimeWindow(**{"from": Timestamp(seconds=5), "to": Timestamp(seconds=1)}),
+            ),
+            "occurred",
+        ),
+        (
+            reads.GetProcessTimeline,
+            q.GetProcessTimelineRequest(process_id=root, page_token=token or "x" * 40),
+            "page_token",
+        ),
+        (
+            reads.ListEvents,
+            q.ListEventsRequest(from_global_seq=9, to_global_seq=3),
+            "to_global_seq",
+        ),
+        (reads.WatchProcess, q.WatchProcessRequest(process_id="*"), "process_id"),
+    ]
+    for call, request, field in bad:
+        error = await refused(call, request)
+        assert error.code() == Code.INVALID_ARGUMENT, (field, error)
+        assert field in (error.details() or ""), (field, error.details())
+    # A token of one request is refused for another.
+    page = await reads.ListProcesses(
+        q.ListProcessesRequest(root_process_id=root, page_size=1), timeout=5
+    )
+    error = await refused(
+        reads.ListProcesses, q.ListProcessesRequest(kind="agent", page_token=page.next_page_token)
+    )
+    assert error.code() == Code.INVALID_ARGUMENT and "page_token" in (error.details() or "")
+    for call, request in (
+        (reads.GetProcess, q.GetProcessRequest(process_id=f"nope{unique}")),
+        (reads.GetProcessTree, q.GetProcessTreeRequest(process_id=f"nope{unique}")),
+        (reads.GetProcessTimeline, q.GetProcessTimelineRequest(process_id=f"nope{unique}")),
+        (reads.WatchProcess, q.WatchProcessRequest(process_id=f"nope{unique}")),
+    ):
+        assert (await refused(call, request)).code() == Code.NOT_FOUND
