@@ -24,33 +24,46 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from jetsource._gen.eventstore.v1 import options_pb2 as jetsource_dot_eventstore_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!jetsource/context/v1/events.proto\x12\x14jetsource.context.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"V\n\x0e\x43ontextCreated\x12\r\n\x05title\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x12\n\ncreated_by\x18\x03 \x01(\t\x12\x0c\n\x04tags\x18\x04 \x03(\t\"u\n\rDecisionAdded\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0c\n\x04\x62ody\x18\x03 \x01(\t\x12\x11\n\trationale\x18\x04 \x01(\t\x12\x0e\n\x06\x61uthor\x18\x05 \x01(\t\x12\x0f\n\x07\x61\x66\x66\x65\x63ts\x18\x06 \x03(\t\"j\n\x0f\x44\x65\x63isionRevised\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0c\n\x04\x62ody\x18\x03 \x01(\t\x12\x11\n\trationale\x18\x04 \x01(\t\x12\x12\n\nrevised_by\x18\x05 \x01(\t\"P\n\x12\x44\x65\x63isionSuperseded\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x15\n\rsuperseded_by\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"X\n\x0cSubtaskAdded\x12\x12\n\nsubtask_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x10\n\x08\x61ssignee\x18\x04 \x01(\t\"\x92\x01\n\x0eSubtaskUpdated\x12\x12\n\nsubtask_id\x18\x01 \x01(\t\x12\x33\n\x06status\x18\x02 \x01(\x0e\x32#.jetsource.context.v1.SubtaskStatus\x12\x10\n\x08\x61ssignee\x18\x03 \x01(\t\x12\x10\n\x08progress\x18\x04 \x01(\r\x12\x13\n\x0bstatus_note\x18\x05 \x01(\t\"\x96\x01\n\x10\x44\x65pendencyLinked\x12\x0f\n\x07\x66rom_id\x18\x01 \x01(\t\x12\x31\n\tfrom_kind\x18\x02 \x01(\x0e\x32\x1e.jetsource.context.v1.NodeKind\x12\r\n\x05to_id\x18\x03 \x01(\t\x12/\n\x07to_kind\x18\x04 \x01(\x0e\x32\x1e.jetsource.context.v1.NodeKind\"a\n\rContextClosed\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x11\n\tclosed_by\x18\x02 \x01(\t\x12-\n\tclosed_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xbb\x01\n\rSubtaskStatus\x12\x1e\n\x1aSUBTASK_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13SUBTASK_STATUS_TODO\x10\x01\x12\x1e\n\x1aSUBTASK_STATUS_IN_PROGRESS\x10\x02\x12\x1a\n\x16SUBTASK_STATUS_BLOCKED\x10\x03\x12\x17\n\x13SUBTASK_STATUS_DONE\x10\x04\x12\x1c\n\x18SUBTASK_STATUS_CANCELLED\x10\x05*T\n\x08NodeKind\x12\x19\n\x15NODE_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12NODE_KIND_DECISION\x10\x01\x12\x15\n\x11NODE_KIND_SUBTASK\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!jetsource/context/v1/events.proto\x12\x14jetsource.context.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a%jetsource/eventstore/v1/options.proto\"\\\n\x0e\x43ontextCreated\x12\r\n\x05title\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x18\n\ncreated_by\x18\x03 \x01(\tB\x04\x88\xb5\x18\x01\x12\x0c\n\x04tags\x18\x04 \x03(\t\"{\n\rDecisionAdded\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0c\n\x04\x62ody\x18\x03 \x01(\t\x12\x11\n\trationale\x18\x04 \x01(\t\x12\x14\n\x06\x61uthor\x18\x05 \x01(\tB\x04\x88\xb5\x18\x01\x12\x0f\n\x07\x61\x66\x66\x65\x63ts\x18\x06 \x03(\t\"p\n\x0f\x44\x65\x63isionRevised\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0c\n\x04\x62ody\x18\x03 \x01(\t\x12\x11\n\trationale\x18\x04 \x01(\t\x12\x18\n\nrevised_by\x18\x05 \x01(\tB\x04\x88\xb5\x18\x01\"P\n\x12\x44\x65\x63isionSuperseded\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x15\n\rsuperseded_by\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"^\n\x0cSubtaskAdded\x12\x12\n\nsubtask_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x16\n\x08\x61ssignee\x18\x04 \x01(\tB\x04\x88\xb5\x18\x01\"\x98\x01\n\x0eSubtaskUpdated\x12\x12\n\nsubtask_id\x18\x01 \x01(\t\x12\x33\n\x06status\x18\x02 \x01(\x0e\x32#.jetsource.context.v1.SubtaskStatus\x12\x16\n\x08\x61ssignee\x18\x03 \x01(\tB\x04\x88\xb5\x18\x01\x12\x10\n\x08progress\x18\x04 \x01(\r\x12\x13\n\x0bstatus_note\x18\x05 \x01(\t\"\x96\x01\n\x10\x44\x65pendencyLinked\x12\x0f\n\x07\x66rom_id\x18\x01 \x01(\t\x12\x31\n\tfrom_kind\x18\x02 \x01(\x0e\x32\x1e.jetsource.context.v1.NodeKind\x12\r\n\x05to_id\x18\x03 \x01(\t\x12/\n\x07to_kind\x18\x04 \x01(\x0e\x32\x1e.jetsource.context.v1.NodeKind\"g\n\rContextClosed\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x17\n\tclosed_by\x18\x02 \x01(\tB\x04\x88\xb5\x18\x01\x12-\n\tclosed_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xbb\x01\n\rSubtaskStatus\x12\x1e\n\x1aSUBTASK_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13SUBTASK_STATUS_TODO\x10\x01\x12\x1e\n\x1aSUBTASK_STATUS_IN_PROGRESS\x10\x02\x12\x1a\n\x16SUBTASK_STATUS_BLOCKED\x10\x03\x12\x17\n\x13SUBTASK_STATUS_DONE\x10\x04\x12\x1c\n\x18SUBTASK_STATUS_CANCELLED\x10\x05*T\n\x08NodeKind\x12\x19\n\x15NODE_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12NODE_KIND_DECISION\x10\x01\x12\x15\n\x11NODE_KIND_SUBTASK\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'jetsource.context.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SUBTASKSTATUS']._serialized_start=981
-  _globals['_SUBTASKSTATUS']._serialized_end=1168
-  _globals['_NODEKIND']._serialized_start=1170
-  _globals['_NODEKIND']._serialized_end=1254
-  _globals['_CONTEXTCREATED']._serialized_start=92
-  _globals['_CONTEXTCREATED']._serialized_end=178
-  _globals['_DECISIONADDED']._serialized_start=180
-  _globals['_DECISIONADDED']._serialized_end=297
-  _globals['_DECISIONREVISED']._serialized_start=299
-  _globals['_DECISIONREVISED']._serialized_end=405
-  _globals['_DECISIONSUPERSEDED']._serialized_start=407
-  _globals['_DECISIONSUPERSEDED']._serialized_end=487
-  _globals['_SUBTASKADDED']._serialized_start=489
-  _globals['_SUBTASKADDED']._serialized_end=577
-  _globals['_SUBTASKUPDATED']._serialized_start=580
-  _globals['_SUBTASKUPDATED']._serialized_end=726
-  _globals['_DEPENDENCYLINKED']._serialized_start=729
-  _globals['_DEPENDENCYLINKED']._serialized_end=879
-  _globals['_CONTEXTCLOSED']._serialized_start=881
-  _globals['_CONTEXTCLOSED']._serialized_end=978
+  _globals['_CONTEXTCREATED'].fields_by_name['created_by']._loaded_options = None
+  _globals['_CONTEXTCREATED'].fields_by_name['created_by']._serialized_options = b'\210\265\030\001'
+  _globals['_DECISIONADDED'].fields_by_name['author']._loaded_options = None
+  _globals['_DECISIONADDED'].fields_by_name['author']._serialized_options = b'\210\265\030\001'
+  _globals['_DECISIONREVISED'].fields_by_name['revised_by']._loaded_options = None
+  _globals['_DECISIONREVISED'].fields_by_name['revised_by']._serialized_options = b'\210\265\030\001'
+  _globals['_SUBTASKADDED'].fields_by_name['assignee']._loaded_options = None
+  _globals['_SUBTASKADDED'].fields_by_name['assignee']._serialized_options = b'\210\265\030\001'
+  _globals['_SUBTASKUPDATED'].fields_by_name['assignee']._loaded_options = None
+  _globals['_SUBTASKUPDATED'].fields_by_name['assignee']._serialized_options = b'\210\265\030\001'
+  _globals['_CONTEXTCLOSED'].fields_by_name['closed_by']._loaded_options = None
+  _globals['_CONTEXTCLOSED'].fields_by_name['closed_by']._serialized_options = b'\210\265\030\001'
+  _globals['_SUBTASKSTATUS']._serialized_start=1056
+  _globals['_SUBTASKSTATUS']._serialized_end=1243
+  _globals['_NODEKIND']._serialized_start=1245
+  _globals['_NODEKIND']._serialized_end=1329
+  _globals['_CONTEXTCREATED']._serialized_start=131
+  _globals['_CONTEXTCREATED']._serialized_end=223
+  _globals['_DECISIONADDED']._serialized_start=225
+  _globals['_DECISIONADDED']._serialized_end=348
+  _globals['_DECISIONREVISED']._serialized_start=350
+  _globals['_DECISIONREVISED']._serialized_end=462
+  _globals['_DECISIONSUPERSEDED']._serialized_start=464
+  _globals['_DECISIONSUPERSEDED']._serialized_end=544
+  _globals['_SUBTASKADDED']._serialized_start=546
+  _globals['_SUBTASKADDED']._serialized_end=640
+  _globals['_SUBTASKUPDATED']._serialized_start=643
+  _globals['_SUBTASKUPDATED']._serialized_end=795
+  _globals['_DEPENDENCYLINKED']._serialized_start=798
+  _globals['_DEPENDENCYLINKED']._serialized_end=948
+  _globals['_CONTEXTCLOSED']._serialized_start=950
+  _globals['_CONTEXTCLOSED']._serialized_end=1053
 # @@protoc_insertion_point(module_scope)

@@ -37,6 +37,13 @@ class _SubtaskStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Subtask
 class SubtaskStatus(_SubtaskStatus, metaclass=_SubtaskStatusEnumTypeWrapper):
     """Domain events of the "context" aggregate (one story's context), current versions.
     Historical versions live in events_history.proto and are lifted by upcasters.
+
+    Personal data: the fields naming a person (who created, wrote, revised, is
+    assigned to or closed something) are marked `(jetsource._gen.eventstore.v1.personal)`:
+    each holds a person's identifier, so that person is its data subject and
+    `jetsource erase <person>` makes it read "<erased>" everywhere. Titles, bodies and
+    reasons are the team's work product, not data about one person, and ids, tags and
+    statuses carry no personal data; they stay in the clear.
     """
 
 SUBTASK_STATUS_UNSPECIFIED: SubtaskStatus.ValueType  # 0

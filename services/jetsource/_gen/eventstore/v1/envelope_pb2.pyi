@@ -64,6 +64,7 @@ class EventEnvelope(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
+    SEALED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """UUIDv7, also used as Nats-Msg-Id for deduplication."""
     event_type: _builtins.str
@@ -83,7 +84,7 @@ class EventEnvelope(_message.Message):
     """Service or actor that produced the event."""
     idempotency_key: _builtins.str
     payload: _builtins.bytes
-    """The serialized domain event message."""
+    """The serialized domain event message (personal fields left out: see sealed)."""
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp:
         """Business time supplied by the caller."""
@@ -94,6 +95,14 @@ class EventEnvelope(_message.Message):
 
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def sealed(self) -> _containers.RepeatedCompositeFieldContainer[Global___SealedFields]:
+        """The event's personal fields, encrypted with their data subjects' keys (one entry
+        per subject). Readers merge them back into the payload while the key exists and
+        read "<erased>" once it is destroyed. Empty for events with no personal data and
+        for every event written before erasure existed.
+        """
+
     def __init__(
         self,
         *,
@@ -112,11 +121,52 @@ class EventEnvelope(_message.Message):
         idempotency_key: _builtins.str = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         payload: _builtins.bytes = ...,
+        sealed: _abc.Iterable[Global___SealedFields] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at", "recorded_at", b"recorded_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_id", b"aggregate_id", "aggregate_type", b"aggregate_type", "aggregate_version", b"aggregate_version", "causation_id", b"causation_id", "correlation_id", b"correlation_id", "event_id", b"event_id", "event_type", b"event_type", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "occurred_at", b"occurred_at", "parent_aggregate_id", b"parent_aggregate_id", "payload", b"payload", "recorded_at", b"recorded_at", "schema_version", b"schema_version", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_id", b"aggregate_id", "aggregate_type", b"aggregate_type", "aggregate_version", b"aggregate_version", "causation_id", b"causation_id", "correlation_id", b"correlation_id", "event_id", b"event_id", "event_type", b"event_type", "idempotency_key", b"idempotency_key", "metadata", b"metadata", "occurred_at", b"occurred_at", "parent_aggregate_id", b"parent_aggregate_id", "payload", b"payload", "recorded_at", b"recorded_at", "schema_version", b"schema_version", "sealed", b"sealed", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EventEnvelope: _TypeAlias = EventEnvelope  # noqa: Y015
+
+@_typing.final
+class SealedFields(_message.Message):
+    """Personal fields of one data subject, encrypted (AES-256-GCM) with that subject's key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_REF_FIELD_NUMBER: _builtins.int
+    FIELDS_FIELD_NUMBER: _builtins.int
+    BOX_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    key_ref: _builtins.bytes
+    """Which key: a keyed hash of the subject (the subject itself is never stored)."""
+    box: _builtins.bytes
+    """12-byte nonce followed by the ciphertext and tag of an EventEnvelope holding only
+    these fields (as payload bytes) and these metadata entries.
+    """
+    @_builtins.property
+    def fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The payload field numbers sealed here (they read "<erased>" once the key is gone)."""
+
+    @_builtins.property
+    def metadata(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The envelope metadata keys sealed here (e.g. "actor")."""
+
+    def __init__(
+        self,
+        *,
+        key_ref: _builtins.bytes = ...,
+        fields: _abc.Iterable[_builtins.int] | None = ...,
+        box: _builtins.bytes = ...,
+        metadata: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["box", b"box", "fields", b"fields", "key_ref", b"key_ref", "metadata", b"metadata"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SealedFields: _TypeAlias = SealedFields  # noqa: Y015

@@ -1,0 +1,222 @@
+"""Personal data sealed per data subject (erasure by crypto-shredding).
+
+A payload field marked ``[(jetsource.eventstore.v1.personal) = true]`` in the proto,
+and the envelope metadata entries named in :data:`PERSONAL_METADATA`, hold a person's
+identifier: that value *is* the field's data subject. Before an event is stored, each
+subject's personal values are cut out of the payload and metadata and put, as a small
+``EventEnvelope`` (payload bytes holding only those fields, metadata holding only those
+entries), into an AES-256-GCM box under the subject's data key
+(:class:`jetsource._gen.eventstore.v1.envelope_pb2.SealedFields`). The box names its key
+by a keyed hash of the subject (``key_ref``), never by the subject itself, and lists the
+field numbers and metadata keys it holds.
+
+Readers open the boxes whose keys exist and concatenate their payload bytes to the
+stored payload (protobuf merges concatenated messages) *before* upcasting, so a sealed
+event of an old schema version is lifted like any other. A box whose key was destroyed
+(``jetsource erase``) or does not open reads :data:`ERASED` in each of its fields and
+entries; nothing else of the event changes. Events stored before erasure existed have no
+boxes and read as they always did.
+
+Pure functions only: the keys come from a key store (``jetsource.eventstore.keys``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import cache
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import DecodeError, Message
+
+from jetsource._gen.eventstore.v1 import options_pb2
+from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope, SealedFields
+
+ERASED = "<erased>"
+# Envelope metadata entries that name a person (the command's actor).
+PERSONAL_METADATA = frozenset({"actor"})
+KEY_BYTES = 32  # AES-256
+REF_BYTES = 12  # 96 bits: no two subjects of a store share a reference
+NONCE_BYTES = 12
+_AAD = b"jetsource.sealed.v1|"
+
+
+class PersonalFieldError(ValueError):
+    """A field marked personal that cannot be sealed (not a singular string)."""
+
+
+@cache
+def personal_fields(descriptor: Descriptor) -> tuple[FieldDescriptor, ...]:
+    """The fields of a message type marked personal, checked: singular strings only
+    (the value names the subject, so it must be one string)."""
+    out = []
+    for f in descriptor.fields:
+        if not f.GetOptions().Extensions[options_pb2.personal]:
+            continue
+        if f.type != FieldDescriptor.TYPE_STRING or f.is_repeated:
+            raise PersonalFieldError(
+                f"{descriptor.full_name}.{f.name} is marked personal but is not a singular "
+                "string: the value of a personal field names its data subject"
+            )
+        out.append(f)
+    return tuple(out)
+
+
+def subject_ref(pepper: bytes, subject: str) -> bytes:
+    """The key reference of a subject: HMAC-SHA256 under the key store's secret pepper,
+    so a stored reference does not reveal (or let one guess-and-check) the subject."""
+    return hmac.new(pepper, subject.encode("utf-8"), hashlib.sha256).digest()[:REF_BYTES]
+
+
+def subjects_of(message: Message, metadata: Mapping[str, str]) -> list[str]:
+    """The data subjects an event names, in a stable order (empty values name none)."""
+    found: dict[str, None] = {}
+    for f in personal_fields(message.DESCRIPTOR):
+        value = getattr(message, f.name)
+        if value:
+            found[value] = None
+    for k in sorted(PERSONAL_METADATA & set(metadata)):
+        if metadata[k]:
+            found[metadata[k]] = None
+    return list(found)
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """An event with its personal values cut out and boxed."""
+
+    payload: bytes
+    metadata: dict[str, str]
+    sealed: list[SealedFields]
+
+
+def _string_field(number: int, value: str) -> bytes:
+    """The wire bytes of one string field (tag, length, UTF-8)."""
+    data = value.encode("utf-8")
+    return _varint((number << 3) | 2) + _varint(len(data)) + data
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _aad(event_type: str, key_ref: bytes) -> bytes:
+    return _AAD + event_type.encode() + b"|" + key_ref
+
+
+def seal(
+    event_type: str,
+    message: Message,
+    metadata: Mapping[str, str],
+    keys: Mapping[str, tuple[bytes, bytes]],
+) -> Sealed:
+    """Cut each subject's personal values out of ``message`` and ``metadata`` and box
+    them under that subject's ``(key_ref, key)`` from ``keys`` (subject -> key)."""
+    fields = personal_fields(message.DESCRIPTOR)
+    rest = dict(metadata)
+    if not fields and not (PERSONAL_METADATA & set(metadata)):
+        return Sealed(message.SerializeToString(deterministic=True), rest, [])
+    stripped = type(message)()
+    stripped.CopyFrom(message)
+    boxes: dict[str, tuple[list[int], bytearray, dict[str, str]]] = {}
+    for f in fields:
+        value = getattr(message, f.name)
+        if value:
+            numbers, data, _ = boxes.setdefault(value, ([], bytearray(), {}))
+            numbers.append(f.number)
+            data += _string_field(f.number, value)
+            stripped.ClearField(f.name)
+    for k in sorted(PERSONAL_METADATA & set(metadata)):
+        value = metadata[k]
+        if value:
+            boxes.setdefault(value, ([], bytearray(), {}))[2][k] = value
+            del rest[k]
+    out = []
+    for subject, (numbers, data, entries) in boxes.items():
+        ref, key = keys[subject]
+        inner = EventEnvelope(payload=bytes(data), metadata=entries)
+        nonce = os.urandom(NONCE_BYTES)
+        box = AESGCM(key).encrypt(
+            nonce, inner.SerializeToString(deterministic=True), _aad(event_type, ref)
+        )
+        out.append(
+            SealedFields(key_ref=ref, fields=numbers, metadata=sorted(entries), box=nonce + box)
+        )
+    return Sealed(stripped.SerializeToString(deterministic=True), rest, out)
+
+
+KeyLookup = Callable[[bytes], bytes | None]
+
+
+def unseal(envelope: EventEnvelope, key_of: KeyLookup) -> tuple[bytes, int]:
+    """Put the sealed values back: returns the full payload bytes (stored payload plus
+    each box's fields, or :data:`ERASED` in the fields of a box whose key is gone or
+    does not open it) and fills ``envelope.metadata`` likewise. ``key_of(ref)`` is the
+    key, or None when it was destroyed. Returns (payload, boxes that read erased)."""
+    payload = bytearray(envelope.payload)
+    erased = 0
+    for box in envelope.sealed:
+        key = key_of(box.key_ref)
+        inner = None
+        if key is not None:
+            try:
+                plain = AESGCM(key).decrypt(
+                    box.box[:NONCE_BYTES],
+                    box.box[NONCE_BYTES:],
+                    _aad(envelope.event_type, box.key_ref),
+                )
+                inner = EventEnvelope()
+                inner.ParseFromString(plain)
+            except (InvalidTag, DecodeError, ValueError):
+                inner = None  # another key under the same reference: this one is gone
+        if inner is None:
+            erased += 1
+            for number in box.fields:
+                payload += _string_field(number, ERASED)
+            for k in box.metadata:
+                envelope.metadata[k] = ERASED
+        else:
+            payload += inner.payload
+            for k, v in inner.metadata.items():
+                envelope.metadata[k] = v
+    return bytes(payload), erased
+
+
+_erasures = 0  # erasures this process has heard of (key stores note them)
+
+
+def note_erasure() -> None:
+    global _erasures
+    _erasures += 1
+
+
+class ErasureWatch:
+    """For a cache of states folded from events: ``moved()`` is true once after each
+    erasure heard of since the last call, and the cache then drops what it holds (a
+    state folded before an erasure may hold values that now read "<erased>")."""
+
+    def __init__(self) -> None:
+        self._seen = _erasures
+
+    def moved(self) -> bool:
+        if self._seen == _erasures:
+            return False
+        self._seen = _erasures
+        return True
+
+
+def new_key() -> bytes:
+    return AESGCM.generate_key(bit_length=KEY_BYTES * 8)
