@@ -1,0 +1,240 @@
+"""`jetsource sessions`: the event catalog, and sessions read from the process ledger.
+
+    jetsource sessions catalog [--output json]
+    jetsource sessions list [--status active] [--search TEXT] [--limit N]
+    jetsource sessions show ID
+    jetsource sessions export ID [--after SEQ] > session.jsonl
+    jetsource sessions follow ID [--after SEQ] [--no-stop]
+    jetsource sessions prune --older-than 30d --keep 1000 [--dry-run] [--every 1h]
+
+Settings: ``JETSOURCE_SESSIONS__...`` (stream, validation, interrupted_after_s,
+prune_older_than_s, prune_keep, prune_every_s) and the shared NATS ones.
+Exit codes: 0 ok, 1 refused (unknown session, purge denied), 2 usage, 3 unavailable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import typer
+
+from jetsource.cli import output as out
+from jetsource.cli.output import Mode
+from jetsource.domains.sessions.catalog import load_catalog
+from jetsource.domains.sessions.connect import SessionsClient, open_sessions
+from jetsource.domains.sessions.format import format_ts
+from jetsource.domains.sessions.record import STATUSES, SessionRecord
+from jetsource.domains.sessions.service import PruneDeniedError, SessionNotFoundError
+from jetsource.domains.sessions.settings import SessionsAppSettings
+
+app = typer.Typer(
+    help="Sessions: runs of commands recorded on the process ledger, and their event catalog.",
+    no_args_is_help=True,
+)
+
+T = TypeVar("T")
+OUTPUT = typer.Option(
+    None, "--output", "-o", case_sensitive=False, help="table, plain or json (overrides the global)"
+)
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
+
+
+def parse_duration(text: str) -> float:
+    """``30d``, ``12h``, ``90m``, ``45s``, ``2w`` or plain seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
+    if not m:
+        raise typer.BadParameter(f"{text!r} is not a duration (e.g. 30d, 12h, 90m, 45s)")
+    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+
+
+def _use(override: Mode | None) -> None:
+    if override is not None:
+        out.set_mode(override)
+
+
+def _run(work: Callable[[SessionsClient], Coroutine[Any, Any, T]]) -> T:
+    settings = SessionsAppSettings.load()
+
+    async def main() -> T:
+        try:
+            async with asyncio.timeout(settings.nats.connect_timeout_s + 1):
+                opened = open_sessions(settings)
+                client = await opened.__aenter__()
+        except (TimeoutError, OSError) as exc:
+            out.fail(
+                out.UNAVAILABLE,
+                "UNAVAILABLE",
+                f"NATS at {settings.nats_url()} did not answer: {exc or 'timed out'}",
+            )
+        try:
+            return await work(client)
+        finally:
+            await opened.__aexit__(None, None, None)
+
+    try:
+        return asyncio.run(main())
+    except SessionNotFoundError as exc:
+        out.fail(out.REFUSED, "NOT_FOUND", str(exc).strip("'\""))
+    except PruneDeniedError as exc:
+        out.fail(out.REFUSED, "PERMISSION_DENIED", str(exc))
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+def _ts(ns: int) -> str:
+    return format_ts(ns) if ns else ""
+
+
+def _duration(record: SessionRecord) -> str:
+    d = record.duration_s
+    return "" if d is None else f"{d:.1f}s"
+
+
+@app.command()
+def catalog(output: Mode | None = OUTPUT) -> None:
+    """The event catalog: every event type with its JSON Schema (versioned)."""
+    _use(output)
+    c = load_catalog()
+    if out.mode() == Mode.json:
+        out.emit_json(c.as_document())
+        return
+    out.line(f"{c.name} {c.version}")
+    rows = []
+    for spec in c.events.values():
+        required = ", ".join(spec.schema.get("required", []))
+        rows.append((spec.group, spec.type, required, spec.description))
+    out.table("", ["group", "type", "required data", "description"], rows)
+
+
+@app.command("list")
+def list_sessions(
+    status: list[str] = typer.Option([], "--status", "-s", help=f"one of {', '.join(STATUSES)}"),
+    search: str = typer.Option("", "--search", "-q", help="text in the id or the command"),
+    limit: int = typer.Option(50, "--limit", "-n", min=0, help="newest N (0: all)"),
+    output: Mode | None = OUTPUT,
+) -> None:
+    """Sessions, newest first: status, command, start, duration, event count."""
+    _use(output)
+    for s in status:
+        if s not in STATUSES:
+            raise typer.BadParameter(f"--status {s!r}: use one of {', '.join(STATUSES)}")
+
+    async def work(c: SessionsClient) -> list[SessionRecord]:
+        return await c.sessions.list_sessions(status, search, limit)
+
+    records = _run(work)
+    if out.mode() == Mode.json:
+        out.emit_json([r.to_dict() for r in records])
+        return
+    out.table(
+        "sessions",
+        ["session", "status", "command", "started", "duration", "events"],
+        [
+            (r.session_id, r.status, r.command, _ts(r.started_ns), _duration(r), r.event_count)
+            for r in records
+        ],
+    )
+
+
+@app.command()
+def show(session_id: str, output: Mode | None = OUTPUT) -> None:
+    """One session's record: command and metadata, times, status, count, snapshot."""
+    _use(output)
+
+    async def work(c: SessionsClient) -> SessionRecord:
+        record, _, _ = await c.sessions.show(session_id)
+        return record
+
+    record = _run(work)
+    if out.mode() == Mode.json:
+        out.emit_json(record.to_dict())
+        return
+    out.fields(
+        [
+            ("session", record.session_id),
+            ("command", record.command),
+            ("argv", record.metadata.get("argv")),
+            ("status", record.status),
+            ("started", _ts(record.started_ns)),
+            ("ended", _ts(record.ended_ns)),
+            ("duration", _duration(record)),
+            ("events", record.event_count),
+            ("snapshot", record.snapshot),
+            ("error", record.error),
+        ]
+    )
+
+
+@app.command()
+def export(
+    session_id: str,
+    after: int = typer.Option(0, "--after", min=0, help="only events with seq above this"),
+) -> None:
+    """The session's events as JSON lines (the user-facing event format)."""
+
+    async def work(c: SessionsClient) -> None:
+        for e in await c.sessions.export(session_id, after):
+            sys.stdout.write(e.to_json() + "\n")
+
+    _run(work)
+    sys.stdout.flush()
+
+
+@app.command()
+def follow(
+    session_id: str,
+    after: int = typer.Option(0, "--after", min=0, help="start after this seq"),
+    stop: bool = typer.Option(True, "--stop/--no-stop", help="end after session_ended"),
+) -> None:
+    """The session's events as JSON lines, from a seq, then live as they commit."""
+
+    async def work(c: SessionsClient) -> None:
+        async for r in c.sessions.follow(session_id, after, until_end=stop):
+            sys.stdout.write(r.event.to_json() + "\n")
+            sys.stdout.flush()
+
+    _run(work)
+
+
+@app.command()
+def prune(
+    older_than: str = typer.Option(
+        None, "--older-than", help="ended longer ago than this (30d, 12h); default: the setting"
+    ),
+    keep: int = typer.Option(
+        None, "--keep", min=0, help="keep the newest N ended sessions; default: the setting"
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="say what would go, remove nothing"),
+    every: str = typer.Option(
+        None, "--every", help="run again at this interval until stopped (the periodic pruner)"
+    ),
+    output: Mode | None = OUTPUT,
+) -> None:
+    """Remove ended (completed or failed) sessions, with every process nested under
+    them, by age and by count. Active and interrupted sessions are never removed."""
+    _use(output)
+    age = parse_duration(older_than) if older_than is not None else None
+    interval = parse_duration(every) if every is not None else 0.0
+
+    async def work(c: SessionsClient) -> None:
+        while True:
+            report = await c.sessions.prune(c.purger, age, keep, dry_run)
+            if out.mode() == Mode.json:
+                out.emit_json(report.to_dict())
+            else:
+                verb = "would remove" if dry_run else "removed"
+                out.line(
+                    f"{verb} {len(report.pruned)} sessions ({report.processes} processes, "
+                    f"{report.events} events); kept {report.kept}"
+                )
+                for r in report.pruned:
+                    out.line(f"  {r.session_id}\t{r.status}\t{_ts(r.ended_ns)}\t{r.command}")
+            if not interval:
+                return
+            await asyncio.sleep(interval)
+
+    _run(work)
