@@ -37,6 +37,7 @@ from jetsource.domains.context.events import registry
 from jetsource.domains.context.graph_model import GraphModel, graph_spec
 from jetsource.domains.context.model import CloseContext, ContextState, decide, evolve
 from jetsource.domains.context.samples import story_events
+from jetsource.domains.process.models.graph import ProcessGraphModel, process_graph_spec
 from jetsource.eventstore.memory import InMemoryEventStore
 from jetsource.projection import admin
 
@@ -198,7 +199,54 @@ async def collect_async() -> list[Statement]:
         await admin._count(model)
         await model.drop()
         await model.close()
+    for prefix in ("", "t1"):
+        await _drive_process_graph(recorder, prefix)
     return recorder.statements
+
+
+def _process_records() -> list[RecordedEvent]:
+    """A root, a child named before its parent, causation within and across
+    processes, a discarded dead letter's stand-in."""
+    from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
+    from jetsource.core.codec import UnknownEvent
+
+    rows = [
+        ("child", 1, "root", "", "e1"),
+        ("root", 1, "", "", "e2"),
+        ("child", 2, "", "e2", "e3"),
+        ("root", 2, "", "e3", "e4"),
+        ("root", 3, "", "e-later", "e5"),
+    ]
+    out = []
+    for seq, (pid, version, parent, cause, event_id) in enumerate(rows, start=1):
+        env = EventEnvelope(
+            event_id=event_id,
+            event_type="step_done",
+            aggregate_id=pid,
+            aggregate_version=version,
+            parent_aggregate_id=parent,
+            causation_id=cause,
+            payload=b"",
+        )
+        out.append(RecordedEvent(env, UnknownEvent("step_done", 1, b""), seq, seq))
+    return out
+
+
+async def _drive_process_graph(recorder: Recorder, prefix: str) -> None:
+    records = _process_records()
+    model = ProcessGraphModel(process_graph_spec(1), RecordingDriver(recorder), "neo4j", prefix)  # type: ignore[arg-type]
+    await model.setup()
+    for size in (1, len(records)):
+        for i in range(0, len(records), size):
+            await model.apply(records[i : i + size])
+    await model.skip("root", 99)
+    await model.position("root")
+    await model.checkpoint()
+    for rel in ("CHILD_OF", "CAUSED_BY", "AWAITS"):
+        await model.edges(rel)
+    await model.digest()
+    await model.drop()
+    await model.close()
 
 
 def collect() -> list[Statement]:

@@ -223,28 +223,6 @@ class ProcessGraphModel:
             )
             return sorted([(str(r["a"]), str(r["b"])) async for r in result])
 
-    async def neighbours(self, process_id: str) -> dict[str, list[str]]:
-        """A process's parent, children, causes and effects, from the graph."""
-        async with self.driver.session(database=self.database) as session:
-            result = await graph_io(
-                session.run(
-                    f"MATCH (p:{self.process} {{id: $id}})-[r:CHILD_OF|CAUSED_BY]-"
-                    f"(o:{self.process}) "
-                    "RETURN type(r) AS rel, startNode(r).id = p.id AS out, o.id AS other",
-                    id=process_id,
-                )
-            )
-            out: dict[str, list[str]] = {"parent": [], "children": [], "causes": [], "effects": []}
-            async for r in result:
-                key = {
-                    ("CHILD_OF", True): "parent",
-                    ("CHILD_OF", False): "children",
-                    ("CAUSED_BY", True): "causes",
-                    ("CAUSED_BY", False): "effects",
-                }[(r["rel"], bool(r["out"]))]
-                out[key].append(r["other"])
-            return {k: sorted(v) for k, v in out.items()}
-
     async def digest(self) -> str:
         async with self.driver.session(database=self.database) as session:
             result = await graph_io(
@@ -253,11 +231,11 @@ class ProcessGraphModel:
                     "n.declared AS declared ORDER BY id"
                 )
             )
-            nodes = [tuple(r.values()) async for r in result]
+            nodes = [(r["id"], r["version"], r["declared"]) async for r in result]
             result = await graph_io(
                 session.run(f"MATCH (x:{self.event}) RETURN x.id AS id, x.process AS p ORDER BY id")
             )
-            evs = [tuple(r.values()) async for r in result]
+            evs = [(r["id"], r["p"]) async for r in result]
         rels = [await self.edges(rel) for rel in ("CHILD_OF", "CAUSED_BY", "AWAITS")]
         applied = (await self.checkpoint()).applied
         return hashlib.sha256(repr((nodes, evs, rels, applied)).encode()).hexdigest()
