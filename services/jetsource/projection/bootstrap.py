@@ -13,6 +13,7 @@ import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 from nats.aio.client import Client as NATS
 from neo4j import AsyncDriver
@@ -31,9 +32,10 @@ from jetsource.projection.contract import ModelSpec, ReadModel
 from jetsource.projection.control import Control
 from jetsource.projection.deadletters import DeadLetters
 from jetsource.projection.domain import Domain, DomainRegistry, UnknownModelError
-from jetsource.projection.graph import connect_graph
+from jetsource.projection.graph import FencedDriver, connect_graph
+from jetsource.projection.partitions import Fence, FencedSnapshots
 from jetsource.projection.settings import ProjectorOptions, ProjectorSettings
-from jetsource.projection.valkey import connect_valkey
+from jetsource.projection.valkey import FencedValkey, connect_valkey
 
 log = logging.getLogger("jetsource.projector")
 
@@ -59,6 +61,9 @@ class ModelEnv:
     projection: Projection
     domain: Domain
     store: JetStreamEventStore
+    # A partition worker's model writes under its lease's fence (None: unpartitioned).
+    fence: Fence | None = None
+    _fenced: dict[str, Any] = field(default_factory=dict)
 
     @property
     def settings(self) -> ProjectorSettings:
@@ -70,15 +75,34 @@ class ModelEnv:
 
     @property
     def snapshots(self) -> JetStreamSnapshotStore:
-        return self.projection.snapshots
+        if self.fence is None:
+            return self.projection.snapshots
+        if "snapshots" not in self._fenced:
+            self._fenced["snapshots"] = FencedSnapshots(self.projection.snapshots, self.fence)
+        return cast(JetStreamSnapshotStore, self._fenced["snapshots"])
 
     @property
     def redis(self) -> Valkey:
-        return self.projection.redis
+        if self.fence is None:
+            return self.projection.redis
+        if "redis" not in self._fenced:
+            self._fenced["redis"] = FencedValkey(
+                self.projection.redis, self.fence, self.options.valkey_prefix
+            )
+        return cast(Valkey, self._fenced["redis"])
 
     @property
     def graph(self) -> AsyncDriver:
-        return self.projection.graph
+        if self.fence is None:
+            return self.projection.graph
+        if "graph" not in self._fenced:
+            self._fenced["graph"] = FencedDriver(
+                self.projection.graph,
+                self.fence,
+                self.options.graph_label_prefix,
+                self.settings.graph.database,
+            )
+        return cast(AsyncDriver, self._fenced["graph"])
 
 
 @dataclass
@@ -135,12 +159,14 @@ class Projection:
     def pinned_version(self, name: str) -> int | None:
         return self.domains.decl(name).pinned_version
 
-    def model(self, name: str, version: int) -> ReadModel:
+    def model(self, name: str, version: int, fence: Fence | None = None) -> ReadModel:
+        """A model version; with a ``fence``, one whose writes are fenced (a partition
+        worker's: build one per lease, so no cache outlives a lost partition)."""
         if name in self.extra_models:
             return self.extra_models[name](version)
         decl = self.domains.decl(name)
         domain = self.domains.owner(name)
-        env = ModelEnv(self, domain, self.stores[domain.name])
+        env = ModelEnv(self, domain, self.stores[domain.name], fence)
         return decl.build(env, decl.spec(version))
 
     async def check_access(self, valkey: bool, graph: bool) -> None:

@@ -3,14 +3,15 @@ Bolt plugin locally, the same Cypher) and its transient errors."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from neo4j import AsyncDriver, AsyncGraphDatabase
 from neo4j import exceptions as neo4j_errors
 
 from jetsource.core.settings import JetsourceSettings
 from jetsource.projection.contract import TransientError
+from jetsource.projection.partitions import Fence, FencedError
 
 T = TypeVar("T")
 TRANSIENT = (
@@ -38,3 +39,91 @@ async def graph_io(call: Awaitable[T]) -> T:
         return await call
     except TRANSIENT as exc:
         raise TransientError(f"graph: {exc}") from exc
+
+
+# -- fencing (partitioned workers) -----------------------------------------------------
+
+
+class FencedDriver:
+    """The graph driver as a partition worker's model sees it: every write
+    transaction (``session.execute_write``) first locks the partition's fence node
+    (a write to it: Neo4j takes the node's lock, ArcadeDB detects the conflict) and
+    compares its token; when another worker holds the fence it raises ``FencedError``
+    and the transaction rolls back, having written nothing."""
+
+    def __init__(self, driver: AsyncDriver, fence: Fence, label_prefix: str, database: str) -> None:
+        self._driver = driver
+        self._fence = fence
+        # One label per (group, partition): ArcadeDB detects conflicts by page, and
+        # nodes of one type share pages, so one fence node per type keeps partitions
+        # from conflicting with each other on their fences.
+        self._label = f"{label_prefix}JetsourceFence_{fence.group}_{fence.partition}"
+        self._database = database
+        fence.claims.append(self.claim)
+
+    async def claim(self) -> None:
+        f = self._fence
+
+        async def work(tx: Any) -> int:
+            result = await tx.run(f"MATCH (n:{self._label}) RETURN n.token AS t")
+            row = await result.single()
+            if row is None:
+                await tx.run(f"CREATE (n:{self._label} {{token: $t, writes: 0}})", t=f.token)
+                return f.token
+            if int(row["t"]) < f.token:
+                await tx.run(f"MATCH (n:{self._label}) SET n.token = $t", t=f.token)
+                return f.token
+            return int(row["t"])
+
+        async with self._driver.session(database=self._database) as session:
+            stored = await graph_io(session.execute_write(work))
+        if stored != f.token:
+            raise FencedError(f"partition {f.partition}: a newer token ({stored}) is stored")
+
+    async def check(self, tx: Any) -> None:
+        """In the model's transaction, before its writes: lock the fence node (a write)
+        and compare tokens; a claim after this waits for (or conflicts with) it."""
+        f = self._fence
+        result = await tx.run(
+            f"MATCH (n:{self._label}) SET n.writes = n.writes + 1 RETURN n.token AS t"
+        )
+        row = await result.single()
+        if row is None or int(row["t"]) != f.token:
+            raise FencedError(
+                f"partition {f.partition}: token {f.token} is no longer the stored one"
+            )
+
+    def session(self, **kwargs: Any) -> _FencedSession:
+        return _FencedSession(self._driver.session(**kwargs), self)
+
+    async def close(self) -> None:
+        return None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._driver, name)
+
+
+class _FencedSession:
+    def __init__(self, session: Any, driver: FencedDriver) -> None:
+        self._session = session
+        self._driver = driver
+
+    async def __aenter__(self) -> _FencedSession:
+        await self._session.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._session.__aexit__(*exc)
+
+    async def execute_write(
+        self, work: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any
+    ) -> T:
+        async def fenced(tx: Any, *a: Any, **kw: Any) -> T:
+            await self._driver.check(tx)
+            return await work(tx, *a, **kw)
+
+        result: T = await self._session.execute_write(fenced, *args, **kwargs)
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)

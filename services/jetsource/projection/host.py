@@ -12,12 +12,22 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from jetsource.core.grpcserver import stop_on_signals
 from jetsource.core.metrics import register_service, watch_nats
 from jetsource.projection.bootstrap import Projection, open_projection
+from jetsource.projection.partitions import (
+    Lease,
+    Leases,
+    Membership,
+    Partition,
+    default_member,
+    ensure_mirror,
+    fence_for,
+)
 from jetsource.projection.runtime import Worker
 from jetsource.projection.settings import ProjectorOptions, ProjectorSettings
 
@@ -27,10 +37,15 @@ log = logging.getLogger("jetsource.projector")
 @dataclass
 class ProjectorService:
     projection: Projection
-    workers: dict[tuple[str, int], tuple[Worker, asyncio.Task[None]]] = field(default_factory=dict)
+    # (model, version), or (model, version, partition) when partitioned.
+    workers: dict[tuple[Any, ...], tuple[Worker, asyncio.Task[None]]] = field(default_factory=dict)
     stopping: bool = False
     # Stores the running models need that did not answer at the last probe: not healthy.
     unreachable: dict[str, str] = field(default_factory=dict)
+    # Replicas of one group share the partitions (default: the service's name).
+    group: str = "projector"
+    membership: Membership | None = None
+    _wanted: set[tuple[str, int]] = field(default_factory=set)
 
     async def probe(self) -> None:
         kinds = {
@@ -55,9 +70,11 @@ class ProjectorService:
         registered domain."""
         return self.options.models or self.projection.default_models()
 
-    async def sync(self) -> None:
-        """Start a worker for every live version of the configured models; stop the
-        ones whose version is gone (dropped after a cutover)."""
+    @property
+    def partitioned(self) -> bool:
+        return self.options.partitions.count > 0
+
+    async def _live_versions(self) -> set[tuple[str, int]]:
         wanted: set[tuple[str, int]] = set()
         for name in self.models:
             pinned = self.projection.pinned_version(name)
@@ -66,6 +83,16 @@ class ProjectorService:
                 continue
             control = await self.projection.control.ensure(name, 1)
             wanted |= {(name, v) for v in control.live()}
+        return wanted
+
+    async def sync(self) -> None:
+        """Start a worker for every live version of the configured models; stop the
+        ones whose version is gone (dropped after a cutover)."""
+        wanted = await self._live_versions()
+        if self.partitioned:
+            self._wanted = wanted
+            await self._sync_partitions()
+            return
         for key in wanted - set(self.workers):
             worker = Worker(
                 self.projection.nc,
@@ -85,21 +112,134 @@ class ProjectorService:
                 log.error("worker %s v%d stopped: %r", *key, exc)
                 del self.workers[key]
 
-    async def _stop_worker(self, key: tuple[str, int]) -> None:
+    async def _stop_worker(self, key: tuple[Any, ...]) -> None:
         worker, task = self.workers.pop(key)
         worker.stop()
         with contextlib.suppress(asyncio.TimeoutError, Exception):
             await asyncio.wait_for(task, self.options.shutdown_grace_s)
-        log.info("stopped %s v%d", *key)
+        log.info("stopped %s v%d" + (" partition %d" if len(key) > 2 else ""), *key)
+
+    # -- partitioned ------------------------------------------------------------------
+
+    def _units(self) -> int:
+        """Leased units: the N partitions, and one more for the models kept whole."""
+        o = self.options.partitions
+        whole = any(self._whole(m) for m in self.models)
+        return o.count + (1 if whole else 0)
+
+    def _whole(self, name: str) -> bool:
+        version = self.projection.pinned_version(name) or 1
+        return self.projection.spec(name, version).store in self.options.partitions.whole_stores
+
+    def _start_partition(self, lease: Lease) -> None:
+        """A worker per live model version for a unit this replica now leases: a
+        partition of the split models, or (unit N) the whole stream of the others."""
+        assert self.membership is not None
+        n = self.options.partitions.count
+        for name, version in sorted(self._wanted):
+            key = (name, version, lease.partition)
+            if key in self.workers or self._whole(name) != (lease.partition == n):
+                continue
+            store = self.projection.store_for(name)
+            fence = fence_for(self.membership.leases, lease)
+            part = (
+                None
+                if lease.partition == n
+                else Partition(
+                    lease.partition, n, store.settings.stream, store.settings.subject_prefix
+                )
+            )
+            worker = Worker(
+                self.projection.nc,
+                store,
+                self.projection.model(name, version, fence),
+                self.projection.dead_letters,
+                self.options,
+                part,
+                fence,
+            )
+            task = asyncio.create_task(
+                worker.run(), name=f"worker-{name}-v{version}-p{lease.partition}"
+            )
+            self.workers[key] = (worker, task)
+            log.info("started %s v%d partition %d", *key)
+
+    async def _stop_partition(self, partition: int) -> None:
+        keys = [k for k in self.workers if len(k) > 2 and k[2] == partition]
+        await asyncio.gather(*(self._stop_worker(k) for k in keys))
+
+    async def _sync_partitions(self) -> None:
+        if self.membership is None:
+            return
+        held = dict(self.membership.leases.held)
+        for lease in held.values():
+            self._start_partition(lease)
+        for key, (worker, task) in list(self.workers.items()):
+            if (key[0], key[1]) not in self._wanted or key[2] not in held:
+                await self._stop_worker(key)
+            elif task.done():
+                # Fenced (its lease is gone: the membership round lets it go) or
+                # crashed: restarted on the next round while the lease is held.
+                if not worker.fenced:
+                    log.error("worker %s v%d partition %d stopped: %r", *key, task.exception())
+                del self.workers[key]
+
+    async def _open_partitions(self) -> None:
+        """Mirrors of the streams the models read, the lease bucket, this member."""
+        o = self.options.partitions
+        s = self.projection.settings
+        for name in self.models:
+            store = self.projection.store_for(name)
+            await store.start()
+            await ensure_mirror(
+                store._replies,
+                store.settings.stream,
+                store.settings.subject_prefix,
+                o.count,
+                s.eventstore.replicas,
+                s.eventstore.request_timeout_s,
+            )
+        leases = Leases(
+            self.projection.nc,
+            o,
+            o.group or self.group,
+            o.member or default_member(),
+            s.eventstore.replicas,
+            s.eventstore.request_timeout_s,
+        )
+        await leases.start()
+
+        async def gained(lease: Lease) -> None:
+            self._start_partition(lease)
+
+        self.membership = Membership(
+            leases, self._units(), self._stop_partition, gained, self._stop_partition
+        )
+
+    async def _membership_loop(self, stop: asyncio.Event) -> None:
+        assert self.membership is not None
+        every = self.options.partitions.renew_every_s
+        while not stop.is_set():
+            try:
+                await self.membership.tick()
+            except Exception as exc:  # NATS briefly away: leases expire, others take over
+                log.warning("membership round failed: %r", exc)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), every)
 
     def healthy(self) -> bool:
         """Asked from the health thread: reads a snapshot of the worker table (one
         C-level copy under the GIL), never awaits the loop."""
         workers = list(self.workers.values())
+        # A replica of a partitioned group may hold no partition (more replicas than
+        # partitions): healthy while it keeps its membership.
+        members = self.membership is not None and (
+            time.monotonic() - self.membership.last_tick < self.options.partitions.lease_ttl_s
+        )
         return (
             not self.stopping
             and self.projection.nc.is_connected
-            and bool(workers)
+            and (bool(workers) or members)
             and all(not t.done() for _, t in workers)
             # A model with work delivered and nothing done for stall_after_s is not
             # healthy, even though its task runs (#22: /healthz said 200 through a livelock).
@@ -109,6 +249,11 @@ class ProjectorService:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
+        rounds: asyncio.Task[None] | None = None
+        if self.partitioned:
+            await self._open_partitions()
+            self._wanted = await self._live_versions()
+            rounds = asyncio.create_task(self._membership_loop(stop), name="membership")
         while not stop.is_set():
             try:
                 await self.sync()
@@ -118,12 +263,18 @@ class ProjectorService:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.options.control_poll_s)
         self.stopping = True
+        if rounds is not None:
+            await asyncio.gather(rounds, return_exceptions=True)
         for worker, _ in self.workers.values():
             worker.stop()
         await asyncio.gather(
             *(asyncio.wait_for(t, self.options.shutdown_grace_s) for _, t in self.workers.values()),
             return_exceptions=True,
         )
+        if self.membership is not None:
+            # Batches are finished: hand the partitions over now, not after the TTL.
+            await self.membership.leave()
+            await self.membership.leases.stop()
 
 
 # The event loop is asked to tick this often; /healthz says 503 when it has not for
@@ -205,7 +356,7 @@ def http_server(service: ProjectorService, host: str, port: int) -> HealthServer
 async def serve(settings: ProjectorSettings, name: str = "projector") -> None:
     projection = await open_projection(settings, provision=True)
     o = settings.projector
-    service = ProjectorService(projection)
+    service = ProjectorService(projection, group=name)
     try:
         for model in service.models:
             projection.spec(model, 1)  # a misspelt model fails here, by name

@@ -34,6 +34,7 @@ from jetsource.eventstore.jsapi import Delivery, RawMessage
 from jetsource.projection.contract import Outcome, ReadModel, TransientError
 from jetsource.projection.control import discarded_sequences, version_dropped
 from jetsource.projection.deadletters import DeadLetters, aggregate_of
+from jetsource.projection.partitions import Fence, FencedError, Partition
 from jetsource.projection.settings import ProjectorOptions
 
 log = logging.getLogger("jetsource.projector")
@@ -102,7 +103,12 @@ class Worker:
         model: ReadModel,
         dead_letters: DeadLetters,
         options: ProjectorOptions,
+        partition: Partition | None = None,
+        fence: Fence | None = None,
     ) -> None:
+        """With a ``partition``, the worker consumes that partition of the stream's
+        mirror (its own durable); with a ``fence``, it claims it before its first write
+        and stops, writing nothing more, when a write finds it fenced."""
         self.nc = nc
         self.store = store
         self.model = model
@@ -110,10 +116,14 @@ class Worker:
         self.dlq = dead_letters
         self.o = options
         self.stats = WorkerStats()
-        self._stream = store.settings.stream
+        self.partition = partition
+        self.fence = fence
+        self.fenced = False
+        self._stream = partition.stream if partition else store.settings.stream
+        self._durable = partition.durable(self.spec.durable) if partition else self.spec.durable
         self._prefix = store.settings.subject_prefix
         self._pull = jsapi.PullConsumer(
-            nc, self._stream, self.spec.durable, options.pull_batch, options.pull_expires_s
+            nc, self._stream, self._durable, options.pull_batch, options.pull_expires_s
         )
         # aggregate -> original sequences filed as dead letters (parked aggregates)
         self._parked: dict[str, set[int]] = {}
@@ -134,14 +144,17 @@ class Worker:
         # A fresh consumer starts where the model's contract says a build starts.
         start = self.spec.replay_start
         config = jsapi.consumer_config(
-            self.spec.durable,
+            self._durable,
             f"{self._prefix}.>",
             self.o.ack_wait_s,
             self.o.max_ack_pending,
             opt_start_seq=start.sequence,
         )
         subjects = self.spec.filter_subjects(self._prefix)
-        if subjects != [f"{self._prefix}.>"]:
+        if self.partition is not None:
+            subjects = self.partition.filter_subjects(subjects)
+            config["filter_subject"] = subjects[0]
+        if len(subjects) > 1 or subjects[0] != config["filter_subject"]:
             del config["filter_subject"]
             config["filter_subjects"] = subjects
         if start.time_ns:
@@ -153,6 +166,8 @@ class Worker:
 
     async def start(self) -> None:
         await self.model.setup()
+        if self.fence is not None:
+            await self.fence.claim()  # from here on, the previous owner writes nothing
         await self.ensure_consumer()
         self._discarded = await discarded_sequences(self.nc, self.o.control_bucket, self.spec.name)
         letters = await self.dlq.list(self.spec)
@@ -167,11 +182,22 @@ class Worker:
     async def run(self, until_caught_up: bool = False) -> None:
         """Process batches until stopped (or, with ``until_caught_up``, until the
         consumer has nothing left). A batch in progress is always finished."""
+        try:
+            await self._run(until_caught_up)
+        except FencedError as exc:
+            # Another worker holds this partition now: stop without acking, naking or
+            # filing anything; what was delivered here is redelivered to the owner.
+            self.fenced = True
+            log.warning("%s v%s: fenced: %s", *self._labels, exc, extra=self._log)
+
+    async def _run(self, until_caught_up: bool) -> None:
         await self.start()
         self.running = True
         try:
             while not self._stop.is_set():
                 batch = await self._pull.next_batch(self.o.batch_size, 0.5)
+                if batch and self.partition is not None:
+                    batch = [self.partition.origin(d) for d in batch]
                 if batch:
                     # Fenced: a version being dropped writes nothing more (`projector drop`
                     # marks it in the control bucket before deleting anything).
@@ -196,7 +222,7 @@ class Worker:
 
     async def caught_up(self) -> bool:
         info = await jsapi.consumer_info(
-            self.store._replies, self._stream, self.spec.durable, self.o.ack_wait_s
+            self.store._replies, self._stream, self._durable, self.o.ack_wait_s
         )
         if info is None:
             return False
@@ -246,7 +272,7 @@ class Worker:
                     )
                 continue
             try:
-                record = self.store.decode(raw)
+                record = await self.store.open(raw)
             except PayloadDecodeError as exc:
                 if await self.store.voided(aggregate_id, d.stream_seq):
                     acks.append(d)  # voided by an operator: in no history
@@ -285,6 +311,8 @@ class Worker:
                     await jsapi.nak(self.nc, by_seq[r.stream_seq], self.o.backoff(1))
                 await self._ack(acks)
                 return
+            except FencedError:
+                raise
             except Exception:
                 log.exception(
                     "%s v%s: batch failed; isolating aggregates", *self._labels, extra=self._log
@@ -406,6 +434,8 @@ class Worker:
         for evs in groups.values():
             try:
                 outcome.merge(await self.model.apply(evs))
+            except FencedError:
+                raise
             except (TransientError, EventStoreUnavailableError):
                 for e in evs:
                     outcome.waiting[e.stream_seq] = "store unavailable"
@@ -448,6 +478,8 @@ class Worker:
         await jsapi.nak(self.nc, d, self.o.backoff(tries))
 
     async def _dead_letter(self, d: Delivery, aggregate_id: str, reason: str, tries: int) -> None:
+        if self.fence is not None:
+            await self.fence.check()  # a worker that lost its lease files nothing
         raw = RawMessage(d.subject, d.stream_seq, d.time_ns, d.headers, d.data)
         await self.dlq.publish(self.spec, aggregate_id, raw, reason, tries)
         self._parked.setdefault(aggregate_id, set()).add(d.stream_seq)

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from jetsource.core.settings import JetsourceSettings
+from jetsource.projection.partitions import PartitionOptions
 
 
 class ProjectorOptions(BaseModel):
@@ -42,6 +43,9 @@ class ProjectorOptions(BaseModel):
     timeline_keep: int = Field(default=50, ge=1)
     state_cache_size: int = Field(default=10_000, ge=0)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
+    # Scale-out: 0 (default) runs one worker per model; N splits the models of this
+    # service in N partitions shared by its replicas (leases, fencing).
+    partitions: PartitionOptions = PartitionOptions()
 
     def backoff(self, failures: int) -> float:
         return self.backoff_s[min(failures, len(self.backoff_s)) - 1] if self.backoff_s else 0.0

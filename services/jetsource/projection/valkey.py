@@ -23,6 +23,7 @@ from jetsource.core.codec import UnknownEvent
 from jetsource.core.envelope import RecordedEvent
 from jetsource.core.settings import JetsourceSettings
 from jetsource.projection.contract import Checkpoint, ModelSpec, Outcome, TransientError
+from jetsource.projection.partitions import Fence, FencedError
 
 T = TypeVar("T")
 _TRANSIENT = (
@@ -169,3 +170,85 @@ class ValkeyModel:
 
 def text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+# -- fencing (partitioned workers) -----------------------------------------------------
+
+# Put in front of every script a fenced model registers: the fence key and the token
+# come last (KEYS, ARGV), are taken off, and nothing is written unless the stored
+# token is this worker's. Scripts see KEYS and ARGV as they were called.
+FENCE_PRELUDE = """
+local __fence_key = table.remove(KEYS)
+local __fence_token = table.remove(ARGV)
+if redis.call('GET', __fence_key) ~= __fence_token then
+  return redis.error_reply('JETSOURCE_FENCED ' .. __fence_key)
+end
+"""
+# Raise the stored token to the new owner's (never lower it).
+_FENCE_CLAIM = """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) end
+return redis.call('GET', KEYS[1])
+"""
+
+
+def fence_key(prefix: str, group: str, partition: int) -> str:
+    return f"{prefix}:__fence__:{group}:{partition}"
+
+
+class FencedScript:
+    """A registered script that writes nothing once another worker holds the fence."""
+
+    def __init__(self, redis: Valkey, text: str, key: str, fence: Fence) -> None:
+        self._script = redis.register_script(FENCE_PRELUDE + text)
+        self._key = key
+        self._fence = fence
+
+    async def __call__(
+        self,
+        keys: Sequence[Any] | None = None,
+        args: Sequence[Any] | None = None,
+        client: Any = None,
+    ) -> Any:
+        try:
+            return await self._script(
+                keys=[*(keys or []), self._key],
+                args=[*(args or []), str(self._fence.token)],
+                client=client,
+            )
+        except valkey_errors.ResponseError as exc:
+            if "JETSOURCE_FENCED" in str(exc):
+                raise FencedError(
+                    f"partition {self._fence.partition}: token {self._fence.token} "
+                    f"is no longer the stored one ({self._key})"
+                ) from exc
+            raise
+
+
+class FencedValkey:
+    """The Valkey client as a partition worker's model sees it: every script it
+    registers is fenced (writes go through scripts: one atomic step each); reads and
+    everything else go to the shared client, which it never closes."""
+
+    def __init__(self, redis: Valkey, fence: Fence, prefix: str) -> None:
+        self._redis = redis
+        self._fence = fence
+        self._key = fence_key(prefix, fence.group, fence.partition)
+        self._claim = redis.register_script(_FENCE_CLAIM)
+        fence.claims.append(self.claim)
+
+    async def claim(self) -> None:
+        stored = await valkey_io(self._claim(keys=[self._key], args=[self._fence.token]))
+        if int(stored) != self._fence.token:
+            raise FencedError(
+                f"partition {self._fence.partition}: a newer token ({int(stored)}) is stored"
+            )
+
+    def register_script(self, text: str) -> FencedScript:
+        return FencedScript(self._redis, text, self._key, self._fence)
+
+    async def aclose(self) -> None:
+        return None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._redis, name)
