@@ -1,0 +1,174 @@
+"""Ingest adapters: runtime events -> canonical events, with a durable position.
+
+An adapter ``normalize``s one raw item into canonical events, each with an explicit
+causation and an id derived from the item's place in its source (so reading the same
+item again is a duplicate, never a double), and says where the next item starts
+(``position``). The driver records a batch, *then* saves the position: a crash in
+between re-reads what was recorded and the ids make it a no-op. Adapters share no
+mutable state; what one needs to resume is in its position.
+
+The JSONL adapter reads one canonical event per line (JSON object, proto3 JSON
+names, unknown fields refused). Event id: the line's own ``event_id``, else
+``jl-<source id>-<byte offset>``. Causation: the line's own ``causation_id``, else the
+previous event of the same process in the file (a ``process_started`` with a parent:
+the parent's latest event).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from jetsource._gen.process.v1.events_pb2 import CanonicalEvent
+from jetsource.core.errors import ValidationError
+from jetsource.domains.process.validation import parse_json_event
+
+MAX_LINE_BYTES = 4 * 1024 * 1024
+# Latest event id per process kept for causation (and saved with the position).
+MAX_REMEMBERED = 10_000
+
+
+class Adapter(Protocol):
+    def normalize(self, raw: Any) -> list[CanonicalEvent]:
+        """Canonical events of one raw item, with explicit causation."""
+
+    @property
+    def position(self) -> dict[str, Any]:
+        """Everything a restart needs to resume after the last normalized item."""
+
+
+class PositionFile:
+    """An adapter's position as a JSON file, replaced atomically (write, fsync,
+    rename, fsync the directory): after a crash it is the old one or the new one."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> dict[str, Any] | None:
+        try:
+            return dict(json.loads(self.path.read_text()))
+        except FileNotFoundError:
+            return None
+
+    def save(self, position: dict[str, Any]) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(position, f, separators=(",", ":"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def source_id(path: Path) -> str:
+    """A file's identity for derived ids: its resolved path (a moved file is a new
+    source unless ``--source-id`` names the old identity)."""
+    return hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Line:
+    offset: int  # byte offset of the line's start
+    end: int  # byte offset after its newline
+    number: int  # 1-based
+    text: bytes
+
+
+@dataclass
+class JsonlAdapter:
+    source: str  # the source id in derived event ids
+    default_source: str = ""  # the canonical ``source`` when a line has none
+    offset: int = 0
+    line_number: int = 0
+    last: OrderedDict[str, str] = field(default_factory=OrderedDict)
+
+    @classmethod
+    def resume(
+        cls, source: str, position: dict[str, Any] | None, default_source: str
+    ) -> JsonlAdapter:
+        if position is None:
+            return cls(source, default_source)
+        if position.get("source") != source:
+            raise ValidationError(
+                f"the position file belongs to source {position.get('source')!r}, not "
+                f"{source!r}: give --source-id or another --state file",
+                "state",
+            )
+        return cls(
+            source,
+            default_source,
+            int(position["offset"]),
+            int(position["line"]),
+            OrderedDict(position.get("last", {})),
+        )
+
+    @property
+    def position(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "offset": self.offset,
+            "line": self.line_number,
+            "last": dict(self.last),
+        }
+
+    def lines(self, f: Any, follow_partial: bool) -> Iterator[Line]:
+        """Complete lines from the current offset (``f`` is a binary file). A last
+        line without its newline is held back while ``follow_partial`` (it is still
+        being written), else read as it is."""
+        f.seek(self.offset)
+        offset, number = self.offset, self.line_number
+        while True:
+            raw = f.readline(MAX_LINE_BYTES + 1)
+            if not raw:
+                return
+            if not raw.endswith(b"\n") and len(raw) <= MAX_LINE_BYTES and follow_partial:
+                return
+            number += 1
+            end = offset + len(raw)
+            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                raise ValidationError(
+                    f"line {number}: longer than {MAX_LINE_BYTES} bytes", f"line {number}"
+                )
+            yield Line(offset, end, number, raw)
+            offset = end
+
+    def normalize(self, raw: Line) -> list[CanonicalEvent]:
+        text = raw.text.strip()
+        if not text:
+            return []
+        try:
+            obj = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValidationError(
+                f"line {raw.number}: not JSON: {exc}", f"line {raw.number}"
+            ) from None
+        event = parse_json_event(obj, f"line {raw.number}")
+        if not event.event_id:
+            event.event_id = f"jl-{self.source}-{raw.offset}"
+        if not event.source and self.default_source:
+            event.source = self.default_source
+        if not event.causation_id:
+            cause = self.last.get(event.process_id, "")
+            if not cause and event.parent_process_id:
+                cause = self.last.get(event.parent_process_id, "")
+            event.causation_id = cause
+        self.last[event.process_id] = event.event_id
+        self.last.move_to_end(event.process_id)
+        while len(self.last) > MAX_REMEMBERED:
+            self.last.popitem(last=False)
+        return [event]
+
+    def advance(self, line: Line) -> None:
+        """After the events of every line up to ``line`` are recorded: the position to
+        save (a driver normalizes a batch, records it, then advances and saves)."""
+        self.offset, self.line_number = line.end, line.number
