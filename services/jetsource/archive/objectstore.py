@@ -140,12 +140,11 @@ class S3ObjectStore:
             raise ObjectStoreError(
                 "an s3:// archive needs the archive extra: pip install 'jetsource[archive]'"
             ) from exc
-        config: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {"prefix": prefix or None}
         if endpoint:
-            config["endpoint"] = endpoint
-            if endpoint.startswith("http://"):
-                config["allow_http"] = True
-        kwargs: dict[str, Any] = {"prefix": prefix or None, "client_options": config}
+            kwargs["endpoint"] = endpoint
+            if endpoint.startswith("http://"):  # a local S3-compatible server
+                kwargs["client_options"] = {"allow_http": True}
         if region:
             kwargs["region"] = region
         self._store = S3Store(bucket, **kwargs)
@@ -163,7 +162,7 @@ class S3ObjectStore:
             await obstore.put_async(
                 self._store, _check_key(key), data, mode="create" if create_only else None
             )
-        except AlreadyExistsError:
+        except (AlreadyExistsError, FileExistsError):
             return False
         except Exception as exc:
             raise ObjectStoreError(f"{self._where}: put {key}: {exc}") from exc
@@ -176,7 +175,7 @@ class S3ObjectStore:
         try:
             result = await obstore.get_async(self._store, _check_key(key))
             return bytes(await result.bytes_async())
-        except NotFoundError:
+        except (NotFoundError, FileNotFoundError):
             return None
         except Exception as exc:
             raise ObjectStoreError(f"{self._where}: get {key}: {exc}") from exc

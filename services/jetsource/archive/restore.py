@@ -20,6 +20,7 @@ from jetsource.archive.segment import ArchivedMessage
 from jetsource.archive.store import Archive
 from jetsource.core.errors import JetsourceError
 from jetsource.eventstore import jsapi
+from jetsource.eventstore.jetstream import H_RECORDED_AT
 from jetsource.eventstore.jsapi import Replies
 
 # Checks made when a message was first written; made again they would refuse it.
@@ -128,6 +129,7 @@ async def restore(
             expect += 1
         m = merged[seq]
         headers = {k: v for k, v in m.headers.items() if not k.startswith(_SKIP_ON_RESTORE)}
+        headers.setdefault(H_RECORDED_AT, str(m.time_ns))  # the stream stamps it anew
         ack = await jsapi.publish(
             replies, jsapi.OutMessage(rewrite(m.subject, prefixes), m.data, headers), timeout
         )

@@ -61,6 +61,18 @@ _TRANSIENT = (
 _ENVELOPE_AND_HEADER_OVERHEAD = 512
 
 
+# A message restored from an archive or backup keeps the time it was first recorded
+# (the stream stamps a restored message with the time of the restore).
+H_RECORDED_AT = "Jetsource-Recorded-At"
+
+
+def recorded_ns(raw: RawMessage) -> int:
+    """When the message was first recorded: the stream's time, or a restored
+    message's original one."""
+    original = raw.headers.get(H_RECORDED_AT)
+    return int(original) if original and original.isdigit() else raw.time_ns
+
+
 class _VoidedTail(Exception):
     """An aggregate's last message is voided: its version comes from the history."""
 
@@ -250,7 +262,7 @@ class JetStreamEventStore:
         envelope.aggregate_id = aggregate_id
         if not envelope.aggregate_type:
             envelope.aggregate_type = self._cfg.aggregate_type
-        envelope.recorded_at.CopyFrom(to_timestamp(raw.time_ns))
+        envelope.recorded_at.CopyFrom(to_timestamp(recorded_ns(raw)))
         return envelope
 
     def decode(self, raw: RawMessage) -> RecordedEvent:
@@ -259,7 +271,7 @@ class JetStreamEventStore:
         event = self._registry.decode(
             envelope.event_type, envelope.schema_version, envelope.payload
         )
-        return RecordedEvent(envelope, event, raw.seq, raw.time_ns)
+        return RecordedEvent(envelope, event, raw.seq, recorded_ns(raw))
 
     async def _tail(self, aggregate_id: str) -> RawMessage | None:
         """The aggregate's last stored message, from the server."""
