@@ -16,6 +16,7 @@ from jetsource.core.envelope import NewEvent
 from jetsource.core.settings import JetsourceSettings
 from jetsource.domains.context.samples import story_events
 from jetsource.eventstore import jsapi
+from jetsource.projection import admin
 from jetsource.projection.bootstrap import Projection, open_projection
 from jetsource.projection.host import ProjectorService
 from jetsource.projection.partitions import (
@@ -57,7 +58,7 @@ async def projection(settings: JetsourceSettings, unique: str) -> AsyncIterator[
     p = await open_projection(partitioned(settings, unique, 4))
     yield p
     for name in MODELS:
-        for version in (1, 2):
+        for version in (1, 2, 3):
             await p.model(name, version).drop()
     await p.close()
 
@@ -123,6 +124,7 @@ async def test_the_server_partitions_by_aggregate_and_keeps_sequences(
         )
 
 
+@pytest.mark.chaos  # about 50 s on the shared 2-core machine: `make chaos`
 async def test_replicas_share_partitions_join_and_leave_under_writes(
     projection: Projection, settings: JetsourceSettings, unique: str
 ) -> None:
@@ -185,3 +187,28 @@ async def wait_for(cond: Any, timeout: float, what: str) -> None:
     while not cond():
         assert time.monotonic() - started < timeout, what
         await asyncio.sleep(0.05)
+
+
+async def test_parallel_rebuild_equals_a_single_worker_rebuild(projection: Projection) -> None:
+    """`rebuild --workers 3` (3 processes over the partitions) gives the digest of a
+    one-worker build; then the unpartitioned service takes the version over at the
+    sequence every partition reached, and keeps it equal under new writes."""
+    p = projection
+    store = p.store_for("context")
+    stories = story_ids(30)
+    histories = {s: story_events(s, 12, 1) for s in stories}
+    for s in stories:
+        await store.append(s, [NewEvent(m) for m in histories[s][:10]], 0)
+    single = await admin.rebuild(p, "context", 2)
+    parallel = await admin.rebuild(p, "context", 3, workers=3)
+    assert single.applied == parallel.applied == 300
+    assert await p.model("context", 3).digest() == await p.model("context", 2).digest()
+    # The service (unpartitioned) picks both versions up from where they are.
+    plain = p.settings.projector.model_copy(update={"partitions": PartitionOptions()})
+    for s in stories:
+        await store.append(s, [NewEvent(m) for m in histories[s][10:]], 10)
+    for version in (2, 3):
+        w = Worker(p.nc, store, p.model("context", version), p.dead_letters, plain)
+        await asyncio.wait_for(w.run(until_caught_up=True), 60)
+    assert await applied(p, "context", 3) == await applied(p, "context", 2) == 360
+    assert await p.model("context", 3).digest() == await p.model("context", 2).digest()

@@ -397,17 +397,28 @@ def rebuild(
     model_arg: str | None = MODEL_ARG,
     model_opt: str | None = MODEL,
     to_version: int = typer.Option(..., "--to-version", min=1),
+    workers: int = typer.Option(
+        1,
+        "--workers",
+        min=1,
+        max=64,
+        help="Build processes: K > 1 splits the stream in partitions (the service's "
+        "JETSOURCE_PROJECTOR__PARTITIONS__COUNT, else K) built in parallel",
+    ),
     as_json: bool = JSON,
 ) -> None:
     """Build a new version side by side; the projector then keeps it live.
 
     It starts from the model's replay_start; progress shows in `projector status`
-    while it builds.
+    while it builds. With --workers K, K processes build it in parallel; the result
+    equals a single-worker build.
     """
     json_out = _json(as_json)
     name = _model(model_arg, model_opt)
     with _progress(f"building {name} v{to_version}") as update:
-        report = _run(lambda p: admin.rebuild(p, name, to_version, progress=update))
+        report = _run(
+            lambda p: admin.rebuild(p, name, to_version, progress=update, workers=workers)
+        )
     if json_out:
         output.emit_json(_built(report))
         return

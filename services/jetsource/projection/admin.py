@@ -11,6 +11,7 @@ raises :class:`UsageError`; a wait that ran out of time raises :class:`WaitTimeo
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -578,13 +579,16 @@ class RebuildReport:
 
 
 async def rebuild(
-    p: Projection, name: str, to_version: int, progress: Progress = _quiet
+    p: Projection, name: str, to_version: int, progress: Progress = _quiet, workers: int = 1
 ) -> RebuildReport:
     """Build ``to_version`` side by side from the model's replay_start, catch up with
     live traffic, then hand it to the projector service (state ``live``). Resumes
     where it stopped if run again. Progress (done/total, rate, ETA) is kept in the
-    control entry while it builds, for `projector status`."""
+    control entry while it builds, for `projector status`. With ``workers`` K > 1, K
+    processes build the stream's partitions in parallel (partitions_build)."""
     started = time.perf_counter()
+    if workers < 1:
+        raise AdminError(f"workers must be at least 1, got {workers}")
     control = await _control(p, name)
     if p.pinned_version(name) is not None:
         raise AdminError(
@@ -611,7 +615,60 @@ async def rebuild(
     if state is None:
         control.versions[to_version] = BUILDING
         control = await p.control.save(name, control)
+    if workers > 1:
+        return await _build_parallel(p, name, to_version, workers, progress, started)
     return await _build(p, name, to_version, progress, started)
+
+
+async def _build_parallel(
+    p: Projection, name: str, version: int, workers: int, progress: Progress, started: float
+) -> RebuildReport:
+    """K processes over N partitions (the service's count, else K) until caught up;
+    then the version's consumers are handed to the service and it goes live."""
+    from jetsource.projection import partitions_build as pb
+
+    count = p.settings.projector.partitions.count or workers
+    model = p.model(name, version)
+    await model.setup()
+    await pb.ensure_partitions(p, name, count)
+    children = await pb.start_children(p, name, version, count, workers)
+    outputs: list[tuple[int, bytes, bytes]] = []
+    waits = [asyncio.create_task(c.process.communicate()) for c in children]
+    try:
+        while not all(w.done() for w in waits):
+            total = await _stream_last_seq(p, name)
+            left = await _retry(lambda: pb.pending(p, name, version, count), "progress")
+            progress(max(total - left, 0), total)
+            await asyncio.wait(waits, timeout=0.5)
+            if (await _control(p, name)).versions.get(version) != BUILDING:
+                raise AdminError(f"{name} v{version} was dropped while it was being built")
+        for c, w in zip(children, waits, strict=True):
+            out, err = w.result()
+            outputs.append((c.process.returncode or 0, out, err))
+    finally:
+        for c in children:
+            if c.process.returncode is None:
+                c.process.kill()
+        await asyncio.gather(*waits, return_exceptions=True)
+    failed = [err.decode(errors="replace")[-2000:] for rc, _, err in outputs if rc != 0]
+    if failed:
+        raise AdminError(f"{name} v{version}: a build worker failed: {failed[0]}")
+    applied = sum(
+        json.loads(out.decode().strip().splitlines()[-1])["applied"] for _, out, _ in outputs
+    )
+    await pb.hand_over(p, name, version, count)
+    total = await _stream_last_seq(p, name)
+    progress(total, total)
+
+    def go_live(c: ModelControl) -> None:
+        if c.versions.get(version) != BUILDING:
+            raise AdminError(f"{name} v{version} was dropped while it was being built")
+        c.versions[version] = LIVE
+        c.progress.pop(version, None)
+
+    await _save(p, name, go_live)
+    checkpoint = await model.checkpoint()
+    return RebuildReport(name, version, applied, checkpoint.seq, time.perf_counter() - started)
 
 
 async def _save_progress(p: Projection, name: str, version: int, meter: Meter | None) -> None:
@@ -1015,7 +1072,7 @@ async def _retry_one(p: Projection, letter: DeadLetter) -> str | None:
     if raw is None:
         return f"stream sequence {letter.original_seq} is gone"
     try:
-        record = store.decode(raw)
+        record = await store.open(raw)
     except Exception as exc:
         return f"still undecodable: {exc}"
     model = p.model(letter.model, letter.version)

@@ -138,17 +138,18 @@ class Worker:
         self._stop = asyncio.Event()
         self.running = False
 
-    async def ensure_consumer(self) -> None:
+    async def ensure_consumer(self, from_seq: int | None = None) -> None:
         await self.store.start()
         # The model's declared event types are its filter: it never receives others.
-        # A fresh consumer starts where the model's contract says a build starts.
+        # A fresh consumer starts where the model's contract says a build starts (or
+        # at ``from_seq``: after a parallel build, where every partition got to).
         start = self.spec.replay_start
         config = jsapi.consumer_config(
             self._durable,
             f"{self._prefix}.>",
             self.o.ack_wait_s,
             self.o.max_ack_pending,
-            opt_start_seq=start.sequence,
+            opt_start_seq=from_seq or start.sequence,
         )
         subjects = self.spec.filter_subjects(self._prefix)
         if self.partition is not None:
@@ -157,7 +158,7 @@ class Worker:
         if len(subjects) > 1 or subjects[0] != config["filter_subject"]:
             del config["filter_subject"]
             config["filter_subjects"] = subjects
-        if start.time_ns:
+        if start.time_ns and not from_seq:
             config["deliver_policy"] = "by_start_time"
             config["opt_start_time"] = format_rfc3339_ns(start.time_ns)
         await jsapi.ensure_consumer(

@@ -1,0 +1,170 @@
+"""Parallel rebuild (#20): ``projector rebuild --workers K`` builds a model version
+with K processes, each consuming its share of the stream's N partitions (the
+partition mirror, as the partitioned service does) until caught up.
+
+The parent (``admin.rebuild``) starts the children (this module, run with
+``python -m``), reading their settings and their partitions as JSON on stdin (so no
+secret is on a command line), shows progress from the partitions' consumers, then
+hands the version to the service: the per-partition consumers go on as they are for a
+partitioned service with the same N; for an unpartitioned one, its consumer is
+created at the lowest sequence every partition had got to (later events already
+applied are done again as duplicates: nothing changes)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import SecretStr
+
+from jetsource.eventstore import jsapi
+from jetsource.projection.bootstrap import Projection, open_projection
+from jetsource.projection.partitions import Partition, ensure_mirror
+from jetsource.projection.runtime import Worker
+from jetsource.projection.settings import ProjectorSettings
+
+
+def settings_json(settings: ProjectorSettings) -> Any:
+    def plain(value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            return value.get_secret_value()
+        return str(value)
+
+    return json.loads(json.dumps(settings.model_dump(mode="python"), default=plain))
+
+
+def partitions_of(p: Projection, name: str, count: int) -> list[Partition]:
+    s = p.store_for(name).settings
+    return [Partition(i, count, s.stream, s.subject_prefix) for i in range(count)]
+
+
+async def ensure_partitions(p: Projection, name: str, count: int) -> None:
+    store = p.store_for(name)
+    await store.start()
+    s = p.settings.eventstore
+    await ensure_mirror(
+        store._replies,
+        store.settings.stream,
+        store.settings.subject_prefix,
+        count,
+        s.replicas,
+        s.request_timeout_s,
+    )
+
+
+@dataclass
+class Child:
+    process: asyncio.subprocess.Process
+    partitions: list[int]
+
+
+async def start_children(
+    p: Projection, name: str, version: int, count: int, workers: int
+) -> list[Child]:
+    children = []
+    for i in range(workers):
+        share = list(range(i, count, workers))
+        if not share:
+            continue
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "jetsource.projection.partitions_build",
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        body = {
+            "settings": settings_json(p.settings),
+            "model": name,
+            "version": version,
+            "count": count,
+            "partitions": share,
+        }
+        assert process.stdin is not None
+        process.stdin.write(json.dumps(body).encode())
+        await process.stdin.drain()
+        process.stdin.close()
+        children.append(Child(process, share))
+    return children
+
+
+async def pending(p: Projection, name: str, version: int, count: int) -> int:
+    """Events of the version's partitions not yet applied (delivered or not)."""
+    store = p.store_for(name)
+    durable = p.spec(name, version).durable
+    left = 0
+    for part in partitions_of(p, name, count):
+        info = await jsapi.consumer_info(
+            store._replies, part.stream, part.durable(durable), store.settings.request_timeout_s
+        )
+        if info is not None:
+            left += int(info["num_pending"]) + int(info["num_ack_pending"])
+    return left
+
+
+async def reached(p: Projection, name: str, version: int, count: int) -> int:
+    """The highest sequence up to which every partition has applied everything."""
+    store = p.store_for(name)
+    durable = p.spec(name, version).durable
+    t = store.settings.request_timeout_s
+    low: int | None = None
+    for part in partitions_of(p, name, count):
+        stream = await jsapi.api(store._replies, f"STREAM.INFO.{part.stream}", {}, t)
+        last = int(stream["state"]["last_seq"])
+        info = await jsapi.consumer_info(store._replies, part.stream, part.durable(durable), t)
+        if info is None:
+            return 0
+        if int(info["num_pending"]) == 0 and int(info["num_ack_pending"]) == 0:
+            got = last
+        else:
+            got = int(info["ack_floor"]["stream_seq"])
+        low = got if low is None else min(low, got)
+    return low or 0
+
+
+async def hand_over(p: Projection, name: str, version: int, count: int) -> int:
+    """Create the unpartitioned consumer of the version where the partitions got to
+    (unless it exists); returns that sequence."""
+    upto = await reached(p, name, version, count)
+    worker = Worker(
+        p.nc, p.store_for(name), p.model(name, version), p.dead_letters, p.settings.projector
+    )
+    await worker.ensure_consumer(from_seq=upto + 1)
+    return upto
+
+
+async def _child(body: dict[str, Any]) -> dict[str, Any]:
+    settings = ProjectorSettings.model_validate(body["settings"])
+    p = await open_projection(settings, provision=False)
+    try:
+        name, version, count = body["model"], int(body["version"]), int(body["count"])
+        options = settings.projector.model_copy(update={"pull_expires_s": 0.5})
+        workers = []
+        for part in partitions_of(p, name, count):
+            if part.index in body["partitions"]:
+                model = p.model(name, version)
+                workers.append(
+                    Worker(p.nc, p.store_for(name), model, p.dead_letters, options, part)
+                )
+        await asyncio.gather(*(w.run(until_caught_up=True) for w in workers))
+        return {
+            "partitions": body["partitions"],
+            "applied": sum(w.stats.applied for w in workers),
+            "dead_letters": sum(w.stats.dead_letters for w in workers),
+        }
+    finally:
+        await p.close()
+
+
+def main() -> None:
+    body = json.loads(sys.stdin.read())
+    print(json.dumps(asyncio.run(_child(body))))
+
+
+if __name__ == "__main__":
+    main()
