@@ -10,7 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import typer
 
-from jetsource.cli import ctx, infra, observe, output, projector, repair, streams
+from jetsource.cli import archive, ctx, infra, observe, output, projector, repair, streams
 
 app = typer.Typer(
     help="jetsource: event-sourced Context Service on NATS JetStream.\n\n"
@@ -22,6 +22,7 @@ app.add_typer(infra.app, name="infra")
 app.add_typer(ctx.app, name="ctx")
 app.add_typer(projector.app, name="projector")
 app.add_typer(streams.app, name="streams")
+app.add_typer(archive.app, name="archive")
 app.add_typer(repair.app, name="repair")
 app.add_typer(observe.app, name="observe")
 app.command("up")(infra.up_all)

@@ -1,0 +1,234 @@
+"""`jetsource archive compact | export | verify | list | restore`: the archiver role.
+
+``compact`` is the only thing in jetsource that purges events: for a domain whose
+stream policy is ``age+compaction`` it seals what lies behind the horizon and a
+snapshot into verified segments, records each aggregate's horizon, then purges.
+Run it on a schedule (a CronJob) with the archiver's NATS credentials, the only
+ones allowed ``$JS.API.STREAM.PURGE.<stream>``. Settings as for the projector, plus
+``JETSOURCE_ARCHIVE__URL`` (a directory, default ``.jetsource/archive``, or
+``s3://bucket/prefix`` with ``JETSOURCE_ARCHIVE__ENDPOINT`` / ``__REGION`` and the
+usual ``AWS_*`` credentials).
+
+Exit codes: 0 ok, 1 failed or refused (verify found a damaged segment), 3 NATS away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from typing import Any
+
+import typer
+from nats import errors as nats_errors
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from jetsource.archive.archiver import Archiver
+from jetsource.archive.history import open_archive
+from jetsource.archive.restore import restore as restore_stream
+from jetsource.cli.streams import NatsUnreachableError, wait_for_nats
+from jetsource.core.errors import JetsourceError
+from jetsource.eventstore import jsapi
+from jetsource.eventstore.bootstrap import redact_url
+from jetsource.projection.bootstrap import Projection, open_projection
+from jetsource.projection.settings import ProjectorSettings
+
+app = typer.Typer(
+    help="The archive: compaction behind snapshots, export, verify, list, restore.",
+    no_args_is_help=True,
+)
+console = Console()
+
+DOMAIN = typer.Option(
+    None, "--domain", "-d", help="The domain whose stream (default: the first registered)"
+)
+TIMEOUT = typer.Option(3600.0, "--timeout", min=0.1, help="Give up after this many seconds")
+JSON = typer.Option(False, "--json", help="Print the result as JSON")
+
+
+def _run(work: Callable[[Projection, ProjectorSettings], Awaitable[Any]], timeout: float) -> Any:
+    settings = ProjectorSettings.load()
+
+    async def go() -> Any:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        await wait_for_nats(settings.nats_url(), deadline)
+        p = await open_projection(settings, provision=False)
+        try:
+            return await asyncio.wait_for(work(p, settings), max(deadline - loop.time(), 1.0))
+        finally:
+            await p.close()
+
+    try:
+        return asyncio.run(go())
+    except (NatsUnreachableError, TimeoutError) as exc:
+        console.print(
+            f"[red]error[/red]: NATS at {redact_url(settings.nats_url())} did not answer "
+            f"within {timeout:g} s"
+        )
+        raise typer.Exit(3) from exc
+    except (JetsourceError, jsapi.JsApiError, nats_errors.Error, OSError, ValueError) as exc:
+        console.print(f"[red]error[/red]: {escape(str(exc))}")
+        raise typer.Exit(1) from exc
+
+
+def _store(p: Projection, domain: str | None) -> Any:
+    return p.domain_store(domain) if domain else p.store
+
+
+def _schema(p: Projection, domain: str | None) -> int | None:
+    """The state schema of the domain's snapshots (a covering snapshot must have it)."""
+    d = p.domains.get(domain) if domain else next(iter(p.domains))
+    pinned = [decl.pinned_version for decl in d.models.values() if decl.pinned_version]
+    return pinned[0] if pinned else None
+
+
+@app.command()
+def compact(domain: str | None = DOMAIN, timeout: float = TIMEOUT, as_json: bool = JSON) -> None:
+    """Archive what lies behind the horizon and a snapshot, verify it, then purge it.
+
+    Per aggregate: its live events older than the policy's max age, up to the version
+    its latest snapshot covers, never its last event. Safe to run again after a crash
+    and beside another archiver: nothing is purged that is not in a segment this run
+    sealed and read back."""
+
+    async def work(p: Projection, s: ProjectorSettings) -> Any:
+        store = _store(p, domain)
+        archive = open_archive(s, store.settings.stream)
+        archiver = Archiver(
+            store, p.snapshots, archive, _schema(p, domain), s.archive.segment_events
+        )
+        return await archiver.compact()
+
+    report = _run(work, timeout)
+    if as_json:
+        print(json.dumps(asdict(report)))
+        return
+    console.print(
+        f"{report.stream}: {report.archived} events of {report.aggregates} aggregates "
+        f"archived in {len(report.segments)} segments, {report.purged} purged; "
+        f"{len(report.kept)} aggregates keep old events ({report.scanned} older than the horizon)"
+    )
+
+
+@app.command()
+def export(
+    domain: str | None = DOMAIN,
+    from_seq: int = typer.Option(1, "--from-seq", min=1),
+    to_seq: int | None = typer.Option(None, "--to-seq", min=1),
+    timeout: float = TIMEOUT,
+    as_json: bool = JSON,
+) -> None:
+    """Seal the stream's messages (events and voids) into archive segments; purges nothing."""
+
+    async def work(p: Projection, s: ProjectorSettings) -> Any:
+        store = _store(p, domain)
+        archive = open_archive(s, store.settings.stream)
+        return await Archiver(store, None, archive, None, s.archive.segment_events).export(
+            from_seq, to_seq
+        )
+
+    entries = _run(work, timeout)
+    if as_json:
+        print(json.dumps([{"name": e.name, "count": e.count} for e in entries]))
+        return
+    console.print(f"{sum(e.count for e in entries)} messages sealed in {len(entries)} segments")
+
+
+@app.command("list")
+def list_(domain: str | None = DOMAIN, timeout: float = TIMEOUT, as_json: bool = JSON) -> None:
+    """The manifest: every sealed segment of the stream."""
+
+    async def work(p: Projection, s: ProjectorSettings) -> Any:
+        store = _store(p, domain)
+        archive = open_archive(s, store.settings.stream)
+        return archive.objects.location, await archive.entries()
+
+    where, entries = _run(work, timeout)
+    if as_json:
+        print(json.dumps([asdict(e) for e in entries]))
+        return
+    table = Table(title=f"archive at {where}")
+    for column in ("segment", "events", "first seq", "last seq", "aggregates", "bytes"):
+        table.add_column(column, overflow="fold")
+    for e in entries:
+        table.add_row(
+            e.name.rsplit("/", 1)[-1],
+            str(e.count),
+            str(e.first_seq),
+            str(e.last_seq),
+            str(len(e.aggregates)),
+            str(e.size),
+        )
+    console.print(table)
+
+
+@app.command()
+def verify(domain: str | None = DOMAIN, timeout: float = TIMEOUT, as_json: bool = JSON) -> None:
+    """Read every segment and check it against the manifest (checksums, count,
+    sequences); exit 1 if one is damaged or missing."""
+
+    async def work(p: Projection, s: ProjectorSettings) -> Any:
+        store = _store(p, domain)
+        return await open_archive(s, store.settings.stream).verify()
+
+    report = _run(work, timeout)
+    if as_json:
+        print(json.dumps(asdict(report)))
+    else:
+        console.print(
+            f"{len(report.ok)} segments verified, {len(report.corrupt)} damaged, "
+            f"{len(report.orphans)} without a manifest entry (left by an interrupted run)"
+        )
+        for name, why in report.corrupt.items():
+            console.print(f"[red]damaged[/red] {escape(name)}: {escape(why)}")
+    if not report.passed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def restore(
+    target: str = typer.Argument(..., help="Name of the new stream"),
+    subject_prefix: list[str] = typer.Option(
+        [],
+        "--subject-prefix",
+        help="OLD=NEW: subjects under OLD go under NEW (a stream beside the old one needs "
+        "its own subjects), e.g. context=restored",
+    ),
+    domain: str | None = DOMAIN,
+    timeout: float = TIMEOUT,
+    as_json: bool = JSON,
+) -> None:
+    """Rebuild the stream from archive + live tail into the new stream TARGET: every
+    message with its sequence, headers and bytes (the disaster-recovery path)."""
+    prefixes: dict[str, str] = {}
+    for value in subject_prefix:
+        old, sep, new = value.partition("=")
+        if not sep or not old or not new:
+            raise typer.BadParameter(f"{value!r}: expected OLD=NEW", param_hint="--subject-prefix")
+        prefixes[old] = new
+
+    async def work(p: Projection, s: ProjectorSettings) -> Any:
+        from jetsource.eventstore.jetstream import stream_config
+
+        store = _store(p, domain)
+        try:
+            source = (await store.stream_info())["config"]
+        except JetsourceError:
+            source = stream_config(store.settings)  # the source is gone: as configured
+        archive = open_archive(s, store.settings.stream)
+        timeout_s = store.settings.request_timeout_s
+        return await restore_stream(store._replies, archive, source, target, prefixes, timeout_s)
+
+    report = _run(work, timeout)
+    if as_json:
+        print(json.dumps(asdict(report)))
+        return
+    console.print(
+        f"{report.target}: sequences {report.first_seq}..{report.last_seq} restored "
+        f"({report.from_archive} from the archive, {report.from_live} from the live stream, "
+        f"{report.gaps} gaps kept)"
+    )
