@@ -23,7 +23,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import ConnectionClosedError, ConnectionReconnectingError, OutboundBufferLimitError
 
 from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
-from jetsource.core import telemetry
+from jetsource.core import crypto, telemetry
 from jetsource.core.clock import MAX_TIME_NS, now_ns, to_ns, to_timestamp
 from jetsource.core.codec import EventRegistry, PayloadDecodeError, UnknownEvent
 from jetsource.core.envelope import (
@@ -48,6 +48,7 @@ from jetsource.eventstore import jsapi, refusals
 from jetsource.eventstore.common import check_append, check_read, stored_envelope
 from jetsource.eventstore.horizon import BeyondHorizonError, Horizon
 from jetsource.eventstore.jsapi import JsApiError, NoRespondersError, OutMessage, RawMessage
+from jetsource.eventstore.keys import JetStreamKeyStore
 
 T = TypeVar("T")
 
@@ -119,10 +120,20 @@ def stream_config(cfg: EventStoreSettings) -> dict[str, Any]:
 
 
 class JetStreamEventStore:
-    def __init__(self, nc: NATS, registry: EventRegistry, settings: EventStoreSettings) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        registry: EventRegistry,
+        settings: EventStoreSettings,
+        keys: JetStreamKeyStore | None = None,
+    ) -> None:
         self._nc = nc
         self._registry = registry
         self._cfg = settings
+        # Data keys of personal fields (crypto-shredding): shared by every stream.
+        self.keys = keys or JetStreamKeyStore(
+            nc, replicas=settings.replicas, timeout_s=settings.request_timeout_s
+        )
         self._replies = jsapi.Replies(nc)
         # aggregate id -> (version, stream sequence) of its last known event
         self._positions: OrderedDict[str, tuple[int, int]] = OrderedDict()
@@ -135,6 +146,7 @@ class JetStreamEventStore:
 
     async def start(self) -> None:
         await self._replies.start()
+        await self.keys.start()  # hears erasures: no JetStream call
         if self._void_sub is None:
             await self._watch_voids()
 
@@ -167,6 +179,7 @@ class JetStreamEventStore:
             with contextlib.suppress(ConnectionClosedError, ConnectionReconnectingError):
                 await sub.unsubscribe()
         await self._replies.stop()
+        await self.keys.close()
 
     # -- provisioning ---------------------------------------------------------
 
@@ -265,13 +278,47 @@ class JetStreamEventStore:
         envelope.recorded_at.CopyFrom(to_timestamp(recorded_ns(raw)))
         return envelope
 
-    def decode(self, raw: RawMessage) -> RecordedEvent:
-        """A stored message as a recorded event (envelope completed, payload upcast)."""
-        envelope = self._envelope(raw)
+    def decode(self, raw: RawMessage, envelope: EventEnvelope | None = None) -> RecordedEvent:
+        """A stored message as a recorded event (envelope completed, personal fields
+        opened or read as erased, payload upcast). A message with sealed fields needs
+        its keys loaded first: use :meth:`open` (KeysNotLoadedError otherwise)."""
+        if envelope is None:
+            envelope = self._envelope(raw)
+        if envelope.sealed:
+            # Opened before upcasting: the sealed fields are those of the stored version.
+            envelope.payload, _ = crypto.unseal(envelope, self.keys.lookup)
+            del envelope.sealed[:]
         event = self._registry.decode(
             envelope.event_type, envelope.schema_version, envelope.payload
         )
         return RecordedEvent(envelope, event, raw.seq, recorded_ns(raw))
+
+    async def open(self, raw: RawMessage) -> RecordedEvent:
+        """:meth:`decode` after loading the keys of the message's sealed fields."""
+        envelope = self._envelope(raw)
+        if envelope.sealed:
+            await self.keys.load(box.key_ref for box in envelope.sealed)
+        return self.decode(raw, envelope)
+
+    async def _seal(
+        self, events: Sequence[NewEvent], encoded: list[tuple[str, int, bytes]]
+    ) -> list[crypto.Sealed | None]:
+        """Cut the personal values out of each event, boxed under their subjects' keys
+        (created on first use); payloads in ``encoded`` are replaced by the rest."""
+        subjects = [crypto.subjects_of(new.event, new.metadata) for new in events]
+        if not any(subjects):
+            return [None] * len(events)
+        keys = await self.keys.keys_for(s for names in subjects for s in names)
+        out: list[crypto.Sealed | None] = []
+        for i, (new, names) in enumerate(zip(events, subjects, strict=True)):
+            if not names:
+                out.append(None)
+                continue
+            event_type, schema_version, _ = encoded[i]
+            sealed = crypto.seal(event_type, new.event, new.metadata, keys)
+            encoded[i] = (event_type, schema_version, sealed.payload)
+            out.append(sealed)
+        return out
 
     async def _tail(self, aggregate_id: str) -> RawMessage | None:
         """The aggregate's last stored message, from the server."""
@@ -360,6 +407,7 @@ class JetStreamEventStore:
         encoded: list[tuple[str, int, bytes]],
         base_version: int,
         base_seq: int,
+        sealed: Sequence[crypto.Sealed | None] = (),
     ) -> list[OutMessage]:
         out = []
         now = now_ns()
@@ -371,6 +419,10 @@ class JetStreamEventStore:
             zip(events, encoded, strict=True)
         ):
             envelope = stored_envelope(new, schema_version, base_version + i + 1, payload, now)
+            if sealed and (box := sealed[i]) is not None:
+                envelope.metadata.clear()
+                envelope.metadata.update(box.metadata)
+                envelope.sealed.extend(box.sealed)
             headers = {"Nats-Msg-Id": new.event_id, **trace}
             if i == 0:
                 # Optimistic concurrency: the aggregate's subjects must end where we read them.
@@ -412,6 +464,7 @@ class JetStreamEventStore:
         ids = check_append(aggregate_id, events, expected_version)
         encoded = self._encode(aggregate_id, events)
         await self.start()
+        sealed = await self._seal(events, encoded)
 
         for _ in range(self._cfg.any_conflict_retries + 1):
             version, seq = await self._base(aggregate_id, expected_version)
@@ -419,7 +472,7 @@ class JetStreamEventStore:
                 expected_version is ExpectedVersion.NO_STREAM and version != 0
             ):
                 return await self._conflict(aggregate_id, events, expected_version, version)
-            messages = self._messages(aggregate_id, events, encoded, version, seq)
+            messages = self._messages(aggregate_id, events, encoded, version, seq, sealed)
             try:
                 ack = await self._call(partial(self._publish, messages))
             except JsApiError as exc:
@@ -533,7 +586,7 @@ class JetStreamEventStore:
             self._replies, self._cfg.stream, subject, from_seq, self._cfg.request_timeout_s
         ):
             try:
-                yield self.decode(raw)
+                yield await self.open(raw)
             except PayloadDecodeError as exc:
                 aggregate_id = raw.subject.rsplit(".", 2)[-2]
                 if not await self.voided(aggregate_id, raw.seq):
@@ -612,7 +665,7 @@ class JetStreamEventStore:
         version, else not at all."""
         record: RecordedEvent | None
         try:
-            record = self.decode(raw)
+            record = await self.open(raw)
             problem = None
             if expected is not None and record.version != expected:
                 problem = f"it carries version {record.version} where {expected} belongs"

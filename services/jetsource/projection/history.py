@@ -26,6 +26,7 @@ from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
 
 from jetsource.core.clock import to_ns
+from jetsource.core.crypto import ErasureWatch
 from jetsource.core.envelope import RecordedEvent
 from jetsource.core.errors import JetsourceError
 from jetsource.eventstore.port import EventStore
@@ -200,6 +201,8 @@ class StateLoader(Generic[S]):
         self._cache: OrderedDict[tuple[str, int, int], S] = OrderedDict()
         # aggregate -> its snapshots (without their state) as last listed
         self._listed: OrderedDict[str, list[Snapshot]] = OrderedDict()
+        # ... except after an erasure: its snapshots are deleted and taken again.
+        self._erasures = ErasureWatch()
 
     @property
     def schema(self) -> int:
@@ -286,6 +289,9 @@ class StateLoader(Generic[S]):
         """State after every event up to ``to_version`` and recorded at or before
         ``until`` (both optional)."""
         codec = self.codec
+        if self._erasures.moved():
+            self._cache.clear()
+            self._listed.clear()
         if until is not None:
             # Stream times never go backwards: the events recorded by then are the
             # versions up to the last one recorded by then. One look-up, and the rest

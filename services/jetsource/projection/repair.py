@@ -78,6 +78,6 @@ async def _record_at(p: Projection, seq: int) -> RecordedEvent | None:
     if raw is None:
         return None
     try:
-        return p.store.decode(raw)
+        return await p.store.open(raw)
     except PayloadDecodeError:
         return None

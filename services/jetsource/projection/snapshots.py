@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Generic
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
+from jetsource.core.crypto import ErasureWatch
 from jetsource.core.envelope import RecordedEvent
 from jetsource.eventstore.jsapi import JsApiError, NoRespondersError
 from jetsource.eventstore.snapshots import Snapshot, SnapshotStore, SnapshotTooLargeError
@@ -145,6 +146,7 @@ class SnapshotModel(Generic[S]):
         self.every = every
         self.cache_size = cache_size
         self._warm: OrderedDict[str, _Warm[S]] = OrderedDict()
+        self._erasures = ErasureWatch()  # an erasure empties the warm states
         self.written = 0
         self.too_large = 0
 
@@ -193,6 +195,8 @@ class SnapshotModel(Generic[S]):
     async def _apply(self, events: Sequence[RecordedEvent]) -> Outcome:
         codec = self.codec
         outcome = Outcome()
+        if self._erasures.moved():
+            self._warm.clear()
         for aggregate_id, evs in group(events).items():
             warm = self._warm.pop(aggregate_id, None)
             for e in evs:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from google.protobuf.message import Message
 from prometheus_client import Counter
 
+from jetsource.core.crypto import ErasureWatch
 from jetsource.core.envelope import AppendResult, NewEvent, RecordedEvent
 from jetsource.core.errors import ConcurrencyError, JetsourceError, ValidationError
 from jetsource.core.ids import validate_aggregate_id
@@ -109,11 +110,14 @@ class CommandHandler:
         self._backoff = conflict_backoff_s
         self._cache_size = cache_size
         self._cache: OrderedDict[str, Loaded] = OrderedDict()
+        self._erasures = ErasureWatch()  # an erasure empties the cache
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     async def load(self, context_id: str) -> Loaded:
         """Current state: the cached fold plus whatever was appended since; not cached,
         the latest snapshot plus the events after it."""
+        if self._erasures.moved():
+            self._cache.clear()
         loaded = self._cache.get(context_id)
         if loaded is None and self._loader is not None:
             point = await self._loader.load(context_id, keys=True)

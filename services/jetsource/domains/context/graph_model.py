@@ -22,6 +22,7 @@ from typing import Any
 
 from neo4j import AsyncDriver, AsyncManagedTransaction
 
+from jetsource.core.crypto import ErasureWatch
 from jetsource.core.envelope import RecordedEvent
 from jetsource.domains.context.history import FoldCache, history_up_to
 from jetsource.domains.context.model import ContextState, Decision, Subtask
@@ -82,6 +83,7 @@ class GraphModel:
         self.subtask, self.checkpoint_label = f"{x}Subtask_v{v}", f"{x}Checkpoint_v{v}"
         self._cache: OrderedDict[str, tuple[int, ContextState]] = OrderedDict()
         self._folds = FoldCache()  # replay: a hot story's history folded once
+        self._erasures = ErasureWatch()  # an erasure empties both
 
     def _label(self, state: ContextState, node_id: str) -> str:
         return self.decision if node_id in state.decisions else self.subtask
@@ -105,9 +107,16 @@ class GraphModel:
 
     # -- state ------------------------------------------------------------------
 
+    def _forget_if_erased(self) -> None:
+        """States folded before an erasure may hold what now reads "<erased>"."""
+        if self._erasures.moved():
+            self._cache.clear()
+            self._folds = FoldCache()
+
     async def _load(self, ids: Sequence[str]) -> dict[str, tuple[int, ContextState]]:
         """(stored seq, state) per story: from the cache, else folded from the store
         up to the version the Story node holds."""
+        self._forget_if_erased()
         out = {i: self._cache[i] for i in ids if i in self._cache}
         missing = [i for i in ids if i not in out]
         if missing:
@@ -315,6 +324,7 @@ class GraphModel:
         counts move with it. With ``guard`` (low, high) nothing is written unless
         the stored version is within it. Returns the version the story was at (0: absent)."""
         events = await history_up_to(self.store, aggregate_id, to_version, events)
+        self._forget_if_erased()
         state = self._folds.state_at(aggregate_id, events, to_version)
         writes = _Writes()
         if events:

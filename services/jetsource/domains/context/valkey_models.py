@@ -19,6 +19,7 @@ from valkey.asyncio import Valkey
 
 from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
 from jetsource.core.codec import UnknownEvent
+from jetsource.core.crypto import ErasureWatch
 from jetsource.core.envelope import RecordedEvent
 from jetsource.domains.context.history import FoldCache, history_up_to
 from jetsource.domains.context.model import ContextState, EvolveError, evolve, fold
@@ -186,6 +187,7 @@ class ContextModel(ValkeyModel):
         # id -> (doc fields other than the state, state); what this process last wrote.
         self._cache: OrderedDict[str, tuple[dict[str, Any], ContextState]] = OrderedDict()
         self._folds = FoldCache()  # replay: a hot story's history folded once
+        self._erasures = ErasureWatch()  # an erasure empties both
         self._encoder = StateEncoder()
         self._apply = redis.register_script(_CONTEXT_APPLY)
         self._put = redis.register_script(_CONTEXT_PUT)
@@ -201,7 +203,14 @@ class ContextModel(ValkeyModel):
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
 
+    def _forget_if_erased(self) -> None:
+        """States folded before an erasure may hold what now reads "<erased>"."""
+        if self._erasures.moved():
+            self._cache.clear()
+            self._folds = FoldCache()
+
     async def _load(self, ids: Sequence[str]) -> dict[str, tuple[dict[str, Any], ContextState]]:
+        self._forget_if_erased()
         out = {i: self._cache[i] for i in ids if i in self._cache}
         missing = [i for i in ids if i not in out]
         if missing:
@@ -321,6 +330,7 @@ class ContextModel(ValkeyModel):
         ``guard`` (low, high) only if the stored version is within. Returns the
         version it was at."""
         events = await history_up_to(self.store, aggregate_id, to_version, events)
+        self._forget_if_erased()
         state = self._folds.state_at(aggregate_id, events, to_version)
         meta = {
             "seq": events[-1].stream_seq if events else 0,

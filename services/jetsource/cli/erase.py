@@ -1,0 +1,66 @@
+"""`jetsource erase SUBJECT --yes [--json]`: erase a person's personal data.
+
+Destroys the subject's data key (crypto-shredding): every personal field of theirs in
+every stream reads "<erased>" from then on, everywhere; then writes the affected
+aggregates again in every read model and takes their snapshots again. Nothing else of
+any event changes (versions, other fields, sequences). Cannot be undone.
+
+Exit codes: 0 done, 1 some models or aggregates were not written again (run it again:
+it is safe and finishes the work), 2 usage, 3 unavailable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import typer
+
+from jetsource.cli import output
+from jetsource.cli.output import REFUSED, USAGE
+from jetsource.cli.projector import _fail_for, _json, _progress, _settings
+from jetsource.core.errors import ValidationError
+from jetsource.projection.bootstrap import open_projection
+from jetsource.projection.erasure import ErasureReport, check_subject, erase_subject
+
+
+def erase(
+    subject: str = typer.Argument(..., help="The person: the value their personal fields hold"),
+    yes: bool = typer.Option(False, "--yes", help="confirm: an erasure cannot be undone"),
+    as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout"),
+) -> None:
+    """Erase SUBJECT's personal data: destroy their key, update the read models."""
+    json_out = _json(as_json)
+    try:
+        check_subject(subject)
+    except ValidationError as exc:
+        output.fail(USAGE, "usage", str(exc))
+    if not yes:
+        output.fail(USAGE, "usage", "erasing personal data cannot be undone: add --yes to confirm")
+    settings = _settings()
+
+    async def go() -> ErasureReport:
+        p = await open_projection(settings, provision=False)
+        try:
+            with _progress("erasing") as update:
+                return await erase_subject(p, subject, progress=update)
+        finally:
+            await p.close()
+
+    try:
+        report = asyncio.run(go())
+    except Exception as exc:
+        _fail_for(exc, settings)
+    if json_out:
+        output.emit_json(report.summary())
+    else:
+        state = "destroyed" if report.key_destroyed else "already gone (or never made)"
+        n = sum(len(v) for v in report.aggregates.values())
+        output.line(
+            f"key {report.subject_ref or '-'}: {state}; {report.scanned} events scanned, "
+            f"{n} aggregates written again in {len(report.models)} models "
+            f"in {report.seconds:.2f} s"
+        )
+        for problem in report.failed:
+            output.line(f"  failed: {problem}")
+    if report.failed:
+        raise typer.Exit(REFUSED)
