@@ -347,3 +347,14 @@ def test_discord_presence_typing_system_dm_outbound_threads() -> None:
     assert in_thread.thread_id == in_thread.channel_id == "1312345678901234567"
     started = one(DC + "thread_started.json").metadata.thread
     assert (started.thread_id, started.name) == ("1312345678901234567", "Sizing questions")
+
+
+def test_evolution_lid_addressed_people_keep_their_phone_handle() -> None:
+    """WhatsApp may address a person by LID (a privacy id); Evolution gives the phone JID
+    beside it, and the handle stays the phone number the person has everywhere else."""
+    direct = one(EVO + "lid_text.json")
+    assert (direct.sender_handle, direct.conversation_id) == (JOAO, JOAO)
+    assert direct.metadata.extra["remoteJid_lid"] == "208916402933123@lid"
+    group = one(EVO + "lid_group_text.json")
+    assert (group.sender_handle, group.conversation_id) == (MARIA, GROUP)
+    assert group.metadata.extra["participant_lid"] == "73521984001234@lid"

@@ -119,21 +119,37 @@ class _Envelope:
             ev.provider_timestamp.CopyFrom(self.sent_at)
         return ev
 
-    def route(self, ev: NormalizedEvent, key: Node, *, remote_field: str = "remoteJid") -> None:
+    def route(self, ev: NormalizedEvent, key: Node) -> None:
         """Direction, sender, recipient and conversation from a message key."""
-        remote = key.req_str(remote_field)
-        chat = handle(remote)
-        ev.conversation_id = ev.channel_id = chat
+        remote = key.req_str("remoteJid")
         group = remote.endswith("@g.us")
-        participant = key.opt_str("participant")
+        chat = remote if group else _person(key, "remoteJid", "remoteJidAlt", ev)
+        ev.conversation_id = ev.channel_id = chat
         if key.opt_bool("fromMe"):
             ev.direction = pb.DIRECTION_OUTBOUND
             ev.sender_handle = self.own
             ev.recipient_handle = "" if group else chat
         else:
             ev.direction = pb.DIRECTION_INBOUND
-            ev.sender_handle = handle(participant) if group and participant else chat
+            if group and key.has("participant"):
+                ev.sender_handle = _person(key, "participant", "participantAlt", ev)
+            else:
+                ev.sender_handle = chat
             ev.recipient_handle = self.own
+
+
+def _person(key: Node, field: str, alt_field: str, ev: NormalizedEvent) -> str:
+    """A person's handle from a key: the phone number where WhatsApp addresses them by LID
+    (a privacy id) and Evolution gives the phone JID beside it (``remoteJidAlt``), so that
+    the same person keeps one handle; the LID is kept in metadata.extra."""
+    jid = key.req_str(field)
+    alt = key.opt_str(alt_field)
+    if jid.endswith("@lid") and alt and not alt.endswith("@lid"):
+        ev.metadata.extra[f"{field}_lid"] = jid
+        return handle(alt)
+    if alt.endswith("@lid"):
+        ev.metadata.extra[f"{field}_lid"] = alt
+    return handle(jid)
 
 
 def normalize(ctx: Context, body: Mapping[str, Any]) -> list[NormalizedEvent]:
