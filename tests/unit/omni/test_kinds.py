@@ -358,3 +358,12 @@ def test_evolution_lid_addressed_people_keep_their_phone_handle() -> None:
     group = one(EVO + "lid_group_text.json")
     assert (group.sender_handle, group.conversation_id) == (MARIA, GROUP)
     assert group.metadata.extra["participant_lid"] == "73521984001234@lid"
+
+
+def test_cloud_group_messages_and_receipts_are_keyed_by_the_group() -> None:
+    group = "Y2FwaV9ncm91cDoxNTU1MDc4Mzg4MToxMjAzNjMwNDE5Njc4NDk="
+    msg = one(CLOUD + "group_text.json")
+    assert (msg.sender_handle, msg.conversation_id) == ("16505559876", group)
+    read = one(CLOUD + "group_status_read.json")
+    assert (read.recipient_handle, read.conversation_id) == ("16505559876", group)
+    assert read.metadata.receipt.status == pb.RECEIPT_STATUS_READ
