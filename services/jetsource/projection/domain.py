@@ -95,6 +95,9 @@ class Domain:
                 "stream": self.stream,
                 "subject_prefix": self.subject_prefix,
                 "aggregate_type": self.aggregate_type,
+                # The descriptor's policy decides the stream's retention and purge rights.
+                "retention": str(self.policy.retention),
+                "max_age_s": self.policy.max_age_s,
             }
         )
 

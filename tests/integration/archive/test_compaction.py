@@ -151,10 +151,22 @@ async def test_only_events_covered_by_a_snapshot_and_never_the_last_are_purged(
     assert [r.version for r in await p.store.read_aggregate("nosnap")] == list(range(1, 21))
 
 
-def test_only_a_compacting_stream_allows_purge() -> None:
+def test_only_a_compacting_stream_allows_purge(settings: JetsourceSettings) -> None:
+    from dataclasses import replace
+
     from jetsource.core.settings import EventStoreSettings
+    from jetsource.projection.domain import Retention, StreamPolicy
+    from tests.notes_domain import notes_domain
 
     assert stream_config(EventStoreSettings())["deny_purge"] is True
+    # A domain's descriptor decides its stream's retention.
+    notes = replace(
+        notes_domain("pol"), policy=StreamPolicy(Retention.AGE_WITH_COMPACTION, 86400.0)
+    )
+    cfg = notes.eventstore(settings)
+    assert (cfg.retention, cfg.max_age_s) == ("age+compaction", 86400.0)
+    assert stream_config(cfg)["deny_purge"] is False
+    assert notes_domain("pol").eventstore(settings).retention == "forever"
     assert stream_config(EventStoreSettings(retention="age", max_age_s=60))["max_age"] == 60 * 10**9
     compacting = stream_config(EventStoreSettings(retention="age+compaction", max_age_s=60))
     assert compacting["deny_purge"] is False and compacting["max_age"] == 0
