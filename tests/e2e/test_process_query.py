@@ -11,6 +11,9 @@ INVALID_ARGUMENT naming the field, unknown processes with NOT_FOUND.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -325,3 +328,93 @@ async def test_the_ledger_read_side_over_grpc(stack: Stack, unique: str) -> None
         (reads.WatchProcess, q.WatchProcessRequest(process_id=f"nope{unique}")),
     ):
         assert (await refused(call, request)).code() == Code.NOT_FOUND
+
+
+# -- the command line ---------------------------------------------------------------------
+
+
+async def cli(stack: Stack, *args: str) -> tuple[int, str, str]:
+    """``jetsource ARGS`` as a user runs it (a subprocess: this loop keeps serving)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JETSOURCE_")}
+    env["JETSOURCE_CLIENT__PROCESS_QUERY"] = f"127.0.0.1:{stack.query.port}"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "jetsource",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, stdout.decode(), stderr.decode()
+
+
+async def test_jetsource_process_commands(stack: Stack, unique: str) -> None:
+    root, child = f"r{unique}", f"c{unique}"
+    await stack.record.RecordBatch(
+        ob.RecordBatchRequest(
+            events=[
+                event(root, "process_started", 0, kind="pipeline", name="generate"),
+                event(child, "process_started", 1, parent=root, kind="agent", name="planner"),
+                event(child, "level_started", 2, level=1),
+                event(child, "process_completed", 3),
+            ]
+        ),
+        timeout=10,
+    )
+    await visible(stack.reads, child, 3)
+
+    code, stdout, _ = await cli(stack, "process", "list", "--root", root, "-o", "json")
+    assert code == 0
+    listed = json.loads(stdout)
+    assert [p["process_id"] for p in listed["processes"]] == [child, root]
+    assert listed["processes"][0]["status"] == "completed"
+
+    code, stdout, _ = await cli(stack, "process", "show", child, "-o", "json")
+    shown = json.loads(stdout)
+    assert (code, shown["parent_process_id"], shown["depth"], shown["event_count"]) == (
+        0,
+        root,
+        1,
+        3,
+    )
+    code, stdout, _ = await cli(stack, "process", "show", child)  # plain text
+    assert code == 0 and "planner" in stdout
+
+    code, stdout, _ = await cli(stack, "process", "tree", root, "-o", "json")
+    tree = json.loads(stdout)
+    assert tree["root"]["children"][0]["process_id"] == child and not tree["truncated"]
+    code, stdout, _ = await cli(stack, "process", "tree", root)
+    assert code == 0 and f"  {child} [agent] planner: completed" in stdout
+
+    code, stdout, _ = await cli(
+        stack, "process", "timeline", root, "--subtree", "--all", "--page-size", "1", "-o", "json"
+    )
+    events = json.loads(stdout)["events"]
+    assert [e["event"]["event_type"] for e in events] == [
+        "process_started",
+        "process_started",
+        "level_started",
+        "process_completed",
+    ]
+    assert events[2]["event"]["data"] == {"level": 1}
+    code, stdout, _ = await cli(
+        stack, "process", "timeline", child, "--type", "level_started", "-o", "json"
+    )
+    assert [e["process_seq"] for e in json.loads(stdout)["events"]] == [2]
+
+    code, stdout, _ = await cli(
+        stack, "process", "watch", root, "--subtree", "--timeout", "1.5", "-o", "json"
+    )
+    assert code == 0
+    assert len([json.loads(x) for x in stdout.splitlines()]) == 4
+
+    code, _, stderr = await cli(stack, "process", "show", "a.b", "-o", "json")
+    error = json.loads(stderr)["error"]
+    assert (code, error["code"]) == (1, "INVALID_ARGUMENT") and "process_id" in error["message"]
+    code, _, stderr = await cli(stack, "process", "show", f"nope{unique}", "-o", "json")
+    assert (code, json.loads(stderr)["error"]["code"]) == (1, "NOT_FOUND")
+    code, _, _ = await cli(stack, "process", "list", "--status", "bogus")
+    assert code == 2

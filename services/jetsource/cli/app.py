@@ -10,7 +10,18 @@ from importlib.metadata import PackageNotFoundError, version
 
 import typer
 
-from jetsource.cli import archive, ctx, erase, infra, observe, output, projector, repair, streams
+from jetsource.cli import (
+    archive,
+    ctx,
+    erase,
+    infra,
+    observe,
+    output,
+    process,
+    projector,
+    repair,
+    streams,
+)
 
 app = typer.Typer(
     help="jetsource: event-sourced Context Service on NATS JetStream.\n\n"
@@ -25,6 +36,7 @@ app.add_typer(streams.app, name="streams")
 app.add_typer(archive.app, name="archive")
 app.add_typer(repair.app, name="repair")
 app.add_typer(observe.app, name="observe")
+app.add_typer(process.app, name="process")
 app.command("erase")(erase.erase)
 app.command("up")(infra.up_all)
 app.command("down")(infra.down_all)
