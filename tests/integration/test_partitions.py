@@ -6,6 +6,9 @@ parallel rebuild equal to a single-worker one."""
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,6 +23,9 @@ from jetsource.projection import admin
 from jetsource.projection.bootstrap import Projection, open_projection
 from jetsource.projection.host import ProjectorService
 from jetsource.projection.partitions import (
+    Fence,
+    FencedError,
+    Leases,
     PartitionOptions,
     ensure_mirror,
     mirror_stream,
@@ -212,3 +218,147 @@ async def test_parallel_rebuild_equals_a_single_worker_rebuild(projection: Proje
         await asyncio.wait_for(w.run(until_caught_up=True), 60)
     assert await applied(p, "context", 3) == await applied(p, "context", 2) == 360
     assert await p.model("context", 3).digest() == await p.model("context", 2).digest()
+
+
+# -- fencing ----------------------------------------------------------------------------
+
+
+async def test_a_fenced_model_writes_nothing_once_a_newer_token_is_claimed(
+    projection: Projection,
+) -> None:
+    """The check is in the model's own atomic write: the old owner's Valkey script and
+    graph transaction are refused (FencedError) and leave the store as it was."""
+    p = projection
+    store = p.store_for("context")
+    history = story_events("f1", 6, 0)
+    await store.append("f1", [NewEvent(m) for m in history], 0)
+    records = await store.read_aggregate("f1")
+    assert len(records) == 6
+
+    async def held() -> bool:
+        return True
+
+    for name in ("context", "graph"):
+        old = Fence("g", 0, 10, held)
+        new = Fence("g", 0, 11, held)
+        zombie, owner = p.model(name, 1, old), p.model(name, 1, new)
+        await zombie.setup()
+        await old.claim()
+        assert (await zombie.apply(records[:3])).applied == 3
+        await new.claim()  # the new owner takes over
+        before = await zombie.digest()
+        with pytest.raises(FencedError):
+            await zombie.apply(records[3:])
+        assert await zombie.digest() == before, name
+        with pytest.raises(FencedError):
+            await old.claim()  # nor can the old one claim back
+        assert (await owner.apply(records[3:])).applied == 3
+        assert (await owner.checkpoint()).applied == 6
+
+
+def service_env(p: Projection, member: str, **extra: str) -> dict[str, str]:
+    from tests.integration.test_admin_contract import cli_env
+
+    o = p.settings.projector.partitions
+    return cli_env(p) | {
+        "JETSOURCE_PROJECTOR__HTTP_PORT": "0",
+        "JETSOURCE_PROJECTOR__PARTITIONS__COUNT": str(o.count),
+        "JETSOURCE_PROJECTOR__PARTITIONS__LEASE_BUCKET": o.lease_bucket,
+        "JETSOURCE_PROJECTOR__PARTITIONS__LEASE_TTL_S": str(o.lease_ttl_s),
+        "JETSOURCE_PROJECTOR__PARTITIONS__RENEW_EVERY_S": str(o.renew_every_s),
+        "JETSOURCE_PROJECTOR__PARTITIONS__GROUP": o.group,
+        "JETSOURCE_PROJECTOR__PARTITIONS__MEMBER": member,
+        "JETSOURCE_LOG_FORMAT": "text",
+        **extra,
+    }
+
+
+def start_service(p: Projection, member: str, log: Any, **extra: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "jetsource.projector.server"],
+        env=service_env(p, member, **extra),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+async def holders(p: Projection) -> dict[int, str]:
+    o = p.settings.projector.partitions
+    leases = Leases(p.nc, o, o.group, "observer")
+    await leases.start()
+    try:
+        _, state = await leases.state()
+        return {k: m for k, (m, _, _) in state.items() if m}
+    finally:
+        await leases.stop()
+
+
+async def wait_holders(p: Projection, want: dict[int, str], timeout: float) -> float:
+    started = time.monotonic()
+    while (got := await holders(p)) != want:
+        assert time.monotonic() - started < timeout, got
+        await asyncio.sleep(0.1)
+    return time.monotonic() - started
+
+
+async def test_a_worker_paused_past_its_lease_writes_nothing_when_it_resumes(
+    projection: Projection, tmp_path: Any
+) -> None:
+    """SIGSTOP the owner of both partitions with events delivered to it; a second
+    replica takes the leases (and claims the fences) and is paused in turn; the first
+    resumes alone: the model does not change. Then everything converges, once."""
+    p = projection
+    store = p.store_for("context")
+    stories = story_ids(10, "z")
+    histories = {s: story_events(s, 8, 2) for s in stories}
+    for s in stories:
+        await store.append(s, [NewEvent(m) for m in histories[s][:4]], 0)
+    extra = {"JETSOURCE_PROJECTOR__MODELS": '["context"]', "JETSOURCE_PROJECTOR__ACK_WAIT_S": "10"}
+    zlog, ylog = (tmp_path / "z.log").open("wb"), (tmp_path / "y.log").open("wb")
+    z = start_service(p, "z", zlog, **extra)
+    y: subprocess.Popen[bytes] | None = None
+    try:
+        await wait_holders(p, dict.fromkeys(range(4), "z"), 30)
+        while await applied(p, "context") < 40:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+        z.send_signal(signal.SIGSTOP)
+        for s in stories:  # delivered to the paused owner's open pull requests
+            await store.append(s, [NewEvent(m) for m in histories[s][4:]], 4)
+        y = start_service(p, "y", ylog, **extra)
+        await wait_holders(p, dict.fromkeys(range(4), "y"), 30)
+        await asyncio.sleep(1.0)  # y has claimed the fences
+        y.send_signal(signal.SIGSTOP)
+        before = (await applied(p, "context"), await p.model("context", 1).digest())
+        z.send_signal(signal.SIGCONT)
+        await asyncio.sleep(4.0)
+        after = (await applied(p, "context"), await p.model("context", 1).digest())
+        assert after == before  # the zombie wrote nothing
+        y.send_signal(signal.SIGCONT)
+        started = time.monotonic()
+        while await applied(p, "context") != 80:
+            assert time.monotonic() - started < 60, await applied(p, "context")
+            await asyncio.sleep(0.2)
+    finally:
+        for proc in (z, y):
+            if proc is not None:
+                proc.send_signal(signal.SIGCONT)
+                proc.kill()
+                proc.wait()
+        zlog.close()
+        ylog.close()
+    text = (tmp_path / "z.log").read_text()
+    assert "lease lost" in text or "fenced" in text, text[-3000:]
+    plain = await clean_digests_of(p, ("context",))
+    assert await p.model("context", 1).digest() == plain["context"]
+
+
+async def clean_digests_of(p: Projection, names: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    plain = p.settings.projector.model_copy(update={"partitions": PartitionOptions()})
+    for name in names:
+        model = p.model(name, 2)
+        await model.drop()
+        worker = Worker(p.nc, p.store_for(name), model, p.dead_letters, plain)
+        await asyncio.wait_for(worker.run(until_caught_up=True), 120)
+        out[name] = await model.digest()
+    return out
