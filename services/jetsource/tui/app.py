@@ -1,0 +1,72 @@
+"""`jetsource tui`: the Textual application fronting jetsource's domains.
+
+Keys: s sessions, p processes, c contexts, q quit (each screen's keys in its footer).
+Keyboard first, mouse optional, plain terminal output (works over SSH). A stack that
+is down shows a banner and is retried; nothing crashes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from textual.app import App
+from textual.binding import Binding, BindingType
+
+from jetsource.domains.sessions.settings import SessionsAppSettings
+from jetsource.tui.backend import Backend
+from jetsource.tui.other_views import ContextsScreen, ProcessesScreen
+from jetsource.tui.session_view import SessionScreen, SessionsScreen
+
+
+class JetsourceTui(App[None]):
+    CSS_PATH = "app.tcss"
+    TITLE = "jetsource"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("s", "sessions", "Sessions"),
+        Binding("p", "processes", "Processes"),
+        Binding("c", "contexts", "Contexts"),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    def __init__(self, backend: Backend, refresh_s: float = 2.0, open_session: str = "") -> None:
+        super().__init__()
+        self.backend = backend
+        self.refresh_s = refresh_s
+        self.open_session = open_session
+
+    def on_mount(self) -> None:
+        self.push_screen(SessionsScreen(self.backend, self.refresh_s))
+        if self.open_session:
+            self.push_screen(SessionScreen(self.backend, self.open_session))
+
+    def _switch(self, screen: Any) -> None:
+        while len(self.screen_stack) > 2:
+            self.pop_screen()
+        if len(self.screen_stack) == 2:
+            self.switch_screen(screen)
+        else:
+            self.push_screen(screen)
+
+    def action_sessions(self) -> None:
+        self._switch(SessionsScreen(self.backend, self.refresh_s))
+
+    def action_processes(self) -> None:
+        self._switch(ProcessesScreen(self.backend, self.refresh_s))
+
+    def action_contexts(self) -> None:
+        self._switch(ContextsScreen(self.backend))
+
+    async def on_unmount(self) -> None:
+        await self.backend.close()
+
+
+def run(
+    settings: SessionsAppSettings | None = None,
+    query_address: str | None = None,
+    open_session: str = "",
+) -> None:
+    settings = settings or SessionsAppSettings.load()
+    JetsourceTui(Backend(settings, query_address), open_session=open_session).run()
+
+
+__all__ = ["JetsourceTui", "run"]

@@ -1,0 +1,239 @@
+"""The other domains behind the TUI: the process tree of the ledger (live) and a
+context's state with a version/time scrubber over its history."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.screen import Screen
+from textual.widgets import Footer, Input, Label, Static, Tree
+
+from jetsource.domains.sessions.format import format_ts, parse_ts
+from jetsource.domains.sessions.ledger import ProcessSummary
+from jetsource.domains.sessions.record import session_status
+from jetsource.tui.backend import Backend, StackDown
+from jetsource.tui.session_view import Banner, styled
+
+
+class ProcessesScreen(Screen[None]):
+    """Every process of the ledger as a tree (sessions and what nests under them),
+    with statuses, refreshed live."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("r", "reload", "Reload")]
+
+    def __init__(self, backend: Backend, refresh_s: float = 2.0) -> None:
+        super().__init__(id="processes-screen")
+        self.backend = backend
+        self.refresh_s = refresh_s
+        self.loaded = 0
+        self._reading = False
+
+    def compose(self) -> ComposeResult:
+        yield Banner(id="banner")
+        yield Label(Text("Processes", style="bold"), id="title")
+        tree: Tree[str] = Tree("ledger", id="tree")
+        yield tree
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(Banner).clear()
+        self.query_one("#tree", Tree).root.expand()
+        self.reload()
+        self.set_interval(self.refresh_s, self._tick_reload)
+
+    def action_reload(self) -> None:
+        self.reload()
+
+    def _tick_reload(self) -> None:
+        # A read still under way (a slow or absent stack) is left to finish: cancelling
+        # it for the next tick would never let one complete.
+        if not self._reading:
+            self.reload()
+
+    @work(group="processes")
+    async def reload(self) -> None:
+        if self._reading:
+            return
+        self._reading = True
+        try:
+            await self._reload()
+        finally:
+            self._reading = False
+
+    async def _reload(self) -> None:
+        banner = self.query_one(Banner)
+        try:
+            procs = await self.backend.processes()
+        except StackDown as exc:
+            banner.show(f"{exc} — retrying every {self.refresh_s:g}s")
+            return
+        banner.clear()
+        tree: Tree[str] = self.query_one("#tree", Tree)
+        tree.clear()
+        children: dict[str, list[ProcessSummary]] = {}
+        roots = []
+        for p in procs.values():
+            if p.parent and p.parent in procs:
+                children.setdefault(p.parent, []).append(p)
+            else:
+                roots.append(p)
+        quiet = self.backend.settings.sessions.interrupted_after_s
+        now = time.time_ns()
+
+        def label(p: ProcessSummary) -> Text:
+            status = p.status
+            if p.kind == "session" and not p.parent:
+                status = session_status(
+                    "active" if status == "running" else status, p.last_recorded_ns, now, quiet
+                )
+            return Text.assemble(
+                (p.name or p.process_id, "bold"),
+                (f" [{p.kind or '?'}] ", "dim"),
+                styled(status),
+                (f"  {p.process_id}", "dim"),
+            )
+
+        def add(node: Any, p: ProcessSummary) -> None:
+            kids = sorted(children.get(p.process_id, []), key=lambda c: c.started_ns)
+            branch = node.add(label(p), data=p.process_id, expand=True, allow_expand=bool(kids))
+            for c in kids:
+                add(branch, c)
+
+        for p in sorted(roots, key=lambda r: r.started_ns, reverse=True):
+            add(tree.root, p)
+        tree.root.expand()
+        self.loaded += 1
+
+
+class ContextsScreen(Screen[None]):
+    """A story's current state, and a scrubber over its history: ←/→ one version back
+    or forward (GetContextAtVersion), t a time (GetContextAtTime), End the latest."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("left", "scrub(-1)", "Older"),
+        Binding("right", "scrub(1)", "Newer"),
+        Binding("end", "latest", "Latest"),
+        Binding("t", "ask_time", "At time"),
+        Binding("slash", "focus_id", "Context id"),
+        Binding("escape", "blur", "Leave input", show=False),
+    ]
+
+    def __init__(self, backend: Backend) -> None:
+        super().__init__(id="contexts-screen")
+        self.backend = backend
+        self.context_id = ""
+        self.latest = 0
+        self.version = 0
+
+    def compose(self) -> ComposeResult:
+        yield Banner(id="banner")
+        yield Label(Text("Contexts", style="bold"), id="title")
+        yield Input(placeholder="context id, then Enter", id="context-id")
+        yield Static(id="scrubber")
+        yield Static(id="context")
+        yield Input(placeholder="time (2026-12-02T21:40:00.123Z)", id="time-input")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(Banner).clear()
+        self.query_one("#time-input", Input).display = False
+        self.set_focus(None)  # keys go to the screen and the app; "/" to type an id
+
+    def action_focus_id(self) -> None:
+        self.query_one("#context-id", Input).focus()
+
+    def action_blur(self) -> None:
+        self.set_focus(None)
+
+    def action_ask_time(self) -> None:
+        box = self.query_one("#time-input", Input)
+        box.display = True
+        box.focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.set_focus(None)
+        if event.input.id == "context-id":
+            self.context_id = event.input.value.strip()
+            self.show_latest()
+        elif event.input.id == "time-input":
+            event.input.display = False
+            try:
+                at = parse_ts(event.input.value.strip())
+            except ValueError as exc:
+                self.notify(str(exc), severity="error")
+                return
+            self.show_at_time(at)
+
+    def action_scrub(self, delta: int) -> None:
+        if self.context_id and self.latest:
+            target = max(1, min(self.latest, self.version + delta))
+            if target != self.version:
+                self.show_version(target)
+
+    def action_latest(self) -> None:
+        if self.context_id:
+            self.show_latest()
+
+    async def _ask(self, call: Any) -> Any:
+        banner = self.query_one(Banner)
+        try:
+            answer = await call
+        except StackDown as exc:
+            banner.show(str(exc))
+            return None
+        except LookupError as exc:
+            banner.clear()
+            self.notify(str(exc), severity="error")
+            return None
+        banner.clear()
+        return answer
+
+    @work(exclusive=True, group="context")
+    async def show_latest(self) -> None:
+        got = await self._ask(self.backend.context(self.context_id))
+        if got is not None:
+            self.latest = self.version = int(got.context.version)
+            self._draw(got.context, "latest")
+
+    @work(exclusive=True, group="context")
+    async def show_version(self, version: int) -> None:
+        got = await self._ask(self.backend.context_at_version(self.context_id, version))
+        if got is not None:
+            self.version = int(got.context.version)
+            self._draw(got.context, f"at version {version}")
+
+    @work(exclusive=True, group="context")
+    async def show_at_time(self, at_ns: int) -> None:
+        got = await self._ask(self.backend.context_at_time(self.context_id, at_ns))
+        if got is not None:
+            self.version = int(got.context.version)
+            self._draw(got.context, f"at {format_ts(at_ns)}")
+
+    def _draw(self, ctx: Any, how: str) -> None:
+        width = 40
+        filled = round(width * self.version / self.latest) if self.latest else 0
+        self.query_one("#scrubber", Static).update(
+            Text.assemble(
+                ("█" * filled, "cyan"),
+                ("░" * (width - filled), "dim"),
+                f"  version {self.version} of {self.latest} ({how})",
+            )
+        )
+        out = Text()
+        out.append(f"{ctx.title}\n", style="bold")
+        out.append(f"status {ctx.status}  tags {', '.join(ctx.tags)}\n")
+        if ctx.description:
+            out.append(f"{ctx.description}\n")
+        out.append(f"\nDecisions ({len(ctx.decisions)})\n", style="bold")
+        for d in ctx.decisions:
+            gone = f" (superseded by {d.superseded_by})" if d.superseded_by else ""
+            out.append(f"  {d.id}  {d.title}{gone}\n")
+        out.append(f"\nSubtasks ({len(ctx.subtasks)})\n", style="bold")
+        for st in ctx.subtasks:
+            out.append(f"  {st.id}  {st.title}  {st.progress}%\n")
+        self.query_one("#context", Static).update(out)
