@@ -20,6 +20,7 @@ from jetsource.cli import (
     process,
     projector,
     repair,
+    sessions,
     streams,
 )
 
@@ -37,6 +38,8 @@ app.add_typer(archive.app, name="archive")
 app.add_typer(repair.app, name="repair")
 app.add_typer(observe.app, name="observe")
 app.add_typer(process.app, name="process")
+app.add_typer(sessions.app, name="sessions")
+app.command("tui")(sessions.tui)
 app.command("erase")(erase.erase)
 app.command("up")(infra.up_all)
 app.command("down")(infra.down_all)

@@ -238,3 +238,19 @@ def prune(
             await asyncio.sleep(interval)
 
     _run(work)
+
+
+def tui(
+    session_id: str = typer.Argument("", help="open this session directly"),
+    query: str = typer.Option(
+        None, "--query", help="context query service host:port (default: the CLI's)"
+    ),
+) -> None:
+    """The terminal UI: sessions (live follow, replay), processes, contexts.
+
+    Keys: s sessions, p processes, c contexts, q quit; / to type a filter or an id."""
+    from jetsource.cli.ctx import _target
+    from jetsource.tui.app import run
+
+    address = query or _target("query", None, None).address
+    run(SessionsAppSettings.load(), address, open_session=session_id)
