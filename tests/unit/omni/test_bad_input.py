@@ -216,3 +216,18 @@ def test_evolution_revoke_reported_twice_is_one_event() -> None:
     a = f.normalize()[0]
     b = normalize(f.provider, f.instance, via_delete, RECEIVED_AT, "r")[0]
     assert (a.id, a.provider_event_id) == (b.id, b.provider_event_id)
+
+
+def test_evolution_content_is_found_beside_sender_key_distribution() -> None:
+    """Group messages often carry a senderKeyDistributionMessage first; without a
+    messageType the content is still the text, not that key."""
+
+    def mutate(b: Body) -> None:
+        b["data"].pop("messageType")
+        b["data"]["message"] = {
+            "senderKeyDistributionMessage": {"groupId": "120363041967849074@g.us"},
+            "conversation": "pode ser na quinta?",
+        }
+
+    events = _run("whatsapp/evolution/reply_mention.json", mutate)
+    assert events[0].content_text == "pode ser na quinta?"

@@ -48,6 +48,10 @@ _WRAPPERS = (
     "documentWithCaptionMessage",
     "editedMessage",
 )
+# Keys beside the content in a Baileys message (and what Evolution adds to it).
+_NOT_CONTENT = frozenset(
+    {"messageContextInfo", "senderKeyDistributionMessage", "mediaUrl", "base64", "speechToText"}
+)
 _POLLS = ("pollCreationMessage", "pollCreationMessageV2", "pollCreationMessageV3")
 # Baileys' WebMessageInfo status names (src/utils/renderStatus.ts) and their numbers.
 _RECEIPTS = {
@@ -206,7 +210,7 @@ def _upsert(env: _Envelope, data: Node) -> list[NormalizedEvent]:
 def _content_of(message: Node, declared: str) -> tuple[str, Any]:
     """The content key of a Baileys message and its value, through wrapper messages."""
     for _ in range(4):  # wrappers nest at most a couple of levels
-        keys = [k for k in message.raw if k not in ("messageContextInfo", "mediaUrl", "base64")]
+        keys = [k for k in message.raw if k not in _NOT_CONTENT]
         kind = declared if declared in message.raw else (keys[0] if keys else "")
         if not kind:
             raise Malformed(message.path, "message has no content")
