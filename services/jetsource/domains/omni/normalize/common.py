@@ -17,14 +17,16 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from jetsource._gen.omni.v1.events_pb2 import NormalizedEvent
 from jetsource.domains.omni.normalize.errors import Malformed
 
-# Fixed forever: event ids are uuid5(OMNI_NAMESPACE, provider \x1f instance \x1f provider_event_id).
+# Fixed forever: event ids are uuid5(OMNI_NAMESPACE, the JSON array
+# [provider, instance, provider_event_id]) (JSON, so that no choice of strings can collide).
 OMNI_NAMESPACE = uuid.UUID("6f6d6e69-0000-4000-8000-6a6574737263")
 
 
 def event_id(provider: str, instance: str, provider_event_id: str) -> str:
     """The normalized event id: the same provider event on the same instance always gets the
     same id, however often it is delivered."""
-    return str(uuid.uuid5(OMNI_NAMESPACE, f"{provider}\x1f{instance}\x1f{provider_event_id}"))
+    key = json.dumps([provider, instance, provider_event_id], separators=(",", ":"))
+    return str(uuid.uuid5(OMNI_NAMESPACE, key))
 
 
 def digest(value: Any) -> str:
