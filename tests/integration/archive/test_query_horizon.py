@@ -9,8 +9,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from jetsource._gen.context.v1 import query_pb2 as q
 from jetsource.client import QueryClient
 from jetsource.core.settings import ArchiveSettings, JetsourceSettings
 from jetsource.domains.context.serialize import state_to_dict
@@ -58,9 +60,9 @@ async def test_query_service_reads_across_the_horizon(
             answer = await reads.at_version("qh", v)
             assert answer.context == context_view(state_to_dict(state_at(records, v))), v
         for t in probe_times(records)[1:]:  # the first is before the context existed
-            answer = await reads.at_time("qh", t)
-            assert answer.context == context_view(state_to_dict(state_at(records, until=t)))
-        listed = []
+            at_time = await reads.at_time("qh", t)
+            assert at_time.context == context_view(state_to_dict(state_at(records, until=t)))
+        listed: list[q.EventView] = []
         token = ""
         while True:
             page = await reads.list_events("qh", limit=7, page_token=token)
@@ -80,8 +82,12 @@ async def test_query_service_reads_across_the_horizon(
                 await call
             assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
             assert f"versions 1..{horizon.version}" in (caught.value.details() or "")
-            status = rpc_status.from_call(caught.value)  # type: ignore[arg-type]
+            status = rpc_status.from_call(caught.value)
             assert status is not None
+            info = error_details_pb2.ErrorInfo()
+            assert status.details[0].Unpack(info)
+            assert info.reason == "BEFORE_HORIZON"
+            assert info.metadata["horizon_version"] == str(horizon.version)
         ok = await blind_reads.at_version("qh", len(records))
         assert ok.context == context_view(state_to_dict(state_at(records, len(records))))
     finally:
