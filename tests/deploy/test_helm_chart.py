@@ -98,8 +98,9 @@ def test_the_values_files_validate_against_the_schema(name: str, schema: dict[st
 @pytest.mark.parametrize(
     ("override", "complaint"),
     [
-        ({"projector": {"replicas": 2}}, "maximum"),  # one replica per partition
-        ({"snapshotter": {"replicas": 3}}, "maximum"),
+        # One replica per partition: more only with partitions > 0 (#20).
+        ({"projector": {"replicas": 2}}, "minimum"),
+        ({"snapshotter": {"replicas": 3}}, "minimum"),
         ({"securityContext": {"readOnlyRootFilesystem": False}}, "const"),
         ({"securityContext": {"allowPrivilegeEscalation": True}}, "const"),
         ({"podSecurityContext": {"runAsNonRoot": False}}, "const"),

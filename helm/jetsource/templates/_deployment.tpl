@@ -7,7 +7,8 @@ One Deployment of a jetsource process. Called with a dict:
   ports      list of (dict "name" "containerPort")
   probes     YAML of startupProbe/readinessProbe/livenessProbe
   recreate   true for single-consumer workers: never two at once
-  hpa        true when an HPA owns the replica count
+  hpa        true when an HPA (or KEDA) owns the replica count
+  affinity   YAML of a default affinity, used when the values set none
 */}}
 {{- define "jetsource.deployment" -}}
 {{- $root := .root }}
@@ -84,7 +85,7 @@ spec:
       tolerations:
         {{- toYaml . | nindent 8 }}
       {{- end }}
-      {{- with $v.affinity }}
+      {{- with ($v.affinity | default (.affinity | default "" | fromYaml)) }}
       affinity:
         {{- toYaml . | nindent 8 }}
       {{- end }}

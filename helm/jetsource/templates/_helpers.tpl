@@ -159,3 +159,19 @@ imagePullSecrets:
 securityContext:
   {{- toYaml .Values.podSecurityContext | nindent 2 }}
 {{- end }}
+
+{{/* Replicas of a partitioned worker on different nodes where possible (preferred, so a
+small cluster still schedules them); nothing when it runs one replica. */}}
+{{- define "jetsource.spreadAffinity" -}}
+{{- $v := index .root.Values .component }}
+{{- if and (gt (int ($v.partitions | default 0)) 0) (or (gt (int $v.replicas) 1) (and $v.keda $v.keda.enabled)) }}
+podAntiAffinity:
+  preferredDuringSchedulingIgnoredDuringExecution:
+    - weight: 100
+      podAffinityTerm:
+        topologyKey: kubernetes.io/hostname
+        labelSelector:
+          matchLabels:
+            {{- include "jetsource.componentSelector" . | nindent 12 }}
+{{- end }}
+{{- end }}
