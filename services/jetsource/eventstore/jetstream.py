@@ -315,7 +315,7 @@ class JetStreamEventStore:
                 out.append(None)
                 continue
             event_type, schema_version, _ = encoded[i]
-            sealed = crypto.seal(event_type, new.event, new.metadata, keys)
+            sealed = crypto.seal(new.event, new.metadata, keys)
             encoded[i] = (event_type, schema_version, sealed.payload)
             out.append(sealed)
         return out
@@ -502,6 +502,69 @@ class JetStreamEventStore:
             return AppendResult(aggregate_id, list(range(version + 1, version + n + 1)), seqs, ids)
         actual, _ = await self._last(aggregate_id)
         raise ConcurrencyError(aggregate_id, expected_version, actual)
+
+    async def append_many(
+        self, groups: Sequence[tuple[str, Sequence[NewEvent]]]
+    ) -> list[AppendResult]:
+        """Append several aggregates' events (``ExpectedVersion.ANY`` each) as ONE
+        atomic batch: every group stored, contiguous and in order, or none. Each
+        aggregate's first message carries its own optimistic-concurrency check, so the
+        batch is refused whole if any aggregate moved; then (and on a duplicate) each
+        group is appended on its own, which reloads, retries and finds duplicates as
+        ``append`` does. One batch costs one commit where one per aggregate costs one
+        each (file storage syncs every atomic commit). An aggregate appears in at most
+        one group; at most ``BATCH_LIMIT`` events in all."""
+        ids = [a for a, _ in groups]
+        if len(set(ids)) != len(ids):
+            raise ValidationError("append_many: an aggregate appears in two groups")
+        if sum(len(e) for _, e in groups) > jsapi.BATCH_LIMIT:
+            raise ValidationError(f"append_many: more than {jsapi.BATCH_LIMIT} events")
+        if len(groups) == 1:
+            return [await self.append(groups[0][0], groups[0][1], ExpectedVersion.ANY)]
+        encoded = []
+        for aggregate_id, events in groups:
+            check_append(aggregate_id, events, ExpectedVersion.ANY)
+            encoded.append(self._encode(aggregate_id, events))
+        await self.start()
+        bases = await asyncio.gather(
+            *(self._base(aggregate_id, ExpectedVersion.ANY) for aggregate_id, _ in groups)
+        )
+        messages: list[OutMessage] = []
+        for (aggregate_id, events), enc, (version, seq) in zip(groups, encoded, bases, strict=True):
+            messages += self._messages(aggregate_id, events, enc, version, seq)
+        try:
+            ack = await self._call(partial(self._publish, messages))
+        except JsApiError as exc:
+            if exc.err_code == jsapi.ERR_MESSAGE_TOO_LARGE:
+                raise EventTooLargeError(exc.description) from exc
+            if exc.err_code not in (
+                jsapi.ERR_WRONG_LAST_SEQUENCE,
+                jsapi.ERR_BATCH_DUPLICATE_MSG_ID,
+            ):
+                raise
+            ack = None
+        if ack is None or ack.duplicate:
+            for aggregate_id, _ in groups:
+                self._positions.pop(aggregate_id, None)
+            return list(
+                await asyncio.gather(*(self.append(a, e, ExpectedVersion.ANY) for a, e in groups))
+            )
+        out = []
+        seq = ack.seq - len(messages)
+        for (aggregate_id, events), (version, _) in zip(groups, bases, strict=True):
+            n = len(events)
+            seqs = list(range(seq + 1, seq + n + 1))
+            seq += n
+            self._remember(aggregate_id, version + n, seqs[-1])
+            out.append(
+                AppendResult(
+                    aggregate_id,
+                    list(range(version + 1, version + n + 1)),
+                    seqs,
+                    [e.event_id for e in events],
+                )
+            )
+        return out
 
     async def _publish(self, messages: list[OutMessage]) -> jsapi.PubAck:
         timeout = self._cfg.request_timeout_s

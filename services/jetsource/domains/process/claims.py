@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -28,6 +29,7 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSe
 from nats.js.kv import KeyValue
 
 from jetsource.core.errors import EventStoreUnavailableError
+from jetsource.eventstore import jsapi
 
 DEFAULT_BUCKET = "PROCESS_IDEMPOTENCY"
 
@@ -81,6 +83,11 @@ class Claims(Protocol):
 
     async def delete(self, key: str, revision: int) -> None: ...
 
+    async def create_many(self, pairs: list[tuple[str, ClaimValue]]) -> list[int | None]:
+        """``create`` of each pair (one round trip where the adapter can)."""
+
+    async def put_many(self, pairs: list[tuple[str, ClaimValue]]) -> None: ...
+
 
 _UNAVAILABLE = (
     asyncio.TimeoutError,
@@ -89,6 +96,7 @@ _UNAVAILABLE = (
     nats.errors.ConnectionReconnectingError,
     nats.errors.NoRespondersError,
     nats.errors.OutboundBufferLimitError,
+    jsapi.NoRespondersError,
 )
 
 
@@ -110,20 +118,79 @@ class KvClaims:
         self._bucket = bucket
         self._replicas = replicas
         self._kv: KeyValue | None = None
+        self._replies = jsapi.Replies(nc)
+        self._atomic = False
 
     async def kv(self) -> KeyValue:
         if self._kv is None:
             try:
-                self._kv = await self._js.key_value(self._bucket)
+                kv = await self._js.key_value(self._bucket)
             except BucketNotFoundError:
-                self._kv = await self._js.create_key_value(
+                kv = await self._js.create_key_value(
                     bucket=self._bucket,
                     history=1,
                     replicas=self._replicas,
                     storage=StorageType.FILE,
                     description="process ledger: claims of event ids and idempotency keys",
                 )
+            await self._replies.start()
+            # Many claims in one atomic batch: one round trip and one commit.
+            stream = f"KV_{self._bucket}"
+            info = await jsapi.api(self._replies, f"STREAM.INFO.{stream}", {}, 5.0)
+            config = info["config"]
+            if not config.get("allow_atomic"):
+                config["allow_atomic"] = True
+                await jsapi.api(self._replies, f"STREAM.UPDATE.{stream}", config, 5.0)
+            self._atomic = True
+            self._kv = kv
         return self._kv
+
+    def _message(self, key: str, value: ClaimValue, create: bool) -> jsapi.OutMessage:
+        headers = {"Nats-Expected-Last-Subject-Sequence": "0"} if create else {}
+        return jsapi.OutMessage(f"$KV.{self._bucket}.{key}", value.encode(), headers)
+
+    async def create_many(self, pairs: list[tuple[str, ClaimValue]]) -> list[int | None]:
+        """One atomic batch of creates; if any key is claimed already (the batch is
+        refused whole), each is created on its own to say which."""
+        if len(pairs) > jsapi.BATCH_LIMIT:
+            out: list[int | None] = []
+            for i in range(0, len(pairs), jsapi.BATCH_LIMIT):
+                out += await self.create_many(pairs[i : i + jsapi.BATCH_LIMIT])
+            return out
+        if len(pairs) < 2:
+            return [await self.create(k, v) for k, v in pairs]
+        async with _unavailable("create"):
+            await self.kv()
+            try:
+                ack = await jsapi.publish_atomic_batch(
+                    self._replies,
+                    [self._message(k, v, True) for k, v in pairs],
+                    uuid.uuid4().hex,
+                    5.0,
+                )
+            except jsapi.JsApiError as exc:
+                if exc.err_code != jsapi.ERR_WRONG_LAST_SEQUENCE:
+                    raise
+            else:
+                first = ack.seq - len(pairs) + 1
+                return list(range(first, ack.seq + 1))
+        return list(await asyncio.gather(*(self.create(k, v) for k, v in pairs)))
+
+    async def put_many(self, pairs: list[tuple[str, ClaimValue]]) -> None:
+        if len(pairs) < 2:
+            for k, v in pairs:
+                await self.put(k, v)
+            return
+        async with _unavailable("put"):
+            await self.kv()
+            for i in range(0, len(pairs), jsapi.BATCH_LIMIT):
+                chunk = pairs[i : i + jsapi.BATCH_LIMIT]
+                await jsapi.publish_atomic_batch(
+                    self._replies,
+                    [self._message(k, v, False) for k, v in chunk],
+                    uuid.uuid4().hex,
+                    5.0,
+                )
 
     async def create(self, key: str, value: ClaimValue) -> int | None:
         async with _unavailable("create"):

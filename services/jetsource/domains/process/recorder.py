@@ -6,11 +6,16 @@
   it (``claims.py``) before it is appended; an event whose id or key is claimed
   already gets the original positions back with ``duplicate`` and appends nothing.
   An event without an id gets a fresh UUIDv7 (nothing to deduplicate it by).
-- Order: a process's events go through one lane per process in this observer, in
-  arrival order; the lane appends what has queued up as one atomic batch
-  (``ExpectedVersion.ANY``: the store reads the last version and retries on a
-  conflict with another observer). One request's events of one process are always in
-  one batch: atomic, contiguous, in the given order.
+- Order: every request's events of a process join one queue in arrival order; a
+  batcher writes what has queued, never two writes of one process at once, so each
+  process's events are stored in arrival order. A write of many processes (or of a
+  process with several events) is ONE atomic batch across processes (one commit;
+  each process's first message checks that process's last sequence); a write of a
+  few single events publishes each on its own (no commit to wait for). A conflict
+  with another observer (the batch refused) falls back to each process on its own
+  with ``ExpectedVersion.ANY``: the store reads the last version and retries. One
+  request's events of one process are always in one batch: atomic, contiguous, in the
+  given order.
 """
 
 from __future__ import annotations
@@ -56,17 +61,21 @@ class RecorderOptions:
     claim_poll_s: float = 0.05
     # Conflicts with other observers beyond the event store's own retries.
     conflict_retries: int = 20
-    # One lane batch: at most this many bytes of payload (one request's group of a
-    # process is never split, whatever its size).
+    # One write: at most this many bytes of payload (one request's group of a process
+    # is never split, whatever its size).
     lane_batch_bytes: int = 4 * 1024 * 1024
+    # Writes in flight at once (never two of one process).
+    max_inflight_writes: int = 64
+    # A write of this many processes or more is one atomic batch (one commit) rather
+    # than one publish per process.
+    batch_processes_from: int = 8
 
 
 @dataclass
-class _Lane:
-    pending: list[tuple[list[NewEvent], asyncio.Future[list[tuple[int, int]]]]] = field(
-        default_factory=list
-    )
-    task: asyncio.Task[None] | None = None
+class _Pending:
+    process_id: str
+    events: list[NewEvent]
+    fut: asyncio.Future[list[tuple[int, int]]]
 
 
 @dataclass
@@ -84,7 +93,11 @@ class Recorder:
         self._store = store
         self._claims = claims
         self._o = options
-        self._lanes: dict[str, _Lane] = {}
+        self._queue: list[_Pending] = []
+        self._writing: set[str] = set()  # processes in a write in flight
+        self._writers = 0
+        # One atomic batch across processes, where the store offers it.
+        self._many = getattr(store, "append_many", None)
         # Claims this observer holds while their append is in flight.
         self._inflight: dict[str, asyncio.Future[Recorded]] = {}
         # Pending claims of ours whose append failed: take over at once, no lease wait.
@@ -143,11 +156,14 @@ class Recorder:
         for it in fresh:
             by_process.setdefault(_pid(events, it), []).append(it)
         groups = list(by_process.items())
+        claimed: list[tuple[str, ClaimValue]] = []
         done = await asyncio.gather(
-            *(self._record_fresh(pid, group) for pid, group in groups),
+            *(self._record_fresh(pid, group, claimed) for pid, group in groups),
             *(self._resolve(_pid(events, it), it) for it in dups),
             return_exceptions=True,
         )
+        if claimed:  # the claims of what was appended, completed in one batch
+            self._spawn(self._claims.put_many(claimed))
         for outcome in done:
             if isinstance(outcome, BaseException):
                 raise outcome
@@ -182,8 +198,8 @@ class Recorder:
             return
         now = now_ns()
         pairs = [(it, key) for it in items for key in it.keys]
-        revisions = await asyncio.gather(
-            *(self._claims.create(key, ClaimValue(it.new.event_id, now)) for it, key in pairs)
+        revisions = await self._claims.create_many(
+            [(key, ClaimValue(it.new.event_id, now)) for it, key in pairs]
         )
         for (it, key), revision in zip(pairs, revisions, strict=True):
             if revision is not None:
@@ -218,9 +234,16 @@ class Recorder:
         if release:
             await asyncio.gather(*(self._claims.delete(k, r) for k, r in release))
 
-    def _settle(self, item: _Item, result: Recorded | BaseException, stored: bool) -> None:
-        """After an append: complete the claims (in the background) and wake waiters.
-        A failed append whose fate is unknown leaves its claims pending, abandoned."""
+    def _settle(
+        self,
+        item: _Item,
+        result: Recorded | BaseException,
+        stored: bool,
+        done: list[tuple[str, ClaimValue]] | None = None,
+    ) -> None:
+        """After an append: complete the claims (in the background: into ``done`` when
+        given, written as one batch by the caller) and wake waiters. A failed append
+        whose fate is unknown leaves its claims pending, abandoned."""
         for key in item.keys:
             fut = self._inflight.pop(key, None)
             if isinstance(result, Recorded):
@@ -232,7 +255,10 @@ class Recorder:
                     result.process_seq,
                     result.recorded_ns,
                 )
-                self._spawn(self._claims.put(key, value))
+                if done is not None:
+                    done.append((key, value))
+                else:
+                    self._spawn(self._claims.put(key, value))
                 if fut is not None and not fut.done():
                     fut.set_result(result)
             else:
@@ -262,7 +288,14 @@ class Recorder:
 
     # -- fresh events -----------------------------------------------------------------
 
-    async def _record_fresh(self, process_id: str, items: list[_Item]) -> list[Recorded]:
+    async def _record_fresh(
+        self,
+        process_id: str,
+        items: list[_Item],
+        done: list[tuple[str, ClaimValue]] | None = None,
+    ) -> list[Recorded]:
+        """Append ``items`` (their claims made); their completed claims go to ``done``
+        (written by the caller as one batch), else are written here."""
         try:
             positions = await self._lane_append(process_id, [it.new for it in items])
         except ValidationError as exc:
@@ -279,70 +312,120 @@ class Recorder:
             raise
         now = now_ns()
         out = []
+        mine: list[tuple[str, ClaimValue]] = [] if done is None else done
         for it, (version, seq) in zip(items, positions, strict=True):
             r = Recorded(it.new.event_id, process_id, seq, version, now)
-            self._settle(it, r, stored=True)
+            self._settle(it, r, stored=True, done=mine)
             out.append(r)
+        if done is None and mine:
+            self._spawn(self._claims.put_many(mine))
         return out
 
     async def _lane_append(self, process_id: str, events: list[NewEvent]) -> list[tuple[int, int]]:
-        lane = self._lanes.get(process_id)
-        if lane is None:
-            lane = self._lanes[process_id] = _Lane()
+        """Queue one request's events of a process; the batcher appends them."""
         fut: asyncio.Future[list[tuple[int, int]]] = asyncio.get_running_loop().create_future()
-        lane.pending.append((events, fut))
-        if lane.task is None:
-            lane.task = asyncio.create_task(self._drain(process_id, lane))
+        self._queue.append(_Pending(process_id, events, fut))
+        self._kick()
         return await fut
 
-    async def _drain(self, process_id: str, lane: _Lane) -> None:
-        try:
-            while lane.pending:
-                take = [lane.pending.pop(0)]
-                count = len(take[0][0])
-                size = sum(e.event.ByteSize() for e in take[0][0])
-                while lane.pending:
-                    nxt = lane.pending[0][0]
-                    more = sum(e.event.ByteSize() for e in nxt)
-                    if count + len(nxt) > BATCH_LIMIT or size + more > self._o.lane_batch_bytes:
-                        break
-                    take.append(lane.pending.pop(0))
-                    count, size = count + len(nxt), size + more
-                await self._append_groups(process_id, take)
-        finally:
-            lane.task = None
-            if not lane.pending and self._lanes.get(process_id) is lane:
-                del self._lanes[process_id]
-
-    async def _append_groups(
-        self,
-        process_id: str,
-        take: list[tuple[list[NewEvent], asyncio.Future[list[tuple[int, int]]]]],
-    ) -> None:
-        events = [e for group, _ in take for e in group]
-        try:
-            versions, seqs = await self._append(process_id, events)
-        except Exception as exc:
-            if len(take) == 1:
-                if not take[0][1].done():
-                    take[0][1].set_exception(exc)
+    def _kick(self) -> None:
+        while self._writers < self._o.max_inflight_writes and self._queue:
+            taken = self._take()
+            if not taken:
                 return
-            for group, fut in take:  # one group's fault must not fail the others
+            self._writers += 1
+            task = asyncio.create_task(self._write(taken))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    def _take(self) -> dict[str, list[_Pending]]:
+        """What can be written now, in queue order: no process that is being written
+        already (its order would be at stake), at most one atomic batch of events. A
+        process held back holds back its later events too."""
+        taken: dict[str, list[_Pending]] = {}
+        held: set[str] = set()
+        rest: list[_Pending] = []
+        count = size = 0
+        for item in self._queue:
+            pid = item.process_id
+            n = len(item.events)
+            more = sum(e.event.ByteSize() for e in item.events)
+            if (
+                pid in self._writing
+                or pid in held
+                or (taken and (count + n > BATCH_LIMIT or size + more > self._o.lane_batch_bytes))
+            ):
+                held.add(pid)
+                rest.append(item)
+                continue
+            taken.setdefault(pid, []).append(item)
+            count, size = count + n, size + more
+        self._queue = rest
+        self._writing |= taken.keys()
+        return taken
+
+    async def _write(self, taken: dict[str, list[_Pending]]) -> None:
+        """One write of what was taken: a single atomic batch across processes when
+        there are many (one commit for all) or a process has several events (they must
+        be atomic); else each process's event on its own, concurrently (no commit to
+        wait for: the lowest latency)."""
+        try:
+            groups = [(pid, [e for it in items for e in it.events]) for pid, items in taken.items()]
+            results: list[tuple[list[int], list[int]] | BaseException]
+            many = self._many
+            if many is not None and (
+                len(groups) >= self._o.batch_processes_from or any(len(g) > 1 for _, g in groups)
+            ):
                 try:
-                    v, s = await self._append(process_id, group)
-                except Exception as one:
-                    if not fut.done():
-                        fut.set_exception(one)
-                else:
-                    if not fut.done():
-                        fut.set_result(list(zip(v, s, strict=True)))
+                    appended = await many(groups)
+                    results = [(r.versions, r.stream_seqs) for r in appended]
+                except Exception:
+                    # One group's fault must not fail the others: each on its own.
+                    results = list(
+                        await asyncio.gather(
+                            *(self._append(pid, g) for pid, g in groups), return_exceptions=True
+                        )
+                    )
+            else:
+                results = list(
+                    await asyncio.gather(
+                        *(self._append(pid, g) for pid, g in groups), return_exceptions=True
+                    )
+                )
+            for (pid, items), result in zip(taken.items(), results, strict=True):
+                if isinstance(result, BaseException):
+                    await self._one_by_one(pid, items, result)
+                    continue
+                versions, seqs = result
+                i = 0
+                for it in items:
+                    n = len(it.events)
+                    if not it.fut.done():
+                        it.fut.set_result(
+                            list(zip(versions[i : i + n], seqs[i : i + n], strict=True))
+                        )
+                    i += n
+        finally:
+            self._writing -= taken.keys()
+            self._writers -= 1
+            self._kick()
+
+    async def _one_by_one(self, pid: str, items: list[_Pending], error: BaseException) -> None:
+        """A process's merged group failed: each request's events alone, so a refusal
+        is answered to the request that caused it."""
+        if len(items) == 1:
+            if not items[0].fut.done():
+                items[0].fut.set_exception(error)
             return
-        i = 0
-        for group, fut in take:
-            n = len(group)
-            if not fut.done():
-                fut.set_result(list(zip(versions[i : i + n], seqs[i : i + n], strict=True)))
-            i += n
+        for it in items:
+            try:
+                versions, seqs = await self._append(pid, it.events)
+            except Exception as exc:
+                if not it.fut.done():
+                    it.fut.set_exception(exc)
+            else:
+                if not it.fut.done():
+                    it.fut.set_result(list(zip(versions, seqs, strict=True)))
 
     async def _append(self, process_id: str, events: list[NewEvent]) -> tuple[list[int], list[int]]:
         for attempt in range(self._o.conflict_retries + 1):
