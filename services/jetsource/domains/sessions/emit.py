@@ -32,7 +32,6 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from jetsource._gen.process.v1 import events_pb2
-from jetsource.core.ids import uuid7
 from jetsource.domains.sessions.catalog import Validation, load_catalog
 from jetsource.domains.sessions.format import (
     RESERVED,
@@ -98,11 +97,12 @@ class Session:
         self._inflight = 0
 
     def _canonical(self, event_type: str, data: dict[str, Any]) -> events_pb2.CanonicalEvent:
-        ce = to_canonical(
+        # No event id: the emitter never resends (a failed record fails the session), so
+        # there is nothing to deduplicate, and the observer need not claim an id per event
+        # (the claim is most of RecordBatch's time).
+        return to_canonical(
             SessionEvent(time.time_ns(), self.id, 0, event_type, data), source=self._source
         )
-        ce.event_id = uuid7()
-        return ce
 
     def emit(self, event_type: str, data: dict[str, Any] | None = None) -> None:
         """Queue an event (checked against the catalog per the validation setting:
@@ -201,3 +201,20 @@ async def session(writer: SessionWriter, command: str, **options: Any) -> AsyncI
         raise
     else:
         await s.close(None)
+
+
+@contextlib.asynccontextmanager
+async def observer_session(target: str, command: str, **options: Any) -> AsyncIterator[Session]:
+    """A session recorded through the observer at ``target`` (host:port), the
+    production path: ``async with observer_session("localhost:50053", "scan") as s``."""
+    import grpc
+
+    from jetsource._gen.process.v1.observer_pb2_grpc import ObserverServiceStub
+    from jetsource.domains.sessions.ledger import ObserverWriter
+
+    channel = grpc.aio.insecure_channel(target)
+    try:
+        async with session(ObserverWriter(ObserverServiceStub(channel)), command, **options) as s:
+            yield s
+    finally:
+        await channel.close()
