@@ -8,6 +8,8 @@ side's (``jetsource.domains.process.models.MODELS``).
 
 from __future__ import annotations
 
+from typing import Any
+
 from google.protobuf import struct_pb2
 
 from jetsource._gen.process.v1.events_pb2 import ProcessEventBody
@@ -25,7 +27,7 @@ from jetsource.domains.process.models import MODELS
 from jetsource.projection.domain import Domain, Retention, StreamPolicy
 
 
-def _body(**data: object) -> ProcessEventBody:
+def _body(**data: Any) -> ProcessEventBody:
     s = struct_pb2.Struct()
     s.update(data)
     return ProcessEventBody(data=s, attributes={"sample": "yes"})
