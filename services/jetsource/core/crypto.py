@@ -3,12 +3,12 @@
 A payload field marked ``[(jetsource.eventstore.v1.personal) = true]`` in the proto,
 and the envelope metadata entries named in :data:`PERSONAL_METADATA`, hold a person's
 identifier: that value *is* the field's data subject. Before an event is stored, each
-subject's personal values are cut out of the payload and metadata and put, as a small
-``EventEnvelope`` (payload bytes holding only those fields, metadata holding only those
-entries), into an AES-256-GCM box under the subject's data key
+subject's personal values are cut out of the payload and metadata and put into an
+AES-256-GCM box under the subject's data key
 (:class:`jetsource._gen.eventstore.v1.envelope_pb2.SealedFields`). The box names its key
 by a keyed hash of the subject (``key_ref``), never by the subject itself, and lists the
-field numbers and metadata keys it holds.
+field numbers and metadata keys it holds (every value in it is the subject itself,
+so the subject is encrypted once: the box is its ciphertext and tag).
 
 Readers open the boxes whose keys exist and concatenate their payload bytes to the
 stored payload (protobuf merges concatenated messages) *before* upcasting, so a sealed
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -32,7 +31,7 @@ from functools import cache
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 
 from jetsource._gen.eventstore.v1 import options_pb2
 from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope, SealedFields
@@ -42,7 +41,11 @@ ERASED = "<erased>"
 PERSONAL_METADATA = frozenset({"actor"})
 KEY_BYTES = 32  # AES-256
 REF_BYTES = 12  # 96 bits: no two subjects of a store share a reference
-NONCE_BYTES = 12
+# One fixed nonce: a subject's key only ever encrypts one message, the subject's value
+# with its reference as associated data, so every box under a key is the same bytes
+# (which the stream's compression then stores about once per block). GCM's nonce rule
+# forbids two *different* messages under one key and nonce; there are none.
+_NONCE = bytes(12)
 _AAD = b"jetsource.sealed.v1|"
 
 
@@ -113,48 +116,39 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def _aad(event_type: str, key_ref: bytes) -> bytes:
-    return _AAD + event_type.encode() + b"|" + key_ref
-
-
 def seal(
-    event_type: str,
     message: Message,
     metadata: Mapping[str, str],
     keys: Mapping[str, tuple[bytes, bytes]],
 ) -> Sealed:
     """Cut each subject's personal values out of ``message`` and ``metadata`` and box
-    them under that subject's ``(key_ref, key)`` from ``keys`` (subject -> key)."""
+    them under that subject's ``(key_ref, key)`` from ``keys`` (subject -> key).
+
+    Every value in one subject's box *is* the subject (a personal field names its
+    subject), so the box encrypts that one string once and lists, in the clear, the
+    field numbers and metadata keys that hold it."""
     fields = personal_fields(message.DESCRIPTOR)
     rest = dict(metadata)
     if not fields and not (PERSONAL_METADATA & set(metadata)):
         return Sealed(message.SerializeToString(deterministic=True), rest, [])
     stripped = type(message)()
     stripped.CopyFrom(message)
-    boxes: dict[str, tuple[list[int], bytearray, dict[str, str]]] = {}
+    boxes: dict[str, tuple[list[int], list[str]]] = {}
     for f in fields:
         value = getattr(message, f.name)
         if value:
-            numbers, data, _ = boxes.setdefault(value, ([], bytearray(), {}))
-            numbers.append(f.number)
-            data += _string_field(f.number, value)
+            boxes.setdefault(value, ([], []))[0].append(f.number)
             stripped.ClearField(f.name)
     for k in sorted(PERSONAL_METADATA & set(metadata)):
         value = metadata[k]
         if value:
-            boxes.setdefault(value, ([], bytearray(), {}))[2][k] = value
+            boxes.setdefault(value, ([], []))[1].append(k)
             del rest[k]
     out = []
-    for subject, (numbers, data, entries) in boxes.items():
+    for subject, (numbers, entries) in boxes.items():
         ref, key = keys[subject]
-        inner = EventEnvelope(payload=bytes(data), metadata=entries)
-        nonce = os.urandom(NONCE_BYTES)
-        box = AESGCM(key).encrypt(
-            nonce, inner.SerializeToString(deterministic=True), _aad(event_type, ref)
-        )
-        out.append(
-            SealedFields(key_ref=ref, fields=numbers, metadata=sorted(entries), box=nonce + box)
-        )
+        box = AESGCM(key).encrypt(_NONCE, subject.encode("utf-8"), _AAD + ref)
+        out.append(SealedFields(key_ref=ref, fields=numbers, metadata=entries, box=box))
     return Sealed(stripped.SerializeToString(deterministic=True), rest, out)
 
 
@@ -163,35 +157,25 @@ KeyLookup = Callable[[bytes], bytes | None]
 
 def unseal(envelope: EventEnvelope, key_of: KeyLookup) -> tuple[bytes, int]:
     """Put the sealed values back: returns the full payload bytes (stored payload plus
-    each box's fields, or :data:`ERASED` in the fields of a box whose key is gone or
-    does not open it) and fills ``envelope.metadata`` likewise. ``key_of(ref)`` is the
-    key, or None when it was destroyed. Returns (payload, boxes that read erased)."""
+    each box's fields holding its subject, or :data:`ERASED` for a box whose key is
+    gone or does not open it) and fills ``envelope.metadata`` likewise. ``key_of(ref)``
+    is the key, or None when it was destroyed. Returns (payload, boxes read erased)."""
     payload = bytearray(envelope.payload)
     erased = 0
     for box in envelope.sealed:
         key = key_of(box.key_ref)
-        inner = None
+        value = ERASED
         if key is not None:
             try:
-                plain = AESGCM(key).decrypt(
-                    box.box[:NONCE_BYTES],
-                    box.box[NONCE_BYTES:],
-                    _aad(envelope.event_type, box.key_ref),
-                )
-                inner = EventEnvelope()
-                inner.ParseFromString(plain)
-            except (InvalidTag, DecodeError, ValueError):
-                inner = None  # another key under the same reference: this one is gone
-        if inner is None:
+                value = AESGCM(key).decrypt(_NONCE, box.box, _AAD + box.key_ref).decode("utf-8")
+            except (InvalidTag, ValueError):
+                value = ERASED  # another key under the same reference: this one is gone
+        if value == ERASED:
             erased += 1
-            for number in box.fields:
-                payload += _string_field(number, ERASED)
-            for k in box.metadata:
-                envelope.metadata[k] = ERASED
-        else:
-            payload += inner.payload
-            for k, v in inner.metadata.items():
-                envelope.metadata[k] = v
+        for number in box.fields:
+            payload += _string_field(number, value)
+        for k in box.metadata:
+            envelope.metadata[k] = value
     return bytes(payload), erased
 
 

@@ -276,6 +276,8 @@ class JetStreamEventStore:
         if not envelope.aggregate_type:
             envelope.aggregate_type = self._cfg.aggregate_type
         envelope.recorded_at.CopyFrom(to_timestamp(recorded_ns(raw)))
+        if not envelope.HasField("occurred_at"):
+            envelope.occurred_at.CopyFrom(envelope.recorded_at)
         return envelope
 
     def decode(self, raw: RawMessage, envelope: EventEnvelope | None = None) -> RecordedEvent:
@@ -419,6 +421,10 @@ class JetStreamEventStore:
             zip(events, encoded, strict=True)
         ):
             envelope = stored_envelope(new, schema_version, base_version + i + 1, payload, now)
+            if new.occurred_at_ns is None:
+                # No business time given: it is the time the stream records (readers
+                # fill it in), not a second timestamp stored with every event.
+                envelope.ClearField("occurred_at")
             if sealed and (box := sealed[i]) is not None:
                 envelope.metadata.clear()
                 envelope.metadata.update(box.metadata)
@@ -526,12 +532,17 @@ class JetStreamEventStore:
             check_append(aggregate_id, events, ExpectedVersion.ANY)
             encoded.append(self._encode(aggregate_id, events))
         await self.start()
+        seals = [
+            await self._seal(events, enc) for (_, events), enc in zip(groups, encoded, strict=True)
+        ]
         bases = await asyncio.gather(
             *(self._base(aggregate_id, ExpectedVersion.ANY) for aggregate_id, _ in groups)
         )
         messages: list[OutMessage] = []
-        for (aggregate_id, events), enc, (version, seq) in zip(groups, encoded, bases, strict=True):
-            messages += self._messages(aggregate_id, events, enc, version, seq)
+        for (aggregate_id, events), enc, (version, seq), sealed in zip(
+            groups, encoded, bases, seals, strict=True
+        ):
+            messages += self._messages(aggregate_id, events, enc, version, seq, sealed)
         try:
             ack = await self._call(partial(self._publish, messages))
         except JsApiError as exc:

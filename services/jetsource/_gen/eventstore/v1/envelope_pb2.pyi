@@ -144,8 +144,9 @@ class SealedFields(_message.Message):
     key_ref: _builtins.bytes
     """Which key: a keyed hash of the subject (the subject itself is never stored)."""
     box: _builtins.bytes
-    """12-byte nonce followed by the ciphertext and tag of an EventEnvelope holding only
-    these fields (as payload bytes) and these metadata entries.
+    """AES-256-GCM ciphertext and tag of the subject's value (every field and metadata
+    entry listed here holds it: a personal field names its subject), under a fixed
+    nonce: a subject's key encrypts only ever this one message.
     """
     @_builtins.property
     def fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
