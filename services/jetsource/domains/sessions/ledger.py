@@ -296,3 +296,99 @@ def _recorded(record: RecordedEvent, session_id: str) -> Recorded:
     return Recorded(
         from_stored(stored_event(record), session_id), record.recorded_at_ns, record.stream_seq
     )
+
+
+_STATUS_NAMES = {1: "running", 2: "completed", 3: "failed", 4: "cancelled", 5: "interrupted"}
+
+
+class QueryReader:
+    """Reads sessions from the ledger's read models through ``ProcessQueryService``
+    (a stub): processes from ``ListProcesses``, a session's events from
+    ``GetProcessTimeline``, live follow from ``WatchProcess``. What the read models
+    forget (a pruned session) is gone from here too."""
+
+    def __init__(self, stub: Any, timeout_s: float = 10.0, page_size: int = 1000) -> None:
+        self._stub = stub
+        self._timeout = timeout_s
+        self._page = page_size
+
+    async def processes(self) -> dict[str, ProcessSummary]:
+        from jetsource._gen.process.v1 import query_pb2
+
+        found: dict[str, ProcessSummary] = {}
+        token = ""
+        while True:
+            reply = await self._stub.ListProcesses(
+                query_pb2.ListProcessesRequest(page_size=self._page, page_token=token),
+                timeout=self._timeout,
+            )
+            for p in reply.processes:
+                error = p.error.string_value if p.HasField("error") else ""
+                found[p.process_id] = ProcessSummary(
+                    process_id=p.process_id,
+                    parent=p.parent_process_id,
+                    kind=p.kind,
+                    name=p.name,
+                    status=_STATUS_NAMES.get(p.status, "running"),
+                    started_ns=from_timestamp(p.started_at) if p.HasField("started_at") else 0,
+                    ended_ns=from_timestamp(p.ended_at) if p.HasField("ended_at") else 0,
+                    last_recorded_ns=(
+                        from_timestamp(p.last_recorded_at) if p.HasField("last_recorded_at") else 0
+                    ),
+                    error=error,
+                )
+            token = reply.next_page_token
+            if not token:
+                return found
+
+    async def events(self, session_id: str, after_seq: int = 0) -> list[Recorded]:
+        import grpc
+
+        from jetsource._gen.process.v1 import query_pb2
+
+        out: list[Recorded] = []
+        token = ""
+        while True:
+            try:
+                reply = await self._stub.GetProcessTimeline(
+                    query_pb2.GetProcessTimelineRequest(
+                        process_id=session_id, page_size=self._page, page_token=token
+                    ),
+                    timeout=self._timeout,
+                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    return []
+                raise
+            for stored in reply.events:
+                if stored.process_seq > after_seq:
+                    out.append(_from_query(stored, session_id))
+            token = reply.next_page_token
+            if not token:
+                return out
+
+    async def follow(self, session_id: str, after_seq: int = 0) -> AsyncIterator[Recorded]:
+        from jetsource._gen.process.v1 import query_pb2
+
+        backlog = await self.events(session_id, after_seq)
+        after_global = 0
+        for r in backlog:
+            yield r
+            after_seq, after_global = r.event.seq, r.global_seq
+        call = self._stub.WatchProcess(
+            query_pb2.WatchProcessRequest(process_id=session_id, after_global_seq=after_global)
+        )
+        try:
+            async for reply in call:
+                r = _from_query(reply.event, session_id)
+                if r.event.seq <= after_seq:
+                    continue
+                after_seq = r.event.seq
+                yield r
+        finally:
+            call.cancel()
+
+
+def _from_query(stored: events_pb2.StoredEvent, session_id: str) -> Recorded:
+    recorded = from_timestamp(stored.recorded_at) if stored.HasField("recorded_at") else 0
+    return Recorded(from_stored(stored, session_id), recorded, stored.global_seq)
