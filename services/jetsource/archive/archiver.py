@@ -20,6 +20,7 @@ verified segment); readers keep one copy of each sequence.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ from jetsource.eventstore.jsapi import RawMessage
 from jetsource.eventstore.snapshots import SnapshotStore
 
 log = logging.getLogger("jetsource.archive")
+# Aggregates looked up or purged side by side (requests in flight).
+PARALLEL = 32
 
 
 class ArchiveError(JetsourceError):
@@ -98,6 +101,7 @@ class Archiver:
         self.segment_events = segment_events
         self._cfg = store.settings
         self._replies = store._replies
+        self._bucket_ready = False
 
     # -- compaction ----------------------------------------------------------------
 
@@ -105,14 +109,26 @@ class Archiver:
         """The stream's live events up to ``before_seq``, by aggregate, in order."""
         out: dict[str, list[RawMessage]] = {}
         prefix = self._cfg.subject_prefix + "."
-        if before_seq < 1:
-            return out
-        async for raw in jsapi.direct_get_batch(
-            self._replies, self._cfg.stream, f"{prefix}>", 1, self._cfg.request_timeout_s
-        ):
-            if raw.seq > before_seq:
-                break
-            out.setdefault(raw.subject[len(prefix) :].split(".", 1)[0], []).append(raw)
+        seq = 1
+        # Unfiltered pages: a filtered batch costs the server time in the length of the
+        # stream after it; what is not an event (voids) is skipped here.
+        while seq <= before_seq:
+            page = await jsapi.direct_get_page(
+                self._replies,
+                self._cfg.stream,
+                None,
+                seq,
+                min(jsapi.DIRECT_GET_PAGE, before_seq - seq + 1),
+                self._cfg.request_timeout_s,
+            )
+            for raw in page.messages:
+                if raw.seq > before_seq:
+                    return out
+                if raw.subject.startswith(prefix):
+                    out.setdefault(raw.subject[len(prefix) :].split(".", 1)[0], []).append(raw)
+            if page.pending == 0 or not page.messages:
+                return out
+            seq = page.messages[-1].seq + 1
         return out
 
     async def _candidate(
@@ -143,7 +159,7 @@ class Archiver:
         versions: list[int] = []
         for raw in old:
             try:
-                version = (await open_record(self.store, raw)).version
+                version = self.store._envelope(raw).aggregate_version
             except PayloadDecodeError as exc:
                 report.kept[aggregate_id] = f"sequence {raw.seq} does not decode ({exc})"
                 break
@@ -182,15 +198,21 @@ class Archiver:
         report.scanned = sum(len(v) for v in old.values())
         batch: list[_Candidate] = []
         size = 0
-        for aggregate_id, raws in old.items():
-            found = await self._candidate(aggregate_id, raws, report)
-            if found is None:
-                continue
-            batch.append(found)
-            size += len(found.messages)
-            if size >= self.segment_events:
-                await self._seal_and_purge(batch, report, after_seal)
-                batch, size = [], 0
+        items = list(old.items())
+        for at in range(0, len(items), PARALLEL):
+            # Looked up side by side, taken in order: the same run seals the same segments.
+            chunk = items[at : at + PARALLEL]
+            found_all = await asyncio.gather(
+                *(self._candidate(aggregate_id, raws, report) for aggregate_id, raws in chunk)
+            )
+            for found in found_all:
+                if found is None:
+                    continue
+                batch.append(found)
+                size += len(found.messages)
+                if size >= self.segment_events:
+                    await self._seal_and_purge(batch, report, after_seal)
+                    batch, size = [], 0
         if batch:
             await self._seal_and_purge(batch, report, after_seal)
         return report
@@ -218,31 +240,38 @@ class Archiver:
         report.archived += len(messages)
         if after_seal is not None:
             after_seal(entry)
-        for c in batch:
+        await self.ensure_bucket()
+
+        async def purge(c: _Candidate) -> int:
+            # The horizon first: a reader that meets the gap knows where it went.
             r = ranges[c.aggregate_id]
             await self._advance_horizon(c.aggregate_id, r, entry.name)
-            purged = await jsapi.purge_subject_before(
+            return await jsapi.purge_subject_before(
                 self._replies,
                 self._cfg.stream,
                 f"{self._cfg.subject_prefix}.{c.aggregate_id}.>",
                 r.last_seq + 1,
                 self._cfg.request_timeout_s,
             )
-            report.purged += purged
-            report.aggregates += 1
+
+        for at in range(0, len(batch), PARALLEL):
+            chunk = batch[at : at + PARALLEL]
+            report.purged += sum(await asyncio.gather(*(purge(c) for c in chunk)))
+            report.aggregates += len(chunk)
         log.info("sealed %s (%d events), purged behind it", entry.name, len(messages))
 
     async def ensure_bucket(self) -> None:
-        await jsapi.ensure_stream(
-            self._replies,
-            horizons.bucket_config(self._cfg.stream, self._cfg.replicas),
-            self._cfg.request_timeout_s,
-        )
+        if not self._bucket_ready:
+            await jsapi.ensure_stream(
+                self._replies,
+                horizons.bucket_config(self._cfg.stream, self._cfg.replicas),
+                self._cfg.request_timeout_s,
+            )
+            self._bucket_ready = True
 
     async def _advance_horizon(self, aggregate_id: str, r: AggregateRange, segment: str) -> None:
         """Record the aggregate's horizon (compare-and-set on the KV revision) before
         anything of it is purged; never moves a horizon back."""
-        await self.ensure_bucket()
         timeout = self._cfg.request_timeout_s
         for _ in range(20):
             found = await horizons.read(self._replies, self._cfg.stream, aggregate_id, timeout)
