@@ -16,6 +16,7 @@ from jetsource.cli import (
     erase,
     infra,
     observe,
+    omni,
     output,
     process,
     projector,
@@ -39,6 +40,7 @@ app.add_typer(repair.app, name="repair")
 app.add_typer(observe.app, name="observe")
 app.add_typer(process.app, name="process")
 app.add_typer(sessions.app, name="sessions")
+app.add_typer(omni.app, name="omni")
 app.command("tui")(sessions.tui)
 app.command("erase")(erase.erase)
 app.command("up")(infra.up_all)

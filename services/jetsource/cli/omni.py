@@ -1,0 +1,215 @@
+"""`jetsource omni ...`: the messaging ingest's admin commands, straight on NATS.
+
+- ``raw show ID``: one archived request (headers, body, verdict, reason);
+- ``identity create``, ``identity link``, ``identity merge``, ``identity handles``:
+  identities across providers (event-sourced; every ingress's cache follows).
+
+``--json`` prints one JSON document. Exit codes: 0 ok, 1 refused (bad input, not
+found), 3 NATS unavailable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import typer
+from google.protobuf.json_format import MessageToDict
+
+from jetsource.core.errors import EventStoreUnavailableError, JetsourceError, StreamMissingError
+from jetsource.domains.omni.descriptor import omni_domain
+from jetsource.domains.omni.identity import IdentityService
+from jetsource.domains.omni.raw import RawArchive
+from jetsource.eventstore.bootstrap import connect, release
+from jetsource.eventstore.jetstream import JetStreamEventStore
+from jetsource.ingest.settings import IngestSettings
+
+T = TypeVar("T")
+app = typer.Typer(
+    help="Messaging ingest (omni): raw payloads and identities.", no_args_is_help=True
+)
+raw_app = typer.Typer(help="The raw payload archive.", no_args_is_help=True)
+identity_app = typer.Typer(help="Identities across providers.", no_args_is_help=True)
+app.add_typer(raw_app, name="raw")
+app.add_typer(identity_app, name="identity")
+
+EXIT_REFUSED, EXIT_UNAVAILABLE = 1, 3
+
+
+def _run(work: Callable[[IngestSettings, Any], Awaitable[T]]) -> T:
+    settings = IngestSettings.load()
+
+    async def go() -> T:
+        nc = await asyncio.wait_for(connect(settings), settings.nats.connect_timeout_s + 1)
+        try:
+            return await work(settings, nc)
+        finally:
+            await release(nc)
+
+    try:
+        return asyncio.run(go())
+    except (EventStoreUnavailableError, StreamMissingError, TimeoutError, OSError) as exc:
+        typer.echo(f"unavailable: {exc or type(exc).__name__}", err=True)
+        raise typer.Exit(EXIT_UNAVAILABLE) from exc
+    except (JetsourceError, ValueError) as exc:
+        field = getattr(exc, "field", None)
+        typer.echo(f"error: {exc}" + (f" (field: {field})" if field else ""), err=True)
+        raise typer.Exit(EXIT_REFUSED) from exc
+
+
+def _identities(settings: IngestSettings, nc: Any) -> IdentityService:
+    domain = omni_domain(settings.omni)
+    store = JetStreamEventStore(nc, domain.registry, domain.eventstore(settings))
+    return IdentityService(nc, store, settings.omni)
+
+
+def _emit(as_json: bool, document: dict[str, Any], text: str) -> None:
+    if as_json:
+        json.dump(document, sys.stdout, ensure_ascii=False)
+        sys.stdout.write("\n")
+    else:
+        typer.echo(text)
+
+
+@raw_app.command("show")
+def raw_show(
+    raw_id: str = typer.Argument(..., help="the raw payload id (an event's raw_ref)"),
+    as_json: bool = typer.Option(False, "--json", help="print it as JSON"),
+    body_only: bool = typer.Option(False, "--body", help="print only the body, as received"),
+) -> None:
+    """Show one archived request: when, where, headers, verdict, reason and body."""
+
+    async def work(settings: IngestSettings, nc: Any) -> Any:
+        archive = RawArchive(nc, settings.omni, settings.eventstore.request_timeout_s)
+        try:
+            return await archive.get(raw_id)
+        finally:
+            await archive.close()
+
+    record = _run(work)
+    if record is None:
+        typer.echo(f"error: no raw payload {raw_id!r}", err=True)
+        raise typer.Exit(EXIT_REFUSED)
+    if body_only:
+        sys.stdout.buffer.write(record.body)
+        return
+    document = MessageToDict(record, preserving_proto_field_name=True)
+    with contextlib.suppress(UnicodeDecodeError):
+        document["body_text"] = record.body.decode()
+    lines = [
+        f"raw payload {record.id}",
+        f"  received   {record.received_at.ToJsonString()} on {record.method} {record.path}",
+        f"  instance   {record.provider}/{record.instance}",
+        f"  verdict    {document.get('verdict', 'VERDICT_UNSPECIFIED')} "
+        f"(HTTP {record.http_status})" + (f": {record.reason}" if record.reason else ""),
+        f"  events     {', '.join(record.event_ids) or '-'}",
+        f"  body       {record.body_size} bytes"
+        + (" (truncated)" if record.body_truncated else ""),
+        "  headers",
+        *(f"    {k}: {v}" for k, v in sorted(record.headers.items())),
+        "",
+        document.get("body_text", "(binary body: use --body)"),
+    ]
+    _emit(as_json, document, "\n".join(lines))
+
+
+@identity_app.command("create")
+def identity_create(
+    name: str = typer.Option("", "--name", help="display name"),
+    actor: str = typer.Option("", "--actor", help="who (default: $USER)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """A new identity with no handle yet (link handles to it)."""
+
+    async def work(settings: IngestSettings, nc: Any) -> str:
+        return await _identities(settings, nc).create(name, f"admin:{actor or getpass.getuser()}")
+
+    identity = _run(work)
+    _emit(as_json, {"identity_id": identity}, identity)
+
+
+@identity_app.command("link")
+def identity_link(
+    identity_id: str = typer.Argument(...),
+    provider: str = typer.Argument(..., help="whatsapp, discord, ..."),
+    external_id: str = typer.Argument(..., help="the handle: a phone number, a Discord user id"),
+    actor: str = typer.Option("", "--actor", help="who (default: $USER)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Make a handle resolve to IDENTITY_ID (moving it from the identity it had)."""
+
+    async def work(settings: IngestSettings, nc: Any) -> str:
+        service = _identities(settings, nc)
+        return await service.link(identity_id, provider, external_id, actor or getpass.getuser())
+
+    previous = _run(work)
+    _emit(
+        as_json,
+        {"identity_id": identity_id, "handle": f"{provider}:{external_id}", "previous": previous},
+        f"{provider}:{external_id} -> {identity_id}"
+        + (f" (was {previous})" if previous and previous != identity_id else ""),
+    )
+
+
+@identity_app.command("merge")
+def identity_merge(
+    survivor_id: str = typer.Argument(..., help="the identity that stays"),
+    merged_id: str = typer.Argument(..., help="the identity merged into it"),
+    reason: str = typer.Option("", "--reason"),
+    actor: str = typer.Option("", "--actor", help="who (default: $USER)"),
+    yes: bool = typer.Option(False, "--yes", help="confirm: a merge is not undone"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Merge MERGED_ID into SURVIVOR_ID: its handles and timeline follow."""
+    if not yes:
+        typer.echo("a merge is not undone: add --yes to confirm", err=True)
+        raise typer.Exit(2)
+
+    async def work(settings: IngestSettings, nc: Any) -> list[str]:
+        service = _identities(settings, nc)
+        return await service.merge(survivor_id, merged_id, actor or getpass.getuser(), reason)
+
+    moved = _run(work)
+    _emit(
+        as_json,
+        {"survivor_id": survivor_id, "merged_id": merged_id, "handles": moved},
+        f"{merged_id} merged into {survivor_id}; handles moved: {', '.join(moved) or '-'}",
+    )
+
+
+@identity_app.command("handles")
+def identity_handles(
+    identity_id: str = typer.Argument(...),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The handles that resolve to IDENTITY_ID now."""
+
+    async def work(settings: IngestSettings, nc: Any) -> list[tuple[str, str]]:
+        return await _identities(settings, nc).handles_of(identity_id)
+
+    handles = _run(work)
+    names = [f"{p}:{x}" for p, x in handles]
+    _emit(as_json, {"identity_id": identity_id, "handles": names}, "\n".join(names) or "-")
+
+
+@identity_app.command("resolve")
+def identity_resolve(
+    provider: str = typer.Argument(...),
+    external_id: str = typer.Argument(...),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Which identity a handle resolves to (nothing is created)."""
+
+    async def work(settings: IngestSettings, nc: Any) -> str | None:
+        return await _identities(settings, nc).lookup(provider, external_id)
+
+    found = _run(work)
+    if found is None:
+        typer.echo(f"error: no identity has the handle {provider}:{external_id}", err=True)
+        raise typer.Exit(EXIT_REFUSED)
+    _emit(as_json, {"handle": f"{provider}:{external_id}", "identity_id": found}, found)
