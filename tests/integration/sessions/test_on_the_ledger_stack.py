@@ -93,3 +93,22 @@ async def test_unknown_session_reads_as_empty_not_an_error(stack: Stack) -> None
     assert await reader.events("no-such-session") == []
     with pytest.raises(grpc.aio.AioRpcError):
         await QueryReader(stack.reads, timeout_s=5).events("bad id with spaces")
+
+
+async def test_the_tools_read_through_the_query_service_when_told_to(
+    stack: Stack,  # noqa: F811
+    settings: JetsourceSettings,
+) -> None:
+    from jetsource.domains.sessions.settings import SessionsSettings
+
+    async with session(ObserverWriter(stack.record), "scan") as s:
+        s.emit("scan_started", {"root": "/"})
+    chosen = SessionsSettings(reader="query", process_query=f"127.0.0.1:{stack.query.port}")
+    async with open_sessions(SessionsAppSettings(nats=settings.nats, sessions=chosen)) as client:
+        assert isinstance(client.sessions.reader, QueryReader)
+        for _ in range(200):
+            if len(await client.sessions.reader.events(s.id)) == 3:
+                break
+            await asyncio.sleep(0.05)
+        record, state, _ = await client.sessions.show(s.id)
+        assert (record.status, record.command, state.scan["root"]) == ("completed", "scan", "/")

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 
 from nats.aio.client import Client as NATS
 
+from jetsource._gen.process.v1.query_pb2_grpc import ProcessQueryServiceStub
+from jetsource.client import open_channel
 from jetsource.domains.process.events import AGGREGATE_TYPE, registry
-from jetsource.domains.sessions.ledger import LedgerReader, LedgerWriter
+from jetsource.domains.sessions.ledger import LedgerReader, LedgerWriter, QueryReader, SessionReader
 from jetsource.domains.sessions.service import PruneDeniedError, Sessions
 from jetsource.domains.sessions.settings import SessionsAppSettings
 from jetsource.eventstore import jsapi
@@ -76,10 +78,20 @@ async def open_sessions(settings: SessionsAppSettings) -> AsyncIterator[Sessions
         store = event_store(nc, settings)
         await store.start()
         s = settings.sessions
-        reader = LedgerReader(store, nc.jetstream(), s.stream, s.subject_prefix)
+        reader: SessionReader = LedgerReader(store, nc.jetstream(), s.stream, s.subject_prefix)
+        channel = None
+        if s.reader == "query":
+            channel, metadata = open_channel(s.process_query, settings.client)
+            reader = QueryReader(
+                ProcessQueryServiceStub(channel), settings.client.timeout_s, metadata=metadata
+            )
         replies = jsapi.Replies(nc)
         await replies.start()
         purger = StreamPurger(replies, s.stream, s.subject_prefix, 10.0)
-        yield SessionsClient(nc, store, Sessions(reader, s), LedgerWriter(store), purger)
+        try:
+            yield SessionsClient(nc, store, Sessions(reader, s), LedgerWriter(store), purger)
+        finally:
+            if channel is not None:
+                await channel.close()
     finally:
         await release(nc)

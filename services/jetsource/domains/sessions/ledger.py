@@ -307,10 +307,17 @@ class QueryReader:
     ``GetProcessTimeline``, live follow from ``WatchProcess``. What the read models
     forget (a pruned session) is gone from here too."""
 
-    def __init__(self, stub: Any, timeout_s: float = 10.0, page_size: int = 1000) -> None:
+    def __init__(
+        self,
+        stub: Any,
+        timeout_s: float = 10.0,
+        page_size: int = 1000,
+        metadata: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         self._stub = stub
         self._timeout = timeout_s
         self._page = page_size
+        self._metadata = metadata
 
     async def processes(self) -> dict[str, ProcessSummary]:
         from jetsource._gen.process.v1 import query_pb2
@@ -321,6 +328,7 @@ class QueryReader:
             reply = await self._stub.ListProcesses(
                 query_pb2.ListProcessesRequest(page_size=self._page, page_token=token),
                 timeout=self._timeout,
+                metadata=self._metadata,
             )
             for p in reply.processes:
                 error = p.error.string_value if p.HasField("error") else ""
@@ -355,6 +363,7 @@ class QueryReader:
                         process_id=session_id, page_size=self._page, page_token=token
                     ),
                     timeout=self._timeout,
+                    metadata=self._metadata,
                 )
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.NOT_FOUND:
@@ -376,7 +385,8 @@ class QueryReader:
             yield r
             after_seq, after_global = r.event.seq, r.global_seq
         call = self._stub.WatchProcess(
-            query_pb2.WatchProcessRequest(process_id=session_id, after_global_seq=after_global)
+            query_pb2.WatchProcessRequest(process_id=session_id, after_global_seq=after_global),
+            metadata=self._metadata,
         )
         try:
             async for reply in call:

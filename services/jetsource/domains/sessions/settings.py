@@ -13,6 +13,11 @@ class SessionsSettings(BaseModel):
     # The ledger stream that carries sessions (the process domain's).
     stream: str = "PROCESS_EVENTS"
     subject_prefix: str = "process.events"
+    # Where sessions are read from: "stream" (the ledger's stream itself: nothing but
+    # NATS needed, the fastest follow) or "query" (the read models, through
+    # ProcessQueryService at ``process_query``).
+    reader: str = Field(default="stream", pattern="^(stream|query)$")
+    process_query: str = "127.0.0.1:50055"
     # Events checked against the catalog when emitted or imported: off, warn (log and
     # keep) or strict (refuse a known type whose data breaks its schema).
     validation: Validation = Validation.WARN
