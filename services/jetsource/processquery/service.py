@@ -159,6 +159,16 @@ class EventFilter:
             [sorted(self.types or ()), self.occurred, self.recorded, self.known_at, self.as_of]
         )
 
+    @property
+    def trivial(self) -> bool:
+        return (
+            self.types is None
+            and self.occurred == (None, None)
+            and self.recorded == (None, None)
+            and self.known_at is None
+            and self.as_of is None
+        )
+
     def past_end(self, e: StoredEvent) -> bool:
         """Recorded times never go backwards along global_seq: past the recorded bound,
         nothing later matches."""
@@ -365,9 +375,22 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
 
             out: list[pb.ProcessInfo] = []
             scanned, cursor, more = 0, below, True
+            filtered = bool(
+                len(statuses) > 1
+                or (statuses and (parent or root or kind))
+                or (kind and (parent or root))
+                or (root and parent)
+                or started != (None, None)
+            )
             while len(out) < size and scanned < self.o.max_scan:
-                want = min(max(size - len(out), 16) * 2, 1000)
+                want = min(max(size - len(out), 16) * 2, 1000) if filtered else size - len(out) + 1
                 entries = await model.scan(key, cursor, want)
+                if not filtered and len(entries) == want:
+                    entries = entries[:-1]  # the extra one only says that more follow
+                    want -= 1
+                    more_after = True
+                else:
+                    more_after = False
                 rows = await model.read_many([pid for pid, _ in entries])
                 for (_, first), row in zip(entries, rows, strict=True):
                     cursor = first
@@ -376,6 +399,8 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
                         out.append(process_info(row))
                         if len(out) == size:
                             break
+                if more_after:
+                    continue
                 if len(entries) < want and (not entries or cursor == entries[-1][1]):
                     more = False
                     break
@@ -451,6 +476,15 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
         None at the end."""
         out: list[StoredEvent] = []
         scanned, cursor = 0, after
+        if flt.trivial:
+            # Nothing to filter: one read of exactly a page (and one more sequence, to
+            # know whether another page follows).
+            seqs = await fetch(cursor, size + 1)
+            more = len(seqs) > size
+            events = await model.events(seqs[:size])
+            if not more:
+                return events, None
+            return events, seqs[size - 1]
         while len(out) < size and scanned < self.o.max_scan:
             want = min(max(size - len(out), 16) * 2, 1000)
             seqs = await fetch(cursor, want)

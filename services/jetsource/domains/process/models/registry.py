@@ -243,22 +243,22 @@ class ProcessesModel(ValkeyModel):
     async def read_many(self, ids: Sequence[str]) -> list[ProcessRow | None]:
         if not ids:
             return []
+        ids = list(ids)
         pipe = self.redis.pipeline(transaction=False)
+        for name in ("root", "depth", "parent", "declared"):
+            pipe.hmget(f"{self.ns}:{name}", ids)
         for pid in ids:
             pipe.hgetall(f"{self.ns}:p:{pid}")
-            pipe.hmget(f"{self.ns}:root", [pid])
-            pipe.hmget(f"{self.ns}:depth", [pid])
-            pipe.hmget(f"{self.ns}:parent", [pid])
-            pipe.hmget(f"{self.ns}:declared", [pid])
             pipe.zrange(f"{self.ns}:kids:{pid}", 0, -1)
         raw = await valkey_io(pipe.execute())
+        roots, depths, parents, declared = raw[:4]
         out: list[ProcessRow | None] = []
         for k, pid in enumerate(ids):
-            h, root, depth, parent, declared, kids = raw[6 * k : 6 * k + 6]
+            h, kids = raw[4 + 2 * k], raw[5 + 2 * k]
             if not h:
                 out.append(None)
                 continue
-            out.append(_row(pid, h, root[0], depth[0], parent[0], declared[0], kids))
+            out.append(_row(pid, h, roots[k], depths[k], parents[k], declared[k], kids))
         return out
 
     async def read(self, process_id: str) -> ProcessRow | None:
