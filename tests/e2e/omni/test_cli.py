@@ -1,0 +1,138 @@
+"""`jetsource omni ...` as an operator runs it (a process, settings from the
+environment), against the state a real ingress wrote."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from jetsource.ingest.server import Ingest, build
+from jetsource.ingest.settings import IngestSettings
+from tests.fixtures.omni import HERE
+from tests.infra import Server
+from tests.integration.omni.harness import headers_for, omni_settings, route
+from tests.stack import environment
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def isettings(nats_server: Server, valkey_server: Server, unique: str) -> IngestSettings:
+    return omni_settings(nats_server.url, valkey_server.url, unique)
+
+
+@pytest.fixture
+async def ingest(isettings: IngestSettings) -> AsyncIterator[Ingest]:
+    service = await build(isettings)
+    yield service
+    await service.stop(0)
+
+
+def cli(settings: IngestSettings, *args: str) -> subprocess.CompletedProcess[str]:
+    s = settings.model_copy(update={"ingest": settings.ingest.model_copy(update={"instances": {}})})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JETSOURCE_")}
+    env.update(environment(s))
+    return subprocess.run(
+        [sys.executable, "-m", "jetsource", "omni", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def post(ingest: Ingest, instance: str, path: str, **extra: str) -> httpx.Response:
+    body = (HERE / path).read_bytes()
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=ingest.app), base_url="http://ingest"
+    ) as http:
+        return await http.post(
+            route(instance), content=body, headers={**headers_for(instance, body), **extra}
+        )
+
+
+async def test_raw_show_prints_the_request_as_received(
+    isettings: IngestSettings, ingest: Ingest
+) -> None:
+    accepted = (await post(ingest, "acme-cloud", "whatsapp/cloud/text.json")).json()
+    shown = cli(isettings, "raw", "show", accepted["raw_id"], "--json")
+    assert shown.returncode == 0, shown.stderr
+    doc: dict[str, Any] = json.loads(shown.stdout)
+    assert doc["verdict"] == "VERDICT_ACCEPTED"
+    assert doc["event_ids"] == [e["id"] for e in accepted["events"]]
+    assert json.loads(doc["body_text"]) == json.loads(
+        (HERE / "whatsapp/cloud/text.json").read_text()
+    )
+    body = cli(isettings, "raw", "show", accepted["raw_id"], "--body")
+    assert body.stdout.encode() == (HERE / "whatsapp/cloud/text.json").read_bytes()
+
+    rejected = (
+        await post(
+            ingest, "acme-cloud", "whatsapp/cloud/text.json", **{"x-hub-signature-256": "sha256=00"}
+        )
+    ).json()
+    text = cli(isettings, "raw", "show", rejected["error"]["raw_id"])
+    assert text.returncode == 0
+    assert "VERDICT_REJECTED (HTTP 401): bad_signature" in text.stdout
+
+    missing = cli(isettings, "raw", "show", "0000-not-there")
+    assert missing.returncode == 1 and "no raw payload" in missing.stderr
+    bad = cli(isettings, "raw", "show", "a.b")
+    assert bad.returncode == 1 and "raw_id" in bad.stderr
+
+
+async def test_identity_link_and_merge_from_the_command_line(
+    isettings: IngestSettings, ingest: Ingest
+) -> None:
+    await post(ingest, "acme-cloud", "whatsapp/cloud/text.json")
+    await post(ingest, "acme-bot", "discord/text.json")
+    ids = ingest.identities
+    wa = await ids.resolve("whatsapp", "16505551234", "acme-cloud")
+    handles = json.loads(cli(isettings, "identity", "handles", wa, "--json").stdout)["handles"]
+    assert handles == ["whatsapp:16505551234"]
+
+    person = json.loads(cli(isettings, "identity", "create", "--name", "Sheena", "--json").stdout)
+    linked = cli(
+        isettings, "identity", "link", person["identity_id"], "whatsapp", "16505551234", "--json"
+    )
+    assert linked.returncode == 0, linked.stderr
+    assert json.loads(linked.stdout)["previous"] == wa
+    await eventually(ids, "whatsapp", "16505551234", person["identity_id"])
+
+    refused = cli(isettings, "identity", "merge", person["identity_id"], wa)
+    assert refused.returncode == 2  # no --yes
+    merged = cli(isettings, "identity", "merge", person["identity_id"], wa, "--yes", "--json")
+    assert merged.returncode == 0, merged.stderr
+    again = cli(isettings, "identity", "merge", person["identity_id"], wa, "--yes")
+    assert again.returncode == 1 and "merged into" in again.stderr
+    unknown = cli(isettings, "identity", "link", "idn-nobody", "discord", "1")
+    assert unknown.returncode == 1 and "identity_id" in unknown.stderr
+    found = cli(isettings, "identity", "resolve", "whatsapp", "16505551234", "--json")
+    assert json.loads(found.stdout)["identity_id"] == person["identity_id"]
+
+
+async def eventually(ids: Any, provider: str, external_id: str, want: str) -> None:
+    """The ingress's cache follows the bucket within moments."""
+    deadline = asyncio.get_running_loop().time() + 5
+    while await ids.lookup(provider, external_id) != want:
+        assert asyncio.get_running_loop().time() < deadline, "the cache never followed"
+        await asyncio.sleep(0.02)
+
+
+def test_nats_away_is_exit_3(isettings: IngestSettings) -> None:
+    from jetsource.core.settings import NatsSettings
+    from jetsource.devstack.servers import free_port
+
+    away = isettings.model_copy(
+        update={"nats": NatsSettings(url=f"nats://127.0.0.1:{free_port()}", connect_timeout_s=1)}
+    )
+    result = cli(away, "raw", "show", "x")
+    assert result.returncode == 3, (result.returncode, result.stderr)
