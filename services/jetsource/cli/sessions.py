@@ -210,7 +210,10 @@ def prune(
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="say what would go, remove nothing"),
     every: str = typer.Option(
-        None, "--every", help="run again at this interval until stopped (the periodic pruner)"
+        None,
+        "--every",
+        help="run again at this interval until stopped (the periodic pruner; default: "
+        "JETSOURCE_SESSIONS__PRUNE_EVERY_S, 0 = once)",
     ),
     output: Mode | None = OUTPUT,
 ) -> None:
@@ -218,7 +221,11 @@ def prune(
     them, by age and by count. Active and interrupted sessions are never removed."""
     _use(output)
     age = parse_duration(older_than) if older_than is not None else None
-    interval = parse_duration(every) if every is not None else 0.0
+    interval = (
+        parse_duration(every)
+        if every is not None
+        else SessionsAppSettings.load().sessions.prune_every_s
+    )
 
     async def work(c: SessionsClient) -> None:
         while True:
