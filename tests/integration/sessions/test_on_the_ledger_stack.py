@@ -112,3 +112,29 @@ async def test_the_tools_read_through_the_query_service_when_told_to(
             await asyncio.sleep(0.05)
         record, state, _ = await client.sessions.show(s.id)
         assert (record.status, record.command, state.scan["root"]) == ("completed", "scan", "/")
+
+
+async def test_a_component_process_of_the_sdk_nests_under_the_session(
+    stack: Stack,  # noqa: F811
+) -> None:
+    from typing import Any, cast
+
+    from jetsource.sdk import Observer
+
+    async with (
+        Observer(f"127.0.0.1:{stack.observer.port}") as observer,
+        session(ObserverWriter(stack.record), "context generate") as s,
+    ):
+        async with observer.process("anthropic call", kind="provider", parent=cast(Any, s)) as p:
+            p.emit("provider_request_sent", {"request_id": "r1", "provider": "anthropic"})
+        await observer.flush()
+    reader = QueryReader(stack.reads)
+    for _ in range(200):
+        procs = await reader.processes()
+        if procs.get(p.process_id) and procs[p.process_id].status == "completed":
+            break
+        await asyncio.sleep(0.05)
+    child = procs[p.process_id]
+    assert (child.parent, child.kind, child.name) == (s.id, "provider", "anthropic call")
+    tree = await Sessions(reader).tree(s.id)
+    assert [c.process_id for c in tree[s.id]] == [p.process_id]

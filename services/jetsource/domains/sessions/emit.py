@@ -96,6 +96,18 @@ class Session:
         self._closed = False
         self._inflight = 0
 
+    @property
+    def process_id(self) -> str:
+        """The session's root process, for nesting a component's own process under it:
+        ``observer.process("llm call", kind="provider", parent=s)`` (jetsource.sdk)."""
+        return self.id
+
+    @property
+    def last_event_id(self) -> str:
+        """Empty: the emitter leaves event ids to the observer, so a process nested
+        under the session names it as parent but not as a cause."""
+        return ""
+
     def _canonical(self, event_type: str, data: dict[str, Any]) -> events_pb2.CanonicalEvent:
         # No event id: the emitter never resends (a failed record fails the session), so
         # there is nothing to deduplicate, and the observer need not claim an id per event
