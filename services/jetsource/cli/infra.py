@@ -162,6 +162,7 @@ def up_all(
         raise typer.Exit(1)
     if demo:
         asyncio.run(_demo(stack.settings))
+        asyncio.run(_demo_process_tree())
 
 
 def down_all() -> None:
@@ -196,6 +197,19 @@ async def _demo(settings: JetsourceSettings) -> None:
         f"holds {info['state']['messages']} events"
     )
     await _demo_read_models(demo, last.version)
+
+
+async def _demo_process_tree() -> None:
+    """A small process tree through the observer (the Python SDK)."""
+    from jetsource.devstack.process_demo import record_demo_tree
+    from jetsource.observer.settings import ObserverSettings
+
+    target = ObserverSettings.load().observer.target()
+    root, events = await record_demo_tree(target)
+    console.print(
+        f"observer at {target}: demo process tree {root!r} recorded through the SDK "
+        f"({events} events); try `jetsource process tree {root}`"
+    )
 
 
 async def _demo_read_models(demo: str, version: int) -> None:

@@ -27,6 +27,7 @@ from jetsource.devstack.servers import (
     read_state,
     stop_pid,
 )
+from jetsource.observer.settings import ObserverSettings
 from jetsource.projection.settings import ProjectorSettings
 from jetsource.publisher.settings import PublisherSettings
 from jetsource.query.settings import QuerySettings
@@ -119,6 +120,7 @@ class LocalServices:
         projector = ProjectorSettings.load().projector
         snapshotter = SnapshotterSettings.load().snapshotter
         query = QuerySettings.load().query
+        observer = ObserverSettings.load().observer
         return [
             GrpcService(
                 "publisher",
@@ -147,6 +149,13 @@ class LocalServices:
                 self.home / "services" / "query",
                 query.grpc_host,
                 query.grpc_port,
+            ),
+            GrpcService(
+                "observer",
+                "jetsource.observer.server",
+                self.home / "services" / "observer",
+                observer.grpc_host,
+                observer.grpc_port,
             ),
         ]
 
