@@ -21,6 +21,7 @@ from helm_python import _native
 from pydantic import BaseModel
 
 from jetsource.core.settings import JetsourceSettings
+from jetsource.observer.settings import ObserverSettings
 from jetsource.projection.settings import ProjectorSettings
 from jetsource.publisher.settings import PublisherSettings
 from jetsource.query.settings import QuerySettings
@@ -42,6 +43,7 @@ SETTINGS: dict[str, type[JetsourceSettings]] = {
     "jetsource-projector": ProjectorSettings,
     "jetsource-snapshotter": SnapshotterSettings,
     "jetsource-query": QuerySettings,
+    "jetsource-observer": ObserverSettings,
     # The CLI's deployment uses (streams ensure, projector admin) load the projector's.
     "jetsource": ProjectorSettings,
 }

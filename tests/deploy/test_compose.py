@@ -38,6 +38,7 @@ SERVERS = {
 BINDINGS = {
     "publisher": {"JETSOURCE_PUBLISHER__GRPC_HOST": "0.0.0.0"},
     "query": {"JETSOURCE_QUERY__GRPC_HOST": "0.0.0.0"},
+    "observer": {"JETSOURCE_OBSERVER__GRPC_HOST": "0.0.0.0"},
 }
 
 
@@ -104,6 +105,7 @@ def test_the_four_services_and_the_stream_provisioning_run_from_the_one_image(
         "projector": ["jetsource-projector"],
         "snapshotter": ["jetsource-snapshotter"],
         "query": ["jetsource-query"],
+        "observer": ["jetsource-observer"],
     }
     for name, service in services.items():
         assert service["build"] == {"context": ".", "dockerfile": "deploy/Dockerfile"}, name
@@ -147,6 +149,7 @@ def test_a_misspelled_variable_fails_the_check(
 LISTENS = {
     "publisher": lambda s: s.publisher.target(),
     "query": lambda s: s.query.target(),
+    "observer": lambda s: s.observer.target(),
     "projector": lambda s: f"{s.projector.host}:{s.projector.http_port}",
     "snapshotter": lambda s: f"{s.snapshotter.host}:{s.snapshotter.http_port}",
 }
@@ -171,6 +174,7 @@ def test_each_process_loads_its_servers_and_listens_where_compose_publishes(
     assert listening == {
         "publisher": "0.0.0.0:50051",
         "query": "0.0.0.0:50052",
+        "observer": "0.0.0.0:50053",
         "projector": "0.0.0.0:9102",
         "snapshotter": "0.0.0.0:9103",
     }
@@ -300,7 +304,13 @@ def test_prometheus_scrapes_every_metrics_port_compose_configures(
         options = getattr(settings, name)
         port = options.metrics_port if hasattr(options, "metrics_port") else options.http_port
         expected.add(f"{name}:{port}")
-    assert expected == {"publisher:9101", "projector:9102", "snapshotter:9103", "query:9104"}
+    assert expected == {
+        "publisher:9101",
+        "projector:9102",
+        "snapshotter:9103",
+        "query:9104",
+        "observer:9105",
+    }
     assert expected <= targets
     # No target label "service": the metrics carry their own and would be renamed.
     for job in config["scrape_configs"]:
