@@ -95,3 +95,15 @@ async def test_query_service_reads_across_the_horizon(
         await blind_reads.close()
         await query.stop(0)
         await blind.stop(0)
+
+
+def test_archive_faults_have_their_own_status() -> None:
+    from jetsource.archive.objectstore import ObjectStoreError
+    from jetsource.archive.segment import SegmentError
+    from jetsource.domains.context.query_service import _query_error
+
+    damaged = _query_error(SegmentError("segments/X/1-2-ab.seg: checksum differs"))
+    assert damaged is not None and damaged.code == grpc.StatusCode.DATA_LOSS
+    assert "1-2-ab.seg" in damaged.message
+    away = _query_error(ObjectStoreError("s3://b/p: get x: connection refused"))
+    assert away is not None and away.code == grpc.StatusCode.UNAVAILABLE

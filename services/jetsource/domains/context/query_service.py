@@ -45,6 +45,8 @@ from valkey import exceptions as valkey_errors
 from jetsource._gen.context.v1 import query_pb2 as pb
 from jetsource._gen.context.v1 import query_pb2_grpc as pb_grpc
 from jetsource.archive.history import history_store
+from jetsource.archive.objectstore import ObjectStoreError
+from jetsource.archive.segment import SegmentError
 from jetsource.core import telemetry
 from jetsource.core.clock import format_rfc3339_ns, from_timestamp, to_timestamp
 from jetsource.core.errors import (
@@ -572,6 +574,10 @@ def _query_error(exc: BaseException) -> RpcError | None:
         return RpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
     if isinstance(exc, CorruptEventError):
         return None  # DATA_LOSS, mapped by the interceptor with its details
+    if isinstance(exc, SegmentError):
+        return RpcError(grpc.StatusCode.DATA_LOSS, f"archive: {exc}", reason="ARCHIVE_DAMAGED")
+    if isinstance(exc, ObjectStoreError):
+        return RpcError(grpc.StatusCode.UNAVAILABLE, f"archive unavailable: {exc}")
     if isinstance(exc, BeyondHorizonError):
         return RpcError(
             grpc.StatusCode.FAILED_PRECONDITION,
