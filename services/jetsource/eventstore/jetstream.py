@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
@@ -72,6 +73,17 @@ def recorded_ns(raw: RawMessage) -> int:
     message's original one."""
     original = raw.headers.get(H_RECORDED_AT)
     return int(original) if original and original.isdigit() else raw.time_ns
+
+
+def _uuid_bytes(text: str) -> bytes | None:
+    """The 16 bytes of a UUID in canonical text form (which they give back exactly)."""
+    if len(text) != 36:
+        return None
+    try:
+        value = uuid.UUID(text)
+    except ValueError:
+        return None
+    return value.bytes if str(value) == text else None
 
 
 class _VoidedTail(Exception):
@@ -278,6 +290,9 @@ class JetStreamEventStore:
         envelope.recorded_at.CopyFrom(to_timestamp(recorded_ns(raw)))
         if not envelope.HasField("occurred_at"):
             envelope.occurred_at.CopyFrom(envelope.recorded_at)
+        if envelope.idempotency_uuid:
+            envelope.idempotency_key = str(uuid.UUID(bytes=envelope.idempotency_uuid))
+            envelope.ClearField("idempotency_uuid")
         return envelope
 
     def decode(self, raw: RawMessage, envelope: EventEnvelope | None = None) -> RecordedEvent:
@@ -421,6 +436,9 @@ class JetStreamEventStore:
             zip(events, encoded, strict=True)
         ):
             envelope = stored_envelope(new, schema_version, base_version + i + 1, payload, now)
+            if (compact := _uuid_bytes(new.idempotency_key)) is not None:
+                envelope.ClearField("idempotency_key")
+                envelope.idempotency_uuid = compact
             if new.occurred_at_ns is None:
                 # No business time given: it is the time the stream records (readers
                 # fill it in), not a second timestamp stored with every event.

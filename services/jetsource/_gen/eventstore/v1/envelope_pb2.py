@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&jetsource/eventstore/v1/envelope.proto\x12\x17jetsource.eventstore.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xad\x04\n\rEventEnvelope\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\x16\n\x0eschema_version\x18\x03 \x01(\r\x12\x16\n\x0e\x61ggregate_type\x18\x04 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x05 \x01(\t\x12\x19\n\x11\x61ggregate_version\x18\x06 \x01(\x04\x12\x1b\n\x13parent_aggregate_id\x18\x07 \x01(\t\x12\x14\n\x0c\x63\x61usation_id\x18\x08 \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\t \x01(\t\x12/\n\x0boccurred_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brecorded_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\x0c \x01(\t\x12\x17\n\x0fidempotency_key\x18\r \x01(\t\x12\x46\n\x08metadata\x18\x0e \x03(\x0b\x32\x34.jetsource.eventstore.v1.EventEnvelope.MetadataEntry\x12\x0f\n\x07payload\x18\x0f \x01(\x0c\x12\x35\n\x06sealed\x18\x10 \x03(\x0b\x32%.jetsource.eventstore.v1.SealedFields\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"N\n\x0cSealedFields\x12\x0f\n\x07key_ref\x18\x01 \x01(\x0c\x12\x0e\n\x06\x66ields\x18\x02 \x03(\r\x12\x0b\n\x03\x62ox\x18\x03 \x01(\x0c\x12\x10\n\x08metadata\x18\x04 \x03(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&jetsource/eventstore/v1/envelope.proto\x12\x17jetsource.eventstore.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc7\x04\n\rEventEnvelope\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\x16\n\x0eschema_version\x18\x03 \x01(\r\x12\x16\n\x0e\x61ggregate_type\x18\x04 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x05 \x01(\t\x12\x19\n\x11\x61ggregate_version\x18\x06 \x01(\x04\x12\x1b\n\x13parent_aggregate_id\x18\x07 \x01(\t\x12\x14\n\x0c\x63\x61usation_id\x18\x08 \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\t \x01(\t\x12/\n\x0boccurred_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brecorded_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\x0c \x01(\t\x12\x17\n\x0fidempotency_key\x18\r \x01(\t\x12\x46\n\x08metadata\x18\x0e \x03(\x0b\x32\x34.jetsource.eventstore.v1.EventEnvelope.MetadataEntry\x12\x0f\n\x07payload\x18\x0f \x01(\x0c\x12\x35\n\x06sealed\x18\x10 \x03(\x0b\x32%.jetsource.eventstore.v1.SealedFields\x12\x18\n\x10idempotency_uuid\x18\x11 \x01(\x0c\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"N\n\x0cSealedFields\x12\x0f\n\x07key_ref\x18\x01 \x01(\x0c\x12\x0e\n\x06\x66ields\x18\x02 \x03(\r\x12\x0b\n\x03\x62ox\x18\x03 \x01(\x0c\x12\x10\n\x08metadata\x18\x04 \x03(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,9 +36,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVENTENVELOPE_METADATAENTRY']._loaded_options = None
   _globals['_EVENTENVELOPE_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_EVENTENVELOPE']._serialized_start=101
-  _globals['_EVENTENVELOPE']._serialized_end=658
-  _globals['_EVENTENVELOPE_METADATAENTRY']._serialized_start=611
-  _globals['_EVENTENVELOPE_METADATAENTRY']._serialized_end=658
-  _globals['_SEALEDFIELDS']._serialized_start=660
-  _globals['_SEALEDFIELDS']._serialized_end=738
+  _globals['_EVENTENVELOPE']._serialized_end=684
+  _globals['_EVENTENVELOPE_METADATAENTRY']._serialized_start=637
+  _globals['_EVENTENVELOPE_METADATAENTRY']._serialized_end=684
+  _globals['_SEALEDFIELDS']._serialized_start=686
+  _globals['_SEALEDFIELDS']._serialized_end=764
 # @@protoc_insertion_point(module_scope)
