@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import json_format
+from google.protobuf import json_format, message_factory
 from google.protobuf.struct_pb2 import Value
 from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import Counter, Histogram
@@ -508,10 +508,10 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
                     return out, None
         return out, cursor
 
-    async def GetProcessTimeline(
+    async def GetProcessTimeline(  # type: ignore[override]  # bytes: sent as they are
         self, request: pb.GetProcessTimelineRequest, context: grpc.aio.ServicerContext
-    ) -> pb.GetProcessTimelineResponse:
-        async def work() -> pb.GetProcessTimelineResponse:
+    ) -> pb.GetProcessTimelineResponse | bytes:
+        async def work() -> pb.GetProcessTimelineResponse | bytes:
             pid = _process_id("process_id", request.process_id)
             flt = _filter(request)
             size = _page_size(request.page_size, self.o)
@@ -522,8 +522,18 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
                 else 0
             )
             model = await self.timeline()
-            if not await model.exists(pid):
+            # One round trip answers most requests: a process, or a root's whole tree,
+            # with nothing to filter.
+            status, seqs, first = await model.page(pid, request.subtree, after, size + 1)
+            if status == 0:
                 raise self._not_found(pid)
+            if status == 1 and flt.trivial:
+                # The stored events are the answer's bytes: sent as they are.
+                more = len(seqs) > size
+                token = (
+                    self.tokens.make("GetProcessTimeline", bound, seqs[size - 1]) if more else ""
+                )
+                return encoded_timeline(first[:size], token)
             fetch = await self._fetcher(model, pid, request.subtree)
             events, cursor = await self._page(model, fetch, after, size, flt)
             token = "" if cursor is None else self.tokens.make("GetProcessTimeline", bound, cursor)
@@ -625,5 +635,56 @@ def _error(exc: BaseException) -> RpcError | None:
     return None
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        bits = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(bits | 0x80)
+        else:
+            out.append(bits)
+            return bytes(out)
+
+
+def encoded_timeline(events: Sequence[bytes], token: str) -> bytes:
+    """A GetProcessTimelineResponse made of stored events as they are: field 1
+    (repeated StoredEvent) once per event, then field 2 (next_page_token)."""
+    out = bytearray()
+    for e in events:
+        out += b"\x0a" + _varint(len(e)) + e
+    if token:
+        raw = token.encode()
+        out += b"\x12" + _varint(len(raw)) + raw
+    return bytes(out)
+
+
+def _serializer(cls: Any) -> Callable[[Any], bytes]:
+    def serialize(response: Any) -> bytes:
+        return response if isinstance(response, bytes) else cls.SerializeToString(response)
+
+    return serialize
+
+
 def add_to_server(servicer: ProcessQueryService, server: grpc.aio.Server) -> None:
-    pb_grpc.add_ProcessQueryServiceServicer_to_server(servicer, server)
+    """``add_ProcessQueryServiceServicer_to_server``, except that an answer already
+    encoded (a timeline page of stored events) is sent as it is."""
+    service = pb.DESCRIPTOR.services_by_name["ProcessQueryService"]
+    handlers = {}
+    for method in service.methods:
+        request = message_factory.GetMessageClass(method.input_type)
+        response = message_factory.GetMessageClass(method.output_type)
+        make = (
+            grpc.unary_stream_rpc_method_handler
+            if method.server_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=request.FromString,
+            response_serializer=_serializer(response),
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(service.full_name, handlers)

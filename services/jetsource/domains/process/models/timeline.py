@@ -91,6 +91,24 @@ return subtree(ARGV[2])
 )
 
 
+# One round trip for a page of a process (or of a root's tree): 0 if the process is
+# unknown; 2 if a subtree was asked of a process that is not a root (the caller merges
+# its processes' timelines); else 1, the global sequences after the cursor and their
+# events.
+_PAGE = """
+local p, pid, subtree, after, count = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+if redis.call('HEXISTS', p .. ':first', pid) == 0 then return {0} end
+local key = p .. ':tl:' .. pid
+if subtree == '1' then
+  if redis.call('HGET', p .. ':root', pid) ~= pid then return {2} end
+  key = p .. ':tree:' .. pid
+end
+local seqs = redis.call('ZRANGEBYSCORE', key, '(' .. after, '+inf', 'LIMIT', 0, count)
+if #seqs == 0 then return {1, seqs, {}} end
+return {1, seqs, redis.call('HMGET', p .. ':ev', unpack(seqs))}
+"""
+
+
 def timeline_spec(version: int) -> ModelSpec:
     return ModelSpec(
         TIMELINE,
@@ -108,6 +126,7 @@ class ProcessTimelineModel(ValkeyModel):
         super().__init__(spec, redis, prefix)
         self._apply = redis.register_script(_APPLY)
         self._subtree = redis.register_script(_SUBTREE)
+        self._page = redis.register_script(_PAGE)
 
     @property
     def channel(self) -> str:
@@ -152,6 +171,21 @@ class ProcessTimelineModel(ValkeyModel):
         )
 
     # -- reads ------------------------------------------------------------------
+
+    async def page(
+        self, process_id: str, subtree: bool, after: int, count: int
+    ) -> tuple[int, list[int], list[bytes]]:
+        """(1, sequences, encoded events) of a process's timeline (or a root's tree)
+        after ``after``, in one round trip; (0, [], []) for an unknown process;
+        (2, [], []) for the subtree of a process that is not a root."""
+        raw = await valkey_io(
+            self._page(args=[self.ns, process_id, 1 if subtree else 0, after, count])
+        )
+        status = int(raw[0])
+        if status != 1:
+            return status, [], []
+        seqs = [int(s) for s in raw[1]]
+        return 1, seqs, [r for r in raw[2] if r is not None]
 
     async def exists(self, process_id: str) -> bool:
         return bool(await valkey_io(self.redis.hexists(f"{self.ns}:first", process_id)))
