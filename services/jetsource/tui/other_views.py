@@ -158,7 +158,9 @@ class ContextsScreen(Screen[None]):
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self.set_focus(None)
         if event.input.id == "context-id":
-            self.context_id = event.input.value.strip()
+            # "/" that focused the box may land in it too; ids never hold one
+            self.context_id = event.input.value.strip().lstrip("/")
+            event.input.value = self.context_id
             self.show_latest()
         elif event.input.id == "time-input":
             event.input.display = False

@@ -111,7 +111,7 @@ class SessionsScreen(Screen[None]):
             self.action_focus_table()
 
     def _filter(self) -> tuple[str, tuple[str, ...]]:
-        text = self.query_one("#filter", Input).value.strip()
+        text = self.query_one("#filter", Input).value.strip().lstrip("/")
         statuses, words = [], []
         for part in text.split():
             if part.startswith("status:") and part[7:] in STATUSES:
