@@ -158,6 +158,7 @@ def test_entrypoint_and_cmd_name_console_scripts(dockerfile: list[list[Instructi
         "jetsource-projector",
         "jetsource-snapshotter",
         "jetsource-query",
+        "jetsource-observer",
     }
 
 

@@ -159,7 +159,7 @@ def test_grpc_services_have_native_grpc_probes_and_workers_http_healthz(
     renders: dict[str, list[dict[str, Any]]],
 ) -> None:
     for docs in renders.values():
-        for component, port in (("publisher", 50051), ("query", 50052)):
+        for component, port in (("publisher", 50051), ("query", 50052), ("observer", 50053)):
             c = container(deployment(docs, component))
             assert {"name": "grpc", "containerPort": port, "protocol": "TCP"} in c["ports"]
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
@@ -225,13 +225,18 @@ def pdbs(docs: list[dict[str, Any]]) -> set[str]:
 def test_a_disruption_budget_exists_only_where_more_than_one_replica_runs(
     renders: dict[str, list[dict[str, Any]]],
 ) -> None:
-    assert pdbs(renders["default"]) == {"js-jetsource-publisher", "js-jetsource-query"}
+    assert pdbs(renders["default"]) == {
+        "js-jetsource-publisher",
+        "js-jetsource-query",
+        "js-jetsource-observer",
+    }
     single = {
         "publisher": {"replicas": 1},
         "query": {"replicas": 1, "autoscaling": {"enabled": False}},
+        "observer": {"replicas": 1},
     }
     assert pdbs(manifests(render(single))) == set()
-    scaled_to_one = {"query": {"autoscaling": {"minReplicas": 1}}}
+    scaled_to_one = {"query": {"autoscaling": {"minReplicas": 1}}, "observer": {"replicas": 1}}
     assert pdbs(manifests(render(scaled_to_one))) == {"js-jetsource-publisher"}
     prod = by_kind(renders["production"], "PodDisruptionBudget")
     assert prod["js-jetsource-publisher"]["spec"]["minAvailable"] == 2
@@ -292,7 +297,8 @@ def test_with_an_existing_secret_none_is_rendered_and_pods_mount_that_one(
     mounted = secret_volumes(docs)
     assert set(mounted.values()) == {"jetsource-mine"}
     assert {k for k in mounted if k.startswith("Deployment/")} == {
-        f"Deployment/js-jetsource-{c}" for c in ("publisher", "query", "projector", "snapshotter")
+        f"Deployment/js-jetsource-{c}"
+        for c in ("publisher", "query", "observer", "projector", "snapshotter")
     }
     assert "Job/js-jetsource-streams" in mounted
     for doc in workloads(docs):
@@ -367,6 +373,7 @@ def test_a_servicemonitor_only_where_the_crd_is_served(
     assert selected == {
         "js-jetsource-publisher",
         "js-jetsource-query",
+        "js-jetsource-observer",
         "js-jetsource-projector-metrics",
         "js-jetsource-snapshotter-metrics",
     }
@@ -382,7 +389,7 @@ def test_network_policies_open_exactly_the_ports_the_pods_serve(
 ) -> None:
     docs = renders["production"]
     policies = by_kind(docs, "NetworkPolicy")
-    for component in ("publisher", "query", "projector", "snapshotter"):
+    for component in ("publisher", "query", "observer", "projector", "snapshotter"):
         served = {p["containerPort"] for p in container(deployment(docs, component))["ports"]}
         rules = policies[f"js-jetsource-{component}"]["spec"]["ingress"]
         opened = {p["port"] for rule in rules for p in rule["ports"]}
@@ -390,7 +397,7 @@ def test_network_policies_open_exactly_the_ports_the_pods_serve(
     egress = policies["js-jetsource-egress"]["spec"]
     assert egress["policyTypes"] == ["Egress"]
     ports = {p["port"] for rule in egress["egress"] for p in rule["ports"]}
-    assert ports >= {53, 4222, 6379, 7687, 50051, 50052}
+    assert ports >= {53, 4222, 6379, 7687, 50051, 50052, 50053}
     assert by_kind(manifests(render({"networkPolicy": {"enabled": False}})), "NetworkPolicy") == {}
 
 
@@ -447,8 +454,8 @@ def test_every_jetsource_variable_in_the_render_is_a_setting(
 def test_a_misspelled_setting_in_the_values_fails_the_check() -> None:
     typo = {"config": {"env": {"JETSOURCE_EVENTSTORE__DUPLICATE_WINDOW": "300"}}}
     found = environment_problems(manifests(render(typo)))
-    # Every process reads the ConfigMap, the hook Job carries it inline: 5 complaints.
-    assert len(found) == 5 and all("duplicate_window" in p for p in found), found
+    # Every process reads the ConfigMap, the hook Job carries it inline: 6 complaints.
+    assert len(found) == 6 and all("duplicate_window" in p for p in found), found
     right = {"config": {"env": {"JETSOURCE_EVENTSTORE__DUPLICATE_WINDOW_S": "300"}}}
     assert environment_problems(manifests(render(right))) == []
 
@@ -458,7 +465,7 @@ def test_each_process_loads_its_servers_and_binds_where_its_service_points(
 ) -> None:
     docs = renders["production"]
     services = by_kind(docs, "Service")
-    for component in ("publisher", "query"):
+    for component in ("publisher", "query", "observer"):
         doc = deployment(docs, component)
         settings: Any = loaded(
             monkeypatch, SETTINGS[f"jetsource-{component}"], environment(doc, docs)
