@@ -13,7 +13,7 @@ from textual.widgets import Static
 
 from jetsource.core.clock import from_timestamp
 from jetsource.core.settings import JetsourceSettings
-from jetsource.domains.sessions.format import format_ts
+from jetsource.domains.sessions.format import format_ts, parse_ts
 from jetsource.domains.sessions.settings import SessionsAppSettings
 from jetsource.tui.app import JetsourceTui
 from jetsource.tui.backend import Backend
@@ -62,9 +62,11 @@ async def test_the_contexts_view_scrubs_a_story_by_version_and_time(
         assert f"Decisions ({len(older.context.decisions)})" in str(body.content)
         # a time: just after version 3 was recorded
         events = await stack.reads.list_events("tui-story", 1, 3)
-        at = format_ts(from_timestamp(events.events[2].recorded_at) + 500_000)
+        at = format_ts(from_timestamp(events.events[2].recorded_at) + 1_000_000)
+        then = await stack.reads.at_time("tui-story", parse_ts(at))  # ms precision
+        assert then.context.version >= 3
         await pilot.press("t", *at, "enter")
-        await until(f"version 3 of {version}")
+        await until(f"version {then.context.version} of {version} (at {at})")
         await pilot.press("end")
         await until(f"version {version} of {version} (latest)")
         save(app.export_screenshot(title="jetsource tui: contexts"), tmp_path)
