@@ -114,7 +114,9 @@ class Process:
         self.name = name
         self.kind = kind
         self.process_id = process_id
+        # None: the enclosing process when the block is entered (contextvars).
         self.parent = parent
+        self._explicit_parent = parent is not None
         self.attributes = dict(attributes)
         self.last_event_id = ""
         self._token: contextvars.Token[Process | None] | None = None
@@ -159,6 +161,8 @@ class Process:
         return event.event_id
 
     async def __aenter__(self) -> Process:
+        if not self._explicit_parent:
+            self.parent = _current.get()
         data = {"kind": self.kind, "name": self.name, **self.attributes}
         # Started because of what its parent did last (explicit causation).
         cause = self.parent.last_event_id if self.parent else ""
@@ -293,14 +297,15 @@ class Observer:
         attributes: Mapping[str, Any] | None = None,
         parent: Process | None = None,
     ) -> Process:
-        """A process as an ``async with`` block; its parent is the enclosing process
-        (or ``parent``). ``process_id`` defaults to a fresh UUIDv7."""
+        """A process as an ``async with`` block; its parent is the process enclosing
+        the block when it is entered (or ``parent``). ``process_id`` defaults to a
+        fresh UUIDv7."""
         return Process(
             self,
             name,
             kind,
             process_id or uuid7(),
-            parent if parent is not None else _current.get(),
+            parent,
             attributes or {},
         )
 
