@@ -38,6 +38,7 @@ from jetsource.processquery.server import build as build_query
 from jetsource.processquery.settings import ProcessQueryOptions, ProcessQuerySettings
 from jetsource.projection.bootstrap import open_projection
 from jetsource.projection.host import ProjectorService
+from tests.integration.process_read.ledger import forget_consumers
 from tests.projector_fixtures import projector_settings
 
 pytestmark = pytest.mark.e2e
@@ -66,7 +67,9 @@ async def stack(settings: JetsourceSettings, unique: str) -> AsyncIterator[Stack
         )
     )
     stop = asyncio.Event()
-    projector = ProjectorService(await open_projection(base))
+    projection = await open_projection(base)
+    await forget_consumers(projection.nc, "PROCESS_EVENTS")
+    projector = ProjectorService(projection)
     task = asyncio.create_task(projector.run(stop))
     query = await build_query(
         ProcessQuerySettings(
@@ -91,6 +94,7 @@ async def stack(settings: JetsourceSettings, unique: str) -> AsyncIterator[Stack
     await query.stop(0)
     stop.set()
     await task
+    await forget_consumers(observer.nc, "PROCESS_EVENTS")
     await observer.stop(0)
 
 

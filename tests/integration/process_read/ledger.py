@@ -11,6 +11,7 @@ ProcessEventBody), as the observer does, so these tests do not depend on it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 from collections.abc import Sequence
@@ -126,6 +127,16 @@ class Writer:
                 return await self.record(ev)
             return int(ack.seq), version + 1
         raise AssertionError(f"{ev.process_id}: 200 conflicts in a row")
+
+
+async def forget_consumers(nc: NATS, stream: str) -> None:
+    """The process models' durable consumers on a shared stream (PROCESS_EVENTS, whose
+    name the observer does not let a test change) are named by model, not by the
+    test's prefix: a test's fresh models must not start where another test's stopped."""
+    js = nc.jetstream()
+    for model in MODELS:
+        with contextlib.suppress(NotFoundError):
+            await js.delete_consumer(stream, f"jetsource-{model}-v1")
 
 
 # -- random forests -------------------------------------------------------------------

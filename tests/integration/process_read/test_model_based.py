@@ -44,6 +44,7 @@ from tests.integration.process_read.ledger import (
     Writer,
     fold,
     forest,
+    forget_consumers,
     histories,
     process_domain,
     registry_view,
@@ -198,6 +199,7 @@ async def ledger(
     models under names of this test."""
     base = projector_settings(settings, unique)
     p = await open_projection(base, domains=DomainRegistry([PROCESS_DOMAIN]))
+    await forget_consumers(p.nc, PROCESS_DOMAIN.stream)
     shared = {name: getattr(base, name) for name in JetsourceSettings.model_fields}
     observer = await build_observer(
         ObserverSettings(
@@ -211,6 +213,7 @@ async def ledger(
     )
     yield p, observer
     await observer.stop(0)
+    await forget_consumers(p.nc, PROCESS_DOMAIN.stream)
     for name in p.model_names():
         await p.model(name, 1).drop()
     await p.close()
