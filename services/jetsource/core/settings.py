@@ -143,6 +143,9 @@ class EventStoreSettings(BaseModel):
     any_conflict_retries: int = Field(default=50, ge=0)
     # Last (version, sequence) per aggregate kept in memory to skip a read per append.
     position_cache_size: int = Field(default=100_000, ge=0)
+    # Data keys of personal fields (erasure): one bucket for every stream and service
+    # of a deployment, so `jetsource erase` reaches all of them.
+    keys_bucket: str = Field(default="JETSOURCE_KEYS", pattern="^[A-Za-z0-9_-]{1,64}$")
     # Retention (the domain's StreamPolicy; for the context stream these settings):
     # "forever" keeps everything (deny purge); "age" lets the server drop messages older
     # than max_age_s; "age+compaction" keeps everything live until the archiver has

@@ -144,7 +144,10 @@ class JetStreamEventStore:
         self._cfg = settings
         # Data keys of personal fields (crypto-shredding): shared by every stream.
         self.keys = keys or JetStreamKeyStore(
-            nc, replicas=settings.replicas, timeout_s=settings.request_timeout_s
+            nc,
+            settings.keys_bucket,
+            replicas=settings.replicas,
+            timeout_s=settings.request_timeout_s,
         )
         self._replies = jsapi.Replies(nc)
         # aggregate id -> (version, stream sequence) of its last known event
