@@ -822,6 +822,10 @@ async def _truncate(p: Projection, name: str, version: int, verify_s: float) -> 
         await jsapi.delete_consumer(
             store._replies, store.settings.stream, spec.durable, store.settings.request_timeout_s
         )
+        # And its consumers on the partition mirrors (a partitioned service, --workers).
+        from jetsource.projection.partitions_build import delete_partition_consumers
+
+        await delete_partition_consumers(p, name, version)
         removed += await _retry(model.drop, f"truncate {name} v{version}")
         await asyncio.sleep(verify_s)
         consumer, keys = await _leftovers(p, name, version)

@@ -113,7 +113,10 @@ class ProjectorService:
                 del self.workers[key]
 
     async def _stop_worker(self, key: tuple[Any, ...]) -> None:
-        worker, task = self.workers.pop(key)
+        entry = self.workers.pop(key, None)
+        if entry is None:  # stopped already (a lost lease and a sync round both ask)
+            return
+        worker, task = entry
         worker.stop()
         with contextlib.suppress(asyncio.TimeoutError, Exception):
             await asyncio.wait_for(task, self.options.shutdown_grace_s)
@@ -171,7 +174,8 @@ class ProjectorService:
     async def _sync_partitions(self) -> None:
         if self.membership is None:
             return
-        held = dict(self.membership.leases.held)
+        releasing = self.membership.releasing
+        held = {p: x for p, x in self.membership.leases.held.items() if p not in releasing}
         for lease in held.values():
             self._start_partition(lease)
         for key, (worker, task) in list(self.workers.items()):

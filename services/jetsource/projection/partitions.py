@@ -399,7 +399,10 @@ def plan(
 @dataclass
 class Membership:
     """One replica's view: keeps its heartbeat and leases, and says which partitions
-    to start and stop; the host runs the workers."""
+    to start and stop; the host runs the workers. A round never waits for workers to
+    stop (a worker finishing its batch must not delay the renewal of other leases):
+    a lost partition's workers stop in the background (fenced already), and a surplus
+    one is released only once its workers have stopped."""
 
     leases: Leases
     count: int
@@ -407,6 +410,30 @@ class Membership:
     on_gained: Callable[[Lease], Awaitable[None]]
     on_release: Callable[[int], Awaitable[None]]
     last_tick: float = 0.0
+    _releasing: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    _stopping: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def _background(self, work: Awaitable[None]) -> asyncio.Task[None]:
+        async def run() -> None:
+            try:
+                await work
+            except Exception as exc:
+                log.warning("partition handover step failed: %r", exc)
+
+        task = asyncio.create_task(run())
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
+        return task
+
+    @property
+    def releasing(self) -> set[int]:
+        """Partitions being handed over: their workers must not be started again."""
+        return set(self._releasing)
+
+    async def _release(self, lease: Lease) -> None:
+        await self.on_release(lease.partition)  # workers finish their batch first
+        await self.leases.release(lease)
+        log.info("partition %d: released for balance", lease.partition)
 
     async def tick(self) -> None:
         """One round: heartbeat, renew, read the bucket, release surplus, take free."""
@@ -415,15 +442,16 @@ class Membership:
         for lease in list(self.leases.held.values()):
             if not await self.leases.renew(lease):
                 log.warning("partition %d: lease lost", lease.partition)
-                await self.on_lost(lease.partition)
+                self._background(self.on_lost(lease.partition))
+        for p, task in list(self._releasing.items()):
+            if task.done():
+                del self._releasing[p]
         members, holders = await self.leases.state()
         release, take = plan(self.count, members, self.leases.member, holders)
         for p in release:
             surplus = self.leases.held.get(p)
-            if surplus is not None:
-                await self.on_release(p)  # workers stop (batch finished) before the lease goes
-                await self.leases.release(surplus)
-                log.info("partition %d: released for balance", p)
+            if surplus is not None and p not in self._releasing:
+                self._releasing[p] = self._background(self._release(surplus))
         for p in take:
             taken = await self.leases.acquire(p, holders.get(p, ("", 0, 0))[2])
             if taken is not None:
@@ -431,6 +459,8 @@ class Membership:
                 await self.on_gained(taken)
 
     async def leave(self) -> None:
+        if self._stopping:
+            await asyncio.wait(list(self._stopping), timeout=10)
         for lease in list(self.leases.held.values()):
             await self.leases.release(lease)
         await self.leases.forget_member()
@@ -441,11 +471,6 @@ def fence_for(leases: Leases, lease: Lease) -> Fence:
         return await leases.still_held(lease)
 
     return Fence(leases.group, lease.partition, lease.token, held)
-
-
-async def gather_quietly(tasks: list[asyncio.Task[Any]], timeout: float) -> None:
-    if tasks:
-        await asyncio.wait(tasks, timeout=timeout)
 
 
 class FencedSnapshots:

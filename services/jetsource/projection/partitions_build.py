@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -168,3 +169,30 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+async def delete_partition_consumers(p: Projection, name: str, version: int) -> int:
+    """Delete the version's consumers on every partition mirror of its stream (any
+    N): a drop or a reset must leave no partition consumer to resume from."""
+    store = p.store_for(name)
+    await store.start()
+    t = store.settings.request_timeout_s
+    origin = store.settings.stream
+    durable = p.spec(name, version).durable
+    mirrors: list[str] = []
+    offset = 0
+    while True:
+        page = await jsapi.api(store._replies, "STREAM.NAMES", {"offset": offset}, t)
+        names = page.get("streams") or []
+        mirrors += [n for n in names if re.fullmatch(rf"{re.escape(origin)}_P\d+", n)]
+        offset += len(names)
+        if not names or offset >= int(page.get("total", 0)):
+            break
+    deleted = 0
+    for mirror in mirrors:
+        count = int(mirror.rsplit("_P", 1)[1])
+        for i in range(count):
+            consumer = Partition(i, count, origin, store.settings.subject_prefix).durable(durable)
+            if await jsapi.delete_consumer(store._replies, mirror, consumer, t):
+                deleted += 1
+    return deleted
