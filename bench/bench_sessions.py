@@ -173,7 +173,7 @@ def table(rows: list[Stats], rate: float, background: float) -> Table:
     return t
 
 
-QUICK = ["--probes", "100", "--rate", "100", "--background", "200"]
+QUICK = ["--probes", "50", "--rate", "100", "--background", "200"]
 
 
 def main(argv: list[str] | None = None) -> list[Table]:
