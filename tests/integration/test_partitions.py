@@ -34,7 +34,7 @@ from jetsource.projection.partitions import (
 )
 from jetsource.projection.runtime import Worker
 from jetsource.projection.settings import ProjectorSettings
-from tests.projector_fixtures import projector_settings, seed, story_ids
+from tests.projector_fixtures import isolated_snapshots, projector_settings, seed, story_ids
 
 pytestmark = pytest.mark.integration
 
@@ -362,3 +362,57 @@ async def clean_digests_of(p: Projection, names: tuple[str, ...]) -> dict[str, s
         await asyncio.wait_for(worker.run(until_caught_up=True), 120)
         out[name] = await model.digest()
     return out
+
+
+async def test_partitioned_snapshotters_write_the_snapshots_one_snapshotter_writes(
+    settings: JetsourceSettings, unique: str
+) -> None:
+    """Two snapshotter replicas over 4 partitions (the snapshots model is split like
+    every other one) keep the same snapshots as one unpartitioned snapshotter."""
+    shared = partitioned(settings, unique, 4, models=["snapshots"])
+    shared = shared.model_copy(
+        update={"snapshots": shared.snapshots.model_copy(update={"every": 3})}
+    )
+    one, two = await open_projection(shared), await open_projection(shared)
+    plain_settings = shared.model_copy(
+        update={
+            "snapshots": isolated_snapshots(f"{unique}x", every=3),
+            "projector": shared.projector.model_copy(update={"partitions": PartitionOptions()}),
+        }
+    )
+    plain = await open_projection(plain_settings)
+    try:
+        store = one.store_for("snapshots")
+        for s in story_ids(12, "n"):
+            await store.append(s, [NewEvent(m) for m in story_events(s, 10, 4)], 0)
+        a, b = (
+            ProjectorService(one, group="snapshotter"),
+            ProjectorService(two, group="snapshotter"),
+        )
+        stop = asyncio.Event()
+        runs = [asyncio.create_task(a.run(stop)), asyncio.create_task(b.run(stop))]
+        version = one.pinned_version("snapshots") or 1
+        reference = plain.model("snapshots", version)
+        worker = Worker(
+            plain.nc,
+            plain.store_for("snapshots"),
+            reference,
+            plain.dead_letters,
+            plain_settings.projector,
+        )
+        await asyncio.wait_for(worker.run(until_caught_up=True), 60)
+        want = await reference.digest()
+        assert (await reference.checkpoint()).applied == 36  # 12 stories x 3 snapshots
+        model = one.model("snapshots", version)
+        started = time.monotonic()
+        try:
+            while await model.digest() != want:
+                assert time.monotonic() - started < 60
+                await asyncio.sleep(0.2)
+            assert held(a) and held(b) and not set(held(a)) & set(held(b))
+        finally:
+            stop.set()
+            await asyncio.gather(*runs)
+    finally:
+        for p in (one, two, plain):
+            await p.close()
