@@ -261,3 +261,53 @@ def tui(
 
     address = query or _target("query", None, None).address
     run(SessionsAppSettings.load(), address, open_session=session_id)
+
+
+@app.command("import")
+def import_(
+    path: str = typer.Argument(..., help="a JSONL file of session events ('-' for stdin)"),
+    observer: str = typer.Option(
+        None, "--observer", help="record through the observer at host:port (default: the stream)"
+    ),
+    output: Mode | None = OUTPUT,
+) -> None:
+    """Record session events from JSON lines (the format `export` and `follow` print).
+    Idempotent: an event is keyed by its session and seq, so importing a file again
+    appends nothing. A bad line is refused naming its line and field; nothing of the
+    file is recorded then. Known types are checked against the catalog per
+    JETSOURCE_SESSIONS__VALIDATION."""
+    from jetsource.domains.sessions.format import EventFormatError, SessionEvent, to_canonical
+
+    _use(output)
+    settings = SessionsAppSettings.load()
+    stream = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+    events = []
+    with stream:
+        for number, text in enumerate(stream, 1):
+            if not text.strip():
+                continue
+            try:
+                event = SessionEvent.from_json(text)
+                load_catalog().check(event.type, event.data, settings.sessions.validation)
+            except (EventFormatError, ValueError) as exc:
+                out.fail(out.USAGE, "INVALID_ARGUMENT", f"line {number}: {exc}")
+            events.append(to_canonical(event, source="jetsource sessions import"))
+
+    async def work(c: SessionsClient) -> list[Any]:
+        if observer is None:
+            return await c.writer.record(events)
+        import grpc
+
+        from jetsource._gen.process.v1.observer_pb2_grpc import ObserverServiceStub
+        from jetsource.domains.sessions.ledger import ObserverWriter
+
+        async with grpc.aio.insecure_channel(observer) as channel:
+            return await ObserverWriter(ObserverServiceStub(channel)).record(events)
+
+    positions = _run(work) if events else []
+    appended = sum(1 for p in positions if not p.duplicate)
+    if out.mode() == Mode.json:
+        out.emit_json({"events": len(positions), "appended": appended})
+    else:
+        out.line(f"{len(positions)} events, {appended} appended, {len(positions) - appended} "
+                 "already recorded")  # fmt: skip

@@ -9,6 +9,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -124,3 +125,30 @@ async def test_prune_dry_run_then_prune(
     assert [r["session"] for r in left] == [ids[2]]
     bad = await cli(app_settings, "prune", "--older-than", "soon")
     assert bad.returncode == 2 and "duration" in bad.stderr
+
+
+async def test_import_records_an_exported_session_once_and_refuses_bad_lines(
+    client: SessionsClient, app_settings: SessionsAppSettings, tmp_path: Path
+) -> None:
+    async with session(client.writer, "context generate") as s:
+        s.emit("level_started", {"level": 0})
+    exported = (await cli(app_settings, "export", s.id)).stdout
+    # the same session moved to another id, as if it came from another machine
+    moved = exported.replace(s.id, "imported-1")
+    source = tmp_path / "session.jsonl"
+    await asyncio.to_thread(source.write_text, moved)
+    first = await cli(app_settings, "import", str(source), "-o", "json")
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout) == {"events": 3, "appended": 3}
+    again = await cli(app_settings, "import", str(source), "-o", "json")
+    assert json.loads(again.stdout) == {"events": 3, "appended": 0}
+    assert (await cli(app_settings, "export", "imported-1")).stdout == moved
+    bad = tmp_path / "bad.jsonl"
+    lines = moved.splitlines()
+    await asyncio.to_thread(
+        bad.write_text, "\n".join([lines[0].replace("imported-1", "imported-2"), "{}"])
+    )
+    refused = await cli(app_settings, "import", str(bad), "-o", "json")
+    assert refused.returncode == 2
+    assert "line 2: ts: is missing" in json.loads(refused.stderr)["error"]["message"]
+    assert (await cli(app_settings, "show", "imported-2")).returncode == 1  # nothing recorded
