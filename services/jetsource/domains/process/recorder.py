@@ -64,11 +64,13 @@ class RecorderOptions:
     # One write: at most this many bytes of payload (one request's group of a process
     # is never split, whatever its size).
     lane_batch_bytes: int = 4 * 1024 * 1024
-    # Writes in flight at once (never two of one process).
-    max_inflight_writes: int = 64
+    # Writes in flight at once (never two of one process). Few: what arrives during a
+    # write queues up and goes in the next one, whole (many small writes, each its own
+    # commit, measured slower than one big one here).
+    max_inflight_writes: int = 2
     # A write of this many processes or more is one atomic batch (one commit) rather
     # than one publish per process.
-    batch_processes_from: int = 8
+    batch_processes_from: int = 32
 
 
 @dataclass
