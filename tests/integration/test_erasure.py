@@ -23,6 +23,9 @@ from google.protobuf import text_format
 
 from jetsource._gen.context.v1 import events_pb2 as ev
 from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
+from jetsource.archive.archiver import Archiver, open_record, to_raw
+from jetsource.archive.objectstore import LocalObjectStore
+from jetsource.archive.store import Archive
 from jetsource.client import ContextClient, QueryClient
 from jetsource.core.crypto import ERASED
 from jetsource.core.envelope import NewEvent
@@ -179,7 +182,7 @@ async def valkey_dump(settings: JetsourceSettings, prefix: str) -> str:
 
 
 async def test_erasure_reaches_every_reader(
-    settings: JetsourceSettings, nats_server: Server, unique: str
+    settings: JetsourceSettings, nats_server: Server, unique: str, tmp_path: Path
 ) -> None:
     """Publisher, projector, snapshotter and query run (and keep their caches) through
     the erase; afterwards nothing of alice is readable anywhere, and everything else
@@ -270,8 +273,17 @@ async def test_erasure_reaches_every_reader(
         assert alice in await valkey_dump(settings, f"t{unique}")
         assert alice in repr(await graph_model.dump())
         assert alice in await snapshot_states()
-        # ... except the event stream: sealed from the start.
+        # ... except the event stream: sealed from the start; so are archive segments
+        # (they hold the envelopes as stored).
         assert alice.encode() not in stream_bytes(nats_server, base.eventstore.stream)
+        live = projector.projection.store
+        archive = Archive(LocalObjectStore(tmp_path / "archive"), base.eventstore.stream)
+        assert await Archiver(live, None, archive).export()
+        archived = await archive.messages()
+        assert len(archived) == v1 + v2
+        assert not any(alice.encode() in m.data for m in archived)
+        opened = [await open_record(live, to_raw(m)) for m in archived]
+        assert alice in repr([r.event for r in opened])
 
         env = environment(base)
         refused = erase_cli(env, alice)
@@ -305,6 +317,14 @@ async def test_erasure_reaches_every_reader(
         assert alice not in repr(await graph_model.dump())
         assert alice not in await snapshot_states()
         assert alice.encode() not in stream_bytes(nats_server, base.eventstore.stream)
+        # Archive readers (time travel before a horizon, restore, rebuilds) open the
+        # same boxes: erased there too, everything else as it was.
+        reopened = [await open_record(live, to_raw(m)) for m in await archive.messages()]
+        assert alice not in repr([(r.event, r.envelope) for r in reopened])
+        assert ERASED in repr([r.event for r in reopened])
+        assert [(r.stream_seq, r.version, r.event_id) for r in reopened] == [
+            (r.stream_seq, r.version, r.event_id) for r in opened
+        ]
         again = erase_cli(env, alice, "--yes")
         assert again.returncode == 0 and "already gone" in again.stdout
     finally:
