@@ -44,6 +44,8 @@ def env(tmp_path: Path) -> dict[str, str]:
     env["JETSOURCE_QUERY__METRICS_PORT"] = str(free_port())
     env["JETSOURCE_OBSERVER__GRPC_PORT"] = str(free_port())
     env["JETSOURCE_OBSERVER__METRICS_PORT"] = str(free_port())
+    env["JETSOURCE_PROCESS_QUERY__GRPC_PORT"] = str(free_port())
+    env["JETSOURCE_PROCESS_QUERY__METRICS_PORT"] = str(free_port())
     env["COLUMNS"] = "200"  # keep rich tables on one line per server
     return env
 
@@ -139,16 +141,32 @@ def test_up_status_down_and_data_survives(env: dict[str, str]) -> None:
         assert shown.returncode == 0, shown.stdout + shown.stderr
         assert "already running" in shown.stdout
         text = " ".join(shown.stdout.split())
-        for service in ("publisher", "projector", "snapshotter", "query", "observer"):
+        for service in (
+            "publisher",
+            "projector",
+            "snapshotter",
+            "query",
+            "observer",
+            "process-query",
+        ):
             assert f"service {service}" in text, text
         assert "reached version 4; read back ContextCreated, DecisionAdded" in text
         # and a process tree through the observer, emitted by the Python SDK
         assert "demo process tree" in text and "recorded through the SDK (19 events)" in text
+        # read back through the process query service (the registry model)
+        assert "process query at" in text and "6 processes of" in text, text
         assert "GetContext(min_version=4) answered version 4" in text, text
 
         status = jetsource(env, "infra", "status")
         assert status.returncode == 0, status.stdout
-        for service in ("publisher", "projector", "snapshotter", "query", "observer"):
+        for service in (
+            "publisher",
+            "projector",
+            "snapshotter",
+            "query",
+            "observer",
+            "process-query",
+        ):
             assert any(
                 line.split("\t")[0] == service and "healthy" in line
                 for line in status.stdout.splitlines()

@@ -210,6 +210,38 @@ async def _demo_process_tree() -> None:
         f"observer at {target}: demo process tree {root!r} recorded through the SDK "
         f"({events} events); try `jetsource process tree {root}`"
     )
+    await _demo_process_read(root, events)
+
+
+async def _demo_process_read(root: str, events: int) -> None:
+    """The demo tree read back through the process query service (its read models)."""
+    import grpc
+
+    from jetsource._gen.process.v1 import query_pb2 as pq
+    from jetsource._gen.process.v1 import query_pb2_grpc as pq_grpc
+    from jetsource.processquery.settings import ProcessQuerySettings
+
+    target = ProcessQuerySettings.load().process_query.target()
+    started = time.monotonic()
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pq_grpc.ProcessQueryServiceStub(channel)
+        request = pq.ListProcessesRequest(root_process_id=root, page_size=1000)
+        listed = await stub.ListProcesses(request, timeout=10)
+        while sum(p.event_count for p in listed.processes) < events:
+            if time.monotonic() - started > 30:
+                raise RuntimeError(f"the process query service at {target} did not show {root}")
+            await asyncio.sleep(0.05)
+            listed = await stub.ListProcesses(request, timeout=10)
+    statuses = sorted(
+        {
+            pq.ProcessStatus.Name(p.status).removeprefix("PROCESS_STATUS_").lower()
+            for p in listed.processes
+        }
+    )
+    console.print(
+        f"process query at {target}: {len(listed.processes)} processes of {root!r} in the "
+        f"registry after {1000 * (time.monotonic() - started):.0f} ms ({', '.join(statuses)})"
+    )
 
 
 async def _demo_read_models(demo: str, version: int) -> None:

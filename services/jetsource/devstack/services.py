@@ -28,6 +28,7 @@ from jetsource.devstack.servers import (
     stop_pid,
 )
 from jetsource.observer.settings import ObserverSettings
+from jetsource.processquery.settings import ProcessQuerySettings
 from jetsource.projection.settings import ProjectorSettings
 from jetsource.publisher.settings import PublisherSettings
 from jetsource.query.settings import QuerySettings
@@ -121,6 +122,7 @@ class LocalServices:
         snapshotter = SnapshotterSettings.load().snapshotter
         query = QuerySettings.load().query
         observer = ObserverSettings.load().observer
+        process_query = ProcessQuerySettings.load().process_query
         return [
             GrpcService(
                 "publisher",
@@ -156,6 +158,13 @@ class LocalServices:
                 self.home / "services" / "observer",
                 observer.grpc_host,
                 observer.grpc_port,
+            ),
+            GrpcService(
+                "process-query",
+                "jetsource.processquery.server",
+                self.home / "services" / "process-query",
+                process_query.grpc_host,
+                process_query.grpc_port,
             ),
         ]
 
