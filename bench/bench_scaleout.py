@@ -3,7 +3,7 @@ worker processes on the same stream, in one run (events/s, speed-up, the servers
 CPU); and failover: from kill -9 of the projector process owning a partition to the
 next event of that partition visible in the read model (p50, max).
 
-    python -m bench.bench_scaleout [--stories 500] [--events 40] [--failovers 6]
+    python -m bench.bench_scaleout [--stories 1000] [--events 60] [--failovers 6]
 
 Everything runs here on embedded servers (nats-server, Valkey); the workers and the
 projectors are processes of their own, as in production.
@@ -256,8 +256,8 @@ def tables(
 def main(argv: list[str] | None = None) -> list[Table]:
     exit_on_signals()
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--stories", type=int, default=500)
-    parser.add_argument("--events", type=int, default=40)
+    parser.add_argument("--stories", type=int, default=1000)
+    parser.add_argument("--events", type=int, default=60)
     parser.add_argument("--workers", default="1,2,4")
     parser.add_argument("--failovers", type=int, default=6)
     parser.add_argument("--quick", action="store_true", help="small sizes: checks it runs")

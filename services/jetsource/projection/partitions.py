@@ -153,6 +153,25 @@ async def ensure_mirror(
     return name
 
 
+async def wait_mirror(
+    replies: Replies, stream: str, count: int, timeout: float, deadline_s: float = 600.0
+) -> None:
+    """Until the partition mirror holds everything the stream held when asked: a build
+    that reads the mirror must not take a mirror still catching up for the end."""
+    origin = await jsapi.api(replies, f"STREAM.INFO.{stream}", {}, timeout)
+    target = int(origin["state"]["last_seq"])
+    started = time.monotonic()
+    while True:
+        info = await jsapi.api(replies, f"STREAM.INFO.{mirror_stream(stream, count)}", {}, timeout)
+        if int(info["state"]["last_seq"]) >= target:
+            return
+        if time.monotonic() - started > deadline_s:
+            raise TimeoutError(
+                f"the partition mirror of {stream} is not caught up after {deadline_s:.0f} s"
+            )
+        await asyncio.sleep(0.05)
+
+
 def partition_of(aggregate_id: str, count: int) -> int:
     """The partition the server's ``{{partition(count,1)}}`` gives an aggregate
     (FNV-1a 32 of the token, modulo count): for tests and tools, never for routing."""

@@ -17,6 +17,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,7 @@ from pydantic import SecretStr
 
 from jetsource.eventstore import jsapi
 from jetsource.projection.bootstrap import Projection, open_projection
-from jetsource.projection.partitions import Partition, ensure_mirror
+from jetsource.projection.partitions import Partition, ensure_mirror, wait_mirror
 from jetsource.projection.runtime import Worker
 from jetsource.projection.settings import ProjectorSettings
 
@@ -55,6 +56,7 @@ async def ensure_partitions(p: Projection, name: str, count: int) -> None:
         s.replicas,
         s.request_timeout_s,
     )
+    await wait_mirror(store._replies, store.settings.stream, count, s.request_timeout_s)
 
 
 @dataclass
@@ -140,8 +142,10 @@ async def hand_over(p: Projection, name: str, version: int, count: int) -> int:
 
 
 async def _child(body: dict[str, Any]) -> dict[str, Any]:
+    began = time.perf_counter()
     settings = ProjectorSettings.model_validate(body["settings"])
     p = await open_projection(settings, provision=False)
+    opened = time.perf_counter()
     try:
         name, version, count = body["model"], int(body["version"]), int(body["count"])
         options = settings.projector.model_copy(update={"pull_expires_s": 0.5})
@@ -154,6 +158,8 @@ async def _child(body: dict[str, Any]) -> dict[str, Any]:
                 )
         await asyncio.gather(*(w.run(until_caught_up=True) for w in workers))
         return {
+            "open_s": round(opened - began, 3),
+            "build_s": round(time.perf_counter() - opened, 3),
             "partitions": body["partitions"],
             "applied": sum(w.stats.applied for w in workers),
             "dead_letters": sum(w.stats.dead_letters for w in workers),
