@@ -49,6 +49,9 @@ class SessionReader(Protocol):
     async def events(self, session_id: str, after_seq: int = 0) -> list[Recorded]:
         """The session's events with seq above ``after_seq``, in seq order."""
 
+    async def tail(self, process_id: str) -> tuple[int, int]:
+        """(last seq, when it was recorded in ns) of a process; (0, 0) if unknown."""
+
     def follow(self, session_id: str, after_seq: int = 0) -> AsyncIterator[Recorded]:
         """The session's events above ``after_seq``, then live as they commit."""
 
@@ -226,6 +229,10 @@ class LedgerReader:
                 p.ended_ns = occurred or r.recorded_at_ns
                 error = _data(r).get("error")
                 p.error = error if isinstance(error, str) else ""
+        for p in found.values():
+            if p.kind == SESSION_KIND and not p.parent and p.status == "running":
+                # a running session's last event is rarely a lifecycle one
+                p.last_recorded_ns = max(p.last_recorded_ns, (await self.tail(p.process_id))[1])
         return found
 
     async def sessions(self) -> list[ProcessSummary]:
@@ -237,13 +244,12 @@ class LedgerReader:
         records = await self._store.read_aggregate(session_id, from_version=after_seq + 1)
         return [_recorded(r, session_id) for r in records]
 
-    async def last_recorded_ns(self, process_id: str) -> int:
-        """When the process's last event (of any type) was recorded; 0 if none."""
+    async def tail(self, process_id: str) -> tuple[int, int]:
         version = await self._store.last_version(process_id)
         if not version:
-            return 0
+            return 0, 0
         last = await self._store.read_aggregate(process_id, from_version=version)
-        return int(last[-1].recorded_at_ns) if last else 0
+        return (version, int(last[-1].recorded_at_ns)) if last else (0, 0)
 
     async def follow(self, session_id: str, after_seq: int = 0) -> AsyncIterator[Recorded]:
         from nats.js.api import ConsumerConfig, DeliverPolicy
@@ -348,6 +354,25 @@ class QueryReader:
             token = reply.next_page_token
             if not token:
                 return found
+
+    async def tail(self, process_id: str) -> tuple[int, int]:
+        import grpc
+
+        from jetsource._gen.process.v1 import query_pb2
+
+        try:
+            got = await self._stub.GetProcess(
+                query_pb2.GetProcessRequest(process_id=process_id),
+                timeout=self._timeout,
+                metadata=self._metadata,
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return 0, 0
+            raise
+        p = got.process
+        last = from_timestamp(p.last_recorded_at) if p.HasField("last_recorded_at") else 0
+        return int(p.last_process_seq), last
 
     async def events(self, session_id: str, after_seq: int = 0) -> list[Recorded]:
         import grpc

@@ -103,16 +103,30 @@ class Sessions:
     async def list_sessions(
         self, statuses: Iterable[str] = (), search: str = "", limit: int = 0
     ) -> list[SessionRecord]:
-        """Newest first. ``search`` matches the id or the command (case-insensitive)."""
+        """Newest first. ``search`` matches the id or the command (case-insensitive).
+        Read from the process summaries and each session's tail (its last seq and when
+        it was recorded), not its events: the snapshot is left to ``show``."""
         wanted = set(statuses)
+        now = self._clock()
         out = []
         for p in await self._roots():
             if search and search.lower() not in f"{p.process_id} {p.name}".lower():
                 continue
-            recorded = await self.reader.events(p.process_id)
-            if not recorded:
+            count, last_recorded = await self.reader.tail(p.process_id)
+            if not count:
                 continue
-            record = await self._record(p.process_id, recorded)
+            record = SessionRecord(
+                session_id=p.process_id,
+                command=p.name,
+                metadata={},
+                started_ns=p.started_ns,
+                ended_ns=p.ended_ns,
+                status=status_of(p, last_recorded, now, self.settings.interrupted_after_s),
+                event_count=count,
+                last_seq=count,
+                last_recorded_ns=last_recorded,
+                error=p.error,
+            )
             if wanted and record.status not in wanted:
                 continue
             out.append(record)
@@ -205,9 +219,11 @@ class Sessions:
         return report
 
 
-def status_of(summary: ProcessSummary, now: int, quiet_s: float) -> str:
+def status_of(summary: ProcessSummary, last_recorded_ns: int, now: int, quiet_s: float) -> str:
+    """A session's status from its root process: the registry's ending, else active
+    until quiet for ``quiet_s``."""
     ended = summary.status if summary.status != "running" else "active"
-    return session_status(ended, summary.last_recorded_ns, now, quiet_s)
+    return session_status(ended, last_recorded_ns, now, quiet_s)
 
 
 __all__ = [
