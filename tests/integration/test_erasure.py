@@ -340,3 +340,13 @@ async def test_erasure_reaches_every_reader(
                 with contextlib.suppress(Exception):
                     await service.projection.model(name, 1).drop()
             await service.projection.close()
+
+
+def test_erase_refuses_bad_input_before_connecting() -> None:
+    """A usage error (exit 2) names what is wrong and changes nothing: nothing connects
+    (the NATS URL here answers nothing). A missing --yes: see the test above."""
+    away = {"JETSOURCE_NATS__URL": "nats://127.0.0.1:9", "JETSOURCE_ADMIN_CONNECT_TIMEOUT_S": "1"}
+    blank = erase_cli(away, "  ", "--yes", "--json")
+    assert blank.returncode == 2, blank.stderr
+    error = json.loads(blank.stderr.strip().splitlines()[-1])["error"]
+    assert error["code"] == "usage" and "subject" in error["message"]

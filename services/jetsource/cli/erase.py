@@ -11,16 +11,13 @@ it is safe and finishes the work), 2 usage, 3 unavailable.
 
 from __future__ import annotations
 
-import asyncio
-
 import typer
 
 from jetsource.cli import output
 from jetsource.cli.output import REFUSED, USAGE
-from jetsource.cli.projector import _fail_for, _json, _progress, _settings
+from jetsource.cli.projector import _json, _progress, _run
 from jetsource.core.errors import ValidationError
-from jetsource.projection.bootstrap import open_projection
-from jetsource.projection.erasure import ErasureReport, check_subject, erase_subject
+from jetsource.projection.erasure import check_subject, erase_subject
 
 
 def erase(
@@ -36,20 +33,8 @@ def erase(
         output.fail(USAGE, "usage", str(exc))
     if not yes:
         output.fail(USAGE, "usage", "erasing personal data cannot be undone: add --yes to confirm")
-    settings = _settings()
-
-    async def go() -> ErasureReport:
-        p = await open_projection(settings, provision=False)
-        try:
-            with _progress("erasing") as update:
-                return await erase_subject(p, subject, progress=update)
-        finally:
-            await p.close()
-
-    try:
-        report = asyncio.run(go())
-    except Exception as exc:
-        _fail_for(exc, settings)
+    with _progress("erasing") as update:
+        report = _run(lambda p: erase_subject(p, subject, progress=update))
     if json_out:
         output.emit_json(report.summary())
     else:
