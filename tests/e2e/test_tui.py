@@ -171,6 +171,11 @@ async def test_the_history_view_lists_opens_and_replays_a_session_from_storage(
         assert cell(table, done.id, 2) == "context generate"
         assert cell(table, done.id, 5) == "7"
         screenshot(app, "sessions", tmp_path)
+        await pilot.press("slash", *"status:completed scan", "enter")  # filter and search
+        await until(pilot, lambda: table.row_count == 1)
+        assert cell(table, done.id, 1) == ""  # the other one is left
+        await pilot.press("slash", "ctrl+u", "enter")  # clear the filter
+        await until(pilot, lambda: table.row_count == 2)
         table.focus()
         table.move_cursor(row=table.get_row_index(done.id))
         await pilot.press("enter")
