@@ -22,6 +22,7 @@ from pydantic import BaseModel
 
 from jetsource.core.settings import JetsourceSettings
 from jetsource.observer.settings import ObserverSettings
+from jetsource.processquery.settings import ProcessQuerySettings
 from jetsource.projection.settings import ProjectorSettings
 from jetsource.publisher.settings import PublisherSettings
 from jetsource.query.settings import QuerySettings
@@ -44,6 +45,7 @@ SETTINGS: dict[str, type[JetsourceSettings]] = {
     "jetsource-snapshotter": SnapshotterSettings,
     "jetsource-query": QuerySettings,
     "jetsource-observer": ObserverSettings,
+    "jetsource-process-query": ProcessQuerySettings,
     # The CLI's deployment uses (streams ensure, projector admin) load the projector's.
     "jetsource": ProjectorSettings,
 }

@@ -39,6 +39,7 @@ BINDINGS = {
     "publisher": {"JETSOURCE_PUBLISHER__GRPC_HOST": "0.0.0.0"},
     "query": {"JETSOURCE_QUERY__GRPC_HOST": "0.0.0.0"},
     "observer": {"JETSOURCE_OBSERVER__GRPC_HOST": "0.0.0.0"},
+    "process-query": {"JETSOURCE_PROCESS_QUERY__GRPC_HOST": "0.0.0.0"},
 }
 
 
@@ -106,6 +107,7 @@ def test_the_four_services_and_the_stream_provisioning_run_from_the_one_image(
         "snapshotter": ["jetsource-snapshotter"],
         "query": ["jetsource-query"],
         "observer": ["jetsource-observer"],
+        "process-query": ["jetsource-process-query"],
     }
     for name, service in services.items():
         assert service["build"] == {"context": ".", "dockerfile": "deploy/Dockerfile"}, name
@@ -150,6 +152,7 @@ LISTENS = {
     "publisher": lambda s: s.publisher.target(),
     "query": lambda s: s.query.target(),
     "observer": lambda s: s.observer.target(),
+    "process-query": lambda s: s.process_query.target(),
     "projector": lambda s: f"{s.projector.host}:{s.projector.http_port}",
     "snapshotter": lambda s: f"{s.snapshotter.host}:{s.snapshotter.http_port}",
 }
@@ -175,6 +178,7 @@ def test_each_process_loads_its_servers_and_listens_where_compose_publishes(
         "publisher": "0.0.0.0:50051",
         "query": "0.0.0.0:50052",
         "observer": "0.0.0.0:50053",
+        "process-query": "0.0.0.0:50055",
         "projector": "0.0.0.0:9102",
         "snapshotter": "0.0.0.0:9103",
     }
@@ -301,7 +305,7 @@ def test_prometheus_scrapes_every_metrics_port_compose_configures(
             continue
         env = {k: interpolate(v) for k, v in service["environment"].items()}
         settings: Any = loaded(monkeypatch, settings_class(service), env)
-        options = getattr(settings, name)
+        options = getattr(settings, name.replace("-", "_"))
         port = options.metrics_port if hasattr(options, "metrics_port") else options.http_port
         expected.add(f"{name}:{port}")
     assert expected == {
@@ -310,6 +314,7 @@ def test_prometheus_scrapes_every_metrics_port_compose_configures(
         "snapshotter:9103",
         "query:9104",
         "observer:9105",
+        "process-query:9106",
     }
     assert expected <= targets
     # No target label "service": the metrics carry their own and would be renamed.

@@ -159,6 +159,7 @@ def test_entrypoint_and_cmd_name_console_scripts(dockerfile: list[list[Instructi
         "jetsource-snapshotter",
         "jetsource-query",
         "jetsource-observer",
+        "jetsource-process-query",
     }
 
 

@@ -159,7 +159,12 @@ def test_grpc_services_have_native_grpc_probes_and_workers_http_healthz(
     renders: dict[str, list[dict[str, Any]]],
 ) -> None:
     for docs in renders.values():
-        for component, port in (("publisher", 50051), ("query", 50052), ("observer", 50053)):
+        for component, port in (
+            ("publisher", 50051),
+            ("query", 50052),
+            ("observer", 50053),
+            ("processquery", 50055),
+        ):
             c = container(deployment(docs, component))
             assert {"name": "grpc", "containerPort": port, "protocol": "TCP"} in c["ports"]
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
@@ -229,14 +234,20 @@ def test_a_disruption_budget_exists_only_where_more_than_one_replica_runs(
         "js-jetsource-publisher",
         "js-jetsource-query",
         "js-jetsource-observer",
+        "js-jetsource-processquery",
     }
     single = {
         "publisher": {"replicas": 1},
         "query": {"replicas": 1, "autoscaling": {"enabled": False}},
         "observer": {"replicas": 1},
+        "processquery": {"replicas": 1},
     }
     assert pdbs(manifests(render(single))) == set()
-    scaled_to_one = {"query": {"autoscaling": {"minReplicas": 1}}, "observer": {"replicas": 1}}
+    scaled_to_one = {
+        "query": {"autoscaling": {"minReplicas": 1}},
+        "observer": {"replicas": 1},
+        "processquery": {"replicas": 1},
+    }
     assert pdbs(manifests(render(scaled_to_one))) == {"js-jetsource-publisher"}
     prod = by_kind(renders["production"], "PodDisruptionBudget")
     assert prod["js-jetsource-publisher"]["spec"]["minAvailable"] == 2
@@ -298,7 +309,7 @@ def test_with_an_existing_secret_none_is_rendered_and_pods_mount_that_one(
     assert set(mounted.values()) == {"jetsource-mine"}
     assert {k for k in mounted if k.startswith("Deployment/")} == {
         f"Deployment/js-jetsource-{c}"
-        for c in ("publisher", "query", "observer", "projector", "snapshotter")
+        for c in ("publisher", "query", "observer", "processquery", "projector", "snapshotter")
     }
     assert "Job/js-jetsource-streams" in mounted
     for doc in workloads(docs):
@@ -373,6 +384,7 @@ def test_a_servicemonitor_only_where_the_crd_is_served(
     assert selected == {
         "js-jetsource-publisher",
         "js-jetsource-query",
+        "js-jetsource-processquery",
         "js-jetsource-observer",
         "js-jetsource-projector-metrics",
         "js-jetsource-snapshotter-metrics",
@@ -389,7 +401,7 @@ def test_network_policies_open_exactly_the_ports_the_pods_serve(
 ) -> None:
     docs = renders["production"]
     policies = by_kind(docs, "NetworkPolicy")
-    for component in ("publisher", "query", "observer", "projector", "snapshotter"):
+    for component in ("publisher", "query", "observer", "processquery", "projector", "snapshotter"):
         served = {p["containerPort"] for p in container(deployment(docs, component))["ports"]}
         rules = policies[f"js-jetsource-{component}"]["spec"]["ingress"]
         opened = {p["port"] for rule in rules for p in rule["ports"]}
@@ -397,7 +409,7 @@ def test_network_policies_open_exactly_the_ports_the_pods_serve(
     egress = policies["js-jetsource-egress"]["spec"]
     assert egress["policyTypes"] == ["Egress"]
     ports = {p["port"] for rule in egress["egress"] for p in rule["ports"]}
-    assert ports >= {53, 4222, 6379, 7687, 50051, 50052, 50053}
+    assert ports >= {53, 4222, 6379, 7687, 50051, 50052, 50053, 50055}
     assert by_kind(manifests(render({"networkPolicy": {"enabled": False}})), "NetworkPolicy") == {}
 
 
@@ -414,6 +426,7 @@ BINDINGS = {
     "query": {"JETSOURCE_QUERY__GRPC_HOST": "0.0.0.0"},
     "projector": {"JETSOURCE_PROJECTOR__HOST": "0.0.0.0"},
     "snapshotter": {"JETSOURCE_SNAPSHOTTER__HOST": "0.0.0.0"},
+    "processquery": {"JETSOURCE_PROCESS_QUERY__GRPC_HOST": "0.0.0.0"},
 }
 
 
@@ -454,8 +467,8 @@ def test_every_jetsource_variable_in_the_render_is_a_setting(
 def test_a_misspelled_setting_in_the_values_fails_the_check() -> None:
     typo = {"config": {"env": {"JETSOURCE_EVENTSTORE__DUPLICATE_WINDOW": "300"}}}
     found = environment_problems(manifests(render(typo)))
-    # Every process reads the ConfigMap, the hook Job carries it inline: 6 complaints.
-    assert len(found) == 6 and all("duplicate_window" in p for p in found), found
+    # Every process reads the ConfigMap, the hook Job carries it inline: 7 complaints.
+    assert len(found) == 7 and all("duplicate_window" in p for p in found), found
     right = {"config": {"env": {"JETSOURCE_EVENTSTORE__DUPLICATE_WINDOW_S": "300"}}}
     assert environment_problems(manifests(render(right))) == []
 
@@ -465,22 +478,30 @@ def test_each_process_loads_its_servers_and_binds_where_its_service_points(
 ) -> None:
     docs = renders["production"]
     services = by_kind(docs, "Service")
-    for component in ("publisher", "query", "observer"):
+    scripts = {"processquery": "jetsource-process-query"}
+    options = {"processquery": "process_query"}
+    for component in ("publisher", "query", "observer", "processquery"):
         doc = deployment(docs, component)
-        settings: Any = loaded(
-            monkeypatch, SETTINGS[f"jetsource-{component}"], environment(doc, docs)
-        )
+        script = scripts.get(component, f"jetsource-{component}")
+        settings: Any = loaded(monkeypatch, SETTINGS[script], environment(doc, docs))
         assert settings.nats_url() == "nats://nats.nats.svc:4222"
         assert settings.valkey_url() == "redis://valkey.valkey.svc:6379/0"
         assert settings.graph_uri() == "neo4j://neo4j.neo4j.svc:7687"
         assert settings.eventstore.replicas == 3 and settings.snapshots.replicas == 3
-        target = getattr(settings, component).target()
+        target = getattr(settings, options.get(component, component)).target()
         assert (
             target == f"0.0.0.0:{services[f'js-jetsource-{component}']['spec']['ports'][0]['port']}"
         )
     projector = deployment(docs, "projector")
     p: Any = loaded(monkeypatch, SETTINGS["jetsource-projector"], environment(projector, docs))
-    assert p.projector.models == ["context", "timeline", "graph"]
+    assert p.projector.models == [
+        "context",
+        "timeline",
+        "graph",
+        "processes",
+        "process_timeline",
+        "process_graph",
+    ]
 
 
 # --- jobs and the helm test -------------------------------------------------------------
@@ -569,7 +590,11 @@ def test_helm_test_checks_grpc_health_and_a_round_trip(
     c = container(pod)
     env = {e["name"]: e["value"] for e in c["env"]}
     services = by_kind(docs, "Service")
-    for name, component in (("PUBLISHER", "publisher"), ("QUERY", "query")):
+    for name, component in (
+        ("PUBLISHER", "publisher"),
+        ("QUERY", "query"),
+        ("PROCESSES", "processquery"),
+    ):
         host, port = env[name].rsplit(":", 1)
         service = services[f"js-jetsource-{component}"]
         assert host == f"{service['metadata']['name']}.ctx.svc"
@@ -579,6 +604,7 @@ def test_helm_test_checks_grpc_health_and_a_round_trip(
     assert [p[2:] for p in probes] == [
         ["grpc", "$PUBLISHER", "--service", "jetsource.context.v1.ContextCommandService"],
         ["grpc", "$QUERY", "--service", "jetsource.context.v1.ContextQueryService"],
+        ["grpc", "$PROCESSES", "--service", "jetsource.process.v1.ProcessQueryService"],
     ]
     calls = [line for line in lines if line and line[0] == "jetsource"]
     assert [call[1:3] for call in calls] == [["ctx", "create"], ["ctx", "show"]]

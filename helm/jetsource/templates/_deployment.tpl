@@ -1,7 +1,7 @@
 {{/*
 One Deployment of a jetsource process. Called with a dict:
   root       the chart's root context ($)
-  component  publisher | query | observer | projector | snapshotter
+  component  publisher | query | observer | processquery | projector | snapshotter
   command    the console script (deploy/Dockerfile, pyproject [project.scripts])
   env        process-specific variables (name -> value), before the component's own env
   ports      list of (dict "name" "containerPort")
