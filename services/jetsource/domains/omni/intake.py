@@ -9,13 +9,13 @@ Order of work, so that a fault loses nothing and applies nothing twice:
    A request failing one is archived with the reason and answered 4xx (200 for an
    "unrecognised" kind, so the provider does not retry it for ever); nothing else is
    written.
-2. Identities of the handles resolved (idempotent, see identity.py).
-3. The raw payload archived (``OMNI_RAW``) with the verdict and the event ids.
-4. Each normalized event appended on its own subject, expecting it empty: a second
+2. At once: identities of the handles resolved (idempotent, see identity.py), and
+   the raw payload archived (``OMNI_RAW``) with the verdict and the event ids.
+3. Each normalized event appended on its own subject, expecting it empty: a second
    delivery (a minute or a month later, or at the same moment) finds it stored and
    is answered 200 as well, with ``stored: false``.
 
-Only after 3 and 4 are acknowledged by JetStream is 200 answered; a failure there is
+Only after 2 and 3 are acknowledged by JetStream is 200 answered; a failure there is
 503 (the provider retries; what was stored is recognised then).
 """
 
@@ -132,14 +132,15 @@ class Intake:
             if (failed := await self._archive(record)) is not None:
                 return failed
             return Answer(200, {"status": "unrecognised", "raw_id": raw_id, "reason": exc.reason})
-        try:
-            await self._resolve(events)
-        except _UNAVAILABLE as exc:
-            return _unavailable(raw_id, exc)
         record.verdict = VERDICT_ACCEPTED
         record.http_status = 200
         record.event_ids.extend(e.id for e in events)
-        if (failed := await self._archive(record)) is not None:
+        # The archive needs only the event ids: it is written while identities resolve.
+        try:
+            failed, _ = await asyncio.gather(self._archive(record), self._resolve(events))
+        except _UNAVAILABLE as exc:
+            return _unavailable(raw_id, exc)
+        if failed is not None:
             return failed
         try:
             stored = await asyncio.gather(*(self._append(e) for e in events))

@@ -1,0 +1,492 @@
+"""Omni ingest: webhooks through a running jetsource-ingest, the recent-events query over
+many stored events, identity resolution cached and uncached, and storage over the raw
+payloads.
+
+Servers: nats-server and Valkey (embedded, a temp dir), jetsource-ingest as its own
+process (uvicorn + gRPC), the omni read models projected in this process.
+
+1. Ingest: WhatsApp Cloud API text webhooks (signed, 1,000 senders, each a new message)
+   sent open-loop at ``--rate`` per second for ``--seconds``; latency from the moment a
+   webhook was due to its 200 (so queueing in an overloaded ingress counts).
+2. Storage, right after 1: bytes on disk of OMNI_RAW + OMNI_EVENTS + the handle bucket,
+   beside the bytes of the bodies received.
+3. More events appended straight to the event store for ``--load-seconds`` (or up to
+   ``--stored``), projected, then ListRecentEvents over gRPC (24 h, 50 per page): no
+   filter, one filter, two filters; and an identity's timeline.
+4. Identity resolution in process: cached, uncached (cache emptied: one KV get), first
+   contact (identity events appended and the handle claimed).
+
+    python -m bench.bench_omni                  500 webhooks/s for 60 s, up to 1,000,000 stored
+    python -m bench.bench_omni --rate 100 --seconds 3 --stored 3000 --load-seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import httpx
+
+from bench.common import Aim, CpuMeter, Stats, Table, exit_on_signals, ms, show, stop
+from jetsource._gen.omni.v1 import query_pb2 as pb
+from jetsource._gen.omni.v1 import query_pb2_grpc
+from jetsource._gen.omni.v1.events_pb2 import (
+    CONTENT_TYPE_TEXT,
+    DIRECTION_INBOUND,
+    EVENT_TYPE_MESSAGE,
+    EVENT_TYPE_STATUS,
+    NormalizedEvent,
+)
+from jetsource.core.clock import now_ns, to_timestamp
+from jetsource.core.envelope import NO_STREAM, NewEvent
+from jetsource.core.settings import NatsSettings, ValkeySettings
+from jetsource.devstack.servers import NatsServer, ValkeyServer, free_port
+from jetsource.domains.omni.descriptor import DOMAIN
+from jetsource.domains.omni.events import stable_uuid
+from jetsource.domains.omni.identity import IdentityService
+from jetsource.domains.omni.normalize import event_id
+from jetsource.domains.omni.settings import InstanceConfig, OmniOptions
+from jetsource.domains.omni.signatures import sign
+from jetsource.eventstore import jsapi
+from jetsource.eventstore.bootstrap import connect
+from jetsource.eventstore.jetstream import JetStreamEventStore
+from jetsource.ingest.settings import IngestOptions, IngestSettings
+from jetsource.projection.bootstrap import open_projection
+from jetsource.projection.domain import DomainRegistry
+from jetsource.projection.host import ProjectorService
+from jetsource.projection.settings import ProjectorOptions
+
+SECRET = "bench-app-secret"
+INSTANCE = "bench-cloud"
+SENDERS = 1000
+
+
+def webhook(i: int, sender: int) -> bytes:
+    return json.dumps(
+        {
+            "object": "whatsapp_business_account",
+            "entry": [
+                {
+                    "id": "102290129340398",
+                    "changes": [
+                        {
+                            "field": "messages",
+                            "value": {
+                                "messaging_product": "whatsapp",
+                                "metadata": {
+                                    "display_phone_number": "15550783881",
+                                    "phone_number_id": "106540352242922",
+                                },
+                                "contacts": [
+                                    {
+                                        "profile": {"name": f"Customer {sender}"},
+                                        "wa_id": f"4917{sender:08d}",
+                                    }
+                                ],
+                                "messages": [
+                                    {
+                                        "from": f"4917{sender:08d}",
+                                        "id": f"wamid.HBgLNDkxNzAwMDAwMDAwFQIAEhgU{i:012d}AA==",
+                                        "timestamp": str(int(time.time())),
+                                        "type": "text",
+                                        "text": {
+                                            "body": f"Hello, is order {i} on its way? "
+                                            "I ordered it last week and have not heard back."
+                                        },
+                                    }
+                                ],
+                            },
+                        }
+                    ],
+                }
+            ],
+        }
+    ).encode()
+
+
+def settings_for(nats_url: str, valkey_url: str) -> IngestSettings:
+    return IngestSettings(
+        nats=NatsSettings(url=nats_url),
+        valkey=ValkeySettings(url=valkey_url),
+        ingest=IngestOptions(
+            http_port=free_port(),
+            grpc_port=free_port(),
+            instances={
+                INSTANCE: InstanceConfig(provider="whatsapp", format="cloud", app_secret=SECRET)
+            },
+        ),
+        omni=OmniOptions(),
+        projector=ProjectorOptions(http_port=0, valkey_prefix="bench"),
+    )
+
+
+def disk_bytes(root: Path, names: list[str]) -> dict[str, int]:
+    out = {}
+    for name in names:
+        total = 0
+        for d in root.rglob(name):
+            if d.is_dir() and d.parent.name == "streams":
+                total += sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+        out[name] = total
+    return out
+
+
+async def ingest_phase(url: str, rate: float, seconds: float) -> tuple[Stats, int, int]:
+    total = int(rate * seconds)
+    latencies: list[float] = []
+    failures = 0
+    body_bytes = 0
+    limits = httpx.Limits(max_connections=128, max_keepalive_connections=128)
+    rng = random.Random(1)
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as http:
+        # Warm up the connection pool and the ingress.
+        for w in range(20):
+            b = webhook(10_000_000 + w, w)
+            await http.post(
+                f"/webhooks/whatsapp/{INSTANCE}",
+                content=b,
+                headers={"x-hub-signature-256": sign(SECRET, b)},
+            )
+        t0 = time.perf_counter()
+
+        async def one(i: int) -> None:
+            nonlocal failures, body_bytes
+            due = t0 + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            body = webhook(i, rng.randrange(SENDERS))
+            body_bytes += len(body)
+            r = await http.post(
+                f"/webhooks/whatsapp/{INSTANCE}",
+                content=body,
+                headers={
+                    "x-hub-signature-256": sign(SECRET, body),
+                    "content-type": "application/json",
+                },
+            )
+            if r.status_code != 200:
+                failures += 1
+            latencies.append(time.perf_counter() - due)
+
+        await asyncio.gather(*(one(i) for i in range(total)))
+        wall = time.perf_counter() - t0
+    return Stats("webhook -> 200 (stored)", latencies, wall), failures, body_bytes
+
+
+async def load_phase(settings: IngestSettings, limit: int, seconds: float) -> int:
+    """Normalized events appended straight to the store (as the ingress does), many at once."""
+    nc = await connect(settings)
+    store = JetStreamEventStore(nc, DOMAIN.registry, DOMAIN.eventstore(settings))
+    await store.start()
+    deadline = time.monotonic() + seconds
+    count = 0
+    instances = ["bench-cloud", "bench-evo", "bench-bot", "shop-2"]
+
+    async def writer(w: int) -> None:
+        nonlocal count
+        i = w
+        while time.monotonic() < deadline and count < limit:
+            count += 1
+            provider = "discord" if i % 3 == 2 else "whatsapp"
+            inst = instances[i % 4]
+            pe = f"load-{i}"
+            eid = event_id(provider, inst, pe)
+            ev = NormalizedEvent(
+                id=eid,
+                provider=provider,
+                provider_event_id=pe,
+                event_type=EVENT_TYPE_STATUS if i % 5 == 0 else EVENT_TYPE_MESSAGE,
+                direction=DIRECTION_INBOUND,
+                sender_identity_id=f"idn-load{i % 5000}",
+                sender_handle=f"4918{i % 5000:08d}",
+                instance_name=inst,
+                conversation_id=f"4918{i % 5000:08d}",
+                content_type=CONTENT_TYPE_TEXT,
+                content_text=f"load message {i}",
+                raw_ref=f"raw-{i}",
+                received_at=to_timestamp(now_ns()),
+            )
+            await store.append(
+                eid, [NewEvent(ev, event_id=stable_uuid(eid, "received"))], NO_STREAM
+            )
+            i += 64
+
+    await asyncio.gather(*(writer(w) for w in range(64)))
+    await store.close()
+    await nc.drain()
+    return count
+
+
+async def query_phase(grpc_target: str, n: int) -> list[Stats]:
+    out = []
+    async with grpc.aio.insecure_channel(grpc_target) as channel:
+        stub = query_pb2_grpc.OmniQueryServiceStub(channel)
+        cases = {
+            "recent, no filter": pb.ListRecentEventsRequest(page_size=50),
+            "recent, instance": pb.ListRecentEventsRequest(instance="shop-2", page_size=50),
+            "recent, instance + type": pb.ListRecentEventsRequest(
+                instance="bench-evo", event_type=EVENT_TYPE_STATUS, page_size=50
+            ),
+        }
+        for name, request in cases.items():
+            for _ in range(20):
+                await stub.ListRecentEvents(request, timeout=10)
+            lat = []
+            t0 = time.perf_counter()
+            for _ in range(n):
+                s = time.perf_counter()
+                response = await stub.ListRecentEvents(request, timeout=10)
+                lat.append(time.perf_counter() - s)
+                assert len(response.events) == 50, (name, len(response.events))
+            out.append(Stats(name, lat, time.perf_counter() - t0))
+        lat = []
+        t0 = time.perf_counter()
+        for k in range(n):
+            s = time.perf_counter()
+            await stub.GetConversation(
+                pb.GetConversationRequest(
+                    provider="whatsapp",
+                    instance="bench-cloud",
+                    conversation_id=f"4918{(k * 12) % 5000:08d}",
+                    page_size=50,
+                ),
+                timeout=10,
+            )
+            lat.append(time.perf_counter() - s)
+        out.append(Stats("conversation", lat, time.perf_counter() - t0))
+    return out
+
+
+async def identity_phase(settings: IngestSettings, n: int) -> list[Stats]:
+    nc = await connect(settings)
+    store = JetStreamEventStore(nc, DOMAIN.registry, DOMAIN.eventstore(settings))
+    service = IdentityService(nc, store, settings.omni)
+    await service.start()
+    out = []
+    try:
+        known = [(f"4917{s:08d}") for s in range(min(SENDERS, n))]
+        for h in known:
+            await service.resolve("whatsapp", h, INSTANCE)
+        lat = []
+        t0 = time.perf_counter()
+        for k in range(n * 10):
+            s = time.perf_counter()
+            await service.resolve("whatsapp", known[k % len(known)], INSTANCE)
+            lat.append(time.perf_counter() - s)
+        out.append(Stats("cached", lat, time.perf_counter() - t0))
+        lat = []
+        t0 = time.perf_counter()
+        for k in range(n):
+            service.forget()
+            s = time.perf_counter()
+            await service.resolve("whatsapp", known[k % len(known)], INSTANCE)
+            lat.append(time.perf_counter() - s)
+        out.append(Stats("uncached (known handle: one KV get)", lat, time.perf_counter() - t0))
+        lat = []
+        t0 = time.perf_counter()
+        for k in range(n):
+            s = time.perf_counter()
+            await service.resolve("discord", f"9{k:017d}", "bench-bot", {"display_name": f"u{k}"})
+            lat.append(time.perf_counter() - s)
+        out.append(
+            Stats("uncached, first contact (events + KV create)", lat, time.perf_counter() - t0)
+        )
+    finally:
+        await service.close()
+        await store.close()
+        await nc.drain()
+    return out
+
+
+QUICK = [
+    "--rate",
+    "100",
+    "--seconds",
+    "3",
+    "--stored",
+    "3000",
+    "--load-seconds",
+    "10",
+    "--queries",
+    "200",
+    "--resolves",
+    "300",
+]
+
+
+def main(argv: list[str] | None = None) -> list[Table]:
+    exit_on_signals()
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rate", type=float, default=500.0, help="webhooks per second")
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--stored", type=int, default=1_000_000, help="most events to store")
+    parser.add_argument("--load-seconds", type=float, default=180.0, help="time to store them")
+    parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--resolves", type=int, default=2000)
+    args = parser.parse_args(argv)
+    return show(asyncio.run(run(args)))
+
+
+def start_ingress(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    log = log_path.open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "jetsource.ingest.server"], env=env, stdout=log, stderr=log
+    )
+
+
+async def run(args: argparse.Namespace) -> list[Table]:
+    tmp = Path(tempfile.mkdtemp(prefix="jetsource-bench-omni-"))
+    nats_server = NatsServer(tmp / "nats", port=free_port(), monitor_port=free_port())
+    valkey_server = ValkeyServer(tmp / "valkey", port=free_port())
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for server in (nats_server, valkey_server):
+            proc = server.start()
+            procs.append(proc)
+            server.wait_ready(proc, 30)
+        settings = settings_for(nats_server.address(), f"redis://127.0.0.1:{valkey_server.port}/0")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("JETSOURCE_")}
+        env.update(
+            {
+                "JETSOURCE_NATS__URL": nats_server.address(),
+                "JETSOURCE_VALKEY__URL": f"redis://127.0.0.1:{valkey_server.port}/0",
+                "JETSOURCE_INGEST__HTTP_PORT": str(settings.ingest.http_port),
+                "JETSOURCE_INGEST__GRPC_PORT": str(settings.ingest.grpc_port),
+                "JETSOURCE_INGEST__INSTANCES": json.dumps(
+                    {INSTANCE: {"provider": "whatsapp", "format": "cloud", "app_secret": SECRET}}
+                ),
+                "JETSOURCE_PROJECTOR__VALKEY_PREFIX": "bench",
+                "JETSOURCE_LOG_LEVEL": "WARNING",
+            }
+        )
+        ingress = start_ingress(env, tmp / "ingest.log")
+        procs.append(ingress)
+        url = f"http://127.0.0.1:{settings.ingest.http_port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                async with httpx.AsyncClient() as probe:
+                    if (await probe.get(f"{url}/healthz", timeout=1)).status_code == 200:
+                        break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or ingress.poll() is not None:
+                raise RuntimeError((tmp / "ingest.log").read_text()[-2000:])
+            await asyncio.sleep(0.2)
+
+        p = await open_projection(settings, domains=DomainRegistry([DOMAIN]))
+        projector = ProjectorService(p)
+        stop_projector = asyncio.Event()
+        projecting = asyncio.create_task(projector.run(stop_projector))
+        try:
+            meter = CpuMeter({"jetsource-ingest": ingress.pid, "nats-server": procs[0].pid}).start()
+            ingest, failures, body_bytes = await ingest_phase(url, args.rate, args.seconds)
+            ingest.cpu = meter.stop(ingest.count)
+            names = ["OMNI_RAW", "OMNI_EVENTS", f"KV_{settings.omni.identity_bucket}"]
+            await asyncio.sleep(1.0)
+            disk = disk_bytes(tmp / "nats", names)
+
+            stored = await load_phase(settings, args.stored, args.load_seconds)
+            store = p.stores["omni"]
+            total_events = int((await store.stream_info())["state"]["messages"])
+            caught = time.monotonic()
+            while True:
+                left = 0
+                for m in p.model_names():
+                    info = await jsapi.consumer_info(
+                        store._replies, store.settings.stream, p.spec(m, 1).durable, 5.0
+                    )
+                    left += (
+                        1
+                        if info is None
+                        else (int(info.get("num_pending", 0)) + int(info.get("num_ack_pending", 0)))
+                    )
+                if not left or time.monotonic() - caught > 600:
+                    break
+                await asyncio.sleep(0.5)
+            projected_in = time.monotonic() - caught
+            queries = await query_phase(f"127.0.0.1:{settings.ingest.grpc_port}", args.queries)
+            identities = await identity_phase(settings, args.resolves)
+        finally:
+            stop_projector.set()
+            await projecting
+            await p.close()
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+
+    ingest_table = Table(
+        f"Omni ingest: WhatsApp Cloud webhooks at {args.rate:,.0f}/s for {args.seconds:g} s "
+        "through jetsource-ingest (HTTP, signed, 1 event each)",
+        ["row", "rate", "latency (due -> 200)", "CPU per webhook"],
+    )
+    ingest_table.row(
+        [
+            ingest.name,
+            f"{ingest.rate:,.0f}/s",
+            ingest.latency(),
+            ingest.cpu.cells() if ingest.cpu else "",
+        ],
+        [
+            Aim.at_most("p99 < 10 ms", ingest.p99, 10.0),
+            Aim.at_most("(users' target p99 < 50 ms)", ingest.p99, 50.0),
+        ],
+    )
+    if failures:
+        ingest_table.note(f"{failures} webhooks were not answered 200.")
+    raw_disk = disk["OMNI_RAW"]
+    overhead_total = sum(disk.values())
+    storage = Table(
+        "Omni storage on disk after the ingest run, beside the bodies received",
+        ["what", "bytes", "per webhook"],
+    )
+    n = max(1, ingest.count)
+    storage.row(["bodies received", f"{body_bytes:,}", f"{body_bytes / n:,.0f}"])
+    for name, size in disk.items():
+        storage.row([name, f"{size:,}", f"{size / n:,.0f}"])
+    over = (overhead_total - body_bytes) / body_bytes if body_bytes else float("nan")
+    storage.row(
+        ["all three over the bodies", f"{overhead_total:,}", f"{over:+.0%}"],
+        [Aim.at_most("overhead < 20%", over, 0.20)],
+    )
+    storage.note(
+        f"OMNI_RAW alone is {raw_disk / max(1, body_bytes):.2f}x the bodies (it holds each body "
+        "with its headers and verdict); s2 compression of the file store."
+    )
+    query_table = Table(
+        f"Omni reads over gRPC from the read models: {total_events:,} events stored "
+        f"({stored:,} appended in {args.load_seconds:g} s at most, projected "
+        f"{projected_in:.0f} s later), 50 per page",
+        ["query", "latency"],
+    )
+    for q in queries:
+        query_table.row(
+            [q.name, q.latency()],
+            [Aim.at_most("p99 < 10 ms", q.p99, 10.0)] if q.name.startswith("recent") else [],
+        )
+    identity_table = Table(
+        "Omni identity resolution in process (IdentityService.resolve)", ["row", "latency"]
+    )
+    for s in identities:
+        aim = (
+            [Aim.at_most("p99 < 1 ms", s.p99, 1.0)]
+            if s.name == "cached"
+            else [Aim.at_most("p99 < 5 ms", s.p99, 5.0)]
+        )
+        identity_table.row([s.name, s.latency()], aim)
+    identity_table.note(f"cached p50 {ms(identities[0].p50)}")
+    return [ingest_table, storage, query_table, identity_table]
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
