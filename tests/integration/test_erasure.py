@@ -139,6 +139,18 @@ async def test_erase_at_the_event_store(
     await other.close()
 
 
+def zlib_texts(data: bytes) -> bytes:
+    """Whatever inflates from any zlib stream in ``data`` (snapshot states are stored
+    zlib-compressed, so a plain byte scan would not see them)."""
+    out = bytearray()
+    at = data.find(b"\x78\x01")
+    while at != -1:
+        with contextlib.suppress(zlib.error):
+            out += zlib.decompressobj().decompress(data[at:])
+        at = data.find(b"\x78\x01", at + 1)
+    return bytes(out)
+
+
 def erase_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "jetsource", "erase", *args],
@@ -273,6 +285,7 @@ async def test_erasure_reaches_every_reader(
         assert alice in await valkey_dump(settings, f"t{unique}")
         assert alice in repr(await graph_model.dump())
         assert alice in await snapshot_states()
+        assert alice.encode() in zlib_texts(stream_bytes(nats_server, base.snapshots.stream))
         # ... except the event stream: sealed from the start; so are archive segments
         # (they hold the envelopes as stored).
         assert alice.encode() not in stream_bytes(nats_server, base.eventstore.stream)
@@ -316,6 +329,8 @@ async def test_erasure_reaches_every_reader(
         assert alice not in await valkey_dump(settings, f"t{unique}")
         assert alice not in repr(await graph_model.dump())
         assert alice not in await snapshot_states()
+        # The replaced snapshots were deleted securely: not even their bytes on disk.
+        assert alice.encode() not in zlib_texts(stream_bytes(nats_server, base.snapshots.stream))
         assert alice.encode() not in stream_bytes(nats_server, base.eventstore.stream)
         # Archive readers (time travel before a horizon, restore, rebuilds) open the
         # same boxes: erased there too, everything else as it was.
