@@ -46,6 +46,8 @@ def env(tmp_path: Path) -> dict[str, str]:
     env["JETSOURCE_OBSERVER__METRICS_PORT"] = str(free_port())
     env["JETSOURCE_PROCESS_QUERY__GRPC_PORT"] = str(free_port())
     env["JETSOURCE_PROCESS_QUERY__METRICS_PORT"] = str(free_port())
+    env["JETSOURCE_INGEST__HTTP_PORT"] = str(free_port())
+    env["JETSOURCE_INGEST__GRPC_PORT"] = str(free_port())
     env["COLUMNS"] = "200"  # keep rich tables on one line per server
     return env
 
@@ -148,6 +150,7 @@ def test_up_status_down_and_data_survives(env: dict[str, str]) -> None:
             "query",
             "observer",
             "process-query",
+            "ingest",
         ):
             assert f"service {service}" in text, text
         assert "reached version 4; read back ContextCreated, DecisionAdded" in text
@@ -166,6 +169,7 @@ def test_up_status_down_and_data_survives(env: dict[str, str]) -> None:
             "query",
             "observer",
             "process-query",
+            "ingest",
         ):
             assert any(
                 line.split("\t")[0] == service and "healthy" in line

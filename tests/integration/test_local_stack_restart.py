@@ -45,6 +45,8 @@ def env(tmp_path: Path, valkey_server: Server, graph_server: Server) -> dict[str
         "JETSOURCE_OBSERVER__METRICS_PORT": str(free_port()),
         "JETSOURCE_PROCESS_QUERY__GRPC_PORT": str(free_port()),
         "JETSOURCE_PROCESS_QUERY__METRICS_PORT": str(free_port()),
+        "JETSOURCE_INGEST__HTTP_PORT": str(free_port()),
+        "JETSOURCE_INGEST__GRPC_PORT": str(free_port()),
     }
     return env
 
@@ -83,7 +85,15 @@ def test_up_restarts_exactly_what_is_down(env: dict[str, str]) -> None:
         assert first.returncode == 0, first.stdout + first.stderr
         assert "GetContext" not in first.stdout  # --no-demo
         rows = wait_healthy(env)
-        services = ("publisher", "projector", "snapshotter", "query", "observer", "process-query")
+        services = (
+            "publisher",
+            "projector",
+            "snapshotter",
+            "query",
+            "observer",
+            "process-query",
+            "ingest",
+        )
         assert all(rows[s]["health"] == "healthy" for s in services), rows
         assert rows["nats"]["detail"].startswith("JetStream storage"), rows["nats"]
         # the local NATS fsyncs every write by default (#22 item 10)

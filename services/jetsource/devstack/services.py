@@ -27,6 +27,7 @@ from jetsource.devstack.servers import (
     read_state,
     stop_pid,
 )
+from jetsource.ingest.settings import IngestSettings
 from jetsource.observer.settings import ObserverSettings
 from jetsource.processquery.settings import ProcessQuerySettings
 from jetsource.projection.settings import ProjectorSettings
@@ -123,6 +124,7 @@ class LocalServices:
         query = QuerySettings.load().query
         observer = ObserverSettings.load().observer
         process_query = ProcessQuerySettings.load().process_query
+        ingest = IngestSettings.load().ingest
         return [
             GrpcService(
                 "publisher",
@@ -165,6 +167,14 @@ class LocalServices:
                 self.home / "services" / "process-query",
                 process_query.grpc_host,
                 process_query.grpc_port,
+            ),
+            # The omni ingress: webhooks and REST on HTTP (ready on /healthz), gRPC beside.
+            WorkerService(
+                "ingest",
+                "jetsource.ingest.server",
+                self.home / "services" / "ingest",
+                ingest.host,
+                ingest.http_port,
             ),
         ]
 
