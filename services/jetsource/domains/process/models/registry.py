@@ -140,6 +140,25 @@ return {applied, waiting}
 )
 
 
+# Per id: the hash, root, depth, linked parent, declared parent and children (false
+# where absent), in one round trip.
+_READ = """
+local p, out = ARGV[1], {}
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  out[i - 1] = {
+    redis.call('HGETALL', p .. ':p:' .. id),
+    redis.call('HGET', p .. ':root', id),
+    redis.call('HGET', p .. ':depth', id),
+    redis.call('HGET', p .. ':parent', id),
+    redis.call('HGET', p .. ':declared', id),
+    redis.call('ZRANGE', p .. ':kids:' .. id, 0, -1),
+  }
+end
+return out
+"""
+
+
 def processes_spec(version: int) -> ModelSpec:
     return ModelSpec(
         PROCESSES,
@@ -187,6 +206,7 @@ class ProcessesModel(ValkeyModel):
     def __init__(self, spec: ModelSpec, redis: Valkey, prefix: str) -> None:
         super().__init__(spec, redis, prefix)
         self._apply = redis.register_script(_APPLY)
+        self._read = redis.register_script(_READ)
 
     async def setup(self) -> None:
         pass
@@ -241,24 +261,17 @@ class ProcessesModel(ValkeyModel):
     # -- reads ------------------------------------------------------------------
 
     async def read_many(self, ids: Sequence[str]) -> list[ProcessRow | None]:
+        """The rows of these processes (None for unknown ones), in one round trip."""
         if not ids:
             return []
-        ids = list(ids)
-        pipe = self.redis.pipeline(transaction=False)
-        for name in ("root", "depth", "parent", "declared"):
-            pipe.hmget(f"{self.ns}:{name}", ids)
-        for pid in ids:
-            pipe.hgetall(f"{self.ns}:p:{pid}")
-            pipe.zrange(f"{self.ns}:kids:{pid}", 0, -1)
-        raw = await valkey_io(pipe.execute())
-        roots, depths, parents, declared = raw[:4]
+        raw = await valkey_io(self._read(args=[self.ns, *ids]))
         out: list[ProcessRow | None] = []
-        for k, pid in enumerate(ids):
-            h, kids = raw[4 + 2 * k], raw[5 + 2 * k]
+        for pid, (h, root, depth, parent, declared, kids) in zip(ids, raw, strict=True):
             if not h:
                 out.append(None)
                 continue
-            out.append(_row(pid, h, roots[k], depths[k], parents[k], declared[k], kids))
+            fields = {h[i]: h[i + 1] for i in range(0, len(h), 2)}
+            out.append(_row(pid, fields, root, depth, parent, declared, kids))
         return out
 
     async def read(self, process_id: str) -> ProcessRow | None:
@@ -296,6 +309,7 @@ def _row(
     declared: bytes | None,
     kids: list[bytes],
 ) -> ProcessRow:
+    # Lua's false (an absent field) arrives as None.
     def s(key: str) -> str:
         return text(h.get(key.encode(), b""))
 
