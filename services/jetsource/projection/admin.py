@@ -650,6 +650,8 @@ async def _build_parallel(
             if c.process.returncode is None:
                 c.process.kill()
         await asyncio.gather(*waits, return_exceptions=True)
+    for _, out, _ in outputs:
+        log.info("%s v%d: build worker %s", name, version, out.decode().strip()[-300:])
     failed = [err.decode(errors="replace")[-2000:] for rc, _, err in outputs if rc != 0]
     if failed:
         raise AdminError(f"{name} v{version}: a build worker failed: {failed[0]}")
