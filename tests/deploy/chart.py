@@ -21,6 +21,7 @@ from helm_python import _native
 from pydantic import BaseModel
 
 from jetsource.core.settings import JetsourceSettings
+from jetsource.ingest.settings import IngestSettings
 from jetsource.observer.settings import ObserverSettings
 from jetsource.processquery.settings import ProcessQuerySettings
 from jetsource.projection.settings import ProjectorSettings
@@ -46,6 +47,7 @@ SETTINGS: dict[str, type[JetsourceSettings]] = {
     "jetsource-query": QuerySettings,
     "jetsource-observer": ObserverSettings,
     "jetsource-process-query": ProcessQuerySettings,
+    "jetsource-ingest": IngestSettings,
     # The CLI's deployment uses (streams ensure, projector admin) load the projector's.
     "jetsource": ProjectorSettings,
 }

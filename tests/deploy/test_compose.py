@@ -40,6 +40,7 @@ BINDINGS = {
     "query": {"JETSOURCE_QUERY__GRPC_HOST": "0.0.0.0"},
     "observer": {"JETSOURCE_OBSERVER__GRPC_HOST": "0.0.0.0"},
     "process-query": {"JETSOURCE_PROCESS_QUERY__GRPC_HOST": "0.0.0.0"},
+    "ingest": {"JETSOURCE_INGEST__HOST": "0.0.0.0", "JETSOURCE_INGEST__GRPC_HOST": "0.0.0.0"},
 }
 
 
@@ -108,6 +109,7 @@ def test_the_four_services_and_the_stream_provisioning_run_from_the_one_image(
         "query": ["jetsource-query"],
         "observer": ["jetsource-observer"],
         "process-query": ["jetsource-process-query"],
+        "ingest": ["jetsource-ingest"],
     }
     for name, service in services.items():
         assert service["build"] == {"context": ".", "dockerfile": "deploy/Dockerfile"}, name
@@ -153,6 +155,7 @@ LISTENS = {
     "query": lambda s: s.query.target(),
     "observer": lambda s: s.observer.target(),
     "process-query": lambda s: s.process_query.target(),
+    "ingest": lambda s: f"{s.ingest.host}:{s.ingest.http_port}",
     "projector": lambda s: f"{s.projector.host}:{s.projector.http_port}",
     "snapshotter": lambda s: f"{s.snapshotter.host}:{s.snapshotter.http_port}",
 }
@@ -179,6 +182,7 @@ def test_each_process_loads_its_servers_and_listens_where_compose_publishes(
         "query": "0.0.0.0:50052",
         "observer": "0.0.0.0:50053",
         "process-query": "0.0.0.0:50055",
+        "ingest": "0.0.0.0:8088",
         "projector": "0.0.0.0:9102",
         "snapshotter": "0.0.0.0:9103",
     }
@@ -315,6 +319,7 @@ def test_prometheus_scrapes_every_metrics_port_compose_configures(
         "query:9104",
         "observer:9105",
         "process-query:9106",
+        "ingest:8088",
     }
     assert expected <= targets
     # No target label "service": the metrics carry their own and would be renamed.

@@ -13,12 +13,14 @@ import base64
 import contextlib
 import hmac
 import logging
+import time
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from pydantic import BaseModel, Field
 
 from jetsource.core.clock import parse_rfc3339_ns
@@ -37,6 +39,17 @@ from jetsource.eventstore.jetstream import JetStreamEventStore
 
 log = logging.getLogger("jetsource.ingest")
 
+WEBHOOKS = Counter(
+    "jetsource_omni_webhooks_total",
+    "Webhook requests by provider, instance and HTTP status",
+    ["provider", "instance", "status"],
+)
+WEBHOOK_SECONDS = Histogram(
+    "jetsource_omni_webhook_seconds",
+    "Time from a webhook's body read to its answer (archived and stored)",
+    ["provider"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
 EVENT_TYPES = ("message", "reaction", "edit", "delete", "status", "presence", "protocol", "system")
 DIRECTIONS = ("inbound", "outbound", "system")
 
@@ -147,6 +160,7 @@ def create_app(
 
     async def webhook(provider: str, instance: str, request: Request) -> JSONResponse:
         body, size, truncated = await read_body(request, intake.max_body_bytes)
+        started = time.perf_counter()
         answer = await intake.handle(
             WebhookRequest(
                 provider=provider,
@@ -161,6 +175,10 @@ def create_app(
                 remote_addr=request.client.host if request.client else "",
             )
         )
+        WEBHOOK_SECONDS.labels(provider).observe(time.perf_counter() - started)
+        # Instances are configured names; an unknown one is counted as such (bounded labels).
+        known = intake.instance(provider, instance) is not None
+        WEBHOOKS.labels(provider, instance if known else "(unknown)", str(answer.status)).inc()
         return JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)
 
     @app.post("/webhooks/whatsapp/{instance}", tags=["webhooks"])
@@ -282,6 +300,10 @@ def create_app(
     @app.get("/api/v1/handles/{provider}/{external_id}", tags=["reads"])
     async def find_identity(provider: str, external_id: str) -> dict[str, Any]:
         return {"identity": as_json(await reads.find(provider, external_id))}
+
+    @app.get("/metrics", tags=["health"], response_model=None)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", tags=["health"], response_model=None)
     async def healthz() -> Response:
