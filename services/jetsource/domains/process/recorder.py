@@ -150,37 +150,63 @@ class Recorder:
                 for key in item.keys:
                     seen[key] = item.index
 
-        await self._claim([it for it in items if it.alias_of is None and it.keys])
-        fresh = [it for it in items if it.alias_of is None and it.existing is None]
-        dups = [it for it in items if it.alias_of is None and it.existing is not None]
-
-        by_process: dict[str, list[_Item]] = {}
-        for it in fresh:
-            by_process.setdefault(_pid(events, it), []).append(it)
-        groups = list(by_process.items())
-        claimed: list[tuple[str, ClaimValue]] = []
-        done = await asyncio.gather(
-            *(self._record_fresh(pid, group, claimed) for pid, group in groups),
-            *(self._resolve(_pid(events, it), it) for it in dups),
-            return_exceptions=True,
-        )
-        if claimed:  # the claims of what was appended, completed in one batch
-            self._spawn(self._claims.put_many(claimed))
-        for outcome in done:
-            if isinstance(outcome, BaseException):
-                raise outcome
-        results: dict[int, Recorded] = {}
-        for (_, group), outcome in zip(groups, done[: len(groups)], strict=True):
-            assert isinstance(outcome, list)
-            for it, r in zip(group, outcome, strict=True):
-                results[it.index] = r
-        for it, outcome in zip(dups, done[len(groups) :], strict=True):
-            assert isinstance(outcome, Recorded)
-            results[it.index] = outcome
+        claiming = [it for it in items if it.alias_of is None and it.keys]
+        takeovers: list[_Item] = []
+        try:
+            await self._claim(claiming)
+            fresh = [it for it in items if it.alias_of is None and it.existing is None]
+            dups = [it for it in items if it.alias_of is None and it.existing is not None]
+            # 1. Duplicates: the original positions, or (a claim whose owner is gone and
+            #    whose event is not stored) an event to append after all.
+            results: dict[int, Recorded] = {}
+            resolved = await asyncio.gather(
+                *(self._resolve(_pid(events, it), it, takeovers) for it in dups)
+            )
+            append = list(fresh)
+            for it, outcome in zip(dups, resolved, strict=True):
+                if isinstance(outcome, Recorded):
+                    results[it.index] = outcome
+                else:
+                    append.append(outcome)
+            # 2. What is new, per process in request order: one group each (atomic).
+            by_process: dict[str, list[_Item]] = {}
+            for it in sorted(append, key=lambda it: it.index):
+                by_process.setdefault(_pid(events, it), []).append(it)
+            groups = list(by_process.items())
+            claimed: list[tuple[str, ClaimValue]] = []
+            done = await asyncio.gather(
+                *(self._record_fresh(pid, group, claimed) for pid, group in groups),
+                return_exceptions=True,
+            )
+            if claimed:  # the claims of what was appended, completed in one batch
+                self._spawn(self._claims.put_many(claimed))
+            for written in done:
+                if isinstance(written, BaseException):
+                    raise written
+            for (_, group), written in zip(groups, done, strict=True):
+                assert isinstance(written, list)
+                for it, r in zip(group, written, strict=True):
+                    results[it.index] = r
+        except BaseException:
+            self._abandon([*claiming, *takeovers])
+            raise
         for it in items:
             if it.alias_of is not None:
                 results[it.index] = replace(results[it.alias_of], duplicate=True)
         return [results[i] for i in range(len(items))]
+
+    def _abandon(self, items: list[_Item]) -> None:
+        """A request ended (refused, failed, cancelled by its caller) with claims of
+        its own not settled: they stay pending, taken over at once by the next
+        request that meets them (which looks the event up first)."""
+        for it in items:
+            for key in it.created:
+                fut = self._inflight.get(key)
+                if fut is not None and not fut.done():
+                    fut.set_exception(RuntimeError("the request holding this claim ended"))
+                    fut.exception()
+                    self._inflight.pop(key, None)
+                    self._abandoned.add(key)
 
     @staticmethod
     def _keys(event: CanonicalEvent, new: NewEvent) -> list[str]:
@@ -200,9 +226,14 @@ class Recorder:
             return
         now = now_ns()
         pairs = [(it, key) for it in items for key in it.keys]
-        revisions = await self._claims.create_many(
-            [(key, ClaimValue(it.new.event_id, now)) for it, key in pairs]
-        )
+        try:
+            revisions = await self._claims.create_many(
+                [(key, ClaimValue(it.new.event_id, now)) for it, key in pairs]
+            )
+        except BaseException:
+            # Some may have been created: whoever meets them takes them over at once.
+            self._abandoned.update(key for _, key in pairs)
+            raise
         for (it, key), revision in zip(pairs, revisions, strict=True):
             if revision is not None:
                 it.created[key] = revision
@@ -442,10 +473,13 @@ class Recorder:
 
     # -- duplicates -------------------------------------------------------------------
 
-    async def _resolve(self, process_id: str, item: _Item) -> Recorded:
-        """The original positions of what ``item``'s claim names; a claim left pending
-        (its owner crashed, or its append failed) is taken over: the event is looked up
-        in the process's history and appended only if it is not there."""
+    async def _resolve(
+        self, process_id: str, item: _Item, takeovers: list[_Item]
+    ) -> Recorded | _Item:
+        """The original positions of what ``item``'s claim names. A claim left pending
+        (its owner crashed, or its request ended before its append did) is taken over:
+        the event is looked up in the process's history; if it is not there, the item
+        to append (under the claimed event id) is returned and put in ``takeovers``."""
         assert item.existing is not None
         key, value, revision = item.existing
         while True:
@@ -466,44 +500,42 @@ class Recorder:
             elif key in self._abandoned or now_ns() - value.since_ns > self._o.claim_lease_s * 1e9:
                 taken = await self._claims.update(key, replace(value, since_ns=now_ns()), revision)
                 if taken is not None:
-                    return await self._take_over(process_id, item, key, value.event_id, taken)
+                    return await self._take_over(
+                        process_id, item, key, value.event_id, taken, takeovers
+                    )
             else:
                 await asyncio.sleep(self._o.claim_poll_s)
             got = await self._claims.get(key)
             if got is None:  # released (its request was refused): this event is new
-                return await self._record_fresh_alone(process_id, item)
+                item.existing = None
+                await self._claim([item])
+                if item.existing is None:
+                    takeovers.append(item)
+                    return item
+                key, value, revision = item.existing
+                continue
             value, revision = got
 
     async def _take_over(
-        self, process_id: str, item: _Item, key: str, event_id: str, revision: int
-    ) -> Recorded:
-        fut: asyncio.Future[Recorded] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = fut
+        self,
+        process_id: str,
+        item: _Item,
+        key: str,
+        event_id: str,
+        revision: int,
+        takeovers: list[_Item],
+    ) -> Recorded | _Item:
+        self._abandoned.discard(key)
+        self._inflight[key] = asyncio.get_running_loop().create_future()
         mine = replace(
             item, new=replace(item.new, event_id=event_id), keys=[key], created={key: revision}
         )
-        try:
-            found = await self._lookup(process_id, event_id)
-            if found is not None:
-                self._settle(mine, found, stored=True)
-                return replace(found, duplicate=True)
-            [r] = await self._record_fresh(process_id, [mine])
-            return r
-        except BaseException as exc:
-            self._abandoned.add(key)
-            if not fut.done():
-                fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError("cancelled"))
-                fut.exception()
-            self._inflight.pop(key, None)
-            raise
-
-    async def _record_fresh_alone(self, process_id: str, item: _Item) -> Recorded:
-        item.existing = None
-        await self._claim([item])
-        if item.existing is not None:
-            return await self._resolve(process_id, item)
-        [r] = await self._record_fresh(process_id, [item])
-        return r
+        takeovers.append(mine)
+        found = await self._lookup(process_id, event_id)
+        if found is None:
+            return mine
+        self._settle(mine, found, stored=True)
+        return replace(found, duplicate=True)
 
     async def _lookup(self, process_id: str, event_id: str) -> Recorded | None:
         for record in await self._store.read_aggregate(process_id):
