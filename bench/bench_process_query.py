@@ -167,6 +167,16 @@ async def reads_run(
     return Stats(name, latencies, time.perf_counter() - t_all)
 
 
+def start_projector(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "jetsource.projector.server"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
 async def run(probes: int, tree: int, n_reads: int) -> list[Table]:
     tmp = Path(tempfile.mkdtemp(prefix="jetsource-bench-process-query-"))
     nats_server = NatsServer(tmp / "nats", port=free_port(), monitor_port=free_port())
@@ -209,13 +219,7 @@ async def run(probes: int, tree: int, n_reads: int) -> list[Table]:
             proc = service.start()
             procs.append(proc)
             service.wait_ready(proc, 60)
-        log = (tmp / "projector.log").open("ab")
-        projector = subprocess.Popen(
-            [sys.executable, "-m", "jetsource.projector.server"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        projector = start_projector(env, tmp / "projector.log")
         procs.append(projector)
         pids = {
             "observer": procs[2].pid,
@@ -322,7 +326,7 @@ def tables(
     return [t, r]
 
 
-QUICK = ["--probes", "50", "--tree", "2000", "--reads", "50"]
+QUICK = ["--probes", "20", "--tree", "1000", "--reads", "20"]
 
 
 def main(argv: list[str] | None = None) -> list[Table]:
