@@ -78,6 +78,7 @@ class _Pending:
     process_id: str
     events: list[NewEvent]
     fut: asyncio.Future[list[tuple[int, int]]]
+    size: int = 0  # payload bytes, counted once
 
 
 @dataclass
@@ -357,7 +358,8 @@ class Recorder:
     async def _lane_append(self, process_id: str, events: list[NewEvent]) -> list[tuple[int, int]]:
         """Queue one request's events of a process; the batcher appends them."""
         fut: asyncio.Future[list[tuple[int, int]]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(process_id, events, fut))
+        size = sum(e.event.ByteSize() for e in events)
+        self._queue.append(_Pending(process_id, events, fut, size))
         self._kick()
         return await fut
 
@@ -382,7 +384,7 @@ class Recorder:
         for item in self._queue:
             pid = item.process_id
             n = len(item.events)
-            more = sum(e.event.ByteSize() for e in item.events)
+            more = item.size
             if (
                 pid in self._writing
                 or pid in held
