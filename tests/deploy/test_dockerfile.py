@@ -160,6 +160,7 @@ def test_entrypoint_and_cmd_name_console_scripts(dockerfile: list[list[Instructi
         "jetsource-query",
         "jetsource-observer",
         "jetsource-process-query",
+        "jetsource-ingest",
     }
 
 

@@ -169,7 +169,7 @@ def test_grpc_services_have_native_grpc_probes_and_workers_http_healthz(
             assert {"name": "grpc", "containerPort": port, "protocol": "TCP"} in c["ports"]
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
                 assert c[probe]["grpc"] == {"port": port}, (component, probe)
-        for component, port in (("projector", 9102), ("snapshotter", 9103)):
+        for component, port in (("projector", 9102), ("snapshotter", 9103), ("ingest", 8088)):
             c = container(deployment(docs, component))
             assert {"name": "http", "containerPort": port, "protocol": "TCP"} in c["ports"]
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
@@ -235,18 +235,21 @@ def test_a_disruption_budget_exists_only_where_more_than_one_replica_runs(
         "js-jetsource-query",
         "js-jetsource-observer",
         "js-jetsource-processquery",
+        "js-jetsource-ingest",
     }
     single = {
         "publisher": {"replicas": 1},
         "query": {"replicas": 1, "autoscaling": {"enabled": False}},
         "observer": {"replicas": 1},
         "processquery": {"replicas": 1},
+        "ingest": {"replicas": 1},
     }
     assert pdbs(manifests(render(single))) == set()
     scaled_to_one = {
         "query": {"autoscaling": {"minReplicas": 1}},
         "observer": {"replicas": 1},
         "processquery": {"replicas": 1},
+        "ingest": {"enabled": False},
     }
     assert pdbs(manifests(render(scaled_to_one))) == {"js-jetsource-publisher"}
     prod = by_kind(renders["production"], "PodDisruptionBudget")
@@ -309,7 +312,15 @@ def test_with_an_existing_secret_none_is_rendered_and_pods_mount_that_one(
     assert set(mounted.values()) == {"jetsource-mine"}
     assert {k for k in mounted if k.startswith("Deployment/")} == {
         f"Deployment/js-jetsource-{c}"
-        for c in ("publisher", "query", "observer", "processquery", "projector", "snapshotter")
+        for c in (
+            "publisher",
+            "query",
+            "observer",
+            "processquery",
+            "ingest",
+            "projector",
+            "snapshotter",
+        )
     }
     assert "Job/js-jetsource-streams" in mounted
     for doc in workloads(docs):
@@ -386,6 +397,7 @@ def test_a_servicemonitor_only_where_the_crd_is_served(
         "js-jetsource-query",
         "js-jetsource-processquery",
         "js-jetsource-observer",
+        "js-jetsource-ingest",
         "js-jetsource-projector-metrics",
         "js-jetsource-snapshotter-metrics",
     }
@@ -401,7 +413,15 @@ def test_network_policies_open_exactly_the_ports_the_pods_serve(
 ) -> None:
     docs = renders["production"]
     policies = by_kind(docs, "NetworkPolicy")
-    for component in ("publisher", "query", "observer", "processquery", "projector", "snapshotter"):
+    for component in (
+        "publisher",
+        "query",
+        "observer",
+        "processquery",
+        "ingest",
+        "projector",
+        "snapshotter",
+    ):
         served = {p["containerPort"] for p in container(deployment(docs, component))["ports"]}
         rules = policies[f"js-jetsource-{component}"]["spec"]["ingress"]
         opened = {p["port"] for rule in rules for p in rule["ports"]}
@@ -467,8 +487,8 @@ def test_every_jetsource_variable_in_the_render_is_a_setting(
 def test_a_misspelled_setting_in_the_values_fails_the_check() -> None:
     typo = {"config": {"env": {"JETSOURCE_EVENTSTORE__DUPLICATE_WINDOW": "300"}}}
     found = environment_problems(manifests(render(typo)))
-    # Every process reads the ConfigMap, the hook Job carries it inline: 7 complaints.
-    assert len(found) == 7 and all("duplicate_window" in p for p in found), found
+    # Every process reads the ConfigMap, the hook Job carries it inline: 8 complaints.
+    assert len(found) == 8 and all("duplicate_window" in p for p in found), found
     right = {"config": {"env": {"JETSOURCE_EVENTSTORE__DUPLICATE_WINDOW_S": "300"}}}
     assert environment_problems(manifests(render(right))) == []
 
@@ -501,6 +521,8 @@ def test_each_process_loads_its_servers_and_binds_where_its_service_points(
         "processes",
         "process_timeline",
         "process_graph",
+        "omni_events",
+        "omni_identities",
     ]
 
 
