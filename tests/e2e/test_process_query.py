@@ -204,6 +204,20 @@ async def test_the_ledger_read_side_over_grpc(stack: Stack, unique: str) -> None
         timeout=5,
     )
     assert [p.process_id for p in failed.processes] == [grand]
+    # A start window alone: the start-time index, newest started first, paged.
+    window = q.TimeWindow(**{"from": Timestamp(seconds=T0 + 1), "to": Timestamp(seconds=T0 + 6)})
+    started: list[str] = []
+    token = ""
+    while True:
+        page = await reads.ListProcesses(
+            q.ListProcessesRequest(started=window, page_size=1, page_token=token), timeout=5
+        )
+        started += [p.process_id for p in page.processes]
+        token = page.next_page_token
+        if not token:
+            break
+    mine = [pid for pid in started if pid in (root, child, grand)]
+    assert mine == [grand, child] and len(started) == len(set(started))
     kids = await reads.ListProcesses(q.ListProcessesRequest(parent_process_id=child), timeout=5)
     assert [p.process_id for p in kids.processes] == [grand]
 

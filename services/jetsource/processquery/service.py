@@ -337,6 +337,10 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
             started = _window("started", request.started, request.HasField("started"))
             size = _page_size(request.page_size, self.o)
             bound = json.dumps([statuses, kind, root, parent, started])
+            if started != (None, None) and not (parent or root or kind or len(statuses) == 1):
+                # Only a start window (and statuses): the start-time index, newest
+                # started first.
+                return await self._by_start(started, statuses, size, bound, request.page_token)
             below = (
                 self.tokens.read("ListProcesses", bound, request.page_token)
                 if request.page_token
@@ -412,6 +416,69 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
             return pb.ListProcessesResponse(processes=out, next_page_token=token)
 
         return await self._run("ListProcesses", context, work)
+
+    async def _by_start(
+        self,
+        started: tuple[int | None, int | None],
+        statuses: list[str],
+        size: int,
+        bound: str,
+        page_token: str,
+    ) -> pb.ListProcessesResponse:
+        method = "ListProcesses/started"
+        after: tuple[int, str] | None = None
+        if page_token:
+            raw = self.tokens.read_raw(method, bound, page_token)
+            if len(raw) < 8:
+                raise invalid("page_token", "not a page token of this request")
+            try:
+                after = (int.from_bytes(raw[:8], "big", signed=True), raw[8:].decode())
+            except UnicodeDecodeError as exc:
+                raise invalid("page_token", "not a page token of this request") from exc
+        # The index holds µs: a slightly wider range, then the exact window in ns.
+        low = None if started[0] is None else started[0] // 1000
+        high = None if started[1] is None else started[1] // 1000 + 1
+        model = await self.registry()
+
+        def wanted(row: ProcessRow | None) -> bool:
+            if row is None or row.started_at is None:
+                return False
+            lo, hi = started
+            if (lo is not None and row.started_at < lo) or (
+                hi is not None and row.started_at >= hi
+            ):
+                return False
+            return not statuses or row.status in statuses
+
+        out: list[pb.ProcessInfo] = []
+        scanned, more = 0, False
+        while True:
+            want = min(max(size - len(out), 16) * 2, 1000)
+            entries = await model.scan_started(low, high, after, want)
+            rows = await model.read_many([pid for pid, _ in entries])
+            full = False
+            for (pid, us), row in zip(entries, rows, strict=True):
+                if len(out) == size:
+                    full = True  # an entry beyond the page: more may follow
+                    break
+                after = (us, pid)
+                scanned += 1
+                if row is not None and wanted(row):
+                    out.append(process_info(row))
+            if full:
+                more = True
+                break
+            if len(entries) < want:
+                more = False
+                break
+            if scanned >= self.o.max_scan:
+                more = True
+                break
+        token = ""
+        if more and after is not None:
+            cursor = after[0].to_bytes(8, "big", signed=True) + after[1].encode()
+            token = self.tokens.make_raw(method, bound, cursor)
+        return pb.ListProcessesResponse(processes=out, next_page_token=token)
 
     async def GetProcessTree(
         self, request: pb.GetProcessTreeRequest, context: grpc.aio.ServicerContext

@@ -36,18 +36,27 @@ class PageTokens:
         text = f"{method}\0{bound}\0".encode()
         return hmac.new(self._key, text + body, hashlib.sha256).digest()[:_TAG]
 
-    def make(self, method: str, bound: str, cursor: int) -> str:
-        body = bytes([VERSION]) + _CURSOR.pack(cursor)
+    def make_raw(self, method: str, bound: str, cursor: bytes) -> str:
+        body = bytes([VERSION]) + cursor
         return base64.urlsafe_b64encode(body + self._tag(method, bound, body)).decode().rstrip("=")
 
-    def read(self, method: str, bound: str, token: str) -> int:
+    def read_raw(self, method: str, bound: str, token: str) -> bytes:
         try:
             raw = base64.urlsafe_b64decode(token.encode("ascii") + b"=" * (-len(token) % 4))
         except (ValueError, binascii.Error, UnicodeEncodeError) as exc:
             raise invalid("page_token", _FAULT) from exc
-        if len(raw) != 1 + _CURSOR.size + _TAG or raw[0] != VERSION:
+        if len(raw) < 1 + _TAG or raw[0] != VERSION:
             raise invalid("page_token", _FAULT)
         body, tag = raw[:-_TAG], raw[-_TAG:]
         if not hmac.compare_digest(tag, self._tag(method, bound, body)):
             raise invalid("page_token", _FAULT)
-        return int(_CURSOR.unpack(body[1:])[0])
+        return body[1:]
+
+    def make(self, method: str, bound: str, cursor: int) -> str:
+        return self.make_raw(method, bound, _CURSOR.pack(cursor))
+
+    def read(self, method: str, bound: str, token: str) -> int:
+        body = self.read_raw(method, bound, token)
+        if len(body) != _CURSOR.size:
+            raise invalid("page_token", _FAULT)
+        return int(_CURSOR.unpack(body)[0])

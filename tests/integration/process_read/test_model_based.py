@@ -149,6 +149,25 @@ async def verify(p: Projection, processes: set[str], sent: set[str]) -> None:
     rows = await registry.read_many(ids)
     got = {pid: registry_view(row) for pid, row in zip(ids, rows, strict=True) if row}
     assert got == want
+
+    # The indexes agree with the rows: status, kind, root (by first appearance) and
+    # start time.
+    async def index(name: str) -> dict[str, float]:
+        raw = await registry.redis.zrange(f"{registry.ns}:{name}", 0, -1, withscores=True)
+        return {m.decode(): s for m, s in raw if m.decode() in processes}
+
+    for pid, w in want.items():
+        for name, value in (("status", w["status"]), ("kind", w["kind"]), ("root", w["root"])):
+            if value:
+                assert (await index(f"idx:{name}:{value}")).get(pid) == w["first"], (pid, name)
+    assert await index("idx:started") == {
+        pid: w["started_at"] // 1000 for pid, w in want.items() if w["started_at"] is not None
+    }
+    by_status: dict[str, set[str]] = defaultdict(set)
+    for pid, w in want.items():
+        by_status[w["status"]].add(pid)
+    for status, members in by_status.items():
+        assert set(await index(f"idx:status:{status}")) == members, status
     # The nesting the test meant: several levels, and children recorded first.
     assert max(w["depth"] for w in want.values()) >= 3
     assert len({w["status"] for w in want.values()}) >= 4

@@ -7,7 +7,7 @@ first (the global_seq of its first event). The tree (parent, root, depth, childr
 is kept by ``TREE_LUA``. Indexes, all sorted by the process's first global_seq (the
 order processes appeared in the ledger; unique, so a cursor is one number):
 ``idx:all``, ``idx:status:<status>``, ``idx:kind:<kind>``, ``idx:root:<root>``, and
-``kids:<id>`` for a parent.
+``kids:<id>`` for a parent; and ``idx:started`` by start time (``started_at`` in µs).
 
 Status: the first event makes a process ``running``; process_completed / _failed /
 _cancelled / _interrupted set theirs (the last one recorded wins), and when a process
@@ -78,8 +78,8 @@ for _ = 1, n do
   local id, ver, seq, typ = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), ARGV[i + 3]
   local parent, occ, rec = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
   local kind, name, err = ARGV[i + 7], ARGV[i + 8], ARGV[i + 9]
-  local attrs, skip = ARGV[i + 10], ARGV[i + 11]
-  i = i + 12
+  local attrs, skip, started_us = ARGV[i + 10], ARGV[i + 11], ARGV[i + 12]
+  i = i + 13
   if pos[id] == nil then pos[id] = tonumber(redis.call('HGET', p .. ':pos', id) or '0') end
   if blocked[id] then
     table.insert(waiting, seq)
@@ -108,7 +108,10 @@ for _ = 1, n do
           redis.call('ZADD', p .. ':idx:kind:' .. kind, redis.call('HGET', h, 'first'), id)
         end
         if name ~= '' then redis.call('HSET', h, 'name', name) end
-        if occ ~= '' then redis.call('HSET', h, 'started_at', occ) end
+        if occ ~= '' then
+          redis.call('HSET', h, 'started_at', occ)
+          redis.call('ZADD', p .. ':idx:started', started_us, id)
+        end
         if attrs ~= '' then redis.call('HSET', h, 'attrs', attrs) end
       end
       local ending = ENDINGS[typ]
@@ -214,7 +217,21 @@ class ProcessesModel(ValkeyModel):
     @staticmethod
     def _args(e: RecordedEvent) -> list[Any]:
         if e.event_type == SKIPPED and not e.envelope.payload:
-            return [e.aggregate_id, e.version, e.stream_seq, SKIPPED, "", "", 0, "", "", "", "", 1]
+            return [
+                e.aggregate_id,
+                e.version,
+                e.stream_seq,
+                SKIPPED,
+                "",
+                "",
+                0,
+                "",
+                "",
+                "",
+                "",
+                1,
+                0,
+            ]
         body = body_of(e)
         life = lifecycle(e.event_type, body)
         occ = occurred_ns(e)
@@ -231,6 +248,7 @@ class ProcessesModel(ValkeyModel):
             life.error,
             life.attributes,
             0,
+            0 if occ is None else occ // 1000,  # idx:started's score: µs (exact in a double)
         ]
 
     async def apply(self, events: Sequence[RecordedEvent]) -> Outcome:
@@ -292,6 +310,38 @@ class ProcessesModel(ValkeyModel):
             self.redis.zrevrangebyscore(key, high, "-inf", start=0, num=count, withscores=True)
         )
         return [(text(m), int(s)) for m, s in raw]
+
+    async def scan_started(
+        self, low_us: int | None, high_us: int | None, after: tuple[int, str] | None, count: int
+    ) -> list[tuple[str, int]]:
+        """(id, started µs) by start time, newest first, within [low, high) and after
+        the cursor (started µs, id) of the last one shown (ties: id descending)."""
+        key = f"{self.ns}:idx:started"
+        high: str = "+inf" if high_us is None else f"({high_us}"
+        low: str = "-inf" if low_us is None else str(low_us)
+        if after is not None:
+            high = str(after[0]) if high_us is None or after[0] < high_us else high
+        out: list[tuple[str, int]] = []
+        offset = 0
+        while len(out) < count:
+            raw = await valkey_io(
+                self.redis.zrevrangebyscore(
+                    key, high, low, start=offset, num=count + 16, withscores=True
+                )
+            )
+            for member, score in raw:
+                pid, us = text(member), int(score)
+                if after is not None and us == after[0] and pid >= after[1]:
+                    continue  # shown already (or the cursor itself)
+                if after is not None and us > after[0]:
+                    continue
+                out.append((pid, us))
+                if len(out) == count:
+                    break
+            if len(raw) < count + 16:
+                break
+            offset += len(raw)
+        return out
 
     async def children(self, ids: Sequence[str]) -> list[list[str]]:
         pipe = self.redis.pipeline(transaction=False)
