@@ -55,6 +55,7 @@ from jetsource.processquery.settings import ProcessQueryOptions
 from jetsource.processquery.tokens import PageTokens, invalid
 from jetsource.projection.contract import TransientError
 from jetsource.projection.control import Control, active_version
+from jetsource.projection.valkey import valkey_io
 
 log = logging.getLogger("jetsource.process_query")
 SERVICE = pb.DESCRIPTOR.services_by_name["ProcessQueryService"].full_name
@@ -664,7 +665,11 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
         REQUESTS.labels("WatchProcess", "ok").inc()
         pubsub = self.redis.pubsub()
         # Subscribe before the first read, so nothing applied between them is missed.
-        await pubsub.subscribe(model.channel)
+        try:
+            await valkey_io(pubsub.subscribe(model.channel))
+        except TransientError as exc:
+            await pubsub.aclose()
+            raise RpcError(grpc.StatusCode.UNAVAILABLE, f"store unavailable: {exc}") from exc
         cursor = request.after_global_seq
         try:
             while True:
@@ -681,10 +686,14 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
                     yield pb.WatchProcessResponse(event=e)
                 if seqs:
                     continue
-                with contextlib.suppress(TimeoutError, *_UNAVAILABLE):
-                    await pubsub.get_message(
-                        ignore_subscribe_messages=True, timeout=self.o.watch_poll_s
+                try:
+                    await valkey_io(
+                        pubsub.get_message(
+                            ignore_subscribe_messages=True, timeout=self.o.watch_poll_s
+                        )
                     )
+                except (TimeoutError, *_UNAVAILABLE):
+                    await asyncio.sleep(self.o.watch_poll_s)  # Valkey away: poll later
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.unsubscribe()
