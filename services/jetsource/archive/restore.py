@@ -88,10 +88,15 @@ async def restore(
     prefixes: dict[str, str],
     timeout: float,
     progress: Callable[[int, int], None] = lambda done, total: None,
+    retention: str | None = None,
+    max_age_s: float = 0.0,
 ) -> RestoreReport:
     """Write archive + live tail of ``archive.stream`` into the new stream ``target``.
     ``source_config`` is the source's stream configuration (its info, or as
-    configured when the source is gone)."""
+    configured when the source is gone). ``retention`` gives the new stream another
+    policy than the source's (``forever``, ``age``, ``age+compaction``): the way to
+    turn compaction on for a stream created keep-forever, whose purge can never be
+    allowed again."""
     source = archive.stream
     existing = await _info(replies, target, timeout)
     if existing is not None and int(existing["state"].get("messages", 0)) > 0:
@@ -113,6 +118,13 @@ async def restore(
         gap_subject = f"{root}.{GAP_TOKEN}.{GAP_TOKEN}"
     config = {k: v for k, v in source_config.items() if k not in _SERVER_CONFIG}
     final = dict(config, name=target, subjects=subjects)
+    if retention is not None:
+        if retention not in ("forever", "age", "age+compaction"):
+            raise RestoreError(f"retention {retention!r}: forever, age or age+compaction")
+        if retention != "forever" and max_age_s <= 0:
+            raise RestoreError(f"retention {retention} needs a max age > 0")
+        final["deny_purge"] = retention != "age+compaction"
+        final["max_age"] = int(max_age_s * 1_000_000_000) if retention == "age" else 0
     writing = dict(final, deny_delete=False, deny_purge=False)
     if existing is None:
         await jsapi.api(replies, f"STREAM.CREATE.{target}", dict(writing, first_seq=first), timeout)

@@ -198,6 +198,13 @@ def restore(
         help="OLD=NEW: subjects under OLD go under NEW (a stream beside the old one needs "
         "its own subjects), e.g. context=restored",
     ),
+    retention: str | None = typer.Option(
+        None,
+        "--retention",
+        help="forever | age | age+compaction for the new stream (default: the source's); "
+        "how compaction is turned on for a stream created keep-forever",
+    ),
+    max_age_s: float = typer.Option(0.0, "--max-age-s", min=0.0, help="With --retention"),
     domain: str | None = DOMAIN,
     timeout: float = TIMEOUT,
     as_json: bool = JSON,
@@ -221,7 +228,16 @@ def restore(
             source = stream_config(store.settings)  # the source is gone: as configured
         archive = open_archive(s, store.settings.stream)
         timeout_s = store.settings.request_timeout_s
-        return await restore_stream(store._replies, archive, source, target, prefixes, timeout_s)
+        return await restore_stream(
+            store._replies,
+            archive,
+            source,
+            target,
+            prefixes,
+            timeout_s,
+            retention=retention,
+            max_age_s=max_age_s,
+        )
 
     report = _run(work, timeout)
     if as_json:

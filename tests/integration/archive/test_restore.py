@@ -128,6 +128,20 @@ async def test_rebuild_restore_and_verify_on_a_compacted_stream(
         ]
         config = (await jsapi.api(p.store._replies, f"STREAM.INFO.{target}", {}, 5.0))["config"]
         assert config["deny_delete"] is True and config["deny_purge"] is False
+        # Another policy for the new stream (how a keep-forever stream starts compacting,
+        # and here the other way round): its protections follow it.
+        kept = await restore(
+            p.store._replies,
+            archive,
+            info["config"],
+            f"RK_{unique}",
+            {old_root: f"rk{unique}"},
+            5.0,
+            retention="forever",
+        )
+        assert kept.last_seq == before[-1][0]
+        config = (await jsapi.api(p.store._replies, f"STREAM.INFO.RK_{unique}", {}, 5.0))["config"]
+        assert config["deny_purge"] is True and config["deny_delete"] is True
 
         # A read model built from the restored stream equals the original.
         restored = await open_projection(
