@@ -55,12 +55,11 @@ class ArchivedHistory:
             return cached
         prefix = f"{self.live.settings.subject_prefix}.{aggregate_id}."
         names = set(horizon.segments)
-        entries = [e for e in await self.archive.entries() if e.name in names]
-        if len(entries) < len(names):  # an entry not listed yet: look again
-            self.archive._entries.clear()
-            entries = [e for e in await self.archive.entries() if e.name in names]
         found: dict[int, ArchivedMessage] = {}
-        for entry in entries:
+        for name in sorted(names):
+            entry = await self.archive.entry(name)  # one manifest entry, no listing
+            if entry is None:
+                continue  # named by the horizon, not in this archive: checked below
             for m in await self.archive.read(entry):
                 if m.subject.startswith(prefix) and m.seq <= horizon.seq:
                     found.setdefault(m.seq, m)

@@ -24,6 +24,10 @@ from jetsource.archive.objectstore import ObjectStore
 from jetsource.archive.segment import ArchivedMessage, SegmentError
 from jetsource.core.clock import format_rfc3339_ns, now_ns
 
+# Decoded segments kept per process (a segment of 10,000 events is a few MB decoded);
+# readers keep the events of each aggregate they read besides.
+SEGMENT_CACHE = 8
+
 
 @dataclass(frozen=True)
 class AggregateRange:
@@ -157,7 +161,7 @@ class Archive:
         messages = self._check(entry, await self.objects.get(entry.name))
         if cache:
             self._segments[entry.name] = messages
-            while len(self._segments) > 64:
+            while len(self._segments) > SEGMENT_CACHE:
                 self._segments.pop(next(iter(self._segments)))
         return messages
 
