@@ -318,7 +318,7 @@ def tree(
 
     lines(response.root, "")
     if response.truncated:
-        out.line("(truncated: raise --depth to see more)")
+        out.line("truncated: raise --depth to see more")
 
 
 @app.command()
