@@ -5,12 +5,14 @@ ScaledObject on consumer lag. The default stays one Recreate replica, unpartitio
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import helm_python as helm
 import jsonschema
 import kubernetes_validate
 import pytest
+import yaml
 
 from tests.deploy.chart import CHART, KUBE_VERSION, by_kind, manifests, pod_spec, render
 
@@ -96,11 +98,7 @@ def test_keda_scales_a_partitioned_projector_on_consumer_lag() -> None:
     ],
 )
 def test_the_schema_refuses_replicas_without_partitions(override: dict[str, Any], why: str) -> None:
-    import json
-
     schema = json.loads((CHART / "values.schema.json").read_text())
-    import yaml
-
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     for component, patch in override.items():
         values[component] = {**values[component], **patch}
