@@ -87,6 +87,15 @@ async def test_time_travel_across_the_horizon_equals_a_full_fold(projection: Pro
         keys: dict[str, tuple[int, int]] = {}
         add_keys(keys, recs)
         assert (await loader.load(cid, keys=True)).keys == keys
+    # Snapshots of another schema on both sides of the horizon (never read), and a
+    # snapshot between the horizon and the last one: the answers do not change.
+    for cid, recs in histories.items():
+        await save_snapshots(p.snapshots, recs, [44], old=[15, 35])
+        fresh = StateLoader(history, p.snapshots, cache_size=8)
+        for v in range(1, len(recs) + 1):
+            assert (await fresh.load(cid, to_version=v)).state == state_at(recs, v), (cid, v)
+        for t in probe_times(recs)[::3]:
+            assert (await fresh.load(cid, until=t)).state == state_at(recs, until=t), (cid, t)
 
 
 async def test_without_the_archive_reads_before_the_horizon_name_it(
