@@ -124,7 +124,7 @@ class LocalObjectStore:
 
 
 class S3ObjectStore:
-    """Any S3-compatible store, through ``obstore`` (the ``archive`` extra).
+    """Any S3-compatible store, through ``obstore``.
     Credentials come from the usual ``AWS_*`` variables or the instance's role."""
 
     def __init__(
@@ -136,10 +136,8 @@ class S3ObjectStore:
     ) -> None:
         try:
             from obstore.store import S3Store
-        except ImportError as exc:  # pragma: no cover - the extra is installed in dev
-            raise ObjectStoreError(
-                "an s3:// archive needs the archive extra: pip install 'jetsource[archive]'"
-            ) from exc
+        except ImportError as exc:  # pragma: no cover - a dependency of jetsource
+            raise ObjectStoreError("an s3:// archive needs obstore (pip install obstore)") from exc
         kwargs: dict[str, Any] = {"prefix": prefix or None}
         if endpoint:
             kwargs["endpoint"] = endpoint
