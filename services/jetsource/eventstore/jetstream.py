@@ -206,6 +206,9 @@ class JetStreamEventStore:
         )
 
     async def stream_info(self) -> dict[str, Any]:
+        # A store never started has no reply inbox: without this, every attempt waits
+        # out its timeout (a second domain's store under `projector status`).
+        await self.start()
         return await self._call(
             lambda: jsapi.api(
                 self._replies, f"STREAM.INFO.{self._cfg.stream}", {}, self._cfg.request_timeout_s
