@@ -26,6 +26,7 @@ from tests.integration.test_partitions import (
     holders,
     partitioned,
     start_service,
+    zombie_scenario,
 )
 from tests.projector_fixtures import story_ids
 
@@ -123,3 +124,12 @@ async def test_three_replicas_over_eight_partitions_kill_add_kill(
     print(f"\nscale-out: {total} events; lease failover after kill -9: {failover} s")
     digests = {m: await p.model(m, 1).digest() for m in MODELS}
     assert digests == await clean_digests(p)
+
+
+async def test_a_zombie_paused_past_its_lease_writes_nothing_over_eight_partitions(
+    projection: Projection, tmp_path: Path
+) -> None:
+    """The SIGSTOP row of `make chaos`: the owner of all 8 partitions is paused with
+    events delivered to it, a second replica takes over (and is paused in turn), the
+    zombie resumes alone and changes nothing; then everything converges once."""
+    await zombie_scenario(projection, tmp_path)
