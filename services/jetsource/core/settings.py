@@ -154,6 +154,10 @@ class EventStoreSettings(BaseModel):
     # stream created with deny purge can never allow it again: restore it into a new one).
     retention: str = Field(default="forever", pattern="^(forever|age|age\\+compaction)$")
     max_age_s: float = Field(default=0.0, ge=0)
+    # Roles that may purge whole subjects of this stream (a domain's StreamPolicy names
+    # them, e.g. the sessions pruner): the stream is created without deny_purge, and
+    # NATS permissions give $JS.API.STREAM.PURGE.<stream> to those roles' users alone.
+    purge_roles: tuple[str, ...] = ()
 
     @model_validator(mode="after")
     def _age_given(self) -> Self:

@@ -116,9 +116,10 @@ def stream_config(cfg: EventStoreSettings) -> dict[str, Any]:
         "storage": "file",
         "discard": "new",  # a full stream refuses appends rather than dropping history
         "deny_delete": True,
-        # Only a stream whose policy archives and compacts can be purged, and then only
-        # by the archiver's credentials (NATS permissions on $JS.API.STREAM.PURGE).
-        "deny_purge": cfg.retention != "age+compaction",
+        # Only a stream whose policy archives and compacts, or names purge roles (the
+        # sessions pruner), can be purged, and then only by those roles' credentials
+        # (NATS permissions on $JS.API.STREAM.PURGE).
+        "deny_purge": cfg.retention != "age+compaction" and not cfg.purge_roles,
         "compression": cfg.compression,
         "allow_direct": True,
         "allow_atomic": True,
@@ -199,10 +200,21 @@ class JetStreamEventStore:
     # -- provisioning ---------------------------------------------------------
 
     async def ensure_streams(self) -> dict[str, Any]:
-        """Create the stream, or bring an existing one to this configuration."""
+        """Create the stream, or bring an existing one to this configuration.
+
+        A stream created with deny_purge keeps it: the server never lets it go. Its
+        other settings are still brought up to date and it stays purge-denied (the
+        answer's config says so); moving it to a purgeable stream is an operator's
+        step (``jetsource streams ensure`` names it)."""
         await self.start()
+        config = stream_config(self._cfg)
+        try:
+            return await jsapi.ensure_stream(self._replies, config, self._cfg.request_timeout_s)
+        except JsApiError as exc:
+            if config["deny_purge"] or "deny purge" not in exc.description:
+                raise
         return await jsapi.ensure_stream(
-            self._replies, stream_config(self._cfg), self._cfg.request_timeout_s
+            self._replies, {**config, "deny_purge": True}, self._cfg.request_timeout_s
         )
 
     async def stream_info(self) -> dict[str, Any]:

@@ -98,6 +98,7 @@ class Domain:
                 # The descriptor's policy decides the stream's retention and purge rights.
                 "retention": str(self.policy.retention),
                 "max_age_s": self.policy.max_age_s,
+                "purge_roles": self.policy.purge_roles,
             }
         )
 
