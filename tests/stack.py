@@ -34,7 +34,7 @@ def _flatten(value: Any, name: str, env: dict[str, str], secrets: dict[str, str]
         secrets[name] = json.dumps([v.get_secret_value() for v in value])
     elif isinstance(value, bool):
         env[name] = "true" if value else "false"
-    elif isinstance(value, list | dict):
+    elif isinstance(value, list | tuple | dict):
         env[name] = json.dumps(value)
     else:
         env[name] = str(value)
