@@ -193,6 +193,13 @@ class Archiver:
         horizon_ns = (now if now is not None else now_ns()) - int(self._cfg.max_age_s * 1e9)
         report = CompactReport(self._cfg.stream, horizon_ns)
         await self.store.start()
+        if (await self.store.stream_info())["config"].get("deny_purge"):
+            # Before sealing anything: the purge would be refused after all that work.
+            raise ArchiveError(
+                f"stream {self._cfg.stream} was created with deny_purge, which JetStream "
+                "never lifts: restore it into a new stream (jetsource archive restore NEW "
+                "--retention age+compaction --max-age-s ...) and compact that one"
+            )
         before_seq = await self.store.seq_at_time(horizon_ns)
         old = await self._old_messages(before_seq)
         report.scanned = sum(len(v) for v in old.values())

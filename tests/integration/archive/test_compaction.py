@@ -179,3 +179,32 @@ def test_only_a_compacting_stream_allows_purge(settings: JetsourceSettings) -> N
     assert stream_config(EventStoreSettings(retention="age", max_age_s=60))["max_age"] == 60 * 10**9
     compacting = stream_config(EventStoreSettings(retention="age+compaction", max_age_s=60))
     assert compacting["deny_purge"] is False and compacting["max_age"] == 0
+
+
+async def test_a_stream_created_keep_forever_is_never_compacted(
+    settings: JetsourceSettings, unique: str, tmp_path: Path
+) -> None:
+    from jetsource.archive.archiver import ArchiveError, Archiver
+    from jetsource.archive.history import open_archive
+    from jetsource.core.settings import EventStoreSettings
+    from jetsource.domains.context.events import registry
+    from jetsource.domains.context.serialize import STATE_SCHEMA_VERSION
+    from jetsource.eventstore.jetstream import JetStreamEventStore
+
+    base = compacting_settings(settings, unique, tmp_path / "archive")
+    forever = EventStoreSettings(stream=f"CE_{unique}", subject_prefix=f"ce{unique}.events")
+    p = await open_projection(base.model_copy(update={"eventstore": forever}))
+    # The same stream, now configured to compact: the server keeps its deny_purge.
+    compacting = JetStreamEventStore(p.nc, registry, base.eventstore)
+    try:
+        records = await append_history(p.store, "kf", 10, seed=1)
+        await save_snapshots(p.snapshots, records, [8])
+        archive = open_archive(base, base.eventstore.stream)
+        archiver = Archiver(compacting, p.snapshots, archive, STATE_SCHEMA_VERSION)
+        with pytest.raises(ArchiveError, match="deny_purge"):
+            await archiver.compact(now=records[-1].recorded_at_ns + 10**13)
+        assert await archive.entries() == []  # nothing sealed either
+        assert [r.version for r in await compacting.read_aggregate("kf")] == list(range(1, 11))
+    finally:
+        await compacting.close()
+        await p.close()
