@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError, Message
 
+from jetsource.core.crypto import personal_fields
 from jetsource.core.errors import InvalidEventTypeError, UnknownEventTypeError
 from jetsource.core.ids import valid_event_type
 
@@ -89,6 +90,7 @@ class EventRegistry:
         key = (event_type, version)
         if key in self._classes:
             raise ValueError(f"{event_type} v{version} registered twice")
+        personal_fields(cls.DESCRIPTOR)  # a field marked personal must be a string
         self._classes[key] = cls
         if current:
             if event_type in self._current:
