@@ -229,6 +229,21 @@ def _process_records() -> list[RecordedEvent]:
             payload=b"",
         )
         out.append(RecordedEvent(env, UnknownEvent("step_done", 1, b""), seq, seq))
+    # The pruner's tombstone of the child, then a late event of the pruned child.
+    from jetsource.domains.process.pruning import PRUNER_ID, tombstone
+
+    stone = tombstone("root", ["child"])
+    env = EventEnvelope(
+        event_id="e6",
+        event_type=stone.event_type,
+        aggregate_id=PRUNER_ID,
+        aggregate_version=1,
+        payload=stone.event.SerializeToString(),
+    )
+    out.append(RecordedEvent(env, stone.event, len(out) + 1, len(out) + 1))
+    env = EventEnvelope(event_id="e7", event_type="step_done", aggregate_id="child",
+                        aggregate_version=3, payload=b"")  # fmt: skip
+    out.append(RecordedEvent(env, UnknownEvent("step_done", 1, b""), len(out) + 1, len(out) + 1))
     return out
 
 

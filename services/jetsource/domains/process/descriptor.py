@@ -77,8 +77,11 @@ DOMAIN = Domain(
     aggregate_type=AGGREGATE_TYPE,
     registry=registry,
     models=MODELS,
-    # The ledger keeps every event: registry, timelines and audit are folds of it.
-    policy=StreamPolicy(Retention.FOREVER),
+    # The ledger keeps every event, except that the sessions pruner (its role alone:
+    # NATS permissions on $JS.API.STREAM.PURGE.PROCESS_EVENTS) removes whole ended
+    # session trees, each announced first by a process_pruned tombstone that the read
+    # models apply (see jetsource.domains.process.pruning).
+    policy=StreamPolicy(Retention.FOREVER, purge_roles=("pruner",)),
     services=("jetsource-observer", "jetsource-projector"),
     sample_history=process_events,
 )

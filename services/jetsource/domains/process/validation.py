@@ -18,6 +18,7 @@ from jetsource.core.envelope import NewEvent
 from jetsource.core.errors import ValidationError
 from jetsource.core.ids import uuid7, validate_aggregate_id
 from jetsource.domains.process.events import registry
+from jetsource.domains.process.pruning import PRUNER_ID, RESERVED_TYPES
 
 # Event ids (and causation ids, which name one): a Nats-Msg-Id and a log-safe token.
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}")
@@ -65,6 +66,11 @@ def to_new_event(event: CanonicalEvent, limits: Limits, at: str = "event") -> Ne
     whose ``field`` is the path of the offending input (``events[3].process_id``)."""
     f = f"{at}."
     _process_id(event.process_id, f + "process_id")
+    if event.process_id == PRUNER_ID:
+        raise ValidationError(
+            f"{f}process_id {PRUNER_ID!r} is reserved for the pruner's tombstones",
+            f + "process_id",
+        )
     if event.event_id:
         _event_id(event.event_id, f + "event_id")
     if event.parent_process_id:
@@ -79,6 +85,11 @@ def to_new_event(event: CanonicalEvent, limits: Limits, at: str = "event") -> Ne
         registry.check_type(event.event_type)
     except ValidationError as exc:
         raise ValidationError(f"{f}event_type: {exc}", f + "event_type") from None
+    if event.event_type in RESERVED_TYPES:
+        raise ValidationError(
+            f"{f}event_type {event.event_type!r} is reserved: only the pruner records it",
+            f + "event_type",
+        )
     occurred_ns: int | None = None
     if event.HasField("occurred_at"):
         ts = event.occurred_at

@@ -12,43 +12,13 @@ from nats.aio.client import Client as NATS
 from jetsource._gen.process.v1.query_pb2_grpc import ProcessQueryServiceStub
 from jetsource.client import open_channel
 from jetsource.domains.process.events import AGGREGATE_TYPE, registry
+from jetsource.domains.process.pruner import TreePruner
 from jetsource.domains.sessions.ledger import LedgerReader, LedgerWriter, QueryReader, SessionReader
-from jetsource.domains.sessions.service import PruneDeniedError, Sessions
+from jetsource.domains.sessions.service import Sessions
 from jetsource.domains.sessions.settings import SessionsAppSettings
 from jetsource.eventstore import jsapi
 from jetsource.eventstore.bootstrap import connect, release
 from jetsource.eventstore.jetstream import JetStreamEventStore
-
-
-class StreamPurger:
-    """Purges one process's subjects (``$JS.API.STREAM.PURGE`` with a subject filter).
-
-    The pruner is the only role that does this: the stream carrying sessions must be
-    created without ``deny_purge`` and NATS permissions must grant
-    ``$JS.API.STREAM.PURGE.<stream>`` to the pruner's user alone (every other user of
-    the stream, the observer included, is denied it). A stream that denies purge
-    refuses, and the pruner says so instead of doing anything else."""
-
-    def __init__(self, replies: jsapi.Replies, stream: str, prefix: str, timeout: float) -> None:
-        self._replies = replies
-        self._stream = stream
-        self._prefix = prefix
-        self._timeout = timeout
-
-    async def purge(self, process_id: str) -> int:
-        try:
-            body = await jsapi.api(
-                self._replies,
-                f"STREAM.PURGE.{self._stream}",
-                {"filter": f"{self._prefix}.{process_id}.>"},
-                self._timeout,
-            )
-        except jsapi.JsApiError as exc:
-            raise PruneDeniedError(
-                f"stream {self._stream} refused the purge ({exc.description}): its policy "
-                "must allow purges for the pruner (see the sessions section of the README)"
-            ) from exc
-        return int(body.get("purged", 0))
 
 
 @dataclass
@@ -57,7 +27,9 @@ class SessionsClient:
     store: JetStreamEventStore
     sessions: Sessions
     writer: LedgerWriter
-    purger: StreamPurger
+    # The pruner's steps (tombstone, purge, completion). Purges need the pruner's NATS
+    # user (JETSOURCE_NATS__USER...): the stream refuses every other one.
+    purger: TreePruner
 
 
 def event_store(nc: NATS, settings: SessionsAppSettings) -> JetStreamEventStore:
@@ -87,7 +59,9 @@ async def open_sessions(settings: SessionsAppSettings) -> AsyncIterator[Sessions
             )
         replies = jsapi.Replies(nc)
         await replies.start()
-        purger = StreamPurger(replies, s.stream, s.subject_prefix, 10.0)
+        purger = TreePruner(
+            store, replies, s.stream, s.subject_prefix, s.claims_bucket, s.purge_timeout_s
+        )
         try:
             yield SessionsClient(nc, store, Sessions(reader, s), LedgerWriter(store), purger)
         finally:

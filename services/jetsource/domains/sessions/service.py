@@ -9,7 +9,7 @@ active and interrupted sessions never are.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -32,8 +32,20 @@ class SessionNotFoundError(LookupError):
 
 
 class Purger(Protocol):
-    async def purge(self, process_id: str) -> int:
-        """Remove every event of one process from the stream; how many went."""
+    """The pruner's steps on the ledger (``jetsource.domains.process.pruner``); each
+    raises PermissionError when the stream or the NATS user refuses a purge."""
+
+    async def check(self) -> None:
+        """Refuse (PermissionError) before anything is written if purges are denied."""
+
+    async def finish_pending(self) -> int:
+        """Finish what a killed run tombstoned but did not purge."""
+
+    async def prune_tree(self, root: str, ids: Sequence[str], reason: str = "") -> int:
+        """Tombstone the tree (the read models forget it), then purge its events."""
+
+    async def complete(self) -> None:
+        """Mark everything tombstoned so far as purged."""
 
 
 class PruneDeniedError(PermissionError):
@@ -47,6 +59,8 @@ class PruneReport:
     processes: int = 0
     events: int = 0
     kept: int = 0
+    # tombstones of an earlier, interrupted run finished first
+    resumed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -55,6 +69,7 @@ class PruneReport:
             "processes": self.processes,
             "events": self.events,
             "kept": self.kept,
+            "resumed": self.resumed,
         }
 
 
@@ -191,17 +206,27 @@ class Sessions:
     ) -> PruneReport:
         older = self.settings.prune_older_than_s if older_than_s is None else older_than_s
         keep_n = self.settings.prune_keep if keep is None else keep
+        resumed = 0
+        if not dry_run:
+            if purger is None:
+                raise PruneDeniedError("no purger: this client may not remove history")
+            try:
+                await purger.check()
+                resumed = await purger.finish_pending()
+            except PermissionError as exc:
+                raise PruneDeniedError(str(exc)) from exc
         records = await self.list_sessions()
         chosen = choose_prunable(records, self._clock(), older, keep_n)
-        report = PruneReport(dry_run=dry_run, kept=len(records) - len(chosen))
+        report = PruneReport(dry_run=dry_run, kept=len(records) - len(chosen), resumed=resumed)
         procs = await self.reader.processes()
         below: dict[str, list[str]] = {}
         for p in procs.values():
             if p.parent:
                 below.setdefault(p.parent, []).append(p.process_id)
         for record in chosen:
-            # The whole tree under the session: children first, the root last, so an
-            # interrupted prune leaves a session that is still listed and pruned again.
+            # The whole tree under the session. The tombstone goes first (the read
+            # models forget the tree), then the purge; a run killed in between is
+            # finished by the next one (``finish_pending``).
             ids, todo = [], [record.session_id]
             while todo:
                 pid = todo.pop()
@@ -209,13 +234,19 @@ class Sessions:
                 todo.extend(below.get(pid, []))
             report.processes += len(ids)
             if not dry_run:
-                if purger is None:
-                    raise PruneDeniedError("no purger: this client may not remove history")
-                for pid in reversed(ids):
-                    report.events += await purger.purge(pid)
+                assert purger is not None
+                try:
+                    report.events += await purger.prune_tree(
+                        record.session_id, ids, f"session {record.status}, sessions prune"
+                    )
+                except PermissionError as exc:
+                    raise PruneDeniedError(str(exc)) from exc
             else:
                 report.events += record.event_count
             report.pruned.append(record)
+        if report.pruned and not dry_run:
+            assert purger is not None
+            await purger.complete()
         return report
 
 

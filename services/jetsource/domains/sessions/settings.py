@@ -33,6 +33,11 @@ class SessionsSettings(BaseModel):
     prune_keep: int = Field(default=1000, ge=0)
     # How often the long-running pruner runs (0: it does not).
     prune_every_s: float = Field(default=0.0, ge=0)
+    # The observer's claims bucket: the claims of pruned processes' events go too.
+    claims_bucket: str = "PROCESS_IDEMPOTENCY"
+    # How long a purge may take; a NATS user without purge rights gets no answer at
+    # all (the server drops the request), so this is also how long a refusal takes.
+    purge_timeout_s: float = Field(default=10.0, gt=0)
 
 
 class SessionsAppSettings(JetsourceSettings):

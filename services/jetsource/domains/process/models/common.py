@@ -167,3 +167,48 @@ local function declare(id, parent, gseq, moved)
   end
 end
 """
+
+
+# A ``process_pruned`` tombstone (jetsource.domains.process.pruning), after TREE_LUA:
+# ``prune(listed, tseq, remove)`` forgets the listed processes and everything below
+# them (linked children, and processes waiting for one of them as their parent),
+# recursively: ``remove(id)`` first drops the model's own keys of a process (the tree
+# bookkeeping is still there), then its tree entries, its position and the events it
+# counted in ``applied`` go, and ``<p>:pruned`` remembers it so that a later event of
+# it changes nothing. What stays is what a rebuild from the purged stream gives.
+PRUNE_LUA = """
+local function prune(listed, tseq, remove)
+  local out, seen, i = {}, {}, 1
+  for _, id in ipairs(listed) do
+    if not seen[id] then seen[id] = true; table.insert(out, id) end
+  end
+  while i <= #out do
+    local id = out[i]
+    for _, key in ipairs({p .. ':kids:' .. id, p .. ':pending:' .. id}) do
+      for _, k in ipairs(redis.call('ZRANGE', key, 0, -1)) do
+        if not seen[k] then seen[k] = true; table.insert(out, k) end
+      end
+    end
+    i = i + 1
+  end
+  for _, id in ipairs(out) do
+    if redis.call('HEXISTS', p .. ':first', id) == 1 then remove(id) end
+  end
+  local gone = 0
+  for _, id in ipairs(out) do
+    local parent = redis.call('HGET', p .. ':parent', id)
+    if parent then redis.call('ZREM', p .. ':kids:' .. parent, id) end
+    local declared = redis.call('HGET', p .. ':declared', id)
+    if declared then redis.call('ZREM', p .. ':pending:' .. declared, id) end
+    redis.call('DEL', p .. ':kids:' .. id, p .. ':pending:' .. id)
+    for _, h in ipairs({'first', 'root', 'depth', 'parent', 'declared'}) do
+      redis.call('HDEL', p .. ':' .. h, id)
+    end
+    gone = gone + tonumber(redis.call('HGET', p .. ':pos', id) or '0')
+    redis.call('HDEL', p .. ':pos', id)
+    redis.call('HSET', p .. ':pruned', id, tseq)
+  end
+  if gone > 0 then redis.call('HINCRBY', p .. ':meta', 'applied', -gone) end
+  return #out
+end
+"""

@@ -25,6 +25,7 @@ from neo4j import AsyncDriver, AsyncManagedTransaction
 
 from jetsource.core.envelope import RecordedEvent
 from jetsource.domains.process.models.common import SKIPPED
+from jetsource.domains.process.pruning import PRUNER_ID, pruned_ids
 from jetsource.projection.contract import Checkpoint, Kind, ModelSpec, Outcome, RebuildStrategy
 from jetsource.projection.graph import graph_io
 from jetsource.projection.valkey import group, next_versions, skipped
@@ -54,6 +55,9 @@ class ProcessGraphModel:
         v, x = spec.version, label_prefix
         self.process, self.event = f"{x}Process_v{v}", f"{x}ProcessEvent_v{v}"
         self.checkpoint_label = f"{x}ProcessCheckpoint_v{v}"
+        # Processes forgotten by a process_pruned tombstone: their later events change
+        # nothing (jetsource.domains.process.pruning).
+        self.pruned_label = f"{x}ProcessPruned_v{v}"
 
     async def setup(self) -> None:
         async with self.driver.session(database=self.database) as session:
@@ -80,8 +84,135 @@ class ProcessGraphModel:
         return (await self._versions([aggregate_id])).get(aggregate_id, (0, ""))[0]
 
     async def apply(self, events: Sequence[RecordedEvent]) -> Outcome:
+        """Events in order; the pruner's events (tombstones) each in a transaction of
+        their own, between the processes' events before and after them."""
+        outcome = Outcome()
+        segment: list[RecordedEvent] = []
+        for e in [*events, None]:
+            if e is not None and e.aggregate_id != PRUNER_ID:
+                segment.append(e)
+                continue
+            if segment:
+                part = await self._apply_processes(segment)
+                outcome.applied += part.applied
+                outcome.done.extend(part.done)
+                outcome.waiting.update(part.waiting)
+                segment = []
+            if e is not None:
+                await self._apply_pruner(e, outcome)
+        return outcome
+
+    async def _pruned(self, ids: Sequence[str]) -> set[str]:
+        async with self.driver.session(database=self.database) as session:
+            result = await graph_io(
+                session.run(
+                    f"MATCH (m:{self.pruned_label}) WHERE m.id IN $ids RETURN m.id AS id",
+                    ids=list(ids),
+                )
+            )
+            return {r["id"] async for r in result}
+
+    async def _apply_pruner(self, e: RecordedEvent, outcome: Outcome) -> None:
+        """The pruner's event, if it is the next one of its aggregate (its version is
+        kept on the checkpoint node): a tombstone forgets the processes it names and
+        everything below them, as a rebuild from the purged stream would have them."""
+        C = self.checkpoint_label
+        async with self.driver.session(database=self.database) as session:
+            result = await graph_io(
+                session.run(
+                    f"MATCH (c:{C} {{model: $model}}) RETURN c.pruner AS v", model=self.spec.name
+                )
+            )
+            record = await result.single()
+        base = int(record["v"] or 0) if record is not None else 0
+        if e.version <= base:
+            outcome.done.append(e.stream_seq)
+            return
+        if e.version > base + 1:
+            outcome.waiting[e.stream_seq] = "waiting for the pruner's previous event"
+            return
+        listed = pruned_ids(e)
+
+        async def work(tx: AsyncManagedTransaction) -> bool:
+            P, E = self.process, self.event
+            result = await tx.run(
+                f"MERGE (c:{C} {{model: $model}}) "
+                "ON CREATE SET c.seq = 0, c.applied = 0 "
+                "SET c.applied = c.applied "  # the lock before the check
+                "WITH c WHERE coalesce(c.pruner, 0) = $base "
+                "SET c.pruner = $version RETURN c.model AS m",
+                model=self.spec.name,
+                base=base,
+                version=e.version,
+            )
+            if await result.single() is None:
+                return False
+            ids, frontier = list(dict.fromkeys(listed)), list(dict.fromkeys(listed))
+            while frontier:
+                result = await tx.run(
+                    f"MATCH (c:{P})-[:CHILD_OF]->(q:{P}) WHERE q.id IN $ids RETURN c.id AS id",
+                    ids=frontier,
+                )
+                below = [r["id"] async for r in result]
+                frontier = [i for i in dict.fromkeys(below) if i not in ids]
+                ids += frontier
+            result = await tx.run(
+                f"MATCH (n:{P}) WHERE n.id IN $ids "
+                f"OPTIONAL MATCH (n)-[:CHILD_OF]->(q:{P}) "
+                f"OPTIONAL MATCH (n)-[:AWAITS]->(x:{E}) "
+                "RETURN n.version AS version, collect(DISTINCT q.id) AS parents, "
+                "collect(DISTINCT x.id) AS awaited",
+                ids=ids,
+            )
+            gone, parents, awaited = 0, set(), set()
+            async for r in result:
+                gone += int(r["version"] or 0)
+                parents.update(r["parents"])
+                awaited.update(r["awaited"])
+            await tx.run(f"MATCH (x:{E}) WHERE x.process IN $ids DETACH DELETE x", ids=ids)
+            await tx.run(f"MATCH (n:{P}) WHERE n.id IN $ids DETACH DELETE n", ids=ids)
+            # Parents named only by pruned processes, and causes only they awaited, are
+            # placeholders a rebuild would not make.
+            await tx.run(
+                f"MATCH (q:{P}) WHERE q.id IN $parents AND q.version = 0 "
+                f"OPTIONAL MATCH (c:{P})-[:CHILD_OF]->(q) "
+                "WITH q, count(c) AS kids WHERE kids = 0 DELETE q",
+                parents=sorted(parents - set(ids)),
+            )
+            await tx.run(
+                f"MATCH (x:{E}) WHERE x.id IN $awaited AND x.process IS NULL "
+                f"OPTIONAL MATCH (w:{P})-[:AWAITS]->(x) "
+                "WITH x, count(w) AS waiting WHERE waiting = 0 DELETE x",
+                awaited=sorted(awaited),
+            )
+            await tx.run(f"UNWIND $ids AS id MERGE (m:{self.pruned_label} {{id: id}})", ids=ids)
+            await tx.run(
+                f"MATCH (c:{C} {{model: $model}}) "
+                "SET c.applied = c.applied + 1 - $gone "
+                "WITH c WHERE c.seq < $seq SET c.seq = $seq",
+                model=self.spec.name,
+                gone=gone,
+                seq=e.stream_seq,
+            )
+            return True
+
+        async with self.driver.session(database=self.database) as session:
+            ok = await graph_io(session.execute_write(work))
+        if ok:
+            outcome.done.append(e.stream_seq)
+            outcome.applied += 1
+        else:
+            outcome.waiting[e.stream_seq] = "the pruner's stored version moved; recomputing"
+
+    async def _apply_processes(self, events: Sequence[RecordedEvent]) -> Outcome:
         outcome = Outcome()
         groups = group(events)
+        pruned = await self._pruned(list(groups))
+        for pid in pruned & set(groups):
+            # a pruned process's later events: nothing (a rebuild never sees them)
+            outcome.done.extend(e.stream_seq for e in groups.pop(pid))
+        if not groups:
+            return outcome
         stored = await self._versions(list(groups))
         rows: list[dict[str, Any]] = []
         evs: list[dict[str, Any]] = []
@@ -244,7 +375,7 @@ class ProcessGraphModel:
         async with self.driver.session(database=self.database) as session:
             result = await session.run(
                 f"MATCH (n) WHERE n:{self.process} OR n:{self.event} OR n:{self.checkpoint_label} "
-                "DETACH DELETE n RETURN count(*) AS c"
+                f"OR n:{self.pruned_label} DETACH DELETE n RETURN count(*) AS c"
             )
             record = await result.single()
             return int(record["c"]) if record else 0

@@ -32,12 +32,14 @@ from valkey.asyncio import Valkey
 from jetsource.core.envelope import RecordedEvent
 from jetsource.domains.process.models.common import (
     ENDINGS,
+    PRUNE_LUA,
     SKIPPED,
     TREE_LUA,
     body_of,
     lifecycle,
     occurred_ns,
 )
+from jetsource.domains.process.pruning import PRUNER_ID, is_tombstone, pruned_ids
 from jetsource.projection.contract import Kind, ModelSpec, Outcome, RebuildStrategy
 from jetsource.projection.valkey import CHECKPOINT_LUA, ValkeyModel, skipped, text, valkey_io
 
@@ -50,9 +52,13 @@ _APPLY = (
 local p, n = ARGV[1], tonumber(ARGV[2])
 """
     + TREE_LUA
+    + PRUNE_LUA
     + """
 local ENDINGS = """
     + _ENDINGS_LUA
+    + f"""
+local PRUNER = '{PRUNER_ID}'
+"""
     + """
 local function moved(node, old, new)
   redis.call('ZREM', p .. ':idx:root:' .. old, node)
@@ -72,23 +78,38 @@ local function set_status(id, status, ended)
     end
   end
 end
+local function remove(id)
+  local h = p .. ':p:' .. id
+  local f = redis.call('HMGET', h, 'status', 'kind')
+  if f[1] then redis.call('ZREM', p .. ':idx:status:' .. f[1], id) end
+  if f[2] then redis.call('ZREM', p .. ':idx:kind:' .. f[2], id) end
+  redis.call('ZREM', p .. ':idx:all', id)
+  redis.call('ZREM', p .. ':idx:started', id)
+  local root = redis.call('HGET', p .. ':root', id)
+  if root then redis.call('ZREM', p .. ':idx:root:' .. root, id) end
+  redis.call('DEL', h, p .. ':idx:root:' .. id)
+end
 local pos, blocked, waiting = {}, {}, {}
 local applied, maxseq, i = 0, 0, 3
 for _ = 1, n do
   local id, ver, seq, typ = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), ARGV[i + 3]
   local parent, occ, rec = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
   local kind, name, err = ARGV[i + 7], ARGV[i + 8], ARGV[i + 9]
-  local attrs, skip, started_us = ARGV[i + 10], ARGV[i + 11], ARGV[i + 12]
-  i = i + 13
+  local attrs, skip, started_us, pruned = ARGV[i + 10], ARGV[i + 11], ARGV[i + 12], ARGV[i + 13]
+  i = i + 14
   if pos[id] == nil then pos[id] = tonumber(redis.call('HGET', p .. ':pos', id) or '0') end
-  if blocked[id] then
+  if redis.call('HEXISTS', p .. ':pruned', id) == 1 then
+    -- a pruned process's later event: nothing (a rebuild never sees it either)
+  elseif blocked[id] then
     table.insert(waiting, seq)
   elseif ver == pos[id] + 1 then
     redis.call('HSET', p .. ':pos', id, ver)
     pos[id] = ver
     applied = applied + 1
     if seq > maxseq then maxseq = seq end
-    if skip ~= '1' then
+    if id == PRUNER then
+      if typ == 'process_pruned' and skip ~= '1' then prune(cjson.decode(pruned), seq, remove) end
+    elseif skip ~= '1' then
       local h = p .. ':p:' .. id
       if redis.call('HEXISTS', p .. ':first', id) == 0 then
         appear(id, seq, moved)
@@ -231,6 +252,7 @@ class ProcessesModel(ValkeyModel):
                 "",
                 1,
                 0,
+                "",
             ]
         body = body_of(e)
         life = lifecycle(e.event_type, body)
@@ -249,6 +271,7 @@ class ProcessesModel(ValkeyModel):
             life.attributes,
             0,
             0 if occ is None else occ // 1000,  # idx:started's score: µs (exact in a double)
+            json.dumps(pruned_ids(e)) if is_tombstone(e) else "",
         ]
 
     async def apply(self, events: Sequence[RecordedEvent]) -> Outcome:

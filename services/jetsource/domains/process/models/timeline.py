@@ -18,6 +18,7 @@ watch waits on; a watcher also polls, so a lost message only delays it).
 from __future__ import annotations
 
 import heapq
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,7 +26,8 @@ from valkey.asyncio import Valkey
 
 from jetsource._gen.process.v1.events_pb2 import StoredEvent
 from jetsource.core.envelope import RecordedEvent
-from jetsource.domains.process.models.common import SKIPPED, TREE_LUA, stored_event
+from jetsource.domains.process.models.common import PRUNE_LUA, SKIPPED, TREE_LUA, stored_event
+from jetsource.domains.process.pruning import PRUNER_ID, pruned_ids
 from jetsource.projection.contract import Kind, ModelSpec, Outcome, RebuildStrategy
 from jetsource.projection.valkey import CHECKPOINT_LUA, ValkeyModel, skipped, text, valkey_io
 
@@ -36,7 +38,22 @@ _APPLY = (
 local p, n = ARGV[1], tonumber(ARGV[2])
 """
     + TREE_LUA
+    + PRUNE_LUA
+    + f"""
+local PRUNER = '{PRUNER_ID}'
+"""
     + """
+local function remove(id)
+  local root = redis.call('HGET', p .. ':root', id)
+  local seqs = redis.call('ZRANGE', p .. ':tl:' .. id, 0, -1)
+  for k = 1, #seqs, 500 do
+    local part = {unpack(seqs, k, math.min(k + 499, #seqs))}
+    redis.call('HDEL', p .. ':ev', unpack(part))
+    redis.call('ZREM', p .. ':all', unpack(part))
+    if root then redis.call('ZREM', p .. ':tree:' .. root, unpack(part)) end
+  end
+  redis.call('DEL', p .. ':tl:' .. id, p .. ':tree:' .. id)
+end
 local function moved(node, old, new)
   if node == old then
     redis.call('ZUNIONSTORE', p .. ':tree:' .. new, 2, p .. ':tree:' .. new, p .. ':tree:' .. old)
@@ -47,17 +64,22 @@ local pos, blocked, waiting = {}, {}, {}
 local applied, maxseq, i = 0, 0, 3
 for _ = 1, n do
   local id, ver, seq = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
-  local parent, entry, skip = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
-  i = i + 6
+  local parent, entry, skip, typ = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
+  i = i + 7
   if pos[id] == nil then pos[id] = tonumber(redis.call('HGET', p .. ':pos', id) or '0') end
-  if blocked[id] then
+  if redis.call('HEXISTS', p .. ':pruned', id) == 1 then
+    -- a pruned process's later event: nothing (a rebuild never sees it either)
+  elseif blocked[id] then
     table.insert(waiting, seq)
   elseif ver == pos[id] + 1 then
     redis.call('HSET', p .. ':pos', id, ver)
     pos[id] = ver
     applied = applied + 1
     if seq > maxseq then maxseq = seq end
-    if skip ~= '1' then
+    if id == PRUNER then
+      -- the tombstone names the pruned processes (in ``entry``); not a timeline event
+      if typ == 'process_pruned' and skip ~= '1' then prune(cjson.decode(entry), seq, remove) end
+    elseif skip ~= '1' then
       if redis.call('HEXISTS', p .. ':first', id) == 0 then appear(id, seq, moved) end
       declare(id, parent, seq, moved)
       redis.call('HSET', p .. ':ev', seq, entry)
@@ -139,7 +161,10 @@ class ProcessTimelineModel(ValkeyModel):
         args: list[Any] = [self.ns, len(events)]
         for e in events:
             if e.event_type == SKIPPED and not e.envelope.payload:
-                args += [e.aggregate_id, e.version, e.stream_seq, "", "", 1]
+                args += [e.aggregate_id, e.version, e.stream_seq, "", "", 1, SKIPPED]
+            elif e.aggregate_id == PRUNER_ID:
+                ids = json.dumps(pruned_ids(e))
+                args += [e.aggregate_id, e.version, e.stream_seq, "", ids, 0, e.event_type]
             else:
                 entry = stored_event(e).SerializeToString(deterministic=True)
                 args += [
@@ -149,6 +174,7 @@ class ProcessTimelineModel(ValkeyModel):
                     e.envelope.parent_aggregate_id,
                     entry,
                     0,
+                    e.event_type,
                 ]
         applied, raw_waiting = await valkey_io(self._apply(args=args))
         waiting = {int(s) for s in raw_waiting}
