@@ -29,6 +29,7 @@ from typing import Any
 from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
 from jetsource.core.errors import ValidationError
 from jetsource.eventstore import jsapi
+from jetsource.eventstore.jetstream import JetStreamEventStore
 from jetsource.projection import admin
 from jetsource.projection.bootstrap import Projection
 from jetsource.projection.snapshots import SnapshotModel
@@ -71,9 +72,9 @@ def check_subject(subject: str) -> None:
         )
 
 
-async def _holders(p: Projection, domain: str, ref: bytes) -> tuple[list[str], int]:
-    """Aggregates of a domain with a box under ``ref``, and how many events were read."""
-    store = p.domain_store(domain)
+async def holders(store: JetStreamEventStore, ref: bytes) -> tuple[list[str], int]:
+    """Aggregates of a store's stream with a box under ``ref``, and how many events
+    were read (envelopes only: no payload is decoded, no key is needed)."""
     await store.start()
     cfg = store.settings
     found: dict[str, None] = {}
@@ -112,10 +113,10 @@ async def erase_subject(
     for store in stores[1:]:  # this process's other key stores forget it now too
         store.keys.forget(ref)
     for domain in p.domains:
-        holders, seen = await _holders(p, domain.name, ref)
+        found, seen = await holders(p.domain_store(domain.name), ref)
         report.scanned += seen
-        if holders:
-            report.aggregates[domain.name] = holders
+        if found:
+            report.aggregates[domain.name] = found
     if not report.aggregates:
         report.seconds = time.perf_counter() - started
         return report
