@@ -365,3 +365,66 @@ def test_erase_refuses_bad_input_before_connecting() -> None:
     assert blank.returncode == 2, blank.stderr
     error = json.loads(blank.stderr.strip().splitlines()[-1])["error"]
     assert error["code"] == "usage" and "subject" in error["message"]
+
+
+async def test_an_erase_that_fails_half_way_is_finished_by_running_it_again(
+    settings: JetsourceSettings, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model that cannot be written during the erase is reported (exit 1 from the
+    CLI) and left as it was; the key is gone already, so running the erase again
+    finds the same aggregates and finishes the work. Nothing is lost or done twice."""
+    from jetsource.projection import admin, erasure
+
+    monkeypatch.setattr(erasure, "GRACE_S", 0.05)
+    alice = f"alice-{unique}"
+    base = projector_settings(settings, unique)
+    service = ProjectorService(await open_projection(base))
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    p = await open_projection(base, provision=False)
+    try:
+        await p.store.append(
+            "s1",
+            [
+                NewEvent(ev.ContextCreated(title="T", created_by=alice), metadata={"actor": alice}),
+                NewEvent(ev.DecisionAdded(decision_id="d1", author=alice, title="D")),
+            ],
+            0,
+        )
+        for _ in range(200):
+            with contextlib.suppress(AssertionError):
+                dump = await valkey_dump(settings, f"t{unique}")
+                if dump.count(alice) >= 2 and "timeline" in dump:
+                    break
+            await asyncio.sleep(0.05)
+        assert alice in await valkey_dump(settings, f"t{unique}")
+
+        real = admin.replay
+
+        async def timeline_away(q: Any, name: str, **kw: Any) -> Any:
+            if name == "timeline":
+                raise ConnectionError("Valkey away")
+            return await real(q, name, **kw)
+
+        monkeypatch.setattr(admin, "replay", timeline_away)
+        first = await erasure.erase_subject(p, alice)
+        assert first.key_destroyed and first.aggregates == {"context": ["s1"]}
+        assert first.failed and all(f.startswith("timeline s1") for f in first.failed)
+        assert first.models["context"]["aggregates"] == 1
+        monkeypatch.setattr(admin, "replay", real)
+
+        second = await erasure.erase_subject(p, alice)
+        assert not second.key_destroyed and not second.failed
+        assert second.aggregates == {"context": ["s1"]}
+        assert alice not in await valkey_dump(settings, f"t{unique}")
+        events = await p.store.read_aggregate("s1")
+        assert [e.version for e in events] == [1, 2]
+        assert [e.event.created_by for e in events[:1]] == [ERASED]  # type: ignore[union-attr]
+    finally:
+        stop.set()
+        await asyncio.gather(task, return_exceptions=True)
+        for name in ("context", "timeline", "graph"):
+            with contextlib.suppress(Exception):
+                await service.projection.model(name, 1).drop()
+        await service.projection.close()
+        await p.close()

@@ -145,10 +145,16 @@ async def _write_again(p: Projection, report: ErasureReport, progress: Progress)
             if not ids:
                 continue
             try:
-                model = p.model(name, (await admin._control(p, name)).active)
+                control = await p.control.get(name)
             except Exception as exc:
-                entry["failed"]["*"] = f"not reachable: {exc}"
+                entry["failed"]["*"] = f"control not readable: {exc!r}"
                 continue
+            pinned = p.domains.decl(name).pinned_version
+            if control is None and pinned is None:
+                entry["not_built"] = True  # never run here: nothing of it to write again
+                continue
+            # A pinned model (snapshots) is at its pinned version whoever runs it.
+            model = p.model(name, control.active if control is not None else pinned or 1)
             for agg in ids:
                 try:
                     if isinstance(model, SnapshotModel):
