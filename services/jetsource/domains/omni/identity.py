@@ -182,7 +182,10 @@ class IdentityService:
         # then claim the handle for it.
         identity_id = first_contact_identity(provider, external_id)
         name = (metadata or {}).get("display_name", "")
-        result = await self._store.append(
+        # Two appends, each idempotent by its derived event id (an atomic batch of two
+        # costs several times one publish): a crash between them is finished by the
+        # next resolve, which finds the first stored and writes the second.
+        created = await self._store.append(
             identity_id,
             [
                 NewEvent(
@@ -191,7 +194,13 @@ class IdentityService:
                     ),
                     event_id=stable_uuid(identity_id, "created"),
                     source="jetsource-ingest",
-                ),
+                )
+            ],
+            NO_STREAM,
+        )
+        await self._store.append(
+            identity_id,
+            [
                 NewEvent(
                     ExternalIdLinked(
                         identity_id=identity_id,
@@ -203,9 +212,9 @@ class IdentityService:
                     ),
                     event_id=stable_uuid(identity_id, "linked", provider, external_id),
                     source="jetsource-ingest",
-                ),
+                )
             ],
-            NO_STREAM,
+            1,
         )
         try:
             await kv.create(key, identity_id.encode())
@@ -214,7 +223,7 @@ class IdentityService:
             entry = await kv.get(key)
             claimed = entry.value.decode() if entry.value else identity_id
         self._remember(key, claimed)
-        return Resolved(claimed, not result.duplicate and claimed == identity_id)
+        return Resolved(claimed, not created.duplicate and claimed == identity_id)
 
     # -- admin: link and merge --------------------------------------------------------------
 
