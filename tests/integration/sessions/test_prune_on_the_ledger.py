@@ -179,7 +179,7 @@ async def cli_list(
     env = {k: v for k, v in os.environ.items() if not k.startswith("JETSOURCE_")}
     env.update(
         {
-            "JETSOURCE_NATS__URL": settings.nats.url,
+            "JETSOURCE_NATS__URL": settings.nats_url(),
             "JETSOURCE_SESSIONS__READER": "query",
             "JETSOURCE_SESSIONS__PROCESS_QUERY": f"127.0.0.1:{stack.query.port}",
         }
