@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import json
 import re
 import sys
@@ -201,6 +202,7 @@ async def collect_async() -> list[Statement]:
         await model.close()
     for prefix in ("", "t1"):
         await _drive_process_graph(recorder, prefix)
+        await _drive_fence(recorder, prefix)
     return recorder.statements
 
 
@@ -262,6 +264,59 @@ async def _drive_process_graph(recorder: Recorder, prefix: str) -> None:
     await model.digest()
     await model.drop()
     await model.close()
+
+
+class _FenceTx(_Tx):
+    """Answers a partition fence's reads with a scripted stored token (None: no
+    fence node yet), so every branch of claim and check runs."""
+
+    def __init__(self, recorder: Recorder, stored: int | None) -> None:
+        super().__init__(recorder)
+        self._stored = stored
+
+    def run(self, query: str, **params: Any) -> Awaitable[_Result]:
+        self._recorder.record(query, params)
+        rows = [] if self._stored is None else [_Record({"t": self._stored}, params)]
+        return _result(rows)
+
+
+class _FenceSession(_Session):
+    def __init__(self, recorder: Recorder, stored: int | None) -> None:
+        super().__init__(recorder)
+        self._stored = stored
+
+    async def execute_write(self, work: Callable[[_Tx], Awaitable[T]]) -> T:  # type: ignore[override]
+        return await work(_FenceTx(self._recorder, self._stored))
+
+
+class _FenceDriver(RecordingDriver):
+    def __init__(self, recorder: Recorder, stored: int | None) -> None:
+        super().__init__(recorder)
+        self.stored = stored
+
+    def session(self, **_: Any) -> _Session:
+        return _FenceSession(self.recorder, self.stored)
+
+
+async def _drive_fence(recorder: Recorder, prefix: str) -> None:
+    """The fencing statements of a partitioned graph model (projection/graph.py)."""
+    from jetsource.projection.graph import FencedDriver
+    from jetsource.projection.partitions import Fence, FencedError
+
+    async def held() -> bool:
+        return True
+
+    async def nothing(tx: Any) -> None:
+        return None
+
+    for stored in (None, 3, 5, 9):  # no fence node, an older token, ours, a newer one
+        fence = Fence("g", 0, 5, held)
+        driver = FencedDriver(_FenceDriver(recorder, stored), fence, prefix, "neo4j")  # type: ignore[arg-type]
+        with contextlib.suppress(FencedError):
+            await driver.claim()
+        async with driver.session(database="neo4j") as session:
+            with contextlib.suppress(FencedError):
+                await session.execute_write(nothing)
 
 
 def collect() -> list[Statement]:
