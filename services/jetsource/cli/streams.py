@@ -35,6 +35,8 @@ from jetsource.core.clock import format_rfc3339_ns, now_ns
 from jetsource.core.errors import JetsourceError
 from jetsource.eventstore import jsapi
 from jetsource.eventstore.bootstrap import connect, redact_url, release
+from jetsource.eventstore.jetstream import stream_config
+from jetsource.eventstore.reshape import lift_deny_purge
 from jetsource.projection.bootstrap import Projection, open_projection
 from jetsource.projection.deadletters import H_SUBJECT
 from jetsource.projection.settings import ProjectorSettings
@@ -107,6 +109,23 @@ async def wait_for_nats(url: str, deadline: float) -> None:
         await asyncio.sleep(0.5)
 
 
+def _domain_stream(store: Any, replies: jsapi.Replies, timeout: float) -> Any:
+    """Ensure a domain's stream; one made with deny_purge whose policy now allows
+    purges (the process ledger's, for the sessions pruner) is moved to the new
+    configuration under its name, every message at its sequence (eventstore.reshape)."""
+
+    async def ensure() -> None:
+        wanted = stream_config(store.settings)
+        info = await _config(replies, wanted["name"], timeout)
+        held = await _config(replies, f"{wanted['name']}_RESHAPE", timeout)
+        stuck = info is not None and info["config"].get("deny_purge")
+        if not wanted["deny_purge"] and (stuck or held is not None):
+            await lift_deny_purge(replies, wanted, timeout, lambda m: console.print(m))
+        await store.ensure_streams()
+
+    return ensure
+
+
 async def ensure_all(settings: ProjectorSettings) -> list[Provisioned]:
     """Provision every stream jetsource needs; say per stream what was done."""
     p: Projection = await open_projection(settings, provision=False)
@@ -117,6 +136,11 @@ async def ensure_all(settings: ProjectorSettings) -> list[Provisioned]:
         replicas = settings.eventstore.replicas
         steps: list[tuple[str, str, Any]] = [
             ("events", settings.eventstore.stream, p.store.ensure_streams),
+            # Every other registered domain's event stream (its descriptor's policy).
+            *(
+                (f"{name} events", store.settings.stream, _domain_stream(store, replies, timeout))
+                for name, store in list(p.stores.items())[1:]
+            ),
             ("snapshots", settings.snapshots.stream, p.snapshots.ensure_stream),
             (
                 "dead letters",
