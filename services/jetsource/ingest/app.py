@@ -16,7 +16,7 @@ import logging
 import time
 from typing import Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
@@ -74,6 +74,10 @@ def _error(status: int, code: str, message: str, field: str | None = None) -> JS
     if field:
         error["field"] = field
     return JSONResponse({"error": error}, status_code=status)
+
+
+class Unauthenticated(Exception):
+    pass
 
 
 class StatusUpdate(BaseModel):
@@ -144,17 +148,23 @@ def create_app(
         log.error("%s failed", request.url.path, exc_info=exc)
         return _error(500, "internal", "internal error; it was logged")
 
-    @app.middleware("http")
-    async def _auth(request: Request, call_next: Any) -> Response:
-        if tokens and request.url.path.startswith("/api/"):
-            given = request.headers.get("authorization", "")
-            token = given.removeprefix("Bearer ").encode()
-            if not given.startswith("Bearer ") or not any(
-                hmac.compare_digest(token, t) for t in tokens
-            ):
-                return _error(401, "unauthenticated", "Authorization: Bearer <token> required")
-        response: Response = await call_next(request)
-        return response
+    async def authenticated(request: Request) -> None:
+        """/api/v1/ asks for a bearer token when tokens are configured. (A dependency,
+        not an HTTP middleware: those wrap every request's body stream, webhooks too.)"""
+        if not tokens:
+            return
+        given = request.headers.get("authorization", "")
+        token = given.removeprefix("Bearer ").encode()
+        if not given.startswith("Bearer ") or not any(
+            hmac.compare_digest(token, t) for t in tokens
+        ):
+            raise Unauthenticated()
+
+    @app.exception_handler(Unauthenticated)
+    async def _unauthenticated(request: Request, exc: Unauthenticated) -> JSONResponse:
+        return _error(401, "unauthenticated", "Authorization: Bearer <token> required")
+
+    api = APIRouter(prefix="/api/v1", dependencies=[Depends(authenticated)])
 
     # -- webhooks ----------------------------------------------------------------------
 
@@ -208,7 +218,7 @@ def create_app(
 
     # -- reads -----------------------------------------------------------------------------
 
-    @app.get("/api/v1/events", tags=["reads"])
+    @api.get("/events", tags=["reads"])
     async def recent_events(
         instance: str = "",
         provider: str = "",
@@ -236,7 +246,7 @@ def create_app(
         )
         return {"events": [as_json(e) for e in events], "next_page_token": token}
 
-    @app.get("/api/v1/events/{event_id}", tags=["reads"])
+    @api.get("/events/{event_id}", tags=["reads"])
     async def get_event(event_id: str, include_raw: bool = False) -> dict[str, Any]:
         view = await reads.event(event_id)
         out: dict[str, Any] = {"event": as_json(view)}
@@ -245,7 +255,7 @@ def create_app(
             out["raw"] = raw_json(raw) if raw is not None else None
         return out
 
-    @app.post("/api/v1/events/{event_id}/status", tags=["processing"])
+    @api.post("/events/{event_id}/status", tags=["processing"])
     async def set_status(event_id: str, update: StatusUpdate) -> dict[str, Any]:
         """Record a processing step (received -> processing -> completed/failed)."""
         version = await record_status(
@@ -259,14 +269,14 @@ def create_app(
         )
         return {"event_id": event_id, "version": version}
 
-    @app.get("/api/v1/raw/{raw_id}", tags=["reads"])
+    @api.get("/raw/{raw_id}", tags=["reads"])
     async def get_raw(raw_id: str) -> dict[str, Any]:
         raw = await reads.raw_payload(raw_id)
         if raw is None:
             raise NotFoundError(f"no raw payload {raw_id!r}", "raw_id")
         return raw_json(raw)
 
-    @app.get("/api/v1/conversations/{provider}/{instance}/{conversation_id}", tags=["reads"])
+    @api.get("/conversations/{provider}/{instance}/{conversation_id}", tags=["reads"])
     async def conversation(
         provider: str, instance: str, conversation_id: str, page_size: int = 0, page_token: str = ""
     ) -> dict[str, Any]:
@@ -275,18 +285,18 @@ def create_app(
         )
         return {"events": [as_json(e) for e in events], "next_page_token": token}
 
-    @app.get("/api/v1/identities", tags=["reads"])
+    @api.get("/identities", tags=["reads"])
     async def identities(
         provider: str = "", include_merged: bool = False, page_size: int = 0, page_token: str = ""
     ) -> dict[str, Any]:
         found, token = await reads.identities(provider, include_merged, page_size, page_token)
         return {"identities": [as_json(i) for i in found], "next_page_token": token}
 
-    @app.get("/api/v1/identities/{identity_id}", tags=["reads"])
+    @api.get("/identities/{identity_id}", tags=["reads"])
     async def identity(identity_id: str) -> dict[str, Any]:
         return {"identity": as_json(await reads.identity(identity_id))}
 
-    @app.get("/api/v1/identities/{identity_id}/timeline", tags=["reads"])
+    @api.get("/identities/{identity_id}/timeline", tags=["reads"])
     async def timeline(
         identity_id: str, page_size: int = 0, page_token: str = ""
     ) -> dict[str, Any]:
@@ -297,9 +307,11 @@ def create_app(
             "next_page_token": token,
         }
 
-    @app.get("/api/v1/handles/{provider}/{external_id}", tags=["reads"])
+    @api.get("/handles/{provider}/{external_id}", tags=["reads"])
     async def find_identity(provider: str, external_id: str) -> dict[str, Any]:
         return {"identity": as_json(await reads.find(provider, external_id))}
+
+    app.include_router(api)
 
     @app.get("/metrics", tags=["health"], response_model=None)
     async def metrics() -> Response:

@@ -315,3 +315,23 @@ async def test_reads_over_rest_and_grpc_agree_and_status_is_event_sourced(
         with pytest.raises(grpc.aio.AioRpcError) as bad_page:
             await stub.ListRecentEvents(pb.ListRecentEventsRequest(page_size=100_000), timeout=5)
         assert bad_page.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_api_tokens_guard_the_reads_not_the_webhooks(ingest: Ingest) -> None:
+    from jetsource.ingest.app import create_app
+
+    app = create_app(ingest.intake, ingest.reads, ingest.store, ["reader-token"])
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://ingest"
+    ) as http:
+        refused = await http.get("/api/v1/identities")
+        assert refused.status_code == 401
+        assert refused.json()["error"]["code"] == "unauthenticated"
+        wrong = await http.get("/api/v1/identities", headers={"authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        ok = await http.get("/api/v1/identities", headers={"authorization": "Bearer reader-token"})
+        assert ok.status_code == 200
+        f = fixture(TEXT)
+        hook = await post(http, f.instance, body_of(TEXT))  # signed by the provider instead
+        assert hook.status_code == 200
+        assert (await http.get("/openapi.json")).json()["info"]["title"] == "jetsource-ingest"

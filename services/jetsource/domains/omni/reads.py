@@ -8,6 +8,7 @@ stream sequence of the page's last event, and the next page starts below it.
 from __future__ import annotations
 
 import heapq
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -136,6 +137,20 @@ class OmniReads:
         self.raw = raw
         self._seq_at_time = seq_at_time
         self.max_page_size = max_page_size
+        self._default_floor: tuple[float, int] | None = None
+
+    async def _floor(self, since_ns: int | None) -> int:
+        """The first stream sequence at or after ``since`` (default: 24 h ago). The
+        default window's floor is looked up at most once a second (it moves with the
+        clock, a second is nothing against 24 h), so a read costs no NATS round trip."""
+        if since_ns is None:
+            at = time.monotonic()
+            if self._default_floor is not None and at - self._default_floor[0] < 1.0:
+                return self._default_floor[1]
+            floor = await self._seq_at_time(now_ns() - DAY_NS) + 1
+            self._default_floor = (at, floor)
+            return floor
+        return (await self._seq_at_time(since_ns)) + 1 if since_ns > 0 else 1
 
     async def ns(self, model: str) -> str:
         return f"{self.prefix}:{model}:v{await self._active(model)}"
@@ -156,8 +171,7 @@ class OmniReads:
     ) -> tuple[list[EventView], str]:
         size = page_size(size, self.max_page_size)
         top = below(token)
-        since = now_ns() - DAY_NS if since_ns is None else since_ns
-        floor = (await self._seq_at_time(since)) + 1 if since > 0 else 1
+        floor = await self._floor(since_ns)
         ns = await self.ns(OMNI_EVENTS)
         keys = filters.keys() or ["r:all"]
         if len(keys) > 1:
