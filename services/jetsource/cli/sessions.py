@@ -218,7 +218,11 @@ def prune(
     output: Mode | None = OUTPUT,
 ) -> None:
     """Remove ended (completed or failed) sessions, with every process nested under
-    them, by age and by count. Active and interrupted sessions are never removed."""
+    them, by age and by count. Active and interrupted sessions are never removed.
+
+    Each tree is announced by a tombstone on the ledger (the read models forget it),
+    then purged from the stream with its idempotency claims; a run killed midway is
+    finished by the next. Needs the pruner's NATS user (the only one allowed to purge)."""
     _use(output)
     age = parse_duration(older_than) if older_than is not None else None
     interval = (
@@ -234,6 +238,8 @@ def prune(
                 out.emit_json(report.to_dict())
             else:
                 verb = "would remove" if dry_run else "removed"
+                if report.resumed:
+                    out.line(f"finished {report.resumed} prunes an interrupted run had begun")
                 out.line(
                     f"{verb} {len(report.pruned)} sessions ({report.processes} processes, "
                     f"{report.events} events); kept {report.kept}"

@@ -35,6 +35,7 @@ from jetsource.domains.sessions.emit import Session, session
 from jetsource.domains.sessions.ledger import ObserverWriter, ProcessSummary
 from jetsource.domains.sessions.service import Sessions
 from jetsource.domains.sessions.settings import SessionsAppSettings, SessionsSettings
+from jetsource.eventstore import jsapi
 from jetsource.projection.bootstrap import Projection, open_projection
 from tests.e2e.test_process_query import MODELS, Stack, stack  # noqa: F401  (the fixture)
 from tests.projector_fixtures import projector_settings
@@ -58,6 +59,15 @@ async def client(
         # Only this test's sessions: PROCESS_EVENTS is shared by the session's tests.
         c.sessions = Sessions(Only(c.sessions.reader, unique), c.sessions.settings)
         yield c
+        # PROCESS_EVENTS is shared: later tests fold it without knowing of pruning, so
+        # the pruner's events go (a fresh model then sees this test's late event as an
+        # ordinary process).
+        await jsapi.api(
+            c.purger._replies,
+            "STREAM.PURGE.PROCESS_EVENTS",
+            {"filter": f"process.events.{PRUNER_ID}.>"},
+            5.0,
+        )
 
 
 class Only:
