@@ -204,8 +204,8 @@ class JetStreamEventStore:
 
         A stream created with deny_purge keeps it: the server never lets it go. Its
         other settings are still brought up to date and it stays purge-denied (the
-        answer's config says so); moving it to a purgeable stream is an operator's
-        step (``jetsource streams ensure`` names it)."""
+        answer's config says so); ``jetsource streams ensure`` moves a domain's stream
+        whose policy now allows purges (``jetsource.eventstore.reshape``)."""
         await self.start()
         config = stream_config(self._cfg)
         try:
