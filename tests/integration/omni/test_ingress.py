@@ -335,3 +335,47 @@ async def test_api_tokens_guard_the_reads_not_the_webhooks(ingest: Ingest) -> No
         hook = await post(http, f.instance, body_of(TEXT))  # signed by the provider instead
         assert hook.status_code == 200
         assert (await http.get("/openapi.json")).json()["info"]["title"] == "jetsource-ingest"
+
+
+async def test_filtered_recent_events_page_through_exactly_the_matching_ones(
+    ingest: Ingest, projection: Projection
+) -> None:
+    from jetsource._gen.omni.v1.events_pb2 import (
+        DIRECTION_INBOUND,
+        DIRECTION_OUTBOUND,
+        EVENT_TYPE_MESSAGE,
+        EVENT_TYPE_STATUS,
+        NormalizedEvent,
+    )
+    from jetsource.core.envelope import NO_STREAM, NewEvent
+    from jetsource.domains.omni.reads import Filters
+
+    ids = []
+    for i in range(150):
+        e = NormalizedEvent(
+            id=f"ev-{i:04d}",
+            provider="whatsapp" if i % 2 else "discord",
+            provider_event_id=f"p{i}",
+            instance_name=f"inst{i % 3}",
+            event_type=EVENT_TYPE_STATUS if i % 5 == 0 else EVENT_TYPE_MESSAGE,
+            direction=DIRECTION_OUTBOUND if i % 7 == 0 else DIRECTION_INBOUND,
+        )
+        await ingest.store.append(e.id, [NewEvent(e)], NO_STREAM)
+        ids.append(e)
+    await caught_up(projection)
+    cases = [
+        Filters(instance="inst1", event_type="status"),
+        Filters(provider="whatsapp", direction="outbound"),
+        Filters(instance="inst2", provider="discord", event_type="message", direction="inbound"),
+        Filters(instance="inst0"),
+    ]
+    for filters in cases:
+        want = [e.id for e in reversed(ids) if filters.match(e)]
+        got: list[str] = []
+        token = ""
+        for _ in range(100):
+            page, token = await ingest.reads.recent(filters, None, 7, token)
+            got += [v.event.id for v in page]
+            if not token:
+                break
+        assert got == want, filters

@@ -43,6 +43,40 @@ DEFAULT_PAGE = 50
 SCAN_LIMIT = 5_000
 
 
+# Walks the narrowest index newest first and keeps the events whose filter fields match,
+# in Valkey (one round trip however many it has to look at). KEYS[1]: the index;
+# ARGV: namespace, top score, floor score, how many, scan limit, instance, provider,
+# type, direction ("" = any). Returns the ids and scores found, and the score to go on
+# from ("" when the index is exhausted).
+_FILTER_LUA = """
+local ns, top, floor = ARGV[1], ARGV[2], ARGV[3]
+local want, limit = tonumber(ARGV[4]), tonumber(ARGV[5])
+local wanted = {ARGV[6], ARGV[7], ARGV[8], ARGV[9]}
+local out, scanned = {}, 0
+while scanned < limit do
+  local rows = redis.call('ZREVRANGEBYSCORE', KEYS[1], top, floor, 'WITHSCORES', 'LIMIT', 0, 256)
+  if #rows == 0 then return {out, ''} end
+  for j = 1, #rows, 2 do
+    local id, score = rows[j], rows[j + 1]
+    scanned = scanned + 1
+    local f = redis.call('HMGET', ns .. ':e:' .. id, 'i', 'p', 't', 'd')
+    local ok = true
+    for k = 1, 4 do
+      if wanted[k] ~= '' and f[k] ~= wanted[k] then ok = false end
+    end
+    if ok then
+      out[#out + 1] = id
+      out[#out + 1] = score
+      if #out / 2 >= want then return {out, score} end
+    end
+    top = '(' .. score
+  end
+  if #rows < 512 then return {out, ''} end
+end
+return {out, string.sub(top, 2)}
+"""
+
+
 class NotFoundError(JetsourceError):
     def __init__(self, message: str, field: str = "") -> None:
         super().__init__(message)
@@ -138,6 +172,7 @@ class OmniReads:
         self._seq_at_time = seq_at_time
         self.max_page_size = max_page_size
         self._default_floor: tuple[float, int] | None = None
+        self._filter = redis.register_script(_FILTER_LUA)
 
     async def _floor(self, since_ns: int | None) -> int:
         """The first stream sequence at or after ``since`` (default: 24 h ago). The
@@ -180,36 +215,47 @@ class OmniReads:
                 pipe.zcard(f"{ns}:{k}")
             sizes = await valkey_io(pipe.execute())
             keys = [k for _, k in sorted(zip(sizes, keys, strict=True))]
-        index, exact = f"{ns}:{keys[0]}", len(keys) == 1
-        out: list[EventView] = []
-        scanned = 0
-        while len(out) < size and top >= floor:
-            want = size - len(out) if exact else max(2 * (size - len(out)), 100)
-            rows = await valkey_io(
-                self.redis.zrevrangebyscore(
-                    index,
+        index = f"{ns}:{keys[0]}"
+        if len(keys) > 1:
+            return await self._filtered(ns, index, filters, top, floor, size)
+        rows = await valkey_io(
+            self.redis.zrevrangebyscore(
+                index,
+                "+inf" if top == float("inf") else int(top),
+                floor,
+                start=0,
+                num=size,
+                withscores=True,
+            )
+        )
+        views = await self._views(ns, [_text(m) for m, _ in rows])
+        out = [v for v in views if v is not None]
+        more = len(rows) == size
+        return out, str(int(rows[-1][1])) if more and rows else ""
+
+    async def _filtered(
+        self, ns: str, index: str, filters: Filters, top: float, floor: int, size: int
+    ) -> tuple[list[EventView], str]:
+        found, go_on = await valkey_io(
+            self._filter(
+                keys=[index],
+                args=[
+                    ns,
                     "+inf" if top == float("inf") else int(top),
                     floor,
-                    start=0,
-                    num=want,
-                    withscores=True,
-                )
+                    size,
+                    SCAN_LIMIT,
+                    filters.instance,
+                    filters.provider,
+                    filters.event_type,
+                    filters.direction,
+                ],
             )
-            if not rows:
-                return out, ""
-            views = await self._views(ns, [_text(m) for m, _ in rows])
-            for (_, score), view in zip(rows, views, strict=True):
-                top = int(score) - 1
-                scanned += 1
-                if view is not None and (exact or filters.match(view.event)):
-                    out.append(view)
-                    if len(out) == size:
-                        return out, str(int(score))
-            if scanned >= SCAN_LIMIT:
-                return out, str(top + 1)
-            if len(rows) < want:
-                return out, ""
-        return out, ""
+        )
+        ids = [_text(found[i]) for i in range(0, len(found), 2)]
+        views = await self._views(ns, ids)
+        out = [v for v in views if v is not None]
+        return out, str(int(float(_text(go_on)))) if go_on else ""
 
     async def event(self, event_id: str) -> EventView:
         validate_aggregate_id(event_id, "event_id")
