@@ -160,7 +160,8 @@ class ProcessGraphModel:
                 f"MATCH (n:{P}) WHERE n.id IN $ids "
                 f"OPTIONAL MATCH (n)-[:CHILD_OF]->(q:{P}) "
                 f"OPTIONAL MATCH (n)-[:AWAITS]->(x:{E}) "
-                "RETURN n.version AS version, collect(DISTINCT q.id) AS parents, "
+                # grouped by process: two pruned processes of one version are two
+                "RETURN n.id AS id, n.version AS version, collect(DISTINCT q.id) AS parents, "
                 "collect(DISTINCT x.id) AS awaited",
                 ids=ids,
             )
@@ -170,6 +171,14 @@ class ProcessGraphModel:
                 parents.update(r["parents"])
                 awaited.update(r["awaited"])
             await tx.run(f"MATCH (x:{E}) WHERE x.process IN $ids DETACH DELETE x", ids=ids)
+            # A surviving process caused by a pruned one waits for those causes again,
+            # as it does in a rebuild from the purged stream.
+            await tx.run(
+                f"MATCH (w:{P})-[r:CAUSED_BY]->(q:{P}) WHERE q.id IN $ids AND NOT w.id IN $ids "
+                "UNWIND coalesce(r.causes, []) AS cause "
+                f"MERGE (x:{E} {{id: cause}}) MERGE (w)-[:AWAITS]->(x)",
+                ids=ids,
+            )
             await tx.run(f"MATCH (n:{P}) WHERE n.id IN $ids DETACH DELETE n", ids=ids)
             # Parents named only by pruned processes, and causes only they awaited, are
             # placeholders a rebuild would not make.
@@ -302,8 +311,12 @@ class ProcessGraphModel:
                     "WHERE x.id IN $ids AND x.process IS NOT NULL "
                     f"MATCH (q:{P} {{id: x.process}}) "
                     "DELETE a "
-                    "WITH w, q WHERE w.id <> q.id "
-                    "MERGE (w)-[:CAUSED_BY]->(q)",
+                    "WITH w, q, x WHERE w.id <> q.id "
+                    "MERGE (w)-[r:CAUSED_BY]->(q) "
+                    # the causes behind the edge: a prune of q turns them back into
+                    # the AWAITS a rebuild (which never sees q's events) makes
+                    "SET r.causes = CASE WHEN x.id IN coalesce(r.causes, []) "
+                    "THEN r.causes ELSE coalesce(r.causes, []) + x.id END",
                     ids=touched,
                 )
             await tx.run(
