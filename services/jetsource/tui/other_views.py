@@ -17,6 +17,7 @@ from jetsource.domains.sessions.format import format_ts, parse_ts
 from jetsource.domains.sessions.ledger import ProcessSummary
 from jetsource.domains.sessions.record import session_status
 from jetsource.tui.backend import Backend, StackDown
+from jetsource.tui.lifecycle import while_shown
 from jetsource.tui.session_view import Banner, styled
 
 
@@ -56,6 +57,7 @@ class ProcessesScreen(Screen[None]):
             self.reload()
 
     @work(group="processes")
+    @while_shown
     async def reload(self) -> None:
         if self._reading:
             return
@@ -196,6 +198,7 @@ class ContextsScreen(Screen[None]):
         return answer
 
     @work(exclusive=True, group="context")
+    @while_shown
     async def show_latest(self) -> None:
         got = await self._ask(self.backend.context(self.context_id))
         if got is not None:
@@ -203,6 +206,7 @@ class ContextsScreen(Screen[None]):
             self._draw(got.context, "latest")
 
     @work(exclusive=True, group="context")
+    @while_shown
     async def show_version(self, version: int) -> None:
         got = await self._ask(self.backend.context_at_version(self.context_id, version))
         if got is not None:
@@ -210,6 +214,7 @@ class ContextsScreen(Screen[None]):
             self._draw(got.context, f"at version {version}")
 
     @work(exclusive=True, group="context")
+    @while_shown
     async def show_at_time(self, at_ns: int) -> None:
         got = await self._ask(self.backend.context_at_time(self.context_id, at_ns))
         if got is not None:

@@ -27,6 +27,7 @@ from jetsource.domains.sessions.progress import (
 )
 from jetsource.domains.sessions.record import ACTIVE, STATUSES
 from jetsource.tui.backend import Backend, StackDown
+from jetsource.tui.lifecycle import while_shown
 
 STATUS_STYLE = {
     WAITING: "dim",
@@ -121,6 +122,7 @@ class SessionsScreen(Screen[None]):
         return " ".join(words), tuple(statuses)
 
     @work(group="sessions-list")
+    @while_shown
     async def reload(self) -> None:
         if self._reading:
             return
@@ -230,6 +232,7 @@ class SessionScreen(Screen[None]):
     # -- loading and following ----------------------------------------------------------
 
     @work(exclusive=True, group="session-load")
+    @while_shown
     async def load(self) -> None:
         banner = self.query_one(Banner)
         while True:
@@ -249,6 +252,7 @@ class SessionScreen(Screen[None]):
             self.follow()
 
     @work(exclusive=True, group="session-follow")
+    @while_shown
     async def follow(self) -> None:
         banner = self.query_one(Banner)
         while self.live:
