@@ -51,6 +51,7 @@ from jetsource.domains.process.models.timeline import (
     ProcessTimelineModel,
     timeline_spec,
 )
+from jetsource.domains.sessions.format import SESSION_KIND, from_stored, to_message
 from jetsource.processquery.settings import ProcessQueryOptions
 from jetsource.processquery.tokens import PageTokens, invalid
 from jetsource.projection.contract import TransientError
@@ -655,7 +656,7 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
             return pid, model
 
         try:
-            pid, model = await check()
+            pid, _model = await check()
         except BaseException as exc:
             error = _error(exc)
             REQUESTS.labels("WatchProcess", error.code.name.lower() if error else "error").inc()
@@ -663,19 +664,63 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
                 raise error from exc
             raise
         REQUESTS.labels("WatchProcess", "ok").inc()
+        try:
+            async for e in self._watch(pid, request.subtree, request.after_global_seq):
+                yield pb.WatchProcessResponse(event=e)
+        finally:
+            LATENCY.labels("WatchProcess").observe(time.perf_counter() - started)
+
+    async def WatchSession(
+        self, request: pb.WatchSessionRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchSessionResponse]:
+        """A session's events from ``after_seq``, then live: the session root process's
+        timeline, each event mapped to the session format (domains/sessions/format.py);
+        ``seq`` is the root's ``process_seq``."""
+        started = time.perf_counter()
+
+        async def check() -> str:
+            sid = _process_id("session_id", request.session_id)
+            if request.after_seq < 0:
+                raise invalid("after_seq", f"must be >= 0, got {request.after_seq}")
+            row = await (await self.registry()).read(sid)
+            if row is None or row.kind != SESSION_KIND:
+                raise RpcError(grpc.StatusCode.NOT_FOUND, f"session {sid!r} not found")
+            return sid
+
+        try:
+            sid = await check()
+        except BaseException as exc:
+            error = _error(exc)
+            REQUESTS.labels("WatchSession", error.code.name.lower() if error else "error").inc()
+            if error is not None and error is not exc:
+                raise error from exc
+            raise
+        REQUESTS.labels("WatchSession", "ok").inc()
+        after = request.after_seq
+        try:
+            async for e in self._watch(sid, False, 0):
+                if e.process_seq <= after:
+                    continue
+                after = e.process_seq
+                yield pb.WatchSessionResponse(event=to_message(from_stored(e, sid)))
+        finally:
+            LATENCY.labels("WatchSession").observe(time.perf_counter() - started)
+
+    async def _watch(self, pid: str, subtree: bool, cursor: int) -> AsyncIterator[StoredEvent]:
+        """The events of ``pid`` (or its subtree) above global seq ``cursor``, then live."""
         pubsub = self.redis.pubsub()
+        model = await self.timeline()
         # Subscribe before the first read, so nothing applied between them is missed.
         try:
             await valkey_io(pubsub.subscribe(model.channel))
         except TransientError as exc:
             await pubsub.aclose()
             raise RpcError(grpc.StatusCode.UNAVAILABLE, f"store unavailable: {exc}") from exc
-        cursor = request.after_global_seq
         try:
             while True:
                 try:
                     model = await self.timeline()
-                    fetch = await self._fetcher(model, pid, request.subtree)
+                    fetch = await self._fetcher(model, pid, subtree)
                     seqs = await fetch(cursor, 500)
                     events = await model.events(seqs)
                 except _UNAVAILABLE as exc:
@@ -683,7 +728,7 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
                     seqs, events = [], []
                 for e in events:
                     cursor = e.global_seq
-                    yield pb.WatchProcessResponse(event=e)
+                    yield e
                 if seqs:
                     continue
                 try:
@@ -698,7 +743,6 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
             with contextlib.suppress(Exception):
                 await pubsub.unsubscribe()
                 await pubsub.aclose()
-            LATENCY.labels("WatchProcess").observe(time.perf_counter() - started)
 
 
 def _error(exc: BaseException) -> RpcError | None:

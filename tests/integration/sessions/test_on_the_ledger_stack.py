@@ -8,6 +8,7 @@ replay equals the follower's state, and a pruned session is gone."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import grpc
 import pytest
@@ -138,3 +139,106 @@ async def test_a_component_process_of_the_sdk_nests_under_the_session(
     assert (child.parent, child.kind, child.name) == (s.id, "provider", "anthropic call")
     tree = await Sessions(reader).tree(s.id)
     assert [c.process_id for c in tree[s.id]] == [p.process_id]
+
+
+async def test_watch_session_streams_an_active_session_from_a_seq_in_order(
+    stack: Stack,  # noqa: F811
+) -> None:
+    from jetsource._gen.process.v1 import query_pb2
+    from jetsource.domains.sessions.format import from_message
+
+    writer = ObserverWriter(stack.record)
+    live = Session(writer, "watch", argv=["w"])
+    await live.__aenter__()
+    for i in range(3):
+        live.emit("file_changed", {"path": f"f{i}", "n": i})
+    await live.flush()
+    reader = QueryReader(stack.reads)
+    for _ in range(200):  # the read models catch up
+        if len(await reader.events(live.id)) == 4:
+            break
+        await asyncio.sleep(0.05)
+    call = stack.reads.WatchSession(query_pb2.WatchSessionRequest(session_id=live.id, after_seq=2))
+    got: list[Any] = []
+
+    async def read() -> None:
+        async for reply in call:
+            got.append(from_message(reply.event))
+            if got[-1].type == "session_ended":
+                return
+
+    task = asyncio.create_task(read())
+    for _ in range(200):
+        if len(got) >= 2:
+            break
+        await asyncio.sleep(0.05)
+    assert [e.seq for e in got] == [3, 4]  # the backlog above seq 2, while still active
+    live.emit("file_changed", {"path": "late", "n": 9})  # committed while watched
+    await live.close()
+    await asyncio.wait_for(task, 30)
+    assert [e.seq for e in got] == [3, 4, 5, 6]
+    assert [e.type for e in got] == ["file_changed"] * 3 + ["session_ended"]
+    assert {e.session for e in got} == {live.id}
+    assert got[0].data == {"path": "f1", "n": 1}  # ints back as ints
+    assert got[2].data == {"path": "late", "n": 9}
+    assert got[-1].data["status"] == "completed"
+    assert all(e.ts_ns > 0 for e in got)
+    # The same as the export, mapped in one place (format.py).
+    exported = {r.event.seq: r.event for r in await reader.events(live.id)}
+    assert all(exported[e.seq] == e for e in got)
+    # From 0: session_started is seq 1.
+    first = stack.reads.WatchSession(query_pb2.WatchSessionRequest(session_id=live.id))
+    async for reply in first:
+        assert (reply.event.seq, reply.event.type) == (1, "session_started")
+        assert list(reply.event.data["argv"]) == ["w"]
+        break
+    first.cancel()
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "code", "field"),
+    [
+        ({"session_id": "bad id with spaces"}, grpc.StatusCode.INVALID_ARGUMENT, "session_id"),
+        ({"session_id": ""}, grpc.StatusCode.INVALID_ARGUMENT, "session_id"),
+        ({"session_id": "s1", "after_seq": -1}, grpc.StatusCode.INVALID_ARGUMENT, "after_seq"),
+        ({"session_id": "no-such-session"}, grpc.StatusCode.NOT_FOUND, "no-such-session"),
+    ],
+)
+async def test_watch_session_refuses_bad_input_naming_the_field(
+    stack: Stack,  # noqa: F811
+    request_fields: dict[str, Any],
+    code: grpc.StatusCode,
+    field: str,
+) -> None:
+    from jetsource._gen.process.v1 import query_pb2
+
+    call = stack.reads.WatchSession(query_pb2.WatchSessionRequest(**request_fields), timeout=10)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in call:
+            pass
+    assert caught.value.code() == code
+    assert field in (caught.value.details() or "")
+
+
+async def test_watch_session_refuses_a_process_that_is_not_a_session(
+    stack: Stack,  # noqa: F811
+) -> None:
+    from jetsource._gen.process.v1 import query_pb2
+    from jetsource.sdk import Observer
+
+    async with Observer(f"127.0.0.1:{stack.observer.port}") as observer:
+        async with observer.process("job", kind="pipeline") as p:
+            p.emit("step", {"n": 1})
+        await observer.flush()
+    reader = QueryReader(stack.reads)
+    for _ in range(200):
+        if p.process_id in await reader.processes():
+            break
+        await asyncio.sleep(0.05)
+    call = stack.reads.WatchSession(
+        query_pb2.WatchSessionRequest(session_id=p.process_id), timeout=10
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in call:
+            pass
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND

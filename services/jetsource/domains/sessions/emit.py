@@ -94,7 +94,10 @@ class Session:
         self.dropped = 0
         self.recorded = 0
         self._closed = False
-        self._inflight = 0
+        # Queued and not yet recorded (or dropped): flush waits for this, not for an
+        # empty queue, since an event taken off the queue is not yet in a batch (on
+        # Python 3.11 wait_for gets it in a task of its own).
+        self._pending = 0
 
     @property
     def process_id(self) -> str:
@@ -131,6 +134,8 @@ class Session:
             self._queue.put_nowait(self._canonical(event_type, data))
         except asyncio.QueueFull:
             self.dropped += 1
+        else:
+            self._pending += 1
 
     async def _send(self, batch: list[events_pb2.CanonicalEvent]) -> None:
         await self._writer.record(batch)
@@ -139,30 +144,32 @@ class Session:
 
     async def _run(self) -> None:
         while True:
+            queued = 1
             try:
                 first = await asyncio.wait_for(self._queue.get(), self._heartbeat_s)
             except TimeoutError:
                 if time.monotonic() - self._last_sent >= self._heartbeat_s:
                     first = self._canonical(HEARTBEAT, {"interval_s": self._heartbeat_s})
+                    queued = 0
                 else:
                     continue
             batch = [first]
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            self._inflight = len(batch)
+                queued += 1
             try:
                 await self._send(batch)
             except Exception as exc:  # the ledger refused or is unreachable: session failed
                 self.error = exc
-                self.dropped += len(batch) + self._queue.qsize()
+                self.dropped += queued + self._queue.qsize()
+                self._pending = 0
                 return
-            finally:
-                self._inflight = 0
+            self._pending -= queued
 
     async def flush(self) -> None:
         """Wait until every queued event is recorded (or the session failed)."""
         while self._task is not None and not self._task.done():
-            if self._queue.empty() and self._inflight == 0:
+            if self._pending <= 0:
                 return
             await asyncio.sleep(0.001)
 

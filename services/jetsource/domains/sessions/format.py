@@ -271,3 +271,24 @@ def from_stored(stored: events_pb2.StoredEvent, session: str | None = None) -> S
         type=event_type,
         data=data,
     )
+
+
+def to_message(event: SessionEvent) -> Any:
+    """The session event as ``jetsource.process.v1.SessionEvent`` (what ``WatchSession``
+    streams): the same five fields as the JSON document."""
+    from jetsource._gen.process.v1 import query_pb2
+
+    return query_pb2.SessionEvent(
+        ts=to_timestamp(event.ts_ns),
+        session=event.session,
+        seq=event.seq,
+        type=event.type,
+        data=_struct(event.data),
+    )
+
+
+def from_message(message: Any) -> SessionEvent:
+    """The session event a ``jetsource.process.v1.SessionEvent`` carries."""
+    ts_ns = from_timestamp(message.ts) if message.HasField("ts") else 0
+    data = _restore_ints(json_format.MessageToDict(message.data))
+    return SessionEvent(ts_ns, message.session, int(message.seq), message.type, data)

@@ -30,6 +30,7 @@ from jetsource.domains.sessions.format import (
     PROCESS_STARTED,
     SESSION_KIND,
     SessionEvent,
+    from_message,
     from_stored,
 )
 
@@ -310,7 +311,7 @@ _STATUS_NAMES = {1: "running", 2: "completed", 3: "failed", 4: "cancelled", 5: "
 class QueryReader:
     """Reads sessions from the ledger's read models through ``ProcessQueryService``
     (a stub): processes from ``ListProcesses``, a session's events from
-    ``GetProcessTimeline``, live follow from ``WatchProcess``. What the read models
+    ``GetProcessTimeline``, live follow from ``WatchSession``. What the read models
     forget (a pruned session) is gone from here too."""
 
     def __init__(
@@ -402,26 +403,33 @@ class QueryReader:
                 return out
 
     async def follow(self, session_id: str, after_seq: int = 0) -> AsyncIterator[Recorded]:
+        """``WatchSession``: the service maps the root's timeline to session events.
+        A session the read models have not caught up with yet (NOT_FOUND right after
+        it began) is asked for again for up to ``timeout_s``."""
+        import grpc
+
         from jetsource._gen.process.v1 import query_pb2
 
-        backlog = await self.events(session_id, after_seq)
-        after_global = 0
-        for r in backlog:
-            yield r
-            after_seq, after_global = r.event.seq, r.global_seq
-        call = self._stub.WatchProcess(
-            query_pb2.WatchProcessRequest(process_id=session_id, after_global_seq=after_global),
-            metadata=self._metadata,
-        )
-        try:
-            async for reply in call:
-                r = _from_query(reply.event, session_id)
-                if r.event.seq <= after_seq:
-                    continue
-                after_seq = r.event.seq
-                yield r
-        finally:
-            call.cancel()
+        deadline = asyncio.get_running_loop().time() + self._timeout
+        got = False
+        while True:
+            call = self._stub.WatchSession(
+                query_pb2.WatchSessionRequest(session_id=session_id, after_seq=after_seq),
+                metadata=self._metadata,
+            )
+            try:
+                async for reply in call:
+                    event = from_message(reply.event)
+                    after_seq, got = event.seq, True
+                    yield Recorded(event, 0, 0)
+                return
+            except grpc.aio.AioRpcError as exc:
+                late = asyncio.get_running_loop().time() > deadline
+                if exc.code() != grpc.StatusCode.NOT_FOUND or got or late:
+                    raise
+                await asyncio.sleep(0.1)
+            finally:
+                call.cancel()
 
 
 def _from_query(stored: events_pb2.StoredEvent, session_id: str) -> Recorded:

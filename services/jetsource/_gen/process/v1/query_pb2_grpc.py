@@ -67,6 +67,11 @@ class ProcessQueryServiceStub:
                 request_serializer=jetsource_dot_process_dot_v1_dot_query__pb2.WatchProcessRequest.SerializeToString,
                 response_deserializer=jetsource_dot_process_dot_v1_dot_query__pb2.WatchProcessResponse.FromString,
                 _registered_method=True)
+        self.WatchSession = channel.unary_stream(
+                '/jetsource.process.v1.ProcessQueryService/WatchSession',
+                request_serializer=jetsource_dot_process_dot_v1_dot_query__pb2.WatchSessionRequest.SerializeToString,
+                response_deserializer=jetsource_dot_process_dot_v1_dot_query__pb2.WatchSessionResponse.FromString,
+                _registered_method=True)
 
 
 class ProcessQueryServiceServicer:
@@ -111,6 +116,14 @@ class ProcessQueryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchSession(self, request, context):
+        """A session's events (its root process's timeline in the session format) from a
+        seq, then live.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProcessQueryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -143,6 +156,11 @@ def add_ProcessQueryServiceServicer_to_server(servicer, server):
                     servicer.WatchProcess,
                     request_deserializer=jetsource_dot_process_dot_v1_dot_query__pb2.WatchProcessRequest.FromString,
                     response_serializer=jetsource_dot_process_dot_v1_dot_query__pb2.WatchProcessResponse.SerializeToString,
+            ),
+            'WatchSession': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchSession,
+                    request_deserializer=jetsource_dot_process_dot_v1_dot_query__pb2.WatchSessionRequest.FromString,
+                    response_serializer=jetsource_dot_process_dot_v1_dot_query__pb2.WatchSessionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -309,6 +327,33 @@ class ProcessQueryService:
             '/jetsource.process.v1.ProcessQueryService/WatchProcess',
             jetsource_dot_process_dot_v1_dot_query__pb2.WatchProcessRequest.SerializeToString,
             jetsource_dot_process_dot_v1_dot_query__pb2.WatchProcessResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/jetsource.process.v1.ProcessQueryService/WatchSession',
+            jetsource_dot_process_dot_v1_dot_query__pb2.WatchSessionRequest.SerializeToString,
+            jetsource_dot_process_dot_v1_dot_query__pb2.WatchSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

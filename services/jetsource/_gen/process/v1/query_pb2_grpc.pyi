@@ -43,6 +43,10 @@ class ProcessQueryServiceStub:
     ListEvents: _grpc.UnaryUnaryMultiCallable[_query_pb2.ListEventsRequest, _query_pb2.ListEventsResponse]
     WatchProcess: _grpc.UnaryStreamMultiCallable[_query_pb2.WatchProcessRequest, _query_pb2.WatchProcessResponse]
     """A process (or its subtree) from a position, then live."""
+    WatchSession: _grpc.UnaryStreamMultiCallable[_query_pb2.WatchSessionRequest, _query_pb2.WatchSessionResponse]
+    """A session's events (its root process's timeline in the session format) from a
+    seq, then live.
+    """
 
 @_typing.type_check_only
 class ProcessQueryServiceAsyncStub(ProcessQueryServiceStub):
@@ -58,6 +62,10 @@ class ProcessQueryServiceAsyncStub(ProcessQueryServiceStub):
     ListEvents: _aio.UnaryUnaryMultiCallable[_query_pb2.ListEventsRequest, _query_pb2.ListEventsResponse]  # type: ignore[assignment]
     WatchProcess: _aio.UnaryStreamMultiCallable[_query_pb2.WatchProcessRequest, _query_pb2.WatchProcessResponse]  # type: ignore[assignment]
     """A process (or its subtree) from a position, then live."""
+    WatchSession: _aio.UnaryStreamMultiCallable[_query_pb2.WatchSessionRequest, _query_pb2.WatchSessionResponse]  # type: ignore[assignment]
+    """A session's events (its root process's timeline in the session format) from a
+    seq, then live.
+    """
 
 class ProcessQueryServiceServicer(metaclass=_abc_1.ABCMeta):
     """Read-only and projection-backed: every answer comes from the read models
@@ -106,5 +114,15 @@ class ProcessQueryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_query_pb2.WatchProcessResponse], _abc.AsyncIterator[_query_pb2.WatchProcessResponse]]:
         """A process (or its subtree) from a position, then live."""
+
+    @_abc_1.abstractmethod
+    def WatchSession(
+        self,
+        request: _query_pb2.WatchSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_query_pb2.WatchSessionResponse], _abc.AsyncIterator[_query_pb2.WatchSessionResponse]]:
+        """A session's events (its root process's timeline in the session format) from a
+        seq, then live.
+        """
 
 def add_ProcessQueryServiceServicer_to_server(servicer: ProcessQueryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
