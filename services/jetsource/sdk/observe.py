@@ -40,10 +40,10 @@ import random
 import re
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 from google.protobuf import struct_pb2
@@ -53,6 +53,9 @@ from jetsource._gen.process.v1 import events_pb2 as epb
 from jetsource._gen.process.v1 import observer_pb2 as pb
 from jetsource._gen.process.v1 import observer_pb2_grpc as pb_grpc
 from jetsource.core.ids import uuid7
+
+if TYPE_CHECKING:
+    from jetsource.domains.sessions.emit import Session
 
 log = logging.getLogger("jetsource.sdk")
 
@@ -308,6 +311,40 @@ class Observer:
             parent,
             attributes or {},
         )
+
+    @contextlib.asynccontextmanager
+    async def session(
+        self, command: str, *, argv: Sequence[str] | None = None, **options: Any
+    ) -> AsyncIterator[Session]:
+        """A session (docs/sessions.md) recorded through this observer:
+
+            async with observer.session("context generate", argv=sys.argv) as s:
+                s.emit("level_started", {"level": 0})
+
+        The emitter is ``jetsource.domains.sessions.emit``'s: ``session_started`` is
+        recorded (and waited for) on entering, so it is seq 1; leaving records
+        ``session_ended`` last: completed, failed (an exception), interrupted
+        (cancellation or KeyboardInterrupt); the exception goes on. Its events go
+        through the session's own ordered batches, not this observer's buffer (a
+        failed commit fails the session; see emit.py). ``process()`` blocks inside
+        nest under the session. ``options``: those of ``emit.Session`` (metadata,
+        session_id, validation, heartbeat_s, max_pending, max_batch)."""
+        from jetsource.domains.sessions.emit import session
+        from jetsource.domains.sessions.ledger import ObserverWriter
+
+        self._begin()
+        assert self._stub is not None
+        metadata = (("authorization", f"Bearer {self._token}"),) if self._token else ()
+        writer = ObserverWriter(self._stub, timeout_s=self.call_timeout_s, metadata=metadata)
+        options.setdefault("source", self.source or "jetsource.sessions")
+        async with session(writer, command, argv=argv, **options) as s:
+            # The session is the enclosing process of what runs inside the block (it
+            # has the process_id and last_event_id a parent needs).
+            token = _current.set(cast(Process, s))
+            try:
+                yield s
+            finally:
+                _current.reset(token)
 
     # -- the buffer and the flush -----------------------------------------------------
 

@@ -172,9 +172,12 @@ def _new_event(ce: events_pb2.CanonicalEvent) -> NewEvent:
 class ObserverWriter:
     """Records through the observer's gRPC ``RecordBatch`` (a stub of ObserverService)."""
 
-    def __init__(self, stub: Any, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, stub: Any, timeout_s: float = 10.0, metadata: tuple[tuple[str, str], ...] = ()
+    ) -> None:
         self._stub = stub
         self._timeout = timeout_s
+        self._metadata = metadata or None
 
     async def record(
         self, events: Sequence[events_pb2.CanonicalEvent]
@@ -182,7 +185,9 @@ class ObserverWriter:
         from jetsource._gen.process.v1 import observer_pb2
 
         reply = await self._stub.RecordBatch(
-            observer_pb2.RecordBatchRequest(events=list(events)), timeout=self._timeout
+            observer_pb2.RecordBatchRequest(events=list(events)),
+            timeout=self._timeout,
+            metadata=self._metadata,
         )
         return list(reply.positions)
 
