@@ -242,3 +242,46 @@ async def test_watch_session_refuses_a_process_that_is_not_a_session(
         async for _ in call:
             pass
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_cli_follow_reads_through_watch_session_when_told_to(
+    stack: Stack,  # noqa: F811
+    settings: JetsourceSettings,
+) -> None:
+    import json
+    import os
+    import sys
+
+    live = Session(ObserverWriter(stack.record), "watch")
+    await live.__aenter__()
+    live.emit("file_changed", {"path": "a.py"})
+    await live.flush()
+    env = {
+        **os.environ,
+        "JETSOURCE_NATS__URL": SessionsAppSettings(nats=settings.nats).nats_url(),
+        "JETSOURCE_SESSIONS__READER": "query",
+        "JETSOURCE_SESSIONS__PROCESS_QUERY": f"127.0.0.1:{stack.query.port}",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "from jetsource.cli.sessions import app; app(prog_name='jetsource sessions')",
+        "follow",
+        live.id,
+        "--after",
+        "1",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    first = json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))
+    assert (first["seq"], first["type"], first["data"]) == (2, "file_changed", {"path": "a.py"})
+    live.emit("file_changed", {"path": "b.py"})  # committed while followed
+    await live.close()
+    rest = (await asyncio.wait_for(proc.stdout.read(), 30)).decode().splitlines()
+    assert [(json.loads(line)["seq"], json.loads(line)["type"]) for line in rest] == [
+        (3, "file_changed"),
+        (4, "session_ended"),
+    ]
+    assert await asyncio.wait_for(proc.wait(), 10) == 0
