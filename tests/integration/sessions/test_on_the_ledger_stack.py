@@ -220,6 +220,16 @@ async def test_watch_session_refuses_bad_input_naming_the_field(
     assert field in (caught.value.details() or "")
 
 
+async def test_following_an_unknown_session_through_the_query_service_is_not_found(
+    stack: Stack,  # noqa: F811
+) -> None:
+    from jetsource.domains.sessions.service import SessionNotFoundError
+
+    with pytest.raises(SessionNotFoundError):
+        async for _ in Sessions(QueryReader(stack.reads, timeout_s=0.5)).follow("no-such"):
+            pass
+
+
 async def test_watch_session_refuses_a_process_that_is_not_a_session(
     stack: Stack,  # noqa: F811
 ) -> None:

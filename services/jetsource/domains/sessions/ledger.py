@@ -430,8 +430,12 @@ class QueryReader:
                 return
             except grpc.aio.AioRpcError as exc:
                 late = asyncio.get_running_loop().time() > deadline
-                if exc.code() != grpc.StatusCode.NOT_FOUND or got or late:
+                if exc.code() != grpc.StatusCode.NOT_FOUND or got:
                     raise
+                if late:
+                    from jetsource.domains.sessions.service import SessionNotFoundError
+
+                    raise SessionNotFoundError(f"session {session_id!r} not found") from exc
                 await asyncio.sleep(0.1)
             finally:
                 call.cancel()
