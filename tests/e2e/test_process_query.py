@@ -35,6 +35,7 @@ from jetsource.observer.server import build as build_observer
 from jetsource.observer.settings import ObserverOptions, ObserverSettings
 from jetsource.processquery.server import ProcessQuery
 from jetsource.processquery.server import build as build_query
+from jetsource.processquery.service import WATCHES
 from jetsource.processquery.settings import ProcessQueryOptions, ProcessQuerySettings
 from jetsource.projection.bootstrap import open_projection
 from jetsource.projection.host import ProjectorService
@@ -298,7 +299,7 @@ async def test_the_ledger_read_side_over_grpc(stack: Stack, unique: str) -> None
     bad = [
         (reads.GetProcess, q.GetProcessRequest(process_id="a.b"), "process_id"),
         (reads.GetProcess, q.GetProcessRequest(), "process_id"),
-        (reads.ListProcesses, q.ListProcessesRequest(statuses=[9]), "statuses[0]"),
+        (reads.ListProcesses, q.ListProcessesRequest(statuses=[9]), "statuses[0]"),  # type: ignore[list-item]
         (reads.ListProcesses, q.ListProcessesRequest(page_size=100_000), "page_size"),
         (reads.ListProcesses, q.ListProcessesRequest(page_token="junk"), "page_token"),
         (reads.ListProcesses, q.ListProcessesRequest(root_process_id="a b"), "root_process_id"),
@@ -442,3 +443,52 @@ async def test_jetsource_process_commands(stack: Stack, unique: str) -> None:
     assert (code, json.loads(stderr)["error"]["code"]) == (1, "NOT_FOUND")
     code, _, _ = await cli(stack, "process", "list", "--status", "bogus")
     assert code == 2
+
+
+def open_watches() -> float:
+    return float(WATCHES._value.get())
+
+
+async def wait_watches(n: float, what: str) -> float:
+    started = time.monotonic()
+    while open_watches() != n:
+        assert time.monotonic() - started < 5, f"{what}: {open_watches()} watches still open"
+        await asyncio.sleep(0.05)
+    return time.monotonic() - started
+
+
+async def test_watches_end_when_the_client_goes_and_when_the_server_stops(
+    stack: Stack, unique: str
+) -> None:
+    """A watch's handler ends within a poll when its client cancels or its deadline
+    passes, and a watch open when the query service stops ends with UNAVAILABLE (so the
+    client reconnects elsewhere): none keeps polling after its client or its server is
+    gone."""
+    root = f"w{unique}"
+    await stack.record.Record(ob.RecordRequest(event=event(root, "process_started", 0)), timeout=5)
+    await visible(stack.reads, root, 1)
+    base = open_watches()
+
+    async def opened(timeout: float) -> Any:
+        watch = stack.reads.WatchProcess(q.WatchProcessRequest(process_id=root), timeout=timeout)
+        stream = watch.__aiter__()
+        assert (await asyncio.wait_for(stream.__anext__(), 10)).event.event.process_id == root
+        return watch, stream
+
+    watch, _ = await opened(30)
+    assert open_watches() == base + 1
+    watch.cancel()
+    await wait_watches(base, "after the client cancelled")
+
+    _, stream = await opened(1.0)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await asyncio.wait_for(stream.__anext__(), 10)
+    assert info.value.code() == Code.DEADLINE_EXCEEDED
+    await wait_watches(base, "after the deadline")
+
+    _, stream = await opened(30)
+    await stack.query.stop(1.0)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await asyncio.wait_for(stream.__anext__(), 10)
+    assert info.value.code() == Code.UNAVAILABLE
+    await wait_watches(base, "after the server stopped")

@@ -42,6 +42,7 @@ class ProcessQuery:
         if self.stopped:
             return
         self.stopped = True
+        self.service.close()
         await self.grpc.stop(grace)
         await self.redis.aclose()
         await release(self.nc)

@@ -29,7 +29,7 @@ import grpc
 from google.protobuf import json_format, message_factory
 from google.protobuf.struct_pb2 import Value
 from google.protobuf.timestamp_pb2 import Timestamp
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from valkey.asyncio import Valkey
 
 from jetsource._gen.process.v1 import query_pb2 as pb
@@ -72,6 +72,11 @@ LATENCY = Histogram(
     "Process query RPC latency by method",
     ["method"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+
+WATCHES = Gauge(
+    "jetsource_process_query_watches",
+    "Open WatchProcess/WatchSession streams on this replica",
 )
 
 STATUS = {
@@ -260,6 +265,12 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
         self.o = options
         self.tokens = PageTokens(f"{prefix}|{token_seed}")
         self._models: dict[tuple[str, int], Any] = {}
+        self._closing = asyncio.Event()
+
+    def close(self) -> None:
+        """End every open watch (UNAVAILABLE, so a client reconnects elsewhere): a
+        stopping server's streams must not outlive it, retrying a closed connection."""
+        self._closing.set()
 
     # -- plumbing ---------------------------------------------------------------
 
@@ -665,7 +676,7 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
             raise
         REQUESTS.labels("WatchProcess", "ok").inc()
         try:
-            async for e in self._watch(pid, request.subtree, request.after_global_seq):
+            async for e in self._watch(pid, request.subtree, request.after_global_seq, context):
                 yield pb.WatchProcessResponse(event=e)
         finally:
             LATENCY.labels("WatchProcess").observe(time.perf_counter() - started)
@@ -698,7 +709,7 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
         REQUESTS.labels("WatchSession", "ok").inc()
         after = request.after_seq
         try:
-            async for e in self._watch(sid, False, 0):
+            async for e in self._watch(sid, False, 0, context):
                 if e.process_seq <= after:
                     continue
                 after = e.process_seq
@@ -706,8 +717,13 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
         finally:
             LATENCY.labels("WatchSession").observe(time.perf_counter() - started)
 
-    async def _watch(self, pid: str, subtree: bool, cursor: int) -> AsyncIterator[StoredEvent]:
-        """The events of ``pid`` (or its subtree) above global seq ``cursor``, then live."""
+    async def _watch(
+        self, pid: str, subtree: bool, cursor: int, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[StoredEvent]:
+        """The events of ``pid`` (or its subtree) above global seq ``cursor``, then live.
+
+        It ends when the client goes (cancel or deadline: grpc does not cancel a handler
+        that is not writing, so the loop asks) and when the server stops."""
         pubsub = self.redis.pubsub()
         model = await self.timeline()
         # Subscribe before the first read, so nothing applied between them is missed.
@@ -716,8 +732,17 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
         except TransientError as exc:
             await pubsub.aclose()
             raise RpcError(grpc.StatusCode.UNAVAILABLE, f"store unavailable: {exc}") from exc
+        WATCHES.inc()
         try:
             while True:
+                if self._closing.is_set():
+                    raise RpcError(grpc.StatusCode.UNAVAILABLE, "process query is stopping")
+                if context.done():
+                    return  # the client cancelled or its deadline passed
+                me = asyncio.current_task()
+                if me is not None and me.cancelling():
+                    # A client library below swallowed the cancellation: honour it.
+                    raise asyncio.CancelledError
                 try:
                     model = await self.timeline()
                     fetch = await self._fetcher(model, pid, subtree)
@@ -738,8 +763,11 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
                         )
                     )
                 except (TimeoutError, *_UNAVAILABLE):
-                    await asyncio.sleep(self.o.watch_poll_s)  # Valkey away: poll later
+                    # Valkey away: poll later (at once when the server stops).
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._closing.wait(), self.o.watch_poll_s)
         finally:
+            WATCHES.dec()
             with contextlib.suppress(Exception):
                 await pubsub.unsubscribe()
                 await pubsub.aclose()

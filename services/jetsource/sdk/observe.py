@@ -21,8 +21,10 @@ emitted without waiting, sent in batches by a background flush.
 
 Policy when the observer is unreachable (or slow): the batch is resent with the same
 event ids, backing off up to ``max_backoff_s``; meanwhile events queue up to
-``buffer_size``. When the buffer is full, the **oldest** queued event is dropped (the oldest
-that is not a lifecycle event, so a process keeps its start and end) and
+``buffer_size`` (the batch being sent counts: the client never holds more than
+``buffer_size`` events once a send settles). When the buffer is full, the **oldest**
+queued event is dropped (the oldest that is not a lifecycle event, so a process keeps
+its start and end; a batch in flight is not touched, since it may yet be recorded) and
 counted (``stats.dropped``, with a warning at most every 10 s): the instrumented code
 keeps running and the newest history is kept. ``close()`` (leaving ``async with
 observer``) waits up to ``close_timeout_s`` for the buffer to drain, then counts what
@@ -355,7 +357,9 @@ class Observer:
             with contextlib.suppress(RuntimeError):
                 asyncio.get_running_loop()
                 self._begin()
-        while len(self._buffer) >= self.buffer_size:
+        # The batch in flight counts, so what is held does not depend on whether the
+        # emit came while a send was pending.
+        while self._buffer and len(self._buffer) + len(self._inflight) >= self.buffer_size:
             self._drop_oldest()
         self._buffer.append(event)
         if len(self._buffer) >= self.batch_size:
