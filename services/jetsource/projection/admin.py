@@ -936,7 +936,7 @@ async def drop(
 # -- wait ----------------------------------------------------------------------------
 
 
-async def _lag(p: Projection, name: str, version: int) -> int | None:
+async def unacknowledged(p: Projection, name: str, version: int) -> int | None:
     """Events the version's consumer has not acknowledged yet (None: no consumer)."""
     store = p.store_for(name)
     info = await jsapi.consumer_info(
@@ -977,7 +977,7 @@ async def wait(
             state = control.versions.get(version) if control else None
             if state == DROPPED:
                 raise AdminError(f"{name} v{version} is being dropped; it will never be live")
-        lag = await _lag(p, name, version) if state == LIVE else None
+        lag = await unacknowledged(p, name, version) if state == LIVE else None
         waited = time.monotonic() - started
         if state == LIVE and lag == 0:
             return {

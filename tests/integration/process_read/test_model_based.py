@@ -36,6 +36,7 @@ from jetsource.domains.process.models.timeline import ProcessTimelineModel
 from jetsource.observer.server import Observer
 from jetsource.observer.server import build as build_observer
 from jetsource.observer.settings import ObserverOptions, ObserverSettings
+from jetsource.projection.admin import unacknowledged
 from jetsource.projection.bootstrap import Projection, open_projection
 from jetsource.projection.domain import DomainRegistry
 from jetsource.projection.host import ProjectorService
@@ -78,9 +79,12 @@ async def project_until_caught_up(p: Projection, timeout: float = 60) -> None:
             cps = [
                 (await p.model(m, 1).checkpoint()).seq for m in (PROCESSES, TIMELINE, PROCESS_GRAPH)
             ]
-            if min(cps) >= last:
+            # A checkpoint is the highest sequence applied, not the lowest unapplied:
+            # events that waited (a gap, a redelivery after a kill) may still be due.
+            lags = [await unacknowledged(p, m, 1) for m in (PROCESSES, TIMELINE, PROCESS_GRAPH)]
+            if min(cps) >= last and lags == [0, 0, 0]:
                 return
-            assert time.monotonic() - started < timeout, (cps, last)
+            assert time.monotonic() - started < timeout, (cps, last, lags)
             await asyncio.sleep(0.1)
     finally:
         stop.set()
