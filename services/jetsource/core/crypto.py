@@ -26,7 +26,7 @@ import hashlib
 import hmac
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -70,10 +70,21 @@ def personal_fields(descriptor: Descriptor) -> tuple[FieldDescriptor, ...]:
     return tuple(out)
 
 
+@lru_cache(maxsize=4096)
 def subject_ref(pepper: bytes, subject: str) -> bytes:
     """The key reference of a subject: HMAC-SHA256 under the key store's secret pepper,
-    so a stored reference does not reveal (or let one guess-and-check) the subject."""
+    so a stored reference does not reveal (or let one guess-and-check) the subject.
+    Memoized (the same few subjects sign most events; the cache is emptied on every
+    erasure this process hears of, :func:`note_erasure`)."""
     return hmac.new(pepper, subject.encode("utf-8"), hashlib.sha256).digest()[:REF_BYTES]
+
+
+@lru_cache(maxsize=4096)
+def _box(key: bytes, ref: bytes, subject: str) -> bytes:
+    """A subject's box: deterministic (one key only ever encrypts its subject's own
+    value, under the fixed nonce), so every event of the subject carries the same bytes
+    and the encryption is done once per key, not once per event."""
+    return AESGCM(key).encrypt(_NONCE, subject.encode("utf-8"), _AAD + ref)
 
 
 def subjects_of(message: Message, metadata: Mapping[str, str]) -> list[str]:
@@ -147,7 +158,7 @@ def seal(
     out = []
     for subject, (numbers, entries) in boxes.items():
         ref, key = keys[subject]
-        box = AESGCM(key).encrypt(_NONCE, subject.encode("utf-8"), _AAD + ref)
+        box = _box(key, ref, subject)
         out.append(SealedFields(key_ref=ref, fields=numbers, metadata=entries, box=box))
     return Sealed(stripped.SerializeToString(deterministic=True), rest, out)
 
@@ -185,6 +196,9 @@ _erasures = 0  # erasures this process has heard of (key stores note them)
 def note_erasure() -> None:
     global _erasures
     _erasures += 1
+    # No subject's value is kept in memory past an erasure heard of.
+    subject_ref.cache_clear()
+    _box.cache_clear()
 
 
 class ErasureWatch:
