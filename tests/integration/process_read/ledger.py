@@ -31,6 +31,8 @@ from jetsource.core.envelope import RecordedEvent
 from jetsource.core.ids import uuid7
 from jetsource.domains.process.models import MODELS
 from jetsource.domains.process.models.common import body_of
+from jetsource.projection.admin import unacknowledged
+from jetsource.projection.bootstrap import Projection
 from jetsource.projection.domain import Domain
 
 ERR_WRONG_LAST_SEQUENCE = 10071
@@ -127,6 +129,16 @@ class Writer:
                 return await self.record(ev)
             return int(ack.seq), version + 1
         raise AssertionError(f"{ev.process_id}: 200 conflicts in a row")
+
+
+async def caught_up(p: Projection, models: Sequence[str], last: int) -> tuple[bool, Any]:
+    """Every model's checkpoint at ``last`` and nothing left unacknowledged: a
+    checkpoint is the highest sequence applied, not the lowest still due, so events
+    that waited (a gap, a redelivery after a kill) may be due below it. Returns
+    (caught up, what was seen) for an assertion's message."""
+    cps = [(await p.model(m, 1).checkpoint()).seq for m in models]
+    lags = [await unacknowledged(p, m, 1) for m in models]
+    return min(cps) >= last and all(lag == 0 for lag in lags), (cps, last, lags)
 
 
 async def forget_consumers(nc: NATS, stream: str) -> None:

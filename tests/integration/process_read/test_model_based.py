@@ -36,13 +36,13 @@ from jetsource.domains.process.models.timeline import ProcessTimelineModel
 from jetsource.observer.server import Observer
 from jetsource.observer.server import build as build_observer
 from jetsource.observer.settings import ObserverOptions, ObserverSettings
-from jetsource.projection.admin import unacknowledged
 from jetsource.projection.bootstrap import Projection, open_projection
 from jetsource.projection.domain import DomainRegistry
 from jetsource.projection.host import ProjectorService
 from tests.integration.process_read.ledger import (
     Ev,
     Writer,
+    caught_up,
     fold,
     forest,
     forget_consumers,
@@ -76,15 +76,10 @@ async def project_until_caught_up(p: Projection, timeout: float = 60) -> None:
     try:
         started = time.monotonic()
         while True:
-            cps = [
-                (await p.model(m, 1).checkpoint()).seq for m in (PROCESSES, TIMELINE, PROCESS_GRAPH)
-            ]
-            # A checkpoint is the highest sequence applied, not the lowest unapplied:
-            # events that waited (a gap, a redelivery after a kill) may still be due.
-            lags = [await unacknowledged(p, m, 1) for m in (PROCESSES, TIMELINE, PROCESS_GRAPH)]
-            if min(cps) >= last and lags == [0, 0, 0]:
+            done, seen = await caught_up(p, (PROCESSES, TIMELINE, PROCESS_GRAPH), last)
+            if done:
                 return
-            assert time.monotonic() - started < timeout, (cps, last, lags)
+            assert time.monotonic() - started < timeout, seen
             await asyncio.sleep(0.1)
     finally:
         stop.set()

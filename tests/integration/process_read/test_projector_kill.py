@@ -27,12 +27,12 @@ from jetsource.core.settings import JetsourceSettings
 from jetsource.devstack.servers import free_port
 from jetsource.domains.process.descriptor import DOMAIN as PROCESS_DOMAIN
 from jetsource.domains.process.models import PROCESS_GRAPH, PROCESSES, TIMELINE
-from jetsource.projection.admin import unacknowledged
 from jetsource.projection.bootstrap import Projection, open_projection
 from jetsource.projection.domain import DomainRegistry
 from tests.integration.process_read.ledger import (
     Ev,
     Writer,
+    caught_up,
     forest,
     forget_consumers,
     histories,
@@ -115,12 +115,7 @@ async def test_kill_9_of_the_projector_loses_and_doubles_nothing(
         store = p.domain_store("process")
         last = (await store.stream_info())["state"]["last_seq"]
         started = time.monotonic()
-        # Caught up: every model's checkpoint at the last sequence and nothing left
-        # unacknowledged (a checkpoint is the highest sequence applied; events that
-        # waited, or were redelivered after a kill, may still be due below it).
-        while min([(await p.model(m, 1).checkpoint()).seq for m in MODELS]) < last or [
-            await unacknowledged(p, m, 1) for m in MODELS
-        ] != [0] * len(MODELS):
+        while not (await caught_up(p, MODELS, last))[0]:
             assert time.monotonic() - started < 90, log.read_text()[-3000:]
             await asyncio.sleep(0.2)
     finally:
