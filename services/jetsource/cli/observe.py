@@ -18,7 +18,6 @@ the line and field, with the position saved just before it. Exit codes: 0 ok,
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import time
@@ -35,6 +34,7 @@ from jetsource._gen.process.v1 import observer_pb2_grpc as pb_grpc
 from jetsource.cli import output as out
 from jetsource.cli.output import Mode
 from jetsource.client import open_channel
+from jetsource.core.aio import wait_event
 from jetsource.core.errors import ValidationError
 from jetsource.core.settings import JetsourceSettings
 from jetsource.domains.process.adapters import JsonlAdapter, Line, PositionFile, source_id
@@ -165,8 +165,7 @@ async def run_import(
             continue
         if not follow:
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), poll_s)
+        await wait_event(stop, poll_s)
 
 
 @app.command("import")

@@ -36,6 +36,7 @@ from jetsource._gen.process.v1 import query_pb2 as pb
 from jetsource._gen.process.v1 import query_pb2_grpc as pb_grpc
 from jetsource._gen.process.v1.events_pb2 import StoredEvent
 from jetsource.core import telemetry
+from jetsource.core.aio import wait_event
 from jetsource.core.clock import from_timestamp, to_timestamp
 from jetsource.core.errors import EventStoreUnavailableError, ValidationError
 from jetsource.core.grpcserver import RpcError
@@ -764,8 +765,7 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
                     )
                 except (TimeoutError, *_UNAVAILABLE):
                     # Valkey away: poll later (at once when the server stops).
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._closing.wait(), self.o.watch_poll_s)
+                    await wait_event(self._closing, self.o.watch_poll_s)
         finally:
             WATCHES.dec()
             with contextlib.suppress(Exception):

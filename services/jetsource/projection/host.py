@@ -16,6 +16,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from jetsource.core.aio import wait_event
 from jetsource.core.grpcserver import stop_on_signals
 from jetsource.core.metrics import register_service, watch_nats
 from jetsource.projection.bootstrap import Projection, open_projection
@@ -228,8 +229,7 @@ class ProjectorService:
                 await self.membership.tick()
             except Exception as exc:  # NATS briefly away: leases expire, others take over
                 log.warning("membership round failed: %r", exc)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), every)
+            await wait_event(stop, every)
 
     def healthy(self) -> bool:
         """Asked from the health thread: reads a snapshot of the worker table (one
@@ -264,8 +264,7 @@ class ProjectorService:
             except Exception as exc:  # NATS briefly away: keep the workers, retry
                 log.warning("control sync failed: %r", exc)
             await self.probe()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.options.control_poll_s)
+            await wait_event(stop, self.options.control_poll_s)
         self.stopping = True
         if rounds is not None:
             await asyncio.gather(rounds, return_exceptions=True)

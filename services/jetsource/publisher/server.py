@@ -21,6 +21,7 @@ from nats.aio.client import Client as NATS
 from prometheus_client import Gauge
 
 from jetsource._gen.context.v1 import commands_pb2, commands_pb2_grpc
+from jetsource.core.aio import stop_task, wait_event
 from jetsource.core.envelope import AppendResult, Expected, NewEvent
 from jetsource.core.errors import EventStoreUnavailableError
 from jetsource.core.grpcserver import GrpcEndpoint, start_grpc, stop_on_signals
@@ -137,20 +138,14 @@ class WriteHealth:
             problem = await self.probe()
             await self.mark(not problem, problem)
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._wake.wait(), PROBE_EVERY_S if self.writable else PROBE_RETRY_S
-                )
+            await wait_event(self._wake, PROBE_EVERY_S if self.writable else PROBE_RETRY_S)
 
     def start(self) -> None:
         WRITABLE.set(1)
         self._task = asyncio.create_task(self.run(), name="publisher-write-health")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await stop_task(self._task)
 
 
 class WatchedStore:

@@ -54,6 +54,7 @@ from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-unty
 from jetsource._gen.process.v1 import events_pb2 as epb
 from jetsource._gen.process.v1 import observer_pb2 as pb
 from jetsource._gen.process.v1 import observer_pb2_grpc as pb_grpc
+from jetsource.core.aio import stop_task, wait_event
 from jetsource.core.ids import uuid7
 
 if TYPE_CHECKING:
@@ -263,9 +264,7 @@ class Observer:
         self._wake.set()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.flush(), self.close_timeout_s)
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await stop_task(self._task)
         self._task = None
         left = len(self._buffer) + len(self._inflight)
         if left:
@@ -394,16 +393,14 @@ class Observer:
             if not self._buffer:
                 self._idle.set()
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
+                await wait_event(self._wake, self.flush_interval_s)
                 continue
             if (
                 len(self._buffer) < self.batch_size
                 and not self._closing
                 and not self._wake.is_set()
             ):
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
+                await wait_event(self._wake, self.flush_interval_s)
             self._wake.clear()
             n = min(self.batch_size, len(self._buffer))
             self._inflight = [self._buffer.popleft() for _ in range(n)]

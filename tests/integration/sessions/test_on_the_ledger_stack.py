@@ -154,10 +154,15 @@ async def test_watch_session_streams_an_active_session_from_a_seq_in_order(
         live.emit("file_changed", {"path": f"f{i}", "n": i})
     await live.flush()
     reader = QueryReader(stack.reads)
-    for _ in range(200):  # the read models catch up
-        if len(await reader.events(live.id)) == 4:
+
+    async def caught_up() -> bool:  # both models: WatchSession asks the registry first
+        return len(await reader.events(live.id)) == 4 and live.id in await reader.processes()
+
+    for _ in range(400):
+        if await caught_up():
             break
         await asyncio.sleep(0.05)
+    assert await caught_up(), "the read models did not catch up within 20 s"
     call = stack.reads.WatchSession(query_pb2.WatchSessionRequest(session_id=live.id, after_seq=2))
     got: list[Any] = []
 
@@ -169,9 +174,11 @@ async def test_watch_session_streams_an_active_session_from_a_seq_in_order(
 
     task = asyncio.create_task(read())
     for _ in range(200):
-        if len(got) >= 2:
+        if len(got) >= 2 or task.done():
             break
         await asyncio.sleep(0.05)
+    if task.done():
+        task.result()  # the call's error, if it ended early
     assert [e.seq for e in got] == [3, 4]  # the backlog above seq 2, while still active
     live.emit("file_changed", {"path": "late", "n": 9})  # committed while watched
     await live.close()

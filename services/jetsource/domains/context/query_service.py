@@ -48,6 +48,7 @@ from jetsource.archive.history import history_store
 from jetsource.archive.objectstore import ObjectStoreError
 from jetsource.archive.segment import SegmentError
 from jetsource.core import telemetry
+from jetsource.core.aio import wait_event
 from jetsource.core.clock import format_rfc3339_ns, from_timestamp, to_timestamp
 from jetsource.core.errors import (
     CorruptEventError,
@@ -558,8 +559,7 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
                     yield pb.WatchContextResponse(event=event_view(r), state=state_view(state))
                 if records:
                     continue
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), self.o.watch_poll_s)
+                await wait_event(wake, self.o.watch_poll_s)
         finally:
             await sub.unsubscribe()
             LATENCY.labels("WatchContext").observe(time.perf_counter() - started)

@@ -32,6 +32,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from jetsource._gen.process.v1 import events_pb2
+from jetsource.core.aio import stop_task
 from jetsource.domains.sessions.catalog import Validation, load_catalog
 from jetsource.domains.sessions.format import (
     RESERVED,
@@ -146,7 +147,8 @@ class Session:
         while True:
             queued = 1
             try:
-                first = await asyncio.wait_for(self._queue.get(), self._heartbeat_s)
+                async with asyncio.timeout(self._heartbeat_s):  # not wait_for: see core/aio.py
+                    first = await self._queue.get()
             except TimeoutError:
                 if time.monotonic() - self._last_sent >= self._heartbeat_s:
                     first = self._canonical(HEARTBEAT, {"interval_s": self._heartbeat_s})
@@ -190,9 +192,7 @@ class Session:
             # Let the background task drain the queue, then stop it.
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.flush())
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+            await stop_task(task)
         ended: dict[str, Any] = {"duration_ms": round((time.monotonic() - self._t0) * 1000, 3)}
         if self.error is not None:
             ended |= {"status": "failed", "error": f"ingest commit failed: {self.error}"}
