@@ -5,7 +5,6 @@ event stream) -> gRPC server (health, reflection, Prometheus /metrics)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -13,6 +12,7 @@ from grpc_health.v1 import health_pb2
 from nats.aio.client import Client as NATS
 from valkey.asyncio import Valkey
 
+from jetsource.core.aio import stop_task
 from jetsource.core.grpcserver import GrpcEndpoint, start_grpc, stop_on_signals
 from jetsource.core.metrics import register_service, start_metrics_server, watch_nats
 from jetsource.core.runner import run_service
@@ -114,10 +114,8 @@ async def serve(settings: ProcessQuerySettings) -> None:
     log.info("process query listening on %s:%d", o.grpc_host, query.port)
     await stop_on_signals().wait()
     log.info("process query shutting down")
-    stores.cancel()
     nats_state.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await stores
+    await stop_task(stores)
     if metrics is not None:
         metrics.shutdown()
     await query.stop(o.shutdown_grace_s)

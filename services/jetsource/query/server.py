@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from grpc_health.v1 import health_pb2
 
 from jetsource._gen.context.v1 import query_pb2
+from jetsource.core.aio import stop_task
 from jetsource.core.grpcserver import GrpcEndpoint, start_grpc, stop_on_signals
 from jetsource.core.metrics import register_service, start_metrics_server, watch_nats
 from jetsource.core.runner import run_service
@@ -103,8 +104,8 @@ async def serve(settings: QuerySettings) -> None:
     log.info("query listening on %s:%d", o.grpc_host, query.port)
     await stop_on_signals().wait()
     log.info("query shutting down")
-    stores.cancel()
     nats_state.cancel()
+    await stop_task(stores)
     if metrics is not None:
         metrics.shutdown()
     await query.stop(o.shutdown_grace_s)
