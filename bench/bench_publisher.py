@@ -4,6 +4,8 @@ Workload: stories of HISTORY events each (1,000 by default); each command loads 
 and appends one DecisionAdded. Clients: 1 and 16, each on its own story.
   - jetsource (cached): the publisher as its own process, default settings (it keeps
     folded state and reads only what others appended; OCC catches a stale cache);
+  - jetsource (2 workers): the same with publisher.workers=2, two processes sharing
+    the port through SO_REUSEPORT (each client its own connection);
   - jetsource (no cache): the same with the state cache off, so every command folds the
     whole history from JetStream (through snapshots when the snapshotter wrote any;
     none here);
@@ -45,8 +47,32 @@ QUICK = ["--history", "100", "--commands", "20"]
 CLIENTS = (1, 16)
 OURS = {
     "cached": "jetsource publisher (default: cached fold)",
+    "workers": "jetsource publisher, 2 workers on one port (publisher.workers=2)",
     "no-cache": "jetsource publisher, state cache off (full fold per command)",
 }
+
+
+async def workers_up(supervisor: Any, metrics: int) -> list[int]:
+    """The worker pids once each answers on its metrics port (bound after its gRPC
+    port: a connection made before the second worker binds goes to the first)."""
+    import urllib.request
+
+    def ready() -> list[int]:
+        children = Path(f"/proc/{supervisor.pid}/task/{supervisor.pid}/children")
+        pids = [int(x) for x in children.read_text().split()] if children.exists() else []
+        try:
+            for i in range(len(pids)):
+                urllib.request.urlopen(f"http://127.0.0.1:{metrics + 100 * i}/metrics", timeout=2)
+        except OSError:
+            return []
+        return pids
+
+    for _ in range(600):
+        pids = await asyncio.to_thread(ready)
+        if len(pids) == 2:
+            return pids
+        await asyncio.sleep(0.1)
+    raise RuntimeError("the publisher's two workers did not come up within 60 s")
 
 
 async def seed_jetsource(url: str, stories: list[str], history: int) -> None:
@@ -124,7 +150,7 @@ def table(rows: dict[tuple[str, int], Stats], history: int) -> Table:
         for label in OURS:
             s = rows[(label, clients)]
             aims: list[Aim] = []
-            if label == "cached" and clients == 16:
+            if label in ("cached", "workers") and clients == 16:
                 aims = [
                     Aim.at_least("≥ 3,000 cmd/s", s.rate, 3000),
                     Aim.at_least("≥ 5x best peer", s.rate / best.rate if best else 0, 5),
@@ -167,14 +193,20 @@ async def run(history: int, commands: int) -> list[Table]:
     publishers = []
     rows: dict[tuple[str, int], Stats] = {}
     try:
-        for label, cache in (("cached", "10000"), ("no-cache", "0")):
+        for label, cache, workers in (
+            ("cached", "10000", 1),
+            ("workers", "10000", 2),
+            ("no-cache", "0", 1),
+        ):
             port = free_port()
+            metrics = free_port() if workers > 1 else 0
             env = {
                 **os.environ,
                 "JETSOURCE_NATS__URL": server.address(),
                 "JETSOURCE_PUBLISHER__GRPC_PORT": str(port),
-                "JETSOURCE_PUBLISHER__METRICS_PORT": "0",
+                "JETSOURCE_PUBLISHER__METRICS_PORT": str(metrics),
                 "JETSOURCE_PUBLISHER__STATE_CACHE_SIZE": cache,
+                "JETSOURCE_PUBLISHER__WORKERS": str(workers),
             }
             service = GrpcService(
                 f"publisher-{label}",
@@ -187,10 +219,13 @@ async def run(history: int, commands: int) -> list[Table]:
             p = service.start()
             publishers.append(p)
             service.wait_ready(p, 60)
+            pids = {"publisher": p.pid}
+            if workers > 1:
+                pids = {f"worker {i}": pid for i, pid in enumerate(await workers_up(p, metrics))}
             for clients in CLIENTS:
                 stories = [f"{label}-{clients}-{i}" for i in range(clients)]
                 await seed_jetsource(server.address(), stories, history)
-                meter = CpuMeter({"publisher": p.pid, "nats-server": proc.pid})
+                meter = CpuMeter({**pids, "nats-server": proc.pid})
                 rows[(label, clients)] = await drive_jetsource(
                     OURS[label], service.address(), stories, commands, meter
                 )

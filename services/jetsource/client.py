@@ -6,11 +6,14 @@ QueryClient (below) for the query service.
         await client.add_decision("story-1", "d1", "Use NATS", expected_version=r.version)
 
 Each call sends a fresh idempotency key unless one is given: pass the same key to
-retry safely.
+retry safely. Both clients hold their own connection and send a call answered
+UNAVAILABLE again (up to 5 attempts within its deadline; the same request, so the
+same key): a publisher worker or replica that goes away costs a retry, not an error.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,8 +32,29 @@ from jetsource.core.settings import GrpcClientSettings
 R = TypeVar("R")
 
 
+# A call answered UNAVAILABLE (a worker or replica gone, a connection reset while a
+# service restarts) is sent again, within its deadline. Only for clients whose every
+# call may run twice: reads, and commands, which always carry an idempotency key.
+RETRY_UNAVAILABLE = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{}],
+                "retryPolicy": {
+                    "maxAttempts": 5,
+                    "initialBackoff": "0.1s",
+                    "maxBackoff": "1s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
+
+
 def open_channel(
-    target: str, security: GrpcClientSettings | None = None
+    target: str, security: GrpcClientSettings | None = None, retry: bool = False
 ) -> tuple[grpc.aio.Channel, tuple[tuple[str, str], ...]]:
     """A channel to a jetsource gRPC service and the metadata every call carries
     (the bearer token, if any). TLS when ``security.tls`` is on: the CA file (else the
@@ -39,8 +63,22 @@ def open_channel(
     metadata: tuple[tuple[str, str], ...] = ()
     if s.token is not None and s.token.get_secret_value():
         metadata = (("authorization", f"Bearer {s.token.get_secret_value()}"),)
+    # A client's own connection (grpc would otherwise share one TCP connection among
+    # every channel of the process to the same address): so a service's workers, or
+    # replicas behind an L4 balancer, each take their share of a process's clients.
+    own: list[tuple[str, Any]] = [("grpc.use_local_subchannel_pool", 1)]
+    if retry:
+        own += [
+            ("grpc.enable_retries", 1),
+            ("grpc.service_config", RETRY_UNAVAILABLE),
+            # Reconnect soon after a reset (grpc waits 1 s first by default), so the
+            # retries find the connection up again.
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 2000),
+        ]
     if not s.tls.active:
-        return grpc.aio.insecure_channel(target), metadata
+        return grpc.aio.insecure_channel(target, options=own), metadata
 
     def read(path: Path | None) -> bytes | None:
         return path.read_bytes() if path is not None else None
@@ -51,7 +89,7 @@ def open_channel(
         certificate_chain=read(s.tls.cert_file),
     )
     options = [("grpc.ssl_target_name_override", s.server_name)] if s.server_name else []
-    return grpc.aio.secure_channel(target, credentials, options=options), metadata
+    return grpc.aio.secure_channel(target, credentials, options=own + options), metadata
 
 
 STATUSES = {
@@ -71,7 +109,7 @@ class ContextClient:
         actor: str = "",
         security: GrpcClientSettings | None = None,
     ) -> None:
-        self._channel, self._metadata = open_channel(target, security)
+        self._channel, self._metadata = open_channel(target, security, retry=True)
         self._stub = pb_grpc.ContextCommandServiceStub(self._channel)
         self._timeout = timeout
         self._actor = actor
@@ -255,7 +293,7 @@ class QueryClient:
     def __init__(
         self, target: str, timeout: float = 10.0, security: GrpcClientSettings | None = None
     ) -> None:
-        self._channel, self._metadata = open_channel(target, security)
+        self._channel, self._metadata = open_channel(target, security, retry=True)
         self._stub = query_pb2_grpc.ContextQueryServiceStub(self._channel)
         self._timeout = timeout
 

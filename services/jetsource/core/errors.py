@@ -56,6 +56,12 @@ class AccessDeniedError(JetsourceError):
     help: the configuration must change. The message names the server, never a secret."""
 
 
+class ListenError(JetsourceError):
+    """A service cannot listen where it is configured to: the address is in use by
+    another process or not this host's. Restarting will not help: the configuration
+    (or the other process) must change."""
+
+
 class CorruptEventError(JetsourceError):
     """A stored message of an aggregate is not a valid event at its place in the
     aggregate's history: it does not decode, its envelope is empty or names another

@@ -26,6 +26,7 @@ from jetsource.core.errors import (
     ConcurrencyError,
     CorruptEventError,
     EventStoreUnavailableError,
+    ListenError,
     StreamMissingError,
     ValidationError,
 )
@@ -398,17 +399,25 @@ async def start_grpc(
     target: str,
     max_concurrent_rpcs: int,
     security: GrpcServerSettings | None = None,
+    share_port: bool = False,
 ) -> GrpcEndpoint:
+    """Start a service's gRPC server (and its separate health port, if set).
+
+    grpc turns SO_REUSEPORT on by default, so a second process on a port in use binds
+    it silently and takes half its connections. Off here: a port in use is a clear
+    :class:`ListenError`; ``share_port`` turns it on for the workers of one service
+    (``publisher.workers``), which share their port on purpose."""
     s = security or GrpcServerSettings()
     tokens = [t.get_secret_value() for t in s.auth_tokens if t.get_secret_value()]
-    size = [
+    options = [
         ("grpc.max_receive_message_length", s.max_message_bytes),
         ("grpc.max_send_message_length", s.max_message_bytes),
+        ("grpc.so_reuseport", 1 if share_port else 0),
     ]
     server = grpc.aio.server(
         maximum_concurrent_rpcs=max_concurrent_rpcs,
         interceptors=[Guard(tokens, s.max_inflight_per_client)],
-        options=size,
+        options=options,
     )
     add_servicer(server)
     health_servicer = health.aio.HealthServicer()
@@ -417,22 +426,42 @@ async def start_grpc(
         [service_name, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
     credentials = server_credentials(s)
-    if credentials is None:
-        port = server.add_insecure_port(target)
-    else:
-        port = server.add_secure_port(target, credentials)
+    port = _listen(
+        service_name,
+        target,
+        lambda: (
+            server.add_insecure_port(target)
+            if credentials is None
+            else server.add_secure_port(target, credentials)
+        ),
+    )
     health_server = None
     health_port = 0
     if s.health_port:
-        health_server = grpc.aio.server()
+        health_server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if share_port else 0)])
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
         host = target.rsplit(":", 1)[0]
-        health_port = health_server.add_insecure_port(f"{host}:{s.health_port}")
+        health_target = f"{host}:{s.health_port}"
+        health_port = _listen(
+            f"{service_name} health",
+            health_target,
+            lambda: health_server.add_insecure_port(health_target),
+        )
         await health_server.start()
     await server.start()
     for name in ("", service_name):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return GrpcEndpoint(server, port, health_servicer, health_server, health_port)
+
+
+def _listen(what: str, target: str, bind: Callable[[], int]) -> int:
+    try:
+        return bind()
+    except RuntimeError as exc:  # grpc's "Failed to bind to address ..."
+        raise ListenError(
+            f"{what} cannot listen on {target}: the address is in use by another process "
+            "or is not this host's; choose another port (or stop the other process)"
+        ) from exc
 
 
 def stop_on_signals() -> asyncio.Event:

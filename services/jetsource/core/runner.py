@@ -1,7 +1,8 @@
 """How each service process runs: logging (structured, jetsource.core.logging) and
 tracing (jetsource.core.telemetry, when configured) from settings, then its serve
-coroutine; a server that refuses the service's credentials ends it with one clear
-line and exit code 2 (restarting cannot help), never a retry loop or a traceback."""
+coroutine; a server that refuses the service's credentials, or an address it cannot listen on,
+ends it with one clear line and exit code 2 (restarting cannot help), never a retry
+loop or a traceback."""
 
 from __future__ import annotations
 
@@ -12,12 +13,12 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from jetsource.core import telemetry
-from jetsource.core.errors import AccessDeniedError
+from jetsource.core.errors import AccessDeniedError, ListenError
 from jetsource.core.logging import setup_logging
 from jetsource.core.settings import JetsourceSettings
 
 S = TypeVar("S", bound=JetsourceSettings)
-EXIT_ACCESS_DENIED = 2
+EXIT_ACCESS_DENIED = 2  # also: cannot listen where configured (ListenError)
 
 
 def run_service(name: str, settings: S, serve: Callable[[S], Coroutine[Any, Any, None]]) -> None:
@@ -30,7 +31,7 @@ def run_service(name: str, settings: S, serve: Callable[[S], Coroutine[Any, Any,
     telemetry.setup_tracing(name, settings.otel)
     try:
         asyncio.run(serve(settings))
-    except AccessDeniedError as exc:
+    except (AccessDeniedError, ListenError) as exc:
         logging.getLogger(f"jetsource.{name}").error("%s cannot start: %s", name, exc)
         sys.exit(EXIT_ACCESS_DENIED)
     finally:

@@ -1,0 +1,162 @@
+"""Several processes of one service on one port: a supervisor for ``workers > 1``.
+
+Python runs one core per process; a service whose work is CPU in its own process (the
+publisher: gRPC, decide, encode) uses more cores as more processes. The workers share
+the gRPC port through SO_REUSEPORT (the kernel spreads new connections over them) and
+need nothing else in common: each keeps its own caches, and optimistic concurrency on
+the event stream makes their appends safe (a stale cache conflicts, reloads, retries;
+an idempotency key is found in the stream by whichever worker sees the retry).
+
+The supervisor starts the workers, restarts one that ends on its own (after a backoff
+that grows while it keeps failing), stops them all on SIGTERM/SIGINT within their
+grace plus a margin (then SIGKILL), and ends with exit code 2 at once when a worker
+says it cannot start (exit 2: credentials refused, address not usable), since a
+restart cannot help there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import FrameType
+
+from jetsource.core.runner import EXIT_ACCESS_DENIED
+
+log = logging.getLogger("jetsource.workers")
+
+STOP_MARGIN_S = 5.0
+BACKOFF_FIRST_S = 0.5
+BACKOFF_MAX_S = 30.0
+HEALTHY_AFTER_S = 30.0  # a worker up this long resets its backoff
+POLL_S = 0.2
+
+
+def _end_with_parent() -> None:
+    """In the worker, before it runs: SIGTERM when the supervisor dies, even by
+    SIGKILL, so no worker keeps the port after it (Linux; elsewhere nothing)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class Worker:
+    index: int
+    proc: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    backoff: float = BACKOFF_FIRST_S
+    restart_at: float = 0.0
+    restarts: int = 0
+
+
+@dataclass
+class Supervisor:
+    """``command`` runs one worker; ``env_for(i)`` is worker i's environment."""
+
+    name: str
+    command: list[str]
+    count: int
+    env_for: Callable[[int], Mapping[str, str]]
+    grace_s: float
+    workers: list[Worker] = field(default_factory=list)
+    _stopping: bool = False
+
+    def _start(self, w: Worker) -> None:
+        w.proc = subprocess.Popen(
+            self.command, env={**self.env_for(w.index)}, preexec_fn=_end_with_parent
+        )
+        w.started = time.monotonic()
+        log.info("%s worker %d started (pid %d)", self.name, w.index, w.proc.pid)
+
+    def _stop(self, signum: int, frame: FrameType | None) -> None:
+        self._stopping = True
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._stop)
+        self.workers = [Worker(i) for i in range(self.count)]
+        for w in self.workers:
+            self._start(w)
+        log.info(
+            "%s: %d workers sharing one port (pid %d supervises)",
+            self.name,
+            self.count,
+            os.getpid(),
+        )
+        code = 0
+        while not self._stopping:
+            time.sleep(POLL_S)
+            now = time.monotonic()
+            for w in self.workers:
+                if w.proc is None:
+                    if now >= w.restart_at and not self._stopping:
+                        w.restarts += 1
+                        self._start(w)
+                    continue
+                ended = w.proc.poll()
+                if ended is None:
+                    if now - w.started >= HEALTHY_AFTER_S:
+                        w.backoff = BACKOFF_FIRST_S
+                    continue
+                if ended == EXIT_ACCESS_DENIED:
+                    log.error(
+                        "%s worker %d cannot start (exit %d): stopping every worker",
+                        self.name,
+                        w.index,
+                        ended,
+                    )
+                    w.proc = None
+                    self._stopping = True
+                    code = EXIT_ACCESS_DENIED
+                    break
+                log.warning(
+                    "%s worker %d (pid %d) ended with %d; restarting in %.1f s",
+                    self.name,
+                    w.index,
+                    w.proc.pid,
+                    ended,
+                    w.backoff,
+                )
+                w.proc = None
+                w.restart_at = now + w.backoff
+                w.backoff = min(w.backoff * 2, BACKOFF_MAX_S)
+        self.stop_all()
+        return code
+
+    def stop_all(self) -> None:
+        running = [w.proc for w in self.workers if w.proc is not None and w.proc.poll() is None]
+        for p in running:
+            p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.grace_s + STOP_MARGIN_S
+        for p in running:
+            try:
+                p.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                log.warning("%s worker pid %d did not stop in time: killed", self.name, p.pid)
+                p.kill()
+                p.wait()
+        log.info("%s: every worker stopped", self.name)
+
+
+def supervise(
+    name: str,
+    module: str,
+    count: int,
+    env_for: Callable[[int], Mapping[str, str]],
+    grace_s: float,
+) -> int:
+    """Run ``count`` workers of ``python -m module``; returns the exit code."""
+    return Supervisor(name, [sys.executable, "-m", module], count, env_for, grace_s).run()
