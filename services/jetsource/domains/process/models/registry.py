@@ -16,6 +16,17 @@ ancestor's ending time). A child recorded before its parent is a root (parent_pe
 until the parent's first event: then it and its whole subtree get the parent's root
 and their depths.
 
+"Still running when the ancestor ended" is a matter of the log's order (global_seq),
+not of the order the model sees events in: the projector keeps each process's order
+only, and after a crash an event comes back (after the ack wait) behind later events
+of other processes. So the cascade is derived from positions: ``ends:<id>`` (zset)
+holds a process's own endings (score global_seq, member ``<seq>|<occurred ns>``) and
+``declared_at`` the global_seq of the event that named its parent (the link to the
+parent exists from max(declared_at, parent's first)). A process with no ending of its
+own is ``interrupted`` by the first ending (by global_seq) of an ancestor recorded
+once the chain of links up to that ancestor existed, else ``running``; it is worked
+out again whenever one of those inputs changes (an ending above it, a link above it).
+
 One Lua script per batch applies every event that is the next of its process (by
 process_seq) and moves the checkpoint; a redelivered event changes nothing.
 """
@@ -60,10 +71,6 @@ local ENDINGS = """
 local PRUNER = '{PRUNER_ID}'
 """
     + """
-local function moved(node, old, new)
-  redis.call('ZREM', p .. ':idx:root:' .. old, node)
-  redis.call('ZADD', p .. ':idx:root:' .. new, redis.call('HGET', p .. ':first', node), node)
-end
 local function set_status(id, status, ended)
   local h = p .. ':p:' .. id
   local old = redis.call('HGET', h, 'status')
@@ -78,6 +85,45 @@ local function set_status(id, status, ended)
     end
   end
 end
+-- The status of a process without an ending of its own, from positions alone (see the
+-- module's docstring): the first ending of an ancestor at or after the moment the
+-- chain of links up to it existed interrupts it. Any order of application (each
+-- process's own events in order) gives the status the log's order gives.
+local OWN = {completed = true, failed = true, cancelled = true}
+local function derive(id)
+  if redis.call('EXISTS', p .. ':ends:' .. id) == 1 then return end
+  local h = p .. ':p:' .. id
+  local status = redis.call('HGET', h, 'status')
+  -- a row kept before ends:<id> existed: its own ending stands
+  if OWN[status] then return end
+  local x, since, best, occ, hops = id, 0, nil, '', 0
+  while hops < 100000 do
+    local q = redis.call('HGET', p .. ':parent', x)
+    if not q then break end
+    local at = tonumber(redis.call('HGET', p .. ':declared_at', x) or '0')
+    local qfirst = tonumber(redis.call('HGET', p .. ':first', q) or '0')
+    if qfirst > at then at = qfirst end
+    if at > since then since = at end
+    local e = redis.call(
+      'ZRANGEBYSCORE', p .. ':ends:' .. q, string.format('%d', since), '+inf',
+      'WITHSCORES', 'LIMIT', 0, 1)
+    if #e > 0 and (best == nil or tonumber(e[2]) < best) then
+      best = tonumber(e[2])
+      occ = string.sub(e[1], string.find(e[1], '|', 1, true) + 1)
+    end
+    x, hops = q, hops + 1
+  end
+  if best ~= nil then
+    if status ~= 'interrupted' or (redis.call('HGET', h, 'ended_at') or '') ~= occ then
+      set_status(id, 'interrupted', occ)
+    end
+  end
+end
+local function moved(node, old, new)
+  redis.call('ZREM', p .. ':idx:root:' .. old, node)
+  redis.call('ZADD', p .. ':idx:root:' .. new, redis.call('HGET', p .. ':first', node), node)
+  derive(node)  -- new ancestors: an ending above may have been applied already
+end
 local function remove(id)
   local h = p .. ':p:' .. id
   local f = redis.call('HMGET', h, 'status', 'kind')
@@ -87,7 +133,8 @@ local function remove(id)
   redis.call('ZREM', p .. ':idx:started', id)
   local root = redis.call('HGET', p .. ':root', id)
   if root then redis.call('ZREM', p .. ':idx:root:' .. root, id) end
-  redis.call('DEL', h, p .. ':idx:root:' .. id)
+  redis.call('DEL', h, p .. ':idx:root:' .. id, p .. ':ends:' .. id)
+  redis.call('HDEL', p .. ':declared_at', id)
 end
 local pos, blocked, waiting = {}, {}, {}
 local applied, maxseq, i = 0, 0, 3
@@ -96,6 +143,7 @@ for _ = 1, n do
   local parent, occ, rec = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
   local kind, name, err = ARGV[i + 7], ARGV[i + 8], ARGV[i + 9]
   local attrs, skip, started_us, pruned = ARGV[i + 10], ARGV[i + 11], ARGV[i + 12], ARGV[i + 13]
+  local seqtext = ARGV[i + 2]  -- exact, for keys and scores
   i = i + 14
   if pos[id] == nil then pos[id] = tonumber(redis.call('HGET', p .. ':pos', id) or '0') end
   if redis.call('HEXISTS', p .. ':pruned', id) == 1 then
@@ -118,6 +166,9 @@ for _ = 1, n do
         redis.call('ZADD', p .. ':idx:root:' .. id, seq, id)
         set_status(id, 'running', nil)
       end
+      if parent ~= '' and parent ~= id and redis.call('HEXISTS', p .. ':declared', id) == 0 then
+        redis.call('HSET', p .. ':declared_at', id, seqtext)
+      end
       declare(id, parent, seq, moved)
       redis.call('HINCRBY', h, 'count', 1)
       redis.call('HSET', h, 'last_type', typ, 'last_seq', ver, 'last_rec', rec)
@@ -137,6 +188,7 @@ for _ = 1, n do
       end
       local ending = ENDINGS[typ]
       if ending then
+        redis.call('ZADD', p .. ':ends:' .. id, seqtext, seqtext .. '|' .. occ)
         set_status(id, ending, occ)
         if ending == 'failed' and err ~= '' then
           redis.call('HSET', h, 'error', err)
@@ -144,11 +196,7 @@ for _ = 1, n do
           redis.call('HDEL', h, 'error')
         end
         local below = subtree(id)
-        for k = 2, #below do
-          if redis.call('HGET', p .. ':p:' .. below[k], 'status') == 'running' then
-            set_status(below[k], 'interrupted', occ)
-          end
-        end
+        for k = 2, #below do derive(below[k]) end
       end
     end
   elseif ver > pos[id] + 1 then
