@@ -195,3 +195,33 @@ def test_workers_need_a_fixed_port(nats_server: Server, unique: str) -> None:
     assert run.returncode == 2
     err = run.stderr.decode() + run.stdout.decode()
     assert "JETSOURCE_PUBLISHER__GRPC_PORT" in err and "Traceback" not in err
+
+
+def test_a_metrics_port_in_use_is_refused_with_one_clear_line(
+    nats_server: Server, tmp_path: Path
+) -> None:
+    """The same for the HTTP side (/metrics, /healthz): the observer, whose metrics port
+    another process holds, ends with exit 2 and one line, not a traceback."""
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        env = {
+            **os.environ,
+            "JETSOURCE_NATS__URL": nats_server.url,
+            "JETSOURCE_OBSERVER__GRPC_PORT": str(free_port()),
+            "JETSOURCE_OBSERVER__METRICS_PORT": str(busy.getsockname()[1]),
+        }
+        run = subprocess.run(
+            [sys.executable, "-m", "jetsource.observer.server"],
+            env=env,
+            capture_output=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+        err = run.stderr.decode() + run.stdout.decode()
+        assert run.returncode == 2, err
+        assert f"cannot listen on 127.0.0.1:{busy.getsockname()[1]}" in err
+        assert "Traceback" not in err
+    finally:
+        busy.close()

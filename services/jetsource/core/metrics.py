@@ -25,6 +25,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Gauge, generate_latest
 
 from jetsource import __version__
+from jetsource.core.errors import ListenError
 
 log = logging.getLogger("jetsource.metrics")
 
@@ -90,6 +91,20 @@ def watch_nats(nc: Any, service: str, poll_s: float = 5.0) -> asyncio.Task[None]
     return asyncio.create_task(poll(), name=f"{service}-nats-connected")
 
 
+def bind_http(
+    what: str, host: str, port: int, handler: type[BaseHTTPRequestHandler]
+) -> ThreadingHTTPServer:
+    """A threading HTTP server on ``host:port``, or :class:`ListenError` naming what
+    could not listen where (a port in use, an address not this host's)."""
+    try:
+        return ThreadingHTTPServer((host, port), handler)
+    except OSError as exc:
+        raise ListenError(
+            f"{what} cannot listen on {host}:{port}: {exc.strerror or exc}; choose another "
+            "port (or stop the other process)"
+        ) from exc
+
+
 def start_metrics_server(
     port: int, host: str, healthy: Callable[[], bool] = lambda: True
 ) -> ThreadingHTTPServer:
@@ -117,7 +132,7 @@ def start_metrics_server(
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer((host, port), Handler)
+    server = bind_http("/metrics", host, port, Handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -33,6 +34,12 @@ def run_service(name: str, settings: S, serve: Callable[[S], Coroutine[Any, Any,
         asyncio.run(serve(settings))
     except (AccessDeniedError, ListenError) as exc:
         logging.getLogger(f"jetsource.{name}").error("%s cannot start: %s", name, exc)
-        sys.exit(EXIT_ACCESS_DENIED)
+        telemetry.shutdown()
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Now, without the interpreter's teardown: what serve() had started (a gRPC
+        # server whose loop is gone) would print tracebacks from its finalizers.
+        os._exit(EXIT_ACCESS_DENIED)
     finally:
         telemetry.shutdown()  # the spans still queued are sent

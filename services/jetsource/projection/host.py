@@ -11,14 +11,14 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from jetsource.core.aio import wait_event
 from jetsource.core.grpcserver import stop_on_signals
-from jetsource.core.metrics import register_service, watch_nats
+from jetsource.core.metrics import bind_http, register_service, watch_nats
 from jetsource.projection.bootstrap import Projection, open_projection
 from jetsource.projection.partitions import (
     Lease,
@@ -320,7 +320,7 @@ class HealthServer:
             def log_message(self, format: str, *args: object) -> None:
                 return None  # probes every second would flood the log
 
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd = bind_http("/metrics and /healthz", host, port, Handler)
         self.httpd.daemon_threads = True
         self.port = int(self.httpd.server_address[1])
         self._thread = threading.Thread(
