@@ -35,6 +35,7 @@ from pathlib import Path
 
 import grpc
 import httpx
+from pydantic import SecretStr
 
 from bench.common import Aim, CpuMeter, Stats, Table, exit_on_signals, ms, show, stop
 from jetsource._gen.omni.v1 import query_pb2 as pb
@@ -121,7 +122,9 @@ def settings_for(nats_url: str, valkey_url: str) -> IngestSettings:
             http_port=free_port(),
             grpc_port=free_port(),
             instances={
-                INSTANCE: InstanceConfig(provider="whatsapp", format="cloud", app_secret=SECRET)
+                INSTANCE: InstanceConfig(
+                    provider="whatsapp", format="cloud", app_secret=SecretStr(SECRET)
+                )
             },
         ),
         omni=OmniOptions(),
