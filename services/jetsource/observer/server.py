@@ -149,9 +149,14 @@ class ObserverService(pb_grpc.ObserverServiceServicer):
         queue: asyncio.Queue[epb.CanonicalEvent | None] = asyncio.Queue()
 
         async def read() -> None:
-            async for req in request_iterator:
-                await queue.put(req.event)
-            await queue.put(None)
+            # The end mark goes in however reading ends (a message that is not
+            # protobuf, the client gone): without it the loop below would wait for
+            # good, and the reader's error would reach no one.
+            try:
+                async for req in request_iterator:
+                    await queue.put(req.event)
+            finally:
+                queue.put_nowait(None)
 
         reader = asyncio.create_task(read())
         out: list[epb.Position] = []
