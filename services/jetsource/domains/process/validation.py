@@ -6,6 +6,7 @@ refuses unknown fields and a payload that is not a JSON object."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from jetsource.domains.process.pruning import PRUNER_ID, RESERVED_TYPES
 # Event ids (and causation ids, which name one): a Nats-Msg-Id and a log-safe token.
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}")
 _PRINTABLE = re.compile(r"[^\x00-\x1f\x7f]*")
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # google.protobuf.Timestamp's own range: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59Z.
 _MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
 
@@ -36,6 +38,11 @@ class Limits:
     max_attribute_bytes: int = 4096
     max_text: int = 256  # source, correlation id, idempotency key, content type
     max_schema_version: int = 1_000_000
+    # Struct levels in ``data``. Each is three protobuf levels (Struct, map entry,
+    # Value), protobuf parses at most 100, and every reader adds levels around the
+    # payload (a StoredEvent in a response, a session message): a payload that only
+    # just parsed here would be unreadable there.
+    max_depth: int = 20
 
 
 def _text(value: str, field: str, limit: int) -> None:
@@ -43,6 +50,38 @@ def _text(value: str, field: str, limit: int) -> None:
         raise ValidationError(f"{field} is {len(value)} characters; at most {limit}", field)
     if not _PRINTABLE.fullmatch(value):
         raise ValidationError(f"{field} contains control characters", field)
+
+
+def _json_value(value: struct_pb2.Value, field: str, depth: int, limits: Limits) -> None:
+    which = value.WhichOneof("kind")
+    if which == "number_value" and not math.isfinite(value.number_value):
+        raise ValidationError(
+            f"{field} is {value.number_value}: not a JSON number (finite numbers only)", field
+        )
+    if which == "struct_value":
+        _json_struct(value.struct_value, field, depth + 1, limits)
+    elif which == "list_value":
+        if depth + 1 > limits.max_depth:
+            raise ValidationError(_too_deep(field, limits), field)
+        for i, item in enumerate(value.list_value.values):
+            _json_value(item, f"{field}[{i}]", depth + 1, limits)
+
+
+def _too_deep(field: str, limits: Limits) -> str:
+    return f"{field} is nested deeper than {limits.max_depth} levels"
+
+
+def _json_struct(s: struct_pb2.Struct, field: str, depth: int, limits: Limits) -> None:
+    """A payload every reader can render as JSON: finite numbers, bounded nesting."""
+    if depth > limits.max_depth:
+        raise ValidationError(_too_deep(field, limits), field)
+    for key, value in s.fields.items():
+        _json_value(
+            value,
+            f"{field}.{key}" if _KEY.fullmatch(key) else f"{field}[{key[:40]!r}]",
+            depth,
+            limits,
+        )
 
 
 def _process_id(value: str, field: str) -> None:
@@ -128,6 +167,7 @@ def to_new_event(event: CanonicalEvent, limits: Limits, at: str = "event") -> Ne
     body = ProcessEventBody(attributes=event.attributes)
     which = event.WhichOneof("payload")
     if which == "data":
+        _json_struct(event.data, f + "data", 1, limits)
         body.data.CopyFrom(event.data)
     elif which == "typed":
         if not event.typed.content_type:
