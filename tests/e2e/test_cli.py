@@ -182,7 +182,9 @@ def test_unreachable_publisher_fails_fast_naming_the_setting(cli_stack: CliStack
         took = time.monotonic() - started
         assert r.returncode == 3 and r.stdout == "", r
         assert f"{kind} at {nobody} is not reachable" in r.stderr and setting in r.stderr
-        assert took < 3.0, took  # about 1 s of it is starting Python
+        # Well before the 10 s command deadline it used to wait out. Not tighter: about
+        # 1 s of it is starting Python, 3 s and more on a loaded machine (CI saw 3.4 s).
+        assert took < 7.0, took
     # The flag wins over the setting.
     r = cli_stack.run("ctx", "create", story(), "--title", "T", "--publisher", nobody)
     assert r.returncode == 3 and f"publisher at {nobody}" in r.stderr
