@@ -8,6 +8,7 @@ stream sequence of the page's last event, and the next page starts below it.
 from __future__ import annotations
 
 import heapq
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -138,6 +139,9 @@ def _view(values: list[Any]) -> EventView | None:
     return EventView(event=event, stream_seq=int(seq or 0), status=status)
 
 
+_TOKEN = re.compile(r"[0-9]{1,19}")  # a positive int64
+
+
 def page_size(requested: int, maximum: int) -> int:
     if requested < 0 or requested > maximum:
         raise ValidationError(
@@ -150,9 +154,24 @@ def below(token: str) -> float:
     """The highest stream sequence a page may start at."""
     if not token:
         return float("inf")
-    if not token.isdigit():
+    # ASCII digits of a stream sequence only: str.isdigit() also holds for '²' (which
+    # int() refuses: a 500) and other scripts' digits (which it reads as a number).
+    if not _TOKEN.fullmatch(token) or int(token) < 1:
         raise ValidationError("page_token is not one this service handed out", field="page_token")
     return int(token) - 1
+
+
+PROVIDERS = ("whatsapp", "discord")
+
+
+def provider_name(value: str, field: str = "provider") -> str:
+    """A provider a read may name: empty (any) or one the ingress serves."""
+    if value and value not in PROVIDERS:
+        raise ValidationError(
+            f"{field} {value[:40]!r} is not a provider (one of {', '.join(PROVIDERS)})",
+            field=field,
+        )
+    return value
 
 
 class OmniReads:
@@ -204,6 +223,7 @@ class OmniReads:
     async def recent(
         self, filters: Filters, since_ns: int | None, size: int, token: str
     ) -> tuple[list[EventView], str]:
+        provider_name(filters.provider)
         size = page_size(size, self.max_page_size)
         top = below(token)
         floor = await self._floor(since_ns)
@@ -302,6 +322,7 @@ class OmniReads:
         ):
             if not value:
                 raise ValidationError(f"{name} is required", field=name)
+        provider_name(provider)
         ns = await self.ns(OMNI_EVENTS)
         return await self._page(ns, [f"c:{provider}:{instance}:{conversation_id}"], size, token)
 
@@ -364,6 +385,7 @@ class OmniReads:
                 "provider and external_id are required",
                 field="provider" if not provider else "external_id",
             )
+        provider_name(provider)
         ns = await self.ns(OMNI_IDENTITIES)
         found = await valkey_io(self.redis.hget(f"{ns}:h", handle_name(provider, external_id)))
         if not found:
@@ -380,6 +402,7 @@ class OmniReads:
     async def identities(
         self, provider: str, include_merged: bool, size: int, token: str
     ) -> tuple[list[IdentityView], str]:
+        provider_name(provider)
         size = page_size(size, self.max_page_size)
         top = below(token)
         ns = await self.ns(OMNI_IDENTITIES)

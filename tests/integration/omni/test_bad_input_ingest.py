@@ -1,0 +1,293 @@
+"""Hostile input to the ingress's HTTP API beyond the webhook sweep of test_ingress.py:
+bad query parameters, cursors, ids and bodies on the /api/v1 reads, the GET handshake
+and the status update. Whatever comes: a 4xx whose body names the offending field,
+never a 500, never a traceback, and nothing written."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from jetsource.ingest.server import Ingest
+from tests.integration.omni.harness import VERIFY_TOKEN, headers_for, route
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def api(ingest: Ingest) -> AsyncIterator[httpx.AsyncClient]:
+    """The app as a client sees it: an exception the app does not handle is the 500
+    the server would answer, not an exception in the test."""
+    transport = httpx.ASGITransport(app=ingest.app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+        yield client
+
+
+HUGE = "9" * 40
+# (method, path, query or body, acceptable statuses, a word the answer must hold)
+CASES: dict[str, tuple[str, str, dict[str, str] | bytes | None, set[int], str]] = {
+    "events: page_size negative": (
+        "GET",
+        "/api/v1/events",
+        {"page_size": "-1"},
+        {400},
+        "page_size",
+    ),
+    "events: page_size huge": (
+        "GET",
+        "/api/v1/events",
+        {"page_size": HUGE},
+        {400, 422},
+        "page_size",
+    ),
+    "events: page_size not a number": (
+        "GET",
+        "/api/v1/events",
+        {"page_size": "ten"},
+        {400, 422},
+        "page_size",
+    ),
+    "events: page_token letters": (
+        "GET",
+        "/api/v1/events",
+        {"page_token": "abc"},
+        {400},
+        "page_token",
+    ),
+    "events: page_token superscript digit": (
+        "GET",
+        "/api/v1/events",
+        {"page_token": "\u00b2"},
+        {400},
+        "page_token",
+    ),
+    "events: page_token arabic digits": (
+        "GET",
+        "/api/v1/events",
+        {"page_token": "\u0663\u0664"},
+        {400},
+        "page_token",
+    ),
+    "events: page_token huge": (
+        "GET",
+        "/api/v1/events",
+        {"page_token": HUGE * 10},
+        {400},
+        "page_token",
+    ),
+    "events: page_token negative": (
+        "GET",
+        "/api/v1/events",
+        {"page_token": "-5"},
+        {400},
+        "page_token",
+    ),
+    "events: unknown provider": ("GET", "/api/v1/events", {"provider": "sms"}, {400}, "provider"),
+    "identities: unknown provider": (
+        "GET",
+        "/api/v1/identities",
+        {"provider": "sms"},
+        {400},
+        "provider",
+    ),
+    "events: bad type": ("GET", "/api/v1/events", {"type": "bogus"}, {400}, "type"),
+    "events: bad direction": ("GET", "/api/v1/events", {"direction": "up"}, {400}, "direction"),
+    "events: bad since": ("GET", "/api/v1/events", {"since": "yesterday"}, {400}, "since"),
+    "events: since year 10000": (
+        "GET",
+        "/api/v1/events",
+        {"since": "10000-01-01T00:00:00Z"},
+        {400},
+        "since",
+    ),
+    "events: since year 0001": (
+        "GET",
+        "/api/v1/events",
+        {"since": "0001-01-01T00:00:00Z"},
+        {200, 400},
+        "",
+    ),
+    "event: bad id": ("GET", "/api/v1/events/a.b", None, {400}, "event_id"),
+    "event: unknown id": ("GET", "/api/v1/events/nope", None, {404}, "event_id"),
+    "event: long id": ("GET", "/api/v1/events/" + "e" * 5000, None, {400}, "event_id"),
+    "event: include_raw not a bool": (
+        "GET",
+        "/api/v1/events/nope",
+        {"include_raw": "maybe"},
+        {400, 422},
+        "include_raw",
+    ),
+    "raw: bad id": ("GET", "/api/v1/raw/a%20b", None, {400}, "raw_id"),
+    "raw: unknown id": ("GET", "/api/v1/raw/nope", None, {404}, "raw_id"),
+    "conversation: unknown provider": (
+        "GET",
+        "/api/v1/conversations/x/y/z",
+        None,
+        {400},
+        "provider",
+    ),
+    "conversation: page_token letters": (
+        "GET",
+        "/api/v1/conversations/whatsapp/acme-cloud/c1",
+        {"page_token": "zz"},
+        {400},
+        "page_token",
+    ),
+    "conversation: page_token superscript digit": (
+        "GET",
+        "/api/v1/conversations/whatsapp/acme-cloud/c1",
+        {"page_token": "\u00b9\u00b2"},
+        {400},
+        "page_token",
+    ),
+    "conversation: page_size too big": (
+        "GET",
+        "/api/v1/conversations/whatsapp/acme-cloud/c1",
+        {"page_size": "100000"},
+        {400},
+        "page_size",
+    ),
+    "identities: page_size negative": (
+        "GET",
+        "/api/v1/identities",
+        {"page_size": "-3"},
+        {400},
+        "page_size",
+    ),
+    "identities: page_token garbage": (
+        "GET",
+        "/api/v1/identities",
+        {"page_token": "\u00b2"},
+        {400},
+        "page_token",
+    ),
+    "identities: page_token letters": (
+        "GET",
+        "/api/v1/identities",
+        {"page_token": "x"},
+        {400},
+        "page_token",
+    ),
+    "identity: bad id": ("GET", "/api/v1/identities/a.b", None, {400}, "identity_id"),
+    "identity: malformed id": ("GET", "/api/v1/identities/nobody", None, {400}, "identity_id"),
+    "timeline: malformed id": (
+        "GET",
+        "/api/v1/identities/nobody/timeline",
+        None,
+        {400},
+        "identity_id",
+    ),
+    "timeline: page_token superscript": (
+        "GET",
+        "/api/v1/identities/nobody/timeline",
+        {"page_token": "\u00b2"},
+        {400, 404},
+        "",
+    ),
+    "handle: unknown provider": (
+        "GET",
+        "/api/v1/handles/carrier-pigeon/123",
+        None,
+        {400},
+        "provider",
+    ),
+    "handle: unknown handle": ("GET", "/api/v1/handles/whatsapp/123", None, {404}, ""),
+    "status: not JSON": ("POST", "/api/v1/events/nope/status", b"{not json", {400, 422}, ""),
+    "status: JSON list": ("POST", "/api/v1/events/nope/status", b"[1]", {400, 422}, ""),
+    "status: missing worker": (
+        "POST",
+        "/api/v1/events/nope/status",
+        b'{"state": "processing"}',
+        {400, 422},
+        "worker",
+    ),
+    "status: bad state": (
+        "POST",
+        "/api/v1/events/nope/status",
+        b'{"state": "dancing", "worker": "w"}',
+        {400, 404},
+        "",
+    ),
+    "status: unknown event": (
+        "POST",
+        "/api/v1/events/nope/status",
+        b'{"state": "processing", "worker": "w"}',
+        {404},
+        "event_id",
+    ),
+    "status: bad event id": (
+        "POST",
+        "/api/v1/events/a.b/status",
+        b'{"state": "processing", "worker": "w"}',
+        {400},
+        "event_id",
+    ),
+    "status: attempt huge": (
+        "POST",
+        "/api/v1/events/nope/status",
+        b'{"state": "processing", "worker": "w", "attempt": ' + HUGE.encode() + b"}",
+        {400, 404, 422},
+        "",
+    ),
+    "status: attempt negative": (
+        "POST",
+        "/api/v1/events/nope/status",
+        b'{"state": "processing", "worker": "w", "attempt": -1}',
+        {400, 404, 422},
+        "",
+    ),
+    "status: worker with control characters": (
+        "POST",
+        "/api/v1/events/nope/status",
+        b'{"state": "processing", "worker": "w\\u0000x"}',
+        {400, 404, 422},
+        "",
+    ),
+    "handshake: unknown instance": (
+        "GET",
+        "/webhooks/whatsapp/nobody",
+        {"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "c"},
+        {404},
+        "instance",
+    ),
+    "handshake: wrong token": (
+        "GET",
+        "/webhooks/whatsapp/acme-cloud",
+        {"hub.mode": "subscribe", "hub.verify_token": "no", "hub.challenge": "c"},
+        {403},
+        "verify_token",
+    ),
+    "handshake: no parameters": ("GET", "/webhooks/whatsapp/acme-cloud", {}, {403}, "hub.mode"),
+    "handshake: on the discord route": ("GET", "/webhooks/discord/acme-bot", {}, {404, 405}, ""),
+    "webhook: unknown provider": ("POST", "/webhooks/telegram/acme-cloud", b"{}", {404}, ""),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+async def test_bad_api_input_is_a_4xx_naming_the_field(api: httpx.AsyncClient, case: str) -> None:
+    method, path, given, statuses, word = CASES[case]
+    if isinstance(given, bytes):
+        response = await api.request(
+            method, path, content=given, headers={"content-type": "application/json"}
+        )
+    else:
+        response = await api.request(method, path, params=given)
+    assert response.status_code in statuses, (case, response.status_code, response.text)
+    assert "Traceback" not in response.text
+    if response.status_code >= 400 and response.status_code != 405:
+        assert response.headers["content-type"].startswith("application/json"), response.text
+        assert word in response.text, (case, response.text)
+
+
+async def test_a_content_length_that_is_not_a_number_is_not_a_500(
+    api: httpx.AsyncClient,
+) -> None:
+    body = b'{"object": "whatsapp_business_account", "entry": []}'
+    headers = headers_for("acme-cloud", body)
+    for announced in ("-1", "1e9", " 5"):
+        response = await api.post(
+            route("acme-cloud"), content=body, headers={**headers, "content-length": announced}
+        )
+        assert response.status_code < 500, (announced, response.status_code, response.text)
