@@ -148,6 +148,13 @@ def create_app(
         log.error("%s failed", request.url.path, exc_info=exc)
         return _error(500, "internal", "internal error; it was logged")
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        """Anything no handler above maps: logged with its traceback, answered with
+        the same JSON error shape as every other failure (never a traceback)."""
+        log.error("%s failed unexpectedly", request.url.path, exc_info=exc)
+        return _error(500, "internal", "internal error; it was logged")
+
     async def authenticated(request: Request) -> None:
         """/api/v1/ asks for a bearer token when tokens are configured. (A dependency,
         not an HTTP middleware: those wrap every request's body stream, webhooks too.)"""

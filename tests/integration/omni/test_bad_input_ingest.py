@@ -291,3 +291,48 @@ async def test_a_content_length_that_is_not_a_number_is_not_a_500(
             route("acme-cloud"), content=body, headers={**headers, "content-length": announced}
         )
         assert response.status_code < 500, (announced, response.status_code, response.text)
+
+
+WEBHOOK_BODIES = {
+    "nested past the parser's recursion": (b"[" * 100_000 + b"]" * 100_000, 400, "body"),
+    "object nested past the recursion": (b'{"a":' * 50_000 + b"1" + b"}" * 50_000, 400, "body"),
+    "empty": (b"", 400, "body"),
+    "null": (b"null", 400, "body"),
+    "a string": (b'"hello"', 400, "body"),
+    "NaN": (b"NaN", 400, "body"),
+    "Infinity inside an object": (
+        b'{"object": "whatsapp_business_account", "x": Infinity}',
+        400,
+        "body",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WEBHOOK_BODIES))
+@pytest.mark.parametrize("instance", ["acme-cloud", "acme-evo", "acme-bot"])
+async def test_signed_webhook_bodies_that_are_no_object_are_400_naming_body(
+    api: httpx.AsyncClient, case: str, instance: str
+) -> None:
+    body, status, field = WEBHOOK_BODIES[case]
+    headers = {**headers_for(instance, body), "content-type": "text/plain"}
+    response = await api.post(route(instance), content=body, headers=headers)
+    assert response.status_code == status, (case, response.status_code, response.text[:300])
+    assert response.json()["error"]["field"] == field
+
+
+async def test_an_unexpected_failure_is_a_json_500_without_a_traceback(
+    api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from jetsource.domains.omni.reads import OmniReads
+
+    async def boom(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(OmniReads, "recent", boom)
+    response = await api.get("/api/v1/events")
+    assert response.status_code == 500
+    assert response.json() == {
+        "error": {"code": "internal", "message": "internal error; it was logged"}
+    }
+    assert "secret internals" not in response.text
+    assert "secret internals" in caplog.text, "logged with its traceback"

@@ -64,6 +64,11 @@ _UNAVAILABLE = (
 )
 
 
+def _not_json(name: str) -> Any:
+    """NaN, Infinity and -Infinity, which Python's json reads and JSON has not."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
 @dataclass
 class WebhookRequest:
     provider: str
@@ -199,9 +204,14 @@ class Intake:
                 401, "bad_signature", problem, signatures.SIGNATURE_HEADERS[config.format]
             )
         try:
-            body = json.loads(request.body)
+            body = json.loads(request.body, parse_constant=_not_json)
         except (UnicodeDecodeError, ValueError) as exc:
             raise Rejected(400, "unparseable", f"body is not JSON: {exc}"[:500], "body") from None
+        except RecursionError:
+            # Nested past the parser's recursion limit: a RuntimeError, not a ValueError.
+            raise Rejected(
+                400, "unparseable", "body is not JSON this service reads: nested too deep", "body"
+            ) from None
         if not isinstance(body, dict):
             raise Rejected(
                 400, "not_an_object", f"body is a JSON {type(body).__name__}, not an object", "body"
