@@ -43,6 +43,9 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 T = TypeVar("T")
+# The request fields' wire types (uint32 page_size and max_depth, uint64 sequences):
+# a larger number is a usage error here, not a protobuf ValueError and a traceback.
+U32, U64 = 2**32 - 1, 2**64 - 1
 
 TARGET = typer.Option(
     None, "--process-query", help="host:port (default: JETSOURCE_CLIENT__PROCESS_QUERY)"
@@ -211,7 +214,9 @@ def list_(
     parent: str = typer.Option("", "--parent", help="Only this process's children"),
     started_from: str | None = typer.Option(None, "--started-from", help="RFC 3339"),
     started_to: str | None = typer.Option(None, "--started-to", help="RFC 3339 (exclusive)"),
-    page_size: int = typer.Option(0, "--page-size", min=0, help="0: the service's default"),
+    page_size: int = typer.Option(
+        0, "--page-size", min=0, max=U32, help="0: the service's default"
+    ),
     page_token: str = typer.Option("", "--page-token"),
     all_pages: bool = typer.Option(False, "--all", help="Every page"),
     process_query: str | None = TARGET,
@@ -280,7 +285,9 @@ def show(
 @app.command()
 def tree(
     process_id: str,
-    depth: int = typer.Option(0, "--depth", min=0, help="Levels below the process; 0: all"),
+    depth: int = typer.Option(
+        0, "--depth", min=0, max=U32, help="Levels below the process; 0: all"
+    ),
     status: list[str] = STATUS,
     process_query: str | None = TARGET,
     timeout: float | None = TIMEOUT,
@@ -336,7 +343,7 @@ def timeline(
     as_of: str | None = typer.Option(
         None, "--as-of", help="What had happened by then (occurred at or before)"
     ),
-    page_size: int = typer.Option(0, "--page-size", min=0),
+    page_size: int = typer.Option(0, "--page-size", min=0, max=U32),
     page_token: str = typer.Option("", "--page-token"),
     all_pages: bool = typer.Option(False, "--all", help="Every page"),
     process_query: str | None = TARGET,
@@ -386,7 +393,7 @@ def timeline(
 def watch(
     process_id: str,
     subtree: bool = typer.Option(False, "--subtree", help="The process and its descendants"),
-    after: int = typer.Option(0, "--after", min=0, help="Events after this global_seq"),
+    after: int = typer.Option(0, "--after", min=0, max=U64, help="Events after this global_seq"),
     process_query: str | None = TARGET,
     timeout: float | None = typer.Option(
         None, "--timeout", min=0.0, help="Stop after this many seconds (default: until Ctrl-C)"
