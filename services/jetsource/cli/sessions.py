@@ -20,10 +20,12 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+import grpc
 import typer
 
 from jetsource.cli import output as out
 from jetsource.cli.output import Mode
+from jetsource.core.errors import EventStoreUnavailableError, StreamMissingError, ValidationError
 from jetsource.domains.sessions.catalog import load_catalog
 from jetsource.domains.sessions.connect import SessionsClient, open_sessions
 from jetsource.domains.sessions.format import format_ts
@@ -49,6 +51,15 @@ def parse_duration(text: str) -> float:
     if not m:
         raise typer.BadParameter(f"{text!r} is not a duration (e.g. 30d, 12h, 90m, 45s)")
     return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+
+
+def _duration_option(flag: str, text: str) -> float:
+    """``parse_duration`` for an option: a bad one is a usage error naming the flag
+    (JSON with ``-o json``), not Click's box."""
+    try:
+        return parse_duration(text)
+    except typer.BadParameter as exc:
+        out.fail(out.USAGE, "INVALID_ARGUMENT", f"{flag}: {exc.message}")
 
 
 def _use(override: Mode | None) -> None:
@@ -79,6 +90,15 @@ def _run(work: Callable[[SessionsClient], Coroutine[Any, Any, T]]) -> T:
         return asyncio.run(main())
     except SessionNotFoundError as exc:
         out.fail(out.REFUSED, "NOT_FOUND", str(exc).strip("'\""))
+    except ValidationError as exc:
+        # A malformed session id (or other input the domain refuses): one line.
+        field = exc.field or None
+        out.fail(out.REFUSED, "INVALID_ARGUMENT", str(exc), field=field)
+    except (EventStoreUnavailableError, StreamMissingError) as exc:
+        out.fail(out.UNAVAILABLE, "UNAVAILABLE", str(exc))
+    except grpc.aio.AioRpcError as exc:  # import --observer: what the observer answered
+        code = exc.code()
+        out.fail(out.exit_code(code), code.name, exc.details() or code.name.lower())
     except PruneDeniedError as exc:
         out.fail(out.REFUSED, "PERMISSION_DENIED", str(exc))
     except KeyboardInterrupt:
@@ -121,7 +141,11 @@ def list_sessions(
     _use(output)
     for s in status:
         if s not in STATUSES:
-            raise typer.BadParameter(f"--status {s!r}: use one of {', '.join(STATUSES)}")
+            out.fail(
+                out.USAGE,
+                "INVALID_ARGUMENT",
+                f"--status: {s!r} is not one of {', '.join(STATUSES)}",
+            )
 
     async def work(c: SessionsClient) -> list[SessionRecord]:
         return await c.sessions.list_sessions(status, search, limit)
@@ -224,9 +248,9 @@ def prune(
     then purged from the stream with its idempotency claims; a run killed midway is
     finished by the next. Needs the pruner's NATS user (the only one allowed to purge)."""
     _use(output)
-    age = parse_duration(older_than) if older_than is not None else None
+    age = _duration_option("--older-than", older_than) if older_than is not None else None
     interval = (
-        parse_duration(every)
+        _duration_option("--every", every)
         if every is not None
         else SessionsAppSettings.load().sessions.prune_every_s
     )
@@ -286,18 +310,27 @@ def import_(
 
     _use(output)
     settings = SessionsAppSettings.load()
-    stream = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+    try:
+        stream = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+    except OSError as exc:
+        out.fail(out.USAGE, "INVALID_ARGUMENT", f"{path}: {exc.strerror or exc}")
     events = []
-    with stream:
-        for number, text in enumerate(stream, 1):
-            if not text.strip():
-                continue
-            try:
-                event = SessionEvent.from_json(text)
-                load_catalog().check(event.type, event.data, settings.sessions.validation)
-            except (EventFormatError, ValueError) as exc:
-                out.fail(out.USAGE, "INVALID_ARGUMENT", f"line {number}: {exc}")
-            events.append(to_canonical(event, source="jetsource sessions import"))
+    number = 0
+    try:
+        with stream:
+            for number, text in enumerate(stream, 1):
+                if not text.strip():
+                    continue
+                try:
+                    event = SessionEvent.from_json(text)
+                    load_catalog().check(event.type, event.data, settings.sessions.validation)
+                except (EventFormatError, ValueError) as exc:
+                    out.fail(out.USAGE, "INVALID_ARGUMENT", f"line {number}: {exc}")
+                events.append(to_canonical(event, source="jetsource sessions import"))
+    except UnicodeDecodeError:
+        out.fail(out.USAGE, "INVALID_ARGUMENT", f"{path}: line {number + 1} is not UTF-8 text")
+    except OSError as exc:
+        out.fail(out.USAGE, "INVALID_ARGUMENT", f"{path}: {exc.strerror or exc}")
 
     async def work(c: SessionsClient) -> list[Any]:
         if observer is None:
