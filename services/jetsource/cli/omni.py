@@ -16,14 +16,14 @@ import getpass
 import json
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import typer
 from google.protobuf.json_format import MessageToDict
 
 from jetsource.core.errors import EventStoreUnavailableError, JetsourceError, StreamMissingError
 from jetsource.domains.omni.descriptor import omni_domain
-from jetsource.domains.omni.identity import IdentityService
+from jetsource.domains.omni.identity import IdentityNotFoundError, IdentityService
 from jetsource.domains.omni.raw import RawArchive
 from jetsource.eventstore.bootstrap import connect, release
 from jetsource.eventstore.jetstream import JetStreamEventStore
@@ -41,7 +41,21 @@ app.add_typer(identity_app, name="identity")
 EXIT_REFUSED, EXIT_UNAVAILABLE = 1, 3
 
 
-def _run(work: Callable[[IngestSettings, Any], Awaitable[T]]) -> T:
+def _fail(
+    as_json: bool, code: int, status: str, message: str, field: str | None = None
+) -> NoReturn:
+    """One line on stderr (a JSON error document with ``--json``), exit ``code``."""
+    if as_json:
+        error: dict[str, Any] = {"code": status, "message": message, "exit_code": code}
+        if field:
+            error["field"] = field
+        sys.stderr.write(json.dumps({"error": error}, ensure_ascii=False) + "\n")
+    else:
+        typer.echo(f"error: {message}" + (f" (field: {field})" if field else ""), err=True)
+    raise typer.Exit(code)
+
+
+def _run(work: Callable[[IngestSettings, Any], Awaitable[T]], as_json: bool = False) -> T:
     settings = IngestSettings.load()
 
     async def go() -> T:
@@ -54,12 +68,12 @@ def _run(work: Callable[[IngestSettings, Any], Awaitable[T]]) -> T:
     try:
         return asyncio.run(go())
     except (EventStoreUnavailableError, StreamMissingError, TimeoutError, OSError) as exc:
-        typer.echo(f"unavailable: {exc or type(exc).__name__}", err=True)
-        raise typer.Exit(EXIT_UNAVAILABLE) from exc
+        reason = str(exc) or f"NATS at {settings.nats_url()} did not answer"
+        _fail(as_json, EXIT_UNAVAILABLE, "UNAVAILABLE", f"unavailable: {reason}")
     except (JetsourceError, ValueError) as exc:
         field = getattr(exc, "field", None)
-        typer.echo(f"error: {exc}" + (f" (field: {field})" if field else ""), err=True)
-        raise typer.Exit(EXIT_REFUSED) from exc
+        status = "NOT_FOUND" if isinstance(exc, IdentityNotFoundError) else "INVALID_ARGUMENT"
+        _fail(as_json, EXIT_REFUSED, status, str(exc), field)
 
 
 def _identities(settings: IngestSettings, nc: Any) -> IdentityService:
@@ -91,10 +105,9 @@ def raw_show(
         finally:
             await archive.close()
 
-    record = _run(work)
+    record = _run(work, as_json)
     if record is None:
-        typer.echo(f"error: no raw payload {raw_id!r}", err=True)
-        raise typer.Exit(EXIT_REFUSED)
+        _fail(as_json, EXIT_REFUSED, "NOT_FOUND", f"no raw payload {raw_id!r}", "raw_id")
     if body_only:
         sys.stdout.buffer.write(record.body)
         return
@@ -129,7 +142,7 @@ def identity_create(
     async def work(settings: IngestSettings, nc: Any) -> str:
         return await _identities(settings, nc).create(name, f"admin:{actor or getpass.getuser()}")
 
-    identity = _run(work)
+    identity = _run(work, as_json)
     _emit(as_json, {"identity_id": identity}, identity)
 
 
@@ -147,7 +160,7 @@ def identity_link(
         service = _identities(settings, nc)
         return await service.link(identity_id, provider, external_id, actor or getpass.getuser())
 
-    previous = _run(work)
+    previous = _run(work, as_json)
     _emit(
         as_json,
         {"identity_id": identity_id, "handle": f"{provider}:{external_id}", "previous": previous},
@@ -167,14 +180,13 @@ def identity_merge(
 ) -> None:
     """Merge MERGED_ID into SURVIVOR_ID: its handles and timeline follow."""
     if not yes:
-        typer.echo("a merge is not undone: add --yes to confirm", err=True)
-        raise typer.Exit(2)
+        _fail(as_json, 2, "FAILED_PRECONDITION", "a merge is not undone: add --yes to confirm")
 
     async def work(settings: IngestSettings, nc: Any) -> list[str]:
         service = _identities(settings, nc)
         return await service.merge(survivor_id, merged_id, actor or getpass.getuser(), reason)
 
-    moved = _run(work)
+    moved = _run(work, as_json)
     _emit(
         as_json,
         {"survivor_id": survivor_id, "merged_id": merged_id, "handles": moved},
@@ -192,7 +204,7 @@ def identity_handles(
     async def work(settings: IngestSettings, nc: Any) -> list[tuple[str, str]]:
         return await _identities(settings, nc).handles_of(identity_id)
 
-    handles = _run(work)
+    handles = _run(work, as_json)
     names = [f"{p}:{x}" for p, x in handles]
     _emit(as_json, {"identity_id": identity_id, "handles": names}, "\n".join(names) or "-")
 
@@ -208,8 +220,13 @@ def identity_resolve(
     async def work(settings: IngestSettings, nc: Any) -> str | None:
         return await _identities(settings, nc).lookup(provider, external_id)
 
-    found = _run(work)
+    found = _run(work, as_json)
     if found is None:
-        typer.echo(f"error: no identity has the handle {provider}:{external_id}", err=True)
-        raise typer.Exit(EXIT_REFUSED)
+        _fail(
+            as_json,
+            EXIT_REFUSED,
+            "NOT_FOUND",
+            f"no identity has the handle {provider}:{external_id}",
+            "external_id",
+        )
     _emit(as_json, {"handle": f"{provider}:{external_id}", "identity_id": found}, found)

@@ -297,6 +297,10 @@ class IdentityService:
     async def handles_of(self, identity_id: str) -> list[tuple[str, str]]:
         """The handles that resolve to ``identity_id`` now: those its history linked to
         it, still pointing at it in the bucket (a handle linked away is not)."""
+        if not is_identity(identity_id):
+            raise ValidationError(
+                f"identity_id {identity_id[:80]!r} is not an identity id", field="identity_id"
+            )
         kv = await self.kv()
         linked: list[tuple[str, str]] = []
         for record in await self._store.read_aggregate(identity_id):
