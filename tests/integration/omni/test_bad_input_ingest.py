@@ -6,7 +6,9 @@ never a 500, never a traceback, and nothing written."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
+import grpc
 import httpx
 import pytest
 
@@ -336,3 +338,106 @@ async def test_an_unexpected_failure_is_a_json_500_without_a_traceback(
     }
     assert "secret internals" not in response.text
     assert "secret internals" in caplog.text, "logged with its traceback"
+
+
+async def test_the_grpc_reads_refuse_the_same_input_naming_the_field(ingest: Ingest) -> None:
+    """OmniQueryService shares the REST reads' checks; its own Timestamp is checked too."""
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from jetsource._gen.omni.v1 import query_pb2 as oq
+    from jetsource._gen.omni.v1 import query_pb2_grpc
+
+    cases: list[tuple[str, Any, Any, grpc.StatusCode, str]] = []
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{ingest.grpc.port}") as channel:
+        s = query_pb2_grpc.OmniQueryServiceStub(channel)
+        bad = grpc.StatusCode.INVALID_ARGUMENT
+        for token in ("\u00b2", "abc", "9" * 40, "0", "-1"):
+            cases += [
+                (
+                    f"recent {token!r}",
+                    s.ListRecentEvents,
+                    oq.ListRecentEventsRequest(page_token=token),
+                    bad,
+                    "page_token",
+                ),
+                (
+                    f"identities {token!r}",
+                    s.ListIdentities,
+                    oq.ListIdentitiesRequest(page_token=token),
+                    bad,
+                    "page_token",
+                ),
+                (
+                    f"conversation {token!r}",
+                    s.GetConversation,
+                    oq.GetConversationRequest(
+                        provider="whatsapp", instance="i", conversation_id="c", page_token=token
+                    ),
+                    bad,
+                    "page_token",
+                ),
+            ]
+        for name, since in {
+            "nanos 1e9": Timestamp(seconds=1, nanos=1_000_000_000),
+            "nanos -1": Timestamp(seconds=1, nanos=-1),
+            "year 10000": Timestamp(seconds=253_402_300_800),
+            "seconds -2^63": Timestamp(seconds=-(2**63)),
+        }.items():
+            cases.append(
+                (
+                    f"since {name}",
+                    s.ListRecentEvents,
+                    oq.ListRecentEventsRequest(since=since),
+                    bad,
+                    "since",
+                )
+            )
+        cases += [
+            (
+                "recent page_size",
+                s.ListRecentEvents,
+                oq.ListRecentEventsRequest(page_size=2**32 - 1),
+                bad,
+                "page_size",
+            ),
+            (
+                "recent provider",
+                s.ListRecentEvents,
+                oq.ListRecentEventsRequest(provider="sms"),
+                bad,
+                "provider",
+            ),
+            ("event id", s.GetEvent, oq.GetEventRequest(event_id="a.b"), bad, "event_id"),
+            (
+                "event unknown",
+                s.GetEvent,
+                oq.GetEventRequest(event_id="nope"),
+                grpc.StatusCode.NOT_FOUND,
+                "nope",
+            ),
+            (
+                "identity id",
+                s.GetIdentity,
+                oq.GetIdentityRequest(identity_id="a b"),
+                bad,
+                "identity_id",
+            ),
+            (
+                "find provider",
+                s.FindIdentity,
+                oq.FindIdentityRequest(provider="sms", external_id="1"),
+                bad,
+                "provider",
+            ),
+            ("find empty", s.FindIdentity, oq.FindIdentityRequest(), bad, "provider"),
+            ("conversation empty", s.GetConversation, oq.GetConversationRequest(), bad, "provider"),
+        ]
+        wrong = []
+        for name, call, request, code, word in cases:
+            try:
+                await call(request, timeout=10)
+                wrong.append((name, "answered", ""))
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != code or word not in (exc.details() or ""):
+                    wrong.append((name, exc.code(), exc.details()))
+    assert not wrong, "\n".join(map(str, wrong))

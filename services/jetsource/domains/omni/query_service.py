@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from jetsource._gen.omni.v1 import query_pb2 as pb
 from jetsource._gen.omni.v1 import query_pb2_grpc
 from jetsource._gen.omni.v1.events_pb2 import Direction, EventType
 from jetsource.core.clock import from_timestamp
+from jetsource.core.errors import ValidationError
 from jetsource.core.grpcserver import RpcError, register_error
 from jetsource.domains.omni.identity import IdentityNotFoundError
 from jetsource.domains.omni.processing import EventNotFoundError
@@ -40,6 +42,22 @@ def _short(enum: Any, value: int, prefix: str) -> str:
         ) from None
 
 
+# google.protobuf.Timestamp's own range: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59Z.
+_MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
+
+
+def _since(ts: Timestamp) -> int:
+    """A valid Timestamp in ns, or INVALID_ARGUMENT naming ``since`` (an invalid one
+    was read as some other time and answered as if it were one)."""
+    if not 0 <= ts.nanos <= 999_999_999 or not _MIN_SECONDS <= ts.seconds <= _MAX_SECONDS:
+        raise ValidationError(
+            f"since is not a valid timestamp (seconds {ts.seconds}, nanos {ts.nanos}; "
+            "years 1 to 9999, nanos 0 to 999999999)",
+            field="since",
+        )
+    return from_timestamp(ts)
+
+
 class OmniQueryService(query_pb2_grpc.OmniQueryServiceServicer):
     def __init__(self, reads: OmniReads) -> None:
         self.reads = reads
@@ -53,7 +71,7 @@ class OmniQueryService(query_pb2_grpc.OmniQueryServiceServicer):
             _short(EventType, request.event_type, "EVENT_TYPE_"),
             _short(Direction, request.direction, "DIRECTION_"),
         )
-        since = from_timestamp(request.since) if request.HasField("since") else None
+        since = _since(request.since) if request.HasField("since") else None
         events, token = await self.reads.recent(
             filters, since, request.page_size, request.page_token
         )
