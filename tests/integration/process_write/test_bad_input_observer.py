@@ -224,3 +224,26 @@ async def test_an_empty_stream_records_nothing(stub: pb_grpc.ObserverServiceStub
 
     answer = await stub.RecordStream(requests(), timeout=10)
     assert list(answer.positions) == []
+
+
+async def test_a_message_over_the_grpc_limit_is_resource_exhausted_and_appends_nothing(
+    observer: Observer, stub: pb_grpc.ObserverServiceStub
+) -> None:
+    before = await last_seq(observer.store)
+    huge = event(_pid(), data={"blob": "x" * (5 * 1024 * 1024)})
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.RecordBatch(pb.RecordBatchRequest(events=[event(_pid()), huge]), timeout=10)
+    assert info.value.code() == Code.RESOURCE_EXHAUSTED, info.value.details()
+    assert await last_seq(observer.store) == before
+
+
+async def test_more_events_than_a_batch_takes_are_refused_naming_events(
+    observer: Observer, stub: pb_grpc.ObserverServiceStub
+) -> None:
+    before = await last_seq(observer.store)
+    many = [event(_pid(), data=None) for _ in range(10_001)]
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.RecordBatch(pb.RecordBatchRequest(events=many), timeout=10)
+    assert info.value.code() == Code.INVALID_ARGUMENT
+    assert violations(info.value) == ["events"]
+    assert await last_seq(observer.store) == before
