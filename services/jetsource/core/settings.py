@@ -158,6 +158,10 @@ class EventStoreSettings(BaseModel):
     # them, e.g. the sessions pruner): the stream is created without deny_purge, and
     # NATS permissions give $JS.API.STREAM.PURGE.<stream> to those roles' users alone.
     purge_roles: tuple[str, ...] = ()
+    # Where an event id is unique: "stream" (made by the server, UUIDv7: the stream's
+    # Nats-Msg-Id is the id) or "aggregate" (named by callers, unique per aggregate only:
+    # the Nats-Msg-Id is ``<id>@<aggregate id>``, so two processes may use one id).
+    event_ids: str = Field(default="stream", pattern="^(stream|aggregate)$")
 
     @model_validator(mode="after")
     def _age_given(self) -> Self:

@@ -3,7 +3,8 @@
 One stream (``CONTEXT_EVENTS``), one subject per aggregate and event type
 (``context.events.<aggregate_id>.<event_type>``). An append is one publish (one
 event) or one atomic batch (several), guarded by the aggregate's last subject
-sequence and deduplicated by ``Nats-Msg-Id`` = event id. The stream sequence is the
+sequence and deduplicated by ``Nats-Msg-Id`` = event id (``<id>@<aggregate>`` where ids
+are unique per aggregate only: ``EventStoreSettings.event_ids``). The stream sequence is the
 global order; the envelope's ``aggregate_version`` is the per-aggregate order.
 """
 
@@ -14,7 +15,7 @@ import contextlib
 import random
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
@@ -73,6 +74,17 @@ def recorded_ns(raw: RawMessage) -> int:
     message's original one."""
     original = raw.headers.get(H_RECORDED_AT)
     return int(original) if original and original.isdigit() else raw.time_ns
+
+
+def stored_event_id(headers: Mapping[str, str], subject: str) -> str:
+    """A stored message's event id from its Nats-Msg-Id: the id itself, or, in a stream
+    whose ids are unique per aggregate, ``<id>@<aggregate id>`` (the subject's next to
+    last token) with the suffix taken off."""
+    msg_id = headers.get("Nats-Msg-Id", "")
+    suffix = "@" + subject.rsplit(".", 2)[-2] if subject.count(".") >= 2 else ""
+    if suffix and msg_id.endswith(suffix):
+        return msg_id[: -len(suffix)]
+    return msg_id
 
 
 def _uuid_bytes(text: str) -> bytes | None:
@@ -283,7 +295,7 @@ class JetStreamEventStore:
         except DecodeError as exc:
             raise PayloadDecodeError(f"stream sequence {raw.seq}: envelope does not parse") from exc
         if not envelope.event_id:
-            envelope.event_id = raw.headers.get("Nats-Msg-Id", "")
+            envelope.event_id = stored_event_id(raw.headers, raw.subject)
         _, aggregate_id, event_type = raw.subject.rsplit(".", 2)
         # What the subject says is what the stream guards (optimistic concurrency is on
         # the subject): an envelope that disagrees with it, or that has no place in a
@@ -450,6 +462,8 @@ class JetStreamEventStore:
         # W3C traceparent of the append's span, for the projector's spans; only while
         # a span is being traced (headers cost bytes on every stored event).
         trace = telemetry.trace_headers()
+        # The duplicate check is stream-wide: ids unique per aggregate only are scoped.
+        scope = f"@{aggregate_id}" if self._cfg.event_ids == "aggregate" else ""
         for i, (new, (event_type, schema_version, payload)) in enumerate(
             zip(events, encoded, strict=True)
         ):
@@ -465,7 +479,7 @@ class JetStreamEventStore:
                 envelope.metadata.clear()
                 envelope.metadata.update(box.metadata)
                 envelope.sealed.extend(box.sealed)
-            headers = {"Nats-Msg-Id": new.event_id, **trace}
+            headers = {"Nats-Msg-Id": new.event_id + scope, **trace}
             if i == 0:
                 # Optimistic concurrency: the aggregate's subjects must end where we read them.
                 headers["Nats-Expected-Last-Subject-Sequence"] = str(base_seq)

@@ -19,6 +19,7 @@ from nats.aio.client import Client as NATS
 
 from jetsource.core.clock import format_rfc3339_ns, now_ns, parse_rfc3339_ns
 from jetsource.eventstore import jsapi
+from jetsource.eventstore.jetstream import stored_event_id
 from jetsource.eventstore.jsapi import OutMessage, RawMessage, Replies
 from jetsource.projection.contract import ModelSpec
 
@@ -111,7 +112,7 @@ class DeadLetters:
             H_REASON: reason.replace("\r", " ").replace("\n", " ")[:1000],
             H_SEQ: str(original.seq),
             H_SUBJECT: original.subject,
-            H_EVENT_ID: original.headers.get("Nats-Msg-Id", ""),
+            H_EVENT_ID: stored_event_id(original.headers, original.subject),
             H_TRIES: str(tries),
             H_TIME: format_rfc3339_ns(now_ns()),
         }

@@ -77,6 +77,9 @@ class Domain:
     # Where the stream's names come from: the context domain's are settings
     # (JETSOURCE_EVENTSTORE__STREAM, ...); None means the descriptor's own.
     settings_key: str | None = None
+    # Where its event ids are unique (EventStoreSettings.event_ids): "aggregate" when
+    # callers name them (the process ledger), "stream" when the server makes them.
+    event_ids: str = "stream"
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():
@@ -99,6 +102,7 @@ class Domain:
                 "retention": str(self.policy.retention),
                 "max_age_s": self.policy.max_age_s,
                 "purge_roles": self.policy.purge_roles,
+                "event_ids": self.event_ids,
             }
         )
 

@@ -121,20 +121,18 @@ async def test_a_repeated_event_id_with_other_content_in_one_request(
     assert answer.positions[0].global_seq == answer.positions[1].global_seq
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the event store's Nats-Msg-Id is the bare event id (eventstore/jetstream.py), "
-    "stream-wide, while event ids are per process: the second process's append is taken "
-    "for a duplicate of the first's and answered ABORTED (not this change's files)",
-)
 async def test_the_same_event_id_in_two_processes_records_both(
     stub: pb_grpc.ObserverServiceStub,
 ) -> None:
     shared = f"shared-{uuid.uuid4().hex[:8]}"
+    pid_b = _pid()
     a = await stub.Record(pb.RecordRequest(event=event(_pid(), event_id=shared)))
-    b = await stub.Record(pb.RecordRequest(event=event(_pid(), event_id=shared)))
+    b = await stub.Record(pb.RecordRequest(event=event(pid_b, event_id=shared)))
     assert not a.position.duplicate and not b.position.duplicate
     assert a.position.global_seq != b.position.global_seq
+    # Each is still deduplicated within its own process.
+    again = await stub.Record(pb.RecordRequest(event=event(pid_b, event_id=shared)))
+    assert again.position.duplicate and again.position.global_seq == b.position.global_seq
 
 
 async def _raw_stream(

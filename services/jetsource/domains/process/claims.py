@@ -7,7 +7,8 @@ appended) and completed *after* it (``done``, with the positions). A crash betwe
 the two leaves a pending claim; whoever meets it later (after its lease, or at once
 when this observer knows its own append failed) looks the event id up in the
 process's history and either returns what is stored or appends it then: nothing
-lost, nothing doubled. The stream's duplicate window (``Nats-Msg-Id`` = event id)
+lost, nothing doubled. The stream's duplicate window (``Nats-Msg-Id`` =
+``<event id>@<process id>``, as the claims are per process)
 guards the short overlap of an owner and a taker on top of that.
 """
 

@@ -82,6 +82,9 @@ DOMAIN = Domain(
     # session trees, each announced first by a process_pruned tombstone that the read
     # models apply (see jetsource.domains.process.pruning).
     policy=StreamPolicy(Retention.FOREVER, purge_roles=("pruner",)),
+    # Runtimes name their events: an id is unique within its process (as the observer's
+    # claims are), so the stream's duplicate check is per process too.
+    event_ids="aggregate",
     services=("jetsource-observer", "jetsource-projector"),
     sample_history=process_events,
 )
