@@ -32,8 +32,9 @@ def test_valid_aggregate_ids(good: str) -> None:
 
 @pytest.mark.parametrize("bad", ["", "a.b", "a b", "a*", "a>", "x" * 129, "_a", "é"])
 def test_invalid_aggregate_ids_name_the_field(bad: str) -> None:
-    with pytest.raises(InvalidAggregateIdError, match="context_id"):
+    with pytest.raises(InvalidAggregateIdError, match="context_id") as caught:
         validate_aggregate_id(bad, field="context_id")
+    assert caught.value.field == "context_id"  # for the error's details, not only its text
 
 
 def test_nanosecond_timestamps_round_trip() -> None:

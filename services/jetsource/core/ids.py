@@ -43,15 +43,17 @@ def uuid7() -> str:
 
 def validate_aggregate_id(aggregate_id: str, field: str = "aggregate_id") -> str:
     if not isinstance(aggregate_id, str) or not aggregate_id:
-        raise InvalidAggregateIdError(f"{field} must be a non-empty string")
+        raise InvalidAggregateIdError(f"{field} must be a non-empty string", field)
     if len(aggregate_id) > MAX_AGGREGATE_ID_LENGTH:
         raise InvalidAggregateIdError(
-            f"{field} is {len(aggregate_id)} characters; at most {MAX_AGGREGATE_ID_LENGTH} allowed"
+            f"{field} is {len(aggregate_id)} characters; at most {MAX_AGGREGATE_ID_LENGTH} allowed",
+            field,
         )
     if not _AGGREGATE_ID.fullmatch(aggregate_id):
         raise InvalidAggregateIdError(
             f"{field} {aggregate_id!r} is invalid: use letters, digits, '-' and '_' only "
-            "(no dots, spaces or wildcards), starting with a letter or digit"
+            "(no dots, spaces or wildcards), starting with a letter or digit",
+            field,
         )
     return aggregate_id
 
