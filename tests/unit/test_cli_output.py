@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import time
 
 import grpc
@@ -153,3 +156,40 @@ def test_a_refused_connection_exits_3_at_once_naming_the_setting() -> None:
 def test_version() -> None:
     r = CliRunner().invoke(app, ["--version"])
     assert r.exit_code == 0 and r.output.startswith("jetsource ")
+
+
+@pytest.mark.parametrize(
+    ("args", "message", "field"),
+    [
+        (["process", "list", "--page-size", "-1", "-o", "json"], "--page-size", "--page-size"),
+        (["-o", "json", "process", "list", "--nope"], "No such option: --nope", None),
+        (["--output=json", "ctx", "show"], "Missing argument", "context_id"),
+        (["omni", "raw", "show", "--json", "--nope"], "No such option", None),
+    ],
+)
+def test_a_usage_error_asked_for_json_is_a_json_error(
+    args: list[str], message: str, field: str | None
+) -> None:
+    """Scripts that ask for JSON get JSON for a bad option too, not Click's usage box."""
+    run = subprocess.run(
+        [sys.executable, "-c", "from jetsource.cli.app import main; main()", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "JETSOURCE_OUTPUT": ""},
+    )
+    assert run.returncode == 2 and run.stdout == "", run
+    error = json.loads(run.stderr)["error"]
+    assert error["code"] == "INVALID_ARGUMENT" and error["exit_code"] == 2
+    assert message in error["message"]
+    assert error.get("field") == field
+    # Without JSON asked for: Click's usage message, as before.
+    plain = [a for a in args if a not in ("-o", "json", "--output=json", "--json")]
+    run = subprocess.run(
+        [sys.executable, "-c", "from jetsource.cli.app import main; main()", *plain],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "JETSOURCE_OUTPUT": ""},
+    )
+    assert run.returncode == 2 and "Usage:" in run.stderr

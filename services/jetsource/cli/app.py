@@ -6,6 +6,9 @@ Global options: ``--output table|json|plain`` (also ``JETSOURCE_OUTPUT``) and
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 from importlib.metadata import PackageNotFoundError, version
 
 import typer
@@ -75,5 +78,46 @@ def root(
     output.set_mode(out)
 
 
+def _json_requested(args: list[str]) -> bool:
+    """Whether the command line (or JETSOURCE_OUTPUT) asks for JSON: ``-o json``,
+    ``--output json``, ``--output=json``, ``-ojson`` or a command's ``--json``."""
+    if os.environ.get("JETSOURCE_OUTPUT", "").lower() == "json":
+        return True
+    for i, arg in enumerate(args):
+        if arg == "--json" or arg.lower() in ("--output=json", "-ojson"):
+            return True
+        if arg in ("-o", "--output") and i + 1 < len(args) and args[i + 1].lower() == "json":
+            return True
+    return False
+
+
 def main() -> None:
-    app()
+    """The ``jetsource`` command. Asked for JSON, a usage error (a bad option value, an
+    unknown option, a missing argument) is a JSON error on stderr as every other error
+    is, exit 2, not Click's usage box."""
+    if not _json_requested(sys.argv[1:]):
+        app()
+        return
+    try:
+        rv = app(standalone_mode=False)
+    except Exception as exc:
+        # Click's exceptions, by name: typer may bring its own copy of Click.
+        kinds = {c.__name__ for c in type(exc).__mro__}
+        if "Abort" in kinds:
+            error = {"code": "ABORTED", "message": "aborted", "exit_code": 1}
+            sys.stderr.write(json.dumps({"error": error}) + "\n")
+            sys.exit(1)
+        if "ClickException" not in kinds:
+            raise
+        code = int(getattr(exc, "exit_code", 2))
+        body: dict[str, object] = {
+            "code": "INVALID_ARGUMENT" if "UsageError" in kinds else "ERROR",
+            "message": exc.format_message(),  # type: ignore[attr-defined]
+            "exit_code": code,
+        }
+        param = getattr(exc, "param", None)
+        if param is not None:
+            body["field"] = (param.opts or [param.name])[0]
+        sys.stderr.write(json.dumps({"error": body}, ensure_ascii=False) + "\n")
+        sys.exit(code)
+    sys.exit(rv if isinstance(rv, int) else 0)
