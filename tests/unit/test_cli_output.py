@@ -193,3 +193,30 @@ def test_a_usage_error_asked_for_json_is_a_json_error(
         env={**os.environ, "JETSOURCE_OUTPUT": ""},
     )
     assert run.returncode == 2 and "Usage:" in run.stderr
+
+
+def test_nats_away_is_one_json_line_naming_it() -> None:
+    """The NATS client's own retry reports went to stderr before the command's error,
+    and the error's reason was empty (a TimeoutError says nothing)."""
+    url = f"nats://127.0.0.1:{closed_port()}"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from jetsource.cli.app import main; main()",
+            "-o",
+            "json",
+            "sessions",
+            "list",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "JETSOURCE_NATS__URL": url, "JETSOURCE_NATS__CONNECT_TIMEOUT_S": "1"},
+    )
+    assert run.returncode == 3, run
+    lines = run.stderr.splitlines()
+    assert len(lines) == 1, run.stderr
+    error = json.loads(lines[0])["error"]
+    assert error["code"] == "UNAVAILABLE"
+    assert error["message"] == f"NATS at {url} did not answer: no connection within 2 s"

@@ -7,6 +7,7 @@ Global options: ``--output table|json|plain`` (also ``JETSOURCE_OUTPUT``) and
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
@@ -76,6 +77,9 @@ def root(
     ),
 ) -> None:
     output.set_mode(out)
+    # The NATS client's own reports (a reconnect attempt failed, ...) are for services'
+    # logs: a command says what went wrong in its one error line (JSON with -o json).
+    logging.getLogger("jetsource.nats").setLevel(logging.CRITICAL)
 
 
 def _json_requested(args: list[str]) -> bool:

@@ -32,6 +32,7 @@ from jetsource.domains.sessions.format import format_ts
 from jetsource.domains.sessions.record import STATUSES, SessionRecord
 from jetsource.domains.sessions.service import PruneDeniedError, SessionNotFoundError
 from jetsource.domains.sessions.settings import SessionsAppSettings
+from jetsource.eventstore.bootstrap import redact_url
 
 app = typer.Typer(
     help="Sessions: runs of commands recorded on the process ledger, and their event catalog.",
@@ -79,7 +80,8 @@ def _run(work: Callable[[SessionsClient], Coroutine[Any, Any, T]]) -> T:
             out.fail(
                 out.UNAVAILABLE,
                 "UNAVAILABLE",
-                f"NATS at {settings.nats_url()} did not answer: {exc or 'timed out'}",
+                f"NATS at {redact_url(settings.nats_url())} did not answer: "
+                f"{str(exc) or f'no connection within {settings.nats.connect_timeout_s + 1:g} s'}",
             )
         try:
             return await work(client)
