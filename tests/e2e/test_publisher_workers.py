@@ -10,6 +10,7 @@ have bound it silently and handed it half the connections."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -106,11 +107,13 @@ def pool(
     proc = svc.start()
     svc.wait_ready(proc, 60)
     yield svc, proc, metrics
+    workers = children(proc.pid)  # before the supervisor goes: then it lists none
     if proc.poll() is None:
         proc.kill()
         proc.wait(10)
-    for child in children(proc.pid):
-        os.kill(child, signal.SIGKILL)
+    for child in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
 
 
 async def test_two_workers_share_the_port_and_every_command_lands_once(
