@@ -15,7 +15,7 @@ import contextlib
 import random
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
@@ -76,15 +76,12 @@ def recorded_ns(raw: RawMessage) -> int:
     return int(original) if original and original.isdigit() else raw.time_ns
 
 
-def stored_event_id(headers: Mapping[str, str], subject: str) -> str:
+def stored_event_id(msg_id: str, aggregate_id: str) -> str:
     """A stored message's event id from its Nats-Msg-Id: the id itself, or, in a stream
-    whose ids are unique per aggregate, ``<id>@<aggregate id>`` (the subject's next to
-    last token) with the suffix taken off."""
-    msg_id = headers.get("Nats-Msg-Id", "")
-    suffix = "@" + subject.rsplit(".", 2)[-2] if subject.count(".") >= 2 else ""
-    if suffix and msg_id.endswith(suffix):
-        return msg_id[: -len(suffix)]
-    return msg_id
+    whose ids are unique per aggregate, ``<id>@<aggregate id>`` with the suffix taken
+    off."""
+    suffix = "@" + aggregate_id
+    return msg_id[: -len(suffix)] if msg_id.endswith(suffix) else msg_id
 
 
 def _uuid_bytes(text: str) -> bytes | None:
@@ -294,9 +291,9 @@ class JetStreamEventStore:
             envelope.ParseFromString(raw.data)
         except DecodeError as exc:
             raise PayloadDecodeError(f"stream sequence {raw.seq}: envelope does not parse") from exc
-        if not envelope.event_id:
-            envelope.event_id = stored_event_id(raw.headers, raw.subject)
         _, aggregate_id, event_type = raw.subject.rsplit(".", 2)
+        if not envelope.event_id:
+            envelope.event_id = stored_event_id(raw.headers.get("Nats-Msg-Id", ""), aggregate_id)
         # What the subject says is what the stream guards (optimistic concurrency is on
         # the subject): an envelope that disagrees with it, or that has no place in a
         # history (no version, no schema), was not written by an event store.

@@ -112,7 +112,7 @@ class DeadLetters:
             H_REASON: reason.replace("\r", " ").replace("\n", " ")[:1000],
             H_SEQ: str(original.seq),
             H_SUBJECT: original.subject,
-            H_EVENT_ID: stored_event_id(original.headers, original.subject),
+            H_EVENT_ID: stored_event_id(original.headers.get("Nats-Msg-Id", ""), aggregate_id),
             H_TRIES: str(tries),
             H_TIME: format_rfc3339_ns(now_ns()),
         }
