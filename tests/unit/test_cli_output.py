@@ -158,6 +158,17 @@ def test_version() -> None:
     assert r.exit_code == 0 and r.output.startswith("jetsource ")
 
 
+def jetsource(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """The real entry point (``main``: CliRunner skips it), in a process of its own."""
+    return subprocess.run(
+        [sys.executable, "-c", "from jetsource.cli.app import main; main()", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "JETSOURCE_OUTPUT": "", **env},
+    )
+
+
 @pytest.mark.parametrize(
     ("args", "message", "field"),
     [
@@ -171,13 +182,7 @@ def test_a_usage_error_asked_for_json_is_a_json_error(
     args: list[str], message: str, field: str | None
 ) -> None:
     """Scripts that ask for JSON get JSON for a bad option too, not Click's usage box."""
-    run = subprocess.run(
-        [sys.executable, "-c", "from jetsource.cli.app import main; main()", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "JETSOURCE_OUTPUT": ""},
-    )
+    run = jetsource(*args)
     assert run.returncode == 2 and run.stdout == "", run
     error = json.loads(run.stderr)["error"]
     assert error["code"] == "INVALID_ARGUMENT" and error["exit_code"] == 2
@@ -185,13 +190,7 @@ def test_a_usage_error_asked_for_json_is_a_json_error(
     assert error.get("field") == field
     # Without JSON asked for: Click's usage message, as before.
     plain = [a for a in args if a not in ("-o", "json", "--output=json", "--json")]
-    run = subprocess.run(
-        [sys.executable, "-c", "from jetsource.cli.app import main; main()", *plain],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "JETSOURCE_OUTPUT": ""},
-    )
+    run = jetsource(*plain)
     assert run.returncode == 2 and "Usage:" in run.stderr
 
 
@@ -199,20 +198,13 @@ def test_nats_away_is_one_json_line_naming_it() -> None:
     """The NATS client's own retry reports went to stderr before the command's error,
     and the error's reason was empty (a TimeoutError says nothing)."""
     url = f"nats://127.0.0.1:{closed_port()}"
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from jetsource.cli.app import main; main()",
-            "-o",
-            "json",
-            "sessions",
-            "list",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "JETSOURCE_NATS__URL": url, "JETSOURCE_NATS__CONNECT_TIMEOUT_S": "1"},
+    run = jetsource(
+        "-o",
+        "json",
+        "sessions",
+        "list",
+        JETSOURCE_NATS__URL=url,
+        JETSOURCE_NATS__CONNECT_TIMEOUT_S="1",
     )
     assert run.returncode == 3, run
     lines = run.stderr.splitlines()
