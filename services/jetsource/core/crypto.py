@@ -102,16 +102,31 @@ def subjects_of(message: Message, metadata: Mapping[str, str]) -> list[str]:
 
 @dataclass(frozen=True)
 class Sealed:
-    """An event with its personal values cut out and boxed."""
+    """An event with its personal values cut out and boxed.
+
+    ``wire`` is the envelope's ``sealed`` entries as protobuf wire bytes: appended to a
+    serialized envelope they parse as its ``sealed`` field (a message's fields may come
+    in any order on the wire), so the append path serializes each box once per process,
+    not once per event."""
 
     payload: bytes
     metadata: dict[str, str]
-    sealed: list[SealedFields]
+    wire: bytes
+
+    @property
+    def sealed(self) -> list[SealedFields]:
+        envelope = EventEnvelope()
+        envelope.ParseFromString(self.wire)
+        return list(envelope.sealed)
 
 
 def _string_field(number: int, value: str) -> bytes:
     """The wire bytes of one string field (tag, length, UTF-8)."""
-    data = value.encode("utf-8")
+    return _bytes_field(number, value.encode("utf-8"))
+
+
+def _bytes_field(number: int, data: bytes) -> bytes:
+    """The wire bytes of one length-delimited field (tag, length, bytes)."""
     return _varint((number << 3) | 2) + _varint(len(data)) + data
 
 
@@ -127,6 +142,19 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
+_SEALED_FIELD = EventEnvelope.DESCRIPTOR.fields_by_name["sealed"].number
+
+
+@lru_cache(maxsize=4096)
+def _entry(
+    key: bytes, ref: bytes, subject: str, numbers: tuple[int, ...], entries: tuple[str, ...]
+) -> bytes:
+    """One subject's ``sealed`` entry of an envelope, as wire bytes (memoized: the same
+    few subjects in the same few fields sign most events)."""
+    box = SealedFields(key_ref=ref, fields=numbers, metadata=entries, box=_box(key, ref, subject))
+    return _bytes_field(_SEALED_FIELD, box.SerializeToString(deterministic=True))
+
+
 def seal(
     message: Message,
     metadata: Mapping[str, str],
@@ -140,8 +168,9 @@ def seal(
     field numbers and metadata keys that hold it."""
     fields = personal_fields(message.DESCRIPTOR)
     rest = dict(metadata)
-    if not fields and not (PERSONAL_METADATA & set(metadata)):
-        return Sealed(message.SerializeToString(deterministic=True), rest, [])
+    named = sorted(PERSONAL_METADATA & rest.keys())
+    if not fields and not named:
+        return Sealed(message.SerializeToString(deterministic=True), rest, b"")
     stripped = type(message)()
     stripped.CopyFrom(message)
     boxes: dict[str, tuple[list[int], list[str]]] = {}
@@ -150,17 +179,16 @@ def seal(
         if value:
             boxes.setdefault(value, ([], []))[0].append(f.number)
             stripped.ClearField(f.name)
-    for k in sorted(PERSONAL_METADATA & set(metadata)):
-        value = metadata[k]
+    for k in named:
+        value = rest[k]
         if value:
             boxes.setdefault(value, ([], []))[1].append(k)
             del rest[k]
-    out = []
-    for subject, (numbers, entries) in boxes.items():
-        ref, key = keys[subject]
-        box = _box(key, ref, subject)
-        out.append(SealedFields(key_ref=ref, fields=numbers, metadata=entries, box=box))
-    return Sealed(stripped.SerializeToString(deterministic=True), rest, out)
+    wire = b"".join(
+        _entry(keys[subject][1], keys[subject][0], subject, tuple(numbers), tuple(entries))
+        for subject, (numbers, entries) in boxes.items()
+    )
+    return Sealed(stripped.SerializeToString(deterministic=True), rest, wire)
 
 
 KeyLookup = Callable[[bytes], bytes | None]
@@ -199,6 +227,7 @@ def note_erasure() -> None:
     # No subject's value is kept in memory past an erasure heard of.
     subject_ref.cache_clear()
     _box.cache_clear()
+    _entry.cache_clear()
 
 
 class ErasureWatch:

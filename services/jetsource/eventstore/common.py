@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
-from jetsource.core.clock import to_timestamp
+from jetsource.core.clock import NS
 from jetsource.core.envelope import Expected, NewEvent
 from jetsource.core.errors import ValidationError
 from jetsource.core.ids import validate_aggregate_id
@@ -36,19 +36,38 @@ def check_read(aggregate_id: str, from_version: int) -> None:
 
 
 def stored_envelope(
-    new: NewEvent, schema_version: int, version: int, payload: bytes, now_ns: int
+    new: NewEvent,
+    schema_version: int,
+    version: int,
+    payload: bytes,
+    now_ns: int | None,
+    metadata: Mapping[str, str] | None = None,
 ) -> EventEnvelope:
     """The envelope as stored. Event id, type, aggregate id and type are carried by the
-    message's header and subject, and recorded_at by the stream: readers fill them in."""
-    return EventEnvelope(
-        schema_version=schema_version,
-        aggregate_version=version,
-        parent_aggregate_id=new.parent_aggregate_id,
-        causation_id=new.causation_id,
-        correlation_id=new.correlation_id,
-        source=new.source,
-        idempotency_key=new.idempotency_key,
-        metadata=new.metadata,
-        payload=payload,
-        occurred_at=to_timestamp(new.occurred_at_ns or now_ns),
+    message's header and subject, and recorded_at by the stream: readers fill them in.
+
+    ``now_ns`` stamps ``occurred_at`` when the event gives no business time (None: leave
+    it out, readers take the recorded time). ``metadata`` replaces the event's own (what
+    is left once personal entries are sealed). Only fields with a value are set: the
+    append path builds one envelope per event, and an empty field costs as much to set
+    as a full one."""
+    envelope = EventEnvelope(
+        schema_version=schema_version, aggregate_version=version, payload=payload
     )
+    if new.parent_aggregate_id:
+        envelope.parent_aggregate_id = new.parent_aggregate_id
+    if new.causation_id:
+        envelope.causation_id = new.causation_id
+    if new.correlation_id:
+        envelope.correlation_id = new.correlation_id
+    if new.source:
+        envelope.source = new.source
+    if new.idempotency_key:
+        envelope.idempotency_key = new.idempotency_key
+    entries = new.metadata if metadata is None else metadata
+    if entries:
+        envelope.metadata.update(entries)
+    occurred = new.occurred_at_ns or now_ns
+    if occurred is not None:
+        envelope.occurred_at.seconds, envelope.occurred_at.nanos = divmod(occurred, NS)
+    return envelope

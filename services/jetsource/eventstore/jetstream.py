@@ -86,13 +86,18 @@ def stored_event_id(msg_id: str, aggregate_id: str) -> str:
 
 def _uuid_bytes(text: str) -> bytes | None:
     """The 16 bytes of a UUID in canonical text form (which they give back exactly)."""
-    if len(text) != 36:
+    if len(text) != 36 or text[8] != "-" or text[13] != "-" or text[18] != "-":
+        return None
+    if text[23] != "-":
         return None
     try:
-        value = uuid.UUID(text)
+        value = bytes.fromhex(text.replace("-", ""))
     except ValueError:
         return None
-    return value.bytes if str(value) == text else None
+    # fromhex also takes upper case and spaces: only the canonical text is compacted.
+    if len(value) != 16 or value.hex() != text.replace("-", ""):
+        return None
+    return value
 
 
 class _VoidedTail(Exception):
@@ -454,7 +459,6 @@ class JetStreamEventStore:
         sealed: Sequence[crypto.Sealed | None] = (),
     ) -> list[OutMessage]:
         out = []
-        now = now_ns()
         prefix = f"{self._cfg.subject_prefix}.{aggregate_id}"
         # W3C traceparent of the append's span, for the projector's spans; only while
         # a span is being traced (headers cost bytes on every stored event).
@@ -464,30 +468,29 @@ class JetStreamEventStore:
         for i, (new, (event_type, schema_version, payload)) in enumerate(
             zip(events, encoded, strict=True)
         ):
-            envelope = stored_envelope(new, schema_version, base_version + i + 1, payload, now)
+            box = sealed[i] if sealed else None
+            # No business time given: it is the time the stream records (readers fill
+            # it in), not a second timestamp stored with every event.
+            envelope = stored_envelope(
+                new,
+                schema_version,
+                base_version + i + 1,
+                payload,
+                None,
+                box.metadata if box is not None else None,
+            )
             if (compact := _uuid_bytes(new.idempotency_key)) is not None:
                 envelope.ClearField("idempotency_key")
                 envelope.idempotency_uuid = compact
-            if new.occurred_at_ns is None:
-                # No business time given: it is the time the stream records (readers
-                # fill it in), not a second timestamp stored with every event.
-                envelope.ClearField("occurred_at")
-            if sealed and (box := sealed[i]) is not None:
-                envelope.metadata.clear()
-                envelope.metadata.update(box.metadata)
-                envelope.sealed.extend(box.sealed)
+            data = envelope.SerializeToString(deterministic=True)
+            if box is not None:
+                data += box.wire  # the envelope's `sealed` field, serialized once
             headers = {"Nats-Msg-Id": new.event_id + scope, **trace}
             if i == 0:
                 # Optimistic concurrency: the aggregate's subjects must end where we read them.
                 headers["Nats-Expected-Last-Subject-Sequence"] = str(base_seq)
                 headers["Nats-Expected-Last-Subject-Sequence-Subject"] = f"{prefix}.>"
-            out.append(
-                OutMessage(
-                    f"{prefix}.{event_type}",
-                    envelope.SerializeToString(deterministic=True),
-                    headers,
-                )
-            )
+            out.append(OutMessage(f"{prefix}.{event_type}", data, headers))
         return out
 
     async def append(
