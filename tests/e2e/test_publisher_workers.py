@@ -26,7 +26,7 @@ import pytest
 from jetsource.client import ContextClient
 from jetsource.devstack.servers import free_port
 from jetsource.devstack.services import GrpcService
-from jetsource.publisher.server import WORKER_METRICS_STEP as STEP
+from jetsource.core.workers import WORKER_METRICS_STEP as STEP
 from tests.infra import Server
 
 pytestmark = pytest.mark.e2e

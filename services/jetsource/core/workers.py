@@ -25,8 +25,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import Protocol
 
+from jetsource.core.logging import setup_logging
 from jetsource.core.runner import EXIT_ACCESS_DENIED
+from jetsource.core.settings import JetsourceSettings
 
 log = logging.getLogger("jetsource.workers")
 
@@ -160,3 +163,62 @@ def supervise(
 ) -> int:
     """Run ``count`` workers of ``python -m module``; returns the exit code."""
     return Supervisor(name, [sys.executable, "-m", module], count, env_for, grace_s).run()
+
+
+WORKER_METRICS_STEP = 100  # worker i: metrics_port + 100 * i (9101, 9201, ...)
+
+
+def worker_env(prefix: str, grpc_port: int, metrics_port: int, index: int) -> dict[str, str]:
+    """Worker ``index``'s environment (``prefix``: the service's settings prefix, e.g.
+    ``JETSOURCE_PUBLISHER__``): one process, the shared port, its own metrics port
+    (``metrics_port + 100 * index``, clear of the other services' defaults; none when
+    metrics are off)."""
+    return {
+        **os.environ,
+        f"{prefix}WORKERS": "1",
+        f"{prefix}PORT_SHARED": "true",
+        f"{prefix}GRPC_PORT": str(grpc_port),
+        f"{prefix}METRICS_PORT": str(
+            metrics_port + WORKER_METRICS_STEP * index if metrics_port else 0
+        ),
+    }
+
+
+def serve_workers(
+    name: str, module: str, settings: JetsourceSettings, options: WorkerOptions
+) -> int | None:
+    """A service's ``main`` with ``options.workers``: None when it asks for one process
+    (the caller runs the service itself); otherwise supervise that many workers of
+    ``python -m module`` on its gRPC port and return the exit code."""
+    workers = options.workers or os.cpu_count() or 1
+    if workers <= 1:
+        return None
+    setup_logging(name, settings.log_level, json=settings.log_json)
+    prefix = f"JETSOURCE_{name.upper()}__"
+    if options.grpc_port == 0:
+        log.error(
+            "%s cannot start: %s.workers=%d needs a fixed %s.grpc_port (%sGRPC_PORT; "
+            "0 would give each worker its own port)",
+            name,
+            name,
+            workers,
+            name,
+            prefix,
+        )
+        return EXIT_ACCESS_DENIED
+    return supervise(
+        name,
+        module,
+        workers,
+        lambda i: worker_env(prefix, options.grpc_port, options.metrics_port, i),
+        options.shutdown_grace_s,
+    )
+
+
+class WorkerOptions(Protocol):
+    """What :func:`serve_workers` reads of a service's options."""
+
+    workers: int
+    grpc_port: int
+    metrics_port: int
+    shutdown_grace_s: float

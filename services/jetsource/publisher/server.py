@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -27,10 +26,9 @@ from jetsource.core.aio import stop_task, wait_event
 from jetsource.core.envelope import AppendResult, Expected, NewEvent
 from jetsource.core.errors import EventStoreUnavailableError
 from jetsource.core.grpcserver import GrpcEndpoint, start_grpc, stop_on_signals
-from jetsource.core.logging import setup_logging
 from jetsource.core.metrics import register_service, start_metrics_server, watch_nats
-from jetsource.core.runner import EXIT_ACCESS_DENIED, run_service
-from jetsource.core.workers import supervise
+from jetsource.core.runner import run_service
+from jetsource.core.workers import serve_workers
 from jetsource.domains.context.command_service import ContextCommandService
 from jetsource.domains.context.commands import CommandHandler
 from jetsource.domains.context.events import registry
@@ -261,47 +259,11 @@ async def serve(settings: PublisherSettings) -> None:
     await publisher.stop(o.shutdown_grace_s)
 
 
-WORKER_METRICS_STEP = 100  # worker i: metrics_port + 100 * i (9101, 9201, ...)
-
-
-def worker_env(settings: PublisherSettings, index: int) -> dict[str, str]:
-    """Worker ``index``'s environment: one process, the shared port, its own metrics
-    port (``metrics_port + 100 * index``, clear of the other services' defaults; none
-    when metrics are off)."""
-    o = settings.publisher
-    return {
-        **os.environ,
-        "JETSOURCE_PUBLISHER__WORKERS": "1",
-        "JETSOURCE_PUBLISHER__PORT_SHARED": "true",
-        "JETSOURCE_PUBLISHER__GRPC_PORT": str(o.grpc_port),
-        "JETSOURCE_PUBLISHER__METRICS_PORT": str(
-            o.metrics_port + WORKER_METRICS_STEP * index if o.metrics_port else 0
-        ),
-    }
-
-
 def main() -> None:
     settings = PublisherSettings.load()
-    o = settings.publisher
-    workers = o.workers or os.cpu_count() or 1
-    if workers > 1:
-        setup_logging("publisher", settings.log_level, json=settings.log_json)
-        if o.grpc_port == 0:
-            log.error(
-                "publisher cannot start: publisher.workers=%d needs a fixed publisher.grpc_port "
-                "(JETSOURCE_PUBLISHER__GRPC_PORT; 0 would give each worker its own port)",
-                workers,
-            )
-            sys.exit(EXIT_ACCESS_DENIED)
-        sys.exit(
-            supervise(
-                "publisher",
-                "jetsource.publisher.server",
-                workers,
-                lambda i: worker_env(settings, i),
-                o.shutdown_grace_s,
-            )
-        )
+    code = serve_workers("publisher", "jetsource.publisher.server", settings, settings.publisher)
+    if code is not None:
+        sys.exit(code)
     run_service("publisher", settings, serve)
 
 
