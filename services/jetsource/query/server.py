@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from dataclasses import dataclass, field
 
 from grpc_health.v1 import health_pb2
@@ -14,6 +15,7 @@ from jetsource.core.aio import stop_task
 from jetsource.core.grpcserver import GrpcEndpoint, start_grpc, stop_on_signals
 from jetsource.core.metrics import register_service, start_metrics_server, watch_nats
 from jetsource.core.runner import run_service
+from jetsource.core.workers import serve_workers
 from jetsource.domains.context.history import StateLoader
 from jetsource.domains.context.query_service import ContextQueryService, add_to_server
 from jetsource.projection.bootstrap import Projection, open_projection
@@ -57,6 +59,7 @@ async def build(settings: QuerySettings) -> Query:
         o.target(),
         o.max_concurrent_rpcs,
         settings.grpc,
+        share_port=o.port_shared,
     )
     return Query(endpoint, projection)
 
@@ -112,7 +115,11 @@ async def serve(settings: QuerySettings) -> None:
 
 
 def main() -> None:
-    run_service("query", QuerySettings.load(), serve)
+    settings = QuerySettings.load()
+    code = serve_workers("query", "jetsource.query.server", settings, settings.query)
+    if code is not None:
+        sys.exit(code)
+    run_service("query", settings, serve)
 
 
 if __name__ == "__main__":
