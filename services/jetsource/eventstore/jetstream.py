@@ -357,7 +357,8 @@ class JetStreamEventStore:
         subjects = [crypto.subjects_of(new.event, new.metadata) for new in events]
         if not any(subjects):
             return [None] * len(events)
-        keys = await self.keys.keys_for(s for names in subjects for s in names)
+        wanted = [s for names in subjects for s in names]
+        keys = self.keys.cached(wanted) or await self.keys.keys_for(wanted)
         out: list[crypto.Sealed | None] = []
         for i, (new, names) in enumerate(zip(events, subjects, strict=True)):
             if not names:

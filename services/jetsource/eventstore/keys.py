@@ -200,6 +200,23 @@ class JetStreamKeyStore:
 
     # -- writers ----------------------------------------------------------------
 
+    def cached(self, subjects: Iterable[str]) -> dict[str, tuple[bytes, bytes]] | None:
+        """subject -> (ref, key) from memory alone, or None when a key is not known
+        (or no longer fresh) here: then :meth:`keys_for`. The append path's common
+        case, without a coroutine."""
+        pepper = self._pepper
+        if pepper is None:
+            return None
+        out = {}
+        now = time.monotonic()
+        for subject in subjects:
+            ref = crypto.subject_ref(pepper, subject)
+            known = self._keys.get(ref)
+            if known is None or known[0] is None or known[1] <= now:
+                return None
+            out[subject] = (ref, known[0])
+        return out
+
     async def keys_for(self, subjects: Iterable[str]) -> dict[str, tuple[bytes, bytes]]:
         """subject -> (ref, key), creating the keys of subjects that have none."""
         wanted = list(dict.fromkeys(subjects))
