@@ -16,6 +16,7 @@ before it; stream times never go backwards) or both; none means "now".
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import zlib
@@ -37,6 +38,9 @@ log = logging.getLogger("jetsource.history")
 S = TypeVar("S")
 # idempotency key -> (first version, last version) of the command that used it
 Keys = dict[str, tuple[int, int]]
+# Events after a snapshot a loader keeps, per decoded state it may keep: with the
+# default 1,000 states and snapshots every 100 events, the tails of 100 aggregates.
+TAIL_EVENTS_PER_STATE = 10
 
 
 class SnapshotDecodeError(ValueError):
@@ -166,6 +170,27 @@ def make_snapshot(
 
 
 @dataclass
+class _Run:
+    """Events of contiguous versions of one aggregate, as read after a snapshot, and
+    the recorded time of the event before the first (the snapshot's)."""
+
+    before_ns: int
+    events: list[RecordedEvent]
+
+    @property
+    def first(self) -> int:
+        return self.events[0].version
+
+    @property
+    def last(self) -> int:
+        return self.events[-1].version
+
+
+def _recorded_at(record: RecordedEvent) -> int:
+    return record.recorded_at_ns
+
+
+@dataclass
 class PointInTime(Generic[S]):
     state: S
     last_seq: int = 0  # stream sequence of the last event included (0: none)
@@ -179,12 +204,17 @@ class PointInTime(Generic[S]):
 
 
 class StateLoader(Generic[S]):
-    """Loads states through snapshots. Two caches, both of facts that never change
-    (events are never deleted, so a snapshot of this schema is the fold of its
-    versions for good): decoded snapshot states, and per aggregate the list of
-    snapshots kept when it was last listed. With that list, a point that has a
-    listed snapshot at or before it and one past it is served without asking the
-    snapshot store: snapshots stored later are past the point too."""
+    """Loads states through snapshots. Three caches, all of facts that never change
+    (events are never deleted and versions are contiguous, so the event at a version
+    and a snapshot of this schema are what they are for good): decoded snapshot
+    states; per aggregate the list of snapshots kept when it was last listed; and
+    per aggregate the run of events read after a snapshot (its tail). With that
+    list, a point that has a listed snapshot at or before it and one past it is
+    served without asking the snapshot store: snapshots stored later are past the
+    point too. With the tail, a point within it is served without reading the
+    stream, and a point past it reads only the events after it.
+
+    An erasure empties all three (states and events hold opened personal values)."""
 
     def __init__(
         self,
@@ -201,6 +231,11 @@ class StateLoader(Generic[S]):
         self._cache: OrderedDict[tuple[str, int, int], S] = OrderedDict()
         # aggregate -> its snapshots (without their state) as last listed
         self._listed: OrderedDict[str, list[Snapshot]] = OrderedDict()
+        # aggregate -> events of contiguous versions, as last read after a snapshot;
+        # at most ``tail_events`` in all (a longer run is not kept).
+        self.tail_events = TAIL_EVENTS_PER_STATE * cache_size
+        self._tails: OrderedDict[str, _Run] = OrderedDict()
+        self._tail_total = 0
         # ... except after an erasure: its snapshots are deleted and taken again.
         self._erasures = ErasureWatch()
 
@@ -266,6 +301,69 @@ class StateLoader(Generic[S]):
         ]
         return min(bounds, default=None)
 
+    async def _tail(
+        self, aggregate_id: str, point: PointInTime[S], to_version: int | None
+    ) -> list[RecordedEvent]:
+        """The events after the point's state up to ``to_version``: from the
+        aggregate's kept run as far as it holds them, the rest read from the store.
+        What is read after a snapshot is kept, as a new run or as the kept one made
+        longer, for the next load."""
+        at, last_seq = self.codec.version(point.state), point.last_seq
+        run = self._tails.get(aggregate_id)
+        have: list[RecordedEvent] = []
+        if run and run.first <= at + 1 <= run.last + 1:
+            self._tails.move_to_end(aggregate_id)
+            start = at + 1 - run.first
+            end = len(run.events) if to_version is None else to_version - run.first + 1
+            have = run.events[start:end]
+            if to_version is not None and end <= len(run.events):
+                return have  # the run holds every event up to the point
+            at, last_seq = run.last, run.events[-1].stream_seq  # read on from its end
+        else:
+            run = None
+        read = await self.store.read_aggregate(
+            aggregate_id,
+            from_version=at + 1,
+            to_version=to_version,
+            from_seq=last_seq + 1,
+            to_seq=self._last_seq(aggregate_id, to_version),
+        )
+        if read and point.snapshot_version and self.tail_events:
+            if run is not None:
+                self._keep(aggregate_id, _Run(run.before_ns, run.events + read))
+            else:
+                self._keep(aggregate_id, _Run(point.recorded_at_ns, read))
+        return have + read if have else read
+
+    def _keep(self, aggregate_id: str, run: _Run) -> None:
+        if len(run.events) > self.tail_events:
+            return
+        old = self._tails.pop(aggregate_id, None)
+        self._tail_total -= len(old.events) if old else 0
+        self._tails[aggregate_id] = run
+        self._tail_total += len(run.events)
+        while self._tail_total > self.tail_events:
+            _, dropped = self._tails.popitem(last=False)
+            self._tail_total -= len(dropped.events)
+
+    def _version_at_time(self, aggregate_id: str, time_ns: int) -> int | None:
+        """The last version recorded at or before ``time_ns``, when the kept run says
+        (stream times never go backwards): the time lies between the event before the
+        run and one of the run's events, or the event after it (a listed snapshot's)."""
+        run = self._tails.get(aggregate_id)
+        if run is None:
+            return None
+        events = run.events
+        if time_ns < (run.before_ns or events[0].recorded_at_ns):  # (0: not known)
+            return None
+        if events[-1].recorded_at_ns > time_ns:
+            by_then = bisect.bisect_right(events, time_ns, key=_recorded_at)
+            return run.first - 1 + by_then
+        for s in self._listed.get(aggregate_id, ()):
+            if s.version == run.last + 1 and s.recorded_at_ns > time_ns:
+                return run.last
+        return None
+
     async def _find(self, aggregate_id: str, to_version: int | None) -> Snapshot | None:
         """The newest usable snapshot: usually the latest one; else list them all."""
         assert self.snapshots is not None
@@ -292,11 +390,15 @@ class StateLoader(Generic[S]):
         if self._erasures.moved():
             self._cache.clear()
             self._listed.clear()
+            self._tails.clear()
+            self._tail_total = 0
         if until is not None:
             # Stream times never go backwards: the events recorded by then are the
             # versions up to the last one recorded by then. One look-up, and the rest
             # is a read up to a version.
-            by_then = await self.store.version_at_time(aggregate_id, to_ns(until))
+            by_then = self._version_at_time(aggregate_id, to_ns(until))
+            if by_then is None:
+                by_then = await self.store.version_at_time(aggregate_id, to_ns(until))
             to_version = by_then if to_version is None else min(to_version, by_then)
         point = PointInTime(codec.empty(aggregate_id))
         if use_snapshots and self.snapshots is not None and to_version != 0:
@@ -320,13 +422,7 @@ class StateLoader(Generic[S]):
         at = codec.version(point.state)
         if to_version is not None and at >= to_version:
             return point
-        tail = await self.store.read_aggregate(
-            aggregate_id,
-            from_version=at + 1,
-            to_version=to_version,
-            from_seq=point.last_seq + 1,
-            to_seq=self._last_seq(aggregate_id, to_version),
-        )
+        tail = await self._tail(aggregate_id, point, to_version)
         if tail:
             point.state = await codec.fold(self.store, tail, point.state)
             point.last_seq = tail[-1].stream_seq

@@ -1,0 +1,172 @@
+"""The loader's caches of immutable facts (decoded snapshot states, the events read
+after a snapshot) change no answer: loads in any order, by version, by time or both,
+give what a loader without caches gives and what a full fold gives, while points
+already read are served without asking the store again. A cached state is never
+changed by a load, and an erasure empties every cache."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from jetsource.core import crypto
+from jetsource.core.envelope import RecordedEvent
+from jetsource.domains.context.events import registry
+from jetsource.domains.context.history import StateLoader
+from jetsource.domains.context.serialize import state_to_dict
+from jetsource.eventstore.memory import InMemoryEventStore
+from jetsource.eventstore.snapshots import InMemorySnapshotStore
+from tests.history_fixtures import append_history, probe_times, save_snapshots, state_at
+
+
+def ticking_clock(steps: list[int]):  # type: ignore[no-untyped-def]
+    now = [1_700_000_000_000_000_000]
+    i = [0]
+
+    def clock() -> int:
+        now[0] += steps[i[0] % len(steps)]
+        i[0] += 1
+        return now[0]
+
+    return clock
+
+
+class CountingStore(InMemoryEventStore):
+    """Counts the reads and time look-ups the loader makes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reads = 0
+        self.looked_up = 0
+
+    async def version_at_time(self, aggregate_id: str, time: datetime | int) -> int:
+        self.looked_up += 1
+        return await super().version_at_time(aggregate_id, time)
+
+    async def read_aggregate(self, aggregate_id: str, *args: Any, **kw: Any) -> list[RecordedEvent]:
+        self.reads += 1
+        return await super().read_aggregate(aggregate_id, *args, **kw)
+
+
+def facts(point: Any) -> tuple[Any, ...]:
+    return (
+        point.state,
+        point.last_seq,
+        point.recorded_at_ns,
+        point.snapshot_version,
+        point.events_folded,
+        point.keys,
+    )
+
+
+@st.composite
+def loads(draw: st.DrawFn, n: int, times: list[int]) -> list[dict[str, Any]]:
+    """Points in any order, repeated, by version, time, both, or none ("now")."""
+    out = []
+    for _ in range(draw(st.integers(1, 60))):
+        kind = draw(st.sampled_from(["version", "version", "time", "time", "both", "now"]))
+        point: dict[str, Any] = {}
+        if kind in ("version", "both"):
+            point["to_version"] = draw(st.integers(0, n + 2))
+        if kind in ("time", "both"):
+            point["until"] = draw(st.sampled_from(times))
+        if draw(st.integers(0, 9)) == 0:
+            point["keys"] = True
+        out.append(point)
+    return out
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+async def test_cached_loads_answer_as_uncached_ones_and_a_full_fold(data: st.DataObject) -> None:
+    n = data.draw(st.integers(1, 70))
+    steps = data.draw(st.lists(st.integers(0, 2_000_000), min_size=1, max_size=4))
+    store = CountingStore(registry, clock=ticking_clock(steps))
+    records = await append_history(
+        store, "s1", n, data.draw(st.integers(0, 1000)), data.draw(st.sampled_from([(1,), (3, 1)]))
+    )
+    snapshots = InMemorySnapshotStore(keep=data.draw(st.integers(1, 8)))
+    every = data.draw(st.integers(1, 25))
+    await save_snapshots(snapshots, records, list(range(every, n + 1, every)))
+    # A small cache (3 states, 30 events) is full most of the time: evictions too.
+    cached = StateLoader(store, snapshots, cache_size=data.draw(st.sampled_from([3, 1000])))
+    bare = StateLoader(store, snapshots, cache_size=0)
+    for point in data.draw(loads(n, probe_times(records))):
+        got = await cached.load("s1", **point)
+        assert facts(got) == facts(await bare.load("s1", **point)), point
+        assert got.state == state_at(records, point.get("to_version"), point.get("until"))
+        # The same point again: nothing read, nothing looked up (the run holds it),
+        # unless it is "now" (only the store knows) or past what the run holds.
+        reads, looked_up = store.reads, store.looked_up
+        again = await cached.load("s1", **point)
+        assert facts(again) == facts(got)
+        within = "until" not in point and 0 < point.get("to_version", 0) <= n
+        if within and got.snapshot_version and got.events_folded:
+            assert (store.reads, store.looked_up) == (reads, looked_up), point
+
+
+async def test_points_within_a_kept_run_are_served_without_the_store() -> None:
+    store = CountingStore(registry, clock=ticking_clock([1000]))
+    snapshots = InMemorySnapshotStore(keep=5)
+    records = await append_history(store, "s1", 60, 4)
+    await save_snapshots(snapshots, records, [10, 20, 30, 40, 50])
+    loader = StateLoader(store, snapshots)
+    await loader.load("s1", to_version=39)  # lists the snapshots, reads 31..39
+    reads = store.reads
+    for v in range(30, 40):
+        point = await loader.load("s1", to_version=v)
+        assert point.state == state_at(records, v)
+        assert (point.snapshot_version, point.events_folded) == (30, v - 30)
+        assert point.last_seq == records[v - 1].stream_seq
+    # A time between the snapshot at 30 and the one at 40 is a version found in the
+    # run: no look-up, no read.
+    for v in range(30, 40):
+        for t in (records[v - 1].recorded_at_ns, records[v].recorded_at_ns - 1):
+            point = await loader.load("s1", until=t)
+            assert point.state == state_at(records, until=t) and point.state.version == v
+    assert (store.reads, store.looked_up) == (reads, 0)
+    # Past the run: only the events after it are read, and the run grows.
+    point = await loader.load("s1", to_version=45)
+    assert point.snapshot_version == 40 and store.reads == reads + 1
+    point = await loader.load("s1")  # now: past the newest snapshot (50)
+    assert point.state == state_at(records) and point.events_folded == 10
+    assert store.reads == reads + 2
+    point = await loader.load("s1")  # again: the store is asked for what came since
+    assert point.state == state_at(records) and store.reads == reads + 3
+
+
+async def test_a_load_never_changes_a_cached_snapshot_state() -> None:
+    store = InMemoryEventStore(registry)
+    snapshots = InMemorySnapshotStore(keep=5)
+    records = await append_history(store, "s1", 50, 9)
+    await save_snapshots(snapshots, records, [20, 40])
+    loader = StateLoader(store, snapshots)
+    first = await loader.load("s1", to_version=20)
+    assert first.base is not None
+    pristine = state_to_dict(first.base)
+    for v in [*range(21, 40), 25, 39, 21]:
+        point = await loader.load("s1", to_version=v)
+        assert point.base is first.base  # the decoded state is shared ...
+        assert point.state == state_at(records, v)
+        assert state_to_dict(point.base) == pristine  # ... and never changed
+        assert point.base == state_at(records, 20)
+
+
+async def test_an_erasure_empties_every_cache() -> None:
+    store = CountingStore(registry, clock=ticking_clock([1000]))
+    snapshots = InMemorySnapshotStore(keep=5)
+    records = await append_history(store, "s1", 30, 2)
+    await save_snapshots(snapshots, records, [10, 20, 30])
+    loader = StateLoader(store, snapshots)
+    await loader.load("s1", to_version=19)
+    reads = store.reads
+    await loader.load("s1", to_version=15)
+    assert store.reads == reads  # served from the kept run
+    crypto.note_erasure()  # what a key store does when it hears of an erase
+    point = await loader.load("s1", to_version=15)
+    assert point.state == state_at(records, 15)
+    assert store.reads == reads + 1  # read again: states and events held opened values
+    assert list(loader._tails) == ["s1"] and len(loader._cache) == 1  # only what it read since
