@@ -18,15 +18,15 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from jetsource.client import ContextClient
+from jetsource.core.workers import WORKER_METRICS_STEP as STEP
 from jetsource.devstack.servers import free_port
 from jetsource.devstack.services import GrpcService
-from jetsource.core.workers import WORKER_METRICS_STEP as STEP
 from tests.infra import Server
 
 pytestmark = pytest.mark.e2e
@@ -66,14 +66,16 @@ def alive(pid: int) -> bool:
     return status.exists() and "zombie" not in status.read_text()
 
 
-async def both_up(proc: subprocess.Popen[bytes], metrics: int) -> bool:
+async def both_up(
+    proc: subprocess.Popen[bytes], metrics: int, probe: Callable[[int], float] = commands_served
+) -> bool:
     """Two workers, each answering on its metrics port (served once its gRPC port is
     bound): connections made before the second binds all go to the first."""
     for _ in range(300):
         if len(children(proc.pid)) == 2:
             try:
-                await asyncio.to_thread(commands_served, metrics)
-                await asyncio.to_thread(commands_served, metrics + STEP)
+                await asyncio.to_thread(probe, metrics)
+                await asyncio.to_thread(probe, metrics + STEP)
                 return True
             except OSError:
                 pass

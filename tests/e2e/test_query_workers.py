@@ -21,7 +21,7 @@ from jetsource.client import ContextClient, QueryClient
 from jetsource.core.settings import JetsourceSettings
 from jetsource.core.workers import WORKER_METRICS_STEP as STEP
 from tests.e2e.cli_fixtures import isolated_services
-from tests.e2e.test_publisher_workers import alive, children, free_pair
+from tests.e2e.test_publisher_workers import alive, both_up, children, free_pair
 from tests.stack import Services
 
 pytestmark = pytest.mark.e2e
@@ -34,19 +34,6 @@ def reads_served(metrics_port: int) -> float:
         for line in body.decode().splitlines()
         if line.startswith('jetsource_query_requests_total{method="GetContext"')
     )
-
-
-async def both_up(pid: int, metrics: int) -> bool:
-    for _ in range(300):
-        if len(children(pid)) == 2:
-            try:
-                await asyncio.to_thread(reads_served, metrics)
-                await asyncio.to_thread(reads_served, metrics + STEP)
-                return True
-            except OSError:
-                pass
-        await asyncio.sleep(0.1)
-    return False
 
 
 @pytest.fixture
@@ -73,7 +60,7 @@ def stack(settings: JetsourceSettings, tmp_path: Path) -> Iterator[tuple[Service
 async def test_two_query_workers_share_the_port(stack: tuple[Services, int]) -> None:
     services, metrics = stack
     proc = services.procs["query"]
-    assert await both_up(proc.pid, metrics)
+    assert await both_up(proc, metrics, reads_served)
     stories = [f"qw{i}" for i in range(16)]
     async with ContextClient(services.address("publisher"), timeout=30) as c:
         for s in stories:
@@ -96,7 +83,7 @@ async def test_two_query_workers_share_the_port(stack: tuple[Services, int]) -> 
     async with QueryClient(services.address("query"), timeout=30) as q:
         for _ in range(20):
             assert (await q.get_context("qw0")).context.version == 2
-    assert await both_up(proc.pid, metrics)
+    assert await both_up(proc, metrics, reads_served)
     assert victim not in children(proc.pid)
 
     # SIGTERM stops them all.

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Protocol
 
+from pydantic import BaseModel, Field
+
 from jetsource.core.logging import setup_logging
 from jetsource.core.runner import EXIT_ACCESS_DENIED
 from jetsource.core.settings import JetsourceSettings
@@ -213,6 +215,19 @@ def serve_workers(
         lambda i: worker_env(prefix, options.grpc_port, options.metrics_port, i),
         options.shutdown_grace_s,
     )
+
+
+class WorkerFields(BaseModel):
+    """The options of a service that can run as several workers on one port."""
+
+    workers: int = Field(
+        default=1,
+        ge=0,
+        description="processes serving grpc_port together (SO_REUSEPORT): one core each; "
+        "0 = one per CPU. Worker i serves /metrics on metrics_port + 100 * i",
+    )
+    # Set by the supervisor for its workers (they share their port on purpose).
+    port_shared: bool = False
 
 
 class WorkerOptions(Protocol):

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from jetsource.core.settings import JetsourceSettings
+from jetsource.core.workers import WorkerFields
 
 
-class PublisherOptions(BaseModel):
+class PublisherOptions(WorkerFields):
     """``JETSOURCE_PUBLISHER__...``"""
 
     grpc_host: str = "127.0.0.1"
@@ -18,14 +19,6 @@ class PublisherOptions(BaseModel):
     max_concurrent_rpcs: int = Field(default=256, ge=1)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     default_deadline_s: float = Field(default=10.0, gt=0)
-    workers: int = Field(
-        default=1,
-        ge=0,
-        description="processes serving grpc_port together (SO_REUSEPORT): one core each; "
-        "0 = one per CPU. Worker i serves /metrics on metrics_port + 100 * i",
-    )
-    # Set by the supervisor for its workers (they share their port on purpose).
-    port_shared: bool = False
 
     def target(self) -> str:
         return f"{self.grpc_host}:{self.grpc_port}"

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from jetsource.core.workers import WorkerFields
 from jetsource.projection.settings import ProjectorSettings
 
 
-class QueryOptions(BaseModel):
+class QueryOptions(WorkerFields):
     """``JETSOURCE_QUERY__...``. The read models' names (Valkey prefix, graph label
     prefix, control bucket) are the projector's settings, read from
     ``JETSOURCE_PROJECTOR__...`` so both services agree."""
@@ -31,14 +32,6 @@ class QueryOptions(BaseModel):
     control_ttl_s: float = Field(default=1.0, ge=0)
     control_max_stale_s: float = Field(default=30.0, ge=0)
     shutdown_grace_s: float = Field(default=5.0, ge=0)
-    workers: int = Field(
-        default=1,
-        ge=0,
-        description="processes serving grpc_port together (SO_REUSEPORT): one core each; "
-        "0 = one per CPU. Worker i serves /metrics on metrics_port + 100 * i",
-    )
-    # Set by the supervisor for its workers (they share their port on purpose).
-    port_shared: bool = False
 
     def target(self) -> str:
         return f"{self.grpc_host}:{self.grpc_port}"
