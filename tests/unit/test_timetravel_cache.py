@@ -153,15 +153,24 @@ async def test_a_load_never_changes_a_cached_snapshot_state() -> None:
         assert point.state == state_at(records, v)
         assert state_to_dict(point.base) == pristine  # ... and never changed
         assert point.base == state_at(records, 20)
+    # Nor a state kept on the way (every 10th version), that later loads start from.
+    assert sorted(v for _, v in loader._folded) == [30]
+    for v in [*range(31, 40), 30, 35]:
+        assert (await loader.load("s1", to_version=v)).state == state_at(records, v)
+    kept, _ = loader._folded[("s1", 30)]
+    assert kept == state_at(records, 30) and state_to_dict(kept) == state_to_dict(
+        state_at(records, 30)
+    )
 
 
 async def test_an_erasure_empties_every_cache() -> None:
     store = CountingStore(registry, clock=ticking_clock([1000]))
     snapshots = InMemorySnapshotStore(keep=5)
-    records = await append_history(store, "s1", 30, 2)
-    await save_snapshots(snapshots, records, [10, 20, 30])
+    records = await append_history(store, "s1", 40, 2)
+    await save_snapshots(snapshots, records, [10, 30, 40])
     loader = StateLoader(store, snapshots)
-    await loader.load("s1", to_version=19)
+    await loader.load("s1", to_version=25)  # reads 11..25, keeps the state at 20
+    assert list(loader._folded) == [("s1", 20)] and len(loader._cache) == 1
     reads = store.reads
     await loader.load("s1", to_version=15)
     assert store.reads == reads  # served from the kept run
@@ -169,4 +178,6 @@ async def test_an_erasure_empties_every_cache() -> None:
     point = await loader.load("s1", to_version=15)
     assert point.state == state_at(records, 15)
     assert store.reads == reads + 1  # read again: states and events held opened values
-    assert list(loader._tails) == ["s1"] and len(loader._cache) == 1  # only what it read since
+    # Only what it read since: the snapshot at 10 and the events 11..15.
+    assert [e.version for e in loader._tails["s1"].events] == list(range(11, 16))
+    assert len(loader._cache) == 1 and not loader._folded

@@ -41,6 +41,11 @@ Keys = dict[str, tuple[int, int]]
 # Events after a snapshot a loader keeps, per decoded state it may keep: with the
 # default 1,000 states and snapshots every 100 events, the tails of 100 aggregates.
 TAIL_EVENTS_PER_STATE = 10
+# A loader keeps the state folded to every CHECKPOINT_EVERY-th version it folds
+# through after a snapshot (at most CHECKPOINTS states), so a load near one folds a
+# few events instead of all those since the snapshot.
+CHECKPOINT_EVERY = 10
+CHECKPOINTS = 64
 
 
 class SnapshotDecodeError(ValueError):
@@ -236,6 +241,9 @@ class StateLoader(Generic[S]):
         self.tail_events = TAIL_EVENTS_PER_STATE * cache_size
         self._tails: OrderedDict[str, _Run] = OrderedDict()
         self._tail_total = 0
+        # (aggregate, version) -> (state folded to it, the snapshot state it came from)
+        self.checkpoints = min(CHECKPOINTS, cache_size)
+        self._folded: OrderedDict[tuple[str, int], tuple[S, S]] = OrderedDict()
         # ... except after an erasure: its snapshots are deleted and taken again.
         self._erasures = ErasureWatch()
 
@@ -364,6 +372,35 @@ class StateLoader(Generic[S]):
                 return run.last
         return None
 
+    async def _fold(self, aggregate_id: str, point: PointInTime[S], tail: list[RecordedEvent]) -> S:
+        """The point's state (a snapshot's) folded through ``tail``: from the kept
+        state nearest the end along it, if any; the state at the last checkpoint
+        version on the way is kept. Every state kept or started from came from the
+        same decoded snapshot state, so what no event changed is shared with it."""
+        fold, base = self.codec.fold, point.base
+        first, last = tail[0].version, tail[-1].version
+        if not (self.checkpoints and point.snapshot_version and base is not None) or (
+            last - first + 1 != len(tail)  # (versions are contiguous; else fold it all)
+        ):
+            return await fold(self.store, tail, point.state)
+        state, done = point.state, 0  # ``done``: events of the tail already in ``state``
+        mark = last - last % CHECKPOINT_EVERY
+        for version in range(mark, first - 1, -CHECKPOINT_EVERY):
+            kept = self._folded.get((aggregate_id, version))
+            if kept is not None and kept[1] is base:
+                self._folded.move_to_end((aggregate_id, version))
+                state, done = kept[0], version - first + 1
+                break
+        if mark >= first + done:
+            state = await fold(self.store, tail[done : mark - first + 1], state)
+            done = mark - first + 1
+            self._folded[(aggregate_id, mark)] = (state, base)
+            while len(self._folded) > self.checkpoints:
+                self._folded.popitem(last=False)
+        if done < len(tail):
+            state = await fold(self.store, tail[done:], state)
+        return state
+
     async def _find(self, aggregate_id: str, to_version: int | None) -> Snapshot | None:
         """The newest usable snapshot: usually the latest one; else list them all."""
         assert self.snapshots is not None
@@ -392,6 +429,7 @@ class StateLoader(Generic[S]):
             self._listed.clear()
             self._tails.clear()
             self._tail_total = 0
+            self._folded.clear()
         if until is not None:
             # Stream times never go backwards: the events recorded by then are the
             # versions up to the last one recorded by then. One look-up, and the rest
@@ -424,7 +462,7 @@ class StateLoader(Generic[S]):
             return point
         tail = await self._tail(aggregate_id, point, to_version)
         if tail:
-            point.state = await codec.fold(self.store, tail, point.state)
+            point.state = await self._fold(aggregate_id, point, tail)
             point.last_seq = tail[-1].stream_seq
             point.recorded_at_ns = tail[-1].recorded_at_ns
             point.events_folded = len(tail)
