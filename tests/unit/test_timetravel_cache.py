@@ -1,8 +1,8 @@
-"""The loader's caches of immutable facts (decoded snapshot states, the events read
-after a snapshot) change no answer: loads in any order, by version, by time or both,
-give what a loader without caches gives and what a full fold gives, while points
-already read are served without asking the store again. A cached state is never
-changed by a load, and an erasure empties every cache."""
+"""Time travel's caches of immutable facts (decoded snapshot states, the events read
+after a snapshot, states folded on the way, encoded views) change no answer: loads in
+any order, by version, by time or both, give what a loader without caches gives and
+what a full fold gives, while points already read are served without asking the store
+again. A cached state is never changed by a load, and an erasure empties every cache."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from jetsource.core import crypto
 from jetsource.core.envelope import RecordedEvent
 from jetsource.domains.context.events import registry
 from jetsource.domains.context.history import StateLoader
+from jetsource.domains.context.query_service import EncodedViews
 from jetsource.domains.context.serialize import state_to_dict
+from jetsource.domains.context.views import state_view
 from jetsource.eventstore.memory import InMemoryEventStore
 from jetsource.eventstore.snapshots import InMemorySnapshotStore
 from tests.history_fixtures import append_history, probe_times, save_snapshots, state_at
@@ -181,3 +183,24 @@ async def test_an_erasure_empties_every_cache() -> None:
     # Only what it read since: the snapshot at 10 and the events 11..15.
     assert [e.version for e in loader._tails["s1"].events] == list(range(11, 16))
     assert len(loader._cache) == 1 and not loader._folded
+
+
+async def test_encoded_views_are_kept_within_a_budget_and_emptied_by_an_erasure() -> None:
+    store = InMemoryEventStore(registry)
+    snapshots = InMemorySnapshotStore(keep=5)
+    records = await append_history(store, "s1", 40, 5)
+    await save_snapshots(snapshots, records, [10, 20, 30])
+    loader = StateLoader(store, snapshots)
+    points = [await loader.load("s1", to_version=v) for v in range(1, 41)]
+    size = max(len(state_view(p.state).SerializeToString()) for p in points)
+    views = EncodedViews(budget=8 * size)
+    for p in [*points, *points[::-1]]:  # every view, then again from the newest down
+        assert views.encode(p) == state_view(p.state).SerializeToString()
+    newest = points[-1]
+    kept = views.encode(newest)
+    assert views.encode(newest) is kept  # encoded once, then served as it is
+    assert 0 < views._bytes <= 8 * size
+    crypto.note_erasure()
+    again = views.encode(newest)
+    assert again == kept and again is not kept  # encoded anew: nothing kept survives
+    assert list(views._views) == [("s1", 40, newest.last_seq)]

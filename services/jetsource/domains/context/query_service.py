@@ -31,7 +31,7 @@ import hmac
 import logging
 import struct
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -50,6 +50,7 @@ from jetsource.archive.segment import SegmentError
 from jetsource.core import telemetry
 from jetsource.core.aio import wait_event
 from jetsource.core.clock import format_rfc3339_ns, from_timestamp, to_timestamp
+from jetsource.core.crypto import ErasureWatch
 from jetsource.core.errors import (
     CorruptEventError,
     EventStoreUnavailableError,
@@ -196,6 +197,45 @@ class _Active:
     at: float
 
 
+class EncodedViews:
+    """Encoded ``ContextView`` of states at points of history, most recently used
+    first, at most ``budget`` bytes: the state at a version never changes, so its
+    view is encoded once however often the point is asked for. An erasure empties it
+    (and the encoder's pieces): views and states hold opened personal values."""
+
+    def __init__(self, budget: int = 32 * 1024 * 1024) -> None:
+        self.budget = budget
+        self._encoder = ViewEncoder()
+        self._views: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
+        self._bytes = 0
+        self._erasures = ErasureWatch()
+
+    def _erased(self) -> bool:
+        if not self._erasures.moved():
+            return False
+        self._views.clear()
+        self._bytes = 0
+        self._encoder = ViewEncoder()
+        return True
+
+    def encode(self, point: PointInTime) -> bytes:
+        state = point.state
+        key = (state.id, state.version, point.last_seq)
+        view = None if self._erased() else self._views.get(key)
+        if view is not None:
+            self._views.move_to_end(key)
+            return view
+        view = self._encoder.encode(state, point.base)
+        # An erasure heard while this point was loaded: its view is not kept.
+        if len(view) <= self.budget // 4 and not self._erased():
+            self._views[key] = view
+            self._bytes += len(view)
+            while self._bytes > self.budget:
+                _, dropped = self._views.popitem(last=False)
+                self._bytes -= len(dropped)
+        return view
+
+
 class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
     def __init__(self, projection: Projection, loader: StateLoader, options: QueryOptions) -> None:
         self.p = projection
@@ -208,8 +248,9 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
         self.o = options
         self._active: dict[str, _Active] = {}
         self._models: dict[tuple[str, int], Any] = {}
-        # Views of time-travel answers, encoded from the snapshot states they start from.
-        self._views = ViewEncoder()
+        # Views of time-travel answers: kept, else encoded from the snapshot states
+        # they start from.
+        self._views = EncodedViews()
         seed = f"jetsource page tokens v{TOKEN_VERSION}|{projection.store.settings.stream}"
         self._tokens = PageTokens(hashlib.sha256(seed.encode()).digest())
 
@@ -423,7 +464,7 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
             events_folded=point.events_folded,
         )
         rest.recorded_at.CopyFrom(to_timestamp(point.recorded_at_ns))
-        return with_context(rest, self._views.encode(point.state, point.base))
+        return with_context(rest, self._views.encode(point))
 
     # -- history and listings -------------------------------------------------------
 
