@@ -110,30 +110,50 @@ _DECISIONS, _SUBTASKS = "\x00decisions\x00", "\x00subtasks\x00"
 class StateEncoder:
     """``json.dumps(state_to_dict(state), separators=(",", ":"), sort_keys=True)``, the
     same bytes, without encoding again what did not change: states share the Decision
-    and Subtask objects an event did not touch, so each one's encoded JSON is kept by
-    identity (bounded). A read model writing a story's document after every batch
-    spent most of its time re-encoding all of it."""
+    and Subtask objects an event did not touch, so each one's encoded JSON (with its
+    key) is kept by identity (bounded), and so is the whole object of a mapping an
+    event did not touch. A read model writing a story's document after every batch
+    spent most of its time re-encoding all of it; then, for a story of a thousand
+    decisions, quoting each key again (issue 23: the projector's freshness under load)."""
+
+    # Whole objects kept: a few per story written in a batch (two mappings each).
+    OBJECTS = 64
 
     def __init__(self, size: int = 100_000) -> None:
         self.size = size
-        self._parts: OrderedDict[int, tuple[object, str]] = OrderedDict()
+        # id(item) -> (item, key, '"key":{...}')
+        self._parts: OrderedDict[int, tuple[object, str, str]] = OrderedDict()
+        self._objects: OrderedDict[int, tuple[object, str]] = OrderedDict()
 
-    def _part(self, item: Decision | Subtask) -> str:
-        key = id(item)
-        known = self._parts.get(key)
-        if known is not None and known[0] is item:
-            return known[1]
+    def _entry(self, key: str, item: Decision | Subtask) -> str:
+        known = self._parts.get(id(item))
+        if known is not None and known[0] is item and known[1] == key:
+            return known[2]
         body = decision_to_dict(item) if isinstance(item, Decision) else subtask_to_dict(item)
-        text = json.dumps(body, **_COMPACT)  # type: ignore[arg-type]
-        self._parts[key] = (item, text)
+        text = f"{json.dumps(key)}:{json.dumps(body, **_COMPACT)}"  # type: ignore[arg-type]
+        self._parts[id(item)] = (item, key, text)
         while len(self._parts) > self.size:
             self._parts.popitem(last=False)
         return text
 
     def _object(self, items: Mapping[str, Decision] | Mapping[str, Subtask]) -> str:
-        return (
-            "{" + ",".join(f"{json.dumps(k)}:{self._part(items[k])}" for k in sorted(items)) + "}"
-        )
+        whole = self._objects.get(id(items))
+        if whole is not None and whole[0] is items:
+            self._objects.move_to_end(id(items))
+            return whole[1]
+        parts, entries = self._parts, []
+        for k in sorted(items):  # the known entry inline: most are, and this is hot
+            item = items[k]
+            known = parts.get(id(item))
+            if known is not None and known[0] is item and known[1] == k:
+                entries.append(known[2])
+            else:
+                entries.append(self._entry(k, item))
+        text = "{" + ",".join(entries) + "}"
+        self._objects[id(items)] = (items, text)
+        while len(self._objects) > self.OBJECTS:
+            self._objects.popitem(last=False)
+        return text
 
     def encode(self, state: ContextState) -> str:
         shell = state_to_dict(
