@@ -77,6 +77,11 @@ FRESHNESS = Histogram(
     ["model", "version"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600),
 )
+# How long the worker waits for a message before it looks around (stop, dead-letter
+# depth, the drop fence): messages are handed over as they arrive, never held for it.
+# Below the drop fence's quarter second, so the fence's answer is fresh when an event
+# comes after a pause.
+IDLE_WAIT_S = 0.2
 # While idle, the dead-letter depth is recounted this often (letters retried or
 # discarded by an operator leave the DLQ from another process).
 DEPTH_REFRESH_S = 30.0
@@ -196,21 +201,24 @@ class Worker:
         self.running = True
         try:
             while not self._stop.is_set():
-                batch = await self._pull.next_batch(self.o.batch_size, 0.5)
+                batch = await self._pull.next_batch(self.o.batch_size, IDLE_WAIT_S)
                 if batch and self.partition is not None:
                     batch = [self.partition.origin(d) for d in batch]
                 if batch:
                     # Fenced: a version being dropped writes nothing more (`projector drop`
                     # marks it in the control bucket before deleting anything).
-                    if await version_dropped(
-                        self.nc, self.o.control_bucket, self.spec.name, self.spec.version
-                    ):
+                    if await self._dropped():
                         log.warning(
                             "%s v%s: dropped; this worker stops", *self._labels, extra=self._log
                         )
                         return
                     await self.process(batch)
                 else:
+                    if not until_caught_up:
+                        # The fence's answer is kept a quarter second: asked while idle
+                        # too, so the first event after a pause does not wait for the
+                        # control bucket's round trip (its answer acts on the next batch).
+                        await self._dropped()
                     self._progress_at = time.monotonic()  # idle is not stalled
                     STALLED.labels(*self._labels).set(0)
                     if time.monotonic() - self._depth_at > DEPTH_REFRESH_S:
@@ -220,6 +228,11 @@ class Worker:
         finally:
             self.running = False
             await self._pull.stop()
+
+    async def _dropped(self) -> bool:
+        return await version_dropped(
+            self.nc, self.o.control_bucket, self.spec.name, self.spec.version
+        )
 
     async def caught_up(self) -> bool:
         info = await jsapi.consumer_info(
