@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -52,7 +53,10 @@ from jetsource.projection.settings import ProjectorOptions, ProjectorSettings
 
 
 def pct(values: list[float], q: float) -> float:
+    """The q-quantile of latencies in seconds, in milliseconds (nan when none)."""
     values = sorted(values)
+    if not values:
+        return float("nan")
     return values[min(len(values) - 1, int(q * len(values)))] * 1000
 
 
@@ -68,6 +72,7 @@ async def seed(p: Projection, stories: list[str], events: int) -> None:
 
 
 LOAD_WRITERS, LOAD_PER_WRITER = 8, 250.0
+IDLE_PROBES = 100  # probes to the idle projector before the load starts
 MODELS = ("context", "timeline", "graph")
 # timeline is the same code path as context (a Valkey model): quick mode skips it.
 QUICK = [
@@ -99,6 +104,57 @@ async def raw_delivery(url: str, stream: str, total: int) -> tuple[float, float]
     return got / seconds, seconds
 
 
+FRESHNESS_METRIC = "jetsource_projector_freshness_seconds"
+
+
+async def freshness_buckets(port: str) -> dict[float, float]:
+    """The projector's own freshness histogram (``le`` -> cumulative count, summed over
+    its models) from its /metrics."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    text = (await asyncio.to_thread(httpx.get, url, timeout=5)).text
+    out: dict[float, float] = {}
+    for line in text.splitlines():
+        if not line.startswith(FRESHNESS_METRIC + "_bucket{"):
+            continue
+        labels, _, value = line.rpartition(" ")
+        le = labels.split('le="', 1)[1].split('"', 1)[0]
+        key = float("inf") if le == "+Inf" else float(le)
+        out[key] = out.get(key, 0.0) + float(value)
+    return out
+
+
+def histogram_quantile(buckets: dict[float, float], q: float) -> float:
+    """Prometheus' histogram_quantile in milliseconds: linear within the bucket."""
+    bounds = sorted(buckets)
+    if not bounds or not buckets[bounds[-1]]:
+        return float("nan")
+    rank = q * buckets[bounds[-1]]
+    low, below = 0.0, 0.0
+    for le in bounds:
+        if buckets[le] >= rank:
+            if le == float("inf"):
+                return low * 1000
+            share = (rank - below) / (buckets[le] - below) if buckets[le] > below else 1.0
+            return (low + (le - low) * share) * 1000
+        low, below = le, buckets[le]
+    return low * 1000
+
+
+def histogram_cell(before: dict[float, float], after: dict[float, float]) -> str:
+    """The projector's freshness histogram over a phase: quantiles and bucket shares."""
+    diff = {le: after.get(le, 0.0) - before.get(le, 0.0) for le in after}
+    total = diff.get(float("inf"), 0.0)
+    if not total:
+        return "n/a"
+    p50, p99 = histogram_quantile(diff, 0.5), histogram_quantile(diff, 0.99)
+    shares = ", ".join(
+        f"{100 * diff[le] / total:.0f}% ≤ {le * 1000:g} ms"
+        for le in (0.005, 0.01, 0.025, 0.1)
+        if le in diff
+    )
+    return f"{total:,.0f} events: p50 {ms(p50)}, p99 {ms(p99)} ({shares})"
+
+
 def start_projector(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
@@ -109,10 +165,60 @@ def start_projector(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
         )
 
 
+@dataclass
+class Probes:
+    """One phase of probes: append to visible, and the append's own share (to its ack),
+    each in seconds; the projector's histogram over the phase."""
+
+    visible: list[float] = field(default_factory=list)
+    acked: list[float] = field(default_factory=list)
+    missed: int = 0
+    histogram: str = "n/a"
+
+    def cell(self) -> str:
+        if not self.visible:
+            return "nothing visible"
+        return (
+            f"p50 {ms(pct(self.visible, 0.5))}, p99 {ms(pct(self.visible, 0.99))} "
+            f"(append acked: p50 {ms(pct(self.acked, 0.5))})"
+        )
+
+
+async def probe_loop(
+    p: Projection, model: ContextModel, story: str, seconds: float, count: int, out: Probes
+) -> int:
+    """Append to ``story`` every 10 ms (for ``seconds`` or ``count`` probes) and time
+    until the context model has each event; returns how many were appended."""
+    history = story_events(story, count)
+    deadline = time.monotonic() + seconds
+    i = 0
+    while time.monotonic() < deadline and i < len(history):
+        started = time.perf_counter()
+        await p.store.append(story, [NewEvent(history[i])], i)
+        out.acked.append(time.perf_counter() - started)
+        while time.perf_counter() - started < 5.0:
+            doc = await model.read(story)
+            if doc and doc["state"]["version"] >= i + 1:
+                out.visible.append(time.perf_counter() - started)
+                break
+            await asyncio.sleep(0.0005)
+        else:
+            out.missed += 1
+        i += 1
+        await asyncio.sleep(0.01)
+    return i
+
+
 async def freshness(
-    p: Projection, env: dict[str, str], seconds: float, log: Path, pids: dict[str, int]
-) -> tuple[list[float], float, CpuReport]:
-    """Append to one probe story while 8 writers load others; time until Valkey has it."""
+    p: Projection,
+    env: dict[str, str],
+    seconds: float,
+    log: Path,
+    pids: dict[str, int],
+    max_nodes: int | None = None,
+) -> tuple[Probes, Probes, float, CpuReport]:
+    """Probes to an idle projector first (latency at low load), then appends to one
+    probe story while 8 writers load others; time until Valkey has each."""
     proc = start_projector(env, log)
     port = env["JETSOURCE_PROJECTOR__HTTP_PORT"]
     try:
@@ -132,7 +238,9 @@ async def freshness(
 
         # Histories made before the clock starts: making them costs CPU seconds.
         size = int(LOAD_PER_WRITER * seconds * 1.5) + 10
-        histories = [story_events(f"load-{n}", size) for n in range(LOAD_WRITERS)]
+        histories = [
+            story_events(f"load-{n}", size, max_nodes=max_nodes) for n in range(LOAD_WRITERS)
+        ]
 
         async def load(n: int) -> None:
             """250 appends/s on a schedule (8 writers: 2,000/s), as far as they keep up."""
@@ -146,42 +254,39 @@ async def freshness(
                 loaded += 1
                 await asyncio.sleep(max(0.0, begin + i / LOAD_PER_WRITER - time.perf_counter()))
 
-        probe = "fresh-probe"
-        history = story_events(probe, int(seconds / 0.01) + 10)
+        idle = Probes()
+        before = await freshness_buckets(port)
+        await probe_loop(p, model, "idle-probe", 30.0, IDLE_PROBES, idle)
+        middle = await freshness_buckets(port)
+        idle.histogram = histogram_cell(before, middle)
+
+        loaded_probes = Probes()
         load_started = time.perf_counter()
         meter = CpuMeter({**pids, "projector": proc.pid}).start()
         loaders = [asyncio.create_task(load(n)) for n in range(LOAD_WRITERS)]
-        latencies: list[float] = []
-        missed = 0
-        deadline = time.monotonic() + seconds
-        i = 0
-        while time.monotonic() < deadline and i < len(history):
-            started = time.perf_counter()
-            await p.store.append(probe, [NewEvent(history[i])], i)
-            while time.perf_counter() - started < 5.0:
-                doc = await model.read(probe)
-                if doc and doc["state"]["version"] >= i + 1:
-                    latencies.append(time.perf_counter() - started)
-                    break
-                await asyncio.sleep(0.0005)
-            else:
-                missed += 1
-            i += 1
-            await asyncio.sleep(0.01)
+        i = await probe_loop(
+            p, model, "fresh-probe", seconds, int(seconds / 0.01) + 10, loaded_probes
+        )
         stop.set()
         await asyncio.gather(*loaders)
         load_s = time.perf_counter() - load_started
         cpu = meter.stop(loaded + i)
-        if missed:
-            print(f"freshness: {missed} probes not visible within 5 s")
-        return latencies, (loaded + i) / load_s, cpu
+        loaded_probes.histogram = histogram_cell(middle, await freshness_buckets(port))
+        for name, probes in (("idle", idle), ("loaded", loaded_probes)):
+            if probes.missed:
+                print(f"freshness ({name}): {probes.missed} probes not visible within 5 s")
+        return idle, loaded_probes, (loaded + i) / load_s, cpu
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
 
 
 async def run(
-    stories: int, events: int, fresh_s: float, models: tuple[str, ...] = MODELS
+    stories: int,
+    events: int,
+    fresh_s: float,
+    models: tuple[str, ...] = MODELS,
+    max_nodes: int | None = None,
 ) -> list[Table]:
     tmp = Path(tempfile.mkdtemp(prefix="jetsource-bench-projector-"))
     servers = [
@@ -215,7 +320,9 @@ async def run(
         )
         p = await open_projection(settings)
         try:
-            return await measure(p, settings, pids, stories, events, fresh_s, tmp, models)
+            return await measure(
+                p, settings, pids, stories, events, fresh_s, tmp, models, max_nodes
+            )
         finally:
             await p.close()
     finally:
@@ -232,6 +339,7 @@ async def measure(
     fresh_s: float,
     tmp: Path,
     models: tuple[str, ...],
+    max_nodes: int | None = None,
 ) -> list[Table]:
     total = stories * events
     print(
@@ -287,28 +395,61 @@ async def measure(
         "JETSOURCE_LOG_LEVEL": "WARNING",
     }
     fresh_pids = {k: v for k, v in pids.items() if k != "arcadedb"}
-    lat, load, cpu = await freshness(p, env, fresh_s, tmp / "projector.log", fresh_pids)
+    idle, loaded, load, cpu = await freshness(
+        p, env, fresh_s, tmp / "projector.log", fresh_pids, max_nodes
+    )
     fresh = Table(
         "Freshness: append to visible in the Valkey context model, the projector in its own "
-        f"process, under {LOAD_WRITERS} writers aiming at "
-        f"{LOAD_WRITERS * LOAD_PER_WRITER:,.0f} appends/s",
-        ["probes", "load reached", "append to visible", "max", "CPU ms per append"],
+        f"process, idle, then under {LOAD_WRITERS} writers aiming at "
+        f"{LOAD_WRITERS * LOAD_PER_WRITER:,.0f} appends/s"
+        + (f" (load stories of at most {max_nodes} decisions and subtasks)" if max_nodes else ""),
+        [
+            "load",
+            "probes",
+            "append to visible (probe)",
+            "max",
+            "projector's histogram (recorded to applied)",
+            "CPU ms per append",
+        ],
     )
-    if not lat:
+    if not idle.visible:
         print(f"freshness: nothing became visible; see {tmp / 'projector.log'}")
-        fresh.row(["0", f"{load:,.0f}/s", "nothing visible", "", cpu.cells()], [Aim("any", False)])
+    if idle.visible:
+        print(
+            f"freshness idle, {len(idle.visible)} probes: {idle.cell()}; "
+            f"projector histogram {idle.histogram}"
+        )
+        fresh.row(
+            [
+                "idle",
+                str(len(idle.visible)),
+                idle.cell(),
+                ms(pct(idle.visible, 1.0)),
+                idle.histogram,
+                "",
+            ]
+        )
+    if not loaded.visible:
+        fresh.row(
+            [f"{load:,.0f} appends/s", "0", "nothing visible", "", "", cpu.cells()],
+            [Aim("any", False)],
+        )
         return [rebuild, fresh]
+    lat = loaded.visible
     p50, p99, top = (pct(lat, q) for q in (0.5, 0.99, 1.0))
     print(
         f"freshness append->visible in Valkey, {len(lat)} probes under {load:,.0f} ev/s load: "
-        f"p50 {p50:.1f} ms  p99 {p99:.1f} ms  max {top:.1f} ms"
+        f"p50 {p50:.1f} ms  p99 {p99:.1f} ms  max {top:.1f} ms "
+        f"(append acked p50 {pct(loaded.acked, 0.5):.1f} ms); "
+        f"projector histogram {loaded.histogram}"
     )
     fresh.row(
         [
-            str(len(lat)),
             f"{load:,.0f} appends/s",
-            f"p50 {ms(p50)}, p99 {ms(p99)}",
+            str(len(lat)),
+            loaded.cell(),
             ms(top),
+            loaded.histogram,
             cpu.cells(),
         ],
         [
@@ -316,6 +457,13 @@ async def measure(
             Aim.at_most("p99 < 20 ms", p99, 20),
             Aim.at_least("at 2,000 appends/s of load (≥ 1,900 reached)", load, 1900),
         ],
+    )
+    fresh.note(
+        "Probe: the bench appends to its own story every 10 ms and polls the context "
+        "document until it shows the event; 'append acked' is the append's share. The "
+        "projector's histogram (jetsource_projector_freshness_seconds, every event it "
+        "applied in the phase, quantiles interpolated in its buckets) runs from the "
+        "event's recorded time to the model's write."
     )
     fresh.note(
         "CPU per append (probes and load): the bench process (writers and the probe's "
@@ -333,11 +481,28 @@ def main(argv: list[str] | None = None) -> list[Table]:
     parser.add_argument(
         "--models", default=",".join(MODELS), help="models to rebuild (context must be one)"
     )
+    parser.add_argument(
+        "--load-max-nodes",
+        type=int,
+        default=None,
+        help="the load stories stop growing at this many decisions and subtasks (default: "
+        "they grow all along, and so does the document the context model writes per batch)",
+    )
     args = parser.parse_args(argv)
     models = tuple(m for m in args.models.split(",") if m)
     if "context" not in models:
         parser.error("--models: context is needed (freshness reads it)")
-    return show(asyncio.run(run(args.stories, args.events, args.freshness_seconds, models)))
+    return show(
+        asyncio.run(
+            run(
+                args.stories,
+                args.events,
+                args.freshness_seconds,
+                models,
+                args.load_max_nodes,
+            )
+        )
+    )
 
 
 if __name__ == "__main__":
