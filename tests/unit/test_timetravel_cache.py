@@ -6,6 +6,8 @@ again. A cached state is never changed by a load, and an erasure empties every c
 
 from __future__ import annotations
 
+import asyncio
+import random
 from datetime import datetime
 from typing import Any
 
@@ -204,3 +206,39 @@ async def test_encoded_views_are_kept_within_a_budget_and_emptied_by_an_erasure(
     again = views.encode(newest)
     assert again == kept and again is not kept  # encoded anew: nothing kept survives
     assert list(views._views) == [("s1", 40, newest.last_seq)]
+
+
+class InterleavingStore(InMemoryEventStore):
+    """Reads that yield to other loads halfway, as a network store's do."""
+
+    async def read_aggregate(self, aggregate_id: str, *args: Any, **kw: Any) -> list[RecordedEvent]:
+        await asyncio.sleep(0)
+        out = await super().read_aggregate(aggregate_id, *args, **kw)
+        await asyncio.sleep(0)
+        return out
+
+    async def version_at_time(self, aggregate_id: str, time: datetime | int) -> int:
+        await asyncio.sleep(0)
+        return await super().version_at_time(aggregate_id, time)
+
+
+async def test_concurrent_loads_share_the_caches_safely() -> None:
+    store = InterleavingStore(registry, clock=ticking_clock([1000, 1]))
+    snapshots = InMemorySnapshotStore(keep=8)
+    records = await append_history(store, "s1", 120, 6, (1, 2))
+    await save_snapshots(snapshots, records, list(range(25, 121, 25)))
+    loader = StateLoader(store, snapshots, cache_size=5)
+    rng = random.Random(11)
+    points: list[dict[str, Any]] = []
+    for _ in range(300):
+        v = rng.randrange(0, 121)
+        points.append(
+            {"to_version": v}
+            if rng.random() < 0.6
+            else {"until": records[max(v, 1) - 1].recorded_at_ns}
+        )
+    got = await asyncio.gather(*(loader.load("s1", **p) for p in points))
+    for p, point in zip(points, got, strict=True):
+        assert point.state == state_at(records, p.get("to_version"), p.get("until")), p
+    assert loader._tail_total == sum(len(r.events) for r in loader._tails.values())
+    assert loader._tail_total <= loader.tail_events
