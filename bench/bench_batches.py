@@ -61,11 +61,11 @@ SETUPS = [
 ]
 
 
-def start_servers(home: Path, setup: Setup) -> list[Any]:
-    """One nats-server, or three routed to each other on loopback."""
+def start_servers(home: Path, setup: Setup, procs: list[Any]) -> list[NatsServer]:
+    """One nats-server, or three routed to each other on loopback; each process is
+    added to ``procs`` as it starts (the caller stops them)."""
     ports = [(free_port(), free_port(), free_port()) for _ in range(setup.replicas)]
     routes = ", ".join(f'"nats-route://127.0.0.1:{r}"' for _, _, r in ports)
-    procs = []
     nodes = []
     for i, (client, monitor, route) in enumerate(ports):
         extra = ""
@@ -86,7 +86,7 @@ def start_servers(home: Path, setup: Setup) -> list[Any]:
         procs.append(node.start())
     for node, proc in zip(nodes, procs, strict=True):
         node.wait_ready(proc, 60)
-    return [nodes, procs]
+    return nodes
 
 
 async def add_stream(replies: jsapi.Replies, setup: Setup) -> None:
@@ -128,14 +128,16 @@ async def drive(fn: Callable[[str], Awaitable[None]], aggs: list[str], per: int)
 
 async def run_setup(setup: Setup, commands: int, size: int, writers: list[int]) -> list[Stats]:
     home = Path(tempfile.mkdtemp(prefix="jetsource-bench-batches-"))
-    nodes, procs = start_servers(home, setup)
-    servers = [n.address() for n in nodes]
-    pids = {f"nats-server n{i}": p.pid for i, p in enumerate(procs)}
-    nc = await nats.connect(servers=servers)
-    replies = jsapi.Replies(nc)
-    await replies.start()
+    procs: list[Any] = []
     out: list[Stats] = []
+    nc = None
+    replies = None
     try:
+        nodes = start_servers(home, setup, procs)
+        pids = {f"nats-server n{i}": p.pid for i, p in enumerate(procs)}
+        nc = await nats.connect(servers=[n.address() for n in nodes])
+        replies = jsapi.Replies(nc)
+        await replies.start()
         await add_stream(replies, setup)
         last: dict[str, int] = {}
 
@@ -185,9 +187,11 @@ async def run_setup(setup: Setup, commands: int, size: int, writers: list[int]) 
                     flush=True,
                 )
     finally:
-        await replies.stop()
-        await nc.close()
-        for p in procs:
+        if replies is not None:
+            await replies.stop()
+        if nc is not None:
+            await nc.close()
+        for p in procs:  # every server started, also when a later one failed to come up
             stop(p)
     return out
 
