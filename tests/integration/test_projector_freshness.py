@@ -15,6 +15,7 @@ from jetsource.core.envelope import NewEvent
 from jetsource.core.settings import JetsourceSettings
 from jetsource.domains.context.samples import story_events
 from jetsource.domains.context.valkey_models import ContextModel
+from jetsource.eventstore import jsapi
 from jetsource.projection.bootstrap import Projection, open_projection
 from jetsource.projection.runtime import Worker
 from tests.projector_fixtures import projector_settings, seed, story_ids
@@ -87,3 +88,27 @@ async def test_a_backlog_is_applied_in_full_batches(projection: Projection) -> N
     assert worker.stats.applied == 1200
     # Batches fill (500 at most): a handful of batches, not one per message.
     assert worker.stats.batches <= 12, worker.stats.batches
+
+
+async def test_the_server_sends_the_heartbeats_a_pull_request_asks_for(
+    projection: Projection,
+) -> None:
+    p = projection
+    model = p.model("context", 1)
+    worker = Worker(p.nc, p.store, model, p.dead_letters, p.settings.projector)
+    await worker.ensure_consumer()
+    pull = jsapi.PullConsumer(
+        p.nc, p.store.settings.stream, model.spec.durable, batch=10, expires_s=1.0
+    )
+    try:
+        assert await pull.next_batch(10, 0.05) == []
+        asked = pull._last_request
+        await asyncio.sleep(pull.heartbeat_s * 3)
+        # Idle, and the server said so every heartbeat: the request is alive (not
+        # refused as a bad request), and it is not asked again.
+        assert pull.error is None
+        assert pull._heard > asked
+        assert time.monotonic() - pull._heard < pull.heartbeat_s * 2
+        assert not pull._lost(time.monotonic())
+    finally:
+        await pull.stop()

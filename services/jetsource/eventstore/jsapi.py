@@ -534,6 +534,13 @@ async def purge_subject_before(
     return int(body.get("purged", 0))
 
 
+# Idle heartbeats asked of the server for a pull request (at most; a quarter of the
+# request's expiry when that is shorter), and the slack on two of them before the
+# request is taken for lost.
+HEARTBEAT_S = 1.0
+LOST_SLACK_S = 0.25
+
+
 class PullConsumer:
     """A continuous pull from one durable consumer.
 
@@ -542,6 +549,11 @@ class PullConsumer:
     :meth:`next_batch` returns whatever has arrived without waiting to fill a batch:
     low latency when idle, full batches under load. nats-py's ``fetch`` instead waits
     for the whole batch (or its timeout) once the first message is in.
+
+    The requests ask for idle heartbeats: the server says every ``heartbeat_s`` that
+    a request still waits. Requests lost with a connection or a server restart are
+    noticed when nothing (message, heartbeat or status) has come for two heartbeats,
+    and asked again, instead of after their whole expiry.
     """
 
     def __init__(
@@ -556,6 +568,9 @@ class PullConsumer:
         self._arrived = asyncio.Event()
         self._owed = 0  # messages the server may still send for our open requests
         self._last_request = 0.0
+        # The server refuses a heartbeat over half the expiry.
+        self.heartbeat_s = min(HEARTBEAT_S, expires_s / 4)
+        self._heard = 0.0  # when the server last sent anything for our requests
         self._sub: Any = None
         self._stopping = False
         self.error: str | None = None
@@ -585,6 +600,7 @@ class PullConsumer:
         self._stopping = False
 
     async def _on_message(self, msg: Msg) -> None:
+        self._heard = time.monotonic()
         status = _status(msg)
         if status is None and self._stopping:
             self._owed = max(self._owed - 1, 0)
@@ -612,14 +628,24 @@ class PullConsumer:
             self.error = headers.get("Description", "409")
         self._arrived.set()
 
+    def _lost(self, now: float) -> bool:
+        """Outstanding requests gone (reconnect, server restart): no heartbeat (nor
+        anything else) for two heartbeats, or past their expiry."""
+        quiet = now - max(self._heard, self._last_request)
+        return quiet > 2 * self.heartbeat_s + LOST_SLACK_S or (
+            now - self._last_request > self._expires_s + 1.0
+        )
+
     async def _request(self) -> None:
         now = time.monotonic()
-        # An outstanding request can be lost (reconnect, server restart): forget it
-        # once it must have expired.
-        if self._owed and now - self._last_request > self._expires_s + 1.0:
+        if self._owed and self._lost(now):
             self._owed = 0
         if self._owed <= self._batch:
-            body = {"batch": self._batch, "expires": int(self._expires_s * 1_000_000_000)}
+            body = {
+                "batch": self._batch,
+                "expires": int(self._expires_s * 1_000_000_000),
+                "idle_heartbeat": int(self.heartbeat_s * 1_000_000_000),
+            }
             await self._nc.publish(self._subject, json.dumps(body).encode(), reply=self._inbox)
             self._owed += self._batch
             self._last_request = now
