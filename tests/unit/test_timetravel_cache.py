@@ -196,16 +196,35 @@ async def test_encoded_views_are_kept_within_a_budget_and_emptied_by_an_erasure(
     points = [await loader.load("s1", to_version=v) for v in range(1, 41)]
     size = max(len(state_view(p.state).SerializeToString()) for p in points)
     views = EncodedViews(budget=8 * size)
+    heard = crypto.erasures_heard()
     for p in [*points, *points[::-1]]:  # every view, then again from the newest down
-        assert views.encode(p) == state_view(p.state).SerializeToString()
+        assert views.encode(p, heard) == state_view(p.state).SerializeToString()
     newest = points[-1]
-    kept = views.encode(newest)
-    assert views.encode(newest) is kept  # encoded once, then served as it is
+    kept = views.encode(newest, heard)
+    assert views.encode(newest, heard) is kept  # encoded once, then served as it is
     assert 0 < views._bytes <= 8 * size
     crypto.note_erasure()
-    again = views.encode(newest)
+    again = views.encode(newest, crypto.erasures_heard())
     assert again == kept and again is not kept  # encoded anew: nothing kept survives
     assert list(views._views) == [("s1", 40, newest.last_seq)]
+
+
+async def test_a_view_of_a_point_loaded_before_an_erasure_is_not_kept() -> None:
+    """The erasure is heard while the point loads (its state may hold what the erasure
+    destroyed): the view answers that one request and is not kept for the next."""
+    store = InMemoryEventStore(registry)
+    records = await append_history(store, "s1", 12, 5)
+    loader = StateLoader(store, None)
+    heard = crypto.erasures_heard()
+    point = await loader.load("s1", to_version=12)
+    crypto.note_erasure()  # heard after the load began, before its view is encoded
+    views = EncodedViews()
+    assert views.encode(point, heard) == state_view(state_at(records, 12)).SerializeToString()
+    assert not views._views
+    # A point loaded after it is kept as usual.
+    heard = crypto.erasures_heard()
+    again = await loader.load("s1", to_version=12)
+    assert views.encode(again, heard) is views.encode(again, heard)
 
 
 class InterleavingStore(InMemoryEventStore):

@@ -221,6 +221,12 @@ def unseal(envelope: EventEnvelope, key_of: KeyLookup) -> tuple[bytes, int]:
 _erasures = 0  # erasures this process has heard of (key stores note them)
 
 
+def erasures_heard() -> int:
+    """How many erasures this process has heard of: a value computed from states read
+    before the count moved may hold opened values that now read "<erased>"."""
+    return _erasures
+
+
 def note_erasure() -> None:
     global _erasures
     _erasures += 1

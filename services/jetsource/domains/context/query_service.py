@@ -50,7 +50,7 @@ from jetsource.archive.segment import SegmentError
 from jetsource.core import telemetry
 from jetsource.core.aio import wait_event
 from jetsource.core.clock import format_rfc3339_ns, from_timestamp, to_timestamp
-from jetsource.core.crypto import ErasureWatch
+from jetsource.core.crypto import ErasureWatch, erasures_heard
 from jetsource.core.errors import (
     CorruptEventError,
     EventStoreUnavailableError,
@@ -218,7 +218,9 @@ class EncodedViews:
         self._encoder = ViewEncoder()
         return True
 
-    def encode(self, point: PointInTime) -> bytes:
+    def encode(self, point: PointInTime, heard: int) -> bytes:
+        """The view of ``point``, loaded when ``heard`` erasures had been heard of
+        (:func:`erasures_heard` before the load began)."""
         state = point.state
         key = (state.id, state.version, point.last_seq)
         view = None if self._erased() else self._views.get(key)
@@ -226,8 +228,9 @@ class EncodedViews:
             self._views.move_to_end(key)
             return view
         view = self._encoder.encode(state, point.base)
-        # An erasure heard while this point was loaded: its view is not kept.
-        if len(view) <= self.budget // 4 and not self._erased():
+        # An erasure heard since this point's load began: the state may hold what the
+        # erasure destroyed, so its view is answered once and not kept.
+        if len(view) <= self.budget // 4 and heard == erasures_heard() and not self._erased():
             self._views[key] = view
             self._bytes += len(view)
             while self._bytes > self.budget:
@@ -401,6 +404,7 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
         async def work() -> bytes:
             cid = _context_id(request.context_id)
             version = _number("version", request.version, 1)
+            heard = erasures_heard()
             point = await self.loader.load(cid, to_version=version)
             if point.state.version == 0:
                 raise not_found(cid)
@@ -410,7 +414,7 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
                     f"version: context {cid!r} is at version {point.state.version}; "
                     f"asked for {version}",
                 )
-            return self._answer(pb.GetContextAtVersionResponse, point)
+            return self._answer(pb.GetContextAtVersionResponse, point, heard)
 
         return await self._run("GetContextAtVersion", context, work)
 
@@ -439,6 +443,7 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
                     f"(before the context existed); it was created at "
                     f"{format_rfc3339_ns(first[0].recorded_at_ns)}",
                 )
+            heard = erasures_heard()
             point = await self.loader.load(cid, until=at)
             if point.state.version == 0:
                 await self._must_exist(cid)
@@ -448,7 +453,7 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
                     f"context {cid!r} did not exist yet at {format_rfc3339_ns(at)}; "
                     f"it was created at {format_rfc3339_ns(first[0].recorded_at_ns)}",
                 )
-            return self._answer(pb.GetContextAtTimeResponse, point)
+            return self._answer(pb.GetContextAtTimeResponse, point, heard)
 
         return await self._run("GetContextAtTime", context, work)
 
@@ -456,15 +461,17 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
         self,
         kind: type[pb.GetContextAtVersionResponse] | type[pb.GetContextAtTimeResponse],
         point: PointInTime,
+        heard: int,
     ) -> bytes:
-        """The answer encoded around the view's bytes, which are never parsed here."""
+        """The answer encoded around the view's bytes, which are never parsed here
+        (``heard``: erasures heard of before the point's load began)."""
         rest = kind(
             last_stream_sequence=point.last_seq,
             snapshot_version=point.snapshot_version,
             events_folded=point.events_folded,
         )
         rest.recorded_at.CopyFrom(to_timestamp(point.recorded_at_ns))
-        return with_context(rest, self._views.encode(point))
+        return with_context(rest, self._views.encode(point, heard))
 
     # -- history and listings -------------------------------------------------------
 
