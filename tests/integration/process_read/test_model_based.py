@@ -125,10 +125,15 @@ async def test_random_concurrent_writers_give_models_equal_to_a_fold_of_the_log(
 
 
 async def verify(p: Projection, processes: set[str], sent: set[str]) -> None:
-    log = [r async for r in p.domain_store("process").read_all()]
+    store = p.domain_store("process")
+    log = [r async for r in store.read_all()]
     mine = [r for r in log if r.aggregate_id in processes]
     # Exactly once: every event the writers sent is in the log once.
-    assert sorted(r.event_id for r in mine) == sorted(sent)
+    state = (await store.stream_info())["state"]
+    seen = f"{len(log)} read, seqs {log[0].stream_seq}..{log[-1].stream_seq}" if log else "none"
+    assert sorted(r.event_id for r in mine) == sorted(sent), (
+        f"{len(mine)} of {len(sent)} sent found; {seen}; stream state {state}"
+    )
     by_process: dict[str, list[int]] = defaultdict(list)
     for r in log:
         by_process[r.aggregate_id].append(r.version)
