@@ -74,3 +74,23 @@ async def seed(
 
 def expected_state(story: str, history: list[Message]) -> ContextState:
     return fold(history, context_id=story)
+
+
+async def drop_partition_mirrors(p: Any, count: int) -> None:
+    """Delete the partition mirrors a partitioned projection made on the session's
+    server. nats-server answers direct gets of a stream from its mirrors too (it turns
+    ``mirror_direct`` on for a mirror of a stream with ``allow_direct``), and a
+    partition mirror's subjects are transformed: left behind, it answers some reads of
+    the shared PROCESS_EVENTS stream of later tests with nothing (see
+    ``test_partitions.py::test_reads_of_a_partitioned_stream_are_answered_by_the_origin``)."""
+    from jetsource.eventstore import jsapi
+    from jetsource.projection.partitions import mirror_stream
+
+    for store in p.stores.values():
+        await store.start()
+        name = mirror_stream(store.settings.stream, count)
+        try:
+            await jsapi.api(store._replies, f"STREAM.DELETE.{name}", {}, 5.0)
+        except jsapi.JsApiError as exc:
+            if exc.err_code != jsapi.ERR_STREAM_NOT_FOUND:
+                raise

@@ -28,7 +28,7 @@ from tests.integration.test_partitions import (
     start_service,
     zombie_scenario,
 )
-from tests.projector_fixtures import story_ids
+from tests.projector_fixtures import drop_partition_mirrors, story_ids
 
 pytestmark = [pytest.mark.chaos, pytest.mark.e2e]
 
@@ -43,6 +43,7 @@ async def projection(settings: JetsourceSettings, unique: str) -> AsyncIterator[
     for name in MODELS:
         for version in (1, 2):
             await p.model(name, version).drop()
+    await drop_partition_mirrors(p, COUNT)
     await p.close()
 
 
