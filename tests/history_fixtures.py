@@ -75,3 +75,16 @@ def probe_times(records: Sequence[RecordedEvent]) -> list[int]:
     for r in records:
         times |= {r.recorded_at_ns, r.recorded_at_ns - 1, r.recorded_at_ns + 1}
     return sorted(times)
+
+
+def ticking_clock(steps: list[int]):  # type: ignore[no-untyped-def]
+    """A store clock that moves by ``steps`` in turn (nanoseconds), from a fixed start."""
+    now = [1_700_000_000_000_000_000]
+    i = [0]
+
+    def clock() -> int:
+        now[0] += steps[i[0] % len(steps)]
+        i[0] += 1
+        return now[0]
+
+    return clock

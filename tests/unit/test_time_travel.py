@@ -19,25 +19,19 @@ from jetsource.domains.context.history import StateLoader
 from jetsource.eventstore.memory import InMemoryEventStore
 from jetsource.eventstore.snapshots import InMemorySnapshotStore, Snapshot
 from tests.contract_snapshots import SnapshotStoreContract
-from tests.history_fixtures import append_history, probe_times, save_snapshots, state_at
+from tests.history_fixtures import (
+    append_history,
+    probe_times,
+    save_snapshots,
+    state_at,
+    ticking_clock,
+)
 
 
 class TestInMemorySnapshotStore(SnapshotStoreContract):
     @pytest.fixture
     async def snapshots(self) -> AsyncIterator[InMemorySnapshotStore]:
         yield InMemorySnapshotStore(keep=3)
-
-
-def ticking_clock(steps: list[int]):  # type: ignore[no-untyped-def]
-    now = [1_700_000_000_000_000_000]
-    i = [0]
-
-    def clock() -> int:
-        now[0] += steps[i[0] % len(steps)]
-        i[0] += 1
-        return now[0]
-
-    return clock
 
 
 @st.composite

@@ -23,19 +23,13 @@ from jetsource.domains.context.serialize import state_to_dict
 from jetsource.domains.context.views import state_view
 from jetsource.eventstore.memory import InMemoryEventStore
 from jetsource.eventstore.snapshots import InMemorySnapshotStore
-from tests.history_fixtures import append_history, probe_times, save_snapshots, state_at
-
-
-def ticking_clock(steps: list[int]):  # type: ignore[no-untyped-def]
-    now = [1_700_000_000_000_000_000]
-    i = [0]
-
-    def clock() -> int:
-        now[0] += steps[i[0] % len(steps)]
-        i[0] += 1
-        return now[0]
-
-    return clock
+from tests.history_fixtures import (
+    append_history,
+    probe_times,
+    save_snapshots,
+    state_at,
+    ticking_clock,
+)
 
 
 class CountingStore(InMemoryEventStore):
