@@ -86,18 +86,15 @@ def stored_event_id(msg_id: str, aggregate_id: str) -> str:
 
 def _uuid_bytes(text: str) -> bytes | None:
     """The 16 bytes of a UUID in canonical text form (which they give back exactly)."""
-    if len(text) != 36 or text[8] != "-" or text[13] != "-" or text[18] != "-":
+    if len(text) != 36 or (text[8], text[13], text[18], text[23]) != ("-", "-", "-", "-"):
         return None
-    if text[23] != "-":
-        return None
+    digits = text.replace("-", "")
     try:
-        value = bytes.fromhex(text.replace("-", ""))
+        value = bytes.fromhex(digits)
     except ValueError:
         return None
     # fromhex also takes upper case and spaces: only the canonical text is compacted.
-    if len(value) != 16 or value.hex() != text.replace("-", ""):
-        return None
-    return value
+    return value if len(value) == 16 and value.hex() == digits else None
 
 
 class _VoidedTail(Exception):
