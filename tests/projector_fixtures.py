@@ -78,11 +78,10 @@ def expected_state(story: str, history: list[Message]) -> ContextState:
 
 async def drop_partition_mirrors(p: Any, count: int) -> None:
     """Delete the partition mirrors a partitioned projection made on the session's
-    server. nats-server answers direct gets of a stream from its mirrors too (it turns
-    ``mirror_direct`` on for a mirror of a stream with ``allow_direct``), and a
-    partition mirror's subjects are transformed: left behind, it answers some reads of
-    the shared PROCESS_EVENTS stream of later tests with nothing (see
-    ``test_partitions.py::test_reads_of_a_partitioned_stream_are_answered_by_the_origin``)."""
+    server, so later tests on the shared streams run without them (each mirror joins
+    its stream's direct-get responders: reads stay right, see
+    ``test_partitions.py::test_reads_of_a_partitioned_stream_are_answered_by_the_origin``,
+    but a stream with mirrors costs the later tests' reads some retries)."""
     from jetsource.eventstore import jsapi
     from jetsource.projection.partitions import mirror_stream
 

@@ -225,3 +225,52 @@ async def test_lean_headers_read_what_nats_py_reads(
         await plain.close()
     assert lean is not None and dict(lean.headers) == reply.headers
     assert reply.headers["X-Unicode"] == "žluť" and reply.headers["X-Spaced"] == "padded value"
+
+
+async def test_a_mirror_with_mapped_subjects_never_answers_for_its_origin(
+    stream: tuple[Replies, str, str],
+) -> None:
+    """nats-server turns ``mirror_direct`` on for any mirror of a stream with direct
+    gets (here explicitly asked off): the mirror then answers about half of the
+    origin's direct gets, with its own subjects or "not found". Each helper must
+    give the origin's answer every time, and the leader's fallback the same message
+    a direct get gives."""
+    replies, name, p = stream
+    for i in range(3):
+        await jsapi.publish(replies, out(f"{p}.a.{i}", f"m{i}".encode(), Own=f"h{i}"), 5)
+    mirror = f"{name}_M"
+    config = {
+        "name": mirror,
+        "mirror": {
+            "name": name,
+            "subject_transforms": [{"src": f"{p}.a.*", "dest": f"mapped.{p}.{{{{wildcard(1)}}}}"}],
+        },
+        "allow_direct": False,
+        "mirror_direct": False,
+    }
+    await jsapi.api(replies, f"STREAM.CREATE.{mirror}", config, 5)
+    try:
+        for _ in range(100):  # the mirror joins the responders once it is caught up
+            info = await jsapi.api(replies, f"STREAM.INFO.{mirror}", {}, 5)
+            if info["state"]["messages"] == 3:
+                break
+            await asyncio.sleep(0.05)
+        await jsapi.publish(replies, out(f"{p}.a.3", b"m3", Own="h3"), 5)
+        await asyncio.sleep(0.2)
+        direct = await jsapi.direct_get(replies, name, {"seq": 2}, 5)
+        leader = await jsapi.leader_get(replies, name, {"seq": 2}, 5)
+        assert direct == leader and direct is not None and direct.headers["Own"] == "h1"
+        for _ in range(24):
+            got = await jsapi.direct_get(replies, name, {"seq": 2}, 5)
+            assert got is not None and (got.subject, got.data) == (f"{p}.a.1", b"m1")
+            last = await jsapi.last_for_subject(replies, name, f"{p}.a.2", 5)
+            assert last is not None and last.seq == 3
+            page = await jsapi.direct_get_page(replies, name, f"{p}.a.>", 1, 10, 5)
+            assert [m.subject for m in page.messages] == [f"{p}.a.{i}" for i in range(4)]
+            page = await jsapi.direct_get_page(replies, name, None, 2, 2, 5)
+            assert ([m.seq for m in page.messages], page.pending) == ([2, 3], 1)
+            assert await jsapi.last_for_subject(replies, name, f"{p}.none", 5) is None
+            empty = await jsapi.direct_get_page(replies, name, f"{p}.a.>", 5, 10, 5)
+            assert empty == jsapi.Page([], 0)
+    finally:
+        await jsapi.api(replies, f"STREAM.DELETE.{mirror}", {}, 5)

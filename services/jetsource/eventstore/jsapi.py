@@ -3,7 +3,8 @@
 - atomic batch publish (ADR-50, server 2.12+), pipelined: one round trip per batch;
 - batched direct get (ADR-31): one page of a given size, or paging through all, and
   single direct gets by sequence, last message of a (wildcard) subject, or first
-  message at or after a time;
+  message at or after a time; an answer from another stream than the one asked (a
+  mirror, see :func:`direct_get`) is never taken for the stream's;
 - stream create/update/info, consumers, message deletion and purge by subject as plain JSON;
 - a continuous pull from a durable consumer that returns what has arrived.
 
@@ -14,6 +15,7 @@ request costs no SUB/UNSUB and replies can be awaited out of order.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import time
@@ -302,20 +304,94 @@ async def publish_atomic_batch(
         replies.close(commit_reply)
 
 
+# Who may answer a direct get, and why an answer is checked (nats-server 2.10-2.15):
+# every mirror of a stream that allows direct gets joins that stream's direct-get
+# responders (``mirror_direct`` is turned on for it, even when its configuration asks
+# for false), and a request goes to one responder at random. A mirror that maps its
+# subjects (the projector's partition mirrors) answers a read by subject with "not
+# found" and a read by sequence with its own subject; any mirror may lag. So an
+# answer from another stream is asked again of the stream's leader, and so is every
+# "not found" (it carries no stream name): only ``STREAM.MSG.GET`` (answered by the
+# stream's leader alone) can say that nothing matches.
+FOREIGN_RETRIES = 16  # batched gets asked again before reading one message at a time
+# Streams seen answered by a mirror lately -> until when (monotonic): their single
+# gets go to the leader at once (as fast as a direct get on one server).
+MIRRORED_FOR_S = 60.0
+_mirrored: dict[str, float] = {}
+
+
+def _seen_mirrored(stream: str) -> None:
+    if len(_mirrored) > 1024:
+        _mirrored.clear()
+    _mirrored[stream] = time.monotonic() + MIRRORED_FOR_S
+
+
+def _foreign(msg: Msg, stream: str) -> bool:
+    """Answered by another stream than ``stream`` (a mirror of it)."""
+    name = msg.headers.get("Nats-Stream") if msg.headers else None
+    return name is not None and name != stream
+
+
+async def leader_get(
+    replies: Replies, stream: str, request: Mapping[str, Any], timeout: float
+) -> RawMessage | None:
+    """A direct get's request (by sequence, last or next by subject, start time; no
+    batch) answered by the stream's leader through ``STREAM.MSG.GET``: slower than a
+    direct get (JSON, base64), but never by a mirror. The message's headers come back
+    with the ``Nats-*`` headers a direct get adds."""
+    msg = await replies.request(
+        f"$JS.API.STREAM.MSG.GET.{stream}", json.dumps(request).encode(), None, timeout
+    )
+    try:
+        body = parse_response(msg)
+    except JsApiError as exc:
+        if exc.err_code == ERR_SEQUENCE_NOT_FOUND:
+            return None
+        raise
+    m = body["message"]
+    hdrs = m.get("hdrs")
+    headers = parse_header_lines(base64.b64decode(hdrs)) if hdrs else {}
+    time_ns = parse_rfc3339_ns(m["time"])
+    headers.update(
+        {
+            "Nats-Stream": stream,
+            "Nats-Subject": m["subject"],
+            "Nats-Sequence": str(m["seq"]),
+            "Nats-Time-Stamp": m["time"],
+        }
+    )
+    data = m.get("data")
+    return RawMessage(
+        subject=m["subject"],
+        seq=int(m["seq"]),
+        time_ns=time_ns,
+        headers=headers,
+        data=base64.b64decode(data) if data else b"",
+    )
+
+
 async def direct_get(
     replies: Replies, stream: str, request: Mapping[str, Any], timeout: float
 ) -> RawMessage | None:
+    if _mirrored and _mirrored.get(stream, 0.0) > time.monotonic():
+        return await leader_get(replies, stream, request, timeout)
     msg = await replies.request(
         f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), None, timeout
     )
     status = _status(msg)
-    if status == "404":
-        return None
+    if status is None:
+        if not _foreign(msg, stream):
+            return _raw(msg)
+        _seen_mirrored(stream)
+        return await leader_get(replies, stream, request, timeout)
+    if status == "404":  # maybe a mirror's
+        got = await leader_get(replies, stream, request, timeout)
+        if got is not None:
+            _seen_mirrored(stream)
+        return got
     if status == "503":
         raise NoRespondersError(stream)
-    if status:
-        raise JsApiError(int(status), 0, (msg.headers or {}).get("Description", ""))
-    return _raw(msg)
+    raise JsApiError(int(status), 0, (msg.headers or {}).get("Description", ""))
 
 
 async def last_for_subject(
@@ -349,15 +425,43 @@ async def direct_get_page(
     or after ``from_seq``, in stream order, in one request (ADR-31 batched direct get:
     the server sends them, then an end-of-batch status 204 saying how many more match).
 
+    A page from a mirror is asked for again, and an empty one is checked with the
+    stream's leader (see :data:`FOREIGN_RETRIES`): a mirror answers one request in
+    (mirrors + 1), so it takes about two requests on average with one mirror; after
+    :data:`FOREIGN_RETRIES` the page is the leader's next message alone.
+
     Cost on the server (nats-server 2.12-2.15): with a subject, the count of what is
     left grows with the part of the stream after ``from_seq`` (about 1 ms per 10,000
     messages), however small the batch; without one it does not (0.3 ms for 50)."""
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
+    start = max(from_seq, 1)
+    for _ in range(FOREIGN_RETRIES):
+        page = await _direct_page(replies, stream, subject, start, batch, timeout)
+        if page is None:  # a mirror answered
+            _seen_mirrored(stream)
+            continue
+        if page.messages:
+            return page
+        first = await leader_get(
+            replies, stream, {"seq": start, "next_by_subj": subject or ">"}, timeout
+        )
+        if first is None:
+            return page  # nothing matches: the leader says so
+    first = await leader_get(
+        replies, stream, {"seq": start, "next_by_subj": subject or ">"}, timeout
+    )
+    return Page([first], 1) if first is not None else Page([], 0)
+
+
+async def _direct_page(
+    replies: Replies, stream: str, subject: str | None, start: int, batch: int, timeout: float
+) -> Page | None:
+    """One batched direct get; None when another stream (a mirror) answered it."""
     reply, queue = replies.open()
     messages: list[RawMessage] = []
     try:
-        body: dict[str, Any] = {"seq": max(from_seq, 1), "batch": batch}
+        body: dict[str, Any] = {"seq": start, "batch": batch}
         if subject is not None:
             body["next_by_subj"] = subject
         await replies._nc.publish(
@@ -370,6 +474,8 @@ async def direct_get_page(
                     msg = await queue.get()
             status = _status(msg)
             if status is None:
+                if not messages and _foreign(msg, stream):
+                    return None  # the rest of its answer is dropped with the queue
                 messages.append(_raw(msg))
                 continue
             if status == "204":  # end of this batch
