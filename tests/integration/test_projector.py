@@ -199,10 +199,12 @@ async def test_replay_reapplies_only_the_slice(projection: Projection) -> None:
     ns = context.ns
 
     async def corrupt(story: str) -> None:
-        await p.redis.set(f"{ns}:doc:{story}", b'{"broken": true}')
+        # The story's hash (the document's shell and its nodes) replaced by junk.
+        await p.redis.delete(f"{ns}:doc:{story}")
+        await p.redis.hset(f"{ns}:doc:{story}", "broken", "true")
 
     async def broken(story: str) -> bool:
-        return await p.redis.get(f"{ns}:doc:{story}") == b'{"broken": true}'
+        return await p.redis.hget(f"{ns}:doc:{story}", "broken") == b"true"
 
     for story in stories:
         await corrupt(story)

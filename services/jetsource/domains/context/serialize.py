@@ -125,7 +125,9 @@ class StateEncoder:
         self._parts: OrderedDict[int, tuple[object, str, str]] = OrderedDict()
         self._objects: OrderedDict[int, tuple[object, str]] = OrderedDict()
 
-    def _entry(self, key: str, item: Decision | Subtask) -> str:
+    def entry(self, key: str, item: Decision | Subtask) -> str:
+        """``"key":{...}``: one member of the state's decisions or subtasks object,
+        as ``encode`` writes it (kept by the item's identity)."""
         known = self._parts.get(id(item))
         if known is not None and known[0] is item and known[1] == key:
             return known[2]
@@ -148,7 +150,7 @@ class StateEncoder:
             if known is not None and known[0] is item and known[1] == k:
                 entries.append(known[2])
             else:
-                entries.append(self._entry(k, item))
+                entries.append(self.entry(k, item))
         text = "{" + ",".join(entries) + "}"
         self._objects[id(items)] = (items, text)
         while len(self._objects) > self.OBJECTS:

@@ -10,12 +10,16 @@ changes nothing.
 from __future__ import annotations
 
 import json
+from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from types import MappingProxyType
 from typing import Any
 
 from google.protobuf.message import Message
 from valkey.asyncio import Valkey
+from valkey.exceptions import ResponseError
 
 from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
 from jetsource.core.codec import UnknownEvent
@@ -23,7 +27,7 @@ from jetsource.core.crypto import ErasureWatch
 from jetsource.core.envelope import RecordedEvent
 from jetsource.domains.context.history import FoldCache, history_up_to
 from jetsource.domains.context.model import ContextState, EvolveError, evolve, fold
-from jetsource.domains.context.serialize import StateEncoder, state_from_dict
+from jetsource.domains.context.serialize import StateEncoder, state_from_dict, state_to_dict
 from jetsource.eventstore.port import EventStore
 from jetsource.projection.contract import Kind, ModelSpec, Outcome
 from jetsource.projection.valkey import (
@@ -38,25 +42,73 @@ from jetsource.projection.valkey import (
 
 CONTEXT = "context"
 TIMELINE = "timeline"
-_STATE = "\x00state\x00"  # where the state's JSON goes in a document
 _NO_LIMIT = 2**52  # an open upper bound for the rewind scripts' version guard
 
+# A story is one hash, ``doc:<id>``: the field "s" holds the document without its
+# nodes (meta, status and the state's scalars, with empty decisions, subtasks and
+# dependencies), and one field per node holds that node's JSON: "d:<id>" and "t:<id>"
+# the ``"<id>":{...}`` member of the decisions / subtasks object, "e:<[from,to]>" the
+# ``[from,to]`` of a dependency. A batch writes the shell and the nodes that changed
+# (issue 23: writing a 1,700-node story's whole 300 kB document per batch was what
+# held freshness back under load); a read joins the members in key order.
+_SHELL = "s"
+_DECISION, _SUBTASK, _DEPENDENCY = "d:", "t:", "e:"
+_COMPACT: dict[str, Any] = {"separators": (",", ":"), "sort_keys": True}
+_EMPTY: MappingProxyType[str, Any] = MappingProxyType({})
 
-# Per aggregate: id, base version, new version, last seq, doc, updated ms, status, count.
+# HSET / HDEL of fields given in ARGV, in chunks (Lua's unpack has a limit).
+_HASH_LUA = """
+local function hset_from(key, from, count)
+  local done = 0
+  while done < count do
+    local m = math.min(count - done, 500)
+    local t = {}
+    for k = 1, 2 * m do t[k] = ARGV[from + 2 * done + k - 1] end
+    redis.call('HSET', key, unpack(t))
+    done = done + m
+  end
+end
+local function hdel_from(key, from, count)
+  local done = 0
+  while done < count do
+    local m = math.min(count - done, 1000)
+    local t = {}
+    for k = 1, m do t[k] = ARGV[from + done + k - 1] end
+    redis.call('HDEL', key, unpack(t))
+    done = done + m
+  end
+end
+"""
+
+# Per aggregate: id, base version, new version, last seq, updated ms, status, count,
+# whole (1: the story's hash is written anew, from nothing), then the number of
+# fields set and of fields deleted, the (field, value) pairs and the deleted fields.
+# A partial write applies only to a story stored as a hash: one stored otherwise (by
+# an earlier layout, a whole JSON string) is a conflict, and the model loads it and
+# writes it whole.
 _CONTEXT_APPLY = (
-    """
+    _HASH_LUA
+    + """
 local p = ARGV[1]
 local n = tonumber(ARGV[2])
 local conflicts, stale = {}, {}
 local applied, maxseq, i = 0, 0, 3
 for _ = 1, n do
   local id, base, ver = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
-  local seq, doc, ms = tonumber(ARGV[i + 3]), ARGV[i + 4], ARGV[i + 5]
-  local status, cnt = ARGV[i + 6], tonumber(ARGV[i + 7])
-  i = i + 8
+  local seq, ms, status = tonumber(ARGV[i + 3]), ARGV[i + 4], ARGV[i + 5]
+  local cnt, whole = tonumber(ARGV[i + 6]), ARGV[i + 7] == '1'
+  local nset, ndel = tonumber(ARGV[i + 8]), tonumber(ARGV[i + 9])
+  local sets = i + 10
+  local dels = sets + 2 * nset
+  i = dels + ndel
+  local key = p .. ':doc:' .. id
   local cur = tonumber(redis.call('HGET', p .. ':pos', id) or '0')
-  if cur == base then
-    redis.call('SET', p .. ':doc:' .. id, doc)
+  if cur == base and not whole and redis.call('TYPE', key).ok ~= 'hash' then
+    table.insert(conflicts, id)
+  elseif cur == base then
+    if whole then redis.call('DEL', key) end
+    hset_from(key, sets, nset)
+    if ndel > 0 then hdel_from(key, dels, ndel) end
     redis.call('HSET', p .. ':pos', id, ver)
     redis.call('ZADD', p .. ':idx:updated', ms, id)
     local other = status == 'closed' and 'open' or 'closed'
@@ -77,34 +129,39 @@ return {conflicts, stale}
 """
 )
 
-# Write of one aggregate (rewind for replay): id, version, doc, ms, status, then the
-# guard (low, high: nothing is written unless the stored version is within) and the
-# aggregate's last sequence (moves the checkpoint forward, never back).
-_CONTEXT_PUT = """
+# Write of one aggregate (rewind for replay): id, version, ms, status, then the guard
+# (low, high: nothing is written unless the stored version is within), the
+# aggregate's last sequence (moves the checkpoint forward, never back), the number of
+# fields and the (field, value) pairs: the story's hash is written anew.
+_CONTEXT_PUT = (
+    _HASH_LUA
+    + """
 local p, id, ver = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local cur = tonumber(redis.call('HGET', p .. ':pos', id) or '0')
-if cur < tonumber(ARGV[7]) or cur > tonumber(ARGV[8]) then return cur end
+if cur < tonumber(ARGV[6]) or cur > tonumber(ARGV[7]) then return cur end
+local key = p .. ':doc:' .. id
+redis.call('DEL', key)
 if ver == 0 then
-  redis.call('DEL', p .. ':doc:' .. id)
   redis.call('HDEL', p .. ':pos', id)
   redis.call('ZREM', p .. ':idx:updated', id)
   redis.call('ZREM', p .. ':idx:status:open', id)
   redis.call('ZREM', p .. ':idx:status:closed', id)
 else
-  local status = ARGV[6]
+  local status = ARGV[5]
   local other = status == 'closed' and 'open' or 'closed'
-  redis.call('SET', p .. ':doc:' .. id, ARGV[4])
+  hset_from(key, 10, tonumber(ARGV[9]))
   redis.call('HSET', p .. ':pos', id, ver)
-  redis.call('ZADD', p .. ':idx:updated', ARGV[5], id)
+  redis.call('ZADD', p .. ':idx:updated', ARGV[4], id)
   redis.call('ZREM', p .. ':idx:status:' .. other, id)
-  redis.call('ZADD', p .. ':idx:status:' .. status, ARGV[5], id)
+  redis.call('ZADD', p .. ':idx:status:' .. status, ARGV[4], id)
 end
 redis.call('HINCRBY', p .. ':meta', 'applied', ver - cur)
-local seq = tonumber(ARGV[9])
+local seq = tonumber(ARGV[8])
 local cp = tonumber(redis.call('HGET', p .. ':meta', 'checkpoint') or '0')
 if seq > cp then redis.call('HSET', p .. ':meta', 'checkpoint', seq) end
 return cur
 """
+)
 
 # Per event: id, version, seq, entry. Applies v only right after v-1; a gap blocks the
 # rest of that aggregate in this batch (returned as waiting sequences).
@@ -174,8 +231,49 @@ def _status(state: ContextState) -> str:
     return "closed" if state.closed else "open"
 
 
+def _dependency(edge: tuple[str, str]) -> str:
+    return json.dumps(list(edge), separators=(",", ":"))
+
+
+def _members(fields: dict[bytes, bytes], keys: list[bytes], prefix: bytes) -> bytes:
+    """The values of the fields named ``prefix...``, in field order, comma-joined."""
+    low = bisect_left(keys, prefix)
+    high = bisect_left(keys, prefix[:-1] + bytes([prefix[-1] + 1]), low)
+    return b",".join([fields[k] for k in keys[low:high]])
+
+
+def assemble(fields: dict[bytes, bytes]) -> dict[str, Any] | None:
+    """A story's document from its hash: what ``json.loads`` of the whole document
+    gives (the same keys in the same order; the nodes in key order)."""
+    shell = fields.get(_SHELL.encode())
+    if shell is None:
+        return None
+    keys = sorted(fields)
+    doc: dict[str, Any] = json.loads(shell)
+    state = doc["state"]
+    state["decisions"] = json.loads(b"{" + _members(fields, keys, _DECISION.encode()) + b"}")
+    state["subtasks"] = json.loads(b"{" + _members(fields, keys, _SUBTASK.encode()) + b"}")
+    dependencies = json.loads(b"[" + _members(fields, keys, _DEPENDENCY.encode()) + b"]")
+    dependencies.sort()  # field order is byte order: the same for ids, checked anyway
+    state["dependencies"] = dependencies
+    return doc
+
+
+def _document(raw: dict[bytes, bytes] | bytes | None) -> dict[str, Any] | None:
+    """A stored story: a hash, or a whole JSON document (the layout before the hash,
+    read as it is until the story is written again)."""
+    if isinstance(raw, dict):
+        return assemble(raw)
+    return json.loads(raw) if raw else None
+
+
+def _wrong_type(exc: BaseException) -> bool:
+    return isinstance(exc, ResponseError) and str(exc).startswith("WRONGTYPE")
+
+
 class ContextModel(ValkeyModel):
-    """Current state of each story: ``doc:<id>`` (JSON), ``idx:updated`` and
+    """Current state of each story: ``doc:<id>`` (a hash: the document's shell and
+    one field per node, see ``_SHELL``), ``idx:updated`` and
     ``idx:status:<open|closed>`` (sorted by last update, ms)."""
 
     def __init__(
@@ -209,32 +307,89 @@ class ContextModel(ValkeyModel):
             self._cache.clear()
             self._folds = FoldCache()
 
-    async def _load(self, ids: Sequence[str]) -> dict[str, tuple[dict[str, Any], ContextState]]:
-        self._forget_if_erased()
-        out = {i: self._cache[i] for i in ids if i in self._cache}
-        missing = [i for i in ids if i not in out]
-        if missing:
-            docs = await valkey_io(self.redis.mget([f"{self.ns}:doc:{i}" for i in missing]))
-            for i, raw in zip(missing, docs, strict=True):
-                if raw is None:
-                    out[i] = ({"seq": 0, "applied": 0, "created_at": 0}, ContextState(id=i))
-                else:
-                    doc = json.loads(raw)
-                    state = state_from_dict(doc.pop("state"))
-                    out[i] = (doc, state)
+    async def _fetch(self, ids: Sequence[str]) -> list[dict[bytes, bytes] | bytes | None]:
+        """Each story as stored: its hash's fields, a whole JSON document (the earlier
+        layout), or None."""
+        keys = [f"{self.ns}:doc:{i}" for i in ids]
+        if len(keys) == 1:
+            try:
+                one: dict[bytes, bytes] = await valkey_io(self.redis.hgetall(keys[0]))
+            except ResponseError as exc:
+                if not _wrong_type(exc):
+                    raise
+                return [await valkey_io(self.redis.get(keys[0]))]
+            return [one or None]
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(key)
+        found: list[Any] = await valkey_io(pipe.execute(raise_on_error=False))
+        out: list[dict[bytes, bytes] | bytes | None] = []
+        for key, raw in zip(keys, found, strict=True):
+            if isinstance(raw, BaseException):
+                if not _wrong_type(raw):
+                    raise raw
+                out.append(await valkey_io(self.redis.get(key)))
+            else:
+                out.append(raw or None)
         return out
 
-    def _doc(self, meta: dict[str, Any], state: ContextState) -> str:
-        """The stored document: json.dumps(..., sort_keys=True) of meta, status and the
-        state, the state encoded by parts (only what changed is encoded again)."""
-        shell = json.dumps(
-            {**meta, "status": _status(state), "state": _STATE},
-            separators=(",", ":"),
-            sort_keys=True,
+    async def _load(
+        self, ids: Sequence[str]
+    ) -> dict[str, tuple[dict[str, Any], ContextState, bool]]:
+        """Each story's meta and state, and whether its hash holds that state (so a
+        write may send only what changed from it)."""
+        self._forget_if_erased()
+        out = {i: (*self._cache[i], True) for i in ids if i in self._cache}
+        missing = [i for i in ids if i not in out]
+        if missing:
+            for i, raw in zip(missing, await self._fetch(missing), strict=True):
+                doc = _document(raw)
+                if doc is None:
+                    out[i] = ({"seq": 0, "applied": 0, "created_at": 0}, ContextState(id=i), False)
+                else:
+                    state = state_from_dict(doc.pop("state"))
+                    out[i] = (doc, state, isinstance(raw, dict))
+        return out
+
+    @staticmethod
+    def _shell(meta: dict[str, Any], state: ContextState) -> str:
+        """The document without its nodes: json.dumps(..., sort_keys=True) of meta,
+        status and the state with empty decisions, subtasks and dependencies."""
+        bare = replace(state, decisions=_EMPTY, subtasks=_EMPTY, dependencies=frozenset())
+        return json.dumps(
+            {**meta, "status": _status(state), "state": state_to_dict(bare)}, **_COMPACT
         )
-        return shell.replace(
-            f'"state":{json.dumps(_STATE)}', '"state":' + self._encoder.encode(state), 1
-        )
+
+    def _fields(
+        self, meta: dict[str, Any], old: ContextState | None, new: ContextState
+    ) -> tuple[list[str], list[str]]:
+        """(field, value, ...) to set and fields to delete so that the hash holding
+        ``old`` (None: nothing) holds ``new``. States share the nodes an event did not
+        touch, so a node is written again only if it is not the same object."""
+        sets = [_SHELL, self._shell(meta, new)]
+        dels: list[str] = []
+        entry = self._encoder.entry
+        for prefix, before, after in (
+            (_DECISION, old.decisions if old else _EMPTY, new.decisions),
+            (_SUBTASK, old.subtasks if old else _EMPTY, new.subtasks),
+        ):
+            if before is after:
+                continue
+            get, added = before.get, 0
+            for k, item in after.items():
+                was = get(k)
+                if was is not item:
+                    sets += (prefix + k, entry(k, item))
+                    added += was is None
+            if len(before) > len(after) - added:  # some were removed
+                dels += [prefix + k for k in before if k not in after]
+        edges_before = old.dependencies if old else frozenset()
+        if edges_before is not new.dependencies:
+            for edge in sorted(new.dependencies - edges_before):
+                text = _dependency(edge)
+                sets += (_DEPENDENCY + text, text)
+            dels += [_DEPENDENCY + _dependency(e) for e in sorted(edges_before - new.dependencies)]
+        return sets, dels
 
     async def apply(self, events: Sequence[RecordedEvent]) -> Outcome:
         outcome = Outcome()
@@ -243,7 +398,7 @@ class ContextModel(ValkeyModel):
         args: list[Any] = []
         pending: dict[str, tuple[dict[str, Any], ContextState, list[int]]] = {}
         for aggregate_id, evs in groups.items():
-            meta, state = loaded[aggregate_id]
+            meta, state, stored = loaded[aggregate_id]
             base = state.version
             fresh = next_versions(base, evs, outcome)
             if not fresh:
@@ -258,15 +413,20 @@ class ContextModel(ValkeyModel):
                 "created_at": meta["created_at"] or fresh[0].recorded_at_ns,
                 "updated_at": last.recorded_at_ns,
             }
+            sets, dels = self._fields(new_meta, state if stored else None, new)
             args += [
                 aggregate_id,
                 base,
                 new.version,
                 last.stream_seq,
-                self._doc(new_meta, new),
                 last.recorded_at_ns // 1_000_000,
                 _status(new),
                 len(fresh),
+                0 if stored else 1,
+                len(sets) // 2,
+                len(dels),
+                *sets,
+                *dels,
             ]
             pending[aggregate_id] = (new_meta, new, [e.stream_seq for e in fresh])
         if not pending:
@@ -309,7 +469,7 @@ class ContextModel(ValkeyModel):
         raise AssertionError("fold failed but every event applies")
 
     async def skip(self, aggregate_id: str, stream_seq: int) -> bool:
-        meta, state = (await self._load([aggregate_id]))[aggregate_id]
+        meta, state, _ = (await self._load([aggregate_id]))[aggregate_id]
         placeholder = skipped(
             aggregate_id, state.version + 1, stream_seq, meta.get("updated_at", 0)
         )
@@ -326,9 +486,8 @@ class ContextModel(ValkeyModel):
     ) -> int:
         """Write the story as it is at ``to_version`` (folded from ``events``, its
         first ``to_version`` events, else read from the store; the fold kept) in one
-        script; with
-        ``guard`` (low, high) only if the stored version is within. Returns the
-        version it was at."""
+        script, its hash written anew; with ``guard`` (low, high) only if the stored
+        version is within. Returns the version it was at."""
         events = await history_up_to(self.store, aggregate_id, to_version, events)
         self._forget_if_erased()
         state = self._folds.state_at(aggregate_id, events, to_version)
@@ -340,18 +499,20 @@ class ContextModel(ValkeyModel):
         }
         low, high = guard or (0, _NO_LIMIT)
         self._cache.pop(aggregate_id, None)
+        fields = self._fields(meta, None, state)[0] if state.version else []
         previous = await valkey_io(
             self._put(
                 args=[
                     self.ns,
                     aggregate_id,
                     state.version,
-                    self._doc(meta, state),
                     meta["updated_at"] // 1_000_000,
                     _status(state),
                     low,
                     high,
                     meta["seq"],
+                    len(fields) // 2,
+                    *fields,
                 ]
             )
         )
@@ -359,14 +520,13 @@ class ContextModel(ValkeyModel):
         return int(previous)
 
     async def read(self, aggregate_id: str) -> dict[str, Any] | None:
-        raw = await valkey_io(self.redis.get(f"{self.ns}:doc:{aggregate_id}"))
-        return json.loads(raw) if raw else None
+        """The story's document: what json.loads of the whole document gives."""
+        return _document((await self._fetch([aggregate_id]))[0])
 
     async def read_many(self, ids: Sequence[str]) -> list[dict[str, Any] | None]:
         if not ids:
             return []
-        raws = await valkey_io(self.redis.mget([f"{self.ns}:doc:{i}" for i in ids]))
-        return [json.loads(raw) if raw else None for raw in raws]
+        return [_document(raw) for raw in await self._fetch(ids)]
 
     async def recent(self, status: str | None, offset: int, count: int) -> list[str]:
         """Story ids, most recently updated first; ``status`` "open", "closed" or None."""
