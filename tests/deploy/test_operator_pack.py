@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
+from collections.abc import Collection
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +20,25 @@ import promql_parser
 import pytest
 import yaml
 
+from tests.deploy import exported_metrics
 from tests.deploy.chart import CHART, KUBE_VERSION, ROOT, by_kind, manifests, render
-from tests.deploy.exported_metrics import all_sample_names
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "jetsource.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 MONITORING = ("monitoring.coreos.com/v1",)
+
+# The services added since exported_metrics.SERVICES was written, probed the same way (a
+# fresh process imports the entrypoint): the process ledger's observer and process query
+# service, and the omni ingress. The archiver and the sessions pruner (CronJobs, CLI
+# commands) and the TUI serve no metrics.
+NEWER_SERVICES = {
+    "observer": "jetsource.observer.server",
+    "process-query": "jetsource.processquery.server",
+    "ingest": "jetsource.ingest.server",
+}
+SERVICES = sorted([*exported_metrics.SERVICES, *NEWER_SERVICES])
+# Every service process exports these about itself (jetsource.core.metrics).
+SHARED = {"jetsource_build_info", "jetsource_nats_connected"}
 
 # Grafana's variables, as Grafana substitutes them before Prometheus sees the query.
 GRAFANA_VARIABLES = {
@@ -82,6 +99,43 @@ def alert_queries() -> dict[str, str]:
 
 def all_queries() -> dict[str, str]:
     return dashboard_queries() | template_queries() | alert_queries()
+
+
+@cache
+def newer_families(service: str) -> dict[str, str]:
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            exported_metrics._PROBE.format(module=NEWER_SERVICES[service], start=""),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return dict(json.loads(run.stdout.strip().splitlines()[-1]))
+
+
+def families(service: str) -> dict[str, str]:
+    """jetsource metric families (name -> type) a fresh process of ``service`` exports."""
+    if service in NEWER_SERVICES:
+        return newer_families(service)
+    return exported_metrics.families(service)
+
+
+def sample_names(service: str, skip: Collection[str] = ()) -> set[str]:
+    """Every series name ``service`` can export, but those of the families in ``skip``."""
+    return {
+        name + suffix
+        for name, kind in families(service).items()
+        if name not in skip
+        for suffix in exported_metrics._SUFFIXES.get(kind, ("",))
+    }
+
+
+def all_sample_names() -> set[str]:
+    return set().union(*(sample_names(s) for s in SERVICES))
 
 
 def metric_names(expr: str) -> set[str]:
@@ -163,12 +217,67 @@ def test_dashboard_shows_what_operators_need() -> None:
         "jetsource_query_seconds_bucket",
         "jetsource_nats_connected",
         "jetsource_build_info",
+        "jetsource_observer_events_total",  # events recorded per second by outcome
+        "jetsource_observer_call_seconds_bucket",
+        "jetsource_observer_writable",
+        "jetsource_process_query_requests_total",
+        "jetsource_process_query_seconds_bucket",
+        "jetsource_process_query_watches",
+        "jetsource_omni_webhooks_total",  # webhooks by provider and HTTP status
+        "jetsource_omni_webhook_seconds_bucket",
     } <= used
-    freshness = [e for e in dashboard_queries().values() if "freshness_seconds_bucket" in e]
-    assert any(e.startswith("histogram_quantile(0.5,") for e in freshness)
-    assert any(e.startswith("histogram_quantile(0.99,") for e in freshness)
-    outcomes = [e for e in dashboard_queries().values() if "commands_total" in e]
+    queries = dashboard_queries().values()
+    for histogram in (
+        "freshness_seconds_bucket",
+        "jetsource_observer_call_seconds_bucket",
+        "jetsource_process_query_seconds_bucket",
+        "jetsource_omni_webhook_seconds_bucket",
+    ):
+        latencies = [e for e in queries if histogram in e]
+        assert any(e.startswith("histogram_quantile(0.5,") for e in latencies), histogram
+        assert any(e.startswith("histogram_quantile(0.99,") for e in latencies), histogram
+    outcomes = [e for e in queries if "commands_total" in e]
     assert any("by (outcome)" in e for e in outcomes)
+    assert any("by (outcome)" in e for e in queries if "jetsource_observer_events_total" in e)
+    assert any(
+        "by (provider, status)" in e for e in queries if "jetsource_omni_webhooks_total" in e
+    )
+    # A watch's time is how long its stream stayed open: not a latency.
+    for e in queries:
+        if "jetsource_process_query_seconds_bucket" in e:
+            assert 'method!~"Watch.*"' in e, e
+
+
+def test_every_service_that_exports_metrics_has_a_panel() -> None:
+    used = used_by_dashboard()
+    for service in SERVICES:
+        own = sample_names(service, skip=SHARED)
+        assert own, f"{service} exports no metric of its own"
+        assert own & used, f"no panel shows a metric of {service}: {sorted(own)}"
+    assert {"jetsource_build_info", "jetsource_nats_connected"} <= used
+
+
+def test_the_ingest_instance_label_is_read_as_exported_instance() -> None:
+    """jetsource_omni_webhooks_total's own `instance` label (the messaging instance)
+    collides with the scrape target's: Prometheus stores it as `exported_instance`
+    (neither the compose scrape config nor the ServiceMonitor honours labels)."""
+    assert "instance" in exported_metrics_labels("ingest", "jetsource_omni_webhooks")
+    for where, expr in all_queries().items():
+        if "jetsource_omni_webhooks_total" in expr:
+            assert not re.search(r"\binstance\b", expr), where
+
+
+def exported_metrics_labels(service: str, family: str) -> set[str]:
+    """The label names of ``family`` in a fresh process of ``service`` (newer services)."""
+    code = (
+        f"import {NEWER_SERVICES[service]}\n"
+        "from prometheus_client import REGISTRY\n"
+        f"print(' '.join(REGISTRY._names_to_collectors[{family!r}]._labelnames))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    return set(run.stdout.split())
 
 
 def test_alert_rules_cover_lag_dead_letters_errors_freshness_stalls_and_nats() -> None:
@@ -202,6 +311,30 @@ def test_alert_rules_cover_lag_dead_letters_errors_freshness_stalls_and_nats() -
     # Dead letters fire on any; a rebuild's freshness cannot fire the freshness alert alone.
     assert rules["JetsourceDeadLetters"]["expr"].strip().endswith("> 0")
     assert rules["JetsourceFreshnessHigh"]["expr"].lstrip().startswith("min by (model)")
+
+
+def test_alert_rules_cover_the_observer_process_query_and_ingest() -> None:
+    rules = {r["alert"]: r for r in alert_rules()}
+    needs = {
+        "JetsourceObserverNotWritable": "jetsource_observer_writable",
+        "JetsourceObserverRefusals": "jetsource_observer_events_total",
+        "JetsourceProcessQueryErrors": "jetsource_process_query_requests_total",
+        "JetsourceWebhookErrors": "jetsource_omni_webhooks_total",
+        "JetsourceWebhookSignaturesRefused": "jetsource_omni_webhooks_total",
+        "JetsourceWebhooksRejected": "jetsource_omni_webhooks_total",
+    }
+    for alert, metric in needs.items():
+        assert alert in rules, alert
+        assert metric in metric_names(rules[alert]["expr"]), alert
+    assert rules["JetsourceObserverNotWritable"]["labels"]["severity"] == "critical"
+    assert rules["JetsourceObserverNotWritable"]["expr"].strip().endswith("== 0")
+    assert 'outcome="refused"' in rules["JetsourceObserverRefusals"]["expr"]
+    assert 'status=~"5.."' in rules["JetsourceWebhookErrors"]["expr"]
+    assert 'status="401"' in rules["JetsourceWebhookSignaturesRefused"]["expr"]
+    # Every service with metrics of its own has an alert on one of them.
+    alerted = {n for expr in alert_queries().values() for n in metric_names(expr)}
+    for service in SERVICES:
+        assert sample_names(service, skip=SHARED) & alerted, service
 
 
 # --- the chart ships the same files, behind flags -------------------------------------
