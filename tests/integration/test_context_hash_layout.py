@@ -23,7 +23,7 @@ from jetsource.core.envelope import RecordedEvent
 from jetsource.domains.context.model import ContextState, fold
 from jetsource.domains.context.samples import story_events
 from jetsource.domains.context.serialize import state_to_dict
-from jetsource.domains.context.valkey_models import ContextModel, context_spec
+from jetsource.domains.context.valkey_models import ContextModel, _diff, context_spec
 from jetsource.eventstore.port import EventStore
 from tests.infra import Server
 
@@ -113,6 +113,13 @@ async def test_batches_write_what_a_clean_rewind_writes(redis: Valkey, unique: s
             await clean.read(s) for s in [*stories, "nothing"]
         ]
         assert await live.digest() == await clean.digest()
+        # Listings read the shell only: the document with its nodes left empty.
+        for story, shell in zip(stories, await live.read_shells(list(stories)), strict=True):
+            doc = await live.read(story)
+            assert doc is not None and shell is not None
+            doc["state"].update(decisions={}, subtasks={}, dependencies=[])
+            assert shell == doc
+        assert (await live.read_shells(["nothing"])) == [None]
     finally:
         await live.drop()
         await clean.drop()
@@ -207,6 +214,7 @@ async def test_a_story_in_the_earlier_layout_reads_and_is_written_whole(
         await redis.hset(f"{m.ns}:pos", "old", 30)
         assert await m.read("old") == json.loads(text)
         assert await m.read_many(["old", "none"]) == [json.loads(text), None]
+        assert await m.read_shells(["old", "none"]) == [json.loads(text), None]
         outcome = await m.apply(events[30:35])
         assert outcome.applied == 5
         await clean.rewind("old", 35, events=events)
@@ -224,3 +232,14 @@ async def test_a_story_in_the_earlier_layout_reads_and_is_written_whole(
     finally:
         await m.drop()
         await clean.drop()
+
+
+def test_the_diff_of_two_maps_in_any_order() -> None:
+    a, b, c, d = (object() for _ in range(4))
+    before = MappingProxyType({"x": a, "y": b, "z": c})
+    # A fold's copy: same order, one replaced, one appended.
+    assert _diff(before, MappingProxyType({"x": a, "y": d, "z": c, "w": a})) == (["y", "w"], [])
+    # Another order (a state read back from the hash): key by key.
+    assert _diff(before, MappingProxyType({"z": c, "x": d, "y": b})) == (["x"], [])
+    assert _diff(before, MappingProxyType({"z": d, "w": b})) == (["z", "w"], ["x", "y"])
+    assert _diff(before, before) == ([], [])

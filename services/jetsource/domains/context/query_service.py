@@ -521,7 +521,7 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
             page = await recent_after(model, STATUS_NAME.get(request.status), after, size)
             ids = [member.decode() for member, _ in page]
             response = pb.ListContextsResponse()
-            for cid, doc in zip(ids, await model.read_many(ids), strict=True):
+            for cid, doc in zip(ids, await model.read_shells(ids), strict=True):
                 if doc is None:
                     continue
                 state = doc["state"]
