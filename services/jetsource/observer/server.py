@@ -1,9 +1,11 @@
 """Observer entrypoint and composition root: settings -> store + claims -> recorder ->
 gRPC ``ObserverService`` (write-only: Record, RecordBatch, RecordStream).
 
-Health tells the truth about writing: NOT_SERVING while NATS is not connected or the
-last append failed for want of the event store; SERVING again once an append (or the
-connection) says it can write.
+Health tells the truth about writing (:class:`jetsource.core.writehealth.WriteHealth`,
+as the publisher's): NOT_SERVING while NATS is not connected, JetStream refuses writes
+or an append failed for want of the event store; SERVING again on its own once a probe
+write and the stream's state say it can, with no append needed (a NOT_SERVING replica
+is out of its Kubernetes Service and gets none).
 """
 
 from __future__ import annotations
@@ -14,10 +16,8 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2
 from nats.aio.client import Client as NATS
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -29,12 +29,14 @@ from jetsource.core.errors import EventStoreUnavailableError, StreamMissingError
 from jetsource.core.grpcserver import GrpcEndpoint, start_grpc, stop_on_signals
 from jetsource.core.metrics import register_service, start_metrics_server, watch_nats
 from jetsource.core.runner import run_service
+from jetsource.core.writehealth import WriteHealth
 from jetsource.domains.process.claims import KvClaims
 from jetsource.domains.process.descriptor import DOMAIN
 from jetsource.domains.process.recorder import Recorded, Recorder, RecorderOptions
 from jetsource.domains.process.validation import Limits
 from jetsource.eventstore.bootstrap import connect, release
 from jetsource.eventstore.jetstream import JetStreamEventStore
+from jetsource.eventstore.refusals import refused_from
 from jetsource.observer.settings import ObserverSettings
 
 log = logging.getLogger("jetsource.observer")
@@ -68,36 +70,10 @@ def position(r: Recorded) -> epb.Position:
     )
 
 
-@dataclass
-class Health:
-    """SERVING while the observer can write (see the module docstring)."""
-
-    servicer: Any = None
-    writable: bool = True
-
-    async def mark(self, writable: bool, reason: str = "") -> None:
-        WRITABLE.set(1 if writable else 0)
-        if writable == self.writable:
-            return
-        self.writable = writable
-        if writable:
-            log.info("observer can record events again: SERVING")
-        else:
-            log.warning("observer cannot record events: NOT_SERVING (%s)", reason)
-        if self.servicer is not None:
-            status = (
-                health_pb2.HealthCheckResponse.SERVING
-                if writable
-                else health_pb2.HealthCheckResponse.NOT_SERVING
-            )
-            for name in ("", SERVICE_NAME):
-                await self.servicer.set(name, status)
-
-
 class ObserverService(pb_grpc.ObserverServiceServicer):
     """Write-only by contract: the service has no read RPC at all."""
 
-    def __init__(self, recorder: Recorder, health: Health, stream_flush_events: int) -> None:
+    def __init__(self, recorder: Recorder, health: WriteHealth, stream_flush_events: int) -> None:
         self._recorder = recorder
         self._health = health
         self._flush_events = stream_flush_events
@@ -203,7 +179,7 @@ class Observer:
     nc: NATS
     store: JetStreamEventStore
     recorder: Recorder
-    health: Health
+    health: WriteHealth
     stopped: bool = False
 
     @property
@@ -214,6 +190,7 @@ class Observer:
         if self.stopped:
             return
         self.stopped = True
+        await self.health.stop()
         await self.grpc.stop(grace)
         try:
             with contextlib.suppress(Exception):
@@ -242,7 +219,15 @@ async def build(settings: ObserverSettings) -> Observer:
     claims = KvClaims(nc, o.claims_bucket, cfg.replicas)
     await claims.kv()
     recorder = Recorder(store, claims, recorder_options(settings))
-    health = Health()
+    health = WriteHealth(
+        nc,
+        cfg.stream,
+        SERVICE_NAME,
+        WRITABLE,
+        who="observer",
+        replicas=cfg.replicas,
+        name_refusal=refused_from,
+    )
     endpoint = await start_grpc(
         lambda server: pb_grpc.add_ObserverServiceServicer_to_server(
             ObserverService(recorder, health, o.stream_flush_events), server
@@ -252,8 +237,8 @@ async def build(settings: ObserverSettings) -> Observer:
         o.max_concurrent_rpcs,
         settings.grpc,
     )
-    health.servicer = endpoint.health
-    WRITABLE.set(1)
+    health.health = endpoint.health
+    health.start()
     return Observer(endpoint, nc, store, recorder, health)
 
 
