@@ -25,7 +25,12 @@ from jetsource._gen.process.v1 import events_pb2 as epb
 from jetsource._gen.process.v1 import observer_pb2 as pb
 from jetsource._gen.process.v1 import observer_pb2_grpc as pb_grpc
 from jetsource.core.clock import to_timestamp
-from jetsource.core.errors import EventStoreUnavailableError, StreamMissingError, ValidationError
+from jetsource.core.errors import (
+    ConcurrencyError,
+    EventStoreUnavailableError,
+    StreamMissingError,
+    ValidationError,
+)
 from jetsource.core.grpcserver import GrpcEndpoint, start_grpc, stop_on_signals
 from jetsource.core.metrics import register_service, start_metrics_server, watch_nats
 from jetsource.core.runner import run_service
@@ -44,12 +49,14 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ObserverService"].full_name
 
 EVENTS = Counter(
     "jetsource_observer_events_total",
-    "Events by outcome: recorded, duplicate (positions of the original), refused",
+    "Events by outcome: recorded, duplicate (positions of the original), refused (bad "
+    "input), unavailable (the event store away or refusing writes), conflict (the "
+    "conflict retries ran out), cancelled (the client went away), error (anything else)",
     ["outcome"],
 )
 LATENCY = Histogram(
     "jetsource_observer_call_seconds",
-    "Observer call latency by method",
+    "Observer call latency by method, failed calls included",
     ["method"],
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
 )
@@ -70,6 +77,19 @@ def position(r: Recorded) -> epb.Position:
     )
 
 
+def failure_outcome(exc: BaseException) -> str:
+    """The ``outcome`` label of events a call failed to record."""
+    if isinstance(exc, ValidationError):
+        return "refused"
+    if isinstance(exc, (EventStoreUnavailableError, StreamMissingError)):
+        return "unavailable"
+    if isinstance(exc, ConcurrencyError):
+        return "conflict"
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    return "error"
+
+
 class ObserverService(pb_grpc.ObserverServiceServicer):
     """Write-only by contract: the service has no read RPC at all."""
 
@@ -83,20 +103,21 @@ class ObserverService(pb_grpc.ObserverServiceServicer):
     ) -> list[epb.Position]:
         started = time.perf_counter()
         try:
-            recorded = await self._recorder.record(events, at)
-        except ValidationError:
-            EVENTS.labels("refused").inc(len(events))
-            raise
-        except (EventStoreUnavailableError, StreamMissingError) as exc:
-            await self._health.mark(False, str(exc))
-            raise
-        if not self._health.writable:
-            await self._health.mark(True)
-        dup = sum(1 for r in recorded if r.duplicate)
-        EVENTS.labels("duplicate").inc(dup)
-        EVENTS.labels("recorded").inc(len(recorded) - dup)
-        LATENCY.labels(method).observe(time.perf_counter() - started)
-        return [position(r) for r in recorded]
+            try:
+                recorded = await self._recorder.record(events, at)
+            except BaseException as exc:
+                EVENTS.labels(failure_outcome(exc)).inc(len(events))
+                if isinstance(exc, (EventStoreUnavailableError, StreamMissingError)):
+                    await self._health.mark(False, str(exc))
+                raise
+            if not self._health.writable:
+                await self._health.mark(True)
+            dup = sum(1 for r in recorded if r.duplicate)
+            EVENTS.labels("duplicate").inc(dup)
+            EVENTS.labels("recorded").inc(len(recorded) - dup)
+            return [position(r) for r in recorded]
+        finally:
+            LATENCY.labels(method).observe(time.perf_counter() - started)
 
     async def Record(
         self, request: pb.RecordRequest, context: grpc.aio.ServicerContext

@@ -1,7 +1,8 @@
 """The observer's health follows whether it can write, both ways, on its own (the
 publisher's WriteHealth, shared): NATS going away makes it NOT_SERVING with no append
 arriving, and NATS coming back makes it SERVING again with no append arriving (a
-NOT_SERVING replica is out of its Kubernetes Service: no append would ever come).
+NOT_SERVING replica is out of its Kubernetes Service: no append would ever come). A
+call that fails for want of the store is counted (outcome ``unavailable``) and timed.
 
 The NATS server here is a private one, stopped and started again on the same port and
 data directory."""
@@ -17,6 +18,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import REGISTRY
 
 from jetsource._gen.process.v1 import observer_pb2 as pb
 from jetsource._gen.process.v1 import observer_pb2_grpc as pb_grpc
@@ -70,6 +72,10 @@ async def _until(port: int, wanted: int, within: float) -> float:
     raise AssertionError(f"health stayed {seen}, wanted {wanted} within {within}s")
 
 
+def _sample(name: str, labels: dict[str, str]) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 async def test_health_follows_nats_down_and_back_without_any_append(
     private_nats: tuple[NatsServer, list[Server]],
 ) -> None:
@@ -92,10 +98,16 @@ async def test_health_follows_nats_down_and_back_without_any_append(
             assert not observer.health.writable
             assert "NATS" in observer.health.reason, observer.health.reason
 
-            # A call while the store is away fails UNAVAILABLE.
+            # A call while the store is away fails UNAVAILABLE, counted and timed.
+            unavailable = {"outcome": "unavailable"}
+            failed_before = _sample("jetsource_observer_events_total", unavailable)
+            timed_before = _sample("jetsource_observer_call_seconds_count", {"method": "Record"})
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await stub.Record(pb.RecordRequest(event=event("health-p", event_id="e-2")))
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+            assert _sample("jetsource_observer_events_total", unavailable) == failed_before + 1
+            timed = _sample("jetsource_observer_call_seconds_count", {"method": "Record"})
+            assert timed == timed_before + 1
             assert await _status(observer.port) == NOT_SERVING
 
             # NATS is back (same port and data): SERVING again, no append arriving.
@@ -110,3 +122,49 @@ async def test_health_follows_nats_down_and_back_without_any_append(
     finally:
         with contextlib.suppress(Exception):
             await observer.stop(0)
+
+
+async def test_calls_whose_conflict_retries_run_out_are_counted_conflict(
+    nats_server: Server,
+) -> None:
+    """Two observers append to one process at once with no conflict retries (neither
+    the observer's nor the store's): the calls that lose the race fail ABORTED, and
+    their events are counted ``conflict`` and their calls timed."""
+    settings = ObserverSettings(
+        nats=NatsSettings(url=nats_server.url),
+        eventstore=EventStoreSettings(any_conflict_retries=0),
+        observer=ObserverOptions(grpc_port=0, metrics_port=0, conflict_retries=0),
+    )
+    observers = [await build(settings), await build(settings)]
+    process = f"conflict-{time.time_ns()}"
+    conflict = {"outcome": "conflict"}
+    counted_before = _sample("jetsource_observer_events_total", conflict)
+    timed_before = _sample("jetsource_observer_call_seconds_count", {"method": "Record"})
+    try:
+        channels = [grpc.aio.insecure_channel(f"127.0.0.1:{o.port}") for o in observers]
+        stubs = [pb_grpc.ObserverServiceStub(c) for c in channels]
+        results: list[object] = []
+        for round_ in range(5):  # a race: go on until some call has lost it
+            calls = [
+                stubs[n % 2].Record(
+                    pb.RecordRequest(event=event(process, event_id=f"e-{round_}-{n}"))
+                )
+                for n in range(60)
+            ]
+            results += await asyncio.gather(*calls, return_exceptions=True)
+            if any(isinstance(r, grpc.aio.AioRpcError) for r in results):
+                break
+        failed = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+        assert failed, "no call lost the race: no conflict to count"
+        assert {f.code() for f in failed} == {grpc.StatusCode.ABORTED}, failed[0].details()
+        assert not [r for r in results if isinstance(r, BaseException) and r not in failed]
+        counted = _sample("jetsource_observer_events_total", conflict)
+        assert counted == counted_before + len(failed)
+        timed = _sample("jetsource_observer_call_seconds_count", {"method": "Record"})
+        assert timed == timed_before + len(results)
+        for channel in channels:
+            await channel.close()
+    finally:
+        for o in observers:
+            with contextlib.suppress(Exception):
+                await o.stop(0)
