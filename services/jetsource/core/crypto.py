@@ -25,8 +25,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from functools import cache, lru_cache
+from operator import attrgetter
+from typing import Any, NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -87,30 +88,18 @@ def _box(key: bytes, ref: bytes, subject: str) -> bytes:
     return AESGCM(key).encrypt(_NONCE, subject.encode("utf-8"), _AAD + ref)
 
 
-def subjects_of(message: Message, metadata: Mapping[str, str]) -> list[str]:
-    """The data subjects an event names, in a stable order (empty values name none)."""
-    found: dict[str, None] = {}
-    for f in personal_fields(message.DESCRIPTOR):
-        value = getattr(message, f.name)
-        if value:
-            found[value] = None
-    for k in sorted(PERSONAL_METADATA & set(metadata)):
-        if metadata[k]:
-            found[metadata[k]] = None
-    return list(found)
-
-
-@dataclass(frozen=True)
-class Sealed:
+class Sealed(NamedTuple):
     """An event with its personal values cut out and boxed.
 
     ``wire`` is the envelope's ``sealed`` entries as protobuf wire bytes: appended to a
     serialized envelope they parse as its ``sealed`` field (a message's fields may come
     in any order on the wire), so the append path serializes each box once per process,
-    not once per event."""
+    not once per event. ``metadata`` is the event's own mapping when none of its
+    entries is personal (not a copy). A named tuple: one is made per sealed event, and
+    a frozen dataclass costs several times as much to build."""
 
     payload: bytes
-    metadata: dict[str, str]
+    metadata: Mapping[str, str]
     wire: bytes
 
     @property
@@ -155,10 +144,139 @@ def _entry(
     return _bytes_field(_SEALED_FIELD, box.SerializeToString(deterministic=True))
 
 
+RefKey = tuple[bytes, bytes]  # a subject's (key reference, data key)
+
+
+class Cut:
+    """What sealing takes out of an event whose personal fields and entries hold given
+    values: the subjects (distinct, in a stable order: fields in the proto's order,
+    then metadata entries by name), per subject the field numbers and metadata keys
+    holding it, and the field names and entries to take out. It depends on nothing
+    but those values, so :func:`cut_of` makes it once per values (until an erasure is
+    heard of), and it keeps the ``sealed`` wire bytes of the last keys it was given:
+    the append path's work per event is then one copy of the message without its
+    personal fields."""
+
+    __slots__ = ("_memo", "entries", "fields", "groups", "subjects")
+
+    def __init__(
+        self,
+        subjects: tuple[str, ...],
+        groups: tuple[tuple[tuple[int, ...], tuple[str, ...]], ...],
+        fields: tuple[str, ...],
+        entries: tuple[str, ...],
+    ) -> None:
+        self.subjects = subjects
+        self.groups = groups
+        self.fields = fields
+        self.entries = entries
+        # (refkeys, wire): one attribute, so a reader never sees one without the other.
+        self._memo: tuple[tuple[RefKey, ...], bytes] | None = None
+
+    def wire(self, refkeys: tuple[RefKey, ...]) -> bytes:
+        """The envelope's ``sealed`` entries, one per subject, under ``refkeys``
+        (``subjects[i]``'s (ref, key) at ``i``)."""
+        memo = self._memo
+        if memo is not None and memo[0] == refkeys:
+            return memo[1]
+        wire = b"".join(
+            _entry(key, ref, subject, numbers, entries)
+            for subject, (ref, key), (numbers, entries) in zip(
+                self.subjects, refkeys, self.groups, strict=True
+            )
+        )
+        self._memo = (refkeys, wire)
+        return wire
+
+    def seal(
+        self, message: Message, metadata: Mapping[str, str], refkeys: tuple[RefKey, ...]
+    ) -> Sealed:
+        """``message`` and ``metadata`` (whose personal values are this cut's) sealed
+        under ``refkeys``: the payload without the personal fields, the entries left."""
+        stripped = type(message)()
+        stripped.CopyFrom(message)
+        for name in self.fields:
+            stripped.ClearField(name)
+        rest = metadata
+        if self.entries:
+            rest = {k: v for k, v in metadata.items() if k not in self.entries}
+        return Sealed(stripped.SerializeToString(deterministic=True), rest, self.wire(refkeys))
+
+
+# Per message class: its personal fields' values in one call (attrgetter: the value
+# itself for one field, a tuple for several; None for no field), names and numbers.
+_Plan = tuple[Callable[[Message], Any] | None, tuple[str, ...], tuple[int, ...]]
+_PLANS: dict[type[Message], _Plan] = {}
+_METADATA_KEYS = tuple(sorted(PERSONAL_METADATA))
+# (class, field values, entry values) -> its cut (None: nothing personal). Holds
+# subjects: emptied on every erasure heard of, and when full.
+_CUTS: dict[tuple[Any, ...], Cut | None] = {}
+_CUTS_MAX = 4096
+
+
+def _plan(cls: type[Message]) -> _Plan:
+    fields = personal_fields(cls.DESCRIPTOR)
+    names = tuple(f.name for f in fields)
+    plan = (attrgetter(*names) if names else None, names, tuple(f.number for f in fields))
+    _PLANS[cls] = plan
+    return plan
+
+
+def cut_of(message: Message, metadata: Mapping[str, str]) -> Cut | None:
+    """The cut of an event (None when it names no subject: empty values name none).
+    Memoized by the personal values themselves: the same few people sign most events."""
+    cls = type(message)
+    plan = _PLANS.get(cls) or _plan(cls)
+    get = plan[0]
+    values = None if get is None else get(message)
+    meta = tuple(map(metadata.get, _METADATA_KEYS)) if metadata else ()
+    key = (cls, values, meta)
+    try:
+        return _CUTS[key]
+    except KeyError:
+        pass
+    cut = _make_cut(plan, values, meta)
+    if len(_CUTS) >= _CUTS_MAX:
+        _CUTS.clear()
+    _CUTS[key] = cut
+    return cut
+
+
+def _make_cut(plan: _Plan, values: Any, meta: tuple[str | None, ...]) -> Cut | None:
+    _, names, numbers = plan
+    field_values = (values,) if len(names) == 1 else (values or ())
+    groups: dict[str, tuple[list[int], list[str]]] = {}
+    fields = []
+    for name, number, value in zip(names, numbers, field_values, strict=True):
+        if value:
+            groups.setdefault(value, ([], []))[0].append(number)
+            fields.append(name)
+    entries = []
+    if meta:
+        for k, value in zip(_METADATA_KEYS, meta, strict=True):
+            if value:
+                groups.setdefault(value, ([], []))[1].append(k)
+                entries.append(k)
+    if not groups:
+        return None
+    return Cut(
+        tuple(groups),
+        tuple((tuple(n), tuple(e)) for n, e in groups.values()),
+        tuple(fields),
+        tuple(entries),
+    )
+
+
+def subjects_of(message: Message, metadata: Mapping[str, str]) -> list[str]:
+    """The data subjects an event names, in a stable order (empty values name none)."""
+    cut = cut_of(message, metadata)
+    return [] if cut is None else list(cut.subjects)
+
+
 def seal(
     message: Message,
     metadata: Mapping[str, str],
-    keys: Mapping[str, tuple[bytes, bytes]],
+    keys: Mapping[str, RefKey],
 ) -> Sealed:
     """Cut each subject's personal values out of ``message`` and ``metadata`` and box
     them under that subject's ``(key_ref, key)`` from ``keys`` (subject -> key).
@@ -166,29 +284,10 @@ def seal(
     Every value in one subject's box *is* the subject (a personal field names its
     subject), so the box encrypts that one string once and lists, in the clear, the
     field numbers and metadata keys that hold it."""
-    fields = personal_fields(message.DESCRIPTOR)
-    rest = dict(metadata)
-    named = sorted(PERSONAL_METADATA & rest.keys())
-    if not fields and not named:
-        return Sealed(message.SerializeToString(deterministic=True), rest, b"")
-    stripped = type(message)()
-    stripped.CopyFrom(message)
-    boxes: dict[str, tuple[list[int], list[str]]] = {}
-    for f in fields:
-        value = getattr(message, f.name)
-        if value:
-            boxes.setdefault(value, ([], []))[0].append(f.number)
-            stripped.ClearField(f.name)
-    for k in named:
-        value = rest[k]
-        if value:
-            boxes.setdefault(value, ([], []))[1].append(k)
-            del rest[k]
-    wire = b"".join(
-        _entry(keys[subject][1], keys[subject][0], subject, tuple(numbers), tuple(entries))
-        for subject, (numbers, entries) in boxes.items()
-    )
-    return Sealed(stripped.SerializeToString(deterministic=True), rest, wire)
+    cut = cut_of(message, metadata)
+    if cut is None:
+        return Sealed(message.SerializeToString(deterministic=True), dict(metadata), b"")
+    return cut.seal(message, metadata, tuple(keys[s] for s in cut.subjects))
 
 
 KeyLookup = Callable[[bytes], bytes | None]
@@ -234,6 +333,7 @@ def note_erasure() -> None:
     subject_ref.cache_clear()
     _box.cache_clear()
     _entry.cache_clear()
+    _CUTS.clear()
 
 
 class ErasureWatch:

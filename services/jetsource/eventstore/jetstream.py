@@ -348,21 +348,38 @@ class JetStreamEventStore:
 
     async def _seal(
         self, events: Sequence[NewEvent], encoded: list[tuple[str, int, bytes]]
-    ) -> list[crypto.Sealed | None]:
+    ) -> Sequence[crypto.Sealed | None]:
         """Cut the personal values out of each event, boxed under their subjects' keys
-        (created on first use); payloads in ``encoded`` are replaced by the rest."""
-        subjects = [crypto.subjects_of(new.event, new.metadata) for new in events]
-        if not any(subjects):
-            return [None] * len(events)
-        wanted = [s for names in subjects for s in names]
-        keys = self.keys.cached(wanted) or await self.keys.keys_for(wanted)
+        (created on first use); payloads in ``encoded`` are replaced by the rest.
+        Empty when nothing is personal."""
+        if len(events) == 1:  # a command of one event: no lists, no dicts
+            new = events[0]
+            cut = crypto.cut_of(new.event, new.metadata)
+            if cut is None:
+                return ()
+            refkeys = self.keys.cached(cut.subjects) or await self.keys.keys_for(cut.subjects)
+            sealed = cut.seal(new.event, new.metadata, refkeys)
+            event_type, schema_version, _ = encoded[0]
+            encoded[0] = (event_type, schema_version, sealed.payload)
+            return (sealed,)
+        cuts = [crypto.cut_of(new.event, new.metadata) for new in events]
+        if not any(cuts):
+            return ()
+        subjects = tuple(dict.fromkeys(s for cut in cuts if cut is not None for s in cut.subjects))
+        keys = dict(
+            zip(
+                subjects,
+                self.keys.cached(subjects) or await self.keys.keys_for(subjects),
+                strict=True,
+            )
+        )
         out: list[crypto.Sealed | None] = []
-        for i, (new, names) in enumerate(zip(events, subjects, strict=True)):
-            if not names:
+        for i, (new, cut) in enumerate(zip(events, cuts, strict=True)):
+            if cut is None:
                 out.append(None)
                 continue
+            sealed = cut.seal(new.event, new.metadata, tuple(keys[s] for s in cut.subjects))
             event_type, schema_version, _ = encoded[i]
-            sealed = crypto.seal(new.event, new.metadata, keys)
             encoded[i] = (event_type, schema_version, sealed.payload)
             out.append(sealed)
         return out

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -200,42 +200,47 @@ class JetStreamKeyStore:
 
     # -- writers ----------------------------------------------------------------
 
-    def cached(self, subjects: Iterable[str]) -> dict[str, tuple[bytes, bytes]] | None:
-        """subject -> (ref, key) from memory alone, or None when a key is not known
-        (or no longer fresh) here: then :meth:`keys_for`. The append path's common
-        case, without a coroutine."""
+    def cached(self, subjects: Sequence[str]) -> tuple[crypto.RefKey, ...] | None:
+        """Each subject's (ref, key), in order, from memory alone, or None when a key is
+        not known (or no longer fresh) here: then :meth:`keys_for`. The append path's
+        common case, without a coroutine."""
         pepper = self._pepper
         if pepper is None:
             return None
-        out = {}
         now = time.monotonic()
+        if len(subjects) == 1:  # one person per event, mostly
+            ref = crypto.subject_ref(pepper, subjects[0])
+            known = self._keys.get(ref)
+            if known is None or known[0] is None or known[1] <= now:
+                return None
+            return ((ref, known[0]),)
+        out = []
         for subject in subjects:
             ref = crypto.subject_ref(pepper, subject)
             known = self._keys.get(ref)
             if known is None or known[0] is None or known[1] <= now:
                 return None
-            out[subject] = (ref, known[0])
-        return out
+            out.append((ref, known[0]))
+        return tuple(out)
 
-    async def keys_for(self, subjects: Iterable[str]) -> dict[str, tuple[bytes, bytes]]:
-        """subject -> (ref, key), creating the keys of subjects that have none."""
-        wanted = list(dict.fromkeys(subjects))
-        if not wanted:
-            return {}
+    async def keys_for(self, subjects: Sequence[str]) -> tuple[crypto.RefKey, ...]:
+        """Each subject's (ref, key), in order, creating the keys of subjects that have
+        none."""
+        if not subjects:
+            return ()
         pepper = await self.pepper(create=True)
         assert pepper is not None
-        out = {}
-        now = time.monotonic()
-        for subject in wanted:
+        out = []
+        for subject in subjects:
             ref = crypto.subject_ref(pepper, subject)
             known = self._keys.get(ref)
-            if known is not None and known[0] is not None and known[1] > now:
-                out[subject] = (ref, known[0])
+            if known is not None and known[0] is not None and known[1] > time.monotonic():
+                out.append((ref, known[0]))
                 continue
             key = await self._create("k." + ref.hex(), crypto.new_key())
             self._remember(ref, key)
-            out[subject] = (ref, key)
-        return out
+            out.append((ref, key))
+        return tuple(out)
 
     async def erase(self, subject: str) -> Erasure:
         """Destroy the subject's key: its stored message is overwritten in place, then
