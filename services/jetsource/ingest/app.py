@@ -80,6 +80,27 @@ class Unauthenticated(Exception):
     pass
 
 
+def error_answer(path: str, exc: Exception) -> JSONResponse:
+    """The JSON error answer of an exception, the same wherever it is raised (the
+    app's exception handlers, a webhook that counts what it answered). Anything not
+    mapped here is a 500: logged with its traceback, answered without one."""
+    if isinstance(exc, EventNotFoundError):
+        return _error(404, "not_found", str(exc), exc.field)
+    if isinstance(exc, ValidationError):
+        return _error(400, "invalid_argument", str(exc), exc.field)
+    if isinstance(exc, NotFoundError):
+        return _error(404, "not_found", str(exc), exc.field or None)
+    if isinstance(exc, ConcurrencyError):
+        return _error(409, "conflict", str(exc))
+    if isinstance(exc, EventStoreUnavailableError | StreamMissingError):
+        return _error(503, "unavailable", str(exc))
+    if isinstance(exc, JetsourceError):
+        log.error("%s failed", path, exc_info=exc)
+    else:
+        log.error("%s failed unexpectedly", path, exc_info=exc)
+    return _error(500, "internal", "internal error; it was logged")
+
+
 class StatusUpdate(BaseModel):
     state: str = Field(description="processing, completed or failed")
     worker: str
@@ -129,31 +150,23 @@ def create_app(
 
     @app.exception_handler(ValidationError)
     async def _invalid(request: Request, exc: ValidationError) -> JSONResponse:
-        if isinstance(exc, EventNotFoundError):
-            return _error(404, "not_found", str(exc), exc.field)
-        return _error(400, "invalid_argument", str(exc), exc.field)
+        return error_answer(request.url.path, exc)
 
     @app.exception_handler(NotFoundError)
     async def _missing(request: Request, exc: NotFoundError) -> JSONResponse:
-        return _error(404, "not_found", str(exc), exc.field or None)
+        return error_answer(request.url.path, exc)
 
     @app.exception_handler(ConcurrencyError)
     async def _conflict(request: Request, exc: ConcurrencyError) -> JSONResponse:
-        return _error(409, "conflict", str(exc))
+        return error_answer(request.url.path, exc)
 
     @app.exception_handler(JetsourceError)
     async def _unavailable(request: Request, exc: JetsourceError) -> JSONResponse:
-        if isinstance(exc, EventStoreUnavailableError | StreamMissingError):
-            return _error(503, "unavailable", str(exc))
-        log.error("%s failed", request.url.path, exc_info=exc)
-        return _error(500, "internal", "internal error; it was logged")
+        return error_answer(request.url.path, exc)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        """Anything no handler above maps: logged with its traceback, answered with
-        the same JSON error shape as every other failure (never a traceback)."""
-        log.error("%s failed unexpectedly", request.url.path, exc_info=exc)
-        return _error(500, "internal", "internal error; it was logged")
+        return error_answer(request.url.path, exc)
 
     async def authenticated(request: Request) -> None:
         """/api/v1/ asks for a bearer token when tokens are configured. (A dependency,
@@ -178,25 +191,33 @@ def create_app(
     async def webhook(provider: str, instance: str, request: Request) -> JSONResponse:
         body, size, truncated = await read_body(request, intake.max_body_bytes)
         started = time.perf_counter()
-        answer = await intake.handle(
-            WebhookRequest(
-                provider=provider,
-                instance=instance,
-                headers={k.lower(): v for k, v in request.headers.items()},
-                body=body,
-                method=request.method,
-                path=request.url.path,
-                query=request.url.query,
-                body_size=size,
-                truncated=truncated,
-                remote_addr=request.client.host if request.client else "",
+        try:
+            answer = await intake.handle(
+                WebhookRequest(
+                    provider=provider,
+                    instance=instance,
+                    headers={k.lower(): v for k, v in request.headers.items()},
+                    body=body,
+                    method=request.method,
+                    path=request.url.path,
+                    query=request.url.query,
+                    body_size=size,
+                    truncated=truncated,
+                    remote_addr=request.client.host if request.client else "",
+                )
             )
-        )
+            response = JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)
+        except Exception as exc:
+            # Answered here, not by the app's handlers, so that it is counted and timed
+            # like every other answer (a 500 among them).
+            response = error_answer(request.url.path, exc)
         WEBHOOK_SECONDS.labels(provider).observe(time.perf_counter() - started)
         # Instances are configured names; an unknown one is counted as such (bounded labels).
         known = intake.instance(provider, instance) is not None
-        WEBHOOKS.labels(provider, instance if known else "(unknown)", str(answer.status)).inc()
-        return JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)
+        WEBHOOKS.labels(
+            provider, instance if known else "(unknown)", str(response.status_code)
+        ).inc()
+        return response
 
     @app.post("/webhooks/whatsapp/{instance}", tags=["webhooks"])
     async def whatsapp(instance: str, request: Request) -> JSONResponse:
