@@ -173,7 +173,8 @@ class JetStreamEventStore:
 
     async def start(self) -> None:
         await self._replies.start()
-        await self.keys.start()  # hears erasures: no JetStream call
+        if not self.keys.listening:  # every append starts: no coroutine when it is
+            await self.keys.start()  # hears erasures: no JetStream call
         if self._void_sub is None:
             await self._watch_voids()
 

@@ -115,6 +115,11 @@ class JetStreamKeyStore:
                 f"{ERASED_SUBJECT}{self.bucket}.*", cb=self._notice
             )
 
+    @property
+    def listening(self) -> bool:
+        """Erasure notices are heard (:meth:`start` ran, :meth:`close` did not since)."""
+        return self._sub is not None
+
     async def _ensure(self) -> None:
         if self._ready:
             return
