@@ -114,7 +114,9 @@ class StateEncoder:
     key) is kept by identity (bounded), and so is the whole object of a mapping an
     event did not touch. A read model writing a story's document after every batch
     spent most of its time re-encoding all of it; then, for a story of a thousand
-    decisions, quoting each key again (issue 23: the projector's freshness under load)."""
+    decisions, quoting each key again (issue 23: the projector's freshness under load).
+    The context model now stores each member (``entry``) as a field of its story's
+    hash and writes only the members that changed; ``encode`` gives the whole state."""
 
     # Whole objects kept: a few per story written in a batch (two mappings each).
     OBJECTS = 64
