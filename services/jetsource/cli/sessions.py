@@ -337,13 +337,17 @@ def import_(
     async def work(c: SessionsClient) -> list[Any]:
         if observer is None:
             return await c.writer.record(events)
-        import grpc
-
         from jetsource._gen.process.v1.observer_pb2_grpc import ObserverServiceStub
+        from jetsource.client import open_channel
         from jetsource.domains.sessions.ledger import ObserverWriter
 
-        async with grpc.aio.insecure_channel(observer) as channel:
-            return await ObserverWriter(ObserverServiceStub(channel)).record(events)
+        # TLS and the token as every client: JETSOURCE_CLIENT__TLS__..., __TOKEN.
+        channel, metadata = open_channel(observer, settings.client)
+        async with channel:
+            writer = ObserverWriter(
+                ObserverServiceStub(channel), settings.client.timeout_s, metadata
+            )
+            return await writer.record(events)
 
     positions = _run(work) if events else []
     appended = sum(1 for p in positions if not p.duplicate)

@@ -33,6 +33,7 @@ from typing import Any
 
 from jetsource._gen.process.v1 import events_pb2
 from jetsource.core.aio import stop_task
+from jetsource.core.settings import GrpcClientSettings
 from jetsource.domains.sessions.catalog import Validation, load_catalog
 from jetsource.domains.sessions.format import (
     RESERVED,
@@ -223,17 +224,27 @@ async def session(writer: SessionWriter, command: str, **options: Any) -> AsyncI
 
 
 @contextlib.asynccontextmanager
-async def observer_session(target: str, command: str, **options: Any) -> AsyncIterator[Session]:
+async def observer_session(
+    target: str, command: str, client: GrpcClientSettings | None = None, **options: Any
+) -> AsyncIterator[Session]:
     """A session recorded through the observer at ``target`` (host:port), the
-    production path: ``async with observer_session("localhost:50053", "scan") as s``."""
-    import grpc
+    production path: ``async with observer_session("localhost:50053", "scan") as s``.
 
+    The channel is secured as every jetsource client's: TLS and the bearer token from
+    ``client``, by default the environment's ``JETSOURCE_CLIENT__TLS__...`` and
+    ``JETSOURCE_CLIENT__TOKEN`` (or the secrets directory); its ``timeout_s`` bounds
+    each write. An observer that refuses the token (or has none given) fails the entry
+    with ``UNAUTHENTICATED``."""
     from jetsource._gen.process.v1.observer_pb2_grpc import ObserverServiceStub
+    from jetsource.client import open_channel
+    from jetsource.core.settings import JetsourceSettings
     from jetsource.domains.sessions.ledger import ObserverWriter
 
-    channel = grpc.aio.insecure_channel(target)
+    security = client if client is not None else JetsourceSettings.load().client
+    channel, metadata = open_channel(target, security)
     try:
-        async with session(ObserverWriter(ObserverServiceStub(channel)), command, **options) as s:
+        writer = ObserverWriter(ObserverServiceStub(channel), security.timeout_s, metadata)
+        async with session(writer, command, **options) as s:
             yield s
     finally:
         await channel.close()
