@@ -167,8 +167,11 @@ def test_grpc_services_have_native_grpc_probes_and_workers_http_healthz(
         ):
             c = container(deployment(docs, component))
             assert {"name": "grpc", "containerPort": port, "protocol": "TCP"} in c["ports"]
-            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            for probe in ("startupProbe", "readinessProbe"):
                 assert c[probe]["grpc"] == {"port": port}, (component, probe)
+            # Liveness asks the name that stays SERVING while the process answers: a
+            # replica that cannot write is out of the Service, not restarted in a loop.
+            assert c["livenessProbe"]["grpc"] == {"port": port, "service": "liveness"}
         for component, port in (("projector", 9102), ("snapshotter", 9103), ("ingest", 8088)):
             c = container(deployment(docs, component))
             assert {"name": "http", "containerPort": port, "protocol": "TCP"} in c["ports"]

@@ -318,6 +318,7 @@ def test_alert_rules_cover_the_observer_process_query_and_ingest() -> None:
     needs = {
         "JetsourceObserverNotWritable": "jetsource_observer_writable",
         "JetsourceObserverRefusals": "jetsource_observer_events_total",
+        "JetsourceObserverErrors": "jetsource_observer_events_total",
         "JetsourceProcessQueryErrors": "jetsource_process_query_requests_total",
         "JetsourceWebhookErrors": "jetsource_omni_webhooks_total",
         "JetsourceWebhookSignaturesRefused": "jetsource_omni_webhooks_total",
@@ -329,6 +330,7 @@ def test_alert_rules_cover_the_observer_process_query_and_ingest() -> None:
     assert rules["JetsourceObserverNotWritable"]["labels"]["severity"] == "critical"
     assert rules["JetsourceObserverNotWritable"]["expr"].strip().endswith("== 0")
     assert 'outcome="refused"' in rules["JetsourceObserverRefusals"]["expr"]
+    assert "unavailable|conflict|error" in rules["JetsourceObserverErrors"]["expr"]
     assert 'status=~"5.."' in rules["JetsourceWebhookErrors"]["expr"]
     assert 'status="401"' in rules["JetsourceWebhookSignaturesRefused"]["expr"]
     # Every service with metrics of its own has an alert on one of them.

@@ -109,8 +109,11 @@ readinessProbe:
   timeoutSeconds: 2
   failureThreshold: 2
 livenessProbe:
+  # "liveness" is SERVING while the process answers: a replica that cannot write (NATS
+  # away) is taken out by readiness, not restarted (restarting does not bring NATS back).
   grpc:
     port: {{ . }}
+    service: liveness
   periodSeconds: 10
   timeoutSeconds: 3
   failureThreshold: 6

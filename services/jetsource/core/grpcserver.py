@@ -32,6 +32,13 @@ from jetsource.core.errors import (
 )
 from jetsource.core.settings import GrpcServerSettings
 
+# The health name a liveness probe asks: SERVING while the process answers at all. The
+# overall name ("") and the service's own follow whether it can do its work (the write
+# health of the publisher and the observer): readiness takes a replica that cannot
+# write out of its Service, and a liveness probe on that name restarted every replica
+# of a NATS outage longer than its failure budget, which restarting does not cure.
+LIVENESS = "liveness"
+
 HEALTH_PREFIX = f"/{health.SERVICE_NAME}/"
 ERROR_DOMAIN = "jetsource"
 log = logging.getLogger("jetsource.grpc")
@@ -449,7 +456,7 @@ async def start_grpc(
         )
         await health_server.start()
     await server.start()
-    for name in ("", service_name):
+    for name in ("", service_name, LIVENESS):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return GrpcEndpoint(server, port, health_servicer, health_server, health_port)
 

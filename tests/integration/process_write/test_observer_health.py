@@ -22,6 +22,7 @@ from prometheus_client import REGISTRY
 
 from jetsource._gen.process.v1 import observer_pb2 as pb
 from jetsource._gen.process.v1 import observer_pb2_grpc as pb_grpc
+from jetsource.core.grpcserver import LIVENESS
 from jetsource.core.settings import EventStoreSettings, NatsSettings
 from jetsource.core.writehealth import CONNECTION_CHECK_S, PROBE_RETRY_S
 from jetsource.devstack.servers import NatsServer, free_port
@@ -52,10 +53,10 @@ def private_nats(tmp_path: Path) -> Iterator[tuple[NatsServer, list[Server]]]:
         server.stop()
 
 
-async def _status(port: int) -> int:
+async def _status(port: int, service: str = SERVICE_NAME) -> int:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         reply = await health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=2
+            health_pb2.HealthCheckRequest(service=service), timeout=2
         )
         return int(reply.status)
 
@@ -109,6 +110,8 @@ async def test_health_follows_nats_down_and_back_without_any_append(
             timed = _sample("jetsource_observer_call_seconds_count", {"method": "Record"})
             assert timed == timed_before + 1
             assert await _status(observer.port) == NOT_SERVING
+            # What the liveness probe asks stays SERVING: the replica is not restarted.
+            assert await _status(observer.port, LIVENESS) == SERVING
 
             # NATS is back (same port and data): SERVING again, no append arriving.
             running.append(_embedded(embedded))
