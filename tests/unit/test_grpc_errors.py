@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 
 import grpc
@@ -13,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from jetsource.core.errors import ConcurrencyError, CorruptEventError, ValidationError
-from jetsource.core.grpcserver import RpcError, status_details, to_rpc_error
+from jetsource.core.grpcserver import RpcError, call_outcome, status_details, to_rpc_error
 from jetsource.domains.context.query_service import PageTokens, QueryError, timestamp_ns
 
 Code = grpc.StatusCode
@@ -101,3 +102,13 @@ def test_timestamps_outside_their_range_are_invalid(seconds: int, nanos: int, ok
         with pytest.raises(QueryError) as info:
             timestamp_ns("time", ts)
         assert info.value.violations[0][0] == "time"
+
+
+def test_the_outcome_of_a_failed_call_names_a_cancellation_apart_from_errors() -> None:
+    """Both query services count failed calls with call_outcome: a client that went
+    away (its task cancelled) is no error of the service and must not feed the
+    error-ratio alerts."""
+    assert call_outcome(asyncio.CancelledError(), None) == "cancelled"
+    assert call_outcome(RuntimeError("boom"), None) == "error"
+    refused = RpcError(grpc.StatusCode.NOT_FOUND, "no such story")
+    assert call_outcome(refused, refused) == "not_found"

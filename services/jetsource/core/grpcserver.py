@@ -74,6 +74,18 @@ class RpcError(Exception):
         self.metadata = dict(metadata or {})
 
 
+def call_outcome(exc: BaseException, error: RpcError | None) -> str:
+    """The ``outcome`` label of a failed call in a service's request counter: the gRPC
+    code it is answered with, or ``cancelled`` when the client cancelled it or its
+    deadline passed (the call's task is cancelled: no fault of the service, so not an
+    ``error`` in the error ratio)."""
+    if error is not None:
+        return str(error.code.name).lower()
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    return "error"
+
+
 def status_details(error: RpcError) -> status_pb2.Status:
     """The google.rpc.Status sent in the ``grpc-status-details-bin`` trailer."""
     status = status_pb2.Status(code=error.code.value[0], message=error.message)

@@ -39,7 +39,7 @@ from jetsource.core import telemetry
 from jetsource.core.aio import wait_event
 from jetsource.core.clock import from_timestamp, to_timestamp
 from jetsource.core.errors import EventStoreUnavailableError, ValidationError
-from jetsource.core.grpcserver import RpcError
+from jetsource.core.grpcserver import RpcError, call_outcome
 from jetsource.core.ids import validate_aggregate_id
 from jetsource.domains.process.models.registry import (
     PROCESSES,
@@ -312,7 +312,7 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
                     result = await work()
         except BaseException as exc:
             error = _error(exc)
-            REQUESTS.labels(method, _outcome(exc, error)).inc()
+            REQUESTS.labels(method, call_outcome(exc, error)).inc()
             if error is not None and error is not exc:
                 raise error from exc
             raise
@@ -671,7 +671,7 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
             pid, _model = await check()
         except BaseException as exc:
             error = _error(exc)
-            REQUESTS.labels("WatchProcess", _outcome(exc, error)).inc()
+            REQUESTS.labels("WatchProcess", call_outcome(exc, error)).inc()
             if error is not None and error is not exc:
                 raise error from exc
             raise
@@ -703,7 +703,7 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
             sid = await check()
         except BaseException as exc:
             error = _error(exc)
-            REQUESTS.labels("WatchSession", _outcome(exc, error)).inc()
+            REQUESTS.labels("WatchSession", call_outcome(exc, error)).inc()
             if error is not None and error is not exc:
                 raise error from exc
             raise
@@ -771,17 +771,6 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
             with contextlib.suppress(Exception):
                 await pubsub.unsubscribe()
                 await pubsub.aclose()
-
-
-def _outcome(exc: BaseException, error: RpcError | None) -> str:
-    """The ``outcome`` label of a failed call: the gRPC code it is answered with, or
-    ``cancelled`` when the client cancelled it or its deadline passed (the call's task is
-    cancelled: no fault of the service, so not an ``error`` in the error ratio)."""
-    if error is not None:
-        return str(error.code.name).lower()
-    if isinstance(exc, asyncio.CancelledError):
-        return "cancelled"
-    return "error"
 
 
 def _error(exc: BaseException) -> RpcError | None:

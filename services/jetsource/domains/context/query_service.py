@@ -57,7 +57,7 @@ from jetsource.core.errors import (
     StreamMissingError,
     ValidationError,
 )
-from jetsource.core.grpcserver import RpcError
+from jetsource.core.grpcserver import RpcError, call_outcome
 from jetsource.core.ids import validate_aggregate_id
 from jetsource.domains.context.graph_model import GRAPH, GraphModel
 from jetsource.domains.context.history import PointInTime, StateLoader
@@ -286,8 +286,7 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
                     result = await work()
         except BaseException as exc:
             error = _query_error(exc)
-            outcome = error.code.name.lower() if error else "error"
-            REQUESTS.labels(method, outcome).inc()
+            REQUESTS.labels(method, call_outcome(exc, error)).inc()
             if error is not None and error is not exc:
                 raise error from exc
             raise
@@ -575,7 +574,7 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
             await self._must_exist(cid)
         except BaseException as exc:
             error = _query_error(exc)
-            REQUESTS.labels("WatchContext", error.code.name.lower() if error else "error").inc()
+            REQUESTS.labels("WatchContext", call_outcome(exc, error)).inc()
             if error is not None and error is not exc:
                 raise error from exc
             raise
