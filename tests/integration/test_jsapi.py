@@ -274,3 +274,19 @@ async def test_a_mirror_with_mapped_subjects_never_answers_for_its_origin(
             assert empty == jsapi.Page([], 0)
     finally:
         await jsapi.api(replies, f"STREAM.DELETE.{mirror}", {}, 5)
+
+
+async def test_the_leaders_answer_for_a_missing_stream_is_the_direct_gets(
+    stream: tuple[Replies, str, str], unique: str
+) -> None:
+    """The leader is asked after every "not found": for a stream that does not exist
+    it must say so as a direct get does (NoRespondersError; the key store creates its
+    bucket on it), not as a JetStream error; and a "not found" alone (a write may come
+    in between) never marks a stream as mirrored."""
+    replies, name, p = stream
+    with pytest.raises(NoRespondersError):
+        await jsapi.leader_get(replies, f"NONE_{unique}", {"seq": 1}, 5)
+    with pytest.raises(NoRespondersError):
+        await jsapi.last_for_subject(replies, f"NONE_{unique}", "x.>", 5)
+    assert await jsapi.last_for_subject(replies, name, f"{p}.nothing", 5) is None
+    assert replies.mirrored == {}

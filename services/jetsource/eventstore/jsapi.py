@@ -182,6 +182,8 @@ class Replies:
         self._futures: dict[str, asyncio.Future[Msg]] = {}
         self._next = 0
         self._sub: Any = None
+        # Streams seen answered by a mirror -> until when (monotonic); see direct_get.
+        self.mirrored: dict[str, float] = {}
 
     async def start(self) -> None:
         if self._sub is None:
@@ -314,16 +316,17 @@ async def publish_atomic_batch(
 # "not found" (it carries no stream name): only ``STREAM.MSG.GET`` (answered by the
 # stream's leader alone) can say that nothing matches.
 FOREIGN_RETRIES = 16  # batched gets asked again before reading one message at a time
-# Streams seen answered by a mirror lately -> until when (monotonic): their single
-# gets go to the leader at once (as fast as a direct get on one server).
+# A stream seen answered by a mirror (a foreign ``Nats-Stream``, the only proof: a "not
+# found" then found by the leader may be a write in between) has its single gets sent
+# to the leader at once for this long (as fast as a direct get on one server). Kept
+# per connection (:attr:`Replies.mirrored`): another server may hold a stream so named.
 MIRRORED_FOR_S = 60.0
-_mirrored: dict[str, float] = {}
 
 
-def _seen_mirrored(stream: str) -> None:
-    if len(_mirrored) > 1024:
-        _mirrored.clear()
-    _mirrored[stream] = time.monotonic() + MIRRORED_FOR_S
+def _seen_mirrored(replies: Replies, stream: str) -> None:
+    if len(replies.mirrored) > 1024:
+        replies.mirrored.clear()
+    replies.mirrored[stream] = time.monotonic() + MIRRORED_FOR_S
 
 
 def _foreign(msg: Msg, stream: str) -> bool:
@@ -347,6 +350,8 @@ async def leader_get(
     except JsApiError as exc:
         if exc.err_code == ERR_SEQUENCE_NOT_FOUND:
             return None
+        if exc.err_code == ERR_STREAM_NOT_FOUND:  # as a direct get says it
+            raise NoRespondersError(stream) from exc
         raise
     m = body["message"]
     hdrs = m.get("hdrs")
@@ -373,7 +378,7 @@ async def leader_get(
 async def direct_get(
     replies: Replies, stream: str, request: Mapping[str, Any], timeout: float
 ) -> RawMessage | None:
-    if _mirrored and _mirrored.get(stream, 0.0) > time.monotonic():
+    if replies.mirrored and replies.mirrored.get(stream, 0.0) > time.monotonic():
         return await leader_get(replies, stream, request, timeout)
     msg = await replies.request(
         f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), None, timeout
@@ -382,13 +387,10 @@ async def direct_get(
     if status is None:
         if not _foreign(msg, stream):
             return _raw(msg)
-        _seen_mirrored(stream)
+        _seen_mirrored(replies, stream)
         return await leader_get(replies, stream, request, timeout)
     if status == "404":  # maybe a mirror's
-        got = await leader_get(replies, stream, request, timeout)
-        if got is not None:
-            _seen_mirrored(stream)
-        return got
+        return await leader_get(replies, stream, request, timeout)
     if status == "503":
         raise NoRespondersError(stream)
     raise JsApiError(int(status), 0, (msg.headers or {}).get("Description", ""))
@@ -439,7 +441,7 @@ async def direct_get_page(
     for _ in range(FOREIGN_RETRIES):
         page = await _direct_page(replies, stream, subject, start, batch, timeout)
         if page is None:  # a mirror answered
-            _seen_mirrored(stream)
+            _seen_mirrored(replies, stream)
             continue
         if page.messages:
             return page
