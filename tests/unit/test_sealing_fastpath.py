@@ -165,7 +165,9 @@ def test_sealed_events_hide_every_personal_value_and_open_to_the_same_event(
 
 
 def store() -> JetStreamEventStore:
-    """A store that is never connected, whose key store already knows every key."""
+    """A store that is never connected, whose key store already knows every key (made
+    where it is used: the key store forgets a key after its TTL, and a store made at
+    import time reached a test of the whole suite minutes later with none fresh)."""
     registry = EventRegistry()
     registry.register("MultiPersonal", 1, MultiPersonal)
     registry.register("DecisionAdded", 1, ev.DecisionAdded)
@@ -178,9 +180,6 @@ def store() -> JetStreamEventStore:
     return s
 
 
-STORE = store()
-
-
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(events(), min_size=1, max_size=4))
 def test_appended_messages_hide_every_personal_value_and_decode_to_the_events(
@@ -189,15 +188,16 @@ def test_appended_messages_hide_every_personal_value_and_decode_to_the_events(
     """The append path (one event: its own shortcut; several: the batch path) stores
     no personal value in the clear, and each stored message decodes to its event."""
     new = [NewEvent(m, metadata=md) for m, md in batch]
-    encoded = STORE._encode("agg-1", new)
-    sealed = asyncio.run(STORE._seal(new, encoded))
-    messages = STORE._messages("agg-1", new, encoded, 0, 0, sealed)
+    store_ = store()
+    encoded = store_._encode("agg-1", new)
+    sealed = asyncio.run(store_._seal(new, encoded))
+    messages = store_._messages("agg-1", new, encoded, 0, 0, sealed)
     for i, (out, (message, metadata)) in enumerate(zip(messages, batch, strict=True)):
         for value in personal_values(message, metadata):
             assert value.encode() not in out.data
             assert all(value not in h for h in out.headers.values())
         raw = RawMessage(out.subject, i + 1, 1, {"Nats-Msg-Id": new[i].event_id}, out.data)
-        record = STORE.decode(raw)
+        record = store_.decode(raw)
         assert record.event == message
         assert dict(record.envelope.metadata) == metadata
 
@@ -225,6 +225,7 @@ def test_nothing_personal_keeps_the_event_as_it_is() -> None:
     assert crypto.cut_of(message, {"actor": "", "team": "red"}) is None
     assert crypto.cut_of(ev.DependencyLinked(from_id="a"), {"team": "red"}) is None
     new = [NewEvent(message, metadata={"team": "red"})]
-    encoded = STORE._encode("agg-1", new)
+    store_ = store()
+    encoded = store_._encode("agg-1", new)
     before = list(encoded)
-    assert not asyncio.run(STORE._seal(new, encoded)) and encoded == before
+    assert not asyncio.run(store_._seal(new, encoded)) and encoded == before
