@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from jetsource._gen.context.v1 import events_pb2 as ev
 from jetsource.core.envelope import NewEvent
 from jetsource.core.settings import EventStoreSettings
@@ -23,3 +25,17 @@ def created(title: str = "story") -> NewEvent:
 
 def decision(n: int, body: str = "") -> NewEvent:
     return NewEvent(ev.DecisionAdded(decision_id=f"d{n}", title=f"decision {n}", body=body))
+
+
+def message_class(proto: Any, full_name: str) -> Any:
+    """The message class ``full_name`` of a test-built ``FileDescriptorProto``, the file
+    added to the default pool once (a test module imported again finds it there)."""
+    from google.protobuf import descriptor_pool, message_factory
+
+    pool = descriptor_pool.Default()
+    try:
+        descriptor = pool.FindMessageTypeByName(full_name)
+    except KeyError:
+        pool.Add(proto)
+        descriptor = pool.FindMessageTypeByName(full_name)
+    return message_factory.GetMessageClass(descriptor)

@@ -56,6 +56,19 @@ def story_ids(n: int, tag: str = "s") -> list[str]:
     return [f"{tag}{i:04d}" for i in range(n)]
 
 
+def process_query_settings(ps: ProjectorSettings, **options: Any) -> Any:
+    """A process query service's settings on a projector's (unique names and servers
+    shared), its gRPC and metrics ports picked by the system; ``options`` more of its own."""
+    from jetsource.processquery.settings import ProcessQueryOptions, ProcessQuerySettings
+
+    shared = {name: getattr(ps, name) for name in JetsourceSettings.model_fields}
+    return ProcessQuerySettings(
+        **shared,
+        projector=ps.projector,
+        process_query=ProcessQueryOptions(grpc_port=0, metrics_port=0, **options),
+    )
+
+
 async def seed(
     store: JetStreamEventStore, stories: list[str], events: int, seed: int = 0, batch: int = 1
 ) -> dict[str, list[Message]]:

@@ -91,10 +91,11 @@ def test_the_subject_reference_hides_the_subject() -> None:
 
 
 def test_an_event_type_marking_a_non_string_field_personal_is_refused() -> None:
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+    from google.protobuf import descriptor_pb2
 
     from jetsource._gen.eventstore.v1 import options_pb2
     from jetsource.core.codec import EventRegistry
+    from tests.eventstore_fixtures import message_class
 
     proto = descriptor_pb2.FileDescriptorProto(
         name="h7_test/bad_personal.proto", package="h7test", syntax="proto3"
@@ -102,13 +103,7 @@ def test_an_event_type_marking_a_non_string_field_personal_is_refused() -> None:
     message = proto.message_type.add(name="BadPersonal")
     field = message.field.add(name="age", number=1, type=5, label=1)  # int32
     field.options.Extensions[options_pb2.personal] = True
-    pool = descriptor_pool.Default()
-    try:
-        descriptor = pool.FindMessageTypeByName("h7test.BadPersonal")
-    except KeyError:
-        pool.Add(proto)
-        descriptor = pool.FindMessageTypeByName("h7test.BadPersonal")
-    cls = message_factory.GetMessageClass(descriptor)
+    cls = message_class(proto, "h7test.BadPersonal")
     registry = EventRegistry()
     with pytest.raises(crypto.PersonalFieldError, match=r"BadPersonal\.age"):
         registry.register("BadPersonal", 1, cls)

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import nats
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf import descriptor_pb2
 from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -23,6 +23,7 @@ from jetsource.core.envelope import NewEvent
 from jetsource.core.settings import EventStoreSettings
 from jetsource.eventstore.jetstream import JetStreamEventStore
 from jetsource.eventstore.jsapi import RawMessage
+from tests.eventstore_fixtures import message_class
 
 
 def _multi_personal() -> type[Message]:
@@ -44,13 +45,7 @@ def _multi_personal() -> type[Message]:
         if personal:
             field.options.Extensions[options_pb2.personal] = True
     message.field.add(name="count", number=5, type=5, label=optional)  # int32
-    pool = descriptor_pool.Default()
-    try:
-        descriptor = pool.FindMessageTypeByName("sealfast.MultiPersonal")
-    except KeyError:
-        pool.Add(proto)
-        descriptor = pool.FindMessageTypeByName("sealfast.MultiPersonal")
-    return message_factory.GetMessageClass(descriptor)
+    return message_class(proto, "sealfast.MultiPersonal")  # type: ignore[no-any-return]
 
 
 MultiPersonal = _multi_personal()

@@ -17,8 +17,7 @@ from jetsource._gen.process.v1 import query_pb2_grpc as q_grpc
 from jetsource.core.settings import JetsourceSettings
 from jetsource.processquery.server import build
 from jetsource.processquery.service import ProcessQueryService
-from jetsource.processquery.settings import ProcessQueryOptions, ProcessQuerySettings
-from tests.projector_fixtures import projector_settings
+from tests.projector_fixtures import process_query_settings, projector_settings
 
 pytestmark = pytest.mark.integration
 
@@ -31,15 +30,7 @@ def _sample(outcome: str) -> float:
 async def test_a_cancelled_call_is_counted_cancelled_not_error(
     settings: JetsourceSettings, unique: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ps = projector_settings(settings, unique)
-    shared = {name: getattr(ps, name) for name in JetsourceSettings.model_fields}
-    query = await build(
-        ProcessQuerySettings(
-            **shared,
-            projector=ps.projector,
-            process_query=ProcessQueryOptions(grpc_port=0, metrics_port=0),
-        )
-    )
+    query = await build(process_query_settings(projector_settings(settings, unique)))
     entered = asyncio.Event()
     ended: list[BaseException] = []
 

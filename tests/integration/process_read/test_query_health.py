@@ -19,9 +19,8 @@ from jetsource._gen.process.v1 import query_pb2_grpc as q_grpc
 from jetsource.core.settings import JetsourceSettings, ValkeySettings
 from jetsource.devstack.servers import ValkeyServer, free_port
 from jetsource.processquery.server import build, follow_valkey
-from jetsource.processquery.settings import ProcessQueryOptions, ProcessQuerySettings
 from tests.infra import _embedded
-from tests.projector_fixtures import projector_settings
+from tests.projector_fixtures import process_query_settings, projector_settings
 
 pytestmark = pytest.mark.integration
 
@@ -40,15 +39,7 @@ async def test_health_and_reads_follow_valkey_down_and_back(
     valkey = _embedded(embedded)
     try:
         base = settings.model_copy(update={"valkey": ValkeySettings(url=valkey.url)})
-        ps = projector_settings(base, unique)
-        shared = {name: getattr(ps, name) for name in JetsourceSettings.model_fields}
-        query = await build(
-            ProcessQuerySettings(
-                **shared,
-                projector=ps.projector,
-                process_query=ProcessQueryOptions(grpc_port=0, metrics_port=0),
-            )
-        )
+        query = await build(process_query_settings(projector_settings(base, unique)))
         watcher = asyncio.create_task(follow_valkey(query, 0.2))
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{query.port}")
         reads = q_grpc.ProcessQueryServiceStub(channel)
