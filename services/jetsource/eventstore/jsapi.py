@@ -438,6 +438,7 @@ async def direct_get_page(
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
     start = max(from_seq, 1)
+    next_match = {"seq": start, "next_by_subj": subject or ">"}  # the leader's first match
     for _ in range(FOREIGN_RETRIES):
         page = await _direct_page(replies, stream, subject, start, batch, timeout)
         if page is None:  # a mirror answered
@@ -445,14 +446,9 @@ async def direct_get_page(
             continue
         if page.messages:
             return page
-        first = await leader_get(
-            replies, stream, {"seq": start, "next_by_subj": subject or ">"}, timeout
-        )
-        if first is None:
+        if await leader_get(replies, stream, next_match, timeout) is None:
             return page  # nothing matches: the leader says so
-    first = await leader_get(
-        replies, stream, {"seq": start, "next_by_subj": subject or ">"}, timeout
-    )
+    first = await leader_get(replies, stream, next_match, timeout)
     return Page([first], 1) if first is not None else Page([], 0)
 
 
