@@ -547,20 +547,35 @@ def fold(
     The maps are copied once into dicts private to this fold and updated in place;
     nothing outside sees them until the fold returns.
     """
+    return fold_touched(events, state, context_id)[0]
+
+
+def fold_touched(
+    events: Iterable[Message | UnknownEvent],
+    state: ContextState | None = None,
+    context_id: str = "",
+) -> tuple[ContextState, dict[str, None], dict[str, None]]:
+    """:func:`fold`, and the keys of the decisions and of the subtasks it put (in the
+    order first put). Every other node of the result is the same object as in
+    ``state``, and no event removes a node: a read model writes just these."""
     state = state or ContextState(id=context_id)
     decisions, subtasks = _private_copy(state.decisions), _private_copy(state.subtasks)
     state = replace(
         state, decisions=MappingProxyType(decisions), subtasks=MappingProxyType(subtasks)
     )
-    owned: dict[int, dict[str, Any]] = {
-        id(state.decisions): decisions,
-        id(state.subtasks): subtasks,
+    put_decisions: dict[str, None] = {}
+    put_subtasks: dict[str, None] = {}
+    owned: dict[int, tuple[dict[str, Any], dict[str, None]]] = {
+        id(state.decisions): (decisions, put_decisions),
+        id(state.subtasks): (subtasks, put_subtasks),
     }
 
     def put_in_place(mapping: Mapping[str, Any], key: str, value: Any) -> Mapping[str, Any]:
-        owned[id(mapping)][key] = value
+        items, put = owned[id(mapping)]
+        items[key] = value
+        put[key] = None
         return mapping
 
     for event in events:
         state = _evolve(state, event, put_in_place)
-    return state
+    return state, put_decisions, put_subtasks

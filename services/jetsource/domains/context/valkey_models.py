@@ -28,7 +28,7 @@ from jetsource.core.codec import UnknownEvent
 from jetsource.core.crypto import ErasureWatch
 from jetsource.core.envelope import RecordedEvent
 from jetsource.domains.context.history import FoldCache, history_up_to
-from jetsource.domains.context.model import ContextState, EvolveError, evolve, fold
+from jetsource.domains.context.model import ContextState, EvolveError, evolve, fold_touched
 from jetsource.domains.context.serialize import StateEncoder, state_from_dict, state_to_dict
 from jetsource.eventstore.port import EventStore
 from jetsource.projection.contract import Kind, ModelSpec, Outcome
@@ -378,19 +378,31 @@ class ContextModel(ValkeyModel):
         )
 
     def _fields(
-        self, meta: dict[str, Any], old: ContextState | None, new: ContextState
+        self,
+        meta: dict[str, Any],
+        old: ContextState | None,
+        new: ContextState,
+        put: tuple[Mapping[str, None], Mapping[str, None]] | None = None,
     ) -> tuple[list[str], list[str]]:
         """(field, value, ...) to set and fields to delete so that the hash holding
         ``old`` (None: nothing) holds ``new``. States share the nodes an event did not
-        touch, so a node is written again only if it is not the same object."""
+        touch, so a node is written again only if it is not the same object. ``put``:
+        the decisions and subtasks the fold from ``old`` to ``new`` put (every other
+        node is the same object and none is removed), so nothing is compared."""
         sets = [_SHELL, self._shell(meta, new)]
         dels: list[str] = []
         entry = self._encoder.entry
-        for prefix, before, after in (
-            (_DECISION, old.decisions if old else _EMPTY, new.decisions),
-            (_SUBTASK, old.subtasks if old else _EMPTY, new.subtasks),
+        for i, (prefix, before, after) in enumerate(
+            (
+                (_DECISION, old.decisions if old else _EMPTY, new.decisions),
+                (_SUBTASK, old.subtasks if old else _EMPTY, new.subtasks),
+            )
         ):
             if before is after:
+                continue
+            if put is not None and old is not None:
+                for k in put[i]:
+                    sets += (prefix + k, entry(k, after[k]))
                 continue
             changed, removed = _diff(before, after)
             for k in changed:
@@ -416,7 +428,7 @@ class ContextModel(ValkeyModel):
             fresh = next_versions(base, evs, outcome)
             if not fresh:
                 continue
-            new, fresh = self._fold(state, fresh, outcome)
+            new, fresh, put = self._fold(state, fresh, outcome)
             if not fresh:
                 continue
             last = fresh[-1]
@@ -426,7 +438,7 @@ class ContextModel(ValkeyModel):
                 "created_at": meta["created_at"] or fresh[0].recorded_at_ns,
                 "updated_at": last.recorded_at_ns,
             }
-            sets, dels = self._fields(new_meta, state if stored else None, new)
+            sets, dels = self._fields(new_meta, state if stored else None, new, put)
             args += [
                 aggregate_id,
                 base,
@@ -466,10 +478,17 @@ class ContextModel(ValkeyModel):
     @staticmethod
     def _fold(
         state: ContextState, events: list[RecordedEvent], outcome: Outcome
-    ) -> tuple[ContextState, list[RecordedEvent]]:
-        """Fold the events; if one is refused, keep those before it and fail it."""
+    ) -> tuple[
+        ContextState,
+        list[RecordedEvent],
+        tuple[Mapping[str, None], Mapping[str, None]] | None,
+    ]:
+        """Fold the events; if one is refused, keep those before it and fail it. With
+        the decisions and subtasks the fold put (None when one was refused: the nodes
+        are compared then)."""
         try:
-            return fold((e.event for e in events), state), events
+            new, decisions, subtasks = fold_touched((e.event for e in events), state)
+            return new, events, (decisions, subtasks)
         except EvolveError:
             pass
         for i, e in enumerate(events):
@@ -478,7 +497,7 @@ class ContextModel(ValkeyModel):
             except EvolveError as exc:
                 outcome.failed[e.stream_seq] = f"{e.event_type} v{e.version}: {exc}"
                 block_rest(outcome, events[i + 1 :], f"behind refused sequence {e.stream_seq}")
-                return state, events[:i]
+                return state, events[:i], None
         raise AssertionError("fold failed but every event applies")
 
     async def skip(self, aggregate_id: str, stream_seq: int) -> bool:

@@ -1,0 +1,81 @@
+"""The fold reports the nodes it put, and the context model writes just those: on
+generated histories cut into random batches, what the model sends for a batch from
+that report is exactly what comparing every node of the two states gives, and the
+fold's state is the one ``fold`` and ``evolve`` give."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from valkey.asyncio import Valkey
+
+from jetsource.domains.context.model import ContextState, evolve, fold, fold_touched
+from jetsource.domains.context.samples import story_events
+from jetsource.domains.context.valkey_models import ContextModel, context_spec
+
+
+def model() -> ContextModel:
+    # Never connects: only the field computation is used.
+    return ContextModel(context_spec(1), Valkey(), "t", None, 10)  # type: ignore[arg-type]
+
+
+def pairs(sets: list[str]) -> dict[str, str]:
+    assert len(sets) % 2 == 0
+    out = dict(zip(sets[::2], sets[1::2], strict=True))
+    assert len(out) == len(sets) // 2  # no field twice
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    size=st.integers(1, 150),
+    cuts=st.integers(0, 2**32),
+    max_nodes=st.one_of(st.none(), st.integers(1, 30)),
+)
+def test_the_put_nodes_are_the_changed_nodes(
+    seed: int, size: int, cuts: int, max_nodes: int | None
+) -> None:
+    m = model()
+    events = story_events("s", size, seed, max_nodes=max_nodes)
+    rng = random.Random(cuts)
+    state = ContextState(id="s")
+    stepped = state
+    meta = {"seq": 1, "applied": 1, "created_at": 1, "updated_at": 2}
+    i = 0
+    while i < len(events):
+        n = rng.choice([1, 1, 1, 2, 3, 8, 40])
+        batch = events[i : i + n]
+        i += len(batch)
+        new, decisions, subtasks = fold_touched(batch, state)
+        for e in batch:
+            stepped = evolve(stepped, e)
+        assert new == stepped == fold(batch, state)
+        # Exactly the nodes that are not the same object as before, none removed.
+        for put, before, after in (
+            (decisions, state.decisions, new.decisions),
+            (subtasks, state.subtasks, new.subtasks),
+        ):
+            assert set(before) <= set(after)
+            assert set(put) == {k for k in after if before.get(k) is not after[k]}
+        sets, dels = m._fields(meta, state, new, (decisions, subtasks))
+        full_sets, full_dels = m._fields(meta, state, new)
+        assert pairs(sets) == pairs(full_sets)
+        assert dels == full_dels == []
+        state = new
+    # From nothing (a story written whole) the report is not used: every node is sent.
+    whole, _ = m._fields(meta, None, state, ({}, {}))
+    assert pairs(whole) == pairs(m._fields(meta, None, state)[0])
+    assert len(pairs(whole)) == 1 + len(state.decisions) + len(state.subtasks) + len(
+        state.dependencies
+    )
+
+
+def test_fold_touched_from_nothing_puts_every_node() -> None:
+    events = story_events("s", 60, 3)
+    state, decisions, subtasks = fold_touched(events, context_id="s")
+    assert state == fold(events, context_id="s")
+    assert list(decisions) == list(state.decisions)
+    assert list(subtasks) == list(state.subtasks)
