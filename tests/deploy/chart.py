@@ -168,9 +168,12 @@ def interpolate(value: Any) -> str:
     return _INTERPOLATION.sub(lambda m: m.group(2) or "", str(value))
 
 
+_Settings = typing.TypeVar("_Settings", bound=JetsourceSettings)
+
+
 def loaded(
-    monkeypatch: pytest.MonkeyPatch, settings: type[JetsourceSettings], env: Mapping[str, str]
-) -> JetsourceSettings:
+    monkeypatch: pytest.MonkeyPatch, settings: type[_Settings], env: Mapping[str, str]
+) -> _Settings:
     """The settings a process would load from exactly this environment."""
     for name in [n for n in os.environ if n.startswith("JETSOURCE_")]:
         monkeypatch.delenv(name)

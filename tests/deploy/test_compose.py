@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -150,7 +151,7 @@ def test_a_misspelled_variable_fails_the_check(
 
 
 # Where each process listens, as its settings say after loading its environment.
-LISTENS = {
+LISTENS: dict[str, Callable[[Any], str]] = {
     "publisher": lambda s: s.publisher.target(),
     "query": lambda s: s.query.target(),
     "observer": lambda s: s.observer.target(),
@@ -164,7 +165,7 @@ LISTENS = {
 def test_each_process_loads_its_servers_and_listens_where_compose_publishes(
     compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    listening = {}
+    listening: dict[str, str] = {}
     for name, service in jetsource_services(compose).items():
         env = {k: interpolate(v) for k, v in service["environment"].items()}
         settings: Any = loaded(monkeypatch, settings_class(service), env)
