@@ -28,7 +28,14 @@ from jetsource.core.codec import UnknownEvent
 from jetsource.core.crypto import ErasureWatch
 from jetsource.core.envelope import RecordedEvent
 from jetsource.domains.context.history import FoldCache, history_up_to
-from jetsource.domains.context.model import ContextState, EvolveError, evolve, fold_touched
+from jetsource.domains.context.model import (
+    ContextState,
+    Decision,
+    EvolveError,
+    Subtask,
+    evolve,
+    fold_touched,
+)
 from jetsource.domains.context.serialize import StateEncoder, state_from_dict, state_to_dict
 from jetsource.eventstore.port import EventStore
 from jetsource.projection.contract import Kind, ModelSpec, Outcome
@@ -392,12 +399,11 @@ class ContextModel(ValkeyModel):
         sets = [_SHELL, self._shell(meta, new)]
         dels: list[str] = []
         entry = self._encoder.entry
-        for i, (prefix, before, after) in enumerate(
-            (
-                (_DECISION, old.decisions if old else _EMPTY, new.decisions),
-                (_SUBTASK, old.subtasks if old else _EMPTY, new.subtasks),
-            )
-        ):
+        nodes: tuple[tuple[str, Mapping[str, Decision | Subtask], Mapping[str, Any]], ...] = (
+            (_DECISION, old.decisions if old else _EMPTY, new.decisions),
+            (_SUBTASK, old.subtasks if old else _EMPTY, new.subtasks),
+        )
+        for i, (prefix, before, after) in enumerate(nodes):
             if before is after:
                 continue
             if put is not None and old is not None:
@@ -428,7 +434,7 @@ class ContextModel(ValkeyModel):
             fresh = next_versions(base, evs, outcome)
             if not fresh:
                 continue
-            new, fresh, put = self._fold(state, fresh, outcome)
+            new, fresh, put = self._fold_touched(state, fresh, outcome)
             if not fresh:
                 continue
             last = fresh[-1]
@@ -475,17 +481,24 @@ class ContextModel(ValkeyModel):
                 outcome.applied += len(seqs)
         return outcome
 
-    @staticmethod
+    @classmethod
     def _fold(
+        cls, state: ContextState, events: list[RecordedEvent], outcome: Outcome
+    ) -> tuple[ContextState, list[RecordedEvent]]:
+        """Fold the events; if one is refused, keep those before it and fail it."""
+        new, applied, _ = cls._fold_touched(state, events, outcome)
+        return new, applied
+
+    @staticmethod
+    def _fold_touched(
         state: ContextState, events: list[RecordedEvent], outcome: Outcome
     ) -> tuple[
         ContextState,
         list[RecordedEvent],
         tuple[Mapping[str, None], Mapping[str, None]] | None,
     ]:
-        """Fold the events; if one is refused, keep those before it and fail it. With
-        the decisions and subtasks the fold put (None when one was refused: the nodes
-        are compared then)."""
+        """:meth:`_fold`, with the decisions and subtasks the fold put (None when an
+        event was refused: the nodes are compared then)."""
         try:
             new, decisions, subtasks = fold_touched((e.event for e in events), state)
             return new, events, (decisions, subtasks)
