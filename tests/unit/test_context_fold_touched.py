@@ -6,6 +6,8 @@ fold's state is the one ``fold`` and ``evolve`` give."""
 from __future__ import annotations
 
 import random
+from dataclasses import replace
+from types import MappingProxyType
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,6 +15,7 @@ from valkey.asyncio import Valkey
 
 from jetsource.domains.context.model import ContextState, evolve, fold, fold_touched
 from jetsource.domains.context.samples import story_events
+from jetsource.domains.context.serialize import shell_to_dict, state_to_dict
 from jetsource.domains.context.valkey_models import ContextModel, context_spec
 
 
@@ -79,3 +82,17 @@ def test_fold_touched_from_nothing_puts_every_node() -> None:
     assert state == fold(events, context_id="s")
     assert list(decisions) == list(state.decisions)
     assert list(subtasks) == list(state.subtasks)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), size=st.integers(1, 80))
+def test_the_shell_is_the_state_without_its_nodes(seed: int, size: int) -> None:
+    state = fold(story_events("s", size, seed), context_id="s")
+    bare = replace(
+        state,
+        decisions=MappingProxyType({}),
+        subtasks=MappingProxyType({}),
+        dependencies=frozenset(),
+    )
+    assert shell_to_dict(state) == state_to_dict(bare)
+    assert list(shell_to_dict(state)) == list(state_to_dict(state))

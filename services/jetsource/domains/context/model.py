@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, TypeAlias, TypeVar
 
@@ -441,11 +441,11 @@ def _evolve(state: ContextState, event: Message | UnknownEvent, put: Put) -> Con
     # One copy of the state per event: the version moves with whatever else changes.
     version = state.version + 1
     if isinstance(event, UnknownEvent):
-        return replace(state, version=version)
+        return _copy(state, version=version)
     if isinstance(event, ev.ContextCreated):
         if state.exists:
             raise EvolveError("ContextCreated on an existing context")
-        return replace(
+        return _copy(
             state,
             version=version,
             exists=True,
@@ -469,48 +469,57 @@ def _evolve(state: ContextState, event: Message | UnknownEvent, put: Put) -> Con
             event.author,
             tuple(event.affects),
         )
-        return replace(
-            state, version=version, decisions=put(state.decisions, decision.id, decision)
-        )
+        return _copy(state, version=version, decisions=put(state.decisions, decision.id, decision))
     if isinstance(event, ev.DecisionRevised):
         old = _existing(state.decisions, event.decision_id)
-        new = replace(
+        new = _copy(
             old,
             title=event.title or old.title,
             body=event.body or old.body,
             rationale=event.rationale or old.rationale,
             revisions=old.revisions + 1,
         )
-        return replace(state, version=version, decisions=put(state.decisions, new.id, new))
+        return _copy(state, version=version, decisions=put(state.decisions, new.id, new))
     if isinstance(event, ev.DecisionSuperseded):
         old = _existing(state.decisions, event.decision_id)
         _existing(state.decisions, event.superseded_by)
-        new = replace(old, superseded_by=event.superseded_by)
-        return replace(state, version=version, decisions=put(state.decisions, new.id, new))
+        new = _copy(old, superseded_by=event.superseded_by)
+        return _copy(state, version=version, decisions=put(state.decisions, new.id, new))
     if isinstance(event, ev.SubtaskAdded):
         if state.kind_of(event.subtask_id):
             raise EvolveError(f"duplicate id {event.subtask_id!r}")
         subtask = Subtask(event.subtask_id, event.title, event.description, event.assignee)
-        return replace(state, version=version, subtasks=put(state.subtasks, subtask.id, subtask))
+        return _copy(state, version=version, subtasks=put(state.subtasks, subtask.id, subtask))
     if isinstance(event, ev.SubtaskUpdated):
         old_task = _existing(state.subtasks, event.subtask_id)
-        new_task = replace(
+        new_task = _copy(
             old_task,
             status=event.status or old_task.status,
             assignee=event.assignee,
             progress=event.progress,
             status_note=event.status_note,
         )
-        return replace(state, version=version, subtasks=put(state.subtasks, new_task.id, new_task))
+        return _copy(state, version=version, subtasks=put(state.subtasks, new_task.id, new_task))
     if isinstance(event, ev.DependencyLinked):
         if not state.kind_of(event.from_id) or not state.kind_of(event.to_id):
             raise EvolveError("dependency on an unknown node")
-        return replace(
+        return _copy(
             state, version=version, dependencies=state.dependencies | {(event.from_id, event.to_id)}
         )
     if isinstance(event, ev.ContextClosed):
-        return replace(state, version=version, closed=True, close_reason=event.reason)
-    return replace(state, version=version)  # a registered type this model does not use
+        return _copy(state, version=version, closed=True, close_reason=event.reason)
+    return _copy(state, version=version)  # a registered type this model does not use
+
+
+def _copy(obj: T, **changes: Any) -> T:
+    """``dataclasses.replace`` for this module's frozen dataclasses (every field set by
+    ``__init__``, no ``__post_init__``): the same object, made without ``__init__``'s
+    argument handling, in a tenth of the time (a fold makes one state per event)."""
+    new: T = object.__new__(type(obj))
+    attrs = new.__dict__
+    attrs.update(obj.__dict__)
+    attrs.update(changes)
+    return new
 
 
 def _with(mapping: Mapping[str, T], key: str, value: T) -> Mapping[str, T]:
@@ -560,9 +569,7 @@ def fold_touched(
     ``state``, and no event removes a node: a read model writes just these."""
     state = state or ContextState(id=context_id)
     decisions, subtasks = _private_copy(state.decisions), _private_copy(state.subtasks)
-    state = replace(
-        state, decisions=MappingProxyType(decisions), subtasks=MappingProxyType(subtasks)
-    )
+    state = _copy(state, decisions=MappingProxyType(decisions), subtasks=MappingProxyType(subtasks))
     put_decisions: dict[str, None] = {}
     put_subtasks: dict[str, None] = {}
     owned: dict[int, tuple[dict[str, Any], dict[str, None]]] = {

@@ -44,7 +44,7 @@ def subtask_to_dict(t: Subtask) -> dict[str, Any]:
     }
 
 
-def state_to_dict(state: ContextState) -> dict[str, Any]:
+def _scalars_to_dict(state: ContextState) -> dict[str, Any]:
     return {
         "id": state.id,
         "version": state.version,
@@ -55,10 +55,23 @@ def state_to_dict(state: ContextState) -> dict[str, Any]:
         "tags": list(state.tags),
         "closed": state.closed,
         "close_reason": state.close_reason,
-        "decisions": {k: decision_to_dict(state.decisions[k]) for k in sorted(state.decisions)},
-        "subtasks": {k: subtask_to_dict(state.subtasks[k]) for k in sorted(state.subtasks)},
-        "dependencies": sorted([a, b] for a, b in state.dependencies),
     }
+
+
+def state_to_dict(state: ContextState) -> dict[str, Any]:
+    doc = _scalars_to_dict(state)
+    doc["decisions"] = {k: decision_to_dict(state.decisions[k]) for k in sorted(state.decisions)}
+    doc["subtasks"] = {k: subtask_to_dict(state.subtasks[k]) for k in sorted(state.subtasks)}
+    doc["dependencies"] = sorted([a, b] for a, b in state.dependencies)
+    return doc
+
+
+def shell_to_dict(state: ContextState) -> dict[str, Any]:
+    """``state_to_dict`` of the state with no decisions, subtasks or dependencies
+    (without copying the state to empty them)."""
+    doc = _scalars_to_dict(state)
+    doc["decisions"], doc["subtasks"], doc["dependencies"] = {}, {}, []
+    return doc
 
 
 def state_from_dict(doc: dict[str, Any]) -> ContextState:

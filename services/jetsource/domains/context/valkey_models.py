@@ -13,7 +13,6 @@ import json
 from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import replace
 from itertools import compress, islice
 from operator import is_not
 from types import MappingProxyType
@@ -36,7 +35,7 @@ from jetsource.domains.context.model import (
     evolve,
     fold_touched,
 )
-from jetsource.domains.context.serialize import StateEncoder, state_from_dict, state_to_dict
+from jetsource.domains.context.serialize import StateEncoder, shell_to_dict, state_from_dict
 from jetsource.eventstore.port import EventStore
 from jetsource.projection.contract import Kind, ModelSpec, Outcome
 from jetsource.projection.valkey import (
@@ -379,9 +378,8 @@ class ContextModel(ValkeyModel):
     def _shell(meta: dict[str, Any], state: ContextState) -> str:
         """The document without its nodes: json.dumps(..., sort_keys=True) of meta,
         status and the state with empty decisions, subtasks and dependencies."""
-        bare = replace(state, decisions=_EMPTY, subtasks=_EMPTY, dependencies=frozenset())
         return json.dumps(
-            {**meta, "status": _status(state), "state": state_to_dict(bare)}, **_COMPACT
+            {**meta, "status": _status(state), "state": shell_to_dict(state)}, **_COMPACT
         )
 
     def _fields(
