@@ -285,7 +285,7 @@ class _FenceSession(_Session):
         super().__init__(recorder)
         self._stored = stored
 
-    async def execute_write(self, work: Callable[[_Tx], Awaitable[T]]) -> T:  # type: ignore[override]
+    async def execute_write(self, work: Callable[[_Tx], Awaitable[T]]) -> T:
         return await work(_FenceTx(self._recorder, self._stored))
 
 

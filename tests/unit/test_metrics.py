@@ -169,16 +169,21 @@ def test_freshness_observed_for_events_the_model_took() -> None:
     assert value("jetsource_projector_freshness_seconds_bucket", le="2.5", **labels) == 2
 
 
-async def test_dead_letter_depth_from_the_dlq_then_recounted() -> None:
+async def test_dead_letter_depth_from_the_dlq_then_recounted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     letter = type("L", (), {"aggregate_id": "story-1", "original_seq": 7})()
     dlq = FakeDeadLetters(letters=[letter, letter])
     w = worker("unit-dlq", dlq)
 
-    async def nothing() -> None:
+    async def setup() -> None:
         return None
 
-    w.model.setup = nothing  # type: ignore[attr-defined]
-    w.ensure_consumer = nothing  # type: ignore[method-assign]
+    async def ensure_consumer(from_seq: int | None = None) -> None:
+        return None
+
+    monkeypatch.setattr(w.model, "setup", setup, raising=False)  # the fake model has none
+    monkeypatch.setattr(w, "ensure_consumer", ensure_consumer)
     await w.start()
     labels = {"model": "unit-dlq", "version": "3"}
     assert value("jetsource_projector_dead_letters_pending", **labels) == 2

@@ -108,13 +108,13 @@ async def test_each_query_rpc_is_a_server_span(spans: InMemorySpanExporter) -> N
     async def work() -> str:
         return "answer"
 
-    assert await service._run("GetContext", Context((("traceparent", A),)), work) == "answer"  # type: ignore[arg-type]
+    assert await service._run("GetContext", Context((("traceparent", A),)), work) == "answer"
 
     async def fails() -> str:
         raise RuntimeError("store down")
 
     with pytest.raises(RuntimeError):
-        await service._run("ListEvents", Context(), fails)  # type: ignore[arg-type]
+        await service._run("ListEvents", Context(), fails)
     ok, failed = spans.get_finished_spans()
     assert ok.name == "jetsource.context.v1.ContextQueryService/GetContext"
     assert ok.kind == SpanKind.SERVER and ok.context.trace_id == int(A.split("-")[1], 16)
