@@ -157,7 +157,7 @@ class NotesGraphModel:
             fresh = next_versions(base, evs, outcome)
             if not fresh:
                 continue
-            state = {k: node[k] for k in ("notes", "starred", "last") if k in node}
+            state: dict[str, Any] = {k: node[k] for k in ("notes", "starred", "last") if k in node}
             for e in fresh:
                 state = fold_notes(state, e.event)
             rows.append(

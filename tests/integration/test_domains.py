@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from functools import partial
 
 import pytest
 
@@ -119,7 +120,7 @@ async def test_a_throwaway_domain_projects_beside_context_in_one_process(
 
 
 async def build_digests(
-    make: callable,  # type: ignore[valid-type]
+    make: Callable[[], ReadModel],
     records: Sequence[RecordedEvent],
 ) -> tuple[str, str]:
     """The model's digest built in one pass, then (after a drop) in batches of 3 that
@@ -158,7 +159,7 @@ async def test_every_registered_model_is_deterministic(
             records = [r async for r in store.read_all()]
             for name in domain.models:
                 version = p.pinned_version(name) or 1
-                one, batched = await build_digests(lambda n=name, v=version: p.model(n, v), records)
+                one, batched = await build_digests(partial(p.model, name, version), records)
                 assert one == batched, f"{domain.name}/{name} depends on how it is batched"
                 checked.append(name)
         assert set(checked) == set(p.model_names())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -23,8 +24,12 @@ from tests.projector_fixtures import projector_settings
 
 pytestmark = pytest.mark.integration
 
+# grpc_health ships no types: its status values, typed here once.
+SERVING: int = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING: int = health_pb2.HealthCheckResponse.NOT_SERVING
 
-async def eventually(check, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 20.0) -> None:
     started = time.monotonic()
     while not await check():
         assert time.monotonic() - started < timeout
@@ -67,7 +72,7 @@ async def test_health_follows_valkey_down_and_back(
             assert set(service.unreachable) == {"valkey"} and not service.healthy()
 
             async def not_serving() -> bool:
-                return await query_status() == health_pb2.HealthCheckResponse.NOT_SERVING
+                return await query_status() == NOT_SERVING
 
             await eventually(not_serving)
 
@@ -75,9 +80,7 @@ async def test_health_follows_valkey_down_and_back(
 
             async def serving_again() -> bool:
                 await service.probe()
-                return service.healthy() and (
-                    await query_status() == health_pb2.HealthCheckResponse.SERVING
-                )
+                return service.healthy() and (await query_status() == SERVING)
 
             await eventually(serving_again)
         finally:

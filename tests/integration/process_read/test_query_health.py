@@ -24,6 +24,10 @@ from tests.projector_fixtures import process_query_settings, projector_settings
 
 pytestmark = pytest.mark.integration
 
+# grpc_health ships no types: its status values, typed here once.
+SERVING: int = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING: int = health_pb2.HealthCheckResponse.NOT_SERVING
+
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 20.0) -> None:
     started = time.monotonic()
@@ -57,13 +61,13 @@ async def test_health_and_reads_follow_valkey_down_and_back(
             return grpc.StatusCode.OK
 
         try:
-            assert await status() == health_pb2.HealthCheckResponse.SERVING
+            assert await status() == SERVING
             assert await get() == grpc.StatusCode.NOT_FOUND
 
             valkey.stop()
 
             async def not_serving() -> bool:
-                return await status() == health_pb2.HealthCheckResponse.NOT_SERVING
+                return await status() == NOT_SERVING
 
             await eventually(not_serving)
             assert await get() == grpc.StatusCode.UNAVAILABLE
@@ -71,7 +75,7 @@ async def test_health_and_reads_follow_valkey_down_and_back(
             valkey = _embedded(embedded)  # the same port and data directory
 
             async def serving_again() -> bool:
-                return await status() == health_pb2.HealthCheckResponse.SERVING
+                return await status() == SERVING
 
             await eventually(serving_again)
             assert await get() == grpc.StatusCode.NOT_FOUND
