@@ -5,6 +5,7 @@ claimed, even for the good events of the same request."""
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import grpc
 import pytest
@@ -20,20 +21,26 @@ from tests.integration.process_write.helpers import event, last_seq
 pytestmark = pytest.mark.integration
 
 
-def _with(**changes: object) -> epb.CanonicalEvent:
+def _with(
+    *,
+    occurred_at: tuple[int, int] | None = None,
+    attributes: dict[str, str] | None = None,
+    typed: epb.TypedPayload | None = None,
+    data: dict[str, Any] | None = None,
+    **fields: str,
+) -> epb.CanonicalEvent:
+    """A good event with the given fields changed (one per case)."""
     e = event("bad-input", "step", event_id=f"good-{uuid.uuid4().hex[:8]}")
-    for name, value in changes.items():
-        if name == "occurred_at":
-            seconds, nanos = value  # type: ignore[misc]
-            e.occurred_at.seconds, e.occurred_at.nanos = seconds, nanos
-        elif name == "attributes":
-            e.attributes.update(value)  # type: ignore[arg-type]
-        elif name == "typed":
-            e.typed.CopyFrom(value)  # type: ignore[arg-type]
-        elif name == "data":
-            e.data.update(value)  # type: ignore[arg-type]
-        else:
-            setattr(e, name, value)
+    if occurred_at is not None:
+        e.occurred_at.seconds, e.occurred_at.nanos = occurred_at
+    if attributes is not None:
+        e.attributes.update(attributes)
+    if typed is not None:
+        e.typed.CopyFrom(typed)
+    if data is not None:
+        e.data.update(data)
+    for name, value in fields.items():
+        setattr(e, name, value)
     return e
 
 

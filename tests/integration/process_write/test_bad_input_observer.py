@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 import uuid
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -141,7 +142,7 @@ async def _raw_stream(
     async with grpc.aio.insecure_channel(f"127.0.0.1:{observer.port}") as channel:
         call = channel.stream_unary("/jetsource.process.v1.ObserverService/RecordStream")
 
-        async def requests():  # type: ignore[no-untyped-def]
+        async def requests() -> AsyncIterator[bytes]:
             for i, b in enumerate(bodies):
                 if pause_after is not None and i == pause_after:
                     await asyncio.sleep(0.2)
@@ -172,7 +173,7 @@ async def test_a_stream_the_client_cancels_half_way_leaves_the_server_serving(
     pid = _pid()
     gate = asyncio.Event()
 
-    async def requests():  # type: ignore[no-untyped-def]
+    async def requests() -> AsyncIterator[pb.RecordStreamRequest]:
         yield pb.RecordStreamRequest(event=event(pid, event_id="c-1"))
         await gate.wait()
         yield pb.RecordStreamRequest(event=event(pid, event_id="c-2"))
@@ -192,7 +193,7 @@ async def test_a_bad_event_in_a_stream_names_its_arrival_index(
 ) -> None:
     pid = _pid()
 
-    async def requests():  # type: ignore[no-untyped-def]
+    async def requests() -> AsyncIterator[pb.RecordStreamRequest]:
         yield pb.RecordStreamRequest(event=event(pid))
         yield pb.RecordStreamRequest(event=event(pid))
         yield pb.RecordStreamRequest(event=_number(math.nan))
@@ -206,7 +207,7 @@ async def test_a_bad_event_in_a_stream_names_its_arrival_index(
 async def test_a_stream_of_an_event_without_its_event_field(
     stub: pb_grpc.ObserverServiceStub,
 ) -> None:
-    async def requests():  # type: ignore[no-untyped-def]
+    async def requests() -> AsyncIterator[pb.RecordStreamRequest]:
         yield pb.RecordStreamRequest()
 
     with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -216,7 +217,7 @@ async def test_a_stream_of_an_event_without_its_event_field(
 
 
 async def test_an_empty_stream_records_nothing(stub: pb_grpc.ObserverServiceStub) -> None:
-    async def requests():  # type: ignore[no-untyped-def]
+    async def requests() -> AsyncIterator[pb.RecordStreamRequest]:
         return
         yield
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -81,7 +82,7 @@ async def test_random_writers_with_duplicates_and_lost_acks_record_each_event_on
                     positions = [r.position]
                 elif how == 1:
 
-                    async def stream():  # type: ignore[no-untyped-def]
+                    async def stream() -> AsyncIterator[pb.RecordStreamRequest]:
                         for e in batch:
                             yield pb.RecordStreamRequest(event=e)
 

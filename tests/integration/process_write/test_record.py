@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -246,7 +247,7 @@ async def test_record_stream_records_in_arrival_order(
 ) -> None:
     p = pid()
 
-    async def requests():  # type: ignore[no-untyped-def]
+    async def requests() -> AsyncIterator[pb.RecordStreamRequest]:
         for i in range(40):
             yield pb.RecordStreamRequest(event=event(p, "tick", event_id=f"t-{i}", data={"i": i}))
             if i % 10 == 0:
@@ -263,7 +264,7 @@ async def test_a_refused_event_in_a_stream_names_its_arrival_index(
 ) -> None:
     p = pid()
 
-    async def requests():  # type: ignore[no-untyped-def]
+    async def requests() -> AsyncIterator[pb.RecordStreamRequest]:
         for i in range(5):
             yield pb.RecordStreamRequest(event=event(p, "tick", event_id=f"s-{i}"))
             await asyncio.sleep(0.02)

@@ -73,9 +73,9 @@ async def test_nested_processes_take_their_parent_from_the_context_across_tasks(
     assert root_events[0][1] == {"kind": "pipeline", "name": "generate", "run": 7}
     assert root_events[0][2] == ""
     for i in range(3):
-        stage = await events_of(observer, ids[f"stage-{i}"])
-        assert stage[0][2] == ids["root"], "a stage is a child of the root"
-        assert stage[-1][0] == ("process_failed" if i == 2 else "process_completed")
+        stage_events = await events_of(observer, ids[f"stage-{i}"])
+        assert stage_events[0][2] == ids["root"], "a stage is a child of the root"
+        assert stage_events[-1][0] == ("process_failed" if i == 2 else "process_completed")
         tool = await events_of(observer, ids[f"tool-{i}"])
         assert [t for t, _, p in tool] == ["process_started", "tool_called", "process_completed"]
         assert {p for _, _, p in tool} == {ids[f"stage-{i}"]}
