@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import SecretStr
 
 from jetsource.devstack.servers import free_port
 from jetsource.domains.omni.descriptor import omni_domain
@@ -40,14 +41,14 @@ INSTANCES = {
     "acme-cloud": InstanceConfig(
         provider="whatsapp",
         format="cloud",
-        app_secret=SECRETS["acme-cloud"],
-        verify_token=VERIFY_TOKEN,
+        app_secret=SecretStr(SECRETS["acme-cloud"]),
+        verify_token=SecretStr(VERIFY_TOKEN),
     ),
     "acme-evo": InstanceConfig(
-        provider="whatsapp", format="evolution", api_key=SECRETS["acme-evo"]
+        provider="whatsapp", format="evolution", api_key=SecretStr(SECRETS["acme-evo"])
     ),
     "acme-bot": InstanceConfig(
-        provider="discord", format="forwarder", shared_secret=SECRETS["acme-bot"]
+        provider="discord", format="forwarder", shared_secret=SecretStr(SECRETS["acme-bot"])
     ),
 }
 # The route each instance is served on.

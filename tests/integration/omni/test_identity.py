@@ -9,6 +9,7 @@ import time
 
 import nats
 import pytest
+from nats.aio.client import Client as NATS
 
 from jetsource.core.errors import ValidationError
 from jetsource.domains.omni.events import IDENTITY_CREATED, first_contact_identity
@@ -18,9 +19,11 @@ from jetsource.ingest.server import Ingest
 pytestmark = pytest.mark.integration
 
 
-async def second_service(ingest: Ingest) -> tuple[IdentityService, nats.NATS]:
+async def second_service(ingest: Ingest) -> tuple[IdentityService, NATS]:
     """Another process's identity service: its own connection and cache."""
-    nc = await nats.connect(ingest.nc.connected_url.geturl())
+    url = ingest.nc.connected_url
+    assert url is not None  # the ingest's connection is up
+    nc = await nats.connect(url.geturl())
     from jetsource.eventstore.jetstream import JetStreamEventStore
 
     store = JetStreamEventStore(nc, ingest.store._registry, ingest.store.settings)

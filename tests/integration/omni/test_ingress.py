@@ -117,7 +117,8 @@ async def test_a_webhook_is_stored_once_however_often_and_whenever_it_comes(
 async def test_bad_input_is_refused_clearly_archived_and_writes_nothing_else(
     ingest: Ingest, http: httpx.AsyncClient, case: str, status: int, code: str, field: str
 ) -> None:
-    instance, body, extra, path = "acme-cloud", body_of(TEXT), {}, route("acme-cloud")
+    instance, body, path = "acme-cloud", body_of(TEXT), route("acme-cloud")
+    extra: dict[str, str] = {}
     headers = headers_for(instance, body)
     if case == "wrong_signature":
         headers["x-hub-signature-256"] = "sha256=" + "0" * 64
