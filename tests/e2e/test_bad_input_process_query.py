@@ -56,9 +56,9 @@ async def test_every_rpc_refuses_bad_input_with_the_right_code_naming_the_field(
     flipped = base64.urlsafe_b64encode(raw[:-1] + bytes([raw[-1] ^ 1])).decode().rstrip("=")
     bad_ids = ["", "a.b", "a b", "x" * 5000, "a\x00b", "*", ">", "é"]
 
-    cases: list[tuple[str, Any, Any, Code, str]] = []
+    cases: list[tuple[str, Any, Any, grpc.StatusCode, str]] = []
 
-    def case(name: str, call: Any, request: Any, code: Code, word: str) -> None:
+    def case(name: str, call: Any, request: Any, code: grpc.StatusCode, word: str) -> None:
         cases.append((name, call, request, code, word))
 
     for bad in bad_ids:
@@ -295,46 +295,46 @@ async def test_every_rpc_refuses_bad_input_with_the_right_code_naming_the_field(
         "seconds -2^63": ts(-(2**63)),
         "seconds 2^63-1": ts(I64),
     }
-    for name, t in bad_ts.items():
+    for name, bad_t in bad_ts.items():
         case(
             f"Timeline known_at {name}",
             r.GetProcessTimeline,
-            q.GetProcessTimelineRequest(process_id=pid, known_at=t),
+            q.GetProcessTimelineRequest(process_id=pid, known_at=bad_t),
             Code.INVALID_ARGUMENT,
             "known_at",
         )
         case(
             f"Timeline as_of {name}",
             r.GetProcessTimeline,
-            q.GetProcessTimelineRequest(process_id=pid, as_of=t),
+            q.GetProcessTimelineRequest(process_id=pid, as_of=bad_t),
             Code.INVALID_ARGUMENT,
             "as_of",
         )
         case(
             f"ListEvents occurred.to {name}",
             r.ListEvents,
-            q.ListEventsRequest(occurred=q.TimeWindow(to=t)),
+            q.ListEventsRequest(occurred=q.TimeWindow(to=bad_t)),
             Code.INVALID_ARGUMENT,
             "occurred.to",
         )
         case(
             f"Timeline occurred.from {name}",
             r.GetProcessTimeline,
-            q.GetProcessTimelineRequest(process_id=pid, occurred=q.TimeWindow(**{"from": t})),
+            q.GetProcessTimelineRequest(process_id=pid, occurred=q.TimeWindow(**{"from": bad_t})),
             Code.INVALID_ARGUMENT,
             "occurred.from",
         )
         case(
             f"ListEvents recorded.to {name}",
             r.ListEvents,
-            q.ListEventsRequest(recorded=q.TimeWindow(to=t)),
+            q.ListEventsRequest(recorded=q.TimeWindow(to=bad_t)),
             Code.INVALID_ARGUMENT,
             "recorded.to",
         )
         case(
             f"List started.to {name}",
             r.ListProcesses,
-            q.ListProcessesRequest(started=q.TimeWindow(to=t)),
+            q.ListProcessesRequest(started=q.TimeWindow(to=bad_t)),
             Code.INVALID_ARGUMENT,
             "started.to",
         )
@@ -370,11 +370,12 @@ async def test_every_rpc_refuses_bad_input_with_the_right_code_naming_the_field(
             Code.INVALID_ARGUMENT,
             "event_types[1]",
         )
-    for status in (99, -1, 2**31 - 1):
+    for number in (99, -1, 2**31 - 1):
+        status = q.ProcessStatus.ValueType(number)  # no such status
         case(
             f"List status {status}",
             r.ListProcesses,
-            q.ListProcessesRequest(statuses=[1, status]),
+            q.ListProcessesRequest(statuses=[q.PROCESS_STATUS_RUNNING, status]),
             Code.INVALID_ARGUMENT,
             "statuses[1]",
         )

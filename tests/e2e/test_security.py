@@ -22,6 +22,7 @@ import valkey
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from neo4j import GraphDatabase
 from neo4j.exceptions import AuthError
+from pydantic import SecretStr
 
 from jetsource.client import ContextClient, QueryClient
 from jetsource.core.errors import AccessDeniedError
@@ -67,7 +68,7 @@ class Secure:
                 cert_file=self.pki.client_cert if cert else None,
                 key_file=self.pki.client_key if cert else None,
             ),
-            token=token,
+            token=None if token is None else SecretStr(token),
         )
 
     def secrets(self) -> list[str]:
@@ -118,10 +119,12 @@ def secure(
         nats=NatsSettings(
             url=f"tls://127.0.0.1:{nats_server.port}",
             user="jetsource",
-            password=NATS_PASSWORD,
+            password=SecretStr(NATS_PASSWORD),
             tls=TlsSettings(ca_file=pki.ca),
         ),
-        valkey=ValkeySettings(url=valkey.address(), username="jetsource", password=VALKEY_PASSWORD),
+        valkey=ValkeySettings(
+            url=valkey.address(), username="jetsource", password=SecretStr(VALKEY_PASSWORD)
+        ),
         graph=base.graph,
         eventstore=base.eventstore,
         snapshots=base.snapshots,
@@ -129,7 +132,7 @@ def secure(
             tls=ServerTlsSettings(
                 cert_file=pki.server_cert, key_file=pki.server_key, client_ca_file=pki.ca
             ),
-            auth_tokens=TOKENS,
+            auth_tokens=[SecretStr(t) for t in TOKENS],
             max_message_bytes=256 * 1024,
             max_inflight_per_client=3,
         ),
@@ -235,7 +238,7 @@ async def test_grpc_refuses_clients_without_token_or_certificate(secure: Secure)
         (secure.client(token=None), grpc.StatusCode.UNAUTHENTICATED, "bearer token"),
         (secure.client(token="wrong"), grpc.StatusCode.UNAUTHENTICATED, "bearer token"),
         (secure.client(cert=False), grpc.StatusCode.UNAVAILABLE, ""),  # mutual TLS
-        (GrpcClientSettings(token=TOKENS[0]), grpc.StatusCode.UNAVAILABLE, ""),  # no TLS
+        (GrpcClientSettings(token=SecretStr(TOKENS[0])), grpc.StatusCode.UNAVAILABLE, ""),  # no TLS
     ]:
         async with ContextClient(target, timeout=5, security=security) as client:
             with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -297,11 +300,12 @@ async def test_one_client_cannot_take_every_slot_and_big_messages_are_refused(
 
 
 async def test_nats_valkey_and_graph_refuse_clients_without_credentials(secure: Secure) -> None:
-    for changes, words in [
+    refusals: list[tuple[dict[str, object], str]] = [
         ({"user": None, "password": None}, "Authorization Violation"),
         ({"password": "wrong"}, "Authorization Violation"),
         ({"tls": TlsSettings()}, "refused this client"),  # TLS required, CA not trusted
-    ]:
+    ]
+    for changes, words in refusals:
         with pytest.raises(AccessDeniedError) as denied:
             await asyncio.wait_for(connect(_nats_settings(secure, **changes)), 20)
         assert words in str(denied.value)
