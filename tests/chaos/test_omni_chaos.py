@@ -14,7 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from google.protobuf.message import Message
 
+from jetsource._gen.omni.v1.events_pb2 import NormalizedEvent
+from jetsource.core.codec import UnknownEvent
 from jetsource.domains.omni.descriptor import omni_domain
 from jetsource.domains.omni.events import EVENT_RECEIVED
 from jetsource.eventstore.bootstrap import connect
@@ -26,6 +29,12 @@ pytestmark = [pytest.mark.chaos, pytest.mark.e2e]
 
 WEBHOOKS = 1500
 CLIENTS = 24
+
+
+def provider_event_id(event: Message | UnknownEvent) -> str:
+    """An EventReceived's provider event id: its event decodes as a NormalizedEvent."""
+    assert isinstance(event, NormalizedEvent), event
+    return event.provider_event_id
 
 
 def webhook(i: int) -> bytes:
@@ -144,7 +153,7 @@ async def test_kill9_of_ingress_and_nats_during_a_burst_loses_and_doubles_nothin
             store = JetStreamEventStore(nc, domain.registry, domain.eventstore(settings))
             counts = Counter(
                 [
-                    r.event.provider_event_id
+                    provider_event_id(r.event)
                     async for r in store.read_all()
                     if r.event_type == EVENT_RECEIVED
                 ]
