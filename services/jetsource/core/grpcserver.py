@@ -10,16 +10,16 @@ import hmac
 import logging
 import signal
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import grpc
 from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from grpc_status import rpc_status  # type: ignore[import-untyped]
 
 from jetsource.core.errors import (
@@ -270,14 +270,19 @@ async def _bounded(server: grpc.aio.Server, grace: float) -> None:
         )
 
 
-class Guard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class Guard:
     """Bearer-token check, a bound on each client's calls in flight, request parsing
     and the one place where a handler's failure becomes a status: known errors map to
     their codes (``to_rpc_error``), anything else is logged with its traceback and
     answered INTERNAL with a generic message (never UNKNOWN, never a class name).
 
     The health service is neither authenticated nor counted (probes call it). A client
-    is identified by its token when tokens are required, else by its connection."""
+    is identified by its token when tokens are required, else by its connection.
+
+    It wraps each method's handler once, when the services are added to the server
+    (:class:`GuardedRegistry`), not per call as a grpc.aio interceptor would: an
+    interceptor costs every call a coroutine chain, closures and a new method handler,
+    and grpc.aio's main loop waits on one pending call future per registered method."""
 
     def __init__(self, tokens: list[str], max_inflight: int) -> None:
         self._tokens = [t.encode() for t in tokens]
@@ -298,21 +303,33 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     return hashlib.sha256(given).hexdigest()[:16]
         return None
 
-    async def _enter(self, context: grpc.aio.ServicerContext) -> str:
+    def _admit(self, context: grpc.aio.ServicerContext) -> str | None:
+        """The caller, counted in, when it may call now (no await on this path); None
+        when it must be refused (``_refuse`` answers it)."""
         client = self._client(context)
-        if client is None:
+        if client is None or self.inflight[client] >= self._max:
+            return None
+        self.inflight[client] += 1
+        return client
+
+    async def _refuse(self, context: grpc.aio.ServicerContext) -> NoReturn:
+        if self._client(context) is None:
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "missing or invalid bearer token: send metadata 'authorization: Bearer <token>'",
             )
-            raise AssertionError("abort returned")  # pragma: no cover
-        if self.inflight[client] >= self._max:
+        else:
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"this client already has {self._max} calls in flight "
                 "(max_inflight_per_client); retry when some finish",
             )
-        self.inflight[client] += 1
+        raise AssertionError("abort returned")  # pragma: no cover
+
+    async def _enter(self, context: grpc.aio.ServicerContext) -> str:
+        client = self._admit(context)
+        if client is None:
+            await self._refuse(context)
         return client
 
     def _leave(self, client: str) -> None:
@@ -320,23 +337,22 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if self.inflight[client] <= 0:
             del self.inflight[client]
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        method = str(getattr(details, "method", ""))
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """``handler`` of ``method`` (``/package.Service/Method``) behind the guard; the
+        health service's handlers as they are."""
         if handler is None or method.startswith(HEALTH_PREFIX):
             return handler
         # Requests arrive as bytes and are parsed here, so a body that is not valid
         # protobuf is INVALID_ARGUMENT (grpc.aio's own deserializer answers UNKNOWN).
         parse = handler.request_deserializer
+        admit, refuse, enter, leave = self._admit, self._refuse, self._enter, self._leave
         if handler.unary_unary is not None:
             inner = handler.unary_unary
 
             async def unary(body: bytes, context: grpc.aio.ServicerContext) -> Any:
-                client = await self._enter(context)
+                client = admit(context)
+                if client is None:
+                    await refuse(context)
                 try:
                     return await inner(_parse(parse, body), context)
                 except _PASS_THROUGH:
@@ -344,7 +360,7 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 except Exception as exc:
                     await answer_error(context, method, exc)
                 finally:
-                    self._leave(client)
+                    leave(client)
 
             return grpc.unary_unary_rpc_method_handler(unary, None, handler.response_serializer)
         if handler.unary_stream is not None:
@@ -353,7 +369,7 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             async def streaming(
                 body: bytes, context: grpc.aio.ServicerContext
             ) -> AsyncIterator[Any]:
-                client = await self._enter(context)
+                client = await enter(context)
                 try:
                     async for item in stream(_parse(parse, body), context):
                         yield item
@@ -362,7 +378,7 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 except Exception as exc:
                     await answer_error(context, method, exc)
                 finally:
-                    self._leave(client)
+                    leave(client)
 
             return grpc.unary_stream_rpc_method_handler(
                 streaming, None, handler.response_serializer
@@ -373,7 +389,7 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             async def client_streaming(
                 bodies: AsyncIterator[bytes], context: grpc.aio.ServicerContext
             ) -> Any:
-                client = await self._enter(context)
+                client = await enter(context)
 
                 async def requests() -> AsyncIterator[Any]:
                     async for body in bodies:
@@ -386,12 +402,58 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 except Exception as exc:
                     await answer_error(context, method, exc)
                 finally:
-                    self._leave(client)
+                    leave(client)
 
             return grpc.stream_unary_rpc_method_handler(
                 client_streaming, None, handler.response_serializer
             )
         return handler  # no bidi-streaming RPCs in jetsource
+
+
+class _GuardedHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
+    """A service's generic handler with each method's handler guarded, wrapped the
+    first time the method is called and reused after (the handler a generated
+    servicer's generic handler returns for a method is always the same object)."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, guard: Guard) -> None:
+        self._inner = inner
+        self._guard = guard
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        method = str(details.method)
+        handler = self._inner.service(details)
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        if handler is None:
+            return None
+        wrapped = self._guard.wrap(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+
+class GuardedRegistry:
+    """What a generated ``add_<Service>Servicer_to_server`` (and reflection) is given
+    in place of the server: their handlers reach the server guarded, as generic
+    handlers only. A generated function also registers its methods with the core
+    ("registered methods"); grpc.aio then keeps one pending call future per
+    registered method and waits on all of them for every call. Generic handlers
+    are found by one dict look-up per call, with one pending future in all."""
+
+    def __init__(self, server: grpc.aio.Server, guard: Guard) -> None:
+        self._server = server
+        self._guard = guard
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(
+            tuple(_GuardedHandler(h, self._guard) for h in handlers)
+        )
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]
+    ) -> None:
+        """Not registered: the generic handler added with them serves these methods."""
 
 
 def _read(path: Any) -> bytes:
@@ -433,16 +495,16 @@ async def start_grpc(
         ("grpc.max_send_message_length", s.max_message_bytes),
         ("grpc.so_reuseport", 1 if share_port else 0),
     ]
-    server = grpc.aio.server(
-        maximum_concurrent_rpcs=max_concurrent_rpcs,
-        interceptors=[Guard(tokens, s.max_inflight_per_client)],
-        options=options,
-    )
-    add_servicer(server)
+    server = grpc.aio.server(maximum_concurrent_rpcs=max_concurrent_rpcs, options=options)
+    registry = GuardedRegistry(server, Guard(tokens, s.max_inflight_per_client))
+    add_servicer(cast(grpc.aio.Server, registry))
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [service_name, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registry)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        reflection.aio.ReflectionServicer(
+            [service_name, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        ),
+        registry,
     )
     credentials = server_credentials(s)
     port = _listen(

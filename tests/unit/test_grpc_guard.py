@@ -1,0 +1,201 @@
+"""The guard of every gRPC service (jetsource.core.grpcserver) wraps each method's handler
+once, when the services are added, instead of running as a grpc.aio interceptor on
+every call; the services' handlers reach the server as generic handlers only. Driven
+here through an in-process server (start_grpc) in front of the publisher's command
+service on the in-memory event store: the same answers as before (tokens, the bound on
+calls in flight, malformed bodies, health and reflection without a token)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from pydantic import SecretStr
+
+from jetsource._gen.context.v1 import commands_pb2 as pb
+from jetsource._gen.context.v1 import commands_pb2_grpc as pb_grpc
+from jetsource.core.envelope import AppendResult
+from jetsource.core.grpcserver import (
+    GrpcEndpoint,
+    Guard,
+    GuardedRegistry,
+    _GuardedHandler,
+    start_grpc,
+)
+from jetsource.core.settings import GrpcServerSettings
+from jetsource.domains.context.command_service import SERVICE, ContextCommandService
+from jetsource.domains.context.commands import CommandHandler
+from jetsource.domains.context.events import registry
+from jetsource.eventstore.memory import InMemoryEventStore
+
+TOKEN = "s3cret-token"
+AUTH = (("authorization", f"Bearer {TOKEN}"),)
+
+
+class Details(grpc.HandlerCallDetails):  # type: ignore[misc]
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.invocation_metadata = ()
+
+
+def _servicer_handler() -> grpc.GenericRpcHandler:
+    added: list[grpc.GenericRpcHandler] = []
+
+    class Collect:
+        def add_generic_rpc_handlers(self, handlers: Any) -> None:
+            added.extend(handlers)
+
+        def add_registered_method_handlers(self, service: str, handlers: Any) -> None:
+            pass
+
+    handler = CommandHandler(InMemoryEventStore(registry))
+    pb_grpc.add_ContextCommandServiceServicer_to_server(ContextCommandService(handler), Collect())
+    (generic,) = added
+    return generic
+
+
+def test_each_method_is_wrapped_once_and_health_not_at_all() -> None:
+    guarded = _GuardedHandler(_servicer_handler(), Guard([], 4))
+    method = f"/{SERVICE}/AddDecision"
+    first = guarded.service(Details(method))
+    assert first is not None and first.unary_unary is not None
+    assert first.request_deserializer is None  # the guard parses the body itself
+    assert guarded.service(Details(method)) is first  # not rebuilt per call
+    assert guarded.service(Details(f"/{SERVICE}/CloseContext")) is not first
+    assert guarded.service(Details(f"/{SERVICE}/NoSuchMethod")) is None
+
+    health = grpc.unary_unary_rpc_method_handler(lambda r, c: r)
+    kept = Guard([], 4).wrap("/grpc.health.v1.Health/Check", health)
+    assert kept is health
+
+
+def test_the_registry_adds_generic_handlers_only() -> None:
+    calls: list[str] = []
+
+    class Server:
+        def add_generic_rpc_handlers(self, handlers: Any) -> None:
+            calls.append("generic")
+            assert all(isinstance(h, _GuardedHandler) for h in handlers)
+
+        def add_registered_method_handlers(self, service: str, handlers: Any) -> None:
+            calls.append("registered")
+
+    registry_ = GuardedRegistry(Server(), Guard([], 4))
+    handler = CommandHandler(InMemoryEventStore(registry))
+    pb_grpc.add_ContextCommandServiceServicer_to_server(
+        ContextCommandService(handler),
+        registry_,
+    )
+    assert calls == ["generic"]
+
+
+class Gate(CommandHandler):
+    """Holds every command until released (to fill a client's calls in flight)."""
+
+    def __init__(self) -> None:
+        super().__init__(InMemoryEventStore(registry))
+        self.release = asyncio.Event()
+        self.waiting = 0
+
+    async def execute(self, context_id: str, command: Any, options: Any) -> AppendResult:
+        self.waiting += 1
+        await self.release.wait()
+        return await super().execute(context_id, command, options)
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[GrpcEndpoint, Gate]]:
+    gate = Gate()
+    gate.release.set()
+    endpoint = await start_grpc(
+        lambda server: pb_grpc.add_ContextCommandServiceServicer_to_server(
+            ContextCommandService(gate), server
+        ),
+        SERVICE,
+        "127.0.0.1:0",
+        16,
+        GrpcServerSettings(auth_tokens=[SecretStr(TOKEN)], max_inflight_per_client=2),
+    )
+    try:
+        yield endpoint, gate
+    finally:
+        await endpoint.stop(0)
+
+
+def _create(key: str, context_id: str = "ctx-guard") -> pb.CreateContextRequest:
+    return pb.CreateContextRequest(
+        context_id=context_id, title="t", options=pb.CommandOptions(idempotency_key=key)
+    )
+
+
+async def test_the_guarded_server_answers_as_before(served: tuple[GrpcEndpoint, Gate]) -> None:
+    endpoint, _ = served
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{endpoint.port}") as channel:
+        stub = pb_grpc.ContextCommandServiceStub(channel)
+        done = await stub.CreateContext(_create("k1"), metadata=AUTH)
+        assert done.result.version == 1 and not done.result.duplicate
+        again = await stub.CreateContext(_create("k1"), metadata=AUTH)
+        assert again.result.duplicate and again.result.event_ids == done.result.event_ids
+
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.CreateContext(_create("k2"))
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "bearer token" in (refused.value.details() or "")
+
+        raw = channel.unary_unary(f"/{SERVICE}/CreateContext")
+        with pytest.raises(grpc.aio.AioRpcError) as bad:
+            await raw(b"\xff\xff\xff", metadata=AUTH)
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+        with pytest.raises(grpc.aio.AioRpcError) as invalid:
+            await stub.AddDecision(
+                pb.AddDecisionRequest(context_id="ctx-guard", decision_id="d", title="x"),
+                metadata=AUTH,
+            )
+        assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "idempotency_key" in (invalid.value.details() or "")
+
+        # Health and reflection need no token.
+        check = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=SERVICE)
+        )
+        assert check.status == health_pb2.HealthCheckResponse.SERVING
+        reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+        names: list[str] = []
+        async for response in reflect.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        ):
+            names += [s.name for s in response.list_services_response.service]
+        assert SERVICE in names and "grpc.health.v1.Health" in names
+
+
+async def test_a_client_past_its_bound_is_refused_and_counted_out(
+    served: tuple[GrpcEndpoint, Gate],
+) -> None:
+    endpoint, gate = served
+    gate.release.clear()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{endpoint.port}") as channel:
+        stub = pb_grpc.ContextCommandServiceStub(channel)
+        held = [
+            asyncio.ensure_future(stub.CreateContext(_create(f"h{i}", f"ctx-h{i}"), metadata=AUTH))
+            for i in range(2)
+        ]
+        for _ in range(200):
+            if gate.waiting == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert gate.waiting == 2
+        with pytest.raises(grpc.aio.AioRpcError) as busy:
+            await stub.CreateContext(_create("h3"), metadata=AUTH)
+        assert busy.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        gate.release.set()
+        results = await asyncio.gather(*held)
+        assert [r.result.version for r in results] == [1, 1]
+        # Every call left: the client may call again.
+        after = await stub.CreateContext(_create("h4", "ctx-h4"), metadata=AUTH)
+        assert after.result.version == 1
