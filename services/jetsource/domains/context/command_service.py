@@ -102,6 +102,26 @@ OUTCOMES: list[tuple[type[BaseException], str]] = [
     (TimeoutError, "deadline"),
 ]
 
+# The labelled children, made once per (command, outcome): ``labels()`` takes a lock
+# and builds its key on every call.
+_COUNTED: dict[tuple[str, str], Any] = {}
+_TIMED: dict[str, Any] = {}
+
+
+def _count(name: str, outcome: str) -> None:
+    child = _COUNTED.get((name, outcome))
+    if child is None:
+        child = _COUNTED[(name, outcome)] = COMMANDS.labels(name, outcome)
+    child.inc()
+
+
+def _time(name: str, seconds: float) -> None:
+    child = _TIMED.get(name)
+    if child is None:
+        child = _TIMED[name] = LATENCY.labels(name)
+    child.observe(seconds)
+
+
 register_error(DomainError, grpc.StatusCode.FAILED_PRECONDITION)
 register_error(ExpectedVersionMismatchError, mapper=version_conflict)
 register_error(RetriesExhaustedError, grpc.StatusCode.ABORTED)
@@ -133,10 +153,10 @@ class ContextCommandService(pb_grpc.ContextCommandServiceServicer):
                     result = await self._handler.execute(request.context_id, command, options)
         except Exception as exc:
             outcome = next((o for kind, o in OUTCOMES if isinstance(exc, kind)), "error")
-            COMMANDS.labels(name, outcome).inc()
+            _count(name, outcome)
             raise
-        COMMANDS.labels(name, "duplicate" if result.duplicate else "ok").inc()
-        LATENCY.labels(name).observe(time.perf_counter() - started)
+        _count(name, "duplicate" if result.duplicate else "ok")
+        _time(name, time.perf_counter() - started)
         return wrap(_result(result))
 
     async def CreateContext(self, request: pb.CreateContextRequest, context: Any) -> Any:

@@ -12,7 +12,7 @@ import asyncio
 import random
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from google.protobuf.message import Message
 from prometheus_client import Counter
@@ -92,7 +92,9 @@ class Loaded:
         """Fold our own successful append in without reading it back."""
         self.state = fold(events, self.state)
         self.last_seq = result.stream_seqs[-1]
-        self.results[key] = replace(result, duplicate=True)
+        self.results[key] = AppendResult(
+            result.aggregate_id, result.versions, result.stream_seqs, result.event_ids, True
+        )
 
 
 class CommandHandler:
