@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
-from collections.abc import Collection
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -22,21 +18,13 @@ import yaml
 
 from tests.deploy import exported_metrics
 from tests.deploy.chart import CHART, KUBE_VERSION, ROOT, by_kind, manifests, render
+from tests.deploy.exported_metrics import all_sample_names, sample_names
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "jetsource.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 MONITORING = ("monitoring.coreos.com/v1",)
 
-# The services added since exported_metrics.SERVICES was written, probed the same way (a
-# fresh process imports the entrypoint): the process ledger's observer and process query
-# service, and the omni ingress. The archiver and the sessions pruner (CronJobs, CLI
-# commands) and the TUI serve no metrics.
-NEWER_SERVICES = {
-    "observer": "jetsource.observer.server",
-    "process-query": "jetsource.processquery.server",
-    "ingest": "jetsource.ingest.server",
-}
-SERVICES = sorted([*exported_metrics.SERVICES, *NEWER_SERVICES])
+SERVICES = sorted(exported_metrics.SERVICES)
 # Every service process exports these about itself (jetsource.core.metrics).
 SHARED = {"jetsource_build_info", "jetsource_nats_connected"}
 
@@ -99,43 +87,6 @@ def alert_queries() -> dict[str, str]:
 
 def all_queries() -> dict[str, str]:
     return dashboard_queries() | template_queries() | alert_queries()
-
-
-@cache
-def newer_families(service: str) -> dict[str, str]:
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            exported_metrics._PROBE.format(module=NEWER_SERVICES[service], start=""),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    return dict(json.loads(run.stdout.strip().splitlines()[-1]))
-
-
-def families(service: str) -> dict[str, str]:
-    """jetsource metric families (name -> type) a fresh process of ``service`` exports."""
-    if service in NEWER_SERVICES:
-        return newer_families(service)
-    return exported_metrics.families(service)
-
-
-def sample_names(service: str, skip: Collection[str] = ()) -> set[str]:
-    """Every series name ``service`` can export, but those of the families in ``skip``."""
-    return {
-        name + suffix
-        for name, kind in families(service).items()
-        if name not in skip
-        for suffix in exported_metrics._SUFFIXES.get(kind, ("",))
-    }
-
-
-def all_sample_names() -> set[str]:
-    return set().union(*(sample_names(s) for s in SERVICES))
 
 
 def metric_names(expr: str) -> set[str]:
@@ -261,23 +212,10 @@ def test_the_ingest_instance_label_is_read_as_exported_instance() -> None:
     """jetsource_omni_webhooks_total's own `instance` label (the messaging instance)
     collides with the scrape target's: Prometheus stores it as `exported_instance`
     (neither the compose scrape config nor the ServiceMonitor honours labels)."""
-    assert "instance" in exported_metrics_labels("ingest", "jetsource_omni_webhooks")
+    assert "instance" in exported_metrics.label_names("ingest", "jetsource_omni_webhooks")
     for where, expr in all_queries().items():
         if "jetsource_omni_webhooks_total" in expr:
             assert not re.search(r"\binstance\b", expr), where
-
-
-def exported_metrics_labels(service: str, family: str) -> set[str]:
-    """The label names of ``family`` in a fresh process of ``service`` (newer services)."""
-    code = (
-        f"import {NEWER_SERVICES[service]}\n"
-        "from prometheus_client import REGISTRY\n"
-        f"print(' '.join(REGISTRY._names_to_collectors[{family!r}]._labelnames))\n"
-    )
-    run = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
-    )
-    return set(run.stdout.split())
 
 
 def test_alert_rules_cover_lag_dead_letters_errors_freshness_stalls_and_nats() -> None:
