@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from google.protobuf.message import Message
 
@@ -25,9 +26,15 @@ NO_STREAM = ExpectedVersion.NO_STREAM
 Expected = int | ExpectedVersion
 
 
-@dataclass(frozen=True)
+_DEFAULT: Any = object()  # an argument not given (its field's default_factory applies)
+
+
+@dataclass(frozen=True, init=False)
 class NewEvent:
-    """An event to append. Keep ``event_id`` to make a retry idempotent."""
+    """An event to append. Keep ``event_id`` to make a retry idempotent.
+
+    Its ``__init__`` is the one dataclass would write, setting the fields in one step
+    instead of one ``object.__setattr__`` each (every command builds one per event)."""
 
     event: Message
     event_id: str = field(default_factory=uuid7)
@@ -43,6 +50,34 @@ class NewEvent:
     # their own.
     event_type: str = ""
     schema_version: int = 0
+
+    def __init__(
+        self,
+        event: Message,
+        event_id: str = _DEFAULT,
+        occurred_at_ns: int | None = None,
+        causation_id: str = "",
+        correlation_id: str = "",
+        idempotency_key: str = "",
+        source: str = "",
+        parent_aggregate_id: str = "",
+        metadata: Mapping[str, str] = _DEFAULT,
+        event_type: str = "",
+        schema_version: int = 0,
+    ) -> None:
+        self.__dict__.update(
+            event=event,
+            event_id=uuid7() if event_id is _DEFAULT else event_id,
+            occurred_at_ns=occurred_at_ns,
+            causation_id=causation_id,
+            correlation_id=correlation_id,
+            idempotency_key=idempotency_key,
+            source=source,
+            parent_aggregate_id=parent_aggregate_id,
+            metadata={} if metadata is _DEFAULT else metadata,
+            event_type=event_type,
+            schema_version=schema_version,
+        )
 
 
 @dataclass(frozen=True)
@@ -71,7 +106,7 @@ class RecordedEvent:
         return self.envelope.aggregate_version
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class AppendResult:
     aggregate_id: str
     versions: list[int]
@@ -79,6 +114,22 @@ class AppendResult:
     event_ids: list[str]
     # True when these events were already stored (an idempotent retry).
     duplicate: bool = False
+
+    def __init__(
+        self,
+        aggregate_id: str,
+        versions: list[int],
+        stream_seqs: list[int],
+        event_ids: list[str],
+        duplicate: bool = False,
+    ) -> None:  # dataclass's, in one step (one per append)
+        self.__dict__.update(
+            aggregate_id=aggregate_id,
+            versions=versions,
+            stream_seqs=stream_seqs,
+            event_ids=event_ids,
+            duplicate=duplicate,
+        )
 
     @property
     def last_version(self) -> int:

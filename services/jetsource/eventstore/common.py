@@ -24,7 +24,7 @@ def check_append(aggregate_id: str, events: Sequence[NewEvent], expected: Expect
     if isinstance(expected, int) and expected < 0:
         raise ValidationError("expected_version must be >= 0, ANY or NO_STREAM")
     ids = [e.event_id for e in events]
-    if len(set(ids)) != len(ids):
+    if len(ids) > 1 and len(set(ids)) != len(ids):
         raise ValidationError("event ids within one append must be unique")
     return ids
 

@@ -432,35 +432,36 @@ class JetStreamEventStore:
     ) -> list[tuple[str, int, bytes]]:
         """Encode payloads once per append (types checked, sizes bounded) before any I/O."""
         out = []
+        cfg = self._cfg
+        encode = self._registry.encode
+        # Upper bound of the stored message: payload, envelope strings, subject, headers.
+        fixed = (
+            len(aggregate_id) * 3
+            + len(cfg.subject_prefix) * 2
+            + len(cfg.aggregate_type)
+            + _ENVELOPE_AND_HEADER_OVERHEAD
+        )
         for i, new in enumerate(events):
-            event_type, schema_version, payload = self._registry.encode(
+            event_type, schema_version, payload = encode(
                 new.event, new.event_type, new.schema_version
             )
-            # Upper bound of the stored message: payload, envelope strings, subject, headers.
             size = (
-                len(payload)
+                fixed
+                + len(payload)
                 + len(new.event_id) * 2
                 + len(event_type) * 2
-                + len(aggregate_id) * 3
-                + len(self._cfg.subject_prefix) * 2
-                + len(self._cfg.aggregate_type)
-                + sum(
-                    len(x)
-                    for x in (
-                        new.parent_aggregate_id,
-                        new.causation_id,
-                        new.correlation_id,
-                        new.source,
-                        new.idempotency_key,
-                    )
-                )
-                + sum(len(k) + len(v) + 6 for k, v in new.metadata.items())
-                + _ENVELOPE_AND_HEADER_OVERHEAD
+                + len(new.parent_aggregate_id)
+                + len(new.causation_id)
+                + len(new.correlation_id)
+                + len(new.source)
+                + len(new.idempotency_key)
             )
-            if size > self._cfg.max_msg_size:
+            if new.metadata:
+                size += sum(len(k) + len(v) + 6 for k, v in new.metadata.items())
+            if size > cfg.max_msg_size:
                 raise EventTooLargeError(
                     f"event {i} ({event_type}) is {size} bytes; the stream accepts at most "
-                    f"{self._cfg.max_msg_size} bytes per event"
+                    f"{cfg.max_msg_size} bytes per event"
                 )
             out.append((event_type, schema_version, payload))
         return out
@@ -478,7 +479,7 @@ class JetStreamEventStore:
         prefix = f"{self._cfg.subject_prefix}.{aggregate_id}"
         # W3C traceparent of the append's span, for the projector's spans; only while
         # a span is being traced (headers cost bytes on every stored event).
-        trace = telemetry.trace_headers()
+        trace = telemetry.trace_headers() if telemetry.enabled() else None
         # The duplicate check is stream-wide: ids unique per aggregate only are scoped.
         scope = f"@{aggregate_id}" if self._cfg.event_ids == "aggregate" else ""
         for i, (new, (event_type, schema_version, payload)) in enumerate(
@@ -495,13 +496,15 @@ class JetStreamEventStore:
                 None,
                 box.metadata if box is not None else None,
             )
-            if (compact := _uuid_bytes(new.idempotency_key)) is not None:
+            if new.idempotency_key and (compact := _uuid_bytes(new.idempotency_key)) is not None:
                 envelope.ClearField("idempotency_key")
                 envelope.idempotency_uuid = compact
             data = envelope.SerializeToString(deterministic=True)
             if box is not None:
                 data += box.wire  # the envelope's `sealed` field, serialized once
-            headers = {"Nats-Msg-Id": new.event_id + scope, **trace}
+            headers = {"Nats-Msg-Id": new.event_id + scope}
+            if trace:
+                headers.update(trace)
             if i == 0:
                 # Optimistic concurrency: the aggregate's subjects must end where we read them.
                 headers["Nats-Expected-Last-Subject-Sequence"] = str(base_seq)
@@ -535,7 +538,8 @@ class JetStreamEventStore:
     ) -> AppendResult:
         ids = check_append(aggregate_id, events, expected_version)
         encoded = self._encode(aggregate_id, events)
-        await self.start()
+        if self._void_sub is None or not self._replies.started or not self.keys.listening:
+            await self.start()
         sealed = await self._seal(events, encoded)
 
         for _ in range(self._cfg.any_conflict_retries + 1):
@@ -569,8 +573,10 @@ class JetStreamEventStore:
                     raise ConcurrencyError(aggregate_id, expected_version, version)
                 return found
             n = len(events)
-            seqs = list(range(ack.seq - n + 1, ack.seq + 1))
             self._remember(aggregate_id, version + n, ack.seq)
+            if n == 1:
+                return AppendResult(aggregate_id, [version + 1], [ack.seq], ids)
+            seqs = list(range(ack.seq - n + 1, ack.seq + 1))
             return AppendResult(aggregate_id, list(range(version + 1, version + n + 1)), seqs, ids)
         actual, _ = await self._last(aggregate_id)
         raise ConcurrencyError(aggregate_id, expected_version, actual)

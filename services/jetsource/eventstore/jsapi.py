@@ -18,6 +18,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import re
 import time
 import uuid
 from collections import deque
@@ -97,7 +98,17 @@ def parse_response(msg: Msg) -> dict[str, Any]:
     return body
 
 
+# A plain PubAck as nats-server writes it (Go's field order: stream, seq, domain,
+# duplicate); anything else (an error, a batch's ack, a status, escapes in the name)
+# goes through JSON.
+_PLAIN_ACK = re.compile(
+    rb'\{"stream":"([^"\\]*)","seq":(\d+)(?:,"domain":"[^"\\]*")?(,"duplicate":true)?\}'
+)
+
+
 def parse_puback(msg: Msg) -> PubAck:
+    if not msg.headers and (m := _PLAIN_ACK.fullmatch(msg.data)) is not None:
+        return PubAck(m[1].decode(), int(m[2]), m[3] is not None)
     body = parse_response(msg)
     return PubAck(
         stream=body["stream"],
@@ -171,8 +182,70 @@ _GONE = (
 )
 
 
+# nats-py 2.16's checks on what it sends (``nats.aio.client``): a subject with blanks
+# or line breaks is refused, a header name must be an HTTP token, a value's line breaks
+# become spaces.
+_SUBJECT_INVALID = re.compile(r"[ \t\r\n]")
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_VALUE_NEWLINES = str.maketrans({"\r": " ", "\n": " "})
+# Header names seen -> the text that starts their line ("": a blank name, skipped).
+_NAME_LINES: dict[str, str] = {}
+
+
+def _name_line(name: str) -> str:
+    key = name.strip()
+    if key and not _HEADER_NAME.fullmatch(key):
+        raise nats_errors.BadHeaderError(key)
+    line = key + ": " if key else ""
+    if len(_NAME_LINES) < _MAX_HEADER_NAMES:
+        _NAME_LINES[name] = line
+    return line
+
+
+def header_block(headers: Mapping[str, str]) -> bytes:
+    """The header block nats-py's ``publish`` sends for ``headers``: the same bytes,
+    the same error for a bad name, each name checked once per process."""
+    block = "NATS/1.0\r\n"
+    lines = _NAME_LINES
+    for name, value in headers.items():
+        line = lines.get(name)
+        if line is None:
+            line = _name_line(name)
+        if line:
+            block += line + value.strip().translate(_VALUE_NEWLINES) + "\r\n"
+    return (block + "\r\n").encode()
+
+
+def _lean_client(nc: NATS) -> bool:
+    """Can :meth:`Replies.send` put its commands on this connection itself (nats-py
+    2.16's client, whose internals it uses)? Else it goes through ``nc.publish``."""
+    return isinstance(nc, NATS) and all(
+        hasattr(nc, name)
+        for name in (
+            "_send_command",
+            "_flush_pending",
+            "_flush_queue",
+            "_pending_data_size",
+            "_max_pending_size",
+            "_max_payload",
+            "_skip_subject_validation",
+            "stats",
+        )
+    )
+
+
+# Timeouts of requests awaited through :class:`Replies` are checked together, at most
+# this late (seconds): one timer for all the requests in flight, not one each.
+TIMEOUT_GRAIN_S = 0.01
+
+
 class Replies:
-    """One wildcard inbox subscription routing replies to per-request queues."""
+    """One wildcard inbox subscription routing replies to per-request queues.
+
+    A request (:meth:`request`, :func:`publish`) costs no SUB/UNSUB, no timer of its
+    own (one sweep finds those past their time, :data:`TIMEOUT_GRAIN_S` late at most)
+    and, on nats-py 2.16, no header dict walked by the client: the command is written
+    here, with the client's own checks."""
 
     def __init__(self, nc: NATS) -> None:
         self._nc = nc
@@ -182,8 +255,18 @@ class Replies:
         self._futures: dict[str, asyncio.Future[Msg]] = {}
         self._next = 0
         self._sub: Any = None
+        self._lean = _lean_client(nc)
+        # (deadline, token) of the requests awaited, deadlines in order; one timer.
+        self._deadlines: deque[tuple[float, str]] = deque()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._sweep_loop: asyncio.AbstractEventLoop | None = None
+        self._sweep_at = 0.0  # when the sweeper is armed for
         # Streams seen answered by a mirror -> until when (monotonic); see direct_get.
         self.mirrored: dict[str, float] = {}
+
+    @property
+    def started(self) -> bool:
+        return self._sub is not None
 
     async def start(self) -> None:
         if self._sub is None:
@@ -210,25 +293,110 @@ class Replies:
     def close(self, reply: str) -> None:
         self._queues.pop(reply.rsplit(".", 1)[-1], None)
 
+    async def send(
+        self, subject: str, data: bytes, reply: str, headers: Mapping[str, str] | None
+    ) -> None:
+        """``nc.publish(subject, data, reply, headers)``: the same checks, errors and
+        bytes on the wire (nats-py 2.16's ``publish`` and ``_send_publish``), with the
+        header block from :func:`header_block` (names checked once)."""
+        nc = self._nc
+        if not self._lean:
+            await nc.publish(subject, data, reply=reply, headers=headers)  # type: ignore[arg-type]
+            return
+        if not nc._skip_subject_validation and (
+            not subject or _SUBJECT_INVALID.search(subject) or _SUBJECT_INVALID.search(reply)
+        ):
+            raise nats_errors.BadSubjectError
+        if nc.is_closed:
+            raise nats_errors.ConnectionClosedError
+        if nc.is_draining_pubs:
+            raise nats_errors.ConnectionDrainingError
+        size = len(data)
+        if not nc.is_connected and (
+            nc._max_pending_size <= 0 or size + nc._pending_data_size > nc._max_pending_size
+        ):
+            raise nats_errors.OutboundBufferLimitError
+        if size > nc._max_payload:
+            raise nats_errors.MaxPayloadError
+        if not subject:
+            raise nats_errors.BadSubjectError
+        if headers is None:
+            command = b"PUB %b %b %d\r\n%b\r\n" % (subject.encode(), reply.encode(), size, data)
+        else:
+            block = header_block(headers)
+            n = len(block)
+            command = b"HPUB %b %b %d %d\r\n%b%b\r\n" % (
+                subject.encode(),
+                reply.encode(),
+                n,
+                n + size,
+                block,
+                data,
+            )
+        stats = nc.stats
+        stats["out_msgs"] += 1
+        stats["out_bytes"] += size
+        await nc._send_command(command)
+        flushes = nc._flush_queue
+        if flushes is not None and flushes.empty():
+            await nc._flush_pending()
+
     async def request(
         self, subject: str, data: bytes, headers: Mapping[str, str] | None, timeout: float
     ) -> Msg:
-        """One request, one reply: a bare future (no queue) on the hot append path."""
+        """One request, one reply: a bare future (no queue) on the hot append path.
+        TimeoutError when no reply came within ``timeout``."""
         self._next += 1
         token = str(self._next)
-        future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Msg] = loop.create_future()
         self._futures[token] = future
         try:
-            await self._nc.publish(
-                subject,
-                data,
-                reply=f"{self._prefix}.{token}",
-                headers=headers,  # type: ignore[arg-type]
-            )
-            async with asyncio.timeout(timeout):
+            await self.send(subject, data, f"{self._prefix}.{token}", headers)
+            if self._watch(loop, token, timeout):
+                return await future
+            async with asyncio.timeout(timeout):  # sooner than a request before it
                 return await future
         finally:
             self._futures.pop(token, None)
+
+    def _watch(self, loop: asyncio.AbstractEventLoop, token: str, timeout: float) -> bool:
+        """Have the sweep time this request out (False: its deadline comes before one
+        already waiting, so it needs a timer of its own)."""
+        deadline = loop.time() + timeout
+        deadlines, futures = self._deadlines, self._futures
+        if deadlines and deadline < deadlines[-1][0]:
+            while deadlines and deadlines[-1][1] not in futures:
+                deadlines.pop()  # answered: nothing to time out
+            if deadlines and deadline < deadlines[-1][0]:
+                return False
+        if len(deadlines) > 2 * len(futures) + 64:
+            # Mostly answered: keep those still waiting (memory in what is in flight).
+            self._deadlines = deadlines = deque(e for e in deadlines if e[1] in futures)
+        deadlines.append((deadline, token))
+        sweeper = self._sweeper
+        at = deadlines[0][0] + TIMEOUT_GRAIN_S
+        # Armed for a later deadline (answered and dropped above), or in a loop since gone.
+        if sweeper is None or at < self._sweep_at or self._sweep_loop is not loop:
+            if sweeper is not None:
+                sweeper.cancel()
+            self._sweep_loop, self._sweep_at = loop, at
+            self._sweeper = loop.call_at(at, self._sweep, loop)
+        return True
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Fail the requests past their deadline with TimeoutError."""
+        self._sweeper = None
+        now = loop.time()
+        deadlines, futures = self._deadlines, self._futures
+        while deadlines and deadlines[0][0] <= now:
+            _, token = deadlines.popleft()
+            future = futures.get(token)
+            if future is not None and not future.done():
+                future.set_exception(TimeoutError())
+        if deadlines:
+            self._sweep_at = deadlines[0][0] + TIMEOUT_GRAIN_S
+            self._sweeper = loop.call_at(self._sweep_at, self._sweep, loop)
 
     async def stop(self) -> None:
         if self._sub is not None:
@@ -282,7 +450,6 @@ async def publish_atomic_batch(
     """
     if not 1 <= len(messages) <= BATCH_LIMIT:
         raise ValueError(f"a batch holds 1..{BATCH_LIMIT} messages, got {len(messages)}")
-    nc = replies._nc
     first_reply, first_queue = replies.open()
     commit_reply, commit_queue = replies.open()
     try:
@@ -294,7 +461,7 @@ async def publish_atomic_batch(
                 reply = commit_reply
             else:
                 reply = first_reply if i == 1 else ""
-            await nc.publish(m.subject, m.data, reply=reply, headers=headers)
+            await replies.send(m.subject, m.data, reply, headers)
         commit = await asyncio.wait_for(commit_queue.get(), timeout)
         if last > 1 and not first_queue.empty():
             first = first_queue.get_nowait()

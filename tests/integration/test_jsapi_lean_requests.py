@@ -1,0 +1,328 @@
+"""The lean request path of :class:`jsapi.Replies` (issue 23): commands written by
+``Replies.send`` instead of ``nc.publish``, one timeout sweep instead of a timer per
+request, and plain PubAcks parsed without JSON. Each must give exactly what the plain
+client gives: the same bytes on the wire, the same errors, every PubAck and error form
+read the same, timeouts on time."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import nats
+import pytest
+from nats import errors as nats_errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from jetsource.eventstore import jsapi
+from jetsource.eventstore.jsapi import JsApiError, NoRespondersError, OutMessage, Replies
+from tests.infra import Server
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def stream(nc: NATS, unique: str) -> AsyncIterator[tuple[Replies, str, str]]:
+    replies = Replies(nc)
+    await replies.start()
+    name, prefix = f"LEAN_{unique}", f"lean{unique}"
+    config = {
+        "name": name,
+        "subjects": [f"{prefix}.>"],
+        "allow_direct": True,
+        "allow_atomic": True,
+        "max_msg_size": 2048,
+    }
+    await jsapi.api(replies, f"STREAM.CREATE.{name}", config, 5)
+    yield replies, name, prefix
+    await jsapi.api(replies, f"STREAM.DELETE.{name}", {}, 5)
+    await replies.stop()
+
+
+def _msg(data: bytes, headers: dict[str, str] | None = None) -> Msg:
+    return Msg(None, subject="_INBOX.x.1", data=data, headers=headers)  # type: ignore[arg-type]
+
+
+# -- PubAck forms, parsed -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"stream": "S", "seq": 7},
+        {"stream": "S", "seq": 7, "duplicate": True},
+        {"stream": "S", "seq": 7, "domain": "hub"},
+        {"stream": "S", "seq": 7, "domain": "hub", "duplicate": True},
+        {"stream": "S", "seq": 12, "batch": "b1", "count": 3},
+        {"stream": 'S"q\\', "seq": 1},
+        {"stream": "Sé", "seq": 2**63},
+        {"seq": 3, "stream": "S"},  # another order: read by JSON
+    ],
+)
+def test_every_puback_form_reads_as_json_says(body: dict[str, Any]) -> None:
+    for data in (json.dumps(body, separators=(",", ":")).encode(), json.dumps(body).encode()):
+        ack = jsapi.parse_puback(_msg(data))
+        assert (ack.stream, ack.seq, ack.duplicate, ack.batch, ack.count) == (
+            body["stream"],
+            body["seq"],
+            body.get("duplicate", False),
+            body.get("batch"),
+            body.get("count", 1),
+        )
+
+
+def test_puback_errors_and_statuses_are_raised_as_before() -> None:
+    error = {"error": {"code": 400, "err_code": 10071, "description": "wrong last sequence: 3"}}
+    with pytest.raises(JsApiError) as exc:
+        jsapi.parse_puback(_msg(json.dumps(error).encode()))
+    assert (exc.value.code, exc.value.err_code) == (400, 10071)
+    assert exc.value.description == "wrong last sequence: 3"
+    # An error beside a stream name (as some servers write it) is still an error.
+    both = {"stream": "S", "seq": 0, **error}
+    with pytest.raises(JsApiError):
+        jsapi.parse_puback(_msg(json.dumps(both).encode()))
+    with pytest.raises(NoRespondersError):
+        jsapi.parse_puback(_msg(b"", {"Status": "503"}))
+    # A status header never passes for an ack, even with an ack's body.
+    with pytest.raises(NoRespondersError):
+        jsapi.parse_puback(_msg(b'{"stream":"S","seq":1}', {"Status": "503"}))
+    with pytest.raises(KeyError):
+        jsapi.parse_puback(_msg(b"{}"))
+    with pytest.raises(ValueError):
+        jsapi.parse_puback(_msg(b'{"stream":"S","seq":1'))
+
+
+# -- against the server ------------------------------------------------------------------
+
+
+async def test_acks_duplicates_and_refusals_through_the_lean_path(
+    stream: tuple[Replies, str, str],
+) -> None:
+    replies, name, p = stream
+    assert replies._lean  # nats-py 2.16: the path under test
+    first = await jsapi.publish(replies, OutMessage(f"{p}.a", b"1", {"Nats-Msg-Id": "m1"}), 5)
+    assert (first.stream, first.seq, first.duplicate) == (name, 1, False)
+    again = await jsapi.publish(replies, OutMessage(f"{p}.a", b"1", {"Nats-Msg-Id": "m1"}), 5)
+    assert (again.seq, again.duplicate) == (1, True)
+    guarded = {
+        "Nats-Msg-Id": "m2",
+        "Nats-Expected-Last-Subject-Sequence": "0",
+        "Nats-Expected-Last-Subject-Sequence-Subject": f"{p}.>",
+    }
+    with pytest.raises(JsApiError) as exc:
+        await jsapi.publish(replies, OutMessage(f"{p}.a", b"2", guarded), 5)
+    assert exc.value.err_code == jsapi.ERR_WRONG_LAST_SEQUENCE
+    ok = {**guarded, "Nats-Expected-Last-Subject-Sequence": "1"}
+    assert (await jsapi.publish(replies, OutMessage(f"{p}.a", b"2", ok), 5)).seq == 2
+    with pytest.raises(JsApiError) as exc:
+        await jsapi.publish(replies, OutMessage(f"{p}.b", b"x" * 4096, {}), 5)
+    assert exc.value.err_code == jsapi.ERR_MESSAGE_TOO_LARGE
+    with pytest.raises(NoRespondersError):
+        await jsapi.publish(replies, OutMessage(f"nowhere{p}.x", b"", {}), 5)
+    with pytest.raises(NoRespondersError):
+        await jsapi.publish(replies, OutMessage(f"nowhere{p}.x", b"", None), 5)  # type: ignore[arg-type]
+    # The atomic batch sends through the same path.
+    batch = [OutMessage(f"{p}.c", str(i).encode(), {"Nats-Msg-Id": f"c{i}"}) for i in range(3)]
+    ack = await jsapi.publish_atomic_batch(replies, batch, "batch-1", 5)
+    assert (ack.seq, ack.count, ack.batch) == (5, 3, "batch-1")
+
+
+async def test_the_same_bytes_as_the_plain_client(nc: NATS, unique: str) -> None:
+    """Headers as nats-py writes them (names stripped, blank names skipped, line breaks
+    in values turned into spaces), and a message without headers as a plain PUB."""
+    replies = Replies(nc)
+    got: list[Msg] = []
+    done = asyncio.Event()
+    sub = await nc.subscribe(f"same{unique}.>", cb=_collect(got, 6, done))
+    headers = {
+        "Nats-Msg-Id": " id-1 ",
+        " Spaced ": "v",
+        "  ": "skipped",
+        "Multi": "a\r\nb\nc",
+        "Utf": "zoë",
+        "Empty": "",
+    }
+    await replies.send(f"same{unique}.lean", b"payload", "", headers)
+    await nc.publish(f"same{unique}.plain", b"payload", headers=headers)
+    await replies.send(f"same{unique}.lean", b"bare", "reply.to", None)
+    await nc.publish(f"same{unique}.plain", b"bare", reply="reply.to")
+    await replies.send(f"same{unique}.lean", b"", "", {})
+    await nc.publish(f"same{unique}.plain", b"", headers={})
+    await nc.flush()
+    async with asyncio.timeout(5):
+        await done.wait()
+    await sub.unsubscribe()
+    assert len(got) == 6
+    for lean, plain in zip(got[0::2], got[1::2], strict=True):
+        assert (lean.data, lean.reply, lean.headers) == (plain.data, plain.reply, plain.headers)
+    assert got[0].headers == {  # as nats-py writes them
+        "Nats-Msg-Id": "id-1",
+        "Spaced": "v",
+        "Multi": "a  b c",
+        "Utf": "zoë",
+        "Empty": "",
+    }
+
+
+def _collect(into: list[Msg], until: int, done: asyncio.Event) -> Any:
+    async def cb(msg: Msg) -> None:
+        into.append(msg)
+        if len(into) >= until:
+            done.set()
+
+    return cb
+
+
+def _answer(nc: NATS, data: bytes | None = None) -> Any:
+    async def cb(msg: Msg) -> None:
+        await nc.publish(msg.reply, msg.data if data is None else data)
+
+    return cb
+
+
+async def test_the_plain_clients_errors(nats_server: Server, unique: str) -> None:
+    nc = await nats.connect(nats_server.url)
+    replies = Replies(nc)
+    for subject in ("", "a b", "a\r\nPUB x 1"):
+        with pytest.raises(nats_errors.BadSubjectError):
+            await replies.send(subject, b"", "", None)
+    with pytest.raises(nats_errors.BadHeaderError):
+        await replies.send(f"e{unique}", b"", "", {"Bad:Name": "x"})
+    with pytest.raises(nats_errors.BadHeaderError):
+        await nc.publish(f"e{unique}", b"", headers={"Bad:Name": "x"})
+    with pytest.raises(nats_errors.MaxPayloadError):
+        await replies.send(f"e{unique}", b"x" * (nc.max_payload + 1), "", None)
+    await nc.close()
+    with pytest.raises(nats_errors.ConnectionClosedError):
+        await replies.send(f"e{unique}", b"", "", None)
+    with pytest.raises(nats_errors.ConnectionClosedError):
+        await replies.request(f"e{unique}", b"", {"A": "b"}, 1)
+
+
+# -- timeouts ------------------------------------------------------------------------------
+
+
+async def _silent(nc: NATS, subject: str) -> Any:
+    """A responder that hears requests and never answers."""
+
+    async def cb(msg: Msg) -> None:
+        pass
+
+    return await nc.subscribe(subject, cb=cb)
+
+
+async def test_a_request_not_answered_times_out_on_time(nc: NATS, unique: str) -> None:
+    replies = Replies(nc)
+    await replies.start()
+    sub = await _silent(nc, f"silent{unique}")
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await replies.request(f"silent{unique}", b"", None, 0.2)
+    took = time.monotonic() - t0
+    assert 0.2 <= took < 0.2 + jsapi.TIMEOUT_GRAIN_S + 0.25
+    # Many at once, answered or not: each as it should.
+    echo = await nc.subscribe(f"echo{unique}", cb=_answer(nc))
+    results = await asyncio.gather(
+        *(
+            replies.request(f"{'silent' if i % 2 else 'echo'}{unique}", b"%d" % i, None, 0.3)
+            for i in range(40)
+        ),
+        return_exceptions=True,
+    )
+    for i, result in enumerate(results):
+        if i % 2:
+            assert isinstance(result, TimeoutError)
+        else:
+            assert isinstance(result, Msg) and result.data == b"%d" % i
+    assert not replies._futures
+    await sub.unsubscribe()
+    await echo.unsubscribe()
+    await replies.stop()
+
+
+async def test_a_shorter_timeout_after_a_longer_one_still_comes_on_time(
+    nc: NATS, unique: str
+) -> None:
+    replies = Replies(nc)
+    await replies.start()
+    sub = await _silent(nc, f"silent{unique}")
+    long = asyncio.ensure_future(replies.request(f"silent{unique}", b"", None, 3.0))
+    await asyncio.sleep(0.05)
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await replies.request(f"silent{unique}", b"", None, 0.2)
+    assert time.monotonic() - t0 < 1.0
+    assert not long.done()
+    long.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await long
+    await sub.unsubscribe()
+    await replies.stop()
+
+
+def test_timeouts_in_a_second_event_loop(nats_server: Server, unique: str) -> None:
+    """A Replies used again from another event loop (one asyncio.run after another)
+    still times its requests out: its sweep moves to the loop it is used in."""
+
+    async def attempt(replies: Replies | None) -> Replies:
+        nc = await nats.connect(nats_server.url)
+        if replies is None:
+            replies = Replies(nc)
+        else:
+            replies._nc, replies._sub = nc, None
+        await replies.start()
+        sub = await _silent(nc, f"silent{unique}")
+        # Answered first: its entry waits in the sweep until its deadline.
+        echo = await nc.subscribe(f"echo{unique}", cb=_answer(nc, b"ok"))
+        assert (await replies.request(f"echo{unique}", b"", None, 30)).data == b"ok"
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(replies.request(f"silent{unique}", b"", None, 0.2), 5)
+        assert time.monotonic() - t0 < 1.0  # the request's own timeout, not wait_for's
+        await sub.unsubscribe()
+        await echo.unsubscribe()
+        await nc.close()
+        return replies
+
+    replies = asyncio.run(attempt(None))
+    asyncio.run(attempt(replies))
+
+
+async def test_a_short_timeout_after_a_long_one_answered_comes_on_time(
+    nc: NATS, unique: str
+) -> None:
+    """The sweep armed for an answered request's far deadline is brought forward."""
+    replies = Replies(nc)
+    await replies.start()
+    sub = await _silent(nc, f"silent{unique}")
+    echo = await nc.subscribe(f"echo{unique}", cb=_answer(nc, b"ok"))
+    for far in (30.0, 0.5):
+        assert (await replies.request(f"echo{unique}", b"", None, far)).data == b"ok"
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await replies.request(f"silent{unique}", b"", None, 0.2)
+        assert time.monotonic() - t0 < 0.2 + jsapi.TIMEOUT_GRAIN_S + 0.25
+    await sub.unsubscribe()
+    await echo.unsubscribe()
+    await replies.stop()
+
+
+async def test_a_late_answer_after_the_timeout_is_dropped(nc: NATS, unique: str) -> None:
+    replies = Replies(nc)
+    await replies.start()
+    held: list[Msg] = []
+    sub = await nc.subscribe(f"late{unique}", cb=_collect(held, 1, asyncio.Event()))
+    with pytest.raises(TimeoutError):
+        await replies.request(f"late{unique}", b"", None, 0.1)
+    assert len(held) == 1
+    await nc.publish(held[0].reply, b"too late")
+    await nc.flush()
+    echo = await nc.subscribe(f"echo{unique}", cb=_answer(nc, b"ok"))
+    assert (await replies.request(f"echo{unique}", b"", None, 5)).data == b"ok"
+    await sub.unsubscribe()
+    await echo.unsubscribe()
+    await replies.stop()
