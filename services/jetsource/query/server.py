@@ -53,14 +53,17 @@ async def build(settings: QuerySettings) -> Query:
         raise
     o = settings.query
     loader = StateLoader(projection.store, projection.snapshots, settings.snapshots.cache_size)
+    servicer = ContextQueryService(projection, loader, o)
+    servicer.heap.enabled = True
     endpoint = await start_grpc(
-        lambda server: add_to_server(ContextQueryService(projection, loader, o), server),
+        lambda server: add_to_server(servicer, server),
         SERVICE_NAME,
         o.target(),
         o.max_concurrent_rpcs,
         settings.grpc,
         share_port=o.port_shared,
     )
+    servicer.heap.settle()  # what start-up made lives as long as the process
     return Query(endpoint, projection)
 
 
