@@ -9,11 +9,13 @@ import random
 from dataclasses import replace
 from types import MappingProxyType
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from valkey.asyncio import Valkey
 
-from jetsource.domains.context.model import ContextState, evolve, fold, fold_touched
+from jetsource._gen.context.v1 import events_pb2 as ev
+from jetsource.domains.context.model import ContextState, EvolveError, evolve, fold, fold_touched
 from jetsource.domains.context.samples import story_events
 from jetsource.domains.context.serialize import shell_to_dict, state_to_dict
 from jetsource.domains.context.valkey_models import ContextModel, context_spec
@@ -52,7 +54,7 @@ def test_the_put_nodes_are_the_changed_nodes(
         n = rng.choice([1, 1, 1, 2, 3, 8, 40])
         batch = events[i : i + n]
         i += len(batch)
-        new, decisions, subtasks = fold_touched(batch, state)
+        new, decisions, subtasks, _ = fold_touched(batch, state)
         for e in batch:
             stepped = evolve(stepped, e)
         assert new == stepped == fold(batch, state)
@@ -78,7 +80,7 @@ def test_the_put_nodes_are_the_changed_nodes(
 
 def test_fold_touched_from_nothing_puts_every_node() -> None:
     events = story_events("s", 60, 3)
-    state, decisions, subtasks = fold_touched(events, context_id="s")
+    state, decisions, subtasks, _ = fold_touched(events, context_id="s")
     assert state == fold(events, context_id="s")
     assert list(decisions) == list(state.decisions)
     assert list(subtasks) == list(state.subtasks)
@@ -96,3 +98,51 @@ def test_the_shell_is_the_state_without_its_nodes(seed: int, size: int) -> None:
     )
     assert shell_to_dict(state) == state_to_dict(bare)
     assert list(shell_to_dict(state)) == list(state_to_dict(state))
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), size=st.integers(1, 150), cuts=st.integers(0, 2**32))
+def test_folding_owned_maps_in_place_gives_what_a_copying_fold_gives(
+    seed: int, size: int, cuts: int
+) -> None:
+    events = story_events("s", size, seed)
+    rng = random.Random(cuts)
+    state, maps = ContextState(id="s"), None
+    i = 0
+    while i < len(events):
+        batch = events[i : i + rng.choice([1, 2, 5, 30])]
+        i += len(batch)
+        expected = fold(batch, state)  # before: the in-place fold changes state's maps
+        copied = fold_touched(batch, state)
+        folded = fold_touched(batch, state, own=maps)
+        assert folded.state == expected == copied.state
+        assert (folded.decisions_put, folded.subtasks_put) == (
+            copied.decisions_put,
+            copied.subtasks_put,
+        )
+        if maps is not None:
+            assert folded.maps[0] is maps[0] and folded.maps[1] is maps[1]
+        assert folded.maps == (dict(expected.decisions), dict(expected.subtasks))
+        assert list(folded.maps[0]) == list(expected.decisions)  # the order too
+        state, maps = folded.state, folded.maps
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), size=st.integers(2, 120), at=st.integers(0, 2**32))
+def test_a_refused_event_puts_the_owned_maps_back(seed: int, size: int, at: int) -> None:
+    events = story_events("s", size, seed)
+    cut = at % (len(events) - 1) + 1
+    state, _, _, maps = fold_touched(events[:cut], context_id="s")
+    before = (list(maps[0].items()), list(maps[1].items()))
+    # A valid run of events, then one the state refuses (a second ContextCreated).
+    refused = [*events[cut:], ev.ContextCreated(title="again")]
+    with pytest.raises(EvolveError):
+        fold_touched(refused, state, own=maps)
+    assert (list(maps[0].items()), list(maps[1].items())) == before
+    assert fold_touched(events[cut:], state, own=maps).state == fold(events, context_id="s")
+
+
+def test_own_must_be_the_maps_of_the_state() -> None:
+    state = fold(story_events("s", 30), context_id="s")
+    with pytest.raises(ValueError):
+        fold_touched([], state, own=({}, {}))

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, NamedTuple, TypeAlias, TypeVar
 
 from google.protobuf.message import Message
 
@@ -559,16 +559,45 @@ def fold(
     return fold_touched(events, state, context_id)[0]
 
 
+Maps: TypeAlias = tuple[dict[str, Decision], dict[str, Subtask]]
+_MISSING: Any = object()
+
+
+class Folded(NamedTuple):
+    """What :func:`fold_touched` gives."""
+
+    state: ContextState
+    # The keys of the decisions and of the subtasks the fold put (in the order first
+    # put): every other node of ``state`` is the same object as before the fold.
+    decisions_put: dict[str, None]
+    subtasks_put: dict[str, None]
+    # The dicts behind ``state``'s maps, private to the caller (nothing else has them).
+    maps: Maps
+
+
 def fold_touched(
     events: Iterable[Message | UnknownEvent],
     state: ContextState | None = None,
     context_id: str = "",
-) -> tuple[ContextState, dict[str, None], dict[str, None]]:
-    """:func:`fold`, and the keys of the decisions and of the subtasks it put (in the
-    order first put). Every other node of the result is the same object as in
-    ``state``, and no event removes a node: a read model writes just these."""
+    *,
+    own: Maps | None = None,
+) -> Folded:
+    """:func:`fold`, and the nodes it put: no event removes a node, so a read model
+    writes just these.
+
+    ``own``: the dicts behind ``state``'s maps (a :attr:`Folded.maps`), given up by the
+    caller: they are updated in place instead of copied, so ``state``'s maps show the
+    result and ``state`` must not be read afterwards. If an event is refused (any
+    exception), they are put back as they were before it is raised."""
     state = state or ContextState(id=context_id)
-    decisions, subtasks = _private_copy(state.decisions), _private_copy(state.subtasks)
+    undo: list[tuple[dict[str, Any], str, Any]] | None = None
+    if own is None:
+        decisions, subtasks = _private_copy(state.decisions), _private_copy(state.subtasks)
+    else:
+        decisions, subtasks = own
+        if len(decisions) != len(state.decisions) or len(subtasks) != len(state.subtasks):
+            raise ValueError("fold_touched: own is not the maps of the state")
+        undo = []
     state = _copy(state, decisions=MappingProxyType(decisions), subtasks=MappingProxyType(subtasks))
     put_decisions: dict[str, None] = {}
     put_subtasks: dict[str, None] = {}
@@ -579,10 +608,20 @@ def fold_touched(
 
     def put_in_place(mapping: Mapping[str, Any], key: str, value: Any) -> Mapping[str, Any]:
         items, put = owned[id(mapping)]
+        if undo is not None:
+            undo.append((items, key, items.get(key, _MISSING)))
         items[key] = value
         put[key] = None
         return mapping
 
-    for event in events:
-        state = _evolve(state, event, put_in_place)
-    return state, put_decisions, put_subtasks
+    try:
+        for event in events:
+            state = _evolve(state, event, put_in_place)
+    except BaseException:
+        for items, key, before in reversed(undo or ()):
+            if before is _MISSING:
+                del items[key]
+            else:
+                items[key] = before
+        raise
+    return Folded(state, put_decisions, put_subtasks, (decisions, subtasks))

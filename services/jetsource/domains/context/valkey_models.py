@@ -31,6 +31,7 @@ from jetsource.domains.context.model import (
     ContextState,
     Decision,
     EvolveError,
+    Maps,
     Subtask,
     evolve,
     fold_touched,
@@ -305,8 +306,12 @@ class ContextModel(ValkeyModel):
         super().__init__(spec, redis, prefix)
         self.store = store
         self.cache_size = cache_size
-        # id -> (doc fields other than the state, state); what this process last wrote.
-        self._cache: OrderedDict[str, tuple[dict[str, Any], ContextState]] = OrderedDict()
+        # id -> (doc fields other than the state, state, the dicts behind its maps or
+        # None); what this process last wrote. An apply takes its stories' entries out
+        # while it works: their dicts are folded in place (nothing else holds them).
+        self._cache: OrderedDict[str, tuple[dict[str, Any], ContextState, Maps | None]] = (
+            OrderedDict()
+        )
         self._folds = FoldCache()  # replay: a hot story's history folded once
         self._erasures = ErasureWatch()  # an erasure empties both
         self._encoder = StateEncoder()
@@ -316,10 +321,16 @@ class ContextModel(ValkeyModel):
     async def setup(self) -> None:
         pass
 
-    def _remember(self, aggregate_id: str, meta: dict[str, Any], state: ContextState) -> None:
+    def _remember(
+        self,
+        aggregate_id: str,
+        meta: dict[str, Any],
+        state: ContextState,
+        maps: Maps | None = None,
+    ) -> None:
         if self.cache_size == 0:
             return
-        self._cache[aggregate_id] = (meta, state)
+        self._cache[aggregate_id] = (meta, state, maps)
         self._cache.move_to_end(aggregate_id)
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
@@ -357,21 +368,30 @@ class ContextModel(ValkeyModel):
         return out
 
     async def _load(
-        self, ids: Sequence[str]
-    ) -> dict[str, tuple[dict[str, Any], ContextState, bool]]:
-        """Each story's meta and state, and whether its hash holds that state (so a
-        write may send only what changed from it)."""
+        self, ids: Sequence[str], take: bool = False
+    ) -> dict[str, tuple[dict[str, Any], ContextState, bool, Maps | None, bool]]:
+        """Each story's meta and state, whether its hash holds that state (so a write
+        may send only what changed from it), the dicts behind its maps when this
+        process owns them, and whether it came from the cache. ``take``: the cached
+        entries are taken out (before anything is awaited), so no other call reads
+        or folds them until they are remembered again."""
         self._forget_if_erased()
-        out = {i: (*self._cache[i], True) for i in ids if i in self._cache}
+        out: dict[str, tuple[dict[str, Any], ContextState, bool, Maps | None, bool]] = {}
+        for i in ids:
+            entry = self._cache.pop(i, None) if take else self._cache.get(i)
+            if entry is not None:
+                meta, state, maps = entry
+                out[i] = (meta, state, True, maps if take else None, True)
         missing = [i for i in ids if i not in out]
         if missing:
             for i, raw in zip(missing, await self._fetch(missing), strict=True):
                 doc = _document(raw)
                 if doc is None:
-                    out[i] = ({"seq": 0, "applied": 0, "created_at": 0}, ContextState(id=i), False)
+                    empty: dict[str, Any] = {"seq": 0, "applied": 0, "created_at": 0}
+                    out[i] = (empty, ContextState(id=i), False, None, False)
                 else:
                     state = state_from_dict(doc.pop("state"))
-                    out[i] = (doc, state, isinstance(raw, dict))
+                    out[i] = (doc, state, isinstance(raw, dict), None, False)
         return out
 
     @staticmethod
@@ -423,17 +443,18 @@ class ContextModel(ValkeyModel):
     async def apply(self, events: Sequence[RecordedEvent]) -> Outcome:
         outcome = Outcome()
         groups = group(events)
-        loaded = await self._load(list(groups))
+        loaded = await self._load(list(groups), take=True)
         args: list[Any] = []
-        pending: dict[str, tuple[dict[str, Any], ContextState, list[int]]] = {}
+        pending: dict[str, tuple[dict[str, Any], ContextState, list[int], Maps | None]] = {}
         for aggregate_id, evs in groups.items():
-            meta, state, stored = loaded[aggregate_id]
+            meta, state, stored, maps, cached = loaded[aggregate_id]
             base = state.version
             fresh = next_versions(base, evs, outcome)
-            if not fresh:
-                continue
-            new, fresh, put = self._fold_touched(state, fresh, outcome)
-            if not fresh:
+            if fresh:
+                new, fresh, put, new_maps = self._fold_touched(state, fresh, outcome, maps)
+            if not fresh:  # nothing to write: the entry taken (unchanged) goes back
+                if cached:
+                    self._remember(aggregate_id, meta, state, maps)
                 continue
             last = fresh[-1]
             new_meta = {
@@ -457,13 +478,13 @@ class ContextModel(ValkeyModel):
                 *sets,
                 *dels,
             ]
-            pending[aggregate_id] = (new_meta, new, [e.stream_seq for e in fresh])
+            pending[aggregate_id] = (new_meta, new, [e.stream_seq for e in fresh], new_maps)
         if not pending:
             return outcome
         conflicts, stale = await valkey_io(self._apply(args=[self.ns, len(pending), *args]))
         conflicted = {c.decode() for c in conflicts}
         written_before = {c.decode() for c in stale}
-        for aggregate_id, (meta, state, seqs) in pending.items():
+        for aggregate_id, (meta, state, seqs, maps) in pending.items():
             if aggregate_id in conflicted:
                 self._cache.pop(aggregate_id, None)  # somebody else wrote it: reload next time
                 for s in seqs:
@@ -474,7 +495,7 @@ class ContextModel(ValkeyModel):
                 self._cache.pop(aggregate_id, None)
                 outcome.done.extend(seqs)
             else:
-                self._remember(aggregate_id, meta, state)
+                self._remember(aggregate_id, meta, state, maps)
                 outcome.done.extend(seqs)
                 outcome.applied += len(seqs)
         return outcome
@@ -484,22 +505,29 @@ class ContextModel(ValkeyModel):
         cls, state: ContextState, events: list[RecordedEvent], outcome: Outcome
     ) -> tuple[ContextState, list[RecordedEvent]]:
         """Fold the events; if one is refused, keep those before it and fail it."""
-        new, applied, _ = cls._fold_touched(state, events, outcome)
+        new, applied, _, _ = cls._fold_touched(state, events, outcome)
         return new, applied
 
     @staticmethod
     def _fold_touched(
-        state: ContextState, events: list[RecordedEvent], outcome: Outcome
+        state: ContextState,
+        events: list[RecordedEvent],
+        outcome: Outcome,
+        own: Maps | None = None,
     ) -> tuple[
         ContextState,
         list[RecordedEvent],
         tuple[Mapping[str, None], Mapping[str, None]] | None,
+        Maps | None,
     ]:
         """:meth:`_fold`, with the decisions and subtasks the fold put (None when an
-        event was refused: the nodes are compared then)."""
+        event was refused: the nodes are compared then) and the dicts behind the new
+        state's maps (None then too). ``own``: the dicts behind ``state``'s maps,
+        given up by the caller, folded in place (as they were if an event is
+        refused)."""
         try:
-            new, decisions, subtasks = fold_touched((e.event for e in events), state)
-            return new, events, (decisions, subtasks)
+            new, decisions, subtasks, maps = fold_touched((e.event for e in events), state, own=own)
+            return new, events, (decisions, subtasks), maps
         except EvolveError:
             pass
         for i, e in enumerate(events):
@@ -508,11 +536,11 @@ class ContextModel(ValkeyModel):
             except EvolveError as exc:
                 outcome.failed[e.stream_seq] = f"{e.event_type} v{e.version}: {exc}"
                 block_rest(outcome, events[i + 1 :], f"behind refused sequence {e.stream_seq}")
-                return state, events[:i], None
+                return state, events[:i], None, None
         raise AssertionError("fold failed but every event applies")
 
     async def skip(self, aggregate_id: str, stream_seq: int) -> bool:
-        meta, state, _ = (await self._load([aggregate_id]))[aggregate_id]
+        meta, state, *_ = (await self._load([aggregate_id]))[aggregate_id]
         placeholder = skipped(
             aggregate_id, state.version + 1, stream_seq, meta.get("updated_at", 0)
         )
