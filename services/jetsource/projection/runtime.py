@@ -82,6 +82,14 @@ FRESHNESS = Histogram(
 # Below the drop fence's quarter second, so the fence's answer is fresh when an event
 # comes after a pause.
 IDLE_WAIT_S = 0.2
+# A live worker sends the acks of applied events together: one write to NATS (a
+# loopback send was a fifth of the projector's CPU under load when each batch sent
+# its own) when the oldest has waited this long, when as many as half the
+# ack-pending limit (at most ACK_BATCH) are held, when nothing arrives, and when the
+# worker stops. An ack only spares a redelivery (which finds the events stored and
+# changes nothing); the model's write makes an event visible and is never held back.
+ACK_DELAY_S = 0.02
+ACK_BATCH = 1000
 # While idle, the dead-letter depth is recounted this often (letters retried or
 # discarded by an operator leave the DLQ from another process).
 DEPTH_REFRESH_S = 30.0
@@ -142,6 +150,11 @@ class Worker:
         self._depth_at = time.monotonic()
         self._stop = asyncio.Event()
         self.running = False
+        # Acks held to be sent together (only while ``run`` loops; see ACK_DELAY_S).
+        self._held_acks: list[Delivery] = []
+        self._held_since = 0.0
+        self._hold_acks = False
+        self._hold_limit = max(1, min(ACK_BATCH, options.max_ack_pending // 2))
 
     async def ensure_consumer(self, from_seq: int | None = None) -> None:
         await self.store.start()
@@ -199,6 +212,9 @@ class Worker:
     async def _run(self, until_caught_up: bool) -> None:
         await self.start()
         self.running = True
+        # A build (until caught up) acks each batch: it asks the consumer whether
+        # anything is pending when idle, and held acks would still count.
+        self._hold_acks = not until_caught_up
         try:
             while not self._stop.is_set():
                 batch = await self._pull.next_batch(self.o.batch_size, IDLE_WAIT_S)
@@ -213,7 +229,13 @@ class Worker:
                         )
                         return
                     await self.process(batch)
+                    if self._held_acks and (
+                        len(self._held_acks) >= self._hold_limit
+                        or time.monotonic() - self._held_since >= ACK_DELAY_S
+                    ):
+                        await self._send_acks()
                 else:
+                    await self._send_acks()
                     if not until_caught_up:
                         # The fence's answer is kept a quarter second: asked while idle
                         # too, so the first event after a pause does not wait for the
@@ -226,7 +248,12 @@ class Worker:
                     if until_caught_up and await self.caught_up():
                         return
         finally:
+            self._hold_acks = False
             self.running = False
+            try:
+                await self._send_acks()  # what was applied (before a fence too) is done
+            except Exception as exc:  # only spares redeliveries, which change nothing
+                log.debug("%s v%s: acks not sent: %r", *self._labels, exc, extra=self._log)
             await self._pull.stop()
 
     async def _dropped(self) -> bool:
@@ -460,7 +487,18 @@ class Worker:
         return outcome
 
     async def _ack(self, deliveries: Sequence[Delivery]) -> None:
-        for d in deliveries:
+        """Ack now, or (while ``run`` loops) hold the acks to send them together."""
+        if not deliveries:
+            return
+        if not self._held_acks:
+            self._held_since = time.monotonic()
+        self._held_acks += deliveries
+        if not self._hold_acks:
+            await self._send_acks()
+
+    async def _send_acks(self) -> None:
+        held, self._held_acks = self._held_acks, []
+        for d in held:
             await jsapi.ack(self.nc, d)
 
     async def _still_parked(self, aggregate_id: str, checked: dict[str, bool]) -> bool:
