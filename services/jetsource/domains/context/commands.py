@@ -22,7 +22,14 @@ from jetsource.core.envelope import AppendResult, NewEvent, RecordedEvent
 from jetsource.core.errors import ConcurrencyError, JetsourceError, ValidationError
 from jetsource.core.ids import validate_aggregate_id
 from jetsource.domains.context.history import Keys, StateLoader, fold_records
-from jetsource.domains.context.model import Command, ContextState, DomainError, decide, fold
+from jetsource.domains.context.model import (
+    Command,
+    ContextState,
+    DomainError,
+    Maps,
+    decide,
+    fold_touched,
+)
 from jetsource.eventstore.port import EventStore
 
 MAX_KEY = 128
@@ -66,6 +73,11 @@ class Loaded:
     results: dict[str, AppendResult] = field(default_factory=dict)
     # keys known from a snapshot load: key -> (first, last version); read when repeated
     older: Keys = field(default_factory=dict)
+    # The dicts behind ``state``'s maps once an append of this process folded them
+    # (private to this entry; None while they may be shared, e.g. with the loader's
+    # cache): the next append folds into them in place instead of copying every node
+    # of the story. Whoever sets ``state`` otherwise sets this to None.
+    maps: Maps | None = None
 
     def remember(self, records: Sequence[RecordedEvent]) -> None:
         """Note the stored events' positions and idempotency keys (state folded apart)."""
@@ -90,7 +102,8 @@ class Loaded:
 
     def appended(self, events: list[Message], result: AppendResult, key: str) -> None:
         """Fold our own successful append in without reading it back."""
-        self.state = fold(events, self.state)
+        folded = fold_touched(events, self.state, own=self.maps)
+        self.state, self.maps = folded.state, folded.maps
         self.last_seq = result.stream_seqs[-1]
         self.results[key] = AppendResult(
             result.aggregate_id, result.versions, result.stream_seqs, result.event_ids, True
@@ -130,6 +143,7 @@ class CommandHandler:
                 context_id, from_version=loaded.state.version + 1, from_seq=loaded.last_seq + 1
             )
             loaded.state = await fold_records(self._store, tail, loaded.state)
+            loaded.maps = None
             loaded.remember(tail)
         if self._cache_size:
             self._cache[context_id] = loaded
