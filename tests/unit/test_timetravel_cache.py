@@ -255,3 +255,51 @@ async def test_concurrent_loads_share_the_caches_safely() -> None:
         assert point.state == state_at(records, p.get("to_version"), p.get("until")), p
     assert loader._tail_total == sum(len(r.events) for r in loader._tails.values())
     assert loader._tail_total <= loader.tail_events
+
+
+class ErasingStore(InMemoryEventStore):
+    """A read during which an erasure is heard, and another load begins (and empties
+    the caches) before the read returns: as when a key store hears of an erase while
+    a network read is in flight."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.erase_during_next_read = False
+        self.reads = 0
+        self.started = asyncio.Event()
+        self.go_on = asyncio.Event()
+
+    async def read_aggregate(self, aggregate_id: str, *args: Any, **kw: Any) -> list[RecordedEvent]:
+        self.reads += 1
+        out = await super().read_aggregate(aggregate_id, *args, **kw)  # opened before ...
+        if self.erase_during_next_read:
+            self.erase_during_next_read = False
+            crypto.note_erasure()  # ... the erasure is heard
+            self.started.set()
+            await self.go_on.wait()
+        return out
+
+
+async def test_what_a_load_opened_before_an_erasure_is_not_kept_after_it() -> None:
+    """A load in flight when an erasure is heard keeps none of the events it read nor
+    the states it folded, even when another load began after the erasure and emptied
+    the caches before the first one finished."""
+    store = ErasingStore(registry, clock=ticking_clock([1000]))
+    snapshots = InMemorySnapshotStore(keep=5)
+    records = await append_history(store, "s1", 40, 2)
+    await save_snapshots(snapshots, records, [10, 30])
+    loader = StateLoader(store, snapshots)
+    store.erase_during_next_read = True
+    first = asyncio.create_task(loader.load("s1", to_version=25))  # reads 11..25
+    await store.started.wait()
+    await loader.load("s1", to_version=5)  # begins after the erasure: empties the caches
+    assert not loader._tails and not loader._folded
+    store.go_on.set()
+    point = await first
+    assert point.state == state_at(records, 25)
+    assert not loader._tails and not loader._folded  # nothing opened before it kept
+    reads = store.reads
+    await loader.load("s1", to_version=25)  # read again, and kept now
+    assert store.reads == reads + 1
+    assert [e.version for e in loader._tails["s1"].events] == list(range(11, 26))
+    assert list(loader._folded) == [("s1", 20)]

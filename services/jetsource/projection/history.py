@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
 
 from jetsource.core.clock import to_ns
-from jetsource.core.crypto import ErasureWatch
+from jetsource.core.crypto import ErasureWatch, erasures_heard
 from jetsource.core.envelope import RecordedEvent
 from jetsource.core.errors import JetsourceError
 from jetsource.eventstore.port import EventStore
@@ -310,12 +310,14 @@ class StateLoader(Generic[S]):
         return min(bounds, default=None)
 
     async def _tail(
-        self, aggregate_id: str, point: PointInTime[S], to_version: int | None
+        self, aggregate_id: str, point: PointInTime[S], to_version: int | None, heard: int
     ) -> list[RecordedEvent]:
         """The events after the point's state up to ``to_version``: from the
         aggregate's kept run as far as it holds them, the rest read from the store.
         What is read after a snapshot is kept, as a new run or as the kept one made
-        longer, for the next load."""
+        longer, for the next load, unless an erasure was heard of since the load
+        began (``heard``): the events were opened before it, and a load that began
+        after it may already have emptied the caches."""
         at, last_seq = self.codec.version(point.state), point.last_seq
         run = self._tails.get(aggregate_id)
         have: list[RecordedEvent] = []
@@ -336,7 +338,7 @@ class StateLoader(Generic[S]):
             from_seq=last_seq + 1,
             to_seq=self._last_seq(aggregate_id, to_version),
         )
-        if read and point.snapshot_version and self.tail_events:
+        if read and point.snapshot_version and self.tail_events and heard == erasures_heard():
             if run is not None:
                 self._keep(aggregate_id, _Run(run.before_ns, run.events + read))
             else:
@@ -372,11 +374,14 @@ class StateLoader(Generic[S]):
                 return run.last
         return None
 
-    async def _fold(self, aggregate_id: str, point: PointInTime[S], tail: list[RecordedEvent]) -> S:
+    async def _fold(
+        self, aggregate_id: str, point: PointInTime[S], tail: list[RecordedEvent], heard: int
+    ) -> S:
         """The point's state (a snapshot's) folded through ``tail``: from the kept
         state nearest the end along it, if any; the state at the last checkpoint
-        version on the way is kept. Every state kept or started from came from the
-        same decoded snapshot state, so what no event changed is shared with it."""
+        version on the way is kept (unless an erasure was heard of since the load
+        began: ``heard``). Every state kept or started from came from the same decoded
+        snapshot state, so what no event changed is shared with it."""
         fold, base = self.codec.fold, point.base
         first, last = tail[0].version, tail[-1].version
         if not (self.checkpoints and point.snapshot_version and base is not None) or (
@@ -394,9 +399,10 @@ class StateLoader(Generic[S]):
         if mark >= first + done:
             state = await fold(self.store, tail[done : mark - first + 1], state)
             done = mark - first + 1
-            self._folded[(aggregate_id, mark)] = (state, base)
-            while len(self._folded) > self.checkpoints:
-                self._folded.popitem(last=False)
+            if heard == erasures_heard():
+                self._folded[(aggregate_id, mark)] = (state, base)
+                while len(self._folded) > self.checkpoints:
+                    self._folded.popitem(last=False)
         if done < len(tail):
             state = await fold(self.store, tail[done:], state)
         return state
@@ -424,6 +430,7 @@ class StateLoader(Generic[S]):
         """State after every event up to ``to_version`` and recorded at or before
         ``until`` (both optional)."""
         codec = self.codec
+        heard = erasures_heard()  # (what is opened from here on may be kept)
         if self._erasures.moved():
             self._cache.clear()
             self._listed.clear()
@@ -460,9 +467,9 @@ class StateLoader(Generic[S]):
         at = codec.version(point.state)
         if to_version is not None and at >= to_version:
             return point
-        tail = await self._tail(aggregate_id, point, to_version)
+        tail = await self._tail(aggregate_id, point, to_version, heard)
         if tail:
-            point.state = await self._fold(aggregate_id, point, tail)
+            point.state = await self._fold(aggregate_id, point, tail, heard)
             point.last_seq = tail[-1].stream_seq
             point.recorded_at_ns = tail[-1].recorded_at_ns
             point.events_folded = len(tail)
