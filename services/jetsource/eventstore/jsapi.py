@@ -212,7 +212,10 @@ def header_block(headers: Mapping[str, str]) -> bytes:
         if line is None:
             line = _name_line(name)
         if line:
-            block += line + value.strip().translate(_VALUE_NEWLINES) + "\r\n"
+            value = value.strip()
+            if "\n" in value or "\r" in value:  # (translate looks up every character)
+                value = value.translate(_VALUE_NEWLINES)
+            block += line + value + "\r\n"
     return (block + "\r\n").encode()
 
 
