@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Generic
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
-from jetsource.core.crypto import ErasureWatch
+from jetsource.core.crypto import ErasureWatch, erasures_heard
 from jetsource.core.envelope import RecordedEvent
 from jetsource.eventstore.jsapi import JsApiError, NoRespondersError
 from jetsource.eventstore.snapshots import Snapshot, SnapshotStore, SnapshotTooLargeError
@@ -171,7 +171,15 @@ class SnapshotModel(Generic[S]):
         point = await self.loader.load(aggregate_id, to_version=version, keys=True)
         return _Warm(point.state, point.keys)
 
-    async def _save(self, warm: _Warm[S], event: RecordedEvent) -> bool:
+    async def _save(self, warm: _Warm[S], event: RecordedEvent, heard: int) -> bool:
+        """Store the state as the snapshot at ``event``, unless an erasure was heard of
+        since ``heard``: the state may hold values opened before it (snapshots hold
+        states as they read), and the erasure may already have deleted and taken
+        again the aggregate's snapshots; the batch is then delivered again and read
+        as it now reads."""
+        if heard != erasures_heard():
+            self._warm.clear()
+            raise TransientError("an erasure was heard while the batch was folded; reading again")
         try:
             stored = await self.snapshots.save(
                 make_snapshot(self.codec, warm.state, event, warm.keys)
@@ -195,6 +203,7 @@ class SnapshotModel(Generic[S]):
     async def _apply(self, events: Sequence[RecordedEvent]) -> Outcome:
         codec = self.codec
         outcome = Outcome()
+        heard = erasures_heard()  # what is folded from here on may be saved and kept
         if self._erasures.moved():
             self._warm.clear()
         for aggregate_id, evs in group(events).items():
@@ -212,21 +221,21 @@ class SnapshotModel(Generic[S]):
                         continue
                     add_keys(warm.keys, [e])
                     if boundary:
-                        await self._save(warm, e)
+                        await self._save(warm, e, heard)
                 elif boundary:
                     at = await self._cold(aggregate_id, e.version)
                     if codec.version(at.state) != e.version:
                         # The stream does not (yet) show what this event says: retry later.
                         outcome.waiting[e.stream_seq] = "aggregate not readable up to here yet"
                         continue
-                    await self._save(at, e)
+                    await self._save(at, e, heard)
                     if warm is None or codec.version(warm.state) < e.version:
                         warm = at
                 elif warm is not None and codec.version(warm.state) < e.version:
                     warm = None  # a gap: cold until the next snapshot version
                 outcome.done.append(e.stream_seq)
                 outcome.applied += 1
-            if warm is not None:
+            if warm is not None and heard == erasures_heard():
                 self._remember(aggregate_id, warm)
         return outcome
 

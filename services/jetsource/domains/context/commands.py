@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from google.protobuf.message import Message
 from prometheus_client import Counter
 
-from jetsource.core.crypto import ErasureWatch
+from jetsource.core.crypto import ErasureWatch, erasures_heard
 from jetsource.core.envelope import AppendResult, NewEvent, RecordedEvent
 from jetsource.core.errors import ConcurrencyError, JetsourceError, ValidationError
 from jetsource.core.ids import validate_aggregate_id
@@ -131,6 +131,7 @@ class CommandHandler:
     async def load(self, context_id: str) -> Loaded:
         """Current state: the cached fold plus whatever was appended since; not cached,
         the latest snapshot plus the events after it."""
+        heard = erasures_heard()  # what is folded from here on may be cached
         if self._erasures.moved():
             self._cache.clear()
         loaded = self._cache.get(context_id)
@@ -145,7 +146,11 @@ class CommandHandler:
             loaded.state = await fold_records(self._store, tail, loaded.state)
             loaded.maps = None
             loaded.remember(tail)
-        if self._cache_size:
+        if heard != erasures_heard():
+            # An erasure heard meanwhile: what was read may hold opened values (and a
+            # call that began after it may already have emptied the cache).
+            self._cache.pop(context_id, None)
+        elif self._cache_size:
             self._cache[context_id] = loaded
             self._cache.move_to_end(context_id)
             while len(self._cache) > self._cache_size:
@@ -192,6 +197,8 @@ class CommandHandler:
         return result
 
     def _cached(self, context_id: str) -> Loaded | None:
+        if self._erasures.moved():
+            self._cache.clear()  # states folded before an erasure may hold opened values
         return self._cache.get(context_id)
 
     async def _execute(
@@ -199,6 +206,7 @@ class CommandHandler:
     ) -> AppendResult:
         key, expected = options.idempotency_key, options.expected_version
         for attempt in range(self._retries + 1):
+            heard = erasures_heard()
             # Optimistic: a cached fold is trusted for the happy path (a stale one makes
             # the append conflict); a refusal is only given after a fresh read.
             loaded = self._cached(context_id)
@@ -248,8 +256,10 @@ class CommandHandler:
                 RETRIES.inc()
                 await asyncio.sleep(self._backoff * (attempt + 1) * random.random())
                 continue
-            if result.duplicate:
-                self._cache.pop(context_id, None)  # stored before by someone: reload next time
+            if result.duplicate or heard != erasures_heard():
+                # Stored before by someone, or an erasure heard meanwhile (the state may
+                # hold opened values): read again next time.
+                self._cache.pop(context_id, None)
             else:
                 loaded.appended(events, result, key)
             return result

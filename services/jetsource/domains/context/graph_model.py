@@ -22,7 +22,7 @@ from typing import Any
 
 from neo4j import AsyncDriver, AsyncManagedTransaction
 
-from jetsource.core.crypto import ErasureWatch
+from jetsource.core.crypto import ErasureWatch, erasures_heard
 from jetsource.core.envelope import RecordedEvent
 from jetsource.domains.context.history import FoldCache, history_up_to
 from jetsource.domains.context.model import ContextState, Decision, Subtask
@@ -277,6 +277,7 @@ class GraphModel:
     async def apply(self, events: Sequence[RecordedEvent]) -> Outcome:
         outcome = Outcome()
         groups = group(events)
+        heard = erasures_heard()  # states folded from here on may be remembered
         loaded = await self._load(list(groups))
         writes = _Writes()
         pending: dict[str, tuple[int, ContextState, list[int]]] = {}
@@ -295,7 +296,10 @@ class GraphModel:
         ok = await self._write(writes, max(seq for seq, _, _ in pending.values()))
         for story, (seq, state, seqs) in pending.items():
             if story in ok:
-                self._remember(story, seq, state)
+                if heard == erasures_heard():
+                    self._remember(story, seq, state)
+                else:  # an erasure heard meanwhile: the state may hold opened values
+                    self._cache.pop(story, None)
                 outcome.done.extend(seqs)
                 outcome.applied += ok[story]  # as the transaction counted it
             else:

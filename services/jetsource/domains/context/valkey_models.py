@@ -24,7 +24,7 @@ from valkey.exceptions import ResponseError
 
 from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
 from jetsource.core.codec import UnknownEvent
-from jetsource.core.crypto import ErasureWatch
+from jetsource.core.crypto import ErasureWatch, erasures_heard
 from jetsource.core.envelope import RecordedEvent
 from jetsource.domains.context.history import FoldCache, history_up_to
 from jetsource.domains.context.model import (
@@ -443,6 +443,7 @@ class ContextModel(ValkeyModel):
     async def apply(self, events: Sequence[RecordedEvent]) -> Outcome:
         outcome = Outcome()
         groups = group(events)
+        heard = erasures_heard()  # states folded from here on may be remembered
         loaded = await self._load(list(groups), take=True)
         args: list[Any] = []
         pending: dict[str, tuple[dict[str, Any], ContextState, list[int], Maps | None]] = {}
@@ -453,7 +454,7 @@ class ContextModel(ValkeyModel):
             if fresh:
                 new, fresh, put, new_maps = self._fold_touched(state, fresh, outcome, maps)
             if not fresh:  # nothing to write: the entry taken (unchanged) goes back
-                if cached:
+                if cached and heard == erasures_heard():
                     self._remember(aggregate_id, meta, state, maps)
                 continue
             last = fresh[-1]
@@ -495,7 +496,10 @@ class ContextModel(ValkeyModel):
                 self._cache.pop(aggregate_id, None)
                 outcome.done.extend(seqs)
             else:
-                self._remember(aggregate_id, meta, state, maps)
+                if heard == erasures_heard():
+                    self._remember(aggregate_id, meta, state, maps)
+                # else an erasure was heard meanwhile: the state may hold opened values
+                # (the entry was taken out of the cache: it is read again next time)
                 outcome.done.extend(seqs)
                 outcome.applied += len(seqs)
         return outcome
