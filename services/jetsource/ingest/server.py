@@ -156,11 +156,6 @@ async def serve(settings: IngestSettings) -> None:
 
 
 def main() -> None:
-    # uvloop (uvicorn[standard]) makes the HTTP and NATS I/O cheaper per webhook.
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     run_service("ingest", IngestSettings.load(), serve)
 
 

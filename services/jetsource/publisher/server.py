@@ -8,8 +8,6 @@ its own once a probe write and the stream's state say it can.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -165,12 +163,6 @@ async def serve(settings: PublisherSettings) -> None:
 
 
 def main() -> None:
-    # uvloop (a dependency through uvicorn[standard]): the loop's own work per command
-    # (wakeups from gRPC's poller thread and NATS, timers, task steps) costs less.
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     settings = PublisherSettings.load()
     code = serve_workers("publisher", "jetsource.publisher.server", settings, settings.publisher)
     if code is not None:
