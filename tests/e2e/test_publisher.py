@@ -17,6 +17,7 @@ from prometheus_client import REGISTRY
 
 from jetsource._gen.context.v1 import commands_pb2 as pb
 from jetsource._gen.context.v1 import commands_pb2_grpc as pb_grpc
+from jetsource._gen.context.v1 import events_pb2
 from jetsource.client import ContextClient
 from jetsource.core.settings import NatsSettings
 from jetsource.devstack.servers import NatsServer, free_port, stop_pid
@@ -234,7 +235,7 @@ async def test_fuzzed_requests_never_yield_internal(publisher: Publisher) -> Non
                         context_id=context_id,
                         options=options,
                         subtask_id=junk(5),
-                        status=rng.randint(-3, 9),
+                        status=events_pb2.SubtaskStatus.ValueType(rng.randint(-3, 9)),
                         progress=rng.randint(0, 2**32 - 1),
                     ),
                 ),

@@ -187,7 +187,7 @@ async def test_bad_input_gets_a_clear_status_and_changes_nothing(stack: Stack) -
     created = (await stack.reads.list_events("bad-input", limit=1)).events[0].recorded_at
     before = Timestamp(seconds=created.seconds - 3600)
     stub = q_grpc.ContextQueryServiceStub(stack.reads._channel)
-    cases: list[tuple[str, Any, Code, str]] = [
+    cases: list[tuple[str, Any, grpc.StatusCode, str]] = [
         ("GetContext", q.GetContextRequest(context_id="nobody"), Code.NOT_FOUND, "nobody"),
         ("GetContext", q.GetContextRequest(context_id="a.b"), Code.INVALID_ARGUMENT, "context_id"),
         ("GetContext", q.GetContextRequest(context_id=""), Code.INVALID_ARGUMENT, "context_id"),

@@ -8,11 +8,12 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-import nats
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf import descriptor_pb2
 from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from nats.aio.client import Client as NATS
 
 from jetsource._gen.context.v1 import events_pb2 as ev
 from jetsource._gen.eventstore.v1 import options_pb2
@@ -122,7 +123,7 @@ def reference_seal(
             key_ref=ref,
             fields=numbers,
             metadata=entries,
-            box=crypto.AESGCM(key).encrypt(crypto._NONCE, subject.encode(), crypto._AAD + ref),
+            box=AESGCM(key).encrypt(crypto._NONCE, subject.encode(), crypto._AAD + ref),
         )
     return (
         stripped.SerializeToString(deterministic=True),
@@ -168,7 +169,7 @@ def store() -> JetStreamEventStore:
     registry.register("DecisionAdded", 1, ev.DecisionAdded)
     registry.register("SubtaskUpdated", 1, ev.SubtaskUpdated)
     registry.register("DependencyLinked", 1, ev.DependencyLinked)
-    s = JetStreamEventStore(nats.NATS(), registry, EventStoreSettings(stream="T"))
+    s = JetStreamEventStore(NATS(), registry, EventStoreSettings(stream="T"))
     s.keys._pepper = b"pepper"
     for ref, key in KEYS.values():
         s.keys._remember(ref, key)

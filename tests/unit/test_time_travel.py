@@ -120,9 +120,25 @@ class CountingStore(InMemoryEventStore):
         self.times_looked_up += 1
         return await super().version_at_time(aggregate_id, time)
 
-    async def read_aggregate(self, aggregate_id: str, **bounds: Any) -> list[RecordedEvent]:
-        self.last_read = bounds
-        return await super().read_aggregate(aggregate_id, **bounds)
+    async def read_aggregate(
+        self,
+        aggregate_id: str,
+        from_version: int = 1,
+        to_version: int | None = None,
+        until_time: datetime | int | None = None,
+        from_seq: int = 1,
+        to_seq: int | None = None,
+    ) -> list[RecordedEvent]:
+        self.last_read = {
+            "from_version": from_version,
+            "to_version": to_version,
+            "until_time": until_time,
+            "from_seq": from_seq,
+            "to_seq": to_seq,
+        }
+        return await super().read_aggregate(
+            aggregate_id, from_version, to_version, until_time, from_seq, to_seq
+        )
 
 
 async def test_points_between_listed_snapshots_need_no_snapshot_lookup() -> None:
@@ -146,8 +162,8 @@ async def test_points_between_listed_snapshots_need_no_snapshot_lookup() -> None
     assert store.times_looked_up == 40  # once per time, nothing else looked up
     # A time is a version (the last one recorded by then), and the snapshot past it
     # bounds the tail read by sequence (here exactly: the aggregate is alone).
-    for point in (dict(to_version=37), dict(until=records[36].recorded_at_ns)):
-        await loader.load("s1", **point)
+    for to_version, until in ((37, None), (None, records[36].recorded_at_ns)):
+        await loader.load("s1", to_version=to_version, until=until)
         assert store.last_read is not None
         assert store.last_read["to_version"] == 37
         assert store.last_read["to_seq"] == records[36].stream_seq
