@@ -27,8 +27,9 @@ from jetsource.eventstore.jsapi import RawMessage
 from tests.eventstore_fixtures import message_class
 
 
-def _multi_personal() -> type[Message]:
-    """A message with three personal fields among others (the context events have one)."""
+def _multi_personal() -> Any:
+    """A message with three personal fields among others (the context events have one):
+    a class made at run time, whose fields no type checker knows."""
     proto = descriptor_pb2.FileDescriptorProto(
         name="sealing_fastpath_test/multi.proto", package="sealfast", syntax="proto3"
     )
@@ -46,7 +47,7 @@ def _multi_personal() -> type[Message]:
         if personal:
             field.options.Extensions[options_pb2.personal] = True
     message.field.add(name="count", number=5, type=5, label=optional)  # int32
-    return message_class(proto, "sealfast.MultiPersonal")  # type: ignore[no-any-return]
+    return message_class(proto, "sealfast.MultiPersonal")
 
 
 MultiPersonal = _multi_personal()
