@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
 
 from jetsource.core.envelope import ANY, NewEvent, RecordedEvent
 from jetsource.domains.context.history import Keys, add_keys, make_snapshot
 from jetsource.domains.context.model import ContextState, fold
 from jetsource.domains.context.samples import story_events
+from jetsource.eventstore.memory import InMemoryEventStore
 from jetsource.eventstore.port import EventStore
 from jetsource.eventstore.snapshots import Snapshot, SnapshotStore
 
@@ -88,3 +91,20 @@ def ticking_clock(steps: list[int]):  # type: ignore[no-untyped-def]
         return now[0]
 
     return clock
+
+
+class CountingStore(InMemoryEventStore):
+    """Counts the reads and time look-ups the loader makes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reads = 0
+        self.looked_up = 0
+
+    async def version_at_time(self, aggregate_id: str, time: datetime | int) -> int:
+        self.looked_up += 1
+        return await super().version_at_time(aggregate_id, time)
+
+    async def read_aggregate(self, aggregate_id: str, *args: Any, **kw: Any) -> list[RecordedEvent]:
+        self.reads += 1
+        return await super().read_aggregate(aggregate_id, *args, **kw)

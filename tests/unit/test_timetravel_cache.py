@@ -24,29 +24,13 @@ from jetsource.domains.context.views import state_view
 from jetsource.eventstore.memory import InMemoryEventStore
 from jetsource.eventstore.snapshots import InMemorySnapshotStore
 from tests.history_fixtures import (
+    CountingStore,
     append_history,
     probe_times,
     save_snapshots,
     state_at,
     ticking_clock,
 )
-
-
-class CountingStore(InMemoryEventStore):
-    """Counts the reads and time look-ups the loader makes."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.reads = 0
-        self.looked_up = 0
-
-    async def version_at_time(self, aggregate_id: str, time: datetime | int) -> int:
-        self.looked_up += 1
-        return await super().version_at_time(aggregate_id, time)
-
-    async def read_aggregate(self, aggregate_id: str, *args: Any, **kw: Any) -> list[RecordedEvent]:
-        self.reads += 1
-        return await super().read_aggregate(aggregate_id, *args, **kw)
 
 
 def facts(point: Any) -> tuple[Any, ...]:

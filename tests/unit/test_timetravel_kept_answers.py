@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import random
-from datetime import datetime
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -18,7 +17,6 @@ from hypothesis import strategies as st
 from jetsource._gen.context.v1 import query_pb2 as pb
 from jetsource.core import crypto
 from jetsource.core.clock import to_timestamp
-from jetsource.core.envelope import RecordedEvent
 from jetsource.domains.context.events import registry
 from jetsource.domains.context.history import KeptPoint, StateLoader
 from jetsource.domains.context.query_service import EncodedViews, HeapKeeper
@@ -26,27 +24,13 @@ from jetsource.domains.context.views import state_view
 from jetsource.eventstore.memory import InMemoryEventStore
 from jetsource.eventstore.snapshots import InMemorySnapshotStore
 from tests.history_fixtures import (
+    CountingStore,
     append_history,
     probe_times,
     save_snapshots,
     state_at,
     ticking_clock,
 )
-
-
-class CountingStore(InMemoryEventStore):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.reads = 0
-        self.looked_up = 0
-
-    async def version_at_time(self, aggregate_id: str, time: datetime | int) -> int:
-        self.looked_up += 1
-        return await super().version_at_time(aggregate_id, time)
-
-    async def read_aggregate(self, aggregate_id: str, *args: Any, **kw: Any) -> list[RecordedEvent]:
-        self.reads += 1
-        return await super().read_aggregate(aggregate_id, *args, **kw)
 
 
 def placed(point: Any) -> KeptPoint:
