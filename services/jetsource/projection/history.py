@@ -11,7 +11,9 @@ only if its state schema is the one the codec writes (``schema_version``); an ol
 one is skipped and the state folded from events, never misread.
 
 A point is a version (``to_version``), a time (``until``: every event recorded at or
-before it; stream times never go backwards) or both; none means "now".
+before it; stream times never go backwards) or both; none means "now". A reader that
+answers the same points again (time travel) asks :meth:`StateLoader.peek` where a
+point lies before it loads: from what the loader holds, without reading anything.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from jetsource.core.clock import to_ns
 from jetsource.core.crypto import ErasureWatch, erasures_heard
@@ -46,6 +48,8 @@ TAIL_EVENTS_PER_STATE = 10
 # few events instead of all those since the snapshot.
 CHECKPOINT_EVERY = 10
 CHECKPOINTS = 64
+# Times whose version a loader keeps (those looked up in the store and final).
+TIMES_KEPT = 10_000
 
 
 class SnapshotDecodeError(ValueError):
@@ -208,6 +212,17 @@ class PointInTime(Generic[S]):
     base: S | None = None
 
 
+class KeptPoint(NamedTuple):
+    """What a load of a point would answer besides its state (see
+    :meth:`StateLoader.peek`)."""
+
+    version: int
+    last_seq: int
+    recorded_at_ns: int
+    snapshot_version: int
+    events_folded: int
+
+
 class StateLoader(Generic[S]):
     """Loads states through snapshots. Three caches, all of facts that never change
     (events are never deleted and versions are contiguous, so the event at a version
@@ -219,7 +234,21 @@ class StateLoader(Generic[S]):
     point too. With the tail, a point within it is served without reading the
     stream, and a point past it reads only the events after it.
 
-    An erasure empties all three (states and events hold opened personal values)."""
+    Two more, for a reader that asks the same points again (time travel):
+
+    - states folded to checkpoint versions after a snapshot (a load near one folds a
+      few events, not all since the snapshot);
+    - the version at a time, kept once it is final: the store said version v and the
+      loader knows a version past v exists, so v + 1 was recorded after the time and
+      every later append is too (stream times never go backwards). A time at or after
+      the last append known is asked again (an append may still come at that time).
+
+    With them :meth:`peek` places a point (its version, last stream sequence,
+    snapshot and events folded) without reading or folding, so an answer a reader
+    kept for that point is sent without loading the state again.
+
+    An erasure empties them all (states and events hold opened personal values),
+    and a load in flight across one keeps nothing it opened before it was heard."""
 
     def __init__(
         self,
@@ -244,12 +273,27 @@ class StateLoader(Generic[S]):
         # (aggregate, version) -> (state folded to it, the snapshot state it came from)
         self.checkpoints = min(CHECKPOINTS, cache_size)
         self._folded: OrderedDict[tuple[str, int], tuple[S, S]] = OrderedDict()
+        # (aggregate, time ns) -> the last version recorded by then, once final
+        self.times_kept = TIMES_KEPT if cache_size else 0
+        self._times: OrderedDict[tuple[str, int], int] = OrderedDict()
         # ... except after an erasure: its snapshots are deleted and taken again.
         self._erasures = ErasureWatch()
 
     @property
     def schema(self) -> int:
         return self.codec.schema_version
+
+    def _erased(self) -> bool:
+        """Empty every cache if an erasure was heard of since they were last emptied."""
+        if not self._erasures.moved():
+            return False
+        self._cache.clear()
+        self._listed.clear()
+        self._tails.clear()
+        self._tail_total = 0
+        self._folded.clear()
+        self._times.clear()
+        return True
 
     @staticmethod
     def _key(snapshot: Snapshot) -> tuple[str, int, int]:
@@ -374,6 +418,36 @@ class StateLoader(Generic[S]):
                 return run.last
         return None
 
+    def _known_last(self, aggregate_id: str) -> int:
+        """A version the aggregate is known to have (0: none known)."""
+        run = self._tails.get(aggregate_id)
+        last = run.last if run is not None else 0
+        for s in self._listed.get(aggregate_id, ()):
+            last = max(last, s.version)
+        return last
+
+    def _kept_version_at(self, aggregate_id: str, time_ns: int) -> int | None:
+        """The last version recorded at or before ``time_ns``, from what is kept."""
+        by_then = self._version_at_time(aggregate_id, time_ns)
+        if by_then is None:
+            by_then = self._times.get((aggregate_id, time_ns))
+            if by_then is not None:
+                self._times.move_to_end((aggregate_id, time_ns))
+        return by_then
+
+    async def _by_then(self, aggregate_id: str, time_ns: int) -> int:
+        """The last version recorded at or before ``time_ns``: from what is kept, else
+        from the store (one look-up), kept once final. (A version is no opened
+        value and an erasure changes none: what is kept needs no erasure guard.)"""
+        by_then = self._kept_version_at(aggregate_id, time_ns)
+        if by_then is None:
+            by_then = await self.store.version_at_time(aggregate_id, time_ns)
+            if self.times_kept and by_then < self._known_last(aggregate_id):
+                self._times[(aggregate_id, time_ns)] = by_then
+                while len(self._times) > self.times_kept:
+                    self._times.popitem(last=False)
+        return by_then
+
     async def _fold(
         self, aggregate_id: str, point: PointInTime[S], tail: list[RecordedEvent], heard: int
     ) -> S:
@@ -431,19 +505,12 @@ class StateLoader(Generic[S]):
         ``until`` (both optional)."""
         codec = self.codec
         heard = erasures_heard()  # (what is opened from here on may be kept)
-        if self._erasures.moved():
-            self._cache.clear()
-            self._listed.clear()
-            self._tails.clear()
-            self._tail_total = 0
-            self._folded.clear()
+        self._erased()
         if until is not None:
             # Stream times never go backwards: the events recorded by then are the
-            # versions up to the last one recorded by then. One look-up, and the rest
-            # is a read up to a version.
-            by_then = self._version_at_time(aggregate_id, to_ns(until))
-            if by_then is None:
-                by_then = await self.store.version_at_time(aggregate_id, to_ns(until))
+            # versions up to the last one recorded by then. At most one look-up, and
+            # the rest is a read up to a version.
+            by_then = await self._by_then(aggregate_id, to_ns(until))
             to_version = by_then if to_version is None else min(to_version, by_then)
         point = PointInTime(codec.empty(aggregate_id))
         if use_snapshots and self.snapshots is not None and to_version != 0:
@@ -476,3 +543,41 @@ class StateLoader(Generic[S]):
             if keys:
                 add_keys(point.keys, tail)
         return point
+
+    def peek(
+        self, aggregate_id: str, to_version: int | None = None, until_ns: int | None = None
+    ) -> KeptPoint | None:
+        """What ``load(aggregate_id, to_version, until_ns)`` would answer but its state,
+        when what is kept says it without asking any store (else None): a listed
+        snapshot at or before the point with one past it, and the kept run of events
+        after it holding the point."""
+        if self._erased():
+            return None  # nothing is kept past an erasure
+        if until_ns is not None:
+            by_then = self._kept_version_at(aggregate_id, until_ns)
+            if by_then is None:
+                return None
+            to_version = by_then if to_version is None else min(to_version, by_then)
+        if to_version is None or to_version <= 0:
+            return None
+        found = self._from_list(aggregate_id, to_version)
+        if found is None:
+            return None
+        snapshot = found[0]
+        if snapshot.version >= to_version:
+            return KeptPoint(
+                snapshot.version, snapshot.last_seq, snapshot.recorded_at_ns, snapshot.version, 0
+            )
+        run = self._tails.get(aggregate_id)
+        if run is None or not run.first <= snapshot.version + 1 <= run.last + 1:
+            return None
+        if to_version > run.last:
+            return None
+        last = run.events[to_version - run.first]
+        return KeptPoint(
+            to_version,
+            last.stream_seq,
+            last.recorded_at_ns,
+            snapshot.version,
+            to_version - snapshot.version,
+        )

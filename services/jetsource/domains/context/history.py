@@ -15,11 +15,8 @@ import json
 import zlib
 from collections import OrderedDict
 from dataclasses import replace
-from datetime import datetime
-from typing import Any, NamedTuple, TypeAlias
+from typing import Any, TypeAlias
 
-from jetsource.core.clock import to_ns
-from jetsource.core.crypto import erasures_heard
 from jetsource.core.envelope import RecordedEvent
 from jetsource.core.errors import CorruptEventError
 from jetsource.domains.context.events import AGGREGATE_TYPE
@@ -29,6 +26,7 @@ from jetsource.eventstore.port import EventStore
 from jetsource.eventstore.snapshots import Snapshot, SnapshotStore
 from jetsource.projection import history as engine
 from jetsource.projection.history import (
+    KeptPoint,
     Keys,
     RefusedEvent,
     SnapshotDecodeError,
@@ -177,34 +175,9 @@ def make_snapshot(
     return engine.make_snapshot(CODEC, state, last, keys, taken_at_ns)
 
 
-class KeptPoint(NamedTuple):
-    """What a load of a point would answer besides its state (see
-    :meth:`StateLoader.peek`)."""
-
-    version: int
-    last_seq: int
-    recorded_at_ns: int
-    snapshot_version: int
-    events_folded: int
-
-
-# Times whose version a loader keeps (those looked up in the store and final).
-TIMES_KEPT = 10_000
-
-
 class StateLoader(engine.StateLoader[ContextState]):
-    """The engine's state loader for contexts, and two things the query service asks
-    of it on every time-travel read:
-
-    - :meth:`peek`: where a point lies (its version, last stream sequence, snapshot and
-      events folded) from what is kept, without folding, so an answer kept for that
-      point is sent without loading the state again;
-    - the version at a time, kept once it is final: the store said version v and the
-      loader knows a version past v exists, so v + 1 was recorded after the time and
-      every later append is too (stream times never go backwards). A time at or after
-      the last append known is asked again (an append may still come at that time).
-
-    An erasure empties what this adds, as the engine's caches."""
+    """The engine's state loader bound to the context codec (peek and the versions
+    at final times the query service asks for are the engine loader's)."""
 
     def __init__(
         self,
@@ -213,87 +186,3 @@ class StateLoader(engine.StateLoader[ContextState]):
         cache_size: int = 1_000,
     ) -> None:
         super().__init__(CODEC, store, snapshots, cache_size)
-        self._times: OrderedDict[tuple[str, int], int] = OrderedDict()
-        self.times_kept = TIMES_KEPT if cache_size else 0
-        # Erasures heard of when the caches were last emptied (a load empties them).
-        self._heard = erasures_heard()
-
-    def _known_last(self, aggregate_id: str) -> int:
-        """A version the aggregate is known to have (0: none known)."""
-        run = self._tails.get(aggregate_id)
-        last = run.last if run is not None else 0
-        for s in self._listed.get(aggregate_id, ()):
-            last = max(last, s.version)
-        return last
-
-    def _kept_version_at(self, aggregate_id: str, time_ns: int) -> int | None:
-        by_then = self._version_at_time(aggregate_id, time_ns)
-        if by_then is None:
-            by_then = self._times.get((aggregate_id, time_ns))
-            if by_then is not None:
-                self._times.move_to_end((aggregate_id, time_ns))
-        return by_then
-
-    async def load(
-        self,
-        aggregate_id: str,
-        to_version: int | None = None,
-        until: datetime | int | None = None,
-        keys: bool = False,
-        use_snapshots: bool = True,
-    ) -> PointInTime:
-        heard = erasures_heard()
-        if heard != self._heard:
-            self._times.clear()
-            self._heard = heard  # (the engine's load empties its caches below)
-            return await super().load(aggregate_id, to_version, until, keys, use_snapshots)
-        if until is not None:
-            at = to_ns(until)
-            by_then = self._kept_version_at(aggregate_id, at)
-            if by_then is None:
-                by_then = await self.store.version_at_time(aggregate_id, at)
-                if self.times_kept and by_then < self._known_last(aggregate_id):
-                    self._times[(aggregate_id, at)] = by_then
-                    while len(self._times) > self.times_kept:
-                        self._times.popitem(last=False)
-            # What the engine does with ``until``: the versions recorded by then.
-            to_version = by_then if to_version is None else min(to_version, by_then)
-        return await super().load(aggregate_id, to_version, None, keys, use_snapshots)
-
-    def peek(
-        self, aggregate_id: str, to_version: int | None = None, until_ns: int | None = None
-    ) -> KeptPoint | None:
-        """What ``load(aggregate_id, to_version, until_ns)`` would answer but its state,
-        when what is kept says it without asking any store (else None): a listed
-        snapshot at or before the point with one past it, and the kept run of events
-        after it holding the point."""
-        if erasures_heard() != self._heard:
-            return None  # a load empties the caches first
-        if until_ns is not None:
-            by_then = self._kept_version_at(aggregate_id, until_ns)
-            if by_then is None:
-                return None
-            to_version = by_then if to_version is None else min(to_version, by_then)
-        if to_version is None or to_version <= 0:
-            return None
-        found = self._from_list(aggregate_id, to_version)
-        if found is None:
-            return None
-        snapshot = found[0]
-        if snapshot.version >= to_version:
-            return KeptPoint(
-                snapshot.version, snapshot.last_seq, snapshot.recorded_at_ns, snapshot.version, 0
-            )
-        run = self._tails.get(aggregate_id)
-        if run is None or not run.first <= snapshot.version + 1 <= run.last + 1:
-            return None
-        if to_version > run.last:
-            return None
-        last = run.events[to_version - run.first]
-        return KeptPoint(
-            to_version,
-            last.stream_seq,
-            last.recorded_at_ns,
-            snapshot.version,
-            to_version - snapshot.version,
-        )
