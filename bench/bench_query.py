@@ -32,7 +32,7 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -187,17 +187,24 @@ async def in_process(
     snapshots = JetStreamSnapshotStore(nc, SnapshotSettings(), 5.0)
     await store.start()
     await snapshots.start()
-    loader = StateLoader(store, snapshots, SnapshotSettings().cache_size)
+
+    # Each row starts with a loader of its own, so no row is served by what an earlier
+    # row kept: the targets repeat within a row (the first read of each pays the read
+    # and the fold, later ones are kept), the same for every row.
+    def fresh() -> StateLoader:
+        return StateLoader(store, snapshots, SnapshotSettings().cache_size)
+
     # Every read a first one (but for the decoded snapshot state): the tail read and
     # folded from the snapshot each time, as before the loader kept them.
-    cold = StateLoader(store, snapshots, SnapshotSettings().cache_size)
+    cold = fresh()
     cold.tail_events = cold.checkpoints = 0
     few = picks[: max(2, len(picks) // 10)]
     history = len(records)
+    by_version, by_time, plain = fresh(), fresh(), fresh()
     try:
-        await loader.load("long", to_version=history)  # warm, like the gRPC rows
-        await cold.load("long", to_version=records[picks[0]].version)
-        await loader.load("long-nosnap", to_version=history)
+        for loader in (by_version, by_time, cold):  # warm, like the gRPC rows
+            await loader.load("long", to_version=history)
+        await plain.load("long-nosnap", to_version=history)
 
         def meter() -> CpuMeter:
             return CpuMeter({"nats-server": nats_pid})
@@ -207,7 +214,8 @@ async def in_process(
                 "StateLoader.load(to_version=v), snapshots",
                 [
                     lambda i=i: _checked(
-                        loader.load("long", to_version=records[i].version), records[i].version
+                        by_version.load("long", to_version=records[i].version),
+                        records[i].version,
                     )
                     for i in picks
                 ],
@@ -218,7 +226,8 @@ async def in_process(
                 "StateLoader.load(until=t), snapshots",
                 [
                     lambda i=i: _checked(
-                        loader.load("long", until=records[i].recorded_at_ns), records[i].version
+                        by_time.load("long", until=records[i].recorded_at_ns),
+                        records[i].version,
                     )
                     for i in picks
                 ],
@@ -240,7 +249,8 @@ async def in_process(
                 "StateLoader.load(to_version=v), no snapshots",
                 [
                     lambda i=i: _checked(
-                        loader.load("long-nosnap", to_version=twin[i].version), twin[i].version
+                        plain.load("long-nosnap", to_version=twin[i].version),
+                        twin[i].version,
                     )
                     for i in few
                 ],
@@ -367,9 +377,6 @@ async def run(
         service = GrpcService(
             "query", "jetsource.query.server", tmp / "query", "127.0.0.1", port, env=env
         )
-        proc = service.start()
-        procs.append(proc)
-        service.wait_ready(proc, 60)
         records = seeded["records"]
         rng = random.Random(3)
         picks = [rng.randrange(history - 100, history) for _ in range(reads)]
@@ -383,54 +390,53 @@ async def run(
             f"{history}-event story (state {seeded['state_bytes'] // 1000} kB as text{among}), "
             f"{reads} reads per row, targets among the last 100 events; cpus={CPUS}"
         )
+        short = seeded["short"]
 
-        def meter(*extra: str) -> CpuMeter:
-            pids = {"query": proc.pid, "nats-server": nats_pid}
-            if "valkey" in extra:
-                pids["valkey-server"] = valkey_pid
-            return CpuMeter(pids)
+        async def row(
+            name: str, calls: Callable[[QueryClient], list[Any]], clients: int = 1
+        ) -> Stats:
+            """One row on a query service started for it: nothing an earlier row read
+            is kept (the targets repeat within the row, as in the in-process rows)."""
+            proc = service.start()
+            procs.append(proc)
+            try:
+                service.wait_ready(proc, 60)
+                async with QueryClient(service.address(), timeout=60) as q:
+                    # a service that knows the story: the newest version of each
+                    check = await q.at_version("long", history)
+                    assert check.snapshot_version == history, check.snapshot_version
+                    check = await q.at_version("long-nosnap", history)
+                    assert check.context.version == history, check.context.version
+                    pids = {"query": proc.pid, "nats-server": nats_pid}
+                    if clients > 1:
+                        pids["valkey-server"] = valkey_pid
+                    return await timed(name, calls(q), clients, CpuMeter(pids))
+            finally:
+                stop(proc)  # the next row, and the in-process rows, run without it
 
-        async with QueryClient(service.address(), timeout=60) as q:
-            check = await q.at_version("long", history)
-            assert check.snapshot_version == history, check.snapshot_version
-            for warm in ("long", "long-nosnap"):
-                await q.at_version(warm, history)
-            short = seeded["short"]
-            rows = {}
-            if get:
-                rows["get"] = await timed(
-                    "GetContext, 16 clients",
-                    [lambda s=rng.choice(short): q.get_context(s) for _ in range(reads * 10)],
-                    16,
-                    meter("valkey"),
-                )
-            rows |= {
-                "time_snap": await timed(
-                    "GetContextAtTime, snapshots",
-                    [lambda t=t: q.at_time("long", t) for t in times],
-                    1,
-                    meter(),
-                ),
-                "version_snap": await timed(
-                    "GetContextAtVersion, snapshots",
-                    [lambda v=v: q.at_version("long", v) for v in versions],
-                    1,
-                    meter(),
-                ),
-                "time_none": await timed(
-                    "GetContextAtTime, no snapshots",
-                    [lambda t=t: q.at_time("long-nosnap", t) for t in twin_times],
-                    1,
-                    meter(),
-                ),
-                "version_none": await timed(
-                    "GetContextAtVersion, no snapshots",
-                    [lambda v=v: q.at_version("long-nosnap", v) for v in twin_versions],
-                    1,
-                    meter(),
-                ),
-            }
-        stop(proc)  # the in-process rows share the machine with nats-server only
+        rows = {}
+        if get:
+            rows["get"] = await row(
+                "GetContext, 16 clients",
+                lambda q: [lambda s=rng.choice(short): q.get_context(s) for _ in range(reads * 10)],
+                16,
+            )
+        rows["time_snap"] = await row(
+            "GetContextAtTime, snapshots",
+            lambda q: [lambda t=t: q.at_time("long", t) for t in times],
+        )
+        rows["version_snap"] = await row(
+            "GetContextAtVersion, snapshots",
+            lambda q: [lambda v=v: q.at_version("long", v) for v in versions],
+        )
+        rows["time_none"] = await row(
+            "GetContextAtTime, no snapshots",
+            lambda q: [lambda t=t: q.at_time("long-nosnap", t) for t in twin_times],
+        )
+        rows["version_none"] = await row(
+            "GetContextAtVersion, no snapshots",
+            lambda q: [lambda v=v: q.at_version("long-nosnap", v) for v in twin_versions],
+        )
         lib = await in_process(url, records, seeded["twin"], picks, nats_pid)
         rows.update({f"lib_{k}": v for k, v in lib.items()})
         peers: list[Stats] = []

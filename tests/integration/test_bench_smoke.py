@@ -29,7 +29,7 @@ COST = {
     "publisher": 15,
     "omni": 13,
     "process_query": 11,
-    "query": 10,
+    "query": 17,
     "projector": 5,
     "observer": 4,
 }
