@@ -4,16 +4,25 @@
 - ``POST /webhooks/whatsapp/{instance}`` (WhatsApp Cloud API and Evolution API) and
   ``POST /webhooks/discord/{instance}`` (the forwarding bot): see intake.py;
 - ``/api/v1/...``: the OmniQueryService reads as JSON, and processing status updates;
-- ``/healthz``, ``/openapi.json``, ``/docs``.
+- ``/healthz`` and ``/readyz`` (see :class:`Health`), ``/metrics``, ``/openapi.json``,
+  ``/docs``.
+
+Webhooks are counted and timed by provider (``jetsource_omni_webhooks_total``,
+``jetsource_omni_webhook_seconds``); every other request to the API (``/api/v1/`` and
+the WhatsApp handshake) by route template, HTTP method and status
+(``jetsource_omni_api_requests_total``, ``jetsource_omni_api_seconds``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hmac
 import logging
 import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -36,6 +45,7 @@ from jetsource.domains.omni.intake import Intake, WebhookRequest
 from jetsource.domains.omni.processing import EventNotFoundError, record_status
 from jetsource.domains.omni.reads import Filters, NotFoundError, OmniReads
 from jetsource.eventstore.jetstream import JetStreamEventStore
+from jetsource.projection.contract import TransientError
 
 log = logging.getLogger("jetsource.ingest")
 
@@ -50,6 +60,20 @@ WEBHOOK_SECONDS = Histogram(
     ["provider"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
+API_REQUESTS = Counter(
+    "jetsource_omni_api_requests_total",
+    "REST requests (/api/v1/ and the WhatsApp handshake; webhooks have their own) by "
+    "route template, HTTP method and status",
+    ["route", "method", "status"],
+)
+API_SECONDS = Histogram(
+    "jetsource_omni_api_seconds",
+    "REST request latency (/api/v1/, the WhatsApp handshake) by route template, method",
+    ["route", "method"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+# Requests to a path no route has (scanners, typos) are counted under this route.
+UNMATCHED = "(unmatched)"
 EVENT_TYPES = ("message", "reaction", "edit", "delete", "status", "presence", "protocol", "system")
 DIRECTIONS = ("inbound", "outbound", "system")
 
@@ -92,7 +116,8 @@ def error_answer(path: str, exc: Exception) -> JSONResponse:
         return _error(404, "not_found", str(exc), exc.field or None)
     if isinstance(exc, ConcurrencyError):
         return _error(409, "conflict", str(exc))
-    if isinstance(exc, EventStoreUnavailableError | StreamMissingError):
+    if isinstance(exc, EventStoreUnavailableError | StreamMissingError | TransientError):
+        # TransientError: Valkey (the read models) did not answer.
         return _error(503, "unavailable", str(exc))
     if isinstance(exc, JetsourceError):
         log.error("%s failed", path, exc_info=exc)
@@ -133,12 +158,113 @@ async def read_body(request: Request, limit: int) -> tuple[bytes, int, bool]:
     return body, len(body), False
 
 
+async def valkey_answers(redis: Any, timeout_s: float = 1.0) -> bool:
+    """Whether Valkey answers a PING within ``timeout_s`` (short: a probe waits on it,
+    and a Valkey that does not answer must not make the probe time out)."""
+    try:
+        return bool(await asyncio.wait_for(redis.ping(), timeout_s))
+    except Exception:
+        return False
+
+
+def _always() -> bool:
+    return True
+
+
+async def _always_async() -> bool:
+    return True
+
+
+@dataclass
+class Health:
+    """What ``/healthz`` and ``/readyz`` report: each dependency, and what works.
+
+    Webhooks need NATS only (the events stream, the raw archive, the identity bucket);
+    the reads (REST and gRPC) need NATS and Valkey (the read models). Both endpoints
+    answer the same JSON body, ``ok`` saying whether the endpoint answered 200::
+
+        {"ok": true, "nats": true, "valkey": false, "webhooks": true, "reads": false}
+
+    - ``/healthz`` is 503 when NATS is down (nothing works), 200 otherwise: with only
+      Valkey down the webhooks are still stored, so the Helm chart's probes (startup,
+      readiness, liveness) ask this one. The pod stays in its Service and is not
+      restarted, and the reads answer 503 ``unavailable`` naming Valkey meanwhile.
+    - ``/readyz`` is 503 when any dependency is down: for a monitor, or as the
+      readiness path of a deployment that serves only the reads.
+    """
+
+    nats: Callable[[], bool] = _always
+    valkey: Callable[[], Awaitable[bool]] = _always_async
+
+    async def report(self) -> dict[str, bool]:
+        nats = _safe_bool(self.nats)
+        try:
+            valkey = bool(await self.valkey())
+        except Exception:
+            valkey = False
+        return {"nats": nats, "valkey": valkey, "webhooks": nats, "reads": nats and valkey}
+
+
+def _safe_bool(check: Callable[[], bool]) -> bool:
+    try:
+        return bool(check())
+    except Exception:
+        return False
+
+
+def _route_of(scope: MutableMapping[str, Any]) -> str | None:
+    """The route template a request matched (``/api/v1/events/{event_id}``), or None
+    when it is not counted here: webhooks (their own metrics), health, metrics, docs."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    if path is None:
+        raw = str(scope.get("path", ""))
+        return UNMATCHED if raw.startswith("/api/") else None
+    if path.startswith("/api/"):
+        return str(path)
+    if path.startswith("/webhooks/") and scope.get("method") in ("GET", "HEAD"):
+        return str(path)  # the WhatsApp verification handshake
+    return None
+
+
+class RequestMetrics:
+    """ASGI middleware counting and timing API requests by route template (never the
+    raw path: ids would make a series each), HTTP method and status. Plain ASGI, not
+    an HTTP middleware: the request's body stream passes through untouched. A request
+    that raises is counted 500, the answer the app's error handler gives it."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def sending(message: MutableMapping[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route = _route_of(scope)
+            if route is not None:
+                method = str(scope.get("method", ""))
+                API_REQUESTS.labels(route, method, str(status)).inc()
+                API_SECONDS.labels(route, method).observe(time.perf_counter() - started)
+
+
 def create_app(
     intake: Intake,
     reads: OmniReads,
     store: JetStreamEventStore,
     api_tokens: list[str] | None = None,
-    healthy: Any = None,
+    health: Health | None = None,
 ) -> FastAPI:
     app = FastAPI(
         title="jetsource-ingest",
@@ -147,6 +273,8 @@ def create_app(
         version="1",
     )
     tokens = [t.encode() for t in api_tokens or []]
+    checks = health or Health()
+    app.add_middleware(RequestMetrics)
 
     @app.exception_handler(ValidationError)
     async def _invalid(request: Request, exc: ValidationError) -> JSONResponse:
@@ -163,6 +291,10 @@ def create_app(
     @app.exception_handler(JetsourceError)
     async def _unavailable(request: Request, exc: JetsourceError) -> JSONResponse:
         return error_answer(request.url.path, exc)
+
+    @app.exception_handler(TransientError)
+    async def _store_away(request: Request, exc: TransientError) -> JSONResponse:
+        return error_answer(request.url.path, exc)  # Valkey away: 503
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -347,7 +479,19 @@ def create_app(
 
     @app.get("/healthz", tags=["health"], response_model=None)
     async def healthz() -> Response:
-        ok = healthy() if healthy is not None else True
-        return JSONResponse({"ok": bool(ok)}, status_code=200 if ok else 503)
+        """503 when NATS is down; 200 while webhooks can be stored, even with Valkey
+        (the reads) down: the body says which dependency is down and what works."""
+        report = await checks.report()
+        return _health_answer(report, report["webhooks"])
+
+    @app.get("/readyz", tags=["health"], response_model=None)
+    async def readyz() -> Response:
+        """503 when any dependency (NATS, Valkey) is down; the same body as /healthz."""
+        report = await checks.report()
+        return _health_answer(report, report["webhooks"] and report["reads"])
 
     return app
+
+
+def _health_answer(report: dict[str, bool], ok: bool) -> JSONResponse:
+    return JSONResponse({"ok": ok, **report}, status_code=200 if ok else 503)

@@ -25,7 +25,7 @@ from jetsource.domains.omni.raw import RawArchive
 from jetsource.domains.omni.reads import OmniReads
 from jetsource.eventstore.bootstrap import connect, release
 from jetsource.eventstore.jetstream import JetStreamEventStore
-from jetsource.ingest.app import create_app
+from jetsource.ingest.app import Health, create_app, valkey_answers
 from jetsource.ingest.settings import IngestSettings
 from jetsource.projection.control import ActiveVersionCache, Control
 from jetsource.projection.valkey import connect_valkey
@@ -120,7 +120,10 @@ async def build(settings: IngestSettings) -> Ingest:
             reads,
             store,
             [t.get_secret_value() for t in o.api_tokens if t.get_secret_value()],
-            healthy=lambda: nc.is_connected,
+            Health(
+                nats=lambda: bool(nc.is_connected),
+                valkey=lambda: valkey_answers(redis, min(settings.valkey.socket_timeout_s, 1.0)),
+            ),
         )
         endpoint = await start_grpc(
             lambda server: add_to_server(OmniQueryService(reads), server),

@@ -1,24 +1,47 @@
-"""gRPC OmniQueryService over :class:`OmniReads` (the same reads REST serves)."""
+"""gRPC OmniQueryService over :class:`OmniReads` (the same reads REST serves).
+
+Every call is counted and timed as the other query services' are
+(``jetsource_omni_query_requests_total{method,outcome}``,
+``jetsource_omni_query_seconds{method}``): ``outcome`` is ``ok``, the gRPC code a
+failure is answered with (``not_found``, ``invalid_argument``, ``unavailable``: Valkey
+or NATS away, ...), ``cancelled`` or ``internal``."""
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+from prometheus_client import Counter, Histogram
 
 from jetsource._gen.omni.v1 import query_pb2 as pb
 from jetsource._gen.omni.v1 import query_pb2_grpc
 from jetsource._gen.omni.v1.events_pb2 import Direction, EventType
+from jetsource.core import telemetry
 from jetsource.core.clock import from_timestamp
 from jetsource.core.errors import ValidationError
-from jetsource.core.grpcserver import RpcError, register_error
+from jetsource.core.grpcserver import RpcError, call_outcome, register_error, to_rpc_error
 from jetsource.domains.omni.identity import IdentityNotFoundError
 from jetsource.domains.omni.processing import EventNotFoundError
 from jetsource.domains.omni.reads import Filters, NotFoundError, OmniReads
 from jetsource.projection.contract import TransientError
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["OmniQueryService"].full_name
+T = TypeVar("T")
+
+REQUESTS = Counter(
+    "jetsource_omni_query_requests_total",
+    "Omni query RPCs (OmniQueryService) by method and outcome",
+    ["method", "outcome"],
+)
+LATENCY = Histogram(
+    "jetsource_omni_query_seconds",
+    "Omni query RPC latency by method",
+    ["method"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
 
 
 def _not_found(exc: BaseException) -> RpcError:
@@ -58,12 +81,36 @@ def _since(ts: Timestamp) -> int:
     return from_timestamp(ts)
 
 
+def _outcome(exc: BaseException) -> str:
+    """The ``outcome`` of a failed call: the code the guard answers it with (the same
+    mapping), ``cancelled`` for a call its client gave up on."""
+    if not isinstance(exc, Exception):
+        return call_outcome(exc, None)
+    return call_outcome(exc, to_rpc_error(exc))
+
+
 class OmniQueryService(query_pb2_grpc.OmniQueryServiceServicer):
     def __init__(self, reads: OmniReads) -> None:
         self.reads = reads
 
-    async def ListRecentEvents(
-        self, request: pb.ListRecentEventsRequest, context: grpc.aio.ServicerContext
+    async def _run(
+        self, method: str, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]]
+    ) -> T:
+        """``work()`` counted and timed (the latency of answered calls only, as the
+        other query services time theirs)."""
+        started = time.perf_counter()
+        try:
+            with telemetry.rpc_span(SERVICE_NAME, method, context):
+                result = await work()
+        except BaseException as exc:
+            REQUESTS.labels(method, _outcome(exc)).inc()
+            raise
+        REQUESTS.labels(method, "ok").inc()
+        LATENCY.labels(method).observe(time.perf_counter() - started)
+        return result
+
+    async def _list_recent_events(
+        self, request: pb.ListRecentEventsRequest
     ) -> pb.ListRecentEventsResponse:
         filters = Filters(
             request.instance,
@@ -77,9 +124,7 @@ class OmniQueryService(query_pb2_grpc.OmniQueryServiceServicer):
         )
         return pb.ListRecentEventsResponse(events=events, next_page_token=token)
 
-    async def GetEvent(
-        self, request: pb.GetEventRequest, context: grpc.aio.ServicerContext
-    ) -> pb.GetEventResponse:
+    async def _get_event(self, request: pb.GetEventRequest) -> pb.GetEventResponse:
         view = await self.reads.event(request.event_id)
         response = pb.GetEventResponse(event=view)
         if request.include_raw:
@@ -88,8 +133,8 @@ class OmniQueryService(query_pb2_grpc.OmniQueryServiceServicer):
                 response.raw.CopyFrom(raw)
         return response
 
-    async def GetIdentityTimeline(
-        self, request: pb.GetIdentityTimelineRequest, context: grpc.aio.ServicerContext
+    async def _get_identity_timeline(
+        self, request: pb.GetIdentityTimelineRequest
     ) -> pb.GetIdentityTimelineResponse:
         identity, events, token = await self.reads.timeline(
             request.identity_id, request.page_size, request.page_token
@@ -98,8 +143,8 @@ class OmniQueryService(query_pb2_grpc.OmniQueryServiceServicer):
             identity=identity, events=events, next_page_token=token
         )
 
-    async def GetConversation(
-        self, request: pb.GetConversationRequest, context: grpc.aio.ServicerContext
+    async def _get_conversation(
+        self, request: pb.GetConversationRequest
     ) -> pb.GetConversationResponse:
         events, token = await self.reads.conversation(
             request.provider,
@@ -110,25 +155,62 @@ class OmniQueryService(query_pb2_grpc.OmniQueryServiceServicer):
         )
         return pb.GetConversationResponse(events=events, next_page_token=token)
 
-    async def GetIdentity(
-        self, request: pb.GetIdentityRequest, context: grpc.aio.ServicerContext
-    ) -> pb.GetIdentityResponse:
+    async def _get_identity(self, request: pb.GetIdentityRequest) -> pb.GetIdentityResponse:
         return pb.GetIdentityResponse(identity=await self.reads.identity(request.identity_id))
 
-    async def FindIdentity(
-        self, request: pb.FindIdentityRequest, context: grpc.aio.ServicerContext
-    ) -> pb.FindIdentityResponse:
+    async def _find_identity(self, request: pb.FindIdentityRequest) -> pb.FindIdentityResponse:
         return pb.FindIdentityResponse(
             identity=await self.reads.find(request.provider, request.external_id)
         )
 
-    async def ListIdentities(
-        self, request: pb.ListIdentitiesRequest, context: grpc.aio.ServicerContext
+    async def _list_identities(
+        self, request: pb.ListIdentitiesRequest
     ) -> pb.ListIdentitiesResponse:
         found, token = await self.reads.identities(
             request.provider, request.include_merged, request.page_size, request.page_token
         )
         return pb.ListIdentitiesResponse(identities=found, next_page_token=token)
+
+    # -- the RPCs: each counted and timed --------------------------------------------
+
+    async def ListRecentEvents(
+        self, request: pb.ListRecentEventsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListRecentEventsResponse:
+        return await self._run(
+            "ListRecentEvents", context, lambda: self._list_recent_events(request)
+        )
+
+    async def GetEvent(
+        self, request: pb.GetEventRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetEventResponse:
+        return await self._run("GetEvent", context, lambda: self._get_event(request))
+
+    async def GetIdentityTimeline(
+        self, request: pb.GetIdentityTimelineRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetIdentityTimelineResponse:
+        return await self._run(
+            "GetIdentityTimeline", context, lambda: self._get_identity_timeline(request)
+        )
+
+    async def GetConversation(
+        self, request: pb.GetConversationRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetConversationResponse:
+        return await self._run("GetConversation", context, lambda: self._get_conversation(request))
+
+    async def GetIdentity(
+        self, request: pb.GetIdentityRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetIdentityResponse:
+        return await self._run("GetIdentity", context, lambda: self._get_identity(request))
+
+    async def FindIdentity(
+        self, request: pb.FindIdentityRequest, context: grpc.aio.ServicerContext
+    ) -> pb.FindIdentityResponse:
+        return await self._run("FindIdentity", context, lambda: self._find_identity(request))
+
+    async def ListIdentities(
+        self, request: pb.ListIdentitiesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListIdentitiesResponse:
+        return await self._run("ListIdentities", context, lambda: self._list_identities(request))
 
 
 def add_to_server(servicer: OmniQueryService, server: grpc.aio.Server) -> None:
