@@ -20,9 +20,9 @@ SERVICES: dict[str, tuple[str, str]] = {
         "register_metrics()",
     ),
     "query": ("jetsource.query.server", ""),
-    # the process ledger's observer and process query service, and the omni ingress (the
-    # archiver and the sessions pruner are CronJobs and CLI commands, the TUI serves no
-    # metrics)
+    # the process ledger's observer and process query service, and the omni ingress
+    # (webhooks, REST reads and OmniQueryService in one process; the archiver and the
+    # sessions pruner are CronJobs and CLI commands, the TUI serves no metrics)
     "observer": ("jetsource.observer.server", ""),
     "process-query": ("jetsource.processquery.server", ""),
     "ingest": ("jetsource.ingest.server", ""),

@@ -176,6 +176,10 @@ def test_dashboard_shows_what_operators_need() -> None:
         "jetsource_process_query_watches",
         "jetsource_omni_webhooks_total",  # webhooks by provider and HTTP status
         "jetsource_omni_webhook_seconds_bucket",
+        "jetsource_omni_query_requests_total",  # OmniQueryService (gRPC) by outcome
+        "jetsource_omni_query_seconds_bucket",
+        "jetsource_omni_api_requests_total",  # REST reads by route and status
+        "jetsource_omni_api_seconds_bucket",
     } <= used
     queries = dashboard_queries().values()
     for histogram in (
@@ -183,6 +187,8 @@ def test_dashboard_shows_what_operators_need() -> None:
         "jetsource_observer_call_seconds_bucket",
         "jetsource_process_query_seconds_bucket",
         "jetsource_omni_webhook_seconds_bucket",
+        "jetsource_omni_query_seconds_bucket",
+        "jetsource_omni_api_seconds_bucket",
     ):
         latencies = [e for e in queries if histogram in e]
         assert any(e.startswith("histogram_quantile(0.5,") for e in latencies), histogram
@@ -193,6 +199,9 @@ def test_dashboard_shows_what_operators_need() -> None:
     assert any(
         "by (provider, status)" in e for e in queries if "jetsource_omni_webhooks_total" in e
     )
+    assert any("by (method, outcome)" in e for e in queries if "omni_query_requests" in e)
+    # REST by route template: a raw path would be a series per id.
+    assert any("route" in e and "status" in e for e in queries if "omni_api_requests" in e)
     # A watch's time is how long its stream stayed open: not a latency.
     for e in queries:
         if "jetsource_process_query_seconds_bucket" in e:
@@ -261,6 +270,8 @@ def test_alert_rules_cover_the_observer_process_query_and_ingest() -> None:
         "JetsourceWebhookErrors": "jetsource_omni_webhooks_total",
         "JetsourceWebhookSignaturesRefused": "jetsource_omni_webhooks_total",
         "JetsourceWebhooksRejected": "jetsource_omni_webhooks_total",
+        "JetsourceOmniQueryErrors": "jetsource_omni_query_requests_total",
+        "JetsourceOmniReadErrors": "jetsource_omni_api_requests_total",
     }
     for alert, metric in needs.items():
         assert alert in rules, alert
@@ -271,6 +282,8 @@ def test_alert_rules_cover_the_observer_process_query_and_ingest() -> None:
     assert "unavailable|conflict|error" in rules["JetsourceObserverErrors"]["expr"]
     assert 'status=~"5.."' in rules["JetsourceWebhookErrors"]["expr"]
     assert 'status="401"' in rules["JetsourceWebhookSignaturesRefused"]["expr"]
+    assert "unavailable" in rules["JetsourceOmniQueryErrors"]["expr"]
+    assert 'status=~"5.."' in rules["JetsourceOmniReadErrors"]["expr"]
     # Every service with metrics of its own has an alert on one of them.
     alerted = {n for expr in alert_queries().values() for n in metric_names(expr)}
     for service in SERVICES:
