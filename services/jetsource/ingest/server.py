@@ -1,6 +1,10 @@
 """jetsource-ingest entrypoint and composition root: settings -> NATS (the OMNI_EVENTS
 and OMNI_RAW streams, the handle bucket), Valkey (the read models) -> the HTTP ingress
-(uvicorn) and the OmniQueryService (gRPC), in one process, stopped on SIGTERM."""
+(uvicorn) and the OmniQueryService (gRPC), in one process, stopped on SIGTERM.
+
+Health: /healthz and /readyz (see :class:`jetsource.ingest.app.Health`) over HTTP, and
+OmniQueryService's gRPC health following whether the reads can be answered
+(:func:`follow_reads`)."""
 
 from __future__ import annotations
 
@@ -12,8 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
+from grpc_health.v1 import health_pb2
 from nats.aio.client import Client as NATS
 
+from jetsource.core.aio import stop_task
 from jetsource.core.grpcserver import GrpcEndpoint, start_grpc, stop_on_signals
 from jetsource.core.metrics import register_service, watch_nats
 from jetsource.core.runner import run_service
@@ -54,6 +60,7 @@ class Ingest:
     http: _Server | None = None
     http_task: asyncio.Task[None] | None = None
     redis: Any = None
+    health: Health | None = None
 
     @property
     def http_port(self) -> int:
@@ -115,15 +122,16 @@ async def build(settings: IngestSettings) -> Ingest:
             store.seq_at_time,
             o.max_page_size,
         )
+        health = Health(
+            nats=lambda: bool(nc.is_connected),
+            valkey=lambda: valkey_answers(redis, min(settings.valkey.socket_timeout_s, 1.0)),
+        )
         app = create_app(
             intake,
             reads,
             store,
             [t.get_secret_value() for t in o.api_tokens if t.get_secret_value()],
-            Health(
-                nats=lambda: bool(nc.is_connected),
-                valkey=lambda: valkey_answers(redis, min(settings.valkey.socket_timeout_s, 1.0)),
-            ),
+            health,
         )
         endpoint = await start_grpc(
             lambda server: add_to_server(OmniQueryService(reads), server),
@@ -135,7 +143,34 @@ async def build(settings: IngestSettings) -> Ingest:
     except BaseException:
         await release(nc)
         raise
-    return Ingest(nc, store, raw, identities, intake, reads, app, endpoint, redis=redis)
+    return Ingest(
+        nc, store, raw, identities, intake, reads, app, endpoint, redis=redis, health=health
+    )
+
+
+async def follow_reads(ingest: Ingest, every_s: float) -> None:
+    """OmniQueryService's gRPC health (its name and the overall one) NOT_SERVING while
+    the reads cannot be answered (NATS or Valkey down), SERVING again on its own, as
+    the other query services'; "liveness" stays SERVING (the process answers)."""
+    assert ingest.health is not None
+    serving = True
+    while True:
+        report = await ingest.health.report()
+        if report["reads"] != serving:
+            serving = report["reads"]
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if serving
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for name in ("", SERVICE_NAME):
+                await ingest.grpc.health.set(name, status)
+            down = [k for k in ("nats", "valkey") if not report[k]]
+            if serving:
+                log.info("OmniQueryService SERVING: nats and valkey answer again")
+            else:
+                log.warning("OmniQueryService NOT_SERVING: not reachable: %s", ", ".join(down))
+        await asyncio.sleep(every_s)
 
 
 async def serve(settings: IngestSettings) -> None:
@@ -144,6 +179,7 @@ async def serve(settings: IngestSettings) -> None:
     ingest = await build(settings)
     await ingest.start_http(o.host, o.http_port)
     nats_state = watch_nats(ingest.nc, "ingest")
+    reads_state = asyncio.create_task(follow_reads(ingest, o.store_probe_s))
     log.info(
         "ingest listening: http %s:%d, grpc %s:%d, %d instance(s)",
         o.host,
@@ -155,6 +191,7 @@ async def serve(settings: IngestSettings) -> None:
     await stop_on_signals().wait()
     log.info("ingest shutting down")
     nats_state.cancel()
+    await stop_task(reads_state)
     await ingest.stop(o.shutdown_grace_s)
 
 

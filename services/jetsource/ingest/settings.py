@@ -27,6 +27,9 @@ class IngestOptions(BaseModel):
     grpc_host: str = "127.0.0.1"
     grpc_port: int = Field(default=50054, ge=0)
     max_concurrent_rpcs: int = Field(default=1000, ge=1)
+    # How often OmniQueryService's gRPC health checks NATS and Valkey (NOT_SERVING while
+    # the reads cannot be answered, as the other query services'); /healthz asks at once.
+    store_probe_s: float = Field(default=2.0, gt=0)
     instances: dict[str, InstanceConfig] = Field(default_factory=dict)
     # Larger bodies are refused (413) and archived cut to keep_rejected_bytes.
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
