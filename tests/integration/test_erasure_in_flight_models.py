@@ -2,16 +2,21 @@
 an erasure that was heard while their write was in flight: the write itself goes
 through (the erasure's own rewrite of the aggregate follows, under the same version
 guard), but the next batch reads the story again instead of folding onto the state
-held before. The publisher's, the snapshotter's and time travel's caches: tests/unit."""
+held before; a replay's rewind keeps no fold of events read before an erasure heard
+while it was in flight. The publisher's, the snapshotter's and time travel's caches:
+tests/unit."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
+from jetsource._gen.context.v1 import events_pb2 as pb
 from jetsource.core import crypto
+from jetsource.core.envelope import RecordedEvent
 from jetsource.core.settings import JetsourceSettings
 from jetsource.domains.context.graph_model import GraphModel
 from jetsource.domains.context.valkey_models import ContextModel
@@ -70,3 +75,66 @@ async def test_a_write_in_flight_across_an_erasure_leaves_nothing_cached(
     assert sorted(outcome.done) == [r.stream_seq for r in records[9:]]
     assert story in model._cache
     assert (await model.checkpoint()).applied == 12
+
+
+def erased_copy(records: list[RecordedEvent]) -> list[RecordedEvent]:
+    """The same events at the same places as a read after the erasure gives them: the
+    story's title (in its first event) closed."""
+    assert isinstance(records[0].event, pb.ContextCreated)
+    first = pb.ContextCreated()
+    first.CopyFrom(records[0].event)
+    first.title = "<erased>"
+    return [replace(records[0], event=first), *records[1:]]
+
+
+async def stored_title(model: ContextModel | GraphModel, story: str) -> str:
+    if isinstance(model, ContextModel):
+        doc = await model.read(story)
+        assert doc is not None
+        return str(doc["state"]["title"])
+    async with model.driver.session(database=model.database) as session:
+        result = await session.run(
+            f"MATCH (s:{model.story} {{key: $key}}) RETURN s.title AS t", key=story
+        )
+        record = await result.single()
+    assert record is not None
+    return str(record["t"])
+
+
+@pytest.mark.parametrize("name", ["context", "graph"])
+async def test_a_replay_in_flight_across_an_erasure_keeps_no_fold(
+    projection: Projection, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replay's rewind that read the story's events before an erasure was heard
+    (the model's caches emptied after the read) keeps no fold of them: the erasure's
+    own rewrite of the story, the same events at the same places now closed, would
+    fold onto it and write the opened values back."""
+    [story] = story_ids(1, tag=f"erase-fold-{name}-")
+    await seed(projection.store, [story], 12)
+    records = await projection.store.read_aggregate(story)
+    model = projection.model(name, 1)
+    assert isinstance(model, ContextModel | GraphModel)
+    await model.setup()
+    read = model.store.read_aggregate
+
+    async def erase_while_reading(*args: Any, **kwargs: Any) -> Any:
+        out = await read(*args, **kwargs)
+        crypto.note_erasure()  # heard before the events read are folded
+        return out
+
+    monkeypatch.setattr(model.store, "read_aggregate", erase_while_reading)
+    await model.rewind(story, 12)
+    monkeypatch.undo()
+    # The erasure's rewrite: the events as they read now, folded from version 1 (the
+    # old code folded nothing: the fold of the opened events held them all).
+    await model.rewind(story, 12, events=erased_copy(records), guard=(12, 12))
+    assert await stored_title(model, story) == "<erased>"
+    assert model._folds._by[story][2].title == "<erased>"  # this fold is kept
+
+    # A replay's events read by the caller before an erasure this model hears of
+    # first at the rewind: not kept either.
+    crypto.note_erasure()
+    await model.rewind(story, 12, events=records, guard=(12, 12))
+    assert story not in model._folds._by
+    await model.rewind(story, 12, events=erased_copy(records), guard=(12, 12))
+    assert await stored_title(model, story) == "<erased>"

@@ -107,11 +107,14 @@ class GraphModel:
 
     # -- state ------------------------------------------------------------------
 
-    def _forget_if_erased(self) -> None:
-        """States folded before an erasure may hold what now reads "<erased>"."""
-        if self._erasures.moved():
-            self._cache.clear()
-            self._folds = FoldCache()
+    def _forget_if_erased(self) -> bool:
+        """States folded before an erasure may hold what now reads "<erased>" (True:
+        an erasure was heard of since the last call, and both were emptied)."""
+        if not self._erasures.moved():
+            return False
+        self._cache.clear()
+        self._folds = FoldCache()
+        return True
 
     async def _load(self, ids: Sequence[str]) -> dict[str, tuple[int, ContextState]]:
         """(stored seq, state) per story: from the cache, else folded from the store
@@ -327,9 +330,14 @@ class GraphModel:
         locked, its Decision and Subtask nodes are deleted and written back, the
         counts move with it. With ``guard`` (low, high) nothing is written unless
         the stored version is within it. Returns the version the story was at (0: absent)."""
+        heard = erasures_heard()  # events read from here on may be kept folded
         events = await history_up_to(self.store, aggregate_id, to_version, events)
-        self._forget_if_erased()
-        state = self._folds.state_at(aggregate_id, events, to_version)
+        # An erasure first heard here may be younger than events the caller read: the
+        # fold is not kept (nor one of events read while an erasure was heard).
+        erased = self._forget_if_erased()
+        state = self._folds.state_at(
+            aggregate_id, events, to_version, heard=None if erased else heard
+        )
         writes = _Writes()
         if events:
             self._diff(writes, ContextState(id=aggregate_id), state, events)

@@ -17,6 +17,7 @@ from collections import OrderedDict
 from dataclasses import replace
 from typing import Any, TypeAlias
 
+from jetsource.core.crypto import erasures_heard
 from jetsource.core.envelope import RecordedEvent
 from jetsource.core.errors import CorruptEventError
 from jetsource.domains.context.events import AGGREGATE_TYPE
@@ -65,19 +66,29 @@ class FoldCache:
     """The fold of each aggregate's event prefix, kept across calls: a replay that
     writes a hot story again and again (the live worker moving it meanwhile) folds its
     history once, then only the events that arrived since. A prefix that changed
-    (other events at the same places) is folded again from version 1."""
+    (other events at the same places) is folded again from version 1.
+
+    Its owner empties it on an erasure (an ``ErasureWatch``), and a fold of events
+    read before an erasure heard since is not kept (``heard``): a replay in flight
+    across the erasure would otherwise put back, after the emptying, a state that
+    holds opened values, and the erasure's own rewrite (the same events at the same
+    places) would fold onto it."""
 
     def __init__(self, size: int = 1_000) -> None:
         self.size = size
         self._by: OrderedDict[str, tuple[int, int, ContextState]] = OrderedDict()
 
     def state_at(
-        self, aggregate_id: str, events: list[RecordedEvent], version: int
+        self, aggregate_id: str, events: list[RecordedEvent], version: int, *, heard: int | None
     ) -> ContextState:
+        """The fold of ``events[:version]``, kept if ``heard`` (:func:`erasures_heard`
+        before the events were read; None: not known) is still the count."""
         n, last_seq, state = self._by.get(aggregate_id, (0, 0, ContextState(id=aggregate_id)))
         if n > version or (n and (len(events) < n or events[n - 1].stream_seq != last_seq)):
             n, state = 0, ContextState(id=aggregate_id)
         state = fold((e.event for e in events[n:version]), state)
+        if heard is None or heard != erasures_heard():
+            return state  # (what is held stays: kept since the cache was emptied)
         self._by[aggregate_id] = (version, events[version - 1].stream_seq if version else 0, state)
         self._by.move_to_end(aggregate_id)
         while len(self._by) > self.size:

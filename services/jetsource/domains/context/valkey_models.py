@@ -335,11 +335,14 @@ class ContextModel(ValkeyModel):
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
 
-    def _forget_if_erased(self) -> None:
-        """States folded before an erasure may hold what now reads "<erased>"."""
-        if self._erasures.moved():
-            self._cache.clear()
-            self._folds = FoldCache()
+    def _forget_if_erased(self) -> bool:
+        """States folded before an erasure may hold what now reads "<erased>" (True:
+        an erasure was heard of since the last call, and both were emptied)."""
+        if not self._erasures.moved():
+            return False
+        self._cache.clear()
+        self._folds = FoldCache()
+        return True
 
     async def _fetch(self, ids: Sequence[str]) -> list[dict[bytes, bytes] | bytes | None]:
         """Each story as stored: its hash's fields, a whole JSON document (the earlier
@@ -563,9 +566,14 @@ class ContextModel(ValkeyModel):
         first ``to_version`` events, else read from the store; the fold kept) in one
         script, its hash written anew; with ``guard`` (low, high) only if the stored
         version is within. Returns the version it was at."""
+        heard = erasures_heard()  # events read from here on may be kept folded
         events = await history_up_to(self.store, aggregate_id, to_version, events)
-        self._forget_if_erased()
-        state = self._folds.state_at(aggregate_id, events, to_version)
+        # An erasure first heard here may be younger than events the caller read: the
+        # fold is not kept (nor one of events read while an erasure was heard).
+        erased = self._forget_if_erased()
+        state = self._folds.state_at(
+            aggregate_id, events, to_version, heard=None if erased else heard
+        )
         meta = {
             "seq": events[-1].stream_seq if events else 0,
             "applied": len(events),
