@@ -135,3 +135,24 @@ async def test_rest_reads_are_counted_by_route_template_and_status_and_timed(
     }
     assert "/api/v1/events/some-id-nobody-has" not in routes
     assert "/healthz" not in routes and "/metrics" not in routes
+
+
+async def test_a_rest_read_that_fails_unexpectedly_is_counted_500(
+    ingest: Ingest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The 5xx ratio of JetsourceOmniReadErrors sees a read that raised: the error
+    handler answering 500 is outside the route, the count is of that answer."""
+    from jetsource.domains.omni.reads import OmniReads
+
+    async def boom(self: OmniReads, *args: object) -> None:
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(OmniReads, "identities", boom)
+    labels = {"route": "/api/v1/identities", "method": "GET", "status": "500"}
+    before = _sample("jetsource_omni_api_requests_total", labels)
+    transport = httpx.ASGITransport(app=ingest.app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as http:
+        answer = await http.get("/api/v1/identities")
+    assert answer.status_code == 500
+    assert "secret" not in answer.text
+    assert _sample("jetsource_omni_api_requests_total", labels) == before + 1
