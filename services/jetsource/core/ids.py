@@ -15,30 +15,51 @@ _AGGREGATE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]*")
 _EVENT_TYPE = re.compile(r"[A-Z][A-Za-z0-9]{0,63}")
 
 _lock = threading.Lock()
+_acquire, _release = _lock.acquire, _lock.release  # (a `with` costs twice as much)
 _last_ms = 0
 _counter = 0
+_head = "00000000-0000-"  # the text of _last_ms: "tttttttt-tttt-"
+# "7ccc-": the version nibble and the 12-bit counter, for every counter value.
+_VERSION_AND_COUNTER = tuple(f"7{c:03x}-" for c in range(0x1000))
+_VARIANT = 0b10 << 62
+_getrandbits = random.getrandbits
+_time_ns = time.time_ns
+
+
+def _head_of(ms: int) -> str:
+    h = f"{ms & 0xFFFF_FFFF_FFFF:012x}"
+    return f"{h[:8]}-{h[8:]}-"
 
 
 def uuid7() -> str:
     """A UUIDv7 (RFC 9562): 48-bit Unix ms, then a 12-bit counter keeping ids from
-    one process strictly increasing within a millisecond, then random bits."""
-    global _last_ms, _counter
-    with _lock:
-        ms = time.time_ns() // 1_000_000
-        if ms <= _last_ms:
+    one process strictly increasing within a millisecond, then random bits.
+
+    One event id per appended event: the millisecond's text is made once per
+    millisecond, the counter's comes from a table, and the random bits are formatted
+    by ``hex`` (no format spec to parse): 15k -> 8.5k instructions per id
+    (callgrind, issue 23)."""
+    global _last_ms, _counter, _head
+    _acquire()
+    try:
+        ms = _time_ns() // 1_000_000
+        if ms > _last_ms:
+            _last_ms, _counter = ms, 0
+            _head = _head_of(ms)
+        else:
             _counter += 1
             if _counter > 0xFFF:  # counter exhausted: borrow the next millisecond
                 _last_ms += 1
                 _counter = 0
-            ms = _last_ms
-        else:
-            _last_ms, _counter = ms, 0
-        counter = _counter
+                _head = _head_of(_last_ms)
+        head = _head + _VERSION_AND_COUNTER[_counter]
+    finally:
+        _release()
     # random is reseeded from os.urandom at import and after fork: unique enough for
     # ids, and an order of magnitude cheaper than a syscall per id on the append path.
-    rand = random.getrandbits(62)
-    h = f"{(ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | counter << 64 | 0b10 << 62 | rand:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    # With the variant's leading bit set, hex() always gives "0x" and 16 digits.
+    rand = hex(_getrandbits(62) | _VARIANT)
+    return f"{head}{rand[2:6]}-{rand[6:]}"
 
 
 def validate_aggregate_id(aggregate_id: str, field: str = "aggregate_id") -> str:
