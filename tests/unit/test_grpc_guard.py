@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -199,3 +199,48 @@ async def test_a_client_past_its_bound_is_refused_and_counted_out(
         # Every call left: the client may call again.
         after = await stub.CreateContext(_create("h4", "ctx-h4"), metadata=AUTH)
         assert after.result.version == 1
+
+
+class Peer:
+    """A servicer context as the guard reads it: its peer and metadata."""
+
+    def __init__(self, peer: str, metadata: tuple[tuple[str, str], ...] = ()) -> None:
+        self._peer = peer
+        self._metadata = metadata
+
+    def peer(self) -> str:
+        return self._peer
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._metadata
+
+
+def test_calls_in_flight_are_counted_per_client_and_forgotten_at_zero() -> None:
+    guard = Guard([], 2)
+    a, b = Peer("ipv4:127.0.0.1:1"), Peer("ipv4:127.0.0.1:2")
+    ctx = cast(grpc.aio.ServicerContext, a)
+    assert guard._admit(ctx) == "ipv4:127.0.0.1:1"
+    assert guard._admit(ctx) == "ipv4:127.0.0.1:1"
+    assert guard._admit(ctx) is None  # past its bound: refused, not counted
+    assert guard._admit(cast(grpc.aio.ServicerContext, b)) == "ipv4:127.0.0.1:2"
+    assert guard.inflight == {"ipv4:127.0.0.1:1": 2, "ipv4:127.0.0.1:2": 1}
+    guard._leave("ipv4:127.0.0.1:1")
+    assert guard._admit(ctx) == "ipv4:127.0.0.1:1"  # room again
+    for client in ("ipv4:127.0.0.1:1", "ipv4:127.0.0.1:2"):
+        guard._leave(client)
+    assert guard.inflight == {"ipv4:127.0.0.1:1": 1}
+    guard._leave("ipv4:127.0.0.1:1")
+    assert guard.inflight == {}  # a client with nothing in flight leaves no entry
+
+
+def test_tokens_identify_clients_and_a_wrong_token_is_not_counted() -> None:
+    guard = Guard([TOKEN], 1)
+    good = cast(grpc.aio.ServicerContext, Peer("p", AUTH))
+    bad = cast(grpc.aio.ServicerContext, Peer("p", (("authorization", "Bearer nope"),)))
+    assert guard._admit(bad) is None
+    assert guard.inflight == {}
+    client = guard._admit(good)
+    assert client is not None and client != TOKEN
+    assert guard._admit(good) is None
+    guard._leave(client)
+    assert guard.inflight == {}

@@ -9,7 +9,6 @@ import hashlib
 import hmac
 import logging
 import signal
-from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, cast
@@ -287,7 +286,9 @@ class Guard:
     def __init__(self, tokens: list[str], max_inflight: int) -> None:
         self._tokens = [t.encode() for t in tokens]
         self._max = max_inflight
-        self.inflight: Counter[str] = Counter()
+        # client -> calls in flight; a client with none has no entry (a plain dict: a
+        # Counter's missing key is a Python-level __missing__ call on every first call)
+        self.inflight: dict[str, int] = {}
 
     def _client(self, context: grpc.aio.ServicerContext) -> str | None:
         """The caller's identity, or None when its token is missing or wrong."""
@@ -307,9 +308,13 @@ class Guard:
         """The caller, counted in, when it may call now (no await on this path); None
         when it must be refused (``_refuse`` answers it)."""
         client = self._client(context)
-        if client is None or self.inflight[client] >= self._max:
+        if client is None:
             return None
-        self.inflight[client] += 1
+        inflight = self.inflight
+        calls = inflight.get(client, 0)
+        if calls >= self._max:
+            return None
+        inflight[client] = calls + 1
         return client
 
     async def _refuse(self, context: grpc.aio.ServicerContext) -> NoReturn:
@@ -333,9 +338,12 @@ class Guard:
         return client
 
     def _leave(self, client: str) -> None:
-        self.inflight[client] -= 1
-        if self.inflight[client] <= 0:
-            del self.inflight[client]
+        inflight = self.inflight
+        calls = inflight[client] - 1
+        if calls <= 0:
+            del inflight[client]
+        else:
+            inflight[client] = calls
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """``handler`` of ``method`` (``/package.Service/Method``) behind the guard; the
