@@ -542,8 +542,19 @@ class JetStreamEventStore:
             await self.start()
         sealed = await self._seal(events, encoded)
 
-        for _ in range(self._cfg.any_conflict_retries + 1):
-            version, seq = await self._base(aggregate_id, expected_version)
+        # A new aggregate (expected: none yet) unknown here is not looked up: its
+        # first message expects no message on its subjects (sequence 0), which the
+        # server checks anyway. Refused, the append goes the usual way (look up,
+        # compare, conflict or publish again), as if it had looked up first.
+        guess = aggregate_id not in self._positions and (
+            expected_version is ExpectedVersion.NO_STREAM
+            or (type(expected_version) is int and expected_version == 0)
+        )
+        for _ in range(self._cfg.any_conflict_retries + 1 + guess):
+            if guess:
+                version, seq = 0, 0
+            else:
+                version, seq = await self._base(aggregate_id, expected_version)
             if (isinstance(expected_version, int) and version != expected_version) or (
                 expected_version is ExpectedVersion.NO_STREAM and version != 0
             ):
@@ -560,6 +571,9 @@ class JetStreamEventStore:
                         raise EventTooLargeError(exc.description) from exc
                     raise
                 self._positions.pop(aggregate_id, None)
+                if guess:
+                    guess = False
+                    continue  # the look-up skipped, then the usual way
                 if expected_version is ExpectedVersion.ANY:
                     found = await self._find(aggregate_id, events)
                     if found is not None:
