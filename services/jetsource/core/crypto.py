@@ -200,7 +200,41 @@ class Cut:
         rest = metadata
         if self.entries:
             rest = {k: v for k, v in metadata.items() if k not in self.entries}
-        return Sealed(stripped.SerializeToString(deterministic=True), rest, self.wire(refkeys))
+        cls = type(message)
+        plain = _PLAIN.get(cls)
+        if plain is None:
+            plain = _plain(cls)
+        payload = (
+            stripped.SerializeToString()
+            if plain
+            else stripped.SerializeToString(deterministic=True)
+        )
+        return Sealed(payload, rest, self.wire(refkeys))
+
+
+# Message class -> whether its plain serialization is its deterministic one.
+_PLAIN: dict[type[Message], bool] = {}
+
+
+def _plain(cls: type[Message]) -> bool:
+    """Does ``cls`` serialize to the same bytes with and without ``deterministic``?
+    True when neither it nor any message it holds has a map (deterministic output
+    orders map entries) or can be extended (and orders extensions). Deterministic
+    costs more than the serialization itself (upb parses the keyword argument)."""
+    plain = _PLAIN[cls] = not _orders_something(cls.DESCRIPTOR, set())
+    return plain
+
+
+def _orders_something(descriptor: Any, seen: set[str]) -> bool:
+    if descriptor.full_name in seen:
+        return False
+    seen.add(descriptor.full_name)
+    if descriptor.is_extendable or descriptor.GetOptions().map_entry:
+        return True
+    return any(
+        f.message_type is not None and _orders_something(f.message_type, seen)
+        for f in descriptor.fields
+    )
 
 
 # Per message class: its personal fields' values in one call (attrgetter: the value

@@ -486,20 +486,23 @@ class JetStreamEventStore:
             zip(events, encoded, strict=True)
         ):
             box = sealed[i] if sealed else None
+            metadata = box.metadata if box is not None else new.metadata
             # No business time given: it is the time the stream records (readers fill
             # it in), not a second timestamp stored with every event.
             envelope = stored_envelope(
-                new,
-                schema_version,
-                base_version + i + 1,
-                payload,
-                None,
-                box.metadata if box is not None else None,
+                new, schema_version, base_version + i + 1, payload, None, metadata
             )
             if new.idempotency_key and (compact := _uuid_bytes(new.idempotency_key)) is not None:
                 envelope.ClearField("idempotency_key")
                 envelope.idempotency_uuid = compact
-            data = envelope.SerializeToString(deterministic=True)
+            # Deterministic serialization orders map entries, and the envelope's only map
+            # is its metadata: without entries the bytes are the same, and the keyword
+            # argument costs more than the serialization (upb).
+            data = (
+                envelope.SerializeToString(deterministic=True)
+                if metadata
+                else envelope.SerializeToString()
+            )
             if box is not None:
                 data += box.wire  # the envelope's `sealed` field, serialized once
             headers = {"Nats-Msg-Id": new.event_id + scope}
