@@ -78,11 +78,18 @@ class RawMessage:
     data: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class OutMessage:
+    """A message to publish. Its ``__init__`` is the one dataclass would write, setting
+    the fields in one step instead of one ``object.__setattr__`` each (one is made per
+    appended event)."""
+
     subject: str
     data: bytes
     headers: Mapping[str, str]
+
+    def __init__(self, subject: str, data: bytes, headers: Mapping[str, str]) -> None:
+        self.__dict__.update(subject=subject, data=data, headers=headers)
 
 
 def _status(msg: Msg) -> str | None:
