@@ -54,14 +54,16 @@ def register_errors() -> None:
     register_error(TransientError, grpc.StatusCode.UNAVAILABLE)
 
 
-def _short(enum: Any, value: int, prefix: str) -> str:
+def _short(enum: Any, value: int, prefix: str, field: str) -> str:
+    """The enum value's short lower-case name ("" for 0), or INVALID_ARGUMENT naming
+    ``field`` (the request's field, as every other refusal names it)."""
     if value == 0:
         return ""
     try:
         return str(enum.Name(value)).removeprefix(prefix).lower()
     except ValueError:
-        raise RpcError(
-            grpc.StatusCode.INVALID_ARGUMENT, f"unknown enum value {value}", field=prefix.lower()
+        raise ValidationError(
+            f"{field} {value} is not a known {enum.DESCRIPTOR.name} value", field=field
         ) from None
 
 
@@ -115,8 +117,8 @@ class OmniQueryService(query_pb2_grpc.OmniQueryServiceServicer):
         filters = Filters(
             request.instance,
             request.provider,
-            _short(EventType, request.event_type, "EVENT_TYPE_"),
-            _short(Direction, request.direction, "DIRECTION_"),
+            _short(EventType, request.event_type, "EVENT_TYPE_", "event_type"),
+            _short(Direction, request.direction, "DIRECTION_", "direction"),
         )
         since = _since(request.since) if request.HasField("since") else None
         events, token = await self.reads.recent(

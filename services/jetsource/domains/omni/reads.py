@@ -1,14 +1,23 @@
 """The omni reads, from its Valkey read models (and the raw archive for a payload):
 one implementation behind the gRPC OmniQueryService and the ingress's REST /api/v1/.
 
-Lists are newest first by stream sequence (the global order); a page token is the
-stream sequence of the page's last event, and the next page starts below it.
+Lists are newest first by stream sequence (the global order); a page token holds the
+stream sequence of the page's last event (the next page starts below it), opaque and
+tamper-evident: base64url(version | sequence | tag), the tag an HMAC-SHA256 over the
+list it belongs to (which read, and its filters, conversation or identity) and the
+sequence. A token changed, made up, cut short, or taken from another list is refused
+naming ``page_token`` (a bare sequence was read by every list alike: another list's
+token was accepted and its page answered as if it belonged to this one).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import heapq
-import re
+import hmac
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -139,9 +148,6 @@ def _view(values: list[Any]) -> EventView | None:
     return EventView(event=event, stream_seq=int(seq or 0), status=status)
 
 
-_TOKEN = re.compile(r"[0-9]{1,19}")  # a positive int64
-
-
 def page_size(requested: int, maximum: int) -> int:
     if requested < 0 or requested > maximum:
         raise ValidationError(
@@ -150,15 +156,49 @@ def page_size(requested: int, maximum: int) -> int:
     return requested or DEFAULT_PAGE
 
 
-def below(token: str) -> float:
-    """The highest stream sequence a page may start at."""
-    if not token:
-        return float("inf")
-    # ASCII digits of a stream sequence only: str.isdigit() also holds for '²' (which
-    # int() refuses: a 500) and other scripts' digits (which it reads as a number).
-    if not _TOKEN.fullmatch(token) or int(token) < 1:
-        raise ValidationError("page_token is not one this service handed out", field="page_token")
-    return int(token) - 1
+_TOKEN_VERSION = 1
+_TAG = 16
+_SEQ = struct.Struct(">Q")
+_TOKEN_FAULT = "page_token is not one this read returned for this request (start without one)"
+
+
+class PageTokens:
+    """Page tokens bound to the list they page (see the module's docstring). The key
+    comes from the read models' prefix, so every ingest replica reads every replica's
+    tokens; it detects tampering and mix-ups, it is not a secret."""
+
+    def __init__(self, seed: str) -> None:
+        self._key = hashlib.sha256(
+            f"jetsource omni page tokens v{_TOKEN_VERSION}|{seed}".encode()
+        ).digest()
+
+    def _tag(self, read: str, bound: str, body: bytes) -> bytes:
+        text = f"{read}\0{bound}\0".encode("utf-8", "surrogatepass")
+        return hmac.new(self._key, text + body, hashlib.sha256).digest()[:_TAG]
+
+    def make(self, read: str, bound: str, seq: int) -> str:
+        body = bytes([_TOKEN_VERSION]) + _SEQ.pack(seq)
+        return base64.urlsafe_b64encode(body + self._tag(read, bound, body)).decode().rstrip("=")
+
+    def below(self, read: str, bound: str, token: str) -> float:
+        """The highest stream sequence a page may start at (no token: the newest)."""
+        if not token:
+            return float("inf")
+        try:
+            raw = base64.urlsafe_b64decode(token.encode("ascii") + b"=" * (-len(token) % 4))
+        except (ValueError, binascii.Error, UnicodeEncodeError):
+            raise ValidationError(_TOKEN_FAULT, field="page_token") from None
+        body, tag = raw[:-_TAG], raw[-_TAG:]
+        if (
+            len(body) != 1 + _SEQ.size
+            or body[0] != _TOKEN_VERSION
+            or not hmac.compare_digest(tag, self._tag(read, bound, body))
+        ):
+            raise ValidationError(_TOKEN_FAULT, field="page_token")
+        seq = int(_SEQ.unpack(body[1:])[0])
+        if not 1 <= seq < 2**63:
+            raise ValidationError(_TOKEN_FAULT, field="page_token")
+        return seq - 1
 
 
 PROVIDERS = ("whatsapp", "discord")
@@ -192,6 +232,7 @@ class OmniReads:
         self.max_page_size = max_page_size
         self._default_floor: tuple[float, int] | None = None
         self._filter = redis.register_script(_FILTER_LUA)
+        self._tokens = PageTokens(prefix)
 
     async def _floor(self, since_ns: int | None) -> int:
         """The first stream sequence at or after ``since`` (default: 24 h ago). The
@@ -225,7 +266,10 @@ class OmniReads:
     ) -> tuple[list[EventView], str]:
         provider_name(filters.provider)
         size = page_size(size, self.max_page_size)
-        top = below(token)
+        bound = "\0".join(
+            (filters.instance, filters.provider, filters.event_type, filters.direction)
+        )
+        top = self._tokens.below("recent", bound, token)
         floor = await self._floor(since_ns)
         ns = await self.ns(OMNI_EVENTS)
         keys = filters.keys() or ["r:all"]
@@ -237,7 +281,8 @@ class OmniReads:
             keys = [k for _, k in sorted(zip(sizes, keys, strict=True))]
         index = f"{ns}:{keys[0]}"
         if len(keys) > 1:
-            return await self._filtered(ns, index, filters, top, floor, size)
+            events, go_on = await self._filtered(ns, index, filters, top, floor, size)
+            return events, self._tokens.make("recent", bound, go_on) if go_on else ""
         rows = await valkey_io(
             self.redis.zrevrangebyscore(
                 index,
@@ -251,11 +296,13 @@ class OmniReads:
         views = await self._views(ns, [_text(m) for m, _ in rows])
         out = [v for v in views if v is not None]
         more = len(rows) == size
-        return out, str(int(rows[-1][1])) if more and rows else ""
+        return out, self._tokens.make("recent", bound, int(rows[-1][1])) if more and rows else ""
 
     async def _filtered(
         self, ns: str, index: str, filters: Filters, top: float, floor: int, size: int
-    ) -> tuple[list[EventView], str]:
+    ) -> tuple[list[EventView], int]:
+        """A page of the events ``filters`` match, and the sequence to go on below
+        (0: the index is exhausted)."""
         found, go_on = await valkey_io(
             self._filter(
                 keys=[index],
@@ -275,7 +322,7 @@ class OmniReads:
         ids = [_text(found[i]) for i in range(0, len(found), 2)]
         views = await self._views(ns, ids)
         out = [v for v in views if v is not None]
-        return out, str(int(float(_text(go_on)))) if go_on else ""
+        return out, int(float(_text(go_on))) if go_on else 0
 
     async def event(self, event_id: str) -> EventView:
         validate_aggregate_id(event_id, "event_id")
@@ -289,11 +336,12 @@ class OmniReads:
         return await self.raw.get(raw_id) if raw_id else None
 
     async def _page(
-        self, ns: str, keys: list[str], size: int, token: str
+        self, ns: str, keys: list[str], size: int, token: str, read: str, bound: str
     ) -> tuple[list[EventView], str]:
-        """Newest first across ``keys`` (sorted sets of event ids by sequence)."""
+        """Newest first across ``keys`` (sorted sets of event ids by sequence); the
+        page token is bound to ``read`` and ``bound`` (the list it pages)."""
         size = page_size(size, self.max_page_size)
-        top = below(token)
+        top = self._tokens.below(read, bound, token)
         pipe = self.redis.pipeline(transaction=False)
         for k in keys:
             pipe.zrevrangebyscore(
@@ -310,7 +358,7 @@ class OmniReads:
         merged = merged[:size]
         views = await self._views(ns, [m for _, m in merged])
         out = [v for v in views if v is not None]
-        return out, str(merged[-1][0]) if more and merged else ""
+        return out, self._tokens.make(read, bound, merged[-1][0]) if more and merged else ""
 
     async def conversation(
         self, provider: str, instance: str, conversation_id: str, size: int, token: str
@@ -324,7 +372,8 @@ class OmniReads:
                 raise ValidationError(f"{name} is required", field=name)
         provider_name(provider)
         ns = await self.ns(OMNI_EVENTS)
-        return await self._page(ns, [f"c:{provider}:{instance}:{conversation_id}"], size, token)
+        key = f"c:{provider}:{instance}:{conversation_id}"
+        return await self._page(ns, [key], size, token, "conversation", key)
 
     async def timeline(
         self, identity_id: str, size: int, token: str
@@ -332,7 +381,9 @@ class OmniReads:
         identity = await self.identity(identity_id)
         ids = [identity.identity_id, *await self._merged_from(identity.identity_id)]
         ns = await self.ns(OMNI_EVENTS)
-        events, next_token = await self._page(ns, [f"tl:{i}" for i in ids], size, token)
+        events, next_token = await self._page(
+            ns, [f"tl:{i}" for i in ids], size, token, "timeline", identity_id
+        )
         return identity, events, next_token
 
     # -- identities ---------------------------------------------------------------------------
@@ -404,7 +455,8 @@ class OmniReads:
     ) -> tuple[list[IdentityView], str]:
         provider_name(provider)
         size = page_size(size, self.max_page_size)
-        top = below(token)
+        bound = f"{provider}\0{int(include_merged)}"
+        top = self._tokens.below("identities", bound, token)
         ns = await self.ns(OMNI_IDENTITIES)
         index = f"{ns}:ip:{provider}" if provider else f"{ns}:ia"
         out: list[IdentityView] = []
@@ -430,5 +482,5 @@ class OmniReads:
                 if include_merged or not view.merged_into:
                     out.append(view)
                     if len(out) == size:
-                        return out, str(int(score))
+                        return out, self._tokens.make("identities", bound, int(score))
         return out, ""
