@@ -126,6 +126,9 @@ def error_answer(path: str, exc: Exception) -> JSONResponse:
     return _error(500, "internal", "internal error; it was logged")
 
 
+MAX_ATTEMPT = 2**32 - 1  # ProcessingStarted/Completed/Failed.attempt is a uint32
+
+
 class StatusUpdate(BaseModel):
     state: str = Field(description="processing, completed or failed")
     worker: str
@@ -418,6 +421,10 @@ def create_app(
     @api.post("/events/{event_id}/status", tags=["processing"])
     async def set_status(event_id: str, update: StatusUpdate) -> dict[str, Any]:
         """Record a processing step (received -> processing -> completed/failed)."""
+        # The step's attempt is a uint32 in the recorded event: a larger number was
+        # refused by protobuf only while the event was built, a 500.
+        if not 1 <= update.attempt <= MAX_ATTEMPT:
+            raise ValidationError(f"attempt must be 1..{MAX_ATTEMPT}", field="attempt")
         version = await record_status(
             store,
             event_id,
