@@ -37,6 +37,7 @@ from jetsource.core.clock import now_ns, to_timestamp
 from jetsource.core.errors import JetsourceError, ValidationError
 from jetsource.core.ids import validate_aggregate_id
 from jetsource.domains.omni.events import handle_name, is_identity
+from jetsource.domains.omni.identity import MAX_EXTERNAL_ID
 from jetsource.domains.omni.models import (
     OMNI_EVENTS,
     OMNI_IDENTITIES,
@@ -437,6 +438,13 @@ class OmniReads:
                 field="provider" if not provider else "external_id",
             )
         provider_name(provider)
+        # The handles' own bound: a longer id names no handle, and echoed whole in the
+        # NOT_FOUND (a 1 MB id) the answer's status outgrew the client's metadata limit
+        # (it saw RESOURCE_EXHAUSTED "received metadata size exceeds hard limit").
+        if len(external_id) > MAX_EXTERNAL_ID:
+            raise ValidationError(
+                f"external_id must be 1..{MAX_EXTERNAL_ID} characters", field="external_id"
+            )
         ns = await self.ns(OMNI_IDENTITIES)
         found = await valkey_io(self.redis.hget(f"{ns}:h", handle_name(provider, external_id)))
         if not found:
