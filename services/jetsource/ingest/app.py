@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
@@ -98,6 +99,27 @@ def _error(status: int, code: str, message: str, field: str | None = None) -> JS
     if field:
         error["field"] = field
     return JSONResponse({"error": error}, status_code=status)
+
+
+_WHERE = ("body", "query", "path", "header", "cookie")
+
+
+def malformed_answer(exc: RequestValidationError) -> JSONResponse:
+    """422 for a request FastAPI could not read into the route's parameters (a query
+    parameter that is no number, a body that is no JSON object), naming the field by
+    its path ("attempt", "page_size"; "request body" for the body as a whole), in the
+    answer's ``error`` like every other refusal, and FastAPI's ``detail`` list beside
+    it without the offending input: FastAPI's own answer echoed it, and a body that is
+    not UTF-8 could not be put in JSON, a 500."""
+    detail = []
+    for e in exc.errors():
+        loc = [str(p) for p in e.get("loc", ())]
+        detail.append({"type": str(e.get("type", "")), "loc": loc, "msg": str(e.get("msg", ""))})
+    first = detail[0] if detail else {"loc": ["body"], "msg": "invalid request"}
+    path = [p for p in first["loc"] if p not in _WHERE] if first["loc"] else []
+    field = ".".join(path) or "request body"
+    error = {"code": "invalid_argument", "message": f"{field}: {first['msg']}", "field": field}
+    return JSONResponse({"error": error, "detail": detail}, status_code=422)
 
 
 class Unauthenticated(Exception):
@@ -278,6 +300,10 @@ def create_app(
     tokens = [t.encode() for t in api_tokens or []]
     checks = health or Health()
     app.add_middleware(RequestMetrics)
+
+    @app.exception_handler(RequestValidationError)
+    async def _malformed(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return malformed_answer(exc)
 
     @app.exception_handler(ValidationError)
     async def _invalid(request: Request, exc: ValidationError) -> JSONResponse:
