@@ -283,17 +283,15 @@ class StateLoader(Generic[S]):
     def schema(self) -> int:
         return self.codec.schema_version
 
-    def _erased(self) -> bool:
-        """Empty every cache if an erasure was heard of since they were last emptied."""
-        if not self._erasures.moved():
-            return False
+    def _empty(self) -> None:
+        """Empty every cache (an erasure was heard of since they were last emptied:
+        ``self._erasures.moved()``, checked inline where it is asked on every call)."""
         self._cache.clear()
         self._listed.clear()
         self._tails.clear()
         self._tail_total = 0
         self._folded.clear()
         self._times.clear()
-        return True
 
     @staticmethod
     def _key(snapshot: Snapshot) -> tuple[str, int, int]:
@@ -435,17 +433,15 @@ class StateLoader(Generic[S]):
                 self._times.move_to_end((aggregate_id, time_ns))
         return by_then
 
-    async def _by_then(self, aggregate_id: str, time_ns: int) -> int:
-        """The last version recorded at or before ``time_ns``: from what is kept, else
-        from the store (one look-up), kept once final. (A version is no opened
-        value and an erasure changes none: what is kept needs no erasure guard.)"""
-        by_then = self._kept_version_at(aggregate_id, time_ns)
-        if by_then is None:
-            by_then = await self.store.version_at_time(aggregate_id, time_ns)
-            if self.times_kept and by_then < self._known_last(aggregate_id):
-                self._times[(aggregate_id, time_ns)] = by_then
-                while len(self._times) > self.times_kept:
-                    self._times.popitem(last=False)
+    async def _look_up_version_at(self, aggregate_id: str, time_ns: int) -> int:
+        """The last version recorded at or before ``time_ns``, from the store (one
+        look-up), kept once final. (A version is no opened value and an erasure
+        changes none: what is kept needs no erasure guard.)"""
+        by_then = await self.store.version_at_time(aggregate_id, time_ns)
+        if self.times_kept and by_then < self._known_last(aggregate_id):
+            self._times[(aggregate_id, time_ns)] = by_then
+            while len(self._times) > self.times_kept:
+                self._times.popitem(last=False)
         return by_then
 
     async def _fold(
@@ -505,12 +501,16 @@ class StateLoader(Generic[S]):
         ``until`` (both optional)."""
         codec = self.codec
         heard = erasures_heard()  # (what is opened from here on may be kept)
-        self._erased()
+        if self._erasures.moved():
+            self._empty()
         if until is not None:
             # Stream times never go backwards: the events recorded by then are the
             # versions up to the last one recorded by then. At most one look-up, and
             # the rest is a read up to a version.
-            by_then = await self._by_then(aggregate_id, to_ns(until))
+            at = to_ns(until)
+            by_then = self._kept_version_at(aggregate_id, at)
+            if by_then is None:
+                by_then = await self._look_up_version_at(aggregate_id, at)
             to_version = by_then if to_version is None else min(to_version, by_then)
         point = PointInTime(codec.empty(aggregate_id))
         if use_snapshots and self.snapshots is not None and to_version != 0:
@@ -551,7 +551,8 @@ class StateLoader(Generic[S]):
         when what is kept says it without asking any store (else None): a listed
         snapshot at or before the point with one past it, and the kept run of events
         after it holding the point."""
-        if self._erased():
+        if self._erasures.moved():
+            self._empty()
             return None  # nothing is kept past an erasure
         if until_ns is not None:
             by_then = self._kept_version_at(aggregate_id, until_ns)
