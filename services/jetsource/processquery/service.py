@@ -322,7 +322,9 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
 
     @staticmethod
     def _not_found(process_id: str) -> RpcError:
-        return RpcError(grpc.StatusCode.NOT_FOUND, f"process {process_id!r} not found")
+        return RpcError(
+            grpc.StatusCode.NOT_FOUND, f"process {process_id!r} not found", field="process_id"
+        )
 
     # -- the registry -----------------------------------------------------------
 
@@ -696,7 +698,9 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
                 raise invalid("after_seq", f"must be >= 0, got {request.after_seq}")
             row = await (await self.registry()).read(sid)
             if row is None or row.kind != SESSION_KIND:
-                raise RpcError(grpc.StatusCode.NOT_FOUND, f"session {sid!r} not found")
+                raise RpcError(
+                    grpc.StatusCode.NOT_FOUND, f"session {sid!r} not found", field="session_id"
+                )
             return sid
 
         try:

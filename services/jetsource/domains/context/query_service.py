@@ -113,7 +113,11 @@ def invalid(field: str, message: str) -> QueryError:
 
 
 def not_found(context_id: str) -> QueryError:
-    return QueryError(grpc.StatusCode.NOT_FOUND, f"context {context_id!r} not found")
+    """An unknown context: NOT_FOUND naming ``context_id`` (in the details' field
+    violation, as every refusal of a request's field names it)."""
+    return QueryError(
+        grpc.StatusCode.NOT_FOUND, f"context {context_id!r} not found", field="context_id"
+    )
 
 
 _UNAVAILABLE = (
@@ -555,6 +559,7 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
                     grpc.StatusCode.OUT_OF_RANGE,
                     f"version: context {cid!r} is at version {point.state.version}; "
                     f"asked for {version}",
+                    field="version",
                 )
             return self._answer(pb.GetContextAtVersionResponse, point, heard)
 
@@ -594,6 +599,7 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
                     f"context {cid!r} did not exist yet at {request.time.ToJsonString()} "
                     f"(before the context existed); it was created at "
                     f"{format_rfc3339_ns(first[0].recorded_at_ns)}",
+                    field="time",
                 )
             heard = erasures_heard()
             point = await self.loader.load(cid, until=at)
@@ -604,6 +610,7 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
                     grpc.StatusCode.NOT_FOUND,
                     f"context {cid!r} did not exist yet at {format_rfc3339_ns(at)}; "
                     f"it was created at {format_rfc3339_ns(first[0].recorded_at_ns)}",
+                    field="time",
                 )
             return self._answer(pb.GetContextAtTimeResponse, point, heard)
 
