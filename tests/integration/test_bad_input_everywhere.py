@@ -38,11 +38,15 @@ from hypothesis import strategies as st
 from jetsource._gen.context.v1 import commands_pb2 as c
 from jetsource._gen.context.v1 import query_pb2 as cq
 from jetsource._gen.omni.v1 import query_pb2 as oq
+from jetsource._gen.process.v1 import observer_pb2 as ob
 from jetsource._gen.process.v1 import query_pb2 as pq
 from jetsource.client import error_details
 from jetsource.core.settings import JetsourceSettings
 from jetsource.ingest.server import Ingest
 from jetsource.ingest.server import build as build_ingest
+from jetsource.observer.server import Observer
+from jetsource.observer.server import build as build_observer
+from jetsource.observer.settings import ObserverOptions, ObserverSettings
 from jetsource.processquery.server import ProcessQuery
 from jetsource.processquery.server import build as build_process_query
 from jetsource.processquery.settings import ProcessQueryOptions, ProcessQuerySettings
@@ -61,15 +65,25 @@ COMMANDS = c.DESCRIPTOR.services_by_name["ContextCommandService"]
 CONTEXT_QUERIES = cq.DESCRIPTOR.services_by_name["ContextQueryService"]
 PROCESS_QUERIES = pq.DESCRIPTOR.services_by_name["ProcessQueryService"]
 OMNI_QUERIES = oq.DESCRIPTOR.services_by_name["OmniQueryService"]
+OBSERVER = ob.DESCRIPTOR.services_by_name["ObserverService"]
 SERVICES = {
     COMMANDS.full_name: "publisher",
     CONTEXT_QUERIES.full_name: "query",
     PROCESS_QUERIES.full_name: "process",
     OMNI_QUERIES.full_name: "omni",
+    OBSERVER.full_name: "observer",
 }
 METHODS: list[MethodDescriptor] = [
-    m for s in (COMMANDS, CONTEXT_QUERIES, PROCESS_QUERIES, OMNI_QUERIES) for m in s.methods
+    m
+    for s in (COMMANDS, CONTEXT_QUERIES, PROCESS_QUERIES, OMNI_QUERIES, OBSERVER)
+    for m in s.methods
+    if not m.client_streaming
 ]
+WRITERS = {COMMANDS.full_name, OBSERVER.full_name}
+# Refusals that name the request's field they are about (details, else the message).
+# (FAILED_PRECONDITION is about the state a valid request met: a domain rule, a model
+# not caught up; it names the rule, not a field.)
+NAMING = {Code.INVALID_ARGUMENT, Code.NOT_FOUND, Code.OUT_OF_RANGE}
 NEVER = {Code.UNKNOWN, Code.INTERNAL, Code.DATA_LOSS}
 CLIENT = {
     Code.OK,
@@ -183,8 +197,10 @@ class Everything:
     js: Any
     stream: str
     omni_stream: str
+    process_stream: str
     ingest: Ingest
     process: ProcessQuery
+    observer: Observer
     http: httpx.Client
     tokens: list[str] = field(default_factory=list)
     omni_events: list[str] = field(default_factory=list)
@@ -222,6 +238,7 @@ def everything(
     channels: dict[str, grpc.Channel] = {}
     ingest: Ingest | None = None
     process: ProcessQuery | None = None
+    observer: Observer | None = None
     http: httpx.Client | None = None
     try:
         services.start("publisher")
@@ -239,6 +256,16 @@ def everything(
                 )
             )
         )
+        observer = run(
+            build_observer(
+                ObserverSettings(
+                    **shared,
+                    observer=ObserverOptions(
+                        grpc_port=0, metrics_port=0, claims_bucket=f"CL_{unique}"
+                    ),
+                )
+            )
+        )
         isettings = omni_settings(nats_server.url, valkey_server.url, unique)
         ingest = run(build_ingest(isettings))
         run(ingest.start_http("127.0.0.1", 0))
@@ -248,6 +275,7 @@ def everything(
             "query": grpc.insecure_channel(services.address("query")),
             "process": grpc.insecure_channel(f"127.0.0.1:{process.port}"),
             "omni": grpc.insecure_channel(f"127.0.0.1:{ingest.grpc.port}"),
+            "observer": grpc.insecure_channel(f"127.0.0.1:{observer.port}"),
         }
         http = httpx.Client(base_url=f"http://127.0.0.1:{ingest.http_port}", timeout=10)
         everything = Everything(
@@ -257,8 +285,10 @@ def everything(
             nc.jetstream(),
             services.env["JETSOURCE_EVENTSTORE__STREAM"],
             isettings.omni.events_stream,
+            observer.store.settings.stream,
             ingest,
             process,
+            observer,
             http,
         )
         seed(everything)
@@ -276,6 +306,8 @@ def everything(
             run(ingest.stop(0))
         if process is not None:
             run(process.stop(0))
+        if observer is not None:
+            run(observer.stop(0))
         run(nc.close())
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
@@ -410,6 +442,8 @@ def pools(e: Everything) -> dict[str, list[Any]]:
         "provider": ["whatsapp", "discord"],
         "instance": ["acme-cloud", "acme-bot"],
         "conversation_id": ["c1"],
+        "event_type": ["step_done", "process_started"],
+        "source": ["checker"],
         "external_id": ["15550001111"],
         "page_size": [1, 2],
         "limit": [1, 2],
@@ -428,7 +462,7 @@ def plausible(e: Everything, name: str) -> st.SearchStrategy[Any] | None:
 
 def value(e: Everything, f: FieldDescriptor, depth: int) -> st.SearchStrategy[Any]:
     hostile = _hostile(e, f, depth)
-    good = None if f.is_repeated else plausible(e, f.name)
+    good = None if f.is_repeated or f.type == T.TYPE_ENUM else plausible(e, f.name)
     return hostile if good is None else st.one_of(good, hostile)
 
 
@@ -438,6 +472,14 @@ def _hostile(e: Everything, f: FieldDescriptor, depth: int) -> st.SearchStrategy
         assert f.message_type is not None
         if f.message_type.full_name == "google.protobuf.Timestamp":
             return TIMESTAMPS
+        if f.message_type.full_name == "google.protobuf.Struct":
+            return st.dictionaries(
+                TEXT,
+                st.one_of(TEXT, st.floats(), st.booleans(), st.none(), st.lists(TEXT, max_size=2)),
+                max_size=3,
+            ).map(_struct)
+        if _is_map(f) and f.message_type.fields_by_name["value"].message_type is not None:
+            return st.just({})
         if _is_map(f):
             return st.dictionaries(TEXT, TEXT, max_size=2)
         return message(e, f.message_type, depth + 1)
@@ -460,6 +502,14 @@ def _hostile(e: Everything, f: FieldDescriptor, depth: int) -> st.SearchStrategy
     if f.type in (T.TYPE_DOUBLE, T.TYPE_FLOAT):
         return st.floats(allow_nan=True, width=32 if f.type == T.TYPE_FLOAT else 64)
     return INTS[f.type]
+
+
+def _struct(values: dict[str, Any]) -> Any:
+    from google.protobuf.struct_pb2 import Struct
+
+    out = Struct()
+    out.update(values)
+    return out
 
 
 def _is_map(f: FieldDescriptor) -> bool:
@@ -562,8 +612,9 @@ def bad_id(request: Message) -> str | None:
 def check(
     e: Everything, method: MethodDescriptor, body: bytes, request: Message | None = None
 ) -> None:
-    is_command = method.containing_service is COMMANDS
-    before = e.last_seq(e.stream) if is_command else 0
+    is_command = method.containing_service.full_name in WRITERS
+    stream = e.stream if method.containing_service is COMMANDS else e.process_stream
+    before = e.last_seq(stream) if is_command else 0
     error = call(e, method, body, 5.0 if is_command or method.name not in WAITING else 1.0)
     code = Code.OK if error is None else error.code()
     detail = "" if error is None else error.details()
@@ -572,14 +623,14 @@ def check(
     assert code in CLIENT, (where, body[:300], code, detail)
     if code == Code.DEADLINE_EXCEEDED:
         assert method.name in WAITING, (where, body[:300], code, detail)
-    if code == Code.INVALID_ARGUMENT:
+    if code in NAMING:
         assert error is not None
-        assert names_a_field(error, method), (where, body[:300], detail, error_details(error))
+        assert names_a_field(error, method), (where, code, detail, error_details(error))
     wrong = bad_id(request) if request is not None else None
     if wrong is not None:
         assert code != Code.OK, (where, wrong, getattr(request, wrong)[:80], "answered OK")
     if is_command and code != Code.OK:
-        assert e.last_seq(e.stream) == before, f"{where} refused with {code} but appended"
+        assert e.last_seq(stream) == before, f"{where} refused with {code} but appended"
 
 
 # Examples per RPC: 25 keeps the module near 40 s; BAD_INPUT_EXAMPLES=500 for a long hunt.
@@ -628,7 +679,7 @@ def _plausible_request(e: Everything, method: MethodDescriptor) -> Any:
     request = _class(method.input_type)()
     good = pools(e)
     for f in method.input_type.fields:
-        if f.name == "page_token" or f.is_repeated or f.name not in good:
+        if f.name == "page_token" or f.is_repeated or f.type == T.TYPE_ENUM or f.name not in good:
             continue
         setattr(request, f.name, good[f.name][0])
     if "options" in method.input_type.fields_by_name:
@@ -667,6 +718,31 @@ def test_oversized_strings_and_long_lists_are_refused_naming_the_field(
             check(everything, method, request.SerializeToString(), request)
 
 
+@pytest.mark.parametrize("method", METHODS, ids=_name)
+@settings(FAST, max_examples=10)
+@given(
+    body=st.one_of(
+        st.binary(max_size=48),
+        st.sampled_from(
+            [
+                b"\x0a",  # a length-delimited field cut short
+                b"\x0a\xff\xff\xff\xff\x0f",  # a length past the body
+                b"\x08\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x01",  # varint too long
+                b"\x0b\x0c",  # a group
+                b"\x0d\x00",  # fixed32 cut short
+                b"\x0a\x02\xc3\x28",  # field 1 not UTF-8
+                b"\x12\x03\xed\xa0\x80",  # field 2 a surrogate
+                b"\xf8\xff\xff\xff\x0f\x00",  # an unknown field number at the edge
+            ]
+        ),
+    )
+)
+def test_raw_bodies_that_are_no_request_get_a_client_error(
+    everything: Everything, method: MethodDescriptor, body: bytes
+) -> None:
+    check(everything, method, body)
+
+
 # Every page-token-bearing method, with a real token of another method or story.
 PAGED = [m for m in METHODS if "page_token" in m.input_type.fields_by_name]
 
@@ -688,7 +764,7 @@ def test_a_page_token_of_another_method_is_refused_naming_page_token(
         for f in method.input_type.fields:
             if f.name == "context_id":
                 request.context_id = "fz2"  # the ListEvents token is of story fz
-            elif f.name != "page_token" and f.name in good and not f.is_repeated:
+            elif f.name != "page_token" and f.name in good and f.type == T.TYPE_STRING:
                 setattr(request, f.name, good[f.name][0])
         error = call(everything, method, request.SerializeToString(), 2.0)
         assert error is not None, (method.full_name, token, "accepted a token not its own")
@@ -803,6 +879,51 @@ def test_a_refused_status_update_writes_nothing(
     answer = rest_check(everything, "POST", path, json=update)
     if answer.status_code >= 400:
         assert everything.last_seq(everything.omni_stream) == before, (path, update)
+
+
+QUERY_SAMPLES = [
+    "",
+    " ",
+    "a b",
+    "*",
+    ">",
+    "a.b",
+    "\x00",
+    "é",
+    "x" * 5000,
+    "0",
+    "-1",
+    "1",
+    "1000000",
+    str(2**63),
+    str(2**64 + 5),
+    "1e3",
+    "abc",
+    "0001-01-01T00:00:00Z",
+    "0000-01-01T00:00:00Z",
+    "9999-12-31T23:59:59Z",
+    "10000-01-01T00:00:00Z",
+    "2026-02-30T00:00:00Z",
+    "2026-01-01T00:00:00-99:00",
+    "2026-01-01T00:00:00.9999999999Z",
+    "1970-01-01T00:00:00Z",
+    "true",
+    "maybe",
+]
+
+
+@pytest.mark.parametrize("read", [t for t, _ in READS], ids=str)
+def test_every_query_parameter_of_every_rest_read_with_every_odd_value(
+    everything: Everything, read: str
+) -> None:
+    path = read.format("whatsapp", "acme-cloud", "c1")
+    if "identities/" in path:
+        path = read.format(everything.identities[0] if everything.identities else "idn-x")
+    elif "/events/" in path:
+        path = read.format(everything.omni_events[0])
+    for name in PARAMS:
+        for v in QUERY_SAMPLES:
+            rest_check(everything, "GET", path, params={name: v})
 
 
 RAW_PATHS = [
