@@ -834,6 +834,9 @@ def rest_check(e: Everything, method: str, path: str | httpx.URL, **kwargs: Any)
             assert body["error"].get("field"), (path, kwargs, body)
         else:  # FastAPI's own request validation: each entry locates its field
             assert all(d.get("loc") for d in body["detail"]), (path, kwargs, body)
+    if answer.status_code == 404 and "error" in answer.json():
+        # an unknown event, raw payload, identity or handle (not an unknown route)
+        assert answer.json()["error"].get("field"), (path, kwargs, answer.text)
     return answer
 
 
