@@ -20,6 +20,7 @@ from jetsource.core.envelope import RecordedEvent
 from jetsource.core.settings import JetsourceSettings
 from jetsource.domains.context.graph_model import GraphModel
 from jetsource.domains.context.valkey_models import ContextModel
+from jetsource.projection import admin
 from jetsource.projection.bootstrap import Projection, open_projection
 from tests.projector_fixtures import projector_settings, seed, story_ids
 
@@ -138,3 +139,41 @@ async def test_a_replay_in_flight_across_an_erasure_keeps_no_fold(
     assert story not in model._folds._by
     await model.rewind(story, 12, events=erased_copy(records), guard=(12, 12))
     assert await stored_title(model, story) == "<erased>"
+
+
+@pytest.mark.parametrize("name", ["context", "graph"])
+async def test_a_replay_reads_again_what_it_read_before_an_erasure_heard_since(
+    projection: Projection, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The projector admin's replay reads an aggregate's events itself and hands them to
+    the model's rewind. When an erasure is heard between that read and the rewind (and
+    another call of the model has already emptied its caches, so the model cannot
+    tell), the replay reads the events again, as they now read: the model never folds,
+    writes or keeps what the erasure removed."""
+    [story] = story_ids(1, tag=f"erase-replay-{name}-")
+    await seed(projection.store, [story], 12)
+    records = await projection.store.read_aggregate(story)
+    model = projection.model(name, 1)
+    assert isinstance(model, ContextModel | GraphModel)
+    await model.setup()
+    await model.rewind(story, 12, events=records, guard=(0, 0))  # stored at 12
+    store = projection.store_for(name)
+    reads: list[int] = []
+
+    async def erase_after_first_read(*args: Any, **kwargs: Any) -> Any:
+        reads.append(1)
+        if len(reads) > 1:  # the store reads the erased values now
+            return erased_copy(records)[kwargs.get("from_version", 1) - 1 :]
+        out = await read(*args, **kwargs)
+        crypto.note_erasure()  # heard while the replay holds the opened events
+        model._forget_if_erased()  # by another call of the model, which emptied its caches
+        return out
+
+    read = store.read_aggregate
+    monkeypatch.setattr(store, "read_aggregate", erase_after_first_read)
+    was, written = await admin._replay_aggregate(projection, model, story)
+    monkeypatch.undo()
+    assert (was, written) == (12, 12)
+    assert len(reads) == 2  # read again after the erasure
+    assert await stored_title(model, story) == "<erased>"
+    assert model._folds._by[story][2].title == "<erased>"

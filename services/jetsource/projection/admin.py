@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any, Protocol, TypeVar, cast
 
 from jetsource.core.clock import format_rfc3339_ns, now_ns, parse_rfc3339_ns, to_ns
+from jetsource.core.crypto import erasures_heard
 from jetsource.core.envelope import RecordedEvent
 from jetsource.core.errors import EventStoreUnavailableError
 from jetsource.core.ids import uuid7, validate_aggregate_id
@@ -313,6 +314,7 @@ async def _replay_aggregate(p: Projection, model: ReadModel, aggregate_id: str) 
     name = f"replay {model.spec.name} v{model.spec.version} {aggregate_id}"
     position = await _retry(lambda: model.position(aggregate_id), name)
     events: list[RecordedEvent] = []
+    heard = erasures_heard()  # the events below are opened after this many erasures
 
     async def read_up_to(version: int | None) -> None:
         if version is not None and len(events) >= version:
@@ -342,6 +344,15 @@ async def _replay_aggregate(p: Projection, model: ReadModel, aggregate_id: str) 
                 raise AdminError(f"{aggregate_id}: stored at {low}, the stream has {version}")
 
         async def write(v: int = version, g: tuple[int, int] = guard) -> int:
+            nonlocal heard
+            if heard != erasures_heard():
+                # An erasure was heard since these events were read: they hold what
+                # it removed, and the model would fold (and keep) them as new. Read
+                # them again, as they now read; no await between this check and the
+                # model's own count of erasures at the start of its rewind.
+                heard = erasures_heard()
+                events.clear()
+                await read_up_to(v)
             # The model folds (and keeps the fold across attempts): the engine knows
             # no domain's state.
             return await target.rewind(aggregate_id, v, events=events, guard=g)
