@@ -14,7 +14,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from jetsource.core.errors import ConcurrencyError, CorruptEventError, ValidationError
-from jetsource.core.grpcserver import RpcError, call_outcome, status_details, to_rpc_error
+from jetsource.core.grpcserver import (
+    MAX_DESCRIPTION,
+    MAX_MESSAGE,
+    RpcError,
+    call_outcome,
+    status_details,
+    to_rpc_error,
+)
 from jetsource.domains.context.query_service import PageTokens, QueryError, timestamp_ns
 
 Code = grpc.StatusCode
@@ -112,3 +119,25 @@ def test_the_outcome_of_a_failed_call_names_a_cancellation_apart_from_errors() -
     assert call_outcome(RuntimeError("boom"), None) == "error"
     refused = RpcError(grpc.StatusCode.NOT_FOUND, "no such story")
     assert call_outcome(refused, refused) == "not_found"
+
+
+def test_a_status_that_repeats_a_long_input_is_cut_to_fit_the_trailers() -> None:
+    """A client refuses trailers past 16 KB (RESOURCE_EXHAUSTED instead of the answer):
+    every message, field description and metadata value is cut, saying so."""
+    long = "x" * 1_100_000
+    text = f"identity {long!r} not found"
+    error = RpcError(
+        grpc.StatusCode.NOT_FOUND,
+        text,
+        violations=[("external_id", f"no identity {long}")],
+        metadata={"external_id": long},
+    )
+    assert len(error.message) <= MAX_MESSAGE
+    assert error.message.startswith("identity 'xxx")
+    assert error.message.endswith(f"({len(text) - (MAX_MESSAGE - 40):,} characters cut)")
+    [(field, description)] = error.violations
+    assert field == "external_id" and len(description) <= MAX_DESCRIPTION
+    assert len(error.metadata["external_id"]) <= MAX_DESCRIPTION
+    assert len(status_details(error).SerializeToString()) < 4096
+    short = RpcError(grpc.StatusCode.INVALID_ARGUMENT, "name: too long", field="name")
+    assert short.message == "name: too long" and short.violations == [("name", "name: too long")]

@@ -62,15 +62,33 @@ class RpcError(Exception):
         reason: str = "",
         metadata: Mapping[str, str] | None = None,
     ) -> None:
+        message = cap(message, MAX_MESSAGE)
         super().__init__(message)
         self.code = code
         self.message = message
-        found = list(violations)
+        found = [(f, cap(d, MAX_DESCRIPTION)) for f, d in violations]
         if field and not found:
             found = [(field, message)]
         self.violations = found
         self.reason = reason
-        self.metadata = dict(metadata or {})
+        self.metadata = {k: cap(v, MAX_DESCRIPTION) for k, v in (metadata or {}).items()}
+
+
+# A status travels in the trailers, which a client refuses past 16 KB (gRPC's default
+# hard limit: RESOURCE_EXHAUSTED "received metadata size exceeds hard limit" instead of
+# the answer). The message is sent twice (grpc-message and the Status in
+# grpc-status-details-bin), so a message that repeats a long input is cut here, for
+# every service.
+MAX_MESSAGE = 1024
+MAX_DESCRIPTION = 512
+
+
+def cap(text: str, limit: int) -> str:
+    """``text``, cut to at most ``limit`` characters with a note of what was cut."""
+    if len(text) <= limit:
+        return text
+    kept = limit - 40  # the note takes at most 34
+    return f"{text[:kept]}... ({len(text) - kept:,} characters cut)"
 
 
 def call_outcome(exc: BaseException, error: RpcError | None) -> str:
