@@ -8,6 +8,7 @@ its own once a probe write and the stream's state say it can.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from collections.abc import Sequence
@@ -21,6 +22,7 @@ from jetsource._gen.context.v1 import commands_pb2, commands_pb2_grpc
 from jetsource.core.envelope import AppendResult, Expected, NewEvent
 from jetsource.core.errors import EventStoreUnavailableError
 from jetsource.core.grpcserver import GrpcEndpoint, start_grpc, stop_on_signals
+from jetsource.core.heap import HeapKeeper
 from jetsource.core.metrics import register_service, start_metrics_server, watch_nats
 from jetsource.core.runner import run_service
 from jetsource.core.workers import serve_workers
@@ -146,6 +148,11 @@ async def serve(settings: PublisherSettings) -> None:
     o = settings.publisher
     register_service("publisher")
     publisher = await build(settings)
+    # The state cache changes with every command: freeze what lives every second, so
+    # a full collection walks only what changed since (jetsource.core.heap).
+    heap = HeapKeeper(enabled=o.freeze_every_s > 0)
+    heap.settle()
+    keeper = asyncio.create_task(heap.keep(o.freeze_every_s))
 
     def healthy() -> bool:
         writes = publisher.writes
@@ -157,6 +164,7 @@ async def serve(settings: PublisherSettings) -> None:
     await stop_on_signals().wait()
     log.info("publisher shutting down")
     nats_state.cancel()
+    keeper.cancel()
     if metrics is not None:
         metrics.shutdown()
     await publisher.stop(o.shutdown_grace_s)

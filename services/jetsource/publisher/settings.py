@@ -19,6 +19,12 @@ class PublisherOptions(WorkerFields):
     max_concurrent_rpcs: int = Field(default=256, ge=1)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     default_deadline_s: float = Field(default=10.0, gt=0)
+    freeze_every_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="move what lives out of the garbage collector's full walks this often "
+        "(jetsource.core.heap; 0: leave the collector as it is)",
+    )
 
     def target(self) -> str:
         return f"{self.grpc_host}:{self.grpc_port}"
