@@ -17,9 +17,10 @@ from hypothesis import strategies as st
 from jetsource._gen.context.v1 import query_pb2 as pb
 from jetsource.core import crypto
 from jetsource.core.clock import to_timestamp
+from jetsource.core.heap import HeapKeeper
 from jetsource.domains.context.events import registry
 from jetsource.domains.context.history import KeptPoint, StateLoader
-from jetsource.domains.context.query_service import EncodedViews, HeapKeeper
+from jetsource.domains.context.query_service import EncodedViews
 from jetsource.domains.context.views import state_view
 from jetsource.eventstore.memory import InMemoryEventStore
 from jetsource.eventstore.snapshots import InMemorySnapshotStore

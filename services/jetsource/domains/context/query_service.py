@@ -26,7 +26,6 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import gc
 import hashlib
 import hmac
 import logging
@@ -59,6 +58,7 @@ from jetsource.core.errors import (
     ValidationError,
 )
 from jetsource.core.grpcserver import RpcError, call_outcome
+from jetsource.core.heap import HeapKeeper
 from jetsource.core.ids import validate_aggregate_id
 from jetsource.domains.context.graph_model import GRAPH, GraphModel
 from jetsource.domains.context.history import KeptPoint, PointInTime, StateLoader
@@ -209,51 +209,6 @@ _CTX = struct.Struct(">d")  # ListContexts: the last score shown, then its id (U
 class _Active:
     version: int
     at: float
-
-
-class HeapKeeper:
-    """Keeps the garbage collector's pauses off reads (when ``enabled``: the query
-    server turns it on for its process).
-
-    A full collection walks every object the collector tracks: in this process the
-    modules' (some 70,000 objects, 40-70 ms a walk here) and the caches' states.
-    They live as long as the process or the cache entry, and what is freed of them is
-    freed by reference counting (they hold no cycles), so walking them finds nothing:
-    :meth:`settle` (after start-up) and every time the caches grew (after the call
-    that grew them) move what lives to the collector's permanent generation
-    (``gc.freeze``), which it does not walk. The young objects of the calls in flight
-    are collected as usual. A cycle frozen while it was alive and dropped later is
-    found by a full sweep (unfreeze, collect, freeze) at most every ``sweep_every_s``,
-    after a call that grew the caches."""
-
-    def __init__(self, enabled: bool = False, sweep_every_s: float = 600.0) -> None:
-        self.enabled = enabled
-        self.sweep_every_s = sweep_every_s
-        self.freezes = 0
-        self._due = False
-        self._swept = time.monotonic()
-
-    def settle(self) -> None:
-        """Collect, then freeze what lives (after start-up)."""
-        if self.enabled:
-            gc.collect()
-            gc.freeze()
-            self._swept = time.monotonic()
-
-    def grew(self) -> None:
-        """The caches hold more: freeze once the current call's answer is on its way."""
-        if self.enabled and not self._due:
-            self._due = True
-            asyncio.get_running_loop().call_soon(self._freeze)
-
-    def _freeze(self) -> None:
-        self._due = False
-        if time.monotonic() - self._swept >= self.sweep_every_s:
-            gc.unfreeze()
-            gc.collect()
-            self._swept = time.monotonic()
-        gc.freeze()
-        self.freezes += 1
 
 
 AnswerKind = type[pb.GetContextAtVersionResponse] | type[pb.GetContextAtTimeResponse]
