@@ -13,9 +13,9 @@ the file ``jetsource_ingest__instances`` in the secrets directory (a Kubernetes 
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 
-from jetsource.domains.omni.settings import InstanceConfig, OmniOptions
+from jetsource.domains.omni.settings import INSTANCE_NAME, InstanceConfig, OmniOptions
 from jetsource.projection.settings import ProjectorSettings
 
 
@@ -40,6 +40,21 @@ class IngestOptions(BaseModel):
     control_ttl_s: float = Field(default=1.0, ge=0)
     control_max_stale_s: float = Field(default=30.0, ge=0)
     shutdown_grace_s: float = Field(default=5.0, ge=0)
+
+    @field_validator("instances")
+    @classmethod
+    def _names(cls, value: dict[str, InstanceConfig]) -> dict[str, InstanceConfig]:
+        """An instance's name is a path segment of its webhook URL and a part of the
+        read model's keys (``c:<provider>:<instance>:<conversation>``): letters, digits,
+        ``-``, ``_`` and ``.``, 1-64 of them. A ``:`` would let ``a:b`` + ``c`` read
+        what ``a`` + ``b:c`` wrote."""
+        for name in value:
+            if not INSTANCE_NAME.fullmatch(name):
+                raise ValueError(
+                    f"instance name {name[:80]!r}: 1-64 letters, digits, '-', '_' or '.', "
+                    "starting with a letter or digit"
+                )
+        return value
 
 
 class IngestSettings(ProjectorSettings):

@@ -130,6 +130,13 @@ CASES: dict[str, tuple[str, str, dict[str, str] | bytes | None, set[int], str]] 
         {400},
         "provider",
     ),
+    "conversation: an instance name with a colon": (
+        "GET",
+        "/api/v1/conversations/whatsapp/acme:cloud/c1",
+        None,
+        {400},
+        "instance",
+    ),
     "conversation: page_token letters": (
         "GET",
         "/api/v1/conversations/whatsapp/acme-cloud/c1",

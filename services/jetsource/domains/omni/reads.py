@@ -45,6 +45,7 @@ from jetsource.domains.omni.models import (
     short_type,
 )
 from jetsource.domains.omni.raw import RawArchive
+from jetsource.domains.omni.settings import INSTANCE_NAME
 from jetsource.projection.valkey import valkey_io
 
 DAY_NS = 24 * 3600 * 1_000_000_000
@@ -372,6 +373,12 @@ class OmniReads:
             if not value:
                 raise ValidationError(f"{name} is required", field=name)
         provider_name(provider)
+        if not INSTANCE_NAME.fullmatch(instance):  # no instance is named so (settings)
+            raise ValidationError(
+                f"instance {instance[:80]!r} is not an instance name (1-64 letters, digits, "
+                "'-', '_' or '.')",
+                field="instance",
+            )
         ns = await self.ns(OMNI_EVENTS)
         key = f"c:{provider}:{instance}:{conversation_id}"
         return await self._page(ns, [key], size, token, "conversation", key)

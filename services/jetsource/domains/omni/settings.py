@@ -3,6 +3,8 @@ projector's read models and the CLI: where raw payloads and handle claims live."
 
 from __future__ import annotations
 
+import re
+
 from pydantic import BaseModel, Field, SecretStr, model_validator
 
 
@@ -24,6 +26,11 @@ class OmniOptions(BaseModel):
     identity_bucket: str = "OMNI_HANDLES"
     # Handles kept in each process's memory (kept current by watching the bucket).
     identity_cache_size: int = Field(default=200_000, ge=0)
+
+
+# An instance's name: a path segment of its webhook URL and a part of the read model's
+# keys (``c:<provider>:<instance>:<conversation>``), so never a ``:``.
+INSTANCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class InstanceConfig(BaseModel):
