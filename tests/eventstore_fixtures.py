@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
+
+from nats.aio.client import Client as NATS
 
 from jetsource._gen.context.v1 import events_pb2 as ev
 from jetsource.core.envelope import NewEvent
 from jetsource.core.settings import EventStoreSettings
+from jetsource.domains.context.events import registry
+from jetsource.eventstore.jetstream import JetStreamEventStore
 
 
 def isolated_settings(unique: str, **overrides: object) -> EventStoreSettings:
@@ -17,6 +23,22 @@ def isolated_settings(unique: str, **overrides: object) -> EventStoreSettings:
         retry_backoff_s=0.01,
         **overrides,  # type: ignore[arg-type]
     )
+
+
+@contextlib.asynccontextmanager
+async def store_pair(
+    nc: NATS, unique: str
+) -> AsyncIterator[tuple[JetStreamEventStore, JetStreamEventStore]]:
+    """Two store instances on one stream: like two publisher processes."""
+    settings = isolated_settings(unique)
+    a, b = JetStreamEventStore(nc, registry, settings), JetStreamEventStore(nc, registry, settings)
+    await a.ensure_streams()
+    await b.start()
+    try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
 
 
 def created(title: str = "story") -> NewEvent:

@@ -11,22 +11,16 @@ from nats.aio.client import Client as NATS
 
 from jetsource.core.envelope import NO_STREAM
 from jetsource.core.errors import ConcurrencyError
-from jetsource.domains.context.events import registry
 from jetsource.eventstore.jetstream import JetStreamEventStore
-from tests.eventstore_fixtures import created, decision, isolated_settings
+from tests.eventstore_fixtures import created, decision, store_pair
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 async def pair(nc: NATS, unique: str) -> AsyncIterator[tuple[JetStreamEventStore, ...]]:
-    settings = isolated_settings(unique)
-    a, b = JetStreamEventStore(nc, registry, settings), JetStreamEventStore(nc, registry, settings)
-    await a.ensure_streams()
-    await b.start()
-    yield a, b
-    await a.close()
-    await b.close()
+    async with store_pair(nc, unique) as both:
+        yield both
 
 
 def count_requests(store: JetStreamEventStore) -> list[str]:

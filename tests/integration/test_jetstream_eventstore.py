@@ -19,7 +19,7 @@ from jetsource.eventstore import jsapi
 from jetsource.eventstore.jetstream import JetStreamEventStore
 from jetsource.eventstore.jsapi import OutMessage
 from tests.contract_eventstore import EventStoreContract
-from tests.eventstore_fixtures import created, decision, isolated_settings
+from tests.eventstore_fixtures import created, decision, isolated_settings, store_pair
 
 pytestmark = pytest.mark.integration
 
@@ -34,17 +34,12 @@ class TestJetStreamEventStore(EventStoreContract):
 
 
 @pytest.fixture
-async def store_pair(
+async def two_stores(
     nc: NATS, unique: str
 ) -> AsyncIterator[tuple[JetStreamEventStore, JetStreamEventStore]]:
     """Two store instances on one stream: like two publisher processes."""
-    settings = isolated_settings(unique)
-    a, b = JetStreamEventStore(nc, registry, settings), JetStreamEventStore(nc, registry, settings)
-    await a.ensure_streams()
-    await b.start()
-    yield a, b
-    await a.close()
-    await b.close()
+    async with store_pair(nc, unique) as pair:
+        yield pair
 
 
 async def stored(store: JetStreamEventStore) -> int:
@@ -52,9 +47,9 @@ async def stored(store: JetStreamEventStore) -> int:
 
 
 async def test_server_rejects_a_batch_from_a_stale_writer_whole(
-    store_pair: tuple[JetStreamEventStore, JetStreamEventStore],
+    two_stores: tuple[JetStreamEventStore, JetStreamEventStore],
 ) -> None:
-    a, b = store_pair
+    a, b = two_stores
     await a.append("s", [created()], NO_STREAM)  # a caches (1, seq)
     await b.append("s", [decision(0)], 1)  # a's cache is now stale
     before = await stored(a)
@@ -65,9 +60,9 @@ async def test_server_rejects_a_batch_from_a_stale_writer_whole(
 
 
 async def test_retry_from_another_process_returns_the_original(
-    store_pair: tuple[JetStreamEventStore, JetStreamEventStore],
+    two_stores: tuple[JetStreamEventStore, JetStreamEventStore],
 ) -> None:
-    a, b = store_pair
+    a, b = two_stores
     batch = [created(), *[decision(i) for i in range(4)]]
     first = await a.append("r", batch, NO_STREAM)
     again = await b.append("r", batch, NO_STREAM)  # b knows nothing: no cache
