@@ -31,8 +31,8 @@ from typing import Any
 
 import nats
 
+from bench.bench_eventstore import typical_event
 from bench.common import CpuMeter
-from jetsource._gen.context.v1 import events_pb2 as ev
 from jetsource.core.envelope import NewEvent
 from jetsource.core.ids import uuid7
 from jetsource.core.settings import EventStoreSettings
@@ -81,15 +81,6 @@ def _counters() -> dict[str, float]:
 
 
 ALL = ["raw", "sealed", "msgid", "occ", "occ1", "both", "storecfg", "store"]
-
-
-def typical_event(n: int) -> ev.DecisionAdded:
-    return ev.DecisionAdded(
-        decision_id=f"d-{n:05d}",
-        title="Use JetStream atomic batches for commands",
-        body="Several events of one command are stored together or not at all.",
-        author="agent-7",
-    )
 
 
 async def main(events: int, rounds: int, variants: list[str], profile: str | None) -> None:
