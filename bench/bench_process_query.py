@@ -108,10 +108,21 @@ async def visibility(
     arrived = asyncio.Event()
 
     async def follow() -> None:
-        call = reads.WatchProcess(q.WatchProcessRequest(process_id=root, subtree=True))
-        async for item in call:
-            seen[item.event.global_seq] = time.perf_counter()
-            arrived.set()
+        # The registry (what wait_count reads) and the timeline (what a watch checks
+        # first) are two read models: the root may be in the first before the second,
+        # and the watch then answers NOT_FOUND. Ask again until it is there.
+        for _ in range(200):
+            call = reads.WatchProcess(q.WatchProcessRequest(process_id=root, subtree=True))
+            try:
+                async for item in call:
+                    seen[item.event.global_seq] = time.perf_counter()
+                    arrived.set()
+                return
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"{root} never reached the timeline model")
 
     watcher = asyncio.create_task(follow())
     loaders = [asyncio.create_task(load(w)) for w in range(LOAD_WRITERS)]
@@ -134,6 +145,9 @@ async def visibility(
                 await asyncio.sleep(0.0005)
             t_registry = time.perf_counter()
             while pos.global_seq not in seen:  # the timeline: the watch delivered it
+                if watcher.done():  # its error, not a 10 s wait for nothing
+                    watcher.result()
+                    raise RuntimeError("the watch ended")
                 arrived.clear()
                 await asyncio.wait_for(arrived.wait(), 10)
             t_done = max(t_registry, seen[pos.global_seq])
