@@ -116,6 +116,7 @@ class Projection:
     snapshots: JetStreamSnapshotStore
     _redis: Valkey | None = None
     _graph: AsyncDriver | None = None
+    _ping: tuple[asyncio.Future[bool], int] | None = None  # health's PING, its reconnects
     extra_models: dict[str, Callable[[int], ReadModel]] = field(default_factory=dict)
 
     @property
@@ -204,6 +205,8 @@ class Projection:
         down: dict[str, str] = {}
         if not self.nc.is_connected:
             down["nats"] = "not connected"
+        elif not await self.nats_answers(timeout_s):
+            down["nats"] = f"connected, but no answer within {timeout_s:g} s"
         checks = {"valkey": lambda: self.redis.ping(), "graph": self.graph.verify_connectivity}
         for name in sorted(stores & set(checks)):
             try:
@@ -211,6 +214,38 @@ class Projection:
             except Exception as exc:
                 down[name] = f"{type(exc).__name__}: {exc}"[:200]
         return down
+
+    async def nats_answers(self, timeout_s: float) -> bool:
+        """Whether the NATS server answers a PING now. A hung server (stopped, its
+        connections open) leaves ``nc.is_connected`` True until the client's own
+        pings give up (2 x 120 s by default), so health asks it.
+
+        Not ``nc.flush(timeout)``: on nats-py 2.16 the PONG of a flush that timed out
+        kills the client's read loop when it finally comes (an InvalidStateError on
+        the cancelled future), leaving a connection that says connected and reads
+        nothing. The PING sent here is never cancelled: one that is not answered in
+        time is waited for again by the next probe (no second PING piles up), and
+        dropped when the client reconnects (which forgets the PINGs it sent)."""
+        reconnects = self.nc.stats.get("reconnects", 0)
+        if self._ping is None or self._ping[1] != reconnects:
+            future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            try:
+                await self.nc._send_ping(future)
+            except Exception:
+                return False
+            self._ping = (future, reconnects)
+        pending = self._ping[0]
+        try:
+            await asyncio.wait_for(asyncio.shield(pending), timeout_s)
+        except TimeoutError:
+            return False
+        except asyncio.CancelledError:
+            if not pending.cancelled():
+                raise  # this probe was cancelled, not the PING
+            self._ping = None  # the client closed and cancelled its PINGs
+            return False
+        self._ping = None
+        return True
 
     async def close(self) -> None:
         try:
