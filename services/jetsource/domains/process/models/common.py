@@ -21,7 +21,9 @@ from jetsource._gen.process.v1.events_pb2 import (
     StoredEvent,
 )
 from jetsource.core.clock import from_timestamp
+from jetsource.core.codec import UnknownEvent
 from jetsource.core.envelope import RecordedEvent
+from jetsource.domains.process.events import registry
 
 STARTED = "process_started"
 ENDINGS = {
@@ -34,6 +36,24 @@ STATUSES = ("running", "completed", "failed", "cancelled", "interrupted")
 # The stand-in of a discarded dead letter (projection.valkey.skipped): it only moves
 # the process's position.
 SKIPPED = "Skipped"
+
+
+def is_noop(e: RecordedEvent) -> bool:
+    """An event that only takes its place in its process (its position moves, nothing
+    else): the stand-in of a discarded dead letter, a message an operator voided (read
+    at its place as an unknown event), or an event type the ledger cannot name (not
+    snake_case: no writer of the ledger writes one). Unknown events are skipped by
+    every reader, never fatal; applied as events they would count, show in timelines
+    and, with a lifecycle payload, end processes."""
+    if e.event_type == SKIPPED and not e.envelope.payload:
+        return True
+    if not isinstance(e.event, UnknownEvent):
+        return False
+    return e.event.reason in NOOP_REASONS or not registry.valid_type(e.event_type)
+
+
+# What the engine's stand-ins say (voided_event, projection.valkey.skipped).
+NOOP_REASONS = ("voided", "discarded dead letter")
 
 
 def body_of(e: RecordedEvent) -> ProcessEventBody:

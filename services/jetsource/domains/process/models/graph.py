@@ -24,7 +24,7 @@ from typing import Any
 from neo4j import AsyncDriver, AsyncManagedTransaction
 
 from jetsource.core.envelope import RecordedEvent
-from jetsource.domains.process.models.common import SKIPPED
+from jetsource.domains.process.models.common import is_noop
 from jetsource.domains.process.pruning import PRUNER_ID, pruned_ids
 from jetsource.projection.contract import Checkpoint, Kind, ModelSpec, Outcome, RebuildStrategy
 from jetsource.projection.graph import graph_io
@@ -236,7 +236,7 @@ class ProcessGraphModel:
             rows.append({"id": pid, "base": base, "version": fresh[-1].version, "n": len(fresh)})
             seqs[pid] = [e.stream_seq for e in fresh]
             for e in fresh:
-                if e.event_type == SKIPPED and not e.envelope.payload:
+                if is_noop(e):
                     continue
                 env = e.envelope
                 evs.append({"id": env.event_id, "process": pid})

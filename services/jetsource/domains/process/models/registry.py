@@ -47,6 +47,7 @@ from jetsource.domains.process.models.common import (
     SKIPPED,
     TREE_LUA,
     body_of,
+    is_noop,
     lifecycle,
     occurred_ns,
 )
@@ -285,7 +286,7 @@ class ProcessesModel(ValkeyModel):
 
     @staticmethod
     def _args(e: RecordedEvent) -> list[Any]:
-        if e.event_type == SKIPPED and not e.envelope.payload:
+        if is_noop(e):
             return [
                 e.aggregate_id,
                 e.version,

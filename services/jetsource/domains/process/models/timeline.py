@@ -26,7 +26,13 @@ from valkey.asyncio import Valkey
 
 from jetsource._gen.process.v1.events_pb2 import StoredEvent
 from jetsource.core.envelope import RecordedEvent
-from jetsource.domains.process.models.common import PRUNE_LUA, SKIPPED, TREE_LUA, stored_event
+from jetsource.domains.process.models.common import (
+    PRUNE_LUA,
+    SKIPPED,
+    TREE_LUA,
+    is_noop,
+    stored_event,
+)
 from jetsource.domains.process.pruning import PRUNER_ID, pruned_ids
 from jetsource.projection.contract import Kind, ModelSpec, Outcome, RebuildStrategy
 from jetsource.projection.valkey import CHECKPOINT_LUA, ValkeyModel, skipped, text, valkey_io
@@ -160,7 +166,7 @@ class ProcessTimelineModel(ValkeyModel):
     async def apply(self, events: Sequence[RecordedEvent]) -> Outcome:
         args: list[Any] = [self.ns, len(events)]
         for e in events:
-            if e.event_type == SKIPPED and not e.envelope.payload:
+            if is_noop(e):
                 args += [e.aggregate_id, e.version, e.stream_seq, "", "", 1, SKIPPED]
             elif e.aggregate_id == PRUNER_ID:
                 ids = json.dumps(pruned_ids(e))
