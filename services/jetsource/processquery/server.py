@@ -17,6 +17,7 @@ from jetsource.core.grpcserver import GrpcEndpoint, start_grpc, stop_on_signals
 from jetsource.core.metrics import register_service, start_metrics_server, watch_nats
 from jetsource.core.runner import run_service
 from jetsource.eventstore.bootstrap import connect, release
+from jetsource.processquery.parked import DeadLetterProbe
 from jetsource.processquery.service import SERVICE, ProcessQueryService, add_to_server
 from jetsource.processquery.settings import ProcessQuerySettings
 from jetsource.projection.control import Control
@@ -53,7 +54,8 @@ async def build(settings: ProcessQuerySettings) -> ProcessQuery:
     redis = connect_valkey(settings)
     o, p = settings.process_query, settings.projector
     control = Control(nc, p.control_bucket, settings.eventstore.replicas)
-    service = ProcessQueryService(redis, control, p.valkey_prefix, o, p.control_bucket)
+    probe = DeadLetterProbe(nc, p.dlq_stream, p.dlq_subject_prefix, o.dead_letter_timeout_s)
+    service = ProcessQueryService(redis, control, p.valkey_prefix, o, p.control_bucket, probe)
     try:
         endpoint = await start_grpc(
             lambda server: add_to_server(service, server),

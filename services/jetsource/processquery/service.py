@@ -53,6 +53,7 @@ from jetsource.domains.process.models.timeline import (
     timeline_spec,
 )
 from jetsource.domains.sessions.format import SESSION_KIND, from_stored, to_message
+from jetsource.processquery.parked import DeadLetterProbe, parked_error
 from jetsource.processquery.settings import ProcessQueryOptions
 from jetsource.processquery.tokens import PageTokens, invalid
 from jetsource.projection.contract import TransientError
@@ -259,8 +260,10 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
         prefix: str,
         options: ProcessQueryOptions,
         token_seed: str = "",
+        dead_letters: DeadLetterProbe | None = None,
     ) -> None:
         self.redis = redis
+        self.dead_letters = dead_letters
         self.control = control
         self.prefix = prefix
         self.o = options
@@ -320,6 +323,16 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
         LATENCY.labels(method).observe(time.perf_counter() - started)
         return result
 
+    async def _check_parked(self, model: str, version: int, process_id: str) -> None:
+        """DATA_LOSS naming the poison when the model parked the process behind a dead
+        letter: what it holds of the process stops before that event, and answering it
+        as the process would hide that events past it exist."""
+        if self.dead_letters is None:
+            return
+        parked = await self.dead_letters.first(model, version, process_id)
+        if parked is not None:
+            raise parked_error(process_id, parked)
+
     @staticmethod
     def _not_found(process_id: str) -> RpcError:
         return RpcError(
@@ -333,7 +346,9 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
     ) -> pb.GetProcessResponse:
         async def work() -> pb.GetProcessResponse:
             pid = _process_id("process_id", request.process_id)
-            row = await (await self.registry()).read(pid)
+            registry = await self.registry()
+            row = await registry.read(pid)
+            await self._check_parked(PROCESSES, registry.spec.version, pid)
             if row is None:
                 raise self._not_found(pid)
             return pb.GetProcessResponse(process=process_info(row))
@@ -608,6 +623,7 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
             # One round trip answers most requests: a process, or a root's whole tree,
             # with nothing to filter.
             status, seqs, first = await model.page(pid, request.subtree, after, size + 1)
+            await self._check_parked(TIMELINE, model.spec.version, pid)
             if status == 0:
                 raise self._not_found(pid)
             if status == 1 and flt.trivial:

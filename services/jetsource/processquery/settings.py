@@ -27,6 +27,9 @@ class ProcessQueryOptions(BaseModel):
     control_ttl_s: float = Field(default=1.0, ge=0)
     control_max_stale_s: float = Field(default=30.0, ge=0)
     shutdown_grace_s: float = Field(default=5.0, ge=0)
+    # A read of one process asks the dead letters whether a model parked it (a
+    # poison): at most this long, else it answers from the model as it is.
+    dead_letter_timeout_s: float = Field(default=0.5, gt=0)
 
     def target(self) -> str:
         return f"{self.grpc_host}:{self.grpc_port}"
