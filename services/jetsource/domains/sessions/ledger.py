@@ -23,8 +23,11 @@ from google.protobuf import json_format
 
 from jetsource._gen.process.v1 import events_pb2
 from jetsource.core.clock import from_timestamp, to_timestamp
+from jetsource.core.codec import PayloadDecodeError
 from jetsource.core.envelope import ANY, NewEvent, RecordedEvent
+from jetsource.core.errors import CorruptEventError
 from jetsource.core.ids import uuid7
+from jetsource.domains.process.models.common import is_noop
 from jetsource.domains.sessions.format import (
     ENDED_STATUS,
     PROCESS_STARTED,
@@ -215,8 +218,7 @@ class LedgerReader:
         found: dict[str, ProcessSummary] = {}
         lifecycle: list[RecordedEvent] = []
         for event_type in (PROCESS_STARTED, *ENDED_STATUS):
-            async for r in self._store.read_all(subject_filter=f"{self._prefix}.*.{event_type}"):
-                lifecycle.append(r)
+            lifecycle += await self._lifecycle(f"{self._prefix}.*.{event_type}")
         for r in sorted(lifecycle, key=lambda r: r.stream_seq):
             env = r.envelope
             p = found.setdefault(env.aggregate_id, ProcessSummary(env.aggregate_id))
@@ -237,9 +239,28 @@ class LedgerReader:
                 p.error = error if isinstance(error, str) else ""
         for p in found.values():
             if p.kind == SESSION_KIND and not p.parent and p.status == "running":
-                # a running session's last event is rarely a lifecycle one
-                p.last_recorded_ns = max(p.last_recorded_ns, (await self.tail(p.process_id))[1])
+                # a running session's last event is rarely a lifecycle one (a poisoned
+                # one is named where its events are read, not here)
+                with contextlib.suppress(CorruptEventError):
+                    last = (await self.tail(p.process_id))[1]
+                    p.last_recorded_ns = max(p.last_recorded_ns, last)
         return found
+
+    async def _lifecycle(self, subject: str) -> list[RecordedEvent]:
+        """Every message on ``subject`` that is an event. A message that is not (a
+        hostile publish: undecodable, or naming another process) is no process's
+        lifecycle: it is stepped over here, so one poisoned process does not take the
+        list of every session down; reading that process names it."""
+        out: list[RecordedEvent] = []
+        start = 1
+        while True:
+            try:
+                async for r in self._store.read_all(from_seq=start, subject_filter=subject):
+                    if not is_noop(r):
+                        out.append(r)
+                return out
+            except CorruptEventError as exc:
+                start = exc.stream_seq + 1
 
     async def sessions(self) -> list[ProcessSummary]:
         return [
@@ -248,7 +269,7 @@ class LedgerReader:
 
     async def events(self, session_id: str, after_seq: int = 0) -> list[Recorded]:
         records = await self._store.read_aggregate(session_id, from_version=after_seq + 1)
-        return [_recorded(r, session_id) for r in records]
+        return [_recorded(r, session_id) for r in records if not is_noop(r)]
 
     async def tail(self, process_id: str) -> tuple[int, int]:
         version = await self._store.last_version(process_id)
@@ -257,16 +278,20 @@ class LedgerReader:
         last = await self._store.read_aggregate(process_id, from_version=version)
         return (version, int(last[-1].recorded_at_ns)) if last else (0, 0)
 
+    async def _live(self, session_id: str, raw: Any, after: int) -> RecordedEvent | None:
+        return await _checked(self._store, session_id, raw, after)
+
     async def follow(self, session_id: str, after_seq: int = 0) -> AsyncIterator[Recorded]:
         from nats.js.api import ConsumerConfig, DeliverPolicy
 
         from jetsource.eventstore.jsapi import RawMessage
 
-        backlog = await self.events(session_id, after_seq)
+        backlog = await self._store.read_aggregate(session_id, from_version=after_seq + 1)
         start = 1
         for r in backlog:
-            yield r
-            after_seq, start = r.event.seq, r.global_seq + 1
+            if not is_noop(r):  # a voided one keeps its place, and shows nothing
+                yield _recorded(r, session_id)
+            after_seq, start = r.version, r.stream_seq + 1
         queue: asyncio.Queue[Any] = asyncio.Queue()
 
         async def on_message(msg: Any) -> None:
@@ -294,14 +319,35 @@ class LedgerReader:
                     headers=dict(msg.headers or {}),
                     data=msg.data,
                 )
-                rec = _recorded(self._store.decode(raw), session_id)
-                if rec.event.seq <= after_seq:
-                    continue  # already delivered from the backlog
-                after_seq = rec.event.seq
-                yield rec
+                record = await self._live(session_id, raw, after_seq)
+                if record is None:
+                    continue  # already delivered from the backlog, or voided
+                after_seq = record.version
+                if not is_noop(record):
+                    yield _recorded(record, session_id)
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+
+async def _checked(store: Any, session_id: str, raw: Any, after: int) -> RecordedEvent | None:
+    """A live message as the session's next event (version ``after + 1``), None when
+    it was delivered before or an operator voided it, else CorruptEventError naming
+    its sequence: what a history read would say of it."""
+    try:
+        record: RecordedEvent = await store.open(raw)
+        problem = None
+        if record.version <= after:
+            return None
+        if record.version != after + 1:
+            problem = f"it carries version {record.version} where {after + 1} belongs"
+    except PayloadDecodeError as exc:
+        problem = str(exc)
+    if problem is None:
+        return record
+    if await store.voided(session_id, raw.seq):
+        return None
+    raise CorruptEventError(session_id, raw.seq, problem)
 
 
 def _recorded(record: RecordedEvent, session_id: str) -> Recorded:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from jetsource.core.clock import NS, now_ns
+from jetsource.core.errors import CorruptEventError
 from jetsource.domains.sessions.format import SESSION_KIND, SessionEvent
 from jetsource.domains.sessions.ledger import ProcessSummary, Recorded, SessionReader
 from jetsource.domains.sessions.progress import SessionState, evolve, fold
@@ -127,9 +128,16 @@ class Sessions:
         for p in await self._roots():
             if search and search.lower() not in f"{p.process_id} {p.name}".lower():
                 continue
-            count, last_recorded = await self.reader.tail(p.process_id)
-            if not count:
-                continue
+            error = p.error
+            try:
+                count, last_recorded = await self.reader.tail(p.process_id)
+            except CorruptEventError as exc:
+                # Listed, and said so: one poisoned session neither hides nor takes
+                # the list down (``show`` names the sequence the same way).
+                count, last_recorded, error = 0, p.last_recorded_ns, str(exc)
+            else:
+                if not count:
+                    continue
             record = SessionRecord(
                 session_id=p.process_id,
                 command=p.name,
@@ -140,7 +148,7 @@ class Sessions:
                 event_count=count,
                 last_seq=count,
                 last_recorded_ns=last_recorded,
-                error=p.error,
+                error=error,
             )
             if wanted and record.status not in wanted:
                 continue
