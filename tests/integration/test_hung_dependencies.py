@@ -16,14 +16,15 @@ from pathlib import Path
 import pytest
 from grpc_health.v1 import health_pb2
 
-from jetsource.core.settings import JetsourceSettings, NatsSettings
+from jetsource.core.settings import GraphSettings, JetsourceSettings, NatsSettings
 from jetsource.devstack.servers import NatsServer, free_port
+from jetsource.projection import graph as graph_module
 from jetsource.projection.bootstrap import open_projection
 from jetsource.projection.host import ProjectorService
 from jetsource.query.server import build, follow_stores
 from jetsource.query.settings import QuerySettings
 from tests.infra import Server, _embedded
-from tests.projector_fixtures import projector_settings
+from tests.projector_fixtures import projector_settings, seed, story_ids
 
 pytestmark = pytest.mark.integration
 
@@ -111,3 +112,96 @@ async def test_health_follows_a_hung_nats_server(
         await asyncio.gather(watcher, return_exceptions=True)
         await query.stop(0)
         await p.close()
+
+
+class FreezingProxy:
+    """A TCP forwarder to ``target``. :meth:`freeze` black-holes the connections open
+    at that moment (kept open, nothing forwarded either way: what a connection the
+    network lost without a FIN or RST looks like); later connections forward."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.frozen: set[int] = set()
+        self.open: set[int] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.writers: list[asyncio.StreamWriter] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    def freeze(self) -> int:
+        self.frozen |= self.open
+        return len(self.open)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self.writers += [writer, up_writer]
+        conn = id(writer)
+        self.open.add(conn)
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(self._pump(conn, src, dst))
+            self.tasks.add(task)
+
+    async def _pump(self, conn: int, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        while conn not in self.frozen:
+            data = await src.read(65536)
+            if not data or conn in self.frozen:
+                break
+            dst.write(data)
+            await dst.drain()
+        if conn in self.frozen:
+            await asyncio.Event().wait()  # hold the socket open, answer nothing
+        dst.close()
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for w in self.writers:
+            w.close()
+        if self.server is not None:
+            self.server.close()
+
+
+async def test_graph_worker_recovers_from_a_connection_lost_silently(
+    settings: JetsourceSettings, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The graph driver has no read timeout (ArcadeDB hints none): a connection the
+    network dropped silently blocked the graph worker for ever, the store itself
+    healthy. A call unanswered for ``graph.IO_TIMEOUT_S`` is now a transient failure:
+    the batch comes again and the driver opens a new connection."""
+    monkeypatch.setattr(graph_module, "IO_TIMEOUT_S", 2.0, raising=False)
+    assert settings.graph.uri is not None
+    host, _, port = settings.graph.uri.rpartition("/")[2].partition(":")
+    proxy = FreezingProxy(host, int(port))
+    proxied = f"bolt://127.0.0.1:{await proxy.start()}"
+    base = settings.model_copy(update={"graph": settings.graph.model_copy(update={"uri": proxied})})
+    assert isinstance(base.graph, GraphSettings)
+    ps = projector_settings(base, unique, models=["graph"])
+    p = await open_projection(ps)
+    service = ProjectorService(p)
+    stop = asyncio.Event()
+    running = asyncio.create_task(service.run(stop))
+    # Read through a connection of its own, not through the proxy.
+    reader = await open_projection(projector_settings(settings, unique, models=["graph"]))
+    model = reader.model("graph", 1)
+
+    async def applied(n: int) -> bool:
+        return (await model.checkpoint()).applied >= n
+
+    try:
+        await seed(p.store, story_ids(4, "a"), 10)
+        await eventually(lambda: applied(40), timeout=30)
+        assert proxy.freeze() > 0
+        await seed(p.store, story_ids(4, "b"), 10)
+        took = await eventually(lambda: applied(80), timeout=30)
+        assert took < 30
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 30)
+        await p.close()
+        await proxy.stop()
+        await model.drop()
+        await reader.close()

@@ -3,6 +3,7 @@ Bolt plugin locally, the same Cypher) and its transient errors."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -34,10 +35,24 @@ def connect_graph(settings: JetsourceSettings) -> AsyncDriver:
     )
 
 
-async def graph_io(call: Awaitable[T]) -> T:
+# The longest a call to the graph store may go unanswered before it counts as failed
+# (transient: the batch is redelivered, and the driver opens a new connection). The
+# driver has no read timeout of its own: Neo4j hints one to it
+# (connection.recv_timeout_seconds), ArcadeDB's Bolt plugin does not, so a connection
+# the network lost silently (no FIN, no RST) blocked a worker for ever. Far above any
+# transaction the models make (a batch of 500 events commits in well under a second).
+IO_TIMEOUT_S = 60.0
+
+
+async def graph_io(call: Awaitable[T], timeout_s: float | None = None) -> T:
+    limit = IO_TIMEOUT_S if timeout_s is None else timeout_s
+    deadline = asyncio.timeout(limit)
     try:
-        return await call
+        async with deadline:
+            return await call
     except TRANSIENT as exc:
+        if deadline.expired():
+            raise TransientError(f"graph: no answer within {limit:g} s") from exc
         raise TransientError(f"graph: {exc}") from exc
 
 
