@@ -354,6 +354,7 @@ class Run:
     poison: int = 0  # messages injected that no model can apply
     # What a fault measured, for the checks after the load (hot-story row).
     restarted_at: float = 0.0  # monotonic time of the projector's last restart
+    since: str = "last restart"  # what restarted_at is, for the row's note
     applied_at_restart: dict[str, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     converge_timeout: float = 180.0
@@ -464,7 +465,7 @@ def _judge_time_to_head(run: Run, row: Row, total: int) -> None:
         parts.append(f"{m} {took:.1f}s<={bound:.1f}s ({backlog} @ {rate:.0f}/s)")
         if took < 0 or took > bound:
             row.failures.append(f"{m} took {took:.1f}s to the head, bound {bound:.1f}s")
-    row.notes.append("to head after last restart: " + "; ".join(parts))
+    row.notes.append(f"to head after {run.since}: " + "; ".join(parts))
 
 
 async def scenario(

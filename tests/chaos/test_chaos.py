@@ -29,6 +29,7 @@ from tests.chaos.harness import (
     scenario,
     start_stack,
 )
+from tests.chaos.pauses import pause_graph, pause_nats, pause_publisher, pause_valkey
 from tests.infra import Server
 
 pytestmark = pytest.mark.e2e
@@ -156,6 +157,11 @@ SCENARIOS: list[tuple[str, Fault, dict[str, int]]] = [
     ("replay-under-writes-valkey", replay_under_writes("context", "timeline"), HOT),
     ("replay-under-writes-graph", replay_under_writes("graph"), HOT),
     ("hot-story", hot_story, HOT),
+    # Hung, not gone: SIGSTOP past every client timeout, then SIGCONT (tests/chaos/pauses.py).
+    ("pause-nats", pause_nats, {}),
+    ("pause-valkey", pause_valkey, {}),
+    ("pause-graph", pause_graph, {}),
+    ("pause-publisher", pause_publisher, {}),
 ]
 CLUSTER = "cluster-leader-kill-r3"
 
