@@ -763,6 +763,12 @@ class JetStreamEventStore:
         events, in the same stream, outside the subjects readers and consumers read."""
         return f"{void_prefix(self._cfg.subject_prefix)}.{aggregate_id}.{stream_seq}"
 
+    def known_voided(self, stream_seq: int) -> bool:
+        """Whether this store has heard of a void of ``stream_seq`` (every void recorded
+        before :meth:`start`, and each one since as it is recorded): no I/O, so a
+        consumer can ask it of every message it delivers."""
+        return stream_seq in self._voids
+
     async def voided(self, aggregate_id: str, stream_seq: int) -> bool:
         """Has an operator voided this stream sequence? Asked only for a message that
         is not a valid event at its place, so it costs nothing on the usual path;

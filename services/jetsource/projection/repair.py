@@ -9,20 +9,31 @@ the stream (the log stays append-only), after which every reader steps over it: 
 fold, time travel, the publisher, the projector and the snapshotter. Then it clears
 the models' dead letters of that aggregate: the voided one is dropped (or stepped
 over, where it held the aggregate's next version), the ones parked behind it are
-applied again in order.
+applied again in order. A model that had applied the voided message (it read as a
+valid event) gets the aggregate replayed from the stream, without it.
+
+Each domain has its own stream, and stream sequences of different streams coincide:
+the void names its domain, or is found from the dead letters of that sequence (one
+domain's), or is the projection's only domain; otherwise it is refused, naming
+``domain``, rather than voiding another stream's message at the same number.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
 from jetsource.core.codec import PayloadDecodeError
 from jetsource.core.envelope import RecordedEvent
+from jetsource.core.errors import CorruptEventError, ValidationError
 from jetsource.eventstore import jsapi
-from jetsource.eventstore.jetstream import voided_event
+from jetsource.eventstore.jetstream import JetStreamEventStore, voided_event
 from jetsource.projection import admin
+from jetsource.projection.admin import AdminError
 from jetsource.projection.bootstrap import Projection
+
+CAUGHT_UP_S = 10.0  # how long a void waits for a model's projector to pass the sequence
 
 
 @dataclass
@@ -30,6 +41,8 @@ class VoidReport:
     seq: int
     aggregate_id: str
     voided_before: bool
+    domain: str = ""
+    stream: str = ""
     # model "name vN" -> what happened to its dead letters of the aggregate
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -38,21 +51,34 @@ class VoidReport:
             "seq": self.seq,
             "aggregate_id": self.aggregate_id,
             "voided_before": self.voided_before,
+            "domain": self.domain,
+            "stream": self.stream,
             "models": self.models,
         }
 
 
-async def void_sequence(p: Projection, seq: int, reason: str, actor: str) -> VoidReport:
-    aggregate_id, before = await p.store.void(seq, reason, actor)
-    report = VoidReport(seq, aggregate_id, before)
-    letters = [d for d in await p.dead_letters.list() if d.aggregate_id == aggregate_id]
-    record = await _record_at(p, seq)
+async def void_sequence(
+    p: Projection,
+    seq: int,
+    reason: str,
+    actor: str,
+    domain: str | None = None,
+    caught_up_s: float = CAUGHT_UP_S,
+) -> VoidReport:
+    domain = await _domain_of(p, seq, domain)
+    store = p.domain_store(domain)
+    aggregate_id, before = await store.void(seq, reason, actor)
+    report = VoidReport(seq, aggregate_id, before, domain, store.settings.stream)
+    mine = {m for m in p.domains.models() if p.domains.owner(m).name == domain}
+    letters = [
+        d for d in await p.dead_letters.list() if d.aggregate_id == aggregate_id and d.model in mine
+    ]
+    record = await _record_at(store, seq)
     for key in sorted({(d.model, d.version) for d in letters}):
         name, version = key
         model = p.model(name, version)
-        mine = [d for d in letters if (d.model, d.version) == key]
         entry: dict[str, Any] = {"dropped": [], "stepped_over": [], "retried": [], "failed": {}}
-        for letter in mine:
+        for letter in [d for d in letters if (d.model, d.version) == key]:
             if letter.original_seq != seq:
                 continue
             position = await model.position(aggregate_id)
@@ -67,17 +93,101 @@ async def void_sequence(p: Projection, seq: int, reason: str, actor: str) -> Voi
         entry["retried"] = retried.done
         entry["failed"] = retried.failed
         report.models[f"{name} v{version}"] = entry
+    if record is not None:
+        # Models that took the voided message as a valid event: what they wrote from
+        # it is written again from the stream without it (stream readers step over it).
+        filed = {d.model for d in letters if d.original_seq == seq}
+        controls = await p.control.models()
+        deadline = asyncio.get_running_loop().time() + caught_up_s
+        for name in sorted(mine - filed):
+            if name not in controls or not _consumes(p, name, record.event_type):
+                continue
+            report.models[f"{name} v{controls[name].active}"] = await _replay_without(
+                p, name, aggregate_id, seq, deadline
+            )
     return report
 
 
-async def _record_at(p: Projection, seq: int) -> RecordedEvent | None:
+async def _domain_of(p: Projection, seq: int, domain: str | None) -> str:
+    """The domain whose stream ``seq`` is meant in: the one named; the projection's
+    only one; the one whose models filed ``seq`` as a dead letter; the one whose
+    stream voided it already; the one whose stream holds an event there. Refused,
+    naming ``domain``, when that leaves several (sequences of two streams coincide)."""
+    if domain is not None:
+        p.domain_store(domain)  # an unknown name is refused, naming the known ones
+        return domain
+    if len(p.stores) == 1:
+        return next(iter(p.stores))
+    filed = {
+        p.domains.owner(d.model).name
+        for d in await p.dead_letters.list()
+        if d.original_seq == seq and d.model in p.domains.models()
+    }
+    if len(filed) == 1:
+        return filed.pop()
+    held: list[str] = []
+    for name, store in p.stores.items():
+        raw = await jsapi.direct_get(
+            store._replies, store.settings.stream, {"seq": seq}, store.settings.request_timeout_s
+        )
+        if raw is not None and raw.subject.startswith(store.settings.subject_prefix + "."):
+            aggregate_id = raw.subject[len(store.settings.subject_prefix) + 1 :].split(".")[0]
+            if await store.voided(aggregate_id, seq):
+                return name  # voided before: the void says so and changes nothing
+            held.append(name)
+    streams = ", ".join(f"{name} ({s.settings.stream})" for name, s in p.stores.items())
+    if not held:
+        raise ValidationError(
+            f"stream sequence {seq} holds no event in any domain's stream ({streams})",
+            field="seq",
+        )
+    if len(held) == 1 and not filed:
+        return held[0]
+    raise ValidationError(
+        f"stream sequence {seq} holds an event in {len(held)} domains' streams "
+        f"({', '.join(held)}): name the one to void with its domain: one of {streams}",
+        field="domain",
+    )
+
+
+def _consumes(p: Projection, name: str, event_type: str) -> bool:
+    types = p.spec(name, 1).consumed_events
+    return types is None or event_type in types
+
+
+async def _replay_without(
+    p: Projection, name: str, aggregate_id: str, seq: int, deadline: float
+) -> dict[str, Any]:
+    """Replay ``aggregate_id`` in ``name`` once its projector is past ``seq`` (so the
+    voided message is not applied after the replay); a projector not past it by
+    ``deadline`` (loop time: stopped, or far behind) steps over it when it comes: it
+    knows every void when it starts, and hears each new one."""
+    entry: dict[str, Any] = {"replayed": False, "failed": {}}
+    model = p.model(name, (await admin._control(p, name)).active)
+    loop = asyncio.get_running_loop()
+    while (await model.checkpoint()).seq < seq:
+        if loop.time() >= deadline:
+            entry["not_yet_applied"] = True
+            return entry
+        await asyncio.sleep(0.1)
+    try:
+        replayed = await admin.replay(p, name, aggregate_id=aggregate_id)
+    except AdminError as exc:  # e.g. the voided message was the aggregate's only one
+        entry["failed"] = {seq: str(exc)}
+        return entry
+    entry["replayed"] = True
+    entry["failed"] = replayed.failed
+    return entry
+
+
+async def _record_at(store: JetStreamEventStore, seq: int) -> RecordedEvent | None:
     """The message at ``seq`` as an event, if it decodes at all."""
     raw = await jsapi.direct_get(
-        p.store._replies, p.store.settings.stream, {"seq": seq}, p.store.settings.request_timeout_s
+        store._replies, store.settings.stream, {"seq": seq}, store.settings.request_timeout_s
     )
     if raw is None:
         return None
     try:
-        return await p.store.open(raw)
-    except PayloadDecodeError:
+        return await store.open(raw)
+    except (PayloadDecodeError, CorruptEventError):
         return None

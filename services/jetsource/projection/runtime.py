@@ -327,6 +327,10 @@ class Worker:
             if isinstance(record.event, UnknownEvent):
                 self.stats.unknown += 1
                 EVENTS.labels(*self._labels, "unknown").inc()
+            if self.store.known_voided(d.stream_seq):
+                # Voided by an operator, even where it reads as a valid event: a no-op
+                # at its place, as every stream reader and a rebuild read it.
+                record = voided_event(record)
             records.append(record)
         outcome = Outcome()
         filled = 0
