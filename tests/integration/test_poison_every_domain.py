@@ -193,10 +193,11 @@ async def test_process_poison_is_dead_lettered_once_by_every_model_and_voided(
             named[pid] = exc.stream_seq
     assert named == poison
 
-    # Each model files each poison once, within its retry budget. A version again is
-    # the exception: to a model it is a redelivery of what it applied (nothing is
-    # applied twice), so only the stream's readers name it.
-    filed = {k: s for k, s in poison.items() if k != "twice"}
+    # Each model files each poison once, within its retry budget. A version again
+    # included: it comes from a stream sequence above the one the model applied that
+    # version from, so it is no redelivery but a second event for one version (as the
+    # stream's readers name it), never skipped in silence.
+    filed = dict(poison)
     for name in PROCESS_MODELS:
         worker = await run_until_caught_up(p, name)
         letters = await p.dead_letters.list(worker.spec)
@@ -225,6 +226,7 @@ async def test_process_poison_is_dead_lettered_once_by_every_model_and_voided(
                 await w.store.read_aggregate(pid)  # readable again
             await w.good("renamed", "process_completed")
             await w.good("jump", "process_completed")
+            await w.good("twice", "process_completed")
             for name in PROCESS_MODELS:
                 live = await run_until_caught_up(p, name)
                 assert await p.dead_letters.list(live.spec) == [], name
@@ -238,6 +240,12 @@ async def test_process_poison_is_dead_lettered_once_by_every_model_and_voided(
                 query_pb2.GetProcessTimelineRequest(process_id="jump")
             )
             assert [e.process_seq for e in timeline.events] == [1, 2, 3, 4]
+            # The repeat was stepped over: the process goes on from version 3.
+            timeline = await stub.GetProcessTimeline(
+                query_pb2.GetProcessTimelineRequest(process_id="twice")
+            )
+            assert [e.process_seq for e in timeline.events] == [1, 2, 3, 4]
+            assert timeline.events[-1].global_seq > poison["twice"]
     finally:
         await query.stop(0)
 
@@ -259,7 +267,7 @@ async def check_process_reads(stub: Any, filed: dict[str, int]) -> None:
         "step_done",
     ]
     # A process whose models hold a dead letter: named, with its sequence.
-    for pid in ("renamed", "jump"):
+    for pid in ("renamed", "jump", "twice"):
         for call in (
             stub.GetProcess(query_pb2.GetProcessRequest(process_id=pid)),
             stub.GetProcessTimeline(query_pb2.GetProcessTimelineRequest(process_id=pid)),

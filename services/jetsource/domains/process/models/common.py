@@ -1,7 +1,8 @@
 """What the process read models share: reading a stored process event (envelope +
-``ProcessEventBody``), the lifecycle vocabulary, and the Lua that keeps the process
-tree (parent, root, depth, children; a child recorded before its parent is attached,
-with its whole subtree, when the parent appears).
+``ProcessEventBody``), the lifecycle vocabulary, where an event stands against its
+process's applied position (``PLACE_LUA``, :func:`next_events`), and the Lua that keeps
+the process tree (parent, root, depth, children; a child recorded before its parent is
+attached, with its whole subtree, when the parent appears).
 
 Only the engine's public pieces are used here (no event store): the query service
 reads these models without importing the event store.
@@ -10,6 +11,7 @@ reads these models without importing the event store.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from google.protobuf import json_format
@@ -24,6 +26,7 @@ from jetsource.core.clock import from_timestamp
 from jetsource.core.codec import UnknownEvent
 from jetsource.core.envelope import RecordedEvent
 from jetsource.domains.process.events import registry
+from jetsource.projection.contract import Outcome
 
 STARTED = "process_started"
 ENDINGS = {
@@ -226,9 +229,132 @@ local function prune(listed, tseq, remove)
     end
     gone = gone + tonumber(redis.call('HGET', p .. ':pos', id) or '0')
     redis.call('HDEL', p .. ':pos', id)
+    redis.call('HDEL', p .. ':pseq', id)
+    redis.call('HDEL', p .. ':refused', id)
     redis.call('HSET', p .. ':pruned', id, tseq)
   end
   if gone > 0 then redis.call('HINCRBY', p .. ':meta', 'applied', -gone) end
   return #out
 end
 """
+
+
+# Where an event stands against its process's position, in the Valkey models' apply
+# scripts (after ``p`` is set):
+#   <p>:pos      hash id -> the process_seq applied last
+#   <p>:pseq     hash id -> the stream sequence it was applied from (absent in rows
+#                written before it was kept: unknown, and then a repeated process_seq
+#                is taken for a redelivery, as it was)
+#   <p>:refused  hash id -> " <seq> <seq> ": the sequences ``place`` refused
+# ``place`` answers 'apply' (the next process_seq), 'done' (a redelivery: the version
+# was applied from this or a later sequence), 'wait' (a gap, or behind an event of
+# the process refused or waiting in this call) or 'refuse': a process_seq applied
+# already, at a stream sequence above the one it was applied from. That is no
+# redelivery but a second event for one version (the stream's readers name it as
+# corrupt: "it carries version 2 where 4 belongs"), so it is dead-lettered like any
+# poison instead of being skipped in silence. A refusal is remembered: the runtime
+# retries it with backoff, and a later event of the process may be applied meanwhile
+# (it is the next version), after which the retried one would look like a
+# redelivery. A rebuild refuses it too (in order, before anything later), so the
+# remembered sequences are the same there. ``advance`` records an applied event.
+PLACE_LUA = """
+local pos, last, blocked = {}, {}, {}
+local function place(id, ver, seq, seqtext)
+  if pos[id] == nil then
+    pos[id] = tonumber(redis.call('HGET', p .. ':pos', id) or '0')
+    last[id] = tonumber(redis.call('HGET', p .. ':pseq', id) or '0')
+  end
+  if blocked[id] then return 'wait' end
+  if ver == pos[id] + 1 then return 'apply' end
+  if ver > pos[id] + 1 then
+    blocked[id] = true
+    return 'wait'
+  end
+  if last[id] == 0 then return 'done' end
+  local seen = redis.call('HGET', p .. ':refused', id) or ' '
+  local again = string.find(seen, ' ' .. seqtext .. ' ', 1, true) ~= nil
+  if seq <= last[id] and not again then return 'done' end
+  blocked[id] = true
+  if not again then redis.call('HSET', p .. ':refused', id, seen .. seqtext .. ' ') end
+  return 'refuse'
+end
+local function advance(id, ver, seq, seqtext)
+  redis.call('HSET', p .. ':pos', id, ver)
+  redis.call('HSET', p .. ':pseq', id, seqtext)
+  pos[id], last[id] = ver, seq
+end
+"""
+
+
+def repeated_version(e: RecordedEvent, position: int) -> str:
+    """Why an event whose process_seq was applied from an earlier sequence is refused."""
+    return (
+        f"it carries version {e.version} where {position + 1} belongs: version "
+        f"{e.version} of {e.aggregate_id!r} was applied from an earlier stream sequence "
+        f"(a second event for one version, not a redelivery)"
+    )
+
+
+def script_outcome(
+    events: Sequence[RecordedEvent],
+    applied: int,
+    waiting: Sequence[bytes],
+    refused: Sequence[bytes],
+) -> Outcome:
+    """The outcome of an apply script that answered ``{applied, waiting, refused}``:
+    the sequences left waiting, and (sequence, position) pairs of those refused."""
+    wait = {int(s) for s in waiting}
+    refuse = {int(refused[i]): int(refused[i + 1]) for i in range(0, len(refused), 2)}
+    outcome = Outcome(applied=int(applied))
+    behind: dict[str, int] = {}
+    for e in events:
+        seq = e.stream_seq
+        if seq in refuse:
+            outcome.failed[seq] = repeated_version(e, refuse[seq])
+            behind.setdefault(e.aggregate_id, seq)
+        elif seq in wait:
+            first = behind.get(e.aggregate_id)
+            outcome.waiting[seq] = (
+                f"behind refused sequence {first}"
+                if first is not None
+                else "waiting for the previous process_seq"
+            )
+        else:
+            outcome.done.append(seq)
+    return outcome
+
+
+def next_events(
+    version: int,
+    last_seq: int,
+    events: Sequence[RecordedEvent],
+    outcome: Outcome,
+    refused: Collection[int] = (),
+) -> list[RecordedEvent]:
+    """The events (of one process, in order) that continue it from ``version``, applied
+    last from stream sequence ``last_seq`` (0: unknown), ``refused`` the sequences
+    refused before. What ``PLACE_LUA`` decides, for a model that is not a Valkey
+    script: a redelivery is done, a gap makes the rest wait, and a process_seq applied
+    already at a later sequence (or refused before) is refused, the rest waiting
+    behind it."""
+    fresh: list[RecordedEvent] = []
+    for i, e in enumerate(events):
+        expected = version + len(fresh) + 1
+        applied_from = fresh[-1].stream_seq if fresh else last_seq
+        if e.version == expected:
+            fresh.append(e)
+            continue
+        if e.version < expected and (
+            not applied_from or (e.stream_seq <= applied_from and e.stream_seq not in refused)
+        ):
+            outcome.done.append(e.stream_seq)
+            continue
+        if e.version > expected:
+            rest, reason = events[i:], f"waiting for version {expected}"
+        else:
+            outcome.failed[e.stream_seq] = repeated_version(e, expected - 1)
+            rest, reason = events[i + 1 :], f"behind refused sequence {e.stream_seq}"
+        for later in rest:
+            outcome.waiting[later.stream_seq] = reason
+        break
+    return fresh

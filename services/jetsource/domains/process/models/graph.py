@@ -2,7 +2,11 @@
 locally, the same Cypher).
 
 - ``(:Process_v1 {id})``: one node per process (and per parent named before it was
-  recorded: ``version`` 0 until its first event);
+  recorded: ``version`` 0 until its first event), with ``version`` (the process_seq
+  applied last), ``seq`` (the stream sequence it came from; absent on nodes
+  written before it was kept: unknown, and a repeated process_seq is then taken for
+  a redelivery, as it was) and ``refused`` (sequences refused as a second event for
+  a version: common.PLACE_LUA says why they are remembered);
 - ``(child)-[:CHILD_OF]->(parent)``: the first parent a process names;
 - ``(:ProcessEvent_v1 {id, process})``: which process each event id belongs to, so a
   causation id can be resolved whenever the causing event arrives;
@@ -12,7 +16,9 @@ locally, the same Cypher).
 
 One transaction per batch: the Process node is the guard (its ``version`` must be the
 process_seq the batch continues; the first write takes its lock), then the events, the
-links and a checkpoint node.
+links and a checkpoint node. A process_seq applied already that comes again from a
+later stream sequence is a second event for one version (the stream's readers name it
+as corrupt), refused like any poison, never skipped as a redelivery.
 """
 
 from __future__ import annotations
@@ -24,11 +30,11 @@ from typing import Any
 from neo4j import AsyncDriver, AsyncManagedTransaction
 
 from jetsource.core.envelope import RecordedEvent
-from jetsource.domains.process.models.common import is_noop
+from jetsource.domains.process.models.common import is_noop, next_events, repeated_version
 from jetsource.domains.process.pruning import PRUNER_ID, pruned_ids
 from jetsource.projection.contract import Checkpoint, Kind, ModelSpec, Outcome, RebuildStrategy
 from jetsource.projection.graph import graph_io
-from jetsource.projection.valkey import group, next_versions, skipped
+from jetsource.projection.valkey import group, skipped
 
 PROCESS_GRAPH = "process_graph"
 
@@ -69,19 +75,30 @@ class ProcessGraphModel:
                     )
                 )
 
-    async def _versions(self, ids: Sequence[str]) -> dict[str, tuple[int, str]]:
+    async def _versions(self, ids: Sequence[str]) -> dict[str, tuple[int, str, int, list[int]]]:
+        """id -> (version, declared parent, stream sequence of the version (0: unknown),
+        sequences refused)."""
         async with self.driver.session(database=self.database) as session:
             result = await graph_io(
                 session.run(
                     f"MATCH (p:{self.process}) WHERE p.id IN $ids "
-                    "RETURN p.id AS id, p.version AS version, p.declared AS declared",
+                    "RETURN p.id AS id, p.version AS version, p.declared AS declared, "
+                    "p.seq AS seq, p.refused AS refused",
                     ids=list(ids),
                 )
             )
-            return {r["id"]: (int(r["version"] or 0), r["declared"] or "") async for r in result}
+            return {
+                r["id"]: (
+                    int(r["version"] or 0),
+                    r["declared"] or "",
+                    int(r["seq"] or 0),
+                    [int(s) for s in r["refused"] or []],
+                )
+                async for r in result
+            }
 
     async def position(self, aggregate_id: str) -> int:
-        return (await self._versions([aggregate_id])).get(aggregate_id, (0, ""))[0]
+        return (await self._versions([aggregate_id])).get(aggregate_id, (0, "", 0, []))[0]
 
     async def apply(self, events: Sequence[RecordedEvent]) -> Outcome:
         """Events in order; the pruner's events (tombstones) each in a transaction of
@@ -97,6 +114,7 @@ class ProcessGraphModel:
                 outcome.applied += part.applied
                 outcome.done.extend(part.done)
                 outcome.waiting.update(part.waiting)
+                outcome.failed.update(part.failed)
                 segment = []
             if e is not None:
                 await self._apply_pruner(e, outcome)
@@ -120,11 +138,16 @@ class ProcessGraphModel:
         async with self.driver.session(database=self.database) as session:
             result = await graph_io(
                 session.run(
-                    f"MATCH (c:{C} {{model: $model}}) RETURN c.pruner AS v", model=self.spec.name
+                    f"MATCH (c:{C} {{model: $model}}) RETURN c.pruner AS v, c.pruner_seq AS s",
+                    model=self.spec.name,
                 )
             )
             record = await result.single()
         base = int(record["v"] or 0) if record is not None else 0
+        base_seq = int(record["s"] or 0) if record is not None else 0
+        if e.version <= base and base_seq and e.stream_seq > base_seq:
+            outcome.failed[e.stream_seq] = repeated_version(e, base)
+            return
         if e.version <= base:
             outcome.done.append(e.stream_seq)
             return
@@ -140,10 +163,11 @@ class ProcessGraphModel:
                 "ON CREATE SET c.seq = 0, c.applied = 0 "
                 "SET c.applied = c.applied "  # the lock before the check
                 "WITH c WHERE coalesce(c.pruner, 0) = $base "
-                "SET c.pruner = $version RETURN c.model AS m",
+                "SET c.pruner = $version, c.pruner_seq = $seq RETURN c.model AS m",
                 model=self.spec.name,
                 base=base,
                 version=e.version,
+                seq=e.stream_seq,
             )
             if await result.single() is None:
                 return False
@@ -228,12 +252,26 @@ class ProcessGraphModel:
         links: list[dict[str, Any]] = []
         causes: list[dict[str, Any]] = []
         seqs: dict[str, list[int]] = {}
+        refusals: list[dict[str, Any]] = []
         for pid, batch in groups.items():
-            base, declared = stored.get(pid, (0, ""))
-            fresh = next_versions(base, batch, outcome)
+            base, declared, last_seq, refused = stored.get(pid, (0, "", 0, []))
+            fresh = next_events(base, last_seq, batch, outcome, refused)
+            refusals += [
+                {"id": pid, "seq": e.stream_seq}
+                for e in batch
+                if e.stream_seq in outcome.failed and e.stream_seq not in refused
+            ]
             if not fresh:
                 continue
-            rows.append({"id": pid, "base": base, "version": fresh[-1].version, "n": len(fresh)})
+            rows.append(
+                {
+                    "id": pid,
+                    "base": base,
+                    "version": fresh[-1].version,
+                    "seq": fresh[-1].stream_seq,
+                    "n": len(fresh),
+                }
+            )
             seqs[pid] = [e.stream_seq for e in fresh]
             for e in fresh:
                 if is_noop(e):
@@ -246,6 +284,8 @@ class ProcessGraphModel:
                     links.append({"child": pid, "parent": parent})
                 if env.causation_id:
                     causes.append({"process": pid, "cause": env.causation_id})
+        if refusals:
+            await self._remember_refused(refusals)
         if not rows:
             return outcome
         maxseq = max(s for ss in seqs.values() for s in ss)
@@ -258,6 +298,17 @@ class ProcessGraphModel:
                 for s in ss:
                     outcome.waiting[s] = "the stored process_seq moved; recomputing"
         return outcome
+
+    async def _remember_refused(self, refusals: list[dict[str, Any]]) -> None:
+        async with self.driver.session(database=self.database) as session:
+            await graph_io(
+                session.run(
+                    f"UNWIND $rows AS r MATCH (p:{self.process} {{id: r.id}}) "
+                    "WITH p, r WHERE NOT r.seq IN coalesce(p.refused, []) "
+                    "SET p.refused = coalesce(p.refused, []) + r.seq",
+                    rows=refusals,
+                )
+            )
 
     async def _write(
         self,
@@ -275,7 +326,7 @@ class ProcessGraphModel:
                 "ON CREATE SET p.version = 0 "
                 "SET p.version = p.version "  # takes the node's write lock before the check
                 "WITH p, r WHERE p.version = r.base "
-                "SET p.version = r.version "
+                "SET p.version = r.version, p.seq = r.seq "
                 "RETURN p.id AS id, r.n AS n",
                 rows=rows,
             )

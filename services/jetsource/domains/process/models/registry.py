@@ -43,6 +43,7 @@ from valkey.asyncio import Valkey
 from jetsource.core.envelope import RecordedEvent
 from jetsource.domains.process.models.common import (
     ENDINGS,
+    PLACE_LUA,
     PRUNE_LUA,
     SKIPPED,
     TREE_LUA,
@@ -50,6 +51,7 @@ from jetsource.domains.process.models.common import (
     is_noop,
     lifecycle,
     occurred_ns,
+    script_outcome,
 )
 from jetsource.domains.process.pruning import PRUNER_ID, is_tombstone, pruned_ids
 from jetsource.projection.contract import Kind, ModelSpec, Outcome, RebuildStrategy
@@ -137,7 +139,10 @@ local function remove(id)
   redis.call('DEL', h, p .. ':idx:root:' .. id, p .. ':ends:' .. id)
   redis.call('HDEL', p .. ':declared_at', id)
 end
-local pos, blocked, waiting = {}, {}, {}
+"""
+    + PLACE_LUA
+    + """
+local waiting, refused = {}, {}
 local applied, maxseq, i = 0, 0, 3
 for _ = 1, n do
   local id, ver, seq, typ = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), ARGV[i + 3]
@@ -146,14 +151,16 @@ for _ = 1, n do
   local attrs, skip, started_us, pruned = ARGV[i + 10], ARGV[i + 11], ARGV[i + 12], ARGV[i + 13]
   local seqtext = ARGV[i + 2]  -- exact, for keys and scores
   i = i + 14
-  if pos[id] == nil then pos[id] = tonumber(redis.call('HGET', p .. ':pos', id) or '0') end
-  if redis.call('HEXISTS', p .. ':pruned', id) == 1 then
-    -- a pruned process's later event: nothing (a rebuild never sees it either)
-  elseif blocked[id] then
+  -- a pruned process's later event: nothing (a rebuild never sees it either)
+  local at = 'done'
+  if redis.call('HEXISTS', p .. ':pruned', id) == 0 then at = place(id, ver, seq, seqtext) end
+  if at == 'wait' then
     table.insert(waiting, seq)
-  elseif ver == pos[id] + 1 then
-    redis.call('HSET', p .. ':pos', id, ver)
-    pos[id] = ver
+  elseif at == 'refuse' then
+    table.insert(refused, seq)
+    table.insert(refused, pos[id])
+  elseif at == 'apply' then
+    advance(id, ver, seq, seqtext)
     applied = applied + 1
     if seq > maxseq then maxseq = seq end
     if id == PRUNER then
@@ -200,15 +207,12 @@ for _ = 1, n do
         for k = 2, #below do derive(below[k]) end
       end
     end
-  elseif ver > pos[id] + 1 then
-    blocked[id] = true
-    table.insert(waiting, seq)
   end
 end
 """
     + CHECKPOINT_LUA
     + """
-return {applied, waiting}
+return {applied, waiting, refused}
 """
 )
 
@@ -327,15 +331,8 @@ class ProcessesModel(ValkeyModel):
         args: list[Any] = [self.ns, len(events)]
         for e in events:
             args += self._args(e)
-        applied, raw_waiting = await valkey_io(self._apply(args=args))
-        waiting = {int(s) for s in raw_waiting}
-        outcome = Outcome(applied=int(applied))
-        for e in events:
-            if e.stream_seq in waiting:
-                outcome.waiting[e.stream_seq] = "waiting for the previous process_seq"
-            else:
-                outcome.done.append(e.stream_seq)
-        return outcome
+        applied, waiting, refused = await valkey_io(self._apply(args=args))
+        return script_outcome(events, applied, waiting, refused)
 
     async def skip(self, aggregate_id: str, stream_seq: int) -> bool:
         placeholder = skipped(aggregate_id, await self.position(aggregate_id) + 1, stream_seq, 0)

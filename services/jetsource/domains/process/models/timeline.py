@@ -27,10 +27,12 @@ from valkey.asyncio import Valkey
 from jetsource._gen.process.v1.events_pb2 import StoredEvent
 from jetsource.core.envelope import RecordedEvent
 from jetsource.domains.process.models.common import (
+    PLACE_LUA,
     PRUNE_LUA,
     SKIPPED,
     TREE_LUA,
     is_noop,
+    script_outcome,
     stored_event,
 )
 from jetsource.domains.process.pruning import PRUNER_ID, pruned_ids
@@ -66,20 +68,26 @@ local function moved(node, old, new)
     redis.call('DEL', p .. ':tree:' .. old)
   end
 end
-local pos, blocked, waiting = {}, {}, {}
+"""
+    + PLACE_LUA
+    + """
+local waiting, refused = {}, {}
 local applied, maxseq, i = 0, 0, 3
 for _ = 1, n do
   local id, ver, seq = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   local parent, entry, skip, typ = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
+  local seqtext = ARGV[i + 2]  -- exact
   i = i + 7
-  if pos[id] == nil then pos[id] = tonumber(redis.call('HGET', p .. ':pos', id) or '0') end
-  if redis.call('HEXISTS', p .. ':pruned', id) == 1 then
-    -- a pruned process's later event: nothing (a rebuild never sees it either)
-  elseif blocked[id] then
+  -- a pruned process's later event: nothing (a rebuild never sees it either)
+  local at = 'done'
+  if redis.call('HEXISTS', p .. ':pruned', id) == 0 then at = place(id, ver, seq, seqtext) end
+  if at == 'wait' then
     table.insert(waiting, seq)
-  elseif ver == pos[id] + 1 then
-    redis.call('HSET', p .. ':pos', id, ver)
-    pos[id] = ver
+  elseif at == 'refuse' then
+    table.insert(refused, seq)
+    table.insert(refused, pos[id])
+  elseif at == 'apply' then
+    advance(id, ver, seq, seqtext)
     applied = applied + 1
     if seq > maxseq then maxseq = seq end
     if id == PRUNER then
@@ -93,16 +101,13 @@ for _ = 1, n do
       redis.call('ZADD', p .. ':all', seq, seq)
       redis.call('ZADD', p .. ':tree:' .. redis.call('HGET', p .. ':root', id), seq, seq)
     end
-  elseif ver > pos[id] + 1 then
-    blocked[id] = true
-    table.insert(waiting, seq)
   end
 end
 """
     + CHECKPOINT_LUA
     + """
 if applied > 0 then redis.call('PUBLISH', p .. ':applied', maxseq) end
-return {applied, waiting}
+return {applied, waiting, refused}
 """
 )
 
@@ -182,15 +187,8 @@ class ProcessTimelineModel(ValkeyModel):
                     0,
                     e.event_type,
                 ]
-        applied, raw_waiting = await valkey_io(self._apply(args=args))
-        waiting = {int(s) for s in raw_waiting}
-        outcome = Outcome(applied=int(applied))
-        for e in events:
-            if e.stream_seq in waiting:
-                outcome.waiting[e.stream_seq] = "waiting for the previous process_seq"
-            else:
-                outcome.done.append(e.stream_seq)
-        return outcome
+        applied, waiting, refused = await valkey_io(self._apply(args=args))
+        return script_outcome(events, applied, waiting, refused)
 
     async def skip(self, aggregate_id: str, stream_seq: int) -> bool:
         placeholder = skipped(aggregate_id, await self.position(aggregate_id) + 1, stream_seq, 0)
