@@ -355,6 +355,8 @@ class Run:
     # What a fault measured, for the checks after the load (hot-story row).
     restarted_at: float = 0.0  # monotonic time of the projector's last restart
     since: str = "last restart"  # what restarted_at is, for the row's note
+    # The share of its clean rebuild rate a model must catch up at (the time-to-head bound).
+    rate_share: float = 0.5
     applied_at_restart: dict[str, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     converge_timeout: float = 180.0
@@ -454,13 +456,13 @@ async def _bound_time_to_head(run: Run, row: Row, total: int) -> None:
 
 
 def _judge_time_to_head(run: Run, row: Row, total: int) -> None:
-    """Bound per model: backlog at the last restart / (half the model's clean
-    rebuild rate, measured in this row) + 10 s."""
+    """Bound per model: backlog at the last restart / (``run.rate_share``, half by
+    default, of the model's clean rebuild rate, measured in this row) + 10 s."""
     parts = []
     for m in MODELS:
         backlog = total - run.applied_at_restart[m]
         rate = row.rates.get(m, 0.0)
-        bound = backlog / (rate / 2) + 10 if rate else float("inf")
+        bound = backlog / (rate * run.rate_share) + 10 if rate else float("inf")
         took = run.applied_at_restart[f"t:{m}"] / 1000
         parts.append(f"{m} {took:.1f}s<={bound:.1f}s ({backlog} @ {rate:.0f}/s)")
         if took < 0 or took > bound:

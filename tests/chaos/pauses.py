@@ -12,12 +12,18 @@ every model at the stream head (``harness._judge_time_to_head``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import random
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import grpc
+
+from jetsource.client import QueryClient
 from tests.chaos.harness import Fault, Run, applied
 from tests.stack import SERVICES
 
@@ -36,6 +42,46 @@ class HealthLog:
 
     not_ready: dict[str, float] = field(default_factory=dict)
     ready_again: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Reads:
+    """Two readers asking the query service for acknowledged writes
+    (``GetContext(min_version=<acked version>)``) through the fault."""
+
+    ok: int = 0
+    behind: int = 0  # answered older than the acknowledged version
+    failed: Counter[str] = field(default_factory=Counter)
+    longest: float = 0.0
+    answered_at: list[float] = field(default_factory=list)  # monotonic, answers in time
+    resumed: float = float("inf")  # SIGCONT
+    answered: asyncio.Event = field(default_factory=asyncio.Event)  # a read after SIGCONT
+
+    def first_after(self, since: float) -> float:
+        later = [t for t in self.answered_at if t >= since]
+        return min(later) - since if later else -1.0
+
+
+async def _read(run: Run, stop: asyncio.Event, reads: Reads) -> None:
+    async with QueryClient(run.services.address("query"), timeout=CLIENT_DEADLINE_S) as q:
+        while not stop.is_set():
+            acked = list(run.load.acked.items())[-400:]
+            if not acked:
+                await asyncio.sleep(0.1)
+                continue
+            key, version = random.choice(acked)
+            started = time.monotonic()
+            try:
+                r = await q.get_context(key.split(":")[0], min_version=version)
+                reads.ok += 1
+                reads.behind += int(r.behind)
+                reads.answered_at.append(time.monotonic())
+                if reads.answered_at[-1] >= reads.resumed:
+                    reads.answered.set()
+            except grpc.aio.AioRpcError as exc:
+                reads.failed[exc.code().name] += 1
+                await asyncio.sleep(0.2)
+            reads.longest = max(reads.longest, time.monotonic() - started)
 
 
 async def _ready(run: Run, name: str) -> bool:
@@ -81,20 +127,32 @@ def pause(
         log = HealthLog()
         process = pid(run)
         acked_before = len(run.load.acked)
+        reads, reading = Reads(), asyncio.Event()
+        readers = [asyncio.create_task(_read(run, reading, reads)) for _ in range(2)]
         os.kill(process, signal.SIGSTOP)
         stopped = time.monotonic()
         try:
             await _watch_down(run, watched, stopped, stopped + seconds, log)
         finally:
             os.kill(process, signal.SIGCONT)
-        resumed = run.restarted_at = time.monotonic()
+        resumed = run.restarted_at = reads.resumed = time.monotonic()
         run.since = "SIGCONT"
+        # A pause of a read-model store leaves the publisher writing: the backlog at
+        # SIGCONT is caught up while the load goes on, by three models at once.
+        run.rate_share = 0.25
         acked_paused = len(run.load.acked) - acked_before
         next_ack = asyncio.create_task(_first_ack(run, resumed))
         run.applied_at_restart = await applied(run)
         await _watch_up(run, watched, resumed, log)
         first_ack = await next_ack
-        return _judge(run, target, seconds, why, down, watched, log, acked_paused, first_ack)
+        with contextlib.suppress(TimeoutError):
+            remaining = resumed + UP_BOUND_S - time.monotonic()
+            await asyncio.wait_for(reads.answered.wait(), max(0.0, remaining))
+        await asyncio.sleep(1.0)  # and a few more reads
+        reading.set()
+        await asyncio.gather(*readers)
+        note = _judge(run, target, seconds, why, down, watched, log, acked_paused, first_ack)
+        return f"{note}; {_judge_reads(run, reads, resumed)}"
 
     return fault
 
@@ -148,6 +206,20 @@ def _judge(
     )
 
 
+def _judge_reads(run: Run, reads: Reads, resumed: float) -> str:
+    """Reads answer again soon after SIGCONT, never older than an acknowledged write
+    (``behind``), and no call outlives its deadline by much."""
+    first = reads.first_after(resumed)
+    if first < 0 or first > UP_BOUND_S:
+        run.failures.append(f"no read answered within {UP_BOUND_S:.0f}s of SIGCONT")
+    if reads.behind:
+        run.failures.append(f"{reads.behind} reads behind an acknowledged write")
+    if reads.longest > CLIENT_DEADLINE_S + 2:
+        run.failures.append(f"a read took {reads.longest:.1f}s (deadline {CLIENT_DEADLINE_S:.0f}s)")
+    failed = ", ".join(f"{n} {c}" for c, n in sorted(reads.failed.items())) or "none failed"
+    return f"reads: {reads.ok} ok ({failed}), first {first:.1f}s after SIGCONT"
+
+
 def _nats_pid(run: Run) -> int:
     return int(run.stack.nats.procs[0].pid)
 
@@ -166,7 +238,11 @@ def _publisher_pid(run: Run) -> int:
     return int(run.services.procs["publisher"].pid)
 
 
-# The writers' gRPC deadline (harness.Load: ContextClient(timeout=5)).
+def _query_pid(run: Run) -> int:
+    return int(run.services.procs["query"].pid)
+
+
+# The writers' (and readers') gRPC deadline (harness.Load: ContextClient(timeout=5)).
 CLIENT_DEADLINE_S = 5.0
 
 
@@ -201,3 +277,4 @@ pause_nats = pause(
 pause_valkey = pause("valkey", _valkey_pid, _valkey_length, down=("projector", "query"))
 pause_graph = pause("graph", _graph_pid, _graph_length, down=("projector",))
 pause_publisher = pause("publisher", _publisher_pid, _publisher_length, down=())
+pause_query = pause("query", _query_pid, _publisher_length, down=())

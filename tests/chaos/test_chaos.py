@@ -29,7 +29,13 @@ from tests.chaos.harness import (
     scenario,
     start_stack,
 )
-from tests.chaos.pauses import pause_graph, pause_nats, pause_publisher, pause_valkey
+from tests.chaos.pauses import (
+    pause_graph,
+    pause_nats,
+    pause_publisher,
+    pause_query,
+    pause_valkey,
+)
 from tests.infra import Server
 
 pytestmark = pytest.mark.e2e
@@ -162,6 +168,7 @@ SCENARIOS: list[tuple[str, Fault, dict[str, int]]] = [
     ("pause-valkey", pause_valkey, {}),
     ("pause-graph", pause_graph, {}),
     ("pause-publisher", pause_publisher, {}),
+    ("pause-query", pause_query, {}),
 ]
 CLUSTER = "cluster-leader-kill-r3"
 
