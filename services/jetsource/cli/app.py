@@ -11,8 +11,11 @@ import logging
 import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any, NoReturn
 
+import pydantic
 import typer
+import typer.main
 
 from jetsource.cli import (
     archive,
@@ -97,31 +100,72 @@ def _json_requested(args: list[str]) -> bool:
 
 def main() -> None:
     """The ``jetsource`` command. Asked for JSON, a usage error (a bad option value, an
-    unknown option, a missing argument) is a JSON error on stderr as every other error
-    is, exit 2, not Click's usage box."""
-    if not _json_requested(sys.argv[1:]):
-        app()
-        return
+    unknown option, a missing argument or command) is a JSON error on stderr as every
+    other error is, exit 2, not Click's usage box. A setting that does not parse is a
+    usage error naming its variable (exit 2); anything else unexpected is one line, exit
+    1, never a traceback (``JETSOURCE_DEBUG=1`` shows it)."""
+    as_json = _json_requested(sys.argv[1:])
     try:
-        rv = app(standalone_mode=False)
+        if not as_json:
+            app()
+            return
+        rv = _command(as_json=True)(standalone_mode=False, prog_name="jetsource")
     except Exception as exc:
-        # Click's exceptions, by name: typer may bring its own copy of Click.
-        kinds = {c.__name__ for c in type(exc).__mro__}
-        if "Abort" in kinds:
-            error = {"code": "ABORTED", "message": "aborted", "exit_code": 1}
-            sys.stderr.write(json.dumps({"error": error}) + "\n")
-            sys.exit(1)
-        if "ClickException" not in kinds:
-            raise
-        code = int(getattr(exc, "exit_code", 2))
+        _unexpected(exc, as_json)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _command(as_json: bool) -> Any:  # typer's Click (it may bring its own copy)
+    """The Click command of ``app``. For JSON, a group called without a command says
+    "Missing command." (Typer's help would go to stdout, where JSON belongs)."""
+    command = typer.main.get_command(app)
+    if as_json:
+        groups = [command]
+        while groups:
+            group = groups.pop()
+            group.no_args_is_help = False
+            groups += [c for c in getattr(group, "commands", {}).values() if hasattr(c, "commands")]
+    return command
+
+
+def _unexpected(exc: Exception, as_json: bool) -> NoReturn:
+    """An exception no command handled: print it as an error, exit 1 or 2."""
+    kinds = {c.__name__ for c in type(exc).__mro__}  # Click's, by name: typer may bring its own
+    if "Abort" in kinds:
+        _error(as_json, {"code": "ABORTED", "message": "aborted", "exit_code": 1})
+    if "ClickException" in kinds:
         body: dict[str, object] = {
             "code": "INVALID_ARGUMENT" if "UsageError" in kinds else "ERROR",
-            "message": exc.format_message(),  # type: ignore[attr-defined]
-            "exit_code": code,
+            "message": _usage_message(exc),
+            "exit_code": int(getattr(exc, "exit_code", 2)),
         }
         param = getattr(exc, "param", None)
         if param is not None:
             body["field"] = (param.opts or [param.name])[0]
+        _error(as_json, body)
+    if isinstance(exc, pydantic.ValidationError) and exc.title.endswith("Settings"):
+        body = {"code": "INVALID_ARGUMENT", "message": output.settings_message(exc), "exit_code": 2}
+        _error(as_json, body)
+    if os.environ.get("JETSOURCE_DEBUG"):
+        raise exc
+    message = f"unexpected {type(exc).__name__}: {exc} (a bug; JETSOURCE_DEBUG=1 shows where)"
+    _error(as_json, {"code": "INTERNAL", "message": message, "exit_code": 1})
+
+
+def _usage_message(exc: Exception) -> str:
+    message: str = exc.format_message()  # type: ignore[attr-defined]
+    ctx = getattr(exc, "ctx", None)
+    names = sorted(getattr(getattr(ctx, "command", None), "commands", {}) or {})
+    if message == "Missing command." and names:
+        message = f"Missing command: one of {', '.join(names)}."
+    return message
+
+
+def _error(as_json: bool, body: dict[str, object]) -> NoReturn:
+    code = int(body["exit_code"])  # type: ignore[call-overload]
+    if as_json:
         sys.stderr.write(json.dumps({"error": body}, ensure_ascii=False) + "\n")
-        sys.exit(code)
-    sys.exit(rv if isinstance(rv, int) else 0)
+    else:
+        sys.stderr.write(f"{body['code']}: {body['message']}\n")
+    sys.stderr.flush()
+    sys.exit(code)

@@ -12,6 +12,7 @@ timed out, overloaded: retry with the same idempotency key), 130 interrupted.
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from collections.abc import Iterable, Sequence
@@ -20,6 +21,7 @@ from enum import StrEnum
 from typing import Any, NoReturn
 
 import grpc
+import pydantic
 import typer
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
@@ -84,6 +86,46 @@ def stdout() -> Console:
 
 def stderr() -> Console:
     return Console(stderr=True, markup=False, highlight=False, emoji=False, soft_wrap=True)
+
+
+# -- option checks ---------------------------------------------------------------------
+
+# The longest --timeout: gRPC turns a larger deadline (1e308, inf) into one already
+# passed, which read as "no answer: the command may have been applied".
+MAX_SECONDS = 100_000_000.0
+# The request fields' wire types: a larger number is a usage error here, not a
+# protobuf ValueError (a traceback) after connecting.
+I32, I64, U32, U64 = 2**31 - 1, 2**63 - 1, 2**32 - 1, 2**64 - 1
+
+
+def seconds(value: float | None) -> float | None:
+    """An option callback: a number of seconds, finite, above 0, at most MAX_SECONDS."""
+    if value is not None and not (math.isfinite(value) and 0 < value <= MAX_SECONDS):
+        raise typer.BadParameter(
+            f"{value:g} is not a number of seconds above 0 and at most {MAX_SECONDS:,.0f}"
+        )
+    return value
+
+
+def seconds_or_zero(value: float | None) -> float | None:
+    """As ``seconds``, 0 allowed."""
+    return value if value == 0 else seconds(value)
+
+
+def target(value: str | None) -> str | None:
+    """An option callback for ``host:port``: given, it must say something (an empty
+    ``--publisher "$UNSET"`` would otherwise reach the default server)."""
+    if value is not None and (not value.strip() or any(c.isspace() for c in value)):
+        raise typer.BadParameter(f"{value!r} is not host:port")
+    return value
+
+
+def not_utf8(exc: UnicodeEncodeError) -> str:
+    """The message for an argument that is not UTF-8 text (bytes a terminal or a file
+    name passed on, read by Python as lone surrogates)."""
+    text = exc.object if isinstance(exc.object, str) else ""
+    shown = text[:60].encode("utf-8", "backslashreplace").decode("utf-8")
+    return f"an argument is not UTF-8 text ({shown}); nothing was sent"
 
 
 # -- data ------------------------------------------------------------------------------
@@ -234,3 +276,16 @@ def fail(code: int, status: str, message: str, **extra: Any) -> NoReturn:
 
 def exit_code(code: grpc.StatusCode) -> int:
     return UNAVAILABLE if code in UNAVAILABLE_CODES else REFUSED
+
+
+def settings_message(exc: pydantic.ValidationError) -> str:
+    """Each setting that did not parse, by its environment variable:
+    ``JETSOURCE_PROJECTOR__BATCH_SIZE='abc': Input should be a valid integer, ...``."""
+    parts = []
+    for error in exc.errors():
+        path = [str(part) for part in error["loc"]]
+        name = "JETSOURCE_" + "__".join(path).upper()
+        secret = any(w in name for w in ("PASSWORD", "TOKEN", "SECRET", "KEY"))
+        value = "" if secret or "input" not in error else f"={error['input']!r}"
+        parts.append(f"{name}{value}: {error['msg']}")
+    return "bad setting: " + "; ".join(parts)
