@@ -29,8 +29,11 @@ def erase(
     json_out = _json(as_json)
     try:
         check_subject(subject)
+        subject.encode("utf-8")
     except ValidationError as exc:
         output.fail(USAGE, "usage", str(exc))
+    except UnicodeEncodeError as exc:
+        output.fail(USAGE, "usage", output.not_utf8(exc))
     if not yes:
         output.fail(USAGE, "usage", "erasing personal data cannot be undone: add --yes to confirm")
     with _progress("erasing") as update:

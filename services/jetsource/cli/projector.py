@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import sys
 import time
@@ -40,6 +41,7 @@ from jetsource.core.errors import (
     JetsourceError,
     StreamMissingError,
 )
+from jetsource.eventstore import jsapi
 from jetsource.eventstore.bootstrap import redact_url
 from jetsource.projection import admin
 from jetsource.projection.bootstrap import (
@@ -60,9 +62,28 @@ app = typer.Typer(
 dlq = typer.Typer(help="Dead letters: list, show, retry, discard.", no_args_is_help=True)
 app.add_typer(dlq, name="dlq")
 
-# Connecting waits this long for NATS before the command gives up (exit 3).
-CONNECT_TIMEOUT_S = float(os.environ.get("JETSOURCE_ADMIN_CONNECT_TIMEOUT_S", "10"))
-PROGRESS_EVERY_S = float(os.environ.get("JETSOURCE_PROGRESS_EVERY_S", "5"))
+# Model versions and sequences: a larger number is a usage error, not a version
+# written into the control entry or a request the server cannot parse.
+MAX_VERSION, U64 = 2**31 - 1, 2**64 - 1
+
+
+def env_seconds(name: str, default: float) -> float:
+    """A duration setting read when a command needs it (not at import: a bad value
+    would break every command), as a usage error naming the variable."""
+    text = os.environ.get(name, "")
+    try:
+        value = float(text) if text.strip() else default
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value > 0):
+        output.fail(USAGE, "usage", f"{name}={text!r}: give a number of seconds above 0")
+    return value
+
+
+def connect_timeout_s() -> float:
+    """Connecting waits this long for NATS before the command gives up (exit 3)."""
+    return env_seconds("JETSOURCE_ADMIN_CONNECT_TIMEOUT_S", 10.0)
+
 
 MODEL_ARG = typer.Argument(None, metavar="[MODEL]", help="The read model (or use --model)")
 MODEL = typer.Option(None, "--model", "-m", help="The read model, e.g. context | timeline | graph")
@@ -119,23 +140,21 @@ def _fail_for(exc: BaseException, settings: ProjectorSettings) -> NoReturn:
             hint=f"NATS: {redact_url(settings.nats_url())} (JETSOURCE_NATS__URL), Valkey: "
             "JETSOURCE_VALKEY__URL, graph: JETSOURCE_GRAPH__URI",
         )
-    if isinstance(exc, JetsourceError | ValueError):
+    if isinstance(exc, JetsourceError | ValueError | jsapi.JsApiError):
         output.fail(REFUSED, "refused", str(exc))
     raise exc
 
 
 def _run(work: Callable[[Projection], Awaitable[T]]) -> T:
     settings = _settings()
+    connect_s = connect_timeout_s()
 
     async def go() -> T:
         try:
-            p = await asyncio.wait_for(
-                open_projection(settings, provision=False), CONNECT_TIMEOUT_S
-            )
+            p = await asyncio.wait_for(open_projection(settings, provision=False), connect_s)
         except TimeoutError:
             raise TimeoutError(
-                f"NATS at {redact_url(settings.nats_url())} did not answer within "
-                f"{CONNECT_TIMEOUT_S:g} s"
+                f"NATS at {redact_url(settings.nats_url())} did not answer within {connect_s:g} s"
             ) from None
         try:
             return await work(p)
@@ -181,6 +200,7 @@ def _progress(what: str) -> Iterator[Callable[[int, int], None]]:
         with bar:
             yield draw
         return
+    every_s = env_seconds("JETSOURCE_PROGRESS_EVERY_S", 5.0)
     meter: admin.Meter | None = None
     last = [0.0]
     as_json = output.mode() == Mode.json
@@ -200,7 +220,7 @@ def _progress(what: str) -> Iterator[Callable[[int, int], None]]:
             meter = admin.Meter(done)
             last[0] = time.monotonic()
         meter.update(done, total)
-        if time.monotonic() - last[0] >= PROGRESS_EVERY_S:
+        if time.monotonic() - last[0] >= every_s:
             last[0] = time.monotonic()
             say()
 
@@ -312,8 +332,12 @@ def replay(
     model_arg: str | None = MODEL_ARG,
     model_opt: str | None = MODEL,
     aggregate: str | None = typer.Option(None, "--aggregate", help="One aggregate (story) id"),
-    from_seq: int | None = typer.Option(None, "--from-seq", help="First stream sequence"),
-    to_seq: int | None = typer.Option(None, "--to-seq", help="Last stream sequence"),
+    from_seq: int | None = typer.Option(
+        None, "--from-seq", min=1, max=U64, help="First stream sequence"
+    ),
+    to_seq: int | None = typer.Option(
+        None, "--to-seq", min=1, max=U64, help="Last stream sequence"
+    ),
     from_time: str | None = typer.Option(None, "--from-time", help="RFC 3339 UTC, inclusive"),
     to_time: str | None = typer.Option(None, "--to-time", help="RFC 3339 UTC, inclusive"),
     types: list[str] | None = typer.Option(
@@ -396,7 +420,7 @@ def _built(report: admin.RebuildReport, **extra: Any) -> dict[str, Any]:
 def rebuild(
     model_arg: str | None = MODEL_ARG,
     model_opt: str | None = MODEL,
-    to_version: int = typer.Option(..., "--to-version", min=1),
+    to_version: int = typer.Option(..., "--to-version", min=1, max=MAX_VERSION),
     workers: int = typer.Option(
         1,
         "--workers",
@@ -466,7 +490,7 @@ def reset(
 def cutover(
     model_arg: str | None = MODEL_ARG,
     model_opt: str | None = MODEL,
-    to_version: int = typer.Option(..., "--to-version", min=1),
+    to_version: int = typer.Option(..., "--to-version", min=1, max=MAX_VERSION),
     drop_old: bool = typer.Option(False, "--drop-old", help="Delete the previous version"),
     max_lag: int = typer.Option(1000, "--max-lag", min=0),
     as_json: bool = JSON,
@@ -490,7 +514,7 @@ def cutover(
 def drop(
     model_arg: str | None = MODEL_ARG,
     model_opt: str | None = MODEL,
-    version: int = typer.Option(..., "--version", min=1),
+    version: int = typer.Option(..., "--version", min=1, max=MAX_VERSION),
     as_json: bool = JSON,
 ) -> None:
     """Delete an inactive model version (namespace and consumer)."""
@@ -507,7 +531,7 @@ def drop(
 def wait(
     model_arg: str | None = MODEL_ARG,
     model_opt: str | None = MODEL,
-    version: int = typer.Option(..., "--version", min=1),
+    version: int = typer.Option(..., "--version", min=1, max=MAX_VERSION),
     timeout: float | None = typer.Option(
         None, "--timeout", min=0.0, help="Seconds (default: wait for good)"
     ),
@@ -562,7 +586,7 @@ def dlq_list(
 
 
 @dlq.command("show")
-def dlq_show(dlq_seq: int = typer.Argument(..., min=1), as_json: bool = JSON) -> None:
+def dlq_show(dlq_seq: int = typer.Argument(..., min=1, max=U64), as_json: bool = JSON) -> None:
     """One dead letter in full (always JSON)."""
     _json(as_json)
 
@@ -593,7 +617,7 @@ def _report(verb: str, report: admin.DlqReport, json_out: bool) -> None:
         raise typer.Exit(REFUSED)
 
 
-SEQS = typer.Option(None, "--seq", help="Dead-letter sequence (repeatable)")
+SEQS = typer.Option(None, "--seq", min=1, max=U64, help="Dead-letter sequence (repeatable)")
 
 
 @dlq.command("retry")
