@@ -53,16 +53,23 @@ KEY = typer.Option(
     help="Retry-safe key: the same key on the same context returns the original result "
     "(default: a new one, printed if the command fails or times out)",
 )
-EXPECTED = typer.Option(None, "--expected-version", help="Apply only at this version")
+EXPECTED = typer.Option(
+    None, "--expected-version", min=0, max=out.U64, help="Apply only at this version"
+)
 ACTOR = typer.Option(None, "--actor", help="Who issues the command (default: $USER)")
 CORRELATION = typer.Option(None, "--correlation-id", help="Recorded in the events' envelope")
 CAUSATION = typer.Option(None, "--causation-id", help="Recorded in the events' envelope")
 PUBLISHER = typer.Option(
-    None, "--publisher", help="host:port (default: JETSOURCE_CLIENT__PUBLISHER)"
+    None,
+    "--publisher",
+    callback=out.target,
+    help="host:port (default: JETSOURCE_CLIENT__PUBLISHER)",
 )
-QUERY = typer.Option(None, "--query", help="host:port (default: JETSOURCE_CLIENT__QUERY)")
+QUERY = typer.Option(
+    None, "--query", callback=out.target, help="host:port (default: JETSOURCE_CLIENT__QUERY)"
+)
 TIMEOUT = typer.Option(
-    None, "--timeout", min=0.0, help="Seconds to wait for the answer (default 10)"
+    None, "--timeout", callback=out.seconds, help="Seconds to wait for the answer (default 10)"
 )
 OUTPUT = typer.Option(
     None, "--output", "-o", case_sensitive=False, help="table, json or plain (as the global one)"
@@ -97,7 +104,7 @@ def _settings() -> JetsourceSettings:
     try:
         return JetsourceSettings.load()
     except ValidationError as exc:
-        out.fail(out.USAGE, "INVALID_ARGUMENT", f"settings: {exc}")
+        out.fail(out.USAGE, "INVALID_ARGUMENT", out.settings_message(exc))
 
 
 def _local(host: str, port: int) -> str:
@@ -175,6 +182,8 @@ def _run(target: Target, work: Callable[[], Coroutine[Any, Any, T]], key: str | 
     """Run ``work``; map every failure to a message on stderr and an exit code."""
     try:
         return asyncio.run(work())
+    except UnicodeEncodeError as exc:  # building the request: nothing was sent
+        out.fail(out.USAGE, "INVALID_ARGUMENT", out.not_utf8(exc), idempotency_key=key)
     except Unreachable as exc:
         out.fail(
             out.UNAVAILABLE,
@@ -458,7 +467,11 @@ def show(
         "the context as it was then",
     ),
     min_version: int = typer.Option(
-        0, "--min-version", min=0, help="Wait (within --timeout) until the read model has it"
+        0,
+        "--min-version",
+        min=0,
+        max=out.I64,
+        help="Wait (within --timeout) until the read model has it",
     ),
     pager: bool | None = typer.Option(
         None,
@@ -663,7 +676,7 @@ EVENT_COLUMNS = ("version", "type", "recorded", "actor", "correlation", "causati
 @app.command()
 def events(
     context_id: str,
-    from_version: int = typer.Option(1, "--from-version", min=0),
+    from_version: int = typer.Option(1, "--from-version", min=0, max=out.I64),
     limit: int = typer.Option(100, "--limit", min=1, max=1000, help="Events per page"),
     page_token: str = typer.Option("", "--page-token", help="From a previous page"),
     every: bool = typer.Option(False, "--all", help="Follow every page"),
@@ -691,7 +704,7 @@ def events(
 @app.command()
 def graph(
     context_id: str,
-    depth: int = typer.Option(2, "--depth", min=0, help="Hops from the root"),
+    depth: int = typer.Option(2, "--depth", min=0, max=out.I32, help="Hops from the root"),
     root: str = typer.Option("", "--root", help="A decision or subtask id (default: the story)"),
     query: str | None = QUERY,
     timeout: float | None = TIMEOUT,
@@ -733,10 +746,15 @@ def graph(
 @app.command()
 def watch(
     context_id: str,
-    from_version: int = typer.Option(1, "--from-version", min=0, help="First version to show"),
+    from_version: int = typer.Option(
+        1, "--from-version", min=0, max=out.I64, help="First version to show"
+    ),
     query: str | None = QUERY,
     timeout: float | None = typer.Option(
-        None, "--timeout", min=0.0, help="Stop after this many seconds (default: run until Ctrl-C)"
+        None,
+        "--timeout",
+        callback=out.seconds,
+        help="Stop after this many seconds (default: run until Ctrl-C)",
     ),
     output: Mode | None = OUTPUT,
 ) -> None:

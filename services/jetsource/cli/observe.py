@@ -181,14 +181,20 @@ def import_(
     source: str = typer.Option("jsonl", "--source", help="The events' source when a line has none"),
     batch: int = typer.Option(500, "--batch", min=1, max=1000, help="Lines per RecordBatch"),
     observer: str | None = typer.Option(
-        None, "--observer", help="host:port (default: JETSOURCE_CLIENT__OBSERVER)"
+        None,
+        "--observer",
+        callback=out.target,
+        help="host:port (default: JETSOURCE_CLIENT__OBSERVER)",
     ),
-    timeout: float = typer.Option(10.0, "--timeout", min=0.001, help="Seconds per call"),
+    timeout: float = typer.Option(10.0, "--timeout", callback=out.seconds, help="Seconds per call"),
     give_up: float = typer.Option(
-        60.0, "--give-up", min=0.0, help="Seconds to keep resending while the observer is away"
+        60.0,
+        "--give-up",
+        callback=out.seconds_or_zero,
+        help="Seconds to keep resending while the observer is away",
     ),
     poll: float = typer.Option(
-        0.2, "--poll", min=0.01, help="With --follow: seconds between looks"
+        0.2, "--poll", callback=out.seconds, help="With --follow: seconds between looks"
     ),
     output: Mode | None = typer.Option(None, "--output", "-o", case_sensitive=False),
 ) -> None:
@@ -205,6 +211,8 @@ def import_(
         adapter = JsonlAdapter.resume(sid, state_file.load(), source)
     except (ValidationError, ValueError, KeyError) as exc:
         out.fail(out.USAGE, "INVALID_ARGUMENT", f"{state_file.path}: {exc}")
+    except OSError as exc:
+        out.fail(out.USAGE, "INVALID_ARGUMENT", f"--state {state_file.path}: {exc.strerror}")
     target = observer_target(observer)
 
     async def main() -> Importer:
@@ -250,6 +258,9 @@ def import_(
             importer = asyncio.run(main())
     except ValidationError as exc:
         out.fail(out.REFUSED, "INVALID_ARGUMENT", str(exc), field=exc.field)
+    except OSError as exc:  # the file or the state file: unreadable, unwritable
+        where = exc.filename if exc.filename is not None else file
+        out.fail(out.REFUSED, "FAILED_PRECONDITION", f"{where}: {exc.strerror or exc}")
     except grpc.aio.AioRpcError as exc:
         code = out.exit_code(exc.code())
         where = f"observer at {target}"

@@ -45,12 +45,15 @@ app = typer.Typer(
 T = TypeVar("T")
 # The request fields' wire types (uint32 page_size and max_depth, uint64 sequences):
 # a larger number is a usage error here, not a protobuf ValueError and a traceback.
-U32, U64 = 2**32 - 1, 2**64 - 1
+U32, U64 = out.U32, out.U64
 
 TARGET = typer.Option(
-    None, "--process-query", help="host:port (default: JETSOURCE_CLIENT__PROCESS_QUERY)"
+    None,
+    "--process-query",
+    callback=out.target,
+    help="host:port (default: JETSOURCE_CLIENT__PROCESS_QUERY)",
 )
-TIMEOUT = typer.Option(None, "--timeout", min=0.0, help="Seconds to wait (default 10)")
+TIMEOUT = typer.Option(None, "--timeout", callback=out.seconds, help="Seconds to wait (default 10)")
 OUTPUT = typer.Option(
     None, "--output", "-o", case_sensitive=False, help="table, json or plain (as the global one)"
 )
@@ -107,8 +110,19 @@ def _time(flag: str, value: str | None) -> Timestamp | None:
     if when.tzinfo is None:
         out.fail(out.USAGE, "INVALID_ARGUMENT", f"{flag}: give a timezone (e.g. Z)")
     ts = Timestamp()
-    ts.FromDatetime(when)
+    try:  # 0001-01-01T00:00:00+05:00 is in year 0 in UTC
+        ts.FromDatetime(when)
+    except (OverflowError, ValueError):
+        out.fail(out.USAGE, "INVALID_ARGUMENT", f"{flag}: {value!r} is outside years 1..9999 UTC")
     return ts
+
+
+def _build(make: Callable[[], T]) -> T:
+    """A request from the command line's text: text that is not UTF-8 is a usage error."""
+    try:
+        return make()
+    except UnicodeEncodeError as exc:
+        out.fail(out.USAGE, "INVALID_ARGUMENT", out.not_utf8(exc))
 
 
 def _window(flag: str, low: str | None, high: str | None) -> pb.TimeWindow | None:
@@ -226,13 +240,16 @@ def list_(
     """Processes, newest first."""
     _use(output)
     target = _target(process_query, timeout)
-    request = pb.ListProcessesRequest(
-        statuses=_statuses(status),
-        kind=kind,
-        root_process_id=root,
-        parent_process_id=parent,
-        page_size=page_size,
-        page_token=page_token,
+    statuses = _statuses(status)
+    request = _build(
+        lambda: pb.ListProcessesRequest(
+            statuses=statuses,
+            kind=kind,
+            root_process_id=root,
+            parent_process_id=parent,
+            page_size=page_size,
+            page_token=page_token,
+        )
     )
     window = _window("started", started_from, started_to)
     if window is not None:
@@ -353,12 +370,14 @@ def timeline(
     """A process's events in process_seq order (a subtree's in global order)."""
     _use(output)
     target = _target(process_query, timeout)
-    request = pb.GetProcessTimelineRequest(
-        process_id=process_id,
-        subtree=subtree,
-        event_types=event_type,
-        page_size=page_size,
-        page_token=page_token,
+    request = _build(
+        lambda: pb.GetProcessTimelineRequest(
+            process_id=process_id,
+            subtree=subtree,
+            event_types=event_type,
+            page_size=page_size,
+            page_token=page_token,
+        )
     )
     for name, window in (
         ("occurred", _window("occurred", occurred_from, occurred_to)),
@@ -396,7 +415,10 @@ def watch(
     after: int = typer.Option(0, "--after", min=0, max=U64, help="Events after this global_seq"),
     process_query: str | None = TARGET,
     timeout: float | None = typer.Option(
-        None, "--timeout", min=0.0, help="Stop after this many seconds (default: until Ctrl-C)"
+        None,
+        "--timeout",
+        callback=out.seconds,
+        help="Stop after this many seconds (default: until Ctrl-C)",
     ),
     output: Mode | None = OUTPUT,
 ) -> None:
