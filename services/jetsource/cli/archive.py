@@ -15,7 +15,7 @@ Exit codes: 0 ok, 1 failed or refused (verify found a damaged segment), 3 NATS a
 from __future__ import annotations
 
 import asyncio
-import json
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
@@ -29,6 +29,9 @@ from rich.table import Table
 from jetsource.archive.archiver import Archiver
 from jetsource.archive.history import open_archive
 from jetsource.archive.restore import restore as restore_stream
+from jetsource.cli import output
+from jetsource.cli.output import REFUSED, U64, UNAVAILABLE, USAGE
+from jetsource.cli.projector import _json, connect_timeout_s
 from jetsource.cli.streams import NatsUnreachableError, wait_for_nats
 from jetsource.core.errors import JetsourceError
 from jetsource.eventstore import jsapi
@@ -42,21 +45,48 @@ app = typer.Typer(
 )
 console = Console()
 
+
+def _domain(value: str | None) -> str | None:
+    """An option callback: ``--domain ""`` is a usage error, not the default domain."""
+    if value is not None and not value.strip():
+        raise typer.BadParameter("name a domain (or leave --domain out for the first one)")
+    return value
+
+
 DOMAIN = typer.Option(
-    None, "--domain", "-d", help="The domain whose stream (default: the first registered)"
+    None,
+    "--domain",
+    "-d",
+    callback=_domain,
+    help="The domain whose stream (default: the first registered)",
 )
 TIMEOUT = typer.Option(3600.0, "--timeout", min=0.1, help="Give up after this many seconds")
 JSON = typer.Option(False, "--json", help="Print the result as JSON")
+# A stream name the server takes (no dots, wildcards, spaces or path separators).
+STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
+RETENTIONS = ("forever", "age", "age+compaction")
 
 
-def _run(work: Callable[[Projection, ProjectorSettings], Awaitable[Any]], timeout: float) -> Any:
+def _run(
+    work: Callable[[Projection, ProjectorSettings], Awaitable[Any]],
+    timeout: float,
+    as_json: bool = False,
+) -> Any:
+    """Connect (NATS must answer within ``JETSOURCE_ADMIN_CONNECT_TIMEOUT_S``, 10 s, or
+    ``--timeout`` if shorter: exit 3), then run ``work`` within ``--timeout``. Errors
+    go to stderr (JSON with --json or -o json): 1 refused or failed, 3 unavailable."""
+    _json(as_json)
     settings = ProjectorSettings.load()
+    connect_s = min(timeout, connect_timeout_s())
 
     async def go() -> Any:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        await wait_for_nats(settings.nats_url(), deadline)
-        p = await open_projection(settings, provision=False)
+        await wait_for_nats(settings.nats_url(), loop.time() + connect_s)
+        try:
+            p = await asyncio.wait_for(open_projection(settings, provision=False), connect_s)
+        except TimeoutError:
+            raise NatsUnreachableError("no NATS handshake") from None
         try:
             return await asyncio.wait_for(work(p, settings), max(deadline - loop.time(), 1.0))
         finally:
@@ -64,15 +94,17 @@ def _run(work: Callable[[Projection, ProjectorSettings], Awaitable[Any]], timeou
 
     try:
         return asyncio.run(go())
-    except (NatsUnreachableError, TimeoutError) as exc:
-        console.print(
-            f"[red]error[/red]: NATS at {redact_url(settings.nats_url())} did not answer "
-            f"within {timeout:g} s"
+    except NatsUnreachableError:
+        output.fail(
+            UNAVAILABLE,
+            "unavailable",
+            f"NATS at {redact_url(settings.nats_url())} did not answer within {connect_s:g} s",
+            hint="JETSOURCE_NATS__URL",
         )
-        raise typer.Exit(3) from exc
+    except TimeoutError:
+        output.fail(UNAVAILABLE, "timeout", f"not done within --timeout {timeout:g} s")
     except (JetsourceError, jsapi.JsApiError, nats_errors.Error, OSError, ValueError) as exc:
-        console.print(f"[red]error[/red]: {escape(str(exc))}")
-        raise typer.Exit(1) from exc
+        output.fail(REFUSED, "refused", str(exc) or type(exc).__name__)
 
 
 def _store(p: Projection, domain: str | None) -> Any:
@@ -103,9 +135,9 @@ def compact(domain: str | None = DOMAIN, timeout: float = TIMEOUT, as_json: bool
         )
         return await archiver.compact()
 
-    report = _run(work, timeout)
-    if as_json:
-        print(json.dumps(asdict(report)))
+    report = _run(work, timeout, as_json)
+    if output.mode() == output.Mode.json:
+        output.emit_json(asdict(report))
         return
     console.print(
         f"{report.stream}: {report.archived} events of {report.aggregates} aggregates "
@@ -117,12 +149,15 @@ def compact(domain: str | None = DOMAIN, timeout: float = TIMEOUT, as_json: bool
 @app.command()
 def export(
     domain: str | None = DOMAIN,
-    from_seq: int = typer.Option(1, "--from-seq", min=1),
-    to_seq: int | None = typer.Option(None, "--to-seq", min=1),
+    from_seq: int = typer.Option(1, "--from-seq", min=1, max=U64),
+    to_seq: int | None = typer.Option(None, "--to-seq", min=1, max=U64),
     timeout: float = TIMEOUT,
     as_json: bool = JSON,
 ) -> None:
     """Seal the stream's messages (events and voids) into archive segments; purges nothing."""
+    _json(as_json)
+    if to_seq is not None and to_seq < from_seq:
+        output.fail(USAGE, "usage", f"--from-seq {from_seq} is after --to-seq {to_seq}")
 
     async def work(p: Projection, s: ProjectorSettings) -> Any:
         store = _store(p, domain)
@@ -131,9 +166,9 @@ def export(
             from_seq, to_seq
         )
 
-    entries = _run(work, timeout)
-    if as_json:
-        print(json.dumps([{"name": e.name, "count": e.count} for e in entries]))
+    entries = _run(work, timeout, as_json)
+    if output.mode() == output.Mode.json:
+        output.emit_json([{"name": e.name, "count": e.count} for e in entries])
         return
     console.print(f"{sum(e.count for e in entries)} messages sealed in {len(entries)} segments")
 
@@ -147,9 +182,9 @@ def list_(domain: str | None = DOMAIN, timeout: float = TIMEOUT, as_json: bool =
         archive = open_archive(s, store.settings.stream)
         return archive.objects.location, await archive.entries()
 
-    where, entries = _run(work, timeout)
-    if as_json:
-        print(json.dumps([asdict(e) for e in entries]))
+    where, entries = _run(work, timeout, as_json)
+    if output.mode() == output.Mode.json:
+        output.emit_json([asdict(e) for e in entries])
         return
     table = Table(title=f"archive at {where}")
     for column in ("segment", "events", "first seq", "last seq", "aggregates", "bytes"):
@@ -175,9 +210,9 @@ def verify(domain: str | None = DOMAIN, timeout: float = TIMEOUT, as_json: bool 
         store = _store(p, domain)
         return await open_archive(s, store.settings.stream).verify()
 
-    report = _run(work, timeout)
-    if as_json:
-        print(json.dumps(asdict(report)))
+    report = _run(work, timeout, as_json)
+    if output.mode() == output.Mode.json:
+        output.emit_json(asdict(report))
     else:
         console.print(
             f"{len(report.ok)} segments verified, {len(report.corrupt)} damaged, "
@@ -211,12 +246,19 @@ def restore(
 ) -> None:
     """Rebuild the stream from archive + live tail into the new stream TARGET: every
     message with its sequence, headers and bytes (the disaster-recovery path)."""
+    _json(as_json)
     prefixes: dict[str, str] = {}
     for value in subject_prefix:
         old, sep, new = value.partition("=")
         if not sep or not old or not new:
             raise typer.BadParameter(f"{value!r}: expected OLD=NEW", param_hint="--subject-prefix")
         prefixes[old] = new
+    if not STREAM_NAME.fullmatch(target):
+        output.fail(
+            USAGE, "usage", f"{target!r} is not a stream name (letters, digits, '-' and '_')"
+        )
+    if retention is not None and retention not in RETENTIONS:
+        output.fail(USAGE, "usage", f"--retention {retention!r}: one of {', '.join(RETENTIONS)}")
 
     async def work(p: Projection, s: ProjectorSettings) -> Any:
         from jetsource.eventstore.jetstream import stream_config
@@ -239,9 +281,9 @@ def restore(
             max_age_s=max_age_s,
         )
 
-    report = _run(work, timeout)
-    if as_json:
-        print(json.dumps(asdict(report)))
+    report = _run(work, timeout, as_json)
+    if output.mode() == output.Mode.json:
+        output.emit_json(asdict(report))
         return
     console.print(
         f"{report.target}: sequences {report.first_seq}..{report.last_seq} restored "

@@ -31,6 +31,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from jetsource import __version__
+from jetsource.cli import output
+from jetsource.cli.output import USAGE
+from jetsource.cli.projector import _json, connect_timeout_s
 from jetsource.core.clock import format_rfc3339_ns, now_ns
 from jetsource.core.errors import JetsourceError
 from jetsource.eventstore import jsapi
@@ -199,20 +202,25 @@ def ensure(
         await wait_for_nats(settings.nats_url(), deadline)
         return await asyncio.wait_for(ensure_all(settings), max(deadline - loop.time(), 1.0))
 
+    json_out = _json(as_json)
     try:
         done = asyncio.run(go())
     except (NatsUnreachableError, TimeoutError) as exc:
         last = f" (last error: {exc})" if str(exc) else ""
-        console.print(
-            f"[red]error[/red]: NATS at {redact_url(settings.nats_url())} did not answer "
-            f"within {timeout:g} s{last}"
+        message = (
+            f"NATS at {redact_url(settings.nats_url())} did not answer within {timeout:g} s{last}"
         )
+        if json_out:
+            output.fail(1, "unavailable", message)
+        console.print(f"[red]error[/red]: {escape(message)}")
         raise typer.Exit(1) from exc
     except (JetsourceError, jsapi.JsApiError, nats_errors.Error, OSError) as exc:
-        console.print(f"[red]error[/red]: {exc!r}")
+        if json_out:
+            output.fail(1, "refused", repr(exc))
+        console.print(f"[red]error[/red]: {escape(repr(exc))}")
         raise typer.Exit(1) from exc
-    if as_json:
-        print(json.dumps([asdict(d) for d in done]))
+    if json_out:
+        output.emit_json([asdict(d) for d in done])
         return
     table = Table()
     for column in ("role", "stream", "action", "subjects", "replicas", "messages"):
@@ -472,23 +480,43 @@ def _pairs(values: list[str], option: str) -> dict[str, str]:
 
 
 def _run(settings: ProjectorSettings, timeout: float, work: Callable[[], Awaitable[Any]]) -> Any:
+    """Run ``work`` once NATS answers (within ``JETSOURCE_ADMIN_CONNECT_TIMEOUT_S``, 10 s,
+    or ``--timeout`` if shorter), all within ``--timeout``. Errors go to stderr (JSON
+    with --json or -o json), exit 1."""
+    connect_s = min(timeout, connect_timeout_s())
+
     async def go() -> Any:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        await wait_for_nats(settings.nats_url(), deadline)
+        await wait_for_nats(settings.nats_url(), loop.time() + connect_s)
         return await asyncio.wait_for(work(), max(deadline - loop.time(), 1.0))
 
     try:
         return asyncio.run(go())
-    except (NatsUnreachableError, TimeoutError) as exc:
-        console.print(
-            f"[red]error[/red]: NATS at {redact_url(settings.nats_url())} did not answer "
-            f"within {timeout:g} s"
+    except NatsUnreachableError:
+        output.fail(
+            1,
+            "unavailable",
+            f"NATS at {redact_url(settings.nats_url())} did not answer within {connect_s:g} s",
+            hint="JETSOURCE_NATS__URL, JETSOURCE_ADMIN_CONNECT_TIMEOUT_S",
         )
-        raise typer.Exit(1) from exc
+    except TimeoutError:
+        output.fail(1, "timeout", f"not done within --timeout {timeout:g} s")
     except (JetsourceError, jsapi.JsApiError, nats_errors.Error, OSError, ValueError) as exc:
-        console.print(f"[red]error[/red]: {escape(str(exc))}")
-        raise typer.Exit(1) from exc
+        output.fail(1, "refused", str(exc))
+
+
+def _folder(folder: Path, create: bool) -> None:
+    """A backup folder that can be used: a usage error (exit 2) naming it otherwise."""
+    try:
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        if not folder.is_dir():
+            raise NotADirectoryError(20, "not a directory")
+        if not create and not (folder / MANIFEST).is_file():
+            raise FileNotFoundError(2, f"no {MANIFEST}: not a backup folder")
+    except OSError as exc:
+        output.fail(USAGE, "usage", f"{folder}: {exc.strerror or exc}")
 
 
 @app.command()
@@ -506,11 +534,12 @@ def backup(
     Reads only; safe while the services run (the backup ends where each stream ended
     when it was read).
     """
+    json_out = _json(as_json)
     settings = ProjectorSettings.load()
-    folder.mkdir(parents=True, exist_ok=True)
+    _folder(folder, create=True)
     done: list[StreamBackup] = _run(settings, timeout, lambda: backup_streams(settings, folder))
-    if as_json:
-        print(json.dumps([asdict(d) for d in done]))
+    if json_out:
+        output.emit_json([asdict(d) for d in done])
         return
     table = Table()
     for column in ("role", "stream", "messages", "first seq", "last seq", "file"):
@@ -544,14 +573,16 @@ def restore(
     when the stream had no gaps (see same_sequences); stored times are the time of the
     restore. Rebuild the read models from a restored event stream.
     """
+    json_out = _json(as_json)
     settings = ProjectorSettings.load()
     names = _pairs(rename, "--rename")
     prefixes = _pairs(subject_prefix, "--subject-prefix")
+    _folder(folder, create=False)
     done: list[StreamRestore] = _run(
         settings, timeout, lambda: restore_streams(settings, folder, names, prefixes)
     )
-    if as_json:
-        print(json.dumps([asdict(d) for d in done]))
+    if json_out:
+        output.emit_json([asdict(d) for d in done])
         return
     table = Table()
     for column in ("role", "from", "stream", "messages", "same sequences"):
