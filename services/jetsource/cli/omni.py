@@ -21,6 +21,7 @@ from typing import Any, NoReturn, TypeVar
 import typer
 from google.protobuf.json_format import MessageToDict
 
+from jetsource.cli import output
 from jetsource.core.errors import EventStoreUnavailableError, JetsourceError, StreamMissingError
 from jetsource.domains.omni.descriptor import omni_domain
 from jetsource.domains.omni.identity import IdentityNotFoundError, IdentityService
@@ -44,8 +45,9 @@ EXIT_REFUSED, EXIT_UNAVAILABLE = 1, 3
 def _fail(
     as_json: bool, code: int, status: str, message: str, field: str | None = None
 ) -> NoReturn:
-    """One line on stderr (a JSON error document with ``--json``), exit ``code``."""
-    if as_json:
+    """One line on stderr (a JSON error document with ``--json`` or ``-o json``), exit
+    ``code``."""
+    if as_json or output.mode() == output.Mode.json:
         error: dict[str, Any] = {"code": status, "message": message, "exit_code": code}
         if field:
             error["field"] = field
@@ -83,7 +85,7 @@ def _identities(settings: IngestSettings, nc: Any) -> IdentityService:
 
 
 def _emit(as_json: bool, document: dict[str, Any], text: str) -> None:
-    if as_json:
+    if as_json or output.mode() == output.Mode.json:
         json.dump(document, sys.stdout, ensure_ascii=False)
         sys.stdout.write("\n")
     else:
@@ -180,7 +182,7 @@ def identity_merge(
 ) -> None:
     """Merge MERGED_ID into SURVIVOR_ID: its handles and timeline follow."""
     if not yes:
-        _fail(as_json, 2, "FAILED_PRECONDITION", "a merge is not undone: add --yes to confirm")
+        _fail(as_json, 2, "INVALID_ARGUMENT", "a merge is not undone: add --yes to confirm")
 
     async def work(settings: IngestSettings, nc: Any) -> list[str]:
         service = _identities(settings, nc)

@@ -256,6 +256,8 @@ def prune(
         if every is not None
         else SessionsAppSettings.load().sessions.prune_every_s
     )
+    if 0 < interval < 1:  # a pruner looping faster than this only hammers NATS
+        out.fail(out.USAGE, "INVALID_ARGUMENT", f"--every: {interval:g} s; 0 (once) or at least 1s")
 
     async def work(c: SessionsClient) -> None:
         while True:
