@@ -21,6 +21,8 @@ from jetsource._gen.context.v1 import events_pb2 as ev
 from jetsource.core.envelope import NO_STREAM, NewEvent
 from jetsource.core.errors import ValidationError
 from jetsource.core.settings import JetsourceSettings
+from jetsource.domains.context import model as m
+from jetsource.domains.context.commands import CommandHandler, CommandOptions
 from jetsource.domains.context.descriptor import DOMAIN as CONTEXT_DOMAIN
 from jetsource.domains.context.history import StateLoader
 from jetsource.domains.process.descriptor import DOMAIN as PROCESS_DOMAIN
@@ -37,20 +39,27 @@ MODELS = ("context", "timeline", "graph")
 
 @pytest.fixture
 async def projection(settings: JetsourceSettings, unique: str) -> AsyncIterator[Projection]:
-    p = await open_projection(projector_settings(settings, unique, max_deliver=3))
+    p = await open_projection(
+        projector_settings(settings, unique, snapshots={"every": 2}, max_deliver=3)
+    )
     yield p
+    await p.model("snapshots", 1).drop()
     for name in MODELS:
         for version in (1, 2):
             await p.model(name, version).drop()
     await p.close()
 
 
-async def caught_up(p: Projection, name: str, version: int = 1) -> Worker:
+async def caught_up(
+    p: Projection, name: str, version: int = 1, worker: Worker | None = None
+) -> Worker:
     """The model run to the stream's head, as the projector runs it (its control entry,
-    which says the model is in use and which version is active, made first)."""
+    which says the model is in use and which version is active, made first); ``worker``
+    runs again, with what its model keeps in memory, as a long-running projector's."""
     await p.control.ensure(name, 1)
-    spec_model = p.model(name, version)
-    worker = Worker(p.nc, p.store_for(name), spec_model, p.dead_letters, p.settings.projector)
+    if worker is None:
+        model = p.model(name, version)
+        worker = Worker(p.nc, p.store_for(name), model, p.dead_letters, p.settings.projector)
     await worker.run(until_caught_up=True)
     return worker
 
@@ -68,32 +77,48 @@ async def test_a_voided_event_the_models_had_applied_is_gone_from_them_and_from_
     )
     await p.store.append("story", [NewEvent(ev.DecisionAdded(decision_id="d3", title="keep"))], 3)
     seq = wrong.stream_seqs[0]
-    for name in MODELS:
-        await caught_up(p, name)
+    live = {name: await caught_up(p, name) for name in (*MODELS, "snapshots")}
     applied = {name: await p.model(name, 1).digest() for name in MODELS}
+    # What a publisher and a query service keep in memory: a loader's and a command
+    # handler's states, read before the void.
+    kept = StateLoader(p.store, p.snapshots)
+    assert set((await kept.load("story")).state.decisions) == {"d1", "d2", "d3"}
+    handler = CommandHandler(p.store, loader=StateLoader(p.store, p.snapshots))
+    await handler.execute("story", m.AddDecision("d5", "t", "", "", "", []), CommandOptions("k5"))
 
     # Nothing names the sequence (no dead letter) and the projection holds every
     # domain: the void says which stream's it is.
     report = await void_sequence(p, seq, "a mistaken decision", "tester", domain="context")
     assert report.aggregate_id == "story" and report.domain == "context"
-    for name in MODELS:
+    for name in (*MODELS, "snapshots"):
         entry = report.models[f"{name} v1"]
         assert entry["replayed"] and not entry["failed"], (name, entry)
 
-    # The stream's readers step over it (a no-op at its place)...
-    point = await StateLoader(p.store, p.snapshots).load("story")
-    assert point.state.version == 4
-    assert set(point.state.decisions) == {"d1", "d3"}
+    # The stream's readers step over it (a no-op at its place): a fresh loader (its
+    # snapshot at version 4 was deleted with the void), the loader that had read the
+    # story before, and time travel to the voided version...
+    for loader in (StateLoader(p.store, p.snapshots), kept):
+        point = await loader.load("story")
+        assert point.state.version == 5
+        assert set(point.state.decisions) == {"d1", "d3", "d5"}
+        assert set((await loader.load("story", to_version=3)).state.decisions) == {"d1"}
+    # ...and the command handler, whose cached state had d2: it takes d2 as new.
+    result = await handler.execute(
+        "story", m.AddDecision("d2", "again", "", "", "", []), CommandOptions("k2")
+    )
+    assert result.last_version == 6
+    # ...and so does every model, live (what it kept in memory from before the void
+    # forgotten) and rebuilt.
+    for name in (*MODELS, "snapshots"):
+        await caught_up(p, name, worker=live[name])
     row = await p.model("context", 1).read("story")  # type: ignore[attr-defined]
-    assert row is not None and sorted(row["state"]["decisions"]) == ["d1", "d3"], row
-    # ...and so does every model, live and rebuilt.
-    await p.store.append("story", [NewEvent(ev.DecisionAdded(decision_id="d4", title="new"))], 4)
+    assert row is not None and sorted(row["state"]["decisions"]) == ["d1", "d2", "d3", "d5"]
+    assert row["state"]["decisions"]["d2"]["title"] == "again", row
     for name in MODELS:
-        live = await caught_up(p, name)
         clean = await caught_up(p, name, 2)
         assert clean.stats.dead_letters == 0, name
-        assert await live.model.digest() == await clean.model.digest(), name
-        assert applied[name] != await live.model.digest(), name
+        assert await live[name].model.digest() == await clean.model.digest(), name
+        assert applied[name] != await live[name].model.digest(), name
 
 
 async def test_a_void_the_projector_has_not_reached_yet_is_stepped_over_when_it_comes(

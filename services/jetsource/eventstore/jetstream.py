@@ -188,7 +188,7 @@ class JetStreamEventStore:
         async def seen(msg: Any) -> None:
             tail = msg.subject.rsplit(".", 1)[-1]
             if tail.isdigit():
-                self._voids.add(int(tail))
+                self._heard_void(int(tail))
 
         self._void_sub = await self._nc.subscribe(f"{prefix}.>", cb=seen)
         try:
@@ -763,6 +763,16 @@ class JetStreamEventStore:
         events, in the same stream, outside the subjects readers and consumers read."""
         return f"{void_prefix(self._cfg.subject_prefix)}.{aggregate_id}.{stream_seq}"
 
+    def _heard_void(self, stream_seq: int) -> None:
+        """A void recorded now (by this process or another): what this process
+        computed from histories read before may hold the voided event (a state cache,
+        a kept answer, a snapshot's warm state), so it is all forgotten, the way an
+        erasure heard of makes it forgotten (``crypto.erasures_heard``). Voids are
+        rare operator acts; every cache rebuilds from the stream, which steps over."""
+        if stream_seq not in self._voids:
+            self._voids.add(stream_seq)
+            crypto.note_erasure()
+
     def known_voided(self, stream_seq: int) -> bool:
         """Whether this store has heard of a void of ``stream_seq`` (every void recorded
         before :meth:`start`, and each one since as it is recorded): no I/O, so a
@@ -824,7 +834,7 @@ class JetStreamEventStore:
             {"Nats-Msg-Id": f"void-{self._cfg.stream}-{stream_seq}"},
         )
         await self._call(partial(self._publish, [message]))
-        self._voids.add(stream_seq)
+        self._heard_void(stream_seq)
         self._positions.pop(aggregate_id, None)
         return aggregate_id, False
 
