@@ -446,40 +446,115 @@ async def test_omni_poison_is_dead_lettered_once_by_each_model_and_voided(
         assert await live.model.digest() == await clean.model.digest(), name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="omni models (domains/omni/models.py) keep positions by stream sequence and "
-    "check no chain: an event the domain refuses is applied (not yet fixed)",
-)
 async def test_omni_events_the_domain_refuses_are_dead_lettered(omni: Projection) -> None:
-    from jetsource._gen.omni.v1.lifecycle_pb2 import ProcessingCompleted
-    from jetsource.domains.omni.models import OMNI_EVENTS
+    """Well-formed events the omni models must not take: each model checks each
+    aggregate's chain (versions 1, 2, 3, ...) and the domain's rules, dead-letters
+    what breaks them once, lets the rest flow, and after the voids equals a rebuild."""
+    from google.protobuf.message import Message
+
+    from jetsource._gen.omni.v1.events_pb2 import NormalizedEvent
+    from jetsource._gen.omni.v1.lifecycle_pb2 import (
+        ExternalIdLinked,
+        IdentityCreated,
+        ProcessingCompleted,
+        ProcessingStarted,
+    )
+    from jetsource.domains.omni.models import OMNI_EVENTS, OMNI_IDENTITIES
+    from jetsource.domains.omni.processing import record_status
+    from jetsource.domains.omni.reads import OmniReads
+    from jetsource.domains.omni.samples import sample_history
 
     p = omni
     store = p.domain_store("omni")
     prefix = store.settings.subject_prefix
-    await omni_history(p, "evt-ok", 2)
-    # Processing of an event never received, and a status at version 9.
-    ghost = EventEnvelope(
-        event_type="ProcessingCompleted",
-        aggregate_id="evt-ghost",
-        aggregate_version=1,
-        schema_version=1,
-        payload=ProcessingCompleted(worker="w", attempt=1).SerializeToString(),
+    await omni_history(p, "evt-ok", 2)  # received, processing
+    for aggregate_id in ("evt-two", "evt-five", "evt-again", "evt-mid"):
+        await omni_history(p, aggregate_id, 1)  # received
+    await omni_history(p, "idn-ok", 2, seed=1)  # created, linked
+
+    async def publish(aggregate_id: str, version: int, message: Message, kind: str = "") -> int:
+        event_type = kind or type(message).__name__
+        if event_type == "NormalizedEvent":
+            event_type = "EventReceived"
+        env = EventEnvelope(
+            event_type=event_type,
+            aggregate_id=aggregate_id,
+            aggregate_version=version,
+            schema_version=1,
+            payload=message.SerializeToString(),
+        )
+        return await raw_publish(
+            store, f"{prefix}.{aggregate_id}.{event_type}", env.SerializeToString()
+        )
+
+    done = ProcessingCompleted(worker="w", attempt=1)
+    received = sample_history("evt-two", 1)[0]
+    assert isinstance(received, NormalizedEvent)
+    poison = {
+        OMNI_EVENTS: {
+            # Processing of an event never received.
+            "evt-ghost": await publish("evt-ghost", 1, done),
+            # A version ahead: 9 after 2, and 5 after 1.
+            "evt-ok": await publish("evt-ok", 9, done),
+            "evt-five": await publish("evt-five", 5, ProcessingStarted(worker="w", attempt=1)),
+            # A second EventReceived, at the next version (it overwrote the event and
+            # reset its status).
+            "evt-two": await publish("evt-two", 2, received),
+            # Version 1 again, from a new sequence: no redelivery.
+            "evt-again": await publish("evt-again", 1, sample_history("evt-again", 1, 2)[0]),
+        },
+        OMNI_IDENTITIES: {
+            "idn-ok": await publish("idn-ok", 3, IdentityCreated(identity_id="idn-ok")),
+            "idn-ghost": await publish(
+                "idn-ghost",
+                1,
+                ExternalIdLinked(identity_id="idn-ghost", provider="discord", external_id="9"),
+            ),
+        },
+    }
+    # No poison: a type no model consumes at its place, then the next version (the
+    # model reads the version between from the stream: a no-op at its place).
+    await raw_publish(
+        store,
+        f"{prefix}.evt-mid.Whatever",
+        EventEnvelope(aggregate_version=2, schema_version=1).SerializeToString(),
     )
-    jump = EventEnvelope(
-        event_type="ProcessingCompleted",
-        aggregate_id="evt-ok",
-        aggregate_version=9,
-        schema_version=1,
-        payload=ProcessingCompleted(worker="w", attempt=1).SerializeToString(),
-    )
-    seqs = [
-        await raw_publish(
-            store, f"{prefix}.evt-ghost.ProcessingCompleted", ghost.SerializeToString()
-        ),
-        await raw_publish(store, f"{prefix}.evt-ok.ProcessingCompleted", jump.SerializeToString()),
-    ]
-    worker = await run_until_caught_up(p, OMNI_EVENTS)
-    letters = await p.dead_letters.list(worker.spec)
-    assert sorted(d.original_seq for d in letters) == seqs
+    await publish("evt-mid", 3, ProcessingStarted(worker="w", attempt=1))
+    await omni_history(p, "evt-after", 3, seed=2)
+    await omni_history(p, "idn-after", 2, seed=3)
+
+    for name, filed in poison.items():
+        worker = await run_until_caught_up(p, name)
+        letters = await p.dead_letters.list(worker.spec)
+        assert sorted(d.original_seq for d in letters) == sorted(filed.values()), (
+            name,
+            [(d.aggregate_id, d.reason) for d in letters],
+        )
+        assert worker.stats.dead_letters == len(filed), name
+
+    async def active(name: str) -> int:
+        return 1
+
+    reads = OmniReads(p.redis, p.settings.projector.valkey_prefix, active, None, None)  # type: ignore[arg-type]
+    # Nothing of the poison was taken: no event made of a status, the event and the
+    # status as they were, the others as their histories say.
+    events = p.model(OMNI_EVENTS, 1)
+    assert not await p.redis.exists(f"{events.ns}:e:evt-ghost")  # type: ignore[attr-defined]
+    assert (await reads.event("evt-ok")).status.state == "processing"
+    two = await reads.event("evt-two")
+    assert two.status.state == "received" and two.event.content_text == received.content_text
+    assert (await reads.event("evt-mid")).status.state == "processing"
+    assert (await reads.event("evt-after")).event.id == "evt-after"
+
+    for filed in poison.values():
+        for aggregate_id, seq in filed.items():
+            report = await void_sequence(p, seq, "poison from a test", "tester")
+            assert report.aggregate_id == aggregate_id
+    assert await p.dead_letters.list() == []
+    await record_status(store, "evt-ok", "completed", "w", 1)  # version 3: flows again
+    for name in poison:
+        live = await run_until_caught_up(p, name)
+        clean = await run_until_caught_up(p, name, 2)
+        assert clean.stats.dead_letters == 0, name
+        assert await live.model.digest() == await clean.model.digest(), name
+    assert (await reads.event("evt-ok")).status.state == "completed"

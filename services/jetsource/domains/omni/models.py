@@ -18,10 +18,36 @@
 - ``ia`` sorted set of identity ids by creation sequence, ``ip:<provider>`` by provider;
 - ``h`` hash: handle -> identity id.
 
-Each event is turned into commands in Python and sent to one Lua script per batch,
-which applies an aggregate's commands only when the event's stream sequence is above
-the aggregate's stored one, and moves the checkpoint in the same step: redelivery
-applies nothing twice, whatever the batching.
+Both models keep, per aggregate, ``pos`` (hash: the stream sequence applied last),
+``ver`` (hash: the aggregate version applied last) and ``refused`` (hash: the
+sequences refused as a second event for a version). Each event is turned into a rule
+and commands in Python and sent to one Lua script per batch, which checks each
+aggregate's chain (versions 1, 2, 3, ... as every reader of the stream does) and the
+domain's rules, applies an event's commands only when it is the aggregate's next
+version and the domain takes it, and moves positions and checkpoint in the same step:
+
+- the next version: applied, unless the domain refuses it (an EventReceived or
+  IdentityCreated anywhere but at version 1; a processing status of an event never
+  received; a link or merge of an identity never created);
+- a version applied already, from this sequence or an earlier one: a redelivery
+  (done, nothing changes, whatever the batching);
+- a version applied already, from a later sequence: a second event for one version,
+  refused (and remembered, so a retry stays refused after a later event applied);
+- a version past the next: the versions between are read from the stream and applied
+  first (after a crash, redelivery comes in any order); types the model does not
+  consume and voided messages are no-ops at their place; a gap the stream cannot fill
+  is refused.
+
+A refused event is reported failed (the runtime retries it, then files it as a dead
+letter and parks its aggregate); its aggregate's later events in the batch wait
+behind it, and a later one alone finds the version it did not take missing (read
+from the stream, it is refused again). A sequence an operator voided (``jetsource
+repair void``) is a no-op at its place, or, with no place in the history, nothing at
+all, exactly as a rebuild reads it.
+
+Aggregates written before ``ver`` was kept (a ``pos`` without a ``ver``) are taken
+as before: an event above the stored sequence is applied (domain rules checked) and
+records its version, from which on the chain is checked; nothing needs a rebuild.
 """
 
 from __future__ import annotations
@@ -39,7 +65,9 @@ from jetsource._gen.omni.v1.lifecycle_pb2 import (
     ProcessingStarted,
 )
 from jetsource.core.envelope import RecordedEvent
+from jetsource.core.errors import CorruptEventError
 from jetsource.domains.omni.events import EVENT_TYPES, IDENTITY_TYPES, handle_name
+from jetsource.eventstore.jetstream import voided_event
 from jetsource.projection.bootstrap import ModelEnv
 from jetsource.projection.contract import (
     BY_STREAM_SEQUENCE,
@@ -49,26 +77,63 @@ from jetsource.projection.contract import (
     ReadModel,
     RebuildStrategy,
 )
-from jetsource.projection.valkey import CHECKPOINT_LUA, ValkeyModel, valkey_io
+from jetsource.projection.valkey import CHECKPOINT_LUA, ValkeyModel, skipped, text, valkey_io
 
 OMNI_EVENTS, OMNI_IDENTITIES = "omni_events", "omni_identities"
 
-# ARGV: namespace, number of events, then per event: aggregate id, stream sequence,
-# number of commands, then per command: name, number of leading key arguments, number
-# of arguments, the arguments (keys relative to the namespace).
+# ARGV: namespace, number of events, then per event: aggregate id, version, stream
+# sequence, the domain's rule for it ('' none, 'first', 'received', 'created'), number
+# of commands, then per command: name, number of leading key arguments, number of
+# arguments, the arguments (keys relative to the namespace). Returns the number
+# applied and, per event, what became of it ('a' applied, 'd' a redelivery, 'w' a
+# version past the next, 'r' a version again, 'b' behind one of these, or the rule
+# that refused it) and the aggregate's version after it (-1: not known, a row of
+# the previous code).
 _APPLY = (
     """
 local p, n = ARGV[1], tonumber(ARGV[2])
+local ver, last, blocked, out = {}, {}, {}, {}
 local applied, maxseq, i = 0, 0, 3
+local function allowed(rule, id, v)
+  if rule == 'first' then return v == 1 end
+  if rule == 'received' then return redis.call('HEXISTS', p .. ':e:' .. id, 'ev') == 1 end
+  if rule == 'created' then return redis.call('HEXISTS', p .. ':i:' .. id, 'seq') == 1 end
+  return true
+end
 for _ = 1, n do
-  local id, seq, ncmd = ARGV[i], tonumber(ARGV[i+1]), tonumber(ARGV[i+2])
-  i = i + 3
-  local cur = tonumber(redis.call('HGET', p .. ':pos', id) or '0')
-  local fresh = seq > cur
+  local id, v, seqtext, rule = ARGV[i], tonumber(ARGV[i+1]), ARGV[i+2], ARGV[i+3]
+  local seq, ncmd = tonumber(seqtext), tonumber(ARGV[i+4])
+  i = i + 5
+  if ver[id] == nil then
+    last[id] = tonumber(redis.call('HGET', p .. ':pos', id) or '0')
+    local stored = redis.call('HGET', p .. ':ver', id)
+    -- no version stored beside a sequence: a row of the previous code (-1, unknown)
+    ver[id] = tonumber(stored or (last[id] > 0 and '-1' or '0'))
+  end
+  local at
+  if blocked[id] then
+    at = 'b'
+  elseif ver[id] < 0 then
+    if seq > last[id] then at = 'a' else at = 'd' end
+  elseif v == ver[id] + 1 then
+    at = 'a'
+  elseif v > ver[id] + 1 then
+    at = 'w'
+  else
+    local seen = redis.call('HGET', p .. ':refused', id) or ' '
+    local again = string.find(seen, ' ' .. seqtext .. ' ', 1, true) ~= nil
+    if seq <= last[id] and not again then
+      at = 'd'
+    else
+      at = 'r'
+      if not again then redis.call('HSET', p .. ':refused', id, seen .. seqtext .. ' ') end
+    end
+  end
+  if at == 'a' and not allowed(rule, id, v) then at = rule end
   for _ = 1, ncmd do
     local name, nkeys, argc = ARGV[i], tonumber(ARGV[i+1]), tonumber(ARGV[i+2])
     i = i + 3
-    if fresh then
+    if at == 'a' then
       local args = {}
       for k = 1, argc do
         local a = ARGV[i + k - 1]
@@ -79,18 +144,31 @@ for _ = 1, n do
     end
     i = i + argc
   end
-  if fresh then
-    redis.call('HSET', p .. ':pos', id, seq)
+  if at == 'a' then
+    redis.call('HSET', p .. ':pos', id, seqtext)
+    redis.call('HSET', p .. ':ver', id, v)
+    ver[id], last[id] = v, seq
     applied = applied + 1
     if seq > maxseq then maxseq = seq end
+  elseif at ~= 'd' then
+    blocked[id] = true
   end
+  out[#out + 1] = at
+  out[#out + 1] = ver[id]
 end
 """
     + CHECKPOINT_LUA
     + """
-return applied
+return {applied, out}
 """
 )
+
+# What an event the domain refuses breaks (the rule named by the script).
+_REFUSED = {
+    "first": "{type} opens its aggregate (version 1 only); this one carries version {version}",
+    "received": "{type} of event {id!r}, which was never received (no EventReceived before it)",
+    "created": "{type} of identity {id!r}, which was never created (no IdentityCreated before it)",
+}
 
 
 def short_type(value: int) -> str:
@@ -214,46 +292,208 @@ def identity_commands(record: RecordedEvent) -> list[Command]:
     return []
 
 
+def event_rule(record: RecordedEvent) -> str:
+    """What the domain asks before an event of a normalized event's aggregate is taken."""
+    if isinstance(record.event, NormalizedEvent):
+        return "first"
+    if isinstance(record.event, ProcessingStarted | ProcessingCompleted | ProcessingFailed):
+        return "received"
+    return ""  # not consumed, unknown or voided: a no-op at its place
+
+
+def identity_rule(record: RecordedEvent) -> str:
+    """What the domain asks before an event of an identity's aggregate is taken."""
+    if isinstance(record.event, IdentityCreated):
+        return "first"
+    if isinstance(record.event, ExternalIdLinked | IdentitiesMerged):
+        return "created"
+    return ""
+
+
+Held = list[tuple[RecordedEvent, str]]
+
+
 class OmniModel(ValkeyModel):
     """A Valkey model whose events become commands applied by one script per batch."""
 
-    def __init__(self, spec: ModelSpec, env: ModelEnv, commands: Any) -> None:
+    def __init__(self, spec: ModelSpec, env: ModelEnv, commands: Any, rule: Any) -> None:
         super().__init__(spec, env.redis, env.options.valkey_prefix)
         self._commands = commands
+        self._rule = rule
         self._apply = self.redis.register_script(_APPLY)
+        self.store = env.store
 
     async def setup(self) -> None:
         pass
 
     async def apply(self, events: Sequence[RecordedEvent]) -> Outcome:
         outcome = Outcome()
-        args: list[Any] = []
-        n = 0
-        for record in events:
-            commands = self._commands(record)
-            args += [record.aggregate_id, record.stream_seq, len(commands)]
-            for name, nkeys, cargs in commands:
-                args += [name, nkeys, len(cargs), *cargs]
-            n += 1
-            outcome.done.append(record.stream_seq)
-        if n:
-            applied = await valkey_io(self._apply(args=[self.ns, n, *args]))
-            outcome.applied = int(applied)
+        if not events:
+            return outcome
+        mine = {e.stream_seq for e in events}
+        held = await self._run(events, mine, outcome)
+        for aggregate_id, (position, evs) in held.items():
+            await self._settle(aggregate_id, position, evs, mine, outcome)
         return outcome
 
+    async def _run(
+        self, events: Sequence[RecordedEvent], mine: set[int], outcome: Outcome
+    ) -> dict[str, tuple[int, Held]]:
+        """One script call. What is done (applied or a redelivery) goes into
+        ``outcome`` for the events of ``mine`` (those delivered: events read from the
+        stream to fill a gap are not counted as applied by this call); the rest is
+        returned per aggregate, with its position, for :meth:`_settle`."""
+        args: list[Any] = [self.ns, len(events)]
+        for record in events:
+            commands = self._commands(record)
+            args += [
+                record.aggregate_id,
+                record.version,
+                record.stream_seq,
+                self._rule(record),
+                len(commands),
+            ]
+            for name, nkeys, cargs in commands:
+                args += [name, nkeys, len(cargs), *cargs]
+        _, out = await valkey_io(self._apply(args=args))
+        held: dict[str, tuple[int, Held]] = {}
+        for k, record in enumerate(events):
+            at, position = text(out[2 * k]), int(out[2 * k + 1])
+            if at in ("a", "d"):
+                if record.stream_seq in mine:
+                    outcome.done.append(record.stream_seq)
+                    outcome.applied += 1 if at == "a" else 0
+                continue
+            entry = held.setdefault(record.aggregate_id, (position, []))
+            entry[1].append((record, at))
+        return held
+
+    async def _settle(
+        self, aggregate_id: str, position: int, held: Held, mine: set[int], outcome: Outcome
+    ) -> None:
+        """The first held event of an aggregate decides for the rest: voided by an
+        operator, it is a no-op at its place (or nothing, with no place); past the
+        next version, the versions between are read from the stream and applied
+        first; refused, it is failed and the rest waits behind it."""
+        for _ in range(4):
+            first, at = held[0]
+            rest = [e for e, _ in held[1:]]
+            again: list[RecordedEvent]
+            if at == "w":
+                await self.store.start()
+                try:
+                    missing = await self.store.read_aggregate(
+                        aggregate_id,
+                        from_version=position + 1,
+                        to_version=first.version - 1,
+                        to_seq=first.stream_seq - 1,
+                    )
+                except CorruptEventError as exc:
+                    # The corrupt message is refused on its own delivery.
+                    _wait(held, mine, outcome, f"behind corrupt sequence {exc.stream_seq}")
+                    return
+                if [m.version for m in missing] == list(range(position + 1, first.version)):
+                    again = [*missing, first, *rest]
+                elif await self.store.voided(aggregate_id, first.stream_seq):
+                    _done(first, mine, outcome)  # no place in the history
+                    again = rest
+                else:
+                    _refuse(
+                        held,
+                        mine,
+                        outcome,
+                        f"version gap: {aggregate_id!r} has no version {position + 1} before "
+                        f"sequence {first.stream_seq} (this event says version {first.version})",
+                    )
+                    return
+            elif at == "b":  # behind an event this call does not see (cannot happen)
+                _wait(held, mine, outcome, "behind an event not applied")
+                return
+            elif await self.store.voided(aggregate_id, first.stream_seq):
+                if first.version == position + 1:
+                    again = [voided_event(first), *rest]  # a no-op at its place
+                else:
+                    _done(first, mine, outcome)
+                    again = rest
+            else:
+                _refuse(held, mine, outcome, _why(first, at, position))
+                return
+            if not again:
+                return
+            found = await self._run(again, mine, outcome)
+            if aggregate_id not in found:
+                return
+            position, held = found[aggregate_id]
+        _wait(held, mine, outcome, "still held after filling the versions before it")
+
     async def skip(self, aggregate_id: str, stream_seq: int) -> bool:
-        """A discarded dead letter: the aggregate's position steps over it."""
-        key = f"{self.ns}:pos"
-        current = int(await valkey_io(self.redis.hget(key, aggregate_id)) or 0)
+        """A discarded dead letter: a no-op at the aggregate's next version. False when
+        the aggregate is at or past that sequence already."""
+        stored = await valkey_io(self.redis.hget(f"{self.ns}:ver", aggregate_id))
+        pos = f"{self.ns}:pos"
+        current = int(await valkey_io(self.redis.hget(pos, aggregate_id)) or 0)
         if current >= stream_seq:
             return False
-        await valkey_io(self.redis.hset(key, aggregate_id, stream_seq))
-        return True
+        if stored is None and current:
+            # A row of the previous code: by stream sequence, as it was.
+            await valkey_io(self.redis.hset(pos, aggregate_id, stream_seq))
+            return True
+        placeholder = skipped(aggregate_id, int(stored or 0) + 1, stream_seq, 0)
+        outcome = Outcome()
+        await self._run([placeholder], {stream_seq}, outcome)
+        return stream_seq in outcome.done
+
+    async def position(self, aggregate_id: str) -> int:
+        """The aggregate's version applied last (0: nothing, or a row of the previous
+        code, which kept its stream sequence only)."""
+        return int(await valkey_io(self.redis.hget(f"{self.ns}:ver", aggregate_id)) or 0)
 
     async def rewind(self, aggregate_id: str, to_version: int) -> int:
         raise NotImplementedError(
             f"{self.spec.name} is rebuilt side by side (projector rebuild), not rewound"
         )
+
+
+def _why(record: RecordedEvent, at: str, position: int) -> str:
+    if at == "r":
+        return (
+            f"it carries version {record.version} where {position + 1} belongs: version "
+            f"{record.version} of {record.aggregate_id!r} was applied from an earlier stream "
+            "sequence (a second event for one version, not a redelivery)"
+        )
+    template = _REFUSED.get(at, "refused by the domain ({rule})")
+    return template.format(
+        type=record.event_type, version=record.version, id=record.aggregate_id, rule=at
+    )
+
+
+def _done(record: RecordedEvent, mine: set[int], outcome: Outcome) -> None:
+    if record.stream_seq in mine:
+        outcome.done.append(record.stream_seq)
+
+
+def _wait(held: Held, mine: set[int], outcome: Outcome, reason: str) -> None:
+    for record, _ in held:
+        if record.stream_seq in mine:
+            outcome.waiting[record.stream_seq] = reason
+
+
+def _refuse(held: Held, mine: set[int], outcome: Outcome, reason: str) -> None:
+    """The first held event is refused, the rest waits behind it. Read from the stream
+    (not delivered in this call), it is refused on its own delivery: ours wait."""
+    first = held[0][0]
+    if first.stream_seq in mine:
+        outcome.failed[first.stream_seq] = reason
+        _wait(held[1:], mine, outcome, f"behind refused sequence {first.stream_seq}")
+    else:
+        _wait(held, mine, outcome, f"behind sequence {first.stream_seq}: {reason}")
+
+
+_NOTES = (
+    "each aggregate's chain is checked by version as well (versions missing before an "
+    "event are read from the stream; types not consumed are no-ops at their place); "
+    "events the domain refuses are dead-lettered"
+)
 
 
 def events_spec(version: int) -> ModelSpec:
@@ -267,6 +507,7 @@ def events_spec(version: int) -> ModelSpec:
         consumed_events=EVENT_TYPES,
         idempotency_key=BY_STREAM_SEQUENCE,
         rebuild_strategy=RebuildStrategy.SIDE_BY_SIDE,
+        notes=_NOTES,
     )
 
 
@@ -280,12 +521,13 @@ def identities_spec(version: int) -> ModelSpec:
         consumed_events=IDENTITY_TYPES,
         idempotency_key=BY_STREAM_SEQUENCE,
         rebuild_strategy=RebuildStrategy.SIDE_BY_SIDE,
+        notes=_NOTES,
     )
 
 
 def build_events(env: ModelEnv, spec: ModelSpec) -> ReadModel:
-    return OmniModel(spec, env, event_commands)
+    return OmniModel(spec, env, event_commands, event_rule)
 
 
 def build_identities(env: ModelEnv, spec: ModelSpec) -> ReadModel:
-    return OmniModel(spec, env, identity_commands)
+    return OmniModel(spec, env, identity_commands, identity_rule)
