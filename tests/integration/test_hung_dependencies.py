@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
+import nats
 import pytest
 from grpc_health.v1 import health_pb2
 
@@ -205,3 +206,71 @@ async def test_graph_worker_recovers_from_a_connection_lost_silently(
         await proxy.stop()
         await model.drop()
         await reader.close()
+
+
+async def test_a_round_trip_that_times_out_leaves_the_connection_working(
+    private_nats: Server,
+) -> None:
+    """``core.natsping.round_trip`` (what the erasure announcement waits on, instead of
+    ``nc.flush``): a hung server makes it say no in time; after SIGCONT the late PONG
+    does no harm and the same connection reads and writes (a timed-out flush left it
+    connected and deaf on nats-py 2.16)."""
+    from jetsource.core.natsping import round_trip
+
+    proc = private_nats.proc
+    assert proc is not None
+    nc = await nats.connect(private_nats.url)
+    try:
+        sub = await nc.subscribe("x.>")
+        assert await round_trip(nc, 2)
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            assert not await round_trip(nc, 1)
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        await asyncio.sleep(0.5)  # the late PONG arrives
+        await nc.publish("x.y", b"after")
+        msg = await sub.next_msg(timeout=5)
+        assert msg.data == b"after"
+        assert await round_trip(nc, 2)
+    finally:
+        await nc.close()
+
+
+async def test_the_client_gives_a_hung_server_up_after_its_pings(private_nats: Server) -> None:
+    """``nats.ping_interval_s`` / ``max_outstanding_pings`` reach the client: with a
+    hung server it reconnects after the pings go unanswered, within about
+    interval x (max + 1), and works again once the server resumes."""
+    from jetsource.eventstore.bootstrap import nats_options
+
+    proc = private_nats.proc
+    assert proc is not None
+    settings = JetsourceSettings(
+        nats=NatsSettings(url=private_nats.url, ping_interval_s=0.5, max_outstanding_pings=2)
+    )
+    options = nats_options(settings)
+    assert (options["ping_interval"], options["max_outstanding_pings"]) == (0.5, 2)
+    lost = asyncio.Event()
+
+    async def disconnected() -> None:
+        lost.set()
+
+    nc = await nats.connect(**{**options, "reconnect_time_wait": 0.2}, disconnected_cb=disconnected)
+    try:
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            await asyncio.wait_for(lost.wait(), 10)
+            assert time.monotonic() - started < 10
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+
+        async def works() -> bool:
+            if not nc.is_connected:
+                return False
+            await asyncio.wait_for(nc.flush(), 2)
+            return True
+
+        await eventually(works, timeout=20)
+    finally:
+        await nc.close()

@@ -98,6 +98,12 @@ class NatsSettings(BaseModel):
     tls: TlsSettings = TlsSettings()
     connect_timeout_s: float = 5.0
     name: str | None = None
+    # The client PINGs the server this often and gives the connection up (reconnects)
+    # after this many unanswered: a hung or half-open server is noticed within about
+    # ping_interval_s x (max_outstanding_pings + 1) (nats-py's defaults, 120 s x 2,
+    # took 4 to 6 minutes).
+    ping_interval_s: float = Field(default=20.0, gt=0)
+    max_outstanding_pings: int = Field(default=3, ge=1)
 
 
 class ValkeySettings(BaseModel):

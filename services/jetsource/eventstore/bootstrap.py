@@ -28,6 +28,8 @@ def nats_options(settings: JetsourceSettings) -> dict[str, Any]:
         "connect_timeout": n.connect_timeout_s,
         "max_reconnect_attempts": -1,
         "name": n.name or "jetsource",
+        "ping_interval": n.ping_interval_s,
+        "max_outstanding_pings": n.max_outstanding_pings,
     }
     if n.user:
         options["user"] = n.user

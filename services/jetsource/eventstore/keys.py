@@ -32,10 +32,13 @@ from typing import Any
 from nats.aio.client import Client as NATS
 
 from jetsource.core import crypto
+from jetsource.core.errors import EventStoreUnavailableError
+from jetsource.core.natsping import round_trip
 from jetsource.eventstore import jsapi
 from jetsource.eventstore.jsapi import JsApiError, NoRespondersError, OutMessage, RawMessage
 
 DEFAULT_BUCKET = "JETSOURCE_KEYS"
+ANNOUNCE_TIMEOUT_S = 10.0  # nats-py's flush() default, which this wait replaces
 _PEPPER = "pepper"
 _KV_OP = "KV-Operation"
 # Core subject on which an erasure is announced again once the read models are
@@ -298,7 +301,12 @@ class JetStreamKeyStore:
         were written again): their state caches drop what they folded meanwhile."""
         await self.start()
         await self._nc.publish(f"{ERASED_SUBJECT}{self.bucket}.{ref.hex()}", b"")
-        await self._nc.flush()
+        # Sent before returning, as flush() promised, but a wait that times out (a
+        # hung server) never breaks the connection (core.natsping).
+        if not await round_trip(self._nc, ANNOUNCE_TIMEOUT_S):
+            raise EventStoreUnavailableError(
+                f"NATS did not confirm the erasure announcement within {ANNOUNCE_TIMEOUT_S:g} s"
+            )
 
     def lookup(self, ref: bytes) -> bytes | None:
         """The key of ``ref``, or None when it was destroyed (or never existed)."""

@@ -20,6 +20,7 @@ from neo4j import AsyncDriver
 from valkey.asyncio import Valkey
 
 from jetsource.core.errors import AccessDeniedError
+from jetsource.core.natsping import PingProbe
 from jetsource.eventstore.bootstrap import (
     open_event_store,
     open_snapshot_store,
@@ -116,7 +117,7 @@ class Projection:
     snapshots: JetStreamSnapshotStore
     _redis: Valkey | None = None
     _graph: AsyncDriver | None = None
-    _ping: tuple[asyncio.Future[bool], int] | None = None  # health's PING, its reconnects
+    _ping: PingProbe | None = None  # health's PING (core.natsping)
     extra_models: dict[str, Callable[[int], ReadModel]] = field(default_factory=dict)
 
     @property
@@ -218,34 +219,12 @@ class Projection:
     async def nats_answers(self, timeout_s: float) -> bool:
         """Whether the NATS server answers a PING now. A hung server (stopped, its
         connections open) leaves ``nc.is_connected`` True until the client's own
-        pings give up (2 x 120 s by default), so health asks it.
-
-        Not ``nc.flush(timeout)``: on nats-py 2.16 the PONG of a flush that timed out
-        kills the client's read loop when it finally comes (an InvalidStateError on
-        the cancelled future), leaving a connection that says connected and reads
-        nothing. The PING sent here is never cancelled: one that is not answered in
-        time is waited for again by the next probe (no second PING piles up), and
-        dropped when the client reconnects (which forgets the PINGs it sent)."""
-        reconnects = self.nc.stats.get("reconnects", 0)
-        if self._ping is None or self._ping[1] != reconnects:
-            future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-            try:
-                await self.nc._send_ping(future)
-            except Exception:
-                return False
-            self._ping = (future, reconnects)
-        pending = self._ping[0]
-        try:
-            await asyncio.wait_for(asyncio.shield(pending), timeout_s)
-        except TimeoutError:
-            return False
-        except asyncio.CancelledError:
-            if not pending.cancelled():
-                raise  # this probe was cancelled, not the PING
-            self._ping = None  # the client closed and cancelled its PINGs
-            return False
-        self._ping = None
-        return True
+        pings give up, so health asks it (``jetsource.core.natsping``: a PING that
+        times out is never cancelled; nats-py 2.16's flush(timeout) would break the
+        connection when the late PONG came)."""
+        if self._ping is None or self._ping.nc is not self.nc:
+            self._ping = PingProbe(self.nc)
+        return await self._ping.answers(timeout_s)
 
     async def close(self) -> None:
         try:

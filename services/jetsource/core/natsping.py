@@ -1,0 +1,61 @@
+"""A round trip to the NATS server that a timeout cannot break.
+
+``nc.flush(timeout)`` sends a PING and waits for its PONG; when the wait times out, the
+PONG that comes later (a hung server that resumes) finds its future cancelled and, on
+nats-py 2.16, kills the client's read loop (an InvalidStateError in ``_process_pong``):
+the connection then says connected and reads nothing until its stale-connection
+check gives up, minutes later. So nothing here cancels a PING: a wait that times out
+leaves the PING pending, and the next wait on the same :class:`PingProbe` waits for it
+again instead of sending another. A reconnect forgets the PINGs it had sent.
+
+This uses the client's private ``_send_ping`` (nats-py 2.x): the only way to send a
+PING whose future the caller owns. ``tests/integration/test_hung_dependencies.py``
+checks it against a real server stopped and continued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from nats.aio.client import Client as NATS
+
+
+class PingProbe:
+    """Whether ``nc``'s server answers now, asked without ever cancelling a PING."""
+
+    def __init__(self, nc: NATS) -> None:
+        self.nc = nc
+        self._pending: tuple[asyncio.Future[bool], int] | None = None  # PING, reconnects
+
+    async def answers(self, timeout_s: float) -> bool:
+        """True when the server answers a PING (this one, or one still pending from an
+        earlier call) within ``timeout_s``; False when it does not, or the client is
+        not connected. A cancellation of the caller propagates; the PING stays."""
+        if not self.nc.is_connected:
+            return False
+        reconnects = self.nc.stats.get("reconnects", 0)
+        if self._pending is None or self._pending[1] != reconnects:
+            future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            try:
+                await self.nc._send_ping(future)
+            except Exception:
+                return False
+            self._pending = (future, reconnects)
+        pending = self._pending[0]
+        try:
+            await asyncio.wait_for(asyncio.shield(pending), timeout_s)
+        except TimeoutError:
+            return False
+        except asyncio.CancelledError:
+            if not pending.cancelled():
+                raise  # this call was cancelled, not the PING
+            self._pending = None  # the client closed and cancelled its PINGs
+            return False
+        self._pending = None
+        return True
+
+
+async def round_trip(nc: NATS, timeout_s: float) -> bool:
+    """What ``nc.flush(timeout_s)`` promises (everything published before has reached
+    the server when it answers), without its hazard: True when answered in time."""
+    return await PingProbe(nc).answers(timeout_s)
