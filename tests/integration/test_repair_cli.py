@@ -79,5 +79,35 @@ async def test_repair_void_from_the_command_line(
         assert await JetStreamEventStore(nc, registry, cfg).read_aggregate("s1") == []
         again = repair(env, "--seq", str(seq), "--reason", "again", "--yes")
         assert again.returncode == 0 and "already voided" in again.stdout
+        assert f"of CE_{unique} (context)" in again.stdout
+
+        # A valid event, named with its domain: voided, and read as a no-op at its place.
+        from jetsource._gen.context.v1 import events_pb2 as ev
+        from jetsource.core.envelope import NO_STREAM, NewEvent
+
+        good = await store.append("s2", [NewEvent(ev.ContextCreated(title="t"))], NO_STREAM)
+        unknown = repair(
+            env, "--seq", str(good.stream_seqs[0]), "--reason", "r", "--yes", "--domain", "nope"
+        )
+        assert unknown.returncode != 0 and "unknown domain 'nope'" in unknown.stderr
+        assert await JetStreamEventStore(nc, registry, cfg).last_version("s2") == 1
+        named = repair(
+            env,
+            *("--seq", str(good.stream_seqs[0]), "--reason", "mistake", "--yes"),
+            *("--domain", "context", "--json"),
+        )
+        assert named.returncode == 0, named.stderr
+        summary = json.loads(named.stdout)
+        assert (summary["domain"], summary["stream"], summary["aggregate_id"]) == (
+            "context",
+            f"CE_{unique}",
+            "s2",
+        )
+        fresh = JetStreamEventStore(nc, registry, cfg)
+        await fresh.start()  # knows every void recorded so far
+        assert fresh.known_voided(good.stream_seqs[0])
+        assert await store.voided("s2", good.stream_seqs[0])  # heard as it was recorded
+        assert (await fresh.read_aggregate("s2"))[0].event_type == "ContextCreated"
+        await fresh.close()
     finally:
         await nc.drain()

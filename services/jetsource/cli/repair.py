@@ -28,6 +28,12 @@ def void(
     actor: str = typer.Option("", "--actor", help="who (default: $USER)"),
     yes: bool = typer.Option(False, "--yes", help="confirm: the void cannot be undone"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+    domain: str | None = typer.Option(
+        None,
+        "--domain",
+        help="the domain whose stream holds the sequence (context, process, omni, ...); "
+        "needed when several streams hold an event at it and no dead letter says which",
+    ),
 ) -> None:
     """Void one stream sequence of a story: every reader steps over it from now on."""
     json_out = _json(as_json)
@@ -37,17 +43,34 @@ def void(
         output.fail(
             USAGE, "usage", f"voiding stream sequence {seq} cannot be undone: add --yes to confirm"
         )
-    report: VoidReport = _run(lambda p: void_sequence(p, seq, reason, actor or getpass.getuser()))
+    if domain is not None and not domain.strip():
+        output.fail(USAGE, "usage", "--domain must name a domain (context, process, omni, ...)")
+    report: VoidReport = _run(
+        lambda p: void_sequence(p, seq, reason, actor or getpass.getuser(), domain)
+    )
     if json_out:
         output.emit_json(report.summary())
         return
     state = "was already voided" if report.voided_before else "voided"
-    output.line(f"stream sequence {seq} of story {report.aggregate_id}: {state}")
+    output.line(
+        f"stream sequence {seq} of {report.stream} ({report.domain}), "
+        f"aggregate {report.aggregate_id}: {state}"
+    )
     for model, entry in report.models.items():
-        output.line(
-            f"  {model}: dead letter dropped {len(entry['dropped'])}, stepped over "
-            f"{len(entry['stepped_over'])}, re-applied {len(entry['retried'])}, "
-            f"failed {len(entry['failed'])}"
-        )
-        for dlq_seq, why in entry["failed"].items():
-            output.line(f"    dead letter {dlq_seq}: {why}")
+        if "replayed" in entry:  # a model that had applied it as a valid event
+            what = (
+                "replayed without it"
+                if entry["replayed"]
+                else "not past it yet: steps over it when it comes"
+                if entry.get("not_yet_applied")
+                else "not replayed"
+            )
+            output.line(f"  {model}: {what}, failed {len(entry['failed'])}")
+        else:
+            output.line(
+                f"  {model}: dead letter dropped {len(entry['dropped'])}, stepped over "
+                f"{len(entry['stepped_over'])}, re-applied {len(entry['retried'])}, "
+                f"failed {len(entry['failed'])}"
+            )
+        for key, why in entry["failed"].items():
+            output.line(f"    {key}: {why}")
