@@ -681,7 +681,10 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
             if request.after_global_seq > MAX_SEQ:
                 raise invalid("after_global_seq", f"at most {MAX_SEQ}")
             model = await self.timeline()
-            if not await model.exists(pid):
+            # The registry and the timeline are two models, applied apart: a process
+            # GetProcess shows may not be in the timeline yet. Known to either, it is
+            # watched (its events come as the timeline applies them).
+            if not await model.exists(pid) and await (await self.registry()).read(pid) is None:
                 raise self._not_found(pid)
             return pid, model
 
