@@ -25,7 +25,12 @@ import typer
 
 from jetsource.cli import output as out
 from jetsource.cli.output import Mode
-from jetsource.core.errors import EventStoreUnavailableError, StreamMissingError, ValidationError
+from jetsource.core.errors import (
+    CorruptEventError,
+    EventStoreUnavailableError,
+    StreamMissingError,
+    ValidationError,
+)
 from jetsource.domains.sessions.catalog import load_catalog
 from jetsource.domains.sessions.connect import SessionsClient, open_sessions
 from jetsource.domains.sessions.format import format_ts
@@ -98,6 +103,8 @@ def _run(work: Callable[[SessionsClient], Coroutine[Any, Any, T]]) -> T:
         out.fail(out.REFUSED, "INVALID_ARGUMENT", str(exc), field=field)
     except (EventStoreUnavailableError, StreamMissingError) as exc:
         out.fail(out.UNAVAILABLE, "UNAVAILABLE", str(exc))
+    except CorruptEventError as exc:  # a poisoned session: named, with the repair
+        out.fail(out.exit_code(grpc.StatusCode.DATA_LOSS), "DATA_LOSS", str(exc))
     except grpc.aio.AioRpcError as exc:  # import --observer: what the observer answered
         code = exc.code()
         out.fail(out.exit_code(code), code.name, exc.details() or code.name.lower())

@@ -152,3 +152,29 @@ async def test_import_records_an_exported_session_once_and_refuses_bad_lines(
     assert refused.returncode == 2
     assert "line 2: ts: is missing" in json.loads(refused.stderr)["error"]["message"]
     assert (await cli(app_settings, "show", "imported-2")).returncode == 1  # nothing recorded
+
+
+async def test_show_of_a_poisoned_session_is_data_loss_naming_the_sequence(
+    client: SessionsClient, app_settings: SessionsAppSettings
+) -> None:
+    """A message no writer would store (published raw after the session's events) makes
+    `sessions show` answer DATA_LOSS naming its stream sequence and the repair, exit 1,
+    not an INTERNAL line; the other sessions still list."""
+    from jetsource.eventstore import jsapi
+    from jetsource.eventstore.jsapi import OutMessage
+
+    async with session(client.writer, "poisoned") as s:
+        s.emit("level_started", {"level": 0})
+    async with session(client.writer, "healthy") as ok:
+        ok.emit("level_started", {"level": 0})
+    replies = jsapi.Replies(client.nc)
+    await replies.start()
+    subject = f"{app_settings.sessions.subject_prefix}.{s.id}.step_done"
+    ack = await jsapi.publish(replies, OutMessage(subject, b"\xff not an event", {}), 5.0)
+    await replies.stop()
+    shown = await cli(app_settings, "show", s.id, "-o", "json")
+    assert shown.returncode == 1, shown
+    error = json.loads(shown.stderr)["error"]
+    assert error["code"] == "DATA_LOSS" and f"stream sequence {ack.seq}" in error["message"]
+    listed = await cli(app_settings, "list", "-o", "json")
+    assert ok.id in {r["session"] for r in json.loads(listed.stdout)}
