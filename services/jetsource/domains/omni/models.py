@@ -76,10 +76,13 @@ from jetsource.projection.contract import (
     Outcome,
     ReadModel,
     RebuildStrategy,
+    TransientError,
 )
+from jetsource.projection.history import history_up_to
 from jetsource.projection.valkey import CHECKPOINT_LUA, ValkeyModel, skipped, text, valkey_io
 
 OMNI_EVENTS, OMNI_IDENTITIES = "omni_events", "omni_identities"
+REWIND_ATTEMPTS = 5  # a row rewritten between reading it and the script: read again
 
 # ARGV: namespace, number of events, then per event: aggregate id, version, stream
 # sequence, the domain's rule for it ('' none, 'first', 'received', 'created'), number
@@ -163,6 +166,51 @@ return {applied, out}
 """
 )
 
+# One aggregate written again from its history, in one step: ARGV namespace, id, the
+# version to write, the guard (low, high) on the stored version, the row's ``ev`` the
+# caller read ('' none), the index keys it listed the aggregate in (count, keys), then
+# the commands of the history's events (count; name, leading keys, count, arguments),
+# the stream sequence of the last event. Returns {0, the version found} (nothing
+# written unless it was within the guard) or {1, version}: the row is no longer the
+# one the caller read (read it again).
+_REWIND = """
+local p, id, to = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local cur = tonumber(redis.call('HGET', p .. ':ver', id) or '0')
+if cur < tonumber(ARGV[4]) or cur > tonumber(ARGV[5]) then return {0, cur} end
+local row = p .. ':e:' .. id
+if (redis.call('HGET', row, 'ev') or '') ~= ARGV[6] then return {1, cur} end
+local nk, i = tonumber(ARGV[7]), 8
+for k = 0, nk - 1 do redis.call('ZREM', p .. ':' .. ARGV[i + k], id) end
+i = i + nk
+redis.call('DEL', row)
+local nc = tonumber(ARGV[i])
+i = i + 1
+for _ = 1, nc do
+  local name, nkeys, argc = ARGV[i], tonumber(ARGV[i+1]), tonumber(ARGV[i+2])
+  i = i + 3
+  local args = {}
+  for k = 1, argc do
+    local a = ARGV[i + k - 1]
+    if k <= nkeys then a = p .. ':' .. a end
+    args[k] = a
+  end
+  redis.call(name, unpack(args))
+  i = i + argc
+end
+local seq = ARGV[i]
+if to == 0 then
+  redis.call('HDEL', p .. ':pos', id)
+  redis.call('HDEL', p .. ':ver', id)
+else
+  redis.call('HSET', p .. ':pos', id, seq)
+  redis.call('HSET', p .. ':ver', id, to)
+end
+redis.call('HINCRBY', p .. ':meta', 'applied', to - cur)
+local cp = tonumber(redis.call('HGET', p .. ':meta', 'checkpoint') or '0')
+if tonumber(seq) > cp then redis.call('HSET', p .. ':meta', 'checkpoint', seq) end
+return {0, cur}
+"""
+
 # What an event the domain refuses breaks (the rule named by the script).
 _REFUSED = {
     "first": "{type} opens its aggregate (version 1 only); this one carries version {version}",
@@ -180,6 +228,23 @@ def short_direction(value: int) -> str:
 
 
 Command = tuple[str, int, list[Any]]
+
+
+def index_keys(e: NormalizedEvent) -> list[str]:
+    """The sorted sets a normalized event is listed in (its id scored by its sequence)."""
+    keys = [
+        "r:all",
+        f"r:i:{e.instance_name}",
+        f"r:p:{e.provider}",
+        f"r:t:{short_type(e.event_type)}",
+        f"r:d:{short_direction(e.direction)}",
+    ]
+    if e.conversation_id:
+        keys.append(f"c:{e.provider}:{e.instance_name}:{e.conversation_id}")
+    for identity in dict.fromkeys((e.sender_identity_id, e.recipient_identity_id)):
+        if identity:
+            keys.append(f"tl:{identity}")
+    return keys
 
 
 def event_commands(record: RecordedEvent) -> list[Command]:
@@ -215,19 +280,8 @@ def event_commands(record: RecordedEvent) -> list[Command]:
                     short_direction(e.direction),
                 ],
             ),
-            ("ZADD", 1, ["r:all", seq, member]),
-            ("ZADD", 1, [f"r:i:{e.instance_name}", seq, member]),
-            ("ZADD", 1, [f"r:p:{e.provider}", seq, member]),
-            ("ZADD", 1, [f"r:t:{short_type(e.event_type)}", seq, member]),
-            ("ZADD", 1, [f"r:d:{short_direction(e.direction)}", seq, member]),
         ]
-        if e.conversation_id:
-            conversation = f"c:{e.provider}:{e.instance_name}:{e.conversation_id}"
-            out.append(("ZADD", 1, [conversation, seq, member]))
-        for identity in dict.fromkeys((e.sender_identity_id, e.recipient_identity_id)):
-            if identity:
-                out.append(("ZADD", 1, [f"tl:{identity}", seq, member]))
-        return out
+        return out + [("ZADD", 1, [index, seq, member]) for index in index_keys(e)]
     if isinstance(e, ProcessingStarted):
         return [("HSET", 1, [key, "st", "processing", "att", e.attempt, "wk", e.worker, "upd", at])]
     if isinstance(e, ProcessingCompleted):
@@ -448,10 +502,83 @@ class OmniModel(ValkeyModel):
         code, which kept its stream sequence only)."""
         return int(await valkey_io(self.redis.hget(f"{self.ns}:ver", aggregate_id)) or 0)
 
-    async def rewind(self, aggregate_id: str, to_version: int) -> int:
+    async def rewind(
+        self,
+        aggregate_id: str,
+        to_version: int,
+        *,
+        events: Sequence[RecordedEvent] | None = None,
+        guard: tuple[int, int] | None = None,
+    ) -> int:
+        # A merge writes into two identities (the merged one's handles move to the
+        # survivor, the handle index follows), and a link takes a handle from the
+        # identity that held it: one identity written again alone would leave the
+        # others as the voided event left them.
         raise NotImplementedError(
-            f"{self.spec.name} is rebuilt side by side (projector rebuild), not rewound"
+            f"{self.spec.name}: an identity's events change other identities (merges "
+            "and relinks move handles), so one identity cannot be written again alone; "
+            f"rebuild it side by side: `jetsource projector rebuild {self.spec.name} "
+            f"--to-version {self.spec.version + 1}`, then `jetsource projector cutover "
+            f"{self.spec.name}`"
         )
+
+
+class OmniEventsModel(OmniModel):
+    """``omni_events``: an aggregate (one normalized event and its processing status)
+    touches only its own row and the indexes that list it, so it can be written again
+    alone from its history (`repair void` of an accepted event)."""
+
+    def __init__(self, spec: ModelSpec, env: ModelEnv) -> None:
+        super().__init__(spec, env, event_commands, event_rule)
+        self._rewind = self.redis.register_script(_REWIND)
+
+    async def rewind(
+        self,
+        aggregate_id: str,
+        to_version: int,
+        *,
+        events: Sequence[RecordedEvent] | None = None,
+        guard: tuple[int, int] | None = None,
+    ) -> int:
+        """Write the aggregate as its first ``to_version`` events make it (``events``,
+        else read from the store; a voided one is a no-op at its place), in one script:
+        its row and index entries are taken out and written from the events. With
+        ``guard`` (low, high) nothing is written unless the stored version is within.
+        Returns the version it was at. Refused (ValueError, nothing written) when the
+        domain would refuse one of the events: a processing status with no
+        EventReceived before it (its EventReceived voided) is a dead letter in a
+        rebuild, which parks the aggregate; no write from the history gives that."""
+        history = await history_up_to(self.store, aggregate_id, to_version, events)
+        received = False
+        commands: list[Command] = []
+        for record in history:
+            rule = event_rule(record)
+            refused = rule == "first" and record.version != 1
+            refused = refused or (rule == "received" and not received)
+            if refused:
+                at = rule
+                raise ValueError(
+                    f"{self.spec.name}: {aggregate_id!r} cannot be written from its history: "
+                    f"{_why(record, at, record.version - 1)}; a rebuild dead-letters it "
+                    f"(`jetsource projector rebuild {self.spec.name} --to-version "
+                    f"{self.spec.version + 1}`)"
+                )
+            received = received or rule == "first"
+            commands += event_commands(record)
+        low, high = guard or (0, 1 << 62)
+        last = history[-1].stream_seq if history else 0
+        for _ in range(REWIND_ATTEMPTS):
+            raw = await valkey_io(self.redis.hget(f"{self.ns}:e:{aggregate_id}", "ev"))
+            listed = index_keys(NormalizedEvent.FromString(raw)) if raw else []
+            args: list[Any] = [self.ns, aggregate_id, to_version, low, high, raw or b""]
+            args += [len(listed), *listed, len(commands)]
+            for name, nkeys, cargs in commands:
+                args += [name, nkeys, len(cargs), *cargs]
+            args.append(last)
+            moved, previous = await valkey_io(self._rewind(args=args))
+            if not int(moved):
+                return int(previous)
+        raise TransientError(f"{self.spec.name}: {aggregate_id!r} kept changing under a rewind")
 
 
 def _why(record: RecordedEvent, at: str, position: int) -> str:
@@ -526,7 +653,7 @@ def identities_spec(version: int) -> ModelSpec:
 
 
 def build_events(env: ModelEnv, spec: ModelSpec) -> ReadModel:
-    return OmniModel(spec, env, event_commands, event_rule)
+    return OmniEventsModel(spec, env)
 
 
 def build_identities(env: ModelEnv, spec: ModelSpec) -> ReadModel:

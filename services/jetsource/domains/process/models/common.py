@@ -26,6 +26,7 @@ from jetsource.core.clock import from_timestamp
 from jetsource.core.codec import UnknownEvent
 from jetsource.core.envelope import RecordedEvent
 from jetsource.domains.process.events import registry
+from jetsource.domains.process.pruning import PRUNER_ID
 from jetsource.projection.contract import Outcome
 
 STARTED = "process_started"
@@ -231,12 +232,77 @@ local function prune(listed, tseq, remove)
     redis.call('HDEL', p .. ':pos', id)
     redis.call('HDEL', p .. ':pseq', id)
     redis.call('HDEL', p .. ':refused', id)
+    redis.call('HDEL', p .. ':declared_at', id)
     redis.call('HSET', p .. ':pruned', id, tseq)
   end
   if gone > 0 then redis.call('HINCRBY', p .. ':meta', 'applied', -gone) end
   return #out
 end
 """
+
+
+# A process folded again from its history (``rewind``), after TREE_LUA: ``unplace``
+# takes it out of the tree before (its subtree goes along, as a tree of its own; what
+# it declared and when it appeared are forgotten), the fold puts it back (``appear``
+# and ``declare`` as for any event), and ``orphan`` after it hands the children of a
+# process that no longer appears (its only real events voided) back to waiting for
+# it, as a rebuild leaves them. ``moved(node, old_root, new_root)`` as for TREE_LUA.
+# ``<p>:declared_at`` (id -> the global_seq of the event that named the parent) is
+# the score a waiting child had.
+REWIND_TREE_LUA = """
+local function detach(c, moved)
+  local q = redis.call('HGET', p .. ':parent', c)
+  if not q then return end
+  redis.call('ZREM', p .. ':kids:' .. q, c)
+  redis.call('HDEL', p .. ':parent', c)
+  local old = redis.call('HGET', p .. ':root', c)
+  local base = tonumber(redis.call('HGET', p .. ':depth', c))
+  for _, n in ipairs(subtree(c)) do
+    redis.call('HSET', p .. ':root', n, c)
+    redis.call('HSET', p .. ':depth', n, tonumber(redis.call('HGET', p .. ':depth', n)) - base)
+    moved(n, old, c)
+  end
+end
+local function unplace(id, moved)
+  detach(id, moved)
+  local d = redis.call('HGET', p .. ':declared', id)
+  if d then redis.call('ZREM', p .. ':pending:' .. d, id) end
+  redis.call('HDEL', p .. ':declared', id)
+  redis.call('HDEL', p .. ':first', id)
+end
+local function orphan(id, moved)
+  if redis.call('HEXISTS', p .. ':first', id) == 1 then return {} end
+  local kids = redis.call('ZRANGE', p .. ':kids:' .. id, 0, -1)
+  for _, c in ipairs(kids) do
+    local at = redis.call('HGET', p .. ':declared_at', c) or redis.call('HGET', p .. ':first', c)
+    detach(c, moved)
+    redis.call('ZADD', p .. ':pending:' .. id, at, c)
+  end
+  redis.call('HDEL', p .. ':root', id)
+  redis.call('HDEL', p .. ':depth', id)
+  return kids
+end
+"""
+
+
+def history(
+    model: str, aggregate_id: str, to_version: int, events: Sequence[RecordedEvent] | None
+) -> list[RecordedEvent]:
+    """The process's first ``to_version`` events, which a rewind folds: given by the
+    caller (these models read no stream), versions 1..n. The pruner's tombstones
+    forget whole subtrees of other processes: its story is not written again alone."""
+    if aggregate_id == PRUNER_ID:
+        raise NotImplementedError(
+            f"{model}: the pruner's tombstones forget other processes, which a write of "
+            f"one story cannot bring back; rebuild it side by side: `jetsource projector "
+            f"rebuild {model} --to-version N+1` (N the active version), then cutover"
+        )
+    if events is None:
+        raise ValueError(f"{model}: a rewind of {aggregate_id} needs its events")
+    out = list(events[:to_version])
+    if [e.version for e in out] != list(range(1, to_version + 1)):
+        raise ValueError(f"rewind of {aggregate_id} to {to_version}: events are not 1..n")
+    return out
 
 
 # Where an event stands against its process's position, in the Valkey models' apply

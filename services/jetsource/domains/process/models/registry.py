@@ -45,9 +45,11 @@ from jetsource.domains.process.models.common import (
     ENDINGS,
     PLACE_LUA,
     PRUNE_LUA,
+    REWIND_TREE_LUA,
     SKIPPED,
     TREE_LUA,
     body_of,
+    history,
     is_noop,
     lifecycle,
     occurred_ns,
@@ -61,11 +63,13 @@ PROCESSES = "processes"
 
 _ENDINGS_LUA = "{" + ", ".join(f"{k} = '{v}'" for k, v in ENDINGS.items()) + "}"
 
-_APPLY = (
-    """
-local p, n = ARGV[1], tonumber(ARGV[2])
-"""
-    + TREE_LUA
+# What the apply and rewind scripts share, after ``p`` and ``REVERT`` (a rewind: a
+# status derived as interrupted may go back to running) are set: the tree, the
+# status, and ``apply_event(i)``, which applies the event at ARGV[i] (14 arguments)
+# and returns the index after it.
+_BODY = (
+    TREE_LUA
+    + REWIND_TREE_LUA
     + PRUNE_LUA
     + """
 local ENDINGS = """
@@ -120,6 +124,8 @@ local function derive(id)
     if status ~= 'interrupted' or (redis.call('HGET', h, 'ended_at') or '') ~= occ then
       set_status(id, 'interrupted', occ)
     end
+  elseif REVERT and status == 'interrupted' then
+    set_status(id, 'running', '')  -- the ending above it was voided
   end
 end
 local function moved(node, old, new)
@@ -143,8 +149,8 @@ end
     + PLACE_LUA
     + """
 local waiting, refused = {}, {}
-local applied, maxseq, i = 0, 0, 3
-for _ = 1, n do
+local applied, maxseq = 0, 0
+local function apply_event(i)
   local id, ver, seq, typ = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), ARGV[i + 3]
   local parent, occ, rec = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
   local kind, name, err = ARGV[i + 7], ARGV[i + 8], ARGV[i + 9]
@@ -208,11 +214,71 @@ for _ = 1, n do
       end
     end
   end
+  return i
 end
+"""
+)
+
+_APPLY = (
+    """
+local p, n = ARGV[1], tonumber(ARGV[2])
+local REVERT = false
+"""
+    + _BODY
+    + """
+local i = 3
+for _ = 1, n do i = apply_event(i) end
 """
     + CHECKPOINT_LUA
     + """
 return {applied, waiting, refused}
+"""
+)
+
+# One process written again from its first ``to`` events (``rewind``), if its stored
+# position is within the guard; returns the position found. ARGV: namespace, id, to,
+# low, high, the number of events, the events as ``_APPLY`` takes them.
+_REWIND = (
+    """
+local p, id, to = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local REVERT = true
+"""
+    + _BODY
+    + """
+local cur = tonumber(redis.call('HGET', p .. ':pos', id) or '0')
+if cur < tonumber(ARGV[4]) or cur > tonumber(ARGV[5]) then return cur end
+if redis.call('HEXISTS', p .. ':pruned', id) == 1 then return cur end
+local affected = {}
+local function around(node)
+  if redis.call('HEXISTS', p .. ':first', node) == 1 then
+    for _, n in ipairs(subtree(node)) do affected[n] = true end
+  end
+end
+around(id)
+unplace(id, moved)
+local h = p .. ':p:' .. id
+local f = redis.call('HMGET', h, 'status', 'kind')
+if f[1] then redis.call('ZREM', p .. ':idx:status:' .. f[1], id) end
+if f[2] then redis.call('ZREM', p .. ':idx:kind:' .. f[2], id) end
+redis.call('ZREM', p .. ':idx:all', id)
+redis.call('ZREM', p .. ':idx:started', id)
+redis.call('ZREM', p .. ':idx:root:' .. (redis.call('HGET', p .. ':root', id) or id), id)
+redis.call('DEL', h, p .. ':ends:' .. id)
+redis.call('HDEL', p .. ':declared_at', id)
+redis.call('HDEL', p .. ':pos', id)
+redis.call('HDEL', p .. ':pseq', id)
+local i = 7
+for _ = 1, tonumber(ARGV[6]) do i = apply_event(i) end
+around(id)
+for _, c in ipairs(orphan(id, moved)) do around(c) end
+for node in pairs(affected) do
+  if redis.call('HEXISTS', p .. ':first', node) == 1 then derive(node) end
+end
+if to == 0 then redis.call('HDEL', p .. ':pos', id) end
+redis.call('HINCRBY', p .. ':meta', 'applied', to - cur)
+local cp = tonumber(redis.call('HGET', p .. ':meta', 'checkpoint') or '0')
+if maxseq > cp then redis.call('HSET', p .. ':meta', 'checkpoint', maxseq) end
+return cur
 """
 )
 
@@ -283,6 +349,7 @@ class ProcessesModel(ValkeyModel):
     def __init__(self, spec: ModelSpec, redis: Valkey, prefix: str) -> None:
         super().__init__(spec, redis, prefix)
         self._apply = redis.register_script(_APPLY)
+        self._rewind = redis.register_script(_REWIND)
         self._read = redis.register_script(_READ)
 
     async def setup(self) -> None:
@@ -338,12 +405,27 @@ class ProcessesModel(ValkeyModel):
         placeholder = skipped(aggregate_id, await self.position(aggregate_id) + 1, stream_seq, 0)
         return stream_seq in (await self.apply([placeholder])).done
 
-    async def rewind(self, aggregate_id: str, to_version: int) -> int:
-        raise NotImplementedError(
-            "processes: one process's events change others (its subtree's root and "
-            "status), so it is rebuilt side by side (`projector rebuild`), not replayed "
-            "per process"
-        )
+    async def rewind(
+        self,
+        aggregate_id: str,
+        to_version: int,
+        *,
+        events: Sequence[RecordedEvent] | None = None,
+        guard: tuple[int, int] | None = None,
+    ) -> int:
+        """Write the process as its first ``to_version`` events make it (``events``: a
+        voided one is a no-op at its place), in one script: it leaves the tree with its
+        subtree, its row and index entries go, its events are applied again as the
+        projector applies them (it appears, names its parent, ends), and the statuses
+        of its subtree are derived again (an ending voided above a process no longer
+        interrupts it). With ``guard`` (low, high) nothing is written unless the stored
+        position is within. Returns the position it was at."""
+        kept = history(self.spec.name, aggregate_id, to_version, events)
+        low, high = guard or (0, 1 << 62)
+        args: list[Any] = [self.ns, aggregate_id, to_version, low, high, len(kept)]
+        for e in kept:
+            args += self._args(e)
+        return int(await valkey_io(self._rewind(args=args)))
 
     # -- reads ------------------------------------------------------------------
 

@@ -29,8 +29,10 @@ from jetsource.core.envelope import RecordedEvent
 from jetsource.domains.process.models.common import (
     PLACE_LUA,
     PRUNE_LUA,
+    REWIND_TREE_LUA,
     SKIPPED,
     TREE_LUA,
+    history,
     is_noop,
     script_outcome,
     stored_event,
@@ -41,11 +43,12 @@ from jetsource.projection.valkey import CHECKPOINT_LUA, ValkeyModel, skipped, te
 
 TIMELINE = "process_timeline"
 
-_APPLY = (
-    """
-local p, n = ARGV[1], tonumber(ARGV[2])
-"""
-    + TREE_LUA
+# What the apply and rewind scripts share, after ``p`` is set and ``moved`` declared:
+# the tree and ``apply_event(i)``, which applies the event at ARGV[i] (7 arguments)
+# and returns the index after it.
+_BODY = (
+    TREE_LUA
+    + REWIND_TREE_LUA
     + PRUNE_LUA
     + f"""
 local PRUNER = '{PRUNER_ID}'
@@ -62,18 +65,12 @@ local function remove(id)
   end
   redis.call('DEL', p .. ':tl:' .. id, p .. ':tree:' .. id)
 end
-local function moved(node, old, new)
-  if node == old then
-    redis.call('ZUNIONSTORE', p .. ':tree:' .. new, 2, p .. ':tree:' .. new, p .. ':tree:' .. old)
-    redis.call('DEL', p .. ':tree:' .. old)
-  end
-end
 """
     + PLACE_LUA
     + """
 local waiting, refused = {}, {}
-local applied, maxseq, i = 0, 0, 3
-for _ = 1, n do
+local applied, maxseq = 0, 0
+local function apply_event(i)
   local id, ver, seq = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   local parent, entry, skip, typ = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
   local seqtext = ARGV[i + 2]  -- exact
@@ -95,6 +92,9 @@ for _ = 1, n do
       if typ == 'process_pruned' and skip ~= '1' then prune(cjson.decode(entry), seq, remove) end
     elseif skip ~= '1' then
       if redis.call('HEXISTS', p .. ':first', id) == 0 then appear(id, seq, moved) end
+      if parent ~= '' and parent ~= id and redis.call('HEXISTS', p .. ':declared', id) == 0 then
+        redis.call('HSET', p .. ':declared_at', id, seqtext)
+      end
       declare(id, parent, seq, moved)
       redis.call('HSET', p .. ':ev', seq, entry)
       redis.call('ZADD', p .. ':tl:' .. id, seq, seq)
@@ -102,12 +102,90 @@ for _ = 1, n do
       redis.call('ZADD', p .. ':tree:' .. redis.call('HGET', p .. ':root', id), seq, seq)
     end
   end
+  return i
 end
+"""
+)
+
+_APPLY = (
+    """
+local p, n = ARGV[1], tonumber(ARGV[2])
+local function moved(node, old, new)
+  if node == old then
+    redis.call('ZUNIONSTORE', p .. ':tree:' .. new, 2, p .. ':tree:' .. new, p .. ':tree:' .. old)
+    redis.call('DEL', p .. ':tree:' .. old)
+  end
+end
+"""
+    + _BODY
+    + """
+local i = 3
+for _ = 1, n do i = apply_event(i) end
 """
     + CHECKPOINT_LUA
     + """
 if applied > 0 then redis.call('PUBLISH', p .. ':applied', maxseq) end
 return {applied, waiting, refused}
+"""
+)
+
+# One process written again from its first ``to`` events (``rewind``), if its stored
+# position is within the guard; returns the position found. ARGV: namespace, id, to,
+# low, high, the number of events, the events as ``_APPLY`` takes them. The trees its
+# subtree left or joined are written again from their processes' timelines.
+_REWIND = (
+    """
+local p, id, to = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local touched = {}
+local function moved(node, old, new)
+  touched[old] = true
+  touched[new] = true
+end
+"""
+    + _BODY
+    + """
+local cur = tonumber(redis.call('HGET', p .. ':pos', id) or '0')
+if cur < tonumber(ARGV[4]) or cur > tonumber(ARGV[5]) then return cur end
+if redis.call('HEXISTS', p .. ':pruned', id) == 1 then return cur end
+touched[id] = true
+local root = redis.call('HGET', p .. ':root', id)
+if root then touched[root] = true end
+unplace(id, moved)
+local seqs = redis.call('ZRANGE', p .. ':tl:' .. id, 0, -1)
+for k = 1, #seqs, 500 do
+  local part = {unpack(seqs, k, math.min(k + 499, #seqs))}
+  redis.call('HDEL', p .. ':ev', unpack(part))
+  redis.call('ZREM', p .. ':all', unpack(part))
+end
+redis.call('DEL', p .. ':tl:' .. id)
+redis.call('HDEL', p .. ':declared_at', id)
+redis.call('HDEL', p .. ':pos', id)
+redis.call('HDEL', p .. ':pseq', id)
+local i = 7
+for _ = 1, tonumber(ARGV[6]) do i = apply_event(i) end
+for _, c in ipairs(orphan(id, moved)) do touched[c] = true end
+for r in pairs(touched) do
+  local key = p .. ':tree:' .. r
+  redis.call('DEL', key)
+  if redis.call('HGET', p .. ':root', r) == r then
+    for _, n in ipairs(subtree(r)) do
+      local s = redis.call('ZRANGE', p .. ':tl:' .. n, 0, -1)
+      for k = 1, #s, 500 do
+        local args = {}
+        for j = k, math.min(k + 499, #s) do
+          args[#args + 1] = s[j]
+          args[#args + 1] = s[j]
+        end
+        redis.call('ZADD', key, unpack(args))
+      end
+    end
+  end
+end
+if to == 0 then redis.call('HDEL', p .. ':pos', id) end
+redis.call('HINCRBY', p .. ':meta', 'applied', to - cur)
+local cp = tonumber(redis.call('HGET', p .. ':meta', 'checkpoint') or '0')
+if maxseq > cp then redis.call('HSET', p .. ':meta', 'checkpoint', maxseq) end
+return cur
 """
 )
 
@@ -158,6 +236,7 @@ class ProcessTimelineModel(ValkeyModel):
     def __init__(self, spec: ModelSpec, redis: Valkey, prefix: str) -> None:
         super().__init__(spec, redis, prefix)
         self._apply = redis.register_script(_APPLY)
+        self._rewind = redis.register_script(_REWIND)
         self._subtree = redis.register_script(_SUBTREE)
         self._page = redis.register_script(_PAGE)
 
@@ -168,25 +247,28 @@ class ProcessTimelineModel(ValkeyModel):
     async def setup(self) -> None:
         pass
 
+    @staticmethod
+    def _event_args(e: RecordedEvent) -> list[Any]:
+        if is_noop(e):
+            return [e.aggregate_id, e.version, e.stream_seq, "", "", 1, SKIPPED]
+        if e.aggregate_id == PRUNER_ID:
+            ids = json.dumps(pruned_ids(e))
+            return [e.aggregate_id, e.version, e.stream_seq, "", ids, 0, e.event_type]
+        entry = stored_event(e).SerializeToString(deterministic=True)
+        return [
+            e.aggregate_id,
+            e.version,
+            e.stream_seq,
+            e.envelope.parent_aggregate_id,
+            entry,
+            0,
+            e.event_type,
+        ]
+
     async def apply(self, events: Sequence[RecordedEvent]) -> Outcome:
         args: list[Any] = [self.ns, len(events)]
         for e in events:
-            if is_noop(e):
-                args += [e.aggregate_id, e.version, e.stream_seq, "", "", 1, SKIPPED]
-            elif e.aggregate_id == PRUNER_ID:
-                ids = json.dumps(pruned_ids(e))
-                args += [e.aggregate_id, e.version, e.stream_seq, "", ids, 0, e.event_type]
-            else:
-                entry = stored_event(e).SerializeToString(deterministic=True)
-                args += [
-                    e.aggregate_id,
-                    e.version,
-                    e.stream_seq,
-                    e.envelope.parent_aggregate_id,
-                    entry,
-                    0,
-                    e.event_type,
-                ]
+            args += self._event_args(e)
         applied, waiting, refused = await valkey_io(self._apply(args=args))
         return script_outcome(events, applied, waiting, refused)
 
@@ -194,11 +276,26 @@ class ProcessTimelineModel(ValkeyModel):
         placeholder = skipped(aggregate_id, await self.position(aggregate_id) + 1, stream_seq, 0)
         return stream_seq in (await self.apply([placeholder])).done
 
-    async def rewind(self, aggregate_id: str, to_version: int) -> int:
-        raise NotImplementedError(
-            "process_timeline: a process's events move its subtree between trees, so it "
-            "is rebuilt side by side (`projector rebuild`), not replayed per process"
-        )
+    async def rewind(
+        self,
+        aggregate_id: str,
+        to_version: int,
+        *,
+        events: Sequence[RecordedEvent] | None = None,
+        guard: tuple[int, int] | None = None,
+    ) -> int:
+        """Write the process's timeline as its first ``to_version`` events make it
+        (``events``: a voided one is a no-op at its place), in one script: its events
+        go, it leaves the tree with its subtree, its events are applied again as the
+        projector applies them, and every tree its subtree left or joined is written
+        again from its processes' timelines. With ``guard`` (low, high) nothing is
+        written unless the stored position is within. Returns the position it was at."""
+        kept = history(self.spec.name, aggregate_id, to_version, events)
+        low, high = guard or (0, 1 << 62)
+        args: list[Any] = [self.ns, aggregate_id, to_version, low, high, len(kept)]
+        for e in kept:
+            args += self._event_args(e)
+        return int(await valkey_io(self._rewind(args=args)))
 
     # -- reads ------------------------------------------------------------------
 
