@@ -338,3 +338,6 @@ async def test_dead_letters_oldest_first_and_json_everywhere(projection: Project
     assert "not built" in error(unbuilt, 1)["message"]
     active = await cli(p, "drop", "context", "--version", "1", "--json")
     assert "active" in error(active, 1)["message"]
+    never = await cli(p, "drop", "context", "--version", "77", "--json")
+    assert "never built" in error(never, 1)["message"]
+    assert 77 not in (await p.control.ensure("context", 1)).versions  # no marker left

@@ -924,6 +924,14 @@ async def drop(
     if control.active == version:
         raise AdminError(f"{name} v{version} is active; cut over to another version first")
     p.spec(name, version)
+    if version not in control.versions:
+        # Never built, or dropped already: nothing to drop, and no marker to leave
+        # (a 'dropped' marker made `wait` say the version would never be live).
+        known = ", ".join(f"v{v} {state}" for v, state in sorted(control.versions.items()))
+        raise AdminError(
+            f"{name} v{version} was never built (or is dropped already): nothing to drop "
+            f"({name} has {known or f'v{control.active} active'})"
+        )
 
     def mark(c: ModelControl) -> None:
         if c.active == version:
