@@ -105,6 +105,7 @@ async def test_a_voided_ending_of_a_process_is_gone_from_the_ledger_models(
     # The graph cannot yet write one process alone: the report says what to do.
     graph = report.models["process_graph v1"]
     assert "projector rebuild process_graph --to-version 2" in str(graph["failed"]), graph
+    assert graph["replayed"] is False, graph
     lone_report = await void_sequence(p, lone, "never was", "tester", domain="process")
     assert not lone_report.models["processes v1"]["failed"], lone_report.models
 

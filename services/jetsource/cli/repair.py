@@ -63,7 +63,7 @@ def void(
                 if entry["replayed"]
                 else "not past it yet: steps over it when it comes"
                 if entry.get("not_yet_applied")
-                else "not replayed"
+                else "NOT replayed (see below: a side-by-side rebuild puts it right)"
             )
             output.line(f"  {model}: {what}, failed {len(entry['failed'])}")
         else:

@@ -554,7 +554,12 @@ async def replay(
             was, written = await _replay_aggregate(p, model, agg)
         except Exception as exc:  # this aggregate's write did not happen: go on
             log.warning("replay %s %s failed: %s", name, agg, exc)
-            report.failed[evs[0].stream_seq] = f"{agg}: not replayed, left as it was: {exc!r}"
+            why = (
+                str(exc)  # the model's own words (e.g. which rebuild puts it right)
+                if isinstance(exc, (NotImplementedError, ValueError)) and str(exc)
+                else repr(exc)
+            )
+            report.failed[evs[0].stream_seq] = f"{agg}: not replayed, left as it was: {why}"
         else:
             report.reapplied += sum(1 for e in evs if e.version <= written)
             report.carried_forward += max(0, written - evs[-1].version)

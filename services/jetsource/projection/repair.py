@@ -192,7 +192,7 @@ async def _replay_without(
     except AdminError as exc:  # e.g. the voided message was the aggregate's only one
         entry["failed"] = {seq: str(exc)}
         return entry
-    entry["replayed"] = True
+    entry["replayed"] = not replayed.failed
     entry["failed"] = replayed.failed
     return entry
 
