@@ -52,7 +52,17 @@ SOURCES = tuple(p for p in sorted(PACKAGE.rglob("*.py")) if "_gen" not in p.part
 
 # What a fake record answers for a column no row parameter supplies: enough for every
 # code path to go on (a count of 0 ends the drop loop, properties are a map).
-_DEFAULTS: dict[str, Any] = {"c": 0, "p": {}, "v": 0, "version": 0, "seq": 0, "applied": 0}
+_DEFAULTS: dict[str, Any] = {
+    "c": 0,
+    "p": {},
+    "v": 0,
+    "version": 0,
+    "seq": 0,
+    "applied": 0,
+    "refused": [],
+    "pruner_seq": 0,
+    "s": 0,
+}
 
 
 @dataclass(frozen=True)
@@ -208,7 +218,8 @@ async def collect_async() -> list[Statement]:
 
 def _process_records() -> list[RecordedEvent]:
     """A root, a child named before its parent, causation within and across
-    processes, a discarded dead letter's stand-in."""
+    processes, a second event for a version (refused), a discarded dead letter's
+    stand-in."""
     from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
     from jetsource.core.codec import UnknownEvent
 
@@ -218,6 +229,7 @@ def _process_records() -> list[RecordedEvent]:
         ("child", 2, "", "e2", "e3"),
         ("root", 2, "", "e3", "e4"),
         ("root", 3, "", "e-later", "e5"),
+        ("child", 2, "", "", "e6"),  # a second event for version 2: refused, remembered
     ]
     out = []
     for seq, (pid, version, parent, cause, event_id) in enumerate(rows, start=1):
