@@ -37,7 +37,6 @@ from nats.js.errors import (
     BucketNotFoundError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
-    NoKeysError,
 )
 from nats.js.kv import KeyValue
 
@@ -146,19 +145,6 @@ class Control:
                 f"read-model control for {model!r} changed meanwhile; try again"
             ) from exc
         return control
-
-    async def models(self) -> dict[str, ModelControl]:
-        kv = await self.kv()
-        out = {}
-        try:
-            keys = await kv.keys()
-        except NoKeysError:
-            return {}
-        for key in keys:
-            control = await self.get(key)
-            if control is not None:
-                out[key] = control
-        return out
 
 
 class DropFence:

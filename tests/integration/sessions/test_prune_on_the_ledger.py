@@ -38,6 +38,7 @@ from jetsource.domains.sessions.settings import SessionsAppSettings, SessionsSet
 from jetsource.eventstore import jsapi
 from jetsource.projection.bootstrap import Projection, open_projection
 from tests.e2e.test_process_query import MODELS, Stack, stack  # noqa: F401  (the fixture)
+from tests.kvkeys import kv_keys
 from tests.projector_fixtures import projector_settings
 
 pytestmark = pytest.mark.e2e
@@ -148,13 +149,7 @@ async def stream_counts(c: SessionsClient, ids: Sequence[str]) -> dict[str, int]
 
 
 async def claims(c: SessionsClient, unique: str, pid: str) -> list[str]:
-    kv = await c.nc.jetstream().key_value(f"CL_{unique}")
-    try:
-        return [k for k in await kv.keys() if f".{pid}." in k]
-    except Exception as exc:  # nats-py: no keys at all
-        if "no keys" in str(exc).lower():
-            return []
-        raise
+    return [k for k in await kv_keys(c.nc, f"CL_{unique}") if f".{pid}." in k]
 
 
 async def rebuilt_equals_live(p: Projection) -> None:
