@@ -212,6 +212,17 @@ ROWS: list[tuple[list[str], int, str]] = [
     (["omni", "identity", "merge", "a", "b"], USAGE, "--yes"),
     (["omni", "identity", "handles", "a.b"], REFUSED, "identity_id"),
     (["omni", "identity", "link", "a b", "whatsapp", "+1"], REFUSED, "identity_id"),
+    # free text is bounded, naming the field, and nothing is written
+    (["omni", "identity", "create", "--name", "n" * 201], REFUSED, "name is 201 characters"),
+    (["omni", "identity", "create", "--actor", "a" * 101], REFUSED, "actor is 101 characters"),
+    (["omni", "identity", "link", "a", "whatsapp", "+1", "--actor", "a" * 101], REFUSED, "actor"),
+    (["omni", "identity", "merge", "a", "b", "--yes", "--reason", "r" * 10_001], REFUSED, "reason"),
+    (
+        ["projector", "replay", "context", "--from-seq", "1", "--run-id", "x" * 101],
+        USAGE,
+        "--run-id",
+    ),
+    (["projector", "replay", "context", "--from-seq", "1", "--run-id", "a b"], USAGE, "--run-id"),
     (["nosuchcmd"], USAGE, "nosuchcmd"),
 ]
 

@@ -142,7 +142,7 @@ def identity_create(
     """A new identity with no handle yet (link handles to it)."""
 
     async def work(settings: IngestSettings, nc: Any) -> str:
-        return await _identities(settings, nc).create(name, f"admin:{actor or getpass.getuser()}")
+        return await _identities(settings, nc).create(name, actor or getpass.getuser())
 
     identity = _run(work, as_json)
     _emit(as_json, {"identity_id": identity}, identity)

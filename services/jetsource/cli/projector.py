@@ -360,6 +360,7 @@ def replay(
     start, end = _time(from_time, "--from-time"), _time(to_time, "--to-time")
     try:
         admin.validate_slice(None, name, aggregate, from_seq, to_seq, start, end, types, actor)
+        admin.validate_run_id(run_id)
     except admin.UsageError as exc:
         output.fail(USAGE, "usage", str(exc))
     with _progress(f"replaying {name}") as update:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -450,6 +451,19 @@ def validate_slice(
             )
 
 
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}")
+
+
+def validate_run_id(run_id: str | None) -> None:
+    """A replay's name, shown by `projector status`: 1 to 100 letters, digits and
+    ``. _ : -``, or None for a new uuid7."""
+    if run_id is not None and not _RUN_ID.fullmatch(run_id):
+        raise UsageError(
+            f"--run-id {run_id[:40]!r} is invalid: 1 to 100 letters, digits, '.', '_', "
+            "':' or '-', starting with a letter or digit"
+        )
+
+
 async def _record_replay(p: Projection, name: str, entry: dict[str, Any]) -> None:
     """The model's last replay run, where `projector status` shows it; never fails
     the replay it describes."""
@@ -497,6 +511,7 @@ async def replay(
     """
     started = time.perf_counter()
     validate_slice(p, name, aggregate_id, from_seq, to_seq, from_time, to_time, event_types, actor)
+    validate_run_id(run_id)
     control = await _control(p, name)
     model = p.model(name, control.active)
     store = p.store_for(name)

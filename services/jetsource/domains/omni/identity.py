@@ -48,6 +48,15 @@ from jetsource.eventstore.jetstream import JetStreamEventStore
 
 log = logging.getLogger("jetsource.omni.identity")
 MAX_EXTERNAL_ID = 256
+# An operator's free text (the CLI's --name, --actor, --reason): refused beyond these,
+# naming the field. A provider's display name is cut to MAX_NAME instead (a webhook is
+# accepted with what it carries).
+MAX_NAME, MAX_ACTOR, MAX_REASON = 200, 100, 10_000
+
+
+def check_text(value: str, field: str, limit: int) -> None:
+    if len(value) > limit:
+        raise ValidationError(f"{field} is {len(value)} characters; at most {limit}", field=field)
 
 
 class IdentityNotFoundError(ValidationError):
@@ -181,7 +190,7 @@ class IdentityService:
         # First contact: write the identity (the same one any racing writer writes),
         # then claim the handle for it.
         identity_id = first_contact_identity(provider, external_id)
-        name = (metadata or {}).get("display_name", "")
+        name = (metadata or {}).get("display_name", "")[:MAX_NAME]
         # Two appends, each idempotent by its derived event id (an atomic batch of two
         # costs several times one publish): a crash between them is finished by the
         # next resolve, which finds the first stored and writes the second.
@@ -237,9 +246,13 @@ class IdentityService:
             raise IdentityNotFoundError(f"no identity {identity_id!r}", field=field)
         return version
 
-    async def create(self, display_name: str = "", actor: str = "admin") -> str:
-        """A new identity with no handle yet (link handles to it afterwards)."""
+    async def create(self, display_name: str = "", actor: str = "") -> str:
+        """A new identity with no handle yet (link handles to it afterwards), created
+        by ``admin:<actor>``."""
         from jetsource.core.ids import uuid7
+
+        check_text(display_name, "name", MAX_NAME)
+        check_text(actor, "actor", MAX_ACTOR)
 
         identity_id = f"idn-{uuid7().replace('-', '')[:26]}"
         await self._store.append(
@@ -247,7 +260,9 @@ class IdentityService:
             [
                 NewEvent(
                     IdentityCreated(
-                        identity_id=identity_id, display_name=display_name, created_by=actor
+                        identity_id=identity_id,
+                        display_name=display_name,
+                        created_by=f"admin:{actor}" if actor else "admin",
                     ),
                     source="jetsource-cli",
                 )
@@ -262,6 +277,7 @@ class IdentityService:
         """Make a handle resolve to ``identity_id`` (moving it from the identity it had,
         if any). Returns the previous identity id ('' when the handle was new)."""
         check_handle(provider, external_id)
+        check_text(actor, "actor", MAX_ACTOR)
         await self._require(identity_id, "identity_id")
         key = handle_key(provider, external_id)
         kv = await self.kv()
@@ -327,6 +343,8 @@ class IdentityService:
         """``merged_id`` becomes part of ``survivor_id``: its handles resolve to the
         survivor from now on, and the read models show one identity. Returns the handles
         moved."""
+        check_text(actor, "actor", MAX_ACTOR)
+        check_text(reason, "reason", MAX_REASON)
         if survivor_id == merged_id:
             raise ValidationError("an identity cannot be merged into itself", field="merged_id")
         await self._require(survivor_id, "survivor_id")
