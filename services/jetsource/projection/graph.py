@@ -4,7 +4,7 @@ Bolt plugin locally, the same Cypher) and its transient errors."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from neo4j import AsyncDriver, AsyncGraphDatabase
@@ -54,6 +54,36 @@ async def graph_io(call: Awaitable[T], timeout_s: float | None = None) -> T:
         if deadline.expired():
             raise TransientError(f"graph: no answer within {limit:g} s") from exc
         raise TransientError(f"graph: {exc}") from exc
+
+
+class Rows(list[Any]):
+    """A read's records, every one fetched within the read's deadline (they come over
+    the same connection as the answer to ``run``): iterate them, also with
+    ``async for``, or take ``await rows.single()``."""
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        async def each() -> AsyncIterator[Any]:
+            for record in self:
+                yield record
+
+        return each()
+
+    async def single(self) -> Any | None:
+        return self[0] if self else None
+
+
+async def graph_run(
+    session: Any, *args: Any, timeout_s: float | None = None, **params: Any
+) -> Rows:
+    """``session.run(*args, **params)`` and all its records, within one deadline
+    (:func:`graph_io`): a connection lost between the answer and its records blocks
+    no reader."""
+
+    async def read() -> Rows:
+        result = await session.run(*args, **params)
+        return Rows([record async for record in result])
+
+    return await graph_io(read(), timeout_s)
 
 
 # -- fencing (partitioned workers) -----------------------------------------------------

@@ -31,7 +31,7 @@ from jetsource.domains.context.serialize import decision_to_dict, subtask_to_dic
 from jetsource.domains.context.valkey_models import ContextModel
 from jetsource.eventstore.port import EventStore
 from jetsource.projection.contract import Checkpoint, Kind, ModelSpec, Outcome
-from jetsource.projection.graph import graph_io
+from jetsource.projection.graph import graph_io, graph_run
 from jetsource.projection.valkey import group, next_versions, skipped
 
 GRAPH = "graph"
@@ -91,18 +91,16 @@ class GraphModel:
     async def setup(self) -> None:
         async with self.driver.session(database=self.database) as session:
             for label in (self.story, self.decision, self.subtask):
-                await graph_io(
-                    session.run(
-                        f"CREATE CONSTRAINT {label.lower()}_key IF NOT EXISTS "
-                        f"FOR (n:{label}) REQUIRE n.key IS UNIQUE"
-                    )
+                await graph_run(
+                    session,
+                    f"CREATE CONSTRAINT {label.lower()}_key IF NOT EXISTS "
+                    f"FOR (n:{label}) REQUIRE n.key IS UNIQUE",
                 )
             for label in (self.decision, self.subtask):
-                await graph_io(
-                    session.run(
-                        f"CREATE INDEX {label.lower()}_story IF NOT EXISTS "
-                        f"FOR (n:{label}) ON (n.story)"
-                    )
+                await graph_run(
+                    session,
+                    f"CREATE INDEX {label.lower()}_story IF NOT EXISTS "
+                    f"FOR (n:{label}) ON (n.story)",
                 )
 
     # -- state ------------------------------------------------------------------
@@ -124,12 +122,11 @@ class GraphModel:
         missing = [i for i in ids if i not in out]
         if missing:
             async with self.driver.session(database=self.database) as session:
-                result = await graph_io(
-                    session.run(
-                        f"MATCH (s:{self.story}) WHERE s.key IN $keys "
-                        "RETURN s.key AS key, s.version AS version",
-                        keys=missing,
-                    )
+                result = await graph_run(
+                    session,
+                    f"MATCH (s:{self.story}) WHERE s.key IN $keys "
+                    "RETURN s.key AS key, s.version AS version",
+                    keys=missing,
                 )
                 stored = {r["key"]: r["version"] async for r in result}
             for i in missing:
@@ -382,22 +379,21 @@ class GraphModel:
 
     async def position(self, aggregate_id: str) -> int:
         async with self.driver.session(database=self.database) as session:
-            result = await graph_io(
-                session.run(
-                    f"MATCH (s:{self.story} {{key: $key}}) RETURN s.version AS v", key=aggregate_id
-                )
+            result = await graph_run(
+                session,
+                f"MATCH (s:{self.story} {{key: $key}}) RETURN s.version AS v",
+                key=aggregate_id,
             )
             record = await result.single()
         return int(record["v"]) if record else 0
 
     async def checkpoint(self) -> Checkpoint:
         async with self.driver.session(database=self.database) as session:
-            result = await graph_io(
-                session.run(
-                    f"MATCH (c:{self.checkpoint_label} {{model: $model}}) "
-                    "RETURN c.seq AS seq, c.applied AS applied",
-                    model=self.spec.name,
-                )
+            result = await graph_run(
+                session,
+                f"MATCH (c:{self.checkpoint_label} {{model: $model}}) "
+                "RETURN c.seq AS seq, c.applied AS applied",
+                model=self.spec.name,
             )
             record = await result.single()
         if record is None:
@@ -410,14 +406,13 @@ class GraphModel:
         async with self.driver.session(database=self.database) as session:
             for label in (self.story, self.decision, self.subtask):
                 name = label.removeprefix(self.prefix).rsplit("_", 1)[0]
-                result = await graph_io(
-                    session.run(f"MATCH (n:{label}) RETURN n.key AS key, properties(n) AS p")
+                result = await graph_run(
+                    session, f"MATCH (n:{label}) RETURN n.key AS key, properties(n) AS p"
                 )
                 out += [(name, (r["key"], sorted(r["p"].items()))) async for r in result]
-                result = await graph_io(
-                    session.run(
-                        f"MATCH (a:{label})-[r]->(b) RETURN type(r) AS t, a.key AS a, b.key AS b"
-                    )
+                result = await graph_run(
+                    session,
+                    f"MATCH (a:{label})-[r]->(b) RETURN type(r) AS t, a.key AS a, b.key AS b",
                 )
                 out += [("edge", (r["t"], r["a"], r["b"])) async for r in result]
         out.sort(key=repr)
@@ -432,7 +427,7 @@ class GraphModel:
         total = 0
         async with self.driver.session(database=self.database) as session:
             for label in (self.story, self.decision, self.subtask, self.checkpoint_label):
-                result = await session.run(f"MATCH (n:{label}) RETURN count(n) AS c")
+                result = await graph_run(session, f"MATCH (n:{label}) RETURN count(n) AS c")
                 record = await result.single()
                 total += int(record["c"]) if record else 0
         return total
@@ -442,11 +437,9 @@ class GraphModel:
         async with self.driver.session(database=self.database) as session:
             for label in (self.story, self.decision, self.subtask, self.checkpoint_label):
                 while True:
-                    result = await graph_io(
-                        session.run(
-                            f"MATCH (n:{label}) WITH n LIMIT 2000 DETACH DELETE n "
-                            "RETURN count(*) AS c"
-                        )
+                    result = await graph_run(
+                        session,
+                        f"MATCH (n:{label}) WITH n LIMIT 2000 DETACH DELETE n RETURN count(*) AS c",
                     )
                     record = await result.single()
                     n = int(record["c"]) if record else 0
@@ -468,8 +461,8 @@ class GraphModel:
                 ("decision", f"(n:{self.decision} {{story: $key}})"),
                 ("subtask", f"(n:{self.subtask} {{story: $key}})"),
             ):
-                result = await graph_io(
-                    session.run(f"MATCH {match} RETURN properties(n) AS p", key=story)
+                result = await graph_run(
+                    session, f"MATCH {match} RETURN properties(n) AS p", key=story
                 )
                 out += [(kind, dict(r["p"])) async for r in result]
         return out
@@ -477,10 +470,10 @@ class GraphModel:
     async def neighbourhood(self, story: str) -> dict[str, Any]:
         """The story's nodes and relationships (for the CLI and tests)."""
         async with self.driver.session(database=self.database) as session:
-            result = await graph_io(
-                session.run(
-                    f"MATCH (s:{self.story} {{key: $key}}) RETURN properties(s) AS p", key=story
-                )
+            result = await graph_run(
+                session,
+                f"MATCH (s:{self.story} {{key: $key}}) RETURN properties(s) AS p",
+                key=story,
             )
             record = await result.single()
             if record is None:
@@ -491,11 +484,10 @@ class GraphModel:
                 f"(a:{self.decision} {{story: $key}})",
                 f"(a:{self.subtask} {{story: $key}})",
             ):
-                result = await graph_io(
-                    session.run(
-                        f"MATCH {match}-[r]->(b) RETURN type(r) AS t, a.key AS a, b.key AS b",
-                        key=story,
-                    )
+                result = await graph_run(
+                    session,
+                    f"MATCH {match}-[r]->(b) RETURN type(r) AS t, a.key AS a, b.key AS b",
+                    key=story,
                 )
                 edges += [(r["t"], r["a"], r["b"]) async for r in result]
             edges.sort()

@@ -33,7 +33,7 @@ from jetsource.core.envelope import RecordedEvent
 from jetsource.domains.process.models.common import is_noop, next_events, repeated_version
 from jetsource.domains.process.pruning import PRUNER_ID, pruned_ids
 from jetsource.projection.contract import Checkpoint, Kind, ModelSpec, Outcome, RebuildStrategy
-from jetsource.projection.graph import graph_io
+from jetsource.projection.graph import graph_io, graph_run
 from jetsource.projection.valkey import group, skipped
 
 PROCESS_GRAPH = "process_graph"
@@ -68,24 +68,22 @@ class ProcessGraphModel:
     async def setup(self) -> None:
         async with self.driver.session(database=self.database) as session:
             for label in (self.process, self.event):
-                await graph_io(
-                    session.run(
-                        f"CREATE CONSTRAINT {label.lower()}_id IF NOT EXISTS "
-                        f"FOR (n:{label}) REQUIRE n.id IS UNIQUE"
-                    )
+                await graph_run(
+                    session,
+                    f"CREATE CONSTRAINT {label.lower()}_id IF NOT EXISTS "
+                    f"FOR (n:{label}) REQUIRE n.id IS UNIQUE",
                 )
 
     async def _versions(self, ids: Sequence[str]) -> dict[str, tuple[int, str, int, list[int]]]:
         """id -> (version, declared parent, stream sequence of the version (0: unknown),
         sequences refused)."""
         async with self.driver.session(database=self.database) as session:
-            result = await graph_io(
-                session.run(
-                    f"MATCH (p:{self.process}) WHERE p.id IN $ids "
-                    "RETURN p.id AS id, p.version AS version, p.declared AS declared, "
-                    "p.seq AS seq, p.refused AS refused",
-                    ids=list(ids),
-                )
+            result = await graph_run(
+                session,
+                f"MATCH (p:{self.process}) WHERE p.id IN $ids "
+                "RETURN p.id AS id, p.version AS version, p.declared AS declared, "
+                "p.seq AS seq, p.refused AS refused",
+                ids=list(ids),
             )
             return {
                 r["id"]: (
@@ -122,11 +120,10 @@ class ProcessGraphModel:
 
     async def _pruned(self, ids: Sequence[str]) -> set[str]:
         async with self.driver.session(database=self.database) as session:
-            result = await graph_io(
-                session.run(
-                    f"MATCH (m:{self.pruned_label}) WHERE m.id IN $ids RETURN m.id AS id",
-                    ids=list(ids),
-                )
+            result = await graph_run(
+                session,
+                f"MATCH (m:{self.pruned_label}) WHERE m.id IN $ids RETURN m.id AS id",
+                ids=list(ids),
             )
             return {r["id"] async for r in result}
 
@@ -136,11 +133,10 @@ class ProcessGraphModel:
         everything below them, as a rebuild from the purged stream would have them."""
         C = self.checkpoint_label
         async with self.driver.session(database=self.database) as session:
-            result = await graph_io(
-                session.run(
-                    f"MATCH (c:{C} {{model: $model}}) RETURN c.pruner AS v, c.pruner_seq AS s",
-                    model=self.spec.name,
-                )
+            result = await graph_run(
+                session,
+                f"MATCH (c:{C} {{model: $model}}) RETURN c.pruner AS v, c.pruner_seq AS s",
+                model=self.spec.name,
             )
             record = await result.single()
         base = int(record["v"] or 0) if record is not None else 0
@@ -301,13 +297,12 @@ class ProcessGraphModel:
 
     async def _remember_refused(self, refusals: list[dict[str, Any]]) -> None:
         async with self.driver.session(database=self.database) as session:
-            await graph_io(
-                session.run(
-                    f"UNWIND $rows AS r MATCH (p:{self.process} {{id: r.id}}) "
-                    "WITH p, r WHERE NOT r.seq IN coalesce(p.refused, []) "
-                    "SET p.refused = coalesce(p.refused, []) + r.seq",
-                    rows=refusals,
-                )
+            await graph_run(
+                session,
+                f"UNWIND $rows AS r MATCH (p:{self.process} {{id: r.id}}) "
+                "WITH p, r WHERE NOT r.seq IN coalesce(p.refused, []) "
+                "SET p.refused = coalesce(p.refused, []) + r.seq",
+                rows=refusals,
             )
 
     async def _write(
@@ -407,10 +402,9 @@ class ProcessGraphModel:
 
     async def checkpoint(self) -> Checkpoint:
         async with self.driver.session(database=self.database) as session:
-            result = await graph_io(
-                session.run(
-                    f"MATCH (c:{self.checkpoint_label}) RETURN c.seq AS seq, c.applied AS applied"
-                )
+            result = await graph_run(
+                session,
+                f"MATCH (c:{self.checkpoint_label}) RETURN c.seq AS seq, c.applied AS applied",
             )
             record = await result.single()
         if record is None:
@@ -423,24 +417,22 @@ class ProcessGraphModel:
             raise ValueError(f"unknown relationship {rel!r}")
         target = self.event if rel == "AWAITS" else self.process
         async with self.driver.session(database=self.database) as session:
-            result = await graph_io(
-                session.run(
-                    f"MATCH (a:{self.process})-[:{rel}]->(b:{target}) RETURN a.id AS a, b.id AS b"
-                )
+            result = await graph_run(
+                session,
+                f"MATCH (a:{self.process})-[:{rel}]->(b:{target}) RETURN a.id AS a, b.id AS b",
             )
             return sorted([(str(r["a"]), str(r["b"])) async for r in result])
 
     async def digest(self) -> str:
         async with self.driver.session(database=self.database) as session:
-            result = await graph_io(
-                session.run(
-                    f"MATCH (n:{self.process}) RETURN n.id AS id, n.version AS version, "
-                    "n.declared AS declared ORDER BY id"
-                )
+            result = await graph_run(
+                session,
+                f"MATCH (n:{self.process}) RETURN n.id AS id, n.version AS version, "
+                "n.declared AS declared ORDER BY id",
             )
             nodes = [(r["id"], r["version"], r["declared"]) async for r in result]
-            result = await graph_io(
-                session.run(f"MATCH (x:{self.event}) RETURN x.id AS id, x.process AS p ORDER BY id")
+            result = await graph_run(
+                session, f"MATCH (x:{self.event}) RETURN x.id AS id, x.process AS p ORDER BY id"
             )
             evs = [(r["id"], r["p"]) async for r in result]
         rels = [await self.edges(rel) for rel in ("CHILD_OF", "CAUSED_BY", "AWAITS")]
@@ -449,9 +441,10 @@ class ProcessGraphModel:
 
     async def drop(self) -> int:
         async with self.driver.session(database=self.database) as session:
-            result = await session.run(
+            result = await graph_run(
+                session,
                 f"MATCH (n) WHERE n:{self.process} OR n:{self.event} OR n:{self.checkpoint_label} "
-                f"OR n:{self.pruned_label} DETACH DELETE n RETURN count(*) AS c"
+                f"OR n:{self.pruned_label} DETACH DELETE n RETURN count(*) AS c",
             )
             record = await result.single()
             return int(record["c"]) if record else 0
