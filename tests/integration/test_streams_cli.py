@@ -124,7 +124,9 @@ async def test_ensure_brings_an_existing_stream_to_changed_settings(
 
 def test_ensure_without_nats_fails_within_its_timeout(env: dict[str, str]) -> None:
     run = ensure(env | {"JETSOURCE_NATS__URL": f"nats://127.0.0.1:{free_port()}"}, "--timeout", "2")
-    assert run.returncode == 1
-    assert "did not answer within 2 s" in run.stdout
-    assert "ConnectionRefusedError" in run.stdout  # the reason, not a traceback per retry
+    # As every admin command: exit 3 (unavailable), the message on stderr, none on stdout.
+    assert run.returncode == 3, run
+    assert "did not answer within 2 s" in run.stderr
+    assert "ConnectionRefusedError" in run.stderr  # the reason, not a traceback per retry
+    assert run.stdout == ""
     assert "Traceback" not in run.stderr

@@ -27,12 +27,11 @@ from urllib.parse import urlsplit
 import typer
 from nats import errors as nats_errors
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from jetsource import __version__
 from jetsource.cli import output
-from jetsource.cli.output import USAGE
+from jetsource.cli.output import REFUSED, UNAVAILABLE, USAGE
 from jetsource.cli.projector import _json, connect_timeout_s
 from jetsource.core.clock import format_rfc3339_ns, now_ns
 from jetsource.core.errors import JetsourceError
@@ -210,15 +209,9 @@ def ensure(
         message = (
             f"NATS at {redact_url(settings.nats_url())} did not answer within {timeout:g} s{last}"
         )
-        if json_out:
-            output.fail(1, "unavailable", message)
-        console.print(f"[red]error[/red]: {escape(message)}")
-        raise typer.Exit(1) from exc
+        output.fail(UNAVAILABLE, "unavailable", message)
     except (JetsourceError, jsapi.JsApiError, nats_errors.Error, OSError) as exc:
-        if json_out:
-            output.fail(1, "refused", repr(exc))
-        console.print(f"[red]error[/red]: {escape(repr(exc))}")
-        raise typer.Exit(1) from exc
+        output.fail(REFUSED, "refused", repr(exc))
     if json_out:
         output.emit_json([asdict(d) for d in done])
         return
