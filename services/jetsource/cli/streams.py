@@ -475,7 +475,8 @@ def _pairs(values: list[str], option: str) -> dict[str, str]:
 def _run(settings: ProjectorSettings, timeout: float, work: Callable[[], Awaitable[Any]]) -> Any:
     """Run ``work`` once NATS answers (within ``JETSOURCE_ADMIN_CONNECT_TIMEOUT_S``, 10 s,
     or ``--timeout`` if shorter), all within ``--timeout``. Errors go to stderr (JSON
-    with --json or -o json), exit 1."""
+    with --json or -o json): exit 3 when NATS did not answer or the work ran out of
+    time, 1 when it was refused."""
     connect_s = min(timeout, connect_timeout_s())
 
     async def go() -> Any:
@@ -488,15 +489,15 @@ def _run(settings: ProjectorSettings, timeout: float, work: Callable[[], Awaitab
         return asyncio.run(go())
     except NatsUnreachableError:
         output.fail(
-            1,
+            UNAVAILABLE,
             "unavailable",
             f"NATS at {redact_url(settings.nats_url())} did not answer within {connect_s:g} s",
             hint="JETSOURCE_NATS__URL, JETSOURCE_ADMIN_CONNECT_TIMEOUT_S",
         )
     except TimeoutError:
-        output.fail(1, "timeout", f"not done within --timeout {timeout:g} s")
+        output.fail(UNAVAILABLE, "timeout", f"not done within --timeout {timeout:g} s")
     except (JetsourceError, jsapi.JsApiError, nats_errors.Error, OSError, ValueError) as exc:
-        output.fail(1, "refused", str(exc))
+        output.fail(REFUSED, "refused", str(exc))
 
 
 def _folder(folder: Path, create: bool) -> None:
