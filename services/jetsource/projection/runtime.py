@@ -9,6 +9,17 @@ parked: its later events go to the dead letters too (in order), until
 ``jetsource projector dlq retry`` (or ``discard``) clears them, so an aggregate never
 skips an event. Other aggregates keep flowing. Transient store trouble redelivers
 the whole batch with backoff and never counts towards dead-lettering.
+
+A model judges each event against what it has seen of its aggregate: a version it
+applied already is a redelivery when it comes from the sequence it was applied from
+(or an earlier one), else a second event for one version, refused and remembered as
+refused. That holds only if the model sees an aggregate's events in stream order the
+first time. An event whose batch failed transiently has not been seen (nothing was
+written), and its redelivery comes after a backoff, behind later events that arrive
+meanwhile: so the worker keeps such events (``_unseen``) and hands them to the model
+again, in stream order, with the next batch, before any later event of their
+aggregate can be applied. Their deliveries come back and are judged again (a
+redelivery, or refused again and so filed once).
 """
 
 from __future__ import annotations
@@ -143,6 +154,11 @@ class Worker:
         self._failures: OrderedDict[int, int] = OrderedDict()
         self._waits: OrderedDict[int, int] = OrderedDict()  # seq -> rounds it waited
         self._discarded: set[int] = set()  # sequences discarded from this model's DLQ
+        # Events handed to the model whose batch failed transiently: the model has not
+        # judged them, and their deliveries come back after a backoff. They go to the
+        # model with the next batch, ahead of later events (see the module's doc).
+        # Bounded by the consumer's ack-pending limit (their deliveries are pending).
+        self._unseen: dict[int, RecordedEvent] = {}
         self._progress_at = time.monotonic()
         self._labels = (self.spec.name, str(self.spec.version))
         # Fields of every log line of this worker (structured logs: jetsource.core.logging).
@@ -332,6 +348,7 @@ class Worker:
                 # at its place, as every stream reader and a rebuild read it.
                 record = voided_event(record)
             records.append(record)
+        records = self._with_unseen(records)
         outcome = Outcome()
         filled = 0
         if records:
@@ -353,7 +370,11 @@ class Worker:
                     },
                 )
                 for r in records:
-                    await jsapi.nak(self.nc, by_seq[r.stream_seq], self.o.backoff(1))
+                    if r.stream_seq in by_seq:
+                        await jsapi.nak(self.nc, by_seq[r.stream_seq], self.o.backoff(1))
+                # Not seen by the model (or not known to be): before any later event of
+                # their aggregates, it sees them with the next batch.
+                self._unseen = {r.stream_seq: r for r in records}
                 await self._ack(acks)
                 return
             except FencedError:
@@ -368,6 +389,8 @@ class Worker:
         for done in acks:
             self._waits.pop(done.stream_seq, None)
         for seq, reason in outcome.waiting.items():
+            if seq not in by_seq:
+                continue  # an unseen event handed over again: its delivery comes back
             d = by_seq[seq]
             waits = self._waits.pop(seq, 0) + 1
             if waits >= self.o.max_waits:
@@ -382,10 +405,29 @@ class Worker:
         while len(self._waits) > 100_000:
             self._waits.popitem(last=False)
         for seq, reason in outcome.failed.items():
+            if seq not in by_seq:
+                continue  # an unseen event handed over again: refused on its delivery
             d = by_seq[seq]
             await self._refused(d, aggregate_of(d.subject, self._prefix), reason)
         self._account(batch, outcome, filled, time.perf_counter() - started)
         self._observe_freshness(records, outcome)
+
+    def _with_unseen(self, records: list[RecordedEvent]) -> list[RecordedEvent]:
+        """The batch's events and, in stream order among them, the unseen events of a
+        batch that failed transiently (each once: a redelivered one as delivered now).
+        From here the model has judged them, unless this apply fails transiently too
+        (then they are unseen again). An unseen event of an aggregate parked since is
+        left out: its delivery follows the dead letter."""
+        unseen, self._unseen = self._unseen, {}
+        if not unseen:
+            return records
+        delivered = {r.stream_seq for r in records}
+        earlier = [
+            voided_event(r) if self.store.known_voided(seq) else r
+            for seq, r in unseen.items()
+            if seq not in delivered and r.aggregate_id not in self._parked
+        ]
+        return sorted([*earlier, *records], key=lambda r: r.stream_seq) if earlier else records
 
     async def _settle(self, records: list[RecordedEvent], outcome: Outcome) -> int:
         """Apply what the model left waiting or refused, without waiting for redelivery.
@@ -484,6 +526,7 @@ class Worker:
             except (TransientError, EventStoreUnavailableError):
                 for e in evs:
                     outcome.waiting[e.stream_seq] = "store unavailable"
+                    self._unseen[e.stream_seq] = e  # not judged: with the next batch
             except Exception as exc:
                 outcome.failed[evs[0].stream_seq] = f"handler error: {exc!r}"
                 for e in evs[1:]:
