@@ -33,7 +33,6 @@ from jetsource.core.settings import JetsourceSettings
 from jetsource.domains.omni.models import OMNI_EVENTS, OMNI_IDENTITIES
 from jetsource.domains.process.descriptor import DOMAIN as PROCESS_DOMAIN
 from jetsource.domains.process.models import MODELS as PROCESS_MODELS
-from jetsource.domains.process.models import PROCESS_GRAPH
 from jetsource.eventstore import jsapi
 from jetsource.eventstore.jetstream import JetStreamEventStore
 from jetsource.eventstore.jsapi import OutMessage
@@ -227,17 +226,7 @@ async def test_a_poison_first_met_after_the_next_event_is_filed_once(
 @pytest.mark.parametrize(
     "name",
     [
-        pytest.param(
-            PROCESS_GRAPH,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="process_graph remembers a refusal before the write that creates the "
-                "process node (models/graph.py: _remember_refused runs before _write), so a "
-                "refusal in the same call as the process's first events is lost; retried "
-                "after the next event, the poison is taken for a redelivery",
-            ),
-        ),
-        *sorted(set(PROCESS_MODELS) - {PROCESS_GRAPH}),
+        *sorted(PROCESS_MODELS),
         OMNI_EVENTS,
         OMNI_IDENTITIES,
     ],

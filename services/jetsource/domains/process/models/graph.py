@@ -280,12 +280,14 @@ class ProcessGraphModel:
                     links.append({"child": pid, "parent": parent})
                 if env.causation_id:
                     causes.append({"process": pid, "cause": env.causation_id})
+        ok: dict[str, int] = {}
+        if rows:
+            maxseq = max(s for ss in seqs.values() for s in ss)
+            ok = await self._write(rows, evs, links, causes, maxseq)
         if refusals:
+            # After the write: a refusal in the same call as a process's first events
+            # needs the node that write creates (remembered before it, it was lost).
             await self._remember_refused(refusals)
-        if not rows:
-            return outcome
-        maxseq = max(s for ss in seqs.values() for s in ss)
-        ok = await self._write(rows, evs, links, causes, maxseq)
         for pid, ss in seqs.items():
             if pid in ok:
                 outcome.done.extend(ss)
