@@ -23,7 +23,7 @@ from jetsource.projection import graph as graph_module
 from jetsource.projection.bootstrap import open_projection
 from jetsource.projection.host import ProjectorService
 from jetsource.query.server import build, follow_stores
-from jetsource.query.settings import QuerySettings
+from jetsource.query.settings import QueryOptions, QuerySettings
 from tests.infra import Server, _embedded
 from tests.projector_fixtures import projector_settings, seed, story_ids
 
@@ -65,7 +65,8 @@ async def test_health_follows_a_hung_nats_server(
             **{
                 k: getattr(ps, k)
                 for k in ("nats", "valkey", "graph", "eventstore", "snapshots", "projector")
-            }
+            },
+            query=QueryOptions(grpc_port=0, metrics_port=0),  # not make up's 50052
         )
     )
     watcher = asyncio.create_task(follow_stores(query, 0.2))

@@ -18,7 +18,7 @@ from jetsource.devstack.servers import ValkeyServer, free_port
 from jetsource.projection.bootstrap import open_projection
 from jetsource.projection.host import ProjectorService
 from jetsource.query.server import build, follow_stores
-from jetsource.query.settings import QuerySettings
+from jetsource.query.settings import QueryOptions, QuerySettings
 from tests.infra import _embedded
 from tests.projector_fixtures import projector_settings
 
@@ -52,7 +52,8 @@ async def test_health_follows_valkey_down_and_back(
                 **{
                     k: getattr(ps, k)
                     for k in ("nats", "valkey", "graph", "eventstore", "snapshots", "projector")
-                }
+                },
+                query=QueryOptions(grpc_port=0, metrics_port=0),  # not make up's 50052
             )
         )
         watcher = asyncio.create_task(follow_stores(query, 0.2))
