@@ -5,6 +5,7 @@ Servers start lazily: a run of unit tests alone starts none.
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -20,6 +21,56 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Servers a test started and did not stop (and, with tests/infra.py's SIGTERM and
     SIGINT handlers, those of an interrupted session) stop with the session."""
     stop_all()
+
+
+def default_service_ports() -> list[int]:
+    """Every port a jetsource service listens on by default (what `make up` holds)."""
+    from pydantic import BaseModel
+
+    from jetsource.domains.context.query_settings import QueryOptions
+    from jetsource.ingest.settings import IngestOptions
+    from jetsource.observer.settings import ObserverOptions
+    from jetsource.processquery.settings import ProcessQueryOptions
+    from jetsource.projection.settings import ProjectorOptions
+    from jetsource.publisher.settings import PublisherOptions
+    from jetsource.snapshotter.settings import SnapshotterOptions
+
+    options: list[type[BaseModel]] = [
+        QueryOptions,
+        IngestOptions,
+        ObserverOptions,
+        ProcessQueryOptions,
+        ProjectorOptions,
+        PublisherOptions,
+        SnapshotterOptions,
+    ]
+    ports = {
+        f.default
+        for model in options
+        for name, f in model.model_fields.items()
+        if name.endswith("_port") and isinstance(f.default, int) and f.default > 0
+    }
+    return sorted(ports)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def default_ports_held() -> Iterator[list[int]]:
+    """Hold every service's default port for the session (those not in use already):
+    a test that starts a service on its default port fails here, in CI, as it fails
+    beside a running `make up`, instead of only there. Bound but not listening, so a
+    client of a default address is refused at once, as with nothing there."""
+    held: list[socket.socket] = []
+    for port in default_service_ports():
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.bind(("127.0.0.1", port))  # bound, not listening: a client is refused
+        except OSError:  # in use (a `make up` beside this run): already held
+            sock.close()
+            continue
+        held.append(sock)
+    yield [s.getsockname()[1] for s in held]
+    for sock in held:
+        sock.close()
 
 
 @pytest.fixture(scope="session")
