@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
+import httpx
 import nats
 import pytest
 from nats.aio.client import Client as NATS
@@ -15,6 +17,8 @@ from jetsource.core.errors import ValidationError
 from jetsource.domains.omni.events import IDENTITY_CREATED, first_contact_identity
 from jetsource.domains.omni.identity import IdentityNotFoundError, IdentityService
 from jetsource.ingest.server import Ingest
+from jetsource.projection.bootstrap import Projection
+from tests.integration.omni.harness import caught_up
 
 pytestmark = pytest.mark.integration
 
@@ -119,3 +123,46 @@ async def test_bad_identity_input_is_refused_and_changes_nothing(ingest: Ingest)
     assert itself.value.field == "merged_id"
     after = (await ingest.store.stream_info())["state"]["messages"]
     assert after == before + 2  # only the valid resolve wrote (created + linked)
+
+
+async def test_a_merged_identity_takes_no_handle(ingest: Ingest) -> None:
+    """Linking a handle to an identity merged into another was accepted: the handle then
+    resolved to the merged identity, which its survivor neither lists nor moves in a
+    later merge. Refused naming identity_id, as a merge of it is, and nothing written."""
+    ids = ingest.identities
+    survivor = await ids.resolve("whatsapp", "4915100000010", "acme")
+    merged = await ids.resolve("discord", "310", "bot")
+    await ids.merge(survivor, merged, actor="test")
+    before = (await ingest.store.stream_info())["state"]["messages"]
+    with pytest.raises(ValidationError) as refused:
+        await ids.link(merged, "discord", "311", actor="test")
+    assert refused.value.field == "identity_id"
+    assert survivor in str(refused.value)  # names where to link it instead
+    assert await ids.lookup("discord", "311") is None
+    assert (await ingest.store.stream_info())["state"]["messages"] == before
+    assert await ids.link(survivor, "discord", "311", actor="test") == ""
+
+
+async def test_identities_by_provider_hold_a_handle_of_it(
+    ingest: Ingest, http: httpx.AsyncClient, projection: Projection
+) -> None:
+    """ListIdentities(provider) kept listing an identity whose handles of that provider
+    had all been linked away (the provider's index is never trimmed): "only identities
+    with a handle of this provider" (query.proto)."""
+    ids = ingest.identities
+    first = await ids.resolve("discord", "320", "bot")
+    other = await ids.create("Other", actor="test")
+    assert await ids.link(other, "discord", "320", actor="test") == first
+    await caught_up(projection)
+    cases: list[dict[str, Any]] = [{"provider": "discord"}, {"provider": "discord", "page_size": 1}]
+    for params in cases:
+        listed, token = [], None
+        while token != "":
+            page = (
+                await http.get("/api/v1/identities", params={**params, "page_token": token or ""})
+            ).json()
+            listed += [i["identity_id"] for i in page["identities"]]
+            token = page["next_page_token"]
+        assert listed == [other], params
+    everyone = (await http.get("/api/v1/identities")).json()["identities"]
+    assert {i["identity_id"] for i in everyone} == {first, other}

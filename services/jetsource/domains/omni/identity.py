@@ -246,6 +246,17 @@ class IdentityService:
             raise IdentityNotFoundError(f"no identity {identity_id!r}", field=field)
         return version
 
+    async def _refuse_merged(self, identity_id: str, field: str) -> None:
+        """Refused naming ``field`` when ``identity_id`` was merged into another: its
+        history ended with the merge, and its handles are its survivor's."""
+        for record in await self._store.read_aggregate(identity_id):
+            e = record.event
+            if isinstance(e, IdentitiesMerged) and e.merged_id == identity_id:
+                raise ValidationError(
+                    f"{field} {identity_id} was merged into {e.survivor_id} already",
+                    field=field,
+                )
+
     async def create(self, display_name: str = "", actor: str = "") -> str:
         """A new identity with no handle yet (link handles to it afterwards), created
         by ``admin:<actor>``."""
@@ -275,10 +286,14 @@ class IdentityService:
         self, identity_id: str, provider: str, external_id: str, actor: str, instance: str = ""
     ) -> str:
         """Make a handle resolve to ``identity_id`` (moving it from the identity it had,
-        if any). Returns the previous identity id ('' when the handle was new)."""
+        if any). Returns the previous identity id ('' when the handle was new). An
+        identity merged into another takes no handle (refused naming ``identity_id``):
+        it would resolve to the merged identity, which no longer lists or moves with
+        its survivor's handles."""
         check_handle(provider, external_id)
         check_text(actor, "actor", MAX_ACTOR)
         await self._require(identity_id, "identity_id")
+        await self._refuse_merged(identity_id, "identity_id")
         key = handle_key(provider, external_id)
         kv = await self.kv()
         previous = ""
@@ -350,12 +365,7 @@ class IdentityService:
         await self._require(survivor_id, "survivor_id")
         merged_version = await self._require(merged_id, "merged_id")
         for rid, field in ((survivor_id, "survivor_id"), (merged_id, "merged_id")):
-            for record in await self._store.read_aggregate(rid):
-                e = record.event
-                if isinstance(e, IdentitiesMerged) and e.merged_id == rid:
-                    raise ValidationError(
-                        f"{field} {rid} was merged into {e.survivor_id} already", field=field
-                    )
+            await self._refuse_merged(rid, field)
         handles = await self.handles_of(merged_id)
         names = [handle_name(p, x) for p, x in handles]
         event = IdentitiesMerged(

@@ -494,6 +494,15 @@ class OmniReads:
                     view = await self.identity(_text(member))
                 except NotFoundError:
                     continue
+                # The provider's index lists every identity that ever held one of its
+                # handles: one whose handles were all linked away holds none now (a merged
+                # one is listed by the handles it had, which went to its survivor).
+                if (
+                    provider
+                    and not view.merged_into
+                    and not any(h.provider == provider for h in view.handles)
+                ):
+                    continue
                 if include_merged or not view.merged_into:
                     out.append(view)
                     if len(out) == size:
