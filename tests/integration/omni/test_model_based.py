@@ -84,9 +84,6 @@ LONG = "Ñandú " * 45  # 270 characters: a provider's display name is cut to 20
 NAMES = ["Ana", "Ana Lima", "", "Bea 🌸", LONG, "Kaz"]
 EMOJI = ["🔥", "👍", "❤️"]
 HANDLES = [("whatsapp", p) for p in PHONES] + [("discord", u) for u in USERS]
-# A handle a merge moves keeps the instance it was met on? The read model writes it with
-# no instance (IdentitiesMerged names handles only): reported, models.py is not ours.
-MERGE_KEEPS_INSTANCE = False
 SPARE = [("whatsapp", "4915199999999"), ("discord", "999000000000000001")]  # never a sender
 
 
@@ -831,8 +828,8 @@ class Harness:
         for key in want:
             self.m.kv[key] = survivor
             mm.racing.pop(key, None)
-            # The merge event names the handles, not their instances (see MERGE_KEEPS_INSTANCE).
-            s.handles[key] = mm.handles.get(key, "") if MERGE_KEEPS_INSTANCE else ""
+            # A handle a merge moves keeps the instance it was met on.
+            s.handles[key] = mm.handles.get(key, "")
             s.ever.add(key.partition(":")[0])
         for key in want:
             mm.handles.pop(key, None)

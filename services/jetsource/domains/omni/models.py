@@ -94,6 +94,15 @@ REWIND_ATTEMPTS = 5  # a row rewritten between reading it and the script: read a
 # the previous code).
 _APPLY = (
     """
+local function run(name, args)
+  if name == 'HMOVE' then  -- a hash field with its value to another hash (no such command)
+    local value = redis.call('HGET', args[1], args[3]) or ''
+    redis.call('HDEL', args[1], args[3])
+    redis.call('HSET', args[2], args[3], value)
+  else
+    redis.call(name, unpack(args))
+  end
+end
 local p, n = ARGV[1], tonumber(ARGV[2])
 local ver, last, blocked, out = {}, {}, {}, {}
 local applied, maxseq, i = 0, 0, 3
@@ -143,7 +152,7 @@ for _ = 1, n do
         if k <= nkeys then a = p .. ':' .. a end
         args[k] = a
       end
-      redis.call(name, unpack(args))
+      run(name, args)
     end
     i = i + argc
   end
@@ -174,6 +183,15 @@ return {applied, out}
 # written unless it was within the guard) or {1, version}: the row is no longer the
 # one the caller read (read it again).
 _REWIND = """
+local function run(name, args)
+  if name == 'HMOVE' then  -- a hash field with its value to another hash (no such command)
+    local value = redis.call('HGET', args[1], args[3]) or ''
+    redis.call('HDEL', args[1], args[3])
+    redis.call('HSET', args[2], args[3], value)
+  else
+    redis.call(name, unpack(args))
+  end
+end
 local p, id, to = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local cur = tonumber(redis.call('HGET', p .. ':ver', id) or '0')
 if cur < tonumber(ARGV[4]) or cur > tonumber(ARGV[5]) then return {0, cur} end
@@ -194,7 +212,7 @@ for _ = 1, nc do
     if k <= nkeys then a = p .. ':' .. a end
     args[k] = a
   end
-  redis.call(name, unpack(args))
+  run(name, args)
   i = i + argc
 end
 local seq = ARGV[i]
@@ -337,8 +355,9 @@ def identity_commands(record: RecordedEvent) -> list[Command]:
         for handle in e.handles:
             provider = handle.partition(":")[0]
             out += [
-                ("HDEL", 1, [f"i:{e.merged_id}:h", handle]),
-                ("HSET", 1, [f"i:{me}:h", handle, ""]),
+                # with its instance (the event names handles only): HMOVE is the apply
+                # script's own, a field and its value to another hash
+                ("HMOVE", 2, [f"i:{e.merged_id}:h", f"i:{me}:h", handle]),
                 ("HSET", 1, ["h", handle, me]),
                 ("ZADD", 1, [f"ip:{provider}", seq, me]),
             ]
