@@ -48,6 +48,7 @@ ENDED_STATUS = {v: k for k, v in ENDINGS.items()}
 RESERVED = frozenset({PROCESS_STARTED, *ENDINGS.values()})
 
 _TYPE = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
+MAX_TYPE_LENGTH = 64  # the ledger's bound on an event type
 _SESSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]*")
 _TS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}(?:Z|[+-]\d{2}:\d{2})")
 MS = 1_000_000
@@ -140,8 +141,7 @@ class SessionEvent:
         if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
             raise EventFormatError("seq", f"{seq!r} must be an integer >= 1")
         event_type = doc["type"]
-        if not isinstance(event_type, str) or not _TYPE.fullmatch(event_type):
-            raise EventFormatError("type", f"{event_type!r} must be snake_case")
+        check_type(event_type)
         if event_type in RESERVED:
             raise EventFormatError(
                 "type", f"{event_type} is the ledger's own; use session_started/session_ended"
@@ -165,6 +165,16 @@ class SessionEvent:
         except ValueError as e:
             raise EventFormatError("event", f"not JSON: {e}") from None
         return cls.from_dict(doc)
+
+
+def check_type(event_type: Any) -> None:
+    """An event type is snake_case, at most 64 characters (what the ledger records)."""
+    if not isinstance(event_type, str) or not _TYPE.fullmatch(event_type):
+        raise EventFormatError("type", f"{event_type!r} must be snake_case")
+    if len(event_type) > MAX_TYPE_LENGTH:
+        raise EventFormatError(
+            "type", f"at most {MAX_TYPE_LENGTH} characters, got {len(event_type)}"
+        )
 
 
 _SAFE = 2**53
@@ -240,7 +250,8 @@ def _data(event: events_pb2.CanonicalEvent) -> dict[str, Any]:
 def _restore_ints(value: Any) -> Any:
     """Struct keeps numbers as doubles: give integral ones back as ints (JSON has one
     number type; 3 and 3.0 are the same number, but users expect 3)."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+    # <= : 2^53 itself is exact in a double, and check_numbers lets it through.
+    if isinstance(value, float) and value.is_integer() and abs(value) <= _SAFE:
         return int(value)
     if isinstance(value, dict):
         return {k: _restore_ints(v) for k, v in value.items()}
