@@ -50,7 +50,9 @@ async def open_sessions(settings: SessionsAppSettings) -> AsyncIterator[Sessions
         store = event_store(nc, settings)
         await store.start()
         s = settings.sessions
-        reader: SessionReader = LedgerReader(store, nc.jetstream(), s.stream, s.subject_prefix)
+        reader: SessionReader = LedgerReader(
+            store, nc.jetstream(), s.stream, s.subject_prefix, settings.client.timeout_s
+        )
         channel = None
         if s.reader == "query":
             channel, metadata = open_channel(s.process_query, settings.client)

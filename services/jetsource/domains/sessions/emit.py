@@ -41,6 +41,7 @@ from jetsource.domains.sessions.format import (
     SESSION_STARTED,
     SessionEvent,
     check_numbers,
+    check_type,
     new_session_id,
     to_canonical,
 )
@@ -123,10 +124,13 @@ class Session:
 
     def emit(self, event_type: str, data: dict[str, Any] | None = None) -> None:
         """Queue an event (checked against the catalog per the validation setting:
-        strict raises CatalogViolation for a known type with bad data)."""
+        strict raises CatalogViolation for a known type with bad data). A type that is
+        not snake_case is refused here (EventFormatError naming ``type``): the ledger
+        would refuse the batch carrying it, and that would fail the whole session."""
         data = dict(data or {})
         if event_type in RESERVED or event_type in (SESSION_STARTED, SESSION_ENDED):
             raise ValueError(f"type: {event_type} is recorded by the session itself")
+        check_type(event_type)
         check_numbers(data, "data")
         load_catalog().check(event_type, data, self._validation)
         if self._closed or self.error is not None:

@@ -208,11 +208,16 @@ class LedgerReader:
     store: ``store`` is a JetStreamEventStore of PROCESS_EVENTS, ``js`` the NATS
     JetStream context for live follow."""
 
-    def __init__(self, store: Any, js: Any, stream: str, subject_prefix: str) -> None:
+    def __init__(
+        self, store: Any, js: Any, stream: str, subject_prefix: str, wait_s: float = 10.0
+    ) -> None:
         self._store = store
         self._js = js
         self._stream = stream
         self._prefix = subject_prefix
+        # How long follow waits for the first event of a session the stream does not
+        # know (one about to begin) before it says NOT_FOUND, as QueryReader does.
+        self._wait_s = wait_s
 
     async def processes(self) -> dict[str, ProcessSummary]:
         found: dict[str, ProcessSummary] = {}
@@ -292,6 +297,10 @@ class LedgerReader:
             if not is_noop(r):  # a voided one keeps its place, and shows nothing
                 yield _recorded(r, session_id)
             after_seq, start = r.version, r.stream_seq + 1
+        # A session with no event at all (unknown, or pruned) is waited for a while,
+        # then NOT_FOUND: following it must not hang for ever while show and export
+        # say it does not exist.
+        known = start > 1 or bool(await self._store.last_version(session_id))
         queue: asyncio.Queue[Any] = asyncio.Queue()
 
         async def on_message(msg: Any) -> None:
@@ -310,7 +319,17 @@ class LedgerReader:
         )
         try:
             while True:
-                msg = await queue.get()
+                if known:
+                    msg = await queue.get()
+                else:
+                    try:
+                        async with asyncio.timeout(self._wait_s):
+                            msg = await queue.get()
+                    except TimeoutError:
+                        from jetsource.domains.sessions.service import SessionNotFoundError
+
+                        raise SessionNotFoundError(f"session {session_id!r} not found") from None
+                    known = True
                 meta = msg.metadata
                 raw = RawMessage(
                     subject=msg.subject,
