@@ -191,6 +191,14 @@ async def collect_async() -> list[Statement]:
             model._cache.clear()  # each batching starts from an empty graph
             for i in range(0, len(records), size):
                 await model.apply(records[i : i + size])
+        # A redelivery (the story's refused sequences are read) and a second event for
+        # a version applied already, from a later sequence (refused and remembered).
+        first = records[0]
+        await model.apply([first])
+        again = RecordedEvent(
+            first.envelope, first.event, records[-1].stream_seq + 1, first.recorded_at_ns
+        )
+        await model.apply([again])
         # A cold model (nothing cached) reads the stored versions first.
         cold = GraphModel(graph_spec(1), RecordingDriver(recorder), "neo4j", store, 0, prefix)  # type: ignore[arg-type]
         await cold.apply(records[:3])

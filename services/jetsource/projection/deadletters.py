@@ -173,11 +173,16 @@ class DeadLetters:
         return await jsapi.delete_message(self._replies, self.stream, dlq_seq, self._timeout)
 
     async def count(self, spec: ModelSpec) -> int:
+        return sum((await self.subjects(spec)).values())
+
+    async def subjects(self, spec: ModelSpec, timeout: float | None = None) -> dict[str, int]:
+        """The model version's dead-letter subjects (one per aggregate parked) and
+        how many each holds, in one request."""
         await self._replies.start()
         info = await jsapi.api(
             self._replies,
             f"STREAM.INFO.{self.stream}",
             {"subjects_filter": self.subject(spec)},
-            self._timeout,
+            self._timeout if timeout is None else timeout,
         )
-        return sum(int(n) for n in (info["state"].get("subjects") or {}).values())
+        return {k: int(n) for k, n in (info["state"].get("subjects") or {}).items()}

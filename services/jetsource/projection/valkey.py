@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Collection, Sequence
 from typing import Any, TypeVar
 
 from valkey import exceptions as valkey_errors
@@ -75,21 +75,145 @@ def block_rest(outcome: Outcome, events: Sequence[RecordedEvent], reason: str) -
 
 
 def next_versions(
-    version: int, events: Sequence[RecordedEvent], outcome: Outcome
+    version: int,
+    events: Sequence[RecordedEvent],
+    outcome: Outcome,
+    last_seq: int = 0,
+    refused: Collection[int] = (),
 ) -> list[RecordedEvent]:
-    """The events that continue an aggregate stored at ``version``: older ones are
-    done (a redelivery), and a gap makes the rest wait."""
+    """The events (of one aggregate, in stream order) that continue it from
+    ``version``, applied last from stream sequence ``last_seq`` (0: unknown, a row
+    written before the sequence was kept), ``refused`` the sequences refused before.
+
+    A version applied already is a redelivery (done) when it comes from the sequence
+    it was applied from or an earlier one, and was not refused before; from a later
+    sequence it is a second event for one version (the stream's readers name it as
+    corrupt): refused (``outcome.failed``), the aggregate's later events waiting
+    behind it. With ``last_seq`` unknown a repeat is taken for a redelivery, as it
+    always was, until the aggregate's next event is applied (from then on its
+    sequence is known). A gap makes the rest wait."""
     fresh: list[RecordedEvent] = []
     for i, e in enumerate(events):
         expected = version + len(fresh) + 1
-        if e.version < expected:
-            outcome.done.append(e.stream_seq)
-        elif e.version > expected:
-            block_rest(outcome, events[i:], f"waiting for version {expected}")
-            break
-        else:
+        if e.version == expected:
             fresh.append(e)
+            continue
+        applied_from = fresh[-1].stream_seq if fresh else last_seq
+        if e.version < expected and (
+            not applied_from or (e.stream_seq <= applied_from and e.stream_seq not in refused)
+        ):
+            outcome.done.append(e.stream_seq)
+            continue
+        if e.version > expected:
+            block_rest(outcome, events[i:], f"waiting for version {expected}")
+        else:
+            outcome.failed[e.stream_seq] = repeated_version(e, expected - 1)
+            block_rest(outcome, events[i + 1 :], f"behind refused sequence {e.stream_seq}")
+        break
     return fresh
+
+
+def may_repeat(version: int, last_seq: int, events: Sequence[RecordedEvent]) -> bool:
+    """Whether ``next_versions`` needs the aggregate's refused sequences for these
+    events: one of them repeats a stored version from at or below the stored
+    sequence (a redelivery, unless refused before). Only then need they be read."""
+    return bool(last_seq) and any(e.version <= version and e.stream_seq <= last_seq for e in events)
+
+
+def repeated_version(e: RecordedEvent, position: int) -> str:
+    """Why an event whose version was applied from an earlier sequence is refused."""
+    return (
+        f"it carries version {e.version} where {position + 1} belongs: version "
+        f"{e.version} of {e.aggregate_id!r} was applied from an earlier stream sequence "
+        f"(a second event for one version, not a redelivery)"
+    )
+
+
+def refused_seqs(raw: bytes | str | None) -> frozenset[int]:
+    """The sequences kept in a ``refused`` hash field: " <seq> <seq> "."""
+    return frozenset(int(s) for s in text(raw).split()) if raw else frozenset()
+
+
+# Where an event stands against its aggregate's applied position, in an apply script
+# (after ``p`` is set), for a model that applies event by event in Lua:
+#   <p>:pos      hash id -> the version applied last
+#   <p>:pseq     hash id -> the stream sequence it was applied from (absent in rows
+#                written before it was kept: unknown, a repeated version is then
+#                taken for a redelivery, as it was, until the next event is applied)
+#   <p>:refused  hash id -> " <seq> <seq> ": the sequences ``place`` refused
+# ``place`` answers 'apply' (the next version), 'done' (a redelivery: the version was
+# applied from this or a later sequence), 'wait' (a gap, or behind an event of the
+# aggregate refused or waiting in this call) or 'refuse': a version applied already,
+# from a stream sequence above the one it was applied from, or refused before (what
+# ``next_versions`` decides). A refusal is remembered: the runtime retries it with
+# backoff, and a later event of the aggregate may be applied meanwhile, after which
+# the retried one would look like a redelivery. ``advance`` records an applied event.
+PLACE_LUA = """
+local pos, last, blocked = {}, {}, {}
+local function place(id, ver, seq, seqtext)
+  if pos[id] == nil then
+    pos[id] = tonumber(redis.call('HGET', p .. ':pos', id) or '0')
+    last[id] = tonumber(redis.call('HGET', p .. ':pseq', id) or '0')
+  end
+  if blocked[id] then return 'wait' end
+  if ver == pos[id] + 1 then return 'apply' end
+  if ver > pos[id] + 1 then
+    blocked[id] = true
+    return 'wait'
+  end
+  if last[id] == 0 then return 'done' end
+  local seen = redis.call('HGET', p .. ':refused', id) or ' '
+  local again = string.find(seen, ' ' .. seqtext .. ' ', 1, true) ~= nil
+  if seq <= last[id] and not again then return 'done' end
+  blocked[id] = true
+  if not again then redis.call('HSET', p .. ':refused', id, seen .. seqtext .. ' ') end
+  return 'refuse'
+end
+local function advance(id, ver, seq, seqtext)
+  redis.call('HSET', p .. ':pos', id, ver)
+  redis.call('HSET', p .. ':pseq', id, seqtext)
+  pos[id], last[id] = ver, seq
+end
+"""
+
+# Remember refused sequences (``id`` -> " <seq> <seq> " in ``<p>:refused``), each once.
+REMEMBER_REFUSED_LUA = """
+local function remember_refused(id, seqtext)
+  local seen = redis.call('HGET', p .. ':refused', id) or ' '
+  if string.find(seen, ' ' .. seqtext .. ' ', 1, true) == nil then
+    redis.call('HSET', p .. ':refused', id, seen .. seqtext .. ' ')
+  end
+end
+"""
+
+
+def script_outcome(
+    events: Sequence[RecordedEvent],
+    applied: int,
+    waiting: Sequence[bytes],
+    refused: Sequence[bytes],
+    waiting_reason: str = "waiting for the previous version",
+) -> Outcome:
+    """The outcome of an apply script built on ``PLACE_LUA`` that answered
+    ``{applied, waiting, refused}``: the sequences left waiting, and (sequence,
+    position) pairs of those refused."""
+    wait = {int(s) for s in waiting}
+    refuse = {int(refused[i]): int(refused[i + 1]) for i in range(0, len(refused), 2)}
+    outcome = Outcome(applied=int(applied))
+    behind: dict[str, int] = {}
+    for e in events:
+        seq = e.stream_seq
+        if seq in refuse:
+            outcome.failed[seq] = repeated_version(e, refuse[seq])
+            behind.setdefault(e.aggregate_id, seq)
+        elif seq in wait:
+            first = behind.get(e.aggregate_id)
+            outcome.waiting[seq] = (
+                f"behind refused sequence {first}" if first is not None else waiting_reason
+            )
+        else:
+            outcome.done.append(seq)
+    return outcome
 
 
 def skipped(aggregate_id: str, version: int, stream_seq: int, time_ns: int) -> RecordedEvent:

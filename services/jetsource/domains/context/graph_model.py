@@ -32,7 +32,7 @@ from jetsource.domains.context.valkey_models import ContextModel
 from jetsource.eventstore.port import EventStore
 from jetsource.projection.contract import Checkpoint, Kind, ModelSpec, Outcome
 from jetsource.projection.graph import graph_io, graph_run
-from jetsource.projection.valkey import group, next_versions, skipped
+from jetsource.projection.valkey import group, may_repeat, next_versions, skipped
 
 GRAPH = "graph"
 
@@ -125,16 +125,48 @@ class GraphModel:
                 result = await graph_run(
                     session,
                     f"MATCH (s:{self.story}) WHERE s.key IN $keys "
-                    "RETURN s.key AS key, s.version AS version",
+                    "RETURN s.key AS key, s.version AS version, s.seq AS seq",
                     keys=missing,
                 )
-                stored = {r["key"]: r["version"] async for r in result}
+                stored = {r["key"]: (r["version"] or 0, r["seq"] or 0) async for r in result}
             for i in missing:
-                version = stored.get(i) or 0
+                version, seq = stored.get(i, (0, 0))
                 events = await self.store.read_aggregate(i, to_version=version) if version else []
                 state = fold_state((e.event for e in events), context_id=i)
-                out[i] = (events[-1].stream_seq if events else 0, state)
+                # The node's sequence is the one its version was applied from (a
+                # discarded dead letter's stand-in included), which the stream's
+                # event at that version need not be.
+                out[i] = (int(seq) or (events[-1].stream_seq if events else 0), state)
         return out
+
+    async def _refused(self, ids: Sequence[str]) -> dict[str, frozenset[int]]:
+        """The sequences refused before (a second event for a version applied
+        already), of the stories named: read only when a batch repeats a version."""
+        if not ids:
+            return {}
+        async with self.driver.session(database=self.database) as session:
+            result = await graph_run(
+                session,
+                f"MATCH (s:{self.story}) WHERE s.key IN $keys "
+                "RETURN s.key AS key, s.refused AS refused",
+                keys=list(ids),
+            )
+            return {r["key"]: frozenset(int(x) for x in r["refused"] or []) async for r in result}
+
+    async def _remember_refused(self, refusals: list[dict[str, Any]]) -> None:
+        """Each sequence refused once in its Story node's ``refused``: the runtime
+        retries a refused event with backoff, and once a later event of the story is
+        applied meanwhile, the retry would look like a redelivery. After the batch's
+        write (a refusal in the same call as a story's first events needs the node it
+        creates)."""
+        async with self.driver.session(database=self.database) as session:
+            await graph_run(
+                session,
+                f"UNWIND $rows AS r MATCH (s:{self.story} {{key: r.key}}) "
+                "WITH s, r WHERE NOT r.seq IN coalesce(s.refused, []) "
+                "SET s.refused = coalesce(s.refused, []) + r.seq",
+                rows=refusals,
+            )
 
     def _remember(self, story: str, seq: int, state: ContextState) -> None:
         if self.cache_size == 0:
@@ -281,9 +313,21 @@ class GraphModel:
         loaded = await self._load(list(groups))
         writes = _Writes()
         pending: dict[str, tuple[int, ContextState, list[int]]] = {}
+        # A version applied already, from at or below the sequence it was applied
+        # from: a redelivery unless refused before (read only then).
+        refused = await self._refused(
+            [i for i, evs in groups.items() if may_repeat(loaded[i][1].version, loaded[i][0], evs)]
+        )
+        refusals: list[dict[str, Any]] = []
         for story, evs in groups.items():
-            _, state = loaded[story]
-            fresh = next_versions(state.version, evs, outcome)
+            last_seq, state = loaded[story]
+            known = refused.get(story, frozenset())
+            fresh = next_versions(state.version, evs, outcome, last_seq, known)
+            refusals += [
+                {"key": story, "seq": e.stream_seq}
+                for e in evs
+                if e.stream_seq in outcome.failed and e.stream_seq not in known
+            ]
             if not fresh:
                 continue
             new, fresh = ContextModel._fold(state, fresh, outcome)
@@ -291,9 +335,11 @@ class GraphModel:
                 continue
             self._diff(writes, state, new, fresh)
             pending[story] = (fresh[-1].stream_seq, new, [e.stream_seq for e in fresh])
-        if not pending:
-            return outcome
-        ok = await self._write(writes, max(seq for seq, _, _ in pending.values()))
+        ok: dict[str, int] = {}
+        if pending:
+            ok = await self._write(writes, max(seq for seq, _, _ in pending.values()))
+        if refusals:
+            await self._remember_refused(refusals)
         for story, (seq, state, seqs) in pending.items():
             if story in ok:
                 if heard == erasures_heard():

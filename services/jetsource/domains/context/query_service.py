@@ -77,7 +77,7 @@ from jetsource.domains.context.views import (
 from jetsource.eventstore.horizon import BeyondHorizonError
 from jetsource.eventstore.jsapi import JsApiError, NoRespondersError
 from jetsource.projection.bootstrap import Projection
-from jetsource.projection.contract import TransientError
+from jetsource.projection.contract import ModelSpec, TransientError
 
 log = logging.getLogger("jetsource.query")
 SERVICE = pb.DESCRIPTOR.services_by_name["ContextQueryService"].full_name
@@ -340,6 +340,10 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
         self.heap = HeapKeeper()
         seed = f"jetsource page tokens v{TOKEN_VERSION}|{projection.store.settings.stream}"
         self._tokens = PageTokens(hashlib.sha256(seed.encode()).digest())
+        # (model, version) -> (valid until, monotonic; the dead-letter subjects of the
+        # stories it parked), and the read of them under way.
+        self._parked: dict[tuple[str, int], tuple[float, frozenset[str]]] = {}
+        self._parked_reads: dict[tuple[str, int], asyncio.Future[frozenset[str]]] = {}
 
     # -- plumbing ---------------------------------------------------------------
 
@@ -388,6 +392,66 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
         seconds.observe(time.perf_counter() - started)
         return result
 
+    async def _parked_subjects(self, spec: ModelSpec) -> frozenset[str]:
+        """The dead-letter subjects of the stories the model version parked: read at
+        most every ``dead_letter_ttl_s`` (one request, shared by the calls waiting
+        for it)."""
+        key = (spec.name, spec.version)
+        kept = self._parked.get(key)
+        if kept is not None and time.monotonic() < kept[0]:
+            return kept[1]
+        read = self._parked_reads.get(key)
+        if read is None:
+            read = asyncio.ensure_future(self._read_parked(spec, kept))
+            self._parked_reads[key] = read
+            read.add_done_callback(lambda _: self._parked_reads.pop(key, None))
+        return await asyncio.shield(read)
+
+    async def _read_parked(
+        self, spec: ModelSpec, kept: tuple[float, frozenset[str]] | None
+    ) -> frozenset[str]:
+        timeout = self.o.dead_letter_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                found = frozenset(await self.p.dead_letters.subjects(spec, timeout))
+        except Exception as exc:  # best effort: NATS away or slow reads as "as known"
+            log.debug("dead letters of %s v%s not read: %r", spec.name, spec.version, exc)
+            return kept[1] if kept is not None else frozenset()
+        self._parked[(spec.name, spec.version)] = (
+            time.monotonic() + self.o.dead_letter_ttl_s,
+            found,
+        )
+        return found
+
+    async def _check_parked(self, spec: ModelSpec, context_id: str) -> None:
+        """DATA_LOSS naming the poison, as every reader of the stream names it, when
+        the model parked the story behind a dead letter: what it holds of the story
+        stops before that event, and answering it as the story would hide that events
+        past it exist (until an operator voids or discards it)."""
+        letters = self.p.dead_letters
+        if letters.subject(spec, context_id) not in await self._parked_subjects(spec):
+            return
+        try:
+            async with asyncio.timeout(self.o.dead_letter_timeout_s):
+                found = await letters.list(spec, context_id)
+        except Exception as exc:
+            log.debug("dead letters of %s not read: %r", context_id, exc)
+            return
+        ours = f"{self.store.settings.subject_prefix}.{context_id}."
+        mine = [d for d in found if d.original_subject.startswith(ours)]
+        if not mine:
+            return
+        first = min(mine, key=lambda d: d.original_seq)
+        raise RpcError(
+            grpc.StatusCode.DATA_LOSS,
+            f"context {context_id!r} holds a corrupt event at stream sequence "
+            f"{first.original_seq}: {first.reason}; the {spec.name} read model shows "
+            "nothing past it until an operator voids it "
+            f"(jetsource repair void --seq {first.original_seq})",
+            reason="CORRUPT_EVENT",
+            metadata={"context_id": context_id, "stream_sequence": str(first.original_seq)},
+        )
+
     async def _must_exist(self, context_id: str) -> int:
         version = await self.store.last_version(context_id)
         if version == 0:
@@ -403,6 +467,7 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
             cid = _context_id(request.context_id)
             wanted = _number("min_version", request.min_version, 0)
             model: ContextModel = await self._model(CONTEXT)
+            await self._check_parked(model.spec, cid)
             doc = await model.read(cid)
             if doc is None or doc["state"]["version"] < wanted:
                 doc = await self._wait_for(model, cid, wanted, doc, context)
@@ -658,6 +723,7 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
             cid = _context_id(request.context_id)
             depth = _number("depth", request.depth, 0, self.o.max_graph_depth)
             graph: GraphModel = await self._model(GRAPH)
+            await self._check_parked(graph.spec, cid)
             nodes = await graph.nodes(cid)
             if not nodes:
                 await self._must_exist(cid)

@@ -32,6 +32,13 @@ class QueryOptions(WorkerFields):
     control_ttl_s: float = Field(default=1.0, ge=0)
     control_max_stale_s: float = Field(default=30.0, ge=0)
     shutdown_grace_s: float = Field(default=5.0, ge=0)
+    # A read of one story from a read model (GetContext, GetDecisionGraph) answers
+    # DATA_LOSS naming the poison when that model parked the story behind a dead
+    # letter. Which stories are parked is read from the dead letters (one request) at
+    # most this often, taking at most ``dead_letter_timeout_s`` (else the read answers
+    # from the model as it is).
+    dead_letter_ttl_s: float = Field(default=1.0, ge=0)
+    dead_letter_timeout_s: float = Field(default=0.5, gt=0)
 
     def target(self) -> str:
         return f"{self.grpc_host}:{self.grpc_port}"

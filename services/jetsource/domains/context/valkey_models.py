@@ -41,10 +41,15 @@ from jetsource.eventstore.port import EventStore
 from jetsource.projection.contract import Kind, ModelSpec, Outcome
 from jetsource.projection.valkey import (
     CHECKPOINT_LUA,
+    PLACE_LUA,
+    REMEMBER_REFUSED_LUA,
     ValkeyModel,
     block_rest,
     group,
+    may_repeat,
     next_versions,
+    refused_seqs,
+    script_outcome,
     skipped,
     valkey_io,
 )
@@ -94,12 +99,18 @@ end
 # fields set and of fields deleted, the (field, value) pairs and the deleted fields.
 # A partial write applies only to a story stored as a hash: one stored otherwise (by
 # an earlier layout, a whole JSON string) is a conflict, and the model loads it and
-# writes it whole.
+# writes it whole. Then the number of sequences refused (a second event for a version
+# applied already, see ``next_versions``) and (id, seq) pairs: remembered in
+# ``refused`` (id -> " <seq> <seq> "), so a retried one stays refused once a later
+# event is applied (its sequence is below the stored one then).
 _CONTEXT_APPLY = (
     _HASH_LUA
     + """
 local p = ARGV[1]
 local n = tonumber(ARGV[2])
+"""
+    + REMEMBER_REFUSED_LUA
+    + """
 local conflicts, stale = {}, {}
 local applied, maxseq, i = 0, 0, 3
 for _ = 1, n do
@@ -131,6 +142,8 @@ for _ = 1, n do
     table.insert(stale, id)
   end
 end
+local nref = tonumber(ARGV[i])
+for k = 1, nref do remember_refused(ARGV[i + 2 * k - 1], ARGV[i + 2 * k]) end
 """
     + CHECKPOINT_LUA
     + """
@@ -172,64 +185,81 @@ return cur
 """
 )
 
-# Per event: id, version, seq, entry. Applies v only right after v-1; a gap blocks the
-# rest of that aggregate in this batch (returned as waiting sequences).
+# Per event: id, version, seq, entry. Applies v only right after v-1 (``place``: a
+# gap or a refusal blocks the rest of that aggregate in this call, a version applied
+# already is a redelivery only from the sequence it was applied from or an earlier
+# one); answers the waiting and the refused (seq, position) sequences.
 _TIMELINE_APPLY = (
     """
 local p, keep, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local pos, blocked, waiting = {}, {}, {}
+"""
+    + PLACE_LUA
+    + """
+local waiting, refused = {}, {}
 local applied, maxseq, i = 0, 0, 4
 for _ = 1, n do
   local id, ver, seq, entry = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), ARGV[i + 3]
+  local seqtext = ARGV[i + 2]
   i = i + 4
-  if pos[id] == nil then pos[id] = tonumber(redis.call('HGET', p .. ':pos', id) or '0') end
-  if blocked[id] then
+  local at = place(id, ver, seq, seqtext)
+  if at == 'wait' then
     table.insert(waiting, seq)
-  elseif ver == pos[id] + 1 then
+  elseif at == 'refuse' then
+    table.insert(refused, seq)
+    table.insert(refused, pos[id])
+  elseif at == 'apply' then
     local key = p .. ':tl:' .. id
     redis.call('ZADD', key, ver, entry)
     redis.call('ZREMRANGEBYRANK', key, 0, -(keep + 1))
-    redis.call('HSET', p .. ':pos', id, ver)
-    pos[id] = ver
+    advance(id, ver, seq, seqtext)
     applied = applied + 1
     if seq > maxseq then maxseq = seq end
-  elseif ver > pos[id] + 1 then
-    blocked[id] = true
-    table.insert(waiting, seq)
   end
 end
 """
     + CHECKPOINT_LUA
     + """
-return {applied, waiting}
+return {applied, waiting, refused}
 """
 )
 
 # id, version, guard (low, high: nothing is written unless the stored version is
 # within), n, then n (version, entry) pairs and the last sequence. n = -1: only trim
-# the entries after the version (no entries known); otherwise the entries replace
-# the aggregate's timeline.
+# the entries after the version (no entries known: the sequence the version was
+# applied from is read from its entry, if kept, else unknown); otherwise the entries
+# replace the aggregate's timeline. The refused sequences stay (a second event for a
+# version is one whatever the position).
 _TIMELINE_REWIND = """
 local p, id, ver = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local cur = tonumber(redis.call('HGET', p .. ':pos', id) or '0')
 if cur < tonumber(ARGV[4]) or cur > tonumber(ARGV[5]) then return cur end
 local n, key = tonumber(ARGV[6]), p .. ':tl:' .. id
+local pseq = nil
 if n < 0 then
   if cur <= ver then return cur end
   redis.call('ZREMRANGEBYSCORE', key, '(' .. ver, '+inf')
+  local at = redis.call('ZRANGEBYSCORE', key, ver, ver)
+  if #at == 1 then pseq = tostring(cjson.decode(at[1])['seq']) end
 else
   redis.call('DEL', key)
   for i = 1, n do
     redis.call('ZADD', key, tonumber(ARGV[5 + 2 * i]), ARGV[6 + 2 * i])
   end
   local seq = tonumber(ARGV[7 + 2 * n])
+  if n > 0 then pseq = ARGV[7 + 2 * n] end
   local cp = tonumber(redis.call('HGET', p .. ':meta', 'checkpoint') or '0')
   if seq > cp then redis.call('HSET', p .. ':meta', 'checkpoint', seq) end
 end
 if ver == 0 then
   redis.call('HDEL', p .. ':pos', id)
+  redis.call('HDEL', p .. ':pseq', id)
 else
   redis.call('HSET', p .. ':pos', id, ver)
+  if pseq then
+    redis.call('HSET', p .. ':pseq', id, pseq)
+  else
+    redis.call('HDEL', p .. ':pseq', id)
+  end
 end
 redis.call('HINCRBY', p .. ':meta', 'applied', ver - cur)
 return cur
@@ -450,10 +480,24 @@ class ContextModel(ValkeyModel):
         loaded = await self._load(list(groups), take=True)
         args: list[Any] = []
         pending: dict[str, tuple[dict[str, Any], ContextState, list[int], Maps | None]] = {}
+        # A version applied already, from at or below the sequence it was applied
+        # from: a redelivery unless refused before (read only then).
+        refused = await self._refused(
+            [
+                i
+                for i, evs in groups.items()
+                if may_repeat(loaded[i][1].version, int(loaded[i][0].get("seq") or 0), evs)
+            ]
+        )
+        refusals: list[str] = []
         for aggregate_id, evs in groups.items():
             meta, state, stored, maps, cached = loaded[aggregate_id]
             base = state.version
-            fresh = next_versions(base, evs, outcome)
+            known = refused.get(aggregate_id, frozenset())
+            fresh = next_versions(base, evs, outcome, int(meta.get("seq") or 0), known)
+            for e in evs:
+                if e.stream_seq in outcome.failed and e.stream_seq not in known:
+                    refusals += (aggregate_id, str(e.stream_seq))
             if fresh:
                 new, fresh, put, new_maps = self._fold_touched(state, fresh, outcome, maps)
             if not fresh:  # nothing to write: the entry taken (unchanged) goes back
@@ -483,8 +527,9 @@ class ContextModel(ValkeyModel):
                 *dels,
             ]
             pending[aggregate_id] = (new_meta, new, [e.stream_seq for e in fresh], new_maps)
-        if not pending:
+        if not pending and not refusals:
             return outcome
+        args += [len(refusals) // 2, *refusals]
         conflicts, stale = await valkey_io(self._apply(args=[self.ns, len(pending), *args]))
         conflicted = {c.decode() for c in conflicts}
         written_before = {c.decode() for c in stale}
@@ -506,6 +551,13 @@ class ContextModel(ValkeyModel):
                 outcome.done.extend(seqs)
                 outcome.applied += len(seqs)
         return outcome
+
+    async def _refused(self, ids: Sequence[str]) -> dict[str, frozenset[int]]:
+        """The sequences refused before, of the stories named (one read, if any)."""
+        if not ids:
+            return {}
+        found = await valkey_io(self.redis.hmget(f"{self.ns}:refused", list(ids)))
+        return {i: refused_seqs(raw) for i, raw in zip(ids, found, strict=True) if raw}
 
     @classmethod
     def _fold(
@@ -684,15 +736,8 @@ class TimelineModel(ValkeyModel):
         args: list[Any] = [self.ns, self.keep, len(events)]
         for e in events:
             args += [e.aggregate_id, e.version, e.stream_seq, self.entry(e)]
-        applied, raw_waiting = await valkey_io(self._apply(args=args))
-        waiting = {int(s) for s in raw_waiting}
-        outcome = Outcome(applied=int(applied))
-        for e in events:
-            if e.stream_seq in waiting:
-                outcome.waiting[e.stream_seq] = "waiting for the previous version"
-            else:
-                outcome.done.append(e.stream_seq)
-        return outcome
+        applied, waiting, refused = await valkey_io(self._apply(args=args))
+        return script_outcome(events, applied, waiting, refused)
 
     async def skip(self, aggregate_id: str, stream_seq: int) -> bool:
         placeholder = skipped(aggregate_id, await self.position(aggregate_id) + 1, stream_seq, 0)
