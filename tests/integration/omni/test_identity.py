@@ -143,6 +143,34 @@ async def test_a_merged_identity_takes_no_handle(ingest: Ingest) -> None:
     assert await ids.link(survivor, "discord", "311", actor="test") == ""
 
 
+async def test_a_link_racing_a_merge_is_refused_not_lost(
+    ingest: Ingest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A merge landing between a link's checks and its append: the link appended at any
+    version and put the handle on the merged identity. It appends at the version it
+    checked now, so it checks again and is refused (as a link to a merged identity)."""
+    ids = ingest.identities
+    survivor = await ids.resolve("whatsapp", "4915100000020", "acme")
+    merged = await ids.resolve("discord", "330", "bot")
+    checked = ids._refuse_merged
+    merges: list[list[str]] = []
+    racing = [True]
+
+    async def merge_right_after_the_check(identity_id: str, field: str) -> None:
+        await checked(identity_id, field)
+        if racing.pop() if racing else False:  # the link's first check passed: merge now
+            merges.append(await ids.merge(survivor, merged, actor="test"))
+
+    monkeypatch.setattr(ids, "_refuse_merged", merge_right_after_the_check)
+    with pytest.raises(ValidationError) as refused:
+        await ids.link(merged, "discord", "331", actor="test")
+    assert merges and refused.value.field == "identity_id"
+    assert survivor in str(refused.value)
+    assert await ids.lookup("discord", "331") is None
+    history = await ingest.store.read_aggregate(merged)
+    assert [r.event_type for r in history][-1] != "ExternalIdLinked"  # the merge ends it
+
+
 async def test_identities_by_provider_hold_a_handle_of_it(
     ingest: Ingest, http: httpx.AsyncClient, projection: Projection
 ) -> None:

@@ -34,7 +34,7 @@ from jetsource._gen.omni.v1.lifecycle_pb2 import (
     IdentityCreated,
 )
 from jetsource.core.envelope import ANY, NO_STREAM, NewEvent
-from jetsource.core.errors import ValidationError
+from jetsource.core.errors import ConcurrencyError, ValidationError
 from jetsource.domains.omni.events import (
     first_contact_identity,
     handle_key,
@@ -48,6 +48,7 @@ from jetsource.eventstore.jetstream import JetStreamEventStore
 
 log = logging.getLogger("jetsource.omni.identity")
 MAX_EXTERNAL_ID = 256
+LINK_ATTEMPTS = 5  # a link re-checks the identity when it changed meanwhile
 # An operator's free text (the CLI's --name, --actor, --reason): refused beyond these,
 # naming the field. A provider's display name is cut to MAX_NAME instead (a webhook is
 # accepted with what it carries).
@@ -292,38 +293,40 @@ class IdentityService:
         its survivor's handles."""
         check_handle(provider, external_id)
         check_text(actor, "actor", MAX_ACTOR)
-        await self._require(identity_id, "identity_id")
-        await self._refuse_merged(identity_id, "identity_id")
         key = handle_key(provider, external_id)
         kv = await self.kv()
-        previous = ""
-        try:
-            entry = await kv.get(key)
-            previous = entry.value.decode() if entry.value else ""
-        except KeyNotFoundError:
-            pass
-        if previous == identity_id:
-            return previous
-        await self._store.append(
-            identity_id,
-            [
-                NewEvent(
-                    ExternalIdLinked(
-                        identity_id=identity_id,
-                        provider=provider,
-                        external_id=external_id,
-                        instance=instance,
-                        previous_identity_id=previous,
-                        linked_by=actor,
-                    ),
-                    source="jetsource-cli",
+        for _ in range(LINK_ATTEMPTS):
+            version = await self._require(identity_id, "identity_id")
+            await self._refuse_merged(identity_id, "identity_id")
+            previous = ""
+            try:
+                entry = await kv.get(key)
+                previous = entry.value.decode() if entry.value else ""
+            except KeyNotFoundError:
+                pass
+            if previous == identity_id:
+                return previous
+            event = ExternalIdLinked(
+                identity_id=identity_id,
+                provider=provider,
+                external_id=external_id,
+                instance=instance,
+                previous_identity_id=previous,
+                linked_by=actor,
+            )
+            try:
+                # At the version checked: a merge (or another link) of the identity
+                # meanwhile makes this check again, so no handle lands on an identity
+                # merged after the check.
+                await self._store.append(
+                    identity_id, [NewEvent(event, source="jetsource-cli")], version
                 )
-            ],
-            ANY,
-        )
-        await kv.put(key, identity_id.encode())
-        self._remember(key, identity_id)
-        return previous
+            except ConcurrencyError:
+                continue
+            await kv.put(key, identity_id.encode())
+            self._remember(key, identity_id)
+            return previous
+        raise ConcurrencyError(identity_id, "the version checked", version)
 
     async def handles_of(self, identity_id: str) -> list[tuple[str, str]]:
         """The handles that resolve to ``identity_id`` now: those its history linked to
