@@ -14,7 +14,7 @@ import getpass
 import typer
 
 from jetsource.cli import output
-from jetsource.cli.output import U64, USAGE
+from jetsource.cli.output import REFUSED, U64, USAGE
 from jetsource.cli.projector import _json, _run
 from jetsource.projection.repair import VoidReport, void_sequence
 
@@ -50,6 +50,7 @@ def void(
     )
     if json_out:
         output.emit_json(report.summary())
+        _exit_if_incomplete(report)
         return
     state = "was already voided" if report.voided_before else "voided"
     output.line(
@@ -74,3 +75,23 @@ def void(
             )
         for key, why in entry["failed"].items():
             output.line(f"    {key}: {why}")
+    _exit_if_incomplete(report)
+
+
+def _exit_if_incomplete(report: VoidReport) -> None:
+    """Voided, but a model's dead letters failed again or a model could not be written
+    again from the stream: exit 1 (refused), as `projector dlq retry` does, so a script
+    does not take the story for repaired."""
+    left = [
+        model
+        for model, entry in report.models.items()
+        if entry["failed"]
+        or ("replayed" in entry and not entry["replayed"] and not entry.get("not_yet_applied"))
+    ]
+    if left:
+        output.fail(
+            REFUSED,
+            "refused",
+            f"stream sequence {report.seq} is voided, but {', '.join(left)} did not take it "
+            "up (see the report: retry the dead letters, or rebuild side by side)",
+        )

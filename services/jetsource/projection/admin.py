@@ -1078,13 +1078,19 @@ async def dlq_retry(
     aggregate_id: str | None = None,
     dlq_seqs: list[int] | None = None,
     progress: Progress = _quiet,
+    version: int | None = None,
 ) -> DlqReport:
     """Apply dead letters again, oldest first per aggregate; a success removes the
-    entry. A failure stops that aggregate (its later letters stay behind it)."""
+    entry. A failure stops that aggregate (its later letters stay behind it). Only
+    those of one model ``version`` when given."""
     report = DlqReport()
     for _ in range(10):  # the live projector may file more while we work: go again
         letters = await _select(p, name, aggregate_id, dlq_seqs)
-        letters = [d for d in letters if d.dlq_seq not in report.failed]
+        letters = [
+            d
+            for d in letters
+            if d.dlq_seq not in report.failed and (version is None or d.version == version)
+        ]
         if not letters:
             break
         stuck: set[tuple[str, int, str]] = set()

@@ -92,10 +92,16 @@ async def void_sequence(
             else:
                 entry["dropped"].append(letter.dlq_seq)
             await p.dead_letters.delete(letter.dlq_seq)
-        retried = await admin.dlq_retry(p, name, aggregate_id)
+        report.models[f"{name} v{version}"] = entry
+    # Then each version's other letters of the aggregate (behind the voided one), once
+    # every version's letter of the voided sequence is gone: a retry by model name alone
+    # took another version's letter of it as "still undecodable", under this version.
+    for key in sorted({(d.model, d.version) for d in letters}):
+        name, version = key
+        entry = report.models[f"{name} v{version}"]
+        retried = await admin.dlq_retry(p, name, aggregate_id, version=version)
         entry["retried"] = retried.done
         entry["failed"] = retried.failed
-        report.models[f"{name} v{version}"] = entry
     if record is not None:
         # Models that took the voided message as a valid event: what they wrote from
         # it is written again from the stream without it (stream readers step over it).
