@@ -26,6 +26,7 @@ import typer
 from jetsource.cli import output as out
 from jetsource.cli.output import Mode
 from jetsource.core.errors import (
+    ConcurrencyError,
     CorruptEventError,
     EventStoreUnavailableError,
     StreamMissingError,
@@ -313,11 +314,15 @@ def import_(
     output: Mode | None = OUTPUT,
 ) -> None:
     """Record session events from JSON lines (the format `export` and `follow` print).
-    Idempotent: an event is keyed by its session and seq, so importing a file again
-    appends nothing. A bad line is refused naming its line and field; nothing of the
-    file is recorded then. Known types are checked against the catalog per
-    JETSOURCE_SESSIONS__VALIDATION."""
+    Idempotent by (session, seq), whatever recorded the session first (the emitter,
+    an earlier import): a line at a seq the ledger holds is already recorded, and only
+    the lines after the session's last seq are appended, at exactly their seq. A line
+    that says something else than the ledger at its seq, or leaves a gap before it, is
+    refused naming the line (exit 1); a bad line is refused naming its line and field
+    (exit 2). Nothing of the file is recorded then. Known types are checked against
+    the catalog per JETSOURCE_SESSIONS__VALIDATION."""
     from jetsource.domains.sessions.format import EventFormatError, SessionEvent, to_canonical
+    from jetsource.domains.sessions.importing import ImportConflictError, Line, plan_import
 
     _use(output)
     settings = SessionsAppSettings.load()
@@ -325,7 +330,7 @@ def import_(
         stream = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
     except OSError as exc:
         out.fail(out.USAGE, "INVALID_ARGUMENT", f"{path}: {exc.strerror or exc}")
-    events = []
+    lines: list[Line] = []
     number = 0
     try:
         with stream:
@@ -337,15 +342,24 @@ def import_(
                     load_catalog().check(event.type, event.data, settings.sessions.validation)
                 except (EventFormatError, ValueError) as exc:
                     out.fail(out.USAGE, "INVALID_ARGUMENT", f"line {number}: {exc}")
-                events.append(to_canonical(event, source="jetsource sessions import"))
+                lines.append(Line(number, event))
     except UnicodeDecodeError:
         out.fail(out.USAGE, "INVALID_ARGUMENT", f"{path}: line {number + 1} is not UTF-8 text")
     except OSError as exc:
         out.fail(out.USAGE, "INVALID_ARGUMENT", f"{path}: {exc.strerror or exc}")
 
     async def work(c: SessionsClient) -> list[Any]:
-        if observer is None:
-            return await c.writer.record(events)
+        from jetsource.domains.sessions.ledger import recorded_at
+
+        # One read of the ledger's stream per session (not the query reader: its read
+        # models may lag behind what is recorded).
+        plans = await plan_import(lines, lambda sid, seq: recorded_at(c.store, sid, seq))
+        new = [line for plan in plans for line in plan.new]
+        events = [to_canonical(line.event, source="jetsource sessions import") for line in new]
+        if not events:
+            return []
+        if observer is None:  # at exactly their seqs, or ConcurrencyError
+            return await c.writer.record(events, {p.session: p.last for p in plans if p.new})
         from jetsource._gen.process.v1.observer_pb2_grpc import ObserverServiceStub
         from jetsource.client import open_channel
         from jetsource.domains.sessions.ledger import ObserverWriter
@@ -356,12 +370,32 @@ def import_(
             writer = ObserverWriter(
                 ObserverServiceStub(channel), settings.client.timeout_s, metadata
             )
-            return await writer.record(events)
+            positions = await writer.record(events)
+        # The observer appends after whatever is there: a session recorded to since it
+        # was read has the lines elsewhere than at their seq. Say so.
+        for line, p in zip(new, positions, strict=True):
+            if not p.duplicate and p.process_seq != line.event.seq:
+                raise ImportConflictError(
+                    line.number,
+                    f"session {line.event.session} was recorded to while importing: this "
+                    f"line is recorded at seq {p.process_seq}, not {line.event.seq}",
+                )
+        return positions
 
-    positions = _run(work) if events else []
+    try:
+        positions = _run(work) if lines else []
+    except ImportConflictError as exc:
+        out.fail(out.REFUSED, "FAILED_PRECONDITION", str(exc))
+    except ConcurrencyError as exc:
+        out.fail(
+            out.REFUSED,
+            "ABORTED",
+            f"session {exc.aggregate_id} was recorded to while importing (at seq "
+            f"{exc.actual} where the import expected {exc.expected}); import again",
+        )
     appended = sum(1 for p in positions if not p.duplicate)
     if out.mode() == Mode.json:
-        out.emit_json({"events": len(positions), "appended": appended})
+        out.emit_json({"events": len(lines), "appended": appended})
     else:
-        out.line(f"{len(positions)} events, {appended} appended, {len(positions) - appended} "
+        out.line(f"{len(lines)} events, {appended} appended, {len(lines) - appended} "
                  "already recorded")  # fmt: skip

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -24,7 +24,7 @@ from google.protobuf import json_format
 from jetsource._gen.process.v1 import events_pb2
 from jetsource.core.clock import from_timestamp, to_timestamp
 from jetsource.core.codec import PayloadDecodeError
-from jetsource.core.envelope import ANY, NewEvent, RecordedEvent
+from jetsource.core.envelope import ANY, Expected, NewEvent, RecordedEvent
 from jetsource.core.errors import CorruptEventError
 from jetsource.core.ids import uuid7
 from jetsource.domains.process.models.common import is_noop
@@ -125,8 +125,15 @@ class LedgerWriter:
         self._store = store
 
     async def record(
-        self, events: Sequence[events_pb2.CanonicalEvent]
+        self,
+        events: Sequence[events_pb2.CanonicalEvent],
+        expected: Mapping[str, int] | None = None,
     ) -> list[events_pb2.Position]:
+        """``expected``: the seq a process is at before these events, for a writer that
+        means them to land at exact seqs (an import): appended there or not at all
+        (ConcurrencyError when the process moved; a repeat of the same append finds
+        its events). A process not in it is appended after whatever is there."""
+        at = dict(expected or {})
         out: list[events_pb2.Position] = []
         i = 0
         while i < len(events):
@@ -135,7 +142,11 @@ class LedgerWriter:
                 j += 1
             run = events[i:j]
             news = [_new_event(ce) for ce in run]
-            result = await self._store.append(run[0].process_id, news, ANY)
+            pid = run[0].process_id
+            expect: Expected = at.get(pid, ANY)
+            result = await self._store.append(pid, news, expect)
+            if pid in at:
+                at[pid] += len(run)
             for ce, news_i, version, seq in zip(
                 run, news, result.versions, result.stream_seqs, strict=True
             ):
@@ -170,6 +181,22 @@ def _new_event(ce: events_pb2.CanonicalEvent) -> NewEvent:
         event_type=ce.event_type,
         schema_version=ce.schema_version,
     )
+
+
+async def recorded_at(
+    store: Any, session_id: str, from_seq: int = 1
+) -> tuple[int, dict[int, SessionEvent | None]]:
+    """What the ledger's stream holds of a session, for an import: its last seq and
+    the events from ``from_seq`` on by seq (None: a place an operator voided). One
+    look-up of the last seq, and one read only when it is at ``from_seq`` or beyond
+    (a session the ledger does not know costs the look-up alone)."""
+    last = int(await store.last_version(session_id))
+    found: dict[int, SessionEvent | None] = {}
+    if last >= from_seq:
+        for r in await store.read_aggregate(session_id, from_version=from_seq):
+            found[r.version] = None if is_noop(r) else _recorded(r, session_id).event
+            last = max(last, r.version)
+    return last, found
 
 
 class ObserverWriter:
