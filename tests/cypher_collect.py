@@ -79,12 +79,22 @@ class Statement:
         }
 
 
+GRAPH_HELPERS = str(Path("jetsource", "projection", "graph.py"))
+
+
 @dataclass
 class Recorder:
     statements: list[Statement] = field(default_factory=list)
 
     def record(self, query: str, params: dict[str, Any], depth: int = 2) -> list[_Record]:
         caller = sys._getframe(depth)
+        # Through graph_run (projection/graph.py): the site is the line that called it.
+        while (
+            caller.f_back is not None
+            and caller.f_code.co_filename.endswith(GRAPH_HELPERS)
+            and caller.f_code.co_name in ("read", "graph_io", "graph_run")
+        ):
+            caller = caller.f_back
         site = (_rel(Path(caller.f_code.co_filename)), caller.f_lineno)
         self.statements.append(Statement(query, tuple(sorted(params)), site))
         rows = params.get("rows")
@@ -377,17 +387,21 @@ def _rel(path: Path) -> str:
 
 
 def source_sites(sources: Sequence[Path] = SOURCES) -> dict[tuple[str, int, int], str]:
-    """Every ``<session or tx>.run(...)`` call: (path, first line, last line) -> text."""
+    """Every ``<session or tx>.run(...)`` and ``graph_run(session, ...)`` call: (path,
+    first line, last line) -> text."""
     out: dict[tuple[str, int, int], str] = {}
     for path in sources:
         for node in ast.walk(_parse(path)):
+            if not isinstance(node, ast.Call):
+                continue
             if (
-                isinstance(node, ast.Call)
-                and isinstance(node.func, ast.Attribute)
+                isinstance(node.func, ast.Attribute)
                 and node.func.attr == "run"
                 and isinstance(node.func.value, ast.Name)
                 and node.func.value.id in ("session", "tx")
-            ):
+            ) or (isinstance(node.func, ast.Name) and node.func.id == "graph_run"):
+                if node.args and isinstance(node.args[0], ast.Starred):
+                    continue  # graph_run's own session.run(*args): its callers are the sites
                 key = (_rel(path), node.lineno, node.end_lineno or node.lineno)
                 out[key] = ast.unparse(node)
     return out
