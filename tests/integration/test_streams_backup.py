@@ -38,7 +38,17 @@ def environment(url: str, unique: str) -> dict[str, str]:
         "JETSOURCE_PROJECTOR__DLQ_STREAM": f"BD_{unique}",
         "JETSOURCE_PROJECTOR__DLQ_SUBJECT_PREFIX": f"bd{unique}",
         "JETSOURCE_PROJECTOR__CONTROL_BUCKET": f"BR_{unique}",
+        # What other services keep, under names of this test alone (the process and
+        # omni event streams are the registry's: PROCESS_EVENTS, OMNI_EVENTS).
+        "JETSOURCE_EVENTSTORE__KEYS_BUCKET": f"BK_{unique}",
+        "JETSOURCE_OMNI__RAW_STREAM": f"BW_{unique}",
+        "JETSOURCE_OMNI__RAW_SUBJECT_PREFIX": f"bw{unique}.raw",
+        "JETSOURCE_OMNI__IDENTITY_BUCKET": f"BH_{unique}",
+        "JETSOURCE_OBSERVER__CLAIMS_BUCKET": f"BC_{unique}",
     }
+
+
+CONTEXT = ("events", "snapshots", "dead-letters")
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -114,18 +124,17 @@ async def test_backup_then_restore_beside_the_old_streams(
     folder = tmp_path / "backup"
 
     backed = {row["role"]: row for row in ok(env, "backup", str(folder))}
-    assert {r: backed[r]["messages"] for r in backed} == {
+    assert {r: backed[r]["messages"] for r in CONTEXT} == {
         "events": 4,
         "snapshots": 1,
         "dead-letters": 1,
     }
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["format"] == "jetsource-streams-backup/1"
-    assert [s["stream"] for s in manifest["streams"]] == [
-        f"BE_{unique}",
-        f"BS_{unique}",
-        f"BD_{unique}",
-    ]
+    streams = [s["stream"] for s in manifest["streams"]]
+    assert streams[0] == f"BE_{unique}"
+    assert {f"BS_{unique}", f"BD_{unique}", "PROCESS_EVENTS", "OMNI_EVENTS"} <= set(streams)
+    assert f"KV_BR_{unique}" not in streams  # the read-model control bucket is rebuilt
 
     # The files hold what the server stores: sequence, subject, time, headers, data.
     originals = await stored(nats_server.url, f"BE_{unique}")
@@ -148,8 +157,13 @@ async def test_backup_then_restore_beside_the_old_streams(
         f"--subject-prefix=be{unique}=re{unique}",
         f"--subject-prefix=bs{unique}=rs{unique}",
         f"--subject-prefix=bd{unique}=rd{unique}",
+        # The context streams alone (the process and omni ones are in use, here).
+        f"--stream=BE_{unique}",
+        f"--stream=BS_{unique}",
+        f"--stream=BD_{unique}",
     ]
     restored = {row["role"]: row for row in ok(env, "restore", str(folder), *renames)}
+    assert set(restored) == set(CONTEXT)
     assert restored["events"] == {
         "role": "events",
         "source": f"BE_{unique}",
@@ -221,6 +235,13 @@ async def test_restore_into_an_empty_server_keeps_names(
     dlq.write_text("\n".join([*rows, json.dumps(again)]) + "\n")
     manifest_file = tmp_path / "b" / "manifest.json"
     manifest = json.loads(manifest_file.read_text())
+    # As an older jetsource wrote it: the three context streams, without the new fields.
+    old_fields = ("role", "stream", "file", "messages", "first_seq", "last_seq", "subjects")
+    by_name = {s["stream"]: s for s in manifest["streams"]}
+    manifest["streams"] = [
+        {k: by_name[name][k] for k in old_fields}
+        for name in (f"BE_{unique}", f"BS_{unique}", f"BD_{unique}")
+    ]
     manifest["streams"][2] |= {"messages": 2, "last_seq": 2}
     manifest_file.write_text(json.dumps(manifest))
     fresh = start_nats(tmp_path / "fresh")
@@ -246,3 +267,196 @@ async def test_restore_into_an_empty_server_keeps_names(
         assert ensured["events"] in {"unchanged", "updated"}
     finally:
         fresh.stop()
+
+
+async def fill_every_domain(env: dict[str, str], unique: str) -> dict[str, Any]:
+    """Beside fill(): a personal field (sealed under a key of the keys bucket), a
+    process's and an omni identity's events, a raw payload, a claim, identity handles."""
+    from types import SimpleNamespace
+
+    from jetsource._gen.context.v1 import events_pb2 as ev
+    from jetsource.core.envelope import NewEvent
+    from jetsource.domains.omni.descriptor import DOMAIN as OMNI
+    from jetsource.domains.omni.raw import RawArchive
+    from jetsource.domains.omni.settings import OmniOptions
+    from jetsource.domains.process.claims import ClaimValue, KvClaims
+    from jetsource.domains.process.descriptor import DOMAIN as PROCESS
+
+    url = env["JETSOURCE_NATS__URL"]
+    alice = f"alice-{unique}"
+    nc = await nats.connect(url)
+    shared = SimpleNamespace(eventstore=EventStoreSettings(keys_bucket=f"BK_{unique}"))
+    try:
+        context = JetStreamEventStore(nc, registry, context_settings(env))
+        await context.start()
+        await context.append(
+            "personal",
+            [created("p"), NewEvent(ev.DecisionAdded(decision_id="d1", title="T", author=alice))],
+            NO_STREAM,
+        )
+        await context.close()
+        process = JetStreamEventStore(nc, PROCESS.registry, PROCESS.eventstore(shared))
+        await process.start()
+        assert PROCESS.sample_history is not None and OMNI.sample_history is not None
+        steps = PROCESS.sample_history(f"p-{unique}", 3, 0)
+        await process.append(f"p-{unique}", [as_new(e) for e in steps], NO_STREAM)
+        await process.close()
+        omni = JetStreamEventStore(nc, OMNI.registry, OMNI.eventstore(shared))
+        await omni.start()
+        identity = f"idn-{unique}"
+        history = [as_new(m) for m in OMNI.sample_history(identity, 2, 1)]
+        await omni.append(identity, history, NO_STREAM)
+        await omni.close()
+        raw = RawArchive(
+            nc, OmniOptions(raw_stream=f"BW_{unique}", raw_subject_prefix=f"bw{unique}.raw")
+        )
+        await raw.ensure_stream()
+        await raw.close()
+        await nc.jetstream().publish(f"bw{unique}.raw.r1", b'{"body": 1}')
+        claims = KvClaims(nc, f"BC_{unique}")
+        claim = ClaimValue("ev-1", 11, 7, 1, 12)
+        assert await claims.create("e.p.one", claim) is not None
+        handles = await nc.jetstream().create_key_value(bucket=f"BH_{unique}", history=5)
+        await handles.put("whatsapp.a", b"idn-old")
+        await handles.put("whatsapp.a", identity.encode())
+        await handles.put("discord.b", identity.encode())
+        return {"alice": alice, "identity": identity, "process": f"p-{unique}", "claim": claim}
+    finally:
+        await nc.close()
+
+
+def as_new(event: Any) -> Any:
+    from jetsource.core.envelope import NewEvent
+
+    return event if isinstance(event, NewEvent) else NewEvent(event)
+
+
+def context_settings(env: dict[str, str]) -> EventStoreSettings:
+    return EventStoreSettings(
+        stream=env["JETSOURCE_EVENTSTORE__STREAM"],
+        subject_prefix=env["JETSOURCE_EVENTSTORE__SUBJECT_PREFIX"],
+        keys_bucket=env["JETSOURCE_EVENTSTORE__KEYS_BUCKET"],
+    )
+
+
+async def test_backup_holds_every_domain_and_the_keys(
+    nats_server: Server, unique: str, tmp_path: Path
+) -> None:
+    """The backup recommended before an upgrade restores a working system into an empty
+    server: every domain's events, the raw payloads, the claims, the identity handles,
+    and the keys without which no personal field can be read."""
+    from types import SimpleNamespace
+
+    from jetsource.domains.omni.descriptor import DOMAIN as OMNI
+    from jetsource.domains.process.claims import KvClaims
+    from jetsource.domains.process.descriptor import DOMAIN as PROCESS
+
+    env = environment(nats_server.url, unique)
+    ok(env, "ensure")
+    await fill(env, unique)
+    made = await fill_every_domain(env, unique)
+    folder = tmp_path / "backup"
+    backed = {row["stream"]: row for row in ok(env, "backup", str(folder))}
+    kv = {f"KV_BK_{unique}": "keys", f"KV_BC_{unique}": "process claims"}
+    kv[f"KV_BH_{unique}"] = "omni handles"
+    expected = {
+        f"BE_{unique}": "events",
+        "PROCESS_EVENTS": "process events",
+        "OMNI_EVENTS": "omni events",
+        f"BS_{unique}": "snapshots",
+        f"BD_{unique}": "dead-letters",
+        f"BW_{unique}": "omni raw",
+        **kv,
+    }
+    assert {s: backed[s]["role"] for s in expected} == expected
+    assert f"KV_BR_{unique}" not in backed  # the read-model control bucket is rebuilt
+    assert backed[f"KV_BK_{unique}"]["bucket"] == f"BK_{unique}"
+    assert backed[f"KV_BK_{unique}"]["messages"] >= 2  # the pepper, alice's key, ...
+    assert backed[f"KV_BH_{unique}"]["messages"] == 3  # history 5: both values of a
+    # nats-py made it without direct gets: read from the stream's leader instead.
+    assert not lines(folder, f"KV_BH_{unique}")[0]["config"].get("allow_direct")
+
+    fresh = start_nats(tmp_path / "fresh")
+    if fresh.url == nats_server.url:
+        pytest.skip("an external NATS: no second, empty server to restore into")
+    try:
+        target = environment(fresh.url, unique)
+        restored = {row["stream"]: row for row in ok(target, "restore", str(folder))}
+        assert set(restored) == set(backed)
+        for name, row in restored.items():
+            assert row["messages"] == backed[name]["messages"], name
+
+        nc = await nats.connect(fresh.url)
+        shared = SimpleNamespace(eventstore=EventStoreSettings(keys_bucket=f"BK_{unique}"))
+        try:
+            # Every domain's events read back through its store; the personal field
+            # decrypts with the restored keys.
+            context = JetStreamEventStore(nc, registry, context_settings(target))
+            await context.start()
+            personal = await context.read_aggregate("personal")
+            assert personal[1].event.author == made["alice"]  # type: ignore[union-attr]
+            assert [r.version for r in await context.read_aggregate("story-1")] == [1, 2, 3]
+            await context.close()
+            process = JetStreamEventStore(nc, PROCESS.registry, PROCESS.eventstore(shared))
+            await process.start()
+            ledger = await process.read_aggregate(made["process"])
+            assert [r.envelope.event_type for r in ledger] == [
+                "process_started",
+                "level_started",
+                "process_completed",
+            ]
+            await process.close()
+            omni = JetStreamEventStore(nc, OMNI.registry, OMNI.eventstore(shared))
+            await omni.start()
+            person = await omni.read_aggregate(made["identity"])
+            assert person[0].event.display_name == "P1"  # type: ignore[union-attr]
+            assert len(person) == 2
+            await omni.close()
+            # Whole streams: the same messages in the same order.
+            for name in (f"BE_{unique}", "PROCESS_EVENTS", "OMNI_EVENTS", f"BW_{unique}"):
+                before = await stored(nats_server.url, name)
+                after = await stored(fresh.url, name)
+                assert [(m.subject, m.data) for m in after] == [
+                    (m.subject, m.data) for m in before
+                ], name
+            # The buckets are KV buckets again, as their owners made them.
+            js = nc.jetstream()
+            handles = await js.key_value(f"BH_{unique}")
+            assert (await handles.get("whatsapp.a")).value == made["identity"].encode()
+            assert (await handles.status()).history == 5
+            claims = KvClaims(nc, f"BC_{unique}")
+            got = await claims.get("e.p.one")
+            assert got is not None and got[0] == made["claim"]
+            keys = (await js.stream_info(f"KV_BK_{unique}")).config
+            assert keys.subjects == [f"$KV.BK_{unique}.>"]
+            assert keys.max_msgs_per_subject == 1 and keys.allow_rollup_hdrs
+        finally:
+            await nc.close()
+    finally:
+        fresh.stop()
+
+    # A bucket renamed on restore stays a bucket: its subjects move with it; a name
+    # that is no bucket's is refused before anything is written.
+    moved = ok(
+        env,
+        "restore",
+        str(folder),
+        f"--stream=KV_BH_{unique}",
+        f"--rename=KV_BH_{unique}=KV_BH2_{unique}",
+    )
+    assert [(r["stream"], r["messages"]) for r in moved] == [(f"KV_BH2_{unique}", 3)]
+    nc = await nats.connect(nats_server.url)
+    try:
+        copy = await nc.jetstream().key_value(f"BH2_{unique}")
+        assert (await copy.get("discord.b")).value == made["identity"].encode()
+    finally:
+        await nc.close()
+    refused = cli(
+        env,
+        "restore",
+        str(folder),
+        f"--stream=KV_BC_{unique}",
+        f"--rename=KV_BC_{unique}=CLAIMS_{unique}",
+    )
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "KV_<bucket>" in refused.stdout + refused.stderr

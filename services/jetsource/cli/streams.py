@@ -18,7 +18,7 @@ import contextlib
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,10 +35,12 @@ from jetsource.cli.output import REFUSED, UNAVAILABLE, USAGE
 from jetsource.cli.projector import _json, connect_timeout_s
 from jetsource.core.clock import format_rfc3339_ns, now_ns
 from jetsource.core.errors import JetsourceError
-from jetsource.eventstore import jsapi
+from jetsource.domains.omni.settings import OmniOptions
+from jetsource.eventstore import horizon, jsapi
 from jetsource.eventstore.bootstrap import connect, redact_url, release
 from jetsource.eventstore.jetstream import stream_config
 from jetsource.eventstore.reshape import lift_deny_purge
+from jetsource.observer.settings import ObserverOptions
 from jetsource.projection.bootstrap import Projection, open_projection
 from jetsource.projection.deadletters import H_SUBJECT
 from jetsource.projection.settings import ProjectorSettings
@@ -128,6 +130,33 @@ def _domain_stream(store: Any, replies: jsapi.Replies, timeout: float) -> Any:
     return ensure
 
 
+READ_MODELS = "read-models"
+
+
+def provisioning(
+    settings: ProjectorSettings, p: Projection, replies: jsapi.Replies, timeout: float
+) -> list[tuple[str, str, Any]]:
+    """(role, stream, how to ensure it) for every stream `ensure` provisions. `backup`
+    reads the same list (without calling the ensures), so the two cannot drift."""
+    replicas = settings.eventstore.replicas
+    return [
+        ("events", settings.eventstore.stream, p.store.ensure_streams),
+        # Every other registered domain's event stream (its descriptor's policy).
+        *(
+            (f"{name} events", store.settings.stream, _domain_stream(store, replies, timeout))
+            for name, store in list(p.stores.items())[1:]
+        ),
+        ("snapshots", settings.snapshots.stream, p.snapshots.ensure_stream),
+        (
+            "dead letters",
+            settings.projector.dlq_stream,
+            lambda: p.dead_letters.ensure_stream(replicas),
+        ),
+        # A KV bucket is a stream named KV_<bucket>; created once, never changed here.
+        (READ_MODELS, f"KV_{settings.projector.control_bucket}", p.control.kv),
+    ]
+
+
 async def ensure_all(settings: ProjectorSettings) -> list[Provisioned]:
     """Provision every stream jetsource needs; say per stream what was done."""
     p: Projection = await open_projection(settings, provision=False)
@@ -135,23 +164,7 @@ async def ensure_all(settings: ProjectorSettings) -> list[Provisioned]:
     replies = jsapi.Replies(p.nc)
     await replies.start()
     try:
-        replicas = settings.eventstore.replicas
-        steps: list[tuple[str, str, Any]] = [
-            ("events", settings.eventstore.stream, p.store.ensure_streams),
-            # Every other registered domain's event stream (its descriptor's policy).
-            *(
-                (f"{name} events", store.settings.stream, _domain_stream(store, replies, timeout))
-                for name, store in list(p.stores.items())[1:]
-            ),
-            ("snapshots", settings.snapshots.stream, p.snapshots.ensure_stream),
-            (
-                "dead letters",
-                settings.projector.dlq_stream,
-                lambda: p.dead_letters.ensure_stream(replicas),
-            ),
-            # A KV bucket is a stream named KV_<bucket>; created once, never changed here.
-            ("read-models", f"KV_{settings.projector.control_bucket}", p.control.kv),
-        ]
+        steps = provisioning(settings, p, replies, timeout)
         done = []
         for role, stream, ensure in steps:
             before = await _config(replies, stream, timeout)
@@ -257,13 +270,61 @@ _RESTORE_DUPLICATE_WINDOW_NS = 100_000_000
 _RESTORE_DUPLICATE_WINDOW_S = _RESTORE_DUPLICATE_WINDOW_NS / 1e9 + 0.05
 
 
-def roles(settings: ProjectorSettings) -> dict[str, str]:
-    """role -> stream name, for the streams a backup holds."""
-    return {
-        "events": settings.eventstore.stream,
-        "snapshots": settings.snapshots.stream,
-        "dead-letters": settings.projector.dlq_stream,
-    }
+class BackupSettings(ProjectorSettings):
+    """The projector's settings, and where other services keep what a backup must hold:
+    ``JETSOURCE_OMNI__...`` (the raw payload archive, the identity handles) and
+    ``JETSOURCE_OBSERVER__CLAIMS_BUCKET`` (the process ledger's claims)."""
+
+    omni: OmniOptions = OmniOptions()
+    observer: ObserverOptions = ObserverOptions()
+
+
+@dataclass(frozen=True)
+class Owned:
+    role: str
+    stream: str
+    bucket: str = ""  # the KV bucket the stream holds (KV_<bucket>), if it is one
+    horizons_of: str = ""  # the event stream whose compaction horizons it holds
+
+
+# `ensure`'s role names that backups have always said otherwise.
+_BACKUP_ROLES = {"dead letters": "dead-letters"}
+
+
+def owned_streams(
+    settings: BackupSettings, p: Projection, replies: jsapi.Replies, timeout: float
+) -> list[Owned]:
+    """Every stream and KV bucket jetsource owns that holds what cannot be rebuilt:
+    the streams `ensure` provisions (every registered domain's events, snapshots, dead
+    letters; not the read-model control bucket, which `projector rebuild` writes again),
+    each event stream's compaction horizons, the omni raw payload archive, and the
+    buckets of the personal-data keys (without them no personal field can be read),
+    the process ledger's claims (idempotency for ever) and the omni identity handles.
+    Not the partition leases (renewed by the running projectors)."""
+    owned: dict[str, Owned] = {}
+    events: list[str] = []
+    for role, stream, _ in provisioning(settings, p, replies, timeout):
+        if role == READ_MODELS:
+            continue
+        owned.setdefault(stream, Owned(_BACKUP_ROLES.get(role, role), stream))
+        if role.endswith("events"):
+            events.append(stream)
+    moved = settings.omni.events_stream  # omni's events elsewhere (omni_domain)
+    if moved:
+        owned.setdefault(moved, Owned("omni events", moved))
+        events.append(moved)
+    kv: list[tuple[str, str, str]] = [
+        ("horizons", horizon.bucket(stream), stream) for stream in dict.fromkeys(events)
+    ]
+    kv += [("keys", store.settings.keys_bucket, "") for store in p.stores.values()]
+    kv += [
+        ("process claims", settings.observer.claims_bucket, ""),
+        ("omni handles", settings.omni.identity_bucket, ""),
+    ]
+    owned.setdefault(settings.omni.raw_stream, Owned("omni raw", settings.omni.raw_stream))
+    for role, bucket, of in kv:
+        owned.setdefault(f"KV_{bucket}", Owned(role, f"KV_{bucket}", bucket, of))
+    return list(owned.values())
 
 
 @dataclass
@@ -275,6 +336,8 @@ class StreamBackup:
     first_seq: int
     last_seq: int
     subjects: list[str]
+    bucket: str = ""  # a KV bucket's name: restored as one (KV_<bucket>, $KV.<bucket>.>)
+    horizons_of: str = ""  # renamed with this event stream when --rename names it
 
 
 def _message_line(raw: jsapi.RawMessage) -> str:
@@ -291,46 +354,89 @@ def _message_line(raw: jsapi.RawMessage) -> str:
     )
 
 
+async def _stored(
+    replies: jsapi.Replies, stream: str, info: dict[str, Any], page: int, timeout: float
+) -> AsyncIterator[jsapi.RawMessage]:
+    """Every message of the stream, oldest first. A stream without direct gets (a KV
+    bucket made by nats-py's defaults) is read from its leader, ``page`` sequences at a
+    time up to the last one ``info`` names (the gaps of a bucket answer nothing)."""
+    if info["config"].get("allow_direct"):
+        seq = 1
+        while True:
+            got = await jsapi.direct_get_page(replies, stream, None, seq, page, timeout)
+            for raw in got.messages:
+                yield raw
+            if got.pending == 0 or not got.messages:
+                return
+            seq = got.messages[-1].seq + 1
+    first = max(int(info["state"].get("first_seq", 1)), 1)
+    last = int(info["state"].get("last_seq", 0))
+    for at in range(first, last + 1, page):
+        got_all = await asyncio.gather(
+            *(
+                jsapi.leader_get(replies, stream, {"seq": seq}, timeout)
+                for seq in range(at, min(at + page, last + 1))
+            )
+        )
+        for one in got_all:
+            if one is not None:
+                yield one
+
+
 async def backup_streams(
-    settings: ProjectorSettings, folder: Path, page: int = 256
+    settings: BackupSettings, folder: Path, page: int = 256, only: list[str] | None = None
 ) -> list[StreamBackup]:
-    """Write every message of the event, snapshot and dead-letter streams to
-    ``folder/<stream>.jsonl`` (first line: the stream's config and state; then one line
-    per message, oldest first) and ``folder/manifest.json``. ``folder`` exists."""
+    """Write every message of every stream jetsource owns (:func:`owned_streams`; with
+    ``only``, of these streams alone) to ``folder/<stream>.jsonl`` (first line: the
+    stream's config and state; then one line per message, oldest first) and
+    ``folder/manifest.json``. ``folder`` exists."""
     timeout = settings.eventstore.request_timeout_s
-    nc = await connect(settings)
-    replies = jsapi.Replies(nc)
+    p: Projection = await open_projection(settings, provision=False)
+    replies = jsapi.Replies(p.nc)
     await replies.start()
     done: list[StreamBackup] = []
     try:
-        for role, stream in roles(settings).items():
-            info = await _config(replies, stream, timeout)
+        owned = owned_streams(settings, p, replies, timeout)
+        unknown = sorted(set(only or ()) - {o.stream for o in owned})
+        if unknown:
+            raise BackupError(
+                f"--stream {', '.join(unknown)}: not a stream jetsource owns; these are: "
+                + ", ".join(o.stream for o in owned)
+            )
+        for o in owned:
+            if only and o.stream not in only:
+                continue
+            info = await _config(replies, o.stream, timeout)
             if info is None:
                 continue  # never created (no dead letters yet, say): nothing to keep
-            file = f"{stream}.jsonl"
+            file = f"{o.stream}.jsonl"
             count, first, last = 0, 0, 0
             with (folder / file).open("w", encoding="utf-8") as out:
-                header = {"role": role, "config": info["config"], "state": info["state"]}
+                header = {"role": o.role, "config": info["config"], "state": info["state"]}
+                if o.bucket:
+                    header["bucket"] = o.bucket
                 out.write(json.dumps(header, separators=(",", ":")) + "\n")
-                seq = 1
-                while True:
-                    got = await jsapi.direct_get_page(replies, stream, None, seq, page, timeout)
-                    for raw in got.messages:
-                        out.write(_message_line(raw) + "\n")
-                        count += 1
-                        first = first or raw.seq
-                        last = raw.seq
-                    if got.pending == 0 or not got.messages:
-                        break
-                    seq = got.messages[-1].seq + 1
+                async for raw in _stored(replies, o.stream, info, page, timeout):
+                    out.write(_message_line(raw) + "\n")
+                    count += 1
+                    first = first or raw.seq
+                    last = raw.seq
             done.append(
                 StreamBackup(
-                    role, stream, file, count, first, last, list(info["config"]["subjects"])
+                    o.role,
+                    o.stream,
+                    file,
+                    count,
+                    first,
+                    last,
+                    list(info["config"]["subjects"]),
+                    o.bucket,
+                    o.horizons_of,
                 )
             )
     finally:
         await replies.stop()
-        await release(nc)
+        await p.close()
     manifest = {
         "format": BACKUP_FORMAT,
         "jetsource": __version__,
@@ -357,35 +463,89 @@ class StreamRestore:
     same_sequences: bool  # every message got its backed-up sequence
 
 
+def _target(entry: dict[str, Any], names: dict[str, str]) -> str:
+    """The stream an entry is restored as: --rename's, else a horizons bucket follows
+    its event stream's rename, else its own name."""
+    stream: str = entry["stream"]
+    of = entry.get("horizons_of") or ""
+    if stream not in names and of in names:
+        return horizon.kv_stream(names[of])
+    return names.get(stream, stream)
+
+
+def _entry_prefixes(
+    folder: Path, entry: dict[str, Any], target: str, prefixes: dict[str, str]
+) -> dict[str, str]:
+    """The subject moves for one entry. A KV bucket stays one: its stream is
+    KV_<bucket> and its subjects $KV.<bucket>.>, so a renamed bucket's subjects move
+    with it; anything else is refused before a message is written."""
+    bucket = entry.get("bucket") or ""
+    if not bucket:
+        return prefixes
+    new = target[3:] if target.startswith("KV_") else ""
+    if not new:
+        raise BackupError(
+            f"{entry['stream']} is the KV bucket {bucket}: it can be restored only as a "
+            f"stream named KV_<bucket> (--rename {entry['stream']}=KV_NEW)"
+        )
+    moved = {f"$KV.{bucket}": f"$KV.{new}", **prefixes} if new != bucket else prefixes
+    with (folder / entry["file"]).open(encoding="utf-8") as lines:
+        subjects = json.loads(next(lines))["config"].get("subjects", [])
+    if [_rewrite(s, moved) for s in subjects] != [f"$KV.{new}.>"]:
+        raise BackupError(
+            f"{entry['stream']} restored as the KV bucket {new} needs the subjects "
+            f"$KV.{new}.> alone, not {[_rewrite(s, moved) for s in subjects]}"
+        )
+    return moved
+
+
 async def restore_streams(
     settings: ProjectorSettings,
     folder: Path,
     names: dict[str, str],
     prefixes: dict[str, str],
+    only: list[str] | None = None,
 ) -> list[StreamRestore]:
-    """Create each backed-up stream (renamed by ``names``, its subjects' roots by
-    ``prefixes``) and publish its messages in their order. A target that exists with
-    messages is refused before anything is written."""
+    """Create each backed-up stream (with ``only``, these of them; renamed by
+    ``names``, its subjects' roots by ``prefixes``; a KV bucket as a KV bucket) and
+    publish its messages in their order. A target that exists with messages is
+    refused before anything is written."""
     manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     if manifest.get("format") != BACKUP_FORMAT:
         raise BackupError(f"{folder / MANIFEST}: not a {BACKUP_FORMAT} manifest")
+    entries: list[dict[str, Any]] = manifest["streams"]
+    unknown = sorted(set(only or ()) - {e["stream"] for e in entries})
+    if unknown:
+        raise BackupError(
+            f"--stream {', '.join(unknown)}: not in this backup; it holds: "
+            + ", ".join(e["stream"] for e in entries)
+        )
+    entries = [e for e in entries if not only or e["stream"] in only]
     timeout = settings.eventstore.request_timeout_s
     nc = await connect(settings)
     replies = jsapi.Replies(nc)
     await replies.start()
     done: list[StreamRestore] = []
     try:
-        entries = manifest["streams"]
+        plan: list[tuple[dict[str, Any], str, dict[str, str]]] = []
+        targets: dict[str, str] = {}
         for entry in entries:  # refuse before writing anything
-            target = names.get(entry["stream"], entry["stream"])
+            target = _target(entry, names)
+            if target in targets:
+                raise BackupError(f"{entry['stream']} and {targets[target]} both go to {target}")
+            targets[target] = entry["stream"]
+            moved = _entry_prefixes(folder, entry, target, prefixes)
             info = await _config(replies, target, timeout)
             if info is not None and int(info["state"].get("messages", 0)) > 0:
+                new = "KV_NEW" if entry.get("bucket") else "NEW"
                 raise BackupError(
                     f"stream {target} exists and holds messages: restore writes only into "
-                    f"a new or empty stream (--rename {entry['stream']}=NEW)"
+                    f"a new or empty stream (--rename {entry['stream']}={new}, or restore "
+                    "the others alone with --stream)"
                 )
-        for entry in entries:
-            done.append(await _restore_one(replies, folder, entry, names, prefixes, timeout))
+            plan.append((entry, target, moved))
+        for entry, target, moved in plan:
+            done.append(await _restore_one(replies, folder, entry, target, moved, timeout))
     finally:
         await replies.stop()
         await release(nc)
@@ -396,11 +556,10 @@ async def _restore_one(
     replies: jsapi.Replies,
     folder: Path,
     entry: dict[str, Any],
-    names: dict[str, str],
+    target: str,
     prefixes: dict[str, str],
     timeout: float,
 ) -> StreamRestore:
-    target = names.get(entry["stream"], entry["stream"])
     with (folder / entry["file"]).open(encoding="utf-8") as lines:
         header = json.loads(next(lines))
         config = {k: v for k, v in header["config"].items() if k not in _SERVER_CONFIG}
@@ -516,22 +675,31 @@ def _folder(folder: Path, create: bool) -> None:
 @app.command()
 def backup(
     folder: Path = typer.Argument(..., help="Folder to write (created if missing)"),
+    streams: list[str] = typer.Option(
+        [], "--stream", help="Back up only this stream (repeatable); default: all of them"
+    ),
     timeout: float = typer.Option(
         3600.0, "--timeout", min=0.1, help="Give up after this many seconds"
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON"),
 ) -> None:
-    """Back up the event, snapshot and dead-letter streams to FOLDER.
+    """Back up every stream jetsource owns to FOLDER.
 
-    One JSON Lines file per stream (its config and state, then every message oldest
-    first: sequence, subject, stored time, headers, data in base64) and manifest.json.
-    Reads only; safe while the services run (the backup ends where each stream ended
-    when it was read).
+    Every registered domain's event stream, the snapshot and dead-letter streams, the
+    compaction horizons, the omni raw payload archive, and the KV buckets of the
+    personal-data keys (without them personal fields cannot be read), the process
+    ledger's claims and the omni identity handles; not the read-model control bucket
+    (rebuilt). Streams that were never created are left out. One JSON Lines file per
+    stream (its config and state, then every message oldest first: sequence, subject,
+    stored time, headers, data in base64) and manifest.json. Reads only; safe while the
+    services run (the backup ends where each stream ended when it was read).
     """
     json_out = _json(as_json)
-    settings = ProjectorSettings.load()
+    settings = BackupSettings.load()
     _folder(folder, create=True)
-    done: list[StreamBackup] = _run(settings, timeout, lambda: backup_streams(settings, folder))
+    done: list[StreamBackup] = _run(
+        settings, timeout, lambda: backup_streams(settings, folder, only=streams)
+    )
     if json_out:
         output.emit_json([asdict(d) for d in done])
         return
@@ -555,6 +723,9 @@ def restore(
         help="OLD=NEW: subjects under OLD go under NEW (repeatable), e.g. "
         "context.events=restored.events (a stream beside the old one needs its own subjects)",
     ),
+    streams: list[str] = typer.Option(
+        [], "--stream", help="Restore only this stream of the backup (repeatable)"
+    ),
     timeout: float = typer.Option(
         3600.0, "--timeout", min=0.1, help="Give up after this many seconds"
     ),
@@ -563,7 +734,9 @@ def restore(
     """Restore a backup into new (or empty) streams, every message in its order.
 
     Streams keep their names unless --rename says otherwise; a stream that exists with
-    messages is refused before anything is written. Sequences are the backed-up ones
+    messages is refused before anything is written. A KV bucket (KV_<bucket>) is restored
+    as one: renamed only to KV_<new>, its subjects move to $KV.<new>.> with it; a
+    horizons bucket follows its event stream's --rename. Sequences are the backed-up ones
     when the stream had no gaps (see same_sequences); stored times are the time of the
     restore. Rebuild the read models from a restored event stream.
     """
@@ -573,7 +746,7 @@ def restore(
     prefixes = _pairs(subject_prefix, "--subject-prefix")
     _folder(folder, create=False)
     done: list[StreamRestore] = _run(
-        settings, timeout, lambda: restore_streams(settings, folder, names, prefixes)
+        settings, timeout, lambda: restore_streams(settings, folder, names, prefixes, streams)
     )
     if json_out:
         output.emit_json([asdict(d) for d in done])
