@@ -144,3 +144,32 @@ async def test_through_the_observer_the_timeline_is_unchanged(
     events = await QueryReader(stack.reads).events(s.id)
     # (the same documents; a Struct's keys come back in no set order)
     assert [e.event.to_dict() for e in events] == [json.loads(x) for x in after]
+
+
+async def test_a_session_longer_than_one_atomic_append_imports_whole(
+    client: SessionsClient, app_settings: SessionsAppSettings, tmp_path: Path
+) -> None:
+    """A session of more events than one atomic append takes (1,000) failed to import
+    straight to the stream (`2500 events in one append`); it goes in pieces, each at the
+    seq the last one left, and importing it again appends nothing."""
+    sid = "01938f3a-0000-7000-8000-00000000abcd"
+    lines = [
+        _json(
+            {
+                "session": sid,
+                "seq": 1 + i,
+                "ts": "2026-12-01T10:00:00.000Z",
+                "type": "session_started" if i == 0 else "custom_note",
+                "data": {"command": "gen", "argv": []} if i == 0 else {"n": i},
+            }
+        )
+        for i in range(2500)
+    ]
+    big = await _write(tmp_path / "big.jsonl", lines)
+    first = await cli(app_settings, "import", str(big))
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == "2500 events, 2500 appended, 0 already recorded"
+    again = await cli(app_settings, "import", str(big))
+    assert again.stdout.strip() == "2500 events, 0 appended, 2500 already recorded"
+    exported = (await cli(app_settings, "export", sid)).stdout.splitlines()
+    assert [json.loads(x)["seq"] for x in exported] == list(range(1, 2501))

@@ -36,6 +36,7 @@ from jetsource.domains.sessions.format import (
     from_message,
     from_stored,
 )
+from jetsource.eventstore.jsapi import BATCH_LIMIT
 
 
 class SessionWriter(Protocol):
@@ -119,7 +120,7 @@ def stored_event(record: RecordedEvent) -> events_pb2.StoredEvent:
 class LedgerWriter:
     """Appends canonical events through the engine's event store (the process domain's
     stream). Order per process is the store's: each batch of one process is appended
-    atomically after whatever is there."""
+    atomically after whatever is there (in pieces of at most ``BATCH_LIMIT`` events)."""
 
     def __init__(self, store: Any) -> None:
         self._store = store
@@ -140,25 +141,28 @@ class LedgerWriter:
             j = i
             while j < len(events) and events[j].process_id == events[i].process_id:
                 j += 1
-            run = events[i:j]
-            news = [_new_event(ce) for ce in run]
-            pid = run[0].process_id
-            expect: Expected = at.get(pid, ANY)
-            result = await self._store.append(pid, news, expect)
-            if pid in at:
-                at[pid] += len(run)
-            for ce, news_i, version, seq in zip(
-                run, news, result.versions, result.stream_seqs, strict=True
-            ):
-                out.append(
-                    events_pb2.Position(
-                        event_id=news_i.event_id,
-                        process_id=ce.process_id,
-                        global_seq=seq,
-                        process_seq=version,
-                        duplicate=result.duplicate,
+            # One atomic append per process, in pieces of at most BATCH_LIMIT events
+            # (a longer session failed whole): each piece at the seq the last one left.
+            for k in range(i, j, BATCH_LIMIT):
+                run = events[k : min(j, k + BATCH_LIMIT)]
+                news = [_new_event(ce) for ce in run]
+                pid = run[0].process_id
+                expect: Expected = at.get(pid, ANY)
+                result = await self._store.append(pid, news, expect)
+                if pid in at:
+                    at[pid] += len(run)
+                for ce, news_i, version, seq in zip(
+                    run, news, result.versions, result.stream_seqs, strict=True
+                ):
+                    out.append(
+                        events_pb2.Position(
+                            event_id=news_i.event_id,
+                            process_id=ce.process_id,
+                            global_seq=seq,
+                            process_seq=version,
+                            duplicate=result.duplicate,
+                        )
                     )
-                )
             i = j
         return out
 
