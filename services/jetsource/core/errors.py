@@ -59,7 +59,37 @@ class AccessDeniedError(JetsourceError):
 class ListenError(JetsourceError):
     """A service cannot listen where it is configured to: the address is in use by
     another process or not this host's. Restarting will not help: the configuration
-    (or the other process) must change."""
+    (or the other process) must change. The message names ``setting``, the
+    environment variable that moves the port, when the caller knows it."""
+
+    def __init__(self, what: str, address: str, reason: str, setting: str | None = None) -> None:
+        self.what = what
+        self.address = address  # host:port
+        self.setting = setting
+        move = f"set {setting} to a free port" if setting else "choose another port"
+        message = f"{what} cannot listen on {address}: {reason}; {move}"
+        message += " (or stop the other process)"
+        low, high = ephemeral_ports()
+        tail = address.rpartition(":")[2]
+        port = int(tail) if tail.isdigit() else 0
+        if low <= port <= high:
+            message += (
+                f". Port {port} lies in this host's ephemeral range {low}-{high}, where the "
+                "kernel also picks the local port of outgoing connections, so a conflict "
+                "there may hold no listener and come and go"
+            )
+        super().__init__(message)
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """The range the kernel picks outgoing connections' local ports from (Linux's
+    ``ip_local_port_range``); (0, -1), an empty range, where it cannot be read."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(n) for n in f.read().split())
+    except (OSError, ValueError):
+        return 0, -1
+    return low, high
 
 
 class CorruptEventError(JetsourceError):

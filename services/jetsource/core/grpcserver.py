@@ -29,7 +29,7 @@ from jetsource.core.errors import (
     StreamMissingError,
     ValidationError,
 )
-from jetsource.core.settings import GrpcServerSettings
+from jetsource.core.settings import GrpcServerSettings, JetsourceSettings, env_var
 
 # The health name a liveness probe asks: SERVING while the process answers at all. The
 # overall name ("") and the service's own follow whether it can do its work (the write
@@ -507,12 +507,15 @@ async def start_grpc(
     max_concurrent_rpcs: int,
     security: GrpcServerSettings | None = None,
     share_port: bool = False,
+    port_setting: str | None = None,
 ) -> GrpcEndpoint:
     """Start a service's gRPC server (and its separate health port, if set).
 
     grpc turns SO_REUSEPORT on by default, so a second process on a port in use binds
     it silently and takes half its connections. Off here: a port in use is a clear
-    :class:`ListenError`; ``share_port`` turns it on for the workers of one service
+    :class:`ListenError` naming the setting that moves it (``port_setting``, e.g.
+    ``JETSOURCE_QUERY__GRPC_PORT``; ``JETSOURCE_GRPC__HEALTH_PORT`` for the health
+    port); ``share_port`` turns it on for the workers of one service
     (``publisher.workers``), which share their port on purpose."""
     s = security or GrpcServerSettings()
     tokens = [t.get_secret_value() for t in s.auth_tokens if t.get_secret_value()]
@@ -541,6 +544,7 @@ async def start_grpc(
             if credentials is None
             else server.add_secure_port(target, credentials)
         ),
+        port_setting,
     )
     health_server = None
     health_port = 0
@@ -553,6 +557,7 @@ async def start_grpc(
             f"{service_name} health",
             health_target,
             lambda: health_server.add_insecure_port(health_target),
+            HEALTH_PORT_SETTING,
         )
         await health_server.start()
     await server.start()
@@ -561,13 +566,18 @@ async def start_grpc(
     return GrpcEndpoint(server, port, health_servicer, health_server, health_port)
 
 
-def _listen(what: str, target: str, bind: Callable[[], int]) -> int:
+HEALTH_PORT_SETTING = env_var(JetsourceSettings, "grpc", "health_port")
+
+
+def _listen(what: str, target: str, bind: Callable[[], int], setting: str | None) -> int:
     try:
         return bind()
     except RuntimeError as exc:  # grpc's "Failed to bind to address ..."
         raise ListenError(
-            f"{what} cannot listen on {target}: the address is in use by another process "
-            "or is not this host's; choose another port (or stop the other process)"
+            what,
+            target,
+            "the address is in use by another process or is not this host's",
+            setting,
         ) from exc
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import threading
 from collections.abc import Awaitable, Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -92,26 +93,46 @@ def watch_nats(nc: Any, service: str, poll_s: float = 5.0) -> asyncio.Task[None]
 
 
 def bind_http(
-    what: str, host: str, port: int, handler: type[BaseHTTPRequestHandler]
+    what: str,
+    host: str,
+    port: int,
+    handler: type[BaseHTTPRequestHandler],
+    setting: str | None = None,
 ) -> ThreadingHTTPServer:
     """A threading HTTP server on ``host:port``, or :class:`ListenError` naming what
-    could not listen where (a port in use, an address not this host's)."""
+    could not listen where (a port in use, an address not this host's) and
+    ``setting``, the environment variable that moves the port."""
     try:
         return ThreadingHTTPServer((host, port), handler)
     except OSError as exc:
-        raise ListenError(
-            f"{what} cannot listen on {host}:{port}: {exc.strerror or exc}; choose another "
-            "port (or stop the other process)"
-        ) from exc
+        raise ListenError(what, f"{host}:{port}", exc.strerror or str(exc), setting) from exc
+
+
+def bind_socket(what: str, host: str, port: int, setting: str | None = None) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (not listening yet: an asyncio server, e.g.
+    uvicorn's, listens on it), or :class:`ListenError` as :func:`bind_http`."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ListenError(what, f"{host}:{port}", exc.strerror or str(exc), setting) from exc
+    return sock
 
 
 def start_metrics_server(
-    port: int, host: str, healthy: Callable[[], bool] = lambda: True
+    port: int,
+    host: str,
+    healthy: Callable[[], bool] = lambda: True,
+    setting: str | None = None,
 ) -> ThreadingHTTPServer:
     """``/metrics`` (Prometheus) and ``/healthz`` (200 ``ok`` / 503 ``unhealthy`` from
     ``healthy()``, read from this thread, never awaiting the loop) on one port, served
     from a thread of their own. prometheus_client's own server answered every path,
-    ``/healthz`` included, with the metrics page."""
+    ``/healthz`` included, with the metrics page. A port in use is a
+    :class:`ListenError` naming ``setting`` (e.g. ``JETSOURCE_QUERY__METRICS_PORT``)."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -132,7 +153,7 @@ def start_metrics_server(
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = bind_http("/metrics", host, port, Handler)
+    server = bind_http("/metrics", host, port, Handler, setting)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server

@@ -245,6 +245,28 @@ class OtelSettings(BaseModel):
     sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
 
 
+def env_var(settings: type[BaseSettings], *path: str) -> str:
+    """The environment variable that sets the field at ``path`` (field names from the
+    settings class down), e.g. ``env_var(IngestSettings, "ingest", "grpc_port")`` is
+    ``JETSOURCE_INGEST__GRPC_PORT``: the class's env prefix and nested delimiter. A
+    field that does not exist raises KeyError, so a renamed setting is never named
+    wrongly in a message."""
+    model: type[BaseModel] = settings
+    for i, name in enumerate(path):
+        if name not in model.model_fields:
+            raise KeyError(f"{settings.__name__} has no setting {'.'.join(path[: i + 1])}")
+        kind = model.model_fields[name].annotation
+        if i < len(path) - 1:
+            if not (isinstance(kind, type) and issubclass(kind, BaseModel)):
+                raise KeyError(f"{settings.__name__}: {'.'.join(path[: i + 1])} has no fields")
+            model = kind
+    config = settings.model_config
+    prefix = config.get("env_prefix") or ""
+    delimiter = config.get("env_nested_delimiter") or "__"
+    name = prefix + delimiter.join(path)
+    return name if config.get("case_sensitive") else name.upper()
+
+
 class JetsourceSettings(BaseSettings):
     """Base settings: endpoints and credentials every service needs."""
 

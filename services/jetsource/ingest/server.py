@@ -21,8 +21,9 @@ from nats.aio.client import Client as NATS
 
 from jetsource.core.aio import stop_task
 from jetsource.core.grpcserver import GrpcEndpoint, start_grpc, stop_on_signals
-from jetsource.core.metrics import register_service, watch_nats
+from jetsource.core.metrics import bind_socket, register_service, watch_nats
 from jetsource.core.runner import run_service
+from jetsource.core.settings import env_var
 from jetsource.domains.omni.descriptor import omni_domain
 from jetsource.domains.omni.identity import IdentityService
 from jetsource.domains.omni.intake import Intake
@@ -37,6 +38,10 @@ from jetsource.projection.control import ActiveVersionCache, Control
 from jetsource.projection.valkey import connect_valkey
 
 log = logging.getLogger("jetsource.ingest")
+
+# The settings that move its ports, named when one is in use.
+HTTP_PORT = env_var(IngestSettings, "ingest", "http_port")
+GRPC_PORT = env_var(IngestSettings, "ingest", "grpc_port")
 
 
 class _Server(uvicorn.Server):
@@ -69,11 +74,15 @@ class Ingest:
         return int(servers[0].sockets[0].getsockname()[1]) if servers else 0
 
     async def start_http(self, host: str, port: int) -> None:
+        """Serve the app on ``host:port``. The socket is bound here: uvicorn, binding
+        it, logs a port in use and ends the process with exit 1 (SystemExit from its
+        task); here it is a ListenError naming the setting that moves the port."""
+        sock = bind_socket("HTTP", host, port, HTTP_PORT)
         config = uvicorn.Config(
             self.app, host=host, port=port, log_config=None, access_log=False, lifespan="off"
         )
         self.http = _Server(config)
-        self.http_task = asyncio.create_task(self.http.serve())
+        self.http_task = asyncio.create_task(self.http.serve(sockets=[sock]))
         while not self.http.started:
             if self.http_task.done():
                 self.http_task.result()  # raises why it could not start
@@ -139,6 +148,7 @@ async def build(settings: IngestSettings) -> Ingest:
             f"{o.grpc_host}:{o.grpc_port}",
             o.max_concurrent_rpcs,
             settings.grpc,
+            port_setting=GRPC_PORT,
         )
     except BaseException:
         await release(nc)

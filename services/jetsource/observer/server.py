@@ -34,6 +34,7 @@ from jetsource.core.errors import (
 from jetsource.core.grpcserver import GrpcEndpoint, start_grpc, stop_on_signals
 from jetsource.core.metrics import register_service, start_metrics_server, watch_nats
 from jetsource.core.runner import run_service
+from jetsource.core.settings import env_var
 from jetsource.core.writehealth import WriteHealth
 from jetsource.domains.process.claims import KvClaims
 from jetsource.domains.process.descriptor import DOMAIN
@@ -257,6 +258,7 @@ async def build(settings: ObserverSettings) -> Observer:
         o.target(),
         o.max_concurrent_rpcs,
         settings.grpc,
+        port_setting=env_var(ObserverSettings, "observer", "grpc_port"),
     )
     health.health = endpoint.health
     health.start()
@@ -271,7 +273,16 @@ async def serve(settings: ObserverSettings) -> None:
     def healthy() -> bool:
         return observer.nc.is_connected and observer.health.writable
 
-    metrics = start_metrics_server(o.metrics_port, o.grpc_host, healthy) if o.metrics_port else None
+    metrics = (
+        start_metrics_server(
+            o.metrics_port,
+            o.grpc_host,
+            healthy,
+            env_var(ObserverSettings, "observer", "metrics_port"),
+        )
+        if o.metrics_port
+        else None
+    )
     nats_state = watch_nats(observer.nc, "observer")
     log.info("observer listening on %s:%d", o.grpc_host, observer.port)
     await stop_on_signals().wait()

@@ -16,6 +16,7 @@ from jetsource.core.aio import stop_task
 from jetsource.core.grpcserver import GrpcEndpoint, start_grpc, stop_on_signals
 from jetsource.core.metrics import register_service, start_metrics_server, watch_nats
 from jetsource.core.runner import run_service
+from jetsource.core.settings import env_var
 from jetsource.eventstore.bootstrap import connect, release
 from jetsource.processquery.parked import DeadLetterProbe
 from jetsource.processquery.service import SERVICE, ProcessQueryService, add_to_server
@@ -63,6 +64,7 @@ async def build(settings: ProcessQuerySettings) -> ProcessQuery:
             o.target(),
             o.max_concurrent_rpcs,
             settings.grpc,
+            port_setting=env_var(ProcessQuerySettings, "process_query", "grpc_port"),
         )
     except BaseException:
         await redis.aclose()
@@ -107,6 +109,7 @@ async def serve(settings: ProcessQuerySettings) -> None:
             o.metrics_port,
             o.grpc_host,
             lambda: query.nc.is_connected and not query.valkey_down,
+            env_var(ProcessQuerySettings, "process_query", "metrics_port"),
         )
         if o.metrics_port
         else None

@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from jetsource.core.aio import wait_event
 from jetsource.core.grpcserver import stop_on_signals
 from jetsource.core.metrics import bind_http, register_service, watch_nats
+from jetsource.core.settings import env_var
 from jetsource.projection.bootstrap import Projection, open_projection
 from jetsource.projection.partitions import (
     Lease,
@@ -295,7 +296,9 @@ class HealthServer:
     recorded: the workers' state and a heartbeat the loop writes every
     ``LOOP_TICK_S``. Nothing here awaits the loop."""
 
-    def __init__(self, service: ProjectorService, host: str, port: int) -> None:
+    def __init__(
+        self, service: ProjectorService, host: str, port: int, setting: str | None = None
+    ) -> None:
         self.service = service
         self.heartbeat = time.monotonic()
         health = self
@@ -320,7 +323,7 @@ class HealthServer:
             def log_message(self, format: str, *args: object) -> None:
                 return None  # probes every second would flood the log
 
-        self.httpd = bind_http("/metrics and /healthz", host, port, Handler)
+        self.httpd = bind_http("/metrics and /healthz", host, port, Handler, setting)
         self.httpd.daemon_threads = True
         self.port = int(self.httpd.server_address[1])
         self._thread = threading.Thread(
@@ -351,12 +354,22 @@ class HealthServer:
         self.httpd.server_close()
 
 
-def http_server(service: ProjectorService, host: str, port: int) -> HealthServer:
-    """Start /metrics and /healthz (200 when every worker runs) on their own thread."""
-    return HealthServer(service, host, port).start()
+def http_server(
+    service: ProjectorService, host: str, port: int, setting: str | None = None
+) -> HealthServer:
+    """Start /metrics and /healthz (200 when every worker runs) on their own thread; a
+    port in use is a ListenError naming ``setting``, the variable that moves it."""
+    return HealthServer(service, host, port, setting).start()
 
 
-async def serve(settings: ProjectorSettings, name: str = "projector") -> None:
+PROJECTOR_HTTP_PORT = env_var(ProjectorSettings, "projector", "http_port")
+
+
+async def serve(
+    settings: ProjectorSettings, name: str = "projector", port_setting: str = PROJECTOR_HTTP_PORT
+) -> None:
+    """Run the models of ``settings.projector``; ``port_setting`` is the variable that
+    moves its HTTP port (the snapshotter's options stand in for the projector's)."""
     projection = await open_projection(settings, provision=True)
     o = settings.projector
     service = ProjectorService(projection, group=name)
@@ -370,7 +383,7 @@ async def serve(settings: ProjectorSettings, name: str = "projector") -> None:
     except BaseException:
         await projection.close()
         raise
-    server = http_server(service, o.host, o.http_port) if o.http_port else None
+    server = http_server(service, o.host, o.http_port, port_setting) if o.http_port else None
     register_service(name)
     nats_state = watch_nats(projection.nc, name)
     stop = stop_on_signals()

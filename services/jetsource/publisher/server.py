@@ -25,6 +25,7 @@ from jetsource.core.grpcserver import GrpcEndpoint, start_grpc, stop_on_signals
 from jetsource.core.heap import HeapKeeper
 from jetsource.core.metrics import register_service, start_metrics_server, watch_nats
 from jetsource.core.runner import run_service
+from jetsource.core.settings import env_var
 from jetsource.core.workers import serve_workers
 from jetsource.core.writehealth import WriteHealth
 from jetsource.domains.context.command_service import ContextCommandService
@@ -138,6 +139,7 @@ async def build(settings: PublisherSettings) -> Publisher:
         o.max_concurrent_rpcs,
         settings.grpc,
         share_port=o.port_shared,
+        port_setting=env_var(PublisherSettings, "publisher", "grpc_port"),
     )
     writes.health = endpoint.health
     writes.start()
@@ -158,7 +160,16 @@ async def serve(settings: PublisherSettings) -> None:
         writes = publisher.writes
         return publisher.nc.is_connected and (writes is None or writes.writable)
 
-    metrics = start_metrics_server(o.metrics_port, o.grpc_host, healthy) if o.metrics_port else None
+    metrics = (
+        start_metrics_server(
+            o.metrics_port,
+            o.grpc_host,
+            healthy,
+            env_var(PublisherSettings, "publisher", "metrics_port"),
+        )
+        if o.metrics_port
+        else None
+    )
     nats_state = watch_nats(publisher.nc, "publisher")
     log.info("publisher listening on %s:%d", o.grpc_host, publisher.port)
     await stop_on_signals().wait()

@@ -15,6 +15,7 @@ from jetsource.core.aio import stop_task
 from jetsource.core.grpcserver import GrpcEndpoint, start_grpc, stop_on_signals
 from jetsource.core.metrics import register_service, start_metrics_server, watch_nats
 from jetsource.core.runner import run_service
+from jetsource.core.settings import env_var
 from jetsource.core.workers import serve_workers
 from jetsource.domains.context.history import StateLoader
 from jetsource.domains.context.query_service import ContextQueryService, add_to_server
@@ -62,6 +63,7 @@ async def build(settings: QuerySettings) -> Query:
         o.max_concurrent_rpcs,
         settings.grpc,
         share_port=o.port_shared,
+        port_setting=env_var(QuerySettings, "query", "grpc_port"),
     )
     servicer.heap.settle()  # what start-up made lives as long as the process
     return Query(endpoint, projection)
@@ -101,6 +103,7 @@ async def serve(settings: QuerySettings) -> None:
             o.metrics_port,
             o.grpc_host,
             lambda: query.projection.nc.is_connected and not query.unreachable,
+            env_var(QuerySettings, "query", "metrics_port"),
         )
         if o.metrics_port
         else None

@@ -8,6 +8,7 @@ from functools import partial
 
 from jetsource.core.metrics import register_service
 from jetsource.core.runner import run_service
+from jetsource.core.settings import env_var
 from jetsource.projection.host import serve
 from jetsource.snapshotter.settings import SnapshotterSettings
 
@@ -17,7 +18,13 @@ def main() -> None:
     # (shared with the projector), which owns the connection.
     register_service("snapshotter")
     run_service(
-        "snapshotter", SnapshotterSettings.load().runtime(), partial(serve, name="snapshotter")
+        "snapshotter",
+        SnapshotterSettings.load().runtime(),
+        partial(
+            serve,
+            name="snapshotter",
+            port_setting=env_var(SnapshotterSettings, "snapshotter", "http_port"),
+        ),
     )
 
 
