@@ -94,6 +94,9 @@ class EmbeddedServer(ABC):
     def __init__(self, data_dir: Path, host: str = "127.0.0.1") -> None:
         self.data_dir = data_dir
         self.host = host
+        # Where the log file ended when this launcher last started the server: the lines
+        # shown when it fails are this start's, not an earlier run's (the log is appended).
+        self.log_offset = 0
 
     @property
     def log_path(self) -> Path:
@@ -114,6 +117,10 @@ class EmbeddedServer(ABC):
 
     def ports(self) -> list[int]:
         return []
+
+    def port_setting(self, port: int) -> str | None:
+        """The setting that moves ``port``, named when it is in use (None: unknown)."""
+        return None
 
     def pid_file(self) -> Path | None:
         """Where the server writes its own pid (None: it writes none)."""
@@ -162,9 +169,12 @@ class EmbeddedServer(ABC):
     def start(self) -> subprocess.Popen[bytes]:
         busy = [p for p in self.ports() if port_open(self.host, p)]
         if busy:
-            raise ServerError(f"{self.name}: port(s) {busy} on {self.host} already in use")
+            moves = [s for p in busy if (s := self.port_setting(p))]
+            hint = f" (move it with {' / '.join(moves)})" if moves else ""
+            raise ServerError(f"{self.name}: port(s) {busy} on {self.host} already in use{hint}")
         self.prepare()
         log = self.log_path.open("ab")
+        self.log_offset = log.tell()
         try:
             proc = subprocess.Popen(
                 self.command(),
@@ -184,8 +194,8 @@ class EmbeddedServer(ABC):
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:
                 raise ServerError(
-                    f"{self.name} exited with code {proc.returncode}; see {self.log_path}:\n"
-                    + self._log_tail()
+                    f"{self.name} exited with code {proc.returncode}; its log of this start "
+                    f"(all of it in {self.log_path}):\n" + self._log_tail()
                 )
             try:
                 if self.ready():
@@ -197,10 +207,17 @@ class EmbeddedServer(ABC):
         raise ServerError(f"{self.name} not ready after {timeout:.0f}s; see {self.log_path}")
 
     def _log_tail(self, lines: int = 15) -> str:
+        """The last ``lines`` lines the server wrote since this launcher started it."""
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+            with self.log_path.open("rb") as f:
+                if f.seek(0, os.SEEK_END) >= self.log_offset:  # else truncated: all of it
+                    f.seek(self.log_offset)
+                else:
+                    f.seek(0)
+                text = f.read().decode(errors="replace")
         except OSError:
             return ""
+        return "\n".join(text.splitlines()[-lines:])
 
 
 class NatsServer(EmbeddedServer):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import jetsource
+from jetsource.core.settings import JetsourceSettings, env_var
 from jetsource.devstack.servers import (
     EmbeddedServer,
     ServerError,
@@ -46,6 +48,7 @@ class GrpcService(EmbeddedServer):
         port: int,
         env: dict[str, str] | None = None,
         health_port: int | None = None,
+        port_settings: Mapping[int, str] | None = None,
     ) -> None:
         super().__init__(data_dir, host)
         self.name = name
@@ -54,12 +57,17 @@ class GrpcService(EmbeddedServer):
         self.env = env
         # With TLS on, readiness is asked on the plain-text health-only port.
         self.health_port = health_port
+        # Each port the service listens on -> the setting that moves it.
+        self.port_settings = dict(port_settings or {})
 
     def environment(self) -> dict[str, str] | None:
         return self.env
 
     def ports(self) -> list[int]:
-        return [self.port]
+        return list(dict.fromkeys([self.port, *(p for p in self.port_settings if p)]))
+
+    def port_setting(self, port: int) -> str | None:
+        return self.port_settings.get(port)
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", self.module]
@@ -102,6 +110,20 @@ class WorkerService(GrpcService):
             return False
 
 
+def _others(running: list[str], later: list[GrpcService]) -> str:
+    """What a failed `up` says of the other services: those running are left so
+    (`up` again starts only what is missing), those after the failed one not started."""
+    parts = []
+    if running:
+        parts.append(
+            f"left running: {', '.join(running)} (`jetsource down`, or `make down`, stops "
+            "them; `jetsource up`, or `make up`, again starts only what is not running)"
+        )
+    if later:
+        parts.append(f"not started: {', '.join(s.name for s in later)}")
+    return "".join(f"\n{p}" for p in parts)
+
+
 @dataclass
 class ServiceStatus:
     name: str
@@ -112,69 +134,85 @@ class ServiceStatus:
     detail: str = ""
 
 
+def port_settings(settings: JetsourceSettings, section: str, *fields: str) -> dict[int, str]:
+    """Each port ``fields`` of ``settings.<section>`` give (0: none) -> its variable."""
+    options = getattr(settings, section)
+    return {
+        port: env_var(type(settings), section, f) for f in fields if (port := getattr(options, f))
+    }
+
+
 class LocalServices:
     def __init__(self, home: Path) -> None:
         self.home = home
         self.state_file = home / "services.json"
 
     def services(self) -> list[GrpcService]:
-        publisher = PublisherSettings.load().publisher
-        projector = ProjectorSettings.load().projector
-        snapshotter = SnapshotterSettings.load().snapshotter
-        query = QuerySettings.load().query
-        observer = ObserverSettings.load().observer
-        process_query = ProcessQuerySettings.load().process_query
-        ingest = IngestSettings.load().ingest
+        publisher = PublisherSettings.load()
+        projector = ProjectorSettings.load()
+        snapshotter = SnapshotterSettings.load()
+        query = QuerySettings.load()
+        observer = ObserverSettings.load()
+        process_query = ProcessQuerySettings.load()
+        ingest = IngestSettings.load()
+        grpc_ports = ("grpc_port", "metrics_port")
         return [
             GrpcService(
                 "publisher",
                 "jetsource.publisher.server",
                 self.home / "services" / "publisher",
-                publisher.grpc_host,
-                publisher.grpc_port,
+                publisher.publisher.grpc_host,
+                publisher.publisher.grpc_port,
+                port_settings=port_settings(publisher, "publisher", *grpc_ports),
             ),
             WorkerService(
                 "projector",
                 "jetsource.projector.server",
                 self.home / "services" / "projector",
-                projector.host,
-                projector.http_port,
+                projector.projector.host,
+                projector.projector.http_port,
+                port_settings=port_settings(projector, "projector", "http_port"),
             ),
             WorkerService(
                 "snapshotter",
                 "jetsource.snapshotter.server",
                 self.home / "services" / "snapshotter",
-                snapshotter.host,
-                snapshotter.http_port,
+                snapshotter.snapshotter.host,
+                snapshotter.snapshotter.http_port,
+                port_settings=port_settings(snapshotter, "snapshotter", "http_port"),
             ),
             GrpcService(
                 "query",
                 "jetsource.query.server",
                 self.home / "services" / "query",
-                query.grpc_host,
-                query.grpc_port,
+                query.query.grpc_host,
+                query.query.grpc_port,
+                port_settings=port_settings(query, "query", *grpc_ports),
             ),
             GrpcService(
                 "observer",
                 "jetsource.observer.server",
                 self.home / "services" / "observer",
-                observer.grpc_host,
-                observer.grpc_port,
+                observer.observer.grpc_host,
+                observer.observer.grpc_port,
+                port_settings=port_settings(observer, "observer", *grpc_ports),
             ),
             GrpcService(
                 "process-query",
                 "jetsource.processquery.server",
                 self.home / "services" / "process-query",
-                process_query.grpc_host,
-                process_query.grpc_port,
+                process_query.process_query.grpc_host,
+                process_query.process_query.grpc_port,
+                port_settings=port_settings(process_query, "process_query", *grpc_ports),
             ),
             # The omni ingress: webhooks and REST on HTTP (ready on /healthz), gRPC beside.
             WorkerService(
                 "ingest",
                 "jetsource.ingest.server",
                 self.home / "services" / "ingest",
-                ingest.host,
-                ingest.http_port,
+                ingest.ingest.host,
+                ingest.ingest.http_port,
+                port_settings=port_settings(ingest, "ingest", "http_port", "grpc_port"),
             ),
         ]
 
@@ -188,25 +226,34 @@ class LocalServices:
     def up(self, timeout: float = 60.0) -> list[ServiceStatus]:
         """Start each service whose process is gone and wait until it is ready. One
         that runs is left alone; one that does not get ready in ``timeout`` is left
-        running (it may be catching up) and named in the error."""
+        running (it may be catching up) and named in the error. One that cannot start
+        (it exited) ends it: the error says why (its log lines of this start), which
+        services run (left running) and which were not started."""
         state = self._state()
         slow: list[str] = []
-        for service in self.services():
+        services = self.services()
+        running: list[str] = []
+        for i, service in enumerate(services):
             entry = state.get(service.name) or {}
             pid = service.find_pid(entry.get("pid"))
             if pid is not None:
                 state[service.name] = {"pid": pid, "address": service.address()}
                 self._save(state)
+                running.append(service.name)
                 continue
-            proc = service.start()
+            try:
+                proc = service.start()
+            except ServerError as exc:
+                raise ServerError(f"{exc}{_others(running, services[i + 1 :])}") from exc
             state[service.name] = {"pid": proc.pid, "address": service.address()}
             self._save(state)
             try:
                 service.wait_ready(proc, timeout)
             except ServerError as exc:
                 if proc.poll() is not None:  # it exited: nothing to wait for
-                    raise
+                    raise ServerError(f"{exc}{_others(running, services[i + 1 :])}") from exc
                 slow.append(f"{service.name} (pid {proc.pid}): {exc}")
+            running.append(service.name)
         if slow:
             raise ServerError(
                 "still starting, left running: " + "; ".join(slow) + " (`jetsource infra "
