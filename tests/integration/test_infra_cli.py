@@ -159,6 +159,13 @@ def test_up_status_down_and_data_survives(env: dict[str, str]) -> None:
         # read back through the process query service (the registry model)
         assert "process query at" in text and "6 processes of" in text, text
         assert "GetContext(min_version=4) answered version 4" in text, text
+        # Piped: each report on one line, not wrapped at 80 columns.
+        lines = shown.stdout.splitlines()
+        assert any(
+            x.startswith("query at ") and "answered version 4" in x and "graph: " in x
+            for x in lines
+        ), shown.stdout
+        assert any(x.startswith("observer at ") and "(19 events)" in x for x in lines)
 
         status = jetsource(env, "infra", "status")
         assert status.returncode == 0, status.stdout

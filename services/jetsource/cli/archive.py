@@ -22,9 +22,7 @@ from typing import Any
 
 import typer
 from nats import errors as nats_errors
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+from rich.text import Text
 
 from jetsource.archive.archiver import Archiver
 from jetsource.archive.history import open_archive
@@ -43,7 +41,6 @@ app = typer.Typer(
     help="The archive: compaction behind snapshots, export, verify, list, restore.",
     no_args_is_help=True,
 )
-console = Console()
 
 
 def _domain(value: str | None) -> str | None:
@@ -139,7 +136,7 @@ def compact(domain: str | None = DOMAIN, timeout: float = TIMEOUT, as_json: bool
     if output.mode() == output.Mode.json:
         output.emit_json(asdict(report))
         return
-    console.print(
+    output.line(
         f"{report.stream}: {report.archived} events of {report.aggregates} aggregates "
         f"archived in {len(report.segments)} segments, {report.purged} purged; "
         f"{len(report.kept)} aggregates keep old events ({report.scanned} older than the horizon)"
@@ -170,7 +167,7 @@ def export(
     if output.mode() == output.Mode.json:
         output.emit_json([{"name": e.name, "count": e.count} for e in entries])
         return
-    console.print(f"{sum(e.count for e in entries)} messages sealed in {len(entries)} segments")
+    output.line(f"{sum(e.count for e in entries)} messages sealed in {len(entries)} segments")
 
 
 @app.command("list")
@@ -186,19 +183,14 @@ def list_(domain: str | None = DOMAIN, timeout: float = TIMEOUT, as_json: bool =
     if output.mode() == output.Mode.json:
         output.emit_json([asdict(e) for e in entries])
         return
-    table = Table(title=f"archive at {where}")
-    for column in ("segment", "events", "first seq", "last seq", "aggregates", "bytes"):
-        table.add_column(column, overflow="fold")
-    for e in entries:
-        table.add_row(
-            e.name.rsplit("/", 1)[-1],
-            str(e.count),
-            str(e.first_seq),
-            str(e.last_seq),
-            str(len(e.aggregates)),
-            str(e.size),
-        )
-    console.print(table)
+    output.table(
+        f"archive at {where}",
+        ("segment", "events", "first seq", "last seq", "aggregates", "bytes"),
+        (
+            (e.name.rsplit("/", 1)[-1], e.count, e.first_seq, e.last_seq, len(e.aggregates), e.size)
+            for e in entries
+        ),
+    )
 
 
 @app.command()
@@ -214,12 +206,12 @@ def verify(domain: str | None = DOMAIN, timeout: float = TIMEOUT, as_json: bool 
     if output.mode() == output.Mode.json:
         output.emit_json(asdict(report))
     else:
-        console.print(
+        output.line(
             f"{len(report.ok)} segments verified, {len(report.corrupt)} damaged, "
             f"{len(report.orphans)} without a manifest entry (left by an interrupted run)"
         )
         for name, why in report.corrupt.items():
-            console.print(f"[red]damaged[/red] {escape(name)}: {escape(why)}")
+            output.line(Text.assemble(("damaged", "red"), f" {name}: {why}"))
     if not report.passed:
         raise typer.Exit(1)
 
@@ -285,7 +277,7 @@ def restore(
     if output.mode() == output.Mode.json:
         output.emit_json(asdict(report))
         return
-    console.print(
+    output.line(
         f"{report.target}: sequences {report.first_seq}..{report.last_seq} restored "
         f"({report.from_archive} from the archive, {report.from_live} from the live stream, "
         f"{report.gaps} gaps kept)"

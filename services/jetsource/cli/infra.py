@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.text import Text
 
 from jetsource.cli import output
@@ -20,7 +19,6 @@ from jetsource.devstack.stack import LocalStack, ServerStatus
 app = typer.Typer(
     help="Local servers (NATS, Valkey, graph) from Python wheels.", no_args_is_help=True
 )
-console = Console()
 
 
 def _stack() -> LocalStack:
@@ -103,7 +101,7 @@ def _say(text: str) -> None:
 
 def _start_servers(stack: LocalStack) -> list[ServerStatus]:
     try:
-        with console.status("starting what is down..."):
+        with output.stderr().status("starting what is down..."):
             result = stack.up()
     except ServerError as exc:
         output.stderr().print(Text(f"failed to start: {exc}", style="red"))
@@ -151,7 +149,7 @@ def up_all(
     statuses = _start_servers(stack)
     _report(statuses)
     try:
-        with console.status("starting services..."):
+        with output.stderr().status("starting services..."):
             services = LocalServices(stack.home).up()
     except ServerError as exc:
         output.stderr().print(Text(f"failed to start services: {exc}", style="red"))
@@ -191,7 +189,7 @@ async def _demo(settings: JetsourceSettings) -> None:
     finally:
         await store.close()
         await nc.close()
-    console.print(
+    _say(
         f"publisher at {target}: story {demo!r} reached version {last.version}; read back "
         f"{', '.join(e.event_type for e in events)}; stream {settings.eventstore.stream} "
         f"holds {info['state']['messages']} events"
@@ -206,7 +204,7 @@ async def _demo_process_tree() -> None:
 
     target = ObserverSettings.load().observer.target()
     root, events = await record_demo_tree(target)
-    console.print(
+    _say(
         f"observer at {target}: demo process tree {root!r} recorded through the SDK "
         f"({events} events); try `jetsource process tree {root}`"
     )
@@ -238,7 +236,7 @@ async def _demo_process_read(root: str, events: int) -> None:
             for p in listed.processes
         }
     )
-    console.print(
+    _say(
         f"process query at {target}: {len(listed.processes)} processes of {root!r} in the "
         f"registry after {1000 * (time.monotonic() - started):.0f} ms ({', '.join(statuses)})"
     )
@@ -269,10 +267,12 @@ async def _demo_read_models(demo: str, version: int) -> None:
                 break
             await asyncio.sleep(0.05)
     if now.behind or graph is None:
-        console.print("[red]the read models did not show the story within 30 s[/red]")
+        output.stderr().print(
+            Text("the read models did not show the story within 30 s", style="red")
+        )
         raise typer.Exit(1)
     c = now.context
-    console.print(
+    _say(
         f"query at {target}: GetContext(min_version={version}) answered version {c.version} "
         f"({len(c.decisions)} decision, {len(c.subtasks)} subtask) from the read model in "
         f"{waited:.0f} ms; GetContextAtVersion(1): {first.context.title!r} with "

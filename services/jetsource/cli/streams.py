@@ -16,6 +16,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,8 +27,6 @@ from urllib.parse import urlsplit
 
 import typer
 from nats import errors as nats_errors
-from rich.console import Console
-from rich.table import Table
 
 from jetsource import __version__
 from jetsource.cli import output
@@ -49,7 +48,6 @@ app = typer.Typer(
     help="JetStream streams: provision them (idempotent), back them up, restore them.",
     no_args_is_help=True,
 )
-console = Console()
 
 CREATED, UPDATED, UNCHANGED = "created", "updated", "unchanged"
 
@@ -83,9 +81,19 @@ class NatsUnreachableError(Exception):
     pass
 
 
-async def wait_for_nats(url: str, deadline: float) -> None:
+# How often a long wait for NATS says it is still waiting.
+WAITING_EVERY_S = 10.0
+
+
+async def wait_for_nats(
+    url: str,
+    deadline: float,
+    waiting: Callable[[float, BaseException | None], None] | None = None,
+) -> None:
     """Return once one of the NATS servers (``url`` may list several, comma-separated)
     accepts a TCP connection; raise NatsUnreachableError at ``deadline`` (loop time).
+    ``waiting(seconds waited, last error)`` is called when the first try fails and about
+    every WAITING_EVERY_S seconds after.
 
     nats-py waits for an absent server forever, and on Python 3.11 a connect given up on
     cannot always be cancelled (a refused attempt can swallow the cancellation), so a
@@ -96,6 +104,8 @@ async def wait_for_nats(url: str, deadline: float) -> None:
         servers.append((split.hostname or "127.0.0.1", split.port or 4222))
     loop = asyncio.get_running_loop()
     last: BaseException | None = None
+    started = loop.time()
+    report_at = started
     while True:
         for host, port in servers:
             budget = min(max(deadline - loop.time(), 0.1), 5.0)
@@ -110,7 +120,18 @@ async def wait_for_nats(url: str, deadline: float) -> None:
             return
         if loop.time() + 0.5 >= deadline:
             raise NatsUnreachableError(repr(last))
+        if waiting is not None and loop.time() >= report_at:
+            waiting(loop.time() - started, last)
+            while report_at <= loop.time():
+                report_at += WAITING_EVERY_S
         await asyncio.sleep(0.5)
+
+
+def _note(text: str) -> None:
+    """A line about work under way: on stderr, so stdout holds only the result (one
+    JSON document with --json, one table in plain mode)."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
 
 
 def _domain_stream(store: Any, replies: jsapi.Replies, timeout: float) -> Any:
@@ -124,7 +145,7 @@ def _domain_stream(store: Any, replies: jsapi.Replies, timeout: float) -> Any:
         held = await _config(replies, f"{wanted['name']}_RESHAPE", timeout)
         stuck = info is not None and info["config"].get("deny_purge")
         if not wanted["deny_purge"] and (stuck or held is not None):
-            await lift_deny_purge(replies, wanted, timeout, lambda m: console.print(m))
+            await lift_deny_purge(replies, wanted, timeout, _note)
         await store.ensure_streams()
 
     return ensure
@@ -207,11 +228,16 @@ def ensure(
     again: nothing is deleted, stored messages stay.
     """
     settings = ProjectorSettings.load()
+    where = redact_url(settings.nats_url())
+
+    def waiting(waited: float, last: BaseException | None) -> None:
+        why = f"; {type(last).__name__}" if last is not None else ""
+        _note(f"waiting for NATS at {where} ({waited:.0f} s of {timeout:g} s{why})")
 
     async def go() -> list[Provisioned]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        await wait_for_nats(settings.nats_url(), deadline)
+        await wait_for_nats(settings.nats_url(), deadline, waiting)
         return await asyncio.wait_for(ensure_all(settings), max(deadline - loop.time(), 1.0))
 
     json_out = _json(as_json)
@@ -228,14 +254,11 @@ def ensure(
     if json_out:
         output.emit_json([asdict(d) for d in done])
         return
-    table = Table()
-    for column in ("role", "stream", "action", "subjects", "replicas", "messages"):
-        table.add_column(column, overflow="fold")
-    for d in done:
-        table.add_row(
-            d.role, d.stream, d.action, " ".join(d.subjects), str(d.replicas), str(d.messages)
-        )
-    console.print(table)
+    output.table(
+        "streams",
+        ("role", "stream", "action", "subjects", "replicas", "messages"),
+        ((d.role, d.stream, d.action, d.subjects, d.replicas, d.messages) for d in done),
+    )
 
 
 # --- backup and restore ---------------------------------------------------------------
@@ -703,12 +726,11 @@ def backup(
     if json_out:
         output.emit_json([asdict(d) for d in done])
         return
-    table = Table()
-    for column in ("role", "stream", "messages", "first seq", "last seq", "file"):
-        table.add_column(column, overflow="fold")
-    for d in done:
-        table.add_row(d.role, d.stream, str(d.messages), str(d.first_seq), str(d.last_seq), d.file)
-    console.print(table)
+    output.table(
+        f"backup in {folder}",
+        ("role", "stream", "messages", "first seq", "last seq", "file"),
+        ((d.role, d.stream, d.messages, d.first_seq, d.last_seq, d.file) for d in done),
+    )
 
 
 @app.command()
@@ -751,11 +773,11 @@ def restore(
     if json_out:
         output.emit_json([asdict(d) for d in done])
         return
-    table = Table()
-    for column in ("role", "from", "stream", "messages", "same sequences"):
-        table.add_column(column, overflow="fold")
-    for d in done:
-        table.add_row(
-            d.role, d.source, d.stream, str(d.messages), "yes" if d.same_sequences else "no"
-        )
-    console.print(table)
+    output.table(
+        f"restored from {folder}",
+        ("role", "from", "stream", "messages", "same sequences"),
+        (
+            (d.role, d.source, d.stream, d.messages, "yes" if d.same_sequences else "no")
+            for d in done
+        ),
+    )
