@@ -279,3 +279,40 @@ async def test_a_timeline_row_without_a_sequence_takes_a_repeat_for_a_redelivery
     assert (await model.apply([records[2]])).applied == 1
     assert list((await model.apply([poisoned(records[1], 901)])).failed) == [901]
     assert (await model.apply(records)).applied == 0
+
+
+@pytest.mark.parametrize("name", MODELS)
+async def test_a_discarded_second_event_takes_no_place(projection: Projection, name: str) -> None:
+    """`projector dlq discard` of a second event for a version: the model stepped past it
+    with a stand-in at the story's next version, so the story's real next event came as
+    a second one for that version (refused, or skipped in silence before the models told
+    the two apart), while a rebuild steps over the discarded message with no place. Now
+    a discarded message that is not the story's next version writes nothing."""
+    p = projection
+    prefix = p.store.settings.subject_prefix
+    records = await story(p, "gone")
+    poison = await raw_publish(
+        p, f"{prefix}.gone.DecisionAdded", second_version_2(records[1]).SerializeToString()
+    )
+    await p.control.ensure(name, 1)
+    worker = await run_until_caught_up(p, name)
+    (letter,) = await p.dead_letters.list(worker.spec)
+    assert letter.original_seq == poison
+    report = await admin.dlq_discard(p, name, dlq_seqs=[letter.dlq_seq])
+    assert report.done == [letter.dlq_seq], report
+    assert await worker.model.position("gone") == 3
+    # The story's next event (raw: the poison is the subject's last message, so an
+    # append's concurrency check reads version 2).
+    fourth = EventEnvelope()
+    fourth.CopyFrom(records[2].envelope)
+    fourth.event_id = f"{records[2].envelope.event_id}-4"
+    fourth.event_type = "DecisionAdded"
+    fourth.aggregate_version = 4
+    fourth.payload = ev.DecisionAdded(decision_id="d2", title="two").SerializeToString()
+    await raw_publish(p, f"{prefix}.gone.DecisionAdded", fourth.SerializeToString())
+    live = await run_until_caught_up(p, name)
+    assert await live.model.position("gone") == 4
+    assert live.stats.dead_letters == 0 and await p.dead_letters.list(worker.spec) == []
+    rebuilt = await admin.rebuild(p, name, 2)
+    assert await p.dead_letters.list(p.spec(name, 2)) == [], rebuilt
+    assert await p.model(name, 2).digest() == await live.model.digest()
