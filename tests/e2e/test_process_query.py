@@ -425,6 +425,8 @@ async def test_jetsource_process_commands(stack: Stack, unique: str) -> None:
     assert [e["event"]["process_id"] for e in events].count(root) == 1
     level = [e for e in events if e["event"]["event_type"] == "level_started"]
     assert level[0]["event"]["data"] == {"level": 1}
+    # printed as the integer it was sent as (a Struct holds doubles: it printed 1.0)
+    assert type(level[0]["event"]["data"]["level"]) is int
     code, stdout, _ = await cli(
         stack, "process", "timeline", child, "--type", "level_started", "-o", "json"
     )

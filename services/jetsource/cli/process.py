@@ -36,6 +36,7 @@ from jetsource.cli import output as out
 from jetsource.cli.ctx import Target, _connect, _quiet_stdout, _run, _settings, _use
 from jetsource.cli.output import Mode
 from jetsource.client import open_channel
+from jetsource.domains.sessions.format import restore_ints
 from jetsource.processquery.settings import ProcessQueryOptions
 
 app = typer.Typer(
@@ -170,7 +171,8 @@ def event_json(e: epb.StoredEvent) -> dict[str, Any]:
     body.pop("data", None)
     body.pop("typed", None)
     if c.HasField("data"):
-        body["data"] = json_format.MessageToDict(c.data)
+        # a Struct's numbers are doubles: integral ones print as integers (1, not 1.0)
+        body["data"] = restore_ints(json_format.MessageToDict(c.data))
     elif c.HasField("typed"):
         body["typed"] = {"content_type": c.typed.content_type, "size": len(c.typed.data)}
     return {

@@ -247,23 +247,23 @@ def _data(event: events_pb2.CanonicalEvent) -> dict[str, Any]:
     return {}
 
 
-def _restore_ints(value: Any) -> Any:
+def restore_ints(value: Any) -> Any:
     """Struct keeps numbers as doubles: give integral ones back as ints (JSON has one
     number type; 3 and 3.0 are the same number, but users expect 3)."""
     # <= : 2^53 itself is exact in a double, and check_numbers lets it through.
     if isinstance(value, float) and value.is_integer() and abs(value) <= _SAFE:
         return int(value)
     if isinstance(value, dict):
-        return {k: _restore_ints(v) for k, v in value.items()}
+        return {k: restore_ints(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_restore_ints(v) for v in value]
+        return [restore_ints(v) for v in value]
     return value
 
 
 def from_stored(stored: events_pb2.StoredEvent, session: str | None = None) -> SessionEvent:
     """A session event from a stored event of the session's root process."""
     ce = stored.event
-    data = _restore_ints(_data(ce))
+    data = restore_ints(_data(ce))
     event_type = ce.event_type
     if event_type == PROCESS_STARTED and data.get("kind") == SESSION_KIND:
         event_type = SESSION_STARTED
@@ -301,5 +301,5 @@ def to_message(event: SessionEvent) -> Any:
 def from_message(message: Any) -> SessionEvent:
     """The session event a ``jetsource.process.v1.SessionEvent`` carries."""
     ts_ns = from_timestamp(message.ts) if message.HasField("ts") else 0
-    data = _restore_ints(json_format.MessageToDict(message.data))
+    data = restore_ints(json_format.MessageToDict(message.data))
     return SessionEvent(ts_ns, message.session, int(message.seq), message.type, data)

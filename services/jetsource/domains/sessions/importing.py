@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from jetsource.domains.sessions.format import SessionEvent, _restore_ints
+from jetsource.domains.sessions.format import SessionEvent, restore_ints
 
 
 class ImportConflictError(ValueError):
@@ -54,7 +54,7 @@ ReadLedger = Callable[[str, int], Awaitable[tuple[int, Mapping[int, SessionEvent
 def _canonical_data(data: dict[str, Any]) -> str:
     # What the ledger keeps (a Struct: numbers are doubles) and gives back (integral
     # ones as ints), compared as JSON so that true and 1 differ.
-    return json.dumps(_restore_ints(data), sort_keys=True, separators=(",", ":"))
+    return json.dumps(restore_ints(data), sort_keys=True, separators=(",", ":"))
 
 
 def differences(recorded: SessionEvent, line: SessionEvent) -> list[str]:
