@@ -186,6 +186,8 @@ async def test_streams_commands_print_plain_when_redirected(
         "first_seq": 1,
         "last_seq": 3,
         "subjects": [f"lo{unique}.events.>", f"lo{unique}.voids.>"],
+        "bucket": "",
+        "horizons_of": "",
     }
 
     # restore, beside the old streams, each under a long new name
@@ -225,7 +227,8 @@ def restore_args(env: dict[str, str], unique: str, tag: str) -> list[str]:
         "JETSOURCE_SNAPSHOTS__STREAM",
         "JETSOURCE_PROJECTOR__DLQ_STREAM",
     ):
-        args += ["--rename", f"{env[key]}={env[key]}_RESTORED_{tag}"]
+        # this test's streams only (a backup holds the shared ones too)
+        args += ["--stream", env[key], "--rename", f"{env[key]}={env[key]}_RESTORED_{tag}"]
     for prefix in (f"lo{unique}", f"lodlq{unique}"):
         args += ["--subject-prefix", f"{prefix}={prefix}r{tag.lower()}"]
     return args
