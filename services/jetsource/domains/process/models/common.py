@@ -28,6 +28,8 @@ from jetsource.core.envelope import RecordedEvent
 from jetsource.domains.process.events import registry
 from jetsource.domains.process.pruning import PRUNER_ID
 from jetsource.projection.contract import Outcome
+from jetsource.projection.valkey import next_versions
+from jetsource.projection.valkey import script_outcome as engine_outcome
 
 STARTED = "process_started"
 ENDINGS = {
@@ -305,60 +307,10 @@ def history(
     return out
 
 
-# Where an event stands against its process's position, in the Valkey models' apply
-# scripts (after ``p`` is set):
-#   <p>:pos      hash id -> the process_seq applied last
-#   <p>:pseq     hash id -> the stream sequence it was applied from (absent in rows
-#                written before it was kept: unknown, and then a repeated process_seq
-#                is taken for a redelivery, as it was)
-#   <p>:refused  hash id -> " <seq> <seq> ": the sequences ``place`` refused
-# ``place`` answers 'apply' (the next process_seq), 'done' (a redelivery: the version
-# was applied from this or a later sequence), 'wait' (a gap, or behind an event of
-# the process refused or waiting in this call) or 'refuse': a process_seq applied
-# already, at a stream sequence above the one it was applied from. That is no
-# redelivery but a second event for one version (the stream's readers name it as
-# corrupt: "it carries version 2 where 4 belongs"), so it is dead-lettered like any
-# poison instead of being skipped in silence. A refusal is remembered: the runtime
-# retries it with backoff, and a later event of the process may be applied meanwhile
-# (it is the next version), after which the retried one would look like a
-# redelivery. A rebuild refuses it too (in order, before anything later), so the
-# remembered sequences are the same there. ``advance`` records an applied event.
-PLACE_LUA = """
-local pos, last, blocked = {}, {}, {}
-local function place(id, ver, seq, seqtext)
-  if pos[id] == nil then
-    pos[id] = tonumber(redis.call('HGET', p .. ':pos', id) or '0')
-    last[id] = tonumber(redis.call('HGET', p .. ':pseq', id) or '0')
-  end
-  if blocked[id] then return 'wait' end
-  if ver == pos[id] + 1 then return 'apply' end
-  if ver > pos[id] + 1 then
-    blocked[id] = true
-    return 'wait'
-  end
-  if last[id] == 0 then return 'done' end
-  local seen = redis.call('HGET', p .. ':refused', id) or ' '
-  local again = string.find(seen, ' ' .. seqtext .. ' ', 1, true) ~= nil
-  if seq <= last[id] and not again then return 'done' end
-  blocked[id] = true
-  if not again then redis.call('HSET', p .. ':refused', id, seen .. seqtext .. ' ') end
-  return 'refuse'
-end
-local function advance(id, ver, seq, seqtext)
-  redis.call('HSET', p .. ':pos', id, ver)
-  redis.call('HSET', p .. ':pseq', id, seqtext)
-  pos[id], last[id] = ver, seq
-end
-"""
-
-
-def repeated_version(e: RecordedEvent, position: int) -> str:
-    """Why an event whose process_seq was applied from an earlier sequence is refused."""
-    return (
-        f"it carries version {e.version} where {position + 1} belongs: version "
-        f"{e.version} of {e.aggregate_id!r} was applied from an earlier stream sequence "
-        f"(a second event for one version, not a redelivery)"
-    )
+# The chain rule (``PLACE_LUA``, ``next_versions``, ``script_outcome``) is the engine's
+# (jetsource.projection.valkey), shared with the context and omni models: a version
+# applied already is a redelivery from its own stream sequence or an earlier one, and a
+# second event for that version from a later one (refused, remembered).
 
 
 def script_outcome(
@@ -367,27 +319,8 @@ def script_outcome(
     waiting: Sequence[bytes],
     refused: Sequence[bytes],
 ) -> Outcome:
-    """The outcome of an apply script that answered ``{applied, waiting, refused}``:
-    the sequences left waiting, and (sequence, position) pairs of those refused."""
-    wait = {int(s) for s in waiting}
-    refuse = {int(refused[i]): int(refused[i + 1]) for i in range(0, len(refused), 2)}
-    outcome = Outcome(applied=int(applied))
-    behind: dict[str, int] = {}
-    for e in events:
-        seq = e.stream_seq
-        if seq in refuse:
-            outcome.failed[seq] = repeated_version(e, refuse[seq])
-            behind.setdefault(e.aggregate_id, seq)
-        elif seq in wait:
-            first = behind.get(e.aggregate_id)
-            outcome.waiting[seq] = (
-                f"behind refused sequence {first}"
-                if first is not None
-                else "waiting for the previous process_seq"
-            )
-        else:
-            outcome.done.append(seq)
-    return outcome
+    """The engine's ``script_outcome``, waiting events named by process_seq."""
+    return engine_outcome(events, applied, waiting, refused, "waiting for the previous process_seq")
 
 
 def next_events(
@@ -399,28 +332,6 @@ def next_events(
 ) -> list[RecordedEvent]:
     """The events (of one process, in order) that continue it from ``version``, applied
     last from stream sequence ``last_seq`` (0: unknown), ``refused`` the sequences
-    refused before. What ``PLACE_LUA`` decides, for a model that is not a Valkey
-    script: a redelivery is done, a gap makes the rest wait, and a process_seq applied
-    already at a later sequence (or refused before) is refused, the rest waiting
-    behind it."""
-    fresh: list[RecordedEvent] = []
-    for i, e in enumerate(events):
-        expected = version + len(fresh) + 1
-        applied_from = fresh[-1].stream_seq if fresh else last_seq
-        if e.version == expected:
-            fresh.append(e)
-            continue
-        if e.version < expected and (
-            not applied_from or (e.stream_seq <= applied_from and e.stream_seq not in refused)
-        ):
-            outcome.done.append(e.stream_seq)
-            continue
-        if e.version > expected:
-            rest, reason = events[i:], f"waiting for version {expected}"
-        else:
-            outcome.failed[e.stream_seq] = repeated_version(e, expected - 1)
-            rest, reason = events[i + 1 :], f"behind refused sequence {e.stream_seq}"
-        for later in rest:
-            outcome.waiting[later.stream_seq] = reason
-        break
-    return fresh
+    refused before: the engine's ``next_versions``, for a model that is not a Valkey
+    script."""
+    return next_versions(version, events, outcome, last_seq, refused)

@@ -30,11 +30,11 @@ from typing import Any
 from neo4j import AsyncDriver, AsyncManagedTransaction
 
 from jetsource.core.envelope import RecordedEvent
-from jetsource.domains.process.models.common import is_noop, next_events, repeated_version
+from jetsource.domains.process.models.common import is_noop, next_events
 from jetsource.domains.process.pruning import PRUNER_ID, pruned_ids
 from jetsource.projection.contract import Checkpoint, Kind, ModelSpec, Outcome, RebuildStrategy
 from jetsource.projection.graph import graph_io, graph_run
-from jetsource.projection.valkey import group, skipped
+from jetsource.projection.valkey import group, repeated_version, skipped
 
 PROCESS_GRAPH = "process_graph"
 

@@ -43,7 +43,6 @@ from valkey.asyncio import Valkey
 from jetsource.core.envelope import RecordedEvent
 from jetsource.domains.process.models.common import (
     ENDINGS,
-    PLACE_LUA,
     PRUNE_LUA,
     REWIND_TREE_LUA,
     SKIPPED,
@@ -57,7 +56,14 @@ from jetsource.domains.process.models.common import (
 )
 from jetsource.domains.process.pruning import PRUNER_ID, is_tombstone, pruned_ids
 from jetsource.projection.contract import Kind, ModelSpec, Outcome, RebuildStrategy
-from jetsource.projection.valkey import CHECKPOINT_LUA, ValkeyModel, skipped, text, valkey_io
+from jetsource.projection.valkey import (
+    CHECKPOINT_LUA,
+    PLACE_LUA,
+    ValkeyModel,
+    skipped,
+    text,
+    valkey_io,
+)
 
 PROCESSES = "processes"
 

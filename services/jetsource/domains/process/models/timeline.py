@@ -27,7 +27,6 @@ from valkey.asyncio import Valkey
 from jetsource._gen.process.v1.events_pb2 import StoredEvent
 from jetsource.core.envelope import RecordedEvent
 from jetsource.domains.process.models.common import (
-    PLACE_LUA,
     PRUNE_LUA,
     REWIND_TREE_LUA,
     SKIPPED,
@@ -39,7 +38,14 @@ from jetsource.domains.process.models.common import (
 )
 from jetsource.domains.process.pruning import PRUNER_ID, pruned_ids
 from jetsource.projection.contract import Kind, ModelSpec, Outcome, RebuildStrategy
-from jetsource.projection.valkey import CHECKPOINT_LUA, ValkeyModel, skipped, text, valkey_io
+from jetsource.projection.valkey import (
+    CHECKPOINT_LUA,
+    PLACE_LUA,
+    ValkeyModel,
+    skipped,
+    text,
+    valkey_io,
+)
 
 TIMELINE = "process_timeline"
 
