@@ -1112,27 +1112,8 @@ async def dlq_retry(
     return report
 
 
-async def _has_a_place(p: Projection, letter: DeadLetter, model: Any) -> bool:
-    """Whether the dead letter's message is its story's next version for ``model``: an
-    event of that story that decodes, at the version after the model's position."""
-    store = p.store_for(letter.model)
-    raw = await jsapi.direct_get(
-        store._replies,
-        store.settings.stream,
-        {"seq": letter.original_seq},
-        store.settings.request_timeout_s,
-    )
-    if raw is None:
-        return False
-    try:
-        record = await store.open(raw)
-    except Exception:  # undecodable, or an envelope that is not its own
-        return False
-    position = await model.position(letter.aggregate_id)
-    return bool(record.aggregate_id == letter.aggregate_id and record.version == position + 1)
-
-
-async def _retry_one(p: Projection, letter: DeadLetter) -> str | None:
+async def _letter_event(p: Projection, letter: DeadLetter) -> RecordedEvent | str:
+    """The dead letter's message as an event, or why it is none."""
     store = p.store_for(letter.model)
     raw = await jsapi.direct_get(
         store._replies,
@@ -1143,9 +1124,25 @@ async def _retry_one(p: Projection, letter: DeadLetter) -> str | None:
     if raw is None:
         return f"stream sequence {letter.original_seq} is gone"
     try:
-        record = await store.open(raw)
-    except Exception as exc:
+        return await store.open(raw)
+    except Exception as exc:  # undecodable, or an envelope that is not its own
         return f"still undecodable: {exc}"
+
+
+async def _has_a_place(p: Projection, letter: DeadLetter, model: Any) -> bool:
+    """Whether the dead letter's message is its story's next version for ``model``: an
+    event of that story that decodes, at the version after the model's position."""
+    record = await _letter_event(p, letter)
+    if isinstance(record, str):
+        return False
+    position = await model.position(letter.aggregate_id)
+    return bool(record.aggregate_id == letter.aggregate_id and record.version == position + 1)
+
+
+async def _retry_one(p: Projection, letter: DeadLetter) -> str | None:
+    record = await _letter_event(p, letter)
+    if isinstance(record, str):
+        return record
     model = p.model(letter.model, letter.version)
     outcome = await model.apply([record])
     if record.stream_seq in outcome.done:

@@ -84,16 +84,9 @@ from jetsource.projection.valkey import CHECKPOINT_LUA, ValkeyModel, skipped, te
 OMNI_EVENTS, OMNI_IDENTITIES = "omni_events", "omni_identities"
 REWIND_ATTEMPTS = 5  # a row rewritten between reading it and the script: read again
 
-# ARGV: namespace, number of events, then per event: aggregate id, version, stream
-# sequence, the domain's rule for it ('' none, 'first', 'received', 'created'), number
-# of commands, then per command: name, number of leading key arguments, number of
-# arguments, the arguments (keys relative to the namespace). Returns the number
-# applied and, per event, what became of it ('a' applied, 'd' a redelivery, 'w' a
-# version past the next, 'r' a version again, 'b' behind one of these, or the rule
-# that refused it) and the aggregate's version after it (-1: not known, a row of
-# the previous code).
-_APPLY = (
-    """
+# Each command of an event, in both scripts: a Valkey command, or HMOVE (a hash field
+# with its value to another hash: a merge moves a handle with its instance).
+_RUN = """
 local function run(name, args)
   if name == 'HMOVE' then  -- a hash field with its value to another hash (no such command)
     local value = redis.call('HGET', args[1], args[3]) or ''
@@ -103,6 +96,19 @@ local function run(name, args)
     redis.call(name, unpack(args))
   end
 end
+"""
+
+# ARGV: namespace, number of events, then per event: aggregate id, version, stream
+# sequence, the domain's rule for it ('' none, 'first', 'received', 'created'), number
+# of commands, then per command: name, number of leading key arguments, number of
+# arguments, the arguments (keys relative to the namespace). Returns the number
+# applied and, per event, what became of it ('a' applied, 'd' a redelivery, 'w' a
+# version past the next, 'r' a version again, 'b' behind one of these, or the rule
+# that refused it) and the aggregate's version after it (-1: not known, a row of
+# the previous code).
+_APPLY = (
+    _RUN
+    + """
 local p, n = ARGV[1], tonumber(ARGV[2])
 local ver, last, blocked, out = {}, {}, {}, {}
 local applied, maxseq, i = 0, 0, 3
@@ -182,16 +188,9 @@ return {applied, out}
 # the stream sequence of the last event. Returns {0, the version found} (nothing
 # written unless it was within the guard) or {1, version}: the row is no longer the
 # one the caller read (read it again).
-_REWIND = """
-local function run(name, args)
-  if name == 'HMOVE' then  -- a hash field with its value to another hash (no such command)
-    local value = redis.call('HGET', args[1], args[3]) or ''
-    redis.call('HDEL', args[1], args[3])
-    redis.call('HSET', args[2], args[3], value)
-  else
-    redis.call(name, unpack(args))
-  end
-end
+_REWIND = (
+    _RUN
+    + """
 local p, id, to = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local cur = tonumber(redis.call('HGET', p .. ':ver', id) or '0')
 if cur < tonumber(ARGV[4]) or cur > tonumber(ARGV[5]) then return {0, cur} end
@@ -228,6 +227,7 @@ local cp = tonumber(redis.call('HGET', p .. ':meta', 'checkpoint') or '0')
 if tonumber(seq) > cp then redis.call('HSET', p .. ':meta', 'checkpoint', seq) end
 return {0, cur}
 """
+)
 
 # What an event the domain refuses breaks (the rule named by the script).
 _REFUSED = {
