@@ -149,6 +149,7 @@ async def test_removed_nodes_are_deleted_from_the_hash(redis: Valkey, unique: st
                 assert len(sets) == 2 and len(dels) == 4  # the shell; 2 + 1 + 1 removed
             args = [m.ns, 1, "s", old.version if before else 0, new.version, 99, 2, "open", 1]
             args += [0 if before else 1, len(sets) // 2, len(dels), *sets, *dels]
+            args.append(0)  # no refused sequences to remember
             assert await m._apply(args=args) == [[], []]
         assert await stored(live, "s") == await stored(clean, "s")
         assert await live.read("s") == whole_document(meta, new)
