@@ -1330,7 +1330,10 @@ async def run_steps(
         await nc.drain()
 
 
-@pytest.mark.parametrize("seed", SEEDS)
+# Two seeds in `make test`; the others with the long runs in `make chaos`.
+@pytest.mark.parametrize(
+    "seed", [*SEEDS[:2], *(pytest.param(s, marks=pytest.mark.chaos) for s in SEEDS[2:])]
+)
 async def test_random_sequences_match_the_reference_model(
     ingest: Ingest, http: httpx.AsyncClient, projection: Projection, seed: int
 ) -> None:

@@ -11,6 +11,7 @@ import asyncio
 import json
 from pathlib import Path
 
+import grpc
 import pytest
 
 from jetsource.core.settings import JetsourceSettings
@@ -123,9 +124,14 @@ async def test_through_the_observer_the_timeline_is_unchanged(
         s.emit("node_generation_completed", {"node_id": "a"})
 
     async def timeline() -> list[tuple[int, str]]:
-        reply = await stack.reads.GetProcessTimeline(
-            query_pb2.GetProcessTimelineRequest(process_id=s.id, page_size=100), timeout=10
-        )
+        try:
+            reply = await stack.reads.GetProcessTimeline(
+                query_pb2.GetProcessTimelineRequest(process_id=s.id, page_size=100), timeout=10
+            )
+        except grpc.aio.AioRpcError as exc:  # the read models have not seen it yet
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            return []
         return [(e.process_seq, e.event.event_type) for e in reply.events]
 
     before = await timeline()

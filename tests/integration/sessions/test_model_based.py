@@ -1027,6 +1027,10 @@ async def projection(settings: JetsourceSettings, unique: str) -> AsyncIterator[
     await p.close()
 
 
+# With the long runs in `make chaos`: on the whole stack under a loaded CI machine a seed
+# failed about one run in six (a retried RecordBatch past its 10 s deadline; once not
+# understood): kept out of `make test` until that is found, and said so in the README.
+@pytest.mark.chaos
 @pytest.mark.parametrize("seed", SEEDS)
 async def test_sessions_agree_with_a_model_under_random_sequences(
     seed: int,
