@@ -302,3 +302,46 @@ async def test_cli_follow_reads_through_watch_session_when_told_to(
         (4, "session_ended"),
     ]
     assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+
+async def test_a_session_tree_holds_that_session_s_subtree_and_nothing_else(
+    stack: Stack,  # noqa: F811
+    settings: JetsourceSettings,
+) -> None:
+    """Two sessions with processes nested two levels deep: each one's tree is its own
+    subtree (children of children included), through either reader."""
+    from typing import cast
+
+    from jetsource.domains.sessions.service import SessionNotFoundError
+    from jetsource.sdk import Observer
+
+    writer = ObserverWriter(stack.record)
+    want: dict[str, dict[str, list[str]]] = {}
+    async with Observer(f"127.0.0.1:{stack.observer.port}") as observer:
+        for name in ("left", "right"):
+            async with session(writer, f"tree {name}") as s:
+                async with (
+                    observer.process(f"{name} agent", kind="agent", parent=cast(Any, s)) as a,
+                    observer.process(f"{name} tool", kind="tool", parent=a) as t,
+                ):
+                    t.emit("step_done", {"n": 1})
+                async with observer.process(
+                    f"{name} call", kind="provider", parent=cast(Any, s)
+                ) as c:
+                    pass
+                await observer.flush()
+            want[s.id] = {s.id: sorted([a.process_id, c.process_id]), a.process_id: [t.process_id]}
+    every = {pid for tree in want.values() for kids in tree.values() for pid in kids}
+    query = QueryReader(stack.reads)
+    for _ in range(400):  # the read models catch up
+        procs = await query.processes()
+        if all(pid in procs and procs[pid].status == "completed" for pid in every):
+            break
+        await asyncio.sleep(0.05)
+    async with open_sessions(SessionsAppSettings(nats=settings.nats)) as client:
+        for sessions in (Sessions(query), client.sessions):
+            for sid, tree in want.items():
+                got = await sessions.tree(sid)
+                assert {k: sorted(p.process_id for p in v) for k, v in got.items()} == tree
+            with pytest.raises(SessionNotFoundError):
+                await sessions.tree("no-such-session")

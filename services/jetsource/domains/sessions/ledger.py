@@ -51,6 +51,10 @@ class SessionReader(Protocol):
         """Every process the ledger knows, by id (sessions are the roots of kind
         ``session``)."""
 
+    async def subtree(self, root_id: str) -> dict[str, ProcessSummary]:
+        """The process ``root_id`` and every process nested under it (children of
+        children too), by id; nothing of any other tree. Empty when unknown."""
+
     async def events(self, session_id: str, after_seq: int = 0) -> list[Recorded]:
         """The session's events with seq above ``after_seq``, in seq order."""
 
@@ -251,6 +255,42 @@ class LedgerReader:
         self._wait_s = wait_s
 
     async def processes(self) -> dict[str, ProcessSummary]:
+        found = await self._summaries()
+        for p in found.values():
+            await self._running_tail(p)
+        return found
+
+    async def subtree(self, root_id: str) -> dict[str, ProcessSummary]:
+        """The stream has no index by root: the lifecycle of every process is read
+        (as for ``processes``), the tree under ``root_id`` kept."""
+        found = await self._summaries()
+        if root_id not in found:
+            return {}
+        below: dict[str, list[str]] = {}
+        for p in found.values():
+            if p.parent:
+                below.setdefault(p.parent, []).append(p.process_id)
+        out: dict[str, ProcessSummary] = {}
+        todo = [root_id]
+        while todo:
+            pid = todo.pop()
+            if pid in out:  # a forged parent link makes no cycle here
+                continue
+            out[pid] = found[pid]
+            todo.extend(below.get(pid, []))
+        await self._running_tail(out[root_id])
+        return out
+
+    async def _running_tail(self, p: ProcessSummary) -> None:
+        if p.kind == SESSION_KIND and not p.parent and p.status == "running":
+            # a running session's last event is rarely a lifecycle one (a poisoned
+            # one is named where its events are read, not here)
+            with contextlib.suppress(CorruptEventError):
+                last = (await self.tail(p.process_id))[1]
+                p.last_recorded_ns = max(p.last_recorded_ns, last)
+
+    async def _summaries(self) -> dict[str, ProcessSummary]:
+        """Every process from its lifecycle events (started, ended)."""
         found: dict[str, ProcessSummary] = {}
         lifecycle: list[RecordedEvent] = []
         for event_type in (PROCESS_STARTED, *ENDED_STATUS):
@@ -273,13 +313,6 @@ class LedgerReader:
                 p.ended_ns = occurred or r.recorded_at_ns
                 error = _data(r).get("error")
                 p.error = error if isinstance(error, str) else ""
-        for p in found.values():
-            if p.kind == SESSION_KIND and not p.parent and p.status == "running":
-                # a running session's last event is rarely a lifecycle one (a poisoned
-                # one is named where its events are read, not here)
-                with contextlib.suppress(CorruptEventError):
-                    last = (await self.tail(p.process_id))[1]
-                    p.last_recorded_ns = max(p.last_recorded_ns, last)
         return found
 
     async def _lifecycle(self, subject: str) -> list[RecordedEvent]:
@@ -428,13 +461,24 @@ class QueryReader:
         self._metadata = metadata
 
     async def processes(self) -> dict[str, ProcessSummary]:
+        return await self._list()
+
+    async def subtree(self, root_id: str) -> dict[str, ProcessSummary]:
+        """``ListProcesses`` by root (the registry's index of the root's tree): the
+        session's processes alone, however many others there are. A process that
+        is not a root (or not known) has no tree of its own there: empty."""
+        return await self._list(root_id)
+
+    async def _list(self, root_id: str = "") -> dict[str, ProcessSummary]:
         from jetsource._gen.process.v1 import query_pb2
 
         found: dict[str, ProcessSummary] = {}
         token = ""
         while True:
             reply = await self._stub.ListProcesses(
-                query_pb2.ListProcessesRequest(page_size=self._page, page_token=token),
+                query_pb2.ListProcessesRequest(
+                    root_process_id=root_id, page_size=self._page, page_token=token
+                ),
                 timeout=self._timeout,
                 metadata=self._metadata,
             )

@@ -197,13 +197,20 @@ class Sessions:
                     await closer()
 
     async def tree(self, session_id: str) -> dict[str, list[ProcessSummary]]:
-        """Children by parent id, for the processes under the session."""
-        procs = await self.reader.processes()
+        """The session's subtree as children by parent id (oldest first): the session
+        itself holds the top level, children of children are included, a process
+        without children has no entry, and nothing of any other session is here."""
+        procs = await self.reader.subtree(session_id)
+        root = procs.get(session_id)
+        if root is None or root.kind != SESSION_KIND or root.parent:
+            raise SessionNotFoundError(f"session {session_id!r} not found")
         children: dict[str, list[ProcessSummary]] = {}
         for p in procs.values():
-            if p.parent:
+            if p.process_id != session_id and p.parent in procs:
                 children.setdefault(p.parent, []).append(p)
-        return {k: sorted(v, key=lambda p: p.started_ns) for k, v in children.items()}
+        return {
+            k: sorted(v, key=lambda p: (p.started_ns, p.process_id)) for k, v in children.items()
+        }
 
     async def prune(
         self,
