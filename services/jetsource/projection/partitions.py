@@ -206,11 +206,14 @@ class Partition:
         cut = len(self.origin_prefix) + 1
         return [f"{self.root}.{s[cut:]}" for s in subjects]
 
+    def origin_subject(self, subject: str) -> str:
+        """A subject of this partition as the origin stream has it."""
+        return f"{self.origin_prefix}.{subject[len(self.root) + 1 :]}"
+
     def origin(self, d: Delivery) -> Delivery:
         """The delivery as the origin stream has it (sequence and time are the same)."""
-        rest = d.subject[len(self.root) + 1 :]
         return Delivery(
-            f"{self.origin_prefix}.{rest}",
+            self.origin_subject(d.subject),
             d.data,
             d.headers,
             d.reply,

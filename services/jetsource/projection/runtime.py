@@ -20,6 +20,14 @@ meanwhile: so the worker keeps such events (``_unseen``) and hands them to the m
 again, in stream order, with the next batch, before any later event of their
 aggregate can be applied. Their deliveries come back and are judged again (a
 redelivery, or refused again and so filed once).
+
+A worker that starts has no memory of what a predecessor (killed, or fenced) pulled
+and did not ack: those deliveries come back only when their ack wait ends, behind
+events that arrive meanwhile. So before it takes anything new, a worker reads its
+consumer's in-flight window from the stream (the sequences after the ack floor up to
+the last delivered, in its filter) and hands it to the model in stream order (see
+``_judge_window``); the model applies what is next, refuses (and remembers) what is
+not, and the deliveries, when they come back, are judged again the same way.
 """
 
 from __future__ import annotations
@@ -28,8 +36,9 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from nats.aio.client import Client as NATS
 from prometheus_client import Counter, Gauge, Histogram
@@ -104,6 +113,13 @@ ACK_BATCH = 1000
 # While idle, the dead-letter depth is recounted this often (letters retried or
 # discarded by an operator leave the DLQ from another process).
 DEPTH_REFRESH_S = 30.0
+# The in-flight window read at start is read this many messages at a time (one batched
+# direct get each) and bounded: at most WINDOW_SCAN_FACTOR times the consumer's
+# ack-pending limit of messages are read (the window holds at most that many pending,
+# among others of the stream acked out of order or outside the filter). Past the bound
+# the rest of the window is left to its redeliveries, as before this reading.
+WINDOW_PAGE = 500
+WINDOW_SCAN_FACTOR = 4
 
 
 @dataclass
@@ -146,6 +162,7 @@ class Worker:
         self._stream = partition.stream if partition else store.settings.stream
         self._durable = partition.durable(self.spec.durable) if partition else self.spec.durable
         self._prefix = store.settings.subject_prefix
+        self._subjects: list[str] = []  # the consumer's filter (on ``self._stream``)
         self._pull = jsapi.PullConsumer(
             nc, self._stream, self._durable, options.pull_batch, options.pull_expires_s
         )
@@ -172,7 +189,7 @@ class Worker:
         self._hold_acks = False
         self._hold_limit = max(1, min(ACK_BATCH, options.max_ack_pending // 2))
 
-    async def ensure_consumer(self, from_seq: int | None = None) -> None:
+    async def ensure_consumer(self, from_seq: int | None = None) -> dict[str, Any]:
         await self.store.start()
         # The model's declared event types are its filter: it never receives others.
         # A fresh consumer starts where the model's contract says a build starts (or
@@ -195,7 +212,8 @@ class Worker:
         if start.time_ns and not from_seq:
             config["deliver_policy"] = "by_start_time"
             config["opt_start_time"] = format_rfc3339_ns(start.time_ns)
-        await jsapi.ensure_consumer(
+        self._subjects = subjects
+        return await jsapi.ensure_consumer(
             self.store._replies, self._stream, config, self.store.settings.request_timeout_s
         )
 
@@ -203,16 +221,137 @@ class Worker:
         await self.model.setup()
         if self.fence is not None:
             await self.fence.claim()  # from here on, the previous owner writes nothing
-        await self.ensure_consumer()
+        consumer = await self.ensure_consumer()
         self._discarded = await discarded_sequences(self.nc, self.o.control_bucket, self.spec.name)
         letters = await self.dlq.list(self.spec)
         for letter in letters:
             self._parked.setdefault(letter.aggregate_id, set()).add(letter.original_seq)
         DEAD_LETTER_DEPTH.labels(*self._labels).set(len(letters))
         self._depth_at = time.monotonic()
+        await self._judge_window(consumer)
 
     def stop(self) -> None:
         self._stop.set()
+
+    async def _judge_window(self, consumer: Mapping[str, Any]) -> None:
+        """Hand the model, in stream order, what the consumer delivered and has not
+        seen acked: the sequences after its ack floor up to the last delivered one.
+
+        A predecessor killed after pulling them (or fenced) left them in flight, and
+        they come back only when their ack wait ends, behind whatever arrives
+        meanwhile: an aggregate's next event would be applied first, and a poison
+        among them (a second event for a version) would then look like a redelivery
+        and never be filed. Read from the stream now, before anything new, each is
+        judged in its place: applied if it is next (its delivery then finds it stored),
+        refused if it is not (the model remembers the refusal, so its delivery is
+        refused again, and filed once after ``max_deliver``). Nothing is acked or filed
+        here; the deliveries are.
+
+        Reading the window again is harmless: what was applied (acked out of order, or
+        applied by a live sibling sharing the durable) is an exact redelivery to the
+        model; an aggregate with dead letters is skipped (its deliveries follow them);
+        what does not decode is left to its delivery. Bounded (see WINDOW_SCAN_FACTOR)."""
+        if not int(consumer.get("num_ack_pending") or 0):
+            return
+        floor = int((consumer.get("ack_floor") or {}).get("stream_seq") or 0)
+        last = int((consumer.get("delivered") or {}).get("stream_seq") or 0)
+        root = self.partition.root if self.partition is not None else self._prefix
+        budget = WINDOW_SCAN_FACTOR * self.o.max_ack_pending
+        seq, judged = floor + 1, 0
+        while seq <= last and not self._stop.is_set():
+            if budget <= 0:
+                log.warning(
+                    "%s v%s: in-flight window past %d messages: sequences %d..%d are "
+                    "left to their redeliveries",
+                    *self._labels,
+                    WINDOW_SCAN_FACTOR * self.o.max_ack_pending,
+                    seq,
+                    last,
+                    extra=self._log,
+                )
+                break
+            page = await jsapi.direct_get_page(
+                self.store._replies,
+                self._stream,
+                f"{root}.>",
+                seq,
+                min(WINDOW_PAGE, budget, last - seq + 1),
+                self.store.settings.request_timeout_s,
+            )
+            window = [raw for raw in page.messages if raw.seq <= last]
+            if not window:
+                break
+            budget -= len(window)
+            records = [
+                record
+                for raw in window
+                if any(_subject_matches(s, raw.subject) for s in self._subjects)
+                and (record := await self._window_record(raw)) is not None
+            ]
+            judged += len(records)
+            await self._judge(records)
+            seq = window[-1].seq + 1
+            if page.pending == 0:
+                break
+        if judged:
+            log.info(
+                "%s v%s: %d in-flight events (sequences %d..%d) judged from the stream",
+                *self._labels,
+                judged,
+                floor + 1,
+                last,
+                extra=self._log,
+            )
+
+    async def _window_record(self, raw: RawMessage) -> RecordedEvent | None:
+        """An event of the in-flight window as the model would take it from its
+        delivery; None for what its delivery handles alone (a parked aggregate, an
+        undecodable message, a type the model does not consume)."""
+        if self.partition is not None:
+            subject = self.partition.origin_subject(raw.subject)
+            raw = RawMessage(subject, raw.seq, raw.time_ns, raw.headers, raw.data)
+        if aggregate_of(raw.subject, self._prefix) in self._parked:
+            return None
+        try:
+            record = await self.store.open(raw)
+        except PayloadDecodeError:
+            return None
+        types = self.spec.consumed_events
+        if types is not None and record.event_type not in types:
+            return None
+        return voided_event(record) if self.store.known_voided(raw.seq) else record
+
+    async def _judge(self, records: list[RecordedEvent]) -> None:
+        """Apply events of the in-flight window; while the store does not answer, try
+        again with backoff (nothing new is taken before them), until stopped."""
+        tries = 0
+        while records and not self._stop.is_set():
+            try:
+                outcome = await self.model.apply(records)
+            except (TransientError, EventStoreUnavailableError) as exc:
+                tries += 1
+                log.warning(
+                    "%s v%s: in-flight window: %s; trying again",
+                    *self._labels,
+                    exc,
+                    extra={**self._log, "rate_key": f"window {self._labels}"},
+                )
+                await asyncio.sleep(self.o.backoff(tries))
+                continue
+            except FencedError:
+                raise
+            except Exception:
+                log.exception(
+                    "%s v%s: in-flight window failed; isolating aggregates",
+                    *self._labels,
+                    extra=self._log,
+                )
+                outcome = await self._isolate(records)
+            self.stats.applied += outcome.applied
+            self.stats.filled += outcome.applied
+            if outcome.applied:
+                EVENTS.labels(*self._labels, "filled").inc(outcome.applied)
+            return
 
     async def run(self, until_caught_up: bool = False) -> None:
         """Process batches until stopped (or, with ``until_caught_up``, until the
@@ -643,3 +782,14 @@ class Worker:
         BATCH_SECONDS.labels(*self._labels).observe(seconds)
         LAG.labels(*self._labels).set(last.pending)
         CHECKPOINT.labels(*self._labels).set(s.last_seq)
+
+
+def _subject_matches(pattern: str, subject: str) -> bool:
+    """NATS subject matching: '*' is one token, '>' the rest."""
+    p, s = pattern.split("."), subject.split(".")
+    for i, token in enumerate(p):
+        if token == ">":
+            return len(s) > i
+        if i >= len(s) or token not in ("*", s[i]):
+            return False
+    return len(p) == len(s)
