@@ -11,7 +11,8 @@ remembered) before the next event is applied, and filed once when its delivery c
 back. Against the real servers (NATS, Valkey, the graph store), the real worker; the
 kill is a worker cancelled while its model's write of the poison's batch hangs
 (nothing is written, nothing acked or nak'd). Each chain-checking model: context's
-three, the process ledger's three, omni's two.
+three, the process ledger's three, omni's two; and the context model on a partition
+of the stream (its own durable on the partition mirror).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from jetsource.eventstore import jsapi
 from jetsource.projection.bootstrap import Projection, open_projection
 from jetsource.projection.contract import Outcome
 from jetsource.projection.domain import DomainRegistry
+from jetsource.projection.partitions import Partition, ensure_mirror, partition_of, wait_mirror
 from jetsource.projection.runtime import Worker
 from tests.integration.test_poison_after_transient_failure import (
     Case,
@@ -40,11 +42,13 @@ from tests.integration.test_poison_after_transient_failure import (
     process_case,
     until,
 )
-from tests.projector_fixtures import projector_settings
+from tests.projector_fixtures import drop_partition_mirrors, projector_settings
 
 pytestmark = pytest.mark.integration
 
 CONTEXT_MODELS = ("context", "timeline", "graph")
+PARTITIONED = "context-partitioned"  # the context model, on one partition of PARTS
+PARTS = 4
 # The poison's delivery comes back this long after the kill: the next event is
 # published, delivered to the new worker and applied well before it.
 ACK_WAIT_S = 4.0
@@ -61,7 +65,7 @@ def context_case(p: Projection, sid: str) -> Case:
 
 
 async def open_case(name: str, settings: JetsourceSettings, unique: str) -> tuple[Projection, Case]:
-    if name in CONTEXT_MODELS:
+    if name in (*CONTEXT_MODELS, PARTITIONED):
         p = await open_projection(projector_settings(settings, unique, **OPTIONS))
         return p, context_case(p, "killed")
     if name in PROCESS_MODELS:
@@ -83,7 +87,9 @@ async def open_case(name: str, settings: JetsourceSettings, unique: str) -> tupl
     return p, omni_case(p.domain_store("omni"), aggregate_id, seed)
 
 
-@pytest.fixture(params=[*CONTEXT_MODELS, *sorted(PROCESS_MODELS), OMNI_EVENTS, OMNI_IDENTITIES])
+@pytest.fixture(
+    params=[*CONTEXT_MODELS, *sorted(PROCESS_MODELS), OMNI_EVENTS, OMNI_IDENTITIES, PARTITIONED]
+)
 async def case(
     request: pytest.FixtureRequest, settings: JetsourceSettings, unique: str
 ) -> AsyncIterator[tuple[str, Projection, Case]]:
@@ -92,7 +98,9 @@ async def case(
     p, made = await open_case(name, settings, unique)
     yield name, p, made
     for version in (1, 2):
-        await p.model(name, version).drop()
+        await p.model(name.removesuffix("-partitioned"), version).drop()
+    if name == PARTITIONED:
+        await drop_partition_mirrors(p, PARTS)
     await p.close()
 
 
@@ -100,11 +108,22 @@ async def test_a_poison_pulled_by_a_killed_projector_is_filed_once(
     case: tuple[str, Projection, Case],
 ) -> None:
     name, p, aggregate = case
+    partitioned = name == PARTITIONED
+    name = name.removesuffix("-partitioned")
     store = p.store_for(name)
     options = p.settings.projector
+    partition: Partition | None = None
+    if partitioned:
+        s = store.settings
+        await ensure_mirror(store._replies, s.stream, s.subject_prefix, PARTS, 1, 5.0)
+        await wait_mirror(store._replies, s.stream, PARTS, 5.0)
+        index = partition_of(aggregate.aggregate_id, PARTS)
+        partition = Partition(index, PARTS, s.stream, s.subject_prefix)
 
     def worker(version: int) -> Worker:
-        return Worker(p.nc, store, p.model(name, version), p.dead_letters, options)
+        """The live model's workers on the partition (if any); the twin's on the whole."""
+        part = partition if version == 1 else None
+        return Worker(p.nc, store, p.model(name, version), p.dead_letters, options, part)
 
     # The reference: a twin version of the model that meets every event in stream
     # order, with no fault (built as far as the live one at each step).
@@ -143,7 +162,7 @@ async def test_a_poison_pulled_by_a_killed_projector_is_filed_once(
     try:
 
         async def settled() -> bool:
-            info = await jsapi.consumer_info(store._replies, live._stream, live.spec.durable, 5.0)
+            info = await jsapi.consumer_info(store._replies, live._stream, live._durable, 5.0)
             assert info is not None
             idle = int(info["num_pending"]) == 0 and int(info["num_ack_pending"]) == 0
             return idle and await live.model.position(aggregate.aggregate_id) == 3

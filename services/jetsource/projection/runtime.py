@@ -305,16 +305,17 @@ class Worker:
 
     async def _window_record(self, raw: RawMessage) -> RecordedEvent | None:
         """An event of the in-flight window as the model would take it from its
-        delivery; None for what its delivery handles alone (a parked aggregate, an
-        undecodable message, a type the model does not consume)."""
+        delivery; None for what its delivery handles alone (a parked aggregate, a
+        sequence discarded from this model's dead letters, an undecodable message, a
+        type the model does not consume)."""
         if self.partition is not None:
             subject = self.partition.origin_subject(raw.subject)
             raw = RawMessage(subject, raw.seq, raw.time_ns, raw.headers, raw.data)
-        if aggregate_of(raw.subject, self._prefix) in self._parked:
+        if aggregate_of(raw.subject, self._prefix) in self._parked or raw.seq in self._discarded:
             return None
         try:
             record = await self.store.open(raw)
-        except PayloadDecodeError:
+        except Exception:  # undecodable, corrupt, or not readable now: as delivered
             return None
         types = self.spec.consumed_events
         if types is not None and record.event_type not in types:
