@@ -1,4 +1,4 @@
-"""Root of the `jetsource` command: sub-commands register here.
+"""Root of the `jetsource` command: sub-commands register here (each loaded on use).
 
 Global options: ``--output table|json|plain`` (also ``JETSOURCE_OUTPUT``) and
 ``--version``. Exit codes: 0 ok, 1 refused by the server, 2 usage, 3 unavailable.
@@ -10,52 +10,93 @@ import json
 import logging
 import os
 import sys
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any, NoReturn
 
-import pydantic
 import typer
 import typer.main
 
-from jetsource.cli import (
-    archive,
-    ctx,
-    erase,
-    infra,
-    observe,
-    omni,
-    output,
-    process,
-    projector,
-    repair,
-    sessions,
-    streams,
-)
+from jetsource.cli import output
+from jetsource.cli.lazy import Entry, LazyCommands, LazyGroup
+
+
+def _group(name: str, help: str) -> Entry:
+    return Entry(f"jetsource.cli.{name}:app", help, group=True)
+
+
+class _Root(LazyGroup):
+    """The sub-commands, in the order the help lists them: each module is imported
+    only when its command runs (``tests/unit/test_cli_startup.py`` holds these help
+    lines to the modules' own)."""
+
+    entries = {  # noqa: RUF012
+        "tui": Entry(
+            "jetsource.cli.sessions:tui",
+            "The terminal UI: sessions (live follow, replay), processes, contexts.\n\n"
+            "Keys: s sessions, p processes, c contexts, q quit; / to type a filter or an id.",
+            group=False,
+        ),
+        "erase": Entry(
+            "jetsource.cli.erase:erase",
+            "Erase SUBJECT's personal data: destroy their key, update the read models.",
+            group=False,
+        ),
+        "up": Entry(
+            "jetsource.cli.infra:up_all",
+            "Start what is down of the local system (servers, then services) and show it\n"
+            "working. Run it again after anything died: it restarts exactly that.",
+            group=False,
+        ),
+        "down": Entry(
+            "jetsource.cli.infra:down_all",
+            "Stop the services, then the local servers.",
+            group=False,
+        ),
+        "infra": _group("infra", "Local servers (NATS, Valkey, graph) from Python wheels."),
+        "ctx": _group(
+            "ctx",
+            "Work a story's context: commands via the publisher, reads via the query service.",
+        ),
+        "projector": _group(
+            "projector",
+            "Read models: status, replay, rebuild, reset, cut over, drop, wait, dead letters."
+            "\n\nEvery command takes --json. Exit codes: 0 ok, 1 refused, 2 usage, "
+            "3 unavailable.",
+        ),
+        "streams": _group(
+            "streams",
+            "JetStream streams: provision them (idempotent), back them up, restore them.",
+        ),
+        "archive": _group(
+            "archive",
+            "The archive: compaction behind snapshots, export, verify, list, restore.",
+        ),
+        "repair": _group("repair", "Repair a poisoned story without deleting anything."),
+        "observe": _group("observe", "Feed the process ledger: ingest adapters."),
+        "process": _group(
+            "process",
+            "Read the process ledger: the registry, trees and timelines (ProcessQueryService).",
+        ),
+        "sessions": _group(
+            "sessions",
+            "Sessions: runs of commands recorded on the process ledger, and their event catalog.",
+        ),
+        "omni": _group("omni", "Messaging ingest (omni): raw payloads and identities."),
+    }
+
 
 app = typer.Typer(
+    cls=_Root,
     help="jetsource: event-sourced Context Service on NATS JetStream.\n\n"
     "Exit codes: 0 ok, 1 refused by the server, 2 usage, 3 unavailable "
     "(not reachable or no answer in time: retry with the same -k key).",
     no_args_is_help=True,
 )
-app.add_typer(infra.app, name="infra")
-app.add_typer(ctx.app, name="ctx")
-app.add_typer(projector.app, name="projector")
-app.add_typer(streams.app, name="streams")
-app.add_typer(archive.app, name="archive")
-app.add_typer(repair.app, name="repair")
-app.add_typer(observe.app, name="observe")
-app.add_typer(process.app, name="process")
-app.add_typer(sessions.app, name="sessions")
-app.add_typer(omni.app, name="omni")
-app.command("tui")(sessions.tui)
-app.command("erase")(erase.erase)
-app.command("up")(infra.up_all)
-app.command("down")(infra.down_all)
 
 
 def _version(value: bool) -> None:
     if value:
+        from importlib.metadata import PackageNotFoundError, version
+
         try:
             number = version("jetsource")
         except PackageNotFoundError:  # running from a source tree that was not installed
@@ -120,12 +161,21 @@ def _command(as_json: bool) -> Any:  # typer's Click (it may bring its own copy)
     "Missing command." (Typer's help would go to stdout, where JSON belongs)."""
     command = typer.main.get_command(app)
     if as_json:
-        groups = [command]
-        while groups:
-            group = groups.pop()
-            group.no_args_is_help = False
-            groups += [c for c in getattr(group, "commands", {}).values() if hasattr(c, "commands")]
+        command.no_args_is_help = False
+        commands = getattr(command, "commands", None)
+        assert isinstance(commands, LazyCommands)
+        commands.on_load.append(_no_help_without_command)
     return command
+
+
+def _no_help_without_command(command: Any) -> None:
+    """A group (and each group in it) called without a command: "Missing command.", not
+    its help on stdout."""
+    groups = [command]
+    while groups:
+        group = groups.pop()
+        group.no_args_is_help = False
+        groups += [c for c in getattr(group, "commands", {}).values() if hasattr(c, "commands")]
 
 
 def _unexpected(exc: Exception, as_json: bool) -> NoReturn:
@@ -143,13 +193,20 @@ def _unexpected(exc: Exception, as_json: bool) -> NoReturn:
         if param is not None:
             body["field"] = (param.opts or [param.name])[0]
         _error(as_json, body)
-    if isinstance(exc, pydantic.ValidationError) and exc.title.endswith("Settings"):
-        body = {"code": "INVALID_ARGUMENT", "message": output.settings_message(exc), "exit_code": 2}
+    if "ValidationError" in kinds and _settings_error(exc):
+        message = output.settings_message(exc)  # type: ignore[arg-type]
+        body = {"code": "INVALID_ARGUMENT", "message": message, "exit_code": 2}
         _error(as_json, body)
     if os.environ.get("JETSOURCE_DEBUG"):
         raise exc
     message = f"unexpected {type(exc).__name__}: {exc} (a bug; JETSOURCE_DEBUG=1 shows where)"
     _error(as_json, {"code": "INTERNAL", "message": message, "exit_code": 1})
+
+
+def _settings_error(exc: Exception) -> bool:
+    import pydantic  # imported already by whatever raised it
+
+    return isinstance(exc, pydantic.ValidationError) and exc.title.endswith("Settings")
 
 
 def _usage_message(exc: Exception) -> str:

@@ -18,24 +18,19 @@ import asyncio
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from nats import errors as nats_errors
-from rich.text import Text
 
-from jetsource.archive.archiver import Archiver
-from jetsource.archive.history import open_archive
-from jetsource.archive.restore import restore as restore_stream
 from jetsource.cli import output
 from jetsource.cli.output import REFUSED, U64, UNAVAILABLE, USAGE
 from jetsource.cli.projector import _json, connect_timeout_s
-from jetsource.cli.streams import NatsUnreachableError, wait_for_nats
-from jetsource.core.errors import JetsourceError
-from jetsource.eventstore import jsapi
-from jetsource.eventstore.bootstrap import redact_url
-from jetsource.projection.bootstrap import Projection, open_projection
-from jetsource.projection.settings import ProjectorSettings
+
+# The archive, the projection runtime and NATS are imported by the commands that use
+# them (`archive --help` does not pay for them).
+if TYPE_CHECKING:
+    from jetsource.projection.bootstrap import Projection
+    from jetsource.projection.settings import ProjectorSettings
 
 app = typer.Typer(
     help="The archive: compaction behind snapshots, export, verify, list, restore.",
@@ -72,6 +67,15 @@ def _run(
     """Connect (NATS must answer within ``JETSOURCE_ADMIN_CONNECT_TIMEOUT_S``, 10 s, or
     ``--timeout`` if shorter: exit 3), then run ``work`` within ``--timeout``. Errors
     go to stderr (JSON with --json or -o json): 1 refused or failed, 3 unavailable."""
+    from nats import errors as nats_errors
+
+    from jetsource.cli.streams import NatsUnreachableError, wait_for_nats
+    from jetsource.core.errors import JetsourceError
+    from jetsource.eventstore import jsapi
+    from jetsource.eventstore.bootstrap import redact_url
+    from jetsource.projection.bootstrap import open_projection
+    from jetsource.projection.settings import ProjectorSettings
+
     _json(as_json)
     settings = ProjectorSettings.load()
     connect_s = min(timeout, connect_timeout_s())
@@ -125,6 +129,9 @@ def compact(domain: str | None = DOMAIN, timeout: float = TIMEOUT, as_json: bool
     sealed and read back."""
 
     async def work(p: Projection, s: ProjectorSettings) -> Any:
+        from jetsource.archive.archiver import Archiver
+        from jetsource.archive.history import open_archive
+
         store = _store(p, domain)
         archive = open_archive(s, store.settings.stream)
         archiver = Archiver(
@@ -157,6 +164,9 @@ def export(
         output.fail(USAGE, "usage", f"--from-seq {from_seq} is after --to-seq {to_seq}")
 
     async def work(p: Projection, s: ProjectorSettings) -> Any:
+        from jetsource.archive.archiver import Archiver
+        from jetsource.archive.history import open_archive
+
         store = _store(p, domain)
         archive = open_archive(s, store.settings.stream)
         return await Archiver(store, None, archive, None, s.archive.segment_events).export(
@@ -175,6 +185,8 @@ def list_(domain: str | None = DOMAIN, timeout: float = TIMEOUT, as_json: bool =
     """The manifest: every sealed segment of the stream."""
 
     async def work(p: Projection, s: ProjectorSettings) -> Any:
+        from jetsource.archive.history import open_archive
+
         store = _store(p, domain)
         archive = open_archive(s, store.settings.stream)
         return archive.objects.location, await archive.entries()
@@ -199,6 +211,8 @@ def verify(domain: str | None = DOMAIN, timeout: float = TIMEOUT, as_json: bool 
     sequences); exit 1 if one is damaged or missing."""
 
     async def work(p: Projection, s: ProjectorSettings) -> Any:
+        from jetsource.archive.history import open_archive
+
         store = _store(p, domain)
         return await open_archive(s, store.settings.stream).verify()
 
@@ -210,6 +224,8 @@ def verify(domain: str | None = DOMAIN, timeout: float = TIMEOUT, as_json: bool 
             f"{len(report.ok)} segments verified, {len(report.corrupt)} damaged, "
             f"{len(report.orphans)} without a manifest entry (left by an interrupted run)"
         )
+        from rich.text import Text
+
         for name, why in report.corrupt.items():
             output.line(Text.assemble(("damaged", "red"), f" {name}: {why}"))
     if not report.passed:
@@ -253,6 +269,9 @@ def restore(
         output.fail(USAGE, "usage", f"--retention {retention!r}: one of {', '.join(RETENTIONS)}")
 
     async def work(p: Projection, s: ProjectorSettings) -> Any:
+        from jetsource.archive.history import open_archive
+        from jetsource.archive.restore import restore as restore_stream
+        from jetsource.core.errors import JetsourceError
         from jetsource.eventstore.jetstream import stream_config
 
         store = _store(p, domain)

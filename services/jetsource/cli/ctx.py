@@ -36,8 +36,6 @@ from jetsource.cli.output import Mode
 from jetsource.client import STATUSES, ContextClient, QueryClient
 from jetsource.core.ids import uuid7
 from jetsource.core.settings import GrpcClientSettings, JetsourceSettings
-from jetsource.publisher.settings import PublisherOptions
-from jetsource.query.settings import QueryOptions
 
 app = typer.Typer(
     help="Work a story's context: commands via the publisher, reads via the query service.",
@@ -123,6 +121,8 @@ def _target(kind: str, flag: str | None, timeout: float | None) -> Target:
     settings = _settings()
     client = settings.client
     if kind == "publisher":
+        from jetsource.publisher.settings import PublisherOptions
+
         fallback = _local(
             os.environ.get("JETSOURCE_PUBLISHER__GRPC_HOST", PublisherOptions().grpc_host),
             _port_from_env("publisher", PublisherOptions().grpc_port),
@@ -136,6 +136,9 @@ def _target(kind: str, flag: str | None, timeout: float | None) -> Target:
             client,
             client.timeout_s if timeout is None else timeout,
         )
+    # The query service's settings live with the context domain (all domains load).
+    from jetsource.query.settings import QueryOptions
+
     fallback = _local(
         os.environ.get("JETSOURCE_QUERY__GRPC_HOST", QueryOptions().grpc_host),
         _port_from_env("query", QueryOptions().grpc_port),

@@ -16,8 +16,6 @@ import typer
 from jetsource.cli import output
 from jetsource.cli.output import REFUSED, USAGE
 from jetsource.cli.projector import _json, _progress, _run
-from jetsource.core.errors import ValidationError
-from jetsource.projection.erasure import check_subject, erase_subject
 
 
 def erase(
@@ -26,6 +24,9 @@ def erase(
     as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout"),
 ) -> None:
     """Erase SUBJECT's personal data: destroy their key, update the read models."""
+    from jetsource.core.errors import ValidationError
+    from jetsource.projection.erasure import check_subject, erase_subject
+
     json_out = _json(as_json)
     try:
         check_subject(subject)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.text import Text
@@ -13,8 +13,11 @@ from rich.text import Text
 from jetsource.cli import output
 from jetsource.core.settings import JetsourceSettings
 from jetsource.devstack.servers import ServerError
-from jetsource.devstack.services import LocalServices, ServiceStatus
 from jetsource.devstack.stack import LocalStack, ServerStatus
+
+# The services' launcher loads every domain: imported by the commands that use it.
+if TYPE_CHECKING:
+    from jetsource.devstack.services import ServiceStatus
 
 app = typer.Typer(
     help="Local servers (NATS, Valkey, graph) from Python wheels.", no_args_is_help=True
@@ -126,6 +129,8 @@ def up() -> None:
 def status() -> None:
     """Each server and service: address, health, version, pid; for NATS, JetStream's
     storage and any condition refusing writes. Exit 1 unless all are healthy."""
+    from jetsource.devstack.services import LocalServices
+
     stack = _stack()
     _report(stack.status(), LocalServices(stack.home).status())
 
@@ -133,6 +138,8 @@ def status() -> None:
 @app.command()
 def down() -> None:
     """Stop the services, then the local servers (external servers are left alone)."""
+    from jetsource.devstack.services import LocalServices
+
     stack = _stack()
     stopped = LocalServices(stack.home).down() + stack.down()
     _say(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
@@ -145,6 +152,8 @@ def up_all(
 ) -> None:
     """Start what is down of the local system (servers, then services) and show it
     working. Run it again after anything died: it restarts exactly that."""
+    from jetsource.devstack.services import LocalServices
+
     stack = _stack()
     statuses = _start_servers(stack)
     _report(statuses)

@@ -22,7 +22,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import typer
@@ -37,8 +37,10 @@ from jetsource.client import open_channel
 from jetsource.core.aio import wait_event
 from jetsource.core.errors import ValidationError
 from jetsource.core.settings import JetsourceSettings
-from jetsource.domains.process.adapters import JsonlAdapter, Line, PositionFile, source_id
-from jetsource.observer.settings import ObserverOptions
+
+# The process domain (and with it every domain) is imported by the command that runs.
+if TYPE_CHECKING:
+    from jetsource.domains.process.adapters import JsonlAdapter, Line, PositionFile
 
 app = typer.Typer(help="Feed the process ledger: ingest adapters.", no_args_is_help=True)
 
@@ -49,6 +51,8 @@ def observer_target(flag: str | None) -> str:
         return flag
     if os.environ.get("JETSOURCE_CLIENT__OBSERVER"):
         return os.environ["JETSOURCE_CLIENT__OBSERVER"]
+    from jetsource.observer.settings import ObserverOptions
+
     host = os.environ.get("JETSOURCE_OBSERVER__GRPC_HOST", ObserverOptions().grpc_host)
     port = os.environ.get("JETSOURCE_OBSERVER__GRPC_PORT", str(ObserverOptions().grpc_port))
     if host in ("", "0.0.0.0", "::", "[::]"):
@@ -85,7 +89,7 @@ class Importer:
                     metadata=self.metadata,
                 )
             except grpc.aio.AioRpcError as exc:
-                if exc.code() not in out.UNAVAILABLE_CODES or (
+                if exc.code().name not in out.UNAVAILABLE_NAMES or (
                     time.monotonic() - started > self.give_up_s
                 ):
                     raise
@@ -199,6 +203,8 @@ def import_(
     output: Mode | None = typer.Option(None, "--output", "-o", case_sensitive=False),
 ) -> None:
     """Record a JSONL file of canonical events (resumable, idempotent on re-import)."""
+    from jetsource.domains.process.adapters import JsonlAdapter, PositionFile, source_id
+
     mode = out.mode(output)
     if output is not None:
         out.set_mode(output)

@@ -16,19 +16,17 @@ import getpass
 import json
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import typer
-from google.protobuf.json_format import MessageToDict
 
 from jetsource.cli import output
 from jetsource.core.errors import EventStoreUnavailableError, JetsourceError, StreamMissingError
-from jetsource.domains.omni.descriptor import omni_domain
-from jetsource.domains.omni.identity import IdentityNotFoundError, IdentityService
-from jetsource.domains.omni.raw import RawArchive
-from jetsource.eventstore.bootstrap import connect, release
-from jetsource.eventstore.jetstream import JetStreamEventStore
-from jetsource.ingest.settings import IngestSettings
+
+# The omni domain (and with it every domain) and NATS are imported by the commands.
+if TYPE_CHECKING:
+    from jetsource.domains.omni.identity import IdentityService
+    from jetsource.ingest.settings import IngestSettings
 
 T = TypeVar("T")
 app = typer.Typer(
@@ -58,6 +56,10 @@ def _fail(
 
 
 def _run(work: Callable[[IngestSettings, Any], Awaitable[T]], as_json: bool = False) -> T:
+    from jetsource.domains.omni.identity import IdentityNotFoundError
+    from jetsource.eventstore.bootstrap import connect, release
+    from jetsource.ingest.settings import IngestSettings
+
     settings = IngestSettings.load()
 
     async def go() -> T:
@@ -79,6 +81,10 @@ def _run(work: Callable[[IngestSettings, Any], Awaitable[T]], as_json: bool = Fa
 
 
 def _identities(settings: IngestSettings, nc: Any) -> IdentityService:
+    from jetsource.domains.omni.descriptor import omni_domain
+    from jetsource.domains.omni.identity import IdentityService
+    from jetsource.eventstore.jetstream import JetStreamEventStore
+
     domain = omni_domain(settings.omni)
     store = JetStreamEventStore(nc, domain.registry, domain.eventstore(settings))
     return IdentityService(nc, store, settings.omni)
@@ -101,6 +107,8 @@ def raw_show(
     """Show one archived request: when, where, headers, verdict, reason and body."""
 
     async def work(settings: IngestSettings, nc: Any) -> Any:
+        from jetsource.domains.omni.raw import RawArchive
+
         archive = RawArchive(nc, settings.omni, settings.eventstore.request_timeout_s)
         try:
             return await archive.get(raw_id)
@@ -113,6 +121,8 @@ def raw_show(
     if body_only:
         sys.stdout.buffer.write(record.body)
         return
+    from google.protobuf.json_format import MessageToDict
+
     document = MessageToDict(record, preserving_proto_field_name=True)
     with contextlib.suppress(UnicodeDecodeError):
         document["body_text"] = record.body.decode()

@@ -18,28 +18,25 @@ import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import grpc
-import pydantic
 import typer
-from google.protobuf.descriptor import FieldDescriptor
-from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+
+# grpc, protobuf and Rich are imported where they are used: every command imports this
+# module, and most need one of them at most (``tests/unit/test_cli_startup.py``).
+if TYPE_CHECKING:
+    import grpc
+    import pydantic
+    from google.protobuf.message import Message
+    from google.protobuf.timestamp_pb2 import Timestamp
+    from rich.console import Console
+    from rich.text import Text
 
 OK, REFUSED, USAGE, UNAVAILABLE = 0, 1, 2, 3
 
-# Codes that mean "no answer": the command may or may not have been applied.
-UNAVAILABLE_CODES = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.CANCELLED,
-    }
+# gRPC codes (by name) that mean "no answer": the command may or may not have been applied.
+UNAVAILABLE_NAMES = frozenset(
+    {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "CANCELLED"}
 )
 
 
@@ -71,6 +68,8 @@ _consoles: dict[bool, Console] = {}
 
 def stdout() -> Console:
     """The one stdout console (so a pager around a command's output gets all of it)."""
+    from rich.console import Console
+
     tty = sys.stdout.isatty()
     if tty not in _consoles:
         # Piped (``-o table | less -S``): no wrapping at 80 columns, tables as wide as they are.
@@ -85,6 +84,8 @@ def stdout() -> Console:
 
 
 def stderr() -> Console:
+    from rich.console import Console
+
     return Console(stderr=True, markup=False, highlight=False, emoji=False, soft_wrap=True)
 
 
@@ -134,6 +135,7 @@ def not_utf8(exc: UnicodeEncodeError) -> str:
 def data(message: Message) -> dict[str, Any]:
     """A protobuf message as plain JSON data: every field present (defaults too), enums
     by name, 64-bit integers as numbers (not strings), Timestamps as RFC 3339."""
+
     out: dict[str, Any] = {}
     field: Any
     for field in message.DESCRIPTOR.fields:
@@ -156,6 +158,8 @@ def _is_repeated(field: Any) -> bool:
 
 
 def _is_map(field: Any) -> bool:
+    from google.protobuf.descriptor import FieldDescriptor
+
     return (
         _is_repeated(field)
         and field.type == FieldDescriptor.TYPE_MESSAGE
@@ -164,6 +168,9 @@ def _is_map(field: Any) -> bool:
 
 
 def _value(field: Any, value: Any) -> Any:
+    from google.protobuf.descriptor import FieldDescriptor
+    from google.protobuf.timestamp_pb2 import Timestamp
+
     if field.type == FieldDescriptor.TYPE_MESSAGE:
         if isinstance(value, Timestamp):
             return timestamp(value)
@@ -230,6 +237,9 @@ def table(
     """A table: Rich (cells never read as markup) or tab-separated lines with a header."""
     rows = list(rows)
     if mode() == Mode.table:
+        from rich.table import Table
+        from rich.text import Text
+
         t = Table(*columns, title=title or None, title_justify="left")
         for row in rows:
             t.add_row(*(Text(_cell(v)) for v in row))
@@ -248,6 +258,8 @@ def fields(pairs: Iterable[tuple[str, Any]]) -> None:
     """``name: value`` lines (values printed literally)."""
     for name, value in pairs:
         if mode() == Mode.table:
+            from rich.text import Text
+
             stdout().print(Text.assemble((f"{name}: ", "bold"), _cell(value)))
         else:
             sys.stdout.write(f"{name}: {_plain_cell(value)}\n")
@@ -264,6 +276,8 @@ def fail(code: int, status: str, message: str, **extra: Any) -> NoReturn:
         body.update({k: v for k, v in extra.items() if v is not None})
         sys.stderr.write(json.dumps({"error": body}, ensure_ascii=False) + "\n")
     else:
+        from rich.text import Text
+
         text = Text.assemble((status, "bold red"), ": ", message)
         console = stderr()
         console.print(text)
@@ -275,7 +289,7 @@ def fail(code: int, status: str, message: str, **extra: Any) -> NoReturn:
 
 
 def exit_code(code: grpc.StatusCode) -> int:
-    return UNAVAILABLE if code in UNAVAILABLE_CODES else REFUSED
+    return UNAVAILABLE if code.name in UNAVAILABLE_NAMES else REFUSED
 
 
 def settings_message(exc: pydantic.ValidationError) -> str:

@@ -36,8 +36,6 @@ from jetsource.cli import output as out
 from jetsource.cli.ctx import Target, _connect, _quiet_stdout, _run, _settings, _use
 from jetsource.cli.output import Mode
 from jetsource.client import open_channel
-from jetsource.domains.sessions.format import restore_ints
-from jetsource.processquery.settings import ProcessQueryOptions
 
 app = typer.Typer(
     help="Read the process ledger: the registry, trees and timelines (ProcessQueryService).",
@@ -74,6 +72,8 @@ def _target(flag: str | None, timeout: float | None) -> Target:
     client = _settings().client
     address = flag or os.environ.get("JETSOURCE_CLIENT__PROCESS_QUERY", "")
     if not address:
+        from jetsource.processquery.settings import ProcessQueryOptions
+
         o = ProcessQueryOptions()
         host = os.environ.get("JETSOURCE_PROCESS_QUERY__GRPC_HOST", o.grpc_host)
         port = os.environ.get("JETSOURCE_PROCESS_QUERY__GRPC_PORT", str(o.grpc_port))
@@ -172,6 +172,8 @@ def event_json(e: epb.StoredEvent) -> dict[str, Any]:
     body.pop("typed", None)
     if c.HasField("data"):
         # a Struct's numbers are doubles: integral ones print as integers (1, not 1.0)
+        from jetsource.domains.sessions.format import restore_ints
+
         body["data"] = restore_ints(json_format.MessageToDict(c.data))
     elif c.HasField("typed"):
         body["typed"] = {"content_type": c.typed.content_type, "size": len(c.typed.data)}

@@ -27,31 +27,20 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
 from jetsource.cli import output
 from jetsource.cli.output import REFUSED, UNAVAILABLE, USAGE, Mode
-from jetsource.core.clock import format_rfc3339_ns, parse_rfc3339_ns
-from jetsource.core.errors import (
-    AccessDeniedError,
-    EventStoreUnavailableError,
-    JetsourceError,
-    StreamMissingError,
-)
-from jetsource.eventstore import jsapi
-from jetsource.eventstore.bootstrap import redact_url
-from jetsource.projection import admin
-from jetsource.projection.bootstrap import (
-    Projection,
-    UnknownModelError,
-    load_domains,
-    open_projection,
-)
-from jetsource.projection.control import ControlError
-from jetsource.projection.settings import ProjectorSettings
+
+# The projection runtime (NATS, Valkey, the graph driver) is imported by the commands
+# that use it: `projector --help`, and the groups that borrow the helpers below, do
+# not pay for it.
+if TYPE_CHECKING:
+    from jetsource.projection import admin
+    from jetsource.projection.bootstrap import Projection
+    from jetsource.projection.settings import ProjectorSettings
 
 T = TypeVar("T")
 app = typer.Typer(
@@ -102,6 +91,8 @@ def _json(flag: bool) -> bool:
 
 
 def _settings() -> ProjectorSettings:
+    from jetsource.projection.settings import ProjectorSettings
+
     return ProjectorSettings.load()
 
 
@@ -115,6 +106,8 @@ def _model(arg: str | None, opt: str | None, required: bool = True) -> str:
         if required:
             output.fail(USAGE, "usage", "name the read model: MODEL or --model")
         return ""
+    from jetsource.projection.bootstrap import load_domains
+
     known = load_domains(_settings().projector.domains).models()
     if name not in known:
         output.fail(
@@ -124,6 +117,18 @@ def _model(arg: str | None, opt: str | None, required: bool = True) -> str:
 
 
 def _fail_for(exc: BaseException, settings: ProjectorSettings) -> NoReturn:
+    from jetsource.core.errors import (
+        AccessDeniedError,
+        EventStoreUnavailableError,
+        JetsourceError,
+        StreamMissingError,
+    )
+    from jetsource.eventstore import jsapi
+    from jetsource.eventstore.bootstrap import redact_url
+    from jetsource.projection import admin
+    from jetsource.projection.bootstrap import UnknownModelError
+    from jetsource.projection.control import ControlError
+
     if isinstance(exc, admin.WaitTimeout):
         output.fail(UNAVAILABLE, "timeout", str(exc))
     if isinstance(exc, admin.UsageError | UnknownModelError):
@@ -146,6 +151,9 @@ def _fail_for(exc: BaseException, settings: ProjectorSettings) -> NoReturn:
 
 
 def _run(work: Callable[[Projection], Awaitable[T]]) -> T:
+    from jetsource.eventstore.bootstrap import redact_url
+    from jetsource.projection.bootstrap import open_projection
+
     settings = _settings()
     connect_s = connect_timeout_s()
 
@@ -183,7 +191,11 @@ def _progress(what: str) -> Iterator[Callable[[int, int], None]]:
     """A progress callback ``(done, total)``: a bar on a terminal; otherwise (piped,
     as ``kubectl logs`` sees it, or JSON output) a line on stderr every few seconds
     and one at the end."""
+    from jetsource.projection import admin
+
     if output.mode() == Mode.table and sys.stdout.isatty():
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
         bar = Progress(
             "[progress.description]{task.description}",
             BarColumn(),
@@ -232,6 +244,8 @@ def _progress(what: str) -> Iterator[Callable[[int, int], None]]:
 def _time(value: str | None, flag: str) -> int | None:
     if not value:
         return None
+    from jetsource.core.clock import parse_rfc3339_ns
+
     try:
         return parse_rfc3339_ns(value)
     except ValueError as exc:
@@ -265,6 +279,8 @@ def status(as_json: bool = JSON) -> None:
     (percent, rate, ETA) and the model's last replay run (run id, last replayed
     sequence). Exit 3 if a model's store did not answer (its row says so).
     """
+    from jetsource.projection import admin
+
     json_out = _json(as_json)
     rows = _run(admin.status)
     if json_out:
@@ -355,6 +371,8 @@ def replay(
     types, actor. The run id and the last replayed event show in `projector status`.
     Exit 2 for an empty or inverted slice, 1 when it holds no applied event.
     """
+    from jetsource.projection import admin
+
     json_out = _json(as_json)
     name = _model(model_arg, model_opt)
     start, end = _time(from_time, "--from-time"), _time(to_time, "--to-time")
@@ -438,6 +456,8 @@ def rebuild(
     while it builds. With --workers K, K processes build it in parallel; the result
     equals a single-worker build.
     """
+    from jetsource.projection import admin
+
     json_out = _json(as_json)
     name = _model(model_arg, model_opt)
     with _progress(f"building {name} v{to_version}") as update:
@@ -467,6 +487,8 @@ def reset(
     Its live worker is fenced first; the projector service resumes the version once
     it is rebuilt.
     """
+    from jetsource.projection import admin
+
     json_out = _json(as_json)
     name = _model(model_arg, model_opt)
     if not yes:
@@ -501,6 +523,8 @@ def cutover(
     Refused (exit 1) for the version that is already active, one that is not live,
     or one lagging more than --max-lag.
     """
+    from jetsource.projection import admin
+
     json_out = _json(as_json)
     name = _model(model_arg, model_opt)
     result = _run(lambda p: admin.cutover(p, name, to_version, drop_old, max_lag))
@@ -519,6 +543,8 @@ def drop(
     as_json: bool = JSON,
 ) -> None:
     """Delete an inactive model version (namespace and consumer)."""
+    from jetsource.projection import admin
+
     json_out = _json(as_json)
     name = _model(model_arg, model_opt)
     removed = _run(lambda p: admin.drop(p, name, version))
@@ -539,6 +565,8 @@ def wait(
     as_json: bool = JSON,
 ) -> None:
     """Wait until a version is live and caught up (lag 0); exit 3 on timeout."""
+    from jetsource.projection import admin
+
     json_out = _json(as_json)
     name = _model(model_arg, model_opt)
     result = _run(lambda p: admin.wait(p, name, version, timeout))
@@ -561,6 +589,9 @@ def dlq_list(
     as_json: bool = JSON,
 ) -> None:
     """Dead letters, oldest first (by the event's stream sequence, then filing time)."""
+    from jetsource.core.clock import format_rfc3339_ns
+    from jetsource.projection import admin
+
     json_out = _json(as_json)
     name = _model(None, model, required=False) or None
     letters = _run(lambda p: admin.dlq_list(p, name, aggregate))
@@ -589,6 +620,8 @@ def dlq_list(
 @dlq.command("show")
 def dlq_show(dlq_seq: int = typer.Argument(..., min=1, max=U64), as_json: bool = JSON) -> None:
     """One dead letter in full (always JSON)."""
+    from jetsource.projection import admin
+
     _json(as_json)
 
     async def get(p: Projection) -> dict[str, Any]:
@@ -629,6 +662,8 @@ def dlq_retry(
     as_json: bool = JSON,
 ) -> None:
     """Apply dead letters again (after a fix); each success removes its entry."""
+    from jetsource.projection import admin
+
     json_out = _json(as_json)
     name = _model(None, model, required=False) or None
     with _progress("retrying dead letters") as update:
@@ -645,6 +680,8 @@ def dlq_discard(
     as_json: bool = JSON,
 ) -> None:
     """Give up on dead letters: their stories step past them without applying them."""
+    from jetsource.projection import admin
+
     json_out = _json(as_json)
     name = _model(None, model, required=False) or None
     if not (seqs or aggregate):

@@ -10,13 +10,16 @@ and the read models' dead letters of that story are cleared and re-applied.
 from __future__ import annotations
 
 import getpass
+from typing import TYPE_CHECKING
 
 import typer
 
 from jetsource.cli import output
 from jetsource.cli.output import REFUSED, U64, USAGE
 from jetsource.cli.projector import _json, _run
-from jetsource.projection.repair import VoidReport, void_sequence
+
+if TYPE_CHECKING:
+    from jetsource.projection.repair import VoidReport
 
 app = typer.Typer(help="Repair a poisoned story without deleting anything.", no_args_is_help=True)
 
@@ -36,6 +39,8 @@ def void(
     ),
 ) -> None:
     """Void one stream sequence of a story: every reader steps over it from now on."""
+    from jetsource.projection.repair import void_sequence
+
     json_out = _json(as_json)
     if not reason.strip():
         output.fail(USAGE, "usage", "--reason must say why (it is kept in the stream)")

@@ -1,0 +1,105 @@
+"""Sub-commands loaded when they are used, not when `jetsource` starts.
+
+Each group's module brings its own clients (gRPC stubs, the NATS event store, the graph
+driver, the archive...): importing all of them took ~0.6 s before any command ran, for
+``--help`` too. The root group here knows each sub-command's name and its one-line help,
+and imports a module only when its command is looked up to run (or for its own help).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+import typer
+import typer.core
+import typer.main
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A sub-command: ``module:attr`` (a Typer app for a group, a function for a command)
+    and its help, as the root's help lists it (a unit test holds it to the real one)."""
+
+    target: str
+    help: str
+    group: bool
+
+
+class LazyCommands(MutableMapping[str, Any]):
+    """The root group's commands: name -> Click command, each built on first use.
+
+    ``listing`` (while the root's help is drawn) answers stand-ins carrying the help, so
+    ``jetsource --help`` imports no group. ``on_load`` runs on each command built."""
+
+    def __init__(self, entries: dict[str, Entry]) -> None:
+        self.entries = entries
+        self.loaded: dict[str, Any] = {}
+        self.listing = False
+        self.on_load: list[Callable[[Any], None]] = []
+
+    def __getitem__(self, name: str) -> Any:
+        if name in self.loaded:
+            return self.loaded[name]
+        entry = self.entries[name]  # KeyError: no such command
+        if self.listing:
+            return typer.core.TyperCommand(name=name, help=entry.help)
+        command = _build(name, entry)
+        for hook in self.on_load:
+            hook(command)
+        self.loaded[name] = command
+        return command
+
+    def __setitem__(self, name: str, command: Any) -> None:
+        self.loaded[name] = command
+        self.entries.setdefault(name, Entry("", command.help or "", False))
+
+    def __delitem__(self, name: str) -> None:
+        del self.entries[name]
+        self.loaded.pop(name, None)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+def _build(name: str, entry: Entry) -> Any:
+    """The command as the root built it when every sub-command was registered up
+    front: inside a parent (so no completion options of its own, and a group of one
+    command stays a group)."""
+    module_name, attr = entry.target.split(":")
+    target = getattr(importlib.import_module(module_name), attr)
+    parent = typer.Typer(add_completion=False)
+    parent.callback()(_nothing)
+    if entry.group:
+        parent.add_typer(target, name=name)
+    else:
+        parent.command(name)(target)
+    return typer.main.get_command(parent).commands[name]  # type: ignore[attr-defined]
+
+
+def _nothing() -> None:
+    """The stand-in parent's callback (a parent with a callback is always a group)."""
+
+
+class LazyGroup(typer.core.TyperGroup):
+    """A TyperGroup whose commands are ``entries`` (set by a subclass), built on use."""
+
+    entries: dict[str, Entry] = {}  # noqa: RUF012 (read only: each group copies it)
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        self.commands = LazyCommands(dict(self.entries))
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        commands = self.commands
+        assert isinstance(commands, LazyCommands)
+        commands.listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            commands.listing = False
