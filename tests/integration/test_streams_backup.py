@@ -134,7 +134,8 @@ async def test_backup_then_restore_beside_the_old_streams(
     streams = [s["stream"] for s in manifest["streams"]]
     assert streams[0] == f"BE_{unique}"
     assert {f"BS_{unique}", f"BD_{unique}", "PROCESS_EVENTS", "OMNI_EVENTS"} <= set(streams)
-    assert f"KV_BR_{unique}" not in streams  # the read-model control bucket is rebuilt
+    assert f"KV_BR_{unique}" not in streams  # its decisions only: manifest["read_models"]
+    assert manifest["read_models"]["stream"] == f"KV_BR_{unique}"
 
     # The files hold what the server stores: sequence, subject, time, headers, data.
     originals = await stored(nats_server.url, f"BE_{unique}")
@@ -243,6 +244,7 @@ async def test_restore_into_an_empty_server_keeps_names(
         for name in (f"BE_{unique}", f"BS_{unique}", f"BD_{unique}")
     ]
     manifest["streams"][2] |= {"messages": 2, "last_seq": 2}
+    del manifest["read_models"]  # older backups hold no read-model decisions
     manifest_file.write_text(json.dumps(manifest))
     fresh = start_nats(tmp_path / "fresh")
     if fresh.url == nats_server.url:
@@ -369,7 +371,10 @@ async def test_backup_holds_every_domain_and_the_keys(
         **kv,
     }
     assert {s: backed[s]["role"] for s in expected} == expected
-    assert f"KV_BR_{unique}" not in backed  # the read-model control bucket is rebuilt
+    # Of the read-model control bucket, only the operators' decisions (no model has
+    # an entry here): test_streams_backup_decisions.py.
+    assert backed[f"KV_BR_{unique}"]["role"] == "read-models"
+    assert backed[f"KV_BR_{unique}"]["file"] == "read-models.json"
     assert backed[f"KV_BK_{unique}"]["bucket"] == f"BK_{unique}"
     assert backed[f"KV_BK_{unique}"]["messages"] >= 2  # the pepper, alice's key, ...
     assert backed[f"KV_BH_{unique}"]["messages"] == 3  # history 5: both values of a

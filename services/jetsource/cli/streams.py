@@ -406,8 +406,58 @@ async def _stored(
                 yield one
 
 
+# The operators' decisions kept in the read-model control bucket, per model: the
+# active version (a cutover) and the stream sequences discarded from its dead letters
+# (every version steps over them by rule). Not the rest of the entry: build states,
+# progress and the last replay describe read stores a restore does not bring back
+# (the read models are built again, from the restored streams). Read positions
+# (checkpoints) live in the read stores, not here.
+DECISIONS = "read-models.json"
+
+
+async def _decisions(
+    p: Projection, settings: ProjectorSettings, replies: jsapi.Replies, timeout: float
+) -> dict[str, Any] | None:
+    """The control bucket's decisions per model, with the event stream each model
+    reads (its discarded sequences are that stream's); None when there is no bucket."""
+    from nats.js.errors import NoKeysError
+
+    bucket = settings.projector.control_bucket
+    if await _config(replies, f"KV_{bucket}", timeout) is None:
+        return None
+    kv = await p.control.kv()
+    try:
+        keys = sorted(await kv.keys())
+    except NoKeysError:
+        keys = []
+    models: dict[str, dict[str, Any]] = {}
+    for model in keys:
+        try:
+            control = await p.control.get(model)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BackupError(
+                f"read-model control bucket {bucket}, key {model!r}: not a control entry ({exc!r})"
+            ) from exc
+        if control is None:
+            continue
+        try:
+            stream = p.store_for(model).settings.stream
+        except (JetsourceError, ValueError):
+            stream = ""  # a model this build does not know: its entry is kept as it is
+        models[model] = {
+            "stream": stream,
+            "active": control.active,
+            "discarded": sorted(set(control.discarded)),
+        }
+    return {"bucket": bucket, "models": models}
+
+
 async def backup_streams(
-    settings: BackupSettings, folder: Path, page: int = 256, only: list[str] | None = None
+    settings: BackupSettings,
+    folder: Path,
+    page: int = 256,
+    only: list[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[StreamBackup]:
     """Write every message of every stream jetsource owns (:func:`owned_streams`; with
     ``only``, of these streams alone) to ``folder/<stream>.jsonl`` (first line: the
@@ -420,18 +470,25 @@ async def backup_streams(
     done: list[StreamBackup] = []
     try:
         owned = owned_streams(settings, p, replies, timeout)
-        unknown = sorted(set(only or ()) - {o.stream for o in owned})
+        control_stream = f"KV_{settings.projector.control_bucket}"
+        unknown = sorted(set(only or ()) - {o.stream for o in owned} - {control_stream})
         if unknown:
             raise BackupError(
                 f"--stream {', '.join(unknown)}: not a stream jetsource owns; these are: "
-                + ", ".join(o.stream for o in owned)
+                + ", ".join([*(o.stream for o in owned), control_stream])
             )
+        infos = []
         for o in owned:
             if only and o.stream not in only:
                 continue
             info = await _config(replies, o.stream, timeout)
             if info is None:
                 continue  # never created (no dead letters yet, say): nothing to keep
+            infos.append((o, info))
+        # Progress by messages, of all the streams as they were when first asked.
+        total = sum(int(info["state"].get("messages", 0)) for _, info in infos)
+        written = 0
+        for o, info in infos:
             file = f"{o.stream}.jsonl"
             count, first, last = 0, 0, 0
             with (folder / file).open("w", encoding="utf-8") as out:
@@ -444,6 +501,9 @@ async def backup_streams(
                     count += 1
                     first = first or raw.seq
                     last = raw.seq
+                    written += 1
+                    if progress is not None:
+                        progress(written, max(total, written))
             done.append(
                 StreamBackup(
                     o.role,
@@ -457,15 +517,33 @@ async def backup_streams(
                     o.horizons_of,
                 )
             )
+        decisions = None
+        if not only or control_stream in only:
+            decisions = await _decisions(p, settings, replies, timeout)
     finally:
         await replies.stop()
         await p.close()
-    manifest = {
+    manifest: dict[str, Any] = {
         "format": BACKUP_FORMAT,
         "jetsource": __version__,
         "created": format_rfc3339_ns(now_ns()),
         "streams": [asdict(d) for d in done],
     }
+    if decisions is not None:
+        (folder / DECISIONS).write_text(json.dumps(decisions, indent=1) + "\n", encoding="utf-8")
+        bucket = settings.projector.control_bucket
+        row = StreamBackup(
+            READ_MODELS,
+            control_stream,
+            DECISIONS,
+            len(decisions["models"]),
+            0,
+            0,
+            [f"$KV.{bucket}.>"],
+            bucket,
+        )
+        manifest["read_models"] = asdict(row)
+        done.append(row)
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return done
 
@@ -522,28 +600,92 @@ def _entry_prefixes(
     return moved
 
 
+def _check_file(folder: Path, entry: dict[str, Any]) -> None:
+    """Read a backup file through before anything is written: a truncated or corrupt
+    one is refused naming the file and the line, and nothing is restored."""
+    path = folder / entry["file"]
+    count, last, number = 0, 0, 0
+    try:
+        with path.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, start=1):
+                if not line.endswith("\n"):
+                    raise BackupError(f"{path}: line {number}: cut short (the file is truncated)")
+                try:
+                    row = json.loads(line)
+                    if number == 1:
+                        if not isinstance(row.get("config"), dict):
+                            raise ValueError("no stream config")
+                        continue
+                    seq = int(row["seq"])
+                    if not isinstance(row["subject"], str) or not isinstance(row["headers"], dict):
+                        raise ValueError("subject or headers of the wrong type")
+                    base64.b64decode(row["data"], validate=True)
+                except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                    why = f"{type(exc).__name__}: {exc}"
+                    raise BackupError(
+                        f"{path}: line {number}: not a backed-up message ({why})"
+                    ) from exc
+                if seq <= last:
+                    raise BackupError(
+                        f"{path}: line {number}: sequence {seq} after {last} (out of order)"
+                    )
+                count, last = count + 1, seq
+    except OSError as exc:
+        raise BackupError(f"{path}: {exc.strerror or exc}") from exc
+    if number == 0:
+        raise BackupError(f"{path}: empty (no stream config on line 1)")
+    if count != int(entry["messages"]):
+        raise BackupError(
+            f"{path}: {count} messages, the manifest says {entry['messages']} (truncated?)"
+        )
+
+
+def _read_decisions(folder: Path, entry: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The models' decisions of a backup (:data:`DECISIONS`), checked."""
+    path = folder / entry["file"]
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+        models: dict[str, dict[str, Any]] = body["models"]
+        for name, d in models.items():
+            d["active"] = int(d["active"])
+            d["discarded"] = [int(x) for x in d["discarded"]]
+            d["stream"] = str(d.get("stream") or "")
+            if d["active"] < 1 or not name:
+                raise ValueError(f"model {name!r}: active version {d['active']}")
+    except OSError as exc:
+        raise BackupError(f"{path}: {exc.strerror or exc}") from exc
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise BackupError(f"{path}: not a read-model decisions file ({exc})") from exc
+    return models
+
+
 async def restore_streams(
     settings: ProjectorSettings,
     folder: Path,
     names: dict[str, str],
     prefixes: dict[str, str],
     only: list[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[StreamRestore]:
     """Create each backed-up stream (with ``only``, these of them; renamed by
     ``names``, its subjects' roots by ``prefixes``; a KV bucket as a KV bucket) and
-    publish its messages in their order. A target that exists with messages is
-    refused before anything is written."""
+    publish its messages in their order, then write the read models' decisions into
+    the control bucket. A target that exists with messages, or a file that is not
+    whole, is refused before anything is written."""
     manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     if manifest.get("format") != BACKUP_FORMAT:
         raise BackupError(f"{folder / MANIFEST}: not a {BACKUP_FORMAT} manifest")
     entries: list[dict[str, Any]] = manifest["streams"]
-    unknown = sorted(set(only or ()) - {e["stream"] for e in entries})
+    decided: dict[str, Any] | None = manifest.get("read_models")
+    known = [e["stream"] for e in entries] + ([decided["stream"]] if decided else [])
+    unknown = sorted(set(only or ()) - set(known))
     if unknown:
         raise BackupError(
-            f"--stream {', '.join(unknown)}: not in this backup; it holds: "
-            + ", ".join(e["stream"] for e in entries)
+            f"--stream {', '.join(unknown)}: not in this backup; it holds: " + ", ".join(known)
         )
     entries = [e for e in entries if not only or e["stream"] in only]
+    if decided is not None and only and decided["stream"] not in only:
+        decided = None
     timeout = settings.eventstore.request_timeout_s
     nc = await connect(settings)
     replies = jsapi.Replies(nc)
@@ -552,12 +694,12 @@ async def restore_streams(
     try:
         plan: list[tuple[dict[str, Any], str, dict[str, str]]] = []
         targets: dict[str, str] = {}
-        for entry in entries:  # refuse before writing anything
+        checks = [*entries, decided] if decided is not None else entries
+        for entry in checks:  # refuse before writing anything
             target = _target(entry, names)
             if target in targets:
                 raise BackupError(f"{entry['stream']} and {targets[target]} both go to {target}")
             targets[target] = entry["stream"]
-            moved = _entry_prefixes(folder, entry, target, prefixes)
             info = await _config(replies, target, timeout)
             if info is not None and int(info["state"].get("messages", 0)) > 0:
                 new = "KV_NEW" if entry.get("bucket") else "NEW"
@@ -566,13 +708,115 @@ async def restore_streams(
                     f"a new or empty stream (--rename {entry['stream']}={new}, or restore "
                     "the others alone with --stream)"
                 )
-            plan.append((entry, target, moved))
-        for entry, target, moved in plan:
-            done.append(await _restore_one(replies, folder, entry, target, moved, timeout))
+            if entry is decided:
+                if not target.startswith("KV_") or len(target) == 3:
+                    raise BackupError(
+                        f"{entry['stream']} is the read-model control bucket: it can be "
+                        f"restored only as a KV bucket (--rename {entry['stream']}=KV_NEW)"
+                    )
+                continue
+            _check_file(folder, entry)
+            plan.append((entry, target, _entry_prefixes(folder, entry, target, prefixes)))
+        models = _read_decisions(folder, decided) if decided is not None else {}
+        # The discarded sequences per event stream: followed if a restore renumbers.
+        wanted: dict[str, set[int]] = {}
+        for d in models.values():
+            wanted.setdefault(d["stream"], set()).update(d["discarded"])
+        total = sum(int(e["messages"]) for e, _, _ in plan)
+        moved: dict[str, dict[int, int] | None] = {}
+        before = 0
+        for entry, target, subjects in plan:
+            seqs: dict[int, int] = {}
+
+            def step(n: int, at: int = before) -> None:
+                if progress is not None:
+                    progress(at + n, total)
+
+            one = await _restore_one(
+                replies,
+                folder,
+                entry,
+                target,
+                subjects,
+                timeout,
+                wanted.get(entry["stream"], set()),
+                seqs,
+                step,
+            )
+            done.append(one)
+            before += one.messages
+            moved[entry["stream"]] = None if one.same_sequences else seqs
+        if decided is not None:
+            target = _target(decided, names)
+            done.append(await _restore_decisions(nc, settings, decided, target, models, moved))
     finally:
         await replies.stop()
         await release(nc)
     return done
+
+
+async def _restore_decisions(
+    nc: Any,
+    settings: ProjectorSettings,
+    entry: dict[str, Any],
+    target: str,
+    models: dict[str, dict[str, Any]],
+    moved: dict[str, dict[int, int] | None],
+) -> StreamRestore:
+    """Each model's entry in the control bucket ``target``: its backed-up active
+    version, live (the projector builds it from the restored stream), and its
+    discarded sequences (the restored stream's, when the restore renumbered it; one
+    not restored is left out). An entry made meanwhile keeps its versions and gets
+    the discards added."""
+    from jetsource.projection.control import Control, ControlError
+
+    control = Control(nc, target[3:], settings.eventstore.replicas)
+    same = True
+    for name, d in models.items():
+        renumbered = moved.get(d["stream"])
+        discarded = set(d["discarded"])
+        if renumbered is not None:
+            discarded = {renumbered[s] for s in discarded if s in renumbered}
+            same = False
+        for _ in range(10):
+            current = await control.ensure(name, d["active"])
+            if discarded <= set(current.discarded):
+                break
+            current.discarded = sorted(discarded | set(current.discarded))
+            try:
+                await control.save(name, current)
+                break
+            except ControlError:
+                continue  # changed meanwhile (a projector starting): read it again
+        else:
+            raise BackupError(f"read-model control entry {name!r} kept changing; run again")
+    return StreamRestore(entry["role"], entry["stream"], target, len(models), same)
+
+
+def _gap_subject(subjects: list[str]) -> str | None:
+    """A subject of the stream no message uses, to hold the place of the sequences a
+    backed-up stream did not have (deleted, purged, compacted): None when the stream
+    has no subject of the form ``a.b.>``."""
+    for subject in subjects:
+        root = subject[:-2]
+        if subject.endswith(".>") and root and "*" not in root.split("."):
+            return f"{root}._jetsource_restore_gap"
+    return None
+
+
+async def _hold_places(
+    replies: jsapi.Replies, subject: str, count: int, atomic: bool, timeout: float
+) -> None:
+    """Publish ``count`` empty messages on ``subject`` (purged once the stream is
+    restored): the stream's next message gets the sequence it had."""
+    while count > 0:
+        n = min(count, jsapi.BATCH_LIMIT if atomic else 1)
+        fill = [jsapi.OutMessage(subject, b"", {}) for _ in range(n)]
+        if atomic and n > 1:
+            await jsapi.publish_atomic_batch(replies, fill, f"restore-gap-{now_ns()}", timeout)
+        else:
+            await jsapi.publish(replies, fill[0], timeout)
+        count -= n
 
 
 async def _restore_one(
@@ -582,27 +826,52 @@ async def _restore_one(
     target: str,
     prefixes: dict[str, str],
     timeout: float,
+    wanted: set[int],
+    moved: dict[int, int],
+    progress: Callable[[int], None],
 ) -> StreamRestore:
+    """One stream, every message at its backed-up sequence where the target allows
+    it: the leading gap by the stream's first sequence, a gap inside by messages on
+    a subject of its own, purged at the end (so the stream is written with deletes
+    and purges allowed; its own deny_delete / deny_purge are set last). The restored
+    sequences of the ``wanted`` backed-up ones go into ``moved``."""
     with (folder / entry["file"]).open(encoding="utf-8") as lines:
         header = json.loads(next(lines))
-        config = {k: v for k, v in header["config"].items() if k not in _SERVER_CONFIG}
-        config["name"] = target
-        config["subjects"] = [_rewrite(s, prefixes) for s in config.get("subjects", [])]
-        window = config.get("duplicate_window")
-        config["duplicate_window"] = _RESTORE_DUPLICATE_WINDOW_NS
+        backed = {k: v for k, v in header["config"].items() if k not in _SERVER_CONFIG}
+        backed["name"] = target
+        backed["subjects"] = [_rewrite(s, prefixes) for s in backed.get("subjects", [])]
+        config = dict(backed, duplicate_window=_RESTORE_DUPLICATE_WINDOW_NS)
         first_seq = int(entry.get("first_seq") or 0)
-        if first_seq > 1:
-            config["first_seq"] = first_seq  # the same sequences, when the stream has no gaps
         existing = await _config(replies, target, timeout)
+        gap = None if entry.get("bucket") else _gap_subject(config["subjects"])
         if existing is None:
-            await jsapi.api(replies, f"STREAM.CREATE.{target}", config, timeout)
+            if gap is not None:
+                config.update(deny_delete=False, deny_purge=False)
+            if first_seq > 1:
+                config["first_seq"] = first_seq
+            info = await jsapi.api(replies, f"STREAM.CREATE.{target}", config, timeout)
         else:
-            config.pop("first_seq", None)
-            await jsapi.api(replies, f"STREAM.UPDATE.{target}", config, timeout)
-        count, same = 0, True
+            held = existing["config"]  # deny flags set cannot be lifted
+            config["deny_delete"] = bool(held.get("deny_delete"))
+            config["deny_purge"] = bool(held.get("deny_purge"))
+            info = await jsapi.api(replies, f"STREAM.UPDATE.{target}", config, timeout)
+            if held.get("deny_purge"):
+                gap = None  # its places cannot be purged again: it is renumbered
+            elif first_seq > int(info["state"].get("last_seq", 0)) + 1:
+                info = await jsapi.api(
+                    replies, f"STREAM.PURGE.{target}", {"seq": first_seq}, timeout
+                )
+                info = await jsapi.api(replies, f"STREAM.INFO.{target}", {}, timeout)
+        following = int(info["state"].get("last_seq", 0)) + 1
+        atomic = bool(config.get("allow_atomic"))
+        count, same, held_places = 0, True, 0
         recent: OrderedDict[str, float] = OrderedDict()  # message id -> published at
         for line in lines:
             m = json.loads(line)
+            seq = int(m["seq"])
+            if gap is not None and seq > following:
+                await _hold_places(replies, gap, seq - following, atomic, timeout)
+                held_places += seq - following
             headers = {k: v for k, v in m["headers"].items() if not k.startswith(_SKIP_ON_RESTORE)}
             if H_SUBJECT in headers:  # a dead letter names its event's subject
                 headers[H_SUBJECT] = _rewrite(headers[H_SUBJECT], prefixes)
@@ -614,12 +883,19 @@ async def _restore_one(
                 ),
                 timeout,
             )
-            same = same and ack.seq == int(m["seq"])
+            if seq in wanted:
+                moved[seq] = ack.seq
+            same = same and ack.seq == seq
+            following = ack.seq + 1
             count += 1
-    if window is not None:  # the backed-up duplicate window again
-        config.pop("first_seq", None)
-        config["duplicate_window"] = window
-        await jsapi.api(replies, f"STREAM.UPDATE.{target}", config, timeout)
+            progress(count)
+    if held_places and gap is not None:
+        await jsapi.api(replies, f"STREAM.PURGE.{target}", {"filter": gap}, timeout)
+    # The backed-up duplicate window and deny flags again.
+    final = {k: v for k, v in backed.items() if k != "first_seq"}
+    for deny in ("deny_delete", "deny_purge"):
+        final[deny] = bool(backed.get(deny)) or bool(config.get(deny))
+    await jsapi.api(replies, f"STREAM.UPDATE.{target}", final, timeout)
     if count != int(entry["messages"]):
         raise BackupError(
             f"{entry['file']}: {count} messages, the manifest says {entry['messages']}"
@@ -720,9 +996,14 @@ def backup(
     json_out = _json(as_json)
     settings = BackupSettings.load()
     _folder(folder, create=True)
-    done: list[StreamBackup] = _run(
-        settings, timeout, lambda: backup_streams(settings, folder, only=streams)
-    )
+    from jetsource.cli.projector import _progress
+
+    with _progress(f"backup to {folder}") as update:
+        done: list[StreamBackup] = _run(
+            settings,
+            timeout,
+            lambda: backup_streams(settings, folder, only=streams, progress=update),
+        )
     if json_out:
         output.emit_json([asdict(d) for d in done])
         return
@@ -767,9 +1048,14 @@ def restore(
     names = _pairs(rename, "--rename")
     prefixes = _pairs(subject_prefix, "--subject-prefix")
     _folder(folder, create=False)
-    done: list[StreamRestore] = _run(
-        settings, timeout, lambda: restore_streams(settings, folder, names, prefixes, streams)
-    )
+    from jetsource.cli.projector import _progress
+
+    with _progress(f"restore from {folder}") as update:
+        done: list[StreamRestore] = _run(
+            settings,
+            timeout,
+            lambda: restore_streams(settings, folder, names, prefixes, streams, update),
+        )
     if json_out:
         output.emit_json([asdict(d) for d in done])
         return

@@ -1,0 +1,250 @@
+"""`jetsource streams backup` / `restore` against a real nats-server: a stream with
+gaps (compacted, a subject purged) comes back at its own sequences (voids, discards,
+horizons and claims name them); a truncated or corrupt backup file is refused naming
+the file and the line, with nothing restored; long work reports progress on stderr
+while stdout holds the result alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+
+from jetsource.core.envelope import NO_STREAM
+from jetsource.core.settings import EventStoreSettings
+from jetsource.domains.context.events import registry
+from jetsource.eventstore import jsapi
+from jetsource.eventstore.jetstream import JetStreamEventStore
+from tests.eventstore_fixtures import created, decision
+from tests.infra import Server, start_nats
+
+pytestmark = pytest.mark.integration
+
+
+def environment(url: str, unique: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JETSOURCE_")}
+    return env | {
+        "JETSOURCE_NATS__URL": url,
+        "JETSOURCE_EVENTSTORE__STREAM": f"FE_{unique}",
+        "JETSOURCE_EVENTSTORE__SUBJECT_PREFIX": f"fe{unique}.events",
+        "JETSOURCE_EVENTSTORE__RETENTION": "age+compaction",
+        "JETSOURCE_EVENTSTORE__MAX_AGE_S": "86400",
+        "JETSOURCE_SNAPSHOTS__STREAM": f"FS_{unique}",
+        "JETSOURCE_SNAPSHOTS__SUBJECT_PREFIX": f"fs{unique}.snapshots",
+        "JETSOURCE_PROJECTOR__DLQ_STREAM": f"FD_{unique}",
+        "JETSOURCE_PROJECTOR__DLQ_SUBJECT_PREFIX": f"fd{unique}",
+        "JETSOURCE_PROJECTOR__CONTROL_BUCKET": f"FR_{unique}",
+        "JETSOURCE_EVENTSTORE__KEYS_BUCKET": f"FK_{unique}",
+    }
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "jetsource", "streams", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def ok(env: dict[str, str], *args: str) -> Any:
+    run = cli(env, *args, "--json")
+    assert run.returncode == 0, run.stdout + run.stderr
+    return json.loads(run.stdout)
+
+
+@pytest.fixture
+def fresh(tmp_path: Path) -> Iterator[Server]:
+    server = start_nats(tmp_path / "fresh")
+    if server.url == os.environ.get("JETSOURCE_TEST_NATS_URL"):
+        pytest.skip("an external NATS: no second, empty server to restore into")
+    yield server
+    server.stop()
+
+
+async def compacted(env: dict[str, str], unique: str) -> None:
+    """A compacting event stream with gaps as the archiver leaves them: a story's
+    early events purged by subject (inside the stream) and the stream's first message
+    gone (a leading gap); a dead letter naming a sequence after the gaps."""
+    nc = await nats.connect(env["JETSOURCE_NATS__URL"])
+    replies = jsapi.Replies(nc)
+    await replies.start()
+    try:
+        store = JetStreamEventStore(
+            nc,
+            registry,
+            EventStoreSettings(
+                stream=f"FE_{unique}",
+                subject_prefix=f"fe{unique}.events",
+                retention="age+compaction",
+                max_age_s=86400,
+            ),
+        )
+        await store.start()
+        await store.ensure_streams()
+        await store.append("zero", [created("gone")], NO_STREAM)  # seq 1
+        await store.append("first", [created("kept")], NO_STREAM)  # 2
+        await store.append("story-1", [created("one"), decision(1, "a")], NO_STREAM)  # 3, 4
+        await store.append("story-2", [created("two")], NO_STREAM)  # 5
+        await store.append("story-1", [decision(2), decision(3)], 2)  # 6, 7
+        await store.append("story-2", [decision(1)], 1)  # 8
+        await store.close()
+        stream = f"FE_{unique}"
+        await jsapi.purge_subject_before(replies, stream, f"fe{unique}.events.zero.>", 2, 5)
+        await jsapi.purge_subject_before(replies, stream, f"fe{unique}.events.story-1.>", 6, 5)
+        js = nc.jetstream()
+        await js.add_stream(name=f"FD_{unique}", subjects=[f"fd{unique}.>"])
+        await js.publish(f"fd{unique}.context.v1.story-2", b"letter", headers={"A": "7"})
+    finally:
+        await replies.stop()
+        await nc.close()
+
+
+async def messages(url: str, stream: str) -> list[tuple[int, str, bytes]]:
+    nc = await nats.connect(url)
+    replies = jsapi.Replies(nc)
+    await replies.start()
+    try:
+        page = await jsapi.direct_get_page(replies, stream, None, 1, 1000, 5)
+        return [(m.seq, m.subject, m.data) for m in page.messages]
+    finally:
+        await replies.stop()
+        await nc.close()
+
+
+async def info(url: str, stream: str) -> dict[str, Any] | None:
+    nc = await nats.connect(url)
+    replies = jsapi.Replies(nc)
+    await replies.start()
+    try:
+        return await jsapi.api(replies, f"STREAM.INFO.{stream}", {}, 5)
+    except jsapi.JsApiError as exc:
+        if exc.err_code == jsapi.ERR_STREAM_NOT_FOUND:
+            return None
+        raise
+    finally:
+        await replies.stop()
+        await nc.close()
+
+
+async def test_a_compacted_stream_comes_back_at_its_own_sequences(
+    nats_server: Server, fresh: Server, unique: str, tmp_path: Path
+) -> None:
+    """Voids, discarded dead letters, horizons and claims name stream sequences: a
+    restore that renumbered a stream with gaps made them name other messages."""
+    env = environment(nats_server.url, unique)
+    await compacted(env, unique)
+    stream = f"FE_{unique}"
+    before = await messages(nats_server.url, stream)
+    assert [seq for seq, _, _ in before] == [2, 5, 6, 7, 8]  # 1 (leading), 3-4 (inside)
+    folder = tmp_path / "b"
+    ok(env, "backup", str(folder), f"--stream={stream}")
+
+    restored = ok(environment(fresh.url, unique), "restore", str(folder))
+    assert [(r["stream"], r["messages"], r["same_sequences"]) for r in restored] == [
+        (stream, 5, True)
+    ]
+    assert await messages(fresh.url, stream) == before
+    original, copy = await info(nats_server.url, stream), await info(fresh.url, stream)
+    assert original is not None and copy is not None
+    for key in ("subjects", "deny_delete", "deny_purge", "duplicate_window", "allow_atomic"):
+        assert copy["config"][key] == original["config"][key], key
+    assert copy["state"]["messages"] == 5 and copy["state"]["last_seq"] == 8
+    # The event store appends after it as before.
+    nc = await nats.connect(fresh.url)
+    try:
+        store = JetStreamEventStore(
+            nc,
+            registry,
+            EventStoreSettings(
+                stream=stream,
+                subject_prefix=f"fe{unique}.events",
+                retention="age+compaction",
+                max_age_s=86400,
+            ),
+        )
+        await store.start()
+        appended = await store.append("story-2", [decision(2)], 2)
+        assert appended.stream_seqs == [9]
+        await store.close()
+    finally:
+        await nc.close()
+
+
+def cut(path: Path, how: str) -> None:
+    rows = path.read_text().splitlines(keepends=True)
+    if how == "mid-line":
+        path.write_text("".join(rows[:-1]) + rows[-1][: len(rows[-1]) // 2])
+    elif how == "last line":
+        path.write_text("".join(rows[:-1]))
+    else:  # a corrupt message in the middle
+        row = json.loads(rows[2])
+        row["data"] = "%%% not base64 %%%"
+        path.write_text("".join([*rows[:2], json.dumps(row) + "\n", *rows[3:]]))
+
+
+@pytest.mark.parametrize(
+    ("how", "said"),
+    [
+        ("mid-line", "line 6: cut short"),
+        ("last line", "4 messages, the manifest says 5"),
+        ("corrupt", "line 3: not a backed-up message"),
+    ],
+)
+async def test_a_truncated_or_corrupt_file_restores_nothing(
+    nats_server: Server, fresh: Server, unique: str, tmp_path: Path, how: str, said: str
+) -> None:
+    """Refused before anything is written, naming the file and the line: no stream of
+    the backup is created, the ones before the bad file included."""
+    env = environment(nats_server.url, unique)
+    await compacted(env, unique)
+    folder = tmp_path / "b"
+    backed = ok(env, "backup", str(folder), f"--stream=FD_{unique}", f"--stream=FE_{unique}")
+    assert [r["stream"] for r in backed] == [f"FE_{unique}", f"FD_{unique}"]  # in this order
+    bad = folder / f"FE_{unique}.jsonl"
+    cut(bad, how)
+
+    run = cli(environment(fresh.url, unique), "restore", str(folder), "--json")
+    assert run.returncode == 1, run.stdout + run.stderr
+    error = json.loads(run.stderr)["error"]
+    assert (error["code"], error["exit_code"]) == ("refused", 1)
+    assert str(bad) in error["message"] and said in error["message"], error["message"]
+    assert run.stdout == ""
+    for stream in (f"FE_{unique}", f"FD_{unique}"):
+        assert await info(fresh.url, stream) is None, stream
+
+
+async def test_long_work_reports_progress_on_stderr(
+    nats_server: Server, fresh: Server, unique: str, tmp_path: Path
+) -> None:
+    """Piped (as a job's log sees it) a backup and a restore say how far they are on
+    stderr; with --json the progress lines are JSON too and stdout holds one document."""
+    env = environment(nats_server.url, unique) | {"JETSOURCE_PROGRESS_EVERY_S": "0.001"}
+    await compacted(env, unique)
+    folder = tmp_path / "b"
+    only = [f"--stream=FE_{unique}", f"--stream=FD_{unique}"]
+
+    plain = cli(env, "backup", str(folder), *only)
+    assert plain.returncode == 0, plain.stderr
+    assert f"backup to {folder}: 6/6 (100.0%)" in plain.stderr
+    assert "progress" not in plain.stdout
+
+    run = cli(
+        environment(fresh.url, unique) | {"JETSOURCE_PROGRESS_EVERY_S": "0.001"},
+        "restore",
+        str(folder),
+        "--json",
+    )
+    assert run.returncode == 0, run.stderr
+    assert [r["messages"] for r in json.loads(run.stdout)] == [5, 1]
+    reports = [json.loads(line)["progress"] for line in run.stderr.splitlines()]
+    assert reports and all(r["what"] == f"restore from {folder}" for r in reports)
+    assert (reports[-1]["done"], reports[-1]["total"]) == (6, 6)
