@@ -1,6 +1,7 @@
 """`jetsource tui`: the Textual application fronting jetsource's domains.
 
-Keys: s sessions, p processes, c contexts, q quit (each screen's keys in its footer).
+Keys: s sessions, p processes, c contexts, ? help (every key of the screen), q quit
+(each screen's main keys in its footer).
 Keyboard first, mouse optional, plain terminal output (works over SSH). A stack that
 is down shows a banner and is retried; nothing crashes.
 """
@@ -25,6 +26,7 @@ class JetsourceTui(App[None]):
         Binding("s", "sessions", "Sessions"),
         Binding("p", "processes", "Processes"),
         Binding("c", "contexts", "Contexts"),
+        Binding("question_mark,f1", "help", "Help"),
         Binding("q", "quit", "Quit"),
     ]
 
@@ -55,6 +57,14 @@ class JetsourceTui(App[None]):
 
     def action_contexts(self) -> None:
         self._switch(ContextsScreen(self.backend))
+
+    def action_help(self) -> None:
+        """Toggle the panel listing every key of the screen (the footer has room for
+        the main ones only)."""
+        if self.screen.query("HelpPanel"):
+            self.action_hide_help_panel()
+        else:
+            self.action_show_help_panel()
 
     async def on_unmount(self) -> None:
         await self.backend.close()

@@ -63,6 +63,18 @@ class Backend:
             self._stack = stack
             return self._client
 
+    def connection(self) -> str:
+        """``up``, ``reconnecting`` (the client is retrying on its own), ``closed`` (it
+        gave up: the next call opens a new one) or ``none`` (not opened yet). A live
+        follow blocks on a subscription that says nothing while NATS is away, so the
+        session view asks this to tell the operator."""
+        client = self._client
+        if client is None:
+            return "none"
+        if client.nc.is_connected:
+            return "up"
+        return "closed" if client.nc.is_closed else "reconnecting"
+
     async def _drop(self) -> None:
         stack, self._stack, self._client = self._stack, None, None
         if stack is not None:

@@ -18,14 +18,18 @@ from jetsource.domains.sessions.ledger import ProcessSummary
 from jetsource.domains.sessions.record import session_status
 from jetsource.tui.backend import Backend, StackDown
 from jetsource.tui.lifecycle import while_shown
-from jetsource.tui.session_view import Banner, styled
+from jetsource.tui.session_view import CELL_WIDTH, COMMAND_WIDTH, Banner, SessionScreen, styled
+from jetsource.tui.text import clean, safe
 
 
 class ProcessesScreen(Screen[None]):
     """Every process of the ledger as a tree (sessions and what nests under them),
     with statuses, refreshed live."""
 
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("r", "reload", "Reload")]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("r", "reload", "Reload"),
+        Binding("o", "open", "Open session"),
+    ]
 
     def __init__(self, backend: Backend, refresh_s: float = 2.0) -> None:
         super().__init__(id="processes-screen")
@@ -33,6 +37,7 @@ class ProcessesScreen(Screen[None]):
         self.refresh_s = refresh_s
         self.loaded = 0
         self._reading = False
+        self._drawn: tuple[Any, ...] | None = None  # what the tree shows, to skip a no-op redraw
 
     def compose(self) -> ComposeResult:
         yield Banner(id="banner")
@@ -50,10 +55,24 @@ class ProcessesScreen(Screen[None]):
     def action_reload(self) -> None:
         self.reload()
 
+    def action_open(self) -> None:
+        """Open the session the selected process belongs to (its root)."""
+        node = self.query_one("#tree", Tree).cursor_node
+        while node is not None and node.parent is not None and node.parent.data is not None:
+            node = node.parent
+        if node is not None and node.data:
+            self.app.push_screen(SessionScreen(self.backend, str(node.data)))
+
     def _tick_reload(self) -> None:
         # A read still under way (a slow or absent stack) is left to finish: cancelling
-        # it for the next tick would never let one complete.
-        if not self._reading:
+        # it for the next tick would never let one complete. A screen under another one
+        # reads nothing (each read lists the whole ledger, on the UI's event loop); it
+        # reads again as soon as it is shown.
+        if not self._reading and self.app.screen is self:
+            self.reload()
+
+    def on_screen_resume(self) -> None:
+        if self.loaded and not self._reading:
             self.reload()
 
     @work(group="processes")
@@ -76,7 +95,6 @@ class ProcessesScreen(Screen[None]):
             return
         banner.clear()
         tree: Tree[str] = self.query_one("#tree", Tree)
-        tree.clear()
         children: dict[str, list[ProcessSummary]] = {}
         roots = []
         for p in procs.values():
@@ -94,22 +112,55 @@ class ProcessesScreen(Screen[None]):
                     "active" if status == "running" else status, p.last_recorded_ns, now, quiet
                 )
             return Text.assemble(
-                (p.name or p.process_id, "bold"),
-                (f" [{p.kind or '?'}] ", "dim"),
+                safe(p.name or p.process_id, COMMAND_WIDTH, "bold"),
+                (f" [{clean(p.kind or '?', CELL_WIDTH)}] ", "dim"),
                 styled(status),
-                (f"  {p.process_id}", "dim"),
+                (f"  {clean(p.process_id)}", "dim"),
             )
 
-        def add(node: Any, p: ProcessSummary) -> None:
-            kids = sorted(children.get(p.process_id, []), key=lambda c: c.started_ns)
-            branch = node.add(label(p), data=p.process_id, expand=True, allow_expand=bool(kids))
-            for c in kids:
-                add(branch, c)
+        # (depth, process id, label) in drawing order
+        rows: list[tuple[int, str, Text]] = []
+
+        def walk(p: ProcessSummary, depth: int) -> None:
+            rows.append((depth, p.process_id, label(p)))
+            for c in sorted(children.get(p.process_id, []), key=lambda c: c.started_ns):
+                walk(c, depth + 1)
 
         for p in sorted(roots, key=lambda r: r.started_ns, reverse=True):
-            add(tree.root, p)
-        tree.root.expand()
+            walk(p, 0)
+        drawn = tuple((d, pid, text.plain) for d, pid, text in rows)
+        if drawn != self._drawn:
+            self._redraw(tree, rows)
+            self._drawn = drawn
         self.loaded += 1
+
+    def _redraw(self, tree: Tree[str], rows: list[tuple[int, str, Text]]) -> None:
+        """Draw the tree anew, keeping what the operator did to it: the nodes they
+        collapsed stay collapsed and the cursor stays on its process (a redraw every
+        few seconds that reset both would make the tree impossible to walk)."""
+        collapsed: set[str] = set()
+        stack = list(tree.root.children)
+        while stack:
+            node = stack.pop()
+            if node.data is not None and node.children and not node.is_expanded:
+                collapsed.add(node.data)
+            stack.extend(node.children)
+        at = tree.cursor_node.data if tree.cursor_node is not None else None
+        tree.clear()
+        path: list[Any] = [tree.root]
+        cursor = None
+        for depth, pid, text in rows:
+            del path[depth + 1 :]
+            has_kids = False  # set when the next row nests under this one
+            node = path[-1].add(text, data=pid, expand=pid not in collapsed, allow_expand=has_kids)
+            if len(path) > 1:
+                path[-1].allow_expand = True
+            path.append(node)
+            if pid == at:
+                cursor = node
+        tree.root.expand()
+        if cursor is not None:  # once the tree has laid out its new lines
+            tree.call_after_refresh(tree.move_cursor, cursor, animate=False)
 
 
 class ContextsScreen(Screen[None]):
@@ -188,11 +239,11 @@ class ContextsScreen(Screen[None]):
         try:
             answer = await call
         except StackDown as exc:
-            banner.show(str(exc))
+            banner.show(f"{exc} — End tries again")
             return None
         except LookupError as exc:
             banner.clear()
-            self.notify(str(exc), severity="error")
+            self.notify(clean(exc, 300), severity="error")
             return None
         banner.clear()
         return answer
@@ -232,15 +283,17 @@ class ContextsScreen(Screen[None]):
             )
         )
         out = Text()
-        out.append(f"{ctx.title}\n", style="bold")
-        out.append(f"status {ctx.status}  tags {', '.join(ctx.tags)}\n")
+        out.append(f"{clean(ctx.title)}\n", style="bold")
+        out.append(f"status {clean(ctx.status)}  tags {clean(', '.join(ctx.tags))}\n")
         if ctx.description:
-            out.append(f"{ctx.description}\n")
+            # a description may span lines; each line is cleaned of what could redraw the screen
+            for line in ctx.description.splitlines():
+                out.append(f"{clean(line)}\n")
         out.append(f"\nDecisions ({len(ctx.decisions)})\n", style="bold")
         for d in ctx.decisions:
-            gone = f" (superseded by {d.superseded_by})" if d.superseded_by else ""
-            out.append(f"  {d.id}  {d.title}{gone}\n")
+            gone = f" (superseded by {clean(d.superseded_by)})" if d.superseded_by else ""
+            out.append(f"  {clean(d.id)}  {clean(d.title)}{gone}\n")
         out.append(f"\nSubtasks ({len(ctx.subtasks)})\n", style="bold")
         for st in ctx.subtasks:
-            out.append(f"  {st.id}  {st.title}  {st.progress}%\n")
+            out.append(f"  {clean(st.id)}  {clean(st.title)}  {st.progress}%\n")
         self.query_one("#context", Static).update(out)

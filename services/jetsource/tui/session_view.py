@@ -23,11 +23,11 @@ from jetsource.domains.sessions.progress import (
     WAITING,
     SessionState,
     evolve,
-    fold,
 )
 from jetsource.domains.sessions.record import ACTIVE, STATUSES
 from jetsource.tui.backend import Backend, StackDown
 from jetsource.tui.lifecycle import while_shown
+from jetsource.tui.text import clean, safe
 
 STATUS_STYLE = {
     WAITING: "dim",
@@ -42,15 +42,27 @@ STATUS_STYLE = {
 }
 
 
+# Widest a field from the ledger is drawn (the full value is in the log and the export).
+COMMAND_WIDTH = 80
+CELL_WIDTH = 48
+ERROR_WIDTH = 160
+LOG_DATA_WIDTH = 200
+# The log shows at most this many events, the ones up to the replay position: a session
+# of many thousands of events would otherwise be redrawn whole on every step back.
+LOG_ROWS = 500
+FAILURE_LINES = 6
+CHECKPOINT_EVERY = 100
+
+
 def styled(status: str) -> Text:
-    return Text(status, style=STATUS_STYLE.get(status, ""))
+    return safe(status, CELL_WIDTH, STATUS_STYLE.get(status, ""))
 
 
 class Banner(Static):
     """A clear line when the stack is down (hidden while all is well)."""
 
     def show(self, message: str) -> None:
-        self.update(Text(f"⚠ {message}", style="bold white on dark_red"))
+        self.update(Text(f"⚠ {clean(message, 500)}", style="bold white on dark_red"))
         self.display = True
 
     def clear(self) -> None:
@@ -71,8 +83,9 @@ class SessionsScreen(Screen[None]):
         super().__init__(id="sessions-screen")
         self.backend = backend
         self.refresh_s = refresh_s
-        self.loaded = 0
-        self._reading = False  # how many times the list was read (tests wait on it)
+        self.loaded = 0  # how many times the list was read (tests wait on it)
+        self._reading = False
+        self._shown: list[tuple[Any, ...]] = []  # the rows on screen, to skip a no-op redraw
 
     def compose(self) -> ComposeResult:
         yield Banner(id="banner")
@@ -102,8 +115,14 @@ class SessionsScreen(Screen[None]):
 
     def _tick_reload(self) -> None:
         # A read still under way (a slow or absent stack) is left to finish: cancelling
-        # it for the next tick would never let one complete.
-        if not self._reading:
+        # it for the next tick would never let one complete. A screen under another one
+        # reads nothing (each read lists the whole ledger, on the UI's event loop); it
+        # reads again as soon as it is shown.
+        if not self._reading and self.app.screen is self:
+            self.reload()
+
+    def on_screen_resume(self) -> None:
+        if self.loaded and not self._reading:
             self.reload()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
@@ -141,23 +160,37 @@ class SessionsScreen(Screen[None]):
             banner.show(f"{exc} — retrying every {self.refresh_s:g}s")
             return
         banner.clear()
-        table = self.query_one("#sessions", DataTable)
-        keep = table.cursor_row
-        table.clear()
-        for r in records:
-            duration = r.duration_s
-            table.add_row(
+        rows = [
+            (
                 r.session_id,
-                styled(r.status),
-                Text(r.command),
+                r.status,
+                clean(r.command, COMMAND_WIDTH),
                 format_ts(r.started_ns) if r.started_ns else "",
-                "" if duration is None else f"{duration:.1f}s",
+                "" if r.duration_s is None else f"{r.duration_s:.1f}s",
                 str(r.event_count),
-                key=r.session_id,
             )
-        if records:
-            table.move_cursor(row=min(keep, len(records) - 1))
+            for r in records
+        ]
+        if rows != self._shown:
+            self._redraw(rows)
         self.loaded += 1
+
+    def _redraw(self, rows: list[tuple[Any, ...]]) -> None:
+        table = self.query_one("#sessions", DataTable)
+        # The cursor stays on the session it was on (new sessions come in at the top: by
+        # index it would slide to another one, and Enter would open that one).
+        keep_index = table.cursor_row
+        keep_key = self._shown[keep_index][0] if 0 <= keep_index < len(self._shown) else None
+        table.clear()
+        for sid, status, command, started, duration, count in rows:
+            table.add_row(
+                safe(sid), styled(status), safe(command), started, duration, count, key=sid
+            )
+        self._shown = rows
+        if rows:
+            keys = [row[0] for row in rows]
+            index = keys.index(keep_key) if keep_key in keys else min(keep_index, len(rows) - 1)
+            table.move_cursor(row=index)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         if event.data_table.id == "sessions" and event.row_key.value:
@@ -195,7 +228,12 @@ class SessionScreen(Screen[None]):
         self.speed = 10.0  # events per second when playing
         self._bars: dict[int, ProgressBar] = {}
         self._log_filter = ""
+        self._log_seqs: list[int] = []  # the seqs of the log's rows, in order
+        self._node_rows: dict[str, tuple[str, ...]] = {}  # the nodes table's cells, by node
+        self._node_columns: list[Any] = []
         self._player: Any = None
+        self._checkpoints: dict[int, SessionState] = {0: SessionState()}
+        self._outage = False  # the connection watch put the banner up
 
     def compose(self) -> ComposeResult:
         yield Banner(id="banner")
@@ -221,13 +259,35 @@ class SessionScreen(Screen[None]):
     def on_mount(self) -> None:
         self.query_one(Banner).clear()
         self.query_one("#seq-input", Input).display = False
-        self.query_one("#nodes", DataTable).add_columns(
+        self._node_columns = self.query_one("#nodes", DataTable).add_columns(
             "node", "level", "status", "provider", "attempts", "error"
         )
         self.query_one("#log", DataTable).add_columns("seq", "ts", "type", "data")
         # No widget holds the keys: ←/→, Home, End and Space drive the replay.
         self.set_focus(None)
         self.load()
+        self.set_interval(1.0, self._watch_connection)
+
+    def _watch_connection(self) -> None:
+        """While following live: say so when NATS is away (the subscription is silent
+        then, and LIVE would be a lie), and follow anew from the last event shown when
+        the client gave up reconnecting."""
+        if not self.live:
+            return
+        state = self.backend.connection()
+        banner = self.query_one(Banner)
+        if state in ("up", "none"):
+            if self._outage:
+                self._outage = False
+                banner.clear()
+            return
+        self._outage = True
+        banner.show(
+            f"NATS at {self.backend.settings.nats_url()} is not reachable: the live "
+            "follow carries on from the last event shown when it is back"
+        )
+        if state == "closed":
+            self.follow()
 
     # -- loading and following ----------------------------------------------------------
 
@@ -244,8 +304,10 @@ class SessionScreen(Screen[None]):
                 await asyncio.sleep(2.0)
         banner.clear()
         self.events = [r.event for r in recorded]
+        self._checkpoints = {0: SessionState()}
+        self.position, self.state = 0, SessionState()
+        self.state = self._state_at(len(self.events))
         self.position = len(self.events)
-        self.state = fold(self.events)
         self.live = self.state.status == ACTIVE
         self.render_all(rebuild_log=True)
         if self.live:
@@ -264,7 +326,10 @@ class SessionScreen(Screen[None]):
                     if self.position == len(self.events) - 1:  # at the live edge
                         self.position += 1
                         self.state = evolve(self.state, r.event)
-                        self.render_all(appended=r.event)
+                        self._checkpoint(self.position, self.state)
+                        self.render_all()
+                    else:  # replaying: the header's "seq n/last" still moves on
+                        self.render_header()
                 self.live = False
                 self.render_header()
             except StackDown as exc:
@@ -277,13 +342,28 @@ class SessionScreen(Screen[None]):
         position = max(0, min(position, len(self.events)))
         if position == self.position:
             return
-        if position > self.position:
-            for e in self.events[self.position : position]:
-                self.state = evolve(self.state, e)
-        else:
-            self.state = fold(self.events[:position])
+        self.state = self._state_at(position)
         self.position = position
-        self.render_all(rebuild_log=True)
+        self.render_all()
+
+    def _checkpoint(self, position: int, state: SessionState) -> None:
+        if position % CHECKPOINT_EVERY == 0:
+            self._checkpoints[position] = state
+
+    def _state_at(self, position: int) -> SessionState:
+        """fold(events[:position]), from the nearest state at or before it: the shown
+        one going forward, else a checkpoint (states are immutable, so keeping one every
+        CHECKPOINT_EVERY events is cheap). A step back in a session of thousands of
+        events folded it whole from the start: half a second a key at 10,000 events."""
+        if self.position <= position:
+            at, state = self.position, self.state
+        else:
+            at = max(p for p in self._checkpoints if p <= position)
+            state = self._checkpoints[at]
+        for i in range(at, position):
+            state = evolve(state, self.events[i])
+            self._checkpoint(i + 1, state)
+        return state
 
     def action_step(self, delta: int) -> None:
         self._go(self.position + delta)
@@ -346,28 +426,28 @@ class SessionScreen(Screen[None]):
 
     # -- drawing -------------------------------------------------------------------------
 
-    def render_all(self, rebuild_log: bool = False, appended: SessionEvent | None = None) -> None:
+    def render_all(self, rebuild_log: bool = False) -> None:
         self.render_header()
         self.render_levels()
         self.render_nodes()
         self.render_failures()
         self.render_stats()
-        if appended is not None and not rebuild_log:
-            self._log_row(appended)
-        else:
-            self.render_log(rebuild=True)
+        self.render_log(rebuild=rebuild_log)
 
     def render_header(self) -> None:
         s = self.state
         mode = "LIVE" if self.live else ("PLAYING" if self.playing else "REPLAY")
+        # status, position and mode first: a long command must not push them off screen
         header = Text.assemble(
-            (f"{s.command or '?'} ", "bold"),
-            (f"{self.session_id}  ", "dim"),
             styled(s.status if not self.live else "active"),
             f"  seq {s.seq}/{self.events[-1].seq if self.events else 0}",
             f"  {mode}",
             f"  x{self.speed:g}/s" if not self.live else "",
+            "  ",
+            safe(s.command or "?", COMMAND_WIDTH, "bold"),
+            (f"  {self.session_id}", "dim"),
         )
+        header.no_wrap, header.overflow = True, "ellipsis"
         self.query_one("#header", Static).update(header)
 
     def render_levels(self) -> None:
@@ -386,25 +466,48 @@ class SessionScreen(Screen[None]):
             bar.update(total=max(lv.total, lv.done, 1), progress=lv.done)
 
     def render_nodes(self) -> None:
+        """Changed cells only: the table is redrawn on every event of a live session."""
         table = self.query_one("#nodes", DataTable)
-        table.clear()
-        for n in self.state.nodes:
-            table.add_row(
-                Text(n.node_id),
+        rows: dict[str, tuple[str, ...]] = {
+            n.node_id: (
+                clean(n.node_id, CELL_WIDTH),
                 "" if n.level is None else str(n.level),
-                styled(n.status),
-                Text(n.provider),
+                n.status,
+                clean(n.provider, CELL_WIDTH),
                 str(n.attempts or ""),
-                Text(n.error, style="red"),
-                key=n.node_id,
+                clean(n.error, ERROR_WIDTH),
             )
+            for n in self.state.nodes
+        }
+        if list(rows) != list(self._node_rows):
+            table.clear()
+            for key, row in rows.items():
+                table.add_row(*self._node_cells(row), key=key)
+        else:
+            for key, row in rows.items():
+                old = self._node_rows[key]
+                cells = self._node_cells(row)
+                for column, value in enumerate(row):
+                    if value != old[column]:
+                        table.update_cell(key, self._node_columns[column], cells[column])
+        self._node_rows = rows
+
+    @staticmethod
+    def _node_cells(row: tuple[str, ...]) -> list[Any]:
+        node, level, status, provider, attempts, error = row
+        return [Text(node), level, styled(status), Text(provider), attempts,
+                Text(error, style="red")]  # fmt: skip
 
     def render_failures(self) -> None:
-        lines = Text()
-        for f in self.state.failures:
-            who = f.node_id or "generation"
-            lines.append(f"seq {f.seq} {f.type} {who}: ", style="bold red")
-            lines.append(f"{f.error}\n")
+        failures = self.state.failures
+        lines = Text(no_wrap=True, overflow="ellipsis")
+        hidden = len(failures) - (FAILURE_LINES - 1) if len(failures) > FAILURE_LINES else 0
+        if hidden:
+            lines.append(f"… {hidden} earlier (all in the nodes table and the log)\n", "dim")
+        for f in failures[hidden:]:
+            who = clean(f.node_id, CELL_WIDTH) or "generation"
+            lines.append(f"seq {f.seq} {clean(f.type, CELL_WIDTH)} {who}: ", style="bold red")
+            lines.append(f"{clean(f.error, ERROR_WIDTH)}\n")
         self.query_one("#failures", Static).update(lines or Text("none", style="dim"))
 
     def render_stats(self) -> None:
@@ -422,21 +525,53 @@ class SessionScreen(Screen[None]):
                 f"watch {len(s.watch.get('paths', []))} paths, {s.watch.get('changes', 0)} "
                 f"changes, {s.watch.get('batches', 0)} batches"
             )
-        self.query_one("#stats", Static).update(Text("\n".join(parts) or "none"))
+        stats = Text("\n".join(clean(p, ERROR_WIDTH) for p in parts) or "none")
+        self.query_one("#stats", Static).update(stats)
 
     def _log_row(self, e: SessionEvent) -> None:
-        if self._log_filter and self._log_filter not in e.type:
-            return
         data = json.dumps(e.data, ensure_ascii=False, separators=(",", ":"))
         self.query_one("#log", DataTable).add_row(
-            str(e.seq), e.ts[11:], Text(e.type), Text(data[:200]), key=str(e.seq)
+            str(e.seq),
+            clean(e.ts[11:], 16),
+            safe(e.type, CELL_WIDTH),
+            safe(data, LOG_DATA_WIDTH),
+            key=str(e.seq),
         )
 
     def render_log(self, rebuild: bool = False) -> None:
+        """The log holds the last LOG_ROWS events (of the filter) up to the position.
+        A step, a live event or a short jump adds or removes a few rows; a long jump,
+        or a step back past the window's first half, draws the window anew."""
         table = self.query_one("#log", DataTable)
-        if rebuild:
+        wanted = [
+            e
+            for e in self.events[: self.position]
+            if not self._log_filter or self._log_filter in e.type
+        ]
+        shown = self._log_seqs
+        last = shown[-1] if shown else 0
+        newer = [e for e in wanted[-LOG_ROWS:] if e.seq > last]
+        gone = [seq for seq in shown if not wanted or seq > wanted[-1].seq]
+        kept = len(shown) - len(gone)
+        if (
+            rebuild
+            or not shown
+            or len(newer) >= LOG_ROWS // 2
+            or len(gone) >= LOG_ROWS // 2
+            or (gone and kept < LOG_ROWS // 2 and len(wanted) > kept)
+        ):
             table.clear()
-        for e in self.events[: self.position]:
+            shown = []
+            newer = wanted[-LOG_ROWS:]
+            gone = []
+        for seq in gone:
+            table.remove_row(str(seq))
+        shown = shown[: len(shown) - len(gone)]
+        for e in newer:
             self._log_row(e)
+            shown.append(e.seq)
+        while len(shown) > LOG_ROWS:
+            table.remove_row(str(shown.pop(0)))
+        self._log_seqs = shown
         if table.row_count:
             table.move_cursor(row=table.row_count - 1)
