@@ -233,7 +233,7 @@ class Worker:
     def stop(self) -> None:
         self._stop.set()
 
-    async def _judge_window(self, consumer: Mapping[str, Any]) -> None:
+    async def _judge_window(self, consumer: Mapping[str, Any] | None) -> None:
         """Hand the model, in stream order, what the consumer delivered and has not
         seen acked: the sequences after its ack floor up to the last delivered one.
 
@@ -251,7 +251,7 @@ class Worker:
         applied by a live sibling sharing the durable) is an exact redelivery to the
         model; an aggregate with dead letters is skipped (its deliveries follow them);
         what does not decode is left to its delivery. Bounded (see WINDOW_SCAN_FACTOR)."""
-        if not int(consumer.get("num_ack_pending") or 0):
+        if not consumer or not int(consumer.get("num_ack_pending") or 0):
             return
         floor = int((consumer.get("ack_floor") or {}).get("stream_seq") or 0)
         last = int((consumer.get("delivered") or {}).get("stream_seq") or 0)
