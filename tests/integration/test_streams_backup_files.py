@@ -135,11 +135,13 @@ async def info(url: str, stream: str) -> dict[str, Any] | None:
         await nc.close()
 
 
+@pytest.mark.parametrize("ensured", [False, True], ids=["empty server", "after ensure"])
 async def test_a_compacted_stream_comes_back_at_its_own_sequences(
-    nats_server: Server, fresh: Server, unique: str, tmp_path: Path
+    nats_server: Server, fresh: Server, unique: str, tmp_path: Path, ensured: bool
 ) -> None:
     """Voids, discarded dead letters, horizons and claims name stream sequences: a
-    restore that renumbered a stream with gaps made them name other messages."""
+    restore that renumbered a stream with gaps made them name other messages. Into
+    an empty server, or one `streams ensure` provisioned first (empty streams)."""
     env = environment(nats_server.url, unique)
     await compacted(env, unique)
     stream = f"FE_{unique}"
@@ -148,6 +150,8 @@ async def test_a_compacted_stream_comes_back_at_its_own_sequences(
     folder = tmp_path / "b"
     ok(env, "backup", str(folder), f"--stream={stream}")
 
+    if ensured:
+        ok(environment(fresh.url, unique), "ensure")
     restored = ok(environment(fresh.url, unique), "restore", str(folder))
     assert [(r["stream"], r["messages"], r["same_sequences"]) for r in restored] == [
         (stream, 5, True)

@@ -319,7 +319,8 @@ def owned_streams(
 ) -> list[Owned]:
     """Every stream and KV bucket jetsource owns that holds what cannot be rebuilt:
     the streams `ensure` provisions (every registered domain's events, snapshots, dead
-    letters; not the read-model control bucket, which `projector rebuild` writes again),
+    letters; of the read-model control bucket only the operators' decisions, which
+    :func:`backup_streams` writes apart, see DECISIONS),
     each event stream's compaction horizons, the omni raw payload archive, and the
     buckets of the personal-data keys (without them no personal field can be read),
     the process ledger's claims (idempotency for ever) and the omni identity handles.
@@ -900,6 +901,12 @@ async def _restore_one(
         raise BackupError(
             f"{entry['file']}: {count} messages, the manifest says {entry['messages']}"
         )
+    if not same and not entry.get("bucket"):
+        why = "the target denies purges" if existing is not None else "no subject a.b.> to use"
+        _note(
+            f"{target}: restored at new sequences ({why}): voids, discarded dead letters, "
+            "horizons and claims that name its old ones do not follow"
+        )
     return StreamRestore(entry["role"], entry["stream"], target, count, same)
 
 
@@ -987,11 +994,13 @@ def backup(
     Every registered domain's event stream, the snapshot and dead-letter streams, the
     compaction horizons, the omni raw payload archive, and the KV buckets of the
     personal-data keys (without them personal fields cannot be read), the process
-    ledger's claims and the omni identity handles; not the read-model control bucket
-    (rebuilt). Streams that were never created are left out. One JSON Lines file per
-    stream (its config and state, then every message oldest first: sequence, subject,
-    stored time, headers, data in base64) and manifest.json. Reads only; safe while the
-    services run (the backup ends where each stream ended when it was read).
+    ledger's claims and the omni identity handles; of the read-model control bucket the
+    operators' decisions (per model: the active version, the discarded dead letters) in
+    read-models.json. Streams that were never created are left out. One JSON Lines file
+    per stream (its config and state, then every message oldest first: sequence,
+    subject, stored time, headers, data in base64) and manifest.json. Reads only; safe
+    while the services run (the backup ends where each stream ended when it was read).
+    Progress on stderr (a bar on a terminal; JSON lines with --json).
     """
     json_out = _json(as_json)
     settings = BackupSettings.load()
@@ -1039,9 +1048,13 @@ def restore(
     Streams keep their names unless --rename says otherwise; a stream that exists with
     messages is refused before anything is written. A KV bucket (KV_<bucket>) is restored
     as one: renamed only to KV_<new>, its subjects move to $KV.<new>.> with it; a
-    horizons bucket follows its event stream's --rename. Sequences are the backed-up ones
-    when the stream had no gaps (see same_sequences); stored times are the time of the
-    restore. Rebuild the read models from a restored event stream.
+    horizons bucket follows its event stream's --rename. Every file is read through
+    first: a truncated or corrupt one is refused (exit 1) naming the file and the line,
+    nothing restored. Sequences are the backed-up ones, gaps included (see
+    same_sequences: not so for a KV bucket, or a target that existed denying purges);
+    stored times are the time of the restore. The read models' decisions go into the
+    control bucket (an empty or new one): each model's active version, live, and its
+    discarded dead letters. Then rebuild the read models from the restored streams.
     """
     json_out = _json(as_json)
     settings = ProjectorSettings.load()
