@@ -273,3 +273,109 @@ async def test_nats_going_away_shows_a_banner_and_the_views_recover_when_it_retu
                 await until(pilot, lambda: table.row_count == 1 and not listing.display)
     finally:
         server.stop()
+
+
+def notices(app: JetsourceTui) -> list[str]:
+    return [n.message for n in app._notifications]
+
+
+async def test_an_unknown_status_in_the_filter_is_an_error_naming_it_and_changes_nothing(
+    client: SessionsClient,  # noqa: F811
+    app_settings: SessionsAppSettings,  # noqa: F811
+) -> None:
+    async with session(client.writer, "scan"):
+        pass
+    live = Session(client.writer, "watch")
+    await live.__aenter__()
+    app = JetsourceTui(Backend(app_settings), refresh_s=0.2)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        assert isinstance(screen, SessionsScreen)
+        table = screen.query_one("#sessions", DataTable)
+        summary = screen.query_one("#summary", Static)
+        await until(pilot, lambda: table.row_count == 2)
+        await pilot.press("slash", *"status:activ", "enter")  # a typo
+        await until(pilot, lambda: any("status" in n and "'activ'" in n for n in notices(app)))
+        assert "active, completed, failed, interrupted" in notices(app)[-1]
+        await pilot.pause(0.5)
+        assert table.row_count == 2  # the list and the filter in force are unchanged
+        assert str(summary.render()) == "2 sessions"
+        await pilot.press("slash", "ctrl+u", *"status:active", "enter")
+        await until(pilot, lambda: table.row_count == 1)
+        assert str(summary.render()) == "1 session matching 'status:active'"
+        await pilot.press("slash", "ctrl+u", *"nothing-like-this", "enter")
+        await until(pilot, lambda: table.row_count == 0)
+        await until(
+            pilot, lambda: "no session matching 'nothing-like-this'" in str(summary.render())
+        )
+    await live.close()
+
+
+async def test_an_empty_ledger_says_so_instead_of_an_empty_table(
+    app_settings: SessionsAppSettings,  # noqa: F811
+) -> None:
+    app = JetsourceTui(Backend(app_settings), refresh_s=0.2)
+    async with app.run_test(size=SIZE) as pilot:
+        summary = app.screen.query_one("#summary", Static)
+        await until(pilot, lambda: "no sessions in the ledger yet" in str(summary.render()))
+
+
+async def test_a_session_id_that_is_not_there_yet_is_waited_for_and_a_bad_one_is_refused(
+    client: SessionsClient,  # noqa: F811
+    app_settings: SessionsAppSettings,  # noqa: F811
+    unique: str,
+) -> None:
+    sid = f"later-{unique}"
+    app = JetsourceTui(Backend(app_settings), refresh_s=0.5, open_session=sid)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        assert isinstance(screen, SessionScreen)
+        banner = screen.query_one("#banner", Static)
+        header = screen.query_one("#header", Static)
+        await until(pilot, lambda: banner.display and f"no session '{sid}'" in str(banner.content))
+        assert "LIVE" not in str(header.render()) and not screen.live
+        s = Session(client.writer, "context generate", session_id=sid)
+        await s.__aenter__()
+        await until(pilot, lambda: screen.live and not banner.display, timeout=15)
+        assert "context generate" in str(header.render())
+        await s.close()
+    reads = 0
+    backend = Backend(app_settings)
+    real = backend.events
+
+    async def counted(session_id: str) -> Any:
+        nonlocal reads
+        reads += 1
+        return await real(session_id)
+
+    backend.events = counted  # type: ignore[method-assign]
+    app = JetsourceTui(backend, refresh_s=0.5, open_session="a.b c*")
+    async with app.run_test(size=SIZE) as pilot:
+        banner = app.screen.query_one("#banner", Static)
+        await until(pilot, lambda: banner.display and "session id" in str(banner.content))
+        assert "is invalid" in str(banner.content)
+        await pilot.pause(2.5)
+        assert reads == 0  # refused before any read, and not retried
+        await pilot.press("escape")
+        assert isinstance(app.screen, SessionsScreen)
+
+
+async def test_escape_in_the_log_filter_leaves_the_box_not_the_session(
+    client: SessionsClient,  # noqa: F811
+    app_settings: SessionsAppSettings,  # noqa: F811
+) -> None:
+    async with session(client.writer, "scan") as s:
+        s.emit("queue_stats", {"pending": 1, "in_flight": 0, "completed": 0})
+    app = JetsourceTui(Backend(app_settings), refresh_s=1.0, open_session=s.id)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(
+            pilot, lambda: isinstance(app.screen, SessionScreen) and app.screen.position > 0
+        )
+        screen = app.screen
+        await pilot.press("slash", *"queue")
+        await pilot.press("escape")
+        assert app.screen is screen and screen.focused is None
+        await pilot.press("g", "escape")
+        assert app.screen is screen and not screen.query_one("#seq-input").display
+        await pilot.press("escape")
+        assert isinstance(app.screen, SessionsScreen)

@@ -14,6 +14,8 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Label, ProgressBar, Static
 
+from jetsource.core.errors import ValidationError
+from jetsource.core.ids import validate_aggregate_id
 from jetsource.domains.sessions.format import SessionEvent, format_ts
 from jetsource.domains.sessions.progress import (
     COMPLETE,
@@ -54,6 +56,25 @@ FAILURE_LINES = 6
 CHECKPOINT_EVERY = 100
 
 
+def parse_filter(text: str) -> tuple[str, tuple[str, ...]]:
+    """The sessions filter: words to search for, and ``status:<name>`` terms. An unknown
+    status is an error naming it (it used to be searched for as text, and matched
+    nothing, silently)."""
+    statuses, words = [], []
+    for part in text.strip().lstrip("/").split():
+        if part.startswith("status:"):
+            name = part[len("status:") :]
+            if name not in STATUSES:
+                raise ValueError(
+                    f"filter status: {clean(name, CELL_WIDTH)!r} is not a status "
+                    f"(one of {', '.join(STATUSES)})"
+                )
+            statuses.append(name)
+        else:
+            words.append(part)
+    return " ".join(words), tuple(statuses)
+
+
 def styled(status: str) -> Text:
     return safe(status, CELL_WIDTH, STATUS_STYLE.get(status, ""))
 
@@ -85,11 +106,14 @@ class SessionsScreen(Screen[None]):
         self.refresh_s = refresh_s
         self.loaded = 0  # how many times the list was read (tests wait on it)
         self._reading = False
-        self._shown: list[tuple[Any, ...]] = []  # the rows on screen, to skip a no-op redraw
+        # the rows on screen, to skip a no-op redraw (None: draw whatever comes next)
+        self._shown: list[tuple[Any, ...]] | None = None
+        self._applied: tuple[str, tuple[str, ...]] = ("", ())  # the filter in force (Enter)
 
     def compose(self) -> ComposeResult:
         yield Banner(id="banner")
         yield Label(Text("Sessions", style="bold"), id="title")
+        yield Static(Text("loading…", style="dim"), id="summary")
         yield Input(placeholder="filter: text, or status:active|completed|failed|interrupted",
                     id="filter")  # fmt: skip
         table: DataTable[Any] = DataTable(id="sessions", cursor_type="row", zebra_stripes=True)
@@ -127,18 +151,17 @@ class SessionsScreen(Screen[None]):
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.input.id == "filter":
+            try:
+                self._applied = parse_filter(event.input.value)
+            except ValueError as exc:  # the list and the filter in force stay as they were
+                self.notify(str(exc), severity="error", timeout=8)
+                return
+            self._shown = None  # redraw even if the rows are the same, for the summary
             self.reload()
             self.action_focus_table()
 
     def _filter(self) -> tuple[str, tuple[str, ...]]:
-        text = self.query_one("#filter", Input).value.strip().lstrip("/")
-        statuses, words = [], []
-        for part in text.split():
-            if part.startswith("status:") and part[7:] in STATUSES:
-                statuses.append(part[7:])
-            else:
-                words.append(part)
-        return " ".join(words), tuple(statuses)
+        return self._applied
 
     @work(group="sessions-list")
     @while_shown
@@ -173,14 +196,32 @@ class SessionsScreen(Screen[None]):
         ]
         if rows != self._shown:
             self._redraw(rows)
+            self._summarize(len(rows))
         self.loaded += 1
+
+    def _summarize(self, count: int) -> None:
+        search, statuses = self._applied
+        terms = [f"status:{s}" for s in statuses] + ([search] if search else [])
+        where = f" matching {clean(' '.join(terms), COMMAND_WIDTH)!r}" if terms else ""
+        if count:
+            text = Text(f"{count} session{'s' if count != 1 else ''}{where}", style="dim")
+        elif terms:
+            text = Text(f"no session{where} (/ to change the filter)", style="yellow")
+        else:
+            text = Text(
+                "no sessions in the ledger yet: a command recording one (an emitter, "
+                "`jetsource sessions import`) shows up here",
+                style="yellow",
+            )
+        self.query_one("#summary", Static).update(text)
 
     def _redraw(self, rows: list[tuple[Any, ...]]) -> None:
         table = self.query_one("#sessions", DataTable)
         # The cursor stays on the session it was on (new sessions come in at the top: by
         # index it would slide to another one, and Enter would open that one).
         keep_index = table.cursor_row
-        keep_key = self._shown[keep_index][0] if 0 <= keep_index < len(self._shown) else None
+        before = self._shown or []
+        keep_key = before[keep_index][0] if 0 <= keep_index < len(before) else None
         table.clear()
         for sid, status, command, started, duration, count in rows:
             table.add_row(
@@ -295,13 +336,29 @@ class SessionScreen(Screen[None]):
     @while_shown
     async def load(self) -> None:
         banner = self.query_one(Banner)
+        try:
+            validate_aggregate_id(self.session_id, "session id")
+        except ValidationError as exc:  # bad input: said once, never retried
+            banner.show(f"{exc} (Esc goes back)")
+            self.query_one("#header", Static).update(Text("no such session", style="bold red"))
+            return
         while True:
             try:
                 recorded = await self.backend.events(self.session_id)
-                break
             except StackDown as exc:
                 banner.show(f"{exc} — retrying")
                 await asyncio.sleep(2.0)
+                continue
+            if recorded:
+                break
+            # not begun yet (the emitter flushes in the background), or pruned: say
+            # so rather than draw an empty session as LIVE, and look again
+            banner.show(
+                f"no session {clean(self.session_id, COMMAND_WIDTH)!r} in the ledger (not begun "
+                "yet, or pruned) — looking again every 2s; Esc goes back"
+            )
+            self.query_one("#header", Static).update(Text("not found", style="bold yellow"))
+            await asyncio.sleep(2.0)
         banner.clear()
         self.events = [r.event for r in recorded]
         self._checkpoints = {0: SessionState()}
@@ -421,6 +478,13 @@ class SessionScreen(Screen[None]):
         self._go(sum(1 for e in self.events if e.seq <= seq))
 
     def action_back(self) -> None:
+        # Esc in the log filter or the seq box leaves the box, not the session
+        focused = self.focused
+        if isinstance(focused, Input):
+            if focused.id == "seq-input":
+                focused.display = False
+            self.set_focus(None)
+            return
         self.playing = False
         self.app.pop_screen()
 
