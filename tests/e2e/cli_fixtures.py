@@ -3,7 +3,6 @@ for the CLI and README walkthrough tests."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from jetsource.core.settings import JetsourceSettings
+from tests.cli_env import clean_environ
 from tests.projector_fixtures import projector_settings
 from tests.stack import Services
 
@@ -53,7 +53,7 @@ class CliStack:
 
 def client_env(publisher: str, query: str) -> dict[str, str]:
     """The caller's environment without any JETSOURCE_* setting, plus the CLI's targets."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JETSOURCE_")}
+    env = clean_environ()
     env.pop("COLUMNS", None)
     env.update(JETSOURCE_CLIENT__PUBLISHER=publisher, JETSOURCE_CLIENT__QUERY=query)
     return env

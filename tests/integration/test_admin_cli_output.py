@@ -8,7 +8,6 @@ for an absent NATS says so on stderr."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,10 +17,10 @@ import nats
 import pytest
 
 from jetsource.core.envelope import NO_STREAM
-from jetsource.core.settings import EventStoreSettings
 from jetsource.devstack.servers import free_port
 from jetsource.domains.context.events import registry
 from jetsource.eventstore.jetstream import JetStreamEventStore
+from tests.cli_env import clean_environ, cli_env, event_store_settings
 from tests.eventstore_fixtures import created, decision
 from tests.infra import Server
 
@@ -40,18 +39,18 @@ PLAIN_ARGS = ((), (), ("-o", "plain"))  # the last one: -o wins over JETSOURCE_O
 
 
 def environment(url: str, unique: str, archive: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JETSOURCE_")}
-    return env | {
-        "JETSOURCE_NATS__URL": url,
-        "JETSOURCE_EVENTSTORE__STREAM": f"{LONG}_{unique}",
-        "JETSOURCE_EVENTSTORE__SUBJECT_PREFIX": f"lo{unique}.events",
-        "JETSOURCE_SNAPSHOTS__STREAM": f"{LONG}_SNAPSHOTS_{unique}",
-        "JETSOURCE_SNAPSHOTS__SUBJECT_PREFIX": f"lo{unique}.snapshots",
-        "JETSOURCE_PROJECTOR__DLQ_STREAM": f"{LONG}_DLQ_{unique}",
-        "JETSOURCE_PROJECTOR__DLQ_SUBJECT_PREFIX": f"lodlq{unique}",
-        "JETSOURCE_PROJECTOR__CONTROL_BUCKET": f"LR_{unique}",
-        "JETSOURCE_ARCHIVE__URL": str(archive),
-    }
+    return cli_env(
+        url,
+        unique,
+        JETSOURCE_EVENTSTORE__STREAM=f"{LONG}_{unique}",
+        JETSOURCE_EVENTSTORE__SUBJECT_PREFIX=f"lo{unique}.events",
+        JETSOURCE_SNAPSHOTS__STREAM=f"{LONG}_SNAPSHOTS_{unique}",
+        JETSOURCE_SNAPSHOTS__SUBJECT_PREFIX=f"lo{unique}.snapshots",
+        JETSOURCE_PROJECTOR__DLQ_STREAM=f"{LONG}_DLQ_{unique}",
+        JETSOURCE_PROJECTOR__DLQ_SUBJECT_PREFIX=f"lodlq{unique}",
+        JETSOURCE_PROJECTOR__CONTROL_BUCKET=f"LR_{unique}",
+        JETSOURCE_ARCHIVE__URL=str(archive),
+    )
 
 
 def run(
@@ -119,14 +118,7 @@ def rows(out: str, columns: list[str]) -> list[dict[str, str]]:
 async def fill(env: dict[str, str]) -> None:
     nc = await nats.connect(env["JETSOURCE_NATS__URL"])
     try:
-        store = JetStreamEventStore(
-            nc,
-            registry,
-            EventStoreSettings(
-                stream=env["JETSOURCE_EVENTSTORE__STREAM"],
-                subject_prefix=env["JETSOURCE_EVENTSTORE__SUBJECT_PREFIX"],
-            ),
-        )
+        store = JetStreamEventStore(nc, registry, event_store_settings(env))
         await store.start()
         await store.append("story-1", [created("one"), decision(1, "body")], NO_STREAM)
         await store.append("story-2", [created("two")], NO_STREAM)
@@ -300,8 +292,7 @@ def test_streams_ensure_says_it_waits_for_nats(tmp_path: Path) -> None:
     """The Helm hook's 120 s wait for NATS is not silent: a line on stderr at the first
     refusal and about every 10 s after; stdout stays empty (JSON too)."""
     url = f"nats://127.0.0.1:{free_port()}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JETSOURCE_")}
-    env |= {"JETSOURCE_NATS__URL": url}
+    env = clean_environ() | {"JETSOURCE_NATS__URL": url}
     rc, out, err = run(env, tmp_path, "streams", "ensure", "--timeout", "11.5", timeout=60)
     assert rc == 3, out + err
     assert out == ""

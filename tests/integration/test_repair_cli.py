@@ -5,56 +5,33 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
-import sys
 
 import nats
 import pytest
 
 from jetsource.core.errors import CorruptEventError
-from jetsource.core.settings import EventStoreSettings
 from jetsource.domains.context.events import registry
 from jetsource.eventstore.jetstream import JetStreamEventStore
+from tests.cli_env import cli_env, event_store_settings, jetsource
 from tests.infra import Server
 
 pytestmark = pytest.mark.integration
 
 
 def repair(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "jetsource", "repair", "void", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return jetsource(env, "repair", "void", *args)
 
 
 async def test_repair_void_from_the_command_line(
     nats_server: Server, valkey_server: Server, unique: str
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JETSOURCE_")} | {
-        "JETSOURCE_NATS__URL": nats_server.url,
-        "JETSOURCE_VALKEY__URL": valkey_server.url,
-        "JETSOURCE_EVENTSTORE__STREAM": f"CE_{unique}",
-        "JETSOURCE_EVENTSTORE__SUBJECT_PREFIX": f"ce{unique}.events",
-        "JETSOURCE_SNAPSHOTS__STREAM": f"CS_{unique}",
-        "JETSOURCE_SNAPSHOTS__SUBJECT_PREFIX": f"cs{unique}.snapshots",
-        "JETSOURCE_PROJECTOR__DLQ_STREAM": f"DLQ_{unique}",
-        "JETSOURCE_PROJECTOR__DLQ_SUBJECT_PREFIX": f"dlq{unique}",
-        "JETSOURCE_PROJECTOR__CONTROL_BUCKET": f"RM_{unique}",
-    }
-    ensure = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "jetsource", "streams", "ensure"],
-        env=env,
-        capture_output=True,
-    )
+    env = cli_env(nats_server.url, unique, valkey_url=valkey_server.url)
+    ensure = await asyncio.to_thread(jetsource, env, "streams", "ensure")
     assert ensure.returncode == 0, ensure.stderr
     nc = await nats.connect(nats_server.url)
     try:
-        cfg = EventStoreSettings(stream=f"CE_{unique}", subject_prefix=f"ce{unique}.events")
+        cfg = event_store_settings(env)
         store = JetStreamEventStore(nc, registry, cfg)
         ack = await nc.request(f"ce{unique}.events.s1.ContextCreated", b"\xff\x00junk", 5)
         seq = json.loads(ack.data)["seq"]

@@ -10,9 +10,7 @@ other letters; and a letter that fails again makes the command exit 1."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import pytest
 
@@ -20,6 +18,7 @@ from jetsource.eventstore import jsapi
 from jetsource.projection.bootstrap import open_projection
 from jetsource.projection.repair import void_sequence
 from jetsource.projection.settings import ProjectorSettings
+from tests.cli_env import cli_env, jetsource
 from tests.infra import Server
 
 pytestmark = pytest.mark.integration
@@ -27,19 +26,13 @@ VOID = ("--reason", "junk", "--yes", "--domain", "context")
 
 
 def _env(nats_server: Server, valkey_server: Server, unique: str) -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("JETSOURCE_")} | {
-        "JETSOURCE_NATS__URL": nats_server.url,
-        "JETSOURCE_VALKEY__URL": valkey_server.url,
-        "JETSOURCE_EVENTSTORE__STREAM": f"CE_{unique}",
-        "JETSOURCE_EVENTSTORE__SUBJECT_PREFIX": f"ce{unique}.events",
-        "JETSOURCE_SNAPSHOTS__STREAM": f"CS_{unique}",
-        "JETSOURCE_SNAPSHOTS__SUBJECT_PREFIX": f"cs{unique}.snapshots",
-        "JETSOURCE_PROJECTOR__DLQ_STREAM": f"DLQ_{unique}",
-        "JETSOURCE_PROJECTOR__DLQ_SUBJECT_PREFIX": f"dlq{unique}",
-        "JETSOURCE_PROJECTOR__CONTROL_BUCKET": f"RM_{unique}",
-        "JETSOURCE_PROJECTOR__VALKEY_PREFIX": f"t{unique}",
-        "JETSOURCE_PROJECTOR__MODELS": '["context"]',
-    }
+    return cli_env(
+        nats_server.url,
+        unique,
+        valkey_url=valkey_server.url,
+        JETSOURCE_PROJECTOR__VALKEY_PREFIX=f"t{unique}",
+        JETSOURCE_PROJECTOR__MODELS='["context"]',
+    )
 
 
 async def test_each_version_reports_its_own_letters_and_a_failure_exits_1(
@@ -87,13 +80,7 @@ async def test_each_version_reports_its_own_letters_and_a_failure_exits_1(
         await p.close()
 
     def repair(seq: int) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "jetsource", "repair", "void", "--seq", str(seq), *VOID],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        return jetsource(env, "repair", "void", "--seq", str(seq), *VOID)
 
     left = repair(raws[1].seq)
     assert left.returncode == 1, (left.stdout, left.stderr)

@@ -4,19 +4,17 @@ a row changes nothing, stored events stay, a changed setting is applied."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from typing import Any
 
 import nats
 import pytest
 
 from jetsource.core.envelope import NO_STREAM
-from jetsource.core.settings import EventStoreSettings
 from jetsource.devstack.servers import free_port
 from jetsource.domains.context.events import registry
 from jetsource.eventstore.jetstream import JetStreamEventStore
+from tests.cli_env import cli_env, event_store_settings, jetsource
 from tests.eventstore_fixtures import created
 from tests.infra import Server
 
@@ -26,27 +24,11 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def env(nats_server: Server, unique: str) -> dict[str, str]:
     """Stream names of this test's own on the shared server."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JETSOURCE_")}
-    return env | {
-        "JETSOURCE_NATS__URL": nats_server.url,
-        "JETSOURCE_EVENTSTORE__STREAM": f"CE_{unique}",
-        "JETSOURCE_EVENTSTORE__SUBJECT_PREFIX": f"ce{unique}.events",
-        "JETSOURCE_SNAPSHOTS__STREAM": f"CS_{unique}",
-        "JETSOURCE_SNAPSHOTS__SUBJECT_PREFIX": f"cs{unique}.snapshots",
-        "JETSOURCE_PROJECTOR__DLQ_STREAM": f"DLQ_{unique}",
-        "JETSOURCE_PROJECTOR__DLQ_SUBJECT_PREFIX": f"dlq{unique}",
-        "JETSOURCE_PROJECTOR__CONTROL_BUCKET": f"RM_{unique}",
-    }
+    return cli_env(nats_server.url, unique)
 
 
 def ensure(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "jetsource", "streams", "ensure", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return jetsource(env, "streams", "ensure", *args)
 
 
 def ensured(env: dict[str, str]) -> dict[str, dict[str, Any]]:
@@ -66,14 +48,7 @@ async def stream_config(url: str, name: str) -> dict[str, Any]:
 
 async def append_one(env: dict[str, str]) -> None:
     nc = await nats.connect(env["JETSOURCE_NATS__URL"])
-    store = JetStreamEventStore(
-        nc,
-        registry,
-        EventStoreSettings(
-            stream=env["JETSOURCE_EVENTSTORE__STREAM"],
-            subject_prefix=env["JETSOURCE_EVENTSTORE__SUBJECT_PREFIX"],
-        ),
-    )
+    store = JetStreamEventStore(nc, registry, event_store_settings(env))
     await store.start()
     await store.append("story-1", [created()], NO_STREAM)
     await store.close()
