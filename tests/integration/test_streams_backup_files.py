@@ -183,9 +183,17 @@ async def test_a_compacted_stream_comes_back_at_its_own_sequences(
         await nc.close()
 
 
-def cut(path: Path, how: str) -> None:
+def cut(folder: Path, stream: str, how: str) -> Path:
+    """Break the backup in ``folder`` as ``how`` says; the file broken."""
+    if how == "manifest":
+        path = folder / "manifest.json"
+        path.write_text(path.read_text()[:100])
+        return path
+    path = folder / f"{stream}.jsonl"
     rows = path.read_text().splitlines(keepends=True)
-    if how == "mid-line":
+    if how == "not utf-8":
+        path.write_bytes("".join(rows[:3]).encode() + b"\xff\xfe\n" + "".join(rows[4:]).encode())
+    elif how == "mid-line":
         path.write_text("".join(rows[:-1]) + rows[-1][: len(rows[-1]) // 2])
     elif how == "last line":
         path.write_text("".join(rows[:-1]))
@@ -193,6 +201,7 @@ def cut(path: Path, how: str) -> None:
         row = json.loads(rows[2])
         row["data"] = "%%% not base64 %%%"
         path.write_text("".join([*rows[:2], json.dumps(row) + "\n", *rows[3:]]))
+    return path
 
 
 @pytest.mark.parametrize(
@@ -201,6 +210,8 @@ def cut(path: Path, how: str) -> None:
         ("mid-line", "line 6: cut short"),
         ("last line", "4 messages, the manifest says 5"),
         ("corrupt", "line 3: not a backed-up message"),
+        ("not utf-8", "line 4: not UTF-8"),
+        ("manifest", "not a jetsource-streams-backup/1 manifest"),
     ],
 )
 async def test_a_truncated_or_corrupt_file_restores_nothing(
@@ -213,8 +224,7 @@ async def test_a_truncated_or_corrupt_file_restores_nothing(
     folder = tmp_path / "b"
     backed = ok(env, "backup", str(folder), f"--stream=FD_{unique}", f"--stream=FE_{unique}")
     assert [r["stream"] for r in backed] == [f"FE_{unique}", f"FD_{unique}"]  # in this order
-    bad = folder / f"FE_{unique}.jsonl"
-    cut(bad, how)
+    bad = cut(folder, f"FE_{unique}", how)
 
     run = cli(environment(fresh.url, unique), "restore", str(folder), "--json")
     assert run.returncode == 1, run.stdout + run.stderr

@@ -601,16 +601,42 @@ def _entry_prefixes(
     return moved
 
 
+def _manifest(folder: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The backup manifest's stream entries and its read-model decisions entry;
+    one that cannot be read as such is refused naming it."""
+    path = folder / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        if manifest.get("format") != BACKUP_FORMAT:
+            raise BackupError(f"{path}: not a {BACKUP_FORMAT} manifest")
+        entries: list[dict[str, Any]] = manifest["streams"]
+        decided: dict[str, Any] | None = manifest.get("read_models")
+        for entry in [*entries, *([decided] if decided is not None else [])]:
+            for key in ("role", "stream", "file"):
+                if not isinstance(entry[key], str) or not entry[key]:
+                    raise ValueError(f"an entry's {key} is {entry[key]!r}")
+            if "/" in entry["file"] or entry["file"].startswith("."):
+                raise ValueError(f"file {entry['file']!r} is not in the backup folder")
+            int(entry["messages"])
+    except OSError as exc:
+        raise BackupError(f"{path}: {exc.strerror or exc}") from exc
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise BackupError(f"{path}: not a {BACKUP_FORMAT} manifest ({exc!r})") from exc
+    return entries, decided
+
+
 def _check_file(folder: Path, entry: dict[str, Any]) -> None:
     """Read a backup file through before anything is written: a truncated or corrupt
     one is refused naming the file and the line, and nothing is restored."""
     path = folder / entry["file"]
     count, last, number = 0, 0, 0
     try:
-        with path.open(encoding="utf-8") as lines:
-            for number, line in enumerate(lines, start=1):
-                if not line.endswith("\n"):
-                    raise BackupError(f"{path}: line {number}: cut short (the file is truncated)")
+        with path.open("rb") as lines:  # decoded line by line: the error says where
+            for number, raw in enumerate(lines, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise BackupError(f"{path}: line {number}: not UTF-8 ({exc.reason})") from exc
                 try:
                     row = json.loads(line)
                     if number == 1:
@@ -622,6 +648,10 @@ def _check_file(folder: Path, entry: dict[str, Any]) -> None:
                         raise ValueError("subject or headers of the wrong type")
                     base64.b64decode(row["data"], validate=True)
                 except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                    if not line.endswith("\n"):  # the last line, and not whole
+                        raise BackupError(
+                            f"{path}: line {number}: cut short (the file is truncated)"
+                        ) from exc
                     why = f"{type(exc).__name__}: {exc}"
                     raise BackupError(
                         f"{path}: line {number}: not a backed-up message ({why})"
@@ -673,11 +703,7 @@ async def restore_streams(
     publish its messages in their order, then write the read models' decisions into
     the control bucket. A target that exists with messages, or a file that is not
     whole, is refused before anything is written."""
-    manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-    if manifest.get("format") != BACKUP_FORMAT:
-        raise BackupError(f"{folder / MANIFEST}: not a {BACKUP_FORMAT} manifest")
-    entries: list[dict[str, Any]] = manifest["streams"]
-    decided: dict[str, Any] | None = manifest.get("read_models")
+    entries, decided = _manifest(folder)
     known = [e["stream"] for e in entries] + ([decided["stream"]] if decided else [])
     unknown = sorted(set(only or ()) - set(known))
     if unknown:
