@@ -146,6 +146,13 @@ class Backend:
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
                 raise LookupError(exc.details() or exc.code().name) from exc
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                # a new channel for the next call: the old one backs off for up to two
+                # minutes between connection attempts once its server went away
+                query, self._query = self._query, None
+                if query is not None:
+                    with contextlib.suppress(Exception):
+                        await query.close()
             raise StackDown(
                 f"context query service at {self.query_address}: {exc.code().name} "
                 f"{exc.details() or ''}"

@@ -10,6 +10,7 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
+from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Label, Static, Tree
 
@@ -174,7 +175,12 @@ class ContextsScreen(Screen[None]):
         Binding("t", "ask_time", "At time"),
         Binding("slash", "focus_id", "Context id"),
         Binding("escape", "blur", "Leave input", show=False),
+        Binding("pagedown", "page(1)", "Page down", show=False),
+        Binding("pageup", "page(-1)", "Page up", show=False),
+        Binding("down", "line(1)", "Scroll down", show=False),
+        Binding("up", "line(-1)", "Scroll up", show=False),
     ]
+    RETRY_S = 2.0
 
     def __init__(self, backend: Backend) -> None:
         super().__init__(id="contexts-screen")
@@ -182,13 +188,18 @@ class ContextsScreen(Screen[None]):
         self.context_id = ""
         self.latest = 0
         self.version = 0
+        # the request on screen: what a retry repeats while the query service is away
+        self._request: tuple[Any, tuple[Any, ...]] | None = None
+        self._retry: Any = None
 
     def compose(self) -> ComposeResult:
         yield Banner(id="banner")
         yield Label(Text("Contexts", style="bold"), id="title")
         yield Input(placeholder="context id, then Enter", id="context-id")
         yield Static(id="scrubber")
-        yield Static(id="context")
+        # a story holds thousands of decisions: the state scrolls (↑/↓, PgUp/PgDn)
+        with VerticalScroll(id="context-scroll"):
+            yield Static(id="context")
         yield Input(placeholder="time (2026-12-02T21:40:00.123Z)", id="time-input")
         yield Footer()
 
@@ -203,6 +214,14 @@ class ContextsScreen(Screen[None]):
     def action_blur(self) -> None:
         self.set_focus(None)
 
+    def action_page(self, direction: int) -> None:
+        box = self.query_one("#context-scroll", VerticalScroll)
+        box.scroll_to(y=box.scroll_y + direction * max(box.size.height - 1, 1), animate=False)
+
+    def action_line(self, direction: int) -> None:
+        box = self.query_one("#context-scroll", VerticalScroll)
+        box.scroll_to(y=box.scroll_y + direction, animate=False)
+
     def action_ask_time(self) -> None:
         box = self.query_one("#time-input", Input)
         box.display = True
@@ -214,7 +233,7 @@ class ContextsScreen(Screen[None]):
             # "/" that focused the box may land in it too; ids never hold one
             self.context_id = event.input.value.strip().lstrip("/")
             event.input.value = self.context_id
-            self.show_latest()
+            self._asking(self.show_latest)
         elif event.input.id == "time-input":
             event.input.display = False
             try:
@@ -222,24 +241,41 @@ class ContextsScreen(Screen[None]):
             except ValueError as exc:
                 self.notify(str(exc), severity="error")
                 return
-            self.show_at_time(at)
+            self._asking(self.show_at_time, at)
 
     def action_scrub(self, delta: int) -> None:
         if self.context_id and self.latest:
             target = max(1, min(self.latest, self.version + delta))
             if target != self.version:
-                self.show_version(target)
+                self._asking(self.show_version, target)
 
     def action_latest(self) -> None:
         if self.context_id:
-            self.show_latest()
+            self._asking(self.show_latest)
+
+    def _asking(self, worker: Any, *args: Any) -> None:
+        """Note the request now on screen (a retry repeats it), then make it."""
+        if self._retry is not None:
+            self._retry.stop()
+            self._retry = None
+        self._request = (worker, args)
+        worker(*args)
+
+    def _again(self) -> None:
+        self._retry = None
+        if self._request is not None:
+            worker, args = self._request
+            worker(*args)
 
     async def _ask(self, call: Any) -> Any:
         banner = self.query_one(Banner)
         try:
             answer = await call
         except StackDown as exc:
-            banner.show(f"{exc} — End tries again")
+            # asked again on its own until it answers: the operator need not press a key
+            banner.show(f"{exc} — retrying every {self.RETRY_S:g}s")
+            if self._retry is None:
+                self._retry = self.set_timer(self.RETRY_S, self._again)
             return None
         except LookupError as exc:
             banner.clear()
