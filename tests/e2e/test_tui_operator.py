@@ -5,6 +5,7 @@ under the cursor, the help panel, and a NATS server that goes away and comes bac
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,8 @@ HOSTILE = "gen \x1b[2J\x1b[31mRED\x1b[0m \x07\x9b1m\u202eevil\r\nnext line âœ“ æ
 
 def drawn(app: JetsourceTui) -> str:
     """What the terminal would be sent for the screen, as text (the SVG keeps every
-    character of every cell)."""
-    return app.export_screenshot()
+    character of every cell; a space as a no-break space entity)."""
+    return html.unescape(app.export_screenshot()).replace("\xa0", " ")
 
 
 async def test_escapes_and_control_characters_from_recorders_never_reach_the_terminal(
