@@ -441,7 +441,9 @@ def generate(seed: int, n: int) -> list[Step]:
                     args={
                         "state": state,
                         "worker": rnd.choice(["w1", "w2"]),
-                        "attempt": rnd.randint(1, 3),
+                        # relative to the attempt recorded (back, the same, ahead):
+                        # the lifecycle decides at the step (see ``lifecycle``)
+                        "attempt": rnd.randint(-1, 2),
                         "reason": rnd.choice(["", "timeout", "boom " * 300]),
                         "will_retry": rnd.random() < 0.5,
                     },
@@ -474,8 +476,44 @@ class StoredEvent:
     raw_refs: set[str]  # the deliveries any of which may have stored it
     step: int  # the step that stored it
     status: dict[str, Any] = field(
-        default_factory=lambda: {"state": "received", "attempts": 0, "worker": "", "error": ""}
+        default_factory=lambda: {
+            "state": "received",
+            "attempts": 0,
+            "worker": "",
+            "error": "",
+            "detail": "",  # the last step's outcome or reason, as stored
+            "retry": False,  # the last failure's will_retry
+        }
     )
+
+
+def lifecycle(st: dict[str, Any], state: str, worker: str, attempt: int, reason: str,
+              will_retry: bool) -> str:  # fmt: skip
+    """What the processing lifecycle makes of one well-formed step: '' appended, 'same'
+    (the step recorded last, again: 200, nothing appended), else the field of its 400.
+    received -> processing n; processing n -> completed n | failed n | processing m > n;
+    failed n with will_retry -> processing m > n; completed and a final failure end it."""
+    detail = reason[:1000] if state == "completed" else reason[:2000] if state == "failed" else ""
+    retry = will_retry and state == "failed"
+    last = (st["state"], st["attempts"], st["worker"], st["detail"], st["retry"])
+    if st["state"] != "received" and last == (state, attempt, worker, detail, retry):
+        return "same"
+    if st["state"] == "completed" or (st["state"] == "failed" and not st["retry"]):
+        return "state"
+    if state == "processing":
+        return "" if attempt > st["attempts"] else "attempt"
+    if st["state"] != "processing":
+        return "state"
+    return "" if attempt == st["attempts"] else "attempt"
+
+
+def apply_step(st: dict[str, Any], state: str, worker: str, attempt: int, reason: str,
+               will_retry: bool) -> None:  # fmt: skip
+    st.update(state=state, attempts=attempt, worker=worker, retry=False, detail="")
+    if state == "completed":
+        st["detail"] = reason[:1000]
+    elif state == "failed":
+        st.update(detail=reason[:2000], retry=will_retry, error=reason[:1000])
 
 
 @dataclass
@@ -719,16 +757,27 @@ class Harness:
             assert r.status_code == 400 and r.json()["error"]["field"] == "event_id", r.text
             return
         target = sorted(self.m.events)[step.pick % len(self.m.events)]
-        body = {k: a[k] for k in ("state", "worker", "attempt", "reason", "will_retry")}
+        body = {k: a[k] for k in ("state", "worker", "reason", "will_retry")}
+        body["attempt"] = max(1, self.m.events[target].status["attempts"] + a["attempt"])
         r = await self.http.post(f"/api/v1/events/{target}/status", json=body)
         if state == "failed" and not a["reason"]:
             assert r.status_code == 400 and r.json()["error"]["field"] == "reason", r.text
             return
-        assert r.status_code == 200, r.text
         st = self.m.events[target].status
-        st.update(state=state, attempts=a["attempt"], worker=a["worker"])
-        if state == "failed":
-            st["error"] = a["reason"][:1000]
+        args = (state, a["worker"], body["attempt"], a["reason"], a["will_retry"])
+        verdict = lifecycle(st, *args)
+        if verdict not in ("", "same"):
+            # the lifecycle refuses it: 400 naming the field, nothing written
+            assert r.status_code == 400, (st, body, r.text)
+            assert r.json()["error"]["field"] == verdict, (st, body, r.text)
+            self.seen[f"status refused ({verdict})"] += 1
+            return
+        assert r.status_code == 200, (st, body, r.text)
+        if verdict == "same":
+            self.seen["status repeated"] += 1
+            return
+        self.seen["status"] += 1
+        apply_step(st, *args)
         self.m.stream_messages += 1
 
     async def race(self, step: Step) -> None:
@@ -741,20 +790,30 @@ class Harness:
         bodies = [
             {"state": "processing", "worker": f"r{k}", "attempt": k + 1} for k in range(step.n)
         ]
+        st = self.m.events[target].status
+        final = lifecycle(st, "processing", "nobody", 1 << 30, "", False) == "state"
         answers = await asyncio.gather(
             *(self.http.post(f"/api/v1/events/{target}/status", json=b) for b in bodies)
         )
         won = []
         for b, r in zip(bodies, answers, strict=True):
-            assert r.status_code in (200, 409), r.text
+            assert r.status_code in (200, 400, 409), r.text
             if r.status_code == 200:
                 won.append((r.json()["version"], b))
-        assert won, "every racing worker was refused"
-        self.seen["race lost (409)"] += len(bodies) - len(won)
+            elif r.status_code == 400:
+                # a finished event takes no step; else an attempt not above the one
+                # recorded (before the race or by a racing worker that won)
+                assert r.json()["error"]["field"] == ("state" if final else "attempt"), r.text
+                self.seen[f"race refused ({r.json()['error']['field']})"] += 1
+            else:
+                self.seen["race lost (409)"] += 1
+        # The highest attempt wins unless another won first: something wins whenever an
+        # attempt is above the one recorded, nothing when none is or the event is done.
+        assert bool(won) == (not final and step.n > st["attempts"]), (st, answers)
         assert len({v for v, _ in won}) == len(won), won
         for _, b in sorted(won, key=lambda w: int(w[0])):
-            st = self.m.events[target].status
-            st.update(state="processing", attempts=b["attempt"], worker=b["worker"])
+            assert lifecycle(st, "processing", b["worker"], b["attempt"], "", False) == ""
+            apply_step(st, "processing", b["worker"], b["attempt"], "", False)
             self.m.stream_messages += 1
 
     def _pick_identity(self, pick: int) -> str:
