@@ -214,11 +214,17 @@ async def test_backup_then_restore_beside_the_old_streams(
     finally:
         await nc.close()
 
-    # A second restore into the same (now full) streams is refused, nothing written.
-    again = cli(env, "restore", str(folder), *renames)
-    assert again.returncode == 1
-    assert f"RE_{unique} exists and holds messages" in again.stdout + again.stderr
+    # The same restore again leaves the streams it made be (nothing written twice);
+    # one into streams that hold other messages is refused, nothing written.
+    again = cli(env, "restore", str(folder), *renames, "--json")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert json.loads(again.stdout) == list(restored.values())
+    assert f"RE_{unique}: restored from this backup already" in again.stderr
     assert len(await stored(nats_server.url, f"RE_{unique}")) == 4
+    onto = cli(env, "restore", str(folder), f"--stream=BE_{unique}")
+    assert onto.returncode == 1
+    assert f"BE_{unique} exists and holds messages" in onto.stdout + onto.stderr
+    assert len(await stored(nats_server.url, f"BE_{unique}")) == 4
 
 
 async def test_restore_into_an_empty_server_keeps_names(

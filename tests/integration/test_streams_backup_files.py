@@ -262,3 +262,54 @@ async def test_long_work_reports_progress_on_stderr(
     reports = [json.loads(line)["progress"] for line in run.stderr.splitlines()]
     assert reports and all(r["what"] == f"restore from {folder}" for r in reports)
     assert (reports[-1]["done"], reports[-1]["total"]) == (6, 6)
+
+
+async def test_a_restore_that_stopped_midway_goes_on_when_run_again(
+    nats_server: Server, fresh: Server, unique: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A restore that died midway (here: after two messages, place-holders of a gap
+    written) is finished by running it again: every message once, at its sequence,
+    the place-holders gone, the stream's own deny flags set. Once whole, a third run
+    leaves it be."""
+    from jetsource.cli.streams import restore_streams
+    from jetsource.projection.settings import ProjectorSettings
+
+    env = environment(nats_server.url, unique)
+    await compacted(env, unique)
+    stream = f"FE_{unique}"
+    before = await messages(nats_server.url, stream)
+    folder = tmp_path / "b"
+    ok(env, "backup", str(folder), f"--stream={stream}")
+
+    target = environment(fresh.url, unique)
+    for key, value in target.items():
+        if key.startswith("JETSOURCE_"):
+            monkeypatch.setenv(key, value)
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_two(done: int, total: int) -> None:
+        if done == 2:
+            raise Crash
+
+    with pytest.raises(Crash):
+        await restore_streams(ProjectorSettings.load(), folder, {}, {}, None, crash_after_two)
+    midway = await info(fresh.url, stream)
+    assert midway is not None and midway["state"]["last_seq"] == 5  # 2, 3-4 held, 5
+
+    run = cli(target, "restore", str(folder), "--json")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "2 messages restored before; going on from there" in run.stderr
+    assert [(r["messages"], r["same_sequences"]) for r in json.loads(run.stdout)] == [(5, True)]
+    assert await messages(fresh.url, stream) == before
+    original, copy = await info(nats_server.url, stream), await info(fresh.url, stream)
+    assert original is not None and copy is not None
+    assert copy["state"]["messages"] == 5 and copy["state"]["last_seq"] == 8
+    for key in ("deny_delete", "deny_purge", "duplicate_window"):
+        assert copy["config"][key] == original["config"][key], key
+
+    third = cli(target, "restore", str(folder))
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert "restored from this backup already" in third.stderr
+    assert await messages(fresh.url, stream) == before

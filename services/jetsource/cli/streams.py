@@ -601,8 +601,9 @@ def _entry_prefixes(
     return moved
 
 
-def _manifest(folder: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """The backup manifest's stream entries and its read-model decisions entry;
+def _manifest(folder: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None, str]:
+    """The backup manifest's stream entries, its read-model decisions entry and when
+    it was made (what names the backup in a restored stream's RESTORE_MARK);
     one that cannot be read as such is refused naming it."""
     path = folder / MANIFEST
     try:
@@ -618,11 +619,12 @@ def _manifest(folder: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None
             if "/" in entry["file"] or entry["file"].startswith("."):
                 raise ValueError(f"file {entry['file']!r} is not in the backup folder")
             int(entry["messages"])
+        created = str(manifest.get("created") or "")
     except OSError as exc:
         raise BackupError(f"{path}: {exc.strerror or exc}") from exc
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise BackupError(f"{path}: not a {BACKUP_FORMAT} manifest ({exc!r})") from exc
-    return entries, decided
+    return entries, decided, created
 
 
 def _check_file(folder: Path, entry: dict[str, Any]) -> None:
@@ -703,7 +705,7 @@ async def restore_streams(
     publish its messages in their order, then write the read models' decisions into
     the control bucket. A target that exists with messages, or a file that is not
     whole, is refused before anything is written."""
-    entries, decided = _manifest(folder)
+    entries, decided, created = _manifest(folder)
     known = [e["stream"] for e in entries] + ([decided["stream"]] if decided else [])
     unknown = sorted(set(only or ()) - set(known))
     if unknown:
@@ -719,7 +721,7 @@ async def restore_streams(
     await replies.start()
     done: list[StreamRestore] = []
     try:
-        plan: list[tuple[dict[str, Any], str, dict[str, str]]] = []
+        plan: list[tuple[dict[str, Any], str, dict[str, str], StreamRestore | None]] = []
         targets: dict[str, str] = {}
         checks = [*entries, decided] if decided is not None else entries
         for entry in checks:  # refuse before writing anything
@@ -727,32 +729,51 @@ async def restore_streams(
             if target in targets:
                 raise BackupError(f"{entry['stream']} and {targets[target]} both go to {target}")
             targets[target] = entry["stream"]
-            info = await _config(replies, target, timeout)
-            if info is not None and int(info["state"].get("messages", 0)) > 0:
-                new = "KV_NEW" if entry.get("bucket") else "NEW"
-                raise BackupError(
-                    f"stream {target} exists and holds messages: restore writes only into "
-                    f"a new or empty stream (--rename {entry['stream']}={new}, or restore "
-                    "the others alone with --stream)"
-                )
-            if entry is decided:
+            if entry is decided:  # merged into what is there (decisions add up)
                 if not target.startswith("KV_") or len(target) == 3:
                     raise BackupError(
                         f"{entry['stream']} is the read-model control bucket: it can be "
                         f"restored only as a KV bucket (--rename {entry['stream']}=KV_NEW)"
                     )
                 continue
+            info = await _config(replies, target, timeout)
+            mark = _restore_mark(info)
+            if mark.startswith(f"{created} done"):  # restored from this backup before
+                _note(f"{target}: restored from this backup already; left as it is")
+                whole = StreamRestore(
+                    entry["role"],
+                    entry["stream"],
+                    target,
+                    int(entry["messages"]),
+                    not mark.endswith(" renumbered"),
+                )
+                plan.append((entry, target, prefixes, whole))
+                continue
+            if (
+                info is not None
+                and int(info["state"].get("messages", 0)) > 0
+                and mark != f"{created} running"  # one that stopped midway goes on
+            ):
+                new = "KV_NEW" if entry.get("bucket") else "NEW"
+                raise BackupError(
+                    f"stream {target} exists and holds messages: restore writes only into "
+                    f"a new or empty stream (--rename {entry['stream']}={new}, or restore "
+                    "the others alone with --stream)"
+                )
             _check_file(folder, entry)
-            plan.append((entry, target, _entry_prefixes(folder, entry, target, prefixes)))
+            plan.append((entry, target, _entry_prefixes(folder, entry, target, prefixes), None))
         models = _read_decisions(folder, decided) if decided is not None else {}
         # The discarded sequences per event stream: followed if a restore renumbers.
         wanted: dict[str, set[int]] = {}
         for d in models.values():
             wanted.setdefault(d["stream"], set()).update(d["discarded"])
-        total = sum(int(e["messages"]) for e, _, _ in plan)
+        total = sum(int(e["messages"]) for e, _, _, already in plan if already is None)
         moved: dict[str, dict[int, int] | None] = {}
         before = 0
-        for entry, target, subjects in plan:
+        for entry, target, subjects, already in plan:
+            if already is not None:
+                done.append(already)
+                continue
             seqs: dict[int, int] = {}
 
             def step(n: int, at: int = before) -> None:
@@ -769,6 +790,7 @@ async def restore_streams(
                 wanted.get(entry["stream"], set()),
                 seqs,
                 step,
+                created,
             )
             done.append(one)
             before += one.messages
@@ -807,6 +829,12 @@ async def _restore_decisions(
             same = False
         for _ in range(10):
             current = await control.ensure(name, d["active"])
+            if current.active != d["active"]:
+                _note(
+                    f"read model {name}: its control entry was there (v{current.active} "
+                    f"active), kept; the backup's v{d['active']} was not made active "
+                    f"(jetsource projector rebuild/cutover)"
+                )
             if discarded <= set(current.discarded):
                 break
             current.discarded = sorted(discarded | set(current.discarded))
@@ -818,6 +846,18 @@ async def _restore_decisions(
         else:
             raise BackupError(f"read-model control entry {name!r} kept changing; run again")
     return StreamRestore(entry["role"], entry["stream"], target, len(models), same)
+
+
+# In a restored stream's config metadata: "<the backup's created time> running" while
+# it is written, "... done" (" renumbered" when its sequences are new) once whole. A
+# restore run again goes on with a stream it left midway and leaves a whole one be.
+RESTORE_MARK = "jetsource_restore"
+
+
+def _restore_mark(info: dict[str, Any] | None) -> str:
+    if info is None:
+        return ""
+    return str((info["config"].get("metadata") or {}).get(RESTORE_MARK, ""))
 
 
 def _gap_subject(subjects: list[str]) -> str | None:
@@ -856,20 +896,25 @@ async def _restore_one(
     wanted: set[int],
     moved: dict[int, int],
     progress: Callable[[int], None],
+    backup_id: str = "",
 ) -> StreamRestore:
     """One stream, every message at its backed-up sequence where the target allows
     it: the leading gap by the stream's first sequence, a gap inside by messages on
     a subject of its own, purged at the end (so the stream is written with deletes
     and purges allowed; its own deny_delete / deny_purge are set last). The restored
-    sequences of the ``wanted`` backed-up ones go into ``moved``."""
+    sequences of the ``wanted`` backed-up ones go into ``moved``. A target this
+    backup's restore left midway (RESTORE_MARK) goes on after its last message, once
+    every message in it is found to be the backup's, in order."""
     with (folder / entry["file"]).open(encoding="utf-8") as lines:
         header = json.loads(next(lines))
         backed = {k: v for k, v in header["config"].items() if k not in _SERVER_CONFIG}
         backed["name"] = target
         backed["subjects"] = [_rewrite(s, prefixes) for s in backed.get("subjects", [])]
         config = dict(backed, duplicate_window=_RESTORE_DUPLICATE_WINDOW_NS)
+        config["metadata"] = {RESTORE_MARK: f"{backup_id} running"}
         first_seq = int(entry.get("first_seq") or 0)
         existing = await _config(replies, target, timeout)
+        resuming = _restore_mark(existing) == f"{backup_id} running"
         gap = None if entry.get("bucket") else _gap_subject(config["subjects"])
         if existing is None:
             if gap is not None:
@@ -884,7 +929,7 @@ async def _restore_one(
             info = await jsapi.api(replies, f"STREAM.UPDATE.{target}", config, timeout)
             if held.get("deny_purge"):
                 gap = None  # its places cannot be purged again: it is renumbered
-            elif first_seq > int(info["state"].get("last_seq", 0)) + 1:
+            elif not resuming and first_seq > int(info["state"].get("last_seq", 0)) + 1:
                 info = await jsapi.api(
                     replies, f"STREAM.PURGE.{target}", {"seq": first_seq}, timeout
                 )
@@ -892,6 +937,12 @@ async def _restore_one(
         following = int(info["state"].get("last_seq", 0)) + 1
         atomic = bool(config.get("allow_atomic"))
         count, same, held_places = 0, True, 0
+        if resuming and int(info["state"].get("messages", 0)) > 0:
+            count, same, held_places = await _written_before(
+                replies, target, info, lines, prefixes, gap, moved, wanted, timeout
+            )
+            _note(f"{target}: {count} messages restored before; going on from there")
+            progress(count)
         recent: OrderedDict[str, float] = OrderedDict()  # message id -> published at
         for line in lines:
             m = json.loads(line)
@@ -922,6 +973,7 @@ async def _restore_one(
     final = {k: v for k, v in backed.items() if k != "first_seq"}
     for deny in ("deny_delete", "deny_purge"):
         final[deny] = bool(backed.get(deny)) or bool(config.get(deny))
+    final["metadata"] = {RESTORE_MARK: f"{backup_id} done" + ("" if same else " renumbered")}
     await jsapi.api(replies, f"STREAM.UPDATE.{target}", final, timeout)
     if count != int(entry["messages"]):
         raise BackupError(
@@ -934,6 +986,46 @@ async def _restore_one(
             "horizons and claims that name its old ones do not follow"
         )
     return StreamRestore(entry["role"], entry["stream"], target, count, same)
+
+
+async def _written_before(
+    replies: jsapi.Replies,
+    target: str,
+    info: dict[str, Any],
+    lines: Any,
+    prefixes: dict[str, str],
+    gap: str | None,
+    moved: dict[int, int],
+    wanted: set[int],
+    timeout: float,
+) -> tuple[int, bool, int]:
+    """What a restore that stopped midway wrote into ``target``: each of its messages
+    (place-holders aside) must be the backup's next one (subject, data), read from
+    ``lines`` as it goes. Returns (messages, all at their sequences, place-holders);
+    refused if anything else is there (the stream is not this backup's alone)."""
+    count, same, held = 0, True, 0
+    async for raw in _stored(replies, target, info, 256, timeout):
+        if gap is not None and raw.subject == gap:
+            held += 1
+            continue
+        line = next(lines, None)
+        m = json.loads(line) if line is not None else None
+        if (
+            m is None
+            or raw.subject != _rewrite(m["subject"], prefixes)
+            or raw.data != base64.b64decode(m["data"])
+        ):
+            raise BackupError(
+                f"stream {target}: a restore of this backup stopped midway, but its message "
+                f"{raw.seq} is not the backup's next one: delete the stream (nats stream rm "
+                f"{target}) and restore again"
+            )
+        seq = int(m["seq"])
+        if seq in wanted:
+            moved[seq] = raw.seq
+        same = same and raw.seq == seq
+        count += 1
+    return count, same, held
 
 
 async def _outwait_duplicate(recent: OrderedDict[str, float], msg_id: str | None) -> None:
