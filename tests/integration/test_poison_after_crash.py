@@ -31,6 +31,7 @@ from jetsource.domains.omni.models import OMNI_EVENTS, OMNI_IDENTITIES
 from jetsource.domains.process.descriptor import DOMAIN as PROCESS_DOMAIN
 from jetsource.domains.process.models import MODELS as PROCESS_MODELS
 from jetsource.eventstore import jsapi
+from jetsource.projection import runtime
 from jetsource.projection.bootstrap import Projection, open_projection
 from jetsource.projection.contract import Outcome
 from jetsource.projection.domain import DomainRegistry
@@ -60,6 +61,7 @@ def context_case(p: Projection, sid: str) -> Case:
         ("ContextCreated", ev.ContextCreated(title=f"story {sid}")),
         ("DecisionAdded", ev.DecisionAdded(decision_id="d1", title="one")),
         ("SubtaskAdded", ev.SubtaskAdded(subtask_id="t1", title="task")),
+        ("DecisionAdded", ev.DecisionAdded(decision_id="d2", title="two")),
     ]
     return Case(p.store, sid, [(t, m.SerializeToString()) for t, m in events])
 
@@ -187,3 +189,83 @@ async def test_a_poison_pulled_by_a_killed_projector_is_filed_once(
     checkpoint, reference = await live.model.checkpoint(), await twin.model.checkpoint()
     assert checkpoint.applied == reference.applied == 3, (checkpoint, reference)
     assert await live.model.digest() == await twin.model.digest()
+
+
+async def test_a_window_of_many_pages_is_judged_in_stream_order(
+    settings: JetsourceSettings, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ten stories at version 2; then their next events and a poison among them, all
+    pulled by the killed worker; the window is read a few messages at a time (pages
+    of 4): every event is applied once, the poison filed once, and the model equals a
+    build from scratch."""
+    p, _ = await open_case("context", settings, unique)
+    options = p.settings.projector
+
+    def worker(version: int) -> Worker:
+        return Worker(p.nc, p.store, p.model("context", version), p.dead_letters, options)
+
+    try:
+        stories = [context_case(p, f"many{i}") for i in range(10)]
+        poisoned = stories[4]
+        for version in (1, 2):
+            for s in stories:
+                await s.good(version)
+        await asyncio.wait_for(worker(1).run(until_caught_up=True), 60)
+        for version in (3, 4):
+            for s in stories:
+                if s is poisoned and version == 3:
+                    poison = await poisoned.poison()
+                elif s is not poisoned:
+                    await s.good(version)
+
+        killed = worker(1)
+        pulled = asyncio.Event()
+        real_apply = killed.model.apply
+
+        async def hanging(events: Sequence[RecordedEvent]) -> Outcome:
+            if any(e.stream_seq == poison for e in events):
+                pulled.set()
+                await asyncio.Event().wait()
+            return await real_apply(events)
+
+        killed.model.apply = hanging  # type: ignore[method-assign]
+        task = asyncio.create_task(killed.run())
+        await asyncio.wait_for(pulled.wait(), 30)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+        await poisoned.good(3)
+        monkeypatch.setattr(runtime, "WINDOW_PAGE", 4)
+        live = worker(1)
+        run = asyncio.create_task(live.run())
+        wanted = {s.aggregate_id: 3 if s is poisoned else 4 for s in stories}
+        try:
+
+            async def settled() -> bool:
+                info = await jsapi.consumer_info(p.store._replies, live._stream, live._durable, 5)
+                assert info is not None
+                idle = int(info["num_pending"]) == 0 and int(info["num_ack_pending"]) == 0
+                got = {a: await live.model.position(a) for a in wanted}
+                return idle and got == wanted
+
+            await until(settled, timeout=ACK_WAIT_S + 30)
+        finally:
+            live.stop()
+            await asyncio.wait_for(run, 30)
+
+        letters = await p.dead_letters.list(live.spec)
+        assert [(d.aggregate_id, d.original_seq) for d in letters] == [("many4", poison)], [
+            (d.original_seq, d.reason) for d in letters
+        ]
+        assert live.stats.filled >= 18  # the window, applied from the stream at start
+        assert (await live.model.checkpoint()).applied == 39  # 20 + 18 + 1: each once
+
+        twin = worker(2)
+        await asyncio.wait_for(twin.run(until_caught_up=True), 60)
+        assert [d.original_seq for d in await p.dead_letters.list(twin.spec)] == [poison]
+        assert await live.model.digest() == await twin.model.digest()
+    finally:
+        for version in (1, 2):
+            await p.model("context", version).drop()
+        await p.close()
