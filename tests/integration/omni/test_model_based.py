@@ -787,7 +787,7 @@ class Harness:
         if not self.m.events:
             return
         target = sorted(self.m.events)[step.pick % len(self.m.events)]
-        bodies = [
+        bodies: list[dict[str, Any]] = [
             {"state": "processing", "worker": f"r{k}", "attempt": k + 1} for k in range(step.n)
         ]
         st = self.m.events[target].status

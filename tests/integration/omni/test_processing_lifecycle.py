@@ -119,7 +119,7 @@ async def test_each_refused_transition_names_its_field_and_writes_nothing(
         assert r.json()["error"]["field"] == field, (case, r.text)
         assert await messages(ingest) == count, case
         assert len(await ingest.store.read_aggregate(event_id)) == version, case
-        last = before[-1] if before else {"state": "received", "attempt": 0}
+        last: dict[str, Any] = before[-1] if before else {"state": "received", "attempt": 0}
         shown[event_id] = (last["state"], last["attempt"])
     await caught_up(projection)
     for event_id, (state, attempts) in shown.items():

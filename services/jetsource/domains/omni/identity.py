@@ -3,19 +3,31 @@ stable identity id out.
 
 - Event-sourced: each identity is an aggregate (``idn-...``) with ``IdentityCreated``,
   ``ExternalIdLinked`` and ``IdentitiesMerged``.
-- One identity per handle, even when two ingress processes meet a handle at the same
-  moment: the handle's NATS KV key (bucket ``OMNI_HANDLES``) is claimed with
-  ``create()``, a compare-and-set that only one writer wins. A first contact's identity
-  id is derived from the handle and its events carry derived event ids, so racing
-  writers write the same identity once (the event store's subject check and
-  ``Nats-Msg-Id``), and a crash between the events and the claim is finished by the
-  next resolve.
+- Who holds a handle follows from the events: the identity of the handle's latest
+  assignment in the stream (an ``ExternalIdLinked`` of it, or the survivor's
+  ``IdentitiesMerged`` listing it), by stream sequence. Two links of one handle at once
+  are both recorded, one after the other in the stream, and the later one holds it;
+  the read models and a rebuild take the same rule.
+- The handle's NATS KV key (bucket ``OMNI_HANDLES``) is a cache of that:
+  ``<identity id>@<stream sequence of the assignment>``, written only forward (a
+  compare-and-set on the entry's revision that never replaces a later sequence by an
+  earlier one), so writers finishing in any order leave the latest. Every writer
+  settles the entry after its append; a writer stopped between the two (a crash, a
+  NATS error) is finished by every started service, which follows the link and merge
+  events from the stream's start (an ordered consumer), and by the next link or merge
+  of the handle, which finds its own history ahead of the bucket.
+- One identity per handle at first contact, even when two ingress processes meet a
+  handle at the same moment: its identity id is derived from the handle and its
+  events carry derived event ids, so racing writers write the same identity once (the
+  event store's subject check and ``Nats-Msg-Id``), and a crash between the events and
+  the bucket is finished by the next resolve.
 - Cached per process; the cache follows the bucket (every put is also published on
   ``$KV.<bucket>.<key>``), so an admin's link or merge reaches every ingress at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
@@ -33,9 +45,12 @@ from jetsource._gen.omni.v1.lifecycle_pb2 import (
     IdentitiesMerged,
     IdentityCreated,
 )
-from jetsource.core.envelope import ANY, NO_STREAM, NewEvent
+from jetsource.core.envelope import ANY, NO_STREAM, NewEvent, RecordedEvent
 from jetsource.core.errors import ConcurrencyError, ValidationError
+from jetsource.core.ids import uuid7
 from jetsource.domains.omni.events import (
+    EXTERNAL_ID_LINKED,
+    IDENTITIES_MERGED,
     first_contact_identity,
     handle_key,
     handle_name,
@@ -45,6 +60,7 @@ from jetsource.domains.omni.events import (
 )
 from jetsource.domains.omni.settings import OmniOptions
 from jetsource.eventstore.jetstream import JetStreamEventStore
+from jetsource.eventstore.jsapi import RawMessage
 
 log = logging.getLogger("jetsource.omni.identity")
 MAX_EXTERNAL_ID = 256
@@ -79,6 +95,36 @@ def check_handle(provider: str, external_id: str) -> None:
         )
 
 
+def entry_value(identity_id: str, seq: int) -> bytes:
+    """A handle's bucket entry: its identity and the stream sequence of the assignment."""
+    return f"{identity_id}@{seq}".encode()
+
+
+def parse_entry(value: bytes | None) -> tuple[str, int]:
+    """(identity id, sequence) of a bucket entry; ('', -1) for none. An entry written
+    before the sequence was kept (the identity id alone) counts as sequence 0."""
+    if not value:
+        return "", -1
+    identity_id, _, seq = value.decode().partition("@")
+    return identity_id, int(seq) if seq.isdigit() else 0
+
+
+def assignments(record: RecordedEvent) -> list[tuple[str, str, str]]:
+    """The handles (provider, external id, identity) an identity's event assigns: a
+    link to its own identity, the survivor's record of a merge (the merged one's
+    record assigns nothing)."""
+    e, me = record.event, record.aggregate_id
+    if isinstance(e, ExternalIdLinked) and e.identity_id == me:
+        return [(e.provider, e.external_id, me)]
+    if isinstance(e, IdentitiesMerged) and e.survivor_id == me:
+        out = []
+        for h in e.handles:
+            provider, _, external_id = h.partition(":")
+            out.append((provider, external_id, me))
+        return out
+    return []
+
+
 class IdentityService:
     def __init__(self, nc: NATS, store: JetStreamEventStore, options: OmniOptions) -> None:
         self._nc = nc
@@ -87,6 +133,9 @@ class IdentityService:
         self._kv: KeyValue | None = None
         self._cache: OrderedDict[str, str] = OrderedDict()
         self._watch: Any = None
+        self._follow: list[Any] = []  # the ordered consumers settling the bucket
+        self._worker: asyncio.Task[None] | None = None
+        self._known: dict[str, int] = {}  # key -> sequence the bucket holds at least
         self.hits = 0
         self.misses = 0
 
@@ -103,8 +152,9 @@ class IdentityService:
                 )
         return self._kv
 
-    async def start(self) -> None:
-        """Open the bucket and follow its updates (keeps the cache current)."""
+    async def start(self, follow: bool = True) -> None:
+        """Open the bucket and follow its updates (keeps the cache current); with
+        ``follow``, settle the bucket from the stream's links and merges too."""
         await self.kv()
         if self._watch is None and self._o.identity_cache_size:
             prefix = f"$KV.{self._o.identity_bucket}."
@@ -113,13 +163,111 @@ class IdentityService:
                 key = msg.subject[len(prefix) :]
                 if key in self._cache:
                     if msg.data:
-                        self._cache[key] = msg.data.decode()
+                        self._cache[key] = parse_entry(msg.data)[0]
                     else:
                         self._cache.pop(key, None)
 
             self._watch = await self._nc.subscribe(f"{prefix}>", cb=updated)
+        if follow and not self._follow:
+            await self._start_following()
+
+    async def _start_following(self) -> None:
+        """Settle the bucket from every link and merge in the stream, from its start
+        and as they come: a writer stopped between its append and the bucket is
+        finished here (settling is idempotent, so every started service may do it)."""
+        from nats.js.api import ConsumerConfig, DeliverPolicy
+
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def heard(msg: Any) -> None:
+            await queue.put(msg)
+
+        cfg = self._store.settings
+        js = self._nc.jetstream()
+        for event_type in (EXTERNAL_ID_LINKED, IDENTITIES_MERGED):
+            sub = await js.subscribe(
+                f"{cfg.subject_prefix}.*.{event_type}",
+                stream=cfg.stream,
+                ordered_consumer=True,
+                cb=heard,
+                config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+                idle_heartbeat=5.0,
+            )
+            self._follow.append(sub)
+        self._worker = asyncio.create_task(self._settle_heard(queue))
+
+    async def _settle_heard(self, queue: asyncio.Queue[Any]) -> None:
+        me = asyncio.current_task()
+        while self._worker is me:
+            msg = await queue.get()
+            meta = msg.metadata
+            raw = RawMessage(
+                subject=msg.subject,
+                seq=meta.sequence.stream,
+                time_ns=int(meta.timestamp.timestamp() * 1e9),
+                headers=dict(msg.headers or {}),
+                data=msg.data,
+            )
+            for delay in (0.1, 0.5, 1, 2, 5, 5, 5, 5, 5, 5):
+                try:
+                    await self.settle_from(await self._store.open(raw))
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # NATS away, a message that does not decode
+                    log.warning("settling handles of sequence %s: %s", raw.seq, exc)
+                    await asyncio.sleep(delay)
+
+    async def settle_from(self, record: RecordedEvent) -> None:
+        """What one stored event means for the bucket: its handles settled to its
+        identity at its sequence; a merged identity's record of a merge finishes the
+        merge (the survivor's record, written if it is missing)."""
+        e = record.event
+        if isinstance(e, IdentitiesMerged) and record.aggregate_id == e.merged_id:
+            await self._finish_merge(e, record.event_id)
+            return
+        for provider, external_id, identity_id in assignments(record):
+            key = handle_key(provider, external_id)
+            if self._known.get(key, -1) < record.stream_seq:
+                await self._settle(key, identity_id, record.stream_seq)
+
+    async def _settle(self, key: str, identity_id: str, seq: int) -> str:
+        """The bucket says ``identity_id`` holds ``key`` from ``seq`` on, unless it holds
+        a later assignment already; returns who holds it now. A compare-and-set on the
+        entry's revision: every write raises the sequence it holds, so this ends."""
+        kv = await self.kv()
+        while True:
+            try:
+                entry = await kv.get(key)
+                owner, at = parse_entry(entry.value)
+                revision = entry.revision
+            except KeyNotFoundError:
+                owner, at, revision = "", -1, None
+            if at >= seq:
+                break
+            try:
+                if revision is None:
+                    await kv.create(key, entry_value(identity_id, seq))
+                else:
+                    await kv.update(key, entry_value(identity_id, seq), last=revision)
+            except KeyWrongLastSequenceError:
+                continue  # written meanwhile: read it again
+            owner, at = identity_id, seq
+            break
+        self._known[key] = max(self._known.get(key, -1), at)
+        self._remember(key, owner)
+        return owner
 
     async def close(self) -> None:
+        if self._worker is not None:
+            worker, self._worker = self._worker, None
+            worker.cancel()
+            # not awaited unbounded: a cancellation a library swallows must not hang a stop
+            await asyncio.wait([worker], timeout=5)
+        for sub in self._follow:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self._follow = []
         if self._watch is not None:
             sub, self._watch = self._watch, None
             with contextlib.suppress(ConnectionClosedError, ConnectionReconnectingError):
@@ -151,9 +299,7 @@ class IdentityService:
             entry = await kv.get(key)
         except KeyNotFoundError:
             return None
-        if entry.value is None:
-            return None
-        return entry.value.decode()
+        return parse_entry(entry.value)[0] or None
 
     async def resolve(
         self,
@@ -183,7 +329,7 @@ class IdentityService:
         try:
             entry = await kv.get(key)
             if entry.value:
-                identity_id = entry.value.decode()
+                identity_id = parse_entry(entry.value)[0]
                 self._remember(key, identity_id)
                 return Resolved(identity_id, False)
         except KeyNotFoundError:
@@ -208,7 +354,7 @@ class IdentityService:
             ],
             NO_STREAM,
         )
-        await self._store.append(
+        linked = await self._store.append(
             identity_id,
             [
                 NewEvent(
@@ -226,13 +372,9 @@ class IdentityService:
             ],
             1,
         )
-        try:
-            await kv.create(key, identity_id.encode())
-            claimed = identity_id
-        except KeyWrongLastSequenceError:
-            entry = await kv.get(key)
-            claimed = entry.value.decode() if entry.value else identity_id
-        self._remember(key, claimed)
+        # Its link is the handle's assignment at its sequence (an admin's link of the
+        # handle recorded meanwhile and later in the stream holds it instead).
+        claimed = await self._settle(key, identity_id, linked.stream_seqs[-1])
         return Resolved(claimed, not created.duplicate and claimed == identity_id)
 
     # -- admin: link and merge --------------------------------------------------------------
@@ -290,7 +432,8 @@ class IdentityService:
         if any). Returns the previous identity id ('' when the handle was new). An
         identity merged into another takes no handle (refused naming ``identity_id``):
         it would resolve to the merged identity, which no longer lists or moves with
-        its survivor's handles."""
+        its survivor's handles. A link the bucket missed (its writer stopped after the
+        append) is finished, not written again."""
         check_handle(provider, external_id)
         check_text(actor, "actor", MAX_ACTOR)
         key = handle_key(provider, external_id)
@@ -298,13 +441,20 @@ class IdentityService:
         for _ in range(LINK_ATTEMPTS):
             version = await self._require(identity_id, "identity_id")
             await self._refuse_merged(identity_id, "identity_id")
-            previous = ""
-            try:
-                entry = await kv.get(key)
-                previous = entry.value.decode() if entry.value else ""
-            except KeyNotFoundError:
-                pass
+            previous, at = "", -1
+            with contextlib.suppress(KeyNotFoundError):
+                previous, at = parse_entry((await kv.get(key)).value)
             if previous == identity_id:
+                self._remember(key, identity_id)
+                return previous
+            # Our own history ahead of the bucket: a link of ours the bucket missed.
+            ours = [
+                r.stream_seq
+                for r in await self._store.read_aggregate(identity_id)
+                if (provider, external_id, identity_id) in assignments(r)
+            ]
+            if ours and ours[-1] > at:
+                await self._settle(key, identity_id, ours[-1])
                 return previous
             event = ExternalIdLinked(
                 identity_id=identity_id,
@@ -318,13 +468,14 @@ class IdentityService:
                 # At the version checked: a merge (or another link) of the identity
                 # meanwhile makes this check again, so no handle lands on an identity
                 # merged after the check.
-                await self._store.append(
+                result = await self._store.append(
                     identity_id, [NewEvent(event, source="jetsource-cli")], version
                 )
             except ConcurrencyError:
                 continue
-            await kv.put(key, identity_id.encode())
-            self._remember(key, identity_id)
+            # A link of the handle to another identity at the same time is recorded
+            # too; the later one in the stream holds the handle, here and everywhere.
+            await self._settle(key, identity_id, result.stream_seqs[-1])
             return previous
         raise ConcurrencyError(identity_id, "the version checked", version)
 
@@ -338,20 +489,14 @@ class IdentityService:
         kv = await self.kv()
         linked: list[tuple[str, str]] = []
         for record in await self._store.read_aggregate(identity_id):
-            e = record.event
-            if isinstance(e, ExternalIdLinked) and e.identity_id == identity_id:
-                linked.append((e.provider, e.external_id))
-            elif isinstance(e, IdentitiesMerged) and e.survivor_id == identity_id:
-                for h in e.handles:
-                    provider, _, external_id = h.partition(":")
-                    linked.append((provider, external_id))
+            linked += [(p, x) for p, x, _ in assignments(record)]
         out = []
         for provider, external_id in dict.fromkeys(linked):
             try:
                 entry = await kv.get(handle_key(provider, external_id))
             except KeyNotFoundError:
                 continue
-            if entry.value and entry.value.decode() == identity_id:
+            if parse_entry(entry.value)[0] == identity_id:
                 out.append((provider, external_id))
         return out
 
@@ -360,13 +505,19 @@ class IdentityService:
     ) -> list[str]:
         """``merged_id`` becomes part of ``survivor_id``: its handles resolve to the
         survivor from now on, and the read models show one identity. Returns the handles
-        moved."""
+        moved. A merged identity is refused (naming the field) in another merge, the same
+        one again included; that one finishes what an error or a crash left undone
+        first (the survivor's record, the bucket), so a retry repairs and says why not."""
         check_text(actor, "actor", MAX_ACTOR)
         check_text(reason, "reason", MAX_REASON)
         if survivor_id == merged_id:
             raise ValidationError("an identity cannot be merged into itself", field="merged_id")
         await self._require(survivor_id, "survivor_id")
         merged_version = await self._require(merged_id, "merged_id")
+        history = await self._store.read_aggregate(merged_id)
+        done = history[-1] if history else None
+        if done is not None and isinstance(done.event, IdentitiesMerged):
+            await self._finish_merge(done.event, done.event_id)
         for rid, field in ((survivor_id, "survivor_id"), (merged_id, "merged_id")):
             await self._refuse_merged(rid, field)
         handles = await self.handles_of(merged_id)
@@ -376,16 +527,44 @@ class IdentityService:
         )
         # The merged identity's history ends here (expected version: a concurrent link to
         # it fails the merge instead of being lost); the survivor records it too.
+        event_id = uuid7()
         await self._store.append(
-            merged_id, [NewEvent(event, source="jetsource-cli")], merged_version
+            merged_id,
+            [NewEvent(event, event_id=event_id, source="jetsource-cli")],
+            merged_version,
         )
-        await self._store.append(survivor_id, [NewEvent(event, source="jetsource-cli")], ANY)
-        kv = await self.kv()
-        for provider, external_id in handles:
-            key = handle_key(provider, external_id)
-            await kv.put(key, survivor_id.encode())
-            self._remember(key, survivor_id)
+        await self._finish_merge(event, event_id)
         return names
+
+    async def _finish_merge(self, event: IdentitiesMerged, merged_event_id: str) -> None:
+        """The survivor's record of a merge (written when it is missing: its event id
+        is derived from the merged one's, so two finishing it write it once), then its
+        handles settled in the bucket at that record's sequence (the one the read
+        models move them at)."""
+        survivor_id = event.survivor_id
+        found = [
+            r
+            for r in await self._store.read_aggregate(survivor_id)
+            if isinstance(r.event, IdentitiesMerged) and r.event.merged_id == event.merged_id
+        ]
+        if found:
+            seq = found[-1].stream_seq
+        else:
+            result = await self._store.append(
+                survivor_id,
+                [
+                    NewEvent(
+                        event,
+                        event_id=stable_uuid(merged_event_id, "survivor"),
+                        source="jetsource-cli",
+                    )
+                ],
+                ANY,
+            )
+            seq = result.stream_seqs[-1]
+        for name in event.handles:
+            provider, _, external_id = name.partition(":")
+            await self._settle(handle_key(provider, external_id), survivor_id, seq)
 
 
 __all__ = ["IdentityNotFoundError", "IdentityService", "Resolved", "parse_handle_key"]

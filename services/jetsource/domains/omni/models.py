@@ -16,7 +16,9 @@
 - ``i:<identity id>:h`` hash: handle ``provider:external id`` -> instance;
 - ``i:<identity id>:m`` hash: identities merged into it;
 - ``ia`` sorted set of identity ids by creation sequence, ``ip:<provider>`` by provider;
-- ``h`` hash: handle -> identity id.
+- ``h`` hash: handle -> identity id; ``hs`` hash: handle -> the stream sequence of
+  that assignment. The latest assignment of a handle in the stream (a link, a
+  survivor's merge) holds it whatever order they are applied in, as in the bucket.
 
 Both models keep, per aggregate, ``pos`` (hash: the stream sequence applied last),
 ``ver`` (hash: the aggregate version applied last) and ``refused`` (hash: the
@@ -84,14 +86,25 @@ from jetsource.projection.valkey import CHECKPOINT_LUA, ValkeyModel, skipped, te
 OMNI_EVENTS, OMNI_IDENTITIES = "omni_events", "omni_identities"
 REWIND_ATTEMPTS = 5  # a row rewritten between reading it and the script: read again
 
-# Each command of an event, in both scripts: a Valkey command, or HMOVE (a hash field
-# with its value to another hash: a merge moves a handle with its instance).
+# Each command of an event, in both scripts: a Valkey command, or CLAIM (a handle to an
+# identity, from whoever holds it, with its instance, when it is the handle's latest
+# assignment in the stream: a link or a merge).
 _RUN = """
 local function run(name, args)
-  if name == 'HMOVE' then  -- a hash field with its value to another hash (no such command)
-    local value = redis.call('HGET', args[1], args[3]) or ''
-    redis.call('HDEL', args[1], args[3])
-    redis.call('HSET', args[2], args[3], value)
+  if name == 'CLAIM' then
+    -- keys: the handle index, the handle's assignment sequences, the identities'
+    -- prefix; then handle, identity, sequence, instance, '1' to keep the instance it
+    -- has. The latest assignment in the stream holds the handle, in any order.
+    local index, at, ip, handle, owner, seq = args[1], args[2], args[3], args[4], args[5], args[6]
+    if tonumber(redis.call('HGET', at, handle) or '0') >= tonumber(seq) then return end
+    local instance, old = args[7], redis.call('HGET', index, handle)
+    if old then
+      if args[8] == '1' then instance = redis.call('HGET', ip .. old .. ':h', handle) or '' end
+      redis.call('HDEL', ip .. old .. ':h', handle)
+    end
+    redis.call('HSET', ip .. owner .. ':h', handle, instance)
+    redis.call('HSET', index, handle, owner)
+    redis.call('HSET', at, handle, seq)
   else
     redis.call(name, unpack(args))
   end
@@ -337,12 +350,10 @@ def identity_commands(record: RecordedEvent) -> list[Command]:
         ]
     if isinstance(e, ExternalIdLinked):
         handle = handle_name(e.provider, e.external_id)
-        out: list[Command] = []
-        if e.previous_identity_id and e.previous_identity_id != me:
-            out.append(("HDEL", 1, [f"i:{e.previous_identity_id}:h", handle]))
-        out += [
-            ("HSET", 1, [f"i:{me}:h", handle, e.instance]),
-            ("HSET", 1, ["h", handle, me]),
+        # From whoever holds it (not previous_identity_id: two links of one handle at
+        # once both name the holder before them), if this is its latest assignment.
+        out: list[Command] = [
+            ("CLAIM", 3, ["h", "hs", "i:", handle, me, seq, e.instance, "0"]),
             ("ZADD", 1, [f"ip:{e.provider}", seq, me]),
         ]
         if e.display_name:
@@ -355,10 +366,9 @@ def identity_commands(record: RecordedEvent) -> list[Command]:
         for handle in e.handles:
             provider = handle.partition(":")[0]
             out += [
-                # with its instance (the event names handles only): HMOVE is the apply
-                # script's own, a field and its value to another hash
-                ("HMOVE", 2, [f"i:{e.merged_id}:h", f"i:{me}:h", handle]),
-                ("HSET", 1, ["h", handle, me]),
+                # with its instance (the event names handles only), if this is its
+                # latest assignment: CLAIM is the apply script's own
+                ("CLAIM", 3, ["h", "hs", "i:", handle, me, seq, "", "1"]),
                 ("ZADD", 1, [f"ip:{provider}", seq, me]),
             ]
         return out
