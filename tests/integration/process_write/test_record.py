@@ -285,3 +285,80 @@ async def test_the_observer_answers_no_read_rpc() -> None:
         assert {f.name for f in m.output_type.fields} == {
             "position" if m.name == "Record" else "positions"
         }
+
+
+async def test_a_retry_after_a_deadline_that_fell_right_after_the_append_answers_at_once(
+    observer: Observer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller gives up (its deadline) right after its event was appended, while the
+    request is completing the claims: the same record sent again (and a new id under
+    the same idempotency key) answers at once with the stored event, once. It used to
+    wait out the claim's 60 s lease: the claim was left pending, neither in flight nor
+    abandoned (a retried RecordBatch past its 10 s deadline under load)."""
+    from jetsource.domains.process.recorder import Recorded
+
+    recorder = observer.recorder
+    p = pid()
+    e = event(p, "step", event_id="deadline-after-append", idempotency_key="k-deadline")
+    settle = recorder._settle
+    request: asyncio.Task[object] | None = None
+
+    def settle_then_give_up(
+        item: object, result: object, stored: bool, done: object = None
+    ) -> None:
+        settle(item, result, stored, done)  # type: ignore[arg-type]
+        if isinstance(result, Recorded) and request is not None:
+            request.cancel()  # the deadline falls here: appended, claims not completed
+
+    monkeypatch.setattr(recorder, "_settle", settle_then_give_up)
+    request = asyncio.create_task(recorder.record([e]))
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    monkeypatch.undo()
+    [first] = await history(observer.store, p)
+    async with asyncio.timeout(5):  # the lease is 60 s
+        [again] = await recorder.record([e])
+        other = epb.CanonicalEvent()
+        other.CopyFrom(e)
+        other.event_id = ""
+        [third] = await recorder.record([other])
+    assert (again.duplicate, again.event_id, again.process_seq) == (True, e.event_id, 1)
+    assert (third.duplicate, third.event_id, third.process_seq) == (True, e.event_id, 1)
+    assert [r.event_id for r in await history(observer.store, p)] == [first.event_id]
+
+
+async def test_a_retry_after_a_deadline_that_fell_while_a_claim_was_released_finds_the_original(
+    observer: Observer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new event id under an idempotency key recorded before: the request releases
+    the id's claim it made and answers the original. The caller gives up while that
+    release is under way: sent again, it still answers the original at once (it used
+    to find the id's claim pending and wait out its lease), and nothing is appended."""
+    recorder = observer.recorder
+    p = pid()
+    [original] = await recorder.record([event(p, "step", event_id="orig", idempotency_key="k")])
+    await recorder.flush()
+    claims = recorder._claims
+    delete = claims.delete
+    request: asyncio.Task[object] | None = None
+
+    async def give_up_then_delete(key: str, revision: int) -> None:
+        assert request is not None
+        request.cancel()  # the deadline falls here, before the release is sent
+        await asyncio.sleep(0)
+        await delete(key, revision)
+
+    monkeypatch.setattr(claims, "delete", give_up_then_delete)
+    late = event(p, "step", event_id="late", idempotency_key="k")
+    request = asyncio.create_task(recorder.record([late]))
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    monkeypatch.undo()
+    async with asyncio.timeout(5):  # the lease is 60 s
+        [again] = await recorder.record([late])
+    assert (again.duplicate, again.event_id, again.global_seq) == (
+        True,
+        "orig",
+        original.global_seq,
+    )
+    assert [r.event_id for r in await history(observer.store, p)] == ["orig"]

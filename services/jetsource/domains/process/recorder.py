@@ -175,12 +175,18 @@ class Recorder:
                 by_process.setdefault(_pid(events, it), []).append(it)
             groups = list(by_process.items())
             claimed: list[tuple[str, ClaimValue]] = []
-            done = await asyncio.gather(
-                *(self._record_fresh(pid, group, claimed) for pid, group in groups),
-                return_exceptions=True,
-            )
-            if claimed:  # the claims of what was appended, completed in one batch
-                self._spawn(self._claims.put_many(claimed))
+            try:
+                done = await asyncio.gather(
+                    *(self._record_fresh(pid, group, claimed) for pid, group in groups),
+                    return_exceptions=True,
+                )
+            finally:
+                # The claims of what was appended, completed in one batch, also when
+                # this request was cancelled (its caller's deadline) after the appends
+                # settled: left pending, neither in flight nor abandoned, they made the
+                # caller's retry wait out their lease.
+                if claimed:
+                    self._complete(claimed)
             for written in done:
                 if isinstance(written, BaseException):
                     raise written
@@ -266,7 +272,16 @@ class Recorder:
             release += [(k, r) for k, r in it.created.items()]
             it.created = {}
         if release:
-            await asyncio.gather(*(self._claims.delete(k, r) for k, r in release))
+            # Finished even when this request is cancelled meanwhile: a claim of this
+            # event's id left pending would make the retry of this request wait out its
+            # lease, then take it for an event of its own (a second one under the key).
+            async def release_all() -> None:
+                await asyncio.gather(*(self._claims.delete(k, r) for k, r in release))
+
+            deletes = asyncio.create_task(release_all())
+            self._background.add(deletes)
+            deletes.add_done_callback(self._background.discard)
+            await asyncio.shield(deletes)
 
     def _settle(
         self,
@@ -292,7 +307,7 @@ class Recorder:
                 if done is not None:
                     done.append((key, value))
                 else:
-                    self._spawn(self._claims.put(key, value))
+                    self._complete([(key, value)])
                 if fut is not None and not fut.done():
                     fut.set_result(result)
             else:
@@ -303,6 +318,20 @@ class Recorder:
                 if fut is not None and not fut.done():
                     fut.set_exception(result)
                     fut.exception()  # retrieved: waiters re-read the claim
+
+    def _complete(self, pairs: list[tuple[str, ClaimValue]]) -> None:
+        """Write completed claims in the background. A write that fails leaves them
+        pending: abandoned, so the next request meeting one looks its event up at once
+        (found: the claim is completed then) instead of waiting out the lease."""
+
+        async def run() -> None:
+            try:
+                await self._claims.put_many(pairs)
+            except BaseException:
+                self._abandoned.update(key for key, _ in pairs)
+                raise
+
+        self._spawn(run())
 
     def _spawn(self, coro: object) -> None:
         async def run() -> None:
@@ -352,7 +381,7 @@ class Recorder:
             self._settle(it, r, stored=True, done=mine)
             out.append(r)
         if done is None and mine:
-            self._spawn(self._claims.put_many(mine))
+            self._complete(mine)
         return out
 
     async def _lane_append(self, process_id: str, events: list[NewEvent]) -> list[tuple[int, int]]:
