@@ -428,9 +428,12 @@ async def _decisions(
         return None
     kv = await p.control.kv()
     try:
-        keys = sorted(await kv.keys())
+        listed = await kv.keys()
     except NoKeysError:
-        keys = []
+        listed = []
+    # Every registered model's own entry: nats-py's keys() can end early under load
+    # (repair void missed a model so); what it lists beside them is kept as well.
+    keys = sorted(set(p.model_names()) | set(listed))
     models: dict[str, dict[str, Any]] = {}
     for model in keys:
         try:
