@@ -196,8 +196,24 @@ class IdentityService:
             self._follow.append(sub)
         self._worker = asyncio.create_task(self._settle_heard(queue))
 
+    async def _load_known(self) -> None:
+        """What the bucket holds, in one pass: a start replays every link and merge,
+        and a handle the bucket has at that sequence already needs no read."""
+        watcher: Any = await (await self.kv()).watchall()  # nats-py leaves it untyped
+        try:
+            while (entry := await watcher.updates(timeout=30)) is not None:
+                if entry.value:
+                    self._known[entry.key] = parse_entry(entry.value)[1]
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()
+
     async def _settle_heard(self, queue: asyncio.Queue[Any]) -> None:
         me = asyncio.current_task()
+        try:
+            await self._load_known()
+        except Exception as exc:  # only an optimisation: each event reads its entry
+            log.warning("reading the handles bucket: %s", exc)
         while self._worker is me:
             msg = await queue.get()
             meta = msg.metadata
@@ -223,6 +239,8 @@ class IdentityService:
         identity at its sequence; a merged identity's record of a merge finishes the
         merge (the survivor's record, written if it is missing)."""
         e = record.event
+        if self._store.known_voided(record.stream_seq):
+            return  # an operator voided it: the read models step over it too
         if isinstance(e, IdentitiesMerged) and record.aggregate_id == e.merged_id:
             await self._finish_merge(e, record.event_id)
             return
