@@ -380,3 +380,43 @@ async def test_escape_in_the_log_filter_leaves_the_box_not_the_session(
         assert app.screen is screen and not screen.query_one("#seq-input").display
         await pilot.press("escape")
         assert isinstance(app.screen, SessionsScreen)
+
+
+async def test_a_burst_of_live_events_is_drawn_in_batches_and_ends_in_the_replayed_state(
+    client: SessionsClient,  # noqa: F811
+    app_settings: SessionsAppSettings,  # noqa: F811
+) -> None:
+    s = Session(client.writer, "context generate")
+    await s.__aenter__()
+    s.emit("level_started", {"level": 0, "nodes": 100, "node_ids": [f"n{i}" for i in range(100)]})
+    app = JetsourceTui(Backend(app_settings), refresh_s=5.0, open_session=s.id)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, SessionScreen) and app.screen.live)
+        screen = app.screen
+        assert isinstance(screen, SessionScreen)
+        draws = 0
+        real = screen.render_all
+
+        def counted(rebuild_log: bool = False) -> None:
+            nonlocal draws
+            draws += 1
+            real(rebuild_log)
+
+        screen.render_all = counted  # type: ignore[method-assign]
+        burst = 2000
+        for i in range(burst):
+            if i % 20 == 0:
+                s.emit("node_generation_completed", {"node_id": f"n{i // 20}"})
+            else:
+                s.emit("queue_stats", {"pending": i, "in_flight": 1, "completed": i})
+        await until(pilot, lambda: screen.position == burst + 2, timeout=60)
+        await pilot.pause(0.3)
+        # drawn every 0.1 s at most, not once per event (which fell behind a busy
+        # session by tens of seconds and froze the keys meanwhile)
+        assert draws < burst / 4, draws
+        assert screen.state == await client.sessions.replay(s.id)
+        log = screen.query_one("#log", DataTable)
+        assert log.get_row_at(log.row_count - 1)[0] == str(burst + 2)
+        await s.close()
+        await until(pilot, lambda: not screen.live)
+        assert "completed" in str(screen.query_one("#header", Static).render())

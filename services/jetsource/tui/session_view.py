@@ -49,11 +49,15 @@ COMMAND_WIDTH = 80
 CELL_WIDTH = 48
 ERROR_WIDTH = 160
 LOG_DATA_WIDTH = 200
-# The log shows at most this many events, the ones up to the replay position: a session
-# of many thousands of events would otherwise be redrawn whole on every step back.
-LOG_ROWS = 500
+# The log holds at most LOG_ROWS events, the ones up to the replay position, and is drawn
+# anew with the last LOG_WINDOW when it outgrows that (a session of many thousands of
+# events was redrawn whole on every step back; and DataTable.remove_row costs as much as
+# the table is long, so rows are not dropped from its top one by one).
+LOG_ROWS = 1000
+LOG_WINDOW = LOG_ROWS // 2
 FAILURE_LINES = 6
 CHECKPOINT_EVERY = 100
+LIVE_DRAW_S = 0.1
 
 
 def parse_filter(text: str) -> tuple[str, tuple[str, ...]]:
@@ -87,7 +91,8 @@ class Banner(Static):
         self.display = True
 
     def clear(self) -> None:
-        self.display = False
+        if self.display:  # called on every live event: a no-op must not relayout
+            self.display = False
 
 
 class SessionsScreen(Screen[None]):
@@ -270,6 +275,8 @@ class SessionScreen(Screen[None]):
         self._bars: dict[int, ProgressBar] = {}
         self._log_filter = ""
         self._log_seqs: list[int] = []  # the seqs of the log's rows, in order
+        self._log_at = 0  # the position the log was last drawn at
+        self._render_timer: Any = None  # a live draw pending
         self._node_rows: dict[str, tuple[str, ...]] = {}  # the nodes table's cells, by node
         self._node_columns: list[Any] = []
         self._player: Any = None
@@ -378,20 +385,34 @@ class SessionScreen(Screen[None]):
             try:
                 after = self.events[-1].seq if self.events else 0
                 async for r in self.backend.follow(self.session_id, after):
-                    banner.clear()
+                    if not self._outage:
+                        banner.clear()
                     self.events.append(r.event)
                     if self.position == len(self.events) - 1:  # at the live edge
                         self.position += 1
                         self.state = evolve(self.state, r.event)
                         self._checkpoint(self.position, self.state)
-                        self.render_all()
-                    else:  # replaying: the header's "seq n/last" still moves on
-                        self.render_header()
+                    self._draw_soon()
+                    # a burst arrives from a buffer without ever waiting: let keys and
+                    # redraws in between (thousands of events froze the UI for seconds)
+                    await asyncio.sleep(0)
                 self.live = False
-                self.render_header()
+                self._draw_now()
             except StackDown as exc:
                 banner.show(f"{exc} — retrying")
                 await asyncio.sleep(2.0)
+
+    def _draw_soon(self) -> None:
+        """Live events are drawn at most every LIVE_DRAW_S, all those since the last
+        draw at once: a draw per event fell behind a busy session."""
+        if self._render_timer is None:
+            self._render_timer = self.set_timer(LIVE_DRAW_S, self._draw_now)
+
+    def _draw_now(self) -> None:
+        if self._render_timer is not None:
+            self._render_timer.stop()
+            self._render_timer = None
+        self.render_all()
 
     # -- replay ----------------------------------------------------------------------------
 
@@ -602,40 +623,56 @@ class SessionScreen(Screen[None]):
             key=str(e.seq),
         )
 
+    def _logged(self, e: SessionEvent) -> bool:
+        return not self._log_filter or self._log_filter in e.type
+
+    def _log_tail(self) -> list[SessionEvent]:
+        """The last LOG_WINDOW events of the filter up to the position (read backwards)."""
+        out: list[SessionEvent] = []
+        for i in range(self.position - 1, -1, -1):
+            if len(out) == LOG_WINDOW:
+                break
+            if self._logged(self.events[i]):
+                out.append(self.events[i])
+        out.reverse()
+        return out
+
     def render_log(self, rebuild: bool = False) -> None:
-        """The log holds the last LOG_ROWS events (of the filter) up to the position.
-        A step, a live event or a short jump adds or removes a few rows; a long jump,
-        or a step back past the window's first half, draws the window anew."""
+        """The log ends at the position and holds the events of the filter before it,
+        LOG_WINDOW to LOG_ROWS of them. A step, live events or a short jump add or
+        remove the rows that change (only the events since the last draw are looked
+        at: a live session of thousands of events is not scanned again on each one);
+        a long jump, a step back past half the window, or a log grown past LOG_ROWS
+        draws the last LOG_WINDOW anew."""
         table = self.query_one("#log", DataTable)
-        wanted = [
-            e
-            for e in self.events[: self.position]
-            if not self._log_filter or self._log_filter in e.type
-        ]
         shown = self._log_seqs
-        last = shown[-1] if shown else 0
-        newer = [e for e in wanted[-LOG_ROWS:] if e.seq > last]
-        gone = [seq for seq in shown if not wanted or seq > wanted[-1].seq]
-        kept = len(shown) - len(gone)
+        half = LOG_WINDOW // 2
+        newer: list[SessionEvent] = []
+        gone = 0
+        if rebuild:
+            pass
+        elif self.position >= self._log_at:
+            newer = [e for e in self.events[self._log_at : self.position] if self._logged(e)]
+        else:
+            edge = self.events[self.position - 1].seq if self.position else 0
+            while gone < len(shown) and shown[-1 - gone] > edge:
+                gone += 1
+        kept = len(shown) - gone
         if (
             rebuild
-            or not shown
-            or len(newer) >= LOG_ROWS // 2
-            or len(gone) >= LOG_ROWS // 2
-            or (gone and kept < LOG_ROWS // 2 and len(wanted) > kept)
+            or len(newer) >= LOG_WINDOW
+            or len(shown) + len(newer) > LOG_ROWS
+            or gone >= LOG_WINDOW
+            or (gone and kept < half and self.position > kept)
         ):
             table.clear()
-            shown = []
-            newer = wanted[-LOG_ROWS:]
-            gone = []
-        for seq in gone:
-            table.remove_row(str(seq))
-        shown = shown[: len(shown) - len(gone)]
+            shown, gone, newer = [], 0, self._log_tail()
+        for _ in range(gone):
+            table.remove_row(str(shown.pop()))
         for e in newer:
             self._log_row(e)
             shown.append(e.seq)
-        while len(shown) > LOG_ROWS:
-            table.remove_row(str(shown.pop(0)))
         self._log_seqs = shown
-        if table.row_count:
+        self._log_at = self.position
+        if newer or gone:
             table.move_cursor(row=table.row_count - 1)
