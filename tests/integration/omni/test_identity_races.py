@@ -167,6 +167,20 @@ async def test_concurrent_links_of_one_handle_leave_one_owner_everywhere(
         answers = await asyncio.gather(*calls, return_exceptions=True)
         for a in answers:  # an identity moved by another link: retried, else a conflict
             assert isinstance(a, str | ConcurrencyError), a
+    # A merge moving a handle while links move it elsewhere: the latest in the stream
+    # holds it (the merge's survivor record, or a link after it).
+    for round_ in range(3):
+        handle = ("discord", f"8{round_:03d}")
+        handles.append(handle)
+        merged = await ingest.identities.resolve(*handle, "bot")
+        survivor = await services[0].create(f"survivor {round_}", actor="test")
+        identities += [merged, survivor]
+        racing = [
+            services[1].merge(survivor, merged, actor="test"),
+            *(services[k % 3].link(identities[k % 4], *handle, actor="x") for k in range(4)),
+        ]
+        answers = await asyncio.gather(*racing, return_exceptions=True)
+        assert isinstance(answers[0], list | ConcurrencyError), answers[0]
     await assert_agree(ingest, projection, handles, identities)
 
 

@@ -131,7 +131,9 @@ class IdentityService:
         self._store = store
         self._o = options
         self._kv: KeyValue | None = None
-        self._cache: OrderedDict[str, str] = OrderedDict()
+        # key -> (identity, the sequence of its assignment): a reply read before a later
+        # update was heard must not put the earlier owner back
+        self._cache: OrderedDict[str, tuple[str, int]] = OrderedDict()
         self._watch: Any = None
         self._follow: list[Any] = []  # the ordered consumers settling the bucket
         self._worker: asyncio.Task[None] | None = None
@@ -161,11 +163,13 @@ class IdentityService:
 
             async def updated(msg: Any) -> None:
                 key = msg.subject[len(prefix) :]
-                if key in self._cache:
-                    if msg.data:
-                        self._cache[key] = parse_entry(msg.data)[0]
-                    else:
-                        self._cache.pop(key, None)
+                if not msg.data:
+                    self._cache.pop(key, None)
+                    return
+                owner, seq = parse_entry(msg.data)
+                self._known[key] = max(self._known.get(key, -1), seq)
+                if key in self._cache and self._cache[key][1] <= seq:
+                    self._cache[key] = (owner, seq)
 
             self._watch = await self._nc.subscribe(f"{prefix}>", cb=updated)
         if follow and not self._follow:
@@ -249,11 +253,19 @@ class IdentityService:
             if self._known.get(key, -1) < record.stream_seq:
                 await self._settle(key, identity_id, record.stream_seq)
 
-    async def _settle(self, key: str, identity_id: str, seq: int) -> str:
+    async def _settle(self, key: str, identity_id: str, seq: int, absent: bool = False) -> str:
         """The bucket says ``identity_id`` holds ``key`` from ``seq`` on, unless it holds
         a later assignment already; returns who holds it now. A compare-and-set on the
-        entry's revision: every write raises the sequence it holds, so this ends."""
+        entry's revision: every write raises the sequence it holds, so this ends.
+        ``absent``: the caller found no entry just now (a first contact), so the
+        create is tried before any read."""
         kv = await self.kv()
+        if absent:
+            with contextlib.suppress(KeyWrongLastSequenceError):
+                await kv.create(key, entry_value(identity_id, seq))
+                self._known[key] = max(self._known.get(key, -1), seq)
+                self._remember(key, identity_id, seq)
+                return identity_id
         while True:
             try:
                 entry = await kv.get(key)
@@ -273,7 +285,7 @@ class IdentityService:
             owner, at = identity_id, seq
             break
         self._known[key] = max(self._known.get(key, -1), at)
-        self._remember(key, owner)
+        self._remember(key, owner, at)
         return owner
 
     async def close(self) -> None:
@@ -291,10 +303,13 @@ class IdentityService:
             with contextlib.suppress(ConnectionClosedError, ConnectionReconnectingError):
                 await sub.unsubscribe()
 
-    def _remember(self, key: str, identity_id: str) -> None:
-        if not self._o.identity_cache_size:
+    def _remember(self, key: str, identity_id: str, seq: int) -> None:
+        """Cache what a read or write found, unless a later assignment was heard."""
+        if not self._o.identity_cache_size or self._known.get(key, -1) > seq:
             return
-        self._cache[key] = identity_id
+        cached = self._cache.get(key)
+        if cached is None or cached[1] <= seq:
+            self._cache[key] = (identity_id, seq)
         self._cache.move_to_end(key)
         while len(self._cache) > self._o.identity_cache_size:
             self._cache.popitem(last=False)
@@ -311,7 +326,7 @@ class IdentityService:
         key = handle_key(provider, external_id)
         cached = self._cache.get(key)
         if cached is not None:
-            return cached
+            return cached[0]
         kv = await self.kv()
         try:
             entry = await kv.get(key)
@@ -341,14 +356,14 @@ class IdentityService:
         if cached is not None:
             self.hits += 1
             self._cache.move_to_end(key)
-            return Resolved(cached, False)
+            return Resolved(cached[0], False)
         self.misses += 1
         kv = await self.kv()
         try:
             entry = await kv.get(key)
             if entry.value:
-                identity_id = parse_entry(entry.value)[0]
-                self._remember(key, identity_id)
+                identity_id, seq = parse_entry(entry.value)
+                self._remember(key, identity_id, seq)
                 return Resolved(identity_id, False)
         except KeyNotFoundError:
             pass
@@ -392,7 +407,7 @@ class IdentityService:
         )
         # Its link is the handle's assignment at its sequence (an admin's link of the
         # handle recorded meanwhile and later in the stream holds it instead).
-        claimed = await self._settle(key, identity_id, linked.stream_seqs[-1])
+        claimed = await self._settle(key, identity_id, linked.stream_seqs[-1], absent=True)
         return Resolved(claimed, not created.duplicate and claimed == identity_id)
 
     # -- admin: link and merge --------------------------------------------------------------
@@ -463,7 +478,7 @@ class IdentityService:
             with contextlib.suppress(KeyNotFoundError):
                 previous, at = parse_entry((await kv.get(key)).value)
             if previous == identity_id:
-                self._remember(key, identity_id)
+                self._remember(key, identity_id, at)
                 return previous
             # Our own history ahead of the bucket: a link of ours the bucket missed.
             ours = [
