@@ -21,7 +21,7 @@ from jetsource.tui.app import JetsourceTui
 from jetsource.tui.backend import Backend
 from jetsource.tui.session_view import LOG_ROWS, SessionScreen, SessionsScreen
 from tests.e2e.test_tui import SIZE, app_settings, client, until  # noqa: F401  (fixtures)
-from tests.infra import start_nats
+from tests.infra import Server, start_nats
 from tests.integration.sessions.conftest import provision, sessions_settings
 
 pytestmark = pytest.mark.e2e
@@ -420,3 +420,19 @@ async def test_a_burst_of_live_events_is_drawn_in_batches_and_ends_in_the_replay
         await s.close()
         await until(pilot, lambda: not screen.live)
         assert "completed" in str(screen.query_one("#header", Static).render())
+
+
+async def test_a_ledger_stream_that_does_not_exist_is_named_and_picked_up_once_created(
+    nats_server: Server, unique: str
+) -> None:
+    settings = sessions_settings(nats_server.url, unique)  # not provisioned
+    app = JetsourceTui(Backend(settings), refresh_s=0.2)
+    async with app.run_test(size=SIZE) as pilot:
+        banner = app.screen.query_one("#banner", Static)
+        await until(pilot, lambda: banner.display and "does not exist" in str(banner.content))
+        content = str(banner.content)
+        assert f"stream SESSIONS_{unique}" in content and "jetsource streams ensure" in content
+        await provision(settings)
+        summary = app.screen.query_one("#summary", Static)
+        await until(pilot, lambda: not banner.display)
+        await until(pilot, lambda: "no sessions in the ledger yet" in str(summary.render()))

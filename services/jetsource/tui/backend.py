@@ -14,12 +14,16 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+from nats.errors import NoRespondersError as NoResponders
+
 from jetsource.client import QueryClient
+from jetsource.core.errors import StreamMissingError
 from jetsource.domains.sessions.connect import SessionsClient, open_sessions
 from jetsource.domains.sessions.ledger import ProcessSummary, Recorded
 from jetsource.domains.sessions.record import SessionRecord
 from jetsource.domains.sessions.service import SessionNotFoundError
 from jetsource.domains.sessions.settings import SessionsAppSettings
+from jetsource.eventstore.jsapi import NoRespondersError as JsNoResponders
 
 
 class StackDown(Exception):
@@ -88,15 +92,26 @@ class Backend:
                 await self._query.close()
             self._query = None
 
+    def _missing(self) -> StackDown:
+        stream = self.settings.sessions.stream
+        return StackDown(
+            f"the ledger's stream {stream} does not exist on {self.settings.nats_url()}: "
+            "`jetsource streams ensure` creates it (`jetsource up` does too)"
+        )
+
     async def _call(self, work: Any) -> Any:
         client = await self.client()
         try:
             return await work(client)
         except (SessionNotFoundError, LookupError):
             raise
+        except (NoResponders, JsNoResponders, StreamMissingError) as exc:
+            # said as what it is (it read "reading from the ledger failed: PROCESS_EVENTS")
+            raise self._missing() from exc
         except Exception as exc:
             await self._drop()
-            raise StackDown(f"reading from the ledger failed: {exc}") from exc
+            what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            raise StackDown(f"reading from the ledger failed ({what})") from exc
 
     async def list_sessions(self, search: str = "", statuses: tuple[str, ...] = ()) -> list[
         SessionRecord
@@ -117,9 +132,12 @@ class Backend:
                 yield r
         except asyncio.CancelledError:
             raise
+        except (NoResponders, JsNoResponders, StreamMissingError) as exc:
+            raise self._missing() from exc
         except Exception as exc:
             await self._drop()
-            raise StackDown(f"following {session_id} stopped: {exc}") from exc
+            what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            raise StackDown(f"following {session_id} stopped ({what})") from exc
 
     async def processes(self) -> dict[str, ProcessSummary]:
         result: dict[str, ProcessSummary] = await self._call(
