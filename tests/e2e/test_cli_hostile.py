@@ -17,6 +17,7 @@ import asyncio
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,12 +27,14 @@ from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import nats
 import pytest
 
 from jetsource.cli import output
 from jetsource.cli.app import main
 from jetsource.devstack.servers import free_port
+from tests.cli_env import clean_environ
 from tests.e2e.cli_fixtures import JETSOURCE, CliStack, cli_stack
 
 pytestmark = pytest.mark.e2e
@@ -175,6 +178,11 @@ ROWS: list[tuple[list[str], int, str]] = [
     (["projector", "dlq", "discard", "--seq", "1"], USAGE, "--yes"),
     (["projector", "dlq", "list", "-m", "nosuch"], USAGE, "nosuch"),
     (["projector", "dlq", "show", "99999999"], REFUSED, "no dead letter"),
+    # `dlq show` takes --seq as retry and discard do (the positional still works)
+    (["projector", "dlq", "show", "--seq", "99999999"], REFUSED, "no dead letter"),
+    (["projector", "dlq", "show", "--seq", "0"], USAGE, "--seq"),
+    (["projector", "dlq", "show"], USAGE, "--seq"),
+    (["projector", "dlq", "show", "5", "--seq", "6"], USAGE, "--seq"),
     (["projector", "rebuild", "context", "--to-version", "1"], REFUSED, "v1"),
     # streams, archive, repair, erase
     (["streams", "backup", "/dev/null"], USAGE, "/dev/null"),
@@ -227,6 +235,17 @@ ROWS: list[tuple[list[str], int, str]] = [
 ]
 
 
+# The codes an error line starts with: gRPC's names (the gRPC groups, omni, usage
+# errors Click finds) and the NATS admin groups' words (README: Projector, Exit codes).
+CODES = "|".join(
+    [c.name for c in grpc.StatusCode if c != grpc.StatusCode.OK]
+    + ["usage", "refused", "unavailable", "timeout", "access denied"]
+)
+# Every group prints `CODE: message` (omni printed `error: message (field: x)`), or
+# Click's usage box for a malformed command line.
+ERROR_LINE = re.compile(rf"^(?:(?:{CODES}): \S|Usage: )", re.MULTILINE)
+
+
 def check(r: Result, code: int, text: str, as_json: bool) -> None:
     assert "Traceback" not in r.err, r.err
     assert r.code == code, r
@@ -239,8 +258,10 @@ def check(r: Result, code: int, text: str, as_json: bool) -> None:
         error = json.loads(lines[0])["error"]
         assert error["exit_code"] == code and error["message"], error
         assert text in json.dumps(error, ensure_ascii=False) or text in error["message"], error
+        assert re.fullmatch(CODES, error.get("code", "")), error
     else:
         assert text in r.err, r.err
+        assert ERROR_LINE.match(r.err), r.err
 
 
 @pytest.mark.parametrize(
@@ -359,7 +380,7 @@ def _cli(*args: str | bytes, env: dict[str, str]) -> subprocess.Popen[bytes]:
 
 
 def _env(cli_stack: CliStack, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JETSOURCE_")}
+    env = clean_environ()
     env.update({k: v for k, v in cli_stack.services.env.items() if k.startswith("JETSOURCE_")})
     env.update(cli_stack.env)
     env.update(extra)

@@ -212,3 +212,49 @@ def test_nats_away_is_one_json_line_naming_it() -> None:
     error = json.loads(lines[0])["error"]
     assert error["code"] == "UNAVAILABLE"
     assert error["message"] == f"NATS at {url} did not answer: no connection within 2 s"
+
+
+@pytest.mark.parametrize(
+    ("args", "line", "field"),
+    [
+        # omni printed `error: <message>` (and `(field: x)`), unlike every other group
+        (
+            ["omni", "identity", "merge", "a", "b"],
+            "INVALID_ARGUMENT: a merge is not undone: add --yes to confirm",
+            None,
+        ),
+        (["projector", "dlq", "show"], "usage: name the dead letter: --seq N", "--seq"),
+        (
+            ["projector", "dlq", "show", "5", "--seq", "6"],
+            "usage: two sequences named: 5 and --seq 6",
+            "--seq",
+        ),
+    ],
+)
+def test_every_group_prints_errors_as_code_colon_message(
+    args: list[str], line: str, field: str | None
+) -> None:
+    """One format for every group: ``CODE: message`` on stderr, or with ``-o json`` one
+    JSON error document (the field at fault in it); nothing on stdout."""
+    run = jetsource(*args)
+    assert (run.returncode, run.stdout, run.stderr) == (2, "", line + "\n")
+    run = jetsource("-o", "json", *args)
+    assert run.returncode == 2 and run.stdout == "", run
+    error = json.loads(run.stderr)["error"]
+    assert f"{error['code']}: {error['message']}" == line
+    assert (error["exit_code"], error.get("field")) == (2, field)
+
+
+def test_dlq_show_takes_seq_as_retry_and_discard_do() -> None:
+    """`dlq show --seq N` (the positional still works): both reach NATS (away: exit 3);
+    a sequence out of range is a usage error naming --seq."""
+    away = {
+        "JETSOURCE_NATS__URL": f"nats://127.0.0.1:{closed_port()}",
+        "JETSOURCE_ADMIN_CONNECT_TIMEOUT_S": "1",
+    }
+    for args in (["--seq", "5"], ["5"], ["5", "--seq", "5"]):
+        run = jetsource("-o", "json", "projector", "dlq", "show", *args, **away)
+        assert run.returncode == 3, (args, run)
+        assert json.loads(run.stderr)["error"]["code"] == "unavailable"
+    run = jetsource("-o", "json", "projector", "dlq", "show", "--seq", "0")
+    assert run.returncode == 2 and json.loads(run.stderr)["error"]["field"] == "--seq", run

@@ -107,8 +107,7 @@ def _start_servers(stack: LocalStack) -> list[ServerStatus]:
         with output.stderr().status("starting what is down..."):
             result = stack.up()
     except ServerError as exc:
-        output.stderr().print(Text(f"failed to start: {exc}", style="red"))
-        raise typer.Exit(1) from exc
+        output.fail(output.REFUSED, "refused", f"failed to start: {exc}")
     if result.already_running:
         _say("local servers already running")
     else:
@@ -161,8 +160,7 @@ def up_all(
         with output.stderr().status("starting services..."):
             services = LocalServices(stack.home).up()
     except ServerError as exc:
-        output.stderr().print(Text(f"failed to start services: {exc}", style="red"))
-        raise typer.Exit(1) from exc
+        output.fail(output.REFUSED, "refused", f"failed to start services: {exc}")
     for s in services:
         _say(f"service {s.name}: {s.address} {_health(s.healthy)} (pid {s.pid})")
     if not all(s.healthy for s in services):
@@ -276,10 +274,7 @@ async def _demo_read_models(demo: str, version: int) -> None:
                 break
             await asyncio.sleep(0.05)
     if now.behind or graph is None:
-        output.stderr().print(
-            Text("the read models did not show the story within 30 s", style="red")
-        )
-        raise typer.Exit(1)
+        output.fail(output.REFUSED, "refused", "the read models did not show the story within 30 s")
     c = now.context
     _say(
         f"query at {target}: GetContext(min_version={version}) answered version {c.version} "

@@ -43,16 +43,11 @@ EXIT_REFUSED, EXIT_UNAVAILABLE = 1, 3
 def _fail(
     as_json: bool, code: int, status: str, message: str, field: str | None = None
 ) -> NoReturn:
-    """One line on stderr (a JSON error document with ``--json`` or ``-o json``), exit
-    ``code``."""
-    if as_json or output.mode() == output.Mode.json:
-        error: dict[str, Any] = {"code": status, "message": message, "exit_code": code}
-        if field:
-            error["field"] = field
-        sys.stderr.write(json.dumps({"error": error}, ensure_ascii=False) + "\n")
-    else:
-        typer.echo(f"error: {message}" + (f" (field: {field})" if field else ""), err=True)
-    raise typer.Exit(code)
+    """As every group: ``STATUS: message (field: x)`` on stderr, or with ``--json`` /
+    ``-o json`` one JSON error document (``field`` in it), exit ``code``."""
+    if as_json:
+        output.set_mode(output.Mode.json)
+    output.fail(code, status, message, field=field)
 
 
 def _run(work: Callable[[IngestSettings, Any], Awaitable[T]], as_json: bool = False) -> T:
@@ -73,7 +68,7 @@ def _run(work: Callable[[IngestSettings, Any], Awaitable[T]], as_json: bool = Fa
         return asyncio.run(go())
     except (EventStoreUnavailableError, StreamMissingError, TimeoutError, OSError) as exc:
         reason = str(exc) or f"NATS at {settings.nats_url()} did not answer"
-        _fail(as_json, EXIT_UNAVAILABLE, "UNAVAILABLE", f"unavailable: {reason}")
+        _fail(as_json, EXIT_UNAVAILABLE, "UNAVAILABLE", reason)
     except (JetsourceError, ValueError) as exc:
         field = getattr(exc, "field", None)
         status = "NOT_FOUND" if isinstance(exc, IdentityNotFoundError) else "INVALID_ARGUMENT"

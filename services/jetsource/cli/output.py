@@ -270,7 +270,11 @@ def fields(pairs: Iterable[tuple[str, Any]]) -> None:
 
 
 def fail(code: int, status: str, message: str, **extra: Any) -> NoReturn:
-    """Print an error on stderr (JSON with ``--output json``) and exit with ``code``."""
+    """Print an error on stderr and exit with ``code``: ``STATUS: message`` (then the
+    ``hint`` line, if any), or with ``--output json`` one line ``{"error": {"code",
+    "message", "exit_code", ...extra}}``. Every group reports its errors here. A
+    ``field`` (the option or argument at fault) is named in the text too."""
+    field = extra.get("field")
     if mode() == Mode.json:
         body = {"code": status, "message": message, "exit_code": code}
         body.update({k: v for k, v in extra.items() if v is not None})
@@ -278,6 +282,8 @@ def fail(code: int, status: str, message: str, **extra: Any) -> NoReturn:
     else:
         from rich.text import Text
 
+        if field and str(field) not in message:
+            message = f"{message} (field: {field})"
         text = Text.assemble((status, "bold red"), ": ", message)
         console = stderr()
         console.print(text)

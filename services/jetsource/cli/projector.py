@@ -618,16 +618,31 @@ def dlq_list(
 
 
 @dlq.command("show")
-def dlq_show(dlq_seq: int = typer.Argument(..., min=1, max=U64), as_json: bool = JSON) -> None:
-    """One dead letter in full (always JSON)."""
+def dlq_show(
+    dlq_seq: int | None = typer.Argument(
+        None, min=1, max=U64, help="Dead-letter sequence (as --seq)", show_default=False
+    ),
+    seq: int | None = typer.Option(
+        None, "--seq", min=1, max=U64, help="Dead-letter sequence (as retry and discard)"
+    ),
+    as_json: bool = JSON,
+) -> None:
+    """One dead letter in full (always JSON): --seq N (or N)."""
     from jetsource.projection import admin
 
     _json(as_json)
+    if dlq_seq is not None and seq is not None and dlq_seq != seq:
+        output.fail(
+            USAGE, "usage", f"two sequences named: {dlq_seq} and --seq {seq}", field="--seq"
+        )
+    wanted = dlq_seq if dlq_seq is not None else seq
+    if wanted is None:
+        output.fail(USAGE, "usage", "name the dead letter: --seq N", field="--seq")
 
     async def get(p: Projection) -> dict[str, Any]:
-        letter = await p.dead_letters.get(dlq_seq)
+        letter = await p.dead_letters.get(wanted)
         if letter is None:
-            raise admin.AdminError(f"no dead letter with sequence {dlq_seq}")
+            raise admin.AdminError(f"no dead letter with sequence {wanted}")
         out = letter.summary()
         out["data_hex"] = letter.data[:512].hex()
         return out
