@@ -43,7 +43,11 @@ from jetsource.core.errors import (
 )
 from jetsource.domains.omni import signatures
 from jetsource.domains.omni.intake import Intake, WebhookRequest
-from jetsource.domains.omni.processing import EventNotFoundError, record_status
+from jetsource.domains.omni.processing import (
+    EventNotFoundError,
+    StatusTransitionError,
+    record_status,
+)
 from jetsource.domains.omni.reads import Filters, NotFoundError, OmniReads
 from jetsource.eventstore.jetstream import JetStreamEventStore
 from jetsource.projection.contract import TransientError
@@ -132,6 +136,9 @@ def error_answer(path: str, exc: Exception) -> JSONResponse:
     mapped here is a 500: logged with its traceback, answered without one."""
     if isinstance(exc, EventNotFoundError):
         return _error(404, "not_found", str(exc), exc.field)
+    if isinstance(exc, StatusTransitionError):
+        # Well-formed, but the event's processing lifecycle does not allow it now.
+        return _error(409, "failed_precondition", str(exc), exc.field)
     if isinstance(exc, ValidationError):
         return _error(400, "invalid_argument", str(exc), exc.field)
     if isinstance(exc, NotFoundError):

@@ -767,8 +767,9 @@ class Harness:
         args = (state, a["worker"], body["attempt"], a["reason"], a["will_retry"])
         verdict = lifecycle(st, *args)
         if verdict not in ("", "same"):
-            # the lifecycle refuses it: 400 naming the field, nothing written
-            assert r.status_code == 400, (st, body, r.text)
+            # the lifecycle refuses it: 409 failed_precondition naming the field
+            assert r.status_code == 409, (st, body, r.text)
+            assert r.json()["error"]["code"] == "failed_precondition", r.text
             assert r.json()["error"]["field"] == verdict, (st, body, r.text)
             self.seen[f"status refused ({verdict})"] += 1
             return
@@ -798,14 +799,14 @@ class Harness:
         )
         won = []
         for b, r in zip(bodies, answers, strict=True):
-            assert r.status_code in (200, 400, 409), r.text
+            assert r.status_code in (200, 409), r.text
             if r.status_code == 200 and int(r.json()["version"]) == version:
                 # the step recorded last, again (a racer of an earlier race): no append
                 assert lifecycle(st, "processing", b["worker"], b["attempt"], "", False) == "same"
                 self.seen["race repeated"] += 1
             elif r.status_code == 200:
                 won.append((r.json()["version"], b))
-            elif r.status_code == 400:
+            elif r.json()["error"]["code"] == "failed_precondition":
                 # a finished event takes no step; else an attempt not above the one
                 # recorded (before the race or by a racing worker that won)
                 assert r.json()["error"]["field"] == ("state" if final else "attempt"), r.text

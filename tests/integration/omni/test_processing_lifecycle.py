@@ -1,9 +1,9 @@
 """The processing status lifecycle over REST against real NATS and Valkey:
 received -> processing -> completed | failed; failed with will_retry -> processing with
 a higher attempt; completed and a final failure are terminal; the step recorded last,
-again, is answered 200 with nothing written. Every refused step is 400 naming the field
-(``state`` or ``attempt``) and leaves the stream as it was; the read model shows what
-was accepted."""
+again, is answered 200 with nothing written. Every refused step is 409
+``failed_precondition`` naming the field (``state`` or ``attempt``) and leaves the stream
+as it was; the read model shows what was accepted."""
 
 from __future__ import annotations
 
@@ -115,7 +115,8 @@ async def test_each_refused_transition_names_its_field_and_writes_nothing(
         count = await messages(ingest)
         r = await step(http, event_id, refused)
         case = (before, refused)
-        assert r.status_code == 400, (case, r.text)
+        assert r.status_code == 409, (case, r.text)
+        assert r.json()["error"]["code"] == "failed_precondition", (case, r.text)
         assert r.json()["error"]["field"] == field, (case, r.text)
         assert await messages(ingest) == count, case
         assert len(await ingest.store.read_aggregate(event_id)) == version, case
