@@ -362,3 +362,48 @@ async def test_a_retry_after_a_deadline_that_fell_while_a_claim_was_released_fin
         original.global_seq,
     )
     assert [r.event_id for r in await history(observer.store, p)] == ["orig"]
+
+
+async def test_a_key_claim_left_pending_is_resolved_by_its_event_s_id_claim_not_the_history(
+    observer: Observer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pending claim of an idempotency key names an event whose id claim is completed
+    (the id's claim was settled, the key's was not): a new id under that key is answered
+    from the id's claim, without reading the process's whole history (on a long session
+    under load that read kept a retry past its deadline)."""
+    from dataclasses import replace
+
+    from jetsource.domains.process.claims import claim_key
+
+    recorder, claims = observer.recorder, observer.recorder._claims
+    p = pid()
+    for i in range(3):
+        await recorder.record([event(p, "step", event_id=f"before-{i}")])
+    [original] = await recorder.record([event(p, "step", event_id="orig", idempotency_key="k")])
+    await recorder.flush()
+    key = claim_key("k", p, "k")
+    got = await claims.get(key)
+    assert got is not None
+    # left pending long ago (its lease is over), as a request cut short leaves it
+    await claims.put(key, replace(got[0], since_ns=1, global_seq=0, process_seq=0))
+    reads: list[str] = []
+    read = observer.store.read_aggregate
+
+    async def counted(aggregate_id: str, *args: object, **kw: object) -> object:
+        reads.append(aggregate_id)
+        return await read(aggregate_id, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(observer.store, "read_aggregate", counted)
+    [again] = await recorder.record([event(p, "step", idempotency_key="k")])
+    monkeypatch.undo()
+    assert (again.duplicate, again.event_id, again.global_seq, again.process_seq) == (
+        True,
+        "orig",
+        original.global_seq,
+        4,
+    )
+    assert reads == []
+    await recorder.flush()
+    done = await claims.get(key)
+    assert done is not None and done[0].done and done[0].global_seq == original.global_seq
+    assert len(await history(observer.store, p)) == 4

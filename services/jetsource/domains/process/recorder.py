@@ -562,13 +562,23 @@ class Recorder:
             item, new=replace(item.new, event_id=event_id), keys=[key], created={key: revision}
         )
         takeovers.append(mine)
-        found = await self._lookup(process_id, event_id)
+        found = await self._lookup(process_id, event_id, key)
         if found is None:
             return mine
         self._settle(mine, found, stored=True)
         return replace(found, duplicate=True)
 
-    async def _lookup(self, process_id: str, event_id: str) -> Recorded | None:
+    async def _lookup(self, process_id: str, event_id: str, key: str) -> Recorded | None:
+        """Where the event a pending claim names is stored, if it is. A key's claim
+        names an event whose own id claim is usually completed: that answers in one
+        read. Else the process's history is read (its length: slow on a long session
+        under load, and the caller's retry waits for it)."""
+        own = claim_key("e", process_id, event_id)
+        if own != key:
+            got = await self._claims.get(own)
+            if got is not None and got[0].done and got[0].event_id == event_id:
+                v = got[0]
+                return Recorded(event_id, process_id, v.global_seq, v.process_seq, v.recorded_ns)
         for record in await self._store.read_aggregate(process_id):
             if record.event_id == event_id:
                 return Recorded(
