@@ -179,8 +179,8 @@ async def test_concurrent_links_of_one_handle_leave_one_owner_everywhere(
             services[1].merge(survivor, merged, actor="test"),
             *(services[k % 3].link(identities[k % 4], *handle, actor="x") for k in range(4)),
         ]
-        answers = await asyncio.gather(*racing, return_exceptions=True)
-        assert isinstance(answers[0], list | ConcurrencyError), answers[0]
+        outcomes = await asyncio.gather(*racing, return_exceptions=True)
+        assert isinstance(outcomes[0], list | ConcurrencyError), outcomes[0]
     await assert_agree(ingest, projection, handles, identities)
 
 
