@@ -9,7 +9,7 @@ from jetsource._gen.omni.v1.lifecycle_pb2 import (
     ProcessingFailed,
     ProcessingStarted,
 )
-from jetsource.domains.omni.identity import entry_value, parse_entry
+from jetsource.domains.omni.identity import ASSIGNMENT_SEQ, entry_value, parse_entry
 from jetsource.domains.omni.processing import (
     Status,
     StatusTransitionError,
@@ -79,7 +79,14 @@ def test_terminal_states() -> None:
     assert not (RECEIVED.terminal or PROCESSING_1.terminal or RETRYING_1.terminal)
 
 
-def test_bucket_entries_carry_the_assignment_sequence() -> None:
-    assert parse_entry(entry_value("idn-abc", 42)) == ("idn-abc", 42)
-    assert parse_entry(b"idn-abc") == ("idn-abc", 0)  # written before sequences were kept
+def test_bucket_entries_carry_the_assignment_sequence_in_a_header() -> None:
+    value, headers = entry_value("idn-abc", 42)
+    assert value == b"idn-abc"  # what the previous release reads
+    assert headers == {ASSIGNMENT_SEQ: "42"}
+    assert parse_entry(value, headers) == ("idn-abc", 42)
+    assert parse_entry(b"idn-abc") == ("idn-abc", 0)  # the previous release's plain put
+    assert parse_entry(b"idn-abc", {ASSIGNMENT_SEQ: "x"}) == ("idn-abc", 0)
+    assert parse_entry(b"idn-abc@17") == ("idn-abc", 17)  # development builds' encoding
     assert parse_entry(None) == ("", -1)
+    assert parse_entry(b"", {"KV-Operation": "DEL"}) == ("", -1)
+    assert parse_entry(b"", {"KV-Operation": "PURGE"}) == ("", -1)

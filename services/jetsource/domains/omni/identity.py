@@ -8,14 +8,22 @@ stable identity id out.
   ``IdentitiesMerged`` listing it), by stream sequence. Two links of one handle at once
   are both recorded, one after the other in the stream, and the later one holds it;
   the read models and a rebuild take the same rule.
-- The handle's NATS KV key (bucket ``OMNI_HANDLES``) is a cache of that:
-  ``<identity id>@<stream sequence of the assignment>``, written only forward (a
-  compare-and-set on the entry's revision that never replaces a later sequence by an
-  earlier one), so writers finishing in any order leave the latest. Every writer
-  settles the entry after its append; a writer stopped between the two (a crash, a
-  NATS error) is finished by every started service, which follows the link and merge
-  events from the stream's start (an ordered consumer), and by the next link or merge
-  of the handle, which finds its own history ahead of the bucket.
+- The handle's NATS KV key (bucket ``OMNI_HANDLES``) is a cache of that: the entry's
+  value is the identity id alone (what the previous release writes and reads, so
+  both run side by side in a rolling upgrade and a rollback reads the bucket), and the
+  stream sequence of the assignment travels in the entry's header
+  ``Jetsource-Assignment-Seq`` (none: written by the previous release, sequence 0).
+  Written only forward (a compare-and-set on the entry's revision that never replaces
+  a later sequence by an earlier one), so writers finishing in any order leave the
+  latest. nats-py's KV entries carry no headers, so an entry is read as the last
+  message on ``$KV.<bucket>.<key>`` (``STREAM.MSG.GET``) and written by a publish
+  there with ``Nats-Expected-Last-Subject-Sequence``. An earlier owner put back by a
+  previous release's writer (a plain value over a later assignment) is settled
+  forward again by the services following the stream. Every writer settles the entry
+  after its append; a writer stopped between the two (a crash, a NATS error) is
+  finished by every started service, which follows the link and merge events from the
+  stream's start (an ordered consumer), and by the next link or merge of the handle,
+  which finds its own history ahead of the bucket.
 - One identity per handle at first contact, even when two ingress processes meet a
   handle at the same moment: its identity id is derived from the handle and its
   events carry derived event ids, so racing writers write the same identity once (the
@@ -37,7 +45,7 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.errors import ConnectionClosedError, ConnectionReconnectingError
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KeyValue
 
 from jetsource._gen.omni.v1.lifecycle_pb2 import (
@@ -59,8 +67,9 @@ from jetsource.domains.omni.events import (
     stable_uuid,
 )
 from jetsource.domains.omni.settings import OmniOptions
+from jetsource.eventstore import jsapi
 from jetsource.eventstore.jetstream import JetStreamEventStore
-from jetsource.eventstore.jsapi import RawMessage
+from jetsource.eventstore.jsapi import JsApiError, OutMessage, RawMessage
 
 log = logging.getLogger("jetsource.omni.identity")
 MAX_EXTERNAL_ID = 256
@@ -95,18 +104,45 @@ def check_handle(provider: str, external_id: str) -> None:
         )
 
 
-def entry_value(identity_id: str, seq: int) -> bytes:
-    """A handle's bucket entry: its identity and the stream sequence of the assignment."""
-    return f"{identity_id}@{seq}".encode()
+# The header of a handle's bucket entry carrying the stream sequence of its assignment.
+ASSIGNMENT_SEQ = "Jetsource-Assignment-Seq"
+EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+# The server's "wrong last sequence" (10164: the same, as a constant error).
+WRONG_LAST_SEQUENCE = (jsapi.ERR_WRONG_LAST_SEQUENCE, 10164)
 
 
-def parse_entry(value: bytes | None) -> tuple[str, int]:
-    """(identity id, sequence) of a bucket entry; ('', -1) for none. An entry written
-    before the sequence was kept (the identity id alone) counts as sequence 0."""
-    if not value:
+def entry_value(identity_id: str, seq: int) -> tuple[bytes, dict[str, str]]:
+    """A handle's bucket entry: the identity id as its value (what the previous release
+    reads), the stream sequence of the assignment in its header."""
+    return identity_id.encode(), {ASSIGNMENT_SEQ: str(seq)}
+
+
+def parse_entry(value: bytes | None, headers: Mapping[str, str] | None = None) -> tuple[str, int]:
+    """(identity id, sequence) of a bucket entry; ('', -1) for none or a delete or purge
+    marker. An entry without the header (written by the previous release, a plain
+    ``kv.put`` of the identity id) counts as sequence 0; so does a bad header. A value
+    ``<id>@<seq>`` (written by development builds between the two encodings) is read
+    as such."""
+    h = headers or {}
+    if not value or h.get("KV-Operation") in ("DEL", "PURGE") or "Nats-Marker-Reason" in h:
         return "", -1
-    identity_id, _, seq = value.decode().partition("@")
-    return identity_id, int(seq) if seq.isdigit() else 0
+    text = value.decode("utf-8", "replace")
+    seq = h.get(ASSIGNMENT_SEQ, "").strip()
+    if seq:
+        return text, int(seq) if seq.isdigit() else 0
+    identity_id, _, legacy = text.partition("@")
+    return identity_id, int(legacy) if legacy.isdigit() else 0
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A handle's bucket entry as read: its owner and assignment sequence (``''``, -1:
+    none) and its revision (the stream sequence of the last message on its subject, a
+    delete marker's included; 0: the key was never written)."""
+
+    owner: str
+    seq: int
+    revision: int
 
 
 def assignments(record: RecordedEvent) -> list[tuple[str, str, str]]:
@@ -138,6 +174,11 @@ class IdentityService:
         self._follow: list[Any] = []  # the ordered consumers settling the bucket
         self._worker: asyncio.Task[None] | None = None
         self._known: dict[str, int] = {}  # key -> sequence the bucket holds at least
+        # key -> the identity of the assignment at _known's sequence (when heard): an
+        # earlier owner a previous release's writer puts back is settled forward again
+        self._owners: dict[str, str] = {}
+        self._replies: jsapi.Replies | None = None
+        self._repairs: set[asyncio.Task[None]] = set()
         self.hits = 0
         self.misses = 0
 
@@ -154,6 +195,58 @@ class IdentityService:
                 )
         return self._kv
 
+    # -- the bucket's entries, with their headers -------------------------------------
+
+    @property
+    def _stream(self) -> str:
+        return f"KV_{self._o.identity_bucket}"
+
+    def _subject(self, key: str) -> str:
+        return f"$KV.{self._o.identity_bucket}.{key}"
+
+    @property
+    def _timeout(self) -> float:
+        return self._store.settings.request_timeout_s
+
+    async def _api(self) -> jsapi.Replies:
+        await self.kv()
+        if self._replies is None:
+            self._replies = jsapi.Replies(self._nc)
+        await self._replies.start()
+        return self._replies
+
+    async def _read(self, key: str) -> Entry:
+        """The handle's entry: the last message on its subject, from the stream's leader
+        (``STREAM.MSG.GET``, as nats-py's ``kv.get`` reads it: nats-py makes buckets
+        without direct gets, and the previous release made this one)."""
+        request = {"last_by_subj": self._subject(key)}
+        raw = await jsapi.leader_get(await self._api(), self._stream, request, self._timeout)
+        if raw is None:
+            return Entry("", -1, 0)
+        owner, seq = parse_entry(raw.data, raw.headers)
+        return Entry(owner, seq, raw.seq)
+
+    async def _write(self, key: str, identity_id: str, seq: int, revision: int) -> bool:
+        """Write the entry if the key's last revision is still ``revision`` (0: never
+        written); False when it was written meanwhile."""
+        value, headers = entry_value(identity_id, seq)
+        headers[EXPECTED_LAST_SUBJECT_SEQ] = str(revision)
+        message = OutMessage(self._subject(key), value, headers)
+        try:
+            await jsapi.publish(await self._api(), message, self._timeout)
+        except JsApiError as exc:
+            if exc.err_code in WRONG_LAST_SEQUENCE:
+                return False
+            raise
+        return True
+
+    def _heard(self, key: str, seq: int, owner: str) -> None:
+        """The bucket holds ``key`` at ``seq`` at least (for ``owner``)."""
+        if seq >= self._known.get(key, -1):
+            self._known[key] = seq
+            if seq > 0:
+                self._owners[key] = owner
+
     async def start(self, follow: bool = True) -> None:
         """Open the bucket and follow its updates (keeps the cache current); with
         ``follow``, settle the bucket from the stream's links and merges too."""
@@ -163,13 +256,15 @@ class IdentityService:
 
             async def updated(msg: Any) -> None:
                 key = msg.subject[len(prefix) :]
-                if not msg.data:
+                owner, seq = parse_entry(msg.data, msg.headers)
+                if not owner:
                     self._cache.pop(key, None)
                     return
-                owner, seq = parse_entry(msg.data)
-                self._known[key] = max(self._known.get(key, -1), seq)
+                self._heard(key, seq, owner)
                 if key in self._cache and self._cache[key][1] <= seq:
                     self._cache[key] = (owner, seq)
+                if seq == 0:
+                    self._repair(key, owner)
 
             self._watch = await self._nc.subscribe(f"{prefix}>", cb=updated)
         if follow and not self._follow:
@@ -200,17 +295,55 @@ class IdentityService:
             self._follow.append(sub)
         self._worker = asyncio.create_task(self._settle_heard(queue))
 
+    def _repair(self, key: str, owner: str) -> None:
+        """A plain entry (a previous release's writer) naming another owner than the
+        later assignment this service settled or heard: settle that one again (the
+        compare-and-set sees sequence 0 below it). An assignment later than both is
+        settled from the stream as it comes."""
+        held = self._owners.get(key)
+        at = self._known.get(key, -1)
+        if not self._follow or held is None or held == owner or at <= 0:
+            return
+
+        async def settle() -> None:
+            try:
+                await self._settle(key, held, at)
+            except Exception as exc:  # the next link or a restart settles it
+                log.warning("settling handle %s again: %s", key, exc)
+
+        task = asyncio.create_task(settle())
+        self._repairs.add(task)
+        task.add_done_callback(self._repairs.discard)
+
     async def _load_known(self) -> None:
-        """What the bucket holds, in one pass: a start replays every link and merge,
-        and a handle the bucket has at that sequence already needs no read."""
-        watcher: Any = await (await self.kv()).watchall()  # nats-py leaves it untyped
+        """What the bucket holds, in one pass (an ordered consumer delivering the last
+        message of each key, headers included, as ``kv.watchall`` reads it): a start
+        replays every link and merge, and a handle the bucket has at that sequence
+        already needs no read."""
+        from nats.js.api import ConsumerConfig, DeliverPolicy
+
+        await self.kv()
+        js = self._nc.jetstream()
+        if (await js.stream_info(self._stream)).state.messages == 0:
+            return
+        prefix = f"$KV.{self._o.identity_bucket}."
+        sub = await js.subscribe(
+            f"{prefix}>",
+            stream=self._stream,
+            ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT),
+        )
         try:
-            while (entry := await watcher.updates(timeout=30)) is not None:
-                if entry.value:
-                    self._known[entry.key] = parse_entry(entry.value)[1]
+            while True:
+                msg = await sub.next_msg(timeout=30)
+                owner, seq = parse_entry(msg.data, msg.headers)
+                if owner:
+                    self._heard(msg.subject[len(prefix) :], seq, owner)
+                if msg.metadata.num_pending == 0:
+                    break
         finally:
             with contextlib.suppress(Exception):
-                await watcher.stop()
+                await sub.unsubscribe()
 
     async def _settle_heard(self, queue: asyncio.Queue[Any]) -> None:
         me = asyncio.current_task()
@@ -259,32 +392,20 @@ class IdentityService:
         entry's revision: every write raises the sequence it holds, so this ends.
         ``absent``: the caller found no entry just now (a first contact), so the
         create is tried before any read."""
-        kv = await self.kv()
-        if absent:
-            with contextlib.suppress(KeyWrongLastSequenceError):
-                await kv.create(key, entry_value(identity_id, seq))
-                self._known[key] = max(self._known.get(key, -1), seq)
-                self._remember(key, identity_id, seq)
-                return identity_id
+        if absent and await self._write(key, identity_id, seq, 0):
+            self._heard(key, seq, identity_id)
+            self._remember(key, identity_id, seq)
+            return identity_id
         while True:
-            try:
-                entry = await kv.get(key)
-                owner, at = parse_entry(entry.value)
-                revision = entry.revision
-            except KeyNotFoundError:
-                owner, at, revision = "", -1, None
+            entry = await self._read(key)
+            owner, at = entry.owner, entry.seq
             if at >= seq:
                 break
-            try:
-                if revision is None:
-                    await kv.create(key, entry_value(identity_id, seq))
-                else:
-                    await kv.update(key, entry_value(identity_id, seq), last=revision)
-            except KeyWrongLastSequenceError:
+            if not await self._write(key, identity_id, seq, entry.revision):
                 continue  # written meanwhile: read it again
             owner, at = identity_id, seq
             break
-        self._known[key] = max(self._known.get(key, -1), at)
+        self._heard(key, at, owner)
         self._remember(key, owner, at)
         return owner
 
@@ -298,10 +419,17 @@ class IdentityService:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         self._follow = []
+        for task in list(self._repairs):
+            task.cancel()
+        if self._repairs:
+            await asyncio.wait(self._repairs, timeout=5)
         if self._watch is not None:
             sub, self._watch = self._watch, None
             with contextlib.suppress(ConnectionClosedError, ConnectionReconnectingError):
                 await sub.unsubscribe()
+        if self._replies is not None:
+            replies, self._replies = self._replies, None
+            await replies.stop()
 
     def _remember(self, key: str, identity_id: str, seq: int) -> None:
         """Cache what a read or write found, unless a later assignment was heard."""
@@ -327,12 +455,7 @@ class IdentityService:
         cached = self._cache.get(key)
         if cached is not None:
             return cached[0]
-        kv = await self.kv()
-        try:
-            entry = await kv.get(key)
-        except KeyNotFoundError:
-            return None
-        return parse_entry(entry.value)[0] or None
+        return (await self._read(key)).owner or None
 
     async def resolve(
         self,
@@ -358,15 +481,10 @@ class IdentityService:
             self._cache.move_to_end(key)
             return Resolved(cached[0], False)
         self.misses += 1
-        kv = await self.kv()
-        try:
-            entry = await kv.get(key)
-            if entry.value:
-                identity_id, seq = parse_entry(entry.value)
-                self._remember(key, identity_id, seq)
-                return Resolved(identity_id, False)
-        except KeyNotFoundError:
-            pass
+        entry = await self._read(key)
+        if entry.owner:
+            self._remember(key, entry.owner, entry.seq)
+            return Resolved(entry.owner, False)
         # First contact: write the identity (the same one any racing writer writes),
         # then claim the handle for it.
         identity_id = first_contact_identity(provider, external_id)
@@ -470,13 +588,11 @@ class IdentityService:
         check_handle(provider, external_id)
         check_text(actor, "actor", MAX_ACTOR)
         key = handle_key(provider, external_id)
-        kv = await self.kv()
         for _ in range(LINK_ATTEMPTS):
             version = await self._require(identity_id, "identity_id")
             await self._refuse_merged(identity_id, "identity_id")
-            previous, at = "", -1
-            with contextlib.suppress(KeyNotFoundError):
-                previous, at = parse_entry((await kv.get(key)).value)
+            entry = await self._read(key)
+            previous, at = entry.owner, entry.seq
             if previous == identity_id:
                 self._remember(key, identity_id, at)
                 return previous
@@ -519,17 +635,13 @@ class IdentityService:
             raise ValidationError(
                 f"identity_id {identity_id[:80]!r} is not an identity id", field="identity_id"
             )
-        kv = await self.kv()
         linked: list[tuple[str, str]] = []
         for record in await self._store.read_aggregate(identity_id):
             linked += [(p, x) for p, x, _ in assignments(record)]
         out = []
         for provider, external_id in dict.fromkeys(linked):
-            try:
-                entry = await kv.get(handle_key(provider, external_id))
-            except KeyNotFoundError:
-                continue
-            if parse_entry(entry.value)[0] == identity_id:
+            entry = await self._read(handle_key(provider, external_id))
+            if entry.owner == identity_id:
                 out.append((provider, external_id))
         return out
 
