@@ -21,7 +21,10 @@ import typer.main
 from jetsource.cli.app import app
 from jetsource.cli.lazy import LazyCommands
 
-GROUPS = ("ctx", "projector", "streams", "archive", "repair", "observe", "process", "omni")
+GROUPS = (
+    *("ctx", "projector", "streams", "archive", "repair", "observe", "process", "omni"),
+    "sessions",
+)
 # What a group's help or a simple command has no use for.
 HEAVY = ("neo4j", "jetsource.domains", "jetsource.projection.bootstrap", "jetsource.archive")
 
@@ -71,10 +74,8 @@ def test_help_imports_no_group(tmp_path: Path) -> None:
     assert "grpc" not in modules and "nats" not in modules
 
 
-@pytest.mark.parametrize("group", [g for g in GROUPS if g != "streams"])
+@pytest.mark.parametrize("group", GROUPS)
 def test_a_groups_help_imports_only_that_group(tmp_path: Path, group: str) -> None:
-    """(`streams` imports the projection runtime and the domains at its top: see
-    cli/streams.py.)"""
     run, modules = imported(tmp_path, group, "--help")
     assert run.returncode == 0 and "Usage:" in run.stdout, run
     others = {f"jetsource.cli.{g}" for g in GROUPS} - {f"jetsource.cli.{group}"}
@@ -124,3 +125,27 @@ def test_json_mode_reaches_groups_loaded_later(tmp_path: Path) -> None:
     assert run.returncode == 2 and run.stdout == "", run
     error = json.loads(run.stderr)["error"]
     assert error["message"].startswith("Missing command: one of archive, ctx, down, erase")
+
+
+def test_a_domain_module_does_not_build_the_registry() -> None:
+    """Any ``jetsource.domains.<x>`` import runs the package's ``__init__``: it used to
+    import every domain's descriptor (the graph driver, Valkey, the projection runtime)."""
+    code = (
+        "import sys\n"
+        "import jetsource.domains.omni.settings, jetsource.domains.sessions.record\n"
+        "print(sorted(m for m in sys.modules if m == 'neo4j'\n"
+        "    or m.startswith('jetsource.domains.') and m.endswith('.descriptor')))\n"
+        "from jetsource.domains import REGISTRY\n"
+        "print(sorted(d.name for d in REGISTRY))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == ["[]", "['context', 'omni', 'process']"], run.stdout
+
+
+def test_the_sessions_help_names_the_records_statuses() -> None:
+    """`sessions list --status` names the statuses without importing the record."""
+    from jetsource.cli import sessions
+    from jetsource.domains.sessions.record import STATUSES
+
+    assert sessions.STATUSES == STATUSES

@@ -1,0 +1,931 @@
+"""What `jetsource streams` does against NATS: provision the streams (`ensure`), back
+them up to files and restore them. The commands (cli/streams.py) import this module
+when they run: it brings the event store, the projection runtime and every domain's
+settings (~0.5 s), which `jetsource streams --help` has no use for."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from jetsource import __version__
+from jetsource.core.clock import format_rfc3339_ns, now_ns
+from jetsource.core.errors import JetsourceError
+from jetsource.domains.omni.settings import OmniOptions
+from jetsource.eventstore import horizon, jsapi
+from jetsource.eventstore.bootstrap import connect, release
+from jetsource.eventstore.jetstream import stream_config
+from jetsource.eventstore.reshape import lift_deny_purge
+from jetsource.observer.settings import ObserverOptions
+from jetsource.projection.bootstrap import Projection, open_projection
+from jetsource.projection.deadletters import H_SUBJECT
+from jetsource.projection.settings import ProjectorSettings
+
+CREATED, UPDATED, UNCHANGED = "created", "updated", "unchanged"
+
+
+@dataclass
+class Provisioned:
+    role: str
+    stream: str
+    action: str  # created | updated | unchanged
+    subjects: list[str]
+    replicas: int
+    messages: int
+
+
+async def _config(replies: jsapi.Replies, stream: str, timeout: float) -> dict[str, Any] | None:
+    """The stream's info (config and state), or None when it does not exist."""
+    try:
+        return await jsapi.api(replies, f"STREAM.INFO.{stream}", {}, timeout)
+    except jsapi.JsApiError as exc:
+        if exc.err_code == jsapi.ERR_STREAM_NOT_FOUND:
+            return None
+        raise
+
+
+def _settled(config: dict[str, Any]) -> dict[str, Any]:
+    # The server stamps its own version into the metadata on every update.
+    return {k: v for k, v in config.items() if k != "metadata"}
+
+
+def _note(text: str) -> None:
+    """A line about work under way: on stderr, so stdout holds only the result (one
+    JSON document with --json, one table in plain mode)."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+def _domain_stream(store: Any, replies: jsapi.Replies, timeout: float) -> Any:
+    """Ensure a domain's stream; one made with deny_purge whose policy now allows
+    purges (the process ledger's, for the sessions pruner) is moved to the new
+    configuration under its name, every message at its sequence (eventstore.reshape)."""
+
+    async def ensure() -> None:
+        wanted = stream_config(store.settings)
+        info = await _config(replies, wanted["name"], timeout)
+        held = await _config(replies, f"{wanted['name']}_RESHAPE", timeout)
+        stuck = info is not None and info["config"].get("deny_purge")
+        if not wanted["deny_purge"] and (stuck or held is not None):
+            await lift_deny_purge(replies, wanted, timeout, _note)
+        await store.ensure_streams()
+
+    return ensure
+
+
+READ_MODELS = "read-models"
+
+
+def provisioning(
+    settings: ProjectorSettings, p: Projection, replies: jsapi.Replies, timeout: float
+) -> list[tuple[str, str, Any]]:
+    """(role, stream, how to ensure it) for every stream `ensure` provisions. `backup`
+    reads the same list (without calling the ensures), so the two cannot drift."""
+    replicas = settings.eventstore.replicas
+    return [
+        ("events", settings.eventstore.stream, p.store.ensure_streams),
+        # Every other registered domain's event stream (its descriptor's policy).
+        *(
+            (f"{name} events", store.settings.stream, _domain_stream(store, replies, timeout))
+            for name, store in list(p.stores.items())[1:]
+        ),
+        ("snapshots", settings.snapshots.stream, p.snapshots.ensure_stream),
+        (
+            "dead letters",
+            settings.projector.dlq_stream,
+            lambda: p.dead_letters.ensure_stream(replicas),
+        ),
+        # A KV bucket is a stream named KV_<bucket>; created once, never changed here.
+        (READ_MODELS, f"KV_{settings.projector.control_bucket}", p.control.kv),
+    ]
+
+
+async def ensure_all(settings: ProjectorSettings) -> list[Provisioned]:
+    """Provision every stream jetsource needs; say per stream what was done."""
+    p: Projection = await open_projection(settings, provision=False)
+    timeout = settings.eventstore.request_timeout_s
+    replies = jsapi.Replies(p.nc)
+    await replies.start()
+    try:
+        steps = provisioning(settings, p, replies, timeout)
+        done = []
+        for role, stream, ensure in steps:
+            before = await _config(replies, stream, timeout)
+            await ensure()
+            after = await _config(replies, stream, timeout)
+            assert after is not None, f"stream {stream} missing right after provisioning"
+            if before is None:
+                action = CREATED
+            elif _settled(before["config"]) != _settled(after["config"]):
+                action = UPDATED
+            else:
+                action = UNCHANGED
+            done.append(
+                Provisioned(
+                    role,
+                    stream,
+                    action,
+                    list(after["config"].get("subjects", [])),
+                    int(after["config"].get("num_replicas", 1)),
+                    int(after["state"].get("messages", 0)),
+                )
+            )
+        return done
+    finally:
+        await replies.stop()
+        await p.close()
+
+
+# --- backup and restore ---------------------------------------------------------------
+#
+# Message by message, through the JetStream API (batched direct get out, publish in):
+# a backup is a folder of JSON Lines files anyone can read, and a restore can rename the
+# streams and their subjects, so it goes into a new stream beside the old one, or into an
+# empty server. nats-server's own snapshot ($JS.API.STREAM.SNAPSHOT / RESTORE, the `nats
+# stream backup` command) keeps the stored timestamps and gaps too, but restores under the
+# stream's own name and subjects only.
+
+BACKUP_FORMAT = "jetsource-streams-backup/1"
+MANIFEST = "manifest.json"
+# Direct-get metadata, not part of the stored message.
+_GET_HEADERS = {
+    "Nats-Stream",
+    "Nats-Sequence",
+    "Nats-Time-Stamp",
+    "Nats-Subject",
+    "Nats-Last-Sequence",
+    "Nats-Num-Pending",
+    "Nats-UpTo-Sequence",
+}
+# Publish-time checks and batch markers: evaluated again on restore, they would refuse it.
+_SKIP_ON_RESTORE = ("Nats-Expected-", "Nats-Batch-", "Nats-Required-Api-Level")
+# Set by the server; refused or meaningless in a create request.
+_SERVER_CONFIG = {"created", "metadata", "sealed"}
+# The restored stream's duplicate window while it is written (the server's smallest): a
+# dead letter filed twice (retried, failed again) keeps its message id, and both copies
+# must go back in. A message id seen again within it waits the window out first.
+_RESTORE_DUPLICATE_WINDOW_NS = 100_000_000
+_RESTORE_DUPLICATE_WINDOW_S = _RESTORE_DUPLICATE_WINDOW_NS / 1e9 + 0.05
+
+
+class BackupSettings(ProjectorSettings):
+    """The projector's settings, and where other services keep what a backup must hold:
+    ``JETSOURCE_OMNI__...`` (the raw payload archive, the identity handles) and
+    ``JETSOURCE_OBSERVER__CLAIMS_BUCKET`` (the process ledger's claims)."""
+
+    omni: OmniOptions = OmniOptions()
+    observer: ObserverOptions = ObserverOptions()
+
+
+@dataclass(frozen=True)
+class Owned:
+    role: str
+    stream: str
+    bucket: str = ""  # the KV bucket the stream holds (KV_<bucket>), if it is one
+    horizons_of: str = ""  # the event stream whose compaction horizons it holds
+
+
+# `ensure`'s role names that backups have always said otherwise.
+_BACKUP_ROLES = {"dead letters": "dead-letters"}
+
+
+def owned_streams(
+    settings: BackupSettings, p: Projection, replies: jsapi.Replies, timeout: float
+) -> list[Owned]:
+    """Every stream and KV bucket jetsource owns that holds what cannot be rebuilt:
+    the streams `ensure` provisions (every registered domain's events, snapshots, dead
+    letters; of the read-model control bucket only the operators' decisions, which
+    :func:`backup_streams` writes apart, see DECISIONS),
+    each event stream's compaction horizons, the omni raw payload archive, and the
+    buckets of the personal-data keys (without them no personal field can be read),
+    the process ledger's claims (idempotency for ever) and the omni identity handles.
+    Not the partition leases (renewed by the running projectors)."""
+    owned: dict[str, Owned] = {}
+    events: list[str] = []
+    for role, stream, _ in provisioning(settings, p, replies, timeout):
+        if role == READ_MODELS:
+            continue
+        owned.setdefault(stream, Owned(_BACKUP_ROLES.get(role, role), stream))
+        if role.endswith("events"):
+            events.append(stream)
+    moved = settings.omni.events_stream  # omni's events elsewhere (omni_domain)
+    if moved:
+        owned.setdefault(moved, Owned("omni events", moved))
+        events.append(moved)
+    kv: list[tuple[str, str, str]] = [
+        ("horizons", horizon.bucket(stream), stream) for stream in dict.fromkeys(events)
+    ]
+    kv += [("keys", store.settings.keys_bucket, "") for store in p.stores.values()]
+    kv += [
+        ("process claims", settings.observer.claims_bucket, ""),
+        ("omni handles", settings.omni.identity_bucket, ""),
+    ]
+    owned.setdefault(settings.omni.raw_stream, Owned("omni raw", settings.omni.raw_stream))
+    for role, bucket, of in kv:
+        owned.setdefault(f"KV_{bucket}", Owned(role, f"KV_{bucket}", bucket, of))
+    return list(owned.values())
+
+
+@dataclass
+class StreamBackup:
+    role: str
+    stream: str
+    file: str
+    messages: int
+    first_seq: int
+    last_seq: int
+    subjects: list[str]
+    bucket: str = ""  # a KV bucket's name: restored as one (KV_<bucket>, $KV.<bucket>.>)
+    horizons_of: str = ""  # renamed with this event stream when --rename names it
+
+
+def _message_line(raw: jsapi.RawMessage) -> str:
+    headers = {k: v for k, v in raw.headers.items() if k not in _GET_HEADERS}
+    return json.dumps(
+        {
+            "seq": raw.seq,
+            "subject": raw.subject,
+            "time": format_rfc3339_ns(raw.time_ns),
+            "headers": headers,
+            "data": base64.b64encode(raw.data).decode("ascii"),
+        },
+        separators=(",", ":"),
+    )
+
+
+async def _stored(
+    replies: jsapi.Replies, stream: str, info: dict[str, Any], page: int, timeout: float
+) -> AsyncIterator[jsapi.RawMessage]:
+    """Every message of the stream, oldest first. A stream without direct gets (a KV
+    bucket made by nats-py's defaults) is read from its leader, ``page`` sequences at a
+    time up to the last one ``info`` names (the gaps of a bucket answer nothing)."""
+    if info["config"].get("allow_direct"):
+        seq = 1
+        while True:
+            got = await jsapi.direct_get_page(replies, stream, None, seq, page, timeout)
+            for raw in got.messages:
+                yield raw
+            if got.pending == 0 or not got.messages:
+                return
+            seq = got.messages[-1].seq + 1
+    first = max(int(info["state"].get("first_seq", 1)), 1)
+    last = int(info["state"].get("last_seq", 0))
+    for at in range(first, last + 1, page):
+        got_all = await asyncio.gather(
+            *(
+                jsapi.leader_get(replies, stream, {"seq": seq}, timeout)
+                for seq in range(at, min(at + page, last + 1))
+            )
+        )
+        for one in got_all:
+            if one is not None:
+                yield one
+
+
+# The operators' decisions kept in the read-model control bucket, per model: the
+# active version (a cutover) and the stream sequences discarded from its dead letters
+# (every version steps over them by rule). Not the rest of the entry: build states,
+# progress and the last replay describe read stores a restore does not bring back
+# (the read models are built again, from the restored streams). Read positions
+# (checkpoints) live in the read stores, not here.
+DECISIONS = "read-models.json"
+
+
+async def _decisions(
+    p: Projection, settings: ProjectorSettings, replies: jsapi.Replies, timeout: float
+) -> dict[str, Any] | None:
+    """The control bucket's decisions per model, with the event stream each model
+    reads (its discarded sequences are that stream's); None when there is no bucket."""
+    from nats.js.errors import NoKeysError
+
+    bucket = settings.projector.control_bucket
+    if await _config(replies, f"KV_{bucket}", timeout) is None:
+        return None
+    kv = await p.control.kv()
+    try:
+        listed = await kv.keys()
+    except NoKeysError:
+        listed = []
+    # Every registered model's own entry: nats-py's keys() can end early under load
+    # (repair void missed a model so); what it lists beside them is kept as well.
+    keys = sorted(set(p.model_names()) | set(listed))
+    models: dict[str, dict[str, Any]] = {}
+    for model in keys:
+        try:
+            control = await p.control.get(model)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BackupError(
+                f"read-model control bucket {bucket}, key {model!r}: not a control entry ({exc!r})"
+            ) from exc
+        if control is None:
+            continue
+        try:
+            stream = p.store_for(model).settings.stream
+        except (JetsourceError, ValueError):
+            stream = ""  # a model this build does not know: its entry is kept as it is
+        models[model] = {
+            "stream": stream,
+            "active": control.active,
+            "discarded": sorted(set(control.discarded)),
+        }
+    return {"bucket": bucket, "models": models}
+
+
+async def backup_streams(
+    settings: BackupSettings,
+    folder: Path,
+    page: int = 256,
+    only: list[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[StreamBackup]:
+    """Write every message of every stream jetsource owns (:func:`owned_streams`; with
+    ``only``, of these streams alone) to ``folder/<stream>.jsonl`` (first line: the
+    stream's config and state; then one line per message, oldest first) and
+    ``folder/manifest.json``. ``folder`` exists."""
+    timeout = settings.eventstore.request_timeout_s
+    p: Projection = await open_projection(settings, provision=False)
+    replies = jsapi.Replies(p.nc)
+    await replies.start()
+    done: list[StreamBackup] = []
+    try:
+        owned = owned_streams(settings, p, replies, timeout)
+        control_stream = f"KV_{settings.projector.control_bucket}"
+        unknown = sorted(set(only or ()) - {o.stream for o in owned} - {control_stream})
+        if unknown:
+            raise BackupError(
+                f"--stream {', '.join(unknown)}: not a stream jetsource owns; these are: "
+                + ", ".join([*(o.stream for o in owned), control_stream])
+            )
+        infos = []
+        for o in owned:
+            if only and o.stream not in only:
+                continue
+            info = await _config(replies, o.stream, timeout)
+            if info is None:
+                continue  # never created (no dead letters yet, say): nothing to keep
+            infos.append((o, info))
+        # Progress by messages, of all the streams as they were when first asked.
+        total = sum(int(info["state"].get("messages", 0)) for _, info in infos)
+        written = 0
+        for o, info in infos:
+            file = f"{o.stream}.jsonl"
+            count, first, last = 0, 0, 0
+            with (folder / file).open("w", encoding="utf-8") as out:
+                header = {"role": o.role, "config": info["config"], "state": info["state"]}
+                if o.bucket:
+                    header["bucket"] = o.bucket
+                out.write(json.dumps(header, separators=(",", ":")) + "\n")
+                async for raw in _stored(replies, o.stream, info, page, timeout):
+                    out.write(_message_line(raw) + "\n")
+                    count += 1
+                    first = first or raw.seq
+                    last = raw.seq
+                    written += 1
+                    if progress is not None:
+                        progress(written, max(total, written))
+            done.append(
+                StreamBackup(
+                    o.role,
+                    o.stream,
+                    file,
+                    count,
+                    first,
+                    last,
+                    list(info["config"]["subjects"]),
+                    o.bucket,
+                    o.horizons_of,
+                )
+            )
+        decisions = None
+        if not only or control_stream in only:
+            decisions = await _decisions(p, settings, replies, timeout)
+    finally:
+        await replies.stop()
+        await p.close()
+    manifest: dict[str, Any] = {
+        "format": BACKUP_FORMAT,
+        "jetsource": __version__,
+        "created": format_rfc3339_ns(now_ns()),
+        "streams": [asdict(d) for d in done],
+    }
+    if decisions is not None:
+        (folder / DECISIONS).write_text(json.dumps(decisions, indent=1) + "\n", encoding="utf-8")
+        bucket = settings.projector.control_bucket
+        row = StreamBackup(
+            READ_MODELS,
+            control_stream,
+            DECISIONS,
+            len(decisions["models"]),
+            0,
+            0,
+            [f"$KV.{bucket}.>"],
+            bucket,
+        )
+        manifest["read_models"] = asdict(row)
+        done.append(row)
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return done
+
+
+def _rewrite(subject: str, prefixes: dict[str, str]) -> str:
+    for old, new in prefixes.items():
+        if subject == old or subject.startswith(old + "."):
+            return new + subject[len(old) :]
+    return subject
+
+
+@dataclass
+class StreamRestore:
+    role: str
+    source: str
+    stream: str
+    messages: int
+    same_sequences: bool  # every message got its backed-up sequence
+
+
+def _target(entry: dict[str, Any], names: dict[str, str]) -> str:
+    """The stream an entry is restored as: --rename's, else a horizons bucket follows
+    its event stream's rename, else its own name."""
+    stream: str = entry["stream"]
+    of = entry.get("horizons_of") or ""
+    if stream not in names and of in names:
+        return horizon.kv_stream(names[of])
+    return names.get(stream, stream)
+
+
+def _entry_prefixes(
+    folder: Path, entry: dict[str, Any], target: str, prefixes: dict[str, str]
+) -> dict[str, str]:
+    """The subject moves for one entry. A KV bucket stays one: its stream is
+    KV_<bucket> and its subjects $KV.<bucket>.>, so a renamed bucket's subjects move
+    with it; anything else is refused before a message is written."""
+    bucket = entry.get("bucket") or ""
+    if not bucket:
+        return prefixes
+    new = target[3:] if target.startswith("KV_") else ""
+    if not new:
+        raise BackupError(
+            f"{entry['stream']} is the KV bucket {bucket}: it can be restored only as a "
+            f"stream named KV_<bucket> (--rename {entry['stream']}=KV_NEW)"
+        )
+    moved = {f"$KV.{bucket}": f"$KV.{new}", **prefixes} if new != bucket else prefixes
+    with (folder / entry["file"]).open(encoding="utf-8") as lines:
+        subjects = json.loads(next(lines))["config"].get("subjects", [])
+    if [_rewrite(s, moved) for s in subjects] != [f"$KV.{new}.>"]:
+        raise BackupError(
+            f"{entry['stream']} restored as the KV bucket {new} needs the subjects "
+            f"$KV.{new}.> alone, not {[_rewrite(s, moved) for s in subjects]}"
+        )
+    return moved
+
+
+def _manifest(folder: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None, str]:
+    """The backup manifest's stream entries, its read-model decisions entry and when
+    it was made (what names the backup in a restored stream's RESTORE_MARK);
+    one that cannot be read as such is refused naming it."""
+    path = folder / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        if manifest.get("format") != BACKUP_FORMAT:
+            raise BackupError(f"{path}: not a {BACKUP_FORMAT} manifest")
+        entries: list[dict[str, Any]] = manifest["streams"]
+        decided: dict[str, Any] | None = manifest.get("read_models")
+        for entry in [*entries, *([decided] if decided is not None else [])]:
+            for key in ("role", "stream", "file"):
+                if not isinstance(entry[key], str) or not entry[key]:
+                    raise ValueError(f"an entry's {key} is {entry[key]!r}")
+            if "/" in entry["file"] or entry["file"].startswith("."):
+                raise ValueError(f"file {entry['file']!r} is not in the backup folder")
+            int(entry["messages"])
+        created = str(manifest.get("created") or "")
+    except OSError as exc:
+        raise BackupError(f"{path}: {exc.strerror or exc}") from exc
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise BackupError(f"{path}: not a {BACKUP_FORMAT} manifest ({exc!r})") from exc
+    return entries, decided, created
+
+
+def _check_file(folder: Path, entry: dict[str, Any]) -> None:
+    """Read a backup file through before anything is written: a truncated or corrupt
+    one is refused naming the file and the line, and nothing is restored."""
+    path = folder / entry["file"]
+    count, last, number = 0, 0, 0
+    try:
+        with path.open("rb") as lines:  # decoded line by line: the error says where
+            for number, raw in enumerate(lines, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise BackupError(f"{path}: line {number}: not UTF-8 ({exc.reason})") from exc
+                try:
+                    row = json.loads(line)
+                    if number == 1:
+                        if not isinstance(row.get("config"), dict):
+                            raise ValueError("no stream config")
+                        continue
+                    seq = int(row["seq"])
+                    if not isinstance(row["subject"], str) or not isinstance(row["headers"], dict):
+                        raise ValueError("subject or headers of the wrong type")
+                    base64.b64decode(row["data"], validate=True)
+                except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                    if not line.endswith("\n"):  # the last line, and not whole
+                        raise BackupError(
+                            f"{path}: line {number}: cut short (the file is truncated)"
+                        ) from exc
+                    why = f"{type(exc).__name__}: {exc}"
+                    raise BackupError(
+                        f"{path}: line {number}: not a backed-up message ({why})"
+                    ) from exc
+                if seq <= last:
+                    raise BackupError(
+                        f"{path}: line {number}: sequence {seq} after {last} (out of order)"
+                    )
+                count, last = count + 1, seq
+    except OSError as exc:
+        raise BackupError(f"{path}: {exc.strerror or exc}") from exc
+    if number == 0:
+        raise BackupError(f"{path}: empty (no stream config on line 1)")
+    if count != int(entry["messages"]):
+        raise BackupError(
+            f"{path}: {count} messages, the manifest says {entry['messages']} (truncated?)"
+        )
+
+
+def _read_decisions(folder: Path, entry: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The models' decisions of a backup (:data:`DECISIONS`), checked."""
+    path = folder / entry["file"]
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+        models: dict[str, dict[str, Any]] = body["models"]
+        for name, d in models.items():
+            d["active"] = int(d["active"])
+            d["discarded"] = [int(x) for x in d["discarded"]]
+            d["stream"] = str(d.get("stream") or "")
+            if d["active"] < 1 or not name:
+                raise ValueError(f"model {name!r}: active version {d['active']}")
+    except OSError as exc:
+        raise BackupError(f"{path}: {exc.strerror or exc}") from exc
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise BackupError(f"{path}: not a read-model decisions file ({exc})") from exc
+    return models
+
+
+async def restore_streams(
+    settings: ProjectorSettings,
+    folder: Path,
+    names: dict[str, str],
+    prefixes: dict[str, str],
+    only: list[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[StreamRestore]:
+    """Create each backed-up stream (with ``only``, these of them; renamed by
+    ``names``, its subjects' roots by ``prefixes``; a KV bucket as a KV bucket) and
+    publish its messages in their order, then write the read models' decisions into
+    the control bucket. A target that exists with messages, or a file that is not
+    whole, is refused before anything is written."""
+    entries, decided, created = _manifest(folder)
+    known = [e["stream"] for e in entries] + ([decided["stream"]] if decided else [])
+    unknown = sorted(set(only or ()) - set(known))
+    if unknown:
+        raise BackupError(
+            f"--stream {', '.join(unknown)}: not in this backup; it holds: " + ", ".join(known)
+        )
+    entries = [e for e in entries if not only or e["stream"] in only]
+    if decided is not None and only and decided["stream"] not in only:
+        decided = None
+    timeout = settings.eventstore.request_timeout_s
+    nc = await connect(settings)
+    replies = jsapi.Replies(nc)
+    await replies.start()
+    done: list[StreamRestore] = []
+    try:
+        plan: list[tuple[dict[str, Any], str, dict[str, str], StreamRestore | None]] = []
+        targets: dict[str, str] = {}
+        checks = [*entries, decided] if decided is not None else entries
+        for entry in checks:  # refuse before writing anything
+            target = _target(entry, names)
+            if target in targets:
+                raise BackupError(f"{entry['stream']} and {targets[target]} both go to {target}")
+            targets[target] = entry["stream"]
+            if entry is decided:  # merged into what is there (decisions add up)
+                if not target.startswith("KV_") or len(target) == 3:
+                    raise BackupError(
+                        f"{entry['stream']} is the read-model control bucket: it can be "
+                        f"restored only as a KV bucket (--rename {entry['stream']}=KV_NEW)"
+                    )
+                continue
+            info = await _config(replies, target, timeout)
+            mark = _restore_mark(info)
+            if mark.startswith(f"{created} done"):  # restored from this backup before
+                _note(f"{target}: restored from this backup already; left as it is")
+                whole = StreamRestore(
+                    entry["role"],
+                    entry["stream"],
+                    target,
+                    int(entry["messages"]),
+                    not mark.endswith(" renumbered"),
+                )
+                plan.append((entry, target, prefixes, whole))
+                continue
+            if (
+                info is not None
+                and int(info["state"].get("messages", 0)) > 0
+                and mark != f"{created} running"  # one that stopped midway goes on
+            ):
+                new = "KV_NEW" if entry.get("bucket") else "NEW"
+                raise BackupError(
+                    f"stream {target} exists and holds messages: restore writes only into "
+                    f"a new or empty stream (--rename {entry['stream']}={new}, or restore "
+                    "the others alone with --stream)"
+                )
+            _check_file(folder, entry)
+            plan.append((entry, target, _entry_prefixes(folder, entry, target, prefixes), None))
+        models = _read_decisions(folder, decided) if decided is not None else {}
+        # The discarded sequences per event stream: followed if a restore renumbers.
+        wanted: dict[str, set[int]] = {}
+        for d in models.values():
+            wanted.setdefault(d["stream"], set()).update(d["discarded"])
+        total = sum(int(e["messages"]) for e, _, _, already in plan if already is None)
+        moved: dict[str, dict[int, int] | None] = {}
+        before = 0
+        for entry, target, subjects, already in plan:
+            if already is not None:
+                done.append(already)
+                continue
+            seqs: dict[int, int] = {}
+
+            def step(n: int, at: int = before) -> None:
+                if progress is not None:
+                    progress(at + n, total)
+
+            one = await _restore_one(
+                replies,
+                folder,
+                entry,
+                target,
+                subjects,
+                timeout,
+                wanted.get(entry["stream"], set()),
+                seqs,
+                step,
+                created,
+            )
+            done.append(one)
+            before += one.messages
+            moved[entry["stream"]] = None if one.same_sequences else seqs
+        if decided is not None:
+            target = _target(decided, names)
+            done.append(await _restore_decisions(nc, settings, decided, target, models, moved))
+    finally:
+        await replies.stop()
+        await release(nc)
+    return done
+
+
+async def _restore_decisions(
+    nc: Any,
+    settings: ProjectorSettings,
+    entry: dict[str, Any],
+    target: str,
+    models: dict[str, dict[str, Any]],
+    moved: dict[str, dict[int, int] | None],
+) -> StreamRestore:
+    """Each model's entry in the control bucket ``target``: its backed-up active
+    version, live (the projector builds it from the restored stream), and its
+    discarded sequences (the restored stream's, when the restore renumbered it; one
+    not restored is left out). An entry made meanwhile keeps its versions and gets
+    the discards added."""
+    from jetsource.projection.control import Control, ControlError
+
+    control = Control(nc, target[3:], settings.eventstore.replicas)
+    same = True
+    for name, d in models.items():
+        renumbered = moved.get(d["stream"])
+        discarded = set(d["discarded"])
+        if renumbered is not None:
+            discarded = {renumbered[s] for s in discarded if s in renumbered}
+            same = False
+        for _ in range(10):
+            current = await control.ensure(name, d["active"])
+            if current.active != d["active"]:
+                _note(
+                    f"read model {name}: its control entry was there (v{current.active} "
+                    f"active), kept; the backup's v{d['active']} was not made active "
+                    f"(jetsource projector rebuild/cutover)"
+                )
+            if discarded <= set(current.discarded):
+                break
+            current.discarded = sorted(discarded | set(current.discarded))
+            try:
+                await control.save(name, current)
+                break
+            except ControlError:
+                continue  # changed meanwhile (a projector starting): read it again
+        else:
+            raise BackupError(f"read-model control entry {name!r} kept changing; run again")
+    return StreamRestore(entry["role"], entry["stream"], target, len(models), same)
+
+
+# In a restored stream's config metadata: "<the backup's created time> running" while
+# it is written, "... done" (" renumbered" when its sequences are new) once whole. A
+# restore run again goes on with a stream it left midway and leaves a whole one be.
+RESTORE_MARK = "jetsource_restore"
+
+
+def _restore_mark(info: dict[str, Any] | None) -> str:
+    if info is None:
+        return ""
+    return str((info["config"].get("metadata") or {}).get(RESTORE_MARK, ""))
+
+
+def _gap_subject(subjects: list[str]) -> str | None:
+    """A subject of the stream no message uses, to hold the place of the sequences a
+    backed-up stream did not have (deleted, purged, compacted): None when the stream
+    has no subject of the form ``a.b.>``."""
+    for subject in subjects:
+        root = subject[:-2]
+        if subject.endswith(".>") and root and "*" not in root.split("."):
+            return f"{root}._jetsource_restore_gap"
+    return None
+
+
+async def _hold_places(
+    replies: jsapi.Replies, subject: str, count: int, atomic: bool, timeout: float
+) -> None:
+    """Publish ``count`` empty messages on ``subject`` (purged once the stream is
+    restored): the stream's next message gets the sequence it had."""
+    while count > 0:
+        n = min(count, jsapi.BATCH_LIMIT if atomic else 1)
+        fill = [jsapi.OutMessage(subject, b"", {}) for _ in range(n)]
+        if atomic and n > 1:
+            await jsapi.publish_atomic_batch(replies, fill, f"restore-gap-{now_ns()}", timeout)
+        else:
+            await jsapi.publish(replies, fill[0], timeout)
+        count -= n
+
+
+async def _restore_one(
+    replies: jsapi.Replies,
+    folder: Path,
+    entry: dict[str, Any],
+    target: str,
+    prefixes: dict[str, str],
+    timeout: float,
+    wanted: set[int],
+    moved: dict[int, int],
+    progress: Callable[[int], None],
+    backup_id: str = "",
+) -> StreamRestore:
+    """One stream, every message at its backed-up sequence where the target allows
+    it: the leading gap by the stream's first sequence, a gap inside by messages on
+    a subject of its own, purged at the end (so the stream is written with deletes
+    and purges allowed; its own deny_delete / deny_purge are set last). The restored
+    sequences of the ``wanted`` backed-up ones go into ``moved``. A target this
+    backup's restore left midway (RESTORE_MARK) goes on after its last message, once
+    every message in it is found to be the backup's, in order."""
+    with (folder / entry["file"]).open(encoding="utf-8") as lines:
+        header = json.loads(next(lines))
+        backed = {k: v for k, v in header["config"].items() if k not in _SERVER_CONFIG}
+        backed["name"] = target
+        backed["subjects"] = [_rewrite(s, prefixes) for s in backed.get("subjects", [])]
+        config = dict(backed, duplicate_window=_RESTORE_DUPLICATE_WINDOW_NS)
+        config["metadata"] = {RESTORE_MARK: f"{backup_id} running"}
+        first_seq = int(entry.get("first_seq") or 0)
+        existing = await _config(replies, target, timeout)
+        resuming = _restore_mark(existing) == f"{backup_id} running"
+        gap = None if entry.get("bucket") else _gap_subject(config["subjects"])
+        if existing is None:
+            if gap is not None:
+                config.update(deny_delete=False, deny_purge=False)
+            if first_seq > 1:
+                config["first_seq"] = first_seq
+            info = await jsapi.api(replies, f"STREAM.CREATE.{target}", config, timeout)
+        else:
+            held = existing["config"]  # deny flags set cannot be lifted
+            config["deny_delete"] = bool(held.get("deny_delete"))
+            config["deny_purge"] = bool(held.get("deny_purge"))
+            info = await jsapi.api(replies, f"STREAM.UPDATE.{target}", config, timeout)
+            if held.get("deny_purge"):
+                gap = None  # its places cannot be purged again: it is renumbered
+            elif not resuming and first_seq > int(info["state"].get("last_seq", 0)) + 1:
+                info = await jsapi.api(
+                    replies, f"STREAM.PURGE.{target}", {"seq": first_seq}, timeout
+                )
+                info = await jsapi.api(replies, f"STREAM.INFO.{target}", {}, timeout)
+        following = int(info["state"].get("last_seq", 0)) + 1
+        atomic = bool(config.get("allow_atomic"))
+        count, same, held_places = 0, True, 0
+        if resuming and int(info["state"].get("messages", 0)) > 0:
+            count, same, held_places = await _written_before(
+                replies, target, info, lines, prefixes, gap, moved, wanted, timeout
+            )
+            _note(f"{target}: {count} messages restored before; going on from there")
+            progress(count)
+        recent: OrderedDict[str, float] = OrderedDict()  # message id -> published at
+        for line in lines:
+            m = json.loads(line)
+            seq = int(m["seq"])
+            if gap is not None and seq > following:
+                await _hold_places(replies, gap, seq - following, atomic, timeout)
+                held_places += seq - following
+            headers = {k: v for k, v in m["headers"].items() if not k.startswith(_SKIP_ON_RESTORE)}
+            if H_SUBJECT in headers:  # a dead letter names its event's subject
+                headers[H_SUBJECT] = _rewrite(headers[H_SUBJECT], prefixes)
+            await _outwait_duplicate(recent, headers.get("Nats-Msg-Id"))
+            ack = await jsapi.publish(
+                replies,
+                jsapi.OutMessage(
+                    _rewrite(m["subject"], prefixes), base64.b64decode(m["data"]), headers
+                ),
+                timeout,
+            )
+            if seq in wanted:
+                moved[seq] = ack.seq
+            same = same and ack.seq == seq
+            following = ack.seq + 1
+            count += 1
+            progress(count)
+    if held_places and gap is not None:
+        await jsapi.api(replies, f"STREAM.PURGE.{target}", {"filter": gap}, timeout)
+    # The backed-up duplicate window and deny flags again.
+    final = {k: v for k, v in backed.items() if k != "first_seq"}
+    for deny in ("deny_delete", "deny_purge"):
+        final[deny] = bool(backed.get(deny)) or bool(config.get(deny))
+    final["metadata"] = {RESTORE_MARK: f"{backup_id} done" + ("" if same else " renumbered")}
+    await jsapi.api(replies, f"STREAM.UPDATE.{target}", final, timeout)
+    if count != int(entry["messages"]):
+        raise BackupError(
+            f"{entry['file']}: {count} messages, the manifest says {entry['messages']}"
+        )
+    if not same and not entry.get("bucket"):
+        why = "the target denies purges" if existing is not None else "no subject a.b.> to use"
+        _note(
+            f"{target}: restored at new sequences ({why}): voids, discarded dead letters, "
+            "horizons and claims that name its old ones do not follow"
+        )
+    return StreamRestore(entry["role"], entry["stream"], target, count, same)
+
+
+async def _written_before(
+    replies: jsapi.Replies,
+    target: str,
+    info: dict[str, Any],
+    lines: Any,
+    prefixes: dict[str, str],
+    gap: str | None,
+    moved: dict[int, int],
+    wanted: set[int],
+    timeout: float,
+) -> tuple[int, bool, int]:
+    """What a restore that stopped midway wrote into ``target``: each of its messages
+    (place-holders aside) must be the backup's next one (subject, data), read from
+    ``lines`` as it goes. Returns (messages, all at their sequences, place-holders);
+    refused if anything else is there (the stream is not this backup's alone)."""
+    count, same, held = 0, True, 0
+    async for raw in _stored(replies, target, info, 256, timeout):
+        if gap is not None and raw.subject == gap:
+            held += 1
+            continue
+        line = next(lines, None)
+        m = json.loads(line) if line is not None else None
+        if (
+            m is None
+            or raw.subject != _rewrite(m["subject"], prefixes)
+            or raw.data != base64.b64decode(m["data"])
+        ):
+            raise BackupError(
+                f"stream {target}: a restore of this backup stopped midway, but its message "
+                f"{raw.seq} is not the backup's next one: delete the stream (nats stream rm "
+                f"{target}) and restore again"
+            )
+        seq = int(m["seq"])
+        if seq in wanted:
+            moved[seq] = raw.seq
+        same = same and raw.seq == seq
+        count += 1
+    return count, same, held
+
+
+async def _outwait_duplicate(recent: OrderedDict[str, float], msg_id: str | None) -> None:
+    """Wait until ``msg_id`` (when published within the duplicate window) is no longer
+    a duplicate to the server; remember it as published now."""
+    now = time.monotonic()
+    while recent and now - next(iter(recent.values())) > _RESTORE_DUPLICATE_WINDOW_S:
+        recent.popitem(last=False)
+    if not msg_id:
+        return
+    if msg_id in recent:
+        await asyncio.sleep(max(0.0, _RESTORE_DUPLICATE_WINDOW_S - (now - recent.pop(msg_id))))
+    recent[msg_id] = time.monotonic()
+
+
+class BackupError(JetsourceError):
+    pass
