@@ -116,6 +116,9 @@ def _model(arg: str | None, opt: str | None, required: bool = True) -> str:
     return name
 
 
+ENSURE_HINT = "create the streams: jetsource streams ensure"
+
+
 def _fail_for(exc: BaseException, settings: ProjectorSettings) -> NoReturn:
     from jetsource.core.errors import (
         AccessDeniedError,
@@ -133,7 +136,11 @@ def _fail_for(exc: BaseException, settings: ProjectorSettings) -> NoReturn:
         output.fail(UNAVAILABLE, "timeout", str(exc))
     if isinstance(exc, admin.UsageError | UnknownModelError):
         output.fail(USAGE, "usage", str(exc))
-    if isinstance(exc, admin.AdminError | ControlError | StreamMissingError):
+    if isinstance(exc, StreamMissingError):
+        output.fail(REFUSED, "refused", str(exc), hint=ENSURE_HINT)
+    if isinstance(exc, jsapi.NoRespondersError):  # a direct get from a missing stream
+        output.fail(REFUSED, "refused", f"stream {exc} does not exist", hint=ENSURE_HINT)
+    if isinstance(exc, admin.AdminError | ControlError):
         output.fail(REFUSED, "refused", str(exc))
     if isinstance(exc, AccessDeniedError):
         output.fail(REFUSED, "access denied", str(exc))

@@ -18,27 +18,16 @@ import asyncio
 import re
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import grpc
 import typer
 
 from jetsource.cli import output as out
 from jetsource.cli.output import Mode
-from jetsource.core.errors import (
-    ConcurrencyError,
-    CorruptEventError,
-    EventStoreUnavailableError,
-    StreamMissingError,
-    ValidationError,
-)
-from jetsource.domains.sessions.catalog import load_catalog
-from jetsource.domains.sessions.connect import SessionsClient, open_sessions
-from jetsource.domains.sessions.format import format_ts
-from jetsource.domains.sessions.record import STATUSES, SessionRecord
-from jetsource.domains.sessions.service import PruneDeniedError, SessionNotFoundError
-from jetsource.domains.sessions.settings import SessionsAppSettings
-from jetsource.eventstore.bootstrap import redact_url
+
+if TYPE_CHECKING:
+    from jetsource.domains.sessions.connect import SessionsClient
+    from jetsource.domains.sessions.record import SessionRecord
 
 app = typer.Typer(
     help="Sessions: runs of commands recorded on the process ledger, and their event catalog.",
@@ -50,6 +39,11 @@ OUTPUT = typer.Option(
     None, "--output", "-o", case_sensitive=False, help="table, plain or json (overrides the global)"
 )
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
+# The record's STATUSES, for the help text: the domain's modules (protobuf, the NATS
+# client) are imported by the commands that run, not for `--help` (a unit test holds
+# the two equal).
+STATUSES = ("active", "completed", "failed", "interrupted")
+ENSURE_HINT = "create the streams: jetsource streams ensure"
 
 
 def parse_duration(text: str) -> float:
@@ -75,6 +69,20 @@ def _use(override: Mode | None) -> None:
 
 
 def _run(work: Callable[[SessionsClient], Coroutine[Any, Any, T]]) -> T:
+    import grpc
+
+    from jetsource.core.errors import (
+        CorruptEventError,
+        EventStoreUnavailableError,
+        StreamMissingError,
+        ValidationError,
+    )
+    from jetsource.domains.sessions.connect import open_sessions
+    from jetsource.domains.sessions.service import PruneDeniedError, SessionNotFoundError
+    from jetsource.domains.sessions.settings import SessionsAppSettings
+    from jetsource.eventstore.bootstrap import redact_url
+    from jetsource.eventstore.jsapi import NoRespondersError
+
     settings = SessionsAppSettings.load()
 
     async def main() -> T:
@@ -102,7 +110,11 @@ def _run(work: Callable[[SessionsClient], Coroutine[Any, Any, T]]) -> T:
         # A malformed session id (or other input the domain refuses): one line.
         field = exc.field or None
         out.fail(out.REFUSED, "INVALID_ARGUMENT", str(exc), field=field)
-    except (EventStoreUnavailableError, StreamMissingError) as exc:
+    except StreamMissingError as exc:
+        out.fail(out.UNAVAILABLE, "UNAVAILABLE", str(exc), hint=ENSURE_HINT)
+    except NoRespondersError as exc:  # a direct get from a stream that is not there
+        out.fail(out.UNAVAILABLE, "UNAVAILABLE", f"stream {exc} does not exist", hint=ENSURE_HINT)
+    except EventStoreUnavailableError as exc:
         out.fail(out.UNAVAILABLE, "UNAVAILABLE", str(exc))
     except CorruptEventError as exc:  # a poisoned session: named, with the repair
         out.fail(out.exit_code(grpc.StatusCode.DATA_LOSS), "DATA_LOSS", str(exc))
@@ -116,6 +128,8 @@ def _run(work: Callable[[SessionsClient], Coroutine[Any, Any, T]]) -> T:
 
 
 def _ts(ns: int) -> str:
+    from jetsource.domains.sessions.format import format_ts
+
     return format_ts(ns) if ns else ""
 
 
@@ -127,6 +141,8 @@ def _duration(record: SessionRecord) -> str:
 @app.command()
 def catalog(output: Mode | None = OUTPUT) -> None:
     """The event catalog: every event type with its JSON Schema (versioned)."""
+    from jetsource.domains.sessions.catalog import load_catalog
+
     _use(output)
     c = load_catalog()
     if out.mode() == Mode.json:
@@ -257,6 +273,8 @@ def prune(
     Each tree is announced by a tombstone on the ledger (the read models forget it),
     then purged from the stream with its idempotency claims; a run killed midway is
     finished by the next. Needs the pruner's NATS user (the only one allowed to purge)."""
+    from jetsource.domains.sessions.settings import SessionsAppSettings
+
     _use(output)
     age = _duration_option("--older-than", older_than) if older_than is not None else None
     interval = (
@@ -299,6 +317,7 @@ def tui(
 
     Keys: s sessions, p processes, c contexts, q quit; / to type a filter or an id."""
     from jetsource.cli.ctx import _target
+    from jetsource.domains.sessions.settings import SessionsAppSettings
     from jetsource.tui.app import run
 
     address = query or _target("query", None, None).address
@@ -321,8 +340,11 @@ def import_(
     refused naming the line (exit 1); a bad line is refused naming its line and field
     (exit 2). Nothing of the file is recorded then. Known types are checked against
     the catalog per JETSOURCE_SESSIONS__VALIDATION."""
+    from jetsource.core.errors import ConcurrencyError
+    from jetsource.domains.sessions.catalog import load_catalog
     from jetsource.domains.sessions.format import EventFormatError, SessionEvent, to_canonical
     from jetsource.domains.sessions.importing import ImportConflictError, Line, plan_import
+    from jetsource.domains.sessions.settings import SessionsAppSettings
 
     _use(output)
     settings = SessionsAppSettings.load()
