@@ -41,12 +41,19 @@ EXIT_REFUSED, EXIT_UNAVAILABLE = 1, 3
 
 
 def _fail(
-    as_json: bool, code: int, status: str, message: str, field: str | None = None
+    as_json: bool,
+    code: int,
+    status: str,
+    message: str,
+    field: str | None = None,
+    hint: str | None = None,
 ) -> NoReturn:
     """As every group: ``STATUS: message (field: x)`` on stderr, or with ``--json`` /
     ``-o json`` one JSON error document (``field`` in it), exit ``code``."""
     if as_json:
         output.set_mode(output.Mode.json)
+    if hint:
+        output.fail(code, status, message, field=field, hint=hint)
     output.fail(code, status, message, field=field)
 
 
@@ -66,7 +73,14 @@ def _run(work: Callable[[IngestSettings, Any], Awaitable[T]], as_json: bool = Fa
 
     try:
         return asyncio.run(go())
-    except (EventStoreUnavailableError, StreamMissingError, TimeoutError, OSError) as exc:
+    except StreamMissingError as exc:
+        hint = (  # the raw archive is the ingest service's own; `streams ensure` makes the rest
+            "the ingest service creates it when it starts (jetsource-ingest)"
+            if settings.omni.raw_stream in str(exc)
+            else "create the streams: jetsource streams ensure"
+        )
+        _fail(as_json, EXIT_UNAVAILABLE, "UNAVAILABLE", str(exc), hint=hint)
+    except (EventStoreUnavailableError, TimeoutError, OSError) as exc:
         reason = str(exc) or f"NATS at {settings.nats_url()} did not answer"
         _fail(as_json, EXIT_UNAVAILABLE, "UNAVAILABLE", reason)
     except (JetsourceError, ValueError) as exc:
