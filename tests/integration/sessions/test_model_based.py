@@ -30,7 +30,8 @@ with it once the read models have caught up. Pruned sessions (and every process 
 them) disappear from all of these. At the end each process read model has the digest
 of a rebuild from the stream.
 
-Runtime: about 17 s per seed (64 steps, four seeds: 70 s) on a 2-core machine.
+Runtime: about 17 s per seed (64 steps, four seeds: 70 s) on a 2-core machine; the
+first seed runs in ``make test``, all four with ``-m chaos``.
 """
 
 from __future__ import annotations
@@ -1035,11 +1036,14 @@ async def projection(settings: JetsourceSettings, unique: str) -> AsyncIterator[
     await p.close()
 
 
-# With the long runs in `make chaos`: on the whole stack under a loaded CI machine a seed
-# failed about one run in six (a retried RecordBatch past its 10 s deadline; once not
-# understood): kept out of `make test` until that is found, and said so in the README.
-@pytest.mark.chaos
-@pytest.mark.parametrize("seed", SEEDS)
+# One seed in `make test`, the others with the long runs in `make chaos`. Under load a
+# seed failed about one CI run in six: a retried RecordBatch waited out a claim's 60 s
+# lease (a request cut by its deadline right after its append left its claims pending)
+# or read the whole session to find its event; the observer does neither now (20 seeded
+# runs beside four busy loops on two cores passed after that).
+@pytest.mark.parametrize(
+    "seed", [*SEEDS[:1], *(pytest.param(s, marks=pytest.mark.chaos) for s in SEEDS[1:])]
+)
 async def test_sessions_agree_with_a_model_under_random_sequences(
     seed: int,
     stack: Stack,  # noqa: F811
