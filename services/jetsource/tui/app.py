@@ -1,7 +1,7 @@
 """`jetsource tui`: the Textual application fronting jetsource's domains.
 
-Keys: s sessions, p processes, c contexts, ? help (every key of the screen), q quit
-(each screen's main keys in its footer).
+Keys: s sessions, p processes, c contexts, m messages (omni), d dead letters, ? help
+(every key of the screen), q quit (each screen's main keys in its footer).
 Keyboard first, mouse optional, plain terminal output (works over SSH). A stack that
 is down shows a banner and is retried; nothing crashes.
 """
@@ -15,6 +15,7 @@ from textual.binding import Binding, BindingType
 
 from jetsource.domains.sessions.settings import SessionsAppSettings
 from jetsource.tui.backend import Backend
+from jetsource.tui.domain_views import DeadLettersScreen, OmniScreen
 from jetsource.tui.other_views import ContextsScreen, ProcessesScreen
 from jetsource.tui.session_view import SessionScreen, SessionsScreen
 
@@ -26,6 +27,8 @@ class JetsourceTui(App[None]):
         Binding("s", "sessions", "Sessions"),
         Binding("p", "processes", "Processes"),
         Binding("c", "contexts", "Contexts"),
+        Binding("m", "omni", "Messages"),
+        Binding("d", "dead_letters", "Dead letters"),
         Binding("question_mark,f1", "help", "Help"),
         Binding("q", "quit", "Quit"),
     ]
@@ -58,6 +61,12 @@ class JetsourceTui(App[None]):
     def action_contexts(self) -> None:
         self._switch(ContextsScreen(self.backend))
 
+    def action_omni(self) -> None:
+        self._switch(OmniScreen(self.backend, self.refresh_s))
+
+    def action_dead_letters(self) -> None:
+        self._switch(DeadLettersScreen(self.backend, self.refresh_s))
+
     def action_help(self) -> None:
         """Toggle the panel listing every key of the screen (the footer has room for
         the main ones only)."""
@@ -74,9 +83,14 @@ def run(
     settings: SessionsAppSettings | None = None,
     query_address: str | None = None,
     open_session: str = "",
+    omni_address: str | None = None,
 ) -> None:
+    """``omni_address`` unset: the ingress's gRPC port from JETSOURCE_INGEST__GRPC_HOST /
+    __GRPC_PORT (127.0.0.1:50054); the dead letters are read with the projector's
+    settings (JETSOURCE_PROJECTOR__DLQ_STREAM ...), loaded when that screen first reads."""
     settings = settings or SessionsAppSettings.load()
-    JetsourceTui(Backend(settings, query_address), open_session=open_session).run()
+    backend = Backend(settings, query_address, omni_address=omni_address)
+    JetsourceTui(backend, open_session=open_session).run()
 
 
 __all__ = ["JetsourceTui", "run"]

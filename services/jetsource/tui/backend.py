@@ -2,7 +2,10 @@
 
 Sessions and processes come from the process ledger (``jetsource.domains.sessions``);
 contexts from the context query service (GetContext, GetContextAtVersion,
-GetContextAtTime). Every call goes through here: a failure to connect or to answer is
+GetContextAtTime); messaging events and identities from the omni query service
+(``OmniQueryService`` of jetsource-ingest); dead letters from the projector's dead-letter
+stream (``jetsource.projection.admin.dlq_list``, what ``jetsource projector dlq list``
+prints). Every call goes through here: a failure to connect or to answer is
 a :class:`StackDown` with a message fit for the banner, and the next call tries again
 (the connection is opened anew after a failure).
 """
@@ -12,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nats.errors import NoRespondersError as NoResponders
 
@@ -24,6 +27,29 @@ from jetsource.domains.sessions.record import SessionRecord
 from jetsource.domains.sessions.service import SessionNotFoundError
 from jetsource.domains.sessions.settings import SessionsAppSettings
 from jetsource.eventstore.jsapi import NoRespondersError as JsNoResponders
+
+if TYPE_CHECKING:
+    from jetsource.projection.bootstrap import Projection
+    from jetsource.projection.deadletters import DeadLetter
+    from jetsource.projection.settings import ProjectorSettings
+
+# Where the omni query service is looked for when no address is given: the ingress's own
+# settings (JETSOURCE_INGEST__GRPC_HOST / __GRPC_PORT, 50054), on loopback, as the CLI
+# finds the query service from JETSOURCE_QUERY__GRPC_PORT.
+OMNI_SETTING = "JETSOURCE_INGEST__GRPC_PORT"
+
+
+def local_omni_address() -> str:
+    import os
+
+    from jetsource.ingest.settings import IngestOptions
+
+    host = os.environ.get("JETSOURCE_INGEST__GRPC_HOST", IngestOptions().grpc_host)
+    try:
+        port = int(os.environ.get(OMNI_SETTING, IngestOptions().grpc_port))
+    except ValueError:
+        port = IngestOptions().grpc_port
+    return f"{'127.0.0.1' if host in ('', '0.0.0.0', '::', '[::]') else host}:{port}"
 
 
 class StackDown(Exception):
@@ -37,9 +63,15 @@ class Backend:
         settings: SessionsAppSettings,
         query_address: str | None = None,
         connect_timeout_s: float = 3.0,
+        omni_address: str | None = None,
+        projector: ProjectorSettings | None = None,
     ) -> None:
         self.settings = settings
         self.query_address = query_address
+        self.omni_address = omni_address or local_omni_address()
+        self._projector_settings = projector
+        self._projection: Projection | None = None
+        self._omni: tuple[Any, Any, Any] | None = None  # channel, stub, metadata
         self._timeout = connect_timeout_s
         self._stack: contextlib.AsyncExitStack | None = None
         self._client: SessionsClient | None = None
@@ -87,6 +119,8 @@ class Backend:
 
     async def close(self) -> None:
         await self._drop()
+        await self._drop_omni()
+        await self._drop_projection()
         if self._query is not None:
             with contextlib.suppress(Exception):
                 await self._query.close()
@@ -184,3 +218,130 @@ class Backend:
 
     async def context_at_time(self, context_id: str, at_ns: int) -> Any:
         return await self._context_call(lambda q: q.at_time(context_id, at_ns))
+
+    # -- omni (the messaging ingress's OmniQueryService) --------------------------------
+
+    def _omni_stub(self) -> tuple[Any, Any]:
+        if self._omni is None:
+            from jetsource._gen.omni.v1 import query_pb2_grpc
+            from jetsource.client import open_channel
+
+            channel, metadata = open_channel(self.omni_address, self.settings.client)
+            self._omni = (channel, query_pb2_grpc.OmniQueryServiceStub(channel), metadata)
+        return self._omni[1], self._omni[2]
+
+    async def _drop_omni(self) -> None:
+        omni, self._omni = self._omni, None
+        if omni is not None:
+            with contextlib.suppress(Exception):
+                await omni[0].close()
+
+    async def _omni_call(self, rpc: str, request: Any) -> Any:
+        import grpc
+
+        stub, metadata = self._omni_stub()
+        try:
+            return await getattr(stub, rpc)(request, timeout=5.0, metadata=metadata)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                raise LookupError(exc.details() or exc.code().name) from exc
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                # a new channel for the next call (the old one backs off for minutes)
+                await self._drop_omni()
+            raise StackDown(
+                f"omni query service at {self.omni_address} ({OMNI_SETTING}): "
+                f"{exc.code().name} {exc.details() or ''}"
+            ) from exc
+
+    async def recent_events(self, page_size: int = 200) -> Any:
+        from jetsource._gen.omni.v1 import query_pb2 as pb
+
+        return await self._omni_call(
+            "ListRecentEvents", pb.ListRecentEventsRequest(page_size=page_size)
+        )
+
+    async def omni_event(self, event_id: str) -> Any:
+        from jetsource._gen.omni.v1 import query_pb2 as pb
+
+        return await self._omni_call(
+            "GetEvent", pb.GetEventRequest(event_id=event_id, include_raw=True)
+        )
+
+    async def identity(self, identity_id: str) -> Any:
+        from jetsource._gen.omni.v1 import query_pb2 as pb
+
+        got = await self._omni_call("GetIdentity", pb.GetIdentityRequest(identity_id=identity_id))
+        return got.identity
+
+    async def find_identity(self, provider: str, handle: str) -> Any:
+        from jetsource._gen.omni.v1 import query_pb2 as pb
+
+        got = await self._omni_call(
+            "FindIdentity", pb.FindIdentityRequest(provider=provider, external_id=handle)
+        )
+        return got.identity
+
+    # -- dead letters (the projector's dead-letter stream) -------------------------------
+
+    def projector_settings(self) -> ProjectorSettings:
+        if self._projector_settings is None:
+            from jetsource.projection.settings import ProjectorSettings
+
+            self._projector_settings = ProjectorSettings.load()
+        return self._projector_settings
+
+    async def _drop_projection(self) -> None:
+        p, self._projection = self._projection, None
+        if p is not None:
+            with contextlib.suppress(Exception):
+                await p.close()
+
+    async def _dlq_call(self, work: Any) -> Any:
+        from jetsource.eventstore.bootstrap import redact_url
+        from jetsource.projection.bootstrap import open_projection
+
+        settings = self.projector_settings()
+        where = redact_url(settings.nats_url())
+        async with self._lock:
+            if self._projection is None or not self._projection.nc.is_connected:
+                await self._drop_projection()
+                try:
+                    async with asyncio.timeout(self._timeout):
+                        self._projection = await open_projection(settings, provision=False)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                    raise StackDown(
+                        f"NATS at {where} is not reachable ({what}) (JETSOURCE_NATS__URL)"
+                    ) from exc
+            p = self._projection
+        try:
+            return await work(p)
+        except LookupError:
+            raise
+        except Exception as exc:
+            await self._drop_projection()
+            what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            raise StackDown(
+                f"reading the dead letters from NATS at {where} failed ({what})"
+            ) from exc
+
+    async def dead_letters(self) -> list[DeadLetter]:
+        """Every read model's dead letters, oldest first (``projector dlq list``)."""
+        from jetsource.projection import admin
+
+        result: list[DeadLetter] = await self._dlq_call(lambda p: admin.dlq_list(p))
+        return result
+
+    async def dead_letter(self, dlq_seq: int) -> DeadLetter:
+        """One dead letter (``projector dlq show --seq N``)."""
+
+        async def get(p: Projection) -> DeadLetter:
+            letter = await p.dead_letters.get(dlq_seq)
+            if letter is None:
+                raise LookupError(f"no dead letter with sequence {dlq_seq}")
+            return letter
+
+        result: DeadLetter = await self._dlq_call(get)
+        return result

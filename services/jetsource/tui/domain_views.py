@@ -1,0 +1,385 @@
+"""The messaging ingest (omni) and the projector's dead letters behind the TUI: each a
+table refreshed every few seconds, Enter shows one row in full below it. Both are
+read-only; a service that is not there is a banner naming it, retried on its own."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import VerticalScroll
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Input, Label, Static
+
+from jetsource.core.clock import format_rfc3339_ns
+from jetsource.tui.backend import Backend, StackDown
+from jetsource.tui.lifecycle import while_shown
+from jetsource.tui.session_view import CELL_WIDTH, Banner, styled
+from jetsource.tui.text import clean, safe
+
+# How much of a raw payload or a dead letter's event the detail shows.
+PAYLOAD_CHARS = 4000
+
+
+class ListScreen(Screen[None]):
+    """A table read every ``refresh_s`` (which is also the retry of a missing
+    service), a summary line, and a detail pane below for the row Enter selects."""
+
+    TITLE_TEXT = ""
+    COLUMNS: tuple[str, ...] = ()
+    HINT = ""
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("r", "reload", "Reload"),
+        Binding("escape", "focus_table", "Table", show=False),
+        Binding("pagedown", "page(1)", "Detail down", show=False),
+        Binding("pageup", "page(-1)", "Detail up", show=False),
+    ]
+
+    def __init__(self, backend: Backend, refresh_s: float = 2.0, screen_id: str = "") -> None:
+        super().__init__(id=screen_id)
+        self.backend = backend
+        self.refresh_s = refresh_s
+        self.loaded = 0
+        self._reading = False
+        self._shown: list[tuple[Any, ...]] | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Banner(id="banner")
+        yield Label(Text(self.TITLE_TEXT, style="bold"), id="title")
+        yield Static(Text("loading…", style="dim"), id="summary")
+        yield from self.extra()
+        yield DataTable(id="rows", cursor_type="row", zebra_stripes=True)
+        with VerticalScroll(id="detail-scroll"):
+            yield Static(Text(self.HINT, style="dim"), id="detail")
+        yield Footer()
+
+    def extra(self) -> ComposeResult:
+        yield from ()
+
+    def on_mount(self) -> None:
+        self.query_one(Banner).clear()
+        table = self.query_one("#rows", DataTable)
+        table.add_columns(*self.COLUMNS)
+        table.focus()
+        self.reload()
+        self.set_interval(self.refresh_s, self._tick)
+
+    def action_reload(self) -> None:
+        self.reload()
+
+    def action_focus_table(self) -> None:
+        self.query_one("#rows", DataTable).focus()
+
+    def action_page(self, direction: int) -> None:
+        box = self.query_one("#detail-scroll", VerticalScroll)
+        box.scroll_to(y=box.scroll_y + direction * max(box.size.height - 1, 1), animate=False)
+
+    def _tick(self) -> None:
+        if not self._reading and self.app.screen is self:
+            self.reload()
+
+    @work(group="list")
+    @while_shown
+    async def reload(self) -> None:
+        if self._reading:
+            return
+        self._reading = True
+        try:
+            banner = self.query_one(Banner)
+            try:
+                rows = await self.read()
+            except StackDown as exc:
+                banner.show(f"{exc} — retrying every {self.refresh_s:g}s")
+                return
+            banner.clear()
+            if rows != self._shown:
+                self._redraw(rows)
+            self.loaded += 1
+        finally:
+            self._reading = False
+
+    async def read(self) -> list[tuple[Any, ...]]:
+        """Rows: (key, cell, cell, ...), cells already made safe."""
+        raise NotImplementedError
+
+    def empty(self) -> str:
+        raise NotImplementedError
+
+    def _redraw(self, rows: list[tuple[Any, ...]]) -> None:
+        table = self.query_one("#rows", DataTable)
+        keep_index = table.cursor_row
+        before = self._shown or []
+        keep_key = before[keep_index][0] if 0 <= keep_index < len(before) else None
+        table.clear()
+        for key, *cells in rows:
+            table.add_row(*cells, key=str(key))
+        self._shown = rows
+        summary = self.query_one("#summary", Static)
+        if rows:
+            keys = [row[0] for row in rows]
+            index = keys.index(keep_key) if keep_key in keys else min(keep_index, len(rows) - 1)
+            table.move_cursor(row=index)
+            summary.update(Text(self.count(len(rows)), style="dim"))
+        else:
+            summary.update(Text(self.empty(), style="yellow"))
+
+    def count(self, n: int) -> str:
+        raise NotImplementedError
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        if event.data_table.id == "rows" and event.row_key.value:
+            self.show(str(event.row_key.value))
+
+    @work(exclusive=True, group="detail")
+    @while_shown
+    async def show(self, key: str) -> None:
+        try:
+            detail = await self.detail(key)
+        except StackDown as exc:
+            self.query_one(Banner).show(f"{exc} — retrying every {self.refresh_s:g}s")
+            return
+        except LookupError as exc:
+            self.notify(clean(exc, 300), severity="error")
+            return
+        self.query_one("#detail", Static).update(detail)
+        self.query_one("#detail-scroll", VerticalScroll).scroll_home(animate=False)
+
+    async def detail(self, key: str) -> Text:
+        raise NotImplementedError
+
+
+def _enum(value: Any, enum: Any, prefix: str) -> str:
+    try:
+        name: str = enum.Name(value)
+    except ValueError:
+        return str(value)
+    return name.removeprefix(prefix).lower()
+
+
+def _ts(stamp: Any) -> str:
+    if stamp is None or not (stamp.seconds or stamp.nanos):
+        return ""
+    return format_rfc3339_ns(stamp.seconds * 1_000_000_000 + stamp.nanos)
+
+
+def _line(out: Text, label: str, value: object) -> None:
+    out.append(f"{label:<14}", style="dim")
+    out.append(f"{clean(value)}\n")
+
+
+class OmniScreen(ListScreen):
+    """The messaging ingress's recent events (ListRecentEvents), newest first; Enter
+    one event (GetEvent, with its raw payload); i an identity by id or provider:handle
+    (GetIdentity / FindIdentity) with its handles."""
+
+    TITLE_TEXT = "Messages (omni)"
+    COLUMNS = ("seq", "received", "provider", "instance", "type", "direction", "sender",
+               "status")  # fmt: skip
+    HINT = "Enter: the event in full  ·  i: an identity by id or provider:handle"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        *ListScreen.BINDINGS,
+        Binding("i", "focus_identity", "Identity"),
+    ]
+
+    def __init__(self, backend: Backend, refresh_s: float = 2.0) -> None:
+        super().__init__(backend, refresh_s, "omni-screen")
+
+    def extra(self) -> ComposeResult:
+        yield Input(placeholder="identity: its id, or provider:handle, then Enter",
+                    id="identity")  # fmt: skip
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.query_one("#identity", Input).display = False
+
+    def action_focus_identity(self) -> None:
+        box = self.query_one("#identity", Input)
+        box.value = ""
+        box.display = True
+        box.focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id != "identity":
+            return
+        value = event.input.value.strip()
+        event.input.display = False
+        self.action_focus_table()
+        if value:
+            self.lookup(value)
+
+    @work(exclusive=True, group="detail")
+    @while_shown
+    async def lookup(self, value: str) -> None:
+        provider, sep, handle = value.partition(":")
+        try:
+            if sep and provider and handle:
+                found = await self.backend.find_identity(provider.strip(), handle.strip())
+            else:
+                found = await self.backend.identity(value)
+        except StackDown as exc:
+            self.query_one(Banner).show(f"{exc} — retrying every {self.refresh_s:g}s")
+            return
+        except LookupError as exc:
+            self.notify(f"identity {clean(value, 80)!r}: {clean(exc, 300)}", severity="error")
+            return
+        self.query_one("#detail", Static).update(self._identity(found))
+
+    @staticmethod
+    def _identity(ident: Any) -> Text:
+        out = Text()
+        out.append(f"Identity {clean(ident.identity_id)}\n", style="bold")
+        _line(out, "name", ident.display_name)
+        _line(out, "created by", ident.created_by)
+        if ident.merged_into:
+            _line(out, "merged into", ident.merged_into)
+        if ident.merged_from:
+            _line(out, "merged from", ", ".join(ident.merged_from))
+        out.append(f"\nHandles ({len(ident.handles)})\n", style="bold")
+        for h in ident.handles:
+            name = f"  {clean(h.display_name, CELL_WIDTH)}" if h.display_name else ""
+            where = f"  [{clean(h.instance, CELL_WIDTH)}]" if h.instance else ""
+            out.append(f"  {clean(h.provider)}:{clean(h.external_id)}{where}{name}\n")
+        return out
+
+    async def read(self) -> list[tuple[Any, ...]]:
+        from jetsource._gen.omni.v1 import events_pb2
+
+        got = await self.backend.recent_events()
+        rows = []
+        for view in got.events:
+            e = view.event
+            sender = e.sender_name or e.sender_handle
+            if e.sender_identity_id:
+                who = e.sender_identity_id
+                sender = f"{sender} ({who[:8]})" if sender else who
+            state = styled(view.status.state or "received")
+            if view.status.attempts > 1:
+                state = Text.assemble(state, (f" attempt {view.status.attempts}", "dim"))
+            rows.append(
+                (
+                    e.id,
+                    str(view.stream_seq),
+                    _ts(e.received_at),
+                    safe(e.provider, CELL_WIDTH),
+                    safe(e.instance_name, CELL_WIDTH),
+                    _enum(e.event_type, events_pb2.EventType, "EVENT_TYPE_"),
+                    _enum(e.direction, events_pb2.Direction, "DIRECTION_"),
+                    safe(sender, CELL_WIDTH),
+                    state,
+                )
+            )
+        return rows
+
+    def empty(self) -> str:
+        return (
+            "no messages in the last 24 hours: a webhook the ingress accepts "
+            "(jetsource-ingest) shows up here"
+        )
+
+    def count(self, n: int) -> str:
+        return f"{n} event{'s' if n != 1 else ''}, newest first (the last 24 hours)"
+
+    async def detail(self, key: str) -> Text:
+        from jetsource._gen.omni.v1 import events_pb2, raw_pb2
+
+        got = await self.backend.omni_event(key)
+        view, e, st = got.event, got.event.event, got.event.status
+        out = Text()
+        out.append(f"Event {clean(e.id)}  (stream seq {view.stream_seq})\n", style="bold")
+        _line(out, "provider", f"{e.provider} / {e.instance_name} ({e.provider_format})")
+        _line(out, "type", _enum(e.event_type, events_pb2.EventType, "EVENT_TYPE_"))
+        _line(out, "direction", _enum(e.direction, events_pb2.Direction, "DIRECTION_"))
+        _line(out, "sender", f"{e.sender_name} {e.sender_handle} → {e.sender_identity_id}")
+        if e.recipient_handle or e.recipient_identity_id:
+            _line(out, "recipient", f"{e.recipient_handle} → {e.recipient_identity_id}")
+        _line(out, "conversation", e.conversation_id)
+        _line(out, "received", _ts(e.received_at))
+        _line(out, "content", _enum(e.content_type, events_pb2.ContentType, "CONTENT_TYPE_"))
+        if e.content_text:
+            for text_line in e.content_text.splitlines() or [""]:
+                _line(out, "", text_line)
+        out.append("\nProcessing\n", style="bold")
+        out.append(f"{'status':<14}", style="dim")
+        out.append_text(styled(st.state or "received"))
+        out.append(f"  attempts {st.attempts}  retries {st.retry_count}\n")
+        if st.worker:
+            _line(out, "worker", st.worker)
+        if st.last_error:
+            _line(out, "last error", st.last_error)
+        if st.HasField("updated_at"):
+            _line(out, "updated", _ts(st.updated_at))
+        if got.HasField("raw"):
+            raw = got.raw
+            verdict = _enum(raw.verdict, raw_pb2.Verdict, "VERDICT_")
+            out.append(f"\nRaw payload {clean(raw.id)}\n", style="bold")
+            _line(out, "request", f"{raw.method} {raw.path} → {raw.http_status} ({verdict})")
+            _line(out, "size", f"{raw.body_size} bytes{' (cut)' if raw.body_truncated else ''}")
+            body = raw.body[:PAYLOAD_CHARS].decode("utf-8", "replace")
+            for body_line in body.splitlines():
+                out.append(f"  {clean(body_line, 200)}\n")
+            if len(raw.body) > PAYLOAD_CHARS:
+                out.append("  … (`jetsource omni raw show ID --body` prints it all)\n", "dim")
+        return out
+
+
+class DeadLettersScreen(ListScreen):
+    """The projector's dead letters of every read model (``jetsource projector dlq
+    list``), oldest first; Enter one in full (``dlq show``). Read-only: retry and
+    discard are the CLI's."""
+
+    TITLE_TEXT = "Dead letters"
+    COLUMNS = ("dlq seq", "model", "version", "stream seq", "aggregate", "tries", "filed",
+               "reason")  # fmt: skip
+    HINT = (
+        "Enter: the letter in full  ·  read-only: `jetsource projector dlq retry --seq N` "
+        "applies it again, `jetsource projector dlq discard --seq N` drops it"
+    )
+
+    def __init__(self, backend: Backend, refresh_s: float = 2.0) -> None:
+        super().__init__(backend, refresh_s, "deadletters-screen")
+
+    async def read(self) -> list[tuple[Any, ...]]:
+        letters = await self.backend.dead_letters()
+        return [
+            (
+                d.dlq_seq,
+                str(d.dlq_seq),
+                safe(d.model, CELL_WIDTH),
+                f"v{d.version}",
+                str(d.original_seq),
+                safe(d.aggregate_id, CELL_WIDTH),
+                str(d.tries),
+                format_rfc3339_ns(d.time_ns),
+                safe(d.reason, 200),
+            )
+            for d in letters
+        ]
+
+    def empty(self) -> str:
+        return "no dead letters: every read model applied every event"
+
+    def count(self, n: int) -> str:
+        return (
+            f"{n} dead letter{'s' if n != 1 else ''}, oldest first  ·  "
+            "`jetsource projector dlq retry --seq N` applies one again"
+        )
+
+    async def detail(self, key: str) -> Text:
+        d = await self.backend.dead_letter(int(key))
+        out = Text()
+        out.append(f"Dead letter {d.dlq_seq}\n", style="bold")
+        for label, value in d.summary().items():
+            _line(out, label, value)
+        out.append("\nEvent as stored\n", style="bold")
+        body = d.data[:PAYLOAD_CHARS].decode("utf-8", "replace")
+        for body_line in body.splitlines():
+            out.append(f"  {clean(body_line, 200)}\n")
+        out.append(
+            f"\nretry: jetsource projector dlq retry --seq {d.dlq_seq}   "
+            f"discard: jetsource projector dlq discard --seq {d.dlq_seq}\n",
+            style="dim",
+        )
+        return out
