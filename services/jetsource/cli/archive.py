@@ -229,7 +229,8 @@ def verify(domain: str | None = DOMAIN, timeout: float = TIMEOUT, as_json: bool 
         for name, why in report.corrupt.items():
             output.line(Text.assemble(("damaged", "red"), f" {name}: {why}"))
     if not report.passed:
-        raise typer.Exit(1)
+        names = ", ".join(sorted(report.corrupt))
+        output.fail(REFUSED, "refused", f"{len(report.corrupt)} segments damaged: {names}")
 
 
 @app.command()

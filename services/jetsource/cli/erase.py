@@ -51,5 +51,9 @@ def erase(
         )
         for problem in report.failed:
             output.line(f"  failed: {problem}")
-    if report.failed:
-        raise typer.Exit(REFUSED)
+    if report.failed:  # running it again finishes it (projection.erasure)
+        output.fail(
+            REFUSED,
+            "refused",
+            f"{len(report.failed)} read models not written again; run the same erase again",
+        )

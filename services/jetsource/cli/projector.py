@@ -422,9 +422,10 @@ def replay(
             f"{report.seconds:.1f} s"
         )
     if report.failed:
-        for seq, reason in sorted(report.failed.items()):
-            output.stderr().print(f"sequence {seq}: {reason}")
-        raise typer.Exit(REFUSED)
+        if not json_out:
+            for seq, reason in sorted(report.failed.items()):
+                output.stderr().print(f"sequence {seq}: {reason}")
+        output.fail(REFUSED, "refused", f"{len(report.failed)} events failed to re-apply")
 
 
 # -- rebuild, reset, cutover, drop, wait ------------------------------------------------
@@ -670,7 +671,8 @@ def _report(verb: str, report: admin.DlqReport, json_out: bool) -> None:
         for seq, reason in sorted(report.failed.items()):
             output.stderr().print(f"{seq}: {reason}")
     if report.failed:
-        raise typer.Exit(REFUSED)
+        seqs = ", ".join(str(seq) for seq in sorted(report.failed))
+        output.fail(REFUSED, "refused", f"{len(report.failed)} dead letters failed: {seqs}")
 
 
 SEQS = typer.Option(None, "--seq", min=1, max=U64, help="Dead-letter sequence (repeatable)")
