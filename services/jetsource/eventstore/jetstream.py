@@ -251,10 +251,7 @@ class JetStreamEventStore:
             try:
                 return await fn()
             except NoRespondersError:
-                raise StreamMissingError(
-                    f"stream {self._cfg.stream} does not exist (no responders): "
-                    "run ensure_streams() or `jetsource` provisioning first"
-                ) from None
+                raise self._stream_missing() from None
             except JsApiError as exc:
                 if exc.err_code == jsapi.ERR_STREAM_NOT_FOUND:
                     raise StreamMissingError(f"stream {self._cfg.stream} not found") from exc
@@ -745,12 +742,25 @@ class JetStreamEventStore:
 
     # -- reads --------------------------------------------------------------------
 
+    def _stream_missing(self) -> StreamMissingError:
+        return StreamMissingError(
+            f"stream {self._cfg.stream} does not exist: create it with `jetsource streams ensure`"
+        )
+
     async def _scan(self, subject: str, from_seq: int) -> AsyncIterator[RecordedEvent]:
         """Every message matching ``subject`` decoded; a message that does not decode
-        is skipped if an operator voided it, else CorruptEventError."""
-        async for raw in jsapi.direct_get_batch(
+        is skipped if an operator voided it, else CorruptEventError. A stream that is
+        not there is StreamMissingError (a direct get to it has no responders)."""
+        pages = jsapi.direct_get_batch(
             self._replies, self._cfg.stream, subject, from_seq, self._cfg.request_timeout_s
-        ):
+        )
+        while True:
+            try:
+                raw = await anext(pages)
+            except StopAsyncIteration:
+                return
+            except NoRespondersError:
+                raise self._stream_missing() from None
             try:
                 yield await self.open(raw)
             except PayloadDecodeError as exc:
