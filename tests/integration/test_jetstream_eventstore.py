@@ -214,6 +214,10 @@ async def test_missing_stream_is_a_clear_error(nc: NATS, unique: str) -> None:
         await store.append("x", [created()], NO_STREAM)
     with pytest.raises(StreamMissingError):
         await store.last_version("x")
+    # A scan (the sessions reader, replays, the archive) says the same, naming the command
+    # that creates it, not a bare "no responders" from the direct get.
+    with pytest.raises(StreamMissingError, match="jetsource streams ensure"):
+        [e async for e in store.read_all()]
     await store.close()
 
 
