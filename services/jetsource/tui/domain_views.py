@@ -15,6 +15,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Label, Static
 
 from jetsource.core.clock import format_rfc3339_ns
+from jetsource.domains.sessions.format import format_ts
 from jetsource.tui.backend import Backend, StackDown
 from jetsource.tui.lifecycle import while_shown
 from jetsource.tui.session_view import CELL_WIDTH, Banner, styled
@@ -159,10 +160,12 @@ def _enum(value: Any, enum: Any, prefix: str) -> str:
     return name.removeprefix(prefix).lower()
 
 
-def _ts(stamp: Any) -> str:
+def _ts(stamp: Any, short: bool = False) -> str:
+    """A protobuf Timestamp in full, or (``short``, for a table) to the millisecond."""
     if stamp is None or not (stamp.seconds or stamp.nanos):
         return ""
-    return format_rfc3339_ns(stamp.seconds * 1_000_000_000 + stamp.nanos)
+    ns = stamp.seconds * 1_000_000_000 + stamp.nanos
+    return format_ts(ns) if short else format_rfc3339_ns(ns)
 
 
 def _line(out: Text, label: str, value: object) -> None:
@@ -194,6 +197,10 @@ class OmniScreen(ListScreen):
     def on_mount(self) -> None:
         super().on_mount()
         self.query_one("#identity", Input).display = False
+
+    def action_focus_table(self) -> None:
+        self.query_one("#identity", Input).display = False  # Escape leaves the lookup
+        super().action_focus_table()
 
     def action_focus_identity(self) -> None:
         box = self.query_one("#identity", Input)
@@ -262,7 +269,7 @@ class OmniScreen(ListScreen):
                 (
                     e.id,
                     str(view.stream_seq),
-                    _ts(e.received_at),
+                    _ts(e.received_at, short=True),
                     safe(e.provider, CELL_WIDTH),
                     safe(e.instance_name, CELL_WIDTH),
                     _enum(e.event_type, events_pb2.EventType, "EVENT_TYPE_"),
@@ -352,7 +359,7 @@ class DeadLettersScreen(ListScreen):
                 str(d.original_seq),
                 safe(d.aggregate_id, CELL_WIDTH),
                 str(d.tries),
-                format_rfc3339_ns(d.time_ns),
+                format_ts(d.time_ns),
                 safe(d.reason, 200),
             )
             for d in letters
