@@ -5,7 +5,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from jetsource.domains.context.events import registry
-from jetsource.eventstore.memory import InMemoryEventStore, _subject_matches
+from jetsource.eventstore.jsapi import subject_matches
+from jetsource.eventstore.memory import InMemoryEventStore
 from tests.contract_eventstore import EventStoreContract
 
 
@@ -16,8 +17,8 @@ class TestInMemoryEventStore(EventStoreContract):
 
 
 def test_subject_matching() -> None:
-    assert _subject_matches("a.>", "a.b.c")
-    assert not _subject_matches("a.>", "a")
-    assert _subject_matches("a.*.c", "a.b.c")
-    assert not _subject_matches("a.*", "a.b.c")
-    assert not _subject_matches("a.b", "a.c")
+    assert subject_matches("a.>", "a.b.c")
+    assert not subject_matches("a.>", "a")
+    assert subject_matches("a.*.c", "a.b.c")
+    assert not subject_matches("a.*", "a.b.c")
+    assert not subject_matches("a.b", "a.c")

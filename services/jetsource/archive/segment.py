@@ -25,23 +25,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from jetsource.core.errors import JetsourceError
+from jetsource.eventstore.jsapi import DIRECT_GET_HEADERS
 
 MAGIC = b"JSARC1\n"
 FORMAT = 1
 _LEN = struct.Struct(">I")
 _REC = struct.Struct(">QQHII")
 # Direct-get metadata the server adds on reading: not part of the stored message.
-READ_HEADERS = frozenset(
-    {
-        "Nats-Stream",
-        "Nats-Sequence",
-        "Nats-Time-Stamp",
-        "Nats-Subject",
-        "Nats-Last-Sequence",
-        "Nats-Num-Pending",
-        "Nats-UpTo-Sequence",
-    }
-)
+READ_HEADERS = DIRECT_GET_HEADERS
 
 
 class SegmentError(JetsourceError):

@@ -155,16 +155,6 @@ async def ensure_all(settings: ProjectorSettings) -> list[Provisioned]:
 
 BACKUP_FORMAT = "jetsource-streams-backup/1"
 MANIFEST = "manifest.json"
-# Direct-get metadata, not part of the stored message.
-_GET_HEADERS = {
-    "Nats-Stream",
-    "Nats-Sequence",
-    "Nats-Time-Stamp",
-    "Nats-Subject",
-    "Nats-Last-Sequence",
-    "Nats-Num-Pending",
-    "Nats-UpTo-Sequence",
-}
 # Publish-time checks and batch markers: evaluated again on restore, they would refuse it.
 _SKIP_ON_RESTORE = ("Nats-Expected-", "Nats-Batch-", "Nats-Required-Api-Level")
 # Set by the server; refused or meaningless in a create request.
@@ -248,7 +238,7 @@ class StreamBackup:
 
 
 def _message_line(raw: jsapi.RawMessage) -> str:
-    headers = {k: v for k, v in raw.headers.items() if k not in _GET_HEADERS}
+    headers = {k: v for k, v in raw.headers.items() if k not in jsapi.DIRECT_GET_HEADERS}
     return json.dumps(
         {
             "seq": raw.seq,

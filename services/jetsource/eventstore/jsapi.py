@@ -126,6 +126,44 @@ def parse_puback(msg: Msg) -> PubAck:
     )
 
 
+# Metadata a direct get adds to a message it returns: not part of the stored message.
+DIRECT_GET_HEADERS = frozenset(
+    {
+        "Nats-Stream",
+        "Nats-Sequence",
+        "Nats-Time-Stamp",
+        "Nats-Subject",
+        "Nats-Last-Sequence",
+        "Nats-Num-Pending",
+        "Nats-UpTo-Sequence",
+    }
+)
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS subject matching: '*' is one token, '>' the rest."""
+    p, s = pattern.split("."), subject.split(".")
+    for i, token in enumerate(p):
+        if token == ">":
+            return len(s) > i
+        if i >= len(s) or token not in ("*", s[i]):
+            return False
+    return len(p) == len(s)
+
+
+def raw_of_delivery(msg: Any) -> RawMessage:
+    """A message delivered by a JetStream consumer (nats-py's ``Msg`` with its
+    metadata) as a RawMessage: the same shape a direct get returns."""
+    meta = msg.metadata
+    return RawMessage(
+        subject=msg.subject,
+        seq=meta.sequence.stream,
+        time_ns=int(meta.timestamp.timestamp() * 1e9),
+        headers=dict(msg.headers or {}),
+        data=msg.data,
+    )
+
+
 def _raw(msg: Msg) -> RawMessage:
     h = msg.headers or {}
     return RawMessage(

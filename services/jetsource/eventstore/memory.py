@@ -22,17 +22,7 @@ from jetsource.core.errors import (
 from jetsource.core.ids import validate_aggregate_id
 from jetsource.core.settings import EventStoreSettings
 from jetsource.eventstore.common import check_append, check_read, stored_envelope
-
-
-def _subject_matches(pattern: str, subject: str) -> bool:
-    """NATS subject matching: '*' is one token, '>' the rest."""
-    p, s = pattern.split("."), subject.split(".")
-    for i, token in enumerate(p):
-        if token == ">":
-            return len(s) > i
-        if i >= len(s) or token not in ("*", s[i]):
-            return False
-    return len(p) == len(s)
+from jetsource.eventstore.jsapi import subject_matches
 
 
 class InMemoryEventStore:
@@ -137,7 +127,7 @@ class InMemoryEventStore:
         for subject, record in list(self._log[max(from_seq, 1) - 1 :]):
             if to_seq is not None and record.stream_seq > to_seq:
                 return
-            if subject_filter is None or _subject_matches(subject_filter, subject):
+            if subject_filter is None or subject_matches(subject_filter, subject):
                 yield record
 
     async def last_version(self, aggregate_id: str) -> int:

@@ -285,7 +285,7 @@ class Worker:
             records = [
                 record
                 for raw in window
-                if any(_subject_matches(s, raw.subject) for s in self._subjects)
+                if any(jsapi.subject_matches(s, raw.subject) for s in self._subjects)
                 and (record := await self._window_record(raw)) is not None
             ]
             judged += len(records)
@@ -783,14 +783,3 @@ class Worker:
         BATCH_SECONDS.labels(*self._labels).observe(seconds)
         LAG.labels(*self._labels).set(last.pending)
         CHECKPOINT.labels(*self._labels).set(s.last_seq)
-
-
-def _subject_matches(pattern: str, subject: str) -> bool:
-    """NATS subject matching: '*' is one token, '>' the rest."""
-    p, s = pattern.split("."), subject.split(".")
-    for i, token in enumerate(p):
-        if token == ">":
-            return len(s) > i
-        if i >= len(s) or token not in ("*", s[i]):
-            return False
-    return len(p) == len(s)

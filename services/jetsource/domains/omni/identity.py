@@ -69,7 +69,7 @@ from jetsource.domains.omni.events import (
 from jetsource.domains.omni.settings import OmniOptions
 from jetsource.eventstore import jsapi
 from jetsource.eventstore.jetstream import JetStreamEventStore
-from jetsource.eventstore.jsapi import JsApiError, OutMessage, RawMessage
+from jetsource.eventstore.jsapi import JsApiError, OutMessage
 
 log = logging.getLogger("jetsource.omni.identity")
 MAX_EXTERNAL_ID = 256
@@ -353,14 +353,7 @@ class IdentityService:
             log.warning("reading the handles bucket: %s", exc)
         while self._worker is me:
             msg = await queue.get()
-            meta = msg.metadata
-            raw = RawMessage(
-                subject=msg.subject,
-                seq=meta.sequence.stream,
-                time_ns=int(meta.timestamp.timestamp() * 1e9),
-                headers=dict(msg.headers or {}),
-                data=msg.data,
-            )
+            raw = jsapi.raw_of_delivery(msg)
             for delay in (0.1, 0.5, 1, 2, 5, 5, 5, 5, 5, 5):
                 try:
                     await self.settle_from(await self._store.open(raw))

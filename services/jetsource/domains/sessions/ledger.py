@@ -353,7 +353,7 @@ class LedgerReader:
     async def follow(self, session_id: str, after_seq: int = 0) -> AsyncIterator[Recorded]:
         from nats.js.api import ConsumerConfig, DeliverPolicy
 
-        from jetsource.eventstore.jsapi import RawMessage
+        from jetsource.eventstore.jsapi import raw_of_delivery
 
         backlog = await self._store.read_aggregate(session_id, from_version=after_seq + 1)
         start = 1
@@ -394,14 +394,7 @@ class LedgerReader:
 
                         raise SessionNotFoundError(f"session {session_id!r} not found") from None
                     known = True
-                meta = msg.metadata
-                raw = RawMessage(
-                    subject=msg.subject,
-                    seq=meta.sequence.stream,
-                    time_ns=int(meta.timestamp.timestamp() * 1e9),
-                    headers=dict(msg.headers or {}),
-                    data=msg.data,
-                )
+                raw = raw_of_delivery(msg)
                 record = await self._live(session_id, raw, after_seq)
                 if record is None:
                     continue  # already delivered from the backlog, or voided
