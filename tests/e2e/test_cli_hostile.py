@@ -122,6 +122,8 @@ ROWS: list[tuple[list[str], int, str]] = [
     (["ctx", "create", "c1", "--title", "T", "--timeout", "inf"], USAGE, "--timeout"),
     (["ctx", "watch", "c1", "--timeout", "nan"], USAGE, "--timeout"),
     (["ctx", "create", "c1", "--title", "T", "--publisher", ""], USAGE, "--publisher"),
+    (["tui", "--omni", ""], USAGE, "--omni"),
+    (["tui", "--omni", "a b:1"], USAGE, "--omni"),
     (["ctx", "show", "c1", "--query", " "], USAGE, "--query"),
     (["ctx", "show", "c1", "--at", "2026-13-45"], USAGE, "--at"),
     (["ctx", "show", "c1", "--at", ""], USAGE, "--at"),

@@ -31,8 +31,9 @@ class _Root(LazyGroup):
     entries = {  # noqa: RUF012
         "tui": Entry(
             "jetsource.cli.sessions:tui",
-            "The terminal UI: sessions (live follow, replay), processes, contexts.\n\n"
-            "Keys: s sessions, p processes, c contexts, q quit; / to type a filter or an id.",
+            "The terminal UI: sessions, processes, contexts, messages, dead letters.\n\n"
+            "Keys: s sessions, p processes, c contexts, m messages, d dead letters, ? every "
+            "key, q quit; / to type a filter or an id.",
             group=False,
         ),
         "erase": Entry(

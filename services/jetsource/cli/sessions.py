@@ -312,16 +312,23 @@ def tui(
     query: str = typer.Option(
         None, "--query", help="context query service host:port (default: the CLI's)"
     ),
+    omni: str = typer.Option(
+        None,
+        "--omni",
+        help="omni query service host:port (default: JETSOURCE_INGEST__GRPC_PORT, 50054)",
+    ),
 ) -> None:
-    """The terminal UI: sessions (live follow, replay), processes, contexts.
+    """The terminal UI: sessions, processes, contexts, messages, dead letters.
 
-    Keys: s sessions, p processes, c contexts, q quit; / to type a filter or an id."""
+    Keys: s sessions, p processes, c contexts, m messages, d dead letters, ? every key, q quit; / to type a filter or an id."""  # noqa: E501
     from jetsource.cli.ctx import _target
     from jetsource.domains.sessions.settings import SessionsAppSettings
     from jetsource.tui.app import run
 
     address = query or _target("query", None, None).address
-    run(SessionsAppSettings.load(), address, open_session=session_id)
+    if omni is not None and (not omni.strip() or " " in omni):
+        raise typer.BadParameter("host:port, no spaces", param_hint="'--omni'")
+    run(SessionsAppSettings.load(), address, open_session=session_id, omni_address=omni)
 
 
 @app.command("import")
