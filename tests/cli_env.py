@@ -7,9 +7,11 @@ output)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from typing import Any
 
 from jetsource.core.settings import EventStoreSettings
 
@@ -62,3 +64,15 @@ def jetsource(
         timeout=timeout,
         check=False,
     )
+
+
+def streams(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``jetsource streams ARGS`` in ``env`` (a backup or restore may take a while)."""
+    return jetsource(env, "streams", *args, timeout=180)
+
+
+def streams_json(env: dict[str, str], *args: str) -> Any:
+    """``jetsource streams ARGS --json``, which must succeed: its JSON document."""
+    run = streams(env, *args, "--json")
+    assert run.returncode == 0, run.stdout + run.stderr
+    return json.loads(run.stdout)

@@ -20,7 +20,7 @@ import os
 import signal
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,6 +152,18 @@ def _container(image: str, port: int, command: str | None = None, **env: str) ->
         if key in image:
             wait_for_logs(container, message, timeout=120)
     return container, f"{container.get_container_host_ip()}:{container.get_exposed_port(port)}"
+
+
+def second_nats(tmp: Path) -> Iterator[Server]:
+    """A second, empty nats-server to restore into (a test given an external NATS has
+    none: skipped, saying so); stopped afterwards."""
+    import pytest
+
+    server = start_nats(tmp / "second")
+    if server.url == os.environ.get("JETSOURCE_TEST_NATS_URL"):
+        pytest.skip("an external NATS: no second, empty server to restore into")
+    yield server
+    server.stop()
 
 
 def start_nats(tmp: Path) -> Server:

@@ -8,8 +8,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,8 @@ from jetsource.core.settings import EventStoreSettings
 from jetsource.domains.context.events import registry
 from jetsource.eventstore import jsapi
 from jetsource.eventstore.jetstream import JetStreamEventStore
+from tests.cli_env import streams as cli
+from tests.cli_env import streams_json as ok
 from tests.eventstore_fixtures import created, decision
 from tests.infra import Server, start_nats
 
@@ -49,22 +49,6 @@ def environment(url: str, unique: str) -> dict[str, str]:
 
 
 CONTEXT = ("events", "snapshots", "dead-letters")
-
-
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "jetsource", "streams", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def ok(env: dict[str, str], *args: str) -> Any:
-    run = cli(env, *args, "--json")
-    assert run.returncode == 0, run.stdout + run.stderr
-    return json.loads(run.stdout)
 
 
 async def fill(env: dict[str, str], unique: str) -> None:

@@ -7,13 +7,9 @@ discards, horizons, claims) when the stream has gaps (compaction, purged subject
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import subprocess
-import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -24,7 +20,9 @@ from jetsource.projection import admin
 from jetsource.projection.bootstrap import Projection, open_projection
 from jetsource.projection.runtime import Worker
 from jetsource.projection.settings import ProjectorSettings
-from tests.infra import Server, start_nats
+from tests.cli_env import streams as cli
+from tests.cli_env import streams_json as ok
+from tests.infra import Server, second_nats
 from tests.projector_fixtures import projector_settings
 
 pytestmark = pytest.mark.integration
@@ -47,29 +45,9 @@ def environment(s: ProjectorSettings, url: str) -> dict[str, str]:
     }
 
 
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "jetsource", "streams", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-
-
-def ok(env: dict[str, str], *args: str) -> Any:
-    run = cli(env, *args, "--json")
-    assert run.returncode == 0, run.stdout + run.stderr
-    return json.loads(run.stdout)
-
-
 @pytest.fixture
-def fresh(tmp_path: Path) -> Any:
-    server = start_nats(tmp_path / "fresh")
-    if server.url == os.environ.get("JETSOURCE_TEST_NATS_URL"):
-        pytest.skip("an external NATS: no second, empty server to restore into")
-    yield server
-    server.stop()
+def fresh(tmp_path: Path) -> Iterator[Server]:
+    yield from second_nats(tmp_path)
 
 
 @pytest.fixture

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,8 +20,10 @@ from jetsource.core.settings import EventStoreSettings
 from jetsource.domains.context.events import registry
 from jetsource.eventstore import jsapi
 from jetsource.eventstore.jetstream import JetStreamEventStore
+from tests.cli_env import streams as cli
+from tests.cli_env import streams_json as ok
 from tests.eventstore_fixtures import created, decision
-from tests.infra import Server, start_nats
+from tests.infra import Server, second_nats
 
 pytestmark = pytest.mark.integration
 
@@ -45,29 +45,9 @@ def environment(url: str, unique: str) -> dict[str, str]:
     }
 
 
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "jetsource", "streams", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-
-
-def ok(env: dict[str, str], *args: str) -> Any:
-    run = cli(env, *args, "--json")
-    assert run.returncode == 0, run.stdout + run.stderr
-    return json.loads(run.stdout)
-
-
 @pytest.fixture
 def fresh(tmp_path: Path) -> Iterator[Server]:
-    server = start_nats(tmp_path / "fresh")
-    if server.url == os.environ.get("JETSOURCE_TEST_NATS_URL"):
-        pytest.skip("an external NATS: no second, empty server to restore into")
-    yield server
-    server.stop()
+    yield from second_nats(tmp_path)
 
 
 async def compacted(env: dict[str, str], unique: str) -> None:
