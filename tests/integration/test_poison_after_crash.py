@@ -89,8 +89,17 @@ async def open_case(name: str, settings: JetsourceSettings, unique: str) -> tupl
     return p, omni_case(p.domain_store("omni"), aggregate_id, seed)
 
 
+# One model of each domain (and the partitioned one) in `make test`; the others, which
+# take the same path through the worker, in `make chaos` (each case waits out ack waits).
+IN_MAKE_TEST = {"context", "processes", OMNI_IDENTITIES, PARTITIONED}
+
+
 @pytest.fixture(
-    params=[*CONTEXT_MODELS, *sorted(PROCESS_MODELS), OMNI_EVENTS, OMNI_IDENTITIES, PARTITIONED]
+    params=[
+        name if name in IN_MAKE_TEST else pytest.param(name, marks=pytest.mark.chaos)
+        for name in (*CONTEXT_MODELS, *sorted(PROCESS_MODELS), OMNI_EVENTS, OMNI_IDENTITIES)
+    ]
+    + [PARTITIONED]
 )
 async def case(
     request: pytest.FixtureRequest, settings: JetsourceSettings, unique: str
