@@ -110,9 +110,14 @@ def bind_http(
 
 def bind_socket(what: str, host: str, port: int, setting: str | None = None) -> socket.socket:
     """A TCP socket bound to ``host:port`` (not listening yet: an asyncio server, e.g.
-    uvicorn's, listens on it), or :class:`ListenError` as :func:`bind_http`."""
+    uvicorn's, listens on it), or :class:`ListenError` as :func:`bind_http`.
+
+    The protocol is named (IPPROTO_TCP, not 0): asyncio turns Nagle's algorithm off
+    only on accepted sockets whose ``proto`` says TCP, and with it on every answer
+    written in two parts (headers, then body) waited about 40 ms for the client's
+    delayed ACK."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
