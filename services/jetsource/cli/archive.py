@@ -70,7 +70,7 @@ def _run(
     from nats import errors as nats_errors
 
     from jetsource.cli.streams import NatsUnreachableError, wait_for_nats
-    from jetsource.core.errors import JetsourceError
+    from jetsource.core.errors import JetsourceError, StreamMissingError
     from jetsource.eventstore import jsapi
     from jetsource.eventstore.bootstrap import redact_url
     from jetsource.projection.bootstrap import open_projection
@@ -104,6 +104,8 @@ def _run(
         )
     except TimeoutError:
         output.fail(UNAVAILABLE, "timeout", f"not done within --timeout {timeout:g} s")
+    except (StreamMissingError, jsapi.NoRespondersError) as exc:  # as in every group: exit 1
+        output.missing("refused", output.stream_named(str(exc)) or str(exc))
     except (JetsourceError, jsapi.JsApiError, nats_errors.Error, OSError, ValueError) as exc:
         output.fail(REFUSED, "refused", str(exc) or type(exc).__name__)
 
@@ -133,6 +135,7 @@ def compact(domain: str | None = DOMAIN, timeout: float = TIMEOUT, as_json: bool
         from jetsource.archive.history import open_archive
 
         store = _store(p, domain)
+        await store.stream_info()  # a missing stream is said as such
         archive = open_archive(s, store.settings.stream)
         archiver = Archiver(
             store, p.snapshots, archive, _schema(p, domain), s.archive.segment_events
@@ -168,6 +171,7 @@ def export(
         from jetsource.archive.history import open_archive
 
         store = _store(p, domain)
+        await store.stream_info()  # a missing stream is said as such
         archive = open_archive(s, store.settings.stream)
         return await Archiver(store, None, archive, None, s.archive.segment_events).export(
             from_seq, to_seq

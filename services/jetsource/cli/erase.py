@@ -38,7 +38,12 @@ def erase(
     if not yes:
         output.fail(USAGE, "usage", "erasing personal data cannot be undone: add --yes to confirm")
     with _progress("erasing") as update:
-        report = _run(lambda p: erase_subject(p, subject, progress=update))
+        # Every domain's event stream must exist: against a NATS without them (the
+        # wrong server?) "key already gone, 0 events scanned" read as an erasure done.
+        report = _run(
+            lambda p: erase_subject(p, subject, progress=update),
+            lambda p: [store.settings.stream for store in p.stores.values()],
+        )
     if json_out:
         output.emit_json(report.summary())
     else:

@@ -5,7 +5,7 @@
   identities across providers (event-sourced; every ingress's cache follows).
 
 ``--json`` prints one JSON document. Exit codes: 0 ok, 1 refused (bad input, not
-found), 3 NATS unavailable.
+found, a stream or the handles bucket missing), 3 NATS unavailable.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def _fail(
 
 def _run(work: Callable[[IngestSettings, Any], Awaitable[T]], as_json: bool = False) -> T:
     from jetsource.domains.omni.identity import IdentityNotFoundError
-    from jetsource.eventstore.bootstrap import connect, release
+    from jetsource.eventstore.bootstrap import connect, redact_url, release
     from jetsource.ingest.settings import IngestSettings
 
     settings = IngestSettings.load()
@@ -74,19 +74,49 @@ def _run(work: Callable[[IngestSettings, Any], Awaitable[T]], as_json: bool = Fa
     try:
         return asyncio.run(go())
     except StreamMissingError as exc:
-        hint = (  # the raw archive is the ingest service's own; `streams ensure` makes the rest
-            "the ingest service creates it when it starts (jetsource-ingest)"
-            if settings.omni.raw_stream in str(exc)
-            else "create the streams: jetsource streams ensure"
-        )
-        _fail(as_json, EXIT_UNAVAILABLE, "UNAVAILABLE", str(exc), hint=hint)
+        if as_json:
+            output.set_mode(output.Mode.json)
+        name = output.stream_named(str(exc)) or settings.omni.raw_stream
+        # The raw archive is the ingest service's own; `streams ensure` makes the rest.
+        hint = output.INGEST_HINT if name == settings.omni.raw_stream else output.ENSURE_HINT
+        output.missing("FAILED_PRECONDITION", name, hint)
+    except _BucketMissing as exc:
+        if as_json:
+            output.set_mode(output.Mode.json)
+        output.missing("FAILED_PRECONDITION", exc.bucket, exc.hint, what="bucket")
     except (EventStoreUnavailableError, TimeoutError, OSError) as exc:
-        reason = str(exc) or f"NATS at {settings.nats_url()} did not answer"
-        _fail(as_json, EXIT_UNAVAILABLE, "UNAVAILABLE", reason)
+        reason = str(exc) or f"NATS at {redact_url(settings.nats_url())} did not answer"
+        _fail(as_json, EXIT_UNAVAILABLE, "UNAVAILABLE", reason, hint="JETSOURCE_NATS__URL")
     except (JetsourceError, ValueError) as exc:
         field = getattr(exc, "field", None)
         status = "NOT_FOUND" if isinstance(exc, IdentityNotFoundError) else "INVALID_ARGUMENT"
         _fail(as_json, EXIT_REFUSED, status, str(exc), field)
+
+
+class _BucketMissing(Exception):
+    def __init__(self, bucket: str, hint: str) -> None:
+        super().__init__(bucket)
+        self.bucket, self.hint = bucket, hint
+
+
+HANDLES_HINT = (
+    "no handle was ever recorded here: the ingest service (jetsource-ingest) creates it "
+    "when it starts, as `jetsource omni identity create` or `link` does"
+)
+
+
+async def _require_handles(settings: IngestSettings, nc: Any) -> None:
+    """The handles bucket must exist before a read of it: the identity service would
+    create it (a read that changes something) and answer "no identity has the handle"
+    for every handle, as if it were unknown."""
+    from nats.js.errors import NotFoundError
+
+    bucket = settings.omni.identity_bucket
+    js = nc.jetstream(timeout=settings.eventstore.request_timeout_s)
+    try:
+        await js.stream_info(f"KV_{bucket}")
+    except NotFoundError:
+        raise _BucketMissing(bucket, HANDLES_HINT) from None
 
 
 def _identities(settings: IngestSettings, nc: Any) -> IdentityService:
@@ -223,7 +253,16 @@ def identity_handles(
     """The handles that resolve to IDENTITY_ID now."""
 
     async def work(settings: IngestSettings, nc: Any) -> list[tuple[str, str]]:
-        return await _identities(settings, nc).handles_of(identity_id)
+        from jetsource.core.errors import ValidationError
+        from jetsource.domains.omni.events import is_identity
+
+        service = _identities(settings, nc)
+        if not is_identity(identity_id):  # bad input first, as the service says it
+            raise ValidationError(
+                f"identity_id {identity_id[:80]!r} is not an identity id", field="identity_id"
+            )
+        await _require_handles(settings, nc)
+        return await service.handles_of(identity_id)
 
     handles = _run(work, as_json)
     names = [f"{p}:{x}" for p, x in handles]
@@ -239,7 +278,12 @@ def identity_resolve(
     """Which identity a handle resolves to (nothing is created)."""
 
     async def work(settings: IngestSettings, nc: Any) -> str | None:
-        return await _identities(settings, nc).lookup(provider, external_id)
+        from jetsource.domains.omni.identity import check_handle
+
+        service = _identities(settings, nc)
+        check_handle(provider, external_id)  # bad input first: a usage answer, as before
+        await _require_handles(settings, nc)
+        return await service.lookup(provider, external_id)
 
     found = _run(work, as_json)
     if found is None:

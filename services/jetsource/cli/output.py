@@ -6,7 +6,9 @@ not a terminal), ``json`` writes one JSON document (or one per line for streams)
 User data is never read as Rich markup. Errors go to stderr.
 
 Exit codes: 0 ok, 1 refused by the server, 2 usage, 3 unavailable (not reachable,
-timed out, overloaded: retry with the same idempotency key), 130 interrupted.
+timed out, overloaded: retry with the same idempotency key), 130 interrupted. A stream
+or bucket that does not exist is 1 in every group (``missing``): retrying will not
+help until what creates it has run.
 """
 
 from __future__ import annotations
@@ -292,6 +294,32 @@ def fail(code: int, status: str, message: str, **extra: Any) -> NoReturn:
             console.print(hint)
     sys.stderr.flush()
     raise typer.Exit(code)
+
+
+ENSURE_HINT = "create the streams: jetsource streams ensure"
+INGEST_HINT = "the ingest service creates it when it starts (jetsource-ingest)"
+
+
+def missing(
+    status: str, names: str | Sequence[str], hint: str = ENSURE_HINT, what: str = "stream"
+) -> NoReturn:
+    """Streams (or a bucket) the command needs do not exist: the same answer in every
+    group, exit 1 (REFUSED: retrying will not help until ``hint`` is done), naming them
+    (``missing``, a list, in JSON) and what creates them. ``status``: the group's code
+    word (``FAILED_PRECONDITION`` where codes are gRPC names, ``refused`` in the admin
+    groups)."""
+    names = [names] if isinstance(names, str) else list(names)
+    said = f"{what} {names[0]} does not exist"
+    if len(names) > 1:
+        said = f"{what}s {', '.join(names)} do not exist"
+    fail(REFUSED, status, said, hint=hint, missing=names)
+
+
+def stream_named(text: str) -> str | None:
+    """The stream a ``StreamMissingError`` / ``NoRespondersError`` text names: ``stream
+    X not found``, ``stream X does not exist: ...`` or the bare name."""
+    match = re.match(r"(?:stream )?([A-Za-z0-9_-]+)(?: |:|$)", text.strip())
+    return match.group(1) if match else None
 
 
 def exit_code(code: grpc.StatusCode) -> int:

@@ -116,9 +116,6 @@ def _model(arg: str | None, opt: str | None, required: bool = True) -> str:
     return name
 
 
-ENSURE_HINT = "create the streams: jetsource streams ensure"
-
-
 def _fail_for(exc: BaseException, settings: ProjectorSettings) -> NoReturn:
     from jetsource.core.errors import (
         AccessDeniedError,
@@ -130,21 +127,26 @@ def _fail_for(exc: BaseException, settings: ProjectorSettings) -> NoReturn:
     from jetsource.eventstore.bootstrap import redact_url
     from jetsource.projection import admin
     from jetsource.projection.bootstrap import UnknownModelError
+    from jetsource.projection.contract import TransientError
     from jetsource.projection.control import ControlError
 
     if isinstance(exc, admin.WaitTimeout):
         output.fail(UNAVAILABLE, "timeout", str(exc))
     if isinstance(exc, admin.UsageError | UnknownModelError):
         output.fail(USAGE, "usage", str(exc))
-    if isinstance(exc, StreamMissingError):
-        output.fail(REFUSED, "refused", str(exc), hint=ENSURE_HINT)
-    if isinstance(exc, jsapi.NoRespondersError):  # a direct get from a missing stream
-        output.fail(REFUSED, "refused", f"stream {exc} does not exist", hint=ENSURE_HINT)
+    # A missing stream (a direct get from one: NoResponders): as in every group, exit 1.
+    if isinstance(exc, StreamMissingError | jsapi.NoRespondersError):
+        name = output.stream_named(str(exc))
+        if name:
+            output.missing("refused", name)
+        output.fail(REFUSED, "refused", str(exc), hint=output.ENSURE_HINT)
+    if isinstance(exc, jsapi.JsApiError) and exc.err_code == jsapi.ERR_STREAM_NOT_FOUND:
+        output.fail(REFUSED, "refused", f"a stream does not exist ({exc})", hint=output.ENSURE_HINT)
     if isinstance(exc, admin.AdminError | ControlError):
         output.fail(REFUSED, "refused", str(exc))
     if isinstance(exc, AccessDeniedError):
         output.fail(REFUSED, "access denied", str(exc))
-    if isinstance(exc, TimeoutError | EventStoreUnavailableError | OSError):
+    if isinstance(exc, TimeoutError | EventStoreUnavailableError | OSError | TransientError):
         output.fail(
             UNAVAILABLE,
             "unavailable",
@@ -157,7 +159,36 @@ def _fail_for(exc: BaseException, settings: ProjectorSettings) -> NoReturn:
     raise exc
 
 
-def _run(work: Callable[[Projection], Awaitable[T]]) -> T:
+def _model_stream(name: str) -> Callable[[Projection], list[str]]:
+    """The event stream of model ``name`` (for ``_run``'s ``need``)."""
+    return lambda p: [p.store_for(name).settings.stream]
+
+
+def _dlq_stream(p: Projection) -> list[str]:
+    return [p.dead_letters.stream]
+
+
+async def _require(p: Projection, streams: list[str]) -> None:
+    """Each stream exists, else ``StreamMissingError`` naming it: before a command
+    reads (or writes) anything, so a missing one is said as such, not as "0 dead
+    letters" or a bare JetStream 404."""
+    from nats.js.errors import NotFoundError
+
+    from jetsource.core.errors import StreamMissingError
+
+    js = p.nc.jetstream(timeout=p.store.settings.request_timeout_s)
+    for stream in streams:
+        try:
+            await js.stream_info(stream)
+        except NotFoundError:
+            raise StreamMissingError(f"stream {stream} does not exist") from None
+
+
+def _run(
+    work: Callable[[Projection], Awaitable[T]],
+    need: Callable[[Projection], list[str]] | None = None,
+) -> T:
+    """``work`` on an open projection; the streams ``need`` names must exist first."""
     from jetsource.eventstore.bootstrap import redact_url
     from jetsource.projection.bootstrap import open_projection
 
@@ -172,6 +203,8 @@ def _run(work: Callable[[Projection], Awaitable[T]]) -> T:
                 f"NATS at {redact_url(settings.nats_url())} did not answer within {connect_s:g} s"
             ) from None
         try:
+            if need is not None:
+                await _require(p, need(p))
             return await work(p)
         finally:
             await p.close()
@@ -325,8 +358,19 @@ def status(as_json: bool = JSON) -> None:
                 for r in rows
             ),
         )
+    # A stream that does not exist: the report stays on stdout, the error names it
+    # (exit 1, as a missing stream is in every group); a store that did not answer: 3.
+    missing = sorted({r["stream"] for r in rows if _stream_missing(r)})
+    if missing:
+        output.missing("refused", missing)
     if any(r["state"] == "unavailable" for r in rows):
         raise typer.Exit(UNAVAILABLE)
+
+
+def _stream_missing(row: dict[str, Any]) -> bool:
+    return row["state"] == "unavailable" and str(row.get("error", "")).startswith(
+        ("StreamMissingError", "NoRespondersError")
+    )
 
 
 # -- replay -----------------------------------------------------------------------------
@@ -402,7 +446,8 @@ def replay(
                 event_types=types,
                 actor=actor,
                 run_id=run_id,
-            )
+            ),
+            _model_stream(name),
         )
     if not report.events:
         where = ", ".join(f"{k}={v}" for k, v in report.selectors.items())
@@ -470,7 +515,8 @@ def rebuild(
     name = _model(model_arg, model_opt)
     with _progress(f"building {name} v{to_version}") as update:
         report = _run(
-            lambda p: admin.rebuild(p, name, to_version, progress=update, workers=workers)
+            lambda p: admin.rebuild(p, name, to_version, progress=update, workers=workers),
+            _model_stream(name),
         )
     if json_out:
         output.emit_json(_built(report))
@@ -506,7 +552,7 @@ def reset(
             f"reset empties the active version of {name} and rebuilds it: add --yes to confirm",
         )
     with _progress(f"resetting {name}") as update:
-        report = _run(lambda p: admin.reset(p, name, progress=update))
+        report = _run(lambda p: admin.reset(p, name, progress=update), _model_stream(name))
     if json_out:
         output.emit_json(_built(report, reset=True))
         return
@@ -535,7 +581,9 @@ def cutover(
 
     json_out = _json(as_json)
     name = _model(model_arg, model_opt)
-    result = _run(lambda p: admin.cutover(p, name, to_version, drop_old, max_lag))
+    result = _run(
+        lambda p: admin.cutover(p, name, to_version, drop_old, max_lag), _model_stream(name)
+    )
     if json_out:
         output.emit_json(result)
         return
@@ -555,7 +603,7 @@ def drop(
 
     json_out = _json(as_json)
     name = _model(model_arg, model_opt)
-    removed = _run(lambda p: admin.drop(p, name, version))
+    removed = _run(lambda p: admin.drop(p, name, version), _model_stream(name))
     if json_out:
         output.emit_json({"model": name, "version": version, "removed": removed})
         return
@@ -577,7 +625,7 @@ def wait(
 
     json_out = _json(as_json)
     name = _model(model_arg, model_opt)
-    result = _run(lambda p: admin.wait(p, name, version, timeout))
+    result = _run(lambda p: admin.wait(p, name, version, timeout), _model_stream(name))
     if json_out:
         output.emit_json(result)
         return
@@ -602,7 +650,7 @@ def dlq_list(
 
     json_out = _json(as_json)
     name = _model(None, model, required=False) or None
-    letters = _run(lambda p: admin.dlq_list(p, name, aggregate))
+    letters = _run(lambda p: admin.dlq_list(p, name, aggregate), _dlq_stream)
     if json_out:
         output.emit_json([d.summary() for d in letters])
         return
@@ -655,7 +703,7 @@ def dlq_show(
         out["data_hex"] = letter.data[:512].hex()
         return out
 
-    output.emit_json(_run(get))
+    output.emit_json(_run(get, _dlq_stream))
 
 
 def _report(verb: str, report: admin.DlqReport, json_out: bool) -> None:
@@ -691,7 +739,9 @@ def dlq_retry(
     json_out = _json(as_json)
     name = _model(None, model, required=False) or None
     with _progress("retrying dead letters") as update:
-        report = _run(lambda p: admin.dlq_retry(p, name, aggregate, seqs, progress=update))
+        report = _run(
+            lambda p: admin.dlq_retry(p, name, aggregate, seqs, progress=update), _dlq_stream
+        )
     _report("applied", report, json_out)
 
 
@@ -714,4 +764,5 @@ def dlq_discard(
         if json_out or not sys.stdin.isatty():
             output.fail(USAGE, "usage", "discarding cannot be undone: add --yes to confirm")
         typer.confirm("Discard these dead letters for good?", abort=True)
-    _report("discarded", _run(lambda p: admin.dlq_discard(p, name, aggregate, seqs)), json_out)
+    report = _run(lambda p: admin.dlq_discard(p, name, aggregate, seqs), _dlq_stream)
+    _report("discarded", report, json_out)

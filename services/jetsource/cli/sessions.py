@@ -43,7 +43,6 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
 # client) are imported by the commands that run, not for `--help` (a unit test holds
 # the two equal).
 STATUSES = ("active", "completed", "failed", "interrupted")
-ENSURE_HINT = "create the streams: jetsource streams ensure"
 
 
 def parse_duration(text: str) -> float:
@@ -96,6 +95,7 @@ def _run(work: Callable[[SessionsClient], Coroutine[Any, Any, T]]) -> T:
                 "UNAVAILABLE",
                 f"NATS at {redact_url(settings.nats_url())} did not answer: "
                 f"{str(exc) or f'no connection within {settings.nats.connect_timeout_s + 1:g} s'}",
+                hint="JETSOURCE_NATS__URL",
             )
         try:
             return await work(client)
@@ -110,10 +110,8 @@ def _run(work: Callable[[SessionsClient], Coroutine[Any, Any, T]]) -> T:
         # A malformed session id (or other input the domain refuses): one line.
         field = exc.field or None
         out.fail(out.REFUSED, "INVALID_ARGUMENT", str(exc), field=field)
-    except StreamMissingError as exc:
-        out.fail(out.UNAVAILABLE, "UNAVAILABLE", str(exc), hint=ENSURE_HINT)
-    except NoRespondersError as exc:  # a direct get from a stream that is not there
-        out.fail(out.UNAVAILABLE, "UNAVAILABLE", f"stream {exc} does not exist", hint=ENSURE_HINT)
+    except (StreamMissingError, NoRespondersError) as exc:  # (a direct get: NoResponders)
+        out.missing("FAILED_PRECONDITION", out.stream_named(str(exc)) or settings.sessions.stream)
     except EventStoreUnavailableError as exc:
         out.fail(out.UNAVAILABLE, "UNAVAILABLE", str(exc))
     except CorruptEventError as exc:  # a poisoned session: named, with the repair
