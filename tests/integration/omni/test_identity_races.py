@@ -25,8 +25,9 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from jetsource._gen.omni.v1 import query_pb2 as pb
 from jetsource._gen.omni.v1 import query_pb2_grpc
-from jetsource._gen.omni.v1.lifecycle_pb2 import IdentitiesMerged
+from jetsource._gen.omni.v1.lifecycle_pb2 import ExternalIdLinked, IdentitiesMerged
 from jetsource.core.errors import ConcurrencyError, ValidationError
+from jetsource.domains.omni.events import first_contact_identity
 from jetsource.domains.omni.identity import IdentityService, assignments
 from jetsource.eventstore.jetstream import JetStreamEventStore
 from jetsource.ingest.server import Ingest
@@ -59,14 +60,22 @@ async def services(ingest: Ingest) -> AsyncIterator[list[IdentityService]]:
 
 
 async def owner_in_stream(ingest: Ingest, provider: str, external_id: str) -> str:
-    """The identity of the handle's latest assignment in the stream."""
+    """The identity of the handle's latest explicit assignment in the stream, else of
+    its first contact (which any explicit link outranks, landed before or after it)."""
     latest, owner = -1, ""
     prefix = ingest.store.settings.subject_prefix
     for event_type in ("ExternalIdLinked", "IdentitiesMerged"):
         async for r in ingest.store.read_all(subject_filter=f"{prefix}.*.{event_type}"):
+            e = r.event
+            automatic = (
+                isinstance(e, ExternalIdLinked)
+                and e.linked_by == "first_contact"
+                and r.aggregate_id == first_contact_identity(e.provider, e.external_id)
+            )
+            order = 0 if automatic else r.stream_seq
             for p, x, identity in assignments(r):
-                if (p, x) == (provider, external_id) and r.stream_seq > latest:
-                    latest, owner = r.stream_seq, identity
+                if (p, x) == (provider, external_id) and order > latest:
+                    latest, owner = order, identity
     return owner
 
 

@@ -53,7 +53,7 @@ from jetsource._gen.omni.v1.lifecycle_pb2 import (
     IdentitiesMerged,
     IdentityCreated,
 )
-from jetsource.core.envelope import ANY, NO_STREAM, NewEvent, RecordedEvent
+from jetsource.core.envelope import NO_STREAM, NewEvent, RecordedEvent
 from jetsource.core.errors import ConcurrencyError, ValidationError
 from jetsource.core.ids import uuid7
 from jetsource.domains.omni.events import (
@@ -66,6 +66,11 @@ from jetsource.domains.omni.events import (
     parse_handle_key,
     stable_uuid,
 )
+from jetsource.domains.omni.identity_rules import (
+    FIRST_CONTACT,
+    assignment_order,
+    assignments,
+)
 from jetsource.domains.omni.settings import OmniOptions
 from jetsource.eventstore import jsapi
 from jetsource.eventstore.jetstream import JetStreamEventStore
@@ -74,6 +79,8 @@ from jetsource.eventstore.jsapi import JsApiError, OutMessage
 log = logging.getLogger("jetsource.omni.identity")
 MAX_EXTERNAL_ID = 256
 LINK_ATTEMPTS = 5  # a link re-checks the identity when it changed meanwhile
+MERGE_ATTEMPTS = 20  # a merge's record re-walks the chain when its end moved meanwhile
+MAX_CHAIN = 10_000  # merges followed from one identity (a guard: chains are a forest)
 # An operator's free text (the CLI's --name, --actor, --reason): refused beyond these,
 # naming the field. A provider's display name is cut to MAX_NAME instead (a webhook is
 # accepted with what it carries).
@@ -106,27 +113,35 @@ def check_handle(provider: str, external_id: str) -> None:
 
 # The header of a handle's bucket entry carrying the stream sequence of its assignment.
 ASSIGNMENT_SEQ = "Jetsource-Assignment-Seq"
+# ... and the one marking a first contact's (order 0: any explicit assignment outranks it).
+ASSIGNMENT_KIND, FIRST_CONTACT_KIND = "Jetsource-Assignment-Kind", "first-contact"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 # The server's "wrong last sequence" (10164: the same, as a constant error).
 WRONG_LAST_SEQUENCE = (jsapi.ERR_WRONG_LAST_SEQUENCE, 10164)
 
 
-def entry_value(identity_id: str, seq: int) -> tuple[bytes, dict[str, str]]:
+def entry_value(identity_id: str, order: int, seq: int = 0) -> tuple[bytes, dict[str, str]]:
     """A handle's bucket entry: the identity id as its value (what the previous release
-    reads), the stream sequence of the assignment in its header."""
-    return identity_id.encode(), {ASSIGNMENT_SEQ: str(seq)}
+    reads), the stream sequence of the assignment in its header. A first contact's
+    (``order`` 0, its sequence ``seq``) is marked as such: its order is 0."""
+    headers = {ASSIGNMENT_SEQ: str(seq or order)}
+    if order == 0 and seq:
+        headers[ASSIGNMENT_KIND] = FIRST_CONTACT_KIND
+    return identity_id.encode(), headers
 
 
 def parse_entry(value: bytes | None, headers: Mapping[str, str] | None = None) -> tuple[str, int]:
-    """(identity id, sequence) of a bucket entry; ('', -1) for none or a delete or purge
-    marker. An entry without the header (written by the previous release, a plain
-    ``kv.put`` of the identity id) counts as sequence 0; so does a bad header. A value
-    ``<id>@<seq>`` (written by development builds between the two encodings) is read
-    as such."""
+    """(identity id, order) of a bucket entry; ('', -1) for none or a delete or purge
+    marker. The order is the assignment's stream sequence, 0 for a first contact's. An
+    entry without the header (written by the previous release, a plain ``kv.put`` of
+    the identity id) counts as order 0; so does a bad header. A value ``<id>@<seq>``
+    (written by development builds between the two encodings) is read as such."""
     h = headers or {}
     if not value or h.get("KV-Operation") in ("DEL", "PURGE") or "Nats-Marker-Reason" in h:
         return "", -1
     text = value.decode("utf-8", "replace")
+    if h.get(ASSIGNMENT_KIND) == FIRST_CONTACT_KIND:
+        return text, 0
     seq = h.get(ASSIGNMENT_SEQ, "").strip()
     if seq:
         return text, int(seq) if seq.isdigit() else 0
@@ -143,22 +158,6 @@ class Entry:
     owner: str
     seq: int
     revision: int
-
-
-def assignments(record: RecordedEvent) -> list[tuple[str, str, str]]:
-    """The handles (provider, external id, identity) an identity's event assigns: a
-    link to its own identity, the survivor's record of a merge (the merged one's
-    record assigns nothing)."""
-    e, me = record.event, record.aggregate_id
-    if isinstance(e, ExternalIdLinked) and e.identity_id == me:
-        return [(e.provider, e.external_id, me)]
-    if isinstance(e, IdentitiesMerged) and e.survivor_id == me:
-        out = []
-        for h in e.handles:
-            provider, _, external_id = h.partition(":")
-            out.append((provider, external_id, me))
-        return out
-    return []
 
 
 class IdentityService:
@@ -226,10 +225,12 @@ class IdentityService:
         owner, seq = parse_entry(raw.data, raw.headers)
         return Entry(owner, seq, raw.seq)
 
-    async def _write(self, key: str, identity_id: str, seq: int, revision: int) -> bool:
+    async def _write(
+        self, key: str, identity_id: str, order: int, revision: int, seq: int = 0
+    ) -> bool:
         """Write the entry if the key's last revision is still ``revision`` (0: never
         written); False when it was written meanwhile."""
-        value, headers = entry_value(identity_id, seq)
+        value, headers = entry_value(identity_id, order, seq)
         headers[EXPECTED_LAST_SUBJECT_SEQ] = str(revision)
         message = OutMessage(self._subject(key), value, headers)
         try:
@@ -372,20 +373,24 @@ class IdentityService:
         if self._store.known_voided(record.stream_seq):
             return  # an operator voided it: the read models step over it too
         if isinstance(e, IdentitiesMerged) and record.aggregate_id == e.merged_id:
-            await self._finish_merge(e, record.event_id)
+            await self._finish_merge(e, record.event_id, record.stream_seq)
             return
+        order = assignment_order(record)
         for provider, external_id, identity_id in assignments(record):
             key = handle_key(provider, external_id)
-            if self._known.get(key, -1) < record.stream_seq:
-                await self._settle(key, identity_id, record.stream_seq)
+            if self._known.get(key, -1) < order:
+                await self._settle(key, identity_id, order, at_seq=record.stream_seq)
 
-    async def _settle(self, key: str, identity_id: str, seq: int, absent: bool = False) -> str:
-        """The bucket says ``identity_id`` holds ``key`` from ``seq`` on, unless it holds
-        a later assignment already; returns who holds it now. A compare-and-set on the
-        entry's revision: every write raises the sequence it holds, so this ends.
-        ``absent``: the caller found no entry just now (a first contact), so the
-        create is tried before any read."""
-        if absent and await self._write(key, identity_id, seq, 0):
+    async def _settle(
+        self, key: str, identity_id: str, seq: int, absent: bool = False, at_seq: int = 0
+    ) -> str:
+        """The bucket says ``identity_id`` holds ``key`` from order ``seq`` on (its
+        assignment's stream sequence; 0 for a first contact, whose sequence is
+        ``at_seq``), unless it holds a higher one already; returns who holds it now. A
+        compare-and-set on the entry's revision: every write raises the order it holds,
+        so this ends. ``absent``: the caller found no entry just now (a first contact),
+        so the create is tried before any read."""
+        if absent and await self._write(key, identity_id, seq, 0, at_seq):
             self._heard(key, seq, identity_id)
             self._remember(key, identity_id, seq)
             return identity_id
@@ -394,7 +399,7 @@ class IdentityService:
             owner, at = entry.owner, entry.seq
             if at >= seq:
                 break
-            if not await self._write(key, identity_id, seq, entry.revision):
+            if not await self._write(key, identity_id, seq, entry.revision, at_seq):
                 continue  # written meanwhile: read it again
             owner, at = identity_id, seq
             break
@@ -508,7 +513,7 @@ class IdentityService:
                         external_id=external_id,
                         instance=instance,
                         display_name=name,
-                        linked_by="first_contact",
+                        linked_by=FIRST_CONTACT,
                     ),
                     event_id=stable_uuid(identity_id, "linked", provider, external_id),
                     source="jetsource-ingest",
@@ -516,9 +521,10 @@ class IdentityService:
             ],
             1,
         )
-        # Its link is the handle's assignment at its sequence (an admin's link of the
-        # handle recorded meanwhile and later in the stream holds it instead).
-        claimed = await self._settle(key, identity_id, linked.stream_seqs[-1], absent=True)
+        # A first contact's link has order 0: it claims the handle only while nobody
+        # holds it, and an admin's link recorded meanwhile (before or after it in the
+        # stream) holds it instead.
+        claimed = await self._settle(key, identity_id, 0, True, linked.stream_seqs[-1])
         return Resolved(claimed, not created.duplicate and claimed == identity_id)
 
     # -- admin: link and merge --------------------------------------------------------------
@@ -536,13 +542,60 @@ class IdentityService:
     async def _refuse_merged(self, identity_id: str, field: str) -> None:
         """Refused naming ``field`` when ``identity_id`` was merged into another: its
         history ended with the merge, and its handles are its survivor's."""
-        for record in await self._store.read_aggregate(identity_id):
+        edge = await self._merge_of(identity_id)
+        if edge is not None:
+            raise ValidationError(
+                f"{field} {identity_id} was merged into {edge[0]} already", field=field
+            )
+
+    # -- merges: chains and cycles ------------------------------------------------------
+
+    async def _merge_of(
+        self,
+        identity_id: str,
+        before: int | None = None,
+        history: list[RecordedEvent] | None = None,
+    ) -> tuple[str, int] | None:
+        """(survivor, stream sequence) of the merge that ended ``identity_id`` (of those
+        recorded before ``before``), or None while it is live. A merge whose survivor's
+        chain of earlier merges leads back to the merged identity (two merged into each
+        other at once) would close a cycle: it is void (the later of the two in the
+        stream), and its identity stays live."""
+        if history is None:
+            history = await self._store.read_aggregate(identity_id)
+        for record in history:
             e = record.event
-            if isinstance(e, IdentitiesMerged) and e.merged_id == identity_id:
-                raise ValidationError(
-                    f"{field} {identity_id} was merged into {e.survivor_id} already",
-                    field=field,
-                )
+            if not (isinstance(e, IdentitiesMerged) and e.merged_id == identity_id):
+                continue
+            if before is not None and record.stream_seq >= before:
+                return None
+            if not await self._closes_cycle(identity_id, e.survivor_id, record.stream_seq):
+                return e.survivor_id, record.stream_seq
+        return None
+
+    async def _closes_cycle(self, merged_id: str, survivor_id: str, seq: int) -> bool:
+        """Does the merge of ``merged_id`` into ``survivor_id`` at ``seq`` close a cycle:
+        the survivor's chain through the merges recorded before ``seq`` reaches it."""
+        current = survivor_id
+        for _ in range(MAX_CHAIN):
+            if current == merged_id:
+                return True
+            edge = await self._merge_of(current, before=seq)
+            if edge is None:
+                return False
+            current = edge[0]
+        raise ValidationError(f"more than {MAX_CHAIN} merges in a chain", field="survivor_id")
+
+    async def end_of(self, identity_id: str) -> str:
+        """The live identity at the end of ``identity_id``'s chain of merges (itself when
+        it was never merged)."""
+        current = identity_id
+        for _ in range(MAX_CHAIN):
+            edge = await self._merge_of(current)
+            if edge is None:
+                return current
+            current = edge[0]
+        raise ValidationError(f"more than {MAX_CHAIN} merges in a chain", field="identity_id")
 
     async def create(self, display_name: str = "", actor: str = "") -> str:
         """A new identity with no handle yet (link handles to it afterwards), created
@@ -580,6 +633,11 @@ class IdentityService:
         append) is finished, not written again."""
         check_handle(provider, external_id)
         check_text(actor, "actor", MAX_ACTOR)
+        if actor == FIRST_CONTACT:
+            raise ValidationError(
+                f"actor {FIRST_CONTACT!r} is reserved for the ingress's first contacts",
+                field="actor",
+            )
         key = handle_key(provider, external_id)
         for _ in range(LINK_ATTEMPTS):
             version = await self._require(identity_id, "identity_id")
@@ -591,7 +649,7 @@ class IdentityService:
                 return previous
             # Our own history ahead of the bucket: a link of ours the bucket missed.
             ours = [
-                r.stream_seq
+                assignment_order(r)
                 for r in await self._store.read_aggregate(identity_id)
                 if (provider, external_id, identity_id) in assignments(r)
             ]
@@ -621,20 +679,28 @@ class IdentityService:
             return previous
         raise ConcurrencyError(identity_id, "the version checked", version)
 
-    async def handles_of(self, identity_id: str) -> list[tuple[str, str]]:
-        """The handles that resolve to ``identity_id`` now: those its history linked to
-        it, still pointing at it in the bucket (a handle linked away is not)."""
+    async def handles_of(self, identity_id: str, settle: bool = False) -> list[tuple[str, str]]:
+        """The handles that resolve to ``identity_id`` now: those its history assigned
+        to it, still pointing at it in the bucket (a handle linked away is not). With
+        ``settle`` (a merge), each is settled first at its assignment, so one whose
+        bucket write is still under way (another service finishing a merge into this
+        identity) is counted."""
         if not is_identity(identity_id):
             raise ValidationError(
                 f"identity_id {identity_id[:80]!r} is not an identity id", field="identity_id"
             )
-        linked: list[tuple[str, str]] = []
+        linked: dict[tuple[str, str], int] = {}
         for record in await self._store.read_aggregate(identity_id):
-            linked += [(p, x) for p, x, _ in assignments(record)]
+            for p, x, _ in assignments(record):
+                linked[(p, x)] = max(linked.get((p, x), -1), assignment_order(record))
         out = []
-        for provider, external_id in dict.fromkeys(linked):
-            entry = await self._read(handle_key(provider, external_id))
-            if entry.owner == identity_id:
+        for (provider, external_id), order in linked.items():
+            key = handle_key(provider, external_id)
+            if settle:
+                owner = await self._settle(key, identity_id, order)
+            else:
+                owner = (await self._read(key)).owner
+            if owner == identity_id:
                 out.append((provider, external_id))
         return out
 
@@ -645,7 +711,13 @@ class IdentityService:
         survivor from now on, and the read models show one identity. Returns the handles
         moved. A merged identity is refused (naming the field) in another merge, the same
         one again included; that one finishes what an error or a crash left undone
-        first (the survivor's record, the bucket), so a retry repairs and says why not."""
+        first (the survivor's record, the bucket), so a retry repairs and says why not.
+
+        Racing merges: when the survivor is merged itself meanwhile (A into B while B
+        into C), the handles go to the end of its chain (C), a live identity; when the
+        survivor was merged into this very identity meanwhile (A into B while B into A),
+        the later of the two in the stream would close a cycle: it is refused naming
+        ``survivor_id`` after its record, which every reader takes as void."""
         check_text(actor, "actor", MAX_ACTOR)
         check_text(reason, "reason", MAX_REASON)
         if survivor_id == merged_id:
@@ -654,55 +726,95 @@ class IdentityService:
         merged_version = await self._require(merged_id, "merged_id")
         history = await self._store.read_aggregate(merged_id)
         done = history[-1] if history else None
-        if done is not None and isinstance(done.event, IdentitiesMerged):
-            await self._finish_merge(done.event, done.event_id)
+        if (
+            done is not None
+            and isinstance(done.event, IdentitiesMerged)
+            and done.event.merged_id == merged_id
+        ):
+            await self._finish_merge(done.event, done.event_id, done.stream_seq)
         for rid, field in ((survivor_id, "survivor_id"), (merged_id, "merged_id")):
             await self._refuse_merged(rid, field)
-        handles = await self.handles_of(merged_id)
+        handles = await self.handles_of(merged_id, settle=True)
         names = [handle_name(p, x) for p, x in handles]
         event = IdentitiesMerged(
             survivor_id=survivor_id, merged_id=merged_id, handles=names, actor=actor, reason=reason
         )
         # The merged identity's history ends here (expected version: a concurrent link to
-        # it fails the merge instead of being lost); the survivor records it too.
+        # it, or a merge into it, fails the merge instead of being lost); the survivor
+        # (or the end of its chain) records it too.
         event_id = uuid7()
-        await self._store.append(
+        result = await self._store.append(
             merged_id,
             [NewEvent(event, event_id=event_id, source="jetsource-cli")],
             merged_version,
         )
-        await self._finish_merge(event, event_id)
+        if not await self._finish_merge(event, event_id, result.stream_seqs[-1]):
+            raise ValidationError(
+                f"survivor_id {survivor_id} was merged into {merged_id} at the same moment; "
+                "that merge stands and this one, later in the stream, is void (nothing moved)",
+                field="survivor_id",
+            )
         return names
 
-    async def _finish_merge(self, event: IdentitiesMerged, merged_event_id: str) -> None:
-        """The survivor's record of a merge (written when it is missing: its event id
-        is derived from the merged one's, so two finishing it write it once), then its
-        handles settled in the bucket at that record's sequence (the one the read
-        models move them at)."""
-        survivor_id = event.survivor_id
-        found = [
-            r
-            for r in await self._store.read_aggregate(survivor_id)
-            if isinstance(r.event, IdentitiesMerged) and r.event.merged_id == event.merged_id
-        ]
-        if found:
-            seq = found[-1].stream_seq
-        else:
-            result = await self._store.append(
-                survivor_id,
-                [
-                    NewEvent(
-                        event,
-                        event_id=stable_uuid(merged_event_id, "survivor"),
-                        source="jetsource-cli",
+    async def _finish_merge(
+        self, event: IdentitiesMerged, merged_event_id: str, merged_seq: int
+    ) -> bool:
+        """The record of a merge kept by the identity receiving the handles: the
+        survivor, or the live end of its chain of merges when it was merged meanwhile
+        (written when it is missing, at the receiver's version, so the receiver cannot
+        be merged unseen in between; its event id is derived from the merged one's, so
+        two finishing it write it once), then its handles settled in the bucket at that
+        record's sequence (the one the read models move them at). False, writing
+        nothing, for a merge that would close a cycle (void)."""
+        if await self._closes_cycle(event.merged_id, event.survivor_id, merged_seq):
+            return False
+        for _ in range(MERGE_ATTEMPTS):
+            target, seq = event.survivor_id, 0
+            for _ in range(MAX_CHAIN):
+                version = await self._store.last_version(target)
+                history = await self._store.read_aggregate(target)
+                found = [
+                    r
+                    for r in history
+                    if isinstance(r.event, IdentitiesMerged)
+                    and r.event.merged_id == event.merged_id
+                    and r.aggregate_id != event.merged_id
+                ]
+                if found:
+                    seq = found[-1].stream_seq
+                    break
+                edge = await self._merge_of(target, history=history)
+                if edge is not None:
+                    target = edge[0]  # merged meanwhile: on to its survivor
+                    continue
+                try:
+                    result = await self._store.append(
+                        target,
+                        [
+                            NewEvent(
+                                event,
+                                event_id=stable_uuid(merged_event_id, "survivor"),
+                                source="jetsource-cli",
+                            )
+                        ],
+                        version,
                     )
-                ],
-                ANY,
-            )
-            seq = result.stream_seqs[-1]
-        for name in event.handles:
-            provider, _, external_id = name.partition(":")
-            await self._settle(handle_key(provider, external_id), survivor_id, seq)
+                except ConcurrencyError:
+                    break  # the receiver moved (merged, linked): walk the chain again
+                seq = result.stream_seqs[-1]
+                break
+            if seq:
+                for name in event.handles:
+                    provider, _, external_id = name.partition(":")
+                    await self._settle(handle_key(provider, external_id), target, seq)
+                return True
+        raise ConcurrencyError(event.survivor_id, "the end of its chain of merges", 0)
 
 
-__all__ = ["IdentityNotFoundError", "IdentityService", "Resolved", "parse_handle_key"]
+__all__ = [
+    "IdentityNotFoundError",
+    "IdentityService",
+    "Resolved",
+    "assignments",
+    "parse_handle_key",
+]

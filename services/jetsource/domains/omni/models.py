@@ -16,9 +16,12 @@
 - ``i:<identity id>:h`` hash: handle ``provider:external id`` -> instance;
 - ``i:<identity id>:m`` hash: identities merged into it;
 - ``ia`` sorted set of identity ids by creation sequence, ``ip:<provider>`` by provider;
-- ``h`` hash: handle -> identity id; ``hs`` hash: handle -> the stream sequence of
-  that assignment. The latest assignment of a handle in the stream (a link, a
-  survivor's merge) holds it whatever order they are applied in, as in the bucket.
+- ``h`` hash: handle -> identity id; ``hs`` hash: handle -> the order of that
+  assignment (its stream sequence; 0 for a first contact's link). The assignment of
+  the highest order (a link, a merge's record kept by the receiving identity) holds
+  it whatever order they are applied in, as in the bucket (``identity_rules``): an
+  explicit link outranks a first contact that raced it. ``into`` is not set by a
+  merge that would close a cycle (its survivor's chain leads back to it): void.
 
 Both models keep, per aggregate, ``pos`` (hash: the stream sequence applied last),
 ``ver`` (hash: the aggregate version applied last) and ``refused`` (hash: the
@@ -69,6 +72,7 @@ from jetsource._gen.omni.v1.lifecycle_pb2 import (
 from jetsource.core.envelope import RecordedEvent
 from jetsource.core.errors import CorruptEventError
 from jetsource.domains.omni.events import EVENT_TYPES, IDENTITY_TYPES, handle_name
+from jetsource.domains.omni.identity_rules import assignment_order
 from jetsource.eventstore.jetstream import voided_event
 from jetsource.projection.bootstrap import ModelEnv
 from jetsource.projection.contract import (
@@ -95,8 +99,12 @@ local function run(name, args)
     -- keys: the handle index, the handle's assignment sequences, the identities'
     -- prefix; then handle, identity, sequence, instance, '1' to keep the instance it
     -- has. The latest assignment in the stream holds the handle, in any order.
+    -- The order is the stream sequence, 0 for a first contact (claims a handle
+    -- nobody holds, outranked by any explicit assignment).
     local index, at, ip, handle, owner, seq = args[1], args[2], args[3], args[4], args[5], args[6]
-    if tonumber(redis.call('HGET', at, handle) or '0') >= tonumber(seq) then return end
+    local held = redis.call('HGET', at, handle)
+    if not held and redis.call('HEXISTS', index, handle) == 1 then held = '0' end
+    if held and tonumber(held) >= tonumber(seq) then return end
     local instance, old = args[7], redis.call('HGET', index, handle)
     if old then
       if args[8] == '1' then instance = redis.call('HGET', ip .. old .. ':h', handle) or '' end
@@ -105,6 +113,20 @@ local function run(name, args)
     redis.call('HSET', ip .. owner .. ':h', handle, instance)
     redis.call('HSET', index, handle, owner)
     redis.call('HSET', at, handle, seq)
+  elseif name == 'INTO' then
+    -- keys: the identities' prefix; then the merged identity, its survivor. A merge
+    -- whose survivor's chain (the merges applied before it) leads back to the merged
+    -- identity would close a cycle: void, the identity stays live.
+    local ip, me, survivor = args[1], args[2], args[3]
+    local current = survivor
+    for _ = 1, 10000 do
+      if current == me then return end
+      current = redis.call('HGET', ip .. current, 'into')
+      if not current then break end
+    end
+    if redis.call('HEXISTS', ip .. me, 'into') == 0 then
+      redis.call('HSET', ip .. me, 'into', survivor)
+    end
   else
     redis.call(name, unpack(args))
   end
@@ -343,6 +365,7 @@ def event_commands(record: RecordedEvent) -> list[Command]:
 def identity_commands(record: RecordedEvent) -> list[Command]:
     """What one event of an identity's aggregate does to the model."""
     e, seq, me = record.event, record.stream_seq, record.aggregate_id
+    order = assignment_order(record)  # a first contact's is 0: any explicit link outranks it
     if isinstance(e, IdentityCreated):
         return [
             ("HSET", 1, [f"i:{me}", "name", e.display_name, "by", e.created_by, "seq", seq]),
@@ -353,7 +376,7 @@ def identity_commands(record: RecordedEvent) -> list[Command]:
         # From whoever holds it (not previous_identity_id: two links of one handle at
         # once both name the holder before them), if this is its latest assignment.
         out: list[Command] = [
-            ("CLAIM", 3, ["h", "hs", "i:", handle, me, seq, e.instance, "0"]),
+            ("CLAIM", 3, ["h", "hs", "i:", handle, me, order, e.instance, "0"]),
             ("ZADD", 1, [f"ip:{e.provider}", seq, me]),
         ]
         if e.display_name:
@@ -361,7 +384,9 @@ def identity_commands(record: RecordedEvent) -> list[Command]:
         return out
     if isinstance(e, IdentitiesMerged):
         if me == e.merged_id:
-            return [("HSET", 1, [f"i:{me}", "into", e.survivor_id])]
+            return [("INTO", 1, ["i:", me, e.survivor_id])]
+        # kept by the identity receiving the handles: the survivor, or the end of its
+        # chain when the survivor was merged meanwhile
         out = [("HSET", 1, [f"i:{me}:m", e.merged_id, seq])]
         for handle in e.handles:
             provider = handle.partition(":")[0]
