@@ -33,22 +33,6 @@ AT_ONCE_S = 2.0  # measured: 0.01 to 0.2 s; the rest is room for load
 WITHIN_LEASE_S = LEASE_S + 2.0
 
 
-# Until the recorder change proposed with this test is applied
-# (services/jetsource/domains/process/recorder.py: a takeover settles the event's other
-# claim with it, and a pending claim met is answered from the event's completed other
-# claim): these cases fail without it (strict: they report when it lands, and the
-# markers go).
-NEEDS_RECORDER_FIX = pytest.mark.xfail(
-    strict=True, reason="the recorder change proposed with this test is not applied yet"
-)
-NOT_YET = {
-    ("pending", "completed", True, True),
-    ("completed", "pending", True, True),
-    ("expired", "pending", True, True),
-    ("expired", "pending", False, True),
-}
-
-
 def pid() -> str:
     return f"claims-{uuid.uuid4().hex[:10]}"
 
@@ -57,7 +41,6 @@ async def _observer(nats_server: Server) -> Observer:
     return await build(observer_settings(nats_server, claim_lease_s=LEASE_S))
 
 
-@NEEDS_RECORDER_FIX
 async def test_a_key_claim_left_pending_by_an_id_takeover_answers_at_once_after_a_restart(
     nats_server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -130,7 +113,7 @@ def _waits_out_a_lease(e_state: str, k_state: str, restart: bool) -> bool:
 
 @pytest.mark.parametrize(
     ("e_state", "k_state", "stored", "restart"),
-    [pytest.param(*case, marks=[NEEDS_RECORDER_FIX] if case in NOT_YET else []) for case in CASES],
+    CASES,
     ids=[
         f"id-{e}-key-{k}-{'stored' if s else 'unstored'}-{'restart' if r else 'same'}"
         for e, k, s, r in CASES

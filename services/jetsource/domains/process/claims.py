@@ -4,12 +4,15 @@ for exactly one writer).
 
 A claim is written *before* the append (``pending``, naming the event id that will be
 appended) and completed *after* it (``done``, with the positions). A crash between
-the two leaves a pending claim; whoever meets it later (after its lease, or at once
-when this observer knows its own append failed) looks the event id up in the
-process's history and either returns what is stored or appends it then: nothing
-lost, nothing doubled. The stream's duplicate window (``Nats-Msg-Id`` =
-``<event id>@<process id>``, as the claims are per process)
-guards the short overlap of an owner and a taker on top of that.
+the two leaves a pending claim; whoever meets it later answers at once from the
+event's other claim (its id's, or the request's key's) when that one is completed,
+else (after its lease, or at once when this observer knows its own append failed)
+takes it over (the other one along when its owner is gone too), looks the event id
+up in the process's history and either returns what is stored or appends it then,
+and completes both: nothing lost, nothing doubled, no claim of the event left pending.
+The stream's duplicate window (``Nats-Msg-Id`` = ``<event id>@<process id>``, as the
+claims are per process) guards the short overlap of an owner and a taker on top of
+that.
 """
 
 from __future__ import annotations

@@ -513,6 +513,7 @@ class Recorder:
         to append (under the claimed event id) is returned and put in ``takeovers``."""
         assert item.existing is not None
         key, value, revision = item.existing
+        asked = False  # the event's other claims, once per claim met
         while True:
             if value.done:
                 return Recorded(
@@ -528,13 +529,23 @@ class Recorder:
                 with contextlib.suppress(Exception):
                     r = await asyncio.shield(fut)
                     return replace(r, duplicate=True)
-            elif key in self._abandoned or now_ns() - value.since_ns > self._o.claim_lease_s * 1e9:
+            elif self._ownerless(key, value, now_ns()):
                 taken = await self._claims.update(key, replace(value, since_ns=now_ns()), revision)
                 if taken is not None:
                     return await self._take_over(
                         process_id, item, key, value.event_id, taken, takeovers
                     )
             else:
+                if not asked:
+                    # Its owner may be gone with the event stored: the event's other
+                    # claim, completed (by a takeover, or before a restart that forgot
+                    # this one was abandoned), answers at once; no lease to wait out.
+                    asked = True
+                    for _, other, _ in await self._siblings(process_id, item, key, value.event_id):
+                        if other.done:
+                            found = _recorded(process_id, other)
+                            self._spawn(self._claims.update(key, _completed(found), revision))
+                            return replace(found, duplicate=True)
                 await asyncio.sleep(self._o.claim_poll_s)
             got = await self._claims.get(key)
             if got is None:  # released (its request was refused): this event is new
@@ -544,7 +555,10 @@ class Recorder:
                     takeovers.append(item)
                     return item
                 key, value, revision = item.existing
+                asked = False
                 continue
+            if got[1] != revision:
+                asked = False  # moved on (taken over): ask its event's other claims again
             value, revision = got
 
     async def _take_over(
@@ -556,35 +570,82 @@ class Recorder:
         revision: int,
         takeovers: list[_Item],
     ) -> Recorded | _Item:
+        """``key``'s claim is ours now (``revision``). The event's other claims (its
+        id's, the request's key's) naming the same event are settled with it: one
+        completed answers; one pending whose owner is gone too (abandoned here, or past
+        its lease) is taken over along, so whatever becomes of the event completes
+        both. Taking over one and leaving the other pending made the next request with
+        the other wait out its lease after an observer restart."""
         self._abandoned.discard(key)
         self._inflight[key] = asyncio.get_running_loop().create_future()
         mine = replace(
             item, new=replace(item.new, event_id=event_id), keys=[key], created={key: revision}
         )
         takeovers.append(mine)
-        found = await self._lookup(process_id, event_id, key)
+        found: Recorded | None = None
+        others = await self._siblings(process_id, item, key, event_id)
+        for _, other, _ in others:
+            if other.done:
+                found = _recorded(process_id, other)
+        if found is None:
+            now = now_ns()
+            for other_key, other, other_revision in others:
+                if other_key in self._inflight or not self._ownerless(other_key, other, now):
+                    continue  # its owner is alive: it completes it
+                taken = await self._claims.update(
+                    other_key, replace(other, since_ns=now_ns()), other_revision
+                )
+                if taken is not None:
+                    self._abandoned.discard(other_key)
+                    self._inflight[other_key] = asyncio.get_running_loop().create_future()
+                    mine.keys.append(other_key)
+                    mine.created[other_key] = taken
+            found = await self._lookup(process_id, event_id)
         if found is None:
             return mine
         self._settle(mine, found, stored=True)
         return replace(found, duplicate=True)
 
-    async def _lookup(self, process_id: str, event_id: str, key: str) -> Recorded | None:
-        """Where the event a pending claim names is stored, if it is. A key's claim
-        names an event whose own id claim is usually completed: that answers in one
-        read. Else the process's history is read (its length: slow on a long session
-        under load, and the caller's retry waits for it)."""
-        own = claim_key("e", process_id, event_id)
-        if own != key:
-            got = await self._claims.get(own)
-            if got is not None and got[0].done and got[0].event_id == event_id:
-                v = got[0]
-                return Recorded(event_id, process_id, v.global_seq, v.process_seq, v.recorded_ns)
+    def _ownerless(self, key: str, value: ClaimValue, now: int) -> bool:
+        """A pending claim whose owner is gone: abandoned here, or past its lease."""
+        return key in self._abandoned or now - value.since_ns > self._o.claim_lease_s * 1e9
+
+    async def _siblings(
+        self, process_id: str, item: _Item, key: str, event_id: str
+    ) -> list[tuple[str, ClaimValue, int]]:
+        """The other claims of the event ``key``'s claim names: its id's claim and the
+        request's own keys, those that name the same event (a key's claim names its
+        event, so its id's claim is found from it; an id's claim names no key)."""
+        keys = [
+            k for k in dict.fromkeys([claim_key("e", process_id, event_id), *item.keys]) if k != key
+        ]
+        got = await asyncio.gather(*(self._claims.get(k) for k in keys))
+        return [
+            (k, g[0], g[1])
+            for k, g in zip(keys, got, strict=True)
+            if g is not None and g[0].event_id == event_id
+        ]
+
+    async def _lookup(self, process_id: str, event_id: str) -> Recorded | None:
+        """Where the event a pending claim names is stored, if it is: the process's
+        history is read (its length: slow on a long session under load, and the caller's
+        retry waits for it), so the event's completed claims are asked first."""
         for record in await self._store.read_aggregate(process_id):
             if record.event_id == event_id:
                 return Recorded(
                     event_id, process_id, record.stream_seq, record.version, record.recorded_at_ns
                 )
         return None
+
+
+def _recorded(process_id: str, value: ClaimValue) -> Recorded:
+    return Recorded(
+        value.event_id, process_id, value.global_seq, value.process_seq, value.recorded_ns
+    )
+
+
+def _completed(r: Recorded) -> ClaimValue:
+    return ClaimValue(r.event_id, now_ns(), r.global_seq, r.process_seq, r.recorded_ns)
 
 
 def _pid(events: Sequence[CanonicalEvent], item: _Item) -> str:
