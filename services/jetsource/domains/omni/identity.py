@@ -3,16 +3,24 @@ stable identity id out.
 
 - Event-sourced: each identity is an aggregate (``idn-...``) with ``IdentityCreated``,
   ``ExternalIdLinked`` and ``IdentitiesMerged``.
-- Who holds a handle follows from the events: the identity of the handle's latest
-  assignment in the stream (an ``ExternalIdLinked`` of it, or the survivor's
-  ``IdentitiesMerged`` listing it), by stream sequence. Two links of one handle at once
-  are both recorded, one after the other in the stream, and the later one holds it;
-  the read models and a rebuild take the same rule.
+- Who holds a handle follows from the events (``identity_rules``): the identity of
+  the handle's assignment of the highest order (an ``ExternalIdLinked`` of it, or the
+  ``IdentitiesMerged`` record kept by the identity receiving a merged one's handles);
+  the order is the stream sequence, 0 for a first contact's automatic link, so an
+  admin's explicit link is never undone by a first contact that raced it. Two links
+  of one handle at once are both recorded, one after the other in the stream, and the
+  later one holds it; the read models and a rebuild take the same rule.
+- Merges: the merged identity's record first (at its version), then the receiver's,
+  at the receiver's version: the survivor, or the live end of its chain of merges
+  when it was merged meanwhile. A merge that would close a cycle (its survivor's
+  chain of earlier merges leads back to it: two merged into each other at once) is
+  void, its identity live (``_closes_cycle``; the read model decides it the same way).
 - The handle's NATS KV key (bucket ``OMNI_HANDLES``) is a cache of that: the entry's
   value is the identity id alone (what the previous release writes and reads, so
   both run side by side in a rolling upgrade and a rollback reads the bucket), and the
   stream sequence of the assignment travels in the entry's header
-  ``Jetsource-Assignment-Seq`` (none: written by the previous release, sequence 0).
+  ``Jetsource-Assignment-Seq`` (none: written by the previous release, order 0; a first
+  contact's is marked ``Jetsource-Assignment-Kind: first-contact``, order 0).
   Written only forward (a compare-and-set on the entry's revision that never replaces
   a later sequence by an earlier one), so writers finishing in any order leave the
   latest. nats-py's KV entries carry no headers, so an entry is read as the last
@@ -766,12 +774,9 @@ class IdentityService:
         two finishing it write it once), then its handles settled in the bucket at that
         record's sequence (the one the read models move them at). False, writing
         nothing, for a merge that would close a cycle (void)."""
-        if await self._closes_cycle(event.merged_id, event.survivor_id, merged_seq):
-            return False
         for _ in range(MERGE_ATTEMPTS):
-            target, seq = event.survivor_id, 0
+            target, seq, checked, version = event.survivor_id, 0, False, -1
             for _ in range(MAX_CHAIN):
-                version = await self._store.last_version(target)
                 history = await self._store.read_aggregate(target)
                 found = [
                     r
@@ -780,12 +785,20 @@ class IdentityService:
                     and r.event.merged_id == event.merged_id
                     and r.aggregate_id != event.merged_id
                 ]
-                if found:
+                if found:  # written by whoever finished it (never for a void merge)
                     seq = found[-1].stream_seq
                     break
+                if not checked:
+                    if await self._closes_cycle(event.merged_id, event.survivor_id, merged_seq):
+                        return False
+                    checked = True
                 edge = await self._merge_of(target, history=history)
                 if edge is not None:
-                    target = edge[0]  # merged meanwhile: on to its survivor
+                    target, version = edge[0], -1  # merged meanwhile: on to its survivor
+                    continue
+                if version < 0:
+                    # the version, then its history again: nothing after it unseen
+                    version = await self._store.last_version(target)
                     continue
                 try:
                     result = await self._store.append(
