@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -258,3 +259,56 @@ def test_dlq_show_takes_seq_as_retry_and_discard_do() -> None:
         assert json.loads(run.stderr)["error"]["code"] == "unavailable"
     run = jetsource("-o", "json", "projector", "dlq", "show", "--seq", "0")
     assert run.returncode == 2 and json.loads(run.stderr)["error"]["field"] == "--seq", run
+
+
+def test_a_missing_stream_is_exit_1_naming_it_and_what_creates_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """One answer in every group: exit 1 (retrying does not create it), the name, the
+    command that creates it; in JSON the names as ``missing``."""
+    with pytest.raises(typer.Exit) as raised:
+        output.missing("FAILED_PRECONDITION", "PROCESS_EVENTS")
+    assert raised.value.exit_code == output.REFUSED == 1
+    assert capsys.readouterr().err == (
+        "FAILED_PRECONDITION: stream PROCESS_EVENTS does not exist\n"
+        "create the streams: jetsource streams ensure\n"
+    )
+    output.set_mode(output.Mode.json)
+    with pytest.raises(typer.Exit):
+        output.missing("refused", ["A", "B"])
+    assert json.loads(capsys.readouterr().err) == {
+        "error": {
+            "code": "refused",
+            "message": "streams A, B do not exist",
+            "exit_code": 1,
+            "hint": output.ENSURE_HINT,
+            "missing": ["A", "B"],
+        }
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        ("stream CONTEXT_EVENTS not found", "CONTEXT_EVENTS"),
+        ("stream CE_1 does not exist: create it with `jetsource streams ensure`", "CE_1"),
+        ("CONTEXT_DLQ", "CONTEXT_DLQ"),  # a NoRespondersError: the bare name
+        ("", None),
+    ],
+)
+def test_the_stream_an_error_names(text: str, name: str | None) -> None:
+    assert output.stream_named(text) == name
+
+
+def test_warnings_while_a_command_works_are_json_lines_with_json_output(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A retried store's warnings ("...; again in 0.4s") were Python's last-resort text
+    lines among the JSON ones on stderr."""
+    handler = output.Warnings()
+    record = logging.LogRecord("jetsource.projector", logging.WARNING, "", 0, "a: %s", ("b",), None)
+    handler.emit(record)
+    assert capsys.readouterr().err == "a: b\n"
+    output.set_mode(output.Mode.json)
+    handler.emit(record)
+    assert json.loads(capsys.readouterr().err) == {"warning": "a: b"}

@@ -125,6 +125,7 @@ def root(
     # The NATS client's own reports (a reconnect attempt failed, ...) are for services'
     # logs: a command says what went wrong in its one error line (JSON with -o json).
     logging.getLogger("jetsource.nats").setLevel(logging.CRITICAL)
+    output.capture_warnings()
 
 
 def _json_requested(args: list[str]) -> bool:

@@ -14,6 +14,7 @@ help until what creates it has run.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import sys
@@ -266,6 +267,33 @@ def fields(pairs: Iterable[tuple[str, Any]]) -> None:
         else:
             sys.stdout.write(f"{name}: {_plain_cell(value)}\n")
     sys.stdout.flush()
+
+
+class Warnings(logging.Handler):
+    """Warnings the libraries log while a command works (a store retried: "replay
+    context: valkey: ...; again in 0.4s") on stderr: the message as it is, or with
+    ``-o json`` one line ``{"warning": "..."}``, so stderr stays JSON lines (it was
+    Python's last-resort text before the JSON error)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+            if mode() == Mode.json:
+                text = json.dumps({"warning": text}, ensure_ascii=False)
+            sys.stderr.write(text + "\n")
+            sys.stderr.flush()
+        except Exception:  # a warning never fails the command
+            self.handleError(record)
+
+
+def capture_warnings() -> None:
+    """Route the warnings logged during a command through ``Warnings`` (once)."""
+    root = logging.getLogger()
+    if not any(isinstance(h, Warnings) for h in root.handlers):
+        root.addHandler(Warnings())
 
 
 # -- errors ----------------------------------------------------------------------------
