@@ -50,8 +50,10 @@ async def open_sessions(settings: SessionsAppSettings) -> AsyncIterator[Sessions
         store = event_store(nc, settings)
         await store.start()
         s = settings.sessions
+        replies = jsapi.Replies(nc)
+        await replies.start()
         reader: SessionReader = LedgerReader(
-            store, nc.jetstream(), s.stream, s.subject_prefix, settings.client.timeout_s
+            store, nc.jetstream(), s.stream, s.subject_prefix, settings.client.timeout_s, replies
         )
         channel = None
         if s.reader == "query":
@@ -59,8 +61,6 @@ async def open_sessions(settings: SessionsAppSettings) -> AsyncIterator[Sessions
             reader = QueryReader(
                 ProcessQueryServiceStub(channel), settings.client.timeout_s, metadata=metadata
             )
-        replies = jsapi.Replies(nc)
-        await replies.start()
         purger = TreePruner(
             store, replies, s.stream, s.subject_prefix, s.claims_bucket, s.purge_timeout_s
         )

@@ -36,6 +36,8 @@ from jetsource.domains.sessions.format import (
     from_message,
     from_stored,
 )
+from jetsource.eventstore import jsapi
+from jetsource.eventstore.jetstream import void_prefix
 from jetsource.eventstore.jsapi import BATCH_LIMIT
 
 
@@ -72,6 +74,27 @@ class Recorded:
     event: SessionEvent
     recorded_ns: int
     global_seq: int
+
+
+@dataclass(frozen=True)
+class StreamMark:
+    """Where the ledger's stream stands (one STREAM.INFO): which stream it is (when it
+    was created), its last sequence and how many messages it holds."""
+
+    created: str
+    last_seq: int
+    messages: int
+
+    def appended_to(self, before: StreamMark) -> bool:
+        """Nothing but appends since ``before``: the same stream, and every sequence
+        after ``before.last_seq`` is there while nothing before it went (a purge, a
+        pruned session, an age limit: each one removes messages)."""
+        grown = self.last_seq - before.last_seq
+        return (
+            self.created == before.created
+            and grown >= 0
+            and self.messages - before.messages == grown
+        )
 
 
 @dataclass
@@ -244,12 +267,21 @@ class LedgerReader:
     JetStream context for live follow."""
 
     def __init__(
-        self, store: Any, js: Any, stream: str, subject_prefix: str, wait_s: float = 10.0
+        self,
+        store: Any,
+        js: Any,
+        stream: str,
+        subject_prefix: str,
+        wait_s: float = 10.0,
+        replies: jsapi.Replies | None = None,
     ) -> None:
         self._store = store
         self._js = js
         self._stream = stream
         self._prefix = subject_prefix
+        # Started, for the raw reads of what was appended (``touched``): without it
+        # only whole reads are offered (``incremental`` is False).
+        self._replies = replies
         # How long follow waits for the first event of a session the stream does not
         # know (one about to begin) before it says NOT_FOUND, as QueryReader does.
         self._wait_s = wait_s
@@ -291,10 +323,24 @@ class LedgerReader:
 
     async def _summaries(self) -> dict[str, ProcessSummary]:
         """Every process from its lifecycle events (started, ended)."""
-        found: dict[str, ProcessSummary] = {}
+        return await self.lifecycle()
+
+    async def lifecycle(
+        self,
+        found: dict[str, ProcessSummary] | None = None,
+        after_seq: int = 0,
+        to_seq: int | None = None,
+    ) -> dict[str, ProcessSummary]:
+        """The processes' lifecycle events (started, ended) with stream sequences in
+        (``after_seq``, ``to_seq``] folded into ``found`` (a new dict when None), in
+        stream order: folding a ledger in pieces, one after the other, gives what
+        one read of it gives. No running session's tail is read here."""
+        found = {} if found is None else found
         lifecycle: list[RecordedEvent] = []
         for event_type in (PROCESS_STARTED, *ENDED_STATUS):
-            lifecycle += await self._lifecycle(f"{self._prefix}.*.{event_type}")
+            lifecycle += await self._lifecycle(
+                f"{self._prefix}.*.{event_type}", after_seq + 1, to_seq
+            )
         for r in sorted(lifecycle, key=lambda r: r.stream_seq):
             env = r.envelope
             p = found.setdefault(env.aggregate_id, ProcessSummary(env.aggregate_id))
@@ -315,21 +361,67 @@ class LedgerReader:
                 p.error = error if isinstance(error, str) else ""
         return found
 
-    async def _lifecycle(self, subject: str) -> list[RecordedEvent]:
-        """Every message on ``subject`` that is an event. A message that is not (a
-        hostile publish: undecodable, or naming another process) is no process's
-        lifecycle: it is stepped over here, so one poisoned process does not take the
-        list of every session down; reading that process names it."""
+    async def _lifecycle(
+        self, subject: str, start: int = 1, to_seq: int | None = None
+    ) -> list[RecordedEvent]:
+        """Every message on ``subject`` (from ``start`` up to ``to_seq``) that is an
+        event. A message that is not (a hostile publish: undecodable, or naming another
+        process) is no process's lifecycle: it is stepped over here, so one poisoned
+        process does not take the list of every session down; reading that process
+        names it."""
         out: list[RecordedEvent] = []
-        start = 1
-        while True:
+        while to_seq is None or start <= to_seq:
             try:
-                async for r in self._store.read_all(from_seq=start, subject_filter=subject):
+                async for r in self._store.read_all(
+                    from_seq=start, to_seq=to_seq, subject_filter=subject
+                ):
                     if not is_noop(r):
                         out.append(r)
                 return out
             except CorruptEventError as exc:
                 start = exc.stream_seq + 1
+        return out
+
+    @property
+    def incremental(self) -> bool:
+        """Whether ``mark`` and ``touched`` can be asked (a list kept between reads)."""
+        return self._replies is not None
+
+    async def mark(self) -> StreamMark:
+        """Where the stream stands now: one STREAM.INFO, however long the ledger."""
+        info = await self._store.stream_info()
+        state = info.get("state", {})
+        return StreamMark(
+            str(info.get("created", "")),
+            int(state.get("last_seq", 0)),
+            int(state.get("messages", 0)),
+        )
+
+    async def touched(self, after_seq: int, to_seq: int) -> set[str]:
+        """The processes with a message in (``after_seq``, ``to_seq``]: an event, or an
+        operator's void of one (it changes what the process's history reads). Told
+        by the subjects alone, nothing decoded, in unfiltered pages (cheap on the
+        server however long the stream)."""
+        assert self._replies is not None, "touched needs the reader's replies"
+        events, voids = f"{self._prefix}.", f"{void_prefix(self._prefix)}."
+        timeout = self._store.settings.request_timeout_s
+        out: set[str] = set()
+        seq = after_seq + 1
+        while seq <= to_seq:
+            batch = min(jsapi.DIRECT_GET_PAGE, to_seq - seq + 1)
+            page = await jsapi.direct_get_page(
+                self._replies, self._stream, None, seq, batch, timeout
+            )
+            for raw in page.messages:
+                if raw.seq > to_seq:
+                    return out
+                for prefix in (events, voids):
+                    if raw.subject.startswith(prefix):
+                        out.add(raw.subject[len(prefix) :].split(".", 1)[0])
+            if page.pending == 0 or not page.messages:
+                return out
+            seq = page.messages[-1].seq + 1
+        return out
 
     async def sessions(self) -> list[ProcessSummary]:
         return [

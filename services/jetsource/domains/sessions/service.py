@@ -8,15 +8,22 @@ active and interrupted sessions never are.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from jetsource.core.clock import NS, now_ns
 from jetsource.core.errors import CorruptEventError
 from jetsource.domains.sessions.format import SESSION_KIND, SessionEvent
-from jetsource.domains.sessions.ledger import ProcessSummary, Recorded, SessionReader
+from jetsource.domains.sessions.ledger import (
+    LedgerReader,
+    ProcessSummary,
+    Recorded,
+    SessionReader,
+    StreamMark,
+)
 from jetsource.domains.sessions.progress import SessionState, evolve, fold
 from jetsource.domains.sessions.record import (
     COMPLETED,
@@ -122,20 +129,42 @@ class Sessions:
         """Newest first. ``search`` matches the id or the command (case-insensitive).
         Read from the process summaries and each session's tail (its last seq and when
         it was recorded), not its events: the snapshot is left to ``show``."""
+        roots = await self._roots()
+        tails = {p.process_id: await self.tail(p.process_id) for p in roots if found(p, search)}
+        return self.records(roots, tails, statuses, search, limit)
+
+    async def tail(self, session_id: str) -> Tail:
+        """(last seq, when it was recorded), or the CorruptEventError reading it
+        raised (the session is listed, and says so)."""
+        try:
+            return await self.reader.tail(session_id)
+        except CorruptEventError as exc:
+            return exc
+
+    def records(
+        self,
+        roots: Iterable[ProcessSummary],
+        tails: Mapping[str, Tail],
+        statuses: Iterable[str] = (),
+        search: str = "",
+        limit: int = 0,
+    ) -> list[SessionRecord]:
+        """The list from the sessions' root processes and their tails (a root with no
+        tail, or no event, is not listed), newest first."""
         wanted = set(statuses)
         now = self._clock()
         out = []
-        for p in await self._roots():
-            if search and search.lower() not in f"{p.process_id} {p.name}".lower():
+        for p in roots:
+            tail = tails.get(p.process_id)
+            if tail is None or not found(p, search):
                 continue
             error = p.error
-            try:
-                count, last_recorded = await self.reader.tail(p.process_id)
-            except CorruptEventError as exc:
+            if isinstance(tail, CorruptEventError):
                 # Listed, and said so: one poisoned session neither hides nor takes
                 # the list down (``show`` names the sequence the same way).
-                count, last_recorded, error = 0, p.last_recorded_ns, str(exc)
+                count, last_recorded, error = 0, p.last_recorded_ns, str(tail)
             else:
+                count, last_recorded = tail
                 if not count:
                     continue
             record = SessionRecord(
@@ -265,6 +294,70 @@ class Sessions:
         return report
 
 
+# A session's tail as the list reads it: (last seq, when it was recorded), or what
+# reading it raised.
+Tail = tuple[int, int] | CorruptEventError
+
+
+def found(p: ProcessSummary, search: str) -> bool:
+    """Does the session's id or command hold ``search`` (case-insensitive)?"""
+    return not search or search.lower() in f"{p.process_id} {p.name}".lower()
+
+
+class SessionList:
+    """The sessions list kept between reads, for a screen that reads it every few
+    seconds (the TUI's). The first read is whole (every process's lifecycle, every
+    session's tail); each later one asks the stream where it stands (one STREAM.INFO)
+    and reads only what was appended since: the new lifecycle events, folded into the
+    kept summaries, and the tails of the sessions that got a message (an event, or an
+    operator's void). Nothing appended: nothing read but the mark; statuses that turn
+    with time (interrupted) are worked out anew each read. Anything but appends (a
+    purge, a pruned session, an age limit, another stream of the name) and any failure
+    mid-way: the next read is whole again. The list is the one ``list_sessions`` reads.
+
+    A reader that cannot say what was appended (``QueryReader``) is read whole each
+    time, as ``list_sessions`` does."""
+
+    def __init__(self, sessions: Sessions) -> None:
+        self._sessions = sessions
+        self._mark: StreamMark | None = None
+        self._found: dict[str, ProcessSummary] = {}
+        self._tails: dict[str, Tail] = {}
+        self._lock = asyncio.Lock()
+        self.whole_reads = 0  # how many reads were whole (the first, and after a removal)
+
+    async def read(self, statuses: Iterable[str] = (), search: str = "") -> list[SessionRecord]:
+        reader = self._sessions.reader
+        if not isinstance(reader, LedgerReader) or not reader.incremental:
+            return await self._sessions.list_sessions(statuses, search)
+        async with self._lock:
+            try:
+                await self._catch_up(reader)
+            except BaseException:
+                self._mark = None  # the next read is whole
+                raise
+            return self._sessions.records(self.roots(), self._tails, statuses, search)
+
+    async def _catch_up(self, reader: LedgerReader) -> None:
+        mark = await reader.mark()
+        touched: set[str] = set()
+        if self._mark is None or not mark.appended_to(self._mark):
+            self._found = await reader.lifecycle(to_seq=mark.last_seq)
+            self._tails = {}
+            self.whole_reads += 1
+        elif mark.last_seq > self._mark.last_seq:
+            after = self._mark.last_seq
+            await reader.lifecycle(self._found, after, mark.last_seq)
+            touched = await reader.touched(after, mark.last_seq)
+        for p in self.roots():
+            if p.process_id in touched or p.process_id not in self._tails:
+                self._tails[p.process_id] = await self._sessions.tail(p.process_id)
+        self._mark = mark
+
+    def roots(self) -> list[ProcessSummary]:
+        return [p for p in self._found.values() if p.kind == SESSION_KIND and not p.parent]
+
+
 def status_of(summary: ProcessSummary, last_recorded_ns: int, now: int, quiet_s: float) -> str:
     """A session's status from its root process: the registry's ending, else active
     until quiet for ``quiet_s``."""
@@ -276,6 +369,7 @@ __all__ = [
     "PruneDeniedError",
     "PruneReport",
     "Purger",
+    "SessionList",
     "SessionNotFoundError",
     "Sessions",
     "choose_prunable",
