@@ -24,7 +24,7 @@ from jetsource.core.errors import StreamMissingError
 from jetsource.domains.sessions.connect import SessionsClient, open_sessions
 from jetsource.domains.sessions.ledger import ProcessSummary, Recorded
 from jetsource.domains.sessions.record import SessionRecord
-from jetsource.domains.sessions.service import SessionNotFoundError
+from jetsource.domains.sessions.service import SessionList, SessionNotFoundError
 from jetsource.domains.sessions.settings import SessionsAppSettings
 from jetsource.eventstore.jsapi import NoRespondersError as JsNoResponders
 
@@ -75,6 +75,7 @@ class Backend:
         self._timeout = connect_timeout_s
         self._stack: contextlib.AsyncExitStack | None = None
         self._client: SessionsClient | None = None
+        self._listing: tuple[SessionsClient, SessionList] | None = None
         self._lock = asyncio.Lock()
         self._query: QueryClient | None = None
 
@@ -133,25 +134,38 @@ class Backend:
             "`jetsource streams ensure` creates it (`jetsource up` does too)"
         )
 
+    async def _failed(self, exc: Exception, doing: str) -> StackDown:
+        """What a failed read of the ledger is said as (a connection that failed is
+        dropped: the next call opens a new one)."""
+        if isinstance(exc, (NoResponders, JsNoResponders, StreamMissingError)):
+            # said as what it is (it read "reading from the ledger failed: PROCESS_EVENTS")
+            return self._missing()
+        await self._drop()
+        what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return StackDown(f"{doing} ({what})")
+
     async def _call(self, work: Any) -> Any:
         client = await self.client()
         try:
             return await work(client)
         except (SessionNotFoundError, LookupError):
             raise
-        except (NoResponders, JsNoResponders, StreamMissingError) as exc:
-            # said as what it is (it read "reading from the ledger failed: PROCESS_EVENTS")
-            raise self._missing() from exc
         except Exception as exc:
-            await self._drop()
-            what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            raise StackDown(f"reading from the ledger failed ({what})") from exc
+            raise await self._failed(exc, "reading from the ledger failed") from exc
+
+    def _list(self, client: SessionsClient) -> SessionList:
+        """The sessions list kept between refreshes, one per connection (a new one
+        reads whole)."""
+        if self._listing is None or self._listing[0] is not client:
+            self._listing = (client, SessionList(client.sessions))
+        return self._listing[1]
 
     async def list_sessions(self, search: str = "", statuses: tuple[str, ...] = ()) -> list[
         SessionRecord
     ]:  # fmt: skip
+        """Read only what was appended since the last call (see ``SessionList``)."""
         result: list[SessionRecord] = await self._call(
-            lambda c: c.sessions.list_sessions(statuses, search)
+            lambda c: self._list(c).read(statuses, search)
         )
         return result
 
@@ -166,12 +180,8 @@ class Backend:
                 yield r
         except asyncio.CancelledError:
             raise
-        except (NoResponders, JsNoResponders, StreamMissingError) as exc:
-            raise self._missing() from exc
         except Exception as exc:
-            await self._drop()
-            what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            raise StackDown(f"following {session_id} stopped ({what})") from exc
+            raise await self._failed(exc, f"following {session_id} stopped") from exc
 
     async def processes(self) -> dict[str, ProcessSummary]:
         result: dict[str, ProcessSummary] = await self._call(
