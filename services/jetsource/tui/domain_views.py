@@ -11,21 +11,20 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Label, Static
 
 from jetsource.core.clock import format_rfc3339_ns
 from jetsource.domains.sessions.format import format_ts
 from jetsource.tui.backend import Backend, StackDown
-from jetsource.tui.lifecycle import while_shown
-from jetsource.tui.session_view import CELL_WIDTH, Banner, styled
+from jetsource.tui.lifecycle import Refreshing, one_read, while_shown
+from jetsource.tui.session_view import CELL_WIDTH, Banner, refill, styled
 from jetsource.tui.text import clean, safe
 
 # How much of a raw payload or a dead letter's event the detail shows.
 PAYLOAD_CHARS = 4000
 
 
-class ListScreen(Screen[None]):
+class ListScreen(Refreshing):
     """A table read every ``refresh_s`` (which is also the retry of a missing
     service), a summary line, and a detail pane below for the row Enter selects."""
 
@@ -39,12 +38,11 @@ class ListScreen(Screen[None]):
         Binding("pageup", "page(-1)", "Detail up", show=False),
     ]
 
+    READ_ON_RESUME = False
+
     def __init__(self, backend: Backend, refresh_s: float = 2.0, screen_id: str = "") -> None:
-        super().__init__(id=screen_id)
+        super().__init__(refresh_s, screen_id)
         self.backend = backend
-        self.refresh_s = refresh_s
-        self.loaded = 0
-        self._reading = False
         self._shown: list[tuple[Any, ...]] | None = None
 
     def compose(self) -> ComposeResult:
@@ -66,7 +64,7 @@ class ListScreen(Screen[None]):
         table.add_columns(*self.COLUMNS)
         table.focus()
         self.reload()
-        self.set_interval(self.refresh_s, self._tick)
+        self.set_interval(self.refresh_s, self.tick)
 
     def action_reload(self) -> None:
         self.reload()
@@ -78,29 +76,19 @@ class ListScreen(Screen[None]):
         box = self.query_one("#detail-scroll", VerticalScroll)
         box.scroll_to(y=box.scroll_y + direction * max(box.size.height - 1, 1), animate=False)
 
-    def _tick(self) -> None:
-        if not self._reading and self.app.screen is self:
-            self.reload()
-
     @work(group="list")
-    @while_shown
+    @one_read
     async def reload(self) -> None:
-        if self._reading:
-            return
-        self._reading = True
+        banner = self.query_one(Banner)
         try:
-            banner = self.query_one(Banner)
-            try:
-                rows = await self.read()
-            except StackDown as exc:
-                banner.show(f"{exc} — retrying every {self.refresh_s:g}s")
-                return
-            banner.clear()
-            if rows != self._shown:
-                self._redraw(rows)
-            self.loaded += 1
-        finally:
-            self._reading = False
+            rows = await self.read()
+        except StackDown as exc:
+            banner.show(f"{exc} — retrying every {self.refresh_s:g}s")
+            return
+        banner.clear()
+        if rows != self._shown:
+            self._redraw(rows)
+        self.loaded += 1
 
     async def read(self) -> list[tuple[Any, ...]]:
         """Rows: (key, cell, cell, ...), cells already made safe."""
@@ -110,19 +98,14 @@ class ListScreen(Screen[None]):
         raise NotImplementedError
 
     def _redraw(self, rows: list[tuple[Any, ...]]) -> None:
+        def add(row: tuple[Any, ...]) -> None:
+            table.add_row(*row[1:], key=str(row[0]))
+
         table = self.query_one("#rows", DataTable)
-        keep_index = table.cursor_row
-        before = self._shown or []
-        keep_key = before[keep_index][0] if 0 <= keep_index < len(before) else None
-        table.clear()
-        for key, *cells in rows:
-            table.add_row(*cells, key=str(key))
+        refill(table, self._shown, rows, add)
         self._shown = rows
         summary = self.query_one("#summary", Static)
         if rows:
-            keys = [row[0] for row in rows]
-            index = keys.index(keep_key) if keep_key in keys else min(keep_index, len(rows) - 1)
-            table.move_cursor(row=index)
             summary.update(Text(self.count(len(rows)), style="dim"))
         else:
             summary.update(Text(self.empty(), style="yellow"))

@@ -18,12 +18,12 @@ from jetsource.domains.sessions.format import format_ts, parse_ts
 from jetsource.domains.sessions.ledger import ProcessSummary
 from jetsource.domains.sessions.record import session_status
 from jetsource.tui.backend import Backend, StackDown
-from jetsource.tui.lifecycle import while_shown
+from jetsource.tui.lifecycle import Refreshing, one_read, while_shown
 from jetsource.tui.session_view import CELL_WIDTH, COMMAND_WIDTH, Banner, SessionScreen, styled
 from jetsource.tui.text import clean, safe
 
 
-class ProcessesScreen(Screen[None]):
+class ProcessesScreen(Refreshing):
     """Every process of the ledger as a tree (sessions and what nests under them),
     with statuses, refreshed live."""
 
@@ -33,11 +33,8 @@ class ProcessesScreen(Screen[None]):
     ]
 
     def __init__(self, backend: Backend, refresh_s: float = 2.0) -> None:
-        super().__init__(id="processes-screen")
+        super().__init__(refresh_s, "processes-screen")
         self.backend = backend
-        self.refresh_s = refresh_s
-        self.loaded = 0
-        self._reading = False
         self._drawn: tuple[Any, ...] | None = None  # what the tree shows, to skip a no-op redraw
 
     def compose(self) -> ComposeResult:
@@ -51,7 +48,7 @@ class ProcessesScreen(Screen[None]):
         self.query_one(Banner).clear()
         self.query_one("#tree", Tree).root.expand()
         self.reload()
-        self.set_interval(self.refresh_s, self._tick_reload)
+        self.set_interval(self.refresh_s, self.tick)
 
     def action_reload(self) -> None:
         self.reload()
@@ -64,30 +61,9 @@ class ProcessesScreen(Screen[None]):
         if node is not None and node.data:
             self.app.push_screen(SessionScreen(self.backend, str(node.data)))
 
-    def _tick_reload(self) -> None:
-        # A read still under way (a slow or absent stack) is left to finish: cancelling
-        # it for the next tick would never let one complete. A screen under another one
-        # reads nothing (each read lists the whole ledger, on the UI's event loop); it
-        # reads again as soon as it is shown.
-        if not self._reading and self.app.screen is self:
-            self.reload()
-
-    def on_screen_resume(self) -> None:
-        if self.loaded and not self._reading:
-            self.reload()
-
     @work(group="processes")
-    @while_shown
+    @one_read
     async def reload(self) -> None:
-        if self._reading:
-            return
-        self._reading = True
-        try:
-            await self._reload()
-        finally:
-            self._reading = False
-
-    async def _reload(self) -> None:
         banner = self.query_one(Banner)
         try:
             procs = await self.backend.processes()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from rich.text import Text
@@ -28,7 +29,7 @@ from jetsource.domains.sessions.progress import (
 )
 from jetsource.domains.sessions.record import ACTIVE, STATUSES
 from jetsource.tui.backend import Backend, StackDown
-from jetsource.tui.lifecycle import while_shown
+from jetsource.tui.lifecycle import Refreshing, one_read, while_shown
 from jetsource.tui.text import clean, safe
 
 STATUS_STYLE = {
@@ -83,6 +84,27 @@ def styled(status: str) -> Text:
     return safe(status, CELL_WIDTH, STATUS_STYLE.get(status, ""))
 
 
+def refill(
+    table: DataTable[Any],
+    before: list[tuple[Any, ...]] | None,
+    rows: list[tuple[Any, ...]],
+    add: Callable[[tuple[Any, ...]], None],
+) -> None:
+    """The table drawn anew with ``rows`` (each row's key first), ``add`` drawing one.
+    The cursor stays on the row it was on (new sessions come in at the top: by index
+    it would slide to another one, and Enter would open that one), else at its place."""
+    keep_index = table.cursor_row
+    before = before or []
+    keep_key = before[keep_index][0] if 0 <= keep_index < len(before) else None
+    table.clear()
+    for row in rows:
+        add(row)
+    if rows:
+        keys = [row[0] for row in rows]
+        index = keys.index(keep_key) if keep_key in keys else min(keep_index, len(rows) - 1)
+        table.move_cursor(row=index)
+
+
 class Banner(Static):
     """A clear line when the stack is down (hidden while all is well)."""
 
@@ -95,7 +117,7 @@ class Banner(Static):
             self.display = False
 
 
-class SessionsScreen(Screen[None]):
+class SessionsScreen(Refreshing):
     """Every session: status, command, start, duration, event count; filter by text
     or ``status:<name>``; Enter opens one."""
 
@@ -106,11 +128,8 @@ class SessionsScreen(Screen[None]):
     ]
 
     def __init__(self, backend: Backend, refresh_s: float = 2.0) -> None:
-        super().__init__(id="sessions-screen")
+        super().__init__(refresh_s, "sessions-screen")
         self.backend = backend
-        self.refresh_s = refresh_s
-        self.loaded = 0  # how many times the list was read (tests wait on it)
-        self._reading = False
         # the rows on screen, to skip a no-op redraw (None: draw whatever comes next)
         self._shown: list[tuple[Any, ...]] | None = None
         self._applied: tuple[str, tuple[str, ...]] = ("", ())  # the filter in force (Enter)
@@ -131,7 +150,7 @@ class SessionsScreen(Screen[None]):
         table.add_columns("session", "status", "command", "started", "duration", "events")
         table.focus()  # keys go to the screen and the app; "/" to type a filter
         self.reload()
-        self.set_interval(self.refresh_s, self._tick_reload)
+        self.set_interval(self.refresh_s, self.tick)
 
     def action_focus_filter(self) -> None:
         self.query_one("#filter", Input).focus()
@@ -141,18 +160,6 @@ class SessionsScreen(Screen[None]):
 
     def action_reload(self) -> None:
         self.reload()
-
-    def _tick_reload(self) -> None:
-        # A read still under way (a slow or absent stack) is left to finish: cancelling
-        # it for the next tick would never let one complete. A screen under another one
-        # reads nothing (each read lists the whole ledger, on the UI's event loop); it
-        # reads again as soon as it is shown.
-        if not self._reading and self.app.screen is self:
-            self.reload()
-
-    def on_screen_resume(self) -> None:
-        if self.loaded and not self._reading:
-            self.reload()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.input.id == "filter":
@@ -169,17 +176,8 @@ class SessionsScreen(Screen[None]):
         return self._applied
 
     @work(group="sessions-list")
-    @while_shown
+    @one_read
     async def reload(self) -> None:
-        if self._reading:
-            return
-        self._reading = True
-        try:
-            await self._reload()
-        finally:
-            self._reading = False
-
-    async def _reload(self) -> None:
         search, statuses = self._filter()
         banner = self.query_one(Banner)
         try:
@@ -221,22 +219,15 @@ class SessionsScreen(Screen[None]):
         self.query_one("#summary", Static).update(text)
 
     def _redraw(self, rows: list[tuple[Any, ...]]) -> None:
-        table = self.query_one("#sessions", DataTable)
-        # The cursor stays on the session it was on (new sessions come in at the top: by
-        # index it would slide to another one, and Enter would open that one).
-        keep_index = table.cursor_row
-        before = self._shown or []
-        keep_key = before[keep_index][0] if 0 <= keep_index < len(before) else None
-        table.clear()
-        for sid, status, command, started, duration, count in rows:
+        def add(row: tuple[Any, ...]) -> None:
+            sid, status, command, started, duration, count = row
             table.add_row(
                 safe(sid), styled(status), safe(command), started, duration, count, key=sid
             )
+
+        table = self.query_one("#sessions", DataTable)
+        refill(table, self._shown, rows, add)
         self._shown = rows
-        if rows:
-            keys = [row[0] for row in rows]
-            index = keys.index(keep_key) if keep_key in keys else min(keep_index, len(rows) - 1)
-            table.move_cursor(row=index)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         if event.data_table.id == "sessions" and event.row_key.value:
