@@ -347,7 +347,7 @@ QUICK = [
     "--rate",
     "100",
     "--seconds",
-    "2",
+    "1",
     "--stored",
     "1000",
     "--load-seconds",

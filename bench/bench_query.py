@@ -80,8 +80,10 @@ async def append_among(
             await store.append(other, [NewEvent(e) for e in chunk], ANY)
 
 
-async def seed(url: str, history: int, max_nodes: int | None, interleave: int) -> dict[str, Any]:
-    """One long story with snapshots, its twin without, 100 short stories."""
+async def seed(
+    url: str, history: int, max_nodes: int | None, interleave: int, shorts: int = 100
+) -> dict[str, Any]:
+    """One long story with snapshots, its twin without, ``shorts`` short stories."""
     nc = await nats.connect(url)
     store = JetStreamEventStore(nc, registry, EventStoreSettings())
     await store.ensure_streams()
@@ -102,7 +104,7 @@ async def seed(url: str, history: int, max_nodes: int | None, interleave: int) -
         state = fold([records[v - 1].event], state)
         if v % 100 == 0:
             await snapshots.save(make_snapshot(state, records[v - 1], keys))
-    short = [f"short-{i}" for i in range(100)]
+    short = [f"short-{i}" for i in range(shorts)]
     for s in short:
         await append(store, s, story_events(s, 100, seed=1))
     await snapshots.close()
@@ -136,7 +138,8 @@ async def project(url: str, valkey: str) -> None:
     await p.close()
 
 
-QUICK = ["--history", "600", "--reads", "20"]
+# 20 short stories, not 100: each is 100 events written and projected before any read.
+QUICK = ["--history", "600", "--reads", "20", "--short-stories", "20"]
 
 
 async def timed(name: str, calls: list[Any], clients: int, meter: CpuMeter) -> Stats:
@@ -341,7 +344,8 @@ def tables(
         return [t]
     g = rows["get"]
     t2 = Table(
-        "GetContext from the Valkey context model: 16 concurrent gRPC clients over 100 stories",
+        "GetContext from the Valkey context model: 16 concurrent gRPC clients over "
+        f"{len(seeded['short'])} stories",
         ["path", "reads/s", "latency", "CPU ms per read"],
     )
     t2.row([g.name, f"{g.rate:,.0f}", g.latency(), cpu(g)])
@@ -350,7 +354,12 @@ def tables(
 
 
 async def run(
-    history: int, reads: int, max_nodes: int | None, interleave: int = 0, get: bool = True
+    history: int,
+    reads: int,
+    max_nodes: int | None,
+    interleave: int = 0,
+    get: bool = True,
+    shorts: int = 100,
 ) -> list[Table]:
     tmp = Path(tempfile.mkdtemp(prefix="jetsource-bench-query-"))
     nats_server = NatsServer(tmp / "nats", port=free_port(), monitor_port=free_port())
@@ -364,7 +373,7 @@ async def run(
         nats_pid, valkey_pid = procs[0].pid, procs[1].pid
         url = nats_server.address()
         valkey = f"redis://127.0.0.1:{valkey_server.port}/0"
-        seeded = await seed(url, history, max_nodes, interleave)
+        seeded = await seed(url, history, max_nodes, interleave, shorts)
         await project(url, valkey)
         port = free_port()
         env = {
@@ -481,11 +490,20 @@ def main(argv: list[str] | None = None) -> list[Table]:
         help="write the story with snapshots in commands of 10 events, each followed by K "
         "commands of other stories (default 0: its events are contiguous in the stream)",
     )
+    parser.add_argument(
+        "--short-stories",
+        type=int,
+        default=100,
+        help="stories of 100 events in the Valkey context model that GetContext reads",
+    )
     args = parser.parse_args(argv)
     max_nodes = args.max_nodes or None
-    out = asyncio.run(run(args.history, args.reads, max_nodes, args.interleave))
+    shorts = args.short_stories
+    out = asyncio.run(run(args.history, args.reads, max_nodes, args.interleave, shorts=shorts))
     if max_nodes and not args.no_growing:
-        out += asyncio.run(run(args.history, args.reads, None, args.interleave, get=False))
+        out += asyncio.run(
+            run(args.history, args.reads, None, args.interleave, get=False, shorts=shorts)
+        )
     return show(out)
 
 
