@@ -27,6 +27,7 @@ from jetsource.domains.omni.events import first_contact_identity
 from jetsource.domains.omni.identity import IdentityService
 from jetsource.ingest.server import Ingest
 from jetsource.projection.bootstrap import Projection
+from jetsource.projection.valkey import ValkeyModel
 from tests.integration.omni.harness import caught_up
 from tests.integration.omni.test_identity_races import (
     assert_agree,
@@ -36,6 +37,7 @@ from tests.integration.omni.test_identity_races import (
 )
 
 pytestmark = pytest.mark.integration
+MODEL = "omni_identities"
 
 
 @pytest.fixture
@@ -214,6 +216,24 @@ async def test_a_merge_cycle_keeps_one_identity_live(
     other = ("discord", "5550003")
     await s[0].link(live, *other, actor="test")
     await assert_agree(ingest, projection, [ha, hb, other], [a, b])
+    # The read model decides the cycle the same way whichever merge it applies first:
+    # each identity's history alone, the later merge's identity first.
+    await caught_up(projection)
+    histories = {i: await ingest.store.read_aggregate(i) for i in (a, b)}
+    first = max((a, b), key=lambda i: histories[i][-1].stream_seq)
+    live_model, reordered = projection.model(MODEL, 1), projection.model(MODEL, 4)
+    assert isinstance(live_model, ValkeyModel) and isinstance(reordered, ValkeyModel)
+    try:
+        for i in (first, a if first == b else b):
+            outcome = await reordered.apply(histories[i])
+            assert not outcome.waiting, outcome
+        for i in (a, b):
+            key = f"i:{i}"
+            got = await reordered.redis.hget(f"{reordered.ns}:{key}", "into")
+            want = await live_model.redis.hget(f"{live_model.ns}:{key}", "into")
+            assert got == want, (i, got, want)
+    finally:
+        await reordered.drop()
 
 
 async def test_random_concurrent_merges_leave_every_handle_on_a_live_identity(

@@ -12,7 +12,8 @@
 
 ``omni_identities`` (IdentityCreated, ExternalIdLinked, IdentitiesMerged):
 
-- ``i:<identity id>`` hash: ``name``, ``by``, ``seq``, ``into`` (merged into);
+- ``i:<identity id>`` hash: ``name``, ``by``, ``seq``, ``into`` (merged into) and
+  ``intoseq`` (that merge's stream sequence);
 - ``i:<identity id>:h`` hash: handle ``provider:external id`` -> instance;
 - ``i:<identity id>:m`` hash: identities merged into it;
 - ``ia`` sorted set of identity ids by creation sequence, ``ip:<provider>`` by provider;
@@ -20,8 +21,8 @@
   assignment (its stream sequence; 0 for a first contact's link). The assignment of
   the highest order (a link, a merge's record kept by the receiving identity) holds
   it whatever order they are applied in, as in the bucket (``identity_rules``): an
-  explicit link outranks a first contact that raced it. ``into`` is not set by a
-  merge that would close a cycle (its survivor's chain leads back to it): void.
+  explicit link outranks a first contact that raced it. ``into`` is not kept for a
+  merge that closes a cycle (in a cycle, the merge latest in the stream): void.
 
 Both models keep, per aggregate, ``pos`` (hash: the stream sequence applied last),
 ``ver`` (hash: the aggregate version applied last) and ``refused`` (hash: the
@@ -114,18 +115,24 @@ local function run(name, args)
     redis.call('HSET', index, handle, owner)
     redis.call('HSET', at, handle, seq)
   elseif name == 'INTO' then
-    -- keys: the identities' prefix; then the merged identity, its survivor. A merge
-    -- whose survivor's chain (the merges applied before it) leads back to the merged
-    -- identity would close a cycle: void, the identity stays live.
-    local ip, me, survivor = args[1], args[2], args[3]
-    local current = survivor
+    -- keys: the identities' prefix; then the merged identity, its survivor, the
+    -- merge's sequence. A merge that closes a cycle (two identities merged into each
+    -- other at once) is void: in any cycle the merge latest in the stream is the one
+    -- that closed it, whatever order they are applied in, so it is taken out again.
+    local ip, me, survivor, seq = args[1], args[2], args[3], tonumber(args[4])
+    if redis.call('HEXISTS', ip .. me, 'into') == 1 then return end
+    redis.call('HSET', ip .. me, 'into', survivor, 'intoseq', seq)
+    local current, last, lastseq = survivor, me, seq
     for _ = 1, 10000 do
-      if current == me then return end
-      current = redis.call('HGET', ip .. current, 'into')
-      if not current then break end
-    end
-    if redis.call('HEXISTS', ip .. me, 'into') == 0 then
-      redis.call('HSET', ip .. me, 'into', survivor)
+      if current == me then
+        redis.call('HDEL', ip .. last, 'into', 'intoseq')
+        return
+      end
+      local nxt = redis.call('HGET', ip .. current, 'into')
+      if not nxt then return end
+      local at = tonumber(redis.call('HGET', ip .. current, 'intoseq') or '0')
+      if at > lastseq then last, lastseq = current, at end
+      current = nxt
     end
   else
     redis.call(name, unpack(args))
@@ -384,7 +391,7 @@ def identity_commands(record: RecordedEvent) -> list[Command]:
         return out
     if isinstance(e, IdentitiesMerged):
         if me == e.merged_id:
-            return [("INTO", 1, ["i:", me, e.survivor_id])]
+            return [("INTO", 1, ["i:", me, e.survivor_id, seq])]
         # kept by the identity receiving the handles: the survivor, or the end of its
         # chain when the survivor was merged meanwhile
         out = [("HSET", 1, [f"i:{me}:m", e.merged_id, seq])]
