@@ -1,12 +1,23 @@
-"""`jetsource infra up | status | down` as a user runs it, on free ports in a temp home."""
+"""`jetsource infra up | status | down` as a user runs it, on free ports in a temp home.
+
+`jetsource up` / `infra up` restart exactly what is down (#22 item 5, #18): NATS after
+kill -9, a server restarted by hand shows as up (its own pid), a killed projector is
+restarted while the other services are left alone, `infra status` lists the services
+and exits 1 while one is down. That runs on the stack the first test brought up (it
+was tests/integration/test_local_stack_restart.py, which started a stack of its own:
+its start and its `down` were 20 s of `make test`)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import nats
@@ -15,7 +26,7 @@ import valkey
 from nats.js.api import StreamConfig
 from neo4j import GraphDatabase
 
-from jetsource.devstack.servers import free_port, port_open
+from jetsource.devstack.servers import free_port, pid_alive, port_open, stop_pid
 from tests.infra import Server
 
 pytestmark = pytest.mark.integration
@@ -73,6 +84,33 @@ def rows(output: str) -> dict[str, str]:
     return found
 
 
+def status_json(env: dict[str, str]) -> tuple[int, dict[str, dict[str, Any]]]:
+    done = jetsource(env, "-o", "json", "infra", "status")
+    body = json.loads(done.stdout)
+    return done.returncode, {r["name"]: r for r in body["servers"] + body["services"]}
+
+
+def wait_healthy(env: dict[str, str], within: float = 30) -> dict[str, dict[str, Any]]:
+    deadline = time.monotonic() + within
+    while True:
+        code, found = status_json(env)
+        if code == 0 or time.monotonic() > deadline:
+            assert code == 0, found
+            return found
+        time.sleep(0.5)
+
+
+SERVICES = (
+    "publisher",
+    "projector",
+    "snapshotter",
+    "query",
+    "observer",
+    "process-query",
+    "ingest",
+)
+
+
 def write_data(env: dict[str, str]) -> None:
     async def publish() -> None:
         nc = await nats.connect(f"nats://127.0.0.1:{env['JETSOURCE_DEVSTACK__NATS_PORT']}")
@@ -105,7 +143,11 @@ def read_data(env: dict[str, str]) -> tuple[bytes, bytes | None, int]:
     return kept, value, records[0]["n"]
 
 
-def test_up_status_down_and_data_survives(env: dict[str, str]) -> None:
+def test_up_status_down_and_data_survives_and_up_restarts_what_is_down(
+    env: dict[str, str],
+) -> None:
+    home = Path(env["JETSOURCE_DEVSTACK__HOME"])
+    hand: subprocess.Popen[bytes] | None = None
     try:
         up = jetsource(env, "infra", "up")
         assert up.returncode == 0, up.stdout + up.stderr
@@ -186,10 +228,91 @@ def test_up_status_down_and_data_survives(env: dict[str, str]) -> None:
             f"http://127.0.0.1:{env['JETSOURCE_PUBLISHER__METRICS_PORT']}/metrics", timeout=5
         ).text
         assert 'jetsource_publisher_commands_total{command="AddDecision",outcome="ok"}' in metrics
+
+        hand, pids = restart_exactly_what_is_down(env, home)
         down = jetsource(env, "down")
         assert down.returncode == 0 and "publisher" in down.stdout, down.stdout
+        hand.wait(timeout=20)  # the hand-started server was stopped too
+        assert not any(pid_alive(pid) for pid in pids.values())
     finally:
+        jetsource(env, "down")
         jetsource(env, "infra", "down")
+        if hand is not None and hand.poll() is None:
+            hand.kill()
+
+
+def restart_exactly_what_is_down(
+    env: dict[str, str], home: Path
+) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
+    """Kills NATS, then the projector, then the query service; `infra up` and `up` bring
+    back what is down and nothing else. Returns the NATS server started by hand and the
+    services' pids (the query service's is dead)."""
+    rows = wait_healthy(env)
+    assert all(rows[s]["health"] == "healthy" for s in SERVICES), rows
+    assert rows["nats"]["detail"].startswith("JetStream storage"), rows["nats"]
+    # the local NATS fsyncs every write by default (#22 item 10)
+    conf = (home / "data" / "nats" / "nats.conf").read_text()
+    assert 'sync_interval: "always"' in conf
+
+    # kill -9 of nats-server: status says so, `infra up` starts it (and only it)
+    nats_pid = int(rows["nats"]["pid"])
+    os.kill(nats_pid, signal.SIGKILL)
+    time.sleep(0.3)
+    code, rows = status_json(env)
+    assert code == 1 and rows["nats"]["health"] == "down", rows["nats"]
+    again = jetsource(env, "infra", "up")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "started: nats" in again.stdout, again.stdout
+    rows = wait_healthy(env)
+    assert int(rows["nats"]["pid"]) != nats_pid
+
+    # nothing down: `infra up` says so and succeeds
+    idle = jetsource(env, "infra", "up")
+    assert idle.returncode == 0 and "already running" in idle.stdout, idle.stdout
+
+    # a nats-server restarted by hand with the same config shows as up, its own pid
+    assert stop_pid(int(rows["nats"]["pid"]))
+    hand = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "nats-server"),
+            "-c",
+            str(home / "data/nats/nats.conf"),
+        ],
+        cwd=home / "data" / "nats",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        rows = wait_healthy(env)
+        assert int(rows["nats"]["pid"]) == hand.pid, rows["nats"]
+
+        # kill -9 of the projector: status names it, `jetsource up` restarts it alone
+        before = {s: int(rows[s]["pid"]) for s in SERVICES}
+        os.kill(before["projector"], signal.SIGKILL)
+        time.sleep(0.3)
+        code, rows = status_json(env)
+        assert code == 1 and rows["projector"]["health"] == "down", rows["projector"]
+        restarted = jetsource(env, "up", "--no-demo")
+        assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+        assert "already running" in restarted.stdout
+        assert "GetContext" not in restarted.stdout  # --no-demo
+        rows = wait_healthy(env)
+        after = {s: int(rows[s]["pid"]) for s in SERVICES}
+        assert after["projector"] != before["projector"]
+        assert {s: after[s] for s in SERVICES if s != "projector"} == {
+            s: before[s] for s in SERVICES if s != "projector"
+        }
+
+        # the query service dead: status is not "all healthy"
+        os.kill(after["query"], signal.SIGKILL)
+        time.sleep(0.3)
+        code, rows = status_json(env)
+        assert code == 1 and rows["query"]["health"] == "down", rows["query"]
+    except BaseException:
+        hand.kill()
+        raise
+    return hand, after
 
 
 def test_external_servers_are_probed_not_started(
