@@ -92,6 +92,15 @@ def watch_nats(nc: Any, service: str, poll_s: float = 5.0) -> asyncio.Task[None]
     return asyncio.create_task(poll(), name=f"{service}-nats-connected")
 
 
+class _HTTPServer(ThreadingHTTPServer):
+    # socketserver listens with a backlog of 5: a burst of more connections than the
+    # accept thread had taken (a scrape, the kubelet's probes, a balancer's checks at
+    # once) had the kernel drop their SYNs, and each of those clients waited for its
+    # retransmission, 1 s later (16 at once: half answered after >= 1 s). Now the
+    # system's limit (net.core.somaxconn), as grpc's servers have (uvicorn: 2048).
+    request_queue_size = socket.SOMAXCONN
+
+
 def bind_http(
     what: str,
     host: str,
@@ -103,7 +112,7 @@ def bind_http(
     could not listen where (a port in use, an address not this host's) and
     ``setting``, the environment variable that moves the port."""
     try:
-        return ThreadingHTTPServer((host, port), handler)
+        return _HTTPServer((host, port), handler)
     except OSError as exc:
         raise ListenError(what, f"{host}:{port}", exc.strerror or str(exc), setting) from exc
 
