@@ -44,14 +44,19 @@ async def test_the_list_refreshed_as_the_ledger_grows_reads_only_what_was_append
         await until(pilot, lambda: table.row_count == 1)
         reader = (await backend.client()).sessions.reader
         assert isinstance(reader, LedgerReader)
-        tails: list[str] = []
-        tail = reader.tail
+        tails: list[str] = []  # the sessions whose histories were read for their tails
+        tail, tail_at = reader.tail, reader.tail_at
 
         async def counted(process_id: str) -> tuple[int, int]:
             tails.append(process_id)
             return await tail(process_id)
 
+        async def counted_at(process_id: str) -> tuple[int, int, int]:
+            tails.append(process_id)
+            return await tail_at(process_id)
+
         reader.tail = counted  # type: ignore[method-assign]
+        reader.tail_at = counted_at  # type: ignore[method-assign]
         reads = listing.loaded
         await until(pilot, lambda: listing.loaded >= reads + 5)
         assert tails == [], "refreshes with nothing appended read sessions' tails"
@@ -72,6 +77,7 @@ async def test_the_list_refreshed_as_the_ledger_grows_reads_only_what_was_append
             want = [(r.session_id, r.status, str(r.event_count)) for r in whole]
             await until(pilot, lambda want=want: rows(table) == want)  # type: ignore[misc]
         assert s.id not in tails, "a session that got nothing was read again"
+        assert len(set(tails)) == len(tails), "a session's history was read twice"
         for one in live:
             await one.close()
         whole = await client.sessions.list_sessions()

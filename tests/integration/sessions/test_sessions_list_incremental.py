@@ -19,8 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from google.protobuf import struct_pb2
 
+from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
 from jetsource._gen.process.v1 import events_pb2
 from jetsource.core.clock import to_timestamp
 from jetsource.domains.sessions.connect import SessionsClient
@@ -34,6 +36,7 @@ from jetsource.domains.sessions.format import (
 )
 from jetsource.domains.sessions.ledger import LedgerReader
 from jetsource.domains.sessions.service import SessionList, Sessions
+from jetsource.eventstore import jsapi
 
 NOW = time.time_ns()
 
@@ -72,20 +75,6 @@ def sessions_of(client: SessionsClient) -> Sessions:
     """A second ``Sessions`` on the same reader, on one fixed clock (the statuses that
     turn with time are the same in both reads)."""
     return Sessions(client.sessions.reader, client.sessions.settings, clock=fixed)
-
-
-class Counting:
-    """Counts the reader's tail reads (a session's last seq), the per-session cost."""
-
-    def __init__(self, reader: LedgerReader) -> None:
-        self.tails = 0
-        self._tail = reader.tail
-
-        async def tail(process_id: str) -> tuple[int, int]:
-            self.tails += 1
-            return await self._tail(process_id)
-
-        reader.tail = tail  # type: ignore[method-assign]
 
 
 async def test_a_list_kept_over_many_refreshes_is_the_list_a_whole_read_gives(
@@ -133,26 +122,96 @@ async def test_a_list_kept_over_many_refreshes_is_the_list_a_whole_read_gives(
     assert {r.status for r in records} >= {"active", "completed", "failed"}
 
 
-async def test_a_refresh_reads_only_the_sessions_that_got_an_event(
+async def test_a_refresh_reads_no_history_of_a_session_whose_events_follow_its_tail(
     client: SessionsClient,
 ) -> None:
-    ids = [new_session_id() for _ in range(20)]
-    await client.writer.record([started(sid, "cmd") for sid in sorted(ids)])
-    reader = client.sessions.reader
-    assert isinstance(reader, LedgerReader)
-    counting = Counting(reader)
+    ids = sorted(new_session_id() for _ in range(20))
+    await client.writer.record([started(sid, "cmd") for sid in ids])
     kept = SessionList(sessions_of(client))
     first = await kept.read()
-    assert len(first) == 20 and counting.tails == 20
+    assert len(first) == 20 and kept.tail_reads == 20  # the first read is whole
 
-    counting.tails = 0
     assert await kept.read() == first  # nothing appended: no session read
-    assert counting.tails == 0
+    assert kept.tail_reads == 20
 
-    await client.writer.record([event(ids[3], "scan_progress", {"files_scanned": 1})])
-    again = await kept.read()
-    assert counting.tails == 1, "one session got an event: its tail alone is read"
-    assert next(r for r in again if r.session_id == ids[3]).event_count == 2
+    # a long session appended to: its new events follow its tail, nothing else is read
+    for n in range(5):
+        await client.writer.record(
+            [event(ids[3], "scan_progress", {"files_scanned": i}) for i in range(200)]
+        )
+        await client.writer.record([event(ids[7], "scan_progress"), event(ids[9], "x_y")])
+        again = await kept.read()
+        assert again == await sessions_of(client).list_sessions()
+        assert next(r for r in again if r.session_id == ids[3]).event_count == 1 + 200 * (n + 1)
+    assert kept.tail_reads == 20 and kept.whole_reads == 1
+
+    # an operator voids a session's last event: its tail is read again, from its history
+    events = await client.sessions.reader.events(ids[7])
+    await client.store.void(events[-1].global_seq, "test", "tester")
+    assert await kept.read() == await sessions_of(client).list_sessions()
+    assert kept.tail_reads == 21
+
+    # a hostile publish that decodes, with a version out of place: read again, named
+    forged = EventEnvelope(aggregate_version=999, schema_version=1, payload=b"")
+    prefix = client.store.settings.subject_prefix
+    await client.nc.jetstream().publish(
+        f"{prefix}.{ids[9]}.scan_progress", forged.SerializeToString()
+    )
+    records = await kept.read()
+    assert records == await sessions_of(client).list_sessions()
+    assert kept.tail_reads == 22
+    assert "999" in next(r for r in records if r.session_id == ids[9]).error
+
+
+async def test_a_short_read_of_what_was_appended_takes_nothing_and_is_read_again(
+    client: SessionsClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica behind the one that said where the stream stands answers the read of
+    the range with less than it holds: nothing of it is taken, the next read has it."""
+    ids = sorted(new_session_id() for _ in range(3))
+    await client.writer.record([started(sid, "cmd") for sid in ids])
+    kept = SessionList(sessions_of(client))
+    before = await kept.read()
+    await client.writer.record([ended(ids[0], "failed"), event(ids[1], "scan_progress")])
+    real = jsapi.direct_get_page
+
+    async def behind(*args: Any, **kwargs: Any) -> jsapi.Page:
+        page = await real(*args, **kwargs)
+        return jsapi.Page(page.messages[:-1], 0)  # the last one not there yet
+
+    monkeypatch.setattr(jsapi, "direct_get_page", behind)
+    assert await kept.read() == before
+    monkeypatch.setattr(jsapi, "direct_get_page", real)
+    after = await kept.read()
+    assert after == await sessions_of(client).list_sessions() and after != before
+    assert kept.whole_reads == 1
+
+
+async def test_a_read_cancelled_half_way_is_finished_by_the_next_one(
+    client: SessionsClient,
+) -> None:
+    ids = sorted(new_session_id() for _ in range(4))
+    await client.writer.record([started(sid, "cmd") for sid in ids])
+    kept = SessionList(sessions_of(client))
+    await kept.read()
+    await client.writer.record([ended(sid, "completed") for sid in ids])
+    await client.store.void((await client.sessions.reader.events(ids[2]))[-1].global_seq, "t", "t")
+    reader = client.sessions.reader
+    assert isinstance(reader, LedgerReader)
+    real = reader.tail_at
+
+    async def stuck(process_id: str) -> tuple[int, int, int]:
+        await asyncio.sleep(30)
+        return await real(process_id)
+
+    reader.tail_at = stuck  # type: ignore[method-assign]
+    reading = asyncio.create_task(kept.read())
+    await asyncio.sleep(0.3)
+    reading.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reading
+    reader.tail_at = real  # type: ignore[method-assign]
+    assert await kept.read() == await sessions_of(client).list_sessions()
     assert kept.whole_reads == 1
 
 

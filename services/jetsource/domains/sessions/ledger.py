@@ -97,6 +97,22 @@ class StreamMark:
         )
 
 
+class LedgerBehindError(Exception):
+    """A read of what was appended saw less than the stream said it holds."""
+
+
+@dataclass
+class Appended:
+    """What was appended to the ledger in a range of sequences (``LedgerReader.appended``)."""
+
+    # the lifecycle events (started, ended), in stream order
+    lifecycle: list[RecordedEvent]
+    # each process's messages in stream order: (stream seq, version, recorded ns), or
+    # None for one that tells nothing by itself (not an event, voided, or an operator's
+    # void of an earlier one)
+    messages: dict[str, list[tuple[int, int, int] | None]]
+
+
 @dataclass
 class ProcessSummary:
     process_id: str
@@ -108,6 +124,32 @@ class ProcessSummary:
     ended_ns: int = 0
     last_recorded_ns: int = 0
     error: str = ""
+
+
+LIFECYCLE = frozenset({PROCESS_STARTED, *ENDED_STATUS})
+
+
+def fold_lifecycle(found: dict[str, ProcessSummary], lifecycle: list[RecordedEvent]) -> None:
+    """Lifecycle events (started, ended) folded into ``found`` in stream order: folding
+    a ledger in pieces, one after the other, gives what one fold of it gives."""
+    for r in sorted(lifecycle, key=lambda r: r.stream_seq):
+        env = r.envelope
+        p = found.setdefault(env.aggregate_id, ProcessSummary(env.aggregate_id))
+        p.last_recorded_ns = max(p.last_recorded_ns, r.recorded_at_ns)
+        occurred = from_timestamp(env.occurred_at) if env.HasField("occurred_at") else 0
+        if env.event_type == PROCESS_STARTED:
+            data = _data(r)
+            p.parent = env.parent_aggregate_id
+            p.kind = str(data.get("kind", ""))
+            p.name = str(data.get("name", ""))
+            p.started_ns = occurred or r.recorded_at_ns
+        elif env.event_type in ENDED_STATUS:
+            p.status = {"process_cancelled": "cancelled"}.get(
+                env.event_type, ENDED_STATUS[env.event_type]
+            )
+            p.ended_ns = occurred or r.recorded_at_ns
+            error = _data(r).get("error")
+            p.error = error if isinstance(error, str) else ""
 
 
 def stored_event(record: RecordedEvent) -> events_pb2.StoredEvent:
@@ -279,7 +321,7 @@ class LedgerReader:
         self._js = js
         self._stream = stream
         self._prefix = subject_prefix
-        # Started, for the raw reads of what was appended (``touched``): without it
+        # Started, for the raw reads of what was appended (``appended``): without it
         # only whole reads are offered (``incremental`` is False).
         self._replies = replies
         # How long follow waits for the first event of a session the stream does not
@@ -325,40 +367,14 @@ class LedgerReader:
         """Every process from its lifecycle events (started, ended)."""
         return await self.lifecycle()
 
-    async def lifecycle(
-        self,
-        found: dict[str, ProcessSummary] | None = None,
-        after_seq: int = 0,
-        to_seq: int | None = None,
-    ) -> dict[str, ProcessSummary]:
-        """The processes' lifecycle events (started, ended) with stream sequences in
-        (``after_seq``, ``to_seq``] folded into ``found`` (a new dict when None), in
-        stream order: folding a ledger in pieces, one after the other, gives what
-        one read of it gives. No running session's tail is read here."""
-        found = {} if found is None else found
+    async def lifecycle(self, to_seq: int | None = None) -> dict[str, ProcessSummary]:
+        """Every process from its lifecycle events (started, ended) up to ``to_seq``;
+        no running session's tail is read here."""
         lifecycle: list[RecordedEvent] = []
         for event_type in (PROCESS_STARTED, *ENDED_STATUS):
-            lifecycle += await self._lifecycle(
-                f"{self._prefix}.*.{event_type}", after_seq + 1, to_seq
-            )
-        for r in sorted(lifecycle, key=lambda r: r.stream_seq):
-            env = r.envelope
-            p = found.setdefault(env.aggregate_id, ProcessSummary(env.aggregate_id))
-            p.last_recorded_ns = max(p.last_recorded_ns, r.recorded_at_ns)
-            occurred = from_timestamp(env.occurred_at) if env.HasField("occurred_at") else 0
-            if env.event_type == PROCESS_STARTED:
-                data = _data(r)
-                p.parent = env.parent_aggregate_id
-                p.kind = str(data.get("kind", ""))
-                p.name = str(data.get("name", ""))
-                p.started_ns = occurred or r.recorded_at_ns
-            elif env.event_type in ENDED_STATUS:
-                p.status = {"process_cancelled": "cancelled"}.get(
-                    env.event_type, ENDED_STATUS[env.event_type]
-                )
-                p.ended_ns = occurred or r.recorded_at_ns
-                error = _data(r).get("error")
-                p.error = error if isinstance(error, str) else ""
+            lifecycle += await self._lifecycle(f"{self._prefix}.*.{event_type}", 1, to_seq)
+        found: dict[str, ProcessSummary] = {}
+        fold_lifecycle(found, lifecycle)
         return found
 
     async def _lifecycle(
@@ -384,7 +400,7 @@ class LedgerReader:
 
     @property
     def incremental(self) -> bool:
-        """Whether ``mark`` and ``touched`` can be asked (a list kept between reads)."""
+        """Whether ``mark`` and ``appended`` can be asked (a list kept between reads)."""
         return self._replies is not None
 
     async def mark(self) -> StreamMark:
@@ -397,16 +413,31 @@ class LedgerReader:
             int(state.get("messages", 0)),
         )
 
-    async def touched(self, after_seq: int, to_seq: int) -> set[str]:
-        """The processes with a message in (``after_seq``, ``to_seq``]: an event, or an
-        operator's void of one (it changes what the process's history reads). Told
-        by the subjects alone, nothing decoded, in unfiltered pages (cheap on the
-        server however long the stream)."""
-        assert self._replies is not None, "touched needs the reader's replies"
+    async def tail_at(self, process_id: str) -> tuple[int, int, int]:
+        """``tail`` and the stream sequence of the message it read: (last seq, when it
+        was recorded in ns, its stream sequence); (0, 0, 0) if unknown."""
+        version = await self._store.last_version(process_id)
+        if not version:
+            return 0, 0, 0
+        last = await self._store.read_aggregate(process_id, from_version=version)
+        if not last:
+            return 0, 0, 0
+        return version, int(last[-1].recorded_at_ns), int(last[-1].stream_seq)
+
+    async def appended(self, after_seq: int, to_seq: int) -> Appended:
+        """What was appended in (``after_seq``, ``to_seq``], every sequence of which
+        the stream holds (``StreamMark.appended_to``), from one read of the range in
+        unfiltered pages (cheap on the server however long the stream): its lifecycle
+        events as ``lifecycle`` reads them, and each process's messages. Fewer
+        messages than the range holds (a replica behind the one that said where the
+        stream stands answered, or something was removed meanwhile) is
+        LedgerBehindError: nothing of it is to be taken."""
+        if self._replies is None:
+            raise RuntimeError("appended needs the reader's replies (open_sessions gives them)")
         events, voids = f"{self._prefix}.", f"{void_prefix(self._prefix)}."
         timeout = self._store.settings.request_timeout_s
-        out: set[str] = set()
-        seq = after_seq + 1
+        out = Appended([], {})
+        seq, seen = after_seq + 1, 0
         while seq <= to_seq:
             batch = min(jsapi.DIRECT_GET_PAGE, to_seq - seq + 1)
             page = await jsapi.direct_get_page(
@@ -414,14 +445,38 @@ class LedgerReader:
             )
             for raw in page.messages:
                 if raw.seq > to_seq:
-                    return out
-                for prefix in (events, voids):
-                    if raw.subject.startswith(prefix):
-                        out.add(raw.subject[len(prefix) :].split(".", 1)[0])
-            if page.pending == 0 or not page.messages:
-                return out
+                    break
+                seen += 1
+                if raw.subject.startswith(voids):  # an operator's void of one of its events
+                    pid = raw.subject[len(voids) :].split(".", 1)[0]
+                    out.messages.setdefault(pid, []).append(None)
+                elif raw.subject.startswith(events):
+                    await self._take(raw, raw.subject[len(events) :], out)
+            if not page.messages:
+                break
             seq = page.messages[-1].seq + 1
+        if seen != to_seq - after_seq:
+            raise LedgerBehindError(
+                f"{self._stream}: read {seen} of the {to_seq - after_seq} messages "
+                f"after sequence {after_seq}"
+            )
         return out
+
+    async def _take(self, raw: jsapi.RawMessage, rest: str, out: Appended) -> None:
+        pid, _, event_type = rest.partition(".")
+        try:
+            r: RecordedEvent = await self._store.open(raw)
+        except PayloadDecodeError:
+            # no event (corrupt, or voided): no lifecycle, as ``_lifecycle`` steps over
+            # it; what the process's history says is for ``tail`` to tell
+            out.messages.setdefault(pid, []).append(None)
+            return
+        if event_type in LIFECYCLE and not is_noop(r):
+            out.lifecycle.append(r)
+        voided = self._store.known_voided(raw.seq)
+        out.messages.setdefault(pid, []).append(
+            None if voided else (raw.seq, r.version, r.recorded_at_ns)
+        )
 
     async def sessions(self) -> list[ProcessSummary]:
         return [

@@ -18,11 +18,13 @@ from jetsource.core.clock import NS, now_ns
 from jetsource.core.errors import CorruptEventError
 from jetsource.domains.sessions.format import SESSION_KIND, SessionEvent
 from jetsource.domains.sessions.ledger import (
+    LedgerBehindError,
     LedgerReader,
     ProcessSummary,
     Recorded,
     SessionReader,
     StreamMark,
+    fold_lifecycle,
 )
 from jetsource.domains.sessions.progress import SessionState, evolve, fold
 from jetsource.domains.sessions.record import (
@@ -304,16 +306,25 @@ def found(p: ProcessSummary, search: str) -> bool:
     return not search or search.lower() in f"{p.process_id} {p.name}".lower()
 
 
+# How many sessions' tails a read asks for at a time (a whole read asks for every one).
+TAILS_AT_ONCE = 16
+
+
 class SessionList:
     """The sessions list kept between reads, for a screen that reads it every few
     seconds (the TUI's). The first read is whole (every process's lifecycle, every
     session's tail); each later one asks the stream where it stands (one STREAM.INFO)
-    and reads only what was appended since: the new lifecycle events, folded into the
-    kept summaries, and the tails of the sessions that got a message (an event, or an
-    operator's void). Nothing appended: nothing read but the mark; statuses that turn
-    with time (interrupted) are worked out anew each read. Anything but appends (a
-    purge, a pruned session, an age limit, another stream of the name) and any failure
-    mid-way: the next read is whole again. The list is the one ``list_sessions`` reads.
+    and reads only the messages appended since, once: their lifecycle events are
+    folded into the kept summaries, and a session's new events, when they follow its
+    kept tail one by one, are its new tail. A session whose new messages do not (one
+    that is not an event, a void, a version out of place, a tail that named a
+    corrupt event) has its tail read again, as the whole read does. Nothing appended:
+    nothing read but the mark; statuses that turn with time (interrupted) are worked
+    out anew each read. Anything but appends (a purge, a pruned session, an age limit,
+    another stream of the name) or a failure makes the next read whole; a read
+    of the range that comes back short (a replica behind) takes nothing and is asked
+    again. A read cancelled half-way is finished by the next one. The list is the one
+    ``list_sessions`` reads.
 
     A reader that cannot say what was appended (``QueryReader``) is read whole each
     time, as ``list_sessions`` does."""
@@ -323,8 +334,11 @@ class SessionList:
         self._mark: StreamMark | None = None
         self._found: dict[str, ProcessSummary] = {}
         self._tails: dict[str, Tail] = {}
+        self._tail_seq: dict[str, int] = {}  # the stream seq of each kept tail's event
+        self._stale: set[str] = set()  # processes whose tails are to be read again
         self._lock = asyncio.Lock()
         self.whole_reads = 0  # how many reads were whole (the first, and after a removal)
+        self.tail_reads = 0  # how many sessions' tails were read from their histories
 
     async def read(self, statuses: Iterable[str] = (), search: str = "") -> list[SessionRecord]:
         reader = self._sessions.reader
@@ -333,26 +347,70 @@ class SessionList:
         async with self._lock:
             try:
                 await self._catch_up(reader)
-            except BaseException:
+            except LedgerBehindError:
+                pass  # the list as it was; the next read asks for the range again
+            except Exception:
                 self._mark = None  # the next read is whole
                 raise
             return self._sessions.records(self.roots(), self._tails, statuses, search)
 
     async def _catch_up(self, reader: LedgerReader) -> None:
+        """Each step leaves what is kept whole: what was read is taken at once (no
+        await between), so a read cancelled anywhere (the screen closed) is finished
+        by the next one, and nothing is taken twice."""
         mark = await reader.mark()
-        touched: set[str] = set()
         if self._mark is None or not mark.appended_to(self._mark):
-            self._found = await reader.lifecycle(to_seq=mark.last_seq)
-            self._tails = {}
+            found = await reader.lifecycle(to_seq=mark.last_seq)
+            self._found, self._tails, self._tail_seq, self._mark = found, {}, {}, mark
+            self._stale.clear()
             self.whole_reads += 1
         elif mark.last_seq > self._mark.last_seq:
-            after = self._mark.last_seq
-            await reader.lifecycle(self._found, after, mark.last_seq)
-            touched = await reader.touched(after, mark.last_seq)
-        for p in self.roots():
-            if p.process_id in touched or p.process_id not in self._tails:
-                self._tails[p.process_id] = await self._sessions.tail(p.process_id)
-        self._mark = mark
+            got = await reader.appended(self._mark.last_seq, mark.last_seq)
+            fold_lifecycle(self._found, got.lifecycle)
+            for pid, messages in got.messages.items():
+                if not self._follow(pid, messages):
+                    self._stale.add(pid)
+            self._mark = mark
+        wanted = [
+            p.process_id
+            for p in self.roots()
+            if p.process_id in self._stale or p.process_id not in self._tails
+        ]
+        self.tail_reads += len(wanted)
+        for i in range(0, len(wanted), TAILS_AT_ONCE):
+            await asyncio.gather(
+                *(self._read_tail(reader, pid) for pid in wanted[i : i + TAILS_AT_ONCE])
+            )
+        self._stale.clear()  # what is left is no session's
+
+    async def _read_tail(self, reader: LedgerReader, pid: str) -> None:
+        try:
+            count, recorded, seq = await reader.tail_at(pid)
+        except CorruptEventError as exc:
+            self._tails[pid], self._tail_seq[pid] = exc, 0
+        else:
+            self._tails[pid], self._tail_seq[pid] = (count, recorded), seq
+        self._stale.discard(pid)
+
+    def _follow(self, pid: str, messages: list[tuple[int, int, int] | None]) -> bool:
+        """The kept tail moved over a session's new messages: True when each one not
+        in it yet is its next event (its seq above the tail's event's, its version the
+        next one), as the tail read from its history would say."""
+        tail, at = self._tails.get(pid), self._tail_seq.get(pid, 0)
+        if not isinstance(tail, tuple):
+            return False
+        count, recorded = tail
+        for message in messages:
+            if message is None:
+                return False
+            seq, version, recorded_ns = message
+            if seq <= at:
+                continue  # appended before the tail was read: it is in it
+            if version != count + 1:
+                return False
+            count, recorded, at = version, recorded_ns, seq
+        self._tails[pid], self._tail_seq[pid] = (count, recorded), at
+        return True
 
     def roots(self) -> list[ProcessSummary]:
         return [p for p in self._found.values() if p.kind == SESSION_KIND and not p.parent]
