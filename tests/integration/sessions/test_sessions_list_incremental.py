@@ -302,7 +302,16 @@ async def main(nats_url: str, sessions: int, per_session: int, server_pid: int =
             await _timed(
                 f"kept list, refresh, {len(running)} sessions appended to", kept.read, server_pid
             )
+        # a long live session (20,000 events) appended to: the refresh does not read
+        # its history
+        long = running[0]
+        await client.writer.record([event(long, "scan_progress") for _ in range(20_000)])
+        await kept.read()
+        for i in range(3):
+            await client.writer.record([event(long, "scan_progress", {"files_scanned": i})])
+            await _timed("kept list, refresh, a 20,000-event session + 1", kept.read, server_pid)
         assert await kept.read() == await sessions_.list_sessions()
+        print(f"histories read for tails: {kept.tail_reads:,} (whole reads: {kept.whole_reads})")
 
 
 def run(argv: list[str] | None = None) -> None:
