@@ -77,6 +77,15 @@ def sessions_of(client: SessionsClient) -> Sessions:
     return Sessions(client.sessions.reader, client.sessions.settings, clock=fixed)
 
 
+async def begun(client: SessionsClient, n: int) -> tuple[list[str], SessionList]:
+    """``n`` sessions begun, and a kept list that has read them (a whole read)."""
+    ids = sorted(new_session_id() for _ in range(n))
+    await client.writer.record([started(sid, "cmd") for sid in ids])
+    kept = SessionList(sessions_of(client))
+    assert len(await kept.read()) == n and kept.whole_reads == 1
+    return ids, kept
+
+
 async def test_a_list_kept_over_many_refreshes_is_the_list_a_whole_read_gives(
     client: SessionsClient,
 ) -> None:
@@ -125,11 +134,9 @@ async def test_a_list_kept_over_many_refreshes_is_the_list_a_whole_read_gives(
 async def test_a_refresh_reads_no_history_of_a_session_whose_events_follow_its_tail(
     client: SessionsClient,
 ) -> None:
-    ids = sorted(new_session_id() for _ in range(20))
-    await client.writer.record([started(sid, "cmd") for sid in ids])
-    kept = SessionList(sessions_of(client))
+    ids, kept = await begun(client, 20)
     first = await kept.read()
-    assert len(first) == 20 and kept.tail_reads == 20  # the first read is whole
+    assert kept.tail_reads == 20  # the first read was whole
 
     assert await kept.read() == first  # nothing appended: no session read
     assert kept.tail_reads == 20
@@ -168,9 +175,7 @@ async def test_a_short_read_of_what_was_appended_takes_nothing_and_is_read_again
 ) -> None:
     """A replica behind the one that said where the stream stands answers the read of
     the range with less than it holds: nothing of it is taken, the next read has it."""
-    ids = sorted(new_session_id() for _ in range(3))
-    await client.writer.record([started(sid, "cmd") for sid in ids])
-    kept = SessionList(sessions_of(client))
+    ids, kept = await begun(client, 3)
     before = await kept.read()
     await client.writer.record([ended(ids[0], "failed"), event(ids[1], "scan_progress")])
     real = jsapi.direct_get_page
@@ -190,10 +195,7 @@ async def test_a_short_read_of_what_was_appended_takes_nothing_and_is_read_again
 async def test_a_read_cancelled_half_way_is_finished_by_the_next_one(
     client: SessionsClient,
 ) -> None:
-    ids = sorted(new_session_id() for _ in range(4))
-    await client.writer.record([started(sid, "cmd") for sid in ids])
-    kept = SessionList(sessions_of(client))
-    await kept.read()
+    ids, kept = await begun(client, 4)
     await client.writer.record([ended(sid, "completed") for sid in ids])
     await client.store.void((await client.sessions.reader.events(ids[2]))[-1].global_seq, "t", "t")
     reader = client.sessions.reader
