@@ -326,6 +326,14 @@ def tui(
     address = query or _target("query", None, None).address
     if omni is not None and (not omni.strip() or " " in omni):
         raise typer.BadParameter("host:port, no spaces", param_hint="'--omni'")
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        # Piped or in a script it drew escape codes into the pipe and never ended.
+        out.fail(
+            out.USAGE,
+            "INVALID_ARGUMENT",
+            "jetsource tui needs a terminal (stdin and stdout); in a script read the same "
+            "with `jetsource sessions list`, `process list`, `ctx list` (-o json)",
+        )
     run(SessionsAppSettings.load(), address, open_session=session_id, omni_address=omni)
 
 
