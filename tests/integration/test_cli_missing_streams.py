@@ -79,7 +79,7 @@ def _env(nats_url: str, unique: str, tmp_path: Path) -> dict[str, str]:
 async def _streams(url: str) -> set[str]:
     nc = await nats.connect(url)
     try:
-        return {info.config.name for info in await nc.jetstream().streams_info()}
+        return {info.config.name or "" for info in await nc.jetstream().streams_info()}
     finally:
         await nc.close()
 
@@ -127,3 +127,25 @@ async def test_an_unknown_handle_in_an_existing_bucket_is_still_not_found(
     run = jetsource(env, "omni", "identity", "resolve", "whatsapp", "123")
     assert run.returncode == 1, run
     assert run.stderr.startswith("NOT_FOUND: no identity has the handle whatsapp:123"), run
+
+
+async def test_status_names_a_missing_dead_letter_stream_beside_the_others(
+    nats_server: Server, valkey_server: Server, unique: str, tmp_path: Path
+) -> None:
+    """The event streams there, the dead letters' gone: `projector status` prints its
+    report and names that one (a model's row said only 'JsApiError: JetStream error
+    404/10059: stream not found', exit 0)."""
+    env = _env(nats_server.url, unique, tmp_path) | {"JETSOURCE_VALKEY__URL": valkey_server.url}
+    ensured = jetsource(env, "streams", "ensure", timeout=120)
+    assert ensured.returncode == 0, ensured
+    nc = await nats.connect(nats_server.url)
+    try:
+        await nc.jetstream().delete_stream(f"DLQ_{unique}")
+    finally:
+        await nc.close()
+
+    run = jetsource(env, "-o", "json", "projector", "status")
+    assert run.returncode == 1, run
+    assert json.loads(run.stdout), run.stdout  # the report, as before
+    error = json.loads(run.stderr.splitlines()[-1])["error"]
+    assert error["missing"] == [f"DLQ_{unique}"] and ENSURE in error["hint"], error

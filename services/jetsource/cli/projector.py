@@ -168,20 +168,35 @@ def _dlq_stream(p: Projection) -> list[str]:
     return [p.dead_letters.stream]
 
 
+async def _absent(p: Projection, streams: list[str]) -> list[str]:
+    """Those of ``streams`` that do not exist (each asked once)."""
+    from nats.js.errors import NotFoundError
+
+    js = p.nc.jetstream(timeout=p.store.settings.request_timeout_s)
+    absent = []
+    for stream in dict.fromkeys(streams):
+        try:
+            await js.stream_info(stream)
+        except NotFoundError:
+            absent.append(stream)
+    return absent
+
+
 async def _require(p: Projection, streams: list[str]) -> None:
     """Each stream exists, else ``StreamMissingError`` naming it: before a command
     reads (or writes) anything, so a missing one is said as such, not as "0 dead
     letters" or a bare JetStream 404."""
-    from nats.js.errors import NotFoundError
-
     from jetsource.core.errors import StreamMissingError
 
-    js = p.nc.jetstream(timeout=p.store.settings.request_timeout_s)
-    for stream in streams:
-        try:
-            await js.stream_info(stream)
-        except NotFoundError:
-            raise StreamMissingError(f"stream {stream} does not exist") from None
+    for stream in await _absent(p, streams):
+        raise StreamMissingError(f"stream {stream} does not exist")
+
+
+def _all_streams(p: Projection) -> list[str]:
+    """Every stream the read models read: each domain's events, the snapshots, the
+    dead letters."""
+    events = [store.settings.stream for store in p.stores.values()]
+    return [*events, p.snapshots.settings.stream, p.dead_letters.stream]
 
 
 def _run(
@@ -322,7 +337,11 @@ def status(as_json: bool = JSON) -> None:
     from jetsource.projection import admin
 
     json_out = _json(as_json)
-    rows = _run(admin.status)
+
+    async def work(p: Projection) -> tuple[list[dict[str, Any]], list[str]]:
+        return await admin.status(p), await _absent(p, _all_streams(p))
+
+    rows, missing = _run(work)
     if json_out:
         output.emit_json(rows)
     else:
@@ -360,17 +379,10 @@ def status(as_json: bool = JSON) -> None:
         )
     # A stream that does not exist: the report stays on stdout, the error names it
     # (exit 1, as a missing stream is in every group); a store that did not answer: 3.
-    missing = sorted({r["stream"] for r in rows if _stream_missing(r)})
     if missing:
         output.missing("refused", missing)
     if any(r["state"] == "unavailable" for r in rows):
         raise typer.Exit(UNAVAILABLE)
-
-
-def _stream_missing(row: dict[str, Any]) -> bool:
-    return row["state"] == "unavailable" and str(row.get("error", "")).startswith(
-        ("StreamMissingError", "NoRespondersError")
-    )
 
 
 # -- replay -----------------------------------------------------------------------------
