@@ -3,19 +3,13 @@ with stdout redirected, as a script or a log collector runs them: plain output (
 default when stdout is not a terminal, or JETSOURCE_OUTPUT=plain, or -o plain) has no
 box drawing and no wrapping, so a long stream name stays on one line; JSON (--json,
 -o json, JETSOURCE_OUTPUT=json) is one document, as before. `streams ensure` waiting
-for an absent NATS says so on stderr.
-
-Runs that read (list, verify, ensure of existing streams) or write apart (backups to
-folders of their own, restores under new names) go side by side, a process each: each
-run is mostly a Python start-up (about 0.7 s of CPU), and there are 40 of them."""
+for an absent NATS says so on stderr."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
-from itertools import count
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +36,6 @@ PLAIN: tuple[dict[str, str], ...] = (
     {"JETSOURCE_OUTPUT": "table"},
 )
 PLAIN_ARGS = ((), (), ("-o", "plain"))  # the last one: -o wins over JETSOURCE_OUTPUT
-JSON: tuple[tuple[dict[str, str], tuple[str, ...], tuple[str, ...]], ...] = (
-    ({}, (), ("--json",)),
-    ({}, ("-o", "json"), ()),
-    ({"JETSOURCE_OUTPUT": "json"}, (), ()),
-)
-RUNS = count()
 
 
 def environment(url: str, unique: str, archive: Path) -> dict[str, str]:
@@ -69,7 +57,7 @@ def run(
     env: dict[str, str], tmp_path: Path, *args: str, timeout: float = 120
 ) -> tuple[int, str, str]:
     """``jetsource ARGS > file``: stdout redirected to a file, stderr piped."""
-    out = tmp_path / f"stdout-{next(RUNS)}.txt"
+    out = tmp_path / "stdout.txt"
     with out.open("w") as fh:
         done = subprocess.run(
             [JETSOURCE, *args],
@@ -83,48 +71,26 @@ def run(
     return done.returncode, out.read_text(encoding="utf-8"), done.stderr
 
 
-def side_by_side(
-    tmp_path: Path, *runs: tuple[dict[str, str], list[str]], timeout: float = 120
-) -> list[tuple[int, str, str]]:
-    """Each ``(env, args)`` as `run` does it, all at once; the results in order."""
-    with ThreadPoolExecutor(len(runs)) as pool:
-        futures = [pool.submit(run, env, tmp_path, *args, timeout=timeout) for env, args in runs]
-        return [f.result() for f in futures]
-
-
-def plain_runs(
-    env: dict[str, str], tmp_path: Path, *args: str, code: int = 0, folders: tuple[str, ...] = ()
-) -> list[str]:
+def plain_runs(env: dict[str, str], tmp_path: Path, *args: str, code: int = 0) -> list[str]:
     """The command's stdout in each plain mode: the redirect alone, JETSOURCE_OUTPUT=plain,
-    -o plain over JETSOURCE_OUTPUT=table; side by side. ``folders``: one more argument
-    each (a backup's own folder)."""
-    extra = [[f] for f in folders] or [[]] * len(PLAIN)
+    -o plain over JETSOURCE_OUTPUT=table."""
     outs = []
-    done = side_by_side(
-        tmp_path,
-        *((env | e, [*a, *args, *x]) for e, a, x in zip(PLAIN, PLAIN_ARGS, extra, strict=True)),
-    )
-    for rc, out, err in done:
+    for extra_env, extra_args in zip(PLAIN, PLAIN_ARGS, strict=True):
+        rc, out, err = run(env | extra_env, tmp_path, *extra_args, *args)
         assert rc == code, out + err
         outs.append(out)
     return outs
 
 
-def json_runs(
-    env: dict[str, str], tmp_path: Path, *args: str, folders: tuple[str, ...] = ()
-) -> list[Any]:
-    """The command's JSON by --json, -o json and JETSOURCE_OUTPUT=json: the same document;
-    side by side."""
-    extra = [[f] for f in folders] or [[]] * len(JSON)
+def json_runs(env: dict[str, str], tmp_path: Path, *args: str) -> list[Any]:
+    """The command's JSON by --json, -o json and JETSOURCE_OUTPUT=json: the same document."""
     docs = []
-    done = side_by_side(
-        tmp_path,
-        *(
-            (env | e, [*before, *args, *x, *after])
-            for (e, before, after), x in zip(JSON, extra, strict=True)
-        ),
-    )
-    for rc, out, err in done:
+    for extra_env, before, after in (
+        ({}, (), ("--json",)),
+        ({}, ("-o", "json"), ()),
+        ({"JETSOURCE_OUTPUT": "json"}, (), ()),
+    ):
+        rc, out, err = run(env | extra_env, tmp_path, *before, *args, *after)
         assert rc == 0, out + err
         assert out.count("\n") == 1, out  # one JSON document on one line
         docs.append(json.loads(out))
@@ -168,9 +134,7 @@ async def test_streams_commands_print_plain_when_redirected(
 
     # ensure: every stream on one line, its whole name in the stream column.
     columns = ["role", "stream", "action", "subjects", "replicas", "messages"]
-    rc, created, err = run(env, tmp_path, "streams", "ensure")  # creates them: alone
-    assert rc == 0, created + err
-    for out in [created, *plain_runs(env, tmp_path, "streams", "ensure")]:
+    for out in plain_runs(env, tmp_path, "streams", "ensure"):
         assert_plain(out)
         by_role = {r["role"]: r for r in rows(out, columns)}
         assert by_role["events"]["stream"] == events
@@ -191,10 +155,9 @@ async def test_streams_commands_print_plain_when_redirected(
     await fill(env)
 
     # backup
-    folders = tuple(str(tmp_path / f"backup-{i}") for i in range(3))
-    folder = Path(folders[0])
+    folder = tmp_path / "backup"
     columns = ["role", "stream", "messages", "first seq", "last seq", "file"]
-    for out in plain_runs(env, tmp_path, "streams", "backup", folders=folders):
+    for out in plain_runs(env, tmp_path, "streams", "backup", str(folder)):
         assert_plain(out)
         by_role = {r["role"]: r for r in rows(out, columns)}
         assert by_role["events"] == {
@@ -205,7 +168,7 @@ async def test_streams_commands_print_plain_when_redirected(
             "last seq": "3",
             "file": f"{events}.jsonl",
         }
-    backed = json_runs(env, tmp_path, "streams", "backup", folders=folders)
+    backed = json_runs(env, tmp_path, "streams", "backup", str(folder))
     assert backed[0] == backed[1] == backed[2]
     assert {r["role"]: r for r in backed[0]}["events"] == {
         "role": "events",
@@ -221,24 +184,11 @@ async def test_streams_commands_print_plain_when_redirected(
 
     # restore, beside the old streams, each under a long new name
     columns = ["role", "from", "stream", "messages", "same sequences"]
-    restores = side_by_side(
-        tmp_path,
-        *(
-            (
-                env | extra_env,
-                [
-                    *extra_args,
-                    "streams",
-                    "restore",
-                    str(folder),
-                    *restore_args(env, unique, f"P{i}"),
-                ],
-            )
-            for i, (extra_env, extra_args) in enumerate(zip(PLAIN, PLAIN_ARGS, strict=True))
-        ),
-        (env, ["streams", "restore", str(folder), *restore_args(env, unique, "J"), "--json"]),
-    )
-    for i, (rc, out, err) in enumerate(restores[:-1]):
+    for i, (extra_env, extra_args) in enumerate(zip(PLAIN, PLAIN_ARGS, strict=True)):
+        renames = restore_args(env, unique, f"P{i}")
+        rc, out, err = run(
+            env | extra_env, tmp_path, *extra_args, "streams", "restore", str(folder), *renames
+        )
         assert rc == 0, out + err
         assert_plain(out)
         by_role = {r["role"]: r for r in rows(out, columns)}
@@ -249,7 +199,9 @@ async def test_streams_commands_print_plain_when_redirected(
             "messages": "3",
             "same sequences": "yes",
         }
-    rc, out, err = restores[-1]
+    rc, out, err = run(
+        env, tmp_path, "streams", "restore", str(folder), *restore_args(env, unique, "J"), "--json"
+    )
     assert rc == 0, out + err
     assert {r["role"]: r for r in json.loads(out)}["events"] == {
         "role": "events",
@@ -341,12 +293,7 @@ def test_streams_ensure_says_it_waits_for_nats(tmp_path: Path) -> None:
     refusal and about every 10 s after; stdout stays empty (JSON too)."""
     url = f"nats://127.0.0.1:{free_port()}"
     env = clean_environ() | {"JETSOURCE_NATS__URL": url}
-    (rc, out, err), short = side_by_side(
-        tmp_path,
-        (env, ["streams", "ensure", "--timeout", "11.5"]),
-        (env, ["streams", "ensure", "--timeout", "1", "--json"]),
-        timeout=60,
-    )
+    rc, out, err = run(env, tmp_path, "streams", "ensure", "--timeout", "11.5", timeout=60)
     assert rc == 3, out + err
     assert out == ""
     waiting = [line for line in err.splitlines() if line.startswith("waiting for NATS")]
@@ -355,7 +302,7 @@ def test_streams_ensure_says_it_waits_for_nats(tmp_path: Path) -> None:
     assert waiting[1].startswith(f"waiting for NATS at {url} (10 s of 11.5 s"), err
     assert "did not answer within 11.5 s" in err
 
-    rc, out, err = short
+    rc, out, err = run(env, tmp_path, "streams", "ensure", "--timeout", "1", "--json")
     assert rc == 3, out + err
     assert out == ""
     assert err.splitlines()[0].startswith(f"waiting for NATS at {url} (0 s of 1 s"), err
