@@ -101,7 +101,7 @@ class _BucketMissing(Exception):
 
 HANDLES_HINT = (
     "no handle was ever recorded here: the ingest service (jetsource-ingest) creates it "
-    "when it starts, as `jetsource omni identity create` or `link` does"
+    "when it starts, as `jetsource omni identity link` does"
 )
 
 
