@@ -7,7 +7,8 @@ a summary and exit non-zero on failure.
 Scripting: ``--json`` on every command (or the global ``--output json``) prints one
 JSON document on stdout; errors go to stderr (as ``{"error": {...}}`` in JSON mode).
 Exit codes: 0 ok, 1 refused (the command cannot be done as asked: a version that is
-not built, already active, being dropped; failed dead letters or stories), 2 usage
+not built, already active, being dropped; failed dead letters or stories; a stream
+that does not exist, named with `jetsource streams ensure`), 2 usage
 (an unknown model, an empty or inverted slice, a missing ``--yes``), 3 unavailable
 (NATS, Valkey or the graph store did not answer; ``wait`` timed out).
 
