@@ -60,6 +60,9 @@ def env(tmp_path: Path) -> dict[str, str]:
     env["JETSOURCE_INGEST__HTTP_PORT"] = str(free_port())
     env["JETSOURCE_INGEST__GRPC_PORT"] = str(free_port())
     env["COLUMNS"] = "200"  # keep rich tables on one line per server
+    # The projector stops when its pending pull expires: 1 s, not the default 5 s, so
+    # each `down` here does not wait 5 s for it.
+    env["JETSOURCE_PROJECTOR__PULL_EXPIRES_S"] = "1.0"
     return env
 
 
