@@ -23,11 +23,12 @@ __all__ = ["REGISTRY", "registry"]
 def registry() -> DomainRegistry:
     """Every registered domain (built once, on the first call)."""
     from jetsource.domains.context.descriptor import DOMAIN as CONTEXT
-    from jetsource.domains.omni.descriptor import DOMAIN as OMNI
+    from jetsource.domains.omni.descriptor import configured_domain
     from jetsource.domains.process.descriptor import DOMAIN as PROCESS
     from jetsource.projection.domain import DomainRegistry
 
-    return DomainRegistry([CONTEXT, PROCESS, OMNI])
+    # omni's stream and subjects follow JETSOURCE_OMNI__* as the ingress's do.
+    return DomainRegistry([CONTEXT, PROCESS, configured_domain()])
 
 
 def __getattr__(name: str) -> Any:

@@ -14,7 +14,7 @@ from jetsource.domains.omni.models import (
     identities_spec,
 )
 from jetsource.domains.omni.samples import sample_history
-from jetsource.domains.omni.settings import OmniOptions
+from jetsource.domains.omni.settings import OmniDomainSettings, OmniOptions
 from jetsource.projection.domain import Domain, ModelDecl, Retention, StreamPolicy
 
 DOMAIN = Domain(
@@ -44,3 +44,9 @@ def omni_domain(options: OmniOptions) -> Domain:
         stream=options.events_stream or DOMAIN.stream,
         subject_prefix=options.events_subject_prefix or DOMAIN.subject_prefix,
     )
+
+
+def configured_domain() -> Domain:
+    """The descriptor as this process's ``JETSOURCE_OMNI__EVENTS_STREAM`` and
+    ``__EVENTS_SUBJECT_PREFIX`` move it (the registry's omni domain)."""
+    return omni_domain(OmniDomainSettings().omni)

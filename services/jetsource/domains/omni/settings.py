@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class OmniOptions(BaseModel):
@@ -26,6 +27,17 @@ class OmniOptions(BaseModel):
     identity_bucket: str = "OMNI_HANDLES"
     # Handles kept in each process's memory (kept current by watching the bucket).
     identity_cache_size: int = Field(default=200_000, ge=0)
+
+
+class OmniDomainSettings(BaseSettings):
+    """``JETSOURCE_OMNI__...`` alone, for the domain registry: every process that
+    loads it (the projector, the CLI) takes the stream and subjects the ingress was
+    given, or reads OMNI_EVENTS while the ingress writes elsewhere."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="JETSOURCE_", env_nested_delimiter="__", extra="ignore"
+    )
+    omni: OmniOptions = OmniOptions()
 
 
 # An instance's name: a path segment of its webhook URL and a part of the read model's
