@@ -111,7 +111,14 @@ class Control:
         return self._kv
 
     async def get(self, model: str) -> ModelControl | None:
-        kv = await self.kv()
+        """The model's entry, or None; a read creates no bucket (`projector status` on
+        a NATS without the control bucket made it, a write it was not asked for)."""
+        if self._kv is None:
+            try:
+                self._kv = await self._js.key_value(self._bucket)
+            except BucketNotFoundError:
+                return None
+        kv = self._kv
         try:
             entry = await kv.get(model)
         except KeyNotFoundError:
