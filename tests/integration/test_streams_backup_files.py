@@ -293,3 +293,22 @@ async def test_a_restore_that_stopped_midway_goes_on_when_run_again(
     assert third.returncode == 0, third.stdout + third.stderr
     assert "restored from this backup already" in third.stderr
     assert await messages(fresh.url, stream) == before
+
+
+async def test_a_backup_of_a_server_without_jetsource_streams_is_refused(
+    fresh: Server, unique: str, tmp_path: Path
+) -> None:
+    """Pointed at the wrong server (no event stream of jetsource's), a backup is refused
+    naming the streams it looked for, not an empty backup with exit 0; so is a
+    `--stream` that does not exist."""
+    env = environment(fresh.url, unique)
+    folder = tmp_path / "b"
+    for extra in ((), (f"--stream=FE_{unique}",)):
+        folder.mkdir(exist_ok=True)
+        run = cli(env, "backup", str(folder), *extra, "--json")
+        assert run.returncode == 1, run.stdout + run.stderr
+        error = json.loads(run.stderr.splitlines()[-1])["error"]
+        assert (error["code"], error["exit_code"]) == ("refused", 1)
+        assert f"FE_{unique}" in error["message"], error["message"]
+        assert run.stdout == ""
+        assert not (folder / "manifest.json").exists()

@@ -362,6 +362,18 @@ async def backup_streams(
             if info is None:
                 continue  # never created (no dead letters yet, say): nothing to keep
             infos.append((o, info))
+        # Nothing to keep is a mistake, not an empty backup: the wrong server (or the
+        # wrong names) would otherwise give a backup that restores nothing, exit 0.
+        found = {o.stream for o, _ in infos}
+        absent = [s for s in dict.fromkeys(only or ()) if s not in found]
+        if absent:
+            raise BackupError(f"--stream {', '.join(absent)}: does not exist on this server")
+        events = [o.stream for o in owned if o.role.endswith("events")]
+        if not only and not found.intersection(events):
+            raise BackupError(
+                f"no event stream exists on this server ({', '.join(events)}): nothing of "
+                "jetsource's to back up; check JETSOURCE_NATS__URL and the stream settings"
+            )
         # Progress by messages, of all the streams as they were when first asked.
         total = sum(int(info["state"].get("messages", 0)) for _, info in infos)
         written = 0
