@@ -71,7 +71,8 @@ INSTANCE = "bench-cloud"
 SENDERS = 1000
 
 
-def webhook(i: int, sender: int) -> bytes:
+def webhook(i: int, sender: int, tag: str = "HBgLNDkxNzAwMDAwMDAwFQIAEhgU") -> bytes:
+    """A signed-to-be WhatsApp Cloud text message; ``tag`` makes its wamid unique."""
     return json.dumps(
         {
             "object": "whatsapp_business_account",
@@ -96,7 +97,7 @@ def webhook(i: int, sender: int) -> bytes:
                                 "messages": [
                                     {
                                         "from": f"4917{sender:08d}",
-                                        "id": f"wamid.HBgLNDkxNzAwMDAwMDAwFQIAEhgU{i:012d}AA==",
+                                        "id": f"wamid.{tag}{i:012d}AA==",
                                         "timestamp": str(int(time.time())),
                                         "type": "text",
                                         "text": {

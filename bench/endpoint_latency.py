@@ -237,40 +237,11 @@ def health(channel: grpc.aio.Channel) -> Callable[[], Awaitable[Any]]:
 
 
 def webhook(i: int) -> bytes:
-    return json.dumps(
-        {
-            "object": "whatsapp_business_account",
-            "entry": [
-                {
-                    "id": "102290129340398",
-                    "changes": [
-                        {
-                            "field": "messages",
-                            "value": {
-                                "messaging_product": "whatsapp",
-                                "metadata": {
-                                    "display_phone_number": "15550783881",
-                                    "phone_number_id": "106540352242922",
-                                },
-                                "contacts": [
-                                    {"profile": {"name": "Customer"}, "wa_id": "491700000001"}
-                                ],
-                                "messages": [
-                                    {
-                                        "from": "491700000001",
-                                        "id": f"wamid.LATENCY{uuid.uuid4().hex}{i}",
-                                        "timestamp": str(int(time.time())),
-                                        "type": "text",
-                                        "text": {"body": f"latency probe {i}"},
-                                    }
-                                ],
-                            },
-                        }
-                    ],
-                }
-            ],
-        }
-    ).encode()
+    """bench_omni's text message, its wamid unique to this run (a stack attached to may
+    hold earlier runs' webhooks)."""
+    from bench.bench_omni import webhook as text_message
+
+    return text_message(i, 1, tag=f"LATENCY{uuid.uuid4().hex}")
 
 
 def canonical(process_id: str, event_type: str = "tool_called") -> pe.CanonicalEvent:
