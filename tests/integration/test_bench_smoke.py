@@ -3,11 +3,11 @@
 `python -m bench --quick` runs each bench/bench_*.py on small sizes against embedded
 servers it starts itself (the same nats-server, Valkey and ArcadeDB wheels the test
 session uses; a benchmark owns its servers so it can read their CPU time), and writes
-its markdown tables. Run as three processes side by side: the modules mostly wait (for
+its markdown tables. Run as four processes side by side: the modules mostly wait (for
 servers to start, leases to expire, probes at a fixed rate), one process in a row used
-47 s of CPU in 113 s, so three share the two cores of the dev machine well (52 s with
-other work running, where two took 81 s in CI). The figures mean nothing here; that the
-tables come out complete does.
+47 s of CPU in 113 s, so four share the two cores of the dev machine well (37 s with
+other work running; three took 46 s, two 81 s in CI). The figures mean nothing here;
+that the tables come out complete does.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ COST = {
     "sessions": 3,
     "observer": 2,
 }
-PROCESSES = 3
+PROCESSES = 4
 
 
 def shares(names: list[str], processes: int = PROCESSES) -> list[list[str]]:
