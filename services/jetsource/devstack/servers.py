@@ -629,6 +629,27 @@ def stop_pid(pid: int, timeout: float = 20.0) -> bool:
     return not pid_alive(pid)
 
 
+def stop_pids(pids: list[int], timeout: float = 20.0) -> list[int]:
+    """SIGTERM to every one of ``pids`` at once, then wait for them together (each
+    service's graceful stop, e.g. a projector's pull running out, overlaps the others'
+    instead of adding up); SIGKILL after ``timeout``. The pids still alive."""
+    for pid in pids:
+        with suppress(ProcessLookupError):
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    alive = [pid for pid in pids if pid_alive(pid)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = [pid for pid in alive if pid_alive(pid)]
+    for pid in alive:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if alive:
+        time.sleep(0.2)
+    return [pid for pid in alive if pid_alive(pid)]
+
+
 def process_cmdline(pid: int) -> str | None:
     """The command line of ``pid`` (None where /proc is not there to ask)."""
     try:

@@ -27,7 +27,7 @@ from jetsource.devstack.servers import (
     process_cmdline,
     process_cwd,
     read_state,
-    stop_pid,
+    stop_pids,
 )
 from jetsource.ingest.settings import IngestSettings
 from jetsource.observer.settings import ObserverSettings
@@ -288,15 +288,17 @@ class LocalServices:
         return out
 
     def down(self) -> list[str]:
-        stopped = []
+        """Stop every running service, all at once (their graceful stops overlap)."""
         state = self._state()
+        running: dict[str, int] = {}
         for service in self.services():
             entry = state.get(service.name)
             pid = service.find_pid((entry or {}).get("pid"))
-            if pid is None:
-                continue
-            if not stop_pid(pid):
-                raise ServerError(f"{service.name} (pid {pid}) did not stop")
-            stopped.append(service.name)
+            if pid is not None:
+                running[service.name] = pid
+        left = stop_pids(list(running.values()))
+        if left:
+            names = [f"{n} (pid {pid})" for n, pid in running.items() if pid in left]
+            raise ServerError(f"{', '.join(names)} did not stop")
         self.state_file.unlink(missing_ok=True)
-        return stopped
+        return list(running)
