@@ -5,6 +5,7 @@ Servers start lazily: a run of unit tests alone starts none.
 
 from __future__ import annotations
 
+import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -15,6 +16,12 @@ from nats.aio.client import Client as NATS
 
 from jetsource.core.settings import JetsourceSettings
 from tests.infra import Server, settings_for, start_graph, start_nats, start_valkey, stop_all
+
+# The suite starts hundreds of Python processes (the CLI, services, benchmarks). Where
+# the environment sets PYTHONDONTWRITEBYTECODE (these machines do), each compiled every
+# jetsource module again; the children may cache bytecode (``__pycache__`` is ignored by
+# git), so only the first pays it.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
