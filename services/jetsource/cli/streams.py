@@ -40,7 +40,8 @@ class NatsUnreachableError(Exception):
     pass
 
 
-# How often a long wait for NATS says it is still waiting.
+# How often a long wait for NATS says it is still waiting (JETSOURCE_PROGRESS_EVERY_S
+# moves it, as it moves every long command's progress).
 WAITING_EVERY_S = 10.0
 
 
@@ -48,11 +49,12 @@ async def wait_for_nats(
     url: str,
     deadline: float,
     waiting: Callable[[float, BaseException | None], None] | None = None,
+    every_s: float = WAITING_EVERY_S,
 ) -> None:
     """Return once one of the NATS servers (``url`` may list several, comma-separated)
     accepts a TCP connection; raise NatsUnreachableError at ``deadline`` (loop time).
     ``waiting(seconds waited, last error)`` is called when the first try fails and about
-    every WAITING_EVERY_S seconds after.
+    every ``every_s`` seconds after.
 
     nats-py waits for an absent server forever, and on Python 3.11 a connect given up on
     cannot always be cancelled (a refused attempt can swallow the cancellation), so a
@@ -82,7 +84,7 @@ async def wait_for_nats(
         if waiting is not None and loop.time() >= report_at:
             waiting(loop.time() - started, last)
             while report_at <= loop.time():
-                report_at += WAITING_EVERY_S
+                report_at += every_s
         await asyncio.sleep(0.5)
 
 
@@ -99,24 +101,34 @@ def ensure(
     created when missing, existing streams brought to the settings. Safe to run
     again: nothing is deleted, stored messages stay.
     """
+    import json
+
+    from jetsource.cli.projector import env_seconds
     from jetsource.cli.stream_admin import _note, ensure_all
     from jetsource.eventstore.bootstrap import redact_url
     from jetsource.projection.settings import ProjectorSettings
 
     settings = ProjectorSettings.load()
     where = redact_url(settings.nats_url())
+    json_out = _json(as_json)
+    every_s = env_seconds("JETSOURCE_PROGRESS_EVERY_S", WAITING_EVERY_S)
 
     def waiting(waited: float, last: BaseException | None) -> None:
+        if json_out:  # stderr stays JSON lines, as the error that may follow
+            said = {"nats": where, "waited_s": round(waited), "timeout_s": timeout}
+            if last is not None:
+                said["error"] = type(last).__name__
+            _note(json.dumps({"waiting": said}))
+            return
         why = f"; {type(last).__name__}" if last is not None else ""
         _note(f"waiting for NATS at {where} ({waited:.0f} s of {timeout:g} s{why})")
 
     async def go() -> list[Provisioned]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        await wait_for_nats(settings.nats_url(), deadline, waiting)
+        await wait_for_nats(settings.nats_url(), deadline, waiting, every_s)
         return await asyncio.wait_for(ensure_all(settings), max(deadline - loop.time(), 1.0))
 
-    json_out = _json(as_json)
     try:
         done = asyncio.run(go())
     except (NatsUnreachableError, TimeoutError) as exc:
