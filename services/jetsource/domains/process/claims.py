@@ -188,10 +188,11 @@ class KvClaims:
 
     def _singly(self, pairs: list[tuple[str, ClaimValue]]) -> bool:
         """Write ``pairs`` one by one: a few, each of another event. An event's claims
-        (its id's and its idempotency key's) are created together or not at all: a
-        crash between two single creates would leave one pending and the other absent,
-        which the recorder does not resolve (its retry releases the claim it makes of
-        the absent one, takes the other over: that key ends free for another event)."""
+        (its id's and its idempotency key's) are created together, in one batch, when
+        they can be: a crash between two single creates leaves one claimed and the
+        other absent. The recorder resolves that state (its retry keeps the claim it
+        makes of the absent one and completes it with the event), but the batch's
+        one-by-one fallback below is the only way left into it."""
         return len(pairs) <= self.SINGLE_WRITES_UP_TO and len(
             {v.event_id for _, v in pairs}
         ) == len(pairs)
@@ -199,7 +200,10 @@ class KvClaims:
     async def create_many(self, pairs: list[tuple[str, ClaimValue]]) -> list[int | None]:
         """The creates of a few claims (each of another event) as single publishes;
         else one atomic batch, and if any key is claimed already (the batch is refused
-        whole), each is created on its own to say which."""
+        whole), each is created on its own to say which. Stopped part-way (a crash, a
+        create that never reached the server), that leaves an event's id claimed and
+        its key not, or the reverse; the recorder's retry claims the missing one for
+        the event (``Recorder._claim``)."""
         if len(pairs) > jsapi.BATCH_LIMIT:
             out: list[int | None] = []
             for i in range(0, len(pairs), jsapi.BATCH_LIMIT):

@@ -86,7 +86,9 @@ class _Item:
     index: int
     new: NewEvent
     keys: list[str]
-    created: dict[str, int] = field(default_factory=dict)  # key -> revision we created
+    # key -> revision we created; with ``existing`` set, the claims kept because that
+    # one names this item's own event (completed with whatever it resolves to)
+    created: dict[str, int] = field(default_factory=dict)
     existing: tuple[str, ClaimValue, int] | None = None  # a key claimed before
     alias_of: int | None = None  # the same id or key earlier in this request
 
@@ -227,12 +229,17 @@ class Recorder:
     # -- claims -----------------------------------------------------------------------
 
     async def _claim(self, items: list[_Item]) -> None:
-        """Create every claim at once; an event with any key claimed before is a
-        duplicate of what that claim names (the claims it did create are released)."""
+        """Create every claim at once (but those an item holds already); an event with
+        any key claimed before is a duplicate of what that claim names. The claims it
+        did create are released, unless that claim names the item's own event (its
+        id's claim, or its key's from an earlier attempt of it): then they are kept and
+        completed with that event. Released, a claim an earlier attempt never made (a
+        create of ``create_many``'s fallback that never reached the server) left its
+        key free for another event, or its id for a second copy."""
         if not items:
             return
         now = now_ns()
-        pairs = [(it, key) for it in items for key in it.keys]
+        pairs = [(it, key) for it in items for key in it.keys if key not in it.created]
         try:
             revisions = await self._claims.create_many(
                 [(key, ClaimValue(it.new.event_id, now)) for it, key in pairs]
@@ -247,8 +254,7 @@ class Recorder:
         release = []
         for it in items:
             if len(it.created) == len(it.keys):
-                for key in it.keys:
-                    self._inflight[key] = asyncio.get_running_loop().create_future()
+                self._hold(it.keys)
                 continue
             # The event id's claim names the original first; else the key's.
             for key in it.keys:
@@ -266,9 +272,16 @@ class Recorder:
                     if got is not None and it.existing is None:
                         it.existing = (key, got[0], got[1])
             if it.existing is None:  # every key ours after all
-                for key in it.keys:
-                    self._inflight[key] = asyncio.get_running_loop().create_future()
+                self._hold(it.keys)
                 continue
+            if it.existing[1].event_id == it.new.event_id:
+                self._hold(list(it.created))  # the same event's: kept (``_resolve``)
+                continue
+            for key in it.created:  # kept by an earlier pass of this item: not any more
+                fut = self._inflight.pop(key, None)
+                if fut is not None and not fut.done():
+                    fut.set_exception(RuntimeError("the claim was released"))
+                    fut.exception()  # retrieved: waiters re-read the claim
             release += [(k, r) for k, r in it.created.items()]
             it.created = {}
         if release:
@@ -282,6 +295,14 @@ class Recorder:
             self._background.add(deletes)
             deletes.add_done_callback(self._background.discard)
             await asyncio.shield(deletes)
+
+    def _hold(self, keys: list[str]) -> None:
+        """Claims of ours now in flight: a request meeting one awaits its outcome (a
+        future this item holds already, kept by an earlier pass, stays)."""
+        for key in keys:
+            fut = self._inflight.get(key)
+            if fut is None or fut.done():
+                self._inflight[key] = asyncio.get_running_loop().create_future()
 
     def _settle(
         self,
@@ -510,7 +531,29 @@ class Recorder:
         """The original positions of what ``item``'s claim names. A claim left pending
         (its owner crashed, or its request ended before its append did) is taken over:
         the event is looked up in the process's history; if it is not there, the item
-        to append (under the claimed event id) is returned and put in ``takeovers``."""
+        to append (under the claimed event id) is returned and put in ``takeovers``.
+        The claims ``item`` kept (``_claim``: of the same event) are completed with the
+        answer, or appended with the item."""
+        outcome = await self._resolve_claim(process_id, item, takeovers)
+        if isinstance(outcome, Recorded) and item.created:
+            self._settle(self._unkeep(item, outcome.event_id), outcome, stored=True)
+        return outcome
+
+    def _unkeep(self, item: _Item, event_id: str) -> _Item:
+        """The claims ``item`` kept, as an item of their own, taken from it: to settle
+        with ``event_id``'s event. Kept for another event than the one its claim names
+        now (that claim was released and made anew by another meanwhile), they are
+        released instead and none are returned."""
+        kept = replace(item, keys=list(item.created), created=item.created)
+        item.created = {}
+        if event_id != item.new.event_id:
+            self._settle(kept, RuntimeError("the claim was released"), stored=False)
+            return replace(kept, keys=[], created={})
+        return kept
+
+    async def _resolve_claim(
+        self, process_id: str, item: _Item, takeovers: list[_Item]
+    ) -> Recorded | _Item:
         assert item.existing is not None
         key, value, revision = item.existing
         asked = False  # the event's other claims, once per claim met
@@ -578,8 +621,15 @@ class Recorder:
         the other wait out its lease after an observer restart."""
         self._abandoned.discard(key)
         self._inflight[key] = asyncio.get_running_loop().create_future()
+        # With the claims this request kept of the event (``_claim``): its key's claim
+        # that an earlier attempt never made, say; whatever becomes of the event
+        # completes them too.
+        kept = self._unkeep(item, event_id).created
         mine = replace(
-            item, new=replace(item.new, event_id=event_id), keys=[key], created={key: revision}
+            item,
+            new=replace(item.new, event_id=event_id),
+            keys=[key, *kept],
+            created={key: revision, **kept},
         )
         takeovers.append(mine)
         found: Recorded | None = None
