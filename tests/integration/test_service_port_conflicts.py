@@ -90,7 +90,7 @@ def test_a_busy_port_names_its_setting(
         "JETSOURCE_PROJECTOR__GRAPH_LABEL_PREFIX": f"Pc{unique}",
         "JETSOURCE_OBSERVER__CLAIMS_BUCKET": f"PCK_{unique}",
         "JETSOURCE_OMNI__EVENTS_STREAM": f"PCO_{unique}",
-        "JETSOURCE_OMNI__EVENTS_SUBJECT_PREFIX": f"pc{unique}.omni",
+        "JETSOURCE_OMNI__EVENTS_SUBJECT_PREFIX": f"pco{unique}.events",
         "JETSOURCE_OMNI__RAW_STREAM": f"PCR_{unique}",
         "JETSOURCE_OMNI__RAW_SUBJECT_PREFIX": f"pc{unique}.raw",
         "JETSOURCE_OMNI__IDENTITY_BUCKET": f"PCH_{unique}",
