@@ -290,3 +290,16 @@ async def test_the_leaders_answer_for_a_missing_stream_is_the_direct_gets(
         await jsapi.last_for_subject(replies, f"NONE_{unique}", "x.>", 5)
     assert await jsapi.last_for_subject(replies, name, f"{p}.nothing", 5) is None
     assert replies.mirrored == {}
+
+
+async def test_a_stream_whose_subjects_overlap_another_is_named_with_its_subjects(
+    stream: tuple[Replies, str, str],
+) -> None:
+    """nats-server says only 'subjects overlap with an existing stream'; a service that
+    cannot start for it names the stream it wanted and its subjects."""
+    replies, _, prefix = stream
+    config = {"name": f"{stream[1]}_B", "subjects": [f"{prefix}.b.>"]}
+    with pytest.raises(JsApiError) as caught:
+        await jsapi.ensure_stream(replies, config, 5)
+    assert caught.value.err_code == jsapi.ERR_SUBJECTS_OVERLAP
+    assert f"stream {stream[1]}_B wants {prefix}.b.>" in str(caught.value)

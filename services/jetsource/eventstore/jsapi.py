@@ -39,6 +39,7 @@ DIRECT_GET_PAGE = 1000
 ERR_WRONG_LAST_SEQUENCE = 10071
 ERR_STREAM_NOT_FOUND = 10059
 ERR_STREAM_NAME_IN_USE = 10058  # exists with a different configuration
+ERR_SUBJECTS_OVERLAP = 10065  # subjects overlap with an existing stream
 ERR_BATCH_DUPLICATE_MSG_ID = 10201
 ERR_MESSAGE_TOO_LARGE = 10054
 ERR_CONSUMER_NOT_FOUND = 10014
@@ -791,6 +792,15 @@ async def ensure_stream(
     try:
         return await api(replies, f"STREAM.CREATE.{name}", dict(config), timeout)
     except JsApiError as exc:
+        if exc.err_code == ERR_SUBJECTS_OVERLAP:
+            # The server names neither stream; say which one and what to change.
+            raise JsApiError(
+                exc.code,
+                exc.err_code,
+                f"{exc.description}: stream {name} wants {', '.join(config['subjects'])}; "
+                "each stream needs subjects of its own (move them with its subject "
+                "prefix setting, whose first token is shared by its voids subject)",
+            ) from exc
         if exc.err_code != ERR_STREAM_NAME_IN_USE:
             raise
     return await api(replies, f"STREAM.UPDATE.{name}", dict(config), timeout)
