@@ -12,9 +12,9 @@ Besides the sequential rows: 32 new connections at once to the HTTP ports (a lis
 backlog too short drops SYNs, retried 1 s later), and the CLI from its start to its
 answer.
 
-    python -m bench.endpoint_latency            # starts its own stack (`jetsource up`)
-    python -m bench.endpoint_latency --quick    # 20 requests a row: does it still run
-    python -m bench.endpoint_latency --attach   # the stack of this environment's settings
+    python -m bench.bench_endpoints            # starts its own stack (`jetsource up`)
+    python -m bench.bench_endpoints --quick    # 20 requests a row: does it still run
+    python -m bench.bench_endpoints --attach   # the stack of this environment's settings
 """
 
 from __future__ import annotations
