@@ -11,6 +11,7 @@ import itertools
 import time
 import uuid
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -39,6 +40,27 @@ def pid() -> str:
 
 async def _observer(nats_server: Server) -> Observer:
     return await build(observer_settings(nats_server, claim_lease_s=LEASE_S))
+
+
+async def first_attempt_fails(
+    owner: Observer, e: Any, stored: bool, monkeypatch: pytest.MonkeyPatch
+) -> list[Any]:
+    """Record ``e`` on ``owner`` with its append failing, before or after it stores the
+    event (``stored``): its claims are left pending, abandoned. The history after it."""
+    append = owner.recorder._lane_append
+
+    async def fail(process_id: str, events: list[object]) -> object:
+        if stored:
+            await append(process_id, events)  # type: ignore[arg-type]
+        raise EventStoreUnavailableError("the answer is lost (test)")
+
+    monkeypatch.setattr(owner.recorder, "_lane_append", fail)
+    with pytest.raises(EventStoreUnavailableError):
+        await owner.recorder.record([e])
+    monkeypatch.undo()
+    before = await history(owner.store, e.process_id)
+    assert len(before) == (1 if stored else 0)
+    return before
 
 
 async def test_a_key_claim_left_pending_by_an_id_takeover_answers_at_once_after_a_restart(
@@ -140,19 +162,7 @@ async def test_every_state_of_an_event_s_two_claims_converges(
     owner = await _observer(nats_server)
     observers = [owner]
     try:
-        append = owner.recorder._lane_append
-
-        async def fail(process_id: str, events: list[object]) -> object:
-            if stored:
-                await append(process_id, events)  # type: ignore[arg-type]
-            raise EventStoreUnavailableError("the answer is lost (test)")
-
-        monkeypatch.setattr(owner.recorder, "_lane_append", fail)
-        with pytest.raises(EventStoreUnavailableError):
-            await owner.recorder.record([e])
-        monkeypatch.undo()
-        before = await history(owner.store, p)
-        assert len(before) == (1 if stored else 0)
+        before = await first_attempt_fails(owner, e, stored, monkeypatch)
         claims = owner.recorder._claims
         for kind, state in (("e", e_state), ("k", k_state)):
             got = await claims.get(keys[kind])

@@ -16,7 +16,6 @@ from dataclasses import replace
 import pytest
 
 from jetsource.core.clock import now_ns
-from jetsource.core.errors import EventStoreUnavailableError
 from jetsource.domains.process.claims import ClaimValue, claim_key
 from tests.infra import Server
 from tests.integration.process_write.helpers import event, history
@@ -25,6 +24,7 @@ from tests.integration.process_write.test_claim_takeover import (
     LEASE_S,
     WITHIN_LEASE_S,
     _observer,
+    first_attempt_fails,
     pid,
 )
 
@@ -71,19 +71,7 @@ async def test_one_claim_of_an_event_without_the_other_converges(
     owner = await _observer(nats_server)
     observers = [owner]
     try:
-        append = owner.recorder._lane_append
-
-        async def fail(process_id: str, events: list[object]) -> object:
-            if stored:
-                await append(process_id, events)  # type: ignore[arg-type]
-            raise EventStoreUnavailableError("the answer is lost (test)")
-
-        monkeypatch.setattr(owner.recorder, "_lane_append", fail)
-        with pytest.raises(EventStoreUnavailableError):
-            await owner.recorder.record([x])
-        monkeypatch.undo()
-        before = await history(owner.store, p)
-        assert len(before) == (1 if stored else 0)
+        before = await first_attempt_fails(owner, x, stored, monkeypatch)
 
         claims = owner.recorder._claims
         bucket = "PROCESS_IDEMPOTENCY"
