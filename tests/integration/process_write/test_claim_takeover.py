@@ -63,6 +63,23 @@ async def first_attempt_fails(
     return before
 
 
+async def asked_in_turn(
+    asker: Observer, requests: list[Any], first_waits: bool
+) -> tuple[list[Any], list[float]]:
+    """Each request recorded alone, one after another, within AT_ONCE_S (the first
+    within the lease when ``first_waits``); their answers and how long each took."""
+    answers, took = [], []
+    for i, request in enumerate(requests):
+        bound = WITHIN_LEASE_S if i == 0 and first_waits else AT_ONCE_S
+        started = time.monotonic()
+        async with asyncio.timeout(bound):
+            [answer] = await asker.recorder.record([request])
+        took.append(round(time.monotonic() - started, 3))
+        answers.append(answer)
+    await asker.recorder.flush()
+    return answers, took
+
+
 async def one_event_answered(
     asker: Observer,
     e: Any,
@@ -210,20 +227,8 @@ async def test_every_state_of_an_event_s_two_claims_converges(
             observers.append(asker)
         rekeyed = event(p, "step", event_id="two-claims-again", idempotency_key=e.idempotency_key)
         by_id = event(p, "step", event_id=e.event_id)
-        answers, took = [], []
-        for i, request in enumerate((e, rekeyed, by_id)):
-            bound = (
-                WITHIN_LEASE_S
-                if i == 0 and _waits_out_a_lease(e_state, k_state, restart)
-                else AT_ONCE_S
-            )
-            started = time.monotonic()
-            async with asyncio.timeout(bound):
-                [answer] = await asker.recorder.record([request])
-            took.append(round(time.monotonic() - started, 3))
-            answers.append(answer)
-        await asker.recorder.flush()
-
+        waits = _waits_out_a_lease(e_state, k_state, restart)
+        answers, took = await asked_in_turn(asker, [e, rekeyed, by_id], waits)
         await one_event_answered(asker, e, keys, answers, [stored, True, True], took)
     finally:
         for o in observers:

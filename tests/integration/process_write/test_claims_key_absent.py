@@ -9,8 +9,6 @@ unclaimed and the next event under it was appended too."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from dataclasses import replace
 
 import pytest
@@ -20,10 +18,9 @@ from jetsource.domains.process.claims import ClaimValue, claim_key
 from tests.infra import Server
 from tests.integration.process_write.helpers import event
 from tests.integration.process_write.test_claim_takeover import (
-    AT_ONCE_S,
     LEASE_S,
-    WITHIN_LEASE_S,
     _observer,
+    asked_in_turn,
     first_attempt_fails,
     one_event_answered,
     pid,
@@ -96,18 +93,10 @@ async def test_one_claim_of_an_event_without_the_other_converges(
             observers.append(asker)
         y = event(p, "step", event_id="y-key-absent", idempotency_key=x.idempotency_key)
         by_id = event(p, "step", event_id=x.event_id)
-        answers, took = [], []
-        for i, request in enumerate((x, y, by_id)):
-            # Only the retry after a restart, meeting the claim within its lease, waits
-            # it out (the owner is gone with no one knowing).
-            bound = WITHIN_LEASE_S if i == 0 and restart and state == "pending" else AT_ONCE_S
-            started = time.monotonic()
-            async with asyncio.timeout(bound):
-                [answer] = await asker.recorder.record([request])
-            took.append(round(time.monotonic() - started, 3))
-            answers.append(answer)
-        await asker.recorder.flush()
-
+        # Only the retry after a restart, meeting the claim within its lease, waits it
+        # out (the owner is gone with no one knowing).
+        waits = restart and state == "pending"
+        answers, took = await asked_in_turn(asker, [x, y, by_id], waits)
         await one_event_answered(asker, x, keys, answers, [stored, True, True], took)
     finally:
         for o in observers:
