@@ -47,8 +47,12 @@ class PingProbe:
         except TimeoutError:
             return False
         except asyncio.CancelledError:
-            if not pending.cancelled():
-                raise  # this call was cancelled, not the PING
+            task = asyncio.current_task()
+            if not pending.cancelled() or (task is not None and task.cancelling()):
+                # This call was cancelled (also when the client cancelled its PINGs at
+                # the same moment: a watcher stopped then looped on, and whoever
+                # awaited its end waited for ever).
+                raise
             self._pending = None  # the client closed and cancelled its PINGs
             return False
         self._pending = None

@@ -1,0 +1,54 @@
+"""A PING probe whose caller is cancelled at the moment the client cancels its PINGs
+(a reconnect, a close) ends cancelled. It returned False instead, swallowing the
+caller's cancellation: the query service's store watcher then looped on after its
+cancel, and whoever awaited its end (the service's stop) waited for ever."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from jetsource.core.natsping import PingProbe
+
+
+class Client:
+    """What PingProbe uses of a nats-py client."""
+
+    def __init__(self) -> None:
+        self.is_connected = True
+        self.stats: dict[str, int] = {"reconnects": 0}
+        self.pings: list[asyncio.Future[Any]] = []
+
+    async def _send_ping(self, future: asyncio.Future[Any]) -> None:
+        self.pings.append(future)
+
+
+async def test_a_caller_cancelled_with_the_ping_is_cancelled() -> None:
+    nc = Client()
+    probe = PingProbe(nc)  # type: ignore[arg-type]
+    asking = asyncio.create_task(probe.answers(10))
+    await asyncio.sleep(0.01)
+    nc.pings[0].cancel()  # the client cancels its PINGs ...
+    asking.cancel()  # ... as the caller is cancelled
+    with pytest.raises(asyncio.CancelledError):
+        await asking
+
+
+async def test_a_ping_the_client_cancelled_alone_is_no_answer() -> None:
+    nc = Client()
+    probe = PingProbe(nc)  # type: ignore[arg-type]
+    asking = asyncio.create_task(probe.answers(10))
+    await asyncio.sleep(0.01)
+    nc.pings[0].cancel()
+    assert await asking is False
+
+
+async def test_an_answered_ping_is_true() -> None:
+    nc = Client()
+    probe = PingProbe(nc)  # type: ignore[arg-type]
+    asking = asyncio.create_task(probe.answers(10))
+    await asyncio.sleep(0.01)
+    nc.pings[0].set_result(True)
+    assert await asking is True
