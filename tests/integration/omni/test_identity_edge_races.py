@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -33,20 +32,12 @@ from tests.integration.omni.test_identity_races import (
     assert_agree,
     eventually,
     fresh_lookup,
-    service,
+    services,
 )
 
 pytestmark = pytest.mark.integration
 MODEL = "omni_identities"
-
-
-@pytest.fixture
-async def services(ingest: Ingest) -> AsyncIterator[list[IdentityService]]:
-    made = [await service(ingest) for _ in range(3)]
-    yield [s for s, _ in made]
-    for s, nc in made:
-        await s.close()
-        await nc.drain()
+__all__ = ["services"]  # the fixture, shared with the race tests
 
 
 async def merged_in_stream(ingest: Ingest) -> dict[str, str]:
