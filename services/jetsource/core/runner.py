@@ -14,9 +14,10 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from jetsource.core import telemetry
+from jetsource.core.aio import stop_task
 from jetsource.core.errors import AccessDeniedError, ListenError
 from jetsource.core.logging import setup_logging
 from jetsource.core.settings import JetsourceSettings
@@ -44,15 +45,52 @@ def run_service(name: str, settings: S, serve: Callable[[S], Coroutine[Any, Any,
     telemetry.setup_tracing(name, settings.otel)
     use_uvloop()
     try:
-        asyncio.run(serve(settings))
-    except (AccessDeniedError, ListenError) as exc:
-        logging.getLogger(f"jetsource.{name}").error("%s cannot start: %s", name, exc)
-        telemetry.shutdown()
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        # Now, without the interpreter's teardown: what serve() had started (a gRPC
-        # server whose loop is gone) would print tracebacks from its finalizers.
-        os._exit(EXIT_ACCESS_DENIED)
+        asyncio.run(_serving(name, settings, serve))
     finally:
         telemetry.shutdown()  # the spans still queued are sent
+
+
+# How long the tasks serve() leaves behind get to end when it returns or fails.
+STOP_LEFTOVERS_S = 5.0
+
+
+async def _serving(name: str, settings: S, serve: Callable[[S], Coroutine[Any, Any, None]]) -> None:
+    """``serve(settings)``, then the tasks it left running stopped within a bound.
+
+    asyncio.run's own teardown cancels each task once and waits for it without a
+    bound: a task whose cancellation a library swallowed (``wait_for`` on Python 3.11,
+    see jetsource.core.aio) kept the process alive for ever, saying nothing. CI met it
+    when the ingress could not listen: its identity follower, started a moment
+    before, swallowed the one cancel and the process never exited."""
+    error: BaseException | None = None
+    try:
+        await serve(settings)
+    except (AccessDeniedError, ListenError) as exc:
+        # At once, from inside the loop: what serve() had started (a gRPC server, a
+        # stream follower) is not waited for, and prints nothing from its finalizers.
+        _exit(EXIT_ACCESS_DENIED, f"{name} cannot start: {exc}", name)
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        me = asyncio.current_task()
+        rest = [t for t in asyncio.all_tasks() if t is not me]
+        stopped = await asyncio.gather(*(stop_task(t, STOP_LEFTOVERS_S) for t in rest))
+        if not all(stopped):
+            if error is not None and not isinstance(error, asyncio.CancelledError):
+                log = logging.getLogger(f"jetsource.{name}")
+                log.error("%s failed: %s", name, error, exc_info=error)
+            left = ", ".join(t.get_name() for t, ok in zip(rest, stopped, strict=True) if not ok)
+            code = 0 if error is None else 1
+            _exit(code, f"{name} leaves tasks that did not stop: {left}", name)
+
+
+def _exit(code: int, message: str, name: str) -> NoReturn:
+    """Log ``message``, flush what is buffered and end the process with ``code`` now,
+    without the interpreter's teardown."""
+    logging.getLogger(f"jetsource.{name}").error("%s", message)
+    telemetry.shutdown()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -61,6 +61,7 @@ from jetsource._gen.omni.v1.lifecycle_pb2 import (
     IdentitiesMerged,
     IdentityCreated,
 )
+from jetsource.core.aio import stop_task
 from jetsource.core.envelope import NO_STREAM, NewEvent, RecordedEvent
 from jetsource.core.errors import ConcurrencyError, ValidationError
 from jetsource.core.ids import uuid7
@@ -361,6 +362,8 @@ class IdentityService:
         except Exception as exc:  # only an optimisation: each event reads its entry
             log.warning("reading the handles bucket: %s", exc)
         while self._worker is me:
+            if me is not None and me.cancelling():
+                raise asyncio.CancelledError  # a cancel the reads above swallowed
             msg = await queue.get()
             raw = jsapi.raw_of_delivery(msg)
             for delay in (0.1, 0.5, 1, 2, 5, 5, 5, 5, 5, 5):
@@ -418,17 +421,13 @@ class IdentityService:
     async def close(self) -> None:
         if self._worker is not None:
             worker, self._worker = self._worker, None
-            worker.cancel()
-            # not awaited unbounded: a cancellation a library swallows must not hang a stop
-            await asyncio.wait([worker], timeout=5)
+            # cancelled again while it runs: a library below may swallow one cancel
+            await stop_task(worker)
         for sub in self._follow:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         self._follow = []
-        for task in list(self._repairs):
-            task.cancel()
-        if self._repairs:
-            await asyncio.wait(self._repairs, timeout=5)
+        await asyncio.gather(*(stop_task(t) for t in list(self._repairs)))
         if self._watch is not None:
             sub, self._watch = self._watch, None
             with contextlib.suppress(ConnectionClosedError, ConnectionReconnectingError):
