@@ -725,14 +725,27 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
             graph: GraphModel = await self._model(GRAPH)
             await self._check_parked(graph.spec, cid)
             nodes = await graph.nodes(cid)
-            if not nodes:
+            # The story's node, its decisions' and its subtasks' are three reads: a
+            # model catching up can answer the first without the story and the next
+            # with what was applied meanwhile. Without the story's node, it lags.
+            if not any(kind == "story" for kind, _ in nodes):
                 await self._must_exist(cid)
                 raise QueryError(
                     grpc.StatusCode.FAILED_PRECONDITION,
                     f"context {cid!r} is not in the graph model yet; try again shortly",
                 )
-            edges = (await graph.neighbourhood(cid))["edges"]
-            return _subgraph(cid, nodes, edges, request.root_id, depth)
+            root = request.root_id or cid
+            if root != cid and not any(_node_id(cid, k, p) == root for k, p in nodes):
+                # Invalid only if the story has no such node: else the model lags.
+                state = (await self.loader.load(cid)).state
+                if root not in state.decisions and root not in state.subtasks:
+                    raise invalid("root_id", f"no decision or subtask {root!r} in context {cid!r}")
+                raise QueryError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"{root!r} of context {cid!r} is not in the graph model yet; try again shortly",
+                )
+            edges = (await graph.neighbourhood(cid)).get("edges", [])
+            return _subgraph(cid, nodes, edges, root, depth)
 
         return await self._run("GetDecisionGraph", context, work)
 
@@ -900,6 +913,12 @@ _KIND = {
 }
 
 
+def _node_id(cid: str, kind: str, props: dict[str, Any]) -> str:
+    """A graph node's id in the API: graph keys are "<story>/<node>", the story's is
+    the story's id."""
+    return cid if kind == "story" else str(props["key"]).removeprefix(f"{cid}/")
+
+
 def _subgraph(
     cid: str,
     nodes: list[tuple[str, dict[str, Any]]],
@@ -916,14 +935,16 @@ def _subgraph(
     by_id: dict[str, tuple[str, dict[str, Any]]] = {}
     version = 0
     for kind, props in nodes:
-        node_id = local(props["key"]) if kind != "story" else cid
-        by_id[node_id] = (kind, props)
+        by_id[_node_id(cid, kind, props)] = (kind, props)
         if kind == "story":
             version = int(props.get("version") or 0)
     root = root_id or cid
     if root not in by_id:
         raise invalid("root_id", f"no decision or subtask {root!r} in context {cid!r}")
-    links = [(t, local(a), local(b)) for t, a, b in edges]
+    # Edges are read after the nodes: one to a node applied meanwhile is left out.
+    links = [
+        (t, local(a), local(b)) for t, a, b in edges if local(a) in by_id and local(b) in by_id
+    ]
     around: dict[str, set[str]] = {}
     for _, a, b in links:
         around.setdefault(a, set()).add(b)
@@ -940,8 +961,6 @@ def _subgraph(
                 queue.append(there)
     response = pb.GetDecisionGraphResponse(version=version)
     for node_id in sorted(distance, key=lambda n: (distance[n], n)):
-        if node_id not in by_id:
-            continue
         kind, props = by_id[node_id]
         status = props.get("status", "")
         if kind == "decision":
