@@ -92,3 +92,47 @@ def test_the_process_ends_whatever_serve_left_running(case: str) -> None:
     assert took < 15, f"{took:.1f} s"
     if code == EXIT_ACCESS_DENIED:
         assert "Traceback" not in out, out
+
+
+# The CLI runs its commands with jetsource.core.aio.run: the same guarantee, with the
+# command's own result or exception (its exit code is mapped from them).
+CLI_CASES = {
+    "result": ("    return 7\n", "print('result', aio.run(main()))\n", 0, "result 7"),
+    "error": (
+        "    raise LookupError('no such stream')\n",
+        "try:\n    aio.run(main())\nexcept LookupError as exc:\n    print('raised', exc)\n",
+        0,
+        "raised no such stream",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CLI_CASES))
+def test_a_cli_command_ends_with_its_own_answer_whatever_it_left_running(case: str) -> None:
+    body, call, code, line = CLI_CASES[case]
+    script = (
+        PROLOGUE
+        + "from jetsource.core import aio\n"
+        + "async def main():\n"
+        + "    asyncio.create_task(swallows_one_cancel(), name='follower')\n"
+        + "    await asyncio.sleep(0.1)\n"
+        + body
+        + call
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert (run.returncode, line in run.stdout) == (code, True), run.stdout + run.stderr
+
+
+def test_a_cli_command_whose_task_never_stops_still_ends_naming_it() -> None:
+    script = (
+        PROLOGUE
+        + "from jetsource.core import aio\n"
+        + "async def main():\n"
+        + "    asyncio.create_task(swallows_every_cancel(), name='stubborn')\n"
+        + "    await asyncio.sleep(0.1)\n"
+        + "    return 7\n"
+        + "aio.run(main(), bound=1.0)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "tasks that did not stop: stubborn" in run.stderr, run.stderr

@@ -25,6 +25,7 @@ import typer
 from jetsource.cli import output
 from jetsource.cli.output import REFUSED, U64, UNAVAILABLE, USAGE
 from jetsource.cli.projector import _json, connect_timeout_s
+from jetsource.core import aio
 
 # The archive, the projection runtime and NATS are imported by the commands that use
 # them (`archive --help` does not pay for them).
@@ -94,7 +95,7 @@ def _run(
             await p.close()
 
     try:
-        return asyncio.run(go())
+        return aio.run(go())
     except NatsUnreachableError:
         output.fail(
             UNAVAILABLE,

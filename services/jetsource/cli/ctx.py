@@ -34,6 +34,7 @@ from jetsource._gen.context.v1 import commands_pb2, query_pb2
 from jetsource.cli import output as out
 from jetsource.cli.output import Mode
 from jetsource.client import STATUSES, ContextClient, QueryClient
+from jetsource.core import aio
 from jetsource.core.ids import uuid7
 from jetsource.core.settings import GrpcClientSettings, JetsourceSettings
 
@@ -184,7 +185,7 @@ def _channel(client: ContextClient | QueryClient) -> grpc.aio.Channel:
 def _run(target: Target, work: Callable[[], Coroutine[Any, Any, T]], key: str | None = None) -> T:
     """Run ``work``; map every failure to a message on stderr and an exit code."""
     try:
-        return asyncio.run(work())
+        return aio.run(work())
     except UnicodeEncodeError as exc:  # building the request: nothing was sent
         out.fail(out.USAGE, "INVALID_ARGUMENT", out.not_utf8(exc), idempotency_key=key)
     except Unreachable as exc:

@@ -11,6 +11,7 @@ import typer
 from rich.text import Text
 
 from jetsource.cli import output
+from jetsource.core import aio
 from jetsource.core.settings import JetsourceSettings
 from jetsource.devstack.servers import ServerError
 from jetsource.devstack.stack import LocalStack, ServerStatus
@@ -166,8 +167,8 @@ def up_all(
     if not all(s.healthy for s in services):
         raise typer.Exit(1)
     if demo:
-        asyncio.run(_demo(stack.settings))
-        asyncio.run(_demo_process_tree())
+        aio.run(_demo(stack.settings))
+        aio.run(_demo_process_tree())
 
 
 def down_all() -> None:

@@ -34,6 +34,7 @@ from jetsource._gen.process.v1 import observer_pb2_grpc as pb_grpc
 from jetsource.cli import output as out
 from jetsource.cli.output import Mode
 from jetsource.client import open_channel
+from jetsource.core import aio
 from jetsource.core.aio import wait_event
 from jetsource.core.errors import ValidationError
 from jetsource.core.settings import JetsourceSettings
@@ -261,7 +262,7 @@ def import_(
 
     try:
         with open(file, "rb") as f:
-            importer = asyncio.run(main())
+            importer = aio.run(main())
     except ValidationError as exc:
         out.fail(out.REFUSED, "INVALID_ARGUMENT", str(exc), field=exc.field)
     except OSError as exc:  # the file or the state file: unreadable, unwritable

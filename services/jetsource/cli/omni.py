@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import typer
 
 from jetsource.cli import output
+from jetsource.core import aio
 from jetsource.core.errors import EventStoreUnavailableError, JetsourceError, StreamMissingError
 
 # The omni domain (and with it every domain) and NATS are imported by the commands.
@@ -72,7 +73,7 @@ def _run(work: Callable[[IngestSettings, Any], Awaitable[T]], as_json: bool = Fa
             await release(nc)
 
     try:
-        return asyncio.run(go())
+        return aio.run(go())
     except StreamMissingError as exc:
         if as_json:
             output.set_mode(output.Mode.json)

@@ -34,6 +34,7 @@ import typer
 
 from jetsource.cli import output
 from jetsource.cli.output import REFUSED, UNAVAILABLE, USAGE, Mode
+from jetsource.core import aio
 
 # The projection runtime (NATS, Valkey, the graph driver) is imported by the commands
 # that use it: `projector --help`, and the groups that borrow the helpers below, do
@@ -226,7 +227,7 @@ def _run(
             await p.close()
 
     try:
-        return asyncio.run(go())
+        return aio.run(go())
     except Exception as exc:
         _fail_for(exc, settings)
 

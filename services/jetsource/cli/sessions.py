@@ -24,6 +24,7 @@ import typer
 
 from jetsource.cli import output as out
 from jetsource.cli.output import Mode
+from jetsource.core import aio
 
 if TYPE_CHECKING:
     from jetsource.domains.sessions.connect import SessionsClient
@@ -103,7 +104,7 @@ def _run(work: Callable[[SessionsClient], Coroutine[Any, Any, T]]) -> T:
             await opened.__aexit__(None, None, None)
 
     try:
-        return asyncio.run(main())
+        return aio.run(main())
     except SessionNotFoundError as exc:
         out.fail(out.REFUSED, "NOT_FOUND", str(exc).strip("'\""))
     except ValidationError as exc:

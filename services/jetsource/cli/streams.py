@@ -25,6 +25,7 @@ import typer
 from jetsource.cli import output
 from jetsource.cli.output import REFUSED, UNAVAILABLE, USAGE
 from jetsource.cli.projector import _json, connect_timeout_s
+from jetsource.core import aio
 
 if TYPE_CHECKING:
     from jetsource.cli.stream_admin import Provisioned, StreamBackup, StreamRestore
@@ -130,7 +131,7 @@ def ensure(
         return await asyncio.wait_for(ensure_all(settings), max(deadline - loop.time(), 1.0))
 
     try:
-        done = asyncio.run(go())
+        done = aio.run(go())
     except (NatsUnreachableError, TimeoutError) as exc:
         last = f" (last error: {exc})" if str(exc) else ""
         message = (
@@ -186,7 +187,7 @@ def _run(settings: ProjectorSettings, timeout: float, work: Callable[[], Awaitab
         return await asyncio.wait_for(work(), max(deadline - loop.time(), 1.0))
 
     try:
-        return asyncio.run(go())
+        return aio.run(go())
     except NatsUnreachableError:
         output.fail(
             UNAVAILABLE,

@@ -11,6 +11,11 @@ libraries use ``wait_for`` inside, so one ``cancel()`` is not always enough eith
   which counts cancellations and never swallows one that is not its own.
 - :func:`stop_task` cancels a task and waits for it, cancelling again while it still
   runs, within a bound (and says so when the bound passes).
+- :func:`run` is ``asyncio.run`` for the CLI and the services: the tasks its
+  coroutine leaves running are stopped with :func:`stop_task` before asyncio.run's own
+  teardown, which cancels each once and waits for it without a bound (a service that
+  could not listen once hung there for ever, its stream follower having lost that
+  one cancel).
 """
 
 from __future__ import annotations
@@ -18,11 +23,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+import os
+import sys
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
 
 RECANCEL_EVERY_S = 0.05
+# How long the tasks a coroutine run by :func:`run` leaves behind get to end.
+STOP_LEFTOVERS_S = 5.0
+EXIT_LEFT_RUNNING = 1
+
+T = TypeVar("T")
 
 
 async def wait_event(event: asyncio.Event, timeout: float) -> bool:
@@ -57,3 +70,36 @@ async def stop_task(task: asyncio.Task[Any] | None, bound: float = 5.0) -> bool:
     with contextlib.suppress(BaseException):
         task.result()
     return True
+
+
+async def stop_others(bound: float) -> list[asyncio.Task[Any]]:
+    """Stop every task of the running loop but the caller's, all at once, each with
+    :func:`stop_task`; returns the ones still running after ``bound`` seconds."""
+    me = asyncio.current_task()
+    rest = [t for t in asyncio.all_tasks() if t is not me]
+    stopped = await asyncio.gather(*(stop_task(t, bound) for t in rest))
+    return [t for t, ok in zip(rest, stopped, strict=True) if not ok]
+
+
+def run(main: Coroutine[Any, Any, T], bound: float | None = None) -> T:
+    """``asyncio.run(main)``: its result, or its exception raised; the tasks ``main``
+    leaves running are stopped first (:func:`stop_others`). A task that outlives
+    ``bound`` seconds (default :data:`STOP_LEFTOVERS_S`) of cancels would hang
+    asyncio.run's teardown: the process ends instead, naming it on stderr, with exit
+    code :data:`EXIT_LEFT_RUNNING`."""
+
+    async def guarded() -> T:
+        try:
+            return await main
+        finally:
+            left = await stop_others(STOP_LEFTOVERS_S if bound is None else bound)
+            if left:
+                names = ", ".join(sorted(t.get_name() for t in left))
+                log.error("tasks that did not stop when cancelled: %s; exiting", names)
+                logging.shutdown()
+                sys.stdout.flush()
+                sys.stderr.write(f"jetsource: tasks that did not stop: {names}\n")
+                sys.stderr.flush()
+                os._exit(EXIT_LEFT_RUNNING)
+
+    return asyncio.run(guarded())

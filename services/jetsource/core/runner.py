@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn, TypeVar
 
 from jetsource.core import telemetry
-from jetsource.core.aio import stop_task
+from jetsource.core.aio import stop_others
 from jetsource.core.errors import AccessDeniedError, ListenError
 from jetsource.core.logging import setup_logging
 from jetsource.core.settings import JetsourceSettings
@@ -73,16 +73,14 @@ async def _serving(name: str, settings: S, serve: Callable[[S], Coroutine[Any, A
         error = exc
         raise
     finally:
-        me = asyncio.current_task()
-        rest = [t for t in asyncio.all_tasks() if t is not me]
-        stopped = await asyncio.gather(*(stop_task(t, STOP_LEFTOVERS_S) for t in rest))
-        if not all(stopped):
+        left = await stop_others(STOP_LEFTOVERS_S)
+        if left:
             if error is not None and not isinstance(error, asyncio.CancelledError):
                 log = logging.getLogger(f"jetsource.{name}")
                 log.error("%s failed: %s", name, error, exc_info=error)
-            left = ", ".join(t.get_name() for t, ok in zip(rest, stopped, strict=True) if not ok)
+            names = ", ".join(sorted(t.get_name() for t in left))
             code = 0 if error is None else 1
-            _exit(code, f"{name} leaves tasks that did not stop: {left}", name)
+            _exit(code, f"{name} leaves tasks that did not stop: {names}", name)
 
 
 def _exit(code: int, message: str, name: str) -> NoReturn:

@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from jetsource.core import aio
 from jetsource.eventstore import jsapi
 from jetsource.projection.bootstrap import Projection, open_projection
 from jetsource.projection.partitions import Partition, ensure_mirror, wait_mirror
@@ -170,7 +171,7 @@ async def _child(body: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     body = json.loads(sys.stdin.read())
-    print(json.dumps(asyncio.run(_child(body))))
+    print(json.dumps(aio.run(_child(body))))
 
 
 if __name__ == "__main__":
