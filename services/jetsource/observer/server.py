@@ -24,6 +24,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from jetsource._gen.process.v1 import events_pb2 as epb
 from jetsource._gen.process.v1 import observer_pb2 as pb
 from jetsource._gen.process.v1 import observer_pb2_grpc as pb_grpc
+from jetsource.core.aio import stop_task
 from jetsource.core.clock import to_timestamp
 from jetsource.core.errors import (
     ConcurrencyError,
@@ -188,10 +189,7 @@ class ObserverService(pb_grpc.ObserverServiceServicer):
             else:
                 reader.result()
         finally:
-            if not reader.done():
-                reader.cancel()
-                with contextlib.suppress(BaseException):
-                    await reader
+            await stop_task(reader)  # re-cancelled while it runs, within a bound
         return pb.RecordStreamResponse(positions=out)
 
 
