@@ -48,7 +48,7 @@ from jetsource.domains.omni.processing import (
     StatusTransitionError,
     record_status,
 )
-from jetsource.domains.omni.reads import Filters, NotFoundError, OmniReads
+from jetsource.domains.omni.reads import Filters, NotFoundError, NotYetVisibleError, OmniReads
 from jetsource.eventstore.jetstream import JetStreamEventStore
 from jetsource.projection.contract import TransientError
 
@@ -141,6 +141,9 @@ def error_answer(path: str, exc: Exception) -> JSONResponse:
         return _error(409, "failed_precondition", str(exc), exc.field)
     if isinstance(exc, ValidationError):
         return _error(400, "invalid_argument", str(exc), exc.field)
+    if isinstance(exc, NotYetVisibleError):
+        # The stream has it, the read model not yet: try again shortly.
+        return _error(409, "failed_precondition", str(exc), exc.field or None)
     if isinstance(exc, NotFoundError):
         return _error(404, "not_found", str(exc), exc.field or None)
     if isinstance(exc, ConcurrencyError):

@@ -20,6 +20,8 @@ from grpc_health.v1 import health_pb2
 from nats.aio.client import Client as NATS
 
 from jetsource.core.aio import stop_task
+from jetsource.core.envelope import RecordedEvent
+from jetsource.core.errors import CorruptEventError
 from jetsource.core.grpcserver import GrpcEndpoint, start_grpc, stop_on_signals
 from jetsource.core.metrics import bind_socket, register_service, watch_nats
 from jetsource.core.runner import run_service
@@ -31,6 +33,7 @@ from jetsource.domains.omni.query_service import SERVICE_NAME, OmniQueryService,
 from jetsource.domains.omni.raw import RawArchive
 from jetsource.domains.omni.reads import OmniReads
 from jetsource.eventstore.bootstrap import connect, release
+from jetsource.eventstore.horizon import BeyondHorizonError
 from jetsource.eventstore.jetstream import JetStreamEventStore
 from jetsource.ingest.app import Health, create_app, valkey_answers
 from jetsource.ingest.settings import IngestSettings
@@ -130,6 +133,8 @@ async def build(settings: IngestSettings) -> Ingest:
             raw,
             store.seq_at_time,
             o.max_page_size,
+            history=lambda aggregate_id: applied_history(store, aggregate_id),
+            last_version=store.last_version,
         )
         health = Health(
             nats=lambda: bool(nc.is_connected),
@@ -156,6 +161,17 @@ async def build(settings: IngestSettings) -> Ingest:
     return Ingest(
         nc, store, raw, identities, intake, reads, app, endpoint, redis=redis, health=health
     )
+
+
+async def applied_history(store: JetStreamEventStore, aggregate_id: str) -> list[RecordedEvent]:
+    """An aggregate's events as the read models apply them: voided ones left out; none
+    when the stream cannot give them as events (an undecodable one, which the models
+    dead-letter; a history purged by retention)."""
+    try:
+        records = await store.read_aggregate(aggregate_id)
+    except (CorruptEventError, BeyondHorizonError):
+        return []
+    return [r for r in records if not store.known_voided(r.stream_seq)]
 
 
 async def follow_reads(ingest: Ingest, every_s: float) -> None:

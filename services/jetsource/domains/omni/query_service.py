@@ -25,7 +25,7 @@ from jetsource.core.errors import ValidationError
 from jetsource.core.grpcserver import RpcError, call_outcome, register_error, to_rpc_error
 from jetsource.domains.omni.identity import IdentityNotFoundError
 from jetsource.domains.omni.processing import EventNotFoundError
-from jetsource.domains.omni.reads import Filters, NotFoundError, OmniReads
+from jetsource.domains.omni.reads import Filters, NotFoundError, NotYetVisibleError, OmniReads
 from jetsource.projection.contract import TransientError
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["OmniQueryService"].full_name
@@ -49,6 +49,8 @@ def _not_found(exc: BaseException) -> RpcError:
 
 
 def register_errors() -> None:
+    # before NotFoundError, its base: tried in registration order
+    register_error(NotYetVisibleError, grpc.StatusCode.FAILED_PRECONDITION)
     for kind in (NotFoundError, IdentityNotFoundError, EventNotFoundError):
         register_error(kind, mapper=_not_found)
     register_error(TransientError, grpc.StatusCode.UNAVAILABLE)
