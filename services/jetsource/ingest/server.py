@@ -135,6 +135,7 @@ async def build(settings: IngestSettings) -> Ingest:
             o.max_page_size,
             history=lambda aggregate_id: applied_history(store, aggregate_id),
             last_version=store.last_version,
+            lookup=identities.lookup,
         )
         health = Health(
             nats=lambda: bool(nc.is_connected),

@@ -5,8 +5,9 @@ read models catch up (a few milliseconds as a rule; here they are not running at
   same view the model shows once it has applied it (compared whole, after each step of
   the processing lifecycle).
 - An identity (its handles and merges come from other identities' events too) is
-  FAILED_PRECONDITION / 409 "not in the read model yet", naming ``identity_id``; one
-  the stream does not have is NOT_FOUND / 404, as before.
+  FAILED_PRECONDITION / 409 "not in the read model yet", naming ``identity_id``, and so
+  is a handle the handles bucket gives an identity (naming ``external_id``); what the
+  stream or the bucket does not have is NOT_FOUND / 404, as before.
 
 Against real NATS and Valkey; the projector is started only to compare."""
 
@@ -80,8 +81,20 @@ async def test_an_identity_not_applied_yet_is_failed_precondition_not_not_found(
         r = await http.get(path.replace(identity_id, unknown))
         assert (r.status_code, r.json()["error"]["field"]) == (404, "identity_id"), r.text
 
+    # A handle the bucket gives it (links are settled there before they answer).
+    await ingest.identities.link(identity_id, "whatsapp", "4915100000001", actor="test")
+    r = await http.get("/api/v1/handles/whatsapp/4915100000001")
+    assert r.status_code == 409, r.text
+    assert r.json()["error"]["field"] == "external_id", r.text
+    r = await http.get("/api/v1/handles/whatsapp/4915100000002")
+    assert (r.status_code, r.json()["error"]["field"]) == (404, "external_id"), r.text
+
     async with grpc.aio.insecure_channel(f"127.0.0.1:{ingest.grpc.port}") as channel:
         stub = query_pb2_grpc.OmniQueryServiceStub(channel)
+        found = oq.FindIdentityRequest(provider="whatsapp", external_id="4915100000001")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.FindIdentity(found)
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION, caught.value
         for wanted, code in (
             (identity_id, grpc.StatusCode.FAILED_PRECONDITION),
             (unknown, grpc.StatusCode.NOT_FOUND),
@@ -95,3 +108,5 @@ async def test_an_identity_not_applied_yet_is_failed_precondition_not_not_found(
         r = await http.get(f"/api/v1/identities/{identity_id}")
         assert r.status_code == 200, r.text
         assert r.json()["identity"]["display_name"] == "Sheena", r.text
+        r = await http.get("/api/v1/handles/whatsapp/4915100000001")
+        assert r.status_code == 200 and r.json()["identity"]["identity_id"] == identity_id

@@ -239,11 +239,13 @@ class OmniReads:
         max_page_size: int = 1000,
         history: History | None = None,
         last_version: Callable[[str], Awaitable[int]] | None = None,
+        lookup: Callable[[str, str], Awaitable[str | None]] | None = None,
     ) -> None:
         self.redis = redis
         # Read when the model lacks an event or identity: the answer is the stream's.
         self._history = history
         self._last_version = last_version
+        self._lookup = lookup  # the handles bucket: who holds a handle now
         self.prefix = prefix
         self._active = active
         self.raw = raw
@@ -495,6 +497,12 @@ class OmniReads:
         ns = await self.ns(OMNI_IDENTITIES)
         found = await valkey_io(self.redis.hget(f"{ns}:h", handle_name(provider, external_id)))
         if not found:
+            if await self._held(provider, external_id):
+                raise NotYetVisibleError(
+                    f"the handle {provider}:{external_id} is not in the read model yet; "
+                    "try again shortly",
+                    "external_id",
+                )
             raise NotFoundError(
                 f"no identity has the handle {provider}:{external_id}", "external_id"
             )
@@ -504,6 +512,15 @@ class OmniReads:
             seen.add(view.merged_into)
             view = await self.identity(view.merged_into)
         return view
+
+    async def _held(self, provider: str, external_id: str) -> bool:
+        """Whether the handles bucket says an identity holds the handle."""
+        if self._lookup is None:
+            return False
+        try:
+            return bool(await self._lookup(provider, external_id))
+        except ValidationError:
+            return False  # not a handle the ingress could have met
 
     async def identities(
         self, provider: str, include_merged: bool, size: int, token: str
