@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from google.protobuf import json_format
@@ -551,6 +551,130 @@ class LedgerReader:
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+
+# How many running sessions' tails a whole read of the kept process list reads at once.
+PROCESS_TAILS_AT_ONCE = 16
+
+
+class ProcessList:
+    """Every process of the ledger kept between reads, for a screen that reads it every
+    few seconds (the TUI's process tree): what ``reader.processes()`` gives, without
+    reading the ledger whole each time. The first read is whole (every process's
+    lifecycle, every running session's tail); each later one asks the stream where it
+    stands (one STREAM.INFO) and reads only the messages appended since, once: their
+    lifecycle events are folded into the kept summaries, and a running session's new
+    events, when they follow its kept tail one by one, are its new tail (the
+    interrupted rule reads ``last_recorded_ns``). A running session whose new messages
+    do not (one that is not an event, a void, a version out of place, a tail that named
+    a corrupt event), or one that has no kept tail yet, has its tail read from its
+    history, as the whole read does. Nothing appended: nothing read but the mark.
+    Anything but appends (a purge, a pruned session, an age limit, another stream of
+    the name) or a failure makes the next read whole; a read of the range that comes
+    back short (a replica behind) takes nothing and is asked again. A read cancelled
+    half-way is finished by the next one.
+
+    A reader that cannot say what was appended (``QueryReader``, or a ``LedgerReader``
+    without replies) is read whole each time."""
+
+    def __init__(self, reader: SessionReader) -> None:
+        self._reader = reader
+        self._mark: StreamMark | None = None
+        self._found: dict[str, ProcessSummary] = {}
+        # each running session's tail: (last seq, recorded ns, its stream seq), or None
+        # when its history named a corrupt event (the lifecycle alone tells then)
+        self._tails: dict[str, tuple[int, int, int] | None] = {}
+        self._stale: set[str] = set()  # running sessions whose tails are to be read again
+        self._lock = asyncio.Lock()
+        self.whole_reads = 0  # how many reads were whole (the first, and after a removal)
+        self.tail_reads = 0  # how many sessions' tails were read from their histories
+
+    async def read(self) -> dict[str, ProcessSummary]:
+        """Every process by id, as ``reader.processes()`` gives it (copies: the caller
+        may keep or change them)."""
+        reader = self._reader
+        if not isinstance(reader, LedgerReader) or not reader.incremental:
+            return await reader.processes()
+        async with self._lock:
+            try:
+                await self._catch_up(reader)
+            except LedgerBehindError:
+                pass  # the processes as they were; the next read asks for the range again
+            except Exception:
+                self._mark = None  # the next read is whole
+                raise
+            return self._result()
+
+    def _result(self) -> dict[str, ProcessSummary]:
+        out: dict[str, ProcessSummary] = {}
+        for pid, p in self._found.items():
+            p = replace(p)
+            tail = self._tails.get(pid)
+            if tail is not None and _running_session(p):
+                p.last_recorded_ns = max(p.last_recorded_ns, tail[1])
+            out[pid] = p
+        return out
+
+    async def _catch_up(self, reader: LedgerReader) -> None:
+        """Each step leaves what is kept whole: what was read is taken at once (no
+        await between), so a read cancelled anywhere is finished by the next one, and
+        nothing is taken twice."""
+        mark = await reader.mark()
+        if self._mark is None or not mark.appended_to(self._mark):
+            found = await reader.lifecycle(to_seq=mark.last_seq)
+            self._found, self._tails, self._mark = found, {}, mark
+            self._stale.clear()
+            self.whole_reads += 1
+        elif mark.last_seq > self._mark.last_seq:
+            got = await reader.appended(self._mark.last_seq, mark.last_seq)
+            fold_lifecycle(self._found, got.lifecycle)
+            for pid, messages in got.messages.items():
+                if pid in self._tails and not self._follow(pid, messages):
+                    self._stale.add(pid)
+            self._mark = mark
+        running = {pid for pid, p in self._found.items() if _running_session(p)}
+        for pid in [pid for pid in self._tails if pid not in running]:
+            del self._tails[pid]  # ended (or no session): its tail tells nothing more
+        wanted = [pid for pid in running if pid in self._stale or pid not in self._tails]
+        self.tail_reads += len(wanted)
+        for i in range(0, len(wanted), PROCESS_TAILS_AT_ONCE):
+            await asyncio.gather(
+                *(self._read_tail(reader, pid) for pid in wanted[i : i + PROCESS_TAILS_AT_ONCE])
+            )
+        self._stale.clear()  # what is left is no running session's
+
+    async def _read_tail(self, reader: LedgerReader, pid: str) -> None:
+        try:
+            tail: tuple[int, int, int] | None = await reader.tail_at(pid)
+        except CorruptEventError:
+            tail = None  # as ``processes`` does: the lifecycle alone tells
+        self._tails[pid] = tail
+        self._stale.discard(pid)
+
+    def _follow(self, pid: str, messages: list[tuple[int, int, int] | None]) -> bool:
+        """The kept tail moved over a session's new messages: True when each one not
+        in it yet is its next event (its seq above the tail's event's, its version the
+        next one), as the tail read from its history would say."""
+        tail = self._tails.get(pid)
+        if tail is None:
+            return False
+        count, recorded, at = tail
+        for message in messages:
+            if message is None:
+                return False
+            seq, version, recorded_ns = message
+            if seq <= at:
+                continue  # appended before the tail was read: it is in it
+            if version != count + 1:
+                return False
+            count, recorded, at = version, recorded_ns, seq
+        self._tails[pid] = (count, recorded, at)
+        return True
+
+
+def _running_session(p: ProcessSummary) -> bool:
+    """A session (a root) still running: the processes whose tails the list reads."""
+    return p.kind == SESSION_KIND and not p.parent and p.status == "running"
 
 
 async def _checked(store: Any, session_id: str, raw: Any, after: int) -> RecordedEvent | None:
