@@ -22,7 +22,7 @@ from nats.errors import NoRespondersError as NoResponders
 from jetsource.client import QueryClient
 from jetsource.core.errors import StreamMissingError
 from jetsource.domains.sessions.connect import SessionsClient, open_sessions
-from jetsource.domains.sessions.ledger import ProcessSummary, Recorded
+from jetsource.domains.sessions.ledger import ProcessList, ProcessSummary, Recorded
 from jetsource.domains.sessions.record import SessionRecord
 from jetsource.domains.sessions.service import SessionList, SessionNotFoundError
 from jetsource.domains.sessions.settings import SessionsAppSettings
@@ -76,6 +76,7 @@ class Backend:
         self._stack: contextlib.AsyncExitStack | None = None
         self._client: SessionsClient | None = None
         self._listing: tuple[SessionsClient, SessionList] | None = None
+        self._procs: tuple[SessionsClient, ProcessList] | None = None
         self._lock = asyncio.Lock()
         self._query: QueryClient | None = None
 
@@ -183,10 +184,16 @@ class Backend:
         except Exception as exc:
             raise await self._failed(exc, f"following {session_id} stopped") from exc
 
+    def _process_list(self, client: SessionsClient) -> ProcessList:
+        """The processes kept between refreshes, one list per connection (a new one
+        reads whole)."""
+        if self._procs is None or self._procs[0] is not client:
+            self._procs = (client, ProcessList(client.sessions.reader))
+        return self._procs[1]
+
     async def processes(self) -> dict[str, ProcessSummary]:
-        result: dict[str, ProcessSummary] = await self._call(
-            lambda c: c.sessions.reader.processes()
-        )
+        """Read only what was appended since the last call (see ``ProcessList``)."""
+        result: dict[str, ProcessSummary] = await self._call(lambda c: self._process_list(c).read())
         return result
 
     # -- contexts (the context query service) -------------------------------------------
