@@ -82,7 +82,7 @@ async def test_the_process_tree_refreshed_as_the_ledger_grows_reads_only_what_wa
         tree = screen.query_one("#tree", Tree)
         reader = (await backend.client()).sessions.reader
         assert isinstance(reader, LedgerReader)
-        await until(pilot, lambda: shown(tree) and screen.loaded >= 1)
+        await until(pilot, lambda: bool(shown(tree)) and screen.loaded >= 1)
         assert shown(tree) == expected(await whole(client))
 
         asked: list[str] = []  # what the refreshes asked the reader besides the mark
