@@ -216,6 +216,23 @@ async def test_what_a_caller_does_to_the_list_it_got_changes_nothing_kept(
     assert await kept.read() == await whole(client)
 
 
+async def test_a_reader_that_cannot_say_what_was_appended_is_read_whole_each_time(
+    client: SessionsClient,
+) -> None:
+    settings = client.store.settings
+    plain = LedgerReader(
+        client.store, client.nc.jetstream(), settings.stream, settings.subject_prefix
+    )
+    assert not plain.incremental
+    kept = ProcessList(plain)
+    ids = sorted(new_session_id() for _ in range(3))
+    await client.writer.record([started(sid, "cmd") for sid in ids])
+    assert await kept.read() == await whole(client)
+    await client.writer.record([ended(ids[1], "failed"), event(ids[2], "scan_progress")])
+    assert await kept.read() == await whole(client)
+    assert kept.whole_reads == 0  # nothing kept: the reader's own whole read each time
+
+
 # -- a big ledger, timed (not a test: python -m tests.integration.sessions.test_...) --
 
 
