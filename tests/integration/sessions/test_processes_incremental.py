@@ -13,11 +13,8 @@ list's refreshes."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import random
-import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,11 +27,12 @@ from jetsource.domains.sessions.ledger import LedgerReader, ProcessList, Process
 from jetsource.eventstore import jsapi
 from tests.integration.sessions.test_sessions_list_incremental import (
     _timed,
+    big_ledger,
     child,
     ended,
     event,
-    seed,
     started,
+    timed_run,
 )
 
 
@@ -237,23 +235,7 @@ async def test_a_reader_that_cannot_say_what_was_appended_is_read_whole_each_tim
 
 
 async def main(nats_url: str, sessions: int, per_session: int, server_pid: int = 0) -> None:
-    from jetsource.core.settings import NatsSettings
-    from jetsource.domains.sessions.connect import open_sessions
-    from jetsource.domains.sessions.settings import SessionsAppSettings, SessionsSettings
-
-    settings = SessionsAppSettings(
-        nats=NatsSettings(url=nats_url),
-        sessions=SessionsSettings(stream="SESSIONS_BIG", subject_prefix="sessbig.events"),
-    )
-    async with open_sessions(settings) as client:
-        await client.store.ensure_streams()
-        info = await client.store.stream_info()
-        if info["state"]["messages"] == 0:
-            t0 = time.perf_counter()
-            await seed(client, sessions, per_session)
-            print(f"seeded {sessions:,} x {per_session} events in {time.perf_counter() - t0:.0f} s")
-        info = await client.store.stream_info()
-        print(f"ledger: {info['state']['messages']:,} messages")
+    async with big_ledger(nats_url, sessions, per_session) as client:
         reader = reader_of(client)
         kept = ProcessList(reader)
         for i in range(3):
@@ -277,29 +259,7 @@ async def main(nats_url: str, sessions: int, per_session: int, server_pid: int =
 
 
 def run(argv: list[str] | None = None) -> None:
-    """Seed (once per server) and time; a NATS server of its own unless ``--nats``."""
-    import tempfile
-
-    from jetsource.devstack.servers import NatsServer, free_port
-
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--nats", default="", help="a running server (default: start one)")
-    parser.add_argument("--server-pid", type=int, default=0, help="that server's, for its CPU")
-    parser.add_argument("--sessions", type=int, default=2000)
-    parser.add_argument("--events", type=int, default=100, help="events per session")
-    args = parser.parse_args(argv)
-    if args.nats:
-        asyncio.run(main(args.nats, args.sessions, args.events, args.server_pid))
-        return
-    tmp = Path(tempfile.mkdtemp(prefix="jetsource-processes-"))
-    server = NatsServer(tmp / "nats", port=free_port(), monitor_port=free_port())
-    proc = server.start()
-    try:
-        server.wait_ready(proc, 30)
-        asyncio.run(main(server.address(), args.sessions, args.events, proc.pid))
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    timed_run(main, "jetsource-processes-", argv)
 
 
 if __name__ == "__main__":

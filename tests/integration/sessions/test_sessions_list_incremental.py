@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import resource
 import time
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -269,7 +271,11 @@ async def _timed(what: str, read: Any, server_pid: int) -> Any:
     return out
 
 
-async def main(nats_url: str, sessions: int, per_session: int, server_pid: int = 0) -> None:
+@contextlib.asynccontextmanager
+async def big_ledger(
+    nats_url: str, sessions: int, per_session: int
+) -> AsyncIterator[SessionsClient]:
+    """A client of the timing runs' ledger, seeded once per server."""
     from jetsource.core.settings import NatsSettings
     from jetsource.domains.sessions.connect import open_sessions
     from jetsource.domains.sessions.settings import SessionsAppSettings, SessionsSettings
@@ -287,6 +293,11 @@ async def main(nats_url: str, sessions: int, per_session: int, server_pid: int =
             print(f"seeded {sessions:,} x {per_session} events in {time.perf_counter() - t0:.0f} s")
         info = await client.store.stream_info()
         print(f"ledger: {info['state']['messages']:,} messages")
+        yield client
+
+
+async def main(nats_url: str, sessions: int, per_session: int, server_pid: int = 0) -> None:
+    async with big_ledger(nats_url, sessions, per_session) as client:
         sessions_ = sessions_of(client)
         kept = SessionList(sessions_)
         whole = await _timed(
@@ -316,8 +327,12 @@ async def main(nats_url: str, sessions: int, per_session: int, server_pid: int =
         print(f"histories read for tails: {kept.tail_reads:,} (whole reads: {kept.whole_reads})")
 
 
-def run(argv: list[str] | None = None) -> None:
-    """Seed (once per server) and time; a NATS server of its own unless ``--nats``."""
+Main = Callable[[str, int, int, int], Coroutine[Any, Any, None]]
+
+
+def timed_run(timed: Main, prefix: str, argv: list[str] | None = None) -> None:
+    """Seed (once per server) and time with ``timed``; a NATS server of its own (its
+    store in a new folder named ``prefix``...) unless ``--nats``."""
     import tempfile
 
     from jetsource.devstack.servers import NatsServer, free_port
@@ -329,17 +344,21 @@ def run(argv: list[str] | None = None) -> None:
     parser.add_argument("--events", type=int, default=100, help="events per session")
     args = parser.parse_args(argv)
     if args.nats:
-        asyncio.run(main(args.nats, args.sessions, args.events, args.server_pid))
+        asyncio.run(timed(args.nats, args.sessions, args.events, args.server_pid))
         return
-    tmp = Path(tempfile.mkdtemp(prefix="jetsource-sessions-list-"))
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
     server = NatsServer(tmp / "nats", port=free_port(), monitor_port=free_port())
     proc = server.start()
     try:
         server.wait_ready(proc, 30)
-        asyncio.run(main(server.address(), args.sessions, args.events, proc.pid))
+        asyncio.run(timed(server.address(), args.sessions, args.events, proc.pid))
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def run(argv: list[str] | None = None) -> None:
+    timed_run(main, "jetsource-sessions-list-", argv)
 
 
 if __name__ == "__main__":

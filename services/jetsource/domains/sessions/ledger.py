@@ -659,20 +659,32 @@ class ProcessList:
         in it yet is its next event (its seq above the tail's event's, its version the
         next one), as the tail read from its history would say."""
         tail = self._tails.get(pid)
-        if tail is None:
+        moved = None if tail is None else tail_over(tail, messages)
+        if moved is None:
             return False
-        count, recorded, at = tail
-        for message in messages:
-            if message is None:
-                return False
-            seq, version, recorded_ns = message
-            if seq <= at:
-                continue  # appended before the tail was read: it is in it
-            if version != count + 1:
-                return False
-            count, recorded, at = version, recorded_ns, seq
-        self._tails[pid] = (count, recorded, at)
+        self._tails[pid] = moved
         return True
+
+
+def tail_over(
+    tail: tuple[int, int, int], messages: list[tuple[int, int, int] | None]
+) -> tuple[int, int, int] | None:
+    """A session's tail (its last seq, when that was recorded in ns, its stream seq)
+    moved over its new messages ((stream seq, version, recorded ns) each, None for one
+    that is no event of it): the new tail when each one not in it yet is its next event
+    (its stream seq above the tail's, its version the next one), as the tail read from
+    its history would say; None when one is not (read the tail from its history)."""
+    count, recorded, at = tail
+    for message in messages:
+        if message is None:
+            return None
+        seq, version, recorded_ns = message
+        if seq <= at:
+            continue  # appended before the tail was read: it is in it
+        if version != count + 1:
+            return None
+        count, recorded, at = version, recorded_ns, seq
+    return count, recorded, at
 
 
 def _running_session(p: ProcessSummary) -> bool:

@@ -25,6 +25,7 @@ from jetsource.domains.sessions.ledger import (
     SessionReader,
     StreamMark,
     fold_lifecycle,
+    tail_over,
 )
 from jetsource.domains.sessions.progress import SessionState, evolve, fold
 from jetsource.domains.sessions.record import (
@@ -396,19 +397,13 @@ class SessionList:
         """The kept tail moved over a session's new messages: True when each one not
         in it yet is its next event (its seq above the tail's event's, its version the
         next one), as the tail read from its history would say."""
-        tail, at = self._tails.get(pid), self._tail_seq.get(pid, 0)
+        tail = self._tails.get(pid)
         if not isinstance(tail, tuple):
             return False
-        count, recorded = tail
-        for message in messages:
-            if message is None:
-                return False
-            seq, version, recorded_ns = message
-            if seq <= at:
-                continue  # appended before the tail was read: it is in it
-            if version != count + 1:
-                return False
-            count, recorded, at = version, recorded_ns, seq
+        moved = tail_over((*tail, self._tail_seq.get(pid, 0)), messages)
+        if moved is None:
+            return False
+        count, recorded, at = moved
         self._tails[pid], self._tail_seq[pid] = (count, recorded), at
         return True
 
