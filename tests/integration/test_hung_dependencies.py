@@ -17,6 +17,7 @@ import nats
 import pytest
 from grpc_health.v1 import health_pb2
 
+from jetsource.core.aio import stop_task
 from jetsource.core.settings import GraphSettings, JetsourceSettings, NatsSettings
 from jetsource.devstack.servers import NatsServer, free_port
 from jetsource.projection import graph as graph_module
@@ -123,8 +124,7 @@ async def test_health_follows_a_hung_nats_server(
         info = await asyncio.wait_for(p.store.stream_info(), 5)
         assert info["config"]["name"] == ps.eventstore.stream
     finally:
-        watcher.cancel()
-        await asyncio.gather(watcher, return_exceptions=True)
+        assert await stop_task(watcher), "the store watcher did not stop"
         await query.stop(0)
         await p.close()
 

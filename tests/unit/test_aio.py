@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from jetsource.core.aio import stop_task, wait_event
+from jetsource.core.aio import honour_cancel, stop_task, wait_event
 
 
 async def _loop_until_cancelled(wait: str, event: asyncio.Event) -> int:
@@ -102,3 +102,23 @@ async def test_stop_task_gives_up_within_its_bound_and_says_so(
     alive = False  # the test's own clean-up: let it end
     task.cancel()
     await asyncio.wait({task})
+
+
+async def test_a_loop_that_honours_cancel_stops_after_a_library_swallowed_it() -> None:
+    """A loop whose await swallowed its cancel (as wait_for can) still ends at its
+    next turn: honour_cancel raises it."""
+    turns = 0
+
+    async def loop() -> None:
+        nonlocal turns
+        while True:
+            honour_cancel()
+            turns += 1
+            with contextlib.suppress(asyncio.CancelledError):  # as a library below can
+                await asyncio.sleep(10)
+
+    task = asyncio.create_task(loop())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=2)
+    assert done and task.cancelled() and turns == 1

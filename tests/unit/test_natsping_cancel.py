@@ -52,3 +52,24 @@ async def test_an_answered_ping_is_true() -> None:
     await asyncio.sleep(0.01)
     nc.pings[0].set_result(True)
     assert await asking is True
+
+
+@pytest.mark.parametrize("steps", range(6))
+async def test_a_caller_cancelled_as_the_pong_lands_is_cancelled(steps: int) -> None:
+    """The PONG and the caller's cancel in the same few loop iterations: the call
+    ends cancelled unless it had already returned. With ``wait_for`` (Python 3.11) it
+    returned True and dropped the cancel; the store watcher looped on, and
+    test_health_follows_a_hung_nats_server hung 300 s in CI twice."""
+    nc = Client()
+    probe = PingProbe(nc)  # type: ignore[arg-type]
+    asking = asyncio.create_task(probe.answers(10))
+    await asyncio.sleep(0.01)
+    nc.pings[0].set_result(True)
+    for _ in range(steps):
+        await asyncio.sleep(0)
+    if asking.done():
+        assert asking.result() is True
+        return
+    asking.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asking

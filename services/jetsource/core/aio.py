@@ -11,6 +11,7 @@ libraries use ``wait_for`` inside, so one ``cancel()`` is not always enough eith
   which counts cancellations and never swallows one that is not its own.
 - :func:`stop_task` cancels a task and waits for it, cancelling again while it still
   runs, within a bound (and says so when the bound passes).
+- :func:`honour_cancel` raises a cancellation a library below swallowed, for loops.
 - :func:`run` is ``asyncio.run`` for the CLI and the services: the tasks its
   coroutine leaves running are stopped with :func:`stop_task` before asyncio.run's own
   teardown, which cancels each once and waits for it without a bound (a service that
@@ -70,6 +71,15 @@ async def stop_task(task: asyncio.Task[Any] | None, bound: float = 5.0) -> bool:
     with contextlib.suppress(BaseException):
         task.result()
     return True
+
+
+def honour_cancel() -> None:
+    """Raise CancelledError when the calling task was cancelled and a library below
+    swallowed it: a background loop asks this each time round, so one lost cancel does
+    not keep it running for ever."""
+    me = asyncio.current_task()
+    if me is not None and me.cancelling():
+        raise asyncio.CancelledError
 
 
 async def stop_others(bound: float) -> list[asyncio.Task[Any]]:

@@ -43,7 +43,12 @@ class PingProbe:
             self._pending = (future, reconnects)
         pending = self._pending[0]
         try:
-            await asyncio.wait_for(asyncio.shield(pending), timeout_s)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the result
+            # and drops the caller's cancel when the PONG lands in the same loop
+            # iteration; a store watcher stopped at that moment looped on, and the
+            # test that awaited its end hung (CI, twice).
+            async with asyncio.timeout(timeout_s):
+                await asyncio.shield(pending)
         except TimeoutError:
             return False
         except asyncio.CancelledError:

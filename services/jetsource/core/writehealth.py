@@ -31,7 +31,7 @@ from typing import Any
 from grpc_health.v1 import health_pb2
 from nats.aio.client import Client as NATS
 
-from jetsource.core.aio import stop_task, wait_event
+from jetsource.core.aio import honour_cancel, stop_task, wait_event
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,7 @@ class WriteHealth:
 
     async def run(self) -> None:
         while True:
+            honour_cancel()  # a probe's library may swallow the cancel that stops this
             problem = await self.probe()
             await self.mark(not problem, problem)
             self._wake.clear()

@@ -19,7 +19,7 @@ import uvicorn
 from grpc_health.v1 import health_pb2
 from nats.aio.client import Client as NATS
 
-from jetsource.core.aio import stop_task
+from jetsource.core.aio import honour_cancel, stop_task
 from jetsource.core.envelope import RecordedEvent
 from jetsource.core.errors import CorruptEventError
 from jetsource.core.grpcserver import GrpcEndpoint, start_grpc, stop_on_signals
@@ -182,6 +182,7 @@ async def follow_reads(ingest: Ingest, every_s: float) -> None:
     assert ingest.health is not None
     serving = True
     while True:
+        honour_cancel()  # a probe's library may swallow the cancel that stops this
         report = await ingest.health.report()
         if report["reads"] != serving:
             serving = report["reads"]

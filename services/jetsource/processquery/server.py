@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2
 from nats.aio.client import Client as NATS
 from valkey.asyncio import Valkey
 
-from jetsource.core.aio import stop_task
+from jetsource.core.aio import honour_cancel, stop_task
 from jetsource.core.grpcserver import GrpcEndpoint, start_grpc, stop_on_signals
 from jetsource.core.metrics import register_service, start_metrics_server, watch_nats
 from jetsource.core.runner import run_service
@@ -78,8 +78,10 @@ async def follow_valkey(query: ProcessQuery, every_s: float) -> None:
     its own."""
     serving = True
     while True:
+        honour_cancel()  # a probe's library may swallow the cancel that stops this
         try:
-            await asyncio.wait_for(query.redis.ping(), every_s)
+            async with asyncio.timeout(every_s):  # not wait_for: it can drop a cancel
+                await query.redis.ping()
             down = False
         except Exception:
             down = True

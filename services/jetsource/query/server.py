@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from grpc_health.v1 import health_pb2
 
 from jetsource._gen.context.v1 import query_pb2
-from jetsource.core.aio import stop_task
+from jetsource.core.aio import honour_cancel, stop_task
 from jetsource.core.grpcserver import GrpcEndpoint, start_grpc, stop_on_signals
 from jetsource.core.metrics import register_service, start_metrics_server, watch_nats
 from jetsource.core.runner import run_service
@@ -76,6 +76,7 @@ async def follow_stores(query: Query, every_s: float) -> None:
     logged, not a reason to take every read out of service."""
     serving = True
     while True:
+        honour_cancel()  # a probe's library may swallow the cancel that stops this
         down = await query.projection.unreachable({"valkey"})
         if bool(down) == serving:
             serving = not down

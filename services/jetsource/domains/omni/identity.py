@@ -61,7 +61,7 @@ from jetsource._gen.omni.v1.lifecycle_pb2 import (
     IdentitiesMerged,
     IdentityCreated,
 )
-from jetsource.core.aio import stop_task
+from jetsource.core.aio import honour_cancel, stop_task
 from jetsource.core.envelope import NO_STREAM, NewEvent, RecordedEvent
 from jetsource.core.errors import ConcurrencyError, ValidationError
 from jetsource.core.ids import uuid7
@@ -362,8 +362,7 @@ class IdentityService:
         except Exception as exc:  # only an optimisation: each event reads its entry
             log.warning("reading the handles bucket: %s", exc)
         while self._worker is me:
-            if me is not None and me.cancelling():
-                raise asyncio.CancelledError  # a cancel the reads above swallowed
+            honour_cancel()  # a cancel the reads above swallowed
             msg = await queue.get()
             raw = jsapi.raw_of_delivery(msg)
             for delay in (0.1, 0.5, 1, 2, 5, 5, 5, 5, 5, 5):
