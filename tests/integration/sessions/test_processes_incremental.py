@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 
 from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
-from jetsource._gen.process.v1 import events_pb2
 from jetsource.domains.sessions.connect import SessionsClient
 from jetsource.domains.sessions.format import new_session_id
 from jetsource.domains.sessions.ledger import LedgerReader, ProcessList, ProcessSummary
@@ -28,9 +27,9 @@ from jetsource.eventstore import jsapi
 from tests.integration.sessions.test_sessions_list_incremental import (
     _timed,
     big_ledger,
-    child,
     ended,
     event,
+    random_round,
     started,
     timed_run,
 )
@@ -71,22 +70,7 @@ async def test_a_list_kept_over_many_refreshes_is_what_a_whole_read_gives(
     prefix = client.store.settings.subject_prefix
     js = client.nc.jetstream()
     for round_ in range(40):
-        batch: list[events_pb2.CanonicalEvent] = []
-        for _ in range(rng.randint(0, 3)):  # new sessions
-            sid = new_session_id()
-            batch.append(started(sid, f"command {round_} {sid[-4:]}"))
-            running.append(sid)
-        for sid in rng.sample(running, min(len(running), rng.randint(0, 4))):
-            what = rng.random()
-            if what < 0.5:
-                batch += [event(sid, "scan_progress", {"files_scanned": i}) for i in range(3)]
-            elif what < 0.7:
-                batch.append(child(sid, f"{sid}-c{round_}"))
-            else:
-                batch.append(ended(sid, rng.choice(["completed", "failed", "interrupted"])))
-                running.remove(sid)
-        batch.sort(key=lambda ce: ce.process_id)  # the writer appends per process
-        await client.writer.record(batch)
+        await client.writer.record(random_round(rng, round_, running, 0.7))
         if round_ == 10 and running:  # an operator voids a running session's last event
             events = await client.sessions.reader.events(running[0])
             await client.store.void(events[-1].global_seq, "test", "tester")

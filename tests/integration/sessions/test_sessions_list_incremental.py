@@ -73,6 +73,30 @@ def child(root: str, pid: str) -> events_pb2.CanonicalEvent:
     )
 
 
+def random_round(
+    rng: random.Random, round_: int, running: list[str], child_below: float
+) -> list[events_pb2.CanonicalEvent]:
+    """One round of random writes to the ledger, sorted as the writer appends them (per
+    process): new sessions, progress, children (a share ``child_below`` - 0.5 of the
+    sessions touched), endings; ``running`` follows the sessions started and ended."""
+    batch: list[events_pb2.CanonicalEvent] = []
+    for _ in range(rng.randint(0, 3)):  # new sessions
+        sid = new_session_id()
+        batch.append(started(sid, f"command {round_} {sid[-4:]}"))
+        running.append(sid)
+    for sid in rng.sample(running, min(len(running), rng.randint(0, 4))):
+        what = rng.random()
+        if what < 0.5:
+            batch += [event(sid, "scan_progress", {"files_scanned": i}) for i in range(3)]
+        elif what < child_below:
+            batch.append(child(sid, f"{sid}-c{round_}"))
+        else:
+            batch.append(ended(sid, rng.choice(["completed", "failed", "interrupted"])))
+            running.remove(sid)
+    batch.sort(key=lambda ce: ce.process_id)
+    return batch
+
+
 def sessions_of(client: SessionsClient) -> Sessions:
     """A second ``Sessions`` on the same reader, on one fixed clock (the statuses that
     turn with time are the same in both reads)."""
@@ -97,22 +121,7 @@ async def test_a_list_kept_over_many_refreshes_is_the_list_a_whole_read_gives(
     running: list[str] = []
     store = client.store
     for round_ in range(30):
-        batch: list[events_pb2.CanonicalEvent] = []
-        for _ in range(rng.randint(0, 3)):  # new sessions
-            sid = new_session_id()
-            batch.append(started(sid, f"command {round_} {sid[-4:]}"))
-            running.append(sid)
-        for sid in rng.sample(running, min(len(running), rng.randint(0, 4))):
-            what = rng.random()
-            if what < 0.5:
-                batch += [event(sid, "scan_progress", {"files_scanned": i}) for i in range(3)]
-            elif what < 0.65:
-                batch.append(child(sid, f"{sid}-c{round_}"))
-            else:
-                batch.append(ended(sid, rng.choice(["completed", "failed", "interrupted"])))
-                running.remove(sid)
-        batch.sort(key=lambda ce: ce.process_id)  # the writer appends per process
-        await client.writer.record(batch)
+        await client.writer.record(random_round(rng, round_, running, 0.65))
         if round_ == 12:  # an operator voids a session's last event: its tail changes
             victim = (await kept.read())[0].session_id
             events = await client.sessions.reader.events(victim)
