@@ -13,6 +13,7 @@ from jetsource.core.errors import (
     ConcurrencyError,
     EventTooLargeError,
     InvalidAggregateIdError,
+    PartlyStoredError,
     UnknownEventTypeError,
     ValidationError,
 )
@@ -125,6 +126,40 @@ class EventStoreContract:
         again_any = await store.append("idem", batch, ANY)
         assert again_any.versions == second.versions
         assert await count_all(store) == before + 1
+
+    async def test_an_append_stored_in_part_is_refused_and_stores_nothing(
+        self, store: Store
+    ) -> None:
+        """Some of an append's events stored (by an append of their own), not all as
+        one run: never answered as a duplicate (the others would get the positions of
+        events before the stored one, and be lost), never appended again."""
+        await store.append("part", [created()], NO_STREAM)
+        a, b, c = decision(1), decision(2), decision(3)
+        stored = await store.append("part", [b], ANY)  # b is the aggregate's tail
+        before = await count_all(store)
+        for events, expected in (
+            ([a, b], ANY),  # the last one stored, at the tail
+            ([b, c], ANY),
+            ([a, b, c], ANY),
+            ([a, b], 2),
+        ):
+            with pytest.raises(PartlyStoredError) as err:
+                await store.append("part", events, expected)
+            assert err.value.stored == [b.event_id]
+            assert isinstance(err.value, ConcurrencyError)
+            assert "not all of them" in str(err.value)
+        assert await count_all(store) == before
+        again = await store.append("part", [b], ANY)
+        assert (again.versions, again.stream_seqs, again.duplicate) == (
+            stored.versions,
+            stored.stream_seqs,
+            True,
+        )
+        # Each on its own: a and c appended, b answered where it is.
+        await store.append("part", [a], ANY)
+        await store.append("part", [c], ANY)
+        ids = [r.event_id for r in await store.read_aggregate("part")][1:]
+        assert ids == [b.event_id, a.event_id, c.event_id]
 
     async def test_fifty_concurrent_writers_on_one_aggregate(self, store: Store) -> None:
         await store.append("hot", [created()], NO_STREAM)

@@ -51,6 +51,23 @@ class ConcurrencyError(JetsourceError):
         )
 
 
+class PartlyStoredError(ConcurrencyError):
+    """Some of an append's events are stored already, not all of them as one run: the
+    append cannot be answered as a duplicate (that would give the ones not stored the
+    positions of others) nor made (the stored ones would be doubled). Retrying it as it
+    is will not help; a caller that merged several requests' events appends each
+    request's on its own. ``stored`` names the event ids found."""
+
+    def __init__(self, aggregate_id: str, stored: list[str], actual: int) -> None:
+        super().__init__(aggregate_id, "the same event ids", actual)
+        self.stored = stored
+        self.args = (
+            f"aggregate {aggregate_id!r} holds {len(stored)} of this append's events already "
+            f"({', '.join(stored[:3])}{', ...' if len(stored) > 3 else ''}), not all of them "
+            "as one run: append the others on their own",
+        )
+
+
 class AccessDeniedError(JetsourceError):
     """A server refused this process's credentials or certificate. Retrying will not
     help: the configuration must change. The message names the server, never a secret."""

@@ -40,6 +40,7 @@ from jetsource.core.errors import (
     CorruptEventError,
     EventStoreUnavailableError,
     EventTooLargeError,
+    PartlyStoredError,
     StreamMissingError,
     ValidationError,
 )
@@ -700,10 +701,12 @@ class JetStreamEventStore:
         """Were these events stored already (a retry after a lost ack)? Return that result.
 
         The common case is cheap: our events are the aggregate's newest, so the last one
-        (``tail``, if the caller just fetched it) is checked first; otherwise the
-        aggregate is scanned.
+        (``tail``, if the caller just fetched it) is checked first, and the run before
+        it; otherwise the aggregate is scanned. Some stored but not all as one run:
+        ``PartlyStoredError`` (never the positions of a run of other events).
         """
         ids = [e.event_id for e in events]
+        n = len(ids)
         last = tail if tail is not None else await self._tail(aggregate_id)
         if last is None:
             return None
@@ -712,26 +715,42 @@ class JetStreamEventStore:
         except PayloadDecodeError:
             newest = EventEnvelope()  # not ours: look through the history below
         if newest.event_id == ids[-1] and last.seq not in self._voids:
-            # An atomic batch occupies consecutive sequences.
-            n = len(ids)
             v, s = newest.aggregate_version, last.seq
-            return AppendResult(
-                aggregate_id,
-                list(range(v - n + 1, v + 1)),
-                list(range(s - n + 1, s + 1)),
-                ids,
-                duplicate=True,
+            if n == 1:
+                return AppendResult(aggregate_id, [v], [s], ids, duplicate=True)
+            # An atomic batch occupies consecutive sequences. But the last one stored
+            # says nothing of the others: events of several requests merged into one
+            # append (the observer's batcher) may be stored in part, the last by an
+            # append of its own. So the run before it is read (one page).
+            run = (
+                await self.read_aggregate(
+                    aggregate_id, from_version=v - n + 1, to_version=v, from_seq=s - n + 1
+                )
+                if v >= n and s >= n
+                else []
             )
+            if [r.event_id for r in run] == ids:
+                return AppendResult(
+                    aggregate_id,
+                    [r.version for r in run],
+                    [r.stream_seq for r in run],
+                    ids,
+                    duplicate=True,
+                )
+            # Not stored as one run: the whole history says which are.
         found: list[RecordedEvent] = []
-        for record in await self.live_history(aggregate_id):
-            if found or record.event_id == ids[0]:
+        wanted = set(ids)
+        stored: list[str] = []
+        history = await self.live_history(aggregate_id)
+        for record in history:
+            if record.event_id in wanted:
+                stored.append(record.event_id)
+            if (found or record.event_id == ids[0]) and len(found) < n:
                 found.append(record)
-                if len(found) == len(ids):
-                    break
-        if not found:
+        if not stored:
             return None
         if [r.event_id for r in found] != ids:
-            raise ConcurrencyError(aggregate_id, "the same event ids", found[0].version - 1)
+            raise PartlyStoredError(aggregate_id, stored, history[-1].version if history else 0)
         return AppendResult(
             aggregate_id,
             [r.version for r in found],

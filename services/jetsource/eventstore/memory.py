@@ -18,6 +18,7 @@ from jetsource.core.envelope import (
 from jetsource.core.errors import (
     ConcurrencyError,
     EventTooLargeError,
+    PartlyStoredError,
 )
 from jetsource.core.ids import validate_aggregate_id
 from jetsource.core.settings import EventStoreSettings
@@ -69,7 +70,8 @@ class InMemoryEventStore:
                     duplicate=True,
                 )
             if any(known):
-                raise ConcurrencyError(aggregate_id, "the same event ids", len(history))
+                stored_ids = [i for i, k in zip(ids, known, strict=True) if k is not None]
+                raise PartlyStoredError(aggregate_id, stored_ids, len(history))
             version = len(history)
             if (isinstance(expected_version, int) and expected_version != version) or (
                 expected_version is ExpectedVersion.NO_STREAM and version != 0
