@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from jetsource._gen.process.v1.events_pb2 import CanonicalEvent
 from jetsource.core.clock import now_ns
 from jetsource.core.envelope import ANY, NewEvent
-from jetsource.core.errors import ConcurrencyError, ValidationError
+from jetsource.core.errors import ConcurrencyError, PartlyStoredError, ValidationError
 from jetsource.domains.process.claims import Claims, ClaimValue, claim_key
 from jetsource.domains.process.validation import Limits, to_new_event
 from jetsource.eventstore.jsapi import BATCH_LIMIT
@@ -91,6 +91,8 @@ class _Item:
     created: dict[str, int] = field(default_factory=dict)
     existing: tuple[str, ClaimValue, int] | None = None  # a key claimed before
     alias_of: int | None = None  # the same id or key earlier in this request
+    # Its request was cancelled while its append went on: that append settles it.
+    detached: bool = False
 
 
 class Recorder:
@@ -209,6 +211,8 @@ class Recorder:
         its own not settled: they stay pending, taken over at once by the next
         request that meets them (which looks the event up first)."""
         for it in items:
+            if it.detached:
+                continue
             for key in it.created:
                 fut = self._inflight.get(key)
                 if fut is not None and not fut.done():
@@ -379,21 +383,47 @@ class Recorder:
         done: list[tuple[str, ClaimValue]] | None = None,
     ) -> list[Recorded]:
         """Append ``items`` (their claims made); their completed claims go to ``done``
-        (written by the caller as one batch), else are written here."""
+        (written by the caller as one batch), else are written here.
+
+        A request cancelled (its caller's deadline) while its events wait in the
+        batcher's queue or are being written does not stop that write: the claims stay
+        in flight and its outcome settles them, so a retry meeting them waits for it.
+        Marked abandoned instead, the retry took them over while the first copy was
+        still queued, and both copies went to the batcher, merged with other requests'
+        events into one append that was stored only in part."""
+        write = asyncio.ensure_future(self._lane_append(process_id, [it.new for it in items]))
         try:
-            positions = await self._lane_append(process_id, [it.new for it in items])
-        except ValidationError as exc:
+            positions = await asyncio.shield(write)
+        except asyncio.CancelledError:
+            if write.cancelled():
+                self._fail_fresh(items, RuntimeError("cancelled"))
+                raise
             for it in items:
-                self._settle(it, exc, stored=False)
+                it.detached = True
+            write.add_done_callback(lambda w: self._settle_written(process_id, items, w))
             raise
         except BaseException as exc:
-            for it in items:
-                self._settle(
-                    it,
-                    exc if isinstance(exc, Exception) else RuntimeError("cancelled"),
-                    stored=True,
-                )
+            self._fail_fresh(items, exc)
             raise
+        return self._recorded_fresh(process_id, items, positions, done)
+
+    def _fail_fresh(self, items: list[_Item], exc: BaseException) -> None:
+        """A refused append (nothing stored: the claims are released) or one whose fate
+        is unknown (its claims left pending, abandoned)."""
+        for it in items:
+            self._settle(
+                it,
+                exc if isinstance(exc, Exception) else RuntimeError("cancelled"),
+                stored=not isinstance(exc, ValidationError),
+            )
+
+    def _recorded_fresh(
+        self,
+        process_id: str,
+        items: list[_Item],
+        positions: list[tuple[int, int]],
+        done: list[tuple[str, ClaimValue]] | None = None,
+    ) -> list[Recorded]:
         now = now_ns()
         out = []
         mine: list[tuple[str, ClaimValue]] = [] if done is None else done
@@ -404,6 +434,17 @@ class Recorder:
         if done is None and mine:
             self._complete(mine)
         return out
+
+    def _settle_written(
+        self, process_id: str, items: list[_Item], write: asyncio.Future[list[tuple[int, int]]]
+    ) -> None:
+        """The outcome of a write whose request was cancelled meanwhile."""
+        if write.cancelled():
+            self._fail_fresh(items, RuntimeError("cancelled"))
+        elif (exc := write.exception()) is not None:
+            self._fail_fresh(items, exc)
+        else:
+            self._recorded_fresh(process_id, items, write.result())
 
     async def _lane_append(self, process_id: str, events: list[NewEvent]) -> list[tuple[int, int]]:
         """Queue one request's events of a process; the batcher appends them."""
@@ -517,6 +558,8 @@ class Recorder:
             try:
                 result = await self._store.append(process_id, events, ANY)
                 return result.versions, result.stream_seqs
+            except PartlyStoredError:
+                raise  # not a conflict a retry resolves: ``_one_by_one`` splits it
             except ConcurrencyError:
                 if attempt == self._o.conflict_retries:
                     raise
