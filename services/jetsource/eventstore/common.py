@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
 from jetsource.core.clock import NS
-from jetsource.core.envelope import Expected, NewEvent
+from jetsource.core.envelope import AppendResult, Expected, NewEvent, RecordedEvent
 from jetsource.core.errors import ValidationError
 from jetsource.core.ids import validate_aggregate_id
 from jetsource.eventstore.jsapi import BATCH_LIMIT  # events per append: one atomic batch
@@ -27,6 +27,19 @@ def check_append(aggregate_id: str, events: Sequence[NewEvent], expected: Expect
     if len(ids) > 1 and len(set(ids)) != len(ids):
         raise ValidationError("event ids within one append must be unique")
     return ids
+
+
+def stored_already(
+    aggregate_id: str, ids: list[str], records: Sequence[RecordedEvent]
+) -> AppendResult:
+    """The answer to an append whose events (``ids``) are ``records``, stored before."""
+    return AppendResult(
+        aggregate_id,
+        [r.version for r in records],
+        [r.stream_seq for r in records],
+        ids,
+        duplicate=True,
+    )
 
 
 def check_read(aggregate_id: str, from_version: int) -> None:

@@ -48,7 +48,12 @@ from jetsource.core.ids import uuid7, validate_aggregate_id
 from jetsource.core.settings import EventStoreSettings
 from jetsource.eventstore import horizon as horizons
 from jetsource.eventstore import jsapi, refusals
-from jetsource.eventstore.common import check_append, check_read, stored_envelope
+from jetsource.eventstore.common import (
+    check_append,
+    check_read,
+    stored_already,
+    stored_envelope,
+)
 from jetsource.eventstore.horizon import BeyondHorizonError, Horizon
 from jetsource.eventstore.jsapi import JsApiError, NoRespondersError, OutMessage, RawMessage
 from jetsource.eventstore.keys import JetStreamKeyStore
@@ -730,13 +735,7 @@ class JetStreamEventStore:
                 else []
             )
             if [r.event_id for r in run] == ids:
-                return AppendResult(
-                    aggregate_id,
-                    [r.version for r in run],
-                    [r.stream_seq for r in run],
-                    ids,
-                    duplicate=True,
-                )
+                return stored_already(aggregate_id, ids, run)
             # Not stored as one run: the whole history says which are.
         found: list[RecordedEvent] = []
         wanted = set(ids)
@@ -751,13 +750,7 @@ class JetStreamEventStore:
             return None
         if [r.event_id for r in found] != ids:
             raise PartlyStoredError(aggregate_id, stored, history[-1].version if history else 0)
-        return AppendResult(
-            aggregate_id,
-            [r.version for r in found],
-            [r.stream_seq for r in found],
-            ids,
-            duplicate=True,
-        )
+        return stored_already(aggregate_id, ids, found)
 
     # -- reads --------------------------------------------------------------------
 

@@ -22,7 +22,12 @@ from jetsource.core.errors import (
 )
 from jetsource.core.ids import validate_aggregate_id
 from jetsource.core.settings import EventStoreSettings
-from jetsource.eventstore.common import check_append, check_read, stored_envelope
+from jetsource.eventstore.common import (
+    check_append,
+    check_read,
+    stored_already,
+    stored_envelope,
+)
 from jetsource.eventstore.jsapi import subject_matches
 
 
@@ -61,14 +66,7 @@ class InMemoryEventStore:
             history = self._by_aggregate.get(aggregate_id, [])
             known = [self._by_event_id.get(i) for i in ids]
             if all(known):
-                stored = [k for k in known if k is not None]
-                return AppendResult(
-                    aggregate_id,
-                    [r.version for r in stored],
-                    [r.stream_seq for r in stored],
-                    ids,
-                    duplicate=True,
-                )
+                return stored_already(aggregate_id, ids, [k for k in known if k is not None])
             if any(known):
                 stored_ids = [i for i, k in zip(ids, known, strict=True) if k is not None]
                 raise PartlyStoredError(aggregate_id, stored_ids, len(history))
