@@ -43,17 +43,33 @@ async def _queued(observer: Observer, n: int) -> None:
     raise AssertionError(f"{n} writes never queued")
 
 
+@pytest.mark.parametrize("where", ["queued", "being-written"])
 async def test_a_request_cancelled_while_queued_is_written_once_and_its_retry_waits_for_it(
-    observer: Observer,
+    observer: Observer, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
     recorder = observer.recorder
     p = pid()
     x = event(p, "step", event_id="x")
-    recorder._writing.add(p)  # a write of p in flight: what comes now queues
+    release = asyncio.Event()
+    writing = asyncio.Event()
+    if where == "queued":
+        recorder._writing.add(p)  # a write of p in flight: what comes now queues
+    else:  # taken by the batcher, its append not answered yet
+        append = recorder._append
+
+        async def slow(process_id: str, events: list[NewEvent]) -> object:
+            writing.set()
+            await release.wait()
+            return await append(process_id, events)
+
+        monkeypatch.setattr(recorder, "_append", slow)
     try:
         first = asyncio.create_task(recorder.record([x]))
-        await _queued(observer, 1)
-        first.cancel()  # the caller's deadline, while x waits in the queue
+        if where == "queued":
+            await _queued(observer, 1)
+        else:
+            await asyncio.wait_for(writing.wait(), 5)
+        first.cancel()  # the caller's deadline, while x waits
         with pytest.raises(asyncio.CancelledError):
             await first
         retry = asyncio.create_task(recorder.record([x]))
@@ -61,10 +77,14 @@ async def test_a_request_cancelled_while_queued_is_written_once_and_its_retry_wa
         # It waits for the first copy's write; it used to take the claim over and
         # queue x a second time.
         assert not retry.done()
-        assert len(recorder._queue) == 1, [q.events for q in recorder._queue]
+        assert len(recorder._queue) == (1 if where == "queued" else 0), [
+            q.events for q in recorder._queue
+        ]
     finally:
-        recorder._writing.discard(p)
-        recorder._kick()
+        release.set()
+        if where == "queued":
+            recorder._writing.discard(p)
+            recorder._kick()
     async with asyncio.timeout(10):
         [answer] = await retry
     await recorder.flush()

@@ -49,7 +49,7 @@ async def first_attempt_fails(
     event (``stored``): its claims are left pending, abandoned. The history after it."""
     append = owner.recorder._lane_append
 
-    async def fail(process_id: str, events: list[object]) -> object:
+    async def fail(process_id: str, events: list[object], **_: object) -> object:
         if stored:
             await append(process_id, events)  # type: ignore[arg-type]
         raise EventStoreUnavailableError("the answer is lost (test)")
@@ -120,7 +120,7 @@ async def test_a_key_claim_left_pending_by_an_id_takeover_answers_at_once_after_
     first = await _observer(nats_server)
     try:
 
-        async def away(process_id: str, events: object) -> object:
+        async def away(process_id: str, events: object, **_: object) -> object:
             raise EventStoreUnavailableError("the event store is away (test)")
 
         monkeypatch.setattr(first.recorder, "_lane_append", away)

@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from jetsource._gen.process.v1.events_pb2 import CanonicalEvent
@@ -73,12 +73,26 @@ class RecorderOptions:
     batch_processes_from: int = 32
 
 
+Written = list[tuple[int, int]] | BaseException  # a write's positions, or its failure
+
+
 @dataclass
 class _Pending:
     process_id: str
     events: list[NewEvent]
     fut: asyncio.Future[list[tuple[int, int]]]
     size: int = 0  # payload bytes, counted once
+    # Its request was cancelled while it waited: the write goes on and this gets its outcome.
+    written: Callable[[Written], None] | None = None
+
+    def answer(self, outcome: Written) -> None:
+        if not self.fut.done():
+            if isinstance(outcome, BaseException):
+                self.fut.set_exception(outcome)
+            else:
+                self.fut.set_result(outcome)
+        elif self.written is not None:
+            self.written(outcome)
 
 
 @dataclass
@@ -391,16 +405,20 @@ class Recorder:
         Marked abandoned instead, the retry took them over while the first copy was
         still queued, and both copies went to the batcher, merged with other requests'
         events into one append that was stored only in part."""
-        write = asyncio.ensure_future(self._lane_append(process_id, [it.new for it in items]))
+
+        def written(outcome: Written) -> None:
+            if isinstance(outcome, BaseException):
+                self._fail_fresh(items, outcome)
+            else:
+                self._recorded_fresh(process_id, items, outcome)
+
         try:
-            positions = await asyncio.shield(write)
+            positions = await self._lane_append(
+                process_id, [it.new for it in items], written=written
+            )
         except asyncio.CancelledError:
-            if write.cancelled():
-                self._fail_fresh(items, RuntimeError("cancelled"))
-                raise
             for it in items:
-                it.detached = True
-            write.add_done_callback(lambda w: self._settle_written(process_id, items, w))
+                it.detached = True  # ``written`` settles them
             raise
         except BaseException as exc:
             self._fail_fresh(items, exc)
@@ -435,24 +453,29 @@ class Recorder:
             self._complete(mine)
         return out
 
-    def _settle_written(
-        self, process_id: str, items: list[_Item], write: asyncio.Future[list[tuple[int, int]]]
-    ) -> None:
-        """The outcome of a write whose request was cancelled meanwhile."""
-        if write.cancelled():
-            self._fail_fresh(items, RuntimeError("cancelled"))
-        elif (exc := write.exception()) is not None:
-            self._fail_fresh(items, exc)
-        else:
-            self._recorded_fresh(process_id, items, write.result())
-
-    async def _lane_append(self, process_id: str, events: list[NewEvent]) -> list[tuple[int, int]]:
-        """Queue one request's events of a process; the batcher appends them."""
+    async def _lane_append(
+        self,
+        process_id: str,
+        events: list[NewEvent],
+        written: Callable[[Written], None] | None = None,
+    ) -> list[tuple[int, int]]:
+        """Queue one request's events of a process; the batcher appends them. Cancelled
+        meanwhile, the write goes on, and ``written`` gets its outcome (at once, if it
+        had one already)."""
         fut: asyncio.Future[list[tuple[int, int]]] = asyncio.get_running_loop().create_future()
         size = sum(e.event.ByteSize() for e in events)
-        self._queue.append(_Pending(process_id, events, fut, size))
+        pending = _Pending(process_id, events, fut, size)
+        self._queue.append(pending)
         self._kick()
-        return await fut
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if written is not None:
+                if not fut.done() or fut.cancelled():
+                    pending.written = written
+                else:  # answered as the cancel came
+                    written(fut.exception() or fut.result())
+            raise
 
     def _kick(self) -> None:
         while self._writers < self._o.max_inflight_writes and self._queue:
@@ -526,10 +549,7 @@ class Recorder:
                 i = 0
                 for it in items:
                     n = len(it.events)
-                    if not it.fut.done():
-                        it.fut.set_result(
-                            list(zip(versions[i : i + n], seqs[i : i + n], strict=True))
-                        )
+                    it.answer(list(zip(versions[i : i + n], seqs[i : i + n], strict=True)))
                     i += n
         finally:
             self._writing -= taken.keys()
@@ -540,18 +560,15 @@ class Recorder:
         """A process's merged group failed: each request's events alone, so a refusal
         is answered to the request that caused it."""
         if len(items) == 1:
-            if not items[0].fut.done():
-                items[0].fut.set_exception(error)
+            items[0].answer(error)
             return
         for it in items:
             try:
                 versions, seqs = await self._append(pid, it.events)
             except Exception as exc:
-                if not it.fut.done():
-                    it.fut.set_exception(exc)
+                it.answer(exc)
             else:
-                if not it.fut.done():
-                    it.fut.set_result(list(zip(versions, seqs, strict=True)))
+                it.answer(list(zip(versions, seqs, strict=True)))
 
     async def _append(self, process_id: str, events: list[NewEvent]) -> tuple[list[int], list[int]]:
         for attempt in range(self._o.conflict_retries + 1):
