@@ -34,7 +34,12 @@ def tree(rng: random.Random, tag: str, n: int) -> dict[str, str]:
     return parents
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+# Three seeds in ``make test``; ``make chaos`` runs 20 more (a lost event showed in about
+# 1 run in 4 of seed 3 under load: ``test_cancelled_while_queued.py``).
+SEEDS = [1, 2, 3, *(pytest.param(s, marks=pytest.mark.chaos) for s in range(4, 24))]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
 async def test_random_writers_with_duplicates_and_lost_acks_record_each_event_once(
     observer: Observer, seed: int
 ) -> None:
