@@ -18,6 +18,7 @@ on its own."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -126,3 +127,54 @@ async def test_a_merged_append_stored_in_part_answers_each_request_where_its_eve
     assert sorted(records) == ["a", "b", "s"]
     assert (version_a, seq_a) == (records["a"].version, records["a"].stream_seq)
     assert (version_b, seq_b) == (stored_b.versions[0], stored_b.stream_seqs[0])
+
+
+@pytest.mark.parametrize("steps", range(8))
+async def test_a_cancel_landing_as_the_write_is_answered_leaves_no_claim_hanging(
+    observer: Observer, monkeypatch: pytest.MonkeyPatch, steps: int
+) -> None:
+    """The request is cancelled ``steps`` loop iterations after its write is released,
+    so at some step the cancel and the write's answer land together. Whichever comes
+    first, the claims are settled: the retry answers the stored event at once. At one
+    step the outcome went to neither (the future cancelled, the callback not yet set),
+    and every retry waited on the claim for ever."""
+    recorder = observer.recorder
+    p = pid()
+    x = event(p, "step", event_id="x")
+    release = asyncio.Event()
+    append = recorder._append
+
+    async def held(process_id: str, events: list[NewEvent]) -> object:
+        result = await append(process_id, events)  # stored; the answer held back
+        await release.wait()
+        return result
+
+    monkeypatch.setattr(recorder, "_append", held)
+    first = asyncio.create_task(recorder.record([x]))
+    for _ in range(1000):
+        if await observer.store.last_version(p):
+            break
+        await asyncio.sleep(0.005)
+    loop = asyncio.get_running_loop()
+
+    def cancel_after(n: int) -> None:
+        if n == 0:
+            first.cancel()
+        else:
+            loop.call_soon(cancel_after, n - 1)
+
+    release.set()
+    cancel_after(steps)
+    with contextlib.suppress(asyncio.CancelledError):
+        await first
+    async with asyncio.timeout(5):
+        [answer] = await recorder.record([x])
+    await recorder.flush()
+    [stored] = await history(observer.store, p)
+    assert (answer.event_id, answer.global_seq, answer.process_seq) == (
+        "x",
+        stored.stream_seq,
+        stored.version,
+    )
+    got = await recorder._claims.get(claim_key("e", p, "x"))
+    assert got is not None and got[0].done and got[0].global_seq == stored.stream_seq

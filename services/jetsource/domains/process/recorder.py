@@ -82,7 +82,9 @@ class _Pending:
     events: list[NewEvent]
     fut: asyncio.Future[list[tuple[int, int]]]
     size: int = 0  # payload bytes, counted once
-    # Its request was cancelled while it waited: the write goes on and this gets its outcome.
+    # Gets the outcome when its request was cancelled meanwhile (``fut`` cancelled): the
+    # write goes on. Judged by the future, not by when the request's coroutine notices
+    # its cancel: a write answered in between would be lost to both.
     written: Callable[[Written], None] | None = None
 
     def answer(self, outcome: Written) -> None:
@@ -91,8 +93,15 @@ class _Pending:
                 self.fut.set_exception(outcome)
             else:
                 self.fut.set_result(outcome)
-        elif self.written is not None:
-            self.written(outcome)
+        elif self.fut.cancelled() and self.written is not None:
+            _hand(self.written, outcome)
+
+
+def _hand(written: Callable[[Written], None], outcome: Written) -> None:
+    try:
+        written(outcome)
+    except Exception:  # never in the way of the other requests' answers
+        log.exception("settling the claims of a cancelled request's write failed")
 
 
 @dataclass
@@ -464,17 +473,14 @@ class Recorder:
         had one already)."""
         fut: asyncio.Future[list[tuple[int, int]]] = asyncio.get_running_loop().create_future()
         size = sum(e.event.ByteSize() for e in events)
-        pending = _Pending(process_id, events, fut, size)
-        self._queue.append(pending)
+        self._queue.append(_Pending(process_id, events, fut, size, written))
         self._kick()
         try:
             return await fut
         except asyncio.CancelledError:
-            if written is not None:
-                if not fut.done() or fut.cancelled():
-                    pending.written = written
-                else:  # answered as the cancel came
-                    written(fut.exception() or fut.result())
+            if written is not None and fut.done() and not fut.cancelled():
+                # Answered as the cancel came (the future kept its outcome).
+                _hand(written, fut.exception() or fut.result())
             raise
 
     def _kick(self) -> None:
