@@ -130,9 +130,9 @@ class EventStoreContract:
     async def test_an_append_stored_in_part_is_refused_and_stores_nothing(
         self, store: Store
     ) -> None:
-        """Some of an append's events stored (by an append of their own), not all as
-        one run: never answered as a duplicate (the others would get the positions of
-        events before the stored one, and be lost), never appended again."""
+        """Some of an append's events stored (by an append of their own), not all:
+        never answered as a duplicate (the others would get the positions of events
+        before the stored one, and be lost), never appended again."""
         await store.append("part", [created()], NO_STREAM)
         a, b, c = decision(1), decision(2), decision(3)
         stored = await store.append("part", [b], ANY)  # b is the aggregate's tail
@@ -158,8 +158,14 @@ class EventStoreContract:
         # Each on its own: a and c appended, b answered where it is.
         await store.append("part", [a], ANY)
         await store.append("part", [c], ANY)
-        ids = [r.event_id for r in await store.read_aggregate("part")][1:]
-        assert ids == [b.event_id, a.event_id, c.event_id]
+        records = (await store.read_aggregate("part"))[1:]
+        assert [r.event_id for r in records] == [b.event_id, a.event_id, c.event_id]
+        # Every one stored, by appends of their own: each answered where it is.
+        whole = await store.append("part", [a, b, c], ANY)
+        assert whole.duplicate
+        assert whole.stream_seqs == [records[i].stream_seq for i in (1, 0, 2)]
+        assert whole.versions == [records[i].version for i in (1, 0, 2)]
+        assert await count_all(store) == before + 2
 
     async def test_fifty_concurrent_writers_on_one_aggregate(self, store: Store) -> None:
         await store.append("hot", [created()], NO_STREAM)

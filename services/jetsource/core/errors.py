@@ -52,8 +52,8 @@ class ConcurrencyError(JetsourceError):
 
 
 class PartlyStoredError(ConcurrencyError):
-    """Some of an append's events are stored already, not all of them as one run: the
-    append cannot be answered as a duplicate (that would give the ones not stored the
+    """Some of an append's events are stored already, not all of them: the append
+    cannot be answered as a duplicate (that would give the ones not stored the
     positions of others) nor made (the stored ones would be doubled). Retrying it as it
     is will not help; a caller that merged several requests' events appends each
     request's on its own. ``stored`` names the event ids found."""
@@ -63,8 +63,8 @@ class PartlyStoredError(ConcurrencyError):
         self.stored = stored
         self.args = (
             f"aggregate {aggregate_id!r} holds {len(stored)} of this append's events already "
-            f"({', '.join(stored[:3])}{', ...' if len(stored) > 3 else ''}), not all of them "
-            "as one run: append the others on their own",
+            f"({', '.join(stored[:3])}{', ...' if len(stored) > 3 else ''}), not all of "
+            "them: append the others on their own",
         )
 
 

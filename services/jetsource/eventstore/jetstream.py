@@ -707,8 +707,8 @@ class JetStreamEventStore:
 
         The common case is cheap: our events are the aggregate's newest, so the last one
         (``tail``, if the caller just fetched it) is checked first, and the run before
-        it; otherwise the aggregate is scanned. Some stored but not all as one run:
-        ``PartlyStoredError`` (never the positions of a run of other events).
+        it; otherwise the aggregate is scanned. Every one stored: each where it is; some
+        but not all: ``PartlyStoredError`` (never the positions of other events).
         """
         ids = [e.event_id for e in events]
         n = len(ids)
@@ -727,30 +727,25 @@ class JetStreamEventStore:
             # says nothing of the others: events of several requests merged into one
             # append (the observer's batcher) may be stored in part, the last by an
             # append of its own. So the run before it is read (one page).
-            run = (
-                await self.read_aggregate(
-                    aggregate_id, from_version=v - n + 1, to_version=v, from_seq=s - n + 1
-                )
-                if v >= n and s >= n
-                else []
-            )
+            run: list[RecordedEvent] = []
+            if v >= n and s >= n:
+                with contextlib.suppress(BeyondHorizonError):  # the history below says
+                    run = await self.read_aggregate(
+                        aggregate_id, from_version=v - n + 1, to_version=v, from_seq=s - n + 1
+                    )
             if [r.event_id for r in run] == ids:
                 return stored_already(aggregate_id, ids, run)
             # Not stored as one run: the whole history says which are.
-        found: list[RecordedEvent] = []
         wanted = set(ids)
-        stored: list[str] = []
         history = await self.live_history(aggregate_id)
-        for record in history:
-            if record.event_id in wanted:
-                stored.append(record.event_id)
-            if (found or record.event_id == ids[0]) and len(found) < n:
-                found.append(record)
-        if not stored:
+        found = {r.event_id: r for r in history if r.event_id in wanted}
+        if not found:
             return None
-        if [r.event_id for r in found] != ids:
+        if len(found) < len(wanted):
+            stored = [i for i in ids if i in found]
             raise PartlyStoredError(aggregate_id, stored, history[-1].version if history else 0)
-        return stored_already(aggregate_id, ids, found)
+        # Every one stored (also by appends of their own): each where it is.
+        return stored_already(aggregate_id, ids, [found[i] for i in ids])
 
     # -- reads --------------------------------------------------------------------
 
