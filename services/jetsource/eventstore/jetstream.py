@@ -619,22 +619,36 @@ class JetStreamEventStore:
             raise ValidationError(f"append_many: more than {jsapi.BATCH_LIMIT} events")
         if len(groups) == 1:
             return [await self.append(groups[0][0], groups[0][1], ExpectedVersion.ANY)]
-        encoded = []
+        # One list of every event: sealed in one call, no coroutine per group.
+        encoded: list[tuple[str, int, bytes]] = []
         for aggregate_id, events in groups:
             check_append(aggregate_id, events, ExpectedVersion.ANY)
-            encoded.append(self._encode(aggregate_id, events))
+            encoded += self._encode(aggregate_id, events)
         await self.start()
-        seals = [
-            await self._seal(events, enc) for (_, events), enc in zip(groups, encoded, strict=True)
-        ]
-        bases = await asyncio.gather(
-            *(self._base(aggregate_id, ExpectedVersion.ANY) for aggregate_id, _ in groups)
-        )
+        sealed = await self._seal([e for _, events in groups for e in events], encoded)
+        # The positions known here (ExpectedVersion.ANY takes them as ``_base`` does; a
+        # stale one makes the server refuse the batch), looked up only where unknown:
+        # no task per group.
+        known = [self._positions.get(aggregate_id) for aggregate_id, _ in groups]
+        unknown = [i for i, position in enumerate(known) if position is None]
+        if unknown:
+            found = await asyncio.gather(*(self._last(groups[i][0]) for i in unknown))
+            for i, position in zip(unknown, found, strict=True):
+                known[i] = position
+        bases = [position for position in known if position is not None]
         messages: list[OutMessage] = []
-        for (aggregate_id, events), enc, (version, seq), sealed in zip(
-            groups, encoded, bases, seals, strict=True
-        ):
-            messages += self._messages(aggregate_id, events, enc, version, seq, sealed)
+        at = 0
+        for (aggregate_id, events), (version, seq) in zip(groups, bases, strict=True):
+            n = len(events)
+            messages += self._messages(
+                aggregate_id,
+                events,
+                encoded[at : at + n],
+                version,
+                seq,
+                sealed[at : at + n] if sealed else (),
+            )
+            at += n
         try:
             ack = await self._call(partial(self._publish, messages))
         except JsApiError as exc:

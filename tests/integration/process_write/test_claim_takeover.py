@@ -47,14 +47,14 @@ async def first_attempt_fails(
 ) -> list[Any]:
     """Record ``e`` on ``owner`` with its append failing, before or after it stores the
     event (``stored``): its claims are left pending, abandoned. The history after it."""
-    append = owner.recorder._lane_append
+    append = owner.recorder._lanes
 
-    async def fail(process_id: str, events: list[object], **_: object) -> object:
+    async def fail(lanes: list[Any]) -> object:
         if stored:
-            await append(process_id, events)  # type: ignore[arg-type]
+            await append(lanes)
         raise EventStoreUnavailableError("the answer is lost (test)")
 
-    monkeypatch.setattr(owner.recorder, "_lane_append", fail)
+    monkeypatch.setattr(owner.recorder, "_lanes", fail)
     with pytest.raises(EventStoreUnavailableError):
         await owner.recorder.record([e])
     monkeypatch.undo()
@@ -120,10 +120,10 @@ async def test_a_key_claim_left_pending_by_an_id_takeover_answers_at_once_after_
     first = await _observer(nats_server)
     try:
 
-        async def away(process_id: str, events: object, **_: object) -> object:
+        async def away(lanes: object) -> object:
             raise EventStoreUnavailableError("the event store is away (test)")
 
-        monkeypatch.setattr(first.recorder, "_lane_append", away)
+        monkeypatch.setattr(first.recorder, "_lanes", away)
         with pytest.raises(EventStoreUnavailableError):
             await first.recorder.record([e])
         monkeypatch.undo()
