@@ -82,5 +82,6 @@ def stored_envelope(
         envelope.metadata.update(entries)
     occurred = new.occurred_at_ns or now_ns
     if occurred is not None:
-        envelope.occurred_at.seconds, envelope.occurred_at.nanos = divmod(occurred, NS)
+        at = envelope.occurred_at  # (each attribute read makes a wrapper)
+        at.seconds, at.nanos = divmod(occurred, NS)
     return envelope

@@ -25,7 +25,7 @@ from jetsource._gen.process.v1 import events_pb2 as epb
 from jetsource._gen.process.v1 import observer_pb2 as pb
 from jetsource._gen.process.v1 import observer_pb2_grpc as pb_grpc
 from jetsource.core.aio import stop_task
-from jetsource.core.clock import to_timestamp
+from jetsource.core.clock import NS
 from jetsource.core.errors import (
     ConcurrencyError,
     EventStoreUnavailableError,
@@ -69,14 +69,17 @@ WRITABLE = Gauge(
 
 
 def position(r: Recorded) -> epb.Position:
-    return epb.Position(
+    p = epb.Position(
         event_id=r.event_id,
         process_id=r.process_id,
         global_seq=r.global_seq,
         process_seq=r.process_seq,
-        recorded_at=to_timestamp(r.recorded_ns),
         duplicate=r.duplicate,
     )
+    # Set in place: a Timestamp made apart is copied in (one of each per event answered).
+    at = p.recorded_at
+    at.seconds, at.nanos = divmod(r.recorded_ns, NS)
+    return p
 
 
 def failure_outcome(exc: BaseException) -> str:

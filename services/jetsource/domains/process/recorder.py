@@ -39,9 +39,11 @@ from jetsource.eventstore.port import EventStore
 log = logging.getLogger("jetsource.observer")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Recorded:
-    """What the store assigned to one event (``duplicate``: assigned before)."""
+    """What the store assigned to one event (``duplicate``: assigned before). Its
+    ``__init__`` sets the fields in one step (a frozen dataclass's sets each through
+    ``object.__setattr__``; one is made per event recorded)."""
 
     event_id: str
     process_id: str
@@ -49,6 +51,24 @@ class Recorded:
     process_seq: int
     recorded_ns: int
     duplicate: bool = False
+
+    def __init__(
+        self,
+        event_id: str,
+        process_id: str,
+        global_seq: int,
+        process_seq: int,
+        recorded_ns: int,
+        duplicate: bool = False,
+    ) -> None:
+        self.__dict__.update(
+            event_id=event_id,
+            process_id=process_id,
+            global_seq=global_seq,
+            process_seq=process_seq,
+            recorded_ns=recorded_ns,
+            duplicate=duplicate,
+        )
 
 
 @dataclass(frozen=True)
