@@ -222,10 +222,12 @@ class KvClaims:
             for i in range(0, len(pairs), jsapi.BATCH_LIMIT):
                 out += await self.create_many(pairs[i : i + jsapi.BATCH_LIMIT])
             return out
-        if len(pairs) < 2:
-            return [await self.create(k, v) for k, v in pairs]
+        if not pairs:
+            return []
         async with _unavailable("create"):
             await self.kv()
+            if len(pairs) == 1:  # (a Record call's claim: through the shared inbox)
+                return [await self._create_one(*pairs[0])]
             if self._singly(pairs):
                 return await _each(self._create_one, pairs)
             try:
@@ -247,12 +249,13 @@ class KvClaims:
         """Completions: a few as single puts, else atomic batches. Put one by one, a
         crash between them leaves an event's claims completed or pending, each of
         which a later request resolves; so no one-claim-per-event rule here."""
-        if len(pairs) < 2:
-            for k, v in pairs:
-                await self.put(k, v)
+        if not pairs:
             return
         async with _unavailable("put"):
             await self.kv()
+            if len(pairs) == 1:
+                await self._put_one(*pairs[0])
+                return
             if len(pairs) <= self.SINGLE_WRITES_UP_TO:
                 await _each(self._put_one, pairs)
                 return
