@@ -178,3 +178,62 @@ async def test_a_cancel_landing_as_the_write_is_answered_leaves_no_claim_hanging
     )
     got = await recorder._claims.get(claim_key("e", p, "x"))
     assert got is not None and got[0].done and got[0].global_seq == stored.stream_seq
+
+
+@pytest.mark.parametrize("steps", range(6))
+async def test_a_cancel_between_two_processes_answers_settles_both(
+    observer: Observer, monkeypatch: pytest.MonkeyPatch, steps: int
+) -> None:
+    """A request of two processes whose writes go apart (a write of ``q`` in flight holds
+    its events back): the cancel lands ``steps`` loop iterations after ``p``'s answer,
+    while ``q``'s events still wait in the queue. ``p``'s outcome is handed on from its
+    future, ``q``'s when its write comes; both claims are completed and a retry answers
+    both at once."""
+    recorder = observer.recorder
+    p, q = pid(), pid()
+    x, y = event(p, "step", event_id="x"), event(q, "step", event_id="y")
+    release = asyncio.Event()
+    append = recorder._append
+
+    async def held(process_id: str, events: list[NewEvent]) -> object:
+        result = await append(process_id, events)  # stored; the answer held back
+        if process_id == p:
+            await release.wait()
+        return result
+
+    monkeypatch.setattr(recorder, "_append", held)
+    recorder._writing.add(q)  # a write of q in flight: q's events queue
+    try:
+        first = asyncio.create_task(recorder.record([x, y]))
+        for _ in range(1000):
+            if await observer.store.last_version(p):
+                break
+            await asyncio.sleep(0.005)
+        assert [it.process_id for it in recorder._queue] == [q]
+        loop = asyncio.get_running_loop()
+
+        def cancel_after(n: int) -> None:
+            if n == 0:
+                first.cancel()
+            else:
+                loop.call_soon(cancel_after, n - 1)
+
+        release.set()
+        cancel_after(steps)
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+    finally:
+        recorder._writing.discard(q)
+        recorder._kick()
+    async with asyncio.timeout(5):
+        answers = await recorder.record([x, y])
+    await recorder.flush()
+    for process_id, event_id, answer in zip((p, q), ("x", "y"), answers, strict=True):
+        [stored] = await history(observer.store, process_id)
+        assert (answer.event_id, answer.global_seq, answer.process_seq) == (
+            event_id,
+            stored.stream_seq,
+            stored.version,
+        )
+        got = await recorder._claims.get(claim_key("e", process_id, event_id))
+        assert got is not None and got[0].done and got[0].global_seq == stored.stream_seq
