@@ -44,6 +44,33 @@ async def _queued(observer: Observer, n: int) -> None:
     raise AssertionError(f"{n} writes never queued")
 
 
+async def _stored(observer: Observer, process_id: str) -> None:
+    for _ in range(1000):
+        if await observer.store.last_version(process_id):
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"{process_id} never stored")
+
+
+async def _released_then_cancelled(
+    release: asyncio.Event, request: asyncio.Task[object], steps: int
+) -> None:
+    """Let the held answer go, cancel ``request`` ``steps`` loop iterations later, and
+    wait for it to end."""
+    loop = asyncio.get_running_loop()
+
+    def cancel_after(n: int) -> None:
+        if n == 0:
+            request.cancel()
+        else:
+            loop.call_soon(cancel_after, n - 1)
+
+    release.set()
+    cancel_after(steps)
+    with contextlib.suppress(asyncio.CancelledError):
+        await request
+
+
 @pytest.mark.parametrize("where", ["queued", "being-written"])
 async def test_a_request_cancelled_while_queued_is_written_once_and_its_retry_waits_for_it(
     observer: Observer, monkeypatch: pytest.MonkeyPatch, where: str
@@ -151,22 +178,8 @@ async def test_a_cancel_landing_as_the_write_is_answered_leaves_no_claim_hanging
 
     monkeypatch.setattr(recorder, "_append", held)
     first = asyncio.create_task(recorder.record([x]))
-    for _ in range(1000):
-        if await observer.store.last_version(p):
-            break
-        await asyncio.sleep(0.005)
-    loop = asyncio.get_running_loop()
-
-    def cancel_after(n: int) -> None:
-        if n == 0:
-            first.cancel()
-        else:
-            loop.call_soon(cancel_after, n - 1)
-
-    release.set()
-    cancel_after(steps)
-    with contextlib.suppress(asyncio.CancelledError):
-        await first
+    await _stored(observer, p)
+    await _released_then_cancelled(release, first, steps)
     async with asyncio.timeout(5):
         [answer] = await recorder.record([x])
     await recorder.flush()
@@ -205,23 +218,9 @@ async def test_a_cancel_between_two_processes_answers_settles_both(
     recorder._writing.add(q)  # a write of q in flight: q's events queue
     try:
         first = asyncio.create_task(recorder.record([x, y]))
-        for _ in range(1000):
-            if await observer.store.last_version(p):
-                break
-            await asyncio.sleep(0.005)
+        await _stored(observer, p)
         assert [it.process_id for it in recorder._queue] == [q]
-        loop = asyncio.get_running_loop()
-
-        def cancel_after(n: int) -> None:
-            if n == 0:
-                first.cancel()
-            else:
-                loop.call_soon(cancel_after, n - 1)
-
-        release.set()
-        cancel_after(steps)
-        with contextlib.suppress(asyncio.CancelledError):
-            await first
+        await _released_then_cancelled(release, first, steps)
     finally:
         recorder._writing.discard(q)
         recorder._kick()
