@@ -141,15 +141,18 @@ async def test_a_merged_append_stored_in_part_answers_each_request_where_its_eve
     stored_b = await observer.store.append(p, [b], ANY)  # b's other copy, stored
     recorder._writing.add(p)
     try:
-        ours = asyncio.create_task(recorder._lane_append(p, [a]))
-        theirs = asyncio.create_task(recorder._lane_append(p, [b]))
+        ours = asyncio.create_task(recorder._lanes([(p, [a], None)]))
+        theirs = asyncio.create_task(recorder._lanes([(p, [b], None)]))
         await _queued(observer, 2)
     finally:
         recorder._writing.discard(p)
         recorder._kick()
     async with asyncio.timeout(10):
-        [(version_a, seq_a)] = await ours
-        [(version_b, seq_b)] = await theirs
+        [written_a] = await ours
+        [written_b] = await theirs
+    assert isinstance(written_a, list) and isinstance(written_b, list), (written_a, written_b)
+    [(version_a, seq_a)] = written_a
+    [(version_b, seq_b)] = written_b
     records = {r.event_id: r for r in await history(observer.store, p)}
     assert sorted(records) == ["a", "b", "s"]
     assert (version_a, seq_a) == (records["a"].version, records["a"].stream_seq)

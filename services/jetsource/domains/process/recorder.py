@@ -493,18 +493,6 @@ class Recorder:
             self._complete(mine)
         return out
 
-    async def _lane_append(
-        self,
-        process_id: str,
-        events: list[NewEvent],
-        written: Callable[[Written], None] | None = None,
-    ) -> list[tuple[int, int]]:
-        """One process's events through :meth:`_lanes`: their positions, or its error."""
-        [outcome] = await self._lanes([(process_id, events, written)])
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
-
     async def _lanes(
         self, lanes: Sequence[tuple[str, list[NewEvent], Callable[[Written], None] | None]]
     ) -> list[Written]:
