@@ -9,6 +9,10 @@ and appends one DecisionAdded. Clients: 1 and 16, each on its own story.
   - jetsource (no cache): the same with the state cache off, so every command folds the
     whole history from JetStream (through snapshots when the snapshotter wrote any;
     none here);
+  - floors (bench/floor_server.py): stand-ins serving the same gRPC call through the
+    same server set-up that do less than a command: answer at once; await one raw
+    `js.publish` of a stored event's bytes; await one event store append. What the
+    stack costs per call on this machine, so the publisher's own share is visible;
   - pyeventsourcing 9 on SQLite (file), repository.get(id) then save(), 1 and 16 threads,
     in three configurations (bench/peer.py): no snapshots (its default), snapshots every
     100 (its documented way for long histories), and snapshots + its aggregate cache.
@@ -43,12 +47,18 @@ from jetsource.devstack.services import GrpcService
 from jetsource.domains.context.events import registry
 from jetsource.eventstore.jetstream import JetStreamEventStore
 
+ROOT = str(Path(__file__).resolve().parents[1])  # for bench.floor_server's PYTHONPATH
 QUICK = ["--history", "100", "--commands", "20"]
 CLIENTS = (1, 16)
 OURS = {
     "cached": "jetsource publisher (default: cached fold)",
     "workers": "jetsource publisher, 2 workers on one port (publisher.workers=2)",
     "no-cache": "jetsource publisher, state cache off (full fold per command)",
+}
+FLOORS = {
+    "grpc": "floor: gRPC service answering at once (same server set-up, no NATS)",
+    "publish": "floor: gRPC service awaiting one raw js.publish per call",
+    "append": "floor: gRPC service awaiting one event store append per call",
 }
 
 
@@ -96,19 +106,32 @@ async def drive_jetsource(
     name: str, target: str, stories: list[str], commands: int, meter: CpuMeter
 ) -> Stats:
     latencies: list[float] = []
+    clients = [ContextClient(target, timeout=30) for _ in stories]
 
-    async def client(story: str) -> None:
-        async with ContextClient(target, timeout=30) as c:
-            for i in range(commands):
-                t0 = time.perf_counter()
-                await c.add_decision(story, f"bench-{i}", "benchmarked decision")
-                latencies.append(time.perf_counter() - t0)
+    async def client(c: ContextClient, story: str) -> None:
+        for i in range(commands):
+            t0 = time.perf_counter()
+            await c.add_decision(story, f"bench-{i}", "benchmarked decision")
+            latencies.append(time.perf_counter() - t0)
 
-    meter.start()
-    started = time.perf_counter()
-    await asyncio.gather(*(client(s) for s in stories))
-    stats = Stats(name, latencies, time.perf_counter() - started)
-    stats.cpu = meter.stop(len(latencies))
+    try:
+        # Before the clock: each client's connection and its story's first command (a
+        # cold load, the whole history folded), so the row measures the steady state.
+        # The peer rows start warm too (drive_peer).
+        await asyncio.gather(
+            *(
+                c.add_decision(s, "warm", "first command")
+                for c, s in zip(clients, stories, strict=True)
+            )
+        )
+        meter.start()
+        started = time.perf_counter()
+        await asyncio.gather(*(client(c, s) for c, s in zip(clients, stories, strict=True)))
+        stats = Stats(name, latencies, time.perf_counter() - started)
+        stats.cpu = meter.stop(len(latencies))
+    finally:
+        for c in clients:
+            await c.close()
     return stats
 
 
@@ -125,6 +148,10 @@ def drive_peer(app: Any, ids: list[Any], commands: int, tag: str, name: str) -> 
             with lock:
                 latencies.append(time.perf_counter() - t0)
 
+    for story_id in ids:  # warm, as drive_jetsource does: one untimed command per story
+        story = app.repository.get(story_id)
+        story.add_decision(f"{tag}-warm", "first command")
+        app.save(story)
     threads = [threading.Thread(target=client, args=(i,)) for i in ids]
     meter = CpuMeter(client="pyeventsourcing process").start()
     started = time.perf_counter()
@@ -135,6 +162,37 @@ def drive_peer(app: Any, ids: list[Any], commands: int, tag: str, name: str) -> 
     stats = Stats(name, latencies, time.perf_counter() - started)
     stats.cpu = meter.stop(len(latencies))
     return stats
+
+
+async def drive_floor(
+    tmp: Path, url: str, nats_pid: int, mode: str, commands: int
+) -> dict[tuple[str, int], Stats]:
+    """One floor service (bench/floor_server.py) at 1 and 16 clients."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "FLOOR_MODE": mode,
+        "FLOOR_PORT": str(port),
+        "FLOOR_NATS": url,
+        "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])),
+    }
+    service = GrpcService(
+        f"floor-{mode}", "bench.floor_server", tmp / f"floor-{mode}", "127.0.0.1", port, env=env
+    )
+    p = service.start()
+    out: dict[tuple[str, int], Stats] = {}
+    try:
+        service.wait_ready(p, 60)
+        for clients in CLIENTS:
+            stories = [f"floor-{mode}-{clients}-{i}" for i in range(clients)]
+            meter = CpuMeter({"floor": p.pid, "nats-server": nats_pid})
+            out[(mode, clients)] = await drive_jetsource(
+                FLOORS[mode], service.address(), stories, commands, meter
+            )
+            print(out[(mode, clients)].line(), f"[{clients} client(s)]")
+    finally:
+        stop(p)
+    return out
 
 
 def table(rows: dict[tuple[str, int], Stats], history: int) -> Table:
@@ -159,9 +217,14 @@ def table(rows: dict[tuple[str, int], Stats], history: int) -> Table:
             elif label == "cached" and clients == 1:
                 aims = [Aim.at_most("p50 < 1 ms", s.p50, 1)]
             t.row(_cells(s, clients, best), aims)
+        for mode in FLOORS:
+            if (mode, clients) in rows:
+                t.row(_cells(rows[(mode, clients)], clients, best))
         for s in peers:
             name = s.name + (" (best peer)" if s is best else "")
             t.row(_cells(s, clients, None, name))
+    for line in floor_notes(rows):
+        t.note(line)
     t.note(
         "CPU ms per command: the bench process (the gRPC clients; for pyeventsourcing "
         "everything, SQLite included) + the publisher + nats-server, from getrusage and "
@@ -169,6 +232,36 @@ def table(rows: dict[tuple[str, int], Stats], history: int) -> Table:
         f"time, of {CPUS}. The CPU ceiling is cores / CPU per command."
     )
     return t
+
+
+def floor_notes(rows: dict[tuple[str, int], Stats]) -> list[str]:
+    """The publisher's CPU per command against the floors' at each number of clients:
+    what the stack costs per call, and what is the command's own work."""
+    out = []
+    for clients in CLIENTS:
+        ours, grpc_only = rows.get(("cached", clients)), rows.get(("grpc", clients))
+        publish, append = rows.get(("publish", clients)), rows.get(("append", clients))
+        if not (ours and grpc_only and publish and append):
+            continue
+        if not (ours.cpu and grpc_only.cpu and publish.cpu and append.cpu):
+            continue
+        total = _per_call_ms(ours)
+        out.append(
+            f"Floors at {clients} client(s), CPU ms per call (all processes): gRPC alone "
+            f"{_per_call_ms(grpc_only):.2f}, with one js.publish {_per_call_ms(publish):.2f}, "
+            f"with one event store append {_per_call_ms(append):.2f}; the publisher's "
+            f"command {total:.2f}, of which {max(total - _per_call_ms(append), 0):.2f} is "
+            "the command's own work "
+            "(load the cached story, decide, idempotency, fold, answer). The floor with one "
+            f"publish tops out at {publish.rate:,.0f} calls/s here (CPU ceiling "
+            f"{publish.cpu.ceiling():,.0f})."
+        )
+    return out
+
+
+def _per_call_ms(s: Stats) -> float:
+    cpu = s.cpu
+    return cpu.total / max(1, cpu.operations) * 1000 if cpu else 0.0
 
 
 def _cells(s: Stats, clients: int, best: Stats | None, name: str | None = None) -> list[str]:
@@ -231,6 +324,8 @@ async def run(history: int, commands: int) -> list[Table]:
                 )
                 print(rows[(label, clients)].line(), f"[{clients} client(s)]")
             stop(p)
+        for mode in FLOORS:
+            rows.update(await drive_floor(tmp, server.address(), proc.pid, mode, commands))
         if not peer.available():
             print("pyeventsourcing not installed (pip install -e '.[bench]'): no peer rows")
         else:

@@ -27,7 +27,6 @@ from pathlib import Path
 
 from bench.bench_publisher import drive_jetsource, seed_jetsource
 from bench.common import CpuMeter
-from jetsource.client import ContextClient
 from jetsource.devstack.servers import NatsServer, free_port
 from jetsource.devstack.services import GrpcService
 
@@ -65,12 +64,6 @@ def summary(raw: Path, top: int = 40) -> str:
     return "\n".join(out) + "\n"
 
 
-async def warm(target: str, stories: list[str]) -> None:
-    async with ContextClient(target, timeout=60) as client:
-        for story in stories:
-            await client.add_decision(story, "warm", "the first command folds the history")
-
-
 def run(commands: int, clients: int, rate: int) -> None:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     tmp = Path(tempfile.mkdtemp(prefix="jetsource-profile-"))
@@ -92,8 +85,6 @@ def run(commands: int, clients: int, rate: int) -> None:
         service.wait_ready(publisher, 60)
         stories = [f"profile-{i}" for i in range(clients)]
         asyncio.run(seed_jetsource(server.address(), stories, 1000))
-        # Warm: each story's first command folds its history into the cache.
-        asyncio.run(warm(service.address(), stories))
         OUT.mkdir(exist_ok=True)
         stem = OUT / f"publisher-{clients}-clients"
         raw = tmp / "publisher.raw"

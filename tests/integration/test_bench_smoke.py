@@ -97,6 +97,14 @@ def test_every_bench_quick_mode_writes_its_tables(tmp_path: Path) -> None:
     assert "CPU" in text and "nats-server" in text and "publisher" in text
     for row in ("in process: StateLoader.load(to_version=v), snapshots", "gRPC: GetContextAtTime"):
         assert row in text, row
+    # The publisher's floors: the same gRPC call served by stand-ins doing less.
+    for row in (
+        "floor: gRPC service answering at once",
+        "floor: gRPC service awaiting one raw js.publish per call",
+        "floor: gRPC service awaiting one event store append per call",
+        "Floors at 16 client(s), CPU ms per call",
+    ):
+        assert row in text, row
     if importlib.util.find_spec("eventsourcing") is not None:
         for peer in (
             "pyeventsourcing, SQLite, no snapshots",
