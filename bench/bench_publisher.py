@@ -250,11 +250,12 @@ def floor_notes(rows: dict[tuple[str, int], Stats]) -> list[str]:
             f"Floors at {clients} client(s), CPU ms per call (all processes): gRPC alone "
             f"{_per_call_ms(grpc_only):.2f}, with one js.publish {_per_call_ms(publish):.2f}, "
             f"with one event store append {_per_call_ms(append):.2f}; the publisher's "
-            f"command {total:.2f}, of which {max(total - _per_call_ms(append), 0):.2f} is "
-            "the command's own work "
-            "(load the cached story, decide, idempotency, fold, answer). The floor with one "
-            f"publish tops out at {publish.rate:,.0f} calls/s here (CPU ceiling "
-            f"{publish.cpu.ceiling():,.0f})."
+            f"command {total:.2f}, {total - _per_call_ms(append):+.2f} over the floor with "
+            "one append (the command's own work in the service: the cached story, decide, "
+            "idempotency, fold, metrics, the answer). The floors with one publish and with "
+            f"one append reach {publish.rate:,.0f} and {append.rate:,.0f} calls/s here "
+            f"(CPU ceilings {publish.cpu.ceiling():,.0f} and {append.cpu.ceiling():,.0f}), "
+            f"the publisher {ours.rate:,.0f} ({ours.rate / append.rate:.2f}x the append floor)."
         )
     return out
 
