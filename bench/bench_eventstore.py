@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import nats
-from nats.js.api import StorageType, StoreCompression, StreamConfig
 
 from bench.common import (
     CPUS,
@@ -40,6 +39,7 @@ from bench.common import (
     exit_on_signals,
     ms,
     ratio,
+    raw_stream,
     show,
     stop,
 )
@@ -158,15 +158,7 @@ async def run(events: int, aggregates: int, concurrency: int, sync: str | None) 
         probe = store_for("probe")
         first = [NewEvent(typical_event(0))]
         sample = probe._messages("story-0000", first, probe._encode("story-0000", first), 0, 0)[0]
-        await js.add_stream(
-            StreamConfig(
-                name="BENCH_RAW",
-                subjects=["benchraw.>"],
-                storage=StorageType.FILE,
-                compression=StoreCompression.S2,
-                allow_direct=True,
-            )
-        )
+        await js.add_stream(raw_stream("BENCH_RAW", "benchraw.>"))
         payload = sample.data
 
         def raw_commands(n_events: int) -> list[list[Callable[[], Awaitable[None]]]]:

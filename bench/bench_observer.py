@@ -30,9 +30,19 @@ from pathlib import Path
 import grpc
 import nats
 from google.protobuf import struct_pb2
-from nats.js.api import StorageType, StoreCompression, StreamConfig
 
-from bench.common import CPUS, Aim, CpuMeter, Stats, Table, exit_on_signals, ratio, show, stop
+from bench.common import (
+    CPUS,
+    Aim,
+    CpuMeter,
+    Stats,
+    Table,
+    exit_on_signals,
+    ratio,
+    raw_stream,
+    show,
+    stop,
+)
 from jetsource._gen.process.v1 import events_pb2 as epb
 from jetsource._gen.process.v1 import observer_pb2 as pb
 from jetsource._gen.process.v1 import observer_pb2_grpc as pb_grpc
@@ -77,15 +87,7 @@ def stored_bytes(e: epb.CanonicalEvent) -> bytes:
 async def raw_run(url: str, events: int, processes: list[str], meter: CpuMeter) -> Stats:
     nc = await nats.connect(url)
     js = nc.jetstream()
-    await js.add_stream(
-        StreamConfig(
-            name="BENCH_RAW_PROCESS",
-            subjects=["benchraw.>"],
-            storage=StorageType.FILE,
-            compression=StoreCompression.S2,
-            allow_direct=True,
-        )
-    )
+    await js.add_stream(raw_stream("BENCH_RAW_PROCESS", "benchraw.>"))
     payload = stored_bytes(typical(processes[0], 0, True))
     latencies: list[float] = []
 

@@ -16,6 +16,8 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from nats.js.api import StorageType, StoreCompression, StreamConfig
+
 from jetsource.devstack.servers import stop_pid
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -265,3 +267,15 @@ def exit_on_signals() -> None:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop_here)
+
+
+def raw_stream(name: str, subject: str) -> StreamConfig:
+    """A stream for raw-publish baselines, configured as the event store's streams are
+    (file storage, S2 compression, direct gets)."""
+    return StreamConfig(
+        name=name,
+        subjects=[subject],
+        storage=StorageType.FILE,
+        compression=StoreCompression.S2,
+        allow_direct=True,
+    )

@@ -22,8 +22,8 @@ from typing import Any
 
 import nats
 import uvloop
-from nats.js.api import StorageType, StoreCompression, StreamConfig
 
+from bench.common import raw_stream
 from jetsource._gen.context.v1 import commands_pb2 as pb
 from jetsource._gen.context.v1 import commands_pb2_grpc as pb_grpc
 from jetsource._gen.context.v1 import events_pb2 as ev
@@ -66,15 +66,7 @@ async def serve(mode: str, port: int, url: str) -> None:
     )
     await store.ensure_streams()
     await store.start()
-    await js.add_stream(
-        StreamConfig(
-            name="FLOOR_RAW",
-            subjects=["floorraw.>"],
-            storage=StorageType.FILE,
-            compression=StoreCompression.S2,
-            allow_direct=True,
-        )
-    )
+    await js.add_stream(raw_stream("FLOOR_RAW", "floorraw.>"))
     # A stored event's bytes (the envelope around a typical DecisionAdded).
     first = [NewEvent(ev.DecisionAdded(decision_id="d-1", title="benchmarked decision"))]
     payload = store._messages("floor", first, store._encode("floor", first), 0, 0)[0].data
