@@ -30,11 +30,12 @@ from jetsource._gen.context.v1 import events_pb2 as ev
 from jetsource.core.envelope import ExpectedVersion, NewEvent
 from jetsource.core.grpcserver import start_grpc, stop_on_signals
 from jetsource.core.settings import EventStoreSettings
+from jetsource.domains.context.command_service import SERVICE
 from jetsource.domains.context.events import registry
 from jetsource.eventstore.jetstream import JetStreamEventStore
+from jetsource.publisher.settings import PublisherOptions
 
 MODES = ("grpc", "publish", "append")
-SERVICE = "jetsource.context.v1.ContextCommandService"
 
 
 class Floor(pb_grpc.ContextCommandServiceServicer):
@@ -76,7 +77,7 @@ async def serve(mode: str, port: int, url: str) -> None:
         lambda server: pb_grpc.add_ContextCommandServiceServicer_to_server(servicer, server),
         SERVICE,
         f"127.0.0.1:{port}",
-        256,  # the publisher's default max_concurrent_rpcs
+        PublisherOptions.model_fields["max_concurrent_rpcs"].default,  # as the publisher
     )
     await stop_on_signals().wait()
     await endpoint.stop(1.0)

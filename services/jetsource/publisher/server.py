@@ -18,7 +18,7 @@ from typing import Any, cast
 from nats.aio.client import Client as NATS
 from prometheus_client import Gauge
 
-from jetsource._gen.context.v1 import commands_pb2, commands_pb2_grpc
+from jetsource._gen.context.v1 import commands_pb2_grpc
 from jetsource.core.envelope import AppendResult, Expected, NewEvent
 from jetsource.core.errors import EventStoreUnavailableError
 from jetsource.core.grpcserver import GrpcEndpoint, start_grpc, stop_on_signals
@@ -28,6 +28,7 @@ from jetsource.core.runner import run_service
 from jetsource.core.settings import env_var
 from jetsource.core.workers import serve_workers
 from jetsource.core.writehealth import WriteHealth
+from jetsource.domains.context.command_service import SERVICE as SERVICE_NAME
 from jetsource.domains.context.command_service import ContextCommandService
 from jetsource.domains.context.commands import CommandHandler
 from jetsource.domains.context.events import registry
@@ -40,7 +41,6 @@ from jetsource.eventstore.snapshots import JetStreamSnapshotStore
 from jetsource.publisher.settings import PublisherSettings
 
 log = logging.getLogger("jetsource.publisher")
-SERVICE_NAME = commands_pb2.DESCRIPTOR.services_by_name["ContextCommandService"].full_name
 
 WRITABLE = Gauge(
     "jetsource_publisher_writable",
