@@ -141,21 +141,38 @@ async def test_first_contacts_racing_admin_links_keep_every_explicit_link(
 
 
 async def merge_paused(
-    ids: IdentityService, survivor: str, merged: str, go: asyncio.Event, paused: asyncio.Event
+    ids: IdentityService,
+    survivor: str,
+    merged: str,
+    go: asyncio.Event,
+    paused: asyncio.Event,
+    checked: asyncio.Event | None = None,
+    write: asyncio.Event | None = None,
 ) -> list[str]:
-    """A merge stopped between its merged identity's record and the survivor's."""
-    finish = ids._finish_merge
+    """A merge stopped between its merged identity's record and the survivor's; with
+    ``checked`` and ``write``, also stopped after its checks, before its record."""
+    finish, handles_of = ids._finish_merge, ids.handles_of
 
     async def wait_then_finish(*args: Any, **kw: Any) -> Any:
         paused.set()
         await go.wait()
         return await finish(*args, **kw)
 
+    async def checked_then_wait(identity_id: str, settle: bool = False) -> Any:
+        # merge() settles the merged identity's handles after its checks, before its
+        # record: the last step before it writes.
+        if settle and checked is not None and write is not None:
+            checked.set()
+            await write.wait()
+        return await handles_of(identity_id, settle=settle)
+
     ids._finish_merge = wait_then_finish  # type: ignore[method-assign]
+    ids.handles_of = checked_then_wait  # type: ignore[method-assign]
     try:
         return await ids.merge(survivor, merged, actor="test")
     finally:
         ids._finish_merge = finish  # type: ignore[method-assign]
+        ids.handles_of = handles_of  # type: ignore[method-assign]
 
 
 async def test_a_merge_into_a_survivor_being_merged_ends_on_a_live_identity(
@@ -194,8 +211,14 @@ async def test_a_merge_cycle_keeps_one_identity_live(
     await s[0].link(a, *ha, actor="test")
     await s[0].link(b, *hb, actor="test")
     go, p1, p2 = asyncio.Event(), asyncio.Event(), asyncio.Event()
-    ab = asyncio.create_task(merge_paused(s[1], b, a, go, p1))  # A into B
-    ba = asyncio.create_task(merge_paused(s[2], a, b, go, p2))  # B into A
+    write, c1, c2 = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    ab = asyncio.create_task(merge_paused(s[1], b, a, go, p1, c1, write))  # A into B
+    ba = asyncio.create_task(merge_paused(s[2], a, b, go, p2, c2, write))  # B into A
+    # Both past their checks before either writes its record: otherwise the second
+    # to check sees the first's record and is refused at once (CI met that once), and
+    # the cycle this test is about is never made.
+    await asyncio.wait_for(asyncio.gather(c1.wait(), c2.wait()), 10)
+    write.set()
     await asyncio.wait_for(asyncio.gather(p1.wait(), p2.wait()), 10)
     go.set()
     outcomes = await asyncio.wait_for(asyncio.gather(ab, ba, return_exceptions=True), 20)
