@@ -280,3 +280,69 @@ async def test_a_link_whose_bucket_write_failed_converges(
         await nc.drain()
     await ingest.identities.start()  # following again, for the reads below
     await assert_agree(ingest, projection, [handle, other], [first, a, b, c, d], rebuild_to=3)
+
+
+@pytest.mark.parametrize("watching", [True, False])
+async def test_followers_settle_only_what_writers_left(
+    ingest: Ingest, services: list[IdentityService], watching: bool
+) -> None:
+    """Every service following the stream settled each link into the bucket as it came,
+    re-reading (and racing to write) the handle its writer was writing that moment: a
+    first contact cost the bucket twice its work per follower. A follower now waits
+    ``identity_settle_delay_s`` and settles only what the watched bucket has not shown
+    settled by then. One that does not watch the bucket (no cache) is told nothing and
+    reads each one at once (the count below can fail)."""
+    url = ingest.nc.connected_url
+    assert url is not None
+    nc = await nats.connect(url.geturl())
+    delay = 0.5
+    options = ingest.identities._o.model_copy(
+        update={"identity_settle_delay_s": delay, "identity_cache_size": 200 if watching else 0}
+    )
+    follower = IdentityService(
+        nc, JetStreamEventStore(nc, ingest.store._registry, ingest.store.settings), options
+    )
+    await follower.start(follow=True)
+    reads = 0
+    real_read = follower._read
+
+    async def counted(key: str) -> Any:
+        nonlocal reads
+        reads += 1
+        return await real_read(key)
+
+    follower._read = counted  # type: ignore[method-assign]
+    writer = services[0]
+    try:
+        tag = f"{random.randrange(10**6):06d}"
+        handles = [("discord", f"8{tag}{k:011d}") for k in range(20)]
+        for h in handles:
+            await writer.resolve(*h, "bot")
+        a = await writer.create("A", actor="test")
+        await writer.link(a, *handles[0], actor="test")
+        await asyncio.sleep(delay + 1.0)  # the follower has heard and judged them all
+        if watching:
+            assert reads == 0, f"the follower read {reads} handles its writer settled"
+        else:
+            assert reads >= len(handles) + 1
+        # A writer stopped between its append and the bucket: still settled, in a bound.
+        b = await writer.create("B", actor="test")
+        settle = writer._settle
+
+        async def nats_away(*args: Any) -> str:
+            raise NatsTimeoutError
+
+        writer._settle = nats_away  # type: ignore[method-assign,assignment]
+        with pytest.raises(NatsTimeoutError):
+            await writer.link(b, *handles[1], actor="test")
+        writer._settle = settle  # type: ignore[method-assign]
+        t0 = time.monotonic()
+
+        async def settled() -> bool:
+            return await fresh_lookup(ingest, *handles[1]) == b
+
+        await eventually("the bucket never caught up with the link", settled)
+        assert time.monotonic() - t0 < delay + 3.0
+    finally:
+        await follower.close()
+        await nc.drain()

@@ -46,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -282,8 +283,10 @@ class IdentityService:
 
     async def _start_following(self) -> None:
         """Settle the bucket from every link and merge in the stream, from its start
-        and as they come: a writer stopped between its append and the bucket is
-        finished here (settling is idempotent, so every started service may do it)."""
+        and as they come (each once ``identity_settle_delay_s`` old, and only when the
+        watched bucket has not shown it settled by then): a writer stopped between its
+        append and the bucket is finished here (settling is idempotent, so every
+        started service may do it)."""
         from nats.js.api import ConsumerConfig, DeliverPolicy
 
         queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -357,6 +360,8 @@ class IdentityService:
 
     async def _settle_heard(self, queue: asyncio.Queue[Any]) -> None:
         me = asyncio.current_task()
+        # Without the watch nothing tells this service its writer finished: no wait.
+        delay = self._o.identity_settle_delay_s if self._watch is not None else 0.0
         try:
             await self._load_known()
         except Exception as exc:  # only an optimisation: each event reads its entry
@@ -365,6 +370,11 @@ class IdentityService:
             honour_cancel()  # a cancel the reads above swallowed
             msg = await queue.get()
             raw = jsapi.raw_of_delivery(msg)
+            # A recent one waits for its writer's own bucket write (heard by the
+            # watch: then ``settle_from`` has nothing to do); history does not wait.
+            wait = min(delay, delay - (time.time_ns() - raw.time_ns) / 1e9)
+            if wait > 0:
+                await asyncio.sleep(wait)
             for delay in (0.1, 0.5, 1, 2, 5, 5, 5, 5, 5, 5):
                 try:
                     await self.settle_from(await self._store.open(raw))

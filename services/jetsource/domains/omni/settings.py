@@ -27,6 +27,13 @@ class OmniOptions(BaseModel):
     identity_bucket: str = "OMNI_HANDLES"
     # Handles kept in each process's memory (kept current by watching the bucket).
     identity_cache_size: int = Field(default=200_000, ge=0)
+    # Every service that follows the stream settles a link or merge into the bucket
+    # only once it is this old, and not at all when the bucket's own update (watched)
+    # showed its writer finished it meanwhile: the writer's own bucket write follows its
+    # append by a round trip, so each follower re-reading the handle at once doubled
+    # the bucket's work per first contact. A writer stopped between the two is still
+    # finished by the followers, this much later. 0 settles every one at once.
+    identity_settle_delay_s: float = Field(default=1.0, ge=0, le=60)
 
 
 class OmniDomainSettings(BaseSettings):
