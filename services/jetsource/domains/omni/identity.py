@@ -361,7 +361,7 @@ class IdentityService:
     async def _settle_heard(self, queue: asyncio.Queue[Any]) -> None:
         me = asyncio.current_task()
         # Without the watch nothing tells this service its writer finished: no wait.
-        delay = self._o.identity_settle_delay_s if self._watch is not None else 0.0
+        settle_after = self._o.identity_settle_delay_s if self._watch is not None else 0.0
         try:
             await self._load_known()
         except Exception as exc:  # only an optimisation: each event reads its entry
@@ -372,7 +372,8 @@ class IdentityService:
             raw = jsapi.raw_of_delivery(msg)
             # A recent one waits for its writer's own bucket write (heard by the
             # watch: then ``settle_from`` has nothing to do); history does not wait.
-            wait = min(delay, delay - (time.time_ns() - raw.time_ns) / 1e9)
+            age = (time.time_ns() - raw.time_ns) / 1e9
+            wait = min(settle_after, settle_after - age)
             if wait > 0:
                 await asyncio.sleep(wait)
             for delay in (0.1, 0.5, 1, 2, 5, 5, 5, 5, 5, 5):
