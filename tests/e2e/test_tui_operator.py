@@ -20,6 +20,7 @@ from jetsource.tui import session_view
 from jetsource.tui.app import JetsourceTui
 from jetsource.tui.backend import Backend
 from jetsource.tui.session_view import LOG_ROWS, SessionScreen, SessionsScreen
+from tests.calls import Counted
 from tests.e2e.test_tui import SIZE, app_settings, client, until  # noqa: F401  (fixtures)
 from tests.infra import Server, start_nats
 from tests.integration.sessions.conftest import provision, sessions_settings
@@ -340,23 +341,15 @@ async def test_a_session_id_that_is_not_there_yet_is_waited_for_and_a_bad_one_is
         await until(pilot, lambda: screen.live and not banner.display, timeout=15)
         assert "context generate" in str(header.render())
         await s.close()
-    reads = 0
     backend = Backend(app_settings)
-    real = backend.events
-
-    async def counted(session_id: str) -> Any:
-        nonlocal reads
-        reads += 1
-        return await real(session_id)
-
-    backend.events = counted  # type: ignore[method-assign]
+    reads = Counted(backend, "events")
     app = JetsourceTui(backend, refresh_s=0.5, open_session="a.b c*")
     async with app.run_test(size=SIZE) as pilot:
         banner = app.screen.query_one("#banner", Static)
         await until(pilot, lambda: banner.display and "session id" in str(banner.content))
         assert "is invalid" in str(banner.content)
         await pilot.pause(2.5)
-        assert reads == 0  # refused before any read, and not retried
+        assert reads.calls == 0  # refused before any read, and not retried
         await pilot.press("escape")
         assert isinstance(app.screen, SessionsScreen)
 

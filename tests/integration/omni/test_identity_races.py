@@ -33,6 +33,7 @@ from jetsource.eventstore.jetstream import JetStreamEventStore
 from jetsource.ingest.server import Ingest
 from jetsource.projection import admin
 from jetsource.projection.bootstrap import Projection
+from tests.calls import Counted
 from tests.integration.omni.harness import caught_up
 
 pytestmark = pytest.mark.integration
@@ -303,15 +304,7 @@ async def test_followers_settle_only_what_writers_left(
         nc, JetStreamEventStore(nc, ingest.store._registry, ingest.store.settings), options
     )
     await follower.start(follow=True)
-    reads = 0
-    real_read = follower._read
-
-    async def counted(key: str) -> Any:
-        nonlocal reads
-        reads += 1
-        return await real_read(key)
-
-    follower._read = counted  # type: ignore[method-assign]
+    reads = Counted(follower, "_read")
     writer = services[0]
     try:
         tag = f"{random.randrange(10**6):06d}"
@@ -322,9 +315,9 @@ async def test_followers_settle_only_what_writers_left(
         await writer.link(a, *handles[0], actor="test")
         await asyncio.sleep(delay + 1.0)  # the follower has heard and judged them all
         if watching:
-            assert reads == 0, f"the follower read {reads} handles its writer settled"
+            assert reads.calls == 0, f"the follower read {reads.calls} handles its writer settled"
         else:
-            assert reads >= len(handles) + 1
+            assert reads.calls >= len(handles) + 1
         # A writer stopped between its append and the bucket: still settled, in a bound.
         b = await writer.create("B", actor="test")
         settle = writer._settle
