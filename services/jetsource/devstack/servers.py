@@ -7,6 +7,7 @@ can return while they keep running; tests use the same launchers on free ports.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -15,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from abc import ABC, abstractmethod
 from contextlib import closing, suppress
@@ -36,10 +38,37 @@ class ServerError(RuntimeError):
 # we pick it and the moment our server binds it.
 _PORT_RANGE = (20000, 32767)
 _handed_out: set[int] = set()
+# Ports handed out by any live process on this machine: one byte each in this file,
+# locked (a POSIX record lock) by the process that took it until that process ends.
+# Two processes picking at once (the benchmarks' parallel groups, a test session beside
+# a stack starting) could pick the same port, free when each looked, and the later
+# server found it taken.
+_CLAIMS = Path(tempfile.gettempdir()) / f"jetsource-ports-{os.getuid()}.lock"
+_claims_fd: int | None = None
+
+
+def _claim(port: int) -> bool:
+    """Whether ``port`` is this process's now: no other live process claimed it. Where
+    claims cannot be recorded, the bind check alone decides, as it did before."""
+    global _claims_fd
+    try:
+        import fcntl
+
+        if _claims_fd is None:
+            # Kept open for the life of the process: closing any descriptor of the file
+            # would drop every lock this process holds on it.
+            _claims_fd = os.open(_CLAIMS, os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.lockf(_claims_fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, port)
+    except OSError as exc:
+        return exc.errno not in (errno.EACCES, errno.EAGAIN)
+    except ImportError:
+        return True
+    return True
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on, not handed out before by this process."""
+    """A port nobody listens on, not handed out before by this process nor by another
+    live one (``_claim``)."""
     for _ in range(1000):
         port = random.randint(*_PORT_RANGE)
         if port in _handed_out:
@@ -49,6 +78,8 @@ def free_port(host: str = "127.0.0.1") -> int:
                 s.bind((host, port))
             except OSError:
                 continue
+        if not _claim(port):
+            continue
         _handed_out.add(port)
         return port
     raise ServerError(f"no free port in {_PORT_RANGE[0]}-{_PORT_RANGE[1]} on {host}")
