@@ -40,13 +40,16 @@ pytestmark = pytest.mark.integration
 MODEL = "omni_identities"
 
 
-async def service(ingest: Ingest, follow: bool = False) -> tuple[IdentityService, NATS]:
-    """Another process's identity service: its own connection and cache."""
+async def service(
+    ingest: Ingest, follow: bool = False, **options: Any
+) -> tuple[IdentityService, NATS]:
+    """Another process's identity service: its own connection and cache (the ingress's
+    omni options, but ``options``)."""
     url = ingest.nc.connected_url
     assert url is not None
     nc = await nats.connect(url.geturl())
     store = JetStreamEventStore(nc, ingest.store._registry, ingest.store.settings)
-    ids = IdentityService(nc, store, ingest.identities._o)
+    ids = IdentityService(nc, store, ingest.identities._o.model_copy(update=options))
     await ids.start(follow=follow)
     return ids, nc
 
@@ -293,17 +296,13 @@ async def test_followers_settle_only_what_writers_left(
     ``identity_settle_delay_s`` and settles only what the watched bucket has not shown
     settled by then. One that does not watch the bucket (no cache) is told nothing and
     reads each one at once (the count below can fail)."""
-    url = ingest.nc.connected_url
-    assert url is not None
-    nc = await nats.connect(url.geturl())
     delay = 1.0  # the default; a bucket update heard later than this is read again
-    options = ingest.identities._o.model_copy(
-        update={"identity_settle_delay_s": delay, "identity_cache_size": 200 if watching else 0}
+    follower, nc = await service(
+        ingest,
+        follow=True,
+        identity_settle_delay_s=delay,
+        identity_cache_size=200 if watching else 0,
     )
-    follower = IdentityService(
-        nc, JetStreamEventStore(nc, ingest.store._registry, ingest.store.settings), options
-    )
-    await follower.start(follow=True)
     reads = Counted(follower, "_read")
     writer = services[0]
     try:
