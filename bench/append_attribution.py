@@ -24,15 +24,13 @@ import asyncio
 import cProfile
 import resource
 import statistics
-import tempfile
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import nats
 
 from bench.bench_eventstore import typical_event
-from bench.common import CpuMeter
+from bench.common import CpuMeter, scratch_dir
 from jetsource.core.envelope import NewEvent
 from jetsource.core.ids import uuid7
 from jetsource.core.settings import EventStoreSettings
@@ -84,7 +82,7 @@ ALL = ["raw", "sealed", "msgid", "occ", "occ1", "both", "storecfg", "store"]
 
 
 async def main(events: int, rounds: int, variants: list[str], profile: str | None) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="jetsource-attr-"))
+    tmp = scratch_dir("jetsource-attr-")
     server = NatsServer(tmp / "nats", port=free_port(), monitor_port=free_port())
     proc = server.start()
     server.wait_ready(proc, 30)

@@ -21,13 +21,11 @@ import argparse
 import asyncio
 import os
 import random
-import tempfile
 import time
-from pathlib import Path
 
 import nats
 
-from bench.common import Aim, Stats, Table, exit_on_signals, ratio, show, stop
+from bench.common import Aim, Stats, Table, exit_on_signals, ratio, scratch_dir, show, stop
 from jetsource.archive.archiver import Archiver
 from jetsource.archive.history import ArchivedHistory
 from jetsource.archive.objectstore import LocalObjectStore
@@ -54,7 +52,7 @@ def state_at(records: list[RecordedEvent], version: int) -> ContextState:
 
 async def run(aggregates: int, events: int, reads: int) -> list[Table]:
     url = os.environ.get("JETSOURCE_BENCH_NATS_URL")
-    tmp = Path(tempfile.mkdtemp(prefix="jetsource-bench-archive-"))
+    tmp = scratch_dir("jetsource-bench-archive-")
     proc = None
     if not url:
         server = NatsServer(tmp / "nats", port=free_port(), monitor_port=free_port())

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -36,7 +35,7 @@ from typing import Any
 
 import nats
 
-from bench.common import CpuMeter, Stats, Table, exit_on_signals, ms, ratio, show, stop
+from bench.common import CpuMeter, Stats, Table, exit_on_signals, ms, ratio, scratch_dir, show, stop
 from jetsource.devstack.servers import NatsServer, free_port
 from jetsource.eventstore import jsapi
 from jetsource.eventstore.jsapi import OutMessage
@@ -127,7 +126,7 @@ async def drive(fn: Callable[[str], Awaitable[None]], aggs: list[str], per: int)
 
 
 async def run_setup(setup: Setup, commands: int, size: int, writers: list[int]) -> list[Stats]:
-    home = Path(tempfile.mkdtemp(prefix="jetsource-bench-batches-"))
+    home = scratch_dir("jetsource-bench-batches-")
     procs: list[Any] = []
     out: list[Stats] = []
     nc = None

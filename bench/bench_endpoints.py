@@ -27,7 +27,6 @@ import os
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -41,7 +40,7 @@ from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from valkey.asyncio import Valkey
 
-from bench.common import CpuMeter, Stats, Table, exit_on_signals, ms, show
+from bench.common import CpuMeter, Stats, Table, exit_on_signals, ms, scratch_dir, show
 from jetsource._gen.omni.v1 import query_pb2 as oq
 from jetsource._gen.omni.v1 import query_pb2_grpc as oq_grpc
 from jetsource._gen.process.v1 import events_pb2 as pe
@@ -660,7 +659,7 @@ def main(argv: list[str] | None = None) -> list[Table]:
     if args.attach:
         env = dict(os.environ)
         return show([asyncio.run(measure(Stack(env), n, not args.no_cli, args.only))])
-    home = Path(tempfile.mkdtemp(prefix="jetsource-bench-latency-"))
+    home = scratch_dir("jetsource-bench-latency-")
     env = stack_env(home)
     try:
         jetsource(env, "up")

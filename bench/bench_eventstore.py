@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from bench.common import (
     ms,
     ratio,
     raw_stream,
+    scratch_dir,
     show,
     stop,
 )
@@ -124,7 +124,7 @@ class Pass:
 
 async def run(events: int, aggregates: int, concurrency: int, sync: str | None) -> Pass:
     url = os.environ.get("JETSOURCE_BENCH_NATS_URL")
-    tmp = Path(tempfile.mkdtemp(prefix="jetsource-bench-"))
+    tmp = scratch_dir("jetsource-bench-")
     proc = None
     if not url:
         server = NatsServer(

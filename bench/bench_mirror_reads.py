@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import nats
 
-from bench.common import Stats, Table, exit_on_signals, ratio, show, stop
+from bench.common import Stats, Table, exit_on_signals, ratio, scratch_dir, show, stop
 from jetsource.devstack.servers import NatsServer, free_port
 from jetsource.eventstore import jsapi
 from jetsource.projection.partitions import mirror_config
@@ -46,7 +44,7 @@ async def measure(name: str, fn: Callable[[], Awaitable[Any]], reads: int) -> St
 
 
 async def run(reads: int) -> list[tuple[str, list[Stats]]]:
-    home = Path(tempfile.mkdtemp(prefix="bench-mirror-"))
+    home = scratch_dir("bench-mirror-")
     server = NatsServer(home, port=free_port(), monitor_port=free_port())
     proc = server.start()
     try:

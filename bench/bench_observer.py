@@ -22,10 +22,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
 import grpc
 import nats
@@ -40,6 +38,7 @@ from bench.common import (
     exit_on_signals,
     ratio,
     raw_stream,
+    scratch_dir,
     show,
     stop,
 )
@@ -179,7 +178,7 @@ async def record_run(target: str, events: int, clients: int, tag: str, meter: Cp
 
 
 async def run(events: int, record_events: int, n_processes: int, batch: int, clients: int) -> Table:
-    tmp = Path(tempfile.mkdtemp(prefix="jetsource-bench-observer-"))
+    tmp = scratch_dir("jetsource-bench-observer-")
     server = NatsServer(tmp / "nats", port=free_port(), monitor_port=free_port())
     nats_proc = server.start()
     server.wait_ready(nats_proc, 30)

@@ -24,7 +24,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -32,7 +31,7 @@ from pathlib import Path
 import grpc
 from google.protobuf import struct_pb2
 
-from bench.common import CPUS, Aim, CpuMeter, Stats, Table, exit_on_signals, show, stop
+from bench.common import CPUS, Aim, CpuMeter, Stats, Table, exit_on_signals, scratch_dir, show, stop
 from jetsource._gen.process.v1 import events_pb2 as epb
 from jetsource._gen.process.v1 import observer_pb2 as ob
 from jetsource._gen.process.v1 import observer_pb2_grpc as ob_grpc
@@ -192,7 +191,7 @@ def start_projector(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
 
 
 async def run(probes: int, tree: int, n_reads: int) -> list[Table]:
-    tmp = Path(tempfile.mkdtemp(prefix="jetsource-bench-process-query-"))
+    tmp = scratch_dir("jetsource-bench-process-query-")
     nats_server = NatsServer(tmp / "nats", port=free_port(), monitor_port=free_port())
     valkey_server = ValkeyServer(tmp / "valkey", port=free_port())
     procs: list[subprocess.Popen[bytes]] = []

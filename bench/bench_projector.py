@@ -16,7 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from bench.common import (
     exit_on_signals,
     ms,
     ratio,
+    scratch_dir,
     show,
     stop,
 )
@@ -314,7 +314,7 @@ async def run(
     models: tuple[str, ...] = MODELS,
     max_nodes: int | None = None,
 ) -> list[Table]:
-    tmp = Path(tempfile.mkdtemp(prefix="jetsource-bench-projector-"))
+    tmp = scratch_dir("jetsource-bench-projector-")
     servers = [
         NatsServer(tmp / "nats", port=free_port(), monitor_port=free_port()),
         ValkeyServer(tmp / "valkey", port=free_port()),

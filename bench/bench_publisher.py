@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -37,7 +36,18 @@ from typing import Any
 import nats
 
 from bench import peer
-from bench.common import CPUS, Aim, CpuMeter, Stats, Table, exit_on_signals, ratio, show, stop
+from bench.common import (
+    CPUS,
+    Aim,
+    CpuMeter,
+    Stats,
+    Table,
+    exit_on_signals,
+    ratio,
+    scratch_dir,
+    show,
+    stop,
+)
 from jetsource._gen.context.v1 import events_pb2 as ev
 from jetsource.client import ContextClient
 from jetsource.core.envelope import NewEvent
@@ -279,7 +289,7 @@ def _cells(s: Stats, clients: int, best: Stats | None, name: str | None = None) 
 
 
 async def run(history: int, commands: int) -> list[Table]:
-    tmp = Path(tempfile.mkdtemp(prefix="jetsource-bench-pub-"))
+    tmp = scratch_dir("jetsource-bench-pub-")
     server = NatsServer(tmp / "nats", port=free_port(), monitor_port=free_port())
     proc = server.start()
     server.wait_ready(proc, 30)

@@ -30,7 +30,6 @@ import asyncio
 import itertools
 import os
 import random
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -39,7 +38,18 @@ from typing import Any
 import nats
 
 from bench import peer
-from bench.common import CPUS, Aim, CpuMeter, Stats, Table, exit_on_signals, ratio, show, stop
+from bench.common import (
+    CPUS,
+    Aim,
+    CpuMeter,
+    Stats,
+    Table,
+    exit_on_signals,
+    ratio,
+    scratch_dir,
+    show,
+    stop,
+)
 from jetsource.client import QueryClient
 from jetsource.core.envelope import ANY, NewEvent
 from jetsource.core.settings import EventStoreSettings, SnapshotSettings
@@ -361,7 +371,7 @@ async def run(
     get: bool = True,
     shorts: int = 100,
 ) -> list[Table]:
-    tmp = Path(tempfile.mkdtemp(prefix="jetsource-bench-query-"))
+    tmp = scratch_dir("jetsource-bench-query-")
     nats_server = NatsServer(tmp / "nats", port=free_port(), monitor_port=free_port())
     valkey_server = ValkeyServer(tmp / "valkey", port=free_port())
     procs = []

@@ -17,11 +17,10 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from bench.common import CPUS, Aim, CpuMeter, Table, exit_on_signals, ratio, show, stop
+from bench.common import CPUS, Aim, CpuMeter, Table, exit_on_signals, ratio, scratch_dir, show, stop
 from jetsource.core.envelope import NewEvent
 from jetsource.core.settings import NatsSettings, ValkeySettings
 from jetsource.devstack.servers import NatsServer, ValkeyServer, free_port
@@ -162,7 +161,7 @@ async def failovers(
 
 
 async def run(stories: int, events: int, workers: list[int], rounds: int) -> list[Table]:
-    tmp = Path(tempfile.mkdtemp(prefix="jetsource-bench-scaleout-"))
+    tmp = scratch_dir("jetsource-bench-scaleout-")
     servers = [
         NatsServer(tmp / "nats", port=free_port(), monitor_port=free_port()),
         ValkeyServer(tmp / "valkey", port=free_port()),

@@ -18,14 +18,12 @@ import argparse
 import asyncio
 import contextlib
 import os
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import grpc
 
-from bench.common import CPUS, Aim, CpuMeter, Stats, Table, exit_on_signals, show, stop
+from bench.common import CPUS, Aim, CpuMeter, Stats, Table, exit_on_signals, scratch_dir, show, stop
 from jetsource._gen.process.v1 import observer_pb2_grpc as pb_grpc
 from jetsource.core.settings import NatsSettings
 from jetsource.devstack.servers import NatsServer, free_port
@@ -94,7 +92,7 @@ async def measure(
 
 
 async def run(probes: int, rate: float, background: float) -> Table:
-    tmp = Path(tempfile.mkdtemp(prefix="jetsource-bench-sessions-"))
+    tmp = scratch_dir("jetsource-bench-sessions-")
     server = NatsServer(tmp / "nats", port=free_port(), monitor_port=free_port())
     nats_proc = server.start()
     server.wait_ready(nats_proc, 30)

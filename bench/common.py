@@ -7,14 +7,19 @@ not a measurement). ``python -m bench`` runs them all and writes bench/results.m
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import resource
+import shutil
 import signal
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from nats.js.api import StorageType, StoreCompression, StreamConfig
 
@@ -239,6 +244,79 @@ class Table:
             lines.append("")
             lines.extend(self.notes)
         return "\n".join(lines) + "\n"
+
+
+@dataclass
+class StreamDisk:
+    """A file-storage stream's bytes on disk, split the way nats-server writes them: the
+    newest message block is written as messages come and compressed (s2) only when it is
+    sealed, once it is full (8 MB for a stream without limits); every older block is
+    sealed. So right after a short run up to one block per stream is still plain, a
+    constant; what each message costs in the long run is the sealed blocks' size over
+    their messages."""
+
+    now: int  # every file of the stream's directory
+    messages: int
+    sealed_bytes: int  # the sealed blocks
+    sealed_messages: float  # their messages, estimated from their share of the accounting
+    other_bytes: int  # files that are not message blocks (the index: grows per subject)
+    # The files beside the blocks per message, when measured later than the blocks (the
+    # server writes its index now and then, and in full when it stops).
+    beside_per_message: float | None = None
+
+    @property
+    def per_message_sealed(self) -> float | None:
+        """Each message's bytes in the long run: in a sealed block, plus its share of the
+        files beside the blocks (the index keeps state per subject)."""
+        if self.sealed_messages <= 0 or not self.messages:
+            return None
+        beside = self.beside_per_message
+        if beside is None:
+            beside = self.other_bytes / self.messages
+        return self.sealed_bytes / self.sealed_messages + beside
+
+
+def stream_dir(root: Path, stream: str) -> Path:
+    return next(p for p in root.rglob(stream) if p.is_dir() and p.parent.name == "streams")
+
+
+def beside_blocks(root: Path, stream: str) -> int:
+    """Bytes of a stream's files that are not message blocks (index, metadata)."""
+    return sum(
+        f.stat().st_size
+        for f in stream_dir(root, stream).rglob("*")
+        if f.is_file() and f.suffix != ".blk"
+    )
+
+
+def stream_disk(root: Path, stream: str, messages: int, acct_bytes: int) -> StreamDisk:
+    """``messages`` and ``acct_bytes`` from the stream's info (its state)."""
+    home = stream_dir(root, stream)
+    now = sum(f.stat().st_size for f in home.rglob("*") if f.is_file())
+    blocks = sorted(
+        (home / "msgs").glob("*.blk"), key=lambda p: int(p.stem) if p.stem.isdigit() else 0
+    )
+    other = now - sum(b.stat().st_size for b in blocks)
+    if len(blocks) < 2 or not messages:
+        return StreamDisk(now, messages, 0, 0.0, other)
+    # The newest block is plain: its size is about its messages' share of the accounting.
+    last = blocks[-1].stat().st_size
+    sealed_messages = max(0.0, (acct_bytes - last) / (acct_bytes / messages))
+    sealed = sum(b.stat().st_size for b in blocks[:-1])
+    return StreamDisk(now, messages, sealed, sealed_messages, other)
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A temp directory for a benchmark's servers and files, removed when the process
+    exits (after every ``finally`` has stopped the servers in it). Benchmarks used to
+    leave theirs in the temp dir: about 230 of them, up to 1.2 GB each, after a few
+    `make bench`. JETSOURCE_BENCH_KEEP=1 keeps it (its path is printed)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    if os.environ.get("JETSOURCE_BENCH_KEEP") == "1":
+        print(f"keeping {path}", file=sys.stderr)
+    else:
+        atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 def stop(proc: subprocess.Popen[bytes] | None) -> None:

@@ -20,13 +20,12 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
 from bench.bench_publisher import drive_jetsource, seed_jetsource
-from bench.common import CpuMeter
+from bench.common import CpuMeter, scratch_dir
 from jetsource.devstack.servers import NatsServer, free_port
 from jetsource.devstack.services import GrpcService
 
@@ -66,7 +65,7 @@ def summary(raw: Path, top: int = 40) -> str:
 
 def run(commands: int, clients: int, rate: int) -> None:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    tmp = Path(tempfile.mkdtemp(prefix="jetsource-profile-"))
+    tmp = scratch_dir("jetsource-profile-")
     server = NatsServer(tmp / "nats", port=free_port(), monitor_port=free_port())
     nats_proc = server.start()
     server.wait_ready(nats_proc, 30)
