@@ -9,7 +9,8 @@ process (uvicorn + gRPC), the omni read models projected in this process.
    sent open-loop at ``--rate`` per second for ``--seconds``; latency from the moment a
    webhook was due to its 200 (so queueing in an overloaded ingress counts).
 2. Storage, right after 1: bytes on disk of OMNI_RAW + OMNI_EVENTS + the handle bucket,
-   beside the bytes of the bodies received.
+   beside the bytes of the bodies received: now, and per webhook in the sealed (s2-
+   compressed) blocks, the long-run figure the aim is judged on.
 3. More events appended straight to the event store for ``--load-seconds`` (or up to
    ``--stored``), projected, then ListRecentEvents over gRPC (24 h, 50 per page): no
    filter, one filter, two filters; and an identity's timeline.
@@ -29,7 +30,6 @@ import os
 import random
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -37,7 +37,19 @@ import grpc
 import httpx
 from pydantic import SecretStr
 
-from bench.common import Aim, CpuMeter, Stats, Table, exit_on_signals, ms, show, stop
+from bench.common import (
+    Aim,
+    CpuMeter,
+    Stats,
+    Table,
+    beside_blocks,
+    exit_on_signals,
+    ms,
+    scratch_dir,
+    show,
+    stop,
+    stream_disk,
+)
 from jetsource._gen.omni.v1 import query_pb2 as pb
 from jetsource._gen.omni.v1 import query_pb2_grpc
 from jetsource._gen.omni.v1.events_pb2 import (
@@ -131,17 +143,6 @@ def settings_for(nats_url: str, valkey_url: str) -> IngestSettings:
         omni=OmniOptions(),
         projector=ProjectorOptions(http_port=0, valkey_prefix="bench"),
     )
-
-
-def disk_bytes(root: Path, names: list[str]) -> dict[str, int]:
-    out = {}
-    for name in names:
-        total = 0
-        for d in root.rglob(name):
-            if d.is_dir() and d.parent.name == "streams":
-                total += sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
-        out[name] = total
-    return out
 
 
 class Connection:
@@ -381,7 +382,7 @@ def start_ingress(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes
 
 
 async def run(args: argparse.Namespace) -> list[Table]:
-    tmp = Path(tempfile.mkdtemp(prefix="jetsource-bench-omni-"))
+    tmp = scratch_dir("jetsource-bench-omni-")
     nats_server = NatsServer(tmp / "nats", port=free_port(), monitor_port=free_port())
     valkey_server = ValkeyServer(tmp / "valkey", port=free_port())
     procs: list[subprocess.Popen[bytes]] = []
@@ -432,7 +433,14 @@ async def run(args: argparse.Namespace) -> list[Table]:
             ingest.cpu = meter.stop(ingest.count)
             names = ["OMNI_RAW", "OMNI_EVENTS", f"KV_{settings.omni.identity_bucket}"]
             await asyncio.sleep(1.0)
-            disk = disk_bytes(tmp / "nats", names)
+            disk = {}
+            for name in names:
+                state = (
+                    await jsapi.api(p.stores["omni"]._replies, f"STREAM.INFO.{name}", {}, 5.0)
+                )["state"]
+                disk[name] = stream_disk(
+                    tmp / "nats", name, int(state["messages"]), int(state["bytes"])
+                )
 
             stored = await load_phase(settings, args.stored, args.load_seconds)
             store = p.stores["omni"]
@@ -455,6 +463,10 @@ async def run(args: argparse.Namespace) -> list[Table]:
             projected_in = time.monotonic() - caught
             queries = await query_phase(f"127.0.0.1:{settings.ingest.grpc_port}", args.queries)
             identities = await identity_phase(settings, args.resolves)
+            final_messages = {}
+            for name in names:
+                info = await jsapi.api(p.stores["omni"]._replies, f"STREAM.INFO.{name}", {}, 5.0)
+                final_messages[name] = int(info["state"]["messages"])
         finally:
             stop_projector.set()
             await projecting
@@ -462,6 +474,10 @@ async def run(args: argparse.Namespace) -> list[Table]:
     finally:
         for proc in reversed(procs):
             stop(proc)
+    # The index beside the blocks keeps state per subject (each webhook's raw payload and
+    # event have subjects of their own); the server writes it in full when it stops.
+    for name, d in disk.items():
+        d.beside_per_message = beside_blocks(tmp / "nats", name) / max(1, final_messages[name])
 
     ingest_table = Table(
         f"Omni ingest: WhatsApp Cloud webhooks at {args.rate:,.0f}/s for {args.seconds:g} s "
@@ -482,24 +498,50 @@ async def run(args: argparse.Namespace) -> list[Table]:
     )
     if failures:
         ingest_table.note(f"{failures} webhooks were not answered 200.")
-    raw_disk = disk["OMNI_RAW"]
-    overhead_total = sum(disk.values())
+    n = max(1, ingest.count)
     storage = Table(
         "Omni storage on disk after the ingest run, beside the bodies received",
-        ["what", "bytes", "per webhook"],
+        ["what", "bytes on disk now", "per webhook now", "per webhook in sealed blocks"],
     )
-    n = max(1, ingest.count)
-    storage.row(["bodies received", f"{body_bytes:,}", f"{body_bytes / n:,.0f}"])
-    for name, size in disk.items():
-        storage.row([name, f"{size:,}", f"{size / n:,.0f}"])
-    over = (overhead_total - body_bytes) / body_bytes if body_bytes else float("nan")
-    storage.row(
-        ["all three over the bodies", f"{overhead_total:,}", f"{over:+.0%}"],
-        [Aim.at_most("overhead < 20%", over, 0.20)],
-    )
+    storage.row(["bodies received", f"{body_bytes:,}", f"{body_bytes / n:,.0f}", ""])
+    long_run = 0.0
+    sealed_all = True
+    for name, d in disk.items():
+        per = d.per_message_sealed
+        if name.startswith("KV_"):
+            # One entry per sender, not per webhook: counted as it is now.
+            long_run += d.now / n
+            cell = "(per sender: as now)"
+        elif per is None:
+            sealed_all = False
+            cell = "n/a (no block sealed yet)"
+        else:
+            long_run += per * d.messages / n
+            cell = f"{per * d.messages / n:,.0f} ({per:,.0f} per message)"
+        storage.row([name, f"{d.now:,}", f"{d.now / n:,.0f}", cell])
+    total_now = sum(d.now for d in disk.values())
+    over_now = (total_now - body_bytes) / body_bytes if body_bytes else float("nan")
+    if sealed_all and body_bytes:
+        over = long_run * n / body_bytes - 1
+        storage.row(
+            ["all three over the bodies", f"{total_now:,}", f"{over_now:+.0%}", f"{over:+.0%}"],
+            [Aim.at_most("overhead < 20% (per webhook, sealed blocks)", over, 0.20)],
+        )
+    else:
+        storage.row(
+            ["all three over the bodies", f"{total_now:,}", f"{over_now:+.0%}", "n/a"],
+            [Aim.at_most("overhead < 20% (now: no block sealed yet)", over_now, 0.20)],
+        )
+    raw = disk["OMNI_RAW"]
     storage.note(
-        f"OMNI_RAW alone is {raw_disk / max(1, body_bytes):.2f}x the bodies (it holds each body "
-        "with its headers and verdict); s2 compression of the file store."
+        f"OMNI_RAW holds each body with its headers and verdict (the provider's proof); "
+        f"now {raw.now / max(1, body_bytes):.2f}x the bodies. The streams are s2-compressed "
+        "by nats-server block by block, when a block is sealed (full: 8 MB for a stream "
+        "without limits); the newest block of each stream is still plain right after a run, "
+        "a constant of up to 8 MB per stream, not a cost per webhook. The aim is judged per "
+        "webhook in the sealed blocks plus each message's share of the stream's index "
+        "(state per subject, measured after the server stopped): what each webhook costs in "
+        "the long run. The handle bucket, one entry per sender, counts as it is now."
     )
     query_table = Table(
         f"Omni reads over gRPC from the read models: {total_events:,} events stored "

@@ -23,7 +23,9 @@ Figures:
     message block is not yet compressed);
   - on disk, compressed blocks: what a sealed (s2-compressed) block costs per event,
     i.e. the long-run figure: compressed blocks' bytes / the events in them (estimated
-    as their uncompressed share of the accounting). Needs a run that fills at least
+    as their uncompressed share of the accounting), plus each event's share of the
+    files beside the blocks (the index, which keeps state per subject; since
+    2026-12-06, before only the blocks were counted). Needs a run that fills at least
     one 8 MB block (>= ~25,000 events per stream); shorter runs print n/a.
 
     python -m bench.bench_storage [--events N] [--stories N]
@@ -33,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -45,7 +46,7 @@ import nats
 from google.protobuf.message import Message
 from nats.aio.client import Client as NATS
 
-from bench.common import Aim, Table, exit_on_signals, show, stop
+from bench.common import Aim, Table, exit_on_signals, scratch_dir, show, stop, stream_disk
 from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
 from jetsource.core import crypto
 from jetsource.core.envelope import NewEvent
@@ -100,25 +101,10 @@ def commands(story: str, events: int, seed: int, per: int) -> list[list[Message]
     return out
 
 
-def du(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
 def on_disk(tmp: Path, stream: str, messages: int, acct_bytes: int) -> tuple[float, float | None]:
     """(bytes on disk per event now, per event in the compressed blocks, if any)."""
-    stream_dir = next(p for p in tmp.rglob(stream) if p.is_dir())
-    blocks = sorted(
-        (stream_dir / "msgs").glob("*.blk"), key=lambda p: int(p.stem) if p.stem.isdigit() else 0
-    )
-    compressed = None
-    if len(blocks) > 1:
-        # Every block but the last is sealed and compressed; the last one is written
-        # as it comes, so its size is about its events' share of the accounting.
-        last = blocks[-1].stat().st_size
-        sealed_events = (acct_bytes - last) / (acct_bytes / messages)
-        if sealed_events > 0:
-            compressed = sum(b.stat().st_size for b in blocks[:-1]) / sealed_events
-    return du(stream_dir) / messages, compressed
+    disk = stream_disk(tmp, stream, messages, acct_bytes)
+    return disk.now / messages, disk.per_message_sealed
 
 
 @dataclass
@@ -186,7 +172,7 @@ async def write(nc: NATS, tmp: Path, layout: str, per: int, stories: int, events
 
 
 async def run(events: int, stories: int) -> list[Row]:
-    tmp = Path(tempfile.mkdtemp(prefix="jetsource-bench-storage-"))
+    tmp = scratch_dir("jetsource-bench-storage-")
     server = NatsServer(tmp / "nats", port=free_port(), monitor_port=free_port())
     proc = server.start()
     try:
