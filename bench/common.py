@@ -253,7 +253,7 @@ class StreamDisk:
     sealed, once it is full (8 MB for a stream without limits); every older block is
     sealed. So right after a short run up to one block per stream is still plain, a
     constant; what each message costs in the long run is the sealed blocks' size over
-    their messages."""
+    their messages, plus its share of the files beside the blocks (the index)."""
 
     now: int  # every file of the stream's directory
     messages: int
