@@ -11,6 +11,10 @@ BUF    := .tools/node_modules/.bin/buf
 CYPHER_LS_VERSION := 2.0.0-next.38
 CYPHER_LS := .tools/.cypher-language-support-$(CYPHER_LS_VERSION)
 PY_SRC := services tests scripts bench
+# `make test` runs pytest in this many processes (pytest-xdist), each starting its own
+# servers once: on 2 cores two halve the time (most of a test is waiting on servers).
+# TEST_WORKERS=0 runs it in this process alone.
+TEST_WORKERS ?= 2
 
 .PHONY: install up down status test chaos lint proto proto-check buf-lint cypher-lint bench clean
 
@@ -31,7 +35,7 @@ status: install
 	$(BIN)/jetsource infra status
 
 test: install lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS)
 
 chaos: install
 	$(BIN)/pytest -m chaos -s
