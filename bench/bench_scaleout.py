@@ -14,14 +14,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import resource
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from bench.common import CPUS, Aim, CpuMeter, Table, exit_on_signals, ratio, scratch_dir, show, stop
+from bench.common import (
+    CPUS,
+    Aim,
+    CpuMeter,
+    Table,
+    children_cpu_seconds,
+    exit_on_signals,
+    ratio,
+    scratch_dir,
+    show,
+    stop,
+)
 from jetsource.core.envelope import NewEvent
 from jetsource.core.settings import NatsSettings, ValkeySettings
 from jetsource.devstack.servers import NatsServer, ValkeyServer, free_port
@@ -80,13 +90,6 @@ async def rebuilds(
     for version in range(2, 2 + len(workers)):  # the failover run projects v1 only
         await admin.drop(p, "context", version, settle_s=0)
     return out
-
-
-def children_cpu_seconds() -> float:
-    """CPU seconds of this process's children that ended and were waited for (the
-    build workers; the servers run on until the end)."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def env_for(settings: ProjectorSettings, member: str) -> dict[str, str]:
@@ -249,7 +252,7 @@ def tables(
             aims = [Aim.at_least("#20: 2 workers >= 1.5x of 1 (2 cores)", rate / base, 1.5)]
         rebuild.row([str(k), f"{rate:,.0f}", ratio(rate / base), cpu, f"{seconds:.1f}"], aims)
     one = sum(built[0][2].values()) if built and built[0][0] == 1 else 0.0
-    ceiling = (
+    busy = (
         f" One worker already keeps {one:.1f} of the {CPUS} cores busy (itself and the "
         "servers it drives): what a second adds is what is left, and what the servers "
         "save per event on fuller batches."
@@ -259,10 +262,10 @@ def tables(
     rebuild.note(
         f"{CPUS} CPUs shared by the workers, nats-server and Valkey: more workers than "
         "cores cannot add throughput; 1 worker is the in-process rebuild (no partitions); "
-        "K > 1 includes starting K Python processes (their interpreter and imports, about "
-        "0.5 s here) and reads the partition mirror, created before the run. Builders' CPU: "
-        "this process and the build workers it started. Digests of every run are equal "
-        f"(asserted).{ceiling}"
+        "K > 1 includes starting K Python processes (their interpreter and imports) and "
+        "reads the partition mirror, created before the run. Builders' CPU: this process "
+        "and the build workers it started. Digests of every run are equal "
+        f"(asserted).{busy}"
     )
     fail = Table(
         f"Failover: kill -9 of the projector owning a partition (of {PARTITIONS}, 2 "

@@ -112,6 +112,13 @@ def self_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def children_cpu_seconds() -> float:
+    """CPU seconds of this process's children that ended and were waited for (not of
+    those still running, such as the servers a benchmark started)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 @dataclass
 class CpuReport:
     """CPU seconds each process spent while a row ran, and the operations it did."""
