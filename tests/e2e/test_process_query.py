@@ -494,3 +494,53 @@ async def test_watches_end_when_the_client_goes_and_when_the_server_stops(
         await asyncio.wait_for(stream.__anext__(), 10)
     assert info.value.code() == Code.UNAVAILABLE
     await wait_watches(base, "after the server stopped")
+
+
+async def test_a_read_with_min_process_seq_sees_what_the_observer_just_recorded(
+    stack: Stack, unique: str
+) -> None:
+    """Read your writes through the real observer, projector and query service: each
+    event is read back at once with the process_seq the observer answered, and every
+    read shows it (never NOT_FOUND, never an older state); the CLI's --min-seq too."""
+    reads = stack.reads
+    for i in range(20):
+        pid = f"ryw{i}{unique}"
+        started = await stack.record.Record(
+            ob.RecordRequest(event=event(pid, "process_started", i, kind="agent")), timeout=10
+        )
+        at = started.position.process_seq
+        shown = await reads.GetProcess(
+            q.GetProcessRequest(process_id=pid, min_process_seq=at), timeout=10
+        )
+        assert shown.process.last_process_seq >= at
+        ended = await stack.record.Record(
+            ob.RecordRequest(event=event(pid, "process_completed", i + 1)), timeout=10
+        )
+        at = ended.position.process_seq
+        timeline, shown = await asyncio.gather(
+            reads.GetProcessTimeline(
+                q.GetProcessTimelineRequest(process_id=pid, min_process_seq=at), timeout=10
+            ),
+            reads.GetProcess(q.GetProcessRequest(process_id=pid, min_process_seq=at), timeout=10),
+        )
+        assert [e.event.event_type for e in timeline.events] == [
+            "process_started",
+            "process_completed",
+        ]
+        assert shown.process.status == q.PROCESS_STATUS_COMPLETED
+
+    pid = f"rywcli{unique}"
+    got = await stack.record.Record(
+        ob.RecordRequest(event=event(pid, "process_started", 0, kind="tool")), timeout=10
+    )
+    seq = str(got.position.process_seq)
+    code, stdout, _ = await cli(stack, "process", "show", pid, "--min-seq", seq, "-o", "json")
+    assert (code, json.loads(stdout)["last_process_seq"]) == (0, 1)
+    code, stdout, _ = await cli(stack, "process", "timeline", pid, "--min-seq", seq, "-o", "json")
+    assert code == 0 and len(json.loads(stdout)["events"]) == 1
+    code, _, stderr = await cli(
+        stack, "process", "show", pid, "--min-seq", "5", "--timeout", "1", "-o", "json"
+    )
+    error = json.loads(stderr)["error"]
+    assert (code, error["code"]) == (1, "FAILED_PRECONDITION")
+    assert "min_process_seq 5 not reached" in error["message"]

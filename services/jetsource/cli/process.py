@@ -56,6 +56,14 @@ TIMEOUT = typer.Option(None, "--timeout", callback=out.seconds, help="Seconds to
 OUTPUT = typer.Option(
     None, "--output", "-o", case_sensitive=False, help="table, json or plain (as the global one)"
 )
+MIN_SEQ = typer.Option(
+    0,
+    "--min-seq",
+    min=0,
+    max=U64,
+    help="Read your write: wait (within --timeout) until the read model has the "
+    "process at this process_seq (the observer's answer); 0: as it is now",
+)
 STATUS = typer.Option(
     [], "--status", help="running, completed, failed, cancelled or interrupted (repeatable)"
 )
@@ -280,6 +288,7 @@ def list_(
 @app.command()
 def show(
     process_id: str,
+    min_seq: int = MIN_SEQ,
     process_query: str | None = TARGET,
     timeout: float | None = TIMEOUT,
     output: Mode | None = OUTPUT,
@@ -289,7 +298,7 @@ def show(
     target = _target(process_query, timeout)
 
     async def work(stub: pb_grpc.ProcessQueryServiceStub, md: Any) -> pb.ProcessInfo:
-        request = pb.GetProcessRequest(process_id=process_id)
+        request = pb.GetProcessRequest(process_id=process_id, min_process_seq=min_seq)
         response: pb.GetProcessResponse = await stub.GetProcess(
             request, timeout=target.timeout, metadata=md
         )
@@ -310,6 +319,7 @@ def tree(
         0, "--depth", min=0, max=U32, help="Levels below the process; 0: all"
     ),
     status: list[str] = STATUS,
+    min_seq: int = MIN_SEQ,
     process_query: str | None = TARGET,
     timeout: float | None = TIMEOUT,
     output: Mode | None = OUTPUT,
@@ -320,7 +330,10 @@ def tree(
 
     async def work(stub: pb_grpc.ProcessQueryServiceStub, md: Any) -> pb.GetProcessTreeResponse:
         request = pb.GetProcessTreeRequest(
-            process_id=process_id, max_depth=depth, statuses=_statuses(status)
+            process_id=process_id,
+            max_depth=depth,
+            statuses=_statuses(status),
+            min_process_seq=min_seq,
         )
         response: pb.GetProcessTreeResponse = await stub.GetProcessTree(
             request, timeout=target.timeout, metadata=md
@@ -367,6 +380,7 @@ def timeline(
     page_size: int = typer.Option(0, "--page-size", min=0, max=U32),
     page_token: str = typer.Option("", "--page-token"),
     all_pages: bool = typer.Option(False, "--all", help="Every page"),
+    min_seq: int = MIN_SEQ,
     process_query: str | None = TARGET,
     timeout: float | None = TIMEOUT,
     output: Mode | None = OUTPUT,
@@ -381,6 +395,7 @@ def timeline(
             event_types=event_type,
             page_size=page_size,
             page_token=page_token,
+            min_process_seq=min_seq,
         )
     )
     for name, window in (

@@ -339,6 +339,45 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
             grpc.StatusCode.NOT_FOUND, f"process {process_id!r} not found", field="process_id"
         )
 
+    async def _reach(
+        self,
+        model: ProcessesModel | ProcessTimelineModel,
+        process_id: str,
+        wanted: int,
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        """Read your writes: return once ``model`` has applied the process up to
+        process_seq ``wanted``, polling it (2 ms at first, doubling up to 50 ms). Not by
+        a margin before the deadline (max(100 ms, 10 %) of it, so the answer is ours,
+        not DEADLINE_EXCEEDED): DATA_LOSS when a poison parked the process, NOT_FOUND
+        when it was pruned, else FAILED_PRECONDITION naming min_process_seq."""
+        if wanted == 0:
+            return
+        if wanted > MAX_SEQ:
+            raise invalid("min_process_seq", f"at most {MAX_SEQ}, got {wanted}")
+        have = await model.position(process_id)
+        if have >= wanted:
+            return
+        budget = self._budget(context)
+        end = time.monotonic() + max(budget - max(0.1, 0.1 * budget), 0.0)
+        pause = self.o.poll_min_s
+        while time.monotonic() + pause < end:
+            await asyncio.sleep(pause)
+            have = await model.position(process_id)
+            if have >= wanted:
+                return
+            pause = min(pause * 2, self.o.poll_max_s)
+        await self._check_parked(model.spec.name, model.spec.version, process_id)
+        if await valkey_io(self.redis.hexists(f"{model.ns}:pruned", process_id)):
+            raise self._not_found(process_id)
+        raise RpcError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"the {model.spec.name} read model has process {process_id!r} at process_seq "
+            f"{have}; min_process_seq {wanted} not reached within the deadline (the "
+            "projector applies it shortly: ask again, or with a longer deadline)",
+            field="min_process_seq",
+        )
+
     # -- the registry -----------------------------------------------------------
 
     async def GetProcess(
@@ -347,6 +386,7 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
         async def work() -> pb.GetProcessResponse:
             pid = _process_id("process_id", request.process_id)
             registry = await self.registry()
+            await self._reach(registry, pid, request.min_process_seq, context)
             row = await registry.read(pid)
             await self._check_parked(PROCESSES, registry.spec.version, pid)
             if row is None:
@@ -519,6 +559,7 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
             statuses = set(_statuses("statuses", request.statuses))
             max_depth = request.max_depth
             model = await self.registry()
+            await self._reach(model, pid, request.min_process_seq, context)
             top = await model.read(pid)
             if top is None:
                 raise self._not_found(pid)
@@ -620,6 +661,7 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
                 else 0
             )
             model = await self.timeline()
+            await self._reach(model, pid, request.min_process_seq, context)
             # One round trip answers most requests: a process, or a root's whole tree,
             # with nothing to filter.
             status, seqs, first = await model.page(pid, request.subtree, after, size + 1)

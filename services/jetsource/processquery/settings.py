@@ -30,6 +30,10 @@ class ProcessQueryOptions(BaseModel):
     # A read of one process asks the dead letters whether a model parked it (a
     # poison): at most this long, else it answers from the model as it is.
     dead_letter_timeout_s: float = Field(default=0.5, gt=0)
+    # A read with min_process_seq polls the read model at first this often, doubling
+    # up to poll_max_s, until the process reaches it or the deadline nears.
+    poll_min_s: float = Field(default=0.002, gt=0)
+    poll_max_s: float = Field(default=0.05, gt=0)
 
     def target(self) -> str:
         return f"{self.grpc_host}:{self.grpc_port}"

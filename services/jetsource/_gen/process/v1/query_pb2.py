@@ -28,7 +28,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from jetsource._gen.process.v1 import events_pb2 as jetsource_dot_process_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n jetsource/process/v1/query.proto\x12\x14jetsource.process.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!jetsource/process/v1/events.proto\"\x93\x05\n\x0bProcessInfo\x12\x12\n\nprocess_id\x18\x01 \x01(\t\x12\x19\n\x11parent_process_id\x18\x02 \x01(\t\x12\x17\n\x0froot_process_id\x18\x03 \x01(\t\x12\r\n\x05\x64\x65pth\x18\x04 \x01(\r\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12\x0c\n\x04name\x18\x06 \x01(\t\x12\x33\n\x06status\x18\x07 \x01(\x0e\x32#.jetsource.process.v1.ProcessStatus\x12\x10\n\x08\x63hildren\x18\x08 \x03(\t\x12.\n\nstarted_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11\x66irst_recorded_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10last_recorded_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x65vent_count\x18\r \x01(\x04\x12\x17\n\x0flast_event_type\x18\x0e \x01(\t\x12\x18\n\x10last_process_seq\x18\x0f \x01(\x04\x12%\n\x05\x65rror\x18\x10 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x45\n\nattributes\x18\x11 \x03(\x0b\x32\x31.jetsource.process.v1.ProcessInfo.AttributesEntry\x12\x16\n\x0eparent_pending\x18\x12 \x01(\x08\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"^\n\nTimeWindow\x12(\n\x04\x66rom\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x02to\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe9\x01\n\x14ListProcessesRequest\x12\x35\n\x08statuses\x18\x01 \x03(\x0e\x32#.jetsource.process.v1.ProcessStatus\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x17\n\x0froot_process_id\x18\x03 \x01(\t\x12\x19\n\x11parent_process_id\x18\x04 \x01(\t\x12\x31\n\x07started\x18\x05 \x01(\x0b\x32 .jetsource.process.v1.TimeWindow\x12\x11\n\tpage_size\x18\x06 \x01(\r\x12\x12\n\npage_token\x18\x07 \x01(\t\"f\n\x15ListProcessesResponse\x12\x34\n\tprocesses\x18\x01 \x03(\x0b\x32!.jetsource.process.v1.ProcessInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x11GetProcessRequest\x12\x12\n\nprocess_id\x18\x01 \x01(\t\"H\n\x12GetProcessResponse\x12\x32\n\x07process\x18\x01 \x01(\x0b\x32!.jetsource.process.v1.ProcessInfo\"v\n\x0bProcessNode\x12\x32\n\x07process\x18\x01 \x01(\x0b\x32!.jetsource.process.v1.ProcessInfo\x12\x33\n\x08\x63hildren\x18\x02 \x03(\x0b\x32!.jetsource.process.v1.ProcessNode\"u\n\x15GetProcessTreeRequest\x12\x12\n\nprocess_id\x18\x01 \x01(\t\x12\x11\n\tmax_depth\x18\x02 \x01(\r\x12\x35\n\x08statuses\x18\x03 \x03(\x0e\x32#.jetsource.process.v1.ProcessStatus\"\\\n\x16GetProcessTreeResponse\x12/\n\x04root\x18\x01 \x01(\x0b\x32!.jetsource.process.v1.ProcessNode\x12\x11\n\ttruncated\x18\x02 \x01(\x08\"\xbd\x02\n\x19GetProcessTimelineRequest\x12\x12\n\nprocess_id\x18\x01 \x01(\t\x12\x0f\n\x07subtree\x18\x02 \x01(\x08\x12\x13\n\x0b\x65vent_types\x18\x03 \x03(\t\x12\x32\n\x08occurred\x18\x04 \x01(\x0b\x32 .jetsource.process.v1.TimeWindow\x12\x32\n\x08recorded\x18\x05 \x01(\x0b\x32 .jetsource.process.v1.TimeWindow\x12,\n\x08known_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05\x61s_of\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x08 \x01(\r\x12\x12\n\npage_token\x18\t \x01(\t\"h\n\x1aGetProcessTimelineResponse\x12\x31\n\x06\x65vents\x18\x01 \x03(\x0b\x32!.jetsource.process.v1.StoredEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xe7\x01\n\x11ListEventsRequest\x12\x17\n\x0f\x66rom_global_seq\x18\x01 \x01(\x04\x12\x15\n\rto_global_seq\x18\x02 \x01(\x04\x12\x13\n\x0b\x65vent_types\x18\x03 \x03(\t\x12\x32\n\x08occurred\x18\x04 \x01(\x0b\x32 .jetsource.process.v1.TimeWindow\x12\x32\n\x08recorded\x18\x05 \x01(\x0b\x32 .jetsource.process.v1.TimeWindow\x12\x11\n\tpage_size\x18\x06 \x01(\r\x12\x12\n\npage_token\x18\x07 \x01(\t\"`\n\x12ListEventsResponse\x12\x31\n\x06\x65vents\x18\x01 \x03(\x0b\x32!.jetsource.process.v1.StoredEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"T\n\x13WatchProcessRequest\x12\x12\n\nprocess_id\x18\x01 \x01(\t\x12\x0f\n\x07subtree\x18\x02 \x01(\x08\x12\x18\n\x10\x61\x66ter_global_seq\x18\x03 \x01(\x04\"H\n\x14WatchProcessResponse\x12\x30\n\x05\x65vent\x18\x01 \x01(\x0b\x32!.jetsource.process.v1.StoredEvent\"<\n\x13WatchSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\"\x89\x01\n\x0cSessionEvent\x12&\n\x02ts\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07session\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x03\x12\x0c\n\x04type\x18\x04 \x01(\t\x12%\n\x04\x64\x61ta\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"I\n\x14WatchSessionResponse\x12\x31\n\x05\x65vent\x18\x01 \x01(\x0b\x32\".jetsource.process.v1.SessionEvent*\xc2\x01\n\rProcessStatus\x12\x1e\n\x1aPROCESS_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16PROCESS_STATUS_RUNNING\x10\x01\x12\x1c\n\x18PROCESS_STATUS_COMPLETED\x10\x02\x12\x19\n\x15PROCESS_STATUS_FAILED\x10\x03\x12\x1c\n\x18PROCESS_STATUS_CANCELLED\x10\x04\x12\x1e\n\x1aPROCESS_STATUS_INTERRUPTED\x10\x05\x32\xf9\x05\n\x13ProcessQueryService\x12h\n\rListProcesses\x12*.jetsource.process.v1.ListProcessesRequest\x1a+.jetsource.process.v1.ListProcessesResponse\x12_\n\nGetProcess\x12\'.jetsource.process.v1.GetProcessRequest\x1a(.jetsource.process.v1.GetProcessResponse\x12k\n\x0eGetProcessTree\x12+.jetsource.process.v1.GetProcessTreeRequest\x1a,.jetsource.process.v1.GetProcessTreeResponse\x12w\n\x12GetProcessTimeline\x12/.jetsource.process.v1.GetProcessTimelineRequest\x1a\x30.jetsource.process.v1.GetProcessTimelineResponse\x12_\n\nListEvents\x12\'.jetsource.process.v1.ListEventsRequest\x1a(.jetsource.process.v1.ListEventsResponse\x12g\n\x0cWatchProcess\x12).jetsource.process.v1.WatchProcessRequest\x1a*.jetsource.process.v1.WatchProcessResponse0\x01\x12g\n\x0cWatchSession\x12).jetsource.process.v1.WatchSessionRequest\x1a*.jetsource.process.v1.WatchSessionResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n jetsource/process/v1/query.proto\x12\x14jetsource.process.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!jetsource/process/v1/events.proto\"\x93\x05\n\x0bProcessInfo\x12\x12\n\nprocess_id\x18\x01 \x01(\t\x12\x19\n\x11parent_process_id\x18\x02 \x01(\t\x12\x17\n\x0froot_process_id\x18\x03 \x01(\t\x12\r\n\x05\x64\x65pth\x18\x04 \x01(\r\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12\x0c\n\x04name\x18\x06 \x01(\t\x12\x33\n\x06status\x18\x07 \x01(\x0e\x32#.jetsource.process.v1.ProcessStatus\x12\x10\n\x08\x63hildren\x18\x08 \x03(\t\x12.\n\nstarted_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11\x66irst_recorded_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10last_recorded_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x65vent_count\x18\r \x01(\x04\x12\x17\n\x0flast_event_type\x18\x0e \x01(\t\x12\x18\n\x10last_process_seq\x18\x0f \x01(\x04\x12%\n\x05\x65rror\x18\x10 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x45\n\nattributes\x18\x11 \x03(\x0b\x32\x31.jetsource.process.v1.ProcessInfo.AttributesEntry\x12\x16\n\x0eparent_pending\x18\x12 \x01(\x08\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"^\n\nTimeWindow\x12(\n\x04\x66rom\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x02to\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe9\x01\n\x14ListProcessesRequest\x12\x35\n\x08statuses\x18\x01 \x03(\x0e\x32#.jetsource.process.v1.ProcessStatus\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x17\n\x0froot_process_id\x18\x03 \x01(\t\x12\x19\n\x11parent_process_id\x18\x04 \x01(\t\x12\x31\n\x07started\x18\x05 \x01(\x0b\x32 .jetsource.process.v1.TimeWindow\x12\x11\n\tpage_size\x18\x06 \x01(\r\x12\x12\n\npage_token\x18\x07 \x01(\t\"f\n\x15ListProcessesResponse\x12\x34\n\tprocesses\x18\x01 \x03(\x0b\x32!.jetsource.process.v1.ProcessInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"@\n\x11GetProcessRequest\x12\x12\n\nprocess_id\x18\x01 \x01(\t\x12\x17\n\x0fmin_process_seq\x18\x02 \x01(\x04\"H\n\x12GetProcessResponse\x12\x32\n\x07process\x18\x01 \x01(\x0b\x32!.jetsource.process.v1.ProcessInfo\"v\n\x0bProcessNode\x12\x32\n\x07process\x18\x01 \x01(\x0b\x32!.jetsource.process.v1.ProcessInfo\x12\x33\n\x08\x63hildren\x18\x02 \x03(\x0b\x32!.jetsource.process.v1.ProcessNode\"\x8e\x01\n\x15GetProcessTreeRequest\x12\x12\n\nprocess_id\x18\x01 \x01(\t\x12\x11\n\tmax_depth\x18\x02 \x01(\r\x12\x35\n\x08statuses\x18\x03 \x03(\x0e\x32#.jetsource.process.v1.ProcessStatus\x12\x17\n\x0fmin_process_seq\x18\x04 \x01(\x04\"\\\n\x16GetProcessTreeResponse\x12/\n\x04root\x18\x01 \x01(\x0b\x32!.jetsource.process.v1.ProcessNode\x12\x11\n\ttruncated\x18\x02 \x01(\x08\"\xd6\x02\n\x19GetProcessTimelineRequest\x12\x12\n\nprocess_id\x18\x01 \x01(\t\x12\x0f\n\x07subtree\x18\x02 \x01(\x08\x12\x13\n\x0b\x65vent_types\x18\x03 \x03(\t\x12\x32\n\x08occurred\x18\x04 \x01(\x0b\x32 .jetsource.process.v1.TimeWindow\x12\x32\n\x08recorded\x18\x05 \x01(\x0b\x32 .jetsource.process.v1.TimeWindow\x12,\n\x08known_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05\x61s_of\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x08 \x01(\r\x12\x12\n\npage_token\x18\t \x01(\t\x12\x17\n\x0fmin_process_seq\x18\n \x01(\x04\"h\n\x1aGetProcessTimelineResponse\x12\x31\n\x06\x65vents\x18\x01 \x03(\x0b\x32!.jetsource.process.v1.StoredEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xe7\x01\n\x11ListEventsRequest\x12\x17\n\x0f\x66rom_global_seq\x18\x01 \x01(\x04\x12\x15\n\rto_global_seq\x18\x02 \x01(\x04\x12\x13\n\x0b\x65vent_types\x18\x03 \x03(\t\x12\x32\n\x08occurred\x18\x04 \x01(\x0b\x32 .jetsource.process.v1.TimeWindow\x12\x32\n\x08recorded\x18\x05 \x01(\x0b\x32 .jetsource.process.v1.TimeWindow\x12\x11\n\tpage_size\x18\x06 \x01(\r\x12\x12\n\npage_token\x18\x07 \x01(\t\"`\n\x12ListEventsResponse\x12\x31\n\x06\x65vents\x18\x01 \x03(\x0b\x32!.jetsource.process.v1.StoredEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"T\n\x13WatchProcessRequest\x12\x12\n\nprocess_id\x18\x01 \x01(\t\x12\x0f\n\x07subtree\x18\x02 \x01(\x08\x12\x18\n\x10\x61\x66ter_global_seq\x18\x03 \x01(\x04\"H\n\x14WatchProcessResponse\x12\x30\n\x05\x65vent\x18\x01 \x01(\x0b\x32!.jetsource.process.v1.StoredEvent\"<\n\x13WatchSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\"\x89\x01\n\x0cSessionEvent\x12&\n\x02ts\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07session\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x03\x12\x0c\n\x04type\x18\x04 \x01(\t\x12%\n\x04\x64\x61ta\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"I\n\x14WatchSessionResponse\x12\x31\n\x05\x65vent\x18\x01 \x01(\x0b\x32\".jetsource.process.v1.SessionEvent*\xc2\x01\n\rProcessStatus\x12\x1e\n\x1aPROCESS_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16PROCESS_STATUS_RUNNING\x10\x01\x12\x1c\n\x18PROCESS_STATUS_COMPLETED\x10\x02\x12\x19\n\x15PROCESS_STATUS_FAILED\x10\x03\x12\x1c\n\x18PROCESS_STATUS_CANCELLED\x10\x04\x12\x1e\n\x1aPROCESS_STATUS_INTERRUPTED\x10\x05\x32\xf9\x05\n\x13ProcessQueryService\x12h\n\rListProcesses\x12*.jetsource.process.v1.ListProcessesRequest\x1a+.jetsource.process.v1.ListProcessesResponse\x12_\n\nGetProcess\x12\'.jetsource.process.v1.GetProcessRequest\x1a(.jetsource.process.v1.GetProcessResponse\x12k\n\x0eGetProcessTree\x12+.jetsource.process.v1.GetProcessTreeRequest\x1a,.jetsource.process.v1.GetProcessTreeResponse\x12w\n\x12GetProcessTimeline\x12/.jetsource.process.v1.GetProcessTimelineRequest\x1a\x30.jetsource.process.v1.GetProcessTimelineResponse\x12_\n\nListEvents\x12\'.jetsource.process.v1.ListEventsRequest\x1a(.jetsource.process.v1.ListEventsResponse\x12g\n\x0cWatchProcess\x12).jetsource.process.v1.WatchProcessRequest\x1a*.jetsource.process.v1.WatchProcessResponse0\x01\x12g\n\x0cWatchSession\x12).jetsource.process.v1.WatchSessionRequest\x1a*.jetsource.process.v1.WatchSessionResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,8 +37,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PROCESSINFO_ATTRIBUTESENTRY']._loaded_options = None
   _globals['_PROCESSINFO_ATTRIBUTESENTRY']._serialized_options = b'8\001'
-  _globals['_PROCESSSTATUS']._serialized_start=2898
-  _globals['_PROCESSSTATUS']._serialized_end=3092
+  _globals['_PROCESSSTATUS']._serialized_start=2974
+  _globals['_PROCESSSTATUS']._serialized_end=3168
   _globals['_PROCESSINFO']._serialized_start=157
   _globals['_PROCESSINFO']._serialized_end=816
   _globals['_PROCESSINFO_ATTRIBUTESENTRY']._serialized_start=767
@@ -50,33 +50,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTPROCESSESRESPONSE']._serialized_start=1150
   _globals['_LISTPROCESSESRESPONSE']._serialized_end=1252
   _globals['_GETPROCESSREQUEST']._serialized_start=1254
-  _globals['_GETPROCESSREQUEST']._serialized_end=1293
-  _globals['_GETPROCESSRESPONSE']._serialized_start=1295
-  _globals['_GETPROCESSRESPONSE']._serialized_end=1367
-  _globals['_PROCESSNODE']._serialized_start=1369
-  _globals['_PROCESSNODE']._serialized_end=1487
-  _globals['_GETPROCESSTREEREQUEST']._serialized_start=1489
-  _globals['_GETPROCESSTREEREQUEST']._serialized_end=1606
-  _globals['_GETPROCESSTREERESPONSE']._serialized_start=1608
-  _globals['_GETPROCESSTREERESPONSE']._serialized_end=1700
-  _globals['_GETPROCESSTIMELINEREQUEST']._serialized_start=1703
-  _globals['_GETPROCESSTIMELINEREQUEST']._serialized_end=2020
-  _globals['_GETPROCESSTIMELINERESPONSE']._serialized_start=2022
-  _globals['_GETPROCESSTIMELINERESPONSE']._serialized_end=2126
-  _globals['_LISTEVENTSREQUEST']._serialized_start=2129
-  _globals['_LISTEVENTSREQUEST']._serialized_end=2360
-  _globals['_LISTEVENTSRESPONSE']._serialized_start=2362
-  _globals['_LISTEVENTSRESPONSE']._serialized_end=2458
-  _globals['_WATCHPROCESSREQUEST']._serialized_start=2460
-  _globals['_WATCHPROCESSREQUEST']._serialized_end=2544
-  _globals['_WATCHPROCESSRESPONSE']._serialized_start=2546
-  _globals['_WATCHPROCESSRESPONSE']._serialized_end=2618
-  _globals['_WATCHSESSIONREQUEST']._serialized_start=2620
-  _globals['_WATCHSESSIONREQUEST']._serialized_end=2680
-  _globals['_SESSIONEVENT']._serialized_start=2683
-  _globals['_SESSIONEVENT']._serialized_end=2820
-  _globals['_WATCHSESSIONRESPONSE']._serialized_start=2822
-  _globals['_WATCHSESSIONRESPONSE']._serialized_end=2895
-  _globals['_PROCESSQUERYSERVICE']._serialized_start=3095
-  _globals['_PROCESSQUERYSERVICE']._serialized_end=3856
+  _globals['_GETPROCESSREQUEST']._serialized_end=1318
+  _globals['_GETPROCESSRESPONSE']._serialized_start=1320
+  _globals['_GETPROCESSRESPONSE']._serialized_end=1392
+  _globals['_PROCESSNODE']._serialized_start=1394
+  _globals['_PROCESSNODE']._serialized_end=1512
+  _globals['_GETPROCESSTREEREQUEST']._serialized_start=1515
+  _globals['_GETPROCESSTREEREQUEST']._serialized_end=1657
+  _globals['_GETPROCESSTREERESPONSE']._serialized_start=1659
+  _globals['_GETPROCESSTREERESPONSE']._serialized_end=1751
+  _globals['_GETPROCESSTIMELINEREQUEST']._serialized_start=1754
+  _globals['_GETPROCESSTIMELINEREQUEST']._serialized_end=2096
+  _globals['_GETPROCESSTIMELINERESPONSE']._serialized_start=2098
+  _globals['_GETPROCESSTIMELINERESPONSE']._serialized_end=2202
+  _globals['_LISTEVENTSREQUEST']._serialized_start=2205
+  _globals['_LISTEVENTSREQUEST']._serialized_end=2436
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=2438
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=2534
+  _globals['_WATCHPROCESSREQUEST']._serialized_start=2536
+  _globals['_WATCHPROCESSREQUEST']._serialized_end=2620
+  _globals['_WATCHPROCESSRESPONSE']._serialized_start=2622
+  _globals['_WATCHPROCESSRESPONSE']._serialized_end=2694
+  _globals['_WATCHSESSIONREQUEST']._serialized_start=2696
+  _globals['_WATCHSESSIONREQUEST']._serialized_end=2756
+  _globals['_SESSIONEVENT']._serialized_start=2759
+  _globals['_SESSIONEVENT']._serialized_end=2896
+  _globals['_WATCHSESSIONRESPONSE']._serialized_start=2898
+  _globals['_WATCHSESSIONRESPONSE']._serialized_end=2971
+  _globals['_PROCESSQUERYSERVICE']._serialized_start=3171
+  _globals['_PROCESSQUERYSERVICE']._serialized_end=3932
 # @@protoc_insertion_point(module_scope)

@@ -244,15 +244,22 @@ class GetProcessRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PROCESS_ID_FIELD_NUMBER: _builtins.int
+    MIN_PROCESS_SEQ_FIELD_NUMBER: _builtins.int
     process_id: _builtins.str
+    min_process_seq: _builtins.int
+    """Read your writes: wait (within the call's deadline) until the read model has
+    applied this process_seq of the process (a Position the observer answered);
+    FAILED_PRECONDITION if it has not by then. 0 = answer with what it has now.
+    """
     def __init__(
         self,
         *,
         process_id: _builtins.str = ...,
+        min_process_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["process_id", b"process_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["min_process_seq", b"min_process_seq", "process_id", b"process_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -309,9 +316,16 @@ class GetProcessTreeRequest(_message.Message):
     PROCESS_ID_FIELD_NUMBER: _builtins.int
     MAX_DEPTH_FIELD_NUMBER: _builtins.int
     STATUSES_FIELD_NUMBER: _builtins.int
+    MIN_PROCESS_SEQ_FIELD_NUMBER: _builtins.int
     process_id: _builtins.str
     max_depth: _builtins.int
     """0 = unlimited."""
+    min_process_seq: _builtins.int
+    """Read your writes: wait (within the call's deadline) until the read model has
+    applied this process_seq of the process (a Position the observer answered);
+    FAILED_PRECONDITION if it has not by then. 0 = answer with what it has now.
+    It is the requested process's own: its descendants are as the registry has them.
+    """
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[Global___ProcessStatus.ValueType]:
         """Only these statuses below the requested process (empty = all)."""
@@ -322,10 +336,11 @@ class GetProcessTreeRequest(_message.Message):
         process_id: _builtins.str = ...,
         max_depth: _builtins.int = ...,
         statuses: _abc.Iterable[Global___ProcessStatus.ValueType] | None = ...,
+        min_process_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_depth", b"max_depth", "process_id", b"process_id", "statuses", b"statuses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_depth", b"max_depth", "min_process_seq", b"min_process_seq", "process_id", b"process_id", "statuses", b"statuses"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -368,6 +383,7 @@ class GetProcessTimelineRequest(_message.Message):
     AS_OF_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    MIN_PROCESS_SEQ_FIELD_NUMBER: _builtins.int
     process_id: _builtins.str
     subtree: _builtins.bool
     """The process and every descendant, in global_seq order; else the process alone
@@ -375,6 +391,13 @@ class GetProcessTimelineRequest(_message.Message):
     """
     page_size: _builtins.int
     page_token: _builtins.str
+    min_process_seq: _builtins.int
+    """Read your writes: wait (within the call's deadline) until the read model has
+    applied this process_seq of the process (a Position the observer answered);
+    FAILED_PRECONDITION if it has not by then. 0 = answer with what it has now.
+    With subtree, it is the requested process's own (the rest of the tree is as the
+    timeline has it).
+    """
     @_builtins.property
     def event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -401,10 +424,11 @@ class GetProcessTimelineRequest(_message.Message):
         as_of: _timestamp_pb2.Timestamp | None = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        min_process_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "known_at", b"known_at", "occurred", b"occurred", "recorded", b"recorded"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "event_types", b"event_types", "known_at", b"known_at", "occurred", b"occurred", "page_size", b"page_size", "page_token", b"page_token", "process_id", b"process_id", "recorded", b"recorded", "subtree", b"subtree"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "event_types", b"event_types", "known_at", b"known_at", "min_process_seq", b"min_process_seq", "occurred", b"occurred", "page_size", b"page_size", "page_token", b"page_token", "process_id", b"process_id", "recorded", b"recorded", "subtree", b"subtree"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
