@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,11 +30,15 @@ from jetsource.core.clock import to_timestamp
 from jetsource.core.codec import EventRegistry
 from jetsource.core.envelope import RecordedEvent
 from jetsource.core.ids import uuid7
+from jetsource.core.settings import JetsourceSettings
+from jetsource.domains.process.descriptor import DOMAIN as PROCESS_DOMAIN
 from jetsource.domains.process.models import MODELS
 from jetsource.domains.process.models.common import body_of
 from jetsource.projection.admin import unacknowledged
-from jetsource.projection.bootstrap import Projection
-from jetsource.projection.domain import Domain
+from jetsource.projection.bootstrap import Projection, open_projection
+from jetsource.projection.domain import Domain, DomainRegistry
+from jetsource.projection.runtime import Worker
+from tests.projector_fixtures import projector_settings
 
 ERR_WRONG_LAST_SEQUENCE = 10071
 
@@ -47,6 +52,31 @@ def process_domain(unique: str) -> Domain:
         registry=EventRegistry(),
         models=MODELS,
     )
+
+
+@contextlib.asynccontextmanager
+async def own_ledger(settings: JetsourceSettings, unique: str) -> AsyncIterator[Projection]:
+    """A projection of the process domain on a stream of its own (its models dropped
+    after): no projector runs until a test applies a model with ``apply_model``."""
+    domain = dataclasses.replace(
+        PROCESS_DOMAIN, stream=f"PR_{unique}", subject_prefix=f"pr{unique}.events"
+    )
+    p = await open_projection(
+        projector_settings(settings, unique), domains=DomainRegistry([domain])
+    )
+    try:
+        yield p
+    finally:
+        for name in MODELS:
+            await p.model(name, 1).drop()
+        await p.close()
+
+
+async def apply_model(p: Projection, name: str) -> None:
+    """Apply one model (version 1) up to the stream's end, then stop."""
+    await p.control.ensure(name, 1)
+    worker = Worker(p.nc, p.store_for(name), p.model(name, 1), p.dead_letters, p.settings.projector)
+    await worker.run(until_caught_up=True)
 
 
 @dataclass

@@ -13,7 +13,6 @@ for something the test controls.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -26,13 +25,11 @@ from jetsource._gen.process.v1 import query_pb2_grpc as q_grpc
 from jetsource._gen.process.v1.events_pb2 import ProcessEventBody
 from jetsource.core.envelope import NO_STREAM, NewEvent
 from jetsource.core.settings import JetsourceSettings
-from jetsource.domains.process.descriptor import DOMAIN as PROCESS_DOMAIN
-from jetsource.domains.process.models import MODELS, PROCESSES, TIMELINE
+from jetsource.domains.process.models import PROCESSES, TIMELINE
 from jetsource.processquery.server import build
-from jetsource.projection.bootstrap import Projection, open_projection
-from jetsource.projection.domain import DomainRegistry
-from jetsource.projection.runtime import Worker
-from tests.projector_fixtures import process_query_settings, projector_settings
+from jetsource.projection.bootstrap import Projection
+from tests.integration.process_read.ledger import apply_model, own_ledger
+from tests.projector_fixtures import process_query_settings
 
 pytestmark = pytest.mark.integration
 Code = grpc.StatusCode
@@ -40,22 +37,11 @@ Code = grpc.StatusCode
 
 @pytest.fixture
 async def ledger(settings: JetsourceSettings, unique: str) -> AsyncIterator[Projection]:
-    domain = dataclasses.replace(
-        PROCESS_DOMAIN, stream=f"PR_{unique}", subject_prefix=f"pr{unique}.events"
-    )
-    p = await open_projection(
-        projector_settings(settings, unique), domains=DomainRegistry([domain])
-    )
-    yield p
-    for name in MODELS:
-        await p.model(name, 1).drop()
-    await p.close()
+    async with own_ledger(settings, unique) as p:
+        yield p
 
 
-async def run(p: Projection, name: str) -> None:
-    await p.control.ensure(name, 1)
-    worker = Worker(p.nc, p.store_for(name), p.model(name, 1), p.dead_letters, p.settings.projector)
-    await worker.run(until_caught_up=True)
+run = apply_model
 
 
 async def record(p: Projection, process_id: str, types: list[str], after: int = 0) -> None:
