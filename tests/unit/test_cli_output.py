@@ -74,6 +74,30 @@ def test_table_mode_never_reads_markup(capsys: pytest.CaptureFixture[str]) -> No
         assert literal in printed
 
 
+@pytest.mark.parametrize("mode", ["plain", "table"])
+def test_control_characters_in_stored_text_never_reach_the_terminal_raw(
+    mode: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A title like ``a<ESC>[31mred`` (the publisher stored it) would colour or rewrite
+    the user's terminal; every C0, DEL and C1 character but tab and newline is shown as
+    \\xNN, in tables, fields, lines and error messages alike."""
+    output.set_mode(mode)
+    hostile = "a\x1b[31mred\x00b\rX\x7f\x9b\x85"
+    output.table("t", ("title",), [(hostile,)])
+    output.fields([("title", hostile)])
+    output.line(f"header {hostile}")
+    with pytest.raises(typer.Exit):
+        output.fail(1, "INVALID_ARGUMENT", f"bad {hostile}")
+    printed = capsys.readouterr()
+    for stream in (printed.out, printed.err):
+        assert not any(
+            0x80 <= ord(c) <= 0x9F or (ord(c) < 0x20 and c not in "\t\n") for c in stream
+        )
+        assert "\x7f" not in stream
+    assert "a\\x1b[31mred\\x00b\\x0dX\\x7f\\x9b\\x85" in printed.out
+    assert "\\x1b" in printed.err
+
+
 def test_the_default_mode_follows_the_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("sys.stdout.isatty", lambda: False)
     assert output.mode() == output.Mode.plain
@@ -126,6 +150,15 @@ def closed_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
     return port
+
+
+def test_a_message_over_the_size_limit_is_refused_not_retried() -> None:
+    """RESOURCE_EXHAUSTED is a busy server (exit 3: retry), except a message over gRPC's
+    size limit: it stays over it however often it is sent (exit 1)."""
+    exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert output.exit_code(exhausted, "too many calls in flight") == output.UNAVAILABLE
+    over = "Sent message larger than max (4602127 vs. 4194304)"
+    assert output.exit_code(exhausted, over) == output.REFUSED
 
 
 def test_usage_errors_exit_2_before_anything_is_sent() -> None:

@@ -201,7 +201,7 @@ def _run(target: Target, work: Callable[[], Coroutine[Any, Any, T]], key: str | 
         code = exc.code()
         status = code.name if code is not None else "UNKNOWN"
         details = exc.details() or status
-        exit_code = out.exit_code(code)
+        exit_code = out.exit_code(code, details) if code is not None else out.REFUSED
         hint = None
         if key and exit_code == out.UNAVAILABLE:
             hint = (
@@ -305,6 +305,20 @@ def create(
     _command(common, lambda c, o: c.create_context(context_id, title, description, tag, **o))
 
 
+def _only(output: Mode | None, what: str, given: dict[str, bool], *allowed: str) -> None:
+    """A usage error for options given that ``what`` does not take (they would be
+    dropped without a word)."""
+    extra = [flag for flag, present in given.items() if present and flag not in allowed]
+    if extra:
+        _use(output)
+        out.fail(
+            out.USAGE,
+            "INVALID_ARGUMENT",
+            f"{', '.join(extra)} cannot be used with {what}",
+            field=extra[0],
+        )
+
+
 @app.command()
 def decide(
     context_id: str,
@@ -327,6 +341,20 @@ def decide(
 ) -> None:
     """Add a decision; or --revise it; or supersede it with --superseded-by NEW."""
     common = Common(key, expected, actor, correlation, causation, publisher, timeout, output)
+    given = {
+        "--title": bool(title),
+        "--body": bool(body),
+        "--rationale": bool(rationale),
+        "--affects": bool(affects),
+        "--revise": revise,
+        "--reason": bool(reason),
+    }
+    if superseded_by:
+        _only(output, "--superseded-by", given, "--reason")
+    elif revise:
+        _only(output, "--revise", given, "--title", "--body", "--rationale", "--revise")
+    else:
+        _only(output, "adding a decision", given, "--title", "--body", "--rationale", "--affects")
     if superseded_by:
         _command(
             common,
@@ -369,6 +397,15 @@ def subtask(
     if status is not None and status not in STATUSES:
         _use(output)
         out.fail(out.USAGE, "INVALID_ARGUMENT", f"--status must be one of {', '.join(STATUSES)}")
+    given = {
+        "--description": bool(description),
+        "--status": status is not None,
+        "--progress": progress is not None,
+    }
+    if title is not None:
+        _only(output, "--title (adding a subtask)", given, "--description")
+    else:
+        _only(output, "an update (no --title)", given, "--status", "--progress")
     if title is not None:
         _command(
             common,
@@ -461,6 +498,17 @@ def _sorted_view(view: dict[str, Any]) -> dict[str, Any]:
     return view
 
 
+def _at(text: str) -> int | datetime:
+    """``--at``: a version (1 up to the largest a context can have) or an ISO 8601 time."""
+    digits = text.strip()
+    if digits.lstrip("-").isascii() and digits.lstrip("-").isdigit():
+        version = int(digits)
+        if not 1 <= version <= out.I64:
+            raise ValueError(f"a version is between 1 and {out.I64}")
+        return version
+    return _when(text)
+
+
 @app.command()
 def show(
     context_id: str,
@@ -491,9 +539,9 @@ def show(
     point: int | datetime | None = None
     if at is not None:
         try:
-            point = int(at) if at.strip().lstrip("-").isdigit() else _when(at)
+            point = _at(at)
         except ValueError as exc:
-            out.fail(out.USAGE, "INVALID_ARGUMENT", f"--at {at!r}: {exc}")
+            out.fail(out.USAGE, "INVALID_ARGUMENT", f"--at {at!r}: {exc}", field="--at")
 
     async def load(q: QueryClient) -> tuple[dict[str, Any], str]:
         if point is None:
@@ -533,8 +581,8 @@ def show(
 def _print_view(view: dict[str, Any], when: str) -> None:
     closed = view["status"] == "CONTEXT_STATUS_CLOSED"
     header = Text.assemble(
-        (view["title"], "bold"),
-        f" ({view['context_id']}, version {view['version']}, {when})",
+        (out.printable(view["title"]), "bold"),
+        f" ({view['context_id']}, version {view['version']}, {out.printable(when)})",
         " [closed]" if closed else "",
     )
     out.line(header)
@@ -824,7 +872,7 @@ def _print_change(change: query_pb2.WatchContextResponse) -> None:
         return
     row = _event_row(event)
     text = "\t".join(str(v) for v in (row[0], row[1], row[2], row[3], row[6]))
-    out.line(Text(text))
+    out.line(Text(out.printable(text)))
 
 
 def _quiet_stdout() -> None:

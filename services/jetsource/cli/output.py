@@ -209,26 +209,42 @@ def emit_json(value: Any) -> None:
     sys.stdout.flush()
 
 
+# Control characters other than tab and newline (C0, DEL, C1): stored data may hold
+# them (an ESC starts a terminal escape sequence, a CR rewrites the line), so text is
+# never written to a terminal with them raw: each is shown as \xNN.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    r"""``text`` with every control character but tab and newline shown as ``\xNN``."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def line(text: str | Text = "") -> None:
-    """One line of text on stdout, printed literally."""
+    """One line of text on stdout, printed literally (control characters escaped;
+    a ``Text`` is the caller's to escape, with ``printable``)."""
     if mode() == Mode.table:
-        stdout().print(text)
+        stdout().print(printable(text) if isinstance(text, str) else text)
     else:
-        sys.stdout.write(str(text) + "\n")
+        sys.stdout.write(printable(str(text)) + "\n")
         sys.stdout.flush()
 
 
-def _cell(value: Any) -> str:
+def _raw_cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, list | tuple):
-        return ", ".join(_cell(v) for v in value)
+        return ", ".join(_raw_cell(v) for v in value)
     return str(value)
 
 
+def _cell(value: Any) -> str:
+    return printable(_raw_cell(value))
+
+
 def _plain_cell(value: Any) -> str:
-    text = _cell(value)
-    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+    text = _raw_cell(value)
+    return printable(text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n"))
 
 
 def table(
@@ -314,7 +330,7 @@ def fail(code: int, status: str, message: str, **extra: Any) -> NoReturn:
 
         if field and str(field) not in message:
             message = f"{message} (field: {field})"
-        text = Text.assemble((status, "bold red"), ": ", message)
+        text = Text.assemble((status, "bold red"), ": ", printable(message))
         console = stderr()
         console.print(text)
         hint = extra.get("hint")
@@ -350,7 +366,12 @@ def stream_named(text: str) -> str | None:
     return match.group(1) if match else None
 
 
-def exit_code(code: grpc.StatusCode) -> int:
+def exit_code(code: grpc.StatusCode, details: str = "") -> int:
+    """Exit 3 (retry) for a status a retry can cure, else 1. RESOURCE_EXHAUSTED is
+    usually a busy server, but a message over gRPC's size limit stays over it however
+    often it is sent: that one is refused (exit 1)."""
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details:
+        return REFUSED
     return UNAVAILABLE if code.name in UNAVAILABLE_NAMES else REFUSED
 
 

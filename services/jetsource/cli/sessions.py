@@ -119,7 +119,9 @@ def _run(work: Callable[[SessionsClient], Coroutine[Any, Any, T]]) -> T:
         out.fail(out.exit_code(grpc.StatusCode.DATA_LOSS), "DATA_LOSS", str(exc))
     except grpc.aio.AioRpcError as exc:  # import --observer: what the observer answered
         code = exc.code()
-        out.fail(out.exit_code(code), code.name, exc.details() or code.name.lower())
+        out.fail(
+            out.exit_code(code, exc.details() or ""), code.name, exc.details() or code.name.lower()
+        )
     except PruneDeniedError as exc:
         out.fail(out.REFUSED, "PERMISSION_DENIED", str(exc))
     except KeyboardInterrupt:
