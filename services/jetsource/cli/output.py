@@ -370,7 +370,7 @@ def exit_code(code: grpc.StatusCode, details: str = "") -> int:
     """Exit 3 (retry) for a status a retry can cure, else 1. RESOURCE_EXHAUSTED is
     usually a busy server, but a message over gRPC's size limit stays over it however
     often it is sent: that one is refused (exit 1)."""
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details:
+    if code.name == "RESOURCE_EXHAUSTED" and "larger than max" in details:
         return REFUSED
     return UNAVAILABLE if code.name in UNAVAILABLE_NAMES else REFUSED
 
