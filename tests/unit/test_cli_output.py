@@ -82,7 +82,7 @@ def test_control_characters_in_stored_text_never_reach_the_terminal_raw(
     the user's terminal; every C0, DEL and C1 character but tab and newline is shown as
     \\xNN, in tables, fields, lines and error messages alike."""
     output.set_mode(mode)
-    hostile = "a\x1b[31mred\x00b\rX\x7f\x9b\x85"
+    hostile = "a\x1b[31mred\x00b\rX\x7f\x9b\x85\u202egnp.exe"
     output.table("t", ("title",), [(hostile,)])
     output.fields([("title", hostile)])
     output.line(f"header {hostile}")
@@ -93,8 +93,8 @@ def test_control_characters_in_stored_text_never_reach_the_terminal_raw(
         assert not any(
             0x80 <= ord(c) <= 0x9F or (ord(c) < 0x20 and c not in "\t\n") for c in stream
         )
-        assert "\x7f" not in stream
-    assert "a\\x1b[31mred\\x00b\\x0dX\\x7f\\x9b\\x85" in printed.out
+        assert "\x7f" not in stream and "\u202e" not in stream
+    assert "a\\x1b[31mred\\x00b\\x0dX\\x7f\\x9b\\x85\\u202egnp.exe" in printed.out
     assert "\\x1b" in printed.err
 
 

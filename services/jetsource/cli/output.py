@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
+from jetsource.core.printable import UNSAFE, escape
+
 # grpc, protobuf and Rich are imported where they are used: every command imports this
 # module, and most need one of them at most (``tests/unit/test_cli_startup.py``).
 if TYPE_CHECKING:
@@ -209,15 +211,17 @@ def emit_json(value: Any) -> None:
     sys.stdout.flush()
 
 
-# Control characters other than tab and newline (C0, DEL, C1): stored data may hold
-# them (an ESC starts a terminal escape sequence, a CR rewrites the line), so text is
-# never written to a terminal with them raw: each is shown as \xNN.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+def _shown(match: re.Match[str]) -> str:
+    ch = match.group()
+    return ch if ch in "\t\n" else escape(ch)
 
 
 def printable(text: str) -> str:
-    r"""``text`` with every control character but tab and newline shown as ``\xNN``."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    r"""``text`` with every character that must not reach a terminal raw shown as an
+    escape (``\x1b``, ``\u202e``; jetsource.core.printable): control characters but
+    tab and newline, and bidi overrides. Stored data may hold them (an ESC starts a
+    terminal escape sequence, a CR rewrites the line)."""
+    return UNSAFE.sub(_shown, text)
 
 
 def line(text: str | Text = "") -> None:

@@ -14,23 +14,19 @@ import re
 from rich.cells import cell_len
 from rich.text import Text
 
-# C0 controls, DEL, C1 controls (0x9b is a one-byte CSI on some terminals), and the
-# bidi marks, embeddings, overrides and isolates that reorder what follows them.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+from jetsource.core.printable import UNSAFE, escape
+
 _SHOWN = {"\n": "↵", "\t": " "}
 
 
 def _visible(match: re.Match[str]) -> str:
     ch = match.group()
-    if ch in _SHOWN:
-        return _SHOWN[ch]
-    code = ord(ch)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    return _SHOWN.get(ch) or escape(ch)
 
 
 def clean(value: object, limit: int | None = None) -> str:
     """``value`` as one printable line, at most ``limit`` cells wide (with "…")."""
-    text = _UNSAFE.sub(_visible, str(value))
+    text = UNSAFE.sub(_visible, str(value))
     if limit is not None and cell_len(text) > limit:  # cells: CJK is two wide
         cut = Text(text[: limit + 1])
         cut.truncate(limit, overflow="ellipsis")
