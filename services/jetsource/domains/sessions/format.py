@@ -150,7 +150,8 @@ class SessionEvent:
         if not isinstance(data, dict):
             raise EventFormatError("data", f"must be a JSON object, not {type(data).__name__}")
         check_numbers(data, "data")
-        if event_type == SESSION_ENDED and data.get("status") not in ENDINGS:
+        status = data.get("status")
+        if event_type == SESSION_ENDED and not (isinstance(status, str) and status in ENDINGS):
             raise EventFormatError(
                 "data.status", f"session_ended needs status one of {sorted(ENDINGS)}"
             )
@@ -260,17 +261,27 @@ def restore_ints(value: Any) -> Any:
     return value
 
 
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def from_stored(stored: events_pb2.StoredEvent, session: str | None = None) -> SessionEvent:
     """A session event from a stored event of the session's root process."""
     ce = stored.event
     data = restore_ints(_data(ce))
     event_type = ce.event_type
+    # The observer records any JSON under any key, so the user's data under
+    # "session" may be a string, a list or null: such a shape is read as absent (the
+    # format promises "data is a JSON object", and an export must import again).
     if event_type == PROCESS_STARTED and data.get("kind") == SESSION_KIND:
         event_type = SESSION_STARTED
-        data = data.get("session", {})
+        data = _object(data.get("session"))
     elif event_type in ENDED_STATUS:
-        user = data.get("session")
-        data = user if isinstance(user, dict) else {"status": ENDED_STATUS[event_type]}
+        # The ledger's ending decides the status (what the registry shows, and what
+        # an import maps back to the same ending); the emitter's data always agrees.
+        status = ENDED_STATUS[event_type]
+        user = _object(data.get("session"))
+        data = user if user.get("status") == status else {**user, "status": status}
         event_type = SESSION_ENDED
     ts_ns = from_timestamp(ce.occurred_at) if ce.HasField("occurred_at") else 0
     if not ts_ns and stored.HasField("recorded_at"):

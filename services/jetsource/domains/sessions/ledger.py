@@ -140,8 +140,10 @@ def fold_lifecycle(found: dict[str, ProcessSummary], lifecycle: list[RecordedEve
         if env.event_type == PROCESS_STARTED:
             data = _data(r)
             p.parent = env.parent_aggregate_id
-            p.kind = str(data.get("kind", ""))
-            p.name = str(data.get("name", ""))
+            # Text only, as the registry reads them: a kind of 5 is no kind.
+            kind, name = data.get("kind"), data.get("name")
+            p.kind = kind if isinstance(kind, str) else ""
+            p.name = name if isinstance(name, str) else ""
             p.started_ns = occurred or r.recorded_at_ns
         elif env.event_type in ENDED_STATUS:
             p.status = {"process_cancelled": "cancelled"}.get(

@@ -10,10 +10,16 @@ count and the position.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from jetsource.domains.sessions.format import SESSION_ENDED, SESSION_STARTED, SessionEvent
+from jetsource.domains.sessions.format import (
+    ENDINGS,
+    SESSION_ENDED,
+    SESSION_STARTED,
+    SessionEvent,
+)
 
 WAITING, RUNNING, COMPLETE, FAILED, SKIPPED = "waiting", "running", "complete", "failed", "skipped"
 
@@ -102,8 +108,28 @@ class SessionState:
         return out
 
 
+# Event data is whatever JSON its writer sent (the observer checks no schema, and
+# ``validation: warn`` keeps a mismatch): every read below takes a field of the wrong
+# shape as absent, so no event can stop a fold (show, follow, replay, the TUI).
+
+
 def _int(value: Any) -> int | None:
     return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _error(value: Any) -> str:
+    """An error as text: a string as is, other JSON as JSON, absent as ''."""
+    if value is None or isinstance(value, str):
+        return value or ""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def _set_node(state: SessionState, node_id: str, **changes: Any) -> SessionState:
@@ -146,7 +172,7 @@ def _node_of(state: SessionState, data: dict[str, Any]) -> str:
 
 
 def evolve(state: SessionState, event: SessionEvent) -> SessionState:
-    d = event.data
+    d = event.data if isinstance(event.data, dict) else {}
     s = replace(state, session=event.session, seq=event.seq, count=state.count + 1,
                 last_ns=event.ts_ns)  # fmt: skip
     t = event.type
@@ -155,19 +181,22 @@ def evolve(state: SessionState, event: SessionEvent) -> SessionState:
         return replace(s, command=command if isinstance(command, str) else "", started=d,
                        started_ns=event.ts_ns)  # fmt: skip
     if t == SESSION_ENDED:
-        status = d.get("status", "completed")
-        error = d.get("error")
-        return replace(s, status=str(status), ended_ns=event.ts_ns,
+        status, error = d.get("status"), d.get("error")
+        if not (isinstance(status, str) and status in ENDINGS):
+            status = "completed"
+        return replace(s, status=status, ended_ns=event.ts_ns,
                        error=error if isinstance(error, str) else s.error)  # fmt: skip
     if t in ("generation_started", "generation_completed", "generation_failed"):
         s = replace(s, generation=t.removeprefix("generation_"))
         if t == "generation_failed":
-            s = replace(s, failures=(*s.failures, Failure(event.seq, t, "", str(d.get("error")))))
+            s = replace(
+                s, failures=(*s.failures, Failure(event.seq, t, "", _error(d.get("error"))))
+            )
         return s
     if t == "plan_constructed":
-        for entry in d.get("plan") or []:
+        for entry in _list(d.get("plan")):
             if isinstance(entry, dict) and (number := _int(entry.get("level"))) is not None:
-                ids = [i for i in entry.get("node_ids") or [] if isinstance(i, str)]
+                ids = [i for i in _list(entry.get("node_ids")) if isinstance(i, str)]
                 s = _set_level(s, number, total=len(ids))
                 for node_id in ids:
                     if s.node(node_id) is None:
@@ -177,7 +206,7 @@ def evolve(state: SessionState, event: SessionEvent) -> SessionState:
         number = _int(d.get("level"))
         if number is None:
             return s
-        ids = [i for i in d.get("node_ids") or [] if isinstance(i, str)]
+        ids = [i for i in _list(d.get("node_ids")) if isinstance(i, str)]
         for node_id in ids:
             if s.node(node_id) is None:
                 s = _set_node(s, node_id, level=number)
@@ -202,7 +231,7 @@ def evolve(state: SessionState, event: SessionEvent) -> SessionState:
         pair = (d.get("request_id"), d.get("node_id"))
         if all(isinstance(x, str) and x for x in pair) and pair not in s.requests:
             s = replace(s, requests=(*s.requests, (str(pair[0]), str(pair[1]))))
-    node_id = _node_of(s, d) if isinstance(d, dict) else ""
+    node_id = _node_of(s, d)
     current = s.node(node_id) if node_id else None
     level = _int(d.get("level"))
     if level is None and current is not None:
@@ -212,7 +241,7 @@ def evolve(state: SessionState, event: SessionEvent) -> SessionState:
             return s
         extra: dict[str, Any] = {"status": RUNNING, "level": level}
         if t == "provider_request_sent":
-            extra["provider"] = str(d.get("provider", ""))
+            extra["provider"] = _text(d.get("provider"))
             extra["attempts"] = (current.attempts if current else 0) + 1
         return _recount(_set_node(s, node_id, **extra), level)
     if t == "provider_request_retrying" and node_id:
@@ -222,7 +251,7 @@ def evolve(state: SessionState, event: SessionEvent) -> SessionState:
             return s
         return _recount(_set_node(s, node_id, status=COMPLETE, level=level), level)
     if t in ("node_generation_failed", "provider_request_failed") and node_id:
-        error = str(d.get("error", ""))
+        error = _error(d.get("error"))
         s = _set_node(s, node_id, status=FAILED, level=level, error=error)
         s = replace(s, failures=(*s.failures, Failure(event.seq, t, node_id, error)))
         return _recount(s, level)
@@ -242,10 +271,10 @@ def evolve(state: SessionState, event: SessionEvent) -> SessionState:
     if t in ("watch_started", "file_changed", "batch_processed"):
         watch = dict(s.watch)
         if t == "watch_started":
-            watch["paths"] = d.get("paths", [])
+            watch["paths"] = _list(d.get("paths"))
         elif t == "file_changed":
             watch["changes"] = watch.get("changes", 0) + 1
-            watch["last_path"] = d.get("path", "")
+            watch["last_path"] = _text(d.get("path"))
         else:
             watch["batches"] = watch.get("batches", 0) + 1
         return replace(s, watch=watch)
