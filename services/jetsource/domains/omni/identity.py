@@ -81,13 +81,14 @@ from jetsource.domains.omni.identity_rules import (
     assignment_order,
     assignments,
 )
+from jetsource.domains.omni.normalize.common import MAX_HANDLE, has_surrogate
 from jetsource.domains.omni.settings import OmniOptions
 from jetsource.eventstore import jsapi
 from jetsource.eventstore.jetstream import JetStreamEventStore
 from jetsource.eventstore.jsapi import JsApiError, OutMessage
 
 log = logging.getLogger("jetsource.omni.identity")
-MAX_EXTERNAL_ID = 256
+MAX_EXTERNAL_ID = MAX_HANDLE  # the normalizers refuse a longer handle, naming its field
 LINK_ATTEMPTS = 5  # a link re-checks the identity when it changed meanwhile
 MERGE_ATTEMPTS = 20  # a merge's record re-walks the chain when its end moved meanwhile
 MAX_CHAIN = 10_000  # merges followed from one identity (a guard: chains are a forest)
@@ -100,6 +101,18 @@ MAX_NAME, MAX_ACTOR, MAX_REASON = 200, 100, 10_000
 def check_text(value: str, field: str, limit: int) -> None:
     if len(value) > limit:
         raise ValidationError(f"{field} is {len(value)} characters; at most {limit}", field=field)
+    _check_encodable(value, field)
+
+
+def _check_encodable(value: str, field: str) -> None:
+    """A lone surrogate (from a command line's undecodable bytes, or a JSON escape) has
+    no UTF-8 encoding: refused naming the field, not a failure while it is stored."""
+    if has_surrogate(value):
+        raise ValidationError(
+            f"{field} holds a lone UTF-16 surrogate (bytes that were not UTF-8?), which is "
+            "no Unicode character",
+            field=field,
+        )
 
 
 class IdentityNotFoundError(ValidationError):
@@ -119,6 +132,7 @@ def check_handle(provider: str, external_id: str) -> None:
         raise ValidationError(
             f"external id must be 1..{MAX_EXTERNAL_ID} characters", field="external_id"
         )
+    _check_encodable(external_id, "external_id")
 
 
 # The header of a handle's bucket entry carrying the stream sequence of its assignment.

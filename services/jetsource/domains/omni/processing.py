@@ -31,6 +31,7 @@ from jetsource.core.envelope import NewEvent
 from jetsource.core.errors import ValidationError
 from jetsource.core.ids import validate_aggregate_id
 from jetsource.domains.omni.events import is_identity
+from jetsource.domains.omni.normalize.common import has_surrogate
 from jetsource.eventstore.jetstream import JetStreamEventStore
 
 STATES = ("processing", "completed", "failed")
@@ -139,6 +140,13 @@ def check_step(event_id: str, state: str, worker: str, attempt: int, reason: str
         raise ValidationError(f"state must be one of {', '.join(STATES)}", field="state")
     if not worker or len(worker) > 200:
         raise ValidationError("worker must be 1..200 characters", field="worker")
+    for name, text in (("worker", worker), ("reason", reason)):
+        if has_surrogate(text):
+            # A JSON escape \ud800 not part of a pair: no character, nothing stores it.
+            raise ValidationError(
+                f"{name} holds a lone UTF-16 surrogate, which is no Unicode character",
+                field=name,
+            )
     if attempt < 1:
         raise ValidationError("attempt starts at 1", field="attempt")
     if state == "failed" and not reason:

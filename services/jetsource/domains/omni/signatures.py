@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Mapping
 
 from jetsource.domains.omni.settings import InstanceConfig
@@ -24,12 +25,19 @@ def sign(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
+_HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
 def _hmac_problem(header: str, given: str | None, secret: str, body: bytes) -> str | None:
     if not given:
         return f"missing {header} header"
-    if not given.startswith("sha256="):
-        return f"{header} is not of the form sha256=<hex>"
-    if not hmac.compare_digest(given.strip().lower(), sign(secret, body)):
+    value = given.strip()
+    digest = value.removeprefix("sha256=")
+    # Checked to be ASCII hex before it is compared: compare_digest takes only ASCII
+    # str (a header of other characters raised TypeError, a 500).
+    if digest == value or not digest.isascii() or not _HEX_DIGEST.fullmatch(digest.lower()):
+        return f"{header} is not of the form sha256=<64 hex digits>"
+    if not hmac.compare_digest(f"sha256={digest.lower()}".encode(), sign(secret, body).encode()):
         return f"{header} does not match the body signed with the instance's secret"
     return None
 
@@ -47,7 +55,9 @@ def check(config: InstanceConfig, headers: Mapping[str, str], body: bytes) -> st
     assert config.api_key is not None
     if not given:
         return "missing apikey header"
-    if not hmac.compare_digest(given.encode(), config.api_key.get_secret_value().encode()):
+    if not hmac.compare_digest(
+        given.encode("utf-8", "surrogatepass"), config.api_key.get_secret_value().encode()
+    ):
         return "apikey header does not match the instance's API key"
     return None
 

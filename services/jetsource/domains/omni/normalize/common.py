@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -16,6 +17,14 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from jetsource._gen.omni.v1.events_pb2 import NormalizedEvent
 from jetsource.domains.omni.normalize.errors import Malformed
+
+# The longest handle (a sender's or recipient's id on its provider) the identity service
+# takes (identity.MAX_EXTERNAL_ID): a body naming a longer one is Malformed, naming the
+# field it came from, before anything is written.
+MAX_HANDLE = 256
+# Integers a normalizer takes: a 64-bit field's range, and at most this many ASCII digits
+# when sent as a string (int() of a 5,000-digit string raises past Python's own limit).
+MIN_INT, MAX_INT, MAX_INT_DIGITS = -(2**63), 2**64 - 1, 20
 
 # Fixed forever: event ids are uuid5(OMNI_NAMESPACE, the JSON array
 # [provider, instance, provider_event_id]) (JSON, so that no choice of strings can collide).
@@ -105,6 +114,14 @@ class Node:
         value = self._get(key, str, False)
         return default if value is None else value
 
+    def req_handle(self, key: str) -> str:
+        """A required handle (a user id, a phone number): a non-empty string of at most
+        MAX_HANDLE characters."""
+        return check_handle(self.req_str(key), self.at(key))
+
+    def opt_handle(self, key: str) -> str:
+        return check_handle(self.opt_str(key), self.at(key))
+
     def opt_bool(self, key: str) -> bool:
         return bool(self._get(key, bool, False))
 
@@ -128,9 +145,13 @@ class Node:
             return None
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise Malformed(self.at(key), "must be a number")
-        if not math.isfinite(value):
+        try:
+            number = float(value)  # a JSON integer literal of 400 digits: OverflowError
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
             raise Malformed(self.at(key), "must be a finite number")
-        return float(value)
+        return number
 
     def coordinate(self, key: str, limit: float) -> float:
         """A required latitude (limit 90) or longitude (limit 180)."""
@@ -180,18 +201,91 @@ class Node:
         return out
 
 
+def check_handle(value: str, field: str) -> str:
+    """``value`` when it can be a handle ("" for none), else Malformed naming ``field``."""
+    if len(value) > MAX_HANDLE:
+        raise Malformed(
+            field, f"is {len(value)} characters; a handle is at most {MAX_HANDLE} characters"
+        )
+    return value
+
+
 def as_int(value: Any, field: str) -> int:
+    """An integer sent as a JSON number, a string of ASCII digits or a protobufjs Long
+    (``{"low": .., "high": .., "unsigned": ..}``, as Baileys sends some counters and
+    timestamps), within a 64-bit range; else Malformed naming ``field``. Digits other
+    than ASCII ones (a superscript two, fullwidth, Arabic-Indic) are refused: int()
+    reads some and raises on others."""
     if isinstance(value, bool):
         raise Malformed(field, "must be an integer")
     if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
-    if isinstance(value, Mapping) and isinstance(value.get("low"), int):
-        # protobufjs Long as JSON ({"low": .., "high": .., "unsigned": ..}), as Baileys sends
-        # some counters and timestamps.
-        return (int(value.get("high") or 0) << 32) | (int(value["low"]) & 0xFFFFFFFF)
-    raise Malformed(field, "must be an integer (or a decimal string)")
+        number = value
+    elif isinstance(value, str):
+        if not (0 < len(value) <= MAX_INT_DIGITS and value.isascii() and value.isdigit()):
+            raise Malformed(
+                field, f"must be an integer (or a string of 1 to {MAX_INT_DIGITS} ASCII digits)"
+            )
+        number = int(value)
+    elif isinstance(value, Mapping) and "low" in value:
+        low = _long_half(value.get("low"), f"{field}.low")
+        high = _long_half(value.get("high"), f"{field}.high")
+        if value.get("unsigned") is True:
+            high &= 0xFFFFFFFF
+        number = (high << 32) | (low & 0xFFFFFFFF)
+    else:
+        raise Malformed(field, "must be an integer (or a decimal string)")
+    if not MIN_INT <= number <= MAX_INT:
+        raise Malformed(field, f"must be an integer from {MIN_INT} to {MAX_INT}")
+    return number
+
+
+def _long_half(value: Any, field: str) -> int:
+    """One 32-bit half of a protobufjs Long (signed or unsigned; missing or null: 0)."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Malformed(field, "must be an integer")
+    if not -(2**31) <= value < 2**32:
+        raise Malformed(field, "must be a 32-bit integer")
+    return value
+
+
+# A JSON escape of a UTF-16 surrogate (\\ud800 to \\udfff): a body without one holds no
+# lone surrogate, so only a body with one is walked.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def has_surrogate(text: str) -> bool:
+    """Whether ``text`` holds a lone UTF-16 surrogate: no Unicode character, so it has no
+    UTF-8 encoding and no protobuf string takes it."""
+    return _SURROGATE.search(text) is not None
+
+
+def surrogate_path(body: Any, text: str) -> str | None:
+    """The path, as Malformed names fields (``entry[0].changes[0].value.messages[0].from``),
+    of the first string or object key of ``body`` (parsed from ``text``) holding a lone
+    surrogate, or None. Python's json reads a ``\\ud800`` escape into such a str; the
+    body is walked only when ``text`` has an escape of a surrogate at all."""
+    if _SURROGATE_ESCAPE.search(text) is None:
+        return None
+    todo: list[tuple[Any, str]] = [(body, "")]
+    while todo:
+        value, path = todo.pop()
+        if isinstance(value, str):
+            if has_surrogate(value):
+                return path or "body"
+        elif isinstance(value, dict):
+            items = []
+            for k, v in value.items():
+                where = f"{path}.{k}" if path else k
+                if has_surrogate(k):
+                    return where.encode("utf-8", "backslashreplace").decode()
+                items.append((v, where))
+            todo.extend(reversed(items))
+        elif isinstance(value, list):
+            todo.extend((v, f"{path}[{i}]") for i, v in reversed(list(enumerate(value))))
+    return None
 
 
 def unix_seconds(value: Any, field: str) -> Timestamp:
@@ -219,4 +313,8 @@ def iso_time(value: Any, field: str) -> Timestamp:
         dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise Malformed(field, "must be an ISO 8601 time string") from None
-    return timestamp(dt)
+    try:
+        return timestamp(dt)
+    except (OverflowError, ValueError):
+        # 0001-01-01T00:00:00+01:00 is a valid string of a time before year 1 in UTC.
+        raise Malformed(field, "must be a time from year 1 to 9999 in UTC") from None

@@ -47,8 +47,12 @@ class _Dispatch:
         self.kind = root.req_str("t")
         self.d = root.obj("d")
         seq = root.raw.get("s")
-        self.seq = f":s{seq}" if isinstance(seq, int) and not isinstance(seq, bool) else ""
-        self.bot = root.opt_str("bot_user_id")
+        self.seq = ""
+        if isinstance(seq, int) and not isinstance(seq, bool):
+            if not 0 <= seq < 2**63:
+                raise Malformed(root.at("s"), f"must be an integer from 0 to {2**63 - 1}")
+            self.seq = f":s{seq}"
+        self.bot = root.opt_handle("bot_user_id")
 
     def event(self, provider_event_id: str) -> NormalizedEvent:
         ev = self.ctx.event(FORMAT, provider_event_id)
@@ -61,6 +65,11 @@ class _Dispatch:
 
 
 def normalize(ctx: Context, body: Mapping[str, Any]) -> list[NormalizedEvent]:
+    op = body.get("op")
+    if op is not None and (isinstance(op, bool) or op != 0):
+        # Only a dispatch (op 0) carries an event; a heartbeat, hello, resume, ... a
+        # forwarder sent on is none, whatever its t and d say.
+        raise Unrecognised(f"Discord gateway op {str(op)[:20]} is not a dispatch (op 0)")
     dispatch = _Dispatch(ctx, Node(body))
     handler = _HANDLERS.get(dispatch.kind)
     if handler is None:
@@ -81,7 +90,7 @@ def _message_create(dp: _Dispatch) -> list[NormalizedEvent]:
     author = d.obj("author")
     ev = dp.event(msg_id)
     ev.provider_timestamp.CopyFrom(iso_time(d.req("timestamp"), d.at("timestamp")))
-    ev.sender_handle = author.req_str("id")
+    ev.sender_handle = author.req_handle("id")
     ev.sender_name = _display_name(author)
     mtype = d.opt_int("type")
     md = ev.metadata
@@ -207,7 +216,7 @@ def _message_update(dp: _Dispatch) -> list[NormalizedEvent]:
     ev = dp.event(f"{msg_id}:edit:{edited_at}")
     ev.event_type = pb.EVENT_TYPE_EDIT
     if author is not None:
-        ev.sender_handle = author.req_str("id")
+        ev.sender_handle = author.req_handle("id")
         ev.sender_name = _display_name(author)
     ev.direction = dp.direction(ev.sender_handle)
     ev.provider_timestamp.CopyFrom(when)
@@ -244,7 +253,7 @@ def _message_delete_bulk(dp: _Dispatch) -> list[NormalizedEvent]:
 def _reaction(removed: bool) -> Callable[[_Dispatch], list[NormalizedEvent]]:
     def handle(dp: _Dispatch) -> list[NormalizedEvent]:
         d = dp.d
-        msg_id, user = d.req_str("message_id"), d.req_str("user_id")
+        msg_id, user = d.req_str("message_id"), d.req_handle("user_id")
         d.req_str("channel_id")
         emoji = d.obj("emoji")
         emoji_id = emoji.opt_str("id")
@@ -258,7 +267,7 @@ def _reaction(removed: bool) -> Callable[[_Dispatch], list[NormalizedEvent]]:
         ev.content_text = name
         ev.sender_handle = user
         ev.direction = dp.direction(user)
-        ev.recipient_handle = d.opt_str("message_author_id")
+        ev.recipient_handle = d.opt_handle("message_author_id")
         member = d.opt_obj("member")
         ev.sender_name = _display_name(member.opt_obj("user")) if member is not None else ""
         ev.metadata.reactions.add(
@@ -278,7 +287,7 @@ def _reaction(removed: bool) -> Callable[[_Dispatch], list[NormalizedEvent]]:
 def _poll_vote(removed: bool) -> Callable[[_Dispatch], list[NormalizedEvent]]:
     def handle(dp: _Dispatch) -> list[NormalizedEvent]:
         d = dp.d
-        msg_id, user = d.req_str("message_id"), d.req_str("user_id")
+        msg_id, user = d.req_str("message_id"), d.req_handle("user_id")
         d.req_str("channel_id")
         answer = str(d.opt_int("answer_id")) if d.has("answer_id") else ""
         if not answer:
@@ -300,7 +309,7 @@ def _poll_vote(removed: bool) -> Callable[[_Dispatch], list[NormalizedEvent]]:
 
 def _presence(dp: _Dispatch) -> list[NormalizedEvent]:
     d = dp.d
-    user = d.obj("user").req_str("id")
+    user = d.obj("user").req_handle("id")
     status = d.req_str("status")
     if status not in _PRESENCE:
         raise Malformed(d.at("status"), f"unknown presence status {status!r}")
@@ -323,7 +332,7 @@ def _presence(dp: _Dispatch) -> list[NormalizedEvent]:
 
 def _typing(dp: _Dispatch) -> list[NormalizedEvent]:
     d = dp.d
-    user = d.req_str("user_id")
+    user = d.req_handle("user_id")
     d.req_str("channel_id")
     ev = dp.event(f"typing:{d.req_str('channel_id')}:{user}:{d.opt_int('timestamp')}")
     ev.event_type = pb.EVENT_TYPE_PRESENCE

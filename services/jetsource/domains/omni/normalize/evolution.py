@@ -23,6 +23,7 @@ from jetsource.domains.omni.normalize.common import (
     Context,
     Node,
     as_int,
+    check_handle,
     digest,
     iso_time,
     unix_millis,
@@ -102,7 +103,8 @@ def handle(jid: str) -> str:
     """A person's handle from a JID (device suffix and server dropped); groups, LIDs, newsletters
     and broadcast lists keep their whole JID, which is their only stable name."""
     user, _, server = jid.partition("@")
-    if server in ("s.whatsapp.net", "c.us") and user:
+    # Servers compared as the JID spec does, without case: 1@S.WHATSAPP.NET is 1.
+    if server.lower() in ("s.whatsapp.net", "c.us") and user:
         return user.split(":", 1)[0]
     return jid
 
@@ -112,7 +114,7 @@ class _Envelope:
         self.ctx = ctx
         self.root = root
         own = root.opt_str("sender")
-        self.own = handle(own) if own else ""
+        self.own = check_handle(handle(own), root.at("sender")) if own else ""
         self.sent_at = (
             iso_time(root.raw["date_time"], "date_time") if root.has("date_time") else None
         )
@@ -126,7 +128,7 @@ class _Envelope:
     def route(self, ev: NormalizedEvent, key: Node) -> None:
         """Direction, sender, recipient and conversation from a message key."""
         remote = key.req_str("remoteJid")
-        group = remote.endswith("@g.us")
+        group = remote.lower().endswith("@g.us")
         chat = remote if group else _person(key, "remoteJid", "remoteJidAlt", ev)
         ev.conversation_id = ev.channel_id = chat
         if key.opt_bool("fromMe"):
@@ -150,10 +152,10 @@ def _person(key: Node, field: str, alt_field: str, ev: NormalizedEvent) -> str:
     alt = key.opt_str(alt_field)
     if jid.endswith("@lid") and alt and not alt.endswith("@lid"):
         ev.metadata.extra[f"{field}_lid"] = jid
-        return handle(alt)
+        return check_handle(handle(alt), key.at(alt_field))
     if alt.endswith("@lid"):
         ev.metadata.extra[f"{field}_lid"] = alt
-    return handle(jid)
+    return check_handle(handle(jid), key.at(field))
 
 
 def normalize(ctx: Context, body: Mapping[str, Any]) -> list[NormalizedEvent]:
@@ -374,7 +376,8 @@ def _protocol_type(node: Node) -> str:
         return raw.upper()
     if raw is None:
         return "REVOKE"  # proto default (0) is dropped from JSON
-    return _PROTOCOL_TYPES.get(as_int(raw, node.at("type")), f"TYPE_{raw}")
+    number = as_int(raw, node.at("type"))
+    return _PROTOCOL_TYPES.get(number, f"TYPE_{number}")
 
 
 def _protocol(
@@ -457,7 +460,8 @@ def _update(env: _Envelope, data: Node) -> list[NormalizedEvent]:
     if votes:
         return _poll_votes(env, key, msg_id, votes)
     raw = data.req("status")
-    state = _RECEIPT_NUMBERS[raw] if isinstance(raw, int) and 0 <= raw < 6 else raw
+    numbered = isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw < 6
+    state = _RECEIPT_NUMBERS[raw] if numbered else raw
     if not isinstance(state, str) or state.upper() not in _RECEIPTS:
         raise Malformed(data.at("status"), f"unknown message status {raw!r}")
     state = state.upper()
@@ -478,7 +482,8 @@ def _poll_votes(
     chosen: dict[str, list[str]] = {}
     for option in tallies:
         name = option.req_str("name")
-        for voter in option.str_list("voters"):
+        for i, voter in enumerate(option.str_list("voters")):
+            check_handle(handle(voter), f"{option.at('voters')}[{i}]")
             chosen.setdefault(voter, []).append(name)
     out = []
     for voter, names in sorted(chosen.items()):
@@ -528,7 +533,7 @@ def _presence(env: _Envelope, data: Node) -> list[NormalizedEvent]:
         ev = env.event(f"presence:{chat}:{jid}:{state}:{stamp}")
         ev.event_type = pb.EVENT_TYPE_PRESENCE
         ev.direction = pb.DIRECTION_INBOUND
-        ev.sender_handle = handle(jid)
+        ev.sender_handle = check_handle(handle(jid), presences.at(jid))
         ev.recipient_handle = env.own
         ev.conversation_id = ev.channel_id = handle(chat)
         ev.metadata.presence.status = _PRESENCE[state]

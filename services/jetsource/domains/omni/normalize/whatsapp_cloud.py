@@ -73,7 +73,7 @@ def normalize(ctx: Context, body: Mapping[str, Any]) -> list[NormalizedEvent]:
 def _business(value: Node) -> str:
     """The business's own number: the instance's handle."""
     meta = value.obj("metadata")
-    return meta.opt_str("display_phone_number") or meta.req_str("phone_number_id")
+    return meta.opt_handle("display_phone_number") or meta.req_handle("phone_number_id")
 
 
 def _profile_names(value: Node) -> dict[str, str]:
@@ -95,11 +95,11 @@ def _message(
     if outbound:
         ev.direction = pb.DIRECTION_OUTBOUND
         ev.sender_handle = business
-        ev.recipient_handle = msg.req_str("to")
+        ev.recipient_handle = msg.req_handle("to")
         other = ev.recipient_handle
     else:
         ev.direction = pb.DIRECTION_INBOUND
-        ev.sender_handle = msg.req_str("from")
+        ev.sender_handle = msg.req_handle("from")
         ev.recipient_handle = business
         ev.sender_name = names.get(ev.sender_handle, "")
         other = ev.sender_handle
@@ -272,12 +272,11 @@ def _status(ctx: Context, status: Node, business: str) -> NormalizedEvent:
     ev.event_type = pb.EVENT_TYPE_STATUS
     ev.direction = pb.DIRECTION_OUTBOUND
     ev.sender_handle = business
-    recipient = status.req_str("recipient_id")
     if status.opt_str("recipient_type") == "group":
-        ev.conversation_id = ev.channel_id = recipient
-        ev.recipient_handle = status.opt_str("recipient_participant_id")
+        ev.conversation_id = ev.channel_id = status.req_str("recipient_id")
+        ev.recipient_handle = status.opt_handle("recipient_participant_id")
     else:
-        ev.conversation_id = ev.channel_id = ev.recipient_handle = recipient
+        ev.conversation_id = ev.channel_id = ev.recipient_handle = status.req_handle("recipient_id")
     ev.provider_timestamp.CopyFrom(status.unix_seconds("timestamp"))
     receipt = ev.metadata.receipt
     receipt.status = _RECEIPTS[state]
