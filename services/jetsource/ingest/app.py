@@ -32,6 +32,8 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from jetsource.core.clock import parse_rfc3339_ns
 from jetsource.core.errors import (
@@ -111,19 +113,63 @@ _WHERE = ("body", "query", "path", "header", "cookie")
 def malformed_answer(exc: RequestValidationError) -> JSONResponse:
     """422 for a request FastAPI could not read into the route's parameters (a query
     parameter that is no number, a body that is no JSON object), naming the field by
-    its path ("attempt", "page_size"; "request body" for the body as a whole), in the
-    answer's ``error`` like every other refusal, and FastAPI's ``detail`` list beside
-    it without the offending input: FastAPI's own answer echoed it, and a body that is
-    not UTF-8 could not be put in JSON, a 500."""
+    its path ("attempt", "page_size"; "body" for the body as a whole, and for a body
+    that is not JSON), in the answer's ``error`` like every other refusal, and
+    FastAPI's ``detail`` list beside it without the offending input: FastAPI's own
+    answer echoed it, and a body that is not UTF-8 could not be put in JSON, a 500."""
     detail = []
     for e in exc.errors():
         loc = [str(p) for p in e.get("loc", ())]
         detail.append({"type": str(e.get("type", "")), "loc": loc, "msg": str(e.get("msg", ""))})
-    first = detail[0] if detail else {"loc": ["body"], "msg": "invalid request"}
+    first = detail[0] if detail else {"type": "", "loc": ["body"], "msg": "invalid request"}
+    if first["type"] == "json_invalid":
+        # loc is ("body", <offset of the error>): the body is not JSON; name it.
+        errors = exc.errors()
+        ctx = (errors[0].get("ctx") or {}) if errors else {}
+        why = str(ctx.get("error", "")) or first["msg"]
+        at = f" (at offset {first['loc'][1]})" if len(first["loc"]) > 1 else ""
+        error = {"code": "invalid_argument", "message": f"body is not JSON: {why}{at}"}
+        return JSONResponse({"error": {**error, "field": "body"}, "detail": detail}, 422)
     path = [p for p in first["loc"] if p not in _WHERE] if first["loc"] else []
-    field = ".".join(path) or "request body"
+    field = ".".join(path) or "body"
     error = {"code": "invalid_argument", "message": f"{field}: {first['msg']}", "field": field}
     return JSONResponse({"error": error, "detail": detail}, status_code=422)
+
+
+_HTTP_CODES = {
+    400: "invalid_argument",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def http_error_answer(request: Request, exc: HTTPException) -> JSONResponse:
+    """The framework's own refusals (no route, a method the route has not, a body it
+    could not read) in the documented shape ``{"error": {"code", "message", "field"}}``
+    instead of FastAPI's ``{"detail": ...}``; its headers (``Allow``) kept."""
+    status = exc.status_code
+    field: str | None = None
+    if status == 404:
+        message = f"no route {request.method} {request.url.path[:200]}"
+        field = "path"
+    elif status == 405:
+        allowed = (exc.headers or {}).get("allow", "")
+        message = (
+            f"{request.method} is not allowed on {request.url.path[:200]} (allowed: {allowed})"
+        )
+        field = "method"
+    elif status == 400:
+        # FastAPI's "There was an error parsing the body": a body that is not UTF-8.
+        message = "body could not be read: send JSON encoded as UTF-8"
+        field = "body"
+    else:
+        message = str(exc.detail)[:500]
+    response = _error(status, _HTTP_CODES.get(status, "error"), message, field)
+    for name, value in (exc.headers or {}).items():
+        response.headers[name] = value
+    return response
 
 
 class Unauthenticated(Exception):
@@ -169,28 +215,52 @@ class StatusUpdate(BaseModel):
     will_retry: bool = False
 
 
-async def read_body(request: Request, limit: int) -> tuple[bytes, int, bool]:
-    """The body, read up to ``limit`` + 1 bytes: (bytes, size, truncated). A body
-    announced or found larger is not read further (it is refused)."""
-    announced = request.headers.get("content-length")
-    if announced and announced.isdigit() and int(announced) > limit:
-        chunks: list[bytes] = []
-        got = 0
-        async for chunk in request.stream():
+@dataclass
+class Body:
+    data: bytes  # whole, or its first bytes (truncated, incomplete)
+    size: int  # bytes announced (a body over the limit) or read
+    truncated: bool = False  # over the limit: not read whole
+    incomplete: bool = False  # the client went away before sending it whole
+
+
+# A body announced over the limit is refused whatever follows: its first bytes are
+# kept for the archive, but only what comes without a pause of this long (a client
+# announcing 10^12 bytes and sending two would hold the answer until it gave up) and
+# within the whole budget.
+HEAD_PAUSE_S, HEAD_BUDGET_S = 0.1, 1.0
+
+
+async def read_body(request: Request, limit: int, keep: int = 64 * 1024) -> Body:
+    """The body, read up to ``limit`` + 1 bytes. One announced larger (Content-Length)
+    is refused at once: only its first ``keep`` bytes are read, as far as they come
+    without a pause. A client that disconnects leaves what it sent, ``incomplete``."""
+    announced = request.headers.get("content-length", "")
+    chunks: list[bytes] = []
+    got = 0
+    stream = request.stream()
+    try:
+        if announced.isascii() and announced.isdigit() and int(announced) > limit:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + HEAD_BUDGET_S
+            while got < keep and (left := deadline - loop.time()) > 0:
+                try:
+                    chunk = await asyncio.wait_for(anext(stream), min(left, HEAD_PAUSE_S))
+                except (StopAsyncIteration, TimeoutError):
+                    break
+                chunks.append(chunk)
+                got += len(chunk)
+            return Body(b"".join(chunks)[:keep], int(announced), truncated=True)
+        async for chunk in stream:
             chunks.append(chunk)
             got += len(chunk)
             if got > limit:
-                break
-        return b"".join(chunks)[: limit + 1], int(announced), True
-    chunks = []
-    got = 0
-    async for chunk in request.stream():
-        chunks.append(chunk)
-        got += len(chunk)
-        if got > limit:
-            return b"".join(chunks), got, True
+                return Body(b"".join(chunks), got, truncated=True)
+    except ClientDisconnect:
+        body = b"".join(chunks)
+        size = int(announced) if announced.isascii() and announced.isdigit() else len(body)
+        return Body(body, size, truncated=size > limit, incomplete=True)
     body = b"".join(chunks)
-    return body, len(body), False
+    return Body(body, len(body))
 
 
 async def valkey_answers(redis: Any, timeout_s: float = 1.0) -> bool:
@@ -315,6 +385,10 @@ def create_app(
     async def _malformed(request: Request, exc: RequestValidationError) -> JSONResponse:
         return malformed_answer(exc)
 
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return http_error_answer(request, exc)
+
     @app.exception_handler(ValidationError)
     async def _invalid(request: Request, exc: ValidationError) -> JSONResponse:
         return error_answer(request.url.path, exc)
@@ -360,7 +434,17 @@ def create_app(
     # -- webhooks ----------------------------------------------------------------------
 
     async def webhook(provider: str, instance: str, request: Request) -> JSONResponse:
-        body, size, truncated = await read_body(request, intake.max_body_bytes)
+        body = await read_body(request, intake.max_body_bytes, intake.keep_rejected_bytes)
+        if body.incomplete:
+            # Not a fault of this service (it logged an ERROR with a traceback): a
+            # warning, and the request archived as refused with what came.
+            log.warning(
+                "webhook to %s: the client disconnected after sending %d bytes "
+                "(Content-Length: %s)",
+                request.url.path,
+                len(body.data),
+                request.headers.get("content-length", "none")[:40],
+            )
         started = time.perf_counter()
         try:
             answer = await intake.handle(
@@ -368,12 +452,13 @@ def create_app(
                     provider=provider,
                     instance=instance,
                     headers={k.lower(): v for k, v in request.headers.items()},
-                    body=body,
+                    body=body.data,
                     method=request.method,
                     path=request.url.path,
                     query=request.url.query,
-                    body_size=size,
-                    truncated=truncated,
+                    body_size=body.size,
+                    truncated=body.truncated,
+                    incomplete=body.incomplete,
                     remote_addr=request.client.host if request.client else "",
                 )
             )

@@ -4,11 +4,13 @@ independent of the HTTP framework.
 Order of work, so that a fault loses nothing and applies nothing twice:
 
 1. Checks that need no I/O: the instance exists for this provider, the body is not
-   too large, the signature holds, the body is a JSON object, the normalizer
-   understands it and every field it needs is there, each event fits the stream.
-   A request failing one is archived with the reason and answered 4xx (200 for an
-   "unrecognised" kind, so the provider does not retry it for ever); nothing else is
-   written.
+   too large, the signature holds, the body is not compressed, it is UTF-8 text of a
+   JSON object with no lone surrogate, the normalizer understands it and every field
+   it needs is there (handles within the identity service's bound), each event fits
+   the stream. A request failing one is archived with the reason and answered 4xx
+   (200 for an "unrecognised" kind, so the provider does not retry it for ever);
+   nothing else is written. Whatever else these checks raise (a fault of this code,
+   not of the body) is archived as well, rejected with 500, and logged.
 2. At once: identities of the handles resolved (idempotent, see identity.py), and
    the raw payload archived (``OMNI_RAW``) with the verdict and the event ids.
 3. Each normalized event appended on its own subject, expecting it empty: a second
@@ -16,7 +18,9 @@ Order of work, so that a fault loses nothing and applies nothing twice:
    is answered 200 as well, with ``stored: false``.
 
 Only after 2 and 3 are acknowledged by JetStream is 200 answered; a failure there is
-503 (the provider retries; what was stored is recognised then).
+503 (the provider retries; what was stored is recognised then). Any other fault there
+is 500, and the archive record is written again with that verdict (the raw archive
+answers a raw id with its latest record).
 """
 
 from __future__ import annotations
@@ -43,12 +47,14 @@ from jetsource.core.errors import (
     ConcurrencyError,
     EventStoreUnavailableError,
     StreamMissingError,
+    ValidationError,
 )
 from jetsource.core.ids import uuid7
 from jetsource.domains.omni import signatures
 from jetsource.domains.omni.events import stable_uuid
-from jetsource.domains.omni.identity import IdentityService
+from jetsource.domains.omni.identity import IdentityService, check_handle
 from jetsource.domains.omni.normalize import Malformed, Unrecognised, normalize
+from jetsource.domains.omni.normalize.common import surrogate_path
 from jetsource.domains.omni.raw import RawArchive
 from jetsource.domains.omni.settings import InstanceConfig
 from jetsource.eventstore.jetstream import JetStreamEventStore
@@ -69,6 +75,35 @@ def _not_json(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
+# Byte order marks of the encodings JSON text is not sent in (RFC 8259: UTF-8 only).
+_BOMS = (
+    (b"\x00\x00\xfe\xff", "UTF-32 (big-endian)"),
+    (b"\xff\xfe\x00\x00", "UTF-32 (little-endian)"),
+    (b"\xfe\xff", "UTF-16 (big-endian)"),
+    (b"\xff\xfe", "UTF-16 (little-endian)"),
+)
+
+
+def _not_utf8(body: bytes, exc: UnicodeDecodeError) -> str:
+    """Why ``body`` is not UTF-8, for the answer: the encoding its byte order mark
+    names, or the first byte that is not UTF-8 and where."""
+    for bom, name in _BOMS:
+        if body.startswith(bom):
+            return (
+                f"body is not UTF-8: it starts with the byte order mark of {name} "
+                f"({bom.hex(' ').upper()}); send JSON encoded as UTF-8"
+            )
+    return (
+        f"body is not UTF-8: byte 0x{body[exc.start]:02X} at offset {exc.start} "
+        f"({exc.reason}); send JSON encoded as UTF-8"
+    )
+
+
+def _utf16_hint(text: str) -> str:
+    """What a body with NUL bytes outside its strings most likely is."""
+    return " (NUL bytes: is it UTF-16 or UTF-32? send UTF-8)" if "\x00" in text[:4] else ""
+
+
 @dataclass
 class WebhookRequest:
     provider: str
@@ -80,6 +115,7 @@ class WebhookRequest:
     query: str = ""
     body_size: int = -1  # bytes announced or read; -1: len(body)
     truncated: bool = False  # the body was over the limit and not read whole
+    incomplete: bool = False  # the client disconnected before sending the body whole
     remote_addr: str = ""
 
 
@@ -91,12 +127,15 @@ class Answer:
 
 
 class Rejected(Exception):
-    def __init__(self, status: int, code: str, reason: str, field: str = "") -> None:
+    def __init__(
+        self, status: int, code: str, reason: str, field: str = "", detail: str = ""
+    ) -> None:
         super().__init__(reason)
         self.status = status
         self.code = code
         self.reason = reason
         self.field = field
+        self.detail = detail  # archived beside the reason, never answered (a fault's)
 
 
 class Intake:
@@ -137,20 +176,35 @@ class Intake:
             if (failed := await self._archive(record)) is not None:
                 return failed
             return Answer(200, {"status": "unrecognised", "raw_id": raw_id, "reason": exc.reason})
+        except Exception as exc:
+            # Whatever else a body makes the checks raise: a fault of this code (a body
+            # can only be refused for a reason named above). Archived with the verdict
+            # and the fault, logged with its traceback, answered without it.
+            log.error("webhook %s: checking the body failed unexpectedly", raw_id, exc_info=exc)
+            return await self._reject(record, _fault("checking the body", exc))
         record.verdict = VERDICT_ACCEPTED
         record.http_status = 200
         record.event_ids.extend(e.id for e in events)
         # The archive needs only the event ids: it is written while identities resolve.
-        try:
-            failed, _ = await asyncio.gather(self._archive(record), self._resolve(events))
-        except _UNAVAILABLE as exc:
-            return _unavailable(raw_id, exc)
-        if failed is not None:
-            return failed
+        archived, resolved = await asyncio.gather(
+            self._archive(record), self._resolve(events), return_exceptions=True
+        )
+        if isinstance(archived, BaseException):
+            raise archived
+        if archived is not None:
+            return archived
+        if isinstance(resolved, _UNAVAILABLE):
+            return _unavailable(raw_id, resolved)
+        if isinstance(resolved, Exception):
+            return await self._failed_after_archive(record, "resolving identities", resolved)
+        if isinstance(resolved, BaseException):
+            raise resolved  # cancelled
         try:
             stored = await asyncio.gather(*(self._append(e) for e in events))
         except _UNAVAILABLE as exc:
             return _unavailable(raw_id, exc)
+        except Exception as exc:
+            return await self._failed_after_archive(record, "storing the events", exc)
         return Answer(
             200,
             {
@@ -199,23 +253,28 @@ class Intake:
                 f"bytes is over the limit of {self.max_body_bytes} bytes",
                 "body",
             )
+        if request.incomplete:
+            raise Rejected(
+                400,
+                "incomplete_body",
+                f"the client disconnected after sending {len(request.body)} bytes of the body",
+                "body",
+            )
         if (problem := signatures.check(config, request.headers, request.body)) is not None:
             raise Rejected(
                 401, "bad_signature", problem, signatures.SIGNATURE_HEADERS[config.format]
             )
-        try:
-            body = json.loads(request.body, parse_constant=_not_json)
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise Rejected(400, "unparseable", f"body is not JSON: {exc}"[:500], "body") from None
-        except RecursionError:
-            # Nested past the parser's recursion limit: a RuntimeError, not a ValueError.
+        encoding = request.headers.get("content-encoding", "").strip().lower()
+        if encoding not in ("", "identity"):
+            # Providers send JSON as it is; a compressed body is not read (and its
+            # signature would be over the compressed bytes).
             raise Rejected(
-                400, "unparseable", "body is not JSON this service reads: nested too deep", "body"
-            ) from None
-        if not isinstance(body, dict):
-            raise Rejected(
-                400, "not_an_object", f"body is a JSON {type(body).__name__}, not an object", "body"
+                415,
+                "unsupported_encoding",
+                f"Content-Encoding {encoding[:40]!r} is not accepted: send the body uncompressed",
+                "content-encoding",
             )
+        body = _parsed(request.body)
         try:
             events = normalize(
                 request.provider, request.instance, body, to_datetime(received_ns), raw_id
@@ -224,6 +283,7 @@ class Intake:
             raise Rejected(422, "malformed", str(exc)[:2000], exc.field) from None
         if not events:
             raise Unrecognised("the body holds no event")
+        _check_handles(events, body)
         limit = self.store.settings.max_msg_size - 2048
         for i, e in enumerate(events):
             if e.ByteSize() > limit:
@@ -239,7 +299,8 @@ class Intake:
     async def _reject(self, record: RawPayload, rejected: Rejected) -> Answer:
         record.verdict = VERDICT_REJECTED
         record.http_status = rejected.status
-        record.reason = f"{rejected.code}: {rejected.reason}"[:2000]
+        detail = f" ({rejected.detail})" if rejected.detail else ""
+        record.reason = f"{rejected.code}: {rejected.reason}{detail}"[:2000]
         record.field = rejected.field
         if len(record.body) > self.keep_rejected_bytes and rejected.code == "body_too_large":
             record.body = record.body[: self.keep_rejected_bytes]
@@ -251,12 +312,27 @@ class Intake:
             error["field"] = rejected.field
         return Answer(rejected.status, {"error": error})
 
-    async def _archive(self, record: RawPayload) -> Answer | None:
+    async def _archive(self, record: RawPayload, revision: int = 0) -> Answer | None:
         try:
-            await self.raw.put(record)
+            await self.raw.put(record, revision)
         except _UNAVAILABLE as exc:
             return _unavailable(record.id, exc)
         return None
+
+    async def _failed_after_archive(self, record: RawPayload, step: str, exc: Exception) -> Answer:
+        """A fault after the record was archived as accepted: logged, and the record
+        written again as what was answered (500), so that the archive tells the truth.
+        Events stored before the fault stay (a retry finds them stored)."""
+        log.error("webhook %s: %s failed unexpectedly", record.id, step, exc_info=exc)
+        fault = _fault(step, exc)
+        record.verdict = VERDICT_REJECTED
+        record.http_status = fault.status
+        record.reason = f"{fault.code}: {fault.reason} ({fault.detail})"[:2000]
+        record.field = fault.field
+        if (failed := await self._archive(record, revision=1)) is not None:
+            return failed
+        error = {"code": fault.code, "message": fault.reason, "raw_id": record.id}
+        return Answer(fault.status, {"error": error})
 
     async def _resolve(self, events: list[NormalizedEvent]) -> None:
         handles: dict[tuple[str, str], str] = {}
@@ -299,6 +375,86 @@ class Intake:
         except ConcurrencyError:
             return False  # its subject holds an event already: stored before
         return not result.duplicate
+
+
+def _parsed(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or Rejected saying why not: strict UTF-8 first (json
+    would guess UTF-16 and UTF-32 from bytes), then JSON, then an object with no lone
+    surrogate in any string (a ``\\ud800`` escape: no character, so nothing can store it).
+    A UTF-8 byte order mark is skipped, as RFC 8259 lets a parser do."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Rejected(400, "unparseable", _not_utf8(raw, exc), "body") from None
+    text = text.removeprefix("\ufeff")
+    try:
+        body = json.loads(text, parse_constant=_not_json)
+    except ValueError as exc:
+        raise Rejected(
+            400, "unparseable", f"body is not JSON: {exc}"[:500] + _utf16_hint(text), "body"
+        ) from None
+    except RecursionError:
+        # Nested past the parser's recursion limit: a RuntimeError, not a ValueError.
+        raise Rejected(
+            400, "unparseable", "body is not JSON this service reads: nested too deep", "body"
+        ) from None
+    if not isinstance(body, dict):
+        raise Rejected(
+            400, "not_an_object", f"body is a JSON {type(body).__name__}, not an object", "body"
+        )
+    if (where := surrogate_path(body, text)) is not None:
+        raise Rejected(
+            400,
+            "unparseable",
+            f"{where}: holds a lone UTF-16 surrogate (an escape \\ud800 to \\udfff not "
+            "part of a pair), which is no Unicode character",
+            where,
+        )
+    return body
+
+
+def _check_handles(events: list[NormalizedEvent], body: Any) -> None:
+    """Every handle the identities will be asked for is one they take, checked by their
+    own rule before anything is written (the normalizers name the field of each handle
+    they read; this is the guard behind them, naming the field where the handle is)."""
+    for e in events:
+        for role, handle in (("sender", e.sender_handle), ("recipient", e.recipient_handle)):
+            if not handle:
+                continue
+            try:
+                check_handle(e.provider, handle)
+            except ValidationError as exc:
+                where = _path_of(body, handle) or "body"
+                raise Rejected(
+                    422, "malformed", f"{where}: the {role}'s handle: {exc}", where
+                ) from None
+
+
+def _path_of(body: Any, text: str) -> str | None:
+    """The path of the first string of ``body`` that holds ``text``."""
+    todo: list[tuple[Any, str]] = [(body, "")]
+    while todo:
+        value, path = todo.pop()
+        if isinstance(value, str) and text in value:
+            return path or None
+        if isinstance(value, dict):
+            items = [(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()]
+            todo.extend(reversed(items))
+        elif isinstance(value, list):
+            todo.extend((v, f"{path}[{i}]") for i, v in reversed(list(enumerate(value))))
+    return None
+
+
+def _fault(step: str, exc: BaseException) -> Rejected:
+    """The 500 of a fault of this code while ``step``: the answer says only that; the
+    archive keeps the exception's type and message (the log has its traceback)."""
+    return Rejected(
+        500,
+        "internal",
+        f"internal error while {step}; it was logged and the request archived",
+        "body",
+        detail=f"{type(exc).__name__}: {exc}"[:1000],
+    )
 
 
 def _short(event: NormalizedEvent) -> str:

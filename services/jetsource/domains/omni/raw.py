@@ -99,14 +99,16 @@ class RawArchive:
                 await asyncio.sleep(self._backoff * (2**attempt))
         raise AssertionError("unreachable")
 
-    async def put(self, record: RawPayload) -> int:
-        """Store one record (its id is the message id: a retried put stores it once);
-        returns its stream sequence."""
+    async def put(self, record: RawPayload, revision: int = 0) -> int:
+        """Store one record (its id and ``revision`` are the message id: a retried put
+        stores it once); returns its stream sequence. A later revision of a record (the
+        verdict of a request that failed after it was archived) is read in its place."""
         await self.start()
+        msg_id = f"raw-{record.id}" + (f"-r{revision}" if revision else "")
         message = OutMessage(
             self.subject(record.id),
             record.SerializeToString(deterministic=True),
-            {"Nats-Msg-Id": f"raw-{record.id}"},
+            {"Nats-Msg-Id": msg_id},
         )
 
         async def publish() -> int:
