@@ -95,6 +95,20 @@ CASES: dict[str, tuple[str, str, dict[str, str] | bytes | None, set[int], str]] 
         "provider",
     ),
     "events: bad type": ("GET", "/api/v1/events", {"type": "bogus"}, {400}, "type"),
+    "events: an instance name with a colon": (
+        "GET",
+        "/api/v1/events",
+        {"instance": "a:b"},
+        {400},
+        '"field":"instance"',
+    ),
+    "events: an instance name too long": (
+        "GET",
+        "/api/v1/events",
+        {"instance": "a" * 5000},
+        {400},
+        '"field":"instance"',
+    ),
     "events: bad direction": ("GET", "/api/v1/events", {"direction": "up"}, {400}, "direction"),
     "events: bad since": ("GET", "/api/v1/events", {"since": "yesterday"}, {400}, "since"),
     "events: since year 10000": (
@@ -205,6 +219,34 @@ CASES: dict[str, tuple[str, str, dict[str, str] | bytes | None, set[int], str]] 
     "handle: unknown handle": ("GET", "/api/v1/handles/whatsapp/123", None, {404}, ""),
     "status: not JSON": ("POST", "/api/v1/events/nope/status", b"{not json", {400, 422}, ""),
     "status: JSON list": ("POST", "/api/v1/events/nope/status", b"[1]", {400, 422}, ""),
+    "status: not JSON names the body": (
+        "POST",
+        "/api/v1/events/nope/status",
+        b"{not json",
+        {422},
+        '"field":"body"',
+    ),
+    "status: not UTF-8 names the body": (
+        "POST",
+        "/api/v1/events/nope/status",
+        b'{"state": "processing", "worker": "\xff"}',
+        {400},
+        '"field":"body"',
+    ),
+    "status: worker a lone surrogate": (
+        "POST",
+        "/api/v1/events/nope/status",
+        b'{"state": "processing", "worker": "\\ud800"}',
+        {400},
+        '"field":"worker"',
+    ),
+    "status: reason a lone surrogate": (
+        "POST",
+        "/api/v1/events/nope/status",
+        b'{"state": "failed", "worker": "w", "reason": "x\\udfffy"}',
+        {400},
+        '"field":"reason"',
+    ),
     "status: missing worker": (
         "POST",
         "/api/v1/events/nope/status",
@@ -290,14 +332,46 @@ async def test_bad_api_input_is_a_4xx_naming_the_field(api: httpx.AsyncClient, c
         assert word in response.text, (case, response.text)
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/api/v1/nothing", 404),
+        ("GET", "/nowhere", 404),
+        ("POST", "/webhooks/telegram/acme-cloud", 404),
+        ("PUT", "/webhooks/whatsapp/acme-cloud", 405),
+        ("DELETE", "/webhooks/whatsapp/acme-cloud", 405),
+        ("PATCH", "/webhooks/discord/acme-bot", 405),
+        ("PUT", "/api/v1/events/nope/status", 405),
+    ],
+)
+async def test_the_frameworks_own_refusals_have_the_documented_shape(
+    api: httpx.AsyncClient, method: str, path: str, status: int
+) -> None:
+    """No route, or a method the route has not: {"error": {"code", "message", "field"}}
+    as every other refusal (FastAPI answered {"detail": ...}); 405 keeps its Allow."""
+    response = await api.request(method, path)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == ("not_found" if status == 404 else "method_not_allowed"), error
+    assert error["field"] == ("path" if status == 404 else "method"), error
+    assert method in error["message"], error
+    if status == 405:
+        assert response.headers["allow"], response.headers
+        head = await api.request("HEAD", path)
+        assert head.status_code == 405 and head.headers["allow"]
+
+
 async def test_a_content_length_that_is_not_a_number_is_not_a_500(
     api: httpx.AsyncClient,
 ) -> None:
     body = b'{"object": "whatsapp_business_account", "entry": []}'
     headers = headers_for("acme-cloud", body)
-    for announced in ("-1", "1e9", " 5"):
+    # b"\xb2" is read (as latin-1, as HTTP headers are) as a superscript two, a digit
+    # to str.isdigit() that int() refuses.
+    for announced in (b"-1", b"1e9", b" 5", b"\xb2", b"1\xb2"):
+        sent = [(k.encode(), v.encode()) for k, v in headers.items() if k != "content-length"]
         response = await api.post(
-            route("acme-cloud"), content=body, headers={**headers, "content-length": announced}
+            route("acme-cloud"), content=body, headers=[*sent, (b"content-length", announced)]
         )
         assert response.status_code < 500, (announced, response.status_code, response.text)
 
@@ -413,6 +487,20 @@ async def test_the_grpc_reads_refuse_the_same_input_naming_the_field(ingest: Ing
                 oq.ListRecentEventsRequest(provider="sms"),
                 bad,
                 "provider",
+            ),
+            (
+                "recent instance with a colon",
+                s.ListRecentEvents,
+                oq.ListRecentEventsRequest(instance="a:b"),
+                bad,
+                "instance",
+            ),
+            (
+                "recent instance of a million characters",
+                s.ListRecentEvents,
+                oq.ListRecentEventsRequest(instance="a" * 1_000_000),
+                bad,
+                "instance",
             ),
             ("event id", s.GetEvent, oq.GetEventRequest(event_id="a.b"), bad, "event_id"),
             (

@@ -13,7 +13,10 @@ Against real NATS and Valkey; the projector is started only to compare."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -22,10 +25,17 @@ import pytest
 
 from jetsource._gen.omni.v1 import query_pb2 as oq
 from jetsource._gen.omni.v1 import query_pb2_grpc
+from jetsource.domains.omni.descriptor import omni_domain
 from jetsource.ingest.server import Ingest
 from jetsource.ingest.settings import IngestSettings
+from jetsource.projection.bootstrap import Projection, open_projection
+from jetsource.projection.domain import DomainRegistry
+from jetsource.projection.host import ProjectorService
 from tests.integration.omni.harness import caught_up, projector
 from tests.integration.omni.test_processing_lifecycle import ACCEPTED, received, step
+from tests.integration.omni.test_processing_lifecycle import c as c_
+from tests.integration.omni.test_processing_lifecycle import f as f_
+from tests.integration.omni.test_processing_lifecycle import p as p_
 
 pytestmark = pytest.mark.integration
 
@@ -110,3 +120,98 @@ async def test_an_identity_not_applied_yet_is_failed_precondition_not_not_found(
         assert r.json()["identity"]["display_name"] == "Sheena", r.text
         r = await http.get("/api/v1/handles/whatsapp/4915100000001")
         assert r.status_code == 200 and r.json()["identity"]["identity_id"] == identity_id
+
+
+class Pausable:
+    """The omni read models projected in this process, paused and run again at will:
+    paused, the models keep what they applied (the harness's projector drops them when
+    it stops, and an event read then was folded from the stream whatever the check)."""
+
+    def __init__(self, projection: Projection) -> None:
+        self.projection = projection
+        self._running: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
+
+    async def run(self) -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(ProjectorService(self.projection).run(stop))
+        self._running.append((stop, task))
+        await caught_up(self.projection)
+
+    async def pause(self) -> None:
+        while self._running:
+            stop, task = self._running.pop()
+            stop.set()
+            await task
+
+
+@contextlib.asynccontextmanager
+async def pausable_projector(settings: IngestSettings) -> AsyncIterator[Pausable]:
+    domain = omni_domain(settings.omni)
+    p = await open_projection(settings, domains=DomainRegistry([domain]))
+    paused = Pausable(p)
+    try:
+        yield paused
+    finally:
+        await paused.pause()
+        for name in p.model_names():
+            await p.model(name, 1).drop()
+        await p.close()
+
+
+async def test_a_status_step_reads_back_at_once_though_the_model_holds_an_older_copy(
+    ingest: Ingest, http: httpx.AsyncClient, isettings: IngestSettings
+) -> None:
+    """The model has the event (received) and is stopped: every step recorded after is
+    read back at once, over REST and gRPC (the model's copy was answered, stale, while
+    it existed), and the model, caught up, shows the same."""
+    async with pausable_projector(isettings) as p:
+        ids = [await received(ingest) for _ in range(len(ACCEPTED))]
+        await p.run()
+        await p.pause()
+        shown: dict[str, Any] = {}
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{ingest.grpc.port}") as channel:
+            stub = query_pb2_grpc.OmniQueryServiceStub(channel)
+            for event_id, (steps, want, _) in zip(ids, ACCEPTED, strict=True):
+                for body in steps:
+                    assert (await step(http, event_id, body)).status_code == 200
+                    r = await http.get(f"/api/v1/events/{event_id}")
+                    status = r.json()["event"]["status"]
+                    assert (status["state"], status["attempts"]) == (
+                        body["state"],
+                        body["attempt"],
+                    ), (steps, body, status)
+                    got = await stub.GetEvent(oq.GetEventRequest(event_id=event_id))
+                    assert (got.event.status.state, got.event.status.attempts) == (
+                        body["state"],
+                        body["attempt"],
+                    ), (steps, body, got.event.status)
+                status = r.json()["event"]["status"]
+                assert (status["state"], status["attempts"], status.get("retry_count", 0)) == want
+                shown[event_id] = r.json()
+        await p.run()
+        for event_id, answer in shown.items():
+            assert (await http.get(f"/api/v1/events/{event_id}")).json() == answer, event_id
+
+
+async def test_concurrent_steps_and_reads_never_read_a_step_back_stale(
+    ingest: Ingest, http: httpx.AsyncClient, isettings: IngestSettings
+) -> None:
+    """The probe's race, with the projector running: 16 workers at once, each recording
+    processing, failed (retry), processing, completed on its event and reading each
+    step back at once."""
+    async with pausable_projector(isettings) as p:
+        ids = [await received(ingest) for _ in range(16)]
+        await p.run()
+        steps = [p_(1), f_(1, True), p_(2), c_(2)]
+
+        async def worker(event_id: str) -> list[tuple[str, str]]:
+            stale = []
+            for body in steps:
+                assert (await step(http, event_id, body)).status_code == 200
+                status = (await http.get(f"/api/v1/events/{event_id}")).json()["event"]["status"]
+                if (status["state"], status["attempts"]) != (body["state"], body["attempt"]):
+                    stale.append((body["state"], status["state"]))
+            return stale
+
+        stale = [s for found in await asyncio.gather(*(worker(i) for i in ids)) for s in found]
+        assert not stale, f"{len(stale)} of {16 * len(steps)} reads were stale: {stale[:5]}"
