@@ -215,3 +215,30 @@ async def test_concurrent_steps_and_reads_never_read_a_step_back_stale(
 
         stale = [s for found in await asyncio.gather(*(worker(i) for i in ids)) for s in found]
         assert not stale, f"{len(stale)} of {16 * len(steps)} reads were stale: {stale[:5]}"
+
+
+async def test_an_event_read_answers_the_models_copy_when_the_stream_cannot_say(
+    ingest: Ingest,
+    http: httpx.AsyncClient,
+    isettings: IngestSettings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The stream's version is read only to be fresher: with NATS not answering, an
+    event the model has is answered from the model (as before the check), one it has
+    not is 503 naming nothing stale."""
+    from jetsource.core.errors import EventStoreUnavailableError
+
+    async with pausable_projector(isettings) as p:
+        known = await received(ingest)
+        await p.run()
+        await p.pause()
+        unknown = await received(ingest)
+
+        async def away(aggregate_id: str) -> int:
+            raise EventStoreUnavailableError("NATS did not answer")
+
+        monkeypatch.setattr(ingest.reads, "_last_version", away)
+        r = await http.get(f"/api/v1/events/{known}")
+        assert r.status_code == 200 and r.json()["event"]["event"]["id"] == known, r.text
+        r = await http.get(f"/api/v1/events/{unknown}")
+        assert r.status_code == 503, r.text
