@@ -61,6 +61,14 @@ def observer_target(flag: str | None) -> str:
     return f"{host}:{port}"
 
 
+class TooLargeError(Exception):
+    """One event over the observer's gRPC message limit (``index`` in its batch)."""
+
+    def __init__(self, index: int, details: str) -> None:
+        super().__init__(details)
+        self.index, self.details = index, details
+
+
 class Importer:
     def __init__(
         self,
@@ -78,9 +86,28 @@ class Importer:
         self.batch, self.timeout, self.give_up_s = batch, timeout, give_up_s
         self.lines = self.events = self.recorded = self.duplicates = 0
 
-    async def send(self, events: list[epb.CanonicalEvent]) -> None:
-        """Record ``events``; while the observer is unreachable, resend the same
-        events (same ids) with backoff for up to ``give_up_s``."""
+    async def send(self, events: list[epb.CanonicalEvent], first: int = 0) -> None:
+        """Record ``events`` (``first``: the first one's index in the batch). A request
+        over the observer's gRPC message limit is split in two, in order: the same
+        bytes would never pass; one event alone over it is :class:`TooLargeError`."""
+        from jetsource.domains.process.batching import too_large
+
+        try:
+            await self.call(events)
+        except grpc.aio.AioRpcError as exc:
+            if not too_large(exc):
+                raise
+            if len(events) == 1:
+                raise TooLargeError(first, exc.details() or "") from None
+            half = len(events) // 2
+            await self.send(events[:half], first)
+            await self.send(events[half:], first + half)
+
+    async def call(self, events: list[epb.CanonicalEvent]) -> None:
+        """One RecordBatch; while the observer is unreachable, resend the same events
+        (same ids) with backoff for up to ``give_up_s``."""
+        from jetsource.domains.process.batching import too_large
+
         started, backoff = time.monotonic(), 0.1
         while True:
             try:
@@ -90,8 +117,10 @@ class Importer:
                     metadata=self.metadata,
                 )
             except grpc.aio.AioRpcError as exc:
-                if exc.code().name not in out.UNAVAILABLE_NAMES or (
-                    time.monotonic() - started > self.give_up_s
+                if (
+                    exc.code().name not in out.UNAVAILABLE_NAMES
+                    or too_large(exc)
+                    or time.monotonic() - started > self.give_up_s
                 ):
                     raise
                 await asyncio.sleep(backoff)
@@ -105,8 +134,12 @@ class Importer:
 
     async def step(self, f: Any, follow: bool) -> bool:
         """Read, record and save one batch; False when no complete line was waiting."""
+        from jetsource.domains.process.batching import MAX_REQUEST_BYTES, encoded_size
+
         lines: list[Line] = []
         events: list[epb.CanonicalEvent] = []
+        numbers: list[int] = []  # each event's line
+        size = 0
         refused: ValidationError | None = None
         for line in self.adapter.lines(f, follow_partial=follow):
             try:
@@ -116,10 +149,24 @@ class Importer:
                 break
             lines.append(line)
             events += normalized
-            if len(lines) >= self.batch:
+            numbers += [line.number] * len(normalized)
+            size += sum(encoded_size(e) for e in normalized)
+            # Bounded in bytes too (a line normalized is in this batch: its causation
+            # is remembered), so a request stays far below gRPC's message limit.
+            if len(lines) >= self.batch or size >= MAX_REQUEST_BYTES:
                 break
         if events:
-            await self.send(events)
+            try:
+                await self.send(events)
+            except TooLargeError as exc:
+                number = numbers[exc.index]
+                raise ValidationError(
+                    f"line {number}: its event is {events[exc.index].ByteSize()} bytes, over "
+                    f"the observer's gRPC message limit ({exc.details}); the lines before "
+                    "it in this batch are recorded (importing again finds them), the "
+                    "position is saved before the batch",
+                    f"line {number}",
+                ) from None
         if lines:
             self.adapter.advance(lines[-1])
             self.state.save(self.adapter.position)

@@ -17,7 +17,8 @@ emitted without waiting, sent in batches by a background flush.
   sake: it stamps an event id (UUIDv7, so a resend is a duplicate, never a double)
   and the time, and queues the event.
 - A background task sends what is queued with ``RecordBatch`` (at most
-  ``batch_size`` events, at least every ``flush_interval_s``), in emit order.
+  ``batch_size`` events and ``max_batch_bytes`` encoded, at least every
+  ``flush_interval_s``), in emit order.
 
 Policy when the observer is unreachable (or slow): the batch is resent with the same
 event ids, backing off up to ``max_backoff_s``; meanwhile events queue up to
@@ -29,7 +30,10 @@ counted (``stats.dropped``, with a warning at most every 10 s): the instrumented
 keeps running and the newest history is kept. ``close()`` (leaving ``async with
 observer``) waits up to ``close_timeout_s`` for the buffer to drain, then counts what
 is left as dropped. An event the observer refuses (INVALID_ARGUMENT) is dropped alone
-and counted in ``stats.refused``; the rest of its batch is resent.
+and counted in ``stats.refused``; the rest of its batch is resent. A batch over the
+server's gRPC message limit (RESOURCE_EXHAUSTED "larger than max": a server whose limit
+is below ``max_batch_bytes``) is never resent as it was: it is split in two, in order,
+down to one event, which is then refused alone.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from jetsource._gen.process.v1 import observer_pb2 as pb
 from jetsource._gen.process.v1 import observer_pb2_grpc as pb_grpc
 from jetsource.core.aio import stop_task, wait_event
 from jetsource.core.ids import uuid7
+from jetsource.domains.process.batching import MAX_REQUEST_BYTES, fitting, too_large
 
 if TYPE_CHECKING:
     from jetsource.domains.sessions.emit import Session
@@ -63,6 +68,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("jetsource.sdk")
 
 _EVENT_TYPE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+# RESOURCE_EXHAUSTED is retried when it means too many calls, never when the message
+# was over the size limit (batching.too_large, checked first).
 _RETRYABLE = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -209,6 +216,7 @@ class Observer:
         *,
         source: str = "",
         batch_size: int = 500,
+        max_batch_bytes: int = MAX_REQUEST_BYTES,
         flush_interval_s: float = 0.05,
         buffer_size: int = 10_000,
         call_timeout_s: float = 5.0,
@@ -219,9 +227,12 @@ class Observer:
     ) -> None:
         if batch_size < 1 or buffer_size < batch_size:
             raise ValueError("batch_size >= 1 and buffer_size >= batch_size")
+        if max_batch_bytes < 1:
+            raise ValueError("max_batch_bytes >= 1")
         self.target = target
         self.source = source
         self.batch_size = batch_size
+        self.max_batch_bytes = max_batch_bytes
         self.flush_interval_s = flush_interval_s
         self.buffer_size = buffer_size
         self.call_timeout_s = call_timeout_s
@@ -402,7 +413,7 @@ class Observer:
             ):
                 await wait_event(self._wake, self.flush_interval_s)
             self._wake.clear()
-            n = min(self.batch_size, len(self._buffer))
+            n = fitting(self._buffer, self.batch_size, self.max_batch_bytes)
             self._inflight = [self._buffer.popleft() for _ in range(n)]
             try:
                 ok = await self._send(self._inflight)
@@ -425,33 +436,58 @@ class Observer:
 
     async def _send(self, batch: list[epb.CanonicalEvent]) -> bool:
         """True when the batch is settled (recorded, or its refused events dropped and
-        the rest recorded); False to resend it later."""
+        the rest recorded); False to resend later what is left of it (``_inflight``)."""
         assert self._stub is not None
         metadata = (("authorization", f"Bearer {self._token}"),) if self._token else None
-        while batch:
+        parts = [batch]  # sent in order; a part over the message limit becomes two
+        while parts:
+            part = parts[0]
             try:
                 response = await self._stub.RecordBatch(
-                    pb.RecordBatchRequest(events=batch),
+                    pb.RecordBatchRequest(events=part),
                     timeout=self.call_timeout_s,
                     metadata=metadata,
                 )
             except grpc.aio.AioRpcError as exc:
+                if too_large(exc):
+                    if len(part) > 1:
+                        half = len(part) // 2
+                        parts[0:1] = [part[:half], part[half:]]
+                        continue
+                    log.warning(
+                        "observer refused an event of %d bytes: over the server's message "
+                        "limit (%s)",
+                        part[0].ByteSize(),
+                        exc.details(),
+                    )
+                    self.stats.refused += 1
+                    del parts[0]
+                    self._inflight = [e for p in parts for e in p]
+                    continue
                 if exc.code() in _RETRYABLE:
                     log.debug("observer call failed (%s): resending", exc.code().name)
                     return False
                 bad = _refused_index(exc)
-                if exc.code() != grpc.StatusCode.INVALID_ARGUMENT or bad is None:
-                    log.warning("observer refused a batch of %d: %s", len(batch), exc.details())
-                    self.stats.refused += len(batch)
-                    return True
-                log.warning("observer refused an event: %s", exc.details())
-                self.stats.refused += 1
-                batch = batch[:bad] + batch[bad + 1 :]
-                self._inflight = batch
+                if (
+                    exc.code() != grpc.StatusCode.INVALID_ARGUMENT
+                    or bad is None
+                    or bad >= len(part)
+                ):
+                    log.warning("observer refused a batch of %d: %s", len(part), exc.details())
+                    self.stats.refused += len(part)
+                    del parts[0]
+                else:
+                    log.warning("observer refused an event: %s", exc.details())
+                    self.stats.refused += 1
+                    parts[0] = part[:bad] + part[bad + 1 :]
+                    if not parts[0]:
+                        del parts[0]
+                self._inflight = [e for p in parts for e in p]
                 continue
             self.stats.sent += len(response.positions)
             self.stats.duplicates += sum(1 for p in response.positions if p.duplicate)
-            return True
+            del parts[0]
+            self._inflight = [e for p in parts for e in p]
         return True
 
 

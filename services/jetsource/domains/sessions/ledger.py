@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+import grpc
 from google.protobuf import json_format
 
 from jetsource._gen.process.v1 import events_pb2
@@ -27,6 +28,7 @@ from jetsource.core.codec import PayloadDecodeError
 from jetsource.core.envelope import ANY, Expected, NewEvent, RecordedEvent
 from jetsource.core.errors import CorruptEventError
 from jetsource.core.ids import uuid7
+from jetsource.domains.process.batching import requests, too_large
 from jetsource.domains.process.models.common import is_noop
 from jetsource.domains.sessions.format import (
     ENDED_STATUS,
@@ -287,13 +289,30 @@ class ObserverWriter:
     async def record(
         self, events: Sequence[events_pb2.CanonicalEvent]
     ) -> list[events_pb2.Position]:
+        """One ``RecordBatch`` per piece of at most ``BATCH_LIMIT`` events and
+        ``MAX_REQUEST_BYTES``, in order (the observer takes at most that many of one
+        process per request, and gRPC no message over its limit): a long import or a
+        batch of large events is recorded, not refused whole."""
+        out: list[events_pb2.Position] = []
+        for piece in requests(events, BATCH_LIMIT):
+            out += await self._send(list(piece))
+        return out
+
+    async def _send(self, events: list[events_pb2.CanonicalEvent]) -> list[events_pb2.Position]:
         from jetsource._gen.process.v1 import observer_pb2
 
-        reply = await self._stub.RecordBatch(
-            observer_pb2.RecordBatchRequest(events=list(events)),
-            timeout=self._timeout,
-            metadata=self._metadata,
-        )
+        try:
+            reply = await self._stub.RecordBatch(
+                observer_pb2.RecordBatchRequest(events=events),
+                timeout=self._timeout,
+                metadata=self._metadata,
+            )
+        except grpc.aio.AioRpcError as exc:
+            # Over a server's smaller message limit: the same bytes would never pass.
+            if too_large(exc) and len(events) > 1:
+                half = len(events) // 2
+                return await self._send(events[:half]) + await self._send(events[half:])
+            raise
         return list(reply.positions)
 
 
