@@ -54,6 +54,11 @@ async def build(settings: ProcessQuerySettings) -> ProcessQuery:
     nc = await connect(settings)
     redis = connect_valkey(settings)
     o, p = settings.process_query, settings.projector
+    # An item past the page's byte budget is never cut: half the message limit leaves
+    # room for it.
+    o = o.model_copy(
+        update={"max_page_bytes": min(o.max_page_bytes, settings.grpc.max_message_bytes // 2)}
+    )
     control = Control(nc, p.control_bucket, settings.eventstore.replicas)
     probe = DeadLetterProbe(nc, p.dlq_stream, p.dlq_subject_prefix, o.dead_letter_timeout_s)
     service = ProcessQueryService(redis, control, p.valkey_prefix, o, p.control_bucket, probe)

@@ -449,7 +449,7 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
                 return True
 
             out: list[pb.ProcessInfo] = []
-            scanned, cursor, more = 0, below, True
+            scanned, cursor, more, used = 0, below, True, 0
             filtered = bool(
                 len(statuses) > 1
                 or (statuses and (parent or root or kind))
@@ -457,7 +457,7 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
                 or (root and parent)
                 or started != (None, None)
             )
-            while len(out) < size and scanned < self.o.max_scan:
+            while len(out) < size and used < self.o.max_page_bytes and scanned < self.o.max_scan:
                 want = min(max(size - len(out), 16) * 2, 1000) if filtered else size - len(out) + 1
                 entries = await model.scan(key, cursor, want)
                 if not filtered and len(entries) == want:
@@ -472,7 +472,8 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
                     scanned += 1
                     if row is not None and wanted(row):
                         out.append(process_info(row))
-                        if len(out) == size:
+                        used += out[-1].ByteSize()
+                        if len(out) == size or used >= self.o.max_page_bytes:
                             break
                 if more_after:
                     continue
@@ -522,20 +523,21 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
             return not statuses or row.status in statuses
 
         out: list[pb.ProcessInfo] = []
-        scanned, more = 0, False
+        scanned, more, used = 0, False, 0
         while True:
             want = min(max(size - len(out), 16) * 2, 1000)
             entries = await model.scan_started(low, high, after, want)
             rows = await model.read_many([pid for pid, _ in entries])
             full = False
             for (pid, us), row in zip(entries, rows, strict=True):
-                if len(out) == size:
+                if len(out) == size or used >= self.o.max_page_bytes:
                     full = True  # an entry beyond the page: more may follow
                     break
                 after = (us, pid)
                 scanned += 1
                 if row is not None and wanted(row):
                     out.append(process_info(row))
+                    used += out[-1].ByteSize()
             if full:
                 more = True
                 break
@@ -564,31 +566,55 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
             if top is None:
                 raise self._not_found(pid)
             root = pb.ProcessNode(process=process_info(top))
-            truncated = False
+            room = [self.o.max_tree_nodes - 1, self.o.max_page_bytes - root.ByteSize()]
             level: list[tuple[pb.ProcessNode, ProcessRow]] = [(root, top)]
-            depth, count = 0, 1
+            depth = 0
             while level:
-                if max_depth and depth >= max_depth:
-                    truncated = truncated or any(row.children for _, row in level)
-                    break
-                ids = [c for _, row in level for c in row.children]
-                if count + len(ids) > self.o.max_tree_nodes:
-                    truncated = True
-                    break
-                rows = dict(zip(ids, await model.read_many(ids), strict=True))
+                # ``truncated`` only when a child that would be shown is left out: one
+                # that ``statuses`` hides is not cut off (so a filtered tree reads the
+                # level below the depth, and counts only what it keeps).
+                below = max_depth and depth >= max_depth
+                if below and not statuses:
+                    truncated = any(row.children for _, row in level)
+                    return pb.GetProcessTreeResponse(root=root, truncated=truncated)
+                kept = await self._kept_children(model, level, statuses, 0 if below else room[0])
+                if below or not kept:
+                    return pb.GetProcessTreeResponse(root=root, truncated=bool(kept))
                 nxt: list[tuple[pb.ProcessNode, ProcessRow]] = []
-                for node, row in level:
-                    for c in row.children:
-                        child = rows.get(c)
-                        if child is None or (statuses and child.status not in statuses):
-                            continue
-                        child_node = node.children.add(process=process_info(child))
-                        nxt.append((child_node, child))
-                count += len(nxt)
+                for node, child in kept:
+                    info = process_info(child)
+                    room[1] -= info.ByteSize() + 8
+                    if len(nxt) == room[0] or room[1] < 0:
+                        # At MAX_TREE_NODES, or the answer's bytes: cut here.
+                        return pb.GetProcessTreeResponse(root=root, truncated=True)
+                    nxt.append((node.children.add(process=info), child))
+                room[0] -= len(nxt)
                 level, depth = nxt, depth + 1
-            return pb.GetProcessTreeResponse(root=root, truncated=truncated)
+            return pb.GetProcessTreeResponse(root=root, truncated=False)
 
         return await self._run("GetProcessTree", context, work)
+
+    async def _kept_children(
+        self,
+        model: ProcessesModel,
+        level: list[tuple[pb.ProcessNode, ProcessRow]],
+        statuses: set[str],
+        enough: int,
+    ) -> list[tuple[pb.ProcessNode, ProcessRow]]:
+        """The children of ``level`` a tree shows (recorded, of a wanted status), each
+        with its parent's node, in order; read in chunks and no more once there are
+        more than ``enough`` (the tree is cut there anyway)."""
+        pairs = [(node, c) for node, row in level for c in row.children]
+        out: list[tuple[pb.ProcessNode, ProcessRow]] = []
+        for i in range(0, len(pairs), 1000):
+            chunk = pairs[i : i + 1000]
+            rows = await model.read_many([c for _, c in chunk])
+            for (node, _), child in zip(chunk, rows, strict=True):
+                if child is not None and (not statuses or child.status in statuses):
+                    out.append((node, child))
+            if len(out) > enough:
+                break
+        return out
 
     # -- timelines ----------------------------------------------------------------
 
@@ -611,20 +637,21 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
         size: int,
         flt: EventFilter,
     ) -> tuple[list[StoredEvent], int | None]:
-        """Up to ``size`` matching events after ``after``; the cursor to go on from, or
-        None at the end."""
+        """Up to ``size`` matching events after ``after`` (and about ``max_page_bytes``);
+        the cursor to go on from, or None at the end."""
         out: list[StoredEvent] = []
-        scanned, cursor = 0, after
+        scanned, cursor, used = 0, after, 0
+        limit = self.o.max_page_bytes
         if flt.trivial:
             # Nothing to filter: one read of exactly a page (and one more sequence, to
             # know whether another page follows).
             seqs = await fetch(cursor, size + 1)
-            more = len(seqs) > size
             events = await model.events(seqs[:size])
-            if not more:
+            n = fitting([e.ByteSize() for e in events], limit)
+            if len(seqs) <= n:
                 return events, None
-            return events, seqs[size - 1]
-        while len(out) < size and scanned < self.o.max_scan:
+            return events[:n], seqs[n - 1]
+        while len(out) < size and used < limit and scanned < self.o.max_scan:
             want = min(max(size - len(out), 16) * 2, 1000)
             seqs = await fetch(cursor, want)
             if not seqs:
@@ -638,7 +665,8 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
                 scanned += 1
                 if flt.match(e):
                     out.append(e)
-                    if len(out) == size:
+                    used += e.ByteSize()
+                    if len(out) == size or used >= limit:
                         consumed_all = e.global_seq == seqs[-1]
                         break
             if consumed_all:
@@ -670,11 +698,11 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
                 raise self._not_found(pid)
             if status == 1 and flt.trivial:
                 # The stored events are the answer's bytes: sent as they are.
-                more = len(seqs) > size
-                token = (
-                    self.tokens.make("GetProcessTimeline", bound, seqs[size - 1]) if more else ""
-                )
-                return encoded_timeline(first[:size], token)
+                page = first[:size]
+                n = fitting([len(e) for e in page], self.o.max_page_bytes)
+                more = len(seqs) > n
+                token = self.tokens.make("GetProcessTimeline", bound, seqs[n - 1]) if more else ""
+                return encoded_timeline(page[:n], token)
             fetch = await self._fetcher(model, pid, request.subtree)
             events, cursor = await self._page(model, fetch, after, size, flt)
             token = "" if cursor is None else self.tokens.make("GetProcessTimeline", bound, cursor)
@@ -846,6 +874,19 @@ def _error(exc: BaseException) -> RpcError | None:
     if isinstance(exc, _UNAVAILABLE):
         return RpcError(grpc.StatusCode.UNAVAILABLE, f"store unavailable: {exc}")
     return None
+
+
+def fitting(sizes: Sequence[int], limit: int) -> int:
+    """How many of the first items (of these encoded sizes) one answer carries: up to
+    and including the one that reaches ``limit`` bytes. gRPC refuses to send a message
+    over its limit (RESOURCE_EXHAUSTED, and the client would never get the page), and
+    one event may hold 256 KiB: pages are bounded in bytes as well as in count."""
+    total = 0
+    for i, size in enumerate(sizes):
+        total += size
+        if total >= limit:
+            return i + 1
+    return len(sizes)
 
 
 def _varint(n: int) -> bytes:
