@@ -26,6 +26,7 @@ from jetsource._gen.process.v1 import observer_pb2 as pb
 from jetsource._gen.process.v1 import observer_pb2_grpc as pb_grpc
 from jetsource.core.aio import stop_task
 from jetsource.core.clock import NS
+from jetsource.core.envelope import NewEvent
 from jetsource.core.errors import (
     ConcurrencyError,
     EventStoreUnavailableError,
@@ -104,12 +105,16 @@ class ObserverService(pb_grpc.ObserverServiceServicer):
         self._flush_events = stream_flush_events
 
     async def _record(
-        self, method: str, events: Sequence[epb.CanonicalEvent], at: str
+        self,
+        method: str,
+        events: Sequence[epb.CanonicalEvent],
+        at: str,
+        checked: Sequence[NewEvent] | None = None,
     ) -> list[epb.Position]:
         started = time.perf_counter()
         try:
             try:
-                recorded = await self._recorder.record(events, at)
+                recorded = await self._recorder.record(events, at, checked)
             except BaseException as exc:
                 EVENTS.labels(failure_outcome(exc)).inc(len(events))
                 if isinstance(exc, (EventStoreUnavailableError, StreamMissingError)):
@@ -145,23 +150,35 @@ class ObserverService(pb_grpc.ObserverServiceServicer):
     ) -> pb.RecordStreamResponse:
         """Records what has arrived whenever the previous flush is done (at most
         ``stream_flush_events`` at once): events are recorded as they come, in arrival
-        order per process. A refused event ends the stream with INVALID_ARGUMENT
-        naming ``events[i]`` (its arrival index); what arrived before it is recorded
-        (send it again with the same ids: duplicates, nothing doubled)."""
-        queue: asyncio.Queue[epb.CanonicalEvent | None] = asyncio.Queue()
+        order per process. Each event is checked as it arrives: a refused one ends the
+        stream with INVALID_ARGUMENT naming ``events[i]`` (its arrival index), once
+        every event before it is recorded (send the rest again, the same ids:
+        duplicates, nothing doubled); nothing after it is read."""
+        queue: asyncio.Queue[tuple[epb.CanonicalEvent, NewEvent] | None] = asyncio.Queue()
+        refused: list[ValidationError] = []
 
         async def read() -> None:
-            # The end mark goes in however reading ends (a message that is not
-            # protobuf, the client gone): without it the loop below would wait for
-            # good, and the reader's error would reach no one.
+            # The end mark goes in however reading ends (a refused event, a message
+            # that is not protobuf, the client gone): without it the loop below would
+            # wait for good, and the reader's error would reach no one.
             try:
+                i = 0
                 async for req in request_iterator:
-                    await queue.put(req.event)
+                    try:
+                        checked = self._recorder.check(req.event, f"events[{i}]")
+                    except ValidationError as exc:
+                        EVENTS.labels("refused").inc()
+                        refused.append(exc)
+                        return
+                    await queue.put((req.event, checked))
+                    i += 1
             finally:
                 queue.put_nowait(None)
 
         reader = asyncio.create_task(read())
         out: list[epb.Position] = []
+        # What one flush may carry: it is one request to the recorder.
+        most = min(self._flush_events, self._recorder.most_per_request)
         try:
             ended = False
             while not ended:
@@ -169,28 +186,21 @@ class ObserverService(pb_grpc.ObserverServiceServicer):
                 if first is None:
                     break
                 batch = [first]
-                while not queue.empty() and len(batch) < self._flush_events:
+                while not queue.empty() and len(batch) < most:
                     nxt = queue.get_nowait()
                     if nxt is None:
                         ended = True
                         break
                     batch.append(nxt)
-                try:
-                    out += await self._record("RecordStream", batch, "events")
-                except ValidationError as exc:
-                    # Name the event by its arrival index in the whole stream.
-                    field = exc.field or "events"
-                    if field.startswith("events["):
-                        i, rest = field[len("events[") :].split("]", 1)
-                        field = f"events[{len(out) + int(i)}]{rest}"
-                        raise ValidationError(
-                            str(exc).replace(exc.field or "", field, 1), field
-                        ) from None
-                    raise
+                events = [e for e, _ in batch]
+                checked = [n for _, n in batch]
+                out += await self._record("RecordStream", events, "events", checked)
             if not reader.done():
                 await reader
             else:
                 reader.result()
+            if refused:
+                raise refused[0]
         finally:
             await stop_task(reader)  # re-cancelled while it runs, within a bound
         return pb.RecordStreamResponse(positions=out)

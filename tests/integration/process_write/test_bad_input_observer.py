@@ -246,3 +246,33 @@ async def test_more_events_than_a_batch_takes_are_refused_naming_events(
     assert info.value.code() == Code.INVALID_ARGUMENT
     assert violations(info.value) == ["events"]
     assert await last_seq(observer.store) == before
+
+
+@pytest.mark.parametrize("pause", [False, True], ids=["all-at-once", "after-a-pause"])
+async def test_a_refused_event_in_a_stream_keeps_every_event_before_it(
+    observer: Observer, stub: pb_grpc.ObserverServiceStub, pause: bool
+) -> None:
+    """Events 0-4 good, 5 refused, 6-8 good: 0-4 are recorded (they were recorded only
+    up to the last flush, and all at once none but the first), 6-8 are not read."""
+    pid = _pid()
+    ids = [f"s-{i}" for i in range(9)]
+    events = [event(pid, event_id=ids[i], data={"i": i}) for i in range(9)]
+    events[5].event_type = "NotSnakeCase"
+
+    async def requests() -> AsyncIterator[pb.RecordStreamRequest]:
+        for i, e in enumerate(events):
+            if pause and i == 5:
+                await asyncio.sleep(0.2)
+            yield pb.RecordStreamRequest(event=e)
+
+    for _ in range(3):  # the same every time (it depended on when the flushes ran)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.RecordStream(requests(), timeout=10)
+        assert info.value.code() == Code.INVALID_ARGUMENT
+        assert "events[5].event_type" in (info.value.details() or "")
+        stored = await observer.store.read_aggregate(pid)
+        assert [r.event_id for r in stored] == ids[:5]
+    # Nothing after the refused one was claimed: sent again, it is recorded.
+    rest = await stub.RecordBatch(pb.RecordBatchRequest(events=events[6:]))
+    assert [p.duplicate for p in rest.positions] == [False] * 3
+    assert [p.process_seq for p in rest.positions] == [6, 7, 8]

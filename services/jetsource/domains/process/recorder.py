@@ -156,7 +156,23 @@ class Recorder:
 
     # -- the request ------------------------------------------------------------------
 
-    def validate(self, events: Sequence[CanonicalEvent], at: str = "events") -> list[NewEvent]:
+    @property
+    def most_per_request(self) -> int:
+        """The most events a request may carry when they are all of one process."""
+        return min(self._o.max_batch_events, BATCH_LIMIT)
+
+    def check(self, event: CanonicalEvent, at: str) -> NewEvent:
+        """One event as :func:`validate` checks it (``at``: its path, ``events[7]``), for
+        a caller that checks each event as it arrives (``RecordStream``)."""
+        return to_new_event(event, self._o.limits, at)
+
+    def validate(
+        self,
+        events: Sequence[CanonicalEvent],
+        at: str = "events",
+        checked: Sequence[NewEvent] | None = None,
+    ) -> list[NewEvent]:
+        """``checked``: the events, each checked already (:meth:`check`)."""
         if not events:
             raise ValidationError(f"{at} is empty: nothing to record", at)
         if len(events) > self._o.max_batch_events:
@@ -165,10 +181,14 @@ class Recorder:
                 at,
             )
         # One event alone (Record) is named ``event.<field>``, else ``events[i].<field>``.
-        out = [
-            to_new_event(e, self._o.limits, at if at == "event" else f"{at}[{i}]")
-            for i, e in enumerate(events)
-        ]
+        out = (
+            list(checked)
+            if checked is not None
+            else [
+                to_new_event(e, self._o.limits, at if at == "event" else f"{at}[{i}]")
+                for i, e in enumerate(events)
+            ]
+        )
         per_process: dict[str, int] = {}
         for e in events:
             per_process[e.process_id] = per_process.get(e.process_id, 0) + 1
@@ -181,9 +201,14 @@ class Recorder:
                 )
         return out
 
-    async def record(self, events: Sequence[CanonicalEvent], at: str = "events") -> list[Recorded]:
+    async def record(
+        self,
+        events: Sequence[CanonicalEvent],
+        at: str = "events",
+        checked: Sequence[NewEvent] | None = None,
+    ) -> list[Recorded]:
         """Positions of ``events`` in request order (see the module's docstring)."""
-        news = self.validate(events, at)
+        news = self.validate(events, at, checked)
         items = [
             _Item(i, new, self._keys(e, new))
             for i, (e, new) in enumerate(zip(events, news, strict=True))
