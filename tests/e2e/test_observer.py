@@ -113,6 +113,12 @@ async def test_the_sdk_records_a_tree_and_metrics_count_it(service: GrpcService)
         await client.flush()
     assert client.stats.sent == client.stats.emitted == 5
     assert child.parent is not None and child.parent.name == "e2e", "parent taken at entry"
+    # A refusal of its own (the test may run alone, or on a worker of its own).
+    async with grpc.aio.insecure_channel(service.address()) as channel:
+        with pytest.raises(grpc.aio.AioRpcError):
+            await pb_grpc.ObserverServiceStub(channel).Record(
+                pb.RecordRequest(event=event("e2e-p", event_type="Bad")), metadata=AUTH
+            )
     base = f"http://127.0.0.1:{service.metrics_port}"  # type: ignore[attr-defined]
     async with httpx.AsyncClient() as http:
         metrics = (await http.get(f"{base}/metrics", timeout=5)).text

@@ -544,3 +544,25 @@ async def test_a_read_with_min_process_seq_sees_what_the_observer_just_recorded(
     error = json.loads(stderr)["error"]
     assert (code, error["code"]) == (1, "FAILED_PRECONDITION")
     assert "min_process_seq 5 not reached" in error["message"]
+
+
+async def test_every_kind_the_observer_records_can_be_listed(stack: Stack, unique: str) -> None:
+    """The observer and ListProcesses agree on what a kind is (at most 128 characters,
+    no control characters): a kind ListProcesses refuses is refused when recorded, so
+    no process is recorded that can never be listed by its kind."""
+    longest = "k" * 127 + unique[-1]
+    pid = f"kind-{unique}"
+    await stack.record.Record(
+        ob.RecordRequest(event=event(pid, "process_started", 0, kind=longest)), timeout=5
+    )
+    for kind in ("k" * 129, "a\x85b", "a\u2028b"):
+        bad = event(f"kind-bad-{unique}", "process_started", 0, kind=kind)
+        error = await refused(stack.record.Record, ob.RecordRequest(event=bad))
+        assert error.code() == Code.INVALID_ARGUMENT and "event.data.kind" in (
+            error.details() or ""
+        )
+        error = await refused(stack.reads.ListProcesses, q.ListProcessesRequest(kind=kind))
+        assert error.code() == Code.INVALID_ARGUMENT and "kind" in (error.details() or "")
+    await visible(stack.reads, pid, 1)
+    listed = await stack.reads.ListProcesses(q.ListProcessesRequest(kind=longest), timeout=5)
+    assert [p.process_id for p in listed.processes] == [pid]

@@ -52,6 +52,7 @@ from jetsource.domains.process.models.timeline import (
     ProcessTimelineModel,
     timeline_spec,
 )
+from jetsource.domains.process.validation import kind_problem
 from jetsource.domains.sessions.format import SESSION_KIND, from_stored, to_message
 from jetsource.processquery.parked import DeadLetterProbe, parked_error
 from jetsource.processquery.settings import ProcessQueryOptions
@@ -401,8 +402,9 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
         async def work() -> pb.ListProcessesResponse:
             statuses = _statuses("statuses", request.statuses)
             kind = request.kind
-            if len(kind) > 128:
-                raise invalid("kind", f"at most 128 characters, got {len(kind)}")
+            problem = kind_problem(kind)  # the rule the observer records kinds by
+            if problem is not None:
+                raise invalid("kind", problem)
             root = _process_id("root_process_id", request.root_process_id, required=False)
             parent = _process_id("parent_process_id", request.parent_process_id, required=False)
             started = _window("started", request.started, request.HasField("started"))

@@ -74,6 +74,31 @@ BAD = {
         "typed.content_type",
     ),
     "source with control characters": (_with(source="a\x00b"), "source"),
+    "the zero time": (_with(occurred_at=(0, 0)), "occurred_at"),
+    "source with a C1 control": (_with(source="a\x85b"), "source"),
+    "source with a CSI": (_with(source="a\x9b2J"), "source"),
+    "correlation id with a line separator": (_with(correlation_id="a\u2028b"), "correlation_id"),
+    "idempotency key with a paragraph separator": (
+        _with(idempotency_key="k\u2029"),
+        "idempotency_key",
+    ),
+    "attribute value with a C1 control": (_with(attributes={"k": "v\x9b"}), "attributes['k']"),
+    "attribute key with a C1 control": (
+        _with(attributes={"k\x85": "v"}),
+        "attributes['k\\x85']",  # the key's repr
+    ),
+    "content type with a C1 control": (
+        _with(typed=epb.TypedPayload(content_type="text/\x85", data=b"x")),
+        "typed.content_type",
+    ),
+    "a kind longer than ListProcesses takes": (
+        _with(event_type="process_started", data={"kind": "k" * 129}),
+        "data.kind",
+    ),
+    "a kind with a C1 control": (
+        _with(event_type="process_started", data={"kind": "a\x85"}),
+        "data.kind",
+    ),
     "idempotency key too long": (_with(idempotency_key="k" * 257), "idempotency_key"),
     "too many attributes": (_with(attributes={f"k{i}": "v" for i in range(65)}), "attributes"),
     "empty attribute key": (_with(attributes={"": "v"}), "attributes"),

@@ -23,7 +23,12 @@ from jetsource.domains.process.pruning import PRUNER_ID, RESERVED_TYPES
 
 # Event ids (and causation ids, which name one): a Nats-Msg-Id and a log-safe token.
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}")
-_PRINTABLE = re.compile(r"[^\x00-\x1f\x7f]*")
+# Text without control characters (C0, DEL, C1: Unicode's category Cc) or the line and
+# paragraph separators U+2028/U+2029, which end a line in a log or a terminal as a
+# newline does (U+0085, NEL, is C1).
+_PRINTABLE = re.compile(r"[^\x00-\x1f\x7f-\x9f\u2028\u2029]*")
+# A kind is a ListProcesses filter, which takes at most this many characters.
+MAX_KIND = 128
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # google.protobuf.Timestamp's own range: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59Z.
 _MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
@@ -51,13 +56,34 @@ def _plain(value: str, limit: int) -> bool:
     return len(value) <= limit and value.isascii() and value.isprintable()
 
 
+def text_problem(value: str) -> str | None:
+    """Why ``value`` is not one line of text (a control character or a line
+    separator, named with its position), or None."""
+    # Printable ASCII (the usual text) has no control character; anything else is
+    # asked of the pattern. One C call instead of a match per field of every event.
+    if value.isascii() and value.isprintable():
+        return None
+    m = _PRINTABLE.match(value)
+    assert m is not None  # the pattern matches the empty prefix
+    if m.end() == len(value):
+        return None
+    return f"contains a control character (U+{ord(value[m.end()]):04X} at position {m.end()})"
+
+
 def _text(value: str, field: str, limit: int) -> None:
     if len(value) > limit:
         raise ValidationError(f"{field} is {len(value)} characters; at most {limit}", field)
-    # Printable ASCII (the usual text) has no control character; anything else is
-    # asked of the pattern. One C call instead of a match per field of every event.
-    if not (value.isascii() and value.isprintable()) and not _PRINTABLE.fullmatch(value):
-        raise ValidationError(f"{field} contains control characters", field)
+    problem = text_problem(value)
+    if problem is not None:
+        raise ValidationError(f"{field} {problem}", field)
+
+
+def kind_problem(kind: str) -> str | None:
+    """Why ``kind`` cannot be a process's kind (what ``ListProcesses(kind=)`` can ask
+    for), or None."""
+    if len(kind) > MAX_KIND:
+        return f"is {len(kind)} characters; at most {MAX_KIND}"
+    return text_problem(kind)
 
 
 def _json_value(value: struct_pb2.Value, field: str, depth: int, limits: Limits) -> None:
@@ -162,7 +188,16 @@ def to_new_event(event: CanonicalEvent, limits: Limits, at: str = "event") -> Ne
                 f"{f}occurred_at is before 1970-01-01: not a time a process ran",
                 f + "occurred_at",
             )
-        occurred_ns = ts.seconds * 1_000_000_000 + ts.nanos or None
+        if ts.seconds == 0 and ts.nanos == 0:
+            # The event store takes a zero occurred time for none and stamps the
+            # recorded time instead: refused rather than silently replaced.
+            raise ValidationError(
+                f"{f}occurred_at is 1970-01-01T00:00:00Z, the zero time: not a time a "
+                "process ran (leave it unset to take the recorded time)",
+                f + "occurred_at",
+            )
+        # Presence, not truth: 1 ns after the epoch is a time like any other.
+        occurred_ns = ts.seconds * 1_000_000_000 + ts.nanos
     _text(event.source, f + "source", limits.max_text)
     if event.schema_version > limits.max_schema_version:
         raise ValidationError(
@@ -193,6 +228,13 @@ def to_new_event(event: CanonicalEvent, limits: Limits, at: str = "event") -> Ne
     which = event.WhichOneof("payload")
     if which == "data":
         _json_struct(event.data, f + "data", 1, limits)
+        if event.event_type == "process_started":
+            kind = event.data.fields.get("kind")
+            if kind is not None and kind.WhichOneof("kind") == "string_value":
+                problem = kind_problem(kind.string_value)
+                if problem is not None:
+                    # Stored, it could never be listed by kind.
+                    raise ValidationError(f"{f}data.kind {problem}", f + "data.kind")
         body.data.CopyFrom(event.data)
     elif which == "typed":
         if not event.typed.content_type:
