@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -328,3 +329,35 @@ async def test_watch_delivers_each_event_once_across_restart_and_reconnect(
     assert [c.event.event_id for c in got] == [r.event_id for r in records]
     for change in got:
         assert change.state == view_at(records, change.event.version)
+
+
+async def test_a_watch_from_a_version_not_reached_yet_starts_there(stack: Stack) -> None:
+    await stack.commands.create_context("ahead", "Ahead")
+    await stack.commands.add_decision("ahead", "d0", "first")  # version 2
+    got: list[int] = []
+
+    async def follow() -> None:
+        call = stack.reads.watch("ahead", from_version=10)
+        async for change in call:
+            got.append(change.event.version)
+            assert change.state.version == change.event.version
+            if change.event.version == 11:
+                call.cancel()
+                return
+
+    watching = asyncio.create_task(follow())
+    await asyncio.sleep(0.2)  # the watch is waiting past version 2
+    for n in range(1, 10):
+        await stack.commands.add_decision("ahead", f"d{n}", f"decision {n}")  # 3 .. 11
+    await asyncio.wait_for(watching, 10)
+    assert got == [10, 11]
+
+
+async def test_min_version_of_a_story_that_does_not_exist_is_not_found_at_once(
+    stack: Stack,
+) -> None:
+    started = time.monotonic()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stack.reads.get_context("nowhere-at-all", min_version=1)  # deadline 5 s
+    assert err.value.code() == Code.NOT_FOUND
+    assert time.monotonic() - started < 1.0

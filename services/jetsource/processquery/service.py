@@ -622,14 +622,20 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
 
     async def _fetcher(self, model: ProcessTimelineModel, pid: str, subtree: bool) -> Fetch:
         """How to read the process's (or subtree's) global sequences after a cursor."""
+        return (await self._source(model, pid, subtree)).fetch
+
+    async def _source(self, model: ProcessTimelineModel, pid: str, subtree: bool) -> _Source:
         if not subtree:
             key = model.process_key(pid)
-            return lambda after, count: model.seqs(key, after, None, count)
+            return _Source(lambda after, count: model.seqs(key, after, None, count))
         if await model.root_of(pid) == pid:
             key = model.tree_key(pid)
-            return lambda after, count: model.seqs(key, after, None, count)
-        keys = [model.process_key(p) for p in await model.subtree(pid)]
-        return lambda after, count: model.merged_seqs(keys, after, None, count)
+            return _Source(lambda after, count: model.seqs(key, after, None, count), key)
+        members = await model.subtree(pid)
+        keys = [model.process_key(p) for p in members]
+        return _Source(
+            lambda after, count: model.merged_seqs(keys, after, None, count), members=members
+        )
 
     async def _page(
         self,
@@ -818,6 +824,12 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
     ) -> AsyncIterator[StoredEvent]:
         """The events of ``pid`` (or its subtree) above global seq ``cursor``, then live.
 
+        A subtree can grow below the cursor: a process recorded before its parent joins
+        the tree, with its history, when the parent arrives (or a link above it does).
+        Its events at or below the cursor are sent once, when it is seen to join (in
+        global order among themselves); those above come as any other. What was in the
+        subtree when the watch began is sent from ``cursor`` on, as asked.
+
         It ends when the client goes (cancel or deadline: grpc does not cancel a handler
         that is not writing, so the loop asks) and when the server stops."""
         pubsub = self.redis.pubsub()
@@ -829,6 +841,12 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
             await pubsub.aclose()
             raise RpcError(grpc.StatusCode.UNAVAILABLE, f"store unavailable: {exc}") from exc
         WATCHES.inc()
+        # Members of the subtree whose events at or below the cursor have all been sent
+        # (or were below the position asked for); for a root, how many entries of its
+        # tree are at or below the cursor as far as this watch has sent them (more in
+        # the model: something joined below the cursor).
+        known: set[str] | None = None
+        tally = 0
         try:
             while True:
                 if self._closing.is_set():
@@ -841,15 +859,50 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
                     raise asyncio.CancelledError
                 try:
                     model = await self.timeline()
-                    fetch = await self._fetcher(model, pid, subtree)
-                    seqs = await fetch(cursor, 500)
+                    if subtree and known is None:
+                        # The count first, then the members: one that joins between
+                        # them is taken as there at the start (and the count, short,
+                        # looks again).
+                        if await model.root_of(pid) == pid:
+                            tally = await model.count(model.tree_key(pid), cursor)
+                        # (The process itself even before the timeline has it: its
+                        # own events are sent from the cursor on, as asked.)
+                        known = {pid, *await model.subtree(pid)}
+                    source = await self._source(model, pid, subtree)
+                    seqs = await source.fetch(cursor, 500)
                     events = await model.events(seqs)
                 except _UNAVAILABLE as exc:
                     log.warning("watch %s: %r; retrying", pid, exc)
-                    seqs, events = [], []
+                    seqs, events, source = [], [], _Source(_nothing)
+                if known is not None:
+                    # Joined since the last look: members not known yet, and processes
+                    # whose events this read found though they were not known (none of
+                    # their events was sent: they were not in the tree).
+                    joined = {p for p in source.members or () if p not in known}
+                    joined |= {e.event.process_id for e in events} - known
+                    if joined:
+                        known |= joined
+                        async for e in self._late(model, joined, cursor, context):
+                            tally += 1
+                            yield e
                 for e in events:
                     cursor = e.global_seq
                     yield e
+                tally += sum(1 for q in seqs if q <= cursor)
+                if known is not None and source.tree_key is not None:
+                    # A root's tree: joins are rare, so count what is below the cursor
+                    # (one cheap read) and look at the members only when it moved.
+                    try:
+                        below = await model.count(source.tree_key, cursor)
+                        if below != tally:
+                            members = set(await model.subtree(pid))
+                            joined = members - known
+                            known |= members
+                            async for e in self._late(model, joined, cursor, context):
+                                yield e
+                            tally = below
+                    except _UNAVAILABLE as exc:
+                        log.warning("watch %s: %r; retrying", pid, exc)
                 if seqs:
                     continue
                 try:
@@ -866,6 +919,49 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
             with contextlib.suppress(Exception):
                 await pubsub.unsubscribe()
                 await pubsub.aclose()
+
+    async def _late(
+        self,
+        model: ProcessTimelineModel,
+        joined: set[str],
+        upto: int,
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[StoredEvent]:
+        """The events of processes that joined a watched subtree, at or below ``upto``,
+        in global order, a chunk at a time (a read that fails is asked again)."""
+        if not joined or upto <= 0:
+            return
+        keys = [model.process_key(p) for p in sorted(joined)]
+        after = 0
+        while not context.done():
+            if self._closing.is_set():
+                raise RpcError(grpc.StatusCode.UNAVAILABLE, "process query is stopping")
+            try:
+                seqs = await model.merged_seqs(keys, after, upto, 500)
+                events = await model.events(seqs)
+            except _UNAVAILABLE as exc:
+                log.warning("watch: %r; retrying", exc)
+                await wait_event(self._closing, self.o.watch_poll_s)
+                continue
+            for e in events:
+                yield e
+            if len(seqs) < 500:
+                return
+            after = seqs[-1]
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where a timeline read finds its global sequences: ``tree_key`` for a root's
+    subtree, ``members`` for a subtree merged from its processes' own indexes."""
+
+    fetch: Fetch
+    tree_key: str | None = None
+    members: list[str] | None = None
+
+
+async def _nothing(after: int, count: int) -> list[int]:
+    return []
 
 
 def _error(exc: BaseException) -> RpcError | None:

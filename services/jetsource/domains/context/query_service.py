@@ -469,6 +469,10 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
             model: ContextModel = await self._model(CONTEXT)
             await self._check_parked(model.spec, cid)
             doc = await model.read(cid)
+            if doc is None and wanted:
+                # Waiting for a story that does not exist would take the deadline to
+                # say NOT_FOUND: ask the stream once.
+                await self._must_exist(cid)
             if doc is None or doc["state"]["version"] < wanted:
                 doc = await self._wait_for(model, cid, wanted, doc, context)
             if doc is None:
@@ -774,6 +778,8 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
         # Subscribe before the first read, so no append slips between them.
         sub = await self.p.nc.subscribe(f"{self.store.settings.subject_prefix}.{cid}.>", cb=woken)
         try:
+            # The state before ``start``, or the current one when ``start`` is further:
+            # the events up to it are folded as they come and sent from ``start`` on.
             point = await self.loader.load(cid, to_version=start - 1)
             state, seq = point.state, point.last_seq
             while True:
@@ -793,6 +799,8 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
                         break  # never skip: read again from where the state is
                     state = fold([r.event], state)
                     seq = r.stream_seq
+                    if r.version < start:
+                        continue
                     yield pb.WatchContextResponse(event=event_view(r), state=state_view(state))
                 if records:
                     continue

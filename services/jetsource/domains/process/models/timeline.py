@@ -347,6 +347,10 @@ class ProcessTimelineModel(ValkeyModel):
         raw = await valkey_io(self.redis.zrangebyscore(key, f"({after}", high, start=0, num=count))
         return [int(s) for s in raw]
 
+    async def count(self, key: str, upto: int) -> int:
+        """How many global sequences of one index are at most ``upto``."""
+        return int(await valkey_io(self.redis.zcount(key, "-inf", upto)))
+
     async def merged_seqs(
         self, keys: Sequence[str], after: int, upto: int | None, count: int
     ) -> list[int]:
