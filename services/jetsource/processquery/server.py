@@ -55,9 +55,13 @@ async def build(settings: ProcessQuerySettings) -> ProcessQuery:
     redis = connect_valkey(settings)
     o, p = settings.process_query, settings.projector
     # An item past the page's byte budget is never cut: half the message limit leaves
-    # room for it.
+    # room for it. A tree stops before its budget: the limit less a margin.
+    limit = settings.grpc.max_message_bytes
     o = o.model_copy(
-        update={"max_page_bytes": min(o.max_page_bytes, settings.grpc.max_message_bytes // 2)}
+        update={
+            "max_page_bytes": min(o.max_page_bytes, limit // 2),
+            "max_tree_bytes": min(o.max_tree_bytes, max(limit - 64 * 1024, limit // 2)),
+        }
     )
     control = Control(nc, p.control_bucket, settings.eventstore.replicas)
     probe = DeadLetterProbe(nc, p.dlq_stream, p.dlq_subject_prefix, o.dead_letter_timeout_s)

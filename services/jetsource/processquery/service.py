@@ -568,7 +568,7 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
             if top is None:
                 raise self._not_found(pid)
             root = pb.ProcessNode(process=process_info(top))
-            room = [self.o.max_tree_nodes - 1, self.o.max_page_bytes - root.ByteSize()]
+            room = [self.o.max_tree_nodes - 1, self.o.max_tree_bytes - root.ByteSize()]
             level: list[tuple[pb.ProcessNode, ProcessRow]] = [(root, top)]
             depth = 0
             while level:
@@ -587,7 +587,7 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
                     info = process_info(child)
                     room[1] -= info.ByteSize() + 8
                     if len(nxt) == room[0] or room[1] < 0:
-                        # At MAX_TREE_NODES, or the answer's bytes: cut here.
+                        # At MAX_TREE_NODES, or MAX_TREE_BYTES: cut here.
                         return pb.GetProcessTreeResponse(root=root, truncated=True)
                     nxt.append((node.children.add(process=info), child))
                 room[0] -= len(nxt)
@@ -656,9 +656,11 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
             seqs = await fetch(cursor, size + 1)
             events = await model.events(seqs[:size])
             n = fitting([e.ByteSize() for e in events], limit)
-            if len(seqs) <= n:
+            if n < len(events):  # cut by its bytes
+                return events[:n], events[n - 1].global_seq
+            if len(seqs) <= size:
                 return events, None
-            return events[:n], seqs[n - 1]
+            return events, seqs[size - 1]
         while len(out) < size and used < limit and scanned < self.o.max_scan:
             want = min(max(size - len(out), 16) * 2, 1000)
             seqs = await fetch(cursor, want)
@@ -708,8 +710,16 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
                 # The stored events are the answer's bytes: sent as they are.
                 page = first[:size]
                 n = fitting([len(e) for e in page], self.o.max_page_bytes)
-                more = len(seqs) > n
-                token = self.tokens.make("GetProcessTimeline", bound, seqs[n - 1]) if more else ""
+                if n < len(page):  # cut by its bytes: go on after the last one sent
+                    last = StoredEvent.FromString(page[n - 1]).global_seq
+                    token = self.tokens.make("GetProcessTimeline", bound, last)
+                else:
+                    more = len(seqs) > size
+                    token = (
+                        self.tokens.make("GetProcessTimeline", bound, seqs[size - 1])
+                        if more
+                        else ""
+                    )
                 return encoded_timeline(page[:n], token)
             fetch = await self._fetcher(model, pid, request.subtree)
             events, cursor = await self._page(model, fetch, after, size, flt)

@@ -22,11 +22,14 @@ class ProcessQueryOptions(BaseModel):
     max_scan: int = Field(default=20_000, ge=100)
     # GetProcessTree returns at most this many processes (then truncated=true).
     max_tree_nodes: int = Field(default=10_000, ge=1)
-    # An answer (a page of events or processes, a tree) ends at the item that reaches
-    # this many bytes (a tree: truncated=true), so it stays below gRPC's message limit
-    # (4 MiB, JETSOURCE_GRPC__MAX_MESSAGE_BYTES: at most half of it is used) however
-    # large the events are.
+    # A page of events or processes ends at the item that reaches this many bytes (with
+    # a token), so it stays below gRPC's message limit (4 MiB,
+    # JETSOURCE_GRPC__MAX_MESSAGE_BYTES: at most half of it is used) however large the
+    # events are.
     max_page_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    # A tree (one answer, no pages) stops before the node that would take it past this
+    # many bytes (truncated=true): at most the message limit less 64 KiB.
+    max_tree_bytes: int = Field(default=4 * 1024 * 1024 - 64 * 1024, ge=1024)
     # WatchProcess is woken by the timeline model's messages and reads at least this often.
     watch_poll_s: float = Field(default=1.0, gt=0)
     control_ttl_s: float = Field(default=1.0, ge=0)

@@ -78,7 +78,9 @@ async def test_pages_and_trees_end_at_their_byte_budget_and_lose_nothing(
     await apply_model(p, PROCESSES)
     await apply_model(p, TIMELINE)
 
-    small = await build(process_query_settings(p.settings, max_page_bytes=PAGE_BYTES))
+    small = await build(
+        process_query_settings(p.settings, max_page_bytes=PAGE_BYTES, max_tree_bytes=PAGE_BYTES)
+    )
     roomy = await build(process_query_settings(p.settings))
     try:
         async with (
