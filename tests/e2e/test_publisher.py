@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 from jetsource._gen.context.v1 import commands_pb2 as pb
 from jetsource._gen.context.v1 import commands_pb2_grpc as pb_grpc
 from jetsource._gen.context.v1 import events_pb2
-from jetsource.client import ContextClient
+from jetsource.client import ContextClient, error_details
 from jetsource.core.settings import NatsSettings
 from jetsource.devstack.servers import NatsServer, free_port, stop_pid
 from jetsource.publisher.server import Publisher, build
@@ -302,3 +302,32 @@ async def test_deadline_is_respected(client: ContextClient, publisher: Publisher
                 timeout=0.0001,
             )
         assert err.value.code() == Code.DEADLINE_EXCEEDED
+
+
+@pytest.mark.parametrize(
+    ("call", "field"),
+    [
+        (
+            lambda c: c.add_decision("story", "d9", "x", correlation_id="c\r\nX-Evil: 1"),
+            "options.correlation_id",
+        ),
+        (lambda c: c.add_decision("story", "d9", "a\x1b[31mred"), "title"),
+        (lambda c: c.add_decision("story", "d9", "x", body="wipe\x1b[2J"), "body"),
+        (lambda c: c.add_subtask("story", "s9", "t", assignee="ana\x00"), "assignee"),
+        (lambda c: c.create_context("other", "t", tags=["ok", "new\nline"]), "tags"),
+        (lambda c: c.revise_decision("story", "d1", title="   "), "title"),
+        (lambda c: c.revise_decision("story", "d1", title="\x00"), "title"),
+    ],
+)
+async def test_control_characters_and_blank_revised_titles_are_refused_naming_the_field(
+    publisher: Publisher, client: ContextClient, call: Any, field: str
+) -> None:
+    await client.create_context("story", "s")
+    await client.add_decision("story", "d1", "one", body="two\nlines\r\nand\ta tab")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call(client)
+    assert err.value.code() == Code.INVALID_ARGUMENT, err.value.details()
+    assert (err.value.details() or "").startswith(field)
+    assert field in error_details(err.value).fields
+    assert await versions(publisher, "story") == 2
+    assert await versions(publisher, "other") == 0

@@ -48,7 +48,8 @@ LATENCY = Histogram(
 
 SERVICE = pb.DESCRIPTOR.services_by_name["ContextCommandService"].full_name
 
-# Every string of CommandOptions and its limit (characters); refused naming its path.
+# Every string of CommandOptions and its limit (characters); refused naming its path,
+# as is a control character in any of them (each is one line: ids, a name).
 OPTION_LIMITS = {
     "idempotency_key": MAX_KEY,
     "correlation_id": MAX_KEY,
@@ -70,6 +71,7 @@ def _options(request: Any) -> CommandOptions:
                 f"options.{name} is {len(value)} characters; at most {limit}",
                 field=f"options.{name}",
             )
+        m.one_line(value, f"options.{name}")
     return CommandOptions(
         idempotency_key=o.idempotency_key,
         expected_version=o.expected_version if o.HasField("expected_version") else None,

@@ -193,11 +193,48 @@ Command = (
 # -- validation helpers -------------------------------------------------------------
 
 
-def _text(value: str, name: str, limit: int, required: bool = False) -> None:
+# Control characters (C0, DEL and C1) shown by a terminal move its cursor, recolour it,
+# retitle it or wipe it, and a CR or LF in a one-line value forges lines in logs and
+# headers. One-line texts (titles, names, tags, the command options) take none of them;
+# multi-line texts (bodies, rationales, descriptions, reasons) take tabs and line
+# breaks (LF, or CR LF), nothing else of them. Events stored before this rule stay
+# readable: only commands are checked.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_IN_LINES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]|\r(?!\n)")
+
+
+def one_line(value: str, name: str) -> None:
+    """ValidationError naming ``name`` when ``value`` holds a control character."""
+    found = _CONTROL.search(value)
+    if found is not None:
+        raise ValidationError(
+            f"{name} holds a control character (U+{ord(found.group()[0]):04X} at position "
+            f"{found.start()}): it takes one line of printable text",
+            field=name,
+        )
+
+
+def _lines(value: str, name: str) -> None:
+    found = _CONTROL_IN_LINES.search(value)
+    if found is not None:
+        raise ValidationError(
+            f"{name} holds a control character (U+{ord(found.group()[0]):04X} at position "
+            f"{found.start()}): it takes printable text, tabs and line breaks (LF or CR LF)",
+            field=name,
+        )
+
+
+def _text(
+    value: str, name: str, limit: int, required: bool = False, multiline: bool = False
+) -> None:
     if required and not value.strip():
         raise ValidationError(f"{name} is required", field=name)
     if len(value) > limit:
         raise ValidationError(f"{name} is {len(value)} characters; at most {limit}", field=name)
+    if multiline:
+        _lines(value, name)
+    else:
+        one_line(value, name)
 
 
 def _node_id(value: str, name: str) -> None:
@@ -230,7 +267,7 @@ def _depends(deps: frozenset[tuple[str, str]], start: str, target: str) -> bool:
 def decide(command: Command, state: ContextState) -> list[Message]:
     if isinstance(command, CreateContext):
         _text(command.title, "title", MAX_TITLE, required=True)
-        _text(command.description, "description", MAX_TEXT)
+        _text(command.description, "description", MAX_TEXT, multiline=True)
         _text(command.created_by, "created_by", MAX_NAME)
         if len(command.tags) > MAX_TAGS:
             raise ValidationError(f"at most {MAX_TAGS} tags", field="tags")
@@ -255,8 +292,8 @@ def decide(command: Command, state: ContextState) -> list[Message]:
     if isinstance(command, AddDecision):
         _node_id(command.decision_id, "decision_id")
         _text(command.title, "title", MAX_TITLE, required=True)
-        _text(command.body, "body", MAX_TEXT)
-        _text(command.rationale, "rationale", MAX_TEXT)
+        _text(command.body, "body", MAX_TEXT, multiline=True)
+        _text(command.rationale, "rationale", MAX_TEXT, multiline=True)
         _text(command.author, "author", MAX_NAME)
         for target in command.affects:
             _node_id(target, "affects")
@@ -277,9 +314,15 @@ def decide(command: Command, state: ContextState) -> list[Message]:
 
     if isinstance(command, ReviseDecision):
         _node_id(command.decision_id, "decision_id")
+        # An empty title keeps the current one; one given meets AddDecision's rule.
+        if command.title and not command.title.strip():
+            raise ValidationError(
+                "title is blank: give a title, or leave it empty to keep the current one",
+                field="title",
+            )
         _text(command.title, "title", MAX_TITLE)
-        _text(command.body, "body", MAX_TEXT)
-        _text(command.rationale, "rationale", MAX_TEXT)
+        _text(command.body, "body", MAX_TEXT, multiline=True)
+        _text(command.rationale, "rationale", MAX_TEXT, multiline=True)
         _text(command.revised_by, "revised_by", MAX_NAME)
         _active_decision(state, command.decision_id)
         if not (command.title or command.body or command.rationale):
@@ -297,7 +340,7 @@ def decide(command: Command, state: ContextState) -> list[Message]:
     if isinstance(command, SupersedeDecision):
         _node_id(command.decision_id, "decision_id")
         _node_id(command.superseded_by, "superseded_by")
-        _text(command.reason, "reason", MAX_TEXT)
+        _text(command.reason, "reason", MAX_TEXT, multiline=True)
         _active_decision(state, command.decision_id)
         if command.superseded_by == command.decision_id:
             raise DomainError("a decision cannot supersede itself")
@@ -317,7 +360,7 @@ def decide(command: Command, state: ContextState) -> list[Message]:
     if isinstance(command, AddSubtask):
         _node_id(command.subtask_id, "subtask_id")
         _text(command.title, "title", MAX_TITLE, required=True)
-        _text(command.description, "description", MAX_TEXT)
+        _text(command.description, "description", MAX_TEXT, multiline=True)
         _text(command.assignee, "assignee", MAX_NAME)
         _unused_id(state, command.subtask_id)
         return [
@@ -397,7 +440,7 @@ def decide(command: Command, state: ContextState) -> list[Message]:
         ]
 
     if isinstance(command, CloseContext):
-        _text(command.reason, "reason", MAX_TEXT)
+        _text(command.reason, "reason", MAX_TEXT, multiline=True)
         _text(command.closed_by, "closed_by", MAX_NAME)
         if command.closed_at_ns <= 0:
             raise ValidationError("closed_at must be a time after 1970", field="closed_at")

@@ -1,0 +1,136 @@
+"""Control characters in commands: a one-line value (a title, a name, a tag, an option)
+takes none (an ESC recolours a terminal, a CR LF forges a log line or a header); a
+multi-line text (body, rationale, description, reason) takes tabs and line breaks (LF
+or CR LF) and no other. Refused as INVALID_ARGUMENT naming the field. And a revision's
+title, when given, meets AddDecision's rule: not blank."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from jetsource._gen.context.v1 import commands_pb2 as pb
+from jetsource._gen.context.v1 import events_pb2 as ev
+from jetsource.core.errors import ValidationError
+from jetsource.domains.context.command_service import _options
+from jetsource.domains.context.model import (
+    AddDecision,
+    AddSubtask,
+    CloseContext,
+    Command,
+    ContextState,
+    CreateContext,
+    ReviseDecision,
+    SupersedeDecision,
+    UpdateSubtask,
+    decide,
+    evolve,
+)
+
+HOSTILE = [
+    "a\x1b[31mred",
+    "\x00",
+    "c\r\nX-Evil: 1",
+    "a\rb",
+    "tab\there",
+    "line\nbreak",
+    "\x7f",
+    "\x9b1m",
+]
+MULTILINE_OK = ["two\nlines", "crlf\r\nlines", "tab\tstop", "é 😀 日本語 \u202f"]
+MULTILINE_BAD = ["\x00", "esc \x1b[2J", "bell\x07", "lone cr\r", "a\rb", "\x85", "\x7f"]
+
+
+def _story() -> ContextState:
+    state = ContextState(id="c")
+    for command in (
+        CreateContext("story"),
+        AddDecision("d1", "one"),
+        AddDecision("d2", "two"),
+        AddSubtask("s1", "task"),
+    ):
+        for event in decide(command, state):
+            state = evolve(state, event)
+    return state
+
+
+ONE_LINE: dict[str, Callable[[str], Command]] = {
+    "title": lambda v: AddDecision("d9", v),
+    "author": lambda v: AddDecision("d9", "t", author=v),
+    "created_by": lambda v: CreateContext("t", created_by=v),
+    "tags": lambda v: CreateContext("t", tags=[v]),
+    "assignee": lambda v: AddSubtask("s9", "t", assignee=v),
+    "revised_by": lambda v: ReviseDecision("d1", body="b", revised_by=v),
+    "closed_by": lambda v: CloseContext(closed_by=v),
+}
+LINES: dict[str, Callable[[str], Command]] = {
+    "body": lambda v: AddDecision("d9", "t", body=v),
+    "rationale": lambda v: ReviseDecision("d1", rationale=v),
+    "description": lambda v: AddSubtask("s9", "t", description=v),
+    "reason": lambda v: SupersedeDecision("d1", "d2", reason=v),
+}
+
+
+def _refused(command: Command) -> ValidationError:
+    state = _story() if not isinstance(command, CreateContext) else ContextState(id="c")
+    with pytest.raises(ValidationError) as err:
+        decide(command, state)
+    return err.value
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+@pytest.mark.parametrize("field", list(ONE_LINE))
+def test_one_line_fields_refuse_every_control_character(field: str, value: str) -> None:
+    error = _refused(ONE_LINE[field](value))
+    assert error.field == field
+    assert "control character" in str(error) and str(error).startswith(field)
+
+
+@pytest.mark.parametrize("field", list(LINES))
+def test_multi_line_texts_take_tabs_and_line_breaks_and_refuse_other_controls(
+    field: str,
+) -> None:
+    for value in MULTILINE_OK:
+        decide(LINES[field](value), _story())
+    for value in MULTILINE_BAD:
+        error = _refused(LINES[field](value))
+        assert error.field == field and "LF or CR LF" in str(error), value
+    # The same for a revision's body, a status update's assignee (one line)...
+    assert _refused(ReviseDecision("d1", body="\x1b]0;pwned\x07")).field == "body"
+    assert _refused(UpdateSubtask("s1", assignee="ana\n")).field == "assignee"
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+@pytest.mark.parametrize("name", ["idempotency_key", "correlation_id", "causation_id", "actor"])
+def test_command_options_refuse_control_characters_naming_their_path(name: str, value: str) -> None:
+    options = pb.CommandOptions(idempotency_key="k")
+    setattr(options, name, value)
+    with pytest.raises(ValidationError) as err:
+        _options(pb.AddDecisionRequest(context_id="c", options=options))
+    assert err.value.field == f"options.{name}"
+    assert f"options.{name} holds a control character" in str(err.value)
+
+
+def test_printable_text_of_any_script_is_taken() -> None:
+    text = "Ünïcödé 😀 日本語 — \u00a0nbsp \u202fnarrow"
+    decide(AddDecision("d9", text, body=text, author=text), _story())
+    options = pb.CommandOptions(idempotency_key=text, correlation_id=text, actor=text)
+    assert _options(pb.AddDecisionRequest(options=options)).actor == text
+
+
+@pytest.mark.parametrize("title", ["   ", "\t", " \n "])
+def test_a_revision_refuses_a_blank_title_as_adding_does(title: str) -> None:
+    for command in (AddDecision("d9", title), ReviseDecision("d1", title=title)):
+        assert _refused(command).field == "title"
+    # An empty title keeps the current one (a revision of the body alone).
+    (event,) = decide(ReviseDecision("d1", body="new"), _story())
+    assert evolve(_story(), event).decisions["d1"].title == "one"
+
+
+def test_events_stored_before_the_rule_still_fold() -> None:
+    """Only commands are checked: history holding control characters stays readable."""
+    state = _story()
+    event = ev.DecisionAdded(decision_id="d9", title="old \x1b[31m title\r\n")
+    state = evolve(state, event)
+    assert state.decisions["d9"].title == "old \x1b[31m title\r\n"
