@@ -331,3 +331,29 @@ async def test_control_characters_and_blank_revised_titles_are_refused_naming_th
     assert field in error_details(err.value).fields
     assert await versions(publisher, "story") == 2
     assert await versions(publisher, "other") == 0
+
+
+async def test_a_story_is_capped_by_the_max_context_bytes_setting(
+    publisher_settings: PublisherSettings,
+) -> None:
+    small = publisher_settings.model_copy(
+        update={"publisher": PublisherOptions(grpc_port=0, metrics_port=0, max_context_bytes=9000)}
+    )
+    capped = await build(small)
+    try:
+        async with ContextClient(f"127.0.0.1:{capped.port}") as c:
+            await c.create_context("capped", "s")
+            await c.add_decision("capped", "d0", "t", body="x" * 8000)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await c.add_decision("capped", "d1", "t", body="x" * 1000)
+            assert err.value.code() == Code.FAILED_PRECONDITION
+            assert "past the cap of 9,000 bytes" in (err.value.details() or "")
+            details = error_details(err.value)
+            assert details.reason == "CONTEXT_TOO_LARGE"
+            assert details.metadata["max_context_bytes"] == "9000"
+            assert 8000 < int(details.metadata["context_bytes"]) <= 9000
+            assert await versions(capped, "capped") == 2
+            await c.revise_decision("capped", "d0", body="short")
+            assert (await c.add_decision("capped", "d1", "t", body="x" * 1000)).version == 4
+    finally:
+        await capped.stop(0)

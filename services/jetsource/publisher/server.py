@@ -128,7 +128,12 @@ async def build(settings: PublisherSettings) -> Publisher:
     watched = cast(EventStore, WatchedStore(store, writes))
     loader = StateLoader(watched, snapshots, settings.snapshots.cache_size)
     handler = CommandHandler(
-        watched, o.conflict_retries, o.conflict_backoff_s, o.state_cache_size, loader
+        watched,
+        o.conflict_retries,
+        o.conflict_backoff_s,
+        o.state_cache_size,
+        loader,
+        max_context_bytes=settings.context_cap(),
     )
     endpoint = await start_grpc(
         lambda server: commands_pb2_grpc.add_ContextCommandServiceServicer_to_server(

@@ -24,12 +24,13 @@ from jetsource.core.errors import (
     StreamMissingError,
     ValidationError,
 )
-from jetsource.core.grpcserver import register_error, version_conflict
+from jetsource.core.grpcserver import RpcError, register_error, version_conflict
 from jetsource.domains.context import model as m
 from jetsource.domains.context.commands import (
     MAX_KEY,
     CommandHandler,
     CommandOptions,
+    ContextTooLargeError,
     ExpectedVersionMismatchError,
     RetriesExhaustedError,
 )
@@ -124,6 +125,24 @@ def _time(name: str, seconds: float) -> None:
     child.observe(seconds)
 
 
+def _too_large(exc: BaseException) -> RpcError:
+    """FAILED_PRECONDITION, not RESOURCE_EXHAUSTED: clients retry that one, and the
+    same command sent again can never fit."""
+    assert isinstance(exc, ContextTooLargeError)
+    return RpcError(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        str(exc),
+        reason="CONTEXT_TOO_LARGE",
+        metadata={
+            "context_bytes": str(exc.size),
+            "context_bytes_after": str(exc.after),
+            "max_context_bytes": str(exc.cap),
+        },
+    )
+
+
+# (Before DomainError, which it is: registered types are tried in order.)
+register_error(ContextTooLargeError, mapper=_too_large)
 register_error(DomainError, grpc.StatusCode.FAILED_PRECONDITION)
 register_error(ExpectedVersionMismatchError, mapper=version_conflict)
 register_error(RetriesExhaustedError, grpc.StatusCode.ABORTED)

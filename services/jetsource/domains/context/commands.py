@@ -1,9 +1,18 @@
-"""Command handling, independent of gRPC: load, check idempotency, decide, append.
+"""Command handling, independent of gRPC: load, check idempotency, decide, check the
+story's size, append.
 
 State is folded from the event store and kept per context in a bounded cache; a
 command reads only the events after the cached version. Within one process the
 commands of one context run one at a time (fewer conflicts); across processes the
 event store's optimistic concurrency decides, and a loser reloads and retries.
+
+A story's state is answered whole (GetContext, time travel, every watch message), and
+a gRPC message has a size limit (4 MiB): a command that would make the state's encoded
+view larger than ``max_context_bytes`` is refused (:class:`ContextTooLargeError`), so
+every version of a story stays readable. The check is cheap: each cached story keeps an
+upper bound of its view's size (exact at the last exact count, plus the encoded size
+of every event since and a few bytes each), and the view is counted exactly only when
+that bound passes the cap.
 """
 
 from __future__ import annotations
@@ -28,11 +37,19 @@ from jetsource.domains.context.model import (
     DomainError,
     Maps,
     decide,
+    fold,
     fold_touched,
 )
+from jetsource.domains.context.views import view_growth, view_size
 from jetsource.eventstore.port import EventStore
 
 MAX_KEY = 128
+# Half the gRPC message limit: a watch message holds the state and the event that made
+# it (an event is at most 1 MiB, the stream's message limit), and every answer a few
+# bytes around the state.
+DEFAULT_MAX_CONTEXT_BYTES = 2 * 1024 * 1024
+# How many stories' size bounds are kept beside the state cache.
+SIZES_KEPT = 10_000
 
 CONFLICTS = Counter(
     "jetsource_publisher_conflicts_total", "Appends rejected because the context had moved on"
@@ -54,6 +71,20 @@ class ExpectedVersionMismatchError(JetsourceError):
 
 class RetriesExhaustedError(JetsourceError):
     pass
+
+
+class ContextTooLargeError(DomainError):
+    """The command would make the story's state larger than the cap: nothing was
+    appended, and the same command sent again is refused again."""
+
+    def __init__(self, context_id: str, size: int, after: int, cap: int) -> None:
+        self.size, self.after, self.cap = size, after, cap
+        super().__init__(
+            f"context {context_id!r} is {size:,} bytes encoded and this command would make it "
+            f"{after:,}, past the cap of {cap:,} bytes (publisher.max_context_bytes), so "
+            "that it stays readable in one answer; retrying will not help: shorten its "
+            "texts (ReviseDecision) or continue in another context"
+        )
 
 
 @dataclass(frozen=True)
@@ -78,6 +109,8 @@ class Loaded:
     # cache): the next append folds into them in place instead of copying every node
     # of the story. Whoever sets ``state`` otherwise sets this to None.
     maps: Maps | None = None
+    # An upper bound of the encoded size of ``state``'s view (None: not counted yet).
+    view_bytes: int | None = None
 
     def remember(self, records: Sequence[RecordedEvent]) -> None:
         """Note the stored events' positions and idempotency keys (state folded apart)."""
@@ -118,14 +151,20 @@ class CommandHandler:
         conflict_backoff_s: float = 0.005,
         cache_size: int = 10_000,
         loader: StateLoader | None = None,
+        max_context_bytes: int = DEFAULT_MAX_CONTEXT_BYTES,
     ) -> None:
         self._store = store
         self._loader = loader
+        self.max_context_bytes = max_context_bytes
         self._retries = conflict_retries
         self._backoff = conflict_backoff_s
         self._cache_size = cache_size
         self._cache: OrderedDict[str, Loaded] = OrderedDict()
-        self._erasures = ErasureWatch()  # an erasure empties the cache
+        # context id -> (stream sequence of its last event, a bound of its view's size
+        # then): kept apart from the states (a few bytes each), so a story loaded again
+        # at the same point (the state cache off, or full) is not counted again.
+        self._sizes: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        self._erasures = ErasureWatch()  # an erasure empties the cache and the sizes
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     async def load(self, context_id: str) -> Loaded:
@@ -134,6 +173,7 @@ class CommandHandler:
         heard = erasures_heard()  # what is folded from here on may be cached
         if self._erasures.moved():
             self._cache.clear()
+            self._sizes.clear()
         loaded = self._cache.get(context_id)
         if loaded is None and self._loader is not None:
             point = await self._loader.load(context_id, keys=True)
@@ -145,6 +185,8 @@ class CommandHandler:
             )
             loaded.state = await fold_records(self._store, tail, loaded.state)
             loaded.maps = None
+            if loaded.view_bytes is not None:
+                loaded.view_bytes += view_growth(r.event for r in tail)
             loaded.remember(tail)
         if heard != erasures_heard():
             # An erasure heard meanwhile: what was read may hold opened values (and a
@@ -199,6 +241,7 @@ class CommandHandler:
     def _cached(self, context_id: str) -> Loaded | None:
         if self._erasures.moved():
             self._cache.clear()  # states folded before an erasure may hold opened values
+            self._sizes.clear()  # (and an erased value may be longer than the original)
         return self._cache.get(context_id)
 
     async def _execute(
@@ -215,11 +258,13 @@ class CommandHandler:
                 loaded = await self.load(context_id)
             try:
                 plan = _plan(context_id, loaded, command, key, expected)
+                size = self._fits(context_id, loaded, plan)
             except (ExpectedVersionMismatchError, DomainError):
                 if fresh:
                     raise
                 loaded = await self.load(context_id)  # read what the cache may have missed
                 plan = _plan(context_id, loaded, command, key, expected)
+                size = self._fits(context_id, loaded, plan)
             if isinstance(plan, AppendResult):
                 return plan  # this key was used before: the original result
             if isinstance(plan, tuple):
@@ -262,10 +307,40 @@ class CommandHandler:
                 self._cache.pop(context_id, None)
             else:
                 loaded.appended(events, result, key)
+                loaded.view_bytes = size
+                if size is not None:
+                    self._sizes[context_id] = (loaded.last_seq, size)
+                    self._sizes.move_to_end(context_id)
+                    if len(self._sizes) > SIZES_KEPT:
+                        self._sizes.popitem(last=False)
             return result
         raise RetriesExhaustedError(
             f"context {context_id!r} kept changing: gave up after {self._retries} retries"
         )
+
+    def _fits(
+        self, context_id: str, loaded: Loaded, plan: AppendResult | tuple[int, int] | list[Message]
+    ) -> int | None:
+        """An upper bound of the view's size once ``plan``'s events are folded in, or
+        ContextTooLargeError. Counted exactly only when the bound says it may not fit
+        (or no bound is known yet, after a load)."""
+        if not isinstance(plan, list):
+            return None  # nothing to append
+        cap = self.max_context_bytes
+        if loaded.view_bytes is None:
+            known = self._sizes.get(context_id)
+            if known is not None and known[0] == loaded.last_seq:
+                loaded.view_bytes = known[1]
+            else:
+                loaded.view_bytes = view_size(loaded.state)
+        bound = loaded.view_bytes + view_growth(plan)
+        if bound <= cap:
+            return bound
+        after = view_size(fold(plan, loaded.state))  # a copy: the cached state stays
+        if after > cap:
+            loaded.view_bytes = size = view_size(loaded.state)
+            raise ContextTooLargeError(context_id, size, after, cap)
+        return after
 
 
 def _plan(

@@ -6,7 +6,7 @@ import bisect
 import itertools
 import operator
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from google.protobuf.message import Message
@@ -133,6 +133,25 @@ def state_view(state: ContextState) -> pb.ContextView:
         pb.Dependency(from_id=a, to_id=b) for a, b in sorted(state.dependencies)
     )
     return view
+
+
+def view_size(state: ContextState) -> int:
+    """The encoded size of the state's ``ContextView`` (what GetContext answers, less
+    the few bytes around it). Serialized rather than ``ByteSize()``, which is slower."""
+    return len(state_view(state).SerializeToString())
+
+
+# An event grows the encoded view of the state it is folded into by at most its own
+# encoded size plus this: the view repeats the event's strings with the same tags and
+# lengths, and adds at most a decision's ``active`` flag, a subtask's status, the
+# entry's tag and length, a revision count, and a byte more of the version (checked by
+# tests/unit/test_context_size_cap.py over random histories).
+EVENT_SLACK = 16
+
+
+def view_growth(events: Iterable[Message | UnknownEvent]) -> int:
+    """An upper bound of how much folding ``events`` grows a state's encoded view."""
+    return sum(EVENT_SLACK + (0 if isinstance(e, UnknownEvent) else e.ByteSize()) for e in events)
 
 
 # -- the same view, serialized, from a snapshot's state plus what changed since ------
