@@ -14,9 +14,11 @@ import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from jetsource._gen.context.v1 import events_pb2 as ev
 from jetsource._gen.context.v1 import query_pb2 as q
 from jetsource._gen.context.v1 import query_pb2_grpc as q_grpc
-from jetsource.client import ContextClient, QueryClient
+from jetsource.client import ContextClient, QueryClient, error_details
+from jetsource.core.envelope import NewEvent
 from jetsource.core.settings import JetsourceSettings
 from jetsource.domains.context.model import fold
 from jetsource.domains.context.serialize import state_to_dict
@@ -329,6 +331,99 @@ async def test_watch_delivers_each_event_once_across_restart_and_reconnect(
     assert [c.event.event_id for c in got] == [r.event_id for r in records]
     for change in got:
         assert change.state == view_at(records, change.event.version)
+
+
+BIG = "😀" * 10_000  # the longest body there is in characters: 40,000 bytes
+CAP = 2 * 1024 * 1024  # publisher.max_context_bytes's default
+LIMIT = 4 * 1024 * 1024  # gRPC's message limit
+
+
+async def test_a_story_grown_to_the_cap_is_refused_and_stays_readable_everywhere(
+    stack: Stack,
+) -> None:
+    """The probe's story: AddDecision(body=10,000 emoji) again and again. The publisher
+    refuses the command that would pass the cap (FAILED_PRECONDITION, not the
+    RESOURCE_EXHAUSTED a client retries), and everything of the story answers within
+    the message limit: the state, time travel at the cap, history (pages end by
+    bytes), a watch from version 1."""
+    cid = "at-the-cap"
+    await stack.commands.create_context(cid, "Big")
+    added = 0
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        for added in range(100):
+            await stack.commands.add_decision(cid, f"d{added}", "t", body=BIG)
+    assert refused.value.code() == Code.FAILED_PRECONDITION, refused.value.details()
+    assert f"past the cap of {CAP:,} bytes" in (refused.value.details() or "")
+    details = error_details(refused.value)
+    assert details.reason == "CONTEXT_TOO_LARGE"
+    assert details.metadata["max_context_bytes"] == str(CAP)
+    version = 1 + added  # the decision numbered ``added`` was refused
+    assert added == 52 and await stack.publisher.store.last_version(cid) == version
+
+    now = await stack.reads.get_context(cid, min_version=version)
+    assert CAP - 50_000 < now.context.ByteSize() <= CAP and now.context.version == version
+    assert (await stack.reads.at_version(cid, version)).context == now.context
+    assert (await stack.reads.at_time(cid, time.time_ns())).context == now.context
+
+    page = await stack.reads.list_events(cid, limit=1000)
+    assert [e.version for e in page.events] == list(range(1, version + 1))
+    assert page.ByteSize() <= CAP and not page.next_page_token
+
+    watched: list[int] = []
+    call = stack.reads.watch(cid, from_version=1)
+    async for change in call:
+        watched.append(change.event.version)
+        if change.event.version == version:
+            assert change.state == now.context
+            call.cancel()
+            break
+    assert watched == list(range(1, version + 1))
+
+
+async def test_a_story_written_past_the_limit_before_the_cap_says_so_clearly(
+    stack: Stack,
+) -> None:
+    """A story that grew past the message limit before the publisher capped stories:
+    what cannot be sent is FAILED_PRECONDITION naming its size and what to read
+    instead; its history, and its state at earlier versions, still answer."""
+    cid = "past-the-limit"
+    events = [NewEvent(ev.ContextCreated(title="old"))] + [
+        NewEvent(ev.DecisionAdded(decision_id=f"d{i}", title="t", body=BIG)) for i in range(115)
+    ]
+    for i in range(0, len(events), 20):
+        await stack.publisher.store.append(cid, events[i : i + 20], i)
+    stub = q_grpc.ContextQueryServiceStub(stack.reads._channel)
+    for rpc, request in (
+        ("GetContext", q.GetContextRequest(context_id=cid, min_version=116)),
+        ("GetContextAtVersion", q.GetContextAtVersionRequest(context_id=cid, version=116)),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await getattr(stub, rpc)(request, timeout=5)
+        assert err.value.code() == Code.FAILED_PRECONDITION, (rpc, err.value.details())
+        assert f"past the {LIMIT:,}-byte message limit" in (err.value.details() or "")
+        assert error_details(err.value).reason == "CONTEXT_TOO_LARGE"
+    assert (await stack.reads.at_version(cid, 100)).context.version == 100
+
+    # History: pages end before 2 MiB of events (the default page budget), each with
+    # the token of the next.
+    seen: list[int] = []
+    token, pages = "", 0
+    while True:
+        page = await stack.reads.list_events(cid, limit=1000, page_token=token)
+        assert page.ByteSize() <= CAP
+        seen += [e.version for e in page.events]
+        token, pages = page.next_page_token, pages + 1
+        if not token:
+            break
+    assert seen == list(range(1, 117)) and pages == 3
+
+    watched: list[int] = []
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for change in stack.reads.watch(cid, from_version=100):
+            watched.append(change.event.version)
+    assert err.value.code() == Code.FAILED_PRECONDITION
+    assert error_details(err.value).reason == "CONTEXT_TOO_LARGE"
+    assert watched == list(range(100, watched[-1] + 1)) and watched[-1] < 116
 
 
 async def test_a_watch_from_a_version_not_reached_yet_starts_there(stack: Stack) -> None:

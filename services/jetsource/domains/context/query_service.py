@@ -70,6 +70,7 @@ from jetsource.domains.context.views import (
     STATUS_NAME,
     ViewEncoder,
     context_view,
+    entry_head,
     event_view,
     state_view,
     with_context,
@@ -110,6 +111,23 @@ class QueryError(RpcError):
 
 def invalid(field: str, message: str) -> QueryError:
     return QueryError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {message}", field=field)
+
+
+def too_large(context_id: str, what: str, size: int, limit: int) -> QueryError:
+    """An answer past the gRPC message limit: only a story written before the
+    publisher capped a story's size (``publisher.max_context_bytes``) has one.
+    FAILED_PRECONDITION, not the RESOURCE_EXHAUSTED gRPC would answer after the
+    handler (clients retry that one, and asking again cannot help)."""
+    return QueryError(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        f"context {context_id!r}: {what} is {size:,} bytes encoded, past the "
+        f"{limit:,}-byte message limit (grpc.max_message_bytes); the story grew past "
+        "the size the publisher now refuses (publisher.max_context_bytes): read its "
+        "events with ListEvents, and its state at an earlier version with "
+        "GetContextAtVersion",
+        reason="CONTEXT_TOO_LARGE",
+        metadata={"context_bytes": str(size), "max_message_bytes": str(limit)},
+    )
 
 
 def not_found(context_id: str) -> QueryError:
@@ -332,6 +350,11 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
             loader.store = self.store
         self.loader = loader
         self.o = options
+        # What one answer may hold: gRPC refuses to send more (RESOURCE_EXHAUSTED after
+        # the handler returned); answers are encoded here and checked first.
+        self.max_message_bytes = projection.settings.grpc.max_message_bytes
+        # ListEvents pages end before this many bytes of events (at least one event).
+        self.page_bytes = min(options.max_page_bytes, self.max_message_bytes - PAGE_MARGIN)
         self._active: dict[str, _Active] = {}
         self._models: dict[tuple[str, int], Any] = {}
         # Views of time-travel answers: kept, else encoded from the snapshot states
@@ -452,6 +475,12 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
             metadata={"context_id": context_id, "stream_sequence": str(first.original_seq)},
         )
 
+    def _sized(self, answer: bytes, context_id: str, what: str) -> bytes:
+        """``answer`` if gRPC will send it, else FAILED_PRECONDITION naming its size."""
+        if len(answer) > self.max_message_bytes:
+            raise too_large(context_id, what, len(answer), self.max_message_bytes)
+        return answer
+
     async def _must_exist(self, context_id: str) -> int:
         version = await self.store.last_version(context_id)
         if version == 0:
@@ -463,7 +492,15 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
     async def GetContext(
         self, request: pb.GetContextRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetContextResponse:
-        async def work() -> pb.GetContextResponse:
+        return pb.GetContextResponse.FromString(await self.context_now(request, context))
+
+    async def context_now(
+        self, request: pb.GetContextRequest, context: grpc.aio.ServicerContext
+    ) -> bytes:
+        """GetContext's answer, encoded (``add_to_server`` serves it so): its size is
+        checked on the bytes sent, at no extra cost."""
+
+        async def work() -> bytes:
             cid = _context_id(request.context_id)
             wanted = _number("min_version", request.min_version, 0)
             model: ContextModel = await self._model(CONTEXT)
@@ -476,23 +513,30 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
             if doc is None or doc["state"]["version"] < wanted:
                 doc = await self._wait_for(model, cid, wanted, doc, context)
             if doc is None:
-                return await self._from_store(cid, wanted, request.strict)
-            have = doc["state"]["version"]
-            if have < wanted and request.strict:
-                raise QueryError(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f"read model has context {cid!r} at version {have}; "
-                    f"min_version {wanted} not reached within the deadline",
-                )
-            response = pb.GetContextResponse(
-                context=context_view(doc["state"]),
-                behind=have < wanted,
-                source=pb.READ_SOURCE_READ_MODEL,
-            )
-            response.updated_at.CopyFrom(to_timestamp(int(doc.get("updated_at") or 0)))
-            return response
+                answer = await self._from_store(cid, wanted, request.strict)
+            else:
+                answer = self._from_model(cid, doc, wanted, request.strict)
+            return self._sized(answer.SerializeToString(), cid, "its state")
 
         return await self._run("GetContext", context, work)
+
+    def _from_model(
+        self, cid: str, doc: dict[str, Any], wanted: int, strict: bool
+    ) -> pb.GetContextResponse:
+        have = doc["state"]["version"]
+        if have < wanted and strict:
+            raise QueryError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"read model has context {cid!r} at version {have}; "
+                f"min_version {wanted} not reached within the deadline",
+            )
+        response = pb.GetContextResponse(
+            context=context_view(doc["state"]),
+            behind=have < wanted,
+            source=pb.READ_SOURCE_READ_MODEL,
+        )
+        response.updated_at.CopyFrom(to_timestamp(int(doc.get("updated_at") or 0)))
+        return response
 
     def _give_up_at(self, context: grpc.aio.ServicerContext) -> float:
         """When a read-your-writes wait stops, on the monotonic clock: early enough to
@@ -569,7 +613,8 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
             point = self.loader.peek(cid, to_version=version)
             if point is None or point.version != version:
                 return None
-            return self._views.kept_answer(pb.GetContextAtVersionResponse, cid, point)
+            answer = self._views.kept_answer(pb.GetContextAtVersionResponse, cid, point)
+            return answer and self._sized(answer, cid, f"its state at version {version}")
 
         async def work() -> bytes:
             cid = _context_id(request.context_id)
@@ -585,7 +630,8 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
                     f"asked for {version}",
                     field="version",
                 )
-            return self._answer(pb.GetContextAtVersionResponse, point, heard)
+            answer = self._answer(pb.GetContextAtVersionResponse, point, heard)
+            return self._sized(answer, cid, f"its state at version {version}")
 
         return await self._run("GetContextAtVersion", context, work, kept)
 
@@ -608,7 +654,8 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
             point = self.loader.peek(cid, until_ns=at) if at >= 0 else None
             if point is None:
                 return None
-            return self._views.kept_answer(pb.GetContextAtTimeResponse, cid, point)
+            answer = self._views.kept_answer(pb.GetContextAtTimeResponse, cid, point)
+            return answer and self._sized(answer, cid, f"its state at version {point.version}")
 
         async def work() -> bytes:
             cid = _context_id(request.context_id)
@@ -636,7 +683,8 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
                     f"it was created at {format_rfc3339_ns(first[0].recorded_at_ns)}",
                     field="time",
                 )
-            return self._answer(pb.GetContextAtTimeResponse, point, heard)
+            answer = self._answer(pb.GetContextAtTimeResponse, point, heard)
+            return self._sized(answer, cid, f"its state at version {point.state.version}")
 
         return await self._run("GetContextAtTime", context, work, kept)
 
@@ -654,7 +702,15 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
     async def ListEvents(
         self, request: pb.ListEventsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListEventsResponse:
-        async def work() -> pb.ListEventsResponse:
+        return pb.ListEventsResponse.FromString(await self.list_events(request, context))
+
+    async def list_events(
+        self, request: pb.ListEventsRequest, context: grpc.aio.ServicerContext
+    ) -> bytes:
+        """ListEvents' answer, encoded (``add_to_server`` serves it so): each event is
+        encoded once, and the page ends before its bytes pass ``page_bytes``."""
+
+        async def work() -> bytes:
             cid = _context_id(request.context_id)
             limit = _page_size("limit", request.limit, 100, self.o.max_page_size)
             if request.page_token:
@@ -670,12 +726,21 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
             )
             if not records and start == 1:
                 await self._must_exist(cid)
-            response = pb.ListEventsResponse(events=[event_view(r) for r in records])
-            if len(records) == limit:
-                response.next_page_token = self._tokens.make(
-                    "ListEvents", cid, _EV.pack(records[-1].version + 1)
-                )
-            return response
+            parts: list[bytes] = []
+            budget = self.page_bytes
+            after = records[-1].version + 1 if len(records) == limit else None
+            for r in records:
+                view = event_view(r).SerializeToString()
+                head = entry_head(_EVENTS_FIELD, len(view))
+                budget -= len(head) + len(view)
+                if budget < 0 and parts:
+                    after = r.version  # the page is full: it ends before this event
+                    break
+                parts += (head, view)
+            if after is not None:
+                token = self._tokens.make("ListEvents", cid, _EV.pack(after))
+                parts.append(pb.ListEventsResponse(next_page_token=token).SerializeToString())
+            return b"".join(parts)
 
         return await self._run("ListEvents", context, work)
 
@@ -758,6 +823,14 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
     async def WatchContext(
         self, request: pb.WatchContextRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WatchContextResponse]:
+        async for message in self.watch(request, context):
+            yield pb.WatchContextResponse.FromString(message)
+
+    async def watch(
+        self, request: pb.WatchContextRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        """WatchContext's messages, encoded (``add_to_server`` serves them so): each is
+        checked against the message limit before it is sent."""
         started = time.perf_counter()
         try:
             cid = _context_id(request.context_id)
@@ -801,13 +874,24 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
                     seq = r.stream_seq
                     if r.version < start:
                         continue
-                    yield pb.WatchContextResponse(event=event_view(r), state=state_view(state))
+                    message = pb.WatchContextResponse(event=event_view(r), state=state_view(state))
+                    yield self._sized(
+                        message.SerializeToString(),
+                        cid,
+                        f"the watch message of version {r.version} (the event and the state "
+                        "it made)",
+                    )
                 if records:
                     continue
                 await wait_event(wake, self.o.watch_poll_s)
         finally:
             await sub.unsubscribe()
             LATENCY.labels("WatchContext").observe(time.perf_counter() - started)
+
+
+# ListEvents' byte budget stays this far under the message limit (the page token).
+PAGE_MARGIN = 64 * 1024
+_EVENTS_FIELD = pb.ListEventsResponse.EVENTS_FIELD_NUMBER
 
 
 # A watch catching up reads the history a page at a time: its first event is sent
@@ -882,8 +966,11 @@ def _member(value: Any) -> bytes:
 
 # Methods whose answers the servicer encodes itself, and its method giving them.
 _ENCODED = {
+    "GetContext": "context_now",
     "GetContextAtVersion": "context_at_version",
     "GetContextAtTime": "context_at_time",
+    "ListEvents": "list_events",
+    "WatchContext": "watch",
 }
 
 

@@ -24,6 +24,9 @@ class QueryOptions(WorkerFields):
     poll_min_s: float = Field(default=0.002, gt=0)
     poll_max_s: float = Field(default=0.05, gt=0)
     max_page_size: int = Field(default=1000, ge=1)
+    # ListEvents ends a page early, with a next_page_token, before its events pass this
+    # many bytes (at least one event a page; at most the gRPC message limit less 64 KiB).
+    max_page_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
     max_graph_depth: int = Field(default=10, ge=0)
     # WatchContext re-reads the stream at least this often (it is woken per event).
     watch_poll_s: float = Field(default=1.0, gt=0)

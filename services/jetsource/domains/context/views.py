@@ -183,6 +183,12 @@ _SUBTASK_FIELD = _field(pb.ContextView.SUBTASKS_FIELD_NUMBER)
 _DEPENDENCY_FIELD = _field(pb.ContextView.DEPENDENCIES_FIELD_NUMBER)
 
 
+def entry_head(number: int, length: int) -> bytes:
+    """The tag and length of a length-delimited field ``number`` of ``length`` bytes:
+    with the field's bytes after it, one entry of a message being encoded by hand."""
+    return _field(number) + _varint(length)
+
+
 def _entry(field: bytes, message: Message) -> bytes:
     body = message.SerializeToString()
     return field + _varint(len(body)) + body
