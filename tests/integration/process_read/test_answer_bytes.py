@@ -103,7 +103,7 @@ async def test_pages_and_trees_end_at_their_byte_budget_and_lose_nothing(
                 )
             ).events
             assert len(whole) == 1 + KIDS * 5
-            for request, field, want in [
+            cases: list[tuple[Any, str, Any]] = [
                 # the stored bytes as they are (a root's tree, nothing to filter)
                 (q.GetProcessTimelineRequest(process_id="root", subtree=True), "events", whole),
                 # merged per process, filtered
@@ -113,7 +113,8 @@ async def test_pages_and_trees_end_at_their_byte_budget_and_lose_nothing(
                     [e for e in whole if e.event.process_id == "kid-03"][1:],
                 ),
                 (q.ListEventsRequest(event_types=["chunk"]), "events", None),
-            ]:
+            ]
+            for request, field, want in cases:
                 call = getattr(reads, type(request).__name__.removesuffix("Request"))
                 request.page_size = 1000
                 got, sizes = await pages(call, request, field)

@@ -55,6 +55,7 @@ async def test_sessions_whose_data_holds_any_json_type_read_everywhere(
         if all(sid in listed and listed[sid].event_count == n for sid, n in counts.items()):
             break
         await asyncio.sleep(0.05)
+
     async def watched(sid: str, n: int) -> None:
         got: list[SessionEvent] = []
         async for reply in stack.reads.WatchSession(
