@@ -43,13 +43,23 @@ def void(
 
     json_out = _json(as_json)
     if not reason.strip():
-        output.fail(USAGE, "usage", "--reason must say why (it is kept in the stream)")
+        output.fail(
+            USAGE, "usage", "--reason must say why (it is kept in the stream)", field="--reason"
+        )
     if not yes:
         output.fail(
-            USAGE, "usage", f"voiding stream sequence {seq} cannot be undone: add --yes to confirm"
+            USAGE,
+            "usage",
+            f"voiding stream sequence {seq} cannot be undone: add --yes to confirm",
+            field="--yes",
         )
     if domain is not None and not domain.strip():
-        output.fail(USAGE, "usage", "--domain must name a domain (context, process, omni, ...)")
+        output.fail(
+            USAGE,
+            "usage",
+            "--domain must name a domain (context, process, omni, ...)",
+            field="--domain",
+        )
     report: VoidReport = _run(
         lambda p: void_sequence(p, seq, reason, actor or getpass.getuser(), domain)
     )
@@ -94,9 +104,18 @@ def _exit_if_incomplete(report: VoidReport) -> None:
         or ("replayed" in entry and not entry["replayed"] and not entry.get("not_yet_applied"))
     ]
     if left:
+        rebuild = report.left_to_rebuild()
+        hint = "; ".join(
+            f"jetsource projector rebuild --model {m.split(' v')[0]} --to-version N, then "
+            f"cutover (or `jetsource projector reset {m.split(' v')[0]} --yes` if {m} is "
+            "active)"
+            for m in rebuild
+        )
         output.fail(
             REFUSED,
             "refused",
             f"stream sequence {report.seq} is voided, but {', '.join(left)} did not take it "
             "up (see the report: retry the dead letters, or rebuild side by side)",
+            left_to_rebuild=rebuild or None,
+            hint=f"left to rebuild: {', '.join(rebuild)}: {hint}" if rebuild else None,
         )

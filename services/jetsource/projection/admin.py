@@ -490,7 +490,9 @@ async def replay(
     actor: str | None = None,
     run_id: str | None = None,
 ) -> ReplayReport:
-    """Re-apply a slice of the stream to the active version of a model.
+    """Re-apply a slice of the stream to the active version of a model (or to
+    ``version``, one that is live or being built: erasure and repair write every
+    version that holds data, not only the one queries read).
 
     The slice is chosen by any of: one aggregate, a stream sequence range, a time
     range, event types and the actor recorded in the events' envelope metadata
@@ -513,10 +515,17 @@ async def replay(
     validate_slice(p, name, aggregate_id, from_seq, to_seq, from_time, to_time, event_types, actor)
     validate_run_id(run_id)
     control = await _control(p, name)
-    model = p.model(name, control.active)
+    if version is None:
+        version = control.active
+    elif control.versions.get(version) not in (LIVE, BUILDING):
+        state = control.versions.get(version, "absent")
+        raise AdminError(
+            f"{name} v{version} is {state}: only a live or building version is replayed"
+        )
+    model = p.model(name, version)
     store = p.store_for(name)
     selectors = _selectors(aggregate_id, from_seq, to_seq, from_time, to_time, event_types, actor)
-    report = ReplayReport(name, control.active, run_id or uuid7(), selectors)
+    report = ReplayReport(name, version, run_id or uuid7(), selectors)
     low = from_seq or 1
     if from_time is not None:
         low = max(low, await store.seq_at_time(to_ns(from_time) - 1) + 1)
@@ -552,7 +561,7 @@ async def replay(
     entry: dict[str, Any] = {
         "run_id": report.run_id,
         "model": name,
-        "version": control.active,
+        "version": version,
         "selectors": selectors,
         "events": report.events,
         "aggregates": report.aggregates,
@@ -626,6 +635,7 @@ async def rebuild(
             f"{name} follows a schema version (v{p.pinned_version(name)}), not a cutover: "
             f"use `jetsource projector reset {name} --yes` to build it again"
         )
+    version: int | None = None,
     p.spec(name, to_version)
     state = control.versions.get(to_version)
     if state == DROPPED:

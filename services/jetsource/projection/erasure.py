@@ -32,6 +32,7 @@ from jetsource.eventstore import jsapi
 from jetsource.eventstore.jetstream import JetStreamEventStore
 from jetsource.projection import admin
 from jetsource.projection.bootstrap import Projection
+from jetsource.projection.control import BUILDING, LIVE
 from jetsource.projection.snapshots import SnapshotModel
 
 log = logging.getLogger("jetsource.erasure")
@@ -120,55 +121,107 @@ async def erase_subject(
     if not report.aggregates:
         report.seconds = time.perf_counter() - started
         return report
+    # Two passes (see below), one count: progress only moves forward and ends at
+    # its total.
+    tally = _Tally(progress)
+    plan = await _plan(p, report)
+    tally.total = 2 * sum(len(ids) * len(versions) for _, _, ids, versions in plan)
     # Running processes heard the erasure and dropped the states they had folded;
     # a batch they were applying meanwhile (from a state read before) lands first.
     await asyncio.sleep(GRACE_S)
-    await _write_again(p, report, progress)
+    await _write_again(p, report, plan, tally)
     # Said again once written: a process that folded from a model between the two
-    # drops that too, and what it wrote meanwhile is written once more.
+    # drops that too, and what it wrote meanwhile is written once more. The versions
+    # are looked up again: one a rebuild started meanwhile is written too.
     await stores[0].keys.announce(ref)
     await asyncio.sleep(GRACE_S)
-    await _write_again(p, report, progress)
+    plan = await _plan(p, report)
+    tally.total = max(tally.total, tally.done + sum(len(ids) * len(v) for _, _, ids, v in plan))
+    await _write_again(p, report, plan, tally)
+    tally.finish()
     report.seconds = time.perf_counter() - started
     return report
 
 
-async def _write_again(p: Projection, report: ErasureReport, progress: Progress) -> None:
-    """Every model of each domain writes its affected aggregates again."""
-    total = sum(len(ids) for ids in report.aggregates.values()) * max(1, len(p.domains.models()))
-    done = 0
+@dataclass
+class _Tally:
+    """Progress over both passes: ``done`` never goes back, the last call is
+    ``(total, total)``."""
+
+    progress: Progress
+    done: int = 0
+    total: int = 0
+
+    def step(self) -> None:
+        self.done += 1
+        self.total = max(self.total, self.done)
+        self.progress(self.done, self.total)
+
+    def finish(self) -> None:
+        self.total = max(self.total, self.done)
+        self.progress(self.total, self.total)
+
+
+# (domain, model, aggregate ids, versions to write again)
+Plan = list[tuple[str, str, list[str], list[int]]]
+
+
+async def _plan(p: Projection, report: ErasureReport) -> Plan:
+    """Every version of every model of the affected domains that holds (or is being
+    built with) data: live ones, active or not (a cutover back would serve them),
+    and ones being built (they may have applied the subject's events already). A
+    version being dropped or reset is being emptied: nothing of it to write."""
+    plan: Plan = []
     for domain in p.domains:
         ids = report.aggregates.get(domain.name, [])
         for name in domain.models:
-            entry: dict[str, Any] = {"aggregates": 0, "failed": {}}
-            report.models[name] = entry
+            entry = report.models.setdefault(name, {"aggregates": 0, "versions": {}, "failed": {}})
             if not ids:
+                continue
+            pinned = p.domains.decl(name).pinned_version
+            if pinned is not None:  # a pinned model (snapshots) is at its pinned version
+                plan.append((domain.name, name, ids, [pinned]))
                 continue
             try:
                 control = await p.control.get(name)
             except Exception as exc:
                 entry["failed"]["*"] = f"control not readable: {exc!r}"
                 continue
-            pinned = p.domains.decl(name).pinned_version
-            if control is None and pinned is None:
+            if control is None:
                 entry["not_built"] = True  # never run here: nothing of it to write again
                 continue
-            # A pinned model (snapshots) is at its pinned version whoever runs it.
-            model = p.model(name, control.active if control is not None else pinned or 1)
+            versions = sorted(v for v, s in control.versions.items() if s in (LIVE, BUILDING))
+            plan.append((domain.name, name, ids, versions))
+    return plan
+
+
+async def _write_again(p: Projection, report: ErasureReport, plan: Plan, tally: _Tally) -> None:
+    """Every planned model version writes its affected aggregates again."""
+    for domain, name, ids, versions in plan:
+        entry = report.models[name]
+        entry["failed"].pop("*", None)
+        written = {agg: 0 for agg in ids}
+        for version in versions:
+            model = p.model(name, version)
+            count = 0
             for agg in ids:
+                key = f"{agg} v{version}"
                 try:
                     if isinstance(model, SnapshotModel):
-                        await _resnapshot(p, model, domain.name, agg)
+                        await _resnapshot(p, model, domain, agg)
                     else:
-                        r = await admin.replay(p, name, aggregate_id=agg)
+                        r = await admin.replay(p, name, aggregate_id=agg, version=version)
                         if r.failed:
                             raise RuntimeError("; ".join(r.failed.values()))
-                    entry["aggregates"] += 1
+                    entry["failed"].pop(key, None)
+                    written[agg] += 1
+                    count += 1
                 except Exception as exc:
-                    log.warning("erasure: %s %s not written again: %r", name, agg, exc)
-                    entry["failed"][agg] = repr(exc)
-                done += 1
-                progress(done, total)
+                    log.warning("erasure: %s v%d %s not written again: %r", name, version, agg, exc)
+                    entry["failed"][key] = repr(exc)
+                tally.step()
+            entry["versions"][str(version)] = count
+        entry["aggregates"] = sum(1 for n in written.values() if n == len(versions))
     report.failed = [
         f"{name} {agg}: {why}"
         for name, entry in report.models.items()

@@ -34,6 +34,7 @@ from jetsource.eventstore.jetstream import JetStreamEventStore, voided_event
 from jetsource.projection import admin
 from jetsource.projection.admin import AdminError
 from jetsource.projection.bootstrap import Projection
+from jetsource.projection.control import BUILDING, LIVE
 from jetsource.projection.snapshots import SnapshotModel
 
 CAUGHT_UP_S = 10.0  # how long a void waits for a model's projector to pass the sequence
@@ -57,7 +58,17 @@ class VoidReport:
             "domain": self.domain,
             "stream": self.stream,
             "models": self.models,
+            "left_to_rebuild": self.left_to_rebuild(),
         }
+
+    def left_to_rebuild(self) -> list[str]:
+        """Model versions that applied the voided event and could not be written
+        again without it: only a side-by-side rebuild (or a reset) puts them right."""
+        return [
+            model
+            for model, entry in self.models.items()
+            if "replayed" in entry and not entry["replayed"] and not entry.get("not_yet_applied")
+        ]
 
 
 async def void_sequence(
@@ -105,17 +116,29 @@ async def void_sequence(
     if record is not None:
         # Models that took the voided message as a valid event: what they wrote from
         # it is written again from the stream without it (stream readers step over it).
-        filed = {d.model for d in letters if d.original_seq == seq}
+        # Every version that holds data or is being built, active or not: one left
+        # out would serve the voided event again after a cutover to it.
+        filed = {(d.model, d.version) for d in letters if d.original_seq == seq}
         deadline = asyncio.get_running_loop().time() + caught_up_s
-        for name in sorted(mine - filed):
+        for name in sorted(mine):
             # Each model's own entry: a listing of the bucket (an ordered consumer)
             # can miss entries under load and said "no model" for one that had one.
             control = await p.control.get(name)
             if control is None or not _consumes(p, name, record.event_type):
                 continue
-            report.models[f"{name} v{control.active}"] = await _replay_without(
-                p, name, aggregate_id, record, deadline
+            pinned = p.pinned_version(name)
+            versions = (
+                [pinned]
+                if pinned is not None
+                else sorted(v for v, s in control.versions.items() if s in (LIVE, BUILDING))
             )
+            for version in versions:
+                if (name, version) in filed:
+                    continue
+                entry = await _replay_without(p, name, version, aggregate_id, record, deadline)
+                earlier = report.models.setdefault(f"{name} v{version}", {"failed": {}})
+                earlier["failed"].update(entry.pop("failed"))
+                earlier.update(entry)
     return report
 
 
@@ -174,7 +197,12 @@ def _consumes(p: Projection, name: str, event_type: str) -> bool:
 
 
 async def _replay_without(
-    p: Projection, name: str, aggregate_id: str, record: RecordedEvent, deadline: float
+    p: Projection,
+    name: str,
+    version: int,
+    aggregate_id: str,
+    record: RecordedEvent,
+    deadline: float,
 ) -> dict[str, Any]:
     """Replay ``aggregate_id`` in ``name`` once its projector is past the voided
     ``record`` (so it is not applied after the replay); a projector not past it by
@@ -184,7 +212,7 @@ async def _replay_without(
     (readers fold from the one before; the snapshotter takes new ones)."""
     seq = record.stream_seq
     entry: dict[str, Any] = {"replayed": False, "failed": {}}
-    model = p.model(name, (await admin._control(p, name)).active)
+    model = p.model(name, version)
     loop = asyncio.get_running_loop()
     while (await model.checkpoint()).seq < seq:
         if loop.time() >= deadline:
@@ -196,7 +224,7 @@ async def _replay_without(
         entry["replayed"] = True
         return entry
     try:
-        replayed = await admin.replay(p, name, aggregate_id=aggregate_id)
+        replayed = await admin.replay(p, name, aggregate_id=aggregate_id, version=version)
     except AdminError as exc:  # e.g. the voided message was the aggregate's only one
         entry["failed"] = {seq: str(exc)}
         return entry
