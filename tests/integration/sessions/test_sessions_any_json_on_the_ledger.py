@@ -24,9 +24,11 @@ from jetsource.domains.sessions.ledger import QueryReader
 from jetsource.domains.sessions.service import Sessions
 from jetsource.domains.sessions.settings import SessionsAppSettings
 from tests.e2e.test_process_query import Stack, stack  # noqa: F401  (the fixture)
-from tests.unit.test_sessions_any_json import SHAPES, check_readable, odd_session
+from tests.unit.test_sessions_any_json import check_readable, odd_session
 
 pytestmark = pytest.mark.e2e
+# One of each JSON type (the unit test folds more shapes of each).
+SHAPES: list[Any] = [None, True, 1.5, "x", [1, "a", None], {"a": [1]}]
 
 
 async def read_back(sessions: Sessions, sid: str, count: int) -> None:
@@ -89,7 +91,7 @@ async def test_sessions_whose_data_holds_any_json_type_read_everywhere(
         assert result.exit_code == 0, (args, result.stdout, result.stderr)
         return result.stdout
 
-    for sid in [sid for sid, shape in sids.items() if shape in (None, "x", [])]:
+    for sid in [sid for sid, shape in sids.items() if shape in (None, "x", [1, "a", None])]:
         shown = json.loads(await cli("show", sid, "-o", "json"))
         assert (shown["status"], shown["event_count"]) == ("completed", counts[sid])
         lines = (await cli("export", sid)).splitlines()
