@@ -489,6 +489,7 @@ async def replay(
     event_types: Sequence[str] | None = None,
     actor: str | None = None,
     run_id: str | None = None,
+    version: int | None = None,
 ) -> ReplayReport:
     """Re-apply a slice of the stream to the active version of a model (or to
     ``version``, one that is live or being built: erasure and repair write every
@@ -635,7 +636,6 @@ async def rebuild(
             f"{name} follows a schema version (v{p.pinned_version(name)}), not a cutover: "
             f"use `jetsource projector reset {name} --yes` to build it again"
         )
-    version: int | None = None,
     p.spec(name, to_version)
     state = control.versions.get(to_version)
     if state == DROPPED:
@@ -870,6 +870,11 @@ async def _truncate(p: Projection, name: str, version: int, verify_s: float) -> 
 
         await delete_partition_consumers(p, name, version)
         removed += await _retry(model.drop, f"truncate {name} v{version}")
+        # Its dead letters go with its data: the next build of this version (a reset's,
+        # or a rebuild after a drop) would park their stories from the first event.
+        letters = await _retry(lambda: p.dead_letters.clear(spec), f"truncate {name} v{version}")
+        if letters:
+            log.info("%s v%d: %d dead letters removed", name, version, letters)
         await asyncio.sleep(verify_s)
         consumer, keys = await _leftovers(p, name, version)
         if not consumer and keys == 0:

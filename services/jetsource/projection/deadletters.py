@@ -172,6 +172,15 @@ class DeadLetters:
     async def delete(self, dlq_seq: int) -> bool:
         return await jsapi.delete_message(self._replies, self.stream, dlq_seq, self._timeout)
 
+    async def clear(self, spec: ModelSpec) -> int:
+        """Delete every dead letter of one model version (its data is being emptied:
+        a letter left behind would park its story in the next build of the version,
+        from its first event). Returns how many were deleted."""
+        removed = 0
+        for letter in await self.list(spec):
+            removed += bool(await self.delete(letter.dlq_seq))
+        return removed
+
     async def count(self, spec: ModelSpec) -> int:
         return sum((await self.subjects(spec)).values())
 

@@ -311,7 +311,8 @@ class Worker:
         if self.partition is not None:
             subject = self.partition.origin_subject(raw.subject)
             raw = RawMessage(subject, raw.seq, raw.time_ns, raw.headers, raw.data)
-        if aggregate_of(raw.subject, self._prefix) in self._parked or raw.seq in self._discarded:
+        parked = self._parked.get(aggregate_of(raw.subject, self._prefix))
+        if (parked and raw.seq >= min(parked)) or raw.seq in self._discarded:
             return None
         try:
             record = await self.store.open(raw)
@@ -459,7 +460,12 @@ class Worker:
         for d in batch:
             raw = RawMessage(d.subject, d.stream_seq, d.time_ns, d.headers, d.data)
             aggregate_id = aggregate_of(d.subject, self._prefix)
-            if aggregate_id in self._parked and await self._still_parked(aggregate_id, checked):
+            if (
+                aggregate_id in self._parked
+                # What comes before its first dead letter is not behind it: applied.
+                and d.stream_seq >= min(self._parked[aggregate_id])
+                and await self._still_parked(aggregate_id, checked)
+            ):
                 if d.stream_seq in self._parked[aggregate_id]:
                     acks.append(d)  # filed already; the ack was lost
                 else:
