@@ -32,11 +32,16 @@ def erase(
         check_subject(subject)
         subject.encode("utf-8")
     except ValidationError as exc:
-        output.fail(USAGE, "usage", str(exc))
+        output.fail(USAGE, "usage", str(exc), field="subject")
     except UnicodeEncodeError as exc:
-        output.fail(USAGE, "usage", output.not_utf8(exc))
+        output.fail(USAGE, "usage", output.not_utf8(exc), field="subject")
     if not yes:
-        output.fail(USAGE, "usage", "erasing personal data cannot be undone: add --yes to confirm")
+        output.fail(
+            USAGE,
+            "usage",
+            "erasing personal data cannot be undone: add --yes to confirm",
+            field="--yes",
+        )
     with _progress("erasing") as update:
         # Every domain's event stream must exist: against a NATS without them (the
         # wrong server?) "key already gone, 0 events scanned" read as an erasure done.

@@ -102,18 +102,23 @@ def _model(arg: str | None, opt: str | None, required: bool = True) -> str:
     """The model named by the argument or ``--model``, checked against the registered
     domains before anything connects (a misspelt name is a usage error)."""
     if arg and opt and arg != opt:
-        output.fail(USAGE, "usage", f"two models named: {arg!r} and --model {opt!r}")
+        output.fail(
+            USAGE, "usage", f"two models named: {arg!r} and --model {opt!r}", field="--model"
+        )
     name = arg or opt
     if not name:
         if required:
-            output.fail(USAGE, "usage", "name the read model: MODEL or --model")
+            output.fail(USAGE, "usage", "name the read model: MODEL or --model", field="--model")
         return ""
     from jetsource.projection.bootstrap import load_domains
 
     known = load_domains(_settings().projector.domains).models()
     if name not in known:
         output.fail(
-            USAGE, "usage", f"unknown read model {name!r}; known: {', '.join(sorted(known))}"
+            USAGE,
+            "usage",
+            f"unknown read model {name!r}; known: {', '.join(sorted(known))}",
+            field="--model",
         )
     return name
 
@@ -135,7 +140,7 @@ def _fail_for(exc: BaseException, settings: ProjectorSettings) -> NoReturn:
     if isinstance(exc, admin.WaitTimeout):
         output.fail(UNAVAILABLE, "timeout", str(exc))
     if isinstance(exc, admin.UsageError | UnknownModelError):
-        output.fail(USAGE, "usage", str(exc))
+        output.fail(USAGE, "usage", str(exc), field=getattr(exc, "field", None))
     # A missing stream (a direct get from one: NoResponders): as in every group, exit 1.
     if isinstance(exc, StreamMissingError | jsapi.NoRespondersError):
         name = output.stream_named(str(exc))
@@ -306,7 +311,9 @@ def _time(value: str | None, flag: str) -> int | None:
     try:
         return parse_rfc3339_ns(value)
     except ValueError as exc:
-        output.fail(USAGE, "usage", f"{flag} {value!r}: not an RFC 3339 UTC time ({exc})")
+        output.fail(
+            USAGE, "usage", f"{flag} {value!r}: not an RFC 3339 UTC time ({exc})", field=flag
+        )
 
 
 # -- status -----------------------------------------------------------------------------
@@ -445,7 +452,7 @@ def replay(
         admin.validate_slice(None, name, aggregate, from_seq, to_seq, start, end, types, actor)
         admin.validate_run_id(run_id)
     except admin.UsageError as exc:
-        output.fail(USAGE, "usage", str(exc))
+        output.fail(USAGE, "usage", str(exc), field=exc.field)
     with _progress(f"replaying {name}") as update:
         report = _run(
             lambda p: admin.replay(
@@ -463,7 +470,7 @@ def replay(
             ),
             _model_stream(name),
         )
-    if not report.events:
+    if not report.events and not report.failed:
         where = ", ".join(f"{k}={v}" for k, v in report.selectors.items())
         output.fail(
             REFUSED,
@@ -564,6 +571,7 @@ def reset(
             USAGE,
             "usage",
             f"reset empties the active version of {name} and rebuilds it: add --yes to confirm",
+            field="--yes",
         )
     with _progress(f"resetting {name}") as update:
         report = _run(lambda p: admin.reset(p, name, progress=update), _model_stream(name))
@@ -773,10 +781,12 @@ def dlq_discard(
     json_out = _json(as_json)
     name = _model(None, model, required=False) or None
     if not (seqs or aggregate):
-        output.fail(USAGE, "usage", "name --seq or --aggregate to discard")
+        output.fail(USAGE, "usage", "name --seq or --aggregate to discard", field="--seq")
     if not yes:
         if json_out or not sys.stdin.isatty():
-            output.fail(USAGE, "usage", "discarding cannot be undone: add --yes to confirm")
+            output.fail(
+                USAGE, "usage", "discarding cannot be undone: add --yes to confirm", field="--yes"
+            )
         typer.confirm("Discard these dead letters for good?", abort=True)
     report = _run(lambda p: admin.dlq_discard(p, name, aggregate, seqs), _dlq_stream)
     _report("discarded", report, json_out)

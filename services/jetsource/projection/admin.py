@@ -23,7 +23,7 @@ from typing import Any, Protocol, TypeVar, cast
 from jetsource.core.clock import format_rfc3339_ns, now_ns, parse_rfc3339_ns, to_ns
 from jetsource.core.crypto import erasures_heard
 from jetsource.core.envelope import RecordedEvent
-from jetsource.core.errors import EventStoreUnavailableError
+from jetsource.core.errors import CorruptEventError, EventStoreUnavailableError
 from jetsource.core.ids import uuid7, validate_aggregate_id
 from jetsource.eventstore import jsapi
 from jetsource.projection.bootstrap import Projection
@@ -64,7 +64,12 @@ class AdminError(Exception):
 
 class UsageError(AdminError):
     """Arguments that cannot make sense: an inverted or empty range, an unknown event
-    type, a malformed id. Nothing was done."""
+    type, a malformed id. Nothing was done. ``field`` names the option at fault (for
+    scripts: JSON errors carry it)."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class WaitTimeout(AdminError):
@@ -416,24 +421,31 @@ def validate_slice(
     ) and not (event_types or actor):
         raise UsageError(
             "name a slice: --aggregate, --from-seq/--to-seq, --from-time/--to-time, "
-            "--type or --actor"
+            "--type or --actor",
+            field="slice",
         )
     if (from_seq is not None and from_seq < 1) or (to_seq is not None and to_seq < 1):
-        raise UsageError("stream sequences start at 1")
+        raise UsageError(
+            "stream sequences start at 1", field="--from-seq" if from_seq == 0 else "--to-seq"
+        )
     if from_seq is not None and to_seq is not None and from_seq > to_seq:
-        raise UsageError(f"--from-seq {from_seq} is after --to-seq {to_seq}: an inverted range")
+        raise UsageError(
+            f"--from-seq {from_seq} is after --to-seq {to_seq}: an inverted range",
+            field="--from-seq",
+        )
     if from_time is not None and to_time is not None and to_ns(from_time) >= to_ns(to_time):
         raise UsageError(
             f"--from-time {_iso(from_time)} is not before --to-time {_iso(to_time)}: "
-            "an empty or inverted range"
+            "an empty or inverted range",
+            field="--from-time",
         )
     if aggregate_id is not None:
         try:
             validate_aggregate_id(aggregate_id, field="aggregate")
         except ValueError as exc:
-            raise UsageError(str(exc)) from exc
+            raise UsageError(str(exc), field="--aggregate") from exc
     if actor is not None and not actor.strip():
-        raise UsageError("--actor must not be empty")
+        raise UsageError("--actor must not be empty", field="--actor")
     if p is not None and event_types:
         registry = p.domains.owner(name).registry
         known = set(registry.event_types())
@@ -447,7 +459,8 @@ def validate_slice(
         if unknown:
             raise UsageError(
                 f"unknown event type {', '.join(unknown)} for {name}; known: "
-                f"{', '.join(sorted(known))}"
+                f"{', '.join(sorted(known))}",
+                field="--type",
             )
 
 
@@ -460,7 +473,8 @@ def validate_run_id(run_id: str | None) -> None:
     if run_id is not None and not _RUN_ID.fullmatch(run_id):
         raise UsageError(
             f"--run-id {run_id[:40]!r} is invalid: 1 to 100 letters, digits, '.', '_', "
-            "':' or '-', starting with a letter or digit"
+            "':' or '-', starting with a letter or digit",
+            field="--run-id",
         )
 
 
@@ -543,18 +557,35 @@ async def replay(
             agg = aggregate_id or "*"
             subject = f"{store.settings.subject_prefix}.{agg}.{next(iter(set(event_types)))}"
         wanted = set(event_types or ())
-        async for e in store.read_all(low, high, subject):
-            if wanted and e.event_type not in wanted:
-                continue
-            if actor is not None and e.envelope.metadata.get("actor") != actor:
-                continue
-            events.append(e)
+        # A story holding a corrupt event cannot be folded: it is listed under
+        # ``failed`` (at the corrupt sequence) and the scan goes on past it, so
+        # every other story of the slice is replayed.
+        corrupt: dict[str, CorruptEventError] = {}
+        at = low
+        while at <= high:
+            try:
+                async for e in store.read_all(at, high, subject):
+                    at = e.stream_seq + 1
+                    if e.aggregate_id in corrupt:
+                        continue
+                    if wanted and e.event_type not in wanted:
+                        continue
+                    if actor is not None and e.envelope.metadata.get("actor") != actor:
+                        continue
+                    events.append(e)
+                break
+            except CorruptEventError as exc:
+                corrupt.setdefault(exc.aggregate_id, exc)
+                at = exc.stream_seq + 1
+        events = [e for e in events if e.aggregate_id not in corrupt]
+        for agg, bad in corrupt.items():
+            report.failed[bad.stream_seq] = f"{agg}: not replayed, left as it was: {bad}"
     report.checkpoint = checkpoint.seq
-    if not events:  # nothing to do, and no run to record
+    if not events and not report.failed:  # nothing to do, and no run to record
         report.seconds = time.perf_counter() - started
         return report
     report.events = len(events)
-    report.last_seq = events[-1].stream_seq
+    report.last_seq = events[-1].stream_seq if events else 0
     slices: dict[str, list[RecordedEvent]] = {}
     for e in events:
         slices.setdefault(e.aggregate_id, []).append(e)
@@ -566,7 +597,7 @@ async def replay(
         "selectors": selectors,
         "events": report.events,
         "aggregates": report.aggregates,
-        "first_seq": events[0].stream_seq,
+        "first_seq": events[0].stream_seq if events else None,
         "last_seq": report.last_seq,
         "started_at": _stamp(),
         "finished_at": None,
