@@ -181,10 +181,11 @@ async def test_reset_under_live_writes_equals_a_clean_rebuild(projection: Projec
         # Cutover to the version that is already active: refused, not silently done.
         body = error(await cli(p, "cutover", "context", "--to-version", "1", "--json"), 1)
         assert "already the active" in body["message"]
-        # Wait for a version nobody builds: exit 3 after the timeout.
-        late = await cli(p, "wait", "context", "--version", "7", "--timeout", "1", "--json")
-        body = error(late, 3)
-        assert body["code"] == "timeout"
+        # Wait for a version nobody builds: refused at once (exit 1), naming it; it
+        # waited out the timeout and said "timeout".
+        late = await cli(p, "wait", "context", "--version", "7", "--timeout", "60", "--json")
+        body = error(late, 1)
+        assert body["code"] == "refused" and "context v7 does not exist" in body["message"]
     finally:
         writing.set()
         stop.set()

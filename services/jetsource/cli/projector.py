@@ -149,6 +149,8 @@ def _fail_for(exc: BaseException, settings: ProjectorSettings) -> NoReturn:
         output.fail(REFUSED, "refused", str(exc), hint=output.ENSURE_HINT)
     if isinstance(exc, jsapi.JsApiError) and exc.err_code == jsapi.ERR_STREAM_NOT_FOUND:
         output.fail(REFUSED, "refused", f"a stream does not exist ({exc})", hint=output.ENSURE_HINT)
+    if isinstance(exc, admin.Busy):  # another run holds the version: try later
+        output.fail(REFUSED, "busy", str(exc))
     if isinstance(exc, admin.AdminError | ControlError):
         output.fail(REFUSED, "refused", str(exc))
     if isinstance(exc, AccessDeniedError):
@@ -206,11 +208,16 @@ def _all_streams(p: Projection) -> list[str]:
     return [*events, p.snapshots.settings.stream, p.dead_letters.stream]
 
 
+INTERRUPTED = 130
+
+
 def _run(
     work: Callable[[Projection], Awaitable[T]],
     need: Callable[[Projection], list[str]] | None = None,
+    stopped: str = "stopped (Ctrl-C)",
 ) -> T:
-    """``work`` on an open projection; the streams ``need`` names must exist first."""
+    """``work`` on an open projection; the streams ``need`` names must exist first.
+    Ctrl-C ends it with ``stopped`` (code ``cancelled``, exit 130)."""
     from jetsource.eventstore.bootstrap import redact_url
     from jetsource.projection.bootstrap import open_projection
 
@@ -233,6 +240,8 @@ def _run(
 
     try:
         return aio.run(go())
+    except KeyboardInterrupt:
+        output.fail(INTERRUPTED, "cancelled", stopped)
     except Exception as exc:
         _fail_for(exc, settings)
 
@@ -325,6 +334,8 @@ def _progress_cell(row: dict[str, Any]) -> str:
         return ""
     if "percent" not in p:
         return str(p.get("phase", ""))
+    if row.get("state") == "stopped":  # nobody builds it: no rate, no ETA
+        return f"{p['percent']:.1f}%, run the command again to resume"
     return f"{p['percent']:.1f}% {p['rate']:,.0f}/s ETA {_eta(p.get('eta_s'))}"
 
 
@@ -538,6 +549,8 @@ def rebuild(
         report = _run(
             lambda p: admin.rebuild(p, name, to_version, progress=update, workers=workers),
             _model_stream(name),
+            stopped=f"the build of {name} v{to_version} stopped (Ctrl-C); what it applied is "
+            "kept: run the same command again to resume it",
         )
     if json_out:
         output.emit_json(_built(report))
@@ -574,7 +587,12 @@ def reset(
             field="--yes",
         )
     with _progress(f"resetting {name}") as update:
-        report = _run(lambda p: admin.reset(p, name, progress=update), _model_stream(name))
+        report = _run(
+            lambda p: admin.reset(p, name, progress=update),
+            _model_stream(name),
+            stopped=f"the reset of {name} stopped (Ctrl-C); run the same command again to "
+            "finish it (it resumes where it stopped)",
+        )
     if json_out:
         output.emit_json(_built(report, reset=True))
         return

@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
+import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -162,6 +164,121 @@ async def _save(p: Projection, name: str, change: Callable[[ModelControl], None]
     raise AdminError(f"the control entry of {name} keeps changing; try again")
 
 
+# A run of rebuild, reset or drop renews its claim on the version this often; a claim
+# not renewed for CLAIM_STALE_S belongs to a run that stopped (killed, crashed, or
+# cut off from NATS), and the next command takes it over and resumes the work.
+CLAIM_BEAT_S = 2.0
+CLAIM_STALE_S = 15.0
+
+
+class Busy(AdminError):
+    """Another run holds the version (a fresh claim)."""
+
+    def __init__(self, message: str, claim: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.claim = claim or {}
+
+
+def claim_age_s(claim: dict[str, Any] | None) -> float | None:
+    """Seconds since the claim's holder last renewed it (None: no claim)."""
+    if not claim:
+        return None
+    return max(0.0, (now_ns() - int(claim.get("heartbeat_ns", 0))) / 1e9)
+
+
+def claim_fresh(claim: dict[str, Any] | None) -> bool:
+    age = claim_age_s(claim)
+    return age is not None and age < CLAIM_STALE_S
+
+
+def describe_claim(claim: dict[str, Any]) -> str:
+    return (
+        f"{claim.get('op', '?')} on {claim.get('host', '?')} pid {claim.get('pid', '?')}, "
+        f"heartbeat {claim_age_s(claim) or 0:.1f} s ago"
+    )
+
+
+class Lease:
+    """One admin run's claim on a model version, in its control entry, renewed in the
+    background while the run works. Taking it is one compare-and-set together with
+    the run's own state change; ``lost`` turns true when another run took it over
+    (after this one's heartbeats stopped reaching NATS for CLAIM_STALE_S)."""
+
+    def __init__(self, p: Projection, name: str, version: int, op: str) -> None:
+        self.p, self.name, self.version, self.op = p, name, version, op
+        self.owner = uuid7()
+        self.lost = False
+        self._task: asyncio.Task[None] | None = None
+
+    def _body(self) -> dict[str, Any]:
+        return {
+            "owner": self.owner,
+            "op": self.op,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "heartbeat_ns": now_ns(),
+            "heartbeat_at": _stamp(),
+        }
+
+    def held_by_other(self, c: ModelControl) -> dict[str, Any] | None:
+        held = c.claims.get(self.version)
+        if held and held.get("owner") != self.owner and claim_fresh(held):
+            return held
+        return None
+
+    async def take(
+        self, change: Callable[[ModelControl], None], over: frozenset[str] = frozenset()
+    ) -> ModelControl:
+        """``change`` and the claim in one write; :class:`Busy` when another run holds
+        a fresh claim (unless its command is one of ``over``: a drop fences a build)."""
+
+        def claim(c: ModelControl) -> None:
+            held = self.held_by_other(c)
+            if held is not None and held.get("op") not in over:
+                raise Busy(
+                    f"{self.name} v{self.version} is held by another run ({describe_claim(held)})",
+                    held,
+                )
+            change(c)
+            c.claims[self.version] = self._body()
+
+        control = await _save(self.p, self.name, claim)
+        self._task = asyncio.create_task(self._beat(), name=f"lease {self.name} v{self.version}")
+        return control
+
+    async def _beat(self) -> None:
+        def renew(c: ModelControl) -> None:
+            if (c.claims.get(self.version) or {}).get("owner") != self.owner:
+                raise Busy("taken over")
+            c.claims[self.version] = self._body()
+
+        while True:
+            await asyncio.sleep(CLAIM_BEAT_S)
+            try:
+                await _save(self.p, self.name, renew)
+            except Busy:
+                self.lost = True
+                return
+            except Exception as exc:  # NATS away: the next beat tries again
+                log.warning("%s v%d: claim not renewed: %r", self.name, self.version, exc)
+
+    async def release(self) -> None:
+        """Stop renewing and remove the claim if it is still this run's; best effort
+        (a claim left behind goes stale by itself)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+        def drop_claim(c: ModelControl) -> None:
+            if (c.claims.get(self.version) or {}).get("owner") == self.owner:
+                del c.claims[self.version]
+
+        try:
+            await asyncio.wait_for(_save(self.p, self.name, drop_claim), 3.0)
+        except (Exception, asyncio.CancelledError) as exc:
+            log.warning("%s v%d: claim not released: %r", self.name, self.version, exc)
+
+
 async def _stream_last_seq(p: Projection, name: str) -> int:
     info = await p.store_for(name).stream_info()
     return int(info["state"]["last_seq"])
@@ -235,6 +352,10 @@ async def _status_rows(p: Projection, name: str) -> list[dict[str, Any]]:
             shown = "not started"
         elif info is not None and pending and _idle_s(info) > stall_after_s:
             shown = "stalled"
+        elif state in (BUILDING, RESETTING) and not claim_fresh(control.claims.get(version)):
+            # Nobody runs it (its builder stopped: Ctrl-C, killed, crashed): no ETA
+            # to wait for; running the command again resumes it.
+            shown = "stopped"
         row: dict[str, Any] = {
             "domain": domain.name,
             "stream": store.settings.stream,
@@ -252,6 +373,8 @@ async def _status_rows(p: Projection, name: str) -> list[dict[str, Any]]:
         }
         if state in (BUILDING, RESETTING):
             row["progress"] = control.progress.get(version)
+            if version in control.claims:
+                row["claim"] = control.claims[version]
         rows.append(row)
     return rows
 
@@ -661,39 +784,62 @@ async def rebuild(
     started = time.perf_counter()
     if workers < 1:
         raise AdminError(f"workers must be at least 1, got {workers}")
-    control = await _control(p, name)
+    await _control(p, name)
     if p.pinned_version(name) is not None:
         raise AdminError(
             f"{name} follows a schema version (v{p.pinned_version(name)}), not a cutover: "
             f"use `jetsource projector reset {name} --yes` to build it again"
         )
     p.spec(name, to_version)
-    state = control.versions.get(to_version)
-    if state == DROPPED:
-        raise AdminError(
-            f"{name} v{to_version} is being dropped; run `jetsource projector drop --model "
-            f"{name} --version {to_version}` again to finish, then rebuild"
-        )
-    if state == RESETTING:
-        raise AdminError(
-            f"{name} v{to_version} is being reset; run `jetsource projector reset {name} "
-            "--yes` again to finish"
-        )
-    if state == LIVE:
-        raise AdminError(
-            f"{name} v{to_version} is already built and live"
-            + (" and active" if control.active == to_version else "; cut over to it or drop it")
-        )
-    if state is None:
+
+    def begin(control: ModelControl) -> None:
+        state = control.versions.get(to_version)
+        if state == DROPPED:
+            raise AdminError(
+                f"{name} v{to_version} is being dropped; run `jetsource projector drop --model "
+                f"{name} --version {to_version}` again to finish, then rebuild"
+            )
+        if state == RESETTING:
+            raise AdminError(
+                f"{name} v{to_version} is being reset; run `jetsource projector reset {name} "
+                "--yes` again to finish"
+            )
+        if state == LIVE:
+            raise AdminError(
+                f"{name} v{to_version} is already built and live"
+                + (" and active" if control.active == to_version else "; cut over to it or drop it")
+            )
         control.versions[to_version] = BUILDING
-        control = await p.control.save(name, control)
-    if workers > 1:
-        return await _build_parallel(p, name, to_version, workers, progress, started)
-    return await _build(p, name, to_version, progress, started)
+
+    # One build of a version at a time: a second one shared the first's consumer and
+    # both ended with false reports. A build that stopped (its heartbeat is stale) is
+    # taken over and resumed.
+    lease = Lease(p, name, to_version, "rebuild")
+    try:
+        await lease.take(begin)
+    except Busy as exc:
+        raise Busy(
+            f"{name} v{to_version} is being built by another run ({describe_claim(exc.claim)}): "
+            f"wait for it (`jetsource projector wait {name} --version {to_version}`); if that "
+            f"run is gone, running this again after {CLAIM_STALE_S:g} s resumes its build",
+            exc.claim,
+        ) from None
+    try:
+        if workers > 1:
+            return await _build_parallel(p, name, to_version, workers, progress, started, lease)
+        return await _build(p, name, to_version, progress, started, lease)
+    finally:
+        await lease.release()
 
 
 async def _build_parallel(
-    p: Projection, name: str, version: int, workers: int, progress: Progress, started: float
+    p: Projection,
+    name: str,
+    version: int,
+    workers: int,
+    progress: Progress,
+    started: float,
+    lease: Lease | None = None,
 ) -> RebuildReport:
     """K processes over N partitions (the service's count, else K) until caught up;
     then the version's consumers are handed to the service and it goes live."""
@@ -712,8 +858,7 @@ async def _build_parallel(
             left = await _retry(lambda: pb.pending(p, name, version, count), "progress")
             progress(max(total - left, 0), total)
             await asyncio.wait(waits, timeout=0.5)
-            if (await _control(p, name)).versions.get(version) != BUILDING:
-                raise AdminError(f"{name} v{version} was dropped while it was being built")
+            _still_building(name, version, await _control(p, name), lease)
         for c, w in zip(children, waits, strict=True):
             out, err = w.result()
             outputs.append((c.process.returncode or 0, out, err))
@@ -735,10 +880,11 @@ async def _build_parallel(
     progress(total, total)
 
     def go_live(c: ModelControl) -> None:
-        if c.versions.get(version) != BUILDING:
-            raise AdminError(f"{name} v{version} was dropped while it was being built")
+        _still_building(name, version, c, lease)
         c.versions[version] = LIVE
         c.progress.pop(version, None)
+        if lease is not None:
+            c.claims.pop(version, None)
 
     await _save(p, name, go_live)
     checkpoint = await model.checkpoint()
@@ -776,8 +922,29 @@ async def _from_archive(p: Projection, name: str, model: ReadModel) -> None:
     log.info("%s v%d: %d events applied from the archive", name, model.spec.version, applied)
 
 
+def _still_building(name: str, version: int, c: ModelControl, lease: Lease | None) -> None:
+    """Raise, saying what happened, unless this run still builds ``version``."""
+    state = c.versions.get(version)
+    if state in (None, DROPPED):
+        raise AdminError(f"{name} v{version} was dropped while it was being built")
+    if state != BUILDING:
+        raise AdminError(f"{name} v{version} is {state} now: another run finished it")
+    held = (c.claims.get(version) or {}) if lease is not None else {}
+    if lease is not None and (lease.lost or held.get("owner", lease.owner) != lease.owner):
+        raise AdminError(
+            f"{name} v{version}: another run took this build over (this run's heartbeat did "
+            f"not reach NATS for {CLAIM_STALE_S:g} s); it goes on there"
+            + (f" ({describe_claim(held)})" if held else "")
+        )
+
+
 async def _build(
-    p: Projection, name: str, version: int, progress: Progress, started: float
+    p: Projection,
+    name: str,
+    version: int,
+    progress: Progress,
+    started: float,
+    lease: Lease | None = None,
 ) -> RebuildReport:
     """Run a worker of ``version`` (state ``building``) until it has caught up, then
     mark it ``live``. Stops at once if the version stops being ``building``."""
@@ -803,11 +970,14 @@ async def _build(
                 saved = time.monotonic()
                 await _save_progress(p, name, version, meter)
             await asyncio.wait([task], timeout=0.5)
-            if (await _control(p, name)).versions.get(version) != BUILDING:
-                # `drop` took it (state dropped, or gone): stop writing at once.
+            try:
+                _still_building(name, version, await _control(p, name), lease)
+            except AdminError:
+                # `drop` took it (state dropped, or gone), or another run did: stop
+                # writing at once.
                 worker.stop()
                 await asyncio.wait([task], timeout=p.settings.projector.shutdown_grace_s)
-                raise AdminError(f"{name} v{version} was dropped while it was being built")
+                raise
         await task
     finally:
         if not task.done():
@@ -817,10 +987,11 @@ async def _build(
     progress(total, total)
 
     def go_live(c: ModelControl) -> None:
-        if c.versions.get(version) != BUILDING:
-            raise AdminError(f"{name} v{version} was dropped while it was being built")
+        _still_building(name, version, c, lease)
         c.versions[version] = LIVE
         c.progress.pop(version, None)
+        if lease is not None:
+            c.claims.pop(version, None)
 
     await _save(p, name, go_live)
     checkpoint = await model.checkpoint()
@@ -857,32 +1028,47 @@ async def reset(
             f"{name} v{pinned} follows a schema and is run by its own service; it cannot be "
             "reset from here"
         )
-    state = control.versions.get(version)
-    if state == DROPPED:
-        raise AdminError(f"{name} v{version} is being dropped")
-    if state != BUILDING:  # building: a reset interrupted after the truncation
+
+    def mark(c: ModelControl) -> None:
+        if c.active != version:
+            raise AdminError(f"{name}: the active version changed meanwhile; try again")
+        state = c.versions.get(version)
+        if state == DROPPED:
+            raise AdminError(f"{name} v{version} is being dropped")
+        if state == BUILDING:  # a reset interrupted after the truncation: build on
+            return
         if state not in (LIVE, RESETTING):
             raise AdminError(f"{name} v{version} is {state or 'absent'}; nothing to reset")
+        c.versions[version] = RESETTING
+        c.progress[version] = {"phase": "truncating", "updated_at": _stamp()}
 
-        def mark(c: ModelControl) -> None:
-            if c.active != version:
-                raise AdminError(f"{name}: the active version changed meanwhile; try again")
-            c.versions[version] = RESETTING
-            c.progress[version] = {"phase": "truncating", "updated_at": _stamp()}
+    # One reset of a version at a time (a second one truncated under the first's
+    # build); one that stopped is taken over and finished.
+    lease = Lease(p, name, version, "reset")
+    try:
+        control = await lease.take(mark)
+    except Busy as exc:
+        raise Busy(
+            f"{name} v{version} is being reset by another run ({describe_claim(exc.claim)}); "
+            f"if that run is gone, running this again after {CLAIM_STALE_S:g} s finishes it",
+            exc.claim,
+        ) from None
+    try:
+        if control.versions.get(version) == RESETTING:
+            if settle_s is None:
+                settle_s = p.settings.projector.control_poll_s + 1.0
+            await asyncio.sleep(settle_s)
+            await _truncate(p, name, version, verify_s)
 
-        await _save(p, name, mark)
-        if settle_s is None:
-            settle_s = p.settings.projector.control_poll_s + 1.0
-        await asyncio.sleep(settle_s)
-        await _truncate(p, name, version, verify_s)
+            def building(c: ModelControl) -> None:
+                if c.versions.get(version) != RESETTING:
+                    raise AdminError(f"{name} v{version} changed state while it was truncated")
+                c.versions[version] = BUILDING
 
-        def building(c: ModelControl) -> None:
-            if c.versions.get(version) != RESETTING:
-                raise AdminError(f"{name} v{version} changed state while it was truncated")
-            c.versions[version] = BUILDING
-
-        await _save(p, name, building)
-    return await _build(p, name, version, progress, started)
+            await _save(p, name, building)
+        return await _build(p, name, version, progress, started, lease)
+    finally:
+        await lease.release()
 
 
 async def _truncate(p: Projection, name: str, version: int, verify_s: float) -> int:
@@ -1002,20 +1188,36 @@ async def drop(
     def mark(c: ModelControl) -> None:
         if c.active == version:
             raise AdminError(f"{name} v{version} is active; cut over to another version first")
+        if version not in c.versions:
+            raise AdminError(f"{name} v{version} is dropped already: nothing to drop")
         c.versions[version] = DROPPED
 
-    await _save(p, name, mark)
-    if settle_s is None:
-        settle_s = p.settings.projector.control_poll_s + 1.0
-    await asyncio.sleep(settle_s)
-    removed = await _truncate(p, name, version, verify_s)
+    # A drop fences a build of the version (it takes the build's claim); a second drop
+    # of it waits for the first and removes nothing (both counted every key once each).
+    lease = Lease(p, name, version, "drop")
+    while True:
+        try:
+            await lease.take(mark, over=frozenset({"rebuild", "reset"}))
+            break
+        except Busy:
+            await asyncio.sleep(0.2)
+            if version not in (await _control(p, name)).versions:
+                return 0  # the other drop finished it
+    try:
+        if settle_s is None:
+            settle_s = p.settings.projector.control_poll_s + 1.0
+        await asyncio.sleep(settle_s)
+        removed = await _truncate(p, name, version, verify_s)
 
-    def forget(c: ModelControl) -> None:
-        c.versions.pop(version, None)
-        c.progress.pop(version, None)
+        def forget(c: ModelControl) -> None:
+            c.versions.pop(version, None)
+            c.progress.pop(version, None)
+            c.claims.pop(version, None)
 
-    await _save(p, name, forget)
-    return removed
+        await _save(p, name, forget)
+        return removed
+    finally:
+        await lease.release()
 
 
 # -- wait ----------------------------------------------------------------------------
@@ -1044,9 +1246,9 @@ async def wait(
 ) -> dict[str, Any]:
     """Wait until ``version`` of ``name`` is live and caught up (its consumer exists
     and has nothing pending or unacknowledged). Raises :class:`WaitTimeout` after
-    ``timeout_s`` (None: wait for good), :class:`AdminError` if the version is being
-    dropped. A version that does not exist yet is waited for (a rebuild may be about
-    to start it)."""
+    ``timeout_s`` (None: wait for good), :class:`AdminError` at once if the version
+    is being dropped or does not exist (nothing would ever make it live: start its
+    rebuild first); v1 of a model the service has not started yet is waited for."""
     p.spec(name, version)
     started = time.monotonic()
     pinned = p.pinned_version(name)
@@ -1062,6 +1264,18 @@ async def wait(
             state = control.versions.get(version) if control else None
             if state == DROPPED:
                 raise AdminError(f"{name} v{version} is being dropped; it will never be live")
+            if state is None and (control is not None or version != 1):
+                # Nothing builds it (v1 of a model not started yet: the service makes it).
+                known = (
+                    ", ".join(f"v{v} {st}" for v, st in sorted(control.versions.items()))
+                    if control is not None
+                    else "none"
+                )
+                raise AdminError(
+                    f"{name} v{version} does not exist (versions: {known}): nothing to wait "
+                    f"for; build it first (`jetsource projector rebuild {name} --to-version "
+                    f"{version}`)"
+                )
         lag = await unacknowledged(p, name, version) if state == LIVE else None
         waited = time.monotonic() - started
         if state == LIVE and lag == 0:

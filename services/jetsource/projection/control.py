@@ -16,7 +16,8 @@ and then ``live`` again.
 Beside the versions the entry carries what operators read in ``projector status``:
 ``progress`` of a version being built (done/total stream sequences, rate, ETA) and
 ``last_replay``, the last selective replay run of the model (run id, selectors,
-events, last replayed stream sequence, when it finished). Both are optional.
+events, last replayed stream sequence, when it finished), and ``claims``: which run
+of rebuild, reset or drop holds each version, with its heartbeat. All optional.
 
 Updates are compare-and-set on the entry's revision, so the cutover (changing
 ``active``) is one atomic write: a reader sees the old version or the new one, each
@@ -63,6 +64,10 @@ class ModelControl:
     # Stream sequences an operator discarded from this model's dead letters: every
     # version of the model steps over them by rule (a rebuild never stalls on one).
     discarded: list[int] = field(default_factory=list)
+    # Who runs an admin command on each version now (rebuild, reset, drop): owner,
+    # command, host, pid and a heartbeat the holder renews (admin.Lease). A second
+    # command finds it fresh and is refused (or waits); a stale one is taken over.
+    claims: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def live(self) -> list[int]:
         return sorted(v for v, s in self.versions.items() if s == LIVE)
@@ -78,6 +83,8 @@ class ModelControl:
             body["last_replay"] = self.last_replay
         if self.discarded:
             body["discarded"] = sorted(set(self.discarded))
+        if self.claims:
+            body["claims"] = {str(v): c for v, c in self.claims.items()}
         return json.dumps(body).encode()
 
     @classmethod
@@ -90,6 +97,7 @@ class ModelControl:
             {int(v): p for v, p in (body.get("progress") or {}).items()},
             body.get("last_replay"),
             [int(x) for x in body.get("discarded") or []],
+            {int(v): c for v, c in (body.get("claims") or {}).items()},
         )
 
 

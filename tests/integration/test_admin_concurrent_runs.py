@@ -1,0 +1,129 @@
+"""Admin runs that meet on one model version, and answers that were slow or false:
+
+- two `rebuild --to-version 2` at once: the second is refused (code busy) while the
+  first builds; the first builds it all (both used to run on one consumer, the first
+  ending with "dropped while it was being built", the second reporting its share);
+- a build whose runner stopped (its claim's heartbeat is stale) shows as ``stopped``
+  in status, and the next rebuild takes it over and finishes it;
+- two drops at once: the second waits for the first and removes nothing (both
+  reported every key);
+- `wait` for a version nobody builds is refused at once;
+- a replay of a range holding a corrupt story replays the others and lists it under
+  ``failed`` (it refused the whole range);
+- a usage error in JSON mode names its ``field``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from jetsource.core.clock import now_ns
+from jetsource.core.settings import JetsourceSettings
+from jetsource.projection import admin
+from jetsource.projection.bootstrap import Projection, open_projection
+from jetsource.projection.control import BUILDING, ModelControl
+from jetsource.projection.runtime import Worker
+from tests.projector_fixtures import projector_settings, seed, story_ids
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def projection(settings: JetsourceSettings, unique: str) -> AsyncIterator[Projection]:
+    p = await open_projection(projector_settings(settings, unique, control_poll_s=0.2))
+    p.settings.projector.models = ["context"]
+    yield p
+    for version in (1, 2, 3):
+        await p.model("context", version).drop()
+    await p.close()
+
+
+async def build_v1(p: Projection) -> None:
+    await p.control.ensure("context", 1)
+    worker = Worker(p.nc, p.store, p.model("context", 1), p.dead_letters, p.settings.projector)
+    await worker.run(until_caught_up=True)
+
+
+async def test_one_build_per_version_and_a_stopped_one_is_resumed(
+    projection: Projection,
+) -> None:
+    p = projection
+    await seed(p.store, story_ids(8), 25)
+    await build_v1(p)
+
+    both = await asyncio.gather(
+        admin.rebuild(p, "context", 2), admin.rebuild(p, "context", 2), return_exceptions=True
+    )
+    built = [r for r in both if isinstance(r, admin.RebuildReport)]
+    refused = [r for r in both if isinstance(r, BaseException)]
+    assert len(built) == 1 and len(refused) == 1, both
+    assert isinstance(refused[0], admin.Busy), refused
+    assert "being built by another run" in str(refused[0])
+    assert built[0].applied == 200  # all of it, not a share
+    control = await p.control.get("context")
+    assert control is not None and 2 not in control.claims
+
+    # A build whose runner is gone: shown stopped, then taken over and finished.
+    def stale(c: ModelControl) -> None:
+        c.versions[3] = BUILDING
+        c.progress[3] = {"done": 10, "total": 200, "percent": 5.0, "rate": 1.0, "eta_s": 190}
+        c.claims[3] = {"owner": "gone", "op": "rebuild", "heartbeat_ns": now_ns() - 60 * 10**9}
+
+    await admin._save(p, "context", stale)
+    rows = {r["version"]: r for r in await admin.status(p) if r["model"] == "context"}
+    assert rows[3]["state"] == "stopped", rows[3]
+    assert (await admin.rebuild(p, "context", 3)).checkpoint == 200
+
+    # Two drops at once: the keys are counted once.
+    removed = await asyncio.gather(
+        admin.drop(p, "context", 2, settle_s=0.1, verify_s=0.1),
+        admin.drop(p, "context", 2, settle_s=0.1, verify_s=0.1),
+    )
+    assert sorted(removed)[0] == 0 and sorted(removed)[1] > 0, removed
+
+    # Waiting for a version nobody builds: refused at once, naming it.
+    started = time.monotonic()
+    with pytest.raises(admin.AdminError, match="v9 does not exist") as refusal:
+        await admin.wait(p, "context", 9, timeout_s=10)
+    assert not isinstance(refusal.value, admin.WaitTimeout)
+    assert time.monotonic() - started < 3
+
+
+async def test_a_corrupt_story_fails_alone_in_a_replayed_range(projection: Projection) -> None:
+    p = projection
+    await seed(p.store, ["good", "bad"], 4)
+    ack = await p.nc.request(f"{p.store.settings.subject_prefix}.bad.DecisionAdded", b"\xff", 5)
+    junk = int(json.loads(ack.data)["seq"])
+    await seed(p.store, ["late"], 3)
+    await build_v1(p)
+
+    report = await admin.replay(p, "context", from_seq=1, to_seq=junk + 3)
+
+    assert list(report.failed) == [junk], report.failed
+    assert report.failed[junk].startswith("bad: not replayed")
+    assert report.aggregates == 2 and report.reapplied == 7  # good (4) and late (3)
+
+
+INVERTED = ("--from-seq", "9", "--to-seq", "2", "--json")
+
+
+def test_a_usage_error_names_its_field_in_json() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JETSOURCE_")}
+    out = subprocess.run(
+        [sys.executable, "-m", "jetsource", "projector", "replay", "context", *INVERTED],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 2, out.stderr
+    error = json.loads(out.stderr.strip().splitlines()[-1])["error"]
+    assert error["code"] == "usage" and error["field"] == "--from-seq"
