@@ -17,9 +17,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
+from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator
 
 import pytest
@@ -127,3 +129,37 @@ def test_a_usage_error_names_its_field_in_json() -> None:
     assert out.returncode == 2, out.stderr
     error = json.loads(out.stderr.strip().splitlines()[-1])["error"]
     assert error["code"] == "usage" and error["field"] == "--from-seq"
+
+
+async def test_ctrl_c_says_the_reset_stopped_and_status_shows_it_stopped(
+    projection: Projection,
+) -> None:
+    """Ctrl-C (SIGINT) on `projector reset`: one JSON line saying it stopped and that
+    running it again resumes (code cancelled, exit 130), the claim given back, so
+    `status` shows the version stopped at once; running it again finishes it."""
+    from tests.integration.test_admin_contract import cli_env
+
+    p = projection
+    await seed(p.store, story_ids(2), 5)
+    await build_v1(p)
+    env = cli_env(p) | {"JETSOURCE_PROJECTOR__CONTROL_POLL_S": "2"}  # a 3 s settle
+    command = [sys.executable, "-m", "jetsource", "projector", "reset", "context", "--yes"]
+    child = await asyncio.create_subprocess_exec(
+        *command, "--json", env=env, stdout=PIPE, stderr=PIPE
+    )
+    for _ in range(200):  # until it has claimed the version and fenced it
+        control = await p.control.get("context")
+        if control is not None and 1 in control.claims:
+            break
+        await asyncio.sleep(0.05)
+    child.send_signal(signal.SIGINT)
+    out, err = await asyncio.wait_for(child.communicate(), 30)
+    assert child.returncode == 130, err
+    assert out == b""
+    error = json.loads(err.decode().strip().splitlines()[-1])["error"]
+    assert error["code"] == "cancelled" and "again" in error["message"]
+    rows = {r["version"]: r for r in await admin.status(p) if r["model"] == "context"}
+    assert rows[1]["state"] == "stopped", rows[1]
+
+    report = await admin.reset(p, "context", settle_s=0.1, verify_s=0.1)
+    assert report.checkpoint == 10
