@@ -438,8 +438,12 @@ async def test_edge_values_that_are_valid_are_answered(stack: Stack, unique: str
     await stack.record.Record(ob.RecordRequest(event=event(pid, "process_started", 0)))
     await visible(stack.reads, pid, 1)
     r = stack.reads
+    # The timeline is a model of its own, applied apart from the registry `visible` read:
+    # the first read waits until it has the process too (it was NOT_FOUND once under load).
     await r.GetProcessTimeline(
-        q.GetProcessTimelineRequest(process_id=pid, known_at=ts(253_402_300_799, 999_999_999)),
+        q.GetProcessTimelineRequest(
+            process_id=pid, known_at=ts(253_402_300_799, 999_999_999), min_process_seq=1
+        ),
         timeout=5,
     )
     await r.GetProcessTimeline(q.GetProcessTimelineRequest(process_id=pid, as_of=ts(0)), timeout=5)
