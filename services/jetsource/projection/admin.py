@@ -780,7 +780,9 @@ async def rebuild(
     live traffic, then hand it to the projector service (state ``live``). Resumes
     where it stopped if run again. Progress (done/total, rate, ETA) is kept in the
     control entry while it builds, for `projector status`. With ``workers`` K > 1, K
-    processes build the stream's partitions in parallel (partitions_build)."""
+    processes build the stream's partitions in parallel (partitions_build), under the
+    one claim this run holds. A version another run is building (its claim renewed
+    within CLAIM_STALE_S) is refused with :class:`Busy`."""
     started = time.perf_counter()
     if workers < 1:
         raise AdminError(f"workers must be at least 1, got {workers}")
@@ -1171,7 +1173,8 @@ async def drop(
     keys, and both are checked again ``verify_s`` later, deleted again if a late
     write brought something back. The control entry loses the version last, so a
     drop that fails half-way is finished by running it again. Returns how many
-    keys/nodes were removed."""
+    keys/nodes were removed: 0 from a drop that met another one of the version
+    running (it waits for that one to finish; every key is counted once)."""
     control = await _control(p, name)
     if control.active == version:
         raise AdminError(f"{name} v{version} is active; cut over to another version first")

@@ -202,7 +202,11 @@ async def _write_again(p: Projection, report: ErasureReport, plan: Plan, tally: 
         entry["failed"].pop("*", None)
         written = {agg: 0 for agg in ids}
         for version in versions:
-            model = p.model(name, version)
+            try:
+                model = p.model(name, version)
+            except Exception as exc:  # a version this code does not know: say so
+                entry["failed"][f"* v{version}"] = f"model not available here: {exc!r}"
+                continue
             count = 0
             for agg in ids:
                 key = f"{agg} v{version}"
