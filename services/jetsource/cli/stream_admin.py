@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import hashlib
 import json
+import os
+import signal
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -59,7 +63,12 @@ def _settled(config: dict[str, Any]) -> dict[str, Any]:
 
 def _note(text: str) -> None:
     """A line about work under way: on stderr, so stdout holds only the result (one
-    JSON document with --json, one table in plain mode)."""
+    JSON document with --json, one table in plain mode); with JSON output a line
+    ``{"warning": ...}``, as output.Warnings writes them, so stderr stays JSON lines."""
+    from jetsource.cli import output
+
+    if output.mode() == output.Mode.json:
+        text = json.dumps({"warning": text}, ensure_ascii=False)
     sys.stderr.write(text + "\n")
     sys.stderr.flush()
 
@@ -235,6 +244,7 @@ class StreamBackup:
     subjects: list[str]
     bucket: str = ""  # a KV bucket's name: restored as one (KV_<bucket>, $KV.<bucket>.>)
     horizons_of: str = ""  # renamed with this event stream when --rename names it
+    sha256: str = ""  # of the file's bytes: a restore checks it before writing anything
 
 
 def _message_line(raw: jsapi.RawMessage) -> str:
@@ -339,20 +349,25 @@ async def backup_streams(
     """Write every message of every stream jetsource owns (:func:`owned_streams`; with
     ``only``, of these streams alone) to ``folder/<stream>.jsonl`` (first line: the
     stream's config and state; then one line per message, oldest first) and
-    ``folder/manifest.json``. ``folder`` exists."""
+    ``folder/manifest.json`` (each file's sha256 in it). ``folder`` exists. The files
+    are written under temporary names and moved into place only once all are whole,
+    the manifest last (:class:`_Staged`): a run that fails or is interrupted leaves a
+    backup already in ``folder`` as it was."""
     timeout = settings.eventstore.request_timeout_s
     p: Projection = await open_projection(settings, provision=False)
     replies = jsapi.Replies(p.nc)
     await replies.start()
     done: list[StreamBackup] = []
+    staged = _Staged(folder)
     try:
         owned = owned_streams(settings, p, replies, timeout)
         control_stream = f"KV_{settings.projector.control_bucket}"
         unknown = sorted(set(only or ()) - {o.stream for o in owned} - {control_stream})
         if unknown:
-            raise BackupError(
+            raise OptionError(
                 f"--stream {', '.join(unknown)}: not a stream jetsource owns; these are: "
-                + ", ".join([*(o.stream for o in owned), control_stream])
+                + ", ".join([*(o.stream for o in owned), control_stream]),
+                "--stream",
             )
         infos = []
         for o in owned:
@@ -380,13 +395,13 @@ async def backup_streams(
         for o, info in infos:
             file = f"{o.stream}.jsonl"
             count, first, last = 0, 0, 0
-            with (folder / file).open("w", encoding="utf-8") as out:
+            with staged.open(file) as out:
                 header = {"role": o.role, "config": info["config"], "state": info["state"]}
                 if o.bucket:
                     header["bucket"] = o.bucket
-                out.write(json.dumps(header, separators=(",", ":")) + "\n")
+                out.line(json.dumps(header, separators=(",", ":")))
                 async for raw in _stored(replies, o.stream, info, page, timeout):
-                    out.write(_message_line(raw) + "\n")
+                    out.line(_message_line(raw))
                     count += 1
                     first = first or raw.seq
                     last = raw.seq
@@ -404,37 +419,141 @@ async def backup_streams(
                     list(info["config"]["subjects"]),
                     o.bucket,
                     o.horizons_of,
+                    staged.sha256[file],
                 )
             )
         decisions = None
         if not only or control_stream in only:
             decisions = await _decisions(p, settings, replies, timeout)
+        manifest: dict[str, Any] = {
+            "format": BACKUP_FORMAT,
+            "jetsource": __version__,
+            "created": format_rfc3339_ns(now_ns()),
+            "streams": [asdict(d) for d in done],
+        }
+        if decisions is not None:
+            with staged.open(DECISIONS) as out:
+                out.line(json.dumps(decisions, indent=1))
+            bucket = settings.projector.control_bucket
+            row = StreamBackup(
+                READ_MODELS,
+                control_stream,
+                DECISIONS,
+                len(decisions["models"]),
+                0,
+                0,
+                [f"$KV.{bucket}.>"],
+                bucket,
+                sha256=staged.sha256[DECISIONS],
+            )
+            manifest["read_models"] = asdict(row)
+            done.append(row)
+        with staged.open(MANIFEST) as out:
+            out.line(json.dumps(manifest, indent=2))
+        staged.commit()
     finally:
+        staged.discard()  # what was not moved into place (a failed or interrupted run)
         await replies.stop()
         await p.close()
-    manifest: dict[str, Any] = {
-        "format": BACKUP_FORMAT,
-        "jetsource": __version__,
-        "created": format_rfc3339_ns(now_ns()),
-        "streams": [asdict(d) for d in done],
-    }
-    if decisions is not None:
-        (folder / DECISIONS).write_text(json.dumps(decisions, indent=1) + "\n", encoding="utf-8")
-        bucket = settings.projector.control_bucket
-        row = StreamBackup(
-            READ_MODELS,
-            control_stream,
-            DECISIONS,
-            len(decisions["models"]),
-            0,
-            0,
-            [f"$KV.{bucket}.>"],
-            bucket,
-        )
-        manifest["read_models"] = asdict(row)
-        done.append(row)
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return done
+
+
+# A file of a backup being written is named so, beside the old backup's files, until
+# the whole backup is written; then each is moved into place, the manifest last.
+PARTIAL = ".partial-"
+
+
+class _File:
+    """A backup file being written: its bytes' sha256 as they go; a write the disk
+    refuses (full, read-only) names the file."""
+
+    def __init__(self, staged: _Staged, name: str) -> None:
+        self._staged, self._name = staged, name
+        self._path = staged.folder / name
+        self._hash = hashlib.sha256()
+        self._out = staged.partial(name).open("wb")
+
+    def line(self, text: str) -> None:
+        data = (text + "\n").encode("utf-8")
+        self._hash.update(data)
+        try:
+            self._out.write(data)
+        except OSError as exc:
+            raise self._staged.refused(self._path, exc) from exc
+
+    def __enter__(self) -> _File:
+        return self
+
+    def __exit__(self, kind: object, exc: object, tb: object) -> None:
+        try:
+            self._out.close()  # flushes: a full disk may say so only here
+        except OSError as error:
+            if exc is None:
+                raise self._staged.refused(self._path, error) from error
+        if exc is None:
+            self._staged.sha256[self._name] = self._hash.hexdigest()
+
+
+class _Staged:
+    """A new backup written into ``folder`` without touching the backup already there:
+    every file under a temporary name (:data:`PARTIAL`), moved into place only once all
+    are whole, the manifest last. A run that fails or is interrupted before that leaves
+    the folder as it was (:meth:`discard` removes its temporary files)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.sha256: dict[str, str] = {}
+        self._names: list[str] = []
+        self._committed = False
+
+    def partial(self, name: str) -> Path:
+        return self.folder / f"{PARTIAL}{name}"
+
+    def open(self, name: str) -> _File:
+        self._names.append(name)
+        try:
+            return _File(self, name)
+        except OSError as exc:
+            raise self.refused(self.folder / name, exc) from exc
+
+    def refused(self, path: Path, exc: OSError) -> BackupError:
+        return BackupError(
+            f"{path}: {exc.strerror or exc}; the backup was not written "
+            f"(what {self.folder} held before is unchanged)"
+        )
+
+    def commit(self) -> None:
+        """Move every file into place, the manifest last, with SIGINT and SIGTERM held
+        off meanwhile (delivered once it is done): a renaming is all that is left."""
+        names = sorted(self._names, key=lambda n: n == MANIFEST)
+        with _signals_held():
+            for name in names:
+                try:
+                    os.replace(self.partial(name), self.folder / name)
+                except OSError as exc:
+                    raise self.refused(self.folder / name, exc) from exc
+            self._committed = True
+
+    def discard(self) -> None:
+        if self._committed:
+            return
+        for name in self._names:
+            with contextlib.suppress(OSError):
+                self.partial(name).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    held = {signal.SIGINT, signal.SIGTERM}
+    try:
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    except (ValueError, OSError):  # not the main thread: nothing to hold off
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _rewrite(subject: str, prefixes: dict[str, str]) -> str:
@@ -474,9 +593,10 @@ def _entry_prefixes(
         return prefixes
     new = target[3:] if target.startswith("KV_") else ""
     if not new:
-        raise BackupError(
+        raise OptionError(
             f"{entry['stream']} is the KV bucket {bucket}: it can be restored only as a "
-            f"stream named KV_<bucket> (--rename {entry['stream']}=KV_NEW)"
+            f"stream named KV_<bucket> (--rename {entry['stream']}=KV_NEW)",
+            "--rename",
         )
     moved = {f"$KV.{bucket}": f"$KV.{new}", **prefixes} if new != bucket else prefixes
     with (folder / entry["file"]).open(encoding="utf-8") as lines:
@@ -520,9 +640,11 @@ def _check_file(folder: Path, entry: dict[str, Any]) -> None:
     one is refused naming the file and the line, and nothing is restored."""
     path = folder / entry["file"]
     count, last, number = 0, 0, 0
+    digest = hashlib.sha256()
     try:
         with path.open("rb") as lines:  # decoded line by line: the error says where
             for number, raw in enumerate(lines, start=1):
+                digest.update(raw)
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as exc:
@@ -559,13 +681,28 @@ def _check_file(folder: Path, entry: dict[str, Any]) -> None:
         raise BackupError(
             f"{path}: {count} messages, the manifest says {entry['messages']} (truncated?)"
         )
+    _check_sum(path, entry, digest.hexdigest())
+
+
+def _check_sum(path: Path, entry: dict[str, Any], digest: str) -> None:
+    """A file whose bytes are not the ones the backup wrote (a flipped bit in a
+    payload still reads as a message) is refused naming it; a backup made before
+    manifests held checksums has none to check (:func:`_unchecked` says so)."""
+    wanted = entry.get("sha256")
+    if wanted and wanted != digest:
+        raise BackupError(
+            f"{path}: its sha256 is not the manifest's (the file changed after the backup "
+            "was made): nothing restored"
+        )
 
 
 def _read_decisions(folder: Path, entry: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The models' decisions of a backup (:data:`DECISIONS`), checked."""
     path = folder / entry["file"]
     try:
-        body = json.loads(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
+        _check_sum(path, entry, hashlib.sha256(data).hexdigest())
+        body = json.loads(data.decode("utf-8"))
         models: dict[str, dict[str, Any]] = body["models"]
         for name, d in models.items():
             d["active"] = int(d["active"])
@@ -597,8 +734,9 @@ async def restore_streams(
     known = [e["stream"] for e in entries] + ([decided["stream"]] if decided else [])
     unknown = sorted(set(only or ()) - set(known))
     if unknown:
-        raise BackupError(
-            f"--stream {', '.join(unknown)}: not in this backup; it holds: " + ", ".join(known)
+        raise OptionError(
+            f"--stream {', '.join(unknown)}: not in this backup; it holds: " + ", ".join(known),
+            "--stream",
         )
     entries = [e for e in entries if not only or e["stream"] in only]
     if decided is not None and only and decided["stream"] not in only:
@@ -615,13 +753,16 @@ async def restore_streams(
         for entry in checks:  # refuse before writing anything
             target = _target(entry, names)
             if target in targets:
-                raise BackupError(f"{entry['stream']} and {targets[target]} both go to {target}")
+                raise OptionError(
+                    f"{entry['stream']} and {targets[target]} both go to {target}", "--rename"
+                )
             targets[target] = entry["stream"]
             if entry is decided:  # merged into what is there (decisions add up)
                 if not target.startswith("KV_") or len(target) == 3:
-                    raise BackupError(
+                    raise OptionError(
                         f"{entry['stream']} is the read-model control bucket: it can be "
-                        f"restored only as a KV bucket (--rename {entry['stream']}=KV_NEW)"
+                        f"restored only as a KV bucket (--rename {entry['stream']}=KV_NEW)",
+                        "--rename",
                     )
                 continue
             info = await _config(replies, target, timeout)
@@ -651,6 +792,15 @@ async def restore_streams(
             _check_file(folder, entry)
             plan.append((entry, target, _entry_prefixes(folder, entry, target, prefixes), None))
         models = _read_decisions(folder, decided) if decided is not None else {}
+        unchecked = [e["file"] for e, _, _, already in plan if not already and not e.get("sha256")]
+        if decided is not None and not decided.get("sha256"):
+            unchecked.append(decided["file"])
+        if unchecked:
+            _note(
+                f"{folder}: a backup without checksums (made before they were kept): "
+                f"{', '.join(unchecked)} read through and checked line by line, not byte "
+                "for byte"
+            )
         # The discarded sequences per event stream: followed if a restore renumbers.
         wanted: dict[str, set[int]] = {}
         for d in models.values():
@@ -809,7 +959,18 @@ async def _restore_one(
                 config.update(deny_delete=False, deny_purge=False)
             if first_seq > 1:
                 config["first_seq"] = first_seq
-            info = await jsapi.api(replies, f"STREAM.CREATE.{target}", config, timeout)
+            try:
+                info = await jsapi.api(replies, f"STREAM.CREATE.{target}", config, timeout)
+            except jsapi.JsApiError as exc:
+                if exc.err_code != jsapi.ERR_SUBJECTS_OVERLAP:
+                    raise
+                raise OptionError(
+                    f"stream {target}: its subjects {', '.join(config['subjects'])} overlap "
+                    "those of a stream on this server (the one it was backed up from?): a "
+                    "stream restored beside another needs subjects of its own: give "
+                    "--subject-prefix OLD=NEW for them",
+                    "--subject-prefix",
+                ) from exc
         else:
             held = existing["config"]  # deny flags set cannot be lifted
             config["deny_delete"] = bool(held.get("deny_delete"))
@@ -931,3 +1092,13 @@ async def _outwait_duplicate(recent: OrderedDict[str, float], msg_id: str | None
 
 class BackupError(JetsourceError):
     pass
+
+
+class OptionError(BackupError):
+    """A backup or restore refused for what an option said (or left out), found against
+    the backup or the server: refused (exit 1) as before, naming the option
+    (``field``, in the JSON error too)."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field

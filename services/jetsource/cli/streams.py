@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -119,7 +120,8 @@ def ensure(
             said = {"nats": where, "waited_s": round(waited), "timeout_s": timeout}
             if last is not None:
                 said["error"] = type(last).__name__
-            _note(json.dumps({"waiting": said}))
+            sys.stderr.write(json.dumps({"waiting": said}) + "\n")
+            sys.stderr.flush()
             return
         why = f"; {type(last).__name__}" if last is not None else ""
         _note(f"waiting for NATS at {where} ({waited:.0f} s of {timeout:g} s{why})")
@@ -166,25 +168,78 @@ def _pairs(values: list[str], option: str) -> dict[str, str]:
     for value in values:
         old, sep, new = value.partition("=")
         if not sep or not old or not new:
-            raise typer.BadParameter(f"{value!r}: expected OLD=NEW", param_hint=option)
+            output.fail(USAGE, "usage", f"{option} {value!r}: expected OLD=NEW", field=option)
         pairs[old] = new
     return pairs
 
 
-def _run(settings: ProjectorSettings, timeout: float, work: Callable[[], Awaitable[Any]]) -> Any:
+# Exit code of a command stopped by Ctrl-C (128 + SIGINT), as the shell reports it.
+INTERRUPTED = 130
+
+
+class NoAnswerError(Exception):
+    """NATS stopped answering while the work ran (a request's own timeout, the
+    connection closed): not the command's --timeout running out."""
+
+
+def _no_answer() -> tuple[type[BaseException], ...]:
+    """What a request to a NATS that went away raises (nats-py's and jsapi's request
+    timeouts are TimeoutError, as the command's own deadline is: told apart by
+    :func:`within`)."""
+    from nats import errors as nats_errors
+
+    return (
+        TimeoutError,
+        nats_errors.ConnectionClosedError,
+        nats_errors.NoServersError,
+        nats_errors.StaleConnectionError,
+        nats_errors.ConnectionReconnectingError,
+        nats_errors.OutboundBufferLimitError,
+        nats_errors.UnexpectedEOF,
+        ConnectionError,
+    )
+
+
+async def within(deadline_s: float, work: Awaitable[Any]) -> Any:
+    """``work`` within ``deadline_s``: TimeoutError when that deadline passed, and
+    :class:`NoAnswerError` when a request inside got no answer (NATS killed, a
+    partition) before it, so the two are never reported as each other."""
+    try:
+        async with asyncio.timeout(deadline_s) as deadline:
+            return await work
+    except _no_answer() as exc:
+        if isinstance(exc, TimeoutError) and deadline.expired():
+            raise
+        said = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise NoAnswerError(said) from exc
+
+
+def no_answer_message(url: str, exc: BaseException) -> str:
+    return f"NATS at {url} stopped answering while the command ran ({exc}); nothing more was done"
+
+
+def _run(
+    settings: ProjectorSettings,
+    timeout: float,
+    work: Callable[[], Awaitable[Any]],
+    interrupted: Callable[[], str] | None = None,
+) -> Any:
     """Run ``work`` once NATS answers (within ``JETSOURCE_ADMIN_CONNECT_TIMEOUT_S``, 10 s,
     or ``--timeout`` if shorter), all within ``--timeout``. Errors go to stderr (JSON
-    with --json or -o json): exit 3 when NATS did not answer or the work ran out of
-    time, 1 when it was refused."""
+    with --json or -o json): exit 3 when NATS did not answer, stopped answering, or the
+    work ran out of time (each said as such), 1 when it was refused, 130 on Ctrl-C
+    (``interrupted()`` says what was left)."""
+    from jetsource.cli.stream_admin import OptionError
     from jetsource.eventstore.bootstrap import redact_url
 
     connect_s = min(timeout, connect_timeout_s())
+    where = redact_url(settings.nats_url())
 
     async def go() -> Any:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         await wait_for_nats(settings.nats_url(), loop.time() + connect_s)
-        return await asyncio.wait_for(work(), max(deadline - loop.time(), 1.0))
+        return await within(max(deadline - loop.time(), 1.0), work())
 
     try:
         return aio.run(go())
@@ -192,28 +247,59 @@ def _run(settings: ProjectorSettings, timeout: float, work: Callable[[], Awaitab
         output.fail(
             UNAVAILABLE,
             "unavailable",
-            f"NATS at {redact_url(settings.nats_url())} did not answer within {connect_s:g} s",
+            f"NATS at {where} did not answer within {connect_s:g} s",
             hint="JETSOURCE_NATS__URL, JETSOURCE_ADMIN_CONNECT_TIMEOUT_S",
         )
+    except NoAnswerError as exc:
+        output.fail(
+            UNAVAILABLE, "unavailable", no_answer_message(where, exc), hint="JETSOURCE_NATS__URL"
+        )
     except TimeoutError:
-        output.fail(UNAVAILABLE, "timeout", f"not done within --timeout {timeout:g} s")
+        output.fail(
+            UNAVAILABLE, "timeout", f"not done within --timeout {timeout:g} s", field="--timeout"
+        )
+    except KeyboardInterrupt:
+        said = interrupted() if interrupted is not None else "interrupted"
+        output.fail(INTERRUPTED, "interrupted", said)
+    except OptionError as exc:
+        output.fail(REFUSED, "refused", str(exc), field=exc.field)
     except _refusals(OSError, ValueError) as exc:
         output.fail(REFUSED, "refused", str(exc))
 
 
 def _folder(folder: Path, create: bool) -> None:
-    """A backup folder that can be used: a usage error (exit 2) naming it otherwise."""
+    """A backup folder that can be used: a usage error (exit 2) naming it otherwise
+    (not a folder, missing, or one this user cannot write, whether it exists or not)."""
+    import tempfile
+
     from jetsource.cli.stream_admin import MANIFEST
 
     try:
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(20, "not a folder (a file of that name is there)")
         if create:
             folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder, prefix=".jetsource-probe-"):
+                pass  # a folder that cannot be written is said now, not midway
         if not folder.is_dir():
-            raise NotADirectoryError(20, "not a directory")
+            raise NotADirectoryError(20, "not a folder")
         if not create and not (folder / MANIFEST).is_file():
             raise FileNotFoundError(2, f"no {MANIFEST}: not a backup folder")
     except OSError as exc:
-        output.fail(USAGE, "usage", f"{folder}: {exc.strerror or exc}")
+        why = exc.strerror or str(exc)
+        if isinstance(exc, PermissionError | IsADirectoryError) or exc.errno in (13, 30):
+            why = f"cannot write there ({why})"
+        output.fail(USAGE, "usage", f"{folder}: {why}", field="FOLDER")
+
+
+def _manifest_mark(folder: Path) -> tuple[int, int] | None:
+    from jetsource.cli.stream_admin import MANIFEST
+
+    try:
+        st = (folder / MANIFEST).stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns)
 
 
 @app.command()
@@ -246,15 +332,23 @@ def backup(
     json_out = _json(as_json)
     settings = BackupSettings.load()
     _folder(folder, create=True)
+    before = _manifest_mark(folder)
+
+    def interrupted() -> str:
+        if _manifest_mark(folder) != before:  # Ctrl-C as the files were moved into place
+            return f"interrupted after the backup was complete: {folder} holds the new one"
+        held = "the backup there before is unchanged" if before else "no backup was written"
+        return f"backup stopped before it was complete: nothing in {folder} changed ({held})"
 
     with _progress(f"backup to {folder}") as update:
         done: list[StreamBackup] = _run(
             settings,
             timeout,
             lambda: backup_streams(settings, folder, only=streams, progress=update),
+            interrupted,
         )
-    if json_out:
-        output.emit_json([asdict(d) for d in done])
+    if json_out:  # the checksums are the manifest's (this document's shape is kept)
+        output.emit_json([{k: v for k, v in asdict(d).items() if k != "sha256"} for d in done])
         return
     output.table(
         f"backup in {folder}",
@@ -306,11 +400,18 @@ def restore(
     prefixes = _pairs(subject_prefix, "--subject-prefix")
     _folder(folder, create=False)
 
+    def interrupted() -> str:
+        return (
+            f"restore from {folder} stopped midway: run the same restore again to go on "
+            "from where it stopped"
+        )
+
     with _progress(f"restore from {folder}") as update:
         done: list[StreamRestore] = _run(
             settings,
             timeout,
             lambda: restore_streams(settings, folder, names, prefixes, streams, update),
+            interrupted,
         )
     if json_out:
         output.emit_json([asdict(d) for d in done])
