@@ -67,6 +67,10 @@ class _Candidate:
     versions: list[int]
 
 
+def _overlaps(entry: SegmentEntry, r: tuple[int, int]) -> bool:
+    return entry.first_seq <= r[1] and r[0] <= entry.last_seq
+
+
 def to_archived(raw: RawMessage) -> ArchivedMessage:
     return ArchivedMessage(raw.seq, raw.time_ns, raw.subject, stored_headers(raw.headers), raw.data)
 
@@ -102,6 +106,10 @@ class Archiver:
         self._cfg = store.settings
         self._replies = store._replies
         self._bucket_ready = False
+        # After export(): the (first, last) sequence ranges already sealed, left out,
+        # and the segments that hold them.
+        self.skipped: list[tuple[int, int]] = []
+        self.skipped_in: list[SegmentEntry] = []
 
     # -- compaction ----------------------------------------------------------------
 
@@ -310,8 +318,17 @@ class Archiver:
 
     async def export(self, from_seq: int = 1, to_seq: int | None = None) -> list[SegmentEntry]:
         """Seal every live message of the stream (events and voids) in the range into
-        segments, purging nothing: a copy for cold storage or disaster recovery."""
+        segments, purging nothing: a copy for cold storage or disaster recovery.
+
+        A message a segment already holds (an export of an overlapping range before,
+        or compaction) is not sealed again: the manifest is a set of segments each
+        sealed once, so an export run again, or over a wider range, seals only what
+        is not yet archived (:attr:`skipped` names the ranges left out). A manifest
+        entry or segment that does not read refuses the export, naming it."""
         await self.store.start()
+        sealed, holders = await self._sealed(from_seq, to_seq)
+        self.skipped = []
+        skipping = False
         entries: list[SegmentEntry] = []
         chunk: list[ArchivedMessage] = []
         seq = max(from_seq, 1)
@@ -325,6 +342,14 @@ class Archiver:
                 if to_seq is not None and raw.seq > to_seq:
                     done = True
                     break
+                if raw.seq in sealed:  # ranges: sealed messages with none to seal between
+                    if skipping:
+                        self.skipped[-1] = (self.skipped[-1][0], raw.seq)
+                    else:
+                        self.skipped.append((raw.seq, raw.seq))
+                    skipping = True
+                    continue
+                skipping = False
                 chunk.append(to_archived(raw))
                 if len(chunk) >= self.segment_events:
                     entries.append(await self.archive.write(chunk, await self._ranges(chunk)))
@@ -334,7 +359,22 @@ class Archiver:
             seq = page.messages[-1].seq + 1
         if chunk:
             entries.append(await self.archive.write(chunk, await self._ranges(chunk)))
+        self.skipped_in = [h for h in holders if any(_overlaps(h, r) for r in self.skipped)]
         return entries
+
+    async def _sealed(
+        self, from_seq: int, to_seq: int | None
+    ) -> tuple[set[int], list[SegmentEntry]]:
+        """The sequences in the range that sealed segments hold (each segment that
+        overlaps it read and checked), and those segments."""
+        held: set[int] = set()
+        holders = []
+        for entry in await self.archive.entries():
+            if entry.last_seq < from_seq or (to_seq is not None and entry.first_seq > to_seq):
+                continue
+            holders.append(entry)
+            held.update(m.seq for m in await self.archive.read(entry, cache=False))
+        return held, holders
 
     async def _ranges(self, chunk: list[ArchivedMessage]) -> dict[str, AggregateRange]:
         prefix = self._cfg.subject_prefix + "."

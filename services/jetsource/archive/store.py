@@ -56,16 +56,30 @@ class SegmentEntry:
         return json.dumps(asdict(self), indent=1, sort_keys=True).encode()
 
     @classmethod
-    def decode(cls, data: bytes) -> SegmentEntry:
-        body = json.loads(data)
-        body["aggregates"] = {k: AggregateRange(**v) for k, v in body["aggregates"].items()}
-        return cls(**body)
+    def decode(cls, data: bytes, key: str = "manifest entry") -> SegmentEntry:
+        """The entry stored at ``key``; SegmentError naming ``key`` when it is not one
+        (not JSON, not an object, a field missing or of the wrong type)."""
+        try:
+            body = json.loads(data)
+            if not isinstance(body, dict):
+                raise ValueError(f"a JSON {type(body).__name__}, not an object")
+            body["aggregates"] = {k: AggregateRange(**v) for k, v in body["aggregates"].items()}
+            entry = cls(**body)
+            for name, kind in (("name", str), ("count", int), ("first_seq", int)):
+                if not isinstance(getattr(entry, name), kind):
+                    raise ValueError(f"{name} is {getattr(entry, name)!r}")
+            if not isinstance(entry.last_seq, int) or not isinstance(entry.sha256, str):
+                raise ValueError("last_seq or sha256 of the wrong type")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise SegmentError(f"{key}: not a manifest entry ({exc})") from exc
+        return entry
 
 
 @dataclass
 class VerifyReport:
     ok: list[str] = field(default_factory=list)
-    corrupt: dict[str, str] = field(default_factory=dict)  # segment -> what is wrong
+    # segment (or manifest entry that does not read) -> what is wrong
+    corrupt: dict[str, str] = field(default_factory=dict)
     orphans: list[str] = field(default_factory=list)  # segments without an entry
 
     @property
@@ -79,6 +93,8 @@ class Archive:
         self.stream = stream
         self._entries: dict[str, SegmentEntry] = {}  # manifest key -> entry (immutable)
         self._segments: dict[str, list[ArchivedMessage]] = {}  # small cache of decoded
+        # manifest key -> why it is not an entry (the last listing's; see entries())
+        self.unreadable: dict[str, str] = {}
 
     @property
     def _seg_prefix(self) -> str:
@@ -90,6 +106,9 @@ class Archive:
 
     def _entry_key(self, name: str) -> str:
         return self._man_prefix + name.rsplit("/", 1)[-1].removesuffix(".seg") + ".json"
+
+    def _segment_key(self, entry_key: str) -> str:
+        return self._seg_prefix + entry_key.rsplit("/", 1)[-1].removesuffix(".json") + ".seg"
 
     async def write(
         self,
@@ -122,13 +141,22 @@ class Archive:
         self._entries[self._entry_key(name)] = entry
         return entry
 
-    async def entries(self) -> list[SegmentEntry]:
-        """The manifest: every entry, in stream order."""
+    async def entries(self, strict: bool = True) -> list[SegmentEntry]:
+        """The manifest: every entry, in stream order. An entry that does not read
+        raises SegmentError naming it; with ``strict=False`` it is left out and named
+        in :attr:`unreadable` (verify and list report it beside the rest)."""
+        self.unreadable = {}
         for key in await self.objects.list(self._man_prefix):
             if key not in self._entries:
                 data = await self.objects.get(key)
-                if data is not None:
-                    self._entries[key] = SegmentEntry.decode(data)
+                if data is None:
+                    continue
+                try:
+                    self._entries[key] = SegmentEntry.decode(data, key)
+                except SegmentError as exc:
+                    if strict:
+                        raise
+                    self.unreadable[key] = str(exc)
         return sorted(self._entries.values(), key=lambda e: (e.first_seq, e.name))
 
     async def entry(self, name: str) -> SegmentEntry | None:
@@ -137,7 +165,7 @@ class Archive:
             data = await self.objects.get(key)
             if data is None:
                 return None
-            self._entries[key] = SegmentEntry.decode(data)
+            self._entries[key] = SegmentEntry.decode(data, key)
         return self._entries[key]
 
     def _check(self, entry: SegmentEntry, blob: bytes | None) -> list[ArchivedMessage]:
@@ -166,10 +194,15 @@ class Archive:
         return messages
 
     async def verify(self) -> VerifyReport:
-        """Every entry's segment read and checked; segments without an entry listed."""
+        """Every entry's segment read and checked; segments without an entry listed.
+        A manifest entry that does not read is reported under ``corrupt`` (by its key)
+        and the others are checked all the same; its segment, named by the entry's key,
+        is not counted an orphan."""
         report = VerifyReport()
-        entries = await self.entries()
+        entries = await self.entries(strict=False)
+        report.corrupt.update(self.unreadable)
         named = {e.name for e in entries}
+        named |= {self._segment_key(key) for key in self.unreadable}
         for entry in entries:
             try:
                 self._check(entry, await self.objects.get(entry.name))

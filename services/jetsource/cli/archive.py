@@ -70,7 +70,14 @@ def _run(
     go to stderr (JSON with --json or -o json): 1 refused or failed, 3 unavailable."""
     from nats import errors as nats_errors
 
-    from jetsource.cli.streams import NatsUnreachableError, wait_for_nats
+    from jetsource.cli.streams import (
+        INTERRUPTED,
+        NatsUnreachableError,
+        NoAnswerError,
+        no_answer_message,
+        wait_for_nats,
+        within,
+    )
     from jetsource.core.errors import JetsourceError, StreamMissingError
     from jetsource.eventstore import jsapi
     from jetsource.eventstore.bootstrap import redact_url
@@ -90,7 +97,7 @@ def _run(
         except TimeoutError:
             raise NatsUnreachableError("no NATS handshake") from None
         try:
-            return await asyncio.wait_for(work(p, settings), max(deadline - loop.time(), 1.0))
+            return await within(max(deadline - loop.time(), 1.0), work(p, settings))
         finally:
             await p.close()
 
@@ -103,12 +110,36 @@ def _run(
             f"NATS at {redact_url(settings.nats_url())} did not answer within {connect_s:g} s",
             hint="JETSOURCE_NATS__URL",
         )
+    except NoAnswerError as exc:
+        where = redact_url(settings.nats_url())
+        output.fail(
+            UNAVAILABLE, "unavailable", no_answer_message(where, exc), hint="JETSOURCE_NATS__URL"
+        )
     except TimeoutError:
-        output.fail(UNAVAILABLE, "timeout", f"not done within --timeout {timeout:g} s")
+        output.fail(
+            UNAVAILABLE, "timeout", f"not done within --timeout {timeout:g} s", field="--timeout"
+        )
+    except KeyboardInterrupt:
+        output.fail(
+            INTERRUPTED,
+            "interrupted",
+            "stopped midway: every segment sealed so far is whole (run it again to go on)",
+        )
     except (StreamMissingError, jsapi.NoRespondersError) as exc:  # as in every group: exit 1
         output.missing("refused", output.stream_named(str(exc)) or str(exc))
     except (JetsourceError, jsapi.JsApiError, nats_errors.Error, OSError, ValueError) as exc:
         output.fail(REFUSED, "refused", str(exc) or type(exc).__name__)
+
+
+def _warn(text: str) -> None:
+    """A note on stderr beside the result: ``{"warning": ...}`` with JSON output."""
+    import json
+    import sys
+
+    if output.mode() == output.Mode.json:
+        text = json.dumps({"warning": text}, ensure_ascii=False)
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
 
 
 def _store(p: Projection, domain: str | None) -> Any:
@@ -165,7 +196,9 @@ def export(
     """Seal the stream's messages (events and voids) into archive segments; purges nothing."""
     _json(as_json)
     if to_seq is not None and to_seq < from_seq:
-        output.fail(USAGE, "usage", f"--from-seq {from_seq} is after --to-seq {to_seq}")
+        output.fail(
+            USAGE, "usage", f"--from-seq {from_seq} is after --to-seq {to_seq}", field="--to-seq"
+        )
 
     async def work(p: Projection, s: ProjectorSettings) -> Any:
         from jetsource.archive.archiver import Archiver
@@ -174,9 +207,16 @@ def export(
         store = _store(p, domain)
         await store.stream_info()  # a missing stream is said as such
         archive = open_archive(s, store.settings.stream)
-        return await Archiver(store, None, archive, None, s.archive.segment_events).export(
-            from_seq, to_seq
-        )
+        archiver = Archiver(store, None, archive, None, s.archive.segment_events)
+        sealed = await archiver.export(from_seq, to_seq)
+        if archiver.skipped:
+            ranges = ", ".join(f"{a}..{b}" if a != b else str(a) for a, b in archiver.skipped)
+            names = ", ".join(e.name.rsplit("/", 1)[-1] for e in archiver.skipped_in)
+            _warn(
+                f"sequences {ranges} left out: sealed already (in {names}); "
+                "only what no segment holds was sealed now"
+            )
+        return sealed
 
     entries = _run(work, timeout, as_json)
     if output.mode() == output.Mode.json:
@@ -194,20 +234,35 @@ def list_(domain: str | None = DOMAIN, timeout: float = TIMEOUT, as_json: bool =
 
         store = _store(p, domain)
         archive = open_archive(s, store.settings.stream)
-        return archive.objects.location, await archive.entries()
+        listed = await archive.entries(strict=False)
+        return archive.objects.location, listed, archive.unreadable
 
-    where, entries = _run(work, timeout, as_json)
+    where, entries, unreadable = _run(work, timeout, as_json)
     if output.mode() == output.Mode.json:
         output.emit_json([asdict(e) for e in entries])
-        return
-    output.table(
-        f"archive at {where}",
-        ("segment", "events", "first seq", "last seq", "aggregates", "bytes"),
-        (
-            (e.name.rsplit("/", 1)[-1], e.count, e.first_seq, e.last_seq, len(e.aggregates), e.size)
-            for e in entries
-        ),
-    )
+    else:
+        output.table(
+            f"archive at {where}",
+            ("segment", "events", "first seq", "last seq", "aggregates", "bytes"),
+            (
+                (
+                    e.name.rsplit("/", 1)[-1],
+                    e.count,
+                    e.first_seq,
+                    e.last_seq,
+                    len(e.aggregates),
+                    e.size,
+                )
+                for e in entries
+            ),
+        )
+    if unreadable:  # the rest is listed above; these are named, exit 1 as verify does
+        output.fail(
+            REFUSED,
+            "refused",
+            f"{len(unreadable)} manifest entries do not read: " + "; ".join(unreadable.values()),
+            unreadable=unreadable,
+        )
 
 
 @app.command()
@@ -231,7 +286,7 @@ def verify(domain: str | None = DOMAIN, timeout: float = TIMEOUT, as_json: bool 
         )
         from rich.text import Text
 
-        for name, why in report.corrupt.items():
+        for name, why in report.corrupt.items():  # a segment, or an entry that does not read
             output.line(Text.assemble(("damaged", "red"), f" {name}: {why}"))
     if not report.passed:
         names = ", ".join(sorted(report.corrupt))
@@ -265,14 +320,27 @@ def restore(
     for value in subject_prefix:
         old, sep, new = value.partition("=")
         if not sep or not old or not new:
-            raise typer.BadParameter(f"{value!r}: expected OLD=NEW", param_hint="--subject-prefix")
+            output.fail(
+                USAGE,
+                "usage",
+                f"--subject-prefix {value!r}: expected OLD=NEW",
+                field="--subject-prefix",
+            )
         prefixes[old] = new
     if not STREAM_NAME.fullmatch(target):
         output.fail(
-            USAGE, "usage", f"{target!r} is not a stream name (letters, digits, '-' and '_')"
+            USAGE,
+            "usage",
+            f"{target!r} is not a stream name (letters, digits, '-' and '_')",
+            field="TARGET",
         )
     if retention is not None and retention not in RETENTIONS:
-        output.fail(USAGE, "usage", f"--retention {retention!r}: one of {', '.join(RETENTIONS)}")
+        output.fail(
+            USAGE,
+            "usage",
+            f"--retention {retention!r}: one of {', '.join(RETENTIONS)}",
+            field="--retention",
+        )
 
     async def work(p: Projection, s: ProjectorSettings) -> Any:
         from jetsource.archive.history import open_archive
