@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from google.protobuf.message import Message
@@ -12,6 +14,7 @@ from jetsource.core.settings import JetsourceSettings, SnapshotSettings
 from jetsource.domains.context.model import ContextState, fold
 from jetsource.domains.context.samples import story_events
 from jetsource.eventstore.jetstream import JetStreamEventStore
+from jetsource.projection.bootstrap import Projection, open_projection
 from jetsource.projection.settings import ProjectorOptions, ProjectorSettings
 from tests.eventstore_fixtures import isolated_settings
 
@@ -50,6 +53,42 @@ def projector_settings(
         snapshots=isolated_snapshots(unique, **(snapshots or {})),
         projector=ProjectorOptions(**defaults),
     )
+
+
+@contextlib.asynccontextmanager
+async def context_projection(
+    settings: JetsourceSettings, unique: str, versions: tuple[int, ...] = (1, 2, 3)
+) -> AsyncIterator[Projection]:
+    """A projection of the context model alone, the control bucket polled every 0.2 s
+    (admin tests cut over and drop); ``versions`` of the model dropped after."""
+    p = await open_projection(projector_settings(settings, unique, control_poll_s=0.2))
+    p.settings.projector.models = ["context"]
+    try:
+        yield p
+    finally:
+        for version in versions:
+            await p.model("context", version).drop()
+        await p.close()
+
+
+async def build_context_v1(p: Projection) -> Any:
+    """Version 1 of the context model, applied up to the stream's end: the model."""
+    from jetsource.projection.runtime import Worker
+
+    await p.control.ensure("context", 1)
+    v1 = p.model("context", 1)
+    await Worker(p.nc, p.store, v1, p.dead_letters, p.settings.projector).run(until_caught_up=True)
+    return v1
+
+
+async def two_live_context_versions(p: Projection) -> tuple[Any, Any]:
+    """Context v1 built, v2 rebuilt beside it and cut over to: both live, v2 active."""
+    from jetsource.projection import admin
+
+    v1 = await build_context_v1(p)
+    await admin.rebuild(p, "context", 2)
+    await admin.cutover(p, "context", 2)
+    return v1, p.model("context", 2)
 
 
 def story_ids(n: int, tag: str = "s") -> list[str]:

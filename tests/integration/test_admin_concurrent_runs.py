@@ -29,28 +29,21 @@ import pytest
 from jetsource.core.clock import now_ns
 from jetsource.core.settings import JetsourceSettings
 from jetsource.projection import admin
-from jetsource.projection.bootstrap import Projection, open_projection
+from jetsource.projection.bootstrap import Projection
 from jetsource.projection.control import BUILDING, ModelControl
-from jetsource.projection.runtime import Worker
-from tests.projector_fixtures import projector_settings, seed, story_ids
+from tests.projector_fixtures import build_context_v1, context_projection, seed, story_ids
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 async def projection(settings: JetsourceSettings, unique: str) -> AsyncIterator[Projection]:
-    p = await open_projection(projector_settings(settings, unique, control_poll_s=0.2))
-    p.settings.projector.models = ["context"]
-    yield p
-    for version in (1, 2, 3):
-        await p.model("context", version).drop()
-    await p.close()
+    async with context_projection(settings, unique) as p:
+        yield p
 
 
 async def build_v1(p: Projection) -> None:
-    await p.control.ensure("context", 1)
-    worker = Worker(p.nc, p.store, p.model("context", 1), p.dead_letters, p.settings.projector)
-    await worker.run(until_caught_up=True)
+    await build_context_v1(p)
 
 
 async def test_one_build_per_version_and_a_stopped_one_is_resumed(

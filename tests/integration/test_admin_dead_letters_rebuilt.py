@@ -14,21 +14,17 @@ import pytest
 from jetsource.core.settings import JetsourceSettings
 from jetsource.eventstore import jsapi
 from jetsource.projection import admin
-from jetsource.projection.bootstrap import Projection, open_projection
+from jetsource.projection.bootstrap import Projection
 from jetsource.projection.runtime import Worker
-from tests.projector_fixtures import projector_settings, seed
+from tests.projector_fixtures import context_projection, seed
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 async def projection(settings: JetsourceSettings, unique: str) -> AsyncIterator[Projection]:
-    p = await open_projection(projector_settings(settings, unique, control_poll_s=0.2))
-    p.settings.projector.models = ["context"]
-    yield p
-    for version in (1, 2):
-        await p.model("context", version).drop()
-    await p.close()
+    async with context_projection(settings, unique) as p:
+        yield p
 
 
 async def poisoned(p: Projection) -> int:

@@ -7,17 +7,15 @@ manifest stays a set of segments each sealed once) and says what it left out."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from jetsource.core.settings import EventStoreSettings
 from jetsource.domains.context.events import registry
 from jetsource.eventstore.jetstream import JetStreamEventStore
+from tests.cli_env import cli_env, event_store_settings, jetsource
 from tests.history_fixtures import append_history
 from tests.infra import Server
 
@@ -25,29 +23,17 @@ pytestmark = pytest.mark.integration
 
 
 def environment(url: str, unique: str, archive: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JETSOURCE_")}
-    return env | {
-        "JETSOURCE_NATS__URL": url,
-        "JETSOURCE_EVENTSTORE__STREAM": f"MD_{unique}",
-        "JETSOURCE_EVENTSTORE__SUBJECT_PREFIX": f"md{unique}.events",
-        "JETSOURCE_SNAPSHOTS__STREAM": f"MS_{unique}",
-        "JETSOURCE_SNAPSHOTS__SUBJECT_PREFIX": f"ms{unique}.snapshots",
-        "JETSOURCE_PROJECTOR__DLQ_STREAM": f"MDL_{unique}",
-        "JETSOURCE_PROJECTOR__DLQ_SUBJECT_PREFIX": f"mdl{unique}",
-        "JETSOURCE_PROJECTOR__CONTROL_BUCKET": f"MR_{unique}",
-        "JETSOURCE_ARCHIVE__URL": str(archive),
-        "JETSOURCE_ARCHIVE__SEGMENT_EVENTS": "10",
-    }
+    """The CLI's environment with this test's streams and archive (10-event segments)."""
+    return cli_env(
+        url,
+        unique,
+        JETSOURCE_ARCHIVE__URL=str(archive),
+        JETSOURCE_ARCHIVE__SEGMENT_EVENTS="10",
+    )
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "jetsource", "archive", *args, "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return jetsource(env, "archive", *args, "--json", timeout=120)
 
 
 def ok(env: dict[str, str], *args: str) -> Any:
@@ -65,9 +51,7 @@ async def test_overlapping_exports_and_damaged_entries(
 ) -> None:
     archive = tmp_path / "archive"
     env = environment(nats_server.url, unique, archive)
-    store = JetStreamEventStore(
-        nc, registry, EventStoreSettings(stream=f"MD_{unique}", subject_prefix=f"md{unique}.events")
-    )
+    store = JetStreamEventStore(nc, registry, event_store_settings(env))
     await store.ensure_streams()
     await append_history(store, "story", 30, seed=3)
 
@@ -84,7 +68,7 @@ async def test_overlapping_exports_and_damaged_entries(
     assert ok(env, "export") == []  # everything sealed: nothing again
 
     # Two manifest entries that do not read: named, the third segment still verified.
-    entries = sorted((archive / "manifest" / f"MD_{unique}").iterdir())
+    entries = sorted((archive / "manifest" / f"CE_{unique}").iterdir())
     entries[0].write_text('{"bad')
     entries[1].write_text("[]")
     run = cli(env, "verify")
@@ -92,10 +76,10 @@ async def test_overlapping_exports_and_damaged_entries(
     report = json.loads(run.stdout)
     assert report["ok"] == [listed[2]["name"]]
     assert sorted(report["corrupt"]) == [
-        f"manifest/MD_{unique}/{entries[0].name}",
-        f"manifest/MD_{unique}/{entries[1].name}",
+        f"manifest/CE_{unique}/{entries[0].name}",
+        f"manifest/CE_{unique}/{entries[1].name}",
     ]
-    assert "not a manifest entry" in report["corrupt"][f"manifest/MD_{unique}/{entries[1].name}"]
+    assert "not a manifest entry" in report["corrupt"][f"manifest/CE_{unique}/{entries[1].name}"]
     assert report["orphans"] == []  # their segments are named by the entries' keys
     error = lines(run.stderr)[-1]["error"]
     assert entries[0].name in error["message"] and entries[1].name in error["message"], error

@@ -23,6 +23,7 @@ from typing import Any
 import nats
 import pytest
 
+from tests.cli_env import cli_env
 from tests.cli_env import streams as cli
 from tests.cli_env import streams_json as ok
 from tests.infra import Server, second_nats
@@ -33,18 +34,8 @@ MESSAGES = 3000  # enough progress lines (one per message) to fill a pipe no one
 
 
 def environment(url: str, unique: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JETSOURCE_")}
-    return env | {
-        "JETSOURCE_NATS__URL": url,
-        "JETSOURCE_EVENTSTORE__STREAM": f"SE_{unique}",
-        "JETSOURCE_EVENTSTORE__SUBJECT_PREFIX": f"se{unique}.events",
-        "JETSOURCE_SNAPSHOTS__STREAM": f"SS_{unique}",
-        "JETSOURCE_SNAPSHOTS__SUBJECT_PREFIX": f"ss{unique}.snapshots",
-        "JETSOURCE_PROJECTOR__DLQ_STREAM": f"SD_{unique}",
-        "JETSOURCE_PROJECTOR__DLQ_SUBJECT_PREFIX": f"sd{unique}",
-        "JETSOURCE_PROJECTOR__CONTROL_BUCKET": f"SR_{unique}",
-        "JETSOURCE_EVENTSTORE__KEYS_BUCKET": f"SK_{unique}",
-    }
+    """The CLI's environment with this test's streams, its keys bucket included."""
+    return cli_env(url, unique, JETSOURCE_EVENTSTORE__KEYS_BUCKET=f"SK_{unique}")
 
 
 @pytest.fixture
@@ -54,13 +45,13 @@ def fresh(tmp_path: Path) -> Iterator[Server]:
 
 async def letters(url: str, unique: str, n: int) -> str:
     """A dead-letter stream of ``n`` messages (any stream jetsource owns will do)."""
-    stream = f"SD_{unique}"
+    stream = f"DLQ_{unique}"
     nc = await nats.connect(url)
     try:
         js = nc.jetstream()
-        await js.add_stream(name=stream, subjects=[f"sd{unique}.>"])
+        await js.add_stream(name=stream, subjects=[f"dlq{unique}.>"])
         for i in range(n):
-            await nc.publish(f"sd{unique}.context.v1.s{i % 7}", b"x" * 64 + str(i).encode())
+            await nc.publish(f"dlq{unique}.context.v1.s{i % 7}", b"x" * 64 + str(i).encode())
         await nc.flush()
         for _ in range(100):
             if (await js.stream_info(stream)).state.messages == n:

@@ -203,25 +203,25 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _CONTROL_IN_LINES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]|\r(?!\n)")
 
 
-def one_line(value: str, name: str) -> None:
-    """ValidationError naming ``name`` when ``value`` holds a control character."""
-    found = _CONTROL.search(value)
+def _refuse_control(pattern: re.Pattern[str], value: str, name: str, takes: str) -> None:
+    found = pattern.search(value)
     if found is not None:
         raise ValidationError(
             f"{name} holds a control character (U+{ord(found.group()[0]):04X} at position "
-            f"{found.start()}): it takes one line of printable text",
+            f"{found.start()}): it takes {takes}",
             field=name,
         )
+
+
+def one_line(value: str, name: str) -> None:
+    """ValidationError naming ``name`` when ``value`` holds a control character."""
+    _refuse_control(_CONTROL, value, name, "one line of printable text")
 
 
 def _lines(value: str, name: str) -> None:
-    found = _CONTROL_IN_LINES.search(value)
-    if found is not None:
-        raise ValidationError(
-            f"{name} holds a control character (U+{ord(found.group()[0]):04X} at position "
-            f"{found.start()}): it takes printable text, tabs and line breaks (LF or CR LF)",
-            field=name,
-        )
+    _refuse_control(
+        _CONTROL_IN_LINES, value, name, "printable text, tabs and line breaks (LF or CR LF)"
+    )
 
 
 def _text(
