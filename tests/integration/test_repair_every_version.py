@@ -40,7 +40,9 @@ async def test_a_void_is_replayed_in_every_live_version(projection: Projection) 
     for model in (v1, v2):
         assert "voided-one" in repr(await model.read("s1"))
 
-    report = await void_sequence(p, seq, "entered by mistake", "tester", caught_up_s=2.0)
+    report = await void_sequence(
+        p, seq, "entered by mistake", "tester", domain="context", caught_up_s=2.0
+    )
 
     for model in (v1, v2):  # v1 too: a cutover back must not serve the voided decision
         state = repr(await model.read("s1"))
