@@ -134,18 +134,29 @@ class Cluster:
         raise AssertionError(f"no leader known for {stream}")
 
     def wait_meta_leader(self, timeout: float = 60) -> None:
+        """Until the JetStream meta group has a leader that sees every other server as
+        a current peer (only the leader tracks them all): an R3 stream created before
+        that was refused "no suitable peers for placement, peer offline"."""
         deadline = time.monotonic() + timeout
+        others = len(self.nodes) - 1
         while time.monotonic() < deadline:
-            try:
-                jsz = httpx.get(
-                    f"http://127.0.0.1:{self.nodes[0].monitor_port}/jsz", timeout=2
-                ).json()
-                if jsz.get("meta_cluster", {}).get("leader"):
+            for node in self.nodes:
+                try:
+                    jsz = httpx.get(f"http://127.0.0.1:{node.monitor_port}/jsz", timeout=2).json()
+                except httpx.HTTPError:
+                    continue
+                meta = jsz.get("meta_cluster", {})
+                if meta.get("leader") != node.server_name:
+                    continue
+                current = [
+                    r
+                    for r in meta.get("replicas") or []
+                    if r.get("current") and not r.get("offline")
+                ]
+                if len(current) >= others:
                     return
-            except httpx.HTTPError:
-                pass
             time.sleep(0.2)
-        raise AssertionError("no JetStream meta leader")
+        raise AssertionError("no JetStream meta leader that sees every server as current")
 
 
 def start_cluster(home: Path, size: int) -> Cluster:

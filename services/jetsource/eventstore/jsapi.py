@@ -44,6 +44,10 @@ ERR_BATCH_DUPLICATE_MSG_ID = 10201
 ERR_MESSAGE_TOO_LARGE = 10054
 ERR_CONSUMER_NOT_FOUND = 10014
 ERR_SEQUENCE_NOT_FOUND = 10037
+ERR_NO_SUITABLE_PEERS = 10005  # no servers to place a stream's replicas on
+# A cluster that is still forming (or a peer restarting) answers "no suitable peers ...,
+# peer offline" for a while: a stream is created once its peers are back, within this.
+PLACEMENT_WAIT_S = 15.0
 
 
 class JsApiError(Exception):
@@ -784,13 +788,43 @@ def consumer_config(
     return config
 
 
+async def _create_stream(
+    replies: Replies, config: Mapping[str, Any], timeout: float
+) -> dict[str, Any]:
+    """STREAM.CREATE, asked again while the cluster says a peer it needs is offline (a
+    cluster forming, a server restarting) for up to ``PLACEMENT_WAIT_S``; then, or
+    when there are not enough servers at all, the refusal says what it needs."""
+    name = config["name"]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + PLACEMENT_WAIT_S
+    pause = 0.1
+    while True:
+        try:
+            return await api(replies, f"STREAM.CREATE.{name}", dict(config), timeout)
+        except JsApiError as exc:
+            if exc.err_code != ERR_NO_SUITABLE_PEERS:
+                raise
+            if "offline" in exc.description and loop.time() + pause < deadline:
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 1.0)
+                continue
+            replicas = config.get("num_replicas", 1)
+            raise JsApiError(
+                exc.code,
+                exc.err_code,
+                f"{exc.description}: stream {name} wants {replicas} replicas, one per "
+                f"server of the cluster online (asked for {PLACEMENT_WAIT_S:g} s); start "
+                "the missing servers, or lower the replicas setting",
+            ) from exc
+
+
 async def ensure_stream(
     replies: Replies, config: Mapping[str, Any], timeout: float
 ) -> dict[str, Any]:
     """Create the stream, or bring an existing one to this configuration."""
     name = config["name"]
     try:
-        return await api(replies, f"STREAM.CREATE.{name}", dict(config), timeout)
+        return await _create_stream(replies, config, timeout)
     except JsApiError as exc:
         if exc.err_code == ERR_SUBJECTS_OVERLAP:
             # The server names neither stream; say which one and what to change.

@@ -1,0 +1,66 @@
+"""Creating a replicated stream while its cluster forms: the server answers "no suitable
+peers for placement, peer offline" until every peer it needs is current (a chaos run's
+R3 stream was refused so, 1 s after the cluster had a leader). ``ensure_stream`` asks
+again for a bounded time then; a refusal for too few servers at all is not waited on,
+and says what the stream needs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from jetsource.eventstore import jsapi
+from jetsource.eventstore.jsapi import ERR_NO_SUITABLE_PEERS, JsApiError
+
+CONFIG = {"name": "S", "subjects": ["s.>"], "num_replicas": 3}
+
+
+def fake_api(answers: list[Any], calls: list[str]) -> Any:
+    async def api(replies: Any, subject: str, body: Any, timeout: float) -> Any:
+        calls.append(subject)
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    return api
+
+
+async def test_a_peer_offline_while_the_cluster_forms_is_waited_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    offline = JsApiError(
+        400, ERR_NO_SUITABLE_PEERS, "no suitable peers for placement, peer offline"
+    )
+    calls: list[str] = []
+    monkeypatch.setattr(jsapi, "api", fake_api([offline, offline, {"config": CONFIG}], calls))
+    assert await jsapi.ensure_stream(None, CONFIG, 1.0) == {"config": CONFIG}  # type: ignore[arg-type]
+    assert calls == ["STREAM.CREATE.S"] * 3
+
+
+async def test_too_few_servers_is_refused_at_once_saying_what_the_stream_needs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    short = JsApiError(400, ERR_NO_SUITABLE_PEERS, "insufficient resources")
+    calls: list[str] = []
+    monkeypatch.setattr(jsapi, "api", fake_api([short], calls))
+    with pytest.raises(JsApiError) as refused:
+        await jsapi.ensure_stream(None, CONFIG, 1.0)  # type: ignore[arg-type]
+    assert calls == ["STREAM.CREATE.S"]
+    assert "wants 3 replicas" in str(refused.value) and "replicas setting" in str(refused.value)
+
+
+async def test_a_peer_offline_for_good_is_refused_after_the_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    offline = JsApiError(
+        400, ERR_NO_SUITABLE_PEERS, "no suitable peers for placement, peer offline"
+    )
+    monkeypatch.setattr(jsapi, "PLACEMENT_WAIT_S", 0.5)
+    calls: list[str] = []
+    monkeypatch.setattr(jsapi, "api", fake_api([offline] * 50, calls))
+    with pytest.raises(JsApiError) as refused:
+        await jsapi.ensure_stream(None, CONFIG, 1.0)  # type: ignore[arg-type]
+    assert 2 <= len(calls) <= 6
+    assert "start the missing servers" in str(refused.value)
