@@ -284,11 +284,9 @@ def decide(command: Command, state: ContextState) -> list[Message]:
             )
         ]
 
-    if not state.exists:
-        raise DomainError(f"context {state.id!r} does not exist: create it first")
-    if state.closed:
-        raise DomainError(f"context {state.id!r} is closed and accepts no changes")
-
+    # Each command's own fields are checked before the state is: a malformed request
+    # is INVALID_ARGUMENT whatever the context's state (not FAILED_PRECONDITION while
+    # the context is missing or closed, INVALID_ARGUMENT once it exists).
     if isinstance(command, AddDecision):
         _node_id(command.decision_id, "decision_id")
         _text(command.title, "title", MAX_TITLE, required=True)
@@ -297,6 +295,8 @@ def decide(command: Command, state: ContextState) -> list[Message]:
         _text(command.author, "author", MAX_NAME)
         for target in command.affects:
             _node_id(target, "affects")
+        _own_id(state, command.decision_id, "decision_id")
+        _open(state)
         _unused_id(state, command.decision_id)
         missing = [t for t in command.affects if not state.kind_of(t)]
         if missing:
@@ -324,9 +324,10 @@ def decide(command: Command, state: ContextState) -> list[Message]:
         _text(command.body, "body", MAX_TEXT, multiline=True)
         _text(command.rationale, "rationale", MAX_TEXT, multiline=True)
         _text(command.revised_by, "revised_by", MAX_NAME)
-        _active_decision(state, command.decision_id)
         if not (command.title or command.body or command.rationale):
             raise ValidationError("a revision changes title, body or rationale", field="title")
+        _open(state)
+        _active_decision(state, command.decision_id)
         return [
             ev.DecisionRevised(
                 decision_id=command.decision_id,
@@ -341,6 +342,7 @@ def decide(command: Command, state: ContextState) -> list[Message]:
         _node_id(command.decision_id, "decision_id")
         _node_id(command.superseded_by, "superseded_by")
         _text(command.reason, "reason", MAX_TEXT, multiline=True)
+        _open(state)
         _active_decision(state, command.decision_id)
         if command.superseded_by == command.decision_id:
             raise DomainError("a decision cannot supersede itself")
@@ -362,6 +364,8 @@ def decide(command: Command, state: ContextState) -> list[Message]:
         _text(command.title, "title", MAX_TITLE, required=True)
         _text(command.description, "description", MAX_TEXT, multiline=True)
         _text(command.assignee, "assignee", MAX_NAME)
+        _own_id(state, command.subtask_id, "subtask_id")
+        _open(state)
         _unused_id(state, command.subtask_id)
         return [
             ev.SubtaskAdded(
@@ -384,6 +388,7 @@ def decide(command: Command, state: ContextState) -> list[Message]:
             raise ValidationError(
                 "nothing to update: give status, assignee or progress", field="status"
             )
+        _open(state)
         subtask = state.subtasks.get(command.subtask_id)
         if subtask is None:
             raise DomainError(f"subtask {command.subtask_id!r} does not exist")
@@ -420,6 +425,7 @@ def decide(command: Command, state: ContextState) -> list[Message]:
     if isinstance(command, LinkDependency):
         _node_id(command.from_id, "from_id")
         _node_id(command.to_id, "to_id")
+        _open(state)
         from_kind, to_kind = state.kind_of(command.from_id), state.kind_of(command.to_id)
         if not from_kind:
             raise DomainError(f"{command.from_id!r} is neither a decision nor a subtask here")
@@ -444,6 +450,7 @@ def decide(command: Command, state: ContextState) -> list[Message]:
         _text(command.closed_by, "closed_by", MAX_NAME)
         if command.closed_at_ns <= 0:
             raise ValidationError("closed_at must be a time after 1970", field="closed_at")
+        _open(state)
         return [
             ev.ContextClosed(
                 reason=command.reason,
@@ -453,6 +460,25 @@ def decide(command: Command, state: ContextState) -> list[Message]:
         ]
 
     raise ValidationError(f"unknown command {type(command).__name__}", field="command")
+
+
+def _open(state: ContextState) -> None:
+    """DomainError unless the context exists and is open."""
+    if not state.exists:
+        raise DomainError(f"context {state.id!r} does not exist: create it first")
+    if state.closed:
+        raise DomainError(f"context {state.id!r} is closed and accepts no changes")
+
+
+def _own_id(state: ContextState, node_id: str, name: str) -> None:
+    """The decision graph (and every client drawing it) names the story by its id: a
+    decision or subtask of the same id hid the story there, or was hidden by it."""
+    if node_id == state.id:
+        raise ValidationError(
+            f"{name} {node_id!r} is the context's own id: give the decision or subtask "
+            "an id of its own",
+            field=name,
+        )
 
 
 def _unused_id(state: ContextState, node_id: str) -> None:

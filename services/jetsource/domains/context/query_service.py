@@ -724,7 +724,9 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
             records = await self.store.read_aggregate(
                 cid, from_version=start, to_version=start + limit - 1
             )
-            if not records and start == 1:
+            if not records:
+                # Past the end of a story, or no story at all (from any version,
+                # with a token or without): an unknown one is NOT_FOUND.
                 await self._must_exist(cid)
             parts: list[bytes] = []
             budget = self.page_bytes
@@ -1022,24 +1024,26 @@ def _subgraph(
     depth: int,
 ) -> pb.GetDecisionGraphResponse:
     """Nodes within ``depth`` hops of the root (edges taken both ways), and the
-    edges between them. Graph keys are "<story>/<node>"; the API speaks node ids."""
+    edges between them. Graph keys are "<story>/<node>" and the story's is its id;
+    nodes are told apart by their keys, and the API speaks node ids. (A decision or
+    subtask named like its story, stored before such ids were refused, had the
+    story's id as its key here and hid the story.) An empty ``root_id``, or the
+    story's id, is the story."""
 
     def local(key: str) -> str:
         return key.removeprefix(f"{cid}/")
 
-    by_id: dict[str, tuple[str, dict[str, Any]]] = {}
+    by_key: dict[str, tuple[str, dict[str, Any]]] = {}
     version = 0
     for kind, props in nodes:
-        by_id[_node_id(cid, kind, props)] = (kind, props)
+        by_key[cid if kind == "story" else str(props["key"])] = (kind, props)
         if kind == "story":
             version = int(props.get("version") or 0)
-    root = root_id or cid
-    if root not in by_id:
-        raise invalid("root_id", f"no decision or subtask {root!r} in context {cid!r}")
+    root = cid if root_id in ("", cid) else f"{cid}/{root_id}"
+    if root not in by_key:
+        raise invalid("root_id", f"no decision or subtask {root_id!r} in context {cid!r}")
     # Edges are read after the nodes: one to a node applied meanwhile is left out.
-    links = [
-        (t, local(a), local(b)) for t, a, b in edges if local(a) in by_id and local(b) in by_id
-    ]
+    links = [(t, a, b) for t, a, b in edges if a in by_key and b in by_key]
     around: dict[str, set[str]] = {}
     for _, a, b in links:
         around.setdefault(a, set()).add(b)
@@ -1055,21 +1059,21 @@ def _subgraph(
                 distance[there] = distance[here] + 1
                 queue.append(there)
     response = pb.GetDecisionGraphResponse(version=version)
-    for node_id in sorted(distance, key=lambda n: (distance[n], n)):
-        kind, props = by_id[node_id]
+    for key in sorted(distance, key=lambda n: (distance[n], local(n), n)):
+        kind, props = by_key[key]
         status = props.get("status", "")
         if kind == "decision":
             status = "active" if props.get("active") else "superseded"
         response.nodes.append(
             pb.GraphNode(
-                id=node_id,
+                id=local(key) if kind != "story" else cid,
                 kind=_KIND[kind],
                 title=str(props.get("title", "")),
                 status=str(status),
-                distance=distance[node_id],
+                distance=distance[key],
             )
         )
-    for t, a, b in sorted(links):
+    for t, a, b in sorted(links, key=lambda e: (e[0], local(e[1]), local(e[2]), e)):
         if a in distance and b in distance:
-            response.edges.append(pb.GraphEdge(type=t, from_id=a, to_id=b))
+            response.edges.append(pb.GraphEdge(type=t, from_id=local(a), to_id=local(b)))
     return response

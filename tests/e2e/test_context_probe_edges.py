@@ -1,0 +1,183 @@
+"""Edges of the context services' inputs, over the real services (publisher ->
+projector and snapshotter -> query, gRPC only): ids that collide with the story's,
+malformed fields sent to a context that is missing or closed, history of a context
+that does not exist read from past its start."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import grpc
+import pytest
+
+from jetsource._gen.context.v1 import commands_pb2 as c
+from jetsource._gen.context.v1 import commands_pb2_grpc as c_grpc
+from jetsource._gen.context.v1 import events_pb2 as ev
+from jetsource._gen.context.v1 import query_pb2 as q
+from jetsource.client import error_details
+from jetsource.core.envelope import NewEvent
+from tests.e2e.test_query import Stack, stack  # noqa: F401  (the fixture)
+
+pytestmark = pytest.mark.e2e
+Code = grpc.StatusCode
+
+
+async def _graph(s: Stack, cid: str, version: int, **kw: Any) -> q.GetDecisionGraphResponse:
+    """The graph once the model has applied ``version`` of the story."""
+    for _ in range(150):
+        try:
+            graph = await s.reads.graph(cid, **kw)
+            if graph.version >= version:
+                return graph
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != Code.FAILED_PRECONDITION:
+                raise
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the graph model never reached version {version} of {cid}")
+
+
+def _options() -> c.CommandOptions:
+    return c.CommandOptions(idempotency_key=str(uuid.uuid4()), actor="tester")
+
+
+async def test_a_node_named_like_its_story_is_refused_and_one_stored_before_hides_nothing(
+    stack: Stack,  # noqa: F811
+) -> None:
+    """A decision or subtask whose id is its story's id made GetDecisionGraph answer
+    the decision in the story's place (the story's node gone, a HAS_DECISION edge
+    from the decision to itself): the API names the story by its id. Now such an id
+    is refused naming its field, and a story that holds one from before answers its
+    story node and the node both, told apart by their kinds."""
+    cid = "probe-same-id"
+    await stack.commands.create_context(cid, "story")
+    for call, field in (
+        (stack.commands.add_decision(cid, cid, "named like the story"), "decision_id"),
+        (stack.commands.add_subtask(cid, cid, "named like the story"), "subtask_id"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call
+        assert refused.value.code() == Code.INVALID_ARGUMENT, refused.value.details()
+        assert field in (refused.value.details() or "")
+        assert field in error_details(refused.value).fields
+    assert len(await stack.publisher.store.read_aggregate(cid)) == 1  # nothing appended
+
+    # A story written before the rule (straight into the stream).
+    old = "probe-same-id-old"
+    await stack.publisher.store.append(
+        old,
+        [
+            NewEvent(ev.ContextCreated(title="old story")),
+            NewEvent(ev.DecisionAdded(decision_id=old, title="named like the story")),
+            NewEvent(ev.SubtaskAdded(subtask_id="t1", title="task")),
+            NewEvent(
+                ev.DependencyLinked(
+                    from_id="t1",
+                    from_kind=ev.NODE_KIND_SUBTASK,
+                    to_id=old,
+                    to_kind=ev.NODE_KIND_DECISION,
+                )
+            ),
+        ],
+        0,
+    )
+    graph = await _graph(stack, old, 4, depth=3)
+    nodes = [(n.id, n.kind, n.distance) for n in graph.nodes]
+    assert nodes[0] == (old, q.GRAPH_NODE_KIND_STORY, 0), nodes  # the story is the root
+    assert sorted(nodes) == sorted(
+        [
+            (old, q.GRAPH_NODE_KIND_STORY, 0),
+            (old, q.GRAPH_NODE_KIND_DECISION, 1),
+            ("t1", q.GRAPH_NODE_KIND_SUBTASK, 1),
+        ]
+    ), nodes
+    assert {(e.type, e.from_id, e.to_id) for e in graph.edges} == {
+        ("HAS_DECISION", old, old),
+        ("HAS_SUBTASK", old, "t1"),
+        ("DEPENDS_ON", "t1", old),
+    }
+    # From the subtask: its neighbours are the story and the decision, one hop each.
+    around = await _graph(stack, old, 4, depth=1, root_id="t1")
+    assert sorted((n.id, n.kind, n.distance) for n in around.nodes) == sorted(
+        [
+            ("t1", q.GRAPH_NODE_KIND_SUBTASK, 0),
+            (old, q.GRAPH_NODE_KIND_STORY, 1),
+            (old, q.GRAPH_NODE_KIND_DECISION, 1),
+        ]
+    )
+    only = await _graph(stack, old, 4, depth=0)
+    assert [(n.id, n.kind) for n in only.nodes] == [(old, q.GRAPH_NODE_KIND_STORY)]
+
+
+# Each command with one malformed field: (rpc, request fields, the field named).
+MALFORMED: list[tuple[str, dict[str, Any], str]] = [
+    ("AddDecision", {"decision_id": "bad id", "title": "t"}, "decision_id"),
+    ("AddDecision", {"decision_id": "d9", "title": " "}, "title"),
+    ("AddDecision", {"decision_id": "d9", "title": "t", "body": "\x1b[2J"}, "body"),
+    ("AddDecision", {"decision_id": "d9", "title": "t", "affects": ["a.b"]}, "affects"),
+    ("ReviseDecision", {"decision_id": "d1"}, "title"),
+    ("ReviseDecision", {"decision_id": "x" * 65, "title": "t"}, "decision_id"),
+    ("SupersedeDecision", {"decision_id": "d1", "superseded_by": ""}, "superseded_by"),
+    ("SupersedeDecision", {"decision_id": "d1", "superseded_by": "d2", "reason": "\x00"}, "reason"),
+    ("AddSubtask", {"subtask_id": "t9", "title": "a" * 201}, "title"),
+    ("AddSubtask", {"subtask_id": "t9", "title": "t", "assignee": "a\nb"}, "assignee"),
+    ("UpdateSubtask", {"subtask_id": "t1", "status": 99}, "status"),
+    ("UpdateSubtask", {"subtask_id": "t1", "progress": 101}, "progress"),
+    ("UpdateSubtask", {"subtask_id": "t1"}, "status"),
+    ("LinkDependency", {"from_id": "t1", "to_id": "*"}, "to_id"),
+    ("CloseContext", {"reason": "a\rb"}, "reason"),
+]
+
+
+@pytest.mark.parametrize("state", ["missing", "closed", "open"])
+async def test_a_malformed_field_is_invalid_argument_whatever_the_context_state(
+    stack: Stack,  # noqa: F811
+    state: str,
+) -> None:
+    """A malformed field was FAILED_PRECONDITION ("does not exist", "is closed") while
+    the context was missing or closed, and INVALID_ARGUMENT naming it once the
+    context was open: the same bad request, two answers. Every command's fields are
+    now checked before the state, and nothing is appended."""
+    cid = f"probe-malformed-{state}"
+    if state != "missing":
+        await stack.commands.create_context(cid, "story")
+        await stack.commands.add_decision(cid, "d1", "one")
+        await stack.commands.add_decision(cid, "d2", "two")
+        await stack.commands.add_subtask(cid, "t1", "task")
+        if state == "closed":
+            await stack.commands.close_context(cid, "done")
+    before = len(await stack.publisher.store.read_aggregate(cid))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.publisher.port}") as channel:
+        stub = c_grpc.ContextCommandServiceStub(channel)
+        for rpc, fields, field in MALFORMED:
+            request = getattr(c, f"{rpc}Request")(context_id=cid, options=_options(), **fields)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await getattr(stub, rpc)(request, timeout=10)
+            said = (rpc, fields, refused.value.code(), refused.value.details())
+            assert refused.value.code() == Code.INVALID_ARGUMENT, said
+            assert field in error_details(refused.value).fields, said
+    assert len(await stack.publisher.store.read_aggregate(cid)) == before
+
+
+async def test_events_of_an_unknown_context_are_not_found_from_any_version(
+    stack: Stack,  # noqa: F811
+) -> None:
+    """ListEvents of a context that does not exist answered NOT_FOUND from version 1
+    only: from any later version it answered an empty page, as if the story existed
+    and had no events there yet. Past the end of a story that exists, a page is
+    still empty (no more events yet)."""
+    for start in (2, 5, 10**12):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stack.reads.list_events("probe-nobody", from_version=start)
+        assert refused.value.code() == Code.NOT_FOUND, (start, refused.value.details())
+        assert "probe-nobody" in (refused.value.details() or "")
+    await stack.commands.create_context("probe-some", "story")
+    page = await stack.reads.list_events("probe-some", from_version=5)
+    assert not page.events and not page.next_page_token
+    first = await stack.reads.list_events("probe-some", limit=1)
+    assert [e.version for e in first.events] == [1] and first.next_page_token
+    # The token, used after the story grew, goes on from where it stopped.
+    await stack.commands.add_decision("probe-some", "d1", "one")
+    rest = await stack.reads.list_events("probe-some", page_token=first.next_page_token)
+    assert [e.version for e in rest.events] == [2]
