@@ -20,9 +20,11 @@ import base64
 import contextlib
 import hmac
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -35,7 +37,6 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from jetsource.core.clock import parse_rfc3339_ns
 from jetsource.core.errors import (
     ConcurrencyError,
     EventStoreUnavailableError,
@@ -83,6 +84,7 @@ API_SECONDS = Histogram(
 UNMATCHED = "(unmatched)"
 EVENT_TYPES = ("message", "reaction", "edit", "delete", "status", "presence", "protocol", "system")
 DIRECTIONS = ("inbound", "outbound", "system")
+HANDSHAKE_PARAMS = ("hub.mode", "hub.verify_token", "hub.challenge")
 
 
 def as_json(message: Message) -> dict[str, Any]:
@@ -170,6 +172,34 @@ def http_error_answer(request: Request, exc: HTTPException) -> JSONResponse:
     for name, value in (exc.headers or {}).items():
         response.headers[name] = value
     return response
+
+
+_RFC3339 = re.compile(
+    r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})",
+    re.ASCII,
+)
+
+
+def parse_since(text: str) -> int:
+    """An RFC 3339 time in ns since the epoch, nanoseconds kept: ``Z`` or an offset
+    (``2026-12-06T11:00:00.5+01:00``; only ``Z`` was taken before, an offset was 400),
+    ``T``, ``t`` or a space between date and time. Anything else is 400 naming
+    ``since``."""
+    m = _RFC3339.fullmatch(text.strip())
+    if m is None:
+        raise ValidationError(
+            "since must be an RFC 3339 time, e.g. 2026-12-06T10:00:00Z or "
+            "2026-12-06T11:00:00+01:00",
+            field="since",
+        )
+    date, clock, frac, zone = m.groups()
+    offset = "+00:00" if zone in ("Z", "z") else zone
+    try:
+        seconds = int(datetime.fromisoformat(f"{date}T{clock}{offset}").timestamp())
+    except (ValueError, OverflowError) as exc:
+        raise ValidationError(f"since is not a valid time: {exc}", field="since") from None
+    nanos = int((frac or "").ljust(9, "0")[:9])
+    return seconds * 1_000_000_000 + nanos
 
 
 class Unauthenticated(Exception):
@@ -261,6 +291,19 @@ async def read_body(request: Request, limit: int, keep: int = 64 * 1024) -> Body
         return Body(body, size, truncated=size > limit, incomplete=True)
     body = b"".join(chunks)
     return Body(body, len(body))
+
+
+def folded_headers(request: Request) -> dict[str, str]:
+    """The request's headers by lower-case name, a header sent more than once folded
+    into one value joined by ", " (RFC 9110 5.3): the archive keeps every value, and
+    a signature sent twice is refused as such. (A dict of the pairs kept the last: a
+    wrong signature followed by the right one passed, the right one followed by a
+    wrong one did not, and the archive showed one of the two.)"""
+    out: dict[str, str] = {}
+    for name, value in request.headers.items():
+        key = name.lower()
+        out[key] = f"{out[key]}, {value}" if key in out else value
+    return out
 
 
 async def valkey_answers(redis: Any, timeout_s: float = 1.0) -> bool:
@@ -451,7 +494,7 @@ def create_app(
                 WebhookRequest(
                     provider=provider,
                     instance=instance,
-                    headers={k.lower(): v for k, v in request.headers.items()},
+                    headers=folded_headers(request),
                     body=body.data,
                     method=request.method,
                     path=request.url.path,
@@ -483,16 +526,32 @@ def create_app(
     @app.get("/webhooks/whatsapp/{instance}", tags=["webhooks"], response_model=None)
     async def whatsapp_verify(
         instance: str,
+        request: Request,
         mode: str | None = Query(None, alias="hub.mode"),
         token: str | None = Query(None, alias="hub.verify_token"),
-        challenge: str = Query("", alias="hub.challenge"),
+        challenge: str | None = Query(None, alias="hub.challenge"),
     ) -> Response:
-        """Meta's verification handshake: echo hub.challenge when the token matches."""
+        """Meta's verification handshake: echo hub.challenge when the token matches.
+
+        A parameter sent twice is 400 naming it (which one counts was the last one's
+        say: a wrong token before the right one passed, the right one before a wrong
+        one did not); a missing or wrong ``hub.mode`` or ``hub.verify_token`` is 403
+        naming it; an instance that has no handshake (Evolution API, or no
+        ``verify_token`` configured) is 403 naming ``instance`` and saying so; the
+        right token without a ``hub.challenge`` is 400 naming it (the answer was an
+        empty 200, which Meta takes as a failed verification)."""
         config = intake.instance("whatsapp", instance)
         if config is None:
             return _error(404, "unknown_instance", f"no whatsapp instance {instance!r}", "instance")
-        if not signatures.verify_handshake(config, mode, token):
-            return _error(403, "verification_failed", "hub.mode or hub.verify_token is wrong")
+        for name in HANDSHAKE_PARAMS:
+            if (n := len(request.query_params.getlist(name))) > 1:
+                return _error(400, "invalid_argument", f"{name} was sent {n} times; once", name)
+        problem = signatures.handshake_problem(config, mode, token)
+        if problem is not None:
+            field, message = problem
+            return _error(403, "verification_failed", message, field)
+        if not challenge:
+            return _error(400, "invalid_argument", "hub.challenge is missing", "hub.challenge")
         return PlainTextResponse(challenge)
 
     @app.post("/webhooks/discord/{instance}", tags=["webhooks"])
@@ -519,12 +578,7 @@ def create_app(
             raise ValidationError(
                 f"direction must be one of {', '.join(DIRECTIONS)}", field="direction"
             )
-        since_ns = None
-        if since:
-            try:
-                since_ns = parse_rfc3339_ns(since)
-            except ValueError:
-                raise ValidationError("since must be an RFC 3339 time", field="since") from None
+        since_ns = parse_since(since) if since else None
         events, token = await reads.recent(
             Filters(instance, provider, type, direction), since_ns, page_size, page_token
         )

@@ -27,7 +27,13 @@ _TRANSIENT = (
 
 def raw_stream_config(o: OmniOptions) -> dict[str, Any]:
     """Like an event store: nothing is rewritten or silently dropped; a retention age
-    only when one is set (0: keep everything)."""
+    only when one is set (0: keep everything). Deleting and purging through the API
+    are denied whatever the age: the age expires records without a purge, and
+    JetStream never lets a stream take a denial back, so a purge denied only while
+    the age was 0 made setting ``raw_max_age_s`` on an archive created without it
+    stop the ingress at start ("stream configuration update can not cancel deny
+    purge", with a traceback)."""
+    max_age = int(o.raw_max_age_s * 1_000_000_000)
     return {
         "name": o.raw_stream,
         "subjects": [f"{o.raw_subject_prefix}.>"],
@@ -35,13 +41,16 @@ def raw_stream_config(o: OmniOptions) -> dict[str, Any]:
         "storage": "file",
         "discard": "new",
         "deny_delete": True,
-        "deny_purge": o.raw_max_age_s == 0,
+        "deny_purge": True,
         "compression": "s2",
         "allow_direct": True,
-        "duplicate_window": 120 * 1_000_000_000,
+        # JetStream takes no duplicate window longer than the age (an age under 120 s
+        # stopped the ingress at start: "duplicates window can not be larger then max
+        # age"); a record's retry comes within milliseconds.
+        "duplicate_window": min(120 * 1_000_000_000, max_age or 120 * 1_000_000_000),
         "num_replicas": o.raw_replicas,
         "max_msg_size": o.raw_max_msg_size,
-        "max_age": int(o.raw_max_age_s * 1_000_000_000),
+        "max_age": max_age,
         "max_msgs": -1,
         "max_bytes": -1,
     }

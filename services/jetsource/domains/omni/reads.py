@@ -279,7 +279,9 @@ class OmniReads:
             floor = await self._seq_at_time(now_ns() - DAY_NS) + 1
             self._default_floor = (at, floor)
             return floor
-        return (await self._seq_at_time(since_ns)) + 1 if since_ns > 0 else 1
+        # seq_at_time(t) is the last sequence stored at or before t: the one before an
+        # event stored at exactly ``since`` is the last one stored before it.
+        return (await self._seq_at_time(since_ns - 1)) + 1 if since_ns > 0 else 1
 
     async def ns(self, model: str) -> str:
         return f"{self.prefix}:{model}:v{await self._active(model)}"

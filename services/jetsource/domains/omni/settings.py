@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -19,6 +19,7 @@ class OmniOptions(BaseModel):
     raw_stream: str = "OMNI_RAW"
     raw_subject_prefix: str = "omni.raw"
     # How long raw payloads are kept; 0 keeps everything (the users' decision).
+    # JetStream takes no age under 0.1 s.
     raw_max_age_s: float = Field(default=0.0, ge=0)
     # Bodies are archived whole up to the ingress's max_body_bytes, so this bounds it.
     raw_max_msg_size: int = Field(default=6 * 1024 * 1024, gt=0)
@@ -34,6 +35,13 @@ class OmniOptions(BaseModel):
     # the bucket's work per first contact. A writer stopped between the two is still
     # finished by the followers, this much later. 0 settles every one at once.
     identity_settle_delay_s: float = Field(default=1.0, ge=0, le=60)
+
+    @field_validator("raw_max_age_s")
+    @classmethod
+    def _raw_age(cls, value: float) -> float:
+        if 0 < value < 0.1:
+            raise ValueError("raw_max_age_s is 0 (keep everything) or at least 0.1 seconds")
+        return value
 
 
 class OmniDomainSettings(BaseSettings):

@@ -32,6 +32,10 @@ def _hmac_problem(header: str, given: str | None, secret: str, body: bytes) -> s
     if not given:
         return f"missing {header} header"
     value = given.strip()
+    if "," in value:
+        # Headers sent more than once arrive folded, "sha256=<a>, sha256=<b>": which
+        # one is meant is not for the receiver to guess.
+        return f"{header} was sent more than once (or holds a list); send one sha256=<hex>"
     digest = value.removeprefix("sha256=")
     # Checked to be ASCII hex before it is compared: compare_digest takes only ASCII
     # str (a header of other characters raised TypeError, a 500).
@@ -62,13 +66,26 @@ def check(config: InstanceConfig, headers: Mapping[str, str], body: bytes) -> st
     return None
 
 
-def verify_handshake(config: InstanceConfig, mode: str | None, token: str | None) -> bool:
-    """Meta's GET verification: ``hub.mode=subscribe`` and the instance's verify token."""
-    if config.format != "cloud" or config.verify_token is None or mode != "subscribe":
-        return False
-    return token is not None and hmac.compare_digest(
-        token.encode(), config.verify_token.get_secret_value().encode()
-    )
+def handshake_problem(
+    config: InstanceConfig, mode: str | None, token: str | None
+) -> tuple[str, str] | None:
+    """Why Meta's GET verification fails, as (field, message), or None: it needs
+    ``hub.mode=subscribe`` and the instance's verify token."""
+    if config.format != "cloud":
+        return "instance", f"a {config.format} instance has no verification handshake"
+    if config.verify_token is None:
+        return "instance", "the instance has no verify_token configured"
+    if not mode:
+        return "hub.mode", "hub.mode is missing (Meta sends hub.mode=subscribe)"
+    if mode != "subscribe":
+        return "hub.mode", "hub.mode is not subscribe"
+    if not token:
+        return "hub.verify_token", "hub.verify_token is missing"
+    # Any characters: compared as UTF-8 bytes (a lone surrogate escaped, never raised).
+    given = token.encode("utf-8", "surrogatepass")
+    if not hmac.compare_digest(given, config.verify_token.get_secret_value().encode()):
+        return "hub.verify_token", "hub.verify_token is not the instance's verify token"
+    return None
 
 
 def redacted(headers: Mapping[str, str]) -> dict[str, str]:

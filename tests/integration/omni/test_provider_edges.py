@@ -1,0 +1,160 @@
+"""What providers and clients send at the edges of their own formats, through the
+ingress on real NATS and Valkey: Meta's verification handshake with a parameter
+missing or sent twice, a signature header sent twice, `since` with a UTC offset or at
+the exact time an event was stored, and the raw archive's retention set on an archive
+created without one."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+
+from jetsource.core.clock import format_rfc3339_ns
+from jetsource.domains.omni.settings import OmniOptions
+from jetsource.domains.omni.signatures import sign
+from jetsource.ingest.server import Ingest, build
+from jetsource.projection.bootstrap import Projection
+from tests.fixtures.omni import HERE
+from tests.integration.omni.harness import SECRETS, VERIFY_TOKEN, caught_up, omni_settings, route
+
+pytestmark = pytest.mark.integration
+
+CLOUD = route("acme-cloud")
+OK = {"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "1158201444"}
+
+
+async def test_the_handshake_names_a_parameter_missing_repeated_or_wrong(
+    http: httpx.AsyncClient,
+) -> None:
+    ok = await http.get(CLOUD, params=OK)
+    assert (ok.status_code, ok.text) == (200, "1158201444")
+    mode, token, challenge = (
+        ("hub.mode", "subscribe"),
+        ("hub.verify_token", VERIFY_TOKEN),
+        ("hub.challenge", "7"),
+    )
+    # (query, status, field): a parameter sent twice is refused whichever value comes
+    # last (the last one decided: a wrong token before the right one passed).
+    cases: list[tuple[list[tuple[str, str]], int, str]] = [
+        ([mode, ("hub.verify_token", "wrong"), token, challenge], 400, "hub.verify_token"),
+        ([mode, token, ("hub.verify_token", "wrong"), challenge], 400, "hub.verify_token"),
+        ([mode, ("hub.mode", "unsubscribe"), token, challenge], 400, "hub.mode"),
+        ([mode, token, challenge, ("hub.challenge", "8")], 400, "hub.challenge"),
+        # No challenge: an empty 200 was answered, which verifies nothing.
+        ([mode, token], 400, "hub.challenge"),
+        ([mode, token, ("hub.challenge", "")], 400, "hub.challenge"),
+        ([token, challenge], 403, "hub.mode"),
+        ([("hub.mode", "unsubscribe"), token, challenge], 403, "hub.mode"),
+        ([mode, challenge], 403, "hub.verify_token"),
+        ([mode, ("hub.verify_token", "wrong"), challenge], 403, "hub.verify_token"),
+    ]
+    for params, status, field in cases:
+        r = await http.get(CLOUD, params=urlencode(params))
+        assert r.status_code == status, (params, r.status_code, r.text)
+        error = r.json()["error"]
+        assert error["field"] == field, (params, error)
+        assert field in error["message"], (params, error)
+    # A token of bytes that are no UTF-8 (a surrogate's ED B2 80), as a client may send.
+    odd = await http.get(f"{CLOUD}?hub.mode=subscribe&hub.verify_token=%ED%B2%80&hub.challenge=7")
+    assert odd.status_code == 403 and odd.json()["error"]["field"] == "hub.verify_token"
+    # An Evolution instance has no handshake: said so, naming the instance.
+    evo = await http.get(route("acme-evo"), params=OK)
+    assert evo.status_code == 403
+    assert evo.json()["error"]["field"] == "instance"
+    assert "evolution" in evo.json()["error"]["message"]
+
+
+async def test_a_signature_header_sent_twice_is_refused_and_archived_whole(
+    ingest: Ingest, http: httpx.AsyncClient
+) -> None:
+    body = (HERE / "whatsapp/cloud/text.json").read_bytes()
+    good, bad = sign(SECRETS["acme-cloud"], body), "sha256=" + "0" * 64
+    for pair in ((bad, good), (good, bad), (good, good)):
+        headers = [("content-type", "application/json")]
+        headers += [("x-hub-signature-256", value) for value in pair]
+        r = await http.post(CLOUD, content=body, headers=headers)
+        assert r.status_code == 401, (pair, r.text)
+        error = r.json()["error"]
+        assert error["field"] == "x-hub-signature-256"
+        assert "more than once" in error["message"]
+        record = await ingest.raw.get(error["raw_id"])
+        assert record is not None
+        # Both values kept in the archive (a dict of the pairs kept the last one).
+        assert record.headers["x-hub-signature-256"] == ", ".join(pair)
+    # Nothing was stored by any of them.
+    assert int((await ingest.store.stream_info())["state"]["messages"]) == 0
+    forwarded = (HERE / "discord/text.json").read_bytes()
+    sig = sign(SECRETS["acme-bot"], forwarded)
+    r = await http.post(
+        route("acme-bot"),
+        content=forwarded,
+        headers=[("x-jetsource-signature", sig), ("x-jetsource-signature", sig)],
+    )
+    assert r.status_code == 401 and r.json()["error"]["field"] == "x-jetsource-signature"
+
+
+async def test_since_takes_an_offset_and_includes_an_event_stored_at_that_instant(
+    ingest: Ingest, http: httpx.AsyncClient, projection: Projection
+) -> None:
+    body = (HERE / "whatsapp/cloud/text.json").read_bytes()
+    r = await http.post(
+        CLOUD, content=body, headers={"x-hub-signature-256": sign(SECRETS["acme-cloud"], body)}
+    )
+    assert r.status_code == 200, r.text
+    event_id = r.json()["events"][0]["id"]
+    await caught_up(projection)
+    stored = [e async for e in ingest.store.read_all()]
+    at = next(e.recorded_at_ns for e in stored if e.aggregate_id == event_id)
+
+    async def listed(since: str) -> list[str]:
+        answer = await http.get("/api/v1/events", params={"since": since})
+        assert answer.status_code == 200, (since, answer.text)
+        return [e["event"]["id"] for e in answer.json()["events"]]
+
+    exact = format_rfc3339_ns(at)  # ...Z with nanoseconds
+    assert await listed(exact) == [event_id]  # "at or after": it was left out
+    assert await listed(format_rfc3339_ns(at + 1)) == []
+    # The same instants with offsets (400 before: only Z was taken), 't'/'z' too.
+    date, clock = exact[:-1].split("T")
+    hours = int(clock[:2])
+    plus_one = f"{date}T{(hours + 1) % 24:02d}{clock[2:]}+01:00"
+    if hours < 23:
+        assert await listed(plus_one) == [event_id]
+    assert await listed(f"{date}t{clock}z") == [event_id]
+    assert await listed(f"{date}T{clock}-00:00") == [event_id]
+    for bad in (
+        "2026-12-06T10:00:00",
+        "2026-13-01T00:00:00Z",
+        "2026-12-06T10:00:00+25:00",
+        "\uff12026-12-06T10:00:00Z",
+        "yesterday",
+    ):
+        answer = await http.get("/api/v1/events", params={"since": bad})
+        assert answer.status_code == 400, (bad, answer.text)
+        assert answer.json()["error"]["field"] == "since"
+
+
+async def test_raw_retention_can_be_set_on_an_archive_made_without_one(
+    nats_server: Any, valkey_server: Any, unique: str
+) -> None:
+    """An archive created keeping everything (the default) later given an age: the
+    ingress stopped at start with a traceback (JetStream refuses to take back the
+    purge denial it had been created with), and one under 120 s did at any time
+    (JetStream takes no duplicate window longer than the age). Now it starts, with the
+    age, and back; an age JetStream cannot take (under 0.1 s) is refused by the
+    settings, naming raw_max_age_s."""
+    with pytest.raises(ValueError, match="raw_max_age_s"):
+        OmniOptions(raw_max_age_s=0.05)
+    for age in (0.0, 3600.0, 0.0, 60.0, 0.1, 0.0):
+        s = omni_settings(nats_server.url, valkey_server.url, unique)
+        s.omni.raw_max_age_s = age
+        service = await build(s)
+        try:
+            config = (await service.raw.info())["config"]
+            assert config["max_age"] == int(age * 1e9)
+            assert config["deny_purge"] and config["deny_delete"]
+        finally:
+            await service.stop(0)
