@@ -16,6 +16,7 @@ from jetsource._gen.context.v1 import commands_pb2 as c
 from jetsource._gen.context.v1 import commands_pb2_grpc as c_grpc
 from jetsource._gen.context.v1 import events_pb2 as ev
 from jetsource._gen.context.v1 import query_pb2 as q
+from jetsource._gen.context.v1 import query_pb2_grpc as q_grpc
 from jetsource.client import error_details
 from jetsource.core.envelope import NewEvent
 from tests.e2e.test_query import Stack, stack  # noqa: F401  (the fixture)
@@ -181,3 +182,43 @@ async def test_events_of_an_unknown_context_are_not_found_from_any_version(
     await stack.commands.add_decision("probe-some", "d1", "one")
     rest = await stack.reads.list_events("probe-some", page_token=first.next_page_token)
     assert [e.version for e in rest.events] == [2]
+
+
+async def test_a_watch_meeting_a_refused_event_ends_with_data_loss_naming_it(
+    stack: Stack,  # noqa: F811
+) -> None:
+    """A stored event the domain refuses (here: a revision of a decision the story
+    never had) is DATA_LOSS naming its stream sequence on every read; WatchContext
+    folded it unchecked and ended INTERNAL ("a bug"). Now it sends every version
+    before it, then ends with the same DATA_LOSS."""
+    cid = "probe-watch-corrupt"
+    appended = await stack.publisher.store.append(
+        cid,
+        [
+            NewEvent(ev.ContextCreated(title="t")),
+            NewEvent(ev.DecisionAdded(decision_id="d1", title="t")),
+            NewEvent(ev.DecisionRevised(decision_id="nope", title="x")),
+            NewEvent(ev.DecisionAdded(decision_id="d2", title="t")),
+        ],
+        0,
+    )
+    bad_seq = appended.stream_seqs[2]
+    seen: list[int] = []
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.query.port}") as channel:
+        stub = q_grpc.ContextQueryServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            async for message in stub.WatchContext(
+                q.WatchContextRequest(context_id=cid), timeout=10
+            ):
+                seen.append(message.event.version)
+        with pytest.raises(grpc.aio.AioRpcError) as read:
+            await stub.GetContextAtVersion(
+                q.GetContextAtVersionRequest(context_id=cid, version=4), timeout=10
+            )
+    assert seen == [1, 2]
+    for refused in (ended.value, read.value):
+        assert refused.code() == Code.DATA_LOSS, refused.details()
+        assert f"stream sequence {bad_seq}" in (refused.details() or "")
+        details = error_details(refused)
+        assert details.reason == "CORRUPT_EVENT"
+        assert details.metadata["stream_sequence"] == str(bad_seq)

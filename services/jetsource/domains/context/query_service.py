@@ -61,8 +61,12 @@ from jetsource.core.grpcserver import RpcError, call_outcome
 from jetsource.core.heap import HeapKeeper
 from jetsource.core.ids import validate_aggregate_id
 from jetsource.domains.context.graph_model import GRAPH, GraphModel
-from jetsource.domains.context.history import KeptPoint, PointInTime, StateLoader
-from jetsource.domains.context.model import fold
+from jetsource.domains.context.history import (
+    KeptPoint,
+    PointInTime,
+    StateLoader,
+    fold_records,
+)
 from jetsource.domains.context.query_settings import QueryOptions
 from jetsource.domains.context.valkey_models import CONTEXT, ContextModel
 from jetsource.domains.context.views import (
@@ -872,7 +876,10 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
                 for r in records:
                     if r.version != state.version + 1:
                         break  # never skip: read again from where the state is
-                    state = fold([r.event], state)
+                    # Checked as every read folds: an event the domain refuses ends
+                    # the watch with DATA_LOSS naming its sequence (it was INTERNAL),
+                    # one an operator voided changes nothing.
+                    state = await fold_records(self.store, [r], state)
                     seq = r.stream_seq
                     if r.version < start:
                         continue
