@@ -120,6 +120,14 @@ MALFORMED: list[tuple[str, Callable[[Body], None], str]] = [
     ("discord/presence.json", lambda b: b["d"].update(status="busy"), "d.status"),
     ("discord/poll_vote_add.json", lambda b: b["d"].pop("answer_id"), "d.answer_id"),
     ("discord/delete_bulk.json", lambda b: b["d"].update(ids=[]), "d.ids"),
+    # An empty id or voter in a list: stored as the delete of message "" (provider
+    # event id ":delete") and as a vote of nobody.
+    ("discord/delete_bulk.json", lambda b: b["d"]["ids"].append(""), "d.ids[2]"),
+    (
+        "whatsapp/evolution/poll_votes.json",
+        lambda b: b["data"]["pollUpdates"][2]["voters"].append(""),
+        "data.pollUpdates[2].voters[0]",
+    ),
 ]
 
 

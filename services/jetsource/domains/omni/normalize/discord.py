@@ -244,9 +244,15 @@ def _message_delete(dp: _Dispatch) -> list[NormalizedEvent]:
 
 def _message_delete_bulk(dp: _Dispatch) -> list[NormalizedEvent]:
     dp.d.req_str("channel_id")
+    if not dp.d.has("ids"):
+        raise Malformed(dp.d.at("ids"), "required field is missing")
     ids = dp.d.str_list("ids")
     if not ids:
-        raise Malformed(dp.d.at("ids"), "required field is missing")
+        raise Malformed(dp.d.at("ids"), "must list at least one message id")
+    for i, msg_id in enumerate(ids):
+        if not msg_id:
+            # It was stored as the delete of message "" (provider event id ":delete").
+            raise Malformed(f"{dp.d.at('ids')}[{i}]", "must not be empty")
     return [_deleted(dp, i) for i in ids]
 
 

@@ -483,7 +483,11 @@ def _poll_votes(
     for option in tallies:
         name = option.req_str("name")
         for i, voter in enumerate(option.str_list("voters")):
-            check_handle(handle(voter), f"{option.at('voters')}[{i}]")
+            where = f"{option.at('voters')}[{i}]"
+            if not handle(voter):
+                # A vote of nobody: it was stored with an empty sender.
+                raise Malformed(where, "must not be empty")
+            check_handle(handle(voter), where)
             chosen.setdefault(voter, []).append(name)
     out = []
     for voter, names in sorted(chosen.items()):
