@@ -144,16 +144,20 @@ class _Envelope:
             ev.recipient_handle = self.own
 
 
-def _person(key: Node, field: str, alt_field: str, ev: NormalizedEvent) -> str:
+def _person(key: Node, field: str, alt_field: str, ev: NormalizedEvent | None) -> str:
     """A person's handle from a key: the phone number where WhatsApp addresses them by LID
     (a privacy id) and Evolution gives the phone JID beside it (``remoteJidAlt``), so that
-    the same person keeps one handle; the LID is kept in metadata.extra."""
+    the same person keeps one handle; the LID is kept in metadata.extra (of ``ev``, when
+    given). A ``field`` that is absent or empty is "" when ``ev`` is None."""
+    if ev is None and not key.opt_str(field):
+        return ""
     jid = key.req_str(field)
     alt = key.opt_str(alt_field)
     if jid.endswith("@lid") and alt and not alt.endswith("@lid"):
-        ev.metadata.extra[f"{field}_lid"] = jid
+        if ev is not None:
+            ev.metadata.extra[f"{field}_lid"] = jid
         return check_handle(handle(alt), key.at(alt_field))
-    if alt.endswith("@lid"):
+    if alt.endswith("@lid") and ev is not None:
         ev.metadata.extra[f"{field}_lid"] = alt
     return check_handle(handle(jid), key.at(field))
 
@@ -465,8 +469,15 @@ def _update(env: _Envelope, data: Node) -> list[NormalizedEvent]:
     if not isinstance(state, str) or state.upper() not in _RECEIPTS:
         raise Malformed(data.at("status"), f"unknown message status {raw!r}")
     state = state.upper()
-    ev = env.event(f"{msg_id}:{state}")
+    # In a group each member's receipt of one message comes on its own, naming the
+    # member (participant): the member is part of the id (every receipt after the
+    # first of a state was taken for a re-delivery of it, and lost).
+    group = key.req_str("remoteJid").lower().endswith("@g.us")
+    member = _person(key, "participant", "participantAlt", None) if group else ""
+    ev = env.event(f"{msg_id}:{state}:{member}" if member else f"{msg_id}:{state}")
     env.route(ev, key)
+    if member and key.opt_bool("fromMe"):
+        ev.recipient_handle = member  # whose receipt of the business's message it is
     ev.event_type = pb.EVENT_TYPE_STATUS
     ev.metadata.receipt.status = _RECEIPTS[state]
     ev.metadata.receipt.target_message_id = msg_id

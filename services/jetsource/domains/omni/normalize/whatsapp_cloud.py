@@ -64,7 +64,7 @@ def normalize(ctx: Context, body: Mapping[str, Any]) -> list[NormalizedEvent]:
                 out.append(_status(ctx, status, business))
             for i, error in enumerate(value.objs("errors")):
                 understood = True
-                out.append(_error(ctx, error, business, entry.opt_str("id"), i))
+                out.append(_error(ctx, error, business, entry.opt_str("id"), i, value))
     if not understood:
         raise Unrecognised("WhatsApp Cloud webhook without messages, statuses or errors")
     return out
@@ -268,15 +268,20 @@ def _status(ctx: Context, status: Node, business: str) -> NormalizedEvent:
     state = status.req_str("status")
     if state not in _RECEIPTS:
         raise Malformed(status.at("status"), f"unknown receipt status {state!r}")
-    ev = ctx.event(FORMAT, f"{wamid}:{state}")
+    if status.opt_str("recipient_type") == "group":
+        # Each member's receipt of a group message comes on its own, naming the member:
+        # the member is part of the id (every receipt after the first of a state was
+        # taken for a re-delivery of it, and lost).
+        member = status.opt_handle("recipient_participant_id")
+        ev = ctx.event(FORMAT, f"{wamid}:{state}:{member}" if member else f"{wamid}:{state}")
+        ev.conversation_id = ev.channel_id = status.req_str("recipient_id")
+        ev.recipient_handle = member
+    else:
+        ev = ctx.event(FORMAT, f"{wamid}:{state}")
+        ev.conversation_id = ev.channel_id = ev.recipient_handle = status.req_handle("recipient_id")
     ev.event_type = pb.EVENT_TYPE_STATUS
     ev.direction = pb.DIRECTION_OUTBOUND
     ev.sender_handle = business
-    if status.opt_str("recipient_type") == "group":
-        ev.conversation_id = ev.channel_id = status.req_str("recipient_id")
-        ev.recipient_handle = status.opt_handle("recipient_participant_id")
-    else:
-        ev.conversation_id = ev.channel_id = ev.recipient_handle = status.req_handle("recipient_id")
     ev.provider_timestamp.CopyFrom(status.unix_seconds("timestamp"))
     receipt = ev.metadata.receipt
     receipt.status = _RECEIPTS[state]
@@ -300,9 +305,16 @@ def _status(ctx: Context, status: Node, business: str) -> NormalizedEvent:
     return ev
 
 
-def _error(ctx: Context, error: Node, business: str, account: str, index: int) -> NormalizedEvent:
-    """An error Meta reports about the account or number, not about one message."""
-    ev = ctx.event(FORMAT, f"error:{account}:{index}:{digest(error.raw)}")
+def _error(
+    ctx: Context, error: Node, business: str, account: str, index: int, value: Node
+) -> NormalizedEvent:
+    """An error Meta reports about the account or number, not about one message. Its id
+    names the number it came for (``metadata.phone_number_id``): the same error for two
+    numbers of one account was one id, the second taken for a re-delivery of the first
+    and lost."""
+    number = value.obj("metadata").opt_str("phone_number_id")
+    where = f"{account}:{number}" if number else account
+    ev = ctx.event(FORMAT, f"error:{where}:{index}:{digest(error.raw)}")
     ev.event_type = pb.EVENT_TYPE_SYSTEM
     ev.direction = pb.DIRECTION_SYSTEM
     ev.recipient_handle = business
