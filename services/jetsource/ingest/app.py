@@ -618,7 +618,10 @@ def create_app(
             raise NotFoundError(f"no raw payload {raw_id!r}", "raw_id")
         return raw_json(raw)
 
-    @api.get("/conversations/{provider}/{instance}/{conversation_id}", tags=["reads"])
+    # Conversation ids and handles are the provider's: a Cloud API group id is base64 and
+    # may hold "/" (sent as %2F, which the router decodes before it matches), so the last
+    # segment takes the rest of the path (a conversation with "/" was 404 "no route").
+    @api.get("/conversations/{provider}/{instance}/{conversation_id:path}", tags=["reads"])
     async def conversation(
         provider: str, instance: str, conversation_id: str, page_size: int = 0, page_token: str = ""
     ) -> dict[str, Any]:
@@ -649,7 +652,7 @@ def create_app(
             "next_page_token": token,
         }
 
-    @api.get("/handles/{provider}/{external_id}", tags=["reads"])
+    @api.get("/handles/{provider}/{external_id:path}", tags=["reads"])
     async def find_identity(provider: str, external_id: str) -> dict[str, Any]:
         return {"identity": as_json(await reads.find(provider, external_id))}
 

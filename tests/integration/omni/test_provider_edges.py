@@ -6,8 +6,9 @@ created without one."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import httpx
 import pytest
@@ -158,3 +159,60 @@ async def test_raw_retention_can_be_set_on_an_archive_made_without_one(
             assert config["deny_purge"] and config["deny_delete"]
         finally:
             await service.stop(0)
+
+
+async def test_a_conversation_or_handle_holding_a_slash_is_read_over_rest(
+    ingest: Ingest, http: httpx.AsyncClient, projection: Projection
+) -> None:
+    """A Cloud API group id is base64 and may hold "/" and "+": its conversation was
+    404 "no route" over REST (the router decodes %2F before it matches); so was a
+    handle holding one."""
+    group, sender = "Y2FwaV9/Z3JvdXA+MTU1NTA3ODM4ODE6MTIw==", "user/with+slash"
+    body = json.dumps(
+        {
+            "object": "whatsapp_business_account",
+            "entry": [
+                {
+                    "id": "102290129340398",
+                    "changes": [
+                        {
+                            "field": "messages",
+                            "value": {
+                                "messaging_product": "whatsapp",
+                                "metadata": {
+                                    "display_phone_number": "15550783881",
+                                    "phone_number_id": "106540352242922",
+                                },
+                                "messages": [
+                                    {
+                                        "from": sender,
+                                        "group_id": group,
+                                        "id": "wamid.SLASHGROUP01",
+                                        "timestamp": "1796048400",
+                                        "type": "text",
+                                        "text": {"body": "hello group"},
+                                    }
+                                ],
+                            },
+                        }
+                    ],
+                }
+            ],
+        }
+    ).encode()
+    r = await http.post(
+        CLOUD, content=body, headers={"x-hub-signature-256": sign(SECRETS["acme-cloud"], body)}
+    )
+    assert r.status_code == 200, r.text
+    event_id = r.json()["events"][0]["id"]
+    await caught_up(projection)
+    conv = await http.get(f"/api/v1/conversations/whatsapp/acme-cloud/{quote(group, safe='')}")
+    assert conv.status_code == 200, conv.text
+    assert [e["event"]["id"] for e in conv.json()["events"]] == [event_id]
+    found = await http.get(f"/api/v1/handles/whatsapp/{quote(sender, safe='')}")
+    assert found.status_code == 200, found.text
+    handles = found.json()["identity"]["handles"]
+    assert [h["external_id"] for h in handles] == [sender]
+    # An empty conversation id is refused naming it, not a route that is not there.
+    empty = await http.get("/api/v1/conversations/whatsapp/acme-cloud/")
+    assert empty.status_code == 400 and empty.json()["error"]["field"] == "conversation_id"
