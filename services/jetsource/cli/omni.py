@@ -135,7 +135,11 @@ def _emit(as_json: bool, document: dict[str, Any], text: str) -> None:
         json.dump(document, sys.stdout, ensure_ascii=False)
         sys.stdout.write("\n")
     else:
-        typer.echo(text)
+        # Bodies, headers and handles came from anyone who can reach the webhooks (a
+        # refused request is archived too): an ESC or an OSC in one reached the
+        # operator's terminal raw (colours, its title, ...). Shown as escapes; --json
+        # and --body give them as they are.
+        typer.echo(output.printable(text))
 
 
 @raw_app.command("show")

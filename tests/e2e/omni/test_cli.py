@@ -136,3 +136,29 @@ def test_nats_away_is_exit_3(isettings: IngestSettings) -> None:
     )
     result = cli(away, "raw", "show", "x")
     assert result.returncode == 3, (result.returncode, result.stderr)
+
+
+async def test_raw_show_never_sends_a_bodys_terminal_escapes_raw(
+    isettings: IngestSettings, ingest: Ingest
+) -> None:
+    """Anyone who can reach the webhooks gets a body archived (refused ones too): its
+    ESC and OSC sequences and bidi overrides reached the operator's terminal raw
+    (`raw show` set the terminal's title). Text output shows them as escapes; --body
+    and --json keep the bytes and the characters."""
+    hostile = '{"a": "\x1b[2J\x1b]0;owned\x07 \u202e tail"}'.encode()
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=ingest.app), base_url="http://ingest"
+    ) as http:
+        refused = await http.post(
+            route("acme-cloud"), content=hostile, headers={"x-hub-signature-256": "sha256=00"}
+        )
+    raw_id = refused.json()["error"]["raw_id"]
+    shown = cli(isettings, "raw", "show", raw_id)
+    assert shown.returncode == 0, shown.stderr
+    assert "\x1b" not in shown.stdout and "\x07" not in shown.stdout
+    assert "\u202e" not in shown.stdout
+    assert "\\x1b[2J\\x1b]0;owned\\x07 \\u202e tail" in shown.stdout
+    body = cli(isettings, "raw", "show", raw_id, "--body")
+    assert body.stdout.encode() == hostile
+    doc = json.loads(cli(isettings, "raw", "show", raw_id, "--json").stdout)
+    assert doc["body_text"] == hostile.decode()
