@@ -43,6 +43,15 @@ def _domain(value: str | None) -> str | None:
     """An option callback: ``--domain ""`` is a usage error, not the default domain."""
     if value is not None and not value.strip():
         raise typer.BadParameter("name a domain (or leave --domain out for the first one)")
+    if value is not None:
+        # A misspelt domain is a usage error (exit 2, naming --domain) before anything
+        # connects, as a misspelt model is for `projector`: it was `refused`, exit 1.
+        from jetsource.cli.projector import _settings
+        from jetsource.projection.bootstrap import load_domains
+
+        known = [d.name for d in load_domains(_settings().projector.domains)]
+        if value not in known:
+            raise typer.BadParameter(f"unknown domain {value!r}; known: {', '.join(known)}")
     return value
 
 

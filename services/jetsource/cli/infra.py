@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +29,28 @@ app = typer.Typer(
 
 def _stack() -> LocalStack:
     return LocalStack(JetsourceSettings.load())
+
+
+HOME_SETTING = "JETSOURCE_DEVSTACK__HOME"
+
+
+@contextlib.contextmanager
+def _home_usable(stack: LocalStack) -> Iterator[None]:
+    """A data folder that cannot be written (read-only, a file on the way, a full
+    disk) is said as such, naming the folder and the setting that moves it: exit 1,
+    not ``INTERNAL: unexpected NotADirectoryError ... (a bug)``."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        output.fail(
+            output.REFUSED,
+            "refused",
+            f"the data folder {stack.home} cannot be used: {exc.strerror or exc} "
+            f"({exc.filename}); set {HOME_SETTING} to a folder this user can write",
+            field=HOME_SETTING,
+        )
 
 
 def _health(ok: bool) -> str:
@@ -105,7 +129,7 @@ def _say(text: str) -> None:
 
 def _start_servers(stack: LocalStack) -> list[ServerStatus]:
     try:
-        with output.stderr().status("starting what is down..."):
+        with _home_usable(stack), output.stderr().status("starting what is down..."):
             result = stack.up()
     except ServerError as exc:
         output.fail(output.REFUSED, "refused", f"failed to start: {exc}")
@@ -141,7 +165,8 @@ def down() -> None:
     from jetsource.devstack.services import LocalServices
 
     stack = _stack()
-    stopped = LocalServices(stack.home).down() + stack.down()
+    with _home_usable(stack):
+        stopped = LocalServices(stack.home).down() + stack.down()
     _say(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
 
 
@@ -158,7 +183,7 @@ def up_all(
     statuses = _start_servers(stack)
     _report(statuses)
     try:
-        with output.stderr().status("starting services..."):
+        with _home_usable(stack), output.stderr().status("starting services..."):
             services = LocalServices(stack.home).up()
     except ServerError as exc:
         output.fail(output.REFUSED, "refused", f"failed to start services: {exc}")

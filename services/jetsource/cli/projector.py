@@ -159,7 +159,12 @@ def _fail_for(exc: BaseException, settings: ProjectorSettings) -> NoReturn:
         output.fail(
             UNAVAILABLE,
             "unavailable",
-            f"{exc or type(exc).__name__}",
+            str(exc)
+            or (
+                f"NATS at {redact_url(settings.nats_url())} did not answer in time"
+                if isinstance(exc, TimeoutError)
+                else type(exc).__name__
+            ),
             hint=f"NATS: {redact_url(settings.nats_url())} (JETSOURCE_NATS__URL), Valkey: "
             "JETSOURCE_VALKEY__URL, graph: JETSOURCE_GRAPH__URI",
         )

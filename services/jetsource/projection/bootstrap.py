@@ -261,6 +261,10 @@ async def open_projection(
         store = JetStreamEventStore(nc, domain.registry, domain.eventstore(settings))
         if provision:
             await store.ensure_streams()
+        # Started as the first one is: its reply subscription answers the JetStream
+        # API calls the admin commands make through it (cutover, wait, reset and drop
+        # of a process or omni model timed out, waiting for replies nobody received).
+        await store.start()
         stores[domain.name] = store
     o = settings.projector
     dead_letters = DeadLetters(
