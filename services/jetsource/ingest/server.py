@@ -55,6 +55,28 @@ class _Server(uvicorn.Server):
         yield
 
 
+# Room left in an archive message for its subject and headers (Nats-Msg-Id).
+RAW_HEADROOM = 1024
+
+
+def raw_record_bytes(settings: IngestSettings, max_payload: int) -> int:
+    """The largest archive record the raw stream (its max_msg_size) and the NATS
+    server (its max_payload) take; a body whose record is larger is refused 413. Said
+    at start when max_body_bytes lets such bodies through."""
+    limit = min(settings.omni.raw_max_msg_size, max_payload or 1 << 62) - RAW_HEADROOM
+    if settings.ingest.max_body_bytes > limit:
+        log.warning(
+            "JETSOURCE_INGEST__MAX_BODY_BYTES (%d) is over what the raw archive takes "
+            "(%d: JETSOURCE_OMNI__RAW_MAX_MSG_SIZE %d, NATS max_payload %d): larger "
+            "bodies are refused 413",
+            settings.ingest.max_body_bytes,
+            limit,
+            settings.omni.raw_max_msg_size,
+            max_payload,
+        )
+    return limit
+
+
 @dataclass
 class Ingest:
     nc: NATS
@@ -121,7 +143,13 @@ async def build(settings: IngestSettings) -> Ingest:
         identities = IdentityService(nc, store, settings.omni)
         await identities.start()
         intake = Intake(
-            o.instances, store, raw, identities, o.max_body_bytes, o.keep_rejected_bytes
+            o.instances,
+            store,
+            raw,
+            identities,
+            o.max_body_bytes,
+            o.keep_rejected_bytes,
+            raw_record_bytes(settings, nc.max_payload),
         )
         redis = connect_valkey(settings)
         control = Control(nc, settings.projector.control_bucket, settings.eventstore.replicas)

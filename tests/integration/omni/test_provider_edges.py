@@ -216,3 +216,81 @@ async def test_a_conversation_or_handle_holding_a_slash_is_read_over_rest(
     # An empty conversation id is refused naming it, not a route that is not there.
     empty = await http.get("/api/v1/conversations/whatsapp/acme-cloud/")
     assert empty.status_code == 400 and empty.json()["error"]["field"] == "conversation_id"
+
+
+def _cloud_body(value: dict[str, Any]) -> bytes:
+    value = {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550783881", "phone_number_id": "106540352242922"},
+        **value,
+    }
+    change = {"field": "messages", "value": value}
+    entry = {"id": "102290129340398", "changes": [change]}
+    return json.dumps({"object": "whatsapp_business_account", "entry": [entry]}).encode()
+
+
+async def test_a_body_the_raw_archive_cannot_hold_is_413_and_archived_cut(
+    nats_server: Any, valkey_server: Any, unique: str
+) -> None:
+    """max_body_bytes over what the raw archive takes (its max_msg_size, NATS's
+    max_payload): such a body was a 500 (JetStream refused the record) or a 503 the
+    provider retried for ever, and was not archived. Now 413 naming body, archived cut
+    to keep_rejected_bytes, nothing else written; so is a batch whose record is too
+    large only with its event ids."""
+    s = omni_settings(
+        nats_server.url,
+        valkey_server.url,
+        unique,
+        max_body_bytes=1_000_000,
+        keep_rejected_bytes=1000,
+    )
+    s.omni.raw_max_msg_size = 200_000
+    service = await build(s)
+    try:
+        limit = 200_000 - 1024  # the stream's max_msg_size less room for the headers
+        transport = httpx.ASGITransport(app=service.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://i") as http:
+
+            async def send(body: bytes, signed: bool = True) -> httpx.Response:
+                secret = SECRETS["acme-cloud"] if signed else "not-the-secret"
+                return await http.post(
+                    CLOUD, content=body, headers={"x-hub-signature-256": sign(secret, body)}
+                )
+
+            text = {"type": "text", "timestamp": "1796048400", "from": "16505550001"}
+            big = _cloud_body(
+                {"messages": [{**text, "id": "wamid.BIG", "text": {"body": "x" * 300_000}}]}
+            )
+            statuses = [
+                {
+                    "id": f"wamid.S{i:06d}",
+                    "status": "delivered",
+                    "timestamp": "1796048400",
+                    "recipient_id": f"1650{i:07d}",
+                }
+                for i in range(1700)
+            ]
+            batch = _cloud_body({"statuses": statuses})
+            assert len(batch) < limit  # too large only with its 1,700 event ids
+            unknown = _cloud_body({"something_new": "y" * 300_000})
+            for body, signed, status in (
+                (big, True, 413),
+                (big, False, 401),
+                (batch, True, 413),
+                (unknown, True, 413),
+            ):
+                r = await send(body, signed)
+                assert r.status_code == status, (status, r.text[:300])
+                error = r.json()["error"]
+                assert error["field"] in ("body", "x-hub-signature-256")
+                record = await service.raw.get(error["raw_id"])
+                assert record is not None and record.http_status == status
+                assert record.body == body[:1000] and record.body_truncated
+                assert not record.event_ids
+            assert int((await service.store.stream_info())["state"]["messages"]) == 0
+            small = _cloud_body(
+                {"messages": [{**text, "id": "wamid.SMALL", "text": {"body": "hi"}}]}
+            )
+            assert (await send(small)).status_code == 200
+    finally:
+        await service.stop(0)

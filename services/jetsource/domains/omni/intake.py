@@ -147,6 +147,7 @@ class Intake:
         identities: IdentityService,
         max_body_bytes: int,
         keep_rejected_bytes: int = 64 * 1024,
+        raw_record_bytes: int | None = None,
     ) -> None:
         self.instances = instances
         self.store = store
@@ -154,6 +155,10 @@ class Intake:
         self.identities = identities
         self.max_body_bytes = max_body_bytes
         self.keep_rejected_bytes = keep_rejected_bytes
+        # The largest archive record the raw stream and NATS take (the stream's
+        # max_msg_size and the server's max_payload, less room for the message's
+        # headers); None: no bound known.
+        self.raw_record_bytes = raw_record_bytes
 
     def instance(self, provider: str, name: str) -> InstanceConfig | None:
         config = self.instances.get(name)
@@ -170,6 +175,8 @@ class Intake:
         except Rejected as rejected:
             return await self._reject(record, rejected)
         except Unrecognised as exc:
+            if (too_large := self._over_archive(record)) is not None:
+                return await self._reject(record, too_large)
             record.verdict = VERDICT_UNRECOGNISED
             record.http_status = 200
             record.reason = f"unrecognised: {exc.reason}"[:2000]
@@ -182,9 +189,12 @@ class Intake:
             # and the fault, logged with its traceback, answered without it.
             log.error("webhook %s: checking the body failed unexpectedly", raw_id, exc_info=exc)
             return await self._reject(record, _fault("checking the body", exc))
+        record.event_ids.extend(e.id for e in events)
+        if (too_large := self._over_archive(record)) is not None:
+            del record.event_ids[:]
+            return await self._reject(record, too_large)
         record.verdict = VERDICT_ACCEPTED
         record.http_status = 200
-        record.event_ids.extend(e.id for e in events)
         # The archive needs only the event ids: it is written while identities resolve.
         archived, resolved = await asyncio.gather(
             self._archive(record), self._resolve(events), return_exceptions=True
@@ -302,7 +312,9 @@ class Intake:
         detail = f" ({rejected.detail})" if rejected.detail else ""
         record.reason = f"{rejected.code}: {rejected.reason}{detail}"[:2000]
         record.field = rejected.field
-        if len(record.body) > self.keep_rejected_bytes and rejected.code == "body_too_large":
+        if len(record.body) > self.keep_rejected_bytes and (
+            rejected.code == "body_too_large" or self._over_archive(record) is not None
+        ):
             record.body = record.body[: self.keep_rejected_bytes]
             record.body_truncated = True
         if (failed := await self._archive(record)) is not None:
@@ -311,6 +323,24 @@ class Intake:
         if rejected.field:
             error["field"] = rejected.field
         return Answer(rejected.status, {"error": error})
+
+    def _over_archive(self, record: RawPayload) -> Rejected | None:
+        """413 when the record (the body whole, its headers and event ids) is larger
+        than the raw archive takes: a body under max_body_bytes but over the stream's
+        max_msg_size was a 500 (JetStream refused the record), one over NATS's
+        max_payload a 503 the provider retried for ever; neither was archived."""
+        limit = self.raw_record_bytes
+        if limit is None or (size := record.ByteSize()) <= limit:
+            return None
+        return Rejected(
+            413,
+            "body_too_large",
+            f"body of {len(record.body)} bytes makes an archive record of {size} bytes "
+            f"(with its headers and {len(record.event_ids)} event ids); the raw archive "
+            f"takes at most {limit} (raise JETSOURCE_OMNI__RAW_MAX_MSG_SIZE and NATS's "
+            "max_payload, or lower JETSOURCE_INGEST__MAX_BODY_BYTES)",
+            "body",
+        )
 
     async def _archive(self, record: RawPayload, revision: int = 0) -> Answer | None:
         try:
