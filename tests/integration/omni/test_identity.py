@@ -125,6 +125,36 @@ async def test_bad_identity_input_is_refused_and_changes_nothing(ingest: Ingest)
     assert after == before + 2  # only the valid resolve wrote (created + linked)
 
 
+async def test_a_link_of_a_handle_no_webhook_carries_is_refused(ingest: Ingest) -> None:
+    """A link of a provider the ingress does not serve ("telegram", "WhatsApp"), of a
+    WhatsApp number written with "+", with spaces at its ends or control characters was
+    recorded, and matched no webhook ever (and the reads refuse such a provider):
+    refused naming the field, nothing written."""
+    ids = ingest.identities
+    person = await ids.create("someone", actor="test")
+    before = (await ingest.store.stream_info())["state"]["messages"]
+    for provider, handle, field in (
+        ("telegram", "123", "provider"),
+        ("WhatsApp", "16505550001", "provider"),
+        ("", "16505550001", "provider"),
+        ("whatsapp", "+16505550001", "external_id"),
+        ("whatsapp", " 16505550001", "external_id"),
+        ("discord", "80351110224678912\n", "external_id"),
+        ("discord", "8035\x1b[2J", "external_id"),
+        ("discord", "8035\u202e", "external_id"),
+    ):
+        with pytest.raises(ValidationError) as refused:
+            await ids.link(person, provider, handle, actor="test")
+        assert refused.value.field == field, (provider, handle, refused.value)
+    with pytest.raises(ValidationError) as unknown:
+        await ids.resolve("telegram", "123", "acme")
+    assert unknown.value.field == "provider"
+    assert (await ingest.store.stream_info())["state"]["messages"] == before
+    # What a webhook carries is linked as before.
+    for provider, handle in (("whatsapp", "16505550001"), ("discord", "80351110224678912")):
+        assert await ids.link(person, provider, handle, actor="test") == ""
+
+
 async def test_a_merged_identity_takes_no_handle(ingest: Ingest) -> None:
     """Linking a handle to an identity merged into another was accepted: the handle then
     resolved to the merged identity, which its survivor neither lists nor moves in a

@@ -66,6 +66,7 @@ from jetsource.core.aio import honour_cancel, stop_task
 from jetsource.core.envelope import NO_STREAM, NewEvent, RecordedEvent
 from jetsource.core.errors import ConcurrencyError, ValidationError
 from jetsource.core.ids import uuid7
+from jetsource.core.printable import UNSAFE
 from jetsource.domains.omni.events import (
     EXTERNAL_ID_LINKED,
     IDENTITIES_MERGED,
@@ -125,14 +126,42 @@ class Resolved:
     created: bool  # this call wrote its first-contact events
 
 
+# The providers whose webhooks the ingress serves: the only ones a handle can name (a
+# link of "telegram:1" or "WhatsApp:1" was recorded, and no webhook or read reaches it).
+PROVIDERS = ("whatsapp", "discord")
+
+
 def check_handle(provider: str, external_id: str) -> None:
-    if not provider or not provider.isidentifier():
-        raise ValidationError(f"provider {provider[:40]!r} must be a plain name", field="provider")
+    if provider not in PROVIDERS:
+        raise ValidationError(
+            f"provider {provider[:40]!r} is not a provider (one of {', '.join(PROVIDERS)})",
+            field="provider",
+        )
     if not external_id or len(external_id) > MAX_EXTERNAL_ID:
         raise ValidationError(
             f"external id must be 1..{MAX_EXTERNAL_ID} characters", field="external_id"
         )
     _check_encodable(external_id, "external_id")
+
+
+def check_linked_handle(provider: str, external_id: str) -> None:
+    """An operator's handle for a link: a handle a webhook can carry. Refused naming
+    ``external_id``: spaces at its ends, control characters, and a WhatsApp number
+    written with ``+`` (handles are the number's digits, as the Cloud API's ``wa_id``):
+    such a link was recorded and matched no webhook, ever."""
+    check_handle(provider, external_id)
+    if external_id != external_id.strip():
+        raise ValidationError("external_id has spaces at its start or end", field="external_id")
+    if UNSAFE.search(external_id):
+        raise ValidationError(
+            "external_id holds control characters or bidi marks", field="external_id"
+        )
+    if provider == "whatsapp" and external_id.startswith("+"):
+        raise ValidationError(
+            f"a WhatsApp handle is the number's digits without '+' (as the Cloud API's "
+            f"wa_id): {external_id[1:40]}",
+            field="external_id",
+        )
 
 
 # The header of a handle's bucket entry carrying the stream sequence of its assignment.
@@ -662,7 +691,7 @@ class IdentityService:
         it would resolve to the merged identity, which no longer lists or moves with
         its survivor's handles. A link the bucket missed (its writer stopped after the
         append) is finished, not written again."""
-        check_handle(provider, external_id)
+        check_linked_handle(provider, external_id)
         check_text(actor, "actor", MAX_ACTOR)
         if actor == FIRST_CONTACT:
             raise ValidationError(
