@@ -17,8 +17,10 @@ from jetsource._gen.context.v1 import commands_pb2_grpc as c_grpc
 from jetsource._gen.context.v1 import events_pb2 as ev
 from jetsource._gen.context.v1 import query_pb2 as q
 from jetsource._gen.context.v1 import query_pb2_grpc as q_grpc
-from jetsource.client import error_details
+from jetsource.client import QueryClient, error_details
 from jetsource.core.envelope import NewEvent
+from jetsource.query.server import build as build_query
+from jetsource.query.settings import QuerySettings
 from tests.e2e.test_query import Stack, stack  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.e2e
@@ -222,3 +224,47 @@ async def test_a_watch_meeting_a_refused_event_ends_with_data_loss_naming_it(
         details = error_details(refused)
         assert details.reason == "CORRUPT_EVENT"
         assert details.metadata["stream_sequence"] == str(bad_seq)
+
+
+async def test_a_decision_graph_past_the_message_limit_is_refused_saying_how_to_narrow_it(
+    stack: Stack,  # noqa: F811
+) -> None:
+    """A graph answer repeats what a story's view holds once (each HAS_SUBTASK edge
+    names the story): 30,000 subtasks of a story with a 128-character id are a 409 kB
+    view, a fifth of the publisher's cap, and a 5 MB graph, which gRPC refused after
+    the handler with RESOURCE_EXHAUSTED (clients retry it). Now the answer's size is
+    checked first: FAILED_PRECONDITION, reason CONTEXT_TOO_LARGE, saying to ask for
+    fewer hops or a root. Shown on a query service with an 8 KiB message limit."""
+    settings = stack.query.projection.settings
+    assert isinstance(settings, QuerySettings)
+    small = settings.model_copy(
+        update={
+            "grpc": settings.grpc.model_copy(update={"max_message_bytes": 8 * 1024}),
+            "query": settings.query.model_copy(update={"grpc_port": 0, "metrics_port": 0}),
+        }
+    )
+    query = await build_query(small)
+    cid = "probe-" + "g" * 58
+    try:
+        await stack.commands.create_context(cid, "story")
+        last = None
+        for i in range(150):
+            last = await stack.commands.add_subtask(cid, f"t{i}", "x")
+        assert last is not None
+        await stack.commands.link_dependency(cid, "t1", "t0")
+        await _graph(stack, cid, last.version + 1, depth=1)  # projected
+        async with QueryClient(f"127.0.0.1:{query.port}", timeout=10) as reads:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await reads.graph(cid, depth=1)
+            assert refused.value.code() == Code.FAILED_PRECONDITION, refused.value.details()
+            said = refused.value.details() or ""
+            assert "depth" in said and "root_id" in said and "message limit" in said
+            details = error_details(refused.value)
+            assert details.reason == "CONTEXT_TOO_LARGE"
+            assert details.metadata["max_message_bytes"] == str(8 * 1024)
+            assert int(details.metadata["graph_bytes"]) > 8 * 1024
+            # Narrowed, it answers.
+            around = await reads.graph(cid, depth=1, root_id="t1")
+            assert {n.id for n in around.nodes} == {"t1", "t0", cid}
+    finally:
+        await query.stop(0)

@@ -820,7 +820,26 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
                     f"{root!r} of context {cid!r} is not in the graph model yet; try again shortly",
                 )
             edges = (await graph.neighbourhood(cid)).get("edges", [])
-            return _subgraph(cid, nodes, edges, root, depth)
+            answer = _subgraph(cid, nodes, edges, root, depth)
+            # A graph answer repeats ids a view holds once (every HAS_* edge names the
+            # story): a story well within the publisher's cap can have one past the
+            # message limit, which gRPC answered RESOURCE_EXHAUSTED ("retry").
+            size = answer.ByteSize()
+            if size > self.max_message_bytes:
+                raise QueryError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"context {cid!r}: its decision graph within {depth} hops of "
+                    f"{root!r} is {size:,} bytes encoded, past the "
+                    f"{self.max_message_bytes:,}-byte message limit "
+                    "(grpc.max_message_bytes): ask for fewer hops (depth) or start "
+                    "from one decision or subtask (root_id)",
+                    reason="CONTEXT_TOO_LARGE",
+                    metadata={
+                        "graph_bytes": str(size),
+                        "max_message_bytes": str(self.max_message_bytes),
+                    },
+                )
+            return answer
 
         return await self._run("GetDecisionGraph", context, work)
 
