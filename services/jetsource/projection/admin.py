@@ -854,21 +854,33 @@ async def _build_parallel(
     children = await pb.start_children(p, name, version, count, workers)
     outputs: list[tuple[int, bytes, bytes]] = []
     waits = [asyncio.create_task(c.process.communicate()) for c in children]
+    # Kept in the control entry as a one-worker build keeps it: `status` showed a
+    # parallel build as `building`, checkpoint 0, no progress, until it went live.
+    meter = Meter()
+    saved = -float("inf")
     try:
         while not all(w.done() for w in waits):
             total = await _stream_last_seq(p, name)
             left = await _retry(lambda: pb.pending(p, name, version, count), "progress")
-            progress(max(total - left, 0), total)
+            meter.update(max(total - left, 0), total)
+            progress(meter.done, total)
+            if time.monotonic() - saved >= PROGRESS_SAVE_S:
+                saved = time.monotonic()
+                await _save_progress(p, name, version, meter)
             await asyncio.wait(waits, timeout=0.5)
             _still_building(name, version, await _control(p, name), lease)
         for c, w in zip(children, waits, strict=True):
             out, err = w.result()
             outputs.append((c.process.returncode or 0, out, err))
     finally:
+        stopped = False
         for c in children:
             if c.process.returncode is None:
                 c.process.kill()
+                stopped = True
         await asyncio.gather(*waits, return_exceptions=True)
+        if stopped:
+            await _keep_progress(p, name, version, meter)
     for _, out, _ in outputs:
         log.info("%s v%d: build worker %s", name, version, out.decode().strip()[-300:])
     failed = [err.decode(errors="replace")[-2000:] for rc, _, err in outputs if rc != 0]
@@ -895,17 +907,29 @@ async def _build_parallel(
 
 async def _save_progress(p: Projection, name: str, version: int, meter: Meter | None) -> None:
     """The build progress of ``version`` in the control entry (None: remove it); a
-    failure is logged, never fatal to the build."""
+    failure is logged, never fatal to the build. Only while the version is being built
+    (a drop that took it has removed its progress: nothing is written back)."""
 
     def put(c: ModelControl) -> None:
         if meter is None:
             c.progress.pop(version, None)
-        else:
+        elif c.versions.get(version) == BUILDING:
             c.progress[version] = {**meter.snapshot(), "updated_at": _stamp()}
 
     try:
         await _save(p, name, put)
     except Exception as exc:
+        log.warning("%s v%d: progress not saved: %r", name, version, exc)
+
+
+async def _keep_progress(p: Projection, name: str, version: int, meter: Meter) -> None:
+    """Where a build that stops midway (Ctrl-C, a failure, a drop) got to, for `status`:
+    the last saved progress could be up to PROGRESS_SAVE_S old (0% for a build stopped
+    within its first seconds, though thousands of events were applied). Bounded: the
+    stop must not hang on a NATS that went away."""
+    try:
+        await asyncio.wait_for(_save_progress(p, name, version, meter), 3.0)
+    except (Exception, asyncio.CancelledError) as exc:
         log.warning("%s v%d: progress not saved: %r", name, version, exc)
 
 
@@ -985,6 +1009,9 @@ async def _build(
         if not task.done():
             worker.stop()
             await asyncio.wait([task], timeout=p.settings.projector.shutdown_grace_s)
+            if meter.total:
+                meter.update(min(max(worker.stats.last_seq, meter.done), meter.total), meter.total)
+            await _keep_progress(p, name, version, meter)
     total = await _stream_last_seq(p, name)
     progress(total, total)
 

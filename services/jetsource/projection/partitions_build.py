@@ -98,16 +98,21 @@ async def start_children(
 
 
 async def pending(p: Projection, name: str, version: int, count: int) -> int:
-    """Events of the version's partitions not yet applied (delivered or not)."""
+    """Events of the version's partitions not yet applied (delivered or not). A
+    partition whose worker has not made its consumer yet has applied nothing: all of
+    its messages are pending (they counted as none, so a parallel build began at 100%
+    and its progress went backwards, with a negative rate)."""
     store = p.store_for(name)
     durable = p.spec(name, version).durable
+    t = store.settings.request_timeout_s
     left = 0
     for part in partitions_of(p, name, count):
-        info = await jsapi.consumer_info(
-            store._replies, part.stream, part.durable(durable), store.settings.request_timeout_s
-        )
+        info = await jsapi.consumer_info(store._replies, part.stream, part.durable(durable), t)
         if info is not None:
             left += int(info["num_pending"]) + int(info["num_ack_pending"])
+        else:
+            stream = await jsapi.api(store._replies, f"STREAM.INFO.{part.stream}", {}, t)
+            left += int(stream["state"]["messages"])
     return left
 
 
