@@ -117,6 +117,15 @@ async def test_identity_link_and_merge_from_the_command_line(
     assert unknown.returncode == 1 and "identity_id" in unknown.stderr
     found = cli(isettings, "identity", "resolve", "whatsapp", "16505551234", "--json")
     assert json.loads(found.stdout)["identity_id"] == person["identity_id"]
+    # An identity never recorded is not found (exit 1), not one with no handle (it
+    # answered an empty list, exit 0); one with none answers its empty list.
+    nobody = cli(isettings, "identity", "handles", "idn-nobody", "--json")
+    assert nobody.returncode == 1, nobody.stdout
+    error = json.loads(nobody.stderr)["error"]
+    assert (error["code"], error["field"]) == ("NOT_FOUND", "identity_id")
+    empty = json.loads(cli(isettings, "identity", "create", "--json").stdout)["identity_id"]
+    listed = cli(isettings, "identity", "handles", empty, "--json")
+    assert listed.returncode == 0 and json.loads(listed.stdout)["handles"] == []
 
 
 async def eventually(ids: Any, provider: str, external_id: str, want: str) -> None:

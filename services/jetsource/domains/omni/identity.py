@@ -749,8 +749,13 @@ class IdentityService:
             raise ValidationError(
                 f"identity_id {identity_id[:80]!r} is not an identity id", field="identity_id"
             )
+        records = await self._store.read_aggregate(identity_id)
+        if not records:
+            # None recorded: not an identity with no handle ('jetsource omni identity
+            # handles idn-nope' answered an empty list, exit 0).
+            raise IdentityNotFoundError(f"no identity {identity_id!r}", field="identity_id")
         linked: dict[tuple[str, str], int] = {}
-        for record in await self._store.read_aggregate(identity_id):
+        for record in records:
             for p, x, _ in assignments(record):
                 linked[(p, x)] = max(linked.get((p, x), -1), assignment_order(record))
         out = []
