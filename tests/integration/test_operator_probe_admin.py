@@ -143,3 +143,60 @@ def test_a_data_folder_that_cannot_be_written_is_named_not_an_internal_error(
             error = json.loads(done.stderr.strip().splitlines()[-1])["error"]
             assert (error["code"], error["field"]) == ("refused", "JETSOURCE_DEVSTACK__HOME")
     assert not os.path.isdir(home)
+
+
+@pytest.fixture(scope="module")
+def guarded_nats(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A nats-server that takes one user and password."""
+    from jetsource.devstack.servers import NatsServer
+
+    server = NatsServer(
+        tmp_path_factory.mktemp("guarded") / "nats",
+        port=free_port(),
+        monitor_port=free_port(),
+        extra_config='authorization { user: admin, password: "s3cret" }',
+    )
+    proc = server.start()
+    try:
+        server.wait_ready(proc, 60)
+        yield server
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+REFUSED_CREDENTIALS = [
+    (("projector", "status", "--json"), "access denied"),
+    (("archive", "list", "--json"), "access denied"),
+    (("streams", "ensure", "--json"), "access denied"),
+    (("streams", "backup", "{tmp}/backup", "--json"), "access denied"),
+    (("-o", "json", "sessions", "list"), "UNAUTHENTICATED"),
+    (("omni", "identity", "resolve", "whatsapp", "1", "--json"), "UNAUTHENTICATED"),
+]
+
+
+@pytest.mark.parametrize(("args", "code"), REFUSED_CREDENTIALS)
+@pytest.mark.parametrize("password", [None, "wrong"])
+def test_refused_nats_credentials_are_access_denied_naming_the_settings(
+    guarded_nats: Any, tmp_path: Path, args: tuple[str, ...], code: str, password: str | None
+) -> None:
+    """Each group said it differently: `streams ensure` printed a repr, `archive` and
+    `streams backup` called it refused, `sessions` INTERNAL (a bug), `omni`
+    INVALID_ARGUMENT; none said which settings to check."""
+    env = clean_environ() | {
+        "JETSOURCE_NATS__URL": f"nats://127.0.0.1:{guarded_nats.port}",
+        "JETSOURCE_ARCHIVE__URL": str(tmp_path / "archive"),
+    }
+    if password is not None:
+        env |= {"JETSOURCE_NATS__USER": "admin", "JETSOURCE_NATS__PASSWORD": password}
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    done = jetsource(env, *argv, timeout=60)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stdout == ""
+    error = json.loads(done.stderr.strip().splitlines()[-1])["error"]
+    assert error["code"] == code, error
+    assert "refused this client" in error["message"]
+    assert "JETSOURCE_NATS__USER" in error["message"]
+    assert "JETSOURCE_NATS__CREDS_FILE" in error["message"]
+    assert "AccessDeniedError" not in error["message"]
+    assert "wrong" not in error["message"]  # no secret is echoed

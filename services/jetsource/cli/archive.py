@@ -87,7 +87,7 @@ def _run(
         wait_for_nats,
         within,
     )
-    from jetsource.core.errors import JetsourceError, StreamMissingError
+    from jetsource.core.errors import AccessDeniedError, JetsourceError, StreamMissingError
     from jetsource.eventstore import jsapi
     from jetsource.eventstore.bootstrap import redact_url
     from jetsource.projection.bootstrap import open_projection
@@ -134,6 +134,8 @@ def _run(
             "interrupted",
             "stopped midway: every segment sealed so far is whole (run it again to go on)",
         )
+    except AccessDeniedError as exc:  # as every admin group says it
+        output.fail(REFUSED, "access denied", str(exc))
     except (StreamMissingError, jsapi.NoRespondersError) as exc:  # as in every group: exit 1
         output.missing("refused", output.stream_named(str(exc)) or str(exc))
     except (JetsourceError, jsapi.JsApiError, nats_errors.Error, OSError, ValueError) as exc:

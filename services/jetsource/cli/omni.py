@@ -22,7 +22,12 @@ import typer
 
 from jetsource.cli import output
 from jetsource.core import aio
-from jetsource.core.errors import EventStoreUnavailableError, JetsourceError, StreamMissingError
+from jetsource.core.errors import (
+    AccessDeniedError,
+    EventStoreUnavailableError,
+    JetsourceError,
+    StreamMissingError,
+)
 
 # The omni domain (and with it every domain) and NATS are imported by the commands.
 if TYPE_CHECKING:
@@ -88,6 +93,8 @@ def _run(work: Callable[[IngestSettings, Any], Awaitable[T]], as_json: bool = Fa
     except (EventStoreUnavailableError, TimeoutError, OSError) as exc:
         reason = str(exc) or f"NATS at {redact_url(settings.nats_url())} did not answer"
         _fail(as_json, EXIT_UNAVAILABLE, "UNAVAILABLE", reason, hint="JETSOURCE_NATS__URL")
+    except AccessDeniedError as exc:  # NATS refused the credentials (was INVALID_ARGUMENT)
+        _fail(as_json, EXIT_REFUSED, "UNAUTHENTICATED", str(exc))
     except (JetsourceError, ValueError) as exc:
         field = getattr(exc, "field", None)
         status = "NOT_FOUND" if isinstance(exc, IdentityNotFoundError) else "INVALID_ARGUMENT"

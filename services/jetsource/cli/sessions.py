@@ -72,6 +72,7 @@ def _run(work: Callable[[SessionsClient], Coroutine[Any, Any, T]]) -> T:
     import grpc
 
     from jetsource.core.errors import (
+        AccessDeniedError,
         CorruptEventError,
         EventStoreUnavailableError,
         StreamMissingError,
@@ -107,6 +108,8 @@ def _run(work: Callable[[SessionsClient], Coroutine[Any, Any, T]]) -> T:
         return aio.run(main())
     except SessionNotFoundError as exc:
         out.fail(out.REFUSED, "NOT_FOUND", str(exc).strip("'\""))
+    except AccessDeniedError as exc:  # NATS refused the credentials: was INTERNAL, "a bug"
+        out.fail(out.REFUSED, "UNAUTHENTICATED", str(exc))
     except ValidationError as exc:
         # A malformed session id (or other input the domain refuses): one line.
         field = exc.field or None

@@ -107,6 +107,7 @@ def ensure(
 
     from jetsource.cli.projector import env_seconds
     from jetsource.cli.stream_admin import _note, ensure_all
+    from jetsource.core.errors import AccessDeniedError
     from jetsource.eventstore.bootstrap import redact_url
     from jetsource.projection.settings import ProjectorSettings
 
@@ -140,6 +141,8 @@ def ensure(
             f"NATS at {redact_url(settings.nats_url())} did not answer within {timeout:g} s{last}"
         )
         output.fail(UNAVAILABLE, "unavailable", message)
+    except AccessDeniedError as exc:  # as every admin group says it (it was a repr)
+        output.fail(REFUSED, "access denied", str(exc))
     except _refusals(OSError) as exc:
         output.fail(REFUSED, "refused", repr(exc))
     if json_out:
@@ -230,6 +233,7 @@ def _run(
     work ran out of time (each said as such), 1 when it was refused, 130 on Ctrl-C
     (``interrupted()`` says what was left)."""
     from jetsource.cli.stream_admin import OptionError
+    from jetsource.core.errors import AccessDeniedError
     from jetsource.eventstore.bootstrap import redact_url
 
     connect_s = min(timeout, connect_timeout_s())
@@ -263,6 +267,8 @@ def _run(
         output.fail(INTERRUPTED, "interrupted", said)
     except OptionError as exc:
         output.fail(REFUSED, "refused", str(exc), field=exc.field)
+    except AccessDeniedError as exc:
+        output.fail(REFUSED, "access denied", str(exc))
     except _refusals(OSError, ValueError) as exc:
         output.fail(REFUSED, "refused", str(exc))
 

@@ -87,8 +87,25 @@ async def connect(settings: JetsourceSettings) -> NATS:
     await _abandon(nc, connecting)
     reason = refused.result()
     raise AccessDeniedError(
-        f"NATS at {redact_url(settings.nats_url())} refused this client: {reason}"
+        f"NATS at {redact_url(settings.nats_url())} refused this client: {reason}; "
+        f"check {refusal_settings(reason)}"
     ) from reason
+
+
+def refusal_settings(reason: BaseException) -> str:
+    """The settings that decide what NATS refused: the TLS files for a certificate or
+    handshake refusal, else the credentials (an operator saw only 'Authorization
+    Violation', without what to change)."""
+    text = str(reason).lower()
+    if isinstance(reason, ssl.SSLError) or "certificate" in text or "tls" in text:
+        return (
+            "JETSOURCE_NATS__TLS__CA_FILE, JETSOURCE_NATS__TLS__CERT_FILE and "
+            "JETSOURCE_NATS__TLS__KEY_FILE"
+        )
+    return (
+        "JETSOURCE_NATS__USER and JETSOURCE_NATS__PASSWORD, JETSOURCE_NATS__TOKEN, "
+        "JETSOURCE_NATS__CREDS_FILE or JETSOURCE_NATS__NKEY_SEED_FILE"
+    )
 
 
 async def _abandon(nc: NATS, connecting: asyncio.Future[Any]) -> None:
