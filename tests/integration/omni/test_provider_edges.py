@@ -85,6 +85,14 @@ async def test_a_signature_header_sent_twice_is_refused_and_archived_whole(
         assert record is not None
         # Both values kept in the archive (a dict of the pairs kept the last one).
         assert record.headers["x-hub-signature-256"] == ", ".join(pair)
+    # Credentials a proxy passed on are not archived in the clear.
+    r = await http.post(
+        CLOUD,
+        content=body,
+        headers={"proxy-authorization": "Basic dXNlcjpwYXNz", "x-hub-signature-256": bad},
+    )
+    record = await ingest.raw.get(r.json()["error"]["raw_id"])
+    assert record is not None and record.headers["proxy-authorization"] == "[redacted]"
     # Nothing was stored by any of them.
     assert int((await ingest.store.stream_info())["state"]["messages"]) == 0
     forwarded = (HERE / "discord/text.json").read_bytes()

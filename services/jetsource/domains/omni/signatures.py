@@ -16,7 +16,11 @@ SIGNATURE_HEADERS = {
     "forwarder": "x-jetsource-signature",
 }
 # Header values never archived as they came (they are the secret itself).
-SECRET_HEADERS = frozenset({"apikey", "authorization", "cookie", "x-api-key"})
+# Proxy-Authorization carries a client's credentials to a proxy (RFC 9110 11.7.2): one
+# that passes it on had it archived in the clear.
+SECRET_HEADERS = frozenset(
+    {"apikey", "authorization", "proxy-authorization", "cookie", "x-api-key"}
+)
 
 
 def sign(secret: str, body: bytes) -> str:
