@@ -4,7 +4,10 @@ coroutine on uvloop (the loop's own work per request, wakeups from gRPC's poller
 thread and NATS, timers, task steps, costs less than asyncio's: about a fifth of the
 publisher's instructions per command); a server that refuses the service's
 credentials, or an address it cannot listen on, ends it with one clear line and exit
-code 2 (restarting cannot help), never a retry loop or a traceback."""
+code 2 (restarting cannot help), never a retry loop or a traceback. So does a setting
+that does not validate or a file setting naming no readable file
+(:func:`load_settings`); a ``JETSOURCE_*`` variable that sets nothing (a misspelt
+name) is logged as a warning with the closest real name."""
 
 from __future__ import annotations
 
@@ -16,14 +19,58 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn, TypeVar
 
+import pydantic
+
 from jetsource.core import telemetry
 from jetsource.core.aio import stop_others
 from jetsource.core.errors import AccessDeniedError, ListenError
 from jetsource.core.logging import setup_logging
-from jetsource.core.settings import JetsourceSettings
+from jetsource.core.settings import (
+    JetsourceSettings,
+    missing_files,
+    settings_error,
+    unknown_variables,
+)
 
 S = TypeVar("S", bound=JetsourceSettings)
 EXIT_ACCESS_DENIED = 2  # also: cannot listen where configured (ListenError)
+EXIT_BAD_SETTING = 2  # a setting that does not validate, a file setting that names none
+
+
+def load_settings(name: str, settings_class: type[S]) -> S:
+    """``settings_class.load()`` for the service ``name``, with its logging set up. A
+    setting that does not validate, or a ``..._FILE`` setting that names no readable
+    file, ends the process at once with exit 2 and one line naming the variable(s):
+    ``publisher cannot start: bad setting: JETSOURCE_PUBLISHER__GRPC_PORT='abc': ...``
+    (it used to be a pydantic traceback, or for a missing TLS file a traceback from the
+    first connection). Variables that set nothing are warned about, one line each."""
+    try:
+        settings = settings_class.load()
+    except pydantic.ValidationError as exc:
+        setup_logging(name, "INFO", json=_json_logs())
+        _exit(EXIT_BAD_SETTING, f"{name} cannot start: {settings_error(exc, settings_class)}", name)
+    setup_logging(
+        name,
+        settings.log_level,
+        json=settings.log_json,
+        repeat_window_s=settings.log_repeat_window_s,
+    )
+    problems = missing_files(settings)
+    if problems:
+        _exit(EXIT_BAD_SETTING, f"{name} cannot start: bad setting: {'; '.join(problems)}", name)
+    log = logging.getLogger(f"jetsource.{name}")
+    for line in unknown_variables(settings_class, os.environ):
+        log.warning("%s", line)
+    return settings
+
+
+def _json_logs() -> bool | None:
+    """JETSOURCE_LOG_JSON as the settings would read it, for the line that says the
+    settings did not validate (None: the default, or a value that does not parse)."""
+    text = os.environ.get("JETSOURCE_LOG_JSON", "").strip().lower()
+    return {"1": True, "true": True, "yes": True, "on": True}.get(
+        text, False if text in ("0", "false", "no", "off") else None
+    )
 
 
 def use_uvloop() -> None:

@@ -9,19 +9,116 @@ mounts a Secret. Each service subclasses :class:`JetsourceSettings`.
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
+import re
+import types
+import typing
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Self
+from typing import Annotated, Any, Self
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+import pydantic
+from pydantic import AfterValidator, BaseModel, Field, SecretStr, model_validator
+from pydantic_core import InitErrorDetails
 from pydantic_settings import (
     BaseSettings,
     NestedSecretsSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 DEFAULT_SECRETS_DIR = Path("/run/secrets/jetsource")
+
+# A TCP port a setting names: 0 (where a setting documents it: an ephemeral port, or
+# off) up to 65535. A larger one used to pass the settings and fail at bind time, or
+# never (a disabled-looking metrics port), with no word of which variable was wrong.
+MAX_PORT = 65535
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _split_urls(value: str) -> list[str]:
+    urls = [u.strip() for u in value.split(",")]
+    if not all(urls):
+        raise ValueError("an empty URL in the list (a comma-separated list of server URLs)")
+    return urls
+
+
+def _host_and_port(url: str, default_scheme: str | None = None) -> None:
+    """Refuse a URL without a host or with a port that is not 1..65535."""
+    parts = urlsplit(url if "://" in url or default_scheme is None else f"{default_scheme}://{url}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{_redacted(url)!r}: the port is not a number in 1-{MAX_PORT}") from None
+    if port == 0:
+        raise ValueError(f"{_redacted(url)!r}: port 0")
+    if not parts.hostname:
+        raise ValueError(f"{_redacted(url)!r}: no host")
+
+
+def _redacted(url: str) -> str:
+    return re.sub(r"//[^/@]*@", "//***@", url)
+
+
+def _scheme(url: str, allowed: tuple[str, ...]) -> str:
+    scheme = url.split("://", 1)[0].lower()
+    if scheme not in allowed:
+        raise ValueError(
+            f"{_redacted(url)!r}: the scheme must be one of {', '.join(s + '://' for s in allowed)}"
+        )
+    return scheme
+
+
+def check_nats_url(value: str | None) -> str | None:
+    """``nats://``, ``tls://``, ``ws://`` or ``wss://`` URLs (or ``host:port``), comma
+    separated, not mixing websocket and plain ones (the client refuses that too)."""
+    if value is None:
+        return None
+    kinds = set()
+    for url in _split_urls(value):
+        scheme = _scheme(url, ("nats", "tls", "ws", "wss")) if "://" in url else "nats"
+        kinds.add(scheme in ("ws", "wss"))
+        _host_and_port(url, "nats")
+    if len(kinds) > 1:
+        raise ValueError("websocket (ws://, wss://) and plain (nats://, tls://) URLs mixed")
+    return value
+
+
+def check_valkey_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    scheme = _scheme(value, ("redis", "rediss", "valkey", "valkeys", "unix"))
+    if scheme != "unix":
+        _host_and_port(value)
+        db = urlsplit(value).path.strip("/")
+        if db and not db.isdigit():
+            raise ValueError(f"{_redacted(value)!r}: the database {db!r} is not a number")
+    return value
+
+
+def check_graph_uri(value: str | None) -> str | None:
+    if value is None:
+        return None
+    _scheme(value, ("bolt", "bolt+s", "bolt+ssc", "neo4j", "neo4j+s", "neo4j+ssc"))
+    _host_and_port(value)
+    return value
+
+
+def check_log_level(value: str) -> str:
+    level = value.strip().upper()
+    level = {"WARN": "WARNING", "FATAL": "CRITICAL"}.get(level, level)
+    if level not in LOG_LEVELS:
+        raise ValueError(f"{value!r} is not a level: one of {', '.join(LOG_LEVELS).lower()}")
+    return level
+
+
+NatsUrl = Annotated[str | None, AfterValidator(check_nats_url)]
+ValkeyUrl = Annotated[str | None, AfterValidator(check_valkey_url)]
+GraphUri = Annotated[str | None, AfterValidator(check_graph_uri)]
 
 
 class TlsSettings(BaseModel):
@@ -65,7 +162,7 @@ class GrpcServerSettings(BaseModel):
     auth_tokens: list[SecretStr] = Field(default_factory=list)
     max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_inflight_per_client: int = Field(default=64, ge=1)
-    health_port: int = Field(default=0, ge=0)
+    health_port: int = Field(default=0, ge=0, le=MAX_PORT)
 
 
 class GrpcClientSettings(BaseModel):
@@ -87,16 +184,18 @@ class GrpcClientSettings(BaseModel):
 
 
 class NatsSettings(BaseModel):
-    """NATS connection. ``url`` unset means the local devstack server."""
+    """NATS connection. ``url`` unset means the local devstack server; else one URL or
+    a comma-separated list of a cluster's (``nats://``, ``tls://``, ``ws://``,
+    ``wss://``, or ``host:port``), credentials in it allowed (never logged)."""
 
-    url: str | None = None
+    url: NatsUrl = None
     user: str | None = None
     password: SecretStr | None = None
     token: SecretStr | None = None
     creds_file: Path | None = None
     nkey_seed_file: Path | None = None
     tls: TlsSettings = TlsSettings()
-    connect_timeout_s: float = 5.0
+    connect_timeout_s: float = Field(default=5.0, gt=0)
     name: str | None = None
     # The client PINGs the server this often and gives the connection up (reconnects)
     # after this many unanswered: a hung or half-open server is noticed within about
@@ -109,11 +208,11 @@ class NatsSettings(BaseModel):
 class ValkeySettings(BaseModel):
     """Valkey connection. ``url`` unset means the local devstack server."""
 
-    url: str | None = None
+    url: ValkeyUrl = None
     username: str | None = None
     password: SecretStr | None = None
     tls: TlsSettings = TlsSettings()
-    socket_timeout_s: float = 5.0
+    socket_timeout_s: float = Field(default=5.0, gt=0)
 
 
 class GraphSettings(BaseModel):
@@ -122,12 +221,12 @@ class GraphSettings(BaseModel):
     ``uri`` unset means the local devstack server.
     """
 
-    uri: str | None = None
+    uri: GraphUri = None
     user: str = "neo4j"
     password: SecretStr | None = None
     database: str = "jetsource"
     tls: TlsSettings = TlsSettings()
-    connection_timeout_s: float = 10.0
+    connection_timeout_s: float = Field(default=10.0, gt=0)
 
 
 class EventStoreSettings(BaseModel):
@@ -214,18 +313,18 @@ class DevstackSettings(BaseModel):
 
     home: Path = Path(".jetsource")
     host: str = "127.0.0.1"
-    nats_port: int = 4222
-    nats_monitor_port: int = 8222
+    nats_port: int = Field(default=4222, ge=1, le=MAX_PORT)
+    nats_monitor_port: int = Field(default=8222, ge=1, le=MAX_PORT)
     # JetStream fsync policy. "always" (default) fsyncs every write before the ack, as
     # production does; a duration ("2m", "10s") or "default" (the server's own 2m)
     # relaxes it for benchmarks: a power loss may then lose that much acknowledged data.
     nats_sync_interval: str | None = "always"
-    valkey_port: int = 6379
-    graph_http_port: int = 2480
-    graph_bolt_port: int = 7687
+    valkey_port: int = Field(default=6379, ge=1, le=MAX_PORT)
+    graph_http_port: int = Field(default=2480, ge=1, le=MAX_PORT)
+    graph_bolt_port: int = Field(default=7687, ge=1, le=MAX_PORT)
     graph_password: SecretStr = SecretStr("jetsource-dev")
     graph_heap: str = "512m"
-    ready_timeout_s: float = 60.0
+    ready_timeout_s: float = Field(default=60.0, gt=0)
 
 
 class OtelSettings(BaseModel):
@@ -289,7 +388,7 @@ class JetsourceSettings(BaseSettings):
     otel: OtelSettings = OtelSettings()
     # Service logs (jetsource.core.logging): ``JETSOURCE_LOG_LEVEL``; ``JETSOURCE_LOG_JSON``
     # true (JSON lines) or false (key=value); unset: JSON unless stderr is a terminal.
-    log_level: str = Field(default="INFO")
+    log_level: Annotated[str, AfterValidator(check_log_level)] = "INFO"
     log_json: bool | None = None
     # The same warning (same logger and text, or the same rate key) is written at most
     # once per window; the next line written says how many were suppressed. 0: all.
@@ -318,7 +417,13 @@ class JetsourceSettings(BaseSettings):
         secrets_dir = Path(secrets) if secrets else DEFAULT_SECRETS_DIR
         if secrets_dir.is_dir():
             overrides.setdefault("_secrets_dir", secrets_dir)
-        return cls(**overrides)
+        try:
+            return cls(**overrides)
+        except SettingsError as exc:
+            # A list or mapping setting whose value is not JSON: pydantic-settings says
+            # only which section ("error parsing value for field "grpc""), which the
+            # CLI took for a bug and a service printed as a traceback.
+            raise _json_errors(cls, secrets_dir, exc) from exc
 
     # Effective endpoints: an external URL when set, else the local devstack server.
     def nats_url(self) -> str:
@@ -338,3 +443,211 @@ class JetsourceSettings(BaseSettings):
             return ("root", self.devstack.graph_password.get_secret_value())
         password = self.graph.password.get_secret_value() if self.graph.password else ""
         return (self.graph.user, password)
+
+
+# --- What a process says about its settings ------------------------------------------
+
+# Top-level names of settings classes other than the one a process loads (each
+# service's own section, the CLI's), and variables read outside any settings class:
+# another service's variable in a shared environment is no typo.
+# tests/unit/test_settings_checks.py keeps this list equal to the settings classes.
+OTHER_NAMES = frozenset(
+    {
+        "publisher",
+        "projector",
+        "snapshotter",
+        "query",
+        "observer",
+        "process_query",
+        "ingest",
+        "omni",
+        "sessions",
+        # read directly: JetsourceSettings.load, the CLI
+        "secrets_dir",
+        "debug",
+        "output",
+        "admin_connect_timeout_s",
+        "progress_every_s",
+        "tui_screenshots",
+    }
+)
+# Whole variables read outside the settings classes (the CLI's other servers), and the
+# prefixes of the test suite's and benchmarks' own variables.
+OTHER_VARIABLES = frozenset({"JETSOURCE_CLIENT__OBSERVER", "JETSOURCE_CLIENT__PROCESS_QUERY"})
+OTHER_PREFIXES = ("JETSOURCE_TEST_", "JETSOURCE_BENCH_")
+# Words in a variable's name that mark its value as a secret (never echoed).
+_SECRET_WORDS = ("PASSWORD", "TOKEN", "SECRET", "INSTANCES", "SEED")
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) in (
+        typing.Union,
+        typing.Annotated,
+    ):
+        for arg in typing.get_args(annotation):
+            found = _nested_model(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _prefix(settings: type[BaseSettings]) -> tuple[str, str]:
+    config = settings.model_config
+    return (config.get("env_prefix") or "").upper(), config.get("env_nested_delimiter") or "__"
+
+
+def _variable(settings: type[BaseSettings], loc: Iterable[int | str]) -> str:
+    """The environment variable of a validation error's location: the field names down
+    from the settings class while they are fields (a list index or dict key after them
+    is shown in brackets)."""
+    prefix, delimiter = _prefix(settings)
+    model: type[BaseModel] | None = settings
+    names: list[str] = []
+    rest: list[str] = []
+    for part in loc:
+        if not rest and model is not None and isinstance(part, str) and part in model.model_fields:
+            names.append(part)
+            model = _nested_model(model.model_fields[part].annotation)
+        else:
+            rest.append(str(part))
+    name = prefix + delimiter.join(names).upper() if names else f"{prefix}* ({settings.__name__})"
+    return name + "".join(f"[{r}]" for r in rest)
+
+
+def settings_error(exc: pydantic.ValidationError, settings: type[BaseSettings]) -> str:
+    """One line naming each setting that did not validate by its environment variable:
+    ``bad setting: JETSOURCE_PUBLISHER__GRPC_PORT='abc': Input should be a valid
+    integer, ...``; secret values are not echoed, credentials in URLs are masked."""
+    parts = []
+    for error in exc.errors():
+        name = _variable(settings, error["loc"])
+        secret = any(word in name for word in _SECRET_WORDS)
+        value = ""
+        if not secret and "input" in error and not isinstance(error["input"], dict | list):
+            text = _redacted(str(error["input"]))
+            value = "=" + repr(text if len(text) <= 200 else text[:200] + "...")
+        message = str(error["msg"]).removeprefix("Value error, ")
+        parts.append(f"{name}{value}: {message}")
+    return "bad setting: " + "; ".join(parts)
+
+
+def _walk(model: BaseModel, path: tuple[str, ...]) -> Iterable[tuple[tuple[str, ...], Any]]:
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            yield from _walk(value, (*path, name))
+        else:
+            yield (*path, name), value
+
+
+def missing_files(settings: JetsourceSettings) -> list[str]:
+    """Each file setting (``..._FILE``: TLS certificates and keys, NATS credentials)
+    that names something that is not a readable file, by its variable."""
+    problems = []
+    for path, value in _walk(settings, ()):
+        if not (path[-1].endswith("_file") and isinstance(value, Path)):
+            continue
+        name = env_var(type(settings), *path)
+        if not value.is_file():
+            why = "is a directory" if value.is_dir() else "does not exist"
+            problems.append(f"{name}={str(value)!r}: {why}")
+        elif not os.access(value, os.R_OK):
+            problems.append(f"{name}={str(value)!r}: not readable by this process")
+    return problems
+
+
+def unknown_variables(settings: type[BaseSettings], environ: Mapping[str, str]) -> list[str]:
+    """The ``JETSOURCE_*`` variables of ``environ`` that set nothing: a misspelt name is
+    otherwise ignored and its default used in silence. Names of other services'
+    settings (:data:`OTHER_NAMES`) pass; within a section this class has, every name is
+    checked. Each line suggests the closest real name."""
+    prefix, delimiter = _prefix(settings)
+    lines = []
+    for variable in sorted(environ):
+        upper = variable.upper()
+        if not prefix or not upper.startswith(prefix) or upper in OTHER_VARIABLES:
+            continue
+        if upper.startswith(OTHER_PREFIXES):
+            continue
+        parts = variable[len(prefix) :].lower().split(delimiter.lower())
+        model: type[BaseModel] | None = settings
+        for depth, part in enumerate(parts):
+            if model is None:
+                break  # a dict or list setting's items: not names
+            fields = model.model_fields
+            if part not in fields:
+                if depth == 0 and part in OTHER_NAMES:
+                    break
+                known = list(fields) + (sorted(OTHER_NAMES) if depth == 0 else [])
+                close = difflib.get_close_matches(part, known, n=1, cutoff=0.6)
+                hint = ""
+                if close:
+                    hint = (
+                        " (did you mean "
+                        + prefix
+                        + delimiter.join([*parts[:depth], close[0]]).upper()
+                        + (delimiter + "..." if depth < len(parts) - 1 else "")
+                        + "?)"
+                    )
+                lines.append(f"{variable} is not a setting and is ignored{hint}")
+                break
+            model = _nested_model(fields[part].annotation)
+    return lines
+
+
+def _complex(annotation: Any) -> bool:
+    """Whether pydantic-settings reads a field of this type as JSON (lists, mappings)."""
+    origin = typing.get_origin(annotation)
+    if origin in (list, dict, tuple, set, frozenset):
+        return True
+    if isinstance(annotation, types.UnionType) or origin in (typing.Union, typing.Annotated):
+        return any(_complex(arg) for arg in typing.get_args(annotation))
+    return annotation in (list, dict, tuple, set, frozenset)
+
+
+def _json_errors(
+    settings: type[BaseSettings], secrets_dir: Path, exc: SettingsError
+) -> pydantic.ValidationError | SettingsError:
+    """The settings of ``settings`` read as JSON from the environment or the secrets
+    directory whose text is not JSON, as a ValidationError naming each by its field
+    path (so by its variable); ``exc`` itself when none is found."""
+    prefix, delimiter = _prefix(settings)
+    sources = {k.upper(): v for k, v in os.environ.items()}
+    if secrets_dir.is_dir():
+        for file in secrets_dir.iterdir():
+            if file.is_file() and file.name.upper() not in sources:
+                try:
+                    sources[file.name.upper()] = file.read_text()
+                except OSError:
+                    continue
+    errors: list[InitErrorDetails] = []
+    for name, text in sorted(sources.items()):
+        if not name.startswith(prefix):
+            continue
+        path = name[len(prefix) :].lower().split(delimiter.lower())
+        model: type[BaseModel] | None = settings
+        field = None
+        for part in path:
+            if model is None or part not in model.model_fields:
+                field = None
+                break
+            field = model.model_fields[part]
+            model = _nested_model(field.annotation)
+        if field is None or not _complex(field.annotation):
+            continue
+        try:
+            json.loads(text)
+        except ValueError as bad:
+            errors.append(
+                {
+                    "type": "json_invalid",
+                    "loc": tuple(path),
+                    "input": text,
+                    "ctx": {"error": str(bad)},
+                }
+            )
+    if not errors:
+        return exc
+    return pydantic.ValidationError.from_exception_data(settings.__name__, errors)

@@ -24,7 +24,7 @@ from jetsource.core.envelope import RecordedEvent
 from jetsource.core.errors import CorruptEventError
 from jetsource.core.grpcserver import GrpcEndpoint, start_grpc, stop_on_signals
 from jetsource.core.metrics import bind_socket, register_service, watch_nats
-from jetsource.core.runner import run_service
+from jetsource.core.runner import load_settings, run_service
 from jetsource.core.settings import env_var
 from jetsource.domains.omni.descriptor import omni_domain
 from jetsource.domains.omni.identity import IdentityService
@@ -252,7 +252,7 @@ async def serve(settings: IngestSettings) -> None:
 
 
 def main() -> None:
-    run_service("ingest", IngestSettings.load(), serve)
+    run_service("ingest", load_settings("ingest", IngestSettings), serve)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from jetsource.core.errors import (
 )
 from jetsource.core.grpcserver import GrpcEndpoint, start_grpc, stop_on_signals
 from jetsource.core.metrics import register_service, start_metrics_server, watch_nats
-from jetsource.core.runner import run_service
+from jetsource.core.runner import load_settings, run_service
 from jetsource.core.settings import env_var
 from jetsource.core.writehealth import WriteHealth
 from jetsource.domains.process.claims import KvClaims
@@ -305,7 +305,7 @@ async def serve(settings: ObserverSettings) -> None:
 
 
 def main() -> None:
-    run_service("observer", ObserverSettings.load(), serve)
+    run_service("observer", load_settings("observer", ObserverSettings), serve)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from valkey.asyncio import Valkey
 from jetsource.core.aio import honour_cancel, stop_task
 from jetsource.core.grpcserver import GrpcEndpoint, start_grpc, stop_on_signals
 from jetsource.core.metrics import register_service, start_metrics_server, watch_nats
-from jetsource.core.runner import run_service
+from jetsource.core.runner import load_settings, run_service
 from jetsource.core.settings import env_var
 from jetsource.eventstore.bootstrap import connect, release
 from jetsource.processquery.parked import DeadLetterProbe
@@ -138,7 +138,7 @@ async def serve(settings: ProcessQuerySettings) -> None:
 
 
 def main() -> None:
-    run_service("process-query", ProcessQuerySettings.load(), serve)
+    run_service("process-query", load_settings("process-query", ProcessQuerySettings), serve)
 
 
 if __name__ == "__main__":

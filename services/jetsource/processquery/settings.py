@@ -10,8 +10,8 @@ from jetsource.projection.settings import ProjectorSettings
 
 class ProcessQueryOptions(BaseModel):
     grpc_host: str = "127.0.0.1"
-    grpc_port: int = Field(default=50055, ge=0)
-    metrics_port: int = Field(default=9106, ge=0)  # 0 disables /metrics
+    grpc_port: int = Field(default=50055, ge=0, le=65535)
+    metrics_port: int = Field(default=9106, ge=0, le=65535)  # 0 disables /metrics
     store_probe_s: float = Field(default=2.0, gt=0)
     max_concurrent_rpcs: int = Field(default=1000, ge=1)
     default_deadline_s: float = Field(default=5.0, gt=0)

@@ -24,7 +24,7 @@ from jetsource.core.errors import EventStoreUnavailableError
 from jetsource.core.grpcserver import GrpcEndpoint, start_grpc, stop_on_signals
 from jetsource.core.heap import HeapKeeper
 from jetsource.core.metrics import register_service, start_metrics_server, watch_nats
-from jetsource.core.runner import run_service
+from jetsource.core.runner import load_settings, run_service
 from jetsource.core.settings import env_var
 from jetsource.core.workers import serve_workers
 from jetsource.core.writehealth import WriteHealth
@@ -187,7 +187,7 @@ async def serve(settings: PublisherSettings) -> None:
 
 
 def main() -> None:
-    settings = PublisherSettings.load()
+    settings = load_settings("publisher", PublisherSettings)
     code = serve_workers("publisher", "jetsource.publisher.server", settings, settings.publisher)
     if code is not None:
         sys.exit(code)

@@ -14,8 +14,10 @@ class PublisherOptions(WorkerFields):
     """``JETSOURCE_PUBLISHER__...``"""
 
     grpc_host: str = "127.0.0.1"
-    grpc_port: int = 50051
-    metrics_port: int = Field(default=9101, description="Prometheus /metrics; 0 disables")
+    grpc_port: int = Field(default=50051, ge=0, le=65535)
+    metrics_port: int = Field(
+        default=9101, ge=0, le=65535, description="Prometheus /metrics; 0 disables"
+    )
     # Conflicts without an expected version are retried after a reload, with jitter.
     conflict_retries: int = Field(default=20, ge=0)
     conflict_backoff_s: float = Field(default=0.005, ge=0)

@@ -14,7 +14,7 @@ from jetsource._gen.context.v1 import query_pb2
 from jetsource.core.aio import honour_cancel, stop_task
 from jetsource.core.grpcserver import GrpcEndpoint, start_grpc, stop_on_signals
 from jetsource.core.metrics import register_service, start_metrics_server, watch_nats
-from jetsource.core.runner import run_service
+from jetsource.core.runner import load_settings, run_service
 from jetsource.core.settings import env_var
 from jetsource.core.workers import serve_workers
 from jetsource.domains.context.history import StateLoader
@@ -122,7 +122,7 @@ async def serve(settings: QuerySettings) -> None:
 
 
 def main() -> None:
-    settings = QuerySettings.load()
+    settings = load_settings("query", QuerySettings)
     code = serve_workers("query", "jetsource.query.server", settings, settings.query)
     if code is not None:
         sys.exit(code)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from functools import partial
 
 from jetsource.core.metrics import register_service
-from jetsource.core.runner import run_service
+from jetsource.core.runner import load_settings, run_service
 from jetsource.core.settings import env_var
 from jetsource.projection.host import serve
 from jetsource.snapshotter.settings import SnapshotterSettings
@@ -19,7 +19,7 @@ def main() -> None:
     register_service("snapshotter")
     run_service(
         "snapshotter",
-        SnapshotterSettings.load().runtime(),
+        load_settings("snapshotter", SnapshotterSettings).runtime(),
         partial(
             serve,
             name="snapshotter",

@@ -10,7 +10,7 @@ class SnapshotterOptions(ProjectorOptions):
     """``JETSOURCE_SNAPSHOTTER__...``: the projector runtime's options, for the one
     ``snapshots`` model. How often and how many snapshots: ``JETSOURCE_SNAPSHOTS__...``."""
 
-    http_port: int = Field(default=9103, ge=0)
+    http_port: int = Field(default=9103, ge=0, le=65535)
     models: list[str] = Field(default_factory=lambda: [SNAPSHOTS])
 
 

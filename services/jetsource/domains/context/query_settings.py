@@ -12,8 +12,8 @@ class QueryOptions(WorkerFields):
     ``JETSOURCE_PROJECTOR__...`` so both services agree."""
 
     grpc_host: str = "127.0.0.1"
-    grpc_port: int = Field(default=50052, ge=0)
-    metrics_port: int = Field(default=9104, ge=0)  # 0 disables /metrics
+    grpc_port: int = Field(default=50052, ge=0, le=65535)
+    metrics_port: int = Field(default=9104, ge=0, le=65535)  # 0 disables /metrics
     # How often health checks NATS, Valkey and the graph store (NOT_SERVING while one
     # does not answer).
     store_probe_s: float = Field(default=2.0, gt=0)
