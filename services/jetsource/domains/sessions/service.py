@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from jetsource.core.clock import NS, now_ns
 from jetsource.core.errors import CorruptEventError
-from jetsource.domains.sessions.format import SESSION_KIND, SessionEvent
+from jetsource.domains.sessions.format import SESSION_ENDED, SESSION_KIND, SessionEvent
 from jetsource.domains.sessions.ledger import (
     LedgerBehindError,
     LedgerReader,
@@ -215,7 +215,11 @@ class Sessions:
         self, session_id: str, after_seq: int = 0, until_end: bool = True
     ) -> AsyncIterator[Recorded]:
         """The session's events above ``after_seq``, then live. Stops after
-        ``session_ended`` when ``until_end``."""
+        ``session_ended`` when ``until_end``; a session that ended at or below
+        ``after_seq`` (a follow resumed after its last line) gives nothing and stops,
+        where it waited for ever for an end it had already seen."""
+        if until_end and after_seq > 0 and await self._ended_by(session_id, after_seq):
+            return
         stream = self.reader.follow(session_id, after_seq)
         try:
             async for r in stream:
@@ -227,6 +231,15 @@ class Sessions:
             if closer is not None:
                 with contextlib.suppress(Exception):
                     await closer()
+
+    async def _ended_by(self, session_id: str, after_seq: int) -> bool:
+        """Whether the session's last event is its ``session_ended``, at or below
+        ``after_seq``."""
+        last, _ = await self.reader.tail(session_id)
+        if not last or last > after_seq:
+            return False
+        events = await self.reader.events(session_id, last - 1)
+        return bool(events) and events[-1].event.type == SESSION_ENDED
 
     async def tree(self, session_id: str) -> dict[str, list[ProcessSummary]]:
         """The session's subtree as children by parent id (oldest first): the session
