@@ -30,7 +30,21 @@ GAP_TOKEN = "_restore_gap"
 
 
 class RestoreError(JetsourceError):
-    pass
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+# In the new stream's metadata while it is written ("<source> running"): a restore
+# stopped midway (Ctrl-C, NATS lost) goes on when run again, instead of refusing the
+# stream it left half written. The final configuration, set at the end, drops it.
+RESTORE_MARK = "jetsource_archive_restore"
+
+
+def _running_mark(info: dict[str, Any] | None) -> str:
+    if info is None:
+        return ""
+    return str((info["config"].get("metadata") or {}).get(RESTORE_MARK, ""))
 
 
 @dataclass
@@ -99,13 +113,16 @@ async def restore(
     allowed again."""
     source = archive.stream
     existing = await _info(replies, target, timeout)
-    if existing is not None and int(existing["state"].get("messages", 0)) > 0:
+    resuming = existing is not None and _running_mark(existing) == f"{source} running"
+    if existing is not None and not resuming and int(existing["state"].get("messages", 0)) > 0:
         raise RestoreError(f"stream {target} exists and holds messages: restore into a new one")
     merged: dict[int, ArchivedMessage] = {m.seq: m for m in await archive.messages()}
-    archived = len(merged)
     live = await _live_messages(replies, source, timeout) if source != target else []
     for m in live:
         merged[m.seq] = m
+    # Those only the archive holds (each message counted once: both counted the
+    # sequences the archive and the live stream share, more than were restored).
+    archived = len(merged) - len(live)
     if not merged:
         raise RestoreError(f"nothing to restore: no archived or live message of {source}")
     seqs = sorted(merged)
@@ -125,14 +142,46 @@ async def restore(
             raise RestoreError(f"retention {retention} needs a max age > 0")
         final["deny_purge"] = retention != "age+compaction"
         final["max_age"] = int(max_age_s * 1_000_000_000) if retention == "age" else 0
-    writing = dict(final, deny_delete=False, deny_purge=False)
+    writing = dict(
+        final,
+        deny_delete=False,
+        deny_purge=False,
+        metadata={**(final.get("metadata") or {}), RESTORE_MARK: f"{source} running"},
+    )
+    expect = first
     if existing is None:
-        await jsapi.api(replies, f"STREAM.CREATE.{target}", dict(writing, first_seq=first), timeout)
+        try:
+            await jsapi.api(
+                replies, f"STREAM.CREATE.{target}", dict(writing, first_seq=first), timeout
+            )
+        except jsapi.JsApiError as exc:
+            if exc.err_code != jsapi.ERR_SUBJECTS_OVERLAP:
+                raise
+            raise RestoreError(
+                f"stream {target}: its subjects {', '.join(subjects)} overlap those of a "
+                f"stream on this server ({source}?): a stream restored beside another needs "
+                "subjects of its own: give --subject-prefix OLD=NEW for them",
+                "--subject-prefix",
+            ) from exc
+    elif resuming:
+        # Stopped midway: a place-holder it had written but not deleted yet goes, and
+        # the writing goes on after the last sequence the stream holds.
+        if gap_subject is not None:
+            await jsapi.api(replies, f"STREAM.PURGE.{target}", {"filter": gap_subject}, timeout)
+        held = int(existing["state"].get("last_seq", 0))
+        if held and not first - 1 <= held <= last:
+            raise RestoreError(
+                f"stream {target} was left by a restore of other messages (it ends at "
+                f"sequence {held}, outside {first}..{last}): restore into a new one"
+            )
+        expect = max(first, held + 1)
     else:
         raise RestoreError(f"stream {target} exists: restore creates a new stream")
     gaps = 0
-    expect = first
+    progress(0, len(seqs))
     for done, seq in enumerate(seqs, start=1):
+        if seq < expect:  # written before the restore stopped
+            continue
         while expect < seq:  # a sequence nobody holds: keep the numbering
             assert gap_subject is not None
             ack = await jsapi.publish(replies, jsapi.OutMessage(gap_subject, b"", {}), timeout)

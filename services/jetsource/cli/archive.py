@@ -69,10 +69,14 @@ STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
 RETENTIONS = ("forever", "age", "age+compaction")
 
 
+SEALED_SO_FAR = "stopped midway: every segment sealed so far is whole (run it again to go on)"
+
+
 def _run(
     work: Callable[[Projection, ProjectorSettings], Awaitable[Any]],
     timeout: float,
     as_json: bool = False,
+    interrupted: str = SEALED_SO_FAR,
 ) -> Any:
     """Connect (NATS must answer within ``JETSOURCE_ADMIN_CONNECT_TIMEOUT_S``, 10 s, or
     ``--timeout`` if shorter: exit 3), then run ``work`` within ``--timeout``. Errors
@@ -129,17 +133,14 @@ def _run(
             UNAVAILABLE, "timeout", f"not done within --timeout {timeout:g} s", field="--timeout"
         )
     except KeyboardInterrupt:
-        output.fail(
-            INTERRUPTED,
-            "interrupted",
-            "stopped midway: every segment sealed so far is whole (run it again to go on)",
-        )
+        output.fail(INTERRUPTED, "interrupted", interrupted)
     except AccessDeniedError as exc:  # as every admin group says it
         output.fail(REFUSED, "access denied", str(exc))
     except (StreamMissingError, jsapi.NoRespondersError) as exc:  # as in every group: exit 1
         output.missing("refused", output.stream_named(str(exc)) or str(exc))
     except (JetsourceError, jsapi.JsApiError, nats_errors.Error, OSError, ValueError) as exc:
-        output.fail(REFUSED, "refused", str(exc) or type(exc).__name__)
+        field = getattr(exc, "field", None)
+        output.fail(REFUSED, "refused", str(exc) or type(exc).__name__, field=field)
 
 
 def _warn(text: str) -> None:
@@ -373,11 +374,23 @@ def restore(
             target,
             prefixes,
             timeout_s,
+            progress=update,
             retention=retention,
             max_age_s=max_age_s,
         )
 
-    report = _run(work, timeout, as_json)
+    from jetsource.cli.projector import _progress
+
+    # Progress on stderr as `streams restore` shows it (it was silent for minutes), and
+    # a Ctrl-C that says the truth: run again, it goes on with the stream it left.
+    with _progress(f"archive restore into {target}") as update:
+        report = _run(
+            work,
+            timeout,
+            as_json,
+            interrupted=f"stopped midway: {target} is partly written; run the same restore "
+            "again to go on where it stopped",
+        )
     if output.mode() == output.Mode.json:
         output.emit_json(asdict(report))
         return

@@ -1,0 +1,160 @@
+"""`archive restore` as an operator meets it: stopped midway and run again, beside the
+stream it came from, and its report.
+
+- Stopped midway (Ctrl-C, NATS lost), the restore left a half-written stream, said
+  "every segment sealed so far is whole (run it again to go on)", and running it again
+  was refused ("exists and holds messages"). It now goes on where it stopped, and Ctrl-C
+  says so.
+- Without ``--subject-prefix`` beside its source it answered the raw
+  ``JetStream error 400/10065: subjects overlap``; it names ``--subject-prefix`` (field
+  in JSON), as `streams restore` does.
+- ``from_archive`` counted the messages the live stream also held (201 + 41,000 for a
+  41,000-message stream); it counts those only the archive held.
+- It showed no progress (35 s silent for 41,000 messages); it shows it on stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from asyncio.subprocess import PIPE
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jetsource.archive.archiver import Archiver
+from jetsource.archive.history import open_archive
+from jetsource.archive.restore import RESTORE_MARK, RestoreError, restore
+from jetsource.core.settings import JetsourceSettings
+from jetsource.eventstore import jsapi
+from jetsource.projection.bootstrap import Projection, open_projection
+from tests.cli_env import cli_env
+from tests.integration.archive.fixtures import compacting_settings
+from tests.projector_fixtures import seed, story_ids
+
+pytestmark = pytest.mark.integration
+
+
+class Stop(Exception):
+    """Stands for Ctrl-C (or NATS lost) in the middle of a restore."""
+
+
+async def dump(p: Projection, stream: str) -> list[tuple[int, str, bytes]]:
+    out: list[tuple[int, str, bytes]] = []
+    seq = 1
+    while True:
+        page = await jsapi.direct_get_page(p.store._replies, stream, None, seq, 500, 5.0)
+        out += [(m.seq, m.subject, bytes(m.data)) for m in page.messages]
+        if page.pending == 0 or not page.messages:
+            return out
+        seq = page.messages[-1].seq + 1
+
+
+async def info(p: Projection, stream: str) -> dict[str, Any]:
+    return await jsapi.api(p.store._replies, f"STREAM.INFO.{stream}", {}, 5.0)
+
+
+@pytest.fixture
+async def exported(settings: JetsourceSettings, unique: str, tmp_path: Path) -> Any:
+    """6,000 events, the first 1,000 sealed into the archive (still live too)."""
+    p = await open_projection(compacting_settings(settings, unique, tmp_path / "archive"))
+    await seed(p.store, story_ids(60, "a"), 100, batch=50)
+    archive = open_archive(p.settings, p.store.settings.stream)
+    await Archiver(p.store, None, archive, None, 500).export(1, 1000)
+    try:
+        yield p, archive
+    finally:
+        await p.close()
+
+
+async def test_a_restore_stopped_midway_goes_on_when_run_again(exported: Any, unique: str) -> None:
+    p, archive = exported
+    source = p.store.settings.stream
+    root = p.store.settings.subject_prefix.split(".")[0]
+    config = (await info(p, source))["config"]
+    target = f"RG_{unique}"
+
+    def stop_at_2000(done: int, total: int) -> None:
+        if done >= 2000 and done < total:
+            raise Stop
+
+    with pytest.raises(Stop):
+        await restore(
+            p.store._replies, archive, config, target, {root: f"rg{unique}"}, 5.0, stop_at_2000
+        )
+    left = await info(p, target)
+    assert 0 < left["state"]["messages"] < 6000
+    assert left["config"]["metadata"][RESTORE_MARK] == f"{source} running"
+
+    report = await restore(p.store._replies, archive, config, target, {root: f"rg{unique}"}, 5.0)
+    assert (report.first_seq, report.last_seq, report.gaps) == (1, 6000, 0)
+    # Each message counted once: the 1,000 archived ones are live too.
+    assert (report.from_archive, report.from_live) == (0, 6000)
+    before = await dump(p, source)
+    after = await dump(p, target)
+    assert [(s, subj.replace(root, f"rg{unique}", 1), d) for s, subj, d in before] == after
+    done = await info(p, target)
+    assert RESTORE_MARK not in (done["config"].get("metadata") or {})
+    assert done["config"]["deny_delete"] is True
+    # A finished one is not written again.
+    with pytest.raises(RestoreError, match="holds messages"):
+        await restore(p.store._replies, archive, config, target, {root: f"rg{unique}"}, 5.0)
+
+
+async def test_a_restore_beside_its_source_names_subject_prefix(exported: Any, unique: str) -> None:
+    p, archive = exported
+    config = (await info(p, p.store.settings.stream))["config"]
+    with pytest.raises(RestoreError) as refused:
+        await restore(p.store._replies, archive, config, f"RO_{unique}", {}, 5.0)
+    assert refused.value.field == "--subject-prefix"
+    assert "overlap" in str(refused.value) and "--subject-prefix" in str(refused.value)
+    with pytest.raises(jsapi.JsApiError):  # nothing was created
+        await info(p, f"RO_{unique}")
+
+
+async def test_ctrl_c_on_archive_restore_says_to_run_it_again_and_that_finishes_it(
+    exported: Any, unique: str, tmp_path: Path
+) -> None:
+    p, _ = exported
+    root = p.store.settings.subject_prefix.split(".")[0]
+    target = f"RC_{unique}"
+    env = cli_env(
+        p.settings.nats_url(),
+        unique,
+        JETSOURCE_EVENTSTORE__STREAM=p.store.settings.stream,
+        JETSOURCE_EVENTSTORE__SUBJECT_PREFIX=p.store.settings.subject_prefix,
+        JETSOURCE_ARCHIVE__URL=str(tmp_path / "archive"),
+        JETSOURCE_PROGRESS_EVERY_S="0.2",
+    )
+    argv = [sys.executable, "-m", "jetsource", "archive", "restore", target]
+    argv += ["--subject-prefix", f"{root}=rc{unique}", "--json"]
+    child = await asyncio.create_subprocess_exec(*argv, env=env, stdout=PIPE, stderr=PIPE)
+    for _ in range(600):  # until it has written part of the new stream (a progress line)
+        try:
+            if (await info(p, target))["state"]["messages"] > 2100:
+                break
+        except jsapi.JsApiError:
+            pass
+        await asyncio.sleep(0.02)
+    child.send_signal(signal.SIGINT)
+    out, err = await asyncio.wait_for(child.communicate(), 60)
+    lines = [json.loads(line) for line in err.decode().splitlines()]
+    if child.returncode == 0:
+        pytest.skip("the restore finished before Ctrl-C reached it")
+    assert child.returncode == 130, err
+    assert out == b""
+    assert any("progress" in line for line in lines), err
+    error = lines[-1]["error"]
+    assert error["code"] == "interrupted"
+    assert target in error["message"] and "again" in error["message"]
+    assert "sealed" not in error["message"]
+
+    again = await asyncio.create_subprocess_exec(*argv, env=env, stdout=PIPE, stderr=PIPE)
+    out, err = await asyncio.wait_for(again.communicate(), 120)
+    assert again.returncode == 0, err
+    report = json.loads(out)
+    assert (report["last_seq"], report["from_archive"] + report["from_live"]) == (6000, 6000)
+    assert len(await dump(p, target)) == 6000
