@@ -178,6 +178,13 @@ class TransientError(Exception):
     """The model's store did not answer; try the batch again later."""
 
 
+class StoreLost(Exception):
+    """The model's store no longer holds the model version it was given (emptied by
+    FLUSHALL or a wipe, restarted without persistence, replaced by a new server):
+    its birth mark is gone or another one. Nothing was written; the worker builds the
+    version again from its replay start (the consumer's position is worthless now)."""
+
+
 class ReadModel(Protocol):
     spec: ModelSpec
 

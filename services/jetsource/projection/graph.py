@@ -4,6 +4,7 @@ Bolt plugin locally, the same Cypher) and its transient errors."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -11,7 +12,7 @@ from neo4j import AsyncDriver, AsyncGraphDatabase
 from neo4j import exceptions as neo4j_errors
 
 from jetsource.core.settings import JetsourceSettings
-from jetsource.projection.contract import TransientError
+from jetsource.projection.contract import StoreLost, TransientError
 from jetsource.projection.partitions import Fence, FencedError
 
 T = TypeVar("T")
@@ -172,3 +173,63 @@ class _FencedSession:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._session, name)
+
+
+class GraphMark:
+    """A graph model version's birth mark: ``born`` on its checkpoint node, a random
+    token taken when its worker first runs it, and checked first in every write
+    transaction (``check``), as the Valkey models' (``jetsource.projection.valkey``):
+    a graph store emptied or replaced raises ``StoreLost`` (the transaction writes
+    nothing) and the worker builds the version again from its replay start."""
+
+    def __init__(self, driver: AsyncDriver, database: str, label: str, model: str) -> None:
+        self.driver = driver
+        self.database = database
+        self.label = label
+        self.model = model
+        self.expected: str | None = None
+
+    async def stored(self) -> str | None:
+        async with self.driver.session(database=self.database) as session:
+            record = await (
+                await graph_run(
+                    session,
+                    f"MATCH (c:{self.label} {{model: $model}}) RETURN c.born AS born",
+                    model=self.model,
+                )
+            ).single()
+        return str(record["born"]) if record and record["born"] else None
+
+    async def take(self) -> str:
+        """Keep the stored mark, or store a new one; expect it."""
+        async with self.driver.session(database=self.database) as session:
+            await graph_run(
+                session,
+                f"MERGE (c:{self.label} {{model: $model}}) "
+                "ON CREATE SET c.seq = 0, c.applied = 0 "
+                "SET c.born = coalesce(c.born, $token)",
+                model=self.model,
+                token=uuid.uuid4().hex,
+            )
+        self.expected = await self.stored() or ""
+        return self.expected
+
+    async def expect(self) -> str:
+        """The mark writes expect (see ``BirthMark.expect``); before a transaction."""
+        if self.expected is None:
+            return await self.take()
+        return self.expected
+
+    async def check(self, tx: Any) -> None:
+        """First in a write transaction (``expect`` awaited before it)."""
+        result = await tx.run(
+            f"OPTIONAL MATCH (c:{self.label} {{model: $model}}) RETURN c.born AS born",
+            model=self.model,
+        )
+        record = await result.single()
+        born = record["born"] if record else None
+        if born != self.expected:
+            raise StoreLost(
+                f"{self.label} {self.model!r}: birth mark gone or another one: the graph "
+                "store was emptied or replaced"
+            )

@@ -51,7 +51,7 @@ from jetsource.core.errors import CorruptEventError, EventStoreUnavailableError
 from jetsource.eventstore import jsapi
 from jetsource.eventstore.jetstream import JetStreamEventStore, voided_event
 from jetsource.eventstore.jsapi import Delivery, RawMessage
-from jetsource.projection.contract import Outcome, ReadModel, TransientError
+from jetsource.projection.contract import Outcome, ReadModel, StoreLost, TransientError
 from jetsource.projection.control import discarded_sequences, version_dropped
 from jetsource.projection.deadletters import DeadLetters, aggregate_of
 from jetsource.projection.partitions import Fence, FencedError, Partition
@@ -120,6 +120,19 @@ DEPTH_REFRESH_S = 30.0
 # the rest of the window is left to its redeliveries, as before this reading.
 WINDOW_PAGE = 500
 WINDOW_SCAN_FACTOR = 4
+# While idle, the worker looks around this often: its consumer still there (deleted by
+# hand, or lost with JetStream's state, a worker pulled from nothing for good: it is
+# created again from the replay start), and the model's birth mark still in its store
+# (emptied while no event comes: built again without waiting for the next event,
+# whose write would find it too).
+MARK_CHECK_S = 5.0
+# The consumer's metadata key holding the birth mark of the store it was built into: a
+# consumer built into an emptied store (under another mark, or a mark gone) has a
+# position worth nothing there.
+BORN_METADATA = "jetsource_born"
+# What stops a batch where it is (nothing acked, naked or filed): a fenced worker, and
+# a store that lost the model version (built again from its replay start).
+_HALT = (FencedError, StoreLost)
 
 
 @dataclass
@@ -188,6 +201,12 @@ class Worker:
         self._held_since = 0.0
         self._hold_acks = False
         self._hold_limit = max(1, min(ACK_BATCH, options.max_ack_pending // 2))
+        # The model's store lost what it held (a write found its birth mark gone): the
+        # next start builds the version again from its replay start.
+        self._lost = False
+        self._born: str | None = None  # the store's birth mark this worker writes under
+        self._mark_at = time.monotonic()
+        self.rebuilds = 0  # times the store was found emptied and the version rebuilt
 
     async def ensure_consumer(self, from_seq: int | None = None) -> dict[str, Any]:
         await self.store.start()
@@ -212,6 +231,11 @@ class Worker:
         if start.time_ns and not from_seq:
             config["deliver_policy"] = "by_start_time"
             config["opt_start_time"] = format_rfc3339_ns(start.time_ns)
+        born = self._born
+        if born is None and (read := getattr(self.model, "birth_mark", None)) is not None:
+            born = await read()  # a consumer made without a start (a parallel build's)
+        if born:
+            config["metadata"] = {BORN_METADATA: born}
         self._subjects = subjects
         return await jsapi.ensure_consumer(
             self.store._replies, self._stream, config, self.store.settings.request_timeout_s
@@ -221,6 +245,7 @@ class Worker:
         await self.model.setup()
         if self.fence is not None:
             await self.fence.claim()  # from here on, the previous owner writes nothing
+        await self._check_store()
         consumer = await self.ensure_consumer()
         self._discarded = await discarded_sequences(self.nc, self.o.control_bucket, self.spec.name)
         letters = await self.dlq.list(self.spec)
@@ -232,6 +257,111 @@ class Worker:
 
     def stop(self) -> None:
         self._stop.set()
+
+    async def _check_store(self) -> None:
+        """Take the model's birth mark (see ``jetsource.projection.valkey``), and when
+        the store lost what this worker's consumer built, start the consumer again
+        from the replay start.
+
+        Lost: a write of this worker found the mark gone or another one; or the
+        consumer was built under a mark (its metadata) that the store no longer
+        holds (emptied while the projector was down; with partitions, emptied and
+        marked again by a sibling's rebuild); or, for a consumer from before marks
+        were kept, there is no mark while the consumer has events acknowledged (so
+        applied, or filed) and the model holds no checkpoint. A version with a
+        checkpoint and no mark was written before marks were kept: it takes one, as a
+        new version does. The rebuild applies each event once: the store holds only
+        what was written under the new mark, and the version guard makes the rest
+        redeliveries."""
+        read = getattr(self.model, "birth_mark", None)
+        if read is None:  # a store that keeps its position with its data
+            return
+        mark = await read()
+        info = await jsapi.consumer_info(
+            self.store._replies,
+            self._stream,
+            self._durable,
+            self.store.settings.request_timeout_s,
+        )
+        born = (((info or {}).get("config") or {}).get("metadata") or {}).get(BORN_METADATA)
+        lost = self._lost
+        if not lost and info is not None:
+            if born is not None:
+                lost = born != mark
+            elif mark is None:
+                acked = int((info.get("ack_floor") or {}).get("stream_seq") or 0)
+                checkpoint = await self.model.checkpoint()
+                lost = bool(acked) and not checkpoint.seq and not checkpoint.applied
+        if lost:
+            log.error(
+                "%s v%s: its store no longer holds it (emptied, restarted without "
+                "persistence, or replaced; birth mark %s): building it again from its "
+                "replay start (%s)",
+                *self._labels,
+                "gone" if mark is None else "changed",
+                self.spec.replay_start,
+                extra=self._log,
+            )
+            await jsapi.delete_consumer(
+                self.store._replies,
+                self._stream,
+                self._durable,
+                self.store.settings.request_timeout_s,
+            )
+            self._unseen.clear()
+            self._waits.clear()
+            self._failures.clear()
+            self.rebuilds += 1
+            EVENTS.labels(*self._labels, "store_lost").inc()
+        self._born = await self.model.take_birth_mark()  # type: ignore[attr-defined]
+        self._lost = False
+        self._mark_at = time.monotonic()
+        warn = getattr(self.model, "store_warning", None)
+        if warn is not None and (warning := await warn()):
+            log.error("%s v%s: %s", *self._labels, warning, extra=self._log)
+
+    async def _look_around(self) -> None:
+        """While idle, every MARK_CHECK_S: a consumer deleted meanwhile is created again
+        from the replay start (what was applied comes back as redeliveries the version
+        guard finds done); a store emptied meanwhile is a StoreLost."""
+        if time.monotonic() - self._mark_at < MARK_CHECK_S:
+            return
+        self._mark_at = time.monotonic()
+        try:
+            info = await jsapi.consumer_info(
+                self.store._replies,
+                self._stream,
+                self._durable,
+                self.store.settings.request_timeout_s,
+            )
+        except Exception as exc:  # NATS away: its health says so; looked at again later
+            log.debug("%s v%s: consumer not read: %r", *self._labels, exc, extra=self._log)
+            info = {}
+        if info is None and not await self._dropped():
+            log.error(
+                "%s v%s: its consumer %s on %s was deleted (by hand, or lost with "
+                "JetStream's state): created again from the replay start (%s); events "
+                "applied already are found applied",
+                *self._labels,
+                self._durable,
+                self._stream,
+                self.spec.replay_start,
+                extra=self._log,
+            )
+            EVENTS.labels(*self._labels, "consumer_lost").inc()
+            self._unseen.clear()
+            self._waits.clear()
+            self._failures.clear()
+            await self.ensure_consumer()
+        lost = getattr(self.model, "store_lost", None)
+        if lost is None:
+            return
+        try:
+            gone = await lost()
+        except TransientError:
+            return  # the store does not answer: its health says so; looked at again later
+        if gone:
+            raise StoreLost("its birth mark is gone (found while idle)")
 
     async def _judge_window(self, consumer: Mapping[str, Any] | None) -> None:
         """Hand the model, in stream order, what the consumer delivered and has not
@@ -340,7 +470,7 @@ class Worker:
                 )
                 await asyncio.sleep(self.o.backoff(tries))
                 continue
-            except FencedError:
+            except _HALT:
                 raise
             except Exception:
                 log.exception(
@@ -357,14 +487,23 @@ class Worker:
 
     async def run(self, until_caught_up: bool = False) -> None:
         """Process batches until stopped (or, with ``until_caught_up``, until the
-        consumer has nothing left). A batch in progress is always finished."""
-        try:
-            await self._run(until_caught_up)
-        except FencedError as exc:
-            # Another worker holds this partition now: stop without acking, naking or
-            # filing anything; what was delivered here is redelivered to the owner.
-            self.fenced = True
-            log.warning("%s v%s: fenced: %s", *self._labels, exc, extra=self._log)
+        consumer has nothing left). A batch in progress is always finished. A store
+        found emptied (``StoreLost``) is built again from the replay start, here."""
+        while True:
+            try:
+                await self._run(until_caught_up)
+                return
+            except FencedError as exc:
+                # Another worker holds this partition now: stop without acking, naking
+                # or filing anything; what was delivered here is redelivered to the owner.
+                self.fenced = True
+                log.warning("%s v%s: fenced: %s", *self._labels, exc, extra=self._log)
+                return
+            except StoreLost as exc:
+                if self._stop.is_set():
+                    return
+                log.warning("%s v%s: %s", *self._labels, exc, extra=self._log)
+                self._lost = True
 
     async def _run(self, until_caught_up: bool) -> None:
         await self.start()
@@ -402,6 +541,7 @@ class Worker:
                     STALLED.labels(*self._labels).set(0)
                     if time.monotonic() - self._depth_at > DEPTH_REFRESH_S:
                         await self._recount_dead_letters()
+                    await self._look_around()
                     if until_caught_up and await self.caught_up():
                         return
         finally:
@@ -523,7 +663,7 @@ class Worker:
                 self._unseen = {r.stream_seq: r for r in records}
                 await self._ack(acks)
                 return
-            except FencedError:
+            except _HALT:
                 raise
             except Exception:
                 log.exception(
@@ -667,7 +807,7 @@ class Worker:
         for evs in groups.values():
             try:
                 outcome.merge(await self.model.apply(evs))
-            except FencedError:
+            except _HALT:
                 raise
             except (TransientError, EventStoreUnavailableError):
                 for e in evs:

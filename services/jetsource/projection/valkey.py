@@ -9,6 +9,7 @@ versions run side by side.
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Collection, Sequence
 from typing import Any, TypeVar
@@ -22,16 +23,38 @@ from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
 from jetsource.core.codec import UnknownEvent
 from jetsource.core.envelope import RecordedEvent
 from jetsource.core.settings import JetsourceSettings
-from jetsource.projection.contract import Checkpoint, ModelSpec, Outcome, TransientError
+from jetsource.projection.contract import (
+    Checkpoint,
+    ModelSpec,
+    Outcome,
+    StoreLost,
+    TransientError,
+)
 from jetsource.projection.partitions import Fence, FencedError
 
 T = TypeVar("T")
 _TRANSIENT = (
-    valkey_errors.ConnectionError,
+    valkey_errors.ConnectionError,  # also refused credentials (AUTH, NOAUTH, WRONGPASS)
     valkey_errors.TimeoutError,
     valkey_errors.BusyLoadingError,
+    # The server answers, and refuses the write for reasons of its own, none of them
+    # the event's: at maxmemory with noeviction (OOM), a replica after a failover
+    # (READONLY), an ACL that lost a right (NOPERM). Taken for a refusal of the event
+    # they dead-lettered every event of a batch and parked its aggregates, and nothing
+    # came back once memory was freed; as store outages they are redelivered until the
+    # store writes again.
+    valkey_errors.OutOfMemoryError,
+    valkey_errors.ReadOnlyError,
+    valkey_errors.NoPermissionError,
+    valkey_errors.TryAgainError,
+    valkey_errors.ClusterDownError,
     OSError,
 )
+# Refusals valkey-py has no class for (a ResponseError whose text starts with the code):
+# a failed persistence write with stop-writes-on-bgsave-error (MISCONF), a script or
+# module running too long (BUSY), a replica whose primary is down (MASTERDOWN), too few
+# replicas for min-replicas-to-write (NOREPLICAS).
+_TRANSIENT_CODES = ("MISCONF", "BUSY", "MASTERDOWN", "NOREPLICAS", "TRYAGAIN", "CLUSTERDOWN")
 
 
 def connect_valkey(settings: JetsourceSettings) -> Valkey:
@@ -54,11 +77,20 @@ def connect_valkey(settings: JetsourceSettings) -> Valkey:
     return Valkey.from_url(settings.valkey_url(), **options)
 
 
+def transient(exc: BaseException) -> bool:
+    """Whether a Valkey error is the store's (retried later), not the call's."""
+    if isinstance(exc, _TRANSIENT):
+        return True
+    return isinstance(exc, valkey_errors.ResponseError) and str(exc).startswith(_TRANSIENT_CODES)
+
+
 async def valkey_io(call: Awaitable[T]) -> T:
     try:
         return await call
-    except _TRANSIENT as exc:
-        raise TransientError(f"valkey: {exc}") from exc
+    except (valkey_errors.ValkeyError, OSError) as exc:
+        if transient(exc):
+            raise TransientError(f"valkey: {type(exc).__name__}: {exc}") from exc
+        raise
 
 
 def group(events: Sequence[RecordedEvent]) -> OrderedDict[str, list[RecordedEvent]]:
@@ -237,8 +269,89 @@ end
 """
 
 
+# -- the birth mark ---------------------------------------------------------------------
+#
+# A model version's effects live in Valkey; how far it got lives in its JetStream
+# consumer. Valkey emptied (FLUSHALL, a restart without persistence, a new server)
+# left the consumer at the head and the model empty: it stayed silently partial for
+# good (only aggregates with new events came back, their gaps filled from the stream)
+# while `projector status` said live, lag 0. So each version keeps a birth mark,
+# ``<ns>:born`` (a random token written when the worker first takes the version), and
+# every script that writes it first checks that the mark is the one its worker took:
+# into an emptied store nothing is written (no aggregate half there, no checkpoint
+# from nowhere), the write raises ``StoreLost`` and the worker builds the version
+# again from its replay start. Reads do not check it.
+
+MARK_PRELUDE = """
+local __mark_key = table.remove(KEYS)
+local __mark = table.remove(ARGV)
+if redis.call('GET', __mark_key) ~= __mark then
+  return redis.error_reply('JETSOURCE_LOST ' .. __mark_key)
+end
+"""
+MARK_SUFFIX = ":born"
+
+
+class BirthMark:
+    """The mark of one model version, and the one its writes expect (the stored one,
+    read once, until the worker takes a new one)."""
+
+    def __init__(self, redis: Any, key: str) -> None:
+        self.redis = redis
+        self.key = key
+        self.expected: str | None = None
+
+    async def read(self) -> str | None:
+        raw = await valkey_io(self.redis.get(self.key))
+        return text(raw) if raw is not None else None
+
+    async def take(self) -> str:
+        """Keep the stored mark, or store a new one if there is none; expect it."""
+        await valkey_io(self.redis.set(self.key, uuid.uuid4().hex, nx=True))
+        self.expected = await self.read() or ""
+        return self.expected
+
+    async def expect(self) -> str:
+        """The mark writes expect: the worker's (taken at its start), else (a model
+        written without a worker: a replay, a discard) the stored one, taken now."""
+        if self.expected is None:
+            return await self.take()
+        return self.expected
+
+
+class MarkedScript:
+    """A registered script that writes only while the model's birth mark is the one
+    expected (``StoreLost`` otherwise)."""
+
+    def __init__(self, redis: Any, script_text: str, mark: BirthMark) -> None:
+        self._script = redis.register_script(MARK_PRELUDE + script_text)
+        self._mark = mark
+
+    async def __call__(
+        self,
+        keys: Sequence[Any] | None = None,
+        args: Sequence[Any] | None = None,
+        client: Any = None,
+    ) -> Any:
+        expected = await self._mark.expect()
+        try:
+            return await self._script(
+                keys=[*(keys or []), self._mark.key],
+                args=[*(args or []), expected],
+                client=client,
+            )
+        except valkey_errors.ResponseError as exc:
+            if "JETSOURCE_LOST" in str(exc):
+                raise StoreLost(
+                    f"{self._mark.key} is gone or another one: the model's store was "
+                    "emptied or replaced"
+                ) from exc
+            raise
+
+
 class ValkeyModel:
-    """What both Valkey models share: namespace, checkpoint, digest, drop."""
+    """What both Valkey models share: namespace, checkpoint, digest, drop, and the
+    birth mark its write scripts check (``write_script``)."""
 
     spec: ModelSpec
 
@@ -246,6 +359,50 @@ class ValkeyModel:
         self.spec = spec
         self.redis = redis
         self.ns = f"{prefix}:{spec.name}:v{spec.version}"
+        self.mark = BirthMark(redis, self.ns + MARK_SUFFIX)
+
+    def write_script(self, script_text: str) -> MarkedScript:
+        """A script that writes the model: refused (``StoreLost``) once the store no
+        longer holds this version's birth mark."""
+        return MarkedScript(self.redis, script_text, self.mark)
+
+    async def birth_mark(self) -> str | None:
+        return await self.mark.read()
+
+    async def take_birth_mark(self) -> str:
+        """Keep or make the mark and expect it; what this process remembers of the
+        store is forgotten (an emptied store holds none of it)."""
+        self.forget()
+        return await self.mark.take()
+
+    def forget(self) -> None:
+        """Drop what this process remembers of the stored model (a cache)."""
+
+    async def store_warning(self) -> str | None:
+        """What in the server's configuration loses the model's keys silently: a
+        ``maxmemory`` with an ``allkeys-*`` policy evicts them (no model key has a
+        TTL, so ``volatile-*`` evicts none), and no birth mark can tell a key evicted
+        from one never written. None when Valkey does not say (INFO refused)."""
+        try:
+            info = await valkey_io(self.redis.info("memory"))
+        except (TransientError, valkey_errors.ResponseError):
+            return None
+        limit = int(info.get("maxmemory") or 0)
+        policy = str(info.get("maxmemory_policy") or "noeviction")
+        if limit and policy.startswith("allkeys"):
+            return (
+                f"Valkey evicts keys at maxmemory ({limit} bytes, maxmemory-policy "
+                f"{policy}): read model keys may vanish silently, leaving the model "
+                "partial; set maxmemory-policy noeviction (writes then wait for memory)"
+            )
+        return None
+
+    async def store_lost(self) -> bool:
+        """Whether the stored birth mark is no longer the one this model's writes
+        expect (only once one is expected)."""
+        if self.mark.expected is None:
+            return False
+        return await self.mark.read() != self.mark.expected
 
     async def checkpoint(self) -> Checkpoint:
         meta = await valkey_io(self.redis.hgetall(f"{self.ns}:meta"))
@@ -262,6 +419,8 @@ class ValkeyModel:
         h = hashlib.sha256()
         cut = len(self.ns) + 1
         for key in await valkey_io(self._keys()):
+            if key.endswith(MARK_SUFFIX.encode()):
+                continue  # a random token: not content
             if key.endswith(b":meta"):
                 meta = await self.redis.hgetall(key)
                 content: Any = {"applied": int(meta.get(b"applied", 0))}

@@ -31,7 +31,7 @@ from jetsource.domains.context.serialize import decision_to_dict, subtask_to_dic
 from jetsource.domains.context.valkey_models import ContextModel
 from jetsource.eventstore.port import EventStore
 from jetsource.projection.contract import Checkpoint, Kind, ModelSpec, Outcome
-from jetsource.projection.graph import graph_io, graph_run
+from jetsource.projection.graph import GraphMark, graph_io, graph_run
 from jetsource.projection.valkey import group, may_repeat, next_versions, skipped
 
 GRAPH = "graph"
@@ -81,6 +81,7 @@ class GraphModel:
         self.prefix = x
         self.story, self.decision = f"{x}Story_v{v}", f"{x}Decision_v{v}"
         self.subtask, self.checkpoint_label = f"{x}Subtask_v{v}", f"{x}Checkpoint_v{v}"
+        self.mark = GraphMark(driver, database, self.checkpoint_label, spec.name)
         self._cache: OrderedDict[str, tuple[int, ContextState]] = OrderedDict()
         self._folds = FoldCache()  # replay: a hot story's history folded once
         self._erasures = ErasureWatch()  # an erasure empties both
@@ -245,7 +246,10 @@ class GraphModel:
         with the number of events the transaction applied to each: what it added to
         the checkpoint's ``applied``, as the database reported it."""
 
+        await self.mark.expect()
+
         async def work(tx: AsyncManagedTransaction) -> dict[str, int]:
+            await self.mark.check(tx)  # nothing into a store emptied since
             result = await tx.run(
                 f"UNWIND $rows AS r MERGE (s:{self.story} {{key: r.key}}) "
                 "ON CREATE SET s.version = 0, s.applied = 0 "
@@ -388,7 +392,10 @@ class GraphModel:
         last_seq = events[-1].stream_seq if events else 0
         self._cache.pop(aggregate_id, None)
 
+        await self.mark.expect()
+
         async def work(tx: AsyncManagedTransaction) -> int:
+            await self.mark.check(tx)
             # The Story node's write lock first (as every batch takes it), then the check.
             result = await tx.run(
                 f"MATCH (s:{self.story} {{key: $key}}) SET s.version = s.version "
@@ -422,6 +429,17 @@ class GraphModel:
             previous = await graph_io(session.execute_write(work))
         self._cache.pop(aggregate_id, None)
         return previous
+
+    async def birth_mark(self) -> str | None:
+        return await self.mark.stored()
+
+    async def take_birth_mark(self) -> str:
+        self._cache.clear()  # what this process wrote: an emptied store holds none of it
+        self._folds = FoldCache()
+        return await self.mark.take()
+
+    async def store_lost(self) -> bool:
+        return self.mark.expected is not None and await self.mark.stored() != self.mark.expected
 
     async def position(self, aggregate_id: str) -> int:
         async with self.driver.session(database=self.database) as session:

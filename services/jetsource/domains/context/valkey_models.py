@@ -345,8 +345,8 @@ class ContextModel(ValkeyModel):
         self._folds = FoldCache()  # replay: a hot story's history folded once
         self._erasures = ErasureWatch()  # an erasure empties both
         self._encoder = StateEncoder()
-        self._apply = redis.register_script(_CONTEXT_APPLY)
-        self._put = redis.register_script(_CONTEXT_PUT)
+        self._apply = self.write_script(_CONTEXT_APPLY)
+        self._put = self.write_script(_CONTEXT_PUT)
 
     async def setup(self) -> None:
         pass
@@ -364,6 +364,10 @@ class ContextModel(ValkeyModel):
         self._cache.move_to_end(aggregate_id)
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
+
+    def forget(self) -> None:
+        self._cache.clear()
+        self._folds = FoldCache()
 
     def _forget_if_erased(self) -> bool:
         """States folded before an erasure may hold what now reads "<erased>" (True:
@@ -712,8 +716,8 @@ class TimelineModel(ValkeyModel):
     def __init__(self, spec: ModelSpec, redis: Valkey, prefix: str, keep: int) -> None:
         super().__init__(spec, redis, prefix)
         self.keep = keep
-        self._apply = redis.register_script(_TIMELINE_APPLY)
-        self._rewind = redis.register_script(_TIMELINE_REWIND)
+        self._apply = self.write_script(_TIMELINE_APPLY)
+        self._rewind = self.write_script(_TIMELINE_REWIND)
 
     async def setup(self) -> None:
         pass

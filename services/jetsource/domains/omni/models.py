@@ -435,7 +435,7 @@ class OmniModel(ValkeyModel):
         super().__init__(spec, env.redis, env.options.valkey_prefix)
         self._commands = commands
         self._rule = rule
-        self._apply = self.redis.register_script(_APPLY)
+        self._apply = self.write_script(_APPLY)
         self.store = env.store
 
     async def setup(self) -> None:
@@ -591,7 +591,7 @@ class OmniEventsModel(OmniModel):
 
     def __init__(self, spec: ModelSpec, env: ModelEnv) -> None:
         super().__init__(spec, env, event_commands, event_rule)
-        self._rewind = self.redis.register_script(_REWIND)
+        self._rewind = self.write_script(_REWIND)
 
     async def rewind(
         self,

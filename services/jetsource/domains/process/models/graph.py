@@ -33,7 +33,7 @@ from jetsource.core.envelope import RecordedEvent
 from jetsource.domains.process.models.common import is_noop, next_events
 from jetsource.domains.process.pruning import PRUNER_ID, pruned_ids
 from jetsource.projection.contract import Checkpoint, Kind, ModelSpec, Outcome, RebuildStrategy
-from jetsource.projection.graph import graph_io, graph_run
+from jetsource.projection.graph import GraphMark, graph_io, graph_run
 from jetsource.projection.valkey import group, repeated_version, skipped
 
 PROCESS_GRAPH = "process_graph"
@@ -61,6 +61,7 @@ class ProcessGraphModel:
         v, x = spec.version, label_prefix
         self.process, self.event = f"{x}Process_v{v}", f"{x}ProcessEvent_v{v}"
         self.checkpoint_label = f"{x}ProcessCheckpoint_v{v}"
+        self.mark = GraphMark(driver, database, self.checkpoint_label, spec.name)
         # Processes forgotten by a process_pruned tombstone: their later events change
         # nothing (jetsource.domains.process.pruning).
         self.pruned_label = f"{x}ProcessPruned_v{v}"
@@ -152,7 +153,10 @@ class ProcessGraphModel:
             return
         listed = pruned_ids(e)
 
+        await self.mark.expect()
+
         async def work(tx: AsyncManagedTransaction) -> bool:
+            await self.mark.check(tx)  # nothing into a store emptied since
             P, E = self.process, self.event
             result = await tx.run(
                 f"MERGE (c:{C} {{model: $model}}) "
@@ -317,7 +321,10 @@ class ProcessGraphModel:
     ) -> dict[str, int]:
         P, E = self.process, self.event
 
+        await self.mark.expect()
+
         async def work(tx: AsyncManagedTransaction) -> dict[str, int]:
+            await self.mark.check(tx)  # nothing into a store emptied since
             result = await tx.run(
                 f"UNWIND $rows AS r MERGE (p:{P} {{id: r.id}}) "
                 "ON CREATE SET p.version = 0 "
@@ -380,6 +387,15 @@ class ProcessGraphModel:
 
         async with self.driver.session(database=self.database) as session:
             return await graph_io(session.execute_write(work))
+
+    async def birth_mark(self) -> str | None:
+        return await self.mark.stored()
+
+    async def take_birth_mark(self) -> str:
+        return await self.mark.take()
+
+    async def store_lost(self) -> bool:
+        return self.mark.expected is not None and await self.mark.stored() != self.mark.expected
 
     async def skip(self, aggregate_id: str, stream_seq: int) -> bool:
         placeholder = skipped(aggregate_id, await self.position(aggregate_id) + 1, stream_seq, 0)

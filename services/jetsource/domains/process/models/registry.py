@@ -354,8 +354,8 @@ class ProcessRow:
 class ProcessesModel(ValkeyModel):
     def __init__(self, spec: ModelSpec, redis: Valkey, prefix: str) -> None:
         super().__init__(spec, redis, prefix)
-        self._apply = redis.register_script(_APPLY)
-        self._rewind = redis.register_script(_REWIND)
+        self._apply = self.write_script(_APPLY)
+        self._rewind = self.write_script(_REWIND)
         self._read = redis.register_script(_READ)
 
     async def setup(self) -> None:

@@ -241,8 +241,8 @@ def timeline_spec(version: int) -> ModelSpec:
 class ProcessTimelineModel(ValkeyModel):
     def __init__(self, spec: ModelSpec, redis: Valkey, prefix: str) -> None:
         super().__init__(spec, redis, prefix)
-        self._apply = redis.register_script(_APPLY)
-        self._rewind = redis.register_script(_REWIND)
+        self._apply = self.write_script(_APPLY)
+        self._rewind = self.write_script(_REWIND)
         self._subtree = redis.register_script(_SUBTREE)
         self._page = redis.register_script(_PAGE)
 
