@@ -48,6 +48,11 @@ class JetsourceTui(App[None]):
         while len(self.screen_stack) > 2:
             self.pop_screen()
         if len(self.screen_stack) == 2:
+            if type(self.screen) is type(screen):
+                # Already there: keep it (its cursor, its filter). A second one with
+                # the same id ended the TUI with a DuplicateIds traceback (`s` on the
+                # sessions list, `p` twice, `s` from a session opened from the list).
+                return
             self.switch_screen(screen)
         else:
             self.push_screen(screen)

@@ -18,7 +18,7 @@ from jetsource.domains.sessions.format import format_ts
 from jetsource.tui.backend import Backend, StackDown
 from jetsource.tui.lifecycle import Refreshing, one_read, while_shown
 from jetsource.tui.session_view import CELL_WIDTH, Banner, refill, styled
-from jetsource.tui.text import clean, safe
+from jetsource.tui.text import SafeInput, clean, safe
 
 # How much of a raw payload or a dead letter's event the detail shows.
 PAYLOAD_CHARS = 4000
@@ -174,7 +174,7 @@ class OmniScreen(ListScreen):
         super().__init__(backend, refresh_s, "omni-screen")
 
     def extra(self) -> ComposeResult:
-        yield Input(placeholder="identity: its id, or provider:handle, then Enter",
+        yield SafeInput(placeholder="identity: its id, or provider:handle, then Enter",
                     id="identity")  # fmt: skip
 
     def on_mount(self) -> None:

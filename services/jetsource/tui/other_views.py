@@ -20,7 +20,7 @@ from jetsource.domains.sessions.record import session_status
 from jetsource.tui.backend import Backend, StackDown
 from jetsource.tui.lifecycle import Refreshing, one_read, while_shown
 from jetsource.tui.session_view import CELL_WIDTH, COMMAND_WIDTH, Banner, SessionScreen, styled
-from jetsource.tui.text import clean, safe
+from jetsource.tui.text import SafeInput, clean, safe
 
 
 class ProcessesScreen(Refreshing):
@@ -157,6 +157,9 @@ class ContextsScreen(Screen[None]):
         Binding("up", "line(-1)", "Scroll up", show=False),
     ]
     RETRY_S = 2.0
+    # No widget takes the keys when the screen opens: the app's auto-focus gave them
+    # to the id box, so s, p, m, d and q were typed into it instead of acted on.
+    AUTO_FOCUS = ""
 
     def __init__(self, backend: Backend) -> None:
         super().__init__(id="contexts-screen")
@@ -171,12 +174,12 @@ class ContextsScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield Banner(id="banner")
         yield Label(Text("Contexts", style="bold"), id="title")
-        yield Input(placeholder="context id, then Enter", id="context-id")
+        yield SafeInput(placeholder="context id, then Enter", id="context-id")
         yield Static(id="scrubber")
         # a story holds thousands of decisions: the state scrolls (↑/↓, PgUp/PgDn)
         with VerticalScroll(id="context-scroll"):
             yield Static(id="context")
-        yield Input(placeholder="time (2026-12-02T21:40:00.123Z)", id="time-input")
+        yield SafeInput(placeholder="time (2026-12-02T21:40:00.123Z)", id="time-input")
         yield Footer()
 
     def on_mount(self) -> None:

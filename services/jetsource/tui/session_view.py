@@ -30,7 +30,7 @@ from jetsource.domains.sessions.progress import (
 from jetsource.domains.sessions.record import ACTIVE, STATUSES
 from jetsource.tui.backend import Backend, StackDown
 from jetsource.tui.lifecycle import Refreshing, one_read, while_shown
-from jetsource.tui.text import clean, safe
+from jetsource.tui.text import SafeInput, clean, safe
 
 STATUS_STYLE = {
     WAITING: "dim",
@@ -138,7 +138,7 @@ class SessionsScreen(Refreshing):
         yield Banner(id="banner")
         yield Label(Text("Sessions", style="bold"), id="title")
         yield Static(Text("loading…", style="dim"), id="summary")
-        yield Input(placeholder="filter: text, or status:active|completed|failed|interrupted",
+        yield SafeInput(placeholder="filter: text, or status:active|completed|failed|interrupted",
                     id="filter")  # fmt: skip
         table: DataTable[Any] = DataTable(id="sessions", cursor_type="row", zebra_stripes=True)
         yield table
@@ -289,10 +289,10 @@ class SessionScreen(Screen[None]):
                 yield Label(Text("Nodes", style="bold"))
                 nodes: DataTable[Any] = DataTable(id="nodes", cursor_type="row")
                 yield nodes
-        yield Input(placeholder="filter the log by type (e.g. provider_)", id="log-filter")
+        yield SafeInput(placeholder="filter the log by type (e.g. provider_)", id="log-filter")
         log: DataTable[Any] = DataTable(id="log", cursor_type="row", zebra_stripes=True)
         yield log
-        yield Input(placeholder="go to seq", id="seq-input")
+        yield SafeInput(placeholder="go to seq", id="seq-input")
         yield Footer()
 
     def on_mount(self) -> None:

@@ -13,6 +13,7 @@ import re
 
 from rich.cells import cell_len
 from rich.text import Text
+from textual.widgets import Input
 
 from jetsource.core.printable import UNSAFE, escape
 
@@ -37,3 +38,13 @@ def clean(value: object, limit: int | None = None) -> str:
 def safe(value: object, limit: int | None = None, style: str = "") -> Text:
     """A :class:`Text` of ``value`` cleaned by :func:`clean`, never markup-parsed."""
     return Text(clean(value, limit), style=style, no_wrap=True, overflow="ellipsis")
+
+
+class SafeInput(Input):
+    """An :class:`Input` that takes no control or bidi character: a paste (or a key)
+    holding ``\\x1b[2J`` or a right-to-left override put it in the value, and the
+    input drew it raw, so the terminal ran it. They are dropped (a tab is a space);
+    a pasted newline already ends the paste's one line."""
+
+    def replace(self, text: str, start: int, end: int) -> None:
+        super().replace(UNSAFE.sub(lambda m: " " if m.group() == "\t" else "", text), start, end)
