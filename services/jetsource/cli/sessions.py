@@ -60,7 +60,7 @@ def _duration_option(flag: str, text: str) -> float:
     try:
         return parse_duration(text)
     except typer.BadParameter as exc:
-        out.fail(out.USAGE, "INVALID_ARGUMENT", f"{flag}: {exc.message}")
+        out.fail(out.USAGE, "INVALID_ARGUMENT", f"{flag}: {exc.message}", field=flag)
 
 
 def _use(override: Mode | None) -> None:
@@ -175,6 +175,7 @@ def list_sessions(
                 out.USAGE,
                 "INVALID_ARGUMENT",
                 f"--status: {s!r} is not one of {', '.join(STATUSES)}",
+                field="--status",
             )
 
     async def work(c: SessionsClient) -> list[SessionRecord]:
@@ -257,10 +258,15 @@ def follow(
 @app.command()
 def prune(
     older_than: str = typer.Option(
-        None, "--older-than", help="ended longer ago than this (30d, 12h); default: the setting"
+        None,
+        "--older-than",
+        help="ended longer ago than this (30d, 12h; 0: no age rule); default: the setting",
     ),
     keep: int = typer.Option(
-        None, "--keep", min=0, help="keep the newest N ended sessions; default: the setting"
+        None,
+        "--keep",
+        min=0,
+        help="keep the newest N ended sessions (0: no count rule); default: the setting",
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="say what would go, remove nothing"),
     every: str = typer.Option(
@@ -287,7 +293,12 @@ def prune(
         else SessionsAppSettings.load().sessions.prune_every_s
     )
     if 0 < interval < 1:  # a pruner looping faster than this only hammers NATS
-        out.fail(out.USAGE, "INVALID_ARGUMENT", f"--every: {interval:g} s; 0 (once) or at least 1s")
+        out.fail(
+            out.USAGE,
+            "INVALID_ARGUMENT",
+            f"--every: {interval:g} s; 0 (once) or at least 1s",
+            field="--every",
+        )
 
     async def work(c: SessionsClient) -> None:
         while True:

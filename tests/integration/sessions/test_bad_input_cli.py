@@ -172,3 +172,22 @@ def test_process_commands_refuse_out_of_range_numbers_as_usage(case: str) -> Non
     env = {**os.environ, "JETSOURCE_CLIENT__PROCESS_QUERY": "127.0.0.1:1"}
     code, stdout, stderr = invoke(process_app, env, args)
     check(code, stdout, stderr, 2, False, word)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["list", "--status", "bogus"],
+        ["prune", "--older-than", "bogus"],
+        ["prune", "--every", "soon", "--dry-run"],
+        ["prune", "--every", "0.5s", "--dry-run"],
+    ],
+)
+def test_sessions_option_errors_name_the_option_as_the_field_in_json(
+    app_settings: SessionsAppSettings, args: list[str]
+) -> None:
+    """Scripts read `field` (README: Exit codes); these errors named the option only in
+    the message, where Click's own (`--limit -1`) set it."""
+    code, _, stderr = invoke(sessions_app, env_of(app_settings), [*args, "-o", "json"])
+    error = json.loads(stderr.strip().splitlines()[-1])["error"]
+    assert (code, error["exit_code"], error["field"]) == (2, 2, args[1])
