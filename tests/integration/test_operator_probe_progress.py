@@ -90,3 +90,45 @@ async def test_a_parallel_build_keeps_its_progress_and_it_only_moves_forward(
     assert dones[0] < 20_000
     assert saved, "no progress in the control entry while the parallel build ran"
     assert all(entry["total"] == 20_000 for entry in saved)
+
+
+async def test_ctrl_c_stops_a_replay_even_when_a_store_call_swallowed_it(
+    projection: Projection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C cancels the command's task; a store client below that turns the
+    cancellation into an answer (as valkey and nats clients can, the error then retried
+    as transient) let the replay run on to the end and exit 0, its run left ``running``
+    in status when it did stop. It now stops at the next story, recorded ``stopped``."""
+    p = projection
+    await seed(p.store, story_ids(40), 5)
+    await p.control.ensure("context", 1)
+    await admin.rebuild(p, "context", 2)
+    control = await p.control.get("context")
+    assert control is not None
+    control.active = 2
+    await p.control.save("context", control)
+    real = admin._replay_aggregate
+    calls: list[str] = []
+    entered = asyncio.Event()
+
+    async def swallowing(p: Projection, model: Any, aggregate_id: str) -> tuple[int, int]:
+        calls.append(aggregate_id)
+        if len(calls) == 3:
+            entered.set()
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                pass  # what a library below did with the Ctrl-C
+        return await real(p, model, aggregate_id)
+
+    monkeypatch.setattr(admin, "_replay_aggregate", swallowing)
+    run = asyncio.create_task(admin.replay(p, "context", from_seq=1, to_seq=200))
+    await asyncio.wait_for(entered.wait(), 30)
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(run, 30)
+    assert len(calls) == 3  # it stopped at the next story, not after all 40
+    control = await p.control.get("context")
+    assert control is not None and control.last_replay is not None
+    assert control.last_replay["state"] == "stopped", control.last_replay
+    assert control.last_replay["finished_at"]

@@ -485,6 +485,10 @@ def replay(
                 run_id=run_id,
             ),
             _model_stream(name),
+            stopped=f"the replay of {name} stopped (Ctrl-C): each story it wrote is whole "
+            "(one atomic step each), the others are as they were; run the same command "
+            "again to replay the slice (a replay is safe to repeat); `projector status` "
+            "shows the run as stopped",
         )
     if not report.events and not report.failed:
         where = ", ".join(f"{k}={v}" for k, v in report.selectors.items())

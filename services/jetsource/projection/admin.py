@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar, cast
 
+from jetsource.core.aio import honour_cancel
 from jetsource.core.clock import format_rfc3339_ns, now_ns, parse_rfc3339_ns, to_ns
 from jetsource.core.crypto import erasures_heard
 from jetsource.core.envelope import RecordedEvent
@@ -688,6 +689,7 @@ async def replay(
         while at <= high:
             try:
                 async for e in store.read_all(at, high, subject):
+                    honour_cancel()
                     at = e.stream_seq + 1
                     if e.aggregate_id in corrupt:
                         continue
@@ -727,8 +729,52 @@ async def replay(
         "state": "running",
     }
     await _record_replay(p, name, entry)
+    try:
+        await _replay_slices(p, name, model, slices, report, progress, len(events))
+    except (Exception, asyncio.CancelledError):
+        # Stopped midway (Ctrl-C, NATS lost): the run is recorded as stopped, not left
+        # `running` for good. Each story is one atomic step: those written are whole,
+        # the others as they were, so the same replay run again is safe.
+        entry.update(
+            finished_at=_stamp(),
+            state="stopped",
+            reapplied=report.reapplied,
+            failed=len(report.failed),
+            seconds=round(time.perf_counter() - started, 3),
+        )
+        try:
+            await asyncio.wait_for(_record_replay(p, name, entry), 3.0)
+        except (Exception, asyncio.CancelledError) as exc:
+            log.warning("replay %s: run %s not recorded: %r", name, report.run_id, exc)
+        raise
+    report.seconds = time.perf_counter() - started
+    entry.update(
+        finished_at=_stamp(),
+        state="failed" if report.failed else "done",
+        reapplied=report.reapplied,
+        failed=len(report.failed),
+        seconds=round(report.seconds, 3),
+    )
+    await _record_replay(p, name, entry)
+    return report
+
+
+async def _replay_slices(
+    p: Projection,
+    name: str,
+    model: ReadModel,
+    slices: dict[str, list[RecordedEvent]],
+    report: ReplayReport,
+    progress: Progress,
+    total: int,
+) -> None:
+    """Each story of the slice written again (one atomic step each), into ``report``."""
     done = 0
     for agg, evs in slices.items():
+        # A Ctrl-C that a library below swallowed (a store client that turns the
+        # cancellation into a connection error, retried as transient) stops here:
+        # the replay ran on to the end and exited 0.
+        honour_cancel()
         try:
             was, written = await _replay_aggregate(p, model, agg)
         except Exception as exc:  # this aggregate's write did not happen: go on
@@ -744,17 +790,7 @@ async def replay(
             report.carried_forward += max(0, written - evs[-1].version)
             report.advanced += max(0, written - was)
         done += len(evs)
-        progress(done, len(events))
-    report.seconds = time.perf_counter() - started
-    entry.update(
-        finished_at=_stamp(),
-        state="failed" if report.failed else "done",
-        reapplied=report.reapplied,
-        failed=len(report.failed),
-        seconds=round(report.seconds, 3),
-    )
-    await _record_replay(p, name, entry)
-    return report
+        progress(done, total)
 
 
 # -- rebuild, cutover, drop --------------------------------------------------------
@@ -860,6 +896,7 @@ async def _build_parallel(
     saved = -float("inf")
     try:
         while not all(w.done() for w in waits):
+            honour_cancel()
             total = await _stream_last_seq(p, name)
             left = await _retry(lambda: pb.pending(p, name, version, count), "progress")
             meter.update(max(total - left, 0), total)
@@ -988,6 +1025,7 @@ async def _build(
     saved = -float("inf")
     try:
         while not task.done():
+            honour_cancel()  # a Ctrl-C swallowed below must still stop the build
             total = await _stream_last_seq(p, name)
             done = min(max(worker.stats.last_seq, meter.start), total)
             meter.update(done, total)
@@ -1385,6 +1423,7 @@ async def dlq_retry(
             break
         stuck: set[tuple[str, int, str]] = set()
         for i, letter in enumerate(letters):
+            honour_cancel()
             key = (letter.model, letter.version, letter.aggregate_id)
             if key in stuck:
                 report.failed[letter.dlq_seq] = "behind a dead letter that failed again"
