@@ -2,7 +2,8 @@
 
 - ``GET /webhooks/whatsapp/{instance}``: Meta's verification handshake;
 - ``POST /webhooks/whatsapp/{instance}`` (WhatsApp Cloud API and Evolution API) and
-  ``POST /webhooks/discord/{instance}`` (the forwarding bot): see intake.py;
+  ``POST /webhooks/discord/{instance}`` (the forwarding bot, or Discord's interactions
+  on an ``interactions`` instance): see intake.py;
 - ``/api/v1/...``: the OmniQueryService reads as JSON, and processing status updates;
 - ``/healthz`` and ``/readyz`` (see :class:`Health`), ``/metrics``, ``/openapi.json``,
   ``/docs``.
@@ -556,7 +557,10 @@ def create_app(
 
     @app.post("/webhooks/discord/{instance}", tags=["webhooks"])
     async def discord(instance: str, request: Request) -> JSONResponse:
-        """Gateway dispatches forwarded by a bot (X-Jetsource-Signature)."""
+        """Gateway dispatches forwarded by a bot (X-Jetsource-Signature), or, on an
+        instance of format ``interactions``, Discord's own HTTP interactions (the
+        application's Interactions Endpoint URL; X-Signature-Ed25519 and
+        X-Signature-Timestamp), answered with an interaction response."""
         return await webhook("discord", instance, request)
 
     # -- reads -----------------------------------------------------------------------------

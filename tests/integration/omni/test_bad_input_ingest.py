@@ -536,3 +536,98 @@ async def test_the_grpc_reads_refuse_the_same_input_naming_the_field(ingest: Ing
                 if exc.code() != code or word not in (exc.details() or ""):
                     wrong.append((name, exc.code(), exc.details()))
     assert not wrong, "\n".join(map(str, wrong))
+
+
+LONG = "9" * 100_000
+# The longest URL httpx builds is 65,536 characters.
+LONG_PATH = "9" * 60_000
+
+
+async def test_an_over_long_id_is_refused_naming_it_on_every_read(
+    ingest: Ingest, api: httpx.AsyncClient
+) -> None:
+    """A 100,000-character id (60,000 in a URL), on every omni read that takes one, REST
+    and gRPC: 400 /
+    INVALID_ARGUMENT naming the field (a conversation id of any length was looked up
+    and answered as an empty list)."""
+    from jetsource._gen.omni.v1 import query_pb2 as oq
+    from jetsource._gen.omni.v1 import query_pb2_grpc
+
+    rest = {
+        f"/api/v1/conversations/discord/acme-bot/{LONG_PATH}": "conversation_id",
+        f"/api/v1/conversations/discord/{LONG_PATH}/c1": "instance",
+        f"/api/v1/events/{LONG_PATH}": "event_id",
+        f"/api/v1/identities/idn-{LONG_PATH}": "identity_id",
+        f"/api/v1/identities/idn-{LONG_PATH}/timeline": "identity_id",
+        f"/api/v1/handles/discord/{LONG_PATH}": "external_id",
+        f"/api/v1/raw/{LONG_PATH}": "raw_id",
+        f"/api/v1/events?instance={LONG_PATH}": "instance",
+    }
+    wrong: list[Any] = []
+    for path, field in rest.items():
+        response = await api.get(path)
+        got = response.json().get("error", {}) if response.status_code == 400 else {}
+        if got.get("field") != field:
+            wrong.append((path[:60], response.status_code, response.text[:200]))
+    async with grpc.aio.insecure_channel(
+        f"127.0.0.1:{ingest.grpc.port}",
+        options=[("grpc.max_send_message_length", 4 * 1024 * 1024)],
+    ) as channel:
+        s = query_pb2_grpc.OmniQueryServiceStub(channel)
+        calls = [
+            (
+                s.GetConversation,
+                oq.GetConversationRequest(
+                    provider="discord", instance="acme-bot", conversation_id=LONG
+                ),
+                "conversation_id",
+            ),
+            (s.GetEvent, oq.GetEventRequest(event_id=LONG), "event_id"),
+            (s.GetIdentity, oq.GetIdentityRequest(identity_id=f"idn-{LONG}"), "identity_id"),
+            (
+                s.GetIdentityTimeline,
+                oq.GetIdentityTimelineRequest(identity_id=f"idn-{LONG}"),
+                "identity_id",
+            ),
+            (
+                s.FindIdentity,
+                oq.FindIdentityRequest(provider="discord", external_id=LONG),
+                "external_id",
+            ),
+            (s.ListRecentEvents, oq.ListRecentEventsRequest(instance=LONG), "instance"),
+        ]
+        for call, request, field in calls:
+            try:
+                await call(request, timeout=10)
+                wrong.append((field, "answered"))
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.INVALID_ARGUMENT or field not in (
+                    exc.details() or ""
+                ):
+                    wrong.append((field, exc.code(), (exc.details() or "")[:200]))
+    assert not wrong, "\n".join(map(str, wrong))
+
+
+async def test_a_webhook_with_an_over_long_conversation_id_is_422_naming_it(
+    ingest: Ingest, api: httpx.AsyncClient
+) -> None:
+    """The reads refuse a conversation id over 256 characters, so the ingress stores
+    none: a webhook naming one is 422 naming the field, and writes no event."""
+    import json
+
+    from tests.fixtures.omni import HERE
+
+    body = json.loads((HERE / "discord/text.json").read_text())
+    body["d"]["channel_id"] = "7" * 257
+    raw = json.dumps(body).encode()
+    before = int((await ingest.store.stream_info())["state"]["messages"])
+    response = await api.post(route("acme-bot"), content=raw, headers=headers_for("acme-bot", raw))
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["field"] == "d.channel_id"
+    assert int((await ingest.store.stream_info())["state"]["messages"]) == before
+    body["d"]["channel_id"] = "7" * 256  # at the bound: stored, and readable
+    raw = json.dumps(body).encode()
+    response = await api.post(route("acme-bot"), content=raw, headers=headers_for("acme-bot", raw))
+    assert response.status_code == 200, response.text
+    read = await api.get(f"/api/v1/conversations/discord/acme-bot/{'7' * 256}")
+    assert read.status_code == 200, read.text

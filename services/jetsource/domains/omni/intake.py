@@ -53,8 +53,13 @@ from jetsource.core.ids import uuid7
 from jetsource.domains.omni import signatures
 from jetsource.domains.omni.events import stable_uuid
 from jetsource.domains.omni.identity import IdentityService, check_handle
-from jetsource.domains.omni.normalize import Malformed, Unrecognised, normalize
-from jetsource.domains.omni.normalize.common import surrogate_path
+from jetsource.domains.omni.normalize import (
+    Malformed,
+    Unrecognised,
+    discord_interactions,
+    normalize,
+)
+from jetsource.domains.omni.normalize.common import MAX_CONVERSATION_ID, surrogate_path
 from jetsource.domains.omni.raw import RawArchive
 from jetsource.domains.omni.settings import InstanceConfig
 from jetsource.eventstore.jetstream import JetStreamEventStore
@@ -171,7 +176,7 @@ class Intake:
         raw_id = uuid7()
         record = self._record(request, raw_id, received_ns)
         try:
-            events = self._checked(request, raw_id, received_ns)
+            events, reply = self._checked(request, raw_id, received_ns)
         except Rejected as rejected:
             return await self._reject(record, rejected)
         except Unrecognised as exc:
@@ -195,6 +200,13 @@ class Intake:
             return await self._reject(record, too_large)
         record.verdict = VERDICT_ACCEPTED
         record.http_status = 200
+        if not events and reply is not None:
+            # A Discord PING or autocomplete: answered (PONG, no choices), archived
+            # as accepted, no event.
+            record.reason = f"answered with interaction response type {reply['type']}"
+            if (failed := await self._archive(record)) is not None:
+                return failed
+            return Answer(200, reply, {"X-Jetsource-Raw-Id": raw_id})
         # The archive needs only the event ids: it is written while identities resolve.
         archived, resolved = await asyncio.gather(
             self._archive(record), self._resolve(events), return_exceptions=True
@@ -215,6 +227,18 @@ class Intake:
             return _unavailable(raw_id, exc)
         except Exception as exc:
             return await self._failed_after_archive(record, "storing the events", exc)
+        if reply is not None:
+            # Discord reads the body as the interaction's response; what was stored is
+            # told in headers (one event per interaction).
+            return Answer(
+                200,
+                reply,
+                {
+                    "X-Jetsource-Raw-Id": raw_id,
+                    "X-Jetsource-Event-Id": events[0].id,
+                    "X-Jetsource-Stored": "true" if stored[0] else "false",
+                },
+            )
         return Answer(
             200,
             {
@@ -246,7 +270,9 @@ class Intake:
 
     def _checked(
         self, request: WebhookRequest, raw_id: str, received_ns: int
-    ) -> list[NormalizedEvent]:
+    ) -> tuple[list[NormalizedEvent], dict[str, Any] | None]:
+        """The request's events, and the answer its provider expects in place of the
+        usual one (a Discord interaction's response), or why it is refused."""
         config = self.instance(request.provider, request.instance)
         if config is None:
             raise Rejected(
@@ -270,10 +296,10 @@ class Intake:
                 f"the client disconnected after sending {len(request.body)} bytes of the body",
                 "body",
             )
-        if (problem := signatures.check(config, request.headers, request.body)) is not None:
-            raise Rejected(
-                401, "bad_signature", problem, signatures.SIGNATURE_HEADERS[config.format]
-            )
+        found = signatures.problem(config, request.headers, request.body, received_ns / 1e9)
+        if found is not None:
+            header, problem = found
+            raise Rejected(401, "bad_signature", problem, header)
         encoding = request.headers.get("content-encoding", "").strip().lower()
         if encoding not in ("", "identity"):
             # Providers send JSON as it is; a compressed body is not read (and its
@@ -285,13 +311,32 @@ class Intake:
                 "content-encoding",
             )
         body = _parsed(request.body)
+        interactions = config.format == "interactions"
         try:
             events = normalize(
-                request.provider, request.instance, body, to_datetime(received_ns), raw_id
+                request.provider,
+                request.instance,
+                body,
+                to_datetime(received_ns),
+                raw_id,
+                config.format,
             )
         except Malformed as exc:
             raise Rejected(422, "malformed", str(exc)[:2000], exc.field) from None
-        if not events:
+        except Unrecognised as exc:
+            if interactions:
+                # Discord does not retry an interaction: nothing is gained by a 200,
+                # and the type is what is wrong.
+                raise Rejected(400, "unknown_type", exc.reason, "type") from None
+            raise
+        reply: dict[str, Any] | None = None
+        if interactions:
+            reply = discord_interactions.response(
+                discord_interactions.interaction_type(body),
+                config.interaction_response,
+                config.interaction_reply,
+            )
+        if not events and reply is None:
             raise Unrecognised("the body holds no event")
         _check_handles(events, body)
         limit = self.store.settings.max_msg_size - 2048
@@ -304,7 +349,7 @@ class Intake:
                     f"the event stream takes at most {limit}",
                     "body",
                 )
-        return events
+        return events, reply
 
     async def _reject(self, record: RawPayload, rejected: Rejected) -> Answer:
         record.verdict = VERDICT_REJECTED
@@ -444,9 +489,11 @@ def _parsed(raw: bytes) -> dict[str, Any]:
 
 
 def _check_handles(events: list[NormalizedEvent], body: Any) -> None:
-    """Every handle the identities will be asked for is one they take, checked by their
-    own rule before anything is written (the normalizers name the field of each handle
-    they read; this is the guard behind them, naming the field where the handle is)."""
+    """Every conversation, channel, thread and guild id within MAX_CONVERSATION_ID (the
+    reads refuse a longer one), and every handle the identities will be asked for one
+    they take, checked by their own rule before anything is written (the normalizers
+    name the field of each handle they read; this is the guard behind them, naming the
+    field where the handle is)."""
     for e in events:
         for role, handle in (("sender", e.sender_handle), ("recipient", e.recipient_handle)):
             if not handle:
@@ -458,6 +505,17 @@ def _check_handles(events: list[NormalizedEvent], body: Any) -> None:
                 raise Rejected(
                     422, "malformed", f"{where}: the {role}'s handle: {exc}", where
                 ) from None
+        for name in ("conversation_id", "channel_id", "thread_id", "guild_id"):
+            value = getattr(e, name)
+            if len(value) > MAX_CONVERSATION_ID:
+                where = _path_of(body, value) or "body"
+                raise Rejected(
+                    422,
+                    "malformed",
+                    f"{where}: the event's {name} is {len(value)} characters; at most "
+                    f"{MAX_CONVERSATION_ID}",
+                    where,
+                )
 
 
 def _path_of(body: Any, text: str) -> str | None:

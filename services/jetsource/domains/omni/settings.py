@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -58,6 +59,8 @@ class OmniDomainSettings(BaseSettings):
 # An instance's name: a path segment of its webhook URL and a part of the read model's
 # keys (``c:<provider>:<instance>:<conversation>``), so never a ``:``.
 INSTANCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# A Discord application's Ed25519 public key, as hex.
+PUBLIC_KEY = re.compile(r"[0-9a-f]{64}")
 
 
 class InstanceConfig(BaseModel):
@@ -68,23 +71,62 @@ class InstanceConfig(BaseModel):
       with app_secret>``; ``verify_token`` answers Meta's GET verification handshake;
     - ``whatsapp`` + ``evolution``: the ``apikey`` header equals ``api_key``;
     - ``discord`` + ``forwarder``: ``X-Jetsource-Signature: sha256=<HMAC-SHA256 of the
-      body with shared_secret>`` (what the forwarding bot sends).
+      body with shared_secret>`` (what the forwarding bot sends);
+    - ``discord`` + ``interactions``: Discord's own HTTP delivery (the application's
+      Interactions Endpoint URL): ``X-Signature-Ed25519`` (hex) over
+      ``X-Signature-Timestamp`` + the body, checked with ``public_key`` (the application's
+      Ed25519 public key, 64 hex digits, from the Developer Portal's General Information).
+      ``interaction_response`` says how a command, component or modal is answered:
+      ``message`` (type 4, an ephemeral message of ``interaction_reply``) or ``deferred``
+      (type 5 "thinking..." for commands and modals, type 6 for components, both
+      ephemeral: the bot answers later with the interaction's token).
+      ``timestamp_tolerance_s``: a request whose timestamp is further than this from
+      the ingress's clock is refused (a replayed request); 0 does not check.
     """
 
     provider: str = Field(pattern="^(whatsapp|discord)$")
-    format: str = Field(pattern="^(cloud|evolution|forwarder)$")
+    format: str = Field(pattern="^(cloud|evolution|forwarder|interactions)$")
     app_secret: SecretStr | None = None
     verify_token: SecretStr | None = None
     api_key: SecretStr | None = None
     shared_secret: SecretStr | None = None
+    public_key: str | None = None
+    interaction_response: str = Field(default="message", pattern="^(message|deferred)$")
+    interaction_reply: str = Field(default="Received.", min_length=1, max_length=2000)
+    timestamp_tolerance_s: float = Field(default=300.0, ge=0, le=86400)
+
+    @field_validator("public_key")
+    @classmethod
+    def _public_key(cls, value: str | None) -> str | None:
+        """The application's Ed25519 public key as Discord's Developer Portal shows it:
+        64 hex digits (32 bytes). Checked here, so that a key that cannot verify
+        anything stops the ingress at its start instead of refusing every request."""
+        if value is None:
+            return None
+        key = value.strip().lower()
+        if not PUBLIC_KEY.fullmatch(key):
+            raise ValueError(
+                "public_key must be the Discord application's Ed25519 public key: 64 hex "
+                f"digits (Developer Portal, General Information), not {value[:80]!r}"
+            )
+        try:
+            Ed25519PublicKey.from_public_bytes(bytes.fromhex(key))
+        except ValueError as exc:
+            raise ValueError(f"public_key is not an Ed25519 public key: {exc}") from None
+        return key
 
     @model_validator(mode="after")
     def _secrets(self) -> InstanceConfig:
-        needs = {"cloud": "app_secret", "evolution": "api_key", "forwarder": "shared_secret"}
+        needs = {
+            "cloud": "app_secret",
+            "evolution": "api_key",
+            "forwarder": "shared_secret",
+            "interactions": "public_key",
+        }
         need = needs[self.format]
         if getattr(self, need) is None:
             raise ValueError(f"format {self.format!r} needs {need}")
-        allowed = {"whatsapp": ("cloud", "evolution"), "discord": ("forwarder",)}
+        allowed = {"whatsapp": ("cloud", "evolution"), "discord": ("forwarder", "interactions")}
         if self.format not in allowed[self.provider]:
             raise ValueError(f"provider {self.provider!r} has no format {self.format!r}")
         return self

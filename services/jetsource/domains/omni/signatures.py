@@ -6,7 +6,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import time
 from collections.abc import Mapping
+from functools import lru_cache
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from jetsource.domains.omni.settings import InstanceConfig
 
@@ -14,7 +19,10 @@ SIGNATURE_HEADERS = {
     "cloud": "x-hub-signature-256",
     "evolution": "apikey",
     "forwarder": "x-jetsource-signature",
+    "interactions": "x-signature-ed25519",
 }
+# Discord's interactions: the signature above is over this header's value + the body.
+TIMESTAMP_HEADER = "x-signature-timestamp"
 # Header values never archived as they came (they are the secret itself).
 # Proxy-Authorization carries a client's credentials to a proxy (RFC 9110 11.7.2): one
 # that passes it on had it archived in the clear.
@@ -50,8 +58,77 @@ def _hmac_problem(header: str, given: str | None, secret: str, body: bytes) -> s
     return None
 
 
+@lru_cache(maxsize=64)
+def _verifier(public_key: str) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key))
+
+
+_HEX_SIGNATURE = re.compile(r"[0-9a-fA-F]{128}")
+_UNIX_SECONDS = re.compile(r"[0-9]{1,12}")
+
+
+def _ed25519_problem(
+    config: InstanceConfig, headers: Mapping[str, str], body: bytes, now_s: float | None
+) -> tuple[str, str] | None:
+    """Discord's Interactions Endpoint URL: ``X-Signature-Ed25519`` is the hex of an
+    Ed25519 signature of ``X-Signature-Timestamp`` (Unix seconds) + the raw body, made
+    with the application's key; ``public_key`` verifies it. A timestamp further than
+    ``timestamp_tolerance_s`` from ``now_s`` is refused too (a replayed request)."""
+    sig_header = SIGNATURE_HEADERS["interactions"]
+    signature = headers.get(sig_header)
+    stamp = headers.get(TIMESTAMP_HEADER)
+    if not signature:
+        return sig_header, f"missing {sig_header} header"
+    if not stamp:
+        return TIMESTAMP_HEADER, f"missing {TIMESTAMP_HEADER} header"
+    for header, value in ((sig_header, signature), (TIMESTAMP_HEADER, stamp)):
+        if "," in value:
+            return header, f"{header} was sent more than once (or holds a list); send one"
+    signature = signature.strip()
+    if not signature.isascii() or not _HEX_SIGNATURE.fullmatch(signature):
+        return sig_header, f"{sig_header} is not an Ed25519 signature (128 hex digits)"
+    stamp = stamp.strip()
+    if not stamp.isascii() or not _UNIX_SECONDS.fullmatch(stamp):
+        return TIMESTAMP_HEADER, f"{TIMESTAMP_HEADER} is not a time in Unix seconds"
+    assert config.public_key is not None
+    try:
+        _verifier(config.public_key).verify(bytes.fromhex(signature), stamp.encode() + body)
+    except InvalidSignature:
+        return sig_header, (
+            f"{sig_header} does not verify {TIMESTAMP_HEADER} + the body with the "
+            "instance's public_key"
+        )
+    tolerance = config.timestamp_tolerance_s
+    now = time.time() if now_s is None else now_s
+    if tolerance and abs(now - int(stamp)) > tolerance:
+        return TIMESTAMP_HEADER, (
+            f"{TIMESTAMP_HEADER} {stamp} is {abs(now - int(stamp)):.0f} s from this "
+            f"server's clock; at most {tolerance:g} s is accepted (a replayed request, "
+            "or a clock to set right)"
+        )
+    return None
+
+
+def problem(
+    config: InstanceConfig,
+    headers: Mapping[str, str],
+    body: bytes,
+    now_s: float | None = None,
+) -> tuple[str, str] | None:
+    """Why the request is not authentic, as (the header to blame, why), or None.
+    ``headers`` have lower-case names; ``now_s`` is the time an interaction's timestamp
+    is compared with (None: the clock's)."""
+    if config.format == "interactions":
+        return _ed25519_problem(config, headers, body, now_s)
+    why = check(config, headers, body)
+    return None if why is None else (SIGNATURE_HEADERS[config.format], why)
+
+
 def check(config: InstanceConfig, headers: Mapping[str, str], body: bytes) -> str | None:
     """Why the request is not authentic, or None. ``headers`` have lower-case names."""
+    if config.format == "interactions":
+        found = _ed25519_problem(config, headers, body, None)
+        return None if found is None else found[1]
     header = SIGNATURE_HEADERS[config.format]
     given = headers.get(header)
     if config.format == "cloud":

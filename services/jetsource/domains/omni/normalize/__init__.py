@@ -1,6 +1,7 @@
 """Provider normalizers: a webhook body in, provider-neutral ``NormalizedEvent`` s out.
 
-Pure functions, one module per wire format (``whatsapp_cloud``, ``evolution``, ``discord``);
+Pure functions, one module per wire format (``whatsapp_cloud``, ``evolution``, ``discord``,
+``discord_interactions``);
 no I/O, no clock: ``received_at`` and ``raw_ref`` come from the caller. Identity ids are left
 empty (the ingress resolves handles to identities). An event's ``id`` is a UUIDv5 of
 (provider, instance, provider_event_id), so a re-delivered webhook yields the same ids.
@@ -17,7 +18,12 @@ from datetime import datetime
 from typing import Any
 
 from jetsource._gen.omni.v1.events_pb2 import NormalizedEvent
-from jetsource.domains.omni.normalize import discord, evolution, whatsapp_cloud
+from jetsource.domains.omni.normalize import (
+    discord,
+    discord_interactions,
+    evolution,
+    whatsapp_cloud,
+)
 from jetsource.domains.omni.normalize.common import Context, event_id
 from jetsource.domains.omni.normalize.errors import Malformed, Unrecognised
 
@@ -50,10 +56,19 @@ def normalize(
     body: Mapping[str, Any],
     received_at: datetime,
     raw_ref: str,
+    instance_format: str = "",
 ) -> list[NormalizedEvent]:
-    """Normalize one webhook body received on ``/webhooks/{provider}/{instance}``."""
-    fmt = detect_format(provider, body)
+    """Normalize one webhook body received on ``/webhooks/{provider}/{instance}``.
+
+    ``instance_format`` is the instance's configured format where it decides the wire
+    format (``interactions``: Discord's HTTP interactions, which no body shape tells from
+    a forwarded dispatch); otherwise the format is detected from the body."""
     ctx = Context(provider=provider, instance=instance, received_at=received_at, raw_ref=raw_ref)
+    if provider == "discord" and instance_format == "interactions":
+        if not isinstance(body, Mapping):
+            raise Unrecognised(f"body is a JSON {type(body).__name__}, not an object")
+        return discord_interactions.normalize(ctx, body)
+    fmt = detect_format(provider, body)
     if fmt == whatsapp_cloud.FORMAT:
         return whatsapp_cloud.normalize(ctx, body)
     if fmt == evolution.FORMAT:

@@ -22,6 +22,9 @@ from jetsource.domains.omni.normalize.errors import Malformed
 # takes (identity.MAX_EXTERNAL_ID): a body naming a longer one is Malformed, naming the
 # field it came from, before anything is written.
 MAX_HANDLE = 256
+# The longest conversation, channel, thread or guild id an event may carry (the ingress
+# refuses a longer one, naming its field; the reads refuse to look one up).
+MAX_CONVERSATION_ID = 256
 # Integers a normalizer takes: a 64-bit field's range, and at most this many ASCII digits
 # when sent as a string (int() of a 5,000-digit string raises past Python's own limit).
 MIN_INT, MAX_INT, MAX_INT_DIGITS = -(2**63), 2**64 - 1, 20
