@@ -8,7 +8,8 @@ the file ``jetsource_ingest__instances`` in the secrets directory (a Kubernetes 
     {"acme": {"provider": "whatsapp", "format": "cloud", "app_secret": "...",
               "verify_token": "..."},
      "evo": {"provider": "whatsapp", "format": "evolution", "api_key": "..."},
-     "bot": {"provider": "discord", "format": "forwarder", "shared_secret": "..."}}
+     "bot": {"provider": "discord", "format": "forwarder", "shared_secret": "..."},
+     "app": {"provider": "discord", "format": "interactions", "public_key": "<64 hex>"}}
 """
 
 from __future__ import annotations
