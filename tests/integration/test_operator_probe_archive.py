@@ -158,3 +158,37 @@ async def test_ctrl_c_on_archive_restore_says_to_run_it_again_and_that_finishes_
     report = json.loads(out)
     assert (report["last_seq"], report["from_archive"] + report["from_live"]) == (6000, 6000)
     assert len(await dump(p, target)) == 6000
+
+
+def test_export_shows_progress_and_says_a_range_past_the_end_holds_nothing(
+    exported: Any, unique: str, tmp_path: Path
+) -> None:
+    """`archive export` was silent however long it ran, and a range past the stream's
+    end answered "0 messages sealed in 0 segments" without saying why."""
+    from tests.cli_env import jetsource
+
+    p, _ = exported
+    env = cli_env(
+        p.settings.nats_url(),
+        unique,
+        JETSOURCE_EVENTSTORE__STREAM=p.store.settings.stream,
+        JETSOURCE_EVENTSTORE__SUBJECT_PREFIX=p.store.settings.subject_prefix,
+        JETSOURCE_ARCHIVE__URL=str(tmp_path / "archive"),
+        JETSOURCE_PROGRESS_EVERY_S="0.01",
+    )
+    done = jetsource(env, "archive", "export", "--json", timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert sum(e["count"] for e in json.loads(done.stdout)) == 5000  # 1..1000 sealed before
+    lines = [json.loads(line) for line in done.stderr.splitlines()]
+    seen = [line["progress"] for line in lines if "progress" in line]
+    assert seen, done.stderr
+    assert [s["done"] for s in seen] == sorted(s["done"] for s in seen)
+    assert (seen[-1]["done"], seen[-1]["total"]) == (6000, 6000)
+
+    past = jetsource(env, "archive", "export", "--from-seq", "7000", "--json", timeout=60)
+    assert past.returncode == 0, past.stderr
+    assert json.loads(past.stdout) == []
+    warnings = [
+        json.loads(line)["warning"] for line in past.stderr.splitlines() if "warning" in line
+    ]
+    assert any("past the stream's last sequence (6000)" in w for w in warnings), past.stderr

@@ -316,7 +316,12 @@ class Archiver:
 
     # -- export and restore ------------------------------------------------------------
 
-    async def export(self, from_seq: int = 1, to_seq: int | None = None) -> list[SegmentEntry]:
+    async def export(
+        self,
+        from_seq: int = 1,
+        to_seq: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[SegmentEntry]:
         """Seal every live message of the stream (events and voids) in the range into
         segments, purging nothing: a copy for cold storage or disaster recovery.
 
@@ -333,11 +338,23 @@ class Archiver:
         chunk: list[ArchivedMessage] = []
         seq = max(from_seq, 1)
         timeout = self._cfg.request_timeout_s
+        # Progress by stream sequence over the range (it was silent for minutes on a
+        # large stream): up to --to-seq, or the stream's last sequence now.
+        last = to_seq
+        if progress is not None:
+            end = int((await self.store.stream_info())["state"]["last_seq"])
+            last = end if to_seq is None else min(to_seq, end)
+        span = max((last or seq) - seq + 1, 0)
+        if progress is not None:
+            progress(0, span)
         while True:
             page = await jsapi.direct_get_page(
                 self._replies, self._cfg.stream, None, seq, jsapi.DIRECT_GET_PAGE, timeout
             )
             done = page.pending == 0 or not page.messages
+            if progress is not None and page.messages:
+                at = min(page.messages[-1].seq, last or page.messages[-1].seq)
+                progress(min(at - max(from_seq, 1) + 1, span), span)
             for raw in page.messages:
                 if to_seq is not None and raw.seq > to_seq:
                     done = True

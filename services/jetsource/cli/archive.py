@@ -220,7 +220,13 @@ def export(
         await store.stream_info()  # a missing stream is said as such
         archive = open_archive(s, store.settings.stream)
         archiver = Archiver(store, None, archive, None, s.archive.segment_events)
-        sealed = await archiver.export(from_seq, to_seq)
+        sealed = await archiver.export(from_seq, to_seq, progress=update)
+        end = int((await store.stream_info())["state"]["last_seq"])
+        if from_seq > end:  # said, not a silent "0 messages sealed"
+            _warn(
+                f"--from-seq {from_seq} is past the stream's last sequence ({end}): "
+                "nothing to seal"
+            )
         if archiver.skipped:
             ranges = ", ".join(f"{a}..{b}" if a != b else str(a) for a, b in archiver.skipped)
             names = ", ".join(e.name.rsplit("/", 1)[-1] for e in archiver.skipped_in)
@@ -230,7 +236,10 @@ def export(
             )
         return sealed
 
-    entries = _run(work, timeout, as_json)
+    from jetsource.cli.projector import _progress
+
+    with _progress("archive export") as update:  # stderr: a bar, lines, or JSON lines
+        entries = _run(work, timeout, as_json)
     if output.mode() == output.Mode.json:
         output.emit_json([{"name": e.name, "count": e.count} for e in entries])
         return
