@@ -58,8 +58,9 @@ def interaction_type(body: Mapping[str, Any]) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise Malformed("type", "must be an integer")
     if value not in _NAMES:
+        text = str(value) if -(10**20) < value < 10**20 else f"{str(value)[:20]}..."
         raise Unrecognised(
-            f"interaction type {str(value)[:20]} is not one of 1 (PING), 2 "
+            f"interaction type {text} is not one of 1 (PING), 2 "
             "(APPLICATION_COMMAND), 3 (MESSAGE_COMPONENT), 4 (APPLICATION_COMMAND_"
             "AUTOCOMPLETE), 5 (MODAL_SUBMIT)"
         )
