@@ -200,3 +200,24 @@ def test_refused_nats_credentials_are_access_denied_naming_the_settings(
     assert "JETSOURCE_NATS__CREDS_FILE" in error["message"]
     assert "AccessDeniedError" not in error["message"]
     assert "wrong" not in error["message"]  # no secret is echoed
+
+
+def test_infra_status_json_gives_pids_as_numbers_or_null(
+    tmp_path: Path, nats_server: Server
+) -> None:
+    """`pid` was a string in JSON: "17129", "-" for none, "external"."""
+    env = clean_environ() | {
+        "JETSOURCE_DEVSTACK__HOME": str(tmp_path / "home"),
+        "JETSOURCE_NATS__URL": nats_server.url,  # external: probed, never started
+        "JETSOURCE_DEVSTACK__VALKEY_PORT": str(free_port()),  # local, not running
+        "JETSOURCE_DEVSTACK__GRAPH_HTTP_PORT": str(free_port()),
+        "JETSOURCE_DEVSTACK__GRAPH_BOLT_PORT": str(free_port()),
+    }
+    done = jetsource(env, "-o", "json", "infra", "status", timeout=60)
+    assert done.returncode == 1, done.stderr  # valkey and the graph store are down
+    body = json.loads(done.stdout)
+    servers = {r["name"]: r for r in body["servers"]}
+    assert (servers["nats"]["pid"], servers["nats"]["external"]) == (None, True)
+    assert servers["nats"]["healthy"] is True
+    assert (servers["valkey"]["pid"], servers["valkey"]["external"]) == (None, False)
+    assert all(r["pid"] is None or isinstance(r["pid"], int) for r in body["services"])

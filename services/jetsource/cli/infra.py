@@ -61,8 +61,9 @@ def _rows(
     statuses: list[ServerStatus], services: list[ServiceStatus] | None = None
 ) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
+    # JSON: ``pid`` a number, or null when none runs (or the server is external:
+    # ``external`` true); it was a string ("17129", "-", "external").
     for s in statuses:
-        pid = str(s.pid) if s.pid else ("external" if not s.managed else "-")
         out.append(
             {
                 "name": s.name,
@@ -71,7 +72,8 @@ def _rows(
                 "health": _health(s.healthy),
                 "healthy": s.healthy,
                 "version": s.version,
-                "pid": pid,
+                "pid": s.pid or None,
+                "external": not s.managed,
                 "detail": s.detail,
             }
         )
@@ -84,11 +86,17 @@ def _rows(
                 "health": _health(v.healthy) if v.started else "not started",
                 "healthy": v.healthy,
                 "version": "",
-                "pid": str(v.pid or "-"),
+                "pid": v.pid or None,
                 "detail": v.detail if v.started else "",
             }
         )
     return out
+
+
+def _pid_cell(row: dict[str, Any]) -> str:
+    if row["pid"]:
+        return str(row["pid"])
+    return "external" if row.get("external") else "-"
 
 
 def _show(statuses: list[ServerStatus], services: list[ServiceStatus] | None = None) -> None:
@@ -105,7 +113,7 @@ def _show(statuses: list[ServerStatus], services: list[ServiceStatus] | None = N
     output.table(
         "jetsource local servers and services",
         columns,
-        [[r[c] for c in columns] for r in rows],
+        [[_pid_cell(r) if c == "pid" else r[c] for c in columns] for r in rows],
     )
 
 
