@@ -268,3 +268,49 @@ async def test_a_decision_graph_past_the_message_limit_is_refused_saying_how_to_
             assert {n.id for n in around.nodes} == {"t1", "t0", cid}
     finally:
         await query.stop(0)
+
+
+async def test_a_subtask_status_of_a_newer_version_reads_the_same_every_way(
+    stack: Stack,  # noqa: F811
+) -> None:
+    """A SubtaskUpdated with a status number this server has no name for (as a newer
+    version may write): snapshots and the read model wrote it "unspecified" and read
+    it back as todo, so the state at a version depended on whether a snapshot was
+    used (time travel said 99 before the snapshot, todo after it; GetContext said
+    0), and UpdateSubtask on it was a KeyError answered INTERNAL. Now the number
+    round-trips everywhere and the update is FAILED_PRECONDITION naming it."""
+    cid = "probe-future-status"
+    await stack.publisher.store.append(
+        cid,
+        [
+            NewEvent(ev.ContextCreated(title="t")),
+            NewEvent(ev.SubtaskAdded(subtask_id="s1", title="x")),
+            NewEvent(ev.SubtaskUpdated(subtask_id="s1", status=99, progress=5)),
+            *(NewEvent(ev.SubtaskAdded(subtask_id=f"t{i}", title="y")) for i in range(9)),
+        ],
+        0,
+    )
+    last = 12  # a snapshot is written at 10 (every 10 events in this stack)
+    for _ in range(100):
+        at = await stack.reads.at_version(cid, last)
+        if at.snapshot_version == 10:
+            break
+        await asyncio.sleep(0.1)
+    assert at.snapshot_version == 10, "no snapshot at version 10"
+
+    def status(view: q.ContextView) -> int:
+        return next(t.status for t in view.subtasks if t.id == "s1")
+
+    assert status(at.context) == 99
+    assert status((await stack.reads.at_version(cid, 3)).context) == 99  # from events only
+    now = await stack.reads.get_context(cid, min_version=last)
+    assert now.source == q.READ_SOURCE_READ_MODEL and status(now.context) == 99
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stack.commands.update_subtask(cid, "s1", progress=6)
+    assert refused.value.code() == Code.FAILED_PRECONDITION, refused.value.details()
+    assert "status 99" in (refused.value.details() or "")
+    assert len(await stack.publisher.store.read_aggregate(cid)) == last
+    # The publisher loaded the story through that snapshot: it still knows the status.
+    with pytest.raises(grpc.aio.AioRpcError) as again:
+        await stack.commands.update_subtask(cid, "s1", status="done")
+    assert again.value.code() == Code.FAILED_PRECONDITION

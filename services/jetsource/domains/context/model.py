@@ -398,6 +398,13 @@ def decide(command: Command, state: ContextState) -> list[Message]:
         subtask = state.subtasks.get(command.subtask_id)
         if subtask is None:
             raise DomainError(f"subtask {command.subtask_id!r} does not exist")
+        if subtask.status not in TRANSITIONS:
+            # Stored by a newer version with a status this one does not know: which
+            # moves it allows is not known here (it was a KeyError, answered INTERNAL).
+            raise DomainError(
+                f"subtask {subtask.id!r} has status {subtask.status}, which this server "
+                "does not know (written by a newer version?): it cannot change it"
+            )
         if not TRANSITIONS[subtask.status]:
             raise DomainError(
                 f"subtask {subtask.id!r} is {STATUS_NAMES[subtask.status]} and cannot change"

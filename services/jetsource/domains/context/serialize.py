@@ -11,12 +11,39 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import replace
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
-from jetsource.domains.context.model import STATUS_NAMES, TODO, ContextState, Decision, Subtask
+from jetsource.domains.context.model import (
+    STATUS_NAMES,
+    TODO,
+    ContextState,
+    Decision,
+    Status,
+    Subtask,
+)
 
 STATE_SCHEMA_VERSION = 1
 _STATUS_BY_NAME = {name: status for status, name in STATUS_NAMES.items()}
+
+
+def status_name(status: Status) -> str:
+    """A subtask status in the dict form: its name; a number this code has no name
+    for (an event of a newer version) as its digits, so that it round-trips through
+    snapshots and read models (it was written "unspecified" and read back as todo:
+    the state at a version then depended on whether a snapshot was used)."""
+    return STATUS_NAMES.get(status) or str(int(status))
+
+
+def status_from_name(name: str, unknown: Status = TODO) -> Status:
+    """:func:`status_name` read back; ``unknown`` for a name that is neither (the
+    "unspecified" written before)."""
+    known = _STATUS_BY_NAME.get(name)
+    if known is not None:
+        return known
+    try:
+        return cast(Status, int(name))
+    except (TypeError, ValueError):
+        return unknown
 
 
 def decision_to_dict(d: Decision) -> dict[str, Any]:
@@ -38,7 +65,7 @@ def subtask_to_dict(t: Subtask) -> dict[str, Any]:
         "title": t.title,
         "description": t.description,
         "assignee": t.assignee,
-        "status": STATUS_NAMES.get(t.status, "unspecified"),
+        "status": status_name(t.status),
         "progress": t.progress,
         "status_note": t.status_note,
     }
@@ -94,7 +121,7 @@ def state_from_dict(doc: dict[str, Any]) -> ContextState:
             title=t["title"],
             description=t["description"],
             assignee=t["assignee"],
-            status=_STATUS_BY_NAME.get(t["status"], TODO),
+            status=status_from_name(t["status"]),
             progress=t["progress"],
             status_note=t["status_note"],
         )

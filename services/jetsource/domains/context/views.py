@@ -17,16 +17,11 @@ from jetsource.core.clock import to_timestamp
 from jetsource.core.codec import UnknownEvent
 from jetsource.core.envelope import RecordedEvent
 from jetsource.domains.context.model import ContextState, Decision, Subtask
+from jetsource.domains.context.serialize import status_from_name
 
 STATUS = {"open": pb.CONTEXT_STATUS_OPEN, "closed": pb.CONTEXT_STATUS_CLOSED}
 STATUS_NAME = {v: k for k, v in STATUS.items()}
-_SUBTASK_STATUS = {
-    "todo": ev.SUBTASK_STATUS_TODO,
-    "in_progress": ev.SUBTASK_STATUS_IN_PROGRESS,
-    "blocked": ev.SUBTASK_STATUS_BLOCKED,
-    "done": ev.SUBTASK_STATUS_DONE,
-    "cancelled": ev.SUBTASK_STATUS_CANCELLED,
-}
+_UNSPECIFIED = ev.SUBTASK_STATUS_UNSPECIFIED
 # event message type -> ContextEvent oneof field
 _EVENT_FIELD = {
     field.message_type.name: field.name
@@ -51,7 +46,8 @@ def context_view(state: dict[str, Any]) -> pb.ContextView:
         pb.DecisionView(**d, active=not d["superseded_by"]) for d in state["decisions"].values()
     )
     view.subtasks.extend(
-        pb.SubtaskView(**{**t, "status": _SUBTASK_STATUS.get(t["status"], 0)})
+        # (a status of a newer version as its number, as time travel answers it)
+        pb.SubtaskView(**{**t, "status": status_from_name(t["status"], unknown=_UNSPECIFIED)})
         for t in state["subtasks"].values()
     )
     view.dependencies.extend(pb.Dependency(from_id=a, to_id=b) for a, b in state["dependencies"])
