@@ -112,6 +112,9 @@ async def test_a_ping_is_answered_pong_and_archived(
         ("stale_timestamp", "x-signature-timestamp"),
         ("timestamp_not_a_number", "x-signature-timestamp"),
         ("forwarder_signature", "x-signature-ed25519"),
+        ("not_ascii", "x-signature-ed25519"),
+        ("timestamp_not_ascii", "x-signature-timestamp"),
+        ("sent_twice", "x-signature-ed25519"),
     ],
 )
 async def test_a_bad_signature_is_401_naming_the_header_and_writes_nothing_else(
@@ -141,10 +144,17 @@ async def test_a_bad_signature_is_401_naming_the_header_and_writes_nothing_else(
         headers["x-signature-timestamp"] = "2026-12-06T10:00:00Z"
     elif case == "forwarder_signature":
         headers = headers_for("acme-bot", payload)
+    sending: Any = headers
+    if case == "not_ascii":
+        sending = {**headers, "x-signature-ed25519": b"\xe9" * 128}
+    elif case == "timestamp_not_ascii":
+        sending = {**headers, "x-signature-timestamp": b"17\xb2"}
+    elif case == "sent_twice":  # the right signature and another: which one is meant?
+        sending = [*headers.items(), ("x-signature-ed25519", "ab" * 64)]
     before = await events_in(ingest)
     bucket = (await ingest.identities.kv())._name
 
-    r = await http.post(f"/webhooks/discord/{APP}", content=sent, headers=headers)
+    r = await http.post(f"/webhooks/discord/{APP}", content=sent, headers=sending)
 
     assert r.status_code == 401, r.text
     error = r.json()["error"]
