@@ -26,13 +26,13 @@ import json
 import re
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
 
 from jetsource._gen.process.v1 import events_pb2
-from jetsource.core.clock import NS, from_timestamp, to_timestamp
+from jetsource.core.clock import from_timestamp, to_timestamp
 from jetsource.core.ids import MAX_AGGREGATE_ID_LENGTH, uuid7
 
 SESSION_KIND = "session"
@@ -52,6 +52,7 @@ MAX_TYPE_LENGTH = 64  # the ledger's bound on an event type
 _SESSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]*")
 _TS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}(?:Z|[+-]\d{2}:\d{2})")
 MS = 1_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _KEY_WIDTH = 12  # seq digits in keys: lexical order = numeric order up to 10^12 events
 _IMPORT_NS = uuid.UUID("5b1f0e4c-2d6a-5e8b-9c3d-16a0c7e2f401")
 
@@ -78,8 +79,13 @@ def event_key(session: str, seq: int) -> str:
 def format_ts(ns: int) -> str:
     """ISO 8601, UTC, milliseconds: ``2026-12-02T21:40:00.123Z``."""
     ms = ns // MS
-    base = datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{base}.{ms % 1000:03d}Z"
+    # Not strftime: its %Y wrote the year 500 as "500", which parse_ts refuses, so an
+    # exported line did not import again.
+    d = _EPOCH + timedelta(milliseconds=ms)
+    return (
+        f"{d.year:04d}-{d.month:02d}-{d.day:02d}T{d.hour:02d}:{d.minute:02d}:{d.second:02d}"
+        f".{ms % 1000:03d}Z"
+    )
 
 
 def parse_ts(text: Any) -> int:
@@ -92,8 +98,13 @@ def parse_ts(text: Any) -> int:
         when = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as e:
         raise EventFormatError("ts", f"{text!r}: {e}") from None
-    seconds = int(when.timestamp())
-    return seconds * NS + (when.microsecond // 1000) * MS
+    try:
+        when.astimezone(UTC)  # an offset can take it past the years 1..9999
+    except (OverflowError, ValueError):
+        raise EventFormatError("ts", f"{text!r} is outside the years 1..9999 UTC") from None
+    # Exact milliseconds: int(timestamp()) rounded a time before 1970 towards it, so
+    # 1969-12-31T23:59:59.500Z read back as 1970-01-01T00:00:00.500Z.
+    return ((when - _EPOCH) // timedelta(milliseconds=1)) * MS
 
 
 @dataclass(frozen=True)
