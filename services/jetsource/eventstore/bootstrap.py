@@ -63,6 +63,7 @@ async def connect(settings: JetsourceSettings) -> NATS:
     once (nats-py would otherwise retry them forever); an absent server is waited for."""
     loop = asyncio.get_running_loop()
     refused: asyncio.Future[Exception] = loop.create_future()
+    where = redact_url(settings.nats_url())
 
     async def on_error(exc: Exception) -> None:
         text = str(exc).lower()
@@ -71,7 +72,10 @@ async def connect(settings: JetsourceSettings) -> NATS:
                 refused.set_result(exc)
             log.error("nats refused this client: %s", exc)
         else:
-            log.warning("nats: %s", exc)
+            # Named, and said to be retried: "nats: [Errno 111] Connection refused"
+            # said neither which server nor that the service waits for it.
+            reason = str(exc) or type(exc).__name__
+            log.warning("nats: %s at %s; retrying", reason, where)
 
     nc = NATS()
     connecting = asyncio.ensure_future(nc.connect(**nats_options(settings), error_cb=on_error))
