@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -285,7 +285,7 @@ async def test_a_subtask_status_of_a_newer_version_reads_the_same_every_way(
         [
             NewEvent(ev.ContextCreated(title="t")),
             NewEvent(ev.SubtaskAdded(subtask_id="s1", title="x")),
-            NewEvent(ev.SubtaskUpdated(subtask_id="s1", status=99, progress=5)),
+            NewEvent(ev.SubtaskUpdated(subtask_id="s1", status=cast(Any, 99), progress=5)),
             *(NewEvent(ev.SubtaskAdded(subtask_id=f"t{i}", title="y")) for i in range(9)),
         ],
         0,
