@@ -86,7 +86,13 @@ def test_cutover_wait_reset_and_drop_work_for_every_domains_models(
             built = ok(env, "projector", "rebuild", model, "--to-version", "2")
             assert (built["version"], built["applied"]) == (2, events)
             cut = ok(env, "projector", "cutover", model, "--to-version", "2")
-            assert cut == {"model": model, "active": 2, "previous": 1, "lag": 0}
+            assert cut == {
+                "model": model,
+                "active": 2,
+                "previous": 1,
+                "lag": 0,
+                "dead_letters": 0,
+            }
             waited = ok(env, "projector", "wait", model, "--version", "2", "--timeout", "30")
             assert (waited["state"], waited["lag"]) == ("live", 0)
             assert ok(env, "projector", "drop", model, "--version", "1")["version"] == 1
@@ -221,3 +227,46 @@ def test_infra_status_json_gives_pids_as_numbers_or_null(
     assert servers["nats"]["healthy"] is True
     assert (servers["valkey"]["pid"], servers["valkey"]["external"]) == (None, False)
     assert all(r["pid"] is None or isinstance(r["pid"], int) for r in body["services"])
+
+
+def test_a_cutover_to_a_version_holding_dead_letters_says_so(
+    tmp_path: Path, valkey_server: Server, unique: str
+) -> None:
+    """It was silent: the stories parked in the new version stop at their dead letter
+    in what queries read from then on."""
+    fresh = start_nats(tmp_path / "nats")
+    try:
+        asyncio.run(fill_process_and_omni(fresh.url))
+
+        async def poison() -> None:
+            nc = await nats.connect(fresh.url)
+            await nc.jetstream().publish("process.events.p-bad.process_started", b"garbage")
+            await nc.close()
+
+        asyncio.run(poison())
+        env = clean_environ() | {
+            "JETSOURCE_NATS__URL": fresh.url,
+            "JETSOURCE_VALKEY__URL": valkey_server.url,
+            "JETSOURCE_PROJECTOR__VALKEY_PREFIX": f"dl{unique}",
+            "JETSOURCE_PROJECTOR__MAX_DELIVER": "2",
+            "JETSOURCE_PROJECTOR__BACKOFF_S": "[0.1]",
+            "JETSOURCE_PROGRESS_EVERY_S": "60",
+        }
+        ok(env, "streams", "ensure")
+        ok(env, "projector", "rebuild", "processes", "--to-version", "2")
+        done = jetsource(
+            env, "projector", "cutover", "processes", "--to-version", "2", "--json", timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        result = json.loads(done.stdout)
+        assert (result["active"], result["dead_letters"]) == (2, 1)
+        warnings = [json.loads(line) for line in done.stderr.splitlines()]
+        assert any("1 dead letters" in w.get("warning", "") for w in warnings), done.stderr
+        assert any("dlq list" in w.get("warning", "") for w in warnings)
+        # v1 was never run (no consumer): refused saying so, not "-1 events behind".
+        back = jetsource(env, "projector", "cutover", "processes", "--to-version", "1", "--json")
+        assert back.returncode == 1, back.stderr
+        message = json.loads(back.stderr.splitlines()[-1])["error"]["message"]
+        assert "no consumer" in message and "-1" not in message, message
+    finally:
+        fresh.stop()

@@ -1192,15 +1192,35 @@ async def cutover(
     info = await jsapi.consumer_info(
         store._replies, store.settings.stream, spec.durable, store.settings.request_timeout_s
     )
-    lag = int(info["num_pending"]) + int(info["num_ack_pending"]) if info else -1
-    if lag < 0 or lag > max_lag:
+    if info is None:  # it said "-1 events behind"
+        raise AdminError(
+            f"{name} v{version} has no consumer on {store.settings.stream}: no projector "
+            "has run it yet; start the projector service (or rebuild it to a new "
+            "version) and cut over once it has caught up"
+        )
+    lag = int(info["num_pending"]) + int(info["num_ack_pending"])
+    if lag > max_lag:
         raise AdminError(
             f"{name} v{version} is {lag} events behind (limit {max_lag}); is the projector running?"
         )
+    # Dead letters are not a refusal (the operator may cut over on purpose), but they
+    # are said: the stories parked in this version are behind in what queries now read
+    # (a cutover to a version holding them was silent).
+    letters = await _retry(lambda: p.dead_letters.count(spec), f"cutover {name}")
     old = control.active
     control.active = version
     await p.control.save(name, control)
     result: dict[str, Any] = {"model": name, "active": version, "previous": old, "lag": lag}
+    result["dead_letters"] = letters
+    if letters:
+        log.warning(
+            "%s v%d holds %d dead letters: the stories parked there stop at them in what "
+            "queries now read; see `jetsource projector dlq list --model %s`",
+            name,
+            version,
+            letters,
+            name,
+        )
     if drop_old and old != version:
         result["dropped"] = await drop(p, name, old)
     return result
