@@ -53,6 +53,9 @@ def test_a_fold_of_links_leaves_the_state_it_started_from_as_it_was() -> None:
     for event in events[15:]:
         step = m.evolve(step, event)  # type: ignore[arg-type]
     assert after == step and isinstance(after.dependencies, frozenset)
+    one = m.fold(events[15:16], before)  # type: ignore[arg-type]
+    assert one == m.evolve(before, events[15]) and isinstance(one.dependencies, frozenset)  # type: ignore[arg-type]
+    assert before.dependencies is deps and set(deps) == copy
     # A fold without links keeps the very set (the read models compare it by identity).
     same = m.fold([ev.SubtaskAdded(subtask_id="z", title="z")], after)
     assert same.dependencies is after.dependencies

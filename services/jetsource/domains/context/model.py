@@ -705,17 +705,21 @@ def fold_touched(
         put[key] = None
         return mapping
 
-    # The dependencies: one set private to this fold, made on the first link and
-    # frozen once at the end (a copy of the whole set per DependencyLinked made a fold
-    # quadratic: 9 s for a story of 32,000 linked subtasks, well within its size cap).
+    # The dependencies: the first link copies the set (as evolve does: a command's
+    # fold of its one event pays one copy); a second makes one set private to this
+    # fold, frozen once at the end (a copy of the whole set per DependencyLinked made
+    # a fold quadratic: 9 s for 32,000 linked subtasks, well within the size cap).
     links: set[tuple[str, str]] | None = None
+    start_deps = state.dependencies
 
     def link_in_place(
         deps: frozenset[tuple[str, str]], pair: tuple[str, str]
     ) -> frozenset[tuple[str, str]]:
         nonlocal links
         if links is None:
-            links = set(deps)
+            if deps is start_deps:  # the fold's first link: one copy, as evolve makes
+                return deps | {pair}
+            links = set(deps)  # the second: from here on, one set for the rest
         links.add(pair)
         return links  # type: ignore[return-value]  # frozen when the fold ends
 
