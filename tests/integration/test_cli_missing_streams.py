@@ -33,6 +33,8 @@ REFUSED, PRECONDITION = "refused", "FAILED_PRECONDITION"
 CASES = [
     (("sessions", "list"), "SESS_{u}", PRECONDITION, ENSURE),
     (("sessions", "prune", "--dry-run"), "SESS_{u}", PRECONDITION, ENSURE),
+    # a real prune said PERMISSION_DENIED "refused the purge (stream not found)"
+    (("sessions", "prune"), "SESS_{u}", PRECONDITION, ENSURE),
     (("sessions", "show", "s1"), "SESS_{u}", PRECONDITION, ENSURE),
     (("sessions", "export", "s1"), "SESS_{u}", PRECONDITION, ENSURE),
     (("sessions", "follow", "s1"), "SESS_{u}", PRECONDITION, ENSURE),

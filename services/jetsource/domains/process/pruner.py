@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from jetsource.core.envelope import ANY
+from jetsource.core.errors import StreamMissingError
 from jetsource.domains.process.claims import DEFAULT_BUCKET
 from jetsource.domains.process.pruning import (
     MAX_IDS_PER_TOMBSTONE,
@@ -112,8 +113,12 @@ class TreePruner:
                 self._replies, f"STREAM.PURGE.{stream}", {"filter": subject}, self._timeout
             )
         except jsapi.JsApiError as exc:
-            if exc.err_code == jsapi.ERR_STREAM_NOT_FOUND and stream != self._stream:
-                return 0  # no claims bucket (nothing was recorded through an observer)
+            if exc.err_code == jsapi.ERR_STREAM_NOT_FOUND:
+                if stream != self._stream:
+                    return 0  # no claims bucket (nothing was recorded through an observer)
+                # the ledger's stream is not there: say that (and what creates it), not
+                # that the pruner lacks rights
+                raise StreamMissingError(f"stream {stream} does not exist") from exc
             raise PurgeRefusedError(
                 f"stream {stream} refused the purge ({exc.description}): its policy must "
                 "allow purges for the pruner and this client must use the pruner's NATS user"
