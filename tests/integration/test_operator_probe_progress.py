@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -57,6 +58,15 @@ async def test_a_stopped_build_keeps_how_far_it_got(projection: Projection) -> N
     assert kept["percent"] > 0
     rows = {r["version"]: r for r in await admin.status(p) if r["model"] == "context"}
     assert rows[2]["state"] == "stopped" and rows[2]["progress"]["percent"] > 0
+    # `wait` for it is refused at once, saying how to resume (it waited out its
+    # timeout, exit 3, saying "state building").
+    started = time.monotonic()
+    with pytest.raises(admin.AdminError) as refused:
+        await admin.wait(p, "context", 2, timeout_s=5)
+    assert not isinstance(refused.value, admin.WaitTimeout)
+    assert time.monotonic() - started < 3
+    assert "stopped" in str(refused.value)
+    assert "rebuild context --to-version 2" in str(refused.value)
 
 
 async def test_a_parallel_build_keeps_its_progress_and_it_only_moves_forward(
@@ -115,10 +125,8 @@ async def test_ctrl_c_stops_a_replay_even_when_a_store_call_swallowed_it(
         calls.append(aggregate_id)
         if len(calls) == 3:
             entered.set()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):  # a library below did this
                 await asyncio.sleep(30)
-            except asyncio.CancelledError:
-                pass  # what a library below did with the Ctrl-C
         return await real(p, model, aggregate_id)
 
     monkeypatch.setattr(admin, "_replay_aggregate", swallowing)

@@ -1352,6 +1352,23 @@ async def wait(
             state = control.versions.get(version) if control else None
             if state == DROPPED:
                 raise AdminError(f"{name} v{version} is being dropped; it will never be live")
+            if (
+                control is not None
+                and state in (BUILDING, RESETTING)
+                and not claim_fresh(control.claims.get(version))
+            ):
+                # `status` says stopped: nothing would make it live, and wait waited out
+                # its --timeout (exit 3) saying "state building".
+                command = (
+                    f"reset {name} --yes"
+                    if state == RESETTING
+                    else f"rebuild {name} --to-version {version}"
+                )
+                raise AdminError(
+                    f"{name} v{version} is stopped: {state}, but no run holds it (the last "
+                    f"one stopped: Ctrl-C, killed); run `jetsource projector {command}` "
+                    "again to resume it, then wait"
+                )
             if state is None and (control is not None or version != 1):
                 # Nothing builds it (v1 of a model not started yet: the service makes it).
                 known = (
