@@ -82,6 +82,12 @@ def test_cutover_wait_reset_and_drop_work_for_every_domains_models(
             "JETSOURCE_EVENTSTORE__REQUEST_TIMEOUT_S": "2",
         }
         ok(env, "streams", "ensure")  # status reads every domain's streams
+        # v1 that no projector has run: "not started", with what builds it (it said
+        # "already built and live and active" while status said not started).
+        first = jetsource(env, "projector", "rebuild", "process_timeline", "--to-version", "1")
+        assert first.returncode == 1, first.stderr
+        assert "not started" in first.stderr and "reset process_timeline" in first.stderr
+        assert "already built" not in first.stderr
         for model, events in (("processes", 9), ("omni_identities", 6)):
             built = ok(env, "projector", "rebuild", model, "--to-version", "2")
             assert (built["version"], built["applied"]) == (2, events)

@@ -822,13 +822,28 @@ async def rebuild(
     started = time.perf_counter()
     if workers < 1:
         raise AdminError(f"workers must be at least 1, got {workers}")
-    await _control(p, name)
+    control = await _control(p, name)
     if p.pinned_version(name) is not None:
         raise AdminError(
             f"{name} follows a schema version (v{p.pinned_version(name)}), not a cutover: "
             f"use `jetsource projector reset {name} --yes` to build it again"
         )
     p.spec(name, to_version)
+    if control.versions.get(to_version) == LIVE:
+        store = p.store_for(name)
+        info = await jsapi.consumer_info(
+            store._replies,
+            store.settings.stream,
+            p.spec(name, to_version).durable,
+            store.settings.request_timeout_s,
+        )
+        if info is None:  # `status` says "not started"; it said "already built and live"
+            raise AdminError(
+                f"{name} v{to_version} is not started: no projector has run it yet (nothing "
+                f"is built). The projector service builds it when it starts; to build it "
+                f"here, run `jetsource projector reset {name} --yes`"
+                + ("" if to_version == control.active else " once it is the active version")
+            )
 
     def begin(control: ModelControl) -> None:
         state = control.versions.get(to_version)
