@@ -39,6 +39,12 @@ T = TypeVar("T")
 OUTPUT = typer.Option(
     None, "--output", "-o", case_sensitive=False, help="table, plain or json (overrides the global)"
 )
+JSON = typer.Option(False, "--json", help="JSON on stdout, errors too (as --output json)")
+# export and follow always print JSON lines: -o / --json choose how errors are written
+ERRORS_AS = typer.Option(
+    None, "--output", "-o", case_sensitive=False, help="json: errors as JSON on stderr"
+)
+ERRORS_JSON = typer.Option(False, "--json", help="errors as JSON on stderr (as --output json)")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
 # The record's STATUSES, for the help text: the domain's modules (protobuf, the NATS
 # client) are imported by the commands that run, not for `--help` (a unit test holds
@@ -63,8 +69,10 @@ def _duration_option(flag: str, text: str) -> float:
         out.fail(out.USAGE, "INVALID_ARGUMENT", f"{flag}: {exc.message}", field=flag)
 
 
-def _use(override: Mode | None) -> None:
-    if override is not None:
+def _use(override: Mode | None, as_json: bool = False) -> None:
+    if as_json:
+        out.set_mode(Mode.json)
+    elif override is not None:
         out.set_mode(override)
 
 
@@ -143,11 +151,11 @@ def _duration(record: SessionRecord) -> str:
 
 
 @app.command()
-def catalog(output: Mode | None = OUTPUT) -> None:
+def catalog(output: Mode | None = OUTPUT, as_json: bool = JSON) -> None:
     """The event catalog: every event type with its JSON Schema (versioned)."""
     from jetsource.domains.sessions.catalog import load_catalog
 
-    _use(output)
+    _use(output, as_json)
     c = load_catalog()
     if out.mode() == Mode.json:
         out.emit_json(c.as_document())
@@ -166,9 +174,10 @@ def list_sessions(
     search: str = typer.Option("", "--search", "-q", help="text in the id or the command"),
     limit: int = typer.Option(50, "--limit", "-n", min=0, help="newest N (0: all)"),
     output: Mode | None = OUTPUT,
+    as_json: bool = JSON,
 ) -> None:
     """Sessions, newest first: status, command, start, duration, event count."""
-    _use(output)
+    _use(output, as_json)
     for s in status:
         if s not in STATUSES:
             out.fail(
@@ -196,9 +205,9 @@ def list_sessions(
 
 
 @app.command()
-def show(session_id: str, output: Mode | None = OUTPUT) -> None:
+def show(session_id: str, output: Mode | None = OUTPUT, as_json: bool = JSON) -> None:
     """One session's record: command and metadata, times, status, count, snapshot."""
-    _use(output)
+    _use(output, as_json)
 
     async def work(c: SessionsClient) -> SessionRecord:
         record, _, _ = await c.sessions.show(session_id)
@@ -228,8 +237,11 @@ def show(session_id: str, output: Mode | None = OUTPUT) -> None:
 def export(
     session_id: str,
     after: int = typer.Option(0, "--after", min=0, help="only events with seq above this"),
+    output: Mode | None = ERRORS_AS,
+    as_json: bool = ERRORS_JSON,
 ) -> None:
     """The session's events as JSON lines (the user-facing event format)."""
+    _use(output, as_json)
 
     async def work(c: SessionsClient) -> None:
         for e in await c.sessions.export(session_id, after):
@@ -244,8 +256,11 @@ def follow(
     session_id: str,
     after: int = typer.Option(0, "--after", min=0, help="start after this seq"),
     stop: bool = typer.Option(True, "--stop/--no-stop", help="end after session_ended"),
+    output: Mode | None = ERRORS_AS,
+    as_json: bool = ERRORS_JSON,
 ) -> None:
     """The session's events as JSON lines, from a seq, then live as they commit."""
+    _use(output, as_json)
 
     async def work(c: SessionsClient) -> None:
         async for r in c.sessions.follow(session_id, after, until_end=stop):
@@ -276,6 +291,7 @@ def prune(
         "JETSOURCE_SESSIONS__PRUNE_EVERY_S, 0 = once)",
     ),
     output: Mode | None = OUTPUT,
+    as_json: bool = JSON,
 ) -> None:
     """Remove ended (completed or failed) sessions, with every process nested under
     them, by age and by count. Active and interrupted sessions are never removed.
@@ -285,7 +301,7 @@ def prune(
     finished by the next. Needs the pruner's NATS user (the only one allowed to purge)."""
     from jetsource.domains.sessions.settings import SessionsAppSettings
 
-    _use(output)
+    _use(output, as_json)
     age = _duration_option("--older-than", older_than) if older_than is not None else None
     interval = (
         _duration_option("--every", every)
@@ -361,6 +377,7 @@ def import_(
         None, "--observer", help="record through the observer at host:port (default: the stream)"
     ),
     output: Mode | None = OUTPUT,
+    as_json: bool = JSON,
 ) -> None:
     """Record session events from JSON lines (the format `export` and `follow` print).
     Idempotent by (session, seq), whatever recorded the session first (the emitter,
@@ -376,7 +393,7 @@ def import_(
     from jetsource.domains.sessions.importing import ImportConflictError, Line, plan_import
     from jetsource.domains.sessions.settings import SessionsAppSettings
 
-    _use(output)
+    _use(output, as_json)
     settings = SessionsAppSettings.load()
     try:
         stream = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115

@@ -191,3 +191,32 @@ def test_sessions_option_errors_name_the_option_as_the_field_in_json(
     code, _, stderr = invoke(sessions_app, env_of(app_settings), [*args, "-o", "json"])
     error = json.loads(stderr.strip().splitlines()[-1])["error"]
     assert (code, error["exit_code"], error["field"]) == (2, 2, args[1])
+
+
+@pytest.mark.parametrize(
+    ("args", "expect"),
+    [
+        (["list", "--json"], 0),
+        (["catalog", "--json"], 0),
+        (["prune", "--dry-run", "--json"], 0),
+        (["show", "nobody", "--json"], 1),
+        (["export", "nobody", "--json"], 1),
+        (["export", "nobody", "-o", "json"], 1),
+        (["follow", "a.b", "--json"], 1),
+        (["follow", "a.b", "-o", "json"], 1),
+        (["list", "--status", "bogus", "--json"], 2),
+    ],
+)
+def test_sessions_commands_take_json_as_every_command_does(
+    app_settings: SessionsAppSettings, args: list[str], expect: int
+) -> None:
+    """README: every command takes `--json` (or `-o json`); sessions said "No such
+    option: --json", and export / follow (JSON lines on stdout) took neither, so a
+    script could not have their errors as JSON."""
+    code, stdout, stderr = invoke(sessions_app, env_of(app_settings), args)
+    assert code == expect, (code, stdout, stderr)
+    if expect == 0:
+        json.loads(stdout)
+    else:
+        error = json.loads(stderr.strip().splitlines()[-1])["error"]
+        assert error["exit_code"] == expect and error["message"], error
