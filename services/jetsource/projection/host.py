@@ -87,6 +87,13 @@ class ProjectorService:
             wanted |= {(name, v) for v in control.live()}
         return wanted
 
+    def _history(self, model: str) -> Any:
+        """The model's domain history with the archive below it (a compacted stream
+        whose archive is read), else its live store."""
+        from jetsource.archive.history import history_store
+
+        return history_store(self.projection.store_for(model), self.projection.settings)
+
     async def sync(self) -> None:
         """Start a worker for every live version of the configured models; stop the
         ones whose version is gone (dropped after a cutover)."""
@@ -102,6 +109,7 @@ class ProjectorService:
                 self.projection.model(*key),
                 self.projection.dead_letters,
                 self.options,
+                history=self._history(key[0]),
             )
             task = asyncio.create_task(worker.run(), name=f"worker-{key[0]}-v{key[1]}")
             self.workers[key] = (worker, task)
@@ -162,6 +170,7 @@ class ProjectorService:
                 self.options,
                 part,
                 fence,
+                history=self._history(name),
             )
             task = asyncio.create_task(
                 worker.run(), name=f"worker-{name}-v{version}-p{lease.partition}"

@@ -49,6 +49,7 @@ from jetsource.core.codec import PayloadDecodeError, UnknownEvent
 from jetsource.core.envelope import RecordedEvent
 from jetsource.core.errors import CorruptEventError, EventStoreUnavailableError
 from jetsource.eventstore import jsapi
+from jetsource.eventstore.horizon import BeyondHorizonError
 from jetsource.eventstore.jetstream import JetStreamEventStore, voided_event
 from jetsource.eventstore.jsapi import Delivery, RawMessage
 from jetsource.projection.contract import Outcome, ReadModel, StoreLost, TransientError
@@ -158,10 +159,16 @@ class Worker:
         options: ProjectorOptions,
         partition: Partition | None = None,
         fence: Fence | None = None,
+        history: Any = None,
     ) -> None:
         """With a ``partition``, the worker consumes that partition of the stream's
         mirror (its own durable); with a ``fence``, it claims it before its first write
-        and stops, writing nothing more, when a write finds it fenced."""
+        and stops, writing nothing more, when a write finds it fenced. ``history``: the
+        domain's history reader when its stream is compacted and the archive is read
+        (``jetsource.archive.history.history_store``): the versions a gap needs come
+        from it (they may have been archived and purged before this model applied
+        them), and a rebuild of a store found emptied applies the archive first, as
+        ``projector rebuild`` / ``reset`` do."""
         self.nc = nc
         self.store = store
         self.model = model
@@ -171,6 +178,7 @@ class Worker:
         self.stats = WorkerStats()
         self.partition = partition
         self.fence = fence
+        self.history: Any = history if history is not None else store
         self.fenced = False
         self._stream = partition.stream if partition else store.settings.stream
         self._durable = partition.durable(self.spec.durable) if partition else self.spec.durable
@@ -316,9 +324,30 @@ class Worker:
         self._born = await self.model.take_birth_mark()  # type: ignore[attr-defined]
         self._lost = False
         self._mark_at = time.monotonic()
+        if lost and getattr(self.history, "archive", None) is not None:
+            await self._apply_archive()
         warn = getattr(self.model, "store_warning", None)
         if warn is not None and (warning := await warn()):
             log.error("%s v%s: %s", *self._labels, warning, extra=self._log)
+
+    async def _apply_archive(self) -> None:
+        """A compacted stream's histories start at their horizons in the live stream:
+        the archived part is applied first (merged in stream order with the live
+        events among it), as a build does; the consumer then goes on from the live
+        stream, what the archive applied coming back as redeliveries."""
+        from jetsource.archive.replay import ReplayError, replay_archive
+
+        try:
+            applied = await replay_archive(self.store, self.history.archive, self.model)
+        except ReplayError as exc:  # e.g. another partition's worker wrote meanwhile
+            log.warning("%s v%s: %s", *self._labels, exc, extra=self._log)
+            return
+        log.info(
+            "%s v%s: %d events applied from the archive",
+            *self._labels,
+            applied,
+            extra=self._log,
+        )
 
     async def _look_around(self) -> None:
         """While idle, every MARK_CHECK_S: a consumer deleted meanwhile is created again
@@ -360,7 +389,7 @@ class Worker:
             gone = await lost()
         except TransientError:
             return  # the store does not answer: its health says so; looked at again later
-        if gone:
+        if gone and not await self._dropped():
             raise StoreLost("its birth mark is gone (found while idle)")
 
     async def _judge_window(self, consumer: Mapping[str, Any] | None) -> None:
@@ -500,8 +529,8 @@ class Worker:
                 log.warning("%s v%s: fenced: %s", *self._labels, exc, extra=self._log)
                 return
             except StoreLost as exc:
-                if self._stop.is_set():
-                    return
+                if self._stop.is_set() or await self._dropped():
+                    return  # a version being dropped or reset: the admin command owns it
                 log.warning("%s v%s: %s", *self._labels, exc, extra=self._log)
                 self._lost = True
 
@@ -755,12 +784,24 @@ class Worker:
                     continue
                 else:
                     try:
-                        missing = await self.store.read_aggregate(
+                        missing = await self.history.read_aggregate(
                             aggregate_id,
                             from_version=position + 1,
                             to_version=first.version - 1,
                             to_seq=first.stream_seq - 1,
                         )
+                    except BeyondHorizonError as exc:
+                        # Archived and purged before this model applied them, and
+                        # the archive is not read here: no waiting brings them back.
+                        outcome.waiting.pop(first.stream_seq, None)
+                        outcome.failed[first.stream_seq] = (
+                            f"versions {position + 1}..{first.version - 1} of "
+                            f"{aggregate_id!r} were compacted into the archive before "
+                            f"this model applied them ({exc}); with the archive read "
+                            "(JETSOURCE_ARCHIVE__READ) the projector fills them from it, "
+                            "or rebuild the model (`jetsource projector reset`)"
+                        )
+                        continue
                     except CorruptEventError as exc:
                         log.warning(
                             "%s v%s: gap of %s: %s",
