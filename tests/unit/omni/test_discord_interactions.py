@@ -197,3 +197,25 @@ def test_an_interactions_instance_needs_a_public_key_and_is_discord_only() -> No
         InstanceConfig(
             provider="discord", format="interactions", public_key=PUBLIC, interaction_response="x"
         )
+
+
+@pytest.mark.parametrize(
+    ("at", "field"),
+    [
+        (("application_id",), "application_id"),
+        (("user", "id"), "user.id"),
+    ],
+)
+def test_a_handle_over_256_characters_is_malformed_naming_it(
+    at: tuple[str, ...], field: str
+) -> None:
+    """The application (a DM's recipient) and the user are handles: the identity
+    service's bound is checked where they are read."""
+    dm = body("slash_command_dm.json")
+    parent: Any = dm
+    for step in at[:-1]:
+        parent = parent[step]
+    parent[at[-1]] = "1" * 257
+    with pytest.raises(Malformed) as caught:
+        normalize("discord", INSTANCE, dm, RECEIVED_AT, "r", "interactions")
+    assert caught.value.field == field

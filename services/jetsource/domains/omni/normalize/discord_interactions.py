@@ -90,7 +90,7 @@ def normalize(ctx: Context, body: Mapping[str, Any]) -> list[NormalizedEvent]:
     root = Node(body)
     interaction_id = root.req_str("id")
     when = _snowflake_time(interaction_id, root.at("id"))
-    application_id = root.req_str("application_id")
+    application_id = root.req_handle("application_id")  # the DM recipient
     guild_id = root.opt_str("guild_id")
     member = root.opt_obj("member")
     user = member.obj("user") if member is not None else root.obj("user")
