@@ -192,3 +192,34 @@ def test_export_shows_progress_and_says_a_range_past_the_end_holds_nothing(
         json.loads(line)["warning"] for line in past.stderr.splitlines() if "warning" in line
     ]
     assert any("past the stream's last sequence (6000)" in w for w in warnings), past.stderr
+
+
+@pytest.mark.parametrize("command", [("list",), ("verify",), ("export", "--to-seq", "10")])
+@pytest.mark.parametrize("under", [False, True])
+def test_an_archive_location_that_is_not_a_folder_is_named(
+    exported: Any, unique: str, tmp_path: Path, command: tuple[str, ...], under: bool
+) -> None:
+    """`list` and `verify` said "0 segments verified" (exit 0) for an archive URL that is
+    a file; `export` said `[Errno 20] Not a directory: ...`, without the setting."""
+    from tests.cli_env import jetsource
+
+    p, _ = exported
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    location = blocker / "archive" if under else blocker
+    env = cli_env(
+        p.settings.nats_url(),
+        unique,
+        JETSOURCE_EVENTSTORE__STREAM=p.store.settings.stream,
+        JETSOURCE_EVENTSTORE__SUBJECT_PREFIX=p.store.settings.subject_prefix,
+        JETSOURCE_ARCHIVE__URL=str(location),
+    )
+    done = jetsource(env, "archive", *command, "--json", timeout=60)
+    if under and command[0] != "export":  # nothing there yet, and nothing written
+        assert done.returncode == 0, done.stderr
+        return
+    assert done.returncode == 1, done.stdout + done.stderr
+    error = json.loads(done.stderr.splitlines()[-1])["error"]
+    assert "JETSOURCE_ARCHIVE__URL" in error["message"], error
+    assert str(blocker) in error["message"]
+    assert "Errno" not in error["message"]

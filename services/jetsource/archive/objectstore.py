@@ -66,7 +66,22 @@ class LocalObjectStore:
     def _path(self, key: str) -> Path:
         return self.root / _check_key(key)
 
+    def _unusable(self, exc: OSError, doing: str) -> ObjectStoreError:
+        """A folder that cannot be used (a file on the way, read-only, a full disk):
+        said with the file and the setting, not a bare ``[Errno 20] Not a directory``."""
+        where = exc.filename or self.root
+        return ObjectStoreError(
+            f"the archive at {self.root} cannot be {doing}: {exc.strerror or exc} ({where}); "
+            "check JETSOURCE_ARCHIVE__URL"
+        )
+
     def _put(self, key: str, data: bytes, create_only: bool) -> bool:
+        try:
+            return self._write(key, data, create_only)
+        except OSError as exc:
+            raise self._unusable(exc, "written") from exc
+
+    def _write(self, key: str, data: bytes, create_only: bool) -> bool:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
@@ -101,10 +116,16 @@ class LocalObjectStore:
             return await asyncio.to_thread(path.read_bytes)
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise self._unusable(exc, "read") from exc
 
     async def list(self, prefix: str) -> list[str]:
         def walk() -> list[str]:
             if not self.root.is_dir():
+                if self.root.exists():  # a file: verify said "0 segments verified", exit 0
+                    raise ObjectStoreError(
+                        f"the archive at {self.root} is not a folder; check JETSOURCE_ARCHIVE__URL"
+                    )
                 return []
             out = []
             for dirpath, _dirs, files in os.walk(self.root):
