@@ -124,6 +124,8 @@ ROWS: list[tuple[list[str], int, str]] = [
     (["ctx", "create", "c1", "--title", "T", "--publisher", ""], USAGE, "--publisher"),
     (["tui", "--omni", ""], USAGE, "--omni"),
     (["tui", "--omni", "a b:1"], USAGE, "--omni"),
+    (["tui", "--query", ""], USAGE, "--query"),  # fell back to the default service
+    (["tui", "--query", "a b:1"], USAGE, "--query"),
     (["ctx", "show", "c1", "--query", " "], USAGE, "--query"),
     (["ctx", "show", "c1", "--at", "2026-13-45"], USAGE, "--at"),
     (["ctx", "show", "c1", "--at", ""], USAGE, "--at"),

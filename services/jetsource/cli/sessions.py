@@ -356,9 +356,11 @@ def tui(
     from jetsource.domains.sessions.settings import SessionsAppSettings
     from jetsource.tui.app import run
 
+    # An empty --query fell back to the default service, as --omni's check says it must not.
+    for flag, value in (("--query", query), ("--omni", omni)):
+        if value is not None and (not value.strip() or " " in value):
+            raise typer.BadParameter("host:port, no spaces", param_hint=f"'{flag}'")
     address = query or _target("query", None, None).address
-    if omni is not None and (not omni.strip() or " " in omni):
-        raise typer.BadParameter("host:port, no spaces", param_hint="'--omni'")
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         # Piped or in a script it drew escape codes into the pipe and never ended.
         out.fail(
