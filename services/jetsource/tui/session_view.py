@@ -15,6 +15,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Label, ProgressBar, Static
 
+from jetsource.core.clock import now_ns
 from jetsource.core.errors import ValidationError
 from jetsource.core.ids import validate_aggregate_id
 from jetsource.domains.sessions.format import SessionEvent, format_ts
@@ -27,7 +28,7 @@ from jetsource.domains.sessions.progress import (
     SessionState,
     evolve,
 )
-from jetsource.domains.sessions.record import ACTIVE, STATUSES
+from jetsource.domains.sessions.record import ACTIVE, STATUSES, session_status
 from jetsource.tui.backend import Backend, StackDown
 from jetsource.tui.lifecycle import Refreshing, one_read, while_shown
 from jetsource.tui.text import SafeInput, clean, safe
@@ -273,6 +274,10 @@ class SessionScreen(Screen[None]):
         self._player: Any = None
         self._checkpoints: dict[int, SessionState] = {0: SessionState()}
         self._outage = False  # the connection watch put the banner up
+        # when the store recorded the session's latest event: a live session quiet for
+        # longer than JETSOURCE_SESSIONS__INTERRUPTED_AFTER_S is interrupted, as the
+        # list and `sessions show` say (the header said "active" for ever)
+        self._last_recorded_ns = 0
 
     def compose(self) -> ComposeResult:
         yield Banner(id="banner")
@@ -313,6 +318,7 @@ class SessionScreen(Screen[None]):
         the client gave up reconnecting."""
         if not self.live:
             return
+        self.render_header()  # active -> interrupted after a quiet spell, and back
         state = self.backend.connection()
         banner = self.query_one(Banner)
         if state in ("up", "none"):
@@ -359,6 +365,7 @@ class SessionScreen(Screen[None]):
             await asyncio.sleep(2.0)
         banner.clear()
         self.events = [r.event for r in recorded]
+        self._last_recorded_ns = max(r.recorded_ns for r in recorded)
         self._checkpoints = {0: SessionState()}
         self.position, self.state = 0, SessionState()
         self.state = self._state_at(len(self.events))
@@ -379,6 +386,7 @@ class SessionScreen(Screen[None]):
                     if not self._outage:
                         banner.clear()
                     self.events.append(r.event)
+                    self._last_recorded_ns = max(self._last_recorded_ns, r.recorded_ns)
                     if self.position == len(self.events) - 1:  # at the live edge
                         self.position += 1
                         self.state = evolve(self.state, r.event)
@@ -515,7 +523,7 @@ class SessionScreen(Screen[None]):
         mode = "LIVE" if self.live else ("PLAYING" if self.playing else "REPLAY")
         # status, position and mode first: a long command must not push them off screen
         header = Text.assemble(
-            styled(s.status if not self.live else "active"),
+            styled(s.status if not self.live else self._live_status()),
             f"  seq {s.seq}/{self.events[-1].seq if self.events else 0}",
             f"  {mode}",
             f"  x{self.speed:g}/s" if not self.live else "",
@@ -525,6 +533,12 @@ class SessionScreen(Screen[None]):
         )
         header.no_wrap, header.overflow = True, "ellipsis"
         self.query_one("#header", Static).update(header)
+
+    def _live_status(self) -> str:
+        """The status of a session followed live: active, or interrupted once nothing
+        was recorded for ``interrupted_after_s`` (``session_status``, the list's rule)."""
+        quiet_s = self.backend.settings.sessions.interrupted_after_s
+        return session_status(ACTIVE, self._last_recorded_ns, now_ns(), quiet_s)
 
     def render_levels(self) -> None:
         box = self.query_one("#levels", VerticalScroll)
