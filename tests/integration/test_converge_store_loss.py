@@ -408,3 +408,30 @@ async def test_a_valkey_that_evicts_keys_is_named_at_start(
         await p.model("context", 1).drop()
         await p.close()
         await r.aclose()
+
+
+async def test_a_graph_database_that_is_gone_is_an_outage_not_poison(
+    settings: JetsourceSettings, unique: str
+) -> None:
+    """The graph database missing (dropped, being created again: the graph store
+    emptied) answers Neo.ClientError.Database.DatabaseNotFound: a client error, taken
+    for a refusal of the events, so every event was dead-lettered and its story
+    parked. It is the store's state: the model waits, nothing is filed."""
+    from jetsource.projection.contract import TransientError
+
+    gone = settings.model_copy(
+        update={"graph": settings.graph.model_copy(update={"database": f"gone{unique}"})}
+    )
+    p = await open_projection(projector_settings(gone, unique))
+    try:
+        await seed(p.store, story_ids(3), 4)
+        model = p.model("graph", 1)
+        # A transient error: the runtime redelivers the batch (never files it), and a
+        # worker starting meanwhile fails its start and is started again by the host.
+        with pytest.raises(TransientError, match="DatabaseNotFound"):
+            await model.apply(await p.store.read_aggregate(story_ids(3)[0]))
+        with pytest.raises(TransientError, match="DatabaseNotFound"):
+            await model.checkpoint()
+        assert not await admin.dlq_list(p)
+    finally:
+        await p.close()

@@ -21,9 +21,35 @@ TRANSIENT = (
     neo4j_errors.SessionExpired,
     neo4j_errors.TransientError,
     neo4j_errors.DatabaseUnavailable,
+    # The server answers and refuses for reasons of its own, none of them the event's:
+    # credentials refused or expired, a user without the write right, no connection
+    # free in the pool. Taken for a refusal of the events they dead-lettered every
+    # event of the batch and parked its stories; as outages the batch waits for the
+    # store. (Neo.DatabaseError.* stays a refusal: ArcadeDB may answer it for what a
+    # statement's data caused, which waiting would never cure.)
+    neo4j_errors.AuthError,
+    neo4j_errors.Forbidden,
+    neo4j_errors.ConnectionAcquisitionTimeoutError,
     OSError,
     TimeoutError,
 )
+# Client errors that are the store's state, not the statement's: the database does not
+# exist (dropped, being created again: the graph store emptied), or a cluster member
+# that cannot write now.
+TRANSIENT_CODES = (
+    "Neo.ClientError.Database.DatabaseNotFound",
+    "Neo.ClientError.Cluster.NotALeader",
+    "Neo.ClientError.General.ForbiddenOnReadOnlyDatabase",
+    "Neo.ClientError.Security.",
+)
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether a graph error is the store's (the batch waits and is retried)."""
+    if isinstance(exc, TRANSIENT):
+        return True
+    code = getattr(exc, "code", None) if isinstance(exc, neo4j_errors.Neo4jError) else None
+    return isinstance(code, str) and code.startswith(TRANSIENT_CODES)
 
 
 def connect_graph(settings: JetsourceSettings) -> AsyncDriver:
@@ -51,7 +77,9 @@ async def graph_io(call: Awaitable[T], timeout_s: float | None = None) -> T:
     try:
         async with deadline:
             return await call
-    except TRANSIENT as exc:
+    except (neo4j_errors.Neo4jError, neo4j_errors.DriverError, OSError, TimeoutError) as exc:
+        if not transient(exc):
+            raise
         if deadline.expired():
             raise TransientError(f"graph: no answer within {limit:g} s") from exc
         raise TransientError(f"graph: {exc}") from exc
