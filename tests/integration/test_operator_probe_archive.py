@@ -148,7 +148,7 @@ async def test_ctrl_c_on_archive_restore_says_to_run_it_again_and_that_finishes_
     assert out == b""
     assert any("progress" in line for line in lines), err
     error = lines[-1]["error"]
-    assert error["code"] == "interrupted"
+    assert error["code"] == "cancelled"
     assert target in error["message"] and "again" in error["message"]
     assert "sealed" not in error["message"]
 

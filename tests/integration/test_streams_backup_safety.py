@@ -115,7 +115,7 @@ async def test_an_interrupted_backup_leaves_the_backup_there_whole(
     _, stderr = run.communicate(timeout=60)
     assert run.returncode == 130, stderr[-2000:]
     error = last_error(stderr)
-    assert error["code"] == "interrupted" and error["exit_code"] == 130
+    assert error["code"] == "cancelled" and error["exit_code"] == 130
     assert f"nothing in {folder} changed" in error["message"], error
     assert snapshot(folder) == before
 
@@ -123,7 +123,7 @@ async def test_an_interrupted_backup_leaves_the_backup_there_whole(
     plain.send_signal(signal.SIGINT)
     _, stderr = plain.communicate(timeout=60)
     assert plain.returncode == 130
-    assert stderr.splitlines()[-1].startswith("interrupted: backup stopped"), stderr[-500:]
+    assert stderr.splitlines()[-1].startswith("cancelled: backup stopped"), stderr[-500:]
     assert snapshot(folder) == before
 
 

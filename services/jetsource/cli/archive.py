@@ -133,7 +133,7 @@ def _run(
             UNAVAILABLE, "timeout", f"not done within --timeout {timeout:g} s", field="--timeout"
         )
     except KeyboardInterrupt:
-        output.fail(INTERRUPTED, "interrupted", interrupted)
+        output.fail(INTERRUPTED, "cancelled", interrupted)  # the code every group uses
     except AccessDeniedError as exc:  # as every admin group says it
         output.fail(REFUSED, "access denied", str(exc))
     except (StreamMissingError, jsapi.NoRespondersError) as exc:  # as in every group: exit 1
@@ -224,8 +224,7 @@ def export(
         end = int((await store.stream_info())["state"]["last_seq"])
         if from_seq > end:  # said, not a silent "0 messages sealed"
             _warn(
-                f"--from-seq {from_seq} is past the stream's last sequence ({end}): "
-                "nothing to seal"
+                f"--from-seq {from_seq} is past the stream's last sequence ({end}): nothing to seal"
             )
         if archiver.skipped:
             ranges = ", ".join(f"{a}..{b}" if a != b else str(a) for a, b in archiver.skipped)

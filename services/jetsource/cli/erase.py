@@ -48,6 +48,9 @@ def erase(
         report = _run(
             lambda p: erase_subject(p, subject, progress=update),
             lambda p: [store.settings.stream for store in p.stores.values()],
+            stopped=f"the erasure of {subject} stopped (Ctrl-C): its key may be destroyed "
+            "already and some read models written; run the same erase again to finish it "
+            "(it is safe to repeat)",
         )
     if json_out:
         output.emit_json(report.summary())

@@ -652,7 +652,12 @@ def drop(
 
     json_out = _json(as_json)
     name = _model(model_arg, model_opt)
-    removed = _run(lambda p: admin.drop(p, name, version), _model_stream(name))
+    removed = _run(
+        lambda p: admin.drop(p, name, version),
+        _model_stream(name),
+        stopped=f"the drop of {name} v{version} stopped (Ctrl-C): run the same command "
+        "again to finish it",
+    )
     if json_out:
         output.emit_json({"model": name, "version": version, "removed": removed})
         return
@@ -789,7 +794,10 @@ def dlq_retry(
     name = _model(None, model, required=False) or None
     with _progress("retrying dead letters") as update:
         report = _run(
-            lambda p: admin.dlq_retry(p, name, aggregate, seqs, progress=update), _dlq_stream
+            lambda p: admin.dlq_retry(p, name, aggregate, seqs, progress=update),
+            _dlq_stream,
+            stopped="the retry stopped (Ctrl-C): each letter applied so far is removed from "
+            "the dead letters; run the same command again for the others",
         )
     _report("applied", report, json_out)
 
@@ -815,5 +823,10 @@ def dlq_discard(
                 USAGE, "usage", "discarding cannot be undone: add --yes to confirm", field="--yes"
             )
         typer.confirm("Discard these dead letters for good?", abort=True)
-    report = _run(lambda p: admin.dlq_discard(p, name, aggregate, seqs), _dlq_stream)
+    report = _run(
+        lambda p: admin.dlq_discard(p, name, aggregate, seqs),
+        _dlq_stream,
+        stopped="the discard stopped (Ctrl-C): each letter discarded so far is gone; run "
+        "the same command again for the others",
+    )
     _report("discarded", report, json_out)

@@ -61,7 +61,9 @@ def void(
             field="--domain",
         )
     report: VoidReport = _run(
-        lambda p: void_sequence(p, seq, reason, actor or getpass.getuser(), domain)
+        lambda p: void_sequence(p, seq, reason, actor or getpass.getuser(), domain),
+        stopped=f"the void of stream sequence {seq} stopped (Ctrl-C): run the same command "
+        "again to finish it (a void already recorded is not recorded twice)",
     )
     if json_out:
         output.emit_json(report.summary())

@@ -264,7 +264,7 @@ def _run(
         )
     except KeyboardInterrupt:
         said = interrupted() if interrupted is not None else "interrupted"
-        output.fail(INTERRUPTED, "interrupted", said)
+        output.fail(INTERRUPTED, "cancelled", said)  # the code every group uses for Ctrl-C
     except OptionError as exc:
         output.fail(REFUSED, "refused", str(exc), field=exc.field)
     except AccessDeniedError as exc:
