@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from jetsource.core.runner import EXIT_BAD_SETTING
+from jetsource.core.runner import EXIT_BAD_SETTING, EXIT_FAILED
+from tests.infra import Server
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +55,21 @@ SHARED = [
     ("JETSOURCE_GRPC__AUTH_TOKENS", "not-json"),
     ("JETSOURCE_VALKEY__URL", "http://valkey:6379"),
     ("JETSOURCE_GRAPH__URI", "graph:7687"),
+    ("JETSOURCE_EVENTSTORE__STREAM", "CONTEXT EVENTS"),
+    ("JETSOURCE_SNAPSHOTS__STREAM", "context.snapshots"),
+    ("JETSOURCE_EVENTSTORE__SUBJECT_PREFIX", "context.*"),
+    ("JETSOURCE_PROJECTOR__CONTROL_BUCKET", "read.models"),
+    ("JETSOURCE_SNAPSHOTS__MAX_MSG_SIZE", "999999999999"),
 ]
+
+
+def _owns(service: str, variable: str) -> bool:
+    """Whether the service reads the variable (the projector's settings are read by
+    every service built on them, not by the publisher and observer)."""
+    return not (variable.startswith("JETSOURCE_PROJECTOR__") and service in NO_PROJECTOR)
+
+
+NO_PROJECTOR = {"publisher", "observer"}
 
 
 def _closed_port() -> int:
@@ -82,6 +97,7 @@ CASES = [
         (f"JETSOURCE_{SERVICES[service]}__{PORTS[service]}", "70000"),
         (f"JETSOURCE_{SERVICES[service]}__{PORTS[service]}", "eighty"),
     ]
+    if _owns(service, variable)
 ]
 
 
@@ -143,3 +159,35 @@ def test_a_misspelt_variable_is_warned_about_and_the_service_goes_on(tmp_path: P
         finally:
             process.terminate()
             process.wait(timeout=30)
+
+
+def test_a_failure_at_start_is_one_log_record_not_a_raw_traceback(
+    nats_server: Server, unique: str, tmp_path: Path
+) -> None:
+    """JetStream refusing the stream as configured (3 replicas on a single server):
+    exit 1 and one JSON record with the error and the traceback in its "exception"
+    field; it was Python's own traceback, 40 lines between the JSON ones."""
+    done = subprocess.run(
+        [str(BIN / "jetsource-publisher")],
+        env=_env(
+            tmp_path,
+            JETSOURCE_NATS__URL=nats_server.url,
+            JETSOURCE_EVENTSTORE__STREAM=f"CFG_{unique}",
+            JETSOURCE_EVENTSTORE__SUBJECT_PREFIX=f"cfg{unique}.events",
+            JETSOURCE_SNAPSHOTS__STREAM=f"CFG_SNAP_{unique}",
+            JETSOURCE_SNAPSHOTS__SUBJECT_PREFIX=f"cfgsnap{unique}.snapshots",
+            JETSOURCE_EVENTSTORE__REPLICAS="3",
+            JETSOURCE_PUBLISHER__GRPC_PORT="0",
+            JETSOURCE_PUBLISHER__METRICS_PORT="0",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == EXIT_FAILED, done.stderr[-3000:]
+    records = [json.loads(line) for line in done.stderr.strip().splitlines()]
+    failed = records[-1]
+    assert failed["level"] == "error"
+    assert failed["message"].startswith("publisher failed: "), failed
+    assert "replicas" in failed["message"]
+    assert "Traceback" in failed["exception"]

@@ -262,3 +262,34 @@ def test_a_secrets_file_that_is_not_json_is_named(
     message = _error(PublisherSettings, monkeypatch)
     assert message.startswith("bad setting: JETSOURCE_GRPC__AUTH_TOKENS: Invalid JSON")
     assert "plain-token" not in message
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "why"),
+    [
+        ("JETSOURCE_EVENTSTORE__STREAM", "CONTEXT EVENTS", "not a stream name"),
+        ("JETSOURCE_EVENTSTORE__STREAM", "", "not a stream name"),
+        ("JETSOURCE_SNAPSHOTS__STREAM", "context.snapshots", "not a stream name"),
+        ("JETSOURCE_PROJECTOR__DLQ_STREAM", "DLQ>", "not a stream name"),
+        ("JETSOURCE_EVENTSTORE__SUBJECT_PREFIX", "context.*", "not a subject prefix"),
+        ("JETSOURCE_EVENTSTORE__SUBJECT_PREFIX", "context..events", "not a subject prefix"),
+        ("JETSOURCE_SNAPSHOTS__SUBJECT_PREFIX", "", "not a subject prefix"),
+        ("JETSOURCE_PROJECTOR__DLQ_SUBJECT_PREFIX", "dlq.>", "not a subject prefix"),
+        ("JETSOURCE_PROJECTOR__CONTROL_BUCKET", "read.models", "not a bucket name"),
+        ("JETSOURCE_SNAPSHOTS__MAX_MSG_SIZE", "999999999999", "less than or equal"),
+        ("JETSOURCE_EVENTSTORE__MAX_MSG_SIZE", "4294967296", "less than or equal"),
+    ],
+)
+def test_nats_names_the_server_would_refuse_are_refused_by_their_variable(
+    variable: str, value: str, why: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """They passed the settings, then ended the service with a traceback from its first
+    JetStream request (or hung on a request to a subject no stream listens on)."""
+    message = _error(ProjectorSettings, monkeypatch, **{variable: value})
+    assert message.startswith(f"bad setting: {variable}={value!r}: "), message
+    assert why in message
+
+
+def test_observer_claims_bucket_is_a_bucket_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    message = _error(ObserverSettings, monkeypatch, JETSOURCE_OBSERVER__CLAIMS_BUCKET="a b")
+    assert "JETSOURCE_OBSERVER__CLAIMS_BUCKET='a b': 'a b' is not a bucket name" in message

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn, TypeVar
@@ -35,6 +36,8 @@ from jetsource.core.settings import (
 S = TypeVar("S", bound=JetsourceSettings)
 EXIT_ACCESS_DENIED = 2  # also: cannot listen where configured (ListenError)
 EXIT_BAD_SETTING = 2  # a setting that does not validate, a file setting that names none
+EXIT_FAILED = 1  # serve() failed: its error, logged as one record
+EXIT_INTERRUPTED = 130  # SIGINT before the service handles it (as a shell reports it)
 
 
 def load_settings(name: str, settings_class: type[S]) -> S:
@@ -91,10 +94,37 @@ def run_service(name: str, settings: S, serve: Callable[[S], Coroutine[Any, Any,
     )
     telemetry.setup_tracing(name, settings.otel)
     use_uvloop()
+    code = 0
     try:
         asyncio.run(_serving(name, settings, serve))
+        _ignore_stop_signals()
+    except Exception as exc:
+        # Logged as one record (JSON: one line, the traceback in its "exception" field),
+        # not Python's own multi-line traceback between the JSON lines: a JetStream
+        # refusal at start (a stream the server cannot create as configured, e.g.
+        # JETSOURCE_EVENTSTORE__REPLICAS=3 on a single server) was only a traceback.
+        logging.getLogger(f"jetsource.{name}").error(
+            "%s failed: %s: %s", name, type(exc).__name__, exc, exc_info=exc
+        )
+        code = EXIT_FAILED
+    except KeyboardInterrupt:  # Ctrl-C before the service's own signal handling began
+        logging.getLogger(f"jetsource.{name}").warning("%s interrupted while starting", name)
+        code = EXIT_INTERRUPTED
     finally:
         telemetry.shutdown()  # the spans still queued are sent
+    if code:
+        sys.exit(code)
+
+
+def _ignore_stop_signals() -> None:
+    """After the loop, whose handlers turned SIGTERM and SIGINT into a graceful stop,
+    has closed (closing it restores their default action): the service has stopped,
+    and what remains (the interpreter's exit: gRPC's and the exporters' threads) is
+    not cut short by a second SIGTERM into exit 143 (the observer took about a second
+    there, and a repeated stop signal, as some supervisors send, failed it)."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(ValueError, OSError):  # not the main thread
+            signal.signal(sig, signal.SIG_IGN)
 
 
 # How long the tasks serve() leaves behind get to end when it returns or fails.

@@ -116,6 +116,39 @@ def check_log_level(value: str) -> str:
     return level
 
 
+def check_stream_name(value: str) -> str:
+    """A JetStream stream's name: what the server accepts (no whitespace, ``.``, ``*``,
+    ``>``, path separators), 1-255 characters. A name it refuses used to pass the
+    settings and end a service with a traceback from its first request."""
+    if not 1 <= len(value) <= 255 or re.search(r"[\s.*>/\\]", value):
+        raise ValueError(
+            f"{value!r} is not a stream name: 1-255 characters, no whitespace, '.', '*', "
+            "'>', '/' or '\\'"
+        )
+    return value
+
+
+def check_bucket_name(value: str) -> str:
+    """A NATS KV bucket's name: letters, digits, ``-`` and ``_``."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
+        raise ValueError(f"{value!r} is not a bucket name: 1-64 letters, digits, '-' or '_'")
+    return value
+
+
+def check_subject_prefix(value: str) -> str:
+    """Literal subject tokens joined by ``.``: none empty, no wildcard, no whitespace."""
+    tokens = value.split(".")
+    if not value or any(not t or re.search(r"[\s*>]", t) for t in tokens):
+        raise ValueError(
+            f"{value!r} is not a subject prefix: tokens joined by '.', none empty, "
+            "no whitespace, '*' or '>'"
+        )
+    return value
+
+
+StreamName = Annotated[str, AfterValidator(check_stream_name)]
+BucketName = Annotated[str, AfterValidator(check_bucket_name)]
+SubjectPrefix = Annotated[str, AfterValidator(check_subject_prefix)]
 NatsUrl = Annotated[str | None, AfterValidator(check_nats_url)]
 ValkeyUrl = Annotated[str | None, AfterValidator(check_valkey_url)]
 GraphUri = Annotated[str | None, AfterValidator(check_graph_uri)]
@@ -232,12 +265,13 @@ class GraphSettings(BaseModel):
 class EventStoreSettings(BaseModel):
     """The event stream. Production: replicas 3 and a server with ``sync_interval: always``."""
 
-    stream: str = "CONTEXT_EVENTS"
-    subject_prefix: str = "context.events"
+    stream: StreamName = "CONTEXT_EVENTS"
+    subject_prefix: SubjectPrefix = "context.events"
     aggregate_type: str = "context"
     replicas: int = Field(default=1, ge=1, le=5)
     duplicate_window_s: float = Field(default=120.0, gt=0)
-    max_msg_size: int = Field(default=1024 * 1024, gt=0)
+    # JetStream keeps it as a 32-bit number: a larger one was a JSON error at start.
+    max_msg_size: int = Field(default=1024 * 1024, gt=0, le=2**31 - 1)
     max_bytes: int = -1
     compression: str = Field(default="s2", pattern="^(s2|none)$")
     request_timeout_s: float = Field(default=5.0, gt=0)
@@ -297,12 +331,12 @@ class SnapshotSettings(BaseModel):
     snapshotter writes. ``every`` is how many events apart snapshots are taken.
     """
 
-    stream: str = "CONTEXT_SNAPSHOTS"
-    subject_prefix: str = "context.snapshots"
+    stream: StreamName = "CONTEXT_SNAPSHOTS"
+    subject_prefix: SubjectPrefix = "context.snapshots"
     every: int = Field(default=100, ge=1)
     keep: int = Field(default=5, ge=1, le=1000)
     # Larger encoded states are not snapshotted (readers fold from events instead).
-    max_msg_size: int = Field(default=8 * 1024 * 1024, gt=0)
+    max_msg_size: int = Field(default=8 * 1024 * 1024, gt=0, le=2**31 - 1)
     # Decoded snapshot states kept in memory per process (they never change).
     cache_size: int = Field(default=1_000, ge=0)
     replicas: int = Field(default=1, ge=1, le=5)

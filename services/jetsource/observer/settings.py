@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from jetsource.core.settings import JetsourceSettings
+from jetsource.core.settings import BucketName, JetsourceSettings
 from jetsource.domains.process.claims import DEFAULT_BUCKET
 
 
@@ -23,7 +23,7 @@ class ObserverOptions(BaseModel):
     # atomic batch).
     max_batch_events: int = Field(default=10_000, ge=1)
     # The key-value bucket of event id and idempotency key claims (forever).
-    claims_bucket: str = DEFAULT_BUCKET
+    claims_bucket: BucketName = DEFAULT_BUCKET
     # A pending claim older than this is taken over: its owner crashed mid-append.
     claim_lease_s: float = Field(default=60.0, gt=0)
     conflict_retries: int = Field(default=20, ge=0)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from jetsource.core.settings import JetsourceSettings
+from jetsource.core.settings import BucketName, JetsourceSettings, StreamName, SubjectPrefix
 from jetsource.projection.partitions import PartitionOptions
 
 
@@ -33,9 +33,9 @@ class ProjectorOptions(BaseModel):
     # A model with work delivered and nothing done for this long is stalled: /healthz
     # answers 503 and jetsource_projector_stalled is 1.
     stall_after_s: float = Field(default=120.0, gt=0)
-    dlq_stream: str = "CONTEXT_DLQ"
-    dlq_subject_prefix: str = "jetsource.dlq"
-    control_bucket: str = "JETSOURCE_READMODELS"
+    dlq_stream: StreamName = "CONTEXT_DLQ"
+    dlq_subject_prefix: SubjectPrefix = "jetsource.dlq"
+    control_bucket: BucketName = "JETSOURCE_READMODELS"
     control_poll_s: float = Field(default=2.0, gt=0)
     valkey_prefix: str = "jetsource"
     # Graph labels are <prefix><Name>_v<version>, e.g. Story_v1.
