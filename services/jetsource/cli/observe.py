@@ -12,7 +12,8 @@ deleted state file) gives duplicates, never doubles.
 ``--follow`` keeps reading as the file grows (a partly written last line waits for
 its newline) until SIGINT/SIGTERM. A refused line stops the import (exit 1) naming
 the line and field, with the position saved just before it. Exit codes: 0 ok,
-1 refused, 2 usage, 3 the observer is unreachable.
+1 refused, 2 usage, 3 the observer is unreachable, 130 stopped by a signal before the
+end of the file (without ``--follow``; the same command resumes).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from jetsource.domains.process.adapters import JsonlAdapter, Line, PositionFile
 
 app = typer.Typer(help="Feed the process ledger: ingest adapters.", no_args_is_help=True)
+INTERRUPTED = 130  # stopped by a signal before the end of the file (as 128 + SIGINT)
 
 
 def observer_target(flag: str | None) -> str:
@@ -195,8 +197,9 @@ async def run_import(
     poll_s: float,
     stop: asyncio.Event,
     progress: Progress | None,
-) -> None:
-    """Read ``f`` (the file, opened binary) from the adapter's position."""
+) -> bool:
+    """Read ``f`` (the file, opened binary) from the adapter's position. False when a
+    signal stopped an import without ``follow`` before the end of the file."""
     task = None
     if progress is not None:
         task = progress.add_task(importer.path.name, total=importer.path.stat().st_size)
@@ -216,8 +219,9 @@ async def run_import(
         if moved:
             continue
         if not follow:
-            return
+            return True
         await wait_event(stop, poll_s)
+    return follow  # --follow ends at a signal; an import ends at the end of the file
 
 
 @app.command("import")
@@ -269,7 +273,7 @@ def import_(
         out.fail(out.USAGE, "INVALID_ARGUMENT", f"--state {state_file.path}: {exc.strerror}")
     target = observer_target(observer)
 
-    async def main() -> Importer:
+    async def main() -> tuple[Importer, bool]:
         channel, metadata = open_channel(target, settings.client)
         importer = Importer(
             file,
@@ -300,16 +304,16 @@ def import_(
         try:
             if progress is not None:
                 with progress:
-                    await run_import(importer, f, follow, poll, stop, progress)
+                    done = await run_import(importer, f, follow, poll, stop, progress)
             else:
-                await run_import(importer, f, follow, poll, stop, None)
+                done = await run_import(importer, f, follow, poll, stop, None)
         finally:
             await channel.close()
-        return importer
+        return importer, done
 
     try:
         with open(file, "rb") as f:
-            importer = aio.run(main())
+            importer, done = aio.run(main())
     except ValidationError as exc:
         out.fail(out.REFUSED, "INVALID_ARGUMENT", str(exc), field=exc.field)
     except OSError as exc:  # the file or the state file: unreadable, unwritable
@@ -324,3 +328,12 @@ def import_(
         out.emit_json(summary)
     else:
         out.fields(summary.items())
+    if not done:
+        # Ctrl-C (or SIGTERM) before the end of the file: what was recorded is saved in
+        # the state file; it printed the report and exit 0 as if the file were done.
+        out.fail(
+            INTERRUPTED,
+            "CANCELLED",
+            f"{file}: stopped at line {importer.adapter.line_number} (Ctrl-C); "
+            "run the same command again to resume after it",
+        )
