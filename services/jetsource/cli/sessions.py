@@ -412,7 +412,13 @@ def import_(
                     event = SessionEvent.from_json(text)
                     load_catalog().check(event.type, event.data, settings.sessions.validation)
                 except (EventFormatError, ValueError) as exc:
-                    out.fail(out.USAGE, "INVALID_ARGUMENT", f"line {number}: {exc}")
+                    out.fail(
+                        out.USAGE,
+                        "INVALID_ARGUMENT",
+                        f"line {number}: {exc}",
+                        field=f"line {number}",
+                        line=number,
+                    )
                 lines.append(Line(number, event))
     except UnicodeDecodeError:
         out.fail(out.USAGE, "INVALID_ARGUMENT", f"{path}: line {number + 1} is not UTF-8 text")
@@ -456,7 +462,9 @@ def import_(
     try:
         positions = _run(work) if lines else []
     except ImportConflictError as exc:
-        out.fail(out.REFUSED, "FAILED_PRECONDITION", str(exc))
+        out.fail(
+            out.REFUSED, "FAILED_PRECONDITION", str(exc), field=f"line {exc.line}", line=exc.line
+        )
     except ConcurrencyError as exc:
         out.fail(
             out.REFUSED,

@@ -220,3 +220,29 @@ def test_sessions_commands_take_json_as_every_command_does(
     else:
         error = json.loads(stderr.strip().splitlines()[-1])["error"]
         assert error["exit_code"] == expect and error["message"], error
+
+
+@pytest.mark.parametrize(
+    ("lines", "expect", "bad"),
+    [
+        (['{"ts": "x", "session": "s-1", "seq": 1, "type": "session_started", "data": {}}'], 2, 1),
+        (["", "", "[1]"], 2, 3),
+        (
+            [
+                '{"ts": "2026-12-06T10:00:00.000Z", "session": "s-9", "seq": 4, "type": "x",'
+                ' "data": {}}'
+            ],
+            1,
+            1,
+        ),  # fmt: skip  (a gap: the session has no seq 1)
+    ],
+)
+def test_sessions_import_errors_name_the_line_as_the_field_in_json(
+    app_settings: SessionsAppSettings, tmp_path: Path, lines: list[str], expect: int, bad: int
+) -> None:
+    """A script finds the line at fault in `field` / `line`, as `observe import` says it."""
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    code, _, stderr = invoke(sessions_app, env_of(app_settings), ["import", str(path), "--json"])
+    error = json.loads(stderr.strip().splitlines()[-1])["error"]
+    assert (code, error["field"], error["line"]) == (expect, f"line {bad}", bad), error
