@@ -60,6 +60,9 @@ SHARED = [
     ("JETSOURCE_EVENTSTORE__SUBJECT_PREFIX", "context.*"),
     ("JETSOURCE_PROJECTOR__CONTROL_BUCKET", "read.models"),
     ("JETSOURCE_SNAPSHOTS__MAX_MSG_SIZE", "999999999999"),
+    ("JETSOURCE_NATS__TLS__CA_FILE", "/etc/hostname"),  # not PEM
+    ("JETSOURCE_GRPC__TLS__KEY_FILE", "/etc/hostname"),  # without its certificate
+    ("JETSOURCE_GRPC__TLS__CERT_FILE", "/etc/hostname"),  # without its key
 ]
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pydantic
 import pytest
@@ -14,13 +15,16 @@ from pydantic_settings import BaseSettings
 
 from jetsource.core.settings import (
     OTHER_NAMES,
+    GraphSettings,
     GrpcServerSettings,
     JetsourceSettings,
     NatsSettings,
     ServerTlsSettings,
     TlsSettings,
+    ValkeySettings,
     missing_files,
     settings_error,
+    tls_problems,
     unknown_variables,
 )
 from jetsource.domains.omni.settings import OmniDomainSettings
@@ -293,3 +297,52 @@ def test_nats_names_the_server_would_refuse_are_refused_by_their_variable(
 def test_observer_claims_bucket_is_a_bucket_name(monkeypatch: pytest.MonkeyPatch) -> None:
     message = _error(ObserverSettings, monkeypatch, JETSOURCE_OBSERVER__CLAIMS_BUCKET="a b")
     assert "JETSOURCE_OBSERVER__CLAIMS_BUCKET='a b': 'a b' is not a bucket name" in message
+
+
+def test_tls_files_that_do_not_go_together_or_do_not_load_are_named(tmp_path: Path) -> None:
+    """They failed at the first listen or connection (a traceback, exit 1), or not at
+    all: a server key without its certificate left TLS off in silence."""
+    from tests.pki import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+
+    def problems(**blocks: Any) -> list[str]:
+        return tls_problems(PublisherSettings(**blocks))
+
+    good_server = ServerTlsSettings(
+        cert_file=pki.server_cert, key_file=pki.server_key, client_ca_file=pki.ca
+    )
+    good_client = TlsSettings(ca_file=pki.ca, cert_file=pki.client_cert, key_file=pki.client_key)
+    assert (
+        problems(grpc=GrpcServerSettings(tls=good_server), nats=NatsSettings(tls=good_client)) == []
+    )
+    assert problems() == []
+    assert problems(grpc=GrpcServerSettings(tls=ServerTlsSettings(cert_file=pki.server_cert))) == [
+        "JETSOURCE_GRPC__TLS__CERT_FILE is set without JETSOURCE_GRPC__TLS__KEY_FILE"
+    ]
+    assert problems(grpc=GrpcServerSettings(tls=ServerTlsSettings(key_file=pki.server_key))) == [
+        "JETSOURCE_GRPC__TLS__KEY_FILE is set without JETSOURCE_GRPC__TLS__CERT_FILE"
+    ]
+    assert problems(grpc=GrpcServerSettings(tls=ServerTlsSettings(client_ca_file=pki.ca))) == [
+        "JETSOURCE_GRPC__TLS__CLIENT_CA_FILE is set without JETSOURCE_GRPC__TLS__CERT_FILE"
+    ]
+    assert problems(valkey=ValkeySettings(tls=TlsSettings(key_file=pki.client_key))) == [
+        "JETSOURCE_VALKEY__TLS__KEY_FILE is set without JETSOURCE_VALKEY__TLS__CERT_FILE"
+    ]
+    (said,) = problems(nats=NatsSettings(tls=TlsSettings(ca_file=junk)))
+    assert said.startswith(f"JETSOURCE_NATS__TLS__CA_FILE='{junk}': not PEM certificates")
+    (said,) = problems(
+        graph=GraphSettings(tls=TlsSettings(cert_file=pki.client_cert, key_file=pki.server_key))
+    )
+    assert said.startswith(
+        f"JETSOURCE_GRAPH__TLS__CERT_FILE='{pki.client_cert}' with "
+        f"JETSOURCE_GRAPH__TLS__KEY_FILE='{pki.server_key}': not a PEM certificate"
+    )
+    (said,) = problems(
+        grpc=GrpcServerSettings(
+            tls=ServerTlsSettings(cert_file=junk, key_file=pki.server_key, client_ca_file=pki.ca)
+        )
+    )
+    assert said.startswith(f"JETSOURCE_GRPC__TLS__CERT_FILE='{junk}' with")

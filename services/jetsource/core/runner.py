@@ -30,6 +30,7 @@ from jetsource.core.settings import (
     JetsourceSettings,
     missing_files,
     settings_error,
+    tls_problems,
     unknown_variables,
 )
 
@@ -42,8 +43,9 @@ EXIT_INTERRUPTED = 130  # SIGINT before the service handles it (as a shell repor
 
 def load_settings(name: str, settings_class: type[S]) -> S:
     """``settings_class.load()`` for the service ``name``, with its logging set up. A
-    setting that does not validate, or a ``..._FILE`` setting that names no readable
-    file, ends the process at once with exit 2 and one line naming the variable(s):
+    setting that does not validate, a ``..._FILE`` setting that names no readable
+    file, or a TLS block whose files do not go together or do not load as PEM, ends
+    the process at once with exit 2 and one line naming the variable(s):
     ``publisher cannot start: bad setting: JETSOURCE_PUBLISHER__GRPC_PORT='abc': ...``
     (it used to be a pydantic traceback, or for a missing TLS file a traceback from the
     first connection). Variables that set nothing are warned about, one line each."""
@@ -59,6 +61,7 @@ def load_settings(name: str, settings_class: type[S]) -> S:
         repeat_window_s=settings.log_repeat_window_s,
     )
     problems = missing_files(settings)
+    problems = problems or tls_problems(settings)
     if problems:
         _exit(EXIT_BAD_SETTING, f"{name} cannot start: bad setting: {'; '.join(problems)}", name)
     log = logging.getLogger(f"jetsource.{name}")

@@ -13,6 +13,7 @@ import difflib
 import json
 import os
 import re
+import ssl
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -685,3 +686,56 @@ def _json_errors(
     if not errors:
         return exc
     return pydantic.ValidationError.from_exception_data(settings.__name__, errors)
+
+
+def tls_problems(settings: JetsourceSettings) -> list[str]:
+    """Each TLS block whose files are not what they must be, by its variables: a
+    server certificate without its key (or a key, or a client CA, without the
+    certificate: TLS stayed off in silence), a client key without its certificate, and
+    files that do not load as PEM (a CA file, a certificate with its key). They failed
+    at the first connection or listen, as a traceback (exit 1), or not at all."""
+    problems = []
+    for path, block in _blocks(settings, ()):
+        name = env_var(type(settings), *path)
+        if isinstance(block, ServerTlsSettings):
+            if block.cert_file is None and (block.key_file or block.client_ca_file):
+                given = "KEY_FILE" if block.key_file else "CLIENT_CA_FILE"
+                problems.append(f"{name}__{given} is set without {name}__CERT_FILE")
+                continue
+            if block.cert_file is not None and block.key_file is None:
+                problems.append(f"{name}__CERT_FILE is set without {name}__KEY_FILE")
+                continue
+            ca = block.client_ca_file
+            cert, key = block.cert_file, block.key_file
+        elif isinstance(block, TlsSettings):
+            if block.key_file is not None and block.cert_file is None:
+                problems.append(f"{name}__KEY_FILE is set without {name}__CERT_FILE")
+                continue
+            ca, cert, key = block.ca_file, block.cert_file, block.key_file or block.cert_file
+        else:
+            continue
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        if ca is not None and ca.is_file():
+            try:
+                context.load_verify_locations(cafile=str(ca))
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                what = "CLIENT_CA_FILE" if isinstance(block, ServerTlsSettings) else "CA_FILE"
+                problems.append(f"{name}__{what}={str(ca)!r}: not PEM certificates ({exc})")
+        if cert is not None and key is not None and cert.is_file() and key.is_file():
+            try:
+                context.load_cert_chain(str(cert), str(key))
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                problems.append(
+                    f"{name}__CERT_FILE={str(cert)!r} with {name}__KEY_FILE={str(key)!r}: "
+                    f"not a PEM certificate and its private key ({exc})"
+                )
+    return problems
+
+
+def _blocks(model: BaseModel, path: tuple[str, ...]) -> Iterable[tuple[tuple[str, ...], Any]]:
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, TlsSettings | ServerTlsSettings):
+            yield (*path, name), value
+        elif isinstance(value, BaseModel):
+            yield from _blocks(value, (*path, name))
