@@ -388,5 +388,6 @@ def settings_message(exc: pydantic.ValidationError) -> str:
         name = "JETSOURCE_" + "__".join(path).upper()
         secret = any(w in name for w in ("PASSWORD", "TOKEN", "SECRET", "KEY"))
         value = "" if secret or "input" not in error else f"={error['input']!r}"
-        parts.append(f"{name}{value}: {error['msg']}")
+        # A validator's own message, without pydantic's "Value error, " before it.
+        parts.append(f"{name}{value}: {str(error['msg']).removeprefix('Value error, ')}")
     return "bad setting: " + "; ".join(parts)
