@@ -435,3 +435,26 @@ async def test_a_graph_database_that_is_gone_is_an_outage_not_poison(
         assert not await admin.dlq_list(p)
     finally:
         await p.close()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        "OOM command not allowed when used memory > 'maxmemory'.",
+        "READONLY You can't write against a read only replica.",
+        "NOPERM this user has no permissions to run the 'evalsha' command",
+        "MISCONF Errors writing to the AOF file: No space left on device",
+        "BUSY Valkey is busy running a script.",
+        "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+        "NOREPLICAS Not enough good replicas to write.",
+    ],
+)
+def test_every_valkey_refusal_of_its_own_is_an_outage(error: str) -> None:
+    """Each refusal as valkey-py raises it from the server's reply: transient (the
+    batch waits for the store), never a refusal of the events."""
+    from valkey._parsers.base import BaseParser
+
+    from jetsource.projection.valkey import transient
+
+    assert transient(BaseParser.parse_error(error)), error
+    assert not transient(BaseParser.parse_error("ERR user_script:1: Script attempted ..."))
