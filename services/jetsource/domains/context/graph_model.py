@@ -10,18 +10,24 @@ Checkpoint node moves in the same transaction.
 The node properties are computed by folding the events with the domain's own
 ``evolve`` (states are cached; a cold story is folded from the event store up to the
 version its Story node holds), so the graph never disagrees with the domain.
+
+A batch costs what it changed, not the story's size: only the nodes the fold put
+(which its events name) are compared and written, only the dependencies its events
+link are looked at (no event removes a node or a dependency, and every other node is
+the same object as before the fold).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from neo4j import AsyncDriver, AsyncManagedTransaction
 
+from jetsource._gen.context.v1 import events_pb2 as ev
 from jetsource.core.crypto import ErasureWatch, erasures_heard
 from jetsource.core.envelope import RecordedEvent
 from jetsource.domains.context.history import FoldCache, history_up_to
@@ -35,6 +41,7 @@ from jetsource.projection.graph import GraphMark, graph_io, graph_run
 from jetsource.projection.valkey import group, may_repeat, next_versions, skipped
 
 GRAPH = "graph"
+_Node = TypeVar("_Node", Decision, Subtask)
 
 
 def graph_spec(version: int) -> ModelSpec:
@@ -185,13 +192,20 @@ class GraphModel:
         old: ContextState,
         new: ContextState,
         events: Sequence[RecordedEvent],
+        put: tuple[Collection[str], Collection[str]] | None = None,
     ) -> None:
         """Rows for what changed from ``old`` to ``new``, and for every node an event
         names. Each node carries the stream sequence of the last event that named it:
         the same however the events were batched (a node written only when it changed
         would keep the sequence of whichever event of its batch came last, and an
         event that names a node without changing it, such as a repeated subtask
-        update, would count in one batching and not in another)."""
+        update, would count in one batching and not in another).
+
+        ``put``: the decisions and subtasks the fold from ``old`` to ``new`` put
+        (every other node of ``new`` is the same object as in ``old``, and no node or
+        dependency is removed): only those and the nodes the events name are
+        compared, and only the dependencies the events link, so the work follows
+        the batch, not the story. None: every node and dependency is compared."""
         sid = new.id
         last = events[-1]
         seq, count, recorded_at = last.stream_seq, len(events), last.recorded_at_ns
@@ -218,7 +232,16 @@ class GraphModel:
                 },
             }
         )
-        for d in new.decisions.values():
+        decisions: Iterable[Decision] = new.decisions.values()
+        subtasks: Iterable[Subtask] = new.subtasks.values()
+        links: Iterable[tuple[str, str]]
+        if put is None:
+            links = new.dependencies - old.dependencies
+        else:
+            decisions = _nodes(new.decisions, put[0], touched)
+            subtasks = _nodes(new.subtasks, put[1], touched)
+            links = _links(old.dependencies, new.dependencies, events)
+        for d in decisions:
             before = old.decisions.get(d.id)
             if before == d and d.id not in touched:
                 continue
@@ -231,14 +254,14 @@ class GraphModel:
                     )
             if d.superseded_by and (before is None or not before.superseded_by):
                 writes.edge("SUPERSEDES", self.decision, self.decision, sid, d.superseded_by, d.id)
-        for t in new.subtasks.values():
+        for t in subtasks:
             before_t = old.subtasks.get(t.id)
             if before_t == t and t.id not in touched:
                 continue
             writes.subtasks.append(_subtask_row(sid, t, touched.get(t.id, seq)))
             if before_t is None:
                 writes.edge("HAS_SUBTASK", self.story, self.subtask, sid, "", t.id)
-        for a, b in new.dependencies - old.dependencies:
+        for a, b in links:
             writes.edge("DEPENDS_ON", self._label(new, a), self._label(new, b), sid, a, b)
 
     async def _write(self, writes: _Writes, max_seq: int) -> dict[str, int]:
@@ -334,10 +357,10 @@ class GraphModel:
             ]
             if not fresh:
                 continue
-            new, fresh = ContextModel._fold(state, fresh, outcome)
+            new, fresh, put, _ = ContextModel._fold_touched(state, fresh, outcome)
             if not fresh:
                 continue
-            self._diff(writes, state, new, fresh)
+            self._diff(writes, state, new, fresh, put)
             pending[story] = (fresh[-1].stream_seq, new, [e.stream_seq for e in fresh])
         ok: dict[str, int] = {}
         if pending:
@@ -565,3 +588,33 @@ def _decision_row(story: str, d: Decision, seq: int) -> dict[str, Any]:
 
 def _subtask_row(story: str, t: Subtask, seq: int) -> dict[str, Any]:
     return {"key": f"{story}/{t.id}", "story": story, "seq": seq, "props": subtask_to_dict(t)}
+
+
+def _nodes(
+    nodes: Mapping[str, _Node], put: Collection[str], named: Mapping[str, int]
+) -> list[_Node]:
+    """The nodes of ``nodes`` a fold put or an event named (each once, in that order)."""
+    keys = dict.fromkeys(put)
+    keys.update(dict.fromkeys(named))
+    return [nodes[k] for k in keys if k in nodes]
+
+
+def _links(
+    old: frozenset[tuple[str, str]],
+    new: frozenset[tuple[str, str]],
+    events: Sequence[RecordedEvent],
+) -> list[tuple[str, str]]:
+    """``new - old`` from the dependencies the events link (no event removes one):
+    what the batch linked, without going through the story's every dependency. The
+    whole difference should the count not add up."""
+    if new is old:
+        return []
+    added = dict.fromkeys(
+        pair
+        for e in events
+        if isinstance(e.event, ev.DependencyLinked)
+        and (pair := (e.event.from_id, e.event.to_id)) not in old
+    )
+    if len(old) + len(added) != len(new) or not all(p in new for p in added):
+        return list(new - old)
+    return list(added)
