@@ -581,10 +581,17 @@ def _listen(what: str, target: str, bind: Callable[[], int], setting: str | None
         ) from exc
 
 
+# Set when SIGTERM or SIGINT came while the service was still starting (the handler
+# jetsource.core.runner installs until stop_on_signals replaces it).
+stop_requested = False
+
+
 def stop_on_signals() -> asyncio.Event:
-    """An event set by SIGTERM or SIGINT."""
+    """An event set by SIGTERM or SIGINT (set already when one came while starting)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if stop_requested:
+        stop.set()
     return stop

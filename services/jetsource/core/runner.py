@@ -22,7 +22,7 @@ from typing import Any, NoReturn, TypeVar
 
 import pydantic
 
-from jetsource.core import telemetry
+from jetsource.core import grpcserver, telemetry
 from jetsource.core.aio import stop_others
 from jetsource.core.errors import AccessDeniedError, ListenError
 from jetsource.core.logging import setup_logging
@@ -110,6 +110,10 @@ def run_service(name: str, settings: S, serve: Callable[[S], Coroutine[Any, Any,
             "%s failed: %s: %s", name, type(exc).__name__, exc, exc_info=exc
         )
         code = EXIT_FAILED
+    except asyncio.CancelledError:
+        if not grpcserver.stop_requested:
+            raise
+        _ignore_stop_signals()  # stopped while starting (said so): exit 0
     except KeyboardInterrupt:  # Ctrl-C before the service's own signal handling began
         logging.getLogger(f"jetsource.{name}").warning("%s interrupted while starting", name)
         code = EXIT_INTERRUPTED
@@ -143,6 +147,7 @@ async def _serving(name: str, settings: S, serve: Callable[[S], Coroutine[Any, A
     when the ingress could not listen: its identity follower, started a moment
     before, swallowed the one cancel and the process never exited."""
     error: BaseException | None = None
+    _stop_while_starting(name)
     try:
         await serve(settings)
     except (AccessDeniedError, ListenError) as exc:
@@ -161,6 +166,27 @@ async def _serving(name: str, settings: S, serve: Callable[[S], Coroutine[Any, A
             names = ", ".join(sorted(t.get_name() for t in left))
             code = 0 if error is None else 1
             _exit(code, f"{name} leaves tasks that did not stop: {names}", name)
+
+
+def _stop_while_starting(name: str) -> None:
+    """Until the service handles SIGTERM and SIGINT itself (grpcserver.stop_on_signals
+    replaces this handler), one stops its start: what it is waiting for (NATS not up
+    yet, a stream being created) is cancelled and it exits 0 saying so. SIGTERM had its
+    default action there: exit 143 with no word, and for a moment after the service
+    said it was listening."""
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+
+    def stop() -> None:
+        if not grpcserver.stop_requested:
+            grpcserver.stop_requested = True
+            logging.getLogger(f"jetsource.{name}").info("%s stopped while starting", name)
+            if main is not None:
+                main.cancel()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop)
 
 
 def _exit(code: int, message: str, name: str) -> NoReturn:
