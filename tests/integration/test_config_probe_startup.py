@@ -194,3 +194,32 @@ def test_a_failure_at_start_is_one_log_record_not_a_raw_traceback(
     assert failed["message"].startswith("publisher failed: "), failed
     assert "replicas" in failed["message"]
     assert "Traceback" in failed["exception"]
+
+
+@pytest.mark.parametrize(("service", "section"), [("publisher", "PUBLISHER"), ("query", "QUERY")])
+def test_workers_whose_metrics_ports_pass_65535_are_refused_naming_the_setting(
+    service: str, section: str, tmp_path: Path
+) -> None:
+    """Worker i serves /metrics on METRICS_PORT + 100 i: the last one refused the port
+    its supervisor gave it, 'JETSOURCE_..._METRICS_PORT=65600', a value nobody set,
+    after the others had started."""
+    done = subprocess.run(
+        [str(BIN / f"jetsource-{service}")],
+        env=_env(
+            tmp_path,
+            **{
+                f"JETSOURCE_{section}__WORKERS": "2",
+                f"JETSOURCE_{section}__GRPC_PORT": str(_closed_port()),
+                f"JETSOURCE_{section}__METRICS_PORT": "65500",
+            },
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == EXIT_BAD_SETTING, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    message = json.loads(line)["message"]
+    assert message.startswith(f"{service} cannot start: ")
+    assert f"set JETSOURCE_{section}__METRICS_PORT to at most 65435" in message
+    assert "65600'" not in message

@@ -208,6 +208,22 @@ def serve_workers(
             prefix,
         )
         return EXIT_ACCESS_DENIED
+    last = options.metrics_port + WORKER_METRICS_STEP * (workers - 1)
+    if options.metrics_port and last > 65535:
+        # Else the last worker refused its own environment's port, one the operator
+        # never set ("JETSOURCE_PUBLISHER__METRICS_PORT='65600'"), after the others began.
+        log.error(
+            "%s cannot start: %s.workers=%d puts worker %d's /metrics on %d, above 65535: "
+            "set %sMETRICS_PORT to at most %d (or 0: no /metrics)",
+            name,
+            name,
+            workers,
+            workers - 1,
+            last,
+            prefix,
+            65535 - WORKER_METRICS_STEP * (workers - 1),
+        )
+        return EXIT_ACCESS_DENIED
     return supervise(
         name,
         module,
