@@ -282,6 +282,7 @@ def test_a_secrets_file_that_is_not_json_is_named(
         ("JETSOURCE_PROJECTOR__CONTROL_BUCKET", "read.models", "not a bucket name"),
         ("JETSOURCE_SNAPSHOTS__MAX_MSG_SIZE", "999999999999", "less than or equal"),
         ("JETSOURCE_EVENTSTORE__MAX_MSG_SIZE", "4294967296", "less than or equal"),
+        ("JETSOURCE_EVENTSTORE__MAX_BYTES", "-5", "greater than or equal to -1"),
     ],
 )
 def test_nats_names_the_server_would_refuse_are_refused_by_their_variable(

@@ -273,7 +273,7 @@ class EventStoreSettings(BaseModel):
     duplicate_window_s: float = Field(default=120.0, gt=0)
     # JetStream keeps it as a 32-bit number: a larger one was a JSON error at start.
     max_msg_size: int = Field(default=1024 * 1024, gt=0, le=2**31 - 1)
-    max_bytes: int = -1
+    max_bytes: int = Field(default=-1, ge=-1)  # -1: no limit
     compression: str = Field(default="s2", pattern="^(s2|none)$")
     request_timeout_s: float = Field(default=5.0, gt=0)
     # Transient failures (timeouts, reconnects) are retried with the same event ids.
