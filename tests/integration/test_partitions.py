@@ -276,7 +276,6 @@ def service_env(p: Projection, member: str, **extra: str) -> dict[str, str]:
         "JETSOURCE_PROJECTOR__PARTITIONS__RENEW_EVERY_S": str(o.renew_every_s),
         "JETSOURCE_PROJECTOR__PARTITIONS__GROUP": o.group,
         "JETSOURCE_PROJECTOR__PARTITIONS__MEMBER": member,
-        "JETSOURCE_LOG_FORMAT": "text",
         **extra,
     }
 
