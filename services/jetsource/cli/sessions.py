@@ -9,7 +9,8 @@
 
 Settings: ``JETSOURCE_SESSIONS__...`` (stream, validation, interrupted_after_s,
 prune_older_than_s, prune_keep, prune_every_s) and the shared NATS ones.
-Exit codes: 0 ok, 1 refused (unknown session, purge denied), 2 usage, 3 unavailable.
+Exit codes: 0 ok, 1 refused (unknown session, purge denied), 2 usage, 3 unavailable,
+130 stopped by Ctrl-C (saying what it left and how to go on).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ app = typer.Typer(
 )
 
 T = TypeVar("T")
+INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as the other groups exit
 OUTPUT = typer.Option(
     None, "--output", "-o", case_sensitive=False, help="table, plain or json (overrides the global)"
 )
@@ -76,7 +78,12 @@ def _use(override: Mode | None, as_json: bool = False) -> None:
         out.set_mode(override)
 
 
-def _run(work: Callable[[SessionsClient], Coroutine[Any, Any, T]]) -> T:
+def _run(
+    work: Callable[[SessionsClient], Coroutine[Any, Any, T]],
+    stopped: Callable[[], str] = lambda: "stopped (Ctrl-C); nothing was changed",
+) -> T:
+    """``work`` on a connected client, its errors as the documented exit codes; Ctrl-C
+    is exit 130 with ``stopped()`` (what it left, and how to go on) on stderr."""
     import grpc
 
     from jetsource.core.errors import (
@@ -136,7 +143,8 @@ def _run(work: Callable[[SessionsClient], Coroutine[Any, Any, T]]) -> T:
     except PruneDeniedError as exc:
         out.fail(out.REFUSED, "PERMISSION_DENIED", str(exc))
     except KeyboardInterrupt:
-        raise typer.Exit(130) from None
+        # It ended with exit 130 and nothing said: how to go on is the user's to guess.
+        out.fail(INTERRUPTED, "CANCELLED", stopped())
 
 
 def _ts(ns: int) -> str:
@@ -262,12 +270,21 @@ def follow(
     """The session's events as JSON lines, from a seq, then live as they commit."""
     _use(output, as_json)
 
+    shown = [after]  # the last seq printed
+
     async def work(c: SessionsClient) -> None:
         async for r in c.sessions.follow(session_id, after, until_end=stop):
             sys.stdout.write(r.event.to_json() + "\n")
             sys.stdout.flush()
+            shown[0] = r.event.seq
 
-    _run(work)
+    _run(
+        work,
+        lambda: (
+            f"stopped (Ctrl-C) after seq {shown[0]}; `jetsource sessions follow "
+            f"{session_id} --after {shown[0]}` goes on from there"
+        ),
+    )
 
 
 @app.command()
@@ -335,7 +352,15 @@ def prune(
                 return
             await asyncio.sleep(interval)
 
-    _run(work)
+    _run(
+        work,
+        lambda: (
+            "stopped (Ctrl-C); nothing was removed"
+            if dry_run
+            else "stopped (Ctrl-C); a session it had begun to remove is finished by the next "
+            "`jetsource sessions prune`"
+        ),
+    )
 
 
 def tui(
@@ -460,7 +485,17 @@ def import_(
         return positions
 
     try:
-        positions = _run(work) if lines else []
+        positions = (
+            _run(
+                work,
+                lambda: (
+                    "stopped (Ctrl-C); what was recorded stays recorded: the same "
+                    "import again appends only the rest"
+                ),
+            )
+            if lines
+            else []
+        )
     except ImportConflictError as exc:
         out.fail(
             out.REFUSED, "FAILED_PRECONDITION", str(exc), field=f"line {exc.line}", line=exc.line

@@ -5,6 +5,8 @@ ever for a `session_ended` it had already shown); an active one is still followe
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
 import sys
 
 from jetsource.domains.sessions.connect import SessionsClient
@@ -71,3 +73,33 @@ async def test_cli_follow_resumed_after_the_end_exits_0_with_nothing(
             proc.kill()
             await proc.wait()
     assert (proc.returncode, stdout) == (0, b""), stderr
+
+
+async def test_cli_follow_stopped_by_ctrl_c_says_how_to_go_on(
+    client: SessionsClient, app_settings: SessionsAppSettings
+) -> None:
+    """It exited 130 saying nothing; now the last seq printed and the command that goes on
+    from it (JSON with --json), and that command gives the rest."""
+    s = Session(client.writer, "watch")
+    await s.__aenter__()
+    try:
+        s.emit("level_started", {"level": 0})
+        await s.flush()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", CLI, "follow", s.id, "--no-stop", "--json",
+            env=env_of(app_settings, inherit=True),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        for _ in range(2):  # session_started, level_started
+            await asyncio.wait_for(proc.stdout.readline(), 30)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        await s.close()
+    assert proc.returncode == 130, stderr
+    error = json.loads(stderr.decode().strip().splitlines()[-1])["error"]
+    assert error["code"] == "CANCELLED" and error["exit_code"] == 130, error
+    assert f"jetsource sessions follow {s.id} --after 2" in error["message"], error
+    rest = await asyncio.wait_for(_follow(client, s.id, 2), 10)
+    assert [r.event.type for r in rest] == ["session_ended"]
