@@ -16,9 +16,10 @@ Exit codes: 0 ok, 1 refused (unknown session, purge denied), 2 usage, 3 unavaila
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
@@ -147,6 +148,19 @@ def _run(
         out.fail(INTERRUPTED, "CANCELLED", stopped())
 
 
+@contextlib.contextmanager
+def _reader_may_leave() -> Iterator[None]:
+    """JSON lines into a pipe whose reader left (``| head -1``): done, exit 0, as
+    ``ctx watch`` and ``process watch`` end (it was exit 1, saying nothing)."""
+    try:
+        yield
+    except BrokenPipeError:
+        from jetsource.cli.ctx import _quiet_stdout
+
+        _quiet_stdout()
+        raise typer.Exit(0) from None
+
+
 def _ts(ns: int) -> str:
     from jetsource.domains.sessions.format import format_ts
 
@@ -255,8 +269,9 @@ def export(
         for e in await c.sessions.export(session_id, after):
             sys.stdout.write(e.to_json() + "\n")
 
-    _run(work)
-    sys.stdout.flush()
+    with _reader_may_leave():
+        _run(work)
+        sys.stdout.flush()
 
 
 @app.command()
@@ -278,13 +293,14 @@ def follow(
             sys.stdout.flush()
             shown[0] = r.event.seq
 
-    _run(
-        work,
-        lambda: (
-            f"stopped (Ctrl-C) after seq {shown[0]}; `jetsource sessions follow "
-            f"{session_id} --after {shown[0]}` goes on from there"
-        ),
-    )
+    with _reader_may_leave():
+        _run(
+            work,
+            lambda: (
+                f"stopped (Ctrl-C) after seq {shown[0]}; `jetsource sessions follow "
+                f"{session_id} --after {shown[0]}` goes on from there"
+            ),
+        )
 
 
 @app.command()

@@ -103,3 +103,22 @@ async def test_cli_follow_stopped_by_ctrl_c_says_how_to_go_on(
     assert f"jetsource sessions follow {s.id} --after 2" in error["message"], error
     rest = await asyncio.wait_for(_follow(client, s.id, 2), 10)
     assert [r.event.type for r in rest] == ["session_ended"]
+
+
+async def test_cli_export_and_follow_into_a_pipe_whose_reader_left_exit_0(
+    client: SessionsClient, app_settings: SessionsAppSettings
+) -> None:
+    """`sessions export ID | head -1` exited 1 (a failed pipeline under pipefail), saying
+    nothing; `ctx watch` and `process watch` end 0 quietly there, and so do these now."""
+    async with session(client.writer, "big", max_pending=5000) as s:
+        for i in range(3000):
+            s.emit("level_started", {"level": i, "pad": "x" * 100})
+    for command in ("export", "follow"):
+        script = f'set -o pipefail; "$0" -c "$1" {command} {s.id} | head -1 > /dev/null'
+        proc = await asyncio.create_subprocess_exec(
+            "bash", "-c", script, sys.executable, CLI,
+            env=env_of(app_settings, inherit=True),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, stderr = await asyncio.wait_for(proc.communicate(), 60)
+        assert (proc.returncode, stderr) == (0, b""), (command, stderr)
