@@ -119,12 +119,13 @@ async def test_no_dead_letters_says_so(projection: Projection) -> None:
 
 
 async def test_nats_going_away_is_a_banner_naming_it_and_the_list_comes_back(
-    tmp_path: Path, unique: str
+    settings: JetsourceSettings, tmp_path: Path, unique: str
 ) -> None:
-    """Its own NATS server (the session's shared one is left alone)."""
+    """Its own NATS server (the session's shared one is left alone); the session's Valkey
+    (a worker reads its model's birth mark there before it takes an event)."""
     server = start_nats(tmp_path)
     try:
-        base = JetsourceSettings(nats=NatsSettings(url=server.url))
+        base = settings.model_copy(update={"nats": NatsSettings(url=server.url)})
         p = await open_projection(projector_settings(base, unique, max_deliver=3))
         try:
             await poison(p, "story-a")
