@@ -244,23 +244,41 @@ class ProjectorService:
     def healthy(self) -> bool:
         """Asked from the health thread: reads a snapshot of the worker table (one
         C-level copy under the GIL), never awaits the loop."""
+        return not self.problems()
+
+    def problems(self) -> list[str]:
+        """Why this service is not healthy (empty: healthy), each naming what is wrong;
+        asked from the health thread like ``healthy``."""
         workers = list(self.workers.values())
         # A replica of a partitioned group may hold no partition (more replicas than
         # partitions): healthy while it keeps its membership.
         members = self.membership is not None and (
             time.monotonic() - self.membership.last_tick < self.options.partitions.lease_ttl_s
         )
-        return (
-            not self.stopping
-            and self.projection.nc.is_connected
-            and (bool(workers) or members)
-            and all(not t.done() for _, t in workers)
-            # A model with work delivered and nothing done for stall_after_s is not
-            # healthy, even though its task runs (#22: /healthz said 200 through a livelock).
-            and not any(w.stalled for w, _ in workers)
-            # Nor is one whose store does not answer (#18: 200 with Valkey down).
-            and not self.unreachable
-        )
+        out: list[str] = []
+        if self.stopping:
+            out.append("stopping")
+        if not self.projection.nc.is_connected:
+            out.append("NATS disconnected")
+        if not workers and not members:
+            out.append("no worker running")
+        if any(t.done() for _, t in workers):
+            out.append("workers not running")
+        # A store that refuses every write (#18's sibling: Valkey OOM at maxmemory,
+        # READONLY, the graph store away) leaves the events to redelivery: said within
+        # store_outage_after_s, not only by the stall rule two minutes later.
+        outages = [o for o in (w.store_outage for w, _ in workers) if o]
+        out += outages
+        # A model with work delivered and nothing done for stall_after_s is not
+        # healthy, even though its task runs (#22: /healthz said 200 through a livelock).
+        stalled = [f"{w.spec.name} v{w.spec.version} stalled" for w, _ in workers if w.stalled]
+        out += stalled
+        # Nor is one whose store does not answer (#18: 200 with Valkey down).
+        if self.unreachable:
+            out.append(
+                "not reachable: " + ", ".join(f"{k} ({v})" for k, v in self.unreachable.items())
+            )
+        return out
 
     async def run(self, stop: asyncio.Event) -> None:
         rounds: asyncio.Task[None] | None = None
@@ -344,7 +362,11 @@ class HealthServer:
         stalled = time.monotonic() - self.heartbeat
         if stalled > LOOP_STALL_S:
             return False, f"event loop has not run for {stalled:.0f} s"
-        return (True, "") if self.service.healthy() else (False, "workers not running")
+        if self.service.healthy():
+            return True, ""
+        # What is wrong, by name (a model and its store, NATS, a stalled model...).
+        problems: list[str] = getattr(self.service, "problems", list)()
+        return False, "; ".join(problems) or "workers not running"
 
     async def _tick(self) -> None:
         while True:

@@ -198,6 +198,11 @@ class Worker:
         # Bounded by the consumer's ack-pending limit (their deliveries are pending).
         self._unseen: dict[int, RecordedEvent] = {}
         self._progress_at = time.monotonic()
+        # Since when (monotonic) the model's store has refused every write of this
+        # worker (TransientError: OOM, READONLY, no answer...), and its last words;
+        # None once a write goes through or nothing is left to write. /healthz names it.
+        self._refused_since: float | None = None
+        self._refused_why = ""
         self._labels = (self.spec.name, str(self.spec.version))
         # Fields of every log line of this worker (structured logs: jetsource.core.logging).
         self._log = {"model": self.spec.name, "version": self.spec.version}
@@ -489,7 +494,9 @@ class Worker:
         while records and not self._stop.is_set():
             try:
                 outcome = await self.model.apply(records)
+                self._store_wrote()
             except (TransientError, EventStoreUnavailableError) as exc:
+                self._store_refused(exc)
                 tries += 1
                 log.warning(
                     "%s v%s: in-flight window: %s; trying again",
@@ -535,6 +542,7 @@ class Worker:
                 self._lost = True
 
     async def _run(self, until_caught_up: bool) -> None:
+        self._refused_since = None
         await self.start()
         self.running = True
         # A build (until caught up) acks each batch: it asks the consumer whether
@@ -567,6 +575,8 @@ class Worker:
                         # control bucket's round trip (its answer acts on the next batch).
                         await self._dropped()
                     self._progress_at = time.monotonic()  # idle is not stalled
+                    if not self._unseen:
+                        self._store_wrote()  # nothing refused is waiting: no outage seen
                     STALLED.labels(*self._labels).set(0)
                     if time.monotonic() - self._depth_at > DEPTH_REFRESH_S:
                         await self._recount_dead_letters()
@@ -669,9 +679,11 @@ class Worker:
         if records:
             try:
                 outcome = await self.model.apply(records)
+                self._store_wrote()
                 if (outcome.waiting or outcome.failed) and self.spec.contiguous:
                     filled = await self._settle(records, outcome)
             except (TransientError, EventStoreUnavailableError) as exc:
+                self._store_refused(exc)
                 # Rate-limited per worker: an outage gives a line every few seconds with
                 # the count of those left out, not one per batch.
                 log.warning(
@@ -848,9 +860,11 @@ class Worker:
         for evs in groups.values():
             try:
                 outcome.merge(await self.model.apply(evs))
+                self._store_wrote()
             except _HALT:
                 raise
-            except (TransientError, EventStoreUnavailableError):
+            except (TransientError, EventStoreUnavailableError) as exc:
+                self._store_refused(exc)
                 for e in evs:
                     outcome.waiting[e.stream_seq] = "store unavailable"
                     self._unseen[e.stream_seq] = e  # not judged: with the next batch
@@ -941,6 +955,29 @@ class Worker:
         for r in records:
             if r.stream_seq in done:
                 histogram.observe(max(0, now_ns - r.recorded_at_ns) / 1e9)
+
+    def _store_refused(self, exc: BaseException) -> None:
+        if self._refused_since is None:
+            self._refused_since = time.monotonic()
+        self._refused_why = str(exc) or type(exc).__name__
+
+    def _store_wrote(self) -> None:
+        self._refused_since = None
+
+    @property
+    def store_outage(self) -> str | None:
+        """Running, and every write of the model to its store refused for
+        ``store_outage_after_s`` (events waiting for redelivery): what the store said."""
+        since = self._refused_since
+        if not self.running or since is None:
+            return None
+        refused_for = time.monotonic() - since
+        if refused_for < self.o.store_outage_after_s:
+            return None
+        return (
+            f"{self.spec.name} v{self.spec.version}: {self.spec.store} refuses writes"
+            f" for {refused_for:.0f} s ({self._refused_why})"
+        )
 
     @property
     def stalled(self) -> bool:

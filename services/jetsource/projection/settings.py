@@ -33,6 +33,11 @@ class ProjectorOptions(BaseModel):
     # A model with work delivered and nothing done for this long is stalled: /healthz
     # answers 503 and jetsource_projector_stalled is 1.
     stall_after_s: float = Field(default=120.0, gt=0)
+    # A model whose store has refused every write for this long (Valkey OOM at maxmemory,
+    # READONLY, the graph store away...; the events wait for redelivery) is in a store
+    # outage: /healthz answers 503 naming the model and the store, until a write goes
+    # through again.
+    store_outage_after_s: float = Field(default=3.0, gt=0)
     dlq_stream: StreamName = "CONTEXT_DLQ"
     dlq_subject_prefix: SubjectPrefix = "jetsource.dlq"
     control_bucket: BucketName = "JETSOURCE_READMODELS"
