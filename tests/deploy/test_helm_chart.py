@@ -175,8 +175,10 @@ def test_grpc_services_have_native_grpc_probes_and_workers_http_healthz(
         for component, port in (("projector", 9102), ("snapshotter", 9103), ("ingest", 8088)):
             c = container(deployment(docs, component))
             assert {"name": "http", "containerPort": port, "protocol": "TCP"} in c["ports"]
-            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            for probe in ("startupProbe", "readinessProbe"):
                 assert c[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+            # As the gRPC services' "liveness": a dependency away is not restarted for.
+            assert c["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
             # The kubelet probes the pod's IP: the worker must not listen on loopback only.
             env = {e["name"]: e["value"] for e in c["env"]}
             assert env[f"JETSOURCE_{component.upper()}__HOST"] == "0.0.0.0"

@@ -36,8 +36,8 @@ SAYS_WITHIN_S = 10.0
 RECOVERS_WITHIN_S = 20.0
 
 
-async def healthz(port: int) -> httpx.Response:
-    return await asyncio.to_thread(httpx.get, f"http://127.0.0.1:{port}/healthz", timeout=2.0)
+async def healthz(port: int, path: str = "/healthz") -> httpx.Response:
+    return await asyncio.to_thread(httpx.get, f"http://127.0.0.1:{port}{path}", timeout=2.0)
 
 
 async def until(port: int, ok: Callable[[httpx.Response], bool], within: float) -> float:
@@ -91,6 +91,9 @@ async def test_healthz_names_a_store_refusing_writes_and_recovers(
         assert "context v1" in reply.text and "valkey refuses writes" in reply.text, reply.text
         assert "OutOfMemoryError" in reply.text and "maxmemory" in reply.text, reply.text
         assert took < SAYS_WITHIN_S
+        # Liveness (the chart's livenessProbe) stays 200: a restart cures no store outage.
+        live = await healthz(port, "/livez")
+        assert live.status_code == 200, live.text
 
         await r.config_set("maxmemory", 0)
         await until(port, lambda a: a.status_code == 200, RECOVERS_WITHIN_S)

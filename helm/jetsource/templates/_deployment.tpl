@@ -119,7 +119,10 @@ livenessProbe:
   failureThreshold: 6
 {{- end }}
 
-{{/* Probes of a worker: /healthz is 200 while every consumer runs and NATS is connected. */}}
+{{/* Probes of a worker: /healthz is 200 while every consumer runs and NATS is connected
+     (readiness); /livez is 503 only for what a restart cures (a stalled event loop, a
+     model stalled with NATS and its store answering), so an outage of a dependency takes
+     the pod out of service without restarting it in a loop. */}}
 {{- define "jetsource.httpProbes" -}}
 startupProbe:
   httpGet:
@@ -135,10 +138,9 @@ readinessProbe:
   timeoutSeconds: 3
 livenessProbe:
   httpGet:
-    path: /healthz
+    path: /livez
     port: http
   periodSeconds: 15
   timeoutSeconds: 5
-  # A NATS outage makes /healthz fail too; restarting does not help then, so be patient.
   failureThreshold: 8
 {{- end }}

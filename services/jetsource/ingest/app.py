@@ -673,6 +673,12 @@ def create_app(
         report = await checks.report()
         return _health_answer(report, report["webhooks"])
 
+    @app.get("/livez", tags=["health"], response_model=None)
+    async def livez() -> Response:
+        """200 while the process answers: a dependency away fails /healthz and /readyz
+        (out of service), and a restart would not bring it back."""
+        return JSONResponse({"ok": True})
+
     @app.get("/readyz", tags=["health"], response_model=None)
     async def readyz() -> Response:
         """503 when any dependency (NATS, Valkey) is down; the same body as /healthz."""

@@ -280,6 +280,19 @@ class ProjectorService:
             )
         return out
 
+    def liveness_problems(self) -> list[str]:
+        """What a restart of this process would cure (empty: alive): a model stalled
+        while NATS is connected and its store neither refuses its writes nor is out of
+        reach (#22's livelock). A dependency away is not: /healthz takes the replica out
+        of service for it, and a restart would only add a cold start to the outage."""
+        if self.stopping or not self.projection.nc.is_connected or self.unreachable:
+            return []
+        return [
+            f"{w.spec.name} v{w.spec.version} stalled"
+            for w, _ in self.workers.values()
+            if w.stalled and not w.refusing
+        ]
+
     async def run(self, stop: asyncio.Event) -> None:
         rounds: asyncio.Task[None] | None = None
         if self.partitioned:
@@ -334,6 +347,10 @@ class HealthServer:
             def do_GET(self) -> None:
                 if self.path.startswith("/metrics"):
                     code, ctype, body = 200, CONTENT_TYPE_LATEST, generate_latest()
+                elif self.path.startswith("/livez"):
+                    ok, why = health.alive()
+                    code, ctype = (200 if ok else 503), "text/plain"
+                    body = b"ok\n" if ok else f"not alive: {why}\n".encode()
                 elif self.path.startswith(("/healthz", "/readyz")):
                     ok, why = health.check()
                     code, ctype = (200 if ok else 503), "text/plain"
@@ -368,6 +385,15 @@ class HealthServer:
         problems: list[str] = getattr(self.service, "problems", list)()
         return False, "; ".join(problems) or "workers not running"
 
+    def alive(self) -> tuple[bool, str]:
+        """/livez (the liveness probe's): the event loop runs, and no model is stalled
+        for a reason of this process's own. NATS or a store away fails /healthz only."""
+        stalled = time.monotonic() - self.heartbeat
+        if stalled > LOOP_STALL_S:
+            return False, f"event loop has not run for {stalled:.0f} s"
+        problems: list[str] = getattr(self.service, "liveness_problems", list)()
+        return (not problems), "; ".join(problems)
+
     async def _tick(self) -> None:
         while True:
             self.heartbeat = time.monotonic()
@@ -388,7 +414,8 @@ class HealthServer:
 def http_server(
     service: ProjectorService, host: str, port: int, setting: str | None = None
 ) -> HealthServer:
-    """Start /metrics and /healthz (200 when every worker runs) on their own thread; a
+    """Start /metrics, /healthz (200 when every worker runs) and /livez (200 unless a
+    restart would cure something) on their own thread; a
     port in use is a ListenError naming ``setting``, the variable that moves it."""
     return HealthServer(service, host, port, setting).start()
 

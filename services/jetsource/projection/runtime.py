@@ -980,6 +980,12 @@ class Worker:
         )
 
     @property
+    def refusing(self) -> bool:
+        """Its store refuses the writes of the batch at hand (a store outage, however
+        short so far): a stall it explains is the store's, not this process's."""
+        return self.running and self._refused_since is not None
+
+    @property
     def stalled(self) -> bool:
         """Running, with work delivered, and nothing done for ``stall_after_s``."""
         return self.running and time.monotonic() - self._progress_at > self.o.stall_after_s

@@ -141,8 +141,8 @@ async def valkey_down_and_back(ingest: Ingest, own_valkey: Server, http: httpx.A
 
 
 async def test_nats_down_is_503_on_both_naming_nats(ingest: Ingest) -> None:
-    """NATS is what the webhooks need: /healthz says 503 too (the chart's liveness
-    waits long before it restarts a pod for that). The connection is reported as it
+    """NATS is what the webhooks need: /healthz says 503 too (readiness: out of
+    service); /livez, the chart's liveness probe, stays 200. The connection is reported as it
     is, here a stand-in for one that is down."""
     app = create_app(ingest.intake, ingest.reads, ingest.store, health=Health(nats=lambda: False))
     async with httpx.AsyncClient(
@@ -150,3 +150,6 @@ async def test_nats_down_is_503_on_both_naming_nats(ingest: Ingest) -> None:
     ) as http:
         down = {"ok": False, "nats": False, "valkey": True, "webhooks": False, "reads": False}
         assert await health(http) == ((503, down), (503, down))
+        # The chart's liveness probe: a restart would not bring NATS back.
+        live = await http.get("/livez")
+        assert (live.status_code, live.json()) == (200, {"ok": True})
