@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from google.protobuf.message import Message
+from neo4j import AsyncManagedTransaction
 
 from jetsource._gen.context.v1 import events_pb2 as ev
 from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
@@ -162,3 +163,37 @@ def test_links_of_a_batch_are_what_the_fold_added() -> None:
     assert graph_model._links(old, old, records) == []
     odd = new | {("c", "d")}  # more than the events say: the whole difference
     assert sorted(graph_model._links(old, odd, records)) == [("b", "c"), ("c", "d")]
+
+
+async def test_a_story_node_relationship_is_merged_from_its_other_end(
+    projection: Projection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A MERGE of (Story)-[:HAS_SUBTASK|HAS_DECISION]->(node) written from the Story
+    node had ArcadeDB go through the Story node's every relationship for each new
+    node (a batch of 250 new subtasks took 0.08 s on an empty story, 2.4 s on one of
+    10,000): the pattern starts from the new node's end, which has one."""
+    graph = projection.model("graph", 1)
+    assert isinstance(graph, GraphModel)
+    statements: list[str] = []
+    run = AsyncManagedTransaction.run
+
+    async def recorded(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        statements.append(str(query))
+        return await run(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(AsyncManagedTransaction, "run", recorded)
+    events: list[Message] = [
+        ev.ContextCreated(title="ends"),
+        ev.SubtaskAdded(subtask_id="t1", title="t"),
+        ev.DecisionAdded(decision_id="d1", title="d", affects=["t1"]),
+    ]
+    outcome = await graph.apply(_recorded("ends", events, 1, 1))
+    assert outcome.done == [1, 2, 3]
+    merges = [q for q in statements if "MERGE (" in q and "]-" in q]
+    from_story = [q for q in merges if "HAS_" in q]
+    assert len(from_story) == 2, merges
+    for q in from_story:
+        assert "MERGE (b)<-[:HAS_" in q, q
+    hood = await graph.neighbourhood("ends")
+    assert ("HAS_SUBTASK", "ends", "ends/t1") in hood["edges"]
+    assert ("HAS_DECISION", "ends", "ends/d1") in hood["edges"]

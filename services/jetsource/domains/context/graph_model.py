@@ -311,14 +311,16 @@ class GraphModel:
             rows = [r for r in edge_rows if r["story"] in ok]
             if not rows:
                 continue
-            a_match = (
-                f"(a:{a_label} {{key: r.story}})"
-                if a_label == self.story
-                else f"(a:{a_label} {{key: r.a}})"
-            )
+            # From the Story node, the pattern is written from the other end: the
+            # store may look for the relationship among the edges of the node the
+            # pattern starts from, and a large story's node has one per node of it.
+            merge = f"MERGE (a)-[:{rel}]->(b)"
+            a_match = f"(a:{a_label} {{key: r.a}})"
+            if a_label == self.story:
+                merge = f"MERGE (b)<-[:{rel}]-(a)"
+                a_match = f"(a:{a_label} {{key: r.story}})"
             await tx.run(
-                f"UNWIND $rows AS r MATCH {a_match} MATCH (b:{b_label} {{key: r.b}}) "
-                f"MERGE (a)-[:{rel}]->(b)",
+                f"UNWIND $rows AS r MATCH {a_match} MATCH (b:{b_label} {{key: r.b}}) {merge}",
                 rows=rows,
             )
 
