@@ -14,8 +14,9 @@ emitted without waiting, sent in batches by a background flush.
   ``process_completed``, ``process_failed`` (``error``: the exception) or
   ``process_cancelled`` (``asyncio.CancelledError``).
 - ``emit()`` never blocks the instrumented code and never raises for the observer's
-  sake: it stamps an event id (UUIDv7, so a resend is a duplicate, never a double)
-  and the time, and queues the event.
+  sake (a value that cannot be sent, e.g. a ``datetime`` in ``data``, is a TypeError at
+  the call naming it: ``data['at']``): it stamps an event id (UUIDv7, so a resend is
+  a duplicate, never a double) and the time, and queues the event.
 - A background task sends what is queued with ``RecordBatch`` (at most
   ``batch_size`` events and ``max_batch_bytes`` encoded, at least every
   ``flush_interval_s``), in emit order.
@@ -29,11 +30,13 @@ its start and end; a batch in flight is not touched, since it may yet be recorde
 counted (``stats.dropped``, with a warning at most every 10 s): the instrumented code
 keeps running and the newest history is kept. ``close()`` (leaving ``async with
 observer``) waits up to ``close_timeout_s`` for the buffer to drain, then counts what
-is left as dropped. An event the observer refuses (INVALID_ARGUMENT) is dropped alone
-and counted in ``stats.refused``; the rest of its batch is resent. A batch over the
-server's gRPC message limit (RESOURCE_EXHAUSTED "larger than max": a server whose limit
-is below ``max_batch_bytes``) is never resent as it was: it is split in two, in order,
-down to one event, which is then refused alone.
+is left as dropped; an event emitted after ``close()`` (until ``start()`` again) is
+dropped and counted at once, with one warning. An event the observer refuses
+(INVALID_ARGUMENT) is dropped alone and counted in ``stats.refused``; the rest of its
+batch is resent. A batch over the server's gRPC message limit (RESOURCE_EXHAUSTED
+"larger than max": a server whose limit is below ``max_batch_bytes``) is never resent
+as it was: it is split in two, in order, down to one event, which is then refused
+alone.
 """
 
 from __future__ import annotations
@@ -104,11 +107,48 @@ def current_process() -> Process | None:
     return _current.get()
 
 
-def _struct(data: Mapping[str, Any] | None) -> struct_pb2.Struct:
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def _check_json(value: Any, where: str) -> None:
+    """TypeError naming the field (``data['a'][0]``) of a value a ``Struct`` cannot
+    hold, here at the call rather than a bare "Unexpected type" from protobuf."""
+    if isinstance(value, _JSON_SCALARS):
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"{where}: key {key!r} must be a str, not {type(key).__name__}")
+            _check_json(item, f"{where}[{key!r}]")
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_json(item, f"{where}[{i}]")
+        return
+    raise TypeError(
+        f"{where}: a {type(value).__name__} cannot be sent (JSON values only: str, int, "
+        "float, bool, None, lists and dicts with str keys)"
+    )
+
+
+def _struct(data: Mapping[str, Any] | None, where: str = "data") -> struct_pb2.Struct:
     s = struct_pb2.Struct()
     if data:
+        if not isinstance(data, Mapping):
+            raise TypeError(f"{where} must be a mapping, not {type(data).__name__}")
+        _check_json(data, where)
         s.update(data)
     return s
+
+
+def _attributes(attributes: Mapping[str, str] | None) -> dict[str, str]:
+    for key, value in (attributes or {}).items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(
+                f"attributes[{key!r}]: attributes are str -> str, not "
+                f"{type(key).__name__} -> {type(value).__name__}"
+            )
+    return dict(attributes or {})
 
 
 class Process:
@@ -150,7 +190,8 @@ class Process:
         correlation_id: str = "",
     ) -> str:
         """Queue an event of this process; returns its event id. A malformed event type
-        is a programming error: ValueError here, at the call."""
+        is a programming error: ValueError here, at the call; a value in ``data`` (or
+        ``attributes``) that cannot be sent is a TypeError naming it."""
         if not _EVENT_TYPE.fullmatch(event_type):
             raise ValueError(
                 f"event type {event_type!r} must be snake_case (a lowercase letter, then "
@@ -166,7 +207,7 @@ class Process:
             correlation_id=correlation_id,
             idempotency_key=idempotency_key,
             data=_struct(data),
-            attributes=dict(attributes or {}),
+            attributes=_attributes(attributes),
         )
         event.occurred_at.FromNanoseconds(time.time_ns())
         self.observer._queue(event)
@@ -251,6 +292,10 @@ class Observer:
         self._stub: pb_grpc.ObserverServiceStub | None = None
         self._last_drop_warning = 0.0
         self._closing = False
+        # Closed (and not started again): an emit is dropped and counted at once, not
+        # held in a buffer nothing sends.
+        self._closed = False
+        self._warned_closed = False
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -260,6 +305,8 @@ class Observer:
     def _begin(self) -> None:
         if self._task is not None:
             return
+        self._closed = False
+        self._closing = False
         if self._credentials is not None:
             self._channel = grpc.aio.secure_channel(self.target, self._credentials)
         else:
@@ -286,6 +333,8 @@ class Observer:
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
+        self._closing = False
+        self._closed = True
 
     async def __aenter__(self) -> Observer:
         await self.start()
@@ -314,7 +363,8 @@ class Observer:
     ) -> Process:
         """A process as an ``async with`` block; its parent is the process enclosing
         the block when it is entered (or ``parent``). ``process_id`` defaults to a
-        fresh UUIDv7."""
+        fresh UUIDv7. Attribute values that cannot be sent are a TypeError here."""
+        _check_json(dict(attributes or {}), "attributes")
         return Process(
             self,
             name,
@@ -362,6 +412,17 @@ class Observer:
 
     def _queue(self, event: epb.CanonicalEvent) -> None:
         self.stats.emitted += 1
+        if self._closed:
+            # Nothing would ever send it: dropped now, counted, and said (once).
+            self.stats.dropped += 1
+            if not self._warned_closed:
+                self._warned_closed = True
+                log.warning(
+                    "observer %s is closed: events emitted after close() are dropped "
+                    "(stats.dropped); start() it again to send",
+                    self.target,
+                )
+            return
         if self._task is None and not self._closing:
             # Not started: start lazily when a loop runs (emit needs no await).
             with contextlib.suppress(RuntimeError):

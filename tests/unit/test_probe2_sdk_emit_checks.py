@@ -1,0 +1,69 @@
+"""The SDK's emit() refuses values a Struct cannot carry at the call, naming the field
+(it raised protobuf's bare "Unexpected type" / "bad argument type"), and an event
+emitted after close() is dropped and counted at once (it was held in a buffer nothing
+would ever send, and counted nowhere)."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from typing import Any
+
+import pytest
+
+from jetsource.sdk import Observer
+
+
+@pytest.mark.parametrize(
+    ("data", "named"),
+    [
+        ({"at": datetime.datetime(2026, 1, 1)}, "data['at']"),
+        ({"a": {"b": [1, {2, 3}]}}, "data['a']['b'][1]"),
+        ({"blob": b"x"}, "data['blob']"),
+        ({"a": object()}, "data['a']"),
+        ({1: "x"}, "key 1"),
+    ],
+)
+async def test_an_unsendable_data_value_is_a_type_error_naming_it(
+    data: dict[Any, Any], named: str
+) -> None:
+    observer = Observer("127.0.0.1:1")
+    p = observer.process("job")
+    with pytest.raises(TypeError) as raised:
+        p.emit("step", data)
+    assert named in str(raised.value)
+    assert observer.stats.emitted == 0 and not observer._buffer  # nothing queued
+
+
+async def test_attributes_are_checked_at_the_call() -> None:
+    observer = Observer("127.0.0.1:1")
+    p = observer.process("job")
+    with pytest.raises(TypeError, match=r"attributes\['retries'\]"):
+        p.emit("step", {"ok": 1}, attributes={"retries": 3})  # type: ignore[dict-item]
+    with pytest.raises(TypeError, match=r"attributes\['since'\]"):
+        observer.process("job", attributes={"since": datetime.date(2026, 1, 1)})
+    # JSON values pass, nested too
+    p.emit("step", {"a": [1, 2.5, None, True, {"b": "c"}], "t": (1, 2)}, attributes={"k": "v"})
+    assert observer.stats.emitted == 1
+
+
+async def test_an_emit_after_close_is_dropped_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    observer = Observer("127.0.0.1:1", close_timeout_s=0.2)
+    async with observer:
+        pass
+    caplog.set_level(logging.WARNING, logger="jetsource.sdk")
+    async with observer.process("late") as p:
+        p.emit("step")
+    assert observer.stats.emitted == 3
+    assert observer.stats.dropped == 3
+    assert not observer._buffer, "nothing held for a send that never comes"
+    assert sum("is closed" in r.getMessage() for r in caplog.records) == 1
+    await observer.close()  # closing again is a no-op
+    # started again: emits queue (and would be sent) as before
+    await observer.start()
+    observer.process("again").emit("step")
+    assert len(observer._buffer) == 1 and observer.stats.dropped == 3
+    observer.close_timeout_s = 0.1
+    await observer.close()
