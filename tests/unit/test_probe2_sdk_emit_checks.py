@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import re
 from typing import Any
 
 import pytest
@@ -67,3 +68,20 @@ async def test_an_emit_after_close_is_dropped_and_counted(
     assert len(observer._buffer) == 1 and observer.stats.dropped == 3
     observer.close_timeout_s = 0.1
     await observer.close()
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [(2**53 + 1, "beyond 2^53"), (-(2**60), "beyond 2^53"), (float("nan"), "not a JSON number")],
+)
+async def test_a_number_the_struct_would_change_is_refused_at_the_call(
+    value: float, said: str
+) -> None:
+    """A Struct's numbers are doubles: 2^53 + 1 was recorded as 2^53, NaN was refused
+    by the observer later, in the background flush (stats.refused), not at the call."""
+    observer = Observer("127.0.0.1:1")
+    p = observer.process("job")
+    with pytest.raises(ValueError, match=rf"data\[.n.\]\[0\]: .*{re.escape(said)}"):
+        p.emit("step", {"n": [value]})
+    p.emit("step", {"n": [2**53, 1.5, True]})
+    assert observer.stats.emitted == 1

@@ -45,6 +45,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import math
 import random
 import re
 import time
@@ -112,7 +113,13 @@ _JSON_SCALARS = (str, int, float, bool, type(None))
 
 def _check_json(value: Any, where: str) -> None:
     """TypeError naming the field (``data['a'][0]``) of a value a ``Struct`` cannot
-    hold, here at the call rather than a bare "Unexpected type" from protobuf."""
+    hold, here at the call rather than a bare "Unexpected type" from protobuf; a
+    ValueError for a number it would change (an integer beyond 2^53, NaN, infinity)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**53:
+        # A Struct's numbers are doubles: it would be recorded as another number.
+        raise ValueError(f"{where}: integer {value} is beyond 2^53; send it as a string")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where}: {value} is not a JSON number")
     if isinstance(value, _JSON_SCALARS):
         return
     if isinstance(value, Mapping):
