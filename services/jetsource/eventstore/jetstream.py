@@ -314,6 +314,11 @@ class JetStreamEventStore:
             )
         elif envelope.schema_version < 1:
             problem = "its envelope has no schema version"
+        elif envelope.idempotency_uuid and len(envelope.idempotency_uuid) != 16:
+            problem = (
+                f"its envelope's idempotency_uuid has {len(envelope.idempotency_uuid)} bytes,"
+                " not 16"
+            )
         if problem:
             raise PayloadDecodeError(f"stream sequence {raw.seq}: {problem}")
         envelope.event_type = event_type
