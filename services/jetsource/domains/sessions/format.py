@@ -194,15 +194,25 @@ _SAFE = 2**53
 
 def check_numbers(value: Any, where: str) -> None:
     """The ledger keeps data as a protobuf Struct, whose numbers are doubles: an
-    integer beyond 2^53 would come back changed, so it is refused, not rounded."""
+    integer beyond 2^53 would come back changed, so it is refused, not rounded. A value
+    a Struct cannot hold at all (a datetime, a set, bytes, a non-str key) is refused
+    here naming its field, not by protobuf's bare "Unexpected type"."""
+    if not isinstance(value, (str, int, float, bool, type(None), dict, list, tuple)):
+        raise EventFormatError(
+            where,
+            f"a {type(value).__name__} cannot be recorded (JSON values only: str, int, "
+            "float, bool, None, lists and objects with str keys)",
+        )
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _SAFE:
         raise EventFormatError(where, f"integer {value} is beyond 2^53; send it as a string")
     if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
         raise EventFormatError(where, f"{value} is not a JSON number")
     if isinstance(value, dict):
         for k, v in value.items():
+            if not isinstance(k, str):
+                raise EventFormatError(where, f"key {k!r} must be a string")
             check_numbers(v, f"{where}.{k}")
-    elif isinstance(value, list):
+    elif isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
             check_numbers(v, f"{where}[{i}]")
 
