@@ -5,6 +5,7 @@ would ever send, and counted nowhere)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import re
@@ -85,3 +86,21 @@ async def test_a_number_the_struct_would_change_is_refused_at_the_call(
         p.emit("step", {"n": [value]})
     p.emit("step", {"n": [2**53, 1.5, True]})
     assert observer.stats.emitted == 1
+
+
+def test_a_loop_ending_without_close_counts_and_says_what_was_not_sent(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Never closed (no ``async with observer``), the events still queued when
+    asyncio.run returned were lost silently: stats.dropped 0, no warning."""
+    observer = Observer("127.0.0.1:1")
+
+    async def main() -> None:
+        async with observer.process("job") as p:
+            p.emit("step")
+
+    caplog.set_level(logging.WARNING, logger="jetsource.sdk")
+    asyncio.run(main())
+    assert observer.stats.emitted == 3
+    assert observer.stats.dropped == 3
+    assert any("was not closed" in r.getMessage() for r in caplog.records)

@@ -29,14 +29,15 @@ queued event is dropped (the oldest that is not a lifecycle event, so a process 
 its start and end; a batch in flight is not touched, since it may yet be recorded) and
 counted (``stats.dropped``, with a warning at most every 10 s): the instrumented code
 keeps running and the newest history is kept. ``close()`` (leaving ``async with
-observer``) waits up to ``close_timeout_s`` for the buffer to drain, then counts what
-is left as dropped; an event emitted after ``close()`` (until ``start()`` again) is
-dropped and counted at once, with one warning. An event the observer refuses
-(INVALID_ARGUMENT) is dropped alone and counted in ``stats.refused``; the rest of its
-batch is resent. A batch over the server's gRPC message limit (RESOURCE_EXHAUSTED
-"larger than max": a server whose limit is below ``max_batch_bytes``) is never resent
-as it was: it is split in two, in order, down to one event, which is then refused
-alone.
+observer``) waits up to ``close_timeout_s`` for the buffer to drain, then counts what is
+left as dropped (an event loop that ends without ``close()`` loses what is queued:
+counted in ``stats.dropped`` too, with a warning); an event emitted after ``close()``
+(until ``start()`` again) is dropped and counted at once, with one warning. An event the
+observer refuses (INVALID_ARGUMENT) is dropped alone and counted in ``stats.refused``;
+the rest of its batch is resent. A batch over the server's gRPC message limit
+(RESOURCE_EXHAUSTED "larger than max": a server whose limit is below
+``max_batch_bytes``) is never resent as it was: it is split in two, in order, down to
+one event, which is then refused alone.
 """
 
 from __future__ import annotations
@@ -467,6 +468,28 @@ class Observer:
             )
 
     async def _run(self) -> None:
+        try:
+            await self._flush_loop()
+        except asyncio.CancelledError:
+            if not self._closing:
+                # Cancelled without close(): the loop is ending (asyncio.run returning)
+                # with events that will never be sent. Counted and said, not silent.
+                left = len(self._buffer) + len(self._inflight)
+                if left:
+                    self.stats.dropped += left
+                    self._buffer.clear()
+                    self._inflight = []
+                    log.warning(
+                        "observer %s was not closed before its event loop ended: %d "
+                        "events not sent (leave `async with observer` or await "
+                        "observer.close() to send them)",
+                        self.target,
+                        left,
+                    )
+                self._task = None
+            raise
+
+    async def _flush_loop(self) -> None:
         backoff = 0.05
         while True:
             if not self._buffer:
