@@ -203,17 +203,6 @@ class ProjectorService:
         """Mirrors of the streams the models read, the lease bucket, this member."""
         o = self.options.partitions
         s = self.projection.settings
-        for name in self.models:
-            store = self.projection.store_for(name)
-            await store.start()
-            await ensure_mirror(
-                store._replies,
-                store.settings.stream,
-                store.settings.subject_prefix,
-                o.count,
-                s.eventstore.replicas,
-                s.eventstore.request_timeout_s,
-            )
         leases = Leases(
             self.projection.nc,
             o,
@@ -230,6 +219,18 @@ class ProjectorService:
         self.membership = Membership(
             leases, self._units(), self._stop_partition, gained, self._stop_partition
         )
+        await self.membership.join()  # another COUNT in the group: refused, before any mirror
+        for name in self.models:
+            store = self.projection.store_for(name)
+            await store.start()
+            await ensure_mirror(
+                store._replies,
+                store.settings.stream,
+                store.settings.subject_prefix,
+                o.count,
+                s.eventstore.replicas,
+                s.eventstore.request_timeout_s,
+            )
 
     async def _membership_loop(self, stop: asyncio.Event) -> None:
         assert self.membership is not None
@@ -262,6 +263,8 @@ class ProjectorService:
             out.append("NATS disconnected")
         if not workers and not members:
             out.append("no worker running")
+        if self.membership is not None and self.membership.conflict:
+            out.append(self.membership.conflict)
         if any(t.done() for _, t in workers):
             out.append("workers not running")
         # A store that refuses every write (#18's sibling: Valkey OOM at maxmemory,

@@ -227,6 +227,13 @@ class Partition:
 # -- fencing -------------------------------------------------------------------------
 
 
+class PartitionCountMismatch(ValueError):
+    """A live member of the group splits the streams another way (another
+    ``PARTITIONS__COUNT``, or another number of leased units): its lease ``p.<i>``
+    would name another partition, both would write the same aggregates and some would
+    have no worker. Refused; the whole group must be stopped to change the count."""
+
+
 class FencedError(Exception):
     """This worker's lease was taken over: its writes are refused."""
 
@@ -284,6 +291,29 @@ class Leases:
         self._stream = f"KV_{options.lease_bucket}"
         self._pre = f"$KV.{options.lease_bucket}.{group}"
         self.held: dict[int, Lease] = {}
+        # What this member announces in its heartbeat (the host sets ``units``: the
+        # partitions plus the unit of the models kept whole), and what the others
+        # announced at the last ``state()`` (None: a member of an older version).
+        self.units = options.count
+        self.announced: dict[str, tuple[int, int] | None] = {}
+
+    def split(self) -> tuple[int, int]:
+        return (self.o.count, self.units)
+
+    def mismatch(self) -> str:
+        """Why this member must not hold leases (empty: it may): a live member
+        announced another split at the last ``state()``."""
+        for member, split in sorted(self.announced.items()):
+            if member != self.member and split is not None and split != self.split():
+                return (
+                    f"partition count mismatch in group {self.group!r} (lease bucket "
+                    f"{self.o.lease_bucket}): member {member!r} runs COUNT={split[0]} "
+                    f"({split[1]} leased units), this member {self.member!r} COUNT="
+                    f"{self.o.count} ({self.units} units); every replica of a group must "
+                    "use the same PARTITIONS__COUNT and models: stop the whole group to "
+                    "change it"
+                )
+        return ""
 
     async def start(self) -> None:
         await self._replies.start()
@@ -331,6 +361,7 @@ class Leases:
     async def state(self) -> tuple[list[str], dict[int, tuple[str, int, int]]]:
         """Live members (sorted) and partition -> (member, token, revision)."""
         members: list[str] = []
+        announced: dict[str, tuple[int, int] | None] = {}
         holders: dict[int, tuple[str, int, int]] = {}
         cut = len(self._pre) + 1
         async for raw in jsapi.direct_get_batch(
@@ -343,15 +374,21 @@ class Leases:
                 continue
             if kind == "m":
                 members.append(name)
+                announced[name] = _split_of(raw.data)
             elif kind == "p":
                 body = json.loads(raw.data)
                 holders[int(name)] = (body["member"], int(body["token"]), raw.seq)
+        self.announced = announced
         return sorted(members), holders
 
     async def heartbeat(self) -> None:
         await jsapi.publish(
             self._replies,
-            OutMessage(f"{self._pre}.m.{self.member}", b"{}", {}),
+            OutMessage(
+                f"{self._pre}.m.{self.member}",
+                json.dumps({"count": self.o.count, "units": self.units}).encode(),
+                {},
+            ),
             self.timeout,
         )
 
@@ -401,6 +438,14 @@ class Leases:
         return bool(body.get("member") == self.member and body.get("token") == lease.token)
 
 
+def _split_of(data: bytes) -> tuple[int, int] | None:
+    try:
+        body = json.loads(data or b"{}")
+        return (int(body["count"]), int(body["units"]))
+    except (ValueError, KeyError, TypeError):
+        return None  # an older member's heartbeat ("{}"): nothing to compare
+
+
 def plan(
     count: int, members: list[str], me: str, holders: dict[int, tuple[str, int, int]]
 ) -> tuple[list[int], list[int]]:
@@ -434,6 +479,17 @@ class Membership:
     last_tick: float = 0.0
     _releasing: dict[int, asyncio.Task[None]] = field(default_factory=dict)
     _stopping: set[asyncio.Task[None]] = field(default_factory=set)
+    conflict: str = ""  # a live member splits the streams another way (health says so)
+
+    def __post_init__(self) -> None:
+        self.leases.units = self.count
+
+    async def join(self) -> None:
+        """Before the first heartbeat: refuse to join a group whose live members
+        split the streams another way (PartitionCountMismatch names both)."""
+        await self.leases.state()
+        if why := self.leases.mismatch():
+            raise PartitionCountMismatch(why)
 
     def _background(self, work: Awaitable[None]) -> asyncio.Task[None]:
         async def run() -> None:
@@ -469,6 +525,15 @@ class Membership:
             if task.done():
                 del self._releasing[p]
         members, holders = await self.leases.state()
+        why = self.leases.mismatch()
+        if why != self.conflict:
+            (log.error if why else log.info)(why or "partition counts of the group agree again")
+        self.conflict = why
+        if why:  # two members started at once with different counts: neither holds any
+            for lease in list(self.leases.held.values()):
+                if lease.partition not in self._releasing:
+                    self._releasing[lease.partition] = self._background(self._release(lease))
+            return
         release, take = plan(self.count, members, self.leases.member, holders)
         for p in release:
             surplus = self.leases.held.get(p)
