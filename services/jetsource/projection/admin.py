@@ -935,9 +935,11 @@ async def _build_parallel(
             await _keep_progress(p, name, version, meter)
     for _, out, _ in outputs:
         log.info("%s v%d: build worker %s", name, version, out.decode().strip()[-300:])
-    failed = [err.decode(errors="replace")[-2000:] for rc, _, err in outputs if rc != 0]
+    failed = [
+        pb.failure(c, rc, err) for c, (rc, _, err) in zip(children, outputs, strict=True) if rc != 0
+    ]
     if failed:
-        raise AdminError(f"{name} v{version}: a build worker failed: {failed[0]}")
+        raise AdminError(f"{name} v{version}: {failed[0]}")
     applied = sum(
         json.loads(out.decode().strip().splitlines()[-1])["applied"] for _, out, _ in outputs
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -95,6 +96,24 @@ async def start_children(
         process.stdin.close()
         children.append(Child(process, share))
     return children
+
+
+def failure(child: Child, returncode: int, stderr: bytes) -> str:
+    """Why a build worker failed, naming its partitions: one killed by a signal
+    (the OOM killer, kill -9) writes no stderr, and the message named nothing."""
+    if returncode < 0:
+        try:
+            how = f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            how = f"was killed by signal {-returncode}"
+    else:
+        how = f"exited with code {returncode}"
+    text = stderr.decode(errors="replace").strip()[-2000:]
+    return (
+        f"the build worker of partitions {child.partitions} {how}"
+        + (f": {text}" if text else " (no output)")
+        + "; what the workers applied is kept: run the same command again to resume"
+    )
 
 
 async def pending(p: Projection, name: str, version: int, count: int) -> int:
