@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from google.protobuf.message import DecodeError
 from nats.aio.client import Client as NATS
 
 from jetsource._gen.eventstore.v1.snapshot_pb2 import Snapshot as SnapshotPb
@@ -31,6 +32,9 @@ from jetsource.eventstore import jsapi
 from jetsource.eventstore.jsapi import OutMessage, RawMessage
 
 SCHEMA_HEADER = "Jetsource-State-Schema"
+# The state schema a stored message that is no readable snapshot is listed under
+# (schemas start at 1): never chosen.
+UNREADABLE_SCHEMA = -1
 VERSION_HEADER = "Jetsource-Snapshot-Version"
 
 
@@ -174,9 +178,30 @@ class JetStreamSnapshotStore:
         validate_aggregate_id(aggregate_id)
         return f"{self._cfg.subject_prefix}.{aggregate_id}"
 
-    @staticmethod
-    def _decode(raw: RawMessage) -> Snapshot:
-        return Snapshot.decode(raw.data, raw.seq)
+    def _decode(self, raw: RawMessage) -> Snapshot:
+        """The snapshot in a stored message. One this store did not write (bytes that
+        are no snapshot, or one naming another aggregate than its subject: a raw
+        publish) is listed as :data:`UNREADABLE_SCHEMA`, so no reader ever chooses it
+        and it is deleted like any other, instead of failing every load of the
+        aggregate."""
+        aggregate_id = raw.subject[len(self._cfg.subject_prefix) + 1 :]
+        try:
+            snapshot = Snapshot.decode(raw.data, raw.seq)
+        except (DecodeError, ValueError, OverflowError):
+            return Snapshot(
+                aggregate_type="",
+                aggregate_id=aggregate_id,
+                version=0,
+                last_seq=0,
+                recorded_at_ns=0,
+                schema_version=UNREADABLE_SCHEMA,
+                encoding="",
+                state=b"",
+                snapshot_seq=raw.seq,
+            )
+        if snapshot.aggregate_id != aggregate_id or snapshot.last_seq < snapshot.version:
+            return replace(snapshot, schema_version=UNREADABLE_SCHEMA)
+        return snapshot
 
     async def save(self, snapshot: Snapshot) -> bool:
         data = snapshot.encode()

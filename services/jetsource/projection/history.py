@@ -149,7 +149,10 @@ def encode_keys(keys: Keys) -> bytes:
 def decode_keys(data: bytes) -> Keys:
     if not data:
         return {}
-    return {k: (int(a), int(b)) for k, (a, b) in json.loads(zlib.decompress(data)).items()}
+    try:
+        return {k: (int(a), int(b)) for k, (a, b) in json.loads(zlib.decompress(data)).items()}
+    except (zlib.error, ValueError, TypeError, AttributeError) as exc:
+        raise SnapshotDecodeError(f"unreadable idempotency keys: {exc!r}") from exc
 
 
 def add_keys(keys: Keys, events: list[RecordedEvent]) -> None:
