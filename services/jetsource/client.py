@@ -9,10 +9,12 @@ Each call sends a fresh idempotency key unless one is given: pass the same key t
 retry safely. Both clients hold their own connection and send a call answered
 UNAVAILABLE again (up to 5 attempts within its deadline; the same request, so the
 same key): a publisher worker or replica that goes away costs a retry, not an error.
+The connection opens on the first call, in that call's event loop (see ``_Client``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -101,7 +103,64 @@ STATUSES = {
 }
 
 
-class ContextClient:
+class _Client:
+    """The connection of a typed client, opened on its first call in the event loop
+    that makes it (a client made at import time, outside any loop, works; grpc.aio
+    binds a channel to the loop it is made in). A call after ``close()``, or from
+    another loop while the first still runs, is a ``grpc.aio.UsageError`` saying so;
+    once its loop has ended (a second ``asyncio.run``) a new connection is opened."""
+
+    def __init__(self, target: str, timeout: float, security: GrpcClientSettings | None) -> None:
+        if not isinstance(target, str) or not target.strip():
+            raise ValueError(f"target must be host:port, got {target!r}")
+        if not timeout > 0:  # also NaN
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+        self._target = target
+        self._security = security
+        self._timeout = timeout
+        self._metadata: tuple[tuple[str, str], ...] = ()
+        self._open: grpc.aio.Channel | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    @property
+    def _channel(self) -> grpc.aio.Channel:
+        return self._connect()
+
+    def _connect(self) -> grpc.aio.Channel:
+        if self._closed:
+            raise grpc.aio.UsageError(f"{type(self).__name__} is closed")
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise grpc.aio.UsageError(
+                f"{type(self).__name__} is asyncio: call it from a running event loop"
+            ) from None
+        if self._open is not None and self._loop is not loop:
+            if self._loop is not None and not self._loop.is_closed():
+                raise grpc.aio.UsageError(
+                    f"{type(self).__name__} is bound to another running event loop: "
+                    "make one client per loop (or per thread)"
+                )
+            self._open = None  # its loop has ended, and the channel with it
+        if self._open is None:
+            self._open, self._metadata = open_channel(self._target, self._security, retry=True)
+            self._loop = loop
+            self._opened(self._open)
+        return self._open
+
+    def _opened(self, channel: grpc.aio.Channel) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Close the connection; closing again does nothing."""
+        self._closed = True
+        channel, self._open = self._open, None
+        if channel is not None and self._loop is asyncio.get_running_loop():
+            await channel.close()
+
+
+class ContextClient(_Client):
     def __init__(
         self,
         target: str,
@@ -109,19 +168,17 @@ class ContextClient:
         actor: str = "",
         security: GrpcClientSettings | None = None,
     ) -> None:
-        self._channel, self._metadata = open_channel(target, security, retry=True)
-        self._stub = pb_grpc.ContextCommandServiceStub(self._channel)
-        self._timeout = timeout
+        super().__init__(target, timeout, security)
         self._actor = actor
+
+    def _opened(self, channel: grpc.aio.Channel) -> None:
+        self._stub = pb_grpc.ContextCommandServiceStub(channel)
 
     async def __aenter__(self) -> ContextClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-    async def close(self) -> None:
-        await self._channel.close()
 
     async def _send(
         self,
@@ -142,6 +199,7 @@ class ContextClient:
         if expected_version is not None:
             options.expected_version = expected_version
         request = getattr(pb, f"{rpc}Request")(context_id=context_id, options=options, **fields)
+        self._connect()  # opened here, in the caller's loop
         response = await getattr(self._stub, rpc)(
             request, timeout=self._timeout, metadata=self._metadata
         )
@@ -281,7 +339,7 @@ def _o(opts: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class QueryClient:
+class QueryClient(_Client):
     """Typed client for the query service's ContextQueryService.
 
     async with QueryClient("127.0.0.1:50052") as q:
@@ -293,9 +351,10 @@ class QueryClient:
     def __init__(
         self, target: str, timeout: float = 10.0, security: GrpcClientSettings | None = None
     ) -> None:
-        self._channel, self._metadata = open_channel(target, security, retry=True)
-        self._stub = query_pb2_grpc.ContextQueryServiceStub(self._channel)
-        self._timeout = timeout
+        super().__init__(target, timeout, security)
+
+    def _opened(self, channel: grpc.aio.Channel) -> None:
+        self._stub = query_pb2_grpc.ContextQueryServiceStub(channel)
 
     async def __aenter__(self) -> QueryClient:
         return self
@@ -303,10 +362,8 @@ class QueryClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def close(self) -> None:
-        await self._channel.close()
-
     async def _query(self, rpc: str, request: Any, answer: type[R]) -> R:
+        self._connect()  # opened here, in the caller's loop
         response = await getattr(self._stub, rpc)(
             request, timeout=self._timeout, metadata=self._metadata
         )
@@ -367,6 +424,7 @@ class QueryClient:
         """A server stream of WatchContextResponse (iterate it with ``async for``;
         ``cancel()`` it to stop)."""
         request = query_pb2.WatchContextRequest(context_id=context_id, from_version=from_version)
+        self._connect()  # opened here, in the caller's loop
         return self._stub.WatchContext(request, timeout=timeout, metadata=self._metadata)
 
 
