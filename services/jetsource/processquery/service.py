@@ -94,6 +94,34 @@ _EVENT_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,127}")
 MAX_SEQ = 2**53  # Valkey scores are doubles: global sequences above this are not exact
 # google.protobuf.Timestamp's valid range: 0001-01-01 .. 9999-12-31
 MIN_SECONDS, MAX_SECONDS = -62_135_596_800, 253_402_300_799
+# Protobuf decoders (upb, C++, Java, pure Python) refuse a message nested more than
+# 100 levels deep, and a tree nests a level per generation: a chain of 1,000 processes
+# answered whole reached every client as INTERNAL ("Exceeded upb_DecodeOptions_MaxDepth";
+# 98 levels already). A tree keeps each node's nesting (response, nodes down to it, its
+# ProcessInfo and what that holds, a failure's error Value included) within this, with
+# a margin for decoders that count a level more, and is ``truncated`` below it.
+MAX_TREE_NESTING = 96
+
+
+def _value_nesting(v: Value) -> int:
+    """Message levels of a ``Value``: 1, plus a Struct and its entry per object level,
+    a ListValue per list level."""
+    which = v.WhichOneof("kind")
+    if which == "struct_value":
+        return 3 + max((_value_nesting(x) for x in v.struct_value.fields.values()), default=0)
+    if which == "list_value":
+        return 2 + max((_value_nesting(x) for x in v.list_value.values), default=0)
+    return 1
+
+
+def _node_nesting(depth: int, info: pb.ProcessInfo) -> int:
+    """How deep a tree answer nests with ``info`` at ``depth`` levels below its root:
+    the response, depth + 1 nodes, the ProcessInfo, its deepest field (a timestamp or
+    an attribute: 1; the error: its Value's levels)."""
+    inner = _value_nesting(info.error) if info.HasField("error") else 1
+    return 1 + depth + 1 + 1 + inner
+
+
 _UNAVAILABLE = (TransientError, EventStoreUnavailableError, ConnectionError, OSError)
 
 
@@ -571,20 +599,24 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
             room = [self.o.max_tree_nodes - 1, self.o.max_tree_bytes - root.ByteSize()]
             level: list[tuple[pb.ProcessNode, ProcessRow]] = [(root, top)]
             depth = 0
+            deep = False  # a node left out as nested too deep for a client to decode
             while level:
                 # ``truncated`` only when a child that would be shown is left out: one
                 # that ``statuses`` hides is not cut off (so a filtered tree reads the
                 # level below the depth, and counts only what it keeps).
                 below = max_depth and depth >= max_depth
                 if below and not statuses:
-                    truncated = any(row.children for _, row in level)
+                    truncated = deep or any(row.children for _, row in level)
                     return pb.GetProcessTreeResponse(root=root, truncated=truncated)
                 kept = await self._kept_children(model, level, statuses, 0 if below else room[0])
                 if below or not kept:
-                    return pb.GetProcessTreeResponse(root=root, truncated=bool(kept))
+                    return pb.GetProcessTreeResponse(root=root, truncated=deep or bool(kept))
                 nxt: list[tuple[pb.ProcessNode, ProcessRow]] = []
                 for node, child in kept:
                     info = process_info(child)
+                    if _node_nesting(depth + 1, info) > MAX_TREE_NESTING:
+                        deep = True  # its subtree goes with it; read on from its parent
+                        continue
                     room[1] -= info.ByteSize() + 8
                     if len(nxt) == room[0] or room[1] < 0:
                         # At MAX_TREE_NODES, or MAX_TREE_BYTES: cut here.
@@ -592,7 +624,7 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
                     nxt.append((node.children.add(process=info), child))
                 room[0] -= len(nxt)
                 level, depth = nxt, depth + 1
-            return pb.GetProcessTreeResponse(root=root, truncated=False)
+            return pb.GetProcessTreeResponse(root=root, truncated=deep)
 
         return await self._run("GetProcessTree", context, work)
 

@@ -143,8 +143,10 @@ def lifecycle(event_type: str, body: ProcessEventBody) -> Lifecycle:
 #   <p>:root, <p>:depth, <p>:parent (linked parent)    hashes by id
 #   <p>:kids:<id>      zset of linked children, score = the child's first global_seq
 #   <p>:pending:<id>   zset of processes that named <id> as parent before it appeared
-# ``moved(node, old_root, new_root)`` is called for every node of a subtree that gets a
-# new root. A link that would close a cycle is refused (the child stays a root, pending).
+# ``moved(node, old_root, new_root, new_parent)`` is called for every node of a subtree
+# that gets a new root (``new_parent``: the process the subtree's top was attached to;
+# nil when the subtree is detached). A link that would close a cycle is refused (the
+# child stays a root, pending).
 TREE_LUA = """
 local function subtree(id)
   local out, i = {id}, 1
@@ -166,7 +168,7 @@ local function attach(c, q, moved)
     local d = tonumber(redis.call('HGET', p .. ':depth', n)) + qdepth + 1
     redis.call('HSET', p .. ':root', n, qroot)
     redis.call('HSET', p .. ':depth', n, d)
-    moved(n, c, qroot)
+    moved(n, c, qroot, q)
   end
   return true
 end

@@ -134,10 +134,59 @@ local function derive(id)
     set_status(id, 'running', '')  -- the ending above it was voided
   end
 end
-local function moved(node, old, new)
+-- Whether no process from ``q`` up to its root has an ending: a subtree attached
+-- below it then keeps the statuses it has (its own links and endings are the same,
+-- and its new ancestors interrupt nothing), so its nodes need no derive. Without
+-- this, attaching a subtree walked up from each of its nodes: a chain of 150
+-- processes recorded leaf first took 3 s of Valkey, 1,000 levels minutes (BUSY).
+local function quiet_above(q)
+  local x, hops = q, 0
+  while x and hops < 100000 do
+    if redis.call('EXISTS', p .. ':ends:' .. x) == 1 then return false end
+    x, hops = redis.call('HGET', p .. ':parent', x), hops + 1
+  end
+  return true
+end
+local calm = false
+local function moved(node, old, new, q)
   redis.call('ZREM', p .. ':idx:root:' .. old, node)
   redis.call('ZADD', p .. ':idx:root:' .. new, redis.call('HGET', p .. ':first', node), node)
-  derive(node)  -- new ancestors: an ending above may have been applied already
+  -- attach calls this first for the subtree's top (``old``), then for the rest
+  if q and node == old then calm = not REVERT and quiet_above(q) end
+  -- new ancestors: an ending above may have been applied already
+  if not (q and calm) then derive(node) end
+end
+-- A new ending of ``id`` (global sequence ``seq``, occurred ``occ``), for its
+-- descendants: a running one (nothing above interrupted it so far) is interrupted by
+-- it when the links down to it are older than the ending (``since``, computed top
+-- down as derive computes it bottom up); another one without an ending of its own is
+-- derived again. So a root ending over a deep chain costs one pass, not a walk up
+-- from every node (1,000 levels: 500,000 steps in one script).
+local function ended_below(id, seq, occ)
+  local out, since, i = {id}, {[id] = 0}, 1
+  while i <= #out do
+    local x = out[i]
+    local xfirst = tonumber(redis.call('HGET', p .. ':first', x) or '0')
+    for _, k in ipairs(redis.call('ZRANGE', p .. ':kids:' .. x, 0, -1)) do
+      local at = tonumber(redis.call('HGET', p .. ':declared_at', k) or '0')
+      if xfirst > at then at = xfirst end
+      if since[x] > at then at = since[x] end
+      since[k] = at
+      table.insert(out, k)
+    end
+    i = i + 1
+  end
+  for k = 2, #out do
+    local n = out[k]
+    if redis.call('EXISTS', p .. ':ends:' .. n) == 0 then
+      local status = redis.call('HGET', p .. ':p:' .. n, 'status')
+      if status == 'running' then
+        if since[n] <= seq then set_status(n, 'interrupted', occ) end
+      elseif not OWN[status] then
+        derive(n)
+      end
+    end
+  end
 end
 local function remove(id)
   local h = p .. ':p:' .. id
@@ -215,8 +264,12 @@ local function apply_event(i)
         elseif ending == 'failed' then
           redis.call('HDEL', h, 'error')
         end
-        local below = subtree(id)
-        for k = 2, #below do derive(below[k]) end
+        if REVERT then
+          local below = subtree(id)
+          for k = 2, #below do derive(below[k]) end
+        else
+          ended_below(id, seq, occ)
+        end
       end
     end
   end
