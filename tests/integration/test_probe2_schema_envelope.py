@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
+import grpc
 import pytest
 
 from jetsource._gen.context.v1 import events_pb2 as ev
+from jetsource._gen.context.v1 import query_pb2 as qpb
+from jetsource._gen.context.v1 import query_pb2_grpc as qgrpc
 from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope, SealedFields
 from jetsource.core.errors import CorruptEventError
 from jetsource.core.settings import JetsourceSettings
@@ -22,6 +26,8 @@ from jetsource.eventstore import jsapi
 from jetsource.eventstore.jsapi import OutMessage
 from jetsource.projection.bootstrap import Projection, open_projection
 from jetsource.projection.runtime import Worker
+from jetsource.query.server import build as build_query
+from jetsource.query.settings import QueryOptions, QuerySettings
 from tests.projector_fixtures import projector_settings, seed
 
 pytestmark = pytest.mark.integration
@@ -53,7 +59,9 @@ def created(**fields: object) -> bytes:
     ).SerializeToString()
 
 
-async def test_odd_envelope_fields_are_corrupt_events(projection: Projection) -> None:
+async def test_odd_envelope_fields_are_corrupt_events(
+    projection: Projection, settings: JetsourceSettings, unique: str
+) -> None:
     p = projection
     prefix = p.store.settings.subject_prefix
     poison = {
@@ -98,3 +106,35 @@ async def test_odd_envelope_fields_are_corrupt_events(projection: Projection) ->
         await asyncio.wait_for(worker.run(until_caught_up=True), 60)
         letters = await p.dead_letters.list(worker.spec)
         assert sorted(d.original_seq for d in letters) == sorted(poison.values()), name
+
+    # The query service names each sequence: DATA_LOSS, never INTERNAL/UNKNOWN.
+    base = projector_settings(settings, unique)
+    shared = {name: getattr(base, name) for name in JetsourceSettings.model_fields}
+    query = await build_query(
+        QuerySettings(
+            **shared,
+            projector=base.projector,
+            query=QueryOptions(grpc_port=0, metrics_port=0, dead_letter_ttl_s=0),
+        )
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{query.port}") as channel:
+            stub = qgrpc.ContextQueryServiceStub(channel)
+            for story, seq in poison.items():
+                calls: list[Any] = [
+                    stub.GetContext(qpb.GetContextRequest(context_id=story)),
+                    stub.GetContextAtVersion(
+                        qpb.GetContextAtVersionRequest(context_id=story, version=1)
+                    ),
+                    stub.ListEvents(qpb.ListEventsRequest(context_id=story)),
+                ]
+                for call in calls:
+                    with pytest.raises(grpc.aio.AioRpcError) as failed:
+                        await call
+                    assert failed.value.code() == grpc.StatusCode.DATA_LOSS, failed.value
+                    assert str(seq) in (failed.value.details() or ""), failed.value
+                    assert "idempotency_uuid" in (failed.value.details() or ""), failed.value
+            after = await stub.GetContext(qpb.GetContextRequest(context_id="after"))
+            assert after.context.version == 3
+    finally:
+        await query.stop(0)
