@@ -9,11 +9,14 @@ import asyncio
 import datetime
 import logging
 import re
+import threading
 from typing import Any
 
 import pytest
 
-from jetsource.sdk import Observer
+from jetsource._gen.process.v1 import events_pb2 as epb
+from jetsource._gen.process.v1 import observer_pb2 as pb
+from jetsource.sdk import Observer, observe
 
 
 @pytest.mark.parametrize(
@@ -104,3 +107,43 @@ def test_a_loop_ending_without_close_counts_and_says_what_was_not_sent(
     assert observer.stats.emitted == 3
     assert observer.stats.dropped == 3
     assert any("was not closed" in r.getMessage() for r in caplog.records)
+
+
+class Recording:
+    """An observer stub that records every batch."""
+
+    def __init__(self, _channel: Any) -> None:
+        self.batches: list[Any] = []
+
+    async def RecordBatch(self, request: Any, **_: Any) -> Any:
+        self.batches.append(request)
+        return pb.RecordBatchResponse(positions=[epb.Position() for _ in request.events])
+
+
+def test_an_observer_closed_in_one_loop_starts_again_in_the_next() -> None:
+    """The second asyncio.run failed: "<asyncio.locks.Event ...> is bound to a
+    different event loop" (the flush's events were made once, for the first loop)."""
+    observer = Observer("127.0.0.1:1", close_timeout_s=0.2)  # nothing there: close waits
+
+    async def main() -> None:
+        async with observer, observer.process("job") as p:
+            p.emit("step")
+
+    asyncio.run(main())
+    asyncio.run(main())
+    assert observer.stats.emitted == 6 and observer.stats.dropped == 6
+
+
+async def test_flush_sends_what_was_emitted_before_any_loop_ran(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Emitted from a thread with no event loop (the observer not started), then
+    ``await observer.flush()``: it waited forever, nothing being there to send."""
+    monkeypatch.setattr(observe, "pb_grpc", type("S", (), {"ObserverServiceStub": Recording}))
+    observer = Observer("127.0.0.1:1")
+    t = threading.Thread(target=lambda: observer.process("job").emit("step"))
+    t.start()
+    t.join()
+    await asyncio.wait_for(observer.flush(), 5)
+    assert observer.stats.sent == 1
+    await observer.close()

@@ -315,6 +315,12 @@ class Observer:
             return
         self._closed = False
         self._closing = False
+        # Fresh events for this loop (an asyncio.Event is bound to the loop that first
+        # waits on it): an observer closed in one asyncio.run starts again in the next.
+        self._wake, self._idle = asyncio.Event(), asyncio.Event()
+        self._idle.set()
+        if self._buffer:
+            self._wake.set()
         if self._credentials is not None:
             self._channel = grpc.aio.secure_channel(self.target, self._credentials)
         else:
@@ -353,6 +359,8 @@ class Observer:
 
     async def flush(self) -> None:
         """Wait until everything emitted so far is acknowledged (or dropped)."""
+        if self._task is None and self._buffer and not self._closed:
+            self._begin()  # emitted with no loop running (not started): nothing sends
         while self._buffer or self._inflight:
             self._wake.set()
             self._idle.clear()
