@@ -147,3 +147,22 @@ async def test_flush_sends_what_was_emitted_before_any_loop_ran(
     await asyncio.wait_for(observer.flush(), 5)
     assert observer.stats.sent == 1
     await observer.close()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"flush_interval_s": 0}, "flush_interval_s"),  # spun the idle flush: a core busy
+        ({"call_timeout_s": 0}, "call_timeout_s"),  # every send failed, resent forever
+        ({"max_backoff_s": -1}, "max_backoff_s"),
+        ({"flush_interval_s": float("nan")}, "flush_interval_s"),
+        ({"close_timeout_s": -1}, "close_timeout_s"),
+        ({"target": ""}, "target"),
+    ],
+)
+def test_an_option_that_cannot_work_is_refused_naming_it(
+    kwargs: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(ValueError, match=named):
+        Observer(**kwargs)
+    Observer(close_timeout_s=0)  # 0: do not wait at close

@@ -278,6 +278,19 @@ class Observer:
             raise ValueError("batch_size >= 1 and buffer_size >= batch_size")
         if max_batch_bytes < 1:
             raise ValueError("max_batch_bytes >= 1")
+        if not isinstance(target, str) or not target.strip():
+            raise ValueError(f"target must be host:port, got {target!r}")
+        # 0 would spin the flush (flush_interval_s, max_backoff_s) or fail every send
+        # at once and resend it forever (call_timeout_s); NaN compares false.
+        for name, value in (
+            ("flush_interval_s", flush_interval_s),
+            ("call_timeout_s", call_timeout_s),
+            ("max_backoff_s", max_backoff_s),
+        ):
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
+        if not close_timeout_s >= 0:
+            raise ValueError(f"close_timeout_s must be >= 0 seconds, got {close_timeout_s!r}")
         self.target = target
         self.source = source
         self.batch_size = batch_size
