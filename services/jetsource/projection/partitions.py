@@ -330,6 +330,12 @@ class Leases:
             "deny_delete": True,
             "num_replicas": self.replicas,
             "duplicate_window": int(min(self.o.lease_ttl_s, 120) * 1_000_000_000),
+            # The revisions are the fencing tokens, and the stores keep the highest
+            # they saw: a bucket deleted and made again must not start at 1 (every
+            # new owner's claim would be refused, its partition stalled for good).
+            # Microseconds since the epoch: above every revision of an earlier bucket
+            # unless it took more than a million writes a second (and below 2^53).
+            "first_seq": time.time_ns() // 1000,
         }
         try:
             await jsapi.api(self._replies, f"STREAM.CREATE.{self._stream}", config, self.timeout)
@@ -339,6 +345,22 @@ class Leases:
 
     async def stop(self) -> None:
         await self._replies.stop()
+
+    async def recreate_if_gone(self) -> bool:
+        """The bucket deleted under a running group (``nats kv del --bucket``, a
+        ``nats stream rm``): made again (True); False if it is there."""
+        try:
+            await jsapi.api(self._replies, f"STREAM.INFO.{self._stream}", {}, self.timeout)
+            return False
+        except JsApiError as exc:
+            if exc.err_code != jsapi.ERR_STREAM_NOT_FOUND:
+                raise
+        await self.start()
+        log.error(
+            "lease bucket %s was deleted: made again; every lease is taken again",
+            self.o.lease_bucket,
+        )
+        return True
 
     def _value(self, token: int) -> bytes:
         return json.dumps({"member": self.member, "token": token}).encode()
@@ -516,7 +538,12 @@ class Membership:
     async def tick(self) -> None:
         """One round: heartbeat, renew, read the bucket, release surplus, take free."""
         self.last_tick = time.monotonic()
-        await self.leases.heartbeat()
+        try:
+            await self.leases.heartbeat()
+        except Exception:
+            if not await self.leases.recreate_if_gone():
+                raise
+            await self.leases.heartbeat()
         for lease in list(self.leases.held.values()):
             if not await self.leases.renew(lease):
                 log.warning("partition %d: lease lost", lease.partition)
