@@ -31,7 +31,8 @@ from tests.fixtures.omni_interactions import (
 )
 from tests.unit.omni.test_fuzz_fields import WRONG, _paths
 
-KEY = Ed25519PrivateKey.generate()
+# A fixed key: parameters built from it must be the same in every xdist worker.
+KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 PUBLIC = KEY.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
 CONFIG = InstanceConfig(provider="discord", format="interactions", public_key=PUBLIC)
 
