@@ -166,3 +166,39 @@ def test_an_option_that_cannot_work_is_refused_naming_it(
     with pytest.raises(ValueError, match=named):
         Observer(**kwargs)
     Observer(close_timeout_s=0)  # 0: do not wait at close
+
+
+@pytest.mark.parametrize(
+    ("call", "named"),
+    [
+        ({"process_id": "bad id!"}, "event.process_id"),
+        ({"kind": "a\nb"}, "event.data.kind"),
+        ({"kind": "k" * 200}, "event.data.kind"),
+        ({"causation_id": "no spaces"}, "event.causation_id"),
+        ({"correlation_id": "a\rb"}, "event.correlation_id"),
+        ({"idempotency_key": "k" * 300}, "event.idempotency_key"),
+        ({"attributes": {"": "v"}}, "event.attributes"),
+        ({"attributes": {"k": "v\x00"}}, "event.attributes['k']"),
+    ],
+)
+async def test_what_the_observer_would_refuse_is_refused_at_the_call(
+    call: dict[str, Any], named: str
+) -> None:
+    """These were queued and refused by the observer later, in the background flush
+    (stats.refused and a log line; a bad process id or kind lost every event of the
+    process), never at the call."""
+    observer = Observer("127.0.0.1:1")
+    process_kwargs = {k: v for k, v in call.items() if k in ("process_id", "kind")}
+    with pytest.raises(ValueError, match=re.escape(named)):
+        p = observer.process("job", **process_kwargs)
+        p.emit("step", **{k: v for k, v in call.items() if k not in process_kwargs})
+    assert not observer._buffer
+
+
+async def test_a_source_the_observer_would_refuse_is_refused_at_process() -> None:
+    with pytest.raises(ValueError, match=r"event\.source"):
+        Observer("127.0.0.1:1", source="a\nb").process("job")
+    observer = Observer("127.0.0.1:1", source="trainer")
+    p = observer.process("job", kind="stage", process_id="")  # "": a fresh id, as before
+    p.emit("step", causation_id=p.process_id, correlation_id="c-1", attributes={"a": "b"})
+    assert len(p.process_id) == 36 and observer.stats.emitted == 1

@@ -66,6 +66,7 @@ from jetsource._gen.process.v1 import observer_pb2_grpc as pb_grpc
 from jetsource.core.aio import stop_task, wait_event
 from jetsource.core.ids import uuid7
 from jetsource.domains.process.batching import MAX_REQUEST_BYTES, fitting, too_large
+from jetsource.domains.process.validation import Limits, to_new_event
 
 if TYPE_CHECKING:
     from jetsource.domains.sessions.emit import Session
@@ -84,6 +85,11 @@ _RETRYABLE = {
     grpc.StatusCode.UNKNOWN,
     grpc.StatusCode.CANCELLED,
 }
+
+# The observer's checks of the strings a caller passes (ids, kind, source, correlation
+# id, idempotency key, attributes), run at the call; sizes the observer's settings
+# may raise (payload bytes, attribute count) are left to it.
+_CALL_LIMITS = Limits(max_payload_bytes=2**62, max_attributes=2**62)
 
 _LIFECYCLE = frozenset(
     {"process_started", "process_completed", "process_failed", "process_cancelled"}
@@ -214,9 +220,13 @@ class Process:
             causation_id=causation_id,
             correlation_id=correlation_id,
             idempotency_key=idempotency_key,
-            data=_struct(data),
             attributes=_attributes(attributes),
         )
+        if causation_id or correlation_id or idempotency_key or attributes:
+            # What the observer would refuse later, in the flush, said here (a
+            # ValidationError, a ValueError, naming ``event.<field>``); no data yet.
+            to_new_event(event, _CALL_LIMITS)
+        event.data.CopyFrom(_struct(data))
         event.occurred_at.FromNanoseconds(time.time_ns())
         self.observer._queue(event)
         self.last_event_id = event.event_id
@@ -394,6 +404,16 @@ class Observer:
         the block when it is entered (or ``parent``). ``process_id`` defaults to a
         fresh UUIDv7. Attribute values that cannot be sent are a TypeError here."""
         _check_json(dict(attributes or {}), "attributes")
+        if process_id or kind or self.source:
+            # A process id, kind or source the observer would refuse would lose every
+            # event of the process, refused one by one in the flush: said here.
+            probe = epb.CanonicalEvent(
+                process_id=process_id or uuid7(),
+                event_type="process_started",
+                source=self.source,
+            )
+            probe.data.update({"kind": kind})
+            to_new_event(probe, _CALL_LIMITS)
         return Process(
             self,
             name,
