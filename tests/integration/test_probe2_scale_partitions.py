@@ -17,6 +17,7 @@ from jetsource.core.envelope import NewEvent
 from jetsource.domains.context.samples import story_events
 from jetsource.eventstore import jsapi
 from jetsource.projection.bootstrap import Projection
+from jetsource.projection.host import ProjectorService
 from jetsource.projection.partitions import (
     Lease,
     Leases,
@@ -224,3 +225,42 @@ async def until(p: Projection, count: int, timeout: float) -> float:
         assert time.monotonic() - started < timeout, (now, count)
         await asyncio.sleep(0.2)
     return time.monotonic() - started
+
+
+async def test_healthz_names_membership_rounds_failing_past_the_lease_ttl(
+    projection: Projection,  # noqa: F811
+) -> None:
+    """A replica whose membership rounds fail (the lease bucket unwritable, JetStream
+    not answering for it) has lost its leases after the TTL: /healthz said 200 all
+    along, its workers running on (fenced), or none at all. Now it names it, and
+    clears once a round goes through again."""
+    p = projection
+    ttl = p.settings.projector.partitions.lease_ttl_s
+    service = ProjectorService(p, group=f"gh{p.settings.projector.partitions.group}")
+    service.options.models = ["context"]
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    try:
+        started = time.monotonic()
+        while not (service.membership and len(service.membership.leases.held) == 4):
+            assert time.monotonic() - started < 30
+            await asyncio.sleep(0.1)
+        assert service.problems() == []
+        leases = service.membership.leases
+        heartbeat = leases.heartbeat
+
+        async def refused() -> None:
+            raise ConnectionError("the lease bucket does not answer")
+
+        leases.heartbeat = refused  # type: ignore[method-assign]
+        await asyncio.sleep(ttl + 1.0)
+        problems = service.problems()
+        assert any("no membership round" in x for x in problems), problems
+        leases.heartbeat = heartbeat  # type: ignore[method-assign]
+        started = time.monotonic()
+        while service.problems():
+            assert time.monotonic() - started < ttl + 5, service.problems()
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)

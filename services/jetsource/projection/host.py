@@ -265,6 +265,11 @@ class ProjectorService:
             out.append("no worker running")
         if self.membership is not None and self.membership.conflict:
             out.append(self.membership.conflict)
+        if self.membership is not None and self.membership.last_tick and not members:
+            out.append(
+                f"no membership round for {time.monotonic() - self.membership.last_tick:.0f} s"
+                f" (lease bucket {self.options.partitions.lease_bucket}): its leases have expired"
+            )
         if any(t.done() for _, t in workers):
             out.append("workers not running")
         # A store that refuses every write (#18's sibling: Valkey OOM at maxmemory,

@@ -498,7 +498,7 @@ class Membership:
     on_lost: Callable[[int], Awaitable[None]]
     on_gained: Callable[[Lease], Awaitable[None]]
     on_release: Callable[[int], Awaitable[None]]
-    last_tick: float = 0.0
+    last_tick: float = 0.0  # when a round last went through (monotonic; 0: never)
     _releasing: dict[int, asyncio.Task[None]] = field(default_factory=dict)
     _stopping: set[asyncio.Task[None]] = field(default_factory=set)
     conflict: str = ""  # a live member splits the streams another way (health says so)
@@ -537,7 +537,6 @@ class Membership:
 
     async def tick(self) -> None:
         """One round: heartbeat, renew, read the bucket, release surplus, take free."""
-        self.last_tick = time.monotonic()
         try:
             await self.leases.heartbeat()
         except Exception:
@@ -560,6 +559,7 @@ class Membership:
             for lease in list(self.leases.held.values()):
                 if lease.partition not in self._releasing:
                     self._releasing[lease.partition] = self._background(self._release(lease))
+            self.last_tick = time.monotonic()
             return
         release, take = plan(self.count, members, self.leases.member, holders)
         for p in release:
@@ -571,6 +571,9 @@ class Membership:
             if taken is not None:
                 log.info("partition %d: lease taken (token %d)", p, taken.token)
                 await self.on_gained(taken)
+        # Only a round that went through: one failing for a lease TTL has lost every
+        # lease and its membership (/healthz said 200 through it, even with no worker).
+        self.last_tick = time.monotonic()
 
     async def leave(self) -> None:
         if self._stopping:
