@@ -28,7 +28,7 @@ from jetsource._gen.process.v1 import query_pb2_grpc as q_grpc
 from jetsource._gen.process.v1.events_pb2 import ProcessEventBody
 from jetsource.core.envelope import RecordedEvent
 from jetsource.core.settings import JetsourceSettings
-from jetsource.domains.process.models import PROCESSES
+from jetsource.domains.process.models import PROCESSES, TIMELINE
 from jetsource.processquery.server import build
 from jetsource.projection.bootstrap import Projection
 from tests.integration.process_read.ledger import own_ledger
@@ -142,3 +142,31 @@ async def test_a_deep_tree_answer_stays_decodable_and_says_truncated(ledger: Pro
             assert short.truncated
     finally:
         await service.stop(0)
+
+
+async def test_a_parent_arriving_after_ten_thousand_children_merges_their_timelines_quickly(
+    ledger: Projection,
+) -> None:
+    """The timeline model merged each attached child's tree into the parent's with
+    ZUNIONSTORE, which rewrites the whole (growing) destination: 10,000 children
+    recorded before their parent made one script quadratic, and Valkey BUSY."""
+    n = 10_000
+    model = ledger.model(TIMELINE, 1)
+    await model.setup()
+    kids = [event(f"k{i}", 1, i + 1, parent="root") for i in range(n)]
+    for k in range(0, n, 1000):
+        await model.apply(kids[k : k + 1000])
+    started = time.monotonic()
+    await model.apply([event("root", 1, n + 1)])
+    assert time.monotonic() - started < 3  # the old code: BUSY (over 5 s in one script)
+    ns = model.ns  # type: ignore[attr-defined]
+    assert await ledger.redis.zcard(f"{ns}:tree:root") == n + 1
+    assert await ledger.redis.exists(f"{ns}:tree:k0") == 0
+    # a big subtree joining a small tree merges the other way, same result
+    await model.apply([event("top", 1, n + 2)])
+    await model.apply([event("root", 2, n + 3, typ="step", parent="top")])
+    assert await ledger.redis.zcard(f"{ns}:tree:top") == n + 3
+    assert await ledger.redis.exists(f"{ns}:tree:root") == 0
+    members = await ledger.redis.zrange(f"{ns}:tree:top", 0, -1, withscores=True)
+    assert [int(s) for _, s in members] == list(range(1, n + 4))
+    assert all(int(m) == int(s) for m, s in members)

@@ -116,10 +116,27 @@ end
 _APPLY = (
     """
 local p, n = ARGV[1], tonumber(ARGV[2])
+-- A subtree's tree timeline is merged into its new root's: the smaller into the larger
+-- (ZUNIONSTORE rewrites its whole destination: a parent arriving after its 10,000
+-- children rewrote its growing tree once per child, quadratic, and blocked Valkey).
 local function moved(node, old, new)
   if node == old then
-    redis.call('ZUNIONSTORE', p .. ':tree:' .. new, 2, p .. ':tree:' .. new, p .. ':tree:' .. old)
-    redis.call('DEL', p .. ':tree:' .. old)
+    local src, dst = p .. ':tree:' .. old, p .. ':tree:' .. new
+    if redis.call('ZCARD', src) <= redis.call('ZCARD', dst) then
+      local n = redis.call('ZCARD', src)
+      for k = 0, n - 1, 500 do
+        local part = redis.call('ZRANGE', src, k, k + 499, 'WITHSCORES')
+        local args = {}
+        for j = 1, #part, 2 do
+          args[#args + 1] = part[j + 1]
+          args[#args + 1] = part[j]
+        end
+        redis.call('ZADD', dst, unpack(args))
+      end
+    else
+      redis.call('ZUNIONSTORE', dst, 2, dst, src)
+    end
+    redis.call('DEL', src)
   end
 end
 """
