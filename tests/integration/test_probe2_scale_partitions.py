@@ -26,11 +26,13 @@ from jetsource.projection.partitions import (
     mirror_stream,
 )
 from tests.integration.test_partitions import (  # noqa: F401 (the fixture)
+    clean_digests_of,
     holders,
     projection,
     start_service,
     wait_holders,
 )
+from tests.projector_fixtures import drop_partition_mirrors
 
 pytestmark = pytest.mark.integration
 
@@ -264,3 +266,43 @@ async def test_healthz_names_membership_rounds_failing_past_the_lease_ttl(
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+async def test_the_whole_group_restarted_with_another_count_keeps_the_model_exact(
+    projection: Projection,  # noqa: F811
+    tmp_path: Any,
+) -> None:
+    """docs/scale-out.md: to change COUNT, stop the group and start it with the new
+    count; the new consumers read from the replay start, what was applied counts as a
+    duplicate. The model ends equal to a one-worker build, each event applied once."""
+    p = projection
+    store = p.store_for("context")
+    stories = [f"recount-{i}" for i in range(8)]
+    histories = {s: story_events(s, 6, 7) for s in stories}
+    for s in stories:
+        await store.append(s, [NewEvent(m) for m in histories[s][:3]], 0)
+    extra = {"JETSOURCE_PROJECTOR__MODELS": '["context"]'}
+    logs = [(tmp_path / f"{n}.log").open("wb") for n in ("four", "eight")]
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        procs.append(start_service(p, "four", logs[0], **extra))
+        await until(p, 24, 60)
+        procs[0].terminate()  # SIGTERM: hands its leases back
+        assert await asyncio.to_thread(procs[0].wait, 30) == 0
+        eight = {**extra, "JETSOURCE_PROJECTOR__PARTITIONS__COUNT": "8"}
+        procs.append(start_service(p, "eight", logs[1], **eight))
+        for s in stories:
+            await store.append(s, [NewEvent(m) for m in histories[s][3:]], 3)
+        await until(p, 48, 60)
+        await asyncio.sleep(1.0)  # nothing more comes (the replay's duplicates)
+        assert await applied(p) == 48
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for f in logs:
+            f.close()
+        await drop_partition_mirrors(p, 8)
+    plain = await clean_digests_of(p, ("context",))
+    assert await p.model("context", 1).digest() == plain["context"]
