@@ -159,6 +159,14 @@ async def test_a_deleted_lease_bucket_is_made_again_with_larger_tokens(
         assert set(a.leases.held) == {0, 1}
         assert min(x.token for x in a.leases.held.values()) > before
         newest = max(x.token for x in a.leases.held.values())
+        # Purged (the stream keeps its sequence): lost, then taken again, larger.
+        store = p.store_for("context")
+        await jsapi.api(store._replies, f"STREAM.PURGE.KV_{o.lease_bucket}", {}, 5)
+        await a.tick()
+        await a.tick()
+        assert set(a.leases.held) == {0, 1}
+        assert min(x.token for x in a.leases.held.values()) > newest
+        newest = max(x.token for x in a.leases.held.values())
         await a.leave()
         await delete_bucket(p)
         await b.leases.start()  # a member started after a deletion
