@@ -314,3 +314,51 @@ async def test_the_whole_group_restarted_with_another_count_keeps_the_model_exac
         await drop_partition_mirrors(p, 8)
     plain = await clean_digests_of(p, ("context",))
     assert await p.model("context", 1).digest() == plain["context"]
+
+
+async def test_every_replica_killed_at_once_mid_batch_then_restarted_converges_once(
+    projection: Projection,  # noqa: F811
+    tmp_path: Any,
+) -> None:
+    """Two replicas killed with -9 together while events are being applied, then both
+    started again: the leases expire (TTL), the model ends equal to a one-worker
+    build, each event applied once; the time to converge is printed."""
+    p = projection
+    store = p.store_for("context")
+    stories = [f"allkill-{i}" for i in range(12)]
+    histories = {s: story_events(s, 20, 9) for s in stories}
+    extra = {"JETSOURCE_PROJECTOR__MODELS": '["context"]'}
+    logs = [(tmp_path / f"{n}.log").open("wb") for n in ("a", "b", "c", "d")]
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        procs += [start_service(p, n, logs[i], **extra) for i, n in enumerate("ab")]
+        started = time.monotonic()
+        while sorted((await holders(p)).values()) != ["a", "a", "b", "b"]:
+            assert time.monotonic() - started < 60, await holders(p)
+            await asyncio.sleep(0.1)
+
+        async def write(s: str) -> None:
+            for i in range(0, 20, 2):
+                await store.append(s, [NewEvent(m) for m in histories[s][i : i + 2]], i)
+
+        await asyncio.gather(*(write(s) for s in stories))
+        for proc in procs:
+            proc.kill()
+        for proc in procs:
+            proc.wait()
+        assert await applied(p) <= 240
+        restarted = time.monotonic()
+        procs += [start_service(p, n, logs[2 + i], **extra) for i, n in enumerate("cd")]
+        await until(p, 240, 90)
+        print(f"converged {time.monotonic() - restarted:.1f} s after the restart")
+        await asyncio.sleep(1.0)
+        assert await applied(p) == 240
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for f in logs:
+            f.close()
+    plain = await clean_digests_of(p, ("context",))
+    assert await p.model("context", 1).digest() == plain["context"]

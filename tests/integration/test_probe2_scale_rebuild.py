@@ -5,7 +5,6 @@ the run again finishes, equal to a one-worker build, nothing applied twice."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
