@@ -359,7 +359,11 @@ def tree(
 
     lines(response.root, "")
     if response.truncated:
-        out.line("truncated: raise --depth to see more")
+        # cut by --depth, MAX_TREE_NODES/BYTES, or the 92 levels a tree answer nests
+        out.line(
+            "truncated: raise --depth, or run `jetsource process tree ID` on a node "
+            "at the bottom, to see more"
+        )
 
 
 @app.command()
