@@ -147,12 +147,36 @@ def check_subject_prefix(value: str) -> str:
     return value
 
 
+def check_otel_endpoint(value: str | None) -> str | None:
+    """An OTLP/gRPC collector: ``http://host:port``, ``https://host:port`` or
+    ``host:port``, a host, a port in 1-65535 when given, no ``user:password@`` (the
+    exporter cannot use it: credentials go in ``OTEL_EXPORTER_OTLP_HEADERS``). Any
+    string used to pass: the service started and every export failed in its log."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None  # set but empty: tracing off, as unset
+    if re.search(r"\s", text):
+        raise ValueError(f"{_redacted(text)!r}: whitespace in the URL")
+    if "://" in text:
+        _scheme(text, ("http", "https"))
+    _host_and_port(text, "http")
+    if "@" in urlsplit(text if "://" in text else f"http://{text}").netloc:
+        raise ValueError(
+            f"{_redacted(text)!r}: no user:password@ in the collector's URL "
+            "(put credentials in OTEL_EXPORTER_OTLP_HEADERS)"
+        )
+    return text
+
+
 StreamName = Annotated[str, AfterValidator(check_stream_name)]
 BucketName = Annotated[str, AfterValidator(check_bucket_name)]
 SubjectPrefix = Annotated[str, AfterValidator(check_subject_prefix)]
 NatsUrl = Annotated[str | None, AfterValidator(check_nats_url)]
 ValkeyUrl = Annotated[str | None, AfterValidator(check_valkey_url)]
 GraphUri = Annotated[str | None, AfterValidator(check_graph_uri)]
+OtelEndpoint = Annotated[str | None, AfterValidator(check_otel_endpoint)]
 
 
 class TlsSettings(BaseModel):
@@ -371,7 +395,7 @@ class OtelSettings(BaseModel):
     the scheme says). The exporter's own ``OTEL_EXPORTER_OTLP_*`` variables (headers,
     certificates) apply as usual."""
 
-    endpoint: str | None = None
+    endpoint: OtelEndpoint = None
     # Defaults to ``jetsource-<service>`` (jetsource-publisher, jetsource-projector, ...).
     service_name: str | None = None
     insecure: bool | None = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Iterable, Mapping, MutableMapping
 from contextlib import AbstractContextManager
 from typing import Any
@@ -35,6 +36,10 @@ TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
 # A batch span links to at most this many traces besides its parent.
 MAX_LINKS = 32
+# How long a stopping service waits for its last spans to reach the collector. The
+# exporter retries an unreachable one for up to 10 s: a stop used to wait that long
+# (7.5 s with the collector's port refusing connections) before the process exited.
+SHUTDOWN_TIMEOUT_S = 2.0
 
 _tracer: Any = None  # set when tracing is on
 _provider: Any = None  # the provider this module made (shut down at exit)
@@ -73,7 +78,9 @@ def setup_tracing(service: str, settings: OtelSettings) -> bool:
         }
     )
     provider = TracerProvider(
-        resource=resource, sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio))
+        resource=resource,
+        sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio)),
+        shutdown_on_exit=False,  # shutdown() does it, within SHUTDOWN_TIMEOUT_S
     )
     exporter = OTLPSpanExporter(endpoint=settings.endpoint, insecure=settings.insecure)
     provider.add_span_processor(BatchSpanProcessor(exporter))
@@ -93,14 +100,28 @@ def use_provider(provider: Any) -> None:
     _tracer = provider.get_tracer("jetsource")
 
 
-def shutdown() -> None:
-    """Flush and stop the exporter this module started, if any."""
+def shutdown(timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:
+    """Flush and stop the exporter this module started, if any, waiting at most
+    ``timeout_s``: an unreachable collector does not hold the process's exit (the
+    spans still queued then are dropped; the exporter's threads are daemons)."""
     global _provider
-    if _provider is not None:
-        with contextlib.suppress(Exception):
-            _provider.shutdown()
-        _provider = None
+    provider, _provider = _provider, None
     use_provider(None)
+    if provider is None:
+        return
+
+    def stop() -> None:
+        with contextlib.suppress(Exception):
+            provider.shutdown()
+
+    stopper = threading.Thread(target=stop, name="otel-shutdown", daemon=True)
+    stopper.start()
+    stopper.join(timeout_s)
+    if stopper.is_alive():
+        log.warning(
+            "tracing: the collector did not take the last spans within %.0f s; dropped",
+            timeout_s,
+        )
 
 
 def context_from(carrier: Mapping[str, str] | None) -> Any:
