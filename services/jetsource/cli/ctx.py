@@ -22,7 +22,6 @@ import shutil
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import grpc
@@ -484,11 +483,6 @@ def _status_name(value: Any) -> str:
 SUBTASK_STATUS = {v: k for k, v in STATUSES.items()}
 
 
-def _when(text: str) -> datetime:
-    value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 def _sorted_view(view: dict[str, Any]) -> dict[str, Any]:
     view["decisions"].sort(key=lambda d: out.natural_key(d["id"]))
     view["subtasks"].sort(key=lambda t: out.natural_key(t["id"]))
@@ -498,15 +492,21 @@ def _sorted_view(view: dict[str, Any]) -> dict[str, Any]:
     return view
 
 
-def _at(text: str) -> int | datetime:
-    """``--at``: a version (1 up to the largest a context can have) or an ISO 8601 time."""
+def _at(text: str) -> tuple[str, int]:
+    """``--at``: ("version", N) for a version (1 up to the largest a context can have)
+    or ("time", ns) for an RFC 3339 time; a bad one is a usage error naming --at."""
     digits = text.strip()
     if digits.lstrip("-").isascii() and digits.lstrip("-").isdigit():
-        version = int(digits)
+        version = int(digits) if len(digits) <= 20 else 0  # int() refuses 4300+ digits
         if not 1 <= version <= out.I64:
-            raise ValueError(f"a version is between 1 and {out.I64}")
-        return version
-    return _when(text)
+            out.fail(
+                out.USAGE,
+                "INVALID_ARGUMENT",
+                f"--at {text!r}: a version is between 1 and {out.I64}",
+                field="--at",
+            )
+        return "version", version
+    return "time", out.time_option("--at", text)
 
 
 @app.command()
@@ -515,7 +515,8 @@ def show(
     at: str | None = typer.Option(
         None,
         "--at",
-        help="A version (e.g. 12) or a time (ISO 8601, e.g. 2026-11-23T10:00:00Z): "
+        help="A version (e.g. 12) or an RFC 3339 time (2026-11-23T10:00:00Z, or "
+        "with an offset: 2026-11-23T11:00:00+01:00): "
         "the context as it was then",
     ),
     min_version: int = typer.Option(
@@ -536,12 +537,7 @@ def show(
 ) -> None:
     """Show a context through the query service: now, or at a version or time."""
     _use(output)
-    point: int | datetime | None = None
-    if at is not None:
-        try:
-            point = _at(at)
-        except ValueError as exc:
-            out.fail(out.USAGE, "INVALID_ARGUMENT", f"--at {at!r}: {exc}", field="--at")
+    point = None if at is None else _at(at)
 
     async def load(q: QueryClient) -> tuple[dict[str, Any], str]:
         if point is None:
@@ -549,10 +545,10 @@ def show(
             note = "now" + (", read model behind" if now.behind else "")
             return out.data(now), note
         r: query_pb2.GetContextAtVersionResponse | query_pb2.GetContextAtTimeResponse
-        if isinstance(point, int):
-            r = await q.at_version(context_id, point)
+        if point[0] == "version":
+            r = await q.at_version(context_id, point[1])
         else:
-            r = await q.at_time(context_id, point)
+            r = await q.at_time(context_id, point[1])
         source = (
             f"from snapshot v{r.snapshot_version} + {r.events_folded} events"
             if r.snapshot_version

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import Any, TypeVar
 
 import grpc
@@ -112,18 +111,8 @@ def _call(
 def _time(flag: str, value: str | None) -> Timestamp | None:
     if value is None:
         return None
-    try:
-        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        out.fail(out.USAGE, "INVALID_ARGUMENT", f"{flag}: {value!r} is not an RFC 3339 time")
-    if when.tzinfo is None:
-        out.fail(out.USAGE, "INVALID_ARGUMENT", f"{flag}: give a timezone (e.g. Z)")
-    ts = Timestamp()
-    try:  # 0001-01-01T00:00:00+05:00 is in year 0 in UTC
-        ts.FromDatetime(when)
-    except (OverflowError, ValueError):
-        out.fail(out.USAGE, "INVALID_ARGUMENT", f"{flag}: {value!r} is outside years 1..9999 UTC")
-    return ts
+    ns = out.time_option(flag, value)
+    return Timestamp(seconds=ns // out.NS, nanos=ns % out.NS)
 
 
 def _build(make: Callable[[], T]) -> T:

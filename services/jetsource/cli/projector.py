@@ -320,14 +320,7 @@ def _progress(what: str) -> Iterator[Callable[[int, int], None]]:
 def _time(value: str | None, flag: str) -> int | None:
     if not value:
         return None
-    from jetsource.core.clock import parse_rfc3339_ns
-
-    try:
-        return parse_rfc3339_ns(value)
-    except ValueError as exc:
-        output.fail(
-            USAGE, "usage", f"{flag} {value!r}: not an RFC 3339 UTC time ({exc})", field=flag
-        )
+    return output.time_option(flag, value, int64=True, status="usage")
 
 
 # -- status -----------------------------------------------------------------------------
@@ -442,8 +435,12 @@ def replay(
     to_seq: int | None = typer.Option(
         None, "--to-seq", min=1, max=U64, help="Last stream sequence"
     ),
-    from_time: str | None = typer.Option(None, "--from-time", help="RFC 3339 UTC, inclusive"),
-    to_time: str | None = typer.Option(None, "--to-time", help="RFC 3339 UTC, inclusive"),
+    from_time: str | None = typer.Option(
+        None, "--from-time", help="RFC 3339 (Z or an offset), inclusive"
+    ),
+    to_time: str | None = typer.Option(
+        None, "--to-time", help="RFC 3339 (Z or an offset), inclusive"
+    ),
     types: list[str] | None = typer.Option(
         None, "--type", help="Event type, e.g. DecisionAdded (repeatable)"
     ),

@@ -60,7 +60,10 @@ def parse_duration(text: str) -> float:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
     if not m:
         raise typer.BadParameter(f"{text!r} is not a duration (e.g. 30d, 12h, 90m, 45s)")
-    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+    seconds = float(m.group(1)) * _UNITS[m.group(2) or "s"]
+    if seconds * 1e9 > out.I64:  # ages are int64 nanoseconds: 100000w would wrap
+        raise typer.BadParameter(f"{text!r} is longer than 292 years (e.g. 30d, 12h, 90m, 45s)")
+    return seconds
 
 
 def _duration_option(flag: str, text: str) -> float:
