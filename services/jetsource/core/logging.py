@@ -124,6 +124,33 @@ def _from_record(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     return event
 
 
+# The longest a string value of a line may be (the traceback: EXCEPTION_MAX_CHARS); a
+# longer one keeps its head and its tail around a note of how much was cut. A value a
+# client sent (a path, a message in an error) used to be written whole: 1 MB in, a 1 MB
+# line, which Docker's and the CRI's log drivers split at 16 KiB into pieces that are
+# no JSON; a line now stays under that.
+FIELD_MAX_CHARS = 4096
+EXCEPTION_MAX_CHARS = 8192
+
+
+def _cut(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    head = limit // 4  # a traceback's end (the error) matters most: keep more tail
+    tail = limit - head
+    return f"{text[:head]}...[{len(text) - head - tail} characters cut]...{text[-tail:]}"
+
+
+def _bound_values(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
+    """Each string value cut to FIELD_MAX_CHARS (``exception``: EXCEPTION_MAX_CHARS)."""
+    for key, value in event.items():
+        if isinstance(value, str):
+            limit = EXCEPTION_MAX_CHARS if key == "exception" else FIELD_MAX_CHARS
+            if len(value) > limit:
+                event[key] = _cut(value, limit)
+    return event
+
+
 _FIRST = ("timestamp", "level", "service", "logger", "message")
 
 
@@ -160,14 +187,16 @@ def setup_logging(
         renderer = [
             structlog.processors.format_exc_info,
             structlog.processors.EventRenamer("message"),
+            _bound_values,
             _first_keys,
             structlog.processors.JSONRenderer(),
         ]
     else:
         renderer = [
+            _bound_values,
             structlog.dev.ConsoleRenderer(
                 colors=False, exception_formatter=structlog.dev.plain_traceback
-            )
+            ),
         ]
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
