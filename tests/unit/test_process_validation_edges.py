@@ -73,6 +73,9 @@ def test_a_kind_is_what_list_processes_can_ask_for() -> None:
         assert kind_problem(kind) is not None
         # Only process_started gives a process its kind; other events' data is theirs.
         to_new_event(_event(data={"kind": kind}), Limits())
-    # A kind that is not text is no kind (the registry reads none): kept as sent.
-    to_new_event(_event(event_type="process_started", data={"kind": 5}), Limits())
+    # A kind that is not text would be stored as no kind (the registry reads none),
+    # never listable: refused naming it (tests/unit/test_probe3_process_started_text.py).
+    with pytest.raises(ValidationError) as refused:
+        to_new_event(_event(event_type="process_started", data={"kind": 5}), Limits())
+    assert refused.value.field == "event.data.kind"
     assert kind_problem("k" * MAX_KIND) is None

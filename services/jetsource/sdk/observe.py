@@ -12,7 +12,8 @@ emitted without waiting, sent in batches by a background flush.
   enclosing ``process()``, kept in a ``contextvars`` variable, so asyncio tasks
   created inside a process are its children) and, on leaving the block,
   ``process_completed``, ``process_failed`` (``error``: the exception) or
-  ``process_cancelled`` (``asyncio.CancelledError``).
+  ``process_cancelled`` (``asyncio.CancelledError``; ``KeyboardInterrupt``,
+  ``SystemExit`` and other non-``Exception`` exits too, with ``error_type``).
 - ``emit()`` never blocks the instrumented code and never raises for the observer's
   sake (a value that cannot be sent, e.g. a ``datetime`` in ``data``, is a TypeError at
   the call naming it: ``data['at']``): it stamps an event id (UUIDv7, so a resend is
@@ -64,9 +65,10 @@ from jetsource._gen.process.v1 import events_pb2 as epb
 from jetsource._gen.process.v1 import observer_pb2 as pb
 from jetsource._gen.process.v1 import observer_pb2_grpc as pb_grpc
 from jetsource.core.aio import stop_task, wait_event
+from jetsource.core.errors import ValidationError
 from jetsource.core.ids import uuid7
 from jetsource.domains.process.batching import MAX_REQUEST_BYTES, fitting, too_large
-from jetsource.domains.process.validation import Limits, to_new_event
+from jetsource.domains.process.validation import FIXED_LIMITS, STARTED_TEXT, to_new_event
 
 if TYPE_CHECKING:
     from jetsource.domains.sessions.emit import Session
@@ -89,7 +91,7 @@ _RETRYABLE = {
 # The observer's checks of the strings a caller passes (ids, kind, source, correlation
 # id, idempotency key, attributes), run at the call; sizes the observer's settings
 # may raise (payload bytes, attribute count) are left to it.
-_CALL_LIMITS = Limits(max_payload_bytes=2**62, max_attributes=2**62)
+_CALL_LIMITS = FIXED_LIMITS
 
 _LIFECYCLE = frozenset(
     {"process_started", "process_completed", "process_failed", "process_cancelled"}
@@ -258,6 +260,11 @@ class Process:
             self.emit("process_completed")
         elif isinstance(exc, asyncio.CancelledError):
             self.emit("process_cancelled")
+        elif not isinstance(exc, Exception):
+            # KeyboardInterrupt, SystemExit, GeneratorExit: the block was stopped from
+            # outside, not failed by its own work; the sessions emitter records Ctrl-C
+            # as ``interrupted``, which is ``process_cancelled`` on the ledger.
+            self.emit("process_cancelled", {"error_type": type(exc).__name__})
         else:
             self.emit(
                 "process_failed",
@@ -404,16 +411,24 @@ class Observer:
         the block when it is entered (or ``parent``). ``process_id`` defaults to a
         fresh UUIDv7. Attribute values that cannot be sent are a TypeError here."""
         _check_json(dict(attributes or {}), "attributes")
-        if process_id or kind or self.source:
-            # A process id, kind or source the observer would refuse would lose every
-            # event of the process, refused one by one in the flush: said here.
-            probe = epb.CanonicalEvent(
-                process_id=process_id or uuid7(),
-                event_type="process_started",
-                source=self.source,
-            )
-            probe.data.update({"kind": kind})
-            to_new_event(probe, _CALL_LIMITS)
+        # The data of its process_started (attributes may name a kind or a name).
+        started = {"kind": kind, "name": name, **dict(attributes or {})}
+        for key in STARTED_TEXT:
+            if not isinstance(started[key], str):
+                # Not a Struct question (TypeError): the observer's refusal, said here.
+                field = f"event.data.{key}"
+                raise ValidationError(
+                    f"{field} must be a string, not {type(started[key]).__name__}", field
+                )
+        # A process id, kind, name or source the observer would refuse would lose every
+        # event of the process, refused one by one in the flush: said here.
+        probe = epb.CanonicalEvent(
+            process_id=process_id or uuid7(),
+            event_type="process_started",
+            source=self.source,
+        )
+        probe.data.update({k: started[k] for k in STARTED_TEXT})
+        to_new_event(probe, _CALL_LIMITS)
         return Process(
             self,
             name,

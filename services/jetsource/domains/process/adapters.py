@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from jetsource._gen.process.v1.events_pb2 import CanonicalEvent
 from jetsource.core.errors import ValidationError
-from jetsource.domains.process.validation import parse_json_event
+from jetsource.domains.process.validation import FIXED_LIMITS, parse_json_event, to_new_event
 
 MAX_LINE_BYTES = 4 * 1024 * 1024
 # Latest event id per process kept for causation (and saved with the position).
@@ -162,6 +162,10 @@ class JsonlAdapter:
             if not cause and event.parent_process_id:
                 cause = self.last.get(event.parent_process_id, "")
             event.causation_id = cause
+        # What the observer would refuse by its fixed rules (a kind that is not text,
+        # a control character, ...) is refused here naming the line, not as
+        # ``events[i]`` of a batch the user never sees.
+        to_new_event(event, FIXED_LIMITS, f"line {raw.number}")
         self.last[event.process_id] = event.event_id
         self.last.move_to_end(event.process_id)
         while len(self.last) > MAX_REMEMBERED:

@@ -50,6 +50,12 @@ class Limits:
     max_depth: int = 20
 
 
+# The observer's rules that no setting changes (formats, control characters, fixed
+# lengths): what a client can check before sending. The sizes the observer's settings
+# set (payload bytes, attribute count) are left to it.
+FIXED_LIMITS = Limits(max_payload_bytes=2**62, max_attributes=2**62)
+
+
 def _plain(value: str, limit: int) -> bool:
     """Within ``limit`` and printable ASCII: what :func:`_text` accepts without a look
     at the pattern."""
@@ -127,6 +133,40 @@ def _json_struct(s: struct_pb2.Struct, field: str, depth: int, limits: Limits) -
         elif which != "struct_value" and which != "list_value":
             continue
         _json_value(value, _member(field, key), depth, limits)
+
+
+# JSON type names of a ``google.protobuf.Value``'s kinds, for a refusal.
+_JSON_TYPE = {
+    "null_value": "null",
+    "number_value": "a number",
+    "string_value": "a string",
+    "bool_value": "a boolean",
+    "struct_value": "an object",
+    "list_value": "a list",
+}
+# The members of a ``process_started``'s data the registry reads as text: a value of
+# another JSON type would be stored and then read as no kind (no name), a process
+# that ``ListProcesses(kind=)`` could never find.
+STARTED_TEXT = ("kind", "name")
+
+
+def _started_data(data: struct_pb2.Struct, f: str) -> None:
+    fields = data.fields
+    for key in STARTED_TEXT:
+        value = fields.get(key)
+        if value is None:
+            continue  # absent: no kind (no name)
+        which = value.WhichOneof("kind")
+        if which != "string_value":
+            raise ValidationError(
+                f"{f}data.{key} must be a string, not {_JSON_TYPE.get(which or '', 'empty')}",
+                f"{f}data.{key}",
+            )
+        if key == "kind":
+            problem = kind_problem(value.string_value)
+            if problem is not None:
+                # Stored, it could never be listed by kind.
+                raise ValidationError(f"{f}data.kind {problem}", f + "data.kind")
 
 
 def _process_id(value: str, field: str) -> None:
@@ -229,12 +269,7 @@ def to_new_event(event: CanonicalEvent, limits: Limits, at: str = "event") -> Ne
     if which == "data":
         _json_struct(event.data, f + "data", 1, limits)
         if event.event_type == "process_started":
-            kind = event.data.fields.get("kind")
-            if kind is not None and kind.WhichOneof("kind") == "string_value":
-                problem = kind_problem(kind.string_value)
-                if problem is not None:
-                    # Stored, it could never be listed by kind.
-                    raise ValidationError(f"{f}data.kind {problem}", f + "data.kind")
+            _started_data(event.data, f)
         body.data.CopyFrom(event.data)
     elif which == "typed":
         if not event.typed.content_type:
