@@ -91,6 +91,17 @@ async def test_the_sdk_refuses_a_kind_or_name_that_is_not_text_at_the_call(
     assert not observer._buffer and observer.stats.emitted == 0
 
 
+async def test_a_process_started_emitted_by_hand_is_checked_at_the_call() -> None:
+    observer = Observer("127.0.0.1:1")
+    p = observer.process("job")
+    with pytest.raises(ValidationError) as raised:
+        p.emit("process_started", {"kind": 5})
+    assert raised.value.field == "event.data.kind"
+    assert not observer._buffer
+    p.emit("process_started", {"kind": "k", "name": "n"})
+    assert len(observer._buffer) == 1
+
+
 def _ending(observer: Observer) -> tuple[str, dict[str, Any]]:
     last = observer._buffer[-1]
     return last.event_type, dict(last.data)

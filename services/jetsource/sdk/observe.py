@@ -224,11 +224,15 @@ class Process:
             idempotency_key=idempotency_key,
             attributes=_attributes(attributes),
         )
-        if causation_id or correlation_id or idempotency_key or attributes:
+        started = event_type == "process_started"
+        if not started and (causation_id or correlation_id or idempotency_key or attributes):
             # What the observer would refuse later, in the flush, said here (a
             # ValidationError, a ValueError, naming ``event.<field>``); no data yet.
             to_new_event(event, _CALL_LIMITS)
         event.data.CopyFrom(_struct(data))
+        if started:
+            # Its kind and name too (text the registry reads), emitted by hand or not.
+            to_new_event(event, _CALL_LIMITS)
         event.occurred_at.FromNanoseconds(time.time_ns())
         self.observer._queue(event)
         self.last_event_id = event.event_id
