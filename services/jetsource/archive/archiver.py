@@ -190,9 +190,11 @@ class Archiver:
         self,
         now: int | None = None,
         after_seal: Callable[[SegmentEntry], None] | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> CompactReport:
         """Archive and purge what the policy allows; ``after_seal`` is called once a
-        segment is verified, before any purge (fault tests stop a run there)."""
+        segment is verified, before any purge (fault tests stop a run there);
+        ``progress(done, total)`` counts the aggregates with events behind the horizon."""
         if self._cfg.retention != "age+compaction":
             raise ArchiveError(
                 f"stream {self._cfg.stream} keeps its events ({self._cfg.retention}): "
@@ -214,6 +216,8 @@ class Archiver:
         batch: list[_Candidate] = []
         size = 0
         items = list(old.items())
+        if progress is not None:
+            progress(0, len(items))
         for at in range(0, len(items), PARALLEL):
             # Looked up side by side, taken in order: the same run seals the same segments.
             chunk = items[at : at + PARALLEL]
@@ -228,8 +232,12 @@ class Archiver:
                 if size >= self.segment_events:
                     await self._seal_and_purge(batch, report, after_seal)
                     batch, size = [], 0
+            if progress is not None and at + PARALLEL < len(items):
+                progress(at + PARALLEL, len(items))
         if batch:
             await self._seal_and_purge(batch, report, after_seal)
+        if progress is not None:
+            progress(len(items), len(items))
         return report
 
     async def _seal_and_purge(

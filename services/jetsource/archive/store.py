@@ -16,6 +16,7 @@ nothing was purged on its account.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -85,6 +86,9 @@ class VerifyReport:
     @property
     def passed(self) -> bool:
         return not self.corrupt
+
+
+_IN_A_STREAM_FOLDER = re.compile(r"segments/[^/]+/")
 
 
 class Archive:
@@ -211,6 +215,13 @@ class Archive:
             else:
                 report.ok.append(entry.name)
         report.orphans = [k for k in await self.objects.list(self._seg_prefix) if k not in named]
+        # A segment file outside every stream's folder (copied in by hand, or a folder
+        # flattened) belongs to no manifest either: named too, not passed over.
+        report.orphans += [
+            k
+            for k in await self.objects.list("")
+            if k.endswith(".seg") and not _IN_A_STREAM_FOLDER.match(k)
+        ]
         return report
 
     async def messages(self, upto_seq: int | None = None) -> list[ArchivedMessage]:

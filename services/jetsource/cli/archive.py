@@ -173,6 +173,7 @@ def compact(domain: str | None = DOMAIN, timeout: float = TIMEOUT, as_json: bool
     its latest snapshot covers, never its last event. Safe to run again after a crash
     and beside another archiver: nothing is purged that is not in a segment this run
     sealed and read back."""
+    _json(as_json)
 
     async def work(p: Projection, s: ProjectorSettings) -> Any:
         from jetsource.archive.archiver import Archiver
@@ -184,9 +185,12 @@ def compact(domain: str | None = DOMAIN, timeout: float = TIMEOUT, as_json: bool
         archiver = Archiver(
             store, p.snapshots, archive, _schema(p, domain), s.archive.segment_events
         )
-        return await archiver.compact()
+        return await archiver.compact(progress=update)
 
-    report = _run(work, timeout, as_json)
+    from jetsource.cli.projector import _progress
+
+    with _progress("archive compact") as update:  # stderr: a bar, lines, or JSON lines
+        report = _run(work, timeout, as_json)
     if output.mode() == output.Mode.json:
         output.emit_json(asdict(report))
         return
@@ -308,6 +312,8 @@ def verify(domain: str | None = DOMAIN, timeout: float = TIMEOUT, as_json: bool 
 
         for name, why in report.corrupt.items():  # a segment, or an entry that does not read
             output.line(Text.assemble(("damaged", "red"), f" {name}: {why}"))
+        for name in report.orphans:  # named, not only counted: the operator looks at them
+            output.line(Text.assemble(("orphan", "yellow"), f" {name}"))
     if not report.passed:
         names = ", ".join(sorted(report.corrupt))
         output.fail(REFUSED, "refused", f"{len(report.corrupt)} segments damaged: {names}")

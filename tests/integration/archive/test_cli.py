@@ -78,12 +78,27 @@ async def test_archive_commands(nats_server: Server, nc: Any, unique: str, tmp_p
     await append_history(store, "cli2", 5, seed=2)  # no snapshot covers it: it stays
     await asyncio.sleep(1.2)  # past the one-second horizon
 
-    report = ok(env, "compact")
+    # Progress on stderr as `archive export` shows it (compact was silent however long).
+    run = cli(env | {"JETSOURCE_PROGRESS_EVERY_S": "0.01"}, "compact", "--json")
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = json.loads(run.stdout)
+    seen = [json.loads(line)["progress"] for line in run.stderr.splitlines() if "progress" in line]
+    assert seen and (seen[-1]["done"], seen[-1]["total"]) == (2, 2), run.stderr
     assert (report["archived"], report["purged"], report["aggregates"]) == (20, 20, 1)
     assert "cli2" in report["kept"]
     listed = ok(env, "list")
     assert len(listed) == 1 and listed[0]["aggregates"]["cli1"]["last_version"] == 20
     assert ok(env, "verify")["corrupt"] == {}
+    # Segment files no manifest names: in the stream's folder, and outside every
+    # stream's folder (these were passed over); named in the text output too.
+    strays = [f"segments/AE_{unique}/stray.seg", "stray.seg", "segments/stray.seg"]
+    for stray in strays:
+        (archive / stray).write_bytes(b"not a segment")
+    assert sorted(ok(env, "verify")["orphans"]) == sorted(strays)
+    said = cli(env, "verify")
+    assert said.returncode == 0 and all(s in said.stdout for s in strays), said.stdout
+    for stray in strays:
+        (archive / stray).unlink()
     exported = ok(env, "export")
     assert sum(e["count"] for e in exported) == 10  # versions 21..25 of cli1 and cli2's 5
     restored = ok(env, "restore", f"AR2_{unique}", "--subject-prefix", f"ae{unique}=ar{unique}")
