@@ -87,3 +87,18 @@ def test_an_unreachable_collector_does_not_hold_the_stop() -> None:
         took = time.monotonic() - began
     assert not telemetry.enabled()
     assert took < telemetry.SHUTDOWN_TIMEOUT_S + 1.0, took
+
+
+def test_a_huge_attribute_a_client_sent_is_cut(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A 1 MB context id became a 1 MB span attribute: a few in one export batch pass
+    # the 4 MiB a collector receives by default, and the whole batch is refused.
+    for name in ("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT"):
+        monkeypatch.delenv(name, raising=False)
+    assert telemetry.setup_tracing("publisher", OtelSettings(endpoint="http://127.0.0.1:9"))
+    try:
+        with telemetry.span("x", attributes={"jetsource.aggregate_id": "a" * 1_000_000}) as span:
+            span.set_attribute("other", "b" * 1_000_000)
+            assert len(span.attributes["jetsource.aggregate_id"]) == 4096
+            assert len(span.attributes["other"]) == 4096
+    finally:
+        telemetry.shutdown(0.1)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from collections.abc import Iterable, Mapping, MutableMapping
 from contextlib import AbstractContextManager
@@ -40,6 +41,13 @@ MAX_LINKS = 32
 # exporter retries an unreachable one for up to 10 s: a stop used to wait that long
 # (7.5 s with the collector's port refusing connections) before the process exited.
 SHUTDOWN_TIMEOUT_S = 2.0
+# The longest an attribute value may be, unless OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT or
+# OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT says otherwise (the SDK's default: no limit). A
+# client's 1 MB context id was stored whole as ``jetsource.aggregate_id``: a few such
+# calls in one export batch pass the 4 MiB an OpenTelemetry Collector receives by
+# default, and the whole batch (every other trace in it) is refused.
+ATTRIBUTE_MAX_CHARS = 4096
+_LENGTH_LIMITS = ("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT")
 
 _tracer: Any = None  # set when tracing is on
 _provider: Any = None  # the provider this module made (shut down at exit)
@@ -65,7 +73,7 @@ def setup_tracing(service: str, settings: OtelSettings) -> bool:
         return False
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace import SpanLimits, TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
     from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
@@ -81,6 +89,12 @@ def setup_tracing(service: str, settings: OtelSettings) -> bool:
         resource=resource,
         sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio)),
         shutdown_on_exit=False,  # shutdown() does it, within SHUTDOWN_TIMEOUT_S
+        span_limits=None
+        if any(os.environ.get(name) for name in _LENGTH_LIMITS)
+        else SpanLimits(
+            max_attribute_length=ATTRIBUTE_MAX_CHARS,
+            max_span_attribute_length=ATTRIBUTE_MAX_CHARS,
+        ),
     )
     exporter = OTLPSpanExporter(endpoint=settings.endpoint, insecure=settings.insecure)
     provider.add_span_processor(BatchSpanProcessor(exporter))
