@@ -2,8 +2,9 @@
 accepted and then read as no kind: now refused naming the field (observer, JSONL
 import and the SDK at the call), while events stored before still read. And an SDK
 ``process()`` block left by KeyboardInterrupt or SystemExit was recorded as
-``process_failed``; it is ``process_cancelled`` (with ``error_type``), as the sessions
-emitter records Ctrl-C, and the exception goes on unchanged."""
+``process_failed``; Ctrl-C is ``process_cancelled`` (with ``error_type``), as the
+sessions emitter records it, ``sys.exit()`` ends it by its exit code (0: completed), and
+the exception goes on unchanged."""
 
 from __future__ import annotations
 
@@ -111,8 +112,24 @@ def _ending(observer: Observer) -> tuple[str, dict[str, Any]]:
     ("exc", "expected"),
     [
         (KeyboardInterrupt(), ("process_cancelled", {"error_type": "KeyboardInterrupt"})),
-        (SystemExit(0), ("process_cancelled", {"error_type": "SystemExit"})),
-        (SystemExit(2), ("process_cancelled", {"error_type": "SystemExit"})),
+        # sys.exit() ends the block by its exit code, as a shell sees it.
+        (SystemExit(), ("process_completed", {"exit_code": 0})),
+        (SystemExit(0), ("process_completed", {"exit_code": 0})),
+        (
+            SystemExit(2),
+            (
+                "process_failed",
+                {"error": "SystemExit: 2", "error_type": "SystemExit", "exit_code": 2},
+            ),
+        ),
+        (
+            SystemExit("bad config"),
+            (
+                "process_failed",
+                {"error": "SystemExit: bad config", "error_type": "SystemExit", "exit_code": 1},
+            ),
+        ),
+        (GeneratorExit(), ("process_cancelled", {"error_type": "GeneratorExit"})),
         (asyncio.CancelledError(), ("process_cancelled", {})),
         (
             ValueError("boom"),

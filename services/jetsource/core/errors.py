@@ -125,3 +125,15 @@ class CorruptEventError(JetsourceError):
             f"{stream_seq}: {reason}; nothing past it can be read until an operator "
             f"voids it (jetsource repair void --seq {stream_seq})"
         )
+
+
+def exit_code(exc: SystemExit) -> int:
+    """The status a program left by ``exc`` exits with, as the shell sees it: ``None``
+    is 0, an int itself (modulo 256, as the OS keeps it), anything else (a message) 1.
+    The process SDK and the sessions emitter end a block left by ``sys.exit()`` by it."""
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int) and not isinstance(code, bool):
+        return code & 0xFF
+    return 1

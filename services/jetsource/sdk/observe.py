@@ -12,8 +12,10 @@ emitted without waiting, sent in batches by a background flush.
   enclosing ``process()``, kept in a ``contextvars`` variable, so asyncio tasks
   created inside a process are its children) and, on leaving the block,
   ``process_completed``, ``process_failed`` (``error``: the exception) or
-  ``process_cancelled`` (``asyncio.CancelledError``; ``KeyboardInterrupt``,
-  ``SystemExit`` and other non-``Exception`` exits too, with ``error_type``).
+  ``process_cancelled`` (``asyncio.CancelledError``; ``KeyboardInterrupt`` and other
+  non-``Exception`` exits too, with ``error_type``). ``SystemExit`` ends it by its exit
+  code, as a shell would: ``sys.exit()``/``sys.exit(0)`` ``process_completed``, any
+  other code ``process_failed``, each with ``exit_code``.
 - ``emit()`` never blocks the instrumented code and never raises for the observer's
   sake (a value that cannot be sent, e.g. a ``datetime`` in ``data``, is a TypeError at
   the call naming it: ``data['at']``): it stamps an event id (UUIDv7, so a resend is
@@ -65,7 +67,7 @@ from jetsource._gen.process.v1 import events_pb2 as epb
 from jetsource._gen.process.v1 import observer_pb2 as pb
 from jetsource._gen.process.v1 import observer_pb2_grpc as pb_grpc
 from jetsource.core.aio import stop_task, wait_event
-from jetsource.core.errors import ValidationError
+from jetsource.core.errors import ValidationError, exit_code
 from jetsource.core.ids import uuid7
 from jetsource.domains.process.batching import MAX_REQUEST_BYTES, fitting, too_large
 from jetsource.domains.process.validation import FIXED_LIMITS, STARTED_TEXT, to_new_event
@@ -262,10 +264,21 @@ class Process:
         self._ended = True
         if exc is None:
             self.emit("process_completed")
+        elif isinstance(exc, SystemExit):
+            # sys.exit() in a command-line tool: its exit code says how the work ended.
+            code = exit_code(exc)
+            if code == 0:
+                self.emit("process_completed", {"exit_code": 0})
+            else:
+                self.emit(
+                    "process_failed",
+                    {"error": f"SystemExit: {exc.code}"[:4000], "error_type": "SystemExit"}
+                    | {"exit_code": code},
+                )
         elif isinstance(exc, asyncio.CancelledError):
             self.emit("process_cancelled")
         elif not isinstance(exc, Exception):
-            # KeyboardInterrupt, SystemExit, GeneratorExit: the block was stopped from
+            # KeyboardInterrupt, GeneratorExit: the block was stopped from
             # outside, not failed by its own work; the sessions emitter records Ctrl-C
             # as ``interrupted``, which is ``process_cancelled`` on the ledger.
             self.emit("process_cancelled", {"error_type": type(exc).__name__})

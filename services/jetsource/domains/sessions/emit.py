@@ -8,9 +8,10 @@ them in batches (one ``RecordBatch`` per batch, per process in order). Entering 
 block records ``session_started`` and waits for it, so it is always seq 1. Leaving it
 flushes what is queued, then records ``session_ended``: ``completed`` on a normal
 exit, ``failed`` with the error on an exception, ``interrupted`` on cancellation or
-Ctrl-C (KeyboardInterrupt); the exception goes on. When the emitter has been quiet for
-``heartbeat_s`` it records a ``session_heartbeat`` so readers can tell a quiet session
-from one whose emitter is gone.
+Ctrl-C (KeyboardInterrupt), and by its exit code on ``sys.exit()`` (0 or none
+``completed``, another ``failed``, with ``exit_code``); the exception goes on. When
+the emitter has been quiet for ``heartbeat_s`` it records a ``session_heartbeat`` so
+readers can tell a quiet session from one whose emitter is gone.
 
 When recording fails (the ledger refused or could not be reached after the writer's
 retries), the session is marked failed: later emits are dropped and counted, and at
@@ -33,6 +34,7 @@ from typing import Any
 
 from jetsource._gen.process.v1 import events_pb2
 from jetsource.core.aio import stop_task
+from jetsource.core.errors import exit_code
 from jetsource.core.settings import GrpcClientSettings
 from jetsource.domains.sessions.catalog import Validation, load_catalog
 from jetsource.domains.sessions.format import (
@@ -203,6 +205,12 @@ class Session:
             ended |= {"status": "failed", "error": f"ingest commit failed: {self.error}"}
         elif exc is None:
             ended["status"] = "completed"
+        elif isinstance(exc, SystemExit):
+            # sys.exit() in the tool: its exit code says how the command ended.
+            code = exit_code(exc)
+            ended |= {"status": "completed" if code == 0 else "failed", "exit_code": code}
+            if code:
+                ended["error"] = f"SystemExit: {exc.code}"
         elif isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
             ended |= {"status": "interrupted", "error": type(exc).__name__}
         else:
