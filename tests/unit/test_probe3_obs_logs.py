@@ -72,3 +72,25 @@ def test_short_values_are_untouched(out: io.StringIO) -> None:
     logging.getLogger("jetsource.ingest").warning("%s", "y" * 4000)
     (line,) = _lines(out)
     assert line["message"] == "y" * 4000
+
+
+def test_key_value_text_shows_control_characters_escaped() -> None:
+    # JETSOURCE_LOG_JSON=false (or a terminal): a newline in a value forged a line of
+    # its own and an ANSI escape reached the operator's terminal.
+    buffer = io.StringIO()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    setup_logging("ingest", "INFO", json=False, repeat_window_s=0, stream=buffer)
+    try:
+        forged = "x\n2026-12-06T00:00:00Z [error    ] forged\r\x1b[2J\x9b"
+        logging.getLogger("jetsource.ingest").warning("webhook to %s refused", forged)
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)
+    text = buffer.getvalue()
+    assert text.count("\n") == 1 and text.endswith("\n"), repr(text)
+    assert not any(c in text for c in "\r\x1b\x9b"), repr(text)
+    assert "webhook to x\\n2026-12-06T00:00:00Z [error    ] forged\\r\\x1b[2J\\x9b refused" in text

@@ -151,6 +151,22 @@ def _bound_values(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     return event
 
 
+# C0 controls (newline, carriage return, ESC ...), DEL and C1 controls: shown escaped
+# in key=value text, where a newline in a value forged a line of its own and an ANSI
+# escape a client sent reached the operator's terminal (clearing it, recolouring).
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+_CONTROLS.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+
+
+def _escape_controls(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
+    """Key=value text: control characters in string values written escaped (JSON
+    escapes them itself)."""
+    for key, value in event.items():
+        if isinstance(value, str) and key != "exception":
+            event[key] = value.translate(_CONTROLS)
+    return event
+
+
 _FIRST = ("timestamp", "level", "service", "logger", "message")
 
 
@@ -194,6 +210,7 @@ def setup_logging(
     else:
         renderer = [
             _bound_values,
+            _escape_controls,
             structlog.dev.ConsoleRenderer(
                 colors=False, exception_formatter=structlog.dev.plain_traceback
             ),
