@@ -136,16 +136,16 @@ MAX_TIME_NS = 253_402_300_800 * NS - 1
 
 
 def parse_time_ns(text: str, *, int64: bool = False) -> int:
-    """An RFC 3339 time as nanoseconds since the epoch (UTC). ``ValueError`` saying why
-    for anything else: no offset, a date that does not exist, before year 1 or after
-    9999 in UTC, or (``int64``) outside what int64 nanoseconds hold (1677..2262)."""
+    """An RFC 3339 time as nanoseconds since the epoch (UTC); one without an offset is
+    UTC (as ``ctx show --at`` always read it: nothing that was taken before is refused
+    now). ``ValueError`` saying why for anything else: a date that does not exist,
+    before year 1 or after 9999 in UTC, or (``int64``) outside what int64 nanoseconds
+    hold (1677..2262)."""
     m = _RFC3339.fullmatch(text.strip())
     if not m:
         raise ValueError("not an RFC 3339 time")
     day, clock, frac, offset = m.groups()
-    if offset is None:
-        raise ValueError("give an offset (Z or e.g. +01:00)")
-    zone = "+00:00" if offset in ("Z", "z") else offset
+    zone = "+00:00" if offset is None or offset in ("Z", "z") else offset
     try:
         when = datetime.fromisoformat(f"{day}T{clock}{zone}")
     except ValueError as exc:
