@@ -50,3 +50,23 @@ def test_a_bad_setting_is_a_usage_error_naming_it(
         message = done.stderr.strip().splitlines()[-1]
         assert message.startswith("INVALID_ARGUMENT: ")
     assert f"bad setting: {variable}" in message and why in message
+
+
+@pytest.mark.parametrize("command", [["projector", "status"], ["ctx", "show", "c1"]])
+def test_a_refused_url_is_shown_with_its_credentials_masked(
+    command: list[str], tmp_path: Path
+) -> None:
+    """The CLI printed a refused URL as it came, password and all (the services mask
+    it): both now show it through one function, ``core.settings.shown_input``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JETSOURCE_")}
+    env |= {
+        "JETSOURCE_SECRETS_DIR": str(tmp_path / "none"),
+        "JETSOURCE_DEVSTACK__HOME": str(tmp_path / "home"),
+        "JETSOURCE_NATS__URL": "http://ops:hunter2@nats:4222",
+    }
+    done = subprocess.run(
+        [str(JETSOURCE), *command], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2, done.stderr
+    assert "hunter2" not in done.stderr, done.stderr
+    assert "JETSOURCE_NATS__URL='http://***@nats:4222'" in done.stderr, done.stderr

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import typer
 
 from jetsource.core.printable import UNSAFE, escape
+from jetsource.core.settings import shown_input
 
 # grpc, protobuf and Rich are imported where they are used: every command imports this
 # module, and most need one of them at most (``tests/unit/test_cli_startup.py``).
@@ -443,8 +444,8 @@ def settings_message(exc: pydantic.ValidationError) -> str:
     for error in exc.errors():
         path = [str(part) for part in error["loc"]]
         name = "JETSOURCE_" + "__".join(path).upper()
-        secret = any(w in name for w in ("PASSWORD", "TOKEN", "SECRET", "KEY"))
-        value = "" if secret or "input" not in error else f"={error['input']!r}"
+        # Secrets not echoed, credentials in a URL masked, as the services show them.
+        value = shown_input(name, error)
         # A validator's own message, without pydantic's "Value error, " before it.
         parts.append(f"{name}{value}: {str(error['msg']).removeprefix('Value error, ')}")
     return "bad setting: " + "; ".join(parts)

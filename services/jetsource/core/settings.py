@@ -538,6 +538,18 @@ OTHER_PREFIXES = ("JETSOURCE_TEST_", "JETSOURCE_BENCH_")
 _SECRET_WORDS = ("PASSWORD", "TOKEN", "SECRET", "INSTANCES", "SEED")
 
 
+def shown_input(name: str, error: Any) -> str:
+    """How a refused value of the variable ``name`` is shown in an error: ``='...'``
+    (credentials in a URL masked, cut at 200 characters), or nothing for a secret, a
+    list or a mapping. The services' and the CLI's settings errors both show it so."""
+    if any(word in name for word in _SECRET_WORDS) or "input" not in error:
+        return ""
+    if isinstance(error["input"], dict | list):
+        return ""
+    text = _redacted(str(error["input"]))
+    return "=" + repr(text if len(text) <= 200 else text[:200] + "...")
+
+
 def _nested_model(annotation: Any) -> type[BaseModel] | None:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
@@ -582,13 +594,8 @@ def settings_error(exc: pydantic.ValidationError, settings: type[BaseSettings]) 
     parts = []
     for error in exc.errors():
         name = _variable(settings, error["loc"])
-        secret = any(word in name for word in _SECRET_WORDS)
-        value = ""
-        if not secret and "input" in error and not isinstance(error["input"], dict | list):
-            text = _redacted(str(error["input"]))
-            value = "=" + repr(text if len(text) <= 200 else text[:200] + "...")
         message = str(error["msg"]).removeprefix("Value error, ")
-        parts.append(f"{name}{value}: {message}")
+        parts.append(f"{name}{shown_input(name, error)}: {message}")
     return "bad setting: " + "; ".join(parts)
 
 
