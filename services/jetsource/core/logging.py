@@ -24,6 +24,7 @@ store thus gives a line every few seconds per worker, not one per redelivery.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import threading
 import time
@@ -34,6 +35,7 @@ import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from jetsource.core import telemetry
+from jetsource.core.printable import UNSAFE, escape
 
 # The handler this module installs on the root logger (replaced by a second setup).
 _HANDLER_NAME = "jetsource"
@@ -151,19 +153,23 @@ def _bound_values(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     return event
 
 
-# C0 controls (newline, carriage return, ESC ...), DEL and C1 controls: shown escaped
-# in key=value text, where a newline in a value forged a line of its own and an ANSI
-# escape a client sent reached the operator's terminal (clearing it, recolouring).
-_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
-_CONTROLS.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+# What must not reach a terminal raw (core.printable: C0, DEL, C1 and the bidi marks):
+# shown escaped in key=value text, where a newline in a value forged a line of its own
+# and an ANSI escape a client sent reached the operator's terminal.
+_SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _shown(match: re.Match[str]) -> str:
+    ch = match.group()
+    return _SHORT.get(ch) or escape(ch)
 
 
 def _escape_controls(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
-    """Key=value text: control characters in string values written escaped (JSON
-    escapes them itself)."""
+    """Key=value text: unsafe characters in string values written escaped (JSON
+    escapes control characters itself)."""
     for key, value in event.items():
         if isinstance(value, str) and key != "exception":
-            event[key] = value.translate(_CONTROLS)
+            event[key] = UNSAFE.sub(_shown, value)
     return event
 
 
