@@ -212,7 +212,7 @@ ROWS: list[tuple[list[str], int, str]] = [
     (["archive", "restore", "a b"], USAGE, "stream name"),
     (["archive", "restore", "X", "--retention", "bogus"], USAGE, "--retention"),
     (["archive", "restore", "X", "--subject-prefix", "x"], USAGE, "--subject-prefix"),
-    (["archive", "list", "--domain", "nosuch"], REFUSED, "nosuch"),
+    (["archive", "list", "--domain", "nosuch"], USAGE, "nosuch"),  # before connecting
     (["repair", "void", "--seq", "5", "--reason", "x"], USAGE, "--yes"),
     (["repair", "void", "--seq", "5", "--reason", " ", "--yes"], USAGE, "--reason"),
     (["repair", "void", "--seq", str(2**64), "--reason", "x", "--yes"], USAGE, "--seq"),
@@ -234,11 +234,11 @@ ROWS: list[tuple[list[str], int, str]] = [
     (["sessions", "show", "a b"], REFUSED, "aggregate_id"),
     (["omni", "identity", "merge", "a", "b"], USAGE, "--yes"),
     (["omni", "identity", "handles", "a.b"], REFUSED, "identity_id"),
-    (["omni", "identity", "link", "a b", "whatsapp", "+1"], REFUSED, "identity_id"),
+    (["omni", "identity", "link", "a b", "whatsapp", "16505550100"], REFUSED, "identity_id"),
     # free text is bounded, naming the field, and nothing is written
     (["omni", "identity", "create", "--name", "n" * 201], REFUSED, "name is 201 characters"),
     (["omni", "identity", "create", "--actor", "a" * 101], REFUSED, "actor is 101 characters"),
-    (["omni", "identity", "link", "a", "whatsapp", "+1", "--actor", "a" * 101], REFUSED, "actor"),
+    (["omni", "identity", "link", "a", "whatsapp", "1650", "--actor", "a" * 101], REFUSED, "actor"),
     (["omni", "identity", "merge", "a", "b", "--yes", "--reason", "r" * 10_001], REFUSED, "reason"),
     (
         ["projector", "replay", "context", "--from-seq", "1", "--run-id", "x" * 101],

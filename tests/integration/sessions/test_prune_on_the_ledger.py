@@ -202,6 +202,9 @@ async def cli(
     return json.loads(out)
 
 
+AGE_S = 4.0  # the prune rule: old sessions are older than it, the young one is not
+
+
 async def test_prune_on_the_ledger_stack_forgets_old_ended_sessions_everywhere(
     stack: Stack,  # noqa: F811
     client: SessionsClient,
@@ -215,7 +218,9 @@ async def test_prune_on_the_ledger_stack_forgets_old_ended_sessions_everywhere(
     await active.__aenter__()
     active.emit("scan_progress", {"files_scanned": 1})
     await active.flush()
-    await asyncio.sleep(1.2)
+    # The old sessions end AGE_S before the young one: under load, listing and the
+    # claims check took over a second, and a 1 s rule pruned the young one too.
+    await asyncio.sleep(AGE_S + 1.0)
     young = await ended(writer, f"young {unique}")
     mine = {sid for sid, _ in [*old, young]} | {active.id}
 
@@ -227,7 +232,7 @@ async def test_prune_on_the_ledger_stack_forgets_old_ended_sessions_everywhere(
     # claims exist for events sent with an event id or an idempotency key
     assert await claims(client, unique, old[0][1][1])
 
-    report = await client.sessions.prune(client.purger, older_than_s=1.0, keep=0)
+    report = await client.sessions.prune(client.purger, older_than_s=AGE_S, keep=0)
     pruned = {r.session_id for r in report.pruned}
     assert {sid for sid, _ in old} <= pruned
     assert young[0] not in pruned and active.id not in pruned
