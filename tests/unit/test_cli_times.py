@@ -130,6 +130,7 @@ TIME_OPTIONS = [
 ENV = {
     "JETSOURCE_NATS__URL": f"nats://{NOBODY}",
     "JETSOURCE_NATS__CONNECT_TIMEOUT_S": "1",
+    "JETSOURCE_ADMIN_CONNECT_TIMEOUT_S": "1",  # projector replay: else 10 s per row
     "JETSOURCE_OUTPUT": "",
 }
 BAD = [
