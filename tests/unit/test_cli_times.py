@@ -1,4 +1,4 @@
-"""Every CLI option that takes a time reads one grammar (``output.parse_time_ns``):
+"""Every CLI option that takes a time reads one grammar (``core.clock.parse_time_ns``):
 RFC 3339 with ``Z`` or any offset (the same instant in UTC), with or without up to 9
 fractional digits. Anything else is a usage error (exit 2) naming the option and
 showing an accepted time, in text and as one JSON error line; never a traceback.
@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from jetsource.cli import output
 from jetsource.cli.app import app
 from jetsource.cli.sessions import parse_duration
+from jetsource.core import clock
 
 NS = 10**9
 T0 = 1_796_551_200 * NS  # 2026-12-06T10:00:00Z
@@ -43,14 +44,14 @@ def _reset_mode() -> None:
         ("  2026-12-06T10:00:00Z  ", T0),
         ("1970-01-01T00:00:00Z", 0),
         ("1969-12-31T23:59:59.5Z", -NS // 2),
-        ("0001-01-01T00:00:00Z", output.MIN_TIME_NS),
-        ("0001-01-01T00:00:00-01:00", output.MIN_TIME_NS + 3600 * NS),
-        ("9999-12-31T23:59:59.999999999Z", output.MAX_TIME_NS),
-        ("9999-12-31T23:59:59+01:00", output.MAX_TIME_NS + 1 - 3601 * NS),
+        ("0001-01-01T00:00:00Z", clock.MIN_RFC3339_NS),
+        ("0001-01-01T00:00:00-01:00", clock.MIN_RFC3339_NS + 3600 * NS),
+        ("9999-12-31T23:59:59.999999999Z", clock.MAX_RFC3339_NS),
+        ("9999-12-31T23:59:59+01:00", clock.MAX_RFC3339_NS + 1 - 3601 * NS),
     ],
 )
 def test_accepted_times_are_the_same_instant_in_utc(text: str, ns: int) -> None:
-    assert output.parse_time_ns(text) == ns
+    assert clock.parse_time_ns(text) == ns
 
 
 @pytest.mark.parametrize(
@@ -78,16 +79,16 @@ def test_accepted_times_are_the_same_instant_in_utc(text: str, ns: int) -> None:
 )
 def test_refused_times_say_why(text: str, why: str) -> None:
     with pytest.raises(ValueError, match=why.replace(".", r"\.")):
-        output.parse_time_ns(text)
+        clock.parse_time_ns(text)
 
 
 def test_int64_nanoseconds_bound_where_asked() -> None:
-    assert output.parse_time_ns("2262-04-11T23:47:16.854775807Z", int64=True) == 2**63 - 1
-    assert output.parse_time_ns("1677-09-21T00:12:43.145224192Z", int64=True) == -(2**63)
+    assert clock.parse_time_ns("2262-04-11T23:47:16.854775807Z", int64=True) == 2**63 - 1
+    assert clock.parse_time_ns("1677-09-21T00:12:43.145224192Z", int64=True) == -(2**63)
     for text in ("2262-04-11T23:47:16.854775808Z", "1677-09-21T00:12:43.145224191Z"):
-        output.parse_time_ns(text)  # a protobuf Timestamp holds it
+        clock.parse_time_ns(text)  # a protobuf Timestamp holds it
         with pytest.raises(ValueError, match="int64"):
-            output.parse_time_ns(text, int64=True)
+            clock.parse_time_ns(text, int64=True)
 
 
 def test_durations() -> None:
@@ -209,9 +210,7 @@ def test_a_bad_duration_is_a_usage_error_naming_the_option(flag: str) -> None:
 def test_a_time_without_an_offset_is_utc() -> None:
     """As ``ctx show --at`` always read one (the process options refused it): nothing
     that was taken before is refused now."""
-    assert output.parse_time_ns("2026-12-06T10:00:00") == output.parse_time_ns(
-        "2026-12-06T10:00:00Z"
-    )
-    assert output.parse_time_ns("2026-12-06T10:00:00.5") == output.parse_time_ns(
+    assert clock.parse_time_ns("2026-12-06T10:00:00") == clock.parse_time_ns("2026-12-06T10:00:00Z")
+    assert clock.parse_time_ns("2026-12-06T10:00:00.5") == clock.parse_time_ns(
         "2026-12-06T11:00:00.5+01:00"
     )

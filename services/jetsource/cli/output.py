@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
+from jetsource.core.clock import parse_time_ns
 from jetsource.core.printable import UNSAFE, escape
 from jetsource.core.settings import shown_input
 
@@ -125,39 +126,6 @@ def seconds_or_zero(value: float | None) -> float | None:
 # takes this one grammar: RFC 3339 with ``Z`` or any offset (read as that instant, in
 # UTC), seconds with up to 9 fractional digits or none.
 TIME_EXAMPLE = "2026-12-06T10:00:00Z or 2026-12-06T11:00:00.5+01:00"
-_RFC3339 = re.compile(
-    r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})?",
-    re.ASCII,  # not other scripts' digits
-)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-NS = 10**9
-# Years 1..9999 in UTC (what a protobuf Timestamp holds), in ns since the epoch.
-MIN_TIME_NS = -62_135_596_800 * NS
-MAX_TIME_NS = 253_402_300_800 * NS - 1
-
-
-def parse_time_ns(text: str, *, int64: bool = False) -> int:
-    """An RFC 3339 time as nanoseconds since the epoch (UTC); one without an offset is
-    UTC (as ``ctx show --at`` always read it: nothing that was taken before is refused
-    now). ``ValueError`` saying why for anything else: a date that does not exist,
-    before year 1 or after 9999 in UTC, or (``int64``) outside what int64 nanoseconds
-    hold (1677..2262)."""
-    m = _RFC3339.fullmatch(text.strip())
-    if not m:
-        raise ValueError("not an RFC 3339 time")
-    day, clock, frac, offset = m.groups()
-    zone = "+00:00" if offset is None or offset in ("Z", "z") else offset
-    try:
-        when = datetime.fromisoformat(f"{day}T{clock}{zone}")
-    except ValueError as exc:
-        raise ValueError(f"not a valid time ({exc})") from None
-    delta = when - _EPOCH  # exact, even where the UTC time is outside datetime's range
-    ns = (delta.days * 86_400 + delta.seconds) * NS + int((frac or "").ljust(9, "0"))
-    if not MIN_TIME_NS <= ns <= MAX_TIME_NS:
-        raise ValueError("outside years 1..9999 UTC")
-    if int64 and not -(2**63) <= ns <= I64:
-        raise ValueError("outside what int64 nanoseconds hold (1677-09-21..2262-04-11 UTC)")
-    return ns
 
 
 def time_option(

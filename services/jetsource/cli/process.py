@@ -35,6 +35,7 @@ from jetsource.cli import output as out
 from jetsource.cli.ctx import Target, _connect, _quiet_stdout, _run, _settings, _use
 from jetsource.cli.output import Mode
 from jetsource.client import open_channel
+from jetsource.core.clock import to_timestamp
 
 app = typer.Typer(
     help="Read the process ledger: the registry, trees and timelines (ProcessQueryService).",
@@ -112,7 +113,7 @@ def _time(flag: str, value: str | None) -> Timestamp | None:
     if value is None:
         return None
     ns = out.time_option(flag, value)
-    return Timestamp(seconds=ns // out.NS, nanos=ns % out.NS)
+    return to_timestamp(ns)
 
 
 def _build(make: Callable[[], T]) -> T:

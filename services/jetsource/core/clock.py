@@ -6,6 +6,7 @@ microseconds, so exact time bounds are kept as int nanoseconds end to end.
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, datetime
 
@@ -39,6 +40,44 @@ def parse_rfc3339_ns(text: str) -> int:
     seconds = int(datetime.fromisoformat(main).replace(tzinfo=UTC).timestamp())
     nanos = int((frac + "000000000")[:9]) if frac else 0
     return seconds * NS + nanos
+
+
+# Years 1..9999 in UTC (what a protobuf Timestamp holds), in ns since the epoch.
+MIN_RFC3339_NS = -62_135_596_800 * NS
+MAX_RFC3339_NS = 253_402_300_800 * NS - 1
+_I64 = 2**63 - 1
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_RFC3339 = re.compile(
+    r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})?",
+    re.ASCII,  # not other scripts' digits
+)
+
+
+def parse_time_ns(text: str, *, int64: bool = False, offset_required: bool = False) -> int:
+    """A time a person or a client wrote, as ns since the epoch (UTC): RFC 3339 with
+    ``Z`` or any offset, ``T``/``t``/space between date and time, up to 9 fractional
+    digits; without an offset it is UTC unless ``offset_required``. The one grammar of
+    every time a user gives (CLI options, omni's ``since``); ``ValueError`` saying why
+    for anything else: a date that does not exist, before year 1 or after 9999 in UTC,
+    or (``int64``) outside what int64 nanoseconds hold (1677..2262)."""
+    m = _RFC3339.fullmatch(text.strip())
+    if not m:
+        raise ValueError("not an RFC 3339 time")
+    day, clock, frac, offset = m.groups()
+    if offset is None and offset_required:
+        raise ValueError("no offset: end it with Z or +HH:MM")
+    zone = "+00:00" if offset is None or offset in ("Z", "z") else offset
+    try:
+        when = datetime.fromisoformat(f"{day}T{clock}{zone}")
+    except ValueError as exc:
+        raise ValueError(f"not a valid time ({exc})") from None
+    delta = when - _EPOCH  # exact, even where the UTC time is outside datetime's range
+    ns = (delta.days * 86_400 + delta.seconds) * NS + int((frac or "").ljust(9, "0"))
+    if not MIN_RFC3339_NS <= ns <= MAX_RFC3339_NS:
+        raise ValueError("outside years 1..9999 UTC")
+    if int64 and not -(2**63) <= ns <= _I64:
+        raise ValueError("outside what int64 nanoseconds hold (1677-09-21..2262-04-11 UTC)")
+    return ns
 
 
 def format_rfc3339_ns(ns: int) -> str:

@@ -21,11 +21,9 @@ import base64
 import contextlib
 import hmac
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -38,6 +36,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
+from jetsource.core.clock import parse_time_ns
 from jetsource.core.errors import (
     ConcurrencyError,
     EventStoreUnavailableError,
@@ -178,32 +177,19 @@ def http_error_answer(request: Request, exc: HTTPException) -> JSONResponse:
     return response
 
 
-_RFC3339 = re.compile(
-    r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})",
-    re.ASCII,
-)
-
-
 def parse_since(text: str) -> int:
     """An RFC 3339 time in ns since the epoch, nanoseconds kept: ``Z`` or an offset
     (``2026-12-06T11:00:00.5+01:00``; only ``Z`` was taken before, an offset was 400),
-    ``T``, ``t`` or a space between date and time. Anything else is 400 naming
+    ``T``, ``t`` or a space between date and time (``core.clock.parse_time_ns``, the
+    CLI's grammar, the offset required). Anything else is 400 naming
     ``since``."""
-    m = _RFC3339.fullmatch(text.strip())
-    if m is None:
-        raise ValidationError(
-            "since must be an RFC 3339 time, e.g. 2026-12-06T10:00:00Z or "
-            "2026-12-06T11:00:00+01:00",
-            field="since",
-        )
-    date, clock, frac, zone = m.groups()
-    offset = "+00:00" if zone in ("Z", "z") else zone
     try:
-        seconds = int(datetime.fromisoformat(f"{date}T{clock}{offset}").timestamp())
-    except (ValueError, OverflowError) as exc:
-        raise ValidationError(f"since is not a valid time: {exc}", field="since") from None
-    nanos = int((frac or "").ljust(9, "0")[:9])
-    return seconds * 1_000_000_000 + nanos
+        return parse_time_ns(text, offset_required=True)
+    except ValueError as exc:
+        raise ValidationError(
+            f"since {text[:64]!r}: {exc}; e.g. 2026-12-06T10:00:00Z or 2026-12-06T11:00:00+01:00",
+            field="since",
+        ) from None
 
 
 class Unauthenticated(Exception):

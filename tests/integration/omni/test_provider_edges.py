@@ -140,6 +140,8 @@ async def test_since_takes_an_offset_and_includes_an_event_stored_at_that_instan
         "2026-12-06T10:00:00+25:00",
         "\uff12026-12-06T10:00:00Z",
         "yesterday",
+        "2026-12-06T10:00:00.1234567891Z",  # past ns: refused, as by the CLI (was cut)
+        "10000-01-01T00:00:00Z",
     ):
         answer = await http.get("/api/v1/events", params={"since": bad})
         assert answer.status_code == 400, (bad, answer.text)
