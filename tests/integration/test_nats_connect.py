@@ -7,9 +7,9 @@ import asyncio
 
 import pytest
 
-from jetsource.core.settings import JetsourceSettings, NatsSettings
+from jetsource.core.settings import JetsourceSettings, NatsSettings, redact_url
 from jetsource.devstack.servers import free_port
-from jetsource.eventstore.bootstrap import connect, redact_url
+from jetsource.eventstore.bootstrap import connect
 
 
 def test_a_timeout_abandons_the_connect_attempt() -> None:
@@ -29,3 +29,7 @@ def test_a_timeout_abandons_the_connect_attempt() -> None:
 
 def test_urls_are_redacted() -> None:
     assert redact_url("nats://u:secret@a:4222,tls://b:4222") == "nats://***@a:4222,tls://b:4222"
+    # A password holding "/" (or "@") was shown from the "/" on: everything to the last @.
+    assert redact_url("nats://u:se/cr@et@a:4222") == "nats://***@a:4222"
+    assert redact_url("redis://:p/w@v:6379/0") == "redis://***@v:6379/0"
+    assert redact_url("u:secret@a:4222") == "***@a:4222"

@@ -92,8 +92,8 @@ def _run(
         within,
     )
     from jetsource.core.errors import AccessDeniedError, JetsourceError, StreamMissingError
+    from jetsource.core.settings import redact_url
     from jetsource.eventstore import jsapi
-    from jetsource.eventstore.bootstrap import redact_url
     from jetsource.projection.bootstrap import open_projection
     from jetsource.projection.settings import ProjectorSettings
 

@@ -64,8 +64,9 @@ def _fail(
 
 
 def _run(work: Callable[[IngestSettings, Any], Awaitable[T]], as_json: bool = False) -> T:
+    from jetsource.core.settings import redact_url
     from jetsource.domains.omni.identity import IdentityNotFoundError
-    from jetsource.eventstore.bootstrap import connect, redact_url, release
+    from jetsource.eventstore.bootstrap import connect, release
     from jetsource.ingest.settings import IngestSettings
 
     settings = IngestSettings.load()

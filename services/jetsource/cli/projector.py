@@ -130,8 +130,8 @@ def _fail_for(exc: BaseException, settings: ProjectorSettings) -> NoReturn:
         JetsourceError,
         StreamMissingError,
     )
+    from jetsource.core.settings import redact_url
     from jetsource.eventstore import jsapi
-    from jetsource.eventstore.bootstrap import redact_url
     from jetsource.projection import admin
     from jetsource.projection.bootstrap import UnknownModelError
     from jetsource.projection.contract import TransientError
@@ -223,7 +223,7 @@ def _run(
 ) -> T:
     """``work`` on an open projection; the streams ``need`` names must exist first.
     Ctrl-C ends it with ``stopped`` (code ``cancelled``, exit 130)."""
-    from jetsource.eventstore.bootstrap import redact_url
+    from jetsource.core.settings import redact_url
     from jetsource.projection.bootstrap import open_projection
 
     settings = _settings()

@@ -97,10 +97,10 @@ def _run(
         StreamMissingError,
         ValidationError,
     )
+    from jetsource.core.settings import redact_url
     from jetsource.domains.sessions.connect import open_sessions
     from jetsource.domains.sessions.service import PruneDeniedError, SessionNotFoundError
     from jetsource.domains.sessions.settings import SessionsAppSettings
-    from jetsource.eventstore.bootstrap import redact_url
     from jetsource.eventstore.jsapi import NoRespondersError
 
     settings = SessionsAppSettings.load()

@@ -108,7 +108,7 @@ def ensure(
     from jetsource.cli.projector import env_seconds
     from jetsource.cli.stream_admin import _note, ensure_all
     from jetsource.core.errors import AccessDeniedError
-    from jetsource.eventstore.bootstrap import redact_url
+    from jetsource.core.settings import redact_url
     from jetsource.projection.settings import ProjectorSettings
 
     settings = ProjectorSettings.load()
@@ -234,7 +234,7 @@ def _run(
     (``interrupted()`` says what was left)."""
     from jetsource.cli.stream_admin import OptionError
     from jetsource.core.errors import AccessDeniedError
-    from jetsource.eventstore.bootstrap import redact_url
+    from jetsource.core.settings import redact_url
 
     connect_s = min(timeout, connect_timeout_s())
     where = redact_url(settings.nats_url())

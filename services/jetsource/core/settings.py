@@ -54,23 +54,33 @@ def _host_and_port(url: str, default_scheme: str | None = None) -> None:
     try:
         port = parts.port
     except ValueError:
-        raise ValueError(f"{_redacted(url)!r}: the port is not a number in 1-{MAX_PORT}") from None
+        raise ValueError(f"{redact_url(url)!r}: the port is not a number in 1-{MAX_PORT}") from None
     if port == 0:
-        raise ValueError(f"{_redacted(url)!r}: port 0")
+        raise ValueError(f"{redact_url(url)!r}: port 0")
     if not parts.hostname:
-        raise ValueError(f"{_redacted(url)!r}: no host")
+        raise ValueError(f"{redact_url(url)!r}: no host")
 
 
-def _redacted(url: str) -> str:
-    return re.sub(r"//[^/@]*@", "//***@", url)
+def redact_url(url: str) -> str:
+    """The URL(s) (comma separated) without any ``user:password@`` part, fit for a log
+    or an error. Everything up to a URL's last ``@`` goes, so a password holding ``/``
+    or ``:`` is not shown in part (as the one thing nobody may see)."""
+    return ",".join(_redact_one(u) for u in url.split(","))
+
+
+def _redact_one(url: str) -> str:
+    if "@" not in url:
+        return url
+    if "//" in url:
+        return re.sub(r"//.*@", "//***@", url, count=1, flags=re.DOTALL)
+    return "***@" + url.rsplit("@", 1)[1]  # host:port with credentials, no scheme
 
 
 def _scheme(url: str, allowed: tuple[str, ...]) -> str:
     scheme = url.split("://", 1)[0].lower()
     if scheme not in allowed:
-        raise ValueError(
-            f"{_redacted(url)!r}: the scheme must be one of {', '.join(s + '://' for s in allowed)}"
-        )
+        schemes = ", ".join(s + "://" for s in allowed)
+        raise ValueError(f"{redact_url(url)!r}: the scheme must be one of {schemes}")
     return scheme
 
 
@@ -97,7 +107,7 @@ def check_valkey_url(value: str | None) -> str | None:
         _host_and_port(value)
         db = urlsplit(value).path.strip("/")
         if db and not db.isdigit():
-            raise ValueError(f"{_redacted(value)!r}: the database {db!r} is not a number")
+            raise ValueError(f"{redact_url(value)!r}: the database {db!r} is not a number")
     return value
 
 
@@ -158,13 +168,13 @@ def check_otel_endpoint(value: str | None) -> str | None:
     if not text:
         return None  # set but empty: tracing off, as unset
     if re.search(r"\s", text):
-        raise ValueError(f"{_redacted(text)!r}: whitespace in the URL")
+        raise ValueError(f"{redact_url(text)!r}: whitespace in the URL")
     if "://" in text:
         _scheme(text, ("http", "https"))
     _host_and_port(text, "http")
     if "@" in urlsplit(text if "://" in text else f"http://{text}").netloc:
         raise ValueError(
-            f"{_redacted(text)!r}: no user:password@ in the collector's URL "
+            f"{redact_url(text)!r}: no user:password@ in the collector's URL "
             "(put credentials in OTEL_EXPORTER_OTLP_HEADERS)"
         )
     return text
@@ -546,7 +556,7 @@ def shown_input(name: str, error: Any) -> str:
         return ""
     if isinstance(error["input"], dict | list):
         return ""
-    text = _redacted(str(error["input"]))
+    text = redact_url(str(error["input"]))
     return "=" + repr(text if len(text) <= 200 else text[:200] + "...")
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import ssl
 from typing import Any
 
@@ -13,7 +12,7 @@ from nats.aio.client import Client as NATS
 
 from jetsource.core.codec import EventRegistry
 from jetsource.core.errors import AccessDeniedError
-from jetsource.core.settings import JetsourceSettings
+from jetsource.core.settings import JetsourceSettings, redact_url
 from jetsource.eventstore.jetstream import JetStreamEventStore
 from jetsource.eventstore.snapshots import JetStreamSnapshotStore
 
@@ -51,11 +50,6 @@ def nats_options(settings: JetsourceSettings) -> dict[str, Any]:
 
 # What NATS answers when it will never accept this client as configured.
 _REFUSALS = ("authorization violation", "authentication", "certificate", "tls")
-
-
-def redact_url(url: str) -> str:
-    """The URL(s) without any user:password@ part, fit for a log or an error."""
-    return ",".join(re.sub(r"//[^/@]*@", "//***@", u) for u in url.split(","))
 
 
 async def connect(settings: JetsourceSettings) -> NATS:

@@ -21,10 +21,10 @@ from valkey.asyncio import Valkey
 
 from jetsource.core.errors import AccessDeniedError
 from jetsource.core.natsping import PingProbe
+from jetsource.core.settings import redact_url
 from jetsource.eventstore.bootstrap import (
     open_event_store,
     open_snapshot_store,
-    redact_url,
     release,
 )
 from jetsource.eventstore.jetstream import JetStreamEventStore

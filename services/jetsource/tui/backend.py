@@ -314,7 +314,7 @@ class Backend:
                 await p.close()
 
     async def _dlq_call(self, work: Any) -> Any:
-        from jetsource.eventstore.bootstrap import redact_url
+        from jetsource.core.settings import redact_url
         from jetsource.projection.bootstrap import open_projection
 
         settings = self.projector_settings()
