@@ -49,7 +49,6 @@ import asyncio
 import contextlib
 import contextvars
 import logging
-import math
 import random
 import re
 import time
@@ -69,6 +68,7 @@ from jetsource._gen.process.v1 import observer_pb2_grpc as pb_grpc
 from jetsource.core.aio import stop_task, wait_event
 from jetsource.core.errors import ValidationError, exit_code
 from jetsource.core.ids import uuid7
+from jetsource.core.structvalue import NotAStructValue, check_struct_value
 from jetsource.domains.process.batching import MAX_REQUEST_BYTES, fitting, too_large
 from jetsource.domains.process.validation import FIXED_LIMITS, STARTED_TEXT, to_new_event
 
@@ -119,34 +119,18 @@ def current_process() -> Process | None:
     return _current.get()
 
 
-_JSON_SCALARS = (str, int, float, bool, type(None))
-
-
 def _check_json(value: Any, where: str) -> None:
     """TypeError naming the field (``data['a'][0]``) of a value a ``Struct`` cannot
     hold, here at the call rather than a bare "Unexpected type" from protobuf; a
     ValueError for a number it would change (an integer beyond 2^53, NaN, infinity)."""
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**53:
-        # A Struct's numbers are doubles: it would be recorded as another number.
-        raise ValueError(f"{where}: integer {value} is beyond 2^53; send it as a string")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{where}: {value} is not a JSON number")
-    if isinstance(value, _JSON_SCALARS):
-        return
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise TypeError(f"{where}: key {key!r} must be a str, not {type(key).__name__}")
-            _check_json(item, f"{where}[{key!r}]")
-        return
-    if isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            _check_json(item, f"{where}[{i}]")
-        return
-    raise TypeError(
-        f"{where}: a {type(value).__name__} cannot be sent (JSON values only: str, int, "
-        "float, bool, None, lists and dicts with str keys)"
-    )
+    try:
+        check_struct_value(value, where, _subscript)
+    except NotAStructValue as exc:
+        raise (TypeError if exc.wrong_type else ValueError)(str(exc)) from None
+
+
+def _subscript(where: str, key: str) -> str:
+    return f"{where}[{key!r}]"
 
 
 def _struct(data: Mapping[str, Any] | None, where: str = "data") -> struct_pb2.Struct:

@@ -34,6 +34,7 @@ from google.protobuf import json_format, struct_pb2
 from jetsource._gen.process.v1 import events_pb2
 from jetsource.core.clock import from_timestamp, to_timestamp
 from jetsource.core.ids import MAX_AGGREGATE_ID_LENGTH, uuid7
+from jetsource.core.structvalue import SAFE_INTEGER, NotAStructValue, check_struct_value
 
 SESSION_KIND = "session"
 SESSION_STARTED, SESSION_ENDED = "session_started", "session_ended"
@@ -189,32 +190,19 @@ def check_type(event_type: Any) -> None:
         )
 
 
-_SAFE = 2**53
-
-
 def check_numbers(value: Any, where: str) -> None:
     """The ledger keeps data as a protobuf Struct, whose numbers are doubles: an
     integer beyond 2^53 would come back changed, so it is refused, not rounded. A value
     a Struct cannot hold at all (a datetime, a set, bytes, a non-str key) is refused
-    here naming its field, not by protobuf's bare "Unexpected type"."""
-    if not isinstance(value, (str, int, float, bool, type(None), dict, list, tuple)):
-        raise EventFormatError(
-            where,
-            f"a {type(value).__name__} cannot be recorded (JSON values only: str, int, "
-            "float, bool, None, lists and objects with str keys)",
-        )
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _SAFE:
-        raise EventFormatError(where, f"integer {value} is beyond 2^53; send it as a string")
-    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
-        raise EventFormatError(where, f"{value} is not a JSON number")
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise EventFormatError(where, f"key {k!r} must be a string")
-            check_numbers(v, f"{where}.{k}")
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            check_numbers(v, f"{where}[{i}]")
+    here naming its field (``data.a[0]``), not by protobuf's bare "Unexpected type"."""
+    try:
+        check_struct_value(value, where, _dotted, noun="recorded")
+    except NotAStructValue as exc:
+        raise EventFormatError(exc.field, exc.message) from None
+
+
+def _dotted(where: str, key: str) -> str:
+    return f"{where}.{key}"
 
 
 def _struct(data: dict[str, Any]) -> struct_pb2.Struct:
@@ -273,7 +261,7 @@ def restore_ints(value: Any) -> Any:
     """Struct keeps numbers as doubles: give integral ones back as ints (JSON has one
     number type; 3 and 3.0 are the same number, but users expect 3)."""
     # <= : 2^53 itself is exact in a double, and check_numbers lets it through.
-    if isinstance(value, float) and value.is_integer() and abs(value) <= _SAFE:
+    if isinstance(value, float) and value.is_integer() and abs(value) <= SAFE_INTEGER:
         return int(value)
     if isinstance(value, dict):
         return {k: restore_ints(v) for k, v in value.items()}
