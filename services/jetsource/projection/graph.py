@@ -4,7 +4,6 @@ Bolt plugin locally, the same Cypher) and its transient errors."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -13,6 +12,7 @@ from neo4j import exceptions as neo4j_errors
 
 from jetsource.core.settings import JetsourceSettings
 from jetsource.projection.contract import StoreLost, TransientError
+from jetsource.projection.marks import Mark
 from jetsource.projection.partitions import Fence, FencedError
 
 T = TypeVar("T")
@@ -203,7 +203,7 @@ class _FencedSession:
         return getattr(self._session, name)
 
 
-class GraphMark:
+class GraphMark(Mark):
     """A graph model version's birth mark: ``born`` on its checkpoint node, a random
     token taken when its worker first runs it, and checked first in every write
     transaction (``check``), as the Valkey models' (``jetsource.projection.valkey``):
@@ -211,11 +211,11 @@ class GraphMark:
     nothing) and the worker builds the version again from its replay start."""
 
     def __init__(self, driver: AsyncDriver, database: str, label: str, model: str) -> None:
+        super().__init__()
         self.driver = driver
         self.database = database
         self.label = label
         self.model = model
-        self.expected: str | None = None
 
     async def stored(self) -> str | None:
         async with self.driver.session(database=self.database) as session:
@@ -228,8 +228,7 @@ class GraphMark:
             ).single()
         return str(record["born"]) if record and record["born"] else None
 
-    async def take(self) -> str:
-        """Keep the stored mark, or store a new one; expect it."""
+    async def _keep_or_store(self, token: str) -> None:
         async with self.driver.session(database=self.database) as session:
             await graph_run(
                 session,
@@ -237,16 +236,8 @@ class GraphMark:
                 "ON CREATE SET c.seq = 0, c.applied = 0 "
                 "SET c.born = coalesce(c.born, $token)",
                 model=self.model,
-                token=uuid.uuid4().hex,
+                token=token,
             )
-        self.expected = await self.stored() or ""
-        return self.expected
-
-    async def expect(self) -> str:
-        """The mark writes expect (see ``BirthMark.expect``); before a transaction."""
-        if self.expected is None:
-            return await self.take()
-        return self.expected
 
     async def check(self, tx: Any) -> None:
         """First in a write transaction (``expect`` awaited before it)."""

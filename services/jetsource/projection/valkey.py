@@ -9,7 +9,6 @@ versions run side by side.
 from __future__ import annotations
 
 import hashlib
-import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Collection, Sequence
 from typing import Any, TypeVar
@@ -30,6 +29,7 @@ from jetsource.projection.contract import (
     StoreLost,
     TransientError,
 )
+from jetsource.projection.marks import Mark
 from jetsource.projection.partitions import Fence, FencedError
 
 T = TypeVar("T")
@@ -292,31 +292,21 @@ end
 MARK_SUFFIX = ":born"
 
 
-class BirthMark:
-    """The mark of one model version, and the one its writes expect (the stored one,
-    read once, until the worker takes a new one)."""
+class BirthMark(Mark):
+    """A Valkey model version's mark: the key ``<ns>:born``, checked by every write
+    script (``MARK_PRELUDE``)."""
 
     def __init__(self, redis: Any, key: str) -> None:
+        super().__init__()
         self.redis = redis
         self.key = key
-        self.expected: str | None = None
 
-    async def read(self) -> str | None:
+    async def stored(self) -> str | None:
         raw = await valkey_io(self.redis.get(self.key))
         return text(raw) if raw is not None else None
 
-    async def take(self) -> str:
-        """Keep the stored mark, or store a new one if there is none; expect it."""
-        await valkey_io(self.redis.set(self.key, uuid.uuid4().hex, nx=True))
-        self.expected = await self.read() or ""
-        return self.expected
-
-    async def expect(self) -> str:
-        """The mark writes expect: the worker's (taken at its start), else (a model
-        written without a worker: a replay, a discard) the stored one, taken now."""
-        if self.expected is None:
-            return await self.take()
-        return self.expected
+    async def _keep_or_store(self, token: str) -> None:
+        await valkey_io(self.redis.set(self.key, token, nx=True))
 
 
 class MarkedScript:
@@ -367,7 +357,7 @@ class ValkeyModel:
         return MarkedScript(self.redis, script_text, self.mark)
 
     async def birth_mark(self) -> str | None:
-        return await self.mark.read()
+        return await self.mark.stored()
 
     async def take_birth_mark(self) -> str:
         """Keep or make the mark and expect it; what this process remembers of the
@@ -400,9 +390,7 @@ class ValkeyModel:
     async def store_lost(self) -> bool:
         """Whether the stored birth mark is no longer the one this model's writes
         expect (only once one is expected)."""
-        if self.mark.expected is None:
-            return False
-        return await self.mark.read() != self.mark.expected
+        return await self.mark.lost()
 
     async def checkpoint(self) -> Checkpoint:
         meta = await valkey_io(self.redis.hgetall(f"{self.ns}:meta"))

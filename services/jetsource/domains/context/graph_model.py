@@ -464,7 +464,7 @@ class GraphModel:
         return await self.mark.take()
 
     async def store_lost(self) -> bool:
-        return self.mark.expected is not None and await self.mark.stored() != self.mark.expected
+        return await self.mark.lost()
 
     async def position(self, aggregate_id: str) -> int:
         async with self.driver.session(database=self.database) as session:

@@ -395,7 +395,7 @@ class ProcessGraphModel:
         return await self.mark.take()
 
     async def store_lost(self) -> bool:
-        return self.mark.expected is not None and await self.mark.stored() != self.mark.expected
+        return await self.mark.lost()
 
     async def skip(self, aggregate_id: str, stream_seq: int) -> bool:
         placeholder = skipped(aggregate_id, await self.position(aggregate_id) + 1, stream_seq, 0)
