@@ -309,13 +309,23 @@ class BirthMark(Mark):
         await valkey_io(self.redis.set(self.key, token, nx=True))
 
 
-class MarkedScript:
-    """A registered script that writes only while the model's birth mark is the one
-    expected (``StoreLost`` otherwise)."""
+class GuardedScript:
+    """A registered script whose prelude (``MARK_PRELUDE``, ``FENCE_PRELUDE``) takes
+    one more key and argument, appended last, and refuses with ``tag`` when they do
+    not match what is stored: the script writes nothing and ``refused()`` is raised."""
 
-    def __init__(self, redis: Any, script_text: str, mark: BirthMark) -> None:
-        self._script = redis.register_script(MARK_PRELUDE + script_text)
-        self._mark = mark
+    prelude = ""
+    tag = ""
+
+    def __init__(self, redis: Any, script_text: str) -> None:
+        self._script = redis.register_script(self.prelude + script_text)
+
+    async def guard(self) -> tuple[str, str]:
+        """The key and the argument the prelude compares."""
+        raise NotImplementedError
+
+    def refused(self) -> Exception:
+        raise NotImplementedError
 
     async def __call__(
         self,
@@ -323,20 +333,35 @@ class MarkedScript:
         args: Sequence[Any] | None = None,
         client: Any = None,
     ) -> Any:
-        expected = await self._mark.expect()
+        key, arg = await self.guard()
         try:
             return await self._script(
-                keys=[*(keys or []), self._mark.key],
-                args=[*(args or []), expected],
-                client=client,
+                keys=[*(keys or []), key], args=[*(args or []), arg], client=client
             )
         except valkey_errors.ResponseError as exc:
-            if "JETSOURCE_LOST" in str(exc):
-                raise StoreLost(
-                    f"{self._mark.key} is gone or another one: the model's store was "
-                    "emptied or replaced"
-                ) from exc
+            if self.tag in str(exc):
+                raise self.refused() from exc
             raise
+
+
+class MarkedScript(GuardedScript):
+    """Writes only while the model's birth mark is the one expected (``StoreLost``
+    otherwise)."""
+
+    prelude = MARK_PRELUDE
+    tag = "JETSOURCE_LOST"
+
+    def __init__(self, redis: Any, script_text: str, mark: BirthMark) -> None:
+        super().__init__(redis, script_text)
+        self._mark = mark
+
+    async def guard(self) -> tuple[str, str]:
+        return self._mark.key, await self._mark.expect()
+
+    def refused(self) -> Exception:
+        return StoreLost(
+            f"{self._mark.key} is gone or another one: the model's store was emptied or replaced"
+        )
 
 
 class ValkeyModel:
@@ -467,33 +492,25 @@ def fence_key(prefix: str, group: str, partition: int) -> str:
     return f"{prefix}:__fence__:{group}:{partition}"
 
 
-class FencedScript:
-    """A registered script that writes nothing once another worker holds the fence."""
+class FencedScript(GuardedScript):
+    """Writes nothing once another worker holds the fence (``FencedError``)."""
+
+    prelude = FENCE_PRELUDE
+    tag = "JETSOURCE_FENCED"
 
     def __init__(self, redis: Valkey, text: str, key: str, fence: Fence) -> None:
-        self._script = redis.register_script(FENCE_PRELUDE + text)
+        super().__init__(redis, text)
         self._key = key
         self._fence = fence
 
-    async def __call__(
-        self,
-        keys: Sequence[Any] | None = None,
-        args: Sequence[Any] | None = None,
-        client: Any = None,
-    ) -> Any:
-        try:
-            return await self._script(
-                keys=[*(keys or []), self._key],
-                args=[*(args or []), str(self._fence.token)],
-                client=client,
-            )
-        except valkey_errors.ResponseError as exc:
-            if "JETSOURCE_FENCED" in str(exc):
-                raise FencedError(
-                    f"partition {self._fence.partition}: token {self._fence.token} "
-                    f"is no longer the stored one ({self._key})"
-                ) from exc
-            raise
+    async def guard(self) -> tuple[str, str]:
+        return self._key, str(self._fence.token)
+
+    def refused(self) -> Exception:
+        return FencedError(
+            f"partition {self._fence.partition}: token {self._fence.token} "
+            f"is no longer the stored one ({self._key})"
+        )
 
 
 class FencedValkey:
