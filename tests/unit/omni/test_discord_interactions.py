@@ -155,7 +155,6 @@ def test_the_ed25519_signature_is_checked_and_each_refusal_names_its_header() ->
     for headers, sent, field in cases:
         found = signatures.problem(CONFIG, headers, sent)
         assert found is not None and found[0] == field, (headers, found)
-        assert signatures.check(CONFIG, headers, sent) == found[1]
 
 
 def test_a_stale_timestamp_is_refused_within_the_documented_window() -> None:

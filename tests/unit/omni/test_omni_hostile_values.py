@@ -157,16 +157,17 @@ def test_a_signature_of_any_characters_is_a_reason_not_an_exception(given: str) 
     evo = InstanceConfig(provider="whatsapp", format="evolution", api_key=SecretStr("k"))
     for config in (cloud, bot, evo):
         header = signatures.SIGNATURE_HEADERS[config.format]
-        problem = signatures.check(config, {header: given}, b"{}")
-        assert problem is not None and header in problem, (config.format, problem)
+        problem = signatures.problem(config, {header: given}, b"{}")
+        assert problem is not None and problem[0] == header, (config.format, problem)
+        assert header in problem[1], (config.format, problem)
 
 
 def test_a_signature_still_matches_as_before() -> None:
     cloud = InstanceConfig(provider="whatsapp", format="cloud", app_secret=SecretStr("s"))
     good = signatures.sign("s", b"{}")
     for given in (good, good.upper().replace("SHA256=", "sha256="), f"  {good} "):
-        assert signatures.check(cloud, {"x-hub-signature-256": given}, b"{}") is None, given
-    assert signatures.check(cloud, {"x-hub-signature-256": good[:-1]}, b"{}") is not None
+        assert signatures.problem(cloud, {"x-hub-signature-256": given}, b"{}") is None, given
+    assert signatures.problem(cloud, {"x-hub-signature-256": good[:-1]}, b"{}") is not None
 
 
 @pytest.mark.parametrize(

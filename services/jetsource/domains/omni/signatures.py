@@ -120,17 +120,16 @@ def problem(
     is compared with (None: the clock's)."""
     if config.format == "interactions":
         return _ed25519_problem(config, headers, body, now_s)
-    why = check(config, headers, body)
-    return None if why is None else (SIGNATURE_HEADERS[config.format], why)
-
-
-def check(config: InstanceConfig, headers: Mapping[str, str], body: bytes) -> str | None:
-    """Why the request is not authentic, or None. ``headers`` have lower-case names."""
-    if config.format == "interactions":
-        found = _ed25519_problem(config, headers, body, None)
-        return None if found is None else found[1]
     header = SIGNATURE_HEADERS[config.format]
-    given = headers.get(header)
+    why = _secret_problem(config, header, headers.get(header), body)
+    return None if why is None else (header, why)
+
+
+def _secret_problem(
+    config: InstanceConfig, header: str, given: str | None, body: bytes
+) -> str | None:
+    """Why a request signed with the instance's shared secret (an HMAC, or Evolution's
+    API key sent as is) is not authentic, or None."""
     if config.format == "cloud":
         assert config.app_secret is not None
         return _hmac_problem(header, given, config.app_secret.get_secret_value(), body)
