@@ -38,6 +38,7 @@ DEFAULT_SECRETS_DIR = Path("/run/secrets/jetsource")
 # off) up to 65535. A larger one used to pass the settings and fail at bind time, or
 # never (a disabled-looking metrics port), with no word of which variable was wrong.
 MAX_PORT = 65535
+Port = Annotated[int, Field(ge=0, le=MAX_PORT)]
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -230,7 +231,7 @@ class GrpcServerSettings(BaseModel):
     auth_tokens: list[SecretStr] = Field(default_factory=list)
     max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_inflight_per_client: int = Field(default=64, ge=1)
-    health_port: int = Field(default=0, ge=0, le=MAX_PORT)
+    health_port: Port = 0
 
 
 class GrpcClientSettings(BaseModel):

@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field
 
 from jetsource.core.logging import setup_logging
 from jetsource.core.runner import EXIT_ACCESS_DENIED
-from jetsource.core.settings import JetsourceSettings
+from jetsource.core.settings import MAX_PORT, JetsourceSettings
 
 log = logging.getLogger("jetsource.workers")
 
@@ -209,19 +209,20 @@ def serve_workers(
         )
         return EXIT_ACCESS_DENIED
     last = options.metrics_port + WORKER_METRICS_STEP * (workers - 1)
-    if options.metrics_port and last > 65535:
+    if options.metrics_port and last > MAX_PORT:
         # Else the last worker refused its own environment's port, one the operator
         # never set ("JETSOURCE_PUBLISHER__METRICS_PORT='65600'"), after the others began.
         log.error(
-            "%s cannot start: %s.workers=%d puts worker %d's /metrics on %d, above 65535: "
+            "%s cannot start: %s.workers=%d puts worker %d's /metrics on %d, above %d: "
             "set %sMETRICS_PORT to at most %d (or 0: no /metrics)",
             name,
             name,
             workers,
             workers - 1,
             last,
+            MAX_PORT,
             prefix,
-            65535 - WORKER_METRICS_STEP * (workers - 1),
+            MAX_PORT - WORKER_METRICS_STEP * (workers - 1),
         )
         return EXIT_ACCESS_DENIED
     return supervise(

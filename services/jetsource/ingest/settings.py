@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 
+from jetsource.core.settings import Port
 from jetsource.domains.omni.settings import INSTANCE_NAME, InstanceConfig, OmniOptions
 from jetsource.projection.settings import ProjectorSettings
 
@@ -23,10 +24,10 @@ from jetsource.projection.settings import ProjectorSettings
 class IngestOptions(BaseModel):
     host: str = "127.0.0.1"
     # Webhooks, REST reads (/api/v1/), OpenAPI (/openapi.json, /docs), /healthz, /metrics.
-    http_port: int = Field(default=8088, ge=0, le=65535)
+    http_port: Port = 8088
     # OmniQueryService (gRPC); 0 picks a free port.
     grpc_host: str = "127.0.0.1"
-    grpc_port: int = Field(default=50054, ge=0, le=65535)
+    grpc_port: Port = 50054
     max_concurrent_rpcs: int = Field(default=1000, ge=1)
     # How often OmniQueryService's gRPC health checks NATS and Valkey (NOT_SERVING while
     # the reads cannot be answered, as the other query services'); /healthz asks at once.

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from jetsource.core.settings import BucketName, JetsourceSettings
+from jetsource.core.settings import BucketName, JetsourceSettings, Port
 from jetsource.domains.process.claims import DEFAULT_BUCKET
 
 
@@ -10,10 +10,8 @@ class ObserverOptions(BaseModel):
     """``JETSOURCE_OBSERVER__...``"""
 
     grpc_host: str = "127.0.0.1"
-    grpc_port: int = Field(default=50053, ge=0, le=65535)
-    metrics_port: int = Field(
-        default=9105, ge=0, le=65535, description="Prometheus /metrics; 0 disables"
-    )
+    grpc_port: Port = 50053
+    metrics_port: Port = Field(default=9105, description="Prometheus /metrics; 0 disables")
     max_concurrent_rpcs: int = Field(default=512, ge=1)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     # What one event may carry: larger payloads are refused (INVALID_ARGUMENT naming it).

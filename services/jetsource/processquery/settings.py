@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from jetsource.core.settings import Port
 from jetsource.projection.settings import ProjectorSettings
 
 
 class ProcessQueryOptions(BaseModel):
     grpc_host: str = "127.0.0.1"
-    grpc_port: int = Field(default=50055, ge=0, le=65535)
-    metrics_port: int = Field(default=9106, ge=0, le=65535)  # 0 disables /metrics
+    grpc_port: Port = 50055
+    metrics_port: Port = 9106  # 0 disables /metrics
     store_probe_s: float = Field(default=2.0, gt=0)
     max_concurrent_rpcs: int = Field(default=1000, ge=1)
     default_deadline_s: float = Field(default=5.0, gt=0)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from jetsource.core.settings import BucketName, JetsourceSettings, StreamName, SubjectPrefix
+from jetsource.core.settings import BucketName, JetsourceSettings, Port, StreamName, SubjectPrefix
 from jetsource.projection.partitions import PartitionOptions
 
 
@@ -11,7 +11,7 @@ class ProjectorOptions(BaseModel):
 
     host: str = "127.0.0.1"
     # /metrics (Prometheus) and /healthz on one HTTP port; 0 disables both.
-    http_port: int = Field(default=9102, ge=0, le=65535)
+    http_port: Port = 9102
     # The read models to run; empty: every default model of every registered domain.
     models: list[str] = Field(default_factory=list)
     # The module whose REGISTRY lists the domains (the one place they are registered).

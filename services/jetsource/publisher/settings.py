@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from jetsource.core.settings import JetsourceSettings
+from jetsource.core.settings import JetsourceSettings, Port
 from jetsource.core.workers import WorkerFields
 
 # jetsource.domains.context.commands.DEFAULT_MAX_CONTEXT_BYTES (not imported: the CLI
@@ -14,10 +14,8 @@ class PublisherOptions(WorkerFields):
     """``JETSOURCE_PUBLISHER__...``"""
 
     grpc_host: str = "127.0.0.1"
-    grpc_port: int = Field(default=50051, ge=0, le=65535)
-    metrics_port: int = Field(
-        default=9101, ge=0, le=65535, description="Prometheus /metrics; 0 disables"
-    )
+    grpc_port: Port = 50051
+    metrics_port: Port = Field(default=9101, description="Prometheus /metrics; 0 disables")
     # Conflicts without an expected version are retried after a reload, with jitter.
     conflict_retries: int = Field(default=20, ge=0)
     conflict_backoff_s: float = Field(default=0.005, ge=0)

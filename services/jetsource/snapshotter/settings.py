@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from jetsource.core.settings import Port
 from jetsource.domains.context.snapshots_model import SNAPSHOTS
 from jetsource.projection.settings import ProjectorOptions, ProjectorSettings
 
@@ -10,7 +11,7 @@ class SnapshotterOptions(ProjectorOptions):
     """``JETSOURCE_SNAPSHOTTER__...``: the projector runtime's options, for the one
     ``snapshots`` model. How often and how many snapshots: ``JETSOURCE_SNAPSHOTS__...``."""
 
-    http_port: int = Field(default=9103, ge=0, le=65535)
+    http_port: Port = 9103
     models: list[str] = Field(default_factory=lambda: [SNAPSHOTS])
 
 

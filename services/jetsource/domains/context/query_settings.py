@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from jetsource.core.settings import Port
 from jetsource.core.workers import WorkerFields
 from jetsource.projection.settings import ProjectorSettings
 
@@ -12,8 +13,8 @@ class QueryOptions(WorkerFields):
     ``JETSOURCE_PROJECTOR__...`` so both services agree."""
 
     grpc_host: str = "127.0.0.1"
-    grpc_port: int = Field(default=50052, ge=0, le=65535)
-    metrics_port: int = Field(default=9104, ge=0, le=65535)  # 0 disables /metrics
+    grpc_port: Port = 50052
+    metrics_port: Port = 9104  # 0 disables /metrics
     # How often health checks NATS, Valkey and the graph store (NOT_SERVING while one
     # does not answer).
     store_probe_s: float = Field(default=2.0, gt=0)
