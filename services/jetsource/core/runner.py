@@ -54,12 +54,7 @@ def load_settings(name: str, settings_class: type[S]) -> S:
     except pydantic.ValidationError as exc:
         setup_logging(name, "INFO", json=_json_logs())
         _exit(EXIT_BAD_SETTING, f"{name} cannot start: {settings_error(exc, settings_class)}", name)
-    setup_logging(
-        name,
-        settings.log_level,
-        json=settings.log_json,
-        repeat_window_s=settings.log_repeat_window_s,
-    )
+    _logging_of(name, settings)
     problems = missing_files(settings)
     problems = problems or tls_problems(settings)
     if problems:
@@ -68,6 +63,16 @@ def load_settings(name: str, settings_class: type[S]) -> S:
     for line in unknown_variables(settings_class, os.environ):
         log.warning("%s", line)
     return settings
+
+
+def _logging_of(name: str, settings: JetsourceSettings) -> None:
+    """The process's logging as ``settings`` say (again: it replaces the handler)."""
+    setup_logging(
+        name,
+        settings.log_level,
+        json=settings.log_json,
+        repeat_window_s=settings.log_repeat_window_s,
+    )
 
 
 def _json_logs() -> bool | None:
@@ -89,12 +94,7 @@ def use_uvloop() -> None:
 
 
 def run_service(name: str, settings: S, serve: Callable[[S], Coroutine[Any, Any, None]]) -> None:
-    setup_logging(
-        name,
-        settings.log_level,
-        json=settings.log_json,
-        repeat_window_s=settings.log_repeat_window_s,
-    )
+    _logging_of(name, settings)
     telemetry.setup_tracing(name, settings.otel)
     use_uvloop()
     code = 0
