@@ -244,3 +244,61 @@ def test_tokens_identify_clients_and_a_wrong_token_is_not_counted() -> None:
     assert guard._admit(good) is None
     guard._leave(client)
     assert guard.inflight == {}
+
+
+HEALTH = "/grpc.health.v1.Health"
+REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+NOT_PROTOBUF = (b"\xff\xff\xff", b"\x0a\x02\xc3\x28")  # corrupt; a string that is not UTF-8
+
+
+async def _refused_body(channel: grpc.aio.Channel, method: str, body: bytes) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        if method == REFLECTION:
+            async for _ in channel.stream_stream(method)(iter([body]), timeout=5):
+                pass
+        elif method.endswith("/Watch"):
+            async for _ in channel.unary_stream(method)(body, timeout=5):
+                pass
+        else:
+            await channel.unary_unary(method)(body, timeout=5)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, info.value.details())
+    assert "request body" in (info.value.details() or "")
+
+
+async def test_health_and_reflection_refuse_a_body_that_is_no_request(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Health and reflection were served with grpc.aio's own parsing: a body that is not
+    protobuf was UNKNOWN ("Unexpected <class DecodeError>") with a traceback in the
+    server's log, on the service port and on the separate health port."""
+    from jetsource.devstack.servers import free_port
+
+    endpoint = await start_grpc(
+        lambda server: pb_grpc.add_ContextCommandServiceServicer_to_server(
+            ContextCommandService(Gate()), server
+        ),
+        SERVICE,
+        "127.0.0.1:0",
+        16,
+        GrpcServerSettings(health_port=free_port()),
+    )
+    try:
+        for port in (endpoint.port, endpoint.health_port):
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                methods = [f"{HEALTH}/Check", f"{HEALTH}/Watch"]
+                if port == endpoint.port:
+                    methods.append(REFLECTION)
+                for method in methods:
+                    for body in NOT_PROTOBUF:
+                        await _refused_body(channel, method, body)
+                # Good requests are answered as before, Watch's stream included.
+                health_stub = health_pb2_grpc.HealthStub(channel)
+                request = health_pb2.HealthCheckRequest(service=SERVICE)
+                check = await health_stub.Check(request)
+                assert check.status == health_pb2.HealthCheckResponse.SERVING
+                async for watched in health_stub.Watch(request, timeout=5):
+                    assert watched.status == health_pb2.HealthCheckResponse.SERVING
+                    break
+        assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+    finally:
+        await endpoint.stop(0)

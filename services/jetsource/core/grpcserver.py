@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import inspect
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -366,8 +367,10 @@ class Guard:
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """``handler`` of ``method`` (``/package.Service/Method``) behind the guard; the
         health service's handlers as they are."""
-        if handler is None or method.startswith(HEALTH_PREFIX):
+        if handler is None:
             return handler
+        if method.startswith(HEALTH_PREFIX):
+            return _parsed_only(handler)
         # Requests arrive as bytes and are parsed here, so a body that is not valid
         # protobuf is INVALID_ARGUMENT (grpc.aio's own deserializer answers UNKNOWN).
         parse = handler.request_deserializer
@@ -433,7 +436,68 @@ class Guard:
             return grpc.stream_unary_rpc_method_handler(
                 client_streaming, None, handler.response_serializer
             )
-        return handler  # no bidi-streaming RPCs in jetsource
+        # Bidi-streaming: only reflection (open, as health is: neither authenticated
+        # nor counted), its bodies parsed here as well.
+        return _parsed_only(handler)
+
+
+async def _parsed_or_refused(
+    context: grpc.aio.ServicerContext, parse: Callable[[bytes], Any], body: bytes
+) -> Any:
+    try:
+        return _parse(parse, body)
+    except RpcError as error:
+        await abort(context, error)
+
+
+def _parsed_only(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """``handler`` (health, reflection) with its request bodies parsed here, nothing
+    else added: grpc.aio's own deserializer answers a body that is not protobuf (or a
+    string that is not UTF-8) UNKNOWN naming the exception, with a traceback in the
+    log; here it is INVALID_ARGUMENT naming the request body."""
+    parse = handler.request_deserializer
+    if parse is None:
+        return handler
+    serialize = handler.response_serializer
+    if handler.unary_unary is not None:
+        unary_inner = handler.unary_unary
+
+        async def unary(body: bytes, context: grpc.aio.ServicerContext) -> Any:
+            return await unary_inner(await _parsed_or_refused(context, parse, body), context)
+
+        return grpc.unary_unary_rpc_method_handler(unary, None, serialize)
+    if handler.unary_stream is not None:
+        stream_inner = handler.unary_stream
+        if inspect.isasyncgenfunction(stream_inner):
+
+            async def yielding(body: bytes, context: grpc.aio.ServicerContext) -> Any:
+                request = await _parsed_or_refused(context, parse, body)
+                async for item in stream_inner(request, context):
+                    yield item
+
+            return grpc.unary_stream_rpc_method_handler(yielding, None, serialize)
+
+        async def writing(body: bytes, context: grpc.aio.ServicerContext) -> None:
+            # A handler that sends with context.write (health's Watch), not by yielding.
+            await stream_inner(await _parsed_or_refused(context, parse, body), context)
+
+        return grpc.unary_stream_rpc_method_handler(writing, None, serialize)
+    if handler.stream_stream is not None:
+        bidi_inner = handler.stream_stream
+
+        async def bidi(bodies: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
+            async def requests() -> AsyncIterator[Any]:
+                async for body in bodies:
+                    yield _parse(parse, body)
+
+            try:
+                async for item in bidi_inner(requests(), context):
+                    yield item
+            except RpcError as error:
+                await abort(context, error)
+
+        return grpc.stream_stream_rpc_method_handler(bidi, None, serialize)
+    return handler
 
 
 class _GuardedHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
@@ -550,7 +614,13 @@ async def start_grpc(
     health_port = 0
     if s.health_port:
         health_server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if share_port else 0)])
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        health_pb2_grpc.add_HealthServicer_to_server(
+            health_servicer,
+            cast(
+                grpc.aio.Server,
+                GuardedRegistry(health_server, Guard([], s.max_inflight_per_client)),
+            ),
+        )
         host = target.rsplit(":", 1)[0]
         health_target = f"{host}:{s.health_port}"
         health_port = _listen(
