@@ -109,6 +109,7 @@ def _message_create(dp: _Dispatch) -> list[NormalizedEvent]:
     if ref is not None:
         if ref.opt_int("type") == 1:  # a forward
             md.forwarded = True
+            _forward(ev, d, ref)
         elif ref.has("message_id"):
             md.quoted.message_id = ref.req_str("message_id")
             quoted = d.opt_obj("referenced_message")
@@ -125,6 +126,20 @@ def _message_create(dp: _Dispatch) -> list[NormalizedEvent]:
         ev.thread_id = ev.channel_id
         md.thread.thread_id = ev.channel_id
     return [ev]
+
+
+def _forward(ev: NormalizedEvent, d: Node, ref: Node) -> None:
+    """A forwarded message: the forward itself carries no content of its own, only the
+    reference to the original and ``message_snapshots``, the original's content as it was
+    (text, attachments, stickers, embeds). That content is the event's (it was dropped:
+    a forward was stored as an empty message of no content type)."""
+    md = ev.metadata
+    for key in ("message_id", "channel_id", "guild_id"):
+        if ref.has(key):
+            md.extra[f"forwarded_{key}"] = ref.req_str(key)
+    snapshots = list(d.objs("message_snapshots"))
+    if snapshots and not ev.content_type:
+        _content(ev, snapshots[0].obj("message"))
 
 
 def _content(ev: NormalizedEvent, d: Node) -> None:
@@ -187,6 +202,13 @@ def _content(ev: NormalizedEvent, d: Node) -> None:
         ev.content_type = pb.CONTENT_TYPE_TEXT
     elif d.raw.get("embeds") or d.raw.get("components"):
         ev.content_type = pb.CONTENT_TYPE_OTHER
+    if not any(parts):
+        # A message of embeds only (a bot's or a webhook's, often): their words are its text
+        # (it was stored with none). Beside content, an embed is mostly a link's preview.
+        for e in d.objs("embeds"):
+            parts.extend((e.opt_str("title"), e.opt_str("description")))
+            for f in e.objs("fields"):
+                parts.extend((f.opt_str("name"), f.opt_str("value")))
     ev.content_text = " ".join(p for p in parts if p)
 
 

@@ -115,8 +115,25 @@ def _message(
             md.quoted.sender_handle = context.opt_str("from")
             md.quoted.forwarded = context.opt_bool("forwarded")
         md.forwarded = context.opt_bool("forwarded") or context.opt_bool("frequently_forwarded")
+    referral = msg.opt_obj("referral")
+    if referral is not None:  # a click-to-WhatsApp ad or post the user came from
+        _scalars(md.extra, "referral_", referral)
+        welcome = referral.opt_obj("welcome_message")
+        if welcome is not None:
+            md.extra["referral_welcome_message"] = welcome.opt_str("text")
     _content(ev, msg, kind)
     return ev
+
+
+def _scalars(extra: Any, prefix: str, node: Node) -> None:
+    """A provider block's text, number and boolean fields into ``extra`` (``prefix`` + key),
+    as strings; objects and lists are left to the raw archive."""
+    for key in sorted(node.raw):
+        value = node.raw[key]
+        if isinstance(value, bool):
+            extra[prefix + key] = "true" if value else "false"
+        elif isinstance(value, str | int | float):
+            extra[prefix + key] = str(value)
 
 
 def _content(ev: NormalizedEvent, msg: Node, kind: str) -> None:
@@ -184,12 +201,28 @@ def _content(ev: NormalizedEvent, msg: Node, kind: str) -> None:
                     md.extra[f"system_{key}"] = system.raw[key]
             if ev.content_text:
                 ev.content_type = pb.CONTENT_TYPE_TEXT
-    else:
-        # unsupported, order, and kinds newer than this normalizer: still a message, kept whole
-        # in the raw archive; errors Meta attaches (unsupported) are carried along.
+    elif kind == "order":
+        order = msg.obj("order")
         ev.content_type = pb.CONTENT_TYPE_OTHER
+        ev.content_text = order.opt_str("text")
+        md.extra["order_catalog_id"] = order.opt_str("catalog_id")
+        items = list(order.objs("product_items"))
+        md.extra["order_items"] = str(len(items))
+        for i, item in enumerate(items):
+            _scalars(md.extra, f"order_item_{i}_", item)
+    else:
+        # unsupported and kinds newer than this normalizer: still a message, kept whole in
+        # the raw archive. The kind WhatsApp could not deliver (``unsupported.type``: an
+        # edit, a poll, a video note, ...) and the errors Meta attaches are carried along.
+        ev.content_type = pb.CONTENT_TYPE_OTHER
+        block = msg.opt_obj(kind) if isinstance(msg.raw.get(kind), Mapping) else None
+        if block is not None and isinstance(block.raw.get("type"), str):
+            md.extra[f"{kind}_type"] = block.req_str("type")
         for i, err in enumerate(msg.objs("errors")):
             md.extra[f"error_{i}"] = f"{err.opt_int('code')} {err.opt_str('title')}".strip()
+            data = err.opt_obj("error_data")
+            if data is not None and data.opt_str("details"):
+                md.extra[f"error_{i}_details"] = data.opt_str("details")
 
 
 def _media(ev: NormalizedEvent, media: Node, kind: str) -> None:
@@ -299,9 +332,18 @@ def _status(ctx: Context, status: Node, business: str) -> NormalizedEvent:
         origin = conversation.opt_obj("origin")
         if origin is not None:
             receipt.conversation_category = origin.opt_str("type")
+        if conversation.has("expiration_timestamp"):
+            ev.metadata.extra["conversation_expiration_timestamp"] = str(
+                conversation.opt_int("expiration_timestamp")
+            )
     pricing = status.opt_obj("pricing")
-    if pricing is not None and not receipt.conversation_category:
-        receipt.conversation_category = pricing.opt_str("category")
+    if pricing is not None:
+        if not receipt.conversation_category:
+            receipt.conversation_category = pricing.opt_str("category")
+        _scalars(ev.metadata.extra, "pricing_", pricing)
+    if status.has("biz_opaque_callback_data"):
+        # what the business sent with the message to find it again in its receipts
+        ev.metadata.extra["biz_opaque_callback_data"] = status.req_str("biz_opaque_callback_data")
     return ev
 
 

@@ -1,0 +1,184 @@
+"""Provider details the fixtures did not carry, kept on the normalized event instead of
+dropped: Discord forwards (``message_snapshots``) and embed-only messages; WhatsApp Cloud
+referrals, orders, the kind behind ``unsupported`` and a receipt's pricing, conversation
+expiry and ``biz_opaque_callback_data``. Payloads written from Meta's messages webhook
+reference and Discord's message object reference."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from jetsource._gen.omni.v1 import events_pb2 as pb
+from jetsource.domains.omni.normalize import normalize
+
+NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+META = {"display_phone_number": "15550783881", "phone_number_id": "106540352242922"}
+
+
+def one(provider: str, body: dict[str, Any]) -> pb.NormalizedEvent:
+    events = normalize(provider, "acme", body, NOW, "raw-1")
+    assert len(events) == 1, events
+    return events[0]
+
+
+def cloud(value: dict[str, Any]) -> dict[str, Any]:
+    value = {"messaging_product": "whatsapp", "metadata": META, **value}
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "WABA", "changes": [{"field": "messages", "value": value}]}],
+    }
+
+
+def cloud_message(kind: str, **fields: Any) -> dict[str, Any]:
+    msg = {"from": "16505551234", "id": f"wamid.{kind}", "timestamp": "1796047200", "type": kind}
+    return cloud({"messages": [{**msg, **fields}]})
+
+
+def gateway(**d: Any) -> dict[str, Any]:
+    message = {
+        "id": "1300000000000000001",
+        "channel_id": "200",
+        "guild_id": "300",
+        "author": {"id": "111", "username": "alice"},
+        "content": "",
+        "timestamp": "2026-11-30T14:00:00.000000+00:00",
+        "type": 0,
+        "attachments": [],
+        "embeds": [],
+        "mentions": [],
+    }
+    return {"op": 0, "t": "MESSAGE_CREATE", "s": 5, "d": {**message, **d}}
+
+
+def test_discord_forward_carries_the_forwarded_content_and_where_it_came_from() -> None:
+    e = one(
+        "discord",
+        gateway(
+            message_reference={
+                "type": 1,
+                "message_id": "1299",
+                "channel_id": "201",
+                "guild_id": "300",
+            },
+            message_snapshots=[
+                {
+                    "message": {
+                        "type": 0,
+                        "content": "the release is out",
+                        "timestamp": "2026-11-29T10:00:00+00:00",
+                        "attachments": [
+                            {
+                                "id": "9",
+                                "filename": "notes.png",
+                                "content_type": "image/png",
+                                "size": 10,
+                                "url": "https://cdn.discordapp.com/x/notes.png",
+                            }
+                        ],
+                        "embeds": [],
+                    }
+                }
+            ],
+        ),
+    )
+    assert e.metadata.forwarded
+    assert e.content_type == pb.CONTENT_TYPE_IMAGE
+    assert e.content_text == "the release is out notes.png"
+    assert [m.media_id for m in e.metadata.media] == ["9"]
+    assert e.content_media_url == "https://cdn.discordapp.com/x/notes.png"
+    extra = e.metadata.extra
+    assert (extra["forwarded_message_id"], extra["forwarded_channel_id"]) == ("1299", "201")
+    assert not e.metadata.quoted.message_id  # a forward is no reply
+
+
+def test_discord_message_of_embeds_only_is_searchable_by_their_words() -> None:
+    embed = {
+        "title": "Build failed",
+        "description": "job 42",
+        "fields": [{"name": "branch", "value": "main"}],
+    }
+    e = one("discord", gateway(embeds=[embed]))
+    assert e.content_type == pb.CONTENT_TYPE_OTHER
+    assert e.content_text == "Build failed job 42 branch main"
+    # beside content an embed is a link's preview: the content alone is the text
+    e = one("discord", gateway(content="see https://x.example", embeds=[embed]))
+    assert e.content_text == "see https://x.example"
+
+
+def test_cloud_unsupported_names_the_kind_whatsapp_could_not_deliver() -> None:
+    error = {
+        "code": 131051,
+        "title": "Message type unknown",
+        "message": "Message type unknown",
+        "error_data": {"details": "Message type is currently not supported."},
+    }
+    e = one("whatsapp", cloud_message("unsupported", unsupported={"type": "poll"}, errors=[error]))
+    assert e.content_type == pb.CONTENT_TYPE_OTHER
+    assert e.metadata.extra["type"] == "unsupported"
+    assert e.metadata.extra["unsupported_type"] == "poll"
+    assert e.metadata.extra["error_0"] == "131051 Message type unknown"
+    assert e.metadata.extra["error_0_details"] == "Message type is currently not supported."
+
+
+def test_cloud_referral_and_order_are_kept_in_extra() -> None:
+    referral = {
+        "source_url": "https://fb.me/ad",
+        "source_id": "120",
+        "source_type": "ad",
+        "headline": "Winter sale",
+        "body": "Half off",
+        "media_type": "image",
+        "ctwa_clid": "ARA-clid",
+        "welcome_message": {"text": "Hi there"},
+    }
+    e = one("whatsapp", cloud_message("text", text={"body": "Is it on?"}, referral=referral))
+    assert e.content_text == "Is it on?"
+    extra = e.metadata.extra
+    assert extra["referral_source_url"] == "https://fb.me/ad"
+    assert extra["referral_source_type"] == "ad"
+    assert extra["referral_ctwa_clid"] == "ARA-clid"
+    assert extra["referral_headline"] == "Winter sale"
+    assert extra["referral_welcome_message"] == "Hi there"
+
+    order = {
+        "catalog_id": "cat-1",
+        "text": "two please",
+        "product_items": [
+            {"product_retailer_id": "sku-1", "quantity": 2, "item_price": 9.5, "currency": "USD"}
+        ],
+    }
+    e = one("whatsapp", cloud_message("order", order=order))
+    assert e.content_type == pb.CONTENT_TYPE_OTHER
+    assert e.content_text == "two please"
+    extra = e.metadata.extra
+    assert (extra["order_catalog_id"], extra["order_items"]) == ("cat-1", "1")
+    assert extra["order_item_0_product_retailer_id"] == "sku-1"
+    assert (extra["order_item_0_quantity"], extra["order_item_0_item_price"]) == ("2", "9.5")
+
+
+def test_cloud_receipt_keeps_pricing_conversation_expiry_and_callback_data() -> None:
+    status = {
+        "id": "wamid.S",
+        "status": "delivered",
+        "timestamp": "1796047200",
+        "recipient_id": "16505551234",
+        "biz_opaque_callback_data": "order-77",
+        "conversation": {
+            "id": "conv-1",
+            "expiration_timestamp": "1796133600",
+            "origin": {"type": "marketing"},
+        },
+        "pricing": {"billable": True, "pricing_model": "PMP", "type": "regular", "category": "x"},
+    }
+    e = one("whatsapp", cloud({"statuses": [status]}))
+    receipt = e.metadata.receipt
+    assert (receipt.provider_conversation_id, receipt.conversation_category) == (
+        "conv-1",
+        "marketing",
+    )
+    extra = e.metadata.extra
+    assert extra["biz_opaque_callback_data"] == "order-77"
+    assert extra["conversation_expiration_timestamp"] == "1796133600"
+    assert (extra["pricing_billable"], extra["pricing_pricing_model"]) == ("true", "PMP")
+    assert (extra["pricing_type"], extra["pricing_category"]) == ("regular", "x")
