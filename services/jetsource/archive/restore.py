@@ -19,6 +19,7 @@ from typing import Any
 from jetsource.archive.segment import ArchivedMessage
 from jetsource.archive.store import Archive
 from jetsource.core.errors import JetsourceError
+from jetsource.eventstore import horizon as horizons
 from jetsource.eventstore import jsapi
 from jetsource.eventstore.jetstream import H_RECORDED_AT
 from jetsource.eventstore.jsapi import Replies
@@ -117,6 +118,17 @@ async def restore(
     if existing is not None and not resuming and int(existing["state"].get("messages", 0)) > 0:
         raise RestoreError(f"stream {target} exists and holds messages: restore into a new one")
     merged: dict[int, ArchivedMessage] = {m.seq: m for m in await archive.messages()}
+    # What compaction purged must be in this archive, or the new stream would lack it
+    # (written with gaps, exit 0: an archive URL other than the one compaction wrote to).
+    missing = archive.unlisted(
+        await archive.entries(), await horizons.read_all(replies, source, timeout)
+    )
+    if missing:
+        raise RestoreError(
+            f"{len(missing)} archive segments holding purged events of {source} are not "
+            f"in the archive at {archive.objects.location}: " + "; ".join(missing.values()),
+            "JETSOURCE_ARCHIVE__URL",
+        )
     live = await _live_messages(replies, source, timeout) if source != target else []
     for m in live:
         merged[m.seq] = m
@@ -194,6 +206,11 @@ async def restore(
         ack = await jsapi.publish(
             replies, jsapi.OutMessage(rewrite(m.subject, prefixes), m.data, headers), timeout
         )
+        if ack.stream != target:  # a subject outside the new stream's: never another's
+            raise RestoreError(
+                f"sequence {seq} of {source} ({m.subject}) went to stream {ack.stream}, "
+                f"not {target}: its subject is outside {source}'s subjects"
+            )
         if ack.seq != seq or ack.duplicate:
             raise RestoreError(
                 f"sequence {seq} of {source} was written as {ack.seq} in {target}"

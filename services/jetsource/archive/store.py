@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 from jetsource.archive import segment
 from jetsource.archive.objectstore import ObjectStore
 from jetsource.archive.segment import ArchivedMessage, SegmentError
 from jetsource.core.clock import format_rfc3339_ns, now_ns
+from jetsource.eventstore.horizon import Horizon
 
 # Decoded segments kept per process (a segment of 10,000 events is a few MB decoded);
 # readers keep the events of each aggregate they read besides.
@@ -156,7 +157,7 @@ class Archive:
                 if data is None:
                     continue
                 try:
-                    self._entries[key] = SegmentEntry.decode(data, key)
+                    self._entries[key] = self._own(SegmentEntry.decode(data, key), key)
                 except SegmentError as exc:
                     if strict:
                         raise
@@ -169,8 +170,20 @@ class Archive:
             data = await self.objects.get(key)
             if data is None:
                 return None
-            self._entries[key] = SegmentEntry.decode(data, key)
+            self._entries[key] = self._own(SegmentEntry.decode(data, key), key)
         return self._entries[key]
+
+    def _own(self, entry: SegmentEntry, key: str) -> SegmentEntry:
+        """``entry`` when it is one of this stream's; a SegmentError naming ``key``
+        when it is another stream's (copied into this stream's folder): its messages
+        would be read as this stream's (verify passed it, and a restore wrote another
+        stream's messages under their own subjects, into that other stream)."""
+        if entry.stream != self.stream or not entry.name.startswith(self._seg_prefix):
+            raise SegmentError(
+                f"{key}: an entry of stream {entry.stream!r} (segment {entry.name}), not of "
+                f"{self.stream!r}: copied from another stream's archive?"
+            )
+        return entry
 
     def _check(self, entry: SegmentEntry, blob: bytes | None) -> list[ArchivedMessage]:
         if blob is None:
@@ -178,6 +191,11 @@ class Archive:
         if len(blob) != entry.size or segment.checksum(blob) != entry.sha256:
             raise SegmentError(f"{entry.name}: checksum differs from the manifest's")
         header, messages = segment.decode(blob)
+        if header.get("stream") != self.stream:
+            raise SegmentError(
+                f"{entry.name}: a segment of stream {header.get('stream')!r}, not of "
+                f"{self.stream!r}"
+            )
         if (header["count"], header["first_seq"], header["last_seq"]) != (
             entry.count,
             entry.first_seq,
@@ -197,14 +215,41 @@ class Archive:
                 self._segments.pop(next(iter(self._segments)))
         return messages
 
-    async def verify(self) -> VerifyReport:
+    def unlisted(
+        self, entries: Sequence[SegmentEntry], horizons: Mapping[str, Horizon]
+    ) -> dict[str, str]:
+        """Segments the stream's horizons name (their events were purged from the live
+        stream) that no manifest entry of ``entries`` names -> what is wrong: the
+        archive does not hold that history (another folder or bucket than the one
+        compaction wrote to, or a segment and its entry removed)."""
+        listed = {e.name for e in entries} | {self._segment_key(k) for k in self.unreadable}
+        named_by: dict[str, list[str]] = {}
+        for aggregate_id, h in sorted(horizons.items()):
+            for name in h.segments:
+                if name not in listed:
+                    named_by.setdefault(name, []).append(aggregate_id)
+        out = {}
+        for name, ids in sorted(named_by.items()):
+            some = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+            out[name] = (
+                f"{name}: named by the horizon of {len(ids)} aggregates ({some}), whose "
+                f"events before it were purged, but in no manifest entry at "
+                f"{self.objects.location}: that history is not in this archive "
+                "(check JETSOURCE_ARCHIVE__URL)"
+            )
+        return out
+
+    async def verify(self, horizons: Mapping[str, Horizon] | None = None) -> VerifyReport:
         """Every entry's segment read and checked; segments without an entry listed.
         A manifest entry that does not read is reported under ``corrupt`` (by its key)
         and the others are checked all the same; its segment, named by the entry's key,
-        is not counted an orphan."""
+        is not counted an orphan. A segment the stream's ``horizons`` name that no
+        entry names is reported under ``corrupt`` too (an archive elsewhere, or a
+        segment removed with its entry: verify said "0 segments verified", exit 0)."""
         report = VerifyReport()
         entries = await self.entries(strict=False)
         report.corrupt.update(self.unreadable)
+        report.corrupt.update(self.unlisted(entries, horizons or {}))
         named = {e.name for e in entries}
         named |= {self._segment_key(key) for key in self.unreadable}
         for entry in entries:

@@ -296,9 +296,13 @@ def verify(domain: str | None = DOMAIN, timeout: float = TIMEOUT, as_json: bool 
 
     async def work(p: Projection, s: ProjectorSettings) -> Any:
         from jetsource.archive.history import open_archive
+        from jetsource.eventstore import horizon
 
         store = _store(p, domain)
-        return await open_archive(s, store.settings.stream).verify()
+        stream = store.settings.stream
+        # The segments compaction purged on account of: each must be in the manifest.
+        horizons = await horizon.read_all(store._replies, stream, store.settings.request_timeout_s)
+        return await open_archive(s, stream).verify(horizons)
 
     report = _run(work, timeout, as_json)
     if output.mode() == output.Mode.json:

@@ -114,3 +114,29 @@ async def read(
     if raw is None or not raw.data:
         return None
     return Horizon.decode(raw.data), raw.seq
+
+
+async def read_all(replies: jsapi.Replies, stream: str, timeout: float) -> dict[str, Horizon]:
+    """Every aggregate's horizon (aggregate id -> horizon); empty when the stream was
+    never compacted (no bucket). What the archive must hold: every segment a horizon
+    names holds purged events no live stream has any more."""
+    prefix = kv_subject(stream, "")
+    out: dict[str, Horizon] = {}
+    seq = 1
+    while True:
+        try:
+            page = await jsapi.direct_get_page(
+                replies, kv_stream(stream), None, seq, jsapi.DIRECT_GET_PAGE, timeout
+            )
+        except jsapi.NoRespondersError:
+            return out
+        except jsapi.JsApiError as exc:
+            if exc.err_code == jsapi.ERR_STREAM_NOT_FOUND or exc.code == 404:
+                return out
+            raise
+        for raw in page.messages:
+            if raw.data and raw.subject.startswith(prefix):
+                out[raw.subject[len(prefix) :]] = Horizon.decode(raw.data)
+        if page.pending == 0 or not page.messages:
+            return out
+        seq = page.messages[-1].seq + 1

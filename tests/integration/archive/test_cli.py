@@ -89,6 +89,11 @@ async def test_archive_commands(nats_server: Server, nc: Any, unique: str, tmp_p
     listed = ok(env, "list")
     assert len(listed) == 1 and listed[0]["aggregates"]["cli1"]["last_version"] == 20
     assert ok(env, "verify")["corrupt"] == {}
+    # Another folder than the one compaction wrote to: the horizons name the segment it
+    # purged on account of (verify said "0 segments verified", exit 0).
+    elsewhere = cli(env | {"JETSOURCE_ARCHIVE__URL": str(tmp_path / "elsewhere")}, "verify")
+    assert elsewhere.returncode == 1, elsewhere.stdout + elsewhere.stderr
+    assert listed[0]["name"] in elsewhere.stdout and "JETSOURCE_ARCHIVE__URL" in elsewhere.stdout
     # Segment files no manifest names: in the stream's folder, and outside every
     # stream's folder (these were passed over); named in the text output too.
     strays = [f"segments/AE_{unique}/stray.seg", "stray.seg", "segments/stray.seg"]
