@@ -1,7 +1,8 @@
 """Provider details the fixtures did not carry, kept on the normalized event instead of
 dropped: Discord forwards (``message_snapshots``) and embed-only messages; WhatsApp Cloud
 referrals, orders, the kind behind ``unsupported`` and a receipt's pricing, conversation
-expiry and ``biz_opaque_callback_data``. Payloads written from Meta's messages webhook
+expiry and ``biz_opaque_callback_data``; Evolution status updates and broadcasts by the
+member who posted or read them. Payloads written from Meta's messages webhook
 reference and Discord's message object reference."""
 
 from __future__ import annotations
@@ -182,3 +183,52 @@ def test_cloud_receipt_keeps_pricing_conversation_expiry_and_callback_data() -> 
     assert extra["conversation_expiration_timestamp"] == "1796133600"
     assert (extra["pricing_billable"], extra["pricing_pricing_model"]) == ("true", "PMP")
     assert (extra["pricing_type"], extra["pricing_category"]) == ("regular", "x")
+
+
+def evolution(event: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "event": event,
+        "instance": "acme-evo",
+        "sender": "5511987650000@s.whatsapp.net",
+        "date_time": "2026-11-30T14:00:00.000Z",
+        "data": data,
+    }
+
+
+def test_evolution_status_update_is_from_its_poster_not_from_status_broadcast() -> None:
+    """A status update (Baileys' ``status@broadcast`` chat) names its poster in the key's
+    ``participant``, as a group message names its author."""
+    data = {
+        "key": {
+            "remoteJid": "status@broadcast",
+            "fromMe": False,
+            "id": "3EB0STATUS1",
+            "participant": "5511912345678@s.whatsapp.net",
+        },
+        "pushName": "Ana",
+        "message": {"conversation": "at the beach"},
+        "messageType": "conversation",
+        "messageTimestamp": 1796047300,
+    }
+    e = one("whatsapp", evolution("messages.upsert", data))
+    assert (e.sender_handle, e.conversation_id) == ("5511912345678", "status@broadcast")
+    assert e.recipient_handle == "5511987650000"
+
+
+def test_evolution_views_of_a_status_or_broadcast_are_one_receipt_per_member() -> None:
+    """Two contacts viewing the business's own status (or reading a broadcast list's
+    message): two receipts, not the second taken for a re-delivery of the first."""
+    for chat in ("status@broadcast", "1796047300@broadcast"):
+        ids = []
+        for member in ("5511911111111", "5511922222222"):
+            data = {
+                "keyId": "3EB0MYSTATUS",
+                "remoteJid": chat,
+                "fromMe": True,
+                "participant": f"{member}@s.whatsapp.net",
+                "status": "READ",
+            }
+            e = one("whatsapp", evolution("messages.update", data))
+            assert e.recipient_handle == member, chat
+            ids.append(e.id)
+        assert len(set(ids)) == 2, chat

@@ -109,6 +109,15 @@ def handle(jid: str) -> str:
     return jid
 
 
+def shared_chat(jid: str) -> bool:
+    """A chat of many people, whose messages and receipts name the member in the key's
+    ``participant``: a group (``@g.us``), or a broadcast (``status@broadcast``, the
+    status updates people post; ``<id>@broadcast``, a broadcast list). A status update
+    was taken for a message from ``status@broadcast``: every contact's status was one
+    sender, and two contacts' views of one's own status one receipt (the second lost)."""
+    return jid.lower().endswith(("@g.us", "@broadcast"))
+
+
 class _Envelope:
     def __init__(self, ctx: Context, root: Node) -> None:
         self.ctx = ctx
@@ -128,7 +137,7 @@ class _Envelope:
     def route(self, ev: NormalizedEvent, key: Node) -> None:
         """Direction, sender, recipient and conversation from a message key."""
         remote = key.req_str("remoteJid")
-        group = remote.lower().endswith("@g.us")
+        group = shared_chat(remote)
         chat = remote if group else _person(key, "remoteJid", "remoteJidAlt", ev)
         ev.conversation_id = ev.channel_id = chat
         if key.opt_bool("fromMe"):
@@ -469,10 +478,10 @@ def _update(env: _Envelope, data: Node) -> list[NormalizedEvent]:
     if not isinstance(state, str) or state.upper() not in _RECEIPTS:
         raise Malformed(data.at("status"), f"unknown message status {raw!r}")
     state = state.upper()
-    # In a group each member's receipt of one message comes on its own, naming the
-    # member (participant): the member is part of the id (every receipt after the
+    # In a group (or of a broadcast) each member's receipt of one message comes on its
+    # own, naming the member (participant): the member is part of the id (every receipt after the
     # first of a state was taken for a re-delivery of it, and lost).
-    group = key.req_str("remoteJid").lower().endswith("@g.us")
+    group = shared_chat(key.req_str("remoteJid"))
     member = _person(key, "participant", "participantAlt", None) if group else ""
     ev = env.event(f"{msg_id}:{state}:{member}" if member else f"{msg_id}:{state}")
     env.route(ev, key)
