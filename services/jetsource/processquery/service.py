@@ -438,9 +438,10 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
             started = _window("started", request.started, request.HasField("started"))
             size = _page_size(request.page_size, self.o)
             bound = json.dumps([statuses, kind, root, parent, started])
-            if started != (None, None) and not (parent or root or kind or len(statuses) == 1):
-                # Only a start window (and statuses): the start-time index, newest
-                # started first.
+            if started != (None, None) and not (parent or root or kind):
+                # Only a start window (and any statuses, one too): the start-time
+                # index, newest started first. One status took the status index, in
+                # first-appearance order, so the order changed with the statuses asked.
                 return await self._by_start(started, statuses, size, bound, request.page_token)
             below = (
                 self.tokens.read("ListProcesses", bound, request.page_token)
