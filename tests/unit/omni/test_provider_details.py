@@ -10,8 +10,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from jetsource._gen.omni.v1 import events_pb2 as pb
-from jetsource.domains.omni.normalize import normalize
+from jetsource.domains.omni.normalize import Malformed, normalize
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 META = {"display_phone_number": "15550783881", "phone_number_id": "106540352242922"}
@@ -232,3 +234,46 @@ def test_evolution_views_of_a_status_or_broadcast_are_one_receipt_per_member() -
             assert e.recipient_handle == member, chat
             ids.append(e.id)
         assert len(set(ids)) == 2, chat
+
+
+def test_cloud_user_known_only_by_business_scoped_id_is_a_sender_and_a_recipient() -> None:
+    """Meta's usernames (2026): a user who adopted one and hides their number comes with
+    ``from_user_id`` (``contacts[].user_id``) and no ``from``; receipts of messages to
+    them with ``recipient_user_id``. Both were 422 naming ``from`` / ``recipient_id``."""
+    bsuid = "US.13491208655302741918"
+    contacts = [{"profile": {"name": "Bob", "username": "@bob"}, "user_id": bsuid}]
+    msg = {"from_user_id": bsuid, "id": "wamid.U1", "timestamp": "1796047200", "type": "text"}
+    e = one(
+        "whatsapp", cloud({"contacts": contacts, "messages": [{**msg, "text": {"body": "hi"}}]})
+    )
+    assert (e.sender_handle, e.conversation_id, e.sender_name) == (bsuid, bsuid, "Bob")
+    assert e.content_text == "hi"
+
+    # with the number beside it, the number stays the handle (as before, and as on
+    # Evolution) and the id is kept
+    both = {**msg, "from": "16505551234", "text": {"body": "hi"}}
+    e = one("whatsapp", cloud({"messages": [both]}))
+    assert e.sender_handle == "16505551234"
+    assert e.metadata.extra["from_user_id"] == bsuid
+
+    status = {
+        "id": "wamid.S",
+        "status": "read",
+        "timestamp": "1796047200",
+        "recipient_user_id": bsuid,
+    }
+    e = one("whatsapp", cloud({"statuses": [status]}))
+    assert (e.recipient_handle, e.conversation_id) == (bsuid, bsuid)
+
+    echo = {"to_user_id": bsuid, "id": "wamid.E", "timestamp": "1796047200", "type": "text"}
+    body = cloud({"message_echoes": [{**echo, "text": {"body": "hello"}}]})
+    body["entry"][0]["changes"][0]["field"] = "smb_message_echoes"
+    e = one("whatsapp", body)
+    assert (e.direction, e.recipient_handle) == (pb.DIRECTION_OUTBOUND, bsuid)
+
+
+def test_cloud_message_with_neither_number_nor_user_id_names_from() -> None:
+    msg = {"id": "wamid.N", "timestamp": "1796047200", "type": "text", "text": {"body": "x"}}
+    with pytest.raises(Malformed) as refused:
+        normalize("whatsapp", "acme", cloud({"messages": [msg]}), NOW, "raw-1")
+    assert refused.value.field == "entry[0].changes[0].value.messages[0].from"

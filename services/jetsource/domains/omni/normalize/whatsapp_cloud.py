@@ -77,12 +77,36 @@ def _business(value: Node) -> str:
 
 
 def _profile_names(value: Node) -> dict[str, str]:
+    """Each user's profile name, by their number (``wa_id``) and by their business-scoped
+    user id (``user_id``: a user who adopted a username may come with that alone)."""
     names = {}
     for contact in value.objs("contacts"):
         profile = contact.opt_obj("profile")
-        if profile is not None and contact.has("wa_id"):
-            names[contact.req_str("wa_id")] = profile.opt_str("name")
+        if profile is None:
+            continue
+        for key in ("wa_id", "user_id"):
+            if contact.has(key):
+                names[contact.req_str(key)] = profile.opt_str("name")
     return names
+
+
+def _user(node: Node, key: str, extra: Any) -> str:
+    """A WhatsApp user's handle from ``key`` (``from``, ``to``, ``recipient_id``): their
+    phone number, the handle Evolution and earlier webhooks give them; or, since Meta's
+    usernames (2026), their business-scoped user id (``from_user_id``, ``to_user_id``,
+    ``recipient_user_id``: ``US.13491208655302741918``), which is all a webhook carries
+    of a user who adopted a username and hides their number (such a message was
+    refused, 422 naming ``from``, and lost after Meta's retries). The id is kept in
+    ``extra`` when both come."""
+    user_key = f"{key.removesuffix('_id')}_user_id"
+    if node.has(key):
+        number = node.req_handle(key)
+        if node.has(user_key):
+            extra[user_key] = node.req_handle(user_key)
+        return number
+    if node.has(user_key):
+        return node.req_handle(user_key)
+    return node.req_handle(key)  # Malformed, naming the phone number's field
 
 
 def _message(
@@ -95,11 +119,11 @@ def _message(
     if outbound:
         ev.direction = pb.DIRECTION_OUTBOUND
         ev.sender_handle = business
-        ev.recipient_handle = msg.req_handle("to")
+        ev.recipient_handle = _user(msg, "to", ev.metadata.extra)
         other = ev.recipient_handle
     else:
         ev.direction = pb.DIRECTION_INBOUND
-        ev.sender_handle = msg.req_handle("from")
+        ev.sender_handle = _user(msg, "from", ev.metadata.extra)
         ev.recipient_handle = business
         ev.sender_name = names.get(ev.sender_handle, "")
         other = ev.sender_handle
@@ -311,7 +335,8 @@ def _status(ctx: Context, status: Node, business: str) -> NormalizedEvent:
         ev.recipient_handle = member
     else:
         ev = ctx.event(FORMAT, f"{wamid}:{state}")
-        ev.conversation_id = ev.channel_id = ev.recipient_handle = status.req_handle("recipient_id")
+        recipient = _user(status, "recipient_id", ev.metadata.extra)
+        ev.conversation_id = ev.channel_id = ev.recipient_handle = recipient
     ev.event_type = pb.EVENT_TYPE_STATUS
     ev.direction = pb.DIRECTION_OUTBOUND
     ev.sender_handle = business
