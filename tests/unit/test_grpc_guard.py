@@ -302,3 +302,72 @@ async def test_health_and_reflection_refuse_a_body_that_is_no_request(
         assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
     finally:
         await endpoint.stop(0)
+
+
+async def test_open_health_watches_and_reflection_streams_cannot_crowd_out_the_service() -> None:
+    """Health's Watch and reflection's streams need no token and stay open as long as
+    their client likes; they were counted nowhere, so a client without a token filled
+    the server's max_concurrent_rpcs with them and every client with a token was then
+    refused ("Concurrent RPC limit exceeded"). Now they take at most a quarter of it
+    (and at most max_inflight_per_client per client): past that RESOURCE_EXHAUSTED."""
+    gate = Gate()
+    gate.release.set()
+    endpoint = await start_grpc(
+        lambda server: pb_grpc.add_ContextCommandServiceServicer_to_server(
+            ContextCommandService(gate), server
+        ),
+        SERVICE,
+        "127.0.0.1:0",
+        8,
+        GrpcServerSettings(auth_tokens=[SecretStr(TOKEN)], max_inflight_per_client=64),
+    )
+    address = f"127.0.0.1:{endpoint.port}"
+    try:
+        async with grpc.aio.insecure_channel(address) as intruder:
+            health_stub = health_pb2_grpc.HealthStub(intruder)
+            reflect = reflection_pb2_grpc.ServerReflectionStub(intruder)
+            watches = [
+                health_stub.Watch(health_pb2.HealthCheckRequest(service=f"s{i}"), timeout=10)
+                for i in range(8)
+            ]
+            answers = await asyncio.gather(*(w.read() for w in watches), return_exceptions=True)
+            held = [a for a in answers if not isinstance(a, BaseException)]
+            refused = [a for a in answers if isinstance(a, grpc.aio.AioRpcError)]
+            assert len(held) == 2 and len(refused) == 6, answers  # a quarter of 8
+            assert {e.code() for e in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+            assert "max_concurrent_rpcs" in (refused[0].details() or "")
+            with pytest.raises(grpc.aio.AioRpcError) as busy:
+                async for _ in reflect.ServerReflectionInfo(
+                    iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
+                ):
+                    pass
+            assert busy.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+            # A client with a token is served meanwhile, and health's Check stays open.
+            async with grpc.aio.insecure_channel(address) as channel:
+                stub = pb_grpc.ContextCommandServiceStub(channel)
+                done = await stub.CreateContext(_create("w1"), metadata=AUTH, timeout=5)
+                assert done.result.version == 1
+                check = await health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=SERVICE), timeout=5
+                )
+                assert check.status == health_pb2.HealthCheckResponse.SERVING
+            for w in watches:
+                w.cancel()
+            # Watches that ended are counted out (the server side ends just after the
+            # client's): reflection answers again.
+            names: list[str] = []
+            for _ in range(200):
+                try:
+                    async for response in reflect.ServerReflectionInfo(
+                        iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+                        timeout=10,
+                    ):
+                        names += [s.name for s in response.list_services_response.service]
+                    break
+                except grpc.aio.AioRpcError as exc:
+                    assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    await asyncio.sleep(0.01)
+            assert SERVICE in names
+    finally:
+        await endpoint.stop(0)

@@ -302,12 +302,18 @@ class Guard:
     interceptor costs every call a coroutine chain, closures and a new method handler,
     and grpc.aio's main loop waits on one pending call future per registered method."""
 
-    def __init__(self, tokens: list[str], max_inflight: int) -> None:
+    def __init__(self, tokens: list[str], max_inflight: int, max_open: int = 0) -> None:
         self._tokens = [t.encode() for t in tokens]
         self._max = max_inflight
         # client -> calls in flight; a client with none has no entry (a plain dict: a
         # Counter's missing key is a Python-level __missing__ call on every first call)
         self.inflight: dict[str, int] = {}
+        # Health's Watch and reflection's streams need no token and stay open as long as
+        # their client likes: counted per client (its connection without a valid token)
+        # and, all together, at most ``max_open`` (0: no bound), so a client without a
+        # token cannot fill the server's max_concurrent_rpcs with them.
+        self._open_max = max_open
+        self.open = 0
 
     def _client(self, context: grpc.aio.ServicerContext) -> str | None:
         """The caller's identity, or None when its token is missing or wrong."""
@@ -356,6 +362,40 @@ class Guard:
             await self._refuse(context)
         return client
 
+    def _admit_open(self, context: grpc.aio.ServicerContext) -> str | None:
+        """The caller of a health Watch or reflection stream, counted in; None when it
+        must be refused (no token asked)."""
+        if self._open_max and self.open >= self._open_max:
+            return None
+        client = self._client(context) or str(context.peer())
+        calls = self.inflight.get(client, 0)
+        if calls >= self._max:
+            return None
+        self.inflight[client] = calls + 1
+        self.open += 1
+        return client
+
+    async def enter_open(self, context: grpc.aio.ServicerContext) -> str:
+        client = self._admit_open(context)
+        if client is None:
+            if self._open_max and self.open >= self._open_max:
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"{self._open_max} health watch and reflection streams are open on this "
+                    "server (a quarter of its max_concurrent_rpcs); retry when some end",
+                )
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"this client already has {self._max} calls in flight "
+                "(max_inflight_per_client); retry when some finish",
+            )
+            raise AssertionError("abort returned")  # pragma: no cover
+        return client
+
+    def leave_open(self, client: str) -> None:
+        self.open -= 1
+        self._leave(client)
+
     def _leave(self, client: str) -> None:
         inflight = self.inflight
         calls = inflight[client] - 1
@@ -370,7 +410,7 @@ class Guard:
         if handler is None:
             return handler
         if method.startswith(HEALTH_PREFIX):
-            return _parsed_only(handler)
+            return _parsed_only(handler, self)
         # Requests arrive as bytes and are parsed here, so a body that is not valid
         # protobuf is INVALID_ARGUMENT (grpc.aio's own deserializer answers UNKNOWN).
         parse = handler.request_deserializer
@@ -438,7 +478,7 @@ class Guard:
             )
         # Bidi-streaming: only reflection (open, as health is: neither authenticated
         # nor counted), its bodies parsed here as well.
-        return _parsed_only(handler)
+        return _parsed_only(handler, self)
 
 
 async def _parsed_or_refused(
@@ -450,14 +490,16 @@ async def _parsed_or_refused(
         await abort(context, error)
 
 
-def _parsed_only(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """``handler`` (health, reflection) with its request bodies parsed here, nothing
-    else added: grpc.aio's own deserializer answers a body that is not protobuf (or a
-    string that is not UTF-8) UNKNOWN naming the exception, with a traceback in the
-    log; here it is INVALID_ARGUMENT naming the request body."""
+def _parsed_only(handler: grpc.RpcMethodHandler, guard: Guard) -> grpc.RpcMethodHandler:
+    """``handler`` (health, reflection) with its request bodies parsed here, and its
+    streams counted by ``guard`` (no token asked): grpc.aio's own deserializer answers
+    a body that is not protobuf (or a string that is not UTF-8) UNKNOWN naming the
+    exception, with a traceback in the log; here it is INVALID_ARGUMENT naming the
+    request body."""
     parse = handler.request_deserializer
     if parse is None:
         return handler
+    enter, leave = guard.enter_open, guard.leave_open
     serialize = handler.response_serializer
     if handler.unary_unary is not None:
         unary_inner = handler.unary_unary
@@ -472,14 +514,23 @@ def _parsed_only(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 
             async def yielding(body: bytes, context: grpc.aio.ServicerContext) -> Any:
                 request = await _parsed_or_refused(context, parse, body)
-                async for item in stream_inner(request, context):
-                    yield item
+                client = await enter(context)
+                try:
+                    async for item in stream_inner(request, context):
+                        yield item
+                finally:
+                    leave(client)
 
             return grpc.unary_stream_rpc_method_handler(yielding, None, serialize)
 
         async def writing(body: bytes, context: grpc.aio.ServicerContext) -> None:
             # A handler that sends with context.write (health's Watch), not by yielding.
-            await stream_inner(await _parsed_or_refused(context, parse, body), context)
+            request = await _parsed_or_refused(context, parse, body)
+            client = await enter(context)
+            try:
+                await stream_inner(request, context)
+            finally:
+                leave(client)
 
         return grpc.unary_stream_rpc_method_handler(writing, None, serialize)
     if handler.stream_stream is not None:
@@ -490,11 +541,14 @@ def _parsed_only(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
                 async for body in bodies:
                     yield _parse(parse, body)
 
+            client = await enter(context)
             try:
                 async for item in bidi_inner(requests(), context):
                     yield item
             except RpcError as error:
                 await abort(context, error)
+            finally:
+                leave(client)
 
         return grpc.stream_stream_rpc_method_handler(bidi, None, serialize)
     return handler
@@ -589,7 +643,10 @@ async def start_grpc(
         ("grpc.so_reuseport", 1 if share_port else 0),
     ]
     server = grpc.aio.server(maximum_concurrent_rpcs=max_concurrent_rpcs, options=options)
-    registry = GuardedRegistry(server, Guard(tokens, s.max_inflight_per_client))
+    # Open health watches and reflection streams (no token asked): at most a quarter
+    # of the calls the server takes, so they never crowd out the service's own.
+    max_open = max(1, max_concurrent_rpcs // 4)
+    registry = GuardedRegistry(server, Guard(tokens, s.max_inflight_per_client, max_open))
     add_servicer(cast(grpc.aio.Server, registry))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registry)
@@ -618,7 +675,7 @@ async def start_grpc(
             health_servicer,
             cast(
                 grpc.aio.Server,
-                GuardedRegistry(health_server, Guard([], s.max_inflight_per_client)),
+                GuardedRegistry(health_server, Guard([], s.max_inflight_per_client, max_open)),
             ),
         )
         host = target.rsplit(":", 1)[0]
