@@ -26,9 +26,15 @@ Measured on nats-server 2.15.1:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-from jetsource.core.errors import EventStoreUnavailableError
+import nats.errors
+import nats.js.errors
+
+from jetsource.core.errors import EventStoreUnavailableError, StreamMissingError
+from jetsource.eventstore import jsapi
 
 
 @dataclass(frozen=True)
@@ -134,3 +140,29 @@ def refused_from(exc: BaseException, stream: str) -> JetStreamRefusedError | Non
     if not isinstance(err_code, int):
         return None
     return refused(err_code, str(getattr(exc, "description", "")), stream)
+
+
+@contextlib.contextmanager
+def writes_to(stream: str, missing: str = "") -> Iterator[None]:
+    """Name what JetStream said to a write to ``stream`` (an event stream, a KV bucket's
+    ``KV_<bucket>``, an archive) in the caller's terms: no stream there (no responders,
+    or err_code 10059) is ``StreamMissingError`` naming it (``missing`` adds what to do);
+    a refusal of the server's own (full, sealed, disabled: :data:`REFUSALS`) is
+    :class:`JetStreamRefusedError`. Both are answered UNAVAILABLE / 503 by the services
+    (retry later, the same ids). Other API errors pass through for the caller to judge
+    (a wrong last sequence is a lost compare-and-set, not a fault). jsapi's errors and
+    nats-py's (its ``kv`` calls) alike."""
+    try:
+        yield
+    except (jsapi.NoRespondersError, nats.errors.NoRespondersError):
+        raise StreamMissingError(
+            f"stream {stream} does not exist" + (f": {missing}" if missing else "")
+        ) from None
+    except (jsapi.JsApiError, nats.js.errors.APIError) as exc:
+        if exc.err_code == jsapi.ERR_STREAM_NOT_FOUND:
+            raise StreamMissingError(
+                f"stream {stream} not found" + (f": {missing}" if missing else "")
+            ) from exc
+        if (named := refused_from(exc, stream)) is not None:
+            raise named from exc
+        raise

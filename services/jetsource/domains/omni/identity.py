@@ -84,7 +84,7 @@ from jetsource.domains.omni.identity_rules import (
 )
 from jetsource.domains.omni.normalize.common import MAX_HANDLE, has_surrogate
 from jetsource.domains.omni.settings import OmniOptions
-from jetsource.eventstore import jsapi
+from jetsource.eventstore import jsapi, refusals
 from jetsource.eventstore.jetstream import JetStreamEventStore
 from jetsource.eventstore.jsapi import JsApiError, OutMessage
 
@@ -272,7 +272,8 @@ class IdentityService:
         (``STREAM.MSG.GET``, as nats-py's ``kv.get`` reads it: nats-py makes buckets
         without direct gets, and the previous release made this one)."""
         request = {"last_by_subj": self._subject(key)}
-        raw = await jsapi.leader_get(await self._api(), self._stream, request, self._timeout)
+        with refusals.writes_to(self._stream, self._missing):
+            raw = await jsapi.leader_get(await self._api(), self._stream, request, self._timeout)
         if raw is None:
             return Entry("", -1, 0)
         owner, seq = parse_entry(raw.data, raw.headers)
@@ -287,12 +288,21 @@ class IdentityService:
         headers[EXPECTED_LAST_SUBJECT_SEQ] = str(revision)
         message = OutMessage(self._subject(key), value, headers)
         try:
-            await jsapi.publish(await self._api(), message, self._timeout)
+            # Gone, full or sealed: named (503 / UNAVAILABLE), not a 500.
+            with refusals.writes_to(self._stream, self._missing):
+                await jsapi.publish(await self._api(), message, self._timeout)
         except JsApiError as exc:
             if exc.err_code in WRONG_LAST_SEQUENCE:
                 return False
             raise
         return True
+
+    @property
+    def _missing(self) -> str:
+        return (
+            f"the handles bucket {self._o.identity_bucket} is gone; restarting the service "
+            "creates it again and settles it from the stream's links and merges"
+        )
 
     def _heard(self, key: str, seq: int, owner: str) -> None:
         """The bucket holds ``key`` at ``seq`` at least (for ``owner``)."""

@@ -11,11 +11,11 @@ from nats.aio.client import Client as NATS
 from nats.errors import ConnectionClosedError, ConnectionReconnectingError, OutboundBufferLimitError
 
 from jetsource._gen.omni.v1.raw_pb2 import RawPayload
-from jetsource.core.errors import EventStoreUnavailableError, StreamMissingError, ValidationError
+from jetsource.core.errors import EventStoreUnavailableError, ValidationError
 from jetsource.core.ids import validate_aggregate_id
 from jetsource.domains.omni.settings import OmniOptions
-from jetsource.eventstore import jsapi
-from jetsource.eventstore.jsapi import JsApiError, NoRespondersError, OutMessage
+from jetsource.eventstore import jsapi, refusals
+from jetsource.eventstore.jsapi import OutMessage
 
 _TRANSIENT = (
     TimeoutError,
@@ -92,13 +92,9 @@ class RawArchive:
     async def _call(self, fn: Any) -> Any:
         for attempt in range(self._attempts):
             try:
-                return await fn()
-            except NoRespondersError:
-                raise StreamMissingError(f"stream {self._o.raw_stream} does not exist") from None
-            except JsApiError as exc:
-                if exc.err_code == jsapi.ERR_STREAM_NOT_FOUND:
-                    raise StreamMissingError(f"stream {self._o.raw_stream} not found") from exc
-                raise
+                # Missing, full or sealed: named (503), not a 500 (refusals.writes_to).
+                with refusals.writes_to(self._o.raw_stream):
+                    return await fn()
             except _TRANSIENT as exc:
                 if attempt == self._attempts - 1:
                     raise EventStoreUnavailableError(

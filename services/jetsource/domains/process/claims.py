@@ -34,7 +34,7 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSe
 from nats.js.kv import KeyValue
 
 from jetsource.core.errors import EventStoreUnavailableError
-from jetsource.eventstore import jsapi
+from jetsource.eventstore import jsapi, refusals
 
 DEFAULT_BUCKET = "PROCESS_IDEMPOTENCY"
 
@@ -139,12 +139,21 @@ async def _each(
 
 
 @contextlib.asynccontextmanager
-async def _unavailable(what: str) -> AsyncIterator[None]:
+async def _unavailable(what: str, bucket: str) -> AsyncIterator[None]:
+    """A claims call's failures as the observer answers them (UNAVAILABLE): the bucket
+    not answering, gone (its stream deleted: named, as is what to do), or refusing to
+    store (full, sealed: named by :mod:`jetsource.eventstore.refusals`); before, a
+    refusal reached the client as INTERNAL and a deleted bucket as an inbox's name."""
+    missing = (
+        f"the process ledger's claims bucket {bucket} is gone; restarting the observer "
+        "creates it again, empty"
+    )
     try:
-        yield
+        with refusals.writes_to(f"KV_{bucket}", missing):
+            yield
     except _UNAVAILABLE as exc:
         raise EventStoreUnavailableError(
-            f"the claims bucket did not answer ({what}): {exc!r}"
+            f"the claims bucket {bucket} did not answer ({what}): {exc!r}"
         ) from exc
 
 
@@ -224,7 +233,7 @@ class KvClaims:
             return out
         if not pairs:
             return []
-        async with _unavailable("create"):
+        async with _unavailable("create", self._bucket):
             await self.kv()
             if len(pairs) == 1:  # (a Record call's claim: through the shared inbox)
                 return [await self._create_one(*pairs[0])]
@@ -251,7 +260,7 @@ class KvClaims:
         which a later request resolves; so no one-claim-per-event rule here."""
         if not pairs:
             return
-        async with _unavailable("put"):
+        async with _unavailable("put", self._bucket):
             await self.kv()
             if len(pairs) == 1:
                 await self._put_one(*pairs[0])
@@ -288,7 +297,7 @@ class KvClaims:
         return jsapi.parse_puback(msg).seq
 
     async def create(self, key: str, value: ClaimValue) -> int | None:
-        async with _unavailable("create"):
+        async with _unavailable("create", self._bucket):
             kv = await self.kv()
             try:
                 return await kv.create(key, value.encode(), validate_keys=False)
@@ -296,7 +305,7 @@ class KvClaims:
                 return None
 
     async def get(self, key: str) -> tuple[ClaimValue, int] | None:
-        async with _unavailable("get"):
+        async with _unavailable("get", self._bucket):
             kv = await self.kv()
             try:
                 entry = await kv.get(key, validate_keys=False)
@@ -307,7 +316,7 @@ class KvClaims:
         return ClaimValue.decode(entry.value), entry.revision or 0
 
     async def update(self, key: str, value: ClaimValue, revision: int) -> int | None:
-        async with _unavailable("update"):
+        async with _unavailable("update", self._bucket):
             kv = await self.kv()
             try:
                 return await kv.update(key, value.encode(), last=revision, validate_keys=False)
@@ -315,12 +324,12 @@ class KvClaims:
                 return None
 
     async def put(self, key: str, value: ClaimValue) -> None:
-        async with _unavailable("put"):
+        async with _unavailable("put", self._bucket):
             kv = await self.kv()
             await kv.put(key, value.encode(), validate_keys=False)
 
     async def delete(self, key: str, revision: int) -> None:
-        async with _unavailable("delete"):
+        async with _unavailable("delete", self._bucket):
             kv = await self.kv()
             with contextlib.suppress(KeyWrongLastSequenceError):  # taken over: theirs now
                 await kv.delete(key, last=revision, validate_keys=False)
