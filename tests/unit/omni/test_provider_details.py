@@ -277,3 +277,67 @@ def test_cloud_message_with_neither_number_nor_user_id_names_from() -> None:
     with pytest.raises(Malformed) as refused:
         normalize("whatsapp", "acme", cloud({"messages": [msg]}), NOW, "raw-1")
     assert refused.value.field == "entry[0].changes[0].value.messages[0].from"
+
+
+def interaction(data: dict[str, Any]) -> pb.NormalizedEvent:
+    body = {
+        "id": "1313571290521210883",
+        "application_id": "1309958214380990464",
+        "type": 2,
+        "token": "tok",
+        "channel_id": "1313570000000000100",
+        "guild_id": "1002",
+        "member": {"user": {"id": "80351110224678912", "username": "nelly"}},
+        "data": data,
+    }
+    events = normalize("discord", "acme-app", body, NOW, "raw-1", "interactions")
+    assert len(events) == 1, events
+    return events[0]
+
+
+def test_discord_message_command_quotes_the_message_it_was_run_on() -> None:
+    target = "1313571000000000000"
+    message = {"id": target, "content": "remember this", "author": {"id": "539082"}}
+    e = interaction(
+        {
+            "id": "1309961102276677635",
+            "name": "Save message",
+            "type": 3,
+            "target_id": target,
+            "resolved": {"messages": {target: message}},
+        }
+    )
+    quoted = e.metadata.quoted
+    assert (quoted.message_id, quoted.sender_handle, quoted.text) == (
+        target,
+        "539082",
+        "remember this",
+    )
+
+
+def test_discord_command_attachment_option_keeps_the_file() -> None:
+    attachment = {
+        "id": "1313000000000000001",
+        "filename": "invoice.pdf",
+        "content_type": "application/pdf",
+        "size": 2048,
+        "url": "https://cdn.discordapp.com/ephemeral-attachments/1/invoice.pdf",
+    }
+    e = interaction(
+        {
+            "id": "1309961102276677632",
+            "name": "upload",
+            "type": 1,
+            "options": [{"name": "file", "type": 11, "value": attachment["id"]}],
+            "resolved": {"attachments": {attachment["id"]: attachment}},
+        }
+    )
+    assert e.content_text == f"/upload file:{attachment['id']}"
+    [m] = e.metadata.media
+    assert (m.media_id, m.file_name, m.mime_type, m.size_bytes) == (
+        attachment["id"],
+        "invoice.pdf",
+        "application/pdf",
+        2048,
+    )
+    assert e.content_media_url == attachment["url"]

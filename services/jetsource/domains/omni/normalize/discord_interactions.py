@@ -191,11 +191,39 @@ def _command(ev: NormalizedEvent, data: Node) -> None:
     _options(data, words, options)
     if options:
         extra["options"] = _compact(options)
+    resolved = data.opt_obj("resolved")
     if target := data.opt_str("target_id"):
         # A user or message command: who or what it was run on.
         extra["target_id"] = target
         if ctype == 3:
-            ev.metadata.quoted.message_id = target
+            quoted = ev.metadata.quoted
+            quoted.message_id = target
+            # The message it was run on, as Discord resolved it: its author and text (a
+            # component's message is quoted so; a message command's was the id alone).
+            messages = resolved.opt_obj("messages") if resolved is not None else None
+            message = messages.opt_obj(target) if messages is not None else None
+            if message is not None:
+                author = message.opt_obj("author")
+                quoted.sender_handle = author.opt_str("id") if author is not None else ""
+                quoted.text = message.opt_str("content")
+    # Files given to attachment options (their value is only the attachment's id): the
+    # files themselves, as a message's attachments are.
+    attachments = resolved.opt_obj("attachments") if resolved is not None else None
+    if attachments is not None:
+        for key in attachments.raw:
+            a = attachments.obj(key)
+            m = ev.metadata.media.add(
+                media_id=a.opt_str("id") or key,
+                mime_type=a.opt_str("content_type"),
+                file_name=a.opt_str("filename"),
+                caption=a.opt_str("description"),
+                size_bytes=a.opt_count("size", 64),
+                width=a.opt_count("width"),
+                height=a.opt_count("height"),
+                url=a.opt_str("url"),
+            )
+            if not ev.content_media_url:
+                ev.content_media_url = m.url
     ev.content_text = " ".join(words)
 
 
