@@ -341,3 +341,39 @@ def test_discord_command_attachment_option_keeps_the_file() -> None:
         2048,
     )
     assert e.content_media_url == attachment["url"]
+
+
+def test_evolution_on_baileys_6_7_keeps_the_phone_number_of_a_lid_addressed_person() -> None:
+    """Baileys 6.7 (Evolution 2.2 to 2.3) gives the phone JID beside a LID as ``senderPn``
+    / ``participantPn`` where Baileys 7 says ``remoteJidAlt`` / ``participantAlt``: the
+    person is their number either way (a LID handle was another identity)."""
+    base = {
+        "pushName": "Ana",
+        "message": {"conversation": "oi"},
+        "messageType": "conversation",
+        "messageTimestamp": 1796047300,
+    }
+    direct = {
+        "remoteJid": "190000000000001@lid",
+        "senderPn": "5511912345678@s.whatsapp.net",
+        "fromMe": False,
+        "id": "3EB0LID1",
+    }
+    e = one("whatsapp", evolution("messages.upsert", {**base, "key": direct}))
+    assert (e.sender_handle, e.conversation_id) == ("5511912345678", "5511912345678")
+    assert e.metadata.extra["remoteJid_lid"] == "190000000000001@lid"
+
+    group = {
+        "remoteJid": "120363000000000001@g.us",
+        "participant": "190000000000001@lid",
+        "participantPn": "5511912345678@s.whatsapp.net",
+        "fromMe": False,
+        "id": "3EB0LID2",
+    }
+    e = one("whatsapp", evolution("messages.upsert", {**base, "key": group}))
+    assert (e.sender_handle, e.conversation_id) == ("5511912345678", "120363000000000001@g.us")
+
+    receipt = {**group, "fromMe": True, "keyId": "3EB0LID2", "status": "READ"}
+    del receipt["id"]
+    e = one("whatsapp", evolution("messages.update", receipt))
+    assert e.recipient_handle == "5511912345678"

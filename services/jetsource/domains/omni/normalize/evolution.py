@@ -138,7 +138,7 @@ class _Envelope:
         """Direction, sender, recipient and conversation from a message key."""
         remote = key.req_str("remoteJid")
         group = shared_chat(remote)
-        chat = remote if group else _person(key, "remoteJid", "remoteJidAlt", ev)
+        chat = remote if group else _person(key, "remoteJid", ev)
         ev.conversation_id = ev.channel_id = chat
         if key.opt_bool("fromMe"):
             ev.direction = pb.DIRECTION_OUTBOUND
@@ -147,20 +147,31 @@ class _Envelope:
         else:
             ev.direction = pb.DIRECTION_INBOUND
             if group and key.has("participant"):
-                ev.sender_handle = _person(key, "participant", "participantAlt", ev)
+                ev.sender_handle = _person(key, "participant", ev)
             else:
                 ev.sender_handle = chat
             ev.recipient_handle = self.own
 
 
-def _person(key: Node, field: str, alt_field: str, ev: NormalizedEvent | None) -> str:
+# Where a key gives the phone JID beside a LID: Baileys 7 ``remoteJidAlt`` /
+# ``participantAlt``; Baileys 6.7 (Evolution 2.2 to 2.3) ``senderPn`` / ``participantPn``
+# (before 2026-12-06 only the first were read, so a group member addressed by LID
+# under Baileys 6.7 was an identity apart from the same number's).
+_ALTERNATES = {
+    "remoteJid": ("remoteJidAlt", "senderPn"),
+    "participant": ("participantAlt", "participantPn"),
+}
+
+
+def _person(key: Node, field: str, ev: NormalizedEvent | None) -> str:
     """A person's handle from a key: the phone number where WhatsApp addresses them by LID
-    (a privacy id) and Evolution gives the phone JID beside it (``remoteJidAlt``), so that
+    (a privacy id) and Evolution gives the phone JID beside it (``_ALTERNATES``), so that
     the same person keeps one handle; the LID is kept in metadata.extra (of ``ev``, when
     given). A ``field`` that is absent or empty is "" when ``ev`` is None."""
     if ev is None and not key.opt_str(field):
         return ""
     jid = key.req_str(field)
+    alt_field = next((a for a in _ALTERNATES[field] if key.opt_str(a)), _ALTERNATES[field][0])
     alt = key.opt_str(alt_field)
     if jid.endswith("@lid") and alt and not alt.endswith("@lid"):
         if ev is not None:
@@ -482,7 +493,7 @@ def _update(env: _Envelope, data: Node) -> list[NormalizedEvent]:
     # own, naming the member (participant): the member is part of the id (every receipt after the
     # first of a state was taken for a re-delivery of it, and lost).
     group = shared_chat(key.req_str("remoteJid"))
-    member = _person(key, "participant", "participantAlt", None) if group else ""
+    member = _person(key, "participant", None) if group else ""
     ev = env.event(f"{msg_id}:{state}:{member}" if member else f"{msg_id}:{state}")
     env.route(ev, key)
     if member and key.opt_bool("fromMe"):
