@@ -377,3 +377,27 @@ def test_evolution_on_baileys_6_7_keeps_the_phone_number_of_a_lid_addressed_pers
     del receipt["id"]
     e = one("whatsapp", evolution("messages.update", receipt))
     assert e.recipient_handle == "5511912345678"
+
+
+def test_cloud_product_inquiry_and_a_newer_interactive_reply_keep_their_fields() -> None:
+    product = {"catalog_id": "cat-1", "product_retailer_id": "sku-9"}
+    e = one(
+        "whatsapp",
+        cloud_message("text", text={"body": "in blue?"}, context={"referred_product": product}),
+    )
+    assert e.metadata.extra["referred_product_catalog_id"] == "cat-1"
+    assert e.metadata.extra["referred_product_product_retailer_id"] == "sku-9"
+
+    reply = {"response": "accept", "is_permanent": False, "expiration_timestamp": 1796133600}
+    e = one(
+        "whatsapp",
+        cloud_message(
+            "interactive",
+            interactive={"type": "call_permission_reply", "call_permission_reply": reply},
+        ),
+    )
+    extra = e.metadata.extra
+    assert extra["interactive_type"] == "call_permission_reply"
+    assert extra["call_permission_reply_response"] == "accept"
+    assert extra["call_permission_reply_is_permanent"] == "false"
+    assert extra["call_permission_reply_expiration_timestamp"] == "1796133600"

@@ -139,6 +139,9 @@ def _message(
             md.quoted.sender_handle = context.opt_str("from")
             md.quoted.forwarded = context.opt_bool("forwarded")
         md.forwarded = context.opt_bool("forwarded") or context.opt_bool("frequently_forwarded")
+        product = context.opt_obj("referred_product")
+        if product is not None:  # a question about a catalog's product ("Message business")
+            _scalars(md.extra, "referred_product_", product)
     referral = msg.opt_obj("referral")
     if referral is not None:  # a click-to-WhatsApp ad or post the user came from
         _scalars(md.extra, "referral_", referral)
@@ -318,6 +321,10 @@ def _interactive(ev: NormalizedEvent, msg: Node, kind: str) -> None:
     )
     if sub == "nfm_reply":
         md.extra["response_json"] = reply.opt_str("response_json")
+    elif sub not in ("button_reply", "list_reply"):
+        # A reply of a kind newer than this normalizer (call_permission_reply, ...): its
+        # fields kept, named by the kind, rather than dropped for want of an id or title.
+        _scalars(md.extra, f"{sub}_", reply)
 
 
 def _status(ctx: Context, status: Node, business: str) -> NormalizedEvent:
