@@ -34,7 +34,7 @@ from nats.aio.client import Client as NATS
 from jetsource.core import crypto
 from jetsource.core.errors import EventStoreUnavailableError
 from jetsource.core.natsping import round_trip
-from jetsource.eventstore import jsapi
+from jetsource.eventstore import jsapi, refusals
 from jetsource.eventstore.jsapi import JsApiError, NoRespondersError, OutMessage, RawMessage
 
 DEFAULT_BUCKET = "JETSOURCE_KEYS"
@@ -104,6 +104,7 @@ class JetStreamKeyStore:
         self._sub: Any = None
         self._erased_sub: Any = None
         self._ready = False
+        self._gone = False  # the bucket's stream was found deleted (see _still_gone)
         self._lock = asyncio.Lock()
 
     # -- lifecycle --------------------------------------------------------------
@@ -177,22 +178,58 @@ class JetStreamKeyStore:
         return self._live(raw), 0 if raw is None else raw.seq
 
     async def _create(self, name: str, value: bytes) -> bytes:
-        """Put ``value`` under ``name`` unless a live value is there: return the one kept."""
+        """Put ``value`` under ``name`` unless a live value is there: return the one kept.
+
+        The bucket full or sealed is :class:`~jetsource.eventstore.refusals.JetStreamRefusedError`
+        and the bucket gone (deleted under a running process) ``StreamMissingError``,
+        both naming it (UNAVAILABLE to a client; before, INTERNAL and, after the
+        request timeout, DEADLINE_EXCEEDED)."""
         await self._ensure()
-        for _ in range(5):
-            current, seq = await self._get(name)
-            if current is not None:
-                return current
-            headers = {"Nats-Expected-Last-Subject-Sequence": str(seq)}
-            try:
-                await jsapi.publish(
-                    self._replies, OutMessage(self._subject(name), value, headers), self._timeout
-                )
-                return value
-            except JsApiError as exc:
-                if exc.err_code != jsapi.ERR_WRONG_LAST_SEQUENCE:
+        with refusals.writes_to(self.stream, self._missing):
+            if self._gone:
+                await self._still_gone()
+            for _ in range(5):
+                current, seq = await self._get(name)
+                if current is not None:
+                    return current
+                headers = {"Nats-Expected-Last-Subject-Sequence": str(seq)}
+                try:
+                    await jsapi.publish(
+                        self._replies,
+                        OutMessage(self._subject(name), value, headers),
+                        self._timeout,
+                    )
+                    return value
+                except JsApiError as exc:
+                    if exc.err_code != jsapi.ERR_WRONG_LAST_SEQUENCE:
+                        raise
+                except TimeoutError:
+                    # This store listens on the bucket's key subjects itself: with the
+                    # stream gone a write there is heard by that listener, which never
+                    # answers, instead of coming back "no responders" at once.
+                    await self._still_gone()
                     raise
         raise RuntimeError(f"key store {self.bucket}: {name} kept changing under a create")
+
+    @property
+    def _missing(self) -> str:
+        return (
+            f"the key store of personal data, bucket {self.bucket}, is gone (deleted?): "
+            "the keys it held, and so the personal values they sealed, are lost; "
+            "restarting the service creates it again, empty"
+        )
+
+    async def _still_gone(self) -> None:
+        """Ask the server whether the bucket's stream is there (quick): if not, remember
+        it (later creates ask first rather than wait out a timeout each) and raise its
+        not-found error; once it is back (made again by a restarted process), carry on."""
+        try:
+            await jsapi.api(self._replies, f"STREAM.INFO.{self.stream}", {}, self._timeout)
+        except JsApiError as exc:
+            if exc.err_code == jsapi.ERR_STREAM_NOT_FOUND:
+                self._gone = True
+            raise
+        self._gone = False
 
     async def pepper(self, create: bool) -> bytes | None:
         if self._pepper is None:
