@@ -401,3 +401,22 @@ def test_cloud_product_inquiry_and_a_newer_interactive_reply_keep_their_fields()
     assert extra["call_permission_reply_response"] == "accept"
     assert extra["call_permission_reply_is_permanent"] == "false"
     assert extra["call_permission_reply_expiration_timestamp"] == "1796133600"
+
+
+def test_evolution_update_without_a_delivery_status_is_no_deleted_receipt() -> None:
+    """Evolution sends a change of a message that is no receipt (an edit, a star) as
+    messages.update with status DELETED (no status in 2025's earlier releases); a
+    deletion is messages.delete. It was a receipt "deleted" (or 422 naming status)."""
+    key = {"keyId": "3EB0STAR", "remoteJid": "5511912345678@s.whatsapp.net", "fromMe": False}
+    ids = set()
+    for extra in ({"status": "DELETED"}, {}):
+        e = one("whatsapp", evolution("messages.update", {**key, **extra}))
+        assert e.event_type == pb.EVENT_TYPE_PROTOCOL
+        assert e.metadata.protocol.kind == "message_update"
+        assert e.metadata.extra["target_message_id"] == "3EB0STAR"
+        assert not e.metadata.HasField("receipt")
+        ids.add(e.id)
+    assert len(ids) == 2
+    # a delivery status is still a receipt
+    e = one("whatsapp", evolution("messages.update", {**key, "status": "READ"}))
+    assert e.metadata.receipt.status == pb.RECEIPT_STATUS_READ

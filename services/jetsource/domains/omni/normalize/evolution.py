@@ -62,7 +62,6 @@ _RECEIPTS = {
     "DELIVERY_ACK": pb.RECEIPT_STATUS_DELIVERED,
     "READ": pb.RECEIPT_STATUS_READ,
     "PLAYED": pb.RECEIPT_STATUS_PLAYED,
-    "DELETED": pb.RECEIPT_STATUS_DELETED,
 }
 _RECEIPT_NUMBERS = ["ERROR", "PENDING", "SERVER_ACK", "DELIVERY_ACK", "READ", "PLAYED"]
 # proto.Message.ProtocolMessage.Type, by number, for payloads that keep enums numeric.
@@ -483,7 +482,9 @@ def _update(env: _Envelope, data: Node) -> list[NormalizedEvent]:
     votes = list(data.objs("pollUpdates"))
     if votes:
         return _poll_votes(env, key, msg_id, votes)
-    raw = data.req("status")
+    raw = data.raw.get("status")
+    if raw is None or (isinstance(raw, str) and raw.upper() == "DELETED"):
+        return [_changed(env, key, msg_id, data)]
     numbered = isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw < 6
     state = _RECEIPT_NUMBERS[raw] if numbered else raw
     if not isinstance(state, str) or state.upper() not in _RECEIPTS:
@@ -503,6 +504,24 @@ def _update(env: _Envelope, data: Node) -> list[NormalizedEvent]:
     ev.metadata.receipt.target_message_id = msg_id
     ev.metadata.extra["status"] = state
     return [ev]
+
+
+def _changed(env: _Envelope, key: Node, msg_id: str, data: Node) -> NormalizedEvent:
+    """A messages.update that is no receipt: Baileys reported a change of the message
+    (an edit, a star, ...) with no delivery status, which Evolution sends as status
+    ``DELETED`` (its default since October 2025; no status at all from May 2025 to then). A
+    deletion is messages.delete; this was stored as a receipt "deleted" (a starred
+    message read as deleted), or refused 422 naming ``status``. Now a protocol event
+    naming the message."""
+    ev = env.event(f"{msg_id}:update:{digest(data.raw)}")
+    env.route(ev, key)
+    ev.event_type = pb.EVENT_TYPE_PROTOCOL
+    ev.metadata.protocol.kind = "message_update"
+    ev.metadata.protocol.detail = "messages.update with no delivery status (an edit, a star, ...)"
+    ev.metadata.extra["target_message_id"] = msg_id
+    if isinstance(data.raw.get("status"), str):
+        ev.metadata.extra["status"] = data.raw["status"]
+    return ev
 
 
 def _poll_votes(
