@@ -29,6 +29,7 @@ from jetsource.core.envelope import RecordedEvent
 from jetsource.core.errors import CorruptEventError, EventStoreUnavailableError
 from jetsource.core.ids import uuid7, validate_aggregate_id
 from jetsource.eventstore import jsapi
+from jetsource.eventstore.jetstream import JetStreamEventStore
 from jetsource.projection.bootstrap import Projection
 from jetsource.projection.contract import ReadModel, TransientError
 from jetsource.projection.control import (
@@ -442,6 +443,10 @@ async def _replay_aggregate(p: Projection, model: ReadModel, aggregate_id: str) 
     the aggregate as it was."""
     target: _Rewindable = cast(_Rewindable, model)
     name = f"replay {model.spec.name} v{model.spec.version} {aggregate_id}"
+    # The whole history, across the horizon on a compacted stream: the live stream
+    # alone answered BeyondHorizonError for a compacted story (`projector replay
+    # --aggregate`, `erase`), which was then left as it was.
+    history = whole_history(p, p.store_for(model.spec.name))
     position = await _retry(lambda: model.position(aggregate_id), name)
     events: list[RecordedEvent] = []
     heard = erasures_heard()  # the events below are opened after this many erasures
@@ -453,7 +458,7 @@ async def _replay_aggregate(p: Projection, model: ReadModel, aggregate_id: str) 
         # walked again on every attempt.
         after = events[-1].stream_seq + 1 if events else 1
         more = await _retry(
-            lambda: p.store_for(model.spec.name).read_aggregate(
+            lambda: history.read_aggregate(
                 aggregate_id, from_version=len(events) + 1, to_version=version, from_seq=after
             ),
             name,
@@ -985,6 +990,17 @@ async def _keep_progress(p: Projection, name: str, version: int, meter: Meter) -
         await asyncio.wait_for(_save_progress(p, name, version, meter), 3.0)
     except (Exception, asyncio.CancelledError) as exc:
         log.warning("%s v%d: progress not saved: %r", name, version, exc)
+
+
+def whole_history(p: Projection, store: JetStreamEventStore) -> Any:
+    """What reads one aggregate's whole history: on a compacted stream whose archive
+    is read (``JETSOURCE_ARCHIVE__READ``), the live stream with the versions before
+    each horizon from the archive; else the live store itself."""
+    if store.settings.retention != "age+compaction" or not p.settings.archive.read:
+        return store
+    from jetsource.archive.history import history_store
+
+    return history_store(store, p.settings)
 
 
 async def _from_archive(p: Projection, name: str, model: ReadModel) -> None:

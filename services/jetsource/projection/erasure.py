@@ -73,24 +73,48 @@ def check_subject(subject: str) -> None:
         )
 
 
-async def holders(store: JetStreamEventStore, ref: bytes) -> tuple[list[str], int]:
+def _archived(p: Projection, store: JetStreamEventStore) -> Any:
+    """The archive of a compacted stream (its purged events are only there), or None."""
+    if store.settings.retention != "age+compaction":
+        return None
+    from jetsource.archive.history import open_archive
+
+    return open_archive(p.settings, store.settings.stream)
+
+
+async def holders(
+    store: JetStreamEventStore, ref: bytes, archive: Any = None
+) -> tuple[list[str], int]:
     """Aggregates of a store's stream with a box under ``ref``, and how many events
-    were read (envelopes only: no payload is decoded, no key is needed)."""
+    were read (envelopes only: no payload is decoded, no key is needed). With the
+    stream's ``archive`` (a compacted stream), its sealed segments too: a story whose
+    events naming the subject were all compacted was not found, and its snapshot
+    and read models kept the subject's values in the clear."""
     await store.start()
     cfg = store.settings
     found: dict[str, None] = {}
     seen = 0
+    prefix = f"{cfg.subject_prefix}."
+
+    def look(subject: str, data: bytes) -> None:
+        envelope = EventEnvelope()
+        try:
+            envelope.ParseFromString(data)
+        except Exception:
+            return  # not an event (voided or corrupt): nothing of anyone is sealed in it
+        if any(box.key_ref == ref for box in envelope.sealed):
+            found[subject[len(prefix) :].split(".", 1)[0]] = None
+
+    if archive is not None:
+        for m in await archive.messages():
+            if m.subject.startswith(prefix):
+                seen += 1
+                look(m.subject, m.data)
     async for raw in jsapi.direct_get_batch(
         store._replies, cfg.stream, f"{cfg.subject_prefix}.>", 1, cfg.request_timeout_s
     ):
         seen += 1
-        envelope = EventEnvelope()
-        try:
-            envelope.ParseFromString(raw.data)
-        except Exception:
-            continue  # not an event (voided or corrupt): nothing of anyone is sealed in it
-        if any(box.key_ref == ref for box in envelope.sealed):
-            found[raw.subject[len(cfg.subject_prefix) + 1 :].split(".", 1)[0]] = None
+        look(raw.subject, raw.data)
     return list(found), seen
 
 
@@ -114,7 +138,8 @@ async def erase_subject(
     for store in stores[1:]:  # this process's other key stores forget it now too
         store.keys.forget(ref)
     for domain in p.domains:
-        found, seen = await holders(p.domain_store(domain.name), ref)
+        store = p.domain_store(domain.name)
+        found, seen = await holders(store, ref, _archived(p, store))
         report.scanned += seen
         if found:
             report.aggregates[domain.name] = found
@@ -235,9 +260,10 @@ async def _write_again(p: Projection, report: ErasureReport, plan: Plan, tally: 
 
 async def _resnapshot(p: Projection, model: SnapshotModel[Any], domain: str, agg: str) -> None:
     """Delete the aggregate's snapshots (securely) and take them again from its events
-    as they read now."""
+    as they read now (across the horizon on a compacted stream: read first, so a
+    read that fails leaves the snapshots there; a compacted story lost them all)."""
+    events = await admin.whole_history(p, p.domain_store(domain)).read_aggregate(agg)
     await model.rewind(agg, 0)
-    events = await p.domain_store(domain).read_aggregate(agg)
     if events:
         outcome = await model.apply(events)
         if outcome.failed or outcome.waiting:

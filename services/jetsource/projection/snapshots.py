@@ -300,7 +300,13 @@ def snapshot_decl(
     def build(env: ModelEnv, spec: ModelSpec) -> ReadModel:
         s = env.settings.snapshots
         n = every(env) if callable(every) else (every or s.every)
-        loader = StateLoader(codec, env.store, env.snapshots, s.cache_size)
+        from jetsource.archive.history import history_store
+
+        # A cold load reads across the horizon on a compacted stream (the archive read):
+        # a snapshot taken where none is kept below it (erase retaking them, a rebuild
+        # from the archive) met BeyondHorizonError from the live stream alone.
+        history = history_store(env.store, env.settings)
+        loader = StateLoader(codec, history, env.snapshots, s.cache_size)
         model: Any = SnapshotModel(spec, env.snapshots, loader, n, env.options.state_cache_size)
         return model  # type: ignore[no-any-return]
 

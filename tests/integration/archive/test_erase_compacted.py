@@ -1,0 +1,61 @@
+"""`erase` on a compacted stream (real NATS and Valkey): a story whose events naming
+the subject were all compacted into the archive was not found (the scan read the
+live stream only), and its snapshot and read model kept the subject's name in the
+clear; a story with such events on both sides of the horizon was found, but its
+snapshots were deleted and could not be taken again (the live stream alone answered
+BeyondHorizonError) and its read model was not written again. Both are now written
+again from the archive and the live stream, and nothing of the subject is left."""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import pytest
+
+from jetsource._gen.context.v1 import events_pb2 as ev
+from jetsource.core.envelope import NewEvent
+from jetsource.core.settings import JetsourceSettings
+from jetsource.projection import erasure
+from jetsource.projection.bootstrap import open_projection
+from tests.history_fixtures import save_snapshots
+from tests.integration.archive.fixtures import compact_at, compacting_settings
+from tests.projector_fixtures import build_context_v1
+
+pytestmark = pytest.mark.integration
+
+
+async def test_erase_reaches_stories_behind_the_horizon(
+    settings: JetsourceSettings, unique: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(erasure, "GRACE_S", 0.05)
+    p = await open_projection(compacting_settings(settings, unique, tmp_path / "archive"))
+    ana = f"ana-{unique}"
+    try:
+        # s1 names ana in its first event only (compacted); s2 in its first and last.
+        for story, last_author in (("s1", "bob"), ("s2", ana)):
+            created = ev.ContextCreated(title="T", created_by=ana)
+            await p.store.append(story, [NewEvent(created, metadata={"actor": ana})], 0)
+            for i in range(1, 24):
+                author = last_author if i == 23 else "bob"
+                added = ev.DecisionAdded(decision_id=f"d{i}", author=author, title="D")
+                await p.store.append(story, [NewEvent(added)], i)
+            await save_snapshots(p.snapshots, await p.store.read_aggregate(story), [16])
+        model = await build_context_v1(p)
+        last = (await p.store.read_aggregate("s2"))[-1].recorded_at_ns
+        assert (await compact_at(p, last)).report.purged == 32  # v1..16 of each
+        for story in ("s1", "s2"):
+            assert ana in repr(await model.read(story))
+
+        report = await erasure.erase_subject(p, ana)
+
+        assert report.aggregates == {"context": ["s1", "s2"]}, report.summary()
+        assert not report.failed, report.failed
+        for story in ("s1", "s2"):
+            assert ana not in repr(await model.read(story)), story
+            snapshots = await p.snapshots.history(story)
+            assert snapshots and all(
+                ana.encode() not in zlib.decompress(s.state) for s in snapshots
+            ), story
+    finally:
+        await p.close()
