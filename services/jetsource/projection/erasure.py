@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
-from jetsource.core.errors import ValidationError
+from jetsource.core.errors import JetsourceError, ValidationError
 from jetsource.eventstore import jsapi
 from jetsource.eventstore.jetstream import JetStreamEventStore
 from jetsource.projection import admin
@@ -137,13 +137,26 @@ async def erase_subject(
     report.subject_ref = ref.hex()
     for store in stores[1:]:  # this process's other key stores forget it now too
         store.keys.forget(ref)
+    unscanned: list[str] = []  # archives that did not read: said, and exit 1
     for domain in p.domains:
         store = p.domain_store(domain.name)
-        found, seen = await holders(store, ref, _archived(p, store))
+        archive = _archived(p, store)
+        try:
+            found, seen = await holders(store, ref, archive)
+        except JetsourceError as exc:  # a damaged or unreachable archive: the live rest
+            if archive is None:
+                raise
+            unscanned.append(
+                f"archive of {store.settings.stream} not scanned ({exc}): stories whose "
+                "events naming the subject are only there were not written again; run "
+                "the same erase again once `jetsource archive verify` passes"
+            )
+            found, seen = await holders(store, ref)
         report.scanned += seen
         if found:
             report.aggregates[domain.name] = found
     if not report.aggregates:
+        report.failed = unscanned
         report.seconds = time.perf_counter() - started
         return report
     # Two passes (see below), one count: progress only moves forward and ends at
@@ -164,6 +177,7 @@ async def erase_subject(
     tally.total = max(tally.total, tally.done + sum(len(ids) * len(v) for _, _, ids, v in plan))
     await _write_again(p, report, plan, tally)
     tally.finish()
+    report.failed = unscanned + report.failed
     report.seconds = time.perf_counter() - started
     return report
 

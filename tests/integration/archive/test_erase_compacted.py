@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,12 +18,30 @@ from jetsource._gen.context.v1 import events_pb2 as ev
 from jetsource.core.envelope import NewEvent
 from jetsource.core.settings import JetsourceSettings
 from jetsource.projection import erasure
-from jetsource.projection.bootstrap import open_projection
+from jetsource.projection.bootstrap import Projection, open_projection
 from tests.history_fixtures import save_snapshots
 from tests.integration.archive.fixtures import compact_at, compacting_settings
 from tests.projector_fixtures import build_context_v1
 
 pytestmark = pytest.mark.integration
+
+
+async def compacted_stories(p: Projection, ana: str) -> Any:
+    """s1 names ana in its first event only (compacted); s2 in its first and last."""
+    for story, last_author in (("s1", "bob"), ("s2", ana)):
+        created = ev.ContextCreated(title="T", created_by=ana)
+        await p.store.append(story, [NewEvent(created, metadata={"actor": ana})], 0)
+        for i in range(1, 24):
+            author = last_author if i == 23 else "bob"
+            added = ev.DecisionAdded(decision_id=f"d{i}", author=author, title="D")
+            await p.store.append(story, [NewEvent(added)], i)
+        await save_snapshots(p.snapshots, await p.store.read_aggregate(story), [16])
+    model = await build_context_v1(p)
+    last = (await p.store.read_aggregate("s2"))[-1].recorded_at_ns
+    assert (await compact_at(p, last)).report.purged == 32  # v1..16 of each
+    for story in ("s1", "s2"):
+        assert ana in repr(await model.read(story))
+    return model
 
 
 async def test_erase_reaches_stories_behind_the_horizon(
@@ -32,20 +51,7 @@ async def test_erase_reaches_stories_behind_the_horizon(
     p = await open_projection(compacting_settings(settings, unique, tmp_path / "archive"))
     ana = f"ana-{unique}"
     try:
-        # s1 names ana in its first event only (compacted); s2 in its first and last.
-        for story, last_author in (("s1", "bob"), ("s2", ana)):
-            created = ev.ContextCreated(title="T", created_by=ana)
-            await p.store.append(story, [NewEvent(created, metadata={"actor": ana})], 0)
-            for i in range(1, 24):
-                author = last_author if i == 23 else "bob"
-                added = ev.DecisionAdded(decision_id=f"d{i}", author=author, title="D")
-                await p.store.append(story, [NewEvent(added)], i)
-            await save_snapshots(p.snapshots, await p.store.read_aggregate(story), [16])
-        model = await build_context_v1(p)
-        last = (await p.store.read_aggregate("s2"))[-1].recorded_at_ns
-        assert (await compact_at(p, last)).report.purged == 32  # v1..16 of each
-        for story in ("s1", "s2"):
-            assert ana in repr(await model.read(story))
+        model = await compacted_stories(p, ana)
 
         report = await erasure.erase_subject(p, ana)
 
@@ -57,5 +63,31 @@ async def test_erase_reaches_stories_behind_the_horizon(
             assert snapshots and all(
                 ana.encode() not in zlib.decompress(s.state) for s in snapshots
             ), story
+    finally:
+        await p.close()
+
+
+async def test_an_archive_that_does_not_read_is_named_and_the_live_part_erased(
+    settings: JetsourceSettings, unique: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(erasure, "GRACE_S", 0.05)
+    root = tmp_path / "archive"
+    p = await open_projection(compacting_settings(settings, unique, root))
+    ana = f"ana-{unique}"
+    try:
+        model = await compacted_stories(p, ana)
+        for seg in root.rglob("*.seg"):  # damaged: the scan of the archive fails
+            seg.write_bytes(seg.read_bytes()[:-9])
+
+        report = await erasure.erase_subject(p, ana)
+
+        # The live stream was scanned all the same (s2), the archive named: exit 1.
+        assert report.aggregates == {"context": ["s2"]}, report.summary()
+        assert report.failed and p.store.settings.stream in report.failed[0], report.failed
+        assert "archive verify" in report.failed[0]
+        assert report.key_destroyed
+        # s2's history needs the archive too: said, left as it was, not half written.
+        assert any(f.startswith("context s2") for f in report.failed), report.failed
+        assert ana in repr(await model.read("s2"))
     finally:
         await p.close()
