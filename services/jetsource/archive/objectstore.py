@@ -14,7 +14,7 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from jetsource.core.errors import JetsourceError
 
@@ -229,7 +229,15 @@ def open_object_store(
             raise ObjectStoreError(f"archive url {url!r} names no bucket (s3://BUCKET/prefix)")
         return S3ObjectStore(parts.netloc, parts.path.strip("/"), endpoint, region)
     if parts.scheme == "file":
-        return LocalObjectStore(Path(parts.path))
+        # file:///abs/path (percent-encoded as file URLs are: %20 a space). A host was
+        # taken for nothing: file://archive was the current folder, and an encoded
+        # path named another folder than the one meant, both read as an empty archive.
+        if parts.netloc not in ("", "localhost") or not parts.path:
+            raise ObjectStoreError(
+                f"archive url {url!r}: a file URL is file:///ABSOLUTE/PATH (three slashes; "
+                f"{parts.netloc or 'nothing'} is no folder), or give the path itself"
+            )
+        return LocalObjectStore(Path(unquote(parts.path)))
     if parts.scheme:
         raise ObjectStoreError(
             f"archive url {url!r}: unknown scheme {parts.scheme!r} (a directory or s3://)"

@@ -1,0 +1,33 @@
+"""JETSOURCE_ARCHIVE__URL as a file URL: the path is percent-decoded (file URLs encode
+a space as %20), and a URL naming a host (file://archive, read as the current folder)
+is refused naming the URL, not used as an empty archive somewhere else."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jetsource.archive.objectstore import LocalObjectStore, ObjectStoreError, open_object_store
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("file:///srv/dir%20with%20spaces/%C3%A4rchiv", "/srv/dir with spaces/ärchiv"),
+        ("file://localhost/srv/archive", "/srv/archive"),
+        ("file:///srv/archive", "/srv/archive"),
+        ("/srv/a dir/ärchiv", "/srv/a dir/ärchiv"),  # a path is taken as it is
+        ("rel/archive%20x", "rel/archive%20x"),
+    ],
+)
+def test_a_file_url_names_its_folder(url: str, path: str) -> None:
+    store = open_object_store(url)
+    assert isinstance(store, LocalObjectStore) and store.root == Path(path)
+
+
+@pytest.mark.parametrize("url", ["file://archive", "file://host/srv/archive", "file://"])
+def test_a_file_url_with_a_host_or_no_path_is_refused(url: str) -> None:
+    with pytest.raises(ObjectStoreError, match="file:///ABSOLUTE/PATH") as refused:
+        open_object_store(url)
+    assert repr(url) in str(refused.value)
