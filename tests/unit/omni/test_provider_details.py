@@ -420,3 +420,19 @@ def test_evolution_update_without_a_delivery_status_is_no_deleted_receipt() -> N
     # a delivery status is still a receipt
     e = one("whatsapp", evolution("messages.update", {**key, "status": "READ"}))
     assert e.metadata.receipt.status == pb.RECEIPT_STATUS_READ
+
+
+def test_cloud_contact_shared_without_a_name_is_kept() -> None:
+    """Meta omits the contact properties a user does not share, ``name`` among them; a
+    REQUEST_CONTACT_INFO answer is a vcard and phones (``origin`` contact_request)."""
+    vcard = "BEGIN:VCARD\\nVERSION:3.0\\nTEL;type=CELL:+1 650 555 1234\\nEND:VCARD"
+    shared = {"vcard": vcard, "phones": [{"phone": "+1 650 555 1234"}]}
+    e = one(
+        "whatsapp",
+        cloud_message("contacts", contacts=[shared], origin="contact_request/other"),
+    )
+    assert e.content_type == pb.CONTENT_TYPE_CONTACT
+    [c] = e.metadata.contacts
+    assert (c.formatted_name, c.vcard, c.phones[0].phone) == ("", vcard, "+1 650 555 1234")
+    assert e.content_text == "+1 650 555 1234"
+    assert e.metadata.extra["origin"] == "contact_request/other"

@@ -180,7 +180,10 @@ def _content(ev: NormalizedEvent, msg: Node, kind: str) -> None:
         ev.content_type = pb.CONTENT_TYPE_CONTACT
         for c in msg.objs("contacts", required=True):
             md.contacts.append(_contact(c))
-        ev.content_text = " ".join(c.formatted_name for c in md.contacts if c.formatted_name)
+        shown = (c.formatted_name or (c.phones[0].phone if c.phones else "") for c in md.contacts)
+        ev.content_text = " ".join(t for t in shown if t)
+        if isinstance(msg.raw.get("origin"), str):  # contact_request/...: the button's answer
+            md.extra["origin"] = msg.raw["origin"]
     elif kind == "reaction":
         r = msg.obj("reaction")
         ev.event_type = pb.EVENT_TYPE_REACTION
@@ -283,12 +286,17 @@ def _location(loc: pb.Location, node: Node) -> None:
 
 
 def _contact(node: Node) -> pb.Contact:
-    name = node.obj("name")
+    """A shared contact. Meta: "many contact object properties may be omitted if the
+    WhatsApp user chooses not to share them, or their device prevents them from being
+    shared" (a contact without ``name`` was refused 422 naming it); one shared through a
+    REQUEST_CONTACT_INFO button carries a ``vcard``."""
+    name = node.opt_obj("name")
     org = node.opt_obj("org")
     return pb.Contact(
-        formatted_name=name.opt_str("formatted_name"),
-        first_name=name.opt_str("first_name"),
-        last_name=name.opt_str("last_name"),
+        formatted_name=name.opt_str("formatted_name") if name is not None else "",
+        first_name=name.opt_str("first_name") if name is not None else "",
+        last_name=name.opt_str("last_name") if name is not None else "",
+        vcard=node.opt_str("vcard"),
         phones=[
             pb.ContactPhone(
                 phone=p.opt_str("phone"), wa_id=p.opt_str("wa_id"), type=p.opt_str("type")
