@@ -91,9 +91,15 @@ def _run(
         wait_for_nats,
         within,
     )
-    from jetsource.core.errors import AccessDeniedError, JetsourceError, StreamMissingError
+    from jetsource.core.errors import (
+        AccessDeniedError,
+        EventStoreUnavailableError,
+        JetsourceError,
+        StreamMissingError,
+    )
     from jetsource.core.settings import redact_url
     from jetsource.eventstore import jsapi
+    from jetsource.eventstore.bootstrap import require_jetstream
     from jetsource.projection.bootstrap import open_projection
     from jetsource.projection.settings import ProjectorSettings
 
@@ -110,6 +116,7 @@ def _run(
         except TimeoutError:
             raise NatsUnreachableError("no NATS handshake") from None
         try:
+            await require_jetstream(p.nc, settings)
             return await within(max(deadline - loop.time(), 1.0), work(p, settings))
         finally:
             await p.close()
@@ -138,6 +145,8 @@ def _run(
         output.fail(REFUSED, "access denied", str(exc))
     except (StreamMissingError, jsapi.NoRespondersError) as exc:  # as in every group: exit 1
         output.missing("refused", output.stream_named(str(exc)) or str(exc))
+    except EventStoreUnavailableError as exc:  # JetStream off, a write it refused: retry later
+        output.fail(UNAVAILABLE, "unavailable", str(exc), hint="JETSOURCE_NATS__URL")
     except (JetsourceError, jsapi.JsApiError, nats_errors.Error, OSError, ValueError) as exc:
         field = getattr(exc, "field", None)
         output.fail(REFUSED, "refused", str(exc) or type(exc).__name__, field=field)
@@ -255,13 +264,18 @@ def list_(domain: str | None = DOMAIN, timeout: float = TIMEOUT, as_json: bool =
 
     async def work(p: Projection, s: ProjectorSettings) -> Any:
         from jetsource.archive.history import open_archive
+        from jetsource.eventstore import horizon
 
         store = _store(p, domain)
-        archive = open_archive(s, store.settings.stream)
+        stream = store.settings.stream
+        archive = open_archive(s, stream)
         listed = await archive.entries(strict=False)
-        return archive.objects.location, listed, archive.unreadable
+        # Segments the horizons name that no entry lists: the purged history is not here.
+        horizons = await horizon.read_all(store._replies, stream, store.settings.request_timeout_s)
+        missing = archive.unlisted(listed, horizons)
+        return archive.objects.location, listed, archive.unreadable, missing
 
-    where, entries, unreadable = _run(work, timeout, as_json)
+    where, entries, unreadable, missing = _run(work, timeout, as_json)
     if output.mode() == output.Mode.json:
         output.emit_json([asdict(e) for e in entries])
     else:
@@ -280,13 +294,15 @@ def list_(domain: str | None = DOMAIN, timeout: float = TIMEOUT, as_json: bool =
                 for e in entries
             ),
         )
-    if unreadable:  # the rest is listed above; these are named, exit 1 as verify does
-        output.fail(
-            REFUSED,
-            "refused",
-            f"{len(unreadable)} manifest entries do not read: " + "; ".join(unreadable.values()),
-            unreadable=unreadable,
-        )
+    if unreadable or missing:  # the rest is listed above; these are named, exit 1 as verify
+        said = []
+        if unreadable:
+            said.append(
+                f"{len(unreadable)} manifest entries do not read: " + "; ".join(unreadable.values())
+            )
+        if missing:
+            said.append(f"{len(missing)} segments missing: " + "; ".join(missing.values()))
+        output.fail(REFUSED, "refused", "; ".join(said), unreadable=unreadable, missing=missing)
 
 
 @app.command()

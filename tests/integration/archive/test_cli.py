@@ -94,6 +94,9 @@ async def test_archive_commands(nats_server: Server, nc: Any, unique: str, tmp_p
     elsewhere = cli(env | {"JETSOURCE_ARCHIVE__URL": str(tmp_path / "elsewhere")}, "verify")
     assert elsewhere.returncode == 1, elsewhere.stdout + elsewhere.stderr
     assert listed[0]["name"] in elsewhere.stdout and "JETSOURCE_ARCHIVE__URL" in elsewhere.stdout
+    empty = cli(env | {"JETSOURCE_ARCHIVE__URL": str(tmp_path / "elsewhere")}, "list", "--json")
+    assert empty.returncode == 1 and json.loads(empty.stdout) == [], empty.stdout + empty.stderr
+    assert listed[0]["name"] in json.loads(empty.stderr)["error"]["missing"], empty.stderr
     # Segment files no manifest names: in the stream's folder, and outside every
     # stream's folder (these were passed over); named in the text output too.
     strays = [f"segments/AE_{unique}/stray.seg", "stray.seg", "segments/stray.seg"]
