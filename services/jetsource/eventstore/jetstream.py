@@ -257,7 +257,7 @@ class JetStreamEventStore:
             try:
                 return await fn()
             except NoRespondersError:
-                raise self._stream_missing() from None
+                raise await self._not_taken() from None
             except JsApiError as exc:
                 if exc.err_code == jsapi.ERR_STREAM_NOT_FOUND:
                     raise StreamMissingError(f"stream {self._cfg.stream} not found") from exc
@@ -771,6 +771,23 @@ class JetStreamEventStore:
     def _stream_missing(self) -> StreamMissingError:
         return StreamMissingError(
             f"stream {self._cfg.stream} does not exist: create it with `jetsource streams ensure`"
+        )
+
+    async def _not_taken(self) -> StreamMissingError:
+        """Why a call had no responders: the stream is gone, or (asked once, on this
+        failure only) it is there but no longer takes this store's subjects (its
+        subjects were edited), which "does not exist" misnamed."""
+        try:
+            info = await jsapi.api(
+                self._replies, f"STREAM.INFO.{self._cfg.stream}", {}, self._cfg.request_timeout_s
+            )
+        except (JsApiError, NoRespondersError, *_TRANSIENT):
+            return self._stream_missing()
+        subjects = info.get("config", {}).get("subjects") or []
+        return StreamMissingError(
+            f"stream {self._cfg.stream} exists but does not take this store's subjects "
+            f"{self._cfg.subject_prefix}.> (its subjects are {subjects[:5]!r}; were they "
+            "edited?): put them back with `jetsource streams ensure`"
         )
 
     async def _scan(self, subject: str, from_seq: int) -> AsyncIterator[RecordedEvent]:
