@@ -72,7 +72,7 @@ async def test_a_full_key_bucket_is_named_and_the_append_resent_is_stored_once(
     again = await store.append("s1", [_decision(2, "bob")], 1)
     assert not first.duplicate and again.duplicate
     stored = await store.read_aggregate("s1")
-    assert [(e.version, e.event.author) for e in stored] == [(1, "alice"), (2, "bob")]  # type: ignore[attr-defined]
+    assert [(e.version, e.event.author) for e in stored] == [(1, "alice"), (2, "bob")]  # type: ignore[union-attr]
 
 
 async def test_a_deleted_key_bucket_is_named_at_once_after_the_first_wait(
