@@ -66,7 +66,7 @@ def _fail(
 def _run(work: Callable[[IngestSettings, Any], Awaitable[T]], as_json: bool = False) -> T:
     from jetsource.core.settings import redact_url
     from jetsource.domains.omni.identity import IdentityNotFoundError
-    from jetsource.eventstore.bootstrap import connect, release
+    from jetsource.eventstore.bootstrap import connect, release, require_jetstream
     from jetsource.ingest.settings import IngestSettings
 
     settings = IngestSettings.load()
@@ -74,6 +74,7 @@ def _run(work: Callable[[IngestSettings, Any], Awaitable[T]], as_json: bool = Fa
     async def go() -> T:
         nc = await asyncio.wait_for(connect(settings), settings.nats.connect_timeout_s + 1)
         try:
+            await require_jetstream(nc, settings)
             return await work(settings, nc)
         finally:
             await release(nc)

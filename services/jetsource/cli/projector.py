@@ -224,6 +224,7 @@ def _run(
     """``work`` on an open projection; the streams ``need`` names must exist first.
     Ctrl-C ends it with ``stopped`` (code ``cancelled``, exit 130)."""
     from jetsource.core.settings import redact_url
+    from jetsource.eventstore.bootstrap import require_jetstream
     from jetsource.projection.bootstrap import open_projection
 
     settings = _settings()
@@ -237,6 +238,7 @@ def _run(
                 f"NATS at {redact_url(settings.nats_url())} did not answer within {connect_s:g} s"
             ) from None
         try:
+            await require_jetstream(p.nc, settings)
             if need is not None:
                 await _require(p, need(p))
             return await work(p)

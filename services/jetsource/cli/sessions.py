@@ -101,6 +101,7 @@ def _run(
     from jetsource.domains.sessions.connect import open_sessions
     from jetsource.domains.sessions.service import PruneDeniedError, SessionNotFoundError
     from jetsource.domains.sessions.settings import SessionsAppSettings
+    from jetsource.eventstore.bootstrap import require_jetstream
     from jetsource.eventstore.jsapi import NoRespondersError
 
     settings = SessionsAppSettings.load()
@@ -119,6 +120,7 @@ def _run(
                 hint="JETSOURCE_NATS__URL",
             )
         try:
+            await require_jetstream(client.nc, settings)
             return await work(client)
         finally:
             await opened.__aexit__(None, None, None)

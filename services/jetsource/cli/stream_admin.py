@@ -25,7 +25,7 @@ from jetsource.core.clock import format_rfc3339_ns, now_ns
 from jetsource.core.errors import JetsourceError
 from jetsource.domains.omni.settings import OmniOptions
 from jetsource.eventstore import horizon, jsapi
-from jetsource.eventstore.bootstrap import connect, release
+from jetsource.eventstore.bootstrap import connect, release, require_jetstream
 from jetsource.eventstore.jetstream import stream_config
 from jetsource.eventstore.reshape import lift_deny_purge
 from jetsource.observer.settings import ObserverOptions
@@ -117,10 +117,21 @@ def provisioning(
     ]
 
 
+async def _require_jetstream(p: Projection, settings: ProjectorSettings) -> None:
+    """JetStream answers on ``p``'s server (:func:`require_jetstream`), else ``p`` is
+    closed and :class:`JetStreamOffError` raised."""
+    try:
+        await require_jetstream(p.nc, settings)
+    except BaseException:
+        await p.close()
+        raise
+
+
 async def ensure_all(settings: ProjectorSettings) -> list[Provisioned]:
     """Provision every stream jetsource needs; say per stream what was done."""
     p: Projection = await open_projection(settings, provision=False)
     timeout = settings.eventstore.request_timeout_s
+    await _require_jetstream(p, settings)
     replies = jsapi.Replies(p.nc)
     await replies.start()
     try:
@@ -355,6 +366,7 @@ async def backup_streams(
     backup already in ``folder`` as it was."""
     timeout = settings.eventstore.request_timeout_s
     p: Projection = await open_projection(settings, provision=False)
+    await _require_jetstream(p, settings)
     replies = jsapi.Replies(p.nc)
     await replies.start()
     done: list[StreamBackup] = []
@@ -743,6 +755,11 @@ async def restore_streams(
         decided = None
     timeout = settings.eventstore.request_timeout_s
     nc = await connect(settings)
+    try:
+        await require_jetstream(nc, settings)
+    except BaseException:
+        await release(nc)
+        raise
     replies = jsapi.Replies(nc)
     await replies.start()
     done: list[StreamRestore] = []

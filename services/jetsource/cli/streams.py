@@ -107,7 +107,7 @@ def ensure(
 
     from jetsource.cli.projector import env_seconds
     from jetsource.cli.stream_admin import _note, ensure_all
-    from jetsource.core.errors import AccessDeniedError
+    from jetsource.core.errors import AccessDeniedError, EventStoreUnavailableError
     from jetsource.core.settings import redact_url
     from jetsource.projection.settings import ProjectorSettings
 
@@ -143,6 +143,8 @@ def ensure(
         output.fail(UNAVAILABLE, "unavailable", message)
     except AccessDeniedError as exc:  # as every admin group says it (it was a repr)
         output.fail(REFUSED, "access denied", str(exc))
+    except EventStoreUnavailableError as exc:  # JetStream off, a write it refused
+        output.fail(UNAVAILABLE, "unavailable", str(exc), hint="JETSOURCE_NATS__URL")
     except _refusals(OSError) as exc:
         output.fail(REFUSED, "refused", repr(exc))
     if json_out:
@@ -233,7 +235,7 @@ def _run(
     work ran out of time (each said as such), 1 when it was refused, 130 on Ctrl-C
     (``interrupted()`` says what was left)."""
     from jetsource.cli.stream_admin import OptionError
-    from jetsource.core.errors import AccessDeniedError
+    from jetsource.core.errors import AccessDeniedError, EventStoreUnavailableError
     from jetsource.core.settings import redact_url
 
     connect_s = min(timeout, connect_timeout_s())
@@ -269,6 +271,8 @@ def _run(
         output.fail(REFUSED, "refused", str(exc), field=exc.field)
     except AccessDeniedError as exc:
         output.fail(REFUSED, "access denied", str(exc))
+    except EventStoreUnavailableError as exc:  # JetStream off, a write it refused
+        output.fail(UNAVAILABLE, "unavailable", str(exc), hint="JETSOURCE_NATS__URL")
     except _refusals(OSError, ValueError) as exc:
         output.fail(REFUSED, "refused", str(exc))
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import ssl
 from typing import Any
 
+import nats.errors
 from nats.aio.client import Client as NATS
 
 from jetsource.core.codec import EventRegistry
-from jetsource.core.errors import AccessDeniedError
+from jetsource.core.errors import AccessDeniedError, EventStoreUnavailableError
 from jetsource.core.settings import JetsourceSettings, redact_url
 from jetsource.eventstore.jetstream import JetStreamEventStore
 from jetsource.eventstore.snapshots import JetStreamSnapshotStore
@@ -114,6 +116,44 @@ async def _abandon(nc: NATS, connecting: asyncio.Future[Any]) -> None:
         await nc.close()
     with contextlib.suppress(Exception, asyncio.CancelledError):
         await asyncio.wait_for(connecting, 2)
+
+
+class JetStreamOffError(EventStoreUnavailableError):
+    """NATS answers, but its JetStream API does not (the server runs without JetStream,
+    or it is disabled for the account): nothing can be read or stored until it is on."""
+
+
+# JetStream API err_codes saying JetStream is off (nats-server's errors.json).
+_JETSTREAM_OFF = {10076: "JetStream is disabled", 10039: "JetStream is not enabled for the account"}
+
+
+async def require_jetstream(nc: NATS, settings: JetsourceSettings, timeout_s: float = 2.0) -> None:
+    """Raise :class:`JetStreamOffError` when the server ``nc`` is connected to serves
+    no JetStream API: a command then says so, naming the server and its setting,
+    instead of reading "no responders" as a missing stream or a bug. Asked once
+    (``$JS.API.INFO``); no answer in time, or one refused by permissions, decides
+    nothing (the command goes on and reports what it meets)."""
+    where = redact_url(settings.nats_url())
+    remedy = (
+        "start nats-server with JetStream (-js, or a jetstream block in its config), "
+        "or point JETSOURCE_NATS__URL at one that has it"
+    )
+    try:
+        msg = await nc.request("$JS.API.INFO", b"", timeout=timeout_s)
+    except nats.errors.NoRespondersError:
+        raise JetStreamOffError(
+            f"JetStream is not enabled on NATS at {where}: the server answers, but "
+            f"nothing serves the JetStream API; {remedy}"
+        ) from None
+    except Exception:
+        return
+    with contextlib.suppress(ValueError, AttributeError, TypeError):
+        error = json.loads(msg.data).get("error") or {}
+        said = _JETSTREAM_OFF.get(int(error.get("err_code") or 0))
+        if said:
+            raise JetStreamOffError(
+                f"{said} on NATS at {where} ({error.get('description')}); {remedy}"
+            )
 
 
 async def release(nc: NATS) -> None:
