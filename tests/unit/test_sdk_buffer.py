@@ -67,3 +67,25 @@ async def test_a_batch_in_flight_counts_against_the_buffer(
     client.close_timeout_s = 0.1
     await client.close()
     assert client.stats.dropped == 82
+
+
+async def test_a_process_interrupted_ending_is_kept_when_the_buffer_is_full(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The buffer drops the oldest event that is not a lifecycle event: the ledger's
+    fourth ending, ``process_interrupted``, went first like any tick, so the process
+    stayed running in the registry."""
+    STUBS.clear()
+    monkeypatch.setattr(observe, "pb_grpc", type("Stubs", (), {"ObserverServiceStub": HeldStub}))
+    client = Client("127.0.0.1:1", batch_size=5, buffer_size=5, flush_interval_s=0.01)
+    await client.start()
+    p = client.process("offline", kind="job")
+    await p.__aenter__()
+    p.emit("process_interrupted", {"why": "by hand"})
+    for i in range(10):
+        p.emit("tick", {"i": i})
+    held = [e.event_type for e in (*client._inflight, *client._buffer)]
+    assert held[:2] == ["process_started", "process_interrupted"], held
+    STUBS[0].release.set()
+    client.close_timeout_s = 0.1
+    await client.close()

@@ -96,7 +96,13 @@ _RETRYABLE = {
 _CALL_LIMITS = FIXED_LIMITS
 
 _LIFECYCLE = frozenset(
-    {"process_started", "process_completed", "process_failed", "process_cancelled"}
+    {
+        "process_started",
+        "process_completed",
+        "process_failed",
+        "process_cancelled",
+        "process_interrupted",
+    }
 )
 
 _current: contextvars.ContextVar[Process | None] = contextvars.ContextVar(

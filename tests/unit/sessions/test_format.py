@@ -205,3 +205,22 @@ def test_round_trip_json_canonical_json_is_lossless(
         wire = stored(event).SerializeToString()
         back = from_stored(events_pb2.StoredEvent.FromString(wire))
         assert json.loads(back.to_json()) == json.loads(text)
+
+
+def test_the_ledger_s_process_interrupted_reads_as_an_interrupted_end_and_is_reserved() -> None:
+    """The ledger's fourth ending (a raw writer's, or `observe import`'s) ends a session
+    as interrupted, as the registry lists it: it read as a plain event, so the session
+    stayed `active` in `show` and the stream reader's `list` (and `follow` never ended).
+    Users' events may not take the type: an emitted `process_interrupted` ended the
+    session's process on the ledger while the session went on."""
+    ended = events_pb2.StoredEvent(
+        event=events_pb2.CanonicalEvent(process_id=SID, event_type="process_interrupted"),
+        global_seq=7,
+        process_seq=4,
+    )
+    read = from_stored(ended)
+    assert (read.type, read.data, read.seq) == ("session_ended", {"status": "interrupted"}, 4)
+    # What it reads as imports again as the same ending status.
+    assert to_canonical(read).event_type == "process_cancelled"
+    with pytest.raises(EventFormatError, match="type"):
+        SessionEvent.from_dict(doc(type="process_interrupted", data={}))

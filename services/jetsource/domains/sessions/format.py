@@ -13,7 +13,8 @@ process lifecycle so the registry understands them with no special case:
 - ``session_ended`` is ``process_completed`` (status completed),
   ``process_failed`` (failed; ``error`` copied up for the registry) or
   ``process_cancelled`` (interrupted), each carrying the user's data under
-  ``"session"``.
+  ``"session"``; a ``process_interrupted`` (the ledger's fourth ending) reads as
+  ``session_ended`` (interrupted) too.
 
 Every other type is recorded as is, its data the payload. The user's data sits whole
 under one key, so the round trip JSON -> canonical -> JSON gives back the same
@@ -44,9 +45,13 @@ ENDINGS = {
     "failed": "process_failed",
     "interrupted": "process_cancelled",
 }
-ENDED_STATUS = {v: k for k, v in ENDINGS.items()}
-# Types a session's user data may not carry: the ledger's own lifecycle.
-RESERVED = frozenset({PROCESS_STARTED, *ENDINGS.values()})
+# What each of the ledger's endings reads as: ``process_interrupted`` too, which no
+# session writer sends but a raw one may (the registry ends the process with it, so
+# a session read it as active while the registry listed it interrupted).
+ENDED_STATUS = {**{v: k for k, v in ENDINGS.items()}, "process_interrupted": "interrupted"}
+# Types a session's user data may not carry: the ledger's own lifecycle (an emitted
+# ``process_interrupted`` ended the session's process on the ledger while it went on).
+RESERVED = frozenset({PROCESS_STARTED, *ENDED_STATUS})
 
 _TYPE = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
 MAX_TYPE_LENGTH = 64  # the ledger's bound on an event type
