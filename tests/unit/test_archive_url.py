@@ -31,3 +31,22 @@ def test_a_file_url_with_a_host_or_no_path_is_refused(url: str) -> None:
     with pytest.raises(ObjectStoreError, match="file:///ABSOLUTE/PATH") as refused:
         open_object_store(url)
     assert repr(url) in str(refused.value)
+
+
+@pytest.mark.parametrize("url", ["file://archive", "ftp://host/x", "s3:/bucket", "s3:///prefix"])
+def test_a_bad_archive_url_is_refused_when_settings_load(url: str) -> None:
+    """Checked with the other settings (exit 2 naming JETSOURCE_ARCHIVE__URL): the
+    query service and the projector ended with a traceback when they opened it."""
+    from pydantic import ValidationError
+
+    from jetsource.core.settings import ArchiveSettings
+
+    with pytest.raises(ValidationError, match="url"):
+        ArchiveSettings(url=url)
+
+
+@pytest.mark.parametrize("url", [None, "", "/srv/a dir", "rel", "file:///srv/a%20b", "s3://b/p"])
+def test_a_good_archive_url_loads(url: str | None) -> None:
+    from jetsource.core.settings import ArchiveSettings
+
+    assert ArchiveSettings(url=url).url in (url, None)

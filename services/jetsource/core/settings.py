@@ -181,6 +181,27 @@ def check_otel_endpoint(value: str | None) -> str | None:
     return text
 
 
+def check_archive_url(value: str | None) -> str | None:
+    """Where the archive is: a folder (a path, or ``file:///ABSOLUTE/PATH``) or
+    ``s3://BUCKET/prefix``. Checked when settings load (it was checked when the archive
+    was first opened: the query service and the projector ended with a traceback, a CLI
+    command only once connected); the archive's own opener checks the same."""
+    if value is None or not value.strip():
+        return None  # unset or empty: the default folder
+    parts = urlsplit(value)
+    if parts.scheme == "s3" and not parts.netloc:
+        raise ValueError(f"{value!r} names no bucket (s3://BUCKET/prefix)")
+    if parts.scheme == "file" and (parts.netloc not in ("", "localhost") or not parts.path):
+        raise ValueError(
+            f"{value!r}: a file URL is file:///ABSOLUTE/PATH (three slashes), or give the path"
+        )
+    if parts.scheme not in ("", "file", "s3"):
+        raise ValueError(
+            f"{value!r}: unknown scheme {parts.scheme!r} (a folder, file:/// or s3://)"
+        )
+    return value
+
+
 StreamName = Annotated[str, AfterValidator(check_stream_name)]
 BucketName = Annotated[str, AfterValidator(check_bucket_name)]
 SubjectPrefix = Annotated[str, AfterValidator(check_subject_prefix)]
@@ -352,7 +373,7 @@ class ArchiveSettings(BaseModel):
     the usual ``AWS_*`` credentials). Readers (query, rebuilds) read across the
     horizon only when ``read`` is true; else they answer FAILED_PRECONDITION naming it."""
 
-    url: str | None = None
+    url: Annotated[str | None, AfterValidator(check_archive_url)] = None
     read: bool = True
     endpoint: str | None = None
     region: str | None = None
