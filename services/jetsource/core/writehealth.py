@@ -49,6 +49,25 @@ def _no_names(exc: BaseException, stream: str) -> BaseException | None:
     return None
 
 
+def _full(info: Any) -> str | None:
+    """The limit a stream refuses new messages at, reached (``max_bytes (N)``,
+    ``max_msgs (N)``), or None. Only a stream that discards new messages refuses: one
+    that discards old ones takes every write, dropping its oldest. ``max_msgs`` was not
+    looked at, so health came back SERVING while every append was refused
+    ("maximum messages exceeded")."""
+    from nats.js.api import DiscardPolicy
+
+    if info.config.discard != DiscardPolicy.NEW:
+        return None
+    max_bytes = info.config.max_bytes or -1
+    if max_bytes > 0 and info.state.bytes >= max_bytes:
+        return f"max_bytes ({max_bytes})"
+    max_msgs = info.config.max_msgs or -1
+    if max_msgs > 0 and info.state.messages >= max_msgs:
+        return f"max_msgs ({max_msgs})"
+    return None
+
+
 @dataclass
 class WriteHealth:
     """Whether ``who`` can store events in ``stream``; its gRPC health (``health``,
@@ -106,9 +125,8 @@ class WriteHealth:
             info = await js.stream_info(self.stream)
             if info.config.sealed:
                 return f"stream {self.stream} is sealed"
-            max_bytes = info.config.max_bytes or -1
-            if max_bytes > 0 and info.state.bytes >= max_bytes:
-                return f"stream {self.stream} is at its max_bytes ({max_bytes})"
+            if (limit_reached := _full(info)) is not None:
+                return f"stream {self.stream} is at its {limit_reached} (discard new)"
             account = await js.account_info()
             limit = account.limits.max_storage or -1
             used = account.storage + (getattr(account, "reserved_storage", 0) or 0)
