@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from jetsource._gen.omni.v1 import events_pb2 as pb
-from jetsource.domains.omni.normalize import Malformed, normalize
+from jetsource.domains.omni.normalize import Malformed, Unrecognised, normalize
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 META = {"display_phone_number": "15550783881", "phone_number_id": "106540352242922"}
@@ -436,3 +436,29 @@ def test_cloud_contact_shared_without_a_name_is_kept() -> None:
     assert (c.formatted_name, c.vcard, c.phones[0].phone) == ("", vcard, "+1 650 555 1234")
     assert e.content_text == "+1 650 555 1234"
     assert e.metadata.extra["origin"] == "contact_request/other"
+
+
+def test_evolution_upsert_of_only_a_sender_key_distribution_is_unrecognised() -> None:
+    """Baileys emits a group member's sender key distribution with no content; Evolution
+    forwards it (messageType "unknown"). A well-formed body of nothing to normalize: 200
+    unrecognised, not 422 "message has no content"; beside a real message it is skipped."""
+    distribution = {
+        "key": {"remoteJid": "120363000000000001@g.us", "fromMe": False, "id": "3EB0SKD"},
+        "message": {
+            "senderKeyDistributionMessage": {"groupId": "120363000000000001@g.us"},
+            "messageContextInfo": {"deviceListMetadataVersion": 2},
+        },
+        "messageType": "unknown",
+        "messageTimestamp": 1796047300,
+    }
+    with pytest.raises(Unrecognised):
+        normalize("whatsapp", "acme", evolution("messages.upsert", distribution), NOW, "r")
+    text = {
+        "key": {"remoteJid": "5511912345678@s.whatsapp.net", "fromMe": False, "id": "3EB0TXT"},
+        "message": {"conversation": "oi"},
+        "messageType": "conversation",
+        "messageTimestamp": 1796047300,
+    }
+    both = evolution("messages.upsert", [distribution, text])  # type: ignore[arg-type]
+    [e] = normalize("whatsapp", "acme", both, NOW, "r")
+    assert e.provider_event_id == "3EB0TXT"

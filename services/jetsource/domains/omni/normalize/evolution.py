@@ -191,6 +191,11 @@ def normalize(ctx: Context, body: Mapping[str, Any]) -> list[NormalizedEvent]:
     out: list[NormalizedEvent] = []
     for item in _items(root):
         out.extend(handler(env, item))
+    if not out:
+        raise Unrecognised(
+            f"Evolution API event {root.raw['event']!r} carries no message content (only "
+            "what Baileys sends beside it: a sender key distribution, context info)"
+        )
     return out
 
 
@@ -210,6 +215,11 @@ def _upsert(env: _Envelope, data: Node) -> list[NormalizedEvent]:
     key = data.obj("key")
     msg_id = key.req_str("id")
     message = data.obj("message")
+    if message.raw and all(k in _NOT_CONTENT for k in message.raw):
+        # Only a group's sender key distribution or context info (Evolution's messageType
+        # "unknown"): nothing a person sent. It was 422 "message has no content" (as an
+        # empty message still is).
+        return []
     kind, content = _content_of(message, data.opt_str("messageType"))
     ev = env.event(msg_id)
     env.route(ev, key)
