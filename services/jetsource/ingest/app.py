@@ -323,7 +323,8 @@ class Health:
 
         {"ok": true, "nats": true, "valkey": false, "webhooks": true, "reads": false}
 
-    - ``/healthz`` is 503 when NATS is down (nothing works), 200 otherwise: with only
+    - ``/healthz`` is 503 when webhooks cannot be stored (NATS down or hung, the events
+      stream refusing: ``writes``), 200 otherwise: with only
       Valkey down the webhooks are still stored, so the Helm chart's probes (startup,
       readiness, liveness) ask this one. The pod stays in its Service and is not
       restarted, and the reads answer 503 ``unavailable`` naming Valkey meanwhile.
@@ -333,6 +334,11 @@ class Health:
 
     nats: Callable[[], bool] = _always
     valkey: Callable[[], Awaitable[bool]] = _always_async
+    # Whether the omni events stream takes writes (``core.writehealth.WriteHealth``: a
+    # probe of its own, and webhooks answered 503): None, NATS connected is enough.
+    # Without it ``webhooks`` stayed true (and /healthz 200) while NATS hung or the
+    # stream was sealed or full, every webhook answered 503.
+    writes: Any = None
 
     async def report(self) -> dict[str, bool]:
         nats = _safe_bool(self.nats)
@@ -340,7 +346,14 @@ class Health:
             valkey = bool(await self.valkey())
         except Exception:
             valkey = False
-        return {"nats": nats, "valkey": valkey, "webhooks": nats, "reads": nats and valkey}
+        webhooks = nats and (self.writes is None or bool(self.writes.writable))
+        return {"nats": nats, "valkey": valkey, "webhooks": webhooks, "reads": nats and valkey}
+
+    async def unavailable(self, reason: str) -> None:
+        """A webhook was answered 503 (not stored): not writable until the write probe
+        (woken at once, then every second) finds the events stream writable again."""
+        if self.writes is not None:
+            await self.writes.mark(False, reason)
 
 
 def _safe_bool(check: Callable[[], bool]) -> bool:
@@ -503,6 +516,8 @@ def create_app(
             # Answered here, not by the app's handlers, so that it is counted and timed
             # like every other answer (a 500 among them).
             response = error_answer(request.url.path, exc)
+        if response.status_code == 503:
+            await checks.unavailable(bytes(response.body).decode(errors="replace")[:500])
         WEBHOOK_SECONDS.labels(provider).observe(time.perf_counter() - started)
         # Instances are configured names; an unknown one is counted as such (bounded labels).
         known = intake.instance(provider, instance) is not None
@@ -660,7 +675,7 @@ def create_app(
 
     @app.get("/healthz", tags=["health"], response_model=None)
     async def healthz() -> Response:
-        """503 when NATS is down; 200 while webhooks can be stored, even with Valkey
+        """503 while webhooks cannot be stored; 200 while they can, even with Valkey
         (the reads) down: the body says which dependency is down and what works."""
         report = await checks.report()
         return _health_answer(report, report["webhooks"])

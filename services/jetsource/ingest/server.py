@@ -18,6 +18,7 @@ from typing import Any
 import uvicorn
 from grpc_health.v1 import health_pb2
 from nats.aio.client import Client as NATS
+from prometheus_client import Gauge
 
 from jetsource.core.aio import honour_cancel, stop_task
 from jetsource.core.envelope import RecordedEvent
@@ -26,6 +27,7 @@ from jetsource.core.grpcserver import GrpcEndpoint, start_grpc, stop_on_signals
 from jetsource.core.metrics import bind_socket, register_service, watch_nats
 from jetsource.core.runner import load_settings, run_service
 from jetsource.core.settings import env_var
+from jetsource.core.writehealth import WriteHealth
 from jetsource.domains.omni.descriptor import omni_domain
 from jetsource.domains.omni.identity import IdentityService
 from jetsource.domains.omni.intake import Intake
@@ -35,6 +37,7 @@ from jetsource.domains.omni.reads import OmniReads
 from jetsource.eventstore.bootstrap import connect, release
 from jetsource.eventstore.horizon import BeyondHorizonError
 from jetsource.eventstore.jetstream import JetStreamEventStore
+from jetsource.eventstore.refusals import refused_from
 from jetsource.ingest.app import Health, create_app, valkey_answers
 from jetsource.ingest.settings import IngestSettings
 from jetsource.projection.control import ActiveVersionCache, Control
@@ -57,6 +60,12 @@ class _Server(uvicorn.Server):
 
 # Room left in an archive message for its subject and headers (Nats-Msg-Id).
 RAW_HEADROOM = 1024
+
+WRITABLE = Gauge(
+    "jetsource_ingest_writable",
+    "1 while webhooks can be stored (the omni events stream takes writes); 0 while NATS "
+    "or JetStream is away or refuses",
+)
 
 
 def raw_record_bytes(settings: IngestSettings, max_payload: int) -> int:
@@ -120,6 +129,8 @@ class Ingest:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.http_task, grace + 1)
         await self.grpc.stop(grace)
+        if self.health is not None and self.health.writes is not None:
+            await self.health.writes.stop()
         await self.identities.close()
         await self.raw.close()
         await self.store.close()
@@ -165,9 +176,19 @@ async def build(settings: IngestSettings) -> Ingest:
             last_version=store.last_version,
             lookup=identities.lookup,
         )
+        writes = WriteHealth(
+            nc,
+            store.settings.stream,
+            SERVICE_NAME,
+            WRITABLE,
+            who="ingest",
+            replicas=settings.eventstore.replicas,
+            name_refusal=refused_from,
+        )
         health = Health(
             nats=lambda: bool(nc.is_connected),
             valkey=lambda: valkey_answers(redis, min(settings.valkey.socket_timeout_s, 1.0)),
+            writes=writes,
         )
         app = create_app(
             intake,
@@ -187,6 +208,7 @@ async def build(settings: IngestSettings) -> Ingest:
     except BaseException:
         await release(nc)
         raise
+    writes.start()
     return Ingest(
         nc, store, raw, identities, intake, reads, app, endpoint, redis=redis, health=health
     )
