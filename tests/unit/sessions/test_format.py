@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -224,3 +225,30 @@ def test_the_ledger_s_process_interrupted_reads_as_an_interrupted_end_and_is_res
     assert to_canonical(read).event_type == "process_cancelled"
     with pytest.raises(EventFormatError, match="type"):
         SessionEvent.from_dict(doc(type="process_interrupted", data={}))
+
+
+def raw_stored(event_type: str, seq: int, **data: Any) -> events_pb2.StoredEvent:
+    """An event a writer other than the emitter put on the ledger."""
+    ce = events_pb2.CanonicalEvent(process_id=SID, event_type=event_type)
+    ce.data.update(data)
+    return events_pb2.StoredEvent(event=ce, global_seq=seq, process_seq=seq)
+
+
+def test_a_raw_session_s_command_and_error_read_as_list_shows_them() -> None:
+    """A session another writer recorded names its command only as the process's name
+    and its error only at the ending's top level (what `sessions list` shows): `show`
+    and `export` said no command and no error."""
+    start = from_stored(raw_stored("process_started", 1, kind="session", name="raw cmd"))
+    assert start.data == {"command": "raw cmd"}
+    failed = from_stored(raw_stored("process_failed", 2, error="boom"))
+    assert failed.data == {"status": "failed", "error": "boom"}
+    # What the session's own data says wins; an ending other than a failure names none.
+    own = from_stored(
+        raw_stored("process_started", 1, kind="session", name="n", session={"command": "c"})
+    )
+    assert own.data == {"command": "c"}
+    done = from_stored(raw_stored("process_completed", 2, error="not a failure"))
+    assert done.data == {"status": "completed"}
+    # What they read as imports again as the same events.
+    for event in (start, failed):
+        assert from_stored(stored(event)) == event

@@ -49,6 +49,8 @@ ENDINGS = {
 # session writer sends but a raw one may (the registry ends the process with it, so
 # a session read it as active while the registry listed it interrupted).
 ENDED_STATUS = {**{v: k for k, v in ENDINGS.items()}, "process_interrupted": "interrupted"}
+# The registry's error of a failed session_ended that names none (read back as none).
+FAILED_PLACEHOLDER = "failed"
 # Types a session's user data may not carry: the ledger's own lifecycle (an emitted
 # ``process_interrupted`` ended the session's process on the ledger while it went on).
 RESERVED = frozenset({PROCESS_STARTED, *ENDED_STATUS})
@@ -245,7 +247,7 @@ def to_canonical(event: SessionEvent, *, source: str = "jetsource.sessions") -> 
         ce.event_type = ENDINGS[event.data["status"]]
         payload = {"session": event.data}
         if event.data["status"] == "failed":
-            payload["error"] = event.data.get("error", "failed")
+            payload["error"] = event.data.get("error", FAILED_PLACEHOLDER)
     else:
         ce.event_type = event.type
         payload = event.data
@@ -289,13 +291,27 @@ def from_stored(stored: events_pb2.StoredEvent, session: str | None = None) -> S
     # format promises "data is a JSON object", and an export must import again).
     if event_type == PROCESS_STARTED and data.get("kind") == SESSION_KIND:
         event_type = SESSION_STARTED
+        name = data.get("name")
         data = _object(data.get("session"))
+        if not isinstance(data.get("command"), str) and isinstance(name, str) and name:
+            # A writer other than the emitter may name the command only as the
+            # process's name (what `sessions list` shows): `show` and `export` say it too.
+            data = {**data, "command": name}
     elif event_type in ENDED_STATUS:
         # The ledger's ending decides the status (what the registry shows, and what
         # an import maps back to the same ending); the emitter's data always agrees.
         status = ENDED_STATUS[event_type]
         user = _object(data.get("session"))
+        error = data.get("error")
         data = user if user.get("status") == status else {**user, "status": status}
+        if (
+            event_type == ENDINGS["failed"]
+            and "error" not in data
+            and isinstance(error, str)
+            and error != FAILED_PLACEHOLDER
+        ):
+            # Likewise the error the ledger's ending carries (what `list` shows).
+            data = {**data, "error": error}
         event_type = SESSION_ENDED
     ts_ns = from_timestamp(ce.occurred_at) if ce.HasField("occurred_at") else 0
     if not ts_ns and stored.HasField("recorded_at"):

@@ -152,8 +152,11 @@ def fold_lifecycle(found: dict[str, ProcessSummary], lifecycle: list[RecordedEve
                 env.event_type, ENDED_STATUS[env.event_type]
             )
             p.ended_ns = occurred or r.recorded_at_ns
-            error = _data(r).get("error")
-            p.error = error if isinstance(error, str) else ""
+            if env.event_type == "process_failed":
+                # As the registry (the query reader's source): a failure's error, kept
+                # through a later ending; another ending's ``error`` is not one.
+                error = _data(r).get("error")
+                p.error = error if isinstance(error, str) else ""
 
 
 def stored_event(record: RecordedEvent) -> events_pb2.StoredEvent:
