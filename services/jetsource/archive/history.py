@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from jetsource.archive.archiver import open_record, to_raw
+from jetsource.archive.archiver import to_raw
 from jetsource.archive.objectstore import open_object_store
 from jetsource.archive.segment import ArchivedMessage
 from jetsource.archive.store import Archive
@@ -26,7 +26,7 @@ from jetsource.core.envelope import AppendResult, Expected, NewEvent, RecordedEv
 from jetsource.core.errors import CorruptEventError
 from jetsource.core.settings import JetsourceSettings
 from jetsource.eventstore.horizon import BeyondHorizonError, Horizon
-from jetsource.eventstore.jetstream import JetStreamEventStore, voided_event
+from jetsource.eventstore.jetstream import JetStreamEventStore
 
 
 class ArchivedHistory:
@@ -64,11 +64,17 @@ class ArchivedHistory:
                 if m.subject.startswith(prefix) and m.seq <= horizon.seq:
                     found.setdefault(m.seq, m)
         out: list[RecordedEvent] = []
+        expected = 1
         for seq in sorted(found):
-            record = await open_record(self.live, to_raw(found[seq]))
-            if seq in self.live._voids:
-                record = voided_event(record)
-            out.append(record)
+            # As the live stream reads it (read_aggregate): a voided message is a no-op
+            # at its version, or not read at all when it does not decode or is out of
+            # place; one not voided that does not decode is CorruptEventError naming its
+            # sequence. A voided message that did not decode ended every read of the
+            # story before the horizon with a PayloadDecodeError once compacted.
+            chained = await self.live._in_chain(aggregate_id, to_raw(found[seq]), expected)
+            if chained is not None:
+                out.append(chained)
+                expected = chained.version + 1
         if [r.version for r in out] != list(range(1, horizon.version + 1)):
             have = f"{out[0].version}..{out[-1].version}" if out else "none"
             raise CorruptEventError(

@@ -14,8 +14,9 @@ from typing import Any
 
 from jetsource.archive.archiver import open_record, to_raw
 from jetsource.archive.store import Archive
+from jetsource.core.codec import PayloadDecodeError
 from jetsource.core.envelope import RecordedEvent
-from jetsource.core.errors import JetsourceError
+from jetsource.core.errors import CorruptEventError, JetsourceError
 from jetsource.eventstore.jetstream import JetStreamEventStore
 
 BATCH = 500
@@ -40,7 +41,15 @@ async def replay_archive(store: JetStreamEventStore, archive: Archive, model: An
     merged: dict[int, RecordedEvent] = {}
     for m in await archive.messages(upto):
         if m.seq >= start and m.subject.startswith(prefix):
-            merged[m.seq] = await open_record(store, to_raw(m))
+            # As the live stream is read (read_all): a message that does not decode is
+            # stepped over when an operator voided it, else CorruptEventError naming it
+            # (a PayloadDecodeError ended the rebuild before).
+            try:
+                merged[m.seq] = await open_record(store, to_raw(m))
+            except PayloadDecodeError as exc:
+                aggregate_id = m.subject.rsplit(".", 2)[-2]
+                if not await store.voided(aggregate_id, m.seq):
+                    raise CorruptEventError(aggregate_id, m.seq, str(exc)) from exc
     async for record in store.read_all(from_seq=start, to_seq=upto):
         merged[record.stream_seq] = record
     types = model.spec.consumed_events
