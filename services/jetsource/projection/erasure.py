@@ -105,11 +105,14 @@ async def holders(
         if any(box.key_ref == ref for box in envelope.sealed):
             found[subject[len(prefix) :].split(".", 1)[0]] = None
 
-    if archive is not None:
-        for m in await archive.messages():
-            if m.subject.startswith(prefix):
-                seen += 1
-                look(m.subject, m.data)
+    if archive is not None:  # one segment at a time (an archive may not fit in memory)
+        sealed: set[int] = set()  # segments may overlap: each sequence looked at once
+        for entry in await archive.entries():
+            for m in await archive.read(entry, cache=False):
+                if m.seq not in sealed and m.subject.startswith(prefix):
+                    sealed.add(m.seq)
+                    seen += 1
+                    look(m.subject, m.data)
     async for raw in jsapi.direct_get_batch(
         store._replies, cfg.stream, f"{cfg.subject_prefix}.>", 1, cfg.request_timeout_s
     ):
