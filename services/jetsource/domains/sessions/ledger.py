@@ -139,9 +139,14 @@ def fold_lifecycle(found: dict[str, ProcessSummary], lifecycle: list[RecordedEve
         p = found.setdefault(env.aggregate_id, ProcessSummary(env.aggregate_id))
         p.last_recorded_ns = max(p.last_recorded_ns, r.recorded_at_ns)
         occurred = from_timestamp(env.occurred_at) if env.HasField("occurred_at") else 0
+        named = env.parent_aggregate_id
+        if named and named != p.process_id and not p.parent:
+            # The first parent a process names is its parent, as the registry has it:
+            # a later process_started naming another took the process out of its
+            # session's tree here (so `sessions prune` left its events in the stream).
+            p.parent = named
         if env.event_type == PROCESS_STARTED:
             data = _data(r)
-            p.parent = env.parent_aggregate_id
             # Text only, as the registry reads them: a kind of 5 is no kind.
             kind, name = data.get("kind"), data.get("name")
             p.kind = kind if isinstance(kind, str) else ""
