@@ -22,6 +22,7 @@ from jetsource.archive.objectstore import open_object_store
 from jetsource.archive.segment import ArchivedMessage
 from jetsource.archive.store import Archive
 from jetsource.core.clock import to_ns
+from jetsource.core.crypto import ErasureWatch, erasures_heard
 from jetsource.core.envelope import AppendResult, Expected, NewEvent, RecordedEvent
 from jetsource.core.errors import CorruptEventError
 from jetsource.core.settings import JetsourceSettings
@@ -36,8 +37,11 @@ class ArchivedHistory:
         self.live = live
         self.archive = archive
         self.cache_size = cache_size
-        # (aggregate, horizon version) -> its archived events: they never change
+        # (aggregate, horizon version) -> its archived events: they never change, but
+        # their opened personal values do when the subject is erased: dropped then (a
+        # query service served an erased name from here for reads before the horizon).
         self._cache: OrderedDict[tuple[str, int], list[RecordedEvent]] = OrderedDict()
+        self._erasures = ErasureWatch()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.live, name)
@@ -48,6 +52,9 @@ class ArchivedHistory:
 
     async def archived(self, aggregate_id: str, horizon: Horizon) -> list[RecordedEvent]:
         """Versions 1..horizon.version of the aggregate, from the archive."""
+        if self._erasures.moved():
+            self._cache.clear()
+        heard = erasures_heard()  # what is opened from here on may be kept
         key = (aggregate_id, horizon.version)
         cached = self._cache.get(key)
         if cached is not None:
@@ -83,7 +90,7 @@ class ArchivedHistory:
                 f"the archive holds versions {have} of it, its horizon says 1..{horizon.version} "
                 f"(segments {', '.join(sorted(names)) or 'none'})",
             )
-        if self.cache_size:
+        if self.cache_size and heard == erasures_heard():
             self._cache[key] = out
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)

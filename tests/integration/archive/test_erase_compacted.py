@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 
 from jetsource._gen.context.v1 import events_pb2 as ev
+from jetsource.archive.history import history_store
+from jetsource.core.crypto import ERASED
 from jetsource.core.envelope import NewEvent
 from jetsource.core.settings import JetsourceSettings
 from jetsource.projection import erasure
@@ -52,9 +54,14 @@ async def test_erase_reaches_stories_behind_the_horizon(
     ana = f"ana-{unique}"
     try:
         model = await compacted_stories(p, ana)
+        # A reader that lives on (the query service's): its archived events are cached.
+        reader = history_store(p.store, p.settings)
+        assert (await reader.read_aggregate("s1", to_version=1))[0].event.created_by == ana
 
         report = await erasure.erase_subject(p, ana)
 
+        first = (await reader.read_aggregate("s1", to_version=1))[0]
+        assert first.event.created_by == ERASED, "served from the cache of archived events"
         assert report.aggregates == {"context": ["s1", "s2"]}, report.summary()
         assert not report.failed, report.failed
         for story in ("s1", "s2"):
