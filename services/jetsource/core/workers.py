@@ -11,7 +11,10 @@ The supervisor starts the workers, restarts one that ends on its own (after a ba
 that grows while it keeps failing), stops them all on SIGTERM/SIGINT within their
 grace plus a margin (then SIGKILL), and ends with exit code 2 at once when a worker
 says it cannot start (exit 2: credentials refused, address not usable), since a
-restart cannot help there.
+restart cannot help there. When every worker is down and each has ended
+``CRASH_LOOP_FAILURES`` times in a row without staying up ``HEALTHY_AFTER_S``, it ends
+with exit 1: a supervisor restarting them for ever looked alive to its orchestrator
+(the pod Running, never in CrashLoopBackOff) while nothing served.
 """
 
 from __future__ import annotations
@@ -39,7 +42,9 @@ STOP_MARGIN_S = 5.0
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 30.0
 HEALTHY_AFTER_S = 30.0  # a worker up this long resets its backoff
+CRASH_LOOP_FAILURES = 5  # every worker down, each ended this often in a row: exit 1
 POLL_S = 0.2
+EXIT_CRASH_LOOP = 1
 
 
 def _end_with_parent() -> None:
@@ -62,9 +67,10 @@ class Worker:
     index: int
     proc: subprocess.Popen[bytes] | None = None
     started: float = 0.0
-    backoff: float = BACKOFF_FIRST_S
+    backoff: float = field(default_factory=lambda: BACKOFF_FIRST_S)
     restart_at: float = 0.0
     restarts: int = 0
+    failures: int = 0  # ends in a row, none after a healthy run
 
 
 @dataclass
@@ -115,6 +121,7 @@ class Supervisor:
                 if ended is None:
                     if now - w.started >= HEALTHY_AFTER_S:
                         w.backoff = BACKOFF_FIRST_S
+                        w.failures = 0
                     continue
                 if ended == EXIT_ACCESS_DENIED:
                     log.error(
@@ -136,10 +143,26 @@ class Supervisor:
                     w.backoff,
                 )
                 w.proc = None
+                w.failures = 0 if now - w.started >= HEALTHY_AFTER_S else w.failures + 1
                 w.restart_at = now + w.backoff
                 w.backoff = min(w.backoff * 2, BACKOFF_MAX_S)
+            if not self._stopping and self._crash_looping():
+                log.error(
+                    "%s: every worker ended %d times in a row without staying up %.0f s: "
+                    "stopping (exit %d) so whatever restarts this service sees it fail; "
+                    "the workers' own log lines say why",
+                    self.name,
+                    CRASH_LOOP_FAILURES,
+                    HEALTHY_AFTER_S,
+                    EXIT_CRASH_LOOP,
+                )
+                code = EXIT_CRASH_LOOP
+                break
         self.stop_all()
         return code
+
+    def _crash_looping(self) -> bool:
+        return all(w.proc is None and w.failures >= CRASH_LOOP_FAILURES for w in self.workers)
 
     def stop_all(self) -> None:
         running = [w.proc for w in self.workers if w.proc is not None and w.proc.poll() is None]
