@@ -115,6 +115,18 @@ async def test_a_restore_beside_its_source_names_subject_prefix(exported: Any, u
         await info(p, f"RO_{unique}")
 
 
+def _archive_env(p: Any, unique: str, tmp_path: Path, progress_every_s: str) -> dict[str, str]:
+    """The CLI's environment for the exported stream and its archive under tmp_path."""
+    return cli_env(
+        p.settings.nats_url(),
+        unique,
+        JETSOURCE_EVENTSTORE__STREAM=p.store.settings.stream,
+        JETSOURCE_EVENTSTORE__SUBJECT_PREFIX=p.store.settings.subject_prefix,
+        JETSOURCE_ARCHIVE__URL=str(tmp_path / "archive"),
+        JETSOURCE_PROGRESS_EVERY_S=progress_every_s,
+    )
+
+
 async def test_ctrl_c_on_archive_restore_says_to_run_it_again_and_that_finishes_it(
     exported: Any, unique: str, tmp_path: Path
 ) -> None:
@@ -122,14 +134,7 @@ async def test_ctrl_c_on_archive_restore_says_to_run_it_again_and_that_finishes_
     root = p.store.settings.subject_prefix.split(".")[0]
     for attempt in range(3):  # a restore that beat the Ctrl-C is tried again, never skipped
         target = f"RC{attempt}_{unique}"
-        env = cli_env(
-            p.settings.nats_url(),
-            unique,
-            JETSOURCE_EVENTSTORE__STREAM=p.store.settings.stream,
-            JETSOURCE_EVENTSTORE__SUBJECT_PREFIX=p.store.settings.subject_prefix,
-            JETSOURCE_ARCHIVE__URL=str(tmp_path / "archive"),
-            JETSOURCE_PROGRESS_EVERY_S="0.2",
-        )
+        env = _archive_env(p, unique, tmp_path, "0.2")
         argv = [sys.executable, "-m", "jetsource", "archive", "restore", target]
         argv += ["--subject-prefix", f"{root}=rc{attempt}{unique}", "--json"]
         child = await asyncio.create_subprocess_exec(*argv, env=env, stdout=PIPE, stderr=PIPE)
@@ -171,14 +176,7 @@ def test_export_shows_progress_and_says_a_range_past_the_end_holds_nothing(
     from tests.cli_env import jetsource
 
     p, _ = exported
-    env = cli_env(
-        p.settings.nats_url(),
-        unique,
-        JETSOURCE_EVENTSTORE__STREAM=p.store.settings.stream,
-        JETSOURCE_EVENTSTORE__SUBJECT_PREFIX=p.store.settings.subject_prefix,
-        JETSOURCE_ARCHIVE__URL=str(tmp_path / "archive"),
-        JETSOURCE_PROGRESS_EVERY_S="0.01",
-    )
+    env = _archive_env(p, unique, tmp_path, "0.01")
     done = jetsource(env, "archive", "export", "--json", timeout=120)
     assert done.returncode == 0, done.stderr
     assert sum(e["count"] for e in json.loads(done.stdout)) == 5000  # 1..1000 sealed before
