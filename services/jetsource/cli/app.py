@@ -23,10 +23,27 @@ def _group(name: str, help: str) -> Entry:
     return Entry(f"jetsource.cli.{name}:app", help, group=True)
 
 
+# Groups whose error codes are gRPC status names (README "One error format in every
+# group"): Ctrl-C is CANCELLED there, ``cancelled`` in the NATS admin groups.
+GRPC_CODE_GROUPS = frozenset({"ctx", "process", "sessions", "observe", "omni", "tui"})
+
+
 class _Root(LazyGroup):
     """The sub-commands, in the order the help lists them: each module is imported
     only when its command runs (``tests/unit/test_cli_startup.py`` holds these help
     lines to the modules' own)."""
+
+    def invoke(self, ctx: Any) -> Any:
+        """Run the command; Ctrl-C that no command handled itself (one waiting to
+        connect, a read) ends it as every group's own handler does: exit 130 with the
+        ``cancelled`` error (Typer's own answer was exit 130 and nothing said, not even
+        JSON with ``-o json``)."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            group = ctx.invoked_subcommand or ""
+            code = "CANCELLED" if group in GRPC_CODE_GROUPS else "cancelled"
+            output.fail(130, code, "stopped (Ctrl-C) before it was done")
 
     entries = {  # noqa: RUF012
         "tui": Entry(

@@ -43,6 +43,8 @@ app = typer.Typer(
 )
 
 T = TypeVar("T")
+# Exit code of a command stopped by Ctrl-C (128 + SIGINT), as in every group.
+INTERRUPTED = 130
 
 KEY = typer.Option(
     None,
@@ -185,6 +187,21 @@ def _run(target: Target, work: Callable[[], Coroutine[Any, Any, T]], key: str | 
     """Run ``work``; map every failure to a message on stderr and an exit code."""
     try:
         return aio.run(work())
+    except KeyboardInterrupt:
+        hint = None
+        if key:  # as for no answer: it may have reached the publisher
+            hint = (
+                f"the command may have been applied: retry safely with -k {key} (the same "
+                "key returns the original result)"
+            )
+        out.fail(
+            INTERRUPTED,
+            "CANCELLED",
+            "stopped (Ctrl-C) before an answer came",
+            idempotency_key=key,
+            target=target.address,
+            hint=hint,
+        )
     except UnicodeEncodeError as exc:  # building the request: nothing was sent
         out.fail(out.USAGE, "INVALID_ARGUMENT", out.not_utf8(exc), idempotency_key=key)
     except Unreachable as exc:
