@@ -74,9 +74,11 @@ def open_channel(
             ("grpc.enable_retries", 1),
             ("grpc.service_config", RETRY_UNAVAILABLE),
             # Reconnect soon after a reset (grpc waits 1 s first by default), so the
-            # retries find the connection up again.
+            # retries find the connection up again. Not grpc.min_reconnect_backoff_ms:
+            # grpc takes it as each connection attempt's timeout (default 20 s), so 100
+            # made a server whose handshake took over 0.1 s (TLS far away, a busy
+            # server) "not reachable" at once; the callers' deadlines bound the wait.
             ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 2000),
         ]
     if not s.tls.active:
