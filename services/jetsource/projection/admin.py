@@ -1053,8 +1053,11 @@ async def _build(
     )
     await _from_archive(p, name, model)
     worker = Worker(p.nc, p.store_for(name), model, p.dead_letters, options)
-    task = asyncio.create_task(worker.run(until_caught_up=True))
+    # The checkpoint first: a store that does not answer fails the build here, with
+    # no worker started (one started before was left failing on its own, and asyncio
+    # printed "Task exception was never retrieved" after the command's error line).
     meter = Meter((await _retry(model.checkpoint, f"build {name} v{version}")).seq)
+    task = asyncio.create_task(worker.run(until_caught_up=True))
     saved = -float("inf")
     try:
         while not task.done():
