@@ -28,10 +28,60 @@ def _group(name: str, help: str) -> Entry:
 GRPC_CODE_GROUPS = frozenset({"ctx", "process", "sessions", "observe", "omni", "tui"})
 
 
+_NATS = "NATS with JetStream (JETSOURCE_NATS__URL)"
+_MODELS = (
+    f"Needs {_NATS}; a command that reads or writes a read model also its store: "
+    "Valkey (JETSOURCE_VALKEY__URL) or the graph (JETSOURCE_GRAPH__URI). NATS is "
+    "waited for JETSOURCE_ADMIN_CONNECT_TIMEOUT_S (10 s); exit 3 when one is away."
+)
+_PUBLISHER = "Needs the publisher (JETSOURCE_CLIENT__PUBLISHER or --publisher)"
+_QUERY = "Needs the query service (JETSOURCE_CLIENT__QUERY or --query)"
+_WAIT = "; waited for JETSOURCE_CLIENT__CONNECT_TIMEOUT_S (3 s), exit 3 when away."
+# What each command's help says it needs (which server, the setting that points at
+# it): by group, then by "group command" where a command differs from its group.
+NEEDS = {
+    "projector": _MODELS,
+    "erase": _MODELS,
+    "repair": _MODELS,
+    "streams": f"Needs {_NATS}; exit 3 when it does not answer within --timeout.",
+    "archive": f"Needs {_NATS} and the archive (JETSOURCE_ARCHIVE__URL); exit 3 when NATS is away.",
+    "sessions": f"Needs {_NATS}; with JETSOURCE_SESSIONS__READER=query also the process "
+    "query service (JETSOURCE_SESSIONS__PROCESS_QUERY); exit 3 when one is away.",
+    "sessions catalog": "Needs no server.",
+    "sessions import": f"Needs {_NATS}; with --observer also the observer at that "
+    "address; exit 3 when one is away.",
+    "omni": f"Needs {_NATS}; exit 3 when it is away.",
+    "process": "Needs the process query service (JETSOURCE_CLIENT__PROCESS_QUERY or "
+    "--process-query)" + _WAIT,
+    "observe": "Needs the observer (JETSOURCE_CLIENT__OBSERVER or --observer); exit 3 "
+    "when it is away.",
+    "ctx": _QUERY + _WAIT,
+    **{f"ctx {name}": _PUBLISHER + _WAIT for name in ("create", "decide", "subtask", "link")},
+    "ctx close": _PUBLISHER + _WAIT,
+}
+
+
+def _say_needs(command: Any, path: str = "") -> None:
+    """Each command's help ends with what it needs (:data:`NEEDS`)."""
+    path = f"{path} {command.name}".strip()
+    for sub in getattr(command, "commands", {}).values():
+        _say_needs(sub, path)
+    group = path.split(" ")[0]
+    needs = NEEDS.get(path) or NEEDS.get(group)
+    if needs and not hasattr(command, "commands") and not command.epilog:
+        command.epilog = needs
+
+
 class _Root(LazyGroup):
     """The sub-commands, in the order the help lists them: each module is imported
     only when its command runs (``tests/unit/test_cli_startup.py`` holds these help
     lines to the modules' own)."""
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        commands = self.commands
+        assert isinstance(commands, LazyCommands)
+        commands.on_load.append(_say_needs)
 
     def invoke(self, ctx: Any) -> Any:
         """Run the command; Ctrl-C that no command handled itself (one waiting to
