@@ -52,6 +52,10 @@ BUILD_PULL_EXPIRES_S = 0.5
 # admin write: tried again with backoff, this many times, before the command fails.
 RETRY_ATTEMPTS = 8
 RETRY_FIRST_S, RETRY_MAX_S = 0.1, 3.0
+# ... and for at most this long in all: a store that accepts connections but never
+# answers costs each try its full wait (the graph's 60 s), and 8 of them kept a
+# `rebuild` going 8 minutes before it said the graph was away.
+RETRY_BUDGET_S = 60.0
 # Replay of one aggregate under live writes: compare-and-set at the version it was
 # read at, this many times; then at any version up to its head in the stream.
 REPLAY_EXACT_ATTEMPTS = 5
@@ -140,13 +144,15 @@ async def _control(p: Projection, name: str) -> ModelControl:
 
 async def _retry(call: Callable[[], Awaitable[T]], what: str) -> T:
     """``call()``, tried again with exponential backoff while the store says the
-    trouble is transient; the last error is raised."""
+    trouble is transient, up to RETRY_ATTEMPTS tries within RETRY_BUDGET_S; the last
+    error is raised."""
     delay = RETRY_FIRST_S
+    started = time.monotonic()
     for attempt in range(1, RETRY_ATTEMPTS + 1):
         try:
             return await call()
         except (TransientError, EventStoreUnavailableError) as exc:
-            if attempt == RETRY_ATTEMPTS:
+            if attempt == RETRY_ATTEMPTS or time.monotonic() - started + delay > RETRY_BUDGET_S:
                 raise
             log.warning("%s: %s; again in %.1fs", what, exc, delay)
             await asyncio.sleep(delay)
