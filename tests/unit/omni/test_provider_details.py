@@ -462,3 +462,19 @@ def test_evolution_upsert_of_only_a_sender_key_distribution_is_unrecognised() ->
     both = evolution("messages.upsert", [distribution, text])  # type: ignore[arg-type]
     [e] = normalize("whatsapp", "acme", both, NOW, "r")
     assert e.provider_event_id == "3EB0TXT"
+
+
+def test_cloud_receipt_with_empty_callback_data_is_kept() -> None:
+    """``biz_opaque_callback_data`` is an extra: an empty one is left out, not 422 (a
+    receipt refused is lost after Meta's retries)."""
+    status = {
+        "id": "wamid.S",
+        "status": "read",
+        "timestamp": "1796047200",
+        "recipient_id": "16505551234",
+        "biz_opaque_callback_data": "",
+    }
+    e = one("whatsapp", cloud({"statuses": [status]}))
+    assert e.metadata.receipt.target_message_id == "wamid.S"
+    assert "biz_opaque_callback_data" not in e.metadata.extra
+

@@ -381,9 +381,11 @@ def _status(ctx: Context, status: Node, business: str) -> NormalizedEvent:
         if not receipt.conversation_category:
             receipt.conversation_category = pricing.opt_str("category")
         _scalars(ev.metadata.extra, "pricing_", pricing)
-    if status.has("biz_opaque_callback_data"):
-        # what the business sent with the message to find it again in its receipts
-        ev.metadata.extra["biz_opaque_callback_data"] = status.req_str("biz_opaque_callback_data")
+    if status.opt_str("biz_opaque_callback_data"):
+        # What the business sent with the message to find it again in its receipts. An
+        # extra: an empty value is left out (req_str made it 422, the receipt lost
+        # after Meta's retries).
+        ev.metadata.extra["biz_opaque_callback_data"] = status.opt_str("biz_opaque_callback_data")
     return ev
 
 
