@@ -478,3 +478,10 @@ def test_cloud_receipt_with_empty_callback_data_is_kept() -> None:
     assert e.metadata.receipt.target_message_id == "wamid.S"
     assert "biz_opaque_callback_data" not in e.metadata.extra
 
+
+@pytest.mark.parametrize("event", ["messages.update", "messages.delete", "presence.update"])
+def test_evolution_empty_data_of_other_events_is_not_called_a_sender_key(event: str) -> None:
+    """Only an upsert of no message content (a sender key distribution) is Unrecognised
+    saying so; another event whose ``data`` is an empty array normalizes to nothing, as
+    before, not to that misleading reason."""
+    assert normalize("whatsapp", "acme", evolution(event, []), NOW, "r") == []  # type: ignore[arg-type]

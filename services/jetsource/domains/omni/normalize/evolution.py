@@ -121,6 +121,9 @@ class _Envelope:
     def __init__(self, ctx: Context, root: Node) -> None:
         self.ctx = ctx
         self.root = root
+        # An upsert of no message content (a sender key distribution) was skipped: a body
+        # of only those is Unrecognised saying so; other events' empty bodies are not.
+        self.skipped_no_content = False
         own = root.opt_str("sender")
         self.own = check_handle(handle(own), root.at("sender")) if own else ""
         self.sent_at = (
@@ -191,7 +194,7 @@ def normalize(ctx: Context, body: Mapping[str, Any]) -> list[NormalizedEvent]:
     out: list[NormalizedEvent] = []
     for item in _items(root):
         out.extend(handler(env, item))
-    if not out:
+    if not out and env.skipped_no_content:
         raise Unrecognised(
             f"Evolution API event {root.raw['event']!r} carries no message content (only "
             "what Baileys sends beside it: a sender key distribution, context info)"
@@ -219,6 +222,7 @@ def _upsert(env: _Envelope, data: Node) -> list[NormalizedEvent]:
         # Only a group's sender key distribution or context info (Evolution's messageType
         # "unknown"): nothing a person sent. It was 422 "message has no content" (as an
         # empty message still is).
+        env.skipped_no_content = True
         return []
     kind, content = _content_of(message, data.opt_str("messageType"))
     ev = env.event(msg_id)
