@@ -33,3 +33,5 @@ def test_urls_are_redacted() -> None:
     assert redact_url("nats://u:se/cr@et@a:4222") == "nats://***@a:4222"
     assert redact_url("redis://:p/w@v:6379/0") == "redis://***@v:6379/0"
     assert redact_url("u:secret@a:4222") == "***@a:4222"
+    assert redact_url("redis://:pa,ss@v:6379/0") == "redis://***@v:6379/0"  # a "," too
+    assert redact_url("nats://u:p@a:1, tls://v:w@b:2") == "nats://***@a:1, tls://***@b:2"

@@ -6,6 +6,8 @@ not reported."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import nats
 import pytest
 from nats.js.api import DiscardPolicy, StreamConfig
@@ -30,7 +32,7 @@ class _Gauge:
     ],
 )
 async def test_a_stream_at_a_limit_it_refuses_at_is_named(
-    nats_server: Server, unique: str, limit: dict[str, int], discard: DiscardPolicy, problem: str
+    nats_server: Server, unique: str, limit: dict[str, Any], discard: DiscardPolicy, problem: str
 ) -> None:
     nc = await nats.connect(nats_server.url)
     js = nc.jetstream()

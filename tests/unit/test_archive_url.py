@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from jetsource.archive.objectstore import LocalObjectStore, ObjectStoreError, open_object_store
+from jetsource.core.settings import check_archive_url
 
 
 @pytest.mark.parametrize(
@@ -50,3 +51,16 @@ def test_a_good_archive_url_loads(url: str | None) -> None:
     from jetsource.core.settings import ArchiveSettings
 
     assert ArchiveSettings(url=url).url in (url, None)
+
+
+@pytest.mark.parametrize(
+    "url", ["https://AKIA:s3cret@minio/b", "file://AKIA:s3cret@host/srv/a", "ftp://a:s3cret@h/x"]
+)
+def test_a_refused_archive_url_does_not_show_its_credentials(url: str) -> None:
+    """The settings check and the archive's opener printed the URL as given."""
+    with pytest.raises(ValueError) as refused:
+        check_archive_url(url)
+    assert "s3cret" not in str(refused.value) and "***@" in str(refused.value)
+    with pytest.raises(ObjectStoreError) as opened:
+        open_object_store(url)
+    assert "s3cret" not in str(opened.value)

@@ -202,3 +202,16 @@ async def test_a_source_the_observer_would_refuse_is_refused_at_process() -> Non
     p = observer.process("job", kind="stage", process_id="")  # "": a fresh id, as before
     p.emit("step", causation_id=p.process_id, correlation_id="c-1", attributes={"a": "b"})
     assert len(p.process_id) == 36 and observer.stats.emitted == 1
+
+
+def test_a_mapping_a_struct_cannot_hold_is_refused_naming_it() -> None:
+    """Any mapping at the top of ``data``; below it only dicts: a Struct refuses other
+    mappings with a bare "Unexpected type" (the SDK checked any Mapping as fine)."""
+    from types import MappingProxyType
+
+    observer = Observer("127.0.0.1:1")
+    p = observer.process("job")
+    p.emit("step", MappingProxyType({"n": 1}))
+    with pytest.raises(TypeError, match=r"data\['m'\]: a mappingproxy cannot be sent"):
+        p.emit("step", {"m": MappingProxyType({"n": 1})})
+    assert observer.stats.emitted == 1

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 from jetsource.core.errors import JetsourceError
+from jetsource.core.settings import archive_url_problem
 
 
 class ObjectStoreError(JetsourceError):
@@ -223,23 +224,14 @@ def open_object_store(
     url: str, endpoint: str | None = None, region: str | None = None
 ) -> ObjectStore:
     """``s3://bucket/prefix`` or a directory (a path or ``file:///path``)."""
+    if problem := archive_url_problem(url):
+        raise ObjectStoreError(f"archive url {problem}")
     parts = urlsplit(url)
     if parts.scheme == "s3":
-        if not parts.netloc:
-            raise ObjectStoreError(f"archive url {url!r} names no bucket (s3://BUCKET/prefix)")
         return S3ObjectStore(parts.netloc, parts.path.strip("/"), endpoint, region)
     if parts.scheme == "file":
         # file:///abs/path (percent-encoded as file URLs are: %20 a space). A host was
         # taken for nothing: file://archive was the current folder, and an encoded
         # path named another folder than the one meant, both read as an empty archive.
-        if parts.netloc not in ("", "localhost") or not parts.path:
-            raise ObjectStoreError(
-                f"archive url {url!r}: a file URL is file:///ABSOLUTE/PATH (three slashes; "
-                f"{parts.netloc or 'nothing'} is no folder), or give the path itself"
-            )
         return LocalObjectStore(Path(unquote(parts.path)))
-    if parts.scheme:
-        raise ObjectStoreError(
-            f"archive url {url!r}: unknown scheme {parts.scheme!r} (a directory or s3://)"
-        )
     return LocalObjectStore(Path(url))

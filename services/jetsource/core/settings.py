@@ -64,9 +64,12 @@ def _host_and_port(url: str, default_scheme: str | None = None) -> None:
 
 def redact_url(url: str) -> str:
     """The URL(s) (comma separated) without any ``user:password@`` part, fit for a log
-    or an error. Everything up to a URL's last ``@`` goes, so a password holding ``/``
-    or ``:`` is not shown in part (as the one thing nobody may see)."""
-    return ",".join(_redact_one(u) for u in url.split(","))
+    or an error. Everything up to a URL's last ``@`` goes, so a password holding ``/``,
+    ``:`` or ``,`` is not shown in part (the list is cut only where a scheme follows)."""
+    return ",".join(_redact_one(u) for u in _NEXT_URL.split(url))
+
+
+_NEXT_URL = re.compile(r",(?=\s*[A-Za-z][\w+.-]*://)")
 
 
 def _redact_one(url: str) -> str:
@@ -185,21 +188,28 @@ def check_archive_url(value: str | None) -> str | None:
     """Where the archive is: a folder (a path, or ``file:///ABSOLUTE/PATH``) or
     ``s3://BUCKET/prefix``. Checked when settings load (it was checked when the archive
     was first opened: the query service and the projector ended with a traceback, a CLI
-    command only once connected); the archive's own opener checks the same."""
+    command only once connected); the archive's opener asks the same question."""
     if value is None or not value.strip():
         return None  # unset or empty: the default folder
-    parts = urlsplit(value)
+    if problem := archive_url_problem(value):
+        raise ValueError(problem)
+    return value
+
+
+def archive_url_problem(url: str) -> str | None:
+    """What is wrong with an archive URL, its credentials masked, or None."""
+    parts = urlsplit(url)
+    shown = repr(redact_url(url))
     if parts.scheme == "s3" and not parts.netloc:
-        raise ValueError(f"{value!r} names no bucket (s3://BUCKET/prefix)")
+        return f"{shown} names no bucket (s3://BUCKET/prefix)"
     if parts.scheme == "file" and (parts.netloc not in ("", "localhost") or not parts.path):
-        raise ValueError(
-            f"{value!r}: a file URL is file:///ABSOLUTE/PATH (three slashes), or give the path"
+        return (
+            f"{shown}: a file URL is file:///ABSOLUTE/PATH (three slashes; "
+            f"{parts.hostname or 'nothing'} is no folder), or give the path itself"
         )
     if parts.scheme not in ("", "file", "s3"):
-        raise ValueError(
-            f"{value!r}: unknown scheme {parts.scheme!r} (a folder, file:/// or s3://)"
-        )
-    return value
+        return f"{shown}: unknown scheme {parts.scheme!r} (a folder, file:/// or s3://)"
+    return None
 
 
 StreamName = Annotated[str, AfterValidator(check_stream_name)]

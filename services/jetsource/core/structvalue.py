@@ -5,7 +5,7 @@ protobuf's bare "Unexpected type" or a number silently recorded as another."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 SAFE_INTEGER = 2**53  # a Struct's numbers are doubles: exact up to here
@@ -38,7 +38,7 @@ def check_struct_value(
         raise NotAStructValue(where, f"{value} is not a JSON number", wrong_type=False)
     if isinstance(value, _SCALARS):
         return
-    if isinstance(value, Mapping):
+    if isinstance(value, dict):  # a Struct takes no other mapping (bare "Unexpected type")
         for key, item in value.items():
             if not isinstance(key, str):
                 raise NotAStructValue(

@@ -144,6 +144,7 @@ def _struct(data: Mapping[str, Any] | None, where: str = "data") -> struct_pb2.S
     if data:
         if not isinstance(data, Mapping):
             raise TypeError(f"{where} must be a mapping, not {type(data).__name__}")
+        data = dict(data)  # any mapping at the top; a Struct holds dicts below it
         _check_json(data, where)
         s.update(data)
     return s
