@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -124,6 +125,21 @@ def voided_event(record: RecordedEvent) -> RecordedEvent:
     )
 
 
+# How long the answer to "why no responders" (_not_taken) is reused.
+_DIAGNOSIS_TTL_S = 1.0
+
+
+def _covers(pattern: str, prefix: str) -> bool:
+    """Whether a stream subject ``pattern`` takes every subject under ``prefix.>``."""
+    wanted = [*prefix.split("."), ">"]
+    for i, token in enumerate(pattern.split(".")):
+        if token == ">":
+            return True
+        if i >= len(wanted) or wanted[i] == ">" or token not in ("*", wanted[i]):
+            return False
+    return False
+
+
 def stream_config(cfg: EventStoreSettings) -> dict[str, Any]:
     """Event-store defaults: nothing is ever deleted, rewritten or silently dropped."""
     return {
@@ -172,6 +188,9 @@ class JetStreamEventStore:
         self._positions: OrderedDict[str, tuple[int, int]] = OrderedDict()
         self._voids: set[int] = set()  # stream sequences known to be voided
         self._void_sub: Any = None
+        # why calls had no responders (_not_taken): one question at a time, kept briefly
+        self._diagnosing: asyncio.Future[str] | None = None
+        self._diagnosis: tuple[float, str] | None = None
 
     @property
     def settings(self) -> EventStoreSettings:
@@ -225,6 +244,7 @@ class JetStreamEventStore:
         answer's config says so); ``jetsource streams ensure`` moves a domain's stream
         whose policy now allows purges (``jetsource.eventstore.reshape``)."""
         await self.start()
+        self._diagnosis = None  # whatever was wrong with the stream is being put right
         config = stream_config(self._cfg)
         try:
             return await jsapi.ensure_stream(self._replies, config, self._cfg.request_timeout_s)
@@ -255,7 +275,7 @@ class JetStreamEventStore:
         attempts = self._cfg.retry_attempts
         for attempt in range(attempts):
             try:
-                return await fn()
+                result = await fn()
             except NoRespondersError:
                 raise await self._not_taken() from None
             except JsApiError as exc:
@@ -272,6 +292,9 @@ class JetStreamEventStore:
                     ) from exc
                 delay = self._cfg.retry_backoff_s * (2**attempt)
                 await asyncio.sleep(delay * (0.5 + random.random()))
+            else:
+                self._diagnosis = None  # it answers: a kept "why not" is stale
+                return result
         raise AssertionError("unreachable")
 
     def _remember(self, aggregate_id: str, version: int, seq: int) -> None:
@@ -774,21 +797,53 @@ class JetStreamEventStore:
         )
 
     async def _not_taken(self) -> StreamMissingError:
-        """Why a call had no responders: the stream is gone, or (asked once, on this
-        failure only) it is there but no longer takes this store's subjects (its
-        subjects were edited), which "does not exist" misnamed."""
+        """Why a call had no responders: the stream is gone, or it is there but no
+        longer takes this store's subjects (edited), which "does not exist" misnamed,
+        or it takes them but answers no direct gets (``allow_direct`` false).
+
+        One STREAM.INFO answers every call failing at once, and its answer is kept for
+        ``_DIAGNOSIS_TTL_S``: otherwise each failing call of an outage (every append,
+        every read) added a request of up to ``request_timeout_s``."""
+        cached = self._diagnosis
+        if cached is not None and time.monotonic() - cached[0] < _DIAGNOSIS_TTL_S:
+            return StreamMissingError(cached[1])
+        task = self._diagnosing
+        if task is None:
+            task = self._diagnosing = asyncio.ensure_future(self._diagnose())
+            task.add_done_callback(self._diagnosed)
+        # shielded: one caller cancelled does not cancel the others' answer
+        return StreamMissingError(await asyncio.shield(task))
+
+    def _diagnosed(self, task: asyncio.Future[str]) -> None:
+        if self._diagnosing is task:
+            self._diagnosing = None
+        if not task.cancelled() and task.exception() is None:
+            self._diagnosis = (time.monotonic(), task.result())
+
+    async def _diagnose(self) -> str:
+        missing = str(self._stream_missing())
         try:
             info = await jsapi.api(
                 self._replies, f"STREAM.INFO.{self._cfg.stream}", {}, self._cfg.request_timeout_s
             )
         except (JsApiError, NoRespondersError, *_TRANSIENT):
-            return self._stream_missing()
-        subjects = info.get("config", {}).get("subjects") or []
-        return StreamMissingError(
-            f"stream {self._cfg.stream} exists but does not take this store's subjects "
-            f"{self._cfg.subject_prefix}.> (its subjects are {subjects[:5]!r}; were they "
-            "edited?): put them back with `jetsource streams ensure`"
-        )
+            return missing
+        config = info.get("config", {})
+        subjects = config.get("subjects") or []
+        prefix = self._cfg.subject_prefix
+        if not any(_covers(str(s), prefix) for s in subjects):
+            return (
+                f"stream {self._cfg.stream} exists but does not take this store's subjects "
+                f"{prefix}.> (its subjects are {subjects[:5]!r}; were they edited?): put "
+                "them back with `jetsource streams ensure`"
+            )
+        if not config.get("allow_direct", False):
+            return (
+                f"stream {self._cfg.stream} exists but answers no direct gets (allow_direct "
+                "is false; the store reads through them): turn it back on with "
+                "`jetsource streams ensure`"
+            )
+        return missing  # e.g. a leader election: the answer it always had
 
     async def _scan(self, subject: str, from_seq: int) -> AsyncIterator[RecordedEvent]:
         """Every message matching ``subject`` decoded; a message that does not decode
