@@ -350,8 +350,10 @@ class Health:
         return {"nats": nats, "valkey": valkey, "webhooks": webhooks, "reads": nats and valkey}
 
     async def unavailable(self, reason: str) -> None:
-        """A webhook was answered 503 (not stored): not writable until the write probe
-        (woken at once, then every second) finds the events stream writable again."""
+        """A webhook was answered 503 because the events stream did not take its events
+        (not a 503 of the raw archive or the handles bucket, which the probe does not
+        check): not writable until the write probe (woken at once, then every second)
+        finds the events stream writable again."""
         if self.writes is not None:
             await self.writes.mark(False, reason)
 
@@ -512,11 +514,16 @@ def create_app(
                 )
             )
             response = JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)
+            events_down = answer.events_down
         except Exception as exc:
             # Answered here, not by the app's handlers, so that it is counted and timed
             # like every other answer (a 500 among them).
             response = error_answer(request.url.path, exc)
-        if response.status_code == 503:
+            events_down = response.status_code == 503 and intake.events_down(exc)
+        if events_down:
+            # Only a 503 of the events stream itself, what the write probe checks: the
+            # raw archive full or the handles bucket gone marked it too, so /healthz
+            # flapped 503 (the probe found the events stream fine) at every such 503.
             await checks.unavailable(bytes(response.body).decode(errors="replace")[:500])
         WEBHOOK_SECONDS.labels(provider).observe(time.perf_counter() - started)
         # Instances are configured names; an unknown one is counted as such (bounded labels).

@@ -70,3 +70,31 @@ async def test_healthz_is_503_while_the_events_stream_refuses_and_200_again_on_i
         assert [e["stored"] for e in again.json()["events"]] == [False]
     finally:
         await nc.close()
+
+
+async def test_a_503_of_the_raw_archive_does_not_mark_the_events_stream(
+    nats_server: Server, isettings: IngestSettings, http: httpx.AsyncClient, unique: str
+) -> None:
+    """A webhook answered 503 because the raw archive stream is full (or the handles
+    bucket is gone: streams the write probe never looks at) marked the events stream not
+    writable: /healthz (readiness) went 503 until the probe, finding the events stream
+    fine, put it back, and again at the next such 503. Only the events stream's own 503
+    marks it now."""
+    assert (await _post(http, _body(f"{unique}-0"))).status_code == 200
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    try:
+        info = await js.stream_info(isettings.omni.raw_stream)
+        cfg = info.config
+        cfg.max_msgs, cfg.discard = info.state.messages, DiscardPolicy.NEW
+        await js.update_stream(cfg)
+        refused = await _post(http, _body(f"{unique}-1"))
+        assert refused.status_code == 503, refused.text
+        assert isettings.omni.raw_stream in refused.text
+        health = await http.get("/healthz")
+        assert health.status_code == 200, health.text
+        assert health.json()["webhooks"] is True
+        cfg.max_msgs = -1
+        await js.update_stream(cfg)
+    finally:
+        await nc.close()

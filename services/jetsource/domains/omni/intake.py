@@ -63,6 +63,7 @@ from jetsource.domains.omni.normalize.common import MAX_CONVERSATION_ID, surroga
 from jetsource.domains.omni.raw import RawArchive
 from jetsource.domains.omni.settings import InstanceConfig
 from jetsource.eventstore.jetstream import JetStreamEventStore
+from jetsource.eventstore.refusals import JetStreamRefusedError
 
 log = logging.getLogger("jetsource.omni.intake")
 # NATS away or slow (the event store's own retries spent, a KV call timing out): 503.
@@ -129,6 +130,10 @@ class Answer:
     status: int
     body: dict[str, Any]
     headers: dict[str, str] = field(default_factory=dict)
+    # A 503 because the omni events stream did not take the events (refused, missing,
+    # not answering): what the write probe checks, so the ingress is marked not
+    # writable. A 503 of the raw archive or the handles bucket is not this.
+    events_down: bool = False
 
 
 class Rejected(Exception):
@@ -224,7 +229,7 @@ class Intake:
         try:
             stored = await asyncio.gather(*(self._append(e) for e in events))
         except _UNAVAILABLE as exc:
-            return _unavailable(raw_id, exc)
+            return _unavailable(raw_id, exc, events_down=self.events_down(exc))
         except Exception as exc:
             return await self._failed_after_archive(record, "storing the events", exc)
         if reply is not None:
@@ -429,6 +434,17 @@ class Intake:
             if e.recipient_handle:
                 e.recipient_identity_id = ids[(e.provider, e.recipient_handle)]
 
+    def events_down(self, exc: BaseException) -> bool:
+        """Whether ``exc`` (of storing events) says the omni events stream takes no
+        writes: a refusal or "missing" naming that stream, or the event store not
+        answering. Another stream's (the raw archive's, a bucket's) is not."""
+        stream = self.store.settings.stream
+        if isinstance(exc, JetStreamRefusedError):
+            return exc.stream == stream
+        if isinstance(exc, StreamMissingError):
+            return f"stream {stream} " in f"{exc} "
+        return isinstance(exc, EventStoreUnavailableError)
+
     async def _append(self, event: NormalizedEvent) -> bool:
         """Store the event unless it is stored already; True when this call stored it."""
         occurred = (
@@ -549,10 +565,11 @@ def _short(event: NormalizedEvent) -> str:
     return EventType.Name(event.event_type).removeprefix("EVENT_TYPE_").lower()
 
 
-def _unavailable(raw_id: str, exc: BaseException) -> Answer:
+def _unavailable(raw_id: str, exc: BaseException, *, events_down: bool = False) -> Answer:
     log.warning("webhook %s not stored (try again): %s", raw_id, exc)
     return Answer(
         503,
         {"error": {"code": "unavailable", "message": f"not stored, try again: {exc}"[:500]}},
         {"Retry-After": "1"},
+        events_down=events_down,
     )
