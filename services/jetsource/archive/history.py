@@ -171,12 +171,22 @@ def open_archive(settings: JetsourceSettings, stream: str) -> Archive:
     return Archive(open_object_store(settings.archive_url(), a.endpoint, a.region), stream)
 
 
+def archive_of(live: JetStreamEventStore, settings: JetsourceSettings) -> Archive | None:
+    """The archive of a compacted stream (events before its horizons are only there),
+    or None for a stream that keeps its events."""
+    if live.settings.retention != "age+compaction":
+        return None
+    return open_archive(settings, live.settings.stream)
+
+
 def history_store(
-    live: JetStreamEventStore, settings: JetsourceSettings
+    live: JetStreamEventStore, settings: JetsourceSettings, archive: Archive | None = None
 ) -> JetStreamEventStore | ArchivedHistory:
     """What readers of a domain's history use: the live store itself unless its stream
     is compacted and the archive is to be read (else reads before the horizon answer
-    BeyondHorizonError naming it)."""
-    if live.settings.retention != "age+compaction" or not settings.archive.read:
+    BeyondHorizonError naming it). ``archive``: the stream's, opened once by a caller
+    that reads it for other things too (else opened here)."""
+    if not settings.archive.read:
         return live
-    return ArchivedHistory(live, open_archive(settings, live.settings.stream))
+    archive = archive or archive_of(live, settings)
+    return live if archive is None else ArchivedHistory(live, archive)

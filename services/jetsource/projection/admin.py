@@ -29,7 +29,6 @@ from jetsource.core.envelope import RecordedEvent
 from jetsource.core.errors import CorruptEventError, EventStoreUnavailableError
 from jetsource.core.ids import uuid7, validate_aggregate_id
 from jetsource.eventstore import jsapi
-from jetsource.eventstore.jetstream import JetStreamEventStore
 from jetsource.projection.bootstrap import Projection
 from jetsource.projection.contract import ReadModel, TransientError
 from jetsource.projection.control import (
@@ -452,7 +451,7 @@ async def _replay_aggregate(p: Projection, model: ReadModel, aggregate_id: str) 
     # The whole history, across the horizon on a compacted stream: the live stream
     # alone answered BeyondHorizonError for a compacted story (`projector replay
     # --aggregate`, `erase`), which was then left as it was.
-    history = whole_history(p, p.store_for(model.spec.name))
+    history = p.history_of(p.store_for(model.spec.name))
     position = await _retry(lambda: model.position(aggregate_id), name)
     events: list[RecordedEvent] = []
     heard = erasures_heard()  # the events below are opened after this many erasures
@@ -998,29 +997,18 @@ async def _keep_progress(p: Projection, name: str, version: int, meter: Meter) -
         log.warning("%s v%d: progress not saved: %r", name, version, exc)
 
 
-def whole_history(p: Projection, store: JetStreamEventStore) -> Any:
-    """What reads one aggregate's whole history: on a compacted stream whose archive
-    is read (``JETSOURCE_ARCHIVE__READ``), the live stream with the versions before
-    each horizon from the archive; else the live store itself."""
-    if store.settings.retention != "age+compaction" or not p.settings.archive.read:
-        return store
-    from jetsource.archive.history import history_store
-
-    return history_store(store, p.settings)
-
-
 async def _from_archive(p: Projection, name: str, model: ReadModel) -> None:
     """On a compacted stream a build starts with what only the archive still holds
     (merged in stream order with the live events among it); the worker goes on from
     the live stream."""
     store = p.store_for(name)
-    if store.settings.retention != "age+compaction" or not p.settings.archive.read:
+    archive = p.archive_of(store) if p.settings.archive.read else None
+    if archive is None:
         return
-    from jetsource.archive.history import open_archive
     from jetsource.archive.replay import replay_archive
 
     await model.setup()
-    applied = await replay_archive(store, open_archive(p.settings, store.settings.stream), model)
+    applied = await replay_archive(store, archive, model)
     log.info("%s v%d: %d events applied from the archive", name, model.spec.version, applied)
 
 

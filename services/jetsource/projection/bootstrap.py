@@ -119,6 +119,9 @@ class Projection:
     _graph: AsyncDriver | None = None
     _ping: PingProbe | None = None  # health's PING (core.natsping)
     extra_models: dict[str, Callable[[int], ReadModel]] = field(default_factory=dict)
+    # stream -> its whole-history reader, its archive (history_of, archive_of)
+    _histories: dict[str, Any] = field(default_factory=dict)
+    _archives: dict[str, Any] = field(default_factory=dict)
 
     @property
     def store(self) -> JetStreamEventStore:
@@ -127,6 +130,31 @@ class Projection:
 
     def store_for(self, model: str) -> JetStreamEventStore:
         return self.stores[self.domains.owner(model).name]
+
+    def history_of(self, store: JetStreamEventStore) -> Any:
+        """What reads one aggregate's whole history (``archive.history.history_store``):
+        on a compacted stream whose archive is read (``JETSOURCE_ARCHIVE__READ``), the
+        live stream with the versions before each horizon from the archive; else the
+        live store itself. One per stream for the projection's life: a command writing
+        N stories again (replay, erase, their snapshots) built one for each and fetched
+        and decoded their segments N times."""
+        stream = store.settings.stream
+        if stream not in self._histories:
+            from jetsource.archive.history import history_store
+
+            found = history_store(store, self.settings, self.archive_of(store))
+            self._histories[stream] = found
+        return self._histories[stream]
+
+    def archive_of(self, store: JetStreamEventStore) -> Any:
+        """The archive of a compacted stream (``archive.history.archive_of``), or None;
+        one per stream, shared with :meth:`history_of`."""
+        stream = store.settings.stream
+        if stream not in self._archives:
+            from jetsource.archive.history import archive_of
+
+            self._archives[stream] = archive_of(store, self.settings)
+        return self._archives[stream]
 
     def domain_store(self, domain: str) -> JetStreamEventStore:
         try:

@@ -73,15 +73,6 @@ def check_subject(subject: str) -> None:
         )
 
 
-def _archived(p: Projection, store: JetStreamEventStore) -> Any:
-    """The archive of a compacted stream (its purged events are only there), or None."""
-    if store.settings.retention != "age+compaction":
-        return None
-    from jetsource.archive.history import open_archive
-
-    return open_archive(p.settings, store.settings.stream)
-
-
 def _overlapping(entries: list[Any]) -> list[list[Any]]:
     """Manifest entries in groups whose sequence ranges overlap (in order of their
     first sequence): no sequence is held by segments of two groups."""
@@ -166,7 +157,7 @@ async def erase_subject(
     unscanned: list[str] = []  # archives that did not read: said, and exit 1
     for domain in p.domains:
         store = p.domain_store(domain.name)
-        archive = _archived(p, store)
+        archive = p.archive_of(store)  # shared with the rewrites below
         try:
             found, seen = await holders(store, ref, archive)
         except JetsourceError as exc:  # a damaged or unreachable archive: the live rest
@@ -302,7 +293,7 @@ async def _resnapshot(p: Projection, model: SnapshotModel[Any], domain: str, agg
     """Delete the aggregate's snapshots (securely) and take them again from its events
     as they read now (across the horizon on a compacted stream: read first, so a
     read that fails leaves the snapshots there; a compacted story lost them all)."""
-    events = await admin.whole_history(p, p.domain_store(domain)).read_aggregate(agg)
+    events = await p.history_of(p.domain_store(domain)).read_aggregate(agg)
     await model.rewind(agg, 0)
     if events:
         outcome = await model.apply(events)

@@ -300,12 +300,12 @@ def snapshot_decl(
     def build(env: ModelEnv, spec: ModelSpec) -> ReadModel:
         s = env.settings.snapshots
         n = every(env) if callable(every) else (every or s.every)
-        from jetsource.archive.history import history_store
-
         # A cold load reads across the horizon on a compacted stream (the archive read):
         # a snapshot taken where none is kept below it (erase retaking them, a rebuild
-        # from the archive) met BeyondHorizonError from the live stream alone.
-        history = history_store(env.store, env.settings)
+        # from the archive) met BeyondHorizonError from the live stream alone. The
+        # projection's one reader of the stream: a model built per command or pass
+        # (erase) fetched the segments again each time.
+        history = env.projection.history_of(env.store)
         loader = StateLoader(codec, history, env.snapshots, s.cache_size)
         model: Any = SnapshotModel(spec, env.snapshots, loader, n, env.options.state_cache_size)
         return model  # type: ignore[no-any-return]
