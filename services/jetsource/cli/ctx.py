@@ -183,11 +183,21 @@ def _channel(client: ContextClient | QueryClient) -> grpc.aio.Channel:
     return channel
 
 
-def _run(target: Target, work: Callable[[], Coroutine[Any, Any, T]], key: str | None = None) -> T:
-    """Run ``work``; map every failure to a message on stderr and an exit code."""
+def _run(
+    target: Target,
+    work: Callable[[], Coroutine[Any, Any, T]],
+    key: str | None = None,
+    *,
+    ctrl_c_stops: bool = False,
+) -> T:
+    """Run ``work``; map every failure to a message on stderr and an exit code.
+    ``ctrl_c_stops``: Ctrl-C is the caller's way to stop (``watch``: exit 0), so
+    KeyboardInterrupt goes on to it instead of being answered CANCELLED."""
     try:
         return aio.run(work())
     except KeyboardInterrupt:
+        if ctrl_c_stops:
+            raise
         hint = None
         if key:  # as for no answer: it may have reached the publisher
             hint = (
@@ -859,7 +869,7 @@ def watch(
                     pause = min(pause * 2, 5.0)
 
     try:
-        _run(target, follow)
+        _run(target, follow, ctrl_c_stops=True)
     except KeyboardInterrupt:
         raise typer.Exit(out.OK) from None
     except BrokenPipeError:
