@@ -269,7 +269,8 @@ async def test_cli_follow_reads_through_watch_session_when_told_to(
     import os
     import sys
 
-    live = Session(ObserverWriter(stack.record), "watch")
+    # No heartbeat in the expected lines: a loaded machine can be quiet for 10 s here.
+    live = Session(ObserverWriter(stack.record), "watch", heartbeat_s=3600)
     await live.__aenter__()
     live.emit("file_changed", {"path": "a.py"})
     await live.flush()
