@@ -3,18 +3,27 @@
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
-{{/* Fully qualified app name: release-chart unless the release name already says it. */}}
+{{/* Fully qualified app name: release-chart unless the release name already says it.
+     Cut to 43 characters: every object's name is this plus a suffix, and the longest,
+     "-snapshotter-metrics" (20), must still fit a Service's 63 (a DNS label). */}}
 {{- define "jetsource.fullname" -}}
 {{- if .Values.fullnameOverride }}
-{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- .Values.fullnameOverride | trunc 43 | trimSuffix "-" }}
 {{- else }}
 {{- $name := default .Chart.Name .Values.nameOverride }}
 {{- if contains $name .Release.Name }}
-{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- .Release.Name | trunc 43 | trimSuffix "-" }}
 {{- else }}
-{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- printf "%s-%s" .Release.Name $name | trunc 43 | trimSuffix "-" }}
 {{- end }}
 {{- end }}
+{{- end }}
+
+{{/* A CronJob's name: at most 52 characters (Kubernetes adds the Job's 11), the
+     fullname cut to leave room for the suffix. (dict "root" $ "suffix" "archiver") */}}
+{{- define "jetsource.cronJobName" -}}
+{{- $suffix := printf "-%s" .suffix }}
+{{- include "jetsource.fullname" .root | trunc (int (sub 52 (len $suffix))) | trimSuffix "-" }}{{ $suffix }}
 {{- end }}
 
 {{- define "jetsource.chart" -}}
