@@ -294,6 +294,11 @@ async def _stream_last_seq(p: Projection, name: str) -> int:
 # -- status ----------------------------------------------------------------------
 
 
+# The longest one model's status rows may take (its stores' answers): past it the row
+# says ``unavailable``, naming the bound.
+STATUS_TIMEOUT_S = 10.0
+
+
 async def status(p: Projection) -> list[dict[str, Any]]:
     """A row per version of every model of every registered domain: its domain and
     stream, state (building, resetting, live, dropped; ``stalled`` when its consumer
@@ -302,24 +307,31 @@ async def status(p: Projection) -> list[dict[str, Any]]:
     checkpoint, applied count, lag, dead letters, the build ``progress`` of a
     version being built (percent, rate, ETA) and the model's ``last_replay`` run. A
     model whose version follows a schema (snapshots) is listed at that version."""
-    rows: list[dict[str, Any]] = []
-    for name in p.model_names():
-        domain = p.domains.owner(name)
-        stream = p.store_for(name).settings.stream
+
+    async def rows_of(name: str) -> list[dict[str, Any]]:
         try:
-            rows += await _status_rows(p, name)
+            async with asyncio.timeout(STATUS_TIMEOUT_S):
+                return await _status_rows(p, name)
+        except TimeoutError:
+            error = f"TimeoutError: its stores did not answer within {STATUS_TIMEOUT_S:g} s"
         except Exception as exc:  # one store away: the other models are still shown
-            rows.append(
-                {
-                    "domain": domain.name,
-                    "stream": stream,
-                    "model": name,
-                    "version": "-",
-                    "state": "unavailable",
-                    "error": f"{type(exc).__name__}: {exc}",
-                }
-            )
-    return rows
+            error = f"{type(exc).__name__}: {exc}"
+        return [
+            {
+                "domain": p.domains.owner(name).name,
+                "stream": p.store_for(name).settings.stream,
+                "model": name,
+                "version": "-",
+                "state": "unavailable",
+                "error": error,
+            }
+        ]
+
+    # Every model at once, each within its bound: a store that accepts connections
+    # and never answers (a graph's one Bolt call may wait 60 s) costs the report
+    # STATUS_TIMEOUT_S, not a minute per model of that store.
+    found = await asyncio.gather(*(rows_of(name) for name in p.model_names()))
+    return [row for rows in found for row in rows]
 
 
 async def _status_rows(p: Projection, name: str) -> list[dict[str, Any]]:
