@@ -207,6 +207,7 @@ class Worker:
         # Fields of every log line of this worker (structured logs: jetsource.core.logging).
         self._log = {"model": self.spec.name, "version": self.spec.version}
         self._depth_at = time.monotonic()
+        self._lag_at = 0.0  # when the lag was last asked of the consumer in an outage
         self._stop = asyncio.Event()
         self.running = False
         # Acks held to be sent together (only while ``run`` loops; see ACK_DELAY_S).
@@ -607,6 +608,31 @@ class Worker:
         LAG.labels(*self._labels).set(self.stats.pending + int(info["num_ack_pending"]))
         return self.stats.pending == 0 and int(info["num_ack_pending"]) == 0
 
+    async def _lag_while_refused(self) -> None:
+        """The lag while the store refuses batches: ``_account`` is not reached, and
+        what waits for redelivery is delivered (ack pending), not pending, so the gauge
+        would stay at its last value (0 when caught up) through an outage of any length.
+        The consumer is asked, at most once a second, within the store's request
+        timeout; no answer leaves the gauge as it was."""
+        now = time.monotonic()
+        if now - self._lag_at < 1.0:
+            return
+        self._lag_at = now
+        try:
+            info = await jsapi.consumer_info(
+                self.store._replies,
+                self._stream,
+                self._durable,
+                self.store.settings.request_timeout_s,
+            )
+        except Exception as exc:  # NATS away too: the gauge keeps its last value
+            log.debug("%s v%s: lag not refreshed: %r", *self._labels, exc, extra=self._log)
+            return
+        if info is not None:
+            LAG.labels(*self._labels).set(
+                int(info.get("num_pending") or 0) + int(info.get("num_ack_pending") or 0)
+            )
+
     # -- one batch --------------------------------------------------------------
 
     async def process(self, batch: Sequence[Delivery]) -> None:
@@ -703,6 +729,7 @@ class Worker:
                 # their aggregates, it sees them with the next batch.
                 self._unseen = {r.stream_seq: r for r in records}
                 await self._ack(acks)
+                await self._lag_while_refused()
                 return
             except _HALT:
                 raise
@@ -1002,8 +1029,10 @@ class Worker:
         STALLED.labels(*self._labels).set(1 if self.stalled else 0)
         duplicates = max(0, len(outcome.done) - outcome.applied)
         s.duplicates += duplicates
-        last = batch[-1]
-        s.last_seq = max(s.last_seq, last.stream_seq)
+        last = batch[-1]  # the latest delivery: its count of what is left is the newest
+        # The highest sequence, not the last delivered: a redelivery of an older event
+        # (after a nak's backoff) can end a batch of newer ones.
+        s.last_seq = max(s.last_seq, max(d.stream_seq for d in batch))
         s.pending = last.pending
         EVENTS.labels(*self._labels, "applied").inc(outcome.applied + filled)
         if duplicates:

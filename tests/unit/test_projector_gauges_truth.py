@@ -1,0 +1,119 @@
+"""The projector's lag and checkpoint gauges say what the consumer holds, also through a
+store outage: the lag counts the events delivered and waiting for redelivery (it stayed
+0 while Valkey was away and 300 events waited), and the checkpoint is the batch's
+highest sequence (a batch ending with a redelivery of an older event left it 135 below
+what the model had applied)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+
+from jetsource.core.envelope import RecordedEvent
+from jetsource.core.settings import EventStoreSettings
+from jetsource.eventstore import jsapi
+from jetsource.eventstore.jsapi import Delivery
+from jetsource.projection.contract import Kind, ModelSpec, Outcome, TransientError
+from jetsource.projection.runtime import Worker
+from jetsource.projection.settings import ProjectorOptions
+
+
+def gauge(name: str, model: str) -> float | None:
+    return REGISTRY.get_sample_value(name, {"model": model, "version": "1"})
+
+
+def delivery(seq: int, pending: int, delivered: int = 1) -> Delivery:
+    return Delivery(
+        subject=f"ctx.events.story-{seq}",
+        data=b"",
+        headers={},
+        reply=f"$JS.ACK.S.C.{delivered}.{seq}.{seq}.0.{pending}",
+        stream_seq=seq,
+        delivered=delivered,
+        time_ns=0,
+        pending=pending,
+    )
+
+
+@dataclass
+class FakeStore:
+    settings: EventStoreSettings = field(
+        default_factory=lambda: EventStoreSettings(subject_prefix="ctx.events")
+    )
+    _replies: Any = None
+
+    async def open(self, raw: Any) -> RecordedEvent:
+        return RecordedEvent(envelope=None, event=None, stream_seq=raw.seq, recorded_at_ns=0)  # type: ignore[arg-type]
+
+    def known_voided(self, seq: int) -> bool:
+        return False
+
+
+class DownModel:
+    def __init__(self, name: str) -> None:
+        self.spec = ModelSpec(name, 1, Kind.SNAPSHOT, "valkey", "unit")
+
+    async def apply(self, records: Any) -> Outcome:
+        raise TransientError("valkey: Connection refused")
+
+
+def worker(name: str) -> Worker:
+    nc: Any = type("Nc", (), {"new_inbox": staticmethod(lambda: "_INBOX.unit")})()
+    return Worker(nc, FakeStore(), DownModel(name), None, ProjectorOptions())  # type: ignore[arg-type]
+
+
+def test_checkpoint_is_the_highest_sequence_of_the_batch_not_its_last() -> None:
+    w = worker("unit-ckpt")
+    # new events first, then the redelivery of an older one (after a nak's backoff)
+    batch = [delivery(300, 0), delivery(301, 0), delivery(174, 0, delivered=2)]
+    w._account(batch, Outcome(done=[300, 301, 174], applied=3), 0, 0.01)
+    assert gauge("jetsource_projector_checkpoint", "unit-ckpt") == 301
+    assert w.stats.last_seq == 301
+
+
+async def test_lag_counts_the_events_waiting_for_redelivery_while_the_store_is_away(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asked: list[tuple[str, str]] = []
+
+    async def consumer_info(replies: Any, stream: str, name: str, timeout: float) -> Any:
+        asked.append((stream, name))
+        assert timeout <= 5.0  # the store's request timeout, not the ack wait (30 s)
+        return {"num_pending": 7, "num_ack_pending": 300}
+
+    async def nak(nc: Any, d: Delivery, delay: float) -> None:
+        return None
+
+    monkeypatch.setattr(jsapi, "consumer_info", consumer_info)
+    monkeypatch.setattr(jsapi, "nak", nak)
+    w = worker("unit-lag")
+    w._account([delivery(9, 0)], Outcome(done=[9], applied=1), 0, 0.01)  # caught up
+    assert gauge("jetsource_projector_lag", "unit-lag") == 0
+
+    await w._process([delivery(s, 7) for s in range(10, 20)])  # the store refuses
+
+    assert asked, "the consumer was not asked"
+    assert gauge("jetsource_projector_lag", "unit-lag") == 307
+    # refreshed at most once a second while batches keep failing
+    await w._process([delivery(s, 7, delivered=2) for s in range(10, 20)])
+    assert len(asked) == 1
+
+
+async def test_lag_left_as_it_was_when_the_consumer_does_not_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def consumer_info(replies: Any, stream: str, name: str, timeout: float) -> Any:
+        raise TimeoutError
+
+    async def nak(nc: Any, d: Delivery, delay: float) -> None:
+        return None
+
+    monkeypatch.setattr(jsapi, "consumer_info", consumer_info)
+    monkeypatch.setattr(jsapi, "nak", nak)
+    w = worker("unit-lag-quiet")
+    w._account([delivery(9, 4)], Outcome(done=[9], applied=1), 0, 0.01)
+    await w._process([delivery(10, 3)])  # no exception out of the batch
+    assert gauge("jetsource_projector_lag", "unit-lag-quiet") == 4
