@@ -13,6 +13,7 @@ One Deployment of a jetsource process. Called with a dict:
 {{- define "jetsource.deployment" -}}
 {{- $root := .root }}
 {{- $v := index $root.Values .component }}
+{{- include "jetsource.refuseSecretEnv" (dict "where" (printf "%s.env" .component) "env" $v.env) }}
 {{- $ctx := dict "root" $root "component" .component }}
 apiVersion: apps/v1
 kind: Deployment

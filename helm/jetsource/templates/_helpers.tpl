@@ -79,8 +79,30 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (include "jetsource.fullname" .) .Values.secrets.existingSecret }}
 {{- end }}
 
+{{/* A secret setting (a password, token, secret or the ingest's instances; not a _FILE
+     path) named in a ConfigMap or a plain env value is refused: it would be readable by
+     anyone who may read the ConfigMap or the pod spec. (dict "where" "config.env" "env" map) */}}
+{{- define "jetsource.refuseSecretEnv" -}}
+{{- range $name, $value := .env }}
+{{- if and (regexMatch "(PASSWORD|TOKEN|SECRET|INSTANCES)" (upper $name)) (not (hasSuffix "_FILE" (upper $name))) }}
+{{- fail (printf "%s.%s is a secret setting: it would be stored in plain text in a ConfigMap or the pod spec. Give it in secrets (natsPassword, natsToken, valkeyPassword, graphPassword, or secrets.extra.%s), or in secrets.existingSecret under that key" $.where $name (lower $name)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The same for a list of Kubernetes env entries: a secret one must use valueFrom
+     (secretKeyRef), never value. (dict "where" "archiver.env" "env" list) */}}
+{{- define "jetsource.refuseSecretEnvList" -}}
+{{- range .env }}
+{{- if and (hasKey . "value") (regexMatch "(PASSWORD|TOKEN|SECRET|INSTANCES)" (upper (.name | default ""))) (not (hasSuffix "_FILE" (upper (.name | default "")))) }}
+{{- fail (printf "%s: %s is a secret: give it with valueFrom.secretKeyRef (a Secret you manage), not value, which is stored in plain text in the CronJob" $.where .name) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/* Settings every process reads: the ConfigMap's data, and the hook Job's env. */}}
 {{- define "jetsource.configData" -}}
+{{- include "jetsource.refuseSecretEnv" (dict "where" "config.env" "env" .Values.config.env) }}
 JETSOURCE_NATS__URL: {{ .Values.nats.url | quote }}
 {{- with .Values.nats.user }}
 JETSOURCE_NATS__USER: {{ . | quote }}
