@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import getpass
 import json
 import sys
 from collections.abc import Awaitable, Callable
@@ -205,7 +204,7 @@ def identity_create(
     """A new identity with no handle yet (link handles to it)."""
 
     async def work(settings: IngestSettings, nc: Any) -> str:
-        return await _identities(settings, nc).create(name, actor or getpass.getuser())
+        return await _identities(settings, nc).create(name, actor or output.user_name())
 
     identity = _run(work, as_json)
     _emit(as_json, {"identity_id": identity}, identity)
@@ -223,7 +222,7 @@ def identity_link(
 
     async def work(settings: IngestSettings, nc: Any) -> str:
         service = _identities(settings, nc)
-        return await service.link(identity_id, provider, external_id, actor or getpass.getuser())
+        return await service.link(identity_id, provider, external_id, actor or output.user_name())
 
     previous = _run(work, as_json)
     _emit(
@@ -249,7 +248,7 @@ def identity_merge(
 
     async def work(settings: IngestSettings, nc: Any) -> list[str]:
         service = _identities(settings, nc)
-        return await service.merge(survivor_id, merged_id, actor or getpass.getuser(), reason)
+        return await service.merge(survivor_id, merged_id, actor or output.user_name(), reason)
 
     moved = _run(work, as_json)
     _emit(

@@ -13,6 +13,7 @@ help until what creates it has run.
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
 import math
@@ -104,6 +105,17 @@ MAX_SECONDS = 100_000_000.0
 # The request fields' wire types: a larger number is a usage error here, not a
 # protobuf ValueError (a traceback) after connecting.
 I32, I64, U32, U64 = 2**31 - 1, 2**63 - 1, 2**32 - 1, 2**64 - 1
+
+
+def user_name() -> str:
+    """The default of an ``--actor`` option: the login name ($USER, $LOGNAME, or the
+    password database's entry for the process's uid), "" when there is none (a container
+    run under a uid with no entry and no $USER: getpass raised KeyError, which the
+    commands answered INTERNAL "a bug" before writing anything)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return ""
 
 
 def seconds(value: float | None) -> float | None:

@@ -9,7 +9,6 @@ and the read models' dead letters of that story are cleared and re-applied.
 
 from __future__ import annotations
 
-import getpass
 from typing import TYPE_CHECKING
 
 import typer
@@ -61,7 +60,7 @@ def void(
             field="--domain",
         )
     report: VoidReport = _run(
-        lambda p: void_sequence(p, seq, reason, actor or getpass.getuser(), domain),
+        lambda p: void_sequence(p, seq, reason, actor or output.user_name(), domain),
         stopped=f"the void of stream sequence {seq} stopped (Ctrl-C): run the same command "
         "again to finish it (a void already recorded is not recorded twice)",
     )

@@ -171,3 +171,58 @@ async def test_raw_show_never_sends_a_bodys_terminal_escapes_raw(
     assert body.stdout.encode() == hostile
     doc = json.loads(cli(isettings, "raw", "show", raw_id, "--json").stdout)
     assert doc["body_text"] == hostile.decode()
+
+
+# The CLI as a container runs it under a uid with no password entry and no $USER:
+# getpass.getuser() raises KeyError there.
+NO_USER = """
+import getpass, sys
+def no_user():
+    raise KeyError("getpwuid(): uid not found: 43210")
+getpass.getuser = no_user
+sys.argv = ["jetsource", *sys.argv[1:]]
+from jetsource.cli.app import main
+main()
+"""
+
+
+def test_identity_commands_without_a_user_name(isettings: IngestSettings, ingest: Ingest) -> None:
+    """`--actor` defaults to $USER: a process with no user name (a container's uid with
+    no password entry) was answered INTERNAL "unexpected KeyError (a bug)" by create,
+    link and merge (and `repair void`); the actor is left empty there instead."""
+    s = isettings.model_copy(
+        update={"ingest": isettings.ingest.model_copy(update={"instances": {}})}
+    )
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("JETSOURCE_") and k not in ("USER", "LOGNAME", "LNAME", "USERNAME")
+    }
+    env.update(environment(s))
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", NO_USER, "omni", "identity", *args, "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    created = run("create", "--name", "Kim")  # link and merge share the default
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["identity_id"].startswith("idn-")
+
+
+def test_user_name_is_empty_without_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    import getpass
+
+    from jetsource.cli import output
+
+    def no_user() -> str:
+        raise KeyError("getpwuid(): uid not found: 43210")
+
+    monkeypatch.setattr(getpass, "getuser", no_user)
+    assert output.user_name() == ""
+    monkeypatch.setattr(getpass, "getuser", lambda: "ana")
+    assert output.user_name() == "ana"
