@@ -196,6 +196,30 @@ def test_a_jid_server_is_compared_without_case() -> None:
     assert handle("5511999990000@S.WHATSAPP.NET") == "5511999990000"
     assert handle("5511999990000@C.us") == "5511999990000"
     assert handle("120363000000000000@g.us") == "120363000000000000@g.us"
+    # JIDs kept whole (LIDs, groups) too: 1@LID was a handle, and an identity, apart
+    # from 1@lid, and a LID in upper case beside the phone JID was not taken for one.
+    assert handle("208916402933123@LID") == "208916402933123@lid"
+    assert handle("120363000000000000@G.US") == "120363000000000000@g.us"
+    assert handle("") == ""
+
+
+@pytest.mark.parametrize("lid", ["208916402933123@lid", "208916402933123@LID"])
+@pytest.mark.parametrize("alt", [True, False])
+def test_a_lid_is_one_handle_whatever_the_case_of_its_server(lid: str, alt: bool) -> None:
+    f = next(f for f in FIXTURES if f.path == "whatsapp/evolution/lid_text.json")
+    body = f.body()
+    body["data"]["key"]["remoteJid"] = lid
+    if not alt:
+        del body["data"]["key"]["remoteJidAlt"]
+    (ev,) = normalize(f.provider, f.instance, body, RECEIVED_AT, "r")
+    want = "5521998887777" if alt else "208916402933123@lid"
+    assert (ev.sender_handle, ev.conversation_id) == (want, want)
+    group = next(f for f in FIXTURES if f.path == "whatsapp/evolution/lid_group_text.json")
+    gbody = group.body()
+    gbody["data"]["key"]["remoteJid"] = gbody["data"]["key"]["remoteJid"].upper()
+    (gev,) = normalize(group.provider, group.instance, gbody, RECEIVED_AT, "r")
+    (plain,) = normalize(group.provider, group.instance, group.body(), RECEIVED_AT, "r")
+    assert gev.conversation_id == plain.conversation_id
 
 
 @pytest.mark.parametrize("op", [1, 7, 10, 11, "0", True])

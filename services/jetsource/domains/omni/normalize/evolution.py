@@ -100,12 +100,18 @@ def event_name(raw: str) -> str:
 
 def handle(jid: str) -> str:
     """A person's handle from a JID (device suffix and server dropped); groups, LIDs, newsletters
-    and broadcast lists keep their whole JID, which is their only stable name."""
-    user, _, server = jid.partition("@")
-    # Servers compared as the JID spec does, without case: 1@S.WHATSAPP.NET is 1.
+    and broadcast lists keep their whole JID, which is their only stable name, with the server
+    in lower case."""
+    user, at, server = jid.partition("@")
+    # Servers compared as the JID spec does, without case: 1@S.WHATSAPP.NET is 1, and
+    # 1@LID is 1@lid (it was a handle and an identity apart from its lower-case twin).
     if server.lower() in ("s.whatsapp.net", "c.us") and user:
         return user.split(":", 1)[0]
-    return jid
+    return f"{user}{at}{server.lower()}"
+
+
+def _is_lid(jid: str) -> bool:
+    return jid.lower().endswith("@lid")
 
 
 def shared_chat(jid: str) -> bool:
@@ -140,7 +146,7 @@ class _Envelope:
         """Direction, sender, recipient and conversation from a message key."""
         remote = key.req_str("remoteJid")
         group = shared_chat(remote)
-        chat = remote if group else _person(key, "remoteJid", ev)
+        chat = handle(remote) if group else _person(key, "remoteJid", ev)
         ev.conversation_id = ev.channel_id = chat
         if key.opt_bool("fromMe"):
             ev.direction = pb.DIRECTION_OUTBOUND
@@ -175,11 +181,11 @@ def _person(key: Node, field: str, ev: NormalizedEvent | None) -> str:
     jid = key.req_str(field)
     alt_field = next((a for a in _ALTERNATES[field] if key.opt_str(a)), _ALTERNATES[field][0])
     alt = key.opt_str(alt_field)
-    if jid.endswith("@lid") and alt and not alt.endswith("@lid"):
+    if _is_lid(jid) and alt and not _is_lid(alt):
         if ev is not None:
             ev.metadata.extra[f"{field}_lid"] = jid
         return check_handle(handle(alt), key.at(alt_field))
-    if alt.endswith("@lid") and ev is not None:
+    if _is_lid(alt) and ev is not None:
         ev.metadata.extra[f"{field}_lid"] = alt
     return check_handle(handle(jid), key.at(field))
 
