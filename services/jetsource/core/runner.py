@@ -29,8 +29,10 @@ from jetsource.core.logging import setup_logging
 from jetsource.core.settings import (
     JetsourceSettings,
     missing_files,
+    secrets_dir,
     settings_error,
     tls_problems,
+    unknown_secret_files,
     unknown_variables,
 )
 
@@ -61,6 +63,8 @@ def load_settings(name: str, settings_class: type[S]) -> S:
         _exit(EXIT_BAD_SETTING, f"{name} cannot start: bad setting: {'; '.join(problems)}", name)
     log = logging.getLogger(f"jetsource.{name}")
     for line in unknown_variables(settings_class, os.environ):
+        log.warning("%s", line)
+    for line in unknown_secret_files(settings_class, secrets_dir()):
         log.warning("%s", line)
     return settings
 

@@ -705,6 +705,43 @@ def unknown_variables(settings: type[BaseSettings], environ: Mapping[str, str]) 
     return lines
 
 
+def secrets_dir() -> Path:
+    """Where the settings read secret files: ``JETSOURCE_SECRETS_DIR``, else
+    ``/run/secrets/jetsource``."""
+    secrets = os.environ.get("JETSOURCE_SECRETS_DIR")
+    return Path(secrets) if secrets else DEFAULT_SECRETS_DIR
+
+
+def unknown_secret_files(settings: type[BaseSettings], directory: Path) -> list[str]:
+    """The files of the secrets directory named like a setting (``jetsource_...``) that
+    set nothing, as :func:`unknown_variables` says of variables: a misspelt file
+    (``jetsource_grpc_auth_tokens``, one ``_``) was ignored in silence, so a service
+    ran asking no bearer token. Other files (a certificate a ``..._FILE`` setting
+    names, the ``..data`` links of a Kubernetes Secret volume) are no settings."""
+    if not directory.is_dir():
+        return []
+    prefix, _ = _prefix(settings)
+    files = {
+        file.name.upper(): file.name
+        for file in sorted(directory.iterdir())
+        if file.name.upper().startswith(prefix) and file.is_file()
+    }
+    lines = []
+    for line in unknown_variables(settings, dict.fromkeys(files, "")):
+        variable, rest = line.split(" ", 1)
+        rest = re.sub(r"did you mean (\S+)\?", lambda m: f"did you mean {m[1].lower()}?", rest)
+        if "did you mean" not in rest:
+            # The usual slip: one '_' where the nesting takes two.
+            name = files[variable]
+            for i in [m.start() for m in re.finditer(r"(?<!_)_(?!_)", name)][1:]:
+                doubled = name[:i] + "_" + name[i:]
+                if not unknown_variables(settings, {doubled.upper(): ""}):
+                    rest += f" (did you mean {doubled}?)"
+                    break
+        lines.append(f"secrets file {directory / files[variable]} {rest}")
+    return lines
+
+
 def _complex(annotation: Any) -> bool:
     """Whether pydantic-settings reads a field of this type as JSON (lists, mappings)."""
     origin = typing.get_origin(annotation)
