@@ -18,6 +18,7 @@ EVERYTHING = {
     "admin": {"enabled": True},
     "sessionsPruner": {"enabled": True},
     "archiver": {"enabled": True},
+    "config": {"env": {"JETSOURCE_ARCHIVE__URL": "s3://archive/jetsource"}},
     "ingest": {"ingress": {"enabled": True}},
     "projector": {"partitions": 2, "replicas": 2, "keda": {"enabled": True}},
     "metrics": {"grafanaDashboard": {"enabled": True}, "prometheusRule": {"enabled": True}},

@@ -74,14 +74,17 @@ def test_a_secret_in_a_process_env_is_refused(component: str) -> None:
             render({component: {"env": {variable: "s3cr3t"}}})
 
 
+S3 = {"config": {"env": {"JETSOURCE_ARCHIVE__URL": "s3://archive/jetsource"}}}
+
+
 @pytest.mark.parametrize("job", ["sessionsPruner", "archiver"])
 def test_a_cronjob_takes_a_secret_only_from_a_secret_ref(job: str) -> None:
     plain = [{"name": "JETSOURCE_NATS__PASSWORD", "value": "s3cr3t"}]
     with pytest.raises(helm.HelmError, match=rf"{job}\.env: JETSOURCE_NATS__PASSWORD .*valueFrom"):
-        render({job: {"enabled": True, "env": plain}})
+        render({job: {"enabled": True, "env": plain}} | S3)
     aws = [{"name": "AWS_SECRET_ACCESS_KEY", "value": "s3cr3t"}]
     with pytest.raises(helm.HelmError, match="AWS_SECRET_ACCESS_KEY"):
-        render({job: {"enabled": True, "env": aws}})
+        render({job: {"enabled": True, "env": aws}} | S3)
     ref: list[dict[str, Any]] = [
         {"name": "JETSOURCE_NATS__USER", "value": "pruner"},
         {
@@ -89,7 +92,7 @@ def test_a_cronjob_takes_a_secret_only_from_a_secret_ref(job: str) -> None:
             "valueFrom": {"secretKeyRef": {"name": "pruner-nats", "key": "password"}},
         },
     ]
-    docs = manifests(render({job: {"enabled": True, "env": ref}}))
+    docs = manifests(render({job: {"enabled": True, "env": ref}} | S3))
     (cronjob,) = by_kind(docs, "CronJob").values()
     container = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
     assert container["env"] == ref

@@ -206,3 +206,42 @@ podAntiAffinity:
             {{- include "jetsource.componentSelector" . | nindent 12 }}
 {{- end }}
 {{- end }}
+
+{{/* The servers' ports the egress policy opens, as a JSON list: networkPolicy.serverPorts
+     and the port of each URL of nats.url (a comma-separated list), valkey.url and
+     graph.uri, or its scheme's default (a NATS at :4223 was cut off in silence). */}}
+{{- define "jetsource.serverPorts" -}}
+{{- $defaults := dict "nats" 4222 "tls" 4222 "ws" 80 "wss" 443 "redis" 6379 "rediss" 6379 "valkey" 6379 "valkeys" 6379 "bolt" 7687 "bolt+s" 7687 "bolt+ssc" 7687 "neo4j" 7687 "neo4j+s" 7687 "neo4j+ssc" 7687 }}
+{{- $ports := list }}
+{{- range .Values.networkPolicy.serverPorts }}
+{{- $ports = append $ports (int .) }}
+{{- end }}
+{{- range (concat (splitList "," .Values.nats.url) (list .Values.valkey.url .Values.graph.uri)) }}
+{{- $url := trim . }}
+{{- $scheme := "" }}
+{{- $host := $url }}
+{{- if contains "://" $url }}
+{{- $scheme = lower (first (splitList "://" $url)) }}
+{{- $host = (urlParse $url).host }}
+{{- end }}
+{{- if regexMatch ":[0-9]+$" $host }}
+{{- $ports = append $ports (int (regexFind "[0-9]+$" $host)) }}
+{{- else if hasKey $defaults $scheme }}
+{{- $ports = append $ports (index $defaults $scheme) }}
+{{- end }}
+{{- end }}
+{{- $ports | uniq | toJson }}
+{{- end }}
+
+{{/* The object store's port of an s3:// archive (config.env JETSOURCE_ARCHIVE__URL):
+     JETSOURCE_ARCHIVE__ENDPOINT's, else 443; nothing for no s3:// archive. */}}
+{{- define "jetsource.archivePort" -}}
+{{- $env := .Values.config.env }}
+{{- if hasPrefix "s3://" (toString (index $env "JETSOURCE_ARCHIVE__URL" | default "")) }}
+{{- $endpoint := toString (index $env "JETSOURCE_ARCHIVE__ENDPOINT" | default "") }}
+{{- if $endpoint }}
+{{- $host := (urlParse $endpoint).host }}
+{{- if regexMatch ":[0-9]+$" $host }}{{ regexFind "[0-9]+$" $host }}{{ else if hasPrefix "http://" $endpoint }}80{{ else }}443{{ end }}
+{{- else }}443{{ end }}
+{{- end }}
+{{- end }}
