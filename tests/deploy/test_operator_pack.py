@@ -290,6 +290,21 @@ def test_alert_rules_cover_the_observer_process_query_and_ingest() -> None:
         assert sample_names(service, skip=SHARED) & alerted, service
 
 
+def test_every_writable_gauge_has_an_alert_and_a_panel() -> None:
+    """A service that cannot store what it is sent says so in a ``*_writable`` gauge
+    (publisher, observer, ingest): each one is alerted on at 0 and shown on the
+    dashboard. The ingest's had neither: an ingress unable to store webhooks was seen
+    only once providers' retries were answered 503 for 5 minutes."""
+    writable = {n for n in all_sample_names() if n.endswith("_writable")}
+    assert {"jetsource_publisher_writable", "jetsource_ingest_writable"} <= writable
+    rules = {r["alert"]: r["expr"] for r in alert_rules()}
+    for gauge in sorted(writable):
+        alerts = [a for a, expr in rules.items() if gauge in metric_names(expr)]
+        assert alerts, f"no alert on {gauge}"
+        assert any(rules[a].strip().endswith("== 0") for a in alerts), gauge
+        assert gauge in used_by_dashboard(), f"no panel shows {gauge}"
+
+
 # --- the chart ships the same files, behind flags -------------------------------------
 
 
