@@ -384,7 +384,10 @@ def identity_commands(record: RecordedEvent) -> list[Command]:
         # once both name the holder before them), if this is its latest assignment.
         out: list[Command] = [
             ("CLAIM", 3, ["h", "hs", "i:", handle, me, order, e.instance, "0"]),
-            ("ZADD", 1, [f"ip:{e.provider}", seq, me]),
+            # LT: an identity keeps the place of its first handle of the provider (the
+            # lowest sequence, in any order of applying); moved up by each later link,
+            # it jumped over a paging cursor and a scan of ListIdentities missed it.
+            ("ZADD", 1, [f"ip:{e.provider}", "LT", seq, me]),
         ]
         if e.display_name:
             out.append(("HSETNX", 1, [f"i:{me}", "name", e.display_name]))
@@ -401,7 +404,7 @@ def identity_commands(record: RecordedEvent) -> list[Command]:
                 # with its instance (the event names handles only), if this is its
                 # latest assignment: CLAIM is the apply script's own
                 ("CLAIM", 3, ["h", "hs", "i:", handle, me, seq, "", "1"]),
-                ("ZADD", 1, [f"ip:{provider}", seq, me]),
+                ("ZADD", 1, [f"ip:{provider}", "LT", seq, me]),
             ]
         return out
     return []
