@@ -35,6 +35,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 
 from jetsource.core.clock import parse_time_ns
 from jetsource.core.errors import (
@@ -53,6 +54,7 @@ from jetsource.domains.omni.processing import (
 )
 from jetsource.domains.omni.reads import Filters, NotFoundError, NotYetVisibleError, OmniReads
 from jetsource.eventstore.jetstream import JetStreamEventStore
+from jetsource.ingest.transport import BodyDeadline, BodyTimeout
 from jetsource.projection.contract import TransientError
 
 log = logging.getLogger("jetsource.ingest")
@@ -145,6 +147,7 @@ _HTTP_CODES = {
     400: "invalid_argument",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     413: "body_too_large",
     415: "unsupported_media_type",
 }
@@ -156,15 +159,23 @@ def http_error_answer(request: Request, exc: HTTPException) -> JSONResponse:
     instead of FastAPI's ``{"detail": ...}``; its headers (``Allow``) kept."""
     status = exc.status_code
     field: str | None = None
+    headers = dict(exc.headers or {})
     if status == 404:
         message = f"no route {request.method} {request.url.path[:200]}"
         field = "path"
     elif status == 405:
-        allowed = (exc.headers or {}).get("allow", "")
+        # Every route of this path, not only the first one Starlette matched (which
+        # said "Allow: POST" for the WhatsApp webhook, that takes GET too), and named
+        # in the message (it looked the header up as "allow": "allowed: )").
+        allowed = ", ".join(_methods_of(request))
+        headers = {"Allow": allowed}
         message = (
             f"{request.method} is not allowed on {request.url.path[:200]} (allowed: {allowed})"
         )
         field = "method"
+    elif status == 408:
+        message = str(exc.detail)[:500]
+        field = "body"
     elif status == 400:
         # FastAPI's "There was an error parsing the body": a body that is not UTF-8.
         message = "body could not be read: send JSON encoded as UTF-8"
@@ -172,9 +183,21 @@ def http_error_answer(request: Request, exc: HTTPException) -> JSONResponse:
     else:
         message = str(exc.detail)[:500]
     response = _error(status, _HTTP_CODES.get(status, "error"), message, field)
-    for name, value in (exc.headers or {}).items():
+    for name, value in headers.items():
         response.headers[name] = value
     return response
+
+
+def _methods_of(request: Request) -> list[str]:
+    """The methods the routes of the request's path take (each one asked whether it
+    takes the path with that method, as the router does: included routers too),
+    sorted."""
+    methods = []
+    for method in sorted(HTTP_METHODS):
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
+            methods.append(method)
+    return methods
 
 
 def parse_since(text: str) -> int:
@@ -241,6 +264,7 @@ class Body:
     size: int  # bytes announced (a body over the limit) or read
     truncated: bool = False  # over the limit: not read whole
     incomplete: bool = False  # the client went away before sending it whole
+    timed_out_s: float = 0.0  # > 0: it did not come whole within this deadline
 
 
 # A body announced over the limit is refused whatever follows: its first bytes are
@@ -275,9 +299,11 @@ async def read_body(request: Request, limit: int, keep: int = 64 * 1024) -> Body
             got += len(chunk)
             if got > limit:
                 return Body(b"".join(chunks), got, truncated=True)
-    except ClientDisconnect:
+    except (ClientDisconnect, BodyTimeout) as exc:
         body = b"".join(chunks)
         size = int(announced) if announced.isascii() and announced.isdigit() else len(body)
+        if isinstance(exc, BodyTimeout):
+            return Body(body, size, truncated=size > limit, timed_out_s=exc.timeout_s)
         return Body(body, size, truncated=size > limit, incomplete=True)
     body = b"".join(chunks)
     return Body(body, len(body))
@@ -421,16 +447,22 @@ def create_app(
     store: JetStreamEventStore,
     api_tokens: list[str] | None = None,
     health: Health | None = None,
+    body_timeout_s: float = 30.0,
 ) -> FastAPI:
     app = FastAPI(
         title="jetsource-ingest",
         description="Messaging webhooks (WhatsApp Cloud API, Evolution API, Discord) "
         "normalized into provider-neutral events; reads of the omni domain.",
         version="1",
+        # A path with a trailing slash is 404 like any other unknown path: Starlette
+        # answered it 307 to a URL made of the request's Host header and plain http
+        # (behind a TLS proxy), where a provider would resend the signed body.
+        redirect_slashes=False,
     )
     tokens = [t.encode() for t in api_tokens or []]
     checks = health or Health()
     app.add_middleware(RequestMetrics)
+    app.add_middleware(BodyDeadline, timeout_s=body_timeout_s)
 
     @app.exception_handler(RequestValidationError)
     async def _malformed(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -510,6 +542,7 @@ def create_app(
                     body_size=body.size,
                     truncated=body.truncated,
                     incomplete=body.incomplete,
+                    timed_out_s=body.timed_out_s,
                     remote_addr=request.client.host if request.client else "",
                 )
             )
@@ -520,6 +553,10 @@ def create_app(
             # like every other answer (a 500 among them).
             response = error_answer(request.url.path, exc)
             events_down = response.status_code == 503 and intake.events_down(exc)
+        if body.truncated or body.timed_out_s:
+            # Answered before the body came whole: what is left of it may still be on
+            # its way (a byte a second, 10^12 bytes announced); not read, not waited for.
+            response.headers["connection"] = "close"
         if events_down:
             # Only a 503 of the events stream itself, what the write probe checks: the
             # raw archive full or the handles bucket gone marked it too, so /healthz
@@ -557,7 +594,9 @@ def create_app(
         empty 200, which Meta takes as a failed verification)."""
         config = intake.instance("whatsapp", instance)
         if config is None:
-            return _error(404, "unknown_instance", f"no whatsapp instance {instance!r}", "instance")
+            return _error(
+                404, "unknown_instance", f"no whatsapp instance {instance[:80]!r}", "instance"
+            )
         for name in HANDSHAKE_PARAMS:
             if (n := len(request.query_params.getlist(name))) > 1:
                 return _error(400, "invalid_argument", f"{name} was sent {n} times; once", name)

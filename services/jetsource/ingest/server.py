@@ -40,6 +40,7 @@ from jetsource.eventstore.jetstream import JetStreamEventStore
 from jetsource.eventstore.refusals import refused_from
 from jetsource.ingest.app import Health, create_app, valkey_answers
 from jetsource.ingest.settings import IngestSettings
+from jetsource.ingest.transport import guarded_protocol
 from jetsource.projection.control import ActiveVersionCache, Control
 from jetsource.projection.valkey import connect_valkey
 
@@ -100,6 +101,8 @@ class Ingest:
     http_task: asyncio.Task[None] | None = None
     redis: Any = None
     health: Health | None = None
+    head_timeout_s: float = 10.0  # INGEST__HEAD_TIMEOUT_S
+    max_head_bytes: int = 64 * 1024  # INGEST__MAX_HEAD_BYTES
 
     @property
     def http_port(self) -> int:
@@ -113,7 +116,14 @@ class Ingest:
         task); here it is a ListenError naming the setting that moves the port."""
         sock = bind_socket("HTTP", host, port, HTTP_PORT)
         config = uvicorn.Config(
-            self.app, host=host, port=port, log_config=None, access_log=False, lifespan="off"
+            self.app,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            # A deadline on each request's head, the parser's refusals in JSON.
+            http=guarded_protocol(self.head_timeout_s, self.max_head_bytes),
         )
         self.http = _Server(config)
         self.http_task = asyncio.create_task(self.http.serve(sockets=[sock]))
@@ -196,6 +206,7 @@ async def build(settings: IngestSettings) -> Ingest:
             store,
             [t.get_secret_value() for t in o.api_tokens if t.get_secret_value()],
             health,
+            body_timeout_s=o.body_timeout_s,
         )
         endpoint = await start_grpc(
             lambda server: add_to_server(OmniQueryService(reads), server),
@@ -210,7 +221,18 @@ async def build(settings: IngestSettings) -> Ingest:
         raise
     writes.start()
     return Ingest(
-        nc, store, raw, identities, intake, reads, app, endpoint, redis=redis, health=health
+        nc,
+        store,
+        raw,
+        identities,
+        intake,
+        reads,
+        app,
+        endpoint,
+        redis=redis,
+        health=health,
+        head_timeout_s=o.head_timeout_s,
+        max_head_bytes=o.max_head_bytes,
     )
 
 

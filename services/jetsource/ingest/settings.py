@@ -36,6 +36,14 @@ class IngestOptions(BaseModel):
     # Larger bodies are refused (413) and archived cut to keep_rejected_bytes.
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     keep_rejected_bytes: int = Field(default=64 * 1024, ge=0)
+    # A request's line and headers must come whole within head_timeout_s of the
+    # connection's start (or of the previous answer on it), its body within
+    # body_timeout_s of its head: else 408 request_timeout and the connection closed
+    # (a slow or stalled client held its connection and a task for ever).
+    head_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    # A request's line and headers over this are refused 431 headers_too_large.
+    max_head_bytes: int = Field(default=64 * 1024, ge=4096, le=1024 * 1024)
     # Non-empty: /api/v1/ asks for "Authorization: Bearer <one of them>".
     api_tokens: list[SecretStr] = Field(default_factory=list)
     max_page_size: int = Field(default=1000, ge=1)

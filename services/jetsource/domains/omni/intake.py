@@ -122,6 +122,9 @@ class WebhookRequest:
     body_size: int = -1  # bytes announced or read; -1: len(body)
     truncated: bool = False  # the body was over the limit and not read whole
     incomplete: bool = False  # the client disconnected before sending the body whole
+    # > 0: the body did not come whole within this many seconds of the request's head
+    # (a client sending it a byte a second, or fewer bytes than its Content-Length)
+    timed_out_s: float = 0.0
     remote_addr: str = ""
 
 
@@ -134,6 +137,11 @@ class Answer:
     # not answering): what the write probe checks, so the ingress is marked not
     # writable. A 503 of the raw archive or the handles bucket is not this.
     events_down: bool = False
+
+
+# A refused request's header values are cut to this when its record is still over
+# what the raw archive takes once its body was cut.
+HEADER_KEPT = 1024
 
 
 class Rejected(Exception):
@@ -283,7 +291,7 @@ class Intake:
             raise Rejected(
                 404,
                 "unknown_instance",
-                f"no {request.provider} instance named {request.instance!r} is configured",
+                f"no {request.provider} instance named {request.instance[:80]!r} is configured",
                 "instance",
             )
         if request.truncated or len(request.body) > self.max_body_bytes:
@@ -299,6 +307,15 @@ class Intake:
                 400,
                 "incomplete_body",
                 f"the client disconnected after sending {len(request.body)} bytes of the body",
+                "body",
+            )
+        if request.timed_out_s > 0:
+            announced = f" of {request.body_size}" if request.body_size > len(request.body) else ""
+            raise Rejected(
+                408,
+                "request_timeout",
+                f"the body did not come whole within {request.timed_out_s:g} s of the "
+                f"request's head ({len(request.body)}{announced} bytes came)",
                 "body",
             )
         found = signatures.problem(config, request.headers, request.body, received_ns / 1e9)
@@ -367,6 +384,13 @@ class Intake:
         ):
             record.body = record.body[: self.keep_rejected_bytes]
             record.body_truncated = True
+        if self._over_archive(record) is not None:
+            # Headers too large for the archive (the ingress refuses heads over
+            # INGEST__MAX_HEAD_BYTES, at most 1 MiB): the refusal was archived whole
+            # and NATS refused it, a 500 or a 503 retried for ever. Each value cut.
+            for name, value in list(record.headers.items()):
+                if len(value) > HEADER_KEPT:
+                    record.headers[name] = f"{value[:HEADER_KEPT]}... ({len(value)} chars)"
         if (failed := await self._archive(record)) is not None:
             return failed
         error = {"code": rejected.code, "message": rejected.reason, "raw_id": record.id}

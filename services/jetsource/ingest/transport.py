@@ -1,0 +1,200 @@
+"""The ingress's HTTP transport under slow or broken clients.
+
+uvicorn sets no deadline on a request's head or body: a connection that sent nothing,
+half a head (slowloris), or a body shorter than its ``Content-Length`` (or one byte a
+second) was held for ever, each a socket and a task, until the process ran out of file
+descriptors and /healthz went unanswered. And the requests its parser refuses (a bad
+``Content-Length``, ``Content-Length`` with ``Transfer-Encoding``, a method it does not
+know, a URL too long) were answered in plain text, not the documented JSON.
+
+- :func:`guarded_protocol`: uvicorn's httptools protocol with a deadline on the head
+  (``INGEST__HEAD_TIMEOUT_S``, from the connection's start or the previous answer),
+  answered 408 ``request_timeout`` naming ``headers``, and its 400 in JSON;
+- :class:`BodyDeadline`: the body must come whole within ``INGEST__BODY_TIMEOUT_S`` of
+  its head, else the receive raises :class:`BodyTimeout` (408 naming ``body``, the
+  connection closed); a webhook archives what came (see ``read_body``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import MutableMapping
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+
+def _json_answer(status: bytes, code: str, message: str, field: str) -> bytes:
+    body = json.dumps({"error": {"code": code, "message": message, "field": field}}).encode()
+    return b"".join(
+        (
+            b"HTTP/1.1 " + status + b"\r\n",
+            b"content-type: application/json\r\n",
+            b"content-length: " + str(len(body)).encode() + b"\r\n",
+            b"connection: close\r\n\r\n",
+            body,
+        )
+    )
+
+
+# The parser's refusal: it says no more than "invalid", so the answer names what it
+# checks (uvicorn answered "Invalid HTTP request received." in plain text).
+BAD_REQUEST = _json_answer(
+    b"400 Bad Request",
+    "invalid_argument",
+    "not a valid HTTP/1.1 request: its request line (method, URL of at most 64 KiB), a "
+    "header, Content-Length (digits, once, not with Transfer-Encoding) or the chunked "
+    "body could not be read",
+    "request",
+)
+
+
+def guarded_protocol(
+    head_timeout_s: float, max_head_bytes: int = 64 * 1024
+) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol whose request heads must come whole within
+    ``head_timeout_s`` of the connection's start or of the previous answer (a
+    keep-alive connection idle that long was already closed by uvicorn after 5 s, but
+    any byte kept it open), and hold at most about ``max_head_bytes`` (counted from the
+    read after the one its first byte came in: one read, at most 256 KiB, over it):
+    uvicorn took heads of any size, a 9 MB header made an archive record NATS refused
+    (503, retried for ever) and many of them the process's memory."""
+    too_large_answer = _json_answer(
+        b"431 Request Header Fields Too Large",
+        "headers_too_large",
+        f"the request's line and headers are over {max_head_bytes} bytes",
+        "headers",
+    )
+    timeout_answer = _json_answer(
+        b"408 Request Timeout",
+        "request_timeout",
+        f"the request's line and headers did not come within {head_timeout_s:g} s",
+        "headers",
+    )
+
+    class GuardedProtocol(HttpToolsProtocol):
+        _head_timer: asyncio.TimerHandle | None = None
+        _in_head = False  # a request's first bytes came, not yet all of its head
+        _began = False  # a request began in the data being parsed
+        _head_bytes = 0  # of the head in progress, read after the read it began in
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._head_timer = self.loop.call_later(head_timeout_s, self._head_timed_out)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timed_out(self) -> None:
+            self._head_timer = None
+            if self.transport.is_closing():
+                return
+            if self.cycle is not None and not self.cycle.response_complete:
+                return  # a request is being answered; armed again after its answer
+            if self.pipeline:
+                return
+            if self._in_head:
+                self.transport.write(timeout_answer)
+            # else nothing came since the connection or the last answer: closed as
+            # uvicorn closes an idle keep-alive connection, without an answer a client
+            # could take for its next request's
+            self.transport.close()
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            self._began = False
+            super().data_received(data)
+            if not self._in_head or self._began or self.transport.is_closing():
+                return
+            self._head_bytes += len(data)
+            if self._head_bytes > max_head_bytes:
+                self._disarm()
+                self.transport.write(too_large_answer)
+                self.transport.close()
+
+        def on_message_begin(self) -> None:
+            self._in_head = self._began = True
+            self._head_bytes = 0
+            super().on_message_begin()
+
+        def on_headers_complete(self) -> None:
+            self._in_head = False
+            self._disarm()
+            super().on_headers_complete()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()  # the next request's head
+
+        def send_400_response(self, msg: str) -> None:
+            self._disarm()
+            self.transport.write(BAD_REQUEST)
+            self.transport.close()
+
+    return GuardedProtocol
+
+
+class BodyTimeout(HTTPException):
+    """The request's body did not come whole in time: 408 naming ``body``, and the
+    connection closed (the rest of the body may still be on its way)."""
+
+    def __init__(self, timeout_s: float, received: int) -> None:
+        super().__init__(
+            408,
+            f"the body did not come whole within {timeout_s:g} s of the request's head "
+            f"({received} bytes came)",
+            headers={"Connection": "close"},
+        )
+        self.timeout_s = timeout_s
+        self.received = received
+
+
+class BodyDeadline:
+    """ASGI middleware: an HTTP request's body must come whole within ``timeout_s`` of
+    its head (when the app is called); a receive past it raises :class:`BodyTimeout`.
+    Receives after the body was whole (waiting for a disconnect) are not bounded."""
+
+    def __init__(self, app: Any, timeout_s: float = 30.0) -> None:
+        self.app = app
+        self.timeout_s = timeout_s
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        whole = False
+        received = 0
+
+        async def bounded() -> Any:
+            nonlocal whole, received
+            if whole:
+                return await receive()
+            left = deadline - loop.time()
+            try:
+                if left <= 0:
+                    raise TimeoutError
+                message = await asyncio.wait_for(receive(), left)
+            except TimeoutError:
+                raise BodyTimeout(self.timeout_s, received) from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                whole = not message.get("more_body", False)
+            else:
+                whole = True  # a disconnect: nothing more comes
+            return message
+
+        await self.app(scope, bounded, send)
