@@ -266,14 +266,10 @@ def identity_handles(
     """The handles that resolve to IDENTITY_ID now."""
 
     async def work(settings: IngestSettings, nc: Any) -> list[tuple[str, str]]:
-        from jetsource.core.errors import ValidationError
-        from jetsource.domains.omni.events import is_identity
+        from jetsource.domains.omni.identity import check_identity_id
 
         service = _identities(settings, nc)
-        if not is_identity(identity_id):  # bad input first, as the service says it
-            raise ValidationError(
-                f"identity_id {identity_id[:80]!r} is not an identity id", field="identity_id"
-            )
+        check_identity_id(identity_id, "identity_id")  # bad input first, as the service says it
         await _require_handles(settings, nc)
         return await service.handles_of(identity_id)
 

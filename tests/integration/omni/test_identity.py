@@ -125,6 +125,27 @@ async def test_bad_identity_input_is_refused_and_changes_nothing(ingest: Ingest)
     assert after == before + 2  # only the valid resolve wrote (created + linked)
 
 
+async def test_an_identity_id_the_store_cannot_hold_is_refused_naming_its_argument(
+    ingest: Ingest,
+) -> None:
+    """An id of dots or of 300 characters was refused by the store, naming
+    ``aggregate_id``, a name no command or argument has; each names its argument now
+    (the CLI passes the field through: `omni identity link idn-a.b ...`)."""
+    ids = ingest.identities
+    someone = await ids.resolve("whatsapp", "4915100000004", "acme")
+    for bad in ("idn-a.b", "idn-" + "x" * 300, "idn-a b"):
+        calls: list[tuple[Any, str]] = [
+            (ids.link(bad, "whatsapp", "1", actor="test"), "identity_id"),
+            (ids.merge(bad, someone, actor="test"), "survivor_id"),
+            (ids.merge(someone, bad, actor="test"), "merged_id"),
+            (ids.handles_of(bad), "identity_id"),
+        ]
+        for call, field in calls:
+            with pytest.raises(ValidationError) as refused:
+                await call
+            assert refused.value.field == field, (bad, field, refused.value)
+
+
 async def test_a_link_of_a_handle_no_webhook_carries_is_refused(ingest: Ingest) -> None:
     """A link of a provider the ingress does not serve ("telegram", "WhatsApp"), of a
     WhatsApp number written with "+", with spaces at its ends or control characters was

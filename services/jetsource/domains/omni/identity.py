@@ -65,7 +65,7 @@ from jetsource._gen.omni.v1.lifecycle_pb2 import (
 from jetsource.core.aio import honour_cancel, stop_task
 from jetsource.core.envelope import NO_STREAM, NewEvent, RecordedEvent
 from jetsource.core.errors import ConcurrencyError, ValidationError
-from jetsource.core.ids import uuid7
+from jetsource.core.ids import uuid7, validate_aggregate_id
 from jetsource.core.printable import UNSAFE
 from jetsource.domains.omni.events import (
     EXTERNAL_ID_LINKED,
@@ -114,6 +114,14 @@ def _check_encodable(value: str, field: str) -> None:
             "no Unicode character",
             field=field,
         )
+
+
+def check_identity_id(identity_id: str, field: str) -> None:
+    """An identity id (``idn-...``) the store can hold, else refused naming ``field`` (the
+    argument the caller gave it as: the store's own check named ``aggregate_id``)."""
+    if not is_identity(identity_id):
+        raise ValidationError(f"{field} {identity_id[:80]!r} is not an identity id", field=field)
+    validate_aggregate_id(identity_id, field)
 
 
 class IdentityNotFoundError(ValidationError):
@@ -600,10 +608,7 @@ class IdentityService:
     # -- admin: link and merge --------------------------------------------------------------
 
     async def _require(self, identity_id: str, field: str) -> int:
-        if not is_identity(identity_id):
-            raise ValidationError(
-                f"{field} {identity_id[:80]!r} is not an identity id", field=field
-            )
+        check_identity_id(identity_id, field)
         version = await self._store.last_version(identity_id)
         if version == 0:
             raise IdentityNotFoundError(f"no identity {identity_id!r}", field=field)
@@ -755,10 +760,7 @@ class IdentityService:
         ``settle`` (a merge), each is settled first at its assignment, so one whose
         bucket write is still under way (another service finishing a merge into this
         identity) is counted."""
-        if not is_identity(identity_id):
-            raise ValidationError(
-                f"identity_id {identity_id[:80]!r} is not an identity id", field="identity_id"
-            )
+        check_identity_id(identity_id, "identity_id")
         records = await self._store.read_aggregate(identity_id)
         if not records:
             # None recorded: not an identity with no handle ('jetsource omni identity
