@@ -9,7 +9,10 @@ know, a URL too long) were answered in plain text, not the documented JSON.
 
 - :func:`guarded_protocol`: uvicorn's httptools protocol with a deadline on the head
   (``INGEST__HEAD_TIMEOUT_S``, from the connection's start or the previous answer),
-  answered 408 ``request_timeout`` naming ``headers``, and its 400 in JSON;
+  answered 408 ``request_timeout`` naming ``headers``, a head over ``max_head_bytes``
+  431, a transfer coding other than chunked 501 naming ``transfer-encoding`` (it was
+  ignored: a gzip body went to the app as if it were plain), and the parser's 400,
+  all in JSON;
 - :class:`BodyDeadline`: the body must come whole within ``INGEST__BODY_TIMEOUT_S`` of
   its head, else the receive raises :class:`BodyTimeout` (408 naming ``body``, the
   connection closed); a webhook archives what came (see ``read_body``).
@@ -51,6 +54,25 @@ BAD_REQUEST = _json_answer(
 )
 
 
+def _unknown_coding(value: bytes) -> str:
+    """The first transfer coding of a Transfer-Encoding value other than chunked (the
+    only one the server applies), "" when there is none."""
+    for coding in value.decode("latin-1").split(","):
+        if (name := coding.strip().lower()) and name != "chunked":
+            return name[:40]
+    return ""
+
+
+def _unknown_coding_answer(coding: str) -> bytes:
+    return _json_answer(
+        b"501 Not Implemented",
+        "unsupported_encoding",
+        f"Transfer-Encoding {coding!r} is not applied here (chunked only): send the body "
+        "uncompressed",
+        "transfer-encoding",
+    )
+
+
 def guarded_protocol(
     head_timeout_s: float, max_head_bytes: int = 64 * 1024
 ) -> type[HttpToolsProtocol]:
@@ -79,6 +101,7 @@ def guarded_protocol(
         _in_head = False  # a request's first bytes came, not yet all of its head
         _began = False  # a request began in the data being parsed
         _head_bytes = 0  # of the head in progress, read after the read it began in
+        _refusal: bytes | None = None  # the answer to a head refused while parsed
 
         def _arm(self) -> None:
             self._disarm()
@@ -131,6 +154,12 @@ def guarded_protocol(
         def on_headers_complete(self) -> None:
             self._in_head = False
             self._disarm()
+            for name, value in self.headers:
+                if name == b"transfer-encoding" and (coding := _unknown_coding(value)):
+                    # Raised in a parser callback: parsing stops, and
+                    # send_400_response answers this instead.
+                    self._refusal = _unknown_coding_answer(coding)
+                    raise ValueError(self._refusal)
             super().on_headers_complete()
 
         def on_response_complete(self) -> None:
@@ -140,7 +169,7 @@ def guarded_protocol(
 
         def send_400_response(self, msg: str) -> None:
             self._disarm()
-            self.transport.write(BAD_REQUEST)
+            self.transport.write(self._refusal or BAD_REQUEST)
             self.transport.close()
 
     return GuardedProtocol

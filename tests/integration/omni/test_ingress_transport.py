@@ -164,6 +164,27 @@ async def test_requests_the_http_parser_refuses_are_answered_in_json(
     assert (error["code"], error["field"]) == ("invalid_argument", "request"), error
 
 
+async def test_a_transfer_coding_other_than_chunked_is_501_and_chunked_is_taken(
+    tight: Ingest,
+) -> None:
+    """ "Transfer-Encoding: gzip, chunked" was parsed as chunked alone: the gzip bytes went
+    to the app as the body (a bad signature or "not UTF-8" for a coding it never
+    applied). Nothing is archived: it is refused before any route."""
+    body = json.dumps(CLOUD.body()).encode()
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    head = signed_head(0, body).replace(b"content-length: 0", b"transfer-encoding: %s")
+    records = await archived(tight)
+    answer, _ = await until_closed(tight.http_port, [head % b"gzip, chunked" + chunked])
+    assert answer.startswith(b"HTTP/1.1 501 "), answer[:200]
+    error = error_of(answer)
+    assert (error["code"], error["field"]) == ("unsupported_encoding", "transfer-encoding")
+    assert "'gzip'" in error["message"], error
+    assert await archived(tight) == records
+    ok = head.replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n") % b"chunked"
+    answer, _ = await until_closed(tight.http_port, [ok + chunked])
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
+
+
 async def test_a_head_over_max_head_bytes_is_431(tight: Ingest) -> None:
     """Heads of any size were read (9 MB of headers: an archive record NATS refused)."""
     pieces = [b"GET /livez HTTP/1.1\r\nhost: x\r\n"] + [b"x-pad: " + b"a" * 1000 + b"\r\n"] * 40
