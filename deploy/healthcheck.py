@@ -7,21 +7,64 @@
 Exit 0 when the gRPC health service answers SERVING (grpc.health.v1, as the publisher
 and the query service serve it) or the URL answers 200 (the projector's and the
 snapshotter's /healthz); exit 1 otherwise, with one line saying why.
+
+gRPC goes over TLS as the jetsource clients do when the client settings say so:
+JETSOURCE_CLIENT__TLS__ENABLED, __CA_FILE, __CERT_FILE (+ __KEY_FILE) and
+JETSOURCE_CLIENT__SERVER_NAME (the helm test pod reads them from the chart's ConfigMap);
+in plain text otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import urllib.error
 import urllib.request
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import grpc
+
+
+def _client_tls() -> tuple[grpc.ChannelCredentials | None, list[tuple[str, str]]]:
+    """Channel credentials and options from the JETSOURCE_CLIENT__ settings (None: plain
+    text), as jetsource's clients read them: TLS is on with ENABLED true or a CA or
+    certificate file; the key defaults to the certificate file."""
+    import grpc
+
+    env = os.environ
+    ca = env.get("JETSOURCE_CLIENT__TLS__CA_FILE")
+    cert = env.get("JETSOURCE_CLIENT__TLS__CERT_FILE")
+    key = env.get("JETSOURCE_CLIENT__TLS__KEY_FILE") or cert
+    enabled = env.get("JETSOURCE_CLIENT__TLS__ENABLED", "").strip().lower()
+    if enabled not in ("1", "true", "yes", "on") and not ca and not cert:
+        return None, []
+
+    def read(path: str | None) -> bytes | None:
+        if not path:
+            return None
+        with open(path, "rb") as file:
+            return file.read()
+
+    credentials = grpc.ssl_channel_credentials(read(ca), read(key) if cert else None, read(cert))
+    name = env.get("JETSOURCE_CLIENT__SERVER_NAME")
+    return credentials, [("grpc.ssl_target_name_override", name)] if name else []
 
 
 def check_grpc(target: str, service: str, timeout: float) -> str | None:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(target) as channel:
+    try:
+        credentials, options = _client_tls()
+    except OSError as exc:
+        return f"TLS files of JETSOURCE_CLIENT__TLS__*: {exc}"
+    if credentials is None:
+        opened = grpc.insecure_channel(target)
+    else:
+        opened = grpc.secure_channel(target, credentials, options=options)
+    with opened as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)

@@ -6,6 +6,7 @@ One Deployment of a jetsource process. Called with a dict:
   env        process-specific variables (name -> value), before the component's own env
   ports      list of (dict "name" "containerPort")
   probes     YAML of startupProbe/readinessProbe/livenessProbe
+  grpc       true for a gRPC service: it serves the plain-text health port, when set
   recreate   true for single-consumer workers: never two at once
   hpa        true when an HPA (or KEDA) owns the replica count
   affinity   YAML of a default affinity, used when the values set none
@@ -69,6 +70,12 @@ spec:
               containerPort: {{ .containerPort }}
               protocol: TCP
             {{- end }}
+            {{- $health := int (include "jetsource.grpcHealthPort" $root) }}
+            {{- if and .grpc $health }}
+            - name: health
+              containerPort: {{ $health }}
+              protocol: TCP
+            {{- end }}
           {{- .probes | nindent 10 }}
           resources:
             {{- toYaml $v.resources | nindent 12 }}
@@ -96,16 +103,19 @@ spec:
       {{- end }}
 {{- end }}
 
-{{/* Probes of a gRPC service: grpc.health.v1 on its port (kubelet's native gRPC probe). */}}
+{{/* Probes of a gRPC service: grpc.health.v1 on its port (kubelet's native gRPC probe),
+     or on the plain-text health port when config.env sets one (gRPC TLS on).
+     (dict "root" $ "port" grpcPort) */}}
 {{- define "jetsource.grpcProbes" -}}
+{{- $port := int (include "jetsource.grpcHealthPort" .root) | default .port }}
 startupProbe:
   grpc:
-    port: {{ . }}
+    port: {{ $port }}
   periodSeconds: 2
   failureThreshold: 60
 readinessProbe:
   grpc:
-    port: {{ . }}
+    port: {{ $port }}
   periodSeconds: 5
   timeoutSeconds: 2
   failureThreshold: 2
@@ -113,7 +123,7 @@ livenessProbe:
   # "liveness" is SERVING while the process answers: a replica that cannot write (NATS
   # away) is taken out by readiness, not restarted (restarting does not bring NATS back).
   grpc:
-    port: {{ . }}
+    port: {{ $port }}
     service: liveness
   periodSeconds: 10
   timeoutSeconds: 3

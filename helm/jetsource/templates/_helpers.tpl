@@ -245,3 +245,16 @@ podAntiAffinity:
 {{- else }}443{{ end }}
 {{- end }}
 {{- end }}
+
+{{/* The plain-text gRPC health port (config.env JETSOURCE_GRPC__HEALTH_PORT), 0 when
+     unset. With gRPC TLS on (JETSOURCE_GRPC__TLS__CERT_FILE) it is required: the
+     kubelet's gRPC probes speak plain text only, so against the TLS port they never
+     pass and the pods never became ready. */}}
+{{- define "jetsource.grpcHealthPort" -}}
+{{- $env := .Values.config.env }}
+{{- $port := int (index $env "JETSOURCE_GRPC__HEALTH_PORT" | default 0) }}
+{{- if and (index $env "JETSOURCE_GRPC__TLS__CERT_FILE") (eq $port 0) }}
+{{- fail "config.env.JETSOURCE_GRPC__TLS__CERT_FILE turns TLS on for every gRPC port, and the kubelet's gRPC probes speak plain text only: set config.env.JETSOURCE_GRPC__HEALTH_PORT too (e.g. 50060), a port serving only grpc.health.v1 in plain text, which the probes then ask" }}
+{{- end }}
+{{- $port }}
+{{- end }}
