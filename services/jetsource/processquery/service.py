@@ -16,11 +16,14 @@ in process_seq order, a subtree's and ListEvents in global_seq order.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import json
 import logging
 import re
 import time
+from array import array
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -299,6 +302,7 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
         self.tokens = PageTokens(f"{prefix}|{token_seed}")
         self._models: dict[tuple[str, int], Any] = {}
         self._closing = asyncio.Event()
+        self._subtrees = KeptSubtrees()
 
     def close(self) -> None:
         """End every open watch (UNAVAILABLE, so a client reconnects elsewhere): a
@@ -654,7 +658,12 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
     # -- timelines ----------------------------------------------------------------
 
     async def _fetcher(self, model: ProcessTimelineModel, pid: str, subtree: bool) -> Fetch:
-        """How to read the process's (or subtree's) global sequences after a cursor."""
+        """How to read the process's (or subtree's) global sequences after a cursor,
+        for one page: a wide subtree's from what is kept of it."""
+        if subtree:
+            kept = await self._subtrees.seqs(model, pid)
+            if kept is not None:
+                return kept.fetch
         return (await self._source(model, pid, subtree)).fetch
 
     async def _source(self, model: ProcessTimelineModel, pid: str, subtree: bool) -> _Source:
@@ -991,6 +1000,74 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
             if len(seqs) < 500:
                 return
             after = seqs[-1]
+
+
+class KeptSeqs:
+    """A subtree's global sequences as of one ``tree_stamp``: a page is a slice."""
+
+    def __init__(self, seqs: array[int]) -> None:
+        self.seqs = seqs
+
+    async def fetch(self, after: int, count: int) -> list[int]:
+        at = bisect.bisect_right(self.seqs, after)
+        return self.seqs[at : at + count].tolist()
+
+
+class KeptSubtrees:
+    """The merged global sequences of wide subtrees of processes that are not roots,
+    kept per model namespace and process while their root's tree is unchanged.
+
+    A root's tree has an index of its own, a process's timeline too, but a subtree
+    below the root is merged from its processes' indexes: every page asked each of
+    them for a page's worth, so paging through a subtree of M processes cost M
+    requests and up to M pages of sequences per page (3,000 children, 9,000 events,
+    91 pages: 14.5 s, against 0.3 s for the root's tree). A subtree of more than
+    ``WIDE`` processes is merged whole once and kept (at most ``max_seqs`` sequences
+    in all, least recently used dropped); each page checks the model's
+    ``tree_stamp`` (one request) and slices. A subtree over ``max_seqs`` on its own
+    is merged per page as before."""
+
+    WIDE = 64
+
+    def __init__(self, max_seqs: int = 2_000_000) -> None:
+        self.max_seqs = max_seqs
+        self._kept: OrderedDict[tuple[str, str], tuple[tuple[str, int, int, int], KeptSeqs]] = (
+            OrderedDict()
+        )
+        self._total = 0
+
+    async def seqs(self, model: ProcessTimelineModel, pid: str) -> KeptSeqs | None:
+        """The subtree's sequences now, or None where a merge per page is as cheap (a
+        root, a narrow subtree) or the subtree is too large to keep."""
+        stamp = await model.tree_stamp(pid)
+        if stamp is None or stamp[0] == pid:
+            return None
+        key = (model.ns, pid)
+        found = self._kept.get(key)
+        if found is not None and found[0] == stamp:
+            self._kept.move_to_end(key)
+            return found[1]
+        members = await model.subtree(pid)
+        if len(members) <= self.WIDE:
+            return None
+        keys = [model.process_key(p) for p in members]
+        if await model.sizes(keys) > self.max_seqs:
+            return None
+        # Read after the stamp: what is read is as new as the stamp or newer, and a
+        # newer one is read again at the next page (its stamp differs).
+        kept = KeptSeqs(array("q", await model.merged_all(keys)))
+        self._put(key, stamp, kept)
+        return kept
+
+    def _put(self, key: tuple[str, str], stamp: tuple[str, int, int, int], kept: KeptSeqs) -> None:
+        old = self._kept.pop(key, None)
+        if old is not None:
+            self._total -= len(old[1].seqs)
+        self._kept[key] = (stamp, kept)
+        self._total += len(kept.seqs)
+        while self._total > self.max_seqs and len(self._kept) > 1:
+            _, (_, dropped) = self._kept.popitem(last=False)
+            self._total -= len(dropped.seqs)
 
 
 @dataclass(frozen=True)

@@ -206,6 +206,9 @@ for r in pairs(touched) do
 end
 if to == 0 then redis.call('HDEL', p .. ':pos', id) end
 redis.call('HINCRBY', p .. ':meta', 'applied', to - cur)
+-- (a tree's set of events may come back the same with other members under a process:
+-- what a reader kept of a subtree is checked against this too; not in the digest)
+redis.call('HINCRBY', p .. ':meta', 'rewound', 1)
 local cp = tonumber(redis.call('HGET', p .. ':meta', 'checkpoint') or '0')
 if maxseq > cp then redis.call('HSET', p .. ':meta', 'checkpoint', maxseq) end
 return cur
@@ -243,6 +246,23 @@ return {1, seqs, redis.call('HMGET', p .. ':ev', unpack(seqs))}
 """
 
 
+# What a subtree's events depend on, for a reader that keeps them (``tree_stamp``):
+# the process's root, its tree's size and last global sequence, and how many rewinds
+# the model has had. Every write that changes a subtree's events changes one of them:
+# an event applied or a process joining adds to the root's tree, a tree attached
+# below changes the root's tree (or, above, the root), pruning removes from it, and
+# a rewind (which may rebuild a tree the same size with other members) counts.
+_STAMP = """
+local p, pid = ARGV[1], ARGV[2]
+local root = redis.call('HGET', p .. ':root', pid)
+if not root then return {} end
+local tree = p .. ':tree:' .. root
+local last = redis.call('ZRANGE', tree, -1, -1)[1] or '0'
+local rewound = redis.call('HGET', p .. ':meta', 'rewound') or '0'
+return {root, redis.call('ZCARD', tree), last, rewound}
+"""
+
+
 def timeline_spec(version: int) -> ModelSpec:
     return ModelSpec(
         TIMELINE,
@@ -262,6 +282,7 @@ class ProcessTimelineModel(ValkeyModel):
         self._rewind = self.write_script(_REWIND)
         self._subtree = redis.register_script(_SUBTREE)
         self._page = redis.register_script(_PAGE)
+        self._stamp = redis.register_script(_STAMP)
 
     @property
     def channel(self) -> str:
@@ -367,6 +388,30 @@ class ProcessTimelineModel(ValkeyModel):
     async def count(self, key: str, upto: int) -> int:
         """How many global sequences of one index are at most ``upto``."""
         return int(await valkey_io(self.redis.zcount(key, "-inf", upto)))
+
+    async def tree_stamp(self, process_id: str) -> tuple[str, int, int, int] | None:
+        """(root, its tree's size, its tree's last global sequence, rewinds so far):
+        unchanged, so are the events of every subtree of that tree (``_STAMP``);
+        None for an unknown process."""
+        raw = await valkey_io(self._stamp(args=[self.ns, process_id]))
+        if not raw:
+            return None
+        return text(raw[0]), int(raw[1]), int(raw[2]), int(raw[3])
+
+    async def sizes(self, keys: Sequence[str]) -> int:
+        """How many global sequences the indexes hold in all."""
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.zcard(key)
+        return sum(int(n) for n in await valkey_io(pipe.execute()))
+
+    async def merged_all(self, keys: Sequence[str]) -> list[int]:
+        """Every global sequence of several indexes, merged."""
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.zrange(key, 0, -1)
+        lists = await valkey_io(pipe.execute())
+        return list(heapq.merge(*([int(s) for s in raw] for raw in lists)))
 
     async def merged_seqs(
         self, keys: Sequence[str], after: int, upto: int | None, count: int
