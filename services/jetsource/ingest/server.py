@@ -103,6 +103,7 @@ class Ingest:
     health: Health | None = None
     head_timeout_s: float = 10.0  # INGEST__HEAD_TIMEOUT_S
     max_head_bytes: int = 64 * 1024  # INGEST__MAX_HEAD_BYTES
+    max_connections: int = 0  # INGEST__MAX_CONNECTIONS (0: from the open-file limit)
 
     @property
     def http_port(self) -> int:
@@ -123,7 +124,7 @@ class Ingest:
             access_log=False,
             lifespan="off",
             # A deadline on each request's head, the parser's refusals in JSON.
-            http=guarded_protocol(self.head_timeout_s, self.max_head_bytes),
+            http=guarded_protocol(self.head_timeout_s, self.max_head_bytes, self.max_connections),
         )
         self.http = _Server(config)
         self.http_task = asyncio.create_task(self.http.serve(sockets=[sock]))
@@ -233,6 +234,7 @@ async def build(settings: IngestSettings) -> Ingest:
         health=health,
         head_timeout_s=o.head_timeout_s,
         max_head_bytes=o.max_head_bytes,
+        max_connections=o.max_connections,
     )
 
 

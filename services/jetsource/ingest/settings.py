@@ -44,6 +44,9 @@ class IngestOptions(BaseModel):
     body_timeout_s: float = Field(default=30.0, gt=0)
     # A request's line and headers over this are refused 431 headers_too_large.
     max_head_bytes: int = Field(default=64 * 1024, ge=4096, le=1024 * 1024)
+    # Open HTTP connections at most (0: the open-file limit less 128): one more closes
+    # the oldest not being answered (idle, or a slow head), else is answered 503.
+    max_connections: int = Field(default=0, ge=0)
     # Non-empty: /api/v1/ asks for "Authorization: Bearer <one of them>".
     api_tokens: list[SecretStr] = Field(default_factory=list)
     max_page_size: int = Field(default=1000, ge=1)

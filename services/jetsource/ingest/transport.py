@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import resource
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -73,8 +74,27 @@ def _unknown_coding_answer(coding: str) -> bytes:
     )
 
 
+def connection_cap(setting: int) -> int:
+    """``INGEST__MAX_CONNECTIONS``, or when 0 the process's open-file limit less 128
+    (NATS, Valkey, gRPC and files need some), at least 64."""
+    if setting > 0:
+        return setting
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 65536
+    return max(64, int(soft) - 128)
+
+
+BUSY = _json_answer(
+    b"503 Service Unavailable",
+    "unavailable",
+    "every connection this server takes is answering a request; try again shortly",
+    "connection",
+)
+
+
 def guarded_protocol(
-    head_timeout_s: float, max_head_bytes: int = 64 * 1024
+    head_timeout_s: float, max_head_bytes: int = 64 * 1024, max_connections: int = 0
 ) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol whose request heads must come whole within
     ``head_timeout_s`` of the connection's start or of the previous answer (a
@@ -82,7 +102,14 @@ def guarded_protocol(
     any byte kept it open), and hold at most about ``max_head_bytes`` (counted from the
     read after the one its first byte came in: one read, at most 256 KiB, over it):
     uvicorn took heads of any size, a 9 MB header made an archive record NATS refused
-    (503, retried for ever) and many of them the process's memory."""
+    (503, retried for ever) and many of them the process's memory.
+
+    At most ``max_connections`` (:func:`connection_cap`) connections: one more closes
+    the oldest that is not being answered (idle, or still sending its head), or when
+    every one is, is answered 503 and closed. Connections without a cap ran the
+    process out of file descriptors: nothing, /healthz neither, was answered.
+    """
+    cap = connection_cap(max_connections)
     too_large_answer = _json_answer(
         b"431 Request Header Fields Too Large",
         "headers_too_large",
@@ -102,6 +129,7 @@ def guarded_protocol(
         _began = False  # a request began in the data being parsed
         _head_bytes = 0  # of the head in progress, read after the read it began in
         _refusal: bytes | None = None  # the answer to a head refused while parsed
+        _since = 0.0  # when the connection was made
 
         def _arm(self) -> None:
             self._disarm()
@@ -127,8 +155,27 @@ def guarded_protocol(
             # could take for its next request's
             self.transport.close()
 
+        def _answering(self) -> bool:
+            return bool(self.pipeline) or (
+                self.cycle is not None and not self.cycle.response_complete
+            )
+
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            self._since = self.loop.time()
+            if len(self.connections) > cap:
+                idle = [
+                    c
+                    for c in self.connections
+                    if isinstance(c, GuardedProtocol) and c is not self and not c._answering()
+                ]
+                if not idle:
+                    transport.write(BUSY)
+                    transport.close()
+                    return
+                oldest = min(idle, key=lambda c: c._since)
+                oldest._disarm()
+                oldest.transport.close()
             self._arm()
 
         def connection_lost(self, exc: Exception | None) -> None:

@@ -24,7 +24,7 @@ from tests.infra import Server
 from tests.integration.omni.harness import SECRETS, headers_for, omni_settings, route
 from tests.integration.omni.test_omni_hostile_input import archived, last_record, written
 
-HEAD_S, BODY_S = 0.4, 0.4
+HEAD_S, BODY_S, CAP = 0.4, 0.4, 10
 CLOUD = next(f for f in FIXTURES if f.instance == "acme-cloud" and f.outcome == "normalized")
 
 
@@ -37,6 +37,7 @@ async def tight(nats_server: Server, valkey_server: Server, unique: str) -> Asyn
         head_timeout_s=HEAD_S,
         body_timeout_s=BODY_S,
         max_head_bytes=4096,
+        max_connections=CAP,
     )
     service = await build(settings)
     await service.start_http("127.0.0.1", 0)
@@ -250,3 +251,45 @@ async def test_a_refused_request_whose_headers_the_archive_cannot_take_is_archiv
     record = await last_record(ingest)
     assert (record.verdict, record.http_status) == (VERDICT_REJECTED, 413)
     assert record.headers["x-big"].endswith("(7000000 chars)"), record.headers["x-big"][-40:]
+
+
+async def test_connections_over_the_cap_close_the_oldest_idle_and_health_answers(
+    tight: Ingest,
+) -> None:
+    """Connections were not capped: enough of them idle or sending a head slowly ran
+    the process out of file descriptors, and /healthz went unanswered. Over
+    INGEST__MAX_CONNECTIONS the oldest not being answered is closed; when every one is
+    answering, a new one is answered 503 in JSON."""
+    opened = []
+    for _ in range(3 * CAP):
+        reader, writer = await asyncio.open_connection("127.0.0.1", tight.http_port)
+        writer.write(b"GET /livez HTTP/1.1\r\nhost: x\r\n")  # a head that stops there
+        await writer.drain()
+        opened.append((reader, writer))
+    try:
+        answer, _ = await until_closed(
+            tight.http_port, [b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"]
+        )
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+        closed = 0
+        for reader, _ in opened[: 2 * CAP]:  # the oldest: closed, without an answer
+            data = await asyncio.wait_for(reader.read(), 0.2 * HEAD_S)
+            closed += data == b""
+        assert closed == 2 * CAP, closed
+    finally:
+        for _, writer in opened:
+            writer.close()
+    busy = []
+    head = b"POST /api/v1/events/e1/status HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{"
+    for _ in range(CAP + 1):  # each answering a request (waiting for its body)
+        busy.append(await asyncio.open_connection("127.0.0.1", tight.http_port))
+        busy[-1][1].write(head)
+        await busy[-1][1].drain()
+    try:
+        await asyncio.sleep(0.05)
+        answer, _ = await until_closed(tight.http_port, [b"GET /livez HTTP/1.1\r\n\r\n"])
+        assert answer.startswith(b"HTTP/1.1 503 "), answer[:200]
+        assert error_of(answer)["field"] == "connection"
+    finally:
+        for _, writer in busy:
+            writer.close()
