@@ -71,10 +71,24 @@ class LocalObjectStore:
         """A folder that cannot be used (a file on the way, read-only, a full disk):
         said with the file and the setting, not a bare ``[Errno 20] Not a directory``."""
         where = exc.filename or self.root
+        dangling = self._dangling()
+        if dangling is not None:
+            return dangling
         return ObjectStoreError(
             f"the archive at {self.root} cannot be {doing}: {exc.strerror or exc} ({where}); "
             "check JETSOURCE_ARCHIVE__URL"
         )
+
+    def _dangling(self) -> ObjectStoreError | None:
+        """The folder (or a folder above it) is a symbolic link to nothing: said so,
+        not "File exists" on writing and "0 segments" on reading."""
+        for at in (self.root, *self.root.parents):
+            if at.is_symlink() and not at.exists():
+                return ObjectStoreError(
+                    f"the archive at {self.root} cannot be used: {at} is a symbolic link to "
+                    f"{os.readlink(at)}, which does not exist; check JETSOURCE_ARCHIVE__URL"
+                )
+        return None
 
     def _put(self, key: str, data: bytes, create_only: bool) -> bool:
         try:
@@ -123,6 +137,9 @@ class LocalObjectStore:
     async def list(self, prefix: str) -> list[str]:
         def walk() -> list[str]:
             if not self.root.is_dir():
+                dangling = self._dangling()
+                if dangling is not None:
+                    raise dangling
                 if self.root.exists():  # a file: verify said "0 segments verified", exit 0
                     raise ObjectStoreError(
                         f"the archive at {self.root} is not a folder; check JETSOURCE_ARCHIVE__URL"
