@@ -284,6 +284,11 @@ async def read_body(request: Request, limit: int, keep: int = 64 * 1024) -> Body
     stream = request.stream()
     try:
         if announced.isascii() and announced.isdigit() and int(announced) > limit:
+            if "100-continue" in request.headers.get("expect", "").lower():
+                # The client waits to be asked for the body: reading it would ask
+                # (uvicorn answers "100 Continue" at the first read) for bytes that
+                # are refused anyway. Refused unread.
+                return Body(b"", int(announced), truncated=True)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + HEAD_BUDGET_S
             while got < keep and (left := deadline - loop.time()) > 0:

@@ -293,3 +293,18 @@ async def test_connections_over_the_cap_close_the_oldest_idle_and_health_answers
     finally:
         for _, writer in busy:
             writer.close()
+
+
+async def test_a_body_over_the_limit_announced_with_expect_100_continue_is_not_asked_for(
+    tight: Ingest,
+) -> None:
+    """The 64 KiB kept for the archive were read, so the client was answered "100
+    Continue" and sent its body, only to be refused 413."""
+    head = signed_head(10**9, b"{}").replace(b"\r\n\r\n", b"\r\nexpect: 100-continue\r\n\r\n")
+    records = await archived(tight)
+    answer, _ = await until_closed(tight.http_port, [head])
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert error_of(answer)["code"] == "body_too_large"
+    assert await archived(tight) == records + 1
+    record = await last_record(tight)
+    assert (record.http_status, record.body, record.body_size) == (413, b"", 10**9)
