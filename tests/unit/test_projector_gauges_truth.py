@@ -60,9 +60,18 @@ class DownModel:
         raise TransientError("valkey: Connection refused")
 
 
-def worker(name: str) -> Worker:
+class FakeDeadLetters:
+    def __init__(self, stored: int) -> None:
+        self.stored = stored
+
+    async def count(self, spec: ModelSpec) -> int:
+        return self.stored
+
+
+def worker(name: str, dead_letters: int = 0) -> Worker:
     nc: Any = type("Nc", (), {"new_inbox": staticmethod(lambda: "_INBOX.unit")})()
-    return Worker(nc, FakeStore(), DownModel(name), None, ProjectorOptions())  # type: ignore[arg-type]
+    dlq: Any = FakeDeadLetters(dead_letters)
+    return Worker(nc, FakeStore(), DownModel(name), dlq, ProjectorOptions())  # type: ignore[arg-type]
 
 
 def test_checkpoint_is_the_highest_sequence_of_the_batch_not_its_last() -> None:
@@ -117,3 +126,70 @@ async def test_lag_left_as_it_was_when_the_consumer_does_not_answer(
     w._account([delivery(9, 4)], Outcome(done=[9], applied=1), 0, 0.01)
     await w._process([delivery(10, 3)])  # no exception out of the batch
     assert gauge("jetsource_projector_lag", "unit-lag-quiet") == 4
+
+
+def series(name: str, model: str) -> list[tuple[dict[str, str], float]]:
+    return [
+        (s.labels, s.value)
+        for m in REGISTRY.collect()
+        for s in m.samples
+        if s.name == name and s.labels.get("model") == model
+    ]
+
+
+async def test_workers_of_one_version_share_its_gauges_and_a_stopped_one_leaves_them() -> None:
+    """Two partition workers of one model version in one process: the lag is their sum
+    (each overwrote the other's), and when one stops (its lease moved to another
+    replica) its values leave; when the last stops (the version dropped) the series go,
+    instead of staying at their last values for ever."""
+    one, two = worker("unit-share", dead_letters=3), worker("unit-share")
+    one._account([delivery(5, 40)], Outcome(done=[5], applied=1), 0, 0.01)
+    two._account([delivery(9, 2)], Outcome(done=[9], applied=1), 0, 0.01)
+    await one._recount_dead_letters()
+    assert gauge("jetsource_projector_lag", "unit-share") == 42
+    assert gauge("jetsource_projector_checkpoint", "unit-share") == 9
+    assert gauge("jetsource_projector_dead_letters_pending", "unit-share") == 3
+
+    async def ends(until_caught_up: bool) -> None:
+        return None
+
+    one._run = ends  # type: ignore[method-assign]  # as a worker stopped by the host
+    await one.run()
+    assert gauge("jetsource_projector_lag", "unit-share") == 2
+    assert gauge("jetsource_projector_checkpoint", "unit-share") == 9
+    assert series("jetsource_projector_dead_letters_pending", "unit-share") == []
+
+    two._run = ends  # type: ignore[method-assign]
+    await two.run()
+    for name in (
+        "jetsource_projector_lag",
+        "jetsource_projector_checkpoint",
+        "jetsource_projector_stalled",
+        "jetsource_projector_dead_letters_pending",
+    ):
+        assert series(name, "unit-share") == [], name
+
+
+async def test_lag_is_exported_from_the_start_not_from_the_first_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A projector restarted behind (or idle) showed no lag series until a batch came."""
+    w = worker("unit-start")
+
+    async def nothing(*args: Any, **kwargs: Any) -> Any:
+        return None
+
+    async def ensure_consumer(from_seq: int | None = None) -> dict[str, Any]:
+        return {"num_pending": 1200, "num_ack_pending": 34}
+
+    async def no_letters(spec: ModelSpec) -> list[Any]:
+        return []
+
+    monkeypatch.setattr(w.model, "setup", nothing, raising=False)
+    monkeypatch.setattr(w, "_check_store", nothing)
+    monkeypatch.setattr(w, "ensure_consumer", ensure_consumer)
+    monkeypatch.setattr(w, "_judge_window", nothing)
+    monkeypatch.setattr(w.dlq, "list", no_letters, raising=False)
+    monkeypatch.setattr("jetsource.projection.runtime.discarded_sequences", nothing)
+    await w.start()
+    assert gauge("jetsource_projector_lag", "unit-start") == 1234

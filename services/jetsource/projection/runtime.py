@@ -33,6 +33,7 @@ not, and the deliveries, when they come back, are judged again the same way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -136,6 +137,38 @@ BORN_METADATA = "jetsource_born"
 _HALT = (FencedError, StoreLost)
 
 
+# The gauges of a model version are this process's: its workers of that version (one
+# per partition it leases, or one) share the series. Each worker keeps its own values;
+# the series show their sum (lag) or highest value (checkpoint, stalled, dead letters
+# waiting, which every worker counts for the whole model), and are removed when the
+# last of them stops (a version dropped, a lease gone to another replica): a stopped
+# worker's last values stayed exported for ever, and a frozen lag, stall or dead-letter
+# count kept its alert firing on a version that no longer ran here.
+_EXPORTING: dict[tuple[str, str], list[Worker]] = {}
+
+
+def _export_gauges(labels: tuple[str, str]) -> None:
+    workers = _EXPORTING.get(labels)
+    if not workers:
+        for gauge in (LAG, CHECKPOINT, STALLED, DEAD_LETTER_DEPTH):
+            with contextlib.suppress(KeyError):
+                gauge.remove(*labels)
+        return
+    shown = [w._shown for w in workers]
+    for gauge, key, combine in (
+        (LAG, "lag", sum),
+        (CHECKPOINT, "checkpoint", max),
+        (STALLED, "stalled", max),
+        (DEAD_LETTER_DEPTH, "dead_letters", max),
+    ):
+        values = [v[key] for v in shown if key in v]
+        if values:
+            gauge.labels(*labels).set(combine(values))
+        else:
+            with contextlib.suppress(KeyError):
+                gauge.remove(*labels)
+
+
 @dataclass
 class WorkerStats:
     batches: int = 0
@@ -208,6 +241,7 @@ class Worker:
         self._log = {"model": self.spec.name, "version": self.spec.version}
         self._depth_at = time.monotonic()
         self._lag_at = 0.0  # when the lag was last asked of the consumer in an outage
+        self._shown: dict[str, float] = {}  # this worker's gauge values (_export_gauges)
         self._stop = asyncio.Event()
         self.running = False
         # Acks held to be sent together (only while ``run`` loops; see ACK_DELAY_S).
@@ -261,16 +295,40 @@ class Worker:
             await self.fence.claim()  # from here on, the previous owner writes nothing
         await self._check_store()
         consumer = await self.ensure_consumer()
+        if consumer:  # the lag from the start, not from the first batch (none while idle)
+            self._show(
+                lag=int(consumer.get("num_pending") or 0)
+                + int(consumer.get("num_ack_pending") or 0)
+            )
         self._discarded = await discarded_sequences(self.nc, self.o.control_bucket, self.spec.name)
         letters = await self.dlq.list(self.spec)
         for letter in letters:
             self._parked.setdefault(letter.aggregate_id, set()).add(letter.original_seq)
-        DEAD_LETTER_DEPTH.labels(*self._labels).set(len(letters))
+        self._show(dead_letters=len(letters))
         self._depth_at = time.monotonic()
         await self._judge_window(consumer)
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _show(self, **values: float) -> None:
+        """Set this worker's share of its version's gauges (lag, checkpoint, stalled,
+        dead_letters) and export them."""
+        self._shown.update(values)
+        workers = _EXPORTING.setdefault(self._labels, [])
+        if self not in workers:
+            workers.append(self)
+        _export_gauges(self._labels)
+
+    def _unshow(self) -> None:
+        """This worker stopped: its values leave the gauges (the series go with the
+        last worker of its version)."""
+        workers = _EXPORTING.get(self._labels, [])
+        if self in workers:
+            workers.remove(self)
+        if not workers:
+            _EXPORTING.pop(self._labels, None)
+        _export_gauges(self._labels)
 
     async def _check_store(self) -> None:
         """Take the model's birth mark (see ``jetsource.projection.valkey``), and when
@@ -525,7 +583,14 @@ class Worker:
     async def run(self, until_caught_up: bool = False) -> None:
         """Process batches until stopped (or, with ``until_caught_up``, until the
         consumer has nothing left). A batch in progress is always finished. A store
-        found emptied (``StoreLost``) is built again from the replay start, here."""
+        found emptied (``StoreLost``) is built again from the replay start, here.
+        When it ends, its values leave the gauges."""
+        try:
+            await self._run_until_done(until_caught_up)
+        finally:
+            self._unshow()
+
+    async def _run_until_done(self, until_caught_up: bool) -> None:
         while True:
             try:
                 await self._run(until_caught_up)
@@ -578,7 +643,7 @@ class Worker:
                     self._progress_at = time.monotonic()  # idle is not stalled
                     if not self._unseen:
                         self._store_wrote()  # nothing refused is waiting: no outage seen
-                    STALLED.labels(*self._labels).set(0)
+                    self._show(stalled=0)
                     if time.monotonic() - self._depth_at > DEPTH_REFRESH_S:
                         await self._recount_dead_letters()
                     await self._look_around()
@@ -605,7 +670,7 @@ class Worker:
         if info is None:
             return False
         self.stats.pending = int(info["num_pending"])
-        LAG.labels(*self._labels).set(self.stats.pending + int(info["num_ack_pending"]))
+        self._show(lag=self.stats.pending + int(info["num_ack_pending"]))
         return self.stats.pending == 0 and int(info["num_ack_pending"]) == 0
 
     async def _lag_while_refused(self) -> None:
@@ -629,8 +694,8 @@ class Worker:
             log.debug("%s v%s: lag not refreshed: %r", *self._labels, exc, extra=self._log)
             return
         if info is not None:
-            LAG.labels(*self._labels).set(
-                int(info.get("num_pending") or 0) + int(info.get("num_ack_pending") or 0)
+            self._show(
+                lag=int(info.get("num_pending") or 0) + int(info.get("num_ack_pending") or 0)
             )
 
     # -- one batch --------------------------------------------------------------
@@ -953,7 +1018,7 @@ class Worker:
         await jsapi.ack(self.nc, d)
         self.stats.dead_letters += 1
         DEAD_LETTERS.labels(*self._labels).inc()
-        DEAD_LETTER_DEPTH.labels(*self._labels).inc()
+        self._show(dead_letters=self._shown.get("dead_letters", 0) + 1)
         log.error(
             "%s v%s: seq %d dead-lettered: %s",
             *self._labels,
@@ -970,7 +1035,7 @@ class Worker:
         except Exception as exc:
             log.debug("%s v%s: dead letters not counted: %r", *self._labels, exc, extra=self._log)
             return
-        DEAD_LETTER_DEPTH.labels(*self._labels).set(depth)
+        self._show(dead_letters=depth)
 
     def _observe_freshness(self, records: Sequence[RecordedEvent], outcome: Outcome) -> None:
         """Append-to-visible time of each event the model took in this batch."""
@@ -1026,7 +1091,7 @@ class Worker:
         s.filled += filled
         if outcome.done or outcome.failed or filled:
             self._progress_at = time.monotonic()
-        STALLED.labels(*self._labels).set(1 if self.stalled else 0)
+        stalled = 1 if self.stalled else 0
         duplicates = max(0, len(outcome.done) - outcome.applied)
         s.duplicates += duplicates
         last = batch[-1]  # the latest delivery: its count of what is left is the newest
@@ -1040,5 +1105,4 @@ class Worker:
         if outcome.waiting:
             EVENTS.labels(*self._labels, "waiting").inc(len(outcome.waiting))
         BATCH_SECONDS.labels(*self._labels).observe(seconds)
-        LAG.labels(*self._labels).set(last.pending)
-        CHECKPOINT.labels(*self._labels).set(s.last_seq)
+        self._show(lag=last.pending, checkpoint=s.last_seq, stalled=stalled)
