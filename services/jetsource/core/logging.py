@@ -123,6 +123,9 @@ def _from_record(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     if suppressed:
         event[SUPPRESSED] = suppressed
     event.pop(RATE_KEY, None)
+    # uvicorn's coloured copy of its message (extra=): ANSI codes around %-placeholders
+    # it never fills in, on every line of its own, a field of no documented meaning.
+    event.pop("color_message", None)
     return event
 
 
