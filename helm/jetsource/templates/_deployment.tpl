@@ -15,6 +15,11 @@ One Deployment of a jetsource process. Called with a dict:
 {{- $root := .root }}
 {{- $v := index $root.Values .component }}
 {{- include "jetsource.refuseSecretEnv" (dict "where" (printf "%s.env" .component) "env" $v.env) }}
+{{- range $name, $value := $v.env }}
+{{- if hasKey $.env $name }}
+{{- fail (printf "%s.env.%s is set by the chart from %s's own values (its ports, probes and Service follow them): set it there (values.yaml, %s), not in env" $.component $name $.component $.component) }}
+{{- end }}
+{{- end }}
 {{- $ctx := dict "root" $root "component" .component }}
 apiVersion: apps/v1
 kind: Deployment

@@ -103,6 +103,31 @@ app.kubernetes.io/component: {{ .component }}
 {{/* Settings every process reads: the ConfigMap's data, and the hook Job's env. */}}
 {{- define "jetsource.configData" -}}
 {{- include "jetsource.refuseSecretEnv" (dict "where" "config.env" "env" .Values.config.env) }}
+{{- $owned := dict "JETSOURCE_NATS__URL" "nats.url" "JETSOURCE_NATS__USER" "nats.user" "JETSOURCE_VALKEY__URL" "valkey.url" "JETSOURCE_VALKEY__USERNAME" "valkey.username" "JETSOURCE_GRAPH__URI" "graph.uri" "JETSOURCE_GRAPH__USER" "graph.user" "JETSOURCE_GRAPH__DATABASE" "graph.database" "JETSOURCE_EVENTSTORE__REPLICAS" "config.eventstore.replicas" "JETSOURCE_SNAPSHOTS__REPLICAS" "config.snapshots.replicas" "JETSOURCE_SNAPSHOTS__EVERY" "config.snapshots.every" "JETSOURCE_SNAPSHOTS__KEEP" "config.snapshots.keep" "JETSOURCE_LOG_LEVEL" "config.logLevel" }}
+{{- range $component, $option := dict "publisher" "PUBLISHER" "query" "QUERY" "observer" "OBSERVER" "processquery" "PROCESS_QUERY" }}
+{{- $_ := set $owned (printf "JETSOURCE_%s__GRPC_HOST" $option) (printf "the chart (0.0.0.0: the %s listens on its pod's address)" $component) }}
+{{- $_ := set $owned (printf "JETSOURCE_%s__GRPC_PORT" $option) (printf "%s.grpcPort" $component) }}
+{{- $_ := set $owned (printf "JETSOURCE_%s__METRICS_PORT" $option) (printf "%s.metricsPort" $component) }}
+{{- end }}
+{{- range $component := list "projector" "snapshotter" }}
+{{- $_ := set $owned (printf "JETSOURCE_%s__HOST" (upper $component)) (printf "the chart (0.0.0.0: the %s listens on its pod's address)" $component) }}
+{{- $_ := set $owned (printf "JETSOURCE_%s__HTTP_PORT" (upper $component)) (printf "%s.httpPort" $component) }}
+{{- $_ := set $owned (printf "JETSOURCE_%s__PARTITIONS__COUNT" (upper $component)) (printf "%s.partitions" $component) }}
+{{- end }}
+{{- $_ := set $owned "JETSOURCE_PROJECTOR__MODELS" "projector.models" }}
+{{- $_ := set $owned "JETSOURCE_INGEST__HOST" "the chart (0.0.0.0: the ingest listens on its pod's address)" }}
+{{- $_ := set $owned "JETSOURCE_INGEST__GRPC_HOST" "the chart (0.0.0.0: the ingest listens on its pod's address)" }}
+{{- $_ := set $owned "JETSOURCE_INGEST__HTTP_PORT" "ingest.httpPort" }}
+{{- $_ := set $owned "JETSOURCE_INGEST__GRPC_PORT" "ingest.grpcPort" }}
+{{- $_ := set $owned "JETSOURCE_INGEST__MAX_BODY_BYTES" "ingest.maxBodyBytes" }}
+{{- range $name, $value := .Values.config.env }}
+{{- with (index $owned $name) }}
+{{- if hasPrefix "the chart" . }}
+{{- fail (printf "config.env.%s is set by %s: a value here would be held twice or overridden by the pod's own; leave it out" $name .) }}
+{{- end }}
+{{- fail (printf "config.env.%s is set by the chart from %s: a value here would be held twice or overridden by the pod's own (doing nothing, or disagreeing with the ports, probes and Services); set %s instead" $name . .) }}
+{{- end }}
+{{- end }}
 JETSOURCE_NATS__URL: {{ .Values.nats.url | quote }}
 {{- with .Values.nats.user }}
 JETSOURCE_NATS__USER: {{ . | quote }}
