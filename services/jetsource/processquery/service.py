@@ -661,9 +661,7 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
         """How to read the process's (or subtree's) global sequences after a cursor,
         for one page: a wide subtree's from what is kept of it."""
         if subtree:
-            kept = await self._subtrees.seqs(model, pid)
-            if kept is not None:
-                return kept.fetch
+            return await self._subtrees.fetch(model, pid)
         return (await self._source(model, pid, subtree)).fetch
 
     async def _source(self, model: ProcessTimelineModel, pid: str, subtree: bool) -> _Source:
@@ -1036,28 +1034,31 @@ class KeptSubtrees:
         )
         self._total = 0
 
-    async def seqs(self, model: ProcessTimelineModel, pid: str) -> KeptSeqs | None:
-        """The subtree's sequences now, or None where a merge per page is as cheap (a
-        root, a narrow subtree) or the subtree is too large to keep."""
+    async def fetch(self, model: ProcessTimelineModel, pid: str) -> Fetch:
+        """How to read the subtree's global sequences after a cursor: a root's from
+        its tree's index, a wide subtree's from what is kept (merged whole when its
+        tree changed), a narrow or too large one merged per read. As many requests as
+        before for a root or a narrow subtree (the stamp names the root)."""
         stamp = await model.tree_stamp(pid)
-        if stamp is None or stamp[0] == pid:
-            return None
+        if stamp is None:  # not (or no longer) in the model
+            return _nothing
+        if stamp[0] == pid:
+            tree = model.tree_key(pid)
+            return lambda after, count: model.seqs(tree, after, None, count)
         key = (model.ns, pid)
         found = self._kept.get(key)
         if found is not None and found[0] == stamp:
             self._kept.move_to_end(key)
-            return found[1]
+            return found[1].fetch
         members = await model.subtree(pid)
-        if len(members) <= self.WIDE:
-            return None
         keys = [model.process_key(p) for p in members]
-        if await model.sizes(keys) > self.max_seqs:
-            return None
-        # Read after the stamp: what is read is as new as the stamp or newer, and a
-        # newer one is read again at the next page (its stamp differs).
-        kept = KeptSeqs(array("q", await model.merged_all(keys)))
-        self._put(key, stamp, kept)
-        return kept
+        if len(members) > self.WIDE and await model.sizes(keys) <= self.max_seqs:
+            # Read after the stamp: what is read is as new as the stamp or newer, and
+            # a newer one is read again at the next page (its stamp differs).
+            kept = KeptSeqs(array("q", await model.merged_all(keys)))
+            self._put(key, stamp, kept)
+            return kept.fetch
+        return lambda after, count: model.merged_seqs(keys, after, None, count)
 
     def _put(self, key: tuple[str, str], stamp: tuple[str, int, int, int], kept: KeptSeqs) -> None:
         old = self._kept.pop(key, None)
