@@ -83,21 +83,17 @@ async def build(settings: ProcessQuerySettings) -> ProcessQuery:
 
 
 async def follow_valkey(query: ProcessQuery, every_s: float) -> None:
-    """NOT_SERVING while Valkey (every read model) does not answer or NATS is not
-    connected (the control bucket says which version each read model serves: reads are
-    UNAVAILABLE without it, and /healthz said 503 while the gRPC health, which the
-    chart's readiness asks, stayed SERVING); SERVING again on its own."""
+    """NOT_SERVING while Valkey (every read model) does not answer, SERVING again on
+    its own."""
     serving = True
     while True:
         honour_cancel()  # a probe's library may swallow the cancel that stops this
         try:
             async with asyncio.timeout(every_s):  # not wait_for: it can drop a cancel
                 await query.redis.ping()
-            valkey_down = False
+            down = False
         except Exception:
-            valkey_down = True
-        nats_down = not query.nc.is_connected
-        down = valkey_down or nats_down
+            down = True
         if down == serving:
             serving = not down
             status = (
@@ -108,14 +104,10 @@ async def follow_valkey(query: ProcessQuery, every_s: float) -> None:
             for name in ("", SERVICE):
                 await query.grpc.health.set(name, status)
             if down:
-                why = [
-                    *(["valkey does not answer"] if valkey_down else []),
-                    *(["nats is not connected"] if nats_down else []),
-                ]
-                log.warning("NOT_SERVING: %s", ", ".join(why))
+                log.warning("NOT_SERVING: valkey does not answer")
             else:
-                log.info("SERVING: valkey and nats answer again")
-        query.valkey_down = valkey_down
+                log.info("SERVING: valkey answers again")
+        query.valkey_down = down
         await asyncio.sleep(every_s)
 
 
