@@ -69,6 +69,9 @@ spec:
                 name: {{ include "jetsource.fullname" $root }}
           env:
             {{- include "jetsource.envList" (merge (dict) $v.env .env) | trim | nindent 12 }}
+            {{- with (include "jetsource.extraEnv" $root) }}
+            {{- . | nindent 12 }}
+            {{- end }}
           ports:
             {{- range .ports }}
             - name: {{ .name }}

@@ -283,3 +283,19 @@ podAntiAffinity:
 {{- end }}
 {{- $port }}
 {{- end }}
+
+{{/* extraEnv, checked: Kubernetes env entries for every container of the release (the
+     AWS_* credentials of an s3:// archive, read by the query service, the projector,
+     the admin Job and the archiver alike). A secret only by valueFrom; no JETSOURCE_
+     variable (config.env, secrets and the processes' env hold those, checked). */}}
+{{- define "jetsource.extraEnv" -}}
+{{- include "jetsource.refuseSecretEnvList" (dict "where" "extraEnv" "env" .Values.extraEnv) }}
+{{- range .Values.extraEnv }}
+{{- if hasPrefix "JETSOURCE_" (upper (.name | default "")) }}
+{{- fail (printf "extraEnv: %s is a jetsource setting: give it in config.env (or a process's env, or secrets), where it is checked" .name) }}
+{{- end }}
+{{- end }}
+{{- with .Values.extraEnv }}
+{{- toYaml . }}
+{{- end }}
+{{- end }}
