@@ -96,33 +96,46 @@ async def test_identity_link_and_merge_from_the_command_line(
     await post(ingest, "acme-bot", "discord/text.json")
     ids = ingest.identities
     wa = await ids.resolve("whatsapp", "16505551234", "acme-cloud")
-    handles = json.loads(cli(isettings, "identity", "handles", wa, "--json").stdout)["handles"]
-    assert handles == ["whatsapp:16505551234"]
+    handles = json.loads(cli(isettings, "identity", "handles", wa, "--json").stdout)
+    assert handles == {"identity_id": wa, "handles": ["whatsapp:16505551234"]}  # docs/omni.md
 
     person = json.loads(cli(isettings, "identity", "create", "--name", "Sheena", "--json").stdout)
     linked = cli(
         isettings, "identity", "link", person["identity_id"], "whatsapp", "16505551234", "--json"
     )
     assert linked.returncode == 0, linked.stderr
-    assert json.loads(linked.stdout)["previous"] == wa
+    assert json.loads(linked.stdout) == {
+        "identity_id": person["identity_id"],
+        "handle": "whatsapp:16505551234",
+        "previous": wa,
+    }
     await eventually(ids, "whatsapp", "16505551234", person["identity_id"])
 
     refused = cli(isettings, "identity", "merge", person["identity_id"], wa)
     assert refused.returncode == 2  # no --yes
     merged = cli(isettings, "identity", "merge", person["identity_id"], wa, "--yes", "--json")
     assert merged.returncode == 0, merged.stderr
+    assert json.loads(merged.stdout) == {
+        "survivor_id": person["identity_id"],
+        "merged_id": wa,
+        "handles": [],
+    }
     again = cli(isettings, "identity", "merge", person["identity_id"], wa, "--yes")
     assert again.returncode == 1 and "merged into" in again.stderr
     unknown = cli(isettings, "identity", "link", "idn-nobody", "discord", "1")
     assert unknown.returncode == 1 and "identity_id" in unknown.stderr
     found = cli(isettings, "identity", "resolve", "whatsapp", "16505551234", "--json")
-    assert json.loads(found.stdout)["identity_id"] == person["identity_id"]
+    assert json.loads(found.stdout) == {
+        "handle": "whatsapp:16505551234",
+        "identity_id": person["identity_id"],
+    }
     # An identity never recorded is not found (exit 1), not one with no handle (it
     # answered an empty list, exit 0); one with none answers its empty list.
     nobody = cli(isettings, "identity", "handles", "idn-nobody", "--json")
     assert nobody.returncode == 1, nobody.stdout
     error = json.loads(nobody.stderr)["error"]
     assert (error["code"], error["field"]) == ("NOT_FOUND", "identity_id")
+    assert set(error) == {"code", "message", "exit_code", "field"}
     empty = json.loads(cli(isettings, "identity", "create", "--json").stdout)["identity_id"]
     listed = cli(isettings, "identity", "handles", empty, "--json")
     assert listed.returncode == 0 and json.loads(listed.stdout)["handles"] == []
