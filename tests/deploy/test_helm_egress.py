@@ -59,3 +59,9 @@ def test_the_archiver_needs_an_s3_archive(url: str | None) -> None:
     env = {} if url is None else {"JETSOURCE_ARCHIVE__URL": url}
     with pytest.raises(helm.HelmError, match=r"JETSOURCE_ARCHIVE__URL: s3://bucket/prefix"):
         render({"archiver": {"enabled": True}, "config": {"env": env}})
+
+
+@pytest.mark.parametrize("url", ["nats://nats:0", "nats://nats:99999"])
+def test_a_port_out_of_range_opens_nothing_and_the_policy_stays_valid(url: str) -> None:
+    # The service itself refuses such a URL at start, naming JETSOURCE_NATS__URL.
+    assert server_ports({"nats": {"url": url}}) == {4222, 6379, 7687}

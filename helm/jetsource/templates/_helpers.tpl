@@ -250,7 +250,8 @@ podAntiAffinity:
 {{- $host = (urlParse $url).host }}
 {{- end }}
 {{- if regexMatch ":[0-9]+$" $host }}
-{{- $ports = append $ports (int (regexFind "[0-9]+$" $host)) }}
+{{- $port := int (regexFind "[0-9]+$" $host) }}
+{{- if and (ge $port 1) (le $port 65535) }}{{ $ports = append $ports $port }}{{ end }}
 {{- else if hasKey $defaults $scheme }}
 {{- $ports = append $ports (index $defaults $scheme) }}
 {{- end }}
