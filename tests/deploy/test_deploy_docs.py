@@ -111,3 +111,15 @@ def test_compose_and_prometheus_count_the_services_compose_runs() -> None:
     assert len([j for j in jobs if j["job_name"].startswith("jetsource-")]) == len(
         compose_services()
     )
+
+
+def test_the_notes_name_the_ingest_and_say_how_the_workers_run() -> None:
+    notes = render()["jetsource/templates/NOTES.txt"]
+    assert "js-jetsource-ingest.ctx.svc:8088/webhooks/" in notes
+    assert "run one replica each" in notes
+    off = render({"ingest": {"enabled": False}})["jetsource/templates/NOTES.txt"]
+    assert "js-jetsource-ingest" not in off
+    partitioned = render({"projector": {"partitions": 2, "replicas": 2}})
+    notes = partitioned["jetsource/templates/NOTES.txt"]
+    assert "share their partitions through leases" in notes
+    assert "one replica each" not in notes
