@@ -120,6 +120,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- $_ := set $owned "JETSOURCE_INGEST__HTTP_PORT" "ingest.httpPort" }}
 {{- $_ := set $owned "JETSOURCE_INGEST__GRPC_PORT" "ingest.grpcPort" }}
 {{- $_ := set $owned "JETSOURCE_INGEST__MAX_BODY_BYTES" "ingest.maxBodyBytes" }}
+{{- $_ := set $owned "JETSOURCE_OMNI__RAW_REPLICAS" "config.eventstore.replicas" }}
 {{- range $name, $value := .Values.config.env }}
 {{- with (index $owned $name) }}
 {{- if hasPrefix "the chart" . }}
