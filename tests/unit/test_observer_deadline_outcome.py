@@ -1,0 +1,64 @@
+"""The observer's events counter through an outage met by callers with short deadlines:
+the call is bounded by the caller's deadline, as the publisher's commands are, and what
+was not stored in it is counted ``unavailable``. It ran on until grpc cancelled it at the
+deadline and counted the events ``cancelled`` (the client went away, left out of error
+ratios): a NATS outage showed no error to JetsourceObserverErrors."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+
+from jetsource.observer.server import ObserverService
+
+
+def count(outcome: str) -> float:
+    return REGISTRY.get_sample_value("jetsource_observer_events_total", {"outcome": outcome}) or 0.0
+
+
+class HangingRecorder:
+    """An append that waits for NATS to come back (the store's request timeout)."""
+
+    async def record(self, events: Any, at: str, checked: Any = None) -> Any:
+        await asyncio.sleep(30)
+
+
+class Health:
+    writable = True
+
+    async def mark(self, ok: bool, why: str = "") -> None:
+        self.writable = ok
+
+
+class Context:
+    def __init__(self, remaining: float | None) -> None:
+        self.remaining = remaining
+
+    def time_remaining(self) -> float | None:
+        return self.remaining
+
+
+async def test_a_call_past_its_deadline_counts_unavailable_not_cancelled() -> None:
+    service = ObserverService(HangingRecorder(), Health(), 100)  # type: ignore[arg-type]
+    before = count("unavailable"), count("cancelled")
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(TimeoutError):
+        await service._record("Record", [object()], "event", context=Context(0.2))  # type: ignore[list-item]
+    assert asyncio.get_running_loop().time() - started < 2
+    assert count("unavailable") == before[0] + 1
+    assert count("cancelled") == before[1]
+
+
+async def test_no_deadline_no_bound() -> None:
+    service = ObserverService(HangingRecorder(), Health(), 100)  # type: ignore[arg-type]
+    task = asyncio.create_task(
+        service._record("Record", [object()], "event", context=Context(None))  # type: ignore[list-item]
+    )
+    await asyncio.sleep(0.3)
+    assert not task.done()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
