@@ -123,3 +123,10 @@ def test_the_notes_name_the_ingest_and_say_how_the_workers_run() -> None:
     notes = partitioned["jetsource/templates/NOTES.txt"]
     assert "share their partitions through leases" in notes
     assert "one replica each" not in notes
+
+
+def test_the_readme_says_the_image_has_no_tracing_extra() -> None:
+    # The Dockerfile installs the wheel without extras: tracing needs an image of one's own.
+    assert "[otel]" not in DOCKERFILE.read_text()
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "`deploy/Dockerfile` (compose, the Helm chart) leaves the extra out" in readme

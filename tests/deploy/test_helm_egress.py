@@ -65,3 +65,16 @@ def test_the_archiver_needs_an_s3_archive(url: str | None) -> None:
 def test_a_port_out_of_range_opens_nothing_and_the_policy_stays_valid(url: str) -> None:
     # The service itself refuses such a URL at start, naming JETSOURCE_NATS__URL.
     assert server_ports({"nats": {"url": url}}) == {4222, 6379, 7687}
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "port"),
+    [
+        ("http://otel-collector.observability:4317", 4317),
+        ("otel:55680", 55680),
+        ("https://otel", 443),
+    ],
+)
+def test_a_trace_collector_is_reachable(endpoint: str, port: int) -> None:
+    rules = egress_ports({"config": {"env": {"JETSOURCE_OTEL__ENDPOINT": endpoint}}})
+    assert [port] in rules

@@ -301,3 +301,16 @@ podAntiAffinity:
 {{- toYaml . }}
 {{- end }}
 {{- end }}
+
+{{/* The port of config.env JETSOURCE_OTEL__ENDPOINT (http://host:port, https://host:port
+     or host:port; gRPC's 443 when none is given), nothing when tracing is off. */}}
+{{- define "jetsource.otelPort" -}}
+{{- $endpoint := toString (index .Values.config.env "JETSOURCE_OTEL__ENDPOINT" | default "") }}
+{{- if $endpoint }}
+{{- $host := $endpoint }}
+{{- if contains "://" $endpoint }}{{ $host = (urlParse $endpoint).host }}{{ end }}
+{{- $port := 443 }}
+{{- if regexMatch ":[0-9]+$" $host }}{{ $port = int (regexFind "[0-9]+$" $host) }}{{ end }}
+{{- if and (ge $port 1) (le $port 65535) }}{{ $port }}{{ end }}
+{{- end }}
+{{- end }}
