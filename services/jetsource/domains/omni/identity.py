@@ -85,7 +85,7 @@ from jetsource.domains.omni.identity_rules import (
 from jetsource.domains.omni.normalize.common import MAX_HANDLE, has_surrogate
 from jetsource.domains.omni.settings import OmniOptions
 from jetsource.eventstore import jsapi, refusals
-from jetsource.eventstore.jetstream import JetStreamEventStore
+from jetsource.eventstore.jetstream import JetStreamEventStore, void_prefix
 from jetsource.eventstore.jsapi import JsApiError, OutMessage
 
 log = logging.getLogger("jetsource.omni.identity")
@@ -231,6 +231,10 @@ class IdentityService:
         # update was heard must not put the earlier owner back
         self._cache: OrderedDict[str, tuple[str, int]] = OrderedDict()
         self._watch: Any = None
+        self._void_watch: Any = None
+        # stream sequences an operator voided (heard here: the store's own list may
+        # hear one a moment later)
+        self._voided: set[int] = set()
         self._follow: list[Any] = []  # the ordered consumers settling the bucket
         self._worker: asyncio.Task[None] | None = None
         self._known: dict[str, int] = {}  # key -> sequence the bucket holds at least
@@ -329,6 +333,11 @@ class IdentityService:
             async def updated(msg: Any) -> None:
                 key = msg.subject[len(prefix) :]
                 owner, seq = parse_entry(msg.data, msg.headers)
+                if self._is_voided(self._known.get(key, -1)):
+                    # settled again below a voided assignment (``_unvoid``)
+                    self._known.pop(key, None)
+                    self._owners.pop(key, None)
+                    self._cache.pop(key, None)
                 if not owner:
                     self._cache.pop(key, None)
                     return
@@ -340,6 +349,7 @@ class IdentityService:
 
             self._watch = await self._nc.subscribe(f"{prefix}>", cb=updated)
         if follow and not self._follow:
+            await self._watch_voids()
             await self._start_following()
 
     async def _start_following(self) -> None:
@@ -376,7 +386,7 @@ class IdentityService:
         settled from the stream as it comes."""
         held = self._owners.get(key)
         at = self._known.get(key, -1)
-        if not self._follow or held is None or held == owner or at <= 0:
+        if not self._follow or held is None or held == owner or at <= 0 or self._is_voided(at):
             return
 
         async def settle() -> None:
@@ -427,6 +437,9 @@ class IdentityService:
             await self._load_known()
         except Exception as exc:  # only an optimisation: each event reads its entry
             log.warning("reading the handles bucket: %s", exc)
+        # entries naming an assignment voided while no service followed (a restart)
+        for key in [k for k, at in self._known.items() if self._is_voided(at)]:
+            self._start_unvoid(key)
         while self._worker is me:
             honour_cancel()  # a cancel the reads above swallowed
             msg = await queue.get()
@@ -446,6 +459,113 @@ class IdentityService:
                 except Exception as exc:  # NATS away, a message that does not decode
                     log.warning("settling handles of sequence %s: %s", raw.seq, exc)
                     await asyncio.sleep(delay)
+
+    # -- voids: an operator's void of a link or merge ---------------------------------
+
+    def _is_voided(self, seq: int) -> bool:
+        return seq > 0 and (seq in self._voided or self._store.known_voided(seq))
+
+    async def _watch_voids(self) -> None:
+        """Hear operators' voids (``jetsource repair void``) as they are recorded: a
+        handle whose entry names the voided assignment is settled again to the latest
+        one that stands. Its entry was written forward only, so nothing else ever put
+        it back: after a void of an admin's link (and the rebuild that puts the read
+        model right) FindIdentity named the first contact while every webhook of the
+        handle was still stored with the voided link's identity."""
+        prefix = void_prefix(self._store.settings.subject_prefix)
+
+        async def seen(msg: Any) -> None:
+            tail = msg.subject.rsplit(".", 1)[-1]
+            if not tail.isdigit():
+                return
+            seq = int(tail)
+            self._voided.add(seq)
+            for key in [k for k, at in self._known.items() if at == seq]:
+                self._start_unvoid(key)
+            for key in [k for k, (_, at) in self._cache.items() if at == seq]:
+                self._cache.pop(key, None)
+
+        self._void_watch = await self._nc.subscribe(f"{prefix}.>", cb=seen)
+        # and those recorded before (the store of a process just started may not have
+        # read them yet): a start settles what they left (``_settle_heard``)
+        cfg = self._store.settings
+        try:
+            api = await self._api()
+            async for raw in jsapi.direct_get_batch(
+                api, cfg.stream, f"{prefix}.>", 1, self._timeout
+            ):
+                tail = raw.subject.rsplit(".", 1)[-1]
+                if tail.isdigit():
+                    self._voided.add(int(tail))
+        except Exception as exc:  # no stream yet, NATS away: the store asks when it matters
+            log.warning("reading the omni stream's voids: %s", exc)
+
+    def _start_unvoid(self, key: str) -> None:
+        async def unvoid() -> None:
+            for delay in (0.1, 0.5, 1, 2, 5):
+                try:
+                    await self._unvoid(key)
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # NATS away: tried again, then at the next start
+                    log.warning("settling handle %s after a void: %s", key, exc)
+                    await asyncio.sleep(delay)
+
+        task = asyncio.create_task(unvoid())
+        self._repairs.add(task)
+        task.add_done_callback(self._repairs.discard)
+
+    async def _standing(self, key: str) -> tuple[str, int, int]:
+        """(identity, order, stream sequence) of the handle's latest assignment that
+        no operator voided, ('', -1, 0) when none stands: every link and merge of the
+        stream read (a void is a rare operator act)."""
+        cfg = self._store.settings
+        best: tuple[str, int, int] = ("", -1, 0)
+        api = await self._api()
+        for event_type in (EXTERNAL_ID_LINKED, IDENTITIES_MERGED):
+            subject = f"{cfg.subject_prefix}.*.{event_type}"
+            async for raw in jsapi.direct_get_batch(api, cfg.stream, subject, 1, self._timeout):
+                if self._is_voided(raw.seq):
+                    continue
+                record = await self._store.open(raw)
+                order = assignment_order(record)
+                for provider, external_id, identity_id in assignments(record):
+                    if handle_key(provider, external_id) == key and order > best[1]:
+                        best = (identity_id, order, record.stream_seq)
+        return best
+
+    async def _unvoid(self, key: str) -> None:
+        """Settle a handle whose entry names a voided assignment to the latest one that
+        stands (a lower order than the entry's: the one rule the forward-only writes
+        give way to), or delete it when none stands (the handle is met again as new)."""
+        owner, order, seq = await self._standing(key)
+        while True:
+            entry = await self._read(key)
+            if not self._is_voided(entry.seq):
+                return  # settled meanwhile (another service, a new link)
+            if owner:
+                value, headers = entry_value(owner, order, seq)
+            else:
+                value, headers = b"", {"KV-Operation": "DEL"}
+            headers[EXPECTED_LAST_SUBJECT_SEQ] = str(entry.revision)
+            try:
+                with refusals.writes_to(self._stream, self._missing):
+                    await jsapi.publish(
+                        await self._api(),
+                        OutMessage(self._subject(key), value, headers),
+                        self._timeout,
+                    )
+            except JsApiError as exc:
+                if exc.err_code in WRONG_LAST_SEQUENCE:
+                    continue  # written meanwhile: look again
+                raise
+            break
+        self._known.pop(key, None)
+        self._owners.pop(key, None)
+        self._cache.pop(key, None)
+        if owner:
+            self._heard(key, order, owner)
 
     async def settle_from(self, record: RecordedEvent) -> None:
         """What one stored event means for the bucket: its handles settled to its
@@ -472,6 +592,8 @@ class IdentityService:
         compare-and-set on the entry's revision: every write raises the order it holds,
         so this ends. ``absent``: the caller found no entry just now (a first contact),
         so the create is tried before any read."""
+        if self._is_voided(seq):
+            return (await self._read(key)).owner  # an operator voided that assignment
         if absent and await self._write(key, identity_id, seq, 0, at_seq):
             self._heard(key, seq, identity_id)
             self._remember(key, identity_id, seq)
@@ -499,6 +621,10 @@ class IdentityService:
                 await sub.unsubscribe()
         self._follow = []
         await asyncio.gather(*(stop_task(t) for t in list(self._repairs)))
+        if self._void_watch is not None:
+            voids, self._void_watch = self._void_watch, None
+            with contextlib.suppress(ConnectionClosedError, ConnectionReconnectingError):
+                await voids.unsubscribe()
         if self._watch is not None:
             sub, self._watch = self._watch, None
             with contextlib.suppress(ConnectionClosedError, ConnectionReconnectingError):
