@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
+from jetsource.core.grpcserver import answer_within
 from jetsource.observer.server import ObserverService
 
 
@@ -62,3 +63,48 @@ async def test_no_deadline_no_bound() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+def test_answer_within_keeps_a_tenth_of_the_deadline_at_most_a_tenth_of_a_second() -> None:
+    assert answer_within(None) is None
+    assert answer_within(None, 10.0) == 10.0
+    assert answer_within(3.0) == pytest.approx(2.9)
+    assert answer_within(0.5) == pytest.approx(0.45)
+    assert answer_within(0.0) == 0.0
+    assert answer_within(-1.0) == 0.0
+
+
+class HangingHandler:
+    async def execute(self, context_id: str, command: Any, options: Any) -> Any:
+        await asyncio.sleep(30)
+
+
+class CommandContext(Context):
+    def peer(self) -> str:
+        return "unit"
+
+    def invocation_metadata(self) -> tuple[()]:
+        return ()
+
+
+async def test_a_command_past_its_deadline_answers_before_it_and_counts_deadline() -> None:
+    """The publisher worked until the deadline itself: grpc's cancel then won the race
+    about one call in five, a command never counted."""
+    from jetsource._gen.context.v1 import commands_pb2 as cpb
+    from jetsource.domains.context.command_service import ContextCommandService
+
+    service = ContextCommandService(HangingHandler())  # type: ignore[arg-type]
+    labels = {"command": "CreateContext", "outcome": "deadline"}
+    before = REGISTRY.get_sample_value("jetsource_publisher_commands_total", labels) or 0.0
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(TimeoutError):
+        await service.CreateContext(
+            cpb.CreateContextRequest(
+                context_id="story-1",
+                title="t",
+                options=cpb.CommandOptions(idempotency_key="k-1"),
+            ),
+            CommandContext(0.5),
+        )
+    assert asyncio.get_running_loop().time() - started < 0.48  # before the deadline
+    assert REGISTRY.get_sample_value("jetsource_publisher_commands_total", labels) == before + 1

@@ -33,7 +33,7 @@ from jetsource.core.errors import (
     StreamMissingError,
     ValidationError,
 )
-from jetsource.core.grpcserver import GrpcEndpoint, start_grpc, stop_on_signals
+from jetsource.core.grpcserver import GrpcEndpoint, answer_within, start_grpc, stop_on_signals
 from jetsource.core.metrics import register_service, start_metrics_server, watch_nats
 from jetsource.core.runner import load_settings, run_service
 from jetsource.core.settings import env_var
@@ -117,10 +117,7 @@ class ObserverService(pb_grpc.ObserverServiceServicer):
         # cancelled the call and the events were counted "cancelled" (the client went
         # away), so a NATS outage met by callers with deadlines under the store's
         # request timeout (5 s) showed as no error at all.
-        # It answers a little before the deadline (a tenth of it, at most 0.1 s): at the
-        # deadline itself grpc's own cancel wins the race.
-        remaining = context.time_remaining() if context is not None else None
-        budget = None if remaining is None else max(remaining - min(0.1, remaining / 10), 0.0)
+        budget = answer_within(context.time_remaining() if context is not None else None)
         try:
             try:
                 async with asyncio.timeout(budget):

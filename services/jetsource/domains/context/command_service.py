@@ -24,7 +24,7 @@ from jetsource.core.errors import (
     StreamMissingError,
     ValidationError,
 )
-from jetsource.core.grpcserver import RpcError, register_error, version_conflict
+from jetsource.core.grpcserver import RpcError, answer_within, register_error, version_conflict
 from jetsource.domains.context import model as m
 from jetsource.domains.context.commands import (
     MAX_KEY,
@@ -162,8 +162,7 @@ class ContextCommandService(pb_grpc.ContextCommandServiceServicer):
         wrap: Callable[[pb.CommandResult], Any],
     ) -> Any:
         started = time.perf_counter()
-        remaining = context.time_remaining()
-        budget = self._default_deadline if remaining is None else max(remaining, 0.0)
+        budget = answer_within(context.time_remaining(), self._default_deadline)
         try:
             with telemetry.rpc_span(SERVICE, name, context) as span:
                 if span is not None:
