@@ -52,6 +52,16 @@ def local_omni_address() -> str:
     return f"{'127.0.0.1' if host in ('', '0.0.0.0', '::', '[::]') else host}:{port}"
 
 
+def unreadable(exc: OSError) -> str:
+    """A TLS file the client settings name that cannot be read, said with its path and
+    the settings that name it."""
+    where = f" {exc.filename}" if exc.filename else ""
+    return (
+        f"cannot read{where} ({exc.strerror or type(exc).__name__}): the client's TLS "
+        "files are JETSOURCE_CLIENT__TLS__CA_FILE, __CERT_FILE and __KEY_FILE"
+    )
+
+
 class StackDown(Exception):
     """The stack (NATS, or the query service) did not answer; the TUI shows a banner
     and retries."""
@@ -212,20 +222,28 @@ class Backend:
 
         try:
             return await work(self._contexts())
+        except OSError as exc:  # a TLS file of JETSOURCE_CLIENT__TLS__... not readable
+            await self._drop_query()
+            raise StackDown(
+                f"context query service at {self.query_address}: {unreadable(exc)}"
+            ) from exc
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
                 raise LookupError(exc.details() or exc.code().name) from exc
             if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 # a new channel for the next call: the old one backs off for up to two
                 # minutes between connection attempts once its server went away
-                query, self._query = self._query, None
-                if query is not None:
-                    with contextlib.suppress(Exception):
-                        await query.close()
+                await self._drop_query()
             raise StackDown(
                 f"context query service at {self.query_address}: {exc.code().name} "
                 f"{exc.details() or ''}"
             ) from exc
+
+    async def _drop_query(self) -> None:
+        query, self._query = self._query, None
+        if query is not None:
+            with contextlib.suppress(Exception):
+                await query.close()
 
     async def context(self, context_id: str) -> Any:
         return await self._context_call(lambda q: q.get_context(context_id))
@@ -256,9 +274,14 @@ class Backend:
     async def _omni_call(self, rpc: str, request: Any) -> Any:
         import grpc
 
-        stub, metadata = self._omni_stub()
         try:
+            stub, metadata = self._omni_stub()
             return await getattr(stub, rpc)(request, timeout=5.0, metadata=metadata)
+        except OSError as exc:  # a TLS file of JETSOURCE_CLIENT__TLS__... not readable
+            await self._drop_omni()
+            raise StackDown(
+                f"omni query service at {self.omni_address}: {unreadable(exc)}"
+            ) from exc
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
                 raise LookupError(exc.details() or exc.code().name) from exc
@@ -301,10 +324,22 @@ class Backend:
     # -- dead letters (the projector's dead-letter stream) -------------------------------
 
     def projector_settings(self) -> ProjectorSettings:
+        """Loaded when the dead letters are first read; a setting that does not
+        validate is the banner naming its variable (it ended the TUI with a
+        traceback)."""
         if self._projector_settings is None:
+            import pydantic
+
+            from jetsource.core.settings import settings_error
             from jetsource.projection.settings import ProjectorSettings
 
-            self._projector_settings = ProjectorSettings.load()
+            try:
+                self._projector_settings = ProjectorSettings.load()
+            except pydantic.ValidationError as exc:
+                raise StackDown(
+                    f"the dead letters are read with the projector's settings: "
+                    f"{settings_error(exc, ProjectorSettings)} (fix it and start the TUI again)"
+                ) from exc
         return self._projector_settings
 
     async def _drop_projection(self) -> None:

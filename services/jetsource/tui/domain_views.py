@@ -16,8 +16,8 @@ from textual.widgets import DataTable, Footer, Input, Label, Static
 from jetsource.core.clock import format_rfc3339_ns
 from jetsource.domains.sessions.format import format_ts
 from jetsource.tui.backend import Backend, StackDown
-from jetsource.tui.lifecycle import Refreshing, one_read, while_shown
-from jetsource.tui.session_view import CELL_WIDTH, Banner, refill, styled
+from jetsource.tui.lifecycle import Banner, Refreshing, one_read, while_shown
+from jetsource.tui.session_view import CELL_WIDTH, refill, styled
 from jetsource.tui.text import SafeInput, clean, safe
 
 # How much of a raw payload or a dead letter's event the detail shows.

@@ -2,7 +2,10 @@
 the screen is being closed (popped, or the app quitting) finds its widgets gone.
 
 ``while_shown`` lets such a worker end quietly then, and only then: a missing widget on
-a screen that is still shown is a bug and still raises.
+a screen that is still shown is a bug and still raises. Any other failure of a worker
+(a setting that does not validate, a certificate file that is not there, a bug) is said
+in the screen's banner and the TUI goes on: an uncaught one ended the whole TUI with
+Textual's traceback (``JETSOURCE_DEBUG=1`` lets it through, as the CLI does).
 
 ``Refreshing`` and ``one_read``: the guard every screen read every few seconds shares
 (one read at a time, none while hidden, one at once when shown again).
@@ -11,11 +14,16 @@ a screen that is still shown is a bug and still raises.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from rich.text import Text
 from textual.css.query import NoMatches
 from textual.screen import Screen
+from textual.widgets import Static
+
+from jetsource.tui.text import clean
 
 S = TypeVar("S", bound=Screen[Any])
 R = TypeVar("R")
@@ -24,6 +32,29 @@ R = TypeVar("R")
 def closing(screen: Screen[Any]) -> bool:
     """True while the screen or the app is being taken down."""
     return not screen.is_attached or screen._closing or screen._closed or not screen.app.is_running
+
+
+class Banner(Static):
+    """A clear line when the stack is down (hidden while all is well)."""
+
+    def show(self, message: str) -> None:
+        self.update(Text(f"⚠ {clean(message, 500)}", style="bold white on dark_red"))
+        self.display = True
+
+    def clear(self) -> None:
+        if self.display:  # called on every live event: a no-op must not relayout
+            self.display = False
+
+
+def unexpected(screen: Screen[Any], exc: Exception) -> None:
+    """A worker's failure that no screen expects, said in its banner (the TUI goes on)."""
+    what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    message = f"unexpected {what} (a bug; JETSOURCE_DEBUG=1 shows where)"
+    banners = screen.query(Banner)
+    if banners:
+        banners.first().show(message)
+    else:
+        screen.notify(clean(message, 500), severity="error", timeout=15)
 
 
 def while_shown(
@@ -37,6 +68,13 @@ def while_shown(
             if closing(self):
                 return None
             raise
+        except Exception as exc:
+            if closing(self):
+                return None
+            if os.environ.get("JETSOURCE_DEBUG"):
+                raise
+            unexpected(self, exc)
+            return None
 
     return run
 

@@ -18,9 +18,14 @@ from jetsource.domains.sessions.format import format_ts, parse_ts
 from jetsource.domains.sessions.ledger import ProcessSummary
 from jetsource.domains.sessions.record import session_status
 from jetsource.tui.backend import Backend, StackDown
-from jetsource.tui.lifecycle import Refreshing, one_read, while_shown
-from jetsource.tui.session_view import CELL_WIDTH, COMMAND_WIDTH, Banner, SessionScreen, styled
+from jetsource.tui.lifecycle import Banner, Refreshing, one_read, while_shown
+from jetsource.tui.session_view import CELL_WIDTH, COMMAND_WIDTH, SessionScreen, styled
 from jetsource.tui.text import SafeInput, clean, safe
+
+# Deepest a process is drawn nested in the tree; deeper ones are drawn at this depth,
+# in order, each saying how deep it is (Textual's Tree lays out its lines by recursion:
+# a chain of ~1,000 nested processes ended the TUI with a RecursionError).
+TREE_DEPTH = 100
 
 
 class ProcessesScreen(Refreshing):
@@ -97,14 +102,31 @@ class ProcessesScreen(Refreshing):
 
         # (depth, process id, label) in drawing order
         rows: list[tuple[int, str, Text]] = []
+        seen: set[str] = set()
 
-        def walk(p: ProcessSummary, depth: int) -> None:
-            rows.append((depth, p.process_id, label(p)))
-            for c in sorted(children.get(p.process_id, []), key=lambda c: c.started_ns):
-                walk(c, depth + 1)
+        def walk(top: ProcessSummary) -> None:
+            # A loop, not a recursion: a chain of processes nested deeper than Python's
+            # recursion limit (~1,000) ended the TUI with a RecursionError.
+            stack = [(top, 0)]
+            while stack:
+                p, depth = stack.pop()
+                if p.process_id in seen:
+                    continue
+                seen.add(p.process_id)
+                text = label(p)
+                if depth > TREE_DEPTH:
+                    text.append(f"  (nested {depth} deep)", style="dim")
+                rows.append((min(depth, TREE_DEPTH), p.process_id, text))
+                kids = sorted(children.get(p.process_id, []), key=lambda c: c.started_ns)
+                stack.extend((c, depth + 1) for c in reversed(kids))
 
         for p in sorted(roots, key=lambda r: r.started_ns, reverse=True):
-            walk(p, 0)
+            walk(p)
+        # Processes whose parents name each other in a loop (a raw writer's) reach no
+        # root: drawn from the loop's oldest, rather than left out of the tree.
+        for p in sorted(procs.values(), key=lambda r: (r.started_ns, r.process_id)):
+            if p.process_id not in seen:
+                walk(p)
         drawn = tuple((d, pid, text.plain) for d, pid, text in rows)
         if drawn != self._drawn:
             self._redraw(tree, rows)

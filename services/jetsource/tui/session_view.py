@@ -30,7 +30,7 @@ from jetsource.domains.sessions.progress import (
 )
 from jetsource.domains.sessions.record import ACTIVE, STATUSES, session_status
 from jetsource.tui.backend import Backend, StackDown
-from jetsource.tui.lifecycle import Refreshing, one_read, while_shown
+from jetsource.tui.lifecycle import Banner, Refreshing, one_read, while_shown
 from jetsource.tui.text import SafeInput, clean, safe
 
 STATUS_STYLE = {
@@ -104,18 +104,6 @@ def refill(
         keys = [row[0] for row in rows]
         index = keys.index(keep_key) if keep_key in keys else min(keep_index, len(rows) - 1)
         table.move_cursor(row=index)
-
-
-class Banner(Static):
-    """A clear line when the stack is down (hidden while all is well)."""
-
-    def show(self, message: str) -> None:
-        self.update(Text(f"⚠ {clean(message, 500)}", style="bold white on dark_red"))
-        self.display = True
-
-    def clear(self) -> None:
-        if self.display:  # called on every live event: a no-op must not relayout
-            self.display = False
 
 
 class SessionsScreen(Refreshing):
@@ -386,7 +374,12 @@ class SessionScreen(Screen[None]):
                     if not self._outage:
                         banner.clear()
                     self.events.append(r.event)
-                    self._last_recorded_ns = max(self._last_recorded_ns, r.recorded_ns)
+                    # the query reader's follow (WatchSession) says no recording time:
+                    # the event came now (left at 0, a session followed through the
+                    # query service read interrupted INTERRUPTED_AFTER_S after it opened,
+                    # however many events came)
+                    recorded = r.recorded_ns or now_ns()
+                    self._last_recorded_ns = max(self._last_recorded_ns, recorded)
                     if self.position == len(self.events) - 1:  # at the live edge
                         self.position += 1
                         self.state = evolve(self.state, r.event)
