@@ -148,9 +148,9 @@ async def test_an_identity_id_the_store_cannot_hold_is_refused_naming_its_argume
 
 async def test_a_link_of_a_handle_no_webhook_carries_is_refused(ingest: Ingest) -> None:
     """A link of a provider the ingress does not serve ("telegram", "WhatsApp"), of a
-    WhatsApp number written with "+", with spaces at its ends or control characters was
-    recorded, and matched no webhook ever (and the reads refuse such a provider):
-    refused naming the field, nothing written."""
+    WhatsApp number written with "+" or as an Evolution JID, with spaces at its ends or
+    control characters was recorded, and matched no webhook ever (and the reads refuse
+    such a provider): refused naming the field, nothing written."""
     ids = ingest.identities
     person = await ids.create("someone", actor="test")
     before = (await ingest.store.stream_info())["state"]["messages"]
@@ -159,6 +159,12 @@ async def test_a_link_of_a_handle_no_webhook_carries_is_refused(ingest: Ingest) 
         ("WhatsApp", "16505550001", "provider"),
         ("", "16505550001", "provider"),
         ("whatsapp", "+16505550001", "external_id"),
+        # an Evolution JID as its API shows it: the webhooks carry the digits, or the
+        # JID kept whole with its server in lower case
+        ("whatsapp", "16505550001@s.whatsapp.net", "external_id"),
+        ("whatsapp", "16505550001:12@S.WHATSAPP.NET", "external_id"),
+        ("whatsapp", "16505550001@c.us", "external_id"),
+        ("whatsapp", "208916402933123@LID", "external_id"),
         ("whatsapp", " 16505550001", "external_id"),
         ("discord", "80351110224678912\n", "external_id"),
         ("discord", "8035\x1b[2J", "external_id"),
@@ -172,7 +178,11 @@ async def test_a_link_of_a_handle_no_webhook_carries_is_refused(ingest: Ingest) 
     assert unknown.value.field == "provider"
     assert (await ingest.store.stream_info())["state"]["messages"] == before
     # What a webhook carries is linked as before.
-    for provider, handle in (("whatsapp", "16505550001"), ("discord", "80351110224678912")):
+    for provider, handle in (
+        ("whatsapp", "16505550001"),
+        ("discord", "80351110224678912"),
+        ("whatsapp", "208916402933123@lid"),
+    ):
         assert await ids.link(person, provider, handle, actor="test") == ""
 
 

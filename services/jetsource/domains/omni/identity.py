@@ -170,6 +170,22 @@ def check_linked_handle(provider: str, external_id: str) -> None:
             f"wa_id): {external_id[1:40]}",
             field="external_id",
         )
+    if provider == "whatsapp" and "@" in external_id:
+        # An Evolution JID as its API shows it: the webhooks' handle is the number's
+        # digits for a person, the JID with its server in lower case otherwise.
+        user, _, server = external_id.partition("@")
+        if server.lower() in ("s.whatsapp.net", "c.us"):
+            raise ValidationError(
+                f"a WhatsApp person's handle is the number's digits, without the JID's "
+                f"server or device (as the webhooks give it): {user.split(':', 1)[0][:40]}",
+                field="external_id",
+            )
+        if server != server.lower():
+            raise ValidationError(
+                f"a JID's server is in lower case in a handle (as the webhooks give it): "
+                f"{user[:40]}@{server.lower()[:40]}",
+                field="external_id",
+            )
 
 
 # The header of a handle's bucket entry carrying the stream sequence of its assignment.
