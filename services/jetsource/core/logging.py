@@ -100,9 +100,21 @@ class RepeatFilter(logging.Filter):
             del self._seen[next(iter(self._seen))]
 
 
+# Fields of every line of this process: ``worker`` (its index) in a supervised worker
+# (jetsource.core.workers), whose lines were otherwise the same as its siblings'.
+_process_fields: dict[str, Any] = {}
+
+
+def tag_process(**fields: Any) -> None:
+    """Put ``fields`` on every log line of this process from now on."""
+    _process_fields.update(fields)
+
+
 def _add_service(service: str) -> Processor:
     def add(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
         event.setdefault("service", service)
+        for key, value in _process_fields.items():
+            event.setdefault(key, value)
         return event
 
     return add

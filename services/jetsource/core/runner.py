@@ -25,7 +25,7 @@ import pydantic
 from jetsource.core import grpcserver, telemetry
 from jetsource.core.aio import stop_others
 from jetsource.core.errors import AccessDeniedError, ListenError
-from jetsource.core.logging import setup_logging
+from jetsource.core.logging import setup_logging, tag_process
 from jetsource.core.settings import (
     JetsourceSettings,
     missing_files,
@@ -50,7 +50,12 @@ def load_settings(name: str, settings_class: type[S]) -> S:
     the process at once with exit 2 and one line naming the variable(s):
     ``publisher cannot start: bad setting: JETSOURCE_PUBLISHER__GRPC_PORT='abc': ...``
     (it used to be a pydantic traceback, or for a missing TLS file a traceback from the
-    first connection). Variables that set nothing are warned about, one line each."""
+    first connection). Variables that set nothing are warned about, one line each: by
+    the supervisor alone when the service runs as workers (each worker's lines carry
+    ``worker``, its index)."""
+    worker = _worker_index(name)
+    if worker is not None:
+        tag_process(worker=worker)
     try:
         settings = settings_class.load()
     except pydantic.ValidationError as exc:
@@ -61,12 +66,21 @@ def load_settings(name: str, settings_class: type[S]) -> S:
     problems = problems or tls_problems(settings)
     if problems:
         _exit(EXIT_BAD_SETTING, f"{name} cannot start: bad setting: {'; '.join(problems)}", name)
+    if worker is not None:
+        return settings  # its supervisor read the same settings and warned once
     log = logging.getLogger(f"jetsource.{name}")
     for line in unknown_variables(settings_class, os.environ):
         log.warning("%s", line)
     for line in unknown_secret_files(settings_class, secrets_dir()):
         log.warning("%s", line)
     return settings
+
+
+def _worker_index(name: str) -> int | None:
+    """This process's index when a supervisor runs it as one of the service's workers
+    (``JETSOURCE_<NAME>__WORKER_INDEX``, jetsource.core.workers.worker_env), else None."""
+    text = os.environ.get(f"JETSOURCE_{name.upper()}__WORKER_INDEX", "").strip()
+    return int(text) if text.isdigit() else None
 
 
 def _logging_of(name: str, settings: JetsourceSettings) -> None:

@@ -19,9 +19,11 @@ with exit 1: a supervisor restarting them for ever looked alive to its orchestra
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -32,6 +34,7 @@ from typing import Protocol
 
 from pydantic import BaseModel, Field
 
+from jetsource.core.errors import ListenError
 from jetsource.core.logging import setup_logging
 from jetsource.core.runner import EXIT_ACCESS_DENIED
 from jetsource.core.settings import MAX_PORT, JetsourceSettings
@@ -45,18 +48,27 @@ HEALTHY_AFTER_S = 30.0  # a worker up this long resets its backoff
 CRASH_LOOP_FAILURES = 5  # every worker down, each ended this often in a row: exit 1
 POLL_S = 0.2
 EXIT_CRASH_LOOP = 1
+MAX_WORKERS = 256  # workers=N above it is refused; workers=0 takes at most this many
 
 
-def _end_with_parent() -> None:
+def _end_with_parent(parent: int) -> Callable[[], None]:
     """In the worker, before it runs: SIGTERM when the supervisor dies, even by
-    SIGKILL, so no worker keeps the port after it (Linux; elsewhere nothing)."""
-    try:
-        import ctypes
+    SIGKILL, so no worker keeps the port after it (Linux; elsewhere nothing). A
+    supervisor that died between the fork and this (no signal will come) ends the
+    worker at once: one started as its supervisor was killed kept running, orphaned."""
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
+    def arm() -> None:
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return arm
 
 
 PR_SET_PDEATHSIG = 1
@@ -87,7 +99,7 @@ class Supervisor:
 
     def _start(self, w: Worker) -> None:
         w.proc = subprocess.Popen(
-            self.command, env={**self.env_for(w.index)}, preexec_fn=_end_with_parent
+            self.command, env={**self.env_for(w.index)}, preexec_fn=_end_with_parent(os.getpid())
         )
         w.started = time.monotonic()
         log.info("%s worker %d started (pid %d)", self.name, w.index, w.proc.pid)
@@ -100,6 +112,8 @@ class Supervisor:
             signal.signal(sig, self._stop)
         self.workers = [Worker(i) for i in range(self.count)]
         for w in self.workers:
+            if self._stopping:  # stopped while starting them: start no more
+                break
             self._start(w)
         log.info(
             "%s: %d workers sharing one port (pid %d supervises)",
@@ -112,6 +126,10 @@ class Supervisor:
             time.sleep(POLL_S)
             now = time.monotonic()
             for w in self.workers:
+                if self._stopping:
+                    # SIGTERM/SIGINT came during the sleep; a worker that ended meanwhile
+                    # got it too (Ctrl-C, a group's signal): not one to restart or report.
+                    break
                 if w.proc is None:
                     if now >= w.restart_at and not self._stopping:
                         w.restarts += 1
@@ -135,11 +153,11 @@ class Supervisor:
                     code = EXIT_ACCESS_DENIED
                     break
                 log.warning(
-                    "%s worker %d (pid %d) ended with %d; restarting in %.1f s",
+                    "%s worker %d (pid %d) %s; restarting in %.1f s",
                     self.name,
                     w.index,
                     w.proc.pid,
-                    ended,
+                    _how_ended(ended),
                     w.backoff,
                 )
                 w.proc = None
@@ -179,6 +197,16 @@ class Supervisor:
         log.info("%s: every worker stopped", self.name)
 
 
+def _how_ended(code: int) -> str:
+    """'ended with 1', or for a signal 'was killed by SIGKILL' (Popen's -9)."""
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"ended with {code}"
+
+
 def supervise(
     name: str,
     module: str,
@@ -197,11 +225,12 @@ def worker_env(prefix: str, grpc_port: int, metrics_port: int, index: int) -> di
     """Worker ``index``'s environment (``prefix``: the service's settings prefix, e.g.
     ``JETSOURCE_PUBLISHER__``): one process, the shared port, its own metrics port
     (``metrics_port + 100 * index``, clear of the other services' defaults; none when
-    metrics are off)."""
+    metrics are off), its index (the ``worker`` field of its log lines)."""
     return {
         **os.environ,
         f"{prefix}WORKERS": "1",
         f"{prefix}PORT_SHARED": "true",
+        f"{prefix}WORKER_INDEX": str(index),
         f"{prefix}GRPC_PORT": str(grpc_port),
         f"{prefix}METRICS_PORT": str(
             metrics_port + WORKER_METRICS_STEP * index if metrics_port else 0
@@ -215,11 +244,36 @@ def serve_workers(
     """A service's ``main`` with ``options.workers``: None when it asks for one process
     (the caller runs the service itself); otherwise supervise that many workers of
     ``python -m module`` on its gRPC port and return the exit code."""
-    workers = options.workers or os.cpu_count() or 1
+    workers = options.workers or min(usable_cpus(), MAX_WORKERS)
     if workers <= 1:
         return None
     setup_logging(name, settings.log_level, json=settings.log_json)
     prefix = f"JETSOURCE_{name.upper()}__"
+    held = [
+        (port, setting)
+        for port, setting in (
+            (options.grpc_port, f"{prefix}GRPC_PORT"),
+            (settings.grpc.health_port, "JETSOURCE_GRPC__HEALTH_PORT"),
+        )
+        if port and in_use(options.grpc_host, port)
+    ]
+    if held:
+        # SO_REUSEPORT lets any process of this user that asks for it join the port:
+        # another pool of workers (a second supervisor, another service's workers given
+        # the same port) bound it silently and took part of its connections.
+        port, setting = held[0]
+        log.error(
+            "%s cannot start: %s",
+            name,
+            ListenError(
+                f"{name} workers",
+                f"{options.grpc_host}:{port}",
+                "the address is in use by another process (workers share their port only "
+                "with each other)",
+                setting,
+            ),
+        )
+        return EXIT_ACCESS_DENIED
     if options.grpc_port == 0:
         log.error(
             "%s cannot start: %s.workers=%d needs a fixed %s.grpc_port (%sGRPC_PORT; "
@@ -257,23 +311,57 @@ def serve_workers(
     )
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: taskset, a container's cpuset),
+    not every CPU of the host."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def in_use(host: str, port: int) -> bool:
+    """Whether another socket holds ``host:port`` (tried by binding it without
+    SO_REUSEPORT, as grpc's own bind does; an address that cannot be bound for another
+    reason is left for the workers to report)."""
+    try:
+        addresses = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except OSError:
+        return False
+    for family, kind, proto, _, address in addresses:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return True
+    return False
+
+
 class WorkerFields(BaseModel):
     """The options of a service that can run as several workers on one port."""
 
     workers: int = Field(
         default=1,
         ge=0,
+        le=MAX_WORKERS,
         description="processes serving grpc_port together (SO_REUSEPORT): one core each; "
-        "0 = one per CPU. Worker i serves /metrics on metrics_port + 100 * i",
+        f"0 = one per CPU this process may use (at most {MAX_WORKERS}). Worker i serves "
+        "/metrics on metrics_port + 100 * i",
     )
     # Set by the supervisor for its workers (they share their port on purpose).
     port_shared: bool = False
+    worker_index: int = Field(default=-1, ge=-1)  # -1: not a supervised worker
 
 
 class WorkerOptions(Protocol):
     """What :func:`serve_workers` reads of a service's options."""
 
     workers: int
+    grpc_host: str
     grpc_port: int
     metrics_port: int
     shutdown_grace_s: float
