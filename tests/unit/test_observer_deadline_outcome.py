@@ -108,3 +108,24 @@ async def test_a_command_past_its_deadline_answers_before_it_and_counts_deadline
         )
     assert asyncio.get_running_loop().time() - started < 0.48  # before the deadline
     assert REGISTRY.get_sample_value("jetsource_publisher_commands_total", labels) == before + 1
+
+
+@pytest.mark.parametrize(
+    "service",
+    [
+        "jetsource.domains.context.query_service.ContextQueryService",
+        "jetsource.processquery.service.ProcessQueryService",
+    ],
+)
+def test_the_read_services_answer_before_the_deadline_too(service: str) -> None:
+    """The query and process query services bounded a read by the deadline itself: a
+    read past it was counted ``cancelled`` (left out of error ratios) when grpc's cancel
+    came first."""
+    import importlib
+
+    module, name = service.rsplit(".", 1)
+    cls = getattr(importlib.import_module(module), name)
+    svc = object.__new__(cls)
+    svc.o = type("O", (), {"default_deadline_s": 10.0})()
+    assert svc._budget(Context(3.0)) == pytest.approx(2.9)
+    assert svc._budget(Context(None)) == 10.0

@@ -12,7 +12,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn, cast, overload
 
 import grpc
 from google.protobuf import any_pb2
@@ -92,6 +92,10 @@ def cap(text: str, limit: int) -> str:
     return f"{text[:kept]}... ({len(text) - kept:,} characters cut)"
 
 
+@overload
+def answer_within(remaining: float | None, default: float) -> float: ...
+@overload
+def answer_within(remaining: float | None, default: None = None) -> float | None: ...
 def answer_within(remaining: float | None, default: float | None = None) -> float | None:
     """How long a handler may work on a call with ``remaining`` seconds to its deadline
     (``context.time_remaining()``; None: no deadline, ``default``): a tenth of it, at

@@ -42,7 +42,7 @@ from jetsource.core import telemetry
 from jetsource.core.aio import wait_event
 from jetsource.core.clock import from_timestamp, to_timestamp
 from jetsource.core.errors import EventStoreUnavailableError, ValidationError
-from jetsource.core.grpcserver import RpcError, call_outcome
+from jetsource.core.grpcserver import RpcError, answer_within, call_outcome
 from jetsource.core.ids import validate_aggregate_id
 from jetsource.domains.process.models.registry import (
     PROCESSES,
@@ -335,8 +335,7 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
         return model
 
     def _budget(self, context: grpc.aio.ServicerContext) -> float:
-        remaining = context.time_remaining()
-        return self.o.default_deadline_s if remaining is None else max(remaining, 0.0)
+        return answer_within(context.time_remaining(), self.o.default_deadline_s)
 
     async def _run(
         self, method: str, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]]

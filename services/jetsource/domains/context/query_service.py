@@ -57,7 +57,7 @@ from jetsource.core.errors import (
     StreamMissingError,
     ValidationError,
 )
-from jetsource.core.grpcserver import RpcError, call_outcome
+from jetsource.core.grpcserver import RpcError, answer_within, call_outcome
 from jetsource.core.heap import HeapKeeper
 from jetsource.core.ids import validate_aggregate_id
 from jetsource.domains.context.graph_model import GRAPH, GraphModel
@@ -388,8 +388,7 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
         return self._models[key]
 
     def _budget(self, context: grpc.aio.ServicerContext) -> float:
-        remaining = context.time_remaining()
-        return self.o.default_deadline_s if remaining is None else max(remaining, 0.0)
+        return answer_within(context.time_remaining(), self.o.default_deadline_s)
 
     async def _run(
         self,
