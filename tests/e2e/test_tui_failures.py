@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from textual.widgets import Static, Tree
+from textual.widgets import Input, Static, Tree
 
 from jetsource.core.settings import GrpcClientSettings, TlsSettings
 from jetsource.domains.sessions.connect import SessionsClient
-from jetsource.domains.sessions.emit import Session
+from jetsource.domains.sessions.emit import Session, session
 from jetsource.domains.sessions.format import new_session_id
 from jetsource.domains.sessions.ledger import Recorded
 from jetsource.domains.sessions.settings import SessionsAppSettings
@@ -168,4 +168,29 @@ async def test_a_live_session_followed_without_recording_times_stays_active(
         assert header.startswith("active"), header
         await s.close()
         await until(pilot, lambda: not screen.live)
+    assert app._exception is None
+
+
+async def test_a_page_of_text_in_the_seq_or_time_box_is_a_short_notice(
+    client: SessionsClient,  # noqa: F811
+    app_settings: SessionsAppSettings,  # noqa: F811
+) -> None:
+    """A paste of 20,000 characters into `g` (go to seq) or `t` (a context's time) was
+    quoted whole in the error notice, which then covered the screen."""
+    async with session(client.writer, "pasted") as s:
+        s.emit("level_started", {"level": 0, "nodes": 1, "node_ids": ["a"]})
+    app = JetsourceTui(Backend(app_settings, query_address="127.0.0.1:1"), open_session=s.id)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(
+            pilot, lambda: isinstance(app.screen, SessionScreen) and app.screen.position > 0
+        )
+        for box, keys in (("#seq-input", ("g",)), ("#time-input", ("escape", "c", "t"))):
+            await pilot.press(*keys)
+            await until(pilot, lambda: bool(app.screen.query(box)))  # noqa: B023
+            app.screen.query_one(box, Input).value = "x" * 20_000
+            await pilot.press("enter")
+            await until(pilot, lambda: bool(app._notifications))
+            notices = [n.message for n in app._notifications]
+            app.clear_notifications()
+            assert len(notices) == 1 and "xxx" in notices[0] and len(notices[0]) < 400, notices
     assert app._exception is None

@@ -239,8 +239,8 @@ class ContextsScreen(Screen[None]):
             event.input.display = False
             try:
                 at = parse_ts(event.input.value.strip())
-            except ValueError as exc:
-                self.notify(str(exc), severity="error")
+            except ValueError as exc:  # it quotes the input: cut, as every notice is
+                self.notify(clean(exc, 300), severity="error")
                 return
             self._asking(self.show_at_time, at)
 

@@ -478,7 +478,9 @@ class SessionScreen(Screen[None]):
             try:
                 seq = int(event.input.value)
             except ValueError:
-                self.notify(f"not a seq: {event.input.value!r}", severity="error")
+                # cut: a pasted page of text was the whole notification, over the screen
+                what = clean(event.input.value, CELL_WIDTH)
+                self.notify(f"not a seq: {what!r}", severity="error")
                 return
             self.jump_to_seq(seq)
         elif event.input.id == "log-filter":
