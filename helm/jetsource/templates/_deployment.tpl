@@ -16,6 +16,9 @@ One Deployment of a jetsource process. Called with a dict:
 {{- $v := index $root.Values .component }}
 {{- include "jetsource.refuseSecretEnv" (dict "where" (printf "%s.env" .component) "env" $v.env) }}
 {{- range $name, $value := $v.env }}
+{{- if and (hasKey $.env $name) (hasSuffix "__WORKERS" $name) }}
+{{- fail (printf "%s.env.%s is set by the chart to 1 worker a pod: worker i's /metrics on metricsPort + 100·i would be neither scraped nor let through the NetworkPolicy; scale with %s.replicas instead" $.component $name $.component) }}
+{{- end }}
 {{- if hasKey $.env $name }}
 {{- fail (printf "%s.env.%s is set by the chart from %s's own values (its ports, probes and Service follow them): set it there (values.yaml, %s), not in env" $.component $name $.component $.component) }}
 {{- end }}

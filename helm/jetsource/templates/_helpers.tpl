@@ -109,6 +109,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- $_ := set $owned (printf "JETSOURCE_%s__GRPC_PORT" $option) (printf "%s.grpcPort" $component) }}
 {{- $_ := set $owned (printf "JETSOURCE_%s__METRICS_PORT" $option) (printf "%s.metricsPort" $component) }}
 {{- end }}
+{{- range $component, $option := dict "publisher" "PUBLISHER" "query" "QUERY" }}
+{{- $_ := set $owned (printf "JETSOURCE_%s__WORKERS" $option) (printf "the chart (1 worker a pod: worker i's /metrics on metricsPort + 100·i would be neither scraped nor let through the NetworkPolicy; scale with %s.replicas)" $component) }}
+{{- end }}
 {{- range $component := list "projector" "snapshotter" }}
 {{- $_ := set $owned (printf "JETSOURCE_%s__HOST" (upper $component)) (printf "the chart (0.0.0.0: the %s listens on its pod's address)" $component) }}
 {{- $_ := set $owned (printf "JETSOURCE_%s__HTTP_PORT" (upper $component)) (printf "%s.httpPort" $component) }}
