@@ -150,15 +150,25 @@ def start_metrics_server(
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            if self.path.split("?", 1)[0] == "/healthz":
+            # The paths of the projector's and the ingest's HTTP ports, with their
+            # meanings; any other path is 404. Every path used to be the metrics page,
+            # 200: a probe at /readyz (health on those ports) passed through an outage.
+            path = self.path.split("?", 1)[0]
+            content_type = "text/plain; charset=utf-8"
+            if path in ("/healthz", "/readyz"):
                 ok = _safe(healthy)
                 body = b"ok\n" if ok else b"unhealthy\n"
                 self.send_response(200 if ok else 503)
-                content_type = "text/plain; charset=utf-8"
-            else:
+            elif path == "/livez":  # the process answers
+                body = b"ok\n"
+                self.send_response(200)
+            elif path in ("/metrics", "/"):
                 body = generate_latest(REGISTRY)
                 self.send_response(200)
                 content_type = CONTENT_TYPE_LATEST
+            else:
+                body = b"not found: /metrics, /healthz, /readyz, /livez\n"
+                self.send_response(404)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
