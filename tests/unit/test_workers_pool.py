@@ -99,6 +99,28 @@ def test_a_health_port_another_pool_holds_is_refused_naming_the_setting(
     assert "JETSOURCE_GRPC__HEALTH_PORT" in " ".join(r.getMessage() for r in caplog.records)
 
 
+def test_a_workers_metrics_port_in_use_is_refused_before_any_starts(
+    supervised: list[int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Worker 1's /metrics (METRICS_PORT + 100) held: the pool used to start, worker 1
+    ended it naming METRICS_PORT, whose own port was free."""
+    with socket.socket() as other, socket.socket() as free:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        free.bind(("127.0.0.1", 0))
+        grpc_port = free.getsockname()[1]
+        free.close()
+        metrics = other.getsockname()[1] - workers.WORKER_METRICS_STEP
+        settings = PublisherSettings(
+            publisher=PublisherOptions(workers=2, grpc_port=grpc_port, metrics_port=metrics)
+        )
+        assert serve_workers("publisher", "m", settings, settings.publisher) == 2
+    assert supervised == []
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert f":{metrics + workers.WORKER_METRICS_STEP}" in said
+    assert "worker 1's /metrics" in said and "JETSOURCE_PUBLISHER__METRICS_PORT" in said
+
+
 def test_a_free_port_is_supervised(supervised: list[int]) -> None:
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))

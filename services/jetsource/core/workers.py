@@ -249,31 +249,6 @@ def serve_workers(
         return None
     setup_logging(name, settings.log_level, json=settings.log_json)
     prefix = f"JETSOURCE_{name.upper()}__"
-    held = [
-        (port, setting)
-        for port, setting in (
-            (options.grpc_port, f"{prefix}GRPC_PORT"),
-            (settings.grpc.health_port, "JETSOURCE_GRPC__HEALTH_PORT"),
-        )
-        if port and in_use(options.grpc_host, port)
-    ]
-    if held:
-        # SO_REUSEPORT lets any process of this user that asks for it join the port:
-        # another pool of workers (a second supervisor, another service's workers given
-        # the same port) bound it silently and took part of its connections.
-        port, setting = held[0]
-        log.error(
-            "%s cannot start: %s",
-            name,
-            ListenError(
-                f"{name} workers",
-                f"{options.grpc_host}:{port}",
-                "the address is in use by another process (workers share their port only "
-                "with each other)",
-                setting,
-            ),
-        )
-        return EXIT_ACCESS_DENIED
     if options.grpc_port == 0:
         log.error(
             "%s cannot start: %s.workers=%d needs a fixed %s.grpc_port (%sGRPC_PORT; "
@@ -302,6 +277,38 @@ def serve_workers(
             MAX_PORT - WORKER_METRICS_STEP * (workers - 1),
         )
         return EXIT_ACCESS_DENIED
+    # Every port the workers need, before any starts. SO_REUSEPORT lets any process of
+    # this user that asks for it join the gRPC and health ports: another pool of workers
+    # (a second supervisor, another service's workers given the same port) bound them
+    # silently and took part of the connections. A worker's metrics port in use ended
+    # the pool after the others began, naming a setting whose own port was free.
+    needed = [
+        (options.grpc_port, f"{prefix}GRPC_PORT", ""),
+        (settings.grpc.health_port, "JETSOURCE_GRPC__HEALTH_PORT", ""),
+    ]
+    if options.metrics_port:
+        needed += [
+            (
+                options.metrics_port + WORKER_METRICS_STEP * i,
+                f"{prefix}METRICS_PORT",
+                f" (worker {i}'s /metrics: {prefix}METRICS_PORT + {WORKER_METRICS_STEP} * {i})",
+            )
+            for i in range(workers)
+        ]
+    for port, setting, whose in needed:
+        if port and in_use(options.grpc_host, port):
+            log.error(
+                "%s cannot start: %s",
+                name,
+                ListenError(
+                    f"{name} workers",
+                    f"{options.grpc_host}:{port}",
+                    f"the address{whose} is in use by another process (workers share "
+                    "their gRPC port only with each other)",
+                    setting,
+                ),
+            )
+            return EXIT_ACCESS_DENIED
     return supervise(
         name,
         module,
