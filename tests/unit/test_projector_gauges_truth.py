@@ -193,3 +193,28 @@ async def test_lag_is_exported_from_the_start_not_from_the_first_batch(
     monkeypatch.setattr("jetsource.projection.runtime.discarded_sequences", nothing)
     await w.start()
     assert gauge("jetsource_projector_lag", "unit-start") == 1234
+
+
+class UpModel:
+    def __init__(self, name: str) -> None:
+        self.spec = ModelSpec(name, 1, Kind.SNAPSHOT, "valkey", "unit")
+
+    async def apply(self, records: Any) -> Outcome:
+        return Outcome(done=[r.stream_seq for r in records], applied=len(records))
+
+
+async def test_events_judged_from_the_in_flight_window_count_as_applied() -> None:
+    """outcome="applied" is what the status calls applied: the in-flight window's
+    events were counted "filled" only, so the counter fell behind the status."""
+    nc: Any = type("Nc", (), {"new_inbox": staticmethod(lambda: "_INBOX.unit")})()
+    w = Worker(nc, FakeStore(), UpModel("unit-window"), None, ProjectorOptions())  # type: ignore[arg-type]
+    records = [
+        RecordedEvent(envelope=None, event=None, stream_seq=s, recorded_at_ns=0)  # type: ignore[arg-type]
+        for s in (4, 5, 6)
+    ]
+    await w._judge(records)
+    labels = {"model": "unit-window", "version": "1"}
+    applied = REGISTRY.get_sample_value(
+        "jetsource_projector_events_total", {**labels, "outcome": "applied"}
+    )
+    assert applied == w.stats.applied == 3

@@ -577,6 +577,9 @@ class Worker:
             self.stats.applied += outcome.applied
             self.stats.filled += outcome.applied
             if outcome.applied:
+                # Applied, as the status counts them (and as a gap filled in a batch
+                # counts): outcome="applied" fell behind the status's applied.
+                EVENTS.labels(*self._labels, "applied").inc(outcome.applied)
                 EVENTS.labels(*self._labels, "filled").inc(outcome.applied)
             return
 
