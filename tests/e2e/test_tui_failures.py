@@ -9,6 +9,7 @@ came."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -193,4 +194,32 @@ async def test_a_page_of_text_in_the_seq_or_time_box_is_a_short_notice(
             notices = [n.message for n in app._notifications]
             app.clear_notifications()
             assert len(notices) == 1 and "xxx" in notices[0] and len(notices[0]) < 400, notices
+    assert app._exception is None
+
+
+async def test_a_session_being_read_says_so(
+    client: SessionsClient,  # noqa: F811
+    app_settings: SessionsAppSettings,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A session of 50,000 events takes seconds to read (2.8 s here): the screen was
+    blank meanwhile."""
+    async with session(client.writer, "long") as s:
+        s.emit("level_started", {"level": 0, "nodes": 1, "node_ids": ["a"]})
+    backend = Backend(app_settings)
+    read = backend.events
+    go = asyncio.Event()
+
+    async def slow(session_id: str) -> Any:
+        await go.wait()
+        return await read(session_id)
+
+    monkeypatch.setattr(backend, "events", slow)
+    app = JetsourceTui(backend, open_session=s.id)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, SessionScreen))
+        header = app.screen.query_one("#header", Static)
+        await until(pilot, lambda: "reading the session" in str(header.content))
+        go.set()
+        await until(pilot, lambda: str(header.content).startswith("completed"))
     assert app._exception is None

@@ -334,6 +334,13 @@ class SessionScreen(Screen[None]):
             banner.show(f"{exc} (Esc goes back)")
             self.query_one("#header", Static).update(Text("no such session", style="bold red"))
             return
+        # a session of tens of thousands of events takes seconds to read: say so (the
+        # screen was blank until it was drawn)
+        self.query_one("#header", Static).update(
+            Text.assemble(
+                ("reading the session from the ledger…", "dim"), (f"  {self.session_id}", "dim")
+            )
+        )
         while True:
             try:
                 recorded = await self.backend.events(self.session_id)
