@@ -34,8 +34,10 @@ class ListScreen(Refreshing):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("r", "reload", "Reload"),
         Binding("escape", "focus_table", "Table", show=False),
-        Binding("pagedown", "page(1)", "Detail down", show=False),
-        Binding("pageup", "page(-1)", "Detail up", show=False),
+        # priority: the table has the keys, and its own PgUp/PgDn moved its cursor, so
+        # the detail these are said to scroll (a raw payload, a letter) never moved
+        Binding("pagedown", "page(1)", "Detail down", show=False, priority=True),
+        Binding("pageup", "page(-1)", "Detail up", show=False, priority=True),
     ]
 
     READ_ON_RESUME = False
