@@ -116,10 +116,19 @@ def check_valkey_url(value: str | None) -> str | None:
 
 
 def check_graph_uri(value: str | None) -> str | None:
+    """A Bolt URI without ``user:password@``: the driver refuses one, with the URI
+    whole in its message (the password was in three log lines and a traceback of the
+    projector, the query service's reads ended INTERNAL); credentials go in
+    ``JETSOURCE_GRAPH__USER`` / ``__PASSWORD``."""
     if value is None:
         return None
     _scheme(value, ("bolt", "bolt+s", "bolt+ssc", "neo4j", "neo4j+s", "neo4j+ssc"))
     _host_and_port(value)
+    if "@" in urlsplit(value).netloc:
+        raise ValueError(
+            f"{redact_url(value)!r}: no user:password@ in the graph URI (the driver "
+            "refuses it): set JETSOURCE_GRAPH__USER and JETSOURCE_GRAPH__PASSWORD"
+        )
     return value
 
 
