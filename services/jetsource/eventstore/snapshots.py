@@ -4,7 +4,8 @@ Stream ``CONTEXT_SNAPSHOTS``, one subject per aggregate
 (``context.snapshots.<aggregate_id>``) with ``max_msgs_per_subject = keep``, so each
 aggregate keeps a bounded history. Saving is idempotent: the message id is
 ``<aggregate>:<version>:s<schema>`` (deduplicated within the window) and a snapshot
-whose version and schema are already the newest on its subject is not written again.
+whose version and schema are already the newest on its subject, taken at the same
+event (stream sequence and recorded time), is not written again.
 
 The payload is the ``Snapshot`` protobuf with an opaque, already encoded state: this
 module never looks inside it. :func:`choose` picks the snapshot a reader may use for a
@@ -96,6 +97,19 @@ class Snapshot:
             from_timestamp(pb.taken_at),
             snapshot_seq,
         )
+
+
+def _same(latest: Snapshot | None, snapshot: Snapshot) -> bool:
+    """Is ``latest`` (the newest stored) already ``snapshot``: same version and schema,
+    taken at the same event? One that names another stream sequence or recorded time
+    for the version (written by something else: readers skip it) is written past."""
+    return (
+        latest is not None
+        and latest.version == snapshot.version
+        and latest.schema_version == snapshot.schema_version
+        and latest.last_seq == snapshot.last_seq
+        and latest.recorded_at_ns == snapshot.recorded_at_ns
+    )
 
 
 def choose(
@@ -210,12 +224,7 @@ class JetStreamSnapshotStore:
                 f"snapshot of {snapshot.aggregate_id} v{snapshot.version} is {len(data)} bytes; "
                 f"the limit is {self._cfg.max_msg_size}"
             )
-        latest = await self.latest(snapshot.aggregate_id)
-        if (
-            latest is not None
-            and latest.version == snapshot.version
-            and latest.schema_version == snapshot.schema_version
-        ):
+        if _same(await self.latest(snapshot.aggregate_id), snapshot):
             return False
         headers = {
             "Nats-Msg-Id": f"{snapshot.aggregate_id}:{snapshot.version}:s{snapshot.schema_version}",
@@ -289,10 +298,7 @@ class InMemorySnapshotStore:
     async def save(self, snapshot: Snapshot) -> bool:
         validate_aggregate_id(snapshot.aggregate_id)
         kept = self._by_id.setdefault(snapshot.aggregate_id, [])
-        if any(
-            s.version == snapshot.version and s.schema_version == snapshot.schema_version
-            for s in kept[-1:]
-        ):
+        if _same(kept[-1] if kept else None, snapshot):
             return False
         self._seq += 1
         kept.append(_with_seq(snapshot, self._seq))

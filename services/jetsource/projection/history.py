@@ -31,7 +31,8 @@ from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 from jetsource.core.clock import to_ns
 from jetsource.core.crypto import ErasureWatch, erasures_heard
 from jetsource.core.envelope import RecordedEvent
-from jetsource.core.errors import JetsourceError
+from jetsource.core.errors import CorruptEventError, JetsourceError
+from jetsource.eventstore.horizon import BeyondHorizonError
 from jetsource.eventstore.port import EventStore
 from jetsource.eventstore.snapshots import Snapshot, SnapshotStore, choose
 
@@ -215,6 +216,10 @@ class PointInTime(Generic[S]):
     base: S | None = None
 
 
+class _NotItsHistory(Exception):
+    """A snapshot whose event the event stream does not hold where it says."""
+
+
 class KeptPoint(NamedTuple):
     """What a load of a point would answer besides its state (see
     :meth:`StateLoader.peek`)."""
@@ -276,6 +281,12 @@ class StateLoader(Generic[S]):
         # (aggregate, version) -> (state folded to it, the snapshot state it came from)
         self.checkpoints = min(CHECKPOINTS, cache_size)
         self._folded: OrderedDict[tuple[str, int], tuple[S, S]] = OrderedDict()
+        # Snapshots whose event (version, stream sequence, recorded time) the event
+        # stream was seen to hold: only those are used, and only their sequence and
+        # time bound reads (a snapshot is written by whoever may publish on its subject).
+        self._verified: OrderedDict[tuple[str, int, int], None] = OrderedDict()
+        # ... and those it was seen not to: never chosen again (an older one is).
+        self._rejected: OrderedDict[tuple[str, int, int], None] = OrderedDict()
         # (aggregate, time ns) -> the last version recorded by then, once final
         self.times_kept = TIMES_KEPT if cache_size else 0
         self._times: OrderedDict[tuple[str, int], int] = OrderedDict()
@@ -295,6 +306,8 @@ class StateLoader(Generic[S]):
         self._tail_total = 0
         self._folded.clear()
         self._times.clear()
+        self._verified.clear()
+        self._rejected.clear()
 
     @staticmethod
     def _key(snapshot: Snapshot) -> tuple[str, int, int]:
@@ -334,7 +347,7 @@ class StateLoader(Generic[S]):
         if best is None or all(s.version <= to_version for s in listed):
             return None
         state = self._cache.get(self._key(best))
-        if state is None:
+        if state is None or self._key(best) not in self._verified:
             return None
         self._cache.move_to_end(self._key(best))
         self._listed.move_to_end(aggregate_id)
@@ -355,18 +368,29 @@ class StateLoader(Generic[S]):
         return min(bounds, default=None)
 
     async def _tail(
-        self, aggregate_id: str, point: PointInTime[S], to_version: int | None, heard: int
+        self,
+        aggregate_id: str,
+        point: PointInTime[S],
+        to_version: int | None,
+        heard: int,
+        check: Snapshot | None = None,
     ) -> list[RecordedEvent]:
         """The events after the point's state up to ``to_version``: from the
         aggregate's kept run as far as it holds them, the rest read from the store.
         What is read after a snapshot is kept, as a new run or as the kept one made
         longer, for the next load, unless an erasure was heard of since the load
         began (``heard``): the events were opened before it, and a load that began
-        after it may already have emptied the caches."""
+        after it may already have emptied the caches.
+
+        ``check``: the snapshot the point's state came from, not yet seen to match
+        the event stream; the read then starts at its own event (same request, one
+        more message) and :class:`_NotItsHistory` says that it does not match."""
         at, last_seq = self.codec.version(point.state), point.last_seq
         run = self._tails.get(aggregate_id)
         have: list[RecordedEvent] = []
-        if run and run.first <= at + 1 <= run.last + 1:
+        if check is not None:
+            run = None
+        elif run and run.first <= at + 1 <= run.last + 1:
             self._tails.move_to_end(aggregate_id)
             start = at + 1 - run.first
             end = len(run.events) if to_version is None else to_version - run.first + 1
@@ -376,13 +400,39 @@ class StateLoader(Generic[S]):
             at, last_seq = run.last, run.events[-1].stream_seq  # read on from its end
         else:
             run = None
-        read = await self.store.read_aggregate(
-            aggregate_id,
-            from_version=at + 1,
-            to_version=to_version,
-            from_seq=last_seq + 1,
-            to_seq=self._last_seq(aggregate_id, to_version),
-        )
+        own = 0 if check is None else 1  # the snapshot's own event, read to check it
+        bound = self._last_seq(aggregate_id, to_version)
+        try:
+            read = await self.store.read_aggregate(
+                aggregate_id,
+                from_version=at + 1 - own,
+                to_version=to_version,
+                from_seq=last_seq + 1 - own,
+                to_seq=bound,
+            )
+        except BeyondHorizonError:
+            if check is None:
+                raise
+            # Its event is purged behind a compaction horizon (and not archived
+            # here): the snapshot is what is left of that history.
+            self._verify(check)
+            check, own = None, 0
+            read = await self.store.read_aggregate(
+                aggregate_id, at + 1, to_version, from_seq=last_seq + 1, to_seq=bound
+            )
+        if check is not None:
+            self._checked(check, read[0] if read else None)
+            read = read[1:]
+        if bound is not None and to_version is not None and at + len(read) < to_version:
+            # A listed snapshot's sequence bounded the read short of the point: that
+            # snapshot is none of this history's (the store says whether the events
+            # are there); read on without it.
+            read += await self.store.read_aggregate(
+                aggregate_id,
+                from_version=at + len(read) + 1,
+                to_version=to_version,
+                from_seq=(read[-1].stream_seq if read else last_seq) + 1,
+            )
         if read and point.snapshot_version and self.tail_events and heard == erasures_heard():
             if run is not None:
                 self._keep(aggregate_id, _Run(run.before_ns, run.events + read))
@@ -480,17 +530,95 @@ class StateLoader(Generic[S]):
             state = await fold(self.store, tail[done:], state)
         return state
 
+    def _checked(self, snapshot: Snapshot, found: RecordedEvent | None) -> None:
+        """``found``: the event the stream holds where ``snapshot`` says it was taken
+        (None: none). _NotItsHistory unless it is that event."""
+        if (
+            found is None
+            or found.version != snapshot.version
+            or found.stream_seq != snapshot.last_seq
+        ):
+            raise _NotItsHistory(
+                f"the event stream holds no v{snapshot.version} of it at stream "
+                f"sequence {snapshot.last_seq}"
+            )
+        if found.recorded_at_ns != snapshot.recorded_at_ns:
+            raise _NotItsHistory(
+                f"its recorded time {snapshot.recorded_at_ns} is not its event's "
+                f"({found.recorded_at_ns})"
+            )
+        self._verify(snapshot)
+
+    def _verify(self, snapshot: Snapshot) -> None:
+        self._verified[self._key(snapshot)] = None
+        while len(self._verified) > max(self.cache_size * 4, 64):
+            self._verified.popitem(last=False)
+
+    async def _check(self, snapshot: Snapshot) -> str | None:
+        """Why ``snapshot`` is no snapshot of its aggregate's history (None: it is):
+        the event it says it was taken at (its version, stream sequence and recorded
+        time) must be the one the event stream holds there. One read of one message,
+        once per snapshot. A snapshot at or behind a compaction horizon whose event is
+        purged (and not archived here) is taken as it is: it is what is left."""
+        key = self._key(snapshot)
+        if key in self._verified:
+            self._verified.move_to_end(key)
+            return None
+        try:
+            read = await self.store.read_aggregate(
+                snapshot.aggregate_id,
+                from_version=snapshot.version,
+                to_version=snapshot.version,
+                from_seq=snapshot.last_seq,
+                to_seq=snapshot.last_seq,
+            )
+        except BeyondHorizonError:
+            read = None
+        except CorruptEventError as exc:
+            return f"the event at its stream sequence does not read: {exc}"
+        if read is None:
+            self._verify(snapshot)
+            return None
+        try:
+            self._checked(snapshot, read[0] if len(read) == 1 else None)
+        except _NotItsHistory as exc:
+            return str(exc)
+        return None
+
     async def _find(self, aggregate_id: str, to_version: int | None) -> Snapshot | None:
         """The newest usable snapshot: usually the latest one; else list them all."""
         assert self.snapshots is not None
         latest = await self.snapshots.latest(aggregate_id)
         if latest is None:
             return None
-        if latest.usable(self.schema, to_version, None):
+        if latest.usable(self.schema, to_version, None) and self._key(latest) not in self._rejected:
             return latest
-        kept = await self.snapshots.history(aggregate_id)
+        kept = [
+            s
+            for s in await self.snapshots.history(aggregate_id)
+            if self._key(s) not in self._rejected
+        ]
         self._list(aggregate_id, kept)
         return choose(kept, self.schema, to_version, None)
+
+    def _reject(self, snapshot: Snapshot, why: str) -> None:
+        """Never use ``snapshot`` again (it is none of its aggregate's history), and
+        say so once."""
+        log.warning(
+            "%s: snapshot v%d (snapshot stream sequence %d) is not of its history and "
+            "is skipped (an older one or the events are read instead): %s",
+            snapshot.aggregate_id,
+            snapshot.version,
+            snapshot.snapshot_seq,
+            why,
+        )
+        key = self._key(snapshot)
+        self._rejected[key] = None
+        while len(self._rejected) > max(self.cache_size * 4, 64):
+            self._rejected.popitem(last=False)
+        listed = self._listed.get(snapshot.aggregate_id)
+        if listed is not None:
+            self._listed[snapshot.aggregate_id] = [s for s in listed if self._key(s) != key]
 
     async def load(
         self,
@@ -516,9 +644,19 @@ class StateLoader(Generic[S]):
                 by_then = await self._look_up_version_at(aggregate_id, at)
             to_version = by_then if to_version is None else min(to_version, by_then)
         point = PointInTime(codec.empty(aggregate_id))
+        check: Snapshot | None = None
         if use_snapshots and self.snapshots is not None and to_version != 0:
             found = None if keys else self._from_list(aggregate_id, to_version)
             snapshot = found[0] if found else await self._find(aggregate_id, to_version)
+            wrong = None
+            if snapshot is not None and not found and self._key(snapshot) not in self._verified:
+                if to_version is not None and to_version <= snapshot.version:
+                    wrong = await self._check(snapshot)  # no events to read after it
+                else:
+                    check = snapshot  # checked by the read of the events after it
+            if wrong is not None and snapshot is not None:
+                self._reject(snapshot, wrong)
+                return await self.load(aggregate_id, to_version, keys=keys)
             if snapshot is not None:
                 try:
                     state = found[1] if found else self._decoded(snapshot)
@@ -534,12 +672,33 @@ class StateLoader(Generic[S]):
                 except (SnapshotDecodeError, ValueError) as exc:
                     log.warning("%s: snapshot v%d skipped: %s", aggregate_id, snapshot.version, exc)
                     point = PointInTime(codec.empty(aggregate_id))
+                    check = None
         at = codec.version(point.state)
         if to_version is not None and at >= to_version:
             return point
-        tail = await self._tail(aggregate_id, point, to_version, heard)
+        try:
+            tail = await self._tail(aggregate_id, point, to_version, heard, check)
+        except _NotItsHistory as exc:
+            assert check is not None
+            self._reject(check, str(exc))
+            return await self.load(aggregate_id, to_version, keys=keys)
         if tail:
-            point.state = await self._fold(aggregate_id, point, tail, heard)
+            try:
+                point.state = await self._fold(aggregate_id, point, tail, heard)
+            except CorruptEventError as exc:
+                if not point.snapshot_version:
+                    raise
+                # An event the domain refuses on top of a snapshot's state may be the
+                # snapshot's fault (a state that is not its history's): the full fold
+                # says which, and names the event only if it is refused there too.
+                log.warning(
+                    "%s: events after snapshot v%d do not fold onto it (%s); "
+                    "folding from version 1",
+                    aggregate_id,
+                    point.snapshot_version,
+                    exc,
+                )
+                return await self.load(aggregate_id, to_version, keys=keys, use_snapshots=False)
             point.last_seq = tail[-1].stream_seq
             point.recorded_at_ns = tail[-1].recorded_at_ns
             point.events_folded = len(tail)
