@@ -83,17 +83,21 @@ async def build(settings: ProcessQuerySettings) -> ProcessQuery:
 
 
 async def follow_valkey(query: ProcessQuery, every_s: float) -> None:
-    """NOT_SERVING while Valkey (every read model) does not answer, SERVING again on
-    its own."""
+    """NOT_SERVING while Valkey (every read model) does not answer or NATS is not
+    connected (the control bucket says which version each read model serves: reads are
+    UNAVAILABLE without it, and /healthz said 503 while the gRPC health, which the
+    chart's readiness asks, stayed SERVING); SERVING again on its own."""
     serving = True
     while True:
         honour_cancel()  # a probe's library may swallow the cancel that stops this
         try:
             async with asyncio.timeout(every_s):  # not wait_for: it can drop a cancel
                 await query.redis.ping()
-            down = False
+            valkey_down = False
         except Exception:
-            down = True
+            valkey_down = True
+        nats_down = not query.nc.is_connected
+        down = valkey_down or nats_down
         if down == serving:
             serving = not down
             status = (
@@ -104,10 +108,14 @@ async def follow_valkey(query: ProcessQuery, every_s: float) -> None:
             for name in ("", SERVICE):
                 await query.grpc.health.set(name, status)
             if down:
-                log.warning("NOT_SERVING: valkey does not answer")
+                why = [
+                    *(["valkey does not answer"] if valkey_down else []),
+                    *(["nats is not connected"] if nats_down else []),
+                ]
+                log.warning("NOT_SERVING: %s", ", ".join(why))
             else:
-                log.info("SERVING: valkey answers again")
-        query.valkey_down = down
+                log.info("SERVING: valkey and nats answer again")
+        query.valkey_down = valkey_down
         await asyncio.sleep(every_s)
 
 
