@@ -160,3 +160,28 @@ async def test_the_snapshotter_writes_past_a_snapshot_of_its_version(
     assert point.snapshot_version == 8 and point.events_folded == 0
     assert point.state == state_at(records)
     assert "skipped" not in caplog.text
+
+
+async def test_a_deleted_snapshot_stream_is_read_past_and_made_again(
+    projection: Projection,
+) -> None:
+    """The snapshot stream deleted under running services (it is derived data): a
+    read failed with no responders (the query service answered UNAVAILABLE, the
+    publisher refused commands on contexts it had not cached) and the snapshotter
+    retried its batch for ever. Reads now fold from the events, and the snapshotter
+    creates the stream again and writes into it."""
+    p = projection
+    records = await append_history(p.store, "story", 8, seed=3)
+    await p.control.ensure("snapshots", 1)
+    model = p.model("snapshots", 1)
+    worker = Worker(p.nc, p.store, model, p.dead_letters, p.settings.projector)
+    await asyncio.wait_for(worker.run(until_caught_up=True), 60)
+    await p.nc.request(f"$JS.API.STREAM.DELETE.{p.snapshots.settings.stream}", b"", timeout=5)
+    for keys in (False, True):
+        point = await StateLoader(p.store, p.snapshots).load("story", keys=keys)
+        assert point.state == state_at(records) and point.snapshot_version == 0
+    more = await append_history(p.store, "later", 4, seed=5)
+    worker = Worker(p.nc, p.store, model, p.dead_letters, p.settings.projector)
+    await asyncio.wait_for(worker.run(until_caught_up=True), 10)
+    latest = await p.snapshots.latest("later")
+    assert latest is not None and latest.last_seq == more[-1].stream_seq

@@ -33,6 +33,7 @@ from jetsource.core.crypto import ErasureWatch, erasures_heard
 from jetsource.core.envelope import RecordedEvent
 from jetsource.core.errors import CorruptEventError, JetsourceError
 from jetsource.eventstore.horizon import BeyondHorizonError
+from jetsource.eventstore.jsapi import ERR_STREAM_NOT_FOUND, JsApiError, NoRespondersError
 from jetsource.eventstore.port import EventStore
 from jetsource.eventstore.snapshots import Snapshot, SnapshotStore, choose
 
@@ -588,7 +589,15 @@ class StateLoader(Generic[S]):
     async def _find(self, aggregate_id: str, to_version: int | None) -> Snapshot | None:
         """The newest usable snapshot: usually the latest one; else list them all."""
         assert self.snapshots is not None
-        latest = await self.snapshots.latest(aggregate_id)
+        try:
+            latest = await self.snapshots.latest(aggregate_id)
+        except (NoRespondersError, JsApiError) as exc:
+            if isinstance(exc, JsApiError) and exc.err_code != ERR_STREAM_NOT_FOUND:
+                raise
+            # Snapshots are a cache: with their stream gone (deleted, not yet made
+            # again by the snapshotter) the state is folded from the events.
+            log.warning("%s: no snapshot stream (%r); folding from events", aggregate_id, exc)
+            return None
         if latest is None:
             return None
         if latest.usable(self.schema, to_version, None) and self._key(latest) not in self._rejected:

@@ -31,7 +31,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
 from jetsource.core.crypto import ErasureWatch, erasures_heard
 from jetsource.core.envelope import RecordedEvent
-from jetsource.eventstore.jsapi import JsApiError, NoRespondersError
+from jetsource.eventstore.jsapi import ERR_STREAM_NOT_FOUND, JsApiError, NoRespondersError
 from jetsource.eventstore.snapshots import Snapshot, SnapshotStore, SnapshotTooLargeError
 from jetsource.projection.contract import (
     Checkpoint,
@@ -198,6 +198,18 @@ class SnapshotModel(Generic[S]):
         try:
             return await self._apply(events)
         except (JsApiError, NoRespondersError, TimeoutError) as exc:
+            missing = isinstance(exc, NoRespondersError) or (
+                isinstance(exc, JsApiError) and exc.err_code == ERR_STREAM_NOT_FOUND
+            )
+            ensure = getattr(self.snapshots, "ensure_stream", None)
+            if missing and ensure is not None:
+                # The snapshot stream was deleted under the running snapshotter (it is
+                # derived data): made again, and the batch written again into it.
+                try:
+                    await ensure()
+                    log.warning("snapshot stream missing (%r): created it again", exc)
+                except (JsApiError, NoRespondersError, TimeoutError) as again:
+                    log.warning("snapshot stream missing (%r); creating it: %r", exc, again)
             raise TransientError(f"snapshot store: {exc!r}") from exc
 
     async def _apply(self, events: Sequence[RecordedEvent]) -> Outcome:
