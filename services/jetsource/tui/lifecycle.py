@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 from rich.text import Text
@@ -79,6 +81,10 @@ def while_shown(
     return run
 
 
+# How long a screen's read goes without an answer before its banner says so.
+SLOW_READ_S = 5.0
+
+
 class Refreshing(Screen[None]):
     """A screen read every ``refresh_s``, and the guard its reads share:
 
@@ -88,7 +94,11 @@ class Refreshing(Screen[None]):
     - a tick reads only while the screen is the one shown (each read lists a whole
       domain, on the UI's event loop);
     - where ``READ_ON_RESUME``, a screen shown again (after a read of its own) reads at
-      once.
+      once;
+    - a read that has had no answer for ``SLOW_READ_S`` is said in the banner, with
+      when what is shown was read (NATS paused or a server that takes connections but
+      never answers: each request waits out its timeout and retries, half a minute and
+      more, and the screen showed its old rows with no sign meanwhile).
 
     A subclass's ``reload`` is a ``@work`` worker whose body is decorated with
     :func:`one_read`; its ``on_mount`` sets the interval on ``tick``."""
@@ -100,13 +110,27 @@ class Refreshing(Screen[None]):
         self.refresh_s = refresh_s
         self.loaded = 0  # how many times a read finished (tests wait on it)
         self.reading = False
+        self.read_since = 0.0  # time.monotonic() when the read under way began
+        self.read_at = ""  # the wall-clock time of the last read that finished well
 
     def reload(self) -> object:
         raise NotImplementedError
 
     def tick(self) -> None:
-        if not self.reading and self.app.screen is self:
+        if self.reading:
+            self._waiting()
+        elif self.app.screen is self:
             self.reload()
+
+    def _waiting(self) -> None:
+        waited = time.monotonic() - self.read_since
+        if waited < SLOW_READ_S or self.app.screen is not self:
+            return
+        shown = f"what is shown was read at {self.read_at}" if self.read_at else "nothing read yet"
+        self.query_one(Banner).show(
+            f"this read has taken {waited:.0f}s so far (a big ledger, or a server slow, "
+            f"paused or out of reach); {shown}; still waiting"
+        )
 
     def on_screen_resume(self) -> None:
         if self.READ_ON_RESUME and self.loaded and not self.reading:
@@ -124,10 +148,12 @@ def one_read(fn: Callable[[RS], Awaitable[None]]) -> Callable[[RS], Awaitable[No
     async def run(self: RS) -> None:
         if self.reading:
             return
-        self.reading = True
+        self.reading, self.read_since, loaded = True, time.monotonic(), self.loaded
         try:
             await fn(self)
         finally:
             self.reading = False
+        if self.loaded > loaded:
+            self.read_at = datetime.now().strftime("%H:%M:%S")
 
     return while_shown(run)
