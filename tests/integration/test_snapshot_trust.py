@@ -185,3 +185,21 @@ async def test_a_deleted_snapshot_stream_is_read_past_and_made_again(
     await asyncio.wait_for(worker.run(until_caught_up=True), 10)
     latest = await p.snapshots.latest("later")
     assert latest is not None and latest.last_seq == more[-1].stream_seq
+
+
+async def test_a_time_is_not_placed_by_an_unchecked_snapshot_past_it(
+    projection: Projection,
+) -> None:
+    """A loader placed a time after its kept events by the recorded time of the listed
+    snapshot of the next version, which no read had checked: with that time too late,
+    the time of the next event answered the version before it."""
+    p = projection
+    records = await story_among_others(p)
+    await p.snapshots.save(snapshot_at(records, 2))
+    late = records[-1].recorded_at_ns + 10**12
+    await raw_snapshot(p, replace(snapshot_at(records, 4), recorded_at_ns=late))
+    loader = StateLoader(p.store, p.snapshots)
+    assert (await loader.load("story", 3)).state == state_at(records, 3)
+    for r in records[3:]:
+        point = await loader.load("story", until=r.recorded_at_ns)
+        assert point.state == state_at(records, until=r.recorded_at_ns), r.version

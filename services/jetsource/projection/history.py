@@ -403,13 +403,28 @@ class StateLoader(Generic[S]):
             run = None
         own = 0 if check is None else 1  # the snapshot's own event, read to check it
         bound = self._last_seq(aggregate_id, to_version)
+        # A listed snapshot of the version after the point, not yet checked: its event
+        # is read too (in the same request) to check it, since a time read trusts its
+        # recorded time to place the point (:meth:`_version_at_time`).
+        after = None
+        if to_version is not None:
+            after = next(
+                (
+                    s
+                    for s in self._listed.get(aggregate_id, ())
+                    if s.version == to_version + 1 and self._key(s) not in self._verified
+                ),
+                None,
+            )
+        if after is not None and bound != after.last_seq - 1:
+            after = None  # another listed snapshot bounds the read: not read that far
         try:
             read = await self.store.read_aggregate(
                 aggregate_id,
                 from_version=at + 1 - own,
-                to_version=to_version,
+                to_version=to_version if after is None else after.version,
                 from_seq=last_seq + 1 - own,
-                to_seq=bound,
+                to_seq=bound if after is None else after.last_seq,
             )
         except BeyondHorizonError:
             if check is None:
@@ -424,6 +439,11 @@ class StateLoader(Generic[S]):
         if check is not None:
             self._checked(check, read[0] if read else None)
             read = read[1:]
+        if after is not None and read and read[-1].version == after.version:
+            try:
+                self._checked(after, read.pop())
+            except _NotItsHistory as exc:
+                self._reject(after, str(exc))
         if bound is not None and to_version is not None and at + len(read) < to_version:
             # A listed snapshot's sequence bounded the read short of the point: that
             # snapshot is none of this history's (the store says whether the events
@@ -466,7 +486,11 @@ class StateLoader(Generic[S]):
             by_then = bisect.bisect_right(events, time_ns, key=_recorded_at)
             return run.first - 1 + by_then
         for s in self._listed.get(aggregate_id, ()):
-            if s.version == run.last + 1 and s.recorded_at_ns > time_ns:
+            if (
+                s.version == run.last + 1
+                and s.recorded_at_ns > time_ns
+                and self._key(s) in self._verified
+            ):
                 return run.last
         return None
 
@@ -475,7 +499,8 @@ class StateLoader(Generic[S]):
         run = self._tails.get(aggregate_id)
         last = run.last if run is not None else 0
         for s in self._listed.get(aggregate_id, ()):
-            last = max(last, s.version)
+            if self._key(s) in self._verified:
+                last = max(last, s.version)
         return last
 
     def _kept_version_at(self, aggregate_id: str, time_ns: int) -> int | None:
