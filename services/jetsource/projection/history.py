@@ -295,6 +295,13 @@ class StateLoader(Generic[S]):
         self._erasures = ErasureWatch()
 
     @property
+    def _live(self) -> EventStore:
+        """The live event stream under the store (an archive-backed history reads the
+        archive for what a compaction purged; a snapshot is checked without it)."""
+        live: EventStore | None = getattr(self.store, "live", None)
+        return self.store if live is None else live
+
+    @property
     def schema(self) -> int:
         return self.codec.schema_version
 
@@ -418,8 +425,13 @@ class StateLoader(Generic[S]):
             )
         if after is not None and bound != after.last_seq - 1:
             after = None  # another listed snapshot bounds the read: not read that far
+        # A snapshot is checked against the live stream only: one whose event is purged
+        # behind a compaction horizon is taken as it is (below), not looked for in the
+        # archive (that fetched and decoded a segment per story: time travel after the
+        # horizon went from p50 1.5 to 5.5 ms, p99 5 to 38 ms in bench_archive).
+        reader = self.store if check is None else self._live
         try:
-            read = await self.store.read_aggregate(
+            read = await reader.read_aggregate(
                 aggregate_id,
                 from_version=at + 1 - own,
                 to_version=to_version if after is None else after.version,
@@ -591,7 +603,7 @@ class StateLoader(Generic[S]):
             self._verified.move_to_end(key)
             return None
         try:
-            read = await self.store.read_aggregate(
+            read = await self._live.read_aggregate(
                 snapshot.aggregate_id,
                 from_version=snapshot.version,
                 to_version=snapshot.version,
@@ -610,6 +622,19 @@ class StateLoader(Generic[S]):
         except _NotItsHistory as exc:
             return str(exc)
         return None
+
+    async def _purged(self, snapshot: Snapshot) -> bool:
+        """Its event lies at or behind its aggregate's compaction horizon (purged, or
+        about to be): nothing live to check it against. Asked only of a compacted
+        stream (one request; a stream without compaction answers at once), so its
+        check neither reads the archive nor waits for the live read to find the gap
+        (time travel after a horizon: p50 5.5 ms with the archive read, 2.6 ms with
+        the gap found by the read, against 1.7 ms before snapshots were checked)."""
+        horizon_of = getattr(self._live, "horizon", None)
+        if horizon_of is None:
+            return False
+        horizon = await horizon_of(snapshot.aggregate_id)
+        return horizon is not None and snapshot.version <= horizon.version
 
     async def _find(self, aggregate_id: str, to_version: int | None) -> Snapshot | None:
         """The newest usable snapshot: usually the latest one; else list them all."""
@@ -684,7 +709,9 @@ class StateLoader(Generic[S]):
             snapshot = found[0] if found else await self._find(aggregate_id, to_version)
             wrong = None
             if snapshot is not None and not found and self._key(snapshot) not in self._verified:
-                if to_version is not None and to_version <= snapshot.version:
+                if await self._purged(snapshot):
+                    self._verify(snapshot)  # what is left of that history: taken as it is
+                elif to_version is not None and to_version <= snapshot.version:
                     wrong = await self._check(snapshot)  # no events to read after it
                 else:
                     check = snapshot  # checked by the read of the events after it
