@@ -227,7 +227,12 @@ class JetStreamSnapshotStore:
         if _same(await self.latest(snapshot.aggregate_id), snapshot):
             return False
         headers = {
-            "Nats-Msg-Id": f"{snapshot.aggregate_id}:{snapshot.version}:s{snapshot.schema_version}",
+            # With the event's sequence: a snapshot written past a stored one of the same
+            # version taken at another event (``_same``) is no duplicate of it.
+            "Nats-Msg-Id": (
+                f"{snapshot.aggregate_id}:{snapshot.version}:s{snapshot.schema_version}"
+                f":{snapshot.last_seq}"
+            ),
             SCHEMA_HEADER: str(snapshot.schema_version),
             VERSION_HEADER: str(snapshot.version),
         }

@@ -263,7 +263,9 @@ class BodyDeadline:
             try:
                 if left <= 0:
                     raise TimeoutError
-                message = await asyncio.wait_for(receive(), left)
+                # (asyncio.timeout, not wait_for: no task made per read on Python 3.11)
+                async with asyncio.timeout(left):
+                    message = await receive()
             except TimeoutError:
                 raise BodyTimeout(self.timeout_s, received) from None
             if message["type"] == "http.request":

@@ -1019,10 +1019,11 @@ class KeptSubtrees:
     them for a page's worth, so paging through a subtree of M processes cost M
     requests and up to M pages of sequences per page (3,000 children, 9,000 events,
     91 pages: 14.5 s, against 0.3 s for the root's tree). A subtree of more than
-    ``WIDE`` processes is merged whole once and kept (at most ``max_seqs`` sequences
-    in all, least recently used dropped); each page checks the model's
-    ``tree_stamp`` (one request) and slices. A subtree over ``max_seqs`` on its own
-    is merged per page as before."""
+    ``WIDE`` processes is merged whole once its root's tree held still from one page
+    to the next, and kept (at most ``max_seqs`` sequences in all, least recently used
+    dropped); each page checks the model's ``tree_stamp`` (one request) and slices. A
+    subtree over ``max_seqs`` on its own, or on a tree still being written, is merged
+    per page as before."""
 
     WIDE = 64
 
@@ -1032,6 +1033,8 @@ class KeptSubtrees:
             OrderedDict()
         )
         self._total = 0
+        # (namespace, process) -> the stamp its subtree's last page was merged at, per page
+        self._seen: OrderedDict[tuple[str, str], tuple[str, int, int, int]] = OrderedDict()
 
     async def fetch(self, model: ProcessTimelineModel, pid: str) -> Fetch:
         """How to read the subtree's global sequences after a cursor: a root's from
@@ -1051,12 +1054,21 @@ class KeptSubtrees:
             return found[1].fetch
         members = await model.subtree(pid)
         keys = [model.process_key(p) for p in members]
-        if len(members) > self.WIDE and await model.sizes(keys) <= self.max_seqs:
-            # Read after the stamp: what is read is as new as the stamp or newer, and
-            # a newer one is read again at the next page (its stamp differs).
-            kept = KeptSeqs(array("q", await model.merged_all(keys)))
-            self._put(key, stamp, kept)
-            return kept.fetch
+        if len(members) > self.WIDE:
+            # Merged whole only once its tree held still from one page to the next: a
+            # tree still being written would be merged whole on every page (O(subtree)
+            # a page, worse than a page's merge).
+            if self._seen.get(key) == stamp and await model.sizes(keys) <= self.max_seqs:
+                # Read after the stamp: what is read is as new as the stamp or newer,
+                # and a newer one is read again at the next page (its stamp differs).
+                kept = KeptSeqs(array("q", await model.merged_all(keys)))
+                self._put(key, stamp, kept)
+                self._seen.pop(key, None)
+                return kept.fetch
+            self._seen[key] = stamp
+            self._seen.move_to_end(key)
+            while len(self._seen) > 4096:
+                self._seen.popitem(last=False)
         return lambda after, count: model.merged_seqs(keys, after, None, count)
 
     def _put(self, key: tuple[str, str], stamp: tuple[str, int, int, int], kept: KeptSeqs) -> None:

@@ -309,13 +309,14 @@ async def status(p: Projection) -> list[dict[str, Any]]:
     model whose version follows a schema (snapshots) is listed at that version."""
 
     async def rows_of(name: str) -> list[dict[str, Any]]:
+        bound = asyncio.timeout(STATUS_TIMEOUT_S)
         try:
-            async with asyncio.timeout(STATUS_TIMEOUT_S):
+            async with bound:
                 return await _status_rows(p, name)
-        except TimeoutError:
-            error = f"TimeoutError: its stores did not answer within {STATUS_TIMEOUT_S:g} s"
         except Exception as exc:  # one store away: the other models are still shown
             error = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, TimeoutError) and bound.expired():  # (not a store's own)
+                error = f"TimeoutError: its stores did not answer within {STATUS_TIMEOUT_S:g} s"
         return [
             {
                 "domain": p.domains.owner(name).name,
