@@ -347,3 +347,42 @@ def test_tls_files_that_do_not_go_together_or_do_not_load_are_named(tmp_path: Pa
         )
     )
     assert said.startswith(f"JETSOURCE_GRPC__TLS__CERT_FILE='{junk}' with")
+
+
+# Bearer tokens a server could never match or a client could never send: an empty item
+# turned the gRPC services' (and the ingest's /api/v1/) tokens off in silence, one with
+# a line end or a non-ASCII letter refused every client, and such a CLIENT__TOKEN made
+# the CLI answer INTERNAL "a bug" (grpc refused the header in its own code).
+@pytest.mark.parametrize(
+    ("settings", "variable", "value", "why"),
+    [
+        (PublisherSettings, "JETSOURCE_GRPC__AUTH_TOKENS", '[""]', "an empty token"),
+        (QuerySettings, "JETSOURCE_GRPC__AUTH_TOKENS", '["ok-tok", "  "]', "[1]: a token"),
+        (ObserverSettings, "JETSOURCE_GRPC__AUTH_TOKENS", '["sec-x1\\r"]', "whitespace"),
+        (ProcessQuerySettings, "JETSOURCE_GRPC__AUTH_TOKENS", '[" sec-x1"]', "whitespace"),
+        (IngestSettings, "JETSOURCE_GRPC__AUTH_TOKENS", '["sec-\\u00e9x1"]', "printable ASCII"),
+        (IngestSettings, "JETSOURCE_INGEST__API_TOKENS", '[""]', "an empty token"),
+        (IngestSettings, "JETSOURCE_INGEST__API_TOKENS", '["sec-x1\\n"]', "whitespace"),
+        (PublisherSettings, "JETSOURCE_CLIENT__TOKEN", "sec-x1\r", "whitespace"),
+        (SessionsAppSettings, "JETSOURCE_CLIENT__TOKEN", "sec-\x01x1", "printable ASCII"),
+    ],
+)
+def test_a_bearer_token_no_client_could_send_is_refused_by_name(
+    settings: type[BaseSettings],
+    variable: str,
+    value: str,
+    why: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    message = _error(settings, monkeypatch, **{variable: value})
+    assert message.startswith(f"bad setting: {variable}"), message
+    assert why in message, message
+    assert "sec-" not in message  # the token is never shown
+
+
+def test_bearer_tokens_that_can_be_sent_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JETSOURCE_GRPC__AUTH_TOKENS", '["t1", "a-b_c.d~e+f/g=="]')
+    monkeypatch.setenv("JETSOURCE_CLIENT__TOKEN", "")  # empty: sends none, as unset
+    loaded = PublisherSettings.load()
+    assert [t.get_secret_value() for t in loaded.grpc.auth_tokens] == ["t1", "a-b_c.d~e+f/g=="]
+    assert loaded.client.token is not None and loaded.client.token.get_secret_value() == ""

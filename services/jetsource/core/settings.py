@@ -221,7 +221,40 @@ def archive_url_problem(url: str) -> str | None:
     return None
 
 
+def check_bearer_token(value: SecretStr) -> SecretStr:
+    """A bearer token a client can send and a server can match: printable ASCII (what
+    an HTTP/2 header value may hold: a client's gRPC library refused a token with a
+    carriage return or a non-ASCII letter in its own code, and the CLI called that
+    INTERNAL "a bug"), neither beginning nor ending with a space (servers strip what
+    they are sent: such a token on a server matched no client, and all were refused).
+    The token itself is never part of the message."""
+    token = value.get_secret_value()
+    if not token:
+        raise ValueError(
+            "an empty token (an unset variable?); '[]' asks no token, and a client "
+            "leaves the setting unset to send none"
+        )
+    if token != token.strip():
+        raise ValueError("a token begins or ends with whitespace (a line end copied in?)")
+    if any(not " " <= c <= "~" for c in token):
+        raise ValueError(
+            "a token holds a character other than printable ASCII (a control character "
+            "or non-ASCII letter cannot be sent in an authorization header)"
+        )
+    return value
+
+
+def check_client_token(value: SecretStr | None) -> SecretStr | None:
+    """The token a client sends: unset or empty sends none, else as
+    :func:`check_bearer_token`."""
+    if value is None or not value.get_secret_value():
+        return value
+    return check_bearer_token(value)
+
+
 StreamName = Annotated[str, AfterValidator(check_stream_name)]
+BearerToken = Annotated[SecretStr, AfterValidator(check_bearer_token)]
+ClientToken = Annotated[SecretStr | None, AfterValidator(check_client_token)]
 BucketName = Annotated[str, AfterValidator(check_bucket_name)]
 SubjectPrefix = Annotated[str, AfterValidator(check_subject_prefix)]
 NatsUrl = Annotated[str | None, AfterValidator(check_nats_url)]
@@ -268,7 +301,7 @@ class GrpcServerSettings(BaseModel):
     grpc.health.v1 in plain text, for probes that cannot speak TLS (Kubernetes)."""
 
     tls: ServerTlsSettings = ServerTlsSettings()
-    auth_tokens: list[SecretStr] = Field(default_factory=list)
+    auth_tokens: list[BearerToken] = Field(default_factory=list)
     max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_inflight_per_client: int = Field(default=64, ge=1)
     health_port: Port = 0
@@ -281,7 +314,7 @@ class GrpcClientSettings(BaseModel):
 
     tls: TlsSettings = TlsSettings()
     server_name: str | None = None  # the name the server certificate must carry
-    token: SecretStr | None = None
+    token: ClientToken = None
     # Where the CLI sends commands and queries (host:port): ``JETSOURCE_CLIENT__PUBLISHER``
     # and ``JETSOURCE_CLIENT__QUERY``. Unset: the local service (its bind port, on loopback).
     publisher: str | None = None

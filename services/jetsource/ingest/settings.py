@@ -14,9 +14,9 @@ the file ``jetsource_ingest__instances`` in the secrets directory (a Kubernetes 
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, field_validator
 
-from jetsource.core.settings import Port
+from jetsource.core.settings import BearerToken, Port
 from jetsource.domains.omni.settings import INSTANCE_NAME, InstanceConfig, OmniOptions
 from jetsource.projection.settings import ProjectorSettings
 
@@ -48,7 +48,7 @@ class IngestOptions(BaseModel):
     # the oldest not being answered (idle, or a slow head), else is answered 503.
     max_connections: int = Field(default=0, ge=0)
     # Non-empty: /api/v1/ asks for "Authorization: Bearer <one of them>".
-    api_tokens: list[SecretStr] = Field(default_factory=list)
+    api_tokens: list[BearerToken] = Field(default_factory=list)
     max_page_size: int = Field(default=1000, ge=1)
     control_ttl_s: float = Field(default=1.0, ge=0)
     control_max_stale_s: float = Field(default=30.0, ge=0)
