@@ -371,3 +371,56 @@ async def test_open_health_watches_and_reflection_streams_cannot_crowd_out_the_s
             assert SERVICE in names
     finally:
         await endpoint.stop(0)
+
+
+def _refusals(reason: str) -> float:
+    from prometheus_client import REGISTRY
+
+    value = REGISTRY.get_sample_value(
+        "jetsource_grpc_refused_total", {"service": SERVICE, "reason": reason}
+    )
+    return value or 0.0
+
+
+async def test_refused_calls_are_counted_and_logged_without_the_token(
+    served: tuple[GrpcEndpoint, Gate], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A call refused for its token, or past its client's bound, was answered before any
+    service counter started and logged nowhere: a client with a wrong token, or a
+    flood of them, showed in no metric and no line. Counted now by service and reason,
+    and logged once per reason every REFUSAL_LOG_EVERY_S naming the caller's address
+    and what was wrong, never the token (the lines between are counted in the next)."""
+    endpoint, gate = served
+    caplog.set_level("WARNING", logger="jetsource.grpc")
+    before = {r: _refusals(r) for r in ("unauthenticated", "client_busy")}
+    wrong = "wrong-token-7f3a"
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{endpoint.port}") as channel:
+        stub = pb_grpc.ContextCommandServiceStub(channel)
+        for i, metadata in enumerate(
+            [(), (("authorization", f"Bearer {wrong}"),), (("authorization", f"Basic {wrong}"),)]
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.CreateContext(_create(f"r{i}"), metadata=metadata)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        gate.release.clear()
+        held = [
+            asyncio.ensure_future(stub.CreateContext(_create(f"b{i}", f"ctx-b{i}"), metadata=AUTH))
+            for i in range(2)
+        ]
+        for _ in range(500):
+            if gate.waiting == 2:
+                break
+            await asyncio.sleep(0.01)
+        with pytest.raises(grpc.aio.AioRpcError) as busy:
+            await stub.CreateContext(_create("b3"), metadata=AUTH)
+        assert busy.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        gate.release.set()
+        await asyncio.gather(*held)
+    assert _refusals("unauthenticated") - before["unauthenticated"] == 3
+    assert _refusals("client_busy") - before["client_busy"] == 1
+    lines = [r.getMessage() for r in caplog.records if r.name == "jetsource.grpc"]
+    assert len(lines) == 2, lines  # one per reason: the next two token refusals not logged
+    assert f"{SERVICE} refused /{SERVICE}/CreateContext from ipv4:127.0.0.1:" in lines[0]
+    assert "no authorization metadata" in lines[0]
+    assert "max_inflight_per_client" in lines[1]
+    assert not any(wrong in line or TOKEN in line for line in caplog.messages)

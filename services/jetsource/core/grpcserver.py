@@ -10,6 +10,7 @@ import hmac
 import inspect
 import logging
 import signal
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, cast, overload
@@ -21,6 +22,7 @@ from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-unty
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from grpc_status import rpc_status  # type: ignore[import-untyped]
+from prometheus_client import Counter
 
 from jetsource.core.errors import (
     ConcurrencyError,
@@ -303,6 +305,22 @@ async def _bounded(server: grpc.aio.Server, grace: float) -> None:
         )
 
 
+# Calls refused before their handler ran. They were counted nowhere (a service's own
+# request counters start in the handler) and logged nowhere: a client sending a wrong
+# or no token, or a flood of them, showed in no metric and no line.
+REFUSED = Counter(
+    "jetsource_grpc_refused_total",
+    "gRPC calls refused before their handler ran, by service and reason",
+    ["service", "reason"],
+)
+UNAUTHENTICATED = "unauthenticated"  # no, or no valid, bearer token
+CLIENT_BUSY = "client_busy"  # max_inflight_per_client calls in flight already
+OPEN_STREAMS = "open_streams"  # a quarter of max_concurrent_rpcs in watches/reflection
+# One warning line per reason at most this often; the lines between are counted in the
+# next one (a client retrying a wrong token in a loop must not flood the log).
+REFUSAL_LOG_EVERY_S = 10.0
+
+
 class Guard:
     """Bearer-token check, a bound on each client's calls in flight, request parsing
     and the one place where a handler's failure becomes a status: known errors map to
@@ -317,8 +335,17 @@ class Guard:
     interceptor costs every call a coroutine chain, closures and a new method handler,
     and grpc.aio's main loop waits on one pending call future per registered method."""
 
-    def __init__(self, tokens: list[str], max_inflight: int, max_open: int = 0) -> None:
+    def __init__(
+        self, tokens: list[str], max_inflight: int, max_open: int = 0, service: str = ""
+    ) -> None:
         self._tokens = [t.encode() for t in tokens]
+        self._service = service
+        self._refused = {
+            r: REFUSED.labels(service, r) for r in (UNAUTHENTICATED, CLIENT_BUSY, OPEN_STREAMS)
+        }
+        # reason -> when its last line was logged, and refusals since not logged
+        self._logged: dict[str, float] = {}
+        self._unlogged: dict[str, int] = {}
         self._max = max_inflight
         # client -> calls in flight; a client with none has no entry (a plain dict: a
         # Counter's missing key is a Python-level __missing__ call on every first call)
@@ -357,13 +384,40 @@ class Guard:
         inflight[client] = calls + 1
         return client
 
-    async def _refuse(self, context: grpc.aio.ServicerContext) -> NoReturn:
+    def refused(self, reason: str, context: grpc.aio.ServicerContext, method: str) -> None:
+        """Count a refusal and log it (at most one line per reason every
+        REFUSAL_LOG_EVERY_S, naming the caller's address and never its token)."""
+        self._refused[reason].inc()
+        now = time.monotonic()
+        last = self._logged.get(reason)
+        if last is not None and now - last < REFUSAL_LOG_EVERY_S:
+            self._unlogged[reason] = self._unlogged.get(reason, 0) + 1
+            return
+        self._logged[reason] = now
+        more = self._unlogged.pop(reason, 0)
+        why = {
+            UNAUTHENTICATED: _token_problem(context),
+            CLIENT_BUSY: f"the client has {self._max} calls in flight (max_inflight_per_client)",
+            OPEN_STREAMS: f"{self._open_max} health watch and reflection streams are open",
+        }[reason]
+        log.warning(
+            "%s refused %s from %s: %s%s",
+            self._service or "grpc",
+            method,
+            context.peer(),
+            why,
+            f" ({more} more refused for this reason since the last such line)" if more else "",
+        )
+
+    async def _refuse(self, context: grpc.aio.ServicerContext, method: str = "") -> NoReturn:
         if self._client(context) is None:
+            self.refused(UNAUTHENTICATED, context, method)
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "missing or invalid bearer token: send metadata 'authorization: Bearer <token>'",
             )
         else:
+            self.refused(CLIENT_BUSY, context, method)
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"this client already has {self._max} calls in flight "
@@ -371,10 +425,10 @@ class Guard:
             )
         raise AssertionError("abort returned")  # pragma: no cover
 
-    async def _enter(self, context: grpc.aio.ServicerContext) -> str:
+    async def _enter(self, context: grpc.aio.ServicerContext, method: str = "") -> str:
         client = self._admit(context)
         if client is None:
-            await self._refuse(context)
+            await self._refuse(context, method)
         return client
 
     def _admit_open(self, context: grpc.aio.ServicerContext) -> str | None:
@@ -390,15 +444,17 @@ class Guard:
         self.open += 1
         return client
 
-    async def enter_open(self, context: grpc.aio.ServicerContext) -> str:
+    async def enter_open(self, context: grpc.aio.ServicerContext, method: str = "") -> str:
         client = self._admit_open(context)
         if client is None:
             if self._open_max and self.open >= self._open_max:
+                self.refused(OPEN_STREAMS, context, method)
                 await context.abort(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"{self._open_max} health watch and reflection streams are open on this "
                     "server (a quarter of its max_concurrent_rpcs); retry when some end",
                 )
+            self.refused(CLIENT_BUSY, context, method)
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"this client already has {self._max} calls in flight "
@@ -425,7 +481,7 @@ class Guard:
         if handler is None:
             return handler
         if method.startswith(HEALTH_PREFIX):
-            return _parsed_only(handler, self)
+            return _parsed_only(handler, self, method)
         # Requests arrive as bytes and are parsed here, so a body that is not valid
         # protobuf is INVALID_ARGUMENT (grpc.aio's own deserializer answers UNKNOWN).
         parse = handler.request_deserializer
@@ -436,7 +492,7 @@ class Guard:
             async def unary(body: bytes, context: grpc.aio.ServicerContext) -> Any:
                 client = admit(context)
                 if client is None:
-                    await refuse(context)
+                    await refuse(context, method)
                 try:
                     return await inner(_parse(parse, body), context)
                 except _PASS_THROUGH:
@@ -453,7 +509,7 @@ class Guard:
             async def streaming(
                 body: bytes, context: grpc.aio.ServicerContext
             ) -> AsyncIterator[Any]:
-                client = await enter(context)
+                client = await enter(context, method)
                 try:
                     async for item in stream(_parse(parse, body), context):
                         yield item
@@ -473,7 +529,7 @@ class Guard:
             async def client_streaming(
                 bodies: AsyncIterator[bytes], context: grpc.aio.ServicerContext
             ) -> Any:
-                client = await enter(context)
+                client = await enter(context, method)
 
                 async def requests() -> AsyncIterator[Any]:
                     async for body in bodies:
@@ -493,7 +549,18 @@ class Guard:
             )
         # Bidi-streaming: only reflection (open, as health is: neither authenticated
         # nor counted), its bodies parsed here as well.
-        return _parsed_only(handler, self)
+        return _parsed_only(handler, self, method)
+
+
+def _token_problem(context: grpc.aio.ServicerContext) -> str:
+    """Why a call's token was refused, for the log (never the token itself)."""
+    values = [v for k, v in context.invocation_metadata() or () if k == "authorization"]
+    if not values:
+        return "no authorization metadata"
+    scheme = str(values[0]).partition(" ")[0]
+    if scheme.lower() != "bearer":
+        return f"authorization is not 'Bearer <token>' (scheme {cap(scheme, 20)!r})"
+    return "a bearer token that matches none of JETSOURCE_GRPC__AUTH_TOKENS"
 
 
 async def _parsed_or_refused(
@@ -505,7 +572,9 @@ async def _parsed_or_refused(
         await abort(context, error)
 
 
-def _parsed_only(handler: grpc.RpcMethodHandler, guard: Guard) -> grpc.RpcMethodHandler:
+def _parsed_only(
+    handler: grpc.RpcMethodHandler, guard: Guard, method: str = ""
+) -> grpc.RpcMethodHandler:
     """``handler`` (health, reflection) with its request bodies parsed here, and its
     streams counted by ``guard`` (no token asked): grpc.aio's own deserializer answers
     a body that is not protobuf (or a string that is not UTF-8) UNKNOWN naming the
@@ -529,7 +598,7 @@ def _parsed_only(handler: grpc.RpcMethodHandler, guard: Guard) -> grpc.RpcMethod
 
             async def yielding(body: bytes, context: grpc.aio.ServicerContext) -> Any:
                 request = await _parsed_or_refused(context, parse, body)
-                client = await enter(context)
+                client = await enter(context, method)
                 try:
                     async for item in stream_inner(request, context):
                         yield item
@@ -541,7 +610,7 @@ def _parsed_only(handler: grpc.RpcMethodHandler, guard: Guard) -> grpc.RpcMethod
         async def writing(body: bytes, context: grpc.aio.ServicerContext) -> None:
             # A handler that sends with context.write (health's Watch), not by yielding.
             request = await _parsed_or_refused(context, parse, body)
-            client = await enter(context)
+            client = await enter(context, method)
             try:
                 await stream_inner(request, context)
             finally:
@@ -556,7 +625,7 @@ def _parsed_only(handler: grpc.RpcMethodHandler, guard: Guard) -> grpc.RpcMethod
                 async for body in bodies:
                     yield _parse(parse, body)
 
-            client = await enter(context)
+            client = await enter(context, method)
             try:
                 async for item in bidi_inner(requests(), context):
                     yield item
@@ -661,7 +730,9 @@ async def start_grpc(
     # Open health watches and reflection streams (no token asked): at most a quarter
     # of the calls the server takes, so they never crowd out the service's own.
     max_open = max(1, max_concurrent_rpcs // 4)
-    registry = GuardedRegistry(server, Guard(tokens, s.max_inflight_per_client, max_open))
+    registry = GuardedRegistry(
+        server, Guard(tokens, s.max_inflight_per_client, max_open, service_name)
+    )
     add_servicer(cast(grpc.aio.Server, registry))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registry)
@@ -690,7 +761,10 @@ async def start_grpc(
             health_servicer,
             cast(
                 grpc.aio.Server,
-                GuardedRegistry(health_server, Guard([], s.max_inflight_per_client, max_open)),
+                GuardedRegistry(
+                    health_server,
+                    Guard([], s.max_inflight_per_client, max_open, f"{service_name} health"),
+                ),
             ),
         )
         host = target.rsplit(":", 1)[0]
