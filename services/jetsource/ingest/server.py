@@ -33,7 +33,7 @@ from jetsource.domains.omni.identity import IdentityService
 from jetsource.domains.omni.intake import Intake
 from jetsource.domains.omni.query_service import SERVICE_NAME, OmniQueryService, add_to_server
 from jetsource.domains.omni.raw import RawArchive
-from jetsource.domains.omni.reads import OmniReads
+from jetsource.domains.omni.reads import PAGE_MARGIN, OmniReads
 from jetsource.eventstore.bootstrap import connect, release
 from jetsource.eventstore.horizon import BeyondHorizonError
 from jetsource.eventstore.jetstream import JetStreamEventStore
@@ -85,6 +85,11 @@ def raw_record_bytes(settings: IngestSettings, max_payload: int) -> int:
             max_payload,
         )
     return limit
+
+
+def page_bytes(max_message_bytes: int) -> int:
+    """What a page of events may take within one gRPC answer (its other fields beside)."""
+    return max(max_message_bytes - PAGE_MARGIN, max_message_bytes // 2)
 
 
 @dataclass
@@ -186,6 +191,7 @@ async def build(settings: IngestSettings) -> Ingest:
             history=lambda aggregate_id: applied_history(store, aggregate_id),
             last_version=store.last_version,
             lookup=identities.lookup,
+            max_page_bytes=page_bytes(settings.grpc.max_message_bytes),
         )
         writes = WriteHealth(
             nc,

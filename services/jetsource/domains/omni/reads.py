@@ -57,6 +57,11 @@ DEFAULT_PAGE = 50
 # Events looked at per page when filters narrow an index (the page ends early, with a
 # token to go on, rather than scanning without bound).
 SCAN_LIMIT = 5_000
+# What a page of events may take (encoded): the gRPC message limit less room for the
+# rest of the answer. A page ends before an event that would pass it (its token goes on
+# at that event); a page holds one event at least.
+PAGE_MARGIN = 64 * 1024
+DEFAULT_PAGE_BYTES = 4 * 1024 * 1024 - PAGE_MARGIN
 
 
 # Walks the narrowest index newest first and keeps the events whose filter fields match,
@@ -164,6 +169,22 @@ def _view(values: list[Any]) -> EventView | None:
     return EventView(event=event, stream_seq=int(seq or 0), status=status)
 
 
+def fitting(views: list[EventView | None], budget: int) -> tuple[list[EventView], int]:
+    """The views (missing ones left out) up to the first that would take the page past
+    ``budget`` encoded bytes (one at least), and how many of ``views`` they cover."""
+    out: list[EventView] = []
+    used = 0
+    for n, view in enumerate(views):
+        if view is None:
+            continue
+        size = view.ByteSize() + 8  # the field's tag and length
+        if out and used + size > budget:
+            return out, n
+        out.append(view)
+        used += size
+    return out, len(views)
+
+
 def page_size(requested: int, maximum: int) -> int:
     if requested < 0 or requested > maximum:
         raise ValidationError(
@@ -254,8 +275,10 @@ class OmniReads:
         history: History | None = None,
         last_version: Callable[[str], Awaitable[int]] | None = None,
         lookup: Callable[[str, str], Awaitable[str | None]] | None = None,
+        max_page_bytes: int = DEFAULT_PAGE_BYTES,
     ) -> None:
         self.redis = redis
+        self.max_page_bytes = max_page_bytes
         # Read when the model lacks an event or identity: the answer is the stream's.
         self._history = history
         self._last_version = last_version
@@ -333,7 +356,9 @@ class OmniReads:
             )
         )
         views = await self._views(ns, [_text(m) for m, _ in rows])
-        out = [v for v in views if v is not None]
+        out, n = fitting(views, self.max_page_bytes)
+        if n < len(rows):  # cut by its bytes: the next page starts at the event left out
+            return out, self._tokens.make("recent", bound, int(rows[n][1]) + 1)
         more = len(rows) == size
         return out, self._tokens.make("recent", bound, int(rows[-1][1])) if more and rows else ""
 
@@ -360,7 +385,9 @@ class OmniReads:
         )
         ids = [_text(found[i]) for i in range(0, len(found), 2)]
         views = await self._views(ns, ids)
-        out = [v for v in views if v is not None]
+        out, n = fitting(views, self.max_page_bytes)
+        if n < len(ids):  # cut by its bytes: the next page starts at the event left out
+            return out, int(float(_text(found[2 * n + 1]))) + 1
         return out, int(float(_text(go_on))) if go_on else 0
 
     async def event(self, event_id: str) -> EventView:
@@ -440,7 +467,9 @@ class OmniReads:
         more = len(merged) > size
         merged = merged[:size]
         views = await self._views(ns, [m for _, m in merged])
-        out = [v for v in views if v is not None]
+        out, n = fitting(views, self.max_page_bytes)
+        if n < len(merged):  # cut by its bytes: the next page starts at the event left out
+            return out, self._tokens.make(read, bound, merged[n][0] + 1)
         return out, self._tokens.make(read, bound, merged[-1][0]) if more and merged else ""
 
     async def conversation(
