@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 import nats
 import pytest
@@ -113,3 +114,70 @@ async def test_a_void_recorded_while_no_ingress_ran_is_settled_at_the_next_start
         await restarted.close()
         await nc.drain()
         await ids.start()  # for the fixture's stop
+
+
+async def test_a_voided_merge_settles_all_its_handles_in_one_read(
+    ingest: Ingest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A merge moves every handle of the merged identity; its void settled each handle
+    with its own read of every link and merge in the stream (6 handles: 6 reads)."""
+    ids = ingest.identities
+    survivor = await ids.create("Survivor", "t")
+    merged = await ids.create("Merged", "t")
+    handles = [("discord", f"8035111022467{n:04d}") for n in range(6)]
+    for handle in handles:
+        await ids.link(merged, *handle, actor="t")
+    await ids.merge(survivor, merged, actor="t")
+    for handle in handles:
+        await eventually(ingest, handle, survivor)
+    reads: list[int] = []
+    standing = ids._standing
+
+    async def counted(keys: set[str]) -> dict[str, tuple[str, int, int]]:
+        reads.append(len(keys))
+        return await standing(keys)
+
+    monkeypatch.setattr(ids, "_standing", counted)
+    merge_seq = (await ingest.store.read_aggregate(survivor))[-1].stream_seq
+    history = await ingest.store.read_aggregate(merged)
+    await ingest.store.void(merge_seq, "wrong merge", "t")
+    await ingest.store.void(history[-1].stream_seq, "wrong merge", "t")
+    for handle in handles:
+        await eventually(ingest, handle, merged)
+    assert sum(reads) == len(handles) and len(reads) <= 2, reads
+
+
+async def test_a_void_is_settled_after_more_failures_than_it_used_to_try(
+    ingest: Ingest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Settling after a void gave up after five failed tries (NATS away ~9 s), and the
+    handle named the voided link's identity until the next start."""
+    ids = ingest.identities
+    handle = ("discord", "80351110224670090")
+    before = await ids.create("Before", "t")
+    await ids.link(before, *handle, actor="t")
+    after = await ids.create("After", "t")
+    await ids.link(after, *handle, actor="t")
+    await eventually(ingest, handle, after)
+    failures = 0
+    standing = ids._standing
+
+    async def failing(keys: set[str]) -> dict[str, tuple[str, int, int]]:
+        nonlocal failures
+        if failures < 8:
+            failures += 1
+            raise TimeoutError("nats away")
+        return await standing(keys)
+
+    monkeypatch.setattr(ids, "_standing", failing)
+    monkeypatch.setattr(asyncio, "sleep", _quick(asyncio.sleep))
+    await ingest.store.void(await link_seq(ingest, after), "wrong link", "t")
+    await eventually(ingest, handle, before)
+    assert failures == 8
+
+
+def _quick(sleep: Callable[..., Awaitable[object]]) -> Callable[..., Awaitable[object]]:
+    async def quick(delay: float, *args: object) -> object:
+        return await sleep(min(delay, 0.01), *args)
+
+    return quick

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections import OrderedDict
@@ -259,6 +260,8 @@ class IdentityService:
         self._owners: dict[str, str] = {}
         self._replies: jsapi.Replies | None = None
         self._repairs: set[asyncio.Task[None]] = set()
+        self._unvoids: set[str] = set()  # handles to settle again after a void
+        self._unvoider: asyncio.Task[None] | None = None
         self.hits = 0
         self.misses = 0
 
@@ -466,15 +469,24 @@ class IdentityService:
             wait = min(settle_after, settle_after - age)
             if wait > 0:
                 await asyncio.sleep(wait)
-            for delay in (0.1, 0.5, 1, 2, 5, 5, 5, 5, 5, 5):
+            delay = 0.1
+            for attempt in itertools.count(1):
                 try:
                     await self.settle_from(await self._store.open(raw))
                     break
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:  # NATS away, a message that does not decode
+                except ValueError as exc:  # a message that does not decode: never will
+                    if attempt >= 3:
+                        log.error("handles of sequence %s not settled: %s", raw.seq, exc)
+                        break
                     log.warning("settling handles of sequence %s: %s", raw.seq, exc)
-                    await asyncio.sleep(delay)
+                except Exception as exc:  # NATS away: tried again until it is back (a
+                    # message passed over after a few tries left its handles unsettled
+                    # until the next start)
+                    log.warning("settling handles of sequence %s: %s", raw.seq, exc)
+                await asyncio.sleep(delay)
+                delay = min(5.0, delay * 2)
 
     # -- voids: an operator's void of a link or merge ---------------------------------
 
@@ -517,27 +529,44 @@ class IdentityService:
             log.warning("reading the omni stream's voids: %s", exc)
 
     def _start_unvoid(self, key: str) -> None:
-        async def unvoid() -> None:
-            for delay in (0.1, 0.5, 1, 2, 5):
-                try:
-                    await self._unvoid(key)
-                    return
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # NATS away: tried again, then at the next start
-                    log.warning("settling handle %s after a void: %s", key, exc)
-                    await asyncio.sleep(delay)
+        """Settle ``key`` again after a void: keys are gathered, so a void that touches
+        many handles (a merge's) reads the stream's links and merges once for all of
+        them, and a handle is settled by one task, however many voids named it."""
+        self._unvoids.add(key)
+        if self._unvoider is None or self._unvoider.done():
+            task = asyncio.create_task(self._unvoid_pending())
+            self._unvoider = task
+            self._repairs.add(task)
+            task.add_done_callback(self._repairs.discard)
 
-        task = asyncio.create_task(unvoid())
-        self._repairs.add(task)
-        task.add_done_callback(self._repairs.discard)
+    async def _unvoid_pending(self) -> None:
+        """Until every gathered key is settled: tried again while NATS is away (at most
+        every 5 s, until the service stops), not given up on after a few tries, or the
+        handle named the voided identity until the next start."""
+        delay = 0.1
+        while self._unvoids:
+            keys = set(self._unvoids)
+            self._unvoids.clear()
+            try:
+                standing = await self._standing(keys)
+                for key in sorted(keys):
+                    await self._unvoid(key, standing[key])
+                    keys.discard(key)
+                delay = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # NATS away: tried again
+                self._unvoids |= keys
+                log.warning("settling %d handle(s) after a void: %s", len(keys), exc)
+                await asyncio.sleep(delay)
+                delay = min(5.0, delay * 2)
 
-    async def _standing(self, key: str) -> tuple[str, int, int]:
-        """(identity, order, stream sequence) of the handle's latest assignment that
-        no operator voided, ('', -1, 0) when none stands: every link and merge of the
-        stream read (a void is a rare operator act)."""
+    async def _standing(self, keys: set[str]) -> dict[str, tuple[str, int, int]]:
+        """For each key, (identity, order, stream sequence) of the handle's latest
+        assignment that no operator voided, ('', -1, 0) when none stands: every link and
+        merge of the stream read once (a void is a rare operator act)."""
         cfg = self._store.settings
-        best: tuple[str, int, int] = ("", -1, 0)
+        best: dict[str, tuple[str, int, int]] = dict.fromkeys(keys, ("", -1, 0))
         api = await self._api()
         for event_type in (EXTERNAL_ID_LINKED, IDENTITIES_MERGED):
             subject = f"{cfg.subject_prefix}.*.{event_type}"
@@ -547,15 +576,16 @@ class IdentityService:
                 record = await self._store.open(raw)
                 order = assignment_order(record)
                 for provider, external_id, identity_id in assignments(record):
-                    if handle_key(provider, external_id) == key and order > best[1]:
-                        best = (identity_id, order, record.stream_seq)
+                    key = handle_key(provider, external_id)
+                    if key in best and order > best[key][1]:
+                        best[key] = (identity_id, order, record.stream_seq)
         return best
 
-    async def _unvoid(self, key: str) -> None:
+    async def _unvoid(self, key: str, standing: tuple[str, int, int]) -> None:
         """Settle a handle whose entry names a voided assignment to the latest one that
         stands (a lower order than the entry's: the one rule the forward-only writes
         give way to), or delete it when none stands (the handle is met again as new)."""
-        owner, order, seq = await self._standing(key)
+        owner, order, seq = standing
         while True:
             entry = await self._read(key)
             if not self._is_voided(entry.seq):
