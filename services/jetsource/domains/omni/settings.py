@@ -6,7 +6,14 @@ from __future__ import annotations
 import re
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -94,6 +101,25 @@ class InstanceConfig(BaseModel):
     interaction_response: str = Field(default="message", pattern="^(message|deferred)$")
     interaction_reply: str = Field(default="Received.", min_length=1, max_length=2000)
     timestamp_tolerance_s: float = Field(default=300.0, ge=0, le=86400)
+
+    @field_validator("app_secret", "verify_token", "api_key", "shared_secret")
+    @classmethod
+    def _secret_given(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        """A secret that is empty or only spaces (an unset variable in a template) was
+        taken: an HMAC keyed with it is one anybody can compute, so an ``app_secret`` or
+        ``shared_secret`` of "" let any request through as signed. An ``api_key`` with
+        spaces at either end matched no request (a server strips header values)."""
+        if value is None:
+            return None
+        secret = value.get_secret_value()
+        if not secret.strip():
+            raise ValueError(f"{info.field_name} is empty (an unset variable?)")
+        if info.field_name == "api_key" and secret != secret.strip():
+            raise ValueError(
+                "api_key begins or ends with whitespace: the apikey header arrives "
+                "without it, so no request would match"
+            )
+        return value
 
     @field_validator("public_key")
     @classmethod
