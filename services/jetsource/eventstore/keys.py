@@ -38,6 +38,13 @@ from jetsource.eventstore import jsapi, refusals
 from jetsource.eventstore.jsapi import JsApiError, NoRespondersError, OutMessage, RawMessage
 
 DEFAULT_BUCKET = "JETSOURCE_KEYS"
+# Keys remembered past their freshness are swept out once the memory holds twice what
+# it held after the last sweep (at least SWEEP_MIN): an expired entry is only ever read
+# again to be replaced, so without it every data subject ever met stayed in memory
+# (and its key with it) for the life of the process. One is kept SWEEP_GRACE_S past its
+# expiry: a reader looks up what it just loaded, within one request's time.
+SWEEP_MIN = 1024
+SWEEP_GRACE_S = 60.0
 ANNOUNCE_TIMEOUT_S = 10.0  # nats-py's flush() default, which this wait replaces
 _PEPPER = "pepper"
 _KV_OP = "KV-Operation"
@@ -101,6 +108,7 @@ class JetStreamKeyStore:
         self._pepper: bytes | None = None
         # ref -> (key or None when destroyed/absent, monotonic time it expires)
         self._keys: dict[bytes, tuple[bytes | None, float]] = {}
+        self._sweep_at = SWEEP_MIN  # the size of ``_keys`` that sweeps it next
         self._sub: Any = None
         self._erased_sub: Any = None
         self._ready = False
@@ -241,7 +249,17 @@ class JetStreamKeyStore:
 
     def _remember(self, ref: bytes, key: bytes | None) -> None:
         ttl = self._ttl if key is not None else self._missing_ttl
-        self._keys[ref] = (key, time.monotonic() + ttl)
+        now = time.monotonic()
+        self._keys[ref] = (key, now + ttl)
+        if len(self._keys) >= self._sweep_at:
+            self._sweep(now)
+
+    def _sweep(self, now: float) -> None:
+        """Drop the entries expired more than SWEEP_GRACE_S ago (each sweep's cost is
+        paid by as many inserts since the last one)."""
+        before = now - SWEEP_GRACE_S
+        self._keys = {r: k for r, k in self._keys.items() if k[1] > before}
+        self._sweep_at = max(SWEEP_MIN, 2 * len(self._keys))
 
     # -- writers ----------------------------------------------------------------
 
