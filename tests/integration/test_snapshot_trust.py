@@ -203,3 +203,35 @@ async def test_a_time_is_not_placed_by_an_unchecked_snapshot_past_it(
     for r in records[3:]:
         point = await loader.load("story", until=r.recorded_at_ns)
         assert point.state == state_at(records, until=r.recorded_at_ns), r.version
+
+
+async def test_a_state_the_events_do_not_fold_onto_is_rejected_once(
+    projection: Projection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Such a snapshot was kept: every read of the story folded onto it, failed, and
+    folded the whole story from version 1 again. Now the first full fold rejects it, and
+    later reads start from an older snapshot."""
+    p = projection
+    records = await story_among_others(p)
+    await p.snapshots.save(snapshot_at(records, 2))  # a good older one
+    alt = await append_history(InMemoryEventStore(registry), "story", 8, seed=11)
+    good = snapshot_at(records, 4)
+    forged = replace(
+        snapshot_at(alt, 4), last_seq=good.last_seq, recorded_at_ns=good.recorded_at_ns
+    )
+    await raw_snapshot(p, forged)
+    loader = StateLoader(p.store, p.snapshots)
+    full_folds = 0
+    load = loader.load
+
+    async def counted(*args: object, **kwargs: object) -> object:
+        nonlocal full_folds
+        full_folds += kwargs.get("use_snapshots") is False
+        return await load(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loader, "load", counted)
+    for _ in range(3):
+        point = await loader.load("story")
+        assert point.state == state_at(records)
+    assert full_folds == 1
+    assert point.snapshot_version == 2  # the older one

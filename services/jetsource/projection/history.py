@@ -672,6 +672,7 @@ class StateLoader(Generic[S]):
             why,
         )
         key = self._key(snapshot)
+        self._verified.pop(key, None)
         self._rejected[key] = None
         while len(self._rejected) > max(self.cache_size * 4, 64):
             self._rejected.popitem(last=False)
@@ -704,6 +705,7 @@ class StateLoader(Generic[S]):
             to_version = by_then if to_version is None else min(to_version, by_then)
         point = PointInTime(codec.empty(aggregate_id))
         check: Snapshot | None = None
+        used: Snapshot | None = None  # the snapshot ``point`` starts from
         if use_snapshots and self.snapshots is not None and to_version != 0:
             found = None if keys else self._from_list(aggregate_id, to_version)
             snapshot = found[0] if found else await self._find(aggregate_id, to_version)
@@ -721,6 +723,7 @@ class StateLoader(Generic[S]):
             if snapshot is not None:
                 try:
                     state = found[1] if found else self._decoded(snapshot)
+                    used = snapshot
                     point = PointInTime(
                         state,
                         snapshot.last_seq,
@@ -733,7 +736,7 @@ class StateLoader(Generic[S]):
                 except (SnapshotDecodeError, ValueError) as exc:
                     log.warning("%s: snapshot v%d skipped: %s", aggregate_id, snapshot.version, exc)
                     point = PointInTime(codec.empty(aggregate_id))
-                    check = None
+                    check = used = None
         at = codec.version(point.state)
         if to_version is not None and at >= to_version:
             return point
@@ -759,7 +762,12 @@ class StateLoader(Generic[S]):
                     point.snapshot_version,
                     exc,
                 )
-                return await self.load(aggregate_id, to_version, keys=keys, use_snapshots=False)
+                full = await self.load(aggregate_id, to_version, keys=keys, use_snapshots=False)
+                # The events fold from version 1: the snapshot's state is not their
+                # history's. Rejected once, or every read folded the whole story again.
+                if used is not None:
+                    self._reject(used, f"the events after it do not fold onto it: {exc}")
+                return full
             point.last_seq = tail[-1].stream_seq
             point.recorded_at_ns = tail[-1].recorded_at_ns
             point.events_folded = len(tail)
