@@ -41,6 +41,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import nats.errors
 from nats.aio.client import Client as NATS
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -48,11 +49,16 @@ from jetsource.core import telemetry
 from jetsource.core.clock import format_rfc3339_ns
 from jetsource.core.codec import PayloadDecodeError, UnknownEvent
 from jetsource.core.envelope import RecordedEvent
-from jetsource.core.errors import CorruptEventError, EventStoreUnavailableError
+from jetsource.core.errors import (
+    CorruptEventError,
+    EventStoreUnavailableError,
+    StreamMissingError,
+)
 from jetsource.eventstore import jsapi
 from jetsource.eventstore.horizon import BeyondHorizonError
 from jetsource.eventstore.jetstream import JetStreamEventStore, voided_event
 from jetsource.eventstore.jsapi import Delivery, RawMessage
+from jetsource.eventstore.refusals import writes_to
 from jetsource.projection.contract import Outcome, ReadModel, StoreLost, TransientError
 from jetsource.projection.control import discarded_sequences, version_dropped
 from jetsource.projection.deadletters import DeadLetters, aggregate_of
@@ -236,6 +242,15 @@ class Worker:
         # None once a write goes through or nothing is left to write. /healthz names it.
         self._refused_since: float | None = None
         self._refused_why = ""
+        # The dead-letter stream refusing to file an event (full, deleted, no answer):
+        # since when, the last failure and its words. The event waits for redelivery
+        # (nothing is acked unfiled); /healthz names the stream until one is filed.
+        self._unfiled_since: float | None = None
+        self._unfiled_at = 0.0
+        self._unfiled_why = ""
+        # Judging the in-flight window at start (``_judge``): its store refusals are
+        # an outage as they are once running (the worker retries them until stopped).
+        self._judging = False
         self._labels = (self.spec.name, str(self.spec.version))
         # Fields of every log line of this worker (structured logs: jetsource.core.logging).
         self._log = {"model": self.spec.name, "version": self.spec.version}
@@ -550,38 +565,42 @@ class Worker:
         """Apply events of the in-flight window; while the store does not answer, try
         again with backoff (nothing new is taken before them), until stopped."""
         tries = 0
-        while records and not self._stop.is_set():
-            try:
-                outcome = await self.model.apply(records)
-                self._store_wrote()
-            except (TransientError, EventStoreUnavailableError) as exc:
-                self._store_refused(exc)
-                tries += 1
-                log.warning(
-                    "%s v%s: in-flight window: %s; trying again",
-                    *self._labels,
-                    exc,
-                    extra={**self._log, "rate_key": f"window {self._labels}"},
-                )
-                await asyncio.sleep(self.o.backoff(tries))
-                continue
-            except _HALT:
-                raise
-            except Exception:
-                log.exception(
-                    "%s v%s: in-flight window failed; isolating aggregates",
-                    *self._labels,
-                    extra=self._log,
-                )
-                outcome = await self._isolate(records)
-            self.stats.applied += outcome.applied
-            self.stats.filled += outcome.applied
-            if outcome.applied:
-                # Applied, as the status counts them (and as a gap filled in a batch
-                # counts): outcome="applied" fell behind the status's applied.
-                EVENTS.labels(*self._labels, "applied").inc(outcome.applied)
-                EVENTS.labels(*self._labels, "filled").inc(outcome.applied)
-            return
+        self._judging = True
+        try:
+            while records and not self._stop.is_set():
+                try:
+                    outcome = await self.model.apply(records)
+                    self._store_wrote()
+                except (TransientError, EventStoreUnavailableError) as exc:
+                    self._store_refused(exc)
+                    tries += 1
+                    log.warning(
+                        "%s v%s: in-flight window: %s; trying again",
+                        *self._labels,
+                        exc,
+                        extra={**self._log, "rate_key": f"window {self._labels}"},
+                    )
+                    await asyncio.sleep(self.o.backoff(tries))
+                    continue
+                except _HALT:
+                    raise
+                except Exception:
+                    log.exception(
+                        "%s v%s: in-flight window failed; isolating aggregates",
+                        *self._labels,
+                        extra=self._log,
+                    )
+                    outcome = await self._isolate(records)
+                self.stats.applied += outcome.applied
+                self.stats.filled += outcome.applied
+                if outcome.applied:
+                    # Applied, as the status counts them (and as a gap filled in a batch
+                    # counts): outcome="applied" fell behind the status's applied.
+                    EVENTS.labels(*self._labels, "applied").inc(outcome.applied)
+                    EVENTS.labels(*self._labels, "filled").inc(outcome.applied)
+                return
+        finally:
+            self._judging = False
 
     async def run(self, until_caught_up: bool = False) -> None:
         """Process batches until stopped (or, with ``until_caught_up``, until the
@@ -1016,7 +1035,19 @@ class Worker:
         if self.fence is not None:
             await self.fence.check()  # a worker that lost its lease files nothing
         raw = RawMessage(d.subject, d.stream_seq, d.time_ns, d.headers, d.data)
-        await self.dlq.publish(self.spec, aggregate_id, raw, reason, tries)
+        try:
+            with writes_to(self.dlq.stream, "restarting the service creates it again (empty)"):
+                await self.dlq.publish(self.spec, aggregate_id, raw, reason, tries)
+        except (
+            EventStoreUnavailableError,
+            StreamMissingError,
+            TimeoutError,
+            jsapi.JsApiError,
+            nats.errors.Error,
+        ) as exc:
+            await self._not_filed(d, aggregate_id, tries, exc)
+            return
+        self._unfiled_since = None
         self._parked.setdefault(aggregate_id, set()).add(d.stream_seq)
         await jsapi.ack(self.nc, d)
         self.stats.dead_letters += 1
@@ -1029,6 +1060,36 @@ class Worker:
             reason,
             extra={**self._log, "aggregate": aggregate_id, "seq": d.stream_seq, "tries": tries},
         )
+
+    async def _not_filed(
+        self, d: Delivery, aggregate_id: str, tries: int, exc: BaseException
+    ) -> None:
+        """The dead-letter stream did not take the event (full, sealed, deleted, no
+        answer): it is not acked, so it comes back and is filed then (its refusals are
+        kept: it goes to the dead letters again at once). A worker crashed here before,
+        restarted and waited out the ack wait each time, with /healthz 200."""
+        now = time.monotonic()
+        if self._unfiled_since is None:
+            self._unfiled_since = now
+        self._unfiled_at = now
+        self._unfiled_why = str(exc) or type(exc).__name__
+        if tries:
+            self._failures[d.stream_seq] = tries - 1
+        log.warning(
+            "%s v%s: seq %d not dead-lettered (%s); redelivered to file it again",
+            *self._labels,
+            d.stream_seq,
+            self._unfiled_why,
+            extra={
+                **self._log,
+                "aggregate": aggregate_id,
+                "seq": d.stream_seq,
+                "rate_key": f"unfiled {self._labels}",
+            },
+        )
+        EVENTS.labels(*self._labels, "refused").inc()
+        with contextlib.suppress(Exception):  # NATS away: its ack wait brings it back
+            await jsapi.nak(self.nc, d, self.o.backoff(min(max(tries, 1), 2)))
 
     async def _recount_dead_letters(self) -> None:
         """Set the dead-letter depth from the DLQ stream; on failure keep the last value."""
@@ -1063,22 +1124,40 @@ class Worker:
     def store_outage(self) -> str | None:
         """Running, and every write of the model to its store refused for
         ``store_outage_after_s`` (events waiting for redelivery): what the store said."""
+        if not (self.running or self._judging):
+            return None
+        now = time.monotonic()
         since = self._refused_since
-        if not self.running or since is None:
-            return None
-        refused_for = time.monotonic() - since
-        if refused_for < self.o.store_outage_after_s:
-            return None
-        return (
-            f"{self.spec.name} v{self.spec.version}: {self.spec.store} refuses writes"
-            f" for {refused_for:.0f} s ({self._refused_why})"
-        )
+        if since is not None and now - since >= self.o.store_outage_after_s:
+            return (
+                f"{self.spec.name} v{self.spec.version}: {self.spec.store} refuses writes"
+                f" for {now - since:.0f} s ({self._refused_why})"
+            )
+        since = self._unfiled_since
+        if self._unfiled and since is not None and now - since >= self.o.store_outage_after_s:
+            return (
+                f"{self.spec.name} v{self.spec.version}: dead-letter stream {self.dlq.stream}"
+                f" refuses writes for {now - since:.0f} s ({self._unfiled_why}); the events"
+                " it cannot file wait for redelivery"
+            )
+        return None
 
     @property
     def refusing(self) -> bool:
         """Its store refuses the writes of the batch at hand (a store outage, however
         short so far): a stall it explains is the store's, not this process's."""
-        return self.running and self._refused_since is not None
+        return (self.running or self._judging) and (
+            self._refused_since is not None or self._unfiled
+        )
+
+    @property
+    def _unfiled(self) -> bool:
+        """A dead letter refused, and tried again within a redelivery: an event voided or
+        discarded meanwhile (never filed, never tried again) does not keep it."""
+        return self._unfiled_since is not None and (
+            time.monotonic() - self._unfiled_at
+            <= self.o.ack_wait_s + max(self.o.backoff_s, default=0)
+        )
 
     @property
     def stalled(self) -> bool:
