@@ -98,15 +98,20 @@ def _target(flag: str | None, timeout: float | None) -> Target:
 
 
 def _call(
-    target: Target, work: Callable[[pb_grpc.ProcessQueryServiceStub, Any], Awaitable[T]]
+    target: Target,
+    work: Callable[[pb_grpc.ProcessQueryServiceStub, Any], Awaitable[T]],
+    *,
+    ctrl_c_stops: bool = False,
 ) -> T:
+    """``ctrl_c_stops``: Ctrl-C is how the command ends (``watch``), not a CANCELLED."""
+
     async def run() -> T:
         channel, metadata = open_channel(target.address, target.client)
         async with channel:
             await _connect(channel, target)
             return await work(pb_grpc.ProcessQueryServiceStub(channel), metadata)
 
-    return _run(target, run)
+    return _run(target, run, ctrl_c_stops=ctrl_c_stops)
 
 
 def _time(flag: str, value: str | None) -> Timestamp | None:
@@ -477,7 +482,7 @@ def watch(
                 call.cancel()
 
     try:
-        _call(target, follow)
+        _call(target, follow, ctrl_c_stops=True)
     except KeyboardInterrupt:
         raise typer.Exit(out.OK) from None
     except BrokenPipeError:
