@@ -32,7 +32,7 @@ from jetsource._gen.process.v1 import events_pb2 as epb
 from jetsource._gen.process.v1 import query_pb2 as pb
 from jetsource._gen.process.v1 import query_pb2_grpc as pb_grpc
 from jetsource.cli import output as out
-from jetsource.cli.ctx import Target, _connect, _quiet_stdout, _run, _settings, _use
+from jetsource.cli.ctx import Target, _connect, _more, _quiet_stdout, _run, _settings, _use
 from jetsource.cli.output import Mode
 from jetsource.client import open_channel
 from jetsource.core.clock import to_timestamp
@@ -276,8 +276,7 @@ def list_(
         out.emit_json({"processes": [process_json(p) for p in processes], "next_page_token": token})
         return
     out.table("processes", PROCESS_COLUMNS, _process_rows(processes))
-    if token:
-        out.line(f"next page: --page-token {token}")
+    _more(token, "processes")  # on stderr, as ctx's: stdout stays the table
 
 
 @app.command()
@@ -422,8 +421,7 @@ def timeline(
         out.emit_json({"events": [event_json(e) for e in events], "next_page_token": token})
         return
     out.table(f"timeline of {process_id}", EVENT_COLUMNS, [_event_row(e) for e in events])
-    if token:
-        out.line(f"next page: --page-token {token}")
+    _more(token, "events")
 
 
 @app.command()
