@@ -114,7 +114,7 @@ class Cluster:
 
     def stop(self) -> None:
         for p in self.procs:
-            if p.poll() is None:
+            if p is not None and p.poll() is None:
                 p.terminate()
                 p.wait(timeout=30)
 
@@ -160,6 +160,17 @@ class Cluster:
 
 
 def start_cluster(home: Path, size: int) -> Cluster:
+    cluster = make_cluster(home, size)
+    cluster.procs = [n.start() for n in cluster.nodes]
+    for i, n in enumerate(cluster.nodes):
+        n.wait_ready(cluster.procs[i], 60)
+    if size > 1:
+        cluster.wait_meta_leader()
+    return cluster
+
+
+def make_cluster(home: Path, size: int) -> Cluster:
+    """The servers of a cluster on loopback, none started (``Cluster.start(i)``)."""
     ports = [(free_port(), free_port(), free_port()) for _ in range(size)]
     nodes = []
     for i, (client, monitor, route) in enumerate(ports):
@@ -179,13 +190,7 @@ def start_cluster(home: Path, size: int) -> Cluster:
                 extra_config=extra,
             )
         )
-    procs = [n.start() for n in nodes]
-    cluster = Cluster(nodes, procs)
-    for i, n in enumerate(nodes):
-        n.wait_ready(procs[i], 60)
-    if size > 1:
-        cluster.wait_meta_leader()
-    return cluster
+    return Cluster(nodes, [None] * size)
 
 
 @dataclass

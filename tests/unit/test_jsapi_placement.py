@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from jetsource.core.errors import EventStoreUnavailableError
 from jetsource.eventstore import jsapi
 from jetsource.eventstore.jsapi import ERR_NO_SUITABLE_PEERS, JsApiError
 
@@ -64,3 +65,34 @@ async def test_a_peer_offline_for_good_is_refused_after_the_wait(
         await jsapi.ensure_stream(None, CONFIG, 1.0)  # type: ignore[arg-type]
     assert 2 <= len(calls) <= 6
     assert "start the missing servers" in str(refused.value)
+
+
+async def test_no_answer_while_the_cluster_elects_its_leader_is_asked_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A cluster with no meta leader yet drops a create (the request times out), then
+    answers 503/10008; a create of the same configuration is idempotent, so it is
+    asked again (the chaos row cluster-leader-kill-r3 failed at set-up with a bare
+    TimeoutError())."""
+    leaderless = JsApiError(
+        503, jsapi.ERR_CLUSTER_UNAVAILABLE, "JetStream system temporarily unavailable"
+    )
+    calls: list[str] = []
+    answers: list[Any] = [TimeoutError(), leaderless, {"config": CONFIG}]
+    monkeypatch.setattr(jsapi, "api", fake_api(answers, calls))
+    assert await jsapi.ensure_stream(None, CONFIG, 1.0) == {"config": CONFIG}  # type: ignore[arg-type]
+    assert calls == ["STREAM.CREATE.S"] * 3
+
+
+async def test_no_leader_for_the_whole_wait_is_unavailable_naming_the_cause(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(jsapi, "PLACEMENT_WAIT_S", 0.5)
+    calls: list[str] = []
+    monkeypatch.setattr(jsapi, "api", fake_api([TimeoutError()] * 50, calls))
+    with pytest.raises(EventStoreUnavailableError) as lost:
+        await jsapi.ensure_stream(None, CONFIG, 1.0)  # type: ignore[arg-type]
+    assert 2 <= len(calls) <= 6
+    text = str(lost.value)
+    assert "stream S was not created" in text and "no JetStream meta leader" in text
+    assert "lost quorum" in text

@@ -22,15 +22,16 @@ import re
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from nats import errors as nats_errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from jetsource.core.clock import format_rfc3339_ns, parse_rfc3339_ns
+from jetsource.core.errors import EventStoreUnavailableError
 
 BATCH_LIMIT = 1000  # server default maximum messages per atomic batch
 DIRECT_GET_PAGE = 1000
@@ -45,9 +46,13 @@ ERR_MESSAGE_TOO_LARGE = 10054
 ERR_CONSUMER_NOT_FOUND = 10014
 ERR_SEQUENCE_NOT_FOUND = 10037
 ERR_NO_SUITABLE_PEERS = 10005  # no servers to place a stream's replicas on
+ERR_CLUSTER_UNAVAILABLE = 10008  # 503: JetStream has no meta leader (cluster forming, quorum lost)
 # A cluster that is still forming (or a peer restarting) answers "no suitable peers ...,
-# peer offline" for a while: a stream is created once its peers are back, within this.
+# peer offline" for a while, and one without a meta leader yet does not answer a create
+# at all: a stream is created once its peers and leader are there, within this.
 PLACEMENT_WAIT_S = 15.0
+
+T = TypeVar("T")
 
 
 class JsApiError(Exception):
@@ -788,34 +793,79 @@ def consumer_config(
     return config
 
 
-async def _create_stream(
-    replies: Replies, config: Mapping[str, Any], timeout: float
-) -> dict[str, Any]:
-    """STREAM.CREATE, asked again while the cluster says a peer it needs is offline (a
-    cluster forming, a server restarting) for up to ``PLACEMENT_WAIT_S``; then, or
-    when there are not enough servers at all, the refusal says what it needs."""
-    name = config["name"]
+class ClusterUnavailableError(EventStoreUnavailableError):
+    """A stream or bucket could not be created because the NATS cluster had no
+    JetStream meta leader for the whole wait (forming, or quorum lost)."""
+
+
+def _leaderless(exc: BaseException) -> bool:
+    """No meta leader to answer: a create request not answered at all (a cluster
+    forming or re-electing drops JetStream API requests; a new replicated stream is
+    answered once its own group elected a leader), or answered 503/10008."""
+    return (
+        isinstance(exc, TimeoutError) or getattr(exc, "err_code", None) == ERR_CLUSTER_UNAVAILABLE
+    )
+
+
+def _peer_offline(exc: BaseException) -> bool:
+    return getattr(exc, "err_code", None) == ERR_NO_SUITABLE_PEERS and "offline" in str(
+        getattr(exc, "description", None) or exc
+    )
+
+
+async def create_waiting(
+    create: Callable[[], Awaitable[T]], name: str, replicas: int, what: str = "stream"
+) -> T:
+    """``create()`` (a STREAM.CREATE of ``name``, or a bucket's), asked again for up
+    to ``PLACEMENT_WAIT_S`` while the cluster cannot place it yet: a peer it needs is
+    offline (a cluster forming, a server restarting), or there is no meta leader (no
+    answer, or 503/10008). A create of the same configuration is idempotent, so asking
+    again after an unanswered one is safe. Then, or when there are not enough servers
+    at all, the error says what it needs."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + PLACEMENT_WAIT_S
     pause = 0.1
     while True:
         try:
-            return await api(replies, f"STREAM.CREATE.{name}", dict(config), timeout)
-        except JsApiError as exc:
-            if exc.err_code != ERR_NO_SUITABLE_PEERS:
+            return await create()
+        except Exception as exc:
+            offline, leaderless = _peer_offline(exc), _leaderless(exc)
+            if not (
+                offline or leaderless or getattr(exc, "err_code", None) == ERR_NO_SUITABLE_PEERS
+            ):
                 raise
-            if "offline" in exc.description and loop.time() + pause < deadline:
+            if (offline or leaderless) and loop.time() + pause < deadline:
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 1.0)
                 continue
-            replicas = config.get("num_replicas", 1)
+            if leaderless:
+                said = str(exc) or "no answer"
+                raise ClusterUnavailableError(
+                    f"{what} {name} was not created: the NATS cluster has no JetStream "
+                    f"meta leader ({said}, asked for {PLACEMENT_WAIT_S:g} s); it is still "
+                    "forming or lost quorum (more than half of its servers down or cut "
+                    "off): start the missing servers, then run this again"
+                ) from exc
+            description = str(getattr(exc, "description", None) or exc)
             raise JsApiError(
-                exc.code,
-                exc.err_code,
-                f"{exc.description}: stream {name} wants {replicas} replicas, one per "
+                getattr(exc, "code", None) or 400,
+                ERR_NO_SUITABLE_PEERS,
+                f"{description}: {what} {name} wants {replicas} replicas, one per "
                 f"server of the cluster online (asked for {PLACEMENT_WAIT_S:g} s); start "
                 "the missing servers, or lower the replicas setting",
             ) from exc
+
+
+async def _create_stream(
+    replies: Replies, config: Mapping[str, Any], timeout: float
+) -> dict[str, Any]:
+    """STREAM.CREATE, waiting for a cluster that cannot place it yet (``create_waiting``)."""
+    name = config["name"]
+    return await create_waiting(
+        lambda: api(replies, f"STREAM.CREATE.{name}", dict(config), timeout),
+        name,
+        int(config.get("num_replicas", 1)),
+    )
 
 
 async def ensure_stream(

@@ -42,6 +42,7 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 
 from jetsource.core.errors import EventStoreUnavailableError
+from jetsource.eventstore import jsapi
 
 BUILDING, LIVE, DROPPED, RESETTING = "building", "live", "dropped", "resetting"
 # States in which a worker of the version must not write.
@@ -110,12 +111,19 @@ class Control:
 
     async def kv(self) -> KeyValue:
         if self._kv is None:
-            try:
-                self._kv = await self._js.key_value(self._bucket)
-            except BucketNotFoundError:
-                self._kv = await self._js.create_key_value(
-                    bucket=self._bucket, history=10, replicas=self._replicas
-                )
+
+            async def find_or_create() -> KeyValue:
+                try:
+                    return await self._js.key_value(self._bucket)
+                except BucketNotFoundError:
+                    return await self._js.create_key_value(
+                        bucket=self._bucket, history=10, replicas=self._replicas
+                    )
+
+            # Both unanswered while a cluster has no meta leader: waited for, bounded.
+            self._kv = await jsapi.create_waiting(
+                find_or_create, f"KV_{self._bucket}", self._replicas, "bucket"
+            )
         return self._kv
 
     async def get(self, model: str) -> ModelControl | None:

@@ -270,12 +270,22 @@ class IdentityService:
     async def kv(self) -> KeyValue:
         if self._kv is None:
             js = self._nc.jetstream()
-            try:
-                self._kv = await js.key_value(self._o.identity_bucket)
-            except BucketNotFoundError:
-                self._kv = await js.create_key_value(
-                    bucket=self._o.identity_bucket, history=5, replicas=self._o.raw_replicas
-                )
+
+            async def find_or_create() -> KeyValue:
+                try:
+                    return await js.key_value(self._o.identity_bucket)
+                except BucketNotFoundError:
+                    return await js.create_key_value(
+                        bucket=self._o.identity_bucket, history=5, replicas=self._o.raw_replicas
+                    )
+
+            # Both unanswered while a cluster has no meta leader: waited for, bounded.
+            self._kv = await jsapi.create_waiting(
+                find_or_create,
+                f"KV_{self._o.identity_bucket}",
+                self._o.raw_replicas,
+                "bucket",
+            )
         return self._kv
 
     # -- the bucket's entries, with their headers -------------------------------------

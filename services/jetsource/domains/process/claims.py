@@ -170,16 +170,23 @@ class KvClaims:
 
     async def kv(self) -> KeyValue:
         if self._kv is None:
-            try:
-                kv = await self._js.key_value(self._bucket)
-            except BucketNotFoundError:
-                kv = await self._js.create_key_value(
-                    bucket=self._bucket,
-                    history=1,
-                    replicas=self._replicas,
-                    storage=StorageType.FILE,
-                    description="process ledger: claims of event ids and idempotency keys",
-                )
+
+            async def find_or_create() -> KeyValue:
+                try:
+                    return await self._js.key_value(self._bucket)
+                except BucketNotFoundError:
+                    return await self._js.create_key_value(
+                        bucket=self._bucket,
+                        history=1,
+                        replicas=self._replicas,
+                        storage=StorageType.FILE,
+                        description="process ledger: claims of event ids and idempotency keys",
+                    )
+
+            # Both unanswered while a cluster has no meta leader: waited for, bounded.
+            kv = await jsapi.create_waiting(
+                find_or_create, f"KV_{self._bucket}", self._replicas, "bucket"
+            )
             await self._replies.start()
             # Many claims in one atomic batch: one round trip and one commit.
             stream = f"KV_{self._bucket}"

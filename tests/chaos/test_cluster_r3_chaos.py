@@ -1,0 +1,120 @@
+"""A three-server NATS cluster with replicated (R3) streams and buckets, forming late or
+losing quorum (`make chaos`; each test starts its own cluster).
+
+A cluster without a JetStream meta leader (still forming, or more than half of its
+servers down or cut off) does not answer a STREAM.CREATE at all for its first seconds,
+then answers 503/10008; a new R3 stream is answered only once its own group has
+elected a leader. Creating streams and buckets was one request with a 5 s timeout: on
+a slow machine the chaos row ``cluster-leader-kill-r3`` failed at set-up with a bare
+``TimeoutError()``, and ``jetsource streams ensure`` during a quorum loss exited 1
+("refused") with the 503 as a repr. A create is idempotent for one configuration, so
+it is now asked again for up to ``PLACEMENT_WAIT_S`` and then fails naming the cause
+(``ClusterUnavailableError``, an ``EventStoreUnavailableError``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import nats
+import pytest
+
+from jetsource.core.errors import EventStoreUnavailableError
+from jetsource.eventstore import jsapi
+from jetsource.projection.control import Control
+from tests.chaos.harness import Cluster, make_cluster, start_cluster
+
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(180)]
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = make_cluster(tmp_path, 3)
+    yield c
+    for p in c.procs:
+        if p is not None and p.poll() is None:
+            os.kill(p.pid, signal.SIGCONT)
+    c.stop()
+
+
+def _config(name: str) -> dict[str, object]:
+    return {"name": name, "subjects": [f"{name.lower()}.>"], "num_replicas": 3}
+
+
+async def test_streams_and_buckets_wait_for_a_cluster_still_forming(cluster: Cluster) -> None:
+    """One server up, the other two 6 s later (past the 5 s request timeout): the R3
+    stream and the R3 control bucket are created once the cluster has its leader."""
+    cluster.start(0)
+    nc = await nats.connect(cluster.nodes[0].address(), max_reconnect_attempts=-1)
+    try:
+        replies = jsapi.Replies(nc)
+        await replies.start()
+        name = f"R3_{uuid.uuid4().hex[:8]}"
+        started = time.monotonic()
+        stream = asyncio.create_task(jsapi.ensure_stream(replies, _config(name), 5.0))
+        bucket = asyncio.create_task(Control(nc, f"RM_{name}", 3).kv())
+        await asyncio.sleep(6.0)
+        early = [repr(t.exception()) for t in (stream, bucket) if t.done()]
+        assert early == [], "answered with no meta leader"
+        await asyncio.to_thread(cluster.start, 1)
+        await asyncio.to_thread(cluster.start, 2)
+        info = await stream
+        await bucket
+        took = time.monotonic() - started
+        assert info["config"]["num_replicas"] == 3
+        # Within the wait's bound, measured from the first request.
+        assert took < jsapi.PLACEMENT_WAIT_S + 5.0, took
+        again = await jsapi.api(replies, f"STREAM.INFO.KV_RM_{name}", {}, 5.0)
+        assert again["config"]["num_replicas"] == 3
+    finally:
+        await nc.close()
+
+
+async def test_quorum_lost_is_named_and_a_create_succeeds_once_it_returns(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two of three servers paused (SIGSTOP: hung, cut off): creating an R3 stream
+    fails within the wait's bound naming the missing meta leader, as an unavailable
+    store (not a bare TimeoutError, not a refusal); resumed, the same create succeeds."""
+    monkeypatch.setattr(jsapi, "PLACEMENT_WAIT_S", 4.0)
+    cluster.procs = [n.start() for n in cluster.nodes]
+    for i, n in enumerate(cluster.nodes):
+        n.wait_ready(cluster.procs[i], 60)
+    cluster.wait_meta_leader()
+    nc = await nats.connect(cluster.nodes[0].address(), max_reconnect_attempts=-1)
+    try:
+        replies = jsapi.Replies(nc)
+        await replies.start()
+        for p in cluster.procs[1:]:
+            os.kill(p.pid, signal.SIGSTOP)
+        name = f"R3_{uuid.uuid4().hex[:8]}"
+        started = time.monotonic()
+        with pytest.raises(EventStoreUnavailableError) as lost:
+            await jsapi.ensure_stream(replies, _config(name), 2.0)
+        took = time.monotonic() - started
+        assert isinstance(lost.value, jsapi.ClusterUnavailableError)
+        assert "no JetStream meta leader" in str(lost.value) and name in str(lost.value)
+        assert took < 4.0 + 2.0 + 1.0, took  # the wait, one request's timeout, slack
+        for p in cluster.procs[1:]:
+            os.kill(p.pid, signal.SIGCONT)
+        started = time.monotonic()
+        monkeypatch.setattr(jsapi, "PLACEMENT_WAIT_S", 30.0)
+        info = await jsapi.ensure_stream(replies, _config(name), 2.0)
+        assert info["config"]["num_replicas"] == 3
+        print(f"\ncreated {time.monotonic() - started:.1f} s after quorum returned")
+    finally:
+        await nc.close()
+
+
+def test_start_cluster_still_waits_for_its_meta_leader(tmp_path: Path) -> None:
+    c = start_cluster(tmp_path, 3)
+    try:
+        assert all(p is not None and p.poll() is None for p in c.procs)
+    finally:
+        c.stop()
