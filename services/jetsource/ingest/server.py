@@ -42,7 +42,7 @@ from jetsource.ingest.app import Health, create_app, valkey_answers
 from jetsource.ingest.settings import IngestSettings
 from jetsource.ingest.transport import guarded_protocol
 from jetsource.projection.control import ActiveVersionCache, Control
-from jetsource.projection.valkey import connect_valkey
+from jetsource.projection.valkey import check_valkey_access, connect_valkey
 
 log = logging.getLogger("jetsource.ingest")
 
@@ -179,6 +179,7 @@ async def build(settings: IngestSettings) -> Ingest:
             raw_record_bytes(settings, nc.max_payload),
         )
         redis = connect_valkey(settings)
+        await check_valkey_access(redis, settings)
         control = Control(nc, settings.projector.control_bucket, settings.eventstore.replicas)
         active = ActiveVersionCache(control, o.control_ttl_s, o.control_max_stale_s)
         reads = OmniReads(

@@ -22,7 +22,7 @@ from jetsource.processquery.parked import DeadLetterProbe
 from jetsource.processquery.service import SERVICE, ProcessQueryService, add_to_server
 from jetsource.processquery.settings import ProcessQuerySettings
 from jetsource.projection.control import Control
-from jetsource.projection.valkey import connect_valkey
+from jetsource.projection.valkey import check_valkey_access, connect_valkey
 
 log = logging.getLogger("jetsource.process_query")
 
@@ -53,6 +53,12 @@ class ProcessQuery:
 async def build(settings: ProcessQuerySettings) -> ProcessQuery:
     nc = await connect(settings)
     redis = connect_valkey(settings)
+    try:
+        await check_valkey_access(redis, settings)
+    except BaseException:
+        await redis.aclose()
+        await release(nc)
+        raise
     o, p = settings.process_query, settings.projector
     # An item past the page's byte budget is never cut: half the message limit leaves
     # room for it. A tree stops before its budget: the limit less a margin.

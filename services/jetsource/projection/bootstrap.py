@@ -21,7 +21,6 @@ from valkey.asyncio import Valkey
 
 from jetsource.core.errors import AccessDeniedError
 from jetsource.core.natsping import PingProbe
-from jetsource.core.settings import redact_url
 from jetsource.eventstore.bootstrap import (
     open_event_store,
     open_snapshot_store,
@@ -36,7 +35,7 @@ from jetsource.projection.domain import Domain, DomainRegistry, UnknownModelErro
 from jetsource.projection.graph import FencedDriver, connect_graph
 from jetsource.projection.partitions import Fence, FencedSnapshots
 from jetsource.projection.settings import ProjectorOptions, ProjectorSettings
-from jetsource.projection.valkey import FencedValkey, connect_valkey
+from jetsource.projection.valkey import FencedValkey, check_valkey_access, connect_valkey
 
 log = logging.getLogger("jetsource.projector")
 
@@ -203,26 +202,17 @@ class Projection:
         """Refused credentials fail here, clearly, instead of as retried batches later.
         A server that is merely down is not an error: the models wait for it."""
         from neo4j.exceptions import AuthError
-        from valkey.exceptions import AuthenticationError, ResponseError
 
         if valkey:
-            try:
-                await self.redis.ping()
-            except (AuthenticationError, ResponseError) as exc:
-                if isinstance(exc, ResponseError) and "NOAUTH" not in str(exc).upper():
-                    raise
-                raise AccessDeniedError(
-                    f"Valkey at {redact_url(self.settings.valkey_url())} refused this client: {exc}"
-                ) from exc
-            except Exception as exc:
-                log.warning("valkey not reachable yet: %s", exc)
+            await check_valkey_access(self.redis, self.settings)
         if graph:
             try:
                 await self.graph.verify_connectivity()
             except AuthError as exc:
                 raise AccessDeniedError(
                     f"graph store at {self.settings.graph_uri()} refused user "
-                    f"{self.settings.graph_auth()[0]!r}: {exc.message or exc}"
+                    f"{self.settings.graph_auth()[0]!r}: {exc.message or exc}; check "
+                    "JETSOURCE_GRAPH__USER and JETSOURCE_GRAPH__PASSWORD"
                 ) from exc
             except Exception as exc:
                 log.warning("graph store not reachable yet: %s", exc)

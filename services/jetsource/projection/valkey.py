@@ -8,7 +8,10 @@ versions run side by side.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
+import ssl
 from collections import OrderedDict
 from collections.abc import Awaitable, Collection, Sequence
 from typing import Any, TypeVar
@@ -21,7 +24,8 @@ from valkey.backoff import ExponentialBackoff
 from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
 from jetsource.core.codec import UnknownEvent
 from jetsource.core.envelope import RecordedEvent
-from jetsource.core.settings import JetsourceSettings
+from jetsource.core.errors import AccessDeniedError
+from jetsource.core.settings import JetsourceSettings, redact_url
 from jetsource.projection.contract import (
     Checkpoint,
     ModelSpec,
@@ -33,6 +37,7 @@ from jetsource.projection.marks import Mark
 from jetsource.projection.partitions import Fence, FencedError
 
 T = TypeVar("T")
+log = logging.getLogger("jetsource.valkey")
 _TRANSIENT = (
     valkey_errors.ConnectionError,  # also refused credentials (AUTH, NOAUTH, WRONGPASS)
     valkey_errors.TimeoutError,
@@ -75,6 +80,40 @@ def connect_valkey(settings: JetsourceSettings) -> Valkey:
         options["ssl_certfile"] = str(v.tls.cert_file) if v.tls.cert_file else None
         options["ssl_keyfile"] = str(v.tls.key_file) if v.tls.key_file else None
     return Valkey.from_url(settings.valkey_url(), **options)
+
+
+async def check_valkey_access(redis: Valkey, settings: JetsourceSettings) -> None:
+    """Raise AccessDeniedError when Valkey refuses this client's credentials (or its
+    certificate does not verify against ``VALKEY__TLS__CA_FILE``): a setting to fix,
+    which no waiting cures. A Valkey that is merely down is logged and waited for.
+    Every service that reads Valkey asks this at start: the process query service and
+    the ingest did not, started, and reported "valkey does not answer" for ever."""
+    where = f"Valkey at {redact_url(settings.valkey_url())}"
+    try:
+        # Bounded: a Valkey that does not answer at all (a dropped route) is waited for
+        # by the service, not by its start (the ingest takes webhooks without it).
+        await asyncio.wait_for(redis.ping(), min(settings.valkey.socket_timeout_s, 2.0))
+    except (valkey_errors.AuthenticationError, valkey_errors.ResponseError) as exc:
+        if not isinstance(exc, valkey_errors.AuthenticationError) and not any(
+            code in str(exc).upper() for code in ("NOAUTH", "WRONGPASS", "NOPERM")
+        ):
+            log.warning("valkey answered PING with an error: %s", exc)
+            return
+        raise AccessDeniedError(
+            f"{where} refused this client: {str(exc).rstrip('. ')}; check "
+            "JETSOURCE_VALKEY__USERNAME and "
+            "JETSOURCE_VALKEY__PASSWORD"
+        ) from exc
+    except valkey_errors.ConnectionError as exc:
+        if isinstance(exc.__context__, ssl.SSLCertVerificationError):
+            raise AccessDeniedError(
+                f"{where} refused this client: {exc.__context__}; check "
+                "JETSOURCE_VALKEY__TLS__CA_FILE, JETSOURCE_VALKEY__TLS__CERT_FILE and "
+                "JETSOURCE_VALKEY__TLS__KEY_FILE"
+            ) from exc
+        log.warning("valkey not reachable yet: %s", exc)
+    except Exception as exc:
+        log.warning("valkey not reachable yet: %s", exc)
 
 
 def transient(exc: BaseException) -> bool:
