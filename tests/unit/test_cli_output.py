@@ -345,3 +345,17 @@ def test_warnings_while_a_command_works_are_json_lines_with_json_output(
     output.set_mode(output.Mode.json)
     handler.emit(record)
     assert json.loads(capsys.readouterr().err) == {"warning": "a: b"}
+
+
+def test_a_mapping_in_a_field_or_cell_is_json_not_python_repr(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`sessions show` printed its snapshot as `snapshot: {'nodes': {'waiting': 3}}`
+    (Python's repr: single quotes, True, None), which no script reads; a mapping is
+    JSON in every mode but json, as event data is in the timelines."""
+    output.set_mode("plain")
+    output.fields([("snapshot", {"nodes": {"waiting": 3}, "done": True, "error": None})])
+    output.table("t", ["data"], [[{"a": "b"}]])
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == 'snapshot: {"nodes": {"waiting": 3}, "done": true, "error": null}'
+    assert printed[-1] == '{"a": "b"}'

@@ -277,6 +277,8 @@ def _raw_cell(value: Any) -> str:
         return ""
     if isinstance(value, list | tuple):
         return ", ".join(_raw_cell(v) for v in value)
+    if isinstance(value, dict):  # JSON, as the data of events: never Python's repr
+        return json.dumps(value, ensure_ascii=False, default=str)
     return str(value)
 
 
@@ -399,6 +401,18 @@ def missing(
     if len(names) > 1:
         said = f"{what}s {', '.join(names)} do not exist"
     fail(REFUSED, status, said, hint=hint, missing=names)
+
+
+def refusal(exc: BaseException) -> str | None:
+    """A JetStream API error that is a refusal of the server's own (its store or a
+    limit full, JetStream off, a stream sealed: ``eventstore.refusals``), in words with
+    its remedy; None for any other error. Every admin group answers it exit 3 (free
+    space, then run it again), as it does a refusal the command's code named: it was
+    exit 1 "refused: JetStream error 503/10023: insufficient resources"."""
+    from jetsource.eventstore.refusals import refused_from
+
+    named = refused_from(exc, "")
+    return None if named is None else str(named)
 
 
 def stream_named(text: str) -> str | None:
