@@ -36,6 +36,7 @@ from jetsource.eventstore import jsapi
 from jetsource.eventstore.horizon import Horizon
 from jetsource.eventstore.jetstream import JetStreamEventStore
 from jetsource.eventstore.jsapi import RawMessage
+from jetsource.eventstore.refusals import writes_to
 from jetsource.eventstore.snapshots import SnapshotStore
 
 log = logging.getLogger("jetsource.archive")
@@ -298,19 +299,22 @@ class Archiver:
         report.archived += len(messages)
         if after_seal is not None:
             after_seal(entry)
-        await self.ensure_bucket()
+        with writes_to(horizons.kv_stream(self._cfg.stream)):
+            await self.ensure_bucket()
 
         async def purge(c: _Candidate) -> int:
             # The horizon first: a reader that meets the gap knows where it went.
             r = ranges[c.aggregate_id]
-            await self._advance_horizon(c.aggregate_id, r, entry.name)
-            return await jsapi.purge_subject_before(
-                self._replies,
-                self._cfg.stream,
-                f"{self._cfg.subject_prefix}.{c.aggregate_id}.>",
-                r.last_seq + 1,
-                self._cfg.request_timeout_s,
-            )
+            with writes_to(horizons.kv_stream(self._cfg.stream)):
+                await self._advance_horizon(c.aggregate_id, r, entry.name)
+            with writes_to(self._cfg.stream):
+                return await jsapi.purge_subject_before(
+                    self._replies,
+                    self._cfg.stream,
+                    f"{self._cfg.subject_prefix}.{c.aggregate_id}.>",
+                    r.last_seq + 1,
+                    self._cfg.request_timeout_s,
+                )
 
         for at in range(0, len(batch), PARALLEL):
             chunk = batch[at : at + PARALLEL]

@@ -9,7 +9,8 @@ ones allowed ``$JS.API.STREAM.PURGE.<stream>``. Settings as for the projector, p
 ``s3://bucket/prefix`` with ``JETSOURCE_ARCHIVE__ENDPOINT`` / ``__REGION`` and the
 usual ``AWS_*`` credentials).
 
-Exit codes: 0 ok, 1 failed or refused (verify found a damaged segment), 3 NATS away.
+Exit codes: 0 ok, 1 failed or refused (verify found a damaged segment), 3 NATS away
+or JetStream refusing a write (its store full: free space and run it again).
 """
 
 from __future__ import annotations
@@ -148,6 +149,8 @@ def _run(
     except EventStoreUnavailableError as exc:  # JetStream off, a write it refused: retry later
         output.fail(UNAVAILABLE, "unavailable", str(exc), hint="JETSOURCE_NATS__URL")
     except (JetsourceError, jsapi.JsApiError, nats_errors.Error, OSError, ValueError) as exc:
+        if refusal := output.refusal(exc):
+            output.fail(UNAVAILABLE, "unavailable", refusal, hint="JETSOURCE_NATS__URL")
         field = getattr(exc, "field", None)
         output.fail(REFUSED, "refused", str(exc) or type(exc).__name__, field=field)
 

@@ -147,6 +147,8 @@ def _fail_for(exc: BaseException, settings: ProjectorSettings) -> NoReturn:
         if name:
             output.missing("refused", name)
         output.fail(REFUSED, "refused", str(exc), hint=output.ENSURE_HINT)
+    if refusal := output.refusal(exc):  # full, sealed, JetStream off: retry once freed
+        output.fail(UNAVAILABLE, "unavailable", refusal, hint="JETSOURCE_NATS__URL")
     if isinstance(exc, jsapi.JsApiError) and exc.err_code == jsapi.ERR_STREAM_NOT_FOUND:
         output.fail(REFUSED, "refused", f"a stream does not exist ({exc})", hint=output.ENSURE_HINT)
     if isinstance(exc, admin.Busy):  # another run holds the version: try later

@@ -146,6 +146,8 @@ def ensure(
     except EventStoreUnavailableError as exc:  # JetStream off, a write it refused
         output.fail(UNAVAILABLE, "unavailable", str(exc), hint="JETSOURCE_NATS__URL")
     except _refusals(OSError) as exc:
+        if refusal := output.refusal(exc):
+            output.fail(UNAVAILABLE, "unavailable", refusal, hint="JETSOURCE_NATS__URL")
         output.fail(REFUSED, "refused", repr(exc))
     if json_out:
         output.emit_json([asdict(d) for d in done])
@@ -274,6 +276,8 @@ def _run(
     except EventStoreUnavailableError as exc:  # JetStream off, a write it refused
         output.fail(UNAVAILABLE, "unavailable", str(exc), hint="JETSOURCE_NATS__URL")
     except _refusals(OSError, ValueError) as exc:
+        if refusal := output.refusal(exc):
+            output.fail(UNAVAILABLE, "unavailable", refusal, hint="JETSOURCE_NATS__URL")
         output.fail(REFUSED, "refused", str(exc))
 
 

@@ -113,8 +113,10 @@ class JetStreamRefusedError(EventStoreUnavailableError):
         self.description = description
         self.stream = stream
         said = f"{description} " if description else ""
+        # No stream: a JetStream API error that named none (an admin command's request).
+        target = f"the write to stream {stream}" if stream else "a write"
         super().__init__(
-            f"NATS JetStream refused the write to stream {stream}: {refusal.meaning} "
+            f"NATS JetStream refused {target}: {refusal.meaning} "
             f"({said}err_code {err_code}); nothing was stored. To recover: {refusal.remedy}"
         )
 
