@@ -11,16 +11,25 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
-import sys
 from pathlib import Path
+from typing import Any
 
 from jetsource.core.settings import OTHER_NAMES, OTHER_PREFIXES, OTHER_VARIABLES, unknown_variables
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
 
-import settings_doc  # noqa: E402
+
+def _load_script() -> Any:
+    spec = importlib.util.spec_from_file_location("settings_doc", ROOT / "scripts/settings_doc.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+settings_doc = _load_script()
 
 # Names in the docs that are not variables: streams, buckets, headers, examples.
 NOT_VARIABLES = {
