@@ -1561,6 +1561,11 @@ async def _retry_one(p: Projection, letter: DeadLetter) -> str | None:
     )
 
 
+# Discards remembered in the control entry in one write per this many letters (each
+# write carries every sequence discarded so far: one per letter made a run quadratic).
+DISCARD_BATCH = 256
+
+
 async def dlq_discard(
     p: Projection,
     name: str | None = None,
@@ -1571,41 +1576,60 @@ async def dlq_discard(
     applying it. Only an aggregate's oldest letter can go (the others wait behind)."""
     report = DlqReport()
     letters = await _select(p, name, aggregate_id, dlq_seqs)
-    everything = await dlq_list(p, name, aggregate_id)
+    # Each story's letters (per model version), oldest first, and the first not gone:
+    # the letter one must wait behind, found without looking at every other letter.
+    queues: dict[tuple[str, int, str], list[DeadLetter]] = {}
+    for d in await dlq_list(p, name, aggregate_id):
+        queues.setdefault((d.model, d.version, d.aggregate_id), []).append(d)
+    heads: dict[tuple[str, int, str], int] = {}
+    gone: set[int] = set()  # stepped over in this run
+    stepped: list[DeadLetter] = []  # stepped over, not remembered yet
+
+    async def remember() -> None:
+        models: dict[str, list[int]] = {}
+        for letter in stepped:
+            models.setdefault(letter.model, []).append(letter.original_seq)
+        for model, seqs in models.items():
+
+            def add(control: ModelControl, seqs: list[int] = seqs) -> None:
+                control.discarded.extend(seqs)
+
+            # Remembered for the model, so every version (a rebuild) steps over them too;
+            # then the letters go (a run stopped in between finds them again, with no
+            # place left in their stories, and remembers them then).
+            await _save(p, model, add)
+        for letter in stepped:
+            await p.dead_letters.delete(letter.dlq_seq)
+            report.done.append(letter.dlq_seq)
+        stepped.clear()
+
     for letter in letters:
-        earlier = [
-            d
-            for d in everything
-            if (d.model, d.version, d.aggregate_id)
-            == (letter.model, letter.version, letter.aggregate_id)
-            and d.original_seq < letter.original_seq
-            and d.dlq_seq not in report.done
-        ]
-        if earlier:
+        key = (letter.model, letter.version, letter.aggregate_id)
+        queue, at = queues.get(key, []), heads.get(key, 0)
+        while at < len(queue) and queue[at].dlq_seq in gone:
+            at += 1
+        heads[key] = at
+        if at < len(queue) and queue[at].original_seq < letter.original_seq:
             report.failed[letter.dlq_seq] = (
-                f"behind dead letter {earlier[0].dlq_seq} of the same aggregate; "
+                f"behind dead letter {queue[at].dlq_seq} of the same aggregate; "
                 "retry or discard that one first"
             )
             continue
         model = p.model(letter.model, letter.version)
         if await _has_a_place(p, letter, model):
-            stepped = await model.skip(letter.aggregate_id, letter.original_seq)
+            done = await model.skip(letter.aggregate_id, letter.original_seq)
         else:
             # No place in the story's history (undecodable, another story's, a version
             # again or ahead): nothing is written, as a rebuild steps over it by rule. A
             # stand-in at the next version made the story's real next event look like a
             # second one for that version.
-            stepped = True
-        if stepped:
-            # Remembered for the model, so every version (a rebuild) steps over it too.
-            seq = letter.original_seq
-
-            def remember(control: ModelControl, seq: int = seq) -> None:
-                control.discarded.append(seq)
-
-            await _save(p, letter.model, remember)
-            await p.dead_letters.delete(letter.dlq_seq)
-            report.done.append(letter.dlq_seq)
+            done = True
+        if done:
+            gone.add(letter.dlq_seq)
+            stepped.append(letter)
+            if len(stepped) >= DISCARD_BATCH:
+                await remember()
         else:
             report.failed[letter.dlq_seq] = "the model is not right before this event"
+    await remember()
     return report
