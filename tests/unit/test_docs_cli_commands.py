@@ -1,0 +1,116 @@
+"""Every `jetsource` command line the docs show names a command that exists and only
+options that command takes: README.md, docs/*.md and the Helm chart's README and NOTES
+(code spans, code blocks and the command tables). A renamed or dropped option left in
+the docs is a usage error (exit 2) for whoever copies it."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import typer
+from typer import _click as click
+
+from jetsource.cli.app import app
+
+ROOT = Path(__file__).resolve().parents[2]
+ROOT_COMMAND: Any = typer.main.get_command(app)
+GROUPS = tuple(ROOT_COMMAND.list_commands(click.Context(ROOT_COMMAND)))
+# "jetsource ..." or "$J ...", or a code span that starts with a group's name.
+LINE = re.compile(r"(?:\bjetsource|\$J)\s+((?:-o\s+\w+\s+)?[a-z][^`|;&#)\n]*)")
+SPAN = re.compile(r"`((?:" + "|".join(GROUPS) + r") [^`]*)`")
+
+
+def _documents() -> list[Path]:
+    return [
+        ROOT / "README.md",
+        *sorted((ROOT / "docs").rglob("*.md")),
+        ROOT / "helm" / "jetsource" / "README.md",
+        ROOT / "helm" / "jetsource" / "templates" / "NOTES.txt",
+    ]
+
+
+def _options(command: Any) -> set[str]:
+    names = {"--help"}
+    for param in command.params:
+        names |= set(param.opts) | set(param.secondary_opts)
+    return names
+
+
+def _resolve(words: list[str]) -> tuple[Any, list[str], list[str]]:
+    """The command the words name, its path and the words after it."""
+    command: Any = ROOT_COMMAND
+    path: list[str] = []
+    i = 0
+    while i < len(words) and hasattr(command, "get_command"):
+        word = words[i]
+        if word.startswith("-"):  # a global option before the group
+            i += 2 if word in ("-o", "--output") else 1
+            continue
+        sub = command.get_command(click.Context(command), word)
+        if sub is None:
+            break
+        command, path, i = sub, [*path, word], i + 1
+    return command, path, words[i:]
+
+
+def _command_lines(text: str) -> Iterator[tuple[int, str]]:
+    for number, line in enumerate(text.splitlines(), 1):
+        for match in LINE.finditer(line):
+            yield number, match.group(1)
+        for match in SPAN.finditer(line):
+            yield number, match.group(1)
+
+
+def test_every_documented_command_and_option_exists() -> None:
+    wrong = []
+    checked = 0
+    for document in _documents():
+        for number, text in _command_lines(document.read_text()):
+            try:
+                words = shlex.split(text)
+            except ValueError:
+                words = text.split()
+            words = [w for w in words if "..." not in w]
+            if not words or words[0] not in (*GROUPS, "-o", "--output"):
+                continue
+            command, path, rest = _resolve(words)
+            where = f"{document.relative_to(ROOT)}:{number}"
+            if not path:
+                continue
+            if hasattr(command, "get_command"):
+                # A group followed by a word that is no command of it ("a/b" shorthand
+                # and prose excepted).
+                if rest and re.fullmatch(r"[a-z][a-z-]*", rest[0]):
+                    wrong.append(f"{where}: no command {' '.join([*path, rest[0]])!r}")
+                continue
+            checked += 1
+            known = _options(command)
+            for word in rest:
+                flag = word.split("=")[0]
+                if re.fullmatch(r"--[a-z][a-z0-9-]*", flag) and flag not in known:
+                    wrong.append(f"{where}: jetsource {' '.join(path)} takes no {flag}")
+    assert wrong == [], "\n".join(wrong)
+    assert checked > 200, checked  # the docs' command lines were found
+
+
+def test_every_option_of_a_command_table_row_exists() -> None:
+    """`| `process list` | `--status S`, `--kind`, ... |`: each option of the row."""
+    wrong = []
+    for document in _documents():
+        for number, line in enumerate(document.read_text().splitlines(), 1):
+            match = re.match(r"\|\s*`(?:jetsource )?([a-z][a-z -]*[a-z])(?: [^`]*)?`", line)
+            if not match or match.group(1).split()[0] not in GROUPS:
+                continue
+            command, path, _ = _resolve(match.group(1).split())
+            if not path or hasattr(command, "get_command"):
+                continue
+            cells = " ".join(line.split("|")[1:3])
+            for flag in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", cells):
+                if flag not in _options(command):
+                    where = f"{document.relative_to(ROOT)}:{number}"
+                    wrong.append(f"{where}: jetsource {' '.join(path)} takes no {flag}")
+    assert wrong == [], "\n".join(wrong)
