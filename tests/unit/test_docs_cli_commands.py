@@ -114,3 +114,25 @@ def test_every_option_of_a_command_table_row_exists() -> None:
                     where = f"{document.relative_to(ROOT)}:{number}"
                     wrong.append(f"{where}: jetsource {' '.join(path)} takes no {flag}")
     assert wrong == [], "\n".join(wrong)
+
+
+def _commands(command: Any, path: list[str]) -> Iterator[list[str]]:
+    if hasattr(command, "get_command"):
+        context = click.Context(command)
+        for name in command.list_commands(context):
+            yield from _commands(command.get_command(context, name), [*path, name])
+    else:
+        yield path
+
+
+def test_every_command_is_shown_in_the_docs() -> None:
+    """The other way round: each command of `jetsource --help` is shown somewhere
+    (`jetsource down` was in --help only)."""
+    docs = "\n".join(document.read_text() for document in _documents())
+    missing = []
+    for path in _commands(ROOT_COMMAND, []):
+        # A one-word command only as `jetsource WORD` (`down -v` is docker compose's).
+        before = r"(?:jetsource |\$J |`)" if len(path) > 1 else r"(?:jetsource |\$J )"
+        if not re.search(before + re.escape(" ".join(path)) + r"\b", docs):
+            missing.append(" ".join(path))
+    assert missing == [], missing
