@@ -55,6 +55,15 @@ BAD_REQUEST = _json_answer(
 )
 
 
+UPGRADE_REFUSED = _json_answer(
+    b"400 Bad Request",
+    "upgrade_unsupported",
+    "this server takes plain HTTP/1.1 requests only (no WebSocket, no other protocol "
+    "upgrade): send the request with a body without Connection: upgrade",
+    "upgrade",
+)
+
+
 def _unknown_coding(value: bytes) -> str:
     """The first transfer coding of a Transfer-Encoding value other than chunked (the
     only one the server applies), "" when there is none."""
@@ -213,6 +222,30 @@ def guarded_protocol(
             super().on_response_complete()
             if not self.transport.is_closing():
                 self._arm()  # the next request's head
+
+        # The ingest serves no WebSocket (nor any other upgrade). A WebSocket request
+        # reached the app as a WebSocket no route took: 403 with an empty body on every
+        # path (webhooks, /api/, /healthz). A request without a body is now answered as
+        # HTTP, its Upgrade ignored (RFC 9110 7.8: curl --http2 offers h2c so); one with
+        # a body is refused in JSON before anything is read: the parser stops at an
+        # upgrade's head, so its body would be lost (a webhook archived empty, 400).
+        def _should_upgrade(self) -> bool:
+            if self._get_upgrade() is None:
+                return False
+            for name, value in self.headers:
+                if name == b"transfer-encoding" or (
+                    name == b"content-length" and value.strip() not in (b"", b"0")
+                ):
+                    return True
+            return False
+
+        def _unsupported_upgrade_warning(self) -> None:
+            return None  # uvicorn's warning, logged for every such request
+
+        def handle_websocket_upgrade(self) -> None:
+            self._disarm()
+            self.transport.write(UPGRADE_REFUSED)
+            self.transport.close()
 
         def send_400_response(self, msg: str) -> None:
             self._disarm()
