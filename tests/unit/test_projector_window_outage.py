@@ -12,9 +12,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from jetsource.core.envelope import RecordedEvent
+from jetsource.core.settings import SnapshotSettings
+from jetsource.eventstore import jsapi
+from jetsource.projection.contract import TransientError
 from jetsource.projection.runtime import Worker
 from jetsource.projection.settings import ProjectorOptions
+from jetsource.projection.snapshots import SnapshotModel
 from tests.unit.test_projector_gauges_truth import DownModel, FakeDeadLetters, FakeStore
 
 
@@ -37,3 +43,24 @@ async def test_a_store_refusing_the_start_window_is_named_while_retried() -> Non
         w.stop()
         await asyncio.wait_for(judging, 5)
     assert w.store_outage is None and not w.refusing  # stopped: no longer judging
+
+
+class _FullSnapshotStream:
+    settings = SnapshotSettings(stream="SNAPS_FULL")
+
+
+async def test_a_full_snapshot_stream_is_named_with_its_way_out() -> None:
+    """The snapshotter's outage said `snapshot store: JsApiError('JetStream error
+    503/10023: insufficient resources')`: no stream, no remedy. It names both now."""
+    model: Any = SnapshotModel.__new__(SnapshotModel)
+    model.snapshots = _FullSnapshotStream()
+
+    async def full(events: Any) -> Any:
+        raise jsapi.JsApiError(503, 10023, "insufficient resources")
+
+    model._apply = full
+    with pytest.raises(TransientError) as refused:
+        await SnapshotModel.apply(model, [])
+    said = str(refused.value)
+    assert said.startswith("snapshot store: NATS JetStream refused the write to stream SNAPS_FULL")
+    assert "insufficient storage" in said and "To recover: free space" in said, said

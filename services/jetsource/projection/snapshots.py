@@ -32,6 +32,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter
 from jetsource.core.crypto import ErasureWatch, erasures_heard
 from jetsource.core.envelope import RecordedEvent
 from jetsource.eventstore.jsapi import ERR_STREAM_NOT_FOUND, JsApiError, NoRespondersError
+from jetsource.eventstore.refusals import refused_from
 from jetsource.eventstore.snapshots import Snapshot, SnapshotStore, SnapshotTooLargeError
 from jetsource.projection.contract import (
     Checkpoint,
@@ -210,7 +211,11 @@ class SnapshotModel(Generic[S]):
                     log.warning("snapshot stream missing (%r): created it again", exc)
                 except (JsApiError, NoRespondersError, TimeoutError) as again:
                     log.warning("snapshot stream missing (%r); creating it: %r", exc, again)
-            raise TransientError(f"snapshot store: {exc!r}") from exc
+            # A refusal of the server's own (full, sealed) named with its stream and way
+            # out, as every other write names it (it was a bare JsApiError repr).
+            stream = getattr(getattr(self.snapshots, "settings", None), "stream", "")
+            named = refused_from(exc, stream)
+            raise TransientError(f"snapshot store: {named or repr(exc)}") from exc
 
     async def _apply(self, events: Sequence[RecordedEvent]) -> Outcome:
         codec = self.codec
