@@ -185,6 +185,26 @@ def fitting(views: list[EventView | None], budget: int) -> tuple[list[EventView]
     return out, len(views)
 
 
+def _identity_view(
+    identity_id: str, doc: dict[bytes, bytes], handles: dict[bytes, bytes], merged: list[bytes]
+) -> IdentityView | None:
+    if not doc:
+        return None
+    view = IdentityView(
+        identity_id=identity_id,
+        display_name=_text(doc.get(b"name")),
+        merged_into=_text(doc.get(b"into")),
+        created_by=_text(doc.get(b"by")),
+        merged_from=sorted(_text(m) for m in merged),
+    )
+    for name, instance in sorted(handles.items()):
+        provider, _, external_id = _text(name).partition(":")
+        view.handles.append(
+            Handle(provider=provider, external_id=external_id, instance=_text(instance))
+        )
+    return view
+
+
 def page_size(requested: int, maximum: int) -> int:
     if requested < 0 or requested > maximum:
         raise ValidationError(
@@ -535,7 +555,8 @@ class OmniReads:
         pipe.hgetall(f"{ns}:i:{identity_id}:h")
         pipe.hkeys(f"{ns}:i:{identity_id}:m")
         doc, handles, merged = await valkey_io(pipe.execute())
-        if not doc:
+        view = _identity_view(identity_id, doc, handles, merged)
+        if view is None:
             if self._last_version is not None and await self._last_version(identity_id):
                 # Its handles and merges come from other identities' events too: not
                 # folded here from its own; the model has them in a moment.
@@ -544,19 +565,17 @@ class OmniReads:
                     "identity_id",
                 )
             raise NotFoundError(f"no identity {identity_id!r}", "identity_id")
-        view = IdentityView(
-            identity_id=identity_id,
-            display_name=_text(doc.get(b"name")),
-            merged_into=_text(doc.get(b"into")),
-            created_by=_text(doc.get(b"by")),
-            merged_from=sorted(_text(m) for m in merged),
-        )
-        for name, instance in sorted(handles.items()):
-            provider, _, external_id = _text(name).partition(":")
-            view.handles.append(
-                Handle(provider=provider, external_id=external_id, instance=_text(instance))
-            )
         return view
+
+    async def _identity_views(self, ns: str, ids: list[str]) -> list[IdentityView | None]:
+        """The model's identities (None: not in it), in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for i in ids:
+            pipe.hgetall(f"{ns}:i:{i}")
+            pipe.hgetall(f"{ns}:i:{i}:h")
+            pipe.hkeys(f"{ns}:i:{i}:m")
+        rows = await valkey_io(pipe.execute()) if ids else []
+        return [_identity_view(i, *rows[3 * n : 3 * n + 3]) for n, i in enumerate(ids)]
 
     async def find(self, provider: str, external_id: str) -> IdentityView:
         if not provider or not external_id:
@@ -610,24 +629,29 @@ class OmniReads:
         ns = await self.ns(OMNI_IDENTITIES)
         index = f"{ns}:ip:{provider}" if provider else f"{ns}:ia"
         out: list[IdentityView] = []
+        scanned = used = 0
         while len(out) < size:
+            if scanned >= SCAN_LIMIT:
+                # Listed ones few among many merged (or linked away): the page ends
+                # here, its token going on below the last one looked at.
+                return out, self._tokens.make("identities", bound, int(top) + 1)
             rows = await valkey_io(
                 self.redis.zrevrangebyscore(
                     index,
                     "+inf" if top == float("inf") else int(top),
                     1,
                     start=0,
-                    num=size - len(out),
+                    num=min(max(size - len(out), 64), SCAN_LIMIT - scanned),
                     withscores=True,
                 )
             )
             if not rows:
                 return out, ""
-            for member, score in rows:
+            scanned += len(rows)
+            views = await self._identity_views(ns, [_text(m) for m, _ in rows])
+            for (_, score), view in zip(rows, views, strict=True):
                 top = int(score) - 1
-                try:
-                    view = await self.identity(_text(member))
-                except NotFoundError:
+                if view is None:
                     continue
                 # The provider's index lists every identity that ever held one of its
                 # handles: one whose handles were all linked away holds none now (a merged
@@ -639,6 +663,11 @@ class OmniReads:
                 ):
                     continue
                 if include_merged or not view.merged_into:
+                    used += view.ByteSize() + 8
+                    if out and used > self.max_page_bytes:
+                        # Cut by its bytes (identities with many handles): the next page
+                        # starts at this one.
+                        return out, self._tokens.make("identities", bound, int(score) + 1)
                     out.append(view)
                     if len(out) == size:
                         return out, self._tokens.make("identities", bound, int(score))
