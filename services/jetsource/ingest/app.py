@@ -506,16 +506,21 @@ def create_app(
         not an HTTP middleware: those wrap every request's body stream, webhooks too.)"""
         if not tokens:
             return
-        given = request.headers.get("authorization", "")
-        token = given.removeprefix("Bearer ").encode()
-        if not given.startswith("Bearer ") or not any(
-            hmac.compare_digest(token, t) for t in tokens
-        ):
+        # The scheme in any case, spaces around the token: as the gRPC services take it
+        # (RFC 9110 11.1; "bearer <token>" was 401 here and taken by gRPC).
+        scheme, _, given = request.headers.get("authorization", "").strip().partition(" ")
+        token = given.strip().encode("utf-8", "surrogatepass")
+        if scheme.lower() != "bearer" or not any(hmac.compare_digest(token, t) for t in tokens):
             raise Unauthenticated()
 
     @app.exception_handler(Unauthenticated)
     async def _unauthenticated(request: Request, exc: Unauthenticated) -> JSONResponse:
-        return _error(401, "unauthenticated", "Authorization: Bearer <token> required")
+        answer = _error(
+            401, "unauthenticated", "Authorization: Bearer <token> required", "authorization"
+        )
+        # RFC 6750 3: a 401 to a bearer-token resource says which scheme it asks.
+        answer.headers["www-authenticate"] = 'Bearer realm="jetsource"'
+        return answer
 
     api = APIRouter(prefix="/api/v1", dependencies=[Depends(authenticated)])
 
