@@ -118,3 +118,64 @@ def test_start_cluster_still_waits_for_its_meta_leader(tmp_path: Path) -> None:
         assert all(p is not None and p.poll() is None for p in c.procs)
     finally:
         c.stop()
+
+
+async def test_a_write_to_a_stream_without_a_leader_is_unavailable_not_missing(
+    cluster: Cluster,
+) -> None:
+    """The stream leader and one follower killed: the remaining server has no route to
+    a leader and answers a publish "no responders", which the store named "stream ...
+    does not exist: create it with `jetsource streams ensure`" (a StreamMissingError).
+    It is unavailable for a while, saying the stream has no leader; with both servers
+    back the same append is taken once."""
+    from jetsource.core.envelope import NO_STREAM
+    from jetsource.core.errors import StreamMissingError
+    from jetsource.domains.context.events import registry
+    from jetsource.eventstore.jetstream import JetStreamEventStore
+    from tests.eventstore_fixtures import created, decision, isolated_settings
+
+    cluster.procs = [n.start() for n in cluster.nodes]
+    for i, n in enumerate(cluster.nodes):
+        n.wait_ready(cluster.procs[i], 60)
+    cluster.wait_meta_leader()
+    unique = uuid.uuid4().hex[:8]
+    cfg = isolated_settings(unique, replicas=3, request_timeout_s=1.0, retry_attempts=3)
+    leader = -1
+    first = await nats.connect(servers=cluster.url.split(","))
+    try:
+        store = JetStreamEventStore(first, registry, cfg)
+        await store.ensure_streams()
+        await store.append("s", [created()], NO_STREAM)
+        leader = await asyncio.to_thread(cluster.leader_of, cfg.stream)
+    finally:
+        await first.close()
+    down = [leader, (leader + 1) % 3]
+    (left,) = (i for i in range(3) if i not in down)
+    for i in down:
+        cluster.kill(i)
+    nc = await nats.connect(cluster.nodes[left].address(), max_reconnect_attempts=-1)
+    try:
+        store = JetStreamEventStore(nc, registry, cfg)
+        await store.start()
+        started = time.monotonic()
+        with pytest.raises(EventStoreUnavailableError) as lost:
+            await store.append("s", [decision(1)], 1)
+        assert not isinstance(lost.value, StreamMissingError)
+        text = str(lost.value)
+        assert "does not exist" not in text, text
+        assert "no leader" in text or "did not answer" in text, text
+        assert time.monotonic() - started < 3 * 1.0 + 3.0
+        for i in down:
+            await asyncio.to_thread(cluster.start, i)
+        started = time.monotonic()
+        while True:
+            try:
+                await store.append("s", [decision(1)], 1)
+                break
+            except EventStoreUnavailableError:
+                assert time.monotonic() - started < 30.0, "not writable 30 s after quorum"
+                await asyncio.sleep(0.2)
+        print(f"\nwritable {time.monotonic() - started:.1f} s after quorum returned")
+        assert [e.version for e in await store.read_aggregate("s")] == [1, 2]
+    finally:
+        await nc.close()

@@ -189,8 +189,9 @@ class JetStreamEventStore:
         self._voids: set[int] = set()  # stream sequences known to be voided
         self._void_sub: Any = None
         # why calls had no responders (_not_taken): one question at a time, kept briefly
-        self._diagnosing: asyncio.Future[str] | None = None
-        self._diagnosis: tuple[float, str] | None = None
+        # (missing, why): missing False when the stream is there but has no leader
+        self._diagnosing: asyncio.Future[tuple[bool, str]] | None = None
+        self._diagnosis: tuple[float, bool, str] | None = None
 
     @property
     def settings(self) -> EventStoreSettings:
@@ -277,7 +278,13 @@ class JetStreamEventStore:
             try:
                 result = await fn()
             except NoRespondersError:
-                raise await self._not_taken() from None
+                why = await self._not_taken()
+                # A stream with no leader (an election, a cluster without quorum) takes
+                # no request for a while: asked again, as a timeout is.
+                if isinstance(why, StreamMissingError) or attempt == attempts - 1:
+                    raise why from None
+                delay = self._cfg.retry_backoff_s * (2**attempt)
+                await asyncio.sleep(delay * (0.5 + random.random()))
             except JsApiError as exc:
                 if exc.err_code == jsapi.ERR_STREAM_NOT_FOUND:
                     raise StreamMissingError(f"stream {self._cfg.stream} not found") from exc
@@ -796,54 +803,76 @@ class JetStreamEventStore:
             f"stream {self._cfg.stream} does not exist: create it with `jetsource streams ensure`"
         )
 
-    async def _not_taken(self) -> StreamMissingError:
+    async def _not_taken(self) -> StreamMissingError | EventStoreUnavailableError:
         """Why a call had no responders: the stream is gone, or it is there but no
         longer takes this store's subjects (edited), which "does not exist" misnamed,
-        or it takes them but answers no direct gets (``allow_direct`` false).
+        or it takes them but answers no direct gets (``allow_direct`` false); or it
+        has no leader (an election, or a cluster that lost quorum: STREAM.INFO is not
+        answered, or says the stream is there): unavailable for a while, not missing
+        ("does not exist: create it with `jetsource streams ensure`" sent operators
+        to the wrong fix during a quorum loss).
 
         One STREAM.INFO answers every call failing at once, and its answer is kept for
         ``_DIAGNOSIS_TTL_S``: otherwise each failing call of an outage (every append,
         every read) added a request of up to ``request_timeout_s``."""
         cached = self._diagnosis
         if cached is not None and time.monotonic() - cached[0] < _DIAGNOSIS_TTL_S:
-            return StreamMissingError(cached[1])
-        task = self._diagnosing
-        if task is None:
-            task = self._diagnosing = asyncio.ensure_future(self._diagnose())
-            task.add_done_callback(self._diagnosed)
-        # shielded: one caller cancelled does not cancel the others' answer
-        return StreamMissingError(await asyncio.shield(task))
+            gone, why = cached[1], cached[2]
+        else:
+            task = self._diagnosing
+            if task is None:
+                task = self._diagnosing = asyncio.ensure_future(self._diagnose())
+                task.add_done_callback(self._diagnosed)
+            # shielded: one caller cancelled does not cancel the others' answer
+            gone, why = await asyncio.shield(task)
+        return StreamMissingError(why) if gone else EventStoreUnavailableError(why)
 
-    def _diagnosed(self, task: asyncio.Future[str]) -> None:
+    def _diagnosed(self, task: asyncio.Future[tuple[bool, str]]) -> None:
         if self._diagnosing is task:
             self._diagnosing = None
         if not task.cancelled() and task.exception() is None:
-            self._diagnosis = (time.monotonic(), task.result())
+            self._diagnosis = (time.monotonic(), *task.result())
 
-    async def _diagnose(self) -> str:
+    def _leaderless(self, said: str) -> str:
+        return (
+            f"stream {self._cfg.stream} took no request and has no leader ({said}): its "
+            "NATS cluster is electing one, or lost quorum (more than half of its servers "
+            "down or cut off); it answers again once a majority is back (nothing is "
+            "missing: `jetsource streams ensure` cannot help)"
+        )
+
+    async def _diagnose(self) -> tuple[bool, str]:
         missing = str(self._stream_missing())
         try:
             info = await jsapi.api(
                 self._replies, f"STREAM.INFO.{self._cfg.stream}", {}, self._cfg.request_timeout_s
             )
-        except (JsApiError, NoRespondersError, *_TRANSIENT):
-            return missing
+        except JsApiError as exc:
+            if exc.err_code == jsapi.ERR_STREAM_NOT_FOUND:
+                return True, missing
+            return False, self._leaderless(f"STREAM.INFO: {exc}")
+        except NoRespondersError:  # no JetStream API at all
+            return True, missing
+        except _TRANSIENT as exc:
+            return False, self._leaderless(f"STREAM.INFO not answered: {exc!r}")
         config = info.get("config", {})
         subjects = config.get("subjects") or []
         prefix = self._cfg.subject_prefix
         if not any(_covers(str(s), prefix) for s in subjects):
-            return (
+            return True, (
                 f"stream {self._cfg.stream} exists but does not take this store's subjects "
                 f"{prefix}.> (its subjects are {subjects[:5]!r}; were they edited?): put "
                 "them back with `jetsource streams ensure`"
             )
         if not config.get("allow_direct", False):
-            return (
+            return True, (
                 f"stream {self._cfg.stream} exists but answers no direct gets (allow_direct "
                 "is false; the store reads through them): turn it back on with "
                 "`jetsource streams ensure`"
             )
-        return missing  # e.g. a leader election: the answer it always had
+        # There and as configured: its leader went away since (an election).
+        leader = (info.get("cluster") or {}).get("leader") or "none"
+        return False, self._leaderless(f"STREAM.INFO says it exists, leader {leader}")
 
     async def _scan(self, subject: str, from_seq: int) -> AsyncIterator[RecordedEvent]:
         """Every message matching ``subject`` decoded; a message that does not decode
