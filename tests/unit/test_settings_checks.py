@@ -386,3 +386,35 @@ def test_bearer_tokens_that_can_be_sent_pass(monkeypatch: pytest.MonkeyPatch) ->
     loaded = PublisherSettings.load()
     assert [t.get_secret_value() for t in loaded.grpc.auth_tokens] == ["t1", "a-b_c.d~e+f/g=="]
     assert loaded.client.token is not None and loaded.client.token.get_secret_value() == ""
+
+
+@pytest.mark.parametrize(
+    ("days", "why"), [((-10, -1), "the certificate expired"), ((2, 30), "is not valid before")]
+)
+def test_a_certificate_out_of_date_is_refused_by_its_variable(
+    tmp_path: Path, days: tuple[int, int], why: str
+) -> None:
+    """A server with an expired certificate started and served, every client's handshake
+    failed ("not reachable"); a client's (NATS, Valkey) was refused by its server.
+    Refused at start now, by the variable naming the file."""
+    import datetime
+
+    import trustme
+
+    ca = trustme.CA()
+    now = datetime.datetime.now(datetime.UTC)
+    leaf = ca.issue_cert(
+        "127.0.0.1",
+        not_before=now + datetime.timedelta(days=days[0]),
+        not_after=now + datetime.timedelta(days=days[1]),
+    )
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    server = GrpcServerSettings(tls=ServerTlsSettings(cert_file=cert, key_file=key))
+    client = NatsSettings(tls=TlsSettings(cert_file=cert, key_file=key))
+    problems = tls_problems(PublisherSettings(grpc=server, nats=client))
+    assert len(problems) == 2, problems
+    for variable in ("JETSOURCE_NATS__TLS__CERT_FILE", "JETSOURCE_GRPC__TLS__CERT_FILE"):
+        assert any(p.startswith(f"{variable}={str(cert)!r}: ") for p in problems), problems
+    assert all(why in p for p in problems), problems

@@ -881,7 +881,33 @@ def tls_problems(settings: JetsourceSettings) -> list[str]:
                     f"{name}__CERT_FILE={str(cert)!r} with {name}__KEY_FILE={str(key)!r}: "
                     f"not a PEM certificate and its private key ({exc})"
                 )
+            else:
+                if why := _out_of_date(cert):
+                    problems.append(f"{name}__CERT_FILE={str(cert)!r}: {why}")
     return problems
+
+
+def _out_of_date(cert: Path) -> str | None:
+    """Why the certificate (the first of the file) cannot be used now: expired, or not
+    valid yet. Taken as it was, a server with an expired certificate served and every
+    client's handshake failed ("not reachable"); a client's was refused by its server."""
+    from datetime import UTC, datetime
+
+    from cryptography import x509
+
+    try:
+        leaf = x509.load_pem_x509_certificate(cert.read_bytes())
+    except (OSError, ValueError):
+        return None  # loaded by ssl above: a form this check does not read
+    now = datetime.now(UTC)
+    if leaf.not_valid_after_utc < now:
+        return f"the certificate expired {leaf.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC"
+    if leaf.not_valid_before_utc > now:
+        return (
+            f"the certificate is not valid before {leaf.not_valid_before_utc:%Y-%m-%d %H:%M:%S}"
+            " UTC (this host's clock, or a certificate issued ahead)"
+        )
+    return None
 
 
 def _blocks(model: BaseModel, path: tuple[str, ...]) -> Iterable[tuple[tuple[str, ...], Any]]:
