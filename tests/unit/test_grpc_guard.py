@@ -402,6 +402,8 @@ async def test_refused_calls_are_counted_and_logged_without_the_token(
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await stub.CreateContext(_create(f"r{i}"), metadata=metadata)
             assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            # What to set, for the CLI's and TUI's users (they send no metadata by hand).
+            assert "JETSOURCE_CLIENT__TOKEN" in (refused.value.details() or "")
         gate.release.clear()
         held = [
             asyncio.ensure_future(stub.CreateContext(_create(f"b{i}", f"ctx-b{i}"), metadata=AUTH))

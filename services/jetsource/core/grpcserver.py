@@ -414,7 +414,9 @@ class Guard:
             self.refused(UNAUTHENTICATED, context, method)
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,
-                "missing or invalid bearer token: send metadata 'authorization: Bearer <token>'",
+                "missing or invalid bearer token: send metadata 'authorization: Bearer "
+                "<token>' (the jetsource CLI, TUI and clients: JETSOURCE_CLIENT__TOKEN or the "
+                "secrets file jetsource_client__token; the SDK's Observer: token=)",
             )
         else:
             self.refused(CLIENT_BUSY, context, method)
