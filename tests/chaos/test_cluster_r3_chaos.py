@@ -179,3 +179,41 @@ async def test_a_write_to_a_stream_without_a_leader_is_unavailable_not_missing(
         assert [e.version for e in await store.read_aggregate("s")] == [1, 2]
     finally:
         await nc.close()
+
+
+async def test_write_health_names_a_cluster_without_quorum(cluster: Cluster) -> None:
+    """Two of three servers paused: the publisher's write health went NOT_SERVING
+    saying only "did not accept a probe write: TimeoutError()"; it names the likely
+    causes now, and is writable again once they are resumed."""
+    from jetsource.core.writehealth import WriteHealth
+
+    class Gauge:
+        def set(self, value: float) -> None:
+            pass
+
+    cluster.procs = [n.start() for n in cluster.nodes]
+    for i, n in enumerate(cluster.nodes):
+        n.wait_ready(cluster.procs[i], 60)
+    cluster.wait_meta_leader()
+    nc = await nats.connect(cluster.nodes[0].address(), max_reconnect_attempts=-1)
+    try:
+        name = f"WH_{uuid.uuid4().hex[:8]}"
+        replies = jsapi.Replies(nc)
+        await replies.start()
+        await jsapi.ensure_stream(replies, _config(name), 5.0)
+        health = WriteHealth(nc, name, "test", Gauge(), who="test", replicas=3)
+        assert await health.probe() == ""
+        for p in cluster.procs[1:]:
+            os.kill(p.pid, signal.SIGSTOP)
+        said = await health.probe()
+        assert "TimeoutError()" not in said, said
+        assert f"did not answer the probe of stream {name}" in said and "quorum" in said, said
+        for p in cluster.procs[1:]:
+            os.kill(p.pid, signal.SIGCONT)
+        started = time.monotonic()
+        while (said := await health.probe()) != "":
+            assert time.monotonic() - started < 30.0, said
+            await asyncio.sleep(0.2)
+        print(f"\nwritable {time.monotonic() - started:.1f} s after SIGCONT")
+    finally:
+        await nc.close()

@@ -156,6 +156,13 @@ class WriteHealth:
             named = self.name_refusal(exc, PROBE_STREAM)
             if named is not None:
                 return str(named)
+            if isinstance(exc, TimeoutError):  # a bare TimeoutError() named no cause
+                return (
+                    f"NATS JetStream did not answer the probe of stream {self.stream} "
+                    f"({type(exc).__name__}): no leader for it in a NATS cluster (an "
+                    "election, or quorum lost: more than half of its servers down or cut "
+                    "off), a full disk, or a server that hangs"
+                )
             return f"NATS JetStream did not accept a probe write: {exc!r}"
         return ""
 
