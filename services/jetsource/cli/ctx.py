@@ -93,11 +93,42 @@ class Target:
     timeout: float
 
     def unreachable(self) -> str:
+        if _takes_tcp(self.address):
+            # The port answers, the gRPC connection did not come up: said "not
+            # reachable (set JETSOURCE_CLIENT__PUBLISHER ...)", the address that was right.
+            tls = self.client.tls.active
+            return (
+                f"{self.service} at {self.address} takes connections but no gRPC "
+                "connection came up: "
+                + (
+                    "its certificate is not trusted or not for this name "
+                    "(JETSOURCE_CLIENT__TLS__CA_FILE, JETSOURCE_CLIENT__SERVER_NAME), it "
+                    "refused this client's certificate (JETSOURCE_CLIENT__TLS__CERT_FILE / "
+                    "__KEY_FILE), or it does not speak TLS"
+                    if tls
+                    else "if it speaks TLS, set JETSOURCE_CLIENT__TLS__ENABLED=true (and "
+                    "JETSOURCE_CLIENT__TLS__CA_FILE)"
+                )
+                + f"; or it is not the {self.service}, or does not answer "
+                f"({self.setting} or {self.flag})"
+            )
         tls = "; TLS is on: check JETSOURCE_CLIENT__TLS__*" if self.client.tls.active else ""
         return (
             f"{self.service} at {self.address} is not reachable "
             f"(set {self.setting} or {self.flag}{tls})"
         )
+
+
+def _takes_tcp(address: str, timeout_s: float = 0.5) -> bool:
+    """Whether ``host:port`` accepts a TCP connection now."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def _settings() -> JetsourceSettings:
