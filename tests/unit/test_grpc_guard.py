@@ -426,3 +426,21 @@ async def test_refused_calls_are_counted_and_logged_without_the_token(
     assert "no authorization metadata" in lines[0]
     assert "max_inflight_per_client" in lines[1]
     assert not any(wrong in line or TOKEN in line for line in caplog.messages)
+
+
+@pytest.mark.parametrize(
+    ("metadata", "why"),
+    [
+        ((), "no authorization metadata"),
+        ((("authorization", "tok-bare-91c"),), "not of the form 'Bearer <token>'"),
+        ((("authorization", "Basic tok-bare-91c"),), "not of the form 'Bearer <token>'"),
+        ((("authorization", "Bearer tok-bare-91c"),), "matches none"),
+    ],
+)
+def test_what_a_refusal_logs_never_holds_what_was_sent(
+    metadata: tuple[tuple[str, str], ...], why: str
+) -> None:
+    from jetsource.core.grpcserver import _token_problem
+
+    said = _token_problem(cast(grpc.aio.ServicerContext, Peer("p", metadata)))
+    assert why in said and "tok-bare-91c" not in said
