@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from jetsource._gen.process.v1.events_pb2 import CanonicalEvent
@@ -138,6 +138,26 @@ class _Item:
     detached: bool = False
 
 
+ABANDONED_KEPT = 100_000
+
+
+class _Abandoned(dict[str, None]):
+    """The set of abandoned claims, oldest first, at most ``ABANDONED_KEPT``."""
+
+    def add(self, key: str) -> None:
+        self.pop(key, None)
+        self[key] = None
+        while len(self) > ABANDONED_KEPT:
+            del self[next(iter(self))]
+
+    def update(self, keys: Iterable[str]) -> None:  # type: ignore[override]
+        for key in keys:
+            self.add(key)
+
+    def discard(self, key: str) -> None:
+        self.pop(key, None)
+
+
 class Recorder:
     def __init__(self, store: EventStore, claims: Claims, options: RecorderOptions) -> None:
         self._store = store
@@ -151,7 +171,11 @@ class Recorder:
         # Claims this observer holds while their append is in flight.
         self._inflight: dict[str, asyncio.Future[Recorded]] = {}
         # Pending claims of ours whose append failed: take over at once, no lease wait.
-        self._abandoned: set[str] = set()
+        # At most ABANDONED_KEPT, the oldest forgotten first: a claim no caller ever
+        # meets again stayed here for the life of the process (one per event of every
+        # request cancelled or failed during an outage); one forgotten is taken over
+        # after its lease, as any other observer's is.
+        self._abandoned = _Abandoned()
         self._background: set[asyncio.Task[None]] = set()
 
     # -- the request ------------------------------------------------------------------
