@@ -13,6 +13,7 @@ from typing import Any
 
 import typer
 from typer import _click as click
+from typer.testing import CliRunner
 
 from jetsource.cli.app import app
 
@@ -136,3 +137,18 @@ def test_every_command_is_shown_in_the_docs() -> None:
         if not re.search(before + re.escape(" ".join(path)) + r"\b", docs):
             missing.append(" ".join(path))
     assert missing == [], missing
+
+
+def test_the_help_names_every_exit_code_the_readme_documents() -> None:
+    """README: 0 ok, 1 refused, 2 usage, 3 unavailable, and 130 for Ctrl-C in every
+    group; `jetsource --help` and `jetsource projector --help` named all but 130."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("**Exit codes**", 1)[1].split("\n\n", 2)[1]
+    codes = re.findall(r"^\| (\d+) \|", table, flags=re.M)
+    assert codes == ["0", "1", "2", "3"], codes
+    assert "`cancelled` (exit 130) for Ctrl-C" in readme
+    runner = CliRunner()
+    for argv in (["--help"], ["projector", "--help"]):
+        text = " ".join(runner.invoke(app, argv, env={"COLUMNS": "300"}).output.split())
+        said = re.findall(r"\b(\d+) (?:ok|refused|usage|unavailable|stopped)", text)
+        assert said == [*codes, "130"], (argv, said)

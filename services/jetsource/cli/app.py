@@ -128,7 +128,7 @@ class _Root(LazyGroup):
             "projector",
             "Read models: status, replay, rebuild, reset, cut over, drop, wait, dead letters."
             "\n\nEvery command takes --json. Exit codes: 0 ok, 1 refused, 2 usage, "
-            "3 unavailable.",
+            "3 unavailable, 130 stopped by Ctrl-C.",
         ),
         "streams": _group(
             "streams",
@@ -156,7 +156,8 @@ app = typer.Typer(
     cls=_Root,
     help="jetsource: event-sourced Context Service on NATS JetStream.\n\n"
     "Exit codes: 0 ok, 1 refused by the server, 2 usage, 3 unavailable "
-    "(not reachable or no answer in time: retry with the same -k key).",
+    "(not reachable or no answer in time: retry with the same -k key), "
+    "130 stopped by Ctrl-C (it says how to go on).",
     no_args_is_help=True,
 )
 

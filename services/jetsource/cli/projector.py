@@ -47,7 +47,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 app = typer.Typer(
     help="Read models: status, replay, rebuild, reset, cut over, drop, wait, dead letters.\n\n"
-    "Every command takes --json. Exit codes: 0 ok, 1 refused, 2 usage, 3 unavailable.",
+    "Every command takes --json. Exit codes: 0 ok, 1 refused, 2 usage, 3 unavailable, "
+    "130 stopped by Ctrl-C.",
     no_args_is_help=True,
 )
 dlq = typer.Typer(help="Dead letters: list, show, retry, discard.", no_args_is_help=True)
