@@ -96,3 +96,18 @@ async def test_no_leader_for_the_whole_wait_is_unavailable_naming_the_cause(
     text = str(lost.value)
     assert "stream S was not created" in text and "no JetStream meta leader" in text
     assert "lost quorum" in text
+
+
+async def test_a_partition_mirror_is_created_once_the_cluster_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The projector's partition mirror (and its lease bucket) were one STREAM.CREATE
+    with no wait: a worker starting while its cluster elected a leader failed."""
+    from jetsource.projection import partitions
+
+    missing = JsApiError(404, jsapi.ERR_STREAM_NOT_FOUND, "stream not found")
+    calls: list[str] = []
+    answers: list[Any] = [missing, {"config": {}}, TimeoutError(), {"config": {}}]
+    monkeypatch.setattr(jsapi, "api", fake_api(answers, calls))
+    name = await partitions.ensure_mirror(None, "S", "s", 4, 3, 1.0)  # type: ignore[arg-type]
+    assert calls[-2:] == [f"STREAM.CREATE.{name}"] * 2

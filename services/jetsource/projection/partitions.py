@@ -145,8 +145,10 @@ async def ensure_mirror(
             raise
     origin = await jsapi.api(replies, f"STREAM.INFO.{stream}", {}, timeout)
     config = mirror_config(stream, prefix, count, replicas, int(origin["config"].get("max_age", 0)))
-    try:
-        await jsapi.api(replies, f"STREAM.CREATE.{name}", config, timeout)
+    try:  # waiting for a cluster that cannot place it yet (no leader, a peer offline)
+        await jsapi.create_waiting(
+            lambda: jsapi.api(replies, f"STREAM.CREATE.{name}", config, timeout), name, replicas
+        )
     except JsApiError as exc:
         if exc.err_code != jsapi.ERR_STREAM_NAME_IN_USE:
             raise
@@ -337,8 +339,15 @@ class Leases:
             # unless it took more than a million writes a second (and below 2^53).
             "first_seq": time.time_ns() // 1000,
         }
-        try:
-            await jsapi.api(self._replies, f"STREAM.CREATE.{self._stream}", config, self.timeout)
+        try:  # waiting for a cluster that cannot place it yet (no leader, a peer offline)
+            await jsapi.create_waiting(
+                lambda: jsapi.api(
+                    self._replies, f"STREAM.CREATE.{self._stream}", config, self.timeout
+                ),
+                self._stream,
+                self.replicas,
+                "bucket",
+            )
         except JsApiError as exc:
             if exc.err_code != jsapi.ERR_STREAM_NAME_IN_USE:
                 raise
