@@ -104,6 +104,10 @@ def choose_prunable(
     return list(reversed(chosen))
 
 
+# Session tails read at once when listing.
+TAIL_BATCH = 32
+
+
 class Sessions:
     def __init__(
         self,
@@ -132,9 +136,24 @@ class Sessions:
         """Newest first. ``search`` matches the id or the command (case-insensitive).
         Read from the process summaries and each session's tail (its last seq and when
         it was recorded), not its events: the snapshot is left to ``show``."""
-        roots = await self._roots()
-        tails = {p.process_id: await self.tail(p.process_id) for p in roots if found(p, search)}
-        return self.records(roots, tails, statuses, search, limit)
+        roots = sorted(
+            (p for p in await self._roots() if found(p, search)),
+            key=lambda p: (p.started_ns, p.process_id),
+            reverse=True,
+        )
+        # Newest first, a batch of tails at a time, until ``limit`` are listed: the
+        # default list (50) read the tail of every session first, one at a time (two
+        # round trips each), however many there were.
+        step = min(limit, TAIL_BATCH) if limit else TAIL_BATCH
+        out: list[SessionRecord] = []
+        for at in range(0, len(roots), step):
+            chunk = roots[at : at + step]
+            got = await asyncio.gather(*(self.tail(p.process_id) for p in chunk))
+            tails = {p.process_id: t for p, t in zip(chunk, got, strict=True)}
+            out += self.records(chunk, tails, statuses, search)
+            if limit and len(out) >= limit:
+                return out[:limit]
+        return out
 
     async def tail(self, session_id: str) -> Tail:
         """(last seq, when it was recorded), or the CorruptEventError reading it
