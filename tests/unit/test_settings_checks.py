@@ -418,3 +418,51 @@ def test_a_certificate_out_of_date_is_refused_by_its_variable(
     for variable in ("JETSOURCE_NATS__TLS__CERT_FILE", "JETSOURCE_GRPC__TLS__CERT_FILE"):
         assert any(p.startswith(f"{variable}={str(cert)!r}: ") for p in problems), problems
     assert all(why in p for p in problems), problems
+
+
+SEED_LIKE = "SUAJUNKJUNKJUNK-7c1"
+
+
+@pytest.mark.parametrize(
+    ("variable", "content", "why"),
+    [
+        ("JETSOURCE_NATS__NKEY_SEED_FILE", f"{SEED_LIKE}\n", "holds no nkey seed"),
+        ("JETSOURCE_NATS__NKEY_SEED_FILE", "", "holds no nkey seed"),
+        ("JETSOURCE_NATS__CREDS_FILE", f"{SEED_LIKE}\n", "is not a NATS credentials file"),
+        (
+            "JETSOURCE_NATS__CREDS_FILE",
+            "-----BEGIN NATS USER JWT-----\neyJ.e30.x\n------END NATS USER JWT------\n"
+            f"-----BEGIN USER NKEY SEED-----\n{SEED_LIKE}\n------END USER NKEY SEED------\n",
+            "holds no valid nkey seed",
+        ),
+    ],
+    ids=["seed-junk", "seed-empty", "creds-junk", "creds-bad-seed"],
+)
+def test_a_nats_credentials_file_that_holds_none_is_refused_by_its_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, content: str, why: str
+) -> None:
+    """A seed file holding anything but a seed ended a service with a traceback
+    (nkeys.ErrInvalidSeed, exit 1) and the CLI with INTERNAL "a bug"."""
+    path = tmp_path / "nats.secret"
+    path.write_text(content)
+    message = _error(PublisherSettings, monkeypatch, **{variable: str(path)})
+    assert message.startswith(f"bad setting: {variable}"), message
+    assert why in message and SEED_LIKE not in message, message
+
+
+def test_a_valid_seed_and_credentials_file_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nkeys
+
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER).decode()
+    (tmp_path / "user.nk").write_text(seed + "\n")
+    (tmp_path / "user.creds").write_text(
+        "-----BEGIN NATS USER JWT-----\neyJ.e30.x\n------END NATS USER JWT------\n\n"
+        "************************* IMPORTANT *************************\n\n"
+        f"-----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+    )
+    monkeypatch.setenv("JETSOURCE_NATS__NKEY_SEED_FILE", str(tmp_path / "user.nk"))
+    monkeypatch.setenv("JETSOURCE_NATS__CREDS_FILE", str(tmp_path / "user.creds"))
+    loaded = PublisherSettings.load()
+    assert loaded.nats.nkey_seed_file == tmp_path / "user.nk"

@@ -252,7 +252,59 @@ def check_client_token(value: SecretStr | None) -> SecretStr | None:
     return check_bearer_token(value)
 
 
+def check_nkey_seed_file(value: Path | None) -> Path | None:
+    """A file holding a NATS user's nkey seed (``SU...``, one line). Checked when
+    settings load, never shown: a file holding anything else ended a service with a
+    traceback (``nkeys.ErrInvalidSeed``, exit 1) and the CLI with INTERNAL "a bug".
+    A path that names no file is left to :func:`missing_files`."""
+    if value is None or not value.is_file():
+        return value
+    import nkeys
+
+    try:
+        nkeys.from_seed(bytearray(value.read_bytes().strip()))
+    except OSError as exc:
+        raise ValueError(f"cannot be read: {exc.strerror or exc}") from None
+    except Exception:
+        raise ValueError(
+            "holds no nkey seed (one line, SU... as `nsc` or `nk -gen user` writes it)"
+        ) from None
+    return value
+
+
+_CREDS_JWT = re.compile(rb"-----BEGIN NATS USER JWT-----\s*\n\s*(\S+)")
+_CREDS_SEED = re.compile(rb"-----BEGIN USER NKEY SEED-----\s*\n\s*(\S+)")
+
+
+def check_creds_file(value: Path | None) -> Path | None:
+    """A NATS credentials file: a user JWT and its nkey seed, as ``nsc generate creds``
+    writes them. Checked when settings load, never shown: nats-py reading a file without
+    the JWT's block looped for ever on its end, one without a valid seed raised
+    ErrInvalidSeed (a traceback, exit 1)."""
+    if value is None or not value.is_file():
+        return value
+    import nkeys
+
+    try:
+        text = value.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot be read: {exc.strerror or exc}") from None
+    jwt, seed = _CREDS_JWT.search(text), _CREDS_SEED.search(text)
+    if jwt is None or seed is None:
+        raise ValueError(
+            "is not a NATS credentials file (a -----BEGIN NATS USER JWT----- block and a "
+            "-----BEGIN USER NKEY SEED----- block, as `nsc generate creds` writes)"
+        )
+    try:
+        nkeys.from_seed(bytearray(seed.group(1)))
+    except Exception:
+        raise ValueError("its USER NKEY SEED block holds no valid nkey seed") from None
+    return value
+
+
 StreamName = Annotated[str, AfterValidator(check_stream_name)]
+NkeySeedFile = Annotated[Path | None, AfterValidator(check_nkey_seed_file)]
+CredsFile = Annotated[Path | None, AfterValidator(check_creds_file)]
 BearerToken = Annotated[SecretStr, AfterValidator(check_bearer_token)]
 ClientToken = Annotated[SecretStr | None, AfterValidator(check_client_token)]
 BucketName = Annotated[str, AfterValidator(check_bucket_name)]
@@ -334,8 +386,8 @@ class NatsSettings(BaseModel):
     user: str | None = None
     password: SecretStr | None = None
     token: SecretStr | None = None
-    creds_file: Path | None = None
-    nkey_seed_file: Path | None = None
+    creds_file: CredsFile = None
+    nkey_seed_file: NkeySeedFile = None
     tls: TlsSettings = TlsSettings()
     connect_timeout_s: float = Field(default=5.0, gt=0)
     name: str | None = None
