@@ -20,6 +20,7 @@ from jetsource.core.aio import wait_event
 from jetsource.core.grpcserver import stop_on_signals
 from jetsource.core.metrics import bind_http, register_service, watch_nats
 from jetsource.core.settings import env_var
+from jetsource.eventstore.refusals import refused_from
 from jetsource.projection.bootstrap import Projection, open_projection
 from jetsource.projection.partitions import (
     Lease,
@@ -47,6 +48,9 @@ class ProjectorService:
     # Replicas of one group share the partitions (default: the service's name).
     group: str = "projector"
     membership: Membership | None = None
+    # Why the last membership round failed ("" once one succeeds): /healthz says it
+    # beside the expired leases (a lease bucket refusing writes on a full store).
+    membership_failure: str = ""
     _wanted: set[tuple[str, int]] = field(default_factory=set)
 
     async def probe(self) -> None:
@@ -238,8 +242,12 @@ class ProjectorService:
         while not stop.is_set():
             try:
                 await self.membership.tick()
+                self.membership_failure = ""
             except Exception as exc:  # NATS briefly away: leases expire, others take over
-                log.warning("membership round failed: %r", exc)
+                bucket = f"KV_{self.options.partitions.lease_bucket}"
+                named = refused_from(exc, bucket)
+                self.membership_failure = str(named) if named else repr(exc)
+                log.warning("membership round failed: %s", self.membership_failure)
             await wait_event(stop, every)
 
     def healthy(self) -> bool:
@@ -266,9 +274,11 @@ class ProjectorService:
         if self.membership is not None and self.membership.conflict:
             out.append(self.membership.conflict)
         if self.membership is not None and self.membership.last_tick and not members:
+            why = f"; {self.membership_failure}" if self.membership_failure else ""
             out.append(
                 f"no membership round for {time.monotonic() - self.membership.last_tick:.0f} s"
                 f" (lease bucket {self.options.partitions.lease_bucket}): its leases have expired"
+                + why
             )
         if any(t.done() for _, t in workers):
             out.append("workers not running")
