@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import sys
 import weakref
 from typing import Any
 
-from jetsource.core.heap import HeapKeeper
+from jetsource.core.heap import SWEEP_MIN_BLOCKS, HeapKeeper
 
 
 class Node:
@@ -60,5 +61,35 @@ async def test_a_cycle_frozen_alive_and_dropped_is_freed_by_the_sweep() -> None:
             await task
         assert heap.sweeps >= 1
         assert gone() is None
+    finally:
+        gc.unfreeze()
+
+
+async def test_cycles_frozen_in_flight_are_swept_once_the_heap_doubles() -> None:
+    """Every freeze also freezes what the calls in flight hold, and some of it is
+    cycles (a graph read's driver result objects): before, those stayed until the
+    next timed sweep (600 s), so a service under a steady load of such calls held
+    what that load made in 600 s (the query service: some 100 MB of graph results).
+    Now the heap is swept once it holds twice the blocks it held after the last
+    sweep."""
+    heap = HeapKeeper(enabled=True, sweep_every_s=3600)
+    try:
+        heap.settle()
+        start = max(sys.getallocatedblocks(), SWEEP_MIN_BLOCKS)
+        first = Node()
+        gone = weakref.ref(first)
+        heap._freeze()  # alive (a call in flight): frozen
+        del first
+        gc.collect()
+        assert gone() is not None  # not found by collections: frozen
+        for _ in range(start // 10_000):  # calls in flight (a node: 2 blocks)
+            batch = [Node() for _ in range(10_000)]
+            heap._freeze()
+            del batch
+            if heap.sweeps:
+                break
+        assert heap.sweeps == 1
+        assert gone() is None
+        assert sys.getallocatedblocks() < 2 * start
     finally:
         gc.unfreeze()

@@ -19,32 +19,52 @@ do not walk it:
     wait for).
 The young objects of the calls in flight are collected as usual. A cycle that was
 alive when frozen and dropped later is not found by the young collections: a full
-sweep (unfreeze, collect, freeze) runs at most every ``sweep_every_s``, which bounds
-what such cycles can hold. ``enabled`` is off by default (tests and libraries keep the
-collector as it is); servers turn it on for their process."""
+sweep (unfreeze, collect, freeze) runs every ``sweep_every_s``, and sooner once the
+heap holds ``sweep_growth`` times the blocks it held after the last sweep (or
+start-up; ``sys.getallocatedblocks``, some 50 us, where counting the frozen objects
+walks them all). Every freeze also freezes the calls in flight, and a read of the graph
+store leaves cycles (the driver's result objects): the query service under a steady
+load of graph reads held some 100 MB of them within the 600 s, a bound that grew with
+the request rate; a sweep per doubling costs a full collection per as many objects
+frozen since, so its pauses are as rare as before when the heap holds still.
+``enabled`` is off by default (tests and libraries keep the collector as it is);
+servers turn it on for their process."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 import time
+
+# The heap's size (allocated blocks) below which growth does not sweep it (a service
+# holds some 650,000 after start-up).
+SWEEP_MIN_BLOCKS = 1_000_000
 
 
 class HeapKeeper:
-    def __init__(self, enabled: bool = False, sweep_every_s: float = 600.0) -> None:
+    def __init__(
+        self, enabled: bool = False, sweep_every_s: float = 600.0, sweep_growth: float = 2.0
+    ) -> None:
         self.enabled = enabled
         self.sweep_every_s = sweep_every_s
+        self.sweep_growth = sweep_growth
         self.freezes = 0
         self.sweeps = 0
         self._due = False
         self._swept = time.monotonic()
+        self._sweep_at = 0  # the heap's size (blocks) that sweeps it (0: not known)
+
+    def _swept_now(self) -> None:
+        self._swept = time.monotonic()
+        self._sweep_at = int(max(sys.getallocatedblocks(), SWEEP_MIN_BLOCKS) * self.sweep_growth)
 
     def settle(self) -> None:
         """Collect, then freeze what lives (after start-up)."""
         if self.enabled:
             gc.collect()
             gc.freeze()
-            self._swept = time.monotonic()
+            self._swept_now()
 
     def grew(self) -> None:
         """A cache holds more: freeze once the current call's step is done."""
@@ -60,10 +80,16 @@ class HeapKeeper:
 
     def _freeze(self) -> None:
         self._due = False
-        if time.monotonic() - self._swept >= self.sweep_every_s:
+        gc.freeze()
+        if not self._sweep_at:
+            self._swept_now()
+        if (
+            time.monotonic() - self._swept >= self.sweep_every_s
+            or sys.getallocatedblocks() >= self._sweep_at
+        ):
             gc.unfreeze()
             gc.collect()
-            self._swept = time.monotonic()
+            gc.freeze()
+            self._swept_now()
             self.sweeps += 1
-        gc.freeze()
         self.freezes += 1
