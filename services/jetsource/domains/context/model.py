@@ -237,6 +237,20 @@ def _text(
         one_line(value, name)
 
 
+def _items(values: Sequence[str], repeated: str, check: Callable[[str, str], None]) -> None:
+    """Each item of a repeated field checked, a refusal naming it by its index
+    (``tags[2] is empty``) and the field by its name: one blank tag among several was
+    "tags is required" (the list is optional), and a bad one did not say which."""
+    for i, value in enumerate(values):
+        name = f"{repeated}[{i}]"
+        try:
+            if not value.strip():
+                raise ValidationError(f"{name} is empty: remove it or give it text")
+            check(value, name)
+        except ValidationError as exc:
+            raise ValidationError(str(exc), field=repeated) from None
+
+
 def _node_id(value: str, name: str) -> None:
     if not value:
         raise ValidationError(f"{name} is required", field=name)
@@ -277,8 +291,7 @@ def decide(command: Command, state: ContextState) -> list[Message]:
         _text(command.created_by, "created_by", MAX_NAME)
         if len(command.tags) > MAX_TAGS:
             raise ValidationError(f"at most {MAX_TAGS} tags", field="tags")
-        for tag in command.tags:
-            _text(tag, "tags", MAX_TAG, required=True)
+        _items(command.tags, "tags", lambda tag, name: _text(tag, name, MAX_TAG))
         if state.exists:
             raise DomainError(f"context {state.id!r} already exists")
         return [
@@ -299,8 +312,7 @@ def decide(command: Command, state: ContextState) -> list[Message]:
         _text(command.body, "body", MAX_TEXT, multiline=True)
         _text(command.rationale, "rationale", MAX_TEXT, multiline=True)
         _text(command.author, "author", MAX_NAME)
-        for target in command.affects:
-            _node_id(target, "affects")
+        _items(command.affects, "affects", _node_id)
         _own_id(state, command.decision_id, "decision_id")
         _open(state)
         _unused_id(state, command.decision_id)
