@@ -117,18 +117,34 @@ def _error(status: int, code: str, message: str, field: str | None = None) -> JS
 _WHERE = ("body", "query", "path", "header", "cookie")
 
 
-def malformed_answer(exc: RequestValidationError) -> JSONResponse:
+def _json_media(content_type: str) -> bool:
+    """Whether FastAPI reads a body of this ``Content-Type`` as JSON."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
+def malformed_answer(exc: RequestValidationError, content_type: str | None = None) -> JSONResponse:
     """422 for a request FastAPI could not read into the route's parameters (a query
     parameter that is no number, a body that is no JSON object), naming the field by
     its path ("attempt", "page_size"; "body" for the body as a whole, and for a body
     that is not JSON), in the answer's ``error`` like every other refusal, and
     FastAPI's ``detail`` list beside it without the offending input: FastAPI's own
-    answer echoed it, and a body that is not UTF-8 could not be put in JSON, a 500."""
+    answer echoed it, and a body that is not UTF-8 could not be put in JSON, a 500.
+    A body sent with a ``Content-Type`` that is not JSON (curl's ``-d`` sends a form
+    type), or with none, is not read as JSON at all: 415 naming ``content-type`` (it
+    was 422 "body: Input should be a valid dictionary", for a JSON object)."""
     detail = []
     for e in exc.errors():
         loc = [str(p) for p in e.get("loc", ())]
         detail.append({"type": str(e.get("type", "")), "loc": loc, "msg": str(e.get("msg", ""))})
     first = detail[0] if detail else {"type": "", "loc": ["body"], "msg": "invalid request"}
+    if first["loc"] == ["body"] and not _json_media(content_type or ""):
+        came = f"it came as {content_type[:100]!r}" if content_type else "it came with none"
+        message = f"the body is read as JSON: send it with Content-Type: application/json ({came})"
+        error = {"code": "unsupported_media_type", "message": message, "field": "content-type"}
+        return JSONResponse({"error": error, "detail": detail}, status_code=415)
     if first["type"] == "json_invalid":
         # loc is ("body", <offset of the error>): the body is not JSON; name it.
         errors = exc.errors()
@@ -471,7 +487,7 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _malformed(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return malformed_answer(exc)
+        return malformed_answer(exc, request.headers.get("content-type"))
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:

@@ -631,3 +631,32 @@ async def test_a_webhook_with_an_over_long_conversation_id_is_422_naming_it(
     assert response.status_code == 200, response.text
     read = await api.get(f"/api/v1/conversations/discord/acme-bot/{'7' * 256}")
     assert read.status_code == 200, read.text
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/x-www-form-urlencoded", "text/plain; charset=utf-8", "multipart/form-data"],
+)
+async def test_a_status_update_not_sent_as_json_is_415_naming_the_content_type(
+    api: httpx.AsyncClient, content_type: str
+) -> None:
+    """`curl -d '{"state": "processing", ...}'` sends a form type: FastAPI does not read
+    the body as JSON, and the answer was 422 "body: Input should be a valid dictionary"
+    for a body that was one."""
+    body = b'{"state": "processing", "worker": "w1", "attempt": 1}'
+    response = await api.post(
+        "/api/v1/events/nope/status", content=body, headers={"content-type": content_type}
+    )
+    assert response.status_code == 415, response.text
+    error = response.json()["error"]
+    assert error["code"] == "unsupported_media_type" and error["field"] == "content-type"
+    assert "application/json" in error["message"] and content_type in error["message"]
+    response = await api.post("/api/v1/events/nope/status", content=body)  # no type
+    assert response.status_code == 415, response.text
+    assert "it came with none" in response.json()["error"]["message"]
+    # Sent as JSON, the same body is read.
+    for media in ("application/json", "application/json; charset=utf-8"):
+        response = await api.post(
+            "/api/v1/events/nope/status", content=body, headers={"content-type": media}
+        )
+        assert response.status_code == 404, response.text  # no event 'nope': it was read
