@@ -165,6 +165,7 @@ async def test_a_write_to_a_stream_without_a_leader_is_unavailable_not_missing(
         assert "does not exist" not in text, text
         assert "no leader" in text or "did not answer" in text, text
         assert time.monotonic() - started < 3 * 1.0 + 3.0
+        print(f"\n{time.monotonic() - started:.1f} s: {text}")
         for i in down:
             await asyncio.to_thread(cluster.start, i)
         started = time.monotonic()

@@ -41,6 +41,7 @@ from jetsource.core.errors import (
     CorruptEventError,
     EventStoreUnavailableError,
     EventTooLargeError,
+    JetsourceError,
     PartlyStoredError,
     StreamMissingError,
     ValidationError,
@@ -129,6 +130,10 @@ def voided_event(record: RecordedEvent) -> RecordedEvent:
 _DIAGNOSIS_TTL_S = 1.0
 
 
+class _ElectingError(EventStoreUnavailableError):
+    """No responders from a stream STREAM.INFO says is there: between two leaders."""
+
+
 def _covers(pattern: str, prefix: str) -> bool:
     """Whether a stream subject ``pattern`` takes every subject under ``prefix.>``."""
     wanted = [*prefix.split("."), ">"]
@@ -189,9 +194,9 @@ class JetStreamEventStore:
         self._voids: set[int] = set()  # stream sequences known to be voided
         self._void_sub: Any = None
         # why calls had no responders (_not_taken): one question at a time, kept briefly
-        # (missing, why): missing False when the stream is there but has no leader
-        self._diagnosing: asyncio.Future[tuple[bool, str]] | None = None
-        self._diagnosis: tuple[float, bool, str] | None = None
+        # (kind, why): kind "missing", "leaderless" (no answer) or "electing" (there)
+        self._diagnosing: asyncio.Future[tuple[str, str]] | None = None
+        self._diagnosis: tuple[float, str, str] | None = None
 
     @property
     def settings(self) -> EventStoreSettings:
@@ -279,9 +284,10 @@ class JetStreamEventStore:
                 result = await fn()
             except NoRespondersError:
                 why = await self._not_taken()
-                # A stream with no leader (an election, a cluster without quorum) takes
-                # no request for a while: asked again, as a timeout is.
-                if isinstance(why, StreamMissingError) or attempt == attempts - 1:
+                # A stream that is there but between leaders takes no request for a
+                # moment: asked again. Not answering STREAM.INFO either (quorum lost)
+                # already cost a request's timeout: said at once.
+                if not isinstance(why, _ElectingError) or attempt == attempts - 1:
                     raise why from None
                 delay = self._cfg.retry_backoff_s * (2**attempt)
                 await asyncio.sleep(delay * (0.5 + random.random()))
@@ -803,7 +809,7 @@ class JetStreamEventStore:
             f"stream {self._cfg.stream} does not exist: create it with `jetsource streams ensure`"
         )
 
-    async def _not_taken(self) -> StreamMissingError | EventStoreUnavailableError:
+    async def _not_taken(self) -> JetsourceError:
         """Why a call had no responders: the stream is gone, or it is there but no
         longer takes this store's subjects (edited), which "does not exist" misnamed,
         or it takes them but answers no direct gets (``allow_direct`` false); or it
@@ -817,17 +823,19 @@ class JetStreamEventStore:
         every read) added a request of up to ``request_timeout_s``."""
         cached = self._diagnosis
         if cached is not None and time.monotonic() - cached[0] < _DIAGNOSIS_TTL_S:
-            gone, why = cached[1], cached[2]
+            kind, why = cached[1], cached[2]
         else:
             task = self._diagnosing
             if task is None:
                 task = self._diagnosing = asyncio.ensure_future(self._diagnose())
                 task.add_done_callback(self._diagnosed)
             # shielded: one caller cancelled does not cancel the others' answer
-            gone, why = await asyncio.shield(task)
-        return StreamMissingError(why) if gone else EventStoreUnavailableError(why)
+            kind, why = await asyncio.shield(task)
+        if kind == "missing":
+            return StreamMissingError(why)
+        return _ElectingError(why) if kind == "electing" else EventStoreUnavailableError(why)
 
-    def _diagnosed(self, task: asyncio.Future[tuple[bool, str]]) -> None:
+    def _diagnosed(self, task: asyncio.Future[tuple[str, str]]) -> None:
         if self._diagnosing is task:
             self._diagnosing = None
         if not task.cancelled() and task.exception() is None:
@@ -841,7 +849,7 @@ class JetStreamEventStore:
             "missing: `jetsource streams ensure` cannot help)"
         )
 
-    async def _diagnose(self) -> tuple[bool, str]:
+    async def _diagnose(self) -> tuple[str, str]:
         missing = str(self._stream_missing())
         try:
             info = await jsapi.api(
@@ -849,30 +857,30 @@ class JetStreamEventStore:
             )
         except JsApiError as exc:
             if exc.err_code == jsapi.ERR_STREAM_NOT_FOUND:
-                return True, missing
-            return False, self._leaderless(f"STREAM.INFO: {exc}")
+                return "missing", missing
+            return "leaderless", self._leaderless(f"STREAM.INFO: {exc}")
         except NoRespondersError:  # no JetStream API at all
-            return True, missing
+            return "missing", missing
         except _TRANSIENT as exc:
-            return False, self._leaderless(f"STREAM.INFO not answered: {exc!r}")
+            return "leaderless", self._leaderless(f"STREAM.INFO not answered: {exc!r}")
         config = info.get("config", {})
         subjects = config.get("subjects") or []
         prefix = self._cfg.subject_prefix
         if not any(_covers(str(s), prefix) for s in subjects):
-            return True, (
+            return "missing", (
                 f"stream {self._cfg.stream} exists but does not take this store's subjects "
                 f"{prefix}.> (its subjects are {subjects[:5]!r}; were they edited?): put "
                 "them back with `jetsource streams ensure`"
             )
         if not config.get("allow_direct", False):
-            return True, (
+            return "missing", (
                 f"stream {self._cfg.stream} exists but answers no direct gets (allow_direct "
                 "is false; the store reads through them): turn it back on with "
                 "`jetsource streams ensure`"
             )
         # There and as configured: its leader went away since (an election).
         leader = (info.get("cluster") or {}).get("leader") or "none"
-        return False, self._leaderless(f"STREAM.INFO says it exists, leader {leader}")
+        return "electing", self._leaderless(f"STREAM.INFO says it exists, leader {leader}")
 
     async def _scan(self, subject: str, from_seq: int) -> AsyncIterator[RecordedEvent]:
         """Every message matching ``subject`` decoded; a message that does not decode
