@@ -96,7 +96,7 @@ class Target:
         if _takes_tcp(self.address):
             # The port answers, the gRPC connection did not come up: said "not
             # reachable (set JETSOURCE_CLIENT__PUBLISHER ...)", the address that was right.
-            tls = self.client.tls.active
+            tls_on = self.client.tls.active
             return (
                 f"{self.service} at {self.address} takes connections but no gRPC "
                 "connection came up: "
@@ -105,7 +105,7 @@ class Target:
                     "(JETSOURCE_CLIENT__TLS__CA_FILE, JETSOURCE_CLIENT__SERVER_NAME), it "
                     "refused this client's certificate (JETSOURCE_CLIENT__TLS__CERT_FILE / "
                     "__KEY_FILE), or it does not speak TLS"
-                    if tls
+                    if tls_on
                     else "if it speaks TLS, set JETSOURCE_CLIENT__TLS__ENABLED=true (and "
                     "JETSOURCE_CLIENT__TLS__CA_FILE)"
                 )
