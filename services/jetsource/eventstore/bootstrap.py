@@ -42,12 +42,30 @@ def nats_options(settings: JetsourceSettings) -> dict[str, Any]:
     if n.nkey_seed_file:
         options["nkeys_seed"] = str(n.nkey_seed_file)
     if n.tls.active:
-        context = ssl.create_default_context(cafile=str(n.tls.ca_file) if n.tls.ca_file else None)
-        if n.tls.cert_file:
-            context.load_cert_chain(str(n.tls.cert_file), str(n.tls.key_file or n.tls.cert_file))
-        context.check_hostname = n.tls.verify_hostname
-        options["tls"] = context
+        options["tls"] = _tls_context(n.tls)
     return options
+
+
+TLS_FILES = (
+    "JETSOURCE_NATS__TLS__CA_FILE, JETSOURCE_NATS__TLS__CERT_FILE and JETSOURCE_NATS__TLS__KEY_FILE"
+)
+
+
+def _tls_context(tls: Any) -> ssl.SSLContext:
+    """The client's TLS context. A file that does not load (no PEM, a key that is not
+    the certificate's) is this client's certificate trouble, said as NATS's own refusal
+    of one is: the CLI said "unavailable" (exit 3: retry) naming no setting. (A service
+    names the variable before it gets here: ``tls_problems``.)"""
+    try:
+        context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+        if tls.cert_file:
+            context.load_cert_chain(str(tls.cert_file), str(tls.key_file or tls.cert_file))
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise AccessDeniedError(
+            f"the TLS files for NATS do not load: {exc}; check {TLS_FILES}"
+        ) from exc
+    context.check_hostname = tls.verify_hostname
+    return context
 
 
 # What NATS answers when it will never accept this client as configured.
