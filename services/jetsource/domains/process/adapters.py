@@ -152,6 +152,12 @@ class JsonlAdapter:
             raise ValidationError(
                 f"line {raw.number}: not JSON: {exc}", f"line {raw.number}"
             ) from None
+        except RecursionError:
+            # Nested past the parser's recursion limit: not a ValueError (an INTERNAL).
+            raise ValidationError(
+                f"line {raw.number}: not JSON this command reads: nested too deep",
+                f"line {raw.number}",
+            ) from None
         event = parse_json_event(obj, f"line {raw.number}")
         if not event.event_id:
             event.event_id = f"jl-{self.source}-{raw.offset}"

@@ -18,6 +18,7 @@ from jetsource._gen.process.v1.events_pb2 import CanonicalEvent, ProcessEventBod
 from jetsource.core.envelope import NewEvent
 from jetsource.core.errors import ValidationError
 from jetsource.core.ids import uuid7, validate_aggregate_id
+from jetsource.core.structvalue import NotAStructValue, check_struct_value, has_lone_surrogate
 from jetsource.domains.process.events import registry
 from jetsource.domains.process.pruning import PRUNER_ID, RESERVED_TYPES
 
@@ -320,6 +321,22 @@ def parse_json_event(obj: Any, at: str = "event") -> CanonicalEvent:
                 f"{at}.{name} must be a JSON object, not {type(obj[name]).__name__}",
                 f"{at}.{name}",
             )
+    # Before protobuf sees it: a lone surrogate anywhere ("typed": "\ud800" raised a
+    # SystemError from protobuf, an INTERNAL of `observe import`), and a payload a Struct
+    # would change (an integer past 2^53 silently rounded, one past a double's range an
+    # OverflowError) or that nests past what protobuf reads.
+    where = _surrogate_path(obj, at)
+    if where is not None:
+        raise ValidationError(
+            f"{where} holds a lone UTF-16 surrogate (U+D800 to U+DFFF not in a pair): no character",
+            where,
+        )
+    for name in ("data", "payload"):
+        if name in obj:
+            try:
+                check_struct_value(obj[name], f"{at}.{name}", _dotted, noun="recorded")
+            except NotAStructValue as exc:
+                raise ValidationError(str(exc), exc.field) from None
     try:
         return json_format.ParseDict(dict(obj), CanonicalEvent(), ignore_unknown_fields=False)
     except json_format.ParseError as exc:
@@ -328,6 +345,29 @@ def parse_json_event(obj: Any, at: str = "event") -> CanonicalEvent:
         m = re.search(r"(?:parse|field) (\w+)", text)
         field = f"{at}.{m.group(1)}" if m and m.group(1) in _FIELDS else at
         raise ValidationError(f"{at}: {text}", field) from None
+
+
+def _dotted(where: str, key: str) -> str:
+    return f"{where}.{key}"
+
+
+def _surrogate_path(obj: Any, at: str) -> str | None:
+    """The path of the first key or string of ``obj`` holding a lone surrogate, or None
+    (iterative: a JSON document nests as deep as its parser took)."""
+    todo: list[tuple[Any, str]] = [(obj, at)]
+    while todo:
+        value, path = todo.pop()
+        if isinstance(value, str):
+            if has_lone_surrogate(value):
+                return path
+        elif isinstance(value, Mapping):
+            for key, item in value.items():
+                if isinstance(key, str) and has_lone_surrogate(key):
+                    return path
+                todo.append((item, f"{path}.{key}"))
+        elif isinstance(value, list):
+            todo.extend((item, f"{path}[{i}]") for i, item in enumerate(value))
+    return None
 
 
 def struct(data: Mapping[str, Any] | None) -> struct_pb2.Struct:

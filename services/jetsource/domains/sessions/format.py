@@ -184,6 +184,9 @@ class SessionEvent:
             doc = json.loads(text)
         except ValueError as e:
             raise EventFormatError("event", f"not JSON: {e}") from None
+        except RecursionError:
+            # Nested past the parser's recursion limit: not a ValueError (an INTERNAL).
+            raise EventFormatError("event", "not JSON this reads: nested too deep") from None
         return cls.from_dict(doc)
 
 
