@@ -35,7 +35,7 @@ from jetsource.cli.output import Mode
 from jetsource.client import STATUSES, ContextClient, QueryClient
 from jetsource.core import aio
 from jetsource.core.ids import uuid7
-from jetsource.core.settings import GrpcClientSettings, JetsourceSettings
+from jetsource.core.settings import GrpcClientSettings, JetsourceSettings, client_tls_problems
 
 app = typer.Typer(
     help="Work a story's context: commands via the publisher, reads via the query service.",
@@ -91,6 +91,13 @@ class Target:
     flag: str
     client: GrpcClientSettings
     timeout: float
+
+    def __post_init__(self) -> None:
+        # The TLS files, checked before connecting (ctx, process): a CA file not there
+        # was INTERNAL "a bug", one that was no PEM (or a key not the certificate's, a
+        # certificate expired) "not reachable".
+        if problems := client_tls_problems(self.client):
+            out.fail(out.USAGE, "INVALID_ARGUMENT", f"bad setting: {'; '.join(problems)}")
 
     def unreachable(self) -> str:
         if _takes_tcp(self.address):

@@ -939,6 +939,18 @@ def tls_problems(settings: JetsourceSettings) -> list[str]:
     return problems
 
 
+def client_tls_problems(client: GrpcClientSettings) -> list[str]:
+    """What :func:`missing_files` and :func:`tls_problems` say of a gRPC client's TLS
+    files (``JETSOURCE_CLIENT__TLS__...``), for the CLI, which checks them before it
+    connects: a CA file that was not there was INTERNAL "a bug" (FileNotFoundError), one
+    that was no PEM, or a key not the certificate's, "not reachable"."""
+    if not client.tls.active:
+        return []
+    holder = JetsourceSettings.model_construct(client=client)
+    problems = [p for p in missing_files(holder) if p.startswith("JETSOURCE_CLIENT__")]
+    return problems or [p for p in tls_problems(holder) if p.startswith("JETSOURCE_CLIENT__")]
+
+
 def _out_of_date(cert: Path) -> str | None:
     """Why the certificate (the first of the file) cannot be used now: expired, or not
     valid yet. Taken as it was, a server with an expired certificate served and every
