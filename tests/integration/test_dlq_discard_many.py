@@ -14,6 +14,7 @@ import pytest
 from jetsource.eventstore.jsapi import RawMessage
 from jetsource.projection import admin
 from jetsource.projection.bootstrap import Projection
+from jetsource.projection.control import ModelControl
 from tests.integration.test_poison import projection  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.integration
@@ -46,12 +47,12 @@ async def test_many_discards_write_the_control_entry_once_per_batch(
     saves = 0
     save = p.control.save
 
-    async def counted(*args: object, **kwargs: object) -> object:
+    async def counted(name: str, control: ModelControl) -> ModelControl:
         nonlocal saves
         saves += 1
-        return await save(*args, **kwargs)  # type: ignore[arg-type]
+        return await save(name, control)
 
-    p.control.save = counted  # type: ignore[method-assign]
+    p.control.save = counted  # type: ignore[method-assign, assignment]
     report = await admin.dlq_discard(p, "context")
     assert report.failed == {}
     assert sorted(report.done) == sorted(d.dlq_seq for d in letters)

@@ -61,7 +61,7 @@ async def test_a_page_reads_identities_in_batches_and_looks_at_a_bounded_number(
     await caught_up(projection)
 
     calls = 0
-    io = reads_module.valkey_io
+    io = reads_module.valkey_io  # type: ignore[attr-defined]
 
     def counted(work: Any) -> Any:
         nonlocal calls
