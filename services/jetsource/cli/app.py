@@ -72,6 +72,22 @@ def _say_needs(command: Any, path: str = "") -> None:
         command.epilog = needs
 
 
+def _stdout_to_devnull() -> None:
+    """stdout's reader left: nothing more is written, and nothing fails at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def _stdout_is_devnull() -> bool:
+    try:
+        return os.path.samestat(os.fstat(sys.stdout.fileno()), os.stat(os.devnull))
+    except (OSError, ValueError):
+        return False
+
+
 class _Root(LazyGroup):
     """The sub-commands, in the order the help lists them: each module is imported
     only when its command runs (``tests/unit/test_cli_startup.py`` holds these help
@@ -87,13 +103,21 @@ class _Root(LazyGroup):
         """Run the command; Ctrl-C that no command handled itself (one waiting to
         connect, a read) ends it as every group's own handler does: exit 130 with the
         ``cancelled`` error (Typer's own answer was exit 130 and nothing said, not even
-        JSON with ``-o json``)."""
+        JSON with ``-o json``). A reader of stdout that left (``| head -1``) ends any
+        command with exit 0 and nothing said, as the watches end: Click's answer was
+        exit 1 ("refused by the server") in silence, or Python's exit 120 and a
+        traceback-like line when the last write was only flushed at exit."""
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            sys.stdout.flush()  # a reader that left shows here, not at exit
+            return result
         except KeyboardInterrupt:
             group = ctx.invoked_subcommand or ""
             code = "CANCELLED" if group in GRPC_CODE_GROUPS else "cancelled"
             output.fail(130, code, "stopped (Ctrl-C) before it was done")
+        except BrokenPipeError:
+            _stdout_to_devnull()
+            raise typer.Exit(0) from None
 
     entries = {  # noqa: RUF012
         "tui": Entry(
@@ -216,11 +240,23 @@ def main() -> None:
     usage error naming its variable (exit 2); anything else unexpected is one line, exit
     1, never a traceback (``JETSOURCE_DEBUG=1`` shows it)."""
     as_json = _json_requested(sys.argv[1:])
+    was_devnull = _stdout_is_devnull()
     try:
         if not as_json:
             app()
             return
         rv = _command(as_json=True)(standalone_mode=False, prog_name="jetsource")
+    except SystemExit as stop:
+        # Click's and Rich's answer to a reader that left (``--help | head -1``): exit 1
+        # in silence (Click wraps stdout, Rich points it at /dev/null). It is no
+        # refusal: exit 0, as _Root.invoke ends a command's output cut short.
+        left = type(sys.stdout).__name__ == "PacifyFlushWrapper" or (
+            not was_devnull and _stdout_is_devnull()
+        )
+        if stop.code == 1 and left:
+            _stdout_to_devnull()
+            sys.exit(0)
+        raise
     except Exception as exc:
         _unexpected(exc, as_json)
     sys.exit(rv if isinstance(rv, int) else 0)
