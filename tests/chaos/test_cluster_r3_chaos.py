@@ -218,3 +218,49 @@ async def test_write_health_names_a_cluster_without_quorum(cluster: Cluster) -> 
         print(f"\nwritable {time.monotonic() - started:.1f} s after SIGCONT")
     finally:
         await nc.close()
+
+
+async def test_racing_writes_on_r3_lose_as_conflicts_not_errors(cluster: Cluster) -> None:
+    """A clustered stream answers a compare-and-set that lost to a write still in flight
+    with 10164 ("wrong last sequence", no number), a single server with 10071: every
+    check but the omni identity's looked for 10071, so on R3 racing appends to one
+    story failed with JsApiError 10164 (INTERNAL to a client), not as conflicts. And
+    the first appends of fresh stores (each making the key bucket and its pepper at
+    once) met the new bucket between leaders, "no responders", named "the key store
+    ... is gone (deleted?): the keys it held ... are lost"."""
+    from jetsource.core.envelope import NO_STREAM
+    from jetsource.core.errors import ConcurrencyError
+    from jetsource.domains.context.events import registry
+    from jetsource.eventstore.jetstream import JetStreamEventStore
+    from tests.eventstore_fixtures import created, decision, isolated_settings
+
+    cluster.procs = [n.start() for n in cluster.nodes]
+    for i, n in enumerate(cluster.nodes):
+        n.wait_ready(cluster.procs[i], 60)
+    cluster.wait_meta_leader()
+    cfg = isolated_settings(uuid.uuid4().hex[:8], replicas=3, position_cache_size=0)
+    nc = await nats.connect(servers=cluster.url.split(","))
+    try:
+        stores = [JetStreamEventStore(nc, registry, cfg) for _ in range(8)]
+        await stores[0].ensure_streams()
+        for s in stores:
+            await s.start()
+        # Eight fresh stores (eight publishers) append at once: one pepper made, all stored.
+        results = await asyncio.gather(
+            *(s.append(f"a{i}", [created()], NO_STREAM) for i, s in enumerate(stores)),
+            return_exceptions=True,
+        )
+        assert [r for r in results if isinstance(r, BaseException)] == []
+        for _ in range(5):  # racing writers on one story: one wins, the others conflict
+            head = len(await stores[0].read_aggregate("a0"))
+            results = await asyncio.gather(
+                *(s.append("a0", [decision(head + i)], head) for i, s in enumerate(stores)),
+                return_exceptions=True,
+            )
+            errors = [r for r in results if isinstance(r, BaseException)]
+            assert all(isinstance(e, ConcurrencyError) for e in errors), errors
+            assert len(errors) == len(stores) - 1
+        versions = [e.version for e in await stores[0].read_aggregate("a0")]
+        assert versions == list(range(1, 7))
+    finally:
+        await nc.close()

@@ -111,3 +111,17 @@ async def test_a_partition_mirror_is_created_once_the_cluster_answers(
     monkeypatch.setattr(jsapi, "api", fake_api(answers, calls))
     name = await partitions.ensure_mirror(None, "S", "s", 4, 3, 1.0)  # type: ignore[arg-type]
     assert calls[-2:] == [f"STREAM.CREATE.{name}"] * 2
+
+
+def test_a_lost_race_on_a_clustered_stream_is_a_wrong_last_sequence() -> None:
+    """10164 (an R3 stream, another write of the subject in flight) is 10071 to callers."""
+    import json
+    from unittest import mock
+
+    msg = mock.Mock(headers=None, subject="x")
+    msg.data = json.dumps(
+        {"error": {"code": 400, "err_code": 10164, "description": "wrong last sequence"}}
+    ).encode()
+    with pytest.raises(JsApiError) as lost:
+        jsapi.parse_response(msg)
+    assert lost.value.err_code == jsapi.ERR_WRONG_LAST_SEQUENCE

@@ -38,6 +38,9 @@ DIRECT_GET_PAGE = 1000
 
 # JetStream error codes we act on.
 ERR_WRONG_LAST_SEQUENCE = 10071
+# The same lost compare-and-set from a clustered stream while another write of the subject
+# is in flight ("wrong last sequence", no number): answered as 10071 (parse_response).
+ERR_WRONG_LAST_SEQUENCE_CONSTANT = 10164
 ERR_STREAM_NOT_FOUND = 10059
 ERR_STREAM_NAME_IN_USE = 10058  # exists with a different configuration
 ERR_SUBJECTS_OVERLAP = 10065  # subjects overlap with an existing stream
@@ -111,7 +114,12 @@ def parse_response(msg: Msg) -> dict[str, Any]:
         raise NoRespondersError(msg.subject)
     body: dict[str, Any] = json.loads(msg.data) if msg.data else {}
     if err := body.get("error"):
-        raise JsApiError(err.get("code", 0), err.get("err_code", 0), err.get("description", ""))
+        code = err.get("err_code", 0)
+        if code == ERR_WRONG_LAST_SEQUENCE_CONSTANT:
+            # Every compare-and-set checks for 10071; an R3 stream answers a lost race
+            # 10164 too, which went up as an error (a crashed append, a failed write).
+            code = ERR_WRONG_LAST_SEQUENCE
+        raise JsApiError(err.get("code", 0), code, err.get("description", ""))
     return body
 
 

@@ -196,7 +196,7 @@ class JetStreamKeyStore:
         with refusals.writes_to(self.stream, self._missing):
             if self._gone:
                 await self._still_gone()
-            for _ in range(5):
+            for attempt in range(5):
                 current, seq = await self._get(name)
                 if current is not None:
                     return current
@@ -211,6 +211,12 @@ class JetStreamKeyStore:
                 except JsApiError as exc:
                     if exc.err_code != jsapi.ERR_WRONG_LAST_SEQUENCE:
                         raise
+                except NoRespondersError:
+                    # No responders and the stream there (STREAM.INFO answers, else its
+                    # not-found is raised): a replicated bucket between leaders, e.g.
+                    # just made by another process. It was "gone: the keys are lost".
+                    await self._still_gone()
+                    await asyncio.sleep(0.2 * 2**attempt)
                 except TimeoutError:
                     # This store listens on the bucket's key subjects itself: with the
                     # stream gone a write there is heard by that listener, which never
