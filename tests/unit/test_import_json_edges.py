@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jetsource.core.errors import ValidationError
-from jetsource.domains.process.adapters import JsonlAdapter, Line
+from jetsource.domains.process.adapters import JsonlAdapter, Line, PositionFile
 from jetsource.domains.sessions.format import EventFormatError, SessionEvent
 from jetsource.sdk.observe import _check_json
 
@@ -145,3 +145,43 @@ def test_the_sdk_refuses_a_lone_surrogate_and_deep_nesting_naming_the_field() ->
         node = node["a"]
     with pytest.raises(ValueError, match="nested deeper than 100"):
         _check_json(deep, "data")
+
+
+# -- the position file of observe import (--state), damaged or edited by hand ------------
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=150, derandomize=True, deadline=None)
+@given(
+    doc=st.one_of(
+        JSON_VALUES,
+        st.fixed_dictionaries(
+            {"source": st.just("S"), "offset": JSON_VALUES, "line": JSON_VALUES},
+            optional={"last": JSON_VALUES},
+        ),
+    )
+)
+def test_a_damaged_position_file_is_refused_naming_it(doc: Any, tmp_path_factory: Any) -> None:
+    """Whatever the file holds: the adapter resumes from it, or ValidationError (the
+    CLI's exit 2 naming the file); a null offset, a list of ``last`` events, an offset of
+    1e400 or ``true`` were an INTERNAL TypeError / OverflowError or read from byte 1."""
+    path = tmp_path_factory.mktemp("pos") / "pos.json"
+    path.write_text(json.dumps(doc))
+    try:
+        adapter = JsonlAdapter.resume("S", PositionFile(path).load(), "jsonl")
+    except ValidationError as exc:
+        assert exc.field == "state"
+        return
+    assert type(adapter.offset) is int and adapter.offset >= 0
+    assert type(adapter.line_number) is int and adapter.line_number >= 0

@@ -52,9 +52,16 @@ class PositionFile:
 
     def load(self) -> dict[str, Any] | None:
         try:
-            return dict(json.loads(self.path.read_text()))
+            doc = json.loads(self.path.read_text())
         except FileNotFoundError:
             return None
+        if not isinstance(doc, dict):
+            raise ValidationError(
+                f"the position file holds JSON {json.dumps(doc)[:40]}, not an object: "
+                "give another --state file",
+                "state",
+            )
+        return doc
 
     def save(self, position: dict[str, Any]) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
@@ -104,13 +111,29 @@ class JsonlAdapter:
                 f"{source!r}: give --source-id or another --state file",
                 "state",
             )
-        return cls(
-            source,
-            default_source,
-            int(position["offset"]),
-            int(position["line"]),
-            OrderedDict(position.get("last", {})),
-        )
+        # Checked whole (a hand-edited or damaged file): a null offset or a list of
+        # "last" events was an INTERNAL TypeError, an offset of 1e400 an OverflowError,
+        # a negative one a bare "Invalid argument", ``true`` read from byte 1.
+        counts = {}
+        for key in ("offset", "line"):
+            value = position.get(key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValidationError(
+                    f"the position file's {key} is {json.dumps(value)[:40]}, not a whole "
+                    "number >= 0: give another --state file",
+                    "state",
+                )
+            counts[key] = value
+        last = position.get("last", {})
+        if not isinstance(last, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in last.items()
+        ):
+            raise ValidationError(
+                "the position file's last is not an object of process ids to event ids: "
+                "give another --state file",
+                "state",
+            )
+        return cls(source, default_source, counts["offset"], counts["line"], OrderedDict(last))
 
     @property
     def position(self) -> dict[str, Any]:
