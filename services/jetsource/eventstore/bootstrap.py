@@ -85,6 +85,18 @@ async def connect(settings: JetsourceSettings) -> NATS:
             if not refused.done():
                 refused.set_result(exc)
             log.error("nats refused this client: %s", exc)
+        elif "permissions violation" in text:
+            # A subject this client's NATS user may not use: nothing retries it, and the
+            # request behind it waits out its timeout (then reads as a server that does
+            # not answer). Said at warning level with "retrying" before.
+            log.error(
+                "NATS at %s refused this client: %s; the NATS server's permissions for "
+                "this client's user (JETSOURCE_NATS__USER, __CREDS_FILE or "
+                "__NKEY_SEED_FILE) must allow it (subjects as the client library "
+                "reports them, in lower case)",
+                where,
+                exc,
+            )
         else:
             # Named, and said to be retried: "nats: [Errno 111] Connection refused"
             # said neither which server nor that the service waits for it.
