@@ -11,11 +11,18 @@ import asyncio
 
 import pytest
 
+from jetsource._gen.context.v1 import events_pb2 as ev
+from jetsource.core.envelope import NO_STREAM, NewEvent
 from jetsource.eventstore.jsapi import RawMessage
 from jetsource.projection import admin
 from jetsource.projection.bootstrap import Projection
 from jetsource.projection.control import ModelControl
-from tests.integration.test_poison import projection  # noqa: F401  (the fixture)
+from jetsource.projection.deadletters import DeadLetter
+from jetsource.projection.repair import void_sequence
+from tests.integration.test_poison import (
+    projection,  # noqa: F401  (the fixture)
+    run_until_caught_up,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -61,3 +68,40 @@ async def test_many_discards_write_the_control_entry_once_per_batch(
     assert control is not None
     assert set(control.discarded) == {d.original_seq for d in letters}
     assert await admin.dlq_list(p, "context") == []
+
+
+async def test_a_void_reads_the_dead_letters_of_its_story_alone(
+    projection: Projection,  # noqa: F811
+) -> None:
+    """``repair void`` read every dead letter of the stream (payloads and all) to find
+    its story's: voiding poison in N stories one by one read N letters N times. It
+    reads the story's subjects now, and still retries the story's letter."""
+    p = projection
+    await p.control.ensure("context", 1)
+    spec = p.spec("context", 1)
+    await asyncio.gather(
+        *[
+            p.dead_letters.publish(
+                spec, f"o{i}", RawMessage(f"x.o{i}", 10**9 + i, 0, {}, b"x"), "r", 1
+            )
+            for i in range(200)
+        ]
+    )
+    await p.store.append("story", [NewEvent(ev.ContextCreated(title="t"))], NO_STREAM)
+    bad = await p.store.append("story", [NewEvent(ev.ContextCreated(title="again"))], 1)
+    await run_until_caught_up(p, "context")
+    assert [d.aggregate_id for d in await p.dead_letters.list(spec, "story")] == ["story"]
+
+    parsed = 0
+    parse = p.dead_letters._parse
+
+    def counted(raw: RawMessage) -> DeadLetter:
+        nonlocal parsed
+        parsed += 1
+        return parse(raw)
+
+    p.dead_letters._parse = counted  # type: ignore[method-assign]
+    await void_sequence(p, bad.stream_seqs[0], "duplicate creation", "tester", domain="context")
+    assert parsed <= 2, parsed  # was every letter of the stream (201)
+    assert await p.dead_letters.list(spec, "story") == []
+    assert len(await p.dead_letters.list(spec)) == 200

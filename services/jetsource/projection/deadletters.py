@@ -10,6 +10,7 @@ ack never files an event twice. Entries are deleted once retried or discarded.
 
 from __future__ import annotations
 
+import builtins
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -68,6 +69,11 @@ def aggregate_of(subject: str, prefix: str) -> str:
     return parts[0] if len(parts) == 2 and parts[0] else "_"
 
 
+def _token(aggregate_id: str) -> str:
+    """The subject token of an aggregate's dead letters (``>``: all of them)."""
+    return aggregate_id if aggregate_id == ">" else (_SAFE.sub("_", aggregate_id) or "_")
+
+
 class DeadLetters:
     def __init__(
         self, nc: NATS, replies: Replies, stream: str, subject_prefix: str, timeout: float
@@ -96,8 +102,7 @@ class DeadLetters:
 
     def subject(self, spec: ModelSpec, aggregate_id: str = ">") -> str:
         """The model version's dead letters of one aggregate (``>``: all of them)."""
-        token = aggregate_id if aggregate_id == ">" else (_SAFE.sub("_", aggregate_id) or "_")
-        return f"{self.prefix}.{spec.name}.v{spec.version}.{token}"
+        return f"{self.prefix}.{spec.name}.v{spec.version}.{_token(aggregate_id)}"
 
     async def publish(
         self,
@@ -143,8 +148,16 @@ class DeadLetters:
     async def list(
         self, spec: ModelSpec | None = None, aggregate_id: str = ">"
     ) -> list[DeadLetter]:
-        await self._replies.start()
         subject = self.subject(spec, aggregate_id) if spec else f"{self.prefix}.>"
+        return await self._list(subject)
+
+    async def of_aggregate(self, model: str, aggregate_id: str) -> builtins.list[DeadLetter]:
+        """Every version's dead letters of one aggregate of ``model`` (its subjects
+        alone: not every letter of the stream read to find them)."""
+        return await self._list(f"{self.prefix}.{model}.*.{_token(aggregate_id)}")
+
+    async def _list(self, subject: str) -> builtins.list[DeadLetter]:
+        await self._replies.start()
         out = []
         try:
             async for raw in jsapi.direct_get_batch(

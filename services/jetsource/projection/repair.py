@@ -84,8 +84,13 @@ async def void_sequence(
     aggregate_id, before = await store.void(seq, reason, actor)
     report = VoidReport(seq, aggregate_id, before, domain, store.settings.stream)
     mine = {m for m in p.domains.models() if p.domains.owner(m).name == domain}
+    # The story's letters alone (a void read every dead letter of the stream, with
+    # its payload, to find them).
     letters = [
-        d for d in await p.dead_letters.list() if d.aggregate_id == aggregate_id and d.model in mine
+        d
+        for m in sorted(mine)
+        for d in await p.dead_letters.of_aggregate(m, aggregate_id)
+        if d.aggregate_id == aggregate_id
     ]
     record = await _record_at(store, seq)
     for key in sorted({(d.model, d.version) for d in letters}):
