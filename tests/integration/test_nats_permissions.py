@@ -67,3 +67,35 @@ async def test_a_permissions_violation_is_an_error_naming_the_user_settings(
     message = said[0].getMessage()
     assert "refused this client" in message and "JETSOURCE_NATS__USER" in message
     assert "retrying" not in message and PASSWORD not in message
+
+
+async def test_a_stream_its_user_may_not_create_is_access_denied_not_a_lost_quorum(
+    limited_nats: NatsServer,
+) -> None:
+    """The create got no answer (only the violation report) and, after 15 s of asking
+    again, said the cluster had no JetStream meta leader: a service ended exit 1 with a
+    traceback telling the operator to start missing servers."""
+    from jetsource.core.errors import AccessDeniedError
+    from jetsource.core.settings import EventStoreSettings
+    from jetsource.domains.context.events import registry
+    from jetsource.eventstore.jetstream import JetStreamEventStore
+
+    settings = JetsourceSettings(
+        nats=NatsSettings(
+            url=f"nats://127.0.0.1:{limited_nats.port}",
+            user="limited",
+            password=SecretStr(PASSWORD),
+        )
+    )
+    nc = await connect(settings)
+    try:
+        store = JetStreamEventStore(
+            nc, registry, EventStoreSettings(stream="PERM_EVENTS", request_timeout_s=0.3)
+        )
+        with pytest.raises(AccessDeniedError) as refused:
+            await asyncio.wait_for(store.ensure_streams(), 10)
+    finally:
+        await release(nc)
+    message = str(refused.value)
+    assert "perm_events" in message.lower() and "permissions violation" in message
+    assert "JETSOURCE_NATS__USER" in message and "meta leader" not in message

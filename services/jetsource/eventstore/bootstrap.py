@@ -15,6 +15,7 @@ from nats.aio.client import Client as NATS
 from jetsource.core.codec import EventRegistry
 from jetsource.core.errors import AccessDeniedError, EventStoreUnavailableError
 from jetsource.core.settings import JetsourceSettings, redact_url
+from jetsource.eventstore import jsapi
 from jetsource.eventstore.jetstream import JetStreamEventStore
 from jetsource.eventstore.snapshots import JetStreamSnapshotStore
 
@@ -86,6 +87,7 @@ async def connect(settings: JetsourceSettings) -> NATS:
                 refused.set_result(exc)
             log.error("nats refused this client: %s", exc)
         elif "permissions violation" in text:
+            jsapi.note_denial(str(exc))
             # A subject this client's NATS user may not use: nothing retries it, and the
             # request behind it waits out its timeout (then reads as a server that does
             # not answer). Said at warning level with "retrying" before.

@@ -31,7 +31,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from jetsource.core.clock import format_rfc3339_ns, parse_rfc3339_ns
-from jetsource.core.errors import EventStoreUnavailableError
+from jetsource.core.errors import AccessDeniedError, EventStoreUnavailableError
 
 BATCH_LIMIT = 1000  # server default maximum messages per atomic batch
 DIRECT_GET_PAGE = 1000
@@ -821,6 +821,27 @@ def _peer_offline(exc: BaseException) -> bool:
     )
 
 
+# Permission violations NATS reported to this process's clients (the error callback of
+# eventstore.bootstrap.connect): (monotonic time, text), newest last. A request to a
+# subject its user may not publish to gets no answer, only that report: a stream create
+# waited out PLACEMENT_WAIT_S and said the cluster had no meta leader.
+_DENIALS: deque[tuple[float, str]] = deque(maxlen=16)
+
+
+def note_denial(text: str) -> None:
+    _DENIALS.append((time.monotonic(), text))
+
+
+def denial_of(name: str, within_s: float) -> str | None:
+    """The newest permission violation within ``within_s`` naming a JetStream API
+    subject of ``name`` (nats-py reports subjects in lower case), or None."""
+    now, key = time.monotonic(), name.lower()
+    for at, text in reversed(_DENIALS):
+        if now - at <= within_s and "$js.api." in text.lower() and key in text.lower():
+            return text
+    return None
+
+
 async def create_waiting(
     create: Callable[[], Awaitable[T]], name: str, replicas: int, what: str = "stream"
 ) -> T:
@@ -842,6 +863,13 @@ async def create_waiting(
                 offline or leaderless or getattr(exc, "err_code", None) == ERR_NO_SUITABLE_PEERS
             ):
                 raise
+            if leaderless and (denied := denial_of(name, PLACEMENT_WAIT_S + 10)):
+                raise AccessDeniedError(
+                    f"{what} {name} was not created: NATS refused this client: {denied}; "
+                    "the NATS server's permissions for this client's user "
+                    "(JETSOURCE_NATS__USER, __CREDS_FILE or __NKEY_SEED_FILE) must allow "
+                    "the JetStream API ($JS.API.>)"
+                ) from exc
             if (offline or leaderless) and loop.time() + pause < deadline:
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 1.0)
