@@ -22,7 +22,7 @@ from jetsource.core.settings import JetsourceSettings, TlsSettings, ValkeySettin
 from jetsource.devstack.servers import free_port
 from jetsource.ingest.server import build as build_ingest
 from jetsource.processquery.server import build as build_process_query
-from jetsource.projection.valkey import check_valkey_access, connect_valkey
+from jetsource.projection.valkey import check_valkey_access, connect_valkey, valkey_problem
 from tests.integration.omni.harness import omni_settings
 from tests.pki import make_pki
 from tests.projector_fixtures import process_query_settings, projector_settings
@@ -120,3 +120,24 @@ async def test_a_valkey_that_is_down_is_waited_for_not_refused(
         await redis.aclose()
     assert time.monotonic() - started < 3
     assert "valkey not reachable yet" in caplog.text
+
+
+async def test_health_names_a_refused_login_not_an_outage(settings: JetsourceSettings) -> None:
+    """A password rotated under a running process query service or ingest: their health
+    said "valkey does not answer" / "not reachable: valkey"; the reason they log now
+    (valkey_problem) names the refusal and the settings, and an outage as an outage."""
+    wrong = settings.model_copy(update={"valkey": _wrong_login(settings)})
+    down = settings.model_copy(
+        update={"valkey": ValkeySettings(url=f"redis://127.0.0.1:{free_port()}/0")}
+    )
+    said = {}
+    for name, s in (("good", settings), ("wrong", wrong), ("down", down)):
+        redis = connect_valkey(s)
+        try:
+            said[name] = await valkey_problem(redis, 1.0)
+        finally:
+            await redis.aclose()
+    assert said["good"] is None
+    assert said["wrong"] is not None and "refused this client" in said["wrong"]
+    assert "JETSOURCE_VALKEY__PASSWORD" in said["wrong"] and PASSWORD not in said["wrong"]
+    assert said["down"] is not None and said["down"].startswith("valkey does not answer")

@@ -42,7 +42,7 @@ from jetsource.ingest.app import Health, create_app, valkey_answers
 from jetsource.ingest.settings import IngestSettings
 from jetsource.ingest.transport import guarded_protocol
 from jetsource.projection.control import ActiveVersionCache, Control
-from jetsource.projection.valkey import check_valkey_access, connect_valkey
+from jetsource.projection.valkey import check_valkey_access, connect_valkey, valkey_problem
 
 log = logging.getLogger("jetsource.ingest")
 
@@ -274,11 +274,15 @@ async def follow_reads(ingest: Ingest, every_s: float) -> None:
             )
             for name in ("", SERVICE_NAME):
                 await ingest.grpc.health.set(name, status)
-            down = [k for k in ("nats", "valkey") if not report[k]]
+            down = ["nats is not connected"] if not report["nats"] else []
+            if not report["valkey"]:
+                # Why (a refused login named as such): it said "not reachable: valkey".
+                why = await valkey_problem(ingest.redis, 1.0)
+                down.append(why or "valkey does not answer")
             if serving:
                 log.info("OmniQueryService SERVING: nats and valkey answer again")
             else:
-                log.warning("OmniQueryService NOT_SERVING: not reachable: %s", ", ".join(down))
+                log.warning("OmniQueryService NOT_SERVING: %s", ", ".join(down))
         await asyncio.sleep(every_s)
 
 

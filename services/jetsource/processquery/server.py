@@ -22,7 +22,7 @@ from jetsource.processquery.parked import DeadLetterProbe
 from jetsource.processquery.service import SERVICE, ProcessQueryService, add_to_server
 from jetsource.processquery.settings import ProcessQuerySettings
 from jetsource.projection.control import Control
-from jetsource.projection.valkey import check_valkey_access, connect_valkey
+from jetsource.projection.valkey import check_valkey_access, connect_valkey, valkey_problem
 
 log = logging.getLogger("jetsource.process_query")
 
@@ -96,12 +96,8 @@ async def follow_valkey(query: ProcessQuery, every_s: float) -> None:
     serving = True
     while True:
         honour_cancel()  # a probe's library may swallow the cancel that stops this
-        try:
-            async with asyncio.timeout(every_s):  # not wait_for: it can drop a cancel
-                await query.redis.ping()
-            valkey_down = False
-        except Exception:
-            valkey_down = True
+        valkey_why = await valkey_problem(query.redis, every_s)
+        valkey_down = valkey_why is not None
         nats_down = not query.nc.is_connected
         down = valkey_down or nats_down
         if down == serving:
@@ -115,7 +111,7 @@ async def follow_valkey(query: ProcessQuery, every_s: float) -> None:
                 await query.grpc.health.set(name, status)
             if down:
                 why = [
-                    *(["valkey does not answer"] if valkey_down else []),
+                    *([valkey_why] if valkey_why else []),
                     *(["nats is not connected"] if nats_down else []),
                 ]
                 log.warning("NOT_SERVING: %s", ", ".join(why))

@@ -116,6 +116,30 @@ async def check_valkey_access(redis: Valkey, settings: JetsourceSettings) -> Non
         log.warning("valkey not reachable yet: %s", exc)
 
 
+async def valkey_problem(redis: Valkey, timeout_s: float) -> str | None:
+    """Why Valkey cannot be read now, for a health log line, or None when it answers a
+    PING within ``timeout_s``: a refused login (a password rotated under a running
+    service) named as such, with the settings to change; else what the PING met. Both
+    were "valkey does not answer" / "not reachable"."""
+    try:
+        async with asyncio.timeout(timeout_s):  # not wait_for: it can drop a cancel
+            await redis.ping()
+        return None
+    except (valkey_errors.AuthenticationError, valkey_errors.ResponseError) as exc:
+        if isinstance(exc, valkey_errors.AuthenticationError) or any(
+            code in str(exc).upper() for code in ("NOAUTH", "WRONGPASS", "NOPERM")
+        ):
+            return (
+                f"valkey refused this client: {str(exc).rstrip('. ')}; check "
+                "JETSOURCE_VALKEY__USERNAME and JETSOURCE_VALKEY__PASSWORD"
+            )
+        return f"valkey answered PING with an error: {exc}"
+    except TimeoutError:
+        return f"valkey does not answer within {timeout_s:g} s"
+    except Exception as exc:
+        return f"valkey does not answer: {exc}"[:300]
+
+
 def transient(exc: BaseException) -> bool:
     """Whether a Valkey error is the store's (retried later), not the call's."""
     if isinstance(exc, _TRANSIENT):
