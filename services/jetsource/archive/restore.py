@@ -163,8 +163,12 @@ async def restore(
     expect = first
     if existing is None:
         try:
-            await jsapi.api(
-                replies, f"STREAM.CREATE.{target}", dict(writing, first_seq=first), timeout
+            await jsapi.create_waiting(
+                lambda: jsapi.api(
+                    replies, f"STREAM.CREATE.{target}", dict(writing, first_seq=first), timeout
+                ),
+                target,
+                int(writing.get("num_replicas") or 1),
             )
         except jsapi.JsApiError as exc:
             if exc.err_code != jsapi.ERR_SUBJECTS_OVERLAP:

@@ -638,11 +638,20 @@ def _manifest(folder: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None
                     raise ValueError(f"an entry's {key} is {entry[key]!r}")
             if "/" in entry["file"] or entry["file"].startswith("."):
                 raise ValueError(f"file {entry['file']!r} is not in the backup folder")
-            int(entry["messages"])
+            # Whole numbers >= 0 as the backup writes them: a 1e400 (Infinity) was an
+            # INTERNAL OverflowError, an object a TypeError while restoring, true a 1.
+            for key in ("messages", "first_seq", "last_seq"):
+                if key in entry or key == "messages":
+                    value = entry[key]
+                    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                        raise ValueError(f"an entry's {key} is {value!r}")
+            for key in ("bucket", "horizons_of", "sha256"):
+                if not isinstance(entry.get(key) or "", str):
+                    raise ValueError(f"an entry's {key} is {entry[key]!r}")
         created = str(manifest.get("created") or "")
     except OSError as exc:
         raise BackupError(f"{path}: {exc.strerror or exc}") from exc
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise BackupError(f"{path}: not a {BACKUP_FORMAT} manifest ({exc!r})") from exc
     return entries, decided, created
 
@@ -667,11 +676,13 @@ def _check_file(folder: Path, entry: dict[str, Any]) -> None:
                         if not isinstance(row.get("config"), dict):
                             raise ValueError("no stream config")
                         continue
-                    seq = int(row["seq"])
+                    seq = row["seq"]
+                    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
+                        raise ValueError(f"seq {seq!r} is not a stream sequence")
                     if not isinstance(row["subject"], str) or not isinstance(row["headers"], dict):
                         raise ValueError("subject or headers of the wrong type")
                     base64.b64decode(row["data"], validate=True)
-                except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
                     if not line.endswith("\n"):  # the last line, and not whole
                         raise BackupError(
                             f"{path}: line {number}: cut short (the file is truncated)"
@@ -724,7 +735,14 @@ def _read_decisions(folder: Path, entry: dict[str, Any]) -> dict[str, dict[str, 
                 raise ValueError(f"model {name!r}: active version {d['active']}")
     except OSError as exc:
         raise BackupError(f"{path}: {exc.strerror or exc}") from exc
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        ArithmeticError,
+        RecursionError,
+    ) as exc:
         raise BackupError(f"{path}: not a read-model decisions file ({exc})") from exc
     return models
 
@@ -977,7 +995,11 @@ async def _restore_one(
             if first_seq > 1:
                 config["first_seq"] = first_seq
             try:
-                info = await jsapi.api(replies, f"STREAM.CREATE.{target}", config, timeout)
+                info = await jsapi.create_waiting(
+                    lambda: jsapi.api(replies, f"STREAM.CREATE.{target}", config, timeout),
+                    target,
+                    int(config.get("num_replicas") or 1),
+                )
             except jsapi.JsApiError as exc:
                 if exc.err_code != jsapi.ERR_SUBJECTS_OVERLAP:
                     raise

@@ -86,17 +86,17 @@ async def lift_deny_purge(
             return info  # nothing to move
         consumers = await _consumers(replies, name, timeout)
         say(f"{name}: holding {info['state']['messages']} messages in {hold}")
-        held = await api(
-            replies,
-            f"STREAM.CREATE.{hold}",
-            {
-                "name": hold,
-                "mirror": {"name": name},
-                "storage": info["config"]["storage"],
-                "num_replicas": info["config"].get("num_replicas", 1),
-                "metadata": {_NOTE: json.dumps(consumers)},
-            },
-            timeout,
+        hold_config = {
+            "name": hold,
+            "mirror": {"name": name},
+            "storage": info["config"]["storage"],
+            "num_replicas": info["config"].get("num_replicas", 1),
+            "metadata": {_NOTE: json.dumps(consumers)},
+        }
+        held = await jsapi.create_waiting(
+            lambda: api(replies, f"STREAM.CREATE.{hold}", hold_config, timeout),
+            hold,
+            int(hold_config["num_replicas"] or 1),
         )
     if info is not None and not info["config"].get("mirror") and info["config"].get("deny_purge"):
         if not info["config"].get("sealed"):
@@ -113,16 +113,16 @@ async def lift_deny_purge(
     if info is None:
         assert held is not None
         say(f"{name}: made again from {hold} with purges allowed")
-        info = await api(
-            replies,
-            f"STREAM.CREATE.{name}",
-            {
-                "name": name,
-                "mirror": {"name": hold},
-                "storage": config.get("storage", "file"),
-                "num_replicas": config.get("num_replicas", 1),
-            },
-            timeout,
+        again = {
+            "name": name,
+            "mirror": {"name": hold},
+            "storage": config.get("storage", "file"),
+            "num_replicas": config.get("num_replicas", 1),
+        }
+        info = await jsapi.create_waiting(
+            lambda: api(replies, f"STREAM.CREATE.{name}", again, timeout),
+            name,
+            int(again["num_replicas"] or 1),
         )
     if info["config"].get("mirror"):
         if held is not None:
