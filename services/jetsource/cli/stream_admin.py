@@ -995,11 +995,7 @@ async def _restore_one(
             if first_seq > 1:
                 config["first_seq"] = first_seq
             try:
-                info = await jsapi.create_waiting(
-                    lambda: jsapi.api(replies, f"STREAM.CREATE.{target}", config, timeout),
-                    target,
-                    int(config.get("num_replicas") or 1),
-                )
+                info = await jsapi.api(replies, f"STREAM.CREATE.{target}", config, timeout)
             except jsapi.JsApiError as exc:
                 if exc.err_code != jsapi.ERR_SUBJECTS_OVERLAP:
                     raise
