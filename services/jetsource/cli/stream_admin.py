@@ -995,7 +995,11 @@ async def _restore_one(
             if first_seq > 1:
                 config["first_seq"] = first_seq
             try:
-                info = await jsapi.api(replies, f"STREAM.CREATE.{target}", config, timeout)
+                info = await jsapi.create_waiting(
+                    lambda: jsapi.api(replies, f"STREAM.CREATE.{target}", config, timeout),
+                    target,
+                    int(config.get("num_replicas") or 1),
+                )
             except jsapi.JsApiError as exc:
                 if exc.err_code != jsapi.ERR_SUBJECTS_OVERLAP:
                     raise
