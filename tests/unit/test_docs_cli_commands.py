@@ -152,3 +152,13 @@ def test_the_help_names_every_exit_code_the_readme_documents() -> None:
         text = " ".join(runner.invoke(app, argv, env={"COLUMNS": "300"}).output.split())
         said = re.findall(r"\b(\d+) (?:ok|refused|usage|unavailable|stopped)", text)
         assert said == [*codes, "130"], (argv, said)
+
+
+def test_the_timeout_help_names_the_setting_the_readme_documents() -> None:
+    """README: `--timeout SECONDS (default 10, or JETSOURCE_CLIENT__TIMEOUT_S)`; the
+    help of ctx and process commands said only "(default 10)", so a user who set the
+    variable was told the wrong default."""
+    runner = CliRunner()
+    for argv in (["ctx", "show", "--help"], ["process", "list", "--help"]):
+        text = " ".join(runner.invoke(app, argv, env={"COLUMNS": "300"}).output.split())
+        assert "JETSOURCE_CLIENT__TIMEOUT_S" in text, argv

@@ -69,7 +69,10 @@ QUERY = typer.Option(
     None, "--query", callback=out.target, help="host:port (default: JETSOURCE_CLIENT__QUERY)"
 )
 TIMEOUT = typer.Option(
-    None, "--timeout", callback=out.seconds, help="Seconds to wait for the answer (default 10)"
+    None,
+    "--timeout",
+    callback=out.seconds,
+    help="Seconds to wait for the answer (default: JETSOURCE_CLIENT__TIMEOUT_S, 10)",
 )
 OUTPUT = typer.Option(
     None, "--output", "-o", case_sensitive=False, help="table, json or plain (as the global one)"

@@ -52,7 +52,12 @@ TARGET = typer.Option(
     callback=out.target,
     help="host:port (default: JETSOURCE_CLIENT__PROCESS_QUERY)",
 )
-TIMEOUT = typer.Option(None, "--timeout", callback=out.seconds, help="Seconds to wait (default 10)")
+TIMEOUT = typer.Option(
+    None,
+    "--timeout",
+    callback=out.seconds,
+    help="Seconds to wait (default: JETSOURCE_CLIENT__TIMEOUT_S, 10)",
+)
 OUTPUT = typer.Option(
     None, "--output", "-o", case_sensitive=False, help="table, json or plain (as the global one)"
 )
