@@ -99,3 +99,30 @@ async def test_a_stream_its_user_may_not_create_is_access_denied_not_a_lost_quor
     message = str(refused.value)
     assert "perm_events" in message.lower() and "permissions violation" in message
     assert "JETSOURCE_NATS__USER" in message and "meta leader" not in message
+
+
+@pytest.mark.parametrize("group", [("projector", "status"), ("archive", "list")])
+def test_the_cli_says_access_denied_not_that_nats_does_not_answer(
+    limited_nats: NatsServer, tmp_path: Path, group: tuple[str, ...]
+) -> None:
+    """Its requests got no answer (NATS refused them): 'unavailable: NATS did not answer
+    within 10 s', exit 3 (retry). Now exit 1 naming the refusal, as a refused login."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from jetsource.cli.app import app
+
+    env = {
+        "JETSOURCE_NATS__URL": f"nats://127.0.0.1:{limited_nats.port}",
+        "JETSOURCE_NATS__USER": "limited",
+        "JETSOURCE_NATS__PASSWORD": PASSWORD,
+        "JETSOURCE_SECRETS_DIR": "/nonexistent-secrets",
+        "JETSOURCE_ARCHIVE__URL": str(tmp_path / "archive"),
+        "JETSOURCE_ADMIN_CONNECT_TIMEOUT_S": "1",
+    }
+    r = CliRunner().invoke(app, [*group, "--json"], env=env)
+    assert r.exit_code == 1, r.output
+    error = json.loads(r.output.strip().splitlines()[-1])["error"]
+    assert error["code"] == "access denied", error
+    assert "permissions violation" in error["message"] and PASSWORD not in error["message"]

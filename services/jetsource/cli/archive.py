@@ -115,6 +115,9 @@ def _run(
         try:
             p = await asyncio.wait_for(open_projection(settings, provision=False), connect_s)
         except TimeoutError:
+            # Unanswered because NATS refused its requests: not an outage.
+            if refused := jsapi.refused_instead(redact_url(settings.nats_url()), connect_s + 5):
+                raise refused from None
             raise NatsUnreachableError("no NATS handshake") from None
         try:
             await require_jetstream(p.nc, settings)

@@ -228,6 +228,7 @@ def _run(
     Ctrl-C ends it with ``stopped`` (code ``cancelled``, exit 130)."""
     from jetsource.core.settings import redact_url
     from jetsource.eventstore.bootstrap import require_jetstream
+    from jetsource.eventstore.jsapi import refused_instead
     from jetsource.projection.bootstrap import open_projection
 
     settings = _settings()
@@ -237,6 +238,9 @@ def _run(
         try:
             p = await asyncio.wait_for(open_projection(settings, provision=False), connect_s)
         except TimeoutError:
+            # Its requests got no answer because NATS refused them: not an outage.
+            if refused := refused_instead(redact_url(settings.nats_url()), connect_s + 5):
+                raise refused from None
             raise TimeoutError(
                 f"NATS at {redact_url(settings.nats_url())} did not answer within {connect_s:g} s"
             ) from None

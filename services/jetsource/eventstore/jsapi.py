@@ -832,6 +832,24 @@ def note_denial(text: str) -> None:
     _DENIALS.append((time.monotonic(), text))
 
 
+def latest_denial(within_s: float) -> str | None:
+    """The newest permission violation of a JetStream API subject within ``within_s``."""
+    return denial_of("", within_s)
+
+
+def refused_instead(where: str, within_s: float) -> AccessDeniedError | None:
+    """What to raise instead of "NATS did not answer" when its requests went unanswered
+    because NATS refused them (a permission violation within ``within_s``), or None."""
+    denied = latest_denial(within_s)
+    if denied is None:
+        return None
+    return AccessDeniedError(
+        f"NATS at {where} refused this client: {denied}; the NATS server's permissions "
+        "for this client's user (JETSOURCE_NATS__USER, __CREDS_FILE or __NKEY_SEED_FILE) "
+        "must allow the JetStream API ($JS.API.>)"
+    )
+
+
 def denial_of(name: str, within_s: float) -> str | None:
     """The newest permission violation within ``within_s`` naming a JetStream API
     subject of ``name`` (nats-py reports subjects in lower case), or None."""
