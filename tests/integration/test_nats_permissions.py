@@ -101,7 +101,9 @@ async def test_a_stream_its_user_may_not_create_is_access_denied_not_a_lost_quor
     assert "JETSOURCE_NATS__USER" in message and "meta leader" not in message
 
 
-@pytest.mark.parametrize("group", [("projector", "status"), ("archive", "list")])
+@pytest.mark.parametrize(
+    "group", [("projector", "status"), ("archive", "list"), ("streams", "ensure", "--timeout", "2")]
+)
 def test_the_cli_says_access_denied_not_that_nats_does_not_answer(
     limited_nats: NatsServer, tmp_path: Path, group: tuple[str, ...]
 ) -> None:

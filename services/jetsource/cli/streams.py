@@ -136,6 +136,11 @@ def ensure(
     try:
         done = aio.run(go())
     except (NatsUnreachableError, TimeoutError) as exc:
+        from jetsource.eventstore.jsapi import refused_instead
+
+        # Unanswered because NATS refused its requests (permissions): not an outage.
+        if refused := refused_instead(where, timeout + 5):
+            output.fail(REFUSED, "access denied", str(refused))
         last = f" (last error: {exc})" if str(exc) else ""
         message = (
             f"NATS at {redact_url(settings.nats_url())} did not answer within {timeout:g} s{last}"
