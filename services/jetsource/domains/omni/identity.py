@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import time
@@ -238,6 +239,27 @@ class Entry:
     revision: int
 
 
+@dataclass
+class _MergeFacts:
+    """What an identity's history says of merges, as far as it was read (``last_seq``,
+    ``last_version``): ``ended``, (survivor, stream sequence) of each record of a merge
+    of this identity; ``kept``, merged identity -> stream sequences of the records this
+    identity keeps of merges into it. Read on from where it was left, each admin call
+    reads only the events recorded since (a survivor of 800 merges was read whole four
+    times per merge: building one identity was quadratic). Voids are looked up when the
+    facts are used; an event voided before it was read is never in them."""
+
+    last_seq: int = 0
+    last_version: int = 0
+    ended: list[tuple[str, int]] = dataclasses.field(default_factory=list)
+    kept: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    # handle key -> the highest order of the identity's own assignments of it
+    assigned: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+MERGE_FACTS_KEPT = 4096  # identities whose merge facts are kept (LRU)
+
+
 class IdentityService:
     def __init__(self, nc: NATS, store: JetStreamEventStore, options: OmniOptions) -> None:
         self._nc = nc
@@ -261,6 +283,8 @@ class IdentityService:
         self._replies: jsapi.Replies | None = None
         self._repairs: set[asyncio.Task[None]] = set()
         self._unvoids: set[str] = set()  # handles to settle again after a void
+        # identity -> what its history says of merges, read on from where it was left
+        self._merge_facts: OrderedDict[str, _MergeFacts] = OrderedDict()
         self._unvoider: asyncio.Task[None] | None = None
         self.hits = 0
         self.misses = 0
@@ -807,27 +831,46 @@ class IdentityService:
 
     # -- merges: chains and cycles ------------------------------------------------------
 
+    async def _facts(self, identity_id: str) -> _MergeFacts:
+        """``identity_id``'s merge facts, read on to its latest event."""
+        facts = self._merge_facts.pop(identity_id, None) or _MergeFacts()
+        new = await self._store.read_aggregate(
+            identity_id, from_version=facts.last_version + 1, from_seq=facts.last_seq + 1
+        )
+        for record in new:
+            e = record.event
+            if isinstance(e, IdentitiesMerged):
+                if e.merged_id == identity_id:
+                    facts.ended.append((e.survivor_id, record.stream_seq))
+                else:
+                    facts.kept.setdefault(e.merged_id, []).append(record.stream_seq)
+            order = assignment_order(record)
+            for provider, external_id, _ in assignments(record):
+                key = handle_key(provider, external_id)
+                facts.assigned[key] = max(facts.assigned.get(key, -1), order)
+            facts.last_seq, facts.last_version = record.stream_seq, record.version
+        self._merge_facts[identity_id] = facts
+        while len(self._merge_facts) > MERGE_FACTS_KEPT:
+            self._merge_facts.popitem(last=False)
+        return facts
+
     async def _merge_of(
-        self,
-        identity_id: str,
-        before: int | None = None,
-        history: list[RecordedEvent] | None = None,
+        self, identity_id: str, before: int | None = None, facts: _MergeFacts | None = None
     ) -> tuple[str, int] | None:
         """(survivor, stream sequence) of the merge that ended ``identity_id`` (of those
         recorded before ``before``), or None while it is live. A merge whose survivor's
         chain of earlier merges leads back to the merged identity (two merged into each
         other at once) would close a cycle: it is void (the later of the two in the
         stream), and its identity stays live."""
-        if history is None:
-            history = await self._store.read_aggregate(identity_id)
-        for record in history:
-            e = record.event
-            if not (isinstance(e, IdentitiesMerged) and e.merged_id == identity_id):
+        if facts is None:
+            facts = await self._facts(identity_id)
+        for survivor_id, seq in list(facts.ended):
+            if self._is_voided(seq):
                 continue
-            if before is not None and record.stream_seq >= before:
+            if before is not None and seq >= before:
                 return None
-            if not await self._closes_cycle(identity_id, e.survivor_id, record.stream_seq):
-                return e.survivor_id, record.stream_seq
+            if not await self._closes_cycle(identity_id, survivor_id, seq):
+                return survivor_id, seq
         return None
 
     async def _closes_cycle(self, merged_id: str, survivor_id: str, seq: int) -> bool:
@@ -905,13 +948,12 @@ class IdentityService:
                 self._remember(key, identity_id, at)
                 return previous
             # Our own history ahead of the bucket: a link of ours the bucket missed.
-            ours = [
-                assignment_order(r)
-                for r in await self._store.read_aggregate(identity_id)
-                if (provider, external_id, identity_id) in assignments(r)
-            ]
-            if ours and ours[-1] > at:
-                await self._settle(key, identity_id, ours[-1])
+            # Our latest assignment of the handle, from the merge facts read on from
+            # where they were left (reading the whole history made linking many
+            # handles to one identity quadratic).
+            ours = (await self._facts(identity_id)).assigned.get(key, -1)
+            if ours > at:
+                await self._settle(key, identity_id, ours)
                 return previous
             event = ExternalIdLinked(
                 identity_id=identity_id,
@@ -1028,22 +1070,20 @@ class IdentityService:
         for _ in range(MERGE_ATTEMPTS):
             target, seq, checked, version = event.survivor_id, 0, False, -1
             for _ in range(MAX_CHAIN):
-                history = await self._store.read_aggregate(target)
+                facts = await self._facts(target)
                 found = [
-                    r
-                    for r in history
-                    if isinstance(r.event, IdentitiesMerged)
-                    and r.event.merged_id == event.merged_id
-                    and r.aggregate_id != event.merged_id
+                    at
+                    for at in facts.kept.get(event.merged_id, ())
+                    if target != event.merged_id and not self._is_voided(at)
                 ]
                 if found:  # written by whoever finished it (never for a void merge)
-                    seq = found[-1].stream_seq
+                    seq = found[-1]
                     break
                 if not checked:
                     if await self._closes_cycle(event.merged_id, event.survivor_id, merged_seq):
                         return False
                     checked = True
-                edge = await self._merge_of(target, history=history)
+                edge = await self._merge_of(target, facts=facts)
                 if edge is not None:
                     target, version = edge[0], -1  # merged meanwhile: on to its survivor
                     continue
