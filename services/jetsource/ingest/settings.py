@@ -35,6 +35,8 @@ class IngestOptions(BaseModel):
     instances: dict[str, InstanceConfig] = Field(default_factory=dict)
     # Larger bodies are refused (413) and archived cut to keep_rejected_bytes.
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # A request refused before its signature is checked (too large, a wrong signature,
+    # an unknown instance) is archived with its body cut to this (omni.intake.UNSIGNED).
     keep_rejected_bytes: int = Field(default=64 * 1024, ge=0)
     # A request's line and headers must come whole within head_timeout_s of the
     # connection's start (or of the previous answer on it), its body within

@@ -144,6 +144,15 @@ class Answer:
 HEADER_KEPT = 1024
 
 
+# Refusals met before the request's signature was checked: anybody's bytes. Their
+# bodies are archived cut to keep_rejected_bytes; a body with a wrong signature was
+# archived whole (up to INGEST__MAX_BODY_BYTES, 4 MiB), so anyone without the secret
+# could fill the raw archive. A signed request refused later is archived whole.
+UNSIGNED = frozenset(
+    {"unknown_instance", "body_too_large", "incomplete_body", "request_timeout", "bad_signature"}
+)
+
+
 class Rejected(Exception):
     def __init__(
         self, status: int, code: str, reason: str, field: str = "", detail: str = ""
@@ -380,7 +389,7 @@ class Intake:
         record.reason = f"{rejected.code}: {rejected.reason}{detail}"[:2000]
         record.field = rejected.field
         if len(record.body) > self.keep_rejected_bytes and (
-            rejected.code == "body_too_large" or self._over_archive(record) is not None
+            rejected.code in UNSIGNED or self._over_archive(record) is not None
         ):
             record.body = record.body[: self.keep_rejected_bytes]
             record.body_truncated = True
