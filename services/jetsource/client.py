@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -28,8 +29,9 @@ from jetsource._gen.context.v1 import commands_pb2 as pb
 from jetsource._gen.context.v1 import commands_pb2_grpc as pb_grpc
 from jetsource._gen.context.v1 import events_pb2, query_pb2, query_pb2_grpc
 from jetsource.core.clock import to_ns, to_timestamp
+from jetsource.core.errors import ValidationError
 from jetsource.core.ids import uuid7
-from jetsource.core.settings import GrpcClientSettings
+from jetsource.core.settings import GrpcClientSettings, client_tls_problems
 
 R = TypeVar("R")
 
@@ -83,6 +85,14 @@ def open_channel(
         ]
     if not s.tls.active:
         return grpc.aio.insecure_channel(target, options=own), metadata
+    if problems := client_tls_problems(s):
+        # Every client of the CLI, the TUI and the SDK: a CA file not there was reported
+        # as the file a command reads (observe import: FAILED_PRECONDITION naming only
+        # the path), one that is no PEM as a server not reachable.
+        named = re.match(r"JETSOURCE_[A-Z0-9_]+", problems[0])
+        raise ValidationError(
+            f"bad setting: {'; '.join(problems)}", field=named[0] if named else "client.tls"
+        )
 
     def read(path: Path | None) -> bytes | None:
         return path.read_bytes() if path is not None else None
