@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from nats.errors import NoRespondersError as NoResponders
 
 from jetsource.client import QueryClient
-from jetsource.core.errors import StreamMissingError
+from jetsource.core.errors import StreamMissingError, ValidationError
 from jetsource.domains.sessions.connect import SessionsClient, open_sessions
 from jetsource.domains.sessions.ledger import ProcessList, ProcessSummary, Recorded
 from jetsource.domains.sessions.record import SessionRecord
@@ -227,6 +227,11 @@ class Backend:
             raise StackDown(
                 f"context query service at {self.query_address}: {unreadable(exc)}"
             ) from exc
+        except ValidationError as exc:  # a TLS file the channel's check refused
+            if not (exc.field or "").startswith("JETSOURCE_CLIENT__"):
+                raise
+            await self._drop_query()
+            raise StackDown(f"context query service at {self.query_address}: {exc}") from exc
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
                 raise LookupError(exc.details() or exc.code().name) from exc
@@ -282,6 +287,11 @@ class Backend:
             raise StackDown(
                 f"omni query service at {self.omni_address}: {unreadable(exc)}"
             ) from exc
+        except ValidationError as exc:  # a TLS file the channel's check refused
+            if not (exc.field or "").startswith("JETSOURCE_CLIENT__"):
+                raise
+            await self._drop_omni()
+            raise StackDown(f"omni query service at {self.omni_address}: {exc}") from exc
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
                 raise LookupError(exc.details() or exc.code().name) from exc

@@ -52,6 +52,8 @@ def unexpected(screen: Screen[Any], exc: Exception) -> None:
     """A worker's failure that no screen expects, said in its banner (the TUI goes on)."""
     what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     message = f"unexpected {what} (a bug; JETSOURCE_DEBUG=1 shows where)"
+    if str(getattr(exc, "field", None) or "").startswith("JETSOURCE_"):
+        message = str(exc)  # a setting refused, named (a client's TLS file): no bug
     banners = screen.query(Banner)
     if banners:
         banners.first().show(message)
