@@ -192,6 +192,9 @@ class Mine:
         procs = await self._reader.processes()
         return {pid: p for pid, p in procs.items() if pid in self._ids}
 
+    async def sessions(self) -> list[ProcessSummary]:
+        return [p for p in await self._reader.sessions() if p.process_id in self._ids]
+
 
 def random_data(rng: random.Random, depth: int = 0) -> Any:
     pick = rng.random()

@@ -85,6 +85,9 @@ class Only:
         roots = {pid for pid, p in procs.items() if self._tag in p.name}
         return {pid: p for pid, p in procs.items() if pid in roots or p.parent in roots}
 
+    async def sessions(self) -> list[ProcessSummary]:
+        return [p for p in await self._reader.sessions() if self._tag in p.name]
+
 
 @pytest.fixture
 async def projection(settings: JetsourceSettings, unique: str) -> AsyncIterator[Projection]:

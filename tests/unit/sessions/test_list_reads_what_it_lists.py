@@ -38,6 +38,11 @@ class Reader:
         found["child"] = ProcessSummary("child", parent="s0001", kind="task")
         return found
 
+    async def sessions(self) -> list[ProcessSummary]:
+        return [
+            p for p in (await self.processes()).values() if p.kind == SESSION_KIND and not p.parent
+        ]
+
     async def tail(self, process_id: str) -> tuple[int, int]:
         self.tails += 1
         self.running += 1

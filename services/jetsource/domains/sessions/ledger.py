@@ -55,6 +55,10 @@ class SessionReader(Protocol):
         """Every process the ledger knows, by id (sessions are the roots of kind
         ``session``)."""
 
+    async def sessions(self) -> list[ProcessSummary]:
+        """The sessions: the roots of kind ``session`` (what ``processes`` holds of
+        them, read without the rest where the reader can)."""
+
     async def subtree(self, root_id: str) -> dict[str, ProcessSummary]:
         """The process ``root_id`` and every process nested under it (children of
         children too), by id; nothing of any other tree. Empty when unknown."""
@@ -771,13 +775,20 @@ class QueryReader:
     async def processes(self) -> dict[str, ProcessSummary]:
         return await self._list()
 
+    async def sessions(self) -> list[ProcessSummary]:
+        """``ListProcesses`` of kind ``session``: the registry's sessions, not every
+        process of every tree (a ledger of 50,000 processes under 500 sessions was
+        paged through whole for ``sessions list``)."""
+        found = await self._list(kind=SESSION_KIND)
+        return [p for p in found.values() if p.kind == SESSION_KIND and not p.parent]
+
     async def subtree(self, root_id: str) -> dict[str, ProcessSummary]:
         """``ListProcesses`` by root (the registry's index of the root's tree): the
         session's processes alone, however many others there are. A process that
         is not a root (or not known) has no tree of its own there: empty."""
         return await self._list(root_id)
 
-    async def _list(self, root_id: str = "") -> dict[str, ProcessSummary]:
+    async def _list(self, root_id: str = "", kind: str = "") -> dict[str, ProcessSummary]:
         from jetsource._gen.process.v1 import query_pb2
 
         found: dict[str, ProcessSummary] = {}
@@ -785,7 +796,7 @@ class QueryReader:
         while True:
             reply = await self._stub.ListProcesses(
                 query_pb2.ListProcessesRequest(
-                    root_process_id=root_id, page_size=self._page, page_token=token
+                    root_process_id=root_id, kind=kind, page_size=self._page, page_token=token
                 ),
                 timeout=self._timeout,
                 metadata=self._metadata,

@@ -208,11 +208,7 @@ class Sessions:
         return out[:limit] if limit else out
 
     async def _roots(self) -> list[ProcessSummary]:
-        return [
-            p
-            for p in (await self.reader.processes()).values()
-            if p.kind == SESSION_KIND and not p.parent
-        ]
+        return await self.reader.sessions()
 
     async def show(self, session_id: str) -> tuple[SessionRecord, SessionState, list[Recorded]]:
         recorded = await self.reader.events(session_id)
