@@ -19,6 +19,7 @@ from nats.aio.client import Client as NATS
 from prometheus_client import Gauge
 
 from jetsource._gen.context.v1 import commands_pb2_grpc
+from jetsource.archive.history import history_store
 from jetsource.core.envelope import AppendResult, Expected, NewEvent
 from jetsource.core.errors import EventStoreUnavailableError
 from jetsource.core.grpcserver import GrpcEndpoint, start_grpc, stop_on_signals
@@ -134,6 +135,8 @@ async def build(settings: PublisherSettings) -> Publisher:
         o.state_cache_size,
         loader,
         max_context_bytes=settings.context_cap(),
+        # a key repeated after its events were compacted is read back from the archive
+        history=cast(EventStore, history_store(store, settings)),
     )
     endpoint = await start_grpc(
         lambda server: commands_pb2_grpc.add_ContextCommandServiceServicer_to_server(

@@ -13,7 +13,9 @@ import pytest
 
 from jetsource.core.envelope import NewEvent
 from jetsource.core.settings import JetsourceSettings
+from jetsource.domains.context.commands import CommandHandler, CommandOptions
 from jetsource.domains.context.history import StateLoader
+from jetsource.domains.context.model import AddDecision
 from jetsource.domains.context.samples import story_events
 from jetsource.eventstore import jsapi
 from jetsource.eventstore.horizon import BeyondHorizonError
@@ -140,6 +142,31 @@ async def test_the_publisher_keeps_appending_after_compaction(projection: Projec
     assert await p.store.last_version("pk") == 34
     full = await reader(p).read_aggregate("pk")
     assert [r.version for r in full] == list(range(1, 35))
+
+
+async def test_a_key_resent_after_its_events_were_compacted_is_a_duplicate(
+    projection: Projection,
+) -> None:
+    """A command resent with a key whose events were compacted into the archive was
+    answered FAILED_PRECONDITION BeyondHorizonError (the recall read the live stream
+    only); it is the duplicate of the original, named from the archive when read."""
+    p = projection
+    records = await append_history(p.store, "ik", 30, seed=4)
+    await save_snapshots(p.snapshots, records, [25])
+    await compact_at(p, middle_time(records, 0.9))
+    first = records[4]
+    key = first.envelope.idempotency_key
+    live_only = CommandHandler(p.store, loader=StateLoader(p.store, p.snapshots), cache_size=0)
+    again = await live_only.execute("ik", AddDecision("dx", "x"), CommandOptions(key))
+    assert again.duplicate and again.versions == [first.version]
+    archived = CommandHandler(
+        p.store, loader=StateLoader(p.store, p.snapshots), cache_size=0, history=reader(p)
+    )
+    again = await archived.execute("ik", AddDecision("dx", "x"), CommandOptions(key))
+    assert again.duplicate and again.versions == [first.version]
+    assert again.event_ids == [first.event_id]
+    assert again.stream_seqs == [first.stream_seq]
+    assert await p.store.last_version("ik") == 30
 
 
 async def test_only_events_covered_by_a_snapshot_and_never_the_last_are_purged(

@@ -41,6 +41,7 @@ from jetsource.domains.context.model import (
     fold_touched,
 )
 from jetsource.domains.context.views import view_growth, view_size
+from jetsource.eventstore.horizon import BeyondHorizonError
 from jetsource.eventstore.port import EventStore
 
 MAX_KEY = 128
@@ -152,8 +153,12 @@ class CommandHandler:
         cache_size: int = 10_000,
         loader: StateLoader | None = None,
         max_context_bytes: int = DEFAULT_MAX_CONTEXT_BYTES,
+        history: EventStore | None = None,
     ) -> None:
         self._store = store
+        # Where a repeated key's original events are read back (``store`` unless given):
+        # on a compacted stream, one that reads the archive before the horizon.
+        self._history = history or store
         self._loader = loader
         self.max_context_bytes = max_context_bytes
         self._retries = conflict_retries
@@ -226,8 +231,15 @@ class CommandHandler:
     async def _recall(
         self, context_id: str, loaded: Loaded, key: str, first: int, last: int
     ) -> AppendResult:
-        """The original result of a key known from a snapshot: read its events back."""
-        records = await self._store.read_aggregate(context_id, first, last)
+        """The original result of a key known from a snapshot: read its events back.
+        Compacted into an archive this handler does not read, the key is still a
+        duplicate: answered with its versions (stream sequences and event ids unknown)."""
+        try:
+            records = await self._history.read_aggregate(context_id, first, last)
+        except BeyondHorizonError:
+            result = AppendResult(context_id, list(range(first, last + 1)), [], [], True)
+            loaded.results[key] = result
+            return result
         result = AppendResult(
             context_id,
             [r.version for r in records],
