@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 from typing import Any, NoReturn
 
@@ -233,6 +234,25 @@ def _json_requested(args: list[str]) -> bool:
     return False
 
 
+def _sigterm_as_ctrl_c(signum: int, frame: Any) -> None:
+    """SIGTERM (``kill``, ``timeout``, a CI limit, systemd) stops a command as Ctrl-C
+    does: the command's own Ctrl-C handling runs (a replay or reset recorded
+    ``stopped`` and its claim given back, ``erase`` saying what was left), exit 130 and
+    one line saying how to go on. It was the default action: exit 143 in silence, the
+    build left ``running``/``resetting`` in ``status`` until its heartbeat went stale.
+    The SIGINT handler in place is called (asyncio.run's cancels the main task); with
+    SIGINT ignored (a job started with ``&`` from a script) ``aio.interrupt`` does the
+    same, or KeyboardInterrupt is raised."""
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler) and handler is not _sigterm_as_ctrl_c:
+        handler(signal.SIGINT, frame)
+        return
+    aio = sys.modules.get("jetsource.core.aio")  # loaded if a command runs one
+    if aio is not None and aio.interrupt():
+        return
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """The ``jetsource`` command. Asked for JSON, a usage error (a bad option value, an
     unknown option, a missing argument or command) is a JSON error on stderr as every
@@ -241,6 +261,7 @@ def main() -> None:
     1, never a traceback (``JETSOURCE_DEBUG=1`` shows it)."""
     as_json = _json_requested(sys.argv[1:])
     was_devnull = _stdout_is_devnull()
+    signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
     try:
         if not as_json:
             app()
@@ -303,6 +324,12 @@ def _unexpected(exc: Exception, as_json: bool) -> NoReturn:
         message = output.settings_message(exc)  # type: ignore[arg-type]
         body = {"code": "INVALID_ARGUMENT", "message": message, "exit_code": 2}
         _error(as_json, body)
+    if "DomainsError" in kinds:  # JETSOURCE_PROJECTOR__DOMAINS names no registry
+        field = getattr(exc, "field", None)
+        _error(
+            as_json,
+            {"code": "INVALID_ARGUMENT", "message": str(exc), "exit_code": 2, "field": field},
+        )
     if os.environ.get("JETSOURCE_DEBUG"):
         raise exc
     message = f"unexpected {type(exc).__name__}: {exc} (a bug; JETSOURCE_DEBUG=1 shows where)"

@@ -99,6 +99,7 @@ def run(main: Coroutine[Any, Any, T], bound: float | None = None) -> T:
     code :data:`EXIT_LEFT_RUNNING`."""
 
     async def guarded() -> T:
+        _running.append(asyncio.current_task())
         try:
             return await main
         finally:
@@ -112,4 +113,32 @@ def run(main: Coroutine[Any, Any, T], bound: float | None = None) -> T:
                 sys.stderr.flush()
                 os._exit(EXIT_LEFT_RUNNING)
 
-    return asyncio.run(guarded())
+    try:
+        return asyncio.run(guarded())
+    except asyncio.CancelledError:
+        if _interrupted:  # interrupt() cancelled it: Ctrl-C, as asyncio.run says it
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        _running.clear()
+        _interrupted.clear()
+
+
+# The main task of the :func:`run` under way, and whether :func:`interrupt` stopped it.
+_running: list[asyncio.Task[Any] | None] = []
+_interrupted: list[bool] = []
+
+
+def interrupt() -> bool:
+    """Stop the :func:`run` under way as Ctrl-C stops asyncio.run (its main task
+    cancelled, then KeyboardInterrupt raised from :func:`run`), for a signal handler
+    where asyncio.run put none of its own (SIGINT ignored: a job a script started with
+    ``&``). False when none runs or it was interrupted already: the caller raises
+    KeyboardInterrupt itself, as asyncio.run does on a second Ctrl-C."""
+    task = _running[-1] if _running else None
+    if task is None or task.done() or _interrupted:
+        return False
+    _interrupted.append(True)
+    task.cancel()
+    task.get_loop().call_soon_threadsafe(lambda: None)  # wake the loop's select
+    return True
