@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -372,6 +373,7 @@ async def backup_streams(
     done: list[StreamBackup] = []
     staged = _Staged(folder)
     try:
+        staged.lock()
         owned = owned_streams(settings, p, replies, timeout)
         control_stream = f"KV_{settings.projector.control_bucket}"
         unknown = sorted(set(only or ()) - {o.stream for o in owned} - {control_stream})
@@ -464,7 +466,9 @@ async def backup_streams(
             out.line(json.dumps(manifest, indent=2))
         staged.commit()
     finally:
-        staged.discard()  # what was not moved into place (a failed or interrupted run)
+        if staged.locked:
+            staged.discard()  # what was not moved into place (a failed or interrupted run)
+        staged.unlock()
         await replies.stop()
         await p.close()
     return done
@@ -517,6 +521,35 @@ class _Staged:
         self.sha256: dict[str, str] = {}
         self._names: list[str] = []
         self._committed = False
+        self._lock: int | None = None
+
+    def lock(self) -> None:
+        """Hold the folder for this run alone (a lock on the folder itself, let go when
+        the process ends however it ends): a second backup into it at once wrote the
+        same temporary files, one run's renames beside the other's, and the first
+        ended saying the folder was unchanged after the second had replaced it."""
+        try:
+            fd = os.open(self.folder, os.O_RDONLY)
+        except OSError as exc:
+            raise self.refused(self.folder, exc) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            raise BackupError(
+                f"{self.folder}: another `streams backup` is writing into this folder "
+                "(nothing was changed); wait for it to end, or back up into another folder"
+            ) from exc
+        self._lock = fd
+
+    @property
+    def locked(self) -> bool:
+        return self._lock is not None
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def partial(self, name: str) -> Path:
         return self.folder / f"{PARTIAL}{name}"
