@@ -127,7 +127,12 @@ async def build(settings: PublisherSettings) -> Publisher:
         name_refusal=refused_from,
     )
     watched = cast(EventStore, WatchedStore(store, writes))
-    loader = StateLoader(watched, snapshots, settings.snapshots.cache_size)
+    # Histories are read through the archive on a compacted stream (as the query
+    # service reads them): a context folded without a snapshot (none kept, another
+    # schema's) and a key repeated after its events were purged, both answered
+    # FAILED_PRECONDITION naming the horizon.
+    history = cast(EventStore, history_store(store, settings))
+    loader = StateLoader(history, snapshots, settings.snapshots.cache_size)
     handler = CommandHandler(
         watched,
         o.conflict_retries,
@@ -135,8 +140,7 @@ async def build(settings: PublisherSettings) -> Publisher:
         o.state_cache_size,
         loader,
         max_context_bytes=settings.context_cap(),
-        # a key repeated after its events were compacted is read back from the archive
-        history=cast(EventStore, history_store(store, settings)),
+        history=history,
     )
     endpoint = await start_grpc(
         lambda server: commands_pb2_grpc.add_ContextCommandServiceServicer_to_server(

@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import pytest
 
+from jetsource.client import ContextClient, error_details
 from jetsource.core.envelope import NewEvent
 from jetsource.core.settings import JetsourceSettings
 from jetsource.domains.context.commands import CommandHandler, CommandOptions
@@ -22,6 +24,8 @@ from jetsource.eventstore.horizon import BeyondHorizonError
 from jetsource.eventstore.jetstream import stream_config
 from jetsource.projection.bootstrap import Projection, open_projection
 from jetsource.projection.history import add_keys
+from jetsource.publisher.server import build as build_publisher
+from jetsource.publisher.settings import PublisherOptions, PublisherSettings
 from tests.history_fixtures import append_history, probe_times, save_snapshots, state_at
 from tests.integration.archive.fixtures import (
     compact_at,
@@ -167,6 +171,49 @@ async def test_a_key_resent_after_its_events_were_compacted_is_a_duplicate(
     assert again.event_ids == [first.event_id]
     assert again.stream_seqs == [first.stream_seq]
     assert await p.store.last_version("ik") == 30
+
+
+async def test_the_publisher_reads_a_compacted_history_through_the_archive(
+    projection: Projection,
+) -> None:
+    """The publisher service on a compacted stream whose snapshots are gone (the
+    snapshot stream lost, another schema's): a new command and a resent key answered
+    FAILED_PRECONDITION naming the horizon (it read the live stream only); now the
+    history is folded through the archive, the new command appends, the resent key is
+    the duplicate of the original."""
+    p = projection
+    records = await append_history(p.store, "pa", 30, seed=4)
+    await save_snapshots(p.snapshots, records, [25])
+    await compact_at(p, middle_time(records, 0.9))
+    await p.nc.jetstream().delete_stream(p.settings.snapshots.stream)  # snapshots lost
+    shared = {name: getattr(p.settings, name) for name in JetsourceSettings.model_fields}
+    publisher = await build_publisher(
+        PublisherSettings(**shared, publisher=PublisherOptions(grpc_port=0, metrics_port=0))
+    )
+    try:
+        async with ContextClient(f"127.0.0.1:{publisher.port}") as client:
+            first = records[4]
+            again = await client.add_decision(
+                "pa", "dx", title="x", idempotency_key=first.envelope.idempotency_key
+            )
+            assert again.duplicate and list(again.event_ids) == [first.event_id]
+            fresh = await client.add_decision("pa", "dnew", title="new", idempotency_key="new")
+            assert fresh.version == 31 and not fresh.duplicate
+    finally:
+        await publisher.stop(0)
+    # Told not to read the archive: refused naming the horizon (it was INTERNAL).
+    shared["archive"] = shared["archive"].model_copy(update={"read": False})
+    publisher = await build_publisher(
+        PublisherSettings(**shared, publisher=PublisherOptions(grpc_port=0, metrics_port=0))
+    )
+    try:
+        async with ContextClient(f"127.0.0.1:{publisher.port}") as client:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await client.add_decision("pa", "d2", title="two", idempotency_key="two")
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert error_details(refused.value).reason == "BEFORE_HORIZON"
+    finally:
+        await publisher.stop(0)
 
 
 async def test_only_events_covered_by_a_snapshot_and_never_the_last_are_purged(

@@ -14,8 +14,10 @@ from prometheus_client import Counter, Histogram
 
 from jetsource._gen.context.v1 import commands_pb2 as pb
 from jetsource._gen.context.v1 import commands_pb2_grpc as pb_grpc
+from jetsource.archive.objectstore import ObjectStoreError
+from jetsource.archive.segment import SegmentError
 from jetsource.core import telemetry
-from jetsource.core.clock import now_ns
+from jetsource.core.clock import format_rfc3339_ns, now_ns
 from jetsource.core.envelope import AppendResult
 from jetsource.core.errors import (
     ConcurrencyError,
@@ -35,6 +37,7 @@ from jetsource.domains.context.commands import (
     RetriesExhaustedError,
 )
 from jetsource.domains.context.model import DomainError
+from jetsource.eventstore.horizon import BeyondHorizonError
 
 COMMANDS = Counter(
     "jetsource_publisher_commands_total", "Commands by type and outcome", ["command", "outcome"]
@@ -100,6 +103,9 @@ OUTCOMES: list[tuple[type[BaseException], str]] = [
     (ConcurrencyError, "conflict"),
     (RetriesExhaustedError, "conflict"),
     (CorruptEventError, "data_loss"),
+    (SegmentError, "data_loss"),
+    (BeyondHorizonError, "refused"),
+    (ObjectStoreError, "unavailable"),
     (EventStoreUnavailableError, "unavailable"),
     (StreamMissingError, "unavailable"),
     (TimeoutError, "deadline"),
@@ -146,6 +152,36 @@ register_error(ContextTooLargeError, mapper=_too_large)
 register_error(DomainError, grpc.StatusCode.FAILED_PRECONDITION)
 register_error(ExpectedVersionMismatchError, mapper=version_conflict)
 register_error(RetriesExhaustedError, grpc.StatusCode.ABORTED)
+
+
+def _before_horizon(exc: BaseException) -> RpcError:
+    """A compacted history the publisher cannot read (``JETSOURCE_ARCHIVE__READ=false``):
+    as the query service answers it. It was INTERNAL."""
+    assert isinstance(exc, BeyondHorizonError)
+    return RpcError(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        str(exc),
+        reason="BEFORE_HORIZON",
+        metadata={
+            "horizon_version": str(exc.horizon.version),
+            "horizon_stream_sequence": str(exc.horizon.seq),
+            "horizon_time": format_rfc3339_ns(exc.horizon.time_ns),
+        },
+    )
+
+
+def _archive_damaged(exc: BaseException) -> RpcError:
+    return RpcError(grpc.StatusCode.DATA_LOSS, f"archive: {exc}", reason="ARCHIVE_DAMAGED")
+
+
+def _archive_away(exc: BaseException) -> RpcError:
+    return RpcError(grpc.StatusCode.UNAVAILABLE, f"archive unavailable: {exc}")
+
+
+# The archive, read for a compacted history: answered as the query service answers.
+register_error(BeyondHorizonError, mapper=_before_horizon)
+register_error(SegmentError, mapper=_archive_damaged)
+register_error(ObjectStoreError, mapper=_archive_away)
 
 
 class ContextCommandService(pb_grpc.ContextCommandServiceServicer):
