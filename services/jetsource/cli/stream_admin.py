@@ -524,23 +524,14 @@ class _Staged:
         self._lock: int | None = None
 
     def lock(self) -> None:
-        """Hold the folder for this run alone (a lock on the folder itself, let go when
-        the process ends however it ends): a second backup into it at once wrote the
-        same temporary files, one run's renames beside the other's, and the first
-        ended saying the folder was unchanged after the second had replaced it."""
+        """Hold the folder for this run alone (:func:`_hold_folder`): a second backup
+        into it at once wrote the same temporary files, one run's renames beside the
+        other's, and the first ended saying the folder was unchanged after the second
+        had replaced it."""
         try:
-            fd = os.open(self.folder, os.O_RDONLY)
+            self._lock = _hold_folder(self.folder)
         except OSError as exc:
             raise self.refused(self.folder, exc) from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            raise BackupError(
-                f"{self.folder}: another `streams backup` is writing into this folder "
-                "(nothing was changed); wait for it to end, or back up into another folder"
-            ) from exc
-        self._lock = fd
 
     @property
     def locked(self) -> bool:
@@ -585,6 +576,22 @@ class _Staged:
         for name in self._names:
             with contextlib.suppress(OSError):
                 self.partial(name).unlink(missing_ok=True)
+
+
+def _hold_folder(folder: Path) -> int:
+    """A lock on the backup folder itself for one `streams backup` or `restore` at a
+    time (let go when the process ends, however it ends): the open folder, to close.
+    Held by another run, refused naming the folder, before anything is written."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        os.close(fd)
+        raise BackupError(
+            f"{folder}: another `streams backup` or `streams restore` is using this folder "
+            "(nothing was changed); wait for it to end, or run it again then"
+        ) from exc
+    return fd
 
 
 @contextlib.contextmanager
@@ -792,7 +799,27 @@ async def restore_streams(
     ``names``, its subjects' roots by ``prefixes``; a KV bucket as a KV bucket) and
     publish its messages in their order, then write the read models' decisions into
     the control bucket. A target that exists with messages, or a file that is not
-    whole, is refused before anything is written."""
+    whole, is refused before anything is written. One restore (or backup) at a time
+    uses a folder (:func:`_hold_folder`): two restores of it at once both wrote every
+    message, the second going on from where it found the first."""
+    try:
+        held = _hold_folder(folder)
+    except OSError as exc:
+        raise BackupError(f"{folder}: {exc.strerror or exc}") from exc
+    try:
+        return await _restore_streams(settings, folder, names, prefixes, only, progress)
+    finally:
+        os.close(held)
+
+
+async def _restore_streams(
+    settings: ProjectorSettings,
+    folder: Path,
+    names: dict[str, str],
+    prefixes: dict[str, str],
+    only: list[str] | None,
+    progress: Callable[[int, int], None] | None,
+) -> list[StreamRestore]:
     entries, decided, created = _manifest(folder)
     known = [e["stream"] for e in entries] + ([decided["stream"]] if decided else [])
     unknown = sorted(set(only or ()) - set(known))
