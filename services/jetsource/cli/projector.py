@@ -134,13 +134,13 @@ def _fail_for(exc: BaseException, settings: ProjectorSettings) -> NoReturn:
     from jetsource.core.settings import redact_url
     from jetsource.eventstore import jsapi
     from jetsource.projection import admin
-    from jetsource.projection.bootstrap import UnknownModelError
+    from jetsource.projection.bootstrap import DomainsError, UnknownModelError
     from jetsource.projection.contract import TransientError
     from jetsource.projection.control import ControlError
 
     if isinstance(exc, admin.WaitTimeout):
         output.fail(UNAVAILABLE, "timeout", str(exc))
-    if isinstance(exc, admin.UsageError | UnknownModelError):
+    if isinstance(exc, admin.UsageError | UnknownModelError | DomainsError):
         output.fail(USAGE, "usage", str(exc), field=getattr(exc, "field", None))
     # A missing stream (a direct get from one: NoResponders): as in every group, exit 1.
     if isinstance(exc, StreamMissingError | jsapi.NoRespondersError):

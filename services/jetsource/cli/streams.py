@@ -109,9 +109,13 @@ def ensure(
     from jetsource.cli.stream_admin import _note, ensure_all
     from jetsource.core.errors import AccessDeniedError, EventStoreUnavailableError
     from jetsource.core.settings import redact_url
+    from jetsource.projection.bootstrap import load_domains
     from jetsource.projection.settings import ProjectorSettings
 
     settings = ProjectorSettings.load()
+    # The registered domains name the streams: a bad JETSOURCE_PROJECTOR__DOMAINS is
+    # said at once, not after waiting up to --timeout for NATS.
+    load_domains(settings.projector.domains)
     where = redact_url(settings.nats_url())
     json_out = _json(as_json)
     every_s = env_seconds("JETSOURCE_PROGRESS_EVERY_S", WAITING_EVERY_S)

@@ -39,16 +39,45 @@ from jetsource.projection.valkey import FencedValkey, check_valkey_access, conne
 
 log = logging.getLogger("jetsource.projector")
 
-__all__ = ["ModelEnv", "Projection", "UnknownModelError", "load_domains", "open_projection"]
+__all__ = [
+    "DomainsError",
+    "ModelEnv",
+    "Projection",
+    "UnknownModelError",
+    "load_domains",
+    "open_projection",
+]
+
+
+class DomainsError(ValueError):
+    """``JETSOURCE_PROJECTOR__DOMAINS`` names no usable registry: the module does not
+    import (or raised building its registry: two domains' subjects overlap, ...), has
+    no such attribute, or it is not a ``DomainRegistry``. A bad setting, named as one
+    (the CLI: exit 2), not an unexpected error."""
+
+    field = "JETSOURCE_PROJECTOR__DOMAINS"
 
 
 def load_domains(module: str = "jetsource.domains") -> DomainRegistry:
     """The registry a domains module exports as ``REGISTRY`` (``module`` or
-    ``module:attribute``)."""
+    ``module:attribute``); :class:`DomainsError` naming the setting when there is none."""
     name, _, attribute = module.partition(":")
-    registry = getattr(importlib.import_module(name), attribute or "REGISTRY")
+    attribute = attribute or "REGISTRY"
+    where = f"{DomainsError.field}={module!r}"
+    try:
+        found = importlib.import_module(name)
+    except Exception as exc:
+        raise DomainsError(f"{where}: module {name!r} does not load: {exc}") from exc
+    try:
+        registry = getattr(found, attribute)
+    except AttributeError as exc:
+        raise DomainsError(f"{where}: module {name!r} has no {attribute!r} ({exc})") from exc
+    except Exception as exc:  # a registry built on first use (jetsource.domains) refused
+        raise DomainsError(f"{where}: {attribute} could not be built: {exc}") from exc
     if not isinstance(registry, DomainRegistry):
-        raise TypeError(f"{module} is not a DomainRegistry")
+        raise DomainsError(
+            f"{where}: {attribute} is a {type(registry).__name__}, not a DomainRegistry"
+        )
     return registry
 
 

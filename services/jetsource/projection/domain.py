@@ -17,7 +17,7 @@ from google.protobuf.message import Message
 from jetsource.core.codec import EventRegistry
 from jetsource.core.envelope import NewEvent
 from jetsource.core.ids import valid_event_type
-from jetsource.core.settings import EventStoreSettings
+from jetsource.core.settings import EventStoreSettings, check_stream_name, check_subject_prefix
 
 if TYPE_CHECKING:
     from jetsource.projection.bootstrap import ModelEnv
@@ -86,6 +86,29 @@ class Domain:
             raise ValueError(f"domain name {self.name!r} must be an identifier")
         if not valid_event_type(self.aggregate_type.capitalize()):
             raise ValueError(f"aggregate type {self.aggregate_type!r} must be letters/digits")
+        # The names the server would refuse (or read as wildcards) are refused here, with
+        # the domain and the field named, not by the first `streams ensure`.
+        for what, check, value in (
+            ("stream", check_stream_name, self.stream),
+            ("subject_prefix", check_subject_prefix, self.subject_prefix),
+        ):
+            try:
+                check(value)
+            except ValueError as exc:
+                raise ValueError(f"domain {self.name!r}: {what}: {exc}") from None
+        events, voids = self.subjects()
+        if _overlap(events, voids):
+            raise ValueError(
+                f"domain {self.name!r}: subject_prefix {self.subject_prefix!r} overlaps its "
+                f"own voids subjects {voids}.>"
+            )
+
+    def subjects(self) -> tuple[str, str]:
+        """The descriptor's two subject prefixes in its stream: its events' and its
+        operators' voids' (each followed by ``.>``)."""
+        root, _, _ = self.subject_prefix.rpartition(".")
+        # As the event store's ``void_prefix``: context.events -> context.voids.
+        return self.subject_prefix, (f"{root}.voids" if root else f"{self.subject_prefix}_voids")
 
     def eventstore(self, settings: Any) -> EventStoreSettings:
         """This domain's event store settings: the shared ones (replicas, limits,
@@ -121,10 +144,20 @@ class DomainRegistry:
         if domain.name in self._domains:
             raise ValueError(f"domain {domain.name!r} registered twice")
         for other in self._domains.values():
-            if other.stream == domain.stream or other.subject_prefix == domain.subject_prefix:
+            if other.stream == domain.stream:
                 raise ValueError(
-                    f"domain {domain.name!r} shares its stream or subjects with {other.name!r}"
+                    f"domain {domain.name!r} shares its stream {domain.stream!r} with "
+                    f"{other.name!r}"
                 )
+            # Two streams may not hold overlapping subjects: a prefix nested in another
+            # domain's (``context`` and ``context.events``) is refused as an equal one is.
+            for mine in domain.subjects():
+                for theirs in other.subjects():
+                    if _overlap(mine, theirs):
+                        raise ValueError(
+                            f"domain {domain.name!r}: subjects {mine}.> overlap {theirs}.> "
+                            f"of domain {other.name!r}; give it a subject_prefix of its own"
+                        )
         for model in domain.models:
             if model in self._owner:
                 raise ValueError(
@@ -159,6 +192,13 @@ class DomainRegistry:
 
     def decl(self, model: str) -> ModelDecl:
         return self.owner(model).models[model]
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Do ``a.>`` and ``b.>`` match a common subject (one's tokens start the other's)?"""
+    ta, tb = a.split("."), b.split(".")
+    n = min(len(ta), len(tb))
+    return ta[:n] == tb[:n]
 
 
 class UnknownModelError(ValueError):

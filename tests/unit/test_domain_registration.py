@@ -1,0 +1,115 @@
+"""Registering a domain of one's own (the README's "One engine, many domains"): what a
+developer gets wrong is refused where it is made, naming the domain and the field, not
+by the server at the first `streams ensure` or as an "unexpected ... (a bug)".
+
+- A subject prefix nested in another domain's (``context`` beside ``context.events``)
+  was accepted by the registry (only equal prefixes were refused); `streams ensure` then
+  failed on the server's "subjects overlap" naming neither domain.
+- A stream name or subject prefix the server refuses (``A.B``, ``a.*``), or a prefix
+  whose own voids subjects it overlaps (``counter.voids``), passed the descriptor.
+- ``JETSOURCE_PROJECTOR__DOMAINS`` naming no module, no attribute or no registry was
+  "INTERNAL: unexpected ModuleNotFoundError ... (a bug)", exit 1, in every CLI command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from google.protobuf import wrappers_pb2
+
+from jetsource.core.codec import EventRegistry
+from jetsource.projection.bootstrap import DomainsError, load_domains
+from jetsource.projection.domain import Domain, DomainRegistry
+
+
+def _domain(
+    name: str = "counter", stream: str = "COUNTER", prefix: str = "counter.events"
+) -> Domain:
+    registry = EventRegistry()
+    registry.register("CounterIncremented", 1, wrappers_pb2.StringValue)
+    return Domain(
+        name=name, stream=stream, subject_prefix=prefix, aggregate_type="counter", registry=registry
+    )
+
+
+@pytest.mark.parametrize(
+    ("prefix", "theirs"),
+    [
+        ("context", "context.events"),
+        ("context.events.extra", "context.events"),
+        ("context.events", "context.events"),
+        ("context.voids.x", "context.voids"),
+    ],
+)
+def test_a_prefix_overlapping_another_domains_subjects_is_refused(prefix: str, theirs: str) -> None:
+    registry = DomainRegistry([_domain("context", "CONTEXT_EVENTS", "context.events")])
+    with pytest.raises(ValueError, match=r"domain 'counter'.*of domain 'context'") as caught:
+        registry.register(_domain(prefix=prefix))
+    assert f"{theirs}.>" in str(caught.value)
+    assert [d.name for d in registry] == ["context"]  # nothing registered
+
+
+def test_prefixes_that_only_share_a_first_token_live_side_by_side() -> None:
+    registry = DomainRegistry([_domain("context", "CONTEXT_EVENTS", "context.events")])
+    registry.register(_domain(prefix="counters.events"))
+    assert [d.name for d in registry] == ["context", "counter"]
+
+
+@pytest.mark.parametrize(
+    ("field", "kwargs"),
+    [
+        ("stream", {"stream": "MY.STREAM"}),
+        ("stream", {"stream": ""}),
+        ("subject_prefix", {"prefix": "counter.*"}),
+        ("subject_prefix", {"prefix": "counter..events"}),
+        ("subject_prefix", {"prefix": "counter.voids"}),  # its own voids subjects
+    ],
+)
+def test_names_the_server_refuses_are_refused_by_the_descriptor(
+    field: str, kwargs: dict[str, str]
+) -> None:
+    with pytest.raises(ValueError, match=rf"domain 'counter'.*{field}"):
+        _domain(**kwargs)
+
+
+def test_a_domains_setting_that_names_no_registry_says_which_setting(tmp_path: Path) -> None:
+    (tmp_path / "notaregistry.py").write_text("REGISTRY = 3\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        for value, words in [
+            ("no_such_domains_module", "does not load"),
+            ("json", "has no 'REGISTRY'"),
+            ("json:NOPE", "has no 'NOPE'"),
+            ("notaregistry", "not a DomainRegistry"),
+        ]:
+            with pytest.raises(DomainsError, match=words) as caught:
+                load_domains(value)
+            assert f"JETSOURCE_PROJECTOR__DOMAINS={value!r}" in str(caught.value)
+    finally:
+        sys.path.remove(str(tmp_path))
+
+
+@pytest.mark.parametrize("argv", [["streams", "ensure"], ["projector", "status"]])
+def test_the_cli_answers_a_bad_domains_setting_as_a_usage_error(argv: list[str]) -> None:
+    env = {
+        **os.environ,
+        "JETSOURCE_PROJECTOR__DOMAINS": "no_such_domains_module",
+        "JETSOURCE_NATS__URL": "nats://127.0.0.1:1",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "jetsource", *argv, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2, done.stderr
+    error = json.loads(done.stderr.strip().splitlines()[-1])["error"]
+    assert error["field"] == "JETSOURCE_PROJECTOR__DOMAINS"
+    assert "no_such_domains_module" in error["message"]
+    assert "a bug" not in error["message"]
