@@ -168,7 +168,7 @@ JSON_VALUES = st.recursive(
         JSON_VALUES,
         st.fixed_dictionaries(
             {"source": st.just("S"), "offset": JSON_VALUES, "line": JSON_VALUES},
-            optional={"last": JSON_VALUES},
+            optional={"last": JSON_VALUES, "tail": JSON_VALUES},
         ),
     )
 )

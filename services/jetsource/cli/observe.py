@@ -204,11 +204,14 @@ async def run_import(
     if progress is not None:
         task = progress.add_task(importer.path.name, total=importer.path.stat().st_size)
     while not stop.is_set():
-        if os.fstat(f.fileno()).st_size < importer.adapter.offset:
+        if importer.adapter.replaced(f):
+            # Another --state alone took a new file's lines for the old one's (the same
+            # derived ids, answered as duplicates): a new file needs a new --source-id.
             raise ValidationError(
-                f"{importer.path} is shorter than the saved position "
-                f"({importer.adapter.offset} bytes): truncated or replaced; use another "
-                "--state file (or --source-id) for a new file",
+                f"{importer.path} no longer holds what was recorded up to the saved "
+                f"position ({importer.adapter.offset} bytes): truncated or replaced; for "
+                "a new file give a new --source-id and another --state file (with the "
+                "same source id its lines would be taken for the old file's)",
                 "state",
             )
         moved = await importer.step(f, follow)

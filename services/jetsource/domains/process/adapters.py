@@ -98,6 +98,12 @@ class JsonlAdapter:
     offset: int = 0
     line_number: int = 0
     last: OrderedDict[str, str] = field(default_factory=OrderedDict)
+    # The last recorded line: where it starts and a digest of its bytes (None: not
+    # known, a position saved before this was kept). A file replaced at the same path
+    # is found by it, not only one shorter than the offset: resuming a longer new file
+    # at the old offset skipped its first lines, and a new --state took its lines for
+    # the old file's (the same derived ids: answered as duplicates, recorded never).
+    tail: tuple[int, str] | None = None
 
     @classmethod
     def resume(
@@ -133,7 +139,28 @@ class JsonlAdapter:
                 "give another --state file",
                 "state",
             )
-        return cls(source, default_source, counts["offset"], counts["line"], OrderedDict(last))
+        tail = position.get("tail")
+        if tail is not None and not (
+            isinstance(tail, list)
+            and len(tail) == 2
+            and isinstance(tail[0], int)
+            and not isinstance(tail[0], bool)
+            and 0 <= tail[0] < counts["offset"]
+            and isinstance(tail[1], str)
+        ):
+            raise ValidationError(
+                "the position file's tail is not [offset, digest] of its last line: "
+                "give another --state file",
+                "state",
+            )
+        return cls(
+            source,
+            default_source,
+            counts["offset"],
+            counts["line"],
+            OrderedDict(last),
+            (tail[0], tail[1]) if tail is not None else None,
+        )
 
     @property
     def position(self) -> dict[str, Any]:
@@ -142,7 +169,19 @@ class JsonlAdapter:
             "offset": self.offset,
             "line": self.line_number,
             "last": dict(self.last),
+            **({"tail": list(self.tail)} if self.tail is not None else {}),
         }
+
+    def replaced(self, f: Any) -> bool:
+        """Whether ``f`` (binary) no longer holds the last recorded line where it was:
+        shorter than the offset, or other bytes there (a file replaced or rewritten)."""
+        if os.fstat(f.fileno()).st_size < self.offset:
+            return True
+        if self.tail is None:
+            return False
+        at, digest = self.tail
+        f.seek(at)
+        return _digest(f.read(self.offset - at)) != digest
 
     def lines(self, f: Any, follow_partial: bool) -> Iterator[Line]:
         """Complete lines from the current offset (``f`` is a binary file). A last
@@ -205,3 +244,8 @@ class JsonlAdapter:
         """After the events of every line up to ``line`` are recorded: the position to
         save (a driver normalizes a batch, records it, then advances and saves)."""
         self.offset, self.line_number = line.end, line.number
+        self.tail = (line.offset, _digest(line.text))
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:32]
