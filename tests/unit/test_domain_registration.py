@@ -7,12 +7,15 @@ by the server at the first `streams ensure` or as an "unexpected ... (a bug)".
   failed on the server's "subjects overlap" naming neither domain.
 - A stream name or subject prefix the server refuses (``A.B``, ``a.*``), or a prefix
   whose own voids subjects it overlaps (``counter.voids``), passed the descriptor.
+- A prefix overlapping the engine's own streams (dead letters ``jetsource.dlq``,
+  snapshots ``context.snapshots``) was refused only by the server, naming no setting.
 - ``JETSOURCE_PROJECTOR__DOMAINS`` naming no module, no attribute or no registry was
   "INTERNAL: unexpected ModuleNotFoundError ... (a bug)", exit 1, in every CLI command.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -23,8 +26,14 @@ import pytest
 from google.protobuf import wrappers_pb2
 
 from jetsource.core.codec import EventRegistry
-from jetsource.projection.bootstrap import DomainsError, load_domains
+from jetsource.projection.bootstrap import (
+    DomainsError,
+    check_engine_subjects,
+    load_domains,
+    open_projection,
+)
 from jetsource.projection.domain import Domain, DomainRegistry
+from jetsource.projection.settings import ProjectorSettings
 
 
 def _domain(
@@ -113,3 +122,23 @@ def test_the_cli_answers_a_bad_domains_setting_as_a_usage_error(argv: list[str])
     assert error["field"] == "JETSOURCE_PROJECTOR__DOMAINS"
     assert "no_such_domains_module" in error["message"]
     assert "a bug" not in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("prefix", "setting"),
+    [
+        ("jetsource.dlq", "JETSOURCE_PROJECTOR__DLQ_SUBJECT_PREFIX"),
+        ("jetsource", "JETSOURCE_PROJECTOR__DLQ_SUBJECT_PREFIX"),
+        ("context.snapshots.mine", "JETSOURCE_SNAPSHOTS__SUBJECT_PREFIX"),
+    ],
+)
+async def test_a_prefix_overlapping_the_engines_own_streams_is_refused_before_connecting(
+    prefix: str, setting: str
+) -> None:
+    settings = ProjectorSettings(nats={"url": "nats://127.0.0.1:1"})
+    registry = DomainRegistry([_domain(prefix=prefix)])
+    with pytest.raises(DomainsError, match=rf"domain 'counter'.*{setting}"):
+        check_engine_subjects(settings, registry)
+    with pytest.raises(DomainsError, match=setting):  # said before any connection is tried
+        await asyncio.wait_for(open_projection(settings, provision=False, domains=registry), 5)
+    check_engine_subjects(settings, DomainRegistry([_domain()]))  # counter.events: its own

@@ -31,7 +31,7 @@ from jetsource.eventstore.snapshots import JetStreamSnapshotStore
 from jetsource.projection.contract import ModelSpec, ReadModel
 from jetsource.projection.control import Control
 from jetsource.projection.deadletters import DeadLetters
-from jetsource.projection.domain import Domain, DomainRegistry, UnknownModelError
+from jetsource.projection.domain import Domain, DomainRegistry, UnknownModelError, overlap, voids_of
 from jetsource.projection.graph import FencedDriver, connect_graph
 from jetsource.projection.partitions import Fence, FencedSnapshots
 from jetsource.projection.settings import ProjectorOptions, ProjectorSettings
@@ -79,6 +79,25 @@ def load_domains(module: str = "jetsource.domains") -> DomainRegistry:
             f"{where}: {attribute} is a {type(registry).__name__}, not a DomainRegistry"
         )
     return registry
+
+
+def check_engine_subjects(settings: ProjectorSettings, registry: DomainRegistry) -> None:
+    """No domain's subjects overlap the engine's own streams' (the dead letters', the
+    snapshots'): the server would refuse the second stream at ``streams ensure`` with a
+    message that names neither the domain nor the setting."""
+    engine = {
+        "JETSOURCE_PROJECTOR__DLQ_SUBJECT_PREFIX": settings.projector.dlq_subject_prefix,
+        "JETSOURCE_SNAPSHOTS__SUBJECT_PREFIX": settings.snapshots.subject_prefix,
+    }
+    for domain in registry:
+        prefix = domain.eventstore(settings).subject_prefix
+        for mine in prefix, voids_of(prefix):
+            for setting, theirs in engine.items():
+                if overlap(mine, theirs):
+                    raise DomainsError(
+                        f"domain {domain.name!r}: subjects {mine}.> overlap the engine's "
+                        f"{theirs}.> ({setting}); give one a subject prefix of its own"
+                    )
 
 
 @dataclass
@@ -294,6 +313,7 @@ async def open_projection(
     """Connect, open one event store per registered domain (creating the streams
     when ``provision``), the dead letters, the control bucket and the snapshots."""
     registry = domains if domains is not None else load_domains(settings.projector.domains)
+    check_engine_subjects(settings, registry)
     listed = list(registry)
     if not listed:
         raise ValueError("no domain is registered")

@@ -97,7 +97,7 @@ class Domain:
             except ValueError as exc:
                 raise ValueError(f"domain {self.name!r}: {what}: {exc}") from None
         events, voids = self.subjects()
-        if _overlap(events, voids):
+        if overlap(events, voids):
             raise ValueError(
                 f"domain {self.name!r}: subject_prefix {self.subject_prefix!r} overlaps its "
                 f"own voids subjects {voids}.>"
@@ -106,9 +106,7 @@ class Domain:
     def subjects(self) -> tuple[str, str]:
         """The descriptor's two subject prefixes in its stream: its events' and its
         operators' voids' (each followed by ``.>``)."""
-        root, _, _ = self.subject_prefix.rpartition(".")
-        # As the event store's ``void_prefix``: context.events -> context.voids.
-        return self.subject_prefix, (f"{root}.voids" if root else f"{self.subject_prefix}_voids")
+        return self.subject_prefix, voids_of(self.subject_prefix)
 
     def eventstore(self, settings: Any) -> EventStoreSettings:
         """This domain's event store settings: the shared ones (replicas, limits,
@@ -153,7 +151,7 @@ class DomainRegistry:
             # domain's (``context`` and ``context.events``) is refused as an equal one is.
             for mine in domain.subjects():
                 for theirs in other.subjects():
-                    if _overlap(mine, theirs):
+                    if overlap(mine, theirs):
                         raise ValueError(
                             f"domain {domain.name!r}: subjects {mine}.> overlap {theirs}.> "
                             f"of domain {other.name!r}; give it a subject_prefix of its own"
@@ -194,7 +192,13 @@ class DomainRegistry:
         return self.owner(model).models[model]
 
 
-def _overlap(a: str, b: str) -> bool:
+def voids_of(subject_prefix: str) -> str:
+    """As the event store's ``void_prefix``: ``context.events`` -> ``context.voids``."""
+    root, _, _ = subject_prefix.rpartition(".")
+    return f"{root}.voids" if root else f"{subject_prefix}_voids"
+
+
+def overlap(a: str, b: str) -> bool:
     """Do ``a.>`` and ``b.>`` match a common subject (one's tokens start the other's)?"""
     ta, tb = a.split("."), b.split(".")
     n = min(len(ta), len(tb))
