@@ -2,7 +2,8 @@
 as Ctrl-C does: exit 130, one ``cancelled`` line saying how to go on. It was the
 default action: exit 143 in silence, a replay or reset left ``running`` in ``status``
 (``tests/integration/test_admin_sigterm.py``) - also for a command started in the
-background from a script, where SIGINT is ignored."""
+background from a script, where SIGINT is ignored. And Ctrl-C on `archive list` or
+`verify` (reads) said segments were sealed."""
 
 from __future__ import annotations
 
@@ -12,8 +13,13 @@ import signal
 import socket
 import subprocess
 import sys
+from typing import Any
 
 import pytest
+from typer.testing import CliRunner
+
+from jetsource.cli.app import app
+from jetsource.core import aio
 
 
 def _ignore_sigint() -> None:
@@ -48,3 +54,24 @@ def test_sigterm_while_waiting_for_nats_is_cancelled_exit_130(sigint_ignored: bo
     lines = [line for line in err.decode().splitlines() if line.startswith("{")]
     error = json.loads(lines[-1])["error"]
     assert error["code"] == "cancelled", error
+
+
+@pytest.mark.parametrize("command", ["list", "verify"])
+def test_ctrl_c_on_an_archive_read_does_not_say_it_sealed_anything(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, command: str
+) -> None:
+    """`archive list` and `verify` only read: Ctrl-C said "every segment sealed so far is
+    whole (run it again to go on)", as `compact` and `export` say."""
+
+    def interrupted(main: Any, bound: float | None = None) -> Any:
+        main.close()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(aio, "run", interrupted)
+    monkeypatch.setenv("JETSOURCE_NATS__URL", "nats://127.0.0.1:1")
+    monkeypatch.setenv("JETSOURCE_ARCHIVE__URL", str(tmp_path / "archive"))
+    result = CliRunner().invoke(app, ["-o", "json", "archive", command])
+    assert result.exit_code == 130, result.output
+    error = json.loads(result.stderr.strip().splitlines()[-1])["error"]
+    assert error["code"] == "cancelled"
+    assert "sealed" not in error["message"] and "nothing changed" in error["message"], error

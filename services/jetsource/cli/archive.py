@@ -71,6 +71,8 @@ RETENTIONS = ("forever", "age", "age+compaction")
 
 
 SEALED_SO_FAR = "stopped midway: every segment sealed so far is whole (run it again to go on)"
+# `list` and `verify` only read: Ctrl-C said they had sealed segments.
+ONLY_READ = "stopped (Ctrl-C) before it was done; it only reads: nothing changed"
 
 
 def _run(
@@ -281,7 +283,7 @@ def list_(domain: str | None = DOMAIN, timeout: float = TIMEOUT, as_json: bool =
         missing = archive.unlisted(listed, horizons)
         return archive.objects.location, listed, archive.unreadable, missing
 
-    where, entries, unreadable, missing = _run(work, timeout, as_json)
+    where, entries, unreadable, missing = _run(work, timeout, as_json, ONLY_READ)
     if output.mode() == output.Mode.json:
         output.emit_json([asdict(e) for e in entries])
     else:
@@ -326,7 +328,7 @@ def verify(domain: str | None = DOMAIN, timeout: float = TIMEOUT, as_json: bool 
         horizons = await horizon.read_all(store._replies, stream, store.settings.request_timeout_s)
         return await open_archive(s, stream).verify(horizons)
 
-    report = _run(work, timeout, as_json)
+    report = _run(work, timeout, as_json, ONLY_READ)
     if output.mode() == output.Mode.json:
         output.emit_json(asdict(report))
     else:
