@@ -142,3 +142,24 @@ async def test_a_prefix_overlapping_the_engines_own_streams_is_refused_before_co
     with pytest.raises(DomainsError, match=setting):  # said before any connection is tried
         await asyncio.wait_for(open_projection(settings, provision=False, domains=registry), 5)
     check_engine_subjects(settings, DomainRegistry([_domain()]))  # counter.events: its own
+
+
+def test_the_projector_service_ends_on_a_bad_domains_setting_as_on_any_bad_setting() -> None:
+    env = {
+        **os.environ,
+        "JETSOURCE_PROJECTOR__DOMAINS": "no_such_domains_module",
+        "JETSOURCE_PROJECTOR__HTTP_PORT": "0",
+        "JETSOURCE_NATS__URL": "nats://127.0.0.1:1",
+        "JETSOURCE_LOG_JSON": "false",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", "from jetsource.projector.server import main; main()"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    said = done.stdout + done.stderr
+    assert done.returncode == 2, said  # exit 2, as README's "Settings are checked ..."
+    assert "cannot start: bad setting: JETSOURCE_PROJECTOR__DOMAINS=" in said
+    assert "Traceback" not in said

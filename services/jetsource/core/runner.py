@@ -172,6 +172,14 @@ async def _serving(name: str, settings: S, serve: Callable[[S], Coroutine[Any, A
         # At once, from inside the loop: what serve() had started (a gRPC server, a
         # stream follower) is not waited for, and prints nothing from its finalizers.
         _exit(EXIT_ACCESS_DENIED, f"{name} cannot start: {exc}", name)
+    except ValueError as exc:
+        # A setting found unusable only where it is used (JETSOURCE_PROJECTOR__DOMAINS
+        # naming no registry: projection.bootstrap.DomainsError, whose ``field`` names
+        # it) ends the service as any bad setting does: exit 2, one line naming it.
+        if str(getattr(exc, "field", "")).startswith("JETSOURCE_"):
+            _exit(EXIT_BAD_SETTING, f"{name} cannot start: bad setting: {exc}", name)
+        error = exc
+        raise
     except BaseException as exc:
         error = exc
         raise
