@@ -58,3 +58,36 @@ async def test_sigterm_on_reset_is_said_and_status_shows_it_stopped(
 
     report = await admin.reset(p, "context", settle_s=0.1, verify_s=0.1)
     assert report.checkpoint == 10
+
+
+async def test_a_cutover_stopped_in_its_drop_is_finished_by_the_same_command(
+    projection: Projection,
+) -> None:
+    """`projector cutover --drop-old` stopped in the drop of the old version (Ctrl-C,
+    SIGTERM, killed: the cutover made, the old version marked ``dropped``): the same
+    command again was refused "already the active version", the old version left half
+    dropped for good; it now finishes the drop."""
+    from jetsource.projection.control import DROPPED
+
+    p = projection
+    await seed(p.store, story_ids(2), 5)
+    await build_context_v1(p)
+    await admin.rebuild(p, "context", 2)
+    first = asyncio.create_task(admin.cutover(p, "context", 2, drop_old=True))
+    for _ in range(400):  # until the drop has marked v1 (it then settles a control poll)
+        control = await p.control.get("context")
+        if control is not None and control.versions.get(1) == DROPPED:
+            break
+        await asyncio.sleep(0.01)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    control = await p.control.get("context")
+    assert control is not None and control.active == 2 and control.versions.get(1) == DROPPED
+
+    again = await admin.cutover(p, "context", 2, drop_old=True)
+    assert again["active"] == 2 and again["previous"] == 1 and "dropped" in again
+    control = await p.control.get("context")
+    assert control is not None and 1 not in control.versions
+    with pytest.raises(admin.AdminError, match="already the active version"):
+        await admin.cutover(p, "context", 2, drop_old=True)

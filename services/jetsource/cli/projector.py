@@ -637,7 +637,11 @@ def cutover(
     json_out = _json(as_json)
     name = _model(model_arg, model_opt)
     result = _run(
-        lambda p: admin.cutover(p, name, to_version, drop_old, max_lag), _model_stream(name)
+        lambda p: admin.cutover(p, name, to_version, drop_old, max_lag),
+        _model_stream(name),
+        stopped=f"the cutover of {name} to v{to_version} stopped (Ctrl-C): `projector status` "
+        f"says whether v{to_version} is active; run the same command again to finish it "
+        "(with --drop-old, the drop of the old version too)",
     )
     if json_out:
         output.emit_json(result)

@@ -1221,9 +1221,35 @@ async def _truncate(p: Projection, name: str, version: int, verify_s: float) -> 
 async def cutover(
     p: Projection, name: str, version: int, drop_old: bool = False, max_lag: int = 1000
 ) -> dict[str, Any]:
-    """Make ``version`` the one queries read: one compare-and-set of the control entry."""
+    """Make ``version`` the one queries read: one compare-and-set of the control entry.
+    With ``drop_old``, run again after a run stopped in its drop (Ctrl-C, killed: the
+    cut over made, the old version marked ``dropped``), it finishes that drop; it was
+    refused as "already the active version" and the old version was left half dropped."""
     control = await _control(p, name)
     if control.active == version:
+        left = sorted(v for v, state in control.versions.items() if state == DROPPED)
+        if drop_old and left:
+            removed = 0
+            for old in left:
+                removed += await drop(p, name, old)
+            spec = p.spec(name, version)
+            store = p.store_for(name)
+            info = await jsapi.consumer_info(
+                store._replies,
+                store.settings.stream,
+                spec.durable,
+                store.settings.request_timeout_s,
+            )
+            lag = 0 if info is None else int(info["num_pending"]) + int(info["num_ack_pending"])
+            letters = await _retry(lambda: p.dead_letters.count(spec), f"cutover {name}")
+            return {
+                "model": name,
+                "active": version,
+                "previous": left[-1],
+                "lag": lag,
+                "dead_letters": letters,
+                "dropped": removed,
+            }
         raise AdminError(f"{name} v{version} is already the active version; nothing to cut over")
     if control.versions.get(version) != LIVE:
         raise AdminError(
