@@ -9,6 +9,9 @@ by the server at the first `streams ensure` or as an "unexpected ... (a bug)".
   whose own voids subjects it overlaps (``counter.voids``), passed the descriptor.
 - A prefix overlapping the engine's own streams (dead letters ``jetsource.dlq``,
   snapshots ``context.snapshots``) was refused only by the server, naming no setting.
+- One message class current for two event types (the second silently took it), a
+  second upcaster for one step (silently replaced the first), a model consuming a type
+  its domain does not have (never received anything) were all accepted.
 - ``JETSOURCE_PROJECTOR__DOMAINS`` naming no module, no attribute or no registry was
   "INTERNAL: unexpected ModuleNotFoundError ... (a bug)", exit 1, in every CLI command.
 """
@@ -16,11 +19,13 @@ by the server at the first `streams ensure` or as an "unexpected ... (a bug)".
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from google.protobuf import wrappers_pb2
@@ -32,7 +37,8 @@ from jetsource.projection.bootstrap import (
     load_domains,
     open_projection,
 )
-from jetsource.projection.domain import Domain, DomainRegistry
+from jetsource.projection.contract import BY_STREAM_SEQUENCE, Kind, ModelSpec
+from jetsource.projection.domain import Domain, DomainRegistry, ModelDecl
 from jetsource.projection.settings import ProjectorSettings
 
 
@@ -163,3 +169,48 @@ def test_the_projector_service_ends_on_a_bad_domains_setting_as_on_any_bad_setti
     assert done.returncode == 2, said  # exit 2, as README's "Settings are checked ..."
     assert "cannot start: bad setting: JETSOURCE_PROJECTOR__DOMAINS=" in said
     assert "Traceback" not in said
+
+
+def test_one_message_class_current_for_two_event_types_is_refused() -> None:
+    # It was accepted, and the second type took the class: every event appended as the
+    # first type was stored (and projected) under the second's name.
+    registry = EventRegistry()
+    registry.register("CounterIncremented", 1, wrappers_pb2.StringValue)
+    with pytest.raises(ValueError, match=r"CounterRenamed v1: message .*StringValue.* of "):
+        registry.register("CounterRenamed", 1, wrappers_pb2.StringValue)
+    assert registry.event_types() == ["CounterIncremented"]
+    registry.register("CounterRenamed", 1, wrappers_pb2.StringValue, current=False)  # old schema
+
+
+def test_a_second_upcaster_for_the_same_step_is_refused() -> None:
+    registry = EventRegistry()
+    registry.register("CounterIncremented", 1, wrappers_pb2.StringValue, current=False)
+    registry.register("CounterIncremented", 2, wrappers_pb2.BytesValue)
+    registry.upcaster("CounterIncremented", 1)(lambda m: m)
+    with pytest.raises(ValueError, match="second upcaster from v1"):
+        registry.upcaster("CounterIncremented", 1)(lambda m: m)
+
+
+def test_a_model_consuming_a_type_its_domain_does_not_have_is_refused() -> None:
+    # A misspelt consumed type was a filter subject nothing is published on: the model
+    # never saw those events and nothing said so.
+    domain = _domain()
+    consumed = frozenset({"CounterIncremented", "CountrReset"})
+    spec = ModelSpec(
+        "counters",
+        1,
+        Kind.SNAPSHOT,
+        "valkey",
+        "counters",
+        consumed,
+        idempotency_key=BY_STREAM_SEQUENCE,
+    )
+    mine = dataclasses.replace(domain, models={"counters": ModelDecl(lambda v: spec, _no_model)})
+    registry = DomainRegistry()
+    with pytest.raises(ValueError, match=r"'counters' of 'counter' consumes CountrReset"):
+        registry.register(mine)
+    assert list(registry) == []
+
+
+def _no_model(env: object, spec: object) -> Any:
+    raise AssertionError("not built")

@@ -91,10 +91,19 @@ class EventRegistry:
         if key in self._classes:
             raise ValueError(f"{event_type} v{version} registered twice")
         personal_fields(cls.DESCRIPTOR)  # a field marked personal must be a string
-        self._classes[key] = cls
         if current:
             if event_type in self._current:
                 raise ValueError(f"{event_type} already has a current version")
+            # An event is named by its message's class when appended: a class current for
+            # two types stored every event of the first under the second's name.
+            if (taken := self._by_class.get(cls)) is not None:
+                raise ValueError(
+                    f"{event_type} v{version}: message {cls.DESCRIPTOR.full_name} is already "
+                    f"the current schema of {taken[0]}; each current event type needs a "
+                    "message of its own"
+                )
+        self._classes[key] = cls
+        if current:
             self._current[event_type] = version
             self._by_class[cls] = key
 
@@ -102,6 +111,8 @@ class EventRegistry:
         """Register ``fn`` lifting ``event_type`` from ``from_version`` to the next."""
 
         def decorate(fn: Upcaster) -> Upcaster:
+            if (event_type, from_version) in self._upcasters:  # the first was replaced silently
+                raise ValueError(f"{event_type}: a second upcaster from v{from_version}")
             self._upcasters[(event_type, from_version)] = fn
             return fn
 

@@ -156,7 +156,23 @@ class DomainRegistry:
                             f"domain {domain.name!r}: subjects {mine}.> overlap {theirs}.> "
                             f"of domain {other.name!r}; give it a subject_prefix of its own"
                         )
-        for model in domain.models:
+        for model, decl in domain.models.items():
+            # A consumed type the domain does not have is a filter subject nothing is
+            # ever published on: the model silently never saw those events.
+            consumed = decl.spec(decl.pinned_version or 1).consumed_events or ()
+            events = domain.registry
+            known = set(events.event_types())
+            unknown = sorted(
+                t
+                for t in consumed
+                if not (t in known or (events.fallback is not None and events.valid_type(t)))
+            )
+            if unknown:
+                raise ValueError(
+                    f"read model {model!r} of {domain.name!r} consumes {', '.join(unknown)}, "
+                    f"not event types of the domain (known: "
+                    f"{', '.join(sorted(known))})"
+                )
             if model in self._owner:
                 raise ValueError(
                     f"read model {model!r} of {domain.name!r} is already declared by "
