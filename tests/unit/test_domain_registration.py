@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 from google.protobuf import wrappers_pb2
 
-from jetsource.core.codec import EventRegistry
+from jetsource.core.codec import EventRegistry, PayloadDecodeError
 from jetsource.projection.bootstrap import (
     DomainsError,
     check_engine_subjects,
@@ -214,3 +214,25 @@ def test_a_model_consuming_a_type_its_domain_does_not_have_is_refused() -> None:
 
 def _no_model(env: object, spec: object) -> Any:
     raise AssertionError("not built")
+
+
+def test_an_upcaster_that_raises_reads_as_an_undecodable_event() -> None:
+    # Its exception went up as it was: the projector's worker of every model of the
+    # domain stopped ("worker ... stopped: RuntimeError"), /healthz unhealthy, nothing
+    # dead-lettered. As PayloadDecodeError the runtime dead-letters the one event and
+    # parks its aggregate, as for a payload that does not parse.
+    registry = EventRegistry()
+    registry.register("CounterIncremented", 1, wrappers_pb2.StringValue, current=False)
+    registry.register("CounterIncremented", 2, wrappers_pb2.BytesValue)
+
+    @registry.upcaster("CounterIncremented", 1)
+    def up(message: Any) -> Any:
+        if message.value == "boom":
+            raise RuntimeError("upcaster boom")
+        return wrappers_pb2.BytesValue(value=message.value.encode())
+
+    ok = wrappers_pb2.StringValue(value="ok").SerializeToString()
+    assert registry.decode("CounterIncremented", 1, ok) == wrappers_pb2.BytesValue(value=b"ok")
+    boom = wrappers_pb2.StringValue(value="boom").SerializeToString()
+    with pytest.raises(PayloadDecodeError, match=r"v1: the upcaster to v2 failed: .*upcaster boom"):
+        registry.decode("CounterIncremented", 1, boom)

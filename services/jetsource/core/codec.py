@@ -199,6 +199,14 @@ class EventRegistry:
             ) from exc
         current = self._current[event_type]
         while version < current:
-            message = self._upcasters[(event_type, version)](message)
+            try:
+                message = self._upcasters[(event_type, version)](message)
+            except Exception as exc:
+                # The stored event cannot be read as the current schema, as a payload
+                # that does not parse: a projector dead-letters it, a reader says the
+                # history is corrupt there. It used to stop the model's worker.
+                raise PayloadDecodeError(
+                    f"{event_type} v{version}: the upcaster to v{version + 1} failed: {exc!r}"
+                ) from exc
             version += 1
         return message
