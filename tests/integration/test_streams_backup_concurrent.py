@@ -58,3 +58,20 @@ async def test_a_second_backup_into_the_same_folder_is_refused_while_one_runs(
         assert entry["sha256"] == hashlib.sha256(data).hexdigest(), entry
         assert data.count(b"\n") == entry["messages"] + 1
     ok(env, "backup", str(folder), f"--stream={stream}")  # one at a time: as before
+
+
+async def test_the_temporary_files_of_a_killed_backup_go_with_the_next_one(
+    nats_server: Server, unique: str, tmp_path: Path
+) -> None:
+    """kill -9 during a backup leaves its `.partial-*` files (nothing runs to remove
+    them); the next backup into the folder, of whichever streams, removes them."""
+    env = environment(nats_server.url, unique)
+    stream = await letters(nats_server.url, unique, MESSAGES)
+    folder = tmp_path / "b"
+    killed = started(env, folder, f"--stream={stream}", "--json")
+    killed.kill()
+    killed.communicate(timeout=30)
+    assert any(p.name.startswith(".partial-") for p in folder.iterdir())
+    (folder / ".partial-OTHER.jsonl").write_text("{}\n")  # of a stream not backed up now
+    ok(env, "backup", str(folder), f"--stream={stream}")
+    assert sorted(p.name for p in folder.iterdir()) == sorted([f"{stream}.jsonl", "manifest.json"])

@@ -530,6 +530,11 @@ class _Staged:
         had replaced it."""
         try:
             self._lock = _hold_folder(self.folder)
+            # A run killed (kill -9, the OOM killer, a power cut) left its temporary
+            # files; held, the folder has no other run's: they go (a backup of other
+            # streams kept them for good).
+            for left in self.folder.glob(f"{PARTIAL}*"):
+                left.unlink(missing_ok=True)
         except OSError as exc:
             raise self.refused(self.folder, exc) from exc
 
