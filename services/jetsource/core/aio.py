@@ -139,6 +139,5 @@ def interrupt() -> bool:
     if task is None or task.done() or _interrupted:
         return False
     _interrupted.append(True)
-    task.cancel()
-    task.get_loop().call_soon_threadsafe(lambda: None)  # wake the loop's select
+    task.get_loop().call_soon_threadsafe(task.cancel)  # wakes the loop's select too
     return True
