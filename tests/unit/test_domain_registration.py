@@ -11,7 +11,8 @@ by the server at the first `streams ensure` or as an "unexpected ... (a bug)".
   snapshots ``context.snapshots``) was refused only by the server, naming no setting.
 - One message class current for two event types (the second silently took it), a
   second upcaster for one step (silently replaced the first), a model consuming a type
-  its domain does not have (never received anything) were all accepted.
+  its domain does not have (never received anything) were all accepted; an upcaster that
+  raised stopped the model's worker; a model without every ReadModel method started.
 - ``JETSOURCE_PROJECTOR__DOMAINS`` naming no module, no attribute or no registry was
   "INTERNAL: unexpected ModuleNotFoundError ... (a bug)", exit 1, in every CLI command.
 """
@@ -31,8 +32,11 @@ import pytest
 from google.protobuf import wrappers_pb2
 
 from jetsource.core.codec import EventRegistry, PayloadDecodeError
+from jetsource.core.settings import NatsSettings
 from jetsource.projection.bootstrap import (
     DomainsError,
+    IncompleteModelError,
+    Projection,
     check_engine_subjects,
     load_domains,
     open_projection,
@@ -141,7 +145,7 @@ def test_the_cli_answers_a_bad_domains_setting_as_a_usage_error(argv: list[str])
 async def test_a_prefix_overlapping_the_engines_own_streams_is_refused_before_connecting(
     prefix: str, setting: str
 ) -> None:
-    settings = ProjectorSettings(nats={"url": "nats://127.0.0.1:1"})
+    settings = ProjectorSettings(nats=NatsSettings(url="nats://127.0.0.1:1"))
     registry = DomainRegistry([_domain(prefix=prefix)])
     with pytest.raises(DomainsError, match=rf"domain 'counter'.*{setting}"):
         check_engine_subjects(settings, registry)
@@ -236,3 +240,41 @@ def test_an_upcaster_that_raises_reads_as_an_undecodable_event() -> None:
     boom = wrappers_pb2.StringValue(value="boom").SerializeToString()
     with pytest.raises(PayloadDecodeError, match=r"v1: the upcaster to v2 failed: .*upcaster boom"):
         registry.decode("CounterIncremented", 1, boom)
+
+
+class _Incomplete:
+    """A model a developer forgot most of: only setup and apply."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+
+    async def setup(self) -> None:
+        pass
+
+    async def apply(self, events: Any) -> Any:
+        raise AssertionError("not called")
+
+
+def _incomplete(env: object, spec: ModelSpec) -> Any:
+    return _Incomplete(spec)
+
+
+def test_a_model_without_every_read_model_method_is_refused_when_built() -> None:
+    # It was built, started, said healthy, and failed at its first checkpoint or admin
+    # command ("unexpected AttributeError ... (a bug)"); the projector now ends naming it.
+    spec = ModelSpec("counters", 1, Kind.SNAPSHOT, "valkey", "counters")
+    mine = dataclasses.replace(
+        _domain(), models={"counters": ModelDecl(lambda v: spec, _incomplete)}
+    )
+    projection = Projection(
+        settings=ProjectorSettings(),
+        nc=None,  # type: ignore[arg-type]
+        domains=DomainRegistry([mine]),
+        stores={"counter": None},  # type: ignore[dict-item]
+        dead_letters=None,  # type: ignore[arg-type]
+        control=None,  # type: ignore[arg-type]
+        snapshots=None,  # type: ignore[arg-type]
+    )
+    with pytest.raises(IncompleteModelError, match=r"'counters' v1 of domain 'counter'") as caught:
+        projection.model("counters", 1)
+    assert "has no skip, rewind, position, checkpoint, digest, drop, close" in str(caught.value)

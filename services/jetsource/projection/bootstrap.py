@@ -41,6 +41,7 @@ log = logging.getLogger("jetsource.projector")
 
 __all__ = [
     "DomainsError",
+    "IncompleteModelError",
     "ModelEnv",
     "Projection",
     "UnknownModelError",
@@ -79,6 +80,15 @@ def load_domains(module: str = "jetsource.domains") -> DomainRegistry:
             f"{where}: {attribute} is a {type(registry).__name__}, not a DomainRegistry"
         )
     return registry
+
+
+_READ_MODEL_METHODS = tuple(
+    m for m in vars(ReadModel) if not m.startswith("_") and callable(getattr(ReadModel, m))
+)
+
+
+class IncompleteModelError(ValueError):
+    """A domain's model factory built an object without every ``ReadModel`` method."""
 
 
 def check_engine_subjects(settings: ProjectorSettings, registry: DomainRegistry) -> None:
@@ -244,7 +254,18 @@ class Projection:
         decl = self.domains.decl(name)
         domain = self.domains.owner(name)
         env = ModelEnv(self, domain, self.stores[domain.name], fence)
-        return decl.build(env, decl.spec(version))
+        model = decl.build(env, decl.spec(version))
+        # What the runtime and the admin commands call: a model without one of them
+        # started, said it was healthy and failed later with an AttributeError (the CLI:
+        # "unexpected ... (a bug)").
+        missing = [m for m in _READ_MODEL_METHODS if not callable(getattr(model, m, None))]
+        if missing:
+            raise IncompleteModelError(
+                f"read model {name!r} v{version} of domain {domain.name!r} "
+                f"({type(model).__name__}) has no {', '.join(missing)}: a ReadModel "
+                f"(jetsource.projection.contract) has {', '.join(_READ_MODEL_METHODS)}"
+            )
+        return model
 
     async def check_access(self, valkey: bool, graph: bool) -> None:
         """Refused credentials fail here, clearly, instead of as retried batches later.

@@ -21,7 +21,7 @@ from jetsource.core.grpcserver import stop_on_signals
 from jetsource.core.metrics import bind_http, register_service, watch_nats
 from jetsource.core.settings import env_var
 from jetsource.eventstore.refusals import refused_from
-from jetsource.projection.bootstrap import Projection, open_projection
+from jetsource.projection.bootstrap import IncompleteModelError, Projection, open_projection
 from jetsource.projection.partitions import (
     Lease,
     Leases,
@@ -320,6 +320,8 @@ class ProjectorService:
         while not stop.is_set():
             try:
                 await self.sync()
+            except IncompleteModelError:
+                raise  # a model that lacks methods does not get them by retrying: end
             except Exception as exc:  # NATS briefly away: keep the workers, retry
                 log.warning("control sync failed: %r", exc)
             await self.probe()
