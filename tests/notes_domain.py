@@ -118,7 +118,14 @@ class NotesModel(ValkeyModel):
     async def skip(self, aggregate_id: str, stream_seq: int) -> bool:
         return False
 
-    async def rewind(self, aggregate_id: str, to_version: int) -> int:
+    async def rewind(
+        self,
+        aggregate_id: str,
+        to_version: int,
+        *,
+        events: Sequence[RecordedEvent] | None = None,
+        guard: tuple[int, int] | None = None,
+    ) -> int:
         raise NotImplementedError
 
 
@@ -211,7 +218,14 @@ class NotesGraphModel:
     async def skip(self, aggregate_id: str, stream_seq: int) -> bool:
         return False
 
-    async def rewind(self, aggregate_id: str, to_version: int) -> int:
+    async def rewind(
+        self,
+        aggregate_id: str,
+        to_version: int,
+        *,
+        events: Sequence[RecordedEvent] | None = None,
+        guard: tuple[int, int] | None = None,
+    ) -> int:
         raise NotImplementedError
 
     async def checkpoint(self) -> Checkpoint:

@@ -278,3 +278,33 @@ def test_a_model_without_every_read_model_method_is_refused_when_built() -> None
     with pytest.raises(IncompleteModelError, match=r"'counters' v1 of domain 'counter'") as caught:
         projection.model("counters", 1)
     assert "has no skip, rewind, position, checkpoint, digest, drop, close" in str(caught.value)
+
+
+def test_the_read_model_contract_names_the_rewind_replay_calls() -> None:
+    # The Protocol said rewind(aggregate_id, to_version); `projector replay` calls
+    # rewind(aggregate_id, v, events=..., guard=...): a model written to the contract
+    # failed every replayed aggregate with a TypeError.
+    import inspect
+
+    from jetsource.projection.contract import ReadModel
+
+    params = inspect.signature(ReadModel.rewind).parameters
+    assert {"events", "guard"} <= set(params)
+    assert params["events"].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+async def test_the_snapshots_model_takes_replays_rewind() -> None:
+    # `projector replay snapshots --aggregate X` called rewind(..., events=, guard=) on
+    # the engine's snapshots model, whose rewind took neither: a TypeError per story.
+    from tests.unit.test_generic_snapshots import add, build, model_on, new_store
+
+    store = new_store()
+    await add(store, "c1", list(range(1, 10)))
+    model, snaps = model_on(store)
+    await build(model, [r async for r in store.read_all()], 100, redeliver=False)
+    assert await model.position("c1") == 8
+    # Outside the guard: nothing deleted, the stored version answered.
+    assert await model.rewind("c1", 4, events=[], guard=(0, 7)) == 8
+    assert [s.version for s in await snaps.history("c1")] == [4, 8]
+    assert await model.rewind("c1", 4, events=[], guard=(8, 8)) == 8
+    assert [s.version for s in await snaps.history("c1")] == [4]

@@ -198,9 +198,22 @@ class ReadModel(Protocol):
         """Step the aggregate past one event without applying it (a discarded dead
         letter). False if the aggregate is not right before that event."""
 
-    async def rewind(self, aggregate_id: str, to_version: int) -> int:
-        """Put the aggregate back to its state at ``to_version`` (for replay);
-        returns the version it was at."""
+    async def rewind(
+        self,
+        aggregate_id: str,
+        to_version: int,
+        *,
+        events: Sequence[RecordedEvent] | None = None,
+        guard: tuple[int, int] | None = None,
+    ) -> int:
+        """Put the aggregate back to its state at ``to_version``; returns the version it
+        was at. `projector replay` calls it with ``events`` (the aggregate's first
+        ``to_version`` events, to fold the state from: the engine knows no domain's
+        state) and ``guard`` (low, high): write, in one atomic step, only if the stored
+        version is within, else write nothing and return the stored version. Repair and
+        erasure call it with the two positional arguments (read the events yourself).
+        A model without these keywords failed every aggregate of a replay with
+        "TypeError: rewind() got an unexpected keyword argument 'events'"."""
 
     async def position(self, aggregate_id: str) -> int:
         """The aggregate's applied version (0: nothing applied)."""

@@ -260,8 +260,21 @@ class SnapshotModel(Generic[S]):
         self._warm.pop(aggregate_id, None)
         return True  # nothing is kept per event: stepping past one is free
 
-    async def rewind(self, aggregate_id: str, to_version: int) -> int:
+    async def rewind(
+        self,
+        aggregate_id: str,
+        to_version: int,
+        *,
+        events: Sequence[RecordedEvent] | None = None,
+        guard: tuple[int, int] | None = None,
+    ) -> int:
+        """The snapshots after ``to_version`` deleted (those at or below are the state
+        then: nothing is folded, ``events`` are not needed); with ``guard`` only if the
+        latest is within. `projector replay snapshots` passes both, which this model did
+        not take: every aggregate failed with a TypeError."""
         previous = await self.position(aggregate_id)
+        if guard is not None and not guard[0] <= previous <= guard[1]:
+            return previous
         self._warm.pop(aggregate_id, None)
         await self.snapshots.delete_after(aggregate_id, to_version)
         return previous
