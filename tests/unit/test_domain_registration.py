@@ -21,17 +21,20 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from google.protobuf import wrappers_pb2
 
 from jetsource.core.codec import EventRegistry, PayloadDecodeError
+from jetsource.core.envelope import RecordedEvent
 from jetsource.core.settings import NatsSettings
 from jetsource.projection.bootstrap import (
     DomainsError,
@@ -41,7 +44,7 @@ from jetsource.projection.bootstrap import (
     load_domains,
     open_projection,
 )
-from jetsource.projection.contract import BY_STREAM_SEQUENCE, Kind, ModelSpec
+from jetsource.projection.contract import BY_STREAM_SEQUENCE, Kind, ModelSpec, Outcome
 from jetsource.projection.domain import Domain, DomainRegistry, ModelDecl
 from jetsource.projection.settings import ProjectorSettings
 
@@ -308,3 +311,38 @@ async def test_the_snapshots_model_takes_replays_rewind() -> None:
     assert [s.version for s in await snaps.history("c1")] == [4, 8]
     assert await model.rewind("c1", 4, events=[], guard=(8, 8)) == 8
     assert [s.version for s in await snaps.history("c1")] == [4]
+
+
+class _PoisonOnTwo:
+    """Applies atomically per call; raises when the call holds an event of value 2."""
+
+    def __init__(self) -> None:
+        self.applied: list[int] = []
+
+    async def apply(self, events: list[RecordedEvent]) -> Outcome:
+        if any(e.event.value == 2 for e in events):  # type: ignore[union-attr]
+            raise RuntimeError("boom on two")
+        self.applied += [e.stream_seq for e in events]
+        return Outcome(done=[e.stream_seq for e in events], applied=len(events))
+
+
+async def test_the_event_that_raises_is_the_one_dead_lettered_not_the_first_of_its_batch() -> None:
+    # A read model raising on one event of an aggregate's batch had the FIRST event of
+    # the batch refused with that error and the poison parked behind it: the dead letter
+    # named a good event (discarding it dropped that event; retrying it "worked").
+    from jetsource.projection.runtime import Worker
+    from tests.unit.test_generic_snapshots import add, new_store
+
+    store = new_store()
+    await add(store, "c1", [1, 3, 2, 4])  # seqs 1..4; the third (value 2) raises
+    await add(store, "c2", [5])
+    records = [r async for r in store.read_all()]
+    model = _PoisonOnTwo()
+    worker = SimpleNamespace(
+        model=model, _store_wrote=lambda: None, _store_refused=lambda exc: None, _unseen={}
+    )
+    worker._apply_alone = functools.partial(Worker._apply_alone, worker)  # type: ignore[arg-type]
+    outcome = await Worker._isolate(worker, records)  # type: ignore[arg-type]
+    assert list(outcome.failed) == [3] and "boom on two" in outcome.failed[3]
+    assert outcome.waiting == {4: "behind failed sequence 3"}
+    assert sorted(outcome.done) == [1, 2, 5] and model.applied == [1, 2, 5]

@@ -966,27 +966,46 @@ class Worker:
 
     async def _isolate(self, records: list[RecordedEvent]) -> Outcome:
         """A handler raised for the batch: apply aggregate by aggregate, so one bad
-        aggregate fails alone."""
+        aggregate fails alone; within a failing aggregate event by event, so the event
+        that raises is the one refused (the first of its batch was dead-lettered with
+        another's error, and the poison parked behind it: discarding the letter named
+        dropped a good event)."""
         outcome = Outcome()
         groups: OrderedDict[str, list[RecordedEvent]] = OrderedDict()
         for r in records:
             groups.setdefault(r.aggregate_id, []).append(r)
         for evs in groups.values():
-            try:
-                outcome.merge(await self.model.apply(evs))
-                self._store_wrote()
-            except _HALT:
-                raise
-            except (TransientError, EventStoreUnavailableError) as exc:
-                self._store_refused(exc)
-                for e in evs:
-                    outcome.waiting[e.stream_seq] = "store unavailable"
-                    self._unseen[e.stream_seq] = e  # not judged: with the next batch
-            except Exception as exc:
-                outcome.failed[evs[0].stream_seq] = f"handler error: {exc!r}"
-                for e in evs[1:]:
-                    outcome.waiting[e.stream_seq] = f"behind failed sequence {evs[0].stream_seq}"
+            if await self._apply_alone(evs, [], outcome) != "raised" or len(evs) == 1:
+                continue
+            for i in range(len(evs)):
+                if await self._apply_alone(evs[i : i + 1], evs[i + 1 :], outcome) != "applied":
+                    break
         return outcome
+
+    async def _apply_alone(
+        self, evs: list[RecordedEvent], behind: list[RecordedEvent], outcome: Outcome
+    ) -> str:
+        """Apply ``evs`` on their own into ``outcome``: "applied", "away" (the store:
+        they and ``behind`` wait, with the next batch) or "raised" (one event: refused,
+        ``behind`` waiting behind it; a group: left to the caller)."""
+        try:
+            outcome.merge(await self.model.apply(evs))
+            self._store_wrote()
+            return "applied"
+        except _HALT:
+            raise
+        except (TransientError, EventStoreUnavailableError) as exc:
+            self._store_refused(exc)
+            for e in [*evs, *behind]:
+                outcome.waiting[e.stream_seq] = "store unavailable"
+                self._unseen[e.stream_seq] = e  # not judged: with the next batch
+            return "away"
+        except Exception as exc:
+            if len(evs) == 1:
+                outcome.failed[evs[0].stream_seq] = f"handler error: {exc!r}"
+                for e in behind:
+                    outcome.waiting[e.stream_seq] = f"behind failed sequence {evs[0].stream_seq}"
+            return "raised"
 
     async def _ack(self, deliveries: Sequence[Delivery]) -> None:
         """Ack now, or (while ``run`` loops) hold the acks to send them together."""
