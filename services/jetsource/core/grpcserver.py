@@ -308,11 +308,22 @@ async def _bounded(server: grpc.aio.Server, grace: float) -> None:
 # Calls refused before their handler ran. They were counted nowhere (a service's own
 # request counters start in the handler) and logged nowhere: a client sending a wrong
 # or no token, or a flood of them, showed in no metric and no line.
-REFUSED = Counter(
-    "jetsource_grpc_refused_total",
-    "gRPC calls refused before their handler ran, by service and reason",
-    ["service", "reason"],
-)
+# Registered by the first guard (a gRPC server's): the projector and the snapshotter
+# import this module (its signal handling) and serve no gRPC, so they must not export it.
+_refused: Counter | None = None
+
+
+def refused_counter() -> Counter:
+    global _refused
+    if _refused is None:
+        _refused = Counter(
+            "jetsource_grpc_refused_total",
+            "gRPC calls refused before their handler ran, by service and reason",
+            ["service", "reason"],
+        )
+    return _refused
+
+
 UNAUTHENTICATED = "unauthenticated"  # no, or no valid, bearer token
 CLIENT_BUSY = "client_busy"  # max_inflight_per_client calls in flight already
 OPEN_STREAMS = "open_streams"  # a quarter of max_concurrent_rpcs in watches/reflection
@@ -341,7 +352,8 @@ class Guard:
         self._tokens = [t.encode() for t in tokens]
         self._service = service
         self._refused = {
-            r: REFUSED.labels(service, r) for r in (UNAUTHENTICATED, CLIENT_BUSY, OPEN_STREAMS)
+            r: refused_counter().labels(service, r)
+            for r in (UNAUTHENTICATED, CLIENT_BUSY, OPEN_STREAMS)
         }
         # reason -> when its last line was logged, and refusals since not logged
         self._logged: dict[str, float] = {}
