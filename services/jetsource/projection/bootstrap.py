@@ -59,12 +59,13 @@ class DomainsError(ValueError):
     field = "JETSOURCE_PROJECTOR__DOMAINS"
 
 
-def load_domains(module: str = "jetsource.domains") -> DomainRegistry:
+def load_domains(module: str = "jetsource.domains", setting: str = "") -> DomainRegistry:
     """The registry a domains module exports as ``REGISTRY`` (``module`` or
-    ``module:attribute``); :class:`DomainsError` naming the setting when there is none."""
+    ``module:attribute``); :class:`DomainsError` naming the setting when there is none
+    (``setting``: the variable the process read it from, the projector's by default)."""
     name, _, attribute = module.partition(":")
     attribute = attribute or "REGISTRY"
-    where = f"{DomainsError.field}={module!r}"
+    where = f"{setting or DomainsError.field}={module!r}"
     try:
         found = importlib.import_module(name)
     except Exception as exc:
@@ -96,7 +97,9 @@ def check_engine_subjects(settings: ProjectorSettings, registry: DomainRegistry)
     snapshots'): the server would refuse the second stream at ``streams ensure`` with a
     message that names neither the domain nor the setting."""
     engine = {
-        "JETSOURCE_PROJECTOR__DLQ_SUBJECT_PREFIX": settings.projector.dlq_subject_prefix,
+        f"JETSOURCE_{settings.projector.ENV_SECTION}__DLQ_SUBJECT_PREFIX": (
+            settings.projector.dlq_subject_prefix
+        ),
         "JETSOURCE_SNAPSHOTS__SUBJECT_PREFIX": settings.snapshots.subject_prefix,
     }
     for domain in registry:
@@ -333,7 +336,13 @@ async def open_projection(
 ) -> Projection:
     """Connect, open one event store per registered domain (creating the streams
     when ``provision``), the dead letters, the control bucket and the snapshots."""
-    registry = domains if domains is not None else load_domains(settings.projector.domains)
+    registry = (
+        domains
+        if domains is not None
+        else load_domains(
+            settings.projector.domains, f"JETSOURCE_{settings.projector.ENV_SECTION}__DOMAINS"
+        )
+    )
     check_engine_subjects(settings, registry)
     listed = list(registry)
     if not listed:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import BaseModel, Field
 
 from jetsource.core.settings import BucketName, JetsourceSettings, Port, StreamName, SubjectPrefix
@@ -8,6 +10,10 @@ from jetsource.projection.partitions import PartitionOptions
 
 class ProjectorOptions(BaseModel):
     """``JETSOURCE_PROJECTOR__...``"""
+
+    # The settings' section in the environment (the snapshotter runs the same runtime
+    # under JETSOURCE_SNAPSHOTTER__...): errors name the variable the process reads.
+    ENV_SECTION: ClassVar[str] = "PROJECTOR"
 
     host: str = "127.0.0.1"
     # /metrics (Prometheus) and /healthz on one HTTP port; 0 disables both.

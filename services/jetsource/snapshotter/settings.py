@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field
 
 from jetsource.core.settings import Port
@@ -10,6 +12,8 @@ from jetsource.projection.settings import ProjectorOptions, ProjectorSettings
 class SnapshotterOptions(ProjectorOptions):
     """``JETSOURCE_SNAPSHOTTER__...``: the projector runtime's options, for the one
     ``snapshots`` model. How often and how many snapshots: ``JETSOURCE_SNAPSHOTS__...``."""
+
+    ENV_SECTION: ClassVar[str] = "SNAPSHOTTER"
 
     http_port: Port = 9103
     models: list[str] = Field(default_factory=lambda: [SNAPSHOTS])
