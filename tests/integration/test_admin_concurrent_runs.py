@@ -124,12 +124,14 @@ def test_a_usage_error_names_its_field_in_json() -> None:
     assert error["code"] == "usage" and error["field"] == "--from-seq"
 
 
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 async def test_ctrl_c_says_the_reset_stopped_and_status_shows_it_stopped(
-    projection: Projection,
+    projection: Projection, stop: signal.Signals
 ) -> None:
     """Ctrl-C (SIGINT) on `projector reset`: one JSON line saying it stopped and that
     running it again resumes (code cancelled, exit 130), the claim given back, so
-    `status` shows the version stopped at once; running it again finishes it."""
+    `status` shows the version stopped at once; running it again finishes it. SIGTERM
+    (kill, timeout, systemd) the same: it exited 143 in silence, holding the claim."""
     from tests.integration.test_admin_contract import cli_env
 
     p = projection
@@ -145,7 +147,7 @@ async def test_ctrl_c_says_the_reset_stopped_and_status_shows_it_stopped(
         if control is not None and 1 in control.claims:
             break
         await asyncio.sleep(0.05)
-    child.send_signal(signal.SIGINT)
+    child.send_signal(stop)
     out, err = await asyncio.wait_for(child.communicate(), 30)
     assert child.returncode == 130, err
     assert out == b""
