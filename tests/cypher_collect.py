@@ -298,34 +298,37 @@ async def _drive_process_graph(recorder: Recorder, prefix: str) -> None:
 
 class _FenceTx(_Tx):
     """Answers a partition fence's reads with a scripted stored token (None: no
-    fence node yet), so every branch of claim and check runs."""
+    fence node yet) and node count (2: racing first claims left two), so every
+    branch of claim and check runs."""
 
-    def __init__(self, recorder: Recorder, stored: int | None) -> None:
+    def __init__(self, recorder: Recorder, stored: int | None, count: int) -> None:
         super().__init__(recorder)
         self._stored = stored
+        self._count = 0 if stored is None else count
 
     def run(self, query: str, **params: Any) -> Awaitable[_Result]:
         self._recorder.record(query, params)
-        rows = [] if self._stored is None else [_Record({"t": self._stored}, params)]
-        return _result(rows)
+        return _result([_Record({"t": self._stored, "c": self._count}, params)])
 
 
 class _FenceSession(_Session):
-    def __init__(self, recorder: Recorder, stored: int | None) -> None:
+    def __init__(self, recorder: Recorder, stored: int | None, count: int) -> None:
         super().__init__(recorder)
         self._stored = stored
+        self._count = count
 
     async def execute_write(self, work: Callable[[_Tx], Awaitable[T]]) -> T:
-        return await work(_FenceTx(self._recorder, self._stored))
+        return await work(_FenceTx(self._recorder, self._stored, self._count))
 
 
 class _FenceDriver(RecordingDriver):
-    def __init__(self, recorder: Recorder, stored: int | None) -> None:
+    def __init__(self, recorder: Recorder, stored: int | None, count: int) -> None:
         super().__init__(recorder)
         self.stored = stored
+        self.count = count
 
     def session(self, **_: Any) -> _Session:
-        return _FenceSession(self.recorder, self.stored)
+        return _FenceSession(self.recorder, self.stored, self.count)
 
 
 async def _drive_fence(recorder: Recorder, prefix: str) -> None:
@@ -339,9 +342,12 @@ async def _drive_fence(recorder: Recorder, prefix: str) -> None:
     async def nothing(tx: Any) -> None:
         return None
 
-    for stored in (None, 3, 5, 9):  # no fence node, an older token, ours, a newer one
+    # no fence node, an older token, ours, a newer one; then two nodes (racing first
+    # claims) holding an older token and ours
+    for stored, count in ((None, 0), (3, 1), (5, 1), (9, 1), (3, 2), (5, 2)):
         fence = Fence("g", 0, 5, held)
-        driver = FencedDriver(_FenceDriver(recorder, stored), fence, prefix, "neo4j")  # type: ignore[arg-type]
+        fake = _FenceDriver(recorder, stored, count)
+        driver = FencedDriver(fake, fence, prefix, "neo4j")  # type: ignore[arg-type]
         with contextlib.suppress(FencedError):
             await driver.claim()
         async with driver.session(database="neo4j") as session:

@@ -21,6 +21,7 @@ from jetsource.domains.context.samples import story_events
 from jetsource.eventstore import jsapi
 from jetsource.projection import admin
 from jetsource.projection.bootstrap import Projection, open_projection
+from jetsource.projection.graph import graph_run
 from jetsource.projection.host import ProjectorService
 from jetsource.projection.partitions import (
     Fence,
@@ -262,6 +263,48 @@ async def test_a_fenced_model_writes_nothing_once_a_newer_token_is_claimed(
             await old.claim()  # nor can the old one claim back
         assert (await owner.apply(records[3:])).applied == 3
         assert (await owner.checkpoint()).applied == 6
+
+
+async def test_racing_first_graph_claims_leave_one_owner_and_one_fence_node(
+    projection: Projection,
+) -> None:
+    """Two first claims at once can each find no fence node and create one (MATCH then
+    CREATE). Written here as that race leaves it: two nodes, tokens 20 and 21. The
+    older owner is fenced (the stored token is the largest), the newer one writes, and
+    its next claim collapses the two nodes into one."""
+    p = projection
+    store = p.store_for("graph")
+    await store.append("f2", [NewEvent(m) for m in story_events("f2", 4, 0)], 0)
+    records = await store.read_aggregate("f2")
+
+    async def held() -> bool:
+        return True
+
+    older, newer = Fence("race", 0, 20, held), Fence("race", 0, 21, held)
+    zombie, owner = p.model("graph", 1, older), p.model("graph", 1, newer)
+    await zombie.setup()
+    label = f"{p.settings.projector.graph_label_prefix}JetsourceFence_race_0"
+    database = p.settings.graph.database
+
+    async def fence_tokens() -> list[int]:
+        async with p.graph.session(database=database) as session:
+            rows = await graph_run(session, f"MATCH (n:{label}) RETURN n.token AS t")
+        return sorted(int(r["t"]) for r in rows)
+
+    async with p.graph.session(database=database) as session:
+        for token in (20, 21):
+            await graph_run(session, f"CREATE (n:{label} {{token: $t, writes: 0}})", t=token)
+    assert await fence_tokens() == [20, 21]
+    before = await zombie.digest()
+    with pytest.raises(FencedError):
+        await zombie.apply(records)
+    assert await zombie.digest() == before
+    with pytest.raises(FencedError):
+        await older.claim()
+    assert (await owner.apply(records)).applied == 4
+    await newer.claim()
+    assert await fence_tokens() == [21]
+    assert (await owner.checkpoint()).applied == 4
 
 
 def service_env(p: Projection, member: str, **extra: str) -> dict[str, str]:

@@ -136,18 +136,33 @@ class FencedDriver:
         fence.claims.append(self.claim)
 
     async def claim(self) -> None:
+        """Raise the stored token to this worker's. Two first claims at once can each
+        find no fence node and create one (a MATCH then a CREATE, no constraint on a
+        per-partition label): so the stored token is the largest of the nodes'
+        (``check`` compares with it too), and a claim that holds the fence collapses
+        the extra nodes into one."""
         f = self._fence
 
         async def work(tx: Any) -> int:
-            result = await tx.run(f"MATCH (n:{self._label}) RETURN n.token AS t")
+            result = await tx.run(
+                f"MATCH (n:{self._label}) RETURN max(n.token) AS t, count(n) AS c"
+            )
             row = await result.single()
-            if row is None:
+            count = int(row["c"]) if row is not None else 0
+            if count == 0:
                 await tx.run(f"CREATE (n:{self._label} {{token: $t, writes: 0}})", t=f.token)
                 return f.token
-            if int(row["t"]) < f.token:
+            stored = int(row["t"])
+            if stored > f.token:
+                return stored
+            if stored < f.token or count > 1:
                 await tx.run(f"MATCH (n:{self._label}) SET n.token = $t", t=f.token)
-                return f.token
-            return int(row["t"])
+            if count > 1:
+                await tx.run(
+                    f"MATCH (n:{self._label}) WITH collect(n) AS ns "
+                    "UNWIND ns[1..] AS extra DELETE extra"
+                )
+            return f.token
 
         async with self._driver.session(database=self._database) as session:
             stored = await graph_io(session.execute_write(work))
@@ -156,13 +171,15 @@ class FencedDriver:
 
     async def check(self, tx: Any) -> None:
         """In the model's transaction, before its writes: lock the fence node (a write)
-        and compare tokens; a claim after this waits for (or conflicts with) it."""
+        and compare tokens; a claim after this waits for (or conflicts with) it. Where
+        racing first claims left two nodes, every one is locked and the largest token
+        is the stored one."""
         f = self._fence
         result = await tx.run(
-            f"MATCH (n:{self._label}) SET n.writes = n.writes + 1 RETURN n.token AS t"
+            f"MATCH (n:{self._label}) SET n.writes = n.writes + 1 RETURN max(n.token) AS t"
         )
         row = await result.single()
-        if row is None or int(row["t"]) != f.token:
+        if row is None or row["t"] is None or int(row["t"]) != f.token:
             raise FencedError(
                 f"partition {f.partition}: token {f.token} is no longer the stored one"
             )
