@@ -158,3 +158,70 @@ async def test_ctrl_c_says_the_reset_stopped_and_status_shows_it_stopped(
 
     report = await admin.reset(p, "context", settle_s=0.1, verify_s=0.1)
     assert report.checkpoint == 10
+
+
+async def test_a_killed_reset_on_this_host_is_taken_over_at_once(projection: Projection) -> None:
+    """`projector reset` killed (kill -9, OOM) leaves its claim; the next reset was
+    refused busy until the claim went stale (15 s), though its holder's pid was dead on
+    this very host. It now takes the claim over at once, saying so (a JSON warning on
+    stderr). A holder on another host, or a pid alive here, keeps the claim."""
+    import socket
+
+    from tests.integration.test_admin_contract import cli_env
+
+    p = projection
+    await seed(p.store, story_ids(2), 5)
+    await build_v1(p)
+    env = cli_env(p)
+    command = [sys.executable, "-m", "jetsource", "projector", "reset", "context", "--yes"]
+    slow = env | {"JETSOURCE_PROJECTOR__CONTROL_POLL_S": "5"}  # a 6 s settle: killed in it
+    child = await asyncio.create_subprocess_exec(
+        *command, "--json", env=slow, stdout=PIPE, stderr=PIPE
+    )
+    for _ in range(200):  # until it has claimed the version
+        control = await p.control.get("context")
+        if control is not None and 1 in control.claims:
+            break
+        await asyncio.sleep(0.05)
+    child.kill()
+    await asyncio.wait_for(child.communicate(), 10)  # reaped: no zombie left
+    control = await p.control.get("context")
+    assert control is not None and control.claims[1]["pid"] == child.pid
+    rows = {r["version"]: r for r in await admin.status(p) if r["model"] == "context"}
+    assert rows[1]["state"] == "stopped", rows[1]
+
+    started = time.monotonic()
+    again = await asyncio.create_subprocess_exec(
+        *command, "--json", env=env, stdout=PIPE, stderr=PIPE
+    )
+    out, err = await asyncio.wait_for(again.communicate(), 30)
+    assert again.returncode == 0, err
+    assert time.monotonic() - started < 10
+    assert json.loads(out)["checkpoint"] == 10
+    warnings = [json.loads(line) for line in err.decode().splitlines() if line.strip()]
+    assert any(
+        f"pid {child.pid}" in w.get("warning", "") and "process is gone" in w["warning"]
+        for w in warnings
+    ), warnings
+
+    # The same claim held elsewhere, or by a live process here: still refused busy.
+    sleeper = await asyncio.create_subprocess_exec("sleep", "30")
+    try:
+        for host, pid in ((socket.gethostname(), sleeper.pid), ("elsewhere", child.pid)):
+
+            def held(c: ModelControl, host: str = host, pid: int = pid) -> None:
+                c.claims[1] = {
+                    "owner": "other",
+                    "op": "reset",
+                    "host": host,
+                    "pid": pid,
+                    "pidns": admin._pid_namespace(),
+                    "heartbeat_ns": now_ns(),
+                }
+
+            await admin._save(p, "context", held)
+            with pytest.raises(admin.Busy, match="being reset by another run"):
+                await admin.reset(p, "context", settle_s=0.1, verify_s=0.1)
+    finally:
+        sleeper.kill()
+        await sleeper.wait()

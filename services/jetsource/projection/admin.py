@@ -193,9 +193,51 @@ def claim_age_s(claim: dict[str, Any] | None) -> float | None:
     return max(0.0, (now_ns() - int(claim.get("heartbeat_ns", 0))) / 1e9)
 
 
+def _pid_namespace() -> str | None:
+    """This process's PID namespace (Linux), so a pid is compared only with pids of the
+    same namespace: containers sharing a host name (``--network host``) do not."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether ``pid`` names a process (not a zombie awaiting its parent) here; one of
+    another user's counts as alive."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def holder_gone(claim: dict[str, Any] | None) -> bool:
+    """The claim's holder ran on this host (and PID namespace) and its process is gone
+    (killed: kill -9, OOM): no heartbeat will come, so its claim need not go stale
+    first. A holder on another host, or a pid alive here, says nothing of the kind."""
+    if not claim or claim.get("host") != socket.gethostname():
+        return False
+    if claim.get("pidns") != _pid_namespace():
+        return False
+    pid = claim.get("pid")
+    if not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
+        return False
+    return not _pid_alive(pid)
+
+
 def claim_fresh(claim: dict[str, Any] | None) -> bool:
+    """A run holds it: renewed within CLAIM_STALE_S, by a process not known gone."""
     age = claim_age_s(claim)
-    return age is not None and age < CLAIM_STALE_S
+    return age is not None and age < CLAIM_STALE_S and not holder_gone(claim)
 
 
 def describe_claim(claim: dict[str, Any]) -> str:
@@ -223,6 +265,7 @@ class Lease:
             "op": self.op,
             "host": socket.gethostname(),
             "pid": os.getpid(),
+            "pidns": _pid_namespace(),
             "heartbeat_ns": now_ns(),
             "heartbeat_at": _stamp(),
         }
@@ -239,17 +282,30 @@ class Lease:
         """``change`` and the claim in one write; :class:`Busy` when another run holds
         a fresh claim (unless its command is one of ``over``: a drop fences a build)."""
 
+        orphan: dict[str, Any] | None = None
+
         def claim(c: ModelControl) -> None:
+            nonlocal orphan
             held = self.held_by_other(c)
             if held is not None and held.get("op") not in over:
                 raise Busy(
                     f"{self.name} v{self.version} is held by another run ({describe_claim(held)})",
                     held,
                 )
+            before = c.claims.get(self.version)
+            orphan = before if held is None and before and holder_gone(before) else None
             change(c)
             c.claims[self.version] = self._body()
 
         control = await _save(self.p, self.name, claim)
+        if orphan is not None:  # said on stderr (JSON: a "warning" line) by the CLI
+            log.warning(
+                "%s v%d: took over the claim of a run whose process is gone (%s): it was "
+                "not waited out",
+                self.name,
+                self.version,
+                describe_claim(orphan),
+            )
         self._task = asyncio.create_task(self._beat(), name=f"lease {self.name} v{self.version}")
         return control
 
