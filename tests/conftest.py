@@ -23,6 +23,14 @@ from tests.infra import Server, settings_for, start_graph, start_nats, start_val
 # git), so only the first pays it.
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
+# Some tests start a child with ``preexec_fn`` (a file size limit, SIGINT ignored, the
+# supervisor's parent-death signal), which makes Python fork() rather than vfork. With
+# gRPC running in this process, grpcio's fork handlers (on by default) restarted its
+# poller in the child, which then found its epoll fd closed before exec and aborted
+# (SIGABRT, "Epoll1Poller encountered epoll_wait error: Bad file descriptor"): about 1
+# child in 100. Read by grpc when it is first imported, which is after this line.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Servers a test started and did not stop (and, with tests/infra.py's SIGTERM and
