@@ -37,6 +37,8 @@ HOSTILE = [
     "line\nbreak",
     "\x7f",
     "\x9b1m",
+    "line\u2028separator",
+    "para\u2029graph",
 ]
 MULTILINE_OK = ["two\nlines", "crlf\r\nlines", "tab\tstop", "é 😀 日本語 \u202f"]
 MULTILINE_BAD = ["\x00", "esc \x1b[2J", "bell\x07", "lone cr\r", "a\rb", "\x85", "\x7f"]

@@ -14,3 +14,22 @@ def escape(ch: str) -> str:
     """The visible form of one unsafe character."""
     code = ord(ch)
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+# One line of text (an id, a key, a title, a name): no control character (C0, DEL, C1:
+# Unicode's category Cc) and neither the line nor the paragraph separator U+2028/U+2029,
+# which end a line in a log or a terminal as a newline does (U+0085, NEL, is C1). The
+# rule of every one-line input: the process ledger's texts, the context commands'
+# one-line values and options, omni's status worker.
+NOT_ONE_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def not_one_line_at(value: str) -> int | None:
+    """The position of the first character of ``value`` that one line of text cannot
+    hold (:data:`NOT_ONE_LINE`), or None."""
+    # Printable ASCII (the usual text) holds none: one C call instead of a search per
+    # field of every event.
+    if value.isascii() and value.isprintable():
+        return None
+    found = NOT_ONE_LINE.search(value)
+    return None if found is None else found.start()

@@ -21,6 +21,7 @@ from jetsource._gen.context.v1 import events_pb2 as ev
 from jetsource.core.clock import now_ns, to_timestamp
 from jetsource.core.codec import UnknownEvent
 from jetsource.core.errors import JetsourceError, ValidationError
+from jetsource.core.printable import not_one_line_at
 
 T = TypeVar("T")
 Status: TypeAlias = ev.SubtaskStatus.ValueType
@@ -195,32 +196,37 @@ Command = (
 
 # Control characters (C0, DEL and C1) shown by a terminal move its cursor, recolour it,
 # retitle it or wipe it, and a CR or LF in a one-line value forges lines in logs and
-# headers. One-line texts (titles, names, tags, the command options) take none of them;
-# multi-line texts (bodies, rationales, descriptions, reasons) take tabs and line
-# breaks (LF, or CR LF), nothing else of them. Events stored before this rule stay
-# readable: only commands are checked.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# headers. One-line texts (titles, names, tags, the command options) take none of them,
+# nor the line and paragraph separators U+2028/U+2029 (a line end as much as LF: the
+# rule the process ledger's observer applies, jetsource.core.printable's); multi-line
+# texts (bodies, rationales, descriptions, reasons) take tabs and line breaks (LF, or
+# CR LF), nothing else of the controls. Events stored before this rule stay readable:
+# only commands are checked.
 _CONTROL_IN_LINES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]|\r(?!\n)")
 
 
-def _refuse_control(pattern: re.Pattern[str], value: str, name: str, takes: str) -> None:
-    found = pattern.search(value)
-    if found is not None:
+def _refuse_at(value: str, at: int | None, name: str, takes: str) -> None:
+    if at is not None:
         raise ValidationError(
-            f"{name} holds a control character (U+{ord(found.group()[0]):04X} at position "
-            f"{found.start()}): it takes {takes}",
+            f"{name} holds a control character (U+{ord(value[at]):04X} at position "
+            f"{at}): it takes {takes}",
             field=name,
         )
 
 
 def one_line(value: str, name: str) -> None:
-    """ValidationError naming ``name`` when ``value`` holds a control character."""
-    _refuse_control(_CONTROL, value, name, "one line of printable text")
+    """ValidationError naming ``name`` when ``value`` holds a control character or a
+    line or paragraph separator (U+2028/U+2029)."""
+    _refuse_at(value, not_one_line_at(value), name, "one line of printable text")
 
 
 def _lines(value: str, name: str) -> None:
-    _refuse_control(
-        _CONTROL_IN_LINES, value, name, "printable text, tabs and line breaks (LF or CR LF)"
+    found = _CONTROL_IN_LINES.search(value)
+    _refuse_at(
+        value,
+        None if found is None else found.start(),
+        name,
+        "printable text, tabs and line breaks (LF or CR LF)",
     )
 
 

@@ -18,16 +18,13 @@ from jetsource._gen.process.v1.events_pb2 import CanonicalEvent, ProcessEventBod
 from jetsource.core.envelope import NewEvent
 from jetsource.core.errors import ValidationError
 from jetsource.core.ids import uuid7, validate_aggregate_id
+from jetsource.core.printable import not_one_line_at
 from jetsource.core.structvalue import NotAStructValue, check_struct_value, has_lone_surrogate
 from jetsource.domains.process.events import registry
 from jetsource.domains.process.pruning import PRUNER_ID, RESERVED_TYPES
 
 # Event ids (and causation ids, which name one): a Nats-Msg-Id and a log-safe token.
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}")
-# Text without control characters (C0, DEL, C1: Unicode's category Cc) or the line and
-# paragraph separators U+2028/U+2029, which end a line in a log or a terminal as a
-# newline does (U+0085, NEL, is C1).
-_PRINTABLE = re.compile(r"[^\x00-\x1f\x7f-\x9f\u2028\u2029]*")
 # A kind is a ListProcesses filter, which takes at most this many characters.
 MAX_KIND = 128
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -65,16 +62,11 @@ def _plain(value: str, limit: int) -> bool:
 
 def text_problem(value: str) -> str | None:
     """Why ``value`` is not one line of text (a control character or a line
-    separator, named with its position), or None."""
-    # Printable ASCII (the usual text) has no control character; anything else is
-    # asked of the pattern. One C call instead of a match per field of every event.
-    if value.isascii() and value.isprintable():
+    separator, named with its position: jetsource.core.printable's rule), or None."""
+    at = not_one_line_at(value)
+    if at is None:
         return None
-    m = _PRINTABLE.match(value)
-    assert m is not None  # the pattern matches the empty prefix
-    if m.end() == len(value):
-        return None
-    return f"contains a control character (U+{ord(value[m.end()]):04X} at position {m.end()})"
+    return f"contains a control character (U+{ord(value[at]):04X} at position {at})"
 
 
 def _text(value: str, field: str, limit: int) -> None:
