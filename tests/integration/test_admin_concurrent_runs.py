@@ -131,7 +131,8 @@ async def test_ctrl_c_says_the_reset_stopped_and_status_shows_it_stopped(
     """Ctrl-C (SIGINT) on `projector reset`: one JSON line saying it stopped and that
     running it again resumes (code cancelled, exit 130), the claim given back, so
     `status` shows the version stopped at once; running it again finishes it. SIGTERM
-    (kill, timeout, systemd) the same: it exited 143 in silence, holding the claim."""
+    (kill, timeout, systemd) the same: it exited 143 in silence, holding the claim; its
+    line names SIGTERM (it said "stopped (Ctrl-C)")."""
     from tests.integration.test_admin_contract import cli_env
 
     p = projection
@@ -153,6 +154,10 @@ async def test_ctrl_c_says_the_reset_stopped_and_status_shows_it_stopped(
     assert out == b""
     error = json.loads(err.decode().strip().splitlines()[-1])["error"]
     assert error["code"] == "cancelled" and "again" in error["message"]
+    # It names the signal that came: SIGTERM said "stopped (Ctrl-C)" too.
+    said = "Ctrl-C" if stop == signal.SIGINT else "SIGTERM"
+    assert f"stopped ({said})" in error["message"], error
+    assert "Ctrl-C" not in error["message"] or stop == signal.SIGINT, error
     rows = {r["version"]: r for r in await admin.status(p) if r["model"] == "context"}
     assert rows[1]["state"] == "stopped", rows[1]
 

@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from jetsource.cli.app import app
@@ -54,6 +55,7 @@ def test_sigterm_while_waiting_for_nats_is_cancelled_exit_130(sigint_ignored: bo
     lines = [line for line in err.decode().splitlines() if line.startswith("{")]
     error = json.loads(lines[-1])["error"]
     assert error["code"] == "cancelled", error
+    assert "(SIGTERM)" in error["message"] and "Ctrl-C" not in error["message"], error
 
 
 @pytest.mark.parametrize("command", ["list", "verify"])
@@ -75,3 +77,33 @@ def test_ctrl_c_on_an_archive_read_does_not_say_it_sealed_anything(
     error = json.loads(result.stderr.strip().splitlines()[-1])["error"]
     assert error["code"] == "cancelled"
     assert "sealed" not in error["message"] and "nothing changed" in error["message"], error
+
+
+@pytest.mark.parametrize(
+    ("said", "sigterm", "shown"),
+    [
+        ("the reset of context stopped (Ctrl-C); run it again", False, "stopped (Ctrl-C);"),
+        ("the reset of context stopped (Ctrl-C); run it again", True, "stopped (SIGTERM);"),
+        ("interrupted", True, "interrupted (SIGTERM)"),
+        ("interrupted", False, "interrupted (Ctrl-C)"),
+        ("restore from f stopped midway: run it again", True, "stopped (SIGTERM) midway"),
+    ],
+)
+def test_a_cancelled_line_names_the_signal_that_came(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    said: str,
+    sigterm: bool,
+    shown: str,
+) -> None:
+    """A command stopped by SIGTERM said "stopped (Ctrl-C)" (or "interrupted", naming
+    nothing); each ``cancelled`` line now names the signal, exit 130 either way."""
+    from jetsource.cli import output
+
+    monkeypatch.setattr(output, "_stopped_by", ["SIGTERM"] if sigterm else [])
+    monkeypatch.setattr(output, "mode", lambda: output.Mode.json)
+    with pytest.raises(typer.Exit) as ended:
+        output.fail(130, "cancelled", said)
+    assert ended.value.exit_code == 130
+    message = json.loads(capsys.readouterr().err)["error"]["message"]
+    assert shown in message, message

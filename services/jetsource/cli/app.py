@@ -242,7 +242,9 @@ def _sigterm_as_ctrl_c(signum: int, frame: Any) -> None:
     build left ``running``/``resetting`` in ``status`` until its heartbeat went stale.
     The SIGINT handler in place is called (asyncio.run's cancels the main task); with
     SIGINT ignored (a job started with ``&`` from a script) ``aio.interrupt`` does the
-    same, or KeyboardInterrupt is raised."""
+    same, or KeyboardInterrupt is raised. The ``cancelled`` line names SIGTERM (it said
+    Ctrl-C)."""
+    output.signal_arrived(signal.Signals(signum).name)
     handler = signal.getsignal(signal.SIGINT)
     if callable(handler) and handler is not _sigterm_as_ctrl_c:
         handler(signal.SIGINT, frame)

@@ -290,8 +290,13 @@ def import_(
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        def stopping(sig: signal.Signals) -> None:
+            if sig != signal.SIGINT:  # its "stopped" line names it (it said Ctrl-C)
+                out.signal_arrived(sig.name)
+            stop.set()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, stopping, sig)
         show = mode != Mode.json and out.stderr().is_terminal
         progress = (
             Progress(

@@ -358,6 +358,36 @@ def capture_warnings() -> None:
 
 # -- errors ----------------------------------------------------------------------------
 
+# The signal that stopped the command when it was not Ctrl-C (SIGINT): the CLI's
+# SIGTERM handler (taken as Ctrl-C) and `observe import`'s own handlers say it here.
+_stopped_by: list[str] = []
+CTRL_C = "Ctrl-C"
+
+
+def signal_arrived(name: str) -> None:
+    """``name`` (``SIGTERM``) stops the command: its ``cancelled`` line names it."""
+    _stopped_by.append(name)
+
+
+def stop_signal() -> str:
+    """How the command was stopped, as its ``cancelled`` line says it."""
+    return _stopped_by[-1] if _stopped_by else CTRL_C
+
+
+_STOPPED_WORD = re.compile(r"\b(stopped|interrupted)\b(?! \()")
+
+
+def _name_the_signal(message: str) -> str:
+    """A ``cancelled`` message naming the signal that arrived: the "(Ctrl-C)" the
+    commands wrote is "(SIGTERM)" after a SIGTERM (it said Ctrl-C for both), and one
+    naming none ("interrupted", "stopped midway") gets it after that word."""
+    name = stop_signal()
+    if CTRL_C in message:
+        return message.replace(CTRL_C, name)
+    if name in message:
+        return message
+    return _STOPPED_WORD.sub(lambda m: f"{m.group(1)} ({name})", message, count=1)
+
 
 def fail(code: int, status: str, message: str, **extra: Any) -> NoReturn:
     """Print an error on stderr and exit with ``code``: ``STATUS: message`` (then the
@@ -365,6 +395,8 @@ def fail(code: int, status: str, message: str, **extra: Any) -> NoReturn:
     "message", "exit_code", ...extra}}``. Every group reports its errors here. A
     ``field`` (the option or argument at fault) is named in the text too."""
     field = extra.get("field")
+    if status.lower() == "cancelled":
+        message = _name_the_signal(message)
     if mode() == Mode.json:
         body = {"code": status, "message": message, "exit_code": code}
         body.update({k: v for k, v in extra.items() if v is not None})

@@ -40,10 +40,16 @@ async def observer(settings: JetsourceSettings, unique: str) -> AsyncIterator[Ob
     await server.stop(0)
 
 
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 async def test_ctrl_c_before_the_end_says_so_exit_130_and_the_same_command_resumes(
-    observer: Observer, settings: JetsourceSettings, unique: str, tmp_path: Path
+    observer: Observer,
+    settings: JetsourceSettings,
+    unique: str,
+    tmp_path: Path,
+    stop: signal.Signals,
 ) -> None:
-    """The observer serves from this test's event loop: the command runs beside it."""
+    """The observer serves from this test's event loop: the command runs beside it.
+    SIGTERM the same, its line naming SIGTERM (it said "(Ctrl-C)")."""
     path = tmp_path / "run.jsonl"
     with path.open("w") as f:
         for i in range(LINES):
@@ -63,7 +69,7 @@ async def test_ctrl_c_before_the_end_says_so_exit_130_and_the_same_command_resum
         while not state.exists():  # saved after its first recorded batch
             assert proc.returncode is None and time.monotonic() < deadline
             await asyncio.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
     finally:
         if proc.returncode is None:
@@ -76,6 +82,8 @@ async def test_ctrl_c_before_the_end_says_so_exit_130_and_the_same_command_resum
     assert error["code"] == "CANCELLED" and error["exit_code"] == 130, error
     assert f"line {report['line']}" in error["message"], error
     assert "run the same command again" in error["message"], error
+    said = "(Ctrl-C)" if stop == signal.SIGINT else "(SIGTERM)"
+    assert said in error["message"], error
 
     again = await asyncio.create_subprocess_exec(
         sys.executable, *args, env=env, stdout=pipe, stderr=pipe
