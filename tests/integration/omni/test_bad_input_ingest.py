@@ -5,6 +5,7 @@ never a 500, never a traceback, and nothing written."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,6 +13,8 @@ import grpc
 import httpx
 import pytest
 
+from jetsource._gen.omni.v1.events_pb2 import EVENT_TYPE_MESSAGE, NormalizedEvent
+from jetsource.core.envelope import NO_STREAM, NewEvent
 from jetsource.ingest.server import Ingest
 from tests.integration.omni.harness import VERIFY_TOKEN, headers_for, route
 
@@ -293,8 +296,8 @@ CASES: dict[str, tuple[str, str, dict[str, str] | bytes | None, set[int], str]] 
         "POST",
         "/api/v1/events/nope/status",
         b'{"state": "processing", "worker": "w\\u0000x"}',
-        {400, 404, 422},
-        "",
+        {400},
+        '"field":"worker"',
     ),
     "handshake: unknown instance": (
         "GET",
@@ -660,3 +663,48 @@ async def test_a_status_update_not_sent_as_json_is_415_naming_the_content_type(
             "/api/v1/events/nope/status", content=body, headers={"content-type": media}
         )
         assert response.status_code == 404, response.text  # no event 'nope': it was read
+
+
+HOSTILE_WORKERS = [
+    "w\x00x",
+    "w\x1b[31mred",
+    "w\nx",
+    "w\r\nX-Evil: 1",
+    "\tw",
+    "w\x7f",
+    "w\x85",
+    "w\x9b1m",
+    "w\u2028x",
+    "w\u2029x",
+]
+
+
+async def test_a_status_worker_with_a_control_character_is_400_naming_it_and_writes_nothing(
+    ingest: Ingest, api: httpx.AsyncClient
+) -> None:
+    """A worker is one line (recorded as the step's worker and its event's source,
+    shown and logged): a control character or a line separator in it was recorded and
+    echoed as it came. Refused as the other one-line inputs are, on a real event."""
+    event_id = str(uuid.uuid4())
+    event = NormalizedEvent(
+        id=event_id, provider="whatsapp", event_type=EVENT_TYPE_MESSAGE, instance_name="acme"
+    )
+    await ingest.store.append(event_id, [NewEvent(event, source="test")], NO_STREAM)
+    wrong: list[tuple[object, ...]] = []
+    for worker in HOSTILE_WORKERS:
+        response = await api.post(
+            f"/api/v1/events/{event_id}/status", json={"state": "processing", "worker": worker}
+        )
+        error = response.json().get("error", {})
+        if response.status_code != 400 or error.get("field") != "worker":
+            wrong.append((worker, response.status_code, response.text[:200]))
+        elif "control character" not in error["message"]:
+            wrong.append((worker, error["message"]))
+    assert not wrong, wrong
+    assert len(await ingest.store.read_aggregate(event_id)) == 1  # EventReceived alone
+    # One line of any script is taken.
+    response = await api.post(
+        f"/api/v1/events/{event_id}/status",
+        json={"state": "processing", "worker": "wörker-1 日本 \u00a0"},
+    )
+    assert response.status_code == 200, response.text

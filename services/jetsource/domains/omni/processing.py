@@ -30,6 +30,7 @@ from jetsource._gen.omni.v1.lifecycle_pb2 import (
 from jetsource.core.envelope import NewEvent
 from jetsource.core.errors import ValidationError
 from jetsource.core.ids import validate_aggregate_id
+from jetsource.core.printable import not_one_line_at
 from jetsource.domains.omni.events import is_identity
 from jetsource.domains.omni.normalize.common import has_surrogate
 from jetsource.eventstore.jetstream import JetStreamEventStore
@@ -147,6 +148,15 @@ def check_step(event_id: str, state: str, worker: str, attempt: int, reason: str
                 f"{name} holds a lone UTF-16 surrogate, which is no Unicode character",
                 field=name,
             )
+    at = not_one_line_at(worker)
+    if at is not None:
+        # Recorded as the step's worker and its event's source, shown and logged as one
+        # line: an ESC or a line end in it recoloured a terminal or forged a log line.
+        raise ValidationError(
+            f"worker holds a control character (U+{ord(worker[at]):04X} at position {at}): "
+            "it takes one line of printable text",
+            field="worker",
+        )
     if attempt < 1:
         raise ValidationError("attempt starts at 1", field="attempt")
     if state == "failed" and not reason:
