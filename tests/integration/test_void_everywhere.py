@@ -194,3 +194,50 @@ async def test_a_void_that_does_not_say_which_stream_is_refused_and_voids_nothin
 
     with pytest.raises(Exception, match="unknown domain"):
         await void_sequence(p, 1, "no such domain", "tester", domain="nope")
+
+
+async def test_a_void_without_its_domain_reads_the_letters_of_the_story_alone(
+    two_domains: Projection,
+) -> None:
+    """`repair void` without --domain over several streams read every dead letter of
+    the dead-letter stream (payloads and all) to find which domain filed the sequence;
+    with --domain it reads the story's letters alone. It now reads the story's letters
+    of each domain holding an event there, and still finds the one that filed it."""
+    from google.protobuf import struct_pb2
+
+    from jetsource._gen.process.v1.events_pb2 import ProcessEventBody
+    from jetsource.eventstore import jsapi
+    from jetsource.eventstore.jsapi import RawMessage
+    from jetsource.projection.deadletters import DeadLetter
+
+    p = two_domains
+    context, process = p.domain_store("context"), p.domain_store("process")
+    story = await context.append("story", [NewEvent(ev.ContextCreated(title="t"))], NO_STREAM)
+    body = ProcessEventBody(data=struct_pb2.Struct())
+    await process.append("run", [NewEvent(body, event_type="process_started")], NO_STREAM)
+    seq = story.stream_seqs[0]
+    # 50 letters of other stories, and the context model's letter of this sequence.
+    spec = p.spec("context", 1)
+    for i in range(50):
+        raw = RawMessage(f"x.o{i}", 10**9 + i, 0, {}, b"x")
+        await p.dead_letters.publish(spec, f"o{i}", raw, "r", 1)
+    await p.control.ensure("context", 1)
+    raw_story = await jsapi.direct_get(context._replies, context.settings.stream, {"seq": seq}, 5)
+    assert raw_story is not None
+    await p.dead_letters.publish(spec, "story", raw_story, "refused", 1)
+
+    parsed = 0
+    parse = p.dead_letters._parse
+
+    def counted(raw: RawMessage) -> DeadLetter:
+        nonlocal parsed
+        parsed += 1
+        return parse(raw)
+
+    p.dead_letters._parse = counted  # type: ignore[method-assign]
+    report = await void_sequence(p, seq, "filed by context", "tester", caught_up_s=0.2)
+    assert (report.domain, report.aggregate_id) == ("context", "story")
+    assert await context.voided("story", seq)
+    assert not await process.voided("run", seq)
+    assert parsed <= 4, parsed  # was every letter of the stream (51) and then the story's
+    assert len(await p.dead_letters.list(spec)) == 50

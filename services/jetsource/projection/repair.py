@@ -35,6 +35,7 @@ from jetsource.projection import admin
 from jetsource.projection.admin import AdminError
 from jetsource.projection.bootstrap import Projection
 from jetsource.projection.control import BUILDING, LIVE
+from jetsource.projection.deadletters import aggregate_of
 from jetsource.projection.snapshots import SnapshotModel
 
 CAUGHT_UP_S = 10.0  # how long a void waits for a model's projector to pass the sequence
@@ -157,14 +158,9 @@ async def _domain_of(p: Projection, seq: int, domain: str | None) -> str:
         return domain
     if len(p.stores) == 1:
         return next(iter(p.stores))
-    filed = {
-        p.domains.owner(d.model).name
-        for d in await p.dead_letters.list()
-        if d.original_seq == seq and d.model in p.domains.models()
-    }
-    if len(filed) == 1:
-        return filed.pop()
     held: list[str] = []
+    filed: list[str] = []
+    voided: list[str] = []
     for name, store in p.stores.items():
         try:
             await store.start()
@@ -179,8 +175,19 @@ async def _domain_of(p: Projection, seq: int, domain: str | None) -> str:
         if raw is not None and raw.subject.startswith(store.settings.subject_prefix + "."):
             aggregate_id = raw.subject[len(store.settings.subject_prefix) + 1 :].split(".")[0]
             if await store.voided(aggregate_id, seq):
-                return name  # voided before: the void says so and changes nothing
+                voided.append(name)
             held.append(name)
+            # Did this domain's models file it? Its story's letters alone, as a void
+            # with --domain reads them (every dead letter of the stream was read,
+            # payloads and all, to find the ones of this sequence); a subject naming
+            # no story plainly is filed under the projector's token for it.
+            stories = {aggregate_id, aggregate_of(raw.subject, store.settings.subject_prefix)}
+            if await _filed(p, name, sorted(stories), seq):
+                filed.append(name)
+    if len(filed) == 1:
+        return filed[0]
+    if voided:
+        return voided[0]  # voided before: the void says so and changes nothing
     streams = ", ".join(f"{name} ({s.settings.stream})" for name, s in p.stores.items())
     if not held:
         raise ValidationError(
@@ -194,6 +201,16 @@ async def _domain_of(p: Projection, seq: int, domain: str | None) -> str:
         f"({', '.join(held)}): name the one to void with its domain: one of {streams}",
         field="domain",
     )
+
+
+async def _filed(p: Projection, domain: str, stories: list[str], seq: int) -> bool:
+    """Has a model of ``domain`` filed ``seq`` as a dead letter of one of ``stories``?"""
+    for model in sorted(m for m in p.domains.models() if p.domains.owner(m).name == domain):
+        for story in stories:
+            letters = await p.dead_letters.of_aggregate(model, story)
+            if any(d.original_seq == seq and d.model == model for d in letters):
+                return True
+    return False
 
 
 def _consumes(p: Projection, name: str, event_type: str) -> bool:
