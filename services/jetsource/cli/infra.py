@@ -14,7 +14,7 @@ from rich.text import Text
 
 from jetsource.cli import output
 from jetsource.core import aio
-from jetsource.core.settings import JetsourceSettings
+from jetsource.core.settings import GrpcClientSettings, JetsourceSettings
 from jetsource.devstack.servers import ServerError
 from jetsource.devstack.stack import LocalStack, ServerStatus
 
@@ -201,12 +201,25 @@ def up_all(
         raise typer.Exit(1)
     if demo:
         aio.run(_demo(stack.settings))
-        aio.run(_demo_process_tree())
+        aio.run(_demo_process_tree(stack.settings))
 
 
 def down_all() -> None:
     """Stop the services, then the local servers."""
     down()
+
+
+def demo_client(settings: JetsourceSettings) -> GrpcClientSettings:
+    """How the demo reaches the services just started: ``JETSOURCE_CLIENT__*``, as the
+    CLI's commands do, and when that sends no token, the first of the services'
+    ``JETSOURCE_GRPC__AUTH_TOKENS`` (they were started from the same environment and
+    take only those): with the tokens set in the shell, the demo sent none and failed
+    UNAUTHENTICATED."""
+    client = settings.client
+    token = client.token.get_secret_value() if client.token is not None else ""
+    if not token and settings.grpc.auth_tokens:
+        client = client.model_copy(update={"token": settings.grpc.auth_tokens[0]})
+    return client
 
 
 async def _demo(settings: JetsourceSettings) -> None:
@@ -218,7 +231,8 @@ async def _demo(settings: JetsourceSettings) -> None:
 
     demo = f"demo-{datetime.now(UTC):%Y%m%dT%H%M%S%f}"
     target = PublisherSettings.load().publisher.target()
-    async with ContextClient(target, actor="jetsource up") as client:
+    security = demo_client(settings)
+    async with ContextClient(target, actor="jetsource up", security=security) as client:
         await client.create_context(demo, "jetsource is up", tags=["demo"])
         await client.add_decision(demo, "d1", "Record context as events", rationale="replayable")
         await client.add_subtask(demo, "s1", "Try `jetsource ctx show " + demo + "`")
@@ -235,42 +249,44 @@ async def _demo(settings: JetsourceSettings) -> None:
         f"{', '.join(e.event_type for e in events)}; stream {settings.eventstore.stream} "
         f"holds {info['state']['messages']} events"
     )
-    await _demo_read_models(demo, last.version)
+    await _demo_read_models(demo, last.version, security)
 
 
-async def _demo_process_tree() -> None:
+async def _demo_process_tree(settings: JetsourceSettings) -> None:
     """A small process tree through the observer (the Python SDK)."""
     from jetsource.devstack.process_demo import record_demo_tree
     from jetsource.observer.settings import ObserverSettings
 
     target = ObserverSettings.load().observer.target()
-    root, events = await record_demo_tree(target)
+    security = demo_client(settings)
+    token = security.token.get_secret_value() if security.token is not None else None
+    root, events = await record_demo_tree(target, token=token or None)
     _say(
         f"observer at {target}: demo process tree {root!r} recorded through the SDK "
         f"({events} events); try `jetsource process tree {root}`"
     )
-    await _demo_process_read(root, events)
+    await _demo_process_read(root, events, security)
 
 
-async def _demo_process_read(root: str, events: int) -> None:
+async def _demo_process_read(root: str, events: int, security: GrpcClientSettings) -> None:
     """The demo tree read back through the process query service (its read models)."""
-    import grpc
-
     from jetsource._gen.process.v1 import query_pb2 as pq
     from jetsource._gen.process.v1 import query_pb2_grpc as pq_grpc
+    from jetsource.client import open_channel
     from jetsource.processquery.settings import ProcessQuerySettings
 
     target = ProcessQuerySettings.load().process_query.target()
     started = time.monotonic()
-    async with grpc.aio.insecure_channel(target) as channel:
+    channel, metadata = open_channel(target, security)
+    async with channel:
         stub = pq_grpc.ProcessQueryServiceStub(channel)
         request = pq.ListProcessesRequest(root_process_id=root, page_size=1000)
-        listed = await stub.ListProcesses(request, timeout=10)
+        listed = await stub.ListProcesses(request, timeout=10, metadata=metadata)
         while sum(p.event_count for p in listed.processes) < events:
             if time.monotonic() - started > 30:
                 raise RuntimeError(f"the process query service at {target} did not show {root}")
             await asyncio.sleep(0.05)
-            listed = await stub.ListProcesses(request, timeout=10)
+            listed = await stub.ListProcesses(request, timeout=10, metadata=metadata)
     statuses = sorted(
         {
             pq.ProcessStatus.Name(p.status).removeprefix("PROCESS_STATUS_").lower()
@@ -283,7 +299,7 @@ async def _demo_process_read(root: str, events: int) -> None:
     )
 
 
-async def _demo_read_models(demo: str, version: int) -> None:
+async def _demo_read_models(demo: str, version: int, security: GrpcClientSettings) -> None:
     """Read the story back through the query service: read-your-writes from the
     projector's Valkey model, the past from the stream, the graph."""
     import grpc
@@ -293,7 +309,7 @@ async def _demo_read_models(demo: str, version: int) -> None:
 
     target = QuerySettings.load().query.target()
     started = time.monotonic()
-    async with QueryClient(target, timeout=30) as q:
+    async with QueryClient(target, timeout=30, security=security) as q:
         now = await q.get_context(demo, min_version=version)
         waited = 1000 * (time.monotonic() - started)
         first = await q.at_version(demo, 1)

@@ -9,9 +9,10 @@ import asyncio
 from jetsource.sdk import Observer
 
 
-async def record_demo_tree(target: str) -> tuple[str, int]:
-    """The root process id and how many events the SDK emitted."""
-    observer = Observer(target, source="jetsource up", flush_interval_s=0.01)
+async def record_demo_tree(target: str, token: str | None = None) -> tuple[str, int]:
+    """The root process id and how many events the SDK emitted (``token``: the bearer
+    token the observer asks, if any)."""
+    observer = Observer(target, source="jetsource up", flush_interval_s=0.01, token=token)
     async with observer:
         async with observer.process("demo-pipeline", kind="pipeline") as root:
             root.emit("config_loaded", {"levels": 2})
