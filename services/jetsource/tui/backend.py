@@ -4,10 +4,10 @@ Sessions and processes come from the process ledger (``jetsource.domains.session
 contexts from the context query service (GetContext, GetContextAtVersion,
 GetContextAtTime); messaging events and identities from the omni query service
 (``OmniQueryService`` of jetsource-ingest); dead letters from the projector's dead-letter
-stream (``jetsource.projection.admin.dlq_list``, what ``jetsource projector dlq list``
-prints). Every call goes through here: a failure to connect or to answer is
-a :class:`StackDown` with a message fit for the banner, and the next call tries again
-(the connection is opened anew after a failure).
+stream (every letter in it, ordered as ``jetsource projector dlq list`` prints them).
+Every call goes through here: a failure to connect or to answer is a :class:`StackDown`
+with a message fit for the banner, and the next call tries again (the connection is
+opened anew after a failure).
 """
 
 from __future__ import annotations
@@ -390,10 +390,17 @@ class Backend:
             ) from exc
 
     async def dead_letters(self) -> list[DeadLetter]:
-        """Every read model's dead letters, oldest first (``projector dlq list``)."""
-        from jetsource.projection import admin
+        """Every dead letter of the stream, oldest first (as ``projector dlq list``
+        orders them). The whole stream, not the letters of the models this process
+        registers: a TUI started without a developer's own domains
+        (``JETSOURCE_PROJECTOR__DOMAINS``) listed none of theirs and said "no dead
+        letters" while the stream held them."""
 
-        result: list[DeadLetter] = await self._dlq_call(lambda p: admin.dlq_list(p))
+        async def every(p: Projection) -> list[DeadLetter]:
+            letters = await p.dead_letters.list()
+            return sorted(letters, key=lambda d: (d.original_seq, d.time_ns, d.dlq_seq))
+
+        result: list[DeadLetter] = await self._dlq_call(every)
         return result
 
     async def dead_letter(self, dlq_seq: int) -> DeadLetter:

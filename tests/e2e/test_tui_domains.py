@@ -1,0 +1,82 @@
+"""The TUI with a developer's own domain on the engine (tests/notes_domain.py, its own
+stream and events), against real NATS: its dead letters are listed whether or not the
+TUI process registers the domain (JETSOURCE_PROJECTOR__DOMAINS), a domains setting
+that does not load is said as that setting (not as NATS being down), and a letter's
+event is shown decoded: its envelope always, its payload by the domain's codec when
+the TUI has it, as hex when it does not."""
+
+from __future__ import annotations
+
+import sys
+import types
+from collections.abc import AsyncIterator
+
+import pytest
+from google.protobuf import wrappers_pb2
+from textual.pilot import Pilot
+from textual.widgets import DataTable, Static
+
+from jetsource.core.envelope import NewEvent
+from jetsource.core.settings import JetsourceSettings
+from jetsource.eventstore import jsapi
+from jetsource.eventstore.jsapi import RawMessage
+from jetsource.projection.bootstrap import Projection, open_projection
+from jetsource.projection.domain import DomainRegistry
+from jetsource.tui.app import JetsourceTui
+from jetsource.tui.domain_views import DeadLettersScreen
+from tests.e2e.test_tui import SIZE, until
+from tests.e2e.test_tui_deadletters import backend_for
+from tests.notes_domain import NOTES, notes_domain
+from tests.projector_fixtures import projector_settings
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+async def notes(
+    settings: JetsourceSettings, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Projection]:
+    """A projection of the notes domain alone, registered as a developer does: a module
+    exporting REGISTRY, named by JETSOURCE_PROJECTOR__DOMAINS (its settings')."""
+    module = types.ModuleType(f"notes_domains_{unique}")
+    module.REGISTRY = DomainRegistry([notes_domain(unique)])  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    p = await open_projection(projector_settings(settings, unique, domains=module.__name__))
+    yield p
+    await p.close()
+
+
+async def stored(p: Projection, aggregate_id: str, text: str) -> RawMessage:
+    """A note appended to the notes stream, as the stream holds it."""
+    store = p.domain_store("notes")
+    await store.append(aggregate_id, [NewEvent(wrappers_pb2.StringValue(value=text))], 0)
+    subject = f"{store.settings.subject_prefix}.{aggregate_id}.>"
+    async for raw in jsapi.direct_get_batch(store._replies, store.settings.stream, subject, 1, 5):
+        return raw
+    raise AssertionError("not stored")
+
+
+async def open_letters(app: JetsourceTui, pilot: Pilot[None], rows: int) -> DeadLettersScreen:
+    await pilot.press("d")
+    screen = app.screen
+    assert isinstance(screen, DeadLettersScreen)
+    table = screen.query_one("#rows", DataTable)
+    summary = screen.query_one("#summary", Static)
+    await until(pilot, lambda: table.row_count == rows and "loading" not in str(summary.content))
+    return screen
+
+
+async def test_a_tui_without_the_domain_lists_its_dead_letters(
+    notes: Projection, settings: JetsourceSettings, unique: str
+) -> None:
+    """The TUI started with the default JETSOURCE_PROJECTOR__DOMAINS (the built-in
+    domains): it said "no dead letters: every read model applied every event"."""
+    raw = await stored(notes, "n1", "a note")
+    await notes.dead_letters.publish(notes.spec(NOTES, 1), "n1", raw, "boom", 3)
+    app = JetsourceTui(backend_for(projector_settings(settings, unique)), refresh_s=0.5)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_letters(app, pilot, 1)
+        table = screen.query_one("#rows", DataTable)
+        row = [str(c) for c in table.get_row(next(iter(table.rows)))]
+        assert row[1:6] == [NOTES, "v1", str(raw.seq), "n1", "3"]
+        assert "1 dead letter" in str(screen.query_one("#summary", Static).content)
