@@ -19,6 +19,9 @@ the same ``extra={"rate_key": ...}``) is written at most once per window
 (``JETSOURCE_LOG_REPEAT_WINDOW_S``, 10 s); the next one written carries
 ``repeats_suppressed=N``, the number left out since the last one. An outage of a
 store thus gives a line every few seconds per worker, not one per redelivery.
+
+asyncio's "returning true from eof_received() has no effect when using ssl", written at
+every close of a NATS connection over TLS, is dropped (:class:`SslEofNoiseFilter`).
 """
 
 from __future__ import annotations
@@ -98,6 +101,29 @@ class RepeatFilter(logging.Filter):
             del self._seen[k]
         while len(self._seen) > self.max_keys:  # still full: forget the oldest
             del self._seen[next(iter(self._seen))]
+
+
+# asyncio's TLS transport says this when its protocol's eof_received() asks to keep a
+# connection half open, which TLS cannot. nats-py upgrades a NATS connection to TLS with
+# loop.start_tls and a StreamReaderProtocol of its own, whose connection_made start_tls
+# never calls: the protocol does not know it runs over TLS, and asks that each time the
+# server closes the connection (a restart, a failover). The connection is closed and
+# reconnected as it should be: the line says nothing, at every close of every
+# connection. Only this exact message is dropped; asyncio's other lines pass.
+SSL_EOF_NOISE = "returning true from eof_received() has no effect when using ssl"
+
+
+class SslEofNoiseFilter(logging.Filter):
+    """Drops asyncio's :data:`SSL_EOF_NOISE` line, and nothing else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "asyncio" and record.getMessage() == SSL_EOF_NOISE)
+
+
+def _quiet_ssl_eof() -> None:
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, SslEofNoiseFilter) for f in asyncio_log.filters):
+        asyncio_log.addFilter(SslEofNoiseFilter())
 
 
 # Fields of every line of this process: ``worker`` (its index) in a supervised worker
@@ -256,6 +282,7 @@ def setup_logging(
             root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
+    _quiet_ssl_eof()
 
     structlog.configure(
         processors=[
