@@ -80,3 +80,22 @@ async def test_a_tui_without_the_domain_lists_its_dead_letters(
         row = [str(c) for c in table.get_row(next(iter(table.rows)))]
         assert row[1:6] == [NOTES, "v1", str(raw.seq), "n1", "3"]
         assert "1 dead letter" in str(screen.query_one("#summary", Static).content)
+
+
+async def test_a_domains_setting_that_does_not_load_is_said_as_that_setting(
+    settings: JetsourceSettings, unique: str
+) -> None:
+    """JETSOURCE_PROJECTOR__DOMAINS naming a module the TUI's environment lacks: the
+    banner said "NATS at ... is not reachable (DomainsError: ...) (JETSOURCE_NATS__URL)"
+    while NATS was up."""
+    missing = projector_settings(settings, unique, domains=f"not_installed_{unique}")
+    app = JetsourceTui(backend_for(missing), refresh_s=0.5)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("d")
+        banner = app.screen.query_one("#banner", Static)
+        await until(pilot, lambda: bool(banner.display and str(banner.content)))
+        said = str(banner.content)
+        assert f"JETSOURCE_PROJECTOR__DOMAINS='not_installed_{unique}'" in said
+        assert "does not load" in said
+        assert "not reachable" not in said and "JETSOURCE_NATS__URL" not in said
+        assert app.is_running

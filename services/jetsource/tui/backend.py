@@ -360,7 +360,7 @@ class Backend:
 
     async def _dlq_call(self, work: Any) -> Any:
         from jetsource.core.settings import redact_url
-        from jetsource.projection.bootstrap import open_projection
+        from jetsource.projection.bootstrap import DomainsError, open_projection
 
         settings = self.projector_settings()
         where = redact_url(settings.nats_url())
@@ -372,6 +372,12 @@ class Backend:
                         self._projection = await open_projection(settings, provision=False)
                 except asyncio.CancelledError:
                     raise
+                except DomainsError as exc:
+                    # The domains module (a developer's own, not installed where the TUI
+                    # runs): said as that setting, not as NATS being unreachable.
+                    raise StackDown(
+                        f"the dead letters are read with the projector's domains: {exc}"
+                    ) from exc
                 except Exception as exc:
                     what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                     raise StackDown(
