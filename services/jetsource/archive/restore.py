@@ -28,6 +28,7 @@ from jetsource.eventstore.jsapi import Replies
 _SKIP_ON_RESTORE = ("Nats-Expected-", "Nats-Batch-", "Nats-Required-Api-Level")
 _SERVER_CONFIG = {"created", "metadata", "sealed", "first_seq"}
 GAP_TOKEN = "_restore_gap"
+_AFTER = "Nats-Expected-Last-Sequence"
 
 
 class RestoreError(JetsourceError):
@@ -42,10 +43,33 @@ class RestoreError(JetsourceError):
 RESTORE_MARK = "jetsource_archive_restore"
 
 
+# Kept in the finished stream's metadata ("<source> <first>..<last>"): the same restore
+# run again (after it, or beside it) says it was restored already and changes nothing;
+# it was refused "exists and holds messages", or, run at once, "a duplicate message id".
+RESTORED_MARK = "jetsource_archive_restored"
+
+
 def _running_mark(info: dict[str, Any] | None) -> str:
     if info is None:
         return ""
     return str((info["config"].get("metadata") or {}).get(RESTORE_MARK, ""))
+
+
+def _restored_mark(info: dict[str, Any] | None, source: str) -> tuple[int, int] | None:
+    """The sequences a finished restore of ``source`` wrote into the stream (None: it
+    is not one)."""
+    if info is None:
+        return None
+    mark = str((info["config"].get("metadata") or {}).get(RESTORED_MARK, ""))
+    name, _, span = mark.partition(" ")
+    first, _, last = span.partition("..")
+    if name != source or not first.isdigit() or not last.isdigit():
+        return None
+    return int(first), int(last)
+
+
+class RestoreBusy(RestoreError):
+    """Another restore of the same source writes the stream at the same time."""
 
 
 @dataclass
@@ -57,6 +81,11 @@ class RestoreReport:
     gaps: int
     first_seq: int
     last_seq: int
+    already_restored: bool = False  # a finished restore had written it: nothing changed
+
+
+def _already(source: str, target: str, span: tuple[int, int]) -> RestoreReport:
+    return RestoreReport(source, target, 0, 0, 0, span[0], span[1], already_restored=True)
 
 
 def rewrite(subject: str, prefixes: dict[str, str]) -> str:
@@ -114,6 +143,8 @@ async def restore(
     allowed again."""
     source = archive.stream
     existing = await _info(replies, target, timeout)
+    if (span := _restored_mark(existing, source)) is not None:
+        return _already(source, target, span)  # run again: nothing to do, nothing done
     resuming = existing is not None and _running_mark(existing) == f"{source} running"
     if existing is not None and not resuming and int(existing["state"].get("messages", 0)) > 0:
         raise RestoreError(f"stream {target} exists and holds messages: restore into a new one")
@@ -147,6 +178,10 @@ async def restore(
         gap_subject = f"{root}.{GAP_TOKEN}.{GAP_TOKEN}"
     config = {k: v for k, v in source_config.items() if k not in _SERVER_CONFIG}
     final = dict(config, name=target, subjects=subjects)
+    final["metadata"] = {
+        **{k: v for k, v in (final.get("metadata") or {}).items() if k != RESTORE_MARK},
+        RESTORED_MARK: f"{source} {first}..{last}",
+    }
     if retention is not None:
         if retention not in ("forever", "age", "age+compaction"):
             raise RestoreError(f"retention {retention!r}: forever, age or age+compaction")
@@ -158,8 +193,27 @@ async def restore(
         final,
         deny_delete=False,
         deny_purge=False,
-        metadata={**(final.get("metadata") or {}), RESTORE_MARK: f"{source} running"},
+        metadata={
+            **{k: v for k, v in final["metadata"].items() if k != RESTORED_MARK},
+            RESTORE_MARK: f"{source} running",
+        },
     )
+
+    async def another_run(seq: int) -> RestoreReport:
+        """``seq`` was written by someone else: another restore of this source into
+        ``target`` at the same time (each message is published only onto the sequence
+        before it, so nothing was doubled). Finished by now: restored already; else it
+        goes on, and this one stops."""
+        info = await _info(replies, target, timeout)
+        if (span := _restored_mark(info, source)) is not None:
+            return _already(source, target, span)
+        raise RestoreBusy(
+            f"stream {target} is being restored from {source} by another run at the same "
+            f"time (it wrote sequence {seq} first): this one stopped, nothing was written "
+            "twice; that run finishes it (the same restore run after it says it is "
+            "restored already)"
+        )
+
     expect = first
     if existing is None:
         try:
@@ -171,6 +225,13 @@ async def restore(
                 int(writing.get("num_replicas") or 1),
             )
         except jsapi.JsApiError as exc:
+            if exc.err_code == jsapi.ERR_STREAM_NAME_IN_USE:
+                # Created meanwhile (a restore beside this one, finished already?)
+                info = await _info(replies, target, timeout)
+                if (span := _restored_mark(info, source)) is not None:
+                    return _already(source, target, span)
+                if _running_mark(info) == f"{source} running":
+                    return await another_run(first)
             if exc.err_code != jsapi.ERR_SUBJECTS_OVERLAP:
                 raise
             raise RestoreError(
@@ -200,16 +261,33 @@ async def restore(
             continue
         while expect < seq:  # a sequence nobody holds: keep the numbering
             assert gap_subject is not None
-            ack = await jsapi.publish(replies, jsapi.OutMessage(gap_subject, b"", {}), timeout)
+            try:
+                ack = await jsapi.publish(
+                    replies, jsapi.OutMessage(gap_subject, b"", {_AFTER: str(expect - 1)}), timeout
+                )
+            except jsapi.JsApiError as exc:
+                if exc.err_code != jsapi.ERR_WRONG_LAST_SEQUENCE:
+                    raise
+                return await another_run(expect)
             await jsapi.delete_message(replies, target, ack.seq, timeout)
             gaps += 1
             expect += 1
         m = merged[seq]
         headers = {k: v for k, v in m.headers.items() if not k.startswith(_SKIP_ON_RESTORE)}
         headers.setdefault(H_RECORDED_AT, str(m.time_ns))  # the stream stamps it anew
-        ack = await jsapi.publish(
-            replies, jsapi.OutMessage(rewrite(m.subject, prefixes), m.data, headers), timeout
-        )
+        # Only onto the sequence before it: a restore writing beside this one cannot
+        # make a message land twice or at another number.
+        headers[_AFTER] = str(seq - 1)
+        try:
+            ack = await jsapi.publish(
+                replies, jsapi.OutMessage(rewrite(m.subject, prefixes), m.data, headers), timeout
+            )
+        except jsapi.JsApiError as exc:
+            if exc.err_code != jsapi.ERR_WRONG_LAST_SEQUENCE:
+                raise
+            return await another_run(seq)
+        if ack.duplicate and ack.seq == seq and ack.stream == target:
+            return await another_run(seq)  # the same message, written there by that run
         if ack.stream != target:  # a subject outside the new stream's: never another's
             raise RestoreError(
                 f"sequence {seq} of {source} ({m.subject}) went to stream {ack.stream}, "

@@ -433,6 +433,17 @@ def restore(
             interrupted=f"stopped midway: {target} is partly written; run the same restore "
             "again to go on where it stopped",
         )
+    if report.already_restored:  # run again, after or beside the one that wrote it: exit 0
+        said = (
+            f"{report.target} was restored from {report.source} already (sequences "
+            f"{report.first_seq}..{report.last_seq}): nothing changed"
+        )
+        if output.mode() == output.Mode.json:
+            _warn(said)
+            output.emit_json(asdict(report))
+        else:
+            output.line(said)
+        return
     if output.mode() == output.Mode.json:
         output.emit_json(asdict(report))
         return

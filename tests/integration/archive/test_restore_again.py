@@ -1,0 +1,116 @@
+"""`archive restore` into one stream a second time, after the first finished or beside
+it: the second was refused "exists and holds messages", or, run at once, failed with
+"sequence 1 of ... was written as 1 in ... (a duplicate message id)", though nothing was
+doubled. It now says the stream was restored already and changes nothing (exit 0, as a
+`streams restore` or `archive export` run again); one that meets the other still
+writing stops, saying so (exit 1), and neither writes a message twice."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from asyncio.subprocess import PIPE
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jetsource.archive.archiver import Archiver
+from jetsource.archive.history import open_archive
+from jetsource.archive.restore import RestoreError, RestoreReport, restore
+from jetsource.core.settings import JetsourceSettings
+from jetsource.eventstore import jsapi
+from jetsource.projection.bootstrap import Projection, open_projection
+from tests.cli_env import cli_env
+from tests.integration.archive.fixtures import compacting_settings
+from tests.projector_fixtures import seed, story_ids
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def exported(settings: JetsourceSettings, unique: str, tmp_path: Path) -> Any:
+    """300 events, the first 100 sealed into the archive (still live too)."""
+    p = await open_projection(compacting_settings(settings, unique, tmp_path / "archive"))
+    await seed(p.store, story_ids(6, "a"), 50, batch=50)
+    archive = open_archive(p.settings, p.store.settings.stream)
+    await Archiver(p.store, None, archive, None, 100).export(1, 100)
+    try:
+        yield p, archive
+    finally:
+        await p.close()
+
+
+async def dump(p: Projection, stream: str) -> list[tuple[int, bytes]]:
+    page = await jsapi.direct_get_page(p.store._replies, stream, None, 1, 1000, 5.0)
+    assert page.pending == 0
+    return [(m.seq, bytes(m.data)) for m in page.messages]
+
+
+async def test_a_restore_run_again_or_at_once_says_restored_already(
+    exported: Any, unique: str
+) -> None:
+    p, archive = exported
+    source = p.store.settings.stream
+    root = p.store.settings.subject_prefix.split(".")[0]
+    config = (await jsapi.api(p.store._replies, f"STREAM.INFO.{source}", {}, 5.0))["config"]
+    target = f"RA_{unique}"
+    args = (p.store._replies, archive, config, target, {root: f"ra{unique}"}, 5.0)
+
+    # Two at once: one writes it all; the other meets it and says so (or, if it came
+    # after the end, that it was restored already). Nothing doubled either way.
+    both = await asyncio.gather(restore(*args), restore(*args), return_exceptions=True)
+    written = [
+        r
+        for r in both
+        if isinstance(r, RestoreReport) and not getattr(r, "already_restored", False)
+    ]
+    assert len(written) == 1, both
+    (other,) = [r for r in both if r is not written[0]]
+    if isinstance(other, BaseException):
+        assert type(other).__name__ == "RestoreBusy", other
+        assert "being restored" in str(other) and "duplicate" not in str(other)
+    else:
+        assert isinstance(other, RestoreReport) and other.already_restored, other
+    expected = await dump(p, source)
+    assert await dump(p, target) == expected
+
+    # Run after it: restored already, nothing changed.
+    again = await restore(*args)
+    assert again.already_restored and (again.first_seq, again.last_seq) == (1, 300), again
+    assert await dump(p, target) == expected
+
+    # Another source's restore into it is still refused.
+    other_archive = open_archive(p.settings, f"OTHER_{unique}")
+    with pytest.raises(RestoreError, match="holds messages"):
+        await restore(p.store._replies, other_archive, config, target, {}, 5.0)
+
+
+async def test_the_cli_run_again_exits_0_saying_nothing_changed(
+    exported: Any, unique: str, tmp_path: Path
+) -> None:
+    p, _ = exported
+    root = p.store.settings.subject_prefix.split(".")[0]
+    env = cli_env(
+        p.settings.nats_url(),
+        unique,
+        JETSOURCE_EVENTSTORE__STREAM=p.store.settings.stream,
+        JETSOURCE_EVENTSTORE__SUBJECT_PREFIX=p.store.settings.subject_prefix,
+        JETSOURCE_ARCHIVE__URL=str(tmp_path / "archive"),
+    )
+    target = f"RB_{unique}"
+    argv = [sys.executable, "-m", "jetsource", "archive", "restore", target]
+    argv += ["--subject-prefix", f"{root}=rb{unique}", "--json"]
+    first = await asyncio.create_subprocess_exec(*argv, env=env, stdout=PIPE, stderr=PIPE)
+    out, err = await asyncio.wait_for(first.communicate(), 60)
+    assert first.returncode == 0, err
+    assert json.loads(out).get("already_restored", False) is False
+
+    again = await asyncio.create_subprocess_exec(*argv, env=env, stdout=PIPE, stderr=PIPE)
+    out, err = await asyncio.wait_for(again.communicate(), 60)
+    assert again.returncode == 0, err
+    report = json.loads(out)
+    assert report["already_restored"] is True and report["last_seq"] == 300, report
+    warnings = [json.loads(line)["warning"] for line in err.decode().splitlines() if "warn" in line]
+    assert any("restored" in w and "already" in w and "nothing changed" in w for w in warnings)
