@@ -290,6 +290,7 @@ def import_(
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
         def stopping(sig: signal.Signals) -> None:
             if sig != signal.SIGINT:  # its "stopped" line names it (it said Ctrl-C)
                 out.signal_arrived(sig.name)
