@@ -99,3 +99,54 @@ async def test_a_domains_setting_that_does_not_load_is_said_as_that_setting(
         assert "does not load" in said
         assert "not reachable" not in said and "JETSOURCE_NATS__URL" not in said
         assert app.is_running
+
+
+async def shown(app: JetsourceTui, pilot: Pilot[None], row: int, dlq_seq: int) -> str:
+    """The detail of the table's ``row`` (0 first) once Enter drew it."""
+    await pilot.press("home", *["down"] * row, "enter")
+    detail = app.screen.query_one("#detail", Static)
+    await until(pilot, lambda: f"Dead letter {dlq_seq}\n" in str(detail.content))
+    return str(detail.content)
+
+
+async def test_a_letters_event_is_shown_decoded_by_its_domains_codec_or_as_hex(
+    notes: Projection, settings: JetsourceSettings, unique: str
+) -> None:
+    """The event of a letter was its envelope's protobuf bytes read as UTF-8 text
+    (``\\x18\\x010\\x01z``, then the payload's strings among blank lines, U+FFFD for
+    what was not UTF-8). Now: the envelope's fields, then the payload by the domain's
+    codec (a TUI that registers it), as hex saying why (one that does not; a payload
+    that does not decode: the poison itself)."""
+    from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
+
+    raw = await stored(notes, "n1", "a note\x1b[2J")
+    spec = notes.spec(NOTES, 1)
+    await notes.dead_letters.publish(spec, "n1", raw, "model raised", 3)
+    bad = EventEnvelope(schema_version=1, aggregate_version=2, payload=b"\x0a\xff\xff")
+    subject = raw.subject.replace(".n1.", ".n2.")
+    poison = RawMessage(subject, raw.seq + 1, 0, {}, bad.SerializeToString())
+    await notes.dead_letters.publish(spec, "n2", poison, "payload does not parse", 1)
+    letters = await notes.dead_letters.list()
+
+    mine = JetsourceTui(backend_for(notes.settings), refresh_s=0.5)
+    async with mine.run_test(size=SIZE) as pilot:
+        await open_letters(mine, pilot, 2)
+        text = await shown(mine, pilot, 0, letters[0].dlq_seq)
+        assert "type          NoteAdded v1" in text
+        assert "aggregate     n1 version 1" in text
+        assert 'value: "a note\\033[2J"' in text and "\x1b" not in text
+        assert "\\x18" not in text and "\ufffd" not in text
+        text = await shown(mine, pilot, 1, letters[1].dlq_seq)
+        assert "aggregate     n2 version 2" in text
+        assert "does not decode: NoteAdded v1: payload does not parse" in text
+        assert "0000  0a ff ff" in text
+        assert mine.is_running
+
+    theirs = JetsourceTui(backend_for(projector_settings(settings, unique)), refresh_s=0.5)
+    async with theirs.run_test(size=SIZE) as pilot:
+        await open_letters(theirs, pilot, 2)
+        text = await shown(theirs, pilot, 0, letters[0].dlq_seq)
+        assert "type          NoteAdded v1" in text
+        assert "no codec for NoteAdded v1 here: JETSOURCE_PROJECTOR__DOMAINS" in text
+        assert "0000  0a 0a 61 20 6e 6f 74 65 1b 5b 32 4a" in text
+        assert "..a note.[2J" in text and "\x1b" not in text

@@ -29,6 +29,7 @@ from jetsource.domains.sessions.settings import SessionsAppSettings
 from jetsource.eventstore.jsapi import NoRespondersError as JsNoResponders
 
 if TYPE_CHECKING:
+    from jetsource.core.codec import EventRegistry
     from jetsource.projection.bootstrap import Projection
     from jetsource.projection.deadletters import DeadLetter
     from jetsource.projection.settings import ProjectorSettings
@@ -420,3 +421,15 @@ class Backend:
 
         result: DeadLetter = await self._dlq_call(get)
         return result
+
+    def event_codec(self, subject: str) -> EventRegistry | None:
+        """The event registry of the domain whose stream holds ``subject`` (a dead
+        letter's original subject), or None when this process does not register that
+        domain (JETSOURCE_PROJECTOR__DOMAINS): its events are then shown undecoded."""
+        p = self._projection
+        if p is None:
+            return None
+        for name, store in p.stores.items():
+            if subject.startswith(store.settings.subject_prefix + "."):
+                return p.domains.get(name).registry
+        return None

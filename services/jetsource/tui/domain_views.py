@@ -317,6 +317,112 @@ class OmniScreen(ListScreen):
         return out
 
 
+# How many bytes of an event the detail shows as hex (16 a line).
+HEX_BYTES = 1024
+
+
+def _hex(out: Text, data: bytes) -> None:
+    """``data`` as hex, 16 bytes a line with their printable ASCII beside them."""
+    for at in range(0, min(len(data), HEX_BYTES), 16):
+        chunk = data[at : at + 16]
+        text = "".join(chr(b) if 32 <= b < 127 else "." for b in chunk)
+        out.append(f"  {at:04x}  {chunk.hex(' '):<47}  {text}\n")
+    if len(data) > HEX_BYTES:
+        out.append(f"  … {len(data) - HEX_BYTES} bytes more\n", style="dim")
+
+
+def _envelope(data: bytes, subject: str) -> Any:
+    """The stored event's EventEnvelope, completed from its subject
+    (``<prefix>.<aggregate>.<type>``) as the event store reads it, or None when
+    ``data`` is not one (a poison a hostile publisher wrote: shown as it is)."""
+    from google.protobuf.message import DecodeError
+
+    from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
+
+    envelope = EventEnvelope()
+    try:
+        envelope.ParseFromString(data)
+    except DecodeError:
+        return None
+    if envelope.aggregate_version < 1 or envelope.schema_version < 1:
+        return None
+    parts = subject.rsplit(".", 2)
+    if len(parts) == 3:
+        envelope.aggregate_id = envelope.aggregate_id or parts[1]
+        envelope.event_type = envelope.event_type or parts[2]
+    return envelope
+
+
+def event_as_stored(out: Text, data: bytes, subject: str, codec: Any, domains: str) -> None:
+    """A dead letter's event: its envelope, then its payload by its domain's codec
+    (``codec``, None when this process does not register the domain: hex, saying so).
+    Shown as UTF-8 text was the envelope's protobuf bytes: a line of escapes, the
+    payload's strings among them, and what was not UTF-8 as U+FFFD."""
+    from google.protobuf import text_format
+    from google.protobuf.message import Message
+
+    envelope = _envelope(data, subject)
+    if envelope is None:
+        try:
+            body = data[:PAYLOAD_CHARS].decode("utf-8")
+        except UnicodeDecodeError:
+            out.append(f"\nEvent as stored ({len(data)} bytes, not an event envelope)\n",
+                       style="bold")  # fmt: skip
+            _hex(out, data)
+            return
+        out.append("\nEvent as stored (not an event envelope)\n", style="bold")
+        for body_line in body.splitlines():
+            out.append(f"  {clean(body_line, 200)}\n")
+        return
+    e = envelope
+    kind = f"{e.event_type} v{e.schema_version}"
+    out.append("\nEvent as stored\n", style="bold")
+    _line(out, "type", kind)
+    _line(out, "aggregate", f"{e.aggregate_id} version {e.aggregate_version}")
+    for label, value in (
+        ("aggregate type", e.aggregate_type),
+        ("parent", e.parent_aggregate_id),
+        ("causation", e.causation_id),
+        ("correlation", e.correlation_id),
+        ("source", e.source),
+        ("idempotency", e.idempotency_key),
+    ):
+        if value:
+            _line(out, label, value)
+    if e.HasField("occurred_at"):
+        _line(out, "occurred", _ts(e.occurred_at))
+    for key in sorted(e.metadata):
+        _line(out, f"meta {clean(key, 9)}", e.metadata[key])
+    if e.sealed:
+        _line(out, "sealed", f"personal fields of {len(e.sealed)} subject(s), not opened here")
+    out.append(f"\nPayload ({len(e.payload)} bytes)\n", style="bold")
+    if codec is None:
+        out.append(
+            f"  no codec for {clean(kind, 80)} here: JETSOURCE_PROJECTOR__DOMAINS "
+            f"({clean(domains, 80)}) does not register its domain; shown as hex\n",
+            style="yellow",
+        )
+        _hex(out, e.payload)
+        return
+    try:
+        event = codec.decode(e.event_type, e.schema_version, e.payload)
+    except Exception as exc:  # the poison itself: a payload or an upcaster that fails
+        out.append(f"  does not decode: {clean(exc, 300)}; shown as hex\n", style="yellow")
+        _hex(out, e.payload)
+        return
+    if not isinstance(event, Message):  # UnknownEvent: a type or version not known here
+        out.append(f"  {clean(kind, 80)}: {clean(event.reason, 200)}; shown as hex\n",
+                   style="yellow")  # fmt: skip
+        _hex(out, e.payload)
+        return
+    out.append(f"  {type(event).__name__}\n", style="dim")
+    shown = text_format.MessageToString(event, as_utf8=True)
+    for body_line in shown[:PAYLOAD_CHARS].splitlines():
+        out.append(f"  {clean(body_line, 200)}\n")
+    if len(shown) > PAYLOAD_CHARS:
+        out.append("  …\n", style="dim")
+
+
 class DeadLettersScreen(ListScreen):
     """The projector's dead letters of every read model (``jetsource projector dlq
     list``), oldest first; Enter one in full (``dlq show``). Read-only: retry and
@@ -365,10 +471,9 @@ class DeadLettersScreen(ListScreen):
         out.append(f"Dead letter {d.dlq_seq}\n", style="bold")
         for label, value in d.summary().items():
             _line(out, label, value)
-        out.append("\nEvent as stored\n", style="bold")
-        body = d.data[:PAYLOAD_CHARS].decode("utf-8", "replace")
-        for body_line in body.splitlines():
-            out.append(f"  {clean(body_line, 200)}\n")
+        codec = self.backend.event_codec(d.original_subject)
+        domains = self.backend.projector_settings().projector.domains
+        event_as_stored(out, d.data, d.original_subject, codec, domains)
         out.append(
             f"\nretry: jetsource projector dlq retry --seq {d.dlq_seq}   "
             f"discard: jetsource projector dlq discard --seq {d.dlq_seq}\n",
