@@ -150,3 +150,23 @@ async def test_a_letters_event_is_shown_decoded_by_its_domains_codec_or_as_hex(
         assert "no codec for NoteAdded v1 here: JETSOURCE_PROJECTOR__DOMAINS" in text
         assert "0000  0a 0a 61 20 6e 6f 74 65 1b 5b 32 4a" in text
         assert "..a note.[2J" in text and "\x1b" not in text
+
+
+async def test_a_domains_setting_naming_an_empty_registry_is_said_as_that_setting(
+    settings: JetsourceSettings, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registry with no domain in it: the banner said "NATS at ... is not reachable
+    (ValueError: no domain is registered) (JETSOURCE_NATS__URL)" (the CLI "refused",
+    exit 1)."""
+    module = types.ModuleType(f"no_domains_{unique}")
+    module.REGISTRY = DomainRegistry([])  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    empty = projector_settings(settings, unique, domains=module.__name__)
+    app = JetsourceTui(backend_for(empty), refresh_s=0.5)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("d")
+        banner = app.screen.query_one("#banner", Static)
+        await until(pilot, lambda: bool(banner.display and str(banner.content)))
+        said = str(banner.content)
+        assert f"JETSOURCE_PROJECTOR__DOMAINS='no_domains_{unique}'" in said
+        assert "has no domain" in said and "not reachable" not in said

@@ -346,7 +346,12 @@ async def open_projection(
     check_engine_subjects(settings, registry)
     listed = list(registry)
     if not listed:
-        raise ValueError("no domain is registered")
+        # A bad setting, named as one (it read "refused: no domain is registered", exit
+        # 1, and NATS "not reachable" in the TUI).
+        raise DomainsError(
+            f"JETSOURCE_{settings.projector.ENV_SECTION}__DOMAINS="
+            f"{settings.projector.domains!r}: its registry has no domain"
+        )
     first = listed[0]
     nc, first_store = await open_event_store(
         settings.model_copy(update={"eventstore": first.eventstore(settings)}),
