@@ -49,7 +49,12 @@ async def notes(
 async def stored(p: Projection, aggregate_id: str, text: str) -> RawMessage:
     """A note appended to the notes stream, as the stream holds it."""
     store = p.domain_store("notes")
-    await store.append(aggregate_id, [NewEvent(wrappers_pb2.StringValue(value=text))], 0)
+    event = NewEvent(
+        wrappers_pb2.StringValue(value=text),
+        correlation_id="corr-1",
+        metadata={"actor": "dev", "tool": "cli\x1b[2J"},
+    )
+    await store.append(aggregate_id, [event], 0)
     subject = f"{store.settings.subject_prefix}.{aggregate_id}.>"
     async for raw in jsapi.direct_get_batch(store._replies, store.settings.stream, subject, 1, 5):
         return raw
@@ -134,6 +139,9 @@ async def test_a_letters_event_is_shown_decoded_by_its_domains_codec_or_as_hex(
         text = await shown(mine, pilot, 0, letters[0].dlq_seq)
         assert "type          NoteAdded v1" in text
         assert "aggregate     n1 version 1" in text
+        assert "correlation   corr-1" in text
+        assert "metadata      tool: cli\\x1b[2J" in text
+        assert "sealed        personal fields of 1 subject(s)" in text  # the actor
         assert 'value: "a note\\033[2J"' in text and "\x1b" not in text
         assert "\\x18" not in text and "\ufffd" not in text
         text = await shown(mine, pilot, 1, letters[1].dlq_seq)

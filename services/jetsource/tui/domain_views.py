@@ -364,7 +364,7 @@ def event_as_stored(out: Text, data: bytes, subject: str, codec: Any, domains: s
     envelope = _envelope(data, subject)
     if envelope is None:
         try:
-            body = data[:PAYLOAD_CHARS].decode("utf-8")
+            body = data.decode("utf-8")[:PAYLOAD_CHARS]  # not cut inside a character
         except UnicodeDecodeError:
             out.append(f"\nEvent as stored ({len(data)} bytes, not an event envelope)\n",
                        style="bold")  # fmt: skip
@@ -380,7 +380,7 @@ def event_as_stored(out: Text, data: bytes, subject: str, codec: Any, domains: s
     _line(out, "type", kind)
     _line(out, "aggregate", f"{e.aggregate_id} version {e.aggregate_version}")
     for label, value in (
-        ("aggregate type", e.aggregate_type),
+        ("aggr. type", e.aggregate_type),
         ("parent", e.parent_aggregate_id),
         ("causation", e.causation_id),
         ("correlation", e.correlation_id),
@@ -392,7 +392,7 @@ def event_as_stored(out: Text, data: bytes, subject: str, codec: Any, domains: s
     if e.HasField("occurred_at"):
         _line(out, "occurred", _ts(e.occurred_at))
     for key in sorted(e.metadata):
-        _line(out, f"meta {clean(key, 9)}", e.metadata[key])
+        _line(out, "metadata", f"{key}: {e.metadata[key]}")
     if e.sealed:
         _line(out, "sealed", f"personal fields of {len(e.sealed)} subject(s), not opened here")
     out.append(f"\nPayload ({len(e.payload)} bytes)\n", style="bold")
