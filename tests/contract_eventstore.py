@@ -352,3 +352,19 @@ class EventStoreContract:
             at = datetime(year, 1, 1, tzinfo=UTC)
             assert await store.seq_at_time(at) == result.stream_seqs[-1], year
             assert len(await store.read_aggregate("future", until_time=at)) == 2, year
+
+    async def test_a_time_long_before_the_epoch_sees_nothing(self, store: Store) -> None:
+        # nats-server reads a start time as int64 nanoseconds: a time before 1678 wrapped
+        # (years 1000..1677 read as 2169..2261: every message was "stored by then") or
+        # was refused (years 1..~900: JetStream 408 Malformed Request, raised as it was).
+        from datetime import UTC, datetime
+
+        await store.append("ancient", [created("t"), decision(1)], NO_STREAM)
+        for year in (1, 500, 1000, 1500, 1677, 1678, 1969):
+            at = datetime(year, 1, 1, tzinfo=UTC)
+            assert await store.seq_at_time(at) == 0, year
+            assert await store.version_at_time("ancient", at) == 0, year
+            assert await store.read_aggregate("ancient", until_time=at) == [], year
+        for ns in (-(2**70), -(2**63), -1, 0):
+            assert await store.seq_at_time(ns) == 0, ns
+            assert await store.version_at_time("ancient", ns) == 0, ns

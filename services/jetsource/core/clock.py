@@ -97,3 +97,14 @@ def from_timestamp(ts: Timestamp) -> int:
 # a start time near their end (2262) wraps around, so asking "what was stored by
 # then?" for a later time is asked for this one instead.
 MAX_TIME_NS = 7_258_118_400 * 10**9
+# Earlier than any event (a nanosecond before 1970). A start time before 1678 does not
+# fit either: nats-server refused years up to about 900 (408 Malformed Request) and
+# wrapped later ones round to the future (1000..1677 read as 2169..2261, so "what was
+# stored by then?" answered everything), so a time before it is asked for as this one.
+MIN_TIME_NS = -1
+
+
+def store_time_ns(value: datetime | int) -> int:
+    """``value`` as a time to ask the event stream about (what was stored by then):
+    clamped to [MIN_TIME_NS, MAX_TIME_NS], which answer as any time beyond them."""
+    return max(MIN_TIME_NS, min(to_ns(value), MAX_TIME_NS))

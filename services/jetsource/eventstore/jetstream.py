@@ -27,7 +27,7 @@ from nats.errors import ConnectionClosedError, ConnectionReconnectingError, Outb
 
 from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
 from jetsource.core import crypto, telemetry
-from jetsource.core.clock import MAX_TIME_NS, now_ns, to_ns, to_timestamp
+from jetsource.core.clock import now_ns, store_time_ns, to_ns, to_timestamp
 from jetsource.core.codec import EventRegistry, PayloadDecodeError, UnknownEvent
 from jetsource.core.envelope import (
     AppendResult,
@@ -1183,7 +1183,7 @@ class JetStreamEventStore:
 
     async def seq_at_time(self, time: datetime | int) -> int:
         await self.start()
-        t = min(to_ns(time), MAX_TIME_NS)
+        t = store_time_ns(time)
         after = await self._call(
             lambda: jsapi.first_at_or_after(
                 self._replies, self._cfg.stream, t + 1, None, self._cfg.request_timeout_s
@@ -1201,7 +1201,7 @@ class JetStreamEventStore:
         unless it was appended (after the time) between the two looks: look again."""
         validate_aggregate_id(aggregate_id)
         await self.start()
-        t = min(to_ns(time), MAX_TIME_NS)
+        t = store_time_ns(time)
         subject = self._subject_filter(aggregate_id)
         stream, timeout = self._cfg.stream, self._cfg.request_timeout_s
         for _ in range(3):
