@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
-from jetsource.core.clock import parse_time_ns
+from jetsource.core.clock import TIME_EXAMPLE, parse_time_ns
 from jetsource.core.printable import UNSAFE, escape
 from jetsource.core.settings import shown_input
 
@@ -137,7 +137,6 @@ def seconds_or_zero(value: float | None) -> float | None:
 # Every option that takes a time (``--at``, ``--from-time``, ``--started-from``, ...)
 # takes this one grammar: RFC 3339 with ``Z`` or any offset (read as that instant, in
 # UTC), seconds with up to 9 fractional digits or none.
-TIME_EXAMPLE = "2026-12-06T10:00:00Z or 2026-12-06T11:00:00.5+01:00"
 
 
 def time_option(

@@ -53,6 +53,10 @@ _RFC3339 = re.compile(
 )
 
 
+# What a refusal of a time shows as accepted ones (the CLI's options, the TUI's box).
+TIME_EXAMPLE = "2026-12-06T10:00:00Z or 2026-12-06T11:00:00.5+01:00"
+
+
 def parse_time_ns(text: str, *, int64: bool = False, offset_required: bool = False) -> int:
     """A time a person or a client wrote, as ns since the epoch (UTC): RFC 3339 with
     ``Z`` or any offset, ``T``/``t``/space between date and time, up to 9 fractional

@@ -14,7 +14,7 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Label, Static, Tree
 
-from jetsource.domains.sessions.format import format_ts, parse_ts
+from jetsource.core.clock import TIME_EXAMPLE, format_rfc3339_ns, parse_time_ns
 from jetsource.domains.sessions.ledger import ProcessSummary
 from jetsource.domains.sessions.record import session_status
 from jetsource.tui.backend import Backend, StackDown
@@ -201,7 +201,7 @@ class ContextsScreen(Screen[None]):
         # a story holds thousands of decisions: the state scrolls (↑/↓, PgUp/PgDn)
         with VerticalScroll(id="context-scroll"):
             yield Static(id="context")
-        yield SafeInput(placeholder="time (2026-12-02T21:40:00.123Z)", id="time-input")
+        yield SafeInput(placeholder=f"time: {TIME_EXAMPLE}", id="time-input")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -237,10 +237,17 @@ class ContextsScreen(Screen[None]):
             self._asking(self.show_latest)
         elif event.input.id == "time-input":
             event.input.display = False
+            # The one grammar of times a person writes (``ctx show --at``'s): RFC 3339,
+            # Z or an offset, up to nanoseconds, so an event's recorded_at as `ctx
+            # events` prints it is that event's version. (It read the session log's
+            # form: exactly milliseconds, which put an event's own time before it.)
+            text = event.input.value
             try:
-                at = parse_ts(event.input.value.strip())
+                at = parse_time_ns(text)
             except ValueError as exc:  # it quotes the input: cut, as every notice is
-                self.notify(clean(exc, 300), severity="error")
+                self.notify(
+                    clean(f"time {text!r}: {exc}; e.g. {TIME_EXAMPLE}", 300), severity="error"
+                )
                 return
             self._asking(self.show_at_time, at)
 
@@ -307,7 +314,7 @@ class ContextsScreen(Screen[None]):
         got = await self._ask(self.backend.context_at_time(self.context_id, at_ns))
         if got is not None:
             self.version = int(got.context.version)
-            self._draw(got.context, f"at {format_ts(at_ns)}")
+            self._draw(got.context, f"at {format_rfc3339_ns(at_ns)}")
 
     def _draw(self, ctx: Any, how: str) -> None:
         width = 40
