@@ -24,6 +24,7 @@ from pathlib import Path
 
 import nats
 import pytest
+from nats.aio.client import Client as NATS
 
 from jetsource.core.errors import EventStoreUnavailableError
 from jetsource.eventstore import jsapi
@@ -264,3 +265,75 @@ async def test_racing_writes_on_r3_lose_as_conflicts_not_errors(cluster: Cluster
         assert versions == list(range(1, 7))
     finally:
         await nc.close()
+
+
+async def _lead_on(nc: NATS, cluster: Cluster, stream: str, node: int) -> None:
+    """Move ``stream``'s leader to server ``node`` (a step-down naming it preferred)."""
+    import json
+
+    wanted = cluster.nodes[node].server_name
+    started = time.monotonic()
+    while await asyncio.to_thread(cluster.leader_of, stream) != node:
+        assert time.monotonic() - started < 30.0, f"{stream} not led by {wanted}"
+        request = {"placement": {"preferred": wanted}}
+        await nc.request(
+            f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", json.dumps(request).encode(), timeout=5
+        )
+        await asyncio.sleep(0.5)
+
+
+@pytest.mark.parametrize("deadline_s", [10.0, 4.0])
+async def test_first_write_after_quorum_loss_is_unavailable_naming_it(
+    cluster: Cluster, deadline_s: float
+) -> None:
+    """The stream leader's two peers killed: the first command through the publisher
+    (client deadline 10 s, the default 5 s request timeout) waited out the publish's
+    acknowledgement (the leader holds the write until a quorum stores it), asked
+    again, and was answered INTERNAL ("duplicate message id is in process", 10158) or
+    DEADLINE_EXCEEDED naming nothing: the store's wait ended past the call's deadline,
+    or the client sent the UNAVAILABLE again until the deadline passed. It is now
+    UNAVAILABLE within the deadline naming the lost quorum (also with a deadline
+    shorter than the request timeout, where the wait itself outlived the call)."""
+    import grpc
+
+    from jetsource.client import ContextClient
+    from jetsource.core.settings import NatsSettings
+    from jetsource.publisher.server import build
+    from jetsource.publisher.settings import PublisherOptions, PublisherSettings
+    from tests.eventstore_fixtures import isolated_settings
+
+    cluster.procs = [n.start() for n in cluster.nodes]
+    for i, n in enumerate(cluster.nodes):
+        n.wait_ready(cluster.procs[i], 60)
+    cluster.wait_meta_leader()
+    unique = uuid.uuid4().hex[:8]
+    settings = PublisherSettings(
+        nats=NatsSettings(url=cluster.url),
+        eventstore=isolated_settings(unique, replicas=3),
+        publisher=PublisherOptions(grpc_port=0, metrics_port=0),
+    )
+    settings.snapshots.stream = f"CS_{unique}"
+    settings.snapshots.subject_prefix = f"cs{unique}.snapshots"
+    settings.snapshots.replicas = 3
+    publisher = await build(settings)
+    try:
+        async with ContextClient(f"127.0.0.1:{publisher.port}", timeout=deadline_s) as client:
+            await client.create_context("s", "before the loss")
+            leader = await asyncio.to_thread(cluster.leader_of, settings.eventstore.stream)
+            # The snapshots' leader on the same server: a command's state load reads
+            # them (else its first read may be the one that finds no leader).
+            await _lead_on(publisher.nc, cluster, settings.snapshots.stream, leader)
+            down = [i for i in range(3) if i != leader]
+            for i in down:
+                cluster.kill(i)
+            started = time.monotonic()
+            with pytest.raises(grpc.aio.AioRpcError) as lost:
+                await client.add_decision("s", "d1", "during the loss", idempotency_key="k1")
+            took = time.monotonic() - started
+            said = lost.value.details() or ""
+            print(f"\n{took:.1f} s: {lost.value.code()} {said}")
+            assert lost.value.code() == grpc.StatusCode.UNAVAILABLE, (lost.value.code(), said)
+            assert "quorum" in said and "deadline" not in said.lower(), said
+            assert took < deadline_s, took
+    finally:
+        await publisher.stop(0)

@@ -146,11 +146,34 @@ def status_details(error: RpcError) -> status_pb2.Status:
     return status
 
 
-async def abort(context: grpc.aio.ServicerContext, error: RpcError) -> NoReturn:
-    """Answer ``error`` with its rich details in the trailers."""
+# Trailing metadata that tells a client's gRPC retry policy not to send the call again
+# (gRPC A6 server pushback: a negative value).
+NO_RETRY = ("grpc-retry-pushback-ms", "-1")
+
+
+async def abort(
+    context: grpc.aio.ServicerContext, error: RpcError, *, no_retry: bool = False
+) -> NoReturn:
+    """Answer ``error`` with its rich details in the trailers; ``no_retry``: and ask the
+    client's retry policy not to send the call again."""
     status = rpc_status.to_status(status_details(error))
-    await context.abort(status.code, status.details, status.trailing_metadata)
+    trailers = tuple(status.trailing_metadata) + ((NO_RETRY,) if no_retry else ())
+    await context.abort(status.code, status.details, trailers)
     raise AssertionError("abort returned")  # pragma: no cover
+
+
+def retry_is_futile(
+    error: RpcError, context: grpc.aio.ServicerContext, started: float | None
+) -> bool:
+    """An UNAVAILABLE answer whose call has less time left to its deadline than it took:
+    the clients send UNAVAILABLE again within the deadline (``jetsource.client``), and
+    another attempt as long (a NATS cluster that lost quorum, each attempt waiting out
+    the stream's acknowledgement) ended in the deadline: the caller got a bare
+    DEADLINE_EXCEEDED instead of this answer naming the cause."""
+    if error.code is not grpc.StatusCode.UNAVAILABLE or started is None:
+        return False
+    remaining = context.time_remaining()
+    return remaining is not None and remaining < time.monotonic() - started
 
 
 # Exception types the services register (DomainError, ...), most specific first; each
@@ -242,14 +265,20 @@ def to_rpc_error(exc: BaseException) -> RpcError:
 
 
 async def answer_error(
-    context: grpc.aio.ServicerContext, method: str, exc: BaseException
+    context: grpc.aio.ServicerContext,
+    method: str,
+    exc: BaseException,
+    started: float | None = None,
 ) -> NoReturn:
+    """Answer ``exc`` as its mapped status; ``started`` (``time.monotonic()`` when the
+    call came): an UNAVAILABLE that left too little time for another attempt asks the
+    client not to make one (:func:`retry_is_futile`)."""
     error = to_rpc_error(exc)
     if error.code is grpc.StatusCode.INTERNAL:
         log.error("%s failed unexpectedly", method, exc_info=exc)
     elif error.code is grpc.StatusCode.DATA_LOSS:
         log.warning("%s: %s", method, error.message)
-    await abort(context, error)
+    await abort(context, error, no_retry=retry_is_futile(error, context, started))
 
 
 def _parse(parse: Callable[[bytes], Any] | None, body: bytes) -> Any:
@@ -504,6 +533,7 @@ class Guard:
             inner = handler.unary_unary
 
             async def unary(body: bytes, context: grpc.aio.ServicerContext) -> Any:
+                started = time.monotonic()
                 client = admit(context)
                 if client is None:
                     await refuse(context, method)
@@ -512,7 +542,7 @@ class Guard:
                 except _PASS_THROUGH:
                     raise
                 except Exception as exc:
-                    await answer_error(context, method, exc)
+                    await answer_error(context, method, exc, started)
                 finally:
                     leave(client)
 

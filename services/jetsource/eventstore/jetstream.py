@@ -26,7 +26,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import ConnectionClosedError, ConnectionReconnectingError, OutboundBufferLimitError
 
 from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
-from jetsource.core import crypto, telemetry
+from jetsource.core import crypto, deadline, telemetry
 from jetsource.core.clock import now_ns, store_time_ns, to_ns, to_timestamp
 from jetsource.core.codec import EventRegistry, PayloadDecodeError, UnknownEvent
 from jetsource.core.envelope import (
@@ -68,6 +68,18 @@ _TRANSIENT = (
     ConnectionReconnectingError,
     OutboundBufferLimitError,
 )
+
+
+class _Unacknowledged(TimeoutError):
+    """A publish whose acknowledgement did not come within its wait (its text says
+    why that may be); transient, so asked again while there is time."""
+
+
+class _InProcess(Exception):
+    """JetStream has an earlier attempt of this write (same message id) in process:
+    not stored yet, not refused either. Transient, asked again while there is time."""
+
+
 # Envelope tags, varints and timestamps, our three headers and NATS framing: generous.
 _ENVELOPE_AND_HEADER_OVERHEAD = 512
 
@@ -296,18 +308,44 @@ class JetStreamEventStore:
                     raise StreamMissingError(f"stream {self._cfg.stream} not found") from exc
                 if (named := refusals.refused_from(exc, self._cfg.stream)) is not None:
                     raise named from exc
-                raise
+                if exc.err_code != jsapi.ERR_DUPLICATE_IN_PROCESS:
+                    raise
+                # Our earlier attempt (its ack waited out) is still in process at the
+                # stream's leader: asked again, it is acknowledged once stored. It was
+                # raised as it was (INTERNAL over gRPC, "a bug").
+                failed: BaseException = _InProcess(self._in_process(exc.description))
+                failed.__cause__ = exc
             except _TRANSIENT as exc:
-                if attempt == attempts - 1:
-                    raise EventStoreUnavailableError(
-                        f"NATS did not answer after {attempts} attempts: {exc!r} (a full disk "
-                        "makes JetStream stop answering writes; see `jetsource infra status`)"
-                    ) from exc
-                delay = self._cfg.retry_backoff_s * (2**attempt)
-                await asyncio.sleep(delay * (0.5 + random.random()))
+                failed = exc
             else:
                 self._diagnosis = None  # it answers: a kept "why not" is stale
                 return result
+            # Transient: asked again unless the attempts, or the caller's deadline (a
+            # gRPC call's), would end inside the next one.
+            delay = self._cfg.retry_backoff_s * (2**attempt)
+            left = deadline.left()
+            if attempt == attempts - 1 or (
+                left is not None and left < delay + deadline.ANSWER_RESERVE_S + deadline.MIN_WAIT_S
+            ):
+                # A publish unanswered on a connection that is up: its stream's
+                # leader holds it (NATS itself answers), said so; else NATS is away.
+                held = isinstance(failed, _InProcess) or (
+                    isinstance(failed, _Unacknowledged) and self._nc.is_connected
+                )
+                if held:
+                    raise EventStoreUnavailableError(
+                        f"{failed} ({attempt + 1} attempts)"
+                    ) from failed
+                said = (
+                    repr(failed.__cause__ or failed)
+                    if isinstance(failed, _Unacknowledged)
+                    else repr(failed)
+                )
+                raise EventStoreUnavailableError(
+                    f"NATS did not answer after {attempt + 1} attempts: {said} (a full "
+                    "disk makes JetStream stop answering writes; see `jetsource infra status`)"
+                ) from failed
+            await asyncio.sleep(delay * (0.5 + random.random()))
         raise AssertionError("unreachable")
 
     def _remember(self, aggregate_id: str, version: int, seq: int) -> None:
@@ -725,13 +763,37 @@ class JetStreamEventStore:
         return out
 
     async def _publish(self, messages: list[OutMessage]) -> jsapi.PubAck:
-        timeout = self._cfg.request_timeout_s
-        if len(messages) == 1:  # jsapi.publish, one coroutine less per append
-            m = messages[0]
-            return jsapi.parse_puback(
-                await self._replies.request(m.subject, m.data, m.headers, timeout)
-            )
-        return await jsapi.publish_atomic_batch(self._replies, messages, uuid7(), timeout)
+        # Within the caller's deadline (a gRPC call's): it ended inside the wait for the
+        # acknowledgement, and the call was answered a bare DEADLINE_EXCEEDED.
+        timeout = deadline.bound(self._cfg.request_timeout_s)
+        try:
+            if len(messages) == 1:  # jsapi.publish, one coroutine less per append
+                m = messages[0]
+                return jsapi.parse_puback(
+                    await self._replies.request(m.subject, m.data, m.headers, timeout)
+                )
+            return await jsapi.publish_atomic_batch(self._replies, messages, uuid7(), timeout)
+        except TimeoutError as exc:
+            raise _Unacknowledged(self._unacknowledged(timeout)) from exc
+
+    def _unacknowledged(self, waited: float) -> str:
+        return (
+            f"stream {self._cfg.stream} did not acknowledge the write within {waited:.1f} s: "
+            "it has no leader, or its leader lost quorum (more than half of the NATS "
+            "cluster's servers down or cut off) and stores nothing until a majority is "
+            "back, or its server's disk is full (see `jetsource infra status`); the write "
+            "may be stored once it recovers: sent again with the same ids (the same "
+            "idempotency key) it is stored once"
+        )
+
+    def _in_process(self, said: str) -> str:
+        return (
+            f"stream {self._cfg.stream} has not stored an earlier attempt of this write "
+            f"yet (JetStream: {said}): its leader waits for a quorum of replicas (more "
+            "than half of the NATS cluster's servers down or cut off?) and stores nothing "
+            "until a majority is back; sent again with the same ids (the same idempotency "
+            "key) it is stored once"
+        )
 
     async def _base(self, aggregate_id: str, expected: Expected) -> tuple[int, int]:
         known = self._positions.get(aggregate_id)

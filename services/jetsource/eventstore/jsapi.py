@@ -31,6 +31,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from jetsource.core.clock import format_rfc3339_ns, parse_rfc3339_ns
+from jetsource.core.deadline import bound as call_bound
 from jetsource.core.errors import AccessDeniedError, EventStoreUnavailableError
 
 BATCH_LIMIT = 1000  # server default maximum messages per atomic batch
@@ -45,6 +46,9 @@ ERR_STREAM_NOT_FOUND = 10059
 ERR_STREAM_NAME_IN_USE = 10058  # exists with a different configuration
 ERR_SUBJECTS_OVERLAP = 10065  # subjects overlap with an existing stream
 ERR_BATCH_DUPLICATE_MSG_ID = 10201
+# A publish whose message id an earlier publish still in process has (not stored yet: a
+# clustered stream's leader waits for a quorum of its replicas to store it).
+ERR_DUPLICATE_IN_PROCESS = 10158
 ERR_MESSAGE_TOO_LARGE = 10054
 ERR_CONSUMER_NOT_FOUND = 10014
 ERR_SEQUENCE_NOT_FOUND = 10037
@@ -568,6 +572,20 @@ def _foreign(msg: Msg, stream: str) -> bool:
     return name is not None and name != stream
 
 
+class LeaderUnansweredError(EventStoreUnavailableError, TimeoutError):
+    """A read only a stream's leader answers was not answered (or answered 503/10008):
+    the stream has no leader, or its NATS cluster lost quorum. Unavailable (UNAVAILABLE
+    over gRPC, naming the stream), and a TimeoutError, so retried where those are."""
+
+
+def _no_leader(stream: str, said: str) -> str:
+    return (
+        f"stream {stream}: its leader did not answer a read (STREAM.MSG.GET {said}): the "
+        "stream has no leader, or its NATS cluster lost quorum (more than half of its "
+        "servers down or cut off); it answers again once a majority is back"
+    )
+
+
 async def leader_get(
     replies: Replies, stream: str, request: Mapping[str, Any], timeout: float
 ) -> RawMessage | None:
@@ -575,9 +593,17 @@ async def leader_get(
     batch) answered by the stream's leader through ``STREAM.MSG.GET``: slower than a
     direct get (JSON, base64), but never by a mirror. The message's headers come back
     with the ``Nats-*`` headers a direct get adds."""
-    msg = await replies.request(
-        f"$JS.API.STREAM.MSG.GET.{stream}", json.dumps(request).encode(), None, timeout
-    )
+    # Within the deadline of the call being served (a gRPC call's): it ended in this
+    # wait, answered a bare DEADLINE_EXCEEDED.
+    timeout = call_bound(timeout)
+    try:
+        msg = await replies.request(
+            f"$JS.API.STREAM.MSG.GET.{stream}", json.dumps(request).encode(), None, timeout
+        )
+    except TimeoutError as exc:
+        raise LeaderUnansweredError(
+            _no_leader(stream, f"not answered within {timeout:.1f} s")
+        ) from exc
     try:
         body = parse_response(msg)
     except JsApiError as exc:
@@ -585,6 +611,8 @@ async def leader_get(
             return None
         if exc.err_code == ERR_STREAM_NOT_FOUND:  # as a direct get says it
             raise NoRespondersError(stream) from exc
+        if exc.err_code == ERR_CLUSTER_UNAVAILABLE:  # was INTERNAL over gRPC
+            raise LeaderUnansweredError(_no_leader(stream, str(exc))) from exc
         raise
     m = body["message"]
     hdrs = m.get("hdrs")

@@ -16,7 +16,7 @@ from jetsource._gen.context.v1 import commands_pb2 as pb
 from jetsource._gen.context.v1 import commands_pb2_grpc as pb_grpc
 from jetsource.archive.objectstore import ObjectStoreError
 from jetsource.archive.segment import SegmentError
-from jetsource.core import telemetry
+from jetsource.core import deadline, telemetry
 from jetsource.core.clock import format_rfc3339_ns, now_ns
 from jetsource.core.envelope import AppendResult
 from jetsource.core.errors import (
@@ -205,8 +205,12 @@ class ContextCommandService(pb_grpc.ContextCommandServiceServicer):
                     span.set_attribute("jetsource.aggregate_id", request.context_id)
                 options = _options(request)
                 command = build()
-                async with asyncio.timeout(budget):
-                    result = await self._handler.execute(request.context_id, command, options)
+                # The deadline is said to the store too: a publish's wait for its
+                # acknowledgement ends before it and names why none came (it ended in
+                # the wait, answered a bare DEADLINE_EXCEEDED).
+                with deadline.within(budget):
+                    async with asyncio.timeout(budget):
+                        result = await self._handler.execute(request.context_id, command, options)
         except Exception as exc:
             outcome = next((o for kind, o in OUTCOMES if isinstance(exc, kind)), "error")
             _count(name, outcome)

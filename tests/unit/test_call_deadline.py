@@ -1,0 +1,127 @@
+"""The deadline of a gRPC call, said to the waits below it (``jetsource.core.deadline``),
+and the UNAVAILABLE answer that asks the client not to try again in vain.
+
+A publish waited up to the store's request timeout (5 s) for its acknowledgement
+whatever the call's deadline: on a NATS cluster that lost quorum the deadline ended in
+that wait and the call was answered DEADLINE_EXCEEDED naming nothing; and an
+UNAVAILABLE naming the cause was sent again by the client's retry policy until the
+deadline passed, which ended it as a bare DEADLINE_EXCEEDED too
+(``tests/chaos/test_cluster_r3_chaos.py``, first write after a quorum loss)."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+
+from jetsource.core import deadline
+from jetsource.core.grpcserver import RpcError, retry_is_futile
+
+
+async def test_no_deadline_leaves_the_wait_as_it_is() -> None:
+    assert deadline.left() is None
+    assert deadline.bound(5.0) == 5.0
+
+
+async def test_a_wait_ends_before_the_deadline_keeping_time_to_answer() -> None:
+    with deadline.within(2.0):
+        assert deadline.bound(5.0) == pytest.approx(2.0 - deadline.ANSWER_RESERVE_S, abs=0.05)
+        assert deadline.bound(1.0) == 1.0
+        with deadline.within(10.0):  # an outer, earlier deadline stays
+            assert deadline.left() == pytest.approx(2.0, abs=0.05)
+    assert deadline.left() is None
+    with deadline.within(0.1):  # too little left: the shortest wait worth sending
+        assert deadline.bound(5.0) == deadline.MIN_WAIT_S
+
+
+class _Context:
+    def __init__(self, remaining: float | None) -> None:
+        self._remaining = remaining
+
+    def time_remaining(self) -> float | None:
+        return self._remaining
+
+
+@pytest.mark.parametrize(
+    ("code", "took", "remaining", "futile"),
+    [
+        (grpc.StatusCode.UNAVAILABLE, 5.2, 4.8, True),  # another attempt ends in the deadline
+        (grpc.StatusCode.UNAVAILABLE, 0.2, 9.8, False),  # a worker gone: worth a retry
+        (grpc.StatusCode.UNAVAILABLE, 5.2, None, False),  # no deadline
+        (grpc.StatusCode.ABORTED, 5.2, 4.8, False),  # not retried by the clients anyway
+    ],
+)
+def test_retry_is_futile_when_less_time_is_left_than_the_call_took(
+    code: grpc.StatusCode, took: float, remaining: float | None, futile: bool
+) -> None:
+    started = time.monotonic() - took
+    context = _Context(remaining)
+    assert retry_is_futile(RpcError(code, "x"), context, started) is futile
+
+
+class _Replies:
+    """Answers STREAM.MSG.GET with ``answer`` (an exception is raised)."""
+
+    def __init__(self, answer: object) -> None:
+        self.answer = answer
+        self.timeouts: list[float] = []
+
+    async def request(self, subject: str, data: bytes, headers: object, timeout: float) -> object:
+        self.timeouts.append(timeout)
+        if isinstance(self.answer, BaseException):
+            raise self.answer
+        return self.answer
+
+
+def _meta_leaderless() -> object:
+    from types import SimpleNamespace
+
+    body = (
+        b'{"error": {"code": 503, "err_code": 10008, '
+        b'"description": "JetStream system temporarily unavailable"}}'
+    )
+    return SimpleNamespace(headers=None, data=body, subject="x")
+
+
+@pytest.mark.parametrize("answer", [TimeoutError(), "leaderless"])
+async def test_a_read_only_the_leader_answers_names_the_missing_leader(answer: object) -> None:
+    """A snapshot's read (a command's state load) from a stream without a leader: its
+    STREAM.MSG.GET unanswered waited past the call's deadline (DEADLINE_EXCEEDED naming
+    nothing), answered 503/10008 it was INTERNAL."""
+    from jetsource.core.errors import EventStoreUnavailableError
+    from jetsource.eventstore import jsapi
+
+    replies = _Replies(_meta_leaderless() if answer == "leaderless" else answer)
+    with deadline.within(2.0), pytest.raises(EventStoreUnavailableError) as lost:
+        await jsapi.leader_get(replies, "CS_X", {"last_by_subj": "a.b"}, 5.0)  # type: ignore[arg-type]
+    assert isinstance(lost.value, TimeoutError)  # still transient where retried
+    assert "stream CS_X" in str(lost.value) and "quorum" in str(lost.value)
+    assert replies.timeouts[0] < 2.0  # ends before the call's deadline
+
+
+async def test_a_publish_held_in_process_is_unavailable_not_internal() -> None:
+    """Asked again after its ack was waited out, a publish the leader still holds is
+    answered 10158 "duplicate message id is in process": it went up as JsApiError
+    (INTERNAL over gRPC)."""
+    from unittest import mock
+
+    from jetsource.core.errors import EventStoreUnavailableError
+    from jetsource.domains.context.events import registry
+    from jetsource.eventstore.jetstream import JetStreamEventStore
+    from jetsource.eventstore.jsapi import JsApiError
+    from tests.eventstore_fixtures import isolated_settings
+
+    store = JetStreamEventStore(mock.MagicMock(), registry, isolated_settings("ip"))
+    calls = 0
+
+    async def held() -> None:
+        nonlocal calls
+        calls += 1
+        raise JsApiError(409, 10158, "duplicate message id is in process")
+
+    with pytest.raises(EventStoreUnavailableError) as lost:
+        await store._call(held)
+    assert calls == store.settings.retry_attempts  # asked again: it may be stored meanwhile
+    assert "has not stored an earlier attempt of this write" in str(lost.value)
+    assert "quorum" in str(lost.value)
