@@ -48,3 +48,26 @@ def test_a_quiet_session_without_an_end_is_interrupted() -> None:
     assert session_status("active", NOW - 61 * NS, NOW, quiet_s=60) == "interrupted"
     assert session_status("completed", NOW - DAY, NOW, quiet_s=60) == "completed"
     assert session_status("cancelled", NOW, NOW, quiet_s=60) == "interrupted"
+
+
+def test_an_end_said_later_than_it_was_recorded_counts_as_recorded() -> None:
+    # An emitter whose clock ran a year ahead (or said 2099) ended these sessions 40
+    # days ago by the stream's clock: they were kept past --older-than until that
+    # future time, and ranked newest they held --keep's places from real newer ones.
+    ahead = [
+        SessionRecord(sid, "cmd", {}, said - NS, said, "completed", 2, 2, NOW - 40 * DAY)
+        for sid, said in (("ahead-a-year", NOW + 325 * DAY), ("says-2099", 47_000 * DAY))
+    ]
+    records = [*RECORDS, *ahead]
+    by_age = choose_prunable(records, NOW, older_than_s=30 * 86_400, keep=0)
+    assert {r.session_id for r in by_age} == {
+        "old-done",
+        "old-failed",
+        *(a.session_id for a in ahead),
+    }
+    by_count = choose_prunable(records, NOW, older_than_s=0, keep=3)
+    assert {r.session_id for r in by_count} == {
+        "old-done",
+        "old-failed",
+        *(a.session_id for a in ahead),
+    }

@@ -89,16 +89,26 @@ def choose_prunable(
 ) -> list[SessionRecord]:
     """Ended sessions (completed or failed) older than ``older_than_s`` (by end time;
     0: no age rule) or beyond the newest ``keep`` ended ones (0: no count rule),
-    oldest first. Active and interrupted sessions are never chosen."""
+    oldest first. Active and interrupted sessions are never chosen.
+
+    The end time is the one the session says (its emitter's clock), but never later
+    than the stream recorded it: an emitter whose clock was ahead (a year, or 2099)
+    would otherwise have its sessions kept past the age limit until then, and ranked
+    newest, holding places of ``keep`` from sessions that did end later."""
+
+    def ended_at(r: SessionRecord) -> int:
+        said, recorded = r.ended_ns, r.last_recorded_ns
+        return min(said, recorded) if said and recorded else said or recorded
+
     ended = sorted(
         (r for r in records if r.status in (COMPLETED, FAILED)),
-        key=lambda r: (r.ended_ns or r.last_recorded_ns, r.session_id),
+        key=lambda r: (ended_at(r), r.session_id),
         reverse=True,
     )
     chosen = []
     for rank, r in enumerate(ended):
         too_many = keep > 0 and rank >= keep
-        too_old = older_than_s > 0 and now - (r.ended_ns or r.last_recorded_ns) > older_than_s * NS
+        too_old = older_than_s > 0 and now - ended_at(r) > older_than_s * NS
         if too_many or too_old:
             chosen.append(r)
     return list(reversed(chosen))
