@@ -293,7 +293,10 @@ async def test_first_write_after_quorum_loss_is_unavailable_naming_it(
     DEADLINE_EXCEEDED naming nothing: the store's wait ended past the call's deadline,
     or the client sent the UNAVAILABLE again until the deadline passed. It is now
     UNAVAILABLE within the deadline naming the lost quorum (also with a deadline
-    shorter than the request timeout, where the wait itself outlived the call)."""
+    shorter than the request timeout, where the wait itself outlived the call); with
+    the servers back, the same command (same idempotency key) is stored once. The
+    next command during the loss was ABORTED "kept changing" (the write in flight
+    taken for a conflict): UNAVAILABLE too."""
     import grpc
 
     from jetsource.client import ContextClient
@@ -335,5 +338,30 @@ async def test_first_write_after_quorum_loss_is_unavailable_naming_it(
             assert lost.value.code() == grpc.StatusCode.UNAVAILABLE, (lost.value.code(), said)
             assert "quorum" in said and "deadline" not in said.lower(), said
             assert took < deadline_s, took
+            # The next command of the story: refused for the write still in flight,
+            # nothing stored since, it was a "conflict", reloaded and tried again until
+            # ABORTED "kept changing: gave up after 20 retries".
+            with pytest.raises(grpc.aio.AioRpcError) as lost:
+                await client.add_subtask("s", "t1", "during the loss", idempotency_key="k2")
+            said = lost.value.details() or ""
+            print(f"then: {lost.value.code()} {said}")
+            assert lost.value.code() == grpc.StatusCode.UNAVAILABLE, (lost.value.code(), said)
+            assert "quorum" in said, said
+            for i in down:
+                await asyncio.to_thread(cluster.start, i)
+            started = time.monotonic()
+            while True:
+                try:
+                    done = await client.add_decision(
+                        "s", "d1", "during the loss", idempotency_key="k1"
+                    )
+                    break
+                except grpc.aio.AioRpcError as exc:
+                    assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc.details()
+                    assert time.monotonic() - started < 60.0, "not writable 60 s after quorum"
+                    await asyncio.sleep(0.5)
+            assert done.version == 2
+            events = await publisher.store.read_aggregate("s")
+            assert [e.event_type for e in events] == ["ContextCreated", "DecisionAdded"]
     finally:
         await publisher.stop(0)

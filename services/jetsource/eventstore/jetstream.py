@@ -635,6 +635,7 @@ class JetStreamEventStore:
             expected_version is ExpectedVersion.NO_STREAM
             or (type(expected_version) is int and expected_version == 0)
         )
+        in_flight = 0  # refusals for a write of ours in flight, not stored yet
         for _ in range(self._cfg.any_conflict_retries + 1 + guess):
             if guess:
                 version, seq = 0, 0
@@ -665,6 +666,14 @@ class JetStreamEventStore:
                         return found
                     continue  # somebody else appended: reload and try again
                 actual, _ = await self._last(aggregate_id)
+                if exc.in_flight and actual == version:
+                    # Refused for a write in flight, yet nothing was stored since: an
+                    # earlier attempt of ours, held by a leader that lost its quorum.
+                    # Answered "conflict", and a command reloaded and tried again 20
+                    # times (ABORTED "kept changing") though nothing changed.
+                    await self._wait_in_flight(aggregate_id, in_flight)
+                    in_flight += 1
+                    continue
                 return await self._conflict(aggregate_id, events, expected_version, actual)
             if ack.duplicate:
                 found = await self._find(aggregate_id, events)
@@ -775,6 +784,25 @@ class JetStreamEventStore:
             return await jsapi.publish_atomic_batch(self._replies, messages, uuid7(), timeout)
         except TimeoutError as exc:
             raise _Unacknowledged(self._unacknowledged(timeout)) from exc
+
+    async def _wait_in_flight(self, aggregate_id: str, tried: int) -> None:
+        """A pause before the ``tried``-th append again after a refusal for a write in
+        flight; EventStoreUnavailableError when the attempts, or the caller's deadline,
+        are spent."""
+        delay = self._cfg.retry_backoff_s * (2**tried)
+        left = deadline.left()
+        if tried >= self._cfg.retry_attempts - 1 or (
+            left is not None and left < delay + deadline.ANSWER_RESERVE_S + deadline.MIN_WAIT_S
+        ):
+            raise EventStoreUnavailableError(
+                f"stream {self._cfg.stream} refused the write: another write of "
+                f"{aggregate_id} is in flight there and not stored yet ({tried + 1} tries): "
+                "its leader waits for a quorum of replicas (more than half of the NATS "
+                "cluster's servers down or cut off?) and stores nothing until a majority "
+                "is back; sent again with the same ids (the same idempotency key) it is "
+                "stored once"
+            )
+        await asyncio.sleep(delay * (0.5 + random.random()))
 
     def _unacknowledged(self, waited: float) -> str:
         return (
@@ -1245,7 +1273,7 @@ class JetStreamEventStore:
 
     async def seq_at_time(self, time: datetime | int) -> int:
         await self.start()
-        t = store_time_ns(time)
+        t = min(to_ns(time), 7_258_118_400 * 10**9)
         after = await self._call(
             lambda: jsapi.first_at_or_after(
                 self._replies, self._cfg.stream, t + 1, None, self._cfg.request_timeout_s
@@ -1263,7 +1291,7 @@ class JetStreamEventStore:
         unless it was appended (after the time) between the two looks: look again."""
         validate_aggregate_id(aggregate_id)
         await self.start()
-        t = store_time_ns(time)
+        t = min(to_ns(time), 7_258_118_400 * 10**9)
         subject = self._subject_filter(aggregate_id)
         stream, timeout = self._cfg.stream, self._cfg.request_timeout_s
         for _ in range(3):

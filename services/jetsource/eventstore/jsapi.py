@@ -63,6 +63,10 @@ T = TypeVar("T")
 
 
 class JsApiError(Exception):
+    # A lost compare-and-set answered 10164 (made 10071 here): another write of the
+    # subject was in flight at the stream's leader, which may not be stored yet.
+    in_flight = False
+
     def __init__(self, code: int, err_code: int, description: str) -> None:
         self.code = code
         self.err_code = err_code
@@ -119,11 +123,14 @@ def parse_response(msg: Msg) -> dict[str, Any]:
     body: dict[str, Any] = json.loads(msg.data) if msg.data else {}
     if err := body.get("error"):
         code = err.get("err_code", 0)
-        if code == ERR_WRONG_LAST_SEQUENCE_CONSTANT:
+        in_flight = code == ERR_WRONG_LAST_SEQUENCE_CONSTANT
+        if in_flight:
             # Every compare-and-set checks for 10071; an R3 stream answers a lost race
             # 10164 too, which went up as an error (a crashed append, a failed write).
             code = ERR_WRONG_LAST_SEQUENCE
-        raise JsApiError(err.get("code", 0), code, err.get("description", ""))
+        error = JsApiError(err.get("code", 0), code, err.get("description", ""))
+        error.in_flight = in_flight
+        raise error
     return body
 
 
