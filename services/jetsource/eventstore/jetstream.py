@@ -1273,7 +1273,7 @@ class JetStreamEventStore:
 
     async def seq_at_time(self, time: datetime | int) -> int:
         await self.start()
-        t = min(to_ns(time), 7_258_118_400 * 10**9)
+        t = store_time_ns(time)
         after = await self._call(
             lambda: jsapi.first_at_or_after(
                 self._replies, self._cfg.stream, t + 1, None, self._cfg.request_timeout_s
@@ -1291,7 +1291,7 @@ class JetStreamEventStore:
         unless it was appended (after the time) between the two looks: look again."""
         validate_aggregate_id(aggregate_id)
         await self.start()
-        t = min(to_ns(time), 7_258_118_400 * 10**9)
+        t = store_time_ns(time)
         subject = self._subject_filter(aggregate_id)
         stream, timeout = self._cfg.stream, self._cfg.request_timeout_s
         for _ in range(3):
