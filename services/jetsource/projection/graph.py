@@ -144,8 +144,15 @@ class FencedDriver:
         f = self._fence
 
         async def work(tx: Any) -> int:
+            # One statement that writes before it reads: the write lock is taken
+            # before the token is read (Neo4j's way to avoid a lost update; a read,
+            # then a write in a second statement, let two claims that read the same
+            # old token commit in either order, the older token last).
             result = await tx.run(
-                f"MATCH (n:{self._label}) RETURN max(n.token) AS t, count(n) AS c"
+                f"MATCH (n:{self._label}) SET n.writes = n.writes + 1, "
+                "n.token = CASE WHEN n.token < $t THEN $t ELSE n.token END "
+                "RETURN max(n.token) AS t, count(n) AS c",
+                t=f.token,
             )
             row = await result.single()
             count = int(row["c"]) if row is not None else 0
@@ -155,8 +162,6 @@ class FencedDriver:
             stored = int(row["t"])
             if stored > f.token:
                 return stored
-            if stored < f.token or count > 1:
-                await tx.run(f"MATCH (n:{self._label}) SET n.token = $t", t=f.token)
             if count > 1:
                 await tx.run(
                     f"MATCH (n:{self._label}) WITH collect(n) AS ns "
