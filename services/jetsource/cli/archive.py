@@ -27,6 +27,7 @@ from jetsource.cli import output
 from jetsource.cli.output import REFUSED, U64, UNAVAILABLE, USAGE
 from jetsource.cli.projector import _json, connect_timeout_s
 from jetsource.core import aio
+from jetsource.core.clock import MAX_AGE_S
 
 # The archive, the projection runtime and NATS are imported by the commands that use
 # them (`archive --help` does not pay for them).
@@ -362,7 +363,9 @@ def restore(
         help="forever | age | age+compaction for the new stream (default: the source's); "
         "how compaction is turned on for a stream created keep-forever",
     ),
-    max_age_s: float = typer.Option(0.0, "--max-age-s", min=0.0, help="With --retention"),
+    max_age_s: float = typer.Option(
+        0.0, "--max-age-s", min=0.0, max=float(MAX_AGE_S), help="With --retention"
+    ),
     domain: str | None = DOMAIN,
     timeout: float = TIMEOUT,
     as_json: bool = JSON,

@@ -108,6 +108,12 @@ MAX_TIME_NS = 7_258_118_400 * 10**9
 MIN_TIME_NS = -1
 
 
+# The longest age a stream keeps messages for (max_age settings): JetStream takes it as
+# int64 nanoseconds (292 years); a longer one was refused at stream creation with a bare
+# "invalid JSON ... cannot unmarshal number" (and infinity raised OverflowError).
+MAX_AGE_S = (2**63 - 1) // NS
+
+
 def store_time_ns(value: datetime | int) -> int:
     """``value`` as a time to ask the event stream about (what was stored by then):
     clamped to [MIN_TIME_NS, MAX_TIME_NS], which answer as any time beyond them."""

@@ -32,6 +32,8 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from jetsource.core.clock import MAX_AGE_S
+
 DEFAULT_SECRETS_DIR = Path("/run/secrets/jetsource")
 
 # A TCP port a setting names: 0 (where a setting documents it: an ephemeral port, or
@@ -453,7 +455,7 @@ class EventStoreSettings(BaseModel):
     # snapshot, then purges them (the only stream kind whose purge is not denied; a
     # stream created with deny purge can never allow it again: restore it into a new one).
     retention: str = Field(default="forever", pattern="^(forever|age|age\\+compaction)$")
-    max_age_s: float = Field(default=0.0, ge=0)
+    max_age_s: float = Field(default=0.0, ge=0, le=MAX_AGE_S)  # 292 years: int64 ns
     # Roles that may purge whole subjects of this stream (a domain's StreamPolicy names
     # them, e.g. the sessions pruner): the stream is created without deny_purge, and
     # NATS permissions give $JS.API.STREAM.PURGE.<stream> to those roles' users alone.

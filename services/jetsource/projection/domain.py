@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import Message
 
+from jetsource.core.clock import MAX_AGE_S
 from jetsource.core.codec import EventRegistry
 from jetsource.core.envelope import NewEvent
 from jetsource.core.ids import valid_event_type
@@ -42,6 +43,11 @@ class StreamPolicy:
     def __post_init__(self) -> None:
         if self.retention is not Retention.FOREVER and self.max_age_s <= 0:
             raise ValueError(f"retention {self.retention} needs max_age_s > 0")
+        if not self.max_age_s <= MAX_AGE_S:  # (NaN too)
+            raise ValueError(
+                f"max_age_s {self.max_age_s} is longer than a stream keeps messages for "
+                f"(at most {MAX_AGE_S} s, 292 years: JetStream's int64 nanoseconds)"
+            )
 
 
 @dataclass(frozen=True)

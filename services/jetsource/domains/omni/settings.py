@@ -16,6 +16,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from jetsource.core.clock import MAX_AGE_S
+
 
 class OmniOptions(BaseModel):
     # The normalized events' stream and subjects; empty: OMNI_EVENTS / omni.events (the
@@ -28,7 +30,7 @@ class OmniOptions(BaseModel):
     raw_subject_prefix: str = "omni.raw"
     # How long raw payloads are kept; 0 keeps everything (the users' decision).
     # JetStream takes no age under 0.1 s.
-    raw_max_age_s: float = Field(default=0.0, ge=0)
+    raw_max_age_s: float = Field(default=0.0, ge=0, le=MAX_AGE_S)  # 292 years: int64 ns
     # Bodies are archived whole up to the ingress's max_body_bytes, so this bounds it.
     raw_max_msg_size: int = Field(default=6 * 1024 * 1024, gt=0)
     raw_replicas: int = Field(default=1, ge=1, le=5)
