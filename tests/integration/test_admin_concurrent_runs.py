@@ -209,18 +209,27 @@ async def test_a_killed_reset_on_this_host_is_taken_over_at_once(projection: Pro
         for w in warnings
     ), warnings
 
-    # The same claim held elsewhere, or by a live process here: still refused busy.
+    # The same claim held elsewhere (another host name; this host name on another
+    # machine, whose host PID namespace has the same id as this one's), or by a live
+    # process here: still refused busy.
+    here = admin._pid_space()
+    assert here is not None
+    other_boot = "00000000-0000-0000-0000-000000000000 " + here.split(" ", 1)[1]
     sleeper = await asyncio.create_subprocess_exec("sleep", "30")
     try:
-        for host, pid in ((socket.gethostname(), sleeper.pid), ("elsewhere", child.pid)):
+        for host, pid, space in (
+            (socket.gethostname(), sleeper.pid, here),
+            ("elsewhere", child.pid, here),
+            (socket.gethostname(), child.pid, other_boot),
+        ):
 
-            def held(c: ModelControl, host: str = host, pid: int = pid) -> None:
+            def held(c: ModelControl, host: str = host, pid: int = pid, space: str = space) -> None:
                 c.claims[1] = {
                     "owner": "other",
                     "op": "reset",
                     "host": host,
                     "pid": pid,
-                    "pidns": admin._pid_namespace(),
+                    "pid_space": space,
                     "heartbeat_ns": now_ns(),
                 }
 

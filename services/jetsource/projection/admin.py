@@ -193,13 +193,19 @@ def claim_age_s(claim: dict[str, Any] | None) -> float | None:
     return max(0.0, (now_ns() - int(claim.get("heartbeat_ns", 0))) / 1e9)
 
 
-def _pid_namespace() -> str | None:
-    """This process's PID namespace (Linux), so a pid is compared only with pids of the
-    same namespace: containers sharing a host name (``--network host``) do not."""
+def _pid_space() -> str | None:
+    """Where this process's pids mean something (Linux): this boot of this machine
+    (``/proc/sys/kernel/random/boot_id``) and this PID namespace. The host's own PID
+    namespace has the same id on every machine, and host names repeat (cloned VMs,
+    compose's ``hostname:``), so neither alone says "here". None where either cannot
+    be read: no claim is then taken as gone."""
     try:
-        return os.readlink("/proc/self/ns/pid")
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as boot:
+            boot_id = boot.read().strip()
+        namespace = os.readlink("/proc/self/ns/pid")
     except OSError:
         return None
+    return f"{boot_id} {namespace}" if boot_id else None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -221,12 +227,14 @@ def _pid_alive(pid: int) -> bool:
 
 
 def holder_gone(claim: dict[str, Any] | None) -> bool:
-    """The claim's holder ran on this host (and PID namespace) and its process is gone
-    (killed: kill -9, OOM): no heartbeat will come, so its claim need not go stale
-    first. A holder on another host, or a pid alive here, says nothing of the kind."""
+    """The claim's holder ran in this boot of this machine and this PID namespace
+    (:func:`_pid_space`) and its process is gone (killed: kill -9, OOM): no heartbeat
+    will come, so its claim need not go stale first. A holder elsewhere, or a pid
+    alive here (a pid used again counts as alive), says nothing of the kind."""
     if not claim or claim.get("host") != socket.gethostname():
         return False
-    if claim.get("pidns") != _pid_namespace():
+    here = _pid_space()
+    if here is None or claim.get("pid_space") != here:
         return False
     pid = claim.get("pid")
     if not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
@@ -265,7 +273,7 @@ class Lease:
             "op": self.op,
             "host": socket.gethostname(),
             "pid": os.getpid(),
-            "pidns": _pid_namespace(),
+            "pid_space": _pid_space(),
             "heartbeat_ns": now_ns(),
             "heartbeat_at": _stamp(),
         }
