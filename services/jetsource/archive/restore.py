@@ -199,11 +199,38 @@ async def restore(
         },
     )
 
+    async def foreign(seq: int) -> str | None:
+        """What ``target`` holds at ``seq`` when it is not this restore's message there
+        (its subject and data; a place-holder of a gap is deleted), else None."""
+        stored = await jsapi.leader_get(replies, target, {"seq": seq}, timeout)
+        m = merged.get(seq)
+        if m is None:  # a gap: its place-holder, deleted or not yet
+            ok = stored is None or stored.subject == gap_subject
+        else:
+            ok = stored is not None and (stored.subject, bytes(stored.data)) == (
+                rewrite(m.subject, prefixes),
+                bytes(m.data),
+            )
+        if ok:
+            return None
+        return "nothing" if stored is None else f"a message on {stored.subject}"
+
+    def foreign_error(seq: int, held: str) -> RestoreError:
+        return RestoreError(
+            f"stream {target} holds {held} at sequence {seq}, not sequence {seq} of "
+            f"{source}: something other than this restore writes its subjects "
+            f"({', '.join(subjects)}); restore into a new stream (--subject-prefix "
+            "OLD=NEW gives it subjects of its own)"
+        )
+
     async def another_run(seq: int) -> RestoreReport:
-        """``seq`` was written by someone else: another restore of this source into
-        ``target`` at the same time (each message is published only onto the sequence
-        before it, so nothing was doubled). Finished by now: restored already; else it
-        goes on, and this one stops."""
+        """``seq`` was written by someone else. Another restore of this source into
+        ``target`` at the same time wrote what this one would have (each message is
+        published only onto the sequence before it, so nothing was doubled): finished
+        by now, restored already; else it goes on, and this one stops. Any other
+        writer is said as such: its message holds a place of the source's."""
+        if (held := await foreign(seq)) is not None:
+            raise foreign_error(seq, held)
         info = await _info(replies, target, timeout)
         if (span := _restored_mark(info, source)) is not None:
             return _already(source, target, span)
@@ -251,6 +278,8 @@ async def restore(
                 f"stream {target} was left by a restore of other messages (it ends at "
                 f"sequence {held}, outside {first}..{last}): restore into a new one"
             )
+        if first <= held and (what := await foreign(held)) is not None:
+            raise foreign_error(held, what)
         expect = max(first, held + 1)
     else:
         raise RestoreError(f"stream {target} exists: restore creates a new stream")

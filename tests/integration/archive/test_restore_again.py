@@ -114,3 +114,40 @@ async def test_the_cli_run_again_exits_0_saying_nothing_changed(
     assert report["already_restored"] is True and report["last_seq"] == 300, report
     warnings = [json.loads(line)["warning"] for line in err.decode().splitlines() if "warn" in line]
     assert any("restored" in w and "already" in w and "nothing changed" in w for w in warnings)
+
+
+class _Stop(Exception):
+    pass
+
+
+async def test_a_foreign_message_in_a_stopped_restore_is_refused_not_resumed_over(
+    exported: Any, unique: str
+) -> None:
+    """A restore stopped midway, then something other than a restore wrote onto the new
+    stream's subjects: run again, the restore went on after the stream's last sequence,
+    the foreign message keeping the place of the source's sequence, exit 0 (a message
+    lost). It is now refused naming the sequence and what holds it; nothing more is
+    written."""
+    p, archive = exported
+    source = p.store.settings.stream
+    root = p.store.settings.subject_prefix.split(".")[0]
+    config = (await jsapi.api(p.store._replies, f"STREAM.INFO.{source}", {}, 5.0))["config"]
+    target = f"RF_{unique}"
+    prefixes = {root: f"rf{unique}"}
+
+    def stop(done: int, total: int) -> None:
+        raise _Stop  # before its first message: the stream made, marked running
+
+    with pytest.raises(_Stop):
+        await restore(p.store._replies, archive, config, target, prefixes, 5.0, progress=stop)
+    subject = f"rf{unique}" + p.store.settings.subject_prefix[len(root) :] + ".foreign.x"
+    ack = await jsapi.publish(
+        p.store._replies, jsapi.OutMessage(subject, b"not the source's", {}), 5.0
+    )
+    assert (ack.stream, ack.seq) == (target, 1)
+
+    with pytest.raises(RestoreError, match="at sequence 1, not sequence 1 of") as refused:
+        await restore(p.store._replies, archive, config, target, prefixes, 5.0)
+    assert f"a message on {subject}" in str(refused.value)
+    assert "--subject-prefix" in str(refused.value)
+    assert await dump(p, target) == [(1, b"not the source's")]
