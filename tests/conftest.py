@@ -28,8 +28,16 @@ os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 # gRPC running in this process, grpcio's fork handlers (on by default) restarted its
 # poller in the child, which then found its epoll fd closed before exec and aborted
 # (SIGABRT, "Epoll1Poller encountered epoll_wait error: Bad file descriptor"): about 1
-# child in 100. Read by grpc when it is first imported, which is after this line.
-os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+# child in 100. grpc reads the setting as it is imported: set for this process alone,
+# then taken back, so the services and CLIs the tests start run as they do elsewhere.
+_FORK_SUPPORT = os.environ.get("GRPC_ENABLE_FORK_SUPPORT")
+os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "false"
+import grpc  # noqa: E402, F401
+
+if _FORK_SUPPORT is None:
+    del os.environ["GRPC_ENABLE_FORK_SUPPORT"]
+else:
+    os.environ["GRPC_ENABLE_FORK_SUPPORT"] = _FORK_SUPPORT
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
