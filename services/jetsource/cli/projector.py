@@ -209,6 +209,24 @@ async def _require(p: Projection, streams: list[str]) -> None:
         raise StreamMissingError(f"stream {stream} does not exist")
 
 
+async def _leaderless(p: Projection, streams: list[str]) -> dict[str, str]:
+    """Those of ``streams`` without a leader they can work with, each with why (no
+    leader, a leader that lost quorum, no JetStream meta leader, INFO not answered):
+    asked at once, each within the store's request timeout."""
+    from jetsource.eventstore import jsapi
+
+    store = p.store
+    await store.start()
+    names = list(dict.fromkeys(streams))
+    found = await asyncio.gather(
+        *(
+            jsapi.stream_leadership(store._replies, name, store.settings.request_timeout_s)
+            for name in names
+        )
+    )
+    return {name: why for name, why in zip(names, found, strict=True) if why}
+
+
 def _all_streams(p: Projection) -> list[str]:
     """Every stream the read models read: each domain's events, the snapshots, the
     dead letters."""
@@ -359,16 +377,24 @@ def status(as_json: bool = JSON) -> None:
 
     Columns: state, active, checkpoint, applied, lag, dead letters, build progress
     (percent, rate, ETA) and the model's last replay run (run id, last replayed
-    sequence). Exit 3 if a model's store did not answer (its row says so).
+    sequence). Exit 3 if a model's store did not answer (its row says so), or a
+    stream it reads has no leader that can serve it (a NATS cluster that lost quorum).
     """
     from jetsource.projection import admin
 
     json_out = _json(as_json)
 
-    async def work(p: Projection) -> tuple[list[dict[str, Any]], list[str]]:
-        return await admin.status(p), await _absent(p, _all_streams(p))
+    async def work(p: Projection) -> tuple[list[dict[str, Any]], list[str], dict[str, str]]:
+        # Each stream it reads, and the control bucket's: a cluster that lost quorum
+        # answers from a leader cut off from the others (a stale report), or not at
+        # all, and status said nothing of it (exit 0, or rows of 503s naming nothing).
+        streams = _all_streams(p)
+        bucket = f"KV_{p.settings.projector.control_bucket}"
+        rows, leaderless = await asyncio.gather(admin.status(p), _leaderless(p, [*streams, bucket]))
+        missing = await _absent(p, [s for s in streams if s not in leaderless])
+        return rows, missing, leaderless
 
-    rows, missing = _run(work)
+    rows, missing, leaderless = _run(work)
     if json_out:
         output.emit_json(rows)
     else:
@@ -408,8 +434,34 @@ def status(as_json: bool = JSON) -> None:
     # (exit 1, as a missing stream is in every group); a store that did not answer: 3.
     if missing:
         output.missing("refused", missing)
+    if leaderless:
+        _say_leaderless(leaderless)
     if any(r["state"] == "unavailable" for r in rows):
         raise typer.Exit(UNAVAILABLE)
+
+
+def _say_leaderless(leaderless: dict[str, str]) -> NoReturn:
+    """Streams without a working leader: exit 3 (unavailable, as for NATS not
+    answering), naming each and why (``leaderless`` in JSON)."""
+    from jetsource.core.settings import redact_url
+
+    names = list(leaderless)
+    by_why: dict[str, list[str]] = {}
+    for name, why in leaderless.items():
+        by_why.setdefault(why, []).append(name)
+    said = "; ".join(f"{', '.join(them)}: {why}" for why, them in by_why.items())
+    which = f"stream {names[0]} has" if len(names) == 1 else f"streams {', '.join(names)} have"
+    output.fail(
+        UNAVAILABLE,
+        "unavailable",
+        f"{which} no leader that can serve them ({said}): the NATS cluster is electing "
+        "one or lost quorum (more than half of its servers down or cut off), so what is "
+        "shown for them may be stale and nothing is written to them until a majority "
+        "is back",
+        hint=f"NATS: {redact_url(_settings().nats_url())} (JETSOURCE_NATS__URL); start the "
+        "missing servers",
+        leaderless=names,
+    )
 
 
 # -- replay -----------------------------------------------------------------------------

@@ -836,6 +836,57 @@ def consumer_config(
     return config
 
 
+# A replica the leader has not heard from for this long is not counted in its quorum,
+# though nats-server still calls it current (it does for 10 s): heartbeats come about
+# every second (an idle stream's replicas show tens of milliseconds).
+STALE_PEER_S = 5.0
+
+
+def quorum_lost(info: Mapping[str, Any]) -> str | None:
+    """Why a replicated stream (or consumer) that answered its INFO cannot serve as it
+    should: it has no leader, or its leader has fewer current replicas than a quorum
+    (the answer of a leader cut off from the others: it still answers reads and
+    holds every write). None when it has both, or is not replicated."""
+    config = info.get("config") or {}
+    replicas = int(config.get("num_replicas") or 1)
+    cluster = info.get("cluster") or {}
+    peers = cluster.get("replicas") or []
+    if replicas <= 1 and not peers:
+        return None
+    replicas = max(replicas, len(peers) + 1)
+    leader = cluster.get("leader")
+    if not leader:
+        return "no leader"
+    current = [
+        p.get("name")
+        for p in peers
+        if p.get("current") and not p.get("offline") and p.get("active", 0) < STALE_PEER_S * 1e9
+    ]
+    if 1 + len(current) >= replicas // 2 + 1:
+        return None
+    away = [str(p.get("name")) for p in peers if p.get("name") not in current]
+    return f"its leader {leader} lost quorum (replicas {', '.join(away)} not current)"
+
+
+async def stream_leadership(replies: Replies, stream: str, timeout: float) -> str | None:
+    """Why ``stream`` has no leader it can work with (:func:`quorum_lost`; its INFO not
+    answered, or answered 503/10008: no JetStream meta leader), or None: it has one, or
+    it is not there (a missing stream is said by its callers)."""
+    try:
+        info = await api(replies, f"STREAM.INFO.{stream}", {}, timeout)
+    except JsApiError as exc:
+        if exc.err_code == ERR_CLUSTER_UNAVAILABLE:
+            return f"no JetStream meta leader ({exc})"
+        if exc.err_code == ERR_STREAM_NOT_FOUND:
+            return None
+        raise
+    except NoRespondersError:  # no JetStream: said by its callers
+        return None
+    except TimeoutError:
+        return f"STREAM.INFO not answered within {timeout:g} s"
+    return quorum_lost(info)
+
+
 class ClusterUnavailableError(EventStoreUnavailableError):
     """A stream or bucket could not be created because the NATS cluster had no
     JetStream meta leader for the whole wait (forming, or quorum lost)."""
