@@ -420,3 +420,40 @@ def test_projector_status_names_streams_without_a_leader(cluster: Cluster) -> No
     assert error["code"] == "unavailable" and error["exit_code"] == 3, error
     assert stream in error["leaderless"] and f"KV_RM_{unique}" in error["leaderless"], error
     assert "quorum" in error["message"], error
+
+
+def test_projector_commands_tell_a_silent_jetstream_from_a_silent_nats(cluster: Cluster) -> None:
+    """Two of three servers paused (hung: the one left keeps routes to them and its
+    JetStream API answers nothing for minutes): `projector status` against the one left
+    said "NATS at URL did not answer within 3 s" though NATS answered; it now says NATS
+    answers and its JetStream API does not (a cluster electing a leader or that lost
+    quorum), exit 3. NATS not there at all is still "did not answer"."""
+    from jetsource.devstack.servers import free_port
+    from tests.cli_env import cli_env, jetsource
+
+    cluster.procs = [n.start() for n in cluster.nodes]
+    for i, n in enumerate(cluster.nodes):
+        n.wait_ready(cluster.procs[i], 60)
+    cluster.wait_meta_leader()
+    unique = uuid.uuid4().hex[:8]
+    env = cli_env(
+        cluster.nodes[0].address(),
+        unique,
+        JETSOURCE_EVENTSTORE__REPLICAS="3",
+        JETSOURCE_SNAPSHOTS__REPLICAS="3",
+        JETSOURCE_ADMIN_CONNECT_TIMEOUT_S="3",
+    )
+    ensured = jetsource(env, "streams", "ensure", "--json", timeout=120)
+    assert ensured.returncode == 0, ensured.stdout + ensured.stderr
+    for p in cluster.procs[1:]:
+        os.kill(p.pid, signal.SIGSTOP)
+    run = jetsource(env, "projector", "status")
+    print(f"\n{run.returncode}: {run.stderr}")
+    assert run.returncode == 3, run.stdout + run.stderr
+    assert "answers, but its JetStream API did not within 3 s" in run.stderr, run.stderr
+    assert "quorum" in run.stderr, run.stderr
+
+    env["JETSOURCE_NATS__URL"] = f"nats://127.0.0.1:{free_port()}"
+    run = jetsource(env, "projector", "status")
+    assert run.returncode == 3, run.stdout + run.stderr
+    assert "did not answer within 3 s" in run.stderr and "answers," not in run.stderr

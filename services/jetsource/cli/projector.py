@@ -26,7 +26,7 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -259,9 +259,17 @@ def _run(
             # Its requests got no answer because NATS refused them: not an outage.
             if refused := refused_instead(redact_url(settings.nats_url()), connect_s + 5):
                 raise refused from None
-            raise TimeoutError(
-                f"NATS at {redact_url(settings.nats_url())} did not answer within {connect_s:g} s"
-            ) from None
+            where = redact_url(settings.nats_url())
+            if await _nats_answers(settings):
+                # It was "NATS did not answer" while NATS answered and its JetStream API
+                # did not: a cluster that lost quorum (or is electing a leader).
+                raise TimeoutError(
+                    f"NATS at {where} answers, but its JetStream API did not within "
+                    f"{connect_s:g} s: a NATS cluster electing a leader or that lost quorum "
+                    "(more than half of its servers down or cut off) answers none for a "
+                    "while; start the missing servers, or run it again in a few seconds"
+                ) from None
+            raise TimeoutError(f"NATS at {where} did not answer within {connect_s:g} s") from None
         try:
             await require_jetstream(p.nc, settings)
             if need is not None:
@@ -276,6 +284,29 @@ def _run(
         output.fail(INTERRUPTED, "cancelled", stopped)
     except Exception as exc:
         _fail_for(exc, settings)
+
+
+# How long telling "NATS answers, JetStream does not" from "NATS does not answer" may
+# take, once opening the projection timed out.
+NATS_PROBE_S = 2
+
+
+async def _nats_answers(settings: ProjectorSettings) -> bool:
+    """NATS takes a connection and answers a PING within :data:`NATS_PROBE_S` each."""
+    from jetsource.eventstore.bootstrap import connect
+
+    try:
+        nc = await asyncio.wait_for(connect(settings), NATS_PROBE_S)
+    except Exception:
+        return False
+    try:
+        await nc.flush(timeout=NATS_PROBE_S)
+        return True
+    except Exception:
+        return False
+    finally:
+        with suppress(Exception):
+            await nc.close()
 
 
 def _eta(seconds: float | None) -> str:
