@@ -12,7 +12,7 @@ import pydantic
 import pytest
 
 from jetsource.core.clock import MAX_AGE_S, NS
-from jetsource.core.settings import EventStoreSettings, settings_error
+from jetsource.core.settings import EventStoreSettings, JetsourceSettings, settings_error
 from jetsource.ingest.settings import IngestSettings
 from jetsource.projection.domain import Retention, StreamPolicy
 from jetsource.publisher.settings import PublisherSettings
@@ -41,7 +41,7 @@ def test_the_longest_age_is_what_int64_nanoseconds_hold() -> None:
     ],
 )
 def test_a_longer_age_is_refused_by_its_variable(
-    settings: type,
+    settings: type[JetsourceSettings],
     variable: str,
     retention: str | None,
     value: str,
