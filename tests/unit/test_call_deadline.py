@@ -125,3 +125,65 @@ async def test_a_publish_held_in_process_is_unavailable_not_internal() -> None:
     assert calls == store.settings.retry_attempts  # asked again: it may be stored meanwhile
     assert "has not stored an earlier attempt of this write" in str(lost.value)
     assert "quorum" in str(lost.value)
+
+
+def _store(name: str) -> object:
+    from unittest import mock
+
+    from jetsource.domains.context.events import registry
+    from jetsource.eventstore.jetstream import JetStreamEventStore
+    from tests.eventstore_fixtures import isolated_settings
+
+    return JetStreamEventStore(mock.MagicMock(), registry, isolated_settings(name))
+
+
+@pytest.mark.parametrize("budget", [0.8, 5.0])
+async def test_a_stream_electing_its_leader_is_unavailable_under_any_deadline(
+    monkeypatch: pytest.MonkeyPatch, budget: float
+) -> None:
+    """No responders from a stream between two leaders, under a call's deadline too short
+    for another attempt: the give-up path read an error only the other branches set
+    (UnboundLocalError: INTERNAL over gRPC, "a bug"). Unavailable, naming the election."""
+    from jetsource.eventstore import jetstream
+    from jetsource.eventstore.jsapi import NoRespondersError
+
+    store: jetstream.JetStreamEventStore = _store("el")  # type: ignore[assignment]
+
+    async def electing() -> Exception:
+        return jetstream._ElectingError("stream X is electing a leader")
+
+    monkeypatch.setattr(store, "_not_taken", electing)
+    monkeypatch.setattr(store.settings, "retry_backoff_s", 0.01)
+
+    async def no_responders() -> None:
+        raise NoRespondersError("X")
+
+    with deadline.within(budget), pytest.raises(jetstream._ElectingError, match="electing"):
+        await store._call(no_responders)
+
+
+@pytest.mark.parametrize(("leaderless", "unavailable"), [(None, False), ("no leader", True)])
+async def test_a_refusal_for_a_write_in_flight_is_unavailable_only_on_a_stream_without_quorum(
+    monkeypatch: pytest.MonkeyPatch, leaderless: str | None, unavailable: bool
+) -> None:
+    """A refusal for a write in flight (10164) with nothing stored since, its retries or
+    the call's deadline spent: on a healthy cluster it is a racing write not visible yet,
+    the conflict it always was (it was answered UNAVAILABLE "lost quorum", and the
+    publisher marked NOT_SERVING); only a stream without a leader it can work with makes
+    it unavailable, naming why."""
+    from jetsource.core.errors import EventStoreUnavailableError
+    from jetsource.eventstore import jetstream, jsapi
+
+    store: jetstream.JetStreamEventStore = _store("if")  # type: ignore[assignment]
+
+    async def leadership(*args: object) -> str | None:
+        return leaderless
+
+    monkeypatch.setattr(jsapi, "stream_leadership", leadership)
+    with deadline.within(0.8):  # no time for another attempt
+        if unavailable:
+            with pytest.raises(EventStoreUnavailableError, match="no leader"):
+                await store._wait_in_flight("s", 0)
+        else:
+            assert await store._wait_in_flight("s", 0) is False
+    assert await store._wait_in_flight("s", 0) is True  # time and tries left: again

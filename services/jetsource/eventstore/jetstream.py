@@ -80,6 +80,13 @@ class _InProcess(Exception):
     not stored yet, not refused either. Transient, asked again while there is time."""
 
 
+def _time_for(delay: float) -> bool:
+    """Whether a pause of up to 1.5 x ``delay`` (its jitter) and another attempt fit
+    before the deadline of the call being served (none: they do)."""
+    left = deadline.left()
+    return left is None or left >= 1.5 * delay + deadline.ANSWER_RESERVE_S + deadline.MIN_WAIT_S
+
+
 # Envelope tags, varints and timestamps, our three headers and NATS framing: generous.
 _ENVELOPE_AND_HEADER_OVERHEAD = 512
 
@@ -299,10 +306,15 @@ class JetStreamEventStore:
                 # A stream that is there but between leaders takes no request for a
                 # moment: asked again. Not answering STREAM.INFO either (quorum lost)
                 # already cost a request's timeout: said at once.
-                if not isinstance(why, _ElectingError) or attempt == attempts - 1:
-                    raise why from None
                 delay = self._cfg.retry_backoff_s * (2**attempt)
+                if (
+                    not isinstance(why, _ElectingError)
+                    or attempt == attempts - 1
+                    or not _time_for(delay)
+                ):
+                    raise why from None
                 await asyncio.sleep(delay * (0.5 + random.random()))
+                continue
             except JsApiError as exc:
                 if exc.err_code == jsapi.ERR_STREAM_NOT_FOUND:
                     raise StreamMissingError(f"stream {self._cfg.stream} not found") from exc
@@ -323,10 +335,7 @@ class JetStreamEventStore:
             # Transient: asked again unless the attempts, or the caller's deadline (a
             # gRPC call's), would end inside the next one.
             delay = self._cfg.retry_backoff_s * (2**attempt)
-            left = deadline.left()
-            if attempt == attempts - 1 or (
-                left is not None and left < delay + deadline.ANSWER_RESERVE_S + deadline.MIN_WAIT_S
-            ):
+            if attempt == attempts - 1 or not _time_for(delay):
                 # A publish unanswered on a connection that is up: its stream's
                 # leader holds it (NATS itself answers), said so; else NATS is away.
                 held = isinstance(failed, _InProcess) or (
@@ -666,12 +675,16 @@ class JetStreamEventStore:
                         return found
                     continue  # somebody else appended: reload and try again
                 actual, _ = await self._last(aggregate_id)
-                if exc.in_flight and actual == version:
-                    # Refused for a write in flight, yet nothing was stored since: an
-                    # earlier attempt of ours, held by a leader that lost its quorum.
-                    # Answered "conflict", and a command reloaded and tried again 20
-                    # times (ABORTED "kept changing") though nothing changed.
-                    await self._wait_in_flight(aggregate_id, in_flight)
+                # Refused for a write in flight, yet nothing was stored since: an
+                # earlier attempt of ours, held by a leader that lost its quorum (or a
+                # racing write not visible yet). Answered "conflict", a command reloaded
+                # and tried again 20 times (ABORTED "kept changing") though nothing
+                # changed.
+                if (
+                    exc.in_flight
+                    and actual == version
+                    and await self._wait_in_flight(aggregate_id, in_flight)
+                ):
                     in_flight += 1
                     continue
                 return await self._conflict(aggregate_id, events, expected_version, actual)
@@ -785,24 +798,30 @@ class JetStreamEventStore:
         except TimeoutError as exc:
             raise _Unacknowledged(self._unacknowledged(timeout)) from exc
 
-    async def _wait_in_flight(self, aggregate_id: str, tried: int) -> None:
-        """A pause before the ``tried``-th append again after a refusal for a write in
-        flight; EventStoreUnavailableError when the attempts, or the caller's deadline,
-        are spent."""
+    async def _wait_in_flight(self, aggregate_id: str, tried: int) -> bool:
+        """After a refusal for a write in flight (nothing stored since): True after a
+        pause before the append is tried again (reloaded: a racing write stored by then
+        is a conflict). With the attempts, or the caller's deadline, spent: on a stream
+        whose leader lost its quorum (or has none), EventStoreUnavailableError naming
+        it; else False, and the refusal is the conflict it was (a healthy cluster's
+        race, its write not yet visible where it was looked up)."""
         delay = self._cfg.retry_backoff_s * (2**tried)
-        left = deadline.left()
-        if tried >= self._cfg.retry_attempts - 1 or (
-            left is not None and left < delay + deadline.ANSWER_RESERVE_S + deadline.MIN_WAIT_S
-        ):
-            raise EventStoreUnavailableError(
-                f"stream {self._cfg.stream} refused the write: another write of "
-                f"{aggregate_id} is in flight there and not stored yet ({tried + 1} tries): "
-                "its leader waits for a quorum of replicas (more than half of the NATS "
-                "cluster's servers down or cut off?) and stores nothing until a majority "
-                "is back; sent again with the same ids (the same idempotency key) it is "
-                "stored once"
-            )
-        await asyncio.sleep(delay * (0.5 + random.random()))
+        if tried < self._cfg.retry_attempts - 1 and _time_for(delay):
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            return True
+        why = await jsapi.stream_leadership(
+            self._replies, self._cfg.stream, deadline.bound(self._cfg.request_timeout_s)
+        )
+        if why is None:
+            return False
+        raise EventStoreUnavailableError(
+            f"stream {self._cfg.stream} refused the write: another write of "
+            f"{aggregate_id} is in flight there and not stored yet ({tried + 1} tries; "
+            f"{why}): its leader waits for a quorum of replicas (more than half of the NATS "
+            "cluster's servers down or cut off?) and stores nothing until a majority "
+            "is back; sent again with the same ids (the same idempotency key) it is "
+            "stored once"
+        )
 
     def _unacknowledged(self, waited: float) -> str:
         return (
