@@ -26,7 +26,8 @@ import valkey
 from nats.js.api import StreamConfig
 from neo4j import GraphDatabase
 
-from jetsource.devstack.servers import free_port, pid_alive, port_open, stop_pid
+from jetsource.core.procs import pid_alive
+from jetsource.devstack.servers import free_port, port_open, stop_pid
 from tests.infra import Server
 
 pytestmark = pytest.mark.integration

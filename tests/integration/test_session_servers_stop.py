@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from jetsource.devstack.servers import pid_alive
+from jetsource.core.procs import pid_alive
 
 pytestmark = pytest.mark.integration
 

@@ -21,8 +21,9 @@ import pytest
 from jetsource.core.errors import ListenError, ephemeral_ports
 from jetsource.core.grpcserver import HEALTH_PORT_SETTING, start_grpc
 from jetsource.core.metrics import bind_socket, start_metrics_server
+from jetsource.core.procs import pid_alive
 from jetsource.core.settings import GrpcServerSettings, JetsourceSettings, env_var
-from jetsource.devstack.servers import ServerError, free_port, pid_alive
+from jetsource.devstack.servers import ServerError, free_port
 from jetsource.devstack.services import GrpcService, LocalServices
 from jetsource.domains.context.query_settings import QuerySettings
 from jetsource.ingest.settings import IngestSettings

@@ -9,7 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from jetsource.devstack.servers import pid_alive, stop_pids
+from jetsource.core.procs import pid_alive
+from jetsource.devstack.servers import stop_pids
 
 SLOW_STOP = """
 import signal, sys, time

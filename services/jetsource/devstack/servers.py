@@ -26,6 +26,8 @@ from typing import Any
 
 import httpx
 
+from jetsource.core.procs import pid_alive
+
 MIN_NATS = (2, 12)  # atomic batch publish and batched direct get
 
 
@@ -620,23 +622,6 @@ def read_state(path: Path) -> dict[str, Any]:
         return state
     except (OSError, ValueError):
         return {}
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child of this process still "exists": check /proc where there is one.
-    stat = Path(f"/proc/{pid}/stat")
-    if stat.exists():
-        try:
-            return stat.read_text().split(") ")[-1][0] != "Z"
-        except OSError:
-            return False
-    return True
 
 
 def stop_pid(pid: int, timeout: float = 20.0) -> bool:

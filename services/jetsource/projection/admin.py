@@ -28,6 +28,7 @@ from jetsource.core.crypto import erasures_heard
 from jetsource.core.envelope import RecordedEvent
 from jetsource.core.errors import CorruptEventError, EventStoreUnavailableError
 from jetsource.core.ids import uuid7, validate_aggregate_id
+from jetsource.core.procs import pid_alive
 from jetsource.eventstore import jsapi
 from jetsource.projection.bootstrap import Projection
 from jetsource.projection.contract import ReadModel, TransientError
@@ -208,24 +209,6 @@ def _pid_space() -> str | None:
     return f"{boot_id} {namespace}" if boot_id else None
 
 
-def _pid_alive(pid: int) -> bool:
-    """Whether ``pid`` names a process (not a zombie awaiting its parent) here; one of
-    another user's counts as alive."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
-            return stat.read().rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def holder_gone(claim: dict[str, Any] | None) -> bool:
     """The claim's holder ran in this boot of this machine and this PID namespace
     (:func:`_pid_space`) and its process is gone (killed: kill -9, OOM): no heartbeat
@@ -239,7 +222,7 @@ def holder_gone(claim: dict[str, Any] | None) -> bool:
     pid = claim.get("pid")
     if not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
         return False
-    return not _pid_alive(pid)
+    return not pid_alive(pid)
 
 
 def claim_fresh(claim: dict[str, Any] | None) -> bool:
