@@ -31,16 +31,18 @@ async def test_healthz_answers_while_the_loop_is_busy() -> None:
     answers: list[tuple[int, float]] = []
 
     def probe() -> None:
-        started = time.monotonic()
         reply = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1.0)
-        answers.append((reply.status_code, time.monotonic() - started))
+        answers.append((reply.status_code, time.monotonic()))
 
     try:
         thread = threading.Thread(target=probe)
         thread.start()
         time.sleep(1.5)  # noqa: ASYNC251 (catch-up work hogging the loop, past the timeout)
+        released = time.monotonic()
         thread.join()
-        assert answers and answers[0][0] == 200 and answers[0][1] < 0.5, answers
+        # Answered while the loop was still held (within the probe's 1 s timeout), not
+        # after it: a wall-clock bound (0.5 s) failed once on a loaded CI run (0.72 s).
+        assert answers and answers[0][0] == 200 and answers[0][1] < released, answers
         service.ok = False
         reply = await asyncio.to_thread(httpx.get, f"http://127.0.0.1:{port}/healthz")
         assert reply.status_code == 503 and "workers" in reply.text
