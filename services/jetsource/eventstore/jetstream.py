@@ -645,7 +645,11 @@ class JetStreamEventStore:
             or (type(expected_version) is int and expected_version == 0)
         )
         in_flight = 0  # refusals for a write of ours in flight, not stored yet
-        for _ in range(self._cfg.any_conflict_retries + 1 + guess):
+        # Tries left; a refusal for a write in flight does not spend one (its waits are
+        # bounded by the attempts and the call's deadline in ``_wait_in_flight``).
+        tries = self._cfg.any_conflict_retries + 1 + guess
+        while tries > 0:
+            tries -= 1
             if guess:
                 version, seq = 0, 0
             else:
@@ -673,6 +677,15 @@ class JetStreamEventStore:
                     found = await self._find(aggregate_id, events)
                     if found is not None:
                         return found
+                    # Refused for a write in flight with nothing stored since (a leader
+                    # that lost its quorum holds it): reloaded and refused again at
+                    # once until the tries ran out, ending in a ConcurrencyError, which
+                    # ANY has none to report. Asked again as the versioned path does,
+                    # then unavailable.
+                    if exc.in_flight and (await self._last(aggregate_id))[0] == version:
+                        await self._wait_in_flight(aggregate_id, in_flight, conflict=False)
+                        in_flight += 1
+                        tries += 1
                     continue  # somebody else appended: reload and try again
                 actual, _ = await self._last(aggregate_id)
                 # Refused for a write in flight, yet nothing was stored since: an
@@ -798,13 +811,14 @@ class JetStreamEventStore:
         except TimeoutError as exc:
             raise _Unacknowledged(self._unacknowledged(timeout)) from exc
 
-    async def _wait_in_flight(self, aggregate_id: str, tried: int) -> bool:
+    async def _wait_in_flight(self, aggregate_id: str, tried: int, conflict: bool = True) -> bool:
         """After a refusal for a write in flight (nothing stored since): True after a
         pause before the append is tried again (reloaded: a racing write stored by then
         is a conflict). With the attempts, or the caller's deadline, spent: on a stream
         whose leader lost its quorum (or has none), EventStoreUnavailableError naming
         it; else False, and the refusal is the conflict it was (a healthy cluster's
-        race, its write not yet visible where it was looked up)."""
+        race, its write not yet visible where it was looked up). Without a ``conflict``
+        to report (an ``ExpectedVersion.ANY`` append) it is unavailable either way."""
         delay = self._cfg.retry_backoff_s * (2**tried)
         if tried < self._cfg.retry_attempts - 1 and _time_for(delay):
             await asyncio.sleep(delay * (0.5 + random.random()))
@@ -812,15 +826,15 @@ class JetStreamEventStore:
         why = await jsapi.stream_leadership(
             self._replies, self._cfg.stream, deadline.bound(self._cfg.request_timeout_s)
         )
-        if why is None:
+        if why is None and conflict:
             return False
         raise EventStoreUnavailableError(
             f"stream {self._cfg.stream} refused the write: another write of "
-            f"{aggregate_id} is in flight there and not stored yet ({tried + 1} tries; "
-            f"{why}): its leader waits for a quorum of replicas (more than half of the NATS "
-            "cluster's servers down or cut off?) and stores nothing until a majority "
-            "is back; sent again with the same ids (the same idempotency key) it is "
-            "stored once"
+            f"{aggregate_id} is in flight there and not stored yet ({tried + 1} tries"
+            f"{f'; {why}' if why else ''}): its leader waits for a quorum of replicas "
+            "(more than half of the NATS cluster's servers down or cut off?) and stores "
+            "nothing until a majority is back; sent again with the same ids (the same "
+            "idempotency key) it is stored once"
         )
 
     def _unacknowledged(self, waited: float) -> str:
