@@ -12,6 +12,7 @@ then gets the source's protections (deny delete, deny purge per its policy).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,35 +38,108 @@ class RestoreError(JetsourceError):
         self.field = field
 
 
-# In the new stream's metadata while it is written ("<source> running"): a restore
-# stopped midway (Ctrl-C, NATS lost) goes on when run again, instead of refusing the
-# stream it left half written. The final configuration, set at the end, drops it.
+# In the new stream's metadata while it is written ("<source> running <options>"): a
+# restore stopped midway (Ctrl-C, NATS lost) goes on when run again with the same
+# options, instead of refusing the stream it left half written. The final
+# configuration, set at the end, drops it.
 RESTORE_MARK = "jetsource_archive_restore"
 
 
-# Kept in the finished stream's metadata ("<source> <first>..<last>"): the same restore
-# run again (after it, or beside it) says it was restored already and changes nothing;
-# it was refused "exists and holds messages", or, run at once, "a duplicate message id".
+# Kept in the finished stream's metadata ("<source> <first>..<last> <options>"): the same
+# restore run again (after it, or beside it) says it was restored already and changes
+# nothing; it was refused "exists and holds messages", or, run at once, "a duplicate
+# message id". <options> (JSON) are those that change what is written (--subject-prefix,
+# --retention, --max-age-s): a run with others is refused naming the option, where it
+# said "restored already, nothing changed" of a stream that holds other subjects. A mark
+# without them (written before they were kept) is taken as the same restore.
 RESTORED_MARK = "jetsource_archive_restored"
 
 
-def _running_mark(info: dict[str, Any] | None) -> str:
+def restore_options(
+    prefixes: dict[str, str], retention: str | None, max_age_s: float
+) -> dict[str, Any]:
+    """What of a restore's options changes what it writes: the subjects' prefixes, the
+    retention asked (None: the source's) and, for ``age``, the max age (the stream's
+    max_age; age+compaction writes none)."""
+    options: dict[str, Any] = {"subject_prefix": dict(prefixes), "retention": retention}
+    if retention == "age":
+        options["max_age_s"] = float(max_age_s)
+    return options
+
+
+def _said(option: str, value: Any) -> str:
+    if option == "subject_prefix":
+        given = " ".join(f"--subject-prefix {old}={new}" for old, new in (value or {}).items())
+        return given or "no --subject-prefix (the source's subjects)"
+    if option == "retention":
+        return f"--retention {value}" if value else "no --retention (the source's)"
+    return f"--max-age-s {value:g}" if value is not None else "no --max-age-s"
+
+
+def _differing(held: dict[str, Any] | None, given: dict[str, Any]) -> tuple[str, str, str] | None:
+    """The first option ``given`` sets otherwise than the mark ``held``: (the option,
+    as held, as given); None when they agree or the mark holds none."""
+    if held is None:
+        return None
+    for option in ("subject_prefix", "retention", "max_age_s"):
+        if held.get(option) != given.get(option):
+            flag = "--" + option.replace("_", "-")
+            return flag, _said(option, held.get(option)), _said(option, given.get(option))
+    return None
+
+
+def _options_in(text: str) -> dict[str, Any] | None:
+    if not text:
+        return None
+    try:
+        options = json.loads(text)
+    except ValueError:
+        return None
+    return options if isinstance(options, dict) else None
+
+
+def _running_mark(info: dict[str, Any] | None, source: str) -> tuple[bool, dict[str, Any] | None]:
+    """Whether a stopped restore of ``source`` left the stream, and its options (None:
+    a mark without them)."""
     if info is None:
-        return ""
-    return str((info["config"].get("metadata") or {}).get(RESTORE_MARK, ""))
+        return False, None
+    mark = str((info["config"].get("metadata") or {}).get(RESTORE_MARK, ""))
+    name, _, rest = mark.partition(" ")
+    state, _, options = rest.partition(" ")
+    if name != source or state != "running":
+        return False, None
+    return True, _options_in(options)
 
 
-def _restored_mark(info: dict[str, Any] | None, source: str) -> tuple[int, int] | None:
-    """The sequences a finished restore of ``source`` wrote into the stream (None: it
-    is not one)."""
+def _restored_mark(
+    info: dict[str, Any] | None, source: str
+) -> tuple[tuple[int, int], dict[str, Any] | None] | None:
+    """The sequences a finished restore of ``source`` wrote into the stream and the
+    options it was run with (None: it is not one)."""
     if info is None:
         return None
     mark = str((info["config"].get("metadata") or {}).get(RESTORED_MARK, ""))
-    name, _, span = mark.partition(" ")
+    name, _, rest = mark.partition(" ")
+    span, _, options = rest.partition(" ")
     first, _, last = span.partition("..")
     if name != source or not first.isdigit() or not last.isdigit():
         return None
-    return int(first), int(last)
+    return (int(first), int(last)), _options_in(options)
+
+
+def _same_as_started(
+    source: str, target: str, started: dict[str, Any] | None, given: dict[str, Any]
+) -> None:
+    """A stopped restore goes on only with the options it was started with (another
+    --subject-prefix would write other subjects after its own)."""
+    if (differs := _differing(started, given)) is not None:
+        flag, was, now = differs
+        raise RestoreError(
+            f"stream {target} is partly restored from {source} with {was}; this run gives "
+            f"{now}: nothing was written. Run it with the options it was started with to "
+            "finish it, or restore into a new stream",
+            flag,
+        )
 
 
 class RestoreBusy(RestoreError):
@@ -84,8 +158,29 @@ class RestoreReport:
     already_restored: bool = False  # a finished restore had written it: nothing changed
 
 
-def _already(source: str, target: str, span: tuple[int, int]) -> RestoreReport:
+def _already(
+    source: str,
+    target: str,
+    mark: tuple[tuple[int, int], dict[str, Any] | None],
+    given: dict[str, Any],
+) -> RestoreReport:
+    """The same restore finished already: nothing to do. One run with other options
+    (another --subject-prefix: other subjects; another retention) is refused naming
+    the option and what the stream holds: it would have written another stream."""
+    span, held = mark
+    if (differs := _differing(held, given)) is not None:
+        flag, was, now = differs
+        raise RestoreError(
+            f"stream {target} was restored from {source} with {was} (sequences "
+            f"{span[0]}..{span[1]}); this run gives {now}: nothing was written. Run it "
+            f"with the options it was restored with, or restore into a new stream",
+            flag,
+        )
     return RestoreReport(source, target, 0, 0, 0, span[0], span[1], already_restored=True)
+
+
+def _json(options: dict[str, Any]) -> str:
+    return json.dumps(options, separators=(",", ":"), sort_keys=True)
 
 
 def rewrite(subject: str, prefixes: dict[str, str]) -> str:
@@ -142,10 +237,13 @@ async def restore(
     turn compaction on for a stream created keep-forever, whose purge can never be
     allowed again."""
     source = archive.stream
+    given = restore_options(prefixes, retention, max_age_s)
     existing = await _info(replies, target, timeout)
-    if (span := _restored_mark(existing, source)) is not None:
-        return _already(source, target, span)  # run again: nothing to do, nothing done
-    resuming = existing is not None and _running_mark(existing) == f"{source} running"
+    if (finished := _restored_mark(existing, source)) is not None:
+        return _already(source, target, finished, given)  # run again: nothing to do
+    resuming, started = _running_mark(existing, source)
+    if resuming:
+        _same_as_started(source, target, started, given)
     if existing is not None and not resuming and int(existing["state"].get("messages", 0)) > 0:
         raise RestoreError(f"stream {target} exists and holds messages: restore into a new one")
     merged: dict[int, ArchivedMessage] = {m.seq: m for m in await archive.messages()}
@@ -180,7 +278,7 @@ async def restore(
     final = dict(config, name=target, subjects=subjects)
     final["metadata"] = {
         **{k: v for k, v in (final.get("metadata") or {}).items() if k != RESTORE_MARK},
-        RESTORED_MARK: f"{source} {first}..{last}",
+        RESTORED_MARK: f"{source} {first}..{last} {_json(given)}",
     }
     if retention is not None:
         if retention not in ("forever", "age", "age+compaction"):
@@ -195,7 +293,7 @@ async def restore(
         deny_purge=False,
         metadata={
             **{k: v for k, v in final["metadata"].items() if k != RESTORED_MARK},
-            RESTORE_MARK: f"{source} running",
+            RESTORE_MARK: f"{source} running {_json(given)}",
         },
     )
 
@@ -232,8 +330,8 @@ async def restore(
         if (held := await foreign(seq)) is not None:
             raise foreign_error(seq, held)
         info = await _info(replies, target, timeout)
-        if (span := _restored_mark(info, source)) is not None:
-            return _already(source, target, span)
+        if (finished := _restored_mark(info, source)) is not None:
+            return _already(source, target, finished, given)
         raise RestoreBusy(
             f"stream {target} is being restored from {source} by another run at the same "
             f"time (it wrote sequence {seq} first): this one stopped, nothing was written "
@@ -255,9 +353,11 @@ async def restore(
             if exc.err_code == jsapi.ERR_STREAM_NAME_IN_USE:
                 # Created meanwhile (a restore beside this one, finished already?)
                 info = await _info(replies, target, timeout)
-                if (span := _restored_mark(info, source)) is not None:
-                    return _already(source, target, span)
-                if _running_mark(info) == f"{source} running":
+                if (finished := _restored_mark(info, source)) is not None:
+                    return _already(source, target, finished, given)
+                running, started = _running_mark(info, source)
+                if running:
+                    _same_as_started(source, target, started, given)
                     return await another_run(first)
             if exc.err_code != jsapi.ERR_SUBJECTS_OVERLAP:
                 raise

@@ -151,3 +151,54 @@ async def test_a_foreign_message_in_a_stopped_restore_is_refused_not_resumed_ove
     assert f"a message on {subject}" in str(refused.value)
     assert "--subject-prefix" in str(refused.value)
     assert await dump(p, target) == [(1, b"not the source's")]
+
+
+async def test_a_restore_run_again_with_other_options_is_refused_naming_them(
+    exported: Any, unique: str
+) -> None:
+    """The restored mark held no options: the same restore run again with another
+    --subject-prefix (or another --retention) said "restored already, nothing changed",
+    exit 0, of a stream that holds other subjects. It now holds them, and a run with
+    others is refused naming the option, what the stream was restored with and what this
+    run gives; nothing is written. The same options still say restored already, and a
+    stopped restore goes on only with the options it was started with."""
+    p, archive = exported
+    source = p.store.settings.stream
+    root = p.store.settings.subject_prefix.split(".")[0]
+    config = (await jsapi.api(p.store._replies, f"STREAM.INFO.{source}", {}, 5.0))["config"]
+    target = f"RO_{unique}"
+    replies = p.store._replies
+    prefixes = {root: f"ro{unique}"}
+    await restore(replies, archive, config, target, prefixes, 5.0)
+    expected = await dump(p, target)
+
+    with pytest.raises(RestoreError) as refused:
+        await restore(replies, archive, config, target, {root: f"other{unique}"}, 5.0)
+    said = str(refused.value)
+    assert refused.value.field == "--subject-prefix", said
+    assert f"--subject-prefix {root}=ro{unique}" in said, said
+    assert f"--subject-prefix {root}=other{unique}" in said, said
+    with pytest.raises(RestoreError) as refused:
+        await restore(
+            replies, archive, config, target, prefixes, 5.0, retention="age", max_age_s=60.0
+        )
+    assert refused.value.field == "--retention", refused.value
+    assert "no --retention" in str(refused.value) and "--retention age" in str(refused.value)
+    again = await restore(replies, archive, config, target, prefixes, 5.0)
+    assert again.already_restored, again
+    assert await dump(p, target) == expected
+
+    # Stopped midway, then run with another prefix: refused, not written after it.
+    stopped = f"RS_{unique}"
+
+    def stop(done: int, total: int) -> None:
+        raise _Stop
+
+    with pytest.raises(_Stop):
+        await restore(replies, archive, config, stopped, {root: f"rs{unique}"}, 5.0, progress=stop)
+    with pytest.raises(RestoreError, match="partly restored") as refused:
+        await restore(replies, archive, config, stopped, {root: f"rt{unique}"}, 5.0)
+    assert refused.value.field == "--subject-prefix", refused.value
+    assert await dump(p, stopped) == []
+    done = await restore(replies, archive, config, stopped, {root: f"rs{unique}"}, 5.0)
+    assert not done.already_restored and done.last_seq == 300, done
