@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -236,6 +237,57 @@ async def test_a_killed_reset_on_this_host_is_taken_over_at_once(projection: Pro
             await admin._save(p, "context", held)
             with pytest.raises(admin.Busy, match="being reset by another run"):
                 await admin.reset(p, "context", settle_s=0.1, verify_s=0.1)
+    finally:
+        sleeper.kill()
+        await sleeper.wait()
+
+
+async def test_the_busy_refusal_says_when_a_rerun_takes_the_claim_over(
+    projection: Projection,
+) -> None:
+    """A busy refusal said "running this again after 15 s finishes it" of every holder,
+    but the rule differs: a holder whose process can be looked for here (this boot, this
+    PID namespace) is taken over at once once gone, one elsewhere (another host, a clone
+    of this host name, another container) 15 s after its last heartbeat. It now says the
+    rule of the holder it names."""
+    import socket
+
+    p = projection
+    await seed(p.store, story_ids(2), 5)
+    await build_v1(p)
+    here = admin._pid_space()
+    assert here is not None
+    other_boot = "00000000-0000-0000-0000-000000000000 " + here.split(" ", 1)[1]
+    sleeper = await asyncio.create_subprocess_exec("sleep", "30")
+    try:
+        for host, space, rule in (
+            (
+                socket.gethostname(),
+                here,
+                f"running this again at once (its process, pid {sleeper.pid}",
+            ),
+            ("elsewhere", here, "running this again 15 s after its last heartbeat (in "),
+            (socket.gethostname(), other_boot, "running this again 15 s after its last"),
+        ):
+
+            def held(c: ModelControl, host: str = host, space: str = space) -> None:
+                c.claims[1] = {
+                    "owner": "other",
+                    "op": "reset",
+                    "host": host,
+                    "pid": sleeper.pid,
+                    "pid_space": space,
+                    "heartbeat_ns": now_ns() - 3_000_000_000,
+                }
+
+            await admin._save(p, "context", held)
+            with pytest.raises(admin.Busy) as busy:
+                await admin.reset(p, "context", settle_s=0.1, verify_s=0.1)
+            said = str(busy.value)
+            assert rule in said and "after 15 s" not in said, said
+            if host == "elsewhere":
+                # 3 s since its heartbeat, then the time the refusal took
+                assert re.search(r"\(in 1[0-2] s: its process, on elsewhere, cannot", said), said
     finally:
         sleeper.kill()
         await sleeper.wait()

@@ -209,20 +209,39 @@ def _pid_space() -> str | None:
     return f"{boot_id} {namespace}" if boot_id else None
 
 
-def holder_gone(claim: dict[str, Any] | None) -> bool:
+def _checked_here(claim: dict[str, Any] | None) -> bool:
     """The claim's holder ran in this boot of this machine and this PID namespace
-    (:func:`_pid_space`) and its process is gone (killed: kill -9, OOM): no heartbeat
-    will come, so its claim need not go stale first. A holder elsewhere, or a pid
-    alive here (a pid used again counts as alive), says nothing of the kind."""
+    (:func:`_pid_space`), as another process: whether it is gone can be seen here."""
     if not claim or claim.get("host") != socket.gethostname():
         return False
     here = _pid_space()
     if here is None or claim.get("pid_space") != here:
         return False
     pid = claim.get("pid")
-    if not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
-        return False
-    return not pid_alive(pid)
+    return isinstance(pid, int) and pid > 0 and pid != os.getpid()
+
+
+def holder_gone(claim: dict[str, Any] | None) -> bool:
+    """The claim's holder ran in this boot of this machine and this PID namespace
+    (:func:`_pid_space`) and its process is gone (killed: kill -9, OOM): no heartbeat
+    will come, so its claim need not go stale first. A holder elsewhere, or a pid
+    alive here (a pid used again counts as alive), says nothing of the kind."""
+    return _checked_here(claim) and not pid_alive(int((claim or {})["pid"]))
+
+
+def taken_over_when(claim: dict[str, Any]) -> str:
+    """When this command run again takes ``claim`` over if its run is gone, as the
+    rule for its holder says: at once where its process can be looked for here (this
+    boot, this PID namespace: :func:`holder_gone`), else CLAIM_STALE_S after its last
+    heartbeat (another machine or container, a clone of the same name, this process).
+    A busy refusal said "after 15 s" of both."""
+    if _checked_here(claim):
+        return f"at once (its process, pid {claim.get('pid')}, is looked for on this machine)"
+    left = max(0.0, CLAIM_STALE_S - (claim_age_s(claim) or 0.0))
+    return (
+        f"{CLAIM_STALE_S:g} s after its last heartbeat (in {left:.0f} s: its process, on "
+        f"{claim.get('host', '?')}, cannot be looked for from here)"
+    )
 
 
 def claim_fresh(claim: dict[str, Any] | None) -> bool:
@@ -944,7 +963,7 @@ async def rebuild(
         raise Busy(
             f"{name} v{to_version} is being built by another run ({describe_claim(exc.claim)}): "
             f"wait for it (`jetsource projector wait {name} --version {to_version}`); if that "
-            f"run is gone, running this again after {CLAIM_STALE_S:g} s resumes its build",
+            f"run is gone, running this again {taken_over_when(exc.claim)} resumes its build",
             exc.claim,
         ) from None
     try:
@@ -1207,7 +1226,7 @@ async def reset(
     except Busy as exc:
         raise Busy(
             f"{name} v{version} is being reset by another run ({describe_claim(exc.claim)}); "
-            f"if that run is gone, running this again after {CLAIM_STALE_S:g} s finishes it",
+            f"if that run is gone, running this again {taken_over_when(exc.claim)} finishes it",
             exc.claim,
         ) from None
     try:
