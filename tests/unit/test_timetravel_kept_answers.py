@@ -84,6 +84,10 @@ async def test_peek_needs_a_snapshot_past_the_point_and_the_kept_run() -> None:
     loader = StateLoader(store, snapshots)
     assert loader.peek("s1", to_version=35) is None  # nothing kept yet
     await loader.load("s1", to_version=37)  # lists the snapshots, reads 31..37
+    assert loader.peek("s1", until_ns=records[30].recorded_at_ns) is None  # see below
+    # Once a time look-up said every version before the run was recorded by the
+    # snapshot's time (a stream's times may step back), the run answers times after it.
+    await loader.load("s1", until=records[29].recorded_at_ns)
     for v in range(30, 38):
         kept = loader.peek("s1", to_version=v)
         assert kept == KeptPoint(

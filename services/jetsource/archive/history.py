@@ -23,7 +23,13 @@ from jetsource.archive.segment import ArchivedMessage
 from jetsource.archive.store import Archive
 from jetsource.core.clock import to_ns
 from jetsource.core.crypto import ErasureWatch, erasures_heard
-from jetsource.core.envelope import AppendResult, Expected, NewEvent, RecordedEvent
+from jetsource.core.envelope import (
+    AppendResult,
+    Expected,
+    NewEvent,
+    RecordedEvent,
+    recorded_by,
+)
 from jetsource.core.errors import CorruptEventError
 from jetsource.core.settings import JetsourceSettings
 from jetsource.eventstore.horizon import BeyondHorizonError, Horizon
@@ -114,12 +120,12 @@ class ArchivedHistory:
         limit_ns = to_ns(until_time) if until_time is not None else None
         out: list[RecordedEvent] = []
         for r in await self.archived(aggregate_id, horizon):
+            if limit_ns is not None and r.recorded_at_ns > limit_ns:
+                return out  # (recorded_by: a version before from_version ends it too)
             if r.version < from_version:
                 continue
-            if (
-                (to_version is not None and r.version > to_version)
-                or (limit_ns is not None and r.recorded_at_ns > limit_ns)
-                or (to_seq is not None and r.stream_seq > to_seq)
+            if (to_version is not None and r.version > to_version) or (
+                to_seq is not None and r.stream_seq > to_seq
             ):
                 return out
             out.append(r)
@@ -141,9 +147,8 @@ class ArchivedHistory:
         try:
             return await self.live.version_at_time(aggregate_id, time)
         except BeyondHorizonError as exc:
-            t = to_ns(time)
             old = await self.archived(aggregate_id, exc.horizon)
-            return max((r.version for r in old if r.recorded_at_ns <= t), default=0)
+            return recorded_by(old, to_ns(time))  # (versions 1..horizon, checked)
 
     # The rest of the port: the live stream's.
     async def append(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -104,6 +104,25 @@ class RecordedEvent:
     @property
     def version(self) -> int:
         return self.envelope.aggregate_version
+
+
+def recorded_by(records: Iterable[RecordedEvent], time_ns: int) -> int:
+    """How many of ``records`` (consecutive versions of one aggregate, in version
+    order) lead them all recorded at or before ``time_ns``.
+
+    The one meaning of "an aggregate at a time" every reader uses: the longest prefix
+    of its events all recorded by then, i.e. the version before the first one recorded
+    after it. A stream's recorded times are its leader's wall clock and may step back
+    (NTP, a leader moved to a server whose clock is behind): an event stamped at or
+    before the time that follows one stamped after it is not part of the state at that
+    time. So the answer never goes down as the time goes up, and is the same whether it
+    is read, looked up or found in what a reader kept."""
+    n = 0
+    for r in records:
+        if r.recorded_at_ns > time_ns:
+            break
+        n += 1
+    return n
 
 
 @dataclass(frozen=True, init=False)

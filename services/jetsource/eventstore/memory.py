@@ -14,6 +14,7 @@ from jetsource.core.envelope import (
     ExpectedVersion,
     NewEvent,
     RecordedEvent,
+    recorded_by,
 )
 from jetsource.core.errors import (
     ConcurrencyError,
@@ -110,15 +111,17 @@ class InMemoryEventStore:
         to_seq: int | None = None,
     ) -> list[RecordedEvent]:
         check_read(aggregate_id, from_version)
-        limit = to_ns(until_time) if until_time is not None else None
+        history = self._by_aggregate.get(aggregate_id, [])
+        if until_time is not None:  # the versions before the first recorded after it
+            by_then = recorded_by(history, to_ns(until_time))
+            to_version = by_then if to_version is None else min(to_version, by_then)
         return [
             r
-            for r in self._by_aggregate.get(aggregate_id, [])
+            for r in history
             if r.stream_seq >= from_seq
             and (to_seq is None or r.stream_seq <= to_seq)
             and r.version >= from_version
             and (to_version is None or r.version <= to_version)
-            and (limit is None or r.recorded_at_ns <= limit)
         ]
 
     async def read_all(
@@ -152,10 +155,4 @@ class InMemoryEventStore:
 
     async def version_at_time(self, aggregate_id: str, time: datetime | int) -> int:
         validate_aggregate_id(aggregate_id)
-        t = to_ns(time)
-        version = 0
-        for record in self._by_aggregate.get(aggregate_id, []):
-            if record.recorded_at_ns > t:
-                break
-            version = record.version
-        return version
+        return recorded_by(self._by_aggregate.get(aggregate_id, []), to_ns(time))

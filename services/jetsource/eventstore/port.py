@@ -45,6 +45,7 @@ class EventStore(Protocol):
         A voided event reads as a no-op at its place in the history."""
 
     async def version_at_time(self, aggregate_id: str, time: datetime | int) -> int:
-        """The aggregate's last version recorded at or before ``time``; 0 if none.
-        (Stream times never go backwards, so its events recorded by then are exactly
-        versions 1 to this one.)"""
+        """The aggregate's version at ``time``: the version before its first event
+        recorded after ``time`` (:func:`jetsource.core.envelope.recorded_by`; a stream's
+        times may step back, and an event recorded by then after it does not count);
+        0 if none."""

@@ -10,15 +10,16 @@ the loader, so they all agree with a full fold from version 1. A snapshot is use
 only if its state schema is the one the codec writes (``schema_version``); an older
 one is skipped and the state folded from events, never misread.
 
-A point is a version (``to_version``), a time (``until``: every event recorded at or
-before it; stream times never go backwards) or both; none means "now". A reader that
+A point is a version (``to_version``), a time (``until``: the longest run of events
+from version 1 all recorded at or before it, :func:`recorded_by`; a stream's times may
+step back, and an event stamped by then after one stamped later is not in it) or both;
+none means "now". A reader that
 answers the same points again (time travel) asks :meth:`StateLoader.peek` where a
 point lies before it loads: from what the loader holds, without reading anything.
 """
 
 from __future__ import annotations
 
-import bisect
 import json
 import logging
 import zlib
@@ -30,7 +31,7 @@ from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from jetsource.core.clock import to_ns
 from jetsource.core.crypto import ErasureWatch, erasures_heard
-from jetsource.core.envelope import RecordedEvent
+from jetsource.core.envelope import RecordedEvent, recorded_by
 from jetsource.core.errors import CorruptEventError, JetsourceError
 from jetsource.eventstore.horizon import BeyondHorizonError
 from jetsource.eventstore.jsapi import ERR_STREAM_NOT_FOUND, JsApiError, NoRespondersError
@@ -186,10 +187,18 @@ def make_snapshot(
 @dataclass
 class _Run:
     """Events of contiguous versions of one aggregate, as read after a snapshot, and
-    the recorded time of the event before the first (the snapshot's)."""
+    the recorded time of the event before the first (the snapshot's).
+
+    ``bound_ns``: a time by which every version before the run is known to have been
+    recorded (None: not known yet). The snapshot's own time is no such bound (an event
+    before it may be stamped later, by a clock that stepped back since): the run
+    answers a time only at or after ``bound_ns``, learnt from a store look-up that
+    answered the run's first version or later (or the snapshot's time, for a run right
+    after version 1)."""
 
     before_ns: int
     events: list[RecordedEvent]
+    bound_ns: int | None = None
 
     @property
     def first(self) -> int:
@@ -198,10 +207,6 @@ class _Run:
     @property
     def last(self) -> int:
         return self.events[-1].version
-
-
-def _recorded_at(record: RecordedEvent) -> int:
-    return record.recorded_at_ns
 
 
 @dataclass
@@ -249,8 +254,9 @@ class StateLoader(Generic[S]):
       few events, not all since the snapshot);
     - the version at a time, kept once it is final: the store said version v and the
       loader knows a version past v exists, so v + 1 was recorded after the time and
-      every later append is too (stream times never go backwards). A time at or after
-      the last append known is asked again (an append may still come at that time).
+      no later append changes the answer (it is the versions before the first recorded
+      after the time). A time at or after the last append known is asked again (an
+      append may still come at that time).
 
     With them :meth:`peek` places a point (its version, last stream sequence,
     snapshot and events folded) without reading or folding, so an answer a reader
@@ -468,9 +474,11 @@ class StateLoader(Generic[S]):
             )
         if read and point.snapshot_version and self.tail_events and heard == erasures_heard():
             if run is not None:
-                self._keep(aggregate_id, _Run(run.before_ns, run.events + read))
+                self._keep(aggregate_id, _Run(run.before_ns, run.events + read, run.bound_ns))
             else:
-                self._keep(aggregate_id, _Run(point.recorded_at_ns, read))
+                # Right after version 1, the snapshot's time bounds all before the run.
+                bound = point.recorded_at_ns if point.snapshot_version == 1 else None
+                self._keep(aggregate_id, _Run(point.recorded_at_ns, read, bound))
         return have + read if have else read
 
     def _keep(self, aggregate_id: str, run: _Run) -> None:
@@ -485,17 +493,16 @@ class StateLoader(Generic[S]):
             self._tail_total -= len(dropped.events)
 
     def _version_at_time(self, aggregate_id: str, time_ns: int) -> int | None:
-        """The last version recorded at or before ``time_ns``, when the kept run says
-        (stream times never go backwards): the time lies between the event before the
-        run and one of the run's events, or the event after it (a listed snapshot's)."""
+        """The version at ``time_ns`` (:func:`recorded_by`), when the kept run says:
+        every version before the run is known recorded by then (``bound_ns``), and one
+        of the run's events was recorded after it, or the event after the run is (a
+        listed snapshot's)."""
         run = self._tails.get(aggregate_id)
-        if run is None:
+        if run is None or run.bound_ns is None or time_ns < run.bound_ns:
             return None
         events = run.events
-        if time_ns < (run.before_ns or events[0].recorded_at_ns):  # (0: not known)
-            return None
-        if events[-1].recorded_at_ns > time_ns:
-            by_then = bisect.bisect_right(events, time_ns, key=_recorded_at)
+        by_then = recorded_by(events, time_ns)
+        if by_then < len(events):
             return run.first - 1 + by_then
         for s in self._listed.get(aggregate_id, ()):
             if (
@@ -524,11 +531,23 @@ class StateLoader(Generic[S]):
                 self._times.move_to_end((aggregate_id, time_ns))
         return by_then
 
+    def _learn(self, aggregate_id: str, by_then: int, time_ns: int) -> None:
+        """The store said every version up to ``by_then`` was recorded by ``time_ns``:
+        if that covers all before the kept run, the run answers times from then on."""
+        run = self._tails.get(aggregate_id)
+        if (
+            run is not None
+            and by_then >= run.first - 1
+            and (run.bound_ns is None or time_ns < run.bound_ns)
+        ):
+            run.bound_ns = time_ns
+
     async def _look_up_version_at(self, aggregate_id: str, time_ns: int) -> int:
-        """The last version recorded at or before ``time_ns``, from the store (one
+        """The version at ``time_ns`` (:func:`recorded_by`), from the store (one
         look-up), kept once final. (A version is no opened value and an erasure
         changes none: what is kept needs no erasure guard.)"""
         by_then = await self.store.version_at_time(aggregate_id, time_ns)
+        self._learn(aggregate_id, by_then, time_ns)
         if self.times_kept and by_then < self._known_last(aggregate_id):
             self._times[(aggregate_id, time_ns)] = by_then
             while len(self._times) > self.times_kept:
@@ -694,14 +713,16 @@ class StateLoader(Generic[S]):
         heard = erasures_heard()  # (what is opened from here on may be kept)
         if self._erasures.moved():
             self._empty()
+        looked_up: tuple[int, int] | None = None  # (version, time) the store said
         if until is not None:
-            # Stream times never go backwards: the events recorded by then are the
-            # versions up to the last one recorded by then. At most one look-up, and
-            # the rest is a read up to a version.
+            # The state at a time is the versions before the first recorded after it
+            # (recorded_by): at most one look-up, and the rest is a read up to a
+            # version. A snapshot is used only at or before that version.
             at = to_ns(until)
             by_then = self._kept_version_at(aggregate_id, at)
             if by_then is None:
                 by_then = await self._look_up_version_at(aggregate_id, at)
+                looked_up = (by_then, at)
             to_version = by_then if to_version is None else min(to_version, by_then)
         point = PointInTime(codec.empty(aggregate_id))
         check: Snapshot | None = None
@@ -773,6 +794,8 @@ class StateLoader(Generic[S]):
             point.events_folded = len(tail)
             if keys:
                 add_keys(point.keys, tail)
+            if looked_up is not None:  # (the run it kept, if any, is bounded by it)
+                self._learn(aggregate_id, *looked_up)
         return point
 
     def peek(
