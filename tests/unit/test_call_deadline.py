@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from jetsource.core import deadline
-from jetsource.core.grpcserver import RpcError, retry_is_futile
+from jetsource.core.grpcserver import RpcError, retry_is_futile, to_rpc_error
 
 
 async def test_no_deadline_leaves_the_wait_as_it_is() -> None:
@@ -24,15 +24,20 @@ async def test_no_deadline_leaves_the_wait_as_it_is() -> None:
     assert deadline.bound(5.0) == 5.0
 
 
-async def test_a_wait_ends_before_the_deadline_keeping_time_to_answer() -> None:
+async def test_a_wait_ends_before_the_deadline_keeping_a_share_of_it_to_answer() -> None:
+    """The reserve was a fixed 0.3 s and a wait at least 0.5 s: under a 2 s deadline a
+    healthy acknowledgement in 1.65 s was cut, and a wait started with 0.1 s left ended
+    0.4 s past the deadline. It is a tenth of the time left (at most 0.3 s)."""
     with deadline.within(2.0):
-        assert deadline.bound(5.0) == pytest.approx(2.0 - deadline.ANSWER_RESERVE_S, abs=0.05)
+        assert deadline.bound(5.0) == pytest.approx(1.8, abs=0.05)
         assert deadline.bound(1.0) == 1.0
         with deadline.within(10.0):  # an outer, earlier deadline stays
             assert deadline.left() == pytest.approx(2.0, abs=0.05)
+    with deadline.within(30.0):  # the share is capped
+        assert deadline.bound(60.0) == pytest.approx(30.0 - deadline.ANSWER_RESERVE_S, abs=0.05)
     assert deadline.left() is None
-    with deadline.within(0.1):  # too little left: the shortest wait worth sending
-        assert deadline.bound(5.0) == deadline.MIN_WAIT_S
+    with deadline.within(0.1):  # little left: the wait still ends before the deadline
+        assert 0.05 < deadline.bound(5.0) < 0.1
 
 
 class _Context:
@@ -84,8 +89,10 @@ def _meta_leaderless() -> object:
     return SimpleNamespace(headers=None, data=body, subject="x")
 
 
-@pytest.mark.parametrize("answer", [TimeoutError(), "leaderless"])
-async def test_a_read_only_the_leader_answers_names_the_missing_leader(answer: object) -> None:
+@pytest.mark.parametrize(("answer", "budget"), [(TimeoutError(), None), ("leaderless", 2.0)])
+async def test_a_read_only_the_leader_answers_names_the_missing_leader(
+    answer: object, budget: float | None
+) -> None:
     """A snapshot's read (a command's state load) from a stream without a leader: its
     STREAM.MSG.GET unanswered waited past the call's deadline (DEADLINE_EXCEEDED naming
     nothing), answered 503/10008 it was INTERNAL."""
@@ -93,11 +100,28 @@ async def test_a_read_only_the_leader_answers_names_the_missing_leader(answer: o
     from jetsource.eventstore import jsapi
 
     replies = _Replies(_meta_leaderless() if answer == "leaderless" else answer)
-    with deadline.within(2.0), pytest.raises(EventStoreUnavailableError) as lost:
-        await jsapi.leader_get(replies, "CS_X", {"last_by_subj": "a.b"}, 5.0)  # type: ignore[arg-type]
+    with deadline.within(budget), pytest.raises(EventStoreUnavailableError) as lost:
+        await jsapi.leader_get(replies, "CS_X", {"last_by_subj": "a.b"}, 0.5)  # type: ignore[arg-type]
     assert isinstance(lost.value, TimeoutError)  # still transient where retried
     assert "stream CS_X" in str(lost.value) and "quorum" in str(lost.value)
+
+
+async def test_a_read_the_calls_deadline_cut_is_deadline_exceeded_not_a_lost_quorum() -> None:
+    """STREAM.MSG.GET not answered before the call's deadline (a slow read, the wait cut
+    short by the deadline) was "no leader, or lost quorum" (UNAVAILABLE): it says
+    nothing of the leader, so it is DEADLINE_EXCEEDED naming the read."""
+    from jetsource.core.errors import DeadlineCutError, EventStoreUnavailableError
+    from jetsource.eventstore import jsapi
+
+    replies = _Replies(TimeoutError())
+    with deadline.within(2.0), pytest.raises(DeadlineCutError) as cut:
+        await jsapi.leader_get(replies, "CS_X", {"last_by_subj": "a.b"}, 5.0)  # type: ignore[arg-type]
+    assert not isinstance(cut.value, EventStoreUnavailableError)
     assert replies.timeouts[0] < 2.0  # ends before the call's deadline
+    error = to_rpc_error(cut.value)
+    assert error.code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "STREAM.MSG.GET" in error.message and "CS_X" in error.message, error.message
+    assert "quorum" not in error.message
 
 
 async def test_a_publish_held_in_process_is_unavailable_not_internal() -> None:

@@ -39,6 +39,13 @@ class EventStoreUnavailableError(JetsourceError):
     """NATS did not answer within the retry budget."""
 
 
+class DeadlineCutError(JetsourceError, TimeoutError):
+    """The deadline of the call being served ended a wait (``jetsource.core.deadline``):
+    what was awaited did not answer in time, which says nothing of the store's health
+    (a slow answer, not a lost one). DEADLINE_EXCEEDED over gRPC, naming what was in
+    flight; a TimeoutError, so waits that treat those as transient still do."""
+
+
 class ConcurrencyError(JetsourceError):
     """The aggregate moved on: its version is not the one the append expected."""
 

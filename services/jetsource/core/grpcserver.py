@@ -27,6 +27,7 @@ from prometheus_client import Counter
 from jetsource.core.errors import (
     ConcurrencyError,
     CorruptEventError,
+    DeadlineCutError,
     EventStoreUnavailableError,
     ListenError,
     StreamMissingError,
@@ -241,6 +242,10 @@ _BUILT_IN: list[tuple[type[BaseException], _Mapper]] = [
     (
         StreamMissingError,
         lambda exc: RpcError(grpc.StatusCode.UNAVAILABLE, f"event store unavailable: {exc}"),
+    ),
+    (
+        DeadlineCutError,
+        lambda exc: RpcError(grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline exceeded: {exc}"),
     ),
     (
         TimeoutError,

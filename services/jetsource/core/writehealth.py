@@ -31,6 +31,7 @@ from typing import Any
 from grpc_health.v1 import health_pb2
 from nats.aio.client import Client as NATS
 
+from jetsource.core import deadline as call_deadline
 from jetsource.core.aio import honour_cancel, stop_task, wait_event
 
 log = logging.getLogger(__name__)
@@ -191,7 +192,8 @@ class WriteHealth:
 
     def start(self) -> None:
         self.gauge.set(1 if self.writable else 0)
-        self._task = asyncio.create_task(self.run(), name=f"{self.who}-write-health")
+        # Without the deadline of a call it may be started in: it runs for good.
+        self._task = call_deadline.spawn(self.run(), name=f"{self.who}-write-health")
 
     async def stop(self) -> None:
         await stop_task(self._task)

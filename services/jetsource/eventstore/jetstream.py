@@ -39,6 +39,7 @@ from jetsource.core.envelope import (
 from jetsource.core.errors import (
     ConcurrencyError,
     CorruptEventError,
+    DeadlineCutError,
     EventStoreUnavailableError,
     EventTooLargeError,
     JetsourceError,
@@ -240,7 +241,8 @@ class JetStreamEventStore:
             if tail.isdigit():
                 self._heard_void(int(tail))
 
-        self._void_sub = await self._nc.subscribe(f"{prefix}.>", cb=seen)
+        with deadline.detached():  # its task outlives the call that started it
+            self._void_sub = await self._nc.subscribe(f"{prefix}.>", cb=seen)
         try:
             async for raw in jsapi.direct_get_batch(
                 self._replies, self._cfg.stream, f"{prefix}.>", 1, self._cfg.request_timeout_s
@@ -301,6 +303,8 @@ class JetStreamEventStore:
         for attempt in range(attempts):
             try:
                 result = await fn()
+            except DeadlineCutError:  # no time for another attempt; nothing known down
+                raise
             except NoRespondersError:
                 why = await self._not_taken()
                 # A stream that is there but between leaders takes no request for a
@@ -799,8 +803,9 @@ class JetStreamEventStore:
 
     async def _publish(self, messages: list[OutMessage]) -> jsapi.PubAck:
         # Within the caller's deadline (a gRPC call's): it ended inside the wait for the
-        # acknowledgement, and the call was answered a bare DEADLINE_EXCEEDED.
-        timeout = deadline.bound(self._cfg.request_timeout_s)
+        # acknowledgement, and the call was answered a bare DEADLINE_EXCEEDED. The
+        # request itself keeps it (jsapi.Replies): cut by it, DeadlineCutError.
+        timeout = self._cfg.request_timeout_s
         try:
             if len(messages) == 1:  # jsapi.publish, one coroutine less per append
                 m = messages[0]
@@ -808,8 +813,37 @@ class JetStreamEventStore:
                     await self._replies.request(m.subject, m.data, m.headers, timeout)
                 )
             return await jsapi.publish_atomic_batch(self._replies, messages, uuid7(), timeout)
+        except DeadlineCutError as exc:
+            raise await self._write_cut(messages, exc) from exc
         except TimeoutError as exc:
             raise _Unacknowledged(self._unacknowledged(timeout)) from exc
+
+    async def _write_cut(self, messages: list[OutMessage], cut: DeadlineCutError) -> Exception:
+        """What a publish whose acknowledgement the call's deadline cut is answered:
+        the stream's own word on its leader when it has one to say (no leader, a leader
+        that lost quorum: unavailable), else DeadlineCutError naming the write in flight.
+        It was "lost quorum" (UNAVAILABLE, and the publisher NOT_SERVING) for every
+        slow acknowledgement, a healthy cluster's too."""
+        why = None
+        # In the little time left (the deadline's reserve): an answer says.
+        with contextlib.suppress(DeadlineCutError, JsApiError, NoRespondersError, *_TRANSIENT):
+            why = await jsapi.stream_leadership(
+                self._replies, self._cfg.stream, self._cfg.request_timeout_s
+            )
+        aggregates = ", ".join(dict.fromkeys(m.subject.rsplit(".", 2)[-2] for m in messages))
+        if why is not None:
+            return EventStoreUnavailableError(
+                f"stream {self._cfg.stream} did not acknowledge the write of {aggregates} "
+                f"before the call's deadline ({why}): its leader stores nothing until a "
+                "majority of the NATS cluster's servers is back; sent again with the "
+                "same ids (the same idempotency key) it is stored once"
+            )
+        return DeadlineCutError(
+            f"the call's deadline came while the write of {len(messages)} event(s) to "
+            f"{aggregates} waited for stream {self._cfg.stream}'s acknowledgement ({cut}); "
+            "it may have been stored: sent again with the same idempotency key, the "
+            "command finds it if it was and stores it once if not"
+        )
 
     async def _wait_in_flight(self, aggregate_id: str, tried: int, conflict: bool = True) -> bool:
         """After a refusal for a write in flight (nothing stored since): True after a
@@ -823,9 +857,17 @@ class JetStreamEventStore:
         if tried < self._cfg.retry_attempts - 1 and _time_for(delay):
             await asyncio.sleep(delay * (0.5 + random.random()))
             return True
-        why = await jsapi.stream_leadership(
-            self._replies, self._cfg.stream, deadline.bound(self._cfg.request_timeout_s)
-        )
+        try:
+            why = await jsapi.stream_leadership(
+                self._replies, self._cfg.stream, self._cfg.request_timeout_s
+            )
+        except DeadlineCutError as exc:
+            raise DeadlineCutError(
+                f"stream {self._cfg.stream} refused the write of {aggregate_id} for another "
+                f"write of it in flight there ({tried + 1} tries), and the call's deadline "
+                f"came before its leader could be asked why ({exc}); sent again with the "
+                "same idempotency key, the command finds the write if it was stored"
+            ) from exc
         if why is None and conflict:
             return False
         raise EventStoreUnavailableError(
@@ -950,10 +992,22 @@ class JetStreamEventStore:
         else:
             task = self._diagnosing
             if task is None:
-                task = self._diagnosing = asyncio.ensure_future(self._diagnose())
+                # Shared by the calls failing meanwhile: not bound by the deadline of
+                # the one that started it (it would have ended the others' answer).
+                task = self._diagnosing = deadline.spawn(self._diagnose())
                 task.add_done_callback(self._diagnosed)
-            # shielded: one caller cancelled does not cancel the others' answer
-            kind, why = await asyncio.shield(task)
+            # shielded: one caller cancelled does not cancel the others' answer; each
+            # waits for it within its own call's deadline (it waited up to the 5 s
+            # STREAM.INFO timeout, past a shorter deadline: a bare DEADLINE_EXCEEDED).
+            what = f"stream {self._cfg.stream}'s STREAM.INFO (why it took no request)"
+            wait, cut = deadline.wait(self._cfg.request_timeout_s + 1.0, what)
+            try:
+                async with asyncio.timeout(wait if cut else None):
+                    kind, why = await asyncio.shield(task)
+            except TimeoutError as exc:
+                if not cut or task.done():
+                    raise
+                raise deadline.cut_short(what, wait) from exc
         if kind == "missing":
             return StreamMissingError(why)
         return _ElectingError(why) if kind == "electing" else EventStoreUnavailableError(why)

@@ -31,8 +31,9 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from jetsource.core.clock import format_rfc3339_ns, parse_rfc3339_ns
-from jetsource.core.deadline import bound as call_bound
-from jetsource.core.errors import AccessDeniedError, EventStoreUnavailableError
+from jetsource.core.deadline import cut_short, detached
+from jetsource.core.deadline import wait as call_wait
+from jetsource.core.errors import AccessDeniedError, DeadlineCutError, EventStoreUnavailableError
 
 BATCH_LIMIT = 1000  # server default maximum messages per atomic batch
 DIRECT_GET_PAGE = 1000
@@ -347,7 +348,9 @@ class Replies:
 
     async def start(self) -> None:
         if self._sub is None:
-            self._sub = await self._nc.subscribe(f"{self._prefix}.*", cb=self._route)
+            # Its task (it delivers every reply) outlives the call that started it.
+            with detached():
+                self._sub = await self._nc.subscribe(f"{self._prefix}.*", cb=self._route)
 
     async def _route(self, msg: Msg) -> None:
         token = msg.subject.rsplit(".", 1)[-1]
@@ -422,7 +425,11 @@ class Replies:
         self, subject: str, data: bytes, headers: Mapping[str, str] | None, timeout: float
     ) -> Msg:
         """One request, one reply: a bare future (no queue) on the hot append path.
-        TimeoutError when no reply came within ``timeout``."""
+        TimeoutError when no reply came within ``timeout``; DeadlineCutError when the
+        deadline of the call being served (``jetsource.core.deadline``) came first."""
+        # Within the call's deadline: every wait for a reply (direct gets, STREAM.INFO,
+        # the key store's) ended past it, answered a bare DEADLINE_EXCEEDED.
+        timeout, cut = call_wait(timeout, f"the answer to {subject}")
         self._next += 1
         token = str(self._next)
         loop = asyncio.get_running_loop()
@@ -434,6 +441,10 @@ class Replies:
                 return await future
             async with asyncio.timeout(timeout):  # sooner than a request before it
                 return await future
+        except TimeoutError as exc:
+            if cut:
+                raise cut_short(f"the answer to {subject}", timeout) from exc
+            raise
         finally:
             self._futures.pop(token, None)
 
@@ -527,6 +538,7 @@ async def publish_atomic_batch(
     """
     if not 1 <= len(messages) <= BATCH_LIMIT:
         raise ValueError(f"a batch holds 1..{BATCH_LIMIT} messages, got {len(messages)}")
+    timeout, cut = call_wait(timeout, f"the acknowledgement of a batch to {messages[0].subject}")
     first_reply, first_queue = replies.open()
     commit_reply, commit_queue = replies.open()
     try:
@@ -539,7 +551,12 @@ async def publish_atomic_batch(
             else:
                 reply = first_reply if i == 1 else ""
             await replies.send(m.subject, m.data, reply, headers)
-        commit = await asyncio.wait_for(commit_queue.get(), timeout)
+        try:
+            commit = await asyncio.wait_for(commit_queue.get(), timeout)
+        except TimeoutError as exc:
+            if cut:
+                raise cut_short(f"the acknowledgement of a batch of {last}", timeout) from exc
+            raise
         if last > 1 and not first_queue.empty():
             first = first_queue.get_nowait()
             if first.data or _status(first):
@@ -601,13 +618,19 @@ async def leader_get(
     direct get (JSON, base64), but never by a mirror. The message's headers come back
     with the ``Nats-*`` headers a direct get adds."""
     # Within the deadline of the call being served (a gRPC call's): it ended in this
-    # wait, answered a bare DEADLINE_EXCEEDED.
-    timeout = call_bound(timeout)
+    # wait, answered a bare DEADLINE_EXCEEDED. A wait the deadline cut says nothing of
+    # the leader (DeadlineCutError): it named a lost quorum.
+    what = f"stream {stream}'s answer to a read (STREAM.MSG.GET)"
+    timeout, cut = call_wait(timeout, what)
     try:
         msg = await replies.request(
             f"$JS.API.STREAM.MSG.GET.{stream}", json.dumps(request).encode(), None, timeout
         )
+    except DeadlineCutError:
+        raise
     except TimeoutError as exc:
+        if cut:
+            raise cut_short(what, timeout) from exc
         raise LeaderUnansweredError(
             _no_leader(stream, f"not answered within {timeout:.1f} s")
         ) from exc
@@ -724,6 +747,8 @@ async def _direct_page(
     replies: Replies, stream: str, subject: str | None, start: int, batch: int, timeout: float
 ) -> Page | None:
     """One batched direct get; None when another stream (a mirror) answered it."""
+    what = f"stream {stream}'s answer to a read (DIRECT.GET from {start})"
+    timeout, cut = call_wait(timeout, what)
     reply, queue = replies.open()
     messages: list[RawMessage] = []
     try:
@@ -736,8 +761,13 @@ async def _direct_page(
         while True:
             msg = queue.get_nowait() if not queue.empty() else None
             if msg is None:
-                async with asyncio.timeout(timeout):
-                    msg = await queue.get()
+                try:
+                    async with asyncio.timeout(timeout):
+                        msg = await queue.get()
+                except TimeoutError as exc:
+                    if cut:
+                        raise cut_short(what, timeout) from exc
+                    raise
             status = _status(msg)
             if status is None:
                 if not messages and _foreign(msg, stream):
@@ -882,6 +912,8 @@ async def stream_leadership(replies: Replies, stream: str, timeout: float) -> st
         raise
     except NoRespondersError:  # no JetStream: said by its callers
         return None
+    except DeadlineCutError:  # the call's deadline ended the wait: nothing said of it
+        raise
     except TimeoutError:
         return f"STREAM.INFO not answered within {timeout:g} s"
     return quorum_lost(info)

@@ -31,8 +31,8 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 
-from jetsource.core import crypto
-from jetsource.core.errors import EventStoreUnavailableError
+from jetsource.core import crypto, deadline
+from jetsource.core.errors import DeadlineCutError, EventStoreUnavailableError
 from jetsource.core.natsping import round_trip
 from jetsource.eventstore import jsapi, refusals
 from jetsource.eventstore.jsapi import JsApiError, NoRespondersError, OutMessage, RawMessage
@@ -122,10 +122,12 @@ class JetStreamKeyStore:
         first key is."""
         if self._sub is None:
             await self._replies.start()
-            self._sub = await self._nc.subscribe(f"$KV.{self.bucket}.k.*", cb=self._notice)
-            self._erased_sub = await self._nc.subscribe(
-                f"{ERASED_SUBJECT}{self.bucket}.*", cb=self._notice
-            )
+            # Their tasks outlive the call that started them (the first append).
+            with deadline.detached():
+                self._sub = await self._nc.subscribe(f"$KV.{self.bucket}.k.*", cb=self._notice)
+                self._erased_sub = await self._nc.subscribe(
+                    f"{ERASED_SUBJECT}{self.bucket}.*", cb=self._notice
+                )
 
     @property
     def listening(self) -> bool:
@@ -217,6 +219,8 @@ class JetStreamKeyStore:
                     # just made by another process. It was "gone: the keys are lost".
                     await self._still_gone()
                     await asyncio.sleep(0.2 * 2**attempt)
+                except DeadlineCutError:  # the call's deadline: nothing said of the bucket
+                    raise
                 except TimeoutError:
                     # This store listens on the bucket's key subjects itself: with the
                     # stream gone a write there is heard by that listener, which never
