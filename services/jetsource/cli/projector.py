@@ -48,7 +48,7 @@ T = TypeVar("T")
 app = typer.Typer(
     help="Read models: status, replay, rebuild, reset, cut over, drop, wait, dead letters.\n\n"
     "Every command takes --json. Exit codes: 0 ok, 1 refused, 2 usage, 3 unavailable, "
-    "130 stopped by Ctrl-C.",
+    "130 stopped by Ctrl-C or SIGTERM.",
     no_args_is_help=True,
 )
 dlq = typer.Typer(help="Dead letters: list, show, retry, discard.", no_args_is_help=True)
@@ -217,14 +217,99 @@ async def _leaderless(p: Projection, streams: list[str]) -> dict[str, str]:
 
     store = p.store
     await store.start()
+    timeout = store.settings.request_timeout_s
+
+    async def why(name: str) -> str | None:
+        said = await jsapi.stream_leadership(store._replies, name, timeout)
+        # Not answered because NATS refused it (this user may not publish to the
+        # subject: no reply, only a permissions violation): it read as a stream
+        # without a leader, exit 3 and "start the missing servers" on a healthy
+        # cluster.
+        if said and (denied := jsapi.denial_of(f"STREAM.INFO.{name}", timeout + 5)):
+            raise _denied(f"$JS.API.STREAM.INFO.{name}", denied)
+        return said
+
     names = list(dict.fromkeys(streams))
-    found = await asyncio.gather(
-        *(
-            jsapi.stream_leadership(store._replies, name, store.settings.request_timeout_s)
-            for name in names
-        )
-    )
+    found = await asyncio.gather(*(why(name) for name in names))
     return {name: why for name, why in zip(names, found, strict=True) if why}
+
+
+def _denied(subject: str, denied: str) -> Exception:
+    """Access denied to a JetStream API ``subject`` (NATS said ``denied``), naming it and
+    the settings of the user (exit 1, "access denied", as every admin group says it)."""
+    from jetsource.core.errors import AccessDeniedError
+    from jetsource.eventstore.bootstrap import refusal_settings
+
+    return AccessDeniedError(
+        f"NATS refused this client a request to {subject}: {denied}; the NATS server's "
+        "permissions for this client's user must allow publishing to it (check "
+        f"{refusal_settings(PermissionError('permissions violation'))})"
+    )
+
+
+def consumer_leadership(info: dict[str, Any], stream_replicas: int) -> str | None:
+    """Why a durable consumer that answered its INFO has no leader it can work with
+    (:func:`jsapi.quorum_lost`), or None. Its replicas are its stream's unless set; a
+    replicated one answered by the meta leader for want of its own has no ``cluster``
+    (a single server's never has one either: not replicated, None)."""
+    from jetsource.eventstore import jsapi
+
+    config = info.get("config") or {}
+    replicas = int(config.get("num_replicas") or stream_replicas or 1)
+    if replicas <= 1:
+        return None
+    if not (info.get("cluster") or {}).get("leader"):
+        return "no leader"
+    return jsapi.quorum_lost({**info, "config": {**config, "num_replicas": replicas}})
+
+
+async def _leaderless_consumers(
+    p: Projection, rows: list[dict[str, Any]], named: dict[str, str]
+) -> dict[str, str]:
+    """The durable consumers of the versions in ``rows`` without a leader they can work
+    with, as ``consumer STREAM/DURABLE``: why. Those of the streams ``named`` already
+    (leaderless) are not asked again. Only streams were: a consumer whose leader was on
+    a server that went away (its stream's leader elsewhere, or left without quorum and
+    not yet seen as such) went unnamed."""
+    from jetsource.eventstore import jsapi
+
+    store = p.store
+    timeout = store.settings.request_timeout_s
+    wanted: dict[tuple[str, str], None] = {}
+    for r in rows:
+        if not isinstance(r.get("version"), int) or r["stream"] in named:
+            continue
+        with suppress(Exception):  # a model without a spec of that version: not asked
+            wanted[(r["stream"], p.spec(r["model"], r["version"]).durable)] = None
+    if not wanted:
+        return {}
+
+    async def replicas(stream: str) -> int:
+        try:
+            info = await jsapi.api(store._replies, f"STREAM.INFO.{stream}", {}, timeout)
+        except Exception:
+            return 1  # said by the streams' own check
+        return int((info.get("config") or {}).get("num_replicas") or 1)
+
+    streams = list(dict.fromkeys(s for s, _ in wanted))
+    sizes = dict(zip(streams, await asyncio.gather(*(replicas(s) for s in streams)), strict=True))
+
+    async def why(stream: str, durable: str) -> str | None:
+        try:
+            info = await jsapi.consumer_info(store._replies, stream, durable, timeout)
+        except jsapi.JsApiError as exc:
+            if exc.err_code == jsapi.ERR_CLUSTER_UNAVAILABLE:
+                return f"no JetStream meta leader ({exc})"
+            return None  # the row says it
+        except TimeoutError:
+            subject = f"CONSUMER.INFO.{stream}.{durable}"
+            if denied := jsapi.denial_of(subject, timeout + 5):
+                raise _denied(f"$JS.API.{subject}", denied) from None
+            return f"CONSUMER.INFO not answered within {timeout:g} s"
+        return None if info is None else consumer_leadership(info, sizes[stream])
+
+    found = await asyncio.gather(*(why(s, d) for s, d in wanted))
+    return {f"consumer {s}/{d}": said for (s, d), said in zip(wanted, found, strict=True) if said}
 
 
 def _all_streams(p: Projection) -> list[str]:
@@ -422,6 +507,9 @@ def status(as_json: bool = JSON) -> None:
         streams = _all_streams(p)
         bucket = f"KV_{p.settings.projector.control_bucket}"
         rows, leaderless = await asyncio.gather(admin.status(p), _leaderless(p, [*streams, bucket]))
+        # Each model version's durable consumer too (a consumer without a leader: its
+        # model stands still, and only its stream was asked).
+        leaderless |= await _leaderless_consumers(p, rows, leaderless)
         missing = await _absent(p, [s for s in streams if s not in leaderless])
         return rows, missing, leaderless
 
@@ -481,7 +569,13 @@ def _say_leaderless(leaderless: dict[str, str]) -> NoReturn:
     for name, why in leaderless.items():
         by_why.setdefault(why, []).append(name)
     said = "; ".join(f"{', '.join(them)}: {why}" for why, them in by_why.items())
-    which = f"stream {names[0]} has" if len(names) == 1 else f"streams {', '.join(names)} have"
+    kind = (
+        "streams" if all(not n.startswith("consumer ") for n in names) else "streams and consumers"
+    )
+    if len(names) == 1:
+        which = f"{names[0]} has" if names[0].startswith("consumer ") else f"stream {names[0]} has"
+    else:
+        which = f"{kind} {', '.join(names)} have"
     output.fail(
         UNAVAILABLE,
         "unavailable",
