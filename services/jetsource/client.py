@@ -83,8 +83,21 @@ def open_channel(
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 2000),
         ]
-    if not s.tls.active:
+    credentials, options = channel_tls(s)
+    if credentials is None:
         return grpc.aio.insecure_channel(target, options=own), metadata
+    return grpc.aio.secure_channel(target, credentials, options=own + options), metadata
+
+
+def channel_tls(
+    security: GrpcClientSettings,
+) -> tuple[grpc.ChannelCredentials | None, list[tuple[str, Any]]]:
+    """The channel credentials and options of ``security``'s TLS (None, []: plain
+    text): the CA file (else the system CAs), a client certificate for mutual TLS, a
+    server-name override. For a channel made elsewhere (the SDK's observer client)."""
+    s = security
+    if not s.tls.active:
+        return None, []
     if problems := client_tls_problems(s):
         # Every client of the CLI, the TUI and the SDK: a CA file not there was reported
         # as the file a command reads (observe import: FAILED_PRECONDITION naming only
@@ -102,8 +115,10 @@ def open_channel(
         private_key=read(s.tls.key_file or s.tls.cert_file) if s.tls.cert_file else None,
         certificate_chain=read(s.tls.cert_file),
     )
-    options = [("grpc.ssl_target_name_override", s.server_name)] if s.server_name else []
-    return grpc.aio.secure_channel(target, credentials, options=own + options), metadata
+    options: list[tuple[str, Any]] = (
+        [("grpc.ssl_target_name_override", s.server_name)] if s.server_name else []
+    )
+    return credentials, options
 
 
 STATUSES = {

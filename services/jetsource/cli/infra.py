@@ -259,8 +259,7 @@ async def _demo_process_tree(settings: JetsourceSettings) -> None:
 
     target = ObserverSettings.load().observer.target()
     security = demo_client(settings)
-    token = security.token.get_secret_value() if security.token is not None else None
-    root, events = await record_demo_tree(target, token=token or None)
+    root, events = await record_demo_tree(target, security)
     _say(
         f"observer at {target}: demo process tree {root!r} recorded through the SDK "
         f"({events} events); try `jetsource process tree {root}`"

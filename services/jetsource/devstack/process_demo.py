@@ -6,13 +6,32 @@ from __future__ import annotations
 
 import asyncio
 
+from jetsource.client import channel_tls
+from jetsource.core.settings import GrpcClientSettings
 from jetsource.sdk import Observer
 
 
-async def record_demo_tree(target: str, token: str | None = None) -> tuple[str, int]:
-    """The root process id and how many events the SDK emitted (``token``: the bearer
-    token the observer asks, if any)."""
-    observer = Observer(target, source="jetsource up", flush_interval_s=0.01, token=token)
+def demo_observer(target: str, security: GrpcClientSettings) -> Observer:
+    """The demo's SDK client, secured as the demo's reads are (``JETSOURCE_CLIENT__*``:
+    TLS, a client certificate, a server-name override, the bearer token): it sent the
+    token alone, in plain text, so against an observer serving TLS the demo failed
+    while the reads went through."""
+    credentials, options = channel_tls(security)
+    token = security.token.get_secret_value() if security.token is not None else ""
+    return Observer(
+        target,
+        source="jetsource up",
+        flush_interval_s=0.01,
+        token=token or None,
+        credentials=credentials,
+        channel_options=options,
+    )
+
+
+async def record_demo_tree(target: str, security: GrpcClientSettings) -> tuple[str, int]:
+    """The root process id and how many events the SDK emitted (``security``: how the
+    observer is reached, as every client of the demo)."""
+    observer = demo_observer(target, security)
     async with observer:
         async with observer.process("demo-pipeline", kind="pipeline") as root:
             root.emit("config_loaded", {"levels": 2})

@@ -298,6 +298,7 @@ class Observer:
         close_timeout_s: float = 10.0,
         token: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        channel_options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         if batch_size < 1 or buffer_size < batch_size:
             raise ValueError("batch_size >= 1 and buffer_size >= batch_size")
@@ -328,6 +329,7 @@ class Observer:
         self.stats = Stats()
         self._token = token
         self._credentials = credentials
+        self._channel_options = list(channel_options)  # e.g. a TLS server-name override
         self._buffer: deque[epb.CanonicalEvent] = deque()
         self._inflight: list[epb.CanonicalEvent] = []
         self._wake = asyncio.Event()
@@ -360,9 +362,11 @@ class Observer:
         if self._buffer:
             self._wake.set()
         if self._credentials is not None:
-            self._channel = grpc.aio.secure_channel(self.target, self._credentials)
+            self._channel = grpc.aio.secure_channel(
+                self.target, self._credentials, options=self._channel_options
+            )
         else:
-            self._channel = grpc.aio.insecure_channel(self.target)
+            self._channel = grpc.aio.insecure_channel(self.target, options=self._channel_options)
         self._stub = pb_grpc.ObserverServiceStub(self._channel)
         self._task = asyncio.create_task(self._run(), name="jetsource-sdk-flush")
 
