@@ -11,7 +11,8 @@ The JSONL adapter reads one canonical event per line (JSON object, proto3 JSON
 names, unknown fields refused). Event id: the line's own ``event_id``, else
 ``jl-<source id>-<byte offset>``. Causation: the line's own ``causation_id``, else the
 previous event of the same process in the file (a ``process_started`` with a parent:
-the parent's latest event).
+the parent's latest event, whatever came before it; a process's first line naming a
+parent: the parent's latest too).
 """
 
 from __future__ import annotations
@@ -226,10 +227,16 @@ class JsonlAdapter:
         if not event.source and self.default_source:
             event.source = self.default_source
         if not event.causation_id:
-            cause = self.last.get(event.process_id, "")
-            if not cause and event.parent_process_id:
-                cause = self.last.get(event.parent_process_id, "")
-            event.causation_id = cause
+            # A process_started with a parent is caused by the parent's latest event
+            # (as the SDK's process() does), also when its process has lines before
+            # it; any other line by its process's previous one, else (a process's
+            # first line naming a parent) by the parent's latest.
+            own = self.last.get(event.process_id, "")
+            parents = self.last.get(event.parent_process_id, "") if event.parent_process_id else ""
+            if event.event_type == "process_started":
+                event.causation_id = parents or own
+            else:
+                event.causation_id = own or parents
         # What the observer would refuse by its fixed rules (a kind that is not text,
         # a control character, ...) is refused here naming the line, not as
         # ``events[i]`` of a batch the user never sees.
