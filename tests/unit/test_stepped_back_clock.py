@@ -13,19 +13,26 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jetsource.archive.history import ArchivedHistory
-from jetsource.core.envelope import RecordedEvent, recorded_by
+from jetsource.core.envelope import ANY, NewEvent, RecordedEvent, recorded_by
 from jetsource.domains.context.events import registry
 from jetsource.domains.context.history import StateLoader
+from jetsource.domains.context.samples import story_events
+from jetsource.eventstore import jsapi
 from jetsource.eventstore.horizon import BeyondHorizonError, Horizon
+from jetsource.eventstore.jetstream import JetStreamEventStore
+from jetsource.eventstore.jsapi import RawMessage
 from jetsource.eventstore.memory import InMemoryEventStore
 from jetsource.eventstore.snapshots import InMemorySnapshotStore
+from tests.eventstore_fixtures import isolated_settings
 from tests.history_fixtures import append_history, save_snapshots, state_at
 
 SECOND = 1_000_000_000
@@ -202,3 +209,63 @@ async def test_every_path_answers_the_same_version_at_every_time(
             assert [r.version for r in read] == list(range(1, want + 1)), ("archive", t)
         finally:
             store.horizon = None
+
+
+async def test_the_jetstream_look_up_reads_on_past_a_story_event_stamped_by_then(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """nats-server's search by time (the first message stamped at or after a time, then
+    the story's next one) takes stamps as never going backwards. Stream: a v1 at 1 s,
+    b v1 at 30 s, a v2 at 20 s (stepped back), a v3 at 40 s; asked at 25 s it lands on
+    a's v2, stamped by then: the store answered v1, the rule (and the in-memory store)
+    v2."""
+    memory = InMemoryEventStore(registry)
+    a, b = story_events("a", 3, 1), story_events("b", 1, 1)
+    await memory.append("a", [NewEvent(a[0])], ANY)
+    await memory.append("b", [NewEvent(b[0])], ANY)
+    await memory.append("a", [NewEvent(e) for e in a[1:]], ANY)
+    stamps = {1: BASE + SECOND, 2: BASE + 30 * SECOND, 3: BASE + 20 * SECOND, 4: BASE + 40 * SECOND}
+    log = [replace(r, recorded_at_ns=stamps[r.stream_seq]) for _, r in memory._log]
+    memory._by_aggregate.clear()
+    for r in log:
+        memory._by_aggregate.setdefault(r.aggregate_id, []).append(r)
+    t = BASE + 25 * SECOND
+    assert await memory.version_at_time("a", t) == 2
+
+    store = JetStreamEventStore(mock.MagicMock(), registry, isolated_settings("sb"))
+    raws = [
+        RawMessage(f"x.{r.aggregate_id}.e", r.stream_seq, r.recorded_at_ns, {}, b"") for r in log
+    ]
+
+    async def first_at_or_after(
+        replies: Any, stream: str, time_ns: int, subject: str | None, timeout: float
+    ) -> RawMessage | None:
+        start = next((m.seq for m in raws if m.time_ns >= time_ns), None)  # as nats-server
+        if start is None:
+            return None
+        story = subject.split(".")[-2] if subject else None
+        return next(
+            (m for m in raws[start - 1 :] if story in (None, m.subject.split(".")[1])), None
+        )
+
+    async def start() -> None:
+        return None
+
+    async def call(fn: Any) -> Any:
+        return await fn()
+
+    async def read_aggregate(aggregate_id: str, *args: Any, **kw: Any) -> list[RecordedEvent]:
+        kw.pop("from_seq", None)
+        return await memory.read_aggregate(aggregate_id, *args, **kw)
+
+    versions = {r.stream_seq: r.version for r in log}
+    monkeypatch.setattr(jsapi, "first_at_or_after", first_at_or_after)
+    monkeypatch.setattr(store, "start", start)
+    monkeypatch.setattr(store, "_call", call)
+    monkeypatch.setattr(store, "read_aggregate", read_aggregate)
+    monkeypatch.setattr(
+        store, "_envelope", lambda raw: SimpleNamespace(aggregate_version=versions[raw.seq])
+    )
+    assert await store.version_at_time("a", t) == 2
+    assert await store.version_at_time("a", BASE + 35 * SECOND) == 2  # lands on a's v3 (40 s)
+    assert await store.version_at_time("b", t) == 0

@@ -35,6 +35,7 @@ from jetsource.core.envelope import (
     ExpectedVersion,
     NewEvent,
     RecordedEvent,
+    recorded_by,
 )
 from jetsource.core.errors import (
     ConcurrencyError,
@@ -1389,9 +1390,19 @@ class JetStreamEventStore:
                 if self._compacted:  # (clocks disagree: no shortcut by max_age)
                     await self._before_horizon(aggregate_id, t)
                 try:
-                    return self._envelope(after).aggregate_version - 1
+                    version = self._envelope(after).aggregate_version
                 except PayloadDecodeError:
                     break  # not an event: the counting read below says what it is
+                if after.time_ns > t:
+                    return version - 1
+                # nats-server's search by time takes stamps as never going backwards:
+                # inside a stepped-back window it lands on a message of the story
+                # stamped by then. The story's prefix recorded by then (recorded_by)
+                # goes on past it: read on from it.
+                rest = await self.read_aggregate(
+                    aggregate_id, from_version=version, from_seq=after.seq
+                )
+                return version - 1 + recorded_by(rest, t)
             last = await self._tail(aggregate_id)
             if last is None:
                 return 0
