@@ -154,6 +154,23 @@ def test_the_help_names_every_exit_code_the_readme_documents() -> None:
         assert said == [*codes, "130"], (argv, said)
 
 
+def test_the_help_says_sigterm_stops_with_130_too() -> None:
+    """SIGTERM stops a command as Ctrl-C does (exit 130, `cancelled`), but `jetsource
+    --help` and `projector --help` said "130 stopped by Ctrl-C", and so did the
+    sessions, streams and output texts: each says "Ctrl-C or SIGTERM" now."""
+    runner = CliRunner()
+    for argv in (["--help"], ["projector", "--help"]):
+        text = " ".join(runner.invoke(app, argv, env={"COLUMNS": "300"}).output.split())
+        assert "130 stopped by Ctrl-C or SIGTERM" in text, (argv, text)
+    only_ctrl_c = re.compile(r"\b130 (?:stopped by|on|interrupted)\s+\(?Ctrl-C(?!\s+or\s+SIGTERM)")
+    said = [
+        f"{path.name}: {m.group(0)!r}"
+        for path in sorted((ROOT / "services" / "jetsource" / "cli").glob("*.py"))
+        for m in only_ctrl_c.finditer(path.read_text())
+    ]
+    assert said == [], said
+
+
 def test_the_timeout_help_names_the_setting_the_readme_documents() -> None:
     """README: `--timeout SECONDS (default 10, or JETSOURCE_CLIENT__TIMEOUT_S)`; the
     help of ctx and process commands said only "(default 10)", so a user who set the

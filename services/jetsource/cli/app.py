@@ -1,7 +1,8 @@
 """Root of the `jetsource` command: sub-commands register here (each loaded on use).
 
 Global options: ``--output table|json|plain`` (also ``JETSOURCE_OUTPUT``) and
-``--version``. Exit codes: 0 ok, 1 refused by the server, 2 usage, 3 unavailable.
+``--version``. Exit codes: 0 ok, 1 refused by the server, 2 usage, 3 unavailable,
+130 stopped by Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ class _Root(LazyGroup):
             "projector",
             "Read models: status, replay, rebuild, reset, cut over, drop, wait, dead letters."
             "\n\nEvery command takes --json. Exit codes: 0 ok, 1 refused, 2 usage, "
-            "3 unavailable, 130 stopped by Ctrl-C.",
+            "3 unavailable, 130 stopped by Ctrl-C or SIGTERM.",
         ),
         "streams": _group(
             "streams",
@@ -182,7 +183,7 @@ app = typer.Typer(
     help="jetsource: event-sourced Context Service on NATS JetStream.\n\n"
     "Exit codes: 0 ok, 1 refused by the server, 2 usage, 3 unavailable "
     "(not reachable or no answer in time: retry with the same -k key), "
-    "130 stopped by Ctrl-C (it says how to go on).",
+    "130 stopped by Ctrl-C or SIGTERM (it says how to go on).",
     no_args_is_help=True,
 )
 

@@ -10,7 +10,7 @@
 Settings: ``JETSOURCE_SESSIONS__...`` (stream, validation, interrupted_after_s,
 prune_older_than_s, prune_keep, prune_every_s) and the shared NATS ones.
 Exit codes: 0 ok, 1 refused (unknown session, purge denied), 2 usage, 3 unavailable,
-130 stopped by Ctrl-C (saying what it left and how to go on).
+130 stopped by Ctrl-C or SIGTERM (saying what it left and how to go on).
 """
 
 from __future__ import annotations

@@ -243,8 +243,8 @@ def _run(
     """Run ``work`` once NATS answers (within ``JETSOURCE_ADMIN_CONNECT_TIMEOUT_S``, 10 s,
     or ``--timeout`` if shorter), all within ``--timeout``. Errors go to stderr (JSON
     with --json or -o json): exit 3 when NATS did not answer, stopped answering, or the
-    work ran out of time (each said as such), 1 when it was refused, 130 on Ctrl-C
-    (``interrupted()`` says what was left)."""
+    work ran out of time (each said as such), 1 when it was refused, 130 on Ctrl-C or
+    SIGTERM (``interrupted()`` says what was left)."""
     from jetsource.cli.stream_admin import OptionError
     from jetsource.core.errors import AccessDeniedError, EventStoreUnavailableError
     from jetsource.core.settings import redact_url
