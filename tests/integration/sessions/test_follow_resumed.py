@@ -8,12 +8,14 @@ import asyncio
 import json
 import signal
 import sys
+import time
 
 from jetsource.domains.sessions.connect import SessionsClient
 from jetsource.domains.sessions.emit import Session, session
+from jetsource.domains.sessions.format import SessionEvent, to_canonical
 from jetsource.domains.sessions.ledger import Recorded
 from jetsource.domains.sessions.settings import SessionsAppSettings
-from tests.integration.sessions.test_cli import CLI, env_of
+from tests.integration.sessions.test_cli import CLI, cli, env_of
 
 
 async def _follow(client: SessionsClient, session_id: str, after: int) -> list[Recorded]:
@@ -122,3 +124,24 @@ async def test_cli_export_and_follow_into_a_pipe_whose_reader_left_exit_0(
         )  # fmt: skip
         _, stderr = await asyncio.wait_for(proc.communicate(), 60)
         assert (proc.returncode, stderr) == (0, b""), (command, stderr)
+
+
+async def test_a_follow_resumed_past_an_end_with_events_after_it_stops_at_once(
+    client: SessionsClient, app_settings: SessionsAppSettings
+) -> None:
+    """An import (or a raw writer) may append events after a session's end. A follow from
+    the start stops at the end; resumed at or past the end, it printed the events after
+    it and waited for ever for an end it had already shown: now nothing, exit 0."""
+    async with session(client.writer, "context generate") as s:
+        pass
+    late = SessionEvent(time.time_ns(), s.id, 3, "late_event", {"k": 1})
+    await client.writer.record([to_canonical(late)], {s.id: 2})
+    assert [e.type for e in await client.sessions.export(s.id)] == [
+        "session_started", "session_ended", "late_event",
+    ]  # fmt: skip
+    whole = await asyncio.wait_for(_follow(client, s.id, 0), 5)
+    assert [r.event.type for r in whole] == ["session_started", "session_ended"]
+    for after in (2, 3, 4):
+        assert await asyncio.wait_for(_follow(client, s.id, after), 5) == [], after
+    result = await cli(app_settings, "follow", s.id, "--after", "2")
+    assert (result.returncode, result.stdout) == (0, ""), result.stderr

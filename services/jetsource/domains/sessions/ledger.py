@@ -27,12 +27,13 @@ from jetsource.core.clock import from_timestamp, to_timestamp
 from jetsource.core.codec import PayloadDecodeError
 from jetsource.core.envelope import ANY, Expected, NewEvent, RecordedEvent
 from jetsource.core.errors import CorruptEventError
-from jetsource.core.ids import uuid7
+from jetsource.core.ids import uuid7, validate_aggregate_id
 from jetsource.domains.process.batching import requests, too_large
 from jetsource.domains.process.models.common import is_noop
 from jetsource.domains.sessions.format import (
     ENDED_STATUS,
     PROCESS_STARTED,
+    SESSION_ENDED,
     SESSION_KIND,
     SessionEvent,
     from_message,
@@ -68,6 +69,10 @@ class SessionReader(Protocol):
 
     async def tail(self, process_id: str) -> tuple[int, int]:
         """(last seq, when it was recorded in ns) of a process; (0, 0) if unknown."""
+
+    async def endings(self, session_id: str) -> list[int]:
+        """The seqs of the session's ``session_ended`` events (the ledger's endings), in
+        order; usually one, none while it runs."""
 
     def follow(self, session_id: str, after_seq: int = 0) -> AsyncIterator[Recorded]:
         """The session's events above ``after_seq``, then live as they commit."""
@@ -527,6 +532,16 @@ class LedgerReader:
         last = await self._store.read_aggregate(process_id, from_version=version)
         return (version, int(last[-1].recorded_at_ns)) if last else (0, 0)
 
+    async def endings(self, session_id: str) -> list[int]:
+        """Read from the session's ending subjects alone (a filtered read each), not
+        its whole history."""
+        validate_aggregate_id(session_id)
+        seqs: list[int] = []
+        for event_type in ENDED_STATUS:
+            got = await self._lifecycle(f"{self._prefix}.{session_id}.{event_type}")
+            seqs += [r.version for r in got]
+        return sorted(seqs)
+
     async def _live(self, session_id: str, raw: Any, after: int) -> RecordedEvent | None:
         return await _checked(self._store, session_id, raw, after)
 
@@ -865,6 +880,9 @@ class QueryReader:
             token = reply.next_page_token
             if not token:
                 return out
+
+    async def endings(self, session_id: str) -> list[int]:
+        return [r.event.seq for r in await self.events(session_id) if r.event.type == SESSION_ENDED]
 
     async def follow(self, session_id: str, after_seq: int = 0) -> AsyncIterator[Recorded]:
         """``WatchSession``: the service maps the root's timeline to session events.

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from jetsource.core.clock import NS, now_ns
 from jetsource.core.errors import CorruptEventError
-from jetsource.domains.sessions.format import SESSION_ENDED, SESSION_KIND, SessionEvent
+from jetsource.domains.sessions.format import SESSION_KIND, SessionEvent
 from jetsource.domains.sessions.ledger import (
     LedgerBehindError,
     LedgerReader,
@@ -258,13 +258,14 @@ class Sessions:
                     await closer()
 
     async def _ended_by(self, session_id: str, after_seq: int) -> bool:
-        """Whether the session's last event is its ``session_ended``, at or below
-        ``after_seq``."""
+        """Whether the session has a ``session_ended`` at or below ``after_seq``. Not
+        only its last event: an import (or a raw writer) may have appended events
+        after the end, and a follow resumed past that end waited for ever, printing
+        them (from seq 0 it stops at the end and never prints them)."""
         last, _ = await self.reader.tail(session_id)
-        if not last or last > after_seq:
+        if not last:
             return False
-        events = await self.reader.events(session_id, last - 1)
-        return bool(events) and events[-1].event.type == SESSION_ENDED
+        return any(seq <= after_seq for seq in await self.reader.endings(session_id))
 
     async def tree(self, session_id: str) -> dict[str, list[ProcessSummary]]:
         """The session's subtree as children by parent id (oldest first): the session
