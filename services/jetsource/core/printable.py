@@ -33,3 +33,21 @@ def not_one_line_at(value: str) -> int | None:
         return None
     found = NOT_ONE_LINE.search(value)
     return None if found is None else found.start()
+
+
+# Text of many lines (a body, a rationale, a reason): tabs and line breaks (LF, or CR
+# LF) and nothing else of the controls (C0, DEL, C1): a NUL, an ESC (a terminal
+# recoloured, retitled, wiped) or a lone CR (a line overwritten in a terminal) is no
+# text. The line separators U+2028/U+2029 are line breaks like LF here. The rule of the
+# context commands' multi-line values and omni's status reason and merge reason.
+LINES_TAKE = "printable text, tabs and line breaks (LF or CR LF)"  # as refusals say it
+NOT_LINES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]|\r(?!\n)")
+
+
+def not_lines_at(value: str) -> int | None:
+    """The position of the first character of ``value`` that text of many lines cannot
+    hold (:data:`NOT_LINES`), or None."""
+    if value.isascii() and value.isprintable():
+        return None
+    found = NOT_LINES.search(value)
+    return None if found is None else found.start()

@@ -708,3 +708,48 @@ async def test_a_status_worker_with_a_control_character_is_400_naming_it_and_wri
         json={"state": "processing", "worker": "wörker-1 日本 \u00a0"},
     )
     assert response.status_code == 200, response.text
+
+
+HOSTILE_REASONS = ["r\x00x", "r\x1b[31mred", "r\rX", "r\x07", "r\x7f", "r\x85", "r\x9b1m"]
+# Text of many lines: an error's message, a traceback.
+FINE_REASONS = [
+    "Traceback (most recent call last):\n  File x\nKeyError: 'a'",
+    "a\r\nb\tc",
+    "a\u2028b",
+]
+
+
+async def test_a_status_reason_with_a_control_character_is_400_naming_it_and_writes_nothing(
+    ingest: Ingest, api: httpx.AsyncClient
+) -> None:
+    """A status ``reason`` (the failure's reason, the completion's outcome: free text)
+    was taken with any control character: a NUL, an ESC that recoloured the terminal
+    showing the event's last_error, a lone CR that overwrote its line. It is text of
+    many lines, so it keeps tabs and line breaks (LF, CR LF, U+2028/U+2029), and refuses
+    every other control character (core.printable.NOT_LINES, the rule of the context
+    commands' rationales and bodies) with 400 naming ``reason``; nothing is written."""
+    event_id = str(uuid.uuid4())
+    event = NormalizedEvent(
+        id=event_id, provider="whatsapp", event_type=EVENT_TYPE_MESSAGE, instance_name="acme"
+    )
+    await ingest.store.append(event_id, [NewEvent(event, source="test")], NO_STREAM)
+    path = f"/api/v1/events/{event_id}/status"
+    assert (await api.post(path, json={"state": "processing", "worker": "w"})).status_code == 200
+    wrong: list[tuple[object, ...]] = []
+    for reason in HOSTILE_REASONS:
+        step = {"state": "failed", "worker": "w", "attempt": 1, "reason": reason}
+        response = await api.post(path, json=step | {"will_retry": True})
+        error = response.json().get("error", {})
+        if response.status_code != 400 or error.get("field") != "reason":
+            wrong.append((reason, response.status_code, response.text[:200]))
+        elif "control character" not in error["message"]:
+            wrong.append((reason, error["message"]))
+    assert not wrong, wrong
+    assert len(await ingest.store.read_aggregate(event_id)) == 2  # received, processing
+    for attempt, reason in enumerate(FINE_REASONS, start=1):
+        if attempt > 1:
+            step = {"state": "processing", "worker": "w", "attempt": attempt}
+            assert (await api.post(path, json=step)).status_code == 200
+        step = {"state": "failed", "worker": "w", "attempt": attempt, "reason": reason}
+        response = await api.post(path, json=step | {"will_retry": True})
+        assert response.status_code == 200, (reason, response.text)

@@ -21,7 +21,7 @@ from jetsource._gen.context.v1 import events_pb2 as ev
 from jetsource.core.clock import now_ns, to_timestamp
 from jetsource.core.codec import UnknownEvent
 from jetsource.core.errors import JetsourceError, ValidationError
-from jetsource.core.printable import not_one_line_at
+from jetsource.core.printable import LINES_TAKE, not_lines_at, not_one_line_at
 
 T = TypeVar("T")
 Status: TypeAlias = ev.SubtaskStatus.ValueType
@@ -202,7 +202,6 @@ Command = (
 # texts (bodies, rationales, descriptions, reasons) take tabs and line breaks (LF, or
 # CR LF), nothing else of the controls. Events stored before this rule stay readable:
 # only commands are checked.
-_CONTROL_IN_LINES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]|\r(?!\n)")
 
 
 def _refuse_at(value: str, at: int | None, name: str, takes: str) -> None:
@@ -221,13 +220,7 @@ def one_line(value: str, name: str) -> None:
 
 
 def _lines(value: str, name: str) -> None:
-    found = _CONTROL_IN_LINES.search(value)
-    _refuse_at(
-        value,
-        None if found is None else found.start(),
-        name,
-        "printable text, tabs and line breaks (LF or CR LF)",
-    )
+    _refuse_at(value, not_lines_at(value), name, LINES_TAKE)
 
 
 def _text(

@@ -68,7 +68,7 @@ from jetsource.core.aio import honour_cancel, stop_task
 from jetsource.core.envelope import NO_STREAM, NewEvent, RecordedEvent
 from jetsource.core.errors import ConcurrencyError, ValidationError
 from jetsource.core.ids import uuid7, validate_aggregate_id
-from jetsource.core.printable import UNSAFE
+from jetsource.core.printable import LINES_TAKE, UNSAFE, not_lines_at, not_one_line_at
 from jetsource.domains.omni.events import (
     EXTERNAL_ID_LINKED,
     IDENTITIES_MERGED,
@@ -101,10 +101,22 @@ MAX_CHAIN = 10_000  # merges followed from one identity (a guard: chains are a f
 MAX_NAME, MAX_ACTOR, MAX_REASON = 200, 100, 10_000
 
 
-def check_text(value: str, field: str, limit: int) -> None:
+def check_text(value: str, field: str, limit: int, lines: bool = False) -> None:
+    """At most ``limit`` characters of one line of printable text (``lines``: of
+    many lines, tabs and line breaks): an operator's --name and --actor were taken with
+    any control character (an ESC recoloured the terminal that listed them, a CR LF
+    forged a line in a log), and --reason with a NUL or an ESC."""
     if len(value) > limit:
         raise ValidationError(f"{field} is {len(value)} characters; at most {limit}", field=field)
     _check_encodable(value, field)
+    at = not_lines_at(value) if lines else not_one_line_at(value)
+    if at is not None:
+        takes = LINES_TAKE if lines else "one line of printable text"
+        raise ValidationError(
+            f"{field} holds a control character (U+{ord(value[at]):04X} at position {at}): "
+            f"it takes {takes}",
+            field=field,
+        )
 
 
 def _check_encodable(value: str, field: str) -> None:
@@ -162,9 +174,10 @@ def check_linked_handle(provider: str, external_id: str) -> None:
     check_handle(provider, external_id)
     if external_id != external_id.strip():
         raise ValidationError("external_id has spaces at its start or end", field="external_id")
-    if UNSAFE.search(external_id):
+    if UNSAFE.search(external_id) or not_one_line_at(external_id) is not None:
         raise ValidationError(
-            "external_id holds control characters or bidi marks", field="external_id"
+            "external_id holds control characters, line separators or bidi marks",
+            field="external_id",
         )
     if provider == "whatsapp" and external_id.startswith("+"):
         raise ValidationError(
@@ -1020,7 +1033,7 @@ class IdentityService:
         the later of the two in the stream would close a cycle: it is refused naming
         ``survivor_id`` after its record, which every reader takes as void."""
         check_text(actor, "actor", MAX_ACTOR)
-        check_text(reason, "reason", MAX_REASON)
+        check_text(reason, "reason", MAX_REASON, lines=True)
         if survivor_id == merged_id:
             raise ValidationError("an identity cannot be merged into itself", field="merged_id")
         await self._require(survivor_id, "survivor_id")

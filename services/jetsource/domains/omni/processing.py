@@ -30,7 +30,7 @@ from jetsource._gen.omni.v1.lifecycle_pb2 import (
 from jetsource.core.envelope import NewEvent
 from jetsource.core.errors import ValidationError
 from jetsource.core.ids import validate_aggregate_id
-from jetsource.core.printable import not_one_line_at
+from jetsource.core.printable import LINES_TAKE, not_lines_at, not_one_line_at
 from jetsource.domains.omni.events import is_identity
 from jetsource.domains.omni.normalize.common import has_surrogate
 from jetsource.eventstore.jetstream import JetStreamEventStore
@@ -156,6 +156,16 @@ def check_step(event_id: str, state: str, worker: str, attempt: int, reason: str
             f"worker holds a control character (U+{ord(worker[at]):04X} at position {at}): "
             "it takes one line of printable text",
             field="worker",
+        )
+    at = not_lines_at(reason)
+    if at is not None:
+        # Free text of many lines (an error's message, a traceback): shown as the
+        # event's last_error and outcome, in reads and terminals; an ESC, a NUL or a
+        # lone CR in it was taken as it came.
+        raise ValidationError(
+            f"reason holds a control character (U+{ord(reason[at]):04X} at position {at}): "
+            f"it takes {LINES_TAKE}",
+            field="reason",
         )
     if attempt < 1:
         raise ValidationError("attempt starts at 1", field="attempt")

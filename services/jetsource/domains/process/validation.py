@@ -160,6 +160,12 @@ def _started_data(data: struct_pb2.Struct, f: str) -> None:
             if problem is not None:
                 # Stored, it could never be listed by kind.
                 raise ValidationError(f"{f}data.kind {problem}", f + "data.kind")
+        else:
+            problem = text_problem(value.string_value)
+            if problem is not None:
+                # The process's name in the registry, its lists and trees, one line each
+                # (a session's command): an ESC or a CR LF in it was taken as it came.
+                raise ValidationError(f"{f}data.name {problem}", f + "data.name")
 
 
 def _process_id(value: str, field: str) -> None:

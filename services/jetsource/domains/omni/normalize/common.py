@@ -16,6 +16,7 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from jetsource._gen.omni.v1.events_pb2 import NormalizedEvent
+from jetsource.core.printable import not_one_line_at
 from jetsource.domains.omni.normalize.errors import Malformed
 
 # The longest handle (a sender's or recipient's id on its provider) the identity service
@@ -205,10 +206,21 @@ class Node:
 
 
 def check_handle(value: str, field: str) -> str:
-    """``value`` when it can be a handle ("" for none), else Malformed naming ``field``."""
+    """``value`` when it can be a handle ("" for none), else Malformed naming ``field``.
+    A handle is one line (core.printable's rule): it keys the identity it resolves to,
+    and is shown and logged; one holding a control character or U+2028/U+2029 (no
+    provider sends one: a phone number's digits, a JID, a snowflake) was taken and
+    linked as it came."""
     if len(value) > MAX_HANDLE:
         raise Malformed(
             field, f"is {len(value)} characters; a handle is at most {MAX_HANDLE} characters"
+        )
+    at = not_one_line_at(value)
+    if at is not None:
+        raise Malformed(
+            field,
+            f"holds a control character (U+{ord(value[at]):04X} at position {at}): a handle "
+            "is one line of printable text",
         )
     return value
 

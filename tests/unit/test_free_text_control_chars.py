@@ -1,0 +1,114 @@
+"""Free text taken from outside, each field by its rule (jetsource.core.printable):
+
+- one line (``not_one_line_at``: no control character, no U+2028/U+2029): omni's
+  identity ``--name`` and ``--actor``, an operator's linked ``external_id`` (U+2028/U+2029
+  passed: its check knew only the terminal's unsafe characters), a webhook's handles
+  (the sender's, the recipient's, a reactor's: they key the identity they resolve to),
+  a process's ``name`` in its ``process_started`` (the registry's lists and trees; the
+  ``kind`` beside it was checked already), and so a session's ``command`` (its root
+  process's name), refused by the emitter before it starts;
+- many lines (``not_lines_at``: tabs and line breaks LF, CR LF, U+2028/U+2029, no other
+  control character): omni's merge ``--reason`` and a status ``reason``
+  (``tests/integration/omni/test_bad_input_ingest.py`` over HTTP). Message bodies from
+  webhooks are the provider's text and are kept as they come (a refusal would lose the
+  message; nothing stored breaks on a NUL; every front end escapes on output).
+
+Each was stored as it came: an ESC recoloured the terminal that listed it, a CR LF
+forged a line in a log. Each is refused now naming its field (400 / INVALID_ARGUMENT;
+a webhook's malformed field 422 naming its path, as every malformed field)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from jetsource._gen.process.v1.events_pb2 import CanonicalEvent
+from jetsource.core.errors import ValidationError
+from jetsource.domains.omni.identity import MAX_NAME, MAX_REASON, check_linked_handle, check_text
+from jetsource.domains.omni.normalize.common import Node
+from jetsource.domains.omni.normalize.errors import Malformed
+from jetsource.domains.omni.processing import check_step
+from jetsource.domains.process.validation import FIXED_LIMITS, to_new_event
+from jetsource.domains.sessions.emit import Session
+
+ONE_LINE_BAD = [
+    "a\x00b",
+    "a\x1b[31mb",
+    "a\nb",
+    "a\r\nX-Evil: 1",
+    "\ta",
+    "a\x7f",
+    "a\x85",
+    "a\u2028b",
+]
+LINES_BAD = ["a\x00b", "a\x1b[31mb", "a\rb", "a\x07", "a\x7f", "a\x9b1m"]
+LINES_FINE = ["line 1\nline 2", "a\r\nb\tc", "a\u2028b\u2029c", "plain é ✓"]
+
+
+@pytest.mark.parametrize("value", ONE_LINE_BAD)
+@pytest.mark.parametrize("field", ["name", "actor"])
+def test_an_identity_name_or_actor_is_one_line(field: str, value: str) -> None:
+    with pytest.raises(ValidationError, match="control character") as refused:
+        check_text(value, field, MAX_NAME)
+    assert refused.value.field == field
+
+
+@pytest.mark.parametrize("value", LINES_BAD)
+def test_a_merge_reason_takes_lines_but_no_other_control(value: str) -> None:
+    with pytest.raises(ValidationError, match="control character") as refused:
+        check_text(value, "reason", MAX_REASON, lines=True)
+    assert refused.value.field == "reason"
+
+
+@pytest.mark.parametrize("value", LINES_FINE)
+def test_a_merge_reason_of_many_lines_is_taken(value: str) -> None:
+    check_text(value, "reason", MAX_REASON, lines=True)
+
+
+@pytest.mark.parametrize("value", LINES_BAD)
+def test_a_status_reason_takes_lines_but_no_other_control(value: str) -> None:
+    with pytest.raises(ValidationError, match="control character") as refused:
+        check_step("evt-1", "failed", "worker-1", 1, value)
+    assert refused.value.field == "reason"
+
+
+@pytest.mark.parametrize("value", LINES_FINE)
+def test_a_status_reason_of_many_lines_is_taken(value: str) -> None:
+    check_step("evt-1", "failed", "worker-1", 1, value)
+
+
+@pytest.mark.parametrize("value", ["12\u2028345", "12\u2029345"])
+def test_a_linked_external_id_with_a_line_separator_is_refused(value: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        check_linked_handle("discord", value)
+    assert refused.value.field == "external_id"
+
+
+@pytest.mark.parametrize("value", ONE_LINE_BAD)
+def test_a_webhook_handle_is_one_line(value: str) -> None:
+    node = Node({"from": value}, "entry[0].changes[0].value.messages[0]")
+    with pytest.raises(Malformed, match="control character") as refused:
+        node.req_handle("from")
+    assert refused.value.field == "entry[0].changes[0].value.messages[0].from"
+    assert Node({"from": "15551234567"}).req_handle("from") == "15551234567"
+
+
+def _started(data: dict[str, Any]) -> CanonicalEvent:
+    event = CanonicalEvent(process_id="p-1", event_type="process_started")
+    event.data.update(data)
+    return event
+
+
+@pytest.mark.parametrize("value", ONE_LINE_BAD)
+def test_a_process_name_is_one_line(value: str) -> None:
+    with pytest.raises(ValidationError, match="control character") as refused:
+        to_new_event(_started({"kind": "stage", "name": value}), FIXED_LIMITS)
+    assert refused.value.field == "event.data.name"
+    to_new_event(_started({"kind": "stage", "name": "level 1 ✓"}), FIXED_LIMITS)
+
+
+@pytest.mark.parametrize("value", ONE_LINE_BAD)
+def test_a_session_command_is_one_line(value: str) -> None:
+    with pytest.raises(ValueError, match="command holds a control character"):
+        Session(object(), value)  # type: ignore[arg-type]
