@@ -201,6 +201,15 @@ async def test_the_key_stores_requests_in_seal_end_within_the_deadline() -> None
     await _ends_before(0.5, lambda: store.keys.keys_for(["person-1"]))
 
 
+async def test_a_create_the_deadline_cut_is_not_asked_again_past_it() -> None:
+    """The key store's bucket is made under the command that first needs a key: a
+    create cut by the call's deadline (a TimeoutError) was taken for a cluster without a
+    meta leader and asked again for up to PLACEMENT_WAIT_S (15 s) past the deadline."""
+    replies = _replies(_silent)
+    config = {"name": "KV_keys", "subjects": ["$KV.keys.>"], "num_replicas": 1}
+    await _ends_before(0.5, lambda: jsapi.ensure_stream(replies, config, 5.0))
+
+
 async def test_tasks_that_outlive_the_call_do_not_keep_its_deadline() -> None:
     """A task started during a call copied the call's deadline: the shared diagnosis
     (``_not_taken``) of every call failing meanwhile was bound by the first one's, and

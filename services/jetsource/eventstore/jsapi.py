@@ -993,6 +993,11 @@ async def create_waiting(
     while True:
         try:
             return await create()
+        except DeadlineCutError:
+            # The deadline of the call being served (the key store's bucket, made by a
+            # command's first personal field) is spent: asking again until
+            # PLACEMENT_WAIT_S outlived it (a bare DEADLINE_EXCEEDED).
+            raise
         except Exception as exc:
             offline, leaderless = _peer_offline(exc), _leaderless(exc)
             if not (
