@@ -18,6 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +140,13 @@ async def ensure_all(settings: ProjectorSettings) -> list[Provisioned]:
         steps = provisioning(settings, p, replies, timeout)
         done = []
         for role, stream, ensure in steps:
-            before = await _config(replies, stream, timeout)
+            # Right after a cluster's start (no JetStream meta leader yet) STREAM.INFO
+            # is not answered, or answered 503/10008: ensure ended exit 3 "did not
+            # answer within <--timeout>" (after 5 s) or exit 1; it waits for the
+            # leader as the creates do.
+            before = await jsapi.create_waiting(
+                partial(_config, replies, stream, timeout), stream, settings.eventstore.replicas
+            )
             await ensure()
             after = await _config(replies, stream, timeout)
             assert after is not None, f"stream {stream} missing right after provisioning"
