@@ -179,3 +179,28 @@ async def test_a_session_longer_than_one_atomic_append_imports_whole(
     assert again.stdout.strip() == "2500 events, 0 appended, 2500 already recorded"
     exported = (await cli(app_settings, "export", sid)).stdout.splitlines()
     assert [json.loads(x)["seq"] for x in exported] == list(range(1, 2501))
+
+
+async def test_a_new_session_whose_seq_1_is_not_session_started_is_refused(
+    app_settings: SessionsAppSettings, tmp_path: Path
+) -> None:
+    """Imported, it was a process no `list` showed and no `prune` removed (show, export
+    and follow read it): now refused naming the line, and nothing is recorded."""
+    sid = "01a24e3f-200e-7000-bfc7-bf89ccee3d71"
+    ts = "2026-12-07T02:04:49.550Z"
+    for first in (
+        {"type": "level_started", "data": {"level": 0}},
+        {"type": "session_ended", "data": {"status": "completed"}},
+    ):
+        lines = [
+            _json({"ts": ts, "session": sid, "seq": 1, **first}),
+            _json({"ts": ts, "session": sid, "seq": 2, "type": "custom", "data": {}}),
+        ]
+        got = await cli(app_settings, "import", str(await _write(tmp_path / "f.jsonl", lines)),
+                        "-o", "json")  # fmt: skip
+        assert got.returncode == 1, got.stderr
+        error = json.loads(got.stderr)["error"]
+        assert (error["code"], error["line"]) == ("FAILED_PRECONDITION", 1), error
+        assert "session_started" in error["message"]
+        missing = await cli(app_settings, "show", sid, "-o", "json")
+        assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr

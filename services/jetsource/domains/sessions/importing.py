@@ -8,7 +8,8 @@ what the ledger holds there (type, ts and data) and refused, naming the line, wh
 does not; a line at a seq an operator voided is already recorded (the void stands). A
 line at ``last + 1`` (the ledger's, or the file's own for lines before it) is new and
 appended, exactly there; a line further on, with the seqs before it missing, is
-refused (a gap the ledger cannot hold: its seqs are contiguous from 1).
+refused (a gap the ledger cannot hold: its seqs are contiguous from 1), and so is a new
+session whose seq 1 is not ``session_started``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from jetsource.domains.sessions.format import SessionEvent, restore_ints
+from jetsource.domains.sessions.format import SESSION_STARTED, SessionEvent, restore_ints
 
 
 class ImportConflictError(ValueError):
@@ -106,6 +107,14 @@ def plan_session(
                 )
             plan.known += 1
         elif e.seq == top + 1:
+            if e.seq == 1 and e.type != SESSION_STARTED:
+                # The ledger would hold a process that is no session: no list shows
+                # it and no prune ever removes it, while show and export read it.
+                raise ImportConflictError(
+                    line.number,
+                    f"session {session} seq 1 is {e.type}: a session begins with "
+                    f"{SESSION_STARTED} at seq 1",
+                )
             plan.new.append(line)
             seen[e.seq] = line
         else:
