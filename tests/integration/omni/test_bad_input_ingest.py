@@ -753,3 +753,47 @@ async def test_a_status_reason_with_a_control_character_is_400_naming_it_and_wri
         step = {"state": "failed", "worker": "w", "attempt": attempt, "reason": reason}
         response = await api.post(path, json=step | {"will_retry": True})
         assert response.status_code == 200, (reason, response.text)
+
+
+async def test_a_webhook_handle_or_channel_id_with_a_control_character_is_422_naming_it(
+    ingest: Ingest, api: httpx.AsyncClient
+) -> None:
+    """A handle (it keys the identity it resolves to) and a conversation, channel,
+    thread or guild id (the key of the conversation's reads) are one line: a signed
+    webhook carrying an ESC, a CR LF or U+2028 in one was stored and linked as it came.
+    Each is 422 naming its field now, as an over-long one is, and nothing is written;
+    the message text keeps its line breaks (free text, the provider's)."""
+    import json
+
+    from tests.fixtures.omni import HERE
+
+    before = int((await ingest.store.stream_info())["state"]["messages"])
+    wrong: list[tuple[object, ...]] = []
+    for field, value in (
+        ("channel_id", "77\x1b[31m7"),
+        ("channel_id", "77\u20287"),
+        ("author", "55\r\n5"),
+    ):
+        body = json.loads((HERE / "discord/text.json").read_text())
+        if field == "author":
+            body["d"]["author"]["id"] = value
+            path = "d.author.id"
+        else:
+            body["d"][field] = value
+            path = f"d.{field}"
+        raw = json.dumps(body).encode()
+        response = await api.post(
+            route("acme-bot"), content=raw, headers=headers_for("acme-bot", raw)
+        )
+        error = response.json().get("error", {})
+        if response.status_code != 422 or error.get("field") != path:
+            wrong.append((field, value, response.status_code, response.text[:300]))
+        elif "control character" not in error.get("message", ""):
+            wrong.append((field, value, error))
+    assert not wrong, wrong
+    assert int((await ingest.store.stream_info())["state"]["messages"]) == before
+    body = json.loads((HERE / "discord/text.json").read_text())
+    body["d"]["content"] = "line 1\nline 2"
+    raw = json.dumps(body).encode()
+    response = await api.post(route("acme-bot"), content=raw, headers=headers_for("acme-bot", raw))
+    assert response.status_code == 200, response.text

@@ -50,6 +50,7 @@ from jetsource.core.errors import (
     ValidationError,
 )
 from jetsource.core.ids import uuid7
+from jetsource.core.printable import not_one_line_at
 from jetsource.domains.omni import signatures
 from jetsource.domains.omni.events import stable_uuid
 from jetsource.domains.omni.identity import IdentityService, check_handle
@@ -554,6 +555,7 @@ def _check_handles(events: list[NormalizedEvent], body: Any) -> None:
                 raise Rejected(
                     422, "malformed", f"{where}: the {role}'s handle: {exc}", where
                 ) from None
+            _one_line(body, handle, f"the {role}'s handle")
         for name in ("conversation_id", "channel_id", "thread_id", "guild_id"):
             value = getattr(e, name)
             if len(value) > MAX_CONVERSATION_ID:
@@ -565,6 +567,23 @@ def _check_handles(events: list[NormalizedEvent], body: Any) -> None:
                     f"{MAX_CONVERSATION_ID}",
                     where,
                 )
+            _one_line(body, value, f"the event's {name}")
+
+
+def _one_line(body: Any, value: str, what: str) -> None:
+    """A handle or a conversation, channel, thread or guild id is one line (the key of
+    an identity, of a conversation's reads; shown and logged): one holding a control
+    character or U+2028/U+2029 was stored as it came."""
+    at = not_one_line_at(value)
+    if at is not None:
+        where = _path_of(body, value) or "body"
+        raise Rejected(
+            422,
+            "malformed",
+            f"{where}: {what} holds a control character (U+{ord(value[at]):04X} at "
+            f"position {at}): it is one line of printable text",
+            where,
+        )
 
 
 def _path_of(body: Any, text: str) -> str | None:
