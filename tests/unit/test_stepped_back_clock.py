@@ -269,3 +269,68 @@ async def test_the_jetstream_look_up_reads_on_past_a_story_event_stamped_by_then
     assert await store.version_at_time("a", t) == 2
     assert await store.version_at_time("a", BASE + 35 * SECOND) == 2  # lands on a's v3 (40 s)
     assert await store.version_at_time("b", t) == 0
+
+
+async def test_a_jetstream_read_up_to_a_time_reads_the_story_past_the_stream_cut(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A read up to a time was bounded by the stream's last message before its first
+    stamped after the time (seq_at_time): with a v1 at 1 s, b v1 at 30 s, a v2 at 20 s,
+    a v3 at 40 s, a read of a up to 25 s held v1 only; the story's events recorded by
+    then go on to v2 (the in-memory store's read and every version look-up)."""
+    memory = InMemoryEventStore(registry)
+    a, b = story_events("a", 3, 1), story_events("b", 1, 1)
+    await memory.append("a", [NewEvent(a[0])], ANY)
+    await memory.append("b", [NewEvent(b[0])], ANY)
+    await memory.append("a", [NewEvent(e) for e in a[1:]], ANY)
+    stamps = {1: BASE + SECOND, 2: BASE + 30 * SECOND, 3: BASE + 20 * SECOND, 4: BASE + 40 * SECOND}
+    store = JetStreamEventStore(mock.MagicMock(), registry, isolated_settings("sb"))
+    prefix = store._cfg.subject_prefix
+    raws = [
+        RawMessage(
+            f"{prefix}.{r.aggregate_id}.{r.event_type}",
+            r.stream_seq,
+            stamps[r.stream_seq],
+            {},
+            r.envelope.SerializeToString(),
+        )
+        for _, r in memory._log
+    ]
+
+    async def first_at_or_after(
+        replies: Any, stream: str, time_ns: int, subject: str | None, timeout: float
+    ) -> RawMessage | None:
+        start = next((m.seq for m in raws if m.time_ns >= time_ns), None)  # as nats-server
+        if start is None:
+            return None
+        story = subject.split(".")[-2] if subject else None
+        return next(
+            (m for m in raws[start - 1 :] if story in (None, m.subject.split(".")[-2])), None
+        )
+
+    async def direct_get_page(
+        replies: Any, stream: str, subject: str | None, from_seq: int, batch: int, timeout: float
+    ) -> jsapi.Page:
+        story = subject.split(".")[-2] if subject else None
+        found = [m for m in raws[from_seq - 1 :] if story in (None, m.subject.split(".")[-2])]
+        return jsapi.Page(found[:batch], len(found[batch:]))
+
+    async def start() -> None:
+        return None
+
+    async def call(fn: Any) -> Any:
+        return await fn()
+
+    monkeypatch.setattr(jsapi, "first_at_or_after", first_at_or_after)
+    monkeypatch.setattr(jsapi, "direct_get_page", direct_get_page)
+    monkeypatch.setattr(store, "start", start)
+    monkeypatch.setattr(store, "_call", call)
+    t = BASE + 25 * SECOND
+    assert [r.version for r in await store.read_aggregate("a", until_time=t)] == [1, 2]
+    assert [r.version for r in await store.read_aggregate("a", until_time=t - 10 * SECOND)] == [1]
+    assert [r.version for r in await store.read_aggregate("b", until_time=t)] == []
+    assert [r.version for r in await store.read_aggregate("a", until_time=t + 20 * SECOND)] == [
+        1,
+        2,
+        3,
+    ]

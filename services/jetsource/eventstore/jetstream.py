@@ -1252,11 +1252,11 @@ class JetStreamEventStore:
     ) -> list[RecordedEvent]:
         check_read(aggregate_id, from_version)
         await self.start()
+        # Up to a time: up to the story's first event recorded after it (recorded_by),
+        # not the stream's (seq_at_time): a stream's stamps may step back, and the
+        # story's events after another's stamped later may still be recorded by then.
         limit_ns = to_ns(until_time) if until_time is not None else None
         seq_bound = to_seq
-        if limit_ns is not None:
-            at = await self.seq_at_time(limit_ns)
-            seq_bound = at if seq_bound is None else min(seq_bound, at)
         subject = self._subject_filter(aggregate_id)
         ours = subject[:-1]  # "<prefix>.<id>.": the aggregate's subjects start so
         stream, timeout = self._cfg.stream, self._cfg.request_timeout_s
