@@ -116,3 +116,16 @@ async def test_a_stream_that_denies_purge_refuses_and_nothing_is_removed(
         with pytest.raises(PruneDeniedError, match="refused the purge"):
             await c.sessions.prune(c.purger, older_than_s=0, keep=1)
         assert {r.session_id for r in await c.sessions.list_sessions()} == set(ids)
+
+
+async def test_a_dry_run_counts_the_events_the_prune_removes_nested_processes_included(
+    client: SessionsClient,
+) -> None:
+    """The dry run counted the session's own events alone: 3 where the prune removed 5,
+    the nested process's 2 events too."""
+    done = await ended(client, 2)
+    await child_of(client, done[0])
+    dry = await client.sessions.prune(client.purger, older_than_s=0, keep=1, dry_run=True)
+    real = await client.sessions.prune(client.purger, older_than_s=0, keep=1)
+    assert [r.session_id for r in real.pruned] == [r.session_id for r in dry.pruned] == done[:1]
+    assert (dry.processes, dry.events) == (real.processes, real.events) == (2, 5)
