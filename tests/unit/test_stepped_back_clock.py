@@ -13,7 +13,6 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 from datetime import datetime
-from types import SimpleNamespace
 from typing import Any
 from unittest import mock
 
@@ -167,7 +166,15 @@ def stepped_histories(draw: st.DrawFn) -> dict[str, Any]:
         times.append(now)
     snapshots = draw(st.sets(st.integers(1, n), max_size=5))
     warm_to = draw(st.none() | st.integers(1, n))
-    return {"n": n, "times": times, "snapshots": sorted(snapshots), "warm_to": warm_to}
+    # Another story's message before each event (or none), stamped near it.
+    others = draw(st.lists(st.none() | st.integers(-20, 20), min_size=n, max_size=n))
+    return {
+        "n": n,
+        "times": times,
+        "snapshots": sorted(snapshots),
+        "warm_to": warm_to,
+        "others": others,
+    }
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -188,6 +195,29 @@ async def test_every_path_answers_the_same_version_at_every_time(
     await warm.load("s", to_version=h["warm_to"])
     horizon = records[(n - 1) // 2]
     archive = FakeArchive(store, records)
+    stream: list[tuple[str, int, RecordedEvent | None]] = []
+    for r, other in zip(records, h["others"], strict=True):
+        if other is not None:
+            stream.append(("o", r.recorded_at_ns + other * SECOND, None))
+        stream.append(("s", r.recorded_at_ns, r))
+    mp = pytest.MonkeyPatch()
+    jetstream = fake_jetstream(mp, stream)
+    try:
+        await every_path(store, snapshots, warm, archive, jetstream, records, horizon, probes)
+    finally:
+        mp.undo()
+
+
+async def every_path(
+    store: CompactedStore,
+    snapshots: InMemorySnapshotStore,
+    warm: StateLoader,
+    archive: FakeArchive,
+    jetstream: JetStreamEventStore,
+    records: list[RecordedEvent],
+    horizon: RecordedEvent,
+    probes: list[int],
+) -> None:
     for t in probes:
         want = reference(records, t)
         assert recorded_by(records, t) == want
@@ -202,6 +232,9 @@ async def test_every_path_answers_the_same_version_at_every_time(
         got = await warm.load("s", until=t)
         assert got.state.version == want, ("warm", t)
         assert got.state == state_at(records, want)
+        assert await jetstream.version_at_time("s", t) == want, ("jetstream", t)
+        read = await jetstream.read_aggregate("s", until_time=t)
+        assert [r.version for r in read] == list(range(1, want + 1)), ("jetstream read", t)
         store.horizon = Horizon(horizon.version, horizon.stream_seq, horizon.recorded_at_ns)
         try:
             assert await archive.version_at_time("s", t) == want, ("archive", t)
@@ -211,108 +244,50 @@ async def test_every_path_answers_the_same_version_at_every_time(
             store.horizon = None
 
 
-async def test_the_jetstream_look_up_reads_on_past_a_story_event_stamped_by_then(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """nats-server's search by time (the first message stamped at or after a time, then
-    the story's next one) takes stamps as never going backwards. Stream: a v1 at 1 s,
-    b v1 at 30 s, a v2 at 20 s (stepped back), a v3 at 40 s; asked at 25 s it lands on
-    a's v2, stamped by then: the store answered v1, the rule (and the in-memory store)
-    v2."""
-    memory = InMemoryEventStore(registry)
-    a, b = story_events("a", 3, 1), story_events("b", 1, 1)
-    await memory.append("a", [NewEvent(a[0])], ANY)
-    await memory.append("b", [NewEvent(b[0])], ANY)
-    await memory.append("a", [NewEvent(e) for e in a[1:]], ANY)
-    stamps = {1: BASE + SECOND, 2: BASE + 30 * SECOND, 3: BASE + 20 * SECOND, 4: BASE + 40 * SECOND}
-    log = [replace(r, recorded_at_ns=stamps[r.stream_seq]) for _, r in memory._log]
-    memory._by_aggregate.clear()
-    for r in log:
-        memory._by_aggregate.setdefault(r.aggregate_id, []).append(r)
-    t = BASE + 25 * SECOND
-    assert await memory.version_at_time("a", t) == 2
-
-    store = JetStreamEventStore(mock.MagicMock(), registry, isolated_settings("sb"))
-    raws = [
-        RawMessage(f"x.{r.aggregate_id}.e", r.stream_seq, r.recorded_at_ns, {}, b"") for r in log
-    ]
-
-    async def first_at_or_after(
-        replies: Any, stream: str, time_ns: int, subject: str | None, timeout: float
-    ) -> RawMessage | None:
-        start = next((m.seq for m in raws if m.time_ns >= time_ns), None)  # as nats-server
-        if start is None:
-            return None
-        story = subject.split(".")[-2] if subject else None
-        return next(
-            (m for m in raws[start - 1 :] if story in (None, m.subject.split(".")[1])), None
-        )
-
-    async def start() -> None:
-        return None
-
-    async def call(fn: Any) -> Any:
-        return await fn()
-
-    async def read_aggregate(aggregate_id: str, *args: Any, **kw: Any) -> list[RecordedEvent]:
-        kw.pop("from_seq", None)
-        return await memory.read_aggregate(aggregate_id, *args, **kw)
-
-    versions = {r.stream_seq: r.version for r in log}
-    monkeypatch.setattr(jsapi, "first_at_or_after", first_at_or_after)
-    monkeypatch.setattr(store, "start", start)
-    monkeypatch.setattr(store, "_call", call)
-    monkeypatch.setattr(store, "read_aggregate", read_aggregate)
-    monkeypatch.setattr(
-        store, "_envelope", lambda raw: SimpleNamespace(aggregate_version=versions[raw.seq])
-    )
-    assert await store.version_at_time("a", t) == 2
-    assert await store.version_at_time("a", BASE + 35 * SECOND) == 2  # lands on a's v3 (40 s)
-    assert await store.version_at_time("b", t) == 0
-
-
-async def test_a_jetstream_read_up_to_a_time_reads_the_story_past_the_stream_cut(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A read up to a time was bounded by the stream's last message before its first
-    stamped after the time (seq_at_time): with a v1 at 1 s, b v1 at 30 s, a v2 at 20 s,
-    a v3 at 40 s, a read of a up to 25 s held v1 only; the story's events recorded by
-    then go on to v2 (the in-memory store's read and every version look-up)."""
-    memory = InMemoryEventStore(registry)
-    a, b = story_events("a", 3, 1), story_events("b", 1, 1)
-    await memory.append("a", [NewEvent(a[0])], ANY)
-    await memory.append("b", [NewEvent(b[0])], ANY)
-    await memory.append("a", [NewEvent(e) for e in a[1:]], ANY)
-    stamps = {1: BASE + SECOND, 2: BASE + 30 * SECOND, 3: BASE + 20 * SECOND, 4: BASE + 40 * SECOND}
+def fake_jetstream(
+    mp: pytest.MonkeyPatch, stream: list[tuple[str, int, RecordedEvent | None]]
+) -> JetStreamEventStore:
+    """The JetStream store over a stream held here: (story, recorded time, its event or
+    None for a message never read) at sequences 1, 2, ... The server's look-up by time
+    is nats-server's: the first message stamped at or after the time, then the
+    subject's next one."""
     store = JetStreamEventStore(mock.MagicMock(), registry, isolated_settings("sb"))
     prefix = store._cfg.subject_prefix
     raws = [
         RawMessage(
-            f"{prefix}.{r.aggregate_id}.{r.event_type}",
-            r.stream_seq,
-            stamps[r.stream_seq],
+            f"{prefix}.{story}.{r.event_type if r else 'Other'}",
+            seq,
+            time_ns,
             {},
-            r.envelope.SerializeToString(),
+            r.envelope.SerializeToString() if r else b"",
         )
-        for _, r in memory._log
+        for seq, (story, time_ns, r) in enumerate(stream, 1)
     ]
 
+    def story_of(subject: str | None) -> str | None:
+        return subject.split(".")[-2] if subject else None
+
+    def ours(m: RawMessage, story: str | None) -> bool:
+        return story in (None, story_of(m.subject))
+
     async def first_at_or_after(
-        replies: Any, stream: str, time_ns: int, subject: str | None, timeout: float
+        replies: Any, name: str, time_ns: int, subject: str | None, timeout: float
     ) -> RawMessage | None:
-        start = next((m.seq for m in raws if m.time_ns >= time_ns), None)  # as nats-server
-        if start is None:
-            return None
-        story = subject.split(".")[-2] if subject else None
-        return next(
-            (m for m in raws[start - 1 :] if story in (None, m.subject.split(".")[-2])), None
+        start = next((m.seq for m in raws if m.time_ns >= time_ns), None)
+        story = story_of(subject)
+        return (
+            None if start is None else next((m for m in raws[start - 1 :] if ours(m, story)), None)
         )
 
+    async def last_for_subject(
+        replies: Any, name: str, subject: str, timeout: float
+    ) -> RawMessage | None:
+        return next((m for m in reversed(raws) if ours(m, story_of(subject))), None)
+
     async def direct_get_page(
-        replies: Any, stream: str, subject: str | None, from_seq: int, batch: int, timeout: float
+        replies: Any, name: str, subject: str | None, from_seq: int, batch: int, timeout: float
     ) -> jsapi.Page:
-        story = subject.split(".")[-2] if subject else None
-        found = [m for m in raws[from_seq - 1 :] if story in (None, m.subject.split(".")[-2])]
+        found = [m for m in raws[from_seq - 1 :] if ours(m, story_of(subject))]
         return jsapi.Page(found[:batch], len(found[batch:]))
 
     async def start() -> None:
@@ -321,16 +296,51 @@ async def test_a_jetstream_read_up_to_a_time_reads_the_story_past_the_stream_cut
     async def call(fn: Any) -> Any:
         return await fn()
 
-    monkeypatch.setattr(jsapi, "first_at_or_after", first_at_or_after)
-    monkeypatch.setattr(jsapi, "direct_get_page", direct_get_page)
-    monkeypatch.setattr(store, "start", start)
-    monkeypatch.setattr(store, "_call", call)
+    mp.setattr(jsapi, "first_at_or_after", first_at_or_after)
+    mp.setattr(jsapi, "last_for_subject", last_for_subject)
+    mp.setattr(jsapi, "direct_get_page", direct_get_page)
+    mp.setattr(store, "start", start)
+    mp.setattr(store, "_call", call)
+    return store
+
+
+async def two_stories() -> list[tuple[str, int, RecordedEvent | None]]:
+    """a v1 at 1 s, b v1 at 30 s, a v2 at 20 s (the clock stepped back), a v3 at 40 s."""
+    memory = InMemoryEventStore(registry)
+    a, b = story_events("a", 3, 1), story_events("b", 1, 1)
+    await memory.append("a", [NewEvent(a[0])], ANY)
+    await memory.append("b", [NewEvent(b[0])], ANY)
+    await memory.append("a", [NewEvent(e) for e in a[1:]], ANY)
+    stamps = {1: BASE + SECOND, 2: BASE + 30 * SECOND, 3: BASE + 20 * SECOND, 4: BASE + 40 * SECOND}
+    return [(r.aggregate_id, stamps[r.stream_seq], r) for _, r in memory._log]
+
+
+async def test_the_jetstream_look_up_reads_on_past_a_story_event_stamped_by_then(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """nats-server's search by time takes stamps as never going backwards: asked for a
+    at 25 s it lands on b's v1 (30 s), then on a's v2, stamped by then: the store
+    answered v1, the rule (and the in-memory store) v2."""
+    store = fake_jetstream(monkeypatch, await two_stories())
     t = BASE + 25 * SECOND
-    assert [r.version for r in await store.read_aggregate("a", until_time=t)] == [1, 2]
-    assert [r.version for r in await store.read_aggregate("a", until_time=t - 10 * SECOND)] == [1]
-    assert [r.version for r in await store.read_aggregate("b", until_time=t)] == []
-    assert [r.version for r in await store.read_aggregate("a", until_time=t + 20 * SECOND)] == [
-        1,
-        2,
-        3,
-    ]
+    assert await store.version_at_time("a", t) == 2
+    assert await store.version_at_time("a", BASE + 35 * SECOND) == 2  # lands on a's v3
+    assert await store.version_at_time("b", t) == 0
+
+
+async def test_a_jetstream_read_up_to_a_time_reads_the_story_past_the_stream_cut(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A read up to a time was bounded by the stream's last message before its first
+    stamped after the time (seq_at_time): a read of a up to 25 s held v1 only; the
+    story's events recorded by then go on to v2 (as every version look-up says)."""
+    store = fake_jetstream(monkeypatch, await two_stories())
+    t = BASE + 25 * SECOND
+
+    async def versions(story: str, until: int) -> list[int]:
+        return [r.version for r in await store.read_aggregate(story, until_time=until)]
+
+    assert await versions("a", t) == [1, 2]
+    assert await versions("a", t - 10 * SECOND) == [1]
+    assert await versions("b", t) == []
+    assert await versions("a", t + 20 * SECOND) == [1, 2, 3]
