@@ -690,8 +690,39 @@ class Recorder:
         answer, or appended with the item."""
         outcome = await self._resolve_claim(process_id, item, takeovers)
         if isinstance(outcome, Recorded) and item.created:
-            self._settle(self._unkeep(item, outcome.event_id), outcome, stored=True)
+            kept = self._unkeep(item, outcome.event_id)
+            await self._unless_carried(process_id, kept, kept.created, outcome)
+            self._settle(kept, outcome, stored=True)
         return outcome
+
+    async def _unless_carried(
+        self, process_id: str, item: _Item, kept: dict[str, int], found: Recorded
+    ) -> None:
+        """``kept``: the claims ``item``'s request made for the stored event ``found``
+        (its id's claim named it). The id's claim is always the event's own; the key's
+        claim only when the event as stored carries that key (an earlier attempt of
+        this very event, stopped between its two claims). A request that only shares
+        the id (another key) claimed it for an event that never had it: every later
+        event under that key was answered as this one and never recorded. That claim is
+        released (taken from ``item``) before the duplicate is answered."""
+        key = item.new.idempotency_key
+        mine = claim_key("k", process_id, key) if key else ""
+        if mine not in kept:
+            return
+        stored = await self._store.read_aggregate(
+            process_id, from_version=found.process_seq, to_version=found.process_seq
+        )
+        if any(r.event_id == found.event_id and r.envelope.idempotency_key == key for r in stored):
+            return
+        revision = kept.pop(mine)
+        item.created.pop(mine, None)
+        if mine in item.keys:
+            item.keys.remove(mine)
+        fut = self._inflight.pop(mine, None)
+        if fut is not None and not fut.done():
+            fut.set_exception(RuntimeError("the claim was released"))
+            fut.exception()  # retrieved: waiters re-read the claim
+        await self._claims.delete(mine, revision)
 
     def _unkeep(self, item: _Item, event_id: str) -> _Item:
         """The claims ``item`` kept, as an item of their own, taken from it: to settle
@@ -778,7 +809,7 @@ class Recorder:
         # With the claims this request kept of the event (``_claim``): its key's claim
         # that an earlier attempt never made, say; whatever becomes of the event
         # completes them too.
-        kept = self._unkeep(item, event_id).created
+        kept = dict(self._unkeep(item, event_id).created)
         mine = replace(
             item,
             new=replace(item.new, event_id=event_id),
@@ -806,7 +837,8 @@ class Recorder:
                     mine.created[other_key] = taken
             found = await self._lookup(process_id, event_id)
         if found is None:
-            return mine
+            return mine  # appended as this request has it: its key's claim is its own
+        await self._unless_carried(process_id, mine, kept, found)
         self._settle(mine, found, stored=True)
         return replace(found, duplicate=True)
 

@@ -1,0 +1,91 @@
+"""The recorder's duplicate answer claims nothing new (in-memory claims and store).
+
+(a, K1) recorded; (a, K3) is a duplicate of a by its id. It kept the key claim it made
+for a (as the retry of an event stopped between its two claims does), though a never
+carried K3, so (d, K3) was answered as a and d was never recorded. The key's claim is
+kept only when a as stored carries the key: here it is released, d is recorded; an
+event whose key's claim is missing (its first attempt stopped) still gets it back."""
+
+from __future__ import annotations
+
+import itertools
+
+from jetsource._gen.process.v1.events_pb2 import CanonicalEvent
+from jetsource.domains.process.claims import ClaimValue, claim_key
+from jetsource.domains.process.events import registry
+from jetsource.domains.process.recorder import Recorder, RecorderOptions
+from jetsource.eventstore.memory import InMemoryEventStore
+
+
+class DictClaims:
+    """Claims in a dict, with revisions as the bucket's."""
+
+    def __init__(self) -> None:
+        self.kv: dict[str, tuple[ClaimValue, int]] = {}
+        self._rev = itertools.count(1)
+
+    async def create(self, key: str, value: ClaimValue) -> int | None:
+        if key in self.kv:
+            return None
+        rev = next(self._rev)
+        self.kv[key] = (value, rev)
+        return rev
+
+    async def get(self, key: str) -> tuple[ClaimValue, int] | None:
+        return self.kv.get(key)
+
+    async def update(self, key: str, value: ClaimValue, revision: int) -> int | None:
+        if key not in self.kv or self.kv[key][1] != revision:
+            return None
+        rev = next(self._rev)
+        self.kv[key] = (value, rev)
+        return rev
+
+    async def put(self, key: str, value: ClaimValue) -> None:
+        self.kv[key] = (value, next(self._rev))
+
+    async def delete(self, key: str, revision: int) -> None:
+        if key in self.kv and self.kv[key][1] == revision:
+            del self.kv[key]
+
+    async def create_many(self, pairs: list[tuple[str, ClaimValue]]) -> list[int | None]:
+        return [await self.create(k, v) for k, v in pairs]
+
+    async def put_many(self, pairs: list[tuple[str, ClaimValue]]) -> None:
+        for k, v in pairs:
+            await self.put(k, v)
+
+
+def ev(event_id: str, key: str = "") -> CanonicalEvent:
+    return CanonicalEvent(process_id="p", event_type="step", event_id=event_id, idempotency_key=key)
+
+
+async def test_a_shared_id_under_another_key_claims_no_key() -> None:
+    claims = DictClaims()
+    rec = Recorder(InMemoryEventStore(registry), claims, RecorderOptions())
+    [a] = await rec.record([ev("a", "K1")])
+    [dup] = await rec.record([ev("a", "K3")])
+    await rec.flush()
+    assert dup.duplicate and dup.global_seq == a.global_seq
+    assert claim_key("k", "p", "K3") not in claims.kv  # before: claimed for a
+    [d] = await rec.record([ev("d", "K3")])
+    assert not d.duplicate and d.process_seq == 2  # before: a duplicate of a
+    [c] = await rec.record([ev("c", "K1")])  # the key decides; id c is not claimed
+    await rec.flush()
+    assert c.duplicate and c.global_seq == a.global_seq
+    assert claim_key("e", "p", "c") not in claims.kv
+
+
+async def test_the_missing_key_claim_of_the_same_event_is_still_made() -> None:
+    claims = DictClaims()
+    rec = Recorder(InMemoryEventStore(registry), claims, RecorderOptions())
+    [a] = await rec.record([ev("a", "K1")])
+    await rec.flush()
+    del claims.kv[claim_key("k", "p", "K1")]  # a crash between the two claims
+    [again] = await rec.record([ev("a", "K1")])
+    await rec.flush()
+    assert again.duplicate and again.global_seq == a.global_seq
+    got = claims.kv[claim_key("k", "p", "K1")][0]
+    assert got.event_id == "a" and got.done
+    [other] = await rec.record([ev("x", "K1")])
+    assert other.duplicate and other.global_seq == a.global_seq
