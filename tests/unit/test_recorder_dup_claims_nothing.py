@@ -9,8 +9,12 @@ event whose key's claim is missing (its first attempt stopped) still gets it bac
 from __future__ import annotations
 
 import itertools
+from typing import Any
+
+import pytest
 
 from jetsource._gen.process.v1.events_pb2 import CanonicalEvent
+from jetsource.core.errors import EventStoreUnavailableError
 from jetsource.domains.process.claims import ClaimValue, claim_key
 from jetsource.domains.process.events import registry
 from jetsource.domains.process.recorder import Recorder, RecorderOptions
@@ -89,3 +93,28 @@ async def test_the_missing_key_claim_of_the_same_event_is_still_made() -> None:
     assert got.event_id == "a" and got.done
     [other] = await rec.record([ev("x", "K1")])
     assert other.duplicate and other.global_seq == a.global_seq
+
+
+class ReadFails(InMemoryEventStore):
+    """Its reads of one version (the recorder's check of a stored event) fail."""
+
+    async def read_aggregate(self, aggregate_id: str, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("to_version") is not None:
+            raise EventStoreUnavailableError("the stream did not answer")
+        return await super().read_aggregate(aggregate_id, *args, **kwargs)
+
+
+async def test_a_key_claim_not_proven_for_a_failed_read_is_released() -> None:
+    """The check of the stored event fails: the request fails, and the key's claim it
+    made is released (held in flight, or left pending for a takeover to complete for
+    ``a``, it would have answered ``(d, K3)`` as ``a``)."""
+    claims = DictClaims()
+    rec = Recorder(ReadFails(registry), claims, RecorderOptions())
+    await rec.record([ev("a", "K1")])
+    with pytest.raises(EventStoreUnavailableError):
+        await rec.record([ev("a", "K3")])
+    await rec.flush()
+    assert claim_key("k", "p", "K3") not in claims.kv
+    assert claim_key("k", "p", "K3") not in rec._inflight
+    [d] = await rec.record([ev("d", "K3")])
+    assert not d.duplicate and d.process_seq == 2

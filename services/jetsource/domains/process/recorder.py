@@ -709,11 +709,19 @@ class Recorder:
         mine = claim_key("k", process_id, key) if key else ""
         if mine not in kept:
             return
-        stored = await self._store.read_aggregate(
-            process_id, from_version=found.process_seq, to_version=found.process_seq
-        )
-        if any(r.event_id == found.event_id and r.envelope.idempotency_key == key for r in stored):
-            return
+        failed: BaseException | None = None
+        try:
+            stored = await self._store.read_aggregate(
+                process_id, from_version=found.process_seq, to_version=found.process_seq
+            )
+            if any(
+                r.event_id == found.event_id and r.envelope.idempotency_key == key for r in stored
+            ):
+                return
+        except BaseException as exc:  # not proven: released all the same, then raised
+            # (kept in flight, it held every later request with the key in this observer;
+            # abandoned, a takeover completed it for the stored event)
+            failed = exc
         revision = kept.pop(mine)
         item.created.pop(mine, None)
         if mine in item.keys:
@@ -722,7 +730,12 @@ class Recorder:
         if fut is not None and not fut.done():
             fut.set_exception(RuntimeError("the claim was released"))
             fut.exception()  # retrieved: waiters re-read the claim
-        await self._claims.delete(mine, revision)
+        deletes = asyncio.create_task(self._claims.delete(mine, revision))
+        self._background.add(deletes)
+        deletes.add_done_callback(self._background.discard)
+        await asyncio.shield(deletes)  # finished even when this request is cancelled
+        if failed is not None:
+            raise failed
 
     def _unkeep(self, item: _Item, event_id: str) -> _Item:
         """The claims ``item`` kept, as an item of their own, taken from it: to settle
