@@ -15,12 +15,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jetsource.core import crypto
+from jetsource.core.clock import to_ns
 from jetsource.core.envelope import RecordedEvent
 from jetsource.domains.context.events import registry
 from jetsource.domains.context.history import StateLoader
 from jetsource.domains.context.query_service import EncodedViews
 from jetsource.domains.context.serialize import state_to_dict
 from jetsource.domains.context.views import state_view
+from jetsource.eventstore.horizon import BeyondHorizonError, Horizon
 from jetsource.eventstore.memory import InMemoryEventStore
 from jetsource.eventstore.snapshots import InMemorySnapshotStore
 from tests.history_fixtures import (
@@ -104,8 +106,8 @@ async def test_points_within_a_kept_run_are_served_without_the_store() -> None:
         assert (point.snapshot_version, point.events_folded) == (30, v - 30)
         assert point.last_seq == records[v - 1].stream_seq
     # A time between the snapshot at 30 and the one at 40 is a version found in the
-    # run: no read, and one look-up (the first: it says every version before the run
-    # was recorded by then; a stream's times may step back), then none.
+    # run: no read, and one look-up (at the snapshot's time: it says every version
+    # before the run was recorded by then; a stream's times may step back), then none.
     for v in range(30, 40):
         for t in (records[v - 1].recorded_at_ns, records[v].recorded_at_ns - 1):
             point = await loader.load("s1", until=t)
@@ -119,6 +121,54 @@ async def test_points_within_a_kept_run_are_served_without_the_store() -> None:
     assert store.reads == reads + 2
     point = await loader.load("s1")  # again: the store is asked for what came since
     assert point.state == state_at(records) and store.reads == reads + 3
+
+
+async def test_times_read_backwards_within_a_kept_run_need_one_look_up() -> None:
+    # Scrubbing back in time: the one look-up is at the snapshot's own time (the event
+    # before the run), so it covers every time in the run whatever the order read.
+    store = CountingStore(registry, clock=ticking_clock([1000]))
+    snapshots = InMemorySnapshotStore(keep=5)
+    records = await append_history(store, "s1", 60, 4)
+    await save_snapshots(snapshots, records, [10, 20, 30, 40, 50])
+    loader = StateLoader(store, snapshots)
+    await loader.load("s1", to_version=39)  # lists the snapshots, reads 31..39
+    reads = store.reads
+    for v in reversed(range(30, 39)):
+        t = records[v - 1].recorded_at_ns
+        point = await loader.load("s1", until=t)
+        assert point.state == state_at(records, until=t) and point.state.version == v
+    assert (store.reads, store.looked_up) == (reads, 1)
+    # A time before the snapshot's is not the run's: the store answers it.
+    t = records[28].recorded_at_ns
+    point = await loader.load("s1", until=t)
+    assert point.state == state_at(records, until=t) and point.state.version == 29
+    assert store.looked_up == 2
+
+
+async def test_a_snapshot_time_behind_a_horizon_leaves_times_after_it_to_the_store() -> None:
+    # The one look-up at the snapshot's time is no error when that time lies behind a
+    # compaction horizon (a live store then cannot say): the time read is looked up.
+    class Compacted(CountingStore):
+        horizon: Horizon | None = None
+
+        async def version_at_time(self, aggregate_id: str, time: datetime | int) -> int:
+            if self.horizon is not None and to_ns(time) < self.horizon.time_ns:
+                self.looked_up += 1
+                raise BeyondHorizonError(aggregate_id, self.horizon)
+            return await super().version_at_time(aggregate_id, time)
+
+    store = Compacted(registry, clock=ticking_clock([1000]))
+    snapshots = InMemorySnapshotStore(keep=5)
+    records = await append_history(store, "s1", 60, 4)
+    await save_snapshots(snapshots, records, [10, 20, 30, 40, 50])
+    loader = StateLoader(store, snapshots)
+    await loader.load("s1", to_version=39)  # lists the snapshots, reads 31..39
+    h = records[31]
+    store.horizon = Horizon(h.version, h.stream_seq, h.recorded_at_ns)
+    for v in (36, 35):
+        t = records[v - 1].recorded_at_ns
+        point = await loader.load("s1", until=t)
+        assert point.state == state_at(records, until=t) and point.state.version == v
 
 
 async def test_a_load_never_changes_a_cached_snapshot_state() -> None:

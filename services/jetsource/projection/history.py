@@ -194,11 +194,15 @@ class _Run:
     before it may be stamped later, by a clock that stepped back since): the run
     answers a time only at or after ``bound_ns``, learnt from a store look-up that
     answered the run's first version or later (or the snapshot's time, for a run right
-    after version 1)."""
+    after version 1). The first time the run would answer but its bound does not cover,
+    the store is asked once at ``before_ns`` (``probed``): with stamps that never step
+    back that bounds the run from the snapshot's time on, whatever order times are read
+    in."""
 
     before_ns: int
     events: list[RecordedEvent]
     bound_ns: int | None = None
+    probed: bool = False
 
     @property
     def first(self) -> int:
@@ -474,7 +478,10 @@ class StateLoader(Generic[S]):
             )
         if read and point.snapshot_version and self.tail_events and heard == erasures_heard():
             if run is not None:
-                self._keep(aggregate_id, _Run(run.before_ns, run.events + read, run.bound_ns))
+                self._keep(
+                    aggregate_id,
+                    _Run(run.before_ns, run.events + read, run.bound_ns, run.probed),
+                )
             else:
                 # Right after version 1, the snapshot's time bounds all before the run.
                 bound = point.recorded_at_ns if point.snapshot_version == 1 else None
@@ -500,6 +507,11 @@ class StateLoader(Generic[S]):
         run = self._tails.get(aggregate_id)
         if run is None or run.bound_ns is None or time_ns < run.bound_ns:
             return None
+        return self._in_run(aggregate_id, run, time_ns)
+
+    def _in_run(self, aggregate_id: str, run: _Run, time_ns: int) -> int | None:
+        """The version at ``time_ns`` from ``run``, were every version before it
+        recorded by then."""
         events = run.events
         by_then = recorded_by(events, time_ns)
         if by_then < len(events):
@@ -541,6 +553,29 @@ class StateLoader(Generic[S]):
             and (run.bound_ns is None or time_ns < run.bound_ns)
         ):
             run.bound_ns = time_ns
+
+    async def _bound_run(self, aggregate_id: str, time_ns: int) -> bool:
+        """If the kept run would answer ``time_ns`` but its bound does not cover it,
+        ask the store once per run at ``before_ns`` (the snapshot's time): if every
+        version before the run was recorded by then, the run answers every time from
+        then on (one look-up per kept run, whatever order times are read in). True if
+        the store was asked."""
+        run = self._tails.get(aggregate_id)
+        if (
+            run is None
+            or run.probed
+            or not run.before_ns  # (0: not known)
+            or time_ns < run.before_ns
+            or (run.bound_ns is not None and run.bound_ns <= run.before_ns)
+            or self._in_run(aggregate_id, run, time_ns) is None
+        ):
+            return False
+        run.probed = True
+        try:
+            await self._look_up_version_at(aggregate_id, run.before_ns)  # (learns it)
+        except BeyondHorizonError:
+            return False  # (the snapshot's time is behind a compaction horizon: t is not)
+        return True
 
     async def _look_up_version_at(self, aggregate_id: str, time_ns: int) -> int:
         """The version at ``time_ns`` (:func:`recorded_by`), from the store (one
@@ -720,6 +755,8 @@ class StateLoader(Generic[S]):
             # version. A snapshot is used only at or before that version.
             at = to_ns(until)
             by_then = self._kept_version_at(aggregate_id, at)
+            if by_then is None and await self._bound_run(aggregate_id, at):
+                by_then = self._kept_version_at(aggregate_id, at)
             if by_then is None:
                 by_then = await self._look_up_version_at(aggregate_id, at)
                 looked_up = (by_then, at)
