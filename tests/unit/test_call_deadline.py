@@ -10,6 +10,7 @@ deadline passed, which ended it as a bare DEADLINE_EXCEEDED too
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import grpc
@@ -211,3 +212,59 @@ async def test_a_refusal_for_a_write_in_flight_is_unavailable_only_on_a_stream_w
         else:
             assert await store._wait_in_flight("s", 0) is False
     assert await store._wait_in_flight("s", 0) is True  # time and tries left: again
+
+
+async def test_the_scan_of_voids_a_first_call_starts_is_not_cut_by_its_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The store's start scans the voids recorded so far, once: it ran under the first
+    caller's deadline, and a scan that deadline cut (DeadlineCutError, a TimeoutError)
+    was swallowed as NATS away with the subscription set, so voided events read as
+    ordinary ones until a restart. The scan has no call's deadline; one that did not
+    end (cancelled) is asked again by the next start."""
+    from typing import Any
+    from unittest import mock
+
+    from jetsource.core.errors import DeadlineCutError
+    from jetsource.eventstore import jsapi
+
+    store: Any = _store("voidscan")
+    voided = mock.Mock(subject=f"{store._cfg.subject_prefix}_voids.7", seq=1)
+    scans: list[float | None] = []
+
+    async def batch(*args: object, **kwargs: object) -> Any:
+        scans.append(deadline.left())
+        if deadline.left() is not None:
+            raise DeadlineCutError("the call's deadline came before the voids could be read")
+        yield voided
+
+    async def nothing(*args: object, **kwargs: object) -> None:
+        return None
+
+    monkeypatch.setattr(store._replies, "start", nothing)
+    monkeypatch.setattr(store.keys, "start", nothing)
+    monkeypatch.setattr(store._nc, "subscribe", mock.AsyncMock(return_value=mock.Mock()))
+    monkeypatch.setattr(jsapi, "direct_get_batch", batch)
+    with deadline.within(0.5):
+        await store.start()
+    assert store._voids == {7}
+    assert scans == [None]
+
+    # Cancelled mid-scan: the next start scans again.
+    other: Any = _store("voidscan2")
+    monkeypatch.setattr(other._replies, "start", nothing)
+    monkeypatch.setattr(other.keys, "start", nothing)
+    monkeypatch.setattr(other._nc, "subscribe", mock.AsyncMock(return_value=mock.Mock()))
+    calls: list[int] = []
+
+    async def cancelled_once(*args: object, **kwargs: object) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise asyncio.CancelledError
+        yield voided
+
+    monkeypatch.setattr(jsapi, "direct_get_batch", cancelled_once)
+    with pytest.raises(asyncio.CancelledError):
+        await other.start()
+    await other.start()
+    assert other._voids == {7} and len(calls) == 2

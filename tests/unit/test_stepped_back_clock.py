@@ -344,3 +344,23 @@ async def test_a_jetstream_read_up_to_a_time_reads_the_story_past_the_stream_cut
     assert await versions("a", t - 10 * SECOND) == [1]
     assert await versions("b", t) == []
     assert await versions("a", t + 20 * SECOND) == [1, 2, 3]
+
+
+async def test_the_jetstream_look_up_reads_on_no_further_than_the_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Landed on a story event stamped by then, the look-up read the rest of the story
+    (every later event, for a long story many pages) to count the prefix; it reads up
+    to the first event recorded after the time, and answers the same."""
+    store = fake_jetstream(monkeypatch, await two_stories())
+    read = store.read_aggregate
+    got: list[list[RecordedEvent]] = []
+
+    async def reading(*args: Any, **kwargs: Any) -> list[RecordedEvent]:
+        got.append(await read(*args, **kwargs))
+        return got[-1]
+
+    monkeypatch.setattr(store, "read_aggregate", reading)
+    t = BASE + 25 * SECOND
+    assert await store.version_at_time("a", t) == 2
+    assert [[r.version for r in rest] for rest in got] == [[2]]  # not a's v3 (40 s)

@@ -35,7 +35,6 @@ from jetsource.core.envelope import (
     ExpectedVersion,
     NewEvent,
     RecordedEvent,
-    recorded_by,
 )
 from jetsource.core.errors import (
     ConcurrencyError,
@@ -214,6 +213,7 @@ class JetStreamEventStore:
         self._positions: OrderedDict[str, tuple[int, int]] = OrderedDict()
         self._voids: set[int] = set()  # stream sequences known to be voided
         self._void_sub: Any = None
+        self._voids_scanned = False  # the voids recorded before the subscription
         # why calls had no responders (_not_taken): one question at a time, kept briefly
         # (kind, why): kind "missing", "leaderless" (no answer) or "electing" (there)
         self._diagnosing: asyncio.Future[tuple[str, str]] | None = None
@@ -229,6 +229,8 @@ class JetStreamEventStore:
             await self.keys.start()  # hears erasures: no JetStream call
         if self._void_sub is None:
             await self._watch_voids()
+        if not self._voids_scanned:
+            await self._scan_voids()
 
     async def _watch_voids(self) -> None:
         """Know every voided sequence without asking: the few recorded so far, then
@@ -244,19 +246,30 @@ class JetStreamEventStore:
 
         with deadline.detached():  # its task outlives the call that started it
             self._void_sub = await self._nc.subscribe(f"{prefix}.>", cb=seen)
+
+    async def _scan_voids(self) -> None:
+        """The voids recorded so far, once per store. It ran under the deadline of the
+        call that started the store, and a scan that deadline cut was taken for NATS
+        away with the subscription already set: voided events read as ordinary ones
+        until a restart. It serves every later call, so it has no call's deadline; one
+        cancelled is asked again by the next start."""
+        prefix = void_prefix(self._cfg.subject_prefix)
         try:
-            async for raw in jsapi.direct_get_batch(
-                self._replies, self._cfg.stream, f"{prefix}.>", 1, self._cfg.request_timeout_s
-            ):
-                tail = raw.subject.rsplit(".", 1)[-1]
-                if tail.isdigit():
-                    self._voids.add(int(tail))
+            with deadline.detached():
+                async for raw in jsapi.direct_get_batch(
+                    self._replies, self._cfg.stream, f"{prefix}.>", 1, self._cfg.request_timeout_s
+                ):
+                    tail = raw.subject.rsplit(".", 1)[-1]
+                    if tail.isdigit():
+                        self._voids.add(int(tail))
         except (JsApiError, NoRespondersError, *_TRANSIENT):
             pass  # no stream yet, or NATS away: voided() asks when it matters
+        self._voids_scanned = True
 
     async def close(self) -> None:
         if self._void_sub is not None:
             sub, self._void_sub = self._void_sub, None
+            self._voids_scanned = False  # voids recorded meanwhile: scanned on the next start
             with contextlib.suppress(ConnectionClosedError, ConnectionReconnectingError):
                 await sub.unsubscribe()
         await self._replies.stop()
@@ -637,7 +650,12 @@ class JetStreamEventStore:
     ) -> AppendResult:
         ids = check_append(aggregate_id, events, expected_version)
         encoded = self._encode(aggregate_id, events)
-        if self._void_sub is None or not self._replies.started or not self.keys.listening:
+        if (
+            self._void_sub is None
+            or not self._voids_scanned
+            or not self._replies.started
+            or not self.keys.listening
+        ):
             await self.start()
         sealed = await self._seal(events, encoded)
 
@@ -650,6 +668,11 @@ class JetStreamEventStore:
             or (type(expected_version) is int and expected_version == 0)
         )
         in_flight = 0  # refusals for a write of ours in flight, not stored yet
+        # Where the last such refusal found the story: ``in_flight`` counts consecutive
+        # stalls at one position only. It added up over the whole append, so on a
+        # healthy cluster ~5 races lost to writers not yet visible (the story moving on
+        # each time) ended in "unavailable, its leader waits for a quorum".
+        stalled_at: tuple[int, int] | None = None
         # Tries left; a refusal for a write in flight does not spend one (its waits are
         # bounded by the attempts and the call's deadline in ``_wait_in_flight``).
         tries = self._cfg.any_conflict_retries + 1 + guess
@@ -688,6 +711,13 @@ class JetStreamEventStore:
                     # ANY has none to report. Asked again as the versioned path does,
                     # then unavailable.
                     if exc.in_flight and (await self._last(aggregate_id))[0] == version:
+                        if stalled_at != (version, seq):
+                            # The story moved on since the last stall (a racer's write
+                            # stored): a race lost, not a write held. Such a race spends
+                            # a try, as one refused plainly does; the first does not.
+                            if stalled_at is not None:
+                                tries -= 1
+                            stalled_at, in_flight = (version, seq), 0
                         await self._wait_in_flight(aggregate_id, in_flight, conflict=False)
                         in_flight += 1
                         tries += 1
@@ -853,9 +883,11 @@ class JetStreamEventStore:
         whose leader lost its quorum (or has none), EventStoreUnavailableError naming
         it; else False, and the refusal is the conflict it was (a healthy cluster's
         race, its write not yet visible where it was looked up). Without a ``conflict``
-        to report (an ``ExpectedVersion.ANY`` append) it is unavailable either way."""
+        to report (an ``ExpectedVersion.ANY`` append) it is unavailable either way, but
+        for a healthy leader with attempts left and the deadline spent: DeadlineCutError."""
         delay = self._cfg.retry_backoff_s * (2**tried)
-        if tried < self._cfg.retry_attempts - 1 and _time_for(delay):
+        attempts_left = tried < self._cfg.retry_attempts - 1
+        if attempts_left and _time_for(delay):
             await asyncio.sleep(delay * (0.5 + random.random()))
             return True
         try:
@@ -871,6 +903,17 @@ class JetStreamEventStore:
             ) from exc
         if why is None and conflict:
             return False
+        if why is None and attempts_left:
+            # A healthy leader, and no time left for another pause and try: the call's
+            # deadline cut the wait (under 0.87 s left, one race lost to a write not yet
+            # visible said the cluster had lost its quorum).
+            raise DeadlineCutError(
+                f"stream {self._cfg.stream} refused the write of {aggregate_id} for another "
+                f"write of it in flight there, not stored yet ({tried + 1} tries; its "
+                "leader is healthy), and the call's deadline left no time to try again; "
+                "sent again with the same idempotency key, the command finds the write if "
+                "it was stored and stores it once if not"
+            )
         raise EventStoreUnavailableError(
             f"stream {self._cfg.stream} refused the write: another write of "
             f"{aggregate_id} is in flight there and not stored yet ({tried + 1} tries"
@@ -1398,11 +1441,12 @@ class JetStreamEventStore:
                 # nats-server's search by time takes stamps as never going backwards:
                 # inside a stepped-back window it lands on a message of the story
                 # stamped by then. The story's prefix recorded by then (recorded_by)
-                # goes on past it: read on from it.
+                # goes on past it: read on from it, up to the first event recorded
+                # after the time (the read stops there; it read the rest of the story).
                 rest = await self.read_aggregate(
-                    aggregate_id, from_version=version, from_seq=after.seq
+                    aggregate_id, from_version=version, from_seq=after.seq, until_time=t
                 )
-                return version - 1 + recorded_by(rest, t)
+                return version - 1 + len(rest)
             last = await self._tail(aggregate_id)
             if last is None:
                 return 0
