@@ -127,3 +127,33 @@ def test_status_of_a_healthy_replicated_consumer_says_nothing(
 ) -> None:
     r = _status(monkeypatch, HEALTHY)
     assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize(
+    ("denied", "access_denied"),
+    [("STREAM.INFO.CE_SNAPSHOTS", False), ("STREAM.INFO.CE", True)],
+)
+async def test_a_denial_names_its_stream_exactly(
+    monkeypatch: pytest.MonkeyPatch, denied: str, access_denied: bool
+) -> None:
+    """A stream not answered is access denied only when NATS refused a request to its
+    own STREAM.INFO: the stream's name was matched as a part of the subject, so a
+    denial of STREAM.INFO.CE_SNAPSHOTS made stream CE, merely leaderless, access
+    denied (exit 1 instead of 3)."""
+    from jetsource.core.errors import AccessDeniedError
+
+    async def leaderless(*args: Any) -> str:
+        return "STREAM.INFO not answered within 0.5 s"
+
+    monkeypatch.setattr(jsapi, "stream_leadership", leaderless)
+    monkeypatch.setattr(jsapi, "_DENIALS", type(jsapi._DENIALS)(maxlen=16))
+    jsapi.note_denial(
+        f'nats: permissions violation: Permissions Violation for Publish to "$JS.API.{denied}"'
+    )
+    if access_denied:
+        with pytest.raises(AccessDeniedError):
+            await projector._leaderless(_projection(), ["CE"])
+    else:
+        assert await projector._leaderless(_projection(), ["CE"]) == {
+            "CE": "STREAM.INFO not answered within 0.5 s"
+        }

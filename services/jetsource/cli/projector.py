@@ -225,7 +225,7 @@ async def _leaderless(p: Projection, streams: list[str]) -> dict[str, str]:
         # subject: no reply, only a permissions violation): it read as a stream
         # without a leader, exit 3 and "start the missing servers" on a healthy
         # cluster.
-        if said and (denied := jsapi.denial_of(f"STREAM.INFO.{name}", timeout + 5)):
+        if said and (denied := jsapi.denial_of(f"STREAM.INFO.{name}", timeout + 5, exact=True)):
             raise _denied(f"$JS.API.STREAM.INFO.{name}", denied)
         return said
 
@@ -303,7 +303,7 @@ async def _leaderless_consumers(
             return None  # the row says it
         except TimeoutError:
             subject = f"CONSUMER.INFO.{stream}.{durable}"
-            if denied := jsapi.denial_of(subject, timeout + 5):
+            if denied := jsapi.denial_of(subject, timeout + 5, exact=True):
                 raise _denied(f"$JS.API.{subject}", denied) from None
             return f"CONSUMER.INFO not answered within {timeout:g} s"
         return None if info is None else consumer_leadership(info, sizes[stream])

@@ -974,12 +974,24 @@ def refused_instead(where: str, within_s: float) -> AccessDeniedError | None:
     )
 
 
-def denial_of(name: str, within_s: float) -> str | None:
+# The JetStream API subject a permission violation names (quoted by nats-server).
+_API_SUBJECT = re.compile(r"\$js\.api\.([^\s\"'`]+)")
+
+
+def denial_of(name: str, within_s: float, exact: bool = False) -> str | None:
     """The newest permission violation within ``within_s`` naming a JetStream API
-    subject of ``name`` (nats-py reports subjects in lower case), or None."""
+    subject of ``name`` (nats-py reports subjects in lower case), or None. ``exact``:
+    naming the subject ``$JS.API.<name>`` itself; a part of it matched another's
+    (a denial of STREAM.INFO.CE_SNAPSHOTS was taken for one of stream CE)."""
     now, key = time.monotonic(), name.lower()
     for at, text in reversed(_DENIALS):
-        if now - at <= within_s and "$js.api." in text.lower() and key in text.lower():
+        said = text.lower()
+        if now - at > within_s or "$js.api." not in said:
+            continue
+        if exact:
+            if key in _API_SUBJECT.findall(said):
+                return text
+        elif key in said:
             return text
     return None
 
