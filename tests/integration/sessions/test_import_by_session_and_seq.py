@@ -204,3 +204,52 @@ async def test_a_new_session_whose_seq_1_is_not_session_started_is_refused(
         assert "session_started" in error["message"]
         missing = await cli(app_settings, "show", sid, "-o", "json")
         assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
+
+
+def _bad_command_file(good: str, bad: str) -> list[str]:
+    """A good session first (recorded first were it not refused), then a session whose
+    command (its root process's one-line name) clears the screen and forges a line."""
+    ts = "2026-12-07T03:00:00.000Z"
+    return [
+        _json({"ts": ts, "session": good, "seq": 1, "type": "session_started",
+               "data": {"command": "gen", "argv": []}}),
+        _json({"ts": ts, "session": good, "seq": 2, "type": "custom_note", "data": {}}),
+        _json({"ts": ts, "session": bad, "seq": 1, "type": "session_started",
+               "data": {"command": "evil\x1b[2J\nforged", "argv": []}}),
+    ]  # fmt: skip
+
+
+async def _refused_naming_the_line(settings: SessionsAppSettings, tmp: Path, *via: str) -> None:
+    good, bad = "01a24e3f-300e-7000-bfc7-bf89ccee3d71", "01a24e3f-300e-7000-bfc7-bf89ccee3d72"
+    path = await _write(tmp / "bad_command.jsonl", _bad_command_file(good, bad))
+    got = await cli(settings, "import", str(path), *via, "-o", "json")
+    assert got.returncode == 2, got.stderr
+    error = json.loads(got.stderr)["error"]
+    assert (error["code"], error["line"]) == ("INVALID_ARGUMENT", 3), error
+    assert error["message"].startswith("line 3: data.command: "), error
+    assert "U+001B at position 4" in error["message"], error
+    for sid in (good, bad):  # nothing of the file is recorded
+        missing = await cli(settings, "show", sid, "-o", "json")
+        assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr, missing.stdout
+
+
+async def test_a_session_command_that_is_not_one_line_is_refused_naming_the_line(
+    app_settings: SessionsAppSettings, tmp_path: Path
+) -> None:
+    """Straight to the stream it was recorded as the session's process name, ESC and
+    line break and all: now refused as a bad line (exit 2, line 3, data.command) and
+    nothing of the file is recorded, the good session before it included."""
+    await _refused_naming_the_line(app_settings, tmp_path)
+
+
+@pytest.mark.e2e
+async def test_through_the_observer_a_session_command_not_one_line_is_refused_first(
+    stack: Stack,  # noqa: F811
+    settings: JetsourceSettings,
+    tmp_path: Path,
+) -> None:
+    """Through the observer the refusal came back naming events[i].data.name, not the
+    line, after the good session's batch was recorded: now refused as the file is
+    read, naming the line and field, with nothing recorded."""
+    app = SessionsAppSettings(nats=settings.nats)
+    await _refused_naming_the_line(app, tmp_path, "--observer", f"127.0.0.1:{stack.observer.port}")

@@ -35,6 +35,7 @@ from google.protobuf import json_format, struct_pb2
 from jetsource._gen.process.v1 import events_pb2
 from jetsource.core.clock import from_timestamp, to_timestamp
 from jetsource.core.ids import MAX_AGGREGATE_ID_LENGTH, uuid7
+from jetsource.core.printable import not_one_line_at
 from jetsource.core.structvalue import SAFE_INTEGER, NotAStructValue, check_struct_value
 
 SESSION_KIND = "session"
@@ -176,6 +177,20 @@ class SessionEvent:
             )
         if event_type == SESSION_STARTED and seq != 1:
             raise EventFormatError("seq", "session_started is always seq 1")
+        command = data.get("command")
+        if (
+            event_type == SESSION_STARTED
+            and isinstance(command, str)
+            and (at := not_one_line_at(command)) is not None
+        ):
+            # The session's root process is named by it (one line, as the observer and
+            # the emitter take names): refused here, naming the line, before anything
+            # of an import is recorded.
+            raise EventFormatError(
+                "data.command",
+                f"holds a control character (U+{ord(command[at]):04X} at position {at}): "
+                "it takes one line of printable text",
+            )
         return cls(ts_ns, session, seq, event_type, data)
 
     @classmethod
