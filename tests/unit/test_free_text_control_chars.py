@@ -8,14 +8,22 @@
   ``kind`` beside it was checked already), and so a session's ``command`` (its root
   process's name), refused by the emitter before it starts;
 - many lines (``not_lines_at``: tabs and line breaks LF, CR LF, U+2028/U+2029, no other
-  control character): omni's merge ``--reason`` and a status ``reason``
-  (``tests/integration/omni/test_bad_input_ingest.py`` over HTTP). Message bodies from
-  webhooks are the provider's text and are kept as they come (a refusal would lose the
-  message; nothing stored breaks on a NUL; every front end escapes on output).
+  control character): omni's merge ``--reason``, where a lone CR and CR CR LF are line
+  breaks too (``lf_lines``: recorded as LF). Message bodies from webhooks are the
+  provider's text and are kept as they come (a refusal would lose the message; nothing
+  stored breaks on a NUL; every front end escapes on output).
 
 Each was stored as it came: an ESC recoloured the terminal that listed it, a CR LF
 forged a line in a log. Each is refused now naming its field (400 / INVALID_ARGUMENT;
-a webhook's malformed field 422 naming its path, as every malformed field)."""
+a webhook's malformed field 422 naming its path, as every malformed field).
+
+Machine-written text is kept, not refused, made safe instead: a status ``reason`` (a
+worker's failure text, a tool's output: refused, the failure was never recorded and
+every retry failed alike) is stored with its line breaks as LF and any other control
+character as its visible escape (``as_lines``;
+``tests/integration/omni/test_bad_input_ingest.py`` over HTTP); a webhook's display name
+(the identity's name) has each character one line cannot hold as U+FFFD
+(``as_one_line``)."""
 
 from __future__ import annotations
 
@@ -25,6 +33,7 @@ import pytest
 
 from jetsource._gen.process.v1.events_pb2 import CanonicalEvent
 from jetsource.core.errors import ValidationError
+from jetsource.core.printable import as_lines, as_one_line, lf_lines, not_lines_at, not_one_line_at
 from jetsource.domains.omni.identity import MAX_NAME, MAX_REASON, check_linked_handle, check_text
 from jetsource.domains.omni.normalize.common import Node
 from jetsource.domains.omni.normalize.errors import Malformed
@@ -66,16 +75,35 @@ def test_a_merge_reason_of_many_lines_is_taken(value: str) -> None:
     check_text(value, "reason", MAX_REASON, lines=True)
 
 
-@pytest.mark.parametrize("value", LINES_BAD)
-def test_a_status_reason_takes_lines_but_no_other_control(value: str) -> None:
-    with pytest.raises(ValidationError, match="control character") as refused:
-        check_step("evt-1", "failed", "worker-1", 1, value)
-    assert refused.value.field == "reason"
+@pytest.mark.parametrize(
+    ("value", "kept"),
+    [
+        ("a\x00b", "a\\x00b"),
+        ("a\x1b[31mb\x1b[0m", "a\\x1b[31mb\\x1b[0m"),
+        ("a\rb", "a\nb"),
+        ("a\r\r\nb", "a\nb"),
+        ("10%\r100%\r\n", "10%\n100%\n"),
+        ("a\x07\x7f\x9b1m", "a\\x07\\x7f\\x9b1m"),
+        *((v, v.replace("\r\n", "\n")) for v in LINES_FINE),
+    ],
+)
+def test_a_status_reason_is_kept_as_lines_with_controls_escaped(value: str, kept: str) -> None:
+    assert as_lines(value) == kept
+    assert not_lines_at(kept) is None
+    check_step("evt-1", "failed", "worker-1", 1, kept)
 
 
-@pytest.mark.parametrize("value", LINES_FINE)
-def test_a_status_reason_of_many_lines_is_taken(value: str) -> None:
-    check_step("evt-1", "failed", "worker-1", 1, value)
+@pytest.mark.parametrize("value", ["a\rb", "a\r\r\nb", "a\r\nb"])
+def test_a_merge_reason_takes_any_line_break(value: str) -> None:
+    check_text(lf_lines(value), "reason", MAX_REASON, lines=True)
+    assert lf_lines(value) == "a\nb"
+
+
+@pytest.mark.parametrize("value", ONE_LINE_BAD)
+def test_a_display_name_is_kept_one_line(value: str) -> None:
+    name = as_one_line(value)
+    assert "\ufffd" in name and not_one_line_at(name) is None
+    check_text(name, "name", MAX_NAME)
 
 
 @pytest.mark.parametrize("value", ["12\u2028345", "12\u2029345"])

@@ -51,3 +51,32 @@ def not_lines_at(value: str) -> int | None:
         return None
     found = NOT_LINES.search(value)
     return None if found is None else found.start()
+
+
+# A line break however a tool wrote it: CR LF, a lone CR (progress output that
+# rewrites its line) and CR CR LF (a CR LF written through a second CR LF translation)
+# are each one line break.
+_BREAK = re.compile(r"\r+\n|\r")
+
+
+def lf_lines(value: str) -> str:
+    """``value`` with each line break (CR LF, CR CR LF, a lone CR) as LF."""
+    return _BREAK.sub("\n", value) if "\r" in value else value
+
+
+def as_lines(value: str) -> str:
+    """Machine-written text of many lines (a tool's output, an error's message) made
+    text of many lines instead of refused: line breaks as LF (:func:`lf_lines`) and
+    every other control character :data:`NOT_LINES` refuses (an ESC of colour codes, a
+    NUL, DEL, C1) as its visible escape (``\\x1b``)."""
+    if value.isascii() and value.isprintable():
+        return value
+    return NOT_LINES.sub(lambda m: escape(m.group()), lf_lines(value))
+
+
+def as_one_line(value: str, replacement: str = "\ufffd") -> str:
+    """A provider's one-line text (a display name) kept instead of refused: each
+    character one line cannot hold (:data:`NOT_ONE_LINE`) as ``replacement``."""
+    if value.isascii() and value.isprintable():
+        return value
+    return NOT_ONE_LINE.sub(replacement, value)

@@ -13,6 +13,7 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
+from jetsource._gen.omni.v1.lifecycle_pb2 import IdentitiesMerged, IdentityCreated
 from jetsource.core.errors import ValidationError
 from jetsource.domains.omni.events import IDENTITY_CREATED, first_contact_identity
 from jetsource.domains.omni.identity import IdentityNotFoundError, IdentityService
@@ -255,3 +256,34 @@ async def test_identities_by_provider_hold_a_handle_of_it(
         assert listed == [other], params
     everyone = (await http.get("/api/v1/identities")).json()["identities"]
     assert {i["identity_id"] for i in everyone} == {first, other}
+
+
+async def test_a_webhook_display_name_keeps_to_one_line_and_is_not_refused(
+    ingest: Ingest,
+) -> None:
+    """A provider's display name (a WhatsApp profile name, a Discord global_name) went
+    into the identity's name with an ESC, a line break or U+2028 as it came, while
+    `identity create --name` refuses them: the webhook is taken, each of those
+    characters U+FFFD in the name, so the name is one line."""
+    got = await ingest.identities.resolve_full(
+        "discord", "90351110224678912", "bot", {"display_name": "Ev\x1b[2Jil\r\nX\u2028é\x85"}
+    )
+    created = (await ingest.store.read_aggregate(got.identity_id))[0].event
+    assert isinstance(created, IdentityCreated)
+    assert created.display_name == "Ev\ufffd[2Jil\ufffd\ufffdX\ufffdé\ufffd"
+
+
+async def test_a_merge_reason_takes_a_lone_cr_or_cr_cr_lf_as_a_line_break(
+    ingest: Ingest,
+) -> None:
+    """An operator's merge --reason with a lone CR (was: refused) or CR CR LF (was:
+    refused at its first CR) holds line breaks: recorded with LF; an ESC is still refused."""
+    survivor = await ingest.identities.resolve("whatsapp", "4915100000077", "acme")
+    merged = await ingest.identities.resolve("discord", "777", "bot")
+    with pytest.raises(ValidationError, match="control character") as refused:
+        await ingest.identities.merge(survivor, merged, actor="ops", reason="a\x1b[2Jb")
+    assert refused.value.field == "reason"
+    await ingest.identities.merge(survivor, merged, actor="ops", reason="one\rtwo\r\r\nthree")
+    done = (await ingest.store.read_aggregate(merged))[-1].event
+    assert isinstance(done, IdentitiesMerged)
+    assert done.reason == "one\ntwo\nthree"

@@ -68,7 +68,14 @@ from jetsource.core.aio import honour_cancel, stop_task
 from jetsource.core.envelope import NO_STREAM, NewEvent, RecordedEvent
 from jetsource.core.errors import ConcurrencyError, ValidationError
 from jetsource.core.ids import uuid7, validate_aggregate_id
-from jetsource.core.printable import LINES_TAKE, UNSAFE, not_lines_at, not_one_line_at
+from jetsource.core.printable import (
+    LINES_TAKE,
+    UNSAFE,
+    as_one_line,
+    lf_lines,
+    not_lines_at,
+    not_one_line_at,
+)
 from jetsource.domains.omni.events import (
     EXTERNAL_ID_LINKED,
     IDENTITIES_MERGED,
@@ -783,7 +790,10 @@ class IdentityService:
         # First contact: write the identity (the same one any racing writer writes),
         # then claim the handle for it.
         identity_id = first_contact_identity(provider, external_id)
-        name = (metadata or {}).get("display_name", "")[:MAX_NAME]
+        # The provider's display name (a WhatsApp profile name, a Discord global_name)
+        # is kept, not refused as --name is: a control character or U+2028/U+2029 in it
+        # (an ESC, a line break) is U+FFFD, so the name is one line as --name's is.
+        name = as_one_line((metadata or {}).get("display_name", "")[:MAX_NAME])
         # Two appends, each idempotent by its derived event id (an atomic batch of two
         # costs several times one publish): a crash between them is finished by the
         # next resolve, which finds the first stored and writes the second.
@@ -1033,6 +1043,9 @@ class IdentityService:
         the later of the two in the stream would close a cycle: it is refused naming
         ``survivor_id`` after its record, which every reader takes as void."""
         check_text(actor, "actor", MAX_ACTOR)
+        # A line break as any tool writes it (a lone CR, CR CR LF) is one; what else
+        # is no text is refused naming reason.
+        reason = lf_lines(reason)
         check_text(reason, "reason", MAX_REASON, lines=True)
         if survivor_id == merged_id:
             raise ValidationError("an identity cannot be merged into itself", field="merged_id")

@@ -30,7 +30,7 @@ from jetsource._gen.omni.v1.lifecycle_pb2 import (
 from jetsource.core.envelope import NewEvent
 from jetsource.core.errors import ValidationError
 from jetsource.core.ids import validate_aggregate_id
-from jetsource.core.printable import LINES_TAKE, not_lines_at, not_one_line_at
+from jetsource.core.printable import as_lines, not_one_line_at
 from jetsource.domains.omni.events import is_identity
 from jetsource.domains.omni.normalize.common import has_surrogate
 from jetsource.eventstore.jetstream import JetStreamEventStore
@@ -157,16 +157,6 @@ def check_step(event_id: str, state: str, worker: str, attempt: int, reason: str
             "it takes one line of printable text",
             field="worker",
         )
-    at = not_lines_at(reason)
-    if at is not None:
-        # Free text of many lines (an error's message, a traceback): shown as the
-        # event's last_error and outcome, in reads and terminals; an ESC, a NUL or a
-        # lone CR in it was taken as it came.
-        raise ValidationError(
-            f"reason holds a control character (U+{ord(reason[at]):04X} at position {at}): "
-            f"it takes {LINES_TAKE}",
-            field="reason",
-        )
     if attempt < 1:
         raise ValidationError("attempt starts at 1", field="attempt")
     if state == "failed" and not reason:
@@ -185,6 +175,12 @@ async def record_status(
     """Append one status step; returns the aggregate's version with it (the version it
     has already when the step is the one recorded last). The append expects the version
     it read, so two workers racing on one event do not both succeed (ConcurrencyError)."""
+    # The reason is a worker's failure text (a tool's output, a traceback), shown as
+    # the event's last_error and outcome in reads and terminals: its line breaks (CR
+    # LF, a lone CR) are LF and any other control character (a colour code's ESC, a
+    # NUL) its visible escape (the four characters \x1b). Refused, the failure was
+    # never recorded and each retry of the worker failed the same way.
+    reason = as_lines(reason)
     check_step(event_id, state, worker, attempt, reason)
     history = await store.read_aggregate(event_id)
     if not history:
