@@ -345,6 +345,7 @@ class Recorder:
             if revision is not None:
                 it.created[key] = revision
         release = []
+        unheld: list[str] = []
         for it in items:
             if len(it.created) == len(it.keys):
                 self._hold(it.keys)
@@ -370,11 +371,7 @@ class Recorder:
             if it.existing[1].event_id == it.new.event_id:
                 self._hold(list(it.created))  # the same event's: kept (``_resolve``)
                 continue
-            for key in it.created:  # kept by an earlier pass of this item: not any more
-                fut = self._inflight.pop(key, None)
-                if fut is not None and not fut.done():
-                    fut.set_exception(RuntimeError("the claim was released"))
-                    fut.exception()  # retrieved: waiters re-read the claim
+            unheld += it.created  # kept by an earlier pass of this item: not any more
             release += [(k, r) for k, r in it.created.items()]
             it.created = {}
         if release:
@@ -387,7 +384,25 @@ class Recorder:
             deletes = asyncio.create_task(release_all())
             self._background.add(deletes)
             deletes.add_done_callback(self._background.discard)
-            await asyncio.shield(deletes)
+            try:
+                await asyncio.shield(deletes)
+            finally:
+                # Waiters re-read the claims once they are gone: woken before, they met
+                # them still pending, naming this event.
+                self._unhold(unheld, deletes)
+
+    def _unhold(self, keys: list[str], deletes: asyncio.Task[None] | None = None) -> None:
+        """Claims of ours released: their waiters re-read them, once ``deletes`` (the
+        release's writes, finished in the background) is done, so none meets them
+        still pending."""
+        if deletes is not None and not deletes.done():
+            deletes.add_done_callback(lambda _: self._unhold(keys))
+            return
+        for key in keys:
+            fut = self._inflight.pop(key, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(RuntimeError("the claim was released"))
+                fut.exception()  # retrieved: waiters re-read the claim
 
     def _hold(self, keys: list[str]) -> None:
         """Claims of ours now in flight: a request meeting one awaits its outcome (a
@@ -709,33 +724,59 @@ class Recorder:
         mine = claim_key("k", process_id, key) if key else ""
         if mine not in kept:
             return
-        failed: BaseException | None = None
         try:
-            stored = await self._store.read_aggregate(
-                process_id, from_version=found.process_seq, to_version=found.process_seq
-            )
-            if any(
-                r.event_id == found.event_id and r.envelope.idempotency_key == key for r in stored
-            ):
+            if await self._carries(process_id, key, found):
                 return
-        except BaseException as exc:  # not proven: released all the same, then raised
-            # (kept in flight, it held every later request with the key in this observer;
-            # abandoned, a takeover completed it for the stored event)
-            failed = exc
+        except BaseException:
+            # Not proven either way: left pending, abandoned (a takeover reads the event
+            # again before it completes the claim or releases it). Released here, the
+            # key's claim of an event that does carry it (an attempt stopped between its
+            # two claims) let a later event under the key be recorded as a second one.
+            kept.pop(mine)
+            item.created.pop(mine, None)
+            if mine in item.keys:
+                item.keys.remove(mine)
+            self._abandoned.add(mine)
+            self._unhold([mine])
+            raise
         revision = kept.pop(mine)
         item.created.pop(mine, None)
         if mine in item.keys:
             item.keys.remove(mine)
-        fut = self._inflight.pop(mine, None)
-        if fut is not None and not fut.done():
-            fut.set_exception(RuntimeError("the claim was released"))
-            fut.exception()  # retrieved: waiters re-read the claim
-        deletes = asyncio.create_task(self._claims.delete(mine, revision))
+        # Released before its waiters wake (they re-read it): woken first, they met it
+        # pending, naming ``found``, and answered with it as a duplicate of ``found``.
+        await self._release([mine], mine, revision)
+
+    async def _carries(self, process_id: str, key: str, found: Recorded) -> bool:
+        """Whether the stored event ``found`` carries the idempotency key ``key`` (one
+        read of that version)."""
+        stored = await self._store.read_aggregate(
+            process_id, from_version=found.process_seq, to_version=found.process_seq
+        )
+        return any(
+            r.event_id == found.event_id and r.envelope.idempotency_key == key for r in stored
+        )
+
+    async def _release(self, unheld: list[str], key: str, revision: int) -> None:
+        """Delete ``key``'s claim at ``revision`` (finished even when this request is
+        cancelled), then wake the waiters on ``unheld``."""
+        deletes = asyncio.create_task(self._claims.delete(key, revision))
         self._background.add(deletes)
         deletes.add_done_callback(self._background.discard)
-        await asyncio.shield(deletes)  # finished even when this request is cancelled
-        if failed is not None:
-            raise failed
+        try:
+            await asyncio.shield(deletes)
+        finally:
+            self._unhold(unheld, deletes)
+
+    def _foreign_key(self, process_id: str, item: _Item, key: str, event_id: str) -> bool:
+        """``key`` is the claim of ``item``'s idempotency key and names another event
+        than ``item``'s: it answers ``item`` only if that event as stored carries the
+        key. A duplicate by id under another key made such a claim for a moment (until
+        ``_unless_carried`` released it), or for good if its observer stopped there."""
+        own = item.new.idempotency_key
+        return (
+            bool(own) and event_id != item.new.event_id and key == claim_key("k", process_id, own)
+        )
 
     def _unkeep(self, item: _Item, event_id: str) -> _Item:
         """The claims ``item`` kept, as an item of their own, taken from it: to settle
@@ -773,10 +814,14 @@ class Recorder:
             elif self._ownerless(key, value, now_ns()):
                 taken = await self._claims.update(key, replace(value, since_ns=now_ns()), revision)
                 if taken is not None:
-                    return await self._take_over(
+                    outcome = await self._take_over(
                         process_id, item, key, value.event_id, taken, takeovers
                     )
+                    if outcome is not None:
+                        return outcome
+                    asked = False  # released (not its event's key): claimed again
             else:
+                dropped = False
                 if not asked:
                     # Its owner may be gone with the event stored: the event's other
                     # claim, completed (by a takeover, or before a restart that forgot
@@ -785,9 +830,20 @@ class Recorder:
                     for _, other, _ in await self._siblings(process_id, item, key, value.event_id):
                         if other.done:
                             found = _recorded(process_id, other)
+                            if self._foreign_key(
+                                process_id, item, key, value.event_id
+                            ) and not await self._carries(
+                                process_id, item.new.idempotency_key, found
+                            ):
+                                # Not that event's key: released (at this revision: a
+                                # claim made anew meanwhile stays), then claimed again.
+                                await self._release([], key, revision)
+                                dropped = True
+                                break
                             self._spawn(self._claims.update(key, _completed(found), revision))
                             return replace(found, duplicate=True)
-                await asyncio.sleep(self._o.claim_poll_s)
+                if not dropped:
+                    await asyncio.sleep(self._o.claim_poll_s)
             got = await self._claims.get(key)
             if got is None:  # released (its request was refused): this event is new
                 item.existing = None
@@ -810,14 +866,33 @@ class Recorder:
         event_id: str,
         revision: int,
         takeovers: list[_Item],
-    ) -> Recorded | _Item:
+    ) -> Recorded | _Item | None:
         """``key``'s claim is ours now (``revision``). The event's other claims (its
         id's, the request's key's) naming the same event are settled with it: one
         completed answers; one pending whose owner is gone too (abandoned here, or past
         its lease) is taken over along, so whatever becomes of the event completes
         both. Taking over one and leaving the other pending made the next request with
-        the other wait out its lease after an observer restart."""
+        the other wait out its lease after an observer restart. None: ``key`` is the
+        request's key's claim naming a stored event that does not carry the key (a
+        duplicate by id stopped before releasing it): released, to be claimed again."""
         self._abandoned.discard(key)
+        if self._foreign_key(process_id, item, key, event_id):
+            try:
+                stored: Recorded | None = None
+                for _, other, _ in await self._siblings(process_id, item, key, event_id):
+                    if other.done:
+                        stored = _recorded(process_id, other)
+                if stored is None:
+                    stored = await self._lookup(process_id, event_id)
+                carried = stored is None or await self._carries(
+                    process_id, item.new.idempotency_key, stored
+                )
+            except BaseException:
+                self._abandoned.add(key)  # still not proven: the next one reads again
+                raise
+            if not carried:
+                await self._release([], key, revision)
+                return None
         self._inflight[key] = asyncio.get_running_loop().create_future()
         # With the claims this request kept of the event (``_claim``): its key's claim
         # that an earlier attempt never made, say; whatever becomes of the event
