@@ -109,3 +109,43 @@ def test_a_cancelled_line_names_the_signal_that_came(
     assert ended.value.exit_code == 130
     message = json.loads(capsys.readouterr().err)["error"]["message"]
     assert shown in message, message
+
+
+def test_a_cancel_as_nats_accepts_the_probe_is_not_lost(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cancel (SIGTERM or Ctrl-C) that comes as NATS accepts ``wait_for_nats``'s
+    probe: on Python 3.11 ``asyncio.wait_for`` returned the connection and dropped the
+    cancel, and `streams ensure` went on for its whole --timeout in silence (the
+    SIGTERM test above failed so in CI, 60 s without a line)."""
+    import asyncio
+
+    from jetsource.cli import streams
+
+    class Writer:
+        def close(self) -> None:
+            pass
+
+        async def wait_closed(self) -> None:
+            pass
+
+    tasks: list[asyncio.Future[str]] = []
+
+    async def accepted_as_cancelled(host: str, port: int) -> tuple[None, Writer]:
+        tasks[0].cancel()  # the signal's cancel, in the loop turn the connection is made
+        return None, Writer()
+
+    monkeypatch.setattr(asyncio, "open_connection", accepted_as_cancelled)
+
+    async def probe() -> str:
+        loop = asyncio.get_running_loop()
+        await streams.wait_for_nats("nats://127.0.0.1:4222", loop.time() + 5)
+        await asyncio.sleep(0)
+        return "went on"
+
+    async def run() -> str:
+        tasks.append(asyncio.ensure_future(probe()))
+        try:
+            return await tasks[0]
+        except asyncio.CancelledError:
+            return "cancelled"
+
+    assert asyncio.run(run()) == "cancelled"

@@ -73,13 +73,19 @@ async def wait_for_nats(
         for host, port in servers:
             budget = min(max(deadline - loop.time(), 0.1), 5.0)
             try:
-                _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), budget)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the
+                # connection when the task is cancelled as it is made (SIGTERM or Ctrl-C
+                # as NATS accepts), and the cancel is lost: the command went on for its
+                # whole --timeout.
+                async with asyncio.timeout(budget):
+                    _, writer = await asyncio.open_connection(host, port)
             except (OSError, TimeoutError) as exc:
                 last = exc
                 continue
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
+            aio.honour_cancel()
             return
         if loop.time() + 0.5 >= deadline:
             raise NatsUnreachableError(repr(last))
