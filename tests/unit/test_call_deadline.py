@@ -128,24 +128,30 @@ async def test_a_read_the_calls_deadline_cut_is_deadline_exceeded_not_a_lost_quo
 async def test_a_publish_held_in_process_is_unavailable_not_internal() -> None:
     """Asked again after its ack was waited out, a publish the leader still holds is
     answered 10158 "duplicate message id is in process": it went up as JsApiError
-    (INTERNAL over gRPC)."""
+    (INTERNAL over gRPC). Unavailable where the stream's leadership says so (its
+    leader lost quorum); on a healthy leader see test_unacked_write_diagnosis."""
     from unittest import mock
 
     from jetsource.core.errors import EventStoreUnavailableError
     from jetsource.domains.context.events import registry
+    from jetsource.eventstore import jsapi
     from jetsource.eventstore.jetstream import JetStreamEventStore
     from jetsource.eventstore.jsapi import JsApiError
     from tests.eventstore_fixtures import isolated_settings
 
     store = JetStreamEventStore(mock.MagicMock(), registry, isolated_settings("ip"))
     calls = 0
+    lost_quorum = mock.AsyncMock(return_value="its leader n0 lost quorum (replicas n1 not current)")
 
     async def held() -> None:
         nonlocal calls
         calls += 1
         raise JsApiError(409, 10158, "duplicate message id is in process")
 
-    with pytest.raises(EventStoreUnavailableError) as lost:
+    with (
+        mock.patch.object(jsapi, "stream_leadership", lost_quorum),
+        pytest.raises(EventStoreUnavailableError) as lost,
+    ):
         await store._call(held)
     assert calls == store.settings.retry_attempts  # asked again: it may be stored meanwhile
     assert "has not stored an earlier attempt of this write" in str(lost.value)

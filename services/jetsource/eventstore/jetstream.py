@@ -52,6 +52,7 @@ from jetsource.core.settings import EventStoreSettings
 from jetsource.eventstore import horizon as horizons
 from jetsource.eventstore import jsapi, refusals
 from jetsource.eventstore.common import (
+    a_time,
     check_append,
     check_read,
     stored_already,
@@ -75,10 +76,26 @@ class _Unacknowledged(TimeoutError):
     """A publish whose acknowledgement did not come within its wait (its text says
     why that may be); transient, so asked again while there is time."""
 
+    def __init__(self, text: str, waited: float) -> None:
+        super().__init__(text)
+        self.waited = waited
+
 
 class _InProcess(Exception):
     """JetStream has an earlier attempt of this write (same message id) in process:
     not stored yet, not refused either. Transient, asked again while there is time."""
+
+    def __init__(self, text: str, said: str) -> None:
+        super().__init__(text)
+        self.said = said
+
+
+class UnacknowledgedWriteError(DeadlineCutError):
+    """A write whose acknowledgement did not come within the store's own waits on a
+    stream whose leader has its quorum (its STREAM.INFO says so): a slow one (a slow
+    disk, a busy server), not a store that is down. DEADLINE_EXCEEDED naming the write
+    (it may have been stored: a resend with the same idempotency key finds it), and
+    write health is left alone; the write health probe judges the stream itself."""
 
 
 def _time_for(delay: float) -> bool:
@@ -343,7 +360,9 @@ class JetStreamEventStore:
                 # Our earlier attempt (its ack waited out) is still in process at the
                 # stream's leader: asked again, it is acknowledged once stored. It was
                 # raised as it was (INTERNAL over gRPC, "a bug").
-                failed: BaseException = _InProcess(self._in_process(exc.description))
+                failed: BaseException = _InProcess(
+                    self._in_process(exc.description), exc.description
+                )
                 failed.__cause__ = exc
             except _TRANSIENT as exc:
                 failed = exc
@@ -360,9 +379,7 @@ class JetStreamEventStore:
                     isinstance(failed, _Unacknowledged) and self._nc.is_connected
                 )
                 if held:
-                    raise EventStoreUnavailableError(
-                        f"{failed} ({attempt + 1} attempts)"
-                    ) from failed
+                    raise await self._held(failed, attempt + 1) from failed
                 said = (
                     repr(failed.__cause__ or failed)
                     if isinstance(failed, _Unacknowledged)
@@ -415,6 +432,15 @@ class JetStreamEventStore:
             )
         elif envelope.schema_version < 1:
             problem = "its envelope has no schema version"
+        elif envelope.HasField("occurred_at") and not a_time(envelope.occurred_at):
+            # Every writer stores a time of the years 1..9999 (the range of a protobuf
+            # Timestamp); one outside it broke every reader that shows it (`ctx events`
+            # failed INTERNAL "year 0 is out of range", JSON carried "20.1500000000Z").
+            at = envelope.occurred_at
+            problem = (
+                f"its envelope's occurred_at is no time (seconds {at.seconds}, nanos "
+                f"{at.nanos}; years 1 to 9999, nanos 0 to 999999999)"
+            )
         elif envelope.idempotency_uuid and len(envelope.idempotency_uuid) != 16:
             problem = (
                 f"its envelope's idempotency_uuid has {len(envelope.idempotency_uuid)} bytes,"
@@ -847,7 +873,7 @@ class JetStreamEventStore:
         except DeadlineCutError as exc:
             raise await self._write_cut(messages, exc) from exc
         except TimeoutError as exc:
-            raise _Unacknowledged(self._unacknowledged(timeout)) from exc
+            raise _Unacknowledged(self._unacknowledged(timeout), timeout) from exc
 
     async def _write_cut(self, messages: list[OutMessage], cut: DeadlineCutError) -> Exception:
         """What a publish whose acknowledgement the call's deadline cut is answered:
@@ -921,6 +947,53 @@ class JetStreamEventStore:
             "(more than half of the NATS cluster's servers down or cut off?) and stores "
             "nothing until a majority is back; sent again with the same ids (the same "
             "idempotency key) it is stored once"
+        )
+
+    async def _held(self, failed: BaseException, attempts: int) -> Exception:
+        """What a write that the stream held through every attempt (its ack not come
+        within the store's own wait, or an earlier attempt of it in process) is
+        answered, from the stream's own word on its leader (STREAM.INFO, as a publish
+        the call's deadline cut: ``_write_cut``): no leader, or one that lost quorum:
+        EventStoreUnavailableError naming it; a leader with its quorum:
+        UnacknowledgedWriteError (a slow write, write health left alone). It was
+        unavailable "no leader, or lost quorum, or a full disk" whatever the stream said,
+        and the publisher turned NOT_SERVING on a healthy cluster."""
+        if isinstance(failed, _InProcess):
+            what = (
+                f"stream {self._cfg.stream} has not stored an earlier attempt of this "
+                f"write yet (JetStream: {failed.said}; {attempts} attempts)"
+            )
+        else:
+            waited = failed.waited if isinstance(failed, _Unacknowledged) else 0.0
+            what = (
+                f"stream {self._cfg.stream} did not acknowledge the write within "
+                f"{waited:.1f} s ({attempts} attempts)"
+            )
+        resend = (
+            "it may be stored: sent again with the same ids (the same idempotency key) it "
+            "is stored once"
+        )
+        try:
+            why = await jsapi.stream_leadership(
+                self._replies, self._cfg.stream, self._cfg.request_timeout_s
+            )
+        except DeadlineCutError as exc:
+            return DeadlineCutError(
+                f"{what}, and the call's deadline came before its leader could be asked "
+                f"why ({exc}); {resend}"
+            )
+        except (JsApiError, NoRespondersError, *_TRANSIENT) as exc:
+            # Not known: every cause it may be, as it was.
+            return EventStoreUnavailableError(f"{failed} ({attempts} attempts; {exc!r})")
+        if why is not None:
+            return EventStoreUnavailableError(
+                f"{what}: {why}; its leader stores nothing until a majority of the NATS "
+                f"cluster's servers is back; {resend}"
+            )
+        return UnacknowledgedWriteError(
+            f"{what}, though it has a leader with a quorum of current replicas: a slow "
+            "or full disk at its leader, or a busy server (see `jetsource infra "
+            f"status`); {resend}"
         )
 
     def _unacknowledged(self, waited: float) -> str:
