@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -137,13 +138,29 @@ class JetStreamKeyStore:
     async def _ensure(self) -> None:
         if self._ready:
             return
-        async with self._lock:
+        await self._locked()
+        try:
             if not self._ready:
                 await self.start()
                 await jsapi.ensure_stream(
                     self._replies, stream_config(self.bucket, self._replicas), self._timeout
                 )
                 self._ready = True
+        finally:
+            self._lock.release()
+
+    async def _locked(self) -> None:
+        """``_lock``, waited for within the deadline of the call being served: another
+        call creating the bucket holds it (a cluster without a meta leader: up to
+        jsapi.PLACEMENT_WAIT_S, and without a deadline of its own, for good), and a
+        call waiting behind it outlived its deadline (a bare DEADLINE_EXCEEDED)."""
+        what = f"the key store's bucket {self.bucket}, being created by another call"
+        wait, cut = deadline.wait(math.inf, what)
+        try:
+            async with asyncio.timeout(wait if cut else None):
+                await self._lock.acquire()
+        except TimeoutError as exc:
+            raise deadline.cut_short(what, wait) from exc
 
     async def close(self) -> None:
         for sub in (self._sub, self._erased_sub):
