@@ -9,6 +9,8 @@ libraries use ``wait_for`` inside, so one ``cancel()`` is not always enough eith
 
 - :func:`wait_event` waits for an event with a timeout through ``asyncio.timeout``,
   which counts cancellations and never swallows one that is not its own.
+- :func:`wait_for` is ``asyncio.wait_for`` without that flaw (services/ may not call
+  ``asyncio.wait_for``: ruff's TID251 refuses it).
 - :func:`stop_task` cancels a task and waits for it, cancelling again while it still
   runs, within a bound (and says so when the bound passes).
 - :func:`honour_cancel` raises a cancellation a library below swallowed, for loops.
@@ -26,7 +28,7 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,48 @@ async def wait_event(event: asyncio.Event, timeout: float) -> bool:
     except TimeoutError:
         return event.is_set()
     return True
+
+
+async def wait_for(aw: Awaitable[T], timeout: float | None) -> T:
+    """``asyncio.wait_for(aw, timeout)``: ``aw``'s result, or its exception; on timeout
+    ``aw`` is cancelled, waited for, and TimeoutError raised (its result returned when
+    it swallowed that cancel and returned anyway, as asyncio.wait_for does). ``aw``
+    runs in a task of its own, as with asyncio.wait_for (``timeout=None``: awaited
+    directly). But a cancellation of the caller is never lost: not when it arrives in
+    the loop turn ``aw`` completes (asyncio.wait_for on Python 3.11 then returns the
+    result and drops it), nor when ``aw`` swallows it and returns (CancelledError is
+    raised then). A cancellation the caller carried already on entry is left alone."""
+    me = asyncio.current_task()
+    before = me.cancelling() if me is not None else 0
+    fut: asyncio.Future[T] | None = None
+    try:
+        if timeout is None:
+            result = await aw
+        else:
+            fut = asyncio.ensure_future(aw)
+            if timeout > 0:
+                async with asyncio.timeout(timeout):  # counts cancels: keeps the caller's
+                    result = await fut  # the caller's cancel cancels fut, waits for it
+            elif fut.done():
+                result = fut.result()
+            else:  # as asyncio.wait_for: cancelled before it ran, then TimeoutError
+                fut.cancel()
+                await asyncio.wait({fut})
+                try:
+                    result = fut.result()
+                except asyncio.CancelledError as exc:
+                    raise TimeoutError from exc
+    except asyncio.CancelledError:
+        if fut is not None and fut.done() and not fut.cancelled():
+            fut.exception()  # done as the cancel came: retrieved, not logged
+        raise
+    except Exception as exc:
+        if me is not None and me.cancelling() > before:  # it failed as it was cancelled
+            raise asyncio.CancelledError from exc
+        raise
+    if me is not None and me.cancelling() > before:
+        raise asyncio.CancelledError  # came meanwhile, swallowed below: honoured
+    return result
 
 
 async def stop_task(task: asyncio.Task[Any] | None, bound: float = 5.0) -> bool:
