@@ -129,7 +129,7 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
     ("UpdateSubtask", {"subtask_id": "t1", "progress": 101}, "progress"),
     ("UpdateSubtask", {"subtask_id": "t1"}, "status"),
     ("LinkDependency", {"from_id": "t1", "to_id": "*"}, "to_id"),
-    ("CloseContext", {"reason": "a\rb"}, "reason"),
+    ("CloseContext", {"reason": "a\x1b]0;title\x07b"}, "reason"),
 ]
 
 

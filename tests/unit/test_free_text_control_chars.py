@@ -37,7 +37,8 @@ from jetsource.core.printable import as_lines, as_one_line, lf_lines, not_lines_
 from jetsource.domains.omni.identity import MAX_NAME, MAX_REASON, check_linked_handle, check_text
 from jetsource.domains.omni.normalize.common import Node
 from jetsource.domains.omni.normalize.errors import Malformed
-from jetsource.domains.omni.processing import check_step
+from jetsource.domains.omni.processing import MAX_OUTCOME, check_step
+from jetsource.domains.omni.processing import MAX_REASON as MAX_STATUS_REASON
 from jetsource.domains.process.validation import FIXED_LIMITS, to_new_event
 from jetsource.domains.sessions.emit import Session
 
@@ -51,7 +52,7 @@ ONE_LINE_BAD = [
     "a\x85",
     "a\u2028b",
 ]
-LINES_BAD = ["a\x00b", "a\x1b[31mb", "a\rb", "a\x07", "a\x7f", "a\x9b1m"]
+LINES_BAD = ["a\x00b", "a\x1b[31mb", "a\x07", "a\x7f", "a\x9b1m"]
 LINES_FINE = ["line 1\nline 2", "a\r\nb\tc", "a\u2028b\u2029c", "plain é ✓"]
 
 
@@ -68,6 +69,11 @@ def test_a_merge_reason_takes_lines_but_no_other_control(value: str) -> None:
     with pytest.raises(ValidationError, match="control character") as refused:
         check_text(value, "reason", MAX_REASON, lines=True)
     assert refused.value.field == "reason"
+    # The refusal says what the rule takes: a lone CR is a line break (recorded as LF),
+    # where it said "LF or CR LF" while merge took a lone CR.
+    assert str(refused.value).endswith(
+        "it takes printable text, tabs and line breaks (LF, CR LF or a lone CR; stored as LF)"
+    )
 
 
 @pytest.mark.parametrize("value", LINES_FINE)
@@ -95,8 +101,28 @@ def test_a_status_reason_is_kept_as_lines_with_controls_escaped(value: str, kept
 
 @pytest.mark.parametrize("value", ["a\rb", "a\r\r\nb", "a\r\nb"])
 def test_a_merge_reason_takes_any_line_break(value: str) -> None:
+    check_text(value, "reason", MAX_REASON, lines=True)
     check_text(lf_lines(value), "reason", MAX_REASON, lines=True)
     assert lf_lines(value) == "a\nb"
+
+
+@pytest.mark.parametrize("limit", [MAX_STATUS_REASON, MAX_OUTCOME])
+@pytest.mark.parametrize("control", ["\x1b", "\x00", "\x9b"])
+def test_a_status_reason_is_cut_never_inside_an_escape(limit: int, control: str) -> None:
+    """Cut at what a step keeps after escaping, a plain cut of the escaped text kept
+    "\\x1" of "\\x1b" at the end (a text the worker never wrote)."""
+    code = as_lines(control)
+    for pad in range(limit - 8, limit + 1):
+        value = "t" * pad + control * 3 + "tail"
+        kept = as_lines(value, limit)
+        assert len(kept) <= limit and kept == as_lines(value)[: len(kept)]
+        assert len(kept) > limit - len(code)  # no more cut than the escape that did not fit
+        rest = kept[pad:]
+        assert rest == code * (len(rest) // len(code)), (pad, rest)
+    long = "x" * (limit + 10)
+    assert as_lines(long, limit) == long[:limit]
+    assert as_lines("é" * (limit + 1) + "\x1b", limit) == "é" * limit
+    assert as_lines("a\r\nb", limit) == "a\nb"
 
 
 @pytest.mark.parametrize("value", ONE_LINE_BAD)

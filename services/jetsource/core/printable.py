@@ -35,13 +35,16 @@ def not_one_line_at(value: str) -> int | None:
     return None if found is None else found.start()
 
 
-# Text of many lines (a body, a rationale, a reason): tabs and line breaks (LF, or CR
-# LF) and nothing else of the controls (C0, DEL, C1): a NUL, an ESC (a terminal
-# recoloured, retitled, wiped) or a lone CR (a line overwritten in a terminal) is no
-# text. The line separators U+2028/U+2029 are line breaks like LF here. The rule of the
-# context commands' multi-line values and omni's status reason and merge reason.
-LINES_TAKE = "printable text, tabs and line breaks (LF or CR LF)"  # as refusals say it
-NOT_LINES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]|\r(?!\n)")
+# Text of many lines (a body, a rationale, a reason): tabs and line breaks and nothing
+# else of the controls (C0, DEL, C1): a NUL or an ESC (a terminal recoloured, retitled,
+# wiped) is no text. A line break is LF, CR LF, or a CR alone or before CR LF (an old
+# Mac's or a progress bar's line end, a CR LF through a second CR LF translation): each
+# is one line break, stored as LF (:func:`lf_lines`), so that no lone CR overwrites a
+# line in a terminal. The line separators U+2028/U+2029 are line breaks like LF here.
+# The rule of the context commands' multi-line values, omni's merge reason and status
+# reason: each checks with :func:`not_lines_at` and stores :func:`lf_lines`.
+LINES_TAKE = "printable text, tabs and line breaks (LF, CR LF or a lone CR; stored as LF)"
+NOT_LINES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 def not_lines_at(value: str) -> int | None:
@@ -64,14 +67,33 @@ def lf_lines(value: str) -> str:
     return _BREAK.sub("\n", value) if "\r" in value else value
 
 
-def as_lines(value: str) -> str:
+def as_lines(value: str, limit: int | None = None) -> str:
     """Machine-written text of many lines (a tool's output, an error's message) made
     text of many lines instead of refused: line breaks as LF (:func:`lf_lines`) and
     every other control character :data:`NOT_LINES` refuses (an ESC of colour codes, a
-    NUL, DEL, C1) as its visible escape (``\\x1b``)."""
+    NUL, DEL, C1) as its visible escape (``\\x1b``). With ``limit``: at most that many
+    characters of the result, cut before an escape that would not fit whole (a cut of
+    the escaped text could keep ``\\x`` of ``\\x1b``, which reads as another text)."""
     if value.isascii() and value.isprintable():
-        return value
-    return NOT_LINES.sub(lambda m: escape(m.group()), lf_lines(value))
+        return value if limit is None else value[:limit]
+    text = lf_lines(value)
+    if limit is None:
+        return NOT_LINES.sub(lambda m: escape(m.group()), text)
+    out: list[str] = []
+    size, start = 0, 0
+    for found in NOT_LINES.finditer(text):
+        plain = text[start : found.start()]
+        if size + len(plain) >= limit:
+            break
+        code = escape(found.group())
+        if size + len(plain) + len(code) > limit:
+            out.append(plain)
+            return "".join(out)
+        out += (plain, code)
+        size += len(plain) + len(code)
+        start = found.end()
+    out.append(text[start : start + limit - size])
+    return "".join(out)
 
 
 def as_one_line(value: str, replacement: str = "\ufffd") -> str:

@@ -722,6 +722,10 @@ MACHINE_REASONS = {
     "r\x7f": "r\\x7f",
     "r\x85": "r\\x85",
     "r\x9b1m": "r\\x9b1m",
+    # Cut at the 2,000 characters a step keeps after escaping, never inside an escape:
+    # a plain cut stored "...tt\\x" of the ESC's "\\x1b".
+    "t" * 1998 + "\x1b[31m": "t" * 1998,
+    "t" * 1995 + "\x1b[31m": "t" * 1995 + "\\x1b[",
 }
 # Text of many lines: an error's message, a traceback.
 FINE_REASONS = {

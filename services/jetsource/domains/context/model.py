@@ -21,7 +21,7 @@ from jetsource._gen.context.v1 import events_pb2 as ev
 from jetsource.core.clock import now_ns, to_timestamp
 from jetsource.core.codec import UnknownEvent
 from jetsource.core.errors import JetsourceError, ValidationError
-from jetsource.core.printable import LINES_TAKE, not_lines_at, not_one_line_at
+from jetsource.core.printable import LINES_TAKE, lf_lines, not_lines_at, not_one_line_at
 
 T = TypeVar("T")
 Status: TypeAlias = ev.SubtaskStatus.ValueType
@@ -199,9 +199,9 @@ Command = (
 # headers. One-line texts (titles, names, tags, the command options) take none of them,
 # nor the line and paragraph separators U+2028/U+2029 (a line end as much as LF: the
 # rule the process ledger's observer applies, jetsource.core.printable's); multi-line
-# texts (bodies, rationales, descriptions, reasons) take tabs and line breaks (LF, or
-# CR LF), nothing else of the controls. Events stored before this rule stay readable:
-# only commands are checked.
+# texts (bodies, rationales, descriptions, reasons) take tabs and line breaks (LF, CR
+# LF or a lone CR, recorded as LF: ``decide``), nothing else of the controls. Events
+# stored before this rule stay readable: only commands are checked.
 
 
 def _refuse_at(value: str, at: int | None, name: str, takes: str) -> None:
@@ -283,7 +283,24 @@ def _depends(deps: frozenset[tuple[str, str]], start: str, target: str) -> bool:
 # -- decide -------------------------------------------------------------------------
 
 
+# The events' fields of many lines (the commands' multi-line values): each line break
+# given (CR LF, a lone CR, CR CR LF) is recorded as LF (printable's rule, as omni's
+# merge reason): a lone CR from an old Mac's text or a paste was refused, and one
+# stored overwrote its line where a terminal showed it.
+_LINES_FIELDS = ("description", "body", "rationale", "reason")
+
+
 def decide(command: Command, state: ContextState) -> list[Message]:
+    events = _decide(command, state)
+    for event in events:
+        for name in _LINES_FIELDS:
+            value = getattr(event, name, None)
+            if isinstance(value, str) and "\r" in value:
+                setattr(event, name, lf_lines(value))
+    return events
+
+
+def _decide(command: Command, state: ContextState) -> list[Message]:
     if isinstance(command, CreateContext):
         _text(command.title, "title", MAX_TITLE, required=True)
         _text(command.description, "description", MAX_TEXT, multiline=True)

@@ -179,8 +179,10 @@ async def record_status(
     # the event's last_error and outcome in reads and terminals: its line breaks (CR
     # LF, a lone CR) are LF and any other control character (a colour code's ESC, a
     # NUL) its visible escape (the four characters \x1b). Refused, the failure was
-    # never recorded and each retry of the worker failed the same way.
-    reason = as_lines(reason)
+    # never recorded and each retry of the worker failed the same way. Cut to what a
+    # step keeps after the escaping and never inside an escape: a plain cut kept "\x"
+    # of a "\x1b" at the end of a long traceback.
+    reason = as_lines(reason, MAX_OUTCOME if state == "completed" else MAX_REASON)
     check_step(event_id, state, worker, attempt, reason)
     history = await store.read_aggregate(event_id)
     if not history:
