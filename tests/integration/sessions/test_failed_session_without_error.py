@@ -1,0 +1,45 @@
+"""A session that failed with no error text (a `session_ended` of status failed that
+names no error, as `sessions import` takes from another tool): `sessions list` and
+`sessions show` say the same error, none. The ledger's ending records the placeholder
+"failed" for the registry; `show` read it back as none while `list` (the registry's
+error) showed "failed", a text nobody wrote."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from jetsource.domains.sessions.connect import SessionsClient
+from jetsource.domains.sessions.settings import SessionsAppSettings
+from tests.integration.sessions.test_cli import cli
+
+TS = "2026-12-01T10:00:00.000Z"
+
+
+def line(sid: str, seq: int, kind: str, data: dict[str, object]) -> str:
+    return json.dumps({"ts": TS, "session": sid, "seq": seq, "type": kind, "data": data})
+
+
+async def test_list_and_show_agree_on_a_failure_with_no_error_text(
+    client: SessionsClient, app_settings: SessionsAppSettings, tmp_path: Path
+) -> None:
+    lines = [
+        line("quiet", 1, "session_started", {"command": "deploy"}),
+        line("quiet", 2, "session_ended", {"status": "failed"}),
+        line("told", 1, "session_started", {"command": "build"}),
+        line("told", 2, "session_ended", {"status": "failed", "error": "exit 3"}),
+    ]
+    source = tmp_path / "sessions.jsonl"
+    await asyncio.to_thread(source.write_text, "\n".join(lines) + "\n")
+    imported = await cli(app_settings, "import", str(source), "-o", "json")
+    assert imported.returncode == 0, imported.stderr
+    listed = await cli(app_settings, "list", "-o", "json")
+    assert listed.returncode == 0, listed.stderr
+    rows = {r["session"]: (r["status"], r["error"]) for r in json.loads(listed.stdout)}
+    assert rows == {"quiet": ("failed", None), "told": ("failed", "exit 3")}
+    for sid, (status, error) in rows.items():
+        shown = await cli(app_settings, "show", sid, "-o", "json")
+        assert shown.returncode == 0, shown.stderr
+        record = json.loads(shown.stdout)
+        assert (record["status"], record["error"]) == (status, error), sid
