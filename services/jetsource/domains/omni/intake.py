@@ -82,6 +82,35 @@ def _not_json(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
+def _json_int(text: str) -> int:
+    """An integer literal as Python's int, or ValueError in the client's terms: past
+    ``sys.get_int_max_str_digits()`` digits int() said "Exceeds the limit (4300 digits)
+    for integer string conversion ...; use sys.set_int_max_str_digits() to increase
+    the limit", advice to a Python programmer, not to the sender of a webhook."""
+    try:
+        return int(text)
+    except ValueError:
+        digits = len(text.lstrip("-"))
+        raise ValueError(f"an integer of {digits:,} digits, more than this service reads") from None
+
+
+# What a JSON value that is not an object is, in JSON's words (was Python's type name:
+# "body is a JSON NoneType").
+_JSON_KIND = {
+    list: "an array",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "true or false",
+    type(None): "null",
+}
+
+
+def json_kind(value: Any) -> str:
+    """What a parsed JSON value is, as JSON names it ("an array", "null", ...)."""
+    return _JSON_KIND.get(type(value), "an object")
+
+
 # Byte order marks of the encodings JSON text is not sent in (RFC 8259: UTF-8 only).
 _BOMS = (
     (b"\x00\x00\xfe\xff", "UTF-32 (big-endian)"),
@@ -513,7 +542,7 @@ def _parsed(raw: bytes) -> dict[str, Any]:
         raise Rejected(400, "unparseable", _not_utf8(raw, exc), "body") from None
     text = text.removeprefix("\ufeff")
     try:
-        body = json.loads(text, parse_constant=_not_json)
+        body = json.loads(text, parse_constant=_not_json, parse_int=_json_int)
     except ValueError as exc:
         raise Rejected(
             400, "unparseable", f"body is not JSON: {exc}"[:500] + _utf16_hint(text), "body"
@@ -525,7 +554,7 @@ def _parsed(raw: bytes) -> dict[str, Any]:
         ) from None
     if not isinstance(body, dict):
         raise Rejected(
-            400, "not_an_object", f"body is a JSON {type(body).__name__}, not an object", "body"
+            400, "not_an_object", f"body is {json_kind(body)}, not a JSON object", "body"
         )
     if (where := surrogate_path(body, text)) is not None:
         raise Rejected(
