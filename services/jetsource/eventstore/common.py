@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
 from jetsource.core.clock import NS
 from jetsource.core.envelope import AppendResult, Expected, NewEvent, RecordedEvent
@@ -40,6 +42,15 @@ def stored_already(
         ids,
         duplicate=True,
     )
+
+
+# The range of a protobuf Timestamp: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.
+MIN_SECONDS, MAX_SECONDS = -62_135_596_800, 253_402_300_799
+
+
+def a_time(at: Timestamp) -> bool:
+    """Whether ``at`` is a time a Timestamp can hold (what every writer stores)."""
+    return MIN_SECONDS <= at.seconds <= MAX_SECONDS and 0 <= at.nanos <= 999_999_999
 
 
 def check_read(aggregate_id: str, from_version: int) -> None:

@@ -52,6 +52,7 @@ from jetsource.core.settings import EventStoreSettings
 from jetsource.eventstore import horizon as horizons
 from jetsource.eventstore import jsapi, refusals
 from jetsource.eventstore.common import (
+    a_time,
     check_append,
     check_read,
     stored_already,
@@ -431,6 +432,15 @@ class JetStreamEventStore:
             )
         elif envelope.schema_version < 1:
             problem = "its envelope has no schema version"
+        elif envelope.HasField("occurred_at") and not a_time(envelope.occurred_at):
+            # Every writer stores a time of the years 1..9999 (the range of a protobuf
+            # Timestamp); one outside it broke every reader that shows it (`ctx events`
+            # failed INTERNAL "year 0 is out of range", JSON carried "20.1500000000Z").
+            at = envelope.occurred_at
+            problem = (
+                f"its envelope's occurred_at is no time (seconds {at.seconds}, nanos "
+                f"{at.nanos}; years 1 to 9999, nanos 0 to 999999999)"
+            )
         elif envelope.idempotency_uuid and len(envelope.idempotency_uuid) != 16:
             problem = (
                 f"its envelope's idempotency_uuid has {len(envelope.idempotency_uuid)} bytes,"
