@@ -20,6 +20,46 @@ from jetsource.cli.projector import _json, _run
 if TYPE_CHECKING:
     from jetsource.projection.repair import VoidReport
 
+# Kept in the void's record (its envelope's metadata) as given: bounded and checked by
+# the rule of free text (jetsource.core.printable), naming the option, before anything
+# is written. They were stored as they came: an ESC, a NUL, a --reason past 1,000
+# characters cut in silence, an --actor holding a line break.
+MAX_REASON, MAX_ACTOR = 1000, 100
+
+
+def _checked_text(value: str, option: str, limit: int, lines: bool = False) -> str:
+    """``value`` as kept (a --reason's line breaks as LF), or a usage error naming
+    ``option``: over ``limit`` characters, or a character the rule refuses (many lines:
+    tabs and line breaks and no other control; one line: no control character nor
+    U+2028/U+2029), or a lone surrogate (bytes that were not UTF-8)."""
+    from jetsource.core.printable import LINES_TAKE, lf_lines, not_lines_at, not_one_line_at
+
+    if len(value) > limit:
+        output.fail(
+            USAGE, "usage", f"{option} is {len(value)} characters; at most {limit}", field=option
+        )
+    at = not_lines_at(value) if lines else not_one_line_at(value)
+    if at is not None:
+        takes = LINES_TAKE if lines else "one line of printable text"
+        output.fail(
+            USAGE,
+            "usage",
+            f"{option} holds a control character (U+{ord(value[at]):04X} at position {at}): "
+            f"it takes {takes}",
+            field=option,
+        )
+    surrogate = next((i for i, ch in enumerate(value) if "\ud800" <= ch <= "\udfff"), None)
+    if surrogate is not None:
+        output.fail(
+            USAGE,
+            "usage",
+            f"{option} holds a lone UTF-16 surrogate at position {surrogate} (bytes that "
+            "were not UTF-8?), which is no Unicode character",
+            field=option,
+        )
+    return lf_lines(value) if lines else value
+
+
 app = typer.Typer(help="Repair a poisoned story without deleting anything.", no_args_is_help=True)
 
 
@@ -45,6 +85,8 @@ def void(
         output.fail(
             USAGE, "usage", "--reason must say why (it is kept in the stream)", field="--reason"
         )
+    reason = _checked_text(reason, "--reason", MAX_REASON, lines=True)
+    actor = _checked_text(actor, "--actor", MAX_ACTOR)
     if not yes:
         output.fail(
             USAGE,
