@@ -378,18 +378,7 @@ class Recorder:
             # Finished even when this request is cancelled meanwhile: a claim of this
             # event's id left pending would make the retry of this request wait out its
             # lease, then take it for an event of its own (a second one under the key).
-            async def release_all() -> None:
-                await asyncio.gather(*(self._claims.delete(k, r) for k, r in release))
-
-            deletes = asyncio.create_task(release_all())
-            self._background.add(deletes)
-            deletes.add_done_callback(self._background.discard)
-            try:
-                await asyncio.shield(deletes)
-            finally:
-                # Waiters re-read the claims once they are gone: woken before, they met
-                # them still pending, naming this event.
-                self._unhold(unheld, deletes)
+            await self._release(release, unheld)
 
     def _unhold(self, keys: list[str], deletes: asyncio.Task[None] | None = None) -> None:
         """Claims of ours released: their waiters re-read them, once ``deletes`` (the
@@ -705,7 +694,7 @@ class Recorder:
         answer, or appended with the item."""
         outcome = await self._resolve_claim(process_id, item, takeovers)
         if isinstance(outcome, Recorded) and item.created:
-            kept = self._unkeep(item, outcome.event_id)
+            kept = await self._unkeep(item, outcome.event_id)
             await self._unless_carried(process_id, kept, kept.created, outcome)
             self._settle(kept, outcome, stored=True)
         return outcome
@@ -745,7 +734,7 @@ class Recorder:
             item.keys.remove(mine)
         # Released before its waiters wake (they re-read it): woken first, they met it
         # pending, naming ``found``, and answered with it as a duplicate of ``found``.
-        await self._release([mine], mine, revision)
+        await self._release([(mine, revision)], [mine])
 
     async def _carries(self, process_id: str, key: str, found: Recorded) -> bool:
         """Whether the stored event ``found`` carries the idempotency key ``key`` (one
@@ -757,12 +746,25 @@ class Recorder:
             r.event_id == found.event_id and r.envelope.idempotency_key == key for r in stored
         )
 
-    async def _release(self, unheld: list[str], key: str, revision: int) -> None:
-        """Delete ``key``'s claim at ``revision`` (finished even when this request is
-        cancelled), then wake the waiters on ``unheld``."""
-        deletes = asyncio.create_task(self._claims.delete(key, revision))
+    async def _release(self, claims: list[tuple[str, int]], unheld: list[str]) -> None:
+        """Delete each claim at its revision (finished even when this request is
+        cancelled), then wake the waiters on ``unheld``: they re-read the claims once
+        they are gone (woken before, they met them still pending, naming this event).
+        Claims a failed delete leaves pending are abandoned: each names an event no
+        request of ours appends now, so whoever meets one takes it over at once (and
+        checks it again) rather than after its lease."""
+
+        async def delete_all() -> None:
+            await asyncio.gather(*(self._claims.delete(k, r) for k, r in claims))
+
+        def failed(task: asyncio.Task[None]) -> None:
+            if not task.cancelled() and task.exception() is not None:
+                self._abandoned.update(k for k, _ in claims)
+
+        deletes = asyncio.create_task(delete_all())
         self._background.add(deletes)
         deletes.add_done_callback(self._background.discard)
+        deletes.add_done_callback(failed)  # before the waiters wake
         try:
             await asyncio.shield(deletes)
         finally:
@@ -778,15 +780,21 @@ class Recorder:
             bool(own) and event_id != item.new.event_id and key == claim_key("k", process_id, own)
         )
 
-    def _unkeep(self, item: _Item, event_id: str) -> _Item:
+    async def _unkeep(self, item: _Item, event_id: str) -> _Item:
         """The claims ``item`` kept, as an item of their own, taken from it: to settle
         with ``event_id``'s event. Kept for another event than the one its claim names
         now (that claim was released and made anew by another meanwhile), they are
-        released instead and none are returned."""
+        released instead (their waiters woken once they are gone: woken before, they
+        met them pending and waited a poll, or took them over) and none are returned;
+        a release that fails leaves them abandoned, and the request is answered."""
         kept = replace(item, keys=list(item.created), created=item.created)
         item.created = {}
         if event_id != item.new.event_id:
-            self._settle(kept, RuntimeError("the claim was released"), stored=False)
+            try:
+                if kept.created:
+                    await self._release(list(kept.created.items()), kept.keys)
+            except Exception as exc:
+                log.warning("claim release failed (taken over at once later): %r", exc)
             return replace(kept, keys=[], created={})
         return kept
 
@@ -837,7 +845,7 @@ class Recorder:
                             ):
                                 # Not that event's key: released (at this revision: a
                                 # claim made anew meanwhile stays), then claimed again.
-                                await self._release([], key, revision)
+                                await self._release([(key, revision)], [])
                                 dropped = True
                                 break
                             self._spawn(self._claims.update(key, _completed(found), revision))
@@ -876,6 +884,7 @@ class Recorder:
         request's key's claim naming a stored event that does not carry the key (a
         duplicate by id stopped before releasing it): released, to be claimed again."""
         self._abandoned.discard(key)
+        proven = False  # the event as stored carries the request's key
         if self._foreign_key(process_id, item, key, event_id):
             try:
                 stored: Recorded | None = None
@@ -891,13 +900,18 @@ class Recorder:
                 self._abandoned.add(key)  # still not proven: the next one reads again
                 raise
             if not carried:
-                await self._release([], key, revision)
+                await self._release([(key, revision)], [])
                 return None
-        self._inflight[key] = asyncio.get_running_loop().create_future()
+            proven = stored is not None
         # With the claims this request kept of the event (``_claim``): its key's claim
         # that an earlier attempt never made, say; whatever becomes of the event
         # completes them too.
-        kept = dict(self._unkeep(item, event_id).created)
+        try:
+            kept = dict((await self._unkeep(item, event_id)).created)
+        except BaseException:
+            self._abandoned.add(key)
+            raise
+        self._inflight[key] = asyncio.get_running_loop().create_future()
         mine = replace(
             item,
             new=replace(item.new, event_id=event_id),
@@ -924,8 +938,24 @@ class Recorder:
                     mine.keys.append(other_key)
                     mine.created[other_key] = taken
             found = await self._lookup(process_id, event_id)
+        own = item.new.idempotency_key
         if found is None:
+            own_key = claim_key("k", process_id, own) if own else ""
+            if own and own_key not in mine.created and own_key not in {k for k, _, _ in others}:
+                # The request's key is not claimed for this event (absent, or naming
+                # another: its id's claim was met first, left pending by a release
+                # that failed, say): appended now, it was a second event under the
+                # key once that claim was released. Released; claimed again as a new
+                # request is.
+                takeovers[:] = [t for t in takeovers if t is not mine]
+                await self._release(list(mine.created.items()), list(mine.created))
+                return None
             return mine  # appended as this request has it: its key's claim is its own
+        if not proven:
+            # A claim of the request's key naming this event (taken over, or taken
+            # along) is kept only if the event as stored carries the key: a stopped
+            # duplicate's, its id's claim missing, was completed for the event.
+            kept = mine.created
         await self._unless_carried(process_id, mine, kept, found)
         self._settle(mine, found, stored=True)
         return replace(found, duplicate=True)
