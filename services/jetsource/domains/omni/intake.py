@@ -597,12 +597,14 @@ def _check_handles(events: list[NormalizedEvent], body: Any) -> None:
                     where,
                 )
             _one_line(body, value, f"the event's {name}")
+        # The message's own id: the key its event id is derived from, shown and logged.
+        _one_line(body, e.provider_event_id, "the event's provider_event_id")
 
 
 def _one_line(body: Any, value: str, what: str) -> None:
-    """A handle or a conversation, channel, thread or guild id is one line (the key of
-    an identity, of a conversation's reads; shown and logged): one holding a control
-    character or U+2028/U+2029 was stored as it came."""
+    """A handle, a conversation, channel, thread or guild id or a message's id is one
+    line (the key of an identity, of a conversation's reads, of an event; shown and
+    logged): one holding a control character or U+2028/U+2029 was stored as it came."""
     at = not_one_line_at(value)
     if at is not None:
         where = _path_of(body, value) or "body"
