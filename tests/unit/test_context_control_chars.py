@@ -45,6 +45,14 @@ MULTILINE_OK = ["two\nlines", "crlf\r\nlines", "tab\tstop", "é 😀 日本語 \
 MULTILINE_BAD = ["\x00", "esc \x1b[2J", "bell\x07", "\x85", "\x7f"]
 
 
+def said(value: str) -> str:
+    """What a refusal calls the first character refused: U+2028/U+2029 are no control
+    characters (the refusals said so until 2026-12-07)."""
+    if "\u2028" in value:
+        return "a line separator"
+    return "a paragraph separator" if "\u2029" in value else "a control character"
+
+
 def _story() -> ContextState:
     state = ContextState(id="c")
     for command in (
@@ -87,7 +95,7 @@ def _refused(command: Command) -> ValidationError:
 def test_one_line_fields_refuse_every_control_character(field: str, value: str) -> None:
     error = _refused(ONE_LINE[field](value))
     assert error.field == field
-    assert "control character" in str(error) and str(error).startswith(field)
+    assert str(error).startswith(field) and f" holds {said(value)} (U+" in str(error), error
 
 
 @pytest.mark.parametrize("field", list(LINES))
@@ -113,7 +121,7 @@ def test_command_options_refuse_control_characters_naming_their_path(name: str, 
     with pytest.raises(ValidationError) as err:
         _options(pb.AddDecisionRequest(context_id="c", options=options))
     assert err.value.field == f"options.{name}"
-    assert f"options.{name} holds a control character" in str(err.value)
+    assert f"options.{name} holds {said(value)} (U+" in str(err.value)
 
 
 def test_printable_text_of_any_script_is_taken() -> None:

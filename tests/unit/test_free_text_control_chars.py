@@ -56,10 +56,16 @@ LINES_BAD = ["a\x00b", "a\x1b[31mb", "a\x07", "a\x7f", "a\x9b1m"]
 LINES_FINE = ["line 1\nline 2", "a\r\nb\tc", "a\u2028b\u2029c", "plain é ✓"]
 
 
+def said(value: str) -> str:
+    """What the refusal calls the first character one line refuses: U+2028 is no
+    control character (the refusals said so until 2026-12-07)."""
+    return "a line separator" if value.startswith("a\u2028") else "a control character"
+
+
 @pytest.mark.parametrize("value", ONE_LINE_BAD)
 @pytest.mark.parametrize("field", ["name", "actor"])
 def test_an_identity_name_or_actor_is_one_line(field: str, value: str) -> None:
-    with pytest.raises(ValidationError, match="control character") as refused:
+    with pytest.raises(ValidationError, match=said(value)) as refused:
         check_text(value, field, MAX_NAME)
     assert refused.value.field == field
 
@@ -142,7 +148,7 @@ def test_a_linked_external_id_with_a_line_separator_is_refused(value: str) -> No
 @pytest.mark.parametrize("value", ONE_LINE_BAD)
 def test_a_webhook_handle_is_one_line(value: str) -> None:
     node = Node({"from": value}, "entry[0].changes[0].value.messages[0]")
-    with pytest.raises(Malformed, match="control character") as refused:
+    with pytest.raises(Malformed, match=said(value)) as refused:
         node.req_handle("from")
     assert refused.value.field == "entry[0].changes[0].value.messages[0].from"
     assert Node({"from": "15551234567"}).req_handle("from") == "15551234567"
@@ -156,7 +162,7 @@ def _started(data: dict[str, Any]) -> CanonicalEvent:
 
 @pytest.mark.parametrize("value", ONE_LINE_BAD)
 def test_a_process_name_is_one_line(value: str) -> None:
-    with pytest.raises(ValidationError, match="control character") as refused:
+    with pytest.raises(ValidationError, match=said(value)) as refused:
         to_new_event(_started({"kind": "stage", "name": value}), FIXED_LIMITS)
     assert refused.value.field == "event.data.name"
     to_new_event(_started({"kind": "stage", "name": "level 1 ✓"}), FIXED_LIMITS)
@@ -164,5 +170,5 @@ def test_a_process_name_is_one_line(value: str) -> None:
 
 @pytest.mark.parametrize("value", ONE_LINE_BAD)
 def test_a_session_command_is_one_line(value: str) -> None:
-    with pytest.raises(ValueError, match="command holds a control character"):
+    with pytest.raises(ValueError, match=f"command holds {said(value)}"):
         Session(object(), value)  # type: ignore[arg-type]

@@ -64,8 +64,9 @@ def _text_plain(value: str, field: str, limit: int) -> None:
         raise ValidationError(f"{field} is {len(value)} characters; at most {limit}", field)
     for i, c in enumerate(value):
         if unicodedata.category(c) == "Cc" or c in "\u2028\u2029":
+            what = unicodedata.name(c, "").lower() if c in "\u2028\u2029" else "control character"
             raise ValidationError(
-                f"{field} contains a control character (U+{ord(c):04X} at position {i})", field
+                f"{field} contains a {what} (U+{ord(c):04X} at position {i})", field
             )
 
 

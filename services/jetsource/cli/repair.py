@@ -32,7 +32,13 @@ def _checked_text(value: str, option: str, limit: int, lines: bool = False) -> s
     ``option``: over ``limit`` characters, or a character the rule refuses (many lines:
     tabs and line breaks and no other control; one line: no control character nor
     U+2028/U+2029), or a lone surrogate (bytes that were not UTF-8)."""
-    from jetsource.core.printable import LINES_TAKE, lf_lines, not_lines_at, not_one_line_at
+    from jetsource.core.printable import (
+        LINES_TAKE,
+        lf_lines,
+        not_lines_at,
+        not_one_line_at,
+        refused_at,
+    )
 
     if len(value) > limit:
         output.fail(
@@ -44,8 +50,7 @@ def _checked_text(value: str, option: str, limit: int, lines: bool = False) -> s
         output.fail(
             USAGE,
             "usage",
-            f"{option} holds a control character (U+{ord(value[at]):04X} at position {at}): "
-            f"it takes {takes}",
+            f"{option} holds {refused_at(value, at)}: it takes {takes}",
             field=option,
         )
     surrogate = next((i for i, ch in enumerate(value) if "\ud800" <= ch <= "\udfff"), None)

@@ -24,6 +24,19 @@ def escape(ch: str) -> str:
 NOT_ONE_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
+def refused_at(value: str, at: int) -> str:
+    """How a refusal names the character at ``at`` that a rule of this module refused:
+    "a control character (U+001B at position 4)", or for U+2028/U+2029, which one line
+    refuses and are no control characters, "a line separator (U+2028 at position 4)"
+    ("a paragraph separator")."""
+    ch = value[at]
+    what = _SEPARATORS.get(ch, "a control character")
+    return f"{what} (U+{ord(ch):04X} at position {at})"
+
+
+_SEPARATORS = {"\u2028": "a line separator", "\u2029": "a paragraph separator"}
+
+
 def not_one_line_at(value: str) -> int | None:
     """The position of the first character of ``value`` that one line of text cannot
     hold (:data:`NOT_ONE_LINE`), or None."""

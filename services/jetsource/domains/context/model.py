@@ -21,7 +21,13 @@ from jetsource._gen.context.v1 import events_pb2 as ev
 from jetsource.core.clock import now_ns, to_timestamp
 from jetsource.core.codec import UnknownEvent
 from jetsource.core.errors import JetsourceError, ValidationError
-from jetsource.core.printable import LINES_TAKE, lf_lines, not_lines_at, not_one_line_at
+from jetsource.core.printable import (
+    LINES_TAKE,
+    lf_lines,
+    not_lines_at,
+    not_one_line_at,
+    refused_at,
+)
 
 T = TypeVar("T")
 Status: TypeAlias = ev.SubtaskStatus.ValueType
@@ -207,8 +213,7 @@ Command = (
 def _refuse_at(value: str, at: int | None, name: str, takes: str) -> None:
     if at is not None:
         raise ValidationError(
-            f"{name} holds a control character (U+{ord(value[at]):04X} at position "
-            f"{at}): it takes {takes}",
+            f"{name} holds {refused_at(value, at)}: it takes {takes}",
             field=name,
         )
 

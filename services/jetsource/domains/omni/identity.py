@@ -75,6 +75,7 @@ from jetsource.core.printable import (
     lf_lines,
     not_lines_at,
     not_one_line_at,
+    refused_at,
 )
 from jetsource.domains.omni.events import (
     EXTERNAL_ID_LINKED,
@@ -120,8 +121,7 @@ def check_text(value: str, field: str, limit: int, lines: bool = False) -> None:
     if at is not None:
         takes = LINES_TAKE if lines else "one line of printable text"
         raise ValidationError(
-            f"{field} holds a control character (U+{ord(value[at]):04X} at position {at}): "
-            f"it takes {takes}",
+            f"{field} holds {refused_at(value, at)}: it takes {takes}",
             field=field,
         )
 

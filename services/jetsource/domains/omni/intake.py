@@ -50,7 +50,7 @@ from jetsource.core.errors import (
     ValidationError,
 )
 from jetsource.core.ids import uuid7
-from jetsource.core.printable import not_one_line_at
+from jetsource.core.printable import not_one_line_at, refused_at
 from jetsource.domains.omni import signatures
 from jetsource.domains.omni.events import stable_uuid
 from jetsource.domains.omni.identity import IdentityService, check_handle
@@ -611,8 +611,7 @@ def _one_line(body: Any, value: str, what: str) -> None:
         raise Rejected(
             422,
             "malformed",
-            f"{where}: {what} holds a control character (U+{ord(value[at]):04X} at "
-            f"position {at}): it is one line of printable text",
+            f"{where}: {what} holds {refused_at(value, at)}: it is one line of printable text",
             where,
         )
 

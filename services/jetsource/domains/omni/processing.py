@@ -30,7 +30,7 @@ from jetsource._gen.omni.v1.lifecycle_pb2 import (
 from jetsource.core.envelope import NewEvent
 from jetsource.core.errors import ValidationError
 from jetsource.core.ids import validate_aggregate_id
-from jetsource.core.printable import as_lines, not_one_line_at
+from jetsource.core.printable import as_lines, not_one_line_at, refused_at
 from jetsource.domains.omni.events import is_identity
 from jetsource.domains.omni.normalize.common import has_surrogate
 from jetsource.eventstore.jetstream import JetStreamEventStore
@@ -153,8 +153,7 @@ def check_step(event_id: str, state: str, worker: str, attempt: int, reason: str
         # Recorded as the step's worker and its event's source, shown and logged as one
         # line: an ESC or a line end in it recoloured a terminal or forged a log line.
         raise ValidationError(
-            f"worker holds a control character (U+{ord(worker[at]):04X} at position {at}): "
-            "it takes one line of printable text",
+            f"worker holds {refused_at(worker, at)}: it takes one line of printable text",
             field="worker",
         )
     if attempt < 1:

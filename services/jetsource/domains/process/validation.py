@@ -18,7 +18,7 @@ from jetsource._gen.process.v1.events_pb2 import CanonicalEvent, ProcessEventBod
 from jetsource.core.envelope import NewEvent
 from jetsource.core.errors import ValidationError
 from jetsource.core.ids import uuid7, validate_aggregate_id
-from jetsource.core.printable import not_one_line_at
+from jetsource.core.printable import not_one_line_at, refused_at
 from jetsource.core.structvalue import NotAStructValue, check_struct_value, has_lone_surrogate
 from jetsource.domains.process.events import registry
 from jetsource.domains.process.pruning import PRUNER_ID, RESERVED_TYPES
@@ -66,7 +66,7 @@ def text_problem(value: str) -> str | None:
     at = not_one_line_at(value)
     if at is None:
         return None
-    return f"contains a control character (U+{ord(value[at]):04X} at position {at})"
+    return f"contains {refused_at(value, at)}"
 
 
 def _text(value: str, field: str, limit: int) -> None:

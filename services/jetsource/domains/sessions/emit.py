@@ -35,7 +35,7 @@ from typing import Any
 from jetsource._gen.process.v1 import events_pb2
 from jetsource.core.aio import stop_task
 from jetsource.core.errors import exit_code
-from jetsource.core.printable import not_one_line_at
+from jetsource.core.printable import not_one_line_at, refused_at
 from jetsource.core.settings import GrpcClientSettings
 from jetsource.domains.sessions.catalog import Validation, load_catalog
 from jetsource.domains.sessions.format import (
@@ -78,8 +78,7 @@ class Session:
             # Its root process's name (one line, as the observer records names): said
             # here, not as the observer's refusal of session_started naming data.name.
             raise ValueError(
-                f"command holds a control character (U+{ord(command[at]):04X} at position "
-                f"{at}): it takes one line of printable text"
+                f"command holds {refused_at(command, at)}: it takes one line of printable text"
             )
         self.id = session_id or new_session_id()
         self.command = command

@@ -35,7 +35,7 @@ from google.protobuf import json_format, struct_pb2
 from jetsource._gen.process.v1 import events_pb2
 from jetsource.core.clock import from_timestamp, to_timestamp
 from jetsource.core.ids import MAX_AGGREGATE_ID_LENGTH, uuid7
-from jetsource.core.printable import not_one_line_at
+from jetsource.core.printable import not_one_line_at, refused_at
 from jetsource.core.structvalue import SAFE_INTEGER, NotAStructValue, check_struct_value
 
 SESSION_KIND = "session"
@@ -188,8 +188,7 @@ class SessionEvent:
             # of an import is recorded.
             raise EventFormatError(
                 "data.command",
-                f"holds a control character (U+{ord(command[at]):04X} at position {at}): "
-                "it takes one line of printable text",
+                f"holds {refused_at(command, at)}: it takes one line of printable text",
             )
         return cls(ts_ns, session, seq, event_type, data)
 

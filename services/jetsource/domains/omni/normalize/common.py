@@ -16,7 +16,7 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from jetsource._gen.omni.v1.events_pb2 import NormalizedEvent
-from jetsource.core.printable import not_one_line_at
+from jetsource.core.printable import not_one_line_at, refused_at
 from jetsource.domains.omni.normalize.errors import Malformed
 
 # The longest handle (a sender's or recipient's id on its provider) the identity service
@@ -219,8 +219,7 @@ def check_handle(value: str, field: str) -> str:
     if at is not None:
         raise Malformed(
             field,
-            f"holds a control character (U+{ord(value[at]):04X} at position {at}): a handle "
-            "is one line of printable text",
+            f"holds {refused_at(value, at)}: a handle is one line of printable text",
         )
     return value
 
