@@ -415,7 +415,7 @@ class JetStreamEventStore:
             envelope.ParseFromString(raw.data)
         except DecodeError as exc:
             raise PayloadDecodeError(f"stream sequence {raw.seq}: envelope does not parse") from exc
-        _, aggregate_id, event_type = raw.subject.rsplit(".", 2)
+        aggregate_id, event_type = self._subject_tokens(raw)
         if not envelope.event_id:
             envelope.event_id = stored_event_id(raw.headers.get("Nats-Msg-Id", ""), aggregate_id)
         # What the subject says is what the stream guards (optimistic concurrency is on
@@ -459,6 +459,32 @@ class JetStreamEventStore:
             envelope.idempotency_key = str(uuid.UUID(bytes=envelope.idempotency_uuid))
             envelope.ClearField("idempotency_uuid")
         return envelope
+
+    def _subject_tokens(self, raw: RawMessage) -> tuple[str, str]:
+        """The aggregate id and event type a message's subject names, or
+        PayloadDecodeError: the stream takes any subject under its prefix, and a raw
+        publish on ``<prefix>.x.y.Type`` or ``<prefix>.Type`` was read as aggregate
+        ``y`` (or the prefix's last token), one with an id no writer takes (``a%b``, 2,000
+        characters) as that id: the read models listed stories no read or command
+        reaches, and the stories' own readers never saw them."""
+        prefix = self._cfg.subject_prefix + "."
+        if raw.subject.startswith(prefix):
+            tokens = raw.subject[len(prefix) :].split(".")
+        else:  # (a subject of another prefix: as it was read before)
+            tokens = raw.subject.rsplit(".", 2)[1:]
+        problem = None
+        if len(tokens) != 2 or not tokens[1]:
+            problem = "is not <subject prefix>.<aggregate id>.<event type>"
+        else:
+            try:
+                validate_aggregate_id(tokens[0])
+            except ValidationError as exc:
+                problem = f"names no aggregate a writer takes ({exc})"
+        if problem:
+            raise PayloadDecodeError(
+                f"stream sequence {raw.seq}: its subject {raw.subject[:200]!r} {problem}"
+            )
+        return tokens[0], tokens[1]
 
     def decode(self, raw: RawMessage, envelope: EventEnvelope | None = None) -> RecordedEvent:
         """A stored message as a recorded event (envelope completed, personal fields
