@@ -19,6 +19,7 @@ import pytest
 from jetsource._gen.context.v1 import events_pb2 as ev
 from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
 from jetsource.core.settings import JetsourceSettings
+from jetsource.domains.context.valkey_models import ContextModel
 from jetsource.eventstore import jsapi
 from jetsource.eventstore.jsapi import OutMessage
 from jetsource.projection import admin
@@ -69,6 +70,7 @@ async def test_an_event_on_a_subject_no_writer_uses_is_dead_lettered_not_applied
         assert "is not <subject prefix>.<aggregate id>.<event type>" in named[seqs[0]]
         assert "names no aggregate a writer takes" in named[seqs[2]]
     model = p.model("context", 1)
+    assert isinstance(model, ContextModel)
     assert await model.recent(None, 0, 100) == ["after"]  # was: after, a%b, aaa..., y, events
 
     report = await admin.dlq_discard(p)
