@@ -34,7 +34,7 @@ from jetsource.core.errors import JetsourceError
 from jetsource.eventstore import horizon as horizons
 from jetsource.eventstore import jsapi
 from jetsource.eventstore.horizon import Horizon
-from jetsource.eventstore.jetstream import JetStreamEventStore
+from jetsource.eventstore.jetstream import JetStreamEventStore, recorded_ns
 from jetsource.eventstore.jsapi import RawMessage
 from jetsource.eventstore.refusals import writes_to
 from jetsource.eventstore.snapshots import SnapshotStore
@@ -294,6 +294,9 @@ class Archiver:
             )
             for c in batch
         }
+        # The latest time each aggregate's sealed events were recorded: with a stream's
+        # stamps stepping back, one may be later than its last's (horizon.latest_ns).
+        latest = {c.aggregate_id: max(recorded_ns(to_raw(m)) for m in c.messages) for c in batch}
         entry = await self.archive.write(messages, ranges)
         report.segments.append(entry.name)
         report.archived += len(messages)
@@ -306,7 +309,7 @@ class Archiver:
             # The horizon first: a reader that meets the gap knows where it went.
             r = ranges[c.aggregate_id]
             with writes_to(horizons.kv_stream(self._cfg.stream)):
-                await self._advance_horizon(c.aggregate_id, r, entry.name)
+                await self._advance_horizon(c.aggregate_id, r, entry.name, latest[c.aggregate_id])
             with writes_to(self._cfg.stream):
                 return await jsapi.purge_subject_before(
                     self._replies,
@@ -331,20 +334,27 @@ class Archiver:
             )
             self._bucket_ready = True
 
-    async def _advance_horizon(self, aggregate_id: str, r: AggregateRange, segment: str) -> None:
+    async def _advance_horizon(
+        self, aggregate_id: str, r: AggregateRange, segment: str, latest_ns: int = 0
+    ) -> None:
         """Record the aggregate's horizon (compare-and-set on the KV revision) before
-        anything of it is purged; never moves a horizon back."""
+        anything of it is purged; never moves a horizon back. ``latest_ns``: the latest
+        recorded time of the events sealed (the horizon keeps the latest of all)."""
         timeout = self._cfg.request_timeout_s
         for _ in range(20):
             found = await horizons.read(self._replies, self._cfg.stream, aggregate_id, timeout)
             old, revision = found if found else (None, 0)
             segments = tuple(old.segments) if old else ()
-            if segment in segments and old is not None and old.version >= r.last_version:
+            # (an older horizon's last time is one of its versions' times)
+            latest = max(latest_ns, old.recorded_until_ns if old else 0)
+            known = old is not None and old.version >= r.last_version
+            if known and segment in segments and old is not None and old.latest_ns >= latest:
                 return
-            if old is not None and old.version >= r.last_version:
-                new = Horizon(old.version, old.seq, old.time_ns, (*segments, segment))
+            segments = segments if segment in segments else (*segments, segment)
+            if known and old is not None:
+                new = Horizon(old.version, old.seq, old.time_ns, segments, latest)
             else:
-                new = Horizon(r.last_version, r.last_seq, r.last_time_ns, (*segments, segment))
+                new = Horizon(r.last_version, r.last_seq, r.last_time_ns, segments, latest)
             try:
                 await jsapi.publish(
                     self._replies,

@@ -147,8 +147,19 @@ class ArchivedHistory:
         try:
             return await self.live.version_at_time(aggregate_id, time)
         except BeyondHorizonError as exc:
-            old = await self.archived(aggregate_id, exc.horizon)
-            return recorded_by(old, to_ns(time))  # (versions 1..horizon, checked)
+            horizon = exc.horizon
+        t = to_ns(time)
+        old = await self.archived(aggregate_id, horizon)
+        found = recorded_by(old, t)  # (versions 1..horizon, checked)
+        if found < horizon.version:
+            return found
+        # Every archived version recorded by then (a horizon's latest time may be later
+        # than any of them: a voided message's, or its own stamp in a restored stream):
+        # the prefix goes on in the live stream.
+        rest = await self.live.read_aggregate(
+            aggregate_id, horizon.version + 1, None, t, horizon.seq + 1
+        )
+        return horizon.version + len(rest)
 
     # The rest of the port: the live stream's.
     async def append(

@@ -6,11 +6,15 @@ archiver sealed into verified archive segments and a snapshot covers. Before it
 purges them the archiver records the aggregate's horizon (one NATS KV entry per
 aggregate, bucket ``HORIZONS_<stream>``)::
 
-    {"version": 120, "seq": 48211, "time_ns": ..., "segments": ["CONTEXT_EVENTS/..."]}
+    {"version": 120, "seq": 48211, "time_ns": ..., "segments": ["CONTEXT_EVENTS/..."],
+     "latest_ns": ...}
 
 so a reader that meets a history starting after version 1 knows why: versions
-1..``version`` (stream sequences up to ``seq``, recorded up to ``time_ns``) are in
-the named archive segments. The event store asks for it only when a read needs what
+1..``version`` (stream sequences up to ``seq``, the last one recorded at ``time_ns``)
+are in the named archive segments. ``latest_ns`` is the latest time any of them was
+recorded: a stream's stamps may step back, so an archived version may carry a later
+time than the last one, and a time before it is answered from the archive
+(:meth:`Horizon.covers`). The event store asks for it only when a read needs what
 is not in the live stream; a stream that is never compacted never asks.
 
 Readers that are configured with the archive read across the horizon
@@ -34,10 +38,27 @@ class Horizon:
     seq: int  # stream sequence of that last archived version
     time_ns: int  # its recorded time
     segments: tuple[str, ...] = field(default=())
+    # The latest recorded time of versions 1..version (0: not recorded, a horizon
+    # written before it was: taken as time_ns). Recorded as readers read it: a restored
+    # message's first time (Jetsource-Recorded-At), where time_ns is the stream's stamp.
+    latest_ns: int = 0
+
+    @property
+    def recorded_until_ns(self) -> int:
+        """Every archived version was recorded at or before this time."""
+        return self.latest_ns or self.time_ns
+
+    def covers(self, time_ns: int) -> bool:
+        """Whether the state at ``time_ns`` (the story's prefix recorded by then,
+        ``recorded_by``) may end before the horizon: some archived version was
+        recorded after it, so only the archive can say where the prefix ends."""
+        return time_ns < self.recorded_until_ns
 
     def encode(self) -> bytes:
         body = asdict(self)
         body["segments"] = list(self.segments)
+        if not self.latest_ns:
+            del body["latest_ns"]
         return json.dumps(body, separators=(",", ":")).encode()
 
     @classmethod
@@ -48,6 +69,7 @@ class Horizon:
             int(body["seq"]),
             int(body["time_ns"]),
             tuple(str(s) for s in body.get("segments", ())),
+            int(body.get("latest_ns", 0)),
         )
 
 
@@ -60,7 +82,7 @@ class BeyondHorizonError(JetsourceError):
         self.horizon = horizon
         super().__init__(
             f"aggregate {aggregate_id!r}: versions 1..{horizon.version} (recorded up to "
-            f"{format_rfc3339_ns(horizon.time_ns)}, stream sequence {horizon.seq}) were "
+            f"{format_rfc3339_ns(horizon.recorded_until_ns)}, stream sequence {horizon.seq}) were "
             "compacted into the archive, which this reader is not configured to read "
             "(JETSOURCE_ARCHIVE__URL; `jetsource archive list`)"
         )

@@ -1346,9 +1346,12 @@ class JetStreamEventStore:
 
     async def _before_horizon(self, aggregate_id: str, time_ns: int) -> None:
         """BeyondHorizonError if ``time_ns`` lies before the aggregate's horizon: the
-        first event after it may be purged, so the live stream cannot say."""
+        first event after it may be purged, so the live stream cannot say. Before the
+        latest time an archived version was recorded, not its last's: with stamps
+        stepping back, the story's prefix recorded by then (recorded_by) may end at an
+        archived version stamped later than the horizon's own."""
         horizon = await self.horizon(aggregate_id)
-        if horizon is not None and time_ns < horizon.time_ns:
+        if horizon is not None and horizon.covers(time_ns):
             raise BeyondHorizonError(aggregate_id, horizon)
 
     async def _chain_start(
@@ -1528,6 +1531,8 @@ class JetStreamEventStore:
             after = await self._call(
                 lambda: jsapi.first_at_or_after(self._replies, stream, t + 1, subject, timeout)
             )
+            if after is not None and H_RECORDED_AT in after.headers:
+                break  # restored: nats-server searched by its new stamps, not ours
             if after is not None:
                 if self._compacted:  # (clocks disagree: no shortcut by max_age)
                     await self._before_horizon(aggregate_id, t)
@@ -1546,12 +1551,35 @@ class JetStreamEventStore:
                     aggregate_id, from_version=version, from_seq=after.seq, until_time=t
                 )
                 return version - 1 + len(rest)
-            last = await self._tail(aggregate_id)
+            if self._compacted:
+                # Every live event recorded by then: the archived ones may not be (a
+                # stepped-back stream). Asked side by side: no longer to wait.
+                last, _ = await asyncio.gather(
+                    self._tail(aggregate_id), self._before_horizon(aggregate_id, t)
+                )
+            else:
+                last = await self._tail(aggregate_id)
             if last is None:
                 return 0
+            if H_RECORDED_AT in last.headers:
+                break
             if last.time_ns <= t:
                 return self._position(aggregate_id, last)[0]
-        # Appends keep racing the look-ups (or a message is not an event): read what
-        # was recorded by then instead.
-        events = await self.read_aggregate(aggregate_id, until_time=t)
+        # Appends keep racing the look-ups, a message is not an event, or it was
+        # restored (stamped anew, first recorded at Jetsource-Recorded-At: a search by
+        # the stream's stamps cannot find ours): read what was recorded by then.
+        try:
+            events = await self.read_aggregate(aggregate_id, until_time=t)
+        except BeyondHorizonError as exc:
+            if exc.horizon.covers(t):
+                raise
+            # Every archived version recorded by then: the prefix goes on in the live
+            # stream (the archive reader, given this error, answered the horizon's).
+            rest = await self.read_aggregate(
+                aggregate_id,
+                from_version=exc.horizon.version + 1,
+                from_seq=exc.horizon.seq + 1,
+                until_time=t,
+            )
+            return exc.horizon.version + len(rest)
         return events[-1].version if events else 0
