@@ -306,6 +306,11 @@ async def test_a_restored_story_is_looked_up_by_the_times_it_was_first_recorded(
     assert await store.version_at_time("s", BASE + 25 * SECOND) == 1
     assert await store.version_at_time("s", BASE + 45 * SECOND) == 4
     await check_every_time(memory, records, store, (at, at + 2, at + 10))
+    # After the restore's stamps: its last message, no read of the story.
+    reads: list[Any] = []
+    monkeypatch.setattr(store, "read_aggregate", lambda *a, **k: reads.append(a))
+    assert await store.version_at_time("s", at + 10) == 4
+    assert reads == []
 
 
 @pytest.mark.parametrize("version", [1, 2, 3])

@@ -1531,8 +1531,6 @@ class JetStreamEventStore:
             after = await self._call(
                 lambda: jsapi.first_at_or_after(self._replies, stream, t + 1, subject, timeout)
             )
-            if after is not None and H_RECORDED_AT in after.headers:
-                break  # restored: nats-server searched by its new stamps, not ours
             if after is not None:
                 if self._compacted:  # (clocks disagree: no shortcut by max_age)
                     await self._before_horizon(aggregate_id, t)
@@ -1540,13 +1538,17 @@ class JetStreamEventStore:
                     version = self._envelope(after).aggregate_version
                 except PayloadDecodeError:
                     break  # not an event: the counting read below says what it is
-                if after.time_ns > t:
+                # A restored message was stamped at the restore, after it was first
+                # recorded (Jetsource-Recorded-At, the time reads use): nats-server
+                # searched by the restore's stamps, so every event before this one was
+                # recorded by then, and this one may be too.
+                if recorded_ns(after) > t:
                     return version - 1
                 # nats-server's search by time takes stamps as never going backwards:
-                # inside a stepped-back window it lands on a message of the story
-                # stamped by then. The story's prefix recorded by then (recorded_by)
-                # goes on past it: read on from it, up to the first event recorded
-                # after the time (the read stops there; it read the rest of the story).
+                # inside a stepped-back window (or in a restored stream) it lands on a
+                # message of the story recorded by then. The story's prefix recorded by
+                # then (recorded_by) goes on past it: read on from it, up to the first
+                # event recorded after the time (the read stops there).
                 rest = await self.read_aggregate(
                     aggregate_id, from_version=version, from_seq=after.seq, until_time=t
                 )
@@ -1561,13 +1563,10 @@ class JetStreamEventStore:
                 last = await self._tail(aggregate_id)
             if last is None:
                 return 0
-            if H_RECORDED_AT in last.headers:
-                break
-            if last.time_ns <= t:
+            if last.time_ns <= t:  # (restored: recorded before this stamp)
                 return self._position(aggregate_id, last)[0]
-        # Appends keep racing the look-ups, a message is not an event, or it was
-        # restored (stamped anew, first recorded at Jetsource-Recorded-At: a search by
-        # the stream's stamps cannot find ours): read what was recorded by then.
+        # Appends keep racing the look-ups (or a message is not an event): read what
+        # was recorded by then instead.
         try:
             events = await self.read_aggregate(aggregate_id, until_time=t)
         except BeyondHorizonError as exc:
