@@ -978,17 +978,23 @@ def refused_instead(where: str, within_s: float) -> AccessDeniedError | None:
 _API_SUBJECT = re.compile(r"\$js\.api\.([^\s\"'`]+)")
 
 
-def denial_of(name: str, within_s: float, exact: bool = False) -> str | None:
+def denial_of(name: str, within_s: float, exact: bool = False, stream: bool = False) -> str | None:
     """The newest permission violation within ``within_s`` naming a JetStream API
     subject of ``name`` (nats-py reports subjects in lower case), or None. ``exact``:
-    naming the subject ``$JS.API.<name>`` itself; a part of it matched another's
-    (a denial of STREAM.INFO.CE_SNAPSHOTS was taken for one of stream CE)."""
+    naming the subject ``$JS.API.<name>`` itself; ``stream``: a subject of stream (or
+    bucket stream) ``name`` itself, ``$JS.API.STREAM.<...>.<name>`` (its CREATE, INFO,
+    UPDATE). A part of it matched another's (a denial of STREAM.INFO.CE_SNAPSHOTS was
+    taken for one of stream CE)."""
     now, key = time.monotonic(), name.lower()
     for at, text in reversed(_DENIALS):
         said = text.lower()
         if now - at > within_s or "$js.api." not in said:
             continue
-        if exact:
+        if stream:
+            subjects = _API_SUBJECT.findall(said)
+            if any(s.startswith("stream.") and s.rsplit(".", 1)[-1] == key for s in subjects):
+                return text
+        elif exact:
             if key in _API_SUBJECT.findall(said):
                 return text
         elif key in said:
@@ -1022,7 +1028,9 @@ async def create_waiting(
                 offline or leaderless or getattr(exc, "err_code", None) == ERR_NO_SUITABLE_PEERS
             ):
                 raise
-            if leaderless and (denied := denial_of(name, PLACEMENT_WAIT_S + 10)):
+            # A denial of this stream's own subjects (exact: one of CE_SNAPSHOTS was
+            # taken for stream CE's, and CE's create said access denied).
+            if leaderless and (denied := denial_of(name, PLACEMENT_WAIT_S + 10, stream=True)):
                 raise AccessDeniedError(
                     f"{what} {name} was not created: NATS refused this client: {denied}; "
                     "the NATS server's permissions for this client's user "
