@@ -71,6 +71,10 @@ def parse_time_ns(text: str, *, int64: bool = False, offset_required: bool = Fal
     if offset is None and offset_required:
         raise ValueError("no offset: end it with Z or +HH:MM")
     zone = "+00:00" if offset is None or offset in ("Z", "z") else offset
+    if not (int(zone[1:3]) <= 23 and int(zone[4:6]) <= 59):
+        # (datetime's own words were "offset must be a timedelta strictly between
+        # -timedelta(hours=24) and timedelta(hours=24), not datetime.timedelta(...)")
+        raise ValueError(f"not a valid time (offset {zone} is no UTC offset: -23:59 to +23:59)")
     try:
         when = datetime.fromisoformat(f"{day}T{clock}{zone}")
     except ValueError as exc:

@@ -169,6 +169,16 @@ _HTTP_CODES = {
 }
 
 
+def _unreadable(cause: BaseException | None) -> str:
+    """Why a JSON body FastAPI could not read was not read, from what its parse raised."""
+    if isinstance(cause, RecursionError):
+        return "body is not JSON this service reads: nested too deep"
+    if isinstance(cause, ValueError) and not isinstance(cause, UnicodeError):
+        # int() past sys.get_int_max_str_digits(): "Exceeds the limit (4300 digits) ...".
+        return "body is not JSON this service reads: an integer of more digits than it takes"
+    return "body could not be read: send JSON encoded as UTF-8"
+
+
 def http_error_answer(request: Request, exc: HTTPException) -> JSONResponse:
     """The framework's own refusals (no route, a method the route has not, a body it
     could not read) in the documented shape ``{"error": {"code", "message", "field"}}``
@@ -193,8 +203,10 @@ def http_error_answer(request: Request, exc: HTTPException) -> JSONResponse:
         message = str(exc.detail)[:500]
         field = "body"
     elif status == 400:
-        # FastAPI's "There was an error parsing the body": a body that is not UTF-8.
-        message = "body could not be read: send JSON encoded as UTF-8"
+        # FastAPI's "There was an error parsing the body", raised from what reading the
+        # JSON raised: a body that is not UTF-8, nested past the parser's recursion, or
+        # an integer int() does not take (all three said "send JSON encoded as UTF-8").
+        message = _unreadable(exc.__cause__)
         field = "body"
     else:
         message = str(exc.detail)[:500]
