@@ -116,7 +116,7 @@ def _run(
         deadline = loop.time() + timeout
         await wait_for_nats(settings.nats_url(), loop.time() + connect_s)
         try:
-            p = await asyncio.wait_for(open_projection(settings, provision=False), connect_s)
+            p = await aio.wait_for(open_projection(settings, provision=False), connect_s)
         except TimeoutError:
             # Unanswered because NATS refused its requests: not an outage.
             if refused := jsapi.refused_instead(redact_url(settings.nats_url()), connect_s + 5):

@@ -212,7 +212,7 @@ async def _connect(channel: grpc.aio.Channel, target: Target) -> None:
         if remaining <= 0:
             raise Unreachable(target.unreachable())
         try:
-            await asyncio.wait_for(channel.wait_for_state_change(state), remaining)
+            await aio.wait_for(channel.wait_for_state_change(state), remaining)
         except TimeoutError as exc:
             raise Unreachable(target.unreachable()) from exc
         state = channel.get_state(try_to_connect=True)

@@ -10,7 +10,6 @@ found, a stream or the handles bucket missing), 3 NATS unavailable.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import sys
@@ -71,7 +70,7 @@ def _run(work: Callable[[IngestSettings, Any], Awaitable[T]], as_json: bool = Fa
     settings = IngestSettings.load()
 
     async def go() -> T:
-        nc = await asyncio.wait_for(connect(settings), settings.nats.connect_timeout_s + 1)
+        nc = await aio.wait_for(connect(settings), settings.nats.connect_timeout_s + 1)
         try:
             await require_jetstream(nc, settings)
             return await work(settings, nc)

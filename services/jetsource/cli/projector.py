@@ -339,7 +339,7 @@ def _run(
 
     async def go() -> T:
         try:
-            p = await asyncio.wait_for(open_projection(settings, provision=False), connect_s)
+            p = await aio.wait_for(open_projection(settings, provision=False), connect_s)
         except TimeoutError:
             # Its requests got no answer because NATS refused them: not an outage.
             if refused := refused_instead(redact_url(settings.nats_url()), connect_s + 5):
@@ -381,7 +381,7 @@ async def _nats_answers(settings: ProjectorSettings) -> bool:
     from jetsource.eventstore.bootstrap import connect
 
     try:
-        nc = await asyncio.wait_for(connect(settings), NATS_PROBE_S)
+        nc = await aio.wait_for(connect(settings), NATS_PROBE_S)
     except Exception:
         return False
     try:

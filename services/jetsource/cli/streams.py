@@ -141,7 +141,7 @@ def ensure(
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         await wait_for_nats(settings.nats_url(), deadline, waiting, every_s)
-        return await asyncio.wait_for(ensure_all(settings), max(deadline - loop.time(), 1.0))
+        return await aio.wait_for(ensure_all(settings), max(deadline - loop.time(), 1.0))
 
     try:
         done = aio.run(go())

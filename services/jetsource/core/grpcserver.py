@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from grpc_status import rpc_status  # type: ignore[import-untyped]
 from prometheus_client import Counter
 
+from jetsource.core.aio import wait_for
 from jetsource.core.errors import (
     ConcurrencyError,
     CorruptEventError,
@@ -330,7 +331,7 @@ STOP_MARGIN_S = 5.0
 
 async def _bounded(server: grpc.aio.Server, grace: float) -> None:
     try:
-        await asyncio.wait_for(server.stop(grace), (grace or 0) + STOP_MARGIN_S)
+        await wait_for(server.stop(grace), (grace or 0) + STOP_MARGIN_S)
     except TimeoutError:
         log.warning(
             "grpc server did not stop within %.1f s of its %.1f s grace; left behind",

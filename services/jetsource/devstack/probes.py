@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from jetsource.core.aio import wait_for
 from jetsource.core.settings import JetsourceSettings
 
 
@@ -19,7 +20,7 @@ def probe_nats(url: str, timeout: float = 3.0) -> str:
         finally:
             await nc.close()
 
-    return asyncio.run(asyncio.wait_for(run(), timeout * 2))
+    return asyncio.run(wait_for(run(), timeout * 2))
 
 
 def nats_condition(url: str, timeout: float = 3.0) -> tuple[bool, str]:
@@ -45,7 +46,7 @@ def nats_condition(url: str, timeout: float = 3.0) -> tuple[bool, str]:
                 return False, "JetStream account storage limit reached: " + text
         return True, text
 
-    return asyncio.run(asyncio.wait_for(run(), timeout * 2))
+    return asyncio.run(wait_for(run(), timeout * 2))
 
 
 def probe_valkey(url: str, timeout: float = 3.0) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 import nats.errors
 from nats.aio.client import Client as NATS
 
+from jetsource.core.aio import wait_for
 from jetsource.core.codec import EventRegistry
 from jetsource.core.errors import AccessDeniedError, EventStoreUnavailableError
 from jetsource.core.settings import JetsourceSettings, redact_url
@@ -147,7 +148,7 @@ async def _abandon(nc: NATS, connecting: asyncio.Future[Any]) -> None:
     with contextlib.suppress(Exception):
         await nc.close()
     with contextlib.suppress(Exception, asyncio.CancelledError):
-        await asyncio.wait_for(connecting, 2)
+        await wait_for(connecting, 2)
 
 
 class JetStreamOffError(EventStoreUnavailableError):

@@ -30,6 +30,7 @@ from nats import errors as nats_errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from jetsource.core.aio import wait_for
 from jetsource.core.clock import format_rfc3339_ns, parse_rfc3339_ns
 from jetsource.core.deadline import cut_short, detached
 from jetsource.core.deadline import wait as call_wait
@@ -552,7 +553,7 @@ async def publish_atomic_batch(
                 reply = first_reply if i == 1 else ""
             await replies.send(m.subject, m.data, reply, headers)
         try:
-            commit = await asyncio.wait_for(commit_queue.get(), timeout)
+            commit = await wait_for(commit_queue.get(), timeout)
         except TimeoutError as exc:
             if cut:
                 raise cut_short(f"the acknowledgement of a batch of {last}", timeout) from exc

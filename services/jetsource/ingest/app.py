@@ -37,6 +37,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
+from jetsource.core.aio import wait_for
 from jetsource.core.clock import parse_time_ns
 from jetsource.core.errors import (
     ConcurrencyError,
@@ -321,7 +322,7 @@ async def read_body(request: Request, limit: int, keep: int = 64 * 1024) -> Body
             deadline = loop.time() + HEAD_BUDGET_S
             while got < keep and (left := deadline - loop.time()) > 0:
                 try:
-                    chunk = await asyncio.wait_for(anext(stream), min(left, HEAD_PAUSE_S))
+                    chunk = await wait_for(anext(stream), min(left, HEAD_PAUSE_S))
                 except (StopAsyncIteration, TimeoutError):
                     break
                 chunks.append(chunk)
@@ -359,7 +360,7 @@ async def valkey_answers(redis: Any, timeout_s: float = 1.0) -> bool:
     """Whether Valkey answers a PING within ``timeout_s`` (short: a probe waits on it,
     and a Valkey that does not answer must not make the probe time out)."""
     try:
-        return bool(await asyncio.wait_for(redis.ping(), timeout_s))
+        return bool(await wait_for(redis.ping(), timeout_s))
     except Exception:
         return False
 

@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2
 from nats.aio.client import Client as NATS
 from prometheus_client import Gauge
 
-from jetsource.core.aio import honour_cancel, stop_task
+from jetsource.core.aio import honour_cancel, stop_task, wait_for
 from jetsource.core.envelope import RecordedEvent
 from jetsource.core.errors import CorruptEventError
 from jetsource.core.grpcserver import GrpcEndpoint, start_grpc, stop_on_signals
@@ -143,7 +143,7 @@ class Ingest:
         if self.http is not None and self.http_task is not None:
             self.http.should_exit = True
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.http_task, grace + 1)
+                await wait_for(self.http_task, grace + 1)
         await self.grpc.stop(grace)
         if self.health is not None and self.health.writes is not None:
             await self.health.writes.stop()

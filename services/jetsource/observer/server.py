@@ -24,7 +24,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from jetsource._gen.process.v1 import events_pb2 as epb
 from jetsource._gen.process.v1 import observer_pb2 as pb
 from jetsource._gen.process.v1 import observer_pb2_grpc as pb_grpc
-from jetsource.core.aio import stop_task
+from jetsource.core.aio import stop_task, wait_for
 from jetsource.core.clock import NS
 from jetsource.core.envelope import NewEvent
 from jetsource.core.errors import (
@@ -234,7 +234,7 @@ class Observer:
         await self.grpc.stop(grace)
         try:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.recorder.flush(), grace or 1.0)
+                await wait_for(self.recorder.flush(), grace or 1.0)
             await self.store.close()
         finally:
             await release(self.nc)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar, cast
 
-from jetsource.core.aio import honour_cancel
+from jetsource.core.aio import honour_cancel, wait_for
 from jetsource.core.clock import format_rfc3339_ns, now_ns, parse_rfc3339_ns, to_ns
 from jetsource.core.crypto import erasures_heard
 from jetsource.core.envelope import RecordedEvent
@@ -347,7 +347,7 @@ class Lease:
                 del c.claims[self.version]
 
         try:
-            await asyncio.wait_for(_save(self.p, self.name, drop_claim), 3.0)
+            await wait_for(_save(self.p, self.name, drop_claim), 3.0)
         except (Exception, asyncio.CancelledError) as exc:
             log.warning("%s v%d: claim not released: %r", self.name, self.version, exc)
 
@@ -832,7 +832,7 @@ async def replay(
             seconds=round(time.perf_counter() - started, 3),
         )
         try:
-            await asyncio.wait_for(_record_replay(p, name, entry), 3.0)
+            await wait_for(_record_replay(p, name, entry), 3.0)
         except (Exception, asyncio.CancelledError) as exc:
             log.warning("replay %s: run %s not recorded: %r", name, report.run_id, exc)
         raise
@@ -1071,7 +1071,7 @@ async def _keep_progress(p: Projection, name: str, version: int, meter: Meter) -
     within its first seconds, though thousands of events were applied). Bounded: the
     stop must not hang on a NATS that went away."""
     try:
-        await asyncio.wait_for(_save_progress(p, name, version, meter), 3.0)
+        await wait_for(_save_progress(p, name, version, meter), 3.0)
     except (Exception, asyncio.CancelledError) as exc:
         log.warning("%s v%d: progress not saved: %r", name, version, exc)
 

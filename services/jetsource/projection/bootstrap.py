@@ -8,7 +8,6 @@ The engine knows no domain: the registry module is named by a setting
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import logging
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from nats.aio.client import Client as NATS
 from neo4j import AsyncDriver
 from valkey.asyncio import Valkey
 
+from jetsource.core.aio import wait_for
 from jetsource.core.errors import AccessDeniedError
 from jetsource.core.natsping import PingProbe
 from jetsource.eventstore.bootstrap import (
@@ -301,7 +301,7 @@ class Projection:
         checks = {"valkey": lambda: self.redis.ping(), "graph": self.graph.verify_connectivity}
         for name in sorted(stores & set(checks)):
             try:
-                await asyncio.wait_for(checks[name](), timeout_s)
+                await wait_for(checks[name](), timeout_s)
             except Exception as exc:
                 down[name] = f"{type(exc).__name__}: {exc}"[:200]
         return down

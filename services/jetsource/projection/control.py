@@ -41,6 +41,7 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
+from jetsource.core.aio import wait_for
 from jetsource.core.errors import EventStoreUnavailableError
 from jetsource.eventstore import jsapi
 
@@ -261,7 +262,7 @@ class ActiveVersionCache:
         self._lookups: dict[str, asyncio.Future[int]] = {}
 
     async def _lookup(self, model: str) -> int:
-        control = await asyncio.wait_for(self.control.get(model), self.lookup_timeout_s)
+        control = await wait_for(self.control.get(model), self.lookup_timeout_s)
         version = control.active if control else 1
         self.known[model] = (version, time.monotonic())
         return version

@@ -16,7 +16,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from jetsource.core.aio import wait_event
+from jetsource.core.aio import wait_event, wait_for
 from jetsource.core.grpcserver import stop_on_signals
 from jetsource.core.metrics import bind_http, register_service, watch_nats
 from jetsource.core.settings import env_var
@@ -133,7 +133,7 @@ class ProjectorService:
         worker, task = entry
         worker.stop()
         with contextlib.suppress(asyncio.TimeoutError, Exception):
-            await asyncio.wait_for(task, self.options.shutdown_grace_s)
+            await wait_for(task, self.options.shutdown_grace_s)
         log.info("stopped %s v%d" + (" partition %d" if len(key) > 2 else ""), *key)
 
     # -- partitioned ------------------------------------------------------------------
@@ -332,7 +332,7 @@ class ProjectorService:
         for worker, _ in self.workers.values():
             worker.stop()
         await asyncio.gather(
-            *(asyncio.wait_for(t, self.options.shutdown_grace_s) for _, t in self.workers.values()),
+            *(wait_for(t, self.options.shutdown_grace_s) for _, t in self.workers.values()),
             return_exceptions=True,
         )
         if self.membership is not None:

@@ -22,6 +22,7 @@ from valkey.asyncio.retry import Retry
 from valkey.backoff import ExponentialBackoff
 
 from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
+from jetsource.core.aio import wait_for
 from jetsource.core.codec import UnknownEvent
 from jetsource.core.envelope import RecordedEvent
 from jetsource.core.errors import AccessDeniedError
@@ -92,7 +93,7 @@ async def check_valkey_access(redis: Valkey, settings: JetsourceSettings) -> Non
     try:
         # Bounded: a Valkey that does not answer at all (a dropped route) is waited for
         # by the service, not by its start (the ingest takes webhooks without it).
-        await asyncio.wait_for(redis.ping(), min(settings.valkey.socket_timeout_s, 2.0))
+        await wait_for(redis.ping(), min(settings.valkey.socket_timeout_s, 2.0))
     except (valkey_errors.AuthenticationError, valkey_errors.ResponseError) as exc:
         if not isinstance(exc, valkey_errors.AuthenticationError) and not any(
             code in str(exc).upper() for code in ("NOAUTH", "WRONGPASS", "NOPERM")

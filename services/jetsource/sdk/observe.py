@@ -65,7 +65,7 @@ from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-unty
 from jetsource._gen.process.v1 import events_pb2 as epb
 from jetsource._gen.process.v1 import observer_pb2 as pb
 from jetsource._gen.process.v1 import observer_pb2_grpc as pb_grpc
-from jetsource.core.aio import stop_task, wait_event
+from jetsource.core.aio import stop_task, wait_event, wait_for
 from jetsource.core.errors import ValidationError, exit_code
 from jetsource.core.ids import uuid7
 from jetsource.core.structvalue import NotAStructValue, check_struct_value
@@ -377,7 +377,7 @@ class Observer:
         self._closing = True
         self._wake.set()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.flush(), self.close_timeout_s)
+            await wait_for(self.flush(), self.close_timeout_s)
         await stop_task(self._task)
         self._task = None
         left = len(self._buffer) + len(self._inflight)
