@@ -463,7 +463,12 @@ def subtask(
     common = Common(key, expected, actor, correlation, causation, publisher, timeout, output)
     if status is not None and status not in STATUSES:
         _use(output)
-        out.fail(out.USAGE, "INVALID_ARGUMENT", f"--status must be one of {', '.join(STATUSES)}")
+        out.fail(
+            out.USAGE,
+            "INVALID_ARGUMENT",
+            f"--status must be one of {', '.join(STATUSES)}",
+            field="--status",
+        )
     given = {
         "--description": bool(description),
         "--status": status is not None,
@@ -736,7 +741,12 @@ def list_contexts(
     """List contexts, most recently updated first."""
     _use(output)
     if status not in STATUS_FILTER:
-        out.fail(out.USAGE, "INVALID_ARGUMENT", "--status must be one of open, closed, any")
+        out.fail(
+            out.USAGE,
+            "INVALID_ARGUMENT",
+            "--status must be one of open, closed, any",
+            field="--status",
+        )
 
     async def work(q: QueryClient) -> tuple[list[Any], str]:
         return await _pages(

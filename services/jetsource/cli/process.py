@@ -154,6 +154,7 @@ def _statuses(values: list[str]) -> list[pb.ProcessStatus.ValueType]:
                 out.USAGE,
                 "INVALID_ARGUMENT",
                 f"--status: {v!r} is not one of {', '.join(STATUSES)}",
+                field="--status",
             )
         out_.append(STATUSES[v.lower()])
     return out_
