@@ -218,3 +218,32 @@ def test_metrics_port_answers_healthz_itself_not_with_the_metrics_page() -> None
             assert b"jetsource_build_info" in answer.read()
     finally:
         server.shutdown()
+
+
+def test_build_info_reports_the_installed_version_as_the_cli_does(tmp_path: Any) -> None:
+    """build_info's version is the installed distribution's (pyproject's), the one
+    ``jetsource --version`` prints: a release whose metadata says 7.7.7 reports 7.7.7,
+    not a number written a second time in the source."""
+    import os
+    import subprocess
+    import sys
+
+    dist = tmp_path / "jetsource-7.7.7.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: jetsource\nVersion: 7.7.7\n")
+    script = (
+        "from prometheus_client import REGISTRY\n"
+        "from typer.testing import CliRunner\n"
+        "from jetsource.core import metrics\n"
+        "from jetsource.cli.app import app\n"
+        "metrics.register_service('unit-version')\n"
+        "print(REGISTRY.get_sample_value('jetsource_build_info',"
+        " {'version': '7.7.7', 'service': 'unit-version'}))\n"
+        "print(CliRunner().invoke(app, ['--version']).output.strip())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=30
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["1.0", "jetsource 7.7.7"]

@@ -190,13 +190,9 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        from importlib.metadata import PackageNotFoundError, version
+        from jetsource import __version__  # the version build_info reports
 
-        try:
-            number = version("jetsource")
-        except PackageNotFoundError:  # running from a source tree that was not installed
-            number = "unknown"
-        typer.echo(f"jetsource {number}")
+        typer.echo(f"jetsource {__version__}")
         raise typer.Exit()
 
 
