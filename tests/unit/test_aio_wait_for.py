@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -190,3 +191,29 @@ async def test_a_cancel_the_awaitable_turns_into_an_error_is_raised() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def _taken_as_time_runs_out(wait: Any) -> tuple[str, object]:
+    """A queue item arrives in the loop turn wait_for's time runs out."""
+    loop = asyncio.get_running_loop()
+    q: asyncio.Queue[str] = asyncio.Queue()
+    due = loop.time() + 0.05
+
+    def put() -> None:  # one turn before the timer is due; the turn runs past it
+        q.put_nowait("ack")
+        time.sleep(0.003)
+
+    loop.call_at(due - 0.002, put)
+    await asyncio.sleep(0)
+    try:
+        got = await wait(q.get(), due - loop.time())
+    except TimeoutError:
+        return ("timeout", q.qsize())
+    return ("got", got)
+
+
+async def test_a_result_reached_as_the_time_runs_out_is_kept() -> None:
+    """asyncio.wait_for on 3.11 returns it; a wait_for that raised TimeoutError here
+    would take the item from the queue and drop it (it did before)."""
+    outs = [await _taken_as_time_runs_out(aio.wait_for) for _ in range(10)]
+    assert ("timeout", 0) not in outs, outs

@@ -62,7 +62,11 @@ async def wait_for(aw: Awaitable[T], timeout: float | None) -> T:
     directly). But a cancellation of the caller is never lost: not when it arrives in
     the loop turn ``aw`` completes (asyncio.wait_for on Python 3.11 then returns the
     result and drops it), nor when ``aw`` swallows it and returns (CancelledError is
-    raised then). A cancellation the caller carried already on entry is left alone."""
+    raised then). A cancellation the caller carried already on entry is left alone.
+    A result (or error) ``aw`` reached in the loop turn the time ran out is kept, as
+    asyncio.wait_for on 3.11 keeps it (a queue item taken is not dropped). Unlike 3.11's
+    (and as 3.12's), a second cancel of the caller does not leave ``aw`` behind: each
+    is passed on to it, and the caller ends when it does."""
     me = asyncio.current_task()
     before = me.cancelling() if me is not None else 0
     fut: asyncio.Future[T] | None = None
@@ -72,8 +76,13 @@ async def wait_for(aw: Awaitable[T], timeout: float | None) -> T:
         else:
             fut = asyncio.ensure_future(aw)
             if timeout > 0:
-                async with asyncio.timeout(timeout):  # counts cancels: keeps the caller's
-                    result = await fut  # the caller's cancel cancels fut, waits for it
+                try:
+                    async with asyncio.timeout(timeout):  # counts cancels: keeps the caller's
+                        result = await fut  # the caller's cancel cancels fut, waits for it
+                except TimeoutError:
+                    if not fut.done() or fut.cancelled():
+                        raise
+                    result = fut.result()  # done in the turn the time ran out: kept
             elif fut.done():
                 result = fut.result()
             else:  # as asyncio.wait_for: cancelled before it ran, then TimeoutError
