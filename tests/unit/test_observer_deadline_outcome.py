@@ -23,7 +23,7 @@ def count(outcome: str) -> float:
 class HangingRecorder:
     """An append that waits for NATS to come back (the store's request timeout)."""
 
-    async def record(self, events: Any, at: str, checked: Any = None) -> Any:
+    async def record(self, events: Any, at: str, checked: Any = None, settled: Any = None) -> Any:
         await asyncio.sleep(30)
 
 

@@ -83,6 +83,13 @@ def position(r: Recorded) -> epb.Position:
     return p
 
 
+def count(recorded: Sequence[Recorded]) -> None:
+    """Count events stored (``recorded``) or answered as stored before (``duplicate``)."""
+    dup = sum(1 for r in recorded if r.duplicate)
+    EVENTS.labels("duplicate").inc(dup)
+    EVENTS.labels("recorded").inc(len(recorded) - dup)
+
+
 def failure_outcome(exc: BaseException) -> str:
     """The ``outcome`` label of events a call failed to record."""
     if isinstance(exc, ValidationError):
@@ -118,20 +125,22 @@ class ObserverService(pb_grpc.ObserverServiceServicer):
         # away), so a NATS outage met by callers with deadlines under the store's
         # request timeout (5 s) showed as no error at all.
         budget = answer_within(context.time_remaining() if context is not None else None)
+        # What a failing call stored all the same (the other processes' events of a
+        # batch one process's append failed in): counted recorded, not failed.
+        settled: list[Recorded] = []
         try:
             try:
                 async with asyncio.timeout(budget):
-                    recorded = await self._recorder.record(events, at, checked)
+                    recorded = await self._recorder.record(events, at, checked, settled)
             except BaseException as exc:
-                EVENTS.labels(failure_outcome(exc)).inc(len(events))
+                count(settled)
+                EVENTS.labels(failure_outcome(exc)).inc(len(events) - len(settled))
                 if isinstance(exc, (EventStoreUnavailableError, StreamMissingError)):
                     await self._health.mark(False, str(exc))
                 raise
             if not self._health.writable:
                 await self._health.mark(True)
-            dup = sum(1 for r in recorded if r.duplicate)
-            EVENTS.labels("duplicate").inc(dup)
-            EVENTS.labels("recorded").inc(len(recorded) - dup)
+            count(recorded)
             return [position(r) for r in recorded]
         finally:
             LATENCY.labels(method).observe(time.perf_counter() - started)

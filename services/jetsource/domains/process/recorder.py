@@ -230,8 +230,15 @@ class Recorder:
         events: Sequence[CanonicalEvent],
         at: str = "events",
         checked: Sequence[NewEvent] | None = None,
+        settled: list[Recorded] | None = None,
     ) -> list[Recorded]:
-        """Positions of ``events`` in request order (see the module's docstring)."""
+        """Positions of ``events`` in request order (see the module's docstring).
+
+        ``settled``, when given, receives the positions of the events this call stored
+        or answered as duplicates also when it then fails: one process's append
+        failing leaves the other processes' events of the request stored (each
+        process's group is atomic, not the request), and the observer counts them
+        recorded, not failed."""
         news = self.validate(events, at, checked)
         items = [
             _Item(i, new, self._keys(e, new))
@@ -249,13 +256,13 @@ class Recorder:
 
         claiming = [it for it in items if it.alias_of is None and it.keys]
         takeovers: list[_Item] = []
+        results: dict[int, Recorded] = {}
         try:
             await self._claim(claiming)
             fresh = [it for it in items if it.alias_of is None and it.existing is None]
             dups = [it for it in items if it.alias_of is None and it.existing is not None]
             # 1. Duplicates: the original positions, or (a claim whose owner is gone and
             #    whose event is not stored) an event to append after all.
-            results: dict[int, Recorded] = {}
             resolved = await asyncio.gather(
                 *(self._resolve(_pid(events, it), it, takeovers) for it in dups)
             )
@@ -280,20 +287,29 @@ class Recorder:
                 # caller's retry wait out their lease.
                 if claimed:
                     self._complete(claimed)
+            for (_, group), written in zip(groups, done, strict=True):
+                if isinstance(written, list):
+                    for it, r in zip(group, written, strict=True):
+                        results[it.index] = r
             for written in done:
                 if isinstance(written, BaseException):
                     raise written
-            for (_, group), written in zip(groups, done, strict=True):
-                assert isinstance(written, list)
-                for it, r in zip(group, written, strict=True):
-                    results[it.index] = r
         except BaseException:
             self._abandon([*claiming, *takeovers])
+            if settled is not None:
+                settled += self._with_aliases(items, results).values()
             raise
-        for it in items:
-            if it.alias_of is not None:
-                results[it.index] = replace(results[it.alias_of], duplicate=True)
+        results = self._with_aliases(items, results)
         return [results[i] for i in range(len(items))]
+
+    @staticmethod
+    def _with_aliases(items: list[_Item], results: dict[int, Recorded]) -> dict[int, Recorded]:
+        """``results`` and, for each event repeating an earlier one of the request
+        whose position is known, that position as a duplicate."""
+        for it in items:
+            if it.alias_of is not None and it.alias_of in results:
+                results[it.index] = replace(results[it.alias_of], duplicate=True)
+        return results
 
     def _abandon(self, items: list[_Item]) -> None:
         """A request ended (refused, failed, cancelled by its caller) with claims of
