@@ -1001,14 +1001,26 @@ class JetStreamEventStore:
         )
         try:
             why = await jsapi.stream_leadership(
-                self._replies, self._cfg.stream, self._cfg.request_timeout_s
+                self._replies, self._cfg.stream, self._cfg.request_timeout_s, absent=True
             )
         except DeadlineCutError as exc:
             return DeadlineCutError(
                 f"{what}, and the call's deadline came before its leader could be asked "
                 f"why ({exc}); {resend}"
             )
-        except (JsApiError, NoRespondersError, *_TRANSIENT) as exc:
+        except NoRespondersError:
+            # No JetStream answers at all (off: nats-server turns it off when its disk
+            # fills): unavailable, write health down, as before 871fa1e. It was read as
+            # "a leader with a quorum": DEADLINE_EXCEEDED, health left up.
+            return EventStoreUnavailableError(
+                f"{failed} ({attempts} attempts; JetStream does not answer: no responders "
+                "to STREAM.INFO)"
+            )
+        except JsApiError as exc:
+            if exc.err_code == jsapi.ERR_STREAM_NOT_FOUND:
+                return self._stream_missing()
+            return EventStoreUnavailableError(f"{failed} ({attempts} attempts; {exc!r})")
+        except _TRANSIENT as exc:
             # Not known: every cause it may be, as it was.
             return EventStoreUnavailableError(f"{failed} ({attempts} attempts; {exc!r})")
         if why is not None:

@@ -905,19 +905,26 @@ def quorum_lost(info: Mapping[str, Any]) -> str | None:
     return f"its leader {leader} lost quorum (replicas {', '.join(away)} not current)"
 
 
-async def stream_leadership(replies: Replies, stream: str, timeout: float) -> str | None:
+async def stream_leadership(
+    replies: Replies, stream: str, timeout: float, absent: bool = False
+) -> str | None:
     """Why ``stream`` has no leader it can work with (:func:`quorum_lost`; its INFO not
     answered, or answered 503/10008: no JetStream meta leader), or None: it has one, or
-    it is not there (a missing stream is said by its callers)."""
+    it is not there (a missing stream is said by its callers). With ``absent`` a stream
+    that is not there (JsApiError 10059) or no JetStream at all (NoRespondersError:
+    JetStream off, as nats-server turns it off when its disk fills) is raised, not
+    None: a caller that reads None as "a leader with its quorum" tells them apart."""
     try:
         info = await api(replies, f"STREAM.INFO.{stream}", {}, timeout)
     except JsApiError as exc:
         if exc.err_code == ERR_CLUSTER_UNAVAILABLE:
             return f"no JetStream meta leader ({exc})"
-        if exc.err_code == ERR_STREAM_NOT_FOUND:
+        if exc.err_code == ERR_STREAM_NOT_FOUND and not absent:
             return None
         raise
     except NoRespondersError:  # no JetStream: said by its callers
+        if absent:
+            raise
         return None
     except DeadlineCutError:  # the call's deadline ended the wait: nothing said of it
         raise

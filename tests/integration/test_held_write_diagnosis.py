@@ -1,0 +1,112 @@
+"""A write the stream held through every attempt (publish unacknowledged, NATS
+connected) is diagnosed from STREAM.INFO (871fa1e). STREAM.INFO with no responders
+(JetStream off: nats-server turns it off when its disk fills) or answering "stream not
+found" says no leader is healthy: it was read as "a leader with a quorum", and the
+write was DEADLINE_EXCEEDED (UnacknowledgedWriteError) with write health left alone.
+
+Real nats-server. A plain core subscriber on the events subjects keeps the publish
+from being answered "no responders" (nothing answers it: the ack never comes)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+from unittest import mock
+
+import nats
+import pytest
+
+from jetsource.core.errors import EventStoreUnavailableError, StreamMissingError
+from jetsource.devstack.servers import NatsServer, free_port, stop_pid
+from jetsource.domains.context.events import registry
+from jetsource.eventstore.jetstream import JetStreamEventStore
+from jetsource.eventstore.jsapi import OutMessage
+from jetsource.publisher.server import WatchedStore
+from tests.eventstore_fixtures import isolated_settings
+
+pytestmark = pytest.mark.asyncio
+
+
+async def _tap(msg: Any) -> None:
+    return None
+
+
+async def _held_write(store: JetStreamEventStore) -> tuple[BaseException, mock.MagicMock]:
+    """A publish through the store's retries that nothing acknowledges, as the
+    publisher's WatchedStore answers it, and the write health it was given."""
+    health = mock.MagicMock(writable=True, stream=store.settings.stream)
+    health.mark = mock.AsyncMock()
+    prefix = store.settings.subject_prefix
+    msgs = [OutMessage(f"{prefix}.s1.DecisionAdded", b"x", {"Nats-Msg-Id": "e1"})]
+
+    async def append(*args: Any) -> Any:
+        return await store._call(lambda: store._publish(msgs))
+
+    store.append = append  # type: ignore[method-assign,assignment]
+    with pytest.raises(Exception) as failed:
+        await WatchedStore(store, health).append("s1", [], 0)
+    return failed.value, health
+
+
+@pytest.fixture
+def core_nats() -> Iterator[str]:
+    """A nats-server without JetStream (as one whose disk filled turns it off)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(NatsServer.binary()), "-p", str(port), "-a", "127.0.0.1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        stop_pid(proc.pid, 5.0)
+        proc.wait(timeout=5)
+
+
+async def _connect(url: str) -> Any:
+    host, port = url.rsplit("/", 1)[-1].split(":")
+    for _ in range(100):  # listening within 5 s
+        with contextlib.suppress(OSError):
+            socket.create_connection((host, int(port)), timeout=0.2).close()
+            break
+        await asyncio.sleep(0.05)
+    return await nats.connect(url, allow_reconnect=False)
+
+
+async def test_a_held_write_on_a_deleted_stream_is_stream_missing(nats_server: Any) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        s = isolated_settings("heldgone", request_timeout_s=0.3, retry_attempts=2)
+        store = JetStreamEventStore(nc, registry, s)
+        await store.ensure_streams()
+        await nc.jetstream().delete_stream(s.stream)
+        await nc.subscribe(f"{s.subject_prefix}.>", cb=_tap)  # a tap, not a responder
+        await nc.flush()
+        exc, _health = await _held_write(store)
+        assert isinstance(exc, StreamMissingError), repr(exc)
+    finally:
+        await nc.close()
+
+
+async def test_a_held_write_with_jetstream_off_is_unavailable_and_marks_health_down(
+    core_nats: str,
+) -> None:
+    nc = await _connect(core_nats)
+    try:
+        s = isolated_settings("heldoff", request_timeout_s=0.3, retry_attempts=2)
+        store = JetStreamEventStore(nc, registry, s)
+        await store.start()
+        await nc.subscribe(f"{s.subject_prefix}.>", cb=_tap)
+        await nc.flush()
+        exc, health = await _held_write(store)
+        assert type(exc) is EventStoreUnavailableError, repr(exc)
+        assert "JetStream" in str(exc)
+        assert health.mark.await_count >= 1, health.mark.call_args_list
+    finally:
+        await nc.close()
