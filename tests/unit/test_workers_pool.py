@@ -231,3 +231,23 @@ def test_a_signal_while_the_workers_start_starts_no_more(monkeypatch: pytest.Mon
     monkeypatch.setattr(supervisor, "_start", start_then_signal)
     assert supervisor.run() == 0
     assert [w.proc is not None for w in supervisor.workers] == [True, False, False]
+
+
+@pytest.mark.parametrize("index", ["²", str(MAX_WORKERS), "1000"])
+def test_a_worker_index_no_supervisor_gives_is_refused_naming_the_setting(index: str) -> None:
+    """WORKER_INDEX is the supervisor's (0 to MAX_WORKERS - 1). A digit int() does not
+    take ("²") ended the process in a ValueError traceback; 1000 was taken as worker
+    1000 (its lines tagged so, its misspelt settings left unwarned)."""
+    env = {**os.environ, "JETSOURCE_PUBLISHER__WORKER_INDEX": index}
+    script = (
+        "from jetsource.core.runner import load_settings\n"
+        "from jetsource.publisher.settings import PublisherSettings\n"
+        "load_settings('publisher', PublisherSettings)\n"
+        "print('loaded')\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "JETSOURCE_PUBLISHER__WORKER_INDEX" in run.stderr
+    assert "Traceback" not in run.stderr and "loaded" not in run.stdout

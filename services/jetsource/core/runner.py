@@ -78,9 +78,17 @@ def load_settings(name: str, settings_class: type[S]) -> S:
 
 def _worker_index(name: str) -> int | None:
     """This process's index when a supervisor runs it as one of the service's workers
-    (``JETSOURCE_<NAME>__WORKER_INDEX``, jetsource.core.workers.worker_env), else None."""
+    (``JETSOURCE_<NAME>__WORKER_INDEX``, jetsource.core.workers.worker_env), else None.
+    Only an index a supervisor gives (0 to MAX_WORKERS - 1, ASCII digits): any other
+    value is not this process's index, and the settings then refuse it (exit 2 naming
+    the variable); a digit ``int()`` does not take ("²", which ``isdigit`` passed)
+    ended the process in a traceback before, and 1000 was taken as worker 1000."""
+    from jetsource.core.workers import MAX_WORKERS  # it imports this module
+
     text = os.environ.get(f"JETSOURCE_{name.upper()}__WORKER_INDEX", "").strip()
-    return int(text) if text.isdigit() else None
+    if not (text.isascii() and text.isdigit()) or int(text) >= MAX_WORKERS:
+        return None
+    return int(text)
 
 
 def _logging_of(name: str, settings: JetsourceSettings) -> None:

@@ -359,9 +359,18 @@ class WorkerFields(BaseModel):
         f"0 = one per CPU this process may use (at most {MAX_WORKERS}). Worker i serves "
         "/metrics on metrics_port + 100 * i",
     )
-    # Set by the supervisor for its workers (they share their port on purpose).
+    # Set by the supervisor for its workers (they share their port on purpose), not by
+    # hand. worker_index is read by jetsource.core.runner (the ``worker`` field of its log
+    # lines; a worker leaves the settings warnings to its supervisor) from the variable
+    # itself, before the settings load: validated here so that what the runner does not
+    # take as an index (past the workers a supervisor starts, not a number) is refused.
     port_shared: bool = False
-    worker_index: int = Field(default=-1, ge=-1)  # -1: not a supervised worker
+    worker_index: int = Field(
+        default=-1,
+        ge=-1,
+        lt=MAX_WORKERS,
+        description="set by the supervisor: this worker's index (-1: not a supervised worker)",
+    )
 
 
 class WorkerOptions(Protocol):
