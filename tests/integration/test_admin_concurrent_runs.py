@@ -122,7 +122,7 @@ def test_a_usage_error_names_its_field_in_json() -> None:
     )
     assert out.returncode == 2, out.stderr
     error = json.loads(out.stderr.strip().splitlines()[-1])["error"]
-    assert error["code"] == "usage" and error["field"] == "--from-seq"
+    assert error["code"] == "INVALID_ARGUMENT" and error["field"] == "--from-seq"
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])

@@ -150,7 +150,7 @@ async def test_reset_under_live_writes_equals_a_clean_rebuild(projection: Projec
         tasks = [asyncio.create_task(traffic()), asyncio.create_task(watch())]
         await asyncio.sleep(0.5)
         refused = await cli(p, "reset", "context", "--json")
-        assert error(refused, 2)["code"] == "usage"
+        assert error(refused, 2)["code"] == "INVALID_ARGUMENT"
         done = await cli(p, "reset", "context", "--yes", "--json")
         report = doc(done)
         assert (report["model"], report["version"], report["reset"]) == ("context", 1, True)

@@ -364,7 +364,7 @@ def test_erase_refuses_bad_input_before_connecting() -> None:
     blank = erase_cli(away, "  ", "--yes", "--json")
     assert blank.returncode == 2, blank.stderr
     error = json.loads(blank.stderr.strip().splitlines()[-1])["error"]
-    assert error["code"] == "usage" and "subject" in error["message"]
+    assert error["code"] == "INVALID_ARGUMENT" and "subject" in error["message"]
 
 
 async def test_an_erase_that_fails_half_way_is_finished_by_running_it_again(

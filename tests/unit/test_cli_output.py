@@ -257,11 +257,18 @@ def test_nats_away_is_one_json_line_naming_it() -> None:
             "INVALID_ARGUMENT: a merge is not undone: add --yes to confirm",
             None,
         ),
-        (["projector", "dlq", "show"], "usage: name the dead letter: --seq N", "--seq"),
+        (["projector", "dlq", "show"], "INVALID_ARGUMENT: name the dead letter: --seq N", "--seq"),
         (
             ["projector", "dlq", "show", "5", "--seq", "6"],
-            "usage: two sequences named: 5 and --seq 6",
+            "INVALID_ARGUMENT: two sequences named: 5 and --seq 6",
             "--seq",
+        ),
+        # repair void, projector, streams, archive, erase said "usage" for a refused
+        # argument where every other command says INVALID_ARGUMENT
+        (
+            ["repair", "void", "--seq", "1", "--reason", "x"],
+            "INVALID_ARGUMENT: voiding stream sequence 1 cannot be undone: add --yes to confirm",
+            "--yes",
         ),
     ],
 )

@@ -169,3 +169,51 @@ def test_multi_line_texts_take_any_line_break_recorded_as_lf(field: str, value: 
         texts = [v for f, v in event.ListFields() if isinstance(v, str)]
         assert "\r" not in "".join(texts), event
         assert expected in texts, event
+
+
+# Nothing visible: whitespace (a no-break space, an ideographic space) and invisible
+# format characters (Cf: zero-width space, word joiner, BOM, the bidi controls). A title
+# of zero-width spaces or of bidi controls alone was taken where "\u00a0" was refused.
+INVISIBLE = [
+    "\u00a0",
+    "\u200b\u200b",
+    "\u202e",
+    "\u2066\u2069",
+    "\u200e\u200f",
+    "\ufeff \u2060",
+    "\u3000\u200b",
+]
+
+
+@pytest.mark.parametrize("value", INVISIBLE)
+def test_a_text_that_shows_nothing_is_empty_by_one_rule(value: str) -> None:
+    """Empty is one rule (jetsource.core.printable.blank): nothing visible once
+    whitespace and format characters are taken out; each required text refuses it as
+    it refuses "" and "   "."""
+    assert _refused(CreateContext(value)).field == "title"
+    assert _refused(AddDecision("d9", value)).field == "title"
+    assert _refused(AddSubtask("s9", value)).field == "title"
+    assert _refused(ReviseDecision("d1", title=value)).field == "title"
+    error = _refused(CreateContext("t", tags=["ok", value]))
+    assert (error.field, str(error)) == ("tags", "tags[1] is empty: remove it or give it text")
+
+
+def test_bidi_controls_in_visible_text_are_kept_and_shown_escaped(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Right-to-left text needs its marks and isolates: a title holding them beside
+    visible text is taken as given, and never shown raw, in text output nor in JSON
+    (an escape in JSON is the same string to a reader)."""
+    import json
+
+    from jetsource.cli import output
+
+    title = "\u2067\u05e9\u05dc\u05d5\u05dd\u2069 \u202eabc\u202c \u200fx"
+    (event,) = decide(AddDecision("d9", title), _story())
+    assert evolve(_story(), event).decisions["d9"].title == title
+    shown = "\\u2067\u05e9\u05dc\u05d5\u05dd\\u2069 \\u202eabc\\u202c \\u200fx"
+    assert output.printable(title) == shown
+    output.emit_json({"title": title})
+    shown = capsys.readouterr().out
+    assert not any(ch in shown for ch in "\u2067\u2069\u202e\u202c\u200f"), shown
+    assert json.loads(shown) == {"title": title}

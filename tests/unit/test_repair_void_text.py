@@ -34,6 +34,9 @@ def run(*args: str) -> tuple[int, dict[str, object]]:
         (["--reason", "r", "--actor", "ops\u2028"], "--actor", "U+2028"),
         (["--reason", "r", "--actor", "a" * 101], "--actor", "at most 100"),
         (["--reason", "bad \udcff bytes"], "--reason", "surrogate"),
+        # nothing visible is no reason, as " " was not (core.printable.blank)
+        (["--reason", "\u200b\u200b"], "--reason", "must say why"),
+        (["--reason", "\u00a0\u202e"], "--reason", "must say why"),
     ],
 )
 def test_a_void_reason_or_actor_is_checked_naming_the_option(

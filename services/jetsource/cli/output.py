@@ -244,8 +244,16 @@ def natural_key(text: str) -> tuple[Any, ...]:
 
 
 def emit_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, ensure_ascii=False) + "\n")
+    sys.stdout.write(json_text(value) + "\n")
     sys.stdout.flush()
+
+
+def json_text(value: Any) -> str:
+    r"""``value`` as JSON, every character :data:`UNSAFE` names (a bidi override or
+    isolate, DEL, C1, which json writes raw) as its ``\uXXXX`` escape: the same string
+    to a JSON reader, never reordering or recolouring a terminal it is shown in."""
+    text = json.dumps(value, ensure_ascii=False)
+    return UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def _shown(match: re.Match[str]) -> str:
@@ -394,12 +402,17 @@ def fail(code: int, status: str, message: str, **extra: Any) -> NoReturn:
     "message", "exit_code", ...extra}}``. Every group reports its errors here. A
     ``field`` (the option or argument at fault) is named in the text too."""
     field = extra.get("field")
+    if status == "usage":
+        # A refused argument is INVALID_ARGUMENT in every group, as Click's own usage
+        # errors and the ctx commands' are (README: exit codes): the admin groups
+        # (projector, repair, streams, archive, erase) said "usage".
+        status = "INVALID_ARGUMENT"
     if status.lower() == "cancelled":
         message = _name_the_signal(message)
     if mode() == Mode.json:
         body = {"code": status, "message": message, "exit_code": code}
         body.update({k: v for k, v in extra.items() if v is not None})
-        sys.stderr.write(json.dumps({"error": body}, ensure_ascii=False) + "\n")
+        sys.stderr.write(json_text({"error": body}) + "\n")
     else:
         from rich.text import Text
 

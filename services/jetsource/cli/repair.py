@@ -83,10 +83,11 @@ def void(
     ),
 ) -> None:
     """Void one stream sequence of a story: every reader steps over it from now on."""
+    from jetsource.core.printable import blank
     from jetsource.projection.repair import void_sequence
 
     json_out = _json(as_json)
-    if not reason.strip():
+    if blank(reason):
         output.fail(
             USAGE, "usage", "--reason must say why (it is kept in the stream)", field="--reason"
         )

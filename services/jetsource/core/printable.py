@@ -6,6 +6,7 @@ follows them. Each is shown as a visible escape (``\\x1b``, ``\\u202e``)."""
 from __future__ import annotations
 
 import re
+import unicodedata
 
 UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
@@ -115,3 +116,19 @@ def as_one_line(value: str, replacement: str = "\ufffd") -> str:
     if value.isascii() and value.isprintable():
         return value
     return NOT_ONE_LINE.sub(replacement, value)
+
+
+# Empty text: nothing visible. A value of only whitespace (spaces, tabs, line breaks, a
+# no-break space U+00A0, an ideographic space: str.isspace) and invisible format
+# characters (Unicode's category Cf: a zero-width space U+200B, a word joiner, a BOM, a
+# soft hyphen, the bidi marks, embeddings, overrides and isolates) shows nothing: a title
+# of "\u200b\u200b" was taken where one of "\u00a0" was refused as empty. The rule of
+# every required or non-empty text: the context commands' values and tags, repair
+# void's --reason. Bidi controls inside visible text are kept (right-to-left text needs
+# its marks and isolates) and never shown raw: :data:`UNSAFE` escapes them in every
+# front end's output.
+def blank(value: str) -> bool:
+    """Whether ``value`` shows nothing: only whitespace and format characters (Cf)."""
+    if value.isascii():
+        return not value.strip()
+    return all(ch.isspace() or unicodedata.category(ch) == "Cf" for ch in value)

@@ -23,6 +23,7 @@ from jetsource.core.codec import UnknownEvent
 from jetsource.core.errors import JetsourceError, ValidationError
 from jetsource.core.printable import (
     LINES_TAKE,
+    blank,
     lf_lines,
     not_lines_at,
     not_one_line_at,
@@ -231,7 +232,7 @@ def _lines(value: str, name: str) -> None:
 def _text(
     value: str, name: str, limit: int, required: bool = False, multiline: bool = False
 ) -> None:
-    if required and not value.strip():
+    if required and blank(value):
         raise ValidationError(f"{name} is required", field=name)
     if len(value) > limit:
         raise ValidationError(f"{name} is {len(value)} characters; at most {limit}", field=name)
@@ -248,7 +249,7 @@ def _items(values: Sequence[str], repeated: str, check: Callable[[str, str], Non
     for i, value in enumerate(values):
         name = f"{repeated}[{i}]"
         try:
-            if not value.strip():
+            if blank(value):
                 raise ValidationError(f"{name} is empty: remove it or give it text")
             check(value, name)
         except ValidationError as exc:
@@ -354,7 +355,7 @@ def _decide(command: Command, state: ContextState) -> list[Message]:
     if isinstance(command, ReviseDecision):
         _node_id(command.decision_id, "decision_id")
         # An empty title keeps the current one; one given meets AddDecision's rule.
-        if command.title and not command.title.strip():
+        if command.title and blank(command.title):
             raise ValidationError(
                 "title is blank: give a title, or leave it empty to keep the current one",
                 field="title",
