@@ -21,6 +21,8 @@ know, a URL too long) were answered in plain text, not the documented JSON.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import json
 import resource
 from collections.abc import MutableMapping
@@ -94,6 +96,47 @@ def connection_cap(setting: int) -> int:
     return max(64, int(soft) - 128)
 
 
+class _ByAge:
+    """The connections the cap may close, oldest first: a heap of (start, order,
+    connection) with lazy removal. A connection is in it (``_queued``) from its start
+    and again after each answer; one found answering at the top is dropped, one closed
+    counts as stale, and the heap is rebuilt when over half of it is stale. Each
+    connection over the cap costs O(log n) amortised; finding the oldest idle one by
+    looking at every connection was O(n) each, O(n^2) for a burst of n over the cap."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Any]] = []
+        self._order = itertools.count()
+        self._stale = 0
+
+    def push(self, conn: Any) -> None:
+        if not conn._queued:
+            conn._queued = True
+            heapq.heappush(self._heap, (conn._since, next(self._order), conn))
+
+    def gone(self, conn: Any) -> None:
+        if conn._queued:
+            conn._queued = False
+            self._stale += 1
+            if self._stale > 32 and 2 * self._stale > len(self._heap):
+                self._heap = [entry for entry in self._heap if entry[2]._queued]
+                heapq.heapify(self._heap)
+                self._stale = 0
+
+    def oldest_idle(self) -> Any | None:
+        """The oldest connection not being answered, taken out (it is being closed);
+        those found answering are taken out too (put back after their answer)."""
+        while self._heap:
+            conn = heapq.heappop(self._heap)[2]
+            if not conn._queued:
+                self._stale -= 1  # closed
+                continue
+            conn._queued = False
+            if not conn._answering():
+                return conn
+        return None
+
+
 BUSY = _json_answer(
     b"503 Service Unavailable",
     "unavailable",
@@ -119,6 +162,7 @@ def guarded_protocol(
     process out of file descriptors: nothing, /healthz neither, was answered.
     """
     cap = connection_cap(max_connections)
+    by_age = _ByAge()
     too_large_answer = _json_answer(
         b"431 Request Header Fields Too Large",
         "headers_too_large",
@@ -139,6 +183,7 @@ def guarded_protocol(
         _head_bytes = 0  # of the head in progress, read after the read it began in
         _refusal: bytes | None = None  # the answer to a head refused while parsed
         _since = 0.0  # when the connection was made
+        _queued = False  # in by_age
 
         def _arm(self) -> None:
             self._disarm()
@@ -173,22 +218,19 @@ def guarded_protocol(
             super().connection_made(transport)
             self._since = self.loop.time()
             if len(self.connections) > cap:
-                idle = [
-                    c
-                    for c in self.connections
-                    if isinstance(c, GuardedProtocol) and c is not self and not c._answering()
-                ]
-                if not idle:
+                oldest = by_age.oldest_idle()
+                if oldest is None:
                     transport.write(BUSY)
                     transport.close()
                     return
-                oldest = min(idle, key=lambda c: c._since)
                 oldest._disarm()
                 oldest.transport.close()
             self._arm()
+            by_age.push(self)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            by_age.gone(self)
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
@@ -222,6 +264,7 @@ def guarded_protocol(
             super().on_response_complete()
             if not self.transport.is_closing():
                 self._arm()  # the next request's head
+                by_age.push(self)  # idle again, unless a pipelined request is next
 
         # The ingest serves no WebSocket (nor any other upgrade). A WebSocket request
         # reached the app as a WebSocket no route took: 403 with an empty body on every
