@@ -282,3 +282,33 @@ async def test_a_stream_created_keep_forever_is_never_compacted(
     finally:
         await compacting.close()
         await p.close()
+
+
+@pytest.mark.parametrize("forged", ["another event", "another recorded time"])
+async def test_a_snapshot_readers_skip_covers_nothing_to_compact(
+    projection: Projection, forged: str
+) -> None:
+    """The archiver took the latest snapshot's version and stream sequence as they
+    said: one not taken at its event (readers check the event at its stream sequence
+    is its version, recorded at its time, and skip it) let v1..v8 be purged behind a
+    snapshot no read starts from. Now the aggregate is kept, saying why."""
+    from dataclasses import replace
+
+    from tests.history_fixtures import snapshot_at
+
+    p = projection
+    recs = await append_history(p.store, "forged", 20, seed=9)
+    good = snapshot_at(recs, 8)
+    bad = (
+        replace(good, last_seq=recs[11].stream_seq)
+        if forged == "another event"
+        else replace(good, recorded_at_ns=good.recorded_at_ns + 1)
+    )
+    await p.snapshots.save(bad)
+    compacted = await compact_at(p, recs[-1].recorded_at_ns + 1)
+    assert await p.store.horizon("forged") is None  # before: v8
+    assert "not of its history" in compacted.report.kept["forged"]
+    assert [r.version for r in await p.store.read_aggregate("forged")] == list(range(1, 21))
+    await p.snapshots.save(snapshot_at(recs, 10))  # a real one: compacted behind
+    await compact_at(p, recs[-1].recorded_at_ns + 1)
+    assert (await p.store.horizon("forged")).version == 10  # type: ignore[union-attr]
