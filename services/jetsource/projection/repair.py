@@ -82,9 +82,10 @@ async def void_sequence(
 ) -> VoidReport:
     domain = await _domain_of(p, seq, domain)
     store = p.domain_store(domain)
+    mine = {m for m in p.domains.models() if p.domains.owner(m).name == domain}
+    await _refuse_no_aggregate(p, store, sorted(mine), seq)
     aggregate_id, before = await store.void(seq, reason, actor)
     report = VoidReport(seq, aggregate_id, before, domain, store.settings.stream)
-    mine = {m for m in p.domains.models() if p.domains.owner(m).name == domain}
     # The story's letters alone (a void read every dead letter of the stream, with
     # its payload, to find them).
     letters = [
@@ -146,6 +147,49 @@ async def void_sequence(
                 earlier["failed"].update(entry.pop("failed"))
                 earlier.update(entry)
     return report
+
+
+async def _refuse_no_aggregate(
+    p: Projection, store: JetStreamEventStore, models: list[str], seq: int
+) -> None:
+    """ValidationError naming ``seq`` when its message's subject names no aggregate
+    (``<prefix>.x.y.Type``, ``<prefix>.a%b.Type``): no reader applies it, every model
+    dead-letters it (090f134), so there is no story to void it in. A void of it
+    recorded a void of aggregate ``x`` (``a%b``; an invalid-id error for an id of 2,000
+    characters) and reported success while the letters stayed: the refusal names the
+    `projector dlq discard` that clears them."""
+    raw = await jsapi.direct_get(
+        store._replies, store.settings.stream, {"seq": seq}, store.settings.request_timeout_s
+    )
+    prefix = store.settings.subject_prefix
+    if raw is None or not raw.subject.startswith(prefix + "."):
+        return  # the void says it holds no event
+    try:
+        store._subject_tokens(raw)
+        return
+    except PayloadDecodeError as exc:
+        why = str(exc).split(": ", 1)[-1]  # "its subject '...' is not <prefix>..."
+    story = aggregate_of(raw.subject, prefix)
+    letters: list[int] = []
+    for model in models:
+        found = await p.dead_letters.of_aggregate(model, story)
+        letters += [d.dlq_seq for d in found if d.original_seq == seq]
+    letters.sort()
+    if letters:
+        clear = "jetsource projector dlq discard " + " ".join(f"--seq {s}" for s in letters)
+        then = f"clear its dead letters with `{clear} --yes`"
+    else:
+        then = (
+            "no model has dead-lettered it yet; when one has, `jetsource projector dlq "
+            f"list` shows its letters (original sequence {seq}) for `jetsource projector "
+            "dlq discard --seq <dead-letter seq> --yes`"
+        )
+    raise ValidationError(
+        f"stream sequence {seq} of {store.settings.stream} names no aggregate: {why}; it "
+        "is no event of any story, no reader applies it (every model dead-letters it), "
+        f"so there is nothing to void: {then}",
+        field="seq",
+    )
 
 
 async def _domain_of(p: Projection, seq: int, domain: str | None) -> str:
