@@ -141,21 +141,34 @@ class _Item:
 ABANDONED_KEPT = 100_000
 
 
-class _Abandoned(dict[str, None]):
-    """The set of abandoned claims, oldest first, at most ``ABANDONED_KEPT``."""
+class _Abandoned(dict[str, "int | ClaimValue"]):
+    """The abandoned claims, oldest first, at most ``ABANDONED_KEPT``: each key with
+    the claim of ours left pending under it, by its revision (or, a create whose
+    answer was lost, by the value it wrote). Only that claim is abandoned: one made
+    under the key since (its delete landed after all, or released) is another's,
+    in flight. Marked by key alone, another observer's fresh claim of the key was
+    taken over at once and its event's id appended with another request's event."""
 
-    def add(self, key: str) -> None:
+    def add(self, key: str, claim: int | ClaimValue) -> None:
         self.pop(key, None)
-        self[key] = None
+        self[key] = claim
         while len(self) > ABANDONED_KEPT:
             del self[next(iter(self))]
 
-    def update(self, keys: Iterable[str]) -> None:  # type: ignore[override]
-        for key in keys:
-            self.add(key)
+    def update(self, claims: Iterable[tuple[str, int | ClaimValue]]) -> None:  # type: ignore[override]
+        for key, claim in claims:
+            self.add(key, claim)
 
     def discard(self, key: str) -> None:
         self.pop(key, None)
+
+    def holds(self, key: str, value: ClaimValue, revision: int) -> bool:
+        """Whether the claim met under ``key`` (``value`` at ``revision``) is the one
+        abandoned there."""
+        claim = self.get(key)
+        if isinstance(claim, ClaimValue):
+            return claim == value
+        return claim is not None and claim == revision
 
 
 class Recorder:
@@ -277,7 +290,7 @@ class Recorder:
             for it in sorted(append, key=lambda it: it.index):
                 by_process.setdefault(_pid(events, it), []).append(it)
             groups = list(by_process.items())
-            claimed: list[tuple[str, ClaimValue]] = []
+            claimed: list[tuple[str, ClaimValue, int]] = []
             try:
                 done = await self._record_fresh(groups, claimed)
             finally:
@@ -318,13 +331,13 @@ class Recorder:
         for it in items:
             if it.detached:
                 continue
-            for key in it.created:
+            for key, revision in it.created.items():
                 fut = self._inflight.get(key)
                 if fut is not None and not fut.done():
                     fut.set_exception(RuntimeError("the request holding this claim ended"))
                     fut.exception()
                     self._inflight.pop(key, None)
-                    self._abandoned.add(key)
+                    self._abandoned.add(key, revision)
 
     @staticmethod
     def _keys(event: CanonicalEvent, new: NewEvent) -> list[str]:
@@ -354,8 +367,10 @@ class Recorder:
                 [(key, ClaimValue(it.new.event_id, now)) for it, key in pairs]
             )
         except BaseException:
-            # Some may have been created: whoever meets them takes them over at once.
-            self._abandoned.update(key for _, key in pairs)
+            # Some may have been created: whoever meets one of them (the value it
+            # wrote) takes it over at once; a create that never landed marks nothing
+            # (the key's claim met then is another's).
+            self._abandoned.update((key, ClaimValue(it.new.event_id, now)) for it, key in pairs)
             raise
         for (it, key), revision in zip(pairs, revisions, strict=True):
             if revision is not None:
@@ -422,7 +437,7 @@ class Recorder:
         item: _Item,
         result: Recorded | BaseException,
         stored: bool,
-        done: list[tuple[str, ClaimValue]] | None = None,
+        done: list[tuple[str, ClaimValue, int]] | None = None,
     ) -> None:
         """After an append: complete the claims (in the background: into ``done`` when
         given, written as one batch by the caller) and wake waiters. A failed append
@@ -438,31 +453,34 @@ class Recorder:
                     result.process_seq,
                     result.recorded_ns,
                 )
+                pending = item.created.get(key, 0)  # its revision, still pending
                 if done is not None:
-                    done.append((key, value))
+                    done.append((key, value, pending))
                 else:
-                    self._complete([(key, value)])
+                    self._complete([(key, value, pending)])
                 if fut is not None and not fut.done():
                     fut.set_result(result)
             else:
                 if stored:
-                    self._abandoned.add(key)
+                    if key in item.created:
+                        self._abandoned.add(key, item.created[key])
                 elif key in item.created:
                     self._spawn(self._claims.delete(key, item.created[key]))
                 if fut is not None and not fut.done():
                     fut.set_exception(result)
                     fut.exception()  # retrieved: waiters re-read the claim
 
-    def _complete(self, pairs: list[tuple[str, ClaimValue]]) -> None:
+    def _complete(self, pairs: list[tuple[str, ClaimValue, int]]) -> None:
         """Write completed claims in the background. A write that fails leaves them
         pending: abandoned, so the next request meeting one looks its event up at once
         (found: the claim is completed then) instead of waiting out the lease."""
 
         async def run() -> None:
             try:
-                await self._claims.put_many(pairs)
+                await self._claims.put_many([(key, value) for key, value, _ in pairs])
             except BaseException:
-                self._abandoned.update(key for key, _ in pairs)
+                # Each left pending at the revision it had (one written is completed).
+                self._abandoned.update((key, pending) for key, _, pending in pairs if pending)
                 raise
 
         self._spawn(run())
@@ -488,7 +506,7 @@ class Recorder:
     async def _record_fresh(
         self,
         groups: list[tuple[str, list[_Item]]],
-        done: list[tuple[str, ClaimValue]] | None = None,
+        done: list[tuple[str, ClaimValue, int]] | None = None,
     ) -> list[list[Recorded] | BaseException]:
         """Append each process's ``items`` (their claims made), all queued at once; per
         group its positions or its failure. Completed claims go to ``done`` (written by
@@ -549,11 +567,11 @@ class Recorder:
         process_id: str,
         items: list[_Item],
         positions: list[tuple[int, int]],
-        done: list[tuple[str, ClaimValue]] | None = None,
+        done: list[tuple[str, ClaimValue, int]] | None = None,
     ) -> list[Recorded]:
         now = now_ns()
         out = []
-        mine: list[tuple[str, ClaimValue]] = [] if done is None else done
+        mine: list[tuple[str, ClaimValue, int]] = [] if done is None else done
         for it, (version, seq) in zip(items, positions, strict=True):
             r = Recorded(it.new.event_id, process_id, seq, version, now)
             self._settle(it, r, stored=True, done=mine)
@@ -737,11 +755,11 @@ class Recorder:
             # again before it completes the claim or releases it). Released here, the
             # key's claim of an event that does carry it (an attempt stopped between its
             # two claims) let a later event under the key be recorded as a second one.
-            kept.pop(mine)
+            pending = kept.pop(mine)
             item.created.pop(mine, None)
             if mine in item.keys:
                 item.keys.remove(mine)
-            self._abandoned.add(mine)
+            self._abandoned.add(mine, pending)
             self._unhold([mine])
             raise
         revision = kept.pop(mine)
@@ -766,21 +784,26 @@ class Recorder:
         """Delete each claim at its revision (finished even when this request is
         cancelled), then wake the waiters on ``unheld``: they re-read the claims once
         they are gone (woken before, they met them still pending, naming this event).
-        Claims a failed delete leaves pending are abandoned: each names an event no
-        request of ours appends now, so whoever meets one takes it over at once (and
-        checks it again) rather than after its lease."""
+        A claim whose delete fails may be left pending: abandoned, at its revision (it
+        names an event no request of ours appends now, so whoever meets it takes it
+        over at once, and checks it again, rather than after its lease). Only that
+        claim: a delete that landed (its answer lost, or another delete of the batch
+        failed) left the key free, and a claim made there since is another's."""
 
         async def delete_all() -> None:
-            await asyncio.gather(*(self._claims.delete(k, r) for k, r in claims))
-
-        def failed(task: asyncio.Task[None]) -> None:
-            if not task.cancelled() and task.exception() is not None:
-                self._abandoned.update(k for k, _ in claims)
+            got = await asyncio.gather(
+                *(self._claims.delete(k, r) for k, r in claims), return_exceptions=True
+            )
+            failed = [
+                (c, g) for c, g in zip(claims, got, strict=True) if isinstance(g, BaseException)
+            ]
+            self._abandoned.update(c for c, _ in failed)  # before the waiters wake
+            for _, exc in failed:
+                raise exc
 
         deletes = asyncio.create_task(delete_all())
         self._background.add(deletes)
         deletes.add_done_callback(self._background.discard)
-        deletes.add_done_callback(failed)  # before the waiters wake
         try:
             await asyncio.shield(deletes)
         finally:
@@ -835,7 +858,7 @@ class Recorder:
                 with contextlib.suppress(Exception):
                     r = await asyncio.shield(fut)
                     return replace(r, duplicate=True)
-            elif self._ownerless(key, value, now_ns()):
+            elif self._ownerless(key, value, revision, now_ns()):
                 taken = await self._claims.update(key, replace(value, since_ns=now_ns()), revision)
                 if taken is not None:
                     outcome = await self._take_over(
@@ -913,7 +936,7 @@ class Recorder:
                     process_id, item.new.idempotency_key, stored
                 )
             except BaseException:
-                self._abandoned.add(key)  # still not proven: the next one reads again
+                self._abandoned.add(key, revision)  # not proven: the next one reads again
                 raise
             if not carried:
                 await self._release([(key, revision)], [])
@@ -925,7 +948,7 @@ class Recorder:
         try:
             kept = dict((await self._unkeep(item, event_id)).created)
         except BaseException:
-            self._abandoned.add(key)
+            self._abandoned.add(key, revision)
             raise
         self._inflight[key] = asyncio.get_running_loop().create_future()
         mine = replace(
@@ -943,7 +966,9 @@ class Recorder:
         if found is None:
             now = now_ns()
             for other_key, other, other_revision in others:
-                if other_key in self._inflight or not self._ownerless(other_key, other, now):
+                if other_key in self._inflight or not self._ownerless(
+                    other_key, other, other_revision, now
+                ):
                     continue  # its owner is alive: it completes it
                 taken = await self._claims.update(
                     other_key, replace(other, since_ns=now_ns()), other_revision
@@ -976,9 +1001,13 @@ class Recorder:
         self._settle(mine, found, stored=True)
         return replace(found, duplicate=True)
 
-    def _ownerless(self, key: str, value: ClaimValue, now: int) -> bool:
-        """A pending claim whose owner is gone: abandoned here, or past its lease."""
-        return key in self._abandoned or now - value.since_ns > self._o.claim_lease_s * 1e9
+    def _ownerless(self, key: str, value: ClaimValue, revision: int, now: int) -> bool:
+        """A pending claim whose owner is gone: abandoned here (that very claim), or
+        past its lease."""
+        return (
+            self._abandoned.holds(key, value, revision)
+            or now - value.since_ns > self._o.claim_lease_s * 1e9
+        )
 
     async def _siblings(
         self, process_id: str, item: _Item, key: str, event_id: str
