@@ -28,10 +28,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 from nats import errors as nats_errors
 
 from jetsource._gen.omni.v1.events_pb2 import EventType, NormalizedEvent
@@ -597,8 +599,36 @@ def _check_handles(events: list[NormalizedEvent], body: Any) -> None:
                     where,
                 )
             _one_line(body, value, f"the event's {name}")
+        # The other messages it names (a reaction's, edit's, deletion's or receipt's
+        # target, a reply's quoted message, a poll vote's poll) and the other ids kept
+        # in its metadata: stored as they came until 2026-12-07. Before the message's
+        # own id, which may be made of one of them (a reaction's: message id, emoji,
+        # user), so that the refusal names where in the body it is.
+        for name, value in _metadata_ids(e.metadata, ""):
+            _one_line(body, value, f"the event's {name}")
         # The message's own id: the key its event id is derived from, shown and logged.
         _one_line(body, e.provider_event_id, "the event's provider_event_id")
+
+
+def _metadata_ids(message: Message, path: str) -> Iterator[tuple[str, str]]:
+    """Every id and handle a metadata message holds (a field named ``*_id``, ``*_ids``,
+    ``*_handle``; an ``extra`` entry named ``*_id``), with its path
+    (``quoted.message_id``, ``extra.target_message_id``)."""
+    for fd, value in message.ListFields():
+        name = f"{path}{fd.name}"
+        if fd.type == FieldDescriptor.TYPE_MESSAGE:
+            if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+                if fd.name == "extra":
+                    for key, text in value.items():
+                        if key.endswith("_id") and isinstance(text, str):
+                            yield f"{name}.{key}", text
+                continue
+            for item in value if fd.is_repeated else [value]:
+                yield from _metadata_ids(item, f"{name}.")
+        elif fd.type == FieldDescriptor.TYPE_STRING and fd.name.endswith(
+            ("_id", "_ids", "_handle")
+        ):
+            yield from ((name, text) for text in (value if fd.is_repeated else [value]))
 
 
 def _one_line(body: Any, value: str, what: str) -> None:
@@ -607,7 +637,12 @@ def _one_line(body: Any, value: str, what: str) -> None:
     logged): one holding a control character or U+2028/U+2029 was stored as it came."""
     at = not_one_line_at(value)
     if at is not None:
-        where = _path_of(body, value) or "body"
+        # An id made of parts (message id:emoji:user) is not in the body whole: the
+        # part holding the character is.
+        start = value.rfind(":", 0, at) + 1
+        end = value.find(":", at)
+        part = value[start : end if end >= 0 else len(value)]
+        where = _path_of(body, value) or _path_of(body, part) or "body"
         raise Rejected(
             422,
             "malformed",
