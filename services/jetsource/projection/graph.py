@@ -44,11 +44,23 @@ TRANSIENT_CODES = (
 )
 
 
+# A request on a connection still in a state that takes no statement: ArcadeDB's Bolt
+# plugin, restarted, answered the first RUN on a pooled connection with
+# Neo.ClientError.Request.Invalid "RUN not expected in state: AUTHENTICATION". The
+# connection's state, never the statement's data: taken for a refusal, every event of
+# the batch in flight was "refused" (one try of max_deliver each, as a poison event's).
+PROTOCOL_STATE = ("Neo.ClientError.Request.Invalid", "not expected in state")
+
+
 def transient(exc: BaseException) -> bool:
     """Whether a graph error is the store's (the batch waits and is retried)."""
     if isinstance(exc, TRANSIENT):
         return True
-    code = getattr(exc, "code", None) if isinstance(exc, neo4j_errors.Neo4jError) else None
+    if not isinstance(exc, neo4j_errors.Neo4jError):
+        return False
+    code, message = exc.code, exc.message
+    if isinstance(code, str) and code == PROTOCOL_STATE[0]:
+        return PROTOCOL_STATE[1] in (message or "")
     return isinstance(code, str) and code.startswith(TRANSIENT_CODES)
 
 
