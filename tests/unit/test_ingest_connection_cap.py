@@ -44,7 +44,7 @@ class Server:
     def __init__(self, cap: int) -> None:
         self.protocol = guarded_protocol(60.0, max_connections=cap)
         self.state = ServerState()
-        self.config = Config(app=lambda: None)
+        self.config = Config(app=lambda: None, log_config=None)  # leaves logging alone
         self.config.load()
         self.open: list[Any] = []
 
