@@ -366,3 +366,31 @@ def test_a_mapping_in_a_field_or_cell_is_json_not_python_repr(
     printed = capsys.readouterr().out.splitlines()
     assert printed[0] == 'snapshot: {"nodes": {"waiting": 3}, "done": true, "error": null}'
     assert printed[-1] == '{"a": "b"}'
+
+
+def test_every_json_document_of_the_cli_escapes_bidi_del_and_c1(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """README: the CLI writes U+202E, DEL and C1 as escapes in ``-o json``. omni's
+    ``--json`` documents (webhook bodies, headers, handles: anyone who reaches the
+    webhooks chose them), the ``{"warning": ...}`` lines of every group and the usage
+    error wrote them raw (json.dumps with ensure_ascii=False)."""
+    from jetsource.cli import archive, omni, stream_admin
+    from jetsource.cli.app import _error
+
+    hostile = "a\u202eb\x7f\x9bc\u2067"
+    output.set_mode(output.Mode.json)
+    omni._emit(True, {"handle": hostile}, "")
+    record = logging.LogRecord("x", logging.WARNING, "", 0, "%s", (hostile,), None)
+    output.Warnings().emit(record)
+    stream_admin._note(hostile)
+    archive._warn(hostile)
+    with pytest.raises(SystemExit):
+        _error(True, {"code": "INVALID_ARGUMENT", "message": hostile, "exit_code": 2})
+    printed = capsys.readouterr()
+    for stream, count in ((printed.out, 1), (printed.err, 4)):
+        lines = stream.splitlines()
+        assert len(lines) == count
+        for line in lines:
+            assert not any(c in line for c in "\u202e\x7f\x9b\u2067"), line
+            assert hostile in json.dumps(json.loads(line), ensure_ascii=False)

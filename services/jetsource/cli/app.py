@@ -7,7 +7,6 @@ Global options: ``--output table|json|plain`` (also ``JETSOURCE_OUTPUT``) and
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -353,7 +352,7 @@ def _usage_message(exc: Exception) -> str:
 def _error(as_json: bool, body: dict[str, object]) -> NoReturn:
     code = int(body["exit_code"])  # type: ignore[call-overload]
     if as_json:
-        sys.stderr.write(json.dumps({"error": body}, ensure_ascii=False) + "\n")
+        sys.stderr.write(output.json_text({"error": body}) + "\n")
     else:
         sys.stderr.write(f"{body['code']}: {body['message']}\n")
     sys.stderr.flush()

@@ -163,11 +163,10 @@ def _run(
 
 def _warn(text: str) -> None:
     """A note on stderr beside the result: ``{"warning": ...}`` with JSON output."""
-    import json
     import sys
 
     if output.mode() == output.Mode.json:
-        text = json.dumps({"warning": text}, ensure_ascii=False)
+        text = output.json_text({"warning": text})
     sys.stderr.write(text + "\n")
     sys.stderr.flush()
 

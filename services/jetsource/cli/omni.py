@@ -11,7 +11,6 @@ found, a stream or the handles bucket missing), 3 NATS unavailable.
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -139,8 +138,9 @@ def _identities(settings: IngestSettings, nc: Any) -> IdentityService:
 
 def _emit(as_json: bool, document: dict[str, Any], text: str) -> None:
     if as_json or output.mode() == output.Mode.json:
-        json.dump(document, sys.stdout, ensure_ascii=False)
-        sys.stdout.write("\n")
+        # The one JSON emitter: a U+202E, DEL or C1 in a body, header or handle (anyone
+        # who reaches the webhooks chose it) is written as its \uXXXX escape.
+        output.emit_json(document)
     else:
         # Bodies, headers and handles came from anyone who can reach the webhooks (a
         # refused request is archived too): an ESC or an OSC in one reached the

@@ -349,7 +349,7 @@ class Warnings(logging.Handler):
         try:
             text = record.getMessage()
             if mode() == Mode.json:
-                text = json.dumps({"warning": text}, ensure_ascii=False)
+                text = json_text({"warning": text})
             sys.stderr.write(text + "\n")
             sys.stderr.flush()
         except Exception:  # a warning never fails the command

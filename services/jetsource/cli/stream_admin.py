@@ -70,7 +70,7 @@ def _note(text: str) -> None:
     from jetsource.cli import output
 
     if output.mode() == output.Mode.json:
-        text = json.dumps({"warning": text}, ensure_ascii=False)
+        text = output.json_text({"warning": text})
     sys.stderr.write(text + "\n")
     sys.stderr.flush()
 
