@@ -233,7 +233,7 @@ def test_a_signal_while_the_workers_start_starts_no_more(monkeypatch: pytest.Mon
     assert [w.proc is not None for w in supervisor.workers] == [True, False, False]
 
 
-@pytest.mark.parametrize("index", ["²", str(MAX_WORKERS), "1000"])
+@pytest.mark.parametrize("index", ["²", str(MAX_WORKERS), "1000", "5_0", "+5"])
 def test_a_worker_index_no_supervisor_gives_is_refused_naming_the_setting(index: str) -> None:
     """WORKER_INDEX is the supervisor's (0 to MAX_WORKERS - 1). A digit int() does not
     take ("²") ended the process in a ValueError traceback; 1000 was taken as worker
@@ -251,3 +251,34 @@ def test_a_worker_index_no_supervisor_gives_is_refused_naming_the_setting(index:
     assert run.returncode == 2, run.stdout + run.stderr
     assert "JETSOURCE_PUBLISHER__WORKER_INDEX" in run.stderr
     assert "Traceback" not in run.stderr and "loaded" not in run.stdout
+
+
+@pytest.mark.parametrize("text", ["+5", " 5", "5 ", "5.0", "-0", "5_0", "-1", "", "0x5", "²"])
+def test_the_settings_take_as_worker_index_exactly_what_the_runner_takes(
+    text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner and the settings read WORKER_INDEX alike: the field took "+5", " 5",
+    "5.0", "-0" and "5_0" (as 50) where the runner said "not a worker", so a process was
+    worker 50 to its settings and no worker to its logs."""
+    from pydantic import ValidationError
+
+    from jetsource.core.runner import _worker_index
+    from jetsource.core.workers import WorkerFields
+
+    monkeypatch.setenv("JETSOURCE_PUBLISHER__WORKER_INDEX", text)
+    assert _worker_index("publisher") is None
+    with pytest.raises(ValidationError, match="worker_index"):
+        WorkerFields.model_validate({"worker_index": text})
+
+
+@pytest.mark.parametrize("text", ["0", "5", "007", str(MAX_WORKERS - 1)])
+def test_an_index_the_supervisor_gives_is_the_same_to_runner_and_settings(
+    text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jetsource.core.runner import _worker_index
+    from jetsource.core.workers import WorkerFields
+
+    monkeypatch.setenv("JETSOURCE_PUBLISHER__WORKER_INDEX", text)
+    assert _worker_index("publisher") == int(text)
+    assert WorkerFields.model_validate({"worker_index": text}).worker_index == int(text)
+    assert WorkerFields(worker_index=-1).worker_index == -1  # the default, in code

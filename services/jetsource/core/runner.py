@@ -83,12 +83,9 @@ def _worker_index(name: str) -> int | None:
     value is not this process's index, and the settings then refuse it (exit 2 naming
     the variable); a digit ``int()`` does not take ("²", which ``isdigit`` passed)
     ended the process in a traceback before, and 1000 was taken as worker 1000."""
-    from jetsource.core.workers import MAX_WORKERS  # it imports this module
+    from jetsource.core.workers import supervised_index  # it imports this module
 
-    text = os.environ.get(f"JETSOURCE_{name.upper()}__WORKER_INDEX", "").strip()
-    if not (text.isascii() and text.isdigit()) or int(text) >= MAX_WORKERS:
-        return None
-    return int(text)
+    return supervised_index(os.environ.get(f"JETSOURCE_{name.upper()}__WORKER_INDEX", ""))
 
 
 def _logging_of(name: str, settings: JetsourceSettings) -> None:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Protocol
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from jetsource.core.errors import ListenError
 from jetsource.core.logging import setup_logging
@@ -371,6 +371,27 @@ class WorkerFields(BaseModel):
         lt=MAX_WORKERS,
         description="set by the supervisor: this worker's index (-1: not a supervised worker)",
     )
+
+    @field_validator("worker_index", mode="before")
+    @classmethod
+    def _as_the_runner_reads_it(cls, value: object) -> object:
+        # The variable's text is read by the runner (supervised_index) before the
+        # settings load: what it does not take as an index ("+5", " 5", "5.0", "-0",
+        # "5_0", which int() read as 50) is refused here, not taken as another worker.
+        if isinstance(value, str) and supervised_index(value) is None:
+            raise ValueError(
+                f"not an index the supervisor gives: 0 to {MAX_WORKERS - 1} in ASCII digits"
+            )
+        return value
+
+
+def supervised_index(text: str) -> int | None:
+    """The worker index in ``text`` (JETSOURCE_<SVC>__WORKER_INDEX, as :func:`worker_env`
+    writes it: 0 to MAX_WORKERS - 1 in ASCII digits, nothing else), else None. The one
+    reading of the variable: the runner's and the settings' (which refuse the rest)."""
+    if not (text.isascii() and text.isdigit()) or int(text) >= MAX_WORKERS:
+        return None
+    return int(text)
 
 
 class WorkerOptions(Protocol):
