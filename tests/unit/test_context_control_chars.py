@@ -182,6 +182,16 @@ INVISIBLE = [
     "\u200e\u200f",
     "\ufeff \u2060",
     "\u3000\u200b",
+    # Blank glyphs and marks with nothing to mark (they were taken as titles):
+    "\u3164",  # HANGUL FILLER
+    "\u115f\u1160",  # the Hangul choseong and jungseong fillers
+    "\uffa0",  # HALFWIDTH HANGUL FILLER
+    "\u2800\u2800",  # BRAILLE PATTERN BLANK
+    "\ufe0f",  # a variation selector alone
+    "\U000e0100 ",
+    "\u0301\u0301",  # a combining accent with nothing to combine with
+    "\u20dd",  # a combining enclosing circle alone
+    "\u200b\u034f",
 ]
 
 
@@ -217,3 +227,35 @@ def test_bidi_controls_in_visible_text_are_kept_and_shown_escaped(
     shown = capsys.readouterr().out
     assert not any(ch in shown for ch in "\u2067\u2069\u202e\u202c\u200f"), shown
     assert json.loads(shown) == {"title": title}
+
+
+# Visible glyphs the rule must not call empty: the prepended concatenation marks are
+# format characters (Cf) yet drawn (an Arabic number sign, the end of an ayah); emoji
+# joined with ZWJ, with VS16, a tag-sequence flag, right-to-left text with its marks.
+VISIBLE = [
+    "\u0600",
+    "\u0601\u0602\u0603\u0604\u0605",
+    "\u06dd",
+    "\u070f",
+    "\u0890\u0891",
+    "\u08e2",
+    "\U000110bd",
+    "\U000110cd",
+    "\U0001f468\u200d\U0001f469\u200d\U0001f467",
+    "\u2764\ufe0f",
+    "\U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f",
+    "\u05e9\u05b8\u05dc\u05d5\u05b9\u05dd",
+    "\u2067\u0645\u064e\u0631\u062d\u0628\u064b\u0627\u2069",
+    "e\u0301",
+    "\u0915\u093f",
+]
+
+
+@pytest.mark.parametrize("value", VISIBLE)
+def test_a_text_that_shows_a_glyph_is_not_empty(value: str) -> None:
+    """A title of U+0600 (a format character, Cf, drawn as the Arabic number sign) was
+    refused 'title is required'."""
+    (event,) = decide(AddDecision("d9", value), _story())
+    assert evolve(_story(), event).decisions["d9"].title == value
+    (created,) = decide(CreateContext(value, tags=[value]), ContextState(id="c"))
+    assert evolve(ContextState(id="c"), created).title == value

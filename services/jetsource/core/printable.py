@@ -119,16 +119,34 @@ def as_one_line(value: str, replacement: str = "\ufffd") -> str:
 
 
 # Empty text: nothing visible. A value of only whitespace (spaces, tabs, line breaks, a
-# no-break space U+00A0, an ideographic space: str.isspace) and invisible format
-# characters (Unicode's category Cf: a zero-width space U+200B, a word joiner, a BOM, a
-# soft hyphen, the bidi marks, embeddings, overrides and isolates) shows nothing: a title
-# of "\u200b\u200b" was taken where one of "\u00a0" was refused as empty. The rule of
-# every required or non-empty text: the context commands' values and tags, repair
-# void's --reason. Bidi controls inside visible text are kept (right-to-left text needs
-# its marks and isolates) and never shown raw: :data:`UNSAFE` escapes them in every
-# front end's output.
+# no-break space U+00A0, an ideographic space: str.isspace), invisible format characters
+# (Unicode's category Cf: a zero-width space U+200B, a word joiner, a BOM, a soft
+# hyphen, the bidi marks, embeddings, overrides and isolates, tag characters), the blank
+# glyphs (the Hangul fillers U+3164, U+115F, U+1160, U+FFA0 and the blank Braille
+# pattern U+2800) and marks with nothing visible to mark (Mn, Me: a combining accent,
+# a variation selector such as U+FE0F alone) shows nothing: a title of "\u200b\u200b"
+# was taken where one of "\u00a0" was refused as empty. The prepended concatenation
+# marks are Cf yet drawn (an Arabic number sign U+0600, the end of ayah U+06DD): they
+# show. The rule of every required or non-empty text: the context commands' values and
+# tags, repair void's --reason. Bidi controls inside visible text are kept (right-to-left
+# text needs its marks and isolates) and never shown raw: :data:`UNSAFE` escapes them in
+# every front end's output.
+_BLANK_GLYPHS = frozenset("\u115f\u1160\u2800\u3164\uffa0")
+# Unicode's Prepended_Concatenation_Mark (PropList.txt): format characters with a glyph.
+_DRAWN_FORMAT = frozenset(
+    "\u0600\u0601\u0602\u0603\u0604\u0605\u06dd\u070f\u0890\u0891\u08e2\U000110bd\U000110cd"
+)
+_SHOWS_NOTHING = ("Cf", "Mn", "Me")
+
+
 def blank(value: str) -> bool:
-    """Whether ``value`` shows nothing: only whitespace and format characters (Cf)."""
+    """Whether ``value`` shows nothing: only whitespace, invisible format characters,
+    blank glyphs and marks (with nothing visible they could mark)."""
     if value.isascii():
         return not value.strip()
-    return all(ch.isspace() or unicodedata.category(ch) == "Cf" for ch in value)
+    return all(
+        ch.isspace()
+        or ch in _BLANK_GLYPHS
+        or (unicodedata.category(ch) in _SHOWS_NOTHING and ch not in _DRAWN_FORMAT)
+        for ch in value
+    )
