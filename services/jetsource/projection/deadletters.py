@@ -19,6 +19,8 @@ from typing import Any
 from nats.aio.client import Client as NATS
 
 from jetsource.core.clock import format_rfc3339_ns, now_ns, parse_rfc3339_ns
+from jetsource.core.errors import InvalidAggregateIdError
+from jetsource.core.ids import validate_aggregate_id
 from jetsource.eventstore import jsapi
 from jetsource.eventstore.jetstream import stored_event_id
 from jetsource.eventstore.jsapi import OutMessage, RawMessage, Replies
@@ -62,11 +64,30 @@ class DeadLetter:
         }
 
 
+NO_STORY = "_"  # what a subject naming no aggregate a writer takes is read as
+
+
 def aggregate_of(subject: str, prefix: str) -> str:
-    """The aggregate id a subject names (``<prefix>.<id>.<type>``), or ``_``."""
+    """The aggregate id a subject names (``<prefix>.<id>.<type>``), or ``_`` (never an
+    aggregate id) when it names none a writer takes: ``a%b`` is not read as the story
+    ``a_b`` its dead letters' token would name, which they would park."""
     rest = subject[len(prefix) + 1 :] if subject.startswith(prefix + ".") else ""
     parts = rest.split(".")
-    return parts[0] if len(parts) == 2 and parts[0] else "_"
+    if len(parts) != 2:
+        return NO_STORY
+    try:
+        return validate_aggregate_id(parts[0])
+    except InvalidAggregateIdError:
+        return NO_STORY
+
+
+def parked_story(letter: DeadLetter, prefix: str) -> str:
+    """The story a dead letter parks: the one its event's subject names (``_`` for a
+    subject naming none, whose letter may lie under a real story's token, as filed
+    before 'a%b' was read as none), else the one its subject's token names."""
+    if letter.original_subject.startswith(prefix + "."):
+        return aggregate_of(letter.original_subject, prefix)
+    return letter.aggregate_id
 
 
 def _token(aggregate_id: str) -> str:

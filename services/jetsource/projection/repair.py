@@ -169,11 +169,15 @@ async def _refuse_no_aggregate(
         return
     except PayloadDecodeError as exc:
         why = str(exc).split(": ", 1)[-1]  # "its subject '...' is not <prefix>..."
-    story = aggregate_of(raw.subject, prefix)
+    # Filed under '_' (a subject naming no aggregate), or under its first token's
+    # (as filed before: a%b under a_b).
+    token = raw.subject[len(prefix) + 1 :].split(".")[0] or "_"
+    stories = sorted({aggregate_of(raw.subject, prefix), token})
     letters: list[int] = []
     for model in models:
-        found = await p.dead_letters.of_aggregate(model, story)
-        letters += [d.dlq_seq for d in found if d.original_seq == seq]
+        for story in stories:
+            found = await p.dead_letters.of_aggregate(model, story)
+            letters += [d.dlq_seq for d in found if d.original_seq == seq]
     letters.sort()
     if letters:
         clear = "jetsource projector dlq discard " + " ".join(f"--seq {s}" for s in letters)

@@ -61,7 +61,7 @@ from jetsource.eventstore.jsapi import Delivery, RawMessage
 from jetsource.eventstore.refusals import writes_to
 from jetsource.projection.contract import Outcome, ReadModel, StoreLost, TransientError
 from jetsource.projection.control import discarded_sequences, version_dropped
-from jetsource.projection.deadletters import DeadLetters, aggregate_of
+from jetsource.projection.deadletters import NO_STORY, DeadLetters, aggregate_of, parked_story
 from jetsource.projection.partitions import Fence, FencedError, Partition
 from jetsource.projection.settings import ProjectorOptions
 
@@ -318,7 +318,8 @@ class Worker:
         self._discarded = await discarded_sequences(self.nc, self.o.control_bucket, self.spec.name)
         letters = await self.dlq.list(self.spec)
         for letter in letters:
-            self._parked.setdefault(letter.aggregate_id, set()).add(letter.original_seq)
+            story = parked_story(letter, self._prefix)
+            self._parked.setdefault(story, set()).add(letter.original_seq)
         self._show(dead_letters=len(letters))
         self._depth_at = time.monotonic()
         await self._judge_window(consumer)
@@ -756,6 +757,9 @@ class Worker:
                 aggregate_id in self._parked
                 # What comes before its first dead letter is not behind it: applied.
                 and d.stream_seq >= min(self._parked[aggregate_id])
+                # Subjects naming no story ('_') are no story's events: none is behind
+                # another's letter (each is dead-lettered for its own reason).
+                and (aggregate_id != NO_STORY or d.stream_seq in self._parked[aggregate_id])
                 and await self._still_parked(aggregate_id, checked)
             ):
                 if d.stream_seq in self._parked[aggregate_id]:
