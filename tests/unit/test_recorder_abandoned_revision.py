@@ -179,3 +179,72 @@ async def test_a_create_that_landed_is_still_taken_over_at_once() -> None:
     assert not claims.kv[K3][0].done
     [y] = await asyncio.wait_for(a.record([ev("y", "K3")]), 5)
     assert not y.duplicate and [r.event_id for r in await store.read_aggregate("p")] == ["y"]
+
+
+class LoseThenAway(Faulty):
+    """Creates land but their answer is lost while ``lose_creates``."""
+
+    lose_creates = False
+
+    async def create_many(self, pairs: list[tuple[str, ClaimValue]]) -> list[int | None]:
+        got = await super().create_many(pairs)
+        if self.lose_creates:
+            raise EventStoreUnavailableError("the claims bucket did not answer (create)")
+        return got
+
+
+@pytest.mark.parametrize("retries_in_outage", [1, 6])
+async def test_a_retry_in_the_outage_keeps_the_pending_claim_taken_over_at_once(
+    retries_in_outage: int,
+) -> None:
+    """(y, K3)'s create lands, its answer lost (marked: the value it wrote); retries
+    while the bucket is away fail before any create lands. The mark was one per key,
+    replaced by each retry's value: the retry after the outage met the first claim,
+    still pending, matched no mark and waited out its 60 s lease. Marks are added now
+    (the first of a run kept past the bound), and it is taken over at once."""
+    claims = LoseThenAway()
+    store = InMemoryEventStore(registry)
+    a = Recorder(store, claims, RecorderOptions())  # a 60 s lease
+    claims.lose_creates = True
+    with pytest.raises(EventStoreUnavailableError):
+        await a.record([ev("y", "K3")])
+    claims.lose_creates, claims.away = False, True
+    for _ in range(retries_in_outage):
+        with pytest.raises(EventStoreUnavailableError):
+            await a.record([ev("y", "K3")])
+    claims.away = False
+    assert not claims.kv[K3][0].done
+    [y] = await asyncio.wait_for(a.record([ev("y", "K3")]), 5)  # before: the lease
+    assert not y.duplicate and [r.event_id for r in await store.read_aggregate("p")] == ["y"]
+
+
+class AppendAway(InMemoryEventStore):
+    """Appends fail (nothing stored) while ``away``."""
+
+    away = False
+
+    async def append(self, *args: Any, **kwargs: Any) -> Any:
+        if self.away:
+            raise EventStoreUnavailableError("the event store did not answer")
+        return await super().append(*args, **kwargs)
+
+
+async def test_a_failed_append_stays_marked_after_a_failed_create_on_its_keys() -> None:
+    """(y, K3)'s claims are made, its append fails (its claims marked: their
+    revisions). The retry while the claims bucket is away fails before its creates
+    land; its marks replaced the first ones, and the retry after the outage met y's
+    pending claims, matched no mark and waited out their 60 s lease. They are taken
+    over at once now, and y appended."""
+    claims = Faulty()
+    store = AppendAway(registry)
+    a = Recorder(store, claims, RecorderOptions())  # a 60 s lease
+    store.away = True
+    with pytest.raises(EventStoreUnavailableError):
+        await a.record([ev("y", "K3")])
+    store.away, claims.away = False, True
+    with pytest.raises(EventStoreUnavailableError):
+        await a.record([ev("y", "K3")])
+    claims.away = False
+    assert not claims.kv[K3][0].done
+    [y] = await asyncio.wait_for(a.record([ev("y", "K3")]), 5)  # before: the lease
+    assert not y.duplicate and [r.event_id for r in await store.read_aggregate("p")] == ["y"]

@@ -139,36 +139,54 @@ class _Item:
 
 
 ABANDONED_KEPT = 100_000
+# Marks kept per key: the first and the newest. One per key, a failed create of a retry
+# (it never landed: our first claim still held the key) replaced the mark of the claim
+# still pending there, and the next retry waited out that claim's lease.
+MARKS_PER_KEY = 4
 
 
-class _Abandoned(dict[str, "int | ClaimValue"]):
-    """The abandoned claims, oldest first, at most ``ABANDONED_KEPT``: each key with
-    the claim of ours left pending under it, by its revision (or, a create whose
-    answer was lost, by the value it wrote). Only that claim is abandoned: one made
-    under the key since (its delete landed after all, or released) is another's,
-    in flight. Marked by key alone, another observer's fresh claim of the key was
-    taken over at once and its event's id appended with another request's event."""
+class _Abandoned(dict[str, "list[int | ClaimValue]"]):
+    """The abandoned claims, oldest key first, at most ``ABANDONED_KEPT`` marks: each
+    key with the claims of ours maybe left pending under it, by their revision (or, a
+    create whose answer was lost, by the value it wrote). Only those claims are
+    abandoned: one made under the key since (its delete landed after all, or released)
+    is another's, in flight. Marked by key alone, another observer's fresh claim of the
+    key was taken over at once and its event's id appended with another request's
+    event. A key keeps up to ``MARKS_PER_KEY``: a new mark is added (a create that
+    failed may never have landed, the claim met then being the one marked before), and
+    past the bound the second oldest is dropped (while a claim of ours holds the key,
+    creates under it never land: the first of a run is the one likely still there)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.marks = 0
 
     def add(self, key: str, claim: int | ClaimValue) -> None:
-        self.pop(key, None)
-        self[key] = claim
-        while len(self) > ABANDONED_KEPT:
-            del self[next(iter(self))]
+        kept = self.pop(key, [])
+        if claim not in kept:
+            kept.append(claim)
+            self.marks += 1
+            if len(kept) > MARKS_PER_KEY:
+                del kept[1]
+                self.marks -= 1
+        self[key] = kept
+        while self.marks > ABANDONED_KEPT:
+            self.marks -= len(self.pop(next(iter(self))))
 
     def update(self, claims: Iterable[tuple[str, int | ClaimValue]]) -> None:  # type: ignore[override]
         for key, claim in claims:
             self.add(key, claim)
 
     def discard(self, key: str) -> None:
-        self.pop(key, None)
+        self.marks -= len(self.pop(key, []))
 
     def holds(self, key: str, value: ClaimValue, revision: int) -> bool:
-        """Whether the claim met under ``key`` (``value`` at ``revision``) is the one
+        """Whether the claim met under ``key`` (``value`` at ``revision``) is one
         abandoned there."""
-        claim = self.get(key)
-        if isinstance(claim, ClaimValue):
-            return claim == value
-        return claim is not None and claim == revision
+        return any(
+            claim == value if isinstance(claim, ClaimValue) else claim == revision
+            for claim in self.get(key, ())
+        )
 
 
 class Recorder:
@@ -369,7 +387,8 @@ class Recorder:
         except BaseException:
             # Some may have been created: whoever meets one of them (the value it
             # wrote) takes it over at once; a create that never landed marks nothing
-            # (the key's claim met then is another's).
+            # (the key's claim met then is another's, or one of ours marked before:
+            # that mark stays, added to, not replaced).
             self._abandoned.update((key, ClaimValue(it.new.event_id, now)) for it, key in pairs)
             raise
         for (it, key), revision in zip(pairs, revisions, strict=True):
