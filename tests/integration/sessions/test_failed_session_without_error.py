@@ -43,3 +43,23 @@ async def test_list_and_show_agree_on_a_failure_with_no_error_text(
         assert shown.returncode == 0, shown.stderr
         record = json.loads(shown.stdout)
         assert (record["status"], record["error"]) == (status, error), sid
+
+
+async def test_list_and_show_agree_on_a_failure_whose_error_is_failed(
+    client: SessionsClient, app_settings: SessionsAppSettings, tmp_path: Path
+) -> None:
+    """A user's error "failed" is that error in `list` as in `show`: `list` read it as
+    the ending's placeholder for none (the same string), so it said null."""
+    lines = [
+        line("literal", 1, "session_started", {"command": "deploy"}),
+        line("literal", 2, "session_ended", {"status": "failed", "error": "failed"}),
+    ]
+    source = tmp_path / "sessions.jsonl"
+    await asyncio.to_thread(source.write_text, "\n".join(lines) + "\n")
+    imported = await cli(app_settings, "import", str(source), "-o", "json")
+    assert imported.returncode == 0, imported.stderr
+    listed = await cli(app_settings, "list", "-o", "json")
+    rows = {r["session"]: (r["status"], r["error"]) for r in json.loads(listed.stdout)}
+    assert rows["literal"] == ("failed", "failed")
+    shown = json.loads((await cli(app_settings, "show", "literal", "-o", "json")).stdout)
+    assert (shown["status"], shown["error"]) == ("failed", "failed")

@@ -252,3 +252,22 @@ def test_a_raw_session_s_command_and_error_read_as_list_shows_them() -> None:
     # What they read as imports again as the same events.
     for event in (start, failed):
         assert from_stored(stored(event)) == event
+
+
+def test_a_failure_naming_no_error_records_none_and_an_old_placeholder_reads_as_written() -> None:
+    """A failure that names no error has no error on the ledger's ending (the registry,
+    which `sessions list` reads, has none): it recorded the placeholder "failed", the
+    very error a user may write, so `list` could not tell the two apart. An ending
+    recorded before with that placeholder reads as written, "failed", as `list` says."""
+    quiet = SessionEvent.from_dict(doc(type="session_ended", data={"status": "failed"}))
+    assert "error" not in to_canonical(quiet).data
+    assert from_stored(stored(quiet)) == quiet
+    told = SessionEvent.from_dict(
+        doc(type="session_ended", data={"status": "failed", "error": "failed"})
+    )
+    assert to_canonical(told).data["error"] == "failed"
+    assert from_stored(stored(told)).data["error"] == "failed"
+    old = events_pb2.CanonicalEvent(process_id=SID, event_type="process_failed")
+    old.data.update({"session": {"status": "failed"}, "error": "failed"})
+    read = from_stored(events_pb2.StoredEvent(event=old, global_seq=9, process_seq=2))
+    assert read.data == {"status": "failed", "error": "failed"}

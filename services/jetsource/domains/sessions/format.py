@@ -50,8 +50,9 @@ ENDINGS = {
 # session writer sends but a raw one may (the registry ends the process with it, so
 # a session read it as active while the registry listed it interrupted).
 ENDED_STATUS = {**{v: k for k, v in ENDINGS.items()}, "process_interrupted": "interrupted"}
-# The registry's error of a failed session_ended that names none (read back as none).
-FAILED_PLACEHOLDER = "failed"
+# A failed session_ended that names no error has no error on the ledger's ending (the
+# registry's error is none). Endings recorded before 2026-12-07 hold "failed" there,
+# which every reader takes as written ("failed"): it is not told from a user's "failed".
 # Types a session's user data may not carry: the ledger's own lifecycle (an emitted
 # ``process_interrupted`` ended the session's process on the ledger while it went on).
 RESERVED = frozenset({PROCESS_STARTED, *ENDED_STATUS})
@@ -263,8 +264,8 @@ def to_canonical(event: SessionEvent, *, source: str = "jetsource.sessions") -> 
     elif event.type == SESSION_ENDED:
         ce.event_type = ENDINGS[event.data["status"]]
         payload = {"session": event.data}
-        if event.data["status"] == "failed":
-            payload["error"] = event.data.get("error", FAILED_PLACEHOLDER)
+        if event.data["status"] == "failed" and "error" in event.data:
+            payload["error"] = event.data["error"]
     else:
         ce.event_type = event.type
         payload = event.data
@@ -321,12 +322,7 @@ def from_stored(stored: events_pb2.StoredEvent, session: str | None = None) -> S
         user = _object(data.get("session"))
         error = data.get("error")
         data = user if user.get("status") == status else {**user, "status": status}
-        if (
-            event_type == ENDINGS["failed"]
-            and "error" not in data
-            and isinstance(error, str)
-            and error != FAILED_PLACEHOLDER
-        ):
+        if event_type == ENDINGS["failed"] and "error" not in data and isinstance(error, str):
             # Likewise the error the ledger's ending carries (what `list` shows).
             data = {**data, "error": error}
         event_type = SESSION_ENDED

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from jetsource.core.clock import NS, now_ns
 from jetsource.core.errors import CorruptEventError
-from jetsource.domains.sessions.format import FAILED_PLACEHOLDER, SESSION_KIND, SessionEvent
+from jetsource.domains.sessions.format import SESSION_KIND, SessionEvent
 from jetsource.domains.sessions.ledger import (
     LedgerBehindError,
     LedgerReader,
@@ -190,9 +190,9 @@ class Sessions:
             tail = tails.get(p.process_id)
             if tail is None or not found(p, search):
                 continue
-            # The registry's error of a failure that named none is the ending's
-            # placeholder: none, as `show` reads it back (it listed "failed").
-            error = "" if p.error == FAILED_PLACEHOLDER else p.error
+            # The registry's error, as `show` reads the ending's (a failure that named
+            # none has none; a user's "failed" is "failed").
+            error = p.error
             if isinstance(tail, CorruptEventError):
                 # Listed, and said so: one poisoned session neither hides nor takes
                 # the list down (``show`` names the sequence the same way).
