@@ -281,3 +281,24 @@ async def test_an_unknown_or_malformed_interaction_is_refused_naming_the_field(
     assert record is not None and record.verdict == VERDICT_REJECTED
     assert record.http_status == status and record.field == field
     assert await events_in(ingest) == before
+
+
+async def test_a_custom_id_the_bot_chose_is_stored_as_sent(
+    served: tuple[Ingest, httpx.AsyncClient, Projection],
+) -> None:
+    """A component's custom_id is the bot's, any text: one holding a newline was 422
+    (7b1998e), every click of the button failed. Stored as sent, shown escaped."""
+    import json
+
+    from jetsource._gen.omni.v1.events_pb2 import NormalizedEvent
+
+    ingest, http, _ = served
+    sent = "ticket:close\n77\u2028x"
+    document = body("button.json")
+    document["data"]["custom_id"] = sent
+    payload = json.dumps(document).encode()
+    r = await http.post(f"/webhooks/discord/{APP}", content=payload, headers=signed(payload))
+    assert r.status_code == 200, r.text
+    (stored,) = await ingest.store.read_aggregate(r.headers["x-jetsource-event-id"])
+    assert isinstance(stored.event, NormalizedEvent)
+    assert stored.event.metadata.extra["custom_id"] == sent

@@ -7,9 +7,13 @@ body accepted before is still answered as the same events."""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import httpx
 import pytest
 
+from jetsource._gen.omni.v1.events_pb2 import NormalizedEvent
 from jetsource.ingest.server import Ingest
 from tests.fixtures.omni import FIXTURES
 from tests.integration.omni.test_omni_hostile_input import (
@@ -67,3 +71,55 @@ async def test_a_redelivery_of_a_body_taken_before_is_the_same_events(
         assert first["status"] == again["status"] == "accepted", (fixture, first, again)
         ids = [e["id"] for e in first["events"]]
         assert ids and [e["id"] for e in again["events"]] == ids, (fixture, first, again)
+
+
+TEXT = "whatsapp/cloud/text.json"
+BUSINESS: list[tuple[str, Path, Any, str]] = [
+    (
+        "whatsapp/cloud/interactive_button_reply.json",
+        (*WA, "interactive", "button_reply", "id"),
+        None,
+        "reply_id",
+    ),
+    (
+        "whatsapp/cloud/interactive_list_reply.json",
+        (*WA, "interactive", "list_reply", "id"),
+        None,
+        "reply_id",
+    ),
+    (
+        TEXT,
+        (*WA, "context"),
+        {"referred_product": {"catalog_id": "1234", "product_retailer_id": "{sent}"}},
+        "referred_product_product_retailer_id",
+    ),
+]
+
+
+@pytest.mark.parametrize("sent", ["yes\nno", "sku\r\n\u2028\x1b[2J1"])
+@pytest.mark.parametrize(("fixture", "path", "value", "key"), BUSINESS)
+async def test_an_id_the_business_chose_is_stored_as_sent(
+    ingest: Ingest,
+    http: httpx.AsyncClient,
+    fixture: str,
+    path: Path,
+    value: Any,
+    key: str,
+    sent: str,
+) -> None:
+    """A button's or list row's reply id and a catalog product's SKU are the
+    business's, any text it chose: one holding a newline was 422 (7b1998e) on every
+    tap, retried by the provider then dropped, where it was stored before. Kept as
+    provider text, as a message body is (shown escaped)."""
+    f = next(f for f in FIXTURES if f.path == fixture)
+    if value is None:
+        value = sent
+    else:
+        value = json.loads(json.dumps(value).replace("{sent}", json.dumps(sent)[1:-1]))
+    body = replaced(body_of(fixture), path, value)
+    answer = await send(ingest, http, f.instance, encoded(body))
+    assert answer["status"] == "accepted", answer
+    (event,) = answer["events"]
+    (stored,) = await ingest.store.read_aggregate(event["id"])
+    assert isinstance(stored.event, NormalizedEvent)
+    assert stored.event.metadata.extra[key] == sent

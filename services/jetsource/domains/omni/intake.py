@@ -620,7 +620,7 @@ def _metadata_ids(message: Message, path: str) -> Iterator[tuple[str, str]]:
             if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
                 if fd.name == "extra":
                     for key, text in value.items():
-                        if key.endswith("_id") and isinstance(text, str):
+                        if key.endswith("_id") and not _business_defined(key):
                             yield f"{name}.{key}", text
                 continue
             for item in value if fd.is_repeated else [value]:
@@ -629,6 +629,20 @@ def _metadata_ids(message: Message, path: str) -> Iterator[tuple[str, str]]:
             ("_id", "_ids", "_handle")
         ):
             yield from ((name, text) for text in (value if fd.is_repeated else [value]))
+
+
+# Ids the business (or a bot) chose, not the provider: a button's or a list row's reply
+# id (WhatsApp's interactive reply, Evolution's selectedButtonId/selectedRowId), a
+# Discord component's custom_id, a catalog product's SKU (product_retailer_id, of a
+# referred product or an order's item). Any text the business put there comes back on
+# every tap: refusing one holding a newline made every tap a 422 the provider retries
+# and drops, events lost that were stored before. Kept as provider text (a message
+# body's rule: stored as sent, shown escaped).
+_BUSINESS_IDS = ("reply_id", "custom_id")
+
+
+def _business_defined(key: str) -> bool:
+    return key in _BUSINESS_IDS or key.endswith("product_retailer_id")
 
 
 def _one_line(body: Any, value: str, what: str) -> None:
