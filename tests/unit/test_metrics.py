@@ -172,7 +172,7 @@ def test_freshness_observed_for_events_the_model_took() -> None:
 async def test_dead_letter_depth_from_the_dlq_then_recounted(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    letter = type("L", (), {"aggregate_id": "story-1", "original_seq": 7})()
+    letter = type("L", (), {"aggregate_id": "story-1", "original_seq": 7, "original_subject": ""})()
     dlq = FakeDeadLetters(letters=[letter, letter])
     w = worker("unit-dlq", dlq)
 
