@@ -287,3 +287,32 @@ async def test_a_merge_reason_takes_a_lone_cr_or_cr_cr_lf_as_a_line_break(
     done = (await ingest.store.read_aggregate(merged))[-1].event
     assert isinstance(done, IdentitiesMerged)
     assert done.reason == "one\ntwo\nthree"
+
+
+async def test_a_merge_reason_refusal_names_the_position_the_user_typed(
+    ingest: Ingest,
+) -> None:
+    """A refused merge --reason names the bad character at its position in the reason
+    as given: it was checked after each CR LF was made LF, so past a CR LF (or a CR CR
+    LF) the position named was one (two) before the character in what the user typed.
+    The limit is still of the text stored: CR LF counts as the one LF kept."""
+    survivor = await ingest.identities.resolve("whatsapp", "4915100000078", "acme")
+    merged = await ingest.identities.resolve("discord", "778", "bot")
+    for reason, at in (
+        ("one\r\ntwo\x1b[2J", 8),
+        ("a\r\nb\r\r\nc\x00", 8),
+        ("a\rb\x07", 3),
+    ):
+        assert reason[at] in "\x1b\x00\x07"
+        with pytest.raises(ValidationError) as refused:
+            await ingest.identities.merge(survivor, merged, actor="ops", reason=reason)
+        assert refused.value.field == "reason"
+        assert f"U+{ord(reason[at]):04X} at position {at})" in str(refused.value)
+    from jetsource.domains.omni.identity import MAX_REASON
+
+    await ingest.identities.merge(
+        survivor, merged, actor="ops", reason="x" * (MAX_REASON - 1) + "\r\n"
+    )
+    done = (await ingest.store.read_aggregate(merged))[-1].event
+    assert isinstance(done, IdentitiesMerged)
+    assert done.reason == "x" * (MAX_REASON - 1) + "\n"

@@ -113,9 +113,12 @@ def check_text(value: str, field: str, limit: int, lines: bool = False) -> None:
     """At most ``limit`` characters of one line of printable text (``lines``: of
     many lines, tabs and line breaks): an operator's --name and --actor were taken with
     any control character (an ESC recoloured the terminal that listed them, a CR LF
-    forged a line in a log), and --reason with a NUL or an ESC."""
-    if len(value) > limit:
-        raise ValidationError(f"{field} is {len(value)} characters; at most {limit}", field=field)
+    forged a line in a log), and --reason with a NUL or an ESC. ``value`` is checked as
+    given, so a refusal's position is the one in the text the user typed; the limit is
+    of the text stored (``lines``: each line break as LF, :func:`lf_lines`)."""
+    size = len(lf_lines(value)) if lines else len(value)
+    if size > limit:
+        raise ValidationError(f"{field} is {size} characters; at most {limit}", field=field)
     _check_encodable(value, field)
     at = not_lines_at(value) if lines else not_one_line_at(value)
     if at is not None:
@@ -1044,9 +1047,11 @@ class IdentityService:
         ``survivor_id`` after its record, which every reader takes as void."""
         check_text(actor, "actor", MAX_ACTOR)
         # A line break as any tool writes it (a lone CR, CR CR LF) is one; what else
-        # is no text is refused naming reason.
-        reason = lf_lines(reason)
+        # is no text is refused naming reason, at its position in the reason as given
+        # (checked after the line breaks were made LF, a refusal past a CR LF named a
+        # position one before the character's, per CR LF).
         check_text(reason, "reason", MAX_REASON, lines=True)
+        reason = lf_lines(reason)
         if survivor_id == merged_id:
             raise ValidationError("an identity cannot be merged into itself", field="merged_id")
         await self._require(survivor_id, "survivor_id")
