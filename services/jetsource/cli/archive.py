@@ -43,7 +43,9 @@ app = typer.Typer(
 
 def _domain(value: str | None) -> str | None:
     """An option callback: ``--domain ""`` is a usage error, not the default domain."""
-    if value is not None and not value.strip():
+    from jetsource.core.printable import blank
+
+    if value is not None and blank(value):
         raise typer.BadParameter("name a domain (or leave --domain out for the first one)")
     if value is not None:
         # A misspelt domain is a usage error (exit 2, naming --domain) before anything

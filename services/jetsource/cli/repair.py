@@ -100,7 +100,7 @@ def void(
             f"voiding stream sequence {seq} cannot be undone: add --yes to confirm",
             field="--yes",
         )
-    if domain is not None and not domain.strip():
+    if domain is not None and blank(domain):
         output.fail(
             USAGE,
             "usage",

@@ -28,6 +28,7 @@ from jetsource.core.crypto import erasures_heard
 from jetsource.core.envelope import RecordedEvent
 from jetsource.core.errors import CorruptEventError, EventStoreUnavailableError
 from jetsource.core.ids import uuid7, validate_aggregate_id
+from jetsource.core.printable import blank
 from jetsource.core.procs import pid_alive
 from jetsource.eventstore import jsapi
 from jetsource.projection.bootstrap import Projection
@@ -657,7 +658,9 @@ def validate_slice(
             validate_aggregate_id(aggregate_id, field="aggregate")
         except ValueError as exc:
             raise UsageError(str(exc), field="--aggregate") from exc
-    if actor is not None and not actor.strip():
+    # Empty is nothing visible (core.printable.blank, the rule of every required text):
+    # its own strip() took "\u200b" or a Hangul filler, which names no actor, as one.
+    if actor is not None and blank(actor):
         raise UsageError("--actor must not be empty", field="--actor")
     if p is not None and event_types:
         registry = p.domains.owner(name).registry
