@@ -30,14 +30,14 @@ from jetsource.archive.store import AggregateRange, Archive, SegmentEntry
 from jetsource.core.clock import now_ns
 from jetsource.core.codec import PayloadDecodeError
 from jetsource.core.envelope import RecordedEvent
-from jetsource.core.errors import CorruptEventError, JetsourceError
+from jetsource.core.errors import JetsourceError
 from jetsource.eventstore import horizon as horizons
 from jetsource.eventstore import jsapi
-from jetsource.eventstore.horizon import BeyondHorizonError, Horizon
+from jetsource.eventstore.horizon import Horizon
 from jetsource.eventstore.jetstream import JetStreamEventStore, recorded_ns
 from jetsource.eventstore.jsapi import RawMessage
 from jetsource.eventstore.refusals import writes_to
-from jetsource.eventstore.snapshots import Snapshot, SnapshotStore
+from jetsource.eventstore.snapshots import SnapshotStore, not_its_history
 
 log = logging.getLogger("jetsource.archive")
 # Aggregates looked up or purged side by side (requests in flight).
@@ -158,7 +158,12 @@ class Archiver:
         if snapshot is None:
             report.kept[aggregate_id] = "no snapshot covers its old events"
             return None
-        if (why := await self._not_its_history(snapshot)) is not None:
+        # Checked as readers check it: a snapshot not taken at an event of its history
+        # (another event at its stream sequence, or not its recorded time) is skipped
+        # by readers, so it covers nothing: compacted behind, its events were purged
+        # for a snapshot no read starts from. One read of one event per aggregate; one
+        # whose event is behind the horizon already is taken.
+        if (why := await not_its_history(self.store, snapshot)) is not None:
             report.kept[aggregate_id] = (
                 f"its snapshot v{snapshot.version} is not of its history ({why}): readers skip it"
             )
@@ -202,42 +207,6 @@ class Archiver:
             report.kept.setdefault(aggregate_id, "its snapshot or last event is older")
             return None
         return _Candidate(aggregate_id, messages, versions)
-
-    async def _not_its_history(self, snapshot: Snapshot) -> str | None:
-        """Why ``snapshot`` is not taken at an event of its aggregate's history (None:
-        it is), as readers check it (jetsource.projection.history): the event the
-        stream holds at its stream sequence must be its version, recorded at its
-        recorded time. A snapshot naming another event (or a recorded time not its
-        event's) is skipped by readers, so it covers nothing: compacted behind, its
-        events were purged for a snapshot no read starts from. One read of one event
-        per aggregate; one whose event is behind the horizon already is taken."""
-        try:
-            read = await self.store.read_aggregate(
-                snapshot.aggregate_id,
-                from_version=snapshot.version,
-                to_version=snapshot.version,
-                from_seq=snapshot.last_seq,
-                to_seq=snapshot.last_seq,
-            )
-        except BeyondHorizonError:
-            return None
-        except CorruptEventError as exc:
-            return f"the event at its stream sequence does not read: {exc}"
-        found = read[0] if len(read) == 1 else None
-        if found is None or (found.version, found.stream_seq) != (
-            snapshot.version,
-            snapshot.last_seq,
-        ):
-            return (
-                f"the event stream holds no v{snapshot.version} of it at stream sequence "
-                f"{snapshot.last_seq}"
-            )
-        if found.recorded_at_ns != snapshot.recorded_at_ns:
-            return (
-                f"its recorded time {snapshot.recorded_at_ns} is not its event's "
-                f"({found.recorded_at_ns})"
-            )
-        return None
 
     async def _voided(
         self, aggregate_id: str, raw: RawMessage, version: int, expected: int

@@ -27,10 +27,14 @@ from nats.aio.client import Client as NATS
 
 from jetsource._gen.eventstore.v1.snapshot_pb2 import Snapshot as SnapshotPb
 from jetsource.core.clock import from_timestamp, to_timestamp
+from jetsource.core.envelope import RecordedEvent
+from jetsource.core.errors import CorruptEventError
 from jetsource.core.ids import validate_aggregate_id
 from jetsource.core.settings import SnapshotSettings
 from jetsource.eventstore import jsapi
+from jetsource.eventstore.horizon import BeyondHorizonError
 from jetsource.eventstore.jsapi import OutMessage, RawMessage
+from jetsource.eventstore.port import EventStore
 
 SCHEMA_HEADER = "Jetsource-State-Schema"
 # The state schema a stored message that is no readable snapshot is listed under
@@ -110,6 +114,44 @@ def _same(latest: Snapshot | None, snapshot: Snapshot) -> bool:
         and latest.last_seq == snapshot.last_seq
         and latest.recorded_at_ns == snapshot.recorded_at_ns
     )
+
+
+def not_taken_at(snapshot: Snapshot, found: RecordedEvent | None) -> str | None:
+    """Why ``found`` (the event the stream holds where ``snapshot`` says it was taken;
+    None: none) is not the event ``snapshot`` was taken at (None: it is): its version,
+    stream sequence and recorded time must be the snapshot's. Readers skip a snapshot
+    that is not (jetsource.projection.history); the archiver compacts behind none."""
+    if found is None or found.version != snapshot.version or found.stream_seq != snapshot.last_seq:
+        return (
+            f"the event stream holds no v{snapshot.version} of it at stream "
+            f"sequence {snapshot.last_seq}"
+        )
+    if found.recorded_at_ns != snapshot.recorded_at_ns:
+        return (
+            f"its recorded time {snapshot.recorded_at_ns} is not its event's "
+            f"({found.recorded_at_ns})"
+        )
+    return None
+
+
+async def not_its_history(store: EventStore, snapshot: Snapshot) -> str | None:
+    """Why ``snapshot`` is no snapshot of its aggregate's history in ``store`` (None:
+    it is, or its event is purged behind a compaction horizon, where the snapshot is
+    what is left): one read of the one event at its version and stream sequence,
+    checked by :func:`not_taken_at`. The one check of readers and of the archiver."""
+    try:
+        read = await store.read_aggregate(
+            snapshot.aggregate_id,
+            from_version=snapshot.version,
+            to_version=snapshot.version,
+            from_seq=snapshot.last_seq,
+            to_seq=snapshot.last_seq,
+        )
+    except BeyondHorizonError:
+        return None
+    except CorruptEventError as exc:
+        return f"the event at its stream sequence does not read: {exc}"
+    return not_taken_at(snapshot, read[0] if len(read) == 1 else None)
 
 
 def choose(

@@ -36,7 +36,13 @@ from jetsource.core.errors import CorruptEventError, JetsourceError
 from jetsource.eventstore.horizon import BeyondHorizonError
 from jetsource.eventstore.jsapi import ERR_STREAM_NOT_FOUND, JsApiError, NoRespondersError
 from jetsource.eventstore.port import EventStore
-from jetsource.eventstore.snapshots import Snapshot, SnapshotStore, choose
+from jetsource.eventstore.snapshots import (
+    Snapshot,
+    SnapshotStore,
+    choose,
+    not_its_history,
+    not_taken_at,
+)
 
 log = logging.getLogger("jetsource.history")
 
@@ -625,20 +631,8 @@ class StateLoader(Generic[S]):
     def _checked(self, snapshot: Snapshot, found: RecordedEvent | None) -> None:
         """``found``: the event the stream holds where ``snapshot`` says it was taken
         (None: none). _NotItsHistory unless it is that event."""
-        if (
-            found is None
-            or found.version != snapshot.version
-            or found.stream_seq != snapshot.last_seq
-        ):
-            raise _NotItsHistory(
-                f"the event stream holds no v{snapshot.version} of it at stream "
-                f"sequence {snapshot.last_seq}"
-            )
-        if found.recorded_at_ns != snapshot.recorded_at_ns:
-            raise _NotItsHistory(
-                f"its recorded time {snapshot.recorded_at_ns} is not its event's "
-                f"({found.recorded_at_ns})"
-            )
+        if (why := not_taken_at(snapshot, found)) is not None:
+            raise _NotItsHistory(why)
         self._verify(snapshot)
 
     def _verify(self, snapshot: Snapshot) -> None:
@@ -656,25 +650,9 @@ class StateLoader(Generic[S]):
         if key in self._verified:
             self._verified.move_to_end(key)
             return None
-        try:
-            read = await self._live.read_aggregate(
-                snapshot.aggregate_id,
-                from_version=snapshot.version,
-                to_version=snapshot.version,
-                from_seq=snapshot.last_seq,
-                to_seq=snapshot.last_seq,
-            )
-        except BeyondHorizonError:
-            read = None
-        except CorruptEventError as exc:
-            return f"the event at its stream sequence does not read: {exc}"
-        if read is None:
-            self._verify(snapshot)
-            return None
-        try:
-            self._checked(snapshot, read[0] if len(read) == 1 else None)
-        except _NotItsHistory as exc:
-            return str(exc)
+        if (why := await not_its_history(self._live, snapshot)) is not None:
+            return why
+        self._verify(snapshot)
         return None
 
     async def _purged(self, snapshot: Snapshot) -> bool:
