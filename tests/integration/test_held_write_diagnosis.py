@@ -13,14 +13,18 @@ import asyncio
 import contextlib
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from typing import Any
 from unittest import mock
 
+import grpc
 import nats
 import pytest
 
+from jetsource.core import deadline
 from jetsource.core.errors import EventStoreUnavailableError, StreamMissingError
+from jetsource.core.grpcserver import to_rpc_error
 from jetsource.devstack.servers import NatsServer, free_port, stop_pid
 from jetsource.domains.context.events import registry
 from jetsource.eventstore.jetstream import JetStreamEventStore
@@ -108,5 +112,67 @@ async def test_a_held_write_with_jetstream_off_is_unavailable_and_marks_health_d
         assert type(exc) is EventStoreUnavailableError, repr(exc)
         assert "JetStream" in str(exc)
         assert health.mark.await_count >= 1, health.mark.call_args_list
+    finally:
+        await nc.close()
+
+
+async def _cut_write(store: JetStreamEventStore) -> tuple[BaseException, mock.MagicMock]:
+    """A publish nothing acknowledges, cut by a 0.6 s call deadline (``_write_cut``),
+    as the publisher's WatchedStore answers it, and the write health it was given."""
+    prefix = store.settings.subject_prefix
+    msgs = [OutMessage(f"{prefix}.s1.DecisionAdded", b"x", {"Nats-Msg-Id": "e1"})]
+
+    async def append(*args: Any) -> Any:
+        with deadline.within(0.6):
+            return await store._call(lambda: store._publish(msgs))
+
+    store.append = append  # type: ignore[method-assign,assignment]
+    health = mock.MagicMock(writable=True, stream=store.settings.stream)
+    health.mark = mock.AsyncMock()
+    started = time.monotonic()
+    with pytest.raises(Exception) as failed:
+        await WatchedStore(store, health).append("s1", [], 0)
+    assert time.monotonic() - started < 0.6  # answered before the deadline
+    return failed.value, health
+
+
+async def test_a_write_the_deadline_cut_with_jetstream_off_is_unavailable(
+    core_nats: str,
+) -> None:
+    """The cut write's STREAM.INFO had no responders (JetStream off): it was
+    DEADLINE_EXCEEDED 'may have been stored', health left up, while a held write
+    (_held) is UNAVAILABLE for the same answer. One diagnosis: UNAVAILABLE, health down."""
+    nc = await _connect(core_nats)
+    try:
+        s = isolated_settings("cutoff", request_timeout_s=5.0, retry_attempts=2)
+        store = JetStreamEventStore(nc, registry, s)
+        await store.start()
+        await nc.subscribe(f"{s.subject_prefix}.>", cb=_tap)
+        await nc.flush()
+        exc, health = await _cut_write(store)
+        assert type(exc) is EventStoreUnavailableError, repr(exc)
+        error = to_rpc_error(exc)
+        assert error.code is grpc.StatusCode.UNAVAILABLE, error.message
+        assert "JetStream does not answer" in error.message, error.message
+        assert "majority" not in error.message, error.message
+        assert "s1" in error.message and "stored once" in error.message, error.message
+        assert health.mark.await_count >= 1, health.mark.call_args_list
+    finally:
+        await nc.close()
+
+
+async def test_a_write_the_deadline_cut_on_a_deleted_stream_is_stream_missing(
+    nats_server: Any,
+) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        s = isolated_settings("cutgone", request_timeout_s=5.0, retry_attempts=2)
+        store = JetStreamEventStore(nc, registry, s)
+        await store.ensure_streams()
+        await nc.jetstream().delete_stream(s.stream)
+        await nc.subscribe(f"{s.subject_prefix}.>", cb=_tap)  # a tap, not a responder
+        await nc.flush()
+        exc, _health = await _cut_write(store)
+        assert isinstance(exc, StreamMissingError), repr(exc)
     finally:
         await nc.close()

@@ -903,29 +903,61 @@ class JetStreamEventStore:
 
     async def _write_cut(self, messages: list[OutMessage], cut: DeadlineCutError) -> Exception:
         """What a publish whose acknowledgement the call's deadline cut is answered:
-        the stream's own word on its leader when it has one to say (no leader, a leader
-        that lost quorum: unavailable), else DeadlineCutError naming the write in flight.
-        It was "lost quorum" (UNAVAILABLE, and the publisher NOT_SERVING) for every
-        slow acknowledgement, a healthy cluster's too."""
+        the stream's own word on its leader when it has one to say (:meth:`_trouble`,
+        as a write held through every attempt is diagnosed: no leader, one that lost
+        quorum, JetStream off: unavailable; the stream gone: StreamMissingError), else
+        DeadlineCutError naming the write in flight. It was "lost quorum" (UNAVAILABLE,
+        and the publisher NOT_SERVING) for every slow acknowledgement, a healthy
+        cluster's too; and DEADLINE_EXCEEDED with JetStream off (no responders)."""
         why = None
         # In the little time left (the deadline's reserve): an answer says.
-        with contextlib.suppress(DeadlineCutError, JsApiError, NoRespondersError, *_TRANSIENT):
-            why = await jsapi.stream_leadership(
-                self._replies, self._cfg.stream, self._cfg.request_timeout_s
-            )
+        with contextlib.suppress(DeadlineCutError, JsApiError, *_TRANSIENT):
+            why = await self._trouble()
+        if isinstance(why, StreamMissingError):
+            return why
         aggregates = ", ".join(dict.fromkeys(m.subject.rsplit(".", 2)[-2] for m in messages))
         if why is not None:
             return EventStoreUnavailableError(
                 f"stream {self._cfg.stream} did not acknowledge the write of {aggregates} "
-                f"before the call's deadline ({why}): its leader stores nothing until a "
-                "majority of the NATS cluster's servers is back; sent again with the "
-                "same ids (the same idempotency key) it is stored once"
+                f"before the call's deadline: {why}; sent again with the same ids (the "
+                "same idempotency key) it is stored once"
             )
         return DeadlineCutError(
             f"the call's deadline came while the write of {len(messages)} event(s) to "
             f"{aggregates} waited for stream {self._cfg.stream}'s acknowledgement ({cut}); "
             "it may have been stored: sent again with the same idempotency key, the "
             "command finds it if it was and stores it once if not"
+        )
+
+    async def _trouble(self) -> str | StreamMissingError | None:
+        """Why the stream stores no write now, from its own word (STREAM.INFO): no
+        leader or one that lost quorum (it stores nothing until a majority is back),
+        or no JetStream answering (no responders: off, as nats-server turns it off when
+        its disk fills): a clause saying so; the stream gone: StreamMissingError;
+        None: a leader with its quorum. The one diagnosis of a write not acknowledged,
+        cut by the call's deadline (``_write_cut``) or held through every attempt
+        (``_held``): a cut write with JetStream off said DEADLINE_EXCEEDED while a held
+        one said UNAVAILABLE. Raises DeadlineCutError (the deadline ended the
+        question), other JsApiError answers and transient connection errors."""
+        try:
+            why = await jsapi.stream_leadership(
+                self._replies, self._cfg.stream, self._cfg.request_timeout_s, absent=True
+            )
+        except NoRespondersError:
+            return (
+                "JetStream does not answer (no responders to STREAM.INFO): it is off at "
+                "the server, as nats-server turns it off when its disk fills (see "
+                "`jetsource infra status`)"
+            )
+        except JsApiError as exc:
+            if exc.err_code == jsapi.ERR_STREAM_NOT_FOUND:
+                return self._stream_missing()
+            raise
+        if why is None:
+            return None
+        return (
+            f"{why}; its leader stores nothing until a majority of the NATS cluster's "
+            "servers is back"
         )
 
     async def _wait_in_flight(self, aggregate_id: str, tried: int, conflict: bool = True) -> bool:
@@ -1000,34 +1032,19 @@ class JetStreamEventStore:
             "is stored once"
         )
         try:
-            why = await jsapi.stream_leadership(
-                self._replies, self._cfg.stream, self._cfg.request_timeout_s, absent=True
-            )
+            why = await self._trouble()
         except DeadlineCutError as exc:
             return DeadlineCutError(
                 f"{what}, and the call's deadline came before its leader could be asked "
                 f"why ({exc}); {resend}"
             )
-        except NoRespondersError:
-            # No JetStream answers at all (off: nats-server turns it off when its disk
-            # fills): unavailable, write health down, as before 871fa1e. It was read as
-            # "a leader with a quorum": DEADLINE_EXCEEDED, health left up.
-            return EventStoreUnavailableError(
-                f"{failed} ({attempts} attempts; JetStream does not answer: no responders "
-                "to STREAM.INFO)"
-            )
-        except JsApiError as exc:
-            if exc.err_code == jsapi.ERR_STREAM_NOT_FOUND:
-                return self._stream_missing()
-            return EventStoreUnavailableError(f"{failed} ({attempts} attempts; {exc!r})")
-        except _TRANSIENT as exc:
+        except (JsApiError, *_TRANSIENT) as exc:
             # Not known: every cause it may be, as it was.
             return EventStoreUnavailableError(f"{failed} ({attempts} attempts; {exc!r})")
+        if isinstance(why, StreamMissingError):
+            return why
         if why is not None:
-            return EventStoreUnavailableError(
-                f"{what}: {why}; its leader stores nothing until a majority of the NATS "
-                f"cluster's servers is back; {resend}"
-            )
+            return EventStoreUnavailableError(f"{what}: {why}; {resend}")
         return UnacknowledgedWriteError(
             f"{what}, though it has a leader with a quorum of current replicas: a slow "
             "or full disk at its leader, or a busy server (see `jetsource infra "
