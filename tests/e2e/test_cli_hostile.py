@@ -250,11 +250,12 @@ ROWS: list[tuple[list[str], int, str]] = [
 ]
 
 
-# The codes an error line starts with: gRPC's names (the gRPC groups, omni, usage
-# errors Click finds) and the NATS admin groups' words (README: Projector, Exit codes).
+# The codes an error line starts with: gRPC's names (the gRPC groups, omni, every
+# refused argument: INVALID_ARGUMENT in every group since acbccee, where the admin
+# groups said "usage") and the NATS admin groups' words (README: Projector, Exit codes).
 CODES = "|".join(
     [c.name for c in grpc.StatusCode if c != grpc.StatusCode.OK]
-    + ["usage", "refused", "unavailable", "timeout", "access denied"]
+    + ["refused", "unavailable", "timeout", "access denied"]
 )
 # Every group prints `CODE: message` (omni printed `error: message (field: x)`), or
 # Click's usage box for a malformed command line.
