@@ -295,6 +295,18 @@ def restore_ints(value: Any) -> Any:
     return value
 
 
+def error_text(value: Any) -> str:
+    """A session's error as text, one rendering for every reader (``sessions list``
+    from the registry's error, ``show`` from the ending, the snapshot's failures): a
+    string as written, other JSON (a number, an object, a list, a boolean: the format
+    takes any JSON) as compact JSON with its integral numbers as ints, none as ''."""
+    if value is None or isinstance(value, str):
+        return value or ""
+    return json.dumps(
+        restore_ints(value), ensure_ascii=False, separators=(",", ":"), sort_keys=True
+    )
+
+
 def _object(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
@@ -322,7 +334,7 @@ def from_stored(stored: events_pb2.StoredEvent, session: str | None = None) -> S
         user = _object(data.get("session"))
         error = data.get("error")
         data = user if user.get("status") == status else {**user, "status": status}
-        if event_type == ENDINGS["failed"] and "error" not in data and isinstance(error, str):
+        if event_type == ENDINGS["failed"] and "error" not in data and error is not None:
             # Likewise the error the ledger's ending carries (what `list` shows).
             data = {**data, "error": error}
         event_type = SESSION_ENDED

@@ -36,6 +36,7 @@ from jetsource.domains.sessions.format import (
     SESSION_ENDED,
     SESSION_KIND,
     SessionEvent,
+    error_text,
     from_message,
     from_stored,
 )
@@ -169,8 +170,7 @@ def fold_lifecycle(found: dict[str, ProcessSummary], lifecycle: list[RecordedEve
             if env.event_type == "process_failed":
                 # As the registry (the query reader's source): a failure's error, kept
                 # through a later ending; another ending's ``error`` is not one.
-                error = _data(r).get("error")
-                p.error = error if isinstance(error, str) else ""
+                p.error = error_text(_data(r).get("error"))
 
 
 def stored_event(record: RecordedEvent) -> events_pb2.StoredEvent:
@@ -817,7 +817,11 @@ class QueryReader:
                 metadata=self._metadata,
             )
             for p in reply.processes:
-                error = p.error.string_value if p.HasField("error") else ""
+                # Any JSON, as text by the rendering `show` reads the ending's with: a
+                # number or an object read as none here (list said null).
+                error = (
+                    error_text(json_format.MessageToDict(p.error)) if p.HasField("error") else ""
+                )
                 found[p.process_id] = ProcessSummary(
                     process_id=p.process_id,
                     parent=p.parent_process_id,

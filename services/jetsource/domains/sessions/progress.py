@@ -10,7 +10,6 @@ count and the position.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -19,6 +18,7 @@ from jetsource.domains.sessions.format import (
     SESSION_ENDED,
     SESSION_STARTED,
     SessionEvent,
+    error_text,
 )
 
 WAITING, RUNNING, COMPLETE, FAILED, SKIPPED = "waiting", "running", "complete", "failed", "skipped"
@@ -126,10 +126,10 @@ def _text(value: Any) -> str:
 
 
 def _error(value: Any) -> str:
-    """An error as text: a string as is, other JSON as JSON, absent as ''."""
-    if value is None or isinstance(value, str):
-        return value or ""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    """An error as text: a string as is, other JSON as JSON, absent as ''
+    (:func:`~jetsource.domains.sessions.format.error_text`, as ``sessions list`` shows
+    the ending's)."""
+    return error_text(value)
 
 
 def _set_node(state: SessionState, node_id: str, **changes: Any) -> SessionState:
@@ -184,8 +184,11 @@ def evolve(state: SessionState, event: SessionEvent) -> SessionState:
         status, error = d.get("status"), d.get("error")
         if not (isinstance(status, str) and status in ENDINGS):
             status = "completed"
+        # Any JSON but none is the error, as text by the one rendering `list` reads the
+        # registry's with: a number or an object was dropped here (show said none)
+        # while export wrote it.
         return replace(s, status=status, ended_ns=event.ts_ns,
-                       error=error if isinstance(error, str) else s.error)  # fmt: skip
+                       error=s.error if error is None else error_text(error))  # fmt: skip
     if t in ("generation_started", "generation_completed", "generation_failed"):
         s = replace(s, generation=t.removeprefix("generation_"))
         if t == "generation_failed":
