@@ -87,6 +87,20 @@ class BeyondHorizonError(JetsourceError):
             "(JETSOURCE_ARCHIVE__URL; `jetsource archive list`)"
         )
 
+    @property
+    def details(self) -> dict[str, str]:
+        """The refusal's ErrorInfo metadata (FAILED_PRECONDITION ``BEFORE_HORIZON``, the
+        query service's and the publisher's): ``horizon_time`` is the time the message
+        names, the latest an archived version was recorded (``recorded_until_ns``), so
+        the earliest time answered without the archive. It was the horizon's own last
+        event's time, earlier than that when stamps stepped back (a881c8e): a time
+        between the two was refused all the same."""
+        return {
+            "horizon_version": str(self.horizon.version),
+            "horizon_stream_sequence": str(self.horizon.seq),
+            "horizon_time": format_rfc3339_ns(self.horizon.recorded_until_ns),
+        }
+
 
 def bucket(stream: str) -> str:
     return f"HORIZONS_{stream}"

@@ -17,7 +17,7 @@ from jetsource._gen.context.v1 import commands_pb2_grpc as pb_grpc
 from jetsource.archive.objectstore import ObjectStoreError
 from jetsource.archive.segment import SegmentError
 from jetsource.core import deadline, telemetry
-from jetsource.core.clock import format_rfc3339_ns, now_ns
+from jetsource.core.clock import now_ns
 from jetsource.core.envelope import AppendResult
 from jetsource.core.errors import (
     ConcurrencyError,
@@ -162,11 +162,7 @@ def _before_horizon(exc: BaseException) -> RpcError:
         grpc.StatusCode.FAILED_PRECONDITION,
         str(exc),
         reason="BEFORE_HORIZON",
-        metadata={
-            "horizon_version": str(exc.horizon.version),
-            "horizon_stream_sequence": str(exc.horizon.seq),
-            "horizon_time": format_rfc3339_ns(exc.horizon.time_ns),
-        },
+        metadata=exc.details,
     )
 
 

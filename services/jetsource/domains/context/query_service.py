@@ -945,11 +945,7 @@ def _query_error(exc: BaseException) -> RpcError | None:
             grpc.StatusCode.FAILED_PRECONDITION,
             str(exc),
             reason="BEFORE_HORIZON",
-            metadata={
-                "horizon_version": str(exc.horizon.version),
-                "horizon_stream_sequence": str(exc.horizon.seq),
-                "horizon_time": format_rfc3339_ns(exc.horizon.time_ns),
-            },
+            metadata=exc.details,
         )
     if isinstance(exc, _UNAVAILABLE):
         return RpcError(grpc.StatusCode.UNAVAILABLE, f"store unavailable: {exc}")
