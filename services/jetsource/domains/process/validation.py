@@ -245,6 +245,13 @@ def to_new_event(event: CanonicalEvent, limits: Limits, at: str = "event") -> Ne
         )
     if event.causation_id:
         _event_id(event.causation_id, f + "causation_id")
+    if event.idempotency_key and not event.idempotency_key.strip():
+        # Taken as a key, it made every later event of the process sent so a duplicate
+        # of the first (nothing recorded): no key is empty, as the publisher's rule.
+        raise ValidationError(
+            f"{f}idempotency_key is blank (white space only): send a key, or none",
+            f + "idempotency_key",
+        )
     _text(event.correlation_id, f + "correlation_id", limits.max_text)
     _text(event.idempotency_key, f + "idempotency_key", limits.max_text)
     if len(event.attributes) > limits.max_attributes:
