@@ -27,14 +27,18 @@ if TYPE_CHECKING:
 MAX_REASON, MAX_ACTOR = 1000, 100
 
 
-def _checked_text(value: str, option: str, limit: int, lines: bool = False) -> str:
+def _checked_text(
+    value: str, option: str, limit: int, lines: bool = False, ident: bool = False
+) -> str:
     """``value`` as kept (a --reason's line breaks as LF), or a usage error naming
     ``option``: over ``limit`` characters, or a character the rule refuses (many lines:
     tabs and line breaks and no other control; one line: no control character nor
     U+2028/U+2029), or a lone surrogate (bytes that were not UTF-8)."""
     from jetsource.core.printable import (
+        ID_TAKES,
         LINES_TAKE,
         lf_lines,
+        not_id_at,
         not_lines_at,
         not_one_line_at,
         refused_at,
@@ -44,9 +48,13 @@ def _checked_text(value: str, option: str, limit: int, lines: bool = False) -> s
         output.fail(
             USAGE, "usage", f"{option} is {len(value)} characters; at most {limit}", field=option
         )
-    at = not_lines_at(value) if lines else not_one_line_at(value)
-    if at is not None:
+    if ident:
+        # Who voided it (--actor): no bidi control either (printable.NOT_ID).
+        at, takes = not_id_at(value), ID_TAKES
+    else:
+        at = not_lines_at(value) if lines else not_one_line_at(value)
         takes = LINES_TAKE if lines else "one line of printable text"
+    if at is not None:
         output.fail(
             USAGE,
             "usage",
@@ -92,7 +100,7 @@ def void(
             USAGE, "usage", "--reason must say why (it is kept in the stream)", field="--reason"
         )
     reason = _checked_text(reason, "--reason", MAX_REASON, lines=True)
-    actor = _checked_text(actor, "--actor", MAX_ACTOR)
+    actor = _checked_text(actor, "--actor", MAX_ACTOR, ident=True)
     if not yes:
         output.fail(
             USAGE,

@@ -316,3 +316,23 @@ async def test_a_merge_reason_refusal_names_the_position_the_user_typed(
     done = (await ingest.store.read_aggregate(merged))[-1].event
     assert isinstance(done, IdentitiesMerged)
     assert done.reason == "x" * (MAX_REASON - 1) + "\n"
+
+
+async def test_an_operators_actor_with_a_bidi_control_is_refused_naming_it(
+    ingest: Ingest,
+) -> None:
+    """identity create, link and merge --actor: a U+202E was kept (shown escaped); it is
+    refused naming the field and the character now. A display name keeps it (text)."""
+    survivor = await ingest.identities.resolve("whatsapp", "4915100000079", "acme")
+    merged = await ingest.identities.resolve("discord", "779", "bot")
+    actor = "ops\u202etoor"
+    for call in (
+        ingest.identities.create("\u05d3\u05e0\u05d4 \u200f", actor=actor),
+        ingest.identities.link(survivor, "discord", "780", actor=actor),
+        ingest.identities.merge(survivor, merged, actor=actor),
+    ):
+        with pytest.raises(ValidationError) as refused:
+            await call
+        assert refused.value.field == "actor"
+        assert "a bidi control (U+202E at position 3)" in str(refused.value)
+    assert await ingest.identities.create("\u05d3\u05e0\u05d4 \u200f", actor="ops")

@@ -69,10 +69,12 @@ from jetsource.core.envelope import NO_STREAM, NewEvent, RecordedEvent
 from jetsource.core.errors import ConcurrencyError, ValidationError
 from jetsource.core.ids import uuid7, validate_aggregate_id
 from jetsource.core.printable import (
+    ID_TAKES,
     LINES_TAKE,
     UNSAFE,
     as_one_line,
     lf_lines,
+    not_id_at,
     not_lines_at,
     not_one_line_at,
     refused_at,
@@ -109,20 +111,27 @@ MAX_CHAIN = 10_000  # merges followed from one identity (a guard: chains are a f
 MAX_NAME, MAX_ACTOR, MAX_REASON = 200, 100, 10_000
 
 
-def check_text(value: str, field: str, limit: int, lines: bool = False) -> None:
+def check_text(
+    value: str, field: str, limit: int, lines: bool = False, ident: bool = False
+) -> None:
     """At most ``limit`` characters of one line of printable text (``lines``: of
     many lines, tabs and line breaks): an operator's --name and --actor were taken with
     any control character (an ESC recoloured the terminal that listed them, a CR LF
     forged a line in a log), and --reason with a NUL or an ESC. ``value`` is checked as
     given, so a refusal's position is the one in the text the user typed; the limit is
-    of the text stored (``lines``: each line break as LF, :func:`lf_lines`)."""
+    of the text stored (``lines``: each line break as LF, :func:`lf_lines`). ``ident``:
+    a name the operator chooses for who did it (--actor), refused with a bidi control
+    too (:data:`NOT_ID`)."""
     size = len(lf_lines(value)) if lines else len(value)
     if size > limit:
         raise ValidationError(f"{field} is {size} characters; at most {limit}", field=field)
     _check_encodable(value, field)
-    at = not_lines_at(value) if lines else not_one_line_at(value)
-    if at is not None:
+    if ident:
+        at, takes = not_id_at(value), ID_TAKES
+    else:
+        at = not_lines_at(value) if lines else not_one_line_at(value)
         takes = LINES_TAKE if lines else "one line of printable text"
+    if at is not None:
         raise ValidationError(
             f"{field} holds {refused_at(value, at)}: it takes {takes}",
             field=field,
@@ -929,7 +938,7 @@ class IdentityService:
         from jetsource.core.ids import uuid7
 
         check_text(display_name, "name", MAX_NAME)
-        check_text(actor, "actor", MAX_ACTOR)
+        check_text(actor, "actor", MAX_ACTOR, ident=True)
 
         identity_id = f"idn-{uuid7().replace('-', '')[:26]}"
         await self._store.append(
@@ -958,7 +967,7 @@ class IdentityService:
         its survivor's handles. A link the bucket missed (its writer stopped after the
         append) is finished, not written again."""
         check_linked_handle(provider, external_id)
-        check_text(actor, "actor", MAX_ACTOR)
+        check_text(actor, "actor", MAX_ACTOR, ident=True)
         if actor == FIRST_CONTACT:
             raise ValidationError(
                 f"actor {FIRST_CONTACT!r} is reserved for the ingress's first contacts",
@@ -1045,7 +1054,7 @@ class IdentityService:
         survivor was merged into this very identity meanwhile (A into B while B into A),
         the later of the two in the stream would close a cycle: it is refused naming
         ``survivor_id`` after its record, which every reader takes as void."""
-        check_text(actor, "actor", MAX_ACTOR)
+        check_text(actor, "actor", MAX_ACTOR, ident=True)
         # A line break as any tool writes it (a lone CR, CR CR LF) is one; what else
         # is no text is refused naming reason, at its position in the reason as given
         # (checked after the line breaks were made LF, a refusal past a CR LF named a
