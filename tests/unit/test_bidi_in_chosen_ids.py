@@ -5,11 +5,11 @@ control character is. They were kept and shown escaped: "ops\\u202etoor" as an a
 read as "opsroot" wherever a front end drew it raw, and two ids that look alike were
 two. The fields: who did it (the context commands' created_by, author, revised_by,
 assignee, closed_by, and the context commands' options; omni's --actor; repair void
---actor). Story, process, session and event ids take
-ASCII letters, digits, '-' and '_' (and '.', ':') only: a bidi control was refused there
-already. Texts keep their marks (right-to-left titles, names and bodies need them), and
-ids a provider or a business chose (a webhook reply id, a Discord custom_id) are the
-provider's text (tests/integration/omni)."""
+--actor) and the process observer's source, correlation_id and idempotency_key. Story,
+process, session and event ids take ASCII letters, digits, '-' and '_' (and '.', ':')
+only: a bidi control was refused there already. Texts keep their marks (right-to-left
+titles, names and bodies need them), and ids a provider or a business chose (a webhook
+reply id, a Discord custom_id) are the provider's text (tests/integration/omni)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from jetsource._gen.context.v1 import events_pb2 as ev
+from jetsource._gen.process.v1.events_pb2 import CanonicalEvent
 from jetsource.cli import output as out
 from jetsource.cli.repair import app as repair_app
 from jetsource.core.errors import ValidationError
@@ -37,6 +38,7 @@ from jetsource.domains.context.model import (
     evolve,
 )
 from jetsource.domains.omni.identity import MAX_ACTOR, MAX_NAME, check_text
+from jetsource.domains.process.validation import FIXED_LIMITS, to_new_event
 
 BIDI = ["\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2066", "\u2067", "\u2068", "\u2069"]
 MARKS = ["\u200e", "\u200f", "\u061c"]
@@ -103,6 +105,21 @@ def test_an_omni_actor_refuses_a_bidi_control_and_a_name_keeps_it(ch: str) -> No
         check_text(value_with(ch), "actor", MAX_ACTOR, ident=True)
     assert refused.value.field == "actor" and named(ch) in str(refused.value)
     check_text(value_with(ch), "name", MAX_NAME)  # a display name is text
+
+
+@pytest.mark.parametrize("ch", ["\u202e", "\u2066"])
+@pytest.mark.parametrize("field", ["source", "correlation_id", "idempotency_key"])
+def test_an_observer_events_chosen_ids_refuse_a_bidi_control(field: str, ch: str) -> None:
+    event = CanonicalEvent(process_id="p-1", event_type="step_done", source="tool")
+    setattr(event, field, value_with(ch))
+    with pytest.raises(ValidationError) as refused:
+        to_new_event(event, FIXED_LIMITS)
+    assert refused.value.field == f"event.{field}"
+    assert named(ch) in str(refused.value), refused.value
+    # A process's name is text: its marks are kept.
+    started = CanonicalEvent(process_id="p-1", event_type="process_started", source="tool")
+    started.data.update({"kind": "stage", "name": "\u05e9\u05dc\u05d1 \u200f1"})
+    to_new_event(started, FIXED_LIMITS)
 
 
 def test_a_void_actor_refuses_a_bidi_control_naming_the_option() -> None:

@@ -18,7 +18,7 @@ from jetsource._gen.process.v1.events_pb2 import CanonicalEvent, ProcessEventBod
 from jetsource.core.envelope import NewEvent
 from jetsource.core.errors import ValidationError
 from jetsource.core.ids import uuid7, validate_aggregate_id
-from jetsource.core.printable import not_one_line_at, refused_at
+from jetsource.core.printable import ID_TAKES, not_id_at, not_one_line_at, refused_at
 from jetsource.core.structvalue import NotAStructValue, check_struct_value, has_lone_surrogate
 from jetsource.domains.process.events import registry
 from jetsource.domains.process.pruning import PRUNER_ID, RESERVED_TYPES
@@ -75,6 +75,19 @@ def _text(value: str, field: str, limit: int) -> None:
     problem = text_problem(value)
     if problem is not None:
         raise ValidationError(f"{field} {problem}", field)
+
+
+def _id(value: str, field: str, limit: int) -> None:
+    """An id the writer chose (an event's source, correlation id, idempotency key): one
+    line with no bidi control either (jetsource.core.printable.NOT_ID), refused naming
+    the field and the character; a U+202E was kept and shown escaped."""
+    if len(value) > limit:
+        raise ValidationError(f"{field} is {len(value)} characters; at most {limit}", field)
+    at = not_id_at(value)
+    if at is not None:
+        raise ValidationError(
+            f"{field} contains {refused_at(value, at)}: it takes {ID_TAKES}", field
+        )
 
 
 def kind_problem(kind: str) -> str | None:
@@ -237,7 +250,7 @@ def to_new_event(event: CanonicalEvent, limits: Limits, at: str = "event") -> Ne
             )
         # Presence, not truth: 1 ns after the epoch is a time like any other.
         occurred_ns = ts.seconds * 1_000_000_000 + ts.nanos
-    _text(event.source, f + "source", limits.max_text)
+    _id(event.source, f + "source", limits.max_text)
     if event.schema_version > limits.max_schema_version:
         raise ValidationError(
             f"{f}schema_version {event.schema_version} is above {limits.max_schema_version}",
@@ -252,8 +265,8 @@ def to_new_event(event: CanonicalEvent, limits: Limits, at: str = "event") -> Ne
             f"{f}idempotency_key is blank (white space only): send a key, or none",
             f + "idempotency_key",
         )
-    _text(event.correlation_id, f + "correlation_id", limits.max_text)
-    _text(event.idempotency_key, f + "idempotency_key", limits.max_text)
+    _id(event.correlation_id, f + "correlation_id", limits.max_text)
+    _id(event.idempotency_key, f + "idempotency_key", limits.max_text)
     if len(event.attributes) > limits.max_attributes:
         raise ValidationError(
             f"{f}attributes has {len(event.attributes)} entries; at most {limits.max_attributes}",
