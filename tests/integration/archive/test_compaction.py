@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from jetsource.client import ContextClient, error_details
-from jetsource.core.envelope import NewEvent, RecordedEvent
+from jetsource.core.envelope import NewEvent
 from jetsource.core.settings import JetsourceSettings
 from jetsource.domains.context.commands import CommandHandler, CommandOptions
 from jetsource.domains.context.history import StateLoader
@@ -148,12 +148,6 @@ async def test_the_publisher_keeps_appending_after_compaction(projection: Projec
     assert [r.version for r in full] == list(range(1, 35))
 
 
-def _added(records: list[RecordedEvent]) -> RecordedEvent:
-    """An early DecisionAdded (compacted into the archive below): resent as the same
-    command, its key is a duplicate (a key names one command)."""
-    return next(r for r in records[1:10] if r.event_type == "DecisionAdded")
-
-
 async def test_a_key_resent_after_its_events_were_compacted_is_a_duplicate(
     projection: Projection,
 ) -> None:
@@ -164,16 +158,15 @@ async def test_a_key_resent_after_its_events_were_compacted_is_a_duplicate(
     records = await append_history(p.store, "ik", 30, seed=4)
     await save_snapshots(p.snapshots, records, [25])
     await compact_at(p, middle_time(records, 0.9))
-    first = _added(records)
+    first = records[4]
     key = first.envelope.idempotency_key
-    resent = AddDecision(first.event.decision_id, "x")  # type: ignore[union-attr]
     live_only = CommandHandler(p.store, loader=StateLoader(p.store, p.snapshots), cache_size=0)
-    again = await live_only.execute("ik", resent, CommandOptions(key))
+    again = await live_only.execute("ik", AddDecision("dx", "x"), CommandOptions(key))
     assert again.duplicate and again.versions == [first.version]
     archived = CommandHandler(
         p.store, loader=StateLoader(p.store, p.snapshots), cache_size=0, history=reader(p)
     )
-    again = await archived.execute("ik", resent, CommandOptions(key))
+    again = await archived.execute("ik", AddDecision("dx", "x"), CommandOptions(key))
     assert again.duplicate and again.versions == [first.version]
     assert again.event_ids == [first.event_id]
     assert again.stream_seqs == [first.stream_seq]
@@ -199,12 +192,9 @@ async def test_the_publisher_reads_a_compacted_history_through_the_archive(
     )
     try:
         async with ContextClient(f"127.0.0.1:{publisher.port}") as client:
-            first = _added(records)
+            first = records[4]
             again = await client.add_decision(
-                "pa",
-                first.event.decision_id,  # type: ignore[union-attr]
-                title="x",
-                idempotency_key=first.envelope.idempotency_key,
+                "pa", "dx", title="x", idempotency_key=first.envelope.idempotency_key
             )
             assert again.duplicate and list(again.event_ids) == [first.event_id]
             fresh = await client.add_decision("pa", "dnew", title="new", idempotency_key="new")

@@ -26,25 +26,16 @@ from dataclasses import dataclass, field
 from google.protobuf.message import Message
 from prometheus_client import Counter
 
-from jetsource._gen.context.v1 import events_pb2 as ev
 from jetsource.core.crypto import ErasureWatch, erasures_heard
 from jetsource.core.envelope import AppendResult, NewEvent, RecordedEvent
 from jetsource.core.errors import ConcurrencyError, JetsourceError, ValidationError
 from jetsource.core.ids import validate_aggregate_id
 from jetsource.domains.context.history import Keys, StateLoader, fold_records
 from jetsource.domains.context.model import (
-    AddDecision,
-    AddSubtask,
-    CloseContext,
     Command,
     ContextState,
-    CreateContext,
     DomainError,
-    LinkDependency,
     Maps,
-    ReviseDecision,
-    SupersedeDecision,
-    UpdateSubtask,
     decide,
     fold,
     fold_touched,
@@ -106,71 +97,12 @@ class CommandOptions:
     actor: str = ""
 
 
-# The event each command appends (one, always of this type): with the id it is about
-# (:func:`_about`), what a repeated idempotency key's original must be to be this very
-# command sent again.
-_EVENT_OF: dict[type, str] = {
-    CreateContext: ev.ContextCreated.DESCRIPTOR.name,
-    AddDecision: ev.DecisionAdded.DESCRIPTOR.name,
-    ReviseDecision: ev.DecisionRevised.DESCRIPTOR.name,
-    SupersedeDecision: ev.DecisionSuperseded.DESCRIPTOR.name,
-    AddSubtask: ev.SubtaskAdded.DESCRIPTOR.name,
-    UpdateSubtask: ev.SubtaskUpdated.DESCRIPTOR.name,
-    LinkDependency: ev.DependencyLinked.DESCRIPTOR.name,
-    CloseContext: ev.ContextClosed.DESCRIPTOR.name,
-}
-
-
-def _about(thing: object) -> str:
-    """The decision, subtask or dependency a command (or its event) is about; '' for
-    the story itself. Commands and their events name them with the same fields."""
-    for name in ("decision_id", "subtask_id"):
-        value = getattr(thing, name, None)
-        if isinstance(value, str):
-            return value
-    to = getattr(thing, "to_id", None)
-    if isinstance(to, str):
-        return f"{getattr(thing, 'from_id', '')} -> {to}"
-    return ""
-
-
-def _used_by(record: RecordedEvent) -> tuple[str, str | None]:
-    """The event type and the id a stored event is about (None: not known, as for an
-    event of a type this reader does not know, or one voided)."""
-    event = record.event
-    return record.event_type, (_about(event) if isinstance(event, Message) else None)
-
-
-def _same_command(
-    context_id: str, key: str, command: Command, used: tuple[str, str | None] | None
-) -> None:
-    """Refuse ``command`` when ``key`` was used on the story by another command (its
-    first event ``used``: type and what it is about). Answered as a duplicate, the
-    caller was told its command was done (an UpdateSubtask answered OK with a
-    DecisionRevised's versions) while nothing of it was."""
-    if used is None:
-        return
-    want = _EVENT_OF.get(type(command))
-    kind, about = used
-    if want is None or (kind == want and (about is None or about == _about(command))):
-        return
-    what = f"{kind} of {about!r}" if about else kind
-    raise ValidationError(
-        f"options.idempotency_key was used on context {context_id!r} by another command "
-        f"({what}): a key names one command; send this {type(command).__name__} with a "
-        "new key",
-        field="options.idempotency_key",
-    )
-
-
 @dataclass
 class Loaded:
     state: ContextState
     last_seq: int = 0
     # idempotency key -> the result of the command that used it
     results: dict[str, AppendResult] = field(default_factory=dict)
-    # idempotency key -> its first event's type and what it is about (_used_by)
-    used: dict[str, tuple[str, str | None]] = field(default_factory=dict)
     # keys known from a snapshot load: key -> (first, last version); read when repeated
     older: Keys = field(default_factory=dict)
     # The dicts behind ``state``'s maps once an append of this process folded them
@@ -190,7 +122,6 @@ class Loaded:
                 continue
             prior = self.results.get(key)
             if prior is None:
-                self.used[key] = _used_by(record)
                 self.results[key] = AppendResult(
                     record.aggregate_id,
                     [record.version],
@@ -208,7 +139,6 @@ class Loaded:
         folded = fold_touched(events, self.state, own=self.maps)
         self.state, self.maps = folded.state, folded.maps
         self.last_seq = result.stream_seqs[-1]
-        self.used[key] = (events[0].DESCRIPTOR.name, _about(events[0]))
         self.results[key] = AppendResult(
             result.aggregate_id, result.versions, result.stream_seqs, result.event_ids, True
         )
@@ -299,27 +229,17 @@ class CommandHandler:
                 self._locks[context_id] = (lock, users - 1)
 
     async def _recall(
-        self,
-        context_id: str,
-        loaded: Loaded,
-        key: str,
-        first: int,
-        last: int,
-        command: Command,
+        self, context_id: str, loaded: Loaded, key: str, first: int, last: int
     ) -> AppendResult:
-        """The original result of a key known from a snapshot: read its events back
-        (refused when they are another command's). Compacted into an archive this
-        handler does not read, the key is still a duplicate: answered with its versions
-        (stream sequences and event ids unknown)."""
+        """The original result of a key known from a snapshot: read its events back.
+        Compacted into an archive this handler does not read, the key is still a
+        duplicate: answered with its versions (stream sequences and event ids unknown)."""
         try:
             records = await self._history.read_aggregate(context_id, first, last)
         except BeyondHorizonError:
             result = AppendResult(context_id, list(range(first, last + 1)), [], [], True)
             loaded.results[key] = result
             return result
-        if records:
-            loaded.used[key] = _used_by(records[0])
-            _same_command(context_id, key, command, loaded.used[key])
         result = AppendResult(
             context_id,
             [r.version for r in records],
@@ -360,7 +280,7 @@ class CommandHandler:
             if isinstance(plan, AppendResult):
                 return plan  # this key was used before: the original result
             if isinstance(plan, tuple):
-                return await self._recall(context_id, loaded, key, *plan, command)
+                return await self._recall(context_id, loaded, key, *plan)
             events = plan
             metadata = {"actor": options.actor} if options.actor else {}
             new = [
@@ -384,11 +304,10 @@ class CommandHandler:
                     # command (a reply lost to a deadline, a retry that raced it).
                     fresh_load = await self.load(context_id)
                     if key in fresh_load.results:
-                        _same_command(context_id, key, command, fresh_load.used.get(key))
                         return fresh_load.results[key]
                     if key in fresh_load.older:
                         return await self._recall(
-                            context_id, fresh_load, key, *fresh_load.older[key], command
+                            context_id, fresh_load, key, *fresh_load.older[key]
                         )
                     raise ExpectedVersionMismatchError(context_id, expected, exc.actual) from exc
                 RETRIES.inc()
@@ -442,7 +361,6 @@ def _plan(
     """The original result if ``key`` was used before (or the versions it appended,
     when only a snapshot said so), else the events to append."""
     if key in loaded.results:
-        _same_command(context_id, key, command, loaded.used.get(key))
         return loaded.results[key]
     if key in loaded.older:
         return loaded.older[key]
