@@ -52,8 +52,27 @@ TRANSIENT_CODES = (
 PROTOCOL_STATE = ("Neo.ClientError.Request.Invalid", "not expected in state")
 
 
-def transient(exc: BaseException) -> bool:
-    """Whether a graph error is the store's (the batch waits and is retried)."""
+# A database error that says the database is closing or closed under the statement (a
+# store shutting down), never what the statement's data caused. Neo4j says it in words;
+# ArcadeDB's Bolt plugin answers its DatabaseIsClosedException as
+# Neo.DatabaseError.General.UnknownError with the database's name alone for a message,
+# or, wrapped by the statement's execution, "Error executing Cypher command: <the
+# statement>", the very answer a statement's data gets: that one only a question to
+# the store tells apart (graph_io's ``session``).
+CLOSING = (
+    "databaseisclosed",
+    "database is closed",
+    "database is not open",
+    "has been shut down",
+    "is shut down",
+    "is shutting down",
+    "is being shut down",
+)
+
+
+def transient(exc: BaseException, database: str | None = None) -> bool:
+    """Whether a graph error is the store's (the batch waits and is retried).
+    ``database``: the database the statement ran in (a closed one is named alone)."""
     if isinstance(exc, TRANSIENT):
         return True
     if not isinstance(exc, neo4j_errors.Neo4jError):
@@ -61,6 +80,11 @@ def transient(exc: BaseException) -> bool:
     code, message = exc.code, exc.message
     if isinstance(code, str) and code == PROTOCOL_STATE[0]:
         return PROTOCOL_STATE[1] in (message or "")
+    if isinstance(code, str) and code.startswith("Neo.DatabaseError."):
+        text = (message or "").strip()
+        return (database is not None and text == database) or any(
+            words in text.lower() for words in CLOSING
+        )
     return isinstance(code, str) and code.startswith(TRANSIENT_CODES)
 
 
@@ -83,18 +107,50 @@ def connect_graph(settings: JetsourceSettings) -> AsyncDriver:
 IO_TIMEOUT_S = 60.0
 
 
-async def graph_io(call: Awaitable[T], timeout_s: float | None = None) -> T:
+# The longest the store is given to answer "RETURN 1" after a database error (graph_io):
+# no answer by then is the store's (the batch waits), as a shutting-down store's is.
+PROBE_TIMEOUT_S = 2.0
+
+
+async def graph_io(
+    call: Awaitable[T],
+    timeout_s: float | None = None,
+    session: Any = None,
+    database: str | None = None,
+) -> T:
+    """``call`` within ``timeout_s``, the store's errors raised as TransientError (the
+    batch waits) and the statement's as they are (a refusal). With ``session`` (the
+    session ``call`` runs in) a database error that does not say whose it is asks the
+    store: one that cannot answer "RETURN 1" is closing (ArcadeDB shutting down said
+    "Error executing Cypher command" for a closed database, a refusal of every event
+    of the batch in flight, as a poison event's try); one that answers refused it.
+    ``database``: the one ``call`` runs in (:func:`transient`)."""
     limit = IO_TIMEOUT_S if timeout_s is None else timeout_s
     deadline = asyncio.timeout(limit)
     try:
         async with deadline:
             return await call
     except (neo4j_errors.Neo4jError, neo4j_errors.DriverError, OSError, TimeoutError) as exc:
-        if not transient(exc):
-            raise
+        if not transient(exc, database):
+            if not (isinstance(exc, neo4j_errors.DatabaseError) and session is not None):
+                raise
+            if not await _store_away(session):
+                raise
+            raise TransientError(f"graph: the store does not answer after {exc!r}") from exc
         if deadline.expired():
             raise TransientError(f"graph: no answer within {limit:g} s") from exc
         raise TransientError(f"graph: {exc}") from exc
+
+
+async def _store_away(session: Any) -> bool:
+    """Whether the store fails to answer "RETURN 1" in ``session`` (closing, or gone)."""
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT_S):
+            result = await session.run("RETURN 1 AS one")
+            await result.consume()
+    except Exception:  # any failure: it did not answer
+        return True
+    return False
 
 
 class Rows(list[Any]):
@@ -182,7 +238,9 @@ class FencedDriver:
             return f.token
 
         async with self._driver.session(database=self._database) as session:
-            stored = await graph_io(session.execute_write(work))
+            stored = await graph_io(
+                session.execute_write(work), session=session, database=self._database
+            )
         if stored != f.token:
             raise FencedError(f"partition {f.partition}: a newer token ({stored}) is stored")
 

@@ -291,7 +291,9 @@ class GraphModel:
             return ok
 
         async with self.driver.session(database=self.database) as session:
-            return await graph_io(session.execute_write(work))
+            return await graph_io(
+                session.execute_write(work), session=session, database=self.database
+            )
 
     async def _write_nodes(
         self, tx: AsyncManagedTransaction, writes: _Writes, ok: set[str]
@@ -451,7 +453,9 @@ class GraphModel:
             return current
 
         async with self.driver.session(database=self.database) as session:
-            previous = await graph_io(session.execute_write(work))
+            previous = await graph_io(
+                session.execute_write(work), session=session, database=self.database
+            )
         self._cache.pop(aggregate_id, None)
         return previous
 

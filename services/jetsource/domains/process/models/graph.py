@@ -240,7 +240,9 @@ class ProcessGraphModel:
             return True
 
         async with self.driver.session(database=self.database) as session:
-            ok = await graph_io(session.execute_write(work))
+            ok = await graph_io(
+                session.execute_write(work), session=session, database=self.database
+            )
         if ok:
             outcome.done.append(e.stream_seq)
             outcome.applied += 1
@@ -396,7 +398,9 @@ class ProcessGraphModel:
             return ok
 
         async with self.driver.session(database=self.database) as session:
-            return await graph_io(session.execute_write(work))
+            return await graph_io(
+                session.execute_write(work), session=session, database=self.database
+            )
 
     async def birth_mark(self) -> str | None:
         return await self.mark.stored()
