@@ -3,6 +3,8 @@ connected) is diagnosed from STREAM.INFO (871fa1e). STREAM.INFO with no responde
 (JetStream off: nats-server turns it off when its disk fills) or answering "stream not
 found" says no leader is healthy: it was read as "a leader with a quorum", and the
 write was DEADLINE_EXCEEDED (UnacknowledgedWriteError) with write health left alone.
+A publish the call's deadline cut (_write_cut) is diagnosed by the same function: it
+was DEADLINE_EXCEEDED for both.
 
 Real nats-server. A plain core subscriber on the events subjects keeps the publish
 from being answered "no responders" (nothing answers it: the ack never comes)."""
@@ -83,39 +85,6 @@ async def _connect(url: str) -> Any:
     return await nats.connect(url, allow_reconnect=False)
 
 
-async def test_a_held_write_on_a_deleted_stream_is_stream_missing(nats_server: Any) -> None:
-    nc = await nats.connect(nats_server.url)
-    try:
-        s = isolated_settings("heldgone", request_timeout_s=0.3, retry_attempts=2)
-        store = JetStreamEventStore(nc, registry, s)
-        await store.ensure_streams()
-        await nc.jetstream().delete_stream(s.stream)
-        await nc.subscribe(f"{s.subject_prefix}.>", cb=_tap)  # a tap, not a responder
-        await nc.flush()
-        exc, _health = await _held_write(store)
-        assert isinstance(exc, StreamMissingError), repr(exc)
-    finally:
-        await nc.close()
-
-
-async def test_a_held_write_with_jetstream_off_is_unavailable_and_marks_health_down(
-    core_nats: str,
-) -> None:
-    nc = await _connect(core_nats)
-    try:
-        s = isolated_settings("heldoff", request_timeout_s=0.3, retry_attempts=2)
-        store = JetStreamEventStore(nc, registry, s)
-        await store.start()
-        await nc.subscribe(f"{s.subject_prefix}.>", cb=_tap)
-        await nc.flush()
-        exc, health = await _held_write(store)
-        assert type(exc) is EventStoreUnavailableError, repr(exc)
-        assert "JetStream" in str(exc)
-        assert health.mark.await_count >= 1, health.mark.call_args_list
-    finally:
-        await nc.close()
-
-
 async def _cut_write(store: JetStreamEventStore) -> tuple[BaseException, mock.MagicMock]:
     """A publish nothing acknowledges, cut by a 0.6 s call deadline (``_write_cut``),
     as the publisher's WatchedStore answers it, and the write health it was given."""
@@ -136,43 +105,55 @@ async def _cut_write(store: JetStreamEventStore) -> tuple[BaseException, mock.Ma
     return failed.value, health
 
 
-async def test_a_write_the_deadline_cut_with_jetstream_off_is_unavailable(
-    core_nats: str,
-) -> None:
-    """The cut write's STREAM.INFO had no responders (JetStream off): it was
-    DEADLINE_EXCEEDED 'may have been stored', health left up, while a held write
-    (_held) is UNAVAILABLE for the same answer. One diagnosis: UNAVAILABLE, health down."""
-    nc = await _connect(core_nats)
-    try:
-        s = isolated_settings("cutoff", request_timeout_s=5.0, retry_attempts=2)
-        store = JetStreamEventStore(nc, registry, s)
-        await store.start()
-        await nc.subscribe(f"{s.subject_prefix}.>", cb=_tap)
-        await nc.flush()
-        exc, health = await _cut_write(store)
-        assert type(exc) is EventStoreUnavailableError, repr(exc)
-        error = to_rpc_error(exc)
-        assert error.code is grpc.StatusCode.UNAVAILABLE, error.message
-        assert "JetStream does not answer" in error.message, error.message
-        assert "majority" not in error.message, error.message
-        assert "s1" in error.message and "stored once" in error.message, error.message
-        assert health.mark.await_count >= 1, health.mark.call_args_list
-    finally:
-        await nc.close()
+async def _not_acknowledged(
+    store: JetStreamEventStore, way: str
+) -> tuple[BaseException, mock.MagicMock]:
+    return await (_held_write(store) if way == "held" else _cut_write(store))
 
 
-async def test_a_write_the_deadline_cut_on_a_deleted_stream_is_stream_missing(
-    nats_server: Any,
+# A write held through every attempt (_held, store timeout 0.3 s) and one the call's
+# deadline cut (_write_cut, 0.6 s before the store's 5 s): one diagnosis (_trouble). The
+# cut write was DEADLINE_EXCEEDED 'may have been stored' for both, health left up.
+WAYS = pytest.mark.parametrize(("way", "timeout_s"), [("held", 0.3), ("cut", 5.0)])
+
+
+@WAYS
+async def test_a_write_not_acknowledged_on_a_deleted_stream_is_stream_missing(
+    nats_server: Any, way: str, timeout_s: float
 ) -> None:
     nc = await nats.connect(nats_server.url)
     try:
-        s = isolated_settings("cutgone", request_timeout_s=5.0, retry_attempts=2)
+        s = isolated_settings(f"gone{way}", request_timeout_s=timeout_s, retry_attempts=2)
         store = JetStreamEventStore(nc, registry, s)
         await store.ensure_streams()
         await nc.jetstream().delete_stream(s.stream)
         await nc.subscribe(f"{s.subject_prefix}.>", cb=_tap)  # a tap, not a responder
         await nc.flush()
-        exc, _health = await _cut_write(store)
+        exc, _health = await _not_acknowledged(store, way)
         assert isinstance(exc, StreamMissingError), repr(exc)
+    finally:
+        await nc.close()
+
+
+@WAYS
+async def test_a_write_not_acknowledged_with_jetstream_off_is_unavailable_marking_health(
+    core_nats: str, way: str, timeout_s: float
+) -> None:
+    nc = await _connect(core_nats)
+    try:
+        s = isolated_settings(f"off{way}", request_timeout_s=timeout_s, retry_attempts=2)
+        store = JetStreamEventStore(nc, registry, s)
+        await store.start()
+        await nc.subscribe(f"{s.subject_prefix}.>", cb=_tap)
+        await nc.flush()
+        exc, health = await _not_acknowledged(store, way)
+        assert type(exc) is EventStoreUnavailableError, repr(exc)
+        error = to_rpc_error(exc)
+        assert error.code is grpc.StatusCode.UNAVAILABLE, error.message
+        assert "JetStream does not answer" in error.message, error.message
+        assert "majority" not in error.message, error.message
+        assert "s1" in error.message or way == "held", error.message
+        assert "stored once" in error.message, error.message
+        assert health.mark.await_count >= 1, health.mark.call_args_list
     finally:
         await nc.close()
