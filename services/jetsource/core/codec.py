@@ -16,6 +16,7 @@ from google.protobuf.message import DecodeError, Message
 from jetsource.core.crypto import personal_fields
 from jetsource.core.errors import InvalidEventTypeError, UnknownEventTypeError
 from jetsource.core.ids import valid_event_type
+from jetsource.core.wellknown import unshowable
 
 Upcaster = Callable[[Message], Message]
 
@@ -182,7 +183,7 @@ class EventRegistry:
                 raise PayloadDecodeError(
                     f"{event_type} v{version}: payload does not parse: {exc}"
                 ) from exc
-            return message
+            return _showable(message, event_type, version, payload)
         if cls is None:
             reason = (
                 "unknown event type"
@@ -209,4 +210,13 @@ class EventRegistry:
                     f"{event_type} v{version}: the upcaster to v{version + 1} failed: {exc!r}"
                 ) from exc
             version += 1
-        return message
+        return _showable(message, event_type, version, payload)
+
+
+def _showable(message: Message, event_type: str, version: int, payload: bytes) -> Message:
+    """``message``, or PayloadDecodeError where it holds a time or number no reader can
+    show (:mod:`jetsource.core.wellknown`): poison as a payload that does not parse."""
+    problem = unshowable(message, payload)
+    if problem:
+        raise PayloadDecodeError(f"{event_type} v{version}: {problem}")
+    return message
