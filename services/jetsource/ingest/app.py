@@ -41,6 +41,7 @@ from jetsource.core.aio import wait_for
 from jetsource.core.clock import parse_time_ns
 from jetsource.core.errors import (
     ConcurrencyError,
+    CorruptEventError,
     EventStoreUnavailableError,
     JetsourceError,
     StreamMissingError,
@@ -269,6 +270,12 @@ def error_answer(path: str, exc: Exception) -> JSONResponse:
     if isinstance(exc, EventStoreUnavailableError | StreamMissingError | TransientError):
         # TransientError: Valkey (the read models) did not answer.
         return _error(503, "unavailable", str(exc))
+    if isinstance(exc, CorruptEventError):
+        # A message published raw that no reader takes (the read models dead-letter it):
+        # named with its stream sequence, as gRPC answers DATA_LOSS. It was 500
+        # "internal error", a bug to look for in the logs.
+        log.warning("%s: %s", path, exc)
+        return _error(500, "data_loss", str(exc))
     if isinstance(exc, JetsourceError):
         log.error("%s failed", path, exc_info=exc)
     else:

@@ -158,6 +158,7 @@ local function allowed(rule, id, v)
   if rule == 'first' then return v == 1 end
   if rule == 'received' then return redis.call('HEXISTS', p .. ':e:' .. id, 'ev') == 1 end
   if rule == 'created' then return redis.call('HEXISTS', p .. ':i:' .. id, 'seq') == 1 end
+  if rule == 'own' then return false end
   return true
 end
 for _ = 1, n do
@@ -276,15 +277,26 @@ _REFUSED = {
     "first": "{type} opens its aggregate (version 1 only); this one carries version {version}",
     "received": "{type} of event {id!r}, which was never received (no EventReceived before it)",
     "created": "{type} of identity {id!r}, which was never created (no IdentityCreated before it)",
+    "own": "{type} of aggregate {id!r} names {named} as its {field} (an event names its own)",
 }
 
 
 def short_type(value: int) -> str:
-    return EventType.Name(EventType.ValueType(value)).removeprefix("EVENT_TYPE_").lower()
+    """The type's short name; a value this code does not name (a newer writer's, as
+    protobuf keeps unknown enum values) is its number. It raised ValueError: the model
+    dead-lettered the event as a handler error and every read of it failed."""
+    try:
+        return EventType.Name(EventType.ValueType(value)).removeprefix("EVENT_TYPE_").lower()
+    except ValueError:
+        return str(value)
 
 
 def short_direction(value: int) -> str:
-    return Direction.Name(Direction.ValueType(value)).removeprefix("DIRECTION_").lower()
+    """As :func:`short_type`, for the direction."""
+    try:
+        return Direction.Name(Direction.ValueType(value)).removeprefix("DIRECTION_").lower()
+    except ValueError:
+        return str(value)
 
 
 Command = tuple[str, int, list[Any]]
@@ -410,8 +422,24 @@ def identity_commands(record: RecordedEvent) -> list[Command]:
     return []
 
 
+def named_id(record: RecordedEvent) -> tuple[str, str] | None:
+    """(field, id) where an event's payload names an aggregate other than its own, or
+    None. Every writer names the aggregate it appends to (a normalized event's ``id``,
+    an identity's ``identity_id``); one naming another, or a message of another type
+    parsed as this one, was published raw: the model listed a row under one id that
+    showed another, which no read by that other id found."""
+    e = record.event
+    if isinstance(e, NormalizedEvent) and e.id != record.aggregate_id:
+        return "id", e.id
+    if isinstance(e, IdentityCreated | ExternalIdLinked) and e.identity_id != record.aggregate_id:
+        return "identity_id", e.identity_id
+    return None
+
+
 def event_rule(record: RecordedEvent) -> str:
     """What the domain asks before an event of a normalized event's aggregate is taken."""
+    if named_id(record):
+        return "own"
     if isinstance(record.event, NormalizedEvent):
         return "first"
     if isinstance(record.event, ProcessingStarted | ProcessingCompleted | ProcessingFailed):
@@ -421,6 +449,8 @@ def event_rule(record: RecordedEvent) -> str:
 
 def identity_rule(record: RecordedEvent) -> str:
     """What the domain asks before an event of an identity's aggregate is taken."""
+    if named_id(record):
+        return "own"
     if isinstance(record.event, IdentityCreated):
         return "first"
     if isinstance(record.event, ExternalIdLinked | IdentitiesMerged):
@@ -617,9 +647,7 @@ class OmniEventsModel(OmniModel):
         commands: list[Command] = []
         for record in history:
             rule = event_rule(record)
-            refused = rule == "first" and record.version != 1
-            refused = refused or (rule == "received" and not received)
-            if refused:
+            if not taken(rule, record, received):
                 at = rule
                 raise ValueError(
                     f"{self.spec.name}: {aggregate_id!r} cannot be written from its history: "
@@ -645,6 +673,17 @@ class OmniEventsModel(OmniModel):
         raise TransientError(f"{self.spec.name}: {aggregate_id!r} kept changing under a rewind")
 
 
+def taken(rule: str, record: RecordedEvent, received: bool) -> bool:
+    """Whether the domain takes an event of a normalized event's aggregate at its
+    place in the history (``received``: an EventReceived was taken before it), as the
+    apply script asks."""
+    if rule == "own":
+        return False
+    if rule == "first":
+        return record.version == 1
+    return rule != "received" or received
+
+
 def _why(record: RecordedEvent, at: str, position: int) -> str:
     if at == "r":
         return (
@@ -653,8 +692,14 @@ def _why(record: RecordedEvent, at: str, position: int) -> str:
             "sequence (a second event for one version, not a redelivery)"
         )
     template = _REFUSED.get(at, "refused by the domain ({rule})")
+    field, named = named_id(record) or ("", "")
     return template.format(
-        type=record.event_type, version=record.version, id=record.aggregate_id, rule=at
+        type=record.event_type,
+        version=record.version,
+        id=record.aggregate_id,
+        rule=at,
+        field=field,
+        named=repr(named[:80]) if named else "no aggregate",
     )
 
 

@@ -44,8 +44,11 @@ from jetsource.domains.omni.models import (
     OMNI_EVENTS,
     OMNI_IDENTITIES,
     event_commands,
+    event_rule,
+    identity_rule,
     short_direction,
     short_type,
+    taken,
 )
 from jetsource.domains.omni.normalize.common import MAX_CONVERSATION_ID
 from jetsource.domains.omni.raw import RawArchive
@@ -456,7 +459,12 @@ class OmniReads:
             return None
         key = f"e:{event_id}"
         fields: dict[str, Any] = {}
+        received = False
         for record in await self._history(event_id):
+            rule = event_rule(record)
+            if not taken(rule, record, received):
+                break  # refused by the model (dead-lettered): nothing past it is applied
+            received = received or rule == "first"
             for op, _, args in event_commands(record):
                 if op == "HSET" and args[0] == key:
                     fields.update(zip(args[1::2], args[2::2], strict=True))
@@ -557,7 +565,11 @@ class OmniReads:
         doc, handles, merged = await valkey_io(pipe.execute())
         view = _identity_view(identity_id, doc, handles, merged)
         if view is None:
-            if self._last_version is not None and await self._last_version(identity_id):
+            if (
+                self._last_version is not None
+                and await self._last_version(identity_id)
+                and await self._opened(identity_id)
+            ):
                 # Its handles and merges come from other identities' events too: not
                 # folded here from its own; the model has them in a moment.
                 raise NotYetVisibleError(
@@ -566,6 +578,16 @@ class OmniReads:
                 )
             raise NotFoundError(f"no identity {identity_id!r}", "identity_id")
         return view
+
+    async def _opened(self, identity_id: str) -> bool:
+        """Whether the stream's history of an identity the model does not hold yet
+        opens it as the model takes it (an IdentityCreated of its own at version 1). One
+        the model refused (dead-lettered) was answered "not in the read model yet; try
+        again shortly" for good; it is no identity."""
+        if self._history is None:
+            return True
+        history = await self._history(identity_id)
+        return bool(history) and identity_rule(history[0]) == "first"
 
     async def _identity_views(self, ns: str, ids: list[str]) -> list[IdentityView | None]:
         """The model's identities (None: not in it), in one round trip."""
