@@ -52,6 +52,7 @@ from jetsource.core.settings import EventStoreSettings
 from jetsource.eventstore import horizon as horizons
 from jetsource.eventstore import jsapi, refusals
 from jetsource.eventstore.common import (
+    MAX_SECONDS,
     a_time,
     check_append,
     check_read,
@@ -114,11 +115,30 @@ _ENVELOPE_AND_HEADER_OVERHEAD = 512
 H_RECORDED_AT = "Jetsource-Recorded-At"
 
 
+# The last nanosecond a Timestamp holds (9999-12-31T23:59:59.999999999Z).
+_MAX_NS = (MAX_SECONDS + 1) * 1_000_000_000 - 1
+
+
+def _original_ns(raw: RawMessage) -> int | None:
+    """A restored message's original time (its Jetsource-Recorded-At header, ns since
+    1970 in ASCII digits): None when it has none, -1 when the header is no such time.
+    A raw publish's header "²" (a digit to str.isdigit, not to int()) raised ValueError
+    in every reader, the projector's included (its model stalled on it); one of 30
+    digits made a time no Timestamp holds."""
+    text = raw.headers.get(H_RECORDED_AT)
+    if not text:
+        return None
+    if text.isascii() and text.isdigit() and len(text) <= 20 and int(text) <= _MAX_NS:
+        return int(text)
+    return -1
+
+
 def recorded_ns(raw: RawMessage) -> int:
     """When the message was first recorded: the stream's time, or a restored
-    message's original one."""
-    original = raw.headers.get(H_RECORDED_AT)
-    return int(original) if original and original.isdigit() else raw.time_ns
+    message's original one (a header that is no time is the stream's: the readers
+    that decode the message name it as corrupt, see ``_envelope``)."""
+    original = _original_ns(raw)
+    return raw.time_ns if original is None or original < 0 else original
 
 
 def stored_event_id(msg_id: str, aggregate_id: str) -> str:
@@ -440,6 +460,11 @@ class JetStreamEventStore:
             problem = (
                 f"its envelope's occurred_at is no time (seconds {at.seconds}, nanos "
                 f"{at.nanos}; years 1 to 9999, nanos 0 to 999999999)"
+            )
+        elif _original_ns(raw) == -1:
+            problem = (
+                f"its {H_RECORDED_AT} header {raw.headers[H_RECORDED_AT][:40]!r} is no time "
+                f"(nanoseconds since 1970 in digits, at most {_MAX_NS})"
             )
         elif envelope.idempotency_uuid and len(envelope.idempotency_uuid) != 16:
             problem = (
