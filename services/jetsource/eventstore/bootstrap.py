@@ -74,6 +74,33 @@ def _tls_context(tls: Any) -> ssl.SSLContext:
 _REFUSALS = ("authorization violation", "authentication", "certificate", "tls")
 
 
+def survive_a_dead_socket(nc: NATS) -> None:
+    """A write to a socket that died before the client noticed keeps its commands for
+    the reconnect, as a write while reconnecting does, and raises nothing.
+
+    nats-py's flusher task stops on the first write that meets the dead socket (under
+    uvloop: RuntimeError 'unable to perform operation on <TCPTransport closed=True
+    ...>; the handler is closed') while the client still says connected until its
+    reader sees the end of the stream; meanwhile every publish and request flushes
+    inline and raised that RuntimeError, which no caller takes for NATS away: a
+    webhook met with NATS killed was answered 500 'internal error while resolving
+    identities' (not 503, try again), and a model's read was an event's refusal.
+    The commands stay pending (nothing of them was written) and go out once the
+    client has reconnected; a request waits for its reply as while reconnecting."""
+    flush = nc._flush_pending
+
+    async def flush_pending(force_flush: bool = False) -> Any:
+        try:
+            return await flush(force_flush)
+        except (RuntimeError, OSError) as exc:
+            log.debug("nats: a write met a dead socket (%s); kept for the reconnect", exc)
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+
+    nc.__dict__["_flush_pending"] = flush_pending
+
+
 async def connect(settings: JetsourceSettings) -> NATS:
     """A connected client. Refused credentials or certificates raise AccessDeniedError at
     once (nats-py would otherwise retry them forever); an absent server is waited for."""
@@ -107,6 +134,7 @@ async def connect(settings: JetsourceSettings) -> NATS:
             log.warning("nats: %s at %s; retrying", reason, where)
 
     nc = NATS()
+    survive_a_dead_socket(nc)
     connecting = asyncio.ensure_future(nc.connect(**nats_options(settings), error_cb=on_error))
     waiting: set[asyncio.Future[Any]] = {connecting, refused}
     try:
