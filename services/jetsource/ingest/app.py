@@ -54,6 +54,7 @@ from jetsource.domains.omni.processing import (
     StatusTransitionError,
     record_status,
 )
+from jetsource.domains.omni.raw import RawRecordCorruptError
 from jetsource.domains.omni.reads import Filters, NotFoundError, NotYetVisibleError, OmniReads
 from jetsource.eventstore.jetstream import JetStreamEventStore
 from jetsource.ingest.transport import BodyDeadline, BodyTimeout
@@ -270,7 +271,7 @@ def error_answer(path: str, exc: Exception) -> JSONResponse:
     if isinstance(exc, EventStoreUnavailableError | StreamMissingError | TransientError):
         # TransientError: Valkey (the read models) did not answer.
         return _error(503, "unavailable", str(exc))
-    if isinstance(exc, CorruptEventError):
+    if isinstance(exc, CorruptEventError | RawRecordCorruptError):
         # A message published raw that no reader takes (the read models dead-letter it):
         # named with its stream sequence, as gRPC answers DATA_LOSS. It was 500
         # "internal error", a bug to look for in the logs.

@@ -184,3 +184,45 @@ async def test_a_read_of_an_event_whose_message_no_reader_takes_names_it(
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.GetEvent(query_pb2.GetEventRequest(event_id="evt-bad"))
         assert caught.value.code() == grpc.StatusCode.DATA_LOSS
+
+
+async def test_a_raw_archive_record_no_reader_takes_is_named_on_every_read(
+    projection: Projection, ingest: Ingest, http: httpx.AsyncClient
+) -> None:
+    """Bytes published raw into the raw archive that do not parse, or a record whose
+    received_at no Timestamp holds: GET /raw/<id> (and an event's read with its raw
+    payload) was 500 "internal error", GetEvent(include_raw) INTERNAL."""
+    from jetsource._gen.omni.v1.raw_pb2 import RawPayload
+
+    raw = ingest.reads.raw
+    assert raw is not None
+    await raw.start()
+    far = RawPayload(id="raw-far", provider="whatsapp")
+    far.received_at.seconds = 10**15
+    records = {"raw-garbage": b"\xff\xff\xff\x00garbage", "raw-far": far.SerializeToString()}
+    seqs = {}
+    for raw_id, data in records.items():
+        message = OutMessage(raw.subject(raw_id), data, {})
+        seqs[raw_id] = int((await jsapi.publish(raw._replies, message, 5.0)).seq)
+        await publish(projection, f"evt-{raw_id}", event(f"evt-{raw_id}", raw_ref=raw_id))
+    await caught_up(projection, 30)
+
+    why = {"raw-garbage": "it does not parse", "raw-far": "its received_at is no time"}
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{ingest.grpc.port}") as channel:
+        stub = query_pb2_grpc.OmniQueryServiceStub(channel)
+        for raw_id, seq in seqs.items():
+            named = f"raw payload {raw_id!r} (stream sequence {seq} of the raw archive)"
+            for path in (f"/api/v1/raw/{raw_id}", f"/api/v1/events/evt-{raw_id}?include_raw=true"):
+                got = await http.get(path)
+                assert got.status_code == 500, got.text
+                assert got.json()["error"]["code"] == "data_loss", path
+                assert named in got.json()["error"]["message"], path
+                assert why[raw_id] in got.json()["error"]["message"], path
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.GetEvent(
+                    query_pb2.GetEventRequest(event_id=f"evt-{raw_id}", include_raw=True)
+                )
+            assert caught.value.code() == grpc.StatusCode.DATA_LOSS
+            assert named in (caught.value.details() or "")
+            # Without its raw payload the event reads as ever.
+            assert (await http.get(f"/api/v1/events/evt-{raw_id}")).status_code == 200

@@ -25,6 +25,7 @@ from jetsource.core.errors import ValidationError
 from jetsource.core.grpcserver import RpcError, call_outcome, register_error, to_rpc_error
 from jetsource.domains.omni.identity import IdentityNotFoundError
 from jetsource.domains.omni.processing import EventNotFoundError
+from jetsource.domains.omni.raw import RawRecordCorruptError
 from jetsource.domains.omni.reads import Filters, NotFoundError, NotYetVisibleError, OmniReads
 from jetsource.projection.contract import TransientError
 
@@ -54,6 +55,7 @@ def register_errors() -> None:
     for kind in (NotFoundError, IdentityNotFoundError, EventNotFoundError):
         register_error(kind, mapper=_not_found)
     register_error(TransientError, grpc.StatusCode.UNAVAILABLE)
+    register_error(RawRecordCorruptError, grpc.StatusCode.DATA_LOSS)
 
 
 def _short(enum: Any, value: int, prefix: str, field: str) -> str:

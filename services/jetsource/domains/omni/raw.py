@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from google.protobuf.message import DecodeError
 from nats.aio.client import Client as NATS
 from nats.errors import ConnectionClosedError, ConnectionReconnectingError, OutboundBufferLimitError
 
 from jetsource._gen.omni.v1.raw_pb2 import RawPayload
-from jetsource.core.errors import EventStoreUnavailableError, ValidationError
+from jetsource.core.errors import EventStoreUnavailableError, JetsourceError, ValidationError
 from jetsource.core.ids import validate_aggregate_id
+from jetsource.core.wellknown import unshowable
 from jetsource.domains.omni.settings import OmniOptions
 from jetsource.eventstore import jsapi, refusals
 from jetsource.eventstore.jsapi import OutMessage
@@ -54,6 +56,21 @@ def raw_stream_config(o: OmniOptions) -> dict[str, Any]:
         "max_msgs": -1,
         "max_bytes": -1,
     }
+
+
+class RawRecordCorruptError(JetsourceError):
+    """A record of the raw archive no reader takes (published there raw: bytes that do
+    not parse, a time no Timestamp holds). Reads of it answered 500 "internal error" /
+    INTERNAL (a DecodeError, JSON's "Timestamp is not valid"); they name it now: REST
+    500 ``data_loss``, gRPC DATA_LOSS."""
+
+    def __init__(self, raw_id: str, stream_seq: int, reason: str) -> None:
+        self.raw_id = raw_id
+        self.stream_seq = stream_seq
+        super().__init__(
+            f"raw payload {raw_id!r} (stream sequence {stream_seq} of the raw archive) is "
+            f"no record this service reads: {reason}"
+        )
 
 
 class RawArchive:
@@ -140,7 +157,13 @@ class RawArchive:
         if raw is None:
             return None
         record = RawPayload()
-        record.ParseFromString(raw.data)
+        try:
+            record.ParseFromString(raw.data)
+        except DecodeError as exc:
+            raise RawRecordCorruptError(raw_id, raw.seq, f"it does not parse ({exc})") from None
+        problem = unshowable(record, raw.data)
+        if problem:
+            raise RawRecordCorruptError(raw_id, raw.seq, problem)
         return record
 
     async def info(self) -> dict[str, Any]:
