@@ -63,6 +63,7 @@ def _fail(
 def _run(work: Callable[[IngestSettings, Any], Awaitable[T]], as_json: bool = False) -> T:
     from jetsource.core.settings import redact_url
     from jetsource.domains.omni.identity import IdentityNotFoundError
+    from jetsource.domains.omni.raw import RawRecordCorruptError
     from jetsource.eventstore.bootstrap import connect, release, require_jetstream
     from jetsource.ingest.settings import IngestSettings
 
@@ -97,6 +98,8 @@ def _run(work: Callable[[IngestSettings, Any], Awaitable[T]], as_json: bool = Fa
     except (JetsourceError, ValueError) as exc:
         field = getattr(exc, "field", None)
         status = "NOT_FOUND" if isinstance(exc, IdentityNotFoundError) else "INVALID_ARGUMENT"
+        if isinstance(exc, RawRecordCorruptError):
+            status = "DATA_LOSS"  # a record published raw: the request was right
         _fail(as_json, EXIT_REFUSED, status, str(exc), field)
 
 
