@@ -29,17 +29,18 @@ def refused_at(value: str, at: int) -> str:
     """How a refusal names the character at ``at`` that a rule of this module refused:
     "a control character (U+001B at position 4)", or for U+2028/U+2029, which one line
     refuses and are no control characters, "a line separator (U+2028 at position 4)"
-    ("a paragraph separator"), and for a bidi mark, embedding, override or isolate,
-    which an id refuses, "a bidi control (U+202E at position 4)"."""
+    ("a paragraph separator"), and for a bidi embedding, override or isolate, which an
+    id refuses, "a bidi control (U+202E at position 4)"."""
     ch = value[at]
     what = _SEPARATORS.get(ch) or ("a bidi control" if ch in BIDI else "a control character")
     return f"{what} (U+{ord(ch):04X} at position {at})"
 
 
 _SEPARATORS = {"\u2028": "a line separator", "\u2029": "a paragraph separator"}
-# The bidi marks (ALM, LRM, RLM), embeddings and overrides (U+202A..U+202E) and
-# isolates (U+2066..U+2069): invisible, they reorder what follows them (:data:`UNSAFE`).
-BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# The bidi embeddings and overrides (U+202A..U+202E) and isolates (U+2066..U+2069):
+# invisible, they reorder what follows them (:data:`UNSAFE`). The marks (ALM U+061C,
+# LRM U+200E, RLM U+200F) are not among them: they occur in right-to-left names.
+BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 def not_one_line_at(value: str) -> int | None:
@@ -53,14 +54,17 @@ def not_one_line_at(value: str) -> int | None:
     return None if found is None else found.start()
 
 
-# An id a user chooses through our CLI or API (an actor, an idempotency key, a
-# correlation or causation id, an event's source, a process's kind): one line and no
-# bidi control either. Shown, a U+202E in one reversed what follows it ("ops\u202etoor"
-# reads as "opsroot"), and two ids that look alike were two ids; it names nothing text
-# needs (right-to-left text needs its marks: titles, names and bodies keep them, escaped
-# on output). Ids a provider or a business chose (a webhook's button reply id, a
-# Discord custom_id, a handle) are the provider's text and keep the one-line rule.
-NOT_ID = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# An id a user chooses through our CLI or API where this rule holds (omni's and repair
+# void's --actor, omni processing's worker, the process observer's source,
+# correlation_id and idempotency_key): one line and no bidi embedding, override or
+# isolate (:data:`BIDI`) either. Shown, a U+202E in one reversed what follows it
+# ("ops\u202etoor" reads as "opsroot"), and two ids that look alike were two ids. The
+# marks U+061C, U+200E, U+200F are kept: they occur in right-to-left names. Texts keep
+# all of them (a process's name and kind, titles, bodies; escaped on output). The
+# context commands' ids and names of who did it keep the one-line rule (their contract),
+# and ids a provider or a business chose (a webhook's button reply id, a Discord
+# custom_id, a handle) are the provider's text and keep the one-line rule.
+NOT_ID = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 ID_TAKES = "one line of printable text, no bidi control"
 
 

@@ -53,7 +53,7 @@ LATENCY = Histogram(
 SERVICE = pb.DESCRIPTOR.services_by_name["ContextCommandService"].full_name
 
 # Every string of CommandOptions and its limit (characters); refused naming its path,
-# as is a control character or a bidi control in any of them (ids, who sent it).
+# as is a control character in any of them (each is one line: ids, a name).
 OPTION_LIMITS = {
     "idempotency_key": MAX_KEY,
     "correlation_id": MAX_KEY,
@@ -75,8 +75,7 @@ def _options(request: Any) -> CommandOptions:
                 f"options.{name} is {len(value)} characters; at most {limit}",
                 field=f"options.{name}",
             )
-        # Ids and who sent it, chosen by the caller: no bidi control either.
-        m.one_line_id(value, f"options.{name}")
+        m.one_line(value, f"options.{name}")
     return CommandOptions(
         idempotency_key=o.idempotency_key,
         expected_version=o.expected_version if o.HasField("expected_version") else None,

@@ -22,11 +22,9 @@ from jetsource.core.clock import now_ns, to_timestamp
 from jetsource.core.codec import UnknownEvent
 from jetsource.core.errors import JetsourceError, ValidationError
 from jetsource.core.printable import (
-    ID_TAKES,
     LINES_TAKE,
     blank,
     lf_lines,
-    not_id_at,
     not_lines_at,
     not_one_line_at,
     refused_at,
@@ -227,25 +225,12 @@ def one_line(value: str, name: str) -> None:
     _refuse_at(value, not_one_line_at(value), name, "one line of printable text")
 
 
-def one_line_id(value: str, name: str) -> None:
-    """As :func:`one_line`, and no bidi control either (jetsource.core.printable's
-    NOT_ID): a name the user chooses for who did it (created_by, author, assignee, an
-    option's actor) or an id (an option's idempotency key): a U+202E in one reversed
-    what followed it where it was shown."""
-    _refuse_at(value, not_id_at(value), name, ID_TAKES)
-
-
 def _lines(value: str, name: str) -> None:
     _refuse_at(value, not_lines_at(value), name, LINES_TAKE)
 
 
 def _text(
-    value: str,
-    name: str,
-    limit: int,
-    required: bool = False,
-    multiline: bool = False,
-    ident: bool = False,
+    value: str, name: str, limit: int, required: bool = False, multiline: bool = False
 ) -> None:
     if required and blank(value):
         raise ValidationError(f"{name} is required", field=name)
@@ -253,8 +238,6 @@ def _text(
         raise ValidationError(f"{name} is {len(value)} characters; at most {limit}", field=name)
     if multiline:
         _lines(value, name)
-    elif ident:
-        one_line_id(value, name)
     else:
         one_line(value, name)
 
@@ -327,7 +310,7 @@ def _decide(command: Command, state: ContextState) -> list[Message]:
     if isinstance(command, CreateContext):
         _text(command.title, "title", MAX_TITLE, required=True)
         _text(command.description, "description", MAX_TEXT, multiline=True)
-        _text(command.created_by, "created_by", MAX_NAME, ident=True)
+        _text(command.created_by, "created_by", MAX_NAME)
         if len(command.tags) > MAX_TAGS:
             raise ValidationError(f"at most {MAX_TAGS} tags", field="tags")
         _items(command.tags, "tags", lambda tag, name: _text(tag, name, MAX_TAG))
@@ -350,7 +333,7 @@ def _decide(command: Command, state: ContextState) -> list[Message]:
         _text(command.title, "title", MAX_TITLE, required=True)
         _text(command.body, "body", MAX_TEXT, multiline=True)
         _text(command.rationale, "rationale", MAX_TEXT, multiline=True)
-        _text(command.author, "author", MAX_NAME, ident=True)
+        _text(command.author, "author", MAX_NAME)
         _items(command.affects, "affects", _node_id)
         _own_id(state, command.decision_id, "decision_id")
         _open(state)
@@ -380,7 +363,7 @@ def _decide(command: Command, state: ContextState) -> list[Message]:
         _text(command.title, "title", MAX_TITLE)
         _text(command.body, "body", MAX_TEXT, multiline=True)
         _text(command.rationale, "rationale", MAX_TEXT, multiline=True)
-        _text(command.revised_by, "revised_by", MAX_NAME, ident=True)
+        _text(command.revised_by, "revised_by", MAX_NAME)
         if not (command.title or command.body or command.rationale):
             raise ValidationError("a revision changes title, body or rationale", field="title")
         _open(state)
@@ -420,7 +403,7 @@ def _decide(command: Command, state: ContextState) -> list[Message]:
         _node_id(command.subtask_id, "subtask_id")
         _text(command.title, "title", MAX_TITLE, required=True)
         _text(command.description, "description", MAX_TEXT, multiline=True)
-        _text(command.assignee, "assignee", MAX_NAME, ident=True)
+        _text(command.assignee, "assignee", MAX_NAME)
         _own_id(state, command.subtask_id, "subtask_id")
         _open(state)
         _unused_id(state, command.subtask_id)
@@ -436,7 +419,7 @@ def _decide(command: Command, state: ContextState) -> list[Message]:
     if isinstance(command, UpdateSubtask):
         _node_id(command.subtask_id, "subtask_id")
         if command.assignee is not None:
-            _text(command.assignee, "assignee", MAX_NAME, ident=True)
+            _text(command.assignee, "assignee", MAX_NAME)
         if command.progress is not None and not 0 <= command.progress <= 100:
             raise ValidationError("progress must be 0..100", field="progress")
         if command.status is not None and command.status not in TRANSITIONS:
@@ -511,7 +494,7 @@ def _decide(command: Command, state: ContextState) -> list[Message]:
 
     if isinstance(command, CloseContext):
         _text(command.reason, "reason", MAX_TEXT, multiline=True)
-        _text(command.closed_by, "closed_by", MAX_NAME, ident=True)
+        _text(command.closed_by, "closed_by", MAX_NAME)
         if command.closed_at_ns <= 0:
             raise ValidationError("closed_at must be a time after 1970", field="closed_at")
         _open(state)

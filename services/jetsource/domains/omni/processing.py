@@ -30,7 +30,7 @@ from jetsource._gen.omni.v1.lifecycle_pb2 import (
 from jetsource.core.envelope import NewEvent
 from jetsource.core.errors import ValidationError
 from jetsource.core.ids import validate_aggregate_id
-from jetsource.core.printable import as_lines, not_one_line_at, refused_at
+from jetsource.core.printable import ID_TAKES, as_lines, not_id_at, refused_at
 from jetsource.domains.omni.events import is_identity
 from jetsource.domains.omni.normalize.common import has_surrogate
 from jetsource.eventstore.jetstream import JetStreamEventStore
@@ -148,12 +148,14 @@ def check_step(event_id: str, state: str, worker: str, attempt: int, reason: str
                 f"{name} holds a lone UTF-16 surrogate, which is no Unicode character",
                 field=name,
             )
-    at = not_one_line_at(worker)
+    at = not_id_at(worker)
     if at is not None:
         # Recorded as the step's worker and its event's source, shown and logged as one
-        # line: an ESC or a line end in it recoloured a terminal or forged a log line.
+        # line: an ESC or a line end in it recoloured a terminal or forged a log line. An
+        # id the caller chose, as the process observer's source: no bidi embedding,
+        # override or isolate either (printable.NOT_ID).
         raise ValidationError(
-            f"worker holds {refused_at(worker, at)}: it takes one line of printable text",
+            f"worker holds {refused_at(worker, at)}: it takes {ID_TAKES}",
             field="worker",
         )
     if attempt < 1:
