@@ -2,7 +2,8 @@
 empty value), it was taken as a key like any other: the process's first such event was
 recorded, and every later one, whatever it said, was answered as its duplicate, nothing
 recorded (the key holds for ever). Empty still means no key; a key of spaces alone, or
-other blanks (tab is a control character, refused already; NBSP, U+3000), is
+other blanks (tab is a control character, refused already; NBSP, U+3000; what
+printable.blank calls empty: a zero-width space, a Hangul filler, a BOM, a word joiner), is
 INVALID_ARGUMENT naming ``event.idempotency_key``, nothing appended or claimed, as the
 context publisher refuses ``options.idempotency_key`` of spaces alone."""
 
@@ -22,7 +23,13 @@ from tests.integration.process_write.helpers import event, history, last_seq
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.parametrize("key", [" ", "   ", "\u00a0", "\u3000 "], ids=repr)
+# Blank is printable.blank, the repo's one rule of empty: a zero-width space, a Hangul
+# filler, a BOM, a word joiner show nothing as a space does (strip() kept them).
+@pytest.mark.parametrize(
+    "key",
+    [" ", "   ", "\u00a0", "\u3000 ", "\u200b", "\u3164", "\ufeff", "\u2060", " \u200b\u00a0"],
+    ids=repr,
+)
 async def test_a_blank_idempotency_key_is_refused_naming_it(
     observer: Observer, stub: pb_grpc.ObserverServiceStub, key: str
 ) -> None:

@@ -18,7 +18,7 @@ from jetsource._gen.process.v1.events_pb2 import CanonicalEvent, ProcessEventBod
 from jetsource.core.envelope import NewEvent
 from jetsource.core.errors import ValidationError
 from jetsource.core.ids import uuid7, validate_aggregate_id
-from jetsource.core.printable import ID_TAKES, not_id_at, not_one_line_at, refused_at
+from jetsource.core.printable import ID_TAKES, blank, not_id_at, not_one_line_at, refused_at
 from jetsource.core.structvalue import NotAStructValue, check_struct_value, has_lone_surrogate
 from jetsource.domains.process.events import registry
 from jetsource.domains.process.pruning import PRUNER_ID, RESERVED_TYPES
@@ -258,11 +258,13 @@ def to_new_event(event: CanonicalEvent, limits: Limits, at: str = "event") -> Ne
         )
     if event.causation_id:
         _event_id(event.causation_id, f + "causation_id")
-    if event.idempotency_key and not event.idempotency_key.strip():
+    if event.idempotency_key and blank(event.idempotency_key):
         # Taken as a key, it made every later event of the process sent so a duplicate
-        # of the first (nothing recorded): no key is empty, as the publisher's rule.
+        # of the first (nothing recorded). Blank is the repo's one rule of empty
+        # (printable.blank): white space, and also a zero-width space, a BOM, a word
+        # joiner, a Hangul filler, which show nothing as a space does.
         raise ValidationError(
-            f"{f}idempotency_key is blank (white space only): send a key, or none",
+            f"{f}idempotency_key is blank (it shows nothing): send a key, or none",
             f + "idempotency_key",
         )
     _id(event.correlation_id, f + "correlation_id", limits.max_text)
