@@ -7,12 +7,20 @@ error: ClientError()"; it is the store's now."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from unittest import mock
 
 import pytest
-from neo4j.exceptions import ClientError, DatabaseError, Neo4jError, ServiceUnavailable
+from neo4j.exceptions import (
+    ClientError,
+    DatabaseError,
+    Neo4jError,
+    ServiceUnavailable,
+    SessionExpired,
+)
 
+from jetsource.projection import graph
 from jetsource.projection.contract import TransientError
 from jetsource.projection.graph import graph_io, transient
 
@@ -119,3 +127,84 @@ async def test_the_closed_database_named_alone_is_the_stores_without_asking() ->
     with pytest.raises(TransientError):
         await graph_io(_fails(error(CLOSED, "jetsource")), session=session, database="jetsource")
     assert session.asked == []
+
+
+# Review of 54d788c: the closing words counted anywhere in the message, so a refusal
+# quoting the statement's data was the store's (a TransientError, retried for ever
+# without counting toward max_deliver: the model stalled on it). They count as the
+# whole message or its start, or as the DatabaseIsClosedException class name.
+@pytest.mark.parametrize(
+    "message",
+    [
+        "Duplicated key [the line is shut down] found on index 'P[id]'",
+        "Duplicated key [database is closed] found",
+        "Error executing Cypher command: MERGE (n:P {id: 'has been shut down'})",
+        "Value 'DatabaseIsClosedException' is not valid",
+    ],
+)
+def test_closing_words_in_the_statements_data_stay_a_refusal(message: str) -> None:
+    assert not transient(error(CLOSED, message), database="jetsource")
+
+
+class _ProbeFails:
+    """Fails "RETURN 1" with ``exc``, or answers it after ``delay`` seconds."""
+
+    def __init__(self, exc: BaseException | None = None, delay: float = 0.0) -> None:
+        self.exc, self.delay = exc, delay
+        self.asked: list[str] = []
+
+    async def run(self, query: str) -> Any:
+        self.asked.append(query)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.exc is not None:
+            raise self.exc
+        result = mock.MagicMock()
+        result.consume = mock.AsyncMock()
+        return result
+
+
+async def test_a_slow_answer_to_the_probe_leaves_a_refusal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A poison statement that wedges the store makes "RETURN 1" slow: that is an
+    answer, and the statement's error stays its refusal (counted toward max_deliver),
+    never a TransientError retried for ever."""
+    monkeypatch.setattr(graph, "PROBE_TIMEOUT_S", 0.05)
+    session = _ProbeFails(delay=1.0)
+    with pytest.raises(DatabaseError):
+        await graph_io(_fails(error(CLOSED, STATEMENT)), session=session, database="jetsource")
+    assert session.asked == ["RETURN 1 AS one"]
+
+
+@pytest.mark.parametrize(
+    "probe",
+    [
+        ServiceUnavailable("Couldn't connect to 127.0.0.1:7687"),
+        SessionExpired("the connection was lost"),
+        ConnectionResetError(104, "Connection reset by peer"),
+        OSError(111, "Connection refused"),
+    ],
+    ids=type,
+)
+async def test_a_probe_failing_at_the_connection_is_the_stores(probe: BaseException) -> None:
+    session = _ProbeFails(exc=probe)
+    with pytest.raises(TransientError):
+        await graph_io(_fails(error(CLOSED, STATEMENT)), session=session, database="jetsource")
+
+
+@pytest.mark.parametrize(
+    "probe",
+    [
+        error("Neo.ClientError.Statement.SyntaxError", "Invalid input"),
+        error(CLOSED, "Duplicated key [the line is shut down] found"),
+        RuntimeError("a driver's own trouble"),
+        ValueError("no"),
+    ],
+    ids=repr,
+)
+async def test_a_probe_failing_otherwise_leaves_a_refusal(probe: BaseException) -> None:
+    session = _ProbeFails(exc=probe)
+    with pytest.raises(DatabaseError):
+        await graph_io(_fails(error(CLOSED, STATEMENT)), session=session, database="jetsource")
+    assert session.asked == ["RETURN 1 AS one"]

@@ -4,6 +4,7 @@ Bolt plugin locally, the same Cypher) and its transient errors."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -58,16 +59,25 @@ PROTOCOL_STATE = ("Neo.ClientError.Request.Invalid", "not expected in state")
 # Neo.DatabaseError.General.UnknownError with the database's name alone for a message,
 # or, wrapped by the statement's execution, "Error executing Cypher command: <the
 # statement>", the very answer a statement's data gets: that one only a question to
-# the store tells apart (graph_io's ``session``).
-CLOSING = (
-    "databaseisclosed",
-    "database is closed",
-    "database is not open",
-    "has been shut down",
-    "is shut down",
-    "is shutting down",
-    "is being shut down",
+# the store tells apart (graph_io's ``session``). The words count as the whole message
+# or its start only ("The database has been shut down.", "Database 'x' is shutting
+# down", "com.arcadedb.exception.DatabaseIsClosedException: x"): a refusal quoting the
+# statement's data ("Duplicated key [the line is shut down] found") names its data,
+# and waiting would never cure it.
+CLOSING = re.compile(
+    r"^(?:(?:[\w$]+\.)*DatabaseIsClosedException\b"
+    r"|(?:the\s+)?database(?:\s+'[^']*'|\s+\"[^\"]*\"|\s+`[^`]*`|\s+[\w.-]+)?\s+"
+    r"(?:is\s+closed|is\s+not\s+open|has\s+been\s+shut\s+down|is\s+shut\s+down"
+    r"|is\s+shutting\s+down|is\s+being\s+shut\s+down)\b)",
+    re.IGNORECASE,
 )
+
+
+def _closing(exc: neo4j_errors.Neo4jError, database: str | None) -> bool:
+    """Whether a database error says the database is closing or closed (:data:`CLOSING`),
+    or names ``database`` alone (ArcadeDB's DatabaseIsClosedException)."""
+    text = (exc.message or "").strip()
+    return (database is not None and text == database) or CLOSING.match(text) is not None
 
 
 def transient(exc: BaseException, database: str | None = None) -> bool:
@@ -81,10 +91,7 @@ def transient(exc: BaseException, database: str | None = None) -> bool:
     if isinstance(code, str) and code == PROTOCOL_STATE[0]:
         return PROTOCOL_STATE[1] in (message or "")
     if isinstance(code, str) and code.startswith("Neo.DatabaseError."):
-        text = (message or "").strip()
-        return (database is not None and text == database) or any(
-            words in text.lower() for words in CLOSING
-        )
+        return _closing(exc, database)
     return isinstance(code, str) and code.startswith(TRANSIENT_CODES)
 
 
@@ -107,9 +114,21 @@ def connect_graph(settings: JetsourceSettings) -> AsyncDriver:
 IO_TIMEOUT_S = 60.0
 
 
-# The longest the store is given to answer "RETURN 1" after a database error (graph_io):
-# no answer by then is the store's (the batch waits), as a shutting-down store's is.
+# The longest the store is given to answer "RETURN 1" after a database error (graph_io).
+# A slow answer is an answer: the error stays the statement's refusal (a poison
+# statement that wedges the store must count toward max_deliver, never wait for ever).
 PROBE_TIMEOUT_S = 2.0
+
+# How the probe fails when the store is away: the connection refused, lost or closed
+# under it, the database unavailable. Nothing else (a slow answer, another error) says
+# the store is away.
+AWAY = (
+    neo4j_errors.ServiceUnavailable,
+    neo4j_errors.SessionExpired,
+    neo4j_errors.DatabaseUnavailable,
+    ConnectionError,
+    OSError,
+)
 
 
 async def graph_io(
@@ -121,9 +140,10 @@ async def graph_io(
     """``call`` within ``timeout_s``, the store's errors raised as TransientError (the
     batch waits) and the statement's as they are (a refusal). With ``session`` (the
     session ``call`` runs in) a database error that does not say whose it is asks the
-    store: one that cannot answer "RETURN 1" is closing (ArcadeDB shutting down said
-    "Error executing Cypher command" for a closed database, a refusal of every event
-    of the batch in flight, as a poison event's try); one that answers refused it.
+    store: one whose "RETURN 1" fails at the connection level is closing (ArcadeDB
+    shutting down said "Error executing Cypher command" for a closed database, a
+    refusal of every event of the batch in flight, as a poison event's try); one that
+    answers, however slowly, refused it (:func:`_store_away`).
     ``database``: the one ``call`` runs in (:func:`transient`)."""
     limit = IO_TIMEOUT_S if timeout_s is None else timeout_s
     deadline = asyncio.timeout(limit)
@@ -134,22 +154,35 @@ async def graph_io(
         if not transient(exc, database):
             if not (isinstance(exc, neo4j_errors.DatabaseError) and session is not None):
                 raise
-            if not await _store_away(session):
+            if not await _store_away(session, database):
                 raise
-            raise TransientError(f"graph: the store does not answer after {exc!r}") from exc
+            raise TransientError(f"graph: the store is away after {exc!r}") from exc
         if deadline.expired():
             raise TransientError(f"graph: no answer within {limit:g} s") from exc
         raise TransientError(f"graph: {exc}") from exc
 
 
-async def _store_away(session: Any) -> bool:
-    """Whether the store fails to answer "RETURN 1" in ``session`` (closing, or gone)."""
+async def _store_away(session: Any, database: str | None = None) -> bool:
+    """Whether "RETURN 1" in ``session`` fails at the connection level (:data:`AWAY`),
+    or is refused saying the database is closing (:func:`_closing`): the store is away.
+    An answer, a slow one (no answer within PROBE_TIMEOUT_S) or any other error leaves
+    the statement's error its refusal."""
     try:
         async with asyncio.timeout(PROBE_TIMEOUT_S):
             result = await session.run("RETURN 1 AS one")
             await result.consume()
-    except Exception:  # any failure: it did not answer
+    except TimeoutError:  # slow, not away (TimeoutError is an OSError)
+        return False
+    except AWAY:
         return True
+    except neo4j_errors.Neo4jError as exc:
+        return (
+            isinstance(exc.code, str)
+            and exc.code.startswith("Neo.DatabaseError.")
+            and (_closing(exc, database))
+        )
+    except Exception:  # an answer of another kind: not away
+        return False
     return False
 
 
