@@ -1,9 +1,11 @@
 """A refusal behind a compaction horizon (FAILED_PRECONDITION BEFORE_HORIZON, from a
 reader that does not read the archive) names the time from which it answers: the
 latest time an archived version was recorded (the horizon's ``latest_ns``, a881c8e).
-Its ErrorInfo ``horizon_time`` showed the horizon's own last event's time, earlier than
-that when stamps stepped back, while the message named the latest: a user asking at a
-time between the two, after ``horizon_time``, was refused all the same."""
+Its ErrorInfo ``horizon_time`` is the horizon's own last event's time, as it always
+was (6e01b53 changed its meaning to the latest time; a client reading it as the last
+event's time was misled); ``recorded_until_time`` names the time the message names, later
+than ``horizon_time`` when stamps stepped back: a user asking at a time between the
+two is refused all the same."""
 
 from __future__ import annotations
 
@@ -20,18 +22,22 @@ BASE = 1_700_000_000 * SECOND
 
 
 @pytest.mark.parametrize(
-    ("horizon", "answered_from"),
+    ("horizon", "last_event", "answered_from"),
     [
         # v3 (the horizon's last event) stamped at 20 s, v2 at 30 s: a stepped-back
         # stamp; a time before 30 s may end before the horizon.
-        (Horizon(3, 30, BASE + 20 * SECOND, ("s",), BASE + 30 * SECOND), BASE + 30 * SECOND),
+        (
+            Horizon(3, 30, BASE + 20 * SECOND, ("s",), BASE + 30 * SECOND),
+            BASE + 20 * SECOND,
+            BASE + 30 * SECOND,
+        ),
         # A horizon recorded before latest_ns was kept: its last event's time.
-        (Horizon(3, 30, BASE + 20 * SECOND, ("s",)), BASE + 20 * SECOND),
+        (Horizon(3, 30, BASE + 20 * SECOND, ("s",)), BASE + 20 * SECOND, BASE + 20 * SECOND),
     ],
     ids=["stepped-back", "without-latest"],
 )
 def test_the_refusal_names_the_earliest_time_answered_without_the_archive(
-    horizon: Horizon, answered_from: int
+    horizon: Horizon, last_event: int, answered_from: int
 ) -> None:
     exc = BeyondHorizonError("a", horizon)
     assert not horizon.covers(answered_from) and horizon.covers(answered_from - 1)
@@ -42,6 +48,7 @@ def test_the_refusal_names_the_earliest_time_answered_without_the_archive(
         assert refusal.metadata == {
             "horizon_version": "3",
             "horizon_stream_sequence": "30",
-            "horizon_time": said,
+            "horizon_time": format_rfc3339_ns(last_event),
+            "recorded_until_time": said,
         }
         assert f"recorded up to {said}" in refusal.message, refusal.message

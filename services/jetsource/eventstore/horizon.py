@@ -90,15 +90,17 @@ class BeyondHorizonError(JetsourceError):
     @property
     def details(self) -> dict[str, str]:
         """The refusal's ErrorInfo metadata (FAILED_PRECONDITION ``BEFORE_HORIZON``, the
-        query service's and the publisher's): ``horizon_time`` is the time the message
-        names, the latest an archived version was recorded (``recorded_until_ns``), so
-        the earliest time answered without the archive. It was the horizon's own last
-        event's time, earlier than that when stamps stepped back (a881c8e): a time
-        between the two was refused all the same."""
+        query service's and the publisher's). ``horizon_time`` is the horizon's own last
+        archived event's time, as it always was; ``recorded_until_time`` (same format) is
+        the time the message names, the latest an archived version was recorded
+        (``recorded_until_ns``: ``latest_ns``, or the last event's time when the horizon
+        has none), so the earliest time answered without the archive: later than
+        ``horizon_time`` when stamps stepped back (a881c8e)."""
         return {
             "horizon_version": str(self.horizon.version),
             "horizon_stream_sequence": str(self.horizon.seq),
-            "horizon_time": format_rfc3339_ns(self.horizon.recorded_until_ns),
+            "horizon_time": format_rfc3339_ns(self.horizon.time_ns),
+            "recorded_until_time": format_rfc3339_ns(self.horizon.recorded_until_ns),
         }
 
 
