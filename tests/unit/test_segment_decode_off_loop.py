@@ -2,7 +2,9 @@
 horizon, the archiver's read-back, verify) ran on the event loop without yielding: a
 full segment (10,000 events) held the loop some 140 ms, every other request of the
 process waiting. It is checksummed and decoded in steps that yield to the loop now
-(segment.decode_yielding), one decoder for both."""
+(segment.decode_yielding), one decoder for both. The test counts the decoder's yields
+(structural) and bounds the loop's stall generously, the best of three attempts: wall
+ratios alone failed on a loaded 2-core CI machine."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
+
+import pytest
 
 from jetsource.archive import segment
 from jetsource.archive.objectstore import LocalObjectStore
@@ -53,8 +57,23 @@ async def _stalls(work: Coroutine[Any, Any, T]) -> tuple[T, float, float, int]:
         gc.enable()
 
 
+class _CountingAsyncio:
+    """The segment module's ``asyncio`` with its yields counted: each
+    ``asyncio.sleep`` the decoder awaits is a turn it gives the loop."""
+
+    def __init__(self) -> None:
+        self.yields = 0
+
+    async def sleep(self, delay: float, result: Any = None) -> Any:
+        self.yields += 1
+        return await asyncio.sleep(delay, result)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+
 async def test_a_large_segment_decodes_while_the_loop_serves_a_small_task(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     messages = _messages(EVENTS)
     blob = segment.encode("CE", messages)
@@ -64,17 +83,30 @@ async def test_a_large_segment_decodes_while_the_loop_serves_a_small_task(
     objects = LocalObjectStore(tmp_path)
     await objects.put(name, blob, create_only=True)
     await objects.put(f"manifest/CE/{name[12:].removesuffix('.seg')}.json", entry.encode())
-    # In place the small task waited the whole decode, nearly all of the read (the
-    # file is read in a worker thread): the longest stall was 0.9 of it. In steps the
-    # loop runs it between them (a step is 1-2 ms on an idle machine); the bound is
-    # a share of the read, so a loaded machine, slower at both, keeps it.
-    read, longest, took, ticks = await _stalls(Archive(objects, "CE").read(entry))
+    # Structural, whatever the machine's load: the read and verify give the loop a
+    # turn at least once per STEP_MESSAGES messages decoded (in place, never: the
+    # small task waited the whole decode). Counted at the decoder's own yields.
+    steps = EVENTS // segment.STEP_MESSAGES
+    counting = _CountingAsyncio()
+    monkeypatch.setattr(segment, "asyncio", counting, raising=False)
+    read = await Archive(objects, "CE").read(entry)
     assert [m.seq for m in read] == [m.seq for m in messages]
-    assert longest < took / 4, (longest, took, ticks)
-    assert ticks >= 20, (longest, took, ticks)
-    report, longest, took, ticks = await _stalls(Archive(objects, "CE").verify())
+    assert counting.yields >= steps, (counting.yields, steps)
+    counting.yields = 0
+    report = await Archive(objects, "CE").verify()
     assert report.ok == [entry.name], report
-    assert longest < took / 4, (longest, took, ticks)
+    assert counting.yields >= steps, (counting.yields, steps)
+    # And a generous bound in wall time, the best of three attempts (a loaded 2-core
+    # machine may preempt the process for tens of ms at any moment): in place the
+    # longest stall was 0.9 of the read; in steps (1-2 ms each on an idle machine) the
+    # small task runs between them.
+    ratios: list[tuple[float, float, float, int]] = []
+    for _ in range(3):
+        _, longest, took, ticks = await _stalls(Archive(objects, "CE").read(entry))
+        ratios.append((longest / took, longest, took, ticks))
+        if longest < took / 2:
+            break
+    assert min(ratios)[0] < 0.5, ratios
 
 
 async def test_a_small_segment_reads_back_as_written(tmp_path: Path) -> None:
