@@ -340,3 +340,38 @@ def test_external_servers_are_probed_not_started(
         assert not port_open("127.0.0.1", int(env["JETSOURCE_DEVSTACK__NATS_PORT"]))
     finally:
         jetsource(env, "infra", "down")
+
+
+def test_external_servers_that_are_down_are_named_at_once_with_their_setting(
+    env: dict[str, str],
+) -> None:
+    """probe9b: an external NATS that took no connection read `external: ` (an empty
+    TimeoutError) after 6 s, with three `nats: encountered error` lines (and tracebacks
+    in the log) on stderr, and `infra up` said "local servers already running" of three
+    external servers that were down."""
+    closed = {name: free_port() for name in ("nats", "valkey", "graph")}
+    env |= {
+        "JETSOURCE_NATS__URL": f"nats://127.0.0.1:{closed['nats']}",
+        "JETSOURCE_VALKEY__URL": f"redis://127.0.0.1:{closed['valkey']}/0",
+        "JETSOURCE_GRAPH__URI": f"bolt://127.0.0.1:{closed['graph']}",
+    }
+    started = time.monotonic()
+    done = jetsource(env, "-o", "json", "infra", "status")
+    took = time.monotonic() - started
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr == ""
+    servers = {r["name"]: r for r in json.loads(done.stdout)["servers"]}
+    assert servers["nats"]["detail"] == (
+        f"external: not reachable (127.0.0.1:{closed['nats']}: Connection refused); "
+        "check JETSOURCE_NATS__URL"
+    )
+    assert servers["valkey"]["detail"].endswith("; check JETSOURCE_VALKEY__URL")
+    assert servers["graph"]["detail"].endswith("; check JETSOURCE_GRAPH__URI")
+    assert all("\n" not in r["detail"] for r in servers.values())
+    assert took < 5, took
+
+    up = jetsource(env, "infra", "up")
+    assert up.returncode == 1, up.stdout + up.stderr
+    assert up.stdout.splitlines()[0] == "no local server to start: nats, valkey, graph external"
+    assert "already running" not in up.stdout
+    assert up.stderr == ""

@@ -141,7 +141,11 @@ def _start_servers(stack: LocalStack) -> list[ServerStatus]:
             result = stack.up()
     except ServerError as exc:
         output.fail(output.REFUSED, "refused", f"failed to start: {exc}")
-    if result.already_running:
+    external = [s.name for s in result.statuses if not s.managed]
+    if len(external) == len(result.statuses):
+        # It said "local servers already running" of external servers, down ones too.
+        _say(f"no local server to start: {', '.join(external)} external")
+    elif result.already_running:
         _say("local servers already running")
     else:
         _say(f"started: {', '.join(result.started)}")

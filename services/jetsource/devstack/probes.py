@@ -3,9 +3,52 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from jetsource.core.aio import wait_for
 from jetsource.core.settings import JetsourceSettings
+
+T = TypeVar("T")
+
+
+async def _quiet(_exc: Exception) -> None:
+    """nats-py's error callback: the probe says what failed, once (nats-py's own logged
+    ``nats: encountered error`` with a traceback on each try, on the CLI's stderr)."""
+
+
+def _unreachable(url: str, timeout: float) -> str | None:
+    """Why no server of ``url`` (one URL or a comma-separated list) takes a TCP
+    connection, or None when one does."""
+    why = []
+    for one in url.split(","):
+        try:
+            parts = urlsplit(one.strip() if "://" in one else f"nats://{one.strip()}")
+            host, port = parts.hostname or "127.0.0.1", parts.port or 4222
+        except ValueError as exc:
+            why.append(f"{one.strip()}: {exc}")
+            continue
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            return None
+        except OSError as exc:
+            why.append(f"{host}:{port}: {exc.strerror or exc}")
+    return "not reachable (" + "; ".join(why) + ")"
+
+
+def _nats(url: str, timeout: float, run: Coroutine[Any, Any, T]) -> T:
+    """``run`` (a coroutine on a NATS connection), within ``timeout * 2``: a server that
+    takes no connection says why at once; one that never answers is named with the
+    time waited (it was an empty ``TimeoutError`` after 6 s)."""
+    if why := _unreachable(url, timeout):
+        run.close()
+        raise ConnectionError(why)
+    try:
+        return asyncio.run(wait_for(run, timeout * 2))
+    except TimeoutError:
+        raise TimeoutError(f"no answer within {timeout * 2:g} s") from None
 
 
 def probe_nats(url: str, timeout: float = 3.0) -> str:
@@ -13,14 +56,16 @@ def probe_nats(url: str, timeout: float = 3.0) -> str:
     import nats
 
     async def run() -> str:
-        nc = await nats.connect(url, connect_timeout=timeout, max_reconnect_attempts=0)
+        nc = await nats.connect(
+            url, connect_timeout=timeout, max_reconnect_attempts=0, error_cb=_quiet
+        )
         try:
             await nc.jetstream().account_info()
             return str(nc._server_info.get("version", "?"))
         finally:
             await nc.close()
 
-    return asyncio.run(wait_for(run(), timeout * 2))
+    return _nats(url, timeout, run())
 
 
 def nats_condition(url: str, timeout: float = 3.0) -> tuple[bool, str]:
@@ -30,7 +75,9 @@ def nats_condition(url: str, timeout: float = 3.0) -> tuple[bool, str]:
     from nats.js.errors import APIError, ServiceUnavailableError
 
     async def run() -> tuple[bool, str]:
-        nc = await nats.connect(url, connect_timeout=timeout, max_reconnect_attempts=0)
+        nc = await nats.connect(
+            url, connect_timeout=timeout, max_reconnect_attempts=0, error_cb=_quiet
+        )
         try:
             info = await nc.jetstream().account_info()
         except (ServiceUnavailableError, APIError) as exc:
@@ -46,7 +93,7 @@ def nats_condition(url: str, timeout: float = 3.0) -> tuple[bool, str]:
                 return False, "JetStream account storage limit reached: " + text
         return True, text
 
-    return asyncio.run(wait_for(run(), timeout * 2))
+    return _nats(url, timeout, run())
 
 
 def probe_valkey(url: str, timeout: float = 3.0) -> str:

@@ -62,6 +62,13 @@ class UpResult:
         return not self.started
 
 
+# The setting that points at each external server, named when it does not answer.
+URL_SETTINGS = {
+    "nats": "JETSOURCE_NATS__URL",
+    "valkey": "JETSOURCE_VALKEY__URL",
+    "graph": "JETSOURCE_GRAPH__URI",
+}
+
 # The setting that moves each port, named in a port-conflict error.
 PORT_SETTINGS = {
     "nats_port": "JETSOURCE_DEVSTACK__NATS_PORT",
@@ -258,7 +265,18 @@ class LocalStack:
                 version = probe_graph(s)
             return ServerStatus(name, address, False, None, True, version, "external")
         except Exception as exc:
-            return ServerStatus(name, address, False, None, False, "", f"external: {exc}")
+            # One line naming what failed and the setting that points there (an external
+            # NATS that was down read "external: " after 6 s: an empty TimeoutError).
+            why = " ".join(str(exc).split()) or type(exc).__name__
+            return ServerStatus(
+                name,
+                address,
+                False,
+                None,
+                False,
+                "",
+                f"external: {why}; check {URL_SETTINGS[name]}",
+            )
 
     def down(self) -> list[str]:
         stopped = []
