@@ -133,10 +133,13 @@ def _run(
     try:
         return aio.run(go())
     except NatsUnreachableError:
+        from jetsource.devstack.probes import why_unreachable
+
         output.fail(
             UNAVAILABLE,
             "unavailable",
-            f"NATS at {redact_url(settings.nats_url())} did not answer within {connect_s:g} s",
+            f"NATS at {redact_url(settings.nats_url())} did not answer within {connect_s:g} s"
+            + why_unreachable(settings.nats_url()),
             hint="JETSOURCE_NATS__URL",
         )
     except NoAnswerError as exc:

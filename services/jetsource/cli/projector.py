@@ -354,7 +354,12 @@ def _run(
                     "(more than half of its servers down or cut off) answers none for a "
                     "while; start the missing servers, or run it again in a few seconds"
                 ) from None
-            raise TimeoutError(f"NATS at {where} did not answer within {connect_s:g} s") from None
+            from jetsource.devstack.probes import why_unreachable
+
+            raise TimeoutError(
+                f"NATS at {where} did not answer within {connect_s:g} s"
+                + why_unreachable(settings.nats_url())
+            ) from None
         try:
             await require_jetstream(p.nc, settings)
             if need is not None:

@@ -267,10 +267,13 @@ def _run(
     try:
         return aio.run(go())
     except NatsUnreachableError:
+        from jetsource.devstack.probes import why_unreachable
+
         output.fail(
             UNAVAILABLE,
             "unavailable",
-            f"NATS at {where} did not answer within {connect_s:g} s",
+            f"NATS at {where} did not answer within {connect_s:g} s"
+            + why_unreachable(settings.nats_url()),
             hint="JETSOURCE_NATS__URL, JETSOURCE_ADMIN_CONNECT_TIMEOUT_S",
         )
     except NoAnswerError as exc:

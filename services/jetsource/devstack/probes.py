@@ -19,7 +19,7 @@ async def _quiet(_exc: Exception) -> None:
     ``nats: encountered error`` with a traceback on each try, on the CLI's stderr)."""
 
 
-def _unreachable(url: str, timeout: float) -> str | None:
+def unreachable(url: str, timeout: float = 1.0) -> str | None:
     """Why no server of ``url`` (one URL or a comma-separated list) takes a TCP
     connection, or None when one does."""
     why = []
@@ -38,11 +38,19 @@ def _unreachable(url: str, timeout: float) -> str | None:
     return "not reachable (" + "; ".join(why) + ")"
 
 
+def why_unreachable(url: str) -> str:
+    """``: not reachable (HOST:PORT: Connection refused)`` when no server of ``url``
+    takes a TCP connection, else nothing: appended to "NATS at URL did not answer within
+    N s", which said the same of a closed port and of a silent server."""
+    why = unreachable(url)
+    return f": {why}" if why else ""
+
+
 def _nats(url: str, timeout: float, run: Coroutine[Any, Any, T]) -> T:
     """``run`` (a coroutine on a NATS connection), within ``timeout * 2``: a server that
     takes no connection says why at once; one that never answers is named with the
     time waited (it was an empty ``TimeoutError`` after 6 s)."""
-    if why := _unreachable(url, timeout):
+    if why := unreachable(url, timeout):
         run.close()
         raise ConnectionError(why)
     try:

@@ -1,0 +1,48 @@
+"""probe9b: an admin command against a NATS URL where nothing listens said "NATS at URL
+did not answer within 10 s", the words it uses for a server that takes the connection
+and stays silent: the operator could not tell a wrong port or a stopped server from a
+slow one. It now says why no connection came up (one line, the same exit 3)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jetsource.devstack.servers import free_port
+from tests.cli_env import clean_environ
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["projector", "status"], ["archive", "list"], ["streams", "backup", "{out}"]],
+    ids=["projector", "archive", "streams"],
+)
+def test_an_admin_command_says_nats_took_no_connection(args: list[str], tmp_path: Path) -> None:
+    port = free_port()
+    env = clean_environ() | {
+        "JETSOURCE_NATS__URL": f"nats://127.0.0.1:{port}",
+        "JETSOURCE_ADMIN_CONNECT_TIMEOUT_S": "0.5",
+    }
+    argv = [a.format(out=tmp_path / "backup") for a in args]
+    run = subprocess.run(
+        [sys.executable, "-m", "jetsource", "-o", "json", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 3, run.stderr
+    assert run.stdout == ""
+    lines = run.stderr.splitlines()
+    assert len(lines) == 1, run.stderr
+    error = json.loads(lines[0])["error"]
+    assert error["message"] == (
+        f"NATS at nats://127.0.0.1:{port} did not answer within 0.5 s: "
+        f"not reachable (127.0.0.1:{port}: Connection refused)"
+    )
+    assert "JETSOURCE_NATS__URL" in error["hint"]
