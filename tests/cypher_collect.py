@@ -129,6 +129,9 @@ class _Result:
     async def single(self) -> _Record | None:
         return self._records[0] if self._records else None
 
+    async def consume(self) -> None:
+        return None
+
 
 async def _result(records: list[_Record]) -> _Result:
     return _Result(records)
@@ -231,6 +234,7 @@ async def collect_async() -> list[Statement]:
     for prefix in ("", "t1"):
         await _drive_process_graph(recorder, prefix)
         await _drive_fence(recorder, prefix)
+    await _drive_store_probe(recorder)
     return recorder.statements
 
 
@@ -353,6 +357,23 @@ async def _drive_fence(recorder: Recorder, prefix: str) -> None:
         async with driver.session(database="neo4j") as session:
             with contextlib.suppress(FencedError):
                 await session.execute_write(nothing)
+
+
+async def _drive_store_probe(recorder: Recorder) -> None:
+    """graph_io's probe of the store (projection/graph.py _store_away), asked after a
+    database error that does not say whose it is: the probe answers, the error stays
+    the statement's refusal."""
+    from neo4j.exceptions import DatabaseError, Neo4jError
+
+    from jetsource.projection.graph import graph_io
+
+    async def refused() -> None:
+        raise Neo4jError._hydrate_neo4j(  # as the driver does
+            code="Neo.DatabaseError.General.UnknownError", message="refused"
+        )
+
+    with contextlib.suppress(DatabaseError):
+        await graph_io(refused(), session=_Session(recorder), database="neo4j")
 
 
 def collect() -> list[Statement]:
