@@ -560,8 +560,27 @@ def status(as_json: bool = JSON) -> None:
         output.missing("refused", missing)
     if leaderless:
         _say_leaderless(leaderless)
-    if any(r["state"] == "unavailable" for r in rows):
-        raise typer.Exit(UNAVAILABLE)
+    if down := [r for r in rows if r["state"] == "unavailable"]:
+        _say_unavailable(down)
+
+
+def _say_unavailable(down: list[dict[str, Any]]) -> NoReturn:
+    """Models whose store did not answer: exit 3 with an error naming them and what
+    their stores said (it was exit 3 with nothing on stderr, in JSON mode too: a script
+    saw a failure and no error)."""
+    by_error: dict[str, list[str]] = {}
+    for r in down:
+        version = "" if r["version"] == "-" else f" v{r['version']}"
+        by_error.setdefault(str(r.get("error") or "no answer"), []).append(f"{r['model']}{version}")
+    said = "; ".join(f"{', '.join(them)}: {why}" for why, them in by_error.items())
+    output.fail(
+        UNAVAILABLE,
+        "unavailable",
+        f"the store of {len(down)} read model{'s' if len(down) > 1 else ''} did not "
+        f"answer ({said}): their rows say so, the others are current",
+        hint="Valkey: JETSOURCE_VALKEY__URL, graph: JETSOURCE_GRAPH__URI",
+        unavailable=[f"{r['model']}" for r in down],
+    )
 
 
 def _say_leaderless(leaderless: dict[str, str]) -> NoReturn:
