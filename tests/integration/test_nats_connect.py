@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 import nats
 import pytest
+from nats import errors as nats_errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from jetsource.core.settings import JetsourceSettings, NatsSettings, redact_url
 from jetsource.devstack.servers import free_port
@@ -46,6 +50,22 @@ def test_urls_are_redacted() -> None:
 DEAD = "unable to perform operation on <TCPTransport closed=True>; the handler is closed"
 
 
+async def _dead_window(nc: NATS) -> Any:
+    """The moment between the socket's death and the client's noticing it: the flusher
+    has stopped on it, writes to it raise. Its writer, which the reconnect replaces
+    (the transport stays), is returned to be made dead. The reconnect is quick (the
+    server is up)."""
+    nc.options["reconnect_time_wait"] = 0.05
+    flusher = nc._flusher_task
+    assert flusher is not None
+    flusher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await flusher
+    transport = nc._transport
+    assert transport is not None
+    return transport._io_writer  # type: ignore[attr-defined]
+
+
 async def test_a_write_to_a_socket_that_died_unnoticed_is_kept_for_the_reconnect(
     nats_server: Server, unique: str
 ) -> None:
@@ -53,39 +73,86 @@ async def test_a_write_to_a_socket_that_died_unnoticed_is_kept_for_the_reconnect
     its reader sees the end of the stream the client says connected: every publish
     and request then wrote inline and raised uvloop's RuntimeError, which no caller
     takes for NATS away (the ingest answered a webhook 500 with NATS killed; found by
-    tests/chaos/test_omni_models_faults_chaos.py). It is kept and goes out once the
-    client writes again."""
+    tests/chaos/test_omni_models_faults_chaos.py). It is kept, the client reconnects
+    at once (it said connected, and a flush returned as if all had reached the server,
+    until something else noticed), and it goes out then: a request gets its answer."""
     settings = JetsourceSettings(nats=NatsSettings(url=nats_server.url))
     nc = await connect(settings)
     listener = await nats.connect(nats_server.url)
     try:
         got = await listener.subscribe(f"t{unique}.dead")
+
+        async def answer(msg: Msg) -> None:
+            await msg.respond(b"answer " + msg.data)
+
+        await listener.subscribe(f"t{unique}.ask", cb=answer)
         await listener.flush()
-        # The moment between the socket's death and the client's noticing it: the
-        # flusher has stopped on it, writes to it raise.
-        flusher = nc._flusher_task
-        assert flusher is not None
-        flusher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await flusher
-        transport = nc._transport
-        assert transport is not None
 
         def dead(*_: object) -> None:
             raise RuntimeError(DEAD)
 
-        transport.writelines = dead  # type: ignore[method-assign,assignment]
+        # A request (nats-py's own, flushed inline through the client's _flush_pending):
+        # raised RuntimeError; it waits for its answer as while reconnecting.
+        writer = await _dead_window(nc)
+        writer.writelines = dead
+        reply = await nc.request(f"t{unique}.ask", b"q", timeout=2)
+        assert reply.data == b"answer q"
+        assert nc.stats["reconnects"] == 1
+
+        writer = await _dead_window(nc)
+        writer.writelines = dead
         await nc.publish(f"t{unique}.dead", b"kept")  # raised RuntimeError
-        replies = jsapi.Replies(nc)
-        with pytest.raises(TimeoutError):  # no answer yet: NATS away, as callers read it
-            await replies.request("$JS.API.INFO", b"", None, 0.3)
         assert nc._pending, "the commands are kept for the reconnect"
-        # The client writes again (as after its reconnect): the message goes out.
-        del transport.writelines
-        nc._flusher_task = asyncio.get_running_loop().create_task(nc._flusher())
-        await nc.flush()
+        await asyncio.sleep(0)
+        assert not nc.is_connected, "the reconnect starts at once"
+        msg = await got.next_msg(timeout=2)  # out after the reconnect
+        assert msg.data == b"kept"
+    finally:
+        await listener.close()
+        await nc.close()
+
+
+async def test_a_write_whose_drain_fails_is_sent_again_after_the_reconnect(
+    nats_server: Server, unique: str
+) -> None:
+    """nats-py's inline flush takes the pending commands before its drain: a drain
+    that failed (ConnectionResetError) lost them silently, the publish returning as
+    if sent. They are put back and go out after the reconnect (at least once)."""
+    nc = await connect(JetsourceSettings(nats=NatsSettings(url=nats_server.url)))
+    listener = await nats.connect(nats_server.url)
+    try:
+        got = await listener.subscribe(f"t{unique}.lost")
+        await listener.flush()
+        writer = await _dead_window(nc)
+        writer.writelines = lambda *_: None  # written into a socket already dead
+
+        async def drain() -> None:
+            raise ConnectionResetError("Connection lost")
+
+        writer.drain = drain
+        await nc.publish(f"t{unique}.lost", b"kept")
+        assert any(b"kept" in c for c in nc._pending), nc._pending
         msg = await got.next_msg(timeout=2)
         assert msg.data == b"kept"
     finally:
         await listener.close()
         await nc.close()
+
+
+async def test_a_closed_client_still_raises_connection_closed(
+    nats_server: Server, unique: str
+) -> None:
+    """What survives a dead socket is a write while the client is connected or
+    reconnecting: a closed client's publish, request and flush raise as ever."""
+    nc = await connect(JetsourceSettings(nats=NatsSettings(url=nats_server.url)))
+    replies = jsapi.Replies(nc)
+    await replies.start()
+    await nc.close()
+    with pytest.raises(nats_errors.ConnectionClosedError):
+        await nc.publish(f"t{unique}.x", b"a")
+    with pytest.raises(nats_errors.ConnectionClosedError):
+        await nc.request(f"t{unique}.x", b"a", timeout=0.3)
+    with pytest.raises(nats_errors.ConnectionClosedError):
+        await replies.request("$JS.API.INFO", b"", None, 0.3)
+    with pytest.raises(nats_errors.ConnectionClosedError):
+        await nc.flush(1)

@@ -85,15 +85,30 @@ def survive_a_dead_socket(nc: NATS) -> None:
     inline and raised that RuntimeError, which no caller takes for NATS away: a
     webhook met with NATS killed was answered 500 'internal error while resolving
     identities' (not 503, try again), and a model's read was an event's refusal.
-    The commands stay pending (nothing of them was written) and go out once the
-    client has reconnected; a request waits for its reply as while reconnecting."""
+    The commands stay pending and go out once the client has reconnected (a request
+    waits for its reply as while reconnecting); the client starts that reconnect at
+    once, as its reader would on seeing the end of the stream, so it no longer says
+    connected (a flush returned as if everything had reached the server). When the
+    write went out and the drain after it failed, the commands it took are put back
+    in front of any written since: sent again after the reconnect (at least once, as
+    nats-py's own buffering while reconnecting), not lost."""
     flush = nc._flush_pending
+    reconnecting: list[asyncio.Task[None]] = []
 
     async def flush_pending(force_flush: bool = False) -> Any:
+        # nats-py's inline write replaces _pending with a new list: ``taken`` keeps them.
+        taken, size = nc._pending, nc._pending_data_size
         try:
             return await flush(force_flush)
         except (RuntimeError, OSError) as exc:
             log.debug("nats: a write met a dead socket (%s); kept for the reconnect", exc)
+            if nc._pending is not taken:  # cleared after the write: put them back first
+                nc._pending = taken + nc._pending
+                nc._pending_data_size = size + nc._pending_data_size
+            if not reconnecting or reconnecting[0].done():
+                # Once: the reconnect the reader would start on the end of the stream.
+                op_err = asyncio.get_running_loop().create_task(nc._process_op_err(exc))
+                reconnecting[:] = [op_err]
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             done.set_result(None)
             return done
