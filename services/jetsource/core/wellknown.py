@@ -28,24 +28,71 @@ _NON_FINITE = re.compile(rb"\x11[\x00-\xff]{6}[\xf0-\xff][\x7f\xff]", re.DOTALL)
 
 # message full name -> (holds a Timestamp, holds a Value) somewhere below it
 _HOLDS: dict[str, tuple[bool, bool]] = {}
+# message full name -> its fields that can hold either, in field-number order (as
+# ListFields gives them): (name, holds a Timestamp, holds a Value, shape)
+_PLAN: dict[str, tuple[tuple[str, bool, bool, str], ...]] = {}
+# A singular Timestamp field (checked in place: unset, it reads as 0, a time), another
+# singular message, a repeated one, a map whose values are messages.
+TIME, SINGLE, REPEATED, MAP = "time", "single", "repeated", "map"
 
 
 def _holds(desc: Any) -> tuple[bool, bool]:
+    """Whether a message of type ``desc`` can hold a Timestamp, a Value. Computed for
+    every type reachable from it at once, as a fixed point: a type inside a loop
+    (A -> B -> A) holds what any type of the loop reaches."""
     known = _HOLDS.get(desc.full_name)
     if known is not None:
         return known
-    if desc.full_name == TIMESTAMP:
-        return _HOLDS.setdefault(desc.full_name, (True, False))
-    if desc.full_name == VALUE:
-        return _HOLDS.setdefault(desc.full_name, (False, True))
-    _HOLDS[desc.full_name] = (False, False)  # a message that holds itself: no loop
-    time = value = False
-    for field in desc.fields:
-        if field.message_type is not None:
-            t, v = _holds(field.message_type)
-            time, value = time or t, value or v
-    _HOLDS[desc.full_name] = (time, value)
-    return time, value
+    reach: dict[str, Any] = {}
+    stack = [desc]
+    while stack:
+        d = stack.pop()
+        if d.full_name in reach or d.full_name in _HOLDS:
+            continue
+        reach[d.full_name] = d
+        stack.extend(f.message_type for f in d.fields if f.message_type is not None)
+    found = {name: (name == TIMESTAMP, name == VALUE) for name in reach}
+    changed = True
+    while changed:
+        changed = False
+        for name, d in reach.items():
+            time, value = found[name]
+            for f in d.fields:
+                sub = f.message_type
+                if sub is not None:
+                    t, v = found.get(sub.full_name) or _HOLDS[sub.full_name]
+                    time, value = time or t, value or v
+            if (time, value) != found[name]:
+                found[name] = (time, value)
+                changed = True
+    _HOLDS.update(found)
+    return _HOLDS[desc.full_name]
+
+
+def _plan(desc: Any) -> tuple[tuple[str, bool, bool, str], ...]:
+    """The fields of ``desc`` a walk must look into (the rest hold neither)."""
+    plan = _PLAN.get(desc.full_name)
+    if plan is not None:
+        return plan
+    steps = []
+    for field in sorted(desc.fields, key=lambda f: f.number):
+        sub = field.message_type
+        if sub is None:
+            continue
+        t, v = _holds(sub)
+        if not (t or v):
+            continue
+        if sub.GetOptions().map_entry:
+            if sub.fields_by_name["value"].message_type is None:
+                continue
+            shape = MAP
+        elif field.is_repeated:
+            shape = REPEATED
+        else:
+            shape = TIME if sub.full_name == TIMESTAMP else SINGLE
+        steps.append((field.name, t, v, shape))
+    plan = _PLAN[desc.full_name] = tuple(steps)
+    return plan
 
 
 def unshowable(message: Message, payload: bytes = b"") -> str | None:
@@ -62,15 +109,10 @@ def unshowable(message: Message, payload: bytes = b"") -> str | None:
 
 
 def _walk(message: Message, path: str, time: bool, value: bool) -> str | None:
-    name = message.DESCRIPTOR.full_name
+    desc = message.DESCRIPTOR
+    name = desc.full_name
     if name == TIMESTAMP:
-        seconds, nanos = message.seconds, message.nanos  # type: ignore[attr-defined]
-        if MIN_SECONDS <= seconds <= MAX_SECONDS and 0 <= nanos <= 999_999_999:
-            return None
-        return (
-            f"its {path or 'payload'} is no time (seconds {seconds}, nanos {nanos}; "
-            "years 1 to 9999, nanos 0 to 999999999)"
-        )
+        return _no_time(message, path)
     if name == VALUE:
         kind = message.WhichOneof("kind")
         if kind == "number_value":
@@ -88,20 +130,26 @@ def _walk(message: Message, path: str, time: bool, value: bool) -> str | None:
     if name == LIST:
         items = [(f"{path}[{i}]", m) for i, m in enumerate(message.values)]  # type: ignore[attr-defined]
         return _first(items, time, value)
-    for field, held in message.ListFields():
-        sub = field.message_type
-        if sub is None:
-            continue
-        t, v = _holds(sub)
+    for field_name, t, v, shape in _PLAN.get(name) or _plan(desc):
         if not ((t and time) or (v and value)):
             continue
-        at = f"{path}.{field.name}" if path else field.name
-        if sub.GetOptions().map_entry:
-            inner = sub.fields_by_name["value"]
-            if inner.message_type is None:
+        if shape == TIME:
+            found = _no_time(getattr(message, field_name), path, field_name)
+            if found:
+                return found
+            continue
+        if shape == SINGLE:
+            if not message.HasField(field_name):
                 continue
+            held = getattr(message, field_name)
+        else:
+            held = getattr(message, field_name)
+            if not held:
+                continue
+        at = f"{path}.{field_name}" if path else field_name
+        if shape == MAP:
             items = [(f"{at}[{str(k)[:40]!r}]", m) for k, m in held.items()]
-        elif field.is_repeated:
+        elif shape == REPEATED:
             items = [(f"{at}[{i}]", m) for i, m in enumerate(held)]
         else:
             items = [(at, held)]
@@ -109,6 +157,18 @@ def _walk(message: Message, path: str, time: bool, value: bool) -> str | None:
         if found:
             return found
     return None
+
+
+def _no_time(stamp: Any, path: str, field_name: str = "") -> str | None:
+    seconds, nanos = stamp.seconds, stamp.nanos
+    if MIN_SECONDS <= seconds <= MAX_SECONDS and 0 <= nanos <= 999_999_999:
+        return None
+    if field_name:
+        path = f"{path}.{field_name}" if path else field_name
+    return (
+        f"its {path or 'payload'} is no time (seconds {seconds}, nanos {nanos}; "
+        "years 1 to 9999, nanos 0 to 999999999)"
+    )
 
 
 def _first(items: list[tuple[str, Message]], time: bool, value: bool) -> str | None:
