@@ -382,6 +382,44 @@ async def test_a_request_and_its_reply_take_no_task_hop(
     await responder.close()
 
 
+async def test_a_reply_whose_hand_over_fails_leaves_the_reader_reading(
+    nats_server: Server, unique: str
+) -> None:
+    """A reply is handed over in the client's reader (issue 23): when that raises (a
+    future of an event loop since closed: 'Event loop is closed'), the error goes to
+    the client's error callback and the reader goes on. It stopped before: the client
+    still said connected and every later reply was lost (until the stale-ping check)."""
+    errors: list[Exception] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(exc)
+
+    nc = await nats.connect(nats_server.url, error_cb=on_error)
+    echo = await nc.subscribe(f"echo{unique}", cb=_answer(nc))
+    replies = Replies(nc)
+    await replies.start()
+    routes = jsapi._wire(nc).routes
+    route = routes[replies._sub._id]
+    failed: list[Msg] = []
+
+    def fails_once(msg: Msg) -> None:
+        if not failed:
+            failed.append(msg)
+            raise RuntimeError("Event loop is closed")
+        route(msg)
+
+    routes[replies._sub._id] = fails_once
+    with pytest.raises(TimeoutError):
+        await replies.request(f"echo{unique}", b"lost", None, 0.5)
+    assert [m.data for m in failed] == [b"lost"]
+    assert [str(e) for e in errors] == ["Event loop is closed"]
+    assert nc._reading_task is not None and not nc._reading_task.done()
+    assert (await replies.request(f"echo{unique}", b"next", None, 2)).data == b"next"
+    await replies.stop()
+    await echo.unsubscribe()
+    await nc.close()
+
+
 async def test_commands_keep_their_order_with_the_clients_own(
     nc: NATS, nats_server: Server, unique: str
 ) -> None:

@@ -342,7 +342,9 @@ class _Wire:
       its waits, stay as they are). Nothing is written while the connection is not
       connected: nats-py flushes what is pending once it reconnects;
     - a message to an inbox of :class:`Replies` is routed when the parser reads it (the
-      same ``Msg``, the same header parsing), not queued for the subscription's task.
+      same ``Msg``, the same header parsing), not queued for the subscription's task;
+      a route that raises is reported to the client's error callback, as a callback's
+      error is, and the reader reads on.
     """
 
     def __init__(self, nc: NATS) -> None:
@@ -363,7 +365,13 @@ class _Wire:
             stats["in_msgs"] += 1
             stats["in_bytes"] += len(data)
             hdr = await nc._process_headers(headers)
-            route(nc._build_message(sid, subject, reply, data, hdr))
+            try:
+                route(nc._build_message(sid, subject, reply, data, hdr))
+            except Exception as exc:
+                # This runs in the client's reader: an error let through stopped it
+                # (connected, every later reply lost until the stale-ping check, ~80
+                # s). Reported as a subscription callback's error is; the reader goes on.
+                await nc._error_cb(exc)
 
         nc.__dict__["_process_msg"] = process_msg
 
