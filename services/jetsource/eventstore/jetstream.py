@@ -117,6 +117,7 @@ H_RECORDED_AT = "Jetsource-Recorded-At"
 
 # The last nanosecond a Timestamp holds (9999-12-31T23:59:59.999999999Z).
 _MAX_NS = (MAX_SECONDS + 1) * 1_000_000_000 - 1
+_MAX_NS_DIGITS = len(str(_MAX_NS))  # 21: no int() of a header of thousands of digits
 
 
 def _original_ns(raw: RawMessage) -> int | None:
@@ -128,7 +129,7 @@ def _original_ns(raw: RawMessage) -> int | None:
     text = raw.headers.get(H_RECORDED_AT)
     if not text:
         return None
-    if text.isascii() and text.isdigit() and len(text) <= 20 and int(text) <= _MAX_NS:
+    if text.isascii() and text.isdigit() and len(text) <= _MAX_NS_DIGITS and int(text) <= _MAX_NS:
         return int(text)
     return -1
 
