@@ -19,7 +19,7 @@ import pytest
 import typer.main
 
 from jetsource.cli.app import app
-from jetsource.cli.lazy import LazyCommands
+from jetsource.cli.lazy import LazyCommands, reflow
 
 GROUPS = (
     *("ctx", "projector", "streams", "archive", "repair", "observe", "process", "omni"),
@@ -111,7 +111,7 @@ def test_the_roots_help_lines_are_the_commands_own() -> None:
     for name, entry in commands.entries.items():
         command = commands[name]
         assert command.name == name
-        assert command.help == entry.help, name
+        assert command.help == reflow(entry.help), name
         assert hasattr(command, "commands") == entry.group, name
 
 

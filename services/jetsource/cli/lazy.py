@@ -45,7 +45,7 @@ class LazyCommands(MutableMapping[str, Any]):
             return self.loaded[name]
         entry = self.entries[name]  # KeyError: no such command
         if self.listing:
-            return typer.core.TyperCommand(name=name, help=entry.help)
+            return typer.core.TyperCommand(name=name, help=reflow(entry.help))
         command = _build(name, entry)
         for hook in self.on_load:
             hook(command)
@@ -67,6 +67,33 @@ class LazyCommands(MutableMapping[str, Any]):
         return len(self.entries)
 
 
+def reflow(text: str) -> str:
+    """``text`` with each prose paragraph on one line, for Rich to wrap to the terminal.
+
+    Typer keeps the single line breaks of a docstring's later paragraphs (and of a
+    group's first, in its parent's listing), so the help showed the source's 88-column
+    lines cut again at 80: "... up to the" / "version" / "its latest snapshot covers".
+    A paragraph starting with ``\b`` (Click's "keep as written") or holding a line that
+    starts with a space, ``-``, ``*``, ``$`` or ``|`` (a list, an example, a table) is
+    kept as written."""
+    out = []
+    for paragraph in text.split("\n\n"):
+        lines = paragraph.split("\n")
+        kept = paragraph.startswith("\b") or any(
+            line[:1] in (" ", "\t", "-", "*", "$", "|") for line in lines[1:]
+        )
+        out.append(paragraph if kept else " ".join(line.strip() for line in lines))
+    return "\n\n".join(out)
+
+
+def _reflow_all(command: Any) -> None:
+    """:func:`reflow` the help of ``command`` and every command below it."""
+    if command.help:
+        command.help = reflow(command.help)
+    for sub in (getattr(command, "commands", None) or {}).values():
+        _reflow_all(sub)
+
+
 def _build(name: str, entry: Entry) -> Any:
     """The command as the root built it when every sub-command was registered up
     front: inside a parent (so no completion options of its own, and a group of one
@@ -79,7 +106,9 @@ def _build(name: str, entry: Entry) -> Any:
         parent.add_typer(target, name=name)
     else:
         parent.command(name)(target)
-    return typer.main.get_command(parent).commands[name]  # type: ignore[attr-defined]
+    command = typer.main.get_command(parent).commands[name]  # type: ignore[attr-defined]
+    _reflow_all(command)
+    return command
 
 
 def _nothing() -> None:
