@@ -369,14 +369,26 @@ async def test_every_server_fault_converges_the_omni_models_exactly(tmp_path: Pa
 
     took: dict[str, float] = {}
     down: dict[str, float] = {}  # how long each fault took (the server away)
+    clients: list[asyncio.Task[None]] = []
+
+    async def pause(seconds: float) -> None:
+        """A wait for the clients: one that failed (a webhook or a step not answered
+        200) fails the test at once with its error, which the loops waiting for them
+        left to pytest's timeout (240 s), its text lost."""
+        for task in clients:
+            failed = task.exception() if task.done() and not task.cancelled() else None
+            if failed is not None:
+                raise failed
+        await asyncio.sleep(seconds)
+
     try:
         # A tenth first, projected and on disk (Valkey's append-only file is synced every
         # second): the models' stores hold something their faults can lose.
         first = allowed = 48
         share = (HOOKS - first) // len(faults)
-        sending = asyncio.gather(*(client(k) for k in range(CLIENTS)))
-        while done < first:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
+        clients.extend(asyncio.create_task(client(k)) for k in range(CLIENTS))
+        while done < first:
+            await pause(0.05)
         took["start"] = await at_head("start", time.monotonic(), exact=True)
         await asyncio.sleep(1.5)
         for k, (name, fault) in enumerate(faults):
@@ -384,20 +396,20 @@ async def test_every_server_fault_converges_the_omni_models_exactly(tmp_path: Pa
             # Mid-load: a share of webhooks, the fault striking when a third of it is
             # answered (the rest in flight or waiting), the models behind the stream.
             allowed = HOOKS if k == len(faults) - 1 else first + share * (k + 1)
-            while done < allowed - share * 2 // 3:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
+            while done < allowed - share * 2 // 3:
+                await pause(0.01)
             behind = time.monotonic() + 5.0
             while time.monotonic() < behind:
                 with contextlib.suppress(Exception):
                     if not all([(await state(m))[1] for m in MODELS]):
                         break
-                await asyncio.sleep(0.01)
+                await pause(0.01)
             started = time.monotonic()
             await fault()
             back = time.monotonic()
             down[name] = back - started
             took[name] = await at_head(name, back, exact=False)
-        await sending
+        await asyncio.gather(*clients)
         await asyncio.gather(*linking)
         took["end"] = await at_head("end", time.monotonic(), exact=True)
 
@@ -465,6 +477,8 @@ async def test_every_server_fault_converges_the_omni_models_exactly(tmp_path: Pa
             v1, v2 = await p.model(name, 1).digest(), await p.model(name, 2).digest()
             assert v1 == v2, f"{name}: the live model differs from its rebuild"
     finally:
+        for task in clients:  # the others, when one failed
+            task.cancel()
         with contextlib.suppress(Exception):
             await ids.close()
         with contextlib.suppress(Exception):
