@@ -20,6 +20,7 @@ class Client:
         self.is_connected = True
         self.stats: dict[str, int] = {"reconnects": 0}
         self.pings: list[asyncio.Future[Any]] = []
+        self._pending: list[bytes] = []
 
     async def _send_ping(self, future: asyncio.Future[Any]) -> None:
         self.pings.append(future)

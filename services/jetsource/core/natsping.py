@@ -9,7 +9,9 @@ leaves the PING pending, and the next wait on the same :class:`PingProbe` waits 
 again instead of sending another. A reconnect forgets the PINGs it had sent.
 
 This uses the client's private ``_send_ping`` (nats-py 2.x): the only way to send a
-PING whose future the caller owns. ``tests/integration/test_hung_dependencies.py``
+PING whose future the caller owns. That writes the PING at once, ahead of the commands
+still pending in the client: they are written first (``_write_pending``), so a PONG
+answers for everything published before. ``tests/integration/test_hung_dependencies.py``
 checks it against a real server stopped and continued.
 """
 
@@ -37,6 +39,8 @@ class PingProbe:
         if self._pending is None or self._pending[1] != reconnects:
             future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
             try:
+                if not _write_pending(self.nc):
+                    return False
                 await self.nc._send_ping(future)
             except Exception:
                 return False
@@ -62,6 +66,29 @@ class PingProbe:
             return False
         self._pending = None
         return True
+
+
+def _write_pending(nc: NATS) -> bool:
+    """Put the commands still pending in the client (not yet handed to its flusher, or
+    handed and not written) on the transport, as nats-py's flusher does: nats-py 2.16's
+    ``_send_ping`` writes the PING straight to the transport, ahead of them, so its
+    PONG said nothing of them (the wire read PING | PUB ...). False when the write
+    failed: the commands are kept, in order, for the flusher or the reconnect."""
+    pending = nc._pending
+    if not pending:
+        return True
+    transport = nc._transport
+    if transport is None:
+        return False
+    nc._pending = []
+    nc._pending_data_size = 0
+    try:
+        transport.writelines(pending)
+    except Exception:
+        nc._pending = pending + nc._pending
+        nc._pending_data_size = sum(len(c) for c in nc._pending)
+        return False
+    return True
 
 
 async def round_trip(nc: NATS, timeout_s: float) -> bool:
