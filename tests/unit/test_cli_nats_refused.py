@@ -26,6 +26,7 @@ def test_an_admin_command_says_nats_took_no_connection(args: list[str], tmp_path
     env = clean_environ() | {
         "JETSOURCE_NATS__URL": f"nats://127.0.0.1:{port}",
         "JETSOURCE_ADMIN_CONNECT_TIMEOUT_S": "0.5",
+        "JETSOURCE_NATS__CONNECT_TIMEOUT_S": "0.5",
     }
     argv = [a.format(out=tmp_path / "backup") for a in args]
     run = subprocess.run(
@@ -46,3 +47,33 @@ def test_an_admin_command_says_nats_took_no_connection(args: list[str], tmp_path
         f"not reachable (127.0.0.1:{port}: Connection refused)"
     )
     assert "JETSOURCE_NATS__URL" in error["hint"]
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["sessions", "list"], "did not answer: no connection within 1.5 s: "),
+        (["omni", "raw", "show", "x"], "did not answer: "),
+    ],
+    ids=["sessions", "omni"],
+)
+def test_sessions_and_omni_say_nats_took_no_connection(args: list[str], said: str) -> None:
+    port = free_port()
+    env = clean_environ() | {
+        "JETSOURCE_NATS__URL": f"nats://127.0.0.1:{port}",
+        "JETSOURCE_NATS__CONNECT_TIMEOUT_S": "0.5",
+    }
+    run = subprocess.run(
+        [sys.executable, "-m", "jetsource", "-o", "json", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 3, run.stderr
+    error = json.loads(run.stderr.splitlines()[0])["error"]
+    assert error["message"] == (
+        f"NATS at nats://127.0.0.1:{port} {said}"
+        f"not reachable (127.0.0.1:{port}: Connection refused)"
+    )

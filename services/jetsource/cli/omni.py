@@ -91,7 +91,11 @@ def _run(work: Callable[[IngestSettings, Any], Awaitable[T]], as_json: bool = Fa
             output.set_mode(output.Mode.json)
         output.missing("FAILED_PRECONDITION", exc.bucket, exc.hint, what="bucket")
     except (EventStoreUnavailableError, TimeoutError, OSError) as exc:
-        reason = str(exc) or f"NATS at {redact_url(settings.nats_url())} did not answer"
+        if not (reason := str(exc)):
+            from jetsource.devstack.probes import why_unreachable
+
+            reason = f"NATS at {redact_url(settings.nats_url())} did not answer"
+            reason += why_unreachable(settings.nats_url())
         _fail(as_json, EXIT_UNAVAILABLE, "UNAVAILABLE", reason, hint="JETSOURCE_NATS__URL")
     except AccessDeniedError as exc:  # NATS refused the credentials (was INVALID_ARGUMENT)
         _fail(as_json, EXIT_REFUSED, "UNAUTHENTICATED", str(exc))

@@ -112,11 +112,14 @@ def _run(
                 opened = open_sessions(settings)
                 client = await opened.__aenter__()
         except (TimeoutError, OSError) as exc:
+            from jetsource.devstack.probes import why_unreachable
+
+            within = f"no connection within {settings.nats.connect_timeout_s + 1:g} s"
             out.fail(
                 out.UNAVAILABLE,
                 "UNAVAILABLE",
                 f"NATS at {redact_url(settings.nats_url())} did not answer: "
-                f"{str(exc) or f'no connection within {settings.nats.connect_timeout_s + 1:g} s'}",
+                f"{str(exc) or within + why_unreachable(settings.nats_url())}",
                 hint="JETSOURCE_NATS__URL",
             )
         try:
