@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,6 +21,7 @@ from nats import errors as nats_errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from jetsource.core.natsping import round_trip
 from jetsource.devstack.servers import NatsServer, free_port, stop_pid
 from jetsource.eventstore import jsapi
 from jetsource.eventstore.jsapi import JsApiError, NoRespondersError, OutMessage, Replies
@@ -529,5 +532,72 @@ async def test_a_request_made_while_reconnecting_is_sent_once_reconnected(
         await replies.stop()
         await nc.close()
     finally:
+        stop_pid(proc.pid)
+        proc.wait(10)
+
+
+def _stop_now(pid: int) -> None:
+    """SIGSTOP ``pid`` and return once the kernel has stopped it."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+        assert time.monotonic() < deadline, f"pid {pid} did not stop"
+        time.sleep(0.005)
+
+
+async def test_a_request_times_out_on_time_when_the_pending_buffer_is_full(
+    tmp_path: Path, unique: str
+) -> None:
+    """A hung server (SIGSTOP) and the client's pending buffer full: a request's
+    timeout covers waiting for room in that buffer, and a request that did not get
+    room is not sent later. The wait for room had no bound (nats-py's flush_timeout,
+    None): ``request(timeout=0.5)`` ended only once the server was continued."""
+    server = NatsServer(tmp_path, port=free_port(), monitor_port=free_port())
+    proc = server.start()
+    try:
+        await asyncio.to_thread(server.wait_ready, proc, 30)
+        nc = await nats.connect(server.address(), pending_size=64 * 1024)
+        listener = await nats.connect(server.address())
+        late = await listener.subscribe(f"late{unique}")
+        await listener.flush()
+        replies = Replies(nc)
+        await replies.start()
+        filled = False
+        _stop_now(proc.pid)
+        try:
+
+            async def fill() -> None:
+                # Until the socket's buffers are full. (Not cancelled: nats-py's wait
+                # for a flush swallows a cancellation.)
+                while not filled:
+                    await replies.send(f"fill{unique}", b"x" * 4000, "", None)
+
+            filling = asyncio.ensure_future(fill())
+            writer = nc._transport._io_writer  # type: ignore[union-attr]
+            async with asyncio.timeout(10):
+                while writer.transport.get_write_buffer_size() == 0:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)  # nats-py's flusher waits for the socket to drain
+            while nc._pending_data_size + 4100 <= nc._max_pending_size:
+                await replies.send(f"fill{unique}", b"x" * 4000, "", None)
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(3):  # the bug: no end before SIGCONT
+                    await replies.request(f"late{unique}", b"y" * 4000, None, 0.5)
+            assert 0.45 < time.monotonic() - started < 1.0
+        finally:
+            filled = True
+            os.kill(proc.pid, signal.SIGCONT)
+        await asyncio.wait({filling}, timeout=10)
+        assert filling.done()
+        assert await round_trip(nc, 10)
+        await listener.flush()
+        with pytest.raises(nats_errors.TimeoutError):
+            await late.next_msg(timeout=0.2)  # timed out before it was sent: not sent
+        await replies.stop()
+        await nc.close()
+        await listener.close()
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
         stop_pid(proc.pid)
         proc.wait(10)

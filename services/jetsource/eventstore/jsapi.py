@@ -350,6 +350,7 @@ class _Wire:
     def __init__(self, nc: NATS) -> None:
         self._nc = nc
         self._scheduled = False
+        self._flushing: asyncio.Task[Any] | None = None  # see room()
         self.routes: dict[int, Callable[[Msg], None]] = {}
         process = nc._process_msg
         routes = self.routes
@@ -374,6 +375,36 @@ class _Wire:
                 await nc._error_cb(exc)
 
         nc.__dict__["_process_msg"] = process_msg
+
+    async def room(self, size: int, deadline: float) -> None:
+        """Wait until ``size`` more bytes fit in the client's pending buffer, until the
+        loop time ``deadline``: TimeoutError then, nothing having been added to it.
+
+        nats-py's own wait for room (``_send_command``: a flush forced past the bound)
+        has no end of its own (``flush_timeout`` None): with the server hung (SIGSTOP,
+        a full socket) a request waited there past its timeout, until the server came
+        back. Here the wait is one forced flush per connection at a time, awaited by
+        everyone who waits for room; a flush that raises (the socket died) raises that,
+        as the send did."""
+        nc = self._nc
+        loop = asyncio.get_running_loop()
+        while (
+            nc.is_connected
+            and nc._pending_data_size
+            and nc._pending_data_size + size > nc._max_pending_size
+        ):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError
+            flushing = self._flushing
+            if flushing is None or flushing.done() or flushing.get_loop() is not loop:
+                flushing = loop.create_task(nc._flush_pending(force_flush=True))
+                flushing.add_done_callback(_retrieve)
+                self._flushing = flushing
+            await asyncio.wait((flushing,), timeout=remaining)
+            if not flushing.done():
+                raise TimeoutError
+            flushing.result()
 
     def flush_soon(self) -> None:
         if not self._scheduled:
@@ -409,6 +440,12 @@ class _Wire:
         queue = nc._flush_queue
         if queue is not None and queue.empty():
             queue.put_nowait(asyncio.get_running_loop().create_future())
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """A flush whose waiters all timed out: its error (if any) is theirs no more."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _wire(nc: NATS) -> _Wire:
@@ -480,11 +517,20 @@ class Replies:
         self._queues.pop(reply.rsplit(".", 1)[-1], None)
 
     async def send(
-        self, subject: str, data: bytes, reply: str, headers: Mapping[str, str] | None
+        self,
+        subject: str,
+        data: bytes,
+        reply: str,
+        headers: Mapping[str, str] | None,
+        deadline: float | None = None,
     ) -> None:
         """``nc.publish(subject, data, reply, headers)``: the same checks, errors and
         bytes on the wire (nats-py 2.16's ``publish`` and ``_send_publish``), with the
-        header block from :func:`header_block` (names checked once)."""
+        header block from :func:`header_block` (names checked once).
+
+        With a ``deadline`` (the event loop's time), a wait for room in the client's
+        pending buffer ends then with TimeoutError, the command not sent (nats-py waits
+        for room without end: :meth:`_Wire.room`)."""
         nc = self._nc
         if not self._lean:
             await nc.publish(subject, data, reply=reply, headers=headers)  # type: ignore[arg-type]
@@ -519,6 +565,10 @@ class Replies:
                 block,
                 data,
             )
+        if deadline is not None and nc._pending_data_size + len(command) > nc._max_pending_size:
+            await _wire(nc).room(len(command), deadline)
+            if nc.is_closed:
+                raise nats_errors.ConnectionClosedError
         stats = nc.stats
         stats["out_msgs"] += 1
         stats["out_bytes"] += size
@@ -546,11 +596,12 @@ class Replies:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Msg] = loop.create_future()
         self._futures[token] = future
+        deadline = loop.time() + timeout  # also for the send: room in the client's buffer
         try:
-            await self.send(subject, data, f"{self._prefix}.{token}", headers)
-            if self._watch(loop, token, timeout):
+            await self.send(subject, data, f"{self._prefix}.{token}", headers, deadline)
+            if self._watch(loop, token, deadline):
                 return await future
-            async with asyncio.timeout(timeout):  # sooner than a request before it
+            async with asyncio.timeout_at(deadline):  # sooner than a request before it
                 return await future
         except TimeoutError as exc:
             if cut:
@@ -559,10 +610,9 @@ class Replies:
         finally:
             self._futures.pop(token, None)
 
-    def _watch(self, loop: asyncio.AbstractEventLoop, token: str, timeout: float) -> bool:
-        """Have the sweep time this request out (False: its deadline comes before one
-        already waiting, so it needs a timer of its own)."""
-        deadline = loop.time() + timeout
+    def _watch(self, loop: asyncio.AbstractEventLoop, token: str, deadline: float) -> bool:
+        """Have the sweep time this request out at ``deadline`` (the loop's time; False:
+        it comes before one already waiting, so it needs a timer of its own)."""
         deadlines, futures = self._deadlines, self._futures
         if deadlines and deadline < deadlines[-1][0]:
             while deadlines and deadlines[-1][1] not in futures:
@@ -654,18 +704,20 @@ async def publish_atomic_batch(
     timeout, cut = call_wait(timeout, f"the acknowledgement of a batch to {messages[0].subject}")
     first_reply, first_queue = replies.open()
     commit_reply, commit_queue = replies.open()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout  # also for the sends: room in the client's buffer
     try:
         last = len(messages)
-        for i, m in enumerate(messages, start=1):
-            headers = {**m.headers, "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(i)}
-            if i == last:
-                headers["Nats-Batch-Commit"] = "1"
-                reply = commit_reply
-            else:
-                reply = first_reply if i == 1 else ""
-            await replies.send(m.subject, m.data, reply, headers)
         try:
-            commit = await wait_for(commit_queue.get(), timeout)
+            for i, m in enumerate(messages, start=1):
+                headers = {**m.headers, "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(i)}
+                if i == last:
+                    headers["Nats-Batch-Commit"] = "1"
+                    reply = commit_reply
+                else:
+                    reply = first_reply if i == 1 else ""
+                await replies.send(m.subject, m.data, reply, headers, deadline)
+            commit = await wait_for(commit_queue.get(), deadline - loop.time())
         except TimeoutError as exc:
             if cut:
                 raise cut_short(f"the acknowledgement of a batch of {last}", timeout) from exc
