@@ -167,6 +167,17 @@ def test_a_void_actor_refuses_a_bidi_control_naming_the_option() -> None:
     assert error["field"] == "--actor" and named("\u202e") in error["message"], error
 
 
+def test_the_id_rule_says_exactly_what_it_refuses() -> None:
+    """The rule keeps the marks U+200E, U+200F, U+061C (bidi controls too): the words
+    an id's refusal gives name what it refuses, no bidi embedding, override or isolate
+    (it said "no bidi control", which the kept marks are)."""
+    with pytest.raises(ValidationError) as refused:
+        check_text(value_with("\u202e"), "actor", MAX_ACTOR, ident=True)
+    takes = "it takes one line of printable text, no bidi embedding, override or isolate"
+    assert takes in str(refused.value), refused.value
+    assert "no bidi control" not in str(refused.value)
+
+
 @pytest.mark.parametrize("ch", ["\u202e", "\u2069", "\u200f"])
 @pytest.mark.parametrize("name", ["idempotency_key", "correlation_id", "causation_id", "actor"])
 def test_context_command_options_keep_the_one_line_rule(name: str, ch: str) -> None:

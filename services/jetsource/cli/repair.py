@@ -49,7 +49,7 @@ def _checked_text(
             USAGE, "usage", f"{option} is {len(value)} characters; at most {limit}", field=option
         )
     if ident:
-        # Who voided it (--actor): no bidi control either (printable.NOT_ID).
+        # Who voided it (--actor): no bidi embedding, override or isolate (printable.NOT_ID).
         at, takes = not_id_at(value), ID_TAKES
     else:
         at = not_lines_at(value) if lines else not_one_line_at(value)

@@ -65,7 +65,7 @@ def not_one_line_at(value: str) -> int | None:
 # and ids a provider or a business chose (a webhook's button reply id, a Discord
 # custom_id, a handle) are the provider's text and keep the one-line rule.
 NOT_ID = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-ID_TAKES = "one line of printable text, no bidi control"
+ID_TAKES = "one line of printable text, no bidi embedding, override or isolate"
 
 
 def not_id_at(value: str) -> int | None:

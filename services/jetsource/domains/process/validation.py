@@ -79,8 +79,9 @@ def _text(value: str, field: str, limit: int) -> None:
 
 def _id(value: str, field: str, limit: int) -> None:
     """An id the writer chose (an event's source, correlation id, idempotency key): one
-    line with no bidi control either (jetsource.core.printable.NOT_ID), refused naming
-    the field and the character; a U+202E was kept and shown escaped."""
+    line with no bidi embedding, override or isolate either
+    (jetsource.core.printable.NOT_ID), refused naming the field and the character; a
+    U+202E was kept and shown escaped."""
     if len(value) > limit:
         raise ValidationError(f"{field} is {len(value)} characters; at most {limit}", field)
     at = not_id_at(value)
