@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from jetsource.core.aio import wait_for
-from jetsource.core.settings import JetsourceSettings
+from jetsource.core.settings import JetsourceSettings, redact_url
 
 T = TypeVar("T")
 
@@ -19,6 +19,12 @@ async def _quiet(_exc: Exception) -> None:
     ``nats: encountered error`` with a traceback on each try, on the CLI's stderr)."""
 
 
+# The port a URL without one means, as nats-py connects it: its websocket transport
+# takes ws:// on 80 and wss:// on 443 (a healthy wss://host showed as down, probed on
+# 4222).
+_DEFAULT_PORT = {"nats": 4222, "tls": 4222, "ws": 80, "wss": 443}
+
+
 def unreachable(url: str, timeout: float = 1.0) -> str | None:
     """Why no server of ``url`` (one URL or a comma-separated list) takes a TCP
     connection, or None when one does."""
@@ -26,9 +32,11 @@ def unreachable(url: str, timeout: float = 1.0) -> str | None:
     for one in url.split(","):
         try:
             parts = urlsplit(one.strip() if "://" in one else f"nats://{one.strip()}")
-            host, port = parts.hostname or "127.0.0.1", parts.port or 4222
+            port = parts.port or _DEFAULT_PORT.get(parts.scheme.lower(), 4222)
+            host = parts.hostname or "127.0.0.1"
         except ValueError as exc:
-            why.append(f"{one.strip()}: {exc}")
+            # The URL as given may hold user:password@: the message shows it without.
+            why.append(f"{redact_url(one.strip())}: {exc}")
             continue
         try:
             socket.create_connection((host, port), timeout=timeout).close()
