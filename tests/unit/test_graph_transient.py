@@ -197,7 +197,6 @@ async def test_a_probe_failing_at_the_connection_is_the_stores(probe: BaseExcept
     "probe",
     [
         error("Neo.ClientError.Statement.SyntaxError", "Invalid input"),
-        error(CLOSED, "Duplicated key [the line is shut down] found"),
         RuntimeError("a driver's own trouble"),
         ValueError("no"),
     ],
@@ -206,5 +205,24 @@ async def test_a_probe_failing_at_the_connection_is_the_stores(probe: BaseExcept
 async def test_a_probe_failing_otherwise_leaves_a_refusal(probe: BaseException) -> None:
     session = _ProbeFails(exc=probe)
     with pytest.raises(DatabaseError):
+        await graph_io(_fails(error(CLOSED, STATEMENT)), session=session, database="jetsource")
+    assert session.asked == ["RETURN 1 AS one"]
+
+
+# Review 9d: a closed ArcadeDB database answered the probe itself with its statement
+# echoed; "RETURN 1 AS one" holds no event's data, so its database error is the store's
+# (it counted as every event's refusal, dead letters after max_deliver). Whatever the
+# words: the probe's own statement cannot be the events' fault.
+@pytest.mark.parametrize(
+    "message",
+    [
+        "Error executing Cypher command: RETURN 1 AS one",
+        "Duplicated key [the line is shut down] found",
+        "",
+    ],
+)
+async def test_a_probe_refused_with_a_database_error_is_the_stores(message: str) -> None:
+    session = _ProbeFails(exc=error(CLOSED, message))
+    with pytest.raises(TransientError):
         await graph_io(_fails(error(CLOSED, STATEMENT)), session=session, database="jetsource")
     assert session.asked == ["RETURN 1 AS one"]

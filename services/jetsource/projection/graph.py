@@ -140,10 +140,11 @@ async def graph_io(
     """``call`` within ``timeout_s``, the store's errors raised as TransientError (the
     batch waits) and the statement's as they are (a refusal). With ``session`` (the
     session ``call`` runs in) a database error that does not say whose it is asks the
-    store: one whose "RETURN 1" fails at the connection level is closing (ArcadeDB
-    shutting down said "Error executing Cypher command" for a closed database, a
-    refusal of every event of the batch in flight, as a poison event's try); one that
-    answers, however slowly, refused it (:func:`_store_away`).
+    store: one whose "RETURN 1" fails at the connection level or is refused with a
+    database error is closing (ArcadeDB shutting down said "Error executing Cypher
+    command" for a closed database, a refusal of every event of the batch in flight, as
+    a poison event's try); one that answers, however slowly, refused it
+    (:func:`_store_away`).
     ``database``: the one ``call`` runs in (:func:`transient`)."""
     limit = IO_TIMEOUT_S if timeout_s is None else timeout_s
     deadline = asyncio.timeout(limit)
@@ -154,7 +155,7 @@ async def graph_io(
         if not transient(exc, database):
             if not (isinstance(exc, neo4j_errors.DatabaseError) and session is not None):
                 raise
-            if not await _store_away(session, database):
+            if not await _store_away(session):
                 raise
             raise TransientError(f"graph: the store is away after {exc!r}") from exc
         if deadline.expired():
@@ -162,11 +163,14 @@ async def graph_io(
         raise TransientError(f"graph: {exc}") from exc
 
 
-async def _store_away(session: Any, database: str | None = None) -> bool:
+async def _store_away(session: Any) -> bool:
     """Whether "RETURN 1" in ``session`` fails at the connection level (:data:`AWAY`),
-    or is refused saying the database is closing (:func:`_closing`): the store is away.
-    An answer, a slow one (no answer within PROBE_TIMEOUT_S) or any other error leaves
-    the statement's error its refusal."""
+    or is refused with a database error (Neo.DatabaseError.*): the store is away. That
+    statement holds no event's data, so its database error is the store's whatever it
+    says (a closed ArcadeDB database answered it "Error executing Cypher command:
+    RETURN 1 AS one", which counted as every event's refusal). An answer, a slow one
+    (no answer within PROBE_TIMEOUT_S) or any other error leaves the statement's error
+    its refusal."""
     try:
         async with asyncio.timeout(PROBE_TIMEOUT_S):
             result = await session.run("RETURN 1 AS one")
@@ -176,11 +180,7 @@ async def _store_away(session: Any, database: str | None = None) -> bool:
     except AWAY:
         return True
     except neo4j_errors.Neo4jError as exc:
-        return (
-            isinstance(exc.code, str)
-            and exc.code.startswith("Neo.DatabaseError.")
-            and (_closing(exc, database))
-        )
+        return isinstance(exc.code, str) and exc.code.startswith("Neo.DatabaseError.")
     except Exception:  # an answer of another kind: not away
         return False
     return False
