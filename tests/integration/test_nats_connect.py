@@ -139,6 +139,38 @@ async def test_a_write_whose_drain_fails_is_sent_again_after_the_reconnect(
         await nc.close()
 
 
+async def test_two_inline_writes_whose_drains_fail_keep_their_order(
+    nats_server: Server, unique: str
+) -> None:
+    """Two publishes flushed inline in the dead window, both drains failing (asyncio: a
+    write to a closing transport is dropped, its drain yields then raises): each put
+    its commands back in front of what was pending, the second in front of the first's,
+    so 1 then 2 was delivered 2 then 1 after the reconnect. The inline writes go one
+    at a time now: the second finds the reconnect started and stays behind the first."""
+    nc = await connect(JetsourceSettings(nats=NatsSettings(url=nats_server.url)))
+    listener = await nats.connect(nats_server.url)
+    try:
+        got = await listener.subscribe(f"t{unique}.order")
+        await listener.flush()
+        writer = await _dead_window(nc)
+        writer.writelines = lambda *_: None  # a closing transport drops the write
+
+        async def drain() -> None:
+            await asyncio.sleep(0)  # StreamWriter.drain on a closing transport
+            raise ConnectionResetError("Connection lost")
+
+        writer.drain = drain
+        await asyncio.gather(
+            nc.publish(f"t{unique}.order", b"1"), nc.publish(f"t{unique}.order", b"2")
+        )
+        first = await got.next_msg(timeout=2)
+        second = await got.next_msg(timeout=2)
+        assert (first.data, second.data) == (b"1", b"2")
+    finally:
+        await listener.close()
+        await nc.close()
+
+
 async def test_a_closed_client_still_raises_connection_closed(
     nats_server: Server, unique: str
 ) -> None:

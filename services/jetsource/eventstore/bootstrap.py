@@ -91,11 +91,28 @@ def survive_a_dead_socket(nc: NATS) -> None:
     connected (a flush returned as if everything had reached the server). When the
     write went out and the drain after it failed, the commands it took are put back
     in front of any written since: sent again after the reconnect (at least once, as
-    nats-py's own buffering while reconnecting), not lost."""
+    nats-py's own buffering while reconnecting), not lost.
+
+    The inline writes (flusher stopped) go one at a time: two that both failed in
+    their drain put their commands back each in front of the other's (publish 1 then
+    2 was delivered 2 then 1 after the reconnect). The second waits for the first,
+    then finds the reconnect started and leaves its commands behind the first's."""
     flush = nc._flush_pending
     reconnecting: list[asyncio.Task[None]] = []
+    inline = asyncio.Lock()
 
     async def flush_pending(force_flush: bool = False) -> Any:
+        flusher = nc._flusher_task
+        if flusher is not None and not flusher.done():
+            return await guarded(force_flush)  # queued for the flusher: in order
+        async with inline:
+            if reconnecting and not reconnecting[0].done():
+                # The reconnect is started (the client says connected until it runs):
+                # the commands stay pending, behind those put back, for the reconnect.
+                return _done()
+            return await guarded(force_flush)
+
+    async def guarded(force_flush: bool) -> Any:
         # nats-py's inline write replaces _pending with a new list: ``taken`` keeps them.
         taken, size = nc._pending, nc._pending_data_size
         try:
@@ -109,11 +126,16 @@ def survive_a_dead_socket(nc: NATS) -> None:
                 # Once: the reconnect the reader would start on the end of the stream.
                 op_err = asyncio.get_running_loop().create_task(nc._process_op_err(exc))
                 reconnecting[:] = [op_err]
-            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            done.set_result(None)
-            return done
+            return _done()
 
     nc.__dict__["_flush_pending"] = flush_pending
+
+
+def _done() -> asyncio.Future[None]:
+    """What nats-py's _flush_pending returns: a future, here already done."""
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    done.set_result(None)
+    return done
 
 
 async def connect(settings: JetsourceSettings) -> NATS:
