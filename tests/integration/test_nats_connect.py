@@ -171,6 +171,40 @@ async def test_two_inline_writes_whose_drains_fail_keep_their_order(
         await nc.close()
 
 
+async def test_a_lean_request_in_the_dead_window_is_answered_after_the_reconnect(
+    nats_server: Server, unique: str
+) -> None:
+    """The event store's requests (jsapi.Replies) hand their commands to the flusher:
+    with it stopped while the client said connected, the flush was a future queued for
+    nobody and nothing started the reconnect, so an append waited until the reader saw
+    the end of the stream or the ping check fired (here: past its timeout). The
+    reconnect starts at once and the request is answered within its timeout."""
+    nc = await connect(JetsourceSettings(nats=NatsSettings(url=nats_server.url)))
+    listener = await nats.connect(nats_server.url)
+    replies = jsapi.Replies(nc)
+    await replies.start()
+    try:
+
+        async def answer(msg: Msg) -> None:
+            await msg.respond(b"answer " + msg.data)
+
+        await listener.subscribe(f"t{unique}.ask", cb=answer)
+        await listener.flush()
+        assert (await replies.request(f"t{unique}.ask", b"0", None, 2)).data == b"answer 0"
+        writer = await _dead_window(nc)
+
+        def dead(*_: object) -> None:
+            raise RuntimeError(DEAD)
+
+        writer.writelines = dead  # the socket died; the reader has not seen it yet
+        reply = await replies.request(f"t{unique}.ask", b"q", None, 2)
+        assert reply.data == b"answer q"
+        assert nc.stats["reconnects"] == 1
+    finally:
+        await listener.close()
+        await nc.close()
+
+
 async def test_a_closed_client_still_raises_connection_closed(
     nats_server: Server, unique: str
 ) -> None:

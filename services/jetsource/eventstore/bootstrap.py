@@ -98,7 +98,6 @@ def survive_a_dead_socket(nc: NATS) -> None:
     2 was delivered 2 then 1 after the reconnect). The second waits for the first,
     then finds the reconnect started and leaves its commands behind the first's."""
     flush = nc._flush_pending
-    reconnecting: list[asyncio.Task[None]] = []
     inline = asyncio.Lock()
 
     async def flush_pending(force_flush: bool = False) -> Any:
@@ -106,7 +105,7 @@ def survive_a_dead_socket(nc: NATS) -> None:
         if flusher is not None and not flusher.done():
             return await guarded(force_flush)  # queued for the flusher: in order
         async with inline:
-            if reconnecting and not reconnecting[0].done():
+            if jsapi.reconnect_started(nc):
                 # The reconnect is started (the client says connected until it runs):
                 # the commands stay pending, behind those put back, for the reconnect.
                 return _done()
@@ -122,10 +121,8 @@ def survive_a_dead_socket(nc: NATS) -> None:
             if nc._pending is not taken:  # cleared after the write: put them back first
                 nc._pending = taken + nc._pending
                 nc._pending_data_size = size + nc._pending_data_size
-            if not reconnecting or reconnecting[0].done():
-                # Once: the reconnect the reader would start on the end of the stream.
-                op_err = asyncio.get_running_loop().create_task(nc._process_op_err(exc))
-                reconnecting[:] = [op_err]
+            # Once: the reconnect the reader would start on the end of the stream.
+            jsapi.start_reconnect(nc, exc)
             return _done()
 
     nc.__dict__["_flush_pending"] = flush_pending

@@ -437,9 +437,33 @@ class _Wire:
                 # Back to the flusher, which meets the same error and handles it.
                 nc._pending = pending + nc._pending
                 nc._pending_data_size = sum(len(c) for c in nc._pending)
+        if flusher is None or flusher.done():
+            # The dead-socket window: the flusher stopped on a write to a socket that
+            # died, the client says connected until its reader sees the end of the
+            # stream. A future queued for it was read by nobody and nothing started the
+            # reconnect: a request waited until the reader or the ping check noticed.
+            # The commands stay pending; the reconnect, started now, sends them.
+            start_reconnect(nc, ConnectionResetError("nats: the flusher stopped, connected"))
+            return
         queue = nc._flush_queue
         if queue is not None and queue.empty():
             queue.put_nowait(asyncio.get_running_loop().create_future())
+
+
+def start_reconnect(nc: NATS, exc: Exception) -> None:
+    """Start the reconnect nats-py's reader would start on the end of the stream
+    (``_process_op_err``), once: not again while one started is yet to run (the client
+    says connected until it has). For a socket that died before the client noticed
+    (:func:`jetsource.eventstore.bootstrap.survive_a_dead_socket`, :meth:`_Wire._flush`)."""
+    if not reconnect_started(nc):
+        task = asyncio.get_running_loop().create_task(nc._process_op_err(exc))
+        nc.__dict__["_jetsource_reconnect"] = task
+
+
+def reconnect_started(nc: NATS) -> bool:
+    """Whether a reconnect :func:`start_reconnect` started is yet to run."""
+    task: asyncio.Task[None] | None = nc.__dict__.get("_jetsource_reconnect")
+    return task is not None and not task.done()
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:
