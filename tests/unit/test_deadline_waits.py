@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import SimpleNamespace
 from typing import Any
 from unittest import mock
@@ -56,7 +56,13 @@ def _replies(answer: Answer, seen: list[float | None] | None = None) -> jsapi.Re
     replies = jsapi.Replies(nc)
     loop = asyncio.get_running_loop()
 
-    async def send(subject: str, data: bytes, reply: str, headers: object) -> None:
+    async def send(
+        subject: str,
+        data: bytes,
+        reply: str,
+        headers: Mapping[str, str] | None,
+        deadline: float | None = None,
+    ) -> None:
         got = answer(subject)
         if got is None:
             return
