@@ -21,6 +21,9 @@ class Client:
         self.stats: dict[str, int] = {"reconnects": 0}
         self.pings: list[asyncio.Future[Any]] = []
         self._pending: list[bytes] = []
+        self._pending_data_size = 0
+        self._flusher_task: Any = None
+        self._transport: Any = None
 
     async def _send_ping(self, future: asyncio.Future[Any]) -> None:
         self.pings.append(future)
@@ -74,3 +77,29 @@ async def test_a_caller_cancelled_as_the_pong_lands_is_cancelled(steps: int) -> 
     asking.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asking
+
+
+class Transport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def writelines(self, commands: list[bytes]) -> None:
+        self.written.extend(commands)
+
+
+async def test_in_the_dead_socket_window_the_pending_commands_stay_pending() -> None:
+    """The flusher stopped (the socket died), the client still says connected: the
+    probe wrote the pending commands to the transport with no drain (lost with the
+    socket, and round the inline writes' lock). They stay pending for the reconnect;
+    the probe says no answer and sends no PING."""
+    nc = Client()
+    nc._pending = [b"PUB a 1\r\n1\r\n", b"PUB b 1\r\n2\r\n"]
+    nc._pending_data_size = sum(len(c) for c in nc._pending)
+    flusher = asyncio.get_running_loop().create_future()
+    flusher.set_result(None)  # the flusher task, done
+    nc._flusher_task = flusher
+    nc._transport = transport = Transport()
+    assert await PingProbe(nc).answers(0.1) is False  # type: ignore[arg-type]
+    assert transport.written == []
+    assert nc._pending == [b"PUB a 1\r\n1\r\n", b"PUB b 1\r\n2\r\n"]
+    assert nc.pings == []

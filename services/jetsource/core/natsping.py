@@ -73,12 +73,20 @@ def _write_pending(nc: NATS) -> bool:
     handed and not written) on the transport, as nats-py's flusher does: nats-py 2.16's
     ``_send_ping`` writes the PING straight to the transport, ahead of them, so its
     PONG said nothing of them (the wire read PING | PUB ...). False when the write
-    failed: the commands are kept, in order, for the flusher or the reconnect."""
+    failed: the commands are kept, in order, for the flusher or the reconnect.
+
+    Written only while nats-py's flusher runs and the transport is open (as
+    ``jsapi._Wire._flush`` checks): in the dead-socket window (the client says
+    connected, the socket is dead, the flusher stopped) a write without a drain lost
+    them, and it went round the inline writes' lock
+    (:func:`jetsource.eventstore.bootstrap.survive_a_dead_socket`). There they stay
+    pending, for the reconnect, and the probe says no answer (False), as it did."""
     pending = nc._pending
     if not pending:
         return True
     transport = nc._transport
-    if transport is None:
+    flusher = nc._flusher_task
+    if transport is None or flusher is None or flusher.done() or _closing(transport):
         return False
     nc._pending = []
     nc._pending_data_size = 0
@@ -89,6 +97,17 @@ def _write_pending(nc: NATS) -> bool:
         nc._pending_data_size = sum(len(c) for c in nc._pending)
         return False
     return True
+
+
+def _closing(transport: object) -> bool:
+    """Whether nats-py's transport (TCP or websocket) is closing or closed."""
+    writer = getattr(transport, "_io_writer", None)
+    if writer is not None:
+        return bool(writer.transport.is_closing())
+    ws = getattr(transport, "_ws", None)
+    if ws is not None:
+        return bool(ws.closed)
+    return False
 
 
 async def round_trip(nc: NATS, timeout_s: float) -> bool:
