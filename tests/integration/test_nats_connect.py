@@ -205,6 +205,33 @@ async def test_a_lean_request_in_the_dead_window_is_answered_after_the_reconnect
         await nc.close()
 
 
+async def test_a_close_does_not_wait_for_an_inline_write_stuck_in_its_drain(
+    nats_server: Server, unique: str
+) -> None:
+    """nc.close() sets CLOSED, then kicks the flusher through _flush_pending: with the
+    flusher stopped that waited for the inline writes' lock, held by a write whose
+    drain never ended, and the close hung behind it."""
+    nc = await connect(JetsourceSettings(nats=NatsSettings(url=nats_server.url)))
+    released = asyncio.Event()
+    writer = await _dead_window(nc)
+    writer.writelines = lambda *_: None
+
+    async def drain() -> None:
+        await released.wait()  # a server that reads nothing
+
+    writer.drain = drain
+    stuck = asyncio.create_task(nc.publish(f"t{unique}.stuck", b"x"))
+    await asyncio.sleep(0.01)
+    try:
+        assert not stuck.done()
+        await asyncio.wait_for(nc.close(), 1)
+        assert nc.is_closed
+    finally:
+        released.set()
+        await stuck
+        await nc.close()
+
+
 async def test_a_closed_client_still_raises_connection_closed(
     nats_server: Server, unique: str
 ) -> None:

@@ -95,12 +95,21 @@ def survive_a_dead_socket(nc: NATS) -> None:
 
     The inline writes (flusher stopped) go one at a time: two that both failed in
     their drain put their commands back each in front of the other's (publish 1 then
-    2 was delivered 2 then 1 after the reconnect). The second waits for the first,
-    then finds the reconnect started and leaves its commands behind the first's."""
+    2 was delivered 2 then 1 after the reconnect). The second waits for the first;
+    by then the first's failure has started the reconnect, which set the client
+    reconnecting (nats-py's ``_process_op_err`` hands the rest to a task of its own
+    and ends), so nats-py's own flush, seeing the client not connected, writes nothing
+    and the second's commands stay pending behind the first's.
+
+    A client not connected (closing: ``nc.close()`` kicks the flusher after setting
+    CLOSED; reconnecting) goes straight to nats-py's flush, which then writes nothing:
+    no lock, which a holder stuck in its drain would keep (the close hung behind it)."""
     flush = nc._flush_pending
     inline = asyncio.Lock()
 
     async def flush_pending(force_flush: bool = False) -> Any:
+        if not nc.is_connected:
+            return await flush(force_flush)
         flusher = nc._flusher_task
         if flusher is not None and not flusher.done():
             return await guarded(force_flush)  # queued for the flusher: in order
