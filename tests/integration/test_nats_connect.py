@@ -61,6 +61,10 @@ async def _dead_window(nc: NATS) -> Any:
     flusher.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await flusher
+    # Stopped as on a dead socket: ended, not cancelled (a cancelled one is a shutdown's).
+    stopped = asyncio.ensure_future(asyncio.sleep(0))
+    await stopped
+    nc._flusher_task = stopped
     transport = nc._transport
     assert transport is not None
     return transport._io_writer  # type: ignore[attr-defined]
@@ -229,6 +233,40 @@ async def test_a_close_does_not_wait_for_an_inline_write_stuck_in_its_drain(
     finally:
         released.set()
         await stuck
+        await nc.close()
+
+
+async def test_a_cancelled_flusher_starts_no_reconnect(nats_server: Server, unique: str) -> None:
+    """A shutdown (aio.stop_others) cancels every task, nats-py's flusher with them: a
+    write after that started a reconnect, as if the socket had died (the inline write
+    that failed, and the event store's requests)."""
+    nc = await connect(JetsourceSettings(nats=NatsSettings(url=nats_server.url)))
+    replies = jsapi.Replies(nc)
+    await replies.start()
+    try:
+        flusher = nc._flusher_task
+        assert flusher is not None
+        flusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flusher
+        await replies.send(f"t{unique}.lean", b"x", "", None, None)
+        await asyncio.sleep(0.05)
+        assert nc.is_connected and nc.stats["reconnects"] == 0
+        assert not jsapi.reconnect_started(nc)
+        transport = nc._transport
+        assert transport is not None
+
+        def dead(*_: object) -> None:
+            raise RuntimeError(DEAD)
+
+        transport._io_writer.writelines = dead  # type: ignore[attr-defined]
+        await nc.publish(f"t{unique}.inline", b"y")
+        await asyncio.sleep(0.05)
+        assert nc.is_connected and nc.stats["reconnects"] == 0
+        assert not jsapi.reconnect_started(nc)
+    finally:
+        await replies.stop()
+        nc._pending, nc._pending_data_size = [], 0
         await nc.close()
 
 

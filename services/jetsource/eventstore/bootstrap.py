@@ -103,7 +103,8 @@ def survive_a_dead_socket(nc: NATS) -> None:
 
     A client not connected (closing: ``nc.close()`` kicks the flusher after setting
     CLOSED; reconnecting) goes straight to nats-py's flush, which then writes nothing:
-    no lock, which a holder stuck in its drain would keep (the close hung behind it)."""
+    no lock, which a holder stuck in its drain would keep (the close hung behind it).
+    A flusher a shutdown cancelled (``aio.stop_others``) starts no reconnect."""
     flush = nc._flush_pending
     inline = asyncio.Lock()
 
@@ -130,8 +131,10 @@ def survive_a_dead_socket(nc: NATS) -> None:
             if nc._pending is not taken:  # cleared after the write: put them back first
                 nc._pending = taken + nc._pending
                 nc._pending_data_size = size + nc._pending_data_size
-            # Once: the reconnect the reader would start on the end of the stream.
-            jsapi.start_reconnect(nc, exc)
+            # Once: the reconnect the reader would start on the end of the stream; none
+            # with the flusher cancelled (a shutdown).
+            if not jsapi.flusher_cancelled(nc):
+                jsapi.start_reconnect(nc, exc)
             return _done()
 
     nc.__dict__["_flush_pending"] = flush_pending

@@ -443,6 +443,8 @@ class _Wire:
             # stream. A future queued for it was read by nobody and nothing started the
             # reconnect: a request waited until the reader or the ping check noticed.
             # The commands stay pending; the reconnect, started now, sends them.
+            if flusher_cancelled(nc):
+                return  # a shutdown cancelled it (aio.stop_others): no reconnect
             start_reconnect(nc, ConnectionResetError("nats: the flusher stopped, connected"))
             return
         queue = nc._flush_queue
@@ -458,6 +460,14 @@ def start_reconnect(nc: NATS, exc: Exception) -> None:
     if not reconnect_started(nc):
         task = asyncio.get_running_loop().create_task(nc._process_op_err(exc))
         nc.__dict__["_jetsource_reconnect"] = task
+
+
+def flusher_cancelled(nc: NATS) -> bool:
+    """Whether nats-py's flusher task was cancelled (a shutdown's ``aio.stop_others``
+    cancels every task), not stopped by a write to a dead socket (it ends then, not
+    cancelled): a cancelled flusher starts no reconnect."""
+    flusher = nc._flusher_task
+    return flusher is not None and flusher.cancelled()
 
 
 def reconnect_started(nc: NATS) -> bool:
