@@ -601,3 +601,59 @@ async def test_a_request_times_out_on_time_when_the_pending_buffer_is_full(
         os.kill(proc.pid, signal.SIGCONT)
         stop_pid(proc.pid)
         proc.wait(10)
+
+
+async def test_a_batch_whose_commit_waited_out_the_deadline_for_room_is_not_committed(
+    stream: tuple[Replies, str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wait for room in the client's buffer took the deadline on the batch's last
+    message: the commit was put in the buffer anyway and committed, while the caller
+    got TimeoutError (a retry under a new batch id stored the batch twice)."""
+    replies, name, prefix = stream
+    nc = replies._nc
+    calls = 0
+    room = jsapi._Wire.room
+
+    async def slow_on_the_commit(self: Any, size: int, deadline: float) -> None:
+        nonlocal calls
+        calls += 1
+        await room(self, size, deadline)
+        if calls == 2:
+            await asyncio.sleep(deadline - asyncio.get_running_loop().time() + 0.05)
+
+    monkeypatch.setattr(jsapi._Wire, "room", slow_on_the_commit)
+    bound, nc._max_pending_size = nc._max_pending_size, 1  # every send asks for room
+    try:
+        messages = [OutMessage(f"{prefix}.b", b"1", {}), OutMessage(f"{prefix}.b", b"2", {})]
+        with pytest.raises(TimeoutError):
+            await jsapi.publish_atomic_batch(replies, messages, "b1", 0.3)
+    finally:
+        nc._max_pending_size = bound
+    assert calls == 2
+    await asyncio.sleep(0.2)
+    info = await jsapi.api(replies, f"STREAM.INFO.{name}", {}, 5)
+    assert info["state"]["messages"] == 0
+
+
+async def test_no_pending_bound_is_no_wait_for_room(nc: NATS) -> None:
+    """nats-py's pending_size 0 or less means no bound: room() forced a flush for
+    every send with a deadline (with a hung server, a wait until its deadline)."""
+    replies = Replies(nc)
+    await replies.start()
+    forced: list[bool] = []
+
+    async def flush_pending(force_flush: bool = False) -> None:
+        forced.append(force_flush)
+
+    bound, nc._max_pending_size = nc._max_pending_size, 0
+    nc.__dict__["_flush_pending"] = flush_pending
+    try:
+        nc._pending.append(b"PING\r\n")
+        nc._pending_data_size += 6
+        loop = asyncio.get_running_loop()
+        await jsapi._wire(nc).room(100, loop.time() + 0.5)
+        assert forced == []
+    finally:
+        del nc.__dict__["_flush_pending"]
+        nc._max_pending_size = bound
+        await replies.stop()

@@ -390,6 +390,7 @@ class _Wire:
         loop = asyncio.get_running_loop()
         while (
             nc.is_connected
+            and nc._max_pending_size > 0  # 0 or less: no bound (nats-py's meaning)
             and nc._pending_data_size
             and nc._pending_data_size + size > nc._max_pending_size
         ):
@@ -603,6 +604,10 @@ class Replies:
             await _wire(nc).room(len(command), deadline)
             if nc.is_closed:
                 raise nats_errors.ConnectionClosedError
+            if asyncio.get_running_loop().time() >= deadline:
+                # The wait for room took the whole deadline: TimeoutError, the command
+                # not put in the buffer (an atomic batch's commit, not committed).
+                raise TimeoutError
         stats = nc.stats
         stats["out_msgs"] += 1
         stats["out_bytes"] += size
@@ -746,6 +751,11 @@ async def publish_atomic_batch(
             for i, m in enumerate(messages, start=1):
                 headers = {**m.headers, "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(i)}
                 if i == last:
+                    if loop.time() >= deadline:
+                        # The sends took the deadline: the caller gets TimeoutError, so
+                        # the batch is not committed (the server abandons it); committed
+                        # now, a retry under a new batch id stored it twice.
+                        raise TimeoutError
                     headers["Nats-Batch-Commit"] = "1"
                     reply = commit_reply
                 else:
