@@ -226,3 +226,51 @@ async def test_a_probe_refused_with_a_database_error_is_the_stores(message: str)
     with pytest.raises(TransientError):
         await graph_io(_fails(error(CLOSED, STATEMENT)), session=session, database="jetsource")
     assert session.asked == ["RETURN 1 AS one"]
+
+
+# Review of 6f964ac: the probe ran in the failed statement's session; a store that
+# carries a failed transaction's error over answered it with that same error, taken
+# for the store's (TransientError, not counted toward max_deliver): a poison event
+# retried for ever.
+async def test_the_statements_error_carried_over_to_the_probe_stays_a_refusal() -> None:
+    session = _ProbeFails(exc=error(CLOSED, STATEMENT))
+    with pytest.raises(DatabaseError):
+        await graph_io(_fails(error(CLOSED, STATEMENT)), session=session, database="jetsource")
+    assert session.asked == ["RETURN 1 AS one"]
+
+
+class _Driver:
+    """Hands out a fresh session (``fresh``) for the probe."""
+
+    def __init__(self, fresh: Any) -> None:
+        self.fresh = fresh
+        self.databases: list[str | None] = []
+
+    def session(self, database: str | None = None) -> Any:
+        self.databases.append(database)
+        fresh = self.fresh
+
+        class _Ctx:
+            async def __aenter__(self) -> Any:
+                return fresh
+
+            async def __aexit__(self, *exc: object) -> None:
+                return None
+
+        return _Ctx()
+
+
+async def test_the_probe_runs_in_a_fresh_session_of_the_driver() -> None:
+    statements = _ProbeFails(exc=error(CLOSED, STATEMENT))  # would carry it over
+    fresh = _Session(up=False)
+    driver = _Driver(fresh)
+    with pytest.raises(TransientError):
+        await graph_io(
+            _fails(error(CLOSED, STATEMENT)),
+            session=statements,
+            database="jetsource",
+            driver=driver,
+        )
+    assert statements.asked == []
+    assert fresh.asked == ["RETURN 1 AS one"]
+    assert driver.databases == ["jetsource"]

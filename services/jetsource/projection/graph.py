@@ -136,6 +136,7 @@ async def graph_io(
     timeout_s: float | None = None,
     session: Any = None,
     database: str | None = None,
+    driver: Any = None,
 ) -> T:
     """``call`` within ``timeout_s``, the store's errors raised as TransientError (the
     batch waits) and the statement's as they are (a refusal). With ``session`` (the
@@ -145,7 +146,9 @@ async def graph_io(
     command" for a closed database, a refusal of every event of the batch in flight, as
     a poison event's try); one that answers, however slowly, refused it
     (:func:`_store_away`).
-    ``database``: the one ``call`` runs in (:func:`transient`)."""
+    ``database``: the one ``call`` runs in (:func:`transient`). ``driver``: the one
+    ``session`` came from, for the probe to run in a session of its own (the failed
+    statement's session may carry its error over to the probe)."""
     limit = IO_TIMEOUT_S if timeout_s is None else timeout_s
     deadline = asyncio.timeout(limit)
     try:
@@ -155,7 +158,7 @@ async def graph_io(
         if not transient(exc, database):
             if not (isinstance(exc, neo4j_errors.DatabaseError) and session is not None):
                 raise
-            if not await _store_away(session):
+            if not await _store_away(session, exc, driver, database):
                 raise
             raise TransientError(f"graph: the store is away after {exc!r}") from exc
         if deadline.expired():
@@ -163,23 +166,41 @@ async def graph_io(
         raise TransientError(f"graph: {exc}") from exc
 
 
-async def _store_away(session: Any) -> bool:
-    """Whether "RETURN 1" in ``session`` fails at the connection level (:data:`AWAY`),
-    or is refused with a database error (Neo.DatabaseError.*): the store is away. That
-    statement holds no event's data, so its database error is the store's whatever it
-    says (a closed ArcadeDB database answered it "Error executing Cypher command:
-    RETURN 1 AS one", which counted as every event's refusal). An answer, a slow one
-    (no answer within PROBE_TIMEOUT_S) or any other error leaves the statement's error
-    its refusal."""
+async def _store_away(
+    session: Any, statement: BaseException, driver: Any = None, database: str | None = None
+) -> bool:
+    """Whether "RETURN 1" fails at the connection level (:data:`AWAY`), or is refused
+    with a database error (Neo.DatabaseError.*): the store is away. That statement
+    holds no event's data, so its database error is the store's whatever it says (a
+    closed ArcadeDB database answered it "Error executing Cypher command: RETURN 1 AS
+    one", which counted as every event's refusal). An answer, a slow one (no answer
+    within PROBE_TIMEOUT_S) or any other error leaves the statement's error its refusal.
+
+    Asked in a session of its own from ``driver`` when given, else in ``session`` (the
+    failed statement's). A refusal with the statement's own code and message is that
+    error carried over to the probe (a session, or a store, that keeps a failed
+    transaction's error), not the store's: it stays the statement's refusal, which
+    counts toward max_deliver (a TransientError does not: a poison event retried for
+    ever)."""
     try:
         async with asyncio.timeout(PROBE_TIMEOUT_S):
-            result = await session.run("RETURN 1 AS one")
-            await result.consume()
+            if driver is not None:
+                async with driver.session(database=database) as fresh:
+                    result = await fresh.run("RETURN 1 AS one")
+                    await result.consume()
+            else:
+                result = await session.run("RETURN 1 AS one")
+                await result.consume()
     except TimeoutError:  # slow, not away (TimeoutError is an OSError)
         return False
     except AWAY:
         return True
     except neo4j_errors.Neo4jError as exc:
+        if isinstance(statement, neo4j_errors.Neo4jError) and (exc.code, exc.message) == (
+            statement.code,
+            statement.message,
+        ):
+            return False  # the statement's error carried over, not the store's
         return isinstance(exc.code, str) and exc.code.startswith("Neo.DatabaseError.")
     except Exception:  # an answer of another kind: not away
         return False
@@ -272,7 +293,10 @@ class FencedDriver:
 
         async with self._driver.session(database=self._database) as session:
             stored = await graph_io(
-                session.execute_write(work), session=session, database=self._database
+                session.execute_write(work),
+                session=session,
+                database=self._database,
+                driver=self._driver,
             )
         if stored != f.token:
             raise FencedError(f"partition {f.partition}: a newer token ({stored}) is stored")

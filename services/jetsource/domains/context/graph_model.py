@@ -292,7 +292,10 @@ class GraphModel:
 
         async with self.driver.session(database=self.database) as session:
             return await graph_io(
-                session.execute_write(work), session=session, database=self.database
+                session.execute_write(work),
+                session=session,
+                database=self.database,
+                driver=self.driver,
             )
 
     async def _write_nodes(
@@ -454,7 +457,10 @@ class GraphModel:
 
         async with self.driver.session(database=self.database) as session:
             previous = await graph_io(
-                session.execute_write(work), session=session, database=self.database
+                session.execute_write(work),
+                session=session,
+                database=self.database,
+                driver=self.driver,
             )
         self._cache.pop(aggregate_id, None)
         return previous

@@ -241,7 +241,10 @@ class ProcessGraphModel:
 
         async with self.driver.session(database=self.database) as session:
             ok = await graph_io(
-                session.execute_write(work), session=session, database=self.database
+                session.execute_write(work),
+                session=session,
+                database=self.database,
+                driver=self.driver,
             )
         if ok:
             outcome.done.append(e.stream_seq)
@@ -399,7 +402,10 @@ class ProcessGraphModel:
 
         async with self.driver.session(database=self.database) as session:
             return await graph_io(
-                session.execute_write(work), session=session, database=self.database
+                session.execute_write(work),
+                session=session,
+                database=self.database,
+                driver=self.driver,
             )
 
     async def birth_mark(self) -> str | None:
