@@ -274,3 +274,41 @@ async def test_the_probe_runs_in_a_fresh_session_of_the_driver() -> None:
     assert statements.asked == []
     assert fresh.asked == ["RETURN 1 AS one"]
     assert driver.databases == ["jetsource"]
+
+
+async def test_a_statement_that_raced_a_delete_runs_again() -> None:
+    """ArcadeDB answered a MATCH racing a prune's DETACH DELETE with
+    Neo.ClientError.Statement.EntityNotFound "Record #1232:305 not found" (a CI run of
+    tests/integration/sessions/test_prune_on_the_ledger.py): the statement ran in its
+    own transaction, rolled back whole, so graph_run runs it again (at most
+    RACED_TRIES times); any other client error is raised at once."""
+    gone = error(graph.ENTITY_GONE, "Record #1232:305 not found")
+    answers: list[Any] = [gone, gone, [{"a": "p1"}]]
+    calls = 0
+
+    class Session:
+        async def run(self, *args: Any, **params: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+
+            async def records() -> Any:
+                for record in answer:
+                    yield record
+
+            return records()
+
+    rows = await graph.graph_run(Session(), "MATCH (a) RETURN a.id AS a")
+    assert list(rows) == [{"a": "p1"}] and calls == 3
+
+    answers[:] = [gone] * graph.RACED_TRIES
+    with pytest.raises(ClientError):
+        await graph.graph_run(Session(), "MATCH (a) RETURN a.id AS a")
+    assert not answers
+
+    answers[:] = [error("Neo.ClientError.Statement.SyntaxError", "Invalid input"), []]
+    with pytest.raises(ClientError):
+        await graph.graph_run(Session(), "MATCH (a) RETURN a.id AS a")
+    assert len(answers) == 1
