@@ -18,6 +18,7 @@ checks it against a real server stopped and continued.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from nats.aio.client import Client as NATS
 
@@ -88,10 +89,20 @@ def _write_pending(nc: NATS) -> bool:
     flusher = nc._flusher_task
     if transport is None or flusher is None or flusher.done() or _closing(transport):
         return False
+    return hand_over_pending(nc, transport.writelines)
+
+
+def hand_over_pending(nc: NATS, write: Callable[[list[bytes]], object]) -> bool:
+    """Take the client's pending commands and ``write`` them (a transport's or a stream
+    writer's ``writelines``), as nats-py's flusher does. When ``write`` raises, they
+    go back in front of any pended since, in order, for the flusher or the reconnect,
+    and the answer is False. One piece for the PING's writer here and the event
+    store's requests (``jsapi._Wire._flush``)."""
+    pending = nc._pending
     nc._pending = []
     nc._pending_data_size = 0
     try:
-        transport.writelines(pending)
+        write(pending)
     except Exception:
         nc._pending = pending + nc._pending
         nc._pending_data_size = sum(len(c) for c in nc._pending)

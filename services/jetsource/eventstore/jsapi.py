@@ -36,6 +36,7 @@ from jetsource.core.clock import format_rfc3339_ns, parse_rfc3339_ns
 from jetsource.core.deadline import cut_short, detached
 from jetsource.core.deadline import wait as call_wait
 from jetsource.core.errors import AccessDeniedError, DeadlineCutError, EventStoreUnavailableError
+from jetsource.core.natsping import hand_over_pending
 
 BATCH_LIMIT = 1000  # server default maximum messages per atomic batch
 DIRECT_GET_PAGE = 1000
@@ -427,17 +428,11 @@ class _Wire:
             and not flusher.done()
             and not writer.transport.is_closing()
             and writer.transport.get_write_buffer_size() == 0
+            and hand_over_pending(nc, writer.writelines)
         ):
-            pending = nc._pending
-            nc._pending = []
-            nc._pending_data_size = 0
-            try:
-                writer.writelines(pending)
-                return
-            except Exception:
-                # Back to the flusher, which meets the same error and handles it.
-                nc._pending = pending + nc._pending
-                nc._pending_data_size = sum(len(c) for c in nc._pending)
+            return
+        # Not written (busy, closing, or the write failed: then the flusher meets the
+        # same error and handles it).
         if flusher is None or flusher.done():
             # The dead-socket window: the flusher stopped on a write to a socket that
             # died, the client says connected until its reader sees the end of the
