@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 
 import nats
 import pytest
+from nats.aio.client import Client as NATS
 
 from jetsource.core.natsping import round_trip
 from jetsource.eventstore.jsapi import Replies
@@ -75,3 +76,30 @@ async def test_what_was_published_before_a_round_trip_went_out_before_its_ping(
             await replies.stop()
         finally:
             await nc.close()
+
+
+async def test_the_projector_clis_nats_probe_pings_after_what_is_pending(
+    nats_server: Server, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The projector CLI's probe (``_nats_answers``) used ``nc.flush``, whose PING went
+    ahead of the commands still pending: its PONG said nothing of them."""
+    from jetsource.cli import projector
+    from jetsource.eventstore import bootstrap
+
+    sent = bytearray()
+    async with recording_proxy(nats_server.url, sent) as url:
+
+        async def connect(settings: object) -> NATS:
+            nc = await nats.connect(url)
+            assert await round_trip(nc, 2)
+            sent.clear()
+            # Buffered and not yet written (as nats-py's _send_command leaves a command
+            # while a flush is already queued): pending when the probe starts.
+            command = b"PUB probe%b  1\r\n1\r\n" % unique.encode()
+            nc._pending.append(command)
+            nc._pending_data_size += len(command)
+            return nc
+
+        monkeypatch.setattr(bootstrap, "connect", connect)
+        assert await projector._nats_answers(None)  # type: ignore[arg-type]
+        assert bytes(sent).startswith(b"PUB probe%b  1\r\n1\r\nPING\r\n" % unique.encode())

@@ -382,7 +382,10 @@ NATS_PROBE_S = 2
 
 
 async def _nats_answers(settings: ProjectorSettings) -> bool:
-    """NATS takes a connection and answers a PING within :data:`NATS_PROBE_S` each."""
+    """NATS takes a connection and answers a PING within :data:`NATS_PROBE_S` each.
+    The PING goes after the commands still pending in the client (``round_trip``):
+    nats-py's ``nc.flush`` wrote it ahead of them, so its PONG proved nothing of them."""
+    from jetsource.core.natsping import round_trip
     from jetsource.eventstore.bootstrap import connect
 
     try:
@@ -390,8 +393,7 @@ async def _nats_answers(settings: ProjectorSettings) -> bool:
     except Exception:
         return False
     try:
-        await nc.flush(timeout=NATS_PROBE_S)
-        return True
+        return await round_trip(nc, NATS_PROBE_S)
     except Exception:
         return False
     finally:
