@@ -1,9 +1,13 @@
-"""`jetsource erase SUBJECT --yes [--json]`: erase a person's personal data.
+"""`jetsource erase SUBJECT --yes [--dry-run] [--json]`: erase a person's personal data.
 
 Destroys the subject's data key (crypto-shredding): every personal field of theirs in
 every stream reads "<erased>" from then on, everywhere; then writes the affected
 aggregates again in every read model and takes their snapshots again. Nothing else of
 any event changes (versions, other fields, sequences). Cannot be undone.
+
+--dry-run changes nothing (no --yes needed): it says whether there is a key to destroy,
+scans the streams as the erase does and names the aggregates and model versions that
+would be written again.
 
 Exit codes: 0 done, 1 some models or aggregates were not written again (run it again:
 it is safe and finishes the work), 2 usage, 3 unavailable.
@@ -21,6 +25,9 @@ from jetsource.cli.projector import _json, _progress, _run
 def erase(
     subject: str = typer.Argument(..., help="The person: the value their personal fields hold"),
     yes: bool = typer.Option(False, "--yes", help="confirm: an erasure cannot be undone"),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="say what would be erased and written again, change nothing"
+    ),
     as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout"),
 ) -> None:
     """Erase SUBJECT's personal data: destroy their key, update the read models."""
@@ -35,6 +42,9 @@ def erase(
         output.fail(USAGE, "usage", str(exc), field="subject")
     except UnicodeEncodeError as exc:
         output.fail(USAGE, "usage", output.not_utf8(exc), field="subject")
+    if dry_run:
+        _dry_run(subject, json_out)
+        return
     if not yes:
         output.fail(
             USAGE,
@@ -70,3 +80,33 @@ def erase(
             "refused",
             f"{len(report.failed)} read models not written again; run the same erase again",
         )
+
+
+def _dry_run(subject: str, json_out: bool) -> None:
+    """What the erase would do, from the same scan and plan; nothing destroyed or written."""
+    from jetsource.projection.erasure import plan_erasure
+
+    report = _run(
+        lambda p: plan_erasure(p, subject),
+        lambda p: [store.settings.stream for store in p.stores.values()],
+        stopped="stopped (Ctrl-C); nothing was erased",
+    )
+    if json_out:
+        output.emit_json(report.summary() | {"dry_run": True})
+        return
+    state = "would be destroyed" if report.key_destroyed else "already gone (or never made)"
+    n = sum(len(v) for v in report.aggregates.values())
+    output.line(
+        f"key {report.subject_ref or '-'}: {state}; {report.scanned} events scanned, "
+        f"{n} aggregates would be written again in "
+        f"{sum(1 for e in report.models.values() if e['versions'])} models"
+    )
+    for domain, ids in report.aggregates.items():
+        for agg in ids:
+            output.line(f"  {domain}\t{agg}")
+    for name, entry in report.models.items():
+        if entry["versions"]:
+            versions = ", ".join(f"v{v}" for v in entry["versions"])
+            output.line(f"  {name}: {versions}")
+    for problem in report.failed:
+        output.line(f"  not planned: {problem}")

@@ -355,6 +355,11 @@ class JetStreamKeyStore:
         crypto.note_erasure()
         return Erasure(ref.hex(), key is not None, seq if key is not None else 0)
 
+    async def holds(self, ref: bytes) -> bool:
+        """Whether the key of ``ref`` is stored (read only: what an erase would destroy)."""
+        key, _ = await self._get("k." + ref.hex())
+        return key is not None
+
     async def ref_of(self, subject: str) -> bytes | None:
         pepper = await self.pepper(create=False)
         return None if pepper is None else crypto.subject_ref(pepper, subject)

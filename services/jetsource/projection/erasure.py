@@ -154,24 +154,7 @@ async def erase_subject(
     report.subject_ref = ref.hex()
     for store in stores[1:]:  # this process's other key stores forget it now too
         store.keys.forget(ref)
-    unscanned: list[str] = []  # archives that did not read: said, and exit 1
-    for domain in p.domains:
-        store = p.domain_store(domain.name)
-        archive = p.archive_of(store)  # shared with the rewrites below
-        try:
-            found, seen = await holders(store, ref, archive)
-        except JetsourceError as exc:  # a damaged or unreachable archive: the live rest
-            if archive is None:
-                raise
-            unscanned.append(
-                f"archive of {store.settings.stream} not scanned ({exc}): stories whose "
-                "events naming the subject are only there were not written again; run "
-                "the same erase again once `jetsource archive verify` passes"
-            )
-            found, seen = await holders(store, ref)
-        report.scanned += seen
-        if found:
-            report.aggregates[domain.name] = found
+    unscanned = await _scan(p, ref, report)
     if not report.aggregates:
         report.failed = unscanned
         report.seconds = time.perf_counter() - started
@@ -195,6 +178,62 @@ async def erase_subject(
     await _write_again(p, report, plan, tally)
     tally.finish()
     report.failed = unscanned + report.failed
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+async def _scan(p: Projection, ref: bytes, report: ErasureReport) -> list[str]:
+    """Each domain's aggregates holding a box under ``ref`` into ``report`` (and the
+    events read); what could not be scanned (an archive that did not read) is
+    returned, said, and makes the run exit 1."""
+    unscanned: list[str] = []
+    for domain in p.domains:
+        store = p.domain_store(domain.name)
+        archive = p.archive_of(store)  # shared with the rewrites
+        try:
+            found, seen = await holders(store, ref, archive)
+        except JetsourceError as exc:  # a damaged or unreachable archive: the live rest
+            if archive is None:
+                raise
+            unscanned.append(
+                f"archive of {store.settings.stream} not scanned ({exc}): stories whose "
+                "events naming the subject are only there were not written again; run "
+                "the same erase again once `jetsource archive verify` passes"
+            )
+            found, seen = await holders(store, ref)
+        report.scanned += seen
+        if found:
+            report.aggregates[domain.name] = found
+    return unscanned
+
+
+async def plan_erasure(p: Projection, subject: str) -> ErasureReport:
+    """What :func:`erase_subject` would do, changing nothing (``erase --dry-run``): the
+    same checks, the same scan and the same plan of model versions, no key destroyed,
+    nothing written. ``key_destroyed`` says whether there is a key to destroy; each
+    model's ``versions`` counts the aggregates each version would write again (a
+    model version written meanwhile, e.g. a rebuild started, is not in it)."""
+    started = time.perf_counter()
+    check_subject(subject)
+    report = ErasureReport()
+    keys = next(iter(p.stores.values())).keys
+    ref = await keys.ref_of(subject)
+    if ref is None:  # no pepper: nothing was ever sealed anywhere
+        report.seconds = time.perf_counter() - started
+        return report
+    report.subject_ref = ref.hex()
+    report.key_destroyed = await keys.holds(ref)
+    unscanned = await _scan(p, ref, report)
+    if report.aggregates:
+        for _, name, ids, versions in await _plan(p, report):
+            entry = report.models[name]
+            entry["versions"] = {str(v): len(ids) for v in versions}
+            entry["aggregates"] = len(ids) if versions else 0
+    report.failed = unscanned + [
+        f"{name} {agg}: {why}"
+        for name, entry in report.models.items()
+        for agg, why in entry["failed"].items()
+    ]
     report.seconds = time.perf_counter() - started
     return report
 

@@ -1,0 +1,99 @@
+"""`--dry-run` on the destructive operator commands: it says what the real run would do
+(the same keys in JSON, plus ``"dry_run": true``), changes nothing, and the real run
+then does what it said."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+
+import pytest
+
+from jetsource._gen.context.v1 import events_pb2 as ev
+from jetsource.core.envelope import NewEvent
+from jetsource.core.settings import JetsourceSettings
+from jetsource.eventstore import jsapi
+from jetsource.projection.bootstrap import open_projection
+from jetsource.projection.host import ProjectorService
+from tests.integration.test_erasure import erase_cli, valkey_dump
+from tests.projector_fixtures import projector_settings
+from tests.stack import environment
+
+pytestmark = pytest.mark.integration
+
+
+async def test_erase_dry_run_names_the_plan_and_changes_nothing(
+    settings: JetsourceSettings, unique: str
+) -> None:
+    """`erase SUBJECT --dry-run` (no --yes needed) says the key would be destroyed and
+    which aggregates and model versions would be written again; the key, the stream
+    and the read models stay as they were; the erase then does exactly that."""
+    alice = f"alice-{unique}"
+    base = projector_settings(settings, unique)
+    service = ProjectorService(await open_projection(base))
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    p = await open_projection(base, provision=False)
+    try:
+        await p.store.append(
+            "s1",
+            [
+                NewEvent(ev.ContextCreated(title="T", created_by=alice), metadata={"actor": alice}),
+                NewEvent(ev.DecisionAdded(decision_id="d1", author=alice, title="D")),
+            ],
+            0,
+        )
+        await p.store.append("s2", [NewEvent(ev.ContextCreated(title="U", created_by="bob"))], 0)
+        for _ in range(200):
+            with contextlib.suppress(AssertionError):
+                dump = await valkey_dump(settings, f"t{unique}")
+                if dump.count(alice) >= 2 and "timeline" in dump:
+                    break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        before = await valkey_dump(settings, f"t{unique}")
+        assert alice in before
+        keys = p.store.keys
+        ref = await keys.ref_of(alice)
+        assert ref is not None and await keys.holds(ref)
+        stream = base.eventstore.stream
+        info = await jsapi.api(p.store._replies, f"STREAM.INFO.{stream}", {}, 5)
+
+        env = environment(base)
+        dry = erase_cli(env, alice, "--dry-run", "--json")
+        assert dry.returncode == 0, dry.stderr
+        plan = json.loads(dry.stdout)
+        assert plan["dry_run"] is True
+        assert plan["key_destroyed"] is True and plan["subject_ref"] == ref.hex()
+        assert plan["aggregates"] == {"context": ["s1"]} and not plan["failed"]
+        planned = {m: e["versions"] for m, e in plan["models"].items() if e["versions"]}
+        assert planned and all(v == {"1": 1} for v in planned.values())
+        text = erase_cli(env, alice, "--dry-run")
+        assert text.returncode == 0, text.stderr
+        assert "would be destroyed" in text.stdout and "s1" in text.stdout
+
+        # Nothing changed: the key, the stream, the read models.
+        assert await keys.holds(ref)
+        again = await jsapi.api(p.store._replies, f"STREAM.INFO.{stream}", {}, 5)
+        assert again["state"]["last_seq"] == info["state"]["last_seq"]
+        assert again["state"]["messages"] == info["state"]["messages"]
+        assert await valkey_dump(settings, f"t{unique}") == before
+
+        done = erase_cli(env, alice, "--yes", "--json")
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        assert "dry_run" not in report
+        assert set(plan) - {"dry_run"} == set(report)
+        assert report["key_destroyed"] and report["aggregates"] == plan["aggregates"]
+        assert {m: e["versions"] for m, e in report["models"].items() if e["versions"]} == planned
+        assert not await keys.holds(ref)
+        assert alice not in await valkey_dump(settings, f"t{unique}")
+    finally:
+        stop.set()
+        await asyncio.gather(task, return_exceptions=True)
+        for name in ("context", "timeline", "graph"):
+            with contextlib.suppress(Exception):
+                await service.projection.model(name, 1).drop()
+        await service.projection.close()
+        await p.close()
