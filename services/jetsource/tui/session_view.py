@@ -29,6 +29,7 @@ from jetsource.domains.sessions.progress import (
     evolve,
 )
 from jetsource.domains.sessions.record import ACTIVE, STATUSES, session_status
+from jetsource.domains.sessions.service import SessionNotFoundError, not_a_session
 from jetsource.tui.backend import Backend, StackDown
 from jetsource.tui.lifecycle import Banner, Refreshing, one_read, while_shown
 from jetsource.tui.text import SafeInput, clean, safe
@@ -358,6 +359,12 @@ class SessionScreen(Screen[None]):
             )
             self.query_one("#header", Static).update(Text("not found", style="bold yellow"))
             await asyncio.sleep(2.0)
+        try:
+            not_a_session(self.session_id, recorded)
+        except SessionNotFoundError as exc:  # another kind's process: drawn as LIVE
+            banner.show(f"{exc} (Esc goes back)")
+            self.query_one("#header", Static).update(Text("no such session", style="bold red"))
+            return
         banner.clear()
         self.events = [r.event for r in recorded]
         self._last_recorded_ns = max(r.recorded_ns for r in recorded)

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from jetsource.core.clock import NS, now_ns
 from jetsource.core.errors import CorruptEventError
-from jetsource.domains.sessions.format import SESSION_KIND, SessionEvent
+from jetsource.domains.sessions.format import PROCESS_STARTED, SESSION_KIND, SessionEvent
 from jetsource.domains.sessions.ledger import (
     LedgerBehindError,
     LedgerReader,
@@ -40,6 +40,20 @@ from jetsource.domains.sessions.settings import SessionsSettings
 
 class SessionNotFoundError(LookupError):
     pass
+
+
+def not_a_session(session_id: str, recorded: Sequence[Recorded]) -> None:
+    """Raise SessionNotFoundError, as for an unknown id, when ``recorded`` are the
+    events of a process of another kind (its first is a ``process_started`` that is not
+    a session's): `sessions show` of a task's id answered as if it were a session,
+    with no command and status active."""
+    first = recorded[0].event if recorded else None
+    if first is not None and first.type == PROCESS_STARTED:
+        kind = first.data.get("kind") if isinstance(first.data, dict) else None
+        shown = kind if isinstance(kind, str) and kind else "(none)"
+        raise SessionNotFoundError(
+            f"session {session_id!r} not found: it is a process of kind {shown}, not a session"
+        )
 
 
 class Purger(Protocol):
@@ -132,6 +146,7 @@ class Sessions:
     async def _record(self, session_id: str, recorded: list[Recorded]) -> SessionRecord:
         if not recorded:
             raise SessionNotFoundError(f"session {session_id!r} not found")
+        not_a_session(session_id, recorded)
         state = fold([r.event for r in recorded])
         return record_of(
             state,
@@ -231,6 +246,8 @@ class Sessions:
         recorded = await self.reader.events(session_id, after_seq)
         if not recorded and after_seq == 0:
             raise SessionNotFoundError(f"session {session_id!r} not found")
+        if after_seq == 0:
+            not_a_session(session_id, recorded)
         return [r.event for r in recorded]
 
     async def replay(self, session_id: str, to_seq: int | None = None) -> SessionState:
