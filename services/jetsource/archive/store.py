@@ -122,8 +122,10 @@ class Archive:
     ) -> SegmentEntry:
         """Seal ``messages`` into a segment, store it, read it back and verify it,
         then write its manifest entry. Returns the entry (only once all is checked)."""
-        blob = segment.encode(self.stream, messages)
-        digest = segment.checksum(blob)
+        # Sealed and hashed in steps that yield to the event loop (a full segment held
+        # it some 230 ms: lease renewals, heartbeats and reads of the process waiting).
+        blob = await segment.encode_yielding(self.stream, messages)
+        digest = await segment.checksum_yielding(blob)
         name = f"{self._seg_prefix}{messages[0].seq:020d}-{messages[-1].seq:020d}-{digest[:16]}.seg"
         await self.objects.put(name, blob, create_only=True)  # same name: same bytes
         entry = SegmentEntry(
