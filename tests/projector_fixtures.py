@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from google.protobuf.message import Message
@@ -145,3 +148,15 @@ async def drop_partition_mirrors(p: Any, count: int) -> None:
         except jsapi.JsApiError as exc:
             if exc.err_code != jsapi.ERR_STREAM_NOT_FOUND:
                 raise
+
+
+def start_projector(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """The projector as its own process, as in production, its output appended to
+    ``log``."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "jetsource.projector.server"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )

@@ -10,8 +10,6 @@ import hashlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,7 +24,7 @@ from jetsource.projection import admin
 from jetsource.projection.bootstrap import Projection, open_projection
 from jetsource.projection.settings import ProjectorSettings
 from tests.infra import Server
-from tests.projector_fixtures import projector_settings, story_ids
+from tests.projector_fixtures import projector_settings, start_projector, story_ids
 
 # Minutes long and restarts the shared servers: `make chaos`, not `make test`.
 pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
@@ -59,16 +57,6 @@ def environment(s: ProjectorSettings) -> dict[str, str]:
         "JETSOURCE_LOG_LEVEL": "WARNING",
     }
     return {**os.environ, **env}
-
-
-def start_projector(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "jetsource.projector.server"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
 
 
 async def load(p: Projection, stories: list[str]) -> None:

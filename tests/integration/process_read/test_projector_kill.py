@@ -14,8 +14,6 @@ import asyncio
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -38,7 +36,7 @@ from tests.integration.process_read.ledger import (
     histories,
 )
 from tests.integration.process_read.test_model_based import verify
-from tests.projector_fixtures import projector_settings
+from tests.projector_fixtures import projector_settings, start_projector
 from tests.stack import environment
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
@@ -61,16 +59,6 @@ async def ledger(
     for name in MODELS:
         await p.model(name, 1).drop()
     await p.close()
-
-
-def start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "jetsource.projector.server"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
 
 
 async def test_kill_9_of_the_projector_loses_and_doubles_nothing(
@@ -100,7 +88,7 @@ async def test_kill_9_of_the_projector_loses_and_doubles_nothing(
             await asyncio.sleep(0.004)  # spread the writes over the kills
 
     log = tmp_path / "projector.log"
-    proc = start(env, log)
+    proc = start_projector(env, log)
     writing = asyncio.gather(*(write(q) for q in queues))
     kills = 0
     try:
@@ -110,7 +98,7 @@ async def test_kill_9_of_the_projector_loses_and_doubles_nothing(
                 proc.send_signal(signal.SIGKILL)
                 proc.wait(10)
                 kills += 1
-                proc = start(env, log)
+                proc = start_projector(env, log)
         await writing
         store = p.domain_store("process")
         last = (await store.stream_info())["state"]["last_seq"]
