@@ -16,28 +16,35 @@ from jetsource.devstack.servers import free_port
 from tests.cli_env import clean_environ
 
 
-@pytest.mark.parametrize(
-    "args",
-    [["projector", "status"], ["archive", "list"], ["streams", "backup", "{out}"]],
-    ids=["projector", "archive", "streams"],
-)
-def test_an_admin_command_says_nats_took_no_connection(args: list[str], tmp_path: Path) -> None:
+def against_nothing(argv: list[str], **env: str) -> tuple[int, subprocess.CompletedProcess[str]]:
+    """The CLI run with ``argv`` against a NATS URL where nothing listens (its port, the
+    run); it exits 3."""
     port = free_port()
-    env = clean_environ() | {
-        "JETSOURCE_NATS__URL": f"nats://127.0.0.1:{port}",
-        "JETSOURCE_ADMIN_CONNECT_TIMEOUT_S": "0.5",
-        "JETSOURCE_NATS__CONNECT_TIMEOUT_S": "0.5",
-    }
-    argv = [a.format(out=tmp_path / "backup") for a in args]
     run = subprocess.run(
         [sys.executable, "-m", "jetsource", "-o", "json", *argv],
-        env=env,
+        env=clean_environ()
+        | {
+            "JETSOURCE_NATS__URL": f"nats://127.0.0.1:{port}",
+            "JETSOURCE_NATS__CONNECT_TIMEOUT_S": "0.5",
+            **env,
+        },
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
     assert run.returncode == 3, run.stderr
+    return port, run
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["projector", "status"], ["archive", "list"], ["streams", "backup", "{out}"]],
+    ids=["projector", "archive", "streams"],
+)
+def test_an_admin_command_says_nats_took_no_connection(args: list[str], tmp_path: Path) -> None:
+    argv = [a.format(out=tmp_path / "backup") for a in args]
+    port, run = against_nothing(argv, JETSOURCE_ADMIN_CONNECT_TIMEOUT_S="0.5")
     assert run.stdout == ""
     lines = run.stderr.splitlines()
     assert len(lines) == 1, run.stderr
@@ -58,20 +65,7 @@ def test_an_admin_command_says_nats_took_no_connection(args: list[str], tmp_path
     ids=["sessions", "omni"],
 )
 def test_sessions_and_omni_say_nats_took_no_connection(args: list[str], said: str) -> None:
-    port = free_port()
-    env = clean_environ() | {
-        "JETSOURCE_NATS__URL": f"nats://127.0.0.1:{port}",
-        "JETSOURCE_NATS__CONNECT_TIMEOUT_S": "0.5",
-    }
-    run = subprocess.run(
-        [sys.executable, "-m", "jetsource", "-o", "json", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert run.returncode == 3, run.stderr
+    port, run = against_nothing(args)
     error = json.loads(run.stderr.splitlines()[0])["error"]
     assert error["message"] == (
         f"NATS at nats://127.0.0.1:{port} {said}"
