@@ -415,8 +415,42 @@ async def test_a_reply_whose_hand_over_fails_leaves_the_reader_reading(
     with pytest.raises(TimeoutError):
         await replies.request(f"echo{unique}", b"lost", None, 0.5)
     assert [m.data for m in failed] == [b"lost"]
-    assert [str(e) for e in errors] == ["Event loop is closed"]
+    assert len(errors) == 1 and isinstance(errors[0], jsapi.ReplyHandOverError)
+    assert str(errors[0].cause) == "Event loop is closed"
     assert nc._reading_task is not None and not nc._reading_task.done()
+    assert (await replies.request(f"echo{unique}", b"next", None, 2)).data == b"next"
+    await replies.stop()
+    await echo.unsubscribe()
+    await nc.close()
+
+
+async def test_a_reply_hand_over_error_is_logged_as_what_happened(
+    nats_server: Server, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The event store's connection (bootstrap.connect) logged a failed hand-over with
+    its connection callback's words: 'nats: Event loop is closed at nats://...;
+    retrying', which said neither what failed nor that nothing is retried."""
+    from jetsource.core.settings import JetsourceSettings, NatsSettings
+    from jetsource.eventstore.bootstrap import connect
+
+    nc = await connect(JetsourceSettings(nats=NatsSettings(url=nats_server.url)))
+    echo = await nc.subscribe(f"echo{unique}", cb=_answer(nc))
+    replies = Replies(nc)
+    await replies.start()
+    routes = jsapi._wire(nc).routes
+    route = routes[replies._sub._id]
+
+    def fails_once(msg: Msg) -> None:
+        routes[replies._sub._id] = route
+        raise RuntimeError("Event loop is closed")
+
+    routes[replies._sub._id] = fails_once
+    with caplog.at_level("INFO", logger="jetsource.nats"), pytest.raises(TimeoutError):
+        await replies.request(f"echo{unique}", b"lost", None, 0.3)
+    said = [r.getMessage() for r in caplog.records if r.name == "jetsource.nats"]
+    assert len(said) == 1, said
+    assert "could not be handed over" in said[0] and "Event loop is closed" in said[0]
+    assert "the reader goes on" in said[0] and "retrying" not in said[0]
     assert (await replies.request(f"echo{unique}", b"next", None, 2)).data == b"next"
     await replies.stop()
     await echo.unsubscribe()

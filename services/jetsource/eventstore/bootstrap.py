@@ -160,6 +160,9 @@ async def connect(settings: JetsourceSettings) -> NATS:
             if not refused.done():
                 refused.set_result(exc)
             log.error("nats refused this client: %s", exc)
+        elif isinstance(exc, jsapi.ReplyHandOverError):
+            # Nothing to retry: one reply lost, the connection reads on.
+            log.error("nats at %s: %s", where, exc)
         elif "permissions violation" in text:
             jsapi.note_denial(str(exc))
             # A subject this client's NATS user may not use: nothing retries it, and the

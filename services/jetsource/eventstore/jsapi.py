@@ -78,6 +78,20 @@ class JsApiError(Exception):
         super().__init__(f"JetStream error {code}/{err_code}: {description}")
 
 
+class ReplyHandOverError(Exception):
+    """A reply read by the client could not be handed over to the request awaiting it
+    (the hand-over raised ``cause``); that request waits out its timeout, and the
+    client's reader goes on reading. Reported to the client's error callback."""
+
+    def __init__(self, subject: bytes, cause: Exception) -> None:
+        self.cause = cause
+        said = str(cause) or type(cause).__name__
+        super().__init__(
+            f"a reply on {subject.decode(errors='replace')} could not be handed over to the "
+            f"request awaiting it ({said}); that request times out; the reader goes on"
+        )
+
+
 class NoRespondersError(Exception):
     """Nothing listens on the subject: for JetStream, the stream does not exist."""
 
@@ -372,8 +386,9 @@ class _Wire:
             except Exception as exc:
                 # This runs in the client's reader: an error let through stopped it
                 # (connected, every later reply lost until the stale-ping check, ~80
-                # s). Reported as a subscription callback's error is; the reader goes on.
-                await nc._error_cb(exc)
+                # s). Reported as a subscription callback's error is, saying what
+                # happened (the connection's callback said "retrying"); the reader goes on.
+                await nc._error_cb(ReplyHandOverError(subject, exc))
 
         nc.__dict__["_process_msg"] = process_msg
 
