@@ -15,10 +15,12 @@ nothing was purged on its account.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 from jetsource.archive import segment
 from jetsource.archive.objectstore import ObjectStore
@@ -98,6 +100,9 @@ class Archive:
         self.stream = stream
         self._entries: dict[str, SegmentEntry] = {}  # manifest key -> entry (immutable)
         self._segments: dict[str, list[ArchivedMessage]] = {}  # small cache of decoded
+        # segment name -> its fetch and decode under way (one per segment, every
+        # reader of it awaiting that one; see read())
+        self._loading: dict[str, asyncio.Task[list[ArchivedMessage]]] = {}
         # manifest key -> why it is not an entry (the last listing's; see entries())
         self.unreadable: dict[str, str] = {}
 
@@ -209,15 +214,39 @@ class Archive:
         return messages
 
     async def read(self, entry: SegmentEntry, cache: bool = True) -> list[ArchivedMessage]:
-        """The segment's messages, checked against its entry."""
-        if cache and entry.name in self._segments:
+        """The segment's messages, checked against its entry.
+
+        Cached: readers of a segment not in the cache at once (time travel before the
+        horizon for several stories of one segment) share one fetch and decode, each
+        fetched and decoded it. It runs in a task of its own: a reader cancelled does
+        not cancel it for the others; its error reaches every one of them and is not
+        kept (the next read fetches again). ``cache=False`` (the archiver's read-back,
+        a pass over the whole archive) always fetches."""
+        if not cache:
+            return await self._check(entry, await self.objects.get(entry.name))
+        if entry.name in self._segments:
             return self._segments[entry.name]
+        loading = self._loading.get(entry.name)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load(entry))
+            self._loading[entry.name] = loading
+            loading.add_done_callback(partial(self._loaded, entry.name))
+        return await asyncio.shield(loading)
+
+    async def _load(self, entry: SegmentEntry) -> list[ArchivedMessage]:
         messages = await self._check(entry, await self.objects.get(entry.name))
-        if cache:
-            self._segments[entry.name] = messages
-            while len(self._segments) > SEGMENT_CACHE:
-                self._segments.pop(next(iter(self._segments)))
+        self._segments[entry.name] = messages
+        while len(self._segments) > SEGMENT_CACHE:
+            self._segments.pop(next(iter(self._segments)))
         return messages
+
+    def _loaded(self, name: str, loading: asyncio.Task[list[ArchivedMessage]]) -> None:
+        if self._loading.get(name) is loading:
+            del self._loading[name]
+        if not loading.cancelled():
+            # Taken here too: with every reader of it cancelled, nobody else does (an
+            # asyncio "exception was never retrieved" on the log).
+            loading.exception()
 
     def unlisted(
         self, entries: Sequence[SegmentEntry], horizons: Mapping[str, Horizon]
