@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from typing import Any
 
 import grpc
 import httpx
+from valkey.asyncio import Valkey
 
 from jetsource.client import ContextClient
 from jetsource.core.settings import JetsourceSettings
@@ -33,8 +35,8 @@ from jetsource.devstack.servers import NatsServer, ValkeyServer, free_port
 from jetsource.projection import admin
 from jetsource.projection.bootstrap import Projection, open_projection
 from jetsource.projection.settings import ProjectorSettings
-from tests.infra import Server
-from tests.projector_fixtures import projector_settings
+from tests.infra import Server, track
+from tests.projector_fixtures import projector_settings, start_projector
 from tests.stack import Services
 
 MODELS = ("context", "timeline", "graph")
@@ -555,3 +557,114 @@ async def scenario(
                     await projection.model(m, v).drop()
         await projection.close()
     return row
+
+
+# -- server faults under the read models (the process and omni models' tests) ---------
+
+
+def start_synced_nats(home: Path) -> Server:
+    """An embedded nats-server of the test's own that syncs every write to disk
+    (``sync_interval: always``): killed with SIGKILL, it keeps each acknowledged event."""
+    nats_server = NatsServer(
+        home, port=free_port(), monitor_port=free_port(), sync_interval="always"
+    )
+    proc = nats_server.start()
+    nats_server.wait_ready(proc, 30)
+    return track(Server("embedded", nats_server.address(), nats_server, proc))
+
+
+def kill9(server: Server, away_s: float = 0.0) -> None:
+    """SIGKILL of an embedded server, then (``away_s`` later) started again on its
+    ports and data."""
+    assert server.proc is not None and server.embedded is not None
+    server.proc.send_signal(signal.SIGKILL)
+    server.proc.wait(10)
+    time.sleep(away_s)
+    server.proc = server.embedded.start()
+    track(server)
+    server.embedded.wait_ready(server.proc, 60)
+
+
+class Projector:
+    """The projector as its own process on ``env``, its output appended to ``log``."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env, self.log = env, log
+        self.proc = start_projector(env, log)
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def start(self) -> None:
+        self.proc = start_projector(self.env, self.log)
+
+    def restart(self) -> None:
+        """SIGKILL, then started again at once."""
+        self.kill9()
+        self.start()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(15)
+
+    def tail(self) -> str:
+        return self.log.read_text()[-3000:]
+
+
+async def wipe_valkey(url: str) -> None:
+    """FLUSHALL: a Valkey restarted without persistence."""
+    client = Valkey.from_url(url)
+    try:
+        await client.flushall()
+    finally:
+        await client.aclose()
+
+
+async def stream_head(p: Projection, domain: str) -> int:
+    """The domain's stream's last sequence, asked again until NATS answers."""
+    while True:
+        with contextlib.suppress(Exception):
+            return int((await p.domain_store(domain).stream_info())["state"]["last_seq"])
+        await asyncio.sleep(0.2)
+
+
+async def seconds_to(
+    name: str,
+    started: float,
+    head: int,
+    there: Callable[[int], Awaitable[tuple[bool, Any]]],
+    within: float,
+    projector: Projector,
+) -> float:
+    """Seconds from ``started`` (the server back) until ``there(head)`` says every
+    model is at ``head`` (with what it saw); a failure after ``within`` seconds names
+    what was seen last and the projector's log."""
+    seen: Any = None
+    while time.monotonic() - started < within:
+        with contextlib.suppress(Exception):
+            ok, seen = await there(head)
+            if ok:
+                return time.monotonic() - started
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{name}: not at {head} ({seen}); {projector.tail()}")
+
+
+async def strike(fault: Callable[[], Awaitable[None]]) -> tuple[float, float]:
+    """The fault, with when the server was back and how long it was away."""
+    started = time.monotonic()
+    await fault()
+    back = time.monotonic()
+    return back, back - started
+
+
+def converged(what: str, took: dict[str, float], down: dict[str, float], bound: float) -> None:
+    """Prints the seconds to the head after each fault (and how long the server was
+    away); each within ``bound``."""
+    print(
+        f"\n{what}; to the head after "
+        + ", ".join(f"{k} {v:.1f}s (away {down.get(k, 0):.1f}s)" for k, v in took.items())
+    )
+    slow = {k: v for k, v in took.items() if v > bound}
+    assert not slow, f"over {bound}s: {slow}"

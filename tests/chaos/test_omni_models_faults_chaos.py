@@ -35,8 +35,6 @@ import asyncio
 import contextlib
 import random
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -47,10 +45,9 @@ from typing import Any
 import httpx
 import nats
 import pytest
-from valkey.asyncio import Valkey
 
 from jetsource._gen.omni.v1.events_pb2 import NormalizedEvent
-from jetsource.devstack.servers import NatsServer, free_port
+from jetsource.devstack.servers import free_port
 from jetsource.domains.omni.descriptor import omni_domain
 from jetsource.domains.omni.events import EVENT_TYPES, IDENTITY_TYPES, first_contact_identity
 from jetsource.domains.omni.events import handle_name as handle_of
@@ -62,7 +59,17 @@ from jetsource.projection import admin
 from jetsource.projection.bootstrap import Projection, open_projection
 from jetsource.projection.domain import DomainRegistry
 from jetsource.projection.runtime import BORN_METADATA
-from tests.infra import Server, start_valkey, track
+from tests.chaos.harness import (
+    Projector,
+    converged,
+    kill9,
+    seconds_to,
+    start_synced_nats,
+    stream_head,
+    strike,
+    wipe_valkey,
+)
+from tests.infra import start_valkey
 from tests.integration.omni.harness import IngressProcess, headers_for, omni_settings, route
 from tests.integration.omni.test_model_based import (
     BOT_INSTANCE,
@@ -81,28 +88,6 @@ ACK_WAIT_S = 5.0
 HOOKS = 480
 CLIENTS = 6
 TS = 1_796_047_200
-
-
-def kill9(server: Server, away_s: float = 0.0) -> None:
-    """SIGKILL of an embedded server, then (``away_s`` later) started again on its
-    ports and data."""
-    assert server.proc is not None and server.embedded is not None
-    server.proc.send_signal(signal.SIGKILL)
-    server.proc.wait(10)
-    time.sleep(away_s)
-    server.proc = server.embedded.start()
-    track(server)
-    server.embedded.wait_ready(server.proc, 60)
-
-
-def start_projector(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "jetsource.projector.server"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
 
 
 @dataclass
@@ -159,12 +144,7 @@ def plan(rng: random.Random) -> Plan:
 
 
 async def test_every_server_fault_converges_the_omni_models_exactly(tmp_path: Path) -> None:
-    nats_server = NatsServer(
-        tmp_path / "nats", port=free_port(), monitor_port=free_port(), sync_interval="always"
-    )
-    nproc = nats_server.start()
-    nats_server.wait_ready(nproc, 30)
-    nats_srv = track(Server("embedded", nats_server.address(), nats_server, nproc))
+    nats_srv = start_synced_nats(tmp_path / "nats")
     valkey = start_valkey(tmp_path)
     if valkey.embedded is None:
         pytest.skip("restarts its own embedded servers")
@@ -184,8 +164,7 @@ async def test_every_server_fault_converges_the_omni_models_exactly(tmp_path: Pa
     env = dict(ingress.env)
     env["JETSOURCE_LOG_LEVEL"] = "WARNING"
     env["JETSOURCE_LOG_JSON"] = "false"
-    log = tmp_path / "projector.log"
-    projector = start_projector(env, log)
+    projector = Projector(env, tmp_path / "projector.log")
     store = p.stores[next(iter(p.stores))]
 
     rng = random.Random(9)
@@ -246,10 +225,7 @@ async def test_every_server_fault_converges_the_omni_models_exactly(tmp_path: Pa
                 await asyncio.sleep(0.01)  # spread the webhooks over the faults
 
     async def head() -> int:
-        while True:
-            with contextlib.suppress(Exception):
-                return int((await p.domain_store("omni").stream_info())["state"]["last_seq"])
-            await asyncio.sleep(0.2)
+        return await stream_head(p, "omni")
 
     async def state(name: str) -> tuple[bool, bool, Any]:
         """(the consumer has acknowledged all it was given, nothing pending, what was
@@ -271,45 +247,27 @@ async def test_every_server_fault_converges_the_omni_models_exactly(tmp_path: Pa
         """Seconds from ``started`` (the server back) until every model's consumer has
         acknowledged the stream's head as read now (or has nothing left; ``exact``:
         nothing left, once the writes are done)."""
-        last = await head()
-        seen: Any = None
-        while time.monotonic() - started < CONVERGE_S * 2:
-            with contextlib.suppress(Exception):
-                ok = True
-                seen = []
-                for m in MODELS:
-                    born, idle, info = await state(m)
-                    seen.append(info)
-                    floor = info[0] if born else 0
-                    ok = ok and born and (idle or (not exact and floor >= last))
-                if ok:
-                    return time.monotonic() - started
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"{name}: not at {last} ({seen}); {log.read_text()[-3000:]}")
 
-    def restart_projector() -> None:
-        nonlocal projector
-        projector.send_signal(signal.SIGKILL)
-        projector.wait(10)
-        projector = start_projector(env, log)
+        async def there(last: int) -> tuple[bool, Any]:
+            ok = True
+            seen = []
+            for m in MODELS:
+                born, idle, info = await state(m)
+                seen.append(info)
+                floor = info[0] if born else 0
+                ok = ok and born and (idle or (not exact and floor >= last))
+            return ok, seen
+
+        return await seconds_to(name, started, await head(), there, CONVERGE_S * 2, projector)
 
     def restart_ingest() -> None:
         ingress.kill(signal.SIGKILL)
         ingress.start()
 
-    async def wipe_valkey() -> None:
-        client = Valkey.from_url(valkey.url)
-        try:
-            await client.flushall()  # a Valkey restarted without persistence
-        finally:
-            await client.aclose()
-
     async def wipe_valkey_projector_down() -> None:
-        nonlocal projector
-        projector.send_signal(signal.SIGKILL)
-        await asyncio.to_thread(projector.wait, 10)
-        await wipe_valkey()
-        projector = start_projector(env, log)
+        await asyncio.to_thread(projector.kill9)
+        await wipe_valkey(valkey.url)
+        projector.start()
 
     linking: list[asyncio.Task[None]] = []
 
@@ -321,9 +279,9 @@ async def test_every_server_fault_converges_the_omni_models_exactly(tmp_path: Pa
 
     faults: list[tuple[str, Callable[[], Awaitable[None]]]] = [
         ("valkey kill -9, down 3 s", lambda: asyncio.to_thread(kill9, valkey, 3.0)),
-        ("valkey wiped", wipe_valkey),
+        ("valkey wiped", lambda: wipe_valkey(valkey.url)),
         ("valkey wiped, projector down", wipe_valkey_projector_down),
-        ("projector kill -9", lambda: asyncio.to_thread(restart_projector)),
+        ("projector kill -9", lambda: asyncio.to_thread(projector.restart)),
         ("ingest kill -9", lambda: asyncio.to_thread(restart_ingest)),
         ("nats kill -9", kill9_nats),
     ]
@@ -404,10 +362,7 @@ async def test_every_server_fault_converges_the_omni_models_exactly(tmp_path: Pa
                     if not all([(await state(m))[1] for m in MODELS]):
                         break
                 await pause(0.01)
-            started = time.monotonic()
-            await fault()
-            back = time.monotonic()
-            down[name] = back - started
+            back, down[name] = await strike(fault)
             took[name] = await at_head(name, back, exact=False)
         await asyncio.gather(*clients)
         await asyncio.gather(*linking)
@@ -469,8 +424,7 @@ async def test_every_server_fault_converges_the_omni_models_exactly(tmp_path: Pa
             await fresh_ids.close()
             await fresh_nc.close()
         # -- each model as a rebuild from the stream makes it ------------------------
-        projector.terminate()
-        projector.wait(15)
+        projector.stop()
         for name in MODELS:
             report = await admin.rebuild(p, name, 2)
             assert report.applied == want[name], (name, report)
@@ -483,9 +437,7 @@ async def test_every_server_fault_converges_the_omni_models_exactly(tmp_path: Pa
             await ids.close()
         with contextlib.suppress(Exception):
             await admin_nc.close()
-        if projector.poll() is None:
-            projector.terminate()
-            projector.wait(15)
+        projector.stop()
         ingress.stop()
         for name in MODELS:
             for version in (1, 2):
@@ -495,10 +447,10 @@ async def test_every_server_fault_converges_the_omni_models_exactly(tmp_path: Pa
             await p.close()
         for s in (valkey, nats_srv):
             s.stop()
-    print(
-        f"\nomni models: {len(hooks)} webhooks, {len(sent)} events, {sum(types.values())} "
-        f"stream messages, retried {dict(refused)}; to the head after "
-        + ", ".join(f"{k} {v:.1f}s (away {down.get(k, 0):.1f}s)" for k, v in took.items())
+    converged(
+        f"omni models: {len(hooks)} webhooks, {len(sent)} events, {sum(types.values())} "
+        f"stream messages, retried {dict(refused)}",
+        took,
+        down,
+        CONVERGE_S,
     )
-    slow = {k: v for k, v in took.items() if v > CONVERGE_S}
-    assert not slow, f"over {CONVERGE_S}s: {slow}"

@@ -22,9 +22,6 @@ import asyncio
 import contextlib
 import os
 import random
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -33,15 +30,24 @@ from typing import Any
 import nats
 import pytest
 from nats.aio.client import Client as NATS
-from valkey.asyncio import Valkey
 
-from jetsource.devstack.servers import NatsServer, free_port
+from jetsource.devstack.servers import free_port
 from jetsource.domains.process.descriptor import DOMAIN as PROCESS_DOMAIN
 from jetsource.domains.process.models import PROCESS_GRAPH, PROCESSES, TIMELINE
 from jetsource.projection import admin
 from jetsource.projection.bootstrap import Projection, open_projection
 from jetsource.projection.domain import DomainRegistry
-from tests.infra import Server, settings_for, start_graph, start_valkey, track
+from tests.chaos.harness import (
+    Projector,
+    converged,
+    kill9,
+    seconds_to,
+    start_synced_nats,
+    stream_head,
+    strike,
+    wipe_valkey,
+)
+from tests.infra import settings_for, start_graph, start_valkey
 from tests.integration.process_read.ledger import Ev, Writer, caught_up, forest, histories
 from tests.integration.process_read.test_model_based import verify
 from tests.projector_fixtures import projector_settings
@@ -51,26 +57,6 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
 MODELS = [PROCESSES, TIMELINE, PROCESS_GRAPH]
 CONVERGE_S = 15.0  # after a fault ends, every model at the head it saw within this
 ACK_WAIT_S = 5.0
-
-
-def kill9(server: Server) -> None:
-    """SIGKILL of an embedded server, then started again on its ports and data."""
-    assert server.proc is not None and server.embedded is not None
-    server.proc.send_signal(signal.SIGKILL)
-    server.proc.wait(10)
-    server.proc = server.embedded.start()
-    track(server)
-    server.embedded.wait_ready(server.proc, 60)
-
-
-def start_projector(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "jetsource.projector.server"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
 
 
 async def record(writer: Writer, ev: Ev) -> None:
@@ -85,12 +71,7 @@ async def record(writer: Writer, ev: Ev) -> None:
 
 
 async def test_every_server_fault_converges_exactly_within_the_bound(tmp_path: Path) -> None:
-    nats_server = NatsServer(
-        tmp_path / "nats", port=free_port(), monitor_port=free_port(), sync_interval="always"
-    )
-    nproc = nats_server.start()
-    nats_server.wait_ready(nproc, 30)
-    nats_srv = track(Server("embedded", nats_server.address(), nats_server, nproc))
+    nats_srv = start_synced_nats(tmp_path / "nats")
     valkey = start_valkey(tmp_path)
     graph = start_graph(tmp_path)
     if valkey.embedded is None or graph.embedded is None:
@@ -106,8 +87,7 @@ async def test_every_server_fault_converges_exactly_within_the_bound(tmp_path: P
     env = {k: v for k, v in os.environ.items() if not k.startswith("JETSOURCE_")}
     env |= environment(ps)
     env["JETSOURCE_LOG_LEVEL"] = "WARNING"
-    log = tmp_path / "projector.log"
-    projector = start_projector(env, log)
+    projector = Projector(env, tmp_path / "projector.log")
 
     rng = random.Random(8)
     parents = forest(rng, roots=8, fanout=3, depth=4)
@@ -136,43 +116,24 @@ async def test_every_server_fault_converges_exactly_within_the_bound(tmp_path: P
             await asyncio.sleep(0.01)  # spread the writes over the faults
 
     async def head() -> int:
-        while True:
-            with contextlib.suppress(Exception):
-                return int((await p.domain_store("process").stream_info())["state"]["last_seq"])
-            await asyncio.sleep(0.2)
+        return await stream_head(p, "process")
 
     async def at_head(name: str, started: float, exact: bool) -> float:
         """Seconds from ``started`` (the server back) until every model's checkpoint
         is at the stream's head as read now; ``exact``: and nothing left unacknowledged
         below it (once the writes are done)."""
-        last = await head()
-        seen: Any = None
-        while time.monotonic() - started < CONVERGE_S * 2:
-            with contextlib.suppress(Exception):
-                ok, seen = await caught_up(p, MODELS, last)
-                if ok or (not exact and min(seen[0]) >= last):
-                    return time.monotonic() - started
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"{name}: not at {last} ({seen}); {log.read_text()[-3000:]}")
 
-    def restart_projector() -> None:
-        nonlocal projector
-        projector.send_signal(signal.SIGKILL)
-        projector.wait(10)
-        projector = start_projector(env, log)
+        async def there(last: int) -> tuple[bool, Any]:
+            ok, seen = await caught_up(p, MODELS, last)
+            return ok or (not exact and min(seen[0]) >= last), seen
 
-    async def wipe_valkey() -> None:
-        client = Valkey.from_url(valkey.url)
-        try:
-            await client.flushall()  # a Valkey restarted without persistence
-        finally:
-            await client.aclose()
+        return await seconds_to(name, started, await head(), there, CONVERGE_S * 2, projector)
 
     faults: list[tuple[str, Callable[[], Awaitable[None]]]] = [
         ("valkey kill -9", lambda: asyncio.to_thread(kill9, valkey)),
-        ("valkey wiped", wipe_valkey),
+        ("valkey wiped", lambda: wipe_valkey(valkey.url)),
         ("graph restart", lambda: asyncio.to_thread(graph.restart)),
-        ("projector kill -9", lambda: asyncio.to_thread(restart_projector)),
+        ("projector kill -9", lambda: asyncio.to_thread(projector.restart)),
         ("nats kill -9", lambda: asyncio.to_thread(kill9, nats_srv)),
     ]
     took: dict[str, float] = {}
@@ -192,10 +153,7 @@ async def test_every_server_fault_converges_exactly_within_the_bound(tmp_path: P
                 await asyncio.sleep(0.05)
             while (await caught_up(p, MODELS, await head()))[0] and not writing.done():  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
-            started = time.monotonic()
-            await fault()
-            back = time.monotonic()
-            down[name] = back - started
+            back, down[name] = await strike(fault)
             took[name] = await at_head(name, back, exact=False)
         await writing
         took["end"] = await at_head("end", time.monotonic(), exact=True)
@@ -210,8 +168,7 @@ async def test_every_server_fault_converges_exactly_within_the_bound(tmp_path: P
     finally:
         with contextlib.suppress(Exception):
             await nc.close()
-        projector.terminate()
-        projector.wait(15)
+        projector.stop()
         for name in MODELS:
             with contextlib.suppress(Exception):
                 await p.model(name, 1).drop()
@@ -219,9 +176,4 @@ async def test_every_server_fault_converges_exactly_within_the_bound(tmp_path: P
             await p.close()
         for s in (graph, valkey, nats_srv):
             s.stop()
-    print(
-        f"\nprocess models: {total} events, {len(plan)} processes; to the head after "
-        + ", ".join(f"{k} {v:.1f}s (away {down.get(k, 0):.1f}s)" for k, v in took.items())
-    )
-    slow = {k: v for k, v in took.items() if v > CONVERGE_S}
-    assert not slow, f"over {CONVERGE_S}s: {slow}"
+    converged(f"process models: {total} events, {len(plan)} processes", took, down, CONVERGE_S)
