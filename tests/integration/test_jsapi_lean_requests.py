@@ -691,3 +691,46 @@ async def test_no_pending_bound_is_no_wait_for_room(nc: NATS) -> None:
         del nc.__dict__["_flush_pending"]
         nc._max_pending_size = bound
         await replies.stop()
+
+
+async def test_a_command_larger_than_the_whole_pending_buffer_times_out_on_time(
+    tmp_path: Path, unique: str
+) -> None:
+    """One command larger than the client's whole pending buffer (pending_size below
+    the message) with nothing pending: no wait for room is needed, and the send went to
+    nats-py's ``_send_command``, whose forced flush waits for the socket to drain, with
+    no end of its own: with the server hung (SIGSTOP) ``request(timeout=0.5)`` ended
+    only once the server was continued. It is handed to the writer at once now (as
+    nats-py takes it), and the request times out on time."""
+    server = NatsServer(tmp_path, port=free_port(), monitor_port=free_port())
+    proc = server.start()
+    try:
+        await asyncio.to_thread(server.wait_ready, proc, 30)
+        nc = await nats.connect(server.address(), pending_size=8 * 1024)
+        replies = Replies(nc)
+        await replies.start()
+        _stop_now(proc.pid)
+        try:
+            # The socket's buffers full (the transport keeps the rest), nothing pending
+            # in the client: its flusher's next drain waits for the server.
+            writer = nc._transport._io_writer  # type: ignore[union-attr]
+            fill = b"PUB fill%b 4000\r\n%b\r\n" % (unique.encode(), b"x" * 4000)
+            for _ in range(64):
+                writer.write(fill * 256)  # 64 x 1 MB
+                await asyncio.sleep(0)
+            assert writer.transport.get_write_buffer_size() > 1024 * 1024
+            assert nc._pending_data_size == 0
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(3):  # the bug: no end before SIGCONT
+                    await replies.request(f"big{unique}", b"y" * 10_000, None, 0.5)
+            assert 0.45 < time.monotonic() - started < 1.0
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        assert await round_trip(nc, 10)
+        await replies.stop()
+        await nc.close()
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        stop_pid(proc.pid)
+        proc.wait(10)

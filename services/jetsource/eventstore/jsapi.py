@@ -621,7 +621,13 @@ class Replies:
         stats = nc.stats
         stats["out_msgs"] += 1
         stats["out_bytes"] += size
-        if nc._pending_data_size + len(command) <= nc._max_pending_size:
+        if nc._pending_data_size + len(command) <= nc._max_pending_size or (
+            # One command larger than the whole buffer, nothing ahead of it: no room to
+            # wait for. nats-py takes it too, then waits for a forced flush's drain with
+            # no end (a hung server held a request past its timeout): handed to the
+            # writer here, the request's wait for its reply bounded as any.
+            not nc._pending_data_size and nc._max_pending_size > 0
+        ):
             nc._pending.append(command)
             nc._pending_data_size += len(command)
             _wire(nc).flush_soon()
