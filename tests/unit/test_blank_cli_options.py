@@ -2,8 +2,10 @@
 (core.printable.blank: nothing visible), as repair void's --reason and the context
 commands' titles are. `projector replay --actor`, `repair void --domain` and the
 archive's `--domain` had their own strip(): a zero-width space, a Hangul filler or a
-bidi mark alone passed as an actor or a domain, naming none. Each is a usage error
-(exit 2, INVALID_ARGUMENT) naming the option now, before anything connects."""
+bidi mark alone passed as a domain, naming none. Each is a usage error (exit 2,
+INVALID_ARGUMENT) naming the option now, before anything connects. Replay's --actor is
+the exception: it selects what the context write path recorded, and that path takes
+an actor showing nothing, so only "" (and what no write path records) is refused."""
 
 from __future__ import annotations
 
@@ -27,13 +29,27 @@ def run(*args: str) -> tuple[int, dict[str, object]]:
 
 
 @pytest.mark.parametrize("actor", NOTHING_VISIBLE)
-def test_a_replay_actor_showing_nothing_is_empty(actor: str) -> None:
+def test_a_replay_actor_showing_nothing_is_one_the_write_path_records(actor: str) -> None:
+    """The context write path takes and records such an actor (its one-line rule):
+    replay selects it as recorded (tests/integration/test_replay_actor_as_recorded.py)."""
+    validate_slice(None, "context", actor=actor)
+
+
+def test_an_empty_replay_actor_is_refused_naming_the_option() -> None:
     with pytest.raises(UsageError, match="--actor must not be empty") as refused:
-        validate_slice(None, "context", actor=actor)
+        validate_slice(None, "context", actor="")
     assert refused.value.field == "--actor"
+    code, error = run("projector", "replay", "context", "--actor", "")
+    assert code == 2, error
+    assert error["code"] == "INVALID_ARGUMENT" and error["field"] == "--actor", error
+
+
+@pytest.mark.parametrize("actor", ["ana\nbob", "\x1b[2J", "a\u2028b"])
+def test_a_replay_actor_no_write_path_records_is_refused_naming_the_option(actor: str) -> None:
     code, error = run("projector", "replay", "context", "--actor", actor)
     assert code == 2, error
     assert error["code"] == "INVALID_ARGUMENT" and error["field"] == "--actor", error
+    assert "one line" in str(error["message"]), error
 
 
 def test_a_replay_actor_of_rtl_text_is_an_actor() -> None:

@@ -24,11 +24,12 @@ from typing import Any, Protocol, TypeVar, cast
 
 from jetsource.core.aio import honour_cancel, wait_for
 from jetsource.core.clock import format_rfc3339_ns, now_ns, parse_rfc3339_ns, to_ns
+from jetsource.core.codec import UnknownEvent
 from jetsource.core.crypto import erasures_heard
 from jetsource.core.envelope import RecordedEvent
 from jetsource.core.errors import CorruptEventError, EventStoreUnavailableError
 from jetsource.core.ids import uuid7, validate_aggregate_id
-from jetsource.core.printable import blank
+from jetsource.core.printable import not_one_line_at, refused_at
 from jetsource.core.procs import pid_alive
 from jetsource.eventstore import jsapi
 from jetsource.projection.bootstrap import Projection
@@ -632,7 +633,7 @@ def validate_slice(
     (checked against the model's domain when ``p`` is given)."""
     if not any(
         x is not None and x != [] for x in (aggregate_id, from_seq, to_seq, from_time, to_time)
-    ) and not (event_types or actor):
+    ) and not (event_types or actor is not None):  # an --actor "" is refused below, naming it
         raise UsageError(
             "name a slice: --aggregate, --from-seq/--to-seq, --from-time/--to-time, "
             "--type or --actor",
@@ -658,10 +659,21 @@ def validate_slice(
             validate_aggregate_id(aggregate_id, field="aggregate")
         except ValueError as exc:
             raise UsageError(str(exc), field="--aggregate") from exc
-    # Empty is nothing visible (core.printable.blank, the rule of every required text):
-    # its own strip() took "\u200b" or a Hangul filler, which names no actor, as one.
-    if actor is not None and blank(actor):
-        raise UsageError("--actor must not be empty", field="--actor")
+    # The actor is matched exactly as the write path recorded it, so only what no write
+    # path records is refused: "" (no actor named) and what the context commands'
+    # one-line rule refuses (model.one_line, the same core.printable function). The
+    # shared blank rule refused "\u3164" and "\u200b", which a context command takes and
+    # records as its actor: events no replay could select.
+    if actor is not None:
+        if not actor:
+            raise UsageError("--actor must not be empty", field="--actor")
+        at = not_one_line_at(actor)
+        if at is not None:
+            raise UsageError(
+                f"--actor holds {refused_at(actor, at)}: no event records such an actor "
+                "(it takes one line of printable text)",
+                field="--actor",
+            )
     if p is not None and event_types:
         registry = p.domains.owner(name).registry
         known = set(registry.event_types())
@@ -1628,9 +1640,13 @@ async def _letter_event(p: Projection, letter: DeadLetter) -> RecordedEvent | st
     if raw is None:
         return f"stream sequence {letter.original_seq} is gone"
     try:
-        return await store.open(raw)
+        record = await store.open(raw)
     except Exception as exc:  # undecodable, or an envelope that is not its own
         return f"still undecodable: {exc}"
+    if isinstance(record.event, UnknownEvent) and record.event.newer_release:
+        # Applied now it would be skipped and its letter gone: the model had lost it.
+        return f"still unknown to this release: {record.event.newer_release}; upgrade first"
+    return record
 
 
 async def _has_a_place(p: Projection, letter: DeadLetter, model: Any) -> bool:
