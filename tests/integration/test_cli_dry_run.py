@@ -8,14 +8,20 @@ import asyncio
 import contextlib
 import json
 
+import nats
 import pytest
 
 from jetsource._gen.context.v1 import events_pb2 as ev
 from jetsource.core.envelope import NewEvent
+from jetsource.core.errors import CorruptEventError
 from jetsource.core.settings import JetsourceSettings
+from jetsource.domains.context.events import registry
 from jetsource.eventstore import jsapi
+from jetsource.eventstore.jetstream import JetStreamEventStore
 from jetsource.projection.bootstrap import open_projection
 from jetsource.projection.host import ProjectorService
+from tests.cli_env import cli_env, event_store_settings, jetsource
+from tests.infra import Server
 from tests.integration.test_erasure import erase_cli, valkey_dump
 from tests.projector_fixtures import projector_settings
 from tests.stack import environment
@@ -97,3 +103,57 @@ async def test_erase_dry_run_names_the_plan_and_changes_nothing(
                 await service.projection.model(name, 1).drop()
         await service.projection.close()
         await p.close()
+
+
+async def test_repair_void_dry_run_names_the_void_and_records_nothing(
+    nats_server: Server, valkey_server: Server, unique: str
+) -> None:
+    """`repair void --dry-run` (no --yes needed) names the stream, domain, aggregate and
+    that it would be voided; the stream gets no void record; the void then voids the
+    same aggregate; a dry run of a sequence holding no event is refused as the void is."""
+    env = cli_env(nats_server.url, unique, valkey_url=valkey_server.url)
+    ensure = await asyncio.to_thread(jetsource, env, "streams", "ensure")
+    assert ensure.returncode == 0, ensure.stderr
+    nc = await nats.connect(nats_server.url)
+    try:
+        cfg = event_store_settings(env)
+        store = JetStreamEventStore(nc, registry, cfg)
+        ack = await nc.request(f"ce{unique}.events.s1.ContextCreated", b"\xff\x00junk", 5)
+        seq = json.loads(ack.data)["seq"]
+        await store.start()
+        info = await jsapi.api(store._replies, f"STREAM.INFO.{cfg.stream}", {}, 5)
+        args = ("--seq", str(seq), "--reason", "junk", "--domain", "context")
+
+        nothing = jetsource(env, "repair", "void", "--seq", "999999", "--reason", "r", "--dry-run")
+        assert nothing.returncode == 1 and "holds no event" in nothing.stderr
+        dry = jetsource(env, "repair", "void", *args, "--dry-run", "--json")
+        assert dry.returncode == 0, dry.stderr
+        plan = json.loads(dry.stdout)
+        assert plan["dry_run"] is True
+        assert (plan["seq"], plan["aggregate_id"], plan["voided_before"]) == (seq, "s1", False)
+        assert (plan["domain"], plan["stream"]) == ("context", cfg.stream)
+        text = jetsource(env, "repair", "void", *args, "--dry-run")
+        assert text.returncode == 0, text.stderr
+        assert f"stream sequence {seq} of {cfg.stream} (context)" in text.stdout
+        assert "aggregate s1: would be voided" in text.stdout
+
+        after = await jsapi.api(store._replies, f"STREAM.INFO.{cfg.stream}", {}, 5)
+        assert after["state"]["last_seq"] == info["state"]["last_seq"]  # no void record
+        assert not await store.voided("s1", seq)
+        with pytest.raises(CorruptEventError):
+            await JetStreamEventStore(nc, registry, cfg).read_aggregate("s1")
+
+        done = jetsource(env, "repair", "void", *args, "--yes", "--json")
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        assert set(plan) - {"dry_run"} == set(report)
+        assert (report["seq"], report["aggregate_id"], report["voided_before"]) == (
+            seq,
+            "s1",
+            False,
+        )
+        assert await JetStreamEventStore(nc, registry, cfg).read_aggregate("s1") == []
+        again = jetsource(env, "repair", "void", *args, "--dry-run", "--json")
+        assert json.loads(again.stdout)["voided_before"] is True
+    finally:
+        await nc.drain()

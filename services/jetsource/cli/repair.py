@@ -5,6 +5,10 @@ its place (it does not decode, its envelope is empty or names another story, its
 version breaks the chain, or the domain refuses it) is not removed: it is voided, by
 an envelope of its own recorded beside the events. Every reader then steps over it,
 and the read models' dead letters of that story are cleared and re-applied.
+
+--dry-run records nothing (no --yes needed): it names the stream, the aggregate, whether
+it is voided already, and per read model the dead letters it would drop or step over,
+the ones it would apply again and the models it would replay without the message.
 """
 
 from __future__ import annotations
@@ -82,6 +86,9 @@ def void(
     reason: str = typer.Option(..., "--reason", help="why (kept in the stream)"),
     actor: str = typer.Option("", "--actor", help="who (default: $USER)"),
     yes: bool = typer.Option(False, "--yes", help="confirm: the void cannot be undone"),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="say what the void would do, record nothing"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
     domain: str | None = typer.Option(
         None,
@@ -101,7 +108,7 @@ def void(
         )
     reason = _checked_text(reason, "--reason", MAX_REASON, lines=True)
     actor = _checked_text(actor, "--actor", MAX_ACTOR, ident=True)
-    if not yes:
+    if not yes and not dry_run:
         output.fail(
             USAGE,
             "usage",
@@ -115,6 +122,9 @@ def void(
             "--domain must name a domain (context, process, omni, ...)",
             field="--domain",
         )
+    if dry_run:
+        _dry_run(seq, domain, json_out)
+        return
     report: VoidReport = _run(
         lambda p: void_sequence(p, seq, reason, actor or output.user_name(), domain),
         stopped=f"the void of stream sequence {seq} stopped (Ctrl-C): run the same command "
@@ -148,6 +158,31 @@ def void(
         for key, why in entry["failed"].items():
             output.line(f"    {key}: {why}")
     _exit_if_incomplete(report)
+
+
+def _dry_run(seq: int, domain: str | None, json_out: bool) -> None:
+    """What the void would do, found as the void finds it; nothing recorded."""
+    from jetsource.projection.repair import plan_void
+
+    report: VoidReport = _run(
+        lambda p: plan_void(p, seq, domain), stopped="stopped (Ctrl-C); nothing was voided"
+    )
+    if json_out:
+        output.emit_json(report.summary() | {"dry_run": True})
+        return
+    state = "was already voided" if report.voided_before else "would be voided"
+    output.line(
+        f"stream sequence {seq} of {report.stream} ({report.domain}), "
+        f"aggregate {report.aggregate_id}: {state}"
+    )
+    for model, entry in report.models.items():
+        if entry.get("would_replay"):
+            output.line(f"  {model}: would be replayed without it")
+        if "dropped" in entry:
+            output.line(
+                f"  {model}: dead letter would be dropped {len(entry['dropped'])}, stepped "
+                f"over {len(entry['stepped_over'])}; would re-apply {len(entry['retried'])}"
+            )
 
 
 def _exit_if_incomplete(report: VoidReport) -> None:

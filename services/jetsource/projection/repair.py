@@ -149,6 +149,69 @@ async def void_sequence(
     return report
 
 
+async def plan_void(p: Projection, seq: int, domain: str | None = None) -> VoidReport:
+    """What :func:`void_sequence` would do, writing nothing (``repair void --dry-run``):
+    the same domain choice and refusals, the aggregate, whether it is voided already,
+    and per model version the dead letters it would drop or step over (``dropped``,
+    ``stepped_over``), the ones behind it it would apply again (``retried``: their
+    dead-letter sequences; whether they then apply is known only by doing it), and
+    the models that applied it as a valid event and would be replayed without it
+    (``would_replay``)."""
+    domain = await _domain_of(p, seq, domain)
+    store = p.domain_store(domain)
+    mine = {m for m in p.domains.models() if p.domains.owner(m).name == domain}
+    await _refuse_no_aggregate(p, store, sorted(mine), seq)
+    await store.start()
+    raw = await jsapi.direct_get(
+        store._replies, store.settings.stream, {"seq": seq}, store.settings.request_timeout_s
+    )
+    prefix = store.settings.subject_prefix + "."
+    if raw is None or not raw.subject.startswith(prefix):  # as store.void refuses it
+        raise ValidationError(
+            f"stream sequence {seq} of {store.settings.stream} holds no event "
+            f"(nothing stored there, or not under {prefix}>)",
+            field="seq",
+        )
+    aggregate_id = raw.subject[len(prefix) :].split(".", 1)[0]
+    before = await store.voided(aggregate_id, seq)
+    report = VoidReport(seq, aggregate_id, before, domain, store.settings.stream)
+    letters = [
+        d
+        for m in sorted(mine)
+        for d in await p.dead_letters.of_aggregate(m, aggregate_id)
+        if d.aggregate_id == aggregate_id
+    ]
+    record = await _record_at(store, seq)
+    for name, version in sorted({(d.model, d.version) for d in letters}):
+        model = p.model(name, version)
+        entry: dict[str, Any] = {"dropped": [], "stepped_over": [], "retried": [], "failed": {}}
+        for letter in [d for d in letters if (d.model, d.version) == (name, version)]:
+            if letter.original_seq != seq:
+                entry["retried"].append(letter.dlq_seq)
+            elif record is not None and record.version == await model.position(aggregate_id) + 1:
+                entry["stepped_over"].append(letter.dlq_seq)
+            else:
+                entry["dropped"].append(letter.dlq_seq)
+        report.models[f"{name} v{version}"] = entry
+    if record is not None:
+        filed = {(d.model, d.version) for d in letters if d.original_seq == seq}
+        for name in sorted(mine):
+            control = await p.control.get(name)
+            if control is None or not _consumes(p, name, record.event_type):
+                continue
+            pinned = p.pinned_version(name)
+            versions = (
+                [pinned]
+                if pinned is not None
+                else sorted(v for v, s in control.versions.items() if s in (LIVE, BUILDING))
+            )
+            for version in versions:
+                if (name, version) not in filed:
+                    entry = report.models.setdefault(f"{name} v{version}", {"failed": {}})
+                    entry["would_replay"] = True
+    return report
+
+
 async def _refuse_no_aggregate(
     p: Projection, store: JetStreamEventStore, models: list[str], seq: int
 ) -> None:
