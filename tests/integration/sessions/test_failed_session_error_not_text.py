@@ -7,14 +7,13 @@ error was read only when a string (list), the fold kept only a string (show)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
 from jetsource.domains.sessions.connect import SessionsClient
 from jetsource.domains.sessions.settings import SessionsAppSettings
 from tests.integration.sessions.test_cli import cli
-from tests.integration.sessions.test_failed_session_without_error import line
+from tests.integration.sessions.test_failed_session_without_error import imported, line
 
 
 async def test_list_and_show_agree_on_a_failure_whose_error_is_no_string(
@@ -33,13 +32,7 @@ async def test_list_and_show_agree_on_a_failure_whose_error_is_no_string(
     for sid, (error, _) in errors.items():
         lines.append(line(sid, 1, "session_started", {"command": "deploy"}))
         lines.append(line(sid, 2, "session_ended", {"status": "failed", "error": error}))
-    source = tmp_path / "sessions.jsonl"
-    await asyncio.to_thread(source.write_text, "\n".join(lines) + "\n")
-    imported = await cli(app_settings, "import", str(source), "-o", "json")
-    assert imported.returncode == 0, imported.stderr
-    listed = await cli(app_settings, "list", "-o", "json")
-    assert listed.returncode == 0, listed.stderr
-    rows = {r["session"]: r["error"] for r in json.loads(listed.stdout)}
+    rows = {r["session"]: r["error"] for r in await imported(app_settings, tmp_path, lines)}
     assert rows == {sid: text for sid, (_, text) in errors.items()}
     for sid, (error, text) in errors.items():
         shown = await cli(app_settings, "show", sid, "-o", "json")

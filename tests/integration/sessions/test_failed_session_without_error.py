@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 from jetsource.domains.sessions.connect import SessionsClient
 from jetsource.domains.sessions.settings import SessionsAppSettings
@@ -21,6 +22,20 @@ def line(sid: str, seq: int, kind: str, data: dict[str, object]) -> str:
     return json.dumps({"ts": TS, "session": sid, "seq": seq, "type": kind, "data": data})
 
 
+async def imported(
+    settings: SessionsAppSettings, tmp_path: Path, lines: list[str]
+) -> list[dict[str, Any]]:
+    """The lines imported with `sessions import`; the rows `sessions list` says then."""
+    source = tmp_path / "sessions.jsonl"
+    await asyncio.to_thread(source.write_text, "\n".join(lines) + "\n")
+    run = await cli(settings, "import", str(source), "-o", "json")
+    assert run.returncode == 0, run.stderr
+    listed = await cli(settings, "list", "-o", "json")
+    assert listed.returncode == 0, listed.stderr
+    rows: list[dict[str, Any]] = json.loads(listed.stdout)
+    return rows
+
+
 async def test_list_and_show_agree_on_a_failure_with_no_error_text(
     client: SessionsClient, app_settings: SessionsAppSettings, tmp_path: Path
 ) -> None:
@@ -30,13 +45,8 @@ async def test_list_and_show_agree_on_a_failure_with_no_error_text(
         line("told", 1, "session_started", {"command": "build"}),
         line("told", 2, "session_ended", {"status": "failed", "error": "exit 3"}),
     ]
-    source = tmp_path / "sessions.jsonl"
-    await asyncio.to_thread(source.write_text, "\n".join(lines) + "\n")
-    imported = await cli(app_settings, "import", str(source), "-o", "json")
-    assert imported.returncode == 0, imported.stderr
-    listed = await cli(app_settings, "list", "-o", "json")
-    assert listed.returncode == 0, listed.stderr
-    rows = {r["session"]: (r["status"], r["error"]) for r in json.loads(listed.stdout)}
+    listed = await imported(app_settings, tmp_path, lines)
+    rows = {r["session"]: (r["status"], r["error"]) for r in listed}
     assert rows == {"quiet": ("failed", None), "told": ("failed", "exit 3")}
     for sid, (status, error) in rows.items():
         shown = await cli(app_settings, "show", sid, "-o", "json")
@@ -54,12 +64,8 @@ async def test_list_and_show_agree_on_a_failure_whose_error_is_failed(
         line("literal", 1, "session_started", {"command": "deploy"}),
         line("literal", 2, "session_ended", {"status": "failed", "error": "failed"}),
     ]
-    source = tmp_path / "sessions.jsonl"
-    await asyncio.to_thread(source.write_text, "\n".join(lines) + "\n")
-    imported = await cli(app_settings, "import", str(source), "-o", "json")
-    assert imported.returncode == 0, imported.stderr
-    listed = await cli(app_settings, "list", "-o", "json")
-    rows = {r["session"]: (r["status"], r["error"]) for r in json.loads(listed.stdout)}
+    listed = await imported(app_settings, tmp_path, lines)
+    rows = {r["session"]: (r["status"], r["error"]) for r in listed}
     assert rows["literal"] == ("failed", "failed")
     shown = json.loads((await cli(app_settings, "show", "literal", "-o", "json")).stdout)
     assert (shown["status"], shown["error"]) == ("failed", "failed")
