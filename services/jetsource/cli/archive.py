@@ -116,7 +116,7 @@ def _run(
     async def go() -> Any:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        await wait_for_nats(settings.nats_url(), loop.time() + connect_s)
+        await wait_for_nats(settings.nats_url(), loop.time() + connect_s, refused_ends=True)
         try:
             p = await aio.wait_for(open_projection(settings, provision=False), connect_s)
         except TimeoutError:
@@ -188,13 +188,22 @@ def _schema(p: Projection, domain: str | None) -> int | None:
 
 
 @app.command()
-def compact(domain: str | None = DOMAIN, timeout: float = TIMEOUT, as_json: bool = JSON) -> None:
+def compact(
+    domain: str | None = DOMAIN,
+    timeout: float = TIMEOUT,
+    as_json: bool = JSON,
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="say what would be archived and purged; write nothing"
+    ),
+) -> None:
     """Archive what lies behind the horizon and a snapshot, verify it, then purge it.
 
     Per aggregate: its live events older than the policy's max age, up to the version
     its latest snapshot covers, never its last event. Safe to run again after a crash
     and beside another archiver: nothing is purged that is not in a segment this run
-    sealed and read back."""
+    sealed and read back. --dry-run makes the same checks and choice of events and
+    counts what would be archived, purged and sealed (segments are named as they are
+    written: none listed); nothing is written or purged."""
     _json(as_json)
 
     async def work(p: Projection, s: ProjectorSettings) -> Any:
@@ -207,14 +216,24 @@ def compact(domain: str | None = DOMAIN, timeout: float = TIMEOUT, as_json: bool
         archiver = Archiver(
             store, p.snapshots, archive, _schema(p, domain), s.archive.segment_events
         )
-        return await archiver.compact(progress=update)
+        return await archiver.compact(progress=update, dry_run=dry_run)
 
     from jetsource.cli.projector import _progress
 
     with _progress("archive compact") as update:  # stderr: a bar, lines, or JSON lines
         report = _run(work, timeout, as_json)
+    data = asdict(report)
+    would_seal = data.pop("would_seal")
     if output.mode() == output.Mode.json:
-        output.emit_json(asdict(report))
+        output.emit_json(data | {"dry_run": True, "would_seal": would_seal} if dry_run else data)
+        return
+    if dry_run:
+        output.line(
+            f"{report.stream}: would archive {report.archived} events of {report.aggregates} "
+            f"aggregates in {would_seal} segments and purge {report.purged}; "
+            f"{len(report.kept)} aggregates keep old events ({report.scanned} older than "
+            "the horizon)"
+        )
         return
     output.line(
         f"{report.stream}: {report.archived} events of {report.aggregates} aggregates "

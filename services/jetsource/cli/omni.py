@@ -70,7 +70,18 @@ def _run(work: Callable[[IngestSettings, Any], Awaitable[T]], as_json: bool = Fa
     settings = IngestSettings.load()
 
     async def go() -> T:
-        nc = await aio.wait_for(connect(settings), settings.nats.connect_timeout_s + 1)
+        import asyncio
+
+        from jetsource.cli.streams import NatsUnreachableError, wait_for_nats
+
+        wait_s = settings.nats.connect_timeout_s + 1
+        try:  # a closed port (every server refuses) is said at once
+            await wait_for_nats(
+                settings.nats_url(), asyncio.get_running_loop().time() + wait_s, refused_ends=True
+            )
+        except NatsUnreachableError:
+            raise TimeoutError() from None
+        nc = await aio.wait_for(connect(settings), wait_s)
         try:
             await require_jetstream(nc, settings)
             return await work(settings, nc)

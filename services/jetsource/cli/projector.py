@@ -338,6 +338,22 @@ def _run(
     connect_s = connect_timeout_s()
 
     async def go() -> T:
+        from jetsource.cli.streams import NatsUnreachableError, wait_for_nats
+
+        try:
+            # A closed port (every server refuses) is said at once, not after connect_s.
+            await wait_for_nats(
+                settings.nats_url(),
+                asyncio.get_running_loop().time() + connect_s,
+                refused_ends=True,
+            )
+        except NatsUnreachableError:
+            from jetsource.devstack.probes import why_unreachable
+
+            raise TimeoutError(
+                f"NATS at {redact_url(settings.nats_url())} did not answer within "
+                f"{connect_s:g} s" + why_unreachable(settings.nats_url())
+            ) from None
         try:
             p = await aio.wait_for(open_projection(settings, provision=False), connect_s)
         except TimeoutError:

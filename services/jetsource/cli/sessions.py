@@ -107,10 +107,30 @@ def _run(
     settings = SessionsAppSettings.load()
 
     async def main() -> T:
+        from jetsource.cli.streams import NatsUnreachableError, wait_for_nats
+
         try:
             async with asyncio.timeout(settings.nats.connect_timeout_s + 1):
+                # A closed port (every server refuses) is said at once: it took the
+                # whole wait and nats-py's reconnects.
+                await wait_for_nats(
+                    settings.nats_url(),
+                    asyncio.get_running_loop().time() + settings.nats.connect_timeout_s + 1,
+                    refused_ends=True,
+                )
                 opened = open_sessions(settings)
                 client = await opened.__aenter__()
+        except NatsUnreachableError:
+            from jetsource.devstack.probes import why_unreachable
+
+            within = f"no connection within {settings.nats.connect_timeout_s + 1:g} s"
+            out.fail(
+                out.UNAVAILABLE,
+                "UNAVAILABLE",
+                f"NATS at {redact_url(settings.nats_url())} did not answer: "
+                f"{within}{why_unreachable(settings.nats_url())}",
+                hint="JETSOURCE_NATS__URL",
+            )
         except (TimeoutError, OSError) as exc:
             from jetsource.devstack.probes import why_unreachable
 

@@ -52,11 +52,15 @@ async def wait_for_nats(
     deadline: float,
     waiting: Callable[[float, BaseException | None], None] | None = None,
     every_s: float = WAITING_EVERY_S,
+    refused_ends: bool = False,
 ) -> None:
     """Return once one of the NATS servers (``url`` may list several, comma-separated)
     accepts a TCP connection; raise NatsUnreachableError at ``deadline`` (loop time).
     ``waiting(seconds waited, last error)`` is called when the first try fails and about
-    every ``every_s`` seconds after.
+    every ``every_s`` seconds after. With ``refused_ends``, a pass where every server
+    refused the connection (nothing listens) raises at once: an admin command against a
+    closed port waited out its 10 s (12-16 s with the reconnects behind it) to say so;
+    a server that does not answer in time is still waited for until ``deadline``.
 
     nats-py waits for an absent server forever, and on Python 3.11 a connect given up on
     cannot always be cancelled (a refused attempt can swallow the cancellation), so a
@@ -70,6 +74,7 @@ async def wait_for_nats(
     started = loop.time()
     report_at = started
     while True:
+        refused = 0
         for host, port in servers:
             budget = min(max(deadline - loop.time(), 0.1), 5.0)
             try:
@@ -81,13 +86,14 @@ async def wait_for_nats(
                     _, writer = await asyncio.open_connection(host, port)
             except (OSError, TimeoutError) as exc:
                 last = exc
+                refused += isinstance(exc, ConnectionRefusedError)
                 continue
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
             aio.honour_cancel()
             return
-        if loop.time() + 0.5 >= deadline:
+        if loop.time() + 0.5 >= deadline or (refused_ends and refused == len(servers)):
             raise NatsUnreachableError(repr(last))
         if waiting is not None and loop.time() >= report_at:
             waiting(loop.time() - started, last)
@@ -261,7 +267,7 @@ def _run(
     async def go() -> Any:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        await wait_for_nats(settings.nats_url(), loop.time() + connect_s)
+        await wait_for_nats(settings.nats_url(), loop.time() + connect_s, refused_ends=True)
         return await within(max(deadline - loop.time(), 1.0), work())
 
     try:
