@@ -23,13 +23,12 @@ import contextlib
 import json
 import os
 import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import grpc
 from google.protobuf import struct_pb2
+from tests.projector_fixtures import start_projector
 
 from bench.common import CPUS, Aim, CpuMeter, Stats, Table, exit_on_signals, scratch_dir, show, stop
 from jetsource._gen.process.v1 import events_pb2 as epb
@@ -178,16 +177,6 @@ async def reads_run(
         await fn(request, timeout=10)  # type: ignore[operator]
         latencies.append(time.perf_counter() - t0)
     return Stats(name, latencies, time.perf_counter() - t_all)
-
-
-def start_projector(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "jetsource.projector.server"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
 
 
 async def run(probes: int, tree: int, n_reads: int) -> list[Table]:

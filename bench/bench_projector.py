@@ -14,7 +14,6 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from pathlib import Path
 import httpx
 import nats
 from pydantic import SecretStr
+from tests.projector_fixtures import start_projector
 
 from bench.common import (
     CPUS,
@@ -154,16 +154,6 @@ def histogram_cell(before: dict[float, float], after: dict[float, float]) -> str
         if le in diff
     )
     return f"{total:,.0f} events: p50 {ms(p50)}, p99 {ms(p99)} ({shares})"
-
-
-def start_projector(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "jetsource.projector.server"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
 
 
 @dataclass
