@@ -122,3 +122,36 @@ async def test_a_lagging_graph_model_is_not_an_invalid_root(projection: Projecti
     assert (await graph(service)).version == len(records)
     error = await refused(service, "nope")
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT, error
+
+
+async def test_a_bad_root_is_invalid_while_the_graph_model_is_behind(
+    projection: Projection,
+) -> None:
+    """A root the story has not, or one no command could name, was FAILED_PRECONDITION
+    ("not in the graph model yet") while the model had not applied the story, and
+    INVALID_ARGUMENT once it had: the argument is checked first now, whatever the
+    model's state; a valid root still waits for the model."""
+    p = projection
+    state = ContextState(id=STORY)
+    events = []
+    for command in (CreateContext("A story"), AddDecision("d1", "One")):
+        for message in decide(command, state):
+            state = evolve(state, message)
+            events.append(message)
+    await p.store.append(STORY, [NewEvent(e) for e in events], NO_STREAM)
+    await p.model("graph", 1).setup()  # nothing applied: the model is behind
+    service = ContextQueryService(
+        p, StateLoader(p.store, p.snapshots, 10), QueryOptions(grpc_port=0, metrics_port=0)
+    )
+    for root in ("nope", "bad id!", "x" * 65, "../d1", "d1\n"):
+        error = await refused(service, root)
+        assert error.code == grpc.StatusCode.INVALID_ARGUMENT, (root, error)
+        assert str(error) == f"root_id: no decision or subtask {root!r} in context {STORY!r}"
+    for root in ("", STORY, "d1"):
+        error = await refused(service, root)
+        assert error.code == grpc.StatusCode.FAILED_PRECONDITION, (root, error)
+    # An unknown story stays NOT_FOUND, whatever root is asked for.
+    request = pb.GetDecisionGraphRequest(context_id="no-such-story", root_id="d1")
+    with pytest.raises(QueryError) as caught:
+        await service.GetDecisionGraph(request, Deadline())
+    assert caught.value.code == grpc.StatusCode.NOT_FOUND, caught.value

@@ -256,6 +256,11 @@ def _items(values: Sequence[str], repeated: str, check: Callable[[str, str], Non
             raise ValidationError(str(exc), field=repeated) from None
 
 
+def is_node_id(value: str) -> bool:
+    """Could a command have named a decision or subtask ``value`` (the id rule)?"""
+    return len(value) <= MAX_ID and _ID.fullmatch(value) is not None
+
+
 def _node_id(value: str, name: str) -> None:
     if not value:
         raise ValidationError(f"{name} is required", field=name)

@@ -67,6 +67,7 @@ from jetsource.domains.context.history import (
     StateLoader,
     fold_records,
 )
+from jetsource.domains.context.model import is_node_id
 from jetsource.domains.context.query_settings import QueryOptions
 from jetsource.domains.context.valkey_models import CONTEXT, ContextModel
 from jetsource.domains.context.views import (
@@ -796,6 +797,11 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
         async def work() -> pb.GetDecisionGraphResponse:
             cid = _context_id(request.context_id)
             depth = _number("depth", request.depth, 0, self.o.max_graph_depth)
+            root = request.root_id or cid
+            if root != cid and not is_node_id(root):
+                # No command names a node so: refused before the model is asked, the
+                # same answer whether it is behind, rebuilding or away.
+                raise invalid("root_id", f"no decision or subtask {root!r} in context {cid!r}")
             graph: GraphModel = await self._model(GRAPH)
             await self._check_parked(graph.spec, cid)
             nodes = await graph.nodes(cid)
@@ -803,12 +809,21 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
             # model catching up can answer the first without the story and the next
             # with what was applied meanwhile. Without the story's node, it lags.
             if not any(kind == "story" for kind, _ in nodes):
-                await self._must_exist(cid)
+                if root == cid:
+                    await self._must_exist(cid)
+                else:
+                    # A root the story has not is INVALID_ARGUMENT, lagging or not.
+                    state = (await self.loader.load(cid)).state
+                    if state.version == 0:
+                        raise not_found(cid)
+                    if root not in state.decisions and root not in state.subtasks:
+                        raise invalid(
+                            "root_id", f"no decision or subtask {root!r} in context {cid!r}"
+                        )
                 raise QueryError(
                     grpc.StatusCode.FAILED_PRECONDITION,
                     f"context {cid!r} is not in the graph model yet; try again shortly",
                 )
-            root = request.root_id or cid
             if root != cid and not any(_node_id(cid, k, p) == root for k, p in nodes):
                 # Invalid only if the story has no such node: else the model lags.
                 state = (await self.loader.load(cid)).state
