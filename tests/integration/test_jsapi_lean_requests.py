@@ -734,3 +734,54 @@ async def test_a_command_larger_than_the_whole_pending_buffer_times_out_on_time(
         os.kill(proc.pid, signal.SIGCONT)
         stop_pid(proc.pid)
         proc.wait(10)
+
+
+async def _fill_the_socket(nc: NATS, unique: str) -> None:
+    """With the server stopped: its socket's buffers full (the transport keeps the
+    rest), and the client's pending buffer so near its bound that the next command
+    nats-py sends itself forces a flush, which waits for the socket to drain."""
+    writer = nc._transport._io_writer  # type: ignore[union-attr]
+    fill = b"PUB fill%b 4000\r\n%b\r\n" % (unique.encode(), b"x" * 4000)
+    for _ in range(64):
+        writer.write(fill * 256)  # 64 x 1 MB
+        await asyncio.sleep(0)
+    assert writer.transport.get_write_buffer_size() > 1024 * 1024
+    small = b"PUB fill%b 0\r\n\r\n" % unique.encode()
+    for command in (fill, small):  # less room left than any command takes
+        while nc._pending_data_size + len(command) <= nc._max_pending_size:
+            nc._pending.append(command)
+            nc._pending_data_size += len(command)
+
+
+async def test_a_request_on_a_client_without_the_internals_times_out_on_time(
+    tmp_path: Path, unique: str
+) -> None:
+    """Replies.send's path for a client without nats-py 2.16's internals (nc.publish)
+    waited for room in a full pending buffer with no end (nats-py's forced flush, which
+    also swallows a cancellation): with the server hung (SIGSTOP) request(timeout=0.5)
+    ended only once the server was continued. Its wait is bounded by the deadline."""
+    server = NatsServer(tmp_path, port=free_port(), monitor_port=free_port())
+    proc = server.start()
+    try:
+        await asyncio.to_thread(server.wait_ready, proc, 30)
+        nc = await nats.connect(server.address(), pending_size=32 * 1024)
+        replies = Replies(nc)
+        replies._lean = False  # the path for other clients
+        await replies.start()
+        _stop_now(proc.pid)
+        try:
+            await _fill_the_socket(nc, unique)
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(3):  # the bug: no end before SIGCONT
+                    await replies.request(f"late{unique}", b"y" * 4000, None, 0.5)
+            assert 0.45 < time.monotonic() - started < 1.0
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        assert await round_trip(nc, 10)
+        await replies.stop()
+        await nc.close()
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        stop_pid(proc.pid)
+        proc.wait(10)

@@ -487,6 +487,30 @@ def reconnect_started(nc: NATS) -> bool:
     return task is not None and not task.done()
 
 
+async def within(aw: Awaitable[T], timeout: float) -> T:
+    """``aw`` (nats-py's own ``nc.request``, ``nc.publish``, a ``js.*`` call), its wait
+    ended at ``timeout`` for sure: TimeoutError then, as :meth:`Replies.request` raises
+    for a request not answered in time. ``asyncio.timeout`` around one does not end it
+    there: nats-py's wait for a forced flush (``_send_command`` past its pending bound,
+    ``flush_timeout`` None) waits for the socket to drain with no end of its own, and
+    swallows the cancellation (``_flush_pending``), then goes on to wait for the reply
+    for its whole timeout again. Here it runs in a task of its own, left (cancelled) at
+    the timeout; what it had put in the client's buffer may still be sent. Not for the
+    hot path: a task per call."""
+    task = asyncio.ensure_future(aw)
+    try:
+        done, _ = await asyncio.wait((task,), timeout=max(timeout, 0.0))
+    except BaseException:
+        task.cancel()
+        task.add_done_callback(_retrieve)
+        raise
+    if not done:
+        task.cancel()
+        task.add_done_callback(_retrieve)
+        raise TimeoutError
+    return task.result()
+
+
 def _retrieve(task: asyncio.Task[Any]) -> None:
     """A flush whose waiters all timed out: its error (if any) is theirs no more."""
     if not task.cancelled():
@@ -578,7 +602,11 @@ class Replies:
         for room without end: :meth:`_Wire.room`)."""
         nc = self._nc
         if not self._lean:
-            await nc.publish(subject, data, reply=reply, headers=headers)  # type: ignore[arg-type]
+            publishing = nc.publish(subject, data, reply=reply, headers=headers)  # type: ignore[arg-type]
+            if deadline is None:
+                await publishing
+            else:  # its wait for room, bounded (what it buffered may still go out)
+                await within(publishing, deadline - asyncio.get_running_loop().time())
             return
         if not nc._skip_subject_validation and (
             not subject or _SUBJECT_INVALID.search(subject) or _SUBJECT_INVALID.search(reply)
