@@ -249,7 +249,9 @@ async def require_jetstream(nc: NATS, settings: JetsourceSettings, timeout_s: fl
         "or point JETSOURCE_NATS__URL at one that has it"
     )
     try:
-        msg = await nc.request("$JS.API.INFO", b"", timeout=timeout_s)
+        # Bounded for sure (jsapi.within): nats-py's request waited for room in a full
+        # pending buffer with no end, a hung server's.
+        msg = await jsapi.within(nc.request("$JS.API.INFO", b"", timeout=timeout_s), timeout_s)
     except nats.errors.NoRespondersError:
         raise JetStreamOffError(
             f"JetStream is not enabled on NATS at {where}: the server answers, but "
