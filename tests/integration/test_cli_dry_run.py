@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -14,13 +16,15 @@ import pytest
 from jetsource._gen.context.v1 import events_pb2 as ev
 from jetsource.core.envelope import NewEvent
 from jetsource.core.errors import CorruptEventError
-from jetsource.core.settings import JetsourceSettings
+from jetsource.core.settings import EventStoreSettings, JetsourceSettings, SnapshotSettings
 from jetsource.domains.context.events import registry
 from jetsource.eventstore import jsapi
 from jetsource.eventstore.jetstream import JetStreamEventStore
+from jetsource.eventstore.snapshots import JetStreamSnapshotStore
 from jetsource.projection.bootstrap import open_projection
 from jetsource.projection.host import ProjectorService
 from tests.cli_env import cli_env, event_store_settings, jetsource
+from tests.history_fixtures import append_history, save_snapshots
 from tests.infra import Server
 from tests.integration.test_erasure import erase_cli, valkey_dump
 from tests.projector_fixtures import projector_settings
@@ -157,3 +161,54 @@ async def test_repair_void_dry_run_names_the_void_and_records_nothing(
         assert json.loads(again.stdout)["voided_before"] is True
     finally:
         await nc.drain()
+
+
+async def test_archive_compact_dry_run_counts_the_plan_and_purges_nothing(
+    nats_server: Server, nc: Any, unique: str, tmp_path: Path
+) -> None:
+    """`archive compact --dry-run` counts what would be archived and purged (and in how
+    many segments) from the same checks and choice of events; the stream keeps every
+    event and no segment is written; the compaction then does those counts."""
+    from tests.integration.archive import test_cli as archive_cli
+
+    archive = tmp_path / "archive"
+    env = archive_cli.environment(nats_server.url, unique, archive)
+    cfg = EventStoreSettings(
+        stream=f"AE_{unique}",
+        subject_prefix=f"ae{unique}.events",
+        retention="age+compaction",
+        max_age_s=1,
+    )
+    store = JetStreamEventStore(nc, registry, cfg)
+    await store.ensure_streams()
+    snapshots = JetStreamSnapshotStore(
+        nc, SnapshotSettings(stream=f"AS_{unique}", subject_prefix=f"as{unique}.snapshots"), 5.0
+    )
+    await snapshots.ensure_stream()
+    records = await append_history(store, "cli1", 25, seed=1)
+    await save_snapshots(snapshots, records, [20])
+    await append_history(store, "cli2", 5, seed=2)  # no snapshot covers it: it stays
+    await asyncio.sleep(1.2)  # past the one-second horizon
+    info = (await store.stream_info())["state"]
+
+    plan = archive_cli.ok(env, "compact", "--dry-run")
+    assert plan["dry_run"] is True and plan["segments"] == [] and plan["would_seal"] == 1
+    assert (plan["archived"], plan["purged"], plan["aggregates"]) == (20, 20, 1)
+    assert "cli2" in plan["kept"]
+    text = archive_cli.cli(env, "compact", "--dry-run")
+    assert text.returncode == 0, text.stderr
+    assert "would archive 20 events of 1 aggregates in 1 segments and purge 20" in text.stdout
+    state = (await store.stream_info())["state"]
+    assert (state["messages"], state["first_seq"], state["last_seq"]) == (
+        info["messages"],
+        info["first_seq"],
+        info["last_seq"],
+    )
+    assert not any(p.is_file() for p in archive.rglob("*"))  # no segment, no manifest
+    assert [r.version for r in await store.read_aggregate("cli1")][:1] == [1]
+
+    report = archive_cli.ok(env, "compact")
+    assert set(plan) - {"dry_run", "would_seal"} == set(report)
+    assert (report["archived"], report["purged"], report["aggregates"]) == (20, 20, 1)
+    assert len(report["segments"]) == plan["would_seal"]
+    assert (await store.stream_info())["state"]["messages"] == info["messages"] - 20

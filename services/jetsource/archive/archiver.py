@@ -59,6 +59,7 @@ class CompactReport:
     segments: list[str] = field(default_factory=list)
     # aggregate -> why its old events stay live (no snapshot covers them, ...)
     kept: dict[str, str] = field(default_factory=dict)
+    would_seal: int = 0  # a dry run's segments (the real run names them in segments)
 
 
 @dataclass
@@ -237,10 +238,15 @@ class Archiver:
         now: int | None = None,
         after_seal: Callable[[SegmentEntry], None] | None = None,
         progress: Callable[[int, int], None] | None = None,
+        dry_run: bool = False,
     ) -> CompactReport:
         """Archive and purge what the policy allows; ``after_seal`` is called once a
         segment is verified, before any purge (fault tests stop a run there);
-        ``progress(done, total)`` counts the aggregates with events behind the horizon."""
+        ``progress(done, total)`` counts the aggregates with events behind the horizon.
+        ``dry_run``: the same checks and the same choice of events, nothing written nor
+        purged; ``archived``, ``purged`` and ``aggregates`` count what would be, and
+        ``segments`` stays empty (names are given as segments are written:
+        ``CompactReport.would_seal`` counts them)."""
         if self._cfg.retention != "age+compaction":
             raise ArchiveError(
                 f"stream {self._cfg.stream} keeps its events ({self._cfg.retention}): "
@@ -276,12 +282,12 @@ class Archiver:
                 batch.append(found)
                 size += len(found.messages)
                 if size >= self.segment_events:
-                    await self._seal_and_purge(batch, report, after_seal)
+                    await self._seal_and_purge(batch, report, after_seal, dry_run)
                     batch, size = [], 0
             if progress is not None and at + PARALLEL < len(items):
                 progress(at + PARALLEL, len(items))
         if batch:
-            await self._seal_and_purge(batch, report, after_seal)
+            await self._seal_and_purge(batch, report, after_seal, dry_run)
         if progress is not None:
             progress(len(items), len(items))
         return report
@@ -291,8 +297,15 @@ class Archiver:
         batch: Sequence[_Candidate],
         report: CompactReport,
         after_seal: Callable[[SegmentEntry], None] | None,
+        dry_run: bool = False,
     ) -> None:
         messages = sorted((m for c in batch for m in c.messages), key=lambda m: m.seq)
+        if dry_run:  # the purge takes each aggregate's live events up to the last sealed
+            report.would_seal += 1
+            report.archived += len(messages)
+            report.purged += len(messages)
+            report.aggregates += len(batch)
+            return
         ranges = {
             c.aggregate_id: AggregateRange(
                 c.versions[0],
