@@ -89,8 +89,9 @@ def parse_time_ns(text: str, *, int64: bool = False, offset_required: bool = Fal
 
 
 def format_rfc3339_ns(ns: int) -> str:
-    base = datetime.fromtimestamp(ns // NS, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{base}.{ns % NS:09d}Z"
+    at = datetime.fromtimestamp(ns // NS, UTC)
+    # The year as four digits (RFC 3339): strftime's %Y wrote year 1 as "1".
+    return f"{at.year:04d}-{at:%m-%dT%H:%M:%S}.{ns % NS:09d}Z"
 
 
 def to_timestamp(ns: int) -> Timestamp:

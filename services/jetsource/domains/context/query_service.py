@@ -671,7 +671,7 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
                 first = await self.store.read_aggregate(cid, to_version=1)
                 raise QueryError(
                     grpc.StatusCode.NOT_FOUND,
-                    f"context {cid!r} did not exist yet at {request.time.ToJsonString()} "
+                    f"context {cid!r} did not exist yet at {format_rfc3339_ns(at)} "
                     f"(before the context existed); it was created at "
                     f"{format_rfc3339_ns(first[0].recorded_at_ns)}",
                     field="time",
