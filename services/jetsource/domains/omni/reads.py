@@ -38,6 +38,14 @@ from jetsource.core.clock import now_ns, to_timestamp
 from jetsource.core.envelope import RecordedEvent
 from jetsource.core.errors import JetsourceError, ValidationError
 from jetsource.core.ids import validate_aggregate_id
+from jetsource.core.printable import (
+    ID_TAKES,
+    UNSAFE,
+    escape,
+    not_id_at,
+    not_one_line_at,
+    refused_at,
+)
 from jetsource.domains.omni.events import handle_name, is_identity
 from jetsource.domains.omni.identity import MAX_EXTERNAL_ID
 from jetsource.domains.omni.models import (
@@ -264,8 +272,33 @@ class PageTokens:
 PROVIDERS = ("whatsapp", "discord")
 
 
+def read_text(value: str, field: str, ident: bool = False) -> str:
+    """A value a read names, refused naming ``field`` and the character (escaped:
+    U+0000) when no stored record can hold it, and so not looked up: a control
+    character or U+2028/U+2029 (the ingress refuses a webhook whose handle,
+    conversation or message id holds one); ``ident``, an id of ours (an event's, an
+    identity's, an instance), a bidi embedding, override or isolate too. A NUL was
+    looked up and answered as an empty page, or NOT_FOUND echoing it raw. A handle's
+    or a conversation's bidi controls are the provider's text (stored as it came):
+    looked up, and escaped in an answer (:func:`shown`)."""
+    at = not_id_at(value) if ident else not_one_line_at(value)
+    if at is not None:
+        takes = ID_TAKES if ident else "one line of printable text"
+        raise ValidationError(
+            f"{field} holds {refused_at(value, at)}: it takes {takes}", field=field
+        )
+    return value
+
+
+def shown(value: str) -> str:
+    """``value`` as an answer's message may hold it: each character a terminal must not
+    get raw (core.printable.UNSAFE: a bidi override of a handle) as its escape."""
+    return UNSAFE.sub(lambda m: escape(m.group()), value)
+
+
 def provider_name(value: str, field: str = "provider") -> str:
     """A provider a read may name: empty (any) or one the ingress serves."""
+    read_text(value, field, ident=True)
     if value and value not in PROVIDERS:
         raise ValidationError(
             f"{field} {value[:40]!r} is not a provider (one of {', '.join(PROVIDERS)})",
@@ -277,6 +310,7 @@ def provider_name(value: str, field: str = "provider") -> str:
 def instance_name(value: str, field: str = "instance") -> str:
     """An instance a read may name: no instance is named otherwise (settings), and a
     name is a part of the read model's keys (``a:b`` would read another key)."""
+    read_text(value, field, ident=True)
     if not INSTANCE_NAME.fullmatch(value):
         raise ValidationError(
             f"{field} {value[:80]!r} is not an instance name (1-64 letters, digits, "
@@ -419,6 +453,7 @@ class OmniReads:
         then the stream's, folded as the model will show it. Read after write, from
         whichever ingress the step went through. The stream's version of the event is
         one direct get, asked beside the model's read (not after it)."""
+        read_text(event_id, "event_id", ident=True)
         validate_aggregate_id(event_id, "event_id")
         ns = await self.ns(OMNI_EVENTS)
         pipe = self.redis.pipeline(transaction=False)
@@ -520,6 +555,7 @@ class OmniReads:
                 f"{MAX_CONVERSATION_ID}",
                 field="conversation_id",
             )
+        read_text(conversation_id, "conversation_id")
         ns = await self.ns(OMNI_EVENTS)
         key = f"c:{provider}:{instance}:{conversation_id}"
         return await self._page(ns, [key], size, token, "conversation", key)
@@ -552,6 +588,7 @@ class OmniReads:
         return out
 
     async def identity(self, identity_id: str) -> IdentityView:
+        read_text(identity_id, "identity_id", ident=True)
         validate_aggregate_id(identity_id, "identity_id")
         if not is_identity(identity_id):
             raise ValidationError(
@@ -613,17 +650,18 @@ class OmniReads:
             raise ValidationError(
                 f"external_id must be 1..{MAX_EXTERNAL_ID} characters", field="external_id"
             )
+        read_text(external_id, "external_id")
         ns = await self.ns(OMNI_IDENTITIES)
         found = await valkey_io(self.redis.hget(f"{ns}:h", handle_name(provider, external_id)))
         if not found:
             if await self._held(provider, external_id):
                 raise NotYetVisibleError(
-                    f"the handle {provider}:{external_id} is not in the read model yet; "
+                    f"the handle {provider}:{shown(external_id)} is not in the read model yet; "
                     "try again shortly",
                     "external_id",
                 )
             raise NotFoundError(
-                f"no identity has the handle {provider}:{external_id}", "external_id"
+                f"no identity has the handle {provider}:{shown(external_id)}", "external_id"
             )
         view = await self.identity(_text(found))
         seen = {view.identity_id}
