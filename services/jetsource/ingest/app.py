@@ -55,7 +55,13 @@ from jetsource.domains.omni.processing import (
     record_status,
 )
 from jetsource.domains.omni.raw import RawRecordCorruptError
-from jetsource.domains.omni.reads import Filters, NotFoundError, NotYetVisibleError, OmniReads
+from jetsource.domains.omni.reads import (
+    Filters,
+    NotFoundError,
+    NotYetVisibleError,
+    OmniReads,
+    shown,
+)
 from jetsource.eventstore.jetstream import JetStreamEventStore
 from jetsource.ingest.transport import BodyDeadline, BodyTimeout
 from jetsource.projection.contract import TransientError
@@ -248,6 +254,41 @@ def parse_since(text: str) -> int:
 
 class Unauthenticated(Exception):
     pass
+
+
+def accepted_parameters(route: Any) -> tuple[str, ...]:
+    """The query parameters a route takes (its function's and its dependencies'), in
+    the order they are declared; worked out once per route."""
+    got: tuple[str, ...] | None = getattr(route, "_jetsource_query_parameters", None)
+    if got is None:
+        names: list[str] = []
+        todo = [route.dependant]
+        while todo:
+            dependant = todo.pop(0)
+            names += (p.alias for p in dependant.query_params)
+            todo += dependant.dependencies
+        got = tuple(dict.fromkeys(names))
+        route._jetsource_query_parameters = got
+    return got
+
+
+async def known_parameters(request: Request) -> None:
+    """A read of /api/v1/ given a query parameter it does not take is 400 naming it and
+    listing those it takes: ``/api/v1/events?event_type=message`` (the filter is
+    ``type``) answered every event, unfiltered, as if none were asked. Not on the
+    webhooks: a provider may add parameters of its own."""
+    route = request.scope.get("route")
+    if route is None or not hasattr(route, "dependant"):
+        return
+    accepted = accepted_parameters(route)
+    for name in request.query_params:
+        if name not in accepted:
+            named = shown(name[:80])
+            takes = ", ".join(accepted) if accepted else "none"
+            raise ValidationError(
+                f"'{named}' is not a parameter of GET {route.path} (it takes: {takes})",
+                field=named,
+            )
 
 
 def error_answer(path: str, exc: Exception) -> JSONResponse:
@@ -665,7 +706,7 @@ def create_app(
 
     # -- reads -----------------------------------------------------------------------------
 
-    @api.get("/events", tags=["reads"])
+    @api.get("/events", tags=["reads"], dependencies=[Depends(known_parameters)])
     async def recent_events(
         instance: str = "",
         provider: str = "",
@@ -688,7 +729,7 @@ def create_app(
         )
         return {"events": [as_json(e) for e in events], "next_page_token": token}
 
-    @api.get("/events/{event_id}", tags=["reads"])
+    @api.get("/events/{event_id}", tags=["reads"], dependencies=[Depends(known_parameters)])
     async def get_event(event_id: str, include_raw: bool = False) -> dict[str, Any]:
         view = await reads.event(event_id)
         out: dict[str, Any] = {"event": as_json(view)}
@@ -715,7 +756,7 @@ def create_app(
         )
         return {"event_id": event_id, "version": version}
 
-    @api.get("/raw/{raw_id}", tags=["reads"])
+    @api.get("/raw/{raw_id}", tags=["reads"], dependencies=[Depends(known_parameters)])
     async def get_raw(raw_id: str) -> dict[str, Any]:
         raw = await reads.raw_payload(raw_id)
         if raw is None:
@@ -725,7 +766,11 @@ def create_app(
     # Conversation ids and handles are the provider's: a Cloud API group id is base64 and
     # may hold "/" (sent as %2F, which the router decodes before it matches), so the last
     # segment takes the rest of the path (a conversation with "/" was 404 "no route").
-    @api.get("/conversations/{provider}/{instance}/{conversation_id:path}", tags=["reads"])
+    @api.get(
+        "/conversations/{provider}/{instance}/{conversation_id:path}",
+        tags=["reads"],
+        dependencies=[Depends(known_parameters)],
+    )
     async def conversation(
         provider: str, instance: str, conversation_id: str, page_size: int = 0, page_token: str = ""
     ) -> dict[str, Any]:
@@ -734,18 +779,22 @@ def create_app(
         )
         return {"events": [as_json(e) for e in events], "next_page_token": token}
 
-    @api.get("/identities", tags=["reads"])
+    @api.get("/identities", tags=["reads"], dependencies=[Depends(known_parameters)])
     async def identities(
         provider: str = "", include_merged: bool = False, page_size: int = 0, page_token: str = ""
     ) -> dict[str, Any]:
         found, token = await reads.identities(provider, include_merged, page_size, page_token)
         return {"identities": [as_json(i) for i in found], "next_page_token": token}
 
-    @api.get("/identities/{identity_id}", tags=["reads"])
+    @api.get("/identities/{identity_id}", tags=["reads"], dependencies=[Depends(known_parameters)])
     async def identity(identity_id: str) -> dict[str, Any]:
         return {"identity": as_json(await reads.identity(identity_id))}
 
-    @api.get("/identities/{identity_id}/timeline", tags=["reads"])
+    @api.get(
+        "/identities/{identity_id}/timeline",
+        tags=["reads"],
+        dependencies=[Depends(known_parameters)],
+    )
     async def timeline(
         identity_id: str, page_size: int = 0, page_token: str = ""
     ) -> dict[str, Any]:
@@ -756,7 +805,11 @@ def create_app(
             "next_page_token": token,
         }
 
-    @api.get("/handles/{provider}/{external_id:path}", tags=["reads"])
+    @api.get(
+        "/handles/{provider}/{external_id:path}",
+        tags=["reads"],
+        dependencies=[Depends(known_parameters)],
+    )
     async def find_identity(provider: str, external_id: str) -> dict[str, Any]:
         return {"identity": as_json(await reads.find(provider, external_id))}
 
