@@ -18,9 +18,12 @@ checks it against a real server stopped and continued.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from nats.aio.client import Client as NATS
+
+T = TypeVar("T")
 
 
 class PingProbe:
@@ -125,3 +128,34 @@ async def round_trip(nc: NATS, timeout_s: float) -> bool:
     """What ``nc.flush(timeout_s)`` promises (everything published before has reached
     the server when it answers), without its hazard: True when answered in time."""
     return await PingProbe(nc).answers(timeout_s)
+
+
+async def within(aw: Awaitable[T], timeout: float) -> T:
+    """``aw`` (nats-py's own ``nc.request``, ``nc.publish``, a ``js.*`` call), its wait
+    ended at ``timeout`` for sure: TimeoutError then, as the event store's requests
+    (``jsapi.Replies.request``) raise for one not answered in time. An
+    ``asyncio.timeout`` around one does not end it there: nats-py's wait for a forced
+    flush (``_send_command`` past its pending bound, ``flush_timeout`` None) waits for
+    the socket to drain with no end of its own, and swallows the cancellation
+    (``_flush_pending``), then goes on to wait for the reply for its whole timeout
+    again. Here it runs in a task of its own, left (cancelled) at the timeout; what it
+    had put in the client's buffer may still be sent. Not for the hot path: a task
+    per call."""
+    task = asyncio.ensure_future(aw)
+    try:
+        done, _ = await asyncio.wait((task,), timeout=max(timeout, 0.0))
+    except BaseException:
+        task.cancel()
+        task.add_done_callback(_retrieved)
+        raise
+    if not done:
+        task.cancel()
+        task.add_done_callback(_retrieved)
+        raise TimeoutError
+    return task.result()
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """A call left at its timeout: its error (if any) is nobody's."""
+    if not task.cancelled():
+        task.exception()

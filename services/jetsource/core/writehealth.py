@@ -33,6 +33,7 @@ from nats.aio.client import Client as NATS
 
 from jetsource.core import deadline as call_deadline
 from jetsource.core.aio import honour_cancel, stop_task, wait_event
+from jetsource.core.natsping import within
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ PROBE_STREAM = "JETSOURCE_PROBE"
 PROBE_EVERY_S = 10.0  # while writable: notice a refusal even when no write comes
 PROBE_RETRY_S = 1.0  # while not writable: notice the way back quickly
 PROBE_TIMEOUT_S = 2.0
+REQUEST_TIMEOUT_S = 5.0  # the probe's JetStream API requests (nats-py's own default)
 CONNECTION_CHECK_S = 0.5  # while writable: a dropped NATS connection is noticed this soon
 
 #: (an exception, the stream it concerns) -> a named refusal, or None when it is none.
@@ -84,6 +86,7 @@ class WriteHealth:
     replicas: int = 1
     name_refusal: NameRefusal = _no_names
     every_s: float = PROBE_EVERY_S
+    request_timeout_s: float = REQUEST_TIMEOUT_S
     retry_s: float = PROBE_RETRY_S
     health: Any = None  # grpc_health's aio HealthServicer
     writable: bool = True
@@ -121,14 +124,18 @@ class WriteHealth:
         """Empty when the service can write; else what stops it."""
         if not self.nc.is_connected:
             return "NATS is not connected"
-        js = self.nc.jetstream()
+        wait = self.request_timeout_s
+        js = self.nc.jetstream(timeout=wait)
+        # Each call bounded for sure (within): nats-py's own waited for room in a full
+        # pending buffer with no end, so with the server hung the probe never ended and
+        # health stayed SERVING.
         try:
-            info = await js.stream_info(self.stream)
+            info = await within(js.stream_info(self.stream), wait)
             if info.config.sealed:
                 return f"stream {self.stream} is sealed"
             if (limit_reached := _full(info)) is not None:
                 return f"stream {self.stream} is at its {limit_reached} (discard new)"
-            account = await js.account_info()
+            account = await within(js.account_info(), wait)
             limit = account.limits.max_storage or -1
             used = account.storage + (getattr(account, "reserved_storage", 0) or 0)
             if limit > 0 and used >= limit:
@@ -137,20 +144,22 @@ class WriteHealth:
                 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
                 with contextlib.suppress(Exception):  # exists already: fine
-                    await js.add_stream(
-                        StreamConfig(
-                            name=PROBE_STREAM,
-                            subjects=["jetsource.probe.>"],
-                            storage=StorageType.FILE,
-                            max_msgs_per_subject=1,
-                            max_age=3600,
-                            discard=DiscardPolicy.OLD,
-                            num_replicas=self.replicas,
-                        )
+                    config = StreamConfig(
+                        name=PROBE_STREAM,
+                        subjects=["jetsource.probe.>"],
+                        storage=StorageType.FILE,
+                        max_msgs_per_subject=1,
+                        max_age=3600,
+                        discard=DiscardPolicy.OLD,
+                        num_replicas=self.replicas,
                     )
+                    await within(js.add_stream(config), wait)
                 self._probe_ready = True
-            await js.publish(
-                self.probe_subject, b"probe", stream=PROBE_STREAM, timeout=PROBE_TIMEOUT_S
+            await within(
+                js.publish(
+                    self.probe_subject, b"probe", stream=PROBE_STREAM, timeout=PROBE_TIMEOUT_S
+                ),
+                PROBE_TIMEOUT_S,
             )
         except Exception as exc:
             self._probe_ready = False  # the probe stream may be missing: create it next time

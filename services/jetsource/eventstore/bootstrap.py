@@ -15,6 +15,7 @@ from nats.aio.client import Client as NATS
 from jetsource.core.aio import wait_for
 from jetsource.core.codec import EventRegistry
 from jetsource.core.errors import AccessDeniedError, EventStoreUnavailableError
+from jetsource.core.natsping import within
 from jetsource.core.settings import JetsourceSettings, redact_url
 from jetsource.eventstore import jsapi
 from jetsource.eventstore.jetstream import JetStreamEventStore
@@ -249,9 +250,9 @@ async def require_jetstream(nc: NATS, settings: JetsourceSettings, timeout_s: fl
         "or point JETSOURCE_NATS__URL at one that has it"
     )
     try:
-        # Bounded for sure (jsapi.within): nats-py's request waited for room in a full
-        # pending buffer with no end, a hung server's.
-        msg = await jsapi.within(nc.request("$JS.API.INFO", b"", timeout=timeout_s), timeout_s)
+        # Bounded for sure (natsping.within): nats-py's request waited for room in a
+        # full pending buffer with no end, a hung server's.
+        msg = await within(nc.request("$JS.API.INFO", b"", timeout=timeout_s), timeout_s)
     except nats.errors.NoRespondersError:
         raise JetStreamOffError(
             f"JetStream is not enabled on NATS at {where}: the server answers, but "

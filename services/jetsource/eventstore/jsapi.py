@@ -36,7 +36,7 @@ from jetsource.core.clock import format_rfc3339_ns, parse_rfc3339_ns
 from jetsource.core.deadline import cut_short, detached
 from jetsource.core.deadline import wait as call_wait
 from jetsource.core.errors import AccessDeniedError, DeadlineCutError, EventStoreUnavailableError
-from jetsource.core.natsping import hand_over_pending
+from jetsource.core.natsping import hand_over_pending, within
 
 BATCH_LIMIT = 1000  # server default maximum messages per atomic batch
 DIRECT_GET_PAGE = 1000
@@ -485,30 +485,6 @@ def reconnect_started(nc: NATS) -> bool:
     """Whether a reconnect :func:`start_reconnect` started is yet to run."""
     task: asyncio.Task[None] | None = nc.__dict__.get("_jetsource_reconnect")
     return task is not None and not task.done()
-
-
-async def within(aw: Awaitable[T], timeout: float) -> T:
-    """``aw`` (nats-py's own ``nc.request``, ``nc.publish``, a ``js.*`` call), its wait
-    ended at ``timeout`` for sure: TimeoutError then, as :meth:`Replies.request` raises
-    for a request not answered in time. ``asyncio.timeout`` around one does not end it
-    there: nats-py's wait for a forced flush (``_send_command`` past its pending bound,
-    ``flush_timeout`` None) waits for the socket to drain with no end of its own, and
-    swallows the cancellation (``_flush_pending``), then goes on to wait for the reply
-    for its whole timeout again. Here it runs in a task of its own, left (cancelled) at
-    the timeout; what it had put in the client's buffer may still be sent. Not for the
-    hot path: a task per call."""
-    task = asyncio.ensure_future(aw)
-    try:
-        done, _ = await asyncio.wait((task,), timeout=max(timeout, 0.0))
-    except BaseException:
-        task.cancel()
-        task.add_done_callback(_retrieve)
-        raise
-    if not done:
-        task.cancel()
-        task.add_done_callback(_retrieve)
-        raise TimeoutError
-    return task.result()
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:
