@@ -732,6 +732,7 @@ async def replay(
     actor: str | None = None,
     run_id: str | None = None,
     version: int | None = None,
+    dry_run: bool = False,
 ) -> ReplayReport:
     """Re-apply a slice of the stream to the active version of a model (or to
     ``version``, one that is live or being built: erasure and repair write every
@@ -753,6 +754,11 @@ async def replay(
     refuses it) and records no run. The run is identified by ``run_id`` (a
     new uuid7 unless given) and recorded, with its selectors, events and the last
     replayed stream sequence, as the model's ``last_replay`` in the control entry.
+
+    ``dry_run``: the same checks and the same selection of events, then the report of
+    the slice (events, stories, last sequence, corrupt stories under ``failed``) with
+    nothing written and no run recorded; what re-applies and what is carried forward
+    is known only by folding the stories, so it is not counted.
     """
     started = time.perf_counter()
     validate_slice(p, name, aggregate_id, from_seq, to_seq, from_time, to_time, event_types, actor)
@@ -819,6 +825,9 @@ async def replay(
     for e in events:
         slices.setdefault(e.aggregate_id, []).append(e)
     report.aggregates = len(slices)
+    if dry_run:
+        report.seconds = time.perf_counter() - started
+        return report
     entry: dict[str, Any] = {
         "run_id": report.run_id,
         "model": name,
