@@ -785,3 +785,36 @@ async def test_a_request_on_a_client_without_the_internals_times_out_on_time(
         os.kill(proc.pid, signal.SIGCONT)
         stop_pid(proc.pid)
         proc.wait(10)
+
+
+async def test_a_batched_direct_get_times_out_on_time_with_a_full_buffer(
+    tmp_path: Path, unique: str
+) -> None:
+    """A page of a batched direct get (direct_get_page, every paged read) was sent with
+    nats-py's own publish, whose wait for room in a full pending buffer has no end:
+    with the server hung (SIGSTOP) a read with timeout 0.5 ended only once the server
+    was continued. It is sent as a request is, its wait within the timeout."""
+    server = NatsServer(tmp_path, port=free_port(), monitor_port=free_port())
+    proc = server.start()
+    try:
+        await asyncio.to_thread(server.wait_ready, proc, 30)
+        nc = await nats.connect(server.address(), pending_size=32 * 1024)
+        replies = Replies(nc)
+        await replies.start()
+        _stop_now(proc.pid)
+        try:
+            await _fill_the_socket(nc, unique)
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(3):  # the bug: no end before SIGCONT
+                    await jsapi.direct_get_page(replies, f"S{unique}", None, 1, 10, 0.5)
+            assert 0.45 < time.monotonic() - started < 1.0
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        assert await round_trip(nc, 10)
+        await replies.stop()
+        await nc.close()
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        stop_pid(proc.pid)
+        proc.wait(10)

@@ -984,8 +984,11 @@ async def _direct_page(
         body: dict[str, Any] = {"seq": start, "batch": batch}
         if subject is not None:
             body["next_by_subj"] = subject
-        await replies._nc.publish(
-            f"$JS.API.DIRECT.GET.{stream}", json.dumps(body).encode(), reply=reply
+        # Sent as a request is (Replies.send): nats-py's publish waited for room in a
+        # full pending buffer with no end (a hung server held the read past its timeout).
+        deadline = asyncio.get_running_loop().time() + timeout
+        await replies.send(
+            f"$JS.API.DIRECT.GET.{stream}", json.dumps(body).encode(), reply, None, deadline
         )
         while True:
             msg = queue.get_nowait() if not queue.empty() else None
