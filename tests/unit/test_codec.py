@@ -33,11 +33,42 @@ def test_historical_messages_cannot_be_written() -> None:
         registry.encode(history.DecisionAddedV1(decision_id="d"))
 
 
-def test_unknown_types_and_versions_are_skippable_values() -> None:
+def test_unknown_types_and_versions_are_values_naming_the_newer_release() -> None:
+    """Undecodable by this release, never fatal to a reader; what a newer release can
+    have written says so (type, version found, newest known): a projector dead-letters
+    it instead of skipping it (it skipped it before, and the model never had it)."""
     unknown = registry.decode("Teleported", 1, b"\x01")
     assert isinstance(unknown, UnknownEvent) and unknown.reason == "unknown event type"
+    assert unknown.newer_release == (
+        "Teleported v1 is an event type this release does not know (it knows no version "
+        "of it): written by a newer release"
+    )
     newer = registry.decode("DecisionAdded", 3, b"")
     assert isinstance(newer, UnknownEvent) and "schema version 3" in newer.reason
+    assert newer.newer_release == (
+        "DecisionAdded v3 was written by a newer release: this release knows DecisionAdded up to v2"
+    )
+
+
+def test_what_no_release_writes_is_not_named_a_newer_releases() -> None:
+    """A version below the newest with no schema, a type name no rule of the domain
+    accepts, a fallback domain's (it knows every type name its rule accepts) and the
+    engine's stand-ins: unknown, and no newer release wrote them."""
+    assert isinstance(old := registry.decode("DecisionAdded", 0, b""), UnknownEvent)
+    assert old.newer_release == ""
+    assert isinstance(bad := registry.decode("Step-Done", 1, b""), UnknownEvent)
+    assert bad.newer_release == ""
+    import re
+
+    from google.protobuf import wrappers_pb2
+
+    fallback = EventRegistry(
+        fallback=wrappers_pb2.StringValue, event_types=re.compile(r"[a-z_]{1,64}")
+    )
+    assert isinstance(fallback.decode("any_type", 99, b""), wrappers_pb2.StringValue)
+    assert isinstance(nameless := fallback.decode("Step-Done", 1, b""), UnknownEvent)
+    assert nameless.newer_release == ""
+    assert UnknownEvent("Skipped", 0, b"", "discarded dead letter").newer_release == ""
 
 
 def test_unknown_fields_survive_a_round_trip() -> None:

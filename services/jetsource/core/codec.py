@@ -2,7 +2,11 @@
 
 Every read path decodes through :meth:`EventRegistry.decode`, so it only ever sees
 current versions. Unknown types (or versions newer than this code knows) decode to
-:class:`UnknownEvent`, which handlers skip; they are never fatal.
+:class:`UnknownEvent`; one a newer release can have written (a type name of the
+domain it does not know, a version past the newest it knows) says so in
+``newer_release``, and every projector dead-letters it naming that (a model that
+skipped it had lost it for good after the upgrade). Other unknown events (an
+operator's void, a discarded dead letter's stand-in) are no-ops at their place.
 """
 
 from __future__ import annotations
@@ -23,12 +27,19 @@ Upcaster = Callable[[Message], Message]
 
 @dataclass(frozen=True)
 class UnknownEvent:
-    """An event this code cannot interpret; carried along untouched and skipped."""
+    """An event this code cannot interpret; carried along untouched.
+
+    ``newer_release`` is set when a newer release can have written it (its type or
+    schema version is one this release does not know): what to say of it ("DecisionAdded
+    v3 was written by a newer release: this release knows DecisionAdded up to v2").
+    Empty for the engine's stand-ins (a voided message, a discarded dead letter), which
+    are no-ops at their place."""
 
     event_type: str
     schema_version: int
     payload: bytes
     reason: str = "unknown event type"
+    newer_release: str = ""
 
 
 class PayloadDecodeError(ValueError):
@@ -185,12 +196,7 @@ class EventRegistry:
                 ) from exc
             return _showable(message, event_type, version, payload)
         if cls is None:
-            reason = (
-                "unknown event type"
-                if event_type not in self._current
-                else f"unknown schema version {version}"
-            )
-            return UnknownEvent(event_type, version, payload, reason)
+            return self._unknown(event_type, version, payload)
         message = cls()
         try:
             message.ParseFromString(payload)
@@ -211,6 +217,28 @@ class EventRegistry:
                 ) from exc
             version += 1
         return _showable(message, event_type, version, payload)
+
+    def _unknown(self, event_type: str, version: int, payload: bytes) -> UnknownEvent:
+        current = self._current.get(event_type)
+        if current is None:
+            newer = (
+                f"{event_type} v{version} is an event type this release does not know "
+                "(it knows no version of it): written by a newer release"
+                # A domain whose callers name their types (a fallback) knows every type
+                # name its rule accepts; a name no rule accepts no release writes.
+                if self._fallback is None and self.valid_type(event_type)
+                else ""
+            )
+            return UnknownEvent(event_type, version, payload, "unknown event type", newer)
+        newer = (
+            f"{event_type} v{version} was written by a newer release: this release knows "
+            f"{event_type} up to v{current}"
+            if version > current
+            else ""
+        )
+        return UnknownEvent(
+            event_type, version, payload, f"unknown schema version {version}", newer
+        )
 
 
 def _showable(message: Message, event_type: str, version: int, payload: bytes) -> Message:

@@ -175,6 +175,16 @@ def _export_gauges(labels: tuple[str, str]) -> None:
                 gauge.remove(*labels)
 
 
+def newer_release_reason(event: UnknownEvent, model: str) -> str:
+    """The dead letter's reason for an event a newer release wrote: what it is, the
+    newest version this release knows, and what to do."""
+    return (
+        f"{event.newer_release}; upgrade the projector to a release that knows it, then "
+        f"apply it to the model: `jetsource projector dlq retry --model {model}` (its "
+        "story's later events wait behind it)"
+    )
+
+
 @dataclass
 class WorkerStats:
     batches: int = 0
@@ -546,7 +556,7 @@ class Worker:
         """An event of the in-flight window as the model would take it from its
         delivery; None for what its delivery handles alone (a parked aggregate, a
         sequence discarded from this model's dead letters, an undecodable message, a
-        type the model does not consume)."""
+        type the model does not consume, an event a newer release wrote)."""
         if self.partition is not None:
             subject = self.partition.origin_subject(raw.subject)
             raw = RawMessage(subject, raw.seq, raw.time_ns, raw.headers, raw.data)
@@ -560,6 +570,8 @@ class Worker:
         types = self.spec.consumed_events
         if types is not None and record.event_type not in types:
             return None
+        if isinstance(record.event, UnknownEvent) and record.event.newer_release:
+            return None  # dead-lettered on its delivery (or stepped over, if voided)
         return voided_event(record) if self.store.known_voided(raw.seq) else record
 
     async def _judge(self, records: list[RecordedEvent]) -> None:
@@ -783,6 +795,16 @@ class Worker:
                 acks.append(d)
                 continue
             if isinstance(record.event, UnknownEvent):
+                if record.event.newer_release and not await self.store.voided(
+                    aggregate_id, d.stream_seq
+                ):
+                    # Skipped, its place passed, the model had never applied it after
+                    # the upgrade: poison for this release, named once (its story parks
+                    # behind it; the others flow on).
+                    await self._dead_letter(
+                        d, aggregate_id, newer_release_reason(record.event, self.spec.name), 1
+                    )
+                    continue
                 self.stats.unknown += 1
                 EVENTS.labels(*self._labels, "unknown").inc()
             if self.store.known_voided(d.stream_seq):
@@ -941,6 +963,10 @@ class Worker:
                             extra={**self._log, "aggregate": aggregate_id},
                         )
                         continue  # the corrupt message is dead-lettered on its own delivery
+                    if any(
+                        isinstance(m.event, UnknownEvent) and m.event.newer_release for m in missing
+                    ):
+                        continue  # dead-lettered on its own delivery, never applied here
                     if [m.version for m in missing] != list(range(position + 1, first.version)):
                         outcome.waiting.pop(first.stream_seq, None)
                         outcome.failed[first.stream_seq] = (
