@@ -11,23 +11,10 @@ from pathlib import Path
 
 from jetsource.archive import segment
 from jetsource.archive.objectstore import LocalObjectStore
-from jetsource.archive.segment import ArchivedMessage
 from jetsource.archive.store import Archive
+from tests.unit.test_segment_decode_off_loop import _messages
 
 EVENTS = 4_000
-
-
-def _messages(n: int) -> list[ArchivedMessage]:
-    return [
-        ArchivedMessage(
-            i + 1,
-            1_700_000_000_000_000_000 + i,
-            f"ce.events.a{i % 50}.DecisionAdded",
-            {"Nats-Msg-Id": f"e{i}"},
-            i.to_bytes(8, "big") * 30,
-        )
-        for i in range(n)
-    ]
 
 
 class _SeenAtPut:
