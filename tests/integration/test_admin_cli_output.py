@@ -266,7 +266,7 @@ async def test_archive_list_and_verify_print_plain_when_redirected(
     )
 
     summary = (
-        "1 segments verified, 0 damaged, 0 without a manifest entry (left by an interrupted run)"
+        "1 segment verified, 0 damaged, 0 without a manifest entry (left by an interrupted run)"
     )
     for out in plain_runs(env, tmp_path, "archive", "verify"):
         assert_plain(out)
@@ -282,7 +282,7 @@ async def test_archive_list_and_verify_print_plain_when_redirected(
     for out in plain_runs(env, tmp_path, "archive", "verify", code=1):
         assert_plain(out)
         lines = out.splitlines()
-        assert lines[0] == summary.replace("1 segments", "0 segments").replace(
+        assert lines[0] == summary.replace("1 segment", "0 segments").replace(
             "0 damaged", "1 damaged"
         ), out
         assert len(lines) == 2 and lines[1].startswith(f"damaged {sealed[0]['name']}: "), out

@@ -31,7 +31,7 @@ async def test_archive_verify_of_a_damaged_segment_says_refused(
     rc, out, err = run(env, tmp_path, "archive", "verify")
     assert rc == 1, out + err
     assert out.startswith("0 segments verified, 1 damaged"), out
-    assert err == f"refused: 1 segments damaged: {name}\n", err
+    assert err == f"refused: 1 segment damaged: {name}\n", err
 
     rc, out, err = run(env, tmp_path, "archive", "verify", "--json")
     assert rc == 1, out + err
@@ -39,6 +39,6 @@ async def test_archive_verify_of_a_damaged_segment_says_refused(
     error = json.loads(err)["error"]
     assert error == {
         "code": "refused",
-        "message": f"1 segments damaged: {name}",
+        "message": f"1 segment damaged: {name}",
         "exit_code": 1,
     }, err

@@ -229,15 +229,17 @@ def compact(
         return
     if dry_run:
         output.line(
-            f"{report.stream}: would archive {report.archived} events of {report.aggregates} "
-            f"aggregates in {would_seal} segments and purge {report.purged}; "
+            f"{report.stream}: would archive {output.count(report.archived, 'event')} of "
+            f"{output.count(report.aggregates, 'aggregate')} in "
+            f"{output.count(would_seal, 'segment')} and purge {report.purged}; "
             f"{len(report.kept)} aggregates keep old events ({report.scanned} older than "
             "the horizon)"
         )
         return
     output.line(
-        f"{report.stream}: {report.archived} events of {report.aggregates} aggregates "
-        f"archived in {len(report.segments)} segments, {report.purged} purged; "
+        f"{report.stream}: {output.count(report.archived, 'event')} of "
+        f"{output.count(report.aggregates, 'aggregate')} archived in "
+        f"{output.count(len(report.segments), 'segment')}, {report.purged} purged; "
         f"{len(report.kept)} aggregates keep old events ({report.scanned} older than the horizon)"
     )
 
@@ -287,7 +289,8 @@ def export(
     if output.mode() == output.Mode.json:
         output.emit_json([{"name": e.name, "count": e.count} for e in entries])
         return
-    output.line(f"{sum(e.count for e in entries)} messages sealed in {len(entries)} segments")
+    sealed = output.count(sum(e.count for e in entries), "message")
+    output.line(f"{sealed} sealed in {output.count(len(entries), 'segment')}")
 
 
 @app.command("list")
@@ -333,7 +336,9 @@ def list_(domain: str | None = DOMAIN, timeout: float = TIMEOUT, as_json: bool =
                 f"{len(unreadable)} manifest entries do not read: " + "; ".join(unreadable.values())
             )
         if missing:
-            said.append(f"{len(missing)} segments missing: " + "; ".join(missing.values()))
+            said.append(
+                f"{output.count(len(missing), 'segment')} missing: " + "; ".join(missing.values())
+            )
         output.fail(REFUSED, "refused", "; ".join(said), unreadable=unreadable, missing=missing)
 
 
@@ -357,7 +362,7 @@ def verify(domain: str | None = DOMAIN, timeout: float = TIMEOUT, as_json: bool 
         output.emit_json(asdict(report))
     else:
         output.line(
-            f"{len(report.ok)} segments verified, {len(report.corrupt)} damaged, "
+            f"{output.count(len(report.ok), 'segment')} verified, {len(report.corrupt)} damaged, "
             f"{len(report.orphans)} without a manifest entry (left by an interrupted run)"
         )
         from rich.text import Text
@@ -368,7 +373,9 @@ def verify(domain: str | None = DOMAIN, timeout: float = TIMEOUT, as_json: bool 
             output.line(Text.assemble(("orphan", "yellow"), f" {name}"))
     if not report.passed:
         names = ", ".join(sorted(report.corrupt))
-        output.fail(REFUSED, "refused", f"{len(report.corrupt)} segments damaged: {names}")
+        output.fail(
+            REFUSED, "refused", f"{output.count(len(report.corrupt), 'segment')} damaged: {names}"
+        )
 
 
 @app.command()

@@ -623,9 +623,9 @@ def show(
         else:
             r = await q.at_time(context_id, point[1])
         source = (
-            f"from snapshot v{r.snapshot_version} + {r.events_folded} events"
+            f"from snapshot v{r.snapshot_version} + {out.count(r.events_folded, 'event')}"
             if r.snapshot_version
-            else f"folded from {r.events_folded} events"
+            else f"folded from {out.count(r.events_folded, 'event')}"
         )
         return out.data(r), f"at {at} ({source})"
 

@@ -68,8 +68,10 @@ def erase(
         state = "destroyed" if report.key_destroyed else "already gone (or never made)"
         n = sum(len(v) for v in report.aggregates.values())
         output.line(
-            f"key {report.subject_ref or '-'}: {state}; {report.scanned} events scanned, "
-            f"{n} aggregates written again in {len(report.models)} models "
+            f"key {report.subject_ref or '-'}: {state}; "
+            f"{output.count(report.scanned, 'event')} scanned, "
+            f"{output.count(n, 'aggregate')} written again in "
+            f"{output.count(len(report.models), 'model')} "
             f"in {report.seconds:.2f} s"
         )
         for problem in report.failed:
@@ -78,7 +80,8 @@ def erase(
         output.fail(
             REFUSED,
             "refused",
-            f"{len(report.failed)} read models not written again; run the same erase again",
+            f"{output.count(len(report.failed), 'read model')} not written again; run the same "
+            "erase again",
         )
 
 
@@ -97,9 +100,10 @@ def _dry_run(subject: str, json_out: bool) -> None:
     state = "would be destroyed" if report.key_destroyed else "already gone (or never made)"
     n = sum(len(v) for v in report.aggregates.values())
     output.line(
-        f"key {report.subject_ref or '-'}: {state}; {report.scanned} events scanned, "
-        f"{n} aggregates would be written again in "
-        f"{sum(1 for e in report.models.values() if e['versions'])} models"
+        f"key {report.subject_ref or '-'}: {state}; "
+        f"{output.count(report.scanned, 'event')} scanned, "
+        f"{output.count(n, 'aggregate')} would be written again in "
+        + output.count(sum(1 for e in report.models.values() if e["versions"]), "model")
     )
     for domain, ids in report.aggregates.items():
         for agg in ids:

@@ -251,7 +251,7 @@ async def _demo(settings: JetsourceSettings) -> None:
     _say(
         f"publisher at {target}: story {demo!r} reached version {last.version}; read back "
         f"{', '.join(e.event_type for e in events)}; stream {settings.eventstore.stream} "
-        f"holds {info['state']['messages']} events"
+        f"holds {output.count(info['state']['messages'], 'event')}"
     )
     await _demo_read_models(demo, last.version, security)
 
@@ -266,7 +266,7 @@ async def _demo_process_tree(settings: JetsourceSettings) -> None:
     root, events = await record_demo_tree(target, security)
     _say(
         f"observer at {target}: demo process tree {root!r} recorded through the SDK "
-        f"({events} events); try `jetsource process tree {root}`"
+        f"({output.count(events, 'event')}); try `jetsource process tree {root}`"
     )
     await _demo_process_read(root, events, security)
 
@@ -297,7 +297,8 @@ async def _demo_process_read(root: str, events: int, security: GrpcClientSetting
         }
     )
     _say(
-        f"process query at {target}: {len(listed.processes)} processes of {root!r} in the "
+        f"process query at {target}: {output.count(len(listed.processes), 'process')} "
+        f"of {root!r} in the "
         f"registry after {1000 * (time.monotonic() - started):.0f} ms ({', '.join(statuses)})"
     )
 

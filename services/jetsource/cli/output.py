@@ -132,6 +132,25 @@ def seconds_or_zero(value: float | None) -> float | None:
     return value if value == 0 else seconds(value)
 
 
+# -- counts -----------------------------------------------------------------------------
+
+
+def plural(noun: str) -> str:
+    """``story`` -> ``stories``, ``process`` -> ``processes``, ``event`` -> ``events``
+    (the last word of ``dead letter``)."""
+    if noun.endswith("y") and noun[-2:-1] not in tuple("aeiou"):
+        return noun[:-1] + "ies"
+    if noun.endswith(("s", "x", "ch", "sh")):
+        return noun + "es"
+    return noun + "s"
+
+
+def count(n: int, noun: str, many: str | None = None) -> str:
+    """A count and its noun, singular for exactly 1: ``1 story``, ``2 stories``,
+    ``0 events`` (text output said "1 stories"; JSON keeps its numbers)."""
+    return f"{n} {noun if n == 1 else many or plural(noun)}"
+
+
 # -- times ------------------------------------------------------------------------------
 
 # Every option that takes a time (``--at``, ``--from-time``, ``--started-from``, ...)

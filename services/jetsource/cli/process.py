@@ -353,7 +353,8 @@ def tree(
         p = n.process
         kind = f" [{p.kind}]" if p.kind else ""
         name = f" {p.name}" if p.name else ""
-        out.line(f"{indent}{p.process_id}{kind}{name}: {_status(p.status)}, {p.event_count} events")
+        out.line(f"{indent}{p.process_id}{kind}{name}: {_status(p.status)}, "
+                 f"{out.count(p.event_count, 'event')}")  # fmt: skip
         for c in n.children:
             lines(c, indent + "  ")
 

@@ -385,10 +385,14 @@ def prune(
             else:
                 verb = "would remove" if dry_run else "removed"
                 if report.resumed:
-                    out.line(f"finished {report.resumed} prunes an interrupted run had begun")
+                    out.line(
+                        f"finished {out.count(report.resumed, 'prune')} an interrupted run "
+                        "had begun"
+                    )
                 out.line(
-                    f"{verb} {len(report.pruned)} sessions ({report.processes} processes, "
-                    f"{report.events} events); kept {report.kept}"
+                    f"{verb} {out.count(len(report.pruned), 'session')} "
+                    f"({out.count(report.processes, 'process')}, "
+                    f"{out.count(report.events, 'event')}); kept {report.kept}"
                 )
                 for r in report.pruned:
                     out.line(f"  {r.session_id}\t{r.status}\t{_ts(r.ended_ns)}\t{r.command}")
@@ -555,5 +559,5 @@ def import_(
     if out.mode() == Mode.json:
         out.emit_json({"events": len(lines), "appended": appended})
     else:
-        out.line(f"{len(lines)} events, {appended} appended, {len(lines) - appended} "
+        out.line(f"{out.count(len(lines), 'event')}, {appended} appended, {len(lines) - appended} "
                  "already recorded")  # fmt: skip

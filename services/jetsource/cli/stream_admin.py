@@ -711,6 +711,8 @@ def _manifest(folder: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None
 def _check_file(folder: Path, entry: dict[str, Any]) -> None:
     """Read a backup file through before anything is written: a truncated or corrupt
     one is refused naming the file and the line, and nothing is restored."""
+    from jetsource.cli import output
+
     path = folder / entry["file"]
     count, last, number = 0, 0, 0
     digest = hashlib.sha256()
@@ -754,7 +756,8 @@ def _check_file(folder: Path, entry: dict[str, Any]) -> None:
         raise BackupError(f"{path}: empty (no stream config on line 1)")
     if count != int(entry["messages"]):
         raise BackupError(
-            f"{path}: {count} messages, the manifest says {entry['messages']} (truncated?)"
+            f"{path}: {output.count(count, 'message')}, the manifest says {entry['messages']} "
+            "(truncated?)"
         )
     _check_sum(path, entry, digest.hexdigest())
 
@@ -1050,6 +1053,8 @@ async def _restore_one(
     sequences of the ``wanted`` backed-up ones go into ``moved``. A target this
     backup's restore left midway (RESTORE_MARK) goes on after its last message, once
     every message in it is found to be the backup's, in order."""
+    from jetsource.cli import output
+
     with (folder / entry["file"]).open(encoding="utf-8") as lines:
         header = json.loads(next(lines))
         backed = {k: v for k, v in header["config"].items() if k not in _SERVER_CONFIG}
@@ -1101,7 +1106,9 @@ async def _restore_one(
             count, same, held_places = await _written_before(
                 replies, target, info, lines, prefixes, gap, moved, wanted, timeout
             )
-            _note(f"{target}: {count} messages restored before; going on from there")
+            _note(
+                f"{target}: {output.count(count, 'message')} restored before; going on from there"
+            )
             progress(count)
         recent: OrderedDict[str, float] = OrderedDict()  # message id -> published at
         for line in lines:
@@ -1137,7 +1144,8 @@ async def _restore_one(
     await jsapi.api(replies, f"STREAM.UPDATE.{target}", final, timeout)
     if count != int(entry["messages"]):
         raise BackupError(
-            f"{entry['file']}: {count} messages, the manifest says {entry['messages']}"
+            f"{entry['file']}: {output.count(count, 'message')}, the manifest says "
+            f"{entry['messages']}"
         )
     if not same and not entry.get("bucket"):
         why = "the target denies purges" if existing is not None else "no subject a.b.> to use"
