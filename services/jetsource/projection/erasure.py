@@ -28,6 +28,7 @@ from typing import Any
 
 from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
 from jetsource.core.errors import JetsourceError, ValidationError
+from jetsource.core.printable import blank
 from jetsource.eventstore import jsapi
 from jetsource.eventstore.jetstream import JetStreamEventStore
 from jetsource.projection import admin
@@ -65,8 +66,15 @@ class ErasureReport:
 
 
 def check_subject(subject: str) -> None:
-    if not subject or not subject.strip():
-        raise ValidationError("the subject to erase is empty", field="subject")
+    """A subject that shows nothing (only whitespace, a zero-width space, a Hangul
+    filler, a BOM: core.printable.blank) is refused naming ``subject``, as an empty one
+    is; str.strip() took "\u200b" and erased whatever was sealed under it."""
+    if not subject or blank(subject):
+        raise ValidationError(
+            "the subject to erase is empty (it shows nothing: only whitespace or "
+            "invisible characters)",
+            field="subject",
+        )
     if len(subject) > MAX_SUBJECT:
         raise ValidationError(
             f"the subject is longer than {MAX_SUBJECT} characters", field="subject"

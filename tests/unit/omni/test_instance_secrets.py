@@ -61,3 +61,44 @@ def test_a_request_signed_with_no_key_is_not_authentic() -> None:
     assert signatures.problem(config, forged, body) is not None
     good = {"x-hub-signature-256": signatures.sign("k-1", body)}
     assert signatures.problem(config, good, body) is None
+
+
+# Invisible to str.strip(): a zero-width space, a BOM, a word joiner, a Hangul filler.
+INVISIBLE = ["\u200b", "\ufeff", "\u2060\u200b", "\u3164", " \u200b\u00a0"]
+
+
+@pytest.mark.parametrize(("provider", "form", "field"), FIELDS)
+@pytest.mark.parametrize("value", INVISIBLE)
+def test_a_secret_that_shows_nothing_is_refused_naming_its_field(
+    provider: str, form: str, field: str, value: str
+) -> None:
+    """str.strip() took "\\u200b" as a secret: a webhook HMAC keyed with a character
+    nobody sees (pasted from a page where nothing visible was copied)."""
+    with pytest.raises(ValidationError) as refused:
+        _config(provider, form, field, value)
+    assert f"{field} is empty" in str(refused.value)
+    assert "shows nothing" in str(refused.value)
+
+
+def test_a_secret_of_invisible_characters_is_refused_at_settings_load_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("JETSOURCE_SECRETS_DIR", "/nonexistent-secrets")
+    monkeypatch.setenv(
+        "JETSOURCE_INGEST__INSTANCES",
+        '{"bot": {"provider": "discord", "format": "forwarder", "shared_secret": "\\u200b"}}',
+    )
+    with pytest.raises(ValidationError) as refused:
+        IngestSettings.load()
+    message = settings_error(refused.value, IngestSettings)
+    assert message.startswith("bad setting: JETSOURCE_INGEST__INSTANCES[bot][shared_secret]: ")
+    assert "shows nothing" in message
+    assert "\u200b" not in message
+
+
+def test_a_secret_with_something_visible_is_taken() -> None:
+    config = _config("discord", "forwarder", "shared_secret", "k\u200b1")
+    assert config.shared_secret is not None
+    assert config.shared_secret.get_secret_value() == "k\u200b1"
+    # api_key keeps its own rule: whitespace at an end (not a format character).
+    assert _config("whatsapp", "evolution", "api_key", "\u200bkey").api_key is not None

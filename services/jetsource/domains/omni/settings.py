@@ -17,6 +17,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from jetsource.core.clock import MAX_AGE_S
+from jetsource.core.printable import blank
 
 
 class OmniOptions(BaseModel):
@@ -114,8 +115,14 @@ class InstanceConfig(BaseModel):
         if value is None:
             return None
         secret = value.get_secret_value()
-        if not secret.strip():
-            raise ValueError(f"{info.field_name} is empty (an unset variable?)")
+        if blank(secret):
+            # Only whitespace or invisible characters (a zero-width space, a BOM, a
+            # Hangul filler: core.printable.blank; str.strip() took them): one pasted
+            # from a page with nothing visible copied is no secret either.
+            raise ValueError(
+                f"{info.field_name} is empty (an unset variable?), or shows nothing: only "
+                "whitespace or invisible characters"
+            )
         if info.field_name == "api_key" and secret != secret.strip():
             raise ValueError(
                 "api_key begins or ends with whitespace: the apikey header arrives "
