@@ -95,6 +95,17 @@ STATUS = {
 STATUS_NAME: dict[int, str] = {int(v): k for k, v in STATUS.items()}
 _EVENT_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,127}")
 MAX_SEQ = 2**53  # Valkey scores are doubles: global sequences above this are not exact
+
+
+def _min_seq(value: int) -> int:
+    """``min_process_seq`` checked before any model is looked up: out of range is
+    INVALID_ARGUMENT whatever the models' state (it was UNAVAILABLE while the active
+    version could not be looked up, the check ran after it)."""
+    if value > MAX_SEQ:
+        raise invalid("min_process_seq", f"at most {MAX_SEQ}, got {value}")
+    return value
+
+
 # google.protobuf.Timestamp's valid range: 0001-01-01 .. 9999-12-31
 MIN_SECONDS, MAX_SECONDS = -62_135_596_800, 253_402_300_799
 # Protobuf decoders (upb, C++, Java, pure Python) refuse a message nested more than
@@ -417,8 +428,9 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
     ) -> pb.GetProcessResponse:
         async def work() -> pb.GetProcessResponse:
             pid = _process_id("process_id", request.process_id)
+            wanted = _min_seq(request.min_process_seq)
             registry = await self.registry()
-            await self._reach(registry, pid, request.min_process_seq, context)
+            await self._reach(registry, pid, wanted, context)
             row = await registry.read(pid)
             await self._check_parked(PROCESSES, registry.spec.version, pid)
             if row is None:
@@ -594,8 +606,9 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
             pid = _process_id("process_id", request.process_id)
             statuses = set(_statuses("statuses", request.statuses))
             max_depth = request.max_depth
+            wanted = _min_seq(request.min_process_seq)
             model = await self.registry()
-            await self._reach(model, pid, request.min_process_seq, context)
+            await self._reach(model, pid, wanted, context)
             top = await model.read(pid)
             if top is None:
                 raise self._not_found(pid)
@@ -731,6 +744,7 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
             pid = _process_id("process_id", request.process_id)
             flt = _filter(request)
             size = _page_size(request.page_size, self.o)
+            wanted = _min_seq(request.min_process_seq)
             bound = json.dumps([pid, request.subtree, flt.bound()])
             after = (
                 self.tokens.read("GetProcessTimeline", bound, request.page_token)
@@ -738,7 +752,7 @@ class ProcessQueryService(pb_grpc.ProcessQueryServiceServicer):
                 else 0
             )
             model = await self.timeline()
-            await self._reach(model, pid, request.min_process_seq, context)
+            await self._reach(model, pid, wanted, context)
             # One round trip answers most requests: a process, or a root's whole tree,
             # with nothing to filter.
             status, seqs, first = await model.page(pid, request.subtree, after, size + 1)
