@@ -18,6 +18,7 @@ import binascii
 import hashlib
 import heapq
 import hmac
+import re
 import struct
 import time
 from collections.abc import Awaitable, Callable
@@ -196,6 +197,16 @@ def fitting(views: list[EventView | None], budget: int) -> tuple[list[EventView]
     return out, len(views)
 
 
+def check_identity_id(identity_id: str) -> None:
+    """ValidationError naming identity_id unless it is one (idn-...)."""
+    read_text(identity_id, "identity_id", ident=True)
+    validate_aggregate_id(identity_id, "identity_id")
+    if not is_identity(identity_id):
+        raise ValidationError(
+            f"{identity_id!r} is not an identity id (idn-...)", field="identity_id"
+        )
+
+
 def _identity_view(
     identity_id: str, doc: dict[bytes, bytes], handles: dict[bytes, bytes], merged: list[bytes]
 ) -> IdentityView | None:
@@ -290,10 +301,15 @@ def read_text(value: str, field: str, ident: bool = False) -> str:
     return value
 
 
+# What a terminal must not get raw (core.printable.UNSAFE: controls, bidi marks and
+# controls) and the line and paragraph separators, which end a line in a log.
+_NOT_SHOWN = re.compile(f"{UNSAFE.pattern}|[\u2028\u2029]")
+
+
 def shown(value: str) -> str:
-    """``value`` as an answer's message may hold it: each character a terminal must not
-    get raw (core.printable.UNSAFE: a bidi override of a handle) as its escape."""
-    return UNSAFE.sub(lambda m: escape(m.group()), value)
+    """``value`` as an answer's message may hold it (a handle, a path): each character a
+    terminal or a log must not get raw (a bidi override, an ESC, U+2028) as its escape."""
+    return _NOT_SHOWN.sub(lambda m: escape(m.group()), value)
 
 
 def provider_name(value: str, field: str = "provider") -> str:
@@ -508,13 +524,19 @@ class OmniReads:
     async def raw_payload(self, raw_id: str) -> RawPayload | None:
         return await self.raw.get(raw_id) if raw_id else None
 
+    def _paging(self, size: int, token: str, read: str, bound: str) -> tuple[int, float]:
+        """The page's size and the sequence it starts below, checked before any model
+        is read (a bad page_size or page_token is INVALID_ARGUMENT whatever the model's
+        state: it was NOT_FOUND, FAILED_PRECONDITION or UNAVAILABLE from the identity or
+        the active version looked up first). The token is bound to ``read`` and
+        ``bound`` (the list it pages)."""
+        return page_size(size, self.max_page_size), self._tokens.below(read, bound, token)
+
     async def _page(
-        self, ns: str, keys: list[str], size: int, token: str, read: str, bound: str
+        self, ns: str, keys: list[str], size: int, top: float, read: str, bound: str
     ) -> tuple[list[EventView], str]:
-        """Newest first across ``keys`` (sorted sets of event ids by sequence); the
-        page token is bound to ``read`` and ``bound`` (the list it pages)."""
-        size = page_size(size, self.max_page_size)
-        top = self._tokens.below(read, bound, token)
+        """Newest first across ``keys`` (sorted sets of event ids by sequence), ``size``
+        and ``top`` as :meth:`_paging` checked them."""
         pipe = self.redis.pipeline(transaction=False)
         for k in keys:
             pipe.zrevrangebyscore(
@@ -556,18 +578,21 @@ class OmniReads:
                 field="conversation_id",
             )
         read_text(conversation_id, "conversation_id")
-        ns = await self.ns(OMNI_EVENTS)
         key = f"c:{provider}:{instance}:{conversation_id}"
-        return await self._page(ns, [key], size, token, "conversation", key)
+        size, top = self._paging(size, token, "conversation", key)
+        ns = await self.ns(OMNI_EVENTS)
+        return await self._page(ns, [key], size, top, "conversation", key)
 
     async def timeline(
         self, identity_id: str, size: int, token: str
     ) -> tuple[IdentityView, list[EventView], str]:
+        check_identity_id(identity_id)
+        size, top = self._paging(size, token, "timeline", identity_id)
         identity = await self.identity(identity_id)
         ids = [identity.identity_id, *await self._merged_from(identity.identity_id)]
         ns = await self.ns(OMNI_EVENTS)
         events, next_token = await self._page(
-            ns, [f"tl:{i}" for i in ids], size, token, "timeline", identity_id
+            ns, [f"tl:{i}" for i in ids], size, top, "timeline", identity_id
         )
         return identity, events, next_token
 
@@ -588,12 +613,7 @@ class OmniReads:
         return out
 
     async def identity(self, identity_id: str) -> IdentityView:
-        read_text(identity_id, "identity_id", ident=True)
-        validate_aggregate_id(identity_id, "identity_id")
-        if not is_identity(identity_id):
-            raise ValidationError(
-                f"{identity_id!r} is not an identity id (idn-...)", field="identity_id"
-            )
+        check_identity_id(identity_id)
         ns = await self.ns(OMNI_IDENTITIES)
         pipe = self.redis.pipeline(transaction=False)
         pipe.hgetall(f"{ns}:i:{identity_id}")
