@@ -196,7 +196,8 @@ def http_error_answer(request: Request, exc: HTTPException) -> JSONResponse:
     field: str | None = None
     headers = dict(exc.headers or {})
     if status == 404:
-        message = f"no route {request.method} {request.url.path[:200]}"
+        # The path shown escaped (a %1b or %E2%80%AE in it is the character itself).
+        message = f"no route {request.method} {shown(request.url.path[:200])}"
         field = "path"
     elif status == 405:
         # Every route of this path, not only the first one Starlette matched (which
@@ -205,7 +206,8 @@ def http_error_answer(request: Request, exc: HTTPException) -> JSONResponse:
         allowed = ", ".join(_methods_of(request))
         headers = {"Allow": allowed}
         message = (
-            f"{request.method} is not allowed on {request.url.path[:200]} (allowed: {allowed})"
+            f"{request.method} is not allowed on {shown(request.url.path[:200])} "
+            f"(allowed: {allowed})"
         )
         field = "method"
     elif status == 408:

@@ -198,3 +198,19 @@ async def test_rest_reads_refuse_a_control_character_naming_the_parameter(
     missing = await api.get(f"/api/v1/handles/whatsapp/{quote(chr(0x202E), safe='')}1")
     assert missing.status_code == 404, missing.text
     assert "\\u202e" in missing.json()["error"]["message"], missing.text
+
+
+async def test_no_route_and_method_refusals_show_the_path_escaped(api: httpx.AsyncClient) -> None:
+    """The 404 "no route" and 405 answers named the path as it came: an ESC, a NUL or a
+    U+202E sent percent-encoded was in the message raw (JSON escapes a NUL, not what a
+    client prints once it reads the message)."""
+    for method, path in (
+        ("GET", "/api/v1/no%1b%5b2Jpe%00"),
+        ("GET", "/api/v1/no%E2%80%AEpe%E2%80%A8"),
+        ("PUT", "/api/v1/events/ev%E2%80%AE/status"),
+    ):
+        response = await api.request(method, path)
+        assert response.status_code in (404, 405), response.text
+        message = response.json()["error"]["message"]
+        assert not RAW.search(message), ascii(message)
+        assert "\\x1b" in message or "\\u202e" in message, ascii(message)

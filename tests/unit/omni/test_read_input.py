@@ -53,3 +53,7 @@ def test_shown_escapes_what_a_terminal_must_not_get_raw() -> None:
     assert shown("55\u202e1") == "55\\u202e1"
     assert shown("a\x1b[2J") == "a\\x1b[2J"
     assert shown("5511999") == "5511999"
+
+
+def test_shown_escapes_the_line_separators_too() -> None:
+    assert shown("a\u2028b\u2029") == "a\\u2028b\\u2029"
