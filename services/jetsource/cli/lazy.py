@@ -8,6 +8,8 @@ and imports a module only when its command is looked up to run (or for its own h
 
 from __future__ import annotations
 
+import copy
+import functools
 import importlib
 from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
@@ -16,6 +18,8 @@ from typing import Any
 import typer
 import typer.core
 import typer.main
+
+from jetsource.cli.output import Mode
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,67 @@ def _build(name: str, entry: Entry) -> Any:
         parent.command(name)(target)
     command = typer.main.get_command(parent).commands[name]  # type: ignore[attr-defined]
     _reflow_all(command)
+    _both_output_options(command)
     return command
+
+
+def _set_mode(value: Any) -> Any:
+    """An alias's callback: the output mode, as the option it stands for sets it."""
+    from jetsource.cli import output
+
+    if value is True:
+        output.set_mode(output.Mode.json)
+    elif value:
+        output.set_mode(value)
+    return value
+
+
+@functools.cache
+def _aliases() -> dict[str, Any]:
+    """The alias options as Typer builds them (``--json``; ``--output``/``-o`` and
+    ``--output`` alone), each passing nothing to the command."""
+    template = typer.Typer(add_completion=False)
+    help_o = "table, plain or json (json: as --json)"
+
+    @template.command()
+    def options(
+        as_json: bool = typer.Option(
+            False,
+            "--json",
+            callback=_set_mode,
+            help="JSON on stdout, errors too (as --output json)",
+        ),
+        both: Mode | None = typer.Option(
+            None, "--output", "-o", case_sensitive=False, callback=_set_mode, help=help_o
+        ),
+        long: Mode | None = typer.Option(
+            None, "--output", case_sensitive=False, callback=_set_mode, help=help_o
+        ),
+    ) -> None:
+        """The alias options."""
+
+    params = typer.main.get_command(template).params
+    for param in params:
+        param.expose_value = False
+    return {param.name: param for param in params}
+
+
+def _both_output_options(command: Any) -> None:
+    """Every command that prints data takes ``--json`` and ``-o/--output json`` alike:
+    the ctx, process and observe commands took only ``-o json`` ("No such option:
+    --json"), the projector, streams, archive, repair, erase and omni commands only
+    ``--json`` (``-o`` only before the group, as the global option). The missing one is
+    added as an alias setting the output mode, as the other does; nothing is removed."""
+    subs = getattr(command, "commands", None)
+    if subs is not None:
+        for sub in subs.values():
+            _both_output_options(sub)
+        return
+    taken = {o for p in command.params for o in getattr(p, "opts", ())}
+    if "--output" in taken and "--json" not in taken:
+        command.params.append(copy.copy(_aliases()["as_json"]))
+    elif "--json" in taken and "--output" not in taken:
+        command.params.append(copy.copy(_aliases()["long" if "-o" in taken else "both"]))
 
 
 def _nothing() -> None:
