@@ -1401,6 +1401,26 @@ async def _count(model: ReadModel) -> int:
     return int(await size()) if size is not None else 0
 
 
+async def drop_plan(p: Projection, name: str, version: int) -> str:
+    """The drop's own checks, nothing written (``projector drop --dry-run``): the
+    state of the version a drop would delete, or the AdminError the drop raises (the
+    active version, a version never built or dropped already). How many keys/nodes
+    go is known only by deleting them."""
+    control = await _control(p, name)
+    if control.active == version:
+        raise AdminError(f"{name} v{version} is active; cut over to another version first")
+    p.spec(name, version)
+    if version not in control.versions:
+        # Never built, or dropped already: nothing to drop, and no marker to leave
+        # (a 'dropped' marker made `wait` say the version would never be live).
+        known = ", ".join(f"v{v} {state}" for v, state in sorted(control.versions.items()))
+        raise AdminError(
+            f"{name} v{version} was never built (or is dropped already): nothing to drop "
+            f"({name} has {known or f'v{control.active} active'})"
+        )
+    return control.versions[version]
+
+
 async def drop(
     p: Projection,
     name: str,
@@ -1419,18 +1439,7 @@ async def drop(
     drop that fails half-way is finished by running it again. Returns how many
     keys/nodes were removed: 0 from a drop that met another one of the version
     running (it waits for that one to finish; every key is counted once)."""
-    control = await _control(p, name)
-    if control.active == version:
-        raise AdminError(f"{name} v{version} is active; cut over to another version first")
-    p.spec(name, version)
-    if version not in control.versions:
-        # Never built, or dropped already: nothing to drop, and no marker to leave
-        # (a 'dropped' marker made `wait` say the version would never be live).
-        known = ", ".join(f"v{v} {state}" for v, state in sorted(control.versions.items()))
-        raise AdminError(
-            f"{name} v{version} was never built (or is dropped already): nothing to drop "
-            f"({name} has {known or f'v{control.active} active'})"
-        )
+    await drop_plan(p, name, version)
 
     def mark(c: ModelControl) -> None:
         if c.active == version:
