@@ -231,7 +231,7 @@ ROWS: list[tuple[list[str], int, str]] = [
     (["sessions", "prune", "--older-than", "yesterday"], USAGE, "--older-than"),
     (["sessions", "list", "--status", "weird"], USAGE, "--status"),
     (["sessions", "import", "{missing}"], USAGE, "{missing}"),
-    (["sessions", "show", "a b"], REFUSED, "aggregate_id"),
+    (["sessions", "show", "a b"], REFUSED, "session_id"),
     (["omni", "identity", "merge", "a", "b"], USAGE, "--yes"),
     (["omni", "identity", "handles", "a.b"], REFUSED, "identity_id"),
     (["omni", "identity", "link", "a b", "whatsapp", "16505550100"], REFUSED, "identity_id"),

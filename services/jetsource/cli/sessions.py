@@ -82,6 +82,19 @@ def _use(override: Mode | None, as_json: bool = False) -> None:
         out.set_mode(override)
 
 
+def _session_id(session_id: str) -> None:
+    """A malformed session id refused before anything connects, naming session_id: it
+    was checked by the first read, so while NATS or the sessions stream was away the
+    answer was UNAVAILABLE or FAILED_PRECONDITION for an id no session has."""
+    from jetsource.core.errors import ValidationError
+    from jetsource.core.ids import validate_aggregate_id
+
+    try:
+        validate_aggregate_id(session_id, field="session_id")
+    except ValidationError as exc:
+        out.fail(out.REFUSED, "INVALID_ARGUMENT", str(exc), field="session_id")
+
+
 def _run(
     work: Callable[[SessionsClient], Coroutine[Any, Any, T]],
     stopped: Callable[[], str] = lambda: "stopped (Ctrl-C); nothing was changed",
@@ -258,6 +271,7 @@ def list_sessions(
 def show(session_id: str, output: Mode | None = OUTPUT, as_json: bool = JSON) -> None:
     """One session's record: command and metadata, times, status, count, snapshot."""
     _use(output, as_json)
+    _session_id(session_id)
 
     async def work(c: SessionsClient) -> SessionRecord:
         record, _, _ = await c.sessions.show(session_id)
@@ -292,6 +306,7 @@ def export(
 ) -> None:
     """The session's events as JSON lines (the user-facing event format)."""
     _use(output, as_json)
+    _session_id(session_id)
 
     async def work(c: SessionsClient) -> None:
         for e in await c.sessions.export(session_id, after):
@@ -312,6 +327,7 @@ def follow(
 ) -> None:
     """The session's events as JSON lines, from a seq, then live as they commit."""
     _use(output, as_json)
+    _session_id(session_id)
 
     shown = [after]  # the last seq printed
 
