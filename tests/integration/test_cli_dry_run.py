@@ -268,3 +268,115 @@ async def test_replay_dry_run_selects_the_slice_and_records_no_run(
                 await service.projection.model(name, 1).drop()
         await service.projection.close()
         await p.close()
+
+
+async def test_projector_replay_dry_run_from_the_command_line(
+    settings: JetsourceSettings, unique: str
+) -> None:
+    """`projector replay MODEL --aggregate ID --dry-run [--json]` says the slice (the
+    replay's keys, what only the run knows as null, ``dry_run: true``) and records no
+    run; a slice holding no applied event is refused as the replay refuses it."""
+    base = projector_settings(settings, unique)
+    service = ProjectorService(await open_projection(base))
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    p = await open_projection(base, provision=False)
+    try:
+        last = await p.store.append(
+            "s1",
+            [
+                NewEvent(ev.ContextCreated(title="T", created_by="a")),
+                NewEvent(ev.DecisionAdded(decision_id="d1", author="a", title="D")),
+            ],
+            0,
+        )
+        for _ in range(200):
+            if (await p.model("timeline", 1).checkpoint()).seq >= last.stream_seqs[-1]:
+                break
+            await asyncio.sleep(0.05)
+        env = environment(base)
+        args = ("projector", "replay", "timeline", "--aggregate", "s1", "--dry-run")
+        dry = await asyncio.to_thread(jetsource, env, *args, "--json")
+        assert dry.returncode == 0, dry.stderr
+        plan = json.loads(dry.stdout)
+        assert plan["dry_run"] is True and plan["run_id"] is None
+        assert (plan["events"], plan["aggregates"], plan["last_seq"]) == (
+            2,
+            1,
+            last.stream_seqs[-1],
+        )
+        assert plan["reapplied"] is None and plan["failed"] == {}
+        text = await asyncio.to_thread(jetsource, env, *args)
+        assert text.returncode == 0, text.stderr
+        assert "would replay 2 events" in text.stdout
+        past = await asyncio.to_thread(
+            jetsource, env, *args, "--from-seq", str(last.stream_seqs[-1] + 100)
+        )
+        assert past.returncode == 1 and "holds no event" in past.stderr
+        control = await p.control.get("timeline")
+        assert control is not None and control.last_replay is None
+
+        done = await asyncio.to_thread(jetsource, env, *args[:-1], "--json")
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        assert set(plan) - {"dry_run"} == set(report)
+        assert (report["events"], report["aggregates"]) == (plan["events"], plan["aggregates"])
+    finally:
+        stop.set()
+        await asyncio.gather(task, return_exceptions=True)
+        for name in ("context", "timeline", "graph"):
+            with contextlib.suppress(Exception):
+                await service.projection.model(name, 1).drop()
+        await service.projection.close()
+        await p.close()
+
+
+async def test_projector_drop_dry_run_checks_and_deletes_nothing(
+    settings: JetsourceSettings, unique: str
+) -> None:
+    """`projector drop MODEL --version N --dry-run` refuses what the drop refuses (the
+    active version, one never built), names the version and its state, and deletes
+    nothing: the version stays in the control entry with its data; the drop then
+    deletes it."""
+    from jetsource.projection import admin
+    from jetsource.projection.runtime import Worker
+    from tests.integration.test_admin_contract import cli
+    from tests.projector_fixtures import context_projection, seed
+
+    async with context_projection(settings, unique) as p:
+        await seed(p.store, ["s0", "s1"], 3)
+        await p.control.ensure("context", 1)
+        v1 = p.model("context", 1)
+        await Worker(p.nc, p.store, v1, p.dead_letters, p.settings.projector).run(
+            until_caught_up=True
+        )
+        await admin.rebuild(p, "context", 2)
+        v2 = p.model("context", 2)
+        assert await v2.position("s0") == 3
+
+        active = await cli(p, "drop", "context", "--version", "1", "--dry-run", "--json")
+        assert active.returncode == 1 and "active" in active.stderr
+        never = await cli(p, "drop", "context", "--version", "77", "--dry-run")
+        assert never.returncode == 1 and "never built" in never.stderr
+        dry = await cli(p, "drop", "context", "--version", "2", "--dry-run", "--json")
+        assert dry.returncode == 0, dry.stderr
+        plan = json.loads(dry.stdout)
+        assert plan == {
+            "model": "context",
+            "version": 2,
+            "removed": None,
+            "state": "live",
+            "dry_run": True,
+        }
+        text = await cli(p, "drop", "context", "--version", "2", "--dry-run")
+        assert "context v2 (live) would be dropped" in text.stdout, text.stderr
+        control = await p.control.get("context")
+        assert control is not None and control.versions.get(2) == "live"
+        assert await v2.position("s0") == 3
+
+        done = await cli(p, "drop", "context", "--version", "2", "--json")
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        assert set(plan) - {"dry_run", "state"} == set(report) and report["removed"] > 0
+        control = await p.control.get("context")
+        assert control is not None and 2 not in control.versions

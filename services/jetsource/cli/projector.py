@@ -676,6 +676,9 @@ def replay(
         None, "--actor", help="Events whose envelope metadata names this actor"
     ),
     run_id: str | None = typer.Option(None, "--run-id", help="Name the run (default: a uuid7)"),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="say which events and stories would be replayed; write nothing"
+    ),
     as_json: bool = JSON,
 ) -> None:
     """Re-apply a slice of the stream to the active version.
@@ -683,6 +686,8 @@ def replay(
     Every selector given must match: aggregate, sequence range, time range, event
     types, actor. The run id and the last replayed event show in `projector status`.
     Exit 2 for an empty or inverted slice, 1 when it holds no applied event.
+    --dry-run selects the slice the same way and says its events, stories and last
+    sequence; what would re-apply or carry forward is known only by doing it (null).
     """
     from jetsource.projection import admin
 
@@ -708,6 +713,7 @@ def replay(
                 event_types=types,
                 actor=actor,
                 run_id=run_id,
+                dry_run=dry_run,
             ),
             _model_stream(name),
             stopped=f"the replay of {name} stopped (Ctrl-C): each story it wrote is whole "
@@ -715,6 +721,9 @@ def replay(
             "again to replay the slice (a replay is safe to repeat); `projector status` "
             "shows the run as stopped",
         )
+    if dry_run and (report.events or report.failed):
+        _replay_plan(report, run_id, json_out)
+        return
     if not report.events and not report.failed:
         where = ", ".join(f"{k}={v}" for k, v in report.selectors.items())
         output.fail(
@@ -737,6 +746,22 @@ def replay(
             for seq, reason in sorted(report.failed.items()):
                 output.stderr().print(f"sequence {seq}: {reason}")
         output.fail(REFUSED, "refused", f"{len(report.failed)} events failed to re-apply")
+
+
+def _replay_plan(report: admin.ReplayReport, run_id: str | None, json_out: bool) -> None:
+    """What a replay would do: its slice; nothing was written, no run recorded (its id:
+    the --run-id given, else made when it runs)."""
+    unknown = {"run_id": run_id, "reapplied": None, "carried_forward": None, "advanced": None}
+    if json_out:
+        output.emit_json(_replay_data(report) | unknown | {"dry_run": True})
+        return
+    output.line(
+        f"{report.model} v{report.version}: would replay {report.events} events of "
+        f"{report.aggregates} stories (last sequence {report.last_seq}); what re-applies "
+        "and what is carried forward shows only when it runs"
+    )
+    for seq, reason in sorted(report.failed.items()):
+        output.line(f"  would leave sequence {seq}: {reason}")
 
 
 # -- rebuild, reset, cutover, drop, wait ------------------------------------------------
@@ -874,13 +899,29 @@ def drop(
     model_arg: str | None = MODEL_ARG,
     model_opt: str | None = MODEL,
     version: int = typer.Option(..., "--version", min=1, max=MAX_VERSION),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="make the drop's checks and say what it would delete"
+    ),
     as_json: bool = JSON,
 ) -> None:
-    """Delete an inactive model version (namespace and consumer)."""
+    """Delete an inactive model version (namespace and consumer).
+
+    --dry-run makes the same checks (the same refusals) and names the version and its
+    state; how many keys/nodes go is known only by deleting them (null)."""
     from jetsource.projection import admin
 
     json_out = _json(as_json)
     name = _model(model_arg, model_opt)
+    if dry_run:
+        state = _run(lambda p: admin.drop_plan(p, name, version), _model_stream(name))
+        if json_out:
+            output.emit_json(
+                {"model": name, "version": version, "removed": None}
+                | {"state": state, "dry_run": True}
+            )
+            return
+        output.line(f"{name} v{version} ({state}) would be dropped: its namespace and consumer")
+        return
     removed = _run(
         lambda p: admin.drop(p, name, version),
         _model_stream(name),
