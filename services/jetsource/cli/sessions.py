@@ -239,7 +239,7 @@ def list_sessions(
     output: Mode | None = OUTPUT,
     as_json: bool = JSON,
 ) -> None:
-    """Sessions, newest first: status, command, start, duration, event count."""
+    """Sessions, newest first: status, command, start, duration, event count, error."""
     _use(output, as_json)
     for s in status:
         if s not in STATUSES:
@@ -259,9 +259,18 @@ def list_sessions(
         return
     out.table(
         "sessions",
-        ["session", "status", "command", "started", "duration", "events"],
+        ["session", "status", "command", "started", "duration", "events", "error"],
         [
-            (r.session_id, r.status, r.command, _ts(r.started_ns), _duration(r), r.event_count)
+            # the error as `show` says it (an interrupted or completed session's too)
+            (
+                r.session_id,
+                r.status,
+                r.command,
+                _ts(r.started_ns),
+                _duration(r),
+                r.event_count,
+                r.error,
+            )
             for r in records
         ],
     )

@@ -171,6 +171,14 @@ def fold_lifecycle(found: dict[str, ProcessSummary], lifecycle: list[RecordedEve
                 # As the registry (the query reader's source): a failure's error, kept
                 # through a later ending; another ending's ``error`` is not one.
                 p.error = error_text(_data(r).get("error"))
+            elif p.kind == SESSION_KIND:
+                # A session ended interrupted or completed naming an error (the user's
+                # data under "session"): `sessions show` said it and `sessions list`
+                # said null. The same text here, by the one rendering both use.
+                user = _data(r).get("session")
+                said = user.get("error") if isinstance(user, dict) else None
+                if said is not None:
+                    p.error = error_text(said)
 
 
 def stored_event(record: RecordedEvent) -> events_pb2.StoredEvent:
