@@ -974,6 +974,10 @@ def dlq_list(
 
     json_out = _json(as_json)
     name = _model(None, model, required=False) or None
+    try:
+        admin.validate_aggregate(aggregate)
+    except admin.UsageError as exc:
+        output.fail(USAGE, "usage", str(exc), field=exc.field)
     letters = _run(lambda p: admin.dlq_list(p, name, aggregate), _dlq_stream)
     if json_out:
         output.emit_json([d.summary() for d in letters])
@@ -1062,6 +1066,10 @@ def dlq_retry(
 
     json_out = _json(as_json)
     name = _model(None, model, required=False) or None
+    try:
+        admin.validate_aggregate(aggregate)
+    except admin.UsageError as exc:
+        output.fail(USAGE, "usage", str(exc), field=exc.field)
     with _progress("retrying dead letters") as update:
         report = _run(
             lambda p: admin.dlq_retry(p, name, aggregate, seqs, progress=update),
@@ -1085,6 +1093,10 @@ def dlq_discard(
 
     json_out = _json(as_json)
     name = _model(None, model, required=False) or None
+    try:
+        admin.validate_aggregate(aggregate)
+    except admin.UsageError as exc:
+        output.fail(USAGE, "usage", str(exc), field=exc.field)
     if not (seqs or aggregate):
         output.fail(USAGE, "usage", "name --seq or --aggregate to discard", field="--seq")
     if not yes:

@@ -654,11 +654,7 @@ def validate_slice(
             "an empty or inverted range",
             field="--from-time",
         )
-    if aggregate_id is not None:
-        try:
-            validate_aggregate_id(aggregate_id, field="aggregate")
-        except ValueError as exc:
-            raise UsageError(str(exc), field="--aggregate") from exc
+    validate_aggregate(aggregate_id)
     # The actor is matched exactly as the write path recorded it, so only what no write
     # path records is refused: "" (no actor named) and what the context commands'
     # one-line rule refuses (model.one_line, the same core.printable function). The
@@ -690,6 +686,18 @@ def validate_slice(
                 f"{', '.join(sorted(known))}",
                 field="--type",
             )
+
+
+def validate_aggregate(aggregate_id: str | None) -> None:
+    """:class:`UsageError` naming --aggregate for an id no story has (checked before
+    anything is read): in a dead-letter subject a wildcard ('*') matched every story's
+    letters, and dlq list, retry and discard took it as it was."""
+    if aggregate_id is None:
+        return
+    try:
+        validate_aggregate_id(aggregate_id, field="aggregate")
+    except ValueError as exc:
+        raise UsageError(str(exc), field="--aggregate") from exc
 
 
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}")
@@ -1575,6 +1583,7 @@ async def wait(
 async def dlq_list(
     p: Projection, name: str | None = None, aggregate_id: str | None = None
 ) -> list[DeadLetter]:
+    validate_aggregate(aggregate_id)
     out = []
     names = [name] if name else p.model_names()
     for n in names:
