@@ -380,3 +380,53 @@ async def test_projector_drop_dry_run_checks_and_deletes_nothing(
         assert set(plan) - {"dry_run", "state"} == set(report) and report["removed"] > 0
         control = await p.control.get("context")
         assert control is not None and 2 not in control.versions
+
+
+async def test_dlq_discard_dry_run_lists_the_letters_and_discards_nothing(
+    settings: JetsourceSettings, unique: str
+) -> None:
+    """`projector dlq discard --aggregate ID --dry-run` (no --yes needed) lists the dead
+    letters the discard would take and refuses the one behind another of its story,
+    as the discard does; the letters stay and nothing is remembered as discarded; the
+    discard then takes the same letters."""
+    from jetsource.projection.runtime import Worker
+    from tests.integration.test_admin_contract import cli
+    from tests.projector_fixtures import context_projection, seed
+
+    async with context_projection(settings, unique) as p:
+        await seed(p.store, ["s0"], 3)
+        prefix = p.store.settings.subject_prefix
+        junk = []
+        for _ in range(2):  # two letters of s0: the second is behind the first
+            ack = await p.nc.request(f"{prefix}.s0.DecisionAdded", b"\xff", 5)
+            junk.append(int(json.loads(ack.data)["seq"]))
+        await p.control.ensure("context", 1)
+        v1 = p.model("context", 1)
+        await Worker(p.nc, p.store, v1, p.dead_letters, p.settings.projector).run(
+            until_caught_up=True
+        )
+        letters = sorted(await p.dead_letters.list(p.spec("context", 1)), key=lambda d: d.dlq_seq)
+        assert [d.original_seq for d in letters] == junk
+        first, second = (d.dlq_seq for d in letters)
+
+        behind = await cli(p, "dlq", "discard", "--seq", str(second), "--dry-run", "--json")
+        assert behind.returncode == 0, behind.stderr
+        assert json.loads(behind.stdout)["discarded"] == []
+        assert "behind dead letter" in json.loads(behind.stdout)["failed"][str(second)]
+        dry = await cli(p, "dlq", "discard", "--aggregate", "s0", "--dry-run", "--json")
+        assert dry.returncode == 0, dry.stderr
+        plan = json.loads(dry.stdout)
+        assert plan == {"discarded": [first, second], "failed": {}, "dry_run": True}
+        text = await cli(p, "dlq", "discard", "--aggregate", "s0", "--dry-run")
+        assert f"would discard 2 dead letters: [{first}, {second}]" in text.stdout, text.stderr
+        still = await p.dead_letters.list(p.spec("context", 1))
+        assert sorted(d.dlq_seq for d in still) == [first, second]
+        control = await p.control.get("context")
+        assert control is not None and not control.discarded
+
+        done = await cli(p, "dlq", "discard", "--aggregate", "s0", "--yes", "--json")
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        assert set(plan) - {"dry_run"} == set(report)
+        assert report["discarded"] == plan["discarded"]
+        assert await p.dead_letters.list(p.spec("context", 1)) == []

@@ -1051,6 +1051,22 @@ def _report(verb: str, report: admin.DlqReport, json_out: bool) -> None:
         output.fail(REFUSED, "refused", f"{len(report.failed)} dead letters failed: {seqs}")
 
 
+def _discard_plan(
+    name: str | None, aggregate: str | None, seqs: list[int] | None, json_out: bool
+) -> None:
+    """The dead letters a discard would take; nothing discarded."""
+    from jetsource.projection import admin
+
+    plan = _run(lambda p: admin.dlq_discard(p, name, aggregate, seqs, dry_run=True), _dlq_stream)
+    failed = {str(k): v for k, v in sorted(plan.failed.items())}
+    if json_out:
+        output.emit_json({"discarded": sorted(plan.done), "failed": failed, "dry_run": True})
+        return
+    output.line(f"would discard {len(plan.done)} dead letters: {sorted(plan.done)}")
+    for seq, reason in failed.items():
+        output.line(f"  {seq} would be refused: {reason}")
+
+
 SEQS = typer.Option(None, "--seq", min=1, max=U64, help="Dead-letter sequence (repeatable)")
 
 
@@ -1086,9 +1102,15 @@ def dlq_discard(
     aggregate: str | None = typer.Option(None, "--aggregate"),
     seqs: list[int] | None = SEQS,
     yes: bool = typer.Option(False, "--yes", help="Do not ask"),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="say which dead letters would be discarded; change nothing"
+    ),
     as_json: bool = JSON,
 ) -> None:
-    """Give up on dead letters: their stories step past them without applying them."""
+    """Give up on dead letters: their stories step past them without applying them.
+
+    --dry-run selects and refuses as the discard does (a letter behind another of its
+    story) and lists the letters that would go; nothing is discarded, no --yes needed."""
     from jetsource.projection import admin
 
     json_out = _json(as_json)
@@ -1099,6 +1121,9 @@ def dlq_discard(
         output.fail(USAGE, "usage", str(exc), field=exc.field)
     if not (seqs or aggregate):
         output.fail(USAGE, "usage", "name --seq or --aggregate to discard", field="--seq")
+    if dry_run:
+        _discard_plan(name, aggregate, seqs, json_out)
+        return
     if not yes:
         if json_out or not sys.stdin.isatty():
             output.fail(

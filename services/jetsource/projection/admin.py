@@ -1709,9 +1709,12 @@ async def dlq_discard(
     name: str | None = None,
     aggregate_id: str | None = None,
     dlq_seqs: list[int] | None = None,
+    dry_run: bool = False,
 ) -> DlqReport:
     """Give up on dead letters: the model steps its aggregate past each one without
-    applying it. Only an aggregate's oldest letter can go (the others wait behind)."""
+    applying it. Only an aggregate's oldest letter can go (the others wait behind).
+    ``dry_run``: the same selection and the same refusals, nothing stepped over,
+    remembered or deleted; ``done`` lists the letters that would go."""
     report = DlqReport()
     letters = await _select(p, name, aggregate_id, dlq_seqs)
     # Each story's letters (per model version), oldest first, and the first not gone:
@@ -1752,6 +1755,10 @@ async def dlq_discard(
                 f"behind dead letter {queue[at].dlq_seq} of the same aggregate; "
                 "retry or discard that one first"
             )
+            continue
+        if dry_run:  # stepped over at its place, or no place: it goes either way
+            gone.add(letter.dlq_seq)
+            report.done.append(letter.dlq_seq)
             continue
         model = p.model(letter.model, letter.version)
         if await _has_a_place(p, letter, model):
