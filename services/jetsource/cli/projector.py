@@ -736,16 +736,20 @@ def replay(
         output.emit_json(_replay_data(report))
     else:
         output.line(
-            f"{name} v{report.version} run {report.run_id}: {report.events} events in the "
+            f"{name} v{report.version} run {report.run_id}: "
+            f"{output.count(report.events, 'event')} in the "
             f"slice (last sequence {report.last_seq}), {report.reapplied} re-applied, "
-            f"{report.carried_forward} carried forward, {report.aggregates} stories, "
+            f"{report.carried_forward} carried forward, "
+            f"{output.count(report.aggregates, 'story')}, "
             f"{report.seconds:.1f} s"
         )
     if report.failed:
         if not json_out:
             for seq, reason in sorted(report.failed.items()):
                 output.stderr().print(f"sequence {seq}: {reason}")
-        output.fail(REFUSED, "refused", f"{len(report.failed)} events failed to re-apply")
+        output.fail(
+            REFUSED, "refused", f"{output.count(len(report.failed), 'event')} failed to re-apply"
+        )
 
 
 def _replay_plan(report: admin.ReplayReport, run_id: str | None, json_out: bool) -> None:
@@ -756,8 +760,9 @@ def _replay_plan(report: admin.ReplayReport, run_id: str | None, json_out: bool)
         output.emit_json(_replay_data(report) | unknown | {"dry_run": True})
         return
     output.line(
-        f"{report.model} v{report.version}: would replay {report.events} events of "
-        f"{report.aggregates} stories (last sequence {report.last_seq}); what re-applies "
+        f"{report.model} v{report.version}: would replay "
+        f"{output.count(report.events, 'event')} of {output.count(report.aggregates, 'story')} "
+        f"(last sequence {report.last_seq}); what re-applies "
         "and what is carried forward shows only when it runs"
     )
     for seq, reason in sorted(report.failed.items()):
@@ -815,7 +820,7 @@ def rebuild(
         output.emit_json(_built(report))
         return
     output.line(
-        f"{name} v{to_version} built: {report.applied} events applied in "
+        f"{name} v{to_version} built: {output.count(report.applied, 'event')} applied in "
         f"{report.seconds:.1f} s ({report.rate:,.0f}/s), checkpoint {report.checkpoint}. "
         f"Next: `jetsource projector cutover --model {name} --to-version {to_version}`"
     )
@@ -856,7 +861,8 @@ def reset(
         output.emit_json(_built(report, reset=True))
         return
     output.line(
-        f"{name} v{report.version} reset and rebuilt: {report.applied} events applied in "
+        f"{name} v{report.version} reset and rebuilt: "
+        f"{output.count(report.applied, 'event')} applied in "
         f"{report.seconds:.1f} s ({report.rate:,.0f}/s), checkpoint {report.checkpoint}; "
         "the projector service resumes it"
     )
@@ -998,7 +1004,7 @@ def dlq_list(
             for d in letters
         ),
     )
-    output.line(f"{len(letters)} dead letters")
+    output.line(output.count(len(letters), "dead letter"))
 
 
 @dlq.command("show")
@@ -1043,12 +1049,16 @@ def _report(verb: str, report: admin.DlqReport, json_out: bool) -> None:
             }
         )
     else:
-        output.line(f"{len(report.done)} dead letters {verb}, {len(report.failed)} failed")
+        output.line(
+            f"{output.count(len(report.done), 'dead letter')} {verb}, {len(report.failed)} failed"
+        )
         for seq, reason in sorted(report.failed.items()):
             output.stderr().print(f"{seq}: {reason}")
     if report.failed:
         seqs = ", ".join(str(seq) for seq in sorted(report.failed))
-        output.fail(REFUSED, "refused", f"{len(report.failed)} dead letters failed: {seqs}")
+        output.fail(
+            REFUSED, "refused", f"{output.count(len(report.failed), 'dead letter')} failed: {seqs}"
+        )
 
 
 def _discard_plan(
