@@ -430,3 +430,47 @@ async def test_dlq_discard_dry_run_lists_the_letters_and_discards_nothing(
         assert set(plan) - {"dry_run"} == set(report)
         assert report["discarded"] == plan["discarded"]
         assert await p.dead_letters.list(p.spec("context", 1)) == []
+
+
+async def test_projector_reset_dry_run_names_the_version_and_empties_nothing(
+    settings: JetsourceSettings, unique: str
+) -> None:
+    """`projector reset MODEL --dry-run` (no --yes needed) names the active version it
+    would empty, its state and checkpoint; the version keeps its data and state; the
+    reset then empties and rebuilds that version."""
+    from jetsource.projection.runtime import Worker
+    from tests.integration.test_admin_contract import cli
+    from tests.projector_fixtures import context_projection, seed
+
+    async with context_projection(settings, unique) as p:
+        await seed(p.store, ["s0", "s1"], 3)
+        await p.control.ensure("context", 1)
+        v1 = p.model("context", 1)
+        await Worker(p.nc, p.store, v1, p.dead_letters, p.settings.projector).run(
+            until_caught_up=True
+        )
+        checkpoint = (await v1.checkpoint()).seq
+
+        dry = await cli(p, "reset", "context", "--dry-run", "--json")
+        assert dry.returncode == 0, dry.stderr
+        plan = json.loads(dry.stdout)
+        assert plan["dry_run"] is True and plan["applied"] is None
+        assert (plan["model"], plan["version"], plan["state"], plan["checkpoint"]) == (
+            "context",
+            1,
+            "live",
+            checkpoint,
+        )
+        text = await cli(p, "reset", "context", "--dry-run")
+        assert "context v1 (live, checkpoint" in text.stdout, text.stderr
+        assert "would be emptied" in text.stdout
+        control = await p.control.get("context")
+        assert control is not None and control.versions[1] == "live"
+        assert (await v1.checkpoint()).seq == checkpoint and await v1.position("s0") == 3
+
+        done = await cli(p, "reset", "context", "--yes", "--json")
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        assert set(plan) - {"dry_run", "state"} == set(report)
+        assert (report["version"], report["checkpoint"]) == (1, checkpoint)
+        assert report["applied"] == 6

@@ -831,18 +831,33 @@ def reset(
     model_arg: str | None = MODEL_ARG,
     model_opt: str | None = MODEL,
     yes: bool = typer.Option(False, "--yes", help="Confirm: the active version is emptied"),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="make the reset's checks and say what it would empty"
+    ),
     as_json: bool = JSON,
 ) -> None:
     """Truncate the ACTIVE version in place and rebuild it (needs --yes).
 
     It is rebuilt from the model's replay_start; queries see it empty, then growing.
     Its live worker is fenced first; the projector service resumes the version once
-    it is rebuilt.
+    it is rebuilt. --dry-run makes the same checks and names the version it would empty
+    and its checkpoint; what the rebuild applies is known only by doing it (null).
     """
     from jetsource.projection import admin
 
     json_out = _json(as_json)
     name = _model(model_arg, model_opt)
+    if dry_run:
+        plan = _run(lambda p: admin.reset_plan(p, name), _model_stream(name))
+        if json_out:
+            unknown = {"applied": None, "seconds": None, "rate": None}
+            output.emit_json(plan | unknown | {"reset": True, "dry_run": True})
+            return
+        output.line(
+            f"{name} v{plan['version']} ({plan['state']}, checkpoint {plan['checkpoint']}) "
+            "would be emptied and rebuilt from the model's replay_start"
+        )
+        return
     if not yes:
         output.fail(
             USAGE,

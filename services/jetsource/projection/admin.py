@@ -1208,6 +1208,33 @@ async def _build(
     )
 
 
+def _resettable(name: str, version: int, state: str | None) -> None:
+    """AdminError unless a version in ``state`` can be reset (live, or a reset that
+    stopped: resetting, or building again after its truncation)."""
+    if state == DROPPED:
+        raise AdminError(f"{name} v{version} is being dropped")
+    if state not in (LIVE, RESETTING, BUILDING):
+        raise AdminError(f"{name} v{version} is {state or 'absent'}; nothing to reset")
+
+
+async def reset_plan(p: Projection, name: str) -> dict[str, Any]:
+    """The reset's checks, nothing written and no lease taken (``projector reset
+    --dry-run``): the active version it would empty and rebuild, its state, and its
+    checkpoint now; how many events the rebuild applies is known only by doing it."""
+    control = await _control(p, name)
+    version = control.active
+    pinned = p.pinned_version(name)
+    if pinned is not None:
+        raise AdminError(
+            f"{name} v{pinned} follows a schema and is run by its own service; it cannot be "
+            "reset from here"
+        )
+    state = control.versions.get(version)
+    _resettable(name, version, state)
+    checkpoint = await _retry(p.model(name, version).checkpoint, f"reset {name}")
+    return {"model": name, "version": version, "state": state, "checkpoint": checkpoint.seq}
+
+
 async def reset(
     p: Projection,
     name: str,
@@ -1241,12 +1268,9 @@ async def reset(
         if c.active != version:
             raise AdminError(f"{name}: the active version changed meanwhile; try again")
         state = c.versions.get(version)
-        if state == DROPPED:
-            raise AdminError(f"{name} v{version} is being dropped")
+        _resettable(name, version, state)
         if state == BUILDING:  # a reset interrupted after the truncation: build on
             return
-        if state not in (LIVE, RESETTING):
-            raise AdminError(f"{name} v{version} is {state or 'absent'}; nothing to reset")
         c.versions[version] = RESETTING
         c.progress[version] = {"phase": "truncating", "updated_at": _stamp()}
 
