@@ -227,20 +227,21 @@ def compact(
     if output.mode() == output.Mode.json:
         output.emit_json(data | {"dry_run": True, "would_seal": would_seal} if dry_run else data)
         return
+    n = len(report.kept)
+    kept = f"{output.count(n, 'aggregate')} {'keeps' if n == 1 else 'keep'}"
     if dry_run:
         output.line(
             f"{report.stream}: would archive {output.count(report.archived, 'event')} of "
             f"{output.count(report.aggregates, 'aggregate')} in "
             f"{output.count(would_seal, 'segment')} and purge {report.purged}; "
-            f"{len(report.kept)} aggregates keep old events ({report.scanned} older than "
-            "the horizon)"
+            f"{kept} old events ({report.scanned} older than the horizon)"
         )
         return
     output.line(
         f"{report.stream}: {output.count(report.archived, 'event')} of "
         f"{output.count(report.aggregates, 'aggregate')} archived in "
         f"{output.count(len(report.segments), 'segment')}, {report.purged} purged; "
-        f"{len(report.kept)} aggregates keep old events ({report.scanned} older than the horizon)"
+        f"{kept} old events ({report.scanned} older than the horizon)"
     )
 
 
