@@ -1087,7 +1087,7 @@ def _discard_plan(
     if json_out:
         output.emit_json({"discarded": sorted(plan.done), "failed": failed, "dry_run": True})
         return
-    output.line(f"would discard {len(plan.done)} dead letters: {sorted(plan.done)}")
+    output.line(f"would discard {output.count(len(plan.done), 'dead letter')}: {sorted(plan.done)}")
     for seq, reason in failed.items():
         output.line(f"  {seq} would be refused: {reason}")
 
