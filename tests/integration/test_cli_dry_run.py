@@ -474,3 +474,47 @@ async def test_projector_reset_dry_run_names_the_version_and_empties_nothing(
         assert set(plan) - {"dry_run", "state"} == set(report)
         assert (report["version"], report["checkpoint"]) == (1, checkpoint)
         assert report["applied"] == 6
+
+
+async def test_dlq_retry_dry_run_lists_the_letters_and_applies_nothing(
+    settings: JetsourceSettings, unique: str
+) -> None:
+    """`projector dlq retry --aggregate ID --dry-run` lists the dead letters the retry
+    would try, in order, and applies nothing (the letters stay, the model's position
+    too); the retry then tries those letters."""
+    from jetsource.projection.runtime import Worker
+    from tests.integration.test_admin_contract import cli
+    from tests.projector_fixtures import context_projection, seed
+
+    async with context_projection(settings, unique) as p:
+        await seed(p.store, ["s0"], 3)
+        prefix = p.store.settings.subject_prefix
+        await p.nc.request(f"{prefix}.s0.DecisionAdded", b"\xff", 5)
+        await p.control.ensure("context", 1)
+        v1 = p.model("context", 1)
+        await Worker(p.nc, p.store, v1, p.dead_letters, p.settings.projector).run(
+            until_caught_up=True
+        )
+        [letter] = await p.dead_letters.list(p.spec("context", 1))
+
+        dry = await cli(p, "dlq", "retry", "--aggregate", "s0", "--dry-run", "--json")
+        assert dry.returncode == 0, dry.stderr
+        plan = json.loads(dry.stdout)
+        assert plan == {
+            "applied": None,
+            "failed": {},
+            "would_retry": [letter.dlq_seq],
+            "dry_run": True,
+        }
+        text = await cli(p, "dlq", "retry", "--aggregate", "s0", "--dry-run")
+        assert f"would retry 1 dead letter: [{letter.dlq_seq}]" in text.stdout, text.stderr
+        assert [d.dlq_seq for d in await p.dead_letters.list(p.spec("context", 1))] == [
+            letter.dlq_seq
+        ]
+        assert await v1.position("s0") == 3
+
+        done = await cli(p, "dlq", "retry", "--aggregate", "s0", "--json")
+        assert done.returncode == 1  # the letter does not decode: it fails again
+        report = json.loads(done.stdout)
+        assert set(plan) - {"dry_run", "would_retry"} == set(report)
+        assert list(report["failed"]) == [str(d) for d in plan["would_retry"]]

@@ -1100,9 +1100,15 @@ def dlq_retry(
     model: str | None = MODEL_OPT,
     aggregate: str | None = typer.Option(None, "--aggregate"),
     seqs: list[int] | None = SEQS,
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="say which dead letters would be tried; apply nothing"
+    ),
     as_json: bool = JSON,
 ) -> None:
-    """Apply dead letters again (after a fix); each success removes its entry."""
+    """Apply dead letters again (after a fix); each success removes its entry.
+
+    --dry-run selects as the retry does and lists the letters in the order they would
+    be tried; whether each applies is known only by applying it (applied: null)."""
     from jetsource.projection import admin
 
     json_out = _json(as_json)
@@ -1111,6 +1117,15 @@ def dlq_retry(
         admin.validate_aggregate(aggregate)
     except admin.UsageError as exc:
         output.fail(USAGE, "usage", str(exc), field=exc.field)
+    if dry_run:
+        plan = _run(lambda p: admin.dlq_retry(p, name, aggregate, seqs, dry_run=True), _dlq_stream)
+        if json_out:
+            output.emit_json(
+                {"applied": None, "failed": {}, "would_retry": plan.done, "dry_run": True}
+            )
+            return
+        output.line(f"would retry {output.count(len(plan.done), 'dead letter')}: {plan.done}")
+        return
     with _progress("retrying dead letters") as update:
         report = _run(
             lambda p: admin.dlq_retry(p, name, aggregate, seqs, progress=update),

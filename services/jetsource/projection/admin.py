@@ -1645,11 +1645,18 @@ async def dlq_retry(
     dlq_seqs: list[int] | None = None,
     progress: Progress = _quiet,
     version: int | None = None,
+    dry_run: bool = False,
 ) -> DlqReport:
     """Apply dead letters again, oldest first per aggregate; a success removes the
     entry. A failure stops that aggregate (its later letters stay behind it). Only
-    those of one model ``version`` when given."""
+    those of one model ``version`` when given. ``dry_run``: the same selection, in the
+    order they would be tried, in ``done``; nothing applied or removed (whether each
+    applies is known only by applying it)."""
     report = DlqReport()
+    if dry_run:
+        letters = await _select(p, name, aggregate_id, dlq_seqs)
+        report.done = [d.dlq_seq for d in letters if version is None or d.version == version]
+        return report
     for _ in range(10):  # the live projector may file more while we work: go again
         letters = await _select(p, name, aggregate_id, dlq_seqs)
         letters = [
