@@ -28,7 +28,7 @@ from typing import Any
 
 from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
 from jetsource.core.errors import JetsourceError, ValidationError
-from jetsource.core.printable import blank
+from jetsource.core.printable import not_one_line_at, refused_at
 from jetsource.eventstore import jsapi
 from jetsource.eventstore.jetstream import JetStreamEventStore
 from jetsource.projection import admin
@@ -66,13 +66,19 @@ class ErasureReport:
 
 
 def check_subject(subject: str) -> None:
-    """A subject that shows nothing (only whitespace, a zero-width space, a Hangul
-    filler, a BOM: core.printable.blank) is refused naming ``subject``, as an empty one
-    is; str.strip() took "\u200b" and erased whatever was sealed under it."""
-    if not subject or blank(subject):
+    """Refuse only a subject no write path records: "" (no subject named) and what the
+    one-line rule refuses (a control character, U+2028/U+2029: core.printable's
+    not_one_line_at, the rule model.one_line holds a context command's actor to, as
+    ``projector replay --actor`` does). A subject that shows nothing ("\u3164", "\u200b",
+    " ") is one a context command takes and records as its actor (created_by, author,
+    sealed under its key): refused, that person could not be erased."""
+    if not subject:
+        raise ValidationError("the subject to erase is empty", field="subject")
+    at = not_one_line_at(subject)
+    if at is not None:
         raise ValidationError(
-            "the subject to erase is empty (it shows nothing: only whitespace or "
-            "invisible characters)",
+            f"the subject holds {refused_at(subject, at)}: no event records such a "
+            "subject (it takes one line of printable text)",
             field="subject",
         )
     if len(subject) > MAX_SUBJECT:
