@@ -132,6 +132,11 @@ async def test_a_second_event_for_a_version_is_dead_lettered_named_and_voided(
         calls: list[Any] = [
             lambda: stub.GetContext(qpb.GetContextRequest(context_id="twice")),
             lambda: stub.GetDecisionGraph(qpb.GetDecisionGraphRequest(context_id="twice")),
+            # A malformed root too: the parked story answers first (a681b7e said
+            # INVALID_ARGUMENT for it, before the model was asked).
+            lambda: stub.GetDecisionGraph(
+                qpb.GetDecisionGraphRequest(context_id="twice", root_id="bad id!")
+            ),
             lambda: stub.GetContextAtVersion(
                 qpb.GetContextAtVersionRequest(context_id="twice", version=4)
             ),

@@ -129,8 +129,9 @@ async def test_a_bad_root_is_invalid_while_the_graph_model_is_behind(
 ) -> None:
     """A root the story has not, or one no command could name, was FAILED_PRECONDITION
     ("not in the graph model yet") while the model had not applied the story, and
-    INVALID_ARGUMENT once it had: the argument is checked first now, whatever the
-    model's state; a valid root still waits for the model."""
+    INVALID_ARGUMENT once it had: INVALID_ARGUMENT while it lags too now; a valid root
+    still waits for the model. An unknown story stays NOT_FOUND and a parked one
+    DATA_LOSS whatever the root (test_context_repeated_version)."""
     p = projection
     state = ContextState(id=STORY)
     events = []
@@ -150,8 +151,11 @@ async def test_a_bad_root_is_invalid_while_the_graph_model_is_behind(
     for root in ("", STORY, "d1"):
         error = await refused(service, root)
         assert error.code == grpc.StatusCode.FAILED_PRECONDITION, (root, error)
-    # An unknown story stays NOT_FOUND, whatever root is asked for.
-    request = pb.GetDecisionGraphRequest(context_id="no-such-story", root_id="d1")
-    with pytest.raises(QueryError) as caught:
-        await service.GetDecisionGraph(request, Deadline())
-    assert caught.value.code == grpc.StatusCode.NOT_FOUND, caught.value
+    # An unknown story stays NOT_FOUND, whatever root is asked for: a malformed one
+    # too (a681b7e answered INVALID_ARGUMENT for it, before looking for the story).
+    for root in ("", "d1", "nope", "bad id!", "x" * 65):
+        request = pb.GetDecisionGraphRequest(context_id="no-such-story", root_id=root)
+        with pytest.raises(QueryError) as caught:
+            await service.GetDecisionGraph(request, Deadline())
+        assert caught.value.code == grpc.StatusCode.NOT_FOUND, (root, caught.value)
+        assert str(caught.value) == "context 'no-such-story' not found", (root, caught.value)

@@ -798,12 +798,8 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
             cid = _context_id(request.context_id)
             depth = _number("depth", request.depth, 0, self.o.max_graph_depth)
             root = request.root_id or cid
-            if root != cid and not is_node_id(root):
-                # No command names a node so: refused before the model is asked, the
-                # same answer whether it is behind, rebuilding or away.
-                raise invalid("root_id", f"no decision or subtask {root!r} in context {cid!r}")
             graph: GraphModel = await self._model(GRAPH)
-            await self._check_parked(graph.spec, cid)
+            await self._check_parked(graph.spec, cid)  # DATA_LOSS first, whatever the root
             nodes = await graph.nodes(cid)
             # The story's node, its decisions' and its subtasks' are three reads: a
             # model catching up can answer the first without the story and the next
@@ -811,6 +807,12 @@ class ContextQueryService(pb_grpc.ContextQueryServiceServicer):
             if not any(kind == "story" for kind, _ in nodes):
                 if root == cid:
                     await self._must_exist(cid)
+                elif not is_node_id(root):
+                    # No command names a node so: INVALID_ARGUMENT while the model lags
+                    # too, once the story is known (an unknown one is NOT_FOUND, as
+                    # before), without folding it.
+                    await self._must_exist(cid)
+                    raise invalid("root_id", f"no decision or subtask {root!r} in context {cid!r}")
                 else:
                     # A root the story has not is INVALID_ARGUMENT, lagging or not.
                     state = (await self.loader.load(cid)).state
