@@ -21,6 +21,8 @@ from nats import errors as nats_errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from jetsource.core.deadline import within as call_deadline
+from jetsource.core.errors import DeadlineCutError
 from jetsource.core.natsping import round_trip
 from jetsource.devstack.servers import NatsServer, free_port, stop_pid
 from jetsource.eventstore import jsapi
@@ -818,3 +820,80 @@ async def test_a_batched_direct_get_times_out_on_time_with_a_full_buffer(
         os.kill(proc.pid, signal.SIGCONT)
         stop_pid(proc.pid)
         proc.wait(10)
+
+
+async def test_a_batched_direct_get_whose_wait_for_room_the_call_deadline_cut_names_it(
+    tmp_path: Path, unique: str
+) -> None:
+    """Under a call's deadline (core.deadline.within), the server hung (SIGSTOP) and the
+    client's pending buffer full: the page's wait for room raised a plain TimeoutError
+    (gRPC: a bare DEADLINE_EXCEEDED naming nothing), where Replies.request says
+    DeadlineCutError naming what it waited for. The page says it too now."""
+    server = NatsServer(tmp_path, port=free_port(), monitor_port=free_port())
+    proc = server.start()
+    try:
+        await asyncio.to_thread(server.wait_ready, proc, 30)
+        nc = await nats.connect(server.address(), pending_size=32 * 1024)
+        replies = Replies(nc)
+        await replies.start()
+        _stop_now(proc.pid)
+        try:
+            await _fill_the_socket(nc, unique)
+            started = time.monotonic()
+            with pytest.raises(DeadlineCutError, match=f"stream S{unique}'s answer"):
+                async with asyncio.timeout(3):
+                    with call_deadline(1.0):
+                        await jsapi.direct_get_page(replies, f"S{unique}", None, 1, 10, 5.0)
+            assert time.monotonic() - started < 1.0
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        assert await round_trip(nc, 10)
+        await replies.stop()
+        await nc.close()
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        stop_pid(proc.pid)
+        proc.wait(10)
+
+
+async def test_a_batched_direct_get_ends_at_its_deadline_after_a_wait_for_room(
+    tmp_path: Path, unique: str
+) -> None:
+    """The page's send waited for room in a full buffer (the server hung, continued
+    after 1 s), then its wait for the first reply started a fresh full timeout: under
+    a 2 s call deadline it ended at 2.8 s. The send and the replies share one deadline
+    now (as Replies.request's do): it ends before the call's."""
+    server = NatsServer(tmp_path, port=free_port(), monitor_port=free_port())
+    proc = server.start()
+    try:
+        await asyncio.to_thread(server.wait_ready, proc, 30)
+        nc = await nats.connect(server.address(), pending_size=32 * 1024)
+        mute = await nats.connect(server.address())
+        await mute.subscribe(f"$JS.API.DIRECT.GET.M{unique}", cb=_quiet)  # never answers
+        await mute.flush()
+        replies = Replies(nc)
+        await replies.start()
+        _stop_now(proc.pid)
+        try:
+            await _fill_the_socket(nc, unique)
+            asyncio.get_running_loop().call_later(1.0, os.kill, proc.pid, signal.SIGCONT)
+            started = time.monotonic()
+            with pytest.raises(DeadlineCutError):
+                async with asyncio.timeout(5):
+                    with call_deadline(2.0):
+                        await jsapi.direct_get_page(replies, f"M{unique}", None, 1, 10, 5.0)
+            assert 1.7 < time.monotonic() - started < 2.0
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        assert await round_trip(nc, 10)
+        await replies.stop()
+        await nc.close()
+        await mute.close()
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        stop_pid(proc.pid)
+        proc.wait(10)
+
+
+async def _quiet(msg: Msg) -> None:
+    pass

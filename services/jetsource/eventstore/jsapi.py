@@ -986,34 +986,37 @@ async def _direct_page(
             body["next_by_subj"] = subject
         # Sent as a request is (Replies.send): nats-py's publish waited for room in a
         # full pending buffer with no end (a hung server held the read past its timeout).
+        # One deadline for the send and the whole answer: the wait for room in the
+        # buffer came before a fresh ``timeout`` per reply (a page took up to twice its
+        # timeout), and a cut wait for room raised a bare TimeoutError.
         deadline = asyncio.get_running_loop().time() + timeout
-        await replies.send(
-            f"$JS.API.DIRECT.GET.{stream}", json.dumps(body).encode(), reply, None, deadline
-        )
-        while True:
-            msg = queue.get_nowait() if not queue.empty() else None
-            if msg is None:
-                try:
-                    async with asyncio.timeout(timeout):
+        try:
+            await replies.send(
+                f"$JS.API.DIRECT.GET.{stream}", json.dumps(body).encode(), reply, None, deadline
+            )
+            while True:
+                msg = queue.get_nowait() if not queue.empty() else None
+                if msg is None:
+                    async with asyncio.timeout_at(deadline):
                         msg = await queue.get()
-                except TimeoutError as exc:
-                    if cut:
-                        raise cut_short(what, timeout) from exc
-                    raise
-            status = _status(msg)
-            if status is None:
-                if not messages and _foreign(msg, stream):
-                    return None  # the rest of its answer is dropped with the queue
-                messages.append(_raw(msg))
-                continue
-            if status == "204":  # end of this batch
-                pending = int((msg.headers or {}).get("Nats-Num-Pending", "0"))
-                return Page(messages, pending)
-            if status == "404":  # nothing (more) matches
-                return Page(messages, 0)
-            if status == "503":
-                raise NoRespondersError(stream)
-            raise JsApiError(int(status), 0, (msg.headers or {}).get("Description", ""))
+                status = _status(msg)
+                if status is None:
+                    if not messages and _foreign(msg, stream):
+                        return None  # the rest of its answer is dropped with the queue
+                    messages.append(_raw(msg))
+                    continue
+                if status == "204":  # end of this batch
+                    pending = int((msg.headers or {}).get("Nats-Num-Pending", "0"))
+                    return Page(messages, pending)
+                if status == "404":  # nothing (more) matches
+                    return Page(messages, 0)
+                if status == "503":
+                    raise NoRespondersError(stream)
+                raise JsApiError(int(status), 0, (msg.headers or {}).get("Description", ""))
+        except TimeoutError as exc:
+            if cut:
+                raise cut_short(what, timeout) from exc
+            raise
     finally:
         replies.close(reply)
 
