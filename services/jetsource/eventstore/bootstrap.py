@@ -156,14 +156,16 @@ async def connect(settings: JetsourceSettings) -> NATS:
     where = redact_url(settings.nats_url())
 
     async def on_error(exc: Exception) -> None:
+        if isinstance(exc, jsapi.ReplyHandOverError):
+            # Nothing to retry: one reply lost, the connection reads on. First: its
+            # message names a random inbox subject, which may hold "tls" (a refusal).
+            log.error("nats at %s: %s", where, exc)
+            return
         text = str(exc).lower()
         if isinstance(exc, ssl.SSLError) or any(k in text for k in _REFUSALS):
             if not refused.done():
                 refused.set_result(exc)
             log.error("nats refused this client: %s", exc)
-        elif isinstance(exc, jsapi.ReplyHandOverError):
-            # Nothing to retry: one reply lost, the connection reads on.
-            log.error("nats at %s: %s", where, exc)
         elif "permissions violation" in text:
             jsapi.note_denial(str(exc))
             # A subject this client's NATS user may not use: nothing retries it, and the
