@@ -16,8 +16,9 @@ from jetsource.core.settings import JetsourceSettings
 from jetsource.domains.context.valkey_models import ContextModel
 from jetsource.eventstore import jsapi
 from jetsource.eventstore.jsapi import OutMessage, RawMessage
+from jetsource.projection import admin
 from jetsource.projection.bootstrap import Projection, open_projection
-from jetsource.projection.deadletters import aggregate_of
+from jetsource.projection.deadletters import NO_STORY, aggregate_of
 from jetsource.projection.runtime import Worker
 from tests.projector_fixtures import projector_settings, seed
 
@@ -86,3 +87,23 @@ async def test_a_letter_filed_under_the_old_token_parks_no_story(projection: Pro
     assert [d.original_seq for d in await p.dead_letters.list(w.spec)] == [seq]
     assert await p.dead_letters.delete(old.dlq_seq)
     assert await p.dead_letters.list(w.spec) == []
+
+
+async def test_the_letters_of_no_story_are_selected_by_aggregate_underscore(
+    projection: Projection,
+) -> None:
+    """dlq list shows such a letter under aggregate '_' (deadletters.NO_STORY), and
+    dlq list/retry/discard --aggregate _ select it: 9a0a370 refused '_' as no story's
+    id, so those letters could be selected only by sequence."""
+    p = projection
+    seq = await poison(p)
+    model = p.model("context", 1)
+    w = Worker(p.nc, p.store, model, p.dead_letters, p.settings.projector)
+    await asyncio.wait_for(w.run(until_caught_up=True), 30)
+    [letter] = await admin.dlq_list(p, "context")
+    assert (letter.aggregate_id, letter.original_seq) == (NO_STORY, seq)
+    assert [d.original_seq for d in await admin.dlq_list(p, "context", NO_STORY)] == [seq]
+    planned = await admin.dlq_discard(p, "context", NO_STORY, dry_run=True)
+    assert [d.original_seq for d in await admin.dlq_list(p, "context", NO_STORY)] == [seq]
+    await admin.dlq_discard(p, "context", NO_STORY)
+    assert await admin.dlq_list(p, "context") == [], planned

@@ -48,6 +48,29 @@ def test_a_malformed_aggregate_is_refused_before_anything_connects(
 def test_a_story_id_is_an_aggregate() -> None:
     validate_aggregate("story-1")
     validate_aggregate(None)
+    validate_aggregate("_")  # deadletters.NO_STORY: letters of subjects naming no story
     with pytest.raises(UsageError) as refused:
         validate_aggregate("*")
     assert refused.value.field == "--aggregate"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("projector", "dlq", "list"),
+        ("projector", "dlq", "retry"),
+        ("projector", "dlq", "discard", "--yes"),
+    ],
+)
+def test_the_aggregate_of_no_story_is_taken(args: tuple[str, ...]) -> None:
+    """'_' (deadletters.NO_STORY) is the aggregate dlq list shows for the letters of
+    messages on subjects naming no story: taken (9a0a370 refused it), so the command
+    goes on to connect (a closed port here: UNAVAILABLE, exit 3)."""
+    env = clean_environ() | {"JETSOURCE_NATS__URL": _closed_port()}
+    result = CliRunner().invoke(
+        app, ["-o", "json", *args, "--aggregate", "_"], env=env, catch_exceptions=False
+    )
+    out.set_mode(None)
+    error = json.loads(result.stderr.strip().splitlines()[-1])["error"]
+    assert result.exit_code == 3, (result.exit_code, error)  # NATS unreachable, not usage
+    assert "not reachable" in error["message"] and error.get("field") != "--aggregate", error

@@ -42,7 +42,7 @@ from jetsource.projection.control import (
     ControlError,
     ModelControl,
 )
-from jetsource.projection.deadletters import DeadLetter
+from jetsource.projection.deadletters import NO_STORY, DeadLetter
 from jetsource.projection.runtime import Worker
 
 log = logging.getLogger("jetsource.projector")
@@ -654,7 +654,8 @@ def validate_slice(
             "an empty or inverted range",
             field="--from-time",
         )
-    validate_aggregate(aggregate_id)
+    if aggregate_id is not None:
+        _story_id(aggregate_id)
     # The actor is matched exactly as the write path recorded it, so only what no write
     # path records is refused: "" (no actor named) and what the context commands'
     # one-line rule refuses (model.one_line, the same core.printable function). The
@@ -689,11 +690,16 @@ def validate_slice(
 
 
 def validate_aggregate(aggregate_id: str | None) -> None:
-    """:class:`UsageError` naming --aggregate for an id no story has (checked before
-    anything is read): in a dead-letter subject a wildcard ('*') matched every story's
-    letters, and dlq list, retry and discard took it as it was."""
-    if aggregate_id is None:
-        return
+    """dlq list, retry and discard's --aggregate: :class:`UsageError` naming it for an
+    id no dead letter is filed under (checked before anything is read): in a
+    dead-letter subject a wildcard ('*') matched every story's letters. A story's id,
+    or ``_`` (deadletters.NO_STORY): the letters of messages on subjects naming no
+    story a writer takes are filed under it, and dlq list shows it."""
+    if aggregate_id is not None and aggregate_id != NO_STORY:
+        _story_id(aggregate_id)
+
+
+def _story_id(aggregate_id: str) -> None:
     try:
         validate_aggregate_id(aggregate_id, field="aggregate")
     except ValueError as exc:
