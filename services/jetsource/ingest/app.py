@@ -21,6 +21,7 @@ import base64
 import contextlib
 import hmac
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -284,13 +285,20 @@ async def known_parameters(request: Request) -> None:
         return
     accepted = accepted_parameters(route)
     for name in request.query_params:
-        if name not in accepted:
+        # An empty name ("?=1", "?&=") names no parameter: skipped, as before 2f3e95f.
+        if name and name not in accepted:
             named = shown(name[:80])
             takes = ", ".join(accepted) if accepted else "none"
             raise ValidationError(
-                f"'{named}' is not a parameter of GET {route.path} (it takes: {takes})",
+                f"'{named}' is not a parameter of GET {_CONVERTER.sub('}', route.path)} "
+                f"(it takes: {takes})",
                 field=named,
             )
+
+
+# A path parameter's converter in a route's template ("{conversation_id:path}"): the
+# path a client asks for has none, so a refusal shows "{conversation_id}".
+_CONVERTER = re.compile(r":[A-Za-z_]+\}")
 
 
 def error_answer(path: str, exc: Exception) -> JSONResponse:

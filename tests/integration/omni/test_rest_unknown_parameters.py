@@ -90,3 +90,32 @@ async def test_webhooks_keep_taking_parameters_we_do_not_know(api: httpx.AsyncCl
         route("acme-cloud") + "?extra=1", content=body, headers=headers_for("acme-cloud", body)
     )
     assert response.status_code < 400, response.text
+
+
+async def test_an_empty_parameter_name_names_nothing(api: httpx.AsyncClient) -> None:
+    """``?=1`` names no parameter: answered as without it (200), as before 2f3e95f,
+    which refused it 400 without a field."""
+    for query in ("?=1", "?=", "?&=1&type=message", "?page_size=5&=x"):
+        response = await api.get(f"/api/v1/events{query}")
+        assert response.status_code == 200, (query, response.text)
+    response = await api.get("/api/v1/identities?=1")
+    assert response.status_code == 200, response.text
+
+
+async def test_an_unknown_parameter_is_refused_showing_the_path_without_converters(
+    api: httpx.AsyncClient,
+) -> None:
+    """The refusal showed the route's template with its converter
+    ("{conversation_id:path}"), which no client asks for."""
+    for path, shown in (
+        (
+            "/api/v1/conversations/whatsapp/acme-cloud/1",
+            "GET /api/v1/conversations/{provider}/{instance}/{conversation_id} (it takes",
+        ),
+        ("/api/v1/handles/whatsapp/1", "GET /api/v1/handles/{provider}/{external_id} (it takes"),
+        ("/api/v1/events/ev-1", "GET /api/v1/events/{event_id} (it takes"),
+    ):
+        response = await api.get(path, params={"bogus": "1"})
+        assert response.status_code == 400, response.text
+        message = response.json()["error"]["message"]
+        assert shown in message and ":path" not in message, message
