@@ -94,6 +94,8 @@ def _run(
         NatsUnreachableError,
         NoAnswerError,
         no_answer_message,
+        settings_checked,
+        unreachable_message,
         wait_for_nats,
         within,
     )
@@ -106,19 +108,30 @@ def _run(
     from jetsource.core.settings import redact_url
     from jetsource.eventstore import jsapi
     from jetsource.eventstore.bootstrap import require_jetstream
-    from jetsource.projection.bootstrap import open_projection
+    from jetsource.projection.bootstrap import DomainsError, open_projection, projection_domains
     from jetsource.projection.settings import ProjectorSettings
 
     _json(as_json)
     settings = ProjectorSettings.load()
     connect_s = min(timeout, connect_timeout_s())
+    try:  # the settings first: said as such whatever NATS is (not "not reachable")
+        domains = projection_domains(settings)
+        settings_checked(settings)
+    except DomainsError as exc:  # a bad setting: exit 2 naming it, as `projector` says it
+        output.fail(USAGE, "usage", str(exc), field=exc.field)
+    except AccessDeniedError as exc:
+        output.fail(REFUSED, "access denied", str(exc))
 
     async def go() -> Any:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        await wait_for_nats(settings.nats_url(), loop.time() + connect_s, refused_ends=True)
+        connected_by = loop.time() + connect_s  # the TCP try and the handshake together
+        await wait_for_nats(settings.nats_url(), connected_by, refused_ends=True)
         try:
-            p = await aio.wait_for(open_projection(settings, provision=False), connect_s)
+            p = await aio.wait_for(
+                open_projection(settings, provision=False, domains=domains),
+                max(connected_by - loop.time(), 0.1),
+            )
         except TimeoutError:
             # Unanswered because NATS refused its requests: not an outage.
             if refused := jsapi.refused_instead(redact_url(settings.nats_url()), connect_s + 5):
@@ -132,14 +145,11 @@ def _run(
 
     try:
         return aio.run(go())
-    except NatsUnreachableError:
-        from jetsource.devstack.probes import why_unreachable
-
+    except NatsUnreachableError as exc:
         output.fail(
             UNAVAILABLE,
             "unavailable",
-            f"NATS at {redact_url(settings.nats_url())} did not answer within {connect_s:g} s"
-            + why_unreachable(settings.nats_url()),
+            unreachable_message(settings.nats_url(), exc, connect_s),
             hint="JETSOURCE_NATS__URL",
         )
     except NoAnswerError as exc:

@@ -61,6 +61,12 @@ def _fail(
 
 
 def _run(work: Callable[[IngestSettings, Any], Awaitable[T]], as_json: bool = False) -> T:
+    from jetsource.cli.streams import (
+        NatsUnreachableError,
+        settings_checked,
+        unreachable_message,
+        wait_for_nats,
+    )
     from jetsource.core.settings import redact_url
     from jetsource.domains.omni.identity import IdentityNotFoundError
     from jetsource.domains.omni.raw import RawRecordCorruptError
@@ -68,20 +74,26 @@ def _run(work: Callable[[IngestSettings, Any], Awaitable[T]], as_json: bool = Fa
     from jetsource.ingest.settings import IngestSettings
 
     settings = IngestSettings.load()
+    try:  # the settings first (the TLS files): said as such whatever NATS is
+        settings_checked(settings)
+    except AccessDeniedError as exc:
+        _fail(as_json, EXIT_REFUSED, "UNAUTHENTICATED", str(exc))
 
     async def go() -> T:
         import asyncio
 
-        from jetsource.cli.streams import NatsUnreachableError, wait_for_nats
-
+        loop = asyncio.get_running_loop()
         wait_s = settings.nats.connect_timeout_s + 1
+        connected_by = loop.time() + wait_s  # the TCP try and the handshake together
         try:  # a closed port (every server refuses) is said at once
-            await wait_for_nats(
-                settings.nats_url(), asyncio.get_running_loop().time() + wait_s, refused_ends=True
-            )
-        except NatsUnreachableError:
+            await wait_for_nats(settings.nats_url(), connected_by, refused_ends=True)
+        except NatsUnreachableError as exc:
+            if exc.refused:
+                raise EventStoreUnavailableError(
+                    unreachable_message(settings.nats_url(), exc, wait_s)
+                ) from None
             raise TimeoutError() from None
-        nc = await aio.wait_for(connect(settings), wait_s)
+        nc = await aio.wait_for(connect(settings), max(connected_by - loop.time(), 0.1))
         try:
             await require_jetstream(nc, settings)
             return await work(settings, nc)

@@ -329,39 +329,49 @@ def _run(
 ) -> T:
     """``work`` on an open projection; the streams ``need`` names must exist first.
     Ctrl-C ends it with ``stopped`` (code ``cancelled``, exit 130)."""
+    from jetsource.cli.streams import (
+        NatsUnreachableError,
+        settings_checked,
+        unreachable_message,
+        wait_for_nats,
+    )
     from jetsource.core.settings import redact_url
     from jetsource.eventstore.bootstrap import require_jetstream
     from jetsource.eventstore.jsapi import refused_instead
-    from jetsource.projection.bootstrap import open_projection
+    from jetsource.projection.bootstrap import open_projection, projection_domains
 
     settings = _settings()
     connect_s = connect_timeout_s()
+    try:
+        # The settings first (the domains, the TLS files): a bad one is said as such
+        # (exit 2 for the domains) whatever NATS is, not as "not reachable".
+        domains = projection_domains(settings)
+        settings_checked(settings)
+    except Exception as exc:
+        _fail_for(exc, settings)
 
     async def go() -> T:
-        from jetsource.cli.streams import NatsUnreachableError, wait_for_nats
-
+        loop = asyncio.get_running_loop()
+        # Every wait for NATS, the "does NATS answer" probe included, within connect_s:
+        # the probe came after the whole of it (a silent server: 12 s of a documented 10).
+        deadline = loop.time() + connect_s
+        probe_s = min(NATS_PROBE_S, connect_s / 5)
         try:
             # A closed port (every server refuses) is said at once, not after connect_s.
-            await wait_for_nats(
-                settings.nats_url(),
-                asyncio.get_running_loop().time() + connect_s,
-                refused_ends=True,
-            )
-        except NatsUnreachableError:
-            from jetsource.devstack.probes import why_unreachable
-
-            raise TimeoutError(
-                f"NATS at {redact_url(settings.nats_url())} did not answer within "
-                f"{connect_s:g} s" + why_unreachable(settings.nats_url())
-            ) from None
+            await wait_for_nats(settings.nats_url(), deadline, refused_ends=True)
+        except NatsUnreachableError as exc:
+            raise TimeoutError(unreachable_message(settings.nats_url(), exc, connect_s)) from None
         try:
-            p = await aio.wait_for(open_projection(settings, provision=False), connect_s)
+            p = await aio.wait_for(
+                open_projection(settings, provision=False, domains=domains),
+                max(deadline - probe_s - loop.time(), 0.1),
+            )
         except TimeoutError:
             # Its requests got no answer because NATS refused them: not an outage.
             if refused := refused_instead(redact_url(settings.nats_url()), connect_s + 5):
                 raise refused from None
             where = redact_url(settings.nats_url())
-            if await _nats_answers(settings):
+            if await _nats_answers(settings, max(deadline - loop.time(), 0.1)):
                 # It was "NATS did not answer" while NATS answered and its JetStream API
                 # did not: a cluster that lost quorum (or is electing a leader).
                 raise TimeoutError(
@@ -397,19 +407,21 @@ def _run(
 NATS_PROBE_S = 2
 
 
-async def _nats_answers(settings: ProjectorSettings) -> bool:
-    """NATS takes a connection and answers a PING within :data:`NATS_PROBE_S` each.
+async def _nats_answers(settings: ProjectorSettings, within_s: float = NATS_PROBE_S) -> bool:
+    """NATS takes a connection and answers a PING, both within ``within_s``.
     The PING goes after the commands still pending in the client (``round_trip``):
     nats-py's ``nc.flush`` wrote it ahead of them, so its PONG proved nothing of them."""
     from jetsource.core.natsping import round_trip
     from jetsource.eventstore.bootstrap import connect
 
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
     try:
-        nc = await aio.wait_for(connect(settings), NATS_PROBE_S)
+        nc = await aio.wait_for(connect(settings), within_s)
     except Exception:
         return False
     try:
-        return await round_trip(nc, NATS_PROBE_S)
+        return await round_trip(nc, max(deadline - loop.time(), 0.1))
     except Exception:
         return False
     finally:

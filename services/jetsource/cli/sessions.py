@@ -103,6 +103,12 @@ def _run(
     is exit 130 with ``stopped()`` (what it left, and how to go on) on stderr."""
     import grpc
 
+    from jetsource.cli.streams import (
+        NatsUnreachableError,
+        settings_checked,
+        unreachable_message,
+        wait_for_nats,
+    )
     from jetsource.core.errors import (
         AccessDeniedError,
         CorruptEventError,
@@ -118,10 +124,12 @@ def _run(
     from jetsource.eventstore.jsapi import NoRespondersError
 
     settings = SessionsAppSettings.load()
+    try:  # the settings first (the TLS files): said as such whatever NATS is
+        settings_checked(settings)
+    except AccessDeniedError as exc:
+        out.fail(out.REFUSED, "UNAUTHENTICATED", str(exc))
 
     async def main() -> T:
-        from jetsource.cli.streams import NatsUnreachableError, wait_for_nats
-
         try:
             async with asyncio.timeout(settings.nats.connect_timeout_s + 1):
                 # A closed port (every server refuses) is said at once: it took the
@@ -133,17 +141,19 @@ def _run(
                 )
                 opened = open_sessions(settings)
                 client = await opened.__aenter__()
-        except NatsUnreachableError:
-            from jetsource.devstack.probes import why_unreachable
+        except NatsUnreachableError as exc:
+            if exc.refused:  # said at once: "no connection within 6 s" was not so
+                within_s = settings.nats.connect_timeout_s + 1
+                message = unreachable_message(settings.nats_url(), exc, within_s)
+            else:
+                from jetsource.devstack.probes import why_unreachable
 
-            within = f"no connection within {settings.nats.connect_timeout_s + 1:g} s"
-            out.fail(
-                out.UNAVAILABLE,
-                "UNAVAILABLE",
-                f"NATS at {redact_url(settings.nats_url())} did not answer: "
-                f"{within}{why_unreachable(settings.nats_url())}",
-                hint="JETSOURCE_NATS__URL",
-            )
+                within = f"no connection within {settings.nats.connect_timeout_s + 1:g} s"
+                message = (
+                    f"NATS at {redact_url(settings.nats_url())} did not answer: "
+                    f"{within}{why_unreachable(settings.nats_url())}"
+                )
+            out.fail(out.UNAVAILABLE, "UNAVAILABLE", message, hint="JETSOURCE_NATS__URL")
         except (TimeoutError, OSError) as exc:
             from jetsource.devstack.probes import why_unreachable
 

@@ -30,6 +30,7 @@ from jetsource.core import aio
 
 if TYPE_CHECKING:
     from jetsource.cli.stream_admin import Provisioned, StreamBackup, StreamRestore
+    from jetsource.core.settings import JetsourceSettings
     from jetsource.projection.settings import ProjectorSettings
 
 app = typer.Typer(
@@ -39,7 +40,50 @@ app = typer.Typer(
 
 
 class NatsUnreachableError(Exception):
-    pass
+    """No server of the URL took a TCP connection; ``refused``: each refused it
+    (nothing listens), said at once rather than after a wait."""
+
+    def __init__(self, message: str = "", refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
+
+
+def unreachable_message(url: str, exc: NatsUnreachableError, within_s: float) -> str:
+    """What a command says when NATS took no connection: ``NATS at URL is not reachable
+    (HOST:PORT: Connection refused)`` when every server refused it (said at once: it
+    said "did not answer within 10 s", which was not so), else ``NATS at URL did not
+    answer within N s`` and why no connection came up, when it is known."""
+    from jetsource.core.settings import redact_url
+    from jetsource.devstack.probes import unreachable, why_unreachable
+
+    where = redact_url(url)
+    if exc.refused and (why := unreachable(url)):
+        return f"NATS at {where} is {why}"
+    return f"NATS at {where} did not answer within {within_s:g} s" + why_unreachable(url)
+
+
+def settings_checked(settings: JetsourceSettings) -> None:
+    """The checks connecting makes of the settings alone (the TLS files load), made
+    before the first TCP try: a bad setting is said as one whatever NATS is, not as a
+    server that is not reachable."""
+    from jetsource.eventstore.bootstrap import nats_options
+
+    nats_options(settings)
+
+
+async def nats_answers_within(settings: JetsourceSettings, deadline: float) -> None:
+    """NATS, which took a TCP connection, answers a connect (its INFO and the
+    handshake) by ``deadline`` (loop time), else NatsUnreachableError: a server that
+    takes the connection and never answers held a command that connects later, inside
+    its work, for its whole --timeout (an hour for ``streams backup``)."""
+    from jetsource.eventstore.bootstrap import connect, release
+
+    budget = max(deadline - asyncio.get_running_loop().time(), 0.1)
+    try:
+        nc = await aio.wait_for(connect(settings), budget)
+    except TimeoutError:
+        raise NatsUnreachableError("no NATS handshake") from None
+    await release(nc)
 
 
 # How often a long wait for NATS says it is still waiting (JETSOURCE_PROGRESS_EVERY_S
@@ -94,7 +138,7 @@ async def wait_for_nats(
             aio.honour_cancel()
             return
         if loop.time() + 0.5 >= deadline or (refused_ends and refused == len(servers)):
-            raise NatsUnreachableError(repr(last))
+            raise NatsUnreachableError(repr(last), refused=refused == len(servers))
         if waiting is not None and loop.time() >= report_at:
             waiting(loop.time() - started, last)
             while report_at <= loop.time():
@@ -251,35 +295,46 @@ def _run(
     timeout: float,
     work: Callable[[], Awaitable[Any]],
     interrupted: Callable[[], str] | None = None,
+    domains: bool = False,
 ) -> Any:
     """Run ``work`` once NATS answers (within ``JETSOURCE_ADMIN_CONNECT_TIMEOUT_S``, 10 s,
     or ``--timeout`` if shorter), all within ``--timeout``. Errors go to stderr (JSON
     with --json or -o json): exit 3 when NATS did not answer, stopped answering, or the
     work ran out of time (each said as such), 1 when it was refused, 130 on Ctrl-C or
-    SIGTERM (``interrupted()`` says what was left)."""
+    SIGTERM (``interrupted()`` says what was left). The settings are checked before
+    NATS is tried (with ``domains``, the domains setting too: exit 2 naming it)."""
     from jetsource.cli.stream_admin import OptionError
     from jetsource.core.errors import AccessDeniedError, EventStoreUnavailableError
     from jetsource.core.settings import redact_url
+    from jetsource.projection.bootstrap import DomainsError, projection_domains
 
     connect_s = min(timeout, connect_timeout_s())
     where = redact_url(settings.nats_url())
+    try:  # the settings first: said as such whatever NATS is
+        if domains:
+            projection_domains(settings)
+        settings_checked(settings)
+    except DomainsError as exc:
+        output.fail(USAGE, "usage", str(exc), field=exc.field)
+    except AccessDeniedError as exc:
+        output.fail(REFUSED, "access denied", str(exc))
 
     async def go() -> Any:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        await wait_for_nats(settings.nats_url(), loop.time() + connect_s, refused_ends=True)
+        connected_by = loop.time() + connect_s
+        await wait_for_nats(settings.nats_url(), connected_by, refused_ends=True)
+        # The work connects inside: a silent server is given up on within connect_s.
+        await nats_answers_within(settings, connected_by)
         return await within(max(deadline - loop.time(), 1.0), work())
 
     try:
         return aio.run(go())
-    except NatsUnreachableError:
-        from jetsource.devstack.probes import why_unreachable
-
+    except NatsUnreachableError as exc:
         output.fail(
             UNAVAILABLE,
             "unavailable",
-            f"NATS at {where} did not answer within {connect_s:g} s"
-            + why_unreachable(settings.nats_url()),
+            unreachable_message(settings.nats_url(), exc, connect_s),
             hint="JETSOURCE_NATS__URL, JETSOURCE_ADMIN_CONNECT_TIMEOUT_S",
         )
     except NoAnswerError as exc:
@@ -384,6 +439,7 @@ def backup(
             timeout,
             lambda: backup_streams(settings, folder, only=streams, progress=update),
             interrupted,
+            domains=True,
         )
     if json_out:  # the checksums are the manifest's (this document's shape is kept)
         output.emit_json([{k: v for k, v in asdict(d).items() if k != "sha256"} for d in done])

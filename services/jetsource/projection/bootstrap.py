@@ -329,13 +329,14 @@ class Projection:
             await release(self.nc)
 
 
-async def open_projection(
-    settings: ProjectorSettings,
-    provision: bool = True,
-    domains: DomainRegistry | None = None,
-) -> Projection:
-    """Connect, open one event store per registered domain (creating the streams
-    when ``provision``), the dead letters, the control bucket and the snapshots."""
+def projection_domains(
+    settings: ProjectorSettings, domains: DomainRegistry | None = None
+) -> DomainRegistry:
+    """The registry :func:`open_projection` opens (``domains``, else the one the domains
+    setting names), checked as it checks it: :class:`DomainsError` naming the setting
+    when it loads none, has no domain, or overlaps the engine's streams. Needs no
+    connection: the CLI checks it before it tries NATS, so a bad setting is said as one
+    whatever NATS is (it said "not reachable" when nothing listened)."""
     registry = (
         domains
         if domains is not None
@@ -344,14 +345,25 @@ async def open_projection(
         )
     )
     check_engine_subjects(settings, registry)
-    listed = list(registry)
-    if not listed:
+    if not list(registry):
         # A bad setting, named as one (it read "refused: no domain is registered", exit
         # 1, and NATS "not reachable" in the TUI).
         raise DomainsError(
             f"JETSOURCE_{settings.projector.ENV_SECTION}__DOMAINS="
             f"{settings.projector.domains!r}: its registry has no domain"
         )
+    return registry
+
+
+async def open_projection(
+    settings: ProjectorSettings,
+    provision: bool = True,
+    domains: DomainRegistry | None = None,
+) -> Projection:
+    """Connect, open one event store per registered domain (creating the streams
+    when ``provision``), the dead letters, the control bucket and the snapshots."""
+    registry = projection_domains(settings, domains)
+    listed = list(registry)
     first = listed[0]
     nc, first_store = await open_event_store(
         settings.model_copy(update={"eventstore": first.eventstore(settings)}),
