@@ -169,6 +169,7 @@ def _paths(ch: str) -> dict[str, str]:
         f"/api/v1/handles/whatsapp/55{c}1": "external_id",
         f"/api/v1/handles/{c}whatsapp/1": "provider",
         f"/api/v1/events/ev{c}1": "event_id",
+        f"/api/v1/raw/raw{c}1": "raw_id",  # 5e348c1 left it to the store's id rule
         f"/api/v1/identities/idn-{c}": "identity_id",
         f"/api/v1/identities/idn-{c}/timeline": "identity_id",
         f"/api/v1/events?instance=acme{c}": "instance",

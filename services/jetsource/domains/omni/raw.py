@@ -14,6 +14,7 @@ from nats.errors import ConnectionClosedError, ConnectionReconnectingError, Outb
 from jetsource._gen.omni.v1.raw_pb2 import RawPayload
 from jetsource.core.errors import EventStoreUnavailableError, JetsourceError, ValidationError
 from jetsource.core.ids import validate_aggregate_id
+from jetsource.core.printable import ID_TAKES, not_id_at, refused_at
 from jetsource.core.wellknown import unshowable
 from jetsource.domains.omni.settings import OmniOptions
 from jetsource.eventstore import jsapi, refusals
@@ -141,6 +142,11 @@ class RawArchive:
         return seq
 
     async def get(self, raw_id: str) -> RawPayload | None:
+        at = not_id_at(raw_id)
+        if at is not None:  # said as every read's id says it (omni.reads.read_text)
+            raise ValidationError(
+                f"raw_id holds {refused_at(raw_id, at)}: it takes {ID_TAKES}", field="raw_id"
+            )
         try:
             validate_aggregate_id(raw_id, "raw_id")
         except ValidationError:
