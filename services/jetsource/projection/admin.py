@@ -32,6 +32,7 @@ from jetsource.core.ids import uuid7, validate_aggregate_id
 from jetsource.core.printable import not_one_line_at, refused_at
 from jetsource.core.procs import pid_alive
 from jetsource.eventstore import jsapi
+from jetsource.eventstore.jetstream import voided_event
 from jetsource.projection.bootstrap import Projection
 from jetsource.projection.contract import ReadModel, TransientError
 from jetsource.projection.control import (
@@ -1692,8 +1693,12 @@ async def dlq_retry(
     return report
 
 
-async def _letter_event(p: Projection, letter: DeadLetter) -> RecordedEvent | str:
-    """The dead letter's message as an event, or why it is none."""
+async def _letter_event(
+    p: Projection, letter: DeadLetter, newer_release: bool = False
+) -> RecordedEvent | str:
+    """The dead letter's message as an event, or why it is none. An event a newer
+    release wrote is none to apply (``newer_release`` False), but has its place in its
+    story (True: a discard steps past it there)."""
     store = p.store_for(letter.model)
     raw = await jsapi.direct_get(
         store._replies,
@@ -1707,20 +1712,23 @@ async def _letter_event(p: Projection, letter: DeadLetter) -> RecordedEvent | st
         record = await store.open(raw)
     except Exception as exc:  # undecodable, or an envelope that is not its own
         return f"still undecodable: {exc}"
-    if isinstance(record.event, UnknownEvent) and record.event.newer_release:
+    if isinstance(record.event, UnknownEvent) and record.event.newer_release and not newer_release:
         # Applied now it would be skipped and its letter gone: the model had lost it.
         return f"still unknown to this release: {record.event.newer_release}; upgrade first"
     return record
 
 
-async def _has_a_place(p: Projection, letter: DeadLetter, model: Any) -> bool:
-    """Whether the dead letter's message is its story's next version for ``model``: an
-    event of that story that decodes, at the version after the model's position."""
-    record = await _letter_event(p, letter)
+async def _its_place(p: Projection, letter: DeadLetter, model: Any) -> RecordedEvent | None:
+    """The dead letter's message if it is its story's next version for ``model``: an
+    event of that story that decodes (one a newer release wrote too: a no-op at its
+    place, as a void), at the version after the model's position; else None."""
+    record = await _letter_event(p, letter, newer_release=True)
     if isinstance(record, str):
-        return False
+        return None
     position = await model.position(letter.aggregate_id)
-    return bool(record.aggregate_id == letter.aggregate_id and record.version == position + 1)
+    if record.aggregate_id == letter.aggregate_id and record.version == position + 1:
+        return record
+    return None
 
 
 async def _retry_one(p: Projection, letter: DeadLetter) -> str | None:
@@ -1798,7 +1806,13 @@ async def dlq_discard(
             report.done.append(letter.dlq_seq)
             continue
         model = p.model(letter.model, letter.version)
-        if await _has_a_place(p, letter, model):
+        record = await _its_place(p, letter, model)
+        if record is not None and isinstance(record.event, UnknownEvent):
+            # A newer release's event: a no-op at its place, exactly as a rebuild reads
+            # it (the runtime steps over a discarded one so; nothing was written before,
+            # and the story stayed before it for good).
+            done = record.stream_seq in (await model.apply([voided_event(record)])).done
+        elif record is not None:
             done = await model.skip(letter.aggregate_id, letter.original_seq)
         else:
             # No place in the story's history (undecodable, another story's, a version

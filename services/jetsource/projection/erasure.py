@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
+from jetsource.core.codec import UnknownEvent
 from jetsource.core.errors import JetsourceError, ValidationError
 from jetsource.core.printable import not_one_line_at, refused_at
 from jetsource.eventstore import jsapi
@@ -345,8 +346,18 @@ async def _write_again(p: Projection, report: ErasureReport, plan: Plan, tally: 
 async def _resnapshot(p: Projection, model: SnapshotModel[Any], domain: str, agg: str) -> None:
     """Delete the aggregate's snapshots (securely) and take them again from its events
     as they read now (across the horizon on a compacted stream: read first, so a
-    read that fails leaves the snapshots there; a compacted story lost them all)."""
+    read that fails leaves the snapshots there; a compacted story lost them all).
+    Only up to an event a newer release wrote (dead-lettered, its story parked behind
+    it): folded past as a no-op, its snapshots had put the model past it, and the
+    retry after the upgrade found it applied and dropped its letter unapplied. One
+    discarded from the model's dead letters is a no-op at its place, as live."""
     events = await p.history_of(p.domain_store(domain)).read_aggregate(agg)
+    for i, e in enumerate(events):
+        if isinstance(e.event, UnknownEvent) and e.event.newer_release:
+            control = await p.control.get(model.spec.name)
+            if control is None or e.stream_seq not in control.discarded:
+                events = events[:i]
+                break
     await model.rewind(agg, 0)
     if events:
         outcome = await model.apply(events)

@@ -795,8 +795,12 @@ class Worker:
                 acks.append(d)
                 continue
             if isinstance(record.event, UnknownEvent):
-                if record.event.newer_release and not await self.store.voided(
-                    aggregate_id, d.stream_seq
+                if (
+                    record.event.newer_release
+                    # Discarded from this model's dead letters (a rebuild steps over it
+                    # at its place, as `dlq discard` stepped the live model past it).
+                    and d.stream_seq not in self._discarded
+                    and not await self.store.voided(aggregate_id, d.stream_seq)
                 ):
                     # Skipped, its place passed, the model had never applied it after
                     # the upgrade: poison for this release, named once (its story parks
@@ -807,7 +811,11 @@ class Worker:
                     continue
                 self.stats.unknown += 1
                 EVENTS.labels(*self._labels, "unknown").inc()
-            if self.store.known_voided(d.stream_seq):
+            if self.store.known_voided(d.stream_seq) or (
+                d.stream_seq in self._discarded
+                and isinstance(record.event, UnknownEvent)
+                and record.event.newer_release
+            ):
                 # Voided by an operator, even where it reads as a valid event: a no-op
                 # at its place, as every stream reader and a rebuild read it.
                 record = voided_event(record)
@@ -963,6 +971,16 @@ class Worker:
                             extra={**self._log, "aggregate": aggregate_id},
                         )
                         continue  # the corrupt message is dead-lettered on its own delivery
+                    # A newer release's event discarded from this model's dead letters:
+                    # a no-op at its place, as on its delivery.
+                    missing = [
+                        voided_event(m)
+                        if m.stream_seq in self._discarded
+                        and isinstance(m.event, UnknownEvent)
+                        and m.event.newer_release
+                        else m
+                        for m in missing
+                    ]
                     if any(
                         isinstance(m.event, UnknownEvent) and m.event.newer_release for m in missing
                     ):
