@@ -57,3 +57,15 @@ async def test_the_yielding_encoder_seals_the_same_bytes() -> None:
     assert blob[at:] == zlib.compress(zlib.decompress(blob[at:]), 6)
     assert await segment.encode_yielding("CE", messages) == blob
     assert [m.seq for m in segment.decode(blob)[1]] == [m.seq for m in messages]
+
+
+@pytest.mark.parametrize("level", [0, 1, 9])
+async def test_every_level_seals_what_zlib_compress_makes(level: int) -> None:
+    """At level 0 (stored blocks) deflate's stream depends on how its input is fed: a
+    body fed a step at a time sealed other bytes than zlib.compress(body, 0) (and the
+    in-place encoder's). Level 0 is stored in one call (storing is no work to step)."""
+    messages = _messages()[:2_000]
+    blob = segment.encode("CE", messages, level)
+    at = len(segment.MAGIC) + 4 + int.from_bytes(blob[len(segment.MAGIC) :][:4], "big")
+    assert blob[at:] == zlib.compress(zlib.decompress(blob[at:]), level)
+    assert await segment.encode_yielding("CE", messages, level) == blob

@@ -68,7 +68,9 @@ async def encode_yielding(
     """:func:`encode`, yielding to the event loop between steps (STEP_MESSAGES packed,
     STEP_BYTES of body hashed or compressed): the archiver sealing a full segment held
     the loop some 230 ms in one go (lease renewals, heartbeats, reads waiting). The
-    same bytes: zlib's deflate gives the same stream however its input is fed."""
+    same bytes as zlib.compress(body, level): at levels 1-9 (and -1, the default 6)
+    deflate gives the same stream however its input is fed; at level 0 (stored
+    blocks) it does not, so that body is stored in one call (no work to step)."""
     steps = _encoding(stream, messages, level)
     while True:
         if (done := _step(steps)) is not None:
@@ -111,9 +113,15 @@ def _encoding(
         separators=(",", ":"),
         sort_keys=True,
     ).encode()
+    out = [MAGIC, _LEN.pack(len(header)), header]
+    if level == 0:
+        # Stored blocks: fed to a compressobj (in pieces or in one) they break where
+        # its buffer does, other bytes than compress's; storing is no work to step.
+        out.append(zlib.compress(body, 0))
+        return b"".join(out)
     # zlib.compress(body, level) a piece at a time: compressobj's defaults are
     # compress's (wbits 15, memLevel 8, the default strategy).
-    deflate, out = zlib.compressobj(level), [MAGIC, _LEN.pack(len(header)), header]
+    deflate = zlib.compressobj(level)
     for at in range(0, len(body), STEP_BYTES):
         out.append(deflate.compress(body[at : at + STEP_BYTES]))
         yield
