@@ -768,8 +768,8 @@ class Run:
             got = {r.session_id: (r.status, r.command, r.event_count, r.last_seq, r.error)
                    for r in rows}  # fmt: skip
             want = {
-                s.sid: (self.expected_status(s), s.command, s.count, s.count,
-                        s.error if s.status == "failed" else "")
+                # the error `show` says, with either reader (an interrupted one's too)
+                s.sid: (self.expected_status(s), s.command, s.count, s.count, s.error)
                 for s in alive
             }  # fmt: skip
             assert got == want, (name, self.where())

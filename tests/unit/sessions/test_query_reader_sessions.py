@@ -54,6 +54,10 @@ class Stub:
             processes=page, next_page_token=str(start + len(page)) if more else ""
         )
 
+    async def GetProcessTimeline(self, request: Any, **_: Any) -> Any:
+        # an ended session's endings (its error): none named here
+        return query_pb2.GetProcessTimelineResponse()
+
     async def GetProcess(self, request: Any, **_: Any) -> Any:
         info = query_pb2.ProcessInfo(process_id=request.process_id, last_process_seq=3)
         info.last_recorded_at.seconds = 1_700_000_100

@@ -297,7 +297,7 @@ def restore_ints(value: Any) -> Any:
 
 def error_text(value: Any) -> str:
     """A session's error as text, one rendering for every reader (``sessions list``
-    from the registry's error, ``show`` from the ending, the snapshot's failures): a
+    and ``show`` from the endings, the snapshot's failures): a
     string as written, other JSON (a number, an object, a list, a boolean: the format
     takes any JSON) as compact JSON with its integral numbers as ints, none as ''."""
     if value is None or isinstance(value, str):
@@ -305,6 +305,25 @@ def error_text(value: Any) -> str:
     return json.dumps(
         restore_ints(value), ensure_ascii=False, separators=(",", ":"), sort_keys=True
     )
+
+
+def ending_said(event_type: str, data: dict[str, Any]) -> Any:
+    """The error a session's ending on the ledger says (``data``: the ending's payload),
+    as ``from_stored`` reads it: the user's ``error`` under "session" (even null), else
+    a failure's error copied up for the registry; None: it names none."""
+    user = _object(data.get("session"))
+    if "error" in user:
+        return user["error"]
+    return data.get("error") if event_type == ENDINGS["failed"] else None
+
+
+def ending_error(before: str, said: Any) -> str:
+    """A session's error once an ending saying ``said`` is read: any JSON but none is
+    the error (as ``error_text``), none keeps the one an earlier ending said. The one
+    rule of ``sessions show`` (the fold), and ``sessions list`` with either reader:
+    a completed ending naming an error then a failed one naming none listed ''
+    while show said the first."""
+    return before if said is None else error_text(said)
 
 
 def _object(value: Any) -> dict[str, Any]:

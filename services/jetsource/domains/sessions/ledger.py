@@ -36,6 +36,8 @@ from jetsource.domains.sessions.format import (
     SESSION_ENDED,
     SESSION_KIND,
     SessionEvent,
+    ending_error,
+    ending_said,
     error_text,
     from_message,
     from_stored,
@@ -167,18 +169,15 @@ def fold_lifecycle(found: dict[str, ProcessSummary], lifecycle: list[RecordedEve
                 env.event_type, ENDED_STATUS[env.event_type]
             )
             p.ended_ns = occurred or r.recorded_at_ns
-            if env.event_type == "process_failed":
-                # As the registry (the query reader's source): a failure's error, kept
-                # through a later ending; another ending's ``error`` is not one.
+            if p.kind == SESSION_KIND:
+                # A session's error by the rule `sessions show` folds its endings with
+                # (ending_error): any ending's, kept through a later one naming none.
+                # The query reader takes it the same way (QueryReader.sessions).
+                p.error = ending_error(p.error, ending_said(env.event_type, _data(r)))
+            elif env.event_type == "process_failed":
+                # Another kind's process, as the registry has it: a failure's error,
+                # kept through a later ending; another ending's ``error`` is not one.
                 p.error = error_text(_data(r).get("error"))
-            elif p.kind == SESSION_KIND:
-                # A session ended interrupted or completed naming an error (the user's
-                # data under "session"): `sessions show` said it and `sessions list`
-                # said null. The same text here, by the one rendering both use.
-                user = _data(r).get("session")
-                said = user.get("error") if isinstance(user, dict) else None
-                if said is not None:
-                    p.error = error_text(said)
 
 
 def stored_event(record: RecordedEvent) -> events_pb2.StoredEvent:
@@ -774,6 +773,9 @@ def _recorded(record: RecordedEvent, session_id: str) -> Recorded:
     )
 
 
+# Ended sessions whose endings the query reader reads at once when listing.
+ENDINGS_AT_ONCE = 16
+
 _STATUS_NAMES = {1: "running", 2: "completed", 3: "failed", 4: "cancelled", 5: "interrupted"}
 
 
@@ -803,7 +805,49 @@ class QueryReader:
         process of every tree (a ledger of 50,000 processes under 500 sessions was
         paged through whole for ``sessions list``)."""
         found = await self._list(kind=SESSION_KIND)
-        return [p for p in found.values() if p.kind == SESSION_KIND and not p.parent]
+        roots = [p for p in found.values() if p.kind == SESSION_KIND and not p.parent]
+        # The registry keeps only a failure's error; a session's is its endings' by the
+        # rule `show` folds them with (the ledger reader's too): an ended session's is
+        # read from its endings (only those, by type), a few sessions at a time.
+        ended = [p for p in roots if p.status != "running"]
+        for at in range(0, len(ended), ENDINGS_AT_ONCE):
+            chunk = ended[at : at + ENDINGS_AT_ONCE]
+            for p, error in zip(
+                chunk, await asyncio.gather(*(self._ending_error(p) for p in chunk)), strict=True
+            ):
+                p.error = error
+        return roots
+
+    async def _ending_error(self, p: ProcessSummary) -> str:
+        """The session's error from its endings on the ledger (``ending_error``)."""
+        import grpc
+
+        from jetsource._gen.process.v1 import query_pb2
+
+        error, token = "", ""
+        while True:
+            try:
+                reply = await self._stub.GetProcessTimeline(
+                    query_pb2.GetProcessTimelineRequest(
+                        process_id=p.process_id,
+                        event_types=sorted(ENDED_STATUS),
+                        page_size=self._page,
+                        page_token=token,
+                    ),
+                    timeout=self._timeout,
+                    metadata=self._metadata,
+                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:  # pruned since listed
+                    return p.error
+                raise
+            for stored in reply.events:
+                ce = stored.event
+                data = json_format.MessageToDict(ce.data) if ce.HasField("data") else {}
+                error = ending_error(error, ending_said(ce.event_type, data))
+            token = reply.next_page_token
+            if not token:
+                return error
 
     async def subtree(self, root_id: str) -> dict[str, ProcessSummary]:
         """``ListProcesses`` by root (the registry's index of the root's tree): the

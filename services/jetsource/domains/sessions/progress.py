@@ -18,6 +18,7 @@ from jetsource.domains.sessions.format import (
     SESSION_ENDED,
     SESSION_STARTED,
     SessionEvent,
+    ending_error,
     error_text,
 )
 
@@ -188,7 +189,7 @@ def evolve(state: SessionState, event: SessionEvent) -> SessionState:
         # registry's with: a number or an object was dropped here (show said none)
         # while export wrote it.
         return replace(s, status=status, ended_ns=event.ts_ns,
-                       error=s.error if error is None else error_text(error))  # fmt: skip
+                       error=ending_error(s.error, error))  # fmt: skip
     if t in ("generation_started", "generation_completed", "generation_failed"):
         s = replace(s, generation=t.removeprefix("generation_"))
         if t == "generation_failed":

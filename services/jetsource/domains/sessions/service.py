@@ -205,8 +205,10 @@ class Sessions:
             tail = tails.get(p.process_id)
             if tail is None or not found(p, search):
                 continue
-            # The registry's error, as `show` reads the ending's (a failure that named
-            # none has none; a user's "failed" is "failed").
+            # The endings' error, by the rule `show` folds them with (ending_error; the
+            # query reader reads it from the endings: the registry keeps only a
+            # failure's). A failure that named none has none; a user's "failed" is
+            # "failed".
             error = p.error
             if isinstance(tail, CorruptEventError):
                 # Listed, and said so: one poisoned session neither hides nor takes

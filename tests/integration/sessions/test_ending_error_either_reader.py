@@ -1,0 +1,79 @@
+"""A session's error is its endings' by one rule, for `sessions show` and `sessions
+list` with either reader: any ending's error (interrupted and completed too), kept
+through a later ending that names none. The query reader's list took the registry's
+error (only a failure's), so it listed null for an interrupted or completed session
+that named one while `show` said it; and the stream reader's list cleared an error
+through a later failed ending naming none while `show` kept it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from jetsource._gen.process.v1 import observer_pb2 as ob
+from jetsource.core.ids import uuid7
+from jetsource.core.settings import JetsourceSettings
+from jetsource.domains.sessions.connect import open_sessions
+from jetsource.domains.sessions.format import SessionEvent, to_canonical
+from jetsource.domains.sessions.ledger import QueryReader
+from jetsource.domains.sessions.service import Sessions
+from jetsource.domains.sessions.settings import SessionsAppSettings
+from tests.e2e.test_process_query import Stack, stack  # noqa: F401  (the fixture)
+
+pytestmark = pytest.mark.e2e
+
+TS = 1_764_583_200_000_000_000
+
+
+def session(sid: str, *endings: dict[str, Any]) -> list[SessionEvent]:
+    out = [SessionEvent(TS, sid, 1, "session_started", {"command": "deploy"})]
+    out += [SessionEvent(TS, sid, 2 + i, "session_ended", e) for i, e in enumerate(endings)]
+    return out
+
+
+async def test_list_and_show_of_either_reader_take_the_endings_error_alike(
+    stack: Stack,  # noqa: F811
+    settings: JetsourceSettings,
+) -> None:
+    ids = {name: str(uuid7()) for name in ("cut", "done", "fine", "bad", "kept", "twice")}
+    written = {
+        "cut": session(ids["cut"], {"status": "interrupted", "error": "SIGTERM"}),
+        "done": session(ids["done"], {"status": "completed", "error": {"warnings": 2}}),
+        "fine": session(ids["fine"], {"status": "completed"}),
+        "bad": session(ids["bad"], {"status": "failed", "error": "exit 3"}),
+        "kept": session(ids["kept"], {"status": "completed", "error": "Y"}, {"status": "failed"}),
+        "twice": session(
+            ids["twice"], {"status": "failed", "error": "X"}, {"status": "completed", "error": 7}
+        ),
+    }
+    events = [to_canonical(e) for events in written.values() for e in events]
+    await stack.record.RecordBatch(ob.RecordBatchRequest(events=events), timeout=10)
+    want = {
+        ids["cut"]: ("interrupted", "SIGTERM"),
+        ids["done"]: ("completed", '{"warnings":2}'),
+        ids["fine"]: ("completed", ""),
+        ids["bad"]: ("failed", "exit 3"),
+        ids["kept"]: ("failed", "Y"),
+        ids["twice"]: ("completed", "7"),
+    }
+    query = Sessions(QueryReader(stack.reads))
+    async with open_sessions(SessionsAppSettings(nats=settings.nats)) as client:
+        for sessions in (client.sessions, query):
+            reader = type(sessions.reader).__name__
+            for sid in want:
+                record, _, _ = await sessions.show(sid)
+                assert (record.status, record.error) == want[sid], (reader, sid)
+            # The read models catch up (the listing is the registry's, at its pace).
+            listed: dict[str, tuple[str, str]] = {}
+            for _ in range(200):
+                listed = {
+                    r.session_id: (r.status, r.error)
+                    for r in await sessions.list_sessions()
+                    if r.session_id in want
+                }
+                if listed == want:
+                    break
+                await asyncio.sleep(0.05)
+            assert listed == want, reader
