@@ -19,6 +19,9 @@ class Reader:
     async def events(self, session_id: str, after_seq: int = 0) -> list[Recorded]:
         return [r for r in self.recorded.get(session_id, []) if r.event.seq > after_seq]
 
+    async def first(self, session_id: str) -> Recorded | None:
+        return next(iter(self.recorded.get(session_id, [])), None)
+
 
 def rec(pid: str, seq: int, kind: str, data: dict[str, object]) -> Recorded:
     return Recorded(SessionEvent(1_000_000, pid, seq, kind, data), 1_000_000, seq)
@@ -48,4 +51,8 @@ async def test_show_of_another_kinds_process_is_not_found_naming_the_kind() -> N
         await sessions.show("nope")
     record, _, _ = await sessions.show("s1")
     assert record.command == "deploy"
-    assert [e.seq for e in await sessions.export("task1", after_seq=1)] == [2]
+    assert [e.seq for e in await sessions.export("s1", after_seq=0)] == [1]
+    # export --after printed the task's events as a session's ([2])
+    with pytest.raises(SessionNotFoundError, match=r"kind task, not a session$"):
+        await sessions.export("task1", after_seq=1)
+    assert await sessions.export("s1", after_seq=1) == []

@@ -70,6 +70,10 @@ class SessionReader(Protocol):
     async def events(self, session_id: str, after_seq: int = 0) -> list[Recorded]:
         """The session's events with seq above ``after_seq``, in seq order."""
 
+    async def first(self, process_id: str) -> Recorded | None:
+        """The process's first event (seq 1) alone, read as a session's; None when
+        there is none (unknown, or unreadable: its reads name it)."""
+
     async def tail(self, process_id: str) -> tuple[int, int]:
         """(last seq, when it was recorded in ns) of a process; (0, 0) if unknown."""
 
@@ -532,6 +536,13 @@ class LedgerReader:
         records = await self._store.read_aggregate(session_id, from_version=after_seq + 1)
         return [_recorded(r, session_id) for r in records if not is_noop(r)]
 
+    async def first(self, process_id: str) -> Recorded | None:
+        try:
+            got = await self._store.read_aggregate(process_id, from_version=1, to_version=1)
+        except CorruptEventError:
+            return None
+        return next((_recorded(r, process_id) for r in got if not is_noop(r)), None)
+
     async def tail(self, process_id: str) -> tuple[int, int]:
         version = await self._store.last_version(process_id)
         if not version:
@@ -890,6 +901,23 @@ class QueryReader:
             token = reply.next_page_token
             if not token:
                 return found
+
+    async def first(self, process_id: str) -> Recorded | None:
+        import grpc
+
+        from jetsource._gen.process.v1 import query_pb2
+
+        try:
+            reply = await self._stub.GetProcessTimeline(
+                query_pb2.GetProcessTimelineRequest(process_id=process_id, page_size=1),
+                timeout=self._timeout,
+                metadata=self._metadata,
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+        return next((_from_query(e, process_id) for e in reply.events), None)
 
     async def tail(self, process_id: str) -> tuple[int, int]:
         import grpc

@@ -42,18 +42,24 @@ class SessionNotFoundError(LookupError):
     pass
 
 
+def another_kind(session_id: str, kind: object) -> SessionNotFoundError:
+    """The unknown session's answer for the id of a process of another kind: the one
+    text of show, export (with or without ``after_seq``), follow and tree."""
+    shown = kind if isinstance(kind, str) and kind else "(none)"
+    return SessionNotFoundError(
+        f"session {session_id!r} not found: it is a process of kind {shown}, not a session"
+    )
+
+
 def not_a_session(session_id: str, recorded: Sequence[Recorded]) -> None:
     """Raise SessionNotFoundError, as for an unknown id, when ``recorded`` are the
     events of a process of another kind (its first is a ``process_started`` that is not
     a session's): `sessions show` of a task's id answered as if it were a session,
     with no command and status active."""
     first = recorded[0].event if recorded else None
-    if first is not None and first.type == PROCESS_STARTED:
-        kind = first.data.get("kind") if isinstance(first.data, dict) else None
-        shown = kind if isinstance(kind, str) and kind else "(none)"
-        raise SessionNotFoundError(
-            f"session {session_id!r} not found: it is a process of kind {shown}, not a session"
-        )
+    if first is not None and first.seq <= 1 and first.type == PROCESS_STARTED:
+        data = first.data if isinstance(first.data, dict) else {}
+        raise another_kind(session_id, data.get("kind"))
 
 
 class Purger(Protocol):
@@ -244,7 +250,17 @@ class Sessions:
         record = await self._record(session_id, recorded)
         return record, fold([r.event for r in recorded]), recorded
 
+    async def _a_session(self, session_id: str) -> None:
+        """The kind check of show and export, for a read that does not begin at the
+        first event (export --after, follow): the process's first event is read. A
+        process not known yet passes (its reads say what they say of it)."""
+        first = await self.reader.first(session_id)
+        not_a_session(session_id, [first] if first is not None else [])
+
     async def export(self, session_id: str, after_seq: int = 0) -> list[SessionEvent]:
+        if after_seq > 0:
+            # export --after of a task's id printed the task's events as a session's
+            await self._a_session(session_id)
         recorded = await self.reader.events(session_id, after_seq)
         if not recorded and after_seq == 0:
             raise SessionNotFoundError(f"session {session_id!r} not found")
@@ -264,11 +280,17 @@ class Sessions:
         ``session_ended`` when ``until_end``; a session that ended at or below
         ``after_seq`` (a follow resumed after its last line) gives nothing and stops,
         where it waited for ever for an end it had already seen."""
+        # A task's id was followed as a session: its events printed as session lines,
+        # then a live wait for a session_ended no task writes. Its first event is
+        # checked before anything is printed, and (one that begins while followed)
+        # when it comes.
+        await self._a_session(session_id)
         if until_end and after_seq > 0 and await self._ended_by(session_id, after_seq):
             return
         stream = self.reader.follow(session_id, after_seq)
         try:
             async for r in stream:
+                not_a_session(session_id, [r])
                 yield r
                 if until_end and r.event.type == "session_ended":
                     return
@@ -294,7 +316,9 @@ class Sessions:
         without children has no entry, and nothing of any other session is here."""
         procs = await self.reader.subtree(session_id)
         root = procs.get(session_id)
-        if root is None or root.kind != SESSION_KIND or root.parent:
+        if root is not None and root.kind != SESSION_KIND:
+            raise another_kind(session_id, root.kind)
+        if root is None or root.parent:
             raise SessionNotFoundError(f"session {session_id!r} not found")
         children: dict[str, list[ProcessSummary]] = {}
         for p in procs.values():
