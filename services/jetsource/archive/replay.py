@@ -10,14 +10,19 @@ model has already applied it skips: read models are idempotent by sequence).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 from jetsource.archive.archiver import open_record, to_raw
 from jetsource.archive.store import Archive
-from jetsource.core.codec import PayloadDecodeError
+from jetsource.core.codec import PayloadDecodeError, UnknownEvent
 from jetsource.core.envelope import RecordedEvent
 from jetsource.core.errors import CorruptEventError, JetsourceError
-from jetsource.eventstore.jetstream import JetStreamEventStore
+from jetsource.eventstore.jetstream import JetStreamEventStore, voided_event
+from jetsource.eventstore.jsapi import RawMessage
+
+# Files an archived message in the model's dead letters: (message, story, reason).
+Letter = Callable[[RawMessage, str, str], Awaitable[None]]
 
 BATCH = 500
 
@@ -26,10 +31,32 @@ class ReplayError(JetsourceError):
     pass
 
 
-async def replay_archive(store: JetStreamEventStore, archive: Archive, model: Any) -> int:
+def _newer_release_reason(event: UnknownEvent, model: Any) -> str:
+    return (
+        f"{event.newer_release} (archived: compacted out of the live stream); upgrade the "
+        "projector to a release that knows it, then build the model again "
+        f"(`jetsource projector rebuild {model.spec.name} --to-version "
+        f"{model.spec.version + 1}`; its story's later events wait behind it)"
+    )
+
+
+async def replay_archive(
+    store: JetStreamEventStore,
+    archive: Archive,
+    model: Any,
+    letter: Letter | None = None,
+    discarded: Collection[int] = (),
+) -> int:
     """Apply the archived part of the stream (merged with the live events among it)
     to ``model`` (a projection ReadModel: the archive sits below the projection
-    runtime, so it is not named here); returns how many events were applied."""
+    runtime, so it is not named here); returns how many events were applied.
+
+    An event a newer release wrote is not applied (it was skipped in silence before,
+    the model past it): as the live path does, an archived one is filed with
+    ``letter`` and its story parks behind it (its later archived events filed behind
+    it; its live ones are the worker's, parked there); without ``letter`` a
+    ReplayError names it. One in ``discarded`` (the model's discarded dead letters)
+    is a no-op at its place."""
     entries = await archive.entries()
     if not entries:
         return 0
@@ -39,8 +66,10 @@ async def replay_archive(store: JetStreamEventStore, archive: Archive, model: An
         return 0
     prefix = store.settings.subject_prefix + "."
     merged: dict[int, RecordedEvent] = {}
+    archived: dict[int, RawMessage] = {}
     for m in await archive.messages(upto):
         if m.seq >= start and m.subject.startswith(prefix):
+            archived[m.seq] = to_raw(m)
             # As the live stream is read (read_all): a message that does not decode is
             # stepped over when an operator voided it, else CorruptEventError naming it
             # (a PayloadDecodeError ended the rebuild before).
@@ -52,10 +81,12 @@ async def replay_archive(store: JetStreamEventStore, archive: Archive, model: An
                     raise CorruptEventError(aggregate_id, m.seq, str(exc)) from exc
     async for record in store.read_all(from_seq=start, to_seq=upto):
         merged[record.stream_seq] = record
+        archived.pop(record.stream_seq, None)  # still in the live stream: delivered
     types = model.spec.consumed_events
     records = [merged[s] for s in sorted(merged)]
     if types is not None:
         records = [r for r in records if r.event_type in types]
+    records = await _park_newer_releases(records, archived, model, letter, discarded)
     applied = 0
     for i in range(0, len(records), BATCH):
         outcome = await model.apply(records[i : i + BATCH])
@@ -67,3 +98,40 @@ async def replay_archive(store: JetStreamEventStore, archive: Archive, model: An
             )
         applied += outcome.applied
     return applied
+
+
+async def _park_newer_releases(
+    records: list[RecordedEvent],
+    archived: dict[int, RawMessage],
+    model: Any,
+    letter: Letter | None,
+    discarded: Collection[int],
+) -> list[RecordedEvent]:
+    """``records`` without the events a newer release wrote and what follows them in
+    their stories (filed when archived); a discarded one is a no-op at its place."""
+    parked: dict[str, int] = {}  # story -> the sequence it parks behind
+    out: list[RecordedEvent] = []
+    for r in records:
+        agg, seq = r.aggregate_id, r.stream_seq
+        if agg in parked:
+            if letter is not None and seq in archived:
+                await letter(
+                    archived[seq], agg, f"parked behind dead letter of sequence {parked[agg]}"
+                )
+            continue
+        if isinstance(r.event, UnknownEvent) and r.event.newer_release:
+            if seq in discarded:
+                out.append(voided_event(r))
+                continue
+            if letter is None:
+                raise ReplayError(
+                    f"{model.spec.name} v{model.spec.version}: archived sequence {seq} of "
+                    f"{agg!r} not applied: {_newer_release_reason(r.event, model)}"
+                )
+            if seq in archived:
+                await letter(archived[seq], agg, _newer_release_reason(r.event, model))
+            # (one still in the live stream is dead-lettered on its delivery)
+            parked[agg] = seq
+            continue
+        out.append(r)
+    return out

@@ -427,8 +427,18 @@ class Worker:
         stream, what the archive applied coming back as redeliveries."""
         from jetsource.archive.replay import ReplayError, replay_archive
 
+        async def letter(raw: RawMessage, aggregate_id: str, reason: str) -> None:
+            # An archived event a newer release wrote (or one parked behind it): filed
+            # and its story parked, as on a delivery.
+            await self.dlq.publish(self.spec, aggregate_id, raw, reason, 1)
+            self._parked.setdefault(aggregate_id, set()).add(raw.seq)
+            self.stats.dead_letters += 1
+
+        discarded = await discarded_sequences(self.nc, self.o.control_bucket, self.spec.name)
         try:
-            applied = await replay_archive(self.store, self.history.archive, self.model)
+            applied = await replay_archive(
+                self.store, self.history.archive, self.model, letter, discarded
+            )
         except ReplayError as exc:  # e.g. another partition's worker wrote meanwhile
             log.warning("%s v%s: %s", *self._labels, exc, extra=self._log)
             return
