@@ -1127,6 +1127,9 @@ class Worker:
         self._unfiled_since = None
         self._parked.setdefault(aggregate_id, set()).add(d.stream_seq)
         await jsapi.ack(self.nc, d)
+        # Progress: filed and acked. A stream busy with only a parked story's events
+        # for stall_after_s read as stalled, and /livez restarted the process.
+        self._progress_at = time.monotonic()
         self.stats.dead_letters += 1
         DEAD_LETTERS.labels(*self._labels).inc()
         self._show(dead_letters=self._shown.get("dead_letters", 0) + 1)
