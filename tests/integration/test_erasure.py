@@ -361,10 +361,14 @@ def test_erase_refuses_bad_input_before_connecting() -> None:
     """A usage error (exit 2) names what is wrong and changes nothing: nothing connects
     (the NATS URL here answers nothing). A missing --yes: see the test above."""
     away = {"JETSOURCE_NATS__URL": "nats://127.0.0.1:9", "JETSOURCE_ADMIN_CONNECT_TIMEOUT_S": "1"}
-    blank = erase_cli(away, "  ", "--yes", "--json")
-    assert blank.returncode == 2, blank.stderr
-    error = json.loads(blank.stderr.strip().splitlines()[-1])["error"]
-    assert error["code"] == "INVALID_ARGUMENT" and "subject" in error["message"]
+    # "" names no one; a control character is no subject any write path records. (A
+    # subject of spaces is one: the context write path records such an actor, so erase
+    # takes it: tests/integration/test_erase_subject_as_recorded.py.)
+    for subject in ("", "a\x1bb"):
+        blank = erase_cli(away, subject, "--yes", "--json")
+        assert blank.returncode == 2, (subject, blank.stderr)
+        error = json.loads(blank.stderr.strip().splitlines()[-1])["error"]
+        assert error["code"] == "INVALID_ARGUMENT" and "subject" in error["message"]
 
 
 async def test_an_erase_that_fails_half_way_is_finished_by_running_it_again(
