@@ -43,6 +43,9 @@ class Reader:
             p for p in (await self.processes()).values() if p.kind == SESSION_KIND and not p.parent
         ]
 
+    async def take_errors(self, roots: list[ProcessSummary]) -> None:
+        pass  # the summaries hold their errors (as the stream reader's)
+
     async def tail(self, process_id: str) -> tuple[int, int]:
         self.tails += 1
         self.running += 1

@@ -18,6 +18,7 @@ SESSIONS, CHILDREN = 20, 100
 class Stub:
     def __init__(self) -> None:
         self.listed = 0  # processes answered by ListProcesses
+        self.endings_read: list[str] = []  # sessions whose endings were read
         started = Timestamp(seconds=1_700_000_000)
         self.everyone = []
         for i in range(SESSIONS):
@@ -56,6 +57,7 @@ class Stub:
 
     async def GetProcessTimeline(self, request: Any, **_: Any) -> Any:
         # an ended session's endings (its error): none named here
+        self.endings_read.append(request.process_id)
         return query_pb2.GetProcessTimelineResponse()
 
     async def GetProcess(self, request: Any, **_: Any) -> Any:
@@ -69,3 +71,12 @@ async def test_the_query_reader_lists_sessions_without_every_process() -> None:
     listed = await Sessions(QueryReader(stub, page_size=100)).list_sessions()
     assert len(listed) == SESSIONS
     assert stub.listed == SESSIONS  # not the 2,020 processes of every tree
+
+
+async def test_the_query_reader_reads_the_endings_of_the_sessions_listed_only() -> None:
+    """An ended session's error is read from its endings (the registry keeps only a
+    failure's): for the sessions a limited list shows, not for every session."""
+    stub = Stub()
+    listed = await Sessions(QueryReader(stub, page_size=100)).list_sessions(limit=5)
+    assert sorted(stub.endings_read) == sorted(r.session_id for r in listed)
+    assert len(listed) == 5

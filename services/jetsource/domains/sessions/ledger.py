@@ -67,6 +67,10 @@ class SessionReader(Protocol):
         """The process ``root_id`` and every process nested under it (children of
         children too), by id; nothing of any other tree. Empty when unknown."""
 
+    async def take_errors(self, roots: Sequence[ProcessSummary]) -> None:
+        """Give sessions of ``sessions()`` about to be listed the error of their
+        endings (``format.ending_error``), where the reader's summaries lack it."""
+
     async def events(self, session_id: str, after_seq: int = 0) -> list[Recorded]:
         """The session's events with seq above ``after_seq``, in seq order."""
 
@@ -532,6 +536,9 @@ class LedgerReader:
             p for p in (await self.processes()).values() if p.kind == SESSION_KIND and not p.parent
         ]
 
+    async def take_errors(self, roots: Sequence[ProcessSummary]) -> None:
+        """Nothing to take: the lifecycle's fold gave each its endings' error."""
+
     async def events(self, session_id: str, after_seq: int = 0) -> list[Recorded]:
         records = await self._store.read_aggregate(session_id, from_version=after_seq + 1)
         return [_recorded(r, session_id) for r in records if not is_noop(r)]
@@ -816,10 +823,13 @@ class QueryReader:
         process of every tree (a ledger of 50,000 processes under 500 sessions was
         paged through whole for ``sessions list``)."""
         found = await self._list(kind=SESSION_KIND)
-        roots = [p for p in found.values() if p.kind == SESSION_KIND and not p.parent]
-        # The registry keeps only a failure's error; a session's is its endings' by the
-        # rule `show` folds them with (the ledger reader's too): an ended session's is
-        # read from its endings (only those, by type), a few sessions at a time.
+        return [p for p in found.values() if p.kind == SESSION_KIND and not p.parent]
+
+    async def take_errors(self, roots: Sequence[ProcessSummary]) -> None:
+        """The registry keeps only a failure's error; a session's is its endings' by
+        the rule `show` folds them with (the ledger reader's too): an ended session's
+        is read from its endings (only those, by type), for the sessions listed only,
+        a few at a time."""
         ended = [p for p in roots if p.status != "running"]
         for at in range(0, len(ended), ENDINGS_AT_ONCE):
             chunk = ended[at : at + ENDINGS_AT_ONCE]
@@ -827,7 +837,6 @@ class QueryReader:
                 chunk, await asyncio.gather(*(self._ending_error(p) for p in chunk)), strict=True
             ):
                 p.error = error
-        return roots
 
     async def _ending_error(self, p: ProcessSummary) -> str:
         """The session's error from its endings on the ledger (``ending_error``)."""

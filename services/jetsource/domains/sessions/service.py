@@ -179,7 +179,12 @@ class Sessions:
         out: list[SessionRecord] = []
         for at in range(0, len(roots), step):
             chunk = roots[at : at + step]
-            got = await asyncio.gather(*(self.tail(p.process_id) for p in chunk))
+            # the endings' error where the reader's summaries lack it (the query
+            # reader's registry), for the sessions listed only
+            got, _ = await asyncio.gather(
+                asyncio.gather(*(self.tail(p.process_id) for p in chunk)),
+                self.reader.take_errors(chunk),
+            )
             tails = {p.process_id: t for p, t in zip(chunk, got, strict=True)}
             out += self.records(chunk, tails, statuses, search)
             if limit and len(out) >= limit:
