@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +164,31 @@ async def test_repair_void_dry_run_names_the_void_and_records_nothing(
         await nc.drain()
 
 
+async def test_repair_void_dry_run_leaves_what_only_the_void_knows_null(
+    settings: JetsourceSettings, unique: str
+) -> None:
+    """`repair void --dry-run` (plan_void's summary) of an event a model applied: what
+    failed and what is left to rebuild is known only by voiding, so both are null (the
+    dry run said ``"left_to_rebuild": []`` and ``"failed": {}`` as if known)."""
+    from jetsource.projection.repair import plan_void
+    from tests.projector_fixtures import build_context_v1, context_projection
+
+    async with context_projection(settings, unique) as p:
+        await p.store.append(
+            "s1",
+            [
+                NewEvent(ev.ContextCreated(title="T", created_by="x")),
+                NewEvent(ev.DecisionAdded(decision_id="d1", title="D")),
+            ],
+            0,
+        )
+        seq = (await p.store.read_aggregate("s1"))[-1].stream_seq
+        await build_context_v1(p)
+        plan = (await plan_void(p, seq, "context")).summary()
+        assert plan["left_to_rebuild"] is None
+        assert plan["models"] == {"context v1": {"failed": None, "would_replay": True}}
+
+
 async def test_archive_compact_dry_run_counts_the_plan_and_purges_nothing(
     nats_server: Server, nc: Any, unique: str, tmp_path: Path
 ) -> None:
@@ -197,7 +223,10 @@ async def test_archive_compact_dry_run_counts_the_plan_and_purges_nothing(
     assert "cli2" in plan["kept"]
     text = archive_cli.cli(env, "compact", "--dry-run")
     assert text.returncode == 0, text.stderr
-    assert "would archive 20 events" in text.stdout and "purge 20" in text.stdout
+    assert text.stdout == (  # cli2's 5 events are older than the horizon and stay
+        f"AE_{unique}: would archive 20 events of 1 aggregate in 1 segment and purge 20; "
+        f"1 aggregate keeps old events ({plan['scanned']} older than the horizon)\n"
+    ), plan
     state = (await store.stream_info())["state"]
     assert (state["messages"], state["first_seq"], state["last_seq"]) == (
         info["messages"],
@@ -411,12 +440,18 @@ async def test_dlq_discard_dry_run_lists_the_letters_and_discards_nothing(
 
         behind = await cli(p, "dlq", "discard", "--seq", str(second), "--dry-run", "--json")
         assert behind.returncode == 0, behind.stderr
-        assert json.loads(behind.stdout)["discarded"] == []
+        assert json.loads(behind.stdout)["would_discard"] == []
         assert "behind dead letter" in json.loads(behind.stdout)["failed"][str(second)]
         dry = await cli(p, "dlq", "discard", "--aggregate", "s0", "--dry-run", "--json")
         assert dry.returncode == 0, dry.stderr
         plan = json.loads(dry.stdout)
-        assert plan == {"discarded": [first, second], "failed": {}, "dry_run": True}
+        # Nothing discarded (null, as the retry's applied), what would be: would_discard.
+        assert plan == {
+            "discarded": None,
+            "failed": {},
+            "would_discard": [first, second],
+            "dry_run": True,
+        }
         text = await cli(p, "dlq", "discard", "--aggregate", "s0", "--dry-run")
         assert f"would discard 2 dead letters: [{first}, {second}]" in text.stdout, text.stderr
         still = await p.dead_letters.list(p.spec("context", 1))
@@ -427,8 +462,8 @@ async def test_dlq_discard_dry_run_lists_the_letters_and_discards_nothing(
         done = await cli(p, "dlq", "discard", "--aggregate", "s0", "--yes", "--json")
         assert done.returncode == 0, done.stderr
         report = json.loads(done.stdout)
-        assert set(plan) - {"dry_run"} == set(report)
-        assert report["discarded"] == plan["discarded"]
+        assert set(plan) - {"dry_run", "would_discard"} == set(report)
+        assert report["discarded"] == plan["would_discard"]
         assert await p.dead_letters.list(p.spec("context", 1)) == []
 
 
@@ -436,8 +471,9 @@ async def test_projector_reset_dry_run_names_the_version_and_empties_nothing(
     settings: JetsourceSettings, unique: str
 ) -> None:
     """`projector reset MODEL --dry-run` (no --yes needed) names the active version it
-    would empty, its state and checkpoint; the version keeps its data and state; the
-    reset then empties and rebuilds that version."""
+    would empty, its state and checkpoint; the version keeps its data and state (the
+    control entry is not written, a key only the first build wrote stays); the reset
+    then empties and rebuilds that version."""
     from jetsource.projection.runtime import Worker
     from tests.integration.test_admin_contract import cli
     from tests.projector_fixtures import context_projection, seed
@@ -450,6 +486,12 @@ async def test_projector_reset_dry_run_names_the_version_and_empties_nothing(
             until_caught_up=True
         )
         checkpoint = (await v1.checkpoint()).seq
+        # A key the build wrote that the rebuild does not write again: a real reset
+        # empties the namespace, so it goes.
+        marker = f"{p.settings.projector.valkey_prefix}:context:v1:zz-only-the-first-build"
+        await p.redis.set(marker, "1")
+        before = await p.control.get("context")
+        assert before is not None
 
         dry = await cli(p, "reset", "context", "--dry-run", "--json")
         assert dry.returncode == 0, dry.stderr
@@ -466,6 +508,8 @@ async def test_projector_reset_dry_run_names_the_version_and_empties_nothing(
         assert "would be emptied" in text.stdout
         control = await p.control.get("context")
         assert control is not None and control.versions[1] == "live"
+        assert control.revision == before.revision  # nothing marked, claimed or built
+        assert await p.redis.exists(marker)
         assert (await v1.checkpoint()).seq == checkpoint and await v1.position("s0") == 3
 
         done = await cli(p, "reset", "context", "--yes", "--json")
@@ -474,6 +518,48 @@ async def test_projector_reset_dry_run_names_the_version_and_empties_nothing(
         assert set(plan) - {"dry_run", "state"} == set(report)
         assert (report["version"], report["checkpoint"]) == (1, checkpoint)
         assert report["applied"] == 6
+        assert not await p.redis.exists(marker)  # the real reset emptied it
+
+
+async def test_projector_reset_dry_run_says_a_build_goes_on_and_a_held_version_is_busy(
+    settings: JetsourceSettings, unique: str
+) -> None:
+    """`projector reset --dry-run` of a version a stopped reset left ``building`` says
+    the reset builds on from its checkpoint, emptying nothing (it said 'would be
+    emptied'); of a version another run holds fresh it is refused Busy, as the real
+    reset is (it said OK); the claim is only read, nothing written."""
+    from jetsource.projection import admin
+    from jetsource.projection.control import ModelControl
+    from tests.integration.test_admin_contract import cli, error
+    from tests.projector_fixtures import build_context_v1, context_projection, seed
+
+    async with context_projection(settings, unique) as p:
+        await seed(p.store, ["s0"], 3)
+        await build_context_v1(p)
+
+        def building(c: ModelControl) -> None:
+            c.versions[1] = "building"
+
+        await admin._save(p, "context", building)
+        text = await cli(p, "reset", "context", "--dry-run")
+        assert text.returncode == 0, text.stderr
+        assert "context v1 (building, checkpoint" in text.stdout
+        assert "would not be emptied again" in text.stdout
+        assert "would be emptied and rebuilt" not in text.stdout
+
+        other = admin.Lease(p, "context", 1, "reset")  # another run, fresh
+
+        def claimed(c: ModelControl) -> None:
+            c.claims[1] = other._body()
+
+        held = await admin._save(p, "context", claimed)
+        dry = error(await cli(p, "reset", "context", "--dry-run", "--json"), 1)
+        assert dry["code"] == "busy" and "is being reset by another run" in dry["message"]
+        real = error(await cli(p, "reset", "context", "--yes", "--json"), 1)
+        said = [re.sub(r"heartbeat [0-9.]+ s ago", "", e["message"]) for e in (dry, real)]
+        assert real["code"] == dry["code"] and said[0] == said[1]
+        after = await p.control.get("context")
+        assert after is not None and after.revision == held.revision
 
 
 async def test_dlq_retry_dry_run_lists_the_letters_and_applies_nothing(
@@ -481,21 +567,25 @@ async def test_dlq_retry_dry_run_lists_the_letters_and_applies_nothing(
 ) -> None:
     """`projector dlq retry --aggregate ID --dry-run` lists the dead letters the retry
     would try, in order, and applies nothing (the letters stay, the model's position
-    too); the retry then tries those letters."""
+    too); the retry then applies those letters. The letter is a good event a handler
+    refused (it applies on retry), so a dry run that retried would lose it."""
     from jetsource.projection.runtime import Worker
     from tests.integration.test_admin_contract import cli
+    from tests.integration.test_projector import FlakyContext
     from tests.projector_fixtures import context_projection, seed
 
     async with context_projection(settings, unique) as p:
         await seed(p.store, ["s0"], 3)
-        prefix = p.store.settings.subject_prefix
-        await p.nc.request(f"{prefix}.s0.DecisionAdded", b"\xff", 5)
         await p.control.ensure("context", 1)
-        v1 = p.model("context", 1)
-        await Worker(p.nc, p.store, v1, p.dead_letters, p.settings.projector).run(
-            until_caught_up=True
+        o = p.settings.projector
+        flaky = FlakyContext(
+            p.model("context", 1).spec, p.redis, o.valkey_prefix, p.store, o.state_cache_size
         )
+        flaky.poison = {(await p.store.read_aggregate("s0"))[-1].stream_seq}
+        await Worker(p.nc, p.store, flaky, p.dead_letters, o).run(until_caught_up=True)
         [letter] = await p.dead_letters.list(p.spec("context", 1))
+        v1 = p.model("context", 1)
+        assert await v1.position("s0") == 2
 
         dry = await cli(p, "dlq", "retry", "--aggregate", "s0", "--dry-run", "--json")
         assert dry.returncode == 0, dry.stderr
@@ -511,10 +601,46 @@ async def test_dlq_retry_dry_run_lists_the_letters_and_applies_nothing(
         assert [d.dlq_seq for d in await p.dead_letters.list(p.spec("context", 1))] == [
             letter.dlq_seq
         ]
-        assert await v1.position("s0") == 3
+        assert await v1.position("s0") == 2
 
         done = await cli(p, "dlq", "retry", "--aggregate", "s0", "--json")
-        assert done.returncode == 1  # the letter does not decode: it fails again
+        assert done.returncode == 0, done.stderr  # the handler takes it now: applied
         report = json.loads(done.stdout)
         assert set(plan) - {"dry_run", "would_retry"} == set(report)
-        assert list(report["failed"]) == [str(d) for d in plan["would_retry"]]
+        assert report == {"applied": plan["would_retry"], "failed": {}}
+        assert await p.dead_letters.list(p.spec("context", 1)) == []
+        assert await v1.position("s0") == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "said"),
+    [
+        # v1 (never built) has applied nothing: the slice holds no event it applied.
+        (("replay", "context", "--aggregate", "s0", "--dry-run"), 1, "checkpoint is"),
+        (("reset", "context", "--dry-run"), 0, "context v1 (live, checkpoint 0)"),
+        (("drop", "context", "--version", "2", "--dry-run"), 1, "never built"),
+    ],
+    ids=["replay", "reset", "drop"],
+)
+async def test_a_dry_run_on_a_model_with_no_control_entry_writes_none(
+    settings: JetsourceSettings, unique: str, args: tuple[str, ...], code: int, said: str
+) -> None:
+    """`projector replay|reset|drop --dry-run` on a model never built (no control
+    entry, no control bucket) answers as for the entry a real run would make (v1 active
+    and live) and writes neither: they created both (`status` then listed v1 live)."""
+    from nats.js.errors import BucketNotFoundError
+
+    from tests.integration.test_admin_contract import cli
+    from tests.projector_fixtures import context_projection, seed
+
+    async with context_projection(settings, unique) as p:
+        await seed(p.store, ["s0"], 3)
+        bucket = p.settings.projector.control_bucket
+        with pytest.raises(BucketNotFoundError):
+            await p.nc.jetstream().key_value(bucket)
+        r = await cli(p, *args)
+        assert r.returncode == code, r.stderr
+        assert said in (r.stdout if code == 0 else r.stderr)
+        with pytest.raises(BucketNotFoundError):
+            await p.nc.jetstream().key_value(bucket)
+        assert await p.control.get("context") is None

@@ -865,10 +865,15 @@ def reset(
             unknown = {"applied": None, "seconds": None, "rate": None}
             output.emit_json(plan | unknown | {"reset": True, "dry_run": True})
             return
-        output.line(
-            f"{name} v{plan['version']} ({plan['state']}, checkpoint {plan['checkpoint']}) "
-            "would be emptied and rebuilt from the model's replay_start"
+        what = (
+            # A reset stopped after emptying it: the reset builds on, nothing emptied.
+            "was emptied by a reset that stopped: would not be emptied again, its build "
+            "would go on from the checkpoint"
+            if plan["state"] == "building"
+            else "would be emptied and rebuilt from the model's replay_start"
         )
+        at = f"{name} v{plan['version']} ({plan['state']}, checkpoint {plan['checkpoint']})"
+        output.line(f"{at} {what}")
         return
     if not yes:
         output.fail(
@@ -1097,7 +1102,14 @@ def _discard_plan(
     plan = _run(lambda p: admin.dlq_discard(p, name, aggregate, seqs, dry_run=True), _dlq_stream)
     failed = {str(k): v for k, v in sorted(plan.failed.items())}
     if json_out:
-        output.emit_json({"discarded": sorted(plan.done), "failed": failed, "dry_run": True})
+        output.emit_json(
+            {
+                "discarded": None,
+                "failed": failed,
+                "would_discard": sorted(plan.done),
+                "dry_run": True,
+            }
+        )
         return
     output.line(f"would discard {output.count(len(plan.done), 'dead letter')}: {sorted(plan.done)}")
     for seq, reason in failed.items():

@@ -145,6 +145,14 @@ async def _control(p: Projection, name: str) -> ModelControl:
     return await p.control.ensure(name, 1)
 
 
+async def _control_read(p: Projection, name: str) -> ModelControl:
+    """The control entry :func:`_control` finds, read only (a dry run): a model with
+    no entry (or no control bucket) has what ``ensure`` would make, nothing saved, so
+    neither the entry nor the bucket is created."""
+    p.spec(name, 1)  # validates the name
+    return await p.control.get(name) or ModelControl(1, {1: LIVE})
+
+
 async def _retry(call: Callable[[], Awaitable[T]], what: str) -> T:
     """``call()``, tried again with exponential backoff while the store says the
     trouble is transient, up to RETRY_ATTEMPTS tries within RETRY_BUDGET_S; the last
@@ -778,7 +786,7 @@ async def replay(
     started = time.perf_counter()
     validate_slice(p, name, aggregate_id, from_seq, to_seq, from_time, to_time, event_types, actor)
     validate_run_id(run_id)
-    control = await _control(p, name)
+    control = await (_control_read if dry_run else _control)(p, name)
     if version is None:
         version = control.active
     elif control.versions.get(version) not in (LIVE, BUILDING):
@@ -1236,7 +1244,7 @@ async def reset_plan(p: Projection, name: str) -> dict[str, Any]:
     """The reset's checks, nothing written and no lease taken (``projector reset
     --dry-run``): the active version it would empty and rebuild, its state, and its
     checkpoint now; how many events the rebuild applies is known only by doing it."""
-    control = await _control(p, name)
+    control = await _control_read(p, name)
     version = control.active
     pinned = p.pinned_version(name)
     if pinned is not None:
@@ -1244,10 +1252,23 @@ async def reset_plan(p: Projection, name: str) -> dict[str, Any]:
             f"{name} v{pinned} follows a schema and is run by its own service; it cannot be "
             "reset from here"
         )
+    # The lease as the reset's take finds it (another run's fresh claim first), read
+    # only: nothing acquired.
+    held = Lease(p, name, version, "reset").held_by_other(control)
+    if held is not None:
+        raise _reset_busy(name, version, held)
     state = control.versions.get(version)
     _resettable(name, version, state)
     checkpoint = await _retry(p.model(name, version).checkpoint, f"reset {name}")
     return {"model": name, "version": version, "state": state, "checkpoint": checkpoint.seq}
+
+
+def _reset_busy(name: str, version: int, claim: dict[str, Any]) -> Busy:
+    return Busy(
+        f"{name} v{version} is being reset by another run ({describe_claim(claim)}); "
+        f"if that run is gone, running this again {taken_over_when(claim)} finishes it",
+        claim,
+    )
 
 
 async def reset(
@@ -1295,11 +1316,7 @@ async def reset(
     try:
         control = await lease.take(mark)
     except Busy as exc:
-        raise Busy(
-            f"{name} v{version} is being reset by another run ({describe_claim(exc.claim)}); "
-            f"if that run is gone, running this again {taken_over_when(exc.claim)} finishes it",
-            exc.claim,
-        ) from None
+        raise _reset_busy(name, version, exc.claim) from None
     try:
         if control.versions.get(version) == RESETTING:
             if settle_s is None:
@@ -1453,7 +1470,7 @@ async def drop_plan(p: Projection, name: str, version: int) -> str:
     state of the version a drop would delete, or the AdminError the drop raises (the
     active version, a version never built or dropped already). How many keys/nodes
     go is known only by deleting them."""
-    control = await _control(p, name)
+    control = await _control_read(p, name)
     if control.active == version:
         raise AdminError(f"{name} v{version} is active; cut over to another version first")
     p.spec(name, version)

@@ -50,6 +50,8 @@ class VoidReport:
     stream: str = ""
     # model "name vN" -> what happened to its dead letters of the aggregate
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # A plan (plan_void): what fails and what is left to rebuild is known only by voiding.
+    dry_run: bool = False
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -59,7 +61,7 @@ class VoidReport:
             "domain": self.domain,
             "stream": self.stream,
             "models": self.models,
-            "left_to_rebuild": self.left_to_rebuild(),
+            "left_to_rebuild": None if self.dry_run else self.left_to_rebuild(),
         }
 
     def left_to_rebuild(self) -> list[str]:
@@ -174,7 +176,7 @@ async def plan_void(p: Projection, seq: int, domain: str | None = None) -> VoidR
         )
     aggregate_id = raw.subject[len(prefix) :].split(".", 1)[0]
     before = await store.voided(aggregate_id, seq)
-    report = VoidReport(seq, aggregate_id, before, domain, store.settings.stream)
+    report = VoidReport(seq, aggregate_id, before, domain, store.settings.stream, dry_run=True)
     letters = [
         d
         for m in sorted(mine)
@@ -184,7 +186,7 @@ async def plan_void(p: Projection, seq: int, domain: str | None = None) -> VoidR
     record = await _record_at(store, seq)
     for name, version in sorted({(d.model, d.version) for d in letters}):
         model = p.model(name, version)
-        entry: dict[str, Any] = {"dropped": [], "stepped_over": [], "retried": [], "failed": {}}
+        entry: dict[str, Any] = {"dropped": [], "stepped_over": [], "retried": [], "failed": None}
         for letter in [d for d in letters if (d.model, d.version) == (name, version)]:
             if letter.original_seq != seq:
                 entry["retried"].append(letter.dlq_seq)
@@ -207,7 +209,7 @@ async def plan_void(p: Projection, seq: int, domain: str | None = None) -> VoidR
             )
             for version in versions:
                 if (name, version) not in filed:
-                    entry = report.models.setdefault(f"{name} v{version}", {"failed": {}})
+                    entry = report.models.setdefault(f"{name} v{version}", {"failed": None})
                     entry["would_replay"] = True
     return report
 
