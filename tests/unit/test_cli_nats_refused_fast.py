@@ -5,11 +5,15 @@ reconnects behind it; the sessions and omni groups 6 s) before saying "not reach
 TCP try per server of the URL), exit 3, saying so ("NATS at URL is not reachable
 (...: Connection refused)"; it kept "did not answer within 10 s", a wait it no longer
 made); a server that takes the connection and does not answer is still waited for
-(the documented 10 s: tests/unit/test_cli_nats_silent.py)."""
+(the documented 10 s: tests/unit/test_cli_nats_silent.py). "At once" is for a person
+(stdin a terminal: a refusal is tried again for 1.5 s); a job waits out a restarting
+NATS (fix10c2: tests/integration/test_cli_nats_comes_up.py)."""
 
 from __future__ import annotations
 
 import json
+import os
+import pty
 import socket
 import subprocess
 import sys
@@ -45,15 +49,22 @@ def test_a_refused_connection_fails_at_once(args: list[str], tmp_path: Path) -> 
     port = closed_port()
     env = clean_environ() | {"JETSOURCE_NATS__URL": f"nats://127.0.0.1:{port}"}
     argv = [a.format(out=tmp_path / "backup") for a in args]
+    env.pop("JETSOURCE_ADMIN_REFUSED_WAIT_S", None)
+    primary, terminal = pty.openpty()  # a person typed it
     started = time.monotonic()
-    run = subprocess.run(
-        [sys.executable, "-m", "jetsource", "-o", "json", *argv],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "jetsource", "-o", "json", *argv],
+            env=env,
+            stdin=terminal,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(primary)
+        os.close(terminal)
     took = time.monotonic() - started
     assert run.returncode == 3, run.stderr
     error = json.loads(run.stderr.splitlines()[0])["error"]

@@ -57,6 +57,7 @@ def test_json_and_output_json_answer_alike(args: list[str]) -> None:
         "JETSOURCE_NATS__URL": f"nats://127.0.0.1:{port}",
         "JETSOURCE_CLIENT__QUERY": f"127.0.0.1:{port}",
         "JETSOURCE_CLIENT__PROCESS_QUERY": f"127.0.0.1:{port}",
+        "JETSOURCE_ADMIN_REFUSED_WAIT_S": "0.01",  # not a terminal: said at once all the same
     }
     said = []
     for flags in (["--json"], ["-o", "json"], ["--output", "json"]):

@@ -67,6 +67,7 @@ def test_the_aggregate_of_no_story_is_taken(args: tuple[str, ...]) -> None:
     messages on subjects naming no story: taken (9a0a370 refused it), so the command
     goes on to connect (a closed port here: UNAVAILABLE, exit 3)."""
     env = clean_environ() | {"JETSOURCE_NATS__URL": _closed_port()}
+    env["JETSOURCE_ADMIN_REFUSED_WAIT_S"] = "0.01"  # not a terminal: said at once all the same
     result = CliRunner().invoke(
         app, ["-o", "json", *args, "--aggregate", "_"], env=env, catch_exceptions=False
     )

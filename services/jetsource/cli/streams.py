@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import math
+import os
+import re
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
@@ -86,6 +90,46 @@ async def nats_answers_within(settings: JetsourceSettings, deadline: float) -> N
     await release(nc)
 
 
+# How long a person's command tries a refused connection again (a few tries, backing off).
+REFUSED_GRACE_S = 1.5
+
+
+def refused_wait_s() -> float:
+    """How long an admin command tries again a connection every server refuses:
+    ``JETSOURCE_ADMIN_REFUSED_WAIT_S`` when set; else REFUSED_GRACE_S (1.5 s) when stdin
+    is a terminal, a person who typed it; else the whole connect wait (a CronJob, the
+    Helm admin Job, a script: a NATS pod that restarts refuses connections for a few
+    seconds, and these waited it out before 11578ab)."""
+    from jetsource.cli.projector import env_seconds
+
+    if os.environ.get("JETSOURCE_ADMIN_REFUSED_WAIT_S", "").strip():
+        return env_seconds("JETSOURCE_ADMIN_REFUSED_WAIT_S", REFUSED_GRACE_S)
+    try:
+        interactive = sys.stdin is not None and sys.stdin.isatty()
+    except ValueError:  # stdin closed
+        interactive = False
+    return REFUSED_GRACE_S if interactive else math.inf
+
+
+# asyncio's connect to a host of several addresses (localhost: ::1 and 127.0.0.1) that
+# all failed: a plain OSError naming each, "[Errno 111] Connect call failed (...)".
+_EACH_FAILED = re.compile(
+    r"Multiple exceptions: (\[Errno (\d+)\] Connect call failed \([^()]*\)(, |$))+"
+)
+_ERRNO = re.compile(r"\[Errno (\d+)\] Connect call failed")
+
+
+def refused_connection(exc: BaseException) -> bool:
+    """``exc`` (from a TCP connect) says every address refused the connection: a
+    ConnectionRefusedError, or the OSError asyncio raises for a host of several
+    addresses (a dual-stack ``localhost``) when each refused."""
+    if isinstance(exc, ConnectionRefusedError):
+        return True
+    if type(exc) is not OSError or not _EACH_FAILED.fullmatch(text := str(exc)):
+        return False
+    return all(int(code) == errno.ECONNREFUSED for code in _ERRNO.findall(text))
+
+
 # How often a long wait for NATS says it is still waiting (JETSOURCE_PROGRESS_EVERY_S
 # moves it, as it moves every long command's progress).
 WAITING_EVERY_S = 10.0
@@ -101,10 +145,12 @@ async def wait_for_nats(
     """Return once one of the NATS servers (``url`` may list several, comma-separated)
     accepts a TCP connection; raise NatsUnreachableError at ``deadline`` (loop time).
     ``waiting(seconds waited, last error)`` is called when the first try fails and about
-    every ``every_s`` seconds after. With ``refused_ends``, a pass where every server
-    refused the connection (nothing listens) raises at once: an admin command against a
-    closed port waited out its 10 s (12-16 s with the reconnects behind it) to say so;
-    a server that does not answer in time is still waited for until ``deadline``.
+    every ``every_s`` seconds after. With ``refused_ends``, a refused connection (nothing
+    listens on any server) is tried again only for ``refused_wait_s()``: 1.5 s when a
+    person runs the command (an admin command against a closed port waited out its 10 s,
+    12-16 s with the reconnects behind it, to say so), the whole wait when no terminal
+    does (a CronJob or Helm Job rides out a NATS restart, which refuses connections for
+    a few seconds); a server that does not answer in time is waited for until ``deadline``.
 
     nats-py waits for an absent server forever, and on Python 3.11 a connect given up on
     cannot always be cancelled (a refused attempt can swallow the cancellation), so a
@@ -116,7 +162,9 @@ async def wait_for_nats(
     loop = asyncio.get_running_loop()
     last: BaseException | None = None
     started = loop.time()
+    refused_until = started + refused_wait_s() if refused_ends else math.inf
     report_at = started
+    pause = 0.1  # then 0.2, 0.4, 0.5...: a restarting server is caught soon
     while True:
         refused = 0
         for host, port in servers:
@@ -130,20 +178,22 @@ async def wait_for_nats(
                     _, writer = await asyncio.open_connection(host, port)
             except (OSError, TimeoutError) as exc:
                 last = exc
-                refused += isinstance(exc, ConnectionRefusedError)
+                refused += refused_connection(exc)
                 continue
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
             aio.honour_cancel()
             return
-        if loop.time() + 0.5 >= deadline or (refused_ends and refused == len(servers)):
-            raise NatsUnreachableError(repr(last), refused=refused == len(servers))
+        all_refused = refused == len(servers)
+        if loop.time() + pause >= (min(deadline, refused_until) if all_refused else deadline):
+            raise NatsUnreachableError(repr(last), refused=all_refused)
         if waiting is not None and loop.time() >= report_at:
             waiting(loop.time() - started, last)
             while report_at <= loop.time():
                 report_at += every_s
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.5)
 
 
 @app.command()

@@ -664,6 +664,7 @@ OTHER_NAMES = frozenset(
         "debug",
         "output",
         "admin_connect_timeout_s",
+        "admin_refused_wait_s",
         "progress_every_s",
         "tui_screenshots",
     }
