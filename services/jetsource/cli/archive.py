@@ -494,5 +494,5 @@ def restore(
     output.line(
         f"{report.target}: sequences {report.first_seq}..{report.last_seq} restored "
         f"({report.from_archive} from the archive, {report.from_live} from the live stream, "
-        f"{report.gaps} gaps kept)"
+        f"{output.count(report.gaps, 'gap')} kept)"
     )

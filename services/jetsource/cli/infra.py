@@ -332,8 +332,9 @@ async def _demo_read_models(demo: str, version: int, security: GrpcClientSetting
     c = now.context
     _say(
         f"query at {target}: GetContext(min_version={version}) answered version {c.version} "
-        f"({len(c.decisions)} decision, {len(c.subtasks)} subtask) from the read model in "
+        f"({output.count(len(c.decisions), 'decision')}, "
+        f"{output.count(len(c.subtasks), 'subtask')}) from the read model in "
         f"{waited:.0f} ms; GetContextAtVersion(1): {first.context.title!r} with "
-        f"{len(first.context.decisions)} decisions; graph: "
+        f"{output.count(len(first.context.decisions), 'decision')}; graph: "
         + ", ".join(f"{e.type} {e.from_id}->{e.to_id}" for e in graph.edges)
     )

@@ -969,7 +969,7 @@ def drop(
     if json_out:
         output.emit_json({"model": name, "version": version, "removed": removed})
         return
-    output.line(f"{name} v{version} dropped ({removed} keys/nodes)")
+    output.line(f"{name} v{version} dropped ({output.count(removed, 'key/node', 'keys/nodes')})")
 
 
 @app.command()
