@@ -9,6 +9,7 @@ import json
 import socket
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,8 +18,10 @@ import typer.main
 from jetsource.cli.app import app
 from tests.cli_env import clean_environ
 
-# Commands that print no data of their own (they start, stop or draw a terminal UI).
-NO_OUTPUT = {"tui", "up", "down", "infra up", "infra down", "infra status"}
+# Commands that print no data of their own (they stop or draw a terminal UI). `up`,
+# `infra up` and `infra status` print their table (JSON with the global --output json)
+# and took neither --json nor -o (fix10c2).
+NO_OUTPUT = {"tui", "down", "infra down"}
 
 
 def leaves(command: Any, path: tuple[str, ...] = ()) -> list[tuple[str, Any]]:
@@ -72,3 +75,40 @@ def test_json_and_output_json_answer_alike(args: list[str]) -> None:
         assert run.returncode == 3, (flags, run.stderr)
         said.append(json.loads(run.stderr.splitlines()[0]))  # JSON, whichever flag
     assert said[0] == said[1] == said[2]
+
+
+def test_infra_status_takes_json_and_output_json(tmp_path: Path) -> None:
+    """`infra status --json` / `-o json` print what `--output json infra status` does
+    (they were "No such option")."""
+    env = clean_environ() | {
+        "JETSOURCE_DEVSTACK__HOME": str(tmp_path / "home"),
+        **{
+            f"JETSOURCE_DEVSTACK__{name}": str(closed_port())
+            for name in (
+                "NATS_PORT",
+                "NATS_MONITOR_PORT",
+                "VALKEY_PORT",
+                "GRAPH_HTTP_PORT",
+                "GRAPH_BOLT_PORT",
+            )
+        },
+    }
+    said = []
+    for argv in (
+        ["--output", "json", "infra", "status"],
+        ["infra", "status", "--json"],
+        ["infra", "status", "-o", "json"],
+    ):
+        run = subprocess.run(
+            [sys.executable, "-m", "jetsource", *argv],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert run.returncode == 1, run.stderr  # nothing runs: not healthy
+        said.append(json.loads(run.stdout))
+    assert said[0] == said[1] == said[2]
+    assert [s["name"] for s in said[0]["servers"]] == ["nats", "valkey", "graph"]

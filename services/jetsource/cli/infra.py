@@ -152,21 +152,33 @@ def _start_servers(stack: LocalStack) -> list[ServerStatus]:
     return result.statuses
 
 
+# The table as one JSON document (as the global --output json; -o/--output json too:
+# cli.lazy adds the alias, as for every command that prints data).
+JSON = typer.Option(False, "--json", help="JSON on stdout, errors too (as --output json)")
+
+
+def _json(flag: bool) -> None:
+    if flag:
+        output.set_mode(output.Mode.json)
+
+
 @app.command()
-def up() -> None:
+def up(as_json: bool = JSON) -> None:
     """Start the local servers that are down (all of them the first time), in the
     background; data stays under .jetsource/. Servers that run are left alone."""
+    _json(as_json)
     stack = _stack()
     statuses = _start_servers(stack)
     _report(statuses)
 
 
 @app.command()
-def status() -> None:
+def status(as_json: bool = JSON) -> None:
     """Each server and service: address, health, version, pid; for NATS, JetStream's
     storage and any condition refusing writes. Exit 1 unless all are healthy."""
     from jetsource.devstack.services import LocalServices
 
+    _json(as_json)
     stack = _stack()
     _report(stack.status(), LocalServices(stack.home).status())
 
@@ -186,11 +198,13 @@ def up_all(
     demo: bool = typer.Option(
         True, "--demo/--no-demo", help="Drive a demo story through the services at the end."
     ),
+    as_json: bool = JSON,
 ) -> None:
     """Start what is down of the local system (servers, then services) and show it
     working. Run it again after anything died: it restarts exactly that."""
     from jetsource.devstack.services import LocalServices
 
+    _json(as_json)
     stack = _stack()
     statuses = _start_servers(stack)
     _report(statuses)
