@@ -860,9 +860,9 @@ async def test_a_batched_direct_get_ends_at_its_deadline_after_a_wait_for_room(
     tmp_path: Path, unique: str
 ) -> None:
     """The page's send waited for room in a full buffer (the server hung, continued
-    after 1 s), then its wait for the first reply started a fresh full timeout: under
-    a 2 s call deadline it ended at 2.8 s. The send and the replies share one deadline
-    now (as Replies.request's do): it ends before the call's."""
+    after 1 s), then its wait for the first reply started a fresh full timeout (1.5 s):
+    under a 2 s call deadline it ended at 2.5 s, a bare TimeoutError. Each reply's wait
+    is cut by the call's deadline: it ends before the call's, naming the read."""
     server = NatsServer(tmp_path, port=free_port(), monitor_port=free_port())
     proc = server.start()
     try:
@@ -878,10 +878,10 @@ async def test_a_batched_direct_get_ends_at_its_deadline_after_a_wait_for_room(
             await _fill_the_socket(nc, unique)
             asyncio.get_running_loop().call_later(1.0, os.kill, proc.pid, signal.SIGCONT)
             started = time.monotonic()
-            with pytest.raises(DeadlineCutError):
+            with pytest.raises(DeadlineCutError, match=f"stream M{unique}'s answer"):
                 async with asyncio.timeout(5):
                     with call_deadline(2.0):
-                        await jsapi.direct_get_page(replies, f"M{unique}", None, 1, 10, 5.0)
+                        await jsapi.direct_get_page(replies, f"M{unique}", None, 1, 10, 1.5)
             assert 1.7 < time.monotonic() - started < 2.0
         finally:
             os.kill(proc.pid, signal.SIGCONT)
@@ -893,6 +893,49 @@ async def test_a_batched_direct_get_ends_at_its_deadline_after_a_wait_for_room(
         os.kill(proc.pid, signal.SIGCONT)
         stop_pid(proc.pid)
         proc.wait(10)
+
+
+def _streaming(nc: NATS, stream: str, count: int, gap: float) -> Any:
+    """A batched direct get's answer from ``stream``: ``count`` messages ``gap`` s
+    apart, then the end of the batch (204)."""
+
+    async def cb(msg: Msg) -> None:
+        for seq in range(1, count + 1):
+            await asyncio.sleep(gap)
+            headers = {
+                "Nats-Stream": stream,
+                "Nats-Subject": f"{stream}.x",
+                "Nats-Sequence": str(seq),
+                "Nats-Time-Stamp": "2026-01-01T00:00:00Z",
+            }
+            await nc.publish(msg.reply, b"x", headers=headers)
+        await nc.publish(msg.reply, b"", headers={"Status": "204", "Nats-Num-Pending": "0"})
+
+    return cb
+
+
+async def test_a_batched_direct_get_streaming_steadily_past_its_timeout_completes(
+    nc: NATS, unique: str
+) -> None:
+    """A page of large messages (snapshots up to 8 MB) takes longer than one timeout
+    when each message comes well within it: b387238 made the timeout bound the whole
+    page, so such a page failed (TimeoutError at 0.6 s here). Each reply has the
+    timeout after the one before."""
+    stream = f"P{unique}"
+    helper = await nats.connect(nc.connected_url.geturl())  # type: ignore[union-attr]
+    await helper.subscribe(f"$JS.API.DIRECT.GET.{stream}", cb=_streaming(helper, stream, 5, 0.25))
+    await helper.flush()
+    replies = Replies(nc)
+    await replies.start()
+    try:
+        started = time.monotonic()
+        page = await jsapi.direct_get_page(replies, stream, None, 1, 10, 0.6)
+        assert time.monotonic() - started > 1.0
+        assert [m.seq for m in page.messages] == [1, 2, 3, 4, 5]
+        assert page.pending == 0
+    finally:
+        await replies.stop()
+        await helper.close()
 
 
 async def _quiet(msg: Msg) -> None:

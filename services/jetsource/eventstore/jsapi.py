@@ -18,6 +18,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import math
 import re
 import time
 import uuid
@@ -33,6 +34,7 @@ from nats.aio.transport import TcpTransport
 
 from jetsource.core.aio import wait_for
 from jetsource.core.clock import format_rfc3339_ns, parse_rfc3339_ns
+from jetsource.core.deadline import bound as call_bound
 from jetsource.core.deadline import cut_short, detached
 from jetsource.core.deadline import wait as call_wait
 from jetsource.core.errors import AccessDeniedError, DeadlineCutError, EventStoreUnavailableError
@@ -977,6 +979,7 @@ async def _direct_page(
 ) -> Page | None:
     """One batched direct get; None when another stream (a mirror) answered it."""
     what = f"stream {stream}'s answer to a read (DIRECT.GET from {start})"
+    per_reply = timeout
     timeout, cut = call_wait(timeout, what)
     reply, queue = replies.open()
     messages: list[RawMessage] = []
@@ -986,18 +989,28 @@ async def _direct_page(
             body["next_by_subj"] = subject
         # Sent as a request is (Replies.send): nats-py's publish waited for room in a
         # full pending buffer with no end (a hung server held the read past its timeout).
-        # One deadline for the send and the whole answer: the wait for room in the
-        # buffer came before a fresh ``timeout`` per reply (a page took up to twice its
-        # timeout), and a cut wait for room raised a bare TimeoutError.
-        deadline = asyncio.get_running_loop().time() + timeout
+        # The send ends within ``timeout``; each reply then comes within ``per_reply`` of
+        # the one before (a page of 1000 large messages streaming steadily takes longer
+        # than one timeout), and no wait runs past the call's deadline when one is set
+        # (``call_end``): a page whose send waited for room ran past it.
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        call_end = started + call_bound(math.inf)  # inf: no call deadline
+        reply_cut = False
         try:
             await replies.send(
-                f"$JS.API.DIRECT.GET.{stream}", json.dumps(body).encode(), reply, None, deadline
+                f"$JS.API.DIRECT.GET.{stream}",
+                json.dumps(body).encode(),
+                reply,
+                None,
+                started + timeout,
             )
             while True:
                 msg = queue.get_nowait() if not queue.empty() else None
                 if msg is None:
-                    async with asyncio.timeout_at(deadline):
+                    end = loop.time() + per_reply
+                    reply_cut = call_end < end
+                    async with asyncio.timeout_at(call_end if reply_cut else end):
                         msg = await queue.get()
                 status = _status(msg)
                 if status is None:
@@ -1014,8 +1027,8 @@ async def _direct_page(
                     raise NoRespondersError(stream)
                 raise JsApiError(int(status), 0, (msg.headers or {}).get("Description", ""))
         except TimeoutError as exc:
-            if cut:
-                raise cut_short(what, timeout) from exc
+            if cut or reply_cut:  # the call's deadline ended the send or this wait
+                raise cut_short(what, loop.time() - started) from exc
             raise
     finally:
         replies.close(reply)
