@@ -261,7 +261,8 @@ def list_sessions(
             )
 
     async def work(c: SessionsClient) -> list[SessionRecord]:
-        return await c.sessions.list_sessions(status, search, limit)
+        # the error column (and JSON's error) as `show` says it: read for these rows
+        return await c.sessions.list_sessions(status, search, limit, with_errors=True)
 
     records = _run(work)
     if out.mode() == Mode.json:

@@ -70,10 +70,58 @@ async def test_list_and_show_of_either_reader_take_the_endings_error_alike(
             for _ in range(200):
                 listed = {
                     r.session_id: (r.status, r.error)
-                    for r in await sessions.list_sessions()
+                    for r in await sessions.list_sessions(with_errors=True)
                     if r.session_id in want
                 }
                 if listed == want:
                     break
                 await asyncio.sleep(0.05)
             assert listed == want, reader
+
+
+class _Counting:
+    """The query stub, counting the timelines read (the endings' reads)."""
+
+    def __init__(self, stub: Any) -> None:
+        self._stub = stub
+        self.timelines: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stub, name)
+
+    async def GetProcessTimeline(self, request: Any, **kw: Any) -> Any:
+        self.timelines.append(request.process_id)
+        return await self._stub.GetProcessTimeline(request, **kw)
+
+
+async def test_the_query_reader_reads_the_endings_of_the_rows_listed_with_errors_only(
+    stack: Stack,  # noqa: F811
+) -> None:
+    """`list --status running -n 2` over ended sessions read every ended session's
+    endings (before the filter, the limit); the TUI's list and prune, which show no
+    error, read them all too. Now: the rows listed with their errors only."""
+    mark = f"ends-{uuid7()}"
+    ids = [str(uuid7()) for _ in range(6)]
+    events = [
+        to_canonical(e)
+        for sid in ids
+        for e in [
+            SessionEvent(TS, sid, 1, "session_started", {"command": mark}),
+            SessionEvent(TS, sid, 2, "session_ended", {"status": "completed", "error": "E"}),
+        ]
+    ]
+    await stack.record.RecordBatch(ob.RecordBatchRequest(events=events), timeout=10)
+    counting = _Counting(stack.reads)
+    sessions = Sessions(QueryReader(counting))
+    for _ in range(200):  # the registry catches up
+        listed = await sessions.list_sessions(search=mark)
+        if len(listed) == len(ids) and all(r.status == "completed" for r in listed):
+            break
+        await asyncio.sleep(0.05)
+    assert len(listed) == len(ids)
+    assert counting.timelines == []  # no error asked for: none read
+    assert await sessions.list_sessions(["running"], mark, 2, with_errors=True) == []
+    assert counting.timelines == []
+    listed = await sessions.list_sessions(["completed"], mark, 2, with_errors=True)
+    assert [r.error for r in listed] == ["E", "E"]
+    assert sorted(counting.timelines) == sorted(r.session_id for r in listed)

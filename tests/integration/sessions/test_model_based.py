@@ -764,7 +764,7 @@ class Run:
     async def check_listed(self) -> None:
         alive = [s for s in self.sessions.values() if not s.pruned]
         for name, sessions in (("stream", self.stream), ("query", self.query)):
-            rows = await sessions.list_sessions()
+            rows = await sessions.list_sessions(with_errors=True)
             got = {r.session_id: (r.status, r.command, r.event_count, r.last_seq, r.error)
                    for r in rows}  # fmt: skip
             want = {

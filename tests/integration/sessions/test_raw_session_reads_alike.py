@@ -63,7 +63,7 @@ async def test_list_and_show_of_either_reader_agree_on_a_raw_session(
                 if len(await sessions.reader.events(again)) == 3:
                     listed = {
                         r.session_id: (r.command, r.status, r.error)
-                        for r in await sessions.list_sessions()
+                        for r in await sessions.list_sessions(with_errors=True)
                         if r.session_id in want
                     }
                     if listed == want:

@@ -794,6 +794,10 @@ def _recorded(record: RecordedEvent, session_id: str) -> Recorded:
 # Ended sessions whose endings the query reader reads at once when listing.
 ENDINGS_AT_ONCE = 16
 
+# Codes that say the query service itself does not answer: the endings of the
+# sessions after are not asked for.
+_SERVICE_DOWN = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
 _STATUS_NAMES = {1: "running", 2: "completed", 3: "failed", 4: "cancelled", 5: "interrupted"}
 
 
@@ -829,19 +833,24 @@ class QueryReader:
         """The registry keeps only a failure's error; a session's is its endings' by
         the rule `show` folds them with (the ledger reader's too): an ended session's
         is read from its endings (only those, by type), for the sessions listed only,
-        a few at a time."""
+        a few at a time. A session whose endings cannot be read keeps the registry's
+        error (one poisoned session neither hides nor takes the list down); once the
+        query service is unreachable or too slow, the sessions after keep theirs
+        without asking (each would wait for the deadline)."""
         ended = [p for p in roots if p.status != "running"]
         for at in range(0, len(ended), ENDINGS_AT_ONCE):
             chunk = ended[at : at + ENDINGS_AT_ONCE]
-            for p, error in zip(
-                chunk, await asyncio.gather(*(self._ending_error(p) for p in chunk)), strict=True
-            ):
-                p.error = error
+            read = await asyncio.gather(*(self._ending_error(p) for p in chunk))
+            for p, said in zip(chunk, read, strict=True):
+                if isinstance(said, str):
+                    p.error = said
+            if any(said in _SERVICE_DOWN for said in read):
+                return
 
-    async def _ending_error(self, p: ProcessSummary) -> str:
-        """The session's error from its endings on the ledger (``ending_error``)."""
-        import grpc
-
+    async def _ending_error(self, p: ProcessSummary) -> str | grpc.StatusCode:
+        """The session's error from its endings on the ledger (``ending_error``), or
+        the code reading them failed with (a parked timeline's DATA_LOSS, a deadline,
+        an unreachable service; NOT_FOUND: pruned since listed)."""
         from jetsource._gen.process.v1 import query_pb2
 
         error, token = "", ""
@@ -858,9 +867,8 @@ class QueryReader:
                     metadata=self._metadata,
                 )
             except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.NOT_FOUND:  # pruned since listed
-                    return p.error
-                raise
+                code: grpc.StatusCode = exc.code()
+                return code
             for stored in reply.events:
                 ce = stored.event
                 data = json_format.MessageToDict(ce.data) if ce.HasField("data") else {}

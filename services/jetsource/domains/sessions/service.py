@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from jetsource.core.clock import NS, now_ns
@@ -162,11 +162,21 @@ class Sessions:
         )
 
     async def list_sessions(
-        self, statuses: Iterable[str] = (), search: str = "", limit: int = 0
+        self,
+        statuses: Iterable[str] = (),
+        search: str = "",
+        limit: int = 0,
+        with_errors: bool = False,
     ) -> list[SessionRecord]:
         """Newest first. ``search`` matches the id or the command (case-insensitive).
         Read from the process summaries and each session's tail (its last seq and when
-        it was recorded), not its events: the snapshot is left to ``show``."""
+        it was recorded), not its events: the snapshot is left to ``show``.
+
+        ``with_errors``: the rows' errors as ``show`` says them, where the reader's
+        summaries lack them (the query reader's registry keeps only a failure's: one
+        read of the endings per ended session listed). Only for a list that shows the
+        error (``sessions list``); read for the rows listed only (after the status
+        filter and ``limit``). Without it a row has the summaries' error."""
         roots = sorted(
             (p for p in await self._roots() if found(p, search)),
             key=lambda p: (p.started_ns, p.process_id),
@@ -177,19 +187,36 @@ class Sessions:
         # round trips each), however many there were.
         step = min(limit, TAIL_BATCH) if limit else TAIL_BATCH
         out: list[SessionRecord] = []
+        tails: dict[str, Tail] = {}
         for at in range(0, len(roots), step):
             chunk = roots[at : at + step]
-            # the endings' error where the reader's summaries lack it (the query
-            # reader's registry), for the sessions listed only
-            got, _ = await asyncio.gather(
-                asyncio.gather(*(self.tail(p.process_id) for p in chunk)),
-                self.reader.take_errors(chunk),
-            )
-            tails = {p.process_id: t for p, t in zip(chunk, got, strict=True)}
-            out += self.records(chunk, tails, statuses, search)
+            got = await asyncio.gather(*(self.tail(p.process_id) for p in chunk))
+            read = {p.process_id: t for p, t in zip(chunk, got, strict=True)}
+            tails.update(read)
+            out += self.records(chunk, read, statuses, search)
             if limit and len(out) >= limit:
-                return out[:limit]
+                out = out[:limit]
+                break
+        if with_errors:
+            out = await self._take_errors(out, roots, tails)
         return out
+
+    async def _take_errors(
+        self, records: list[SessionRecord], roots: list[ProcessSummary], tails: Mapping[str, Tail]
+    ) -> list[SessionRecord]:
+        """``records`` with their endings' error (``SessionReader.take_errors``), for
+        these rows only; a row that said its corrupt event keeps saying it."""
+        by_id = {p.process_id: p for p in roots}
+        listed = [
+            by_id[r.session_id]
+            for r in records
+            if not isinstance(tails.get(r.session_id), CorruptEventError)
+        ]
+        await self.reader.take_errors(listed)
+        taken = {p.process_id: p.error for p in listed}
+        return [
+            replace(r, error=taken[r.session_id]) if r.session_id in taken else r for r in records
+        ]
 
     async def tail(self, session_id: str) -> Tail:
         """(last seq, when it was recorded), or the CorruptEventError reading it
@@ -217,9 +244,9 @@ class Sessions:
             if tail is None or not found(p, search):
                 continue
             # The endings' error, by the rule `show` folds them with (ending_error; the
-            # query reader reads it from the endings: the registry keeps only a
-            # failure's). A failure that named none has none; a user's "failed" is
-            # "failed".
+            # query reader's registry keeps only a failure's: list_sessions
+            # with_errors reads the endings of the rows listed). A failure that named
+            # none has none; a user's "failed" is "failed".
             error = p.error
             if isinstance(tail, CorruptEventError):
                 # Listed, and said so: one poisoned session neither hides nor takes
