@@ -91,15 +91,58 @@ def test_a_dual_stack_localhost_that_refuses_is_a_refusal(
     assert "Multiple exceptions" in str(exc)
 
 
-def test_only_every_address_refusing_is_a_refusal() -> None:
+def test_a_localhost_whose_ipv6_is_not_routable_and_ipv4_refuses_is_a_refusal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A dual-stack ``localhost`` where ::1 cannot be reached (IPv6 off: EADDRNOTAVAIL
+    or ENETUNREACH, said at once) and 127.0.0.1 refuses: nothing listens, but it was
+    taken for no answer (the whole deadline waited, said as a silent server). Here the
+    unroutable address is ff02::1 (ENETUNREACH at once)."""
+    port = closed_port()
+    real = socket.getaddrinfo
+
+    def both(host: str, *args: Any, **kwargs: Any) -> Any:
+        if host == "dualhost":
+            return [
+                (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("ff02::1", port, 0, 0)),
+                (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port)),
+            ]
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", both)
+    monkeypatch.setenv("JETSOURCE_ADMIN_REFUSED_WAIT_S", "0.3")
+    took, exc = _refused_for(f"nats://dualhost:{port}", 3.0)
+    assert "Multiple exceptions" in str(exc), exc
+    assert exc.refused, exc
+    assert took < 1.5, took
+
+
+def test_a_refusal_is_each_address_refusing_or_not_routable() -> None:
     v6, v4 = "Connect call failed ('::1', 4222, 0, 0)", "Connect call failed ('127.0.0.1', 4222)"
     both = f"[Errno 111] {v6}, [Errno 111] {v4}"
     assert refused_connection(OSError(f"Multiple exceptions: {both}"))
     assert refused_connection(ConnectionRefusedError(111, "refused"))
-    one_unreachable = f"[Errno 101] {v6}, [Errno 111] {v4}"
-    assert not refused_connection(OSError(f"Multiple exceptions: {one_unreachable}"))
+    # A dual-stack localhost with IPv6 off: ::1 not routable, 127.0.0.1 refuses.
+    for code in (99, 101):  # EADDRNOTAVAIL, ENETUNREACH
+        v6_off = f"[Errno {code}] {v6}, [Errno 111] {v4}"
+        assert refused_connection(OSError(f"Multiple exceptions: {v6_off}"))
+    at_once = f"[Errno 99] Cannot assign requested address, [Errno 111] {v4}"
+    assert refused_connection(OSError(f"Multiple exceptions: {at_once}"))
+    none_refused = f"[Errno 101] {v6}, [Errno 99] {v4}"
+    assert not refused_connection(OSError(f"Multiple exceptions: {none_refused}"))
+    one_no_route = f"[Errno 113] {v6}, [Errno 111] {v4}"
+    assert not refused_connection(OSError(f"Multiple exceptions: {one_no_route}"))
     assert not refused_connection(
         OSError("Multiple exceptions: [Errno 111] Connect call failed ('::1', 1, 0, 0), timed out")
     )
     assert not refused_connection(OSError(113, "No route to host"))
     assert not refused_connection(TimeoutError())
+
+
+def test_the_refused_grace_is_tried_to_its_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop gave up when the next pause would reach the grace's end: the documented
+    1.5 s was 1.2 s (tries at 0, 0.1, 0.3, 0.7, 1.2 s). It sleeps up to the end now and
+    tries once more there."""
+    monkeypatch.setenv("JETSOURCE_ADMIN_REFUSED_WAIT_S", "1.5")
+    took, exc = _refused_for(f"nats://127.0.0.1:{closed_port()}", 10.0)
+    assert exc.refused and 1.45 < took < 2.0, took

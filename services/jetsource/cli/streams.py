@@ -112,22 +112,29 @@ def refused_wait_s() -> float:
 
 
 # asyncio's connect to a host of several addresses (localhost: ::1 and 127.0.0.1) that
-# all failed: a plain OSError naming each, "[Errno 111] Connect call failed (...)".
+# all failed: a plain OSError naming each, "[Errno 111] Connect call failed (...)", or
+# with the error's own words when connect() failed at once ("[Errno 99] Cannot assign
+# requested address": ::1 where IPv6 is off).
 _EACH_FAILED = re.compile(
-    r"Multiple exceptions: (\[Errno (\d+)\] Connect call failed \([^()]*\)(, |$))+"
+    r"Multiple exceptions: "
+    r"(\[Errno (\d+)\] (Connect call failed \([^()]*\)|[^,()\[\]]+)(, |$))+"
 )
-_ERRNO = re.compile(r"\[Errno (\d+)\] Connect call failed")
+_ERRNO = re.compile(r"\[Errno (\d+)\] ")
+# Each address of a host that refused, or that this host cannot reach at all.
+_NOTHING_LISTENS = {errno.ECONNREFUSED, errno.EADDRNOTAVAIL, errno.ENETUNREACH}
 
 
 def refused_connection(exc: BaseException) -> bool:
-    """``exc`` (from a TCP connect) says every address refused the connection: a
-    ConnectionRefusedError, or the OSError asyncio raises for a host of several
-    addresses (a dual-stack ``localhost``) when each refused."""
+    """``exc`` (from a TCP connect) says nothing listens: a ConnectionRefusedError, or
+    the OSError asyncio raises for a host of several addresses (a dual-stack
+    ``localhost``) when at least one refused and each other one was not routable (::1
+    with IPv6 off says EADDRNOTAVAIL or ENETUNREACH, 127.0.0.1 refuses)."""
     if isinstance(exc, ConnectionRefusedError):
         return True
     if type(exc) is not OSError or not _EACH_FAILED.fullmatch(text := str(exc)):
         return False
-    return all(int(code) == errno.ECONNREFUSED for code in _ERRNO.findall(text))
+    codes = {int(code) for code in _ERRNO.findall(text)}
+    return errno.ECONNREFUSED in codes and codes <= _NOTHING_LISTENS
 
 
 # How often a long wait for NATS says it is still waiting (JETSOURCE_PROGRESS_EVERY_S
@@ -186,13 +193,20 @@ async def wait_for_nats(
             aio.honour_cancel()
             return
         all_refused = refused == len(servers)
-        if loop.time() + pause >= (min(deadline, refused_until) if all_refused else deadline):
+        now = loop.time()
+        nap = pause
+        if all_refused and refused_until < deadline:
+            # The grace is tried to its end: it gave up a pause early (1.2 s of 1.5).
+            if now >= refused_until:
+                raise NatsUnreachableError(repr(last), refused=True)
+            nap = min(pause, refused_until - now)
+        elif now + pause >= deadline:
             raise NatsUnreachableError(repr(last), refused=all_refused)
         if waiting is not None and loop.time() >= report_at:
             waiting(loop.time() - started, last)
             while report_at <= loop.time():
                 report_at += every_s
-        await asyncio.sleep(pause)
+        await asyncio.sleep(nap)
         pause = min(pause * 2, 0.5)
 
 
