@@ -1,7 +1,8 @@
 """A reply the client could not hand over (jsapi.ReplyHandOverError) names the reply's
 random inbox subject; one holding "tls" read as NATS refusing this client's certificate
 (logged "nats refused this client", and a connect in progress ended in
-AccessDeniedError). Now it is told apart before the refusal words are looked for."""
+AccessDeniedError). Now it is told apart before the refusal words are looked for. So is
+a permissions violation, which names the subject too."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import logging
 from typing import Any
 
 import pytest
+from nats import errors as nats_errors
 
 from jetsource.core.settings import JetsourceSettings
 from jetsource.eventstore import bootstrap, jsapi
@@ -33,3 +35,30 @@ async def test_a_lost_reply_on_an_inbox_holding_tls_is_no_refusal(
     said = [r.getMessage() for r in caplog.records]
     assert not any("refused" in s for s in said), said
     assert any("_INBOX.q7TlsX9.42 could not be handed over" in s for s in said), said
+
+
+class _Denied:
+    """A client whose connect reports a permissions violation on an inbox holding
+    "tls" (as nats-py words it), then connects."""
+
+    async def connect(self, **options: Any) -> None:
+        denied = nats_errors.Error(
+            'nats: permissions violation for subscription to "_inbox.q7tlsx9.*"'
+        )
+        await options["error_cb"](denied)
+
+
+async def test_a_permissions_violation_on_an_inbox_holding_tls_is_no_refusal(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It was logged "nats refused this client" (the refusal words came first) and
+    ended the connect in AccessDeniedError; it is said as the permissions violation it
+    is, and the connect goes on."""
+    monkeypatch.setattr(bootstrap, "NATS", _Denied)
+    monkeypatch.setattr(bootstrap, "survive_a_dead_socket", lambda nc: None)
+    with caplog.at_level(logging.ERROR, logger=bootstrap.log.name):
+        nc = await bootstrap.connect(JetsourceSettings())  # no AccessDeniedError
+    assert isinstance(nc, _Denied)
+    said = [r.getMessage() for r in caplog.records]
+    assert not any(s.startswith("nats refused this client") for s in said), said
+    assert any("permissions for this client's user" in s for s in said), said

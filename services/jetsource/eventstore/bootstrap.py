@@ -162,11 +162,9 @@ async def connect(settings: JetsourceSettings) -> NATS:
             log.error("nats at %s: %s", where, exc)
             return
         text = str(exc).lower()
-        if isinstance(exc, ssl.SSLError) or any(k in text for k in _REFUSALS):
-            if not refused.done():
-                refused.set_result(exc)
-            log.error("nats refused this client: %s", exc)
-        elif "permissions violation" in text:
+        # A permissions violation before the refusal words: it names a subject, which
+        # may hold "tls" (a random inbox), and ended a connect as AccessDeniedError.
+        if "permissions violation" in text and not isinstance(exc, ssl.SSLError):
             jsapi.note_denial(str(exc))
             # A subject this client's NATS user may not use: nothing retries it, and the
             # request behind it waits out its timeout (then reads as a server that does
@@ -179,6 +177,10 @@ async def connect(settings: JetsourceSettings) -> NATS:
                 where,
                 exc,
             )
+        elif isinstance(exc, ssl.SSLError) or any(k in text for k in _REFUSALS):
+            if not refused.done():
+                refused.set_result(exc)
+            log.error("nats refused this client: %s", exc)
         else:
             # Named, and said to be retried: "nats: [Errno 111] Connection refused"
             # said neither which server nor that the service waits for it.
