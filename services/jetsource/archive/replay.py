@@ -21,7 +21,8 @@ from jetsource.core.errors import CorruptEventError, JetsourceError
 from jetsource.eventstore.jetstream import JetStreamEventStore, voided_event
 from jetsource.eventstore.jsapi import RawMessage
 
-# Files an archived message in the model's dead letters: (message, story, reason).
+# Files an archived message in the model's dead letters: (message, story, reason),
+# unless a letter of its sequence is there already.
 Letter = Callable[[RawMessage, str, str], Awaitable[None]]
 
 BATCH = 500
@@ -53,10 +54,11 @@ async def replay_archive(
 
     An event a newer release wrote is not applied (it was skipped in silence before,
     the model past it): as the live path does, an archived one is filed with
-    ``letter`` and its story parks behind it (its later archived events filed behind
-    it; its live ones are the worker's, parked there); without ``letter`` a
-    ReplayError names it. One in ``discarded`` (the model's discarded dead letters)
-    is a no-op at its place."""
+    ``letter`` (which files it once: not again when filed already) and its story
+    parks behind it (its later archived events are not applied nor filed: the
+    rebuild after the upgrade applies them; its live ones are the worker's, parked
+    there); without ``letter`` a ReplayError names it. One in ``discarded`` (the
+    model's discarded dead letters) or voided is a no-op at its place."""
     entries = await archive.entries()
     if not entries:
         return 0
@@ -86,7 +88,7 @@ async def replay_archive(
     records = [merged[s] for s in sorted(merged)]
     if types is not None:
         records = [r for r in records if r.event_type in types]
-    records = await _park_newer_releases(records, archived, model, letter, discarded)
+    records = await _park_newer_releases(store, records, archived, model, letter, discarded)
     applied = 0
     for i in range(0, len(records), BATCH):
         outcome = await model.apply(records[i : i + BATCH])
@@ -101,6 +103,7 @@ async def replay_archive(
 
 
 async def _park_newer_releases(
+    store: JetStreamEventStore,
     records: list[RecordedEvent],
     archived: dict[int, RawMessage],
     model: Any,
@@ -108,19 +111,20 @@ async def _park_newer_releases(
     discarded: Collection[int],
 ) -> list[RecordedEvent]:
     """``records`` without the events a newer release wrote and what follows them in
-    their stories (filed when archived); a discarded one is a no-op at its place."""
+    their stories (filed when archived); a discarded or voided one is a no-op at its
+    place (as the live worker reads it)."""
     parked: dict[str, int] = {}  # story -> the sequence it parks behind
     out: list[RecordedEvent] = []
     for r in records:
         agg, seq = r.aggregate_id, r.stream_seq
         if agg in parked:
-            if letter is not None and seq in archived:
-                await letter(
-                    archived[seq], agg, f"parked behind dead letter of sequence {parked[agg]}"
-                )
+            # Not filed: an archived one is gone from the live stream (dlq retry could
+            # not read it), and the rebuild the letter asks for applies it from the
+            # archive (one letter per later event filed thousands, again on each
+            # replay); its live ones the worker parks behind the letter on delivery.
             continue
         if isinstance(r.event, UnknownEvent) and r.event.newer_release:
-            if seq in discarded:
+            if seq in discarded or await store.voided(agg, seq):
                 out.append(voided_event(r))
                 continue
             if letter is None:

@@ -1136,9 +1136,11 @@ async def _from_archive(p: Projection, name: str, model: ReadModel) -> None:
     await model.setup()
 
     async def letter(raw: jsapi.RawMessage, aggregate_id: str, reason: str) -> None:
-        # An archived event a newer release wrote (or one parked behind it): filed as
-        # the live path files it; the build's worker parks its story (letters listed).
-        await p.dead_letters.publish(model.spec, aggregate_id, raw, reason, 1)
+        # An archived event a newer release wrote: filed as the live path files it
+        # (once: not again on a second replay); the build's worker parks its story
+        # (letters listed).
+        if not await p.dead_letters.filed(model.spec, aggregate_id, raw.seq):
+            await p.dead_letters.publish(model.spec, aggregate_id, raw, reason, 1)
 
     control = await p.control.get(name)
     discarded = set(control.discarded) if control is not None else set()
@@ -1746,12 +1748,32 @@ async def _letter_event(
 async def _its_place(p: Projection, letter: DeadLetter, model: Any) -> RecordedEvent | None:
     """The dead letter's message if it is its story's next version for ``model``: an
     event of that story that decodes (one a newer release wrote too: a no-op at its
-    place, as a void), at the version after the model's position; else None."""
-    record = await _letter_event(p, letter, newer_release=True)
-    if isinstance(record, str):
+    place, as a void), at the version after the model's position; else None. A newer
+    release's event gone from the live stream (compacted: a rebuild filed it from the
+    archive) is read from the letter itself, which holds its message: it has its place
+    all the same (nothing was written for it before, and its story stayed before it)."""
+    found = await _letter_event(p, letter, newer_release=True)
+    record = await _archived_newer_release(p, letter) if isinstance(found, str) else found
+    if record is None:
         return None
     position = await model.position(letter.aggregate_id)
     if record.aggregate_id == letter.aggregate_id and record.version == position + 1:
+        return record
+    return None
+
+
+async def _archived_newer_release(p: Projection, letter: DeadLetter) -> RecordedEvent | None:
+    """The newer release's event a dead letter holds when its sequence is gone from the
+    live stream, read from the letter's own message; None for any other letter."""
+    store = p.store_for(letter.model)
+    raw = jsapi.RawMessage(
+        letter.original_subject, letter.original_seq, letter.time_ns, {}, letter.data
+    )
+    try:
+        record = await store.open(raw)
+    except Exception:  # undecodable, or an envelope that is not its own
+        return None
+    if isinstance(record.event, UnknownEvent) and record.event.newer_release:
         return record
     return None
 

@@ -196,6 +196,10 @@ class DeadLetters:
             return None
         return self._parse(raw)
 
+    async def filed(self, spec: ModelSpec, aggregate_id: str, seq: int) -> bool:
+        """Is stream sequence ``seq`` of this aggregate filed in this model version?"""
+        return any(d.original_seq == seq for d in await self.list(spec, aggregate_id))
+
     async def pending(self, spec: ModelSpec, aggregate_id: str) -> bool:
         """Does this aggregate still have dead letters in this model version?"""
         raw = await jsapi.last_for_subject(

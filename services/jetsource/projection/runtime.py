@@ -428,11 +428,16 @@ class Worker:
         from jetsource.archive.replay import ReplayError, replay_archive
 
         async def letter(raw: RawMessage, aggregate_id: str, reason: str) -> None:
-            # An archived event a newer release wrote (or one parked behind it): filed
-            # and its story parked, as on a delivery.
+            # An archived event a newer release wrote: filed (once: not again on a
+            # second replay) and its story parked, as on a delivery.
+            if await self.dlq.filed(self.spec, aggregate_id, raw.seq):
+                self._parked.setdefault(aggregate_id, set()).add(raw.seq)
+                return
             await self.dlq.publish(self.spec, aggregate_id, raw, reason, 1)
             self._parked.setdefault(aggregate_id, set()).add(raw.seq)
             self.stats.dead_letters += 1
+            DEAD_LETTERS.labels(*self._labels).inc()
+            self._show(dead_letters=self._shown.get("dead_letters", 0) + 1)
 
         discarded = await discarded_sequences(self.nc, self.o.control_bucket, self.spec.name)
         try:
