@@ -130,20 +130,7 @@ async def void_sequence(
         filed = {(d.model, d.version) for d in letters if d.original_seq == seq}
         deadline = asyncio.get_running_loop().time() + caught_up_s
         for name in sorted(mine):
-            # Each model's own entry: a listing of the bucket (an ordered consumer)
-            # can miss entries under load and said "no model" for one that had one.
-            control = await p.control.get(name)
-            if control is None or not _consumes(p, name, record.event_type):
-                continue
-            pinned = p.pinned_version(name)
-            versions = (
-                [pinned]
-                if pinned is not None
-                else sorted(v for v, s in control.versions.items() if s in (LIVE, BUILDING))
-            )
-            for version in versions:
-                if (name, version) in filed:
-                    continue
+            for version in await _versions_to_replay(p, name, record, filed):
                 entry = await _replay_without(p, name, version, aggregate_id, record, deadline)
                 earlier = report.models.setdefault(f"{name} v{version}", {"failed": {}})
                 earlier["failed"].update(entry.pop("failed"))
@@ -198,20 +185,32 @@ async def plan_void(p: Projection, seq: int, domain: str | None = None) -> VoidR
     if record is not None:
         filed = {(d.model, d.version) for d in letters if d.original_seq == seq}
         for name in sorted(mine):
-            control = await p.control.get(name)
-            if control is None or not _consumes(p, name, record.event_type):
-                continue
-            pinned = p.pinned_version(name)
-            versions = (
-                [pinned]
-                if pinned is not None
-                else sorted(v for v, s in control.versions.items() if s in (LIVE, BUILDING))
-            )
-            for version in versions:
-                if (name, version) not in filed:
-                    entry = report.models.setdefault(f"{name} v{version}", {"failed": None})
-                    entry["would_replay"] = True
+            for version in await _versions_to_replay(p, name, record, filed):
+                entry = report.models.setdefault(f"{name} v{version}", {"failed": None})
+                entry["would_replay"] = True
     return report
+
+
+async def _versions_to_replay(
+    p: Projection, name: str, record: RecordedEvent, filed: set[tuple[str, int]]
+) -> list[int]:
+    """The versions of model ``name`` a void of ``record`` replays without it (the void
+    and its dry run alike): none when the model has no control entry or does not
+    consume the event's type; else its pinned version, or every version that holds
+    data or is being built (LIVE, BUILDING), less those that filed the voided event
+    as a dead letter (``filed``: (model, version) pairs). Each model's own entry is
+    read: a listing of the bucket (an ordered consumer) can miss entries under load
+    and said "no model" for one that had one."""
+    control = await p.control.get(name)
+    if control is None or not _consumes(p, name, record.event_type):
+        return []
+    pinned = p.pinned_version(name)
+    versions = (
+        [pinned]
+        if pinned is not None
+        else sorted(v for v, s in control.versions.items() if s in (LIVE, BUILDING))
+    )
+    return [v for v in versions if (name, v) not in filed]
 
 
 async def _refuse_no_aggregate(
