@@ -1248,12 +1248,7 @@ async def reset_plan(p: Projection, name: str) -> dict[str, Any]:
     checkpoint now; how many events the rebuild applies is known only by doing it."""
     control = await _control_read(p, name)
     version = control.active
-    pinned = p.pinned_version(name)
-    if pinned is not None:
-        raise AdminError(
-            f"{name} v{pinned} follows a schema and is run by its own service; it cannot be "
-            "reset from here"
-        )
+    _refuse_pinned_reset(p, name)
     # The lease as the reset's take finds it (another run's fresh claim first), read
     # only: nothing acquired.
     held = Lease(p, name, version, "reset").held_by_other(control)
@@ -1263,6 +1258,17 @@ async def reset_plan(p: Projection, name: str) -> dict[str, Any]:
     _resettable(name, version, state)
     checkpoint = await _retry(p.model(name, version).checkpoint, f"reset {name}")
     return {"model": name, "version": version, "state": state, "checkpoint": checkpoint.seq}
+
+
+def _refuse_pinned_reset(p: Projection, name: str) -> None:
+    """AdminError when ``name`` follows a schema (a pinned version, run by its own
+    service): the reset and its dry run alike refuse it."""
+    pinned = p.pinned_version(name)
+    if pinned is not None:
+        raise AdminError(
+            f"{name} v{pinned} follows a schema and is run by its own service; it cannot be "
+            "reset from here"
+        )
 
 
 def _reset_busy(name: str, version: int, claim: dict[str, Any]) -> Busy:
@@ -1295,12 +1301,7 @@ async def reset(
     started = time.perf_counter()
     control = await _control(p, name)
     version = control.active
-    pinned = p.pinned_version(name)
-    if pinned is not None:
-        raise AdminError(
-            f"{name} v{pinned} follows a schema and is run by its own service; it cannot be "
-            "reset from here"
-        )
+    _refuse_pinned_reset(p, name)
 
     def mark(c: ModelControl) -> None:
         if c.active != version:
