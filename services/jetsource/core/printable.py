@@ -54,6 +54,22 @@ def not_one_line_at(value: str) -> int | None:
     return None if found is None else found.start()
 
 
+def not_recorded(value: str, name: str, noun: str) -> str | None:
+    """Why no event records ``value`` as its ``noun`` ("an actor", "a subject": a name
+    of who did it, matched exactly as a context command recorded it, so held to the
+    one-line rule model.one_line holds it to): "<name> holds <what>: no event records
+    such <noun> (it takes one line of printable text)" when :func:`not_one_line_at`
+    finds a character, else None. ``projector replay --actor`` and ``erase SUBJECT``
+    refuse with it; each refuses the empty value itself, in its own words."""
+    at = not_one_line_at(value)
+    if at is None:
+        return None
+    return (
+        f"{name} holds {refused_at(value, at)}: no event records such {noun} "
+        "(it takes one line of printable text)"
+    )
+
+
 # An id a user chooses through our CLI or API where this rule holds (omni's and repair
 # void's --actor, omni processing's worker, the process observer's source,
 # correlation_id and idempotency_key): one line and no bidi embedding, override or

@@ -29,7 +29,7 @@ from jetsource.core.crypto import erasures_heard
 from jetsource.core.envelope import RecordedEvent
 from jetsource.core.errors import CorruptEventError, EventStoreUnavailableError
 from jetsource.core.ids import uuid7, validate_aggregate_id
-from jetsource.core.printable import not_one_line_at, refused_at
+from jetsource.core.printable import not_recorded
 from jetsource.core.procs import pid_alive
 from jetsource.eventstore import jsapi
 from jetsource.eventstore.jetstream import voided_event
@@ -673,13 +673,9 @@ def validate_slice(
     if actor is not None:
         if not actor:
             raise UsageError("--actor must not be empty", field="--actor")
-        at = not_one_line_at(actor)
-        if at is not None:
-            raise UsageError(
-                f"--actor holds {refused_at(actor, at)}: no event records such an actor "
-                "(it takes one line of printable text)",
-                field="--actor",
-            )
+        refusal = not_recorded(actor, "--actor", "an actor")
+        if refusal is not None:
+            raise UsageError(refusal, field="--actor")
     if p is not None and event_types:
         registry = p.domains.owner(name).registry
         known = set(registry.event_types())

@@ -29,7 +29,7 @@ from typing import Any
 from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
 from jetsource.core.codec import UnknownEvent
 from jetsource.core.errors import JetsourceError, ValidationError
-from jetsource.core.printable import not_one_line_at, refused_at
+from jetsource.core.printable import not_recorded
 from jetsource.eventstore import jsapi
 from jetsource.eventstore.jetstream import JetStreamEventStore
 from jetsource.projection import admin
@@ -75,13 +75,9 @@ def check_subject(subject: str) -> None:
     sealed under its key): refused, that person could not be erased."""
     if not subject:
         raise ValidationError("the subject to erase is empty", field="subject")
-    at = not_one_line_at(subject)
-    if at is not None:
-        raise ValidationError(
-            f"the subject holds {refused_at(subject, at)}: no event records such a "
-            "subject (it takes one line of printable text)",
-            field="subject",
-        )
+    refusal = not_recorded(subject, "the subject", "a subject")
+    if refusal is not None:
+        raise ValidationError(refusal, field="subject")
     if len(subject) > MAX_SUBJECT:
         raise ValidationError(
             f"the subject is longer than {MAX_SUBJECT} characters", field="subject"
