@@ -134,11 +134,7 @@ def void(
         output.emit_json(report.summary())
         _exit_if_incomplete(report)
         return
-    state = "was already voided" if report.voided_before else "voided"
-    output.line(
-        f"stream sequence {seq} of {report.stream} ({report.domain}), "
-        f"aggregate {report.aggregate_id}: {state}"
-    )
+    _say_sequence(seq, report, "voided")
     for model, entry in report.models.items():
         if "replayed" in entry:  # a model that had applied it as a valid event
             what = (
@@ -160,6 +156,17 @@ def void(
     _exit_if_incomplete(report)
 
 
+def _say_sequence(seq: int, report: VoidReport, state: str) -> None:
+    """The text report's first line, the void's and its dry run's alike: the sequence,
+    its stream and domain, the aggregate, and ``state`` (what the void did or would
+    do) unless it was voided already."""
+    state = "was already voided" if report.voided_before else state
+    output.line(
+        f"stream sequence {seq} of {report.stream} ({report.domain}), "
+        f"aggregate {report.aggregate_id}: {state}"
+    )
+
+
 def _dry_run(seq: int, domain: str | None, json_out: bool) -> None:
     """What the void would do, found as the void finds it; nothing recorded."""
     from jetsource.projection.repair import plan_void
@@ -170,11 +177,7 @@ def _dry_run(seq: int, domain: str | None, json_out: bool) -> None:
     if json_out:
         output.emit_json(report.summary() | {"dry_run": True})
         return
-    state = "was already voided" if report.voided_before else "would be voided"
-    output.line(
-        f"stream sequence {seq} of {report.stream} ({report.domain}), "
-        f"aggregate {report.aggregate_id}: {state}"
-    )
+    _say_sequence(seq, report, "would be voided")
     for model, entry in report.models.items():
         if entry.get("would_replay"):
             output.line(f"  {model}: would be replayed without it")
