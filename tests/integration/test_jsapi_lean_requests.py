@@ -882,7 +882,9 @@ async def test_a_batched_direct_get_ends_at_its_deadline_after_a_wait_for_room(
                 async with asyncio.timeout(5):
                     with call_deadline(2.0):
                         await jsapi.direct_get_page(replies, f"M{unique}", None, 1, 10, 1.5)
-            assert 1.7 < time.monotonic() - started < 2.0
+            # Ends at the call deadline less its reserve (~1.8 s); before b387238 it ran
+            # 2.5 s. Room above for a loaded machine's loop lag (review10h).
+            assert 1.7 < time.monotonic() - started < 2.4
         finally:
             os.kill(proc.pid, signal.SIGCONT)
         assert await round_trip(nc, 10)

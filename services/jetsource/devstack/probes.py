@@ -46,11 +46,16 @@ def unreachable(url: str, timeout: float = 1.0) -> str | None:
     return "not reachable (" + "; ".join(why) + ")"
 
 
-def why_unreachable(url: str) -> str:
+WHY_TIMEOUT_S = 0.25
+
+
+def why_unreachable(url: str, timeout: float = WHY_TIMEOUT_S) -> str:
     """``: not reachable (HOST:PORT: Connection refused)`` when no server of ``url``
     takes a TCP connection, else nothing: appended to "NATS at URL did not answer within
-    N s", which said the same of a closed port and of a silent server."""
-    why = unreachable(url)
+    N s", which said the same of a closed port and of a silent server. It runs after the
+    command's whole wait, so each server gets a short try (``timeout``): a host that
+    drops connection attempts added 1 s per server past the documented wait."""
+    why = unreachable(url, timeout)
     return f": {why}" if why else ""
 
 
