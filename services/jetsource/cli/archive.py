@@ -439,6 +439,15 @@ def restore(
             f"--retention {retention!r}: one of {', '.join(RETENTIONS)}",
             field="--retention",
         )
+    if retention not in (None, "forever") and max_age_s <= 0:
+        # Said by the restore itself only after connecting (and reading the archive):
+        # with NATS away, "not reachable" after the whole connect wait.
+        output.fail(
+            USAGE,
+            "usage",
+            f"--retention {retention} needs a max age > 0: give --max-age-s",
+            field="--max-age-s",
+        )
 
     async def work(p: Projection, s: ProjectorSettings) -> Any:
         from jetsource.archive.history import open_archive

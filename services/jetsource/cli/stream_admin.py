@@ -646,6 +646,19 @@ def _target(entry: dict[str, Any], names: dict[str, str]) -> str:
     return names.get(stream, stream)
 
 
+def _kv_bucket(entry: dict[str, Any], target: str) -> str:
+    """The KV bucket a backed-up bucket is restored as (its stream ``target`` is
+    KV_<bucket>); any other target is refused naming --rename."""
+    new = target[3:] if target.startswith("KV_") else ""
+    if not new:
+        raise OptionError(
+            f"{entry['stream']} is the KV bucket {entry.get('bucket')}: it can be restored "
+            f"only as a stream named KV_<bucket> (--rename {entry['stream']}=KV_NEW)",
+            "--rename",
+        )
+    return new
+
+
 def _entry_prefixes(
     folder: Path, entry: dict[str, Any], target: str, prefixes: dict[str, str]
 ) -> dict[str, str]:
@@ -655,13 +668,7 @@ def _entry_prefixes(
     bucket = entry.get("bucket") or ""
     if not bucket:
         return prefixes
-    new = target[3:] if target.startswith("KV_") else ""
-    if not new:
-        raise OptionError(
-            f"{entry['stream']} is the KV bucket {bucket}: it can be restored only as a "
-            f"stream named KV_<bucket> (--rename {entry['stream']}=KV_NEW)",
-            "--rename",
-        )
+    new = _kv_bucket(entry, target)
     moved = {f"$KV.{bucket}": f"$KV.{new}", **prefixes} if new != bucket else prefixes
     with (folder / entry["file"]).open(encoding="utf-8") as lines:
         subjects = json.loads(next(lines))["config"].get("subjects", [])
@@ -802,39 +809,47 @@ def _read_decisions(folder: Path, entry: dict[str, Any]) -> dict[str, dict[str, 
     return models
 
 
-async def restore_streams(
-    settings: ProjectorSettings,
-    folder: Path,
-    names: dict[str, str],
-    prefixes: dict[str, str],
-    only: list[str] | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> list[StreamRestore]:
-    """Create each backed-up stream (with ``only``, these of them; renamed by
-    ``names``, its subjects' roots by ``prefixes``; a KV bucket as a KV bucket) and
-    publish its messages in their order, then write the read models' decisions into
-    the control bucket. A target that exists with messages, or a file that is not
-    whole, is refused before anything is written. One restore (or backup) at a time
-    uses a folder (:func:`_hold_folder`): two restores of it at once both wrote every
-    message, the second going on from where it found the first."""
+@dataclass
+class RestorePlan:
+    """What a restore takes from the backup folder alone (:func:`restore_plan`): the
+    manifest's entries to restore, its read-model decisions entry and their models,
+    when the backup was made, and the folder held (:func:`_hold_folder`) until
+    :meth:`release`."""
+
+    entries: list[dict[str, Any]]
+    decided: dict[str, Any] | None
+    created: str
+    models: dict[str, dict[str, Any]]
+    held: int | None = None
+
+    def release(self) -> None:
+        if self.held is not None:
+            os.close(self.held)
+            self.held = None
+
+
+def restore_plan(folder: Path, names: dict[str, str], only: list[str] | None = None) -> RestorePlan:
+    """Every check of a restore that needs no server, made before NATS is tried (with
+    NATS away a bad manifest was said as "NATS is not reachable" after the whole
+    connect wait): the folder held for this run, the manifest, --stream naming what the
+    backup holds, the targets --rename gives (two entries onto one stream, a KV bucket
+    or the control bucket as anything but a KV bucket), each file there and readable,
+    the read-model decisions file. Refused naming the file or the option; the folder is
+    let go then."""
     try:
         held = _hold_folder(folder)
     except OSError as exc:
         raise BackupError(f"{folder}: {exc.strerror or exc}") from exc
     try:
-        return await _restore_streams(settings, folder, names, prefixes, only, progress)
-    finally:
+        plan = _plan_restore(folder, names, only)
+    except BaseException:
         os.close(held)
+        raise
+    plan.held = held
+    return plan
 
 
-async def _restore_streams(
-    settings: ProjectorSettings,
-    folder: Path,
-    names: dict[str, str],
-    prefixes: dict[str, str],
-    only: list[str] | None,
-    progress: Callable[[int, int], None] | None,
-) -> list[StreamRestore]:
+def _plan_restore(folder: Path, names: dict[str, str], only: list[str] | None) -> RestorePlan:
     entries, decided, created = _manifest(folder)
     known = [e["stream"] for e in entries] + ([decided["stream"]] if decided else [])
     unknown = sorted(set(only or ()) - set(known))
@@ -846,6 +861,68 @@ async def _restore_streams(
     entries = [e for e in entries if not only or e["stream"] in only]
     if decided is not None and only and decided["stream"] not in only:
         decided = None
+    targets: dict[str, str] = {}
+    for entry in [*entries, decided] if decided is not None else entries:
+        target = _target(entry, names)
+        if target in targets:
+            raise OptionError(
+                f"{entry['stream']} and {targets[target]} both go to {target}", "--rename"
+            )
+        targets[target] = entry["stream"]
+        if entry is decided:  # merged into what is there (decisions add up)
+            if not target.startswith("KV_") or len(target) == 3:
+                raise OptionError(
+                    f"{entry['stream']} is the read-model control bucket: it can be "
+                    f"restored only as a KV bucket (--rename {entry['stream']}=KV_NEW)",
+                    "--rename",
+                )
+            continue
+        if entry.get("bucket"):
+            _kv_bucket(entry, target)
+        path = folder / entry["file"]
+        try:  # read through (and checked) once the server says it is to be written
+            with path.open("rb"):
+                pass
+        except OSError as exc:
+            raise BackupError(f"{path}: {exc.strerror or exc}") from exc
+    models = _read_decisions(folder, decided) if decided is not None else {}
+    return RestorePlan(entries, decided, created, models)
+
+
+async def restore_streams(
+    settings: ProjectorSettings,
+    folder: Path,
+    names: dict[str, str],
+    prefixes: dict[str, str],
+    only: list[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    plan: RestorePlan | None = None,
+) -> list[StreamRestore]:
+    """Create each backed-up stream (with ``only``, these of them; renamed by
+    ``names``, its subjects' roots by ``prefixes``; a KV bucket as a KV bucket) and
+    publish its messages in their order, then write the read models' decisions into
+    the control bucket. A target that exists with messages, or a file that is not
+    whole, is refused before anything is written. One restore (or backup) at a time
+    uses a folder (:func:`_hold_folder`): two restores of it at once both wrote every
+    message, the second going on from where it found the first. ``plan``: the
+    :func:`restore_plan` of these arguments, made before connecting (let go here)."""
+    if plan is None:
+        plan = restore_plan(folder, names, only)
+    try:
+        return await _restore_streams(settings, folder, names, prefixes, plan, progress)
+    finally:
+        plan.release()
+
+
+async def _restore_streams(
+    settings: ProjectorSettings,
+    folder: Path,
+    names: dict[str, str],
+    prefixes: dict[str, str],
+    restoring: RestorePlan,
+    progress: Callable[[int, int], None] | None,
+) -> list[StreamRestore]:
+    entries, decided, created = restoring.entries, restoring.decided, restoring.created
     timeout = settings.eventstore.request_timeout_s
     nc = await connect(settings)
     try:
@@ -858,23 +935,8 @@ async def _restore_streams(
     done: list[StreamRestore] = []
     try:
         plan: list[tuple[dict[str, Any], str, dict[str, str], StreamRestore | None]] = []
-        targets: dict[str, str] = {}
-        checks = [*entries, decided] if decided is not None else entries
-        for entry in checks:  # refuse before writing anything
+        for entry in entries:  # refuse before writing anything (the rest: restore_plan)
             target = _target(entry, names)
-            if target in targets:
-                raise OptionError(
-                    f"{entry['stream']} and {targets[target]} both go to {target}", "--rename"
-                )
-            targets[target] = entry["stream"]
-            if entry is decided:  # merged into what is there (decisions add up)
-                if not target.startswith("KV_") or len(target) == 3:
-                    raise OptionError(
-                        f"{entry['stream']} is the read-model control bucket: it can be "
-                        f"restored only as a KV bucket (--rename {entry['stream']}=KV_NEW)",
-                        "--rename",
-                    )
-                continue
             info = await _config(replies, target, timeout)
             mark = _restore_mark(info)
             if mark.startswith(f"{created} done"):  # restored from this backup before
@@ -901,7 +963,7 @@ async def _restore_streams(
                 )
             _check_file(folder, entry)
             plan.append((entry, target, _entry_prefixes(folder, entry, target, prefixes), None))
-        models = _read_decisions(folder, decided) if decided is not None else {}
+        models = restoring.models
         unchecked = [e["file"] for e, _, _, already in plan if not already and not e.get("sha256")]
         if decided is not None and not decided.get("sha256"):
             unchecked.append(decided["file"])

@@ -549,7 +549,7 @@ def restore(
     discarded dead letters. Then rebuild the read models from the restored streams.
     """
     from jetsource.cli.projector import _progress
-    from jetsource.cli.stream_admin import restore_streams
+    from jetsource.cli.stream_admin import BackupError, OptionError, restore_plan, restore_streams
     from jetsource.projection.settings import ProjectorSettings
 
     json_out = _json(as_json)
@@ -557,6 +557,14 @@ def restore(
     names = _pairs(rename, "--rename")
     prefixes = _pairs(subject_prefix, "--subject-prefix")
     _folder(folder, create=False)
+    # What the folder alone says (the manifest, --stream, --rename, the files) before
+    # NATS is tried: with NATS away a bad manifest was "not reachable" after the wait.
+    try:
+        plan = restore_plan(folder, names, streams)
+    except OptionError as exc:  # said as when it was found after connecting: exit 1
+        output.fail(REFUSED, "refused", str(exc), field=exc.field)
+    except BackupError as exc:
+        output.fail(REFUSED, "refused", str(exc))
 
     def interrupted() -> str:
         return (
@@ -564,13 +572,16 @@ def restore(
             "from where it stopped"
         )
 
-    with _progress(f"restore from {folder}") as update:
-        done: list[StreamRestore] = _run(
-            settings,
-            timeout,
-            lambda: restore_streams(settings, folder, names, prefixes, streams, update),
-            interrupted,
-        )
+    try:
+        with _progress(f"restore from {folder}") as update:
+            done: list[StreamRestore] = _run(
+                settings,
+                timeout,
+                lambda: restore_streams(settings, folder, names, prefixes, streams, update, plan),
+                interrupted,
+            )
+    finally:
+        plan.release()  # the folder (let go by the restore itself once it ran)
     if json_out:
         output.emit_json([asdict(d) for d in done])
         return
