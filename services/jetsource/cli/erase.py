@@ -15,11 +15,16 @@ it is safe and finishes the work), 2 usage, 3 unavailable.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from jetsource.cli import output
 from jetsource.cli.output import REFUSED, USAGE
 from jetsource.cli.projector import _json, _progress, _run
+
+if TYPE_CHECKING:
+    from jetsource.projection.erasure import ErasureReport
 
 
 def erase(
@@ -71,7 +76,7 @@ def erase(
             f"key {report.subject_ref or '-'}: {state}; "
             f"{output.count(report.scanned, 'event')} scanned, "
             f"{output.count(n, 'aggregate')} written again in "
-            f"{output.count(len(report.models), 'model')} "
+            f"{output.count(written_models(report), 'model')} "
             f"in {report.seconds:.2f} s"
         )
         for problem in report.failed:
@@ -83,6 +88,13 @@ def erase(
             f"{output.count(len(report.failed), 'read model')} not written again; run the same "
             "erase again",
         )
+
+
+def written_models(report: ErasureReport) -> int:
+    """The models the erase writes again (with --dry-run: would): those with a version
+    in its plan, counted alike by both (the erase counted every model of every
+    registered domain, the never built and the untouched too, the dry run these)."""
+    return sum(1 for entry in report.models.values() if entry["versions"])
 
 
 def _dry_run(subject: str, json_out: bool) -> None:
@@ -103,7 +115,7 @@ def _dry_run(subject: str, json_out: bool) -> None:
         f"key {report.subject_ref or '-'}: {state}; "
         f"{output.count(report.scanned, 'event')} scanned, "
         f"{output.count(n, 'aggregate')} would be written again in "
-        + output.count(sum(1 for e in report.models.values() if e["versions"]), "model")
+        + output.count(written_models(report), "model")
     )
     for domain, ids in report.aggregates.items():
         for agg in ids:

@@ -331,7 +331,10 @@ async def _write_again(p: Projection, report: ErasureReport, plan: Plan, tally: 
                     entry["failed"][key] = repr(exc)
                 tally.step()
             entry["versions"][str(version)] = count
-        entry["aggregates"] = sum(1 for n in written.values() if n == len(versions))
+        # None written where no version is (all dropped or being reset), as the dry
+        # run counts it: every aggregate was "written" in all of no versions.
+        whole = sum(1 for n in written.values() if n == len(versions))
+        entry["aggregates"] = whole if versions else 0
     report.failed = [
         f"{name} {agg}: {why}"
         for name, entry in report.models.items()
