@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,9 @@ from jetsource.domains.context.events import registry
 from jetsource.eventstore import jsapi
 from jetsource.eventstore.jetstream import JetStreamEventStore
 from jetsource.eventstore.snapshots import JetStreamSnapshotStore
-from jetsource.projection.bootstrap import open_projection
+from jetsource.projection.bootstrap import Projection, open_projection
 from jetsource.projection.host import ProjectorService
+from jetsource.projection.settings import ProjectorSettings
 from tests.cli_env import cli_env, event_store_settings, jetsource
 from tests.history_fixtures import append_history, save_snapshots
 from tests.infra import Server
@@ -42,72 +44,20 @@ async def story_models_dump(settings: JetsourceSettings, unique: str) -> str:
     return "".join([await valkey_dump(settings, f"t{unique}:{m}") for m in ("context", "timeline")])
 
 
-async def test_erase_dry_run_names_the_plan_and_changes_nothing(
+@pytest.fixture
+async def projector_service(
     settings: JetsourceSettings, unique: str
-) -> None:
-    """`erase SUBJECT --dry-run` (no --yes needed) says the key would be destroyed and
-    which aggregates and model versions would be written again; the key, the stream
-    and the read models stay as they were; the erase then does exactly that."""
-    alice = f"alice-{unique}"
+) -> AsyncIterator[tuple[ProjectorSettings, Projection]]:
+    """A projector service running every model under the test's names (as `jetsource
+    projector run` would), and a projection of its own to append and read with: the
+    settings and that projection. The models' first versions are dropped after."""
     base = projector_settings(settings, unique)
     service = ProjectorService(await open_projection(base))
     stop = asyncio.Event()
     task = asyncio.create_task(service.run(stop))
     p = await open_projection(base, provision=False)
     try:
-        await p.store.append(
-            "s1",
-            [
-                NewEvent(ev.ContextCreated(title="T", created_by=alice), metadata={"actor": alice}),
-                NewEvent(ev.DecisionAdded(decision_id="d1", author=alice, title="D")),
-            ],
-            0,
-        )
-        await p.store.append("s2", [NewEvent(ev.ContextCreated(title="U", created_by="bob"))], 0)
-        for _ in range(200):
-            with contextlib.suppress(AssertionError):
-                dump = await story_models_dump(settings, unique)
-                if dump.count(alice) >= 2 and "timeline" in dump:
-                    break
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.3)
-        before = await story_models_dump(settings, unique)
-        assert alice in before
-        keys = p.store.keys
-        ref = await keys.ref_of(alice)
-        assert ref is not None and await keys.holds(ref)
-        stream = base.eventstore.stream
-        info = await jsapi.api(p.store._replies, f"STREAM.INFO.{stream}", {}, 5)
-
-        env = environment(base)
-        dry = erase_cli(env, alice, "--dry-run", "--json")
-        assert dry.returncode == 0, dry.stderr
-        plan = json.loads(dry.stdout)
-        assert plan["dry_run"] is True
-        assert plan["key_destroyed"] is True and plan["subject_ref"] == ref.hex()
-        assert plan["aggregates"] == {"context": ["s1"]} and not plan["failed"]
-        planned = {m: e["versions"] for m, e in plan["models"].items() if e["versions"]}
-        assert planned and all(v == {"1": 1} for v in planned.values())
-        text = erase_cli(env, alice, "--dry-run")
-        assert text.returncode == 0, text.stderr
-        assert "would be destroyed" in text.stdout and "s1" in text.stdout
-
-        # Nothing changed: the key, the stream, the read models.
-        assert await keys.holds(ref)
-        again = await jsapi.api(p.store._replies, f"STREAM.INFO.{stream}", {}, 5)
-        assert again["state"]["last_seq"] == info["state"]["last_seq"]
-        assert again["state"]["messages"] == info["state"]["messages"]
-        assert await story_models_dump(settings, unique) == before
-
-        done = erase_cli(env, alice, "--yes", "--json")
-        assert done.returncode == 0, done.stderr
-        report = json.loads(done.stdout)
-        assert "dry_run" not in report
-        assert set(plan) - {"dry_run"} == set(report)
-        assert report["key_destroyed"] and report["aggregates"] == plan["aggregates"]
-        assert {m: e["versions"] for m, e in report["models"].items() if e["versions"]} == planned
-        assert not await keys.holds(ref)
-        assert alice not in await story_models_dump(settings, unique)
+        yield base, p
     finally:
         stop.set()
         await asyncio.gather(task, return_exceptions=True)
@@ -116,6 +66,71 @@ async def test_erase_dry_run_names_the_plan_and_changes_nothing(
                 await service.projection.model(name, 1).drop()
         await service.projection.close()
         await p.close()
+
+
+async def test_erase_dry_run_names_the_plan_and_changes_nothing(
+    settings: JetsourceSettings,
+    unique: str,
+    projector_service: tuple[ProjectorSettings, Projection],
+) -> None:
+    """`erase SUBJECT --dry-run` (no --yes needed) says the key would be destroyed and
+    which aggregates and model versions would be written again; the key, the stream
+    and the read models stay as they were; the erase then does exactly that."""
+    alice = f"alice-{unique}"
+    base, p = projector_service
+    await p.store.append(
+        "s1",
+        [
+            NewEvent(ev.ContextCreated(title="T", created_by=alice), metadata={"actor": alice}),
+            NewEvent(ev.DecisionAdded(decision_id="d1", author=alice, title="D")),
+        ],
+        0,
+    )
+    await p.store.append("s2", [NewEvent(ev.ContextCreated(title="U", created_by="bob"))], 0)
+    for _ in range(200):
+        with contextlib.suppress(AssertionError):
+            dump = await story_models_dump(settings, unique)
+            if dump.count(alice) >= 2 and "timeline" in dump:
+                break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
+    before = await story_models_dump(settings, unique)
+    assert alice in before
+    keys = p.store.keys
+    ref = await keys.ref_of(alice)
+    assert ref is not None and await keys.holds(ref)
+    stream = base.eventstore.stream
+    info = await jsapi.api(p.store._replies, f"STREAM.INFO.{stream}", {}, 5)
+
+    env = environment(base)
+    dry = erase_cli(env, alice, "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    plan = json.loads(dry.stdout)
+    assert plan["dry_run"] is True
+    assert plan["key_destroyed"] is True and plan["subject_ref"] == ref.hex()
+    assert plan["aggregates"] == {"context": ["s1"]} and not plan["failed"]
+    planned = {m: e["versions"] for m, e in plan["models"].items() if e["versions"]}
+    assert planned and all(v == {"1": 1} for v in planned.values())
+    text = erase_cli(env, alice, "--dry-run")
+    assert text.returncode == 0, text.stderr
+    assert "would be destroyed" in text.stdout and "s1" in text.stdout
+
+    # Nothing changed: the key, the stream, the read models.
+    assert await keys.holds(ref)
+    again = await jsapi.api(p.store._replies, f"STREAM.INFO.{stream}", {}, 5)
+    assert again["state"]["last_seq"] == info["state"]["last_seq"]
+    assert again["state"]["messages"] == info["state"]["messages"]
+    assert await story_models_dump(settings, unique) == before
+
+    done = erase_cli(env, alice, "--yes", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert "dry_run" not in report
+    assert set(plan) - {"dry_run"} == set(report)
+    assert report["key_destroyed"] and report["aggregates"] == plan["aggregates"]
+    assert {m: e["versions"] for m, e in report["models"].items() if e["versions"]} == planned
+    assert not await keys.holds(ref)
+    assert alice not in await story_models_dump(settings, unique)
 
 
 async def test_repair_void_dry_run_names_the_void_and_records_nothing(
@@ -252,121 +267,97 @@ async def test_archive_compact_dry_run_counts_the_plan_and_purges_nothing(
 
 
 async def test_replay_dry_run_selects_the_slice_and_records_no_run(
-    settings: JetsourceSettings, unique: str
+    settings: JetsourceSettings,
+    unique: str,
+    projector_service: tuple[ProjectorSettings, Projection],
 ) -> None:
     """admin.replay(dry_run=True) (`projector replay --dry-run`) selects the slice as
     the replay does (same events, stories, last sequence) and writes nothing: no run in
     the model's control entry, the read model as it was; the replay then replays that."""
     from jetsource.projection import admin
 
-    base = projector_settings(settings, unique)
-    service = ProjectorService(await open_projection(base))
-    stop = asyncio.Event()
-    task = asyncio.create_task(service.run(stop))
-    p = await open_projection(base, provision=False)
-    try:
-        await p.store.append(
-            "s1",
-            [
-                NewEvent(ev.ContextCreated(title="T", created_by="a")),
-                NewEvent(ev.DecisionAdded(decision_id="d1", author="a", title="D")),
-            ],
-            0,
-        )
-        last = await p.store.append("s2", [NewEvent(ev.ContextCreated(title="U"))], 0)
-        for _ in range(200):
-            if (await p.model("timeline", 1).checkpoint()).seq >= last.stream_seqs[-1]:
-                break
-            await asyncio.sleep(0.05)
-        before = await p.control.get("timeline")
-        assert before is not None and before.last_replay is None
-        dump = await story_models_dump(settings, unique)
-        assert f"t{unique}:timeline" in dump  # the model's keys are in the dump
+    _, p = projector_service
+    await p.store.append(
+        "s1",
+        [
+            NewEvent(ev.ContextCreated(title="T", created_by="a")),
+            NewEvent(ev.DecisionAdded(decision_id="d1", author="a", title="D")),
+        ],
+        0,
+    )
+    last = await p.store.append("s2", [NewEvent(ev.ContextCreated(title="U"))], 0)
+    for _ in range(200):
+        if (await p.model("timeline", 1).checkpoint()).seq >= last.stream_seqs[-1]:
+            break
+        await asyncio.sleep(0.05)
+    before = await p.control.get("timeline")
+    assert before is not None and before.last_replay is None
+    dump = await story_models_dump(settings, unique)
+    assert f"t{unique}:timeline" in dump  # the model's keys are in the dump
 
-        with pytest.raises(admin.UsageError):  # the same refusal of a bad slice
-            await admin.replay(p, "timeline", from_seq=5, to_seq=2, dry_run=True)
-        plan = await admin.replay(p, "timeline", aggregate_id="s1", dry_run=True)
-        assert (plan.events, plan.aggregates, plan.failed) == (2, 1, {})
-        assert plan.last_seq == (await p.store.read_aggregate("s1"))[-1].stream_seq
-        assert plan.reapplied == plan.carried_forward == 0
-        after = await p.control.get("timeline")
-        assert after is not None and after.last_replay is None
-        assert await story_models_dump(settings, unique) == dump
+    with pytest.raises(admin.UsageError):  # the same refusal of a bad slice
+        await admin.replay(p, "timeline", from_seq=5, to_seq=2, dry_run=True)
+    plan = await admin.replay(p, "timeline", aggregate_id="s1", dry_run=True)
+    assert (plan.events, plan.aggregates, plan.failed) == (2, 1, {})
+    assert plan.last_seq == (await p.store.read_aggregate("s1"))[-1].stream_seq
+    assert plan.reapplied == plan.carried_forward == 0
+    after = await p.control.get("timeline")
+    assert after is not None and after.last_replay is None
+    assert await story_models_dump(settings, unique) == dump
 
-        done = await admin.replay(p, "timeline", aggregate_id="s1")
-        assert (done.events, done.aggregates, done.last_seq) == (2, 1, plan.last_seq)
-        recorded = await p.control.get("timeline")
-        assert recorded is not None and recorded.last_replay is not None
-        assert recorded.last_replay["run_id"] == done.run_id
-    finally:
-        stop.set()
-        await asyncio.gather(task, return_exceptions=True)
-        for name in ("context", "timeline", "graph"):
-            with contextlib.suppress(Exception):
-                await service.projection.model(name, 1).drop()
-        await service.projection.close()
-        await p.close()
+    done = await admin.replay(p, "timeline", aggregate_id="s1")
+    assert (done.events, done.aggregates, done.last_seq) == (2, 1, plan.last_seq)
+    recorded = await p.control.get("timeline")
+    assert recorded is not None and recorded.last_replay is not None
+    assert recorded.last_replay["run_id"] == done.run_id
 
 
 async def test_projector_replay_dry_run_from_the_command_line(
-    settings: JetsourceSettings, unique: str
+    projector_service: tuple[ProjectorSettings, Projection],
 ) -> None:
     """`projector replay MODEL --aggregate ID --dry-run [--json]` says the slice (the
     replay's keys, what only the run knows as null, ``dry_run: true``) and records no
     run; a slice holding no applied event is refused as the replay refuses it."""
-    base = projector_settings(settings, unique)
-    service = ProjectorService(await open_projection(base))
-    stop = asyncio.Event()
-    task = asyncio.create_task(service.run(stop))
-    p = await open_projection(base, provision=False)
-    try:
-        last = await p.store.append(
-            "s1",
-            [
-                NewEvent(ev.ContextCreated(title="T", created_by="a")),
-                NewEvent(ev.DecisionAdded(decision_id="d1", author="a", title="D")),
-            ],
-            0,
-        )
-        for _ in range(200):
-            if (await p.model("timeline", 1).checkpoint()).seq >= last.stream_seqs[-1]:
-                break
-            await asyncio.sleep(0.05)
-        env = environment(base)
-        args = ("projector", "replay", "timeline", "--aggregate", "s1", "--dry-run")
-        dry = await asyncio.to_thread(jetsource, env, *args, "--json")
-        assert dry.returncode == 0, dry.stderr
-        plan = json.loads(dry.stdout)
-        assert plan["dry_run"] is True and plan["run_id"] is None
-        assert (plan["events"], plan["aggregates"], plan["last_seq"]) == (
-            2,
-            1,
-            last.stream_seqs[-1],
-        )
-        assert plan["reapplied"] is None and plan["failed"] == {}
-        text = await asyncio.to_thread(jetsource, env, *args)
-        assert text.returncode == 0, text.stderr
-        assert "would replay 2 events" in text.stdout
-        past = await asyncio.to_thread(
-            jetsource, env, *args, "--from-seq", str(last.stream_seqs[-1] + 100)
-        )
-        assert past.returncode == 1 and "holds no event" in past.stderr
-        control = await p.control.get("timeline")
-        assert control is not None and control.last_replay is None
+    base, p = projector_service
+    last = await p.store.append(
+        "s1",
+        [
+            NewEvent(ev.ContextCreated(title="T", created_by="a")),
+            NewEvent(ev.DecisionAdded(decision_id="d1", author="a", title="D")),
+        ],
+        0,
+    )
+    for _ in range(200):
+        if (await p.model("timeline", 1).checkpoint()).seq >= last.stream_seqs[-1]:
+            break
+        await asyncio.sleep(0.05)
+    env = environment(base)
+    args = ("projector", "replay", "timeline", "--aggregate", "s1", "--dry-run")
+    dry = await asyncio.to_thread(jetsource, env, *args, "--json")
+    assert dry.returncode == 0, dry.stderr
+    plan = json.loads(dry.stdout)
+    assert plan["dry_run"] is True and plan["run_id"] is None
+    assert (plan["events"], plan["aggregates"], plan["last_seq"]) == (
+        2,
+        1,
+        last.stream_seqs[-1],
+    )
+    assert plan["reapplied"] is None and plan["failed"] == {}
+    text = await asyncio.to_thread(jetsource, env, *args)
+    assert text.returncode == 0, text.stderr
+    assert "would replay 2 events" in text.stdout
+    past = await asyncio.to_thread(
+        jetsource, env, *args, "--from-seq", str(last.stream_seqs[-1] + 100)
+    )
+    assert past.returncode == 1 and "holds no event" in past.stderr
+    control = await p.control.get("timeline")
+    assert control is not None and control.last_replay is None
 
-        done = await asyncio.to_thread(jetsource, env, *args[:-1], "--json")
-        assert done.returncode == 0, done.stderr
-        report = json.loads(done.stdout)
-        assert set(plan) - {"dry_run"} == set(report)
-        assert (report["events"], report["aggregates"]) == (plan["events"], plan["aggregates"])
-    finally:
-        stop.set()
-        await asyncio.gather(task, return_exceptions=True)
-        for name in ("context", "timeline", "graph"):
-            with contextlib.suppress(Exception):
-                await service.projection.model(name, 1).drop()
-        await service.projection.close()
-        await p.close()
+    done = await asyncio.to_thread(jetsource, env, *args[:-1], "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert set(plan) - {"dry_run"} == set(report)
+    assert (report["events"], report["aggregates"]) == (plan["events"], plan["aggregates"])
 
 
 async def test_projector_drop_dry_run_checks_and_deletes_nothing(

@@ -7,11 +7,14 @@ read the same, timeouts on time."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
+import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -581,6 +584,51 @@ def _stop_now(pid: int) -> None:
         time.sleep(0.005)
 
 
+@dataclass
+class _Hangable:
+    """A NATS server of the test's own and a client of it with a small pending buffer,
+    its Replies started: :meth:`paused` hangs the server (SIGSTOP)."""
+
+    server: NatsServer
+    proc: subprocess.Popen[bytes]
+    nc: NATS
+    replies: Replies
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """The server stopped inside, continued (SIGCONT) on the way out."""
+        _stop_now(self.proc.pid)
+        try:
+            yield
+        finally:
+            os.kill(self.proc.pid, signal.SIGCONT)
+
+
+@contextlib.asynccontextmanager
+async def _hangable_server(
+    tmp_path: Path, pending_size: int, *, lean: bool = True
+) -> AsyncIterator[_Hangable]:
+    """:class:`_Hangable`; ``lean=False``: the Replies takes the path for clients
+    without nats-py 2.16's internals. The client is closed after, and the server
+    continued and stopped."""
+    server = NatsServer(tmp_path, port=free_port(), monitor_port=free_port())
+    proc = server.start()
+    try:
+        await asyncio.to_thread(server.wait_ready, proc, 30)
+        nc = await nats.connect(server.address(), pending_size=pending_size)
+        replies = Replies(nc)
+        if not lean:
+            replies._lean = False  # the path for other clients
+        await replies.start()
+        yield _Hangable(server, proc, nc, replies)
+        await replies.stop()
+        await nc.close()
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        stop_pid(proc.pid)
+        proc.wait(10)
+
+
 async def test_a_request_times_out_on_time_when_the_pending_buffer_is_full(
     tmp_path: Path, unique: str
 ) -> None:
@@ -588,55 +636,43 @@ async def test_a_request_times_out_on_time_when_the_pending_buffer_is_full(
     timeout covers waiting for room in that buffer, and a request that did not get
     room is not sent later. The wait for room had no bound (nats-py's flush_timeout,
     None): ``request(timeout=0.5)`` ended only once the server was continued."""
-    server = NatsServer(tmp_path, port=free_port(), monitor_port=free_port())
-    proc = server.start()
-    try:
-        await asyncio.to_thread(server.wait_ready, proc, 30)
-        nc = await nats.connect(server.address(), pending_size=64 * 1024)
-        listener = await nats.connect(server.address())
+    async with _hangable_server(tmp_path, 64 * 1024) as hung:
+        nc, replies = hung.nc, hung.replies
+        listener = await nats.connect(hung.server.address())
         late = await listener.subscribe(f"late{unique}")
         await listener.flush()
-        replies = Replies(nc)
-        await replies.start()
         filled = False
-        _stop_now(proc.pid)
-        try:
+        with hung.paused():
+            try:
 
-            async def fill() -> None:
-                # Until the socket's buffers are full. (Not cancelled: nats-py's wait
-                # for a flush swallows a cancellation.)
-                while not filled:
+                async def fill() -> None:
+                    # Until the socket's buffers are full. (Not cancelled: nats-py's wait
+                    # for a flush swallows a cancellation.)
+                    while not filled:
+                        await replies.send(f"fill{unique}", b"x" * 4000, "", None)
+
+                filling = asyncio.ensure_future(fill())
+                writer = nc._transport._io_writer  # type: ignore[union-attr]
+                async with asyncio.timeout(10):
+                    while writer.transport.get_write_buffer_size() == 0:  # noqa: ASYNC110
+                        await asyncio.sleep(0.01)
+                await asyncio.sleep(0.05)  # nats-py's flusher waits for the socket to drain
+                while nc._pending_data_size + 4100 <= nc._max_pending_size:
                     await replies.send(f"fill{unique}", b"x" * 4000, "", None)
-
-            filling = asyncio.ensure_future(fill())
-            writer = nc._transport._io_writer  # type: ignore[union-attr]
-            async with asyncio.timeout(10):
-                while writer.transport.get_write_buffer_size() == 0:  # noqa: ASYNC110
-                    await asyncio.sleep(0.01)
-            await asyncio.sleep(0.05)  # nats-py's flusher waits for the socket to drain
-            while nc._pending_data_size + 4100 <= nc._max_pending_size:
-                await replies.send(f"fill{unique}", b"x" * 4000, "", None)
-            started = time.monotonic()
-            with pytest.raises(TimeoutError):
-                async with asyncio.timeout(3):  # the bug: no end before SIGCONT
-                    await replies.request(f"late{unique}", b"y" * 4000, None, 0.5)
-            assert 0.45 < time.monotonic() - started < 1.0
-        finally:
-            filled = True
-            os.kill(proc.pid, signal.SIGCONT)
+                started = time.monotonic()
+                with pytest.raises(TimeoutError):
+                    async with asyncio.timeout(3):  # the bug: no end before SIGCONT
+                        await replies.request(f"late{unique}", b"y" * 4000, None, 0.5)
+                assert 0.45 < time.monotonic() - started < 1.0
+            finally:
+                filled = True  # before the server is continued
         await asyncio.wait({filling}, timeout=10)
         assert filling.done()
         assert await round_trip(nc, 10)
         await listener.flush()
         with pytest.raises(nats_errors.TimeoutError):
             await late.next_msg(timeout=0.2)  # timed out before it was sent: not sent
-        await replies.stop()
-        await nc.close()
         await listener.close()
-    finally:
-        os.kill(proc.pid, signal.SIGCONT)
-        stop_pid(proc.pid)
-        proc.wait(10)
 
 
 async def test_a_batch_whose_commit_waited_out_the_deadline_for_room_is_not_committed(
@@ -704,50 +740,37 @@ async def test_a_command_larger_than_the_whole_pending_buffer_times_out_on_time(
     no end of its own: with the server hung (SIGSTOP) ``request(timeout=0.5)`` ended
     only once the server was continued. It is handed to the writer at once now (as
     nats-py takes it), and the request times out on time."""
-    server = NatsServer(tmp_path, port=free_port(), monitor_port=free_port())
-    proc = server.start()
-    try:
-        await asyncio.to_thread(server.wait_ready, proc, 30)
-        nc = await nats.connect(server.address(), pending_size=8 * 1024)
-        replies = Replies(nc)
-        await replies.start()
-        _stop_now(proc.pid)
-        try:
+    async with _hangable_server(tmp_path, 8 * 1024) as hung:
+        with hung.paused():
             # The socket's buffers full (the transport keeps the rest), nothing pending
             # in the client: its flusher's next drain waits for the server.
-            writer = nc._transport._io_writer  # type: ignore[union-attr]
-            fill = b"PUB fill%b 4000\r\n%b\r\n" % (unique.encode(), b"x" * 4000)
-            for _ in range(64):
-                writer.write(fill * 256)  # 64 x 1 MB
-                await asyncio.sleep(0)
-            assert writer.transport.get_write_buffer_size() > 1024 * 1024
-            assert nc._pending_data_size == 0
+            await _fill_the_transport(hung.nc, unique)
+            assert hung.nc._pending_data_size == 0
             started = time.monotonic()
             with pytest.raises(TimeoutError):
                 async with asyncio.timeout(3):  # the bug: no end before SIGCONT
-                    await replies.request(f"big{unique}", b"y" * 10_000, None, 0.5)
+                    await hung.replies.request(f"big{unique}", b"y" * 10_000, None, 0.5)
             assert 0.45 < time.monotonic() - started < 1.0
-        finally:
-            os.kill(proc.pid, signal.SIGCONT)
-        assert await round_trip(nc, 10)
-        await replies.stop()
-        await nc.close()
-    finally:
-        os.kill(proc.pid, signal.SIGCONT)
-        stop_pid(proc.pid)
-        proc.wait(10)
+        assert await round_trip(hung.nc, 10)
 
 
-async def _fill_the_socket(nc: NATS, unique: str) -> None:
+async def _fill_the_transport(nc: NATS, unique: str) -> bytes:
     """With the server stopped: its socket's buffers full (the transport keeps the
-    rest), and the client's pending buffer so near its bound that the next command
-    nats-py sends itself forces a flush, which waits for the socket to drain."""
+    rest). The command it was filled with."""
     writer = nc._transport._io_writer  # type: ignore[union-attr]
     fill = b"PUB fill%b 4000\r\n%b\r\n" % (unique.encode(), b"x" * 4000)
     for _ in range(64):
         writer.write(fill * 256)  # 64 x 1 MB
         await asyncio.sleep(0)
     assert writer.transport.get_write_buffer_size() > 1024 * 1024
+    return fill
+
+
+async def _fill_the_socket(nc: NATS, unique: str) -> None:
+    """With the server stopped: its socket's buffers full (:func:`_fill_the_transport`),
+    and the client's pending buffer so near its bound that the next command nats-py
+    sends itself forces a flush, which waits for the socket to drain."""
+    fill = await _fill_the_transport(nc, unique)
     small = b"PUB fill%b 0\r\n\r\n" % unique.encode()
     for command in (fill, small):  # less room left than any command takes
         while nc._pending_data_size + len(command) <= nc._max_pending_size:
@@ -762,31 +785,15 @@ async def test_a_request_on_a_client_without_the_internals_times_out_on_time(
     waited for room in a full pending buffer with no end (nats-py's forced flush, which
     also swallows a cancellation): with the server hung (SIGSTOP) request(timeout=0.5)
     ended only once the server was continued. Its wait is bounded by the deadline."""
-    server = NatsServer(tmp_path, port=free_port(), monitor_port=free_port())
-    proc = server.start()
-    try:
-        await asyncio.to_thread(server.wait_ready, proc, 30)
-        nc = await nats.connect(server.address(), pending_size=32 * 1024)
-        replies = Replies(nc)
-        replies._lean = False  # the path for other clients
-        await replies.start()
-        _stop_now(proc.pid)
-        try:
-            await _fill_the_socket(nc, unique)
+    async with _hangable_server(tmp_path, 32 * 1024, lean=False) as hung:
+        with hung.paused():
+            await _fill_the_socket(hung.nc, unique)
             started = time.monotonic()
             with pytest.raises(TimeoutError):
                 async with asyncio.timeout(3):  # the bug: no end before SIGCONT
-                    await replies.request(f"late{unique}", b"y" * 4000, None, 0.5)
+                    await hung.replies.request(f"late{unique}", b"y" * 4000, None, 0.5)
             assert 0.45 < time.monotonic() - started < 1.0
-        finally:
-            os.kill(proc.pid, signal.SIGCONT)
-        assert await round_trip(nc, 10)
-        await replies.stop()
-        await nc.close()
-    finally:
-        os.kill(proc.pid, signal.SIGCONT)
-        stop_pid(proc.pid)
-        proc.wait(10)
+        assert await round_trip(hung.nc, 10)
 
 
 async def test_a_batched_direct_get_times_out_on_time_with_a_full_buffer(
@@ -796,30 +803,15 @@ async def test_a_batched_direct_get_times_out_on_time_with_a_full_buffer(
     nats-py's own publish, whose wait for room in a full pending buffer has no end:
     with the server hung (SIGSTOP) a read with timeout 0.5 ended only once the server
     was continued. It is sent as a request is, its wait within the timeout."""
-    server = NatsServer(tmp_path, port=free_port(), monitor_port=free_port())
-    proc = server.start()
-    try:
-        await asyncio.to_thread(server.wait_ready, proc, 30)
-        nc = await nats.connect(server.address(), pending_size=32 * 1024)
-        replies = Replies(nc)
-        await replies.start()
-        _stop_now(proc.pid)
-        try:
-            await _fill_the_socket(nc, unique)
+    async with _hangable_server(tmp_path, 32 * 1024) as hung:
+        with hung.paused():
+            await _fill_the_socket(hung.nc, unique)
             started = time.monotonic()
             with pytest.raises(TimeoutError):
                 async with asyncio.timeout(3):  # the bug: no end before SIGCONT
-                    await jsapi.direct_get_page(replies, f"S{unique}", None, 1, 10, 0.5)
+                    await jsapi.direct_get_page(hung.replies, f"S{unique}", None, 1, 10, 0.5)
             assert 0.45 < time.monotonic() - started < 1.0
-        finally:
-            os.kill(proc.pid, signal.SIGCONT)
-        assert await round_trip(nc, 10)
-        await replies.stop()
-        await nc.close()
-    finally:
-        os.kill(proc.pid, signal.SIGCONT)
-        stop_pid(proc.pid)
-        proc.wait(10)
+        assert await round_trip(hung.nc, 10)
 
 
 async def test_a_batched_direct_get_whose_wait_for_room_the_call_deadline_cut_names_it(
@@ -829,31 +821,16 @@ async def test_a_batched_direct_get_whose_wait_for_room_the_call_deadline_cut_na
     client's pending buffer full: the page's wait for room raised a plain TimeoutError
     (gRPC: a bare DEADLINE_EXCEEDED naming nothing), where Replies.request says
     DeadlineCutError naming what it waited for. The page says it too now."""
-    server = NatsServer(tmp_path, port=free_port(), monitor_port=free_port())
-    proc = server.start()
-    try:
-        await asyncio.to_thread(server.wait_ready, proc, 30)
-        nc = await nats.connect(server.address(), pending_size=32 * 1024)
-        replies = Replies(nc)
-        await replies.start()
-        _stop_now(proc.pid)
-        try:
-            await _fill_the_socket(nc, unique)
+    async with _hangable_server(tmp_path, 32 * 1024) as hung:
+        with hung.paused():
+            await _fill_the_socket(hung.nc, unique)
             started = time.monotonic()
             with pytest.raises(DeadlineCutError, match=f"stream S{unique}'s answer"):
                 async with asyncio.timeout(3):
                     with call_deadline(1.0):
-                        await jsapi.direct_get_page(replies, f"S{unique}", None, 1, 10, 5.0)
+                        await jsapi.direct_get_page(hung.replies, f"S{unique}", None, 1, 10, 5.0)
             assert time.monotonic() - started < 1.0
-        finally:
-            os.kill(proc.pid, signal.SIGCONT)
-        assert await round_trip(nc, 10)
-        await replies.stop()
-        await nc.close()
-    finally:
-        os.kill(proc.pid, signal.SIGCONT)
-        stop_pid(proc.pid)
-        proc.wait(10)
+        assert await round_trip(hung.nc, 10)
 
 
 async def test_a_batched_direct_get_ends_at_its_deadline_after_a_wait_for_room(
@@ -863,38 +840,23 @@ async def test_a_batched_direct_get_ends_at_its_deadline_after_a_wait_for_room(
     after 1 s), then its wait for the first reply started a fresh full timeout (1.5 s):
     under a 2 s call deadline it ended at 2.5 s, a bare TimeoutError. Each reply's wait
     is cut by the call's deadline: it ends before the call's, naming the read."""
-    server = NatsServer(tmp_path, port=free_port(), monitor_port=free_port())
-    proc = server.start()
-    try:
-        await asyncio.to_thread(server.wait_ready, proc, 30)
-        nc = await nats.connect(server.address(), pending_size=32 * 1024)
-        mute = await nats.connect(server.address())
+    async with _hangable_server(tmp_path, 32 * 1024) as hung:
+        mute = await nats.connect(hung.server.address())
         await mute.subscribe(f"$JS.API.DIRECT.GET.M{unique}", cb=_quiet)  # never answers
         await mute.flush()
-        replies = Replies(nc)
-        await replies.start()
-        _stop_now(proc.pid)
-        try:
-            await _fill_the_socket(nc, unique)
-            asyncio.get_running_loop().call_later(1.0, os.kill, proc.pid, signal.SIGCONT)
+        with hung.paused():
+            await _fill_the_socket(hung.nc, unique)
+            asyncio.get_running_loop().call_later(1.0, os.kill, hung.proc.pid, signal.SIGCONT)
             started = time.monotonic()
             with pytest.raises(DeadlineCutError, match=f"stream M{unique}'s answer"):
                 async with asyncio.timeout(5):
                     with call_deadline(2.0):
-                        await jsapi.direct_get_page(replies, f"M{unique}", None, 1, 10, 1.5)
+                        await jsapi.direct_get_page(hung.replies, f"M{unique}", None, 1, 10, 1.5)
             # Ends at the call deadline less its reserve (~1.8 s); before b387238 it ran
             # 2.5 s. Room above for a loaded machine's loop lag (review10h).
             assert 1.7 < time.monotonic() - started < 2.4
-        finally:
-            os.kill(proc.pid, signal.SIGCONT)
-        assert await round_trip(nc, 10)
-        await replies.stop()
-        await nc.close()
+        assert await round_trip(hung.nc, 10)
         await mute.close()
-    finally:
-        os.kill(proc.pid, signal.SIGCONT)
-        stop_pid(proc.pid)
-        proc.wait(10)
 
 
 def _streaming(nc: NATS, stream: str, count: int, gap: float) -> Any:
