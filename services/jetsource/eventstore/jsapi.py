@@ -616,6 +616,20 @@ class Replies:
                 block,
                 data,
             )
+        if nc._pending_data_size + len(command) <= nc._max_pending_size:  # room: at once
+            stats = nc.stats
+            stats["out_msgs"] += 1
+            stats["out_bytes"] += size
+            nc._pending.append(command)
+            nc._pending_data_size += len(command)
+            _wire(nc).flush_soon()
+            return
+        await self._send_command(command, size, deadline)
+
+    async def _send_command(self, command: bytes, size: int, deadline: float | None) -> None:
+        """Put one command built by :meth:`send` in the client's buffer (``size``: its
+        payload's), waiting for room until ``deadline`` when given."""
+        nc = self._nc
         if deadline is not None and nc._pending_data_size + len(command) > nc._max_pending_size:
             await _wire(nc).room(len(command), deadline)
             if nc.is_closed:
@@ -642,6 +656,100 @@ class Replies:
         flushes = nc._flush_queue
         if flushes is not None and flushes.empty():
             await nc._flush_pending()
+
+    async def send_batch(
+        self,
+        messages: Sequence[OutMessage],
+        batch_id: str,
+        first_reply: str,
+        commit_reply: str,
+        deadline: float,
+    ) -> None:
+        """The messages of an atomic batch (:func:`publish_atomic_batch`), the last one
+        its commit: each as :meth:`send` sends it with the batch's headers added after
+        its own (the same bytes on the wire), the header block built from parts made
+        once per batch and every command that fits put in the client's buffer at once,
+        with one flush (a 500-message batch awaited 500 sends, a merged header dict
+        and a header block each: a tenth of the observer's CPU per event with ids).
+        TimeoutError, the commit not sent, when the sends took the whole ``deadline``
+        (the loop's time): committed then, a retry under a new batch id stored it twice.
+        """
+        loop = asyncio.get_running_loop()
+        last = len(messages)
+        if not self._lean or last < 2:
+            for i, m in enumerate(messages, start=1):
+                merged = {**m.headers, "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(i)}
+                if i == last:
+                    if loop.time() >= deadline:
+                        raise TimeoutError
+                    merged["Nats-Batch-Commit"] = "1"
+                    reply = commit_reply
+                else:
+                    reply = first_reply if i == 1 else ""
+                await self.send(m.subject, m.data, reply, merged, deadline)
+            return
+        # "Nats-Batch-Id: <id>" as header_block writes it (checked, stripped, one line).
+        id_line = header_block({"Nats-Batch-Id": batch_id})[len(b"NATS/1.0\r\n") : -2]
+        seq_name = b"Nats-Batch-Sequence: "
+        commit_line = b"Nats-Batch-Commit: 1\r\n"
+        nc = self._nc
+        skip_check = nc._skip_subject_validation
+        max_payload = nc._max_payload
+        wire = _wire(nc)
+        first_reply_b = first_reply.encode()
+        headers: Mapping[str, str] | None = None
+        head = b""
+        for i, m in enumerate(messages, start=1):
+            subject, data = m.subject, m.data
+            if i == last:
+                if loop.time() >= deadline:
+                    raise TimeoutError
+                reply = commit_reply
+                tail = id_line + seq_name + str(i).encode() + b"\r\n" + commit_line + b"\r\n"
+            else:
+                reply = first_reply if i == 1 else ""
+                tail = id_line + seq_name + str(i).encode() + b"\r\n\r\n"
+            if not skip_check and (
+                not subject or _SUBJECT_INVALID.search(subject) or _SUBJECT_INVALID.search(reply)
+            ):
+                raise nats_errors.BadSubjectError
+            if nc.is_closed:
+                raise nats_errors.ConnectionClosedError
+            if nc.is_draining_pubs:
+                raise nats_errors.ConnectionDrainingError
+            size = len(data)
+            if not nc.is_connected and (
+                nc._max_pending_size <= 0 or size + nc._pending_data_size > nc._max_pending_size
+            ):
+                raise nats_errors.OutboundBufferLimitError
+            if size > max_payload:
+                raise nats_errors.MaxPayloadError
+            if not subject:
+                raise nats_errors.BadSubjectError
+            own = m.headers
+            if own is not headers:  # (a batch's claims share one header dict)
+                headers = own
+                head = header_block(own)[:-2] if own else b"NATS/1.0\r\n"
+            block = head + tail
+            n = len(block)
+            command = b"HPUB %b %b %d %d\r\n%b%b\r\n" % (
+                subject.encode(),
+                first_reply_b if i == 1 else reply.encode(),
+                n,
+                n + size,
+                block,
+                data,
+            )
+            if nc._pending_data_size + len(command) <= nc._max_pending_size:
+                stats = nc.stats
+                stats["out_msgs"] += 1
+                stats["out_bytes"] += size
+                nc._pending.append(command)
+                nc._pending_data_size += len(command)
+                wire.flush_soon()
+                continue
+            # No room: this one as send does it (a wait for room, bounded by deadline).
+            await self._send_command(command, size, deadline)
 
     async def request(
         self, subject: str, data: bytes, headers: Mapping[str, str] | None, timeout: float
@@ -770,19 +878,9 @@ async def publish_atomic_batch(
     try:
         last = len(messages)
         try:
-            for i, m in enumerate(messages, start=1):
-                headers = {**m.headers, "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(i)}
-                if i == last:
-                    if loop.time() >= deadline:
-                        # The sends took the deadline: the caller gets TimeoutError, so
-                        # the batch is not committed (the server abandons it); committed
-                        # now, a retry under a new batch id stored it twice.
-                        raise TimeoutError
-                    headers["Nats-Batch-Commit"] = "1"
-                    reply = commit_reply
-                else:
-                    reply = first_reply if i == 1 else ""
-                await replies.send(m.subject, m.data, reply, headers, deadline)
+            # The sends took the deadline: TimeoutError, the batch not committed (the
+            # server abandons it); committed, a retry under a new batch id stored it twice.
+            await replies.send_batch(messages, batch_id, first_reply, commit_reply, deadline)
             commit = await wait_for(commit_queue.get(), deadline - loop.time())
         except TimeoutError as exc:
             if cut:
