@@ -14,6 +14,12 @@ class ObserverOptions(BaseModel):
     metrics_port: Port = Field(default=9105, description="Prometheus /metrics; 0 disables")
     max_concurrent_rpcs: int = Field(default=512, ge=1)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
+    freeze_every_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="move what lives out of the garbage collector's full walks this often "
+        "(jetsource.core.heap; 0: leave the collector as it is)",
+    )
     # What one event may carry: larger payloads are refused (INVALID_ARGUMENT naming it).
     max_payload_bytes: int = Field(default=256 * 1024, ge=1)
     max_attributes: int = Field(default=64, ge=0)
