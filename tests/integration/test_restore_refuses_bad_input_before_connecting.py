@@ -1,11 +1,12 @@
-"""`streams restore` and `archive restore`: what the command line and the backup
-folder alone say is checked before NATS is tried. With NATS away (a closed port here)
-a bad manifest, a --stream the backup does not hold, a --rename that sends two streams
-onto one, a file the manifest names that is not there, or --retention without the max
-age it needs, was said only after the whole connect wait, as "NATS ... is not
-reachable". Now each is refused at once, exit and message as when it was found after
-connecting (exit 1 naming the file or the option for `streams restore`, exit 2 naming
-the option for `archive restore`)."""
+"""`streams restore`, `streams backup` and `archive restore`: what the command line
+and the folder alone say is checked before NATS is tried. With NATS away (a closed port
+here) a bad manifest, a --stream the backup does not hold (or, for a backup, one
+jetsource does not own), a --rename that sends two streams onto one, a file the
+manifest names that is not there, a folder another backup or restore is using, or
+--retention without the max age it needs, was said only after the whole connect wait,
+as "NATS ... is not reachable". Now each is refused at once, exit and message as when
+it was found after connecting (exit 1 naming the file or the option for `streams`,
+exit 2 naming the option for `archive restore`, as its other option checks)"""
 
 from __future__ import annotations
 
@@ -142,3 +143,23 @@ def test_streams_restore_refuses_a_folder_in_use_before_connecting(tmp_path: Pat
         os.close(held)
     assert code == 1, error
     assert "is using this folder" in error["message"] and str(folder) in error["message"], error
+
+
+def test_streams_backup_refuses_a_stream_it_does_not_own_before_connecting(
+    tmp_path: Path,
+) -> None:
+    error, code = refused("streams", "backup", str(tmp_path / "new"), "--stream", "NOPE")
+    assert code == 1, error
+    assert error["field"] == "--stream" and "not a stream jetsource owns" in error["message"]
+    assert "CE_away" in error["message"], error  # the streams it does own are named
+
+
+def test_streams_backup_refuses_a_folder_in_use_before_connecting(tmp_path: Path) -> None:
+    held = os.open(tmp_path, os.O_RDONLY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        error, code = refused("streams", "backup", str(tmp_path))
+    finally:
+        os.close(held)
+    assert code == 1, error
+    assert "is using this folder" in error["message"] and str(tmp_path) in error["message"]

@@ -31,8 +31,9 @@ from jetsource.eventstore.bootstrap import connect, release, require_jetstream
 from jetsource.eventstore.jetstream import stream_config
 from jetsource.eventstore.reshape import lift_deny_purge
 from jetsource.observer.settings import ObserverOptions
-from jetsource.projection.bootstrap import Projection, open_projection
+from jetsource.projection.bootstrap import Projection, open_projection, projection_domains
 from jetsource.projection.deadletters import H_SUBJECT
+from jetsource.projection.domain import DomainRegistry
 from jetsource.projection.settings import ProjectorSettings
 
 CREATED, UPDATED, UNCHANGED = "created", "updated", "unchanged"
@@ -95,28 +96,38 @@ def _domain_stream(store: Any, replies: jsapi.Replies, timeout: float) -> Any:
 READ_MODELS = "read-models"
 
 
+def provisioned_names(
+    settings: ProjectorSettings, registry: DomainRegistry
+) -> list[tuple[str, str]]:
+    """(role, stream) of every stream `ensure` provisions, from the settings and the
+    registered domains alone (no connection: `backup --stream` is checked with it
+    before NATS is tried)."""
+    return [
+        ("events", settings.eventstore.stream),
+        # Every other registered domain's event stream (its descriptor's policy).
+        *((f"{d.name} events", d.eventstore(settings).stream) for d in list(registry)[1:]),
+        ("snapshots", settings.snapshots.stream),
+        ("dead letters", settings.projector.dlq_stream),
+        # A KV bucket is a stream named KV_<bucket>; created once, never changed here.
+        (READ_MODELS, f"KV_{settings.projector.control_bucket}"),
+    ]
+
+
 def provisioning(
     settings: ProjectorSettings, p: Projection, replies: jsapi.Replies, timeout: float
 ) -> list[tuple[str, str, Any]]:
     """(role, stream, how to ensure it) for every stream `ensure` provisions. `backup`
-    reads the same list (without calling the ensures), so the two cannot drift."""
+    reads the same list (:func:`provisioned_names`), so the two cannot drift."""
     replicas = settings.eventstore.replicas
-    return [
-        ("events", settings.eventstore.stream, p.store.ensure_streams),
-        # Every other registered domain's event stream (its descriptor's policy).
-        *(
-            (f"{name} events", store.settings.stream, _domain_stream(store, replies, timeout))
-            for name, store in list(p.stores.items())[1:]
-        ),
-        ("snapshots", settings.snapshots.stream, p.snapshots.ensure_stream),
-        (
-            "dead letters",
-            settings.projector.dlq_stream,
-            lambda: p.dead_letters.ensure_stream(replicas),
-        ),
-        # A KV bucket is a stream named KV_<bucket>; created once, never changed here.
-        (READ_MODELS, f"KV_{settings.projector.control_bucket}", p.control.kv),
+    ensures = [
+        p.store.ensure_streams,
+        *(_domain_stream(store, replies, timeout) for store in list(p.stores.values())[1:]),
+        p.snapshots.ensure_stream,
+        lambda: p.dead_letters.ensure_stream(replicas),
+        p.control.kv,
     ]
+    names = provisioned_names(settings, p.domains)
+    return [(role, stream, ensure) for (role, stream), ensure in zip(names, ensures, strict=True)]
 
 
 async def _require_jetstream(p: Projection, settings: ProjectorSettings) -> None:
@@ -215,9 +226,7 @@ class Owned:
 _BACKUP_ROLES = {"dead letters": "dead-letters"}
 
 
-def owned_streams(
-    settings: BackupSettings, p: Projection, replies: jsapi.Replies, timeout: float
-) -> list[Owned]:
+def owned_streams(settings: BackupSettings, registry: DomainRegistry) -> list[Owned]:
     """Every stream and KV bucket jetsource owns that holds what cannot be rebuilt:
     the streams `ensure` provisions (every registered domain's events, snapshots, dead
     letters; of the read-model control bucket only the operators' decisions, which
@@ -225,10 +234,11 @@ def owned_streams(
     each event stream's compaction horizons, the omni raw payload archive, and the
     buckets of the personal-data keys (without them no personal field can be read),
     the process ledger's claims (idempotency for ever) and the omni identity handles.
-    Not the partition leases (renewed by the running projectors)."""
+    Not the partition leases (renewed by the running projectors). From the settings
+    and the registered domains alone: `--stream` is checked before NATS is tried."""
     owned: dict[str, Owned] = {}
     events: list[str] = []
-    for role, stream, _ in provisioning(settings, p, replies, timeout):
+    for role, stream in provisioned_names(settings, registry):
         if role == READ_MODELS:
             continue
         owned.setdefault(stream, Owned(_BACKUP_ROLES.get(role, role), stream))
@@ -241,7 +251,7 @@ def owned_streams(
     kv: list[tuple[str, str, str]] = [
         ("horizons", horizon.bucket(stream), stream) for stream in dict.fromkeys(events)
     ]
-    kv += [("keys", store.settings.keys_bucket, "") for store in p.stores.values()]
+    kv += [("keys", d.eventstore(settings).keys_bucket, "") for d in registry]
     kv += [
         ("process claims", settings.observer.claims_bucket, ""),
         ("omni handles", settings.omni.identity_bucket, ""),
@@ -364,6 +374,7 @@ async def backup_streams(
     page: int = 256,
     only: list[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    staged: _Staged | None = None,
 ) -> list[StreamBackup]:
     """Write every message of every stream jetsource owns (:func:`owned_streams`; with
     ``only``, of these streams alone) to ``folder/<stream>.jsonl`` (first line: the
@@ -371,25 +382,53 @@ async def backup_streams(
     ``folder/manifest.json`` (each file's sha256 in it). ``folder`` exists. The files
     are written under temporary names and moved into place only once all are whole,
     the manifest last (:class:`_Staged`): a run that fails or is interrupted leaves a
-    backup already in ``folder`` as it was."""
+    backup already in ``folder`` as it was. ``staged``: :func:`backup_check` of these
+    arguments, made before connecting (let go here)."""
+    if staged is None:
+        staged = backup_check(settings, folder, only)
+    try:
+        return await _backup_streams(settings, page, only, progress, staged)
+    finally:
+        if staged.locked:
+            staged.discard()  # what was not moved into place (a failed or interrupted run)
+        staged.unlock()
+
+
+def backup_check(settings: BackupSettings, folder: Path, only: list[str] | None) -> _Staged:
+    """The checks of a backup that need no server, made before NATS is tried (with NATS
+    away they were said as "not reachable" after the whole connect wait): --stream
+    naming only streams jetsource owns (exit 1 naming it), and the folder held for this
+    run (another backup or restore using it is refused naming it). The folder, held."""
+    owned = owned_streams(settings, projection_domains(settings))
+    control_stream = f"KV_{settings.projector.control_bucket}"
+    unknown = sorted(set(only or ()) - {o.stream for o in owned} - {control_stream})
+    if unknown:
+        raise OptionError(
+            f"--stream {', '.join(unknown)}: not a stream jetsource owns; these are: "
+            + ", ".join([*(o.stream for o in owned), control_stream]),
+            "--stream",
+        )
+    staged = _Staged(folder)
+    staged.lock()
+    return staged
+
+
+async def _backup_streams(
+    settings: BackupSettings,
+    page: int,
+    only: list[str] | None,
+    progress: Callable[[int, int], None] | None,
+    staged: _Staged,
+) -> list[StreamBackup]:
     timeout = settings.eventstore.request_timeout_s
     p: Projection = await open_projection(settings, provision=False)
     await _require_jetstream(p, settings)
     replies = jsapi.Replies(p.nc)
     await replies.start()
     done: list[StreamBackup] = []
-    staged = _Staged(folder)
     try:
-        staged.lock()
-        owned = owned_streams(settings, p, replies, timeout)
+        owned = owned_streams(settings, p.domains)
         control_stream = f"KV_{settings.projector.control_bucket}"
-        unknown = sorted(set(only or ()) - {o.stream for o in owned} - {control_stream})
-        if unknown:
-            raise OptionError(
-                f"--stream {', '.join(unknown)}: not a stream jetsource owns; these are: "
-                + ", ".join([*(o.stream for o in owned), control_stream]),
-                "--stream",
-            )
         infos = []
         for o in owned:
             if only and o.stream not in only:
@@ -473,9 +512,6 @@ async def backup_streams(
             out.line(json.dumps(manifest, indent=2))
         staged.commit()
     finally:
-        if staged.locked:
-            staged.discard()  # what was not moved into place (a failed or interrupted run)
-        staged.unlock()
         await replies.stop()
         await p.close()
     return done

@@ -484,12 +484,29 @@ def backup(
     Progress on stderr (a bar on a terminal; JSON lines with --json).
     """
     from jetsource.cli.projector import _progress
-    from jetsource.cli.stream_admin import BackupSettings, backup_streams
+    from jetsource.cli.stream_admin import (
+        BackupError,
+        BackupSettings,
+        OptionError,
+        backup_check,
+        backup_streams,
+    )
+    from jetsource.projection.bootstrap import DomainsError
 
     json_out = _json(as_json)
     settings = BackupSettings.load()
     _folder(folder, create=True)
     before = _manifest_mark(folder)
+    # --stream and the folder's lock before NATS is tried (the settings first, as _run
+    # checks them): with NATS away they were "not reachable" after the whole wait.
+    try:
+        staged = backup_check(settings, folder, streams)
+    except DomainsError as exc:
+        output.fail(USAGE, "usage", str(exc), field=exc.field)
+    except OptionError as exc:  # said as when it was found after connecting: exit 1
+        output.fail(REFUSED, "refused", str(exc), field=exc.field)
+    except BackupError as exc:
+        output.fail(REFUSED, "refused", str(exc))
 
     def interrupted() -> str:
         if _manifest_mark(folder) != before:  # Ctrl-C as the files were moved into place
@@ -497,14 +514,19 @@ def backup(
         held = "the backup there before is unchanged" if before else "no backup was written"
         return f"backup stopped before it was complete: nothing in {folder} changed ({held})"
 
-    with _progress(f"backup to {folder}") as update:
-        done: list[StreamBackup] = _run(
-            settings,
-            timeout,
-            lambda: backup_streams(settings, folder, only=streams, progress=update),
-            interrupted,
-            domains=True,
-        )
+    try:
+        with _progress(f"backup to {folder}") as update:
+            done: list[StreamBackup] = _run(
+                settings,
+                timeout,
+                lambda: backup_streams(
+                    settings, folder, only=streams, progress=update, staged=staged
+                ),
+                interrupted,
+                domains=True,
+            )
+    finally:
+        staged.unlock()  # the folder (let go by the backup itself once it ran)
     if json_out:  # the checksums are the manifest's (this document's shape is kept)
         output.emit_json([{k: v for k, v in asdict(d).items() if k != "sha256"} for d in done])
         return
