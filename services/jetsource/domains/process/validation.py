@@ -200,48 +200,57 @@ def _event_id(value: str, field: str) -> None:
 
 def to_new_event(event: CanonicalEvent, limits: Limits, at: str = "event") -> NewEvent:
     """The event to append (an event id assigned when absent), or ValidationError
-    whose ``field`` is the path of the offending input (``events[3].process_id``)."""
+    whose ``field`` is the path of the offending input (``events[3].process_id``).
+
+    Each field is read once (a read of a protobuf field costs as much as a check of
+    it: this runs once per event recorded), and plain ASCII text skips the checks
+    that only text beyond it can fail."""
     f = f"{at}."
-    _process_id(event.process_id, f + "process_id")
-    if event.process_id == PRUNER_ID:
+    process_id = event.process_id
+    _process_id(process_id, f + "process_id")
+    if process_id == PRUNER_ID:
         raise ValidationError(
             f"{f}process_id {PRUNER_ID!r} is reserved for the pruner's tombstones",
             f + "process_id",
         )
-    if event.event_id:
-        _event_id(event.event_id, f + "event_id")
-    if event.parent_process_id:
-        _process_id(event.parent_process_id, f + "parent_process_id")
-        if event.parent_process_id == event.process_id:
+    event_id = event.event_id
+    if event_id:
+        _event_id(event_id, f + "event_id")
+    parent = event.parent_process_id
+    if parent:
+        _process_id(parent, f + "parent_process_id")
+        if parent == process_id:
             raise ValidationError(
                 f"{f}parent_process_id names the process itself", f + "parent_process_id"
             )
-    if not event.event_type:
+    event_type = event.event_type
+    if not event_type:
         raise ValidationError(f"{f}event_type is required", f + "event_type")
     try:
-        registry.check_type(event.event_type)
+        registry.check_type(event_type)
     except ValidationError as exc:
         raise ValidationError(f"{f}event_type: {exc}", f + "event_type") from None
-    if event.event_type in RESERVED_TYPES:
+    if event_type in RESERVED_TYPES:
         raise ValidationError(
-            f"{f}event_type {event.event_type!r} is reserved: only the pruner records it",
+            f"{f}event_type {event_type!r} is reserved: only the pruner records it",
             f + "event_type",
         )
     occurred_ns: int | None = None
     if event.HasField("occurred_at"):
         ts = event.occurred_at
-        if not 0 <= ts.nanos <= 999_999_999 or not _MIN_SECONDS <= ts.seconds <= _MAX_SECONDS:
+        seconds, nanos = ts.seconds, ts.nanos
+        if not 0 <= nanos <= 999_999_999 or not _MIN_SECONDS <= seconds <= _MAX_SECONDS:
             raise ValidationError(
-                f"{f}occurred_at is not a valid timestamp (seconds {ts.seconds}, nanos "
-                f"{ts.nanos}; years 1 to 9999, nanos 0 to 999999999)",
+                f"{f}occurred_at is not a valid timestamp (seconds {seconds}, nanos "
+                f"{nanos}; years 1 to 9999, nanos 0 to 999999999)",
                 f + "occurred_at",
             )
-        if ts.seconds < 0:
+        if seconds < 0:
             raise ValidationError(
                 f"{f}occurred_at is before 1970-01-01: not a time a process ran",
                 f + "occurred_at",
             )
-        if ts.seconds == 0 and ts.nanos == 0:
+        if seconds == 0 and nanos == 0:
             # The event store takes a zero occurred time for none and stamps the
             # recorded time instead: refused rather than silently replaced.
             raise ValidationError(
@@ -250,16 +259,22 @@ def to_new_event(event: CanonicalEvent, limits: Limits, at: str = "event") -> Ne
                 f + "occurred_at",
             )
         # Presence, not truth: 1 ns after the epoch is a time like any other.
-        occurred_ns = ts.seconds * 1_000_000_000 + ts.nanos
-    _id(event.source, f + "source", limits.max_text)
-    if event.schema_version > limits.max_schema_version:
+        occurred_ns = seconds * 1_000_000_000 + nanos
+    max_text = limits.max_text
+    source = event.source
+    if source and not _plain(source, max_text):
+        _id(source, f + "source", max_text)
+    schema_version = event.schema_version
+    if schema_version > limits.max_schema_version:
         raise ValidationError(
-            f"{f}schema_version {event.schema_version} is above {limits.max_schema_version}",
+            f"{f}schema_version {schema_version} is above {limits.max_schema_version}",
             f + "schema_version",
         )
-    if event.causation_id:
-        _event_id(event.causation_id, f + "causation_id")
-    if event.idempotency_key and blank(event.idempotency_key):
+    causation_id = event.causation_id
+    if causation_id:
+        _event_id(causation_id, f + "causation_id")
+    idempotency_key = event.idempotency_key
+    if idempotency_key and blank(idempotency_key):
         # Taken as a key, it made every later event of the process sent so a duplicate
         # of the first (nothing recorded). Blank is the repo's one rule of empty
         # (printable.blank): white space, and also a zero-width space, a BOM, a word
@@ -268,38 +283,45 @@ def to_new_event(event: CanonicalEvent, limits: Limits, at: str = "event") -> Ne
             f"{f}idempotency_key is blank (it shows nothing): send a key, or none",
             f + "idempotency_key",
         )
-    _id(event.correlation_id, f + "correlation_id", limits.max_text)
-    _id(event.idempotency_key, f + "idempotency_key", limits.max_text)
-    if len(event.attributes) > limits.max_attributes:
+    correlation_id = event.correlation_id
+    if correlation_id and not _plain(correlation_id, max_text):
+        _id(correlation_id, f + "correlation_id", max_text)
+    if idempotency_key and not _plain(idempotency_key, max_text):
+        _id(idempotency_key, f + "idempotency_key", max_text)
+    attributes = event.attributes
+    if len(attributes) > limits.max_attributes:
         raise ValidationError(
-            f"{f}attributes has {len(event.attributes)} entries; at most {limits.max_attributes}",
+            f"{f}attributes has {len(attributes)} entries; at most {limits.max_attributes}",
             f + "attributes",
         )
-    attributes = event.attributes
     body = ProcessEventBody()
-    kept = body.attributes
-    for key in attributes:  # not .items(): a generator of the mapping mixin, per entry
-        value = attributes[key]
-        if not key:
-            raise ValidationError(f"{f}attributes has an empty key", f + "attributes")
-        if not _plain(key, limits.max_text) or not _plain(value, limits.max_attribute_bytes):
-            where = f"{f}attributes[{key[:40]!r}]"  # the path, made only when refused
-            _text(key, where, limits.max_text)
-            _text(value, where, limits.max_attribute_bytes)
-        kept[key] = value
+    if attributes:
+        kept = body.attributes
+        max_attribute = limits.max_attribute_bytes
+        for key in attributes:  # not .items(): a generator of the mapping mixin, per entry
+            value = attributes[key]
+            if not key:
+                raise ValidationError(f"{f}attributes has an empty key", f + "attributes")
+            if not _plain(key, max_text) or not _plain(value, max_attribute):
+                where = f"{f}attributes[{key[:40]!r}]"  # the path, made only when refused
+                _text(key, where, max_text)
+                _text(value, where, max_attribute)
+            kept[key] = value
     which = event.WhichOneof("payload")
     if which == "data":
-        _json_struct(event.data, f + "data", 1, limits)
-        if event.event_type == "process_started":
-            _started_data(event.data, f)
-        body.data.CopyFrom(event.data)
+        data = event.data
+        _json_struct(data, f + "data", 1, limits)
+        if event_type == "process_started":
+            _started_data(data, f)
+        body.data.CopyFrom(data)
     elif which == "typed":
-        if not event.typed.content_type:
+        typed = event.typed
+        if not typed.content_type:
             raise ValidationError(
                 f"{f}typed.content_type is required with typed bytes", f + "typed.content_type"
             )
-        _text(event.typed.content_type, f + "typed.content_type", limits.max_text)
-        body.typed.CopyFrom(event.typed)
+        _text(typed.content_type, f + "typed.content_type", max_text)
+        body.typed.CopyFrom(typed)
     size = body.ByteSize()
     if size > limits.max_payload_bytes:
         where = f + ("typed" if which == "typed" else "data")
@@ -310,15 +332,15 @@ def to_new_event(event: CanonicalEvent, limits: Limits, at: str = "event") -> Ne
         )
     return NewEvent(
         body,
-        event_id=event.event_id or uuid7(),
+        event_id=event_id or uuid7(),
         occurred_at_ns=occurred_ns,
-        causation_id=event.causation_id,
-        correlation_id=event.correlation_id,
-        idempotency_key=event.idempotency_key,
-        source=event.source,
-        parent_aggregate_id=event.parent_process_id,
-        event_type=event.event_type,
-        schema_version=event.schema_version,
+        causation_id=causation_id,
+        correlation_id=correlation_id,
+        idempotency_key=idempotency_key,
+        source=source,
+        parent_aggregate_id=parent,
+        event_type=event_type,
+        schema_version=schema_version,
     )
 
 
