@@ -50,9 +50,13 @@ async def test_a_batch_sent_in_one_step_is_the_same_bytes_as_one_by_one(
         for way in ("lean", "plain")
     ]
     deadline = asyncio.get_running_loop().time() + 5
+    counted = {}
     for way, replies in (("lean", lean), ("plain", plain)):
         mine = [OutMessage(m.subject.format(way), m.data, m.headers) for m in messages]
+        before = (nc.stats["out_msgs"], nc.stats["out_bytes"])
         await replies.send_batch(mine, "batch-1", "first.reply", "commit.reply", deadline)
+        counted[way] = (nc.stats["out_msgs"] - before[0], nc.stats["out_bytes"] - before[1])
+    assert counted["lean"] == counted["plain"] == (7, sum(len(m.data) for m in messages))
     await nc.flush()
     async with asyncio.timeout(5):
         await done["lean"].wait()

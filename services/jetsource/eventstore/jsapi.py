@@ -495,6 +495,13 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
         task.exception()
 
 
+def _count(nc: NATS, msgs: int, size: int) -> None:
+    """Commands put in the buffer, counted as nats-py counts its sends."""
+    stats = nc.stats
+    stats["out_msgs"] += msgs
+    stats["out_bytes"] += size
+
+
 def _wire(nc: NATS) -> _Wire:
     wire = nc.__dict__.get("_jetsource_wire")
     if wire is None:
@@ -696,9 +703,14 @@ class Replies:
         skip_check = nc._skip_subject_validation
         max_payload = nc._max_payload
         wire = _wire(nc)
-        first_reply_b = first_reply.encode()
+        replies = (first_reply.encode(), b"", commit_reply.encode())
         headers: Mapping[str, str] | None = None
         head = b""
+        # The client's state is looked at again only after an await (nothing changes it
+        # between two messages put in the buffer without one); counts and the flush
+        # once per stretch, as many sends in one loop iteration share one flush.
+        state = True
+        msgs = out = 0
         for i, m in enumerate(messages, start=1):
             subject, data = m.subject, m.data
             if i == last:
@@ -713,12 +725,15 @@ class Replies:
                 not subject or _SUBJECT_INVALID.search(subject) or _SUBJECT_INVALID.search(reply)
             ):
                 raise nats_errors.BadSubjectError
-            if nc.is_closed:
-                raise nats_errors.ConnectionClosedError
-            if nc.is_draining_pubs:
-                raise nats_errors.ConnectionDrainingError
+            if state:
+                if nc.is_closed:
+                    raise nats_errors.ConnectionClosedError
+                if nc.is_draining_pubs:
+                    raise nats_errors.ConnectionDrainingError
+                connected = nc.is_connected
+                state = False
             size = len(data)
-            if not nc.is_connected and (
+            if not connected and (
                 nc._max_pending_size <= 0 or size + nc._pending_data_size > nc._max_pending_size
             ):
                 raise nats_errors.OutboundBufferLimitError
@@ -734,22 +749,28 @@ class Replies:
             n = len(block)
             command = b"HPUB %b %b %d %d\r\n%b%b\r\n" % (
                 subject.encode(),
-                first_reply_b if i == 1 else reply.encode(),
+                replies[0 if i == 1 else 2 if i == last else 1],
                 n,
                 n + size,
                 block,
                 data,
             )
             if nc._pending_data_size + len(command) <= nc._max_pending_size:
-                stats = nc.stats
-                stats["out_msgs"] += 1
-                stats["out_bytes"] += size
                 nc._pending.append(command)
                 nc._pending_data_size += len(command)
-                wire.flush_soon()
+                msgs += 1
+                out += size
                 continue
-            # No room: this one as send does it (a wait for room, bounded by deadline).
+            # No room: this one as send does it (a wait for room, bounded by deadline),
+            # after what went before is counted and flushed.
+            _count(nc, msgs, out)
+            msgs = out = 0
+            wire.flush_soon()
             await self._send_command(command, size, deadline)
+            state = True
+        if msgs:
+            _count(nc, msgs, out)
+            wire.flush_soon()
 
     async def request(
         self, subject: str, data: bytes, headers: Mapping[str, str] | None, timeout: float
