@@ -612,7 +612,12 @@ class Recorder:
         pending = []
         for process_id, events, written in lanes:
             fut: asyncio.Future[list[tuple[int, int]]] = loop.create_future()
-            size = sum(e.event.ByteSize() for e in events)
+            # (one event per process is the common entry: no generator for it)
+            size = (
+                events[0].event.ByteSize()
+                if len(events) == 1
+                else sum(e.event.ByteSize() for e in events)
+            )
             pending.append(_Pending(process_id, events, fut, size, written))
         self._queue += pending
         self._kick()
