@@ -54,6 +54,12 @@ class ProjectorOptions(BaseModel):
     timeline_keep: int = Field(default=50, ge=1)
     state_cache_size: int = Field(default=10_000, ge=0)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
+    freeze_every_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="move what lives out of the garbage collector's full walks this often "
+        "(jetsource.core.heap; 0: leave the collector as it is)",
+    )
     # Scale-out: 0 (default) runs one worker per model; N splits the models of this
     # service in N partitions shared by its replicas (leases, fencing).
     partitions: PartitionOptions = PartitionOptions()
