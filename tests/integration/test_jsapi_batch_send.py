@@ -5,7 +5,6 @@ its own (the plain client's way), and the batch stored whole, its commit last.""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 from nats.aio.client import Client as NATS
@@ -13,17 +12,9 @@ from nats.aio.msg import Msg
 
 from jetsource.eventstore import jsapi
 from jetsource.eventstore.jsapi import OutMessage, Replies
+from tests.integration.test_jsapi_lean_requests import _collect
 
 pytestmark = pytest.mark.integration
-
-
-def _collect(into: list[Msg], until: int, done: asyncio.Event) -> Any:
-    async def cb(msg: Msg) -> None:
-        into.append(msg)
-        if len(into) >= until:
-            done.set()
-
-    return cb
 
 
 async def test_a_batch_sent_in_one_step_is_the_same_bytes_as_one_by_one(
