@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from nats import errors as nats_errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
@@ -104,3 +105,63 @@ async def test_a_batch_larger_than_the_free_buffer_waits_for_room_and_is_stored_
         assert stored.data == bytes([65 + (i - 1) % 26]) * 4000
     await jsapi.api(replies, f"STREAM.DELETE.{name}", {}, 5)
     await replies.stop()
+
+
+@pytest.mark.parametrize("lean", [True, False])
+@pytest.mark.parametrize("case", ["max_payload", "bad_subject", "deadline"])
+async def test_the_messages_before_a_refused_one_go_out_counted(
+    nc: NATS, unique: str, lean: bool, case: str
+) -> None:
+    """A batch refused part-way (a payload over the limit, a bad subject, the commit's
+    deadline passed): those before it were put in the buffer, as one by one, and went
+    out counted and flushed, not left for another send's flush (review11a)."""
+    replies = Replies(nc)
+    replies._lean = lean
+    got: list[Msg] = []
+    done = asyncio.Event()
+    sub = await nc.subscribe(f"mb.{unique}.>", cb=_collect(got, 2, done))
+    await nc.flush()
+    third = {
+        "max_payload": (f"mb.{unique}.c", b"x" * (nc._max_payload + 1)),
+        "bad_subject": (f"mb.{unique}.c d", b"3"),
+        "deadline": (f"mb.{unique}.c", b"3"),
+    }[case]
+    messages = [
+        OutMessage(f"mb.{unique}.a", b"1", {}),
+        OutMessage(f"mb.{unique}.b", b"2", {}),
+        OutMessage(*third, {}),
+    ]
+    deadline = asyncio.get_running_loop().time() + (-1 if case == "deadline" else 5)
+    before = (nc.stats["out_msgs"], nc.stats["out_bytes"])
+    with pytest.raises((nats_errors.MaxPayloadError, nats_errors.BadSubjectError, TimeoutError)):
+        await replies.send_batch(messages, "bid", "f.r", "c.r", deadline)
+    assert (nc.stats["out_msgs"] - before[0], nc.stats["out_bytes"] - before[1]) == (2, 2)
+    async with asyncio.timeout(1):  # no other send: its own flush took them out
+        await done.wait()
+    assert [m.data for m in got] == [b"1", b"2"]
+    await sub.unsubscribe()
+
+
+async def test_a_message_holding_a_batch_header_of_its_own_has_it_replaced(
+    nc: NATS, unique: str
+) -> None:
+    """A message whose own headers name a batch header: replaced in place, as the
+    merged header dict of one by one did. A second line of it made the server read the
+    message's own and refuse the batch as incomplete (review11a)."""
+    replies = Replies(nc)
+    await replies.start()
+    name, prefix = f"BATCHOWN_{unique}", f"bo{unique}"
+    config = {"name": name, "subjects": [f"{prefix}.>"], "allow_atomic": True}
+    await jsapi.api(replies, f"STREAM.CREATE.{name}", config, 5)
+    own = {"Nats-Batch-Sequence": "9", "X": "y"}
+    messages = [
+        OutMessage(f"{prefix}.a", b"1", own),
+        OutMessage(f"{prefix}.b", b"2", own),
+        OutMessage(f"{prefix}.c", b"3", {"Nats-Batch-Commit": "0", "Nats-Batch-Id": "x"}),
+    ]
+    try:
+        ack = await jsapi.publish_atomic_batch(replies, messages, f"b-{unique}", 5.0)
+        assert (ack.seq, ack.count) == (3, 3)
+    finally:
+        await jsapi.api(replies, f"STREAM.DELETE.{name}", {}, 5)
+        await replies.stop()

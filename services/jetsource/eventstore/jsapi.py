@@ -495,6 +495,10 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
         task.exception()
 
 
+# The headers an atomic batch adds to each of its messages.
+_BATCH_HEADERS = frozenset({"Nats-Batch-Id", "Nats-Batch-Sequence", "Nats-Batch-Commit"})
+
+
 def _count(nc: NATS, msgs: int, size: int) -> None:
     """Commands put in the buffer, counted as nats-py counts its sends."""
     stats = nc.stats
@@ -701,76 +705,90 @@ class Replies:
         commit_line = b"Nats-Batch-Commit: 1\r\n"
         nc = self._nc
         skip_check = nc._skip_subject_validation
-        max_payload = nc._max_payload
         wire = _wire(nc)
         replies = (first_reply.encode(), b"", commit_reply.encode())
         headers: Mapping[str, str] | None = None
         head = b""
         # The client's state is looked at again only after an await (nothing changes it
         # between two messages put in the buffer without one); counts and the flush
-        # once per stretch, as many sends in one loop iteration share one flush.
+        # once per stretch, as many sends in one loop iteration share one flush, and on
+        # every way out (a message refused part-way: those before it went out, counted).
         state = True
         msgs = out = 0
-        for i, m in enumerate(messages, start=1):
-            subject, data = m.subject, m.data
-            if i == last:
-                if loop.time() >= deadline:
-                    raise TimeoutError
-                reply = commit_reply
-                tail = id_line + seq_name + str(i).encode() + b"\r\n" + commit_line + b"\r\n"
-            else:
-                reply = first_reply if i == 1 else ""
-                tail = id_line + seq_name + str(i).encode() + b"\r\n\r\n"
-            if not skip_check and (
-                not subject or _SUBJECT_INVALID.search(subject) or _SUBJECT_INVALID.search(reply)
-            ):
-                raise nats_errors.BadSubjectError
-            if state:
-                if nc.is_closed:
-                    raise nats_errors.ConnectionClosedError
-                if nc.is_draining_pubs:
-                    raise nats_errors.ConnectionDrainingError
-                connected = nc.is_connected
-                state = False
-            size = len(data)
-            if not connected and (
-                nc._max_pending_size <= 0 or size + nc._pending_data_size > nc._max_pending_size
-            ):
-                raise nats_errors.OutboundBufferLimitError
-            if size > max_payload:
-                raise nats_errors.MaxPayloadError
-            if not subject:
-                raise nats_errors.BadSubjectError
-            own = m.headers
-            if own is not headers:  # (a batch's claims share one header dict)
-                headers = own
-                head = header_block(own)[:-2] if own else b"NATS/1.0\r\n"
-            block = head + tail
-            n = len(block)
-            command = b"HPUB %b %b %d %d\r\n%b%b\r\n" % (
-                subject.encode(),
-                replies[0 if i == 1 else 2 if i == last else 1],
-                n,
-                n + size,
-                block,
-                data,
-            )
-            if nc._pending_data_size + len(command) <= nc._max_pending_size:
-                nc._pending.append(command)
-                nc._pending_data_size += len(command)
-                msgs += 1
-                out += size
-                continue
-            # No room: this one as send does it (a wait for room, bounded by deadline),
-            # after what went before is counted and flushed.
-            _count(nc, msgs, out)
-            msgs = out = 0
-            wire.flush_soon()
-            await self._send_command(command, size, deadline)
-            state = True
-        if msgs:
-            _count(nc, msgs, out)
-            wire.flush_soon()
+        try:
+            for i, m in enumerate(messages, start=1):
+                subject, data = m.subject, m.data
+                if i == last:
+                    if loop.time() >= deadline:
+                        raise TimeoutError
+                    reply = commit_reply
+                    tail = id_line + seq_name + str(i).encode() + b"\r\n" + commit_line + b"\r\n"
+                else:
+                    reply = first_reply if i == 1 else ""
+                    tail = id_line + seq_name + str(i).encode() + b"\r\n\r\n"
+                if not skip_check and (
+                    not subject
+                    or _SUBJECT_INVALID.search(subject)
+                    or _SUBJECT_INVALID.search(reply)
+                ):
+                    raise nats_errors.BadSubjectError
+                if state:
+                    if nc.is_closed:
+                        raise nats_errors.ConnectionClosedError
+                    if nc.is_draining_pubs:
+                        raise nats_errors.ConnectionDrainingError
+                    connected = nc.is_connected
+                    max_payload = nc._max_payload  # (a reconnect may have changed it)
+                    state = False
+                size = len(data)
+                if not connected and (
+                    nc._max_pending_size <= 0 or size + nc._pending_data_size > nc._max_pending_size
+                ):
+                    raise nats_errors.OutboundBufferLimitError
+                if size > max_payload:
+                    raise nats_errors.MaxPayloadError
+                if not subject:
+                    raise nats_errors.BadSubjectError
+                own = m.headers
+                if own is not headers:  # (a batch's claims share one header dict)
+                    headers = own
+                    if not own:
+                        head = b"NATS/1.0\r\n"
+                    elif _BATCH_HEADERS.isdisjoint(own):
+                        head = header_block(own)[:-2]
+                    else:  # its own batch header, replaced in place as the merged dict did
+                        headers = None  # (not kept: its sequence differs per message)
+                        merged = {**own, "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(i)}
+                        if i == last:
+                            merged["Nats-Batch-Commit"] = "1"
+                        head, tail = header_block(merged)[:-2], b"\r\n"
+                block = head + tail
+                n = len(block)
+                command = b"HPUB %b %b %d %d\r\n%b%b\r\n" % (
+                    subject.encode(),
+                    replies[0 if i == 1 else 2 if i == last else 1],
+                    n,
+                    n + size,
+                    block,
+                    data,
+                )
+                if nc._pending_data_size + len(command) <= nc._max_pending_size:
+                    nc._pending.append(command)
+                    nc._pending_data_size += len(command)
+                    msgs += 1
+                    out += size
+                    continue
+                # No room: this one as send does it (a wait for room, bounded by the
+                # deadline), after what went before is counted and flushed.
+                _count(nc, msgs, out)
+                msgs = out = 0
+                wire.flush_soon()
+                await self._send_command(command, size, deadline)
+                state = True
+        finally:
+            if msgs:
+                _count(nc, msgs, out)
+                wire.flush_soon()
 
     async def request(
         self, subject: str, data: bytes, headers: Mapping[str, str] | None, timeout: float
