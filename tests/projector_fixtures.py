@@ -6,18 +6,20 @@ import asyncio
 import contextlib
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from google.protobuf.message import Message
 
-from jetsource.core.envelope import NewEvent
+from jetsource._gen.context.v1 import events_pb2 as ev
+from jetsource.core.envelope import AppendResult, NewEvent
 from jetsource.core.settings import JetsourceSettings, SnapshotSettings
 from jetsource.domains.context.model import ContextState, fold
 from jetsource.domains.context.samples import story_events
 from jetsource.eventstore.jetstream import JetStreamEventStore
 from jetsource.projection.bootstrap import Projection, open_projection
+from jetsource.projection.host import ProjectorService
 from jetsource.projection.settings import ProjectorOptions, ProjectorSettings
 from tests.eventstore_fixtures import isolated_settings
 
@@ -72,6 +74,59 @@ async def context_projection(
         for version in versions:
             await p.model("context", version).drop()
         await p.close()
+
+
+@contextlib.asynccontextmanager
+async def running_projector(
+    settings: JetsourceSettings, unique: str
+) -> AsyncIterator[tuple[ProjectorSettings, Projection]]:
+    """A projector service running every model under the test's names (as `jetsource
+    projector run` would), and a projection of its own to append and read with: the
+    settings and that projection. The models' first versions are dropped after."""
+    base = projector_settings(settings, unique)
+    service = ProjectorService(await open_projection(base))
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    p = await open_projection(base, provision=False)
+    try:
+        yield base, p
+    finally:
+        stop.set()
+        await asyncio.gather(task, return_exceptions=True)
+        for name in ("context", "timeline", "graph"):
+            with contextlib.suppress(Exception):
+                await service.projection.model(name, 1).drop()
+        await service.projection.close()
+        await p.close()
+
+
+async def append_story(p: Projection, author: str, actor: bool = False) -> AppendResult:
+    """Story s1, created by ``author`` (recorded as its actor too when ``actor``) with one
+    decision of theirs: two events, appended to a new story."""
+    metadata = {"actor": author} if actor else {}
+    return await p.store.append(
+        "s1",
+        [
+            NewEvent(ev.ContextCreated(title="T", created_by=author), metadata=metadata),
+            NewEvent(ev.DecisionAdded(decision_id="d1", author=author, title="D")),
+        ],
+        0,
+    )
+
+
+async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
+    """Ask ``check`` until it says yes (an AssertionError counts as not yet), every 0.05 s
+    and 200 times at most; it fails nothing itself: the test's asserts after it do."""
+    for _ in range(200):
+        with contextlib.suppress(AssertionError):
+            if await check():
+                return
+        await asyncio.sleep(0.05)
+
+
+async def timeline_reached(p: Projection, seq: int) -> bool:
+    """Whether the timeline model's (v1) checkpoint is at ``seq`` or past it."""
+    return (await p.model("timeline", 1).checkpoint()).seq >= seq
 
 
 async def build_context_v1(p: Projection) -> Any:

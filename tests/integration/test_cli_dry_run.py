@@ -5,7 +5,6 @@ then does what it said."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
 from collections.abc import AsyncIterator
@@ -23,14 +22,18 @@ from jetsource.domains.context.events import registry
 from jetsource.eventstore import jsapi
 from jetsource.eventstore.jetstream import JetStreamEventStore
 from jetsource.eventstore.snapshots import JetStreamSnapshotStore
-from jetsource.projection.bootstrap import Projection, open_projection
-from jetsource.projection.host import ProjectorService
+from jetsource.projection.bootstrap import Projection
 from jetsource.projection.settings import ProjectorSettings
 from tests.cli_env import cli_env, event_store_settings, jetsource
 from tests.history_fixtures import append_history, save_snapshots
 from tests.infra import Server
 from tests.integration.test_erasure import erase_cli, valkey_dump
-from tests.projector_fixtures import projector_settings
+from tests.projector_fixtures import (
+    append_story,
+    eventually,
+    running_projector,
+    timeline_reached,
+)
 from tests.stack import environment
 
 pytestmark = pytest.mark.integration
@@ -48,24 +51,9 @@ async def story_models_dump(settings: JetsourceSettings, unique: str) -> str:
 async def projector_service(
     settings: JetsourceSettings, unique: str
 ) -> AsyncIterator[tuple[ProjectorSettings, Projection]]:
-    """A projector service running every model under the test's names (as `jetsource
-    projector run` would), and a projection of its own to append and read with: the
-    settings and that projection. The models' first versions are dropped after."""
-    base = projector_settings(settings, unique)
-    service = ProjectorService(await open_projection(base))
-    stop = asyncio.Event()
-    task = asyncio.create_task(service.run(stop))
-    p = await open_projection(base, provision=False)
-    try:
-        yield base, p
-    finally:
-        stop.set()
-        await asyncio.gather(task, return_exceptions=True)
-        for name in ("context", "timeline", "graph"):
-            with contextlib.suppress(Exception):
-                await service.projection.model(name, 1).drop()
-        await service.projection.close()
-        await p.close()
+    """``running_projector`` for the length of a test: its settings and projection."""
+    async with running_projector(settings, unique) as running:
+        yield running
 
 
 async def test_erase_dry_run_names_the_plan_and_changes_nothing(
@@ -78,21 +66,14 @@ async def test_erase_dry_run_names_the_plan_and_changes_nothing(
     and the read models stay as they were; the erase then does exactly that."""
     alice = f"alice-{unique}"
     base, p = projector_service
-    await p.store.append(
-        "s1",
-        [
-            NewEvent(ev.ContextCreated(title="T", created_by=alice), metadata={"actor": alice}),
-            NewEvent(ev.DecisionAdded(decision_id="d1", author=alice, title="D")),
-        ],
-        0,
-    )
+    await append_story(p, alice, actor=True)
     await p.store.append("s2", [NewEvent(ev.ContextCreated(title="U", created_by="bob"))], 0)
-    for _ in range(200):
-        with contextlib.suppress(AssertionError):
-            dump = await story_models_dump(settings, unique)
-            if dump.count(alice) >= 2 and "timeline" in dump:
-                break
-        await asyncio.sleep(0.05)
+
+    async def both_models_name_alice() -> bool:
+        dump = await story_models_dump(settings, unique)
+        return dump.count(alice) >= 2 and "timeline" in dump
+
+    await eventually(both_models_name_alice)
     await asyncio.sleep(0.3)
     before = await story_models_dump(settings, unique)
     assert alice in before
@@ -277,19 +258,9 @@ async def test_replay_dry_run_selects_the_slice_and_records_no_run(
     from jetsource.projection import admin
 
     _, p = projector_service
-    await p.store.append(
-        "s1",
-        [
-            NewEvent(ev.ContextCreated(title="T", created_by="a")),
-            NewEvent(ev.DecisionAdded(decision_id="d1", author="a", title="D")),
-        ],
-        0,
-    )
+    await append_story(p, "a")
     last = await p.store.append("s2", [NewEvent(ev.ContextCreated(title="U"))], 0)
-    for _ in range(200):
-        if (await p.model("timeline", 1).checkpoint()).seq >= last.stream_seqs[-1]:
-            break
-        await asyncio.sleep(0.05)
+    await eventually(lambda: timeline_reached(p, last.stream_seqs[-1]))
     before = await p.control.get("timeline")
     assert before is not None and before.last_replay is None
     dump = await story_models_dump(settings, unique)
@@ -319,18 +290,8 @@ async def test_projector_replay_dry_run_from_the_command_line(
     replay's keys, what only the run knows as null, ``dry_run: true``) and records no
     run; a slice holding no applied event is refused as the replay refuses it."""
     base, p = projector_service
-    last = await p.store.append(
-        "s1",
-        [
-            NewEvent(ev.ContextCreated(title="T", created_by="a")),
-            NewEvent(ev.DecisionAdded(decision_id="d1", author="a", title="D")),
-        ],
-        0,
-    )
-    for _ in range(200):
-        if (await p.model("timeline", 1).checkpoint()).seq >= last.stream_seqs[-1]:
-            break
-        await asyncio.sleep(0.05)
+    last = await append_story(p, "a")
+    await eventually(lambda: timeline_reached(p, last.stream_seqs[-1]))
     env = environment(base)
     args = ("projector", "replay", "timeline", "--aggregate", "s1", "--dry-run")
     dry = await asyncio.to_thread(jetsource, env, *args, "--json")

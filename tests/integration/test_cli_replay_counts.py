@@ -4,38 +4,18 @@ one is singular now ("1 story"); the JSON keeps its numbers."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 
-from jetsource._gen.context.v1 import events_pb2 as ev
-from jetsource.core.envelope import NewEvent
 from jetsource.core.settings import JetsourceSettings
-from jetsource.projection.bootstrap import open_projection
-from jetsource.projection.host import ProjectorService
 from tests.cli_env import jetsource
-from tests.projector_fixtures import projector_settings
+from tests.projector_fixtures import append_story, eventually, running_projector, timeline_reached
 from tests.stack import environment
 
 
 async def test_a_one_story_replay_says_1_story(settings: JetsourceSettings, unique: str) -> None:
-    base = projector_settings(settings, unique)
-    service = ProjectorService(await open_projection(base))
-    stop = asyncio.Event()
-    task = asyncio.create_task(service.run(stop))
-    p = await open_projection(base, provision=False)
-    try:
-        last = await p.store.append(
-            "s1",
-            [
-                NewEvent(ev.ContextCreated(title="T", created_by="a")),
-                NewEvent(ev.DecisionAdded(decision_id="d1", author="a", title="D")),
-            ],
-            0,
-        )
-        for _ in range(200):
-            if (await p.model("timeline", 1).checkpoint()).seq >= last.stream_seqs[-1]:
-                break
-            await asyncio.sleep(0.05)
+    async with running_projector(settings, unique) as (base, p):
+        last = await append_story(p, "a")
+        await eventually(lambda: timeline_reached(p, last.stream_seqs[-1]))
         env = environment(base)
         args = ("-o", "plain", "projector", "replay", "timeline", "--aggregate", "s1")
         dry = await asyncio.to_thread(jetsource, env, *args, "--dry-run")
@@ -50,11 +30,3 @@ async def test_a_one_story_replay_says_1_story(settings: JetsourceSettings, uniq
             1,
             2,
         )
-    finally:
-        stop.set()
-        await asyncio.gather(task, return_exceptions=True)
-        for name in ("context", "timeline", "graph"):
-            with contextlib.suppress(Exception):
-                await service.projection.model(name, 1).drop()
-        await service.projection.close()
-        await p.close()

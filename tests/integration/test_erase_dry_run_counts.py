@@ -7,20 +7,14 @@ write counts no aggregate written in either JSON report: tests/unit/test_erasure
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import re
 
 import pytest
 
-from jetsource._gen.context.v1 import events_pb2 as ev
-from jetsource.core.envelope import NewEvent
 from jetsource.core.settings import JetsourceSettings
-from jetsource.projection.bootstrap import open_projection
-from jetsource.projection.host import ProjectorService
 from tests.integration.test_erasure import erase_cli, valkey_dump
-from tests.projector_fixtures import projector_settings
+from tests.projector_fixtures import append_story, eventually, running_projector
 from tests.stack import environment
 
 pytestmark = pytest.mark.integration
@@ -37,26 +31,13 @@ async def test_erase_dry_run_counts_the_models_the_erase_then_counts(
     settings: JetsourceSettings, unique: str
 ) -> None:
     alice = f"alice-{unique}"
-    base = projector_settings(settings, unique)
-    service = ProjectorService(await open_projection(base))
-    stop = asyncio.Event()
-    task = asyncio.create_task(service.run(stop))
-    p = await open_projection(base, provision=False)
-    try:
-        await p.store.append(
-            "s1",
-            [
-                NewEvent(ev.ContextCreated(title="T", created_by=alice), metadata={"actor": alice}),
-                NewEvent(ev.DecisionAdded(decision_id="d1", author=alice, title="D")),
-            ],
-            0,
-        )
-        for _ in range(200):
-            with contextlib.suppress(AssertionError):
-                dump = await valkey_dump(settings, f"t{unique}:timeline")
-                if alice in dump:
-                    break
-            await asyncio.sleep(0.05)
+    async with running_projector(settings, unique) as (base, p):
+        await append_story(p, alice, actor=True)
+
+        async def timeline_names_alice() -> bool:
+            return alice in await valkey_dump(settings, f"t{unique}:timeline")
+
+        await eventually(timeline_names_alice)
         env = environment(base)
         dry = erase_cli(env, alice, "--dry-run", "--json")
         assert dry.returncode == 0, dry.stderr
@@ -71,11 +52,3 @@ async def test_erase_dry_run_counts_the_models_the_erase_then_counts(
         done = erase_cli(env, alice, "--yes")
         assert done.returncode == 0, done.stderr
         assert models_said(done.stdout) == len(planned), (done.stdout, planned)
-    finally:
-        stop.set()
-        await asyncio.gather(task, return_exceptions=True)
-        for name in ("context", "timeline", "graph"):
-            with contextlib.suppress(Exception):
-                await service.projection.model(name, 1).drop()
-        await service.projection.close()
-        await p.close()

@@ -42,7 +42,12 @@ from jetsource.query.settings import QueryOptions, QuerySettings
 from jetsource.snapshotter.settings import SnapshotterOptions, SnapshotterSettings
 from tests.eventstore_fixtures import isolated_settings
 from tests.infra import Server
-from tests.projector_fixtures import projector_settings
+from tests.projector_fixtures import (
+    append_story,
+    eventually,
+    projector_settings,
+    running_projector,
+)
 from tests.stack import environment
 
 pytestmark = pytest.mark.integration
@@ -381,26 +386,14 @@ async def test_an_erase_that_fails_half_way_is_finished_by_running_it_again(
 
     monkeypatch.setattr(erasure, "GRACE_S", 0.05)
     alice = f"alice-{unique}"
-    base = projector_settings(settings, unique)
-    service = ProjectorService(await open_projection(base))
-    stop = asyncio.Event()
-    task = asyncio.create_task(service.run(stop))
-    p = await open_projection(base, provision=False)
-    try:
-        await p.store.append(
-            "s1",
-            [
-                NewEvent(ev.ContextCreated(title="T", created_by=alice), metadata={"actor": alice}),
-                NewEvent(ev.DecisionAdded(decision_id="d1", author=alice, title="D")),
-            ],
-            0,
-        )
-        for _ in range(200):
-            with contextlib.suppress(AssertionError):
-                dump = await valkey_dump(settings, f"t{unique}")
-                if dump.count(alice) >= 2 and "timeline" in dump:
-                    break
-            await asyncio.sleep(0.05)
+    async with running_projector(settings, unique) as (_, p):
+        await append_story(p, alice, actor=True)
+
+        async def both_models_name_alice() -> bool:
+            dump = await valkey_dump(settings, f"t{unique}")
+            return dump.count(alice) >= 2 and "timeline" in dump
+
+        await eventually(both_models_name_alice)
         assert alice in await valkey_dump(settings, f"t{unique}")
 
         real = admin.replay
@@ -424,11 +417,3 @@ async def test_an_erase_that_fails_half_way_is_finished_by_running_it_again(
         events = await p.store.read_aggregate("s1")
         assert [e.version for e in events] == [1, 2]
         assert [e.event.created_by for e in events[:1]] == [ERASED]  # type: ignore[union-attr]
-    finally:
-        stop.set()
-        await asyncio.gather(task, return_exceptions=True)
-        for name in ("context", "timeline", "graph"):
-            with contextlib.suppress(Exception):
-                await service.projection.model(name, 1).drop()
-        await service.projection.close()
-        await p.close()

@@ -68,6 +68,17 @@ def refused(*args: str) -> tuple[dict[str, Any], int]:
     return error, run.returncode
 
 
+def refused_while_held(folder: Path, *args: str) -> tuple[dict[str, Any], int]:
+    """``refused(*args)`` while another backup or restore holds ``folder`` (its lock
+    taken here)."""
+    held = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return refused(*args)
+    finally:
+        os.close(held)
+
+
 @pytest.mark.parametrize(
     ("change", "named"),
     [
@@ -135,12 +146,7 @@ def test_archive_restore_refuses_a_retention_without_max_age_before_connecting(
 def test_streams_restore_refuses_a_folder_in_use_before_connecting(tmp_path: Path) -> None:
     """Another backup or restore holding the folder (its lock taken here)."""
     folder = backup_folder(tmp_path)
-    held = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        error, code = refused("streams", "restore", str(folder))
-    finally:
-        os.close(held)
+    error, code = refused_while_held(folder, "streams", "restore", str(folder))
     assert code == 1, error
     assert "is using this folder" in error["message"] and str(folder) in error["message"], error
 
@@ -155,11 +161,6 @@ def test_streams_backup_refuses_a_stream_it_does_not_own_before_connecting(
 
 
 def test_streams_backup_refuses_a_folder_in_use_before_connecting(tmp_path: Path) -> None:
-    held = os.open(tmp_path, os.O_RDONLY)
-    try:
-        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        error, code = refused("streams", "backup", str(tmp_path))
-    finally:
-        os.close(held)
+    error, code = refused_while_held(tmp_path, "streams", "backup", str(tmp_path))
     assert code == 1, error
     assert "is using this folder" in error["message"] and str(tmp_path) in error["message"]
