@@ -10,7 +10,7 @@ import sys
 import weakref
 from typing import Any
 
-from jetsource.core.heap import SWEEP_MIN_BLOCKS, HeapKeeper
+from jetsource.core.heap import SWEEP_MIN_BLOCKS, HeapKeeper, kept_while
 
 
 class Node:
@@ -91,5 +91,29 @@ async def test_cycles_frozen_in_flight_are_swept_once_the_heap_doubles() -> None
         assert heap.sweeps == 1
         assert gone() is None
         assert sys.getallocatedblocks() < 2 * start
+    finally:
+        gc.unfreeze()
+
+
+async def test_kept_while_freezes_during_the_job_and_leaves_the_collector_as_it_was() -> None:
+    gc.unfreeze()  # (whatever a test before left frozen)
+    async with kept_while(0.01):
+        frozen = gc.get_freeze_count()
+        assert frozen > 0  # start-up's objects, out of the full walks
+        grown = [[i] for i in range(1000)]  # the job's state, frozen as it grows
+        await asyncio.sleep(0.05)
+        assert gc.get_freeze_count() >= frozen + len(grown)
+    assert gc.get_freeze_count() == 0  # the process's collector as it was
+    task_names = {t.get_name() for t in asyncio.all_tasks()}
+    assert len(task_names) == 1  # no keeper left running
+
+
+async def test_kept_while_leaves_a_heap_someone_else_keeps_alone() -> None:
+    gc.freeze()
+    try:
+        before = gc.get_freeze_count()
+        async with kept_while(0.01):
+            assert gc.get_freeze_count() == before
+        assert gc.get_freeze_count() == before  # not unfrozen: not this one's
     finally:
         gc.unfreeze()

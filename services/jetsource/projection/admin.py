@@ -28,6 +28,7 @@ from jetsource.core.codec import UnknownEvent
 from jetsource.core.crypto import erasures_heard
 from jetsource.core.envelope import RecordedEvent
 from jetsource.core.errors import CorruptEventError, EventStoreUnavailableError
+from jetsource.core.heap import kept_while
 from jetsource.core.ids import uuid7, validate_aggregate_id
 from jetsource.core.printable import not_recorded
 from jetsource.core.procs import pid_alive
@@ -1012,7 +1013,8 @@ async def rebuild(
     try:
         if workers > 1:
             return await _build_parallel(p, name, to_version, workers, progress, started, lease)
-        return await _build(p, name, to_version, progress, started, lease)
+        async with kept_while():  # (each build worker keeps its own)
+            return await _build(p, name, to_version, progress, started, lease)
     finally:
         await lease.release()
 

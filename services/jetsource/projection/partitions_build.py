@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from jetsource.core import aio
+from jetsource.core.heap import kept_while
 from jetsource.eventstore import jsapi
 from jetsource.projection.bootstrap import Projection, open_projection
 from jetsource.projection.partitions import Partition, ensure_mirror, wait_mirror
@@ -181,7 +182,8 @@ async def _child(body: dict[str, Any]) -> dict[str, Any]:
                 workers.append(
                     Worker(p.nc, p.store_for(name), model, p.dead_letters, options, part)
                 )
-        await asyncio.gather(*(w.run(until_caught_up=True) for w in workers))
+        async with kept_while():
+            await asyncio.gather(*(w.run(until_caught_up=True) for w in workers))
         return {
             "open_s": round(opened - began, 3),
             "build_s": round(time.perf_counter() - opened, 3),
