@@ -242,6 +242,44 @@ async def test_checksums_refuse_a_changed_file_and_old_backups_still_restore(
     assert any("restored from this backup already" in n.get("warning", "") for n in notes)
 
 
+async def test_a_restore_run_again_needs_no_file_of_a_stream_it_restored(
+    nats_server: Server, fresh: Server, unique: str, tmp_path: Path
+) -> None:
+    """A stream restored from this backup already is left as it is and its file never
+    read: run again after that file left the folder, the restore checked every file
+    before connecting and refused "No such file" (exit 1). A file not there for a
+    stream still to be written is refused naming it, nothing written."""
+    env = environment(nats_server.url, unique)
+    stream = await letters(nats_server.url, unique, 3)
+    folder = tmp_path / "b"
+    ok(env, "backup", str(folder), f"--stream={stream}")
+    target = environment(fresh.url, unique)
+    path = folder / f"{stream}.jsonl"
+    kept = path.read_bytes()
+    path.unlink()
+    run = cli(target, "restore", str(folder), "--json")
+    assert run.returncode == 1, run.stderr
+    assert str(path) in last_error(run.stderr)["message"], run.stderr
+    assert await stream_names(fresh.url) == set()
+
+    path.write_bytes(kept)
+    assert cli(target, "restore", str(folder)).returncode == 0
+    path.unlink()  # restored: its file moved away
+    again = cli(target, "restore", str(folder), "--json")
+    assert again.returncode == 0, again.stderr
+    assert [r["messages"] for r in json.loads(again.stdout)] == [3]
+    notes = [json.loads(line) for line in again.stderr.splitlines()]
+    assert any("restored from this backup already" in n.get("warning", "") for n in notes)
+
+
+async def stream_names(url: str) -> set[str]:
+    nc = await nats.connect(url)
+    try:
+        return {str(s.config.name) for s in await nc.jetstream().streams_info()}
+    finally:
+        await nc.close()
+
+
 async def test_a_restore_beside_its_source_names_subject_prefix(
     nats_server: Server, unique: str, tmp_path: Path
 ) -> None:

@@ -439,15 +439,9 @@ def restore(
             f"--retention {retention!r}: one of {', '.join(RETENTIONS)}",
             field="--retention",
         )
-    if retention not in (None, "forever") and max_age_s <= 0:
-        # Said by the restore itself only after connecting (and reading the archive):
-        # with NATS away, "not reachable" after the whole connect wait.
-        output.fail(
-            USAGE,
-            "usage",
-            f"--retention {retention} needs a max age > 0: give --max-age-s",
-            field="--max-age-s",
-        )
+    # --retention age without --max-age-s is left to the restore (after connecting):
+    # run again onto a stream it restored already, "restored already, nothing changed"
+    # (age+compaction records no max age) or refused naming the option it was given.
 
     async def work(p: Projection, s: ProjectorSettings) -> Any:
         from jetsource.archive.history import open_archive

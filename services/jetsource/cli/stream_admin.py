@@ -731,7 +731,7 @@ def _manifest(folder: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None
             for key in ("role", "stream", "file"):
                 if not isinstance(entry[key], str) or not entry[key]:
                     raise ValueError(f"an entry's {key} is {entry[key]!r}")
-            if "/" in entry["file"] or entry["file"].startswith("."):
+            if "/" in entry["file"] or "\0" in entry["file"] or entry["file"].startswith("."):
                 raise ValueError(f"file {entry['file']!r} is not in the backup folder")
             # Whole numbers >= 0 as the backup writes them: a 1e400 (Infinity) was an
             # INTERNAL OverflowError, an object a TypeError while restoring, true a 1.
@@ -869,9 +869,10 @@ def restore_plan(folder: Path, names: dict[str, str], only: list[str] | None = N
     NATS away a bad manifest was said as "NATS is not reachable" after the whole
     connect wait): the folder held for this run, the manifest, --stream naming what the
     backup holds, the targets --rename gives (two entries onto one stream, a KV bucket
-    or the control bucket as anything but a KV bucket), each file there and readable,
-    the read-model decisions file. Refused naming the file or the option; the folder is
-    let go then."""
+    or the control bucket as anything but a KV bucket), the read-model decisions file
+    (the streams' files are read once the server says which are still to be written:
+    restored from this backup already, one is left as it is). Refused naming the file
+    or the option; the folder is let go then."""
     try:
         held = _hold_folder(folder)
     except OSError as exc:
@@ -915,12 +916,10 @@ def _plan_restore(folder: Path, names: dict[str, str], only: list[str] | None) -
             continue
         if entry.get("bucket"):
             _kv_bucket(entry, target)
-        path = folder / entry["file"]
-        try:  # read through (and checked) once the server says it is to be written
-            with path.open("rb"):
-                pass
-        except OSError as exc:
-            raise BackupError(f"{path}: {exc.strerror or exc}") from exc
+        # Its file is not opened here: a stream restored from this backup already is
+        # left as it is and its file never read (it may have left the folder since),
+        # which only the server says (its RESTORE_MARK). A file not there is refused
+        # after connecting, for a stream still to be written (_check_file).
     models = _read_decisions(folder, decided) if decided is not None else {}
     return RestorePlan(entries, decided, created, models)
 

@@ -116,6 +116,44 @@ async def test_the_cli_run_again_exits_0_saying_nothing_changed(
     assert any("restored" in w and "already" in w and "nothing changed" in w for w in warnings)
 
 
+@pytest.mark.parametrize("retention", ["age+compaction", "age"])
+async def test_the_cli_run_again_without_max_age_is_what_the_restore_says(
+    exported: Any, unique: str, tmp_path: Path, retention: str
+) -> None:
+    """`archive restore T --retention R --max-age-s 3600`, then the same without
+    --max-age-s: refused as a usage error before connecting (exit 2), where the restore
+    said "restored already, nothing changed" (age+compaction records no max age, exit 0)
+    or named --max-age-s and what the stream was restored with (age, exit 1)."""
+    p, _ = exported
+    root = p.store.settings.subject_prefix.split(".")[0]
+    env = cli_env(
+        p.settings.nats_url(),
+        unique,
+        JETSOURCE_EVENTSTORE__STREAM=p.store.settings.stream,
+        JETSOURCE_EVENTSTORE__SUBJECT_PREFIX=p.store.settings.subject_prefix,
+        JETSOURCE_ARCHIVE__URL=str(tmp_path / "archive"),
+    )
+    target = f"RM_{unique}"
+    argv = [sys.executable, "-m", "jetsource", "archive", "restore", target]
+    argv += ["--subject-prefix", f"{root}=rm{unique}", "--retention", retention, "--json"]
+    first = await asyncio.create_subprocess_exec(
+        *argv, "--max-age-s", "3600", env=env, stdout=PIPE, stderr=PIPE
+    )
+    out, err = await asyncio.wait_for(first.communicate(), 60)
+    assert first.returncode == 0, err
+
+    again = await asyncio.create_subprocess_exec(*argv, env=env, stdout=PIPE, stderr=PIPE)
+    out, err = await asyncio.wait_for(again.communicate(), 60)
+    if retention == "age+compaction":
+        assert again.returncode == 0, err
+        assert json.loads(out)["already_restored"] is True, out
+        return
+    assert again.returncode == 1, err
+    error = json.loads(err.decode().strip().splitlines()[-1])["error"]
+    assert error["field"] == "--max-age-s", error
+    assert "--max-age-s 3600" in error["message"], error
+
+
 class _Stop(Exception):
     pass
 
