@@ -332,9 +332,12 @@ async def _write_again(p: Projection, report: ErasureReport, plan: Plan, tally: 
                 tally.step()
             entry["versions"][str(version)] = count
         # None written where no version is (all dropped or being reset), as the dry
-        # run counts it: every aggregate was "written" in all of no versions.
-        whole = sum(1 for n in written.values() if n == len(versions))
-        entry["aggregates"] = whole if versions else 0
+        # run counts it: every aggregate was "written" in all of no versions. A model
+        # a pass before wrote (its version dropped since) keeps what that pass said.
+        if versions:
+            entry["aggregates"] = sum(1 for n in written.values() if n == len(versions))
+        elif not entry["versions"]:
+            entry["aggregates"] = 0
     report.failed = [
         f"{name} {agg}: {why}"
         for name, entry in report.models.items()
