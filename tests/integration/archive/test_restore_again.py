@@ -87,10 +87,9 @@ async def test_a_restore_run_again_or_at_once_says_restored_already(
         await restore(p.store._replies, other_archive, config, target, {}, 5.0)
 
 
-async def test_the_cli_run_again_exits_0_saying_nothing_changed(
-    exported: Any, unique: str, tmp_path: Path
-) -> None:
-    p, _ = exported
+def _restore_cli(p: Any, unique: str, tmp_path: Path, tag: str) -> tuple[dict[str, str], list[str]]:
+    """The environment and the command line of `archive restore` into a stream of its
+    own (``tag``: its name's and its subjects' prefix)."""
     root = p.store.settings.subject_prefix.split(".")[0]
     env = cli_env(
         p.settings.nats_url(),
@@ -99,9 +98,17 @@ async def test_the_cli_run_again_exits_0_saying_nothing_changed(
         JETSOURCE_EVENTSTORE__SUBJECT_PREFIX=p.store.settings.subject_prefix,
         JETSOURCE_ARCHIVE__URL=str(tmp_path / "archive"),
     )
-    target = f"RB_{unique}"
+    target = f"{tag.upper()}_{unique}"
     argv = [sys.executable, "-m", "jetsource", "archive", "restore", target]
-    argv += ["--subject-prefix", f"{root}=rb{unique}", "--json"]
+    return env, [*argv, "--subject-prefix", f"{root}={tag}{unique}"]
+
+
+async def test_the_cli_run_again_exits_0_saying_nothing_changed(
+    exported: Any, unique: str, tmp_path: Path
+) -> None:
+    p, _ = exported
+    env, argv = _restore_cli(p, unique, tmp_path, "rb")
+    argv += ["--json"]
     first = await asyncio.create_subprocess_exec(*argv, env=env, stdout=PIPE, stderr=PIPE)
     out, err = await asyncio.wait_for(first.communicate(), 60)
     assert first.returncode == 0, err
@@ -125,17 +132,8 @@ async def test_the_cli_run_again_without_max_age_is_what_the_restore_says(
     said "restored already, nothing changed" (age+compaction records no max age, exit 0)
     or named --max-age-s and what the stream was restored with (age, exit 1)."""
     p, _ = exported
-    root = p.store.settings.subject_prefix.split(".")[0]
-    env = cli_env(
-        p.settings.nats_url(),
-        unique,
-        JETSOURCE_EVENTSTORE__STREAM=p.store.settings.stream,
-        JETSOURCE_EVENTSTORE__SUBJECT_PREFIX=p.store.settings.subject_prefix,
-        JETSOURCE_ARCHIVE__URL=str(tmp_path / "archive"),
-    )
-    target = f"RM_{unique}"
-    argv = [sys.executable, "-m", "jetsource", "archive", "restore", target]
-    argv += ["--subject-prefix", f"{root}=rm{unique}", "--retention", retention, "--json"]
+    env, argv = _restore_cli(p, unique, tmp_path, "rm")
+    argv += ["--retention", retention, "--json"]
     first = await asyncio.create_subprocess_exec(
         *argv, "--max-age-s", "3600", env=env, stdout=PIPE, stderr=PIPE
     )
