@@ -99,6 +99,14 @@ class HeapKeeper:
         self.freezes += 1
 
 
+def keep_in_server(every_s: float) -> asyncio.Task[None]:
+    """A server's heap kept from start-up (:meth:`HeapKeeper.settle` now, then a freeze
+    every ``every_s``; 0: the collector left as it is): the task to cancel at shutdown."""
+    heap = HeapKeeper(enabled=every_s > 0)
+    heap.settle()
+    return asyncio.create_task(heap.keep(every_s))
+
+
 @contextlib.asynccontextmanager
 async def kept_while(every_s: float = 1.0) -> AsyncIterator[None]:
     """Keep the heap (:meth:`HeapKeeper.keep`) while the body runs, then unfreeze: the

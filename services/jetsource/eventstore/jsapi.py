@@ -499,6 +499,15 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
 _BATCH_HEADERS = frozenset({"Nats-Batch-Id", "Nats-Batch-Sequence", "Nats-Batch-Commit"})
 
 
+def _buffer(nc: NATS, command: bytes, size: int) -> None:
+    """One command in the client's buffer, counted, its flush scheduled (``size``: its
+    payload's, as nats-py counts out_bytes)."""
+    _count(nc, 1, size)
+    nc._pending.append(command)
+    nc._pending_data_size += len(command)
+    _wire(nc).flush_soon()
+
+
 def _count(nc: NATS, msgs: int, size: int) -> None:
     """Commands put in the buffer, counted as nats-py counts its sends."""
     stats = nc.stats
@@ -628,12 +637,7 @@ class Replies:
                 data,
             )
         if nc._pending_data_size + len(command) <= nc._max_pending_size:  # room: at once
-            stats = nc.stats
-            stats["out_msgs"] += 1
-            stats["out_bytes"] += size
-            nc._pending.append(command)
-            nc._pending_data_size += len(command)
-            _wire(nc).flush_soon()
+            _buffer(nc, command, size)
             return
         await self._send_command(command, size, deadline)
 
@@ -649,9 +653,6 @@ class Replies:
                 # The wait for room took the whole deadline: TimeoutError, the command
                 # not put in the buffer (an atomic batch's commit, not committed).
                 raise TimeoutError
-        stats = nc.stats
-        stats["out_msgs"] += 1
-        stats["out_bytes"] += size
         if nc._pending_data_size + len(command) <= nc._max_pending_size or (
             # One command larger than the whole buffer, nothing ahead of it: no room to
             # wait for. nats-py takes it too, then waits for a forced flush's drain with
@@ -659,10 +660,9 @@ class Replies:
             # writer here, the request's wait for its reply bounded as any.
             not nc._pending_data_size and nc._max_pending_size > 0
         ):
-            nc._pending.append(command)
-            nc._pending_data_size += len(command)
-            _wire(nc).flush_soon()
+            _buffer(nc, command, size)
             return
+        _count(nc, 1, size)
         await nc._send_command(command)
         flushes = nc._flush_queue
         if flushes is not None and flushes.empty():

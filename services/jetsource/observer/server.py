@@ -34,7 +34,7 @@ from jetsource.core.errors import (
     ValidationError,
 )
 from jetsource.core.grpcserver import GrpcEndpoint, answer_within, start_grpc, stop_on_signals
-from jetsource.core.heap import HeapKeeper
+from jetsource.core.heap import keep_in_server
 from jetsource.core.metrics import register_service, start_metrics_server, watch_nats
 from jetsource.core.runner import load_settings, run_service
 from jetsource.core.settings import env_var
@@ -301,9 +301,7 @@ async def serve(settings: ObserverSettings) -> None:
     # the event store's caches) every few hundred milliseconds under load: a quarter
     # of the observer's CPU at RecordBatch with event ids, by gc.callbacks. Frozen
     # every second, they walk only what changed since (jetsource.core.heap).
-    heap = HeapKeeper(enabled=o.freeze_every_s > 0)
-    heap.settle()
-    keeper = asyncio.create_task(heap.keep(o.freeze_every_s))
+    keeper = keep_in_server(o.freeze_every_s)
 
     def healthy() -> bool:
         return observer.nc.is_connected and observer.health.writable

@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from jetsource.core.aio import wait_event, wait_for
 from jetsource.core.grpcserver import stop_on_signals
-from jetsource.core.heap import HeapKeeper
+from jetsource.core.heap import keep_in_server
 from jetsource.core.metrics import bind_http, register_service, watch_nats
 from jetsource.core.settings import env_var
 from jetsource.eventstore.refusals import refused_from
@@ -469,9 +469,7 @@ async def serve(
     # Full collections walked the state cache and start-up's modules: pauses of 80-170
     # ms every few seconds under load (gc.callbacks), every event in flight held up.
     # Frozen every second, they walk only what changed since (jetsource.core.heap).
-    heap = HeapKeeper(enabled=o.freeze_every_s > 0)
-    heap.settle()
-    keeper = asyncio.create_task(heap.keep(o.freeze_every_s))
+    keeper = keep_in_server(o.freeze_every_s)
     log.info("%s running models %s", name, ", ".join(service.models))
     try:
         await service.run(stop)

@@ -8,7 +8,6 @@ its own once a probe write and the stream's state say it can.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from collections.abc import Sequence
@@ -23,7 +22,7 @@ from jetsource.archive.history import history_store
 from jetsource.core.envelope import AppendResult, Expected, NewEvent
 from jetsource.core.errors import EventStoreUnavailableError
 from jetsource.core.grpcserver import GrpcEndpoint, start_grpc, stop_on_signals
-from jetsource.core.heap import HeapKeeper
+from jetsource.core.heap import keep_in_server
 from jetsource.core.metrics import register_service, start_metrics_server, watch_nats
 from jetsource.core.runner import load_settings, run_service
 from jetsource.core.settings import env_var
@@ -164,9 +163,7 @@ async def serve(settings: PublisherSettings) -> None:
     publisher = await build(settings)
     # The state cache changes with every command: freeze what lives every second, so
     # a full collection walks only what changed since (jetsource.core.heap).
-    heap = HeapKeeper(enabled=o.freeze_every_s > 0)
-    heap.settle()
-    keeper = asyncio.create_task(heap.keep(o.freeze_every_s))
+    keeper = keep_in_server(o.freeze_every_s)
 
     def healthy() -> bool:
         writes = publisher.writes
