@@ -61,6 +61,25 @@ def projector_settings(
 
 
 @contextlib.asynccontextmanager
+async def projection_of(
+    settings: JetsourceSettings,
+    unique: str,
+    models: tuple[str, ...] = ("context",),
+    versions: tuple[int, ...] = (1,),
+) -> AsyncIterator[Projection]:
+    """A projection under the test's names (``projector_settings``); each of ``versions``
+    of each of ``models`` dropped after, then the projection closed."""
+    p = await open_projection(projector_settings(settings, unique))
+    try:
+        yield p
+    finally:
+        for name in models:
+            for version in versions:
+                await p.model(name, version).drop()
+        await p.close()
+
+
+@contextlib.asynccontextmanager
 async def context_projection(
     settings: JetsourceSettings, unique: str, versions: tuple[int, ...] = (1, 2, 3)
 ) -> AsyncIterator[Projection]:

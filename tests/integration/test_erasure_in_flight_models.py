@@ -21,19 +21,16 @@ from jetsource.core.settings import JetsourceSettings
 from jetsource.domains.context.graph_model import GraphModel
 from jetsource.domains.context.valkey_models import ContextModel
 from jetsource.projection import admin
-from jetsource.projection.bootstrap import Projection, open_projection
-from tests.projector_fixtures import projector_settings, seed, story_ids
+from jetsource.projection.bootstrap import Projection
+from tests.projector_fixtures import projection_of, seed, story_ids
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 async def projection(settings: JetsourceSettings, unique: str) -> AsyncIterator[Projection]:
-    p = await open_projection(projector_settings(settings, unique))
-    yield p
-    for name in ("context", "graph"):
-        await p.model(name, 1).drop()
-    await p.close()
+    async with projection_of(settings, unique, models=("context", "graph")) as p:
+        yield p
 
 
 @pytest.mark.parametrize("name", ["context", "graph"])

@@ -19,8 +19,8 @@ from jetsource.core.settings import JetsourceSettings
 from jetsource.domains.context import graph_model
 from jetsource.domains.context.graph_model import GraphModel
 from jetsource.domains.context.model import Decision, Subtask
-from jetsource.projection.bootstrap import Projection, open_projection
-from tests.projector_fixtures import projector_settings
+from jetsource.projection.bootstrap import Projection
+from tests.projector_fixtures import projection_of
 
 pytestmark = pytest.mark.integration
 
@@ -29,11 +29,8 @@ DOING = ev.SUBTASK_STATUS_IN_PROGRESS
 
 @pytest.fixture
 async def projection(settings: JetsourceSettings, unique: str) -> AsyncIterator[Projection]:
-    p = await open_projection(projector_settings(settings, unique))
-    yield p
-    for version in (1, 2):
-        await p.model("graph", version).drop()
-    await p.close()
+    async with projection_of(settings, unique, models=("graph",), versions=(1, 2)) as p:
+        yield p
 
 
 def _story(size: int) -> list[Message]:

@@ -30,8 +30,8 @@ from jetsource.domains.context.model import (
 )
 from jetsource.domains.context.query_service import ContextQueryService, QueryError
 from jetsource.domains.context.query_settings import QueryOptions
-from jetsource.projection.bootstrap import Projection, open_projection
-from tests.projector_fixtures import projector_settings
+from jetsource.projection.bootstrap import Projection
+from tests.projector_fixtures import projection_of
 
 pytestmark = pytest.mark.integration
 
@@ -47,10 +47,8 @@ class Deadline:
 
 @pytest.fixture
 async def projection(settings: JetsourceSettings, unique: str) -> AsyncIterator[Projection]:
-    p = await open_projection(projector_settings(settings, unique))
-    yield p
-    await p.model("graph", 1).drop()
-    await p.close()
+    async with projection_of(settings, unique, models=("graph",)) as p:
+        yield p
 
 
 async def graph(service: ContextQueryService, root_id: str = "") -> Any:

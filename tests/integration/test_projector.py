@@ -14,9 +14,9 @@ from jetsource.domains.context.samples import story_events
 from jetsource.domains.context.serialize import state_to_dict
 from jetsource.domains.context.valkey_models import ContextModel, TimelineModel
 from jetsource.eventstore import jsapi
-from jetsource.projection.bootstrap import Projection, open_projection
+from jetsource.projection.bootstrap import Projection
 from jetsource.projection.runtime import Worker
-from tests.projector_fixtures import expected_state, projector_settings, seed, story_ids
+from tests.projector_fixtures import expected_state, projection_of, seed, story_ids
 
 pytestmark = pytest.mark.integration
 
@@ -25,11 +25,8 @@ MODELS = ("context", "timeline", "graph")
 
 @pytest.fixture
 async def projection(settings: JetsourceSettings, unique: str) -> AsyncIterator[Projection]:
-    p = await open_projection(projector_settings(settings, unique))
-    yield p
-    for name in MODELS:
-        await p.model(name, 1).drop()
-    await p.close()
+    async with projection_of(settings, unique, models=MODELS) as p:
+        yield p
 
 
 async def build(p: Projection, name: str, version: int = 1) -> Worker:

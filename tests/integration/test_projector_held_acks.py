@@ -18,19 +18,17 @@ from jetsource.domains.context.samples import story_events
 from jetsource.domains.context.valkey_models import ContextModel
 from jetsource.eventstore import jsapi
 from jetsource.projection import runtime
-from jetsource.projection.bootstrap import Projection, open_projection
+from jetsource.projection.bootstrap import Projection
 from jetsource.projection.runtime import Worker
-from tests.projector_fixtures import projector_settings, seed, story_ids
+from tests.projector_fixtures import projection_of, seed, story_ids
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 async def projection(settings: JetsourceSettings, unique: str) -> AsyncIterator[Projection]:
-    p = await open_projection(projector_settings(settings, unique))
-    yield p
-    await p.model("context", 1).drop()
-    await p.close()
+    async with projection_of(settings, unique) as p:
+        yield p
 
 
 async def consumer(p: Projection, worker: Worker) -> dict[str, Any]:

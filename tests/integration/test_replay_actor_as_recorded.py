@@ -15,11 +15,11 @@ from jetsource._gen.context.v1 import commands_pb2 as pb
 from jetsource._gen.context.v1 import commands_pb2_grpc as pb_grpc
 from jetsource.core.settings import JetsourceSettings, NatsSettings
 from jetsource.projection import admin
-from jetsource.projection.bootstrap import Projection, open_projection
+from jetsource.projection.bootstrap import Projection
 from jetsource.projection.runtime import Worker
 from jetsource.publisher.server import build
 from jetsource.publisher.settings import PublisherOptions, PublisherSettings
-from tests.projector_fixtures import projector_settings
+from tests.projector_fixtures import projection_of
 
 pytestmark = pytest.mark.integration
 
@@ -28,10 +28,8 @@ NOTHING_SHOWN = ("\u3164", "\u200b")
 
 @pytest.fixture
 async def projection(settings: JetsourceSettings, unique: str) -> AsyncIterator[Projection]:
-    p = await open_projection(projector_settings(settings, unique))
-    yield p
-    await p.model("context", 1).drop()
-    await p.close()
+    async with projection_of(settings, unique) as p:
+        yield p
 
 
 async def test_replay_selects_the_actor_the_write_path_recorded(projection: Projection) -> None:

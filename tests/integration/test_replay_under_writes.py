@@ -20,11 +20,11 @@ from jetsource.domains.context.graph_model import GraphModel
 from jetsource.domains.context.samples import story_events
 from jetsource.eventstore import jsapi
 from jetsource.projection import admin
-from jetsource.projection.bootstrap import Projection, open_projection
+from jetsource.projection.bootstrap import Projection
 from jetsource.projection.control import DROPPED, version_dropped
 from jetsource.projection.host import ProjectorService
 from jetsource.projection.runtime import Worker
-from tests.projector_fixtures import projector_settings, seed, story_ids
+from tests.projector_fixtures import projection_of, seed, story_ids
 
 pytestmark = pytest.mark.integration
 
@@ -34,12 +34,8 @@ HOT = "hot-story"
 
 @pytest.fixture
 async def projection(settings: JetsourceSettings, unique: str) -> AsyncIterator[Projection]:
-    p = await open_projection(projector_settings(settings, unique))
-    yield p
-    for name in MODELS:
-        for version in (1, 2, 3):
-            await p.model(name, version).drop()
-    await p.close()
+    async with projection_of(settings, unique, models=MODELS, versions=(1, 2, 3)) as p:
+        yield p
 
 
 async def build(p: Projection, name: str, version: int = 1) -> Worker:

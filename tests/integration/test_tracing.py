@@ -29,12 +29,12 @@ from jetsource.core import telemetry
 from jetsource.core.settings import JetsourceSettings
 from jetsource.domains.context.valkey_models import ContextModel
 from jetsource.eventstore import jsapi
-from jetsource.projection.bootstrap import Projection, open_projection
+from jetsource.projection.bootstrap import Projection
 from jetsource.projection.runtime import Worker
 from jetsource.publisher.server import Publisher, build
 from jetsource.publisher.settings import PublisherOptions, PublisherSettings
 from tests.eventstore_fixtures import isolated_settings
-from tests.projector_fixtures import projector_settings
+from tests.projector_fixtures import projection_of
 
 pytestmark = pytest.mark.integration
 
@@ -69,10 +69,8 @@ async def publisher(settings: JetsourceSettings, unique: str) -> AsyncIterator[P
 
 @pytest.fixture
 async def projection(settings: JetsourceSettings, unique: str) -> AsyncIterator[Projection]:
-    p = await open_projection(projector_settings(settings, unique))
-    yield p
-    await p.model("context", 1).drop()
-    await p.close()
+    async with projection_of(settings, unique) as p:
+        yield p
 
 
 def one(spans: list[ReadableSpan], name: str) -> ReadableSpan:
