@@ -133,6 +133,37 @@ async def append_story(p: Projection, author: str, actor: bool = False) -> Appen
     )
 
 
+async def create_contexts(p: Projection, actors: dict[str, str]) -> None:
+    """Each story of ``actors`` created (title "t") through a real publisher on the
+    projection's stream, over gRPC, by its actor (the command's ``options.actor``, its
+    idempotency key "k" and the story's id), one after the other, in that order."""
+    import grpc
+
+    from jetsource._gen.context.v1 import commands_pb2 as pb
+    from jetsource._gen.context.v1 import commands_pb2_grpc as pb_grpc
+    from jetsource.core.settings import NatsSettings
+    from jetsource.publisher.server import build
+    from jetsource.publisher.settings import PublisherOptions, PublisherSettings
+
+    publisher = await build(
+        PublisherSettings(
+            nats=NatsSettings(url=p.settings.nats_url()),
+            eventstore=p.settings.eventstore,
+            publisher=PublisherOptions(grpc_port=0, metrics_port=0),
+        )
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{publisher.port}") as channel:
+            stub = pb_grpc.ContextCommandServiceStub(channel)
+            for story, actor in actors.items():
+                request = pb.CreateContextRequest(context_id=story, title="t")
+                request.options.idempotency_key = f"k{story}"
+                request.options.actor = actor
+                await stub.CreateContext(request, timeout=10)
+    finally:
+        await publisher.stop(0)
+
+
 async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
     """Ask ``check`` until it says yes (an AssertionError counts as not yet), every 0.05 s
     and 200 times at most; it fails nothing itself: the test's asserts after it do."""

@@ -8,18 +8,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import grpc
 import pytest
 
-from jetsource._gen.context.v1 import commands_pb2 as pb
-from jetsource._gen.context.v1 import commands_pb2_grpc as pb_grpc
-from jetsource.core.settings import JetsourceSettings, NatsSettings
+from jetsource.core.settings import JetsourceSettings
 from jetsource.projection import admin
 from jetsource.projection.bootstrap import Projection
 from jetsource.projection.runtime import Worker
-from jetsource.publisher.server import build
-from jetsource.publisher.settings import PublisherOptions, PublisherSettings
-from tests.projector_fixtures import projection_of
+from tests.projector_fixtures import create_contexts, projection_of
 
 pytestmark = pytest.mark.integration
 
@@ -34,23 +29,9 @@ async def projection(settings: JetsourceSettings, unique: str) -> AsyncIterator[
 
 async def test_replay_selects_the_actor_the_write_path_recorded(projection: Projection) -> None:
     p = projection
-    publisher = await build(
-        PublisherSettings(
-            nats=NatsSettings(url=p.settings.nats_url()),
-            eventstore=p.settings.eventstore,
-            publisher=PublisherOptions(grpc_port=0, metrics_port=0),
-        )
-    )
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{publisher.port}") as channel:
-            stub = pb_grpc.ContextCommandServiceStub(channel)
-            for i, actor in enumerate((*NOTHING_SHOWN, "ana")):
-                request = pb.CreateContextRequest(context_id=f"s{i}", title="t")
-                request.options.idempotency_key = f"k{i}"
-                request.options.actor = actor
-                await stub.CreateContext(request, timeout=10)  # taken: recorded as it is
-    finally:
-        await publisher.stop(0)
+    actors = (*NOTHING_SHOWN, "ana")
+    # Each command taken: its actor recorded as it is.
+    await create_contexts(p, {f"s{i}": actor for i, actor in enumerate(actors)})
     await p.control.ensure("context", 1)
     worker = Worker(
         p.nc, p.store_for("context"), p.model("context", 1), p.dead_letters, p.settings.projector
