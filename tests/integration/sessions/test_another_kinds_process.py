@@ -9,12 +9,9 @@ without the kind."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
-from google.protobuf.struct_pb2 import Struct
 
-from jetsource._gen.process.v1 import events_pb2 as ev
 from jetsource._gen.process.v1 import observer_pb2 as ob
 from jetsource.core.ids import uuid7
 from jetsource.core.settings import JetsourceSettings
@@ -23,15 +20,10 @@ from jetsource.domains.sessions.ledger import QueryReader
 from jetsource.domains.sessions.service import SessionNotFoundError, Sessions
 from jetsource.domains.sessions.settings import SessionsAppSettings
 from tests.e2e.test_process_query import Stack, stack  # noqa: F401  (the fixture)
+from tests.integration.sessions.ledger_input import raw
 from tests.integration.sessions.test_cli import cli
 
 pytestmark = pytest.mark.e2e
-
-
-def raw(pid: str, event_type: str, **data: Any) -> ev.CanonicalEvent:
-    body = Struct()
-    body.update(data)
-    return ev.CanonicalEvent(process_id=pid, event_type=event_type, source="raw", data=body)
 
 
 async def test_every_read_of_a_tasks_id_says_it_is_no_session(

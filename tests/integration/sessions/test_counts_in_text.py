@@ -9,13 +9,10 @@ from pathlib import Path
 
 from jetsource.domains.sessions.connect import SessionsClient
 from jetsource.domains.sessions.settings import SessionsAppSettings
+from tests.integration.sessions.ledger_input import line
 from tests.integration.sessions.test_cli import cli
 
-TS = "2020-12-01T10:00:00.000Z"
-
-
-def line(sid: str, seq: int, kind: str, data: dict[str, object]) -> str:
-    return json.dumps({"ts": TS, "session": sid, "seq": seq, "type": kind, "data": data})
+OLD = "2020-12-01T10:00:00.000Z"  # older than the prune's --older-than 1d
 
 
 async def test_one_is_singular_in_import_and_prune_text(
@@ -23,14 +20,14 @@ async def test_one_is_singular_in_import_and_prune_text(
 ) -> None:
     source = tmp_path / "one.jsonl"
     await asyncio.to_thread(
-        source.write_text, line("one", 1, "session_started", {"command": "x"}) + "\n"
+        source.write_text, line("one", 1, "session_started", {"command": "x"}, OLD) + "\n"
     )
     imported = await cli(app_settings, "import", str(source), "-o", "plain")
     assert imported.returncode == 0, imported.stderr
     assert imported.stdout.strip() == "1 event, 1 appended, 0 already recorded"
     ended = tmp_path / "ended.jsonl"
     await asyncio.to_thread(
-        ended.write_text, line("one", 2, "session_ended", {"status": "completed"}) + "\n"
+        ended.write_text, line("one", 2, "session_ended", {"status": "completed"}, OLD) + "\n"
     )
     again = await cli(app_settings, "import", str(ended), "-o", "json")
     assert json.loads(again.stdout) == {"events": 1, "appended": 1}  # JSON as it was

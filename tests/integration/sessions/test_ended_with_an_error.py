@@ -4,19 +4,13 @@ ledger's endings). Both say it now, in JSON and in text."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
 from jetsource.domains.sessions.connect import SessionsClient
 from jetsource.domains.sessions.settings import SessionsAppSettings
+from tests.integration.sessions.ledger_input import imported, line
 from tests.integration.sessions.test_cli import cli
-
-TS = "2026-12-01T10:00:00.000Z"
-
-
-def line(sid: str, seq: int, kind: str, data: dict[str, object]) -> str:
-    return json.dumps({"ts": TS, "session": sid, "seq": seq, "type": kind, "data": data})
 
 
 async def test_list_says_the_error_show_says_for_every_ending(
@@ -36,13 +30,8 @@ async def test_list_says_the_error_show_says_for_every_ending(
             line(sid, 1, "session_started", {"command": "deploy"}),
             line(sid, 2, "session_ended", ended),
         ]
-    source = tmp_path / "sessions.jsonl"
-    await asyncio.to_thread(source.write_text, "\n".join(lines) + "\n")
-    imported = await cli(app_settings, "import", str(source), "-o", "json")
-    assert imported.returncode == 0, imported.stderr
-    listed = await cli(app_settings, "list", "-o", "json")
-    assert listed.returncode == 0, listed.stderr
-    rows = {r["session"]: (r["status"], r["error"]) for r in json.loads(listed.stdout)}
+    listed = await imported(app_settings, tmp_path, lines)
+    rows = {r["session"]: (r["status"], r["error"]) for r in listed}
     assert rows == {
         "cut": ("interrupted", "SIGTERM"),
         "done": ("completed", '{"warnings":2}'),

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from jetsource.domains.sessions.connect import SessionsClient
 from jetsource.domains.sessions.settings import SessionsAppSettings
+from tests.integration.sessions.ledger_input import imported, line
 from tests.integration.sessions.test_cli import cli
-from tests.integration.sessions.test_failed_session_without_error import imported, line
 
 
 async def test_list_and_show_agree_on_a_failure_whose_error_is_no_string(

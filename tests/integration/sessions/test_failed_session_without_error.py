@@ -6,34 +6,13 @@ error) showed "failed", a text nobody wrote."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
-from typing import Any
 
 from jetsource.domains.sessions.connect import SessionsClient
 from jetsource.domains.sessions.settings import SessionsAppSettings
+from tests.integration.sessions.ledger_input import imported, line
 from tests.integration.sessions.test_cli import cli
-
-TS = "2026-12-01T10:00:00.000Z"
-
-
-def line(sid: str, seq: int, kind: str, data: dict[str, object]) -> str:
-    return json.dumps({"ts": TS, "session": sid, "seq": seq, "type": kind, "data": data})
-
-
-async def imported(
-    settings: SessionsAppSettings, tmp_path: Path, lines: list[str]
-) -> list[dict[str, Any]]:
-    """The lines imported with `sessions import`; the rows `sessions list` says then."""
-    source = tmp_path / "sessions.jsonl"
-    await asyncio.to_thread(source.write_text, "\n".join(lines) + "\n")
-    run = await cli(settings, "import", str(source), "-o", "json")
-    assert run.returncode == 0, run.stderr
-    listed = await cli(settings, "list", "-o", "json")
-    assert listed.returncode == 0, listed.stderr
-    rows: list[dict[str, Any]] = json.loads(listed.stdout)
-    return rows
 
 
 async def test_list_and_show_agree_on_a_failure_with_no_error_text(

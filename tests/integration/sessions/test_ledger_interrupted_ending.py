@@ -10,12 +10,9 @@ session went on)."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
-from google.protobuf.struct_pb2 import Struct
 
-from jetsource._gen.process.v1 import events_pb2 as ev
 from jetsource._gen.process.v1 import observer_pb2 as ob
 from jetsource.core.ids import uuid7
 from jetsource.core.settings import JetsourceSettings
@@ -26,14 +23,9 @@ from jetsource.domains.sessions.ledger import ObserverWriter, QueryReader, recor
 from jetsource.domains.sessions.service import Sessions
 from jetsource.domains.sessions.settings import SessionsAppSettings
 from tests.e2e.test_process_query import Stack, stack  # noqa: F401  (the fixture)
+from tests.integration.sessions.ledger_input import raw
 
 pytestmark = pytest.mark.e2e
-
-
-def raw(sid: str, event_type: str, **data: Any) -> ev.CanonicalEvent:
-    body = Struct()
-    body.update(data)
-    return ev.CanonicalEvent(process_id=sid, event_type=event_type, source="raw", data=body)
 
 
 async def test_a_session_ended_by_process_interrupted_reads_interrupted_everywhere(

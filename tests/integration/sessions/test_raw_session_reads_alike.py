@@ -8,12 +8,9 @@ kept through a later ending (found by a differential check of both readers)."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
-from google.protobuf.struct_pb2 import Struct
 
-from jetsource._gen.process.v1 import events_pb2 as ev
 from jetsource._gen.process.v1 import observer_pb2 as ob
 from jetsource.core.ids import uuid7
 from jetsource.core.settings import JetsourceSettings
@@ -22,14 +19,9 @@ from jetsource.domains.sessions.ledger import QueryReader
 from jetsource.domains.sessions.service import Sessions
 from jetsource.domains.sessions.settings import SessionsAppSettings
 from tests.e2e.test_process_query import Stack, stack  # noqa: F401  (the fixture)
+from tests.integration.sessions.ledger_input import raw
 
 pytestmark = pytest.mark.e2e
-
-
-def raw(sid: str, event_type: str, **data: Any) -> ev.CanonicalEvent:
-    body = Struct()
-    body.update(data)
-    return ev.CanonicalEvent(process_id=sid, event_type=event_type, source="raw", data=body)
 
 
 async def test_list_and_show_of_either_reader_agree_on_a_raw_session(
