@@ -46,30 +46,27 @@ async def stream_exists(p: Projection, name: str) -> bool:
 
 
 async def test_an_archive_without_the_purged_history_is_named(
-    settings: JetsourceSettings, unique: str, tmp_path: Path
+    compacting: Projection, unique: str, tmp_path: Path
 ) -> None:
-    p = await open_projection(compacting_settings(settings, unique, tmp_path / "archive"))
-    try:
-        await compacted(p, "w")
-        stream = p.store.settings.stream
-        horizons = await horizon.read_all(p.store._replies, stream, 5.0)
-        assert len(horizons) == 2
-        named = {name for h in horizons.values() for name in h.segments}
-        assert (await open_archive(p.settings, stream).verify(horizons)).passed
+    p = compacting
+    await compacted(p, "w")
+    stream = p.store.settings.stream
+    horizons = await horizon.read_all(p.store._replies, stream, 5.0)
+    assert len(horizons) == 2
+    named = {name for h in horizons.values() for name in h.segments}
+    assert (await open_archive(p.settings, stream).verify(horizons)).passed
 
-        elsewhere = Archive(LocalObjectStore(tmp_path / "not-the-archive"), stream)
-        report = await elsewhere.verify(horizons)
-        assert not report.passed and set(report.corrupt) == named
-        assert all("JETSOURCE_ARCHIVE__URL" in why for why in report.corrupt.values())
+    elsewhere = Archive(LocalObjectStore(tmp_path / "not-the-archive"), stream)
+    report = await elsewhere.verify(horizons)
+    assert not report.passed and set(report.corrupt) == named
+    assert all("JETSOURCE_ARCHIVE__URL" in why for why in report.corrupt.values())
 
-        info = await p.store.stream_info()
-        with pytest.raises(RestoreError) as refused:
-            await restore(p.store._replies, elsewhere, info["config"], f"RW_{unique}", {}, 5.0)
-        assert refused.value.field == "JETSOURCE_ARCHIVE__URL"
-        assert all(name in str(refused.value) for name in named)
-        assert not await stream_exists(p, f"RW_{unique}")  # nothing written
-    finally:
-        await p.close()
+    info = await p.store.stream_info()
+    with pytest.raises(RestoreError) as refused:
+        await restore(p.store._replies, elsewhere, info["config"], f"RW_{unique}", {}, 5.0)
+    assert refused.value.field == "JETSOURCE_ARCHIVE__URL"
+    assert all(name in str(refused.value) for name in named)
+    assert not await stream_exists(p, f"RW_{unique}")  # nothing written
 
 
 async def test_an_entry_or_segment_of_another_stream_is_named(

@@ -7,7 +7,6 @@ million round trips)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,12 +14,11 @@ import pytest
 from jetsource._gen.context.v1 import events_pb2 as ev
 from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
 from jetsource.core.envelope import NewEvent
-from jetsource.core.settings import JetsourceSettings
 from jetsource.eventstore import jsapi
 from jetsource.eventstore.jetstream import void_prefix
-from jetsource.projection.bootstrap import open_projection
+from jetsource.projection.bootstrap import Projection
 from tests.history_fixtures import save_snapshots
-from tests.integration.archive.fixtures import compact_at, compacting_settings
+from tests.integration.archive.fixtures import compact_at
 
 pytestmark = pytest.mark.integration
 
@@ -39,60 +37,54 @@ def count_void_lookups(monkeypatch: pytest.MonkeyPatch, prefix: str) -> list[str
 
 
 async def test_compaction_asks_no_void_per_old_event(
-    settings: JetsourceSettings, unique: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    compacting: Projection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    p = await open_projection(compacting_settings(settings, unique, tmp_path / "archive"))
+    p = compacting
     store = p.store
-    try:
-        await store.append("s1", [NewEvent(ev.ContextCreated(title="T", created_by="x"))], 0)
-        for i in range(1, 30):
-            added = ev.DecisionAdded(decision_id=f"d{i}", author="bob", title="D")
-            await store.append("s1", [NewEvent(added)], i)
-        records = await store.read_aggregate("s1")
-        await save_snapshots(p.snapshots, records, [25])
-        asked = count_void_lookups(monkeypatch, void_prefix(store.settings.subject_prefix))
+    await store.append("s1", [NewEvent(ev.ContextCreated(title="T", created_by="x"))], 0)
+    for i in range(1, 30):
+        added = ev.DecisionAdded(decision_id=f"d{i}", author="bob", title="D")
+        await store.append("s1", [NewEvent(added)], i)
+    records = await store.read_aggregate("s1")
+    await save_snapshots(p.snapshots, records, [25])
+    asked = count_void_lookups(monkeypatch, void_prefix(store.settings.subject_prefix))
 
-        report = (await compact_at(p, records[-1].recorded_at_ns)).report
-        assert report.archived == 25, report
-        assert asked == []  # was 24: one per archived event after the first
-    finally:
-        await p.close()
+    report = (await compact_at(p, records[-1].recorded_at_ns)).report
+    assert report.archived == 25, report
+    assert asked == []  # was 24: one per archived event after the first
 
 
 async def test_a_void_the_watch_missed_is_still_asked_for(
-    settings: JetsourceSettings, unique: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    compacting: Projection, unique: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A message that does not decode is asked about: voided, it holds no version."""
-    p = await open_projection(compacting_settings(settings, unique, tmp_path / "archive"))
+    p = compacting
     store = p.store
-    try:
-        await store.append("s1", [NewEvent(ev.ContextCreated(title="T", created_by="x"))], 0)
-        for i in range(1, 5):
-            added = ev.DecisionAdded(decision_id=f"d{i}", author="bob", title="D")
-            await store.append("s1", [NewEvent(added)], i)
-        last = (await store.read_aggregate("s1"))[-1]
-        raw = await jsapi.direct_get(
-            store._replies, store.settings.stream, {"seq": last.stream_seq}, 5.0
-        )
-        assert raw is not None
-        forged = EventEnvelope()
-        forged.ParseFromString(raw.data)
-        forged.aggregate_version, forged.payload = 6, b"\xff\xff\xff\x07garbage"
-        forged.event_id = f"forged-{unique}"
-        ack = await p.nc.jetstream().publish(raw.subject, forged.SerializeToString())
-        await store.void(ack.seq, "test", "tester")
-        for i in range(5, 14):
-            added = ev.DecisionAdded(decision_id=f"e{i}", author="bob", title="D")
-            await store.append("s1", [NewEvent(added)], i)
-        records = await store.read_aggregate("s1")
-        await save_snapshots(p.snapshots, records, [10])
-        store._voids.discard(ack.seq)  # as if the watch had not heard of it
-        asked = count_void_lookups(monkeypatch, void_prefix(store.settings.subject_prefix))
+    await store.append("s1", [NewEvent(ev.ContextCreated(title="T", created_by="x"))], 0)
+    for i in range(1, 5):
+        added = ev.DecisionAdded(decision_id=f"d{i}", author="bob", title="D")
+        await store.append("s1", [NewEvent(added)], i)
+    last = (await store.read_aggregate("s1"))[-1]
+    raw = await jsapi.direct_get(
+        store._replies, store.settings.stream, {"seq": last.stream_seq}, 5.0
+    )
+    assert raw is not None
+    forged = EventEnvelope()
+    forged.ParseFromString(raw.data)
+    forged.aggregate_version, forged.payload = 6, b"\xff\xff\xff\x07garbage"
+    forged.event_id = f"forged-{unique}"
+    ack = await p.nc.jetstream().publish(raw.subject, forged.SerializeToString())
+    await store.void(ack.seq, "test", "tester")
+    for i in range(5, 14):
+        added = ev.DecisionAdded(decision_id=f"e{i}", author="bob", title="D")
+        await store.append("s1", [NewEvent(added)], i)
+    records = await store.read_aggregate("s1")
+    await save_snapshots(p.snapshots, records, [10])
+    store._voids.discard(ack.seq)  # as if the watch had not heard of it
+    asked = count_void_lookups(monkeypatch, void_prefix(store.settings.subject_prefix))
 
-        report = (await compact_at(p, records[-1].recorded_at_ns)).report
-        assert report.purged == 11, report  # v1..10 and the voided message among them
-        horizon = await store.horizon("s1")
-        assert horizon is not None and horizon.version == 10
-        assert len(asked) == 1, asked  # the voided message alone
-    finally:
-        await p.close()
+    report = (await compact_at(p, records[-1].recorded_at_ns)).report
+    assert report.purged == 11, report  # v1..10 and the voided message among them
+    horizon = await store.horizon("s1")
+    assert horizon is not None and horizon.version == 10
+    assert len(asked) == 1, asked  # the voided message alone

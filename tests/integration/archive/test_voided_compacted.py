@@ -7,74 +7,68 @@ across the horizon now equal those before compaction."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from jetsource._gen.context.v1 import events_pb2 as ev
 from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
 from jetsource.archive.history import history_store
 from jetsource.core.envelope import NewEvent
-from jetsource.core.settings import JetsourceSettings
 from jetsource.eventstore import jsapi
 from jetsource.projection import admin
-from jetsource.projection.bootstrap import open_projection
+from jetsource.projection.bootstrap import Projection
 from tests.history_fixtures import save_snapshots
-from tests.integration.archive.fixtures import compact_at, compacting_settings
+from tests.integration.archive.fixtures import compact_at
 from tests.projector_fixtures import build_context_v1
 
 pytestmark = pytest.mark.integration
 
 
 async def test_a_voided_message_behind_the_horizon_reads_as_before(
-    settings: JetsourceSettings, unique: str, tmp_path: Path
+    compacting: Projection, unique: str
 ) -> None:
-    p = await open_projection(compacting_settings(settings, unique, tmp_path / "archive"))
+    p = compacting
     store = p.store
-    try:
-        await store.append("s1", [NewEvent(ev.ContextCreated(title="T", created_by="x"))], 0)
-        for i in range(1, 5):
-            added = ev.DecisionAdded(decision_id=f"d{i}", author="bob", title="D")
-            await store.append("s1", [NewEvent(added)], i)
-        # A hostile message on the story's subject (an envelope whose payload does not
-        # parse), voided by an operator: readers step over it.
-        last = (await store.read_aggregate("s1"))[-1]
-        raw = await jsapi.direct_get(
-            store._replies, store.settings.stream, {"seq": last.stream_seq}, 5.0
-        )
-        assert raw is not None
-        forged = EventEnvelope()
-        forged.ParseFromString(raw.data)
-        forged.aggregate_version, forged.payload = 6, b"\xff\xff\xff\x07garbage"
-        forged.event_id = f"forged-{unique}"
-        ack = await p.nc.jetstream().publish(raw.subject, forged.SerializeToString())
-        await store.void(ack.seq, "test", "tester")
-        for i in range(5, 24):
-            added = ev.DecisionAdded(decision_id=f"e{i}", author="bob", title="D")
-            await store.append("s1", [NewEvent(added)], i)
+    await store.append("s1", [NewEvent(ev.ContextCreated(title="T", created_by="x"))], 0)
+    for i in range(1, 5):
+        added = ev.DecisionAdded(decision_id=f"d{i}", author="bob", title="D")
+        await store.append("s1", [NewEvent(added)], i)
+    # A hostile message on the story's subject (an envelope whose payload does not
+    # parse), voided by an operator: readers step over it.
+    last = (await store.read_aggregate("s1"))[-1]
+    raw = await jsapi.direct_get(
+        store._replies, store.settings.stream, {"seq": last.stream_seq}, 5.0
+    )
+    assert raw is not None
+    forged = EventEnvelope()
+    forged.ParseFromString(raw.data)
+    forged.aggregate_version, forged.payload = 6, b"\xff\xff\xff\x07garbage"
+    forged.event_id = f"forged-{unique}"
+    ack = await p.nc.jetstream().publish(raw.subject, forged.SerializeToString())
+    await store.void(ack.seq, "test", "tester")
+    for i in range(5, 24):
+        added = ev.DecisionAdded(decision_id=f"e{i}", author="bob", title="D")
+        await store.append("s1", [NewEvent(added)], i)
 
-        history = history_store(store, p.settings)
-        records = await history.read_aggregate("s1")
-        assert [r.version for r in records] == list(range(1, 25))
-        await save_snapshots(p.snapshots, records, [16])
-        model = await build_context_v1(p)
-        digest = await model.digest()
-        times = [r.recorded_at_ns for r in records]
-        before = [await history.version_at_time("s1", t) for t in times]
+    history = history_store(store, p.settings)
+    records = await history.read_aggregate("s1")
+    assert [r.version for r in records] == list(range(1, 25))
+    await save_snapshots(p.snapshots, records, [16])
+    model = await build_context_v1(p)
+    digest = await model.digest()
+    times = [r.recorded_at_ns for r in records]
+    before = [await history.version_at_time("s1", t) for t in times]
 
-        report = (await compact_at(p, records[-1].recorded_at_ns)).report
-        assert report.purged == 17, report  # v1..16 and the voided message among them
-        horizon = await store.horizon("s1")
-        assert horizon is not None and horizon.version == 16
+    report = (await compact_at(p, records[-1].recorded_at_ns)).report
+    assert report.purged == 17, report  # v1..16 and the voided message among them
+    horizon = await store.horizon("s1")
+    assert horizon is not None and horizon.version == 16
 
-        history = history_store(store, p.settings)
-        after = await history.read_aggregate("s1")
-        assert [(r.version, r.stream_seq) for r in after] == [
-            (r.version, r.stream_seq) for r in records
-        ]
-        assert [await history.version_at_time("s1", t) for t in times] == before
-        assert len(await history.read_aggregate("s1", to_version=6)) == 6
-        await admin.rebuild(p, "context", 2)  # from the archive, then the live stream
-        assert await p.model("context", 2).digest() == digest
-    finally:
-        await p.close()
+    history = history_store(store, p.settings)
+    after = await history.read_aggregate("s1")
+    assert [(r.version, r.stream_seq) for r in after] == [
+        (r.version, r.stream_seq) for r in records
+    ]
+    assert [await history.version_at_time("s1", t) for t in times] == before
+    assert len(await history.read_aggregate("s1", to_version=6)) == 6
+    await admin.rebuild(p, "context", 2)  # from the archive, then the live stream
+    assert await p.model("context", 2).digest() == digest
