@@ -70,7 +70,13 @@ def open_channel(
     # A client's own connection (grpc would otherwise share one TCP connection among
     # every channel of the process to the same address): so a service's workers, or
     # replicas behind an L4 balancer, each take their share of a process's clients.
-    own: list[tuple[str, Any]] = [("grpc.use_local_subchannel_pool", 1)]
+    # Any answer size: the server bounds what it sends (grpc.max_message_bytes, refused
+    # there as ANSWER_TOO_LARGE naming the call); grpc's default 4 MiB here made every
+    # answer of a server set above it RESOURCE_EXHAUSTED "Received message larger than max".
+    own: list[tuple[str, Any]] = [
+        ("grpc.use_local_subchannel_pool", 1),
+        ("grpc.max_receive_message_length", -1),
+    ]
     if retry:
         own += [
             ("grpc.enable_retries", 1),

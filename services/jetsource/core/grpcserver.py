@@ -303,6 +303,47 @@ def _parse(parse: Callable[[bytes], Any] | None, body: bytes) -> Any:
 
 _PASS_THROUGH = (grpc.aio.AbortError, asyncio.CancelledError, GeneratorExit)
 
+MESSAGE_LIMIT_SETTING = "JETSOURCE_GRPC__MAX_MESSAGE_BYTES"
+
+
+def answer_too_large(method: str, request: Any, size: int, limit: int) -> RpcError:
+    """An answer (or one streamed message) of ``method`` past the message limit:
+    FAILED_PRECONDITION, reason ANSWER_TOO_LARGE, naming the call, the size, the limit
+    and its setting, and the request's paging field when it has one. Not the
+    RESOURCE_EXHAUSTED grpc's core answers after the handler ("Sent message larger
+    than max", naming nothing): clients retry that code, and asking again cannot help."""
+    name = method.rsplit("/", 1)[-1]
+    fields = getattr(getattr(request, "DESCRIPTOR", None), "fields_by_name", {})
+    if "page_size" in fields:
+        hint = "ask for a smaller page_size, or "
+    elif depth := next((f for f in ("depth", "max_depth") if f in fields), ""):
+        hint = f"ask for fewer levels ({depth}), or "
+    else:
+        hint = ""
+    return RpcError(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        f"{name}: the answer is {size:,} bytes encoded, past the {limit:,}-byte message "
+        f"limit (grpc.max_message_bytes, {MESSAGE_LIMIT_SETTING}); {hint}raise that "
+        "setting on the server (jetsource's clients take any size it sends)",
+        reason="ANSWER_TOO_LARGE",
+        metadata={"method": method, "answer_bytes": str(size), "max_message_bytes": str(limit)},
+    )
+
+
+def _sizer(
+    serialize: Callable[[Any], bytes] | None, method: str, limit: int
+) -> Callable[[Any, Any], bytes]:
+    """Encode a handler's answer here (grpc is then given bytes), refused by
+    :func:`answer_too_large` past ``limit`` (0: no limit)."""
+
+    def encoded(answer: Any, request: Any) -> bytes:
+        body: bytes = answer if serialize is None else serialize(answer)
+        if limit and len(body) > limit:
+            raise answer_too_large(method, request, len(body), limit)
+        return body
+
+    return encoded
+
 
 @dataclass
 class GrpcEndpoint:
@@ -382,9 +423,17 @@ class Guard:
     and grpc.aio's main loop waits on one pending call future per registered method."""
 
     def __init__(
-        self, tokens: list[str], max_inflight: int, max_open: int = 0, service: str = ""
+        self,
+        tokens: list[str],
+        max_inflight: int,
+        max_open: int = 0,
+        service: str = "",
+        max_message_bytes: int = 0,
     ) -> None:
         self._tokens = [t.encode() for t in tokens]
+        # The server's grpc.max_send_message_length: an answer past it is refused here,
+        # naming the call (answer_too_large), before grpc's core would (0: not checked).
+        self._max_message = max_message_bytes
         self._service = service
         self._refused = {
             r: refused_counter().labels(service, r)
@@ -533,7 +582,10 @@ class Guard:
             return _parsed_only(handler, self, method)
         # Requests arrive as bytes and are parsed here, so a body that is not valid
         # protobuf is INVALID_ARGUMENT (grpc.aio's own deserializer answers UNKNOWN).
+        # Answers are encoded here as well and measured against the message limit
+        # (_sizer): grpc is given bytes (no serializer of its own).
         parse = handler.request_deserializer
+        sized = _sizer(handler.response_serializer, method, self._max_message)
         admit, refuse, enter, leave = self._admit, self._refuse, self._enter, self._leave
         if handler.unary_unary is not None:
             inner = handler.unary_unary
@@ -544,7 +596,8 @@ class Guard:
                 if client is None:
                     await refuse(context, method)
                 try:
-                    return await inner(_parse(parse, body), context)
+                    request = _parse(parse, body)
+                    return sized(await inner(request, context), request)
                 except _PASS_THROUGH:
                     raise
                 except Exception as exc:
@@ -552,7 +605,7 @@ class Guard:
                 finally:
                     leave(client)
 
-            return grpc.unary_unary_rpc_method_handler(unary, None, handler.response_serializer)
+            return grpc.unary_unary_rpc_method_handler(unary, None, None)
         if handler.unary_stream is not None:
             stream = handler.unary_stream
 
@@ -561,8 +614,9 @@ class Guard:
             ) -> AsyncIterator[Any]:
                 client = await enter(context, method)
                 try:
-                    async for item in stream(_parse(parse, body), context):
-                        yield item
+                    request = _parse(parse, body)
+                    async for item in stream(request, context):
+                        yield sized(item, request)
                 except _PASS_THROUGH:
                     raise
                 except Exception as exc:
@@ -570,9 +624,7 @@ class Guard:
                 finally:
                     leave(client)
 
-            return grpc.unary_stream_rpc_method_handler(
-                streaming, None, handler.response_serializer
-            )
+            return grpc.unary_stream_rpc_method_handler(streaming, None, None)
         if handler.stream_unary is not None:
             gather = handler.stream_unary
 
@@ -586,7 +638,7 @@ class Guard:
                         yield _parse(parse, body)
 
                 try:
-                    return await gather(requests(), context)
+                    return sized(await gather(requests(), context), None)
                 except _PASS_THROUGH:
                     raise
                 except Exception as exc:
@@ -594,9 +646,7 @@ class Guard:
                 finally:
                     leave(client)
 
-            return grpc.stream_unary_rpc_method_handler(
-                client_streaming, None, handler.response_serializer
-            )
+            return grpc.stream_unary_rpc_method_handler(client_streaming, None, None)
         # Bidi-streaming: only reflection (open, as health is: neither authenticated
         # nor counted), its bodies parsed here as well.
         return _parsed_only(handler, self, method)
@@ -781,7 +831,8 @@ async def start_grpc(
     # of the calls the server takes, so they never crowd out the service's own.
     max_open = max(1, max_concurrent_rpcs // 4)
     registry = GuardedRegistry(
-        server, Guard(tokens, s.max_inflight_per_client, max_open, service_name)
+        server,
+        Guard(tokens, s.max_inflight_per_client, max_open, service_name, s.max_message_bytes),
     )
     add_servicer(cast(grpc.aio.Server, registry))
     health_servicer = health.aio.HealthServicer()
