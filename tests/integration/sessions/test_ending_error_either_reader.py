@@ -22,6 +22,7 @@ from jetsource.domains.sessions.ledger import QueryReader
 from jetsource.domains.sessions.service import SessionNotFoundError, Sessions
 from jetsource.domains.sessions.settings import SessionsAppSettings
 from tests.e2e.test_process_query import Stack, stack  # noqa: F401  (the fixture)
+from tests.integration.sessions.ledger_input import listed_when_caught_up
 
 pytestmark = pytest.mark.e2e
 
@@ -76,16 +77,7 @@ async def test_list_and_show_of_either_reader_take_the_endings_error_alike(
                     await asyncio.sleep(0.05)
                 assert shown == want[sid], (reader, sid)
             # The read models catch up (the listing is the registry's, at its pace).
-            listed: dict[str, tuple[str, str]] = {}
-            for _ in range(200):
-                listed = {
-                    r.session_id: (r.status, r.error)
-                    for r in await sessions.list_sessions(with_errors=True)
-                    if r.session_id in want
-                }
-                if listed == want:
-                    break
-                await asyncio.sleep(0.05)
+            listed = await listed_when_caught_up(sessions, want, lambda r: (r.status, r.error))
             assert listed == want, reader
 
 

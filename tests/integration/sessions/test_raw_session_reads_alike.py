@@ -7,8 +7,6 @@ kept through a later ending (found by a differential check of both readers)."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from jetsource._gen.process.v1 import observer_pb2 as ob
@@ -19,7 +17,7 @@ from jetsource.domains.sessions.ledger import QueryReader
 from jetsource.domains.sessions.service import Sessions
 from jetsource.domains.sessions.settings import SessionsAppSettings
 from tests.e2e.test_process_query import Stack, stack  # noqa: F401  (the fixture)
-from tests.integration.sessions.ledger_input import raw
+from tests.integration.sessions.ledger_input import listed_when_caught_up, raw
 
 pytestmark = pytest.mark.e2e
 
@@ -45,22 +43,18 @@ async def test_list_and_show_of_either_reader_agree_on_a_raw_session(
         again: ("failed then completed", "completed", "first"),
     }
     query = Sessions(QueryReader(stack.reads))
+
+    async def timeline_caught_up(sessions: Sessions) -> bool:
+        return len(await sessions.reader.events(again)) == 3
+
     async with open_sessions(SessionsAppSettings(nats=settings.nats)) as client:
         for sessions in (client.sessions, query):
             reader = type(sessions.reader).__name__
             # The read models catch up: the events (the timeline) and the listing (the
             # process registry) are two models, each at its own pace.
-            listed: dict[str, tuple[str, str, str]] = {}
-            for _ in range(200):
-                if len(await sessions.reader.events(again)) == 3:
-                    listed = {
-                        r.session_id: (r.command, r.status, r.error)
-                        for r in await sessions.list_sessions(with_errors=True)
-                        if r.session_id in want
-                    }
-                    if listed == want:
-                        break
-                await asyncio.sleep(0.05)
+            listed = await listed_when_caught_up(
+                sessions, want, lambda r: (r.command, r.status, r.error), timeline_caught_up
+            )
             assert listed == want, reader
             for sid in want:
                 record, _, _ = await sessions.show(sid)
