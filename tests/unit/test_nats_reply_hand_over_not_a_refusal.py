@@ -16,6 +16,19 @@ from jetsource.core.settings import JetsourceSettings
 from jetsource.eventstore import bootstrap, jsapi
 
 
+async def _connected_saying(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, client: type
+) -> list[str]:
+    """bootstrap.connect with ``client`` as its NATS class: it connects (no
+    AccessDeniedError), and what it logged at ERROR is returned."""
+    monkeypatch.setattr(bootstrap, "NATS", client)
+    monkeypatch.setattr(bootstrap, "survive_a_dead_socket", lambda nc: None)
+    with caplog.at_level(logging.ERROR, logger=bootstrap.log.name):
+        nc = await bootstrap.connect(JetsourceSettings())  # no AccessDeniedError
+    assert isinstance(nc, client)
+    return [r.getMessage() for r in caplog.records]
+
+
 class _Client:
     """A client whose connect reports a lost reply to its error callback, then connects."""
 
@@ -27,12 +40,7 @@ class _Client:
 async def test_a_lost_reply_on_an_inbox_holding_tls_is_no_refusal(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(bootstrap, "NATS", _Client)
-    monkeypatch.setattr(bootstrap, "survive_a_dead_socket", lambda nc: None)
-    with caplog.at_level(logging.ERROR, logger=bootstrap.log.name):
-        nc = await bootstrap.connect(JetsourceSettings())  # no AccessDeniedError
-    assert isinstance(nc, _Client)
-    said = [r.getMessage() for r in caplog.records]
+    said = await _connected_saying(monkeypatch, caplog, _Client)
     assert not any("refused" in s for s in said), said
     assert any("_INBOX.q7TlsX9.42 could not be handed over" in s for s in said), said
 
@@ -54,11 +62,6 @@ async def test_a_permissions_violation_on_an_inbox_holding_tls_is_no_refusal(
     """It was logged "nats refused this client" (the refusal words came first) and
     ended the connect in AccessDeniedError; it is said as the permissions violation it
     is, and the connect goes on."""
-    monkeypatch.setattr(bootstrap, "NATS", _Denied)
-    monkeypatch.setattr(bootstrap, "survive_a_dead_socket", lambda nc: None)
-    with caplog.at_level(logging.ERROR, logger=bootstrap.log.name):
-        nc = await bootstrap.connect(JetsourceSettings())  # no AccessDeniedError
-    assert isinstance(nc, _Denied)
-    said = [r.getMessage() for r in caplog.records]
+    said = await _connected_saying(monkeypatch, caplog, _Denied)
     assert not any(s.startswith("nats refused this client") for s in said), said
     assert any("permissions for this client's user" in s for s in said), said
