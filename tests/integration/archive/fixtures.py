@@ -8,12 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jetsource._gen.context.v1 import events_pb2 as ev
+from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
 from jetsource.archive.archiver import Archiver, CompactReport
 from jetsource.archive.history import ArchivedHistory, open_archive
 from jetsource.archive.store import Archive
-from jetsource.core.envelope import RecordedEvent
+from jetsource.core.envelope import NewEvent, RecordedEvent
 from jetsource.core.settings import ArchiveSettings, JetsourceSettings
 from jetsource.domains.context.serialize import STATE_SCHEMA_VERSION
+from jetsource.eventstore import jsapi
 from jetsource.projection.bootstrap import Projection
 from jetsource.projection.settings import ProjectorSettings
 from tests.eventstore_fixtures import isolated_settings
@@ -64,3 +67,29 @@ def reader(p: Projection) -> ArchivedHistory:
 
 def middle_time(records: Sequence[RecordedEvent], fraction: float = 0.6) -> int:
     return records[int(len(records) * fraction)].recorded_at_ns
+
+
+async def story_with_a_voided_forgery(p: Projection, unique: str, last: int) -> int:
+    """Story s1: created, decisions d1..d4, then a hostile message on its subject (an
+    envelope whose payload does not parse, at version 6) voided by an operator (readers
+    step over it), then decisions e5 up to version ``last``. The voided sequence."""
+    store = p.store
+    await store.append("s1", [NewEvent(ev.ContextCreated(title="T", created_by="x"))], 0)
+    for i in range(1, 5):
+        added = ev.DecisionAdded(decision_id=f"d{i}", author="bob", title="D")
+        await store.append("s1", [NewEvent(added)], i)
+    tail = (await store.read_aggregate("s1"))[-1]
+    raw = await jsapi.direct_get(
+        store._replies, store.settings.stream, {"seq": tail.stream_seq}, 5.0
+    )
+    assert raw is not None
+    forged = EventEnvelope()
+    forged.ParseFromString(raw.data)
+    forged.aggregate_version, forged.payload = 6, b"\xff\xff\xff\x07garbage"
+    forged.event_id = f"forged-{unique}"
+    ack = await p.nc.jetstream().publish(raw.subject, forged.SerializeToString())
+    await store.void(ack.seq, "test", "tester")
+    for i in range(5, last + 1):
+        added = ev.DecisionAdded(decision_id=f"e{i}", author="bob", title="D")
+        await store.append("s1", [NewEvent(added)], i)
+    return int(ack.seq)

@@ -12,13 +12,12 @@ from typing import Any
 import pytest
 
 from jetsource._gen.context.v1 import events_pb2 as ev
-from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
 from jetsource.core.envelope import NewEvent
 from jetsource.eventstore import jsapi
 from jetsource.eventstore.jetstream import void_prefix
 from jetsource.projection.bootstrap import Projection
 from tests.history_fixtures import save_snapshots
-from tests.integration.archive.fixtures import compact_at
+from tests.integration.archive.fixtures import compact_at, story_with_a_voided_forgery
 
 pytestmark = pytest.mark.integration
 
@@ -60,27 +59,10 @@ async def test_a_void_the_watch_missed_is_still_asked_for(
     """A message that does not decode is asked about: voided, it holds no version."""
     p = compacting
     store = p.store
-    await store.append("s1", [NewEvent(ev.ContextCreated(title="T", created_by="x"))], 0)
-    for i in range(1, 5):
-        added = ev.DecisionAdded(decision_id=f"d{i}", author="bob", title="D")
-        await store.append("s1", [NewEvent(added)], i)
-    last = (await store.read_aggregate("s1"))[-1]
-    raw = await jsapi.direct_get(
-        store._replies, store.settings.stream, {"seq": last.stream_seq}, 5.0
-    )
-    assert raw is not None
-    forged = EventEnvelope()
-    forged.ParseFromString(raw.data)
-    forged.aggregate_version, forged.payload = 6, b"\xff\xff\xff\x07garbage"
-    forged.event_id = f"forged-{unique}"
-    ack = await p.nc.jetstream().publish(raw.subject, forged.SerializeToString())
-    await store.void(ack.seq, "test", "tester")
-    for i in range(5, 14):
-        added = ev.DecisionAdded(decision_id=f"e{i}", author="bob", title="D")
-        await store.append("s1", [NewEvent(added)], i)
+    voided = await story_with_a_voided_forgery(p, unique, last=13)
     records = await store.read_aggregate("s1")
     await save_snapshots(p.snapshots, records, [10])
-    store._voids.discard(ack.seq)  # as if the watch had not heard of it
+    store._voids.discard(voided)  # as if the watch had not heard of it
     asked = count_void_lookups(monkeypatch, void_prefix(store.settings.subject_prefix))
 
     report = (await compact_at(p, records[-1].recorded_at_ns)).report

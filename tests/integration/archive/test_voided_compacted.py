@@ -9,15 +9,11 @@ from __future__ import annotations
 
 import pytest
 
-from jetsource._gen.context.v1 import events_pb2 as ev
-from jetsource._gen.eventstore.v1.envelope_pb2 import EventEnvelope
 from jetsource.archive.history import history_store
-from jetsource.core.envelope import NewEvent
-from jetsource.eventstore import jsapi
 from jetsource.projection import admin
 from jetsource.projection.bootstrap import Projection
 from tests.history_fixtures import save_snapshots
-from tests.integration.archive.fixtures import compact_at
+from tests.integration.archive.fixtures import compact_at, story_with_a_voided_forgery
 from tests.projector_fixtures import build_context_v1
 
 pytestmark = pytest.mark.integration
@@ -28,26 +24,8 @@ async def test_a_voided_message_behind_the_horizon_reads_as_before(
 ) -> None:
     p = compacting
     store = p.store
-    await store.append("s1", [NewEvent(ev.ContextCreated(title="T", created_by="x"))], 0)
-    for i in range(1, 5):
-        added = ev.DecisionAdded(decision_id=f"d{i}", author="bob", title="D")
-        await store.append("s1", [NewEvent(added)], i)
-    # A hostile message on the story's subject (an envelope whose payload does not
-    # parse), voided by an operator: readers step over it.
-    last = (await store.read_aggregate("s1"))[-1]
-    raw = await jsapi.direct_get(
-        store._replies, store.settings.stream, {"seq": last.stream_seq}, 5.0
-    )
-    assert raw is not None
-    forged = EventEnvelope()
-    forged.ParseFromString(raw.data)
-    forged.aggregate_version, forged.payload = 6, b"\xff\xff\xff\x07garbage"
-    forged.event_id = f"forged-{unique}"
-    ack = await p.nc.jetstream().publish(raw.subject, forged.SerializeToString())
-    await store.void(ack.seq, "test", "tester")
-    for i in range(5, 24):
-        added = ev.DecisionAdded(decision_id=f"e{i}", author="bob", title="D")
-        await store.append("s1", [NewEvent(added)], i)
+    # A hostile message on the story's subject, voided by an operator, among 23 versions.
+    await story_with_a_voided_forgery(p, unique, last=23)
 
     history = history_store(store, p.settings)
     records = await history.read_aggregate("s1")
