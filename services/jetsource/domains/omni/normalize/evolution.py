@@ -130,6 +130,8 @@ class _Envelope:
         # An upsert of no message content (a sender key distribution) was skipped: a body
         # of only those is Unrecognised saying so; other events' empty bodies are not.
         self.skipped_no_content = False
+        # The kinds of the protocol messages skipped for naming no message (no key).
+        self.skipped_keyless: list[str] = []
         own = root.opt_str("sender")
         self.own = check_handle(handle(own), root.at("sender")) if own else ""
         self.sent_at = (
@@ -204,6 +206,11 @@ def normalize(ctx: Context, body: Mapping[str, Any]) -> list[NormalizedEvent]:
         raise Unrecognised(
             f"Evolution API event {root.raw['event']!r} carries no message content (only "
             "what Baileys sends beside it: a sender key distribution, context info)"
+        )
+    if not out and env.skipped_keyless:
+        raise Unrecognised(
+            f"Evolution API event {root.raw['event']!r} carries only protocol messages "
+            f"that name no message or chat (no key): {', '.join(sorted(set(env.skipped_keyless)))}"
         )
     return out
 
@@ -489,6 +496,18 @@ def _rekey(env: _Envelope, ev: NormalizedEvent | None, provider_event_id: str) -
 
 
 def _edited(env: _Envelope, data: Node) -> list[NormalizedEvent]:
+    """Evolution sends every protocol message Baileys receives as messages.edited, the
+    protocol message alone (not the message around it). Those of a device's own
+    housekeeping carry no key: an app state key share, a history sync notification, a
+    peer data operation's response, a disappearing-messages setting (whose chat only
+    the outer message named). They name no message and no chat: skipped, and a body
+    of only those is Unrecognised (it was 422 naming ``data.key``, refused after every
+    retry). A revoke or an edit without a key is still Malformed: it must name its
+    target."""
+    kind = _protocol_type(data)
+    if kind not in ("REVOKE", "MESSAGE_EDIT") and not data.has("key"):
+        env.skipped_keyless.append(kind.lower()[:60].encode("ascii", "backslashreplace").decode())
+        return []
     return [_protocol(env, None, data)]
 
 
