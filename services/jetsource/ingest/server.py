@@ -24,6 +24,7 @@ from jetsource.core.aio import honour_cancel, stop_task, wait_for
 from jetsource.core.envelope import RecordedEvent
 from jetsource.core.errors import CorruptEventError
 from jetsource.core.grpcserver import GrpcEndpoint, start_grpc, stop_on_signals
+from jetsource.core.heap import keep_in_server
 from jetsource.core.metrics import bind_socket, register_service, watch_nats
 from jetsource.core.runner import load_settings, run_service
 from jetsource.core.settings import env_var
@@ -291,6 +292,9 @@ async def serve(settings: IngestSettings) -> None:
     register_service("ingest")
     ingest = await build(settings)
     await ingest.start_http(o.host, o.http_port)
+    # Full collections walked the modules and what lives for nothing: pauses of every
+    # webhook in flight (jetsource.core.heap).
+    keeper = keep_in_server(o.freeze_every_s)
     nats_state = watch_nats(ingest.nc, "ingest")
     reads_state = asyncio.create_task(follow_reads(ingest, o.store_probe_s))
     log.info(
@@ -304,6 +308,7 @@ async def serve(settings: IngestSettings) -> None:
     await stop_on_signals().wait()
     log.info("ingest shutting down")
     nats_state.cancel()
+    keeper.cancel()
     await stop_task(reads_state)
     await ingest.stop(o.shutdown_grace_s)
 

@@ -55,6 +55,12 @@ class IngestOptions(BaseModel):
     control_ttl_s: float = Field(default=1.0, ge=0)
     control_max_stale_s: float = Field(default=30.0, ge=0)
     shutdown_grace_s: float = Field(default=5.0, ge=0)
+    freeze_every_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="move what lives out of the garbage collector's full walks this often "
+        "(jetsource.core.heap; 0: leave the collector as it is)",
+    )
 
     @field_validator("instances")
     @classmethod

@@ -14,6 +14,7 @@ from valkey.asyncio import Valkey
 
 from jetsource.core.aio import honour_cancel, stop_task
 from jetsource.core.grpcserver import GrpcEndpoint, start_grpc, stop_on_signals
+from jetsource.core.heap import keep_in_server
 from jetsource.core.metrics import register_service, start_metrics_server, watch_nats
 from jetsource.core.runner import load_settings, run_service
 from jetsource.core.settings import env_var
@@ -125,6 +126,9 @@ async def serve(settings: ProcessQuerySettings) -> None:
     o = settings.process_query
     register_service("process-query")
     query = await build(settings)
+    # Full collections walked the modules and what lives for nothing: pauses of every
+    # read in flight (jetsource.core.heap).
+    keeper = keep_in_server(o.freeze_every_s)
     metrics = (
         start_metrics_server(
             o.metrics_port,
@@ -141,6 +145,7 @@ async def serve(settings: ProcessQuerySettings) -> None:
     await stop_on_signals().wait()
     log.info("process query shutting down")
     nats_state.cancel()
+    keeper.cancel()
     await stop_task(stores)
     if metrics is not None:
         metrics.shutdown()

@@ -36,6 +36,12 @@ class ProcessQueryOptions(BaseModel):
     control_ttl_s: float = Field(default=1.0, ge=0)
     control_max_stale_s: float = Field(default=30.0, ge=0)
     shutdown_grace_s: float = Field(default=5.0, ge=0)
+    freeze_every_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="move what lives out of the garbage collector's full walks this often "
+        "(jetsource.core.heap; 0: leave the collector as it is)",
+    )
     # A read of one process asks the dead letters whether a model parked it (a
     # poison): at most this long, else it answers from the model as it is.
     dead_letter_timeout_s: float = Field(default=0.5, gt=0)
