@@ -33,7 +33,7 @@ from jetsource.eventstore.reshape import lift_deny_purge
 from jetsource.observer.settings import ObserverOptions
 from jetsource.projection.bootstrap import Projection, open_projection, projection_domains
 from jetsource.projection.deadletters import H_SUBJECT
-from jetsource.projection.domain import DomainRegistry
+from jetsource.projection.domain import Domain, DomainRegistry
 from jetsource.projection.settings import ProjectorSettings
 
 CREATED, UPDATED, UNCHANGED = "created", "updated", "unchanged"
@@ -96,16 +96,23 @@ def _domain_stream(store: Any, replies: jsapi.Replies, timeout: float) -> Any:
 READ_MODELS = "read-models"
 
 
+def _events_role(domain: Domain) -> str:
+    """A domain's event stream's role: ``events`` for the one whose names are the
+    event store settings' (context's), ``<domain> events`` for every other."""
+    return "events" if domain.settings_key is not None else f"{domain.name} events"
+
+
 def provisioned_names(
     settings: ProjectorSettings, registry: DomainRegistry
 ) -> list[tuple[str, str]]:
     """(role, stream) of every stream `ensure` provisions, from the settings and the
     registered domains alone (no connection: `backup --stream` is checked with it
-    before NATS is tried)."""
+    before NATS is tried). Every registered domain's event stream, in the registry's
+    order: ``events`` for the one named by ``JETSOURCE_EVENTSTORE__STREAM`` (context's),
+    ``<domain> events`` for each other. The context stream was assumed first: a
+    registry without it (omni alone) had ``EVENTS`` listed and its own stream left out."""
     return [
-        ("events", settings.eventstore.stream),
-        # Every other registered domain's event stream (its descriptor's policy).
-        *((f"{d.name} events", d.eventstore(settings).stream) for d in list(registry)[1:]),
+        *((_events_role(d), d.eventstore(settings).stream) for d in registry),
         ("snapshots", settings.snapshots.stream),
         ("dead letters", settings.projector.dlq_stream),
         # A KV bucket is a stream named KV_<bucket>; created once, never changed here.
@@ -120,8 +127,14 @@ def provisioning(
     reads the same list (:func:`provisioned_names`), so the two cannot drift."""
     replicas = settings.eventstore.replicas
     ensures = [
-        p.store.ensure_streams,
-        *(_domain_stream(store, replies, timeout) for store in list(p.stores.values())[1:]),
+        # The settings' own stream (context's) as it always was; each other domain's
+        # moved off deny_purge when its policy allows purges now.
+        *(
+            p.stores[d.name].ensure_streams
+            if d.settings_key is not None
+            else _domain_stream(p.stores[d.name], replies, timeout)
+            for d in p.domains
+        ),
         p.snapshots.ensure_stream,
         lambda: p.dead_letters.ensure_stream(replicas),
         p.control.kv,

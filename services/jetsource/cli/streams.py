@@ -1,10 +1,11 @@
 """`jetsource streams ensure`: provision what jetsource keeps in JetStream;
 `jetsource streams backup DIR` / `restore DIR`: its streams to files and back.
 
-Creates the event stream, the snapshot stream, the dead-letter stream and the
-read-model control bucket, or brings existing streams to the configured settings
-(replicas, limits, duplicate window). It never deletes or purges anything, so it is
-safe to run on every deploy: the Helm chart runs it as a pre-install/pre-upgrade
+Creates the event stream of every domain the registry holds (JETSOURCE_PROJECTOR__DOMAINS:
+whichever they are, the context domain or not), the snapshot stream, the dead-letter
+stream and the read-model control bucket, or brings existing streams to the configured
+settings (replicas, limits, duplicate window). It never deletes or purges anything, so
+it is safe to run on every deploy: the Helm chart runs it as a pre-install/pre-upgrade
 hook and docker compose as a one-shot service before the services start. Settings
 as for the projector (``JETSOURCE_NATS__...``, ``JETSOURCE_EVENTSTORE__...``,
 ``JETSOURCE_SNAPSHOTS__...``, ``JETSOURCE_PROJECTOR__DLQ_STREAM`` ...).
@@ -219,9 +220,10 @@ def ensure(
 ) -> None:
     """Create or update the streams jetsource needs (idempotent).
 
-    The event, snapshot and dead-letter streams and the read-model control bucket:
-    created when missing, existing streams brought to the settings. Safe to run
-    again: nothing is deleted, stored messages stay.
+    Every registered domain's event stream (JETSOURCE_PROJECTOR__DOMAINS), the snapshot
+    and dead-letter streams and the read-model control bucket: created when missing,
+    existing streams brought to the settings. Safe to run again: nothing is deleted,
+    stored messages stay.
     """
     import json
 
@@ -229,13 +231,14 @@ def ensure(
     from jetsource.cli.stream_admin import _note, ensure_all
     from jetsource.core.errors import AccessDeniedError, EventStoreUnavailableError
     from jetsource.core.settings import redact_url
-    from jetsource.projection.bootstrap import load_domains
+    from jetsource.projection.bootstrap import projection_domains
     from jetsource.projection.settings import ProjectorSettings
 
     settings = ProjectorSettings.load()
     # The registered domains name the streams: a bad JETSOURCE_PROJECTOR__DOMAINS is
-    # said at once, not after waiting up to --timeout for NATS.
-    load_domains(settings.projector.domains)
+    # said at once, not after waiting up to --timeout for NATS (checked as `backup`
+    # checks it: a registry with no domain too).
+    projection_domains(settings)
     where = redact_url(settings.nats_url())
     json_out = _json(as_json)
     every_s = env_seconds("JETSOURCE_PROGRESS_EVERY_S", WAITING_EVERY_S)
