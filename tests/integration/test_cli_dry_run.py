@@ -17,15 +17,13 @@ import pytest
 from jetsource._gen.context.v1 import events_pb2 as ev
 from jetsource.core.envelope import NewEvent
 from jetsource.core.errors import CorruptEventError
-from jetsource.core.settings import EventStoreSettings, JetsourceSettings, SnapshotSettings
+from jetsource.core.settings import JetsourceSettings
 from jetsource.domains.context.events import registry
 from jetsource.eventstore import jsapi
 from jetsource.eventstore.jetstream import JetStreamEventStore
-from jetsource.eventstore.snapshots import JetStreamSnapshotStore
 from jetsource.projection.bootstrap import Projection
 from jetsource.projection.settings import ProjectorSettings
 from tests.cli_env import cli_env, event_store_settings, jetsource
-from tests.history_fixtures import append_history, save_snapshots
 from tests.infra import Server
 from tests.integration.test_erasure import erase_cli, valkey_dump
 from tests.projector_fixtures import (
@@ -203,22 +201,7 @@ async def test_archive_compact_dry_run_counts_the_plan_and_purges_nothing(
 
     archive = tmp_path / "archive"
     env = archive_cli.environment(nats_server.url, unique, archive)
-    cfg = EventStoreSettings(
-        stream=f"AE_{unique}",
-        subject_prefix=f"ae{unique}.events",
-        retention="age+compaction",
-        max_age_s=1,
-    )
-    store = JetStreamEventStore(nc, registry, cfg)
-    await store.ensure_streams()
-    snapshots = JetStreamSnapshotStore(
-        nc, SnapshotSettings(stream=f"AS_{unique}", subject_prefix=f"as{unique}.snapshots"), 5.0
-    )
-    await snapshots.ensure_stream()
-    records = await append_history(store, "cli1", 25, seed=1)
-    await save_snapshots(snapshots, records, [20])
-    await append_history(store, "cli2", 5, seed=2)  # no snapshot covers it: it stays
-    await asyncio.sleep(1.2)  # past the one-second horizon
+    store, _ = await archive_cli.compactable(nc, unique)
     info = (await store.stream_info())["state"]
 
     plan = archive_cli.ok(env, "compact", "--dry-run")

@@ -58,9 +58,9 @@ def ok(env: dict[str, str], *args: str) -> Any:
     return json.loads(run.stdout)
 
 
-async def test_archive_commands(nats_server: Server, nc: Any, unique: str, tmp_path: Path) -> None:
-    archive = tmp_path / "archive"
-    env = environment(nats_server.url, unique, archive)
+async def stores(nc: Any, unique: str) -> tuple[JetStreamEventStore, JetStreamSnapshotStore]:
+    """The event store (compacting, a one-second horizon) and the snapshot store that
+    ``environment`` names, their streams made."""
     cfg = EventStoreSettings(
         stream=f"AE_{unique}",
         subject_prefix=f"ae{unique}.events",
@@ -73,10 +73,24 @@ async def test_archive_commands(nats_server: Server, nc: Any, unique: str, tmp_p
         nc, SnapshotSettings(stream=f"AS_{unique}", subject_prefix=f"as{unique}.snapshots"), 5.0
     )
     await snapshots.ensure_stream()
+    return store, snapshots
+
+
+async def compactable(nc: Any, unique: str) -> tuple[JetStreamEventStore, JetStreamSnapshotStore]:
+    """The ``stores``, story cli1 (25 events, a snapshot at 20) and story cli2 (5 events,
+    no snapshot covers it: it stays), all past the one-second horizon."""
+    store, snapshots = await stores(nc, unique)
     records = await append_history(store, "cli1", 25, seed=1)
     await save_snapshots(snapshots, records, [20])
-    await append_history(store, "cli2", 5, seed=2)  # no snapshot covers it: it stays
+    await append_history(store, "cli2", 5, seed=2)
     await asyncio.sleep(1.2)  # past the one-second horizon
+    return store, snapshots
+
+
+async def test_archive_commands(nats_server: Server, nc: Any, unique: str, tmp_path: Path) -> None:
+    archive = tmp_path / "archive"
+    env = environment(nats_server.url, unique, archive)
+    store, snapshots = await compactable(nc, unique)
 
     # Progress on stderr as `archive export` shows it (compact was silent however long).
     run = cli(env | {"JETSOURCE_PROGRESS_EVERY_S": "0.01"}, "compact", "--json")

@@ -24,14 +24,10 @@ from typer.testing import CliRunner
 
 from jetsource.cli import output as out
 from jetsource.cli.archive import app
-from jetsource.core.settings import EventStoreSettings, SnapshotSettings
 from jetsource.devstack.servers import NatsServer, free_port
-from jetsource.domains.context.events import registry
-from jetsource.eventstore.jetstream import JetStreamEventStore
-from jetsource.eventstore.snapshots import JetStreamSnapshotStore
 from tests.history_fixtures import append_history, save_snapshots
 from tests.infra import Server, _embedded
-from tests.integration.archive.test_cli import environment
+from tests.integration.archive.test_cli import environment, stores
 
 pytestmark = pytest.mark.integration
 
@@ -66,20 +62,7 @@ async def test_compact_on_a_full_store_is_named_exit_3_and_done_once_freed(
     nc = await nats.connect(small_nats.url)
     try:
         env = environment(small_nats.url, unique, tmp_path / "archive")
-        cfg = EventStoreSettings(
-            stream=f"AE_{unique}",
-            subject_prefix=f"ae{unique}.events",
-            retention="age+compaction",
-            max_age_s=1,
-        )
-        store = JetStreamEventStore(nc, registry, cfg)
-        await store.ensure_streams()
-        snapshots = JetStreamSnapshotStore(
-            nc,
-            SnapshotSettings(stream=f"AS_{unique}", subject_prefix=f"as{unique}.snapshots"),
-            5.0,
-        )
-        await snapshots.ensure_stream()
+        store, snapshots = await stores(nc, unique)
         records = await append_history(store, "full1", 25, seed=1)
         await save_snapshots(snapshots, records, [20])
         await asyncio.sleep(1.1)  # past the one-second horizon
