@@ -100,6 +100,9 @@ OTHER_METHOD = "other"
 EVENT_TYPES = ("message", "reaction", "edit", "delete", "status", "presence", "protocol", "system")
 DIRECTIONS = ("inbound", "outbound", "system")
 HANDSHAKE_PARAMS = ("hub.mode", "hub.verify_token", "hub.challenge")
+# An Evolution API event's name as its "Webhook by Events" appends it to the URL
+# (MESSAGES_UPSERT -> messages-upsert).
+_EVENT_SEGMENT = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+){0,7}")
 
 
 def as_json(message: Message) -> dict[str, Any]:
@@ -671,6 +674,22 @@ def create_app(
     @app.post("/webhooks/whatsapp/{instance}", tags=["webhooks"])
     async def whatsapp(instance: str, request: Request) -> JSONResponse:
         """WhatsApp Cloud API (X-Hub-Signature-256) or Evolution API (apikey header)."""
+        return await webhook("whatsapp", instance, request)
+
+    @app.post("/webhooks/whatsapp/{instance}/{event}", tags=["webhooks"])
+    async def whatsapp_by_event(instance: str, event: str, request: Request) -> JSONResponse:
+        """Evolution API with "Webhook by Events" (``webhook_by_events``, or
+        ``WEBHOOK_GLOBAL_WEBHOOK_BY_EVENTS``): each event posted to the instance's URL with
+        the event's name appended (``/messages-upsert``, ``/send-message``). Taken as the
+        instance's own route (the body's ``event`` decides, the path is archived); an
+        unknown instance is 404 ``unknown_instance`` as there; on an instance of another
+        format, or a segment that is no event name, no route. Every such webhook was 404
+        "no route", which Evolution does not retry: all lost."""
+        config = intake.instance("whatsapp", instance)
+        if config is not None and (
+            config.format != "evolution" or not _EVENT_SEGMENT.fullmatch(event)
+        ):
+            raise HTTPException(status_code=404)
         return await webhook("whatsapp", instance, request)
 
     @app.get("/webhooks/whatsapp/{instance}", tags=["webhooks"], response_model=None)
