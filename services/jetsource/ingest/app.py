@@ -281,8 +281,9 @@ def accepted_parameters(route: Any) -> tuple[str, ...]:
 async def known_parameters(request: Request) -> None:
     """A read of /api/v1/ given a query parameter it does not take is 400 naming it and
     listing those it takes: ``/api/v1/events?event_type=message`` (the filter is
-    ``type``) answered every event, unfiltered, as if none were asked. Not on the
-    webhooks: a provider may add parameters of its own."""
+    ``type``) answered every event, unfiltered, as if none were asked; one it takes,
+    sent more than once, is 400 naming it too. Not on the webhooks: a provider may add
+    parameters of its own."""
     route = request.scope.get("route")
     if route is None or not hasattr(route, "dependant"):
         return
@@ -297,6 +298,12 @@ async def known_parameters(request: Request) -> None:
                 f"(it takes: {takes})",
                 field=named,
             )
+        # Each takes one value: one sent twice (``type=message&type=edit``) was read as
+        # its last value, the other dropped unsaid (an OR the client meant answered as
+        # one filter).
+        if name and (n := len(request.query_params.getlist(name))) > 1:
+            named = shown(name[:80])
+            raise ValidationError(f"{named} was sent {n} times; it takes one value", field=named)
 
 
 # A path parameter's converter in a route's template ("{conversation_id:path}"): the

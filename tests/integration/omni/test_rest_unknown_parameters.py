@@ -119,3 +119,28 @@ async def test_an_unknown_parameter_is_refused_showing_the_path_without_converte
         assert response.status_code == 400, response.text
         message = response.json()["error"]["message"]
         assert shown in message and ":path" not in message, message
+
+
+async def test_a_parameter_sent_twice_is_400_naming_it(api: httpx.AsyncClient) -> None:
+    """Each parameter of a read takes one value: ``type=message&type=edit`` was read as
+    ``type=edit`` (an OR the client meant answered as one filter, the other dropped
+    unsaid), ``page_size=10&page_size=1000`` as the last."""
+    for path, name, values in [
+        ("/api/v1/events", "type", ("message", "edit")),
+        ("/api/v1/events", "provider", ("whatsapp", "whatsapp")),
+        ("/api/v1/events", "page_size", ("10", "1000", "5")),
+        ("/api/v1/identities", "include_merged", ("true", "false")),
+        ("/api/v1/conversations/whatsapp/acme-cloud/1", "page_token", ("", "")),
+        ("/api/v1/events/ev-1", "include_raw", ("true", "true")),
+    ]:
+        query = "&".join(f"{name}={v}" for v in values)
+        r = await api.get(f"{path}?{query}")
+        assert r.status_code == 400, (path, query, r.text)
+        assert r.json()["error"] == {
+            "code": "invalid_argument",
+            "message": f"{name} was sent {len(values)} times; it takes one value",
+            "field": name,
+        }
+    # Once each, as before.
+    r = await api.get("/api/v1/events?type=message&direction=inbound&page_size=5")
+    assert r.status_code == 200, r.text
