@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import nats
 import pytest
 
 from jetsource._gen.context.v1 import events_pb2 as ev
@@ -23,9 +22,10 @@ from jetsource.eventstore import jsapi
 from jetsource.eventstore.jetstream import JetStreamEventStore
 from jetsource.projection.bootstrap import Projection
 from jetsource.projection.settings import ProjectorSettings
-from tests.cli_env import cli_env, event_store_settings, jetsource
+from tests.cli_env import jetsource
 from tests.infra import Server
 from tests.integration.test_erasure import erase_cli, valkey_dump
+from tests.integration.test_repair_cli import junk_in_s1
 from tests.projector_fixtures import (
     append_story,
     eventually,
@@ -118,15 +118,8 @@ async def test_repair_void_dry_run_names_the_void_and_records_nothing(
     """`repair void --dry-run` (no --yes needed) names the stream, domain, aggregate and
     that it would be voided; the stream gets no void record; the void then voids the
     same aggregate; a dry run of a sequence holding no event is refused as the void is."""
-    env = cli_env(nats_server.url, unique, valkey_url=valkey_server.url)
-    ensure = await asyncio.to_thread(jetsource, env, "streams", "ensure")
-    assert ensure.returncode == 0, ensure.stderr
-    nc = await nats.connect(nats_server.url)
-    try:
-        cfg = event_store_settings(env)
-        store = JetStreamEventStore(nc, registry, cfg)
-        ack = await nc.request(f"ce{unique}.events.s1.ContextCreated", b"\xff\x00junk", 5)
-        seq = json.loads(ack.data)["seq"]
+    async with junk_in_s1(nats_server.url, valkey_server.url, unique) as junk:
+        env, nc, cfg, store, seq = junk
         await store.start()
         info = await jsapi.api(store._replies, f"STREAM.INFO.{cfg.stream}", {}, 5)
         args = ("--seq", str(seq), "--reason", "junk", "--domain", "context")
@@ -162,8 +155,6 @@ async def test_repair_void_dry_run_names_the_void_and_records_nothing(
         assert await JetStreamEventStore(nc, registry, cfg).read_aggregate("s1") == []
         again = jetsource(env, "repair", "void", *args, "--dry-run", "--json")
         assert json.loads(again.stdout)["voided_before"] is True
-    finally:
-        await nc.drain()
 
 
 async def test_repair_void_dry_run_leaves_what_only_the_void_knows_null(

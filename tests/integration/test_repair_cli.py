@@ -4,13 +4,18 @@ holds no event, voids a poisoned sequence (JSON report for scripts), says so aga
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
+from collections.abc import AsyncIterator
+from typing import NamedTuple
 
 import nats
 import pytest
+from nats.aio.client import Client as NATS
 
 from jetsource.core.errors import CorruptEventError
+from jetsource.core.settings import EventStoreSettings
 from jetsource.domains.context.events import registry
 from jetsource.eventstore.jetstream import JetStreamEventStore
 from tests.cli_env import cli_env, event_store_settings, jetsource
@@ -23,18 +28,37 @@ def repair(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return jetsource(env, "repair", "void", *args)
 
 
-async def test_repair_void_from_the_command_line(
-    nats_server: Server, valkey_server: Server, unique: str
-) -> None:
-    env = cli_env(nats_server.url, unique, valkey_url=valkey_server.url)
+class Junk(NamedTuple):
+    env: dict[str, str]
+    nc: NATS
+    cfg: EventStoreSettings
+    store: JetStreamEventStore
+    seq: int
+
+
+@contextlib.asynccontextmanager
+async def junk_in_s1(nats_url: str, valkey_url: str, unique: str) -> AsyncIterator[Junk]:
+    """The command line's environment for the test's names, its streams made (`streams
+    ensure`), a client (drained after) and a store of the context stream, and a message
+    that decodes as no event published as story s1's: its sequence."""
+    env = cli_env(nats_url, unique, valkey_url=valkey_url)
     ensure = await asyncio.to_thread(jetsource, env, "streams", "ensure")
     assert ensure.returncode == 0, ensure.stderr
-    nc = await nats.connect(nats_server.url)
+    nc = await nats.connect(nats_url)
     try:
         cfg = event_store_settings(env)
         store = JetStreamEventStore(nc, registry, cfg)
         ack = await nc.request(f"ce{unique}.events.s1.ContextCreated", b"\xff\x00junk", 5)
-        seq = json.loads(ack.data)["seq"]
+        yield Junk(env, nc, cfg, store, json.loads(ack.data)["seq"])
+    finally:
+        await nc.drain()
+
+
+async def test_repair_void_from_the_command_line(
+    nats_server: Server, valkey_server: Server, unique: str
+) -> None:
+    async with junk_in_s1(nats_server.url, valkey_server.url, unique) as junk:
+        env, nc, cfg, store, seq = junk
         with pytest.raises(CorruptEventError):
             await store.read_aggregate("s1")
 
@@ -91,5 +115,3 @@ async def test_repair_void_from_the_command_line(
         assert await store.voided("s2", good.stream_seqs[0])  # heard as it was recorded
         assert (await fresh.read_aggregate("s2"))[0].event_type == "ContextCreated"
         await fresh.close()
-    finally:
-        await nc.drain()
