@@ -66,6 +66,8 @@ from jetsource.projection.valkey import (
 )
 
 PROCESSES = "processes"
+# The largest integer a double (a sorted set's score) holds exactly, and every one below.
+EXACT_SCORE = 2**53
 
 _ENDINGS_LUA = "{" + ", ".join(f"{k} = '{v}'" for k, v in ENDINGS.items()) + "}"
 
@@ -449,7 +451,7 @@ class ProcessesModel(ValkeyModel):
             life.error,
             life.attributes,
             0,
-            0 if occ is None else occ // 1000,  # idx:started's score: µs (exact in a double)
+            0 if occ is None else occ // 1000,  # idx:started's score: µs (exact to 2^53)
             json.dumps(pruned_ids(e)) if is_tombstone(e) else "",
         ]
 
@@ -525,9 +527,17 @@ class ProcessesModel(ValkeyModel):
         self, low_us: int | None, high_us: int | None, after: tuple[int, str] | None, count: int
     ) -> list[tuple[str, int]]:
         """(id, started µs) by start time, newest first, within [low, high) and after
-        the cursor (started µs, id) of the last one shown (ties: id descending)."""
+        the cursor (started µs, id) of the last one shown (ties: id descending).
+
+        A score is a double, exact up to 2^53 µs (2255-06-05): past it Valkey rounds
+        the stored score and the bounds alike (to 32 µs in year 9999), and a process
+        whose score rounds to ``high`` is in the window as often as not. So there,
+        ``high`` is taken inclusively: a few µs more, which the caller leaves out by
+        the exact start time (the query service's window is exact, in ns)."""
         key = f"{self.ns}:idx:started"
-        high: str = "+inf" if high_us is None else f"({high_us}"
+        high: str = (
+            "+inf" if high_us is None else str(high_us) if high_us > EXACT_SCORE else f"({high_us}"
+        )
         low: str = "-inf" if low_us is None else str(low_us)
         if after is not None:
             high = str(after[0]) if high_us is None or after[0] < high_us else high
