@@ -45,6 +45,16 @@ async def story_models_dump(settings: JetsourceSettings, unique: str) -> str:
     return "".join([await valkey_dump(settings, f"t{unique}:{m}") for m in ("context", "timeline")])
 
 
+async def answer(p: Projection, *args: str) -> Any:
+    """``jetsource projector ARGS --json``: it exits 0 (else its stderr is said), and
+    what it answers."""
+    from tests.integration.test_admin_contract import cli
+
+    run = await cli(p, *args, "--json")
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)
+
+
 @pytest.fixture
 async def projector_service(
     settings: JetsourceSettings, unique: str
@@ -322,9 +332,7 @@ async def test_projector_drop_dry_run_checks_and_deletes_nothing(
         assert active.returncode == 1 and "active" in active.stderr
         never = await cli(p, "drop", "context", "--version", "77", "--dry-run")
         assert never.returncode == 1 and "never built" in never.stderr
-        dry = await cli(p, "drop", "context", "--version", "2", "--dry-run", "--json")
-        assert dry.returncode == 0, dry.stderr
-        plan = json.loads(dry.stdout)
+        plan = await answer(p, "drop", "context", "--version", "2", "--dry-run")
         assert plan == {
             "model": "context",
             "version": 2,
@@ -338,9 +346,7 @@ async def test_projector_drop_dry_run_checks_and_deletes_nothing(
         assert control is not None and control.versions.get(2) == "live"
         assert await v2.position("s0") == 3
 
-        done = await cli(p, "drop", "context", "--version", "2", "--json")
-        assert done.returncode == 0, done.stderr
-        report = json.loads(done.stdout)
+        report = await answer(p, "drop", "context", "--version", "2")
         assert set(plan) - {"dry_run", "state"} == set(report) and report["removed"] > 0
         control = await p.control.get("context")
         assert control is not None and 2 not in control.versions
@@ -377,9 +383,7 @@ async def test_dlq_discard_dry_run_lists_the_letters_and_discards_nothing(
         assert behind.returncode == 0, behind.stderr
         assert json.loads(behind.stdout)["would_discard"] == []
         assert "behind dead letter" in json.loads(behind.stdout)["failed"][str(second)]
-        dry = await cli(p, "dlq", "discard", "--aggregate", "s0", "--dry-run", "--json")
-        assert dry.returncode == 0, dry.stderr
-        plan = json.loads(dry.stdout)
+        plan = await answer(p, "dlq", "discard", "--aggregate", "s0", "--dry-run")
         # Nothing discarded (null, as the retry's applied), what would be: would_discard.
         assert plan == {
             "discarded": None,
@@ -394,9 +398,7 @@ async def test_dlq_discard_dry_run_lists_the_letters_and_discards_nothing(
         control = await p.control.get("context")
         assert control is not None and not control.discarded
 
-        done = await cli(p, "dlq", "discard", "--aggregate", "s0", "--yes", "--json")
-        assert done.returncode == 0, done.stderr
-        report = json.loads(done.stdout)
+        report = await answer(p, "dlq", "discard", "--aggregate", "s0", "--yes")
         assert set(plan) - {"dry_run", "would_discard"} == set(report)
         assert report["discarded"] == plan["would_discard"]
         assert await p.dead_letters.list(p.spec("context", 1)) == []
@@ -428,9 +430,7 @@ async def test_projector_reset_dry_run_names_the_version_and_empties_nothing(
         before = await p.control.get("context")
         assert before is not None
 
-        dry = await cli(p, "reset", "context", "--dry-run", "--json")
-        assert dry.returncode == 0, dry.stderr
-        plan = json.loads(dry.stdout)
+        plan = await answer(p, "reset", "context", "--dry-run")
         assert plan["dry_run"] is True and plan["applied"] is None
         assert (plan["model"], plan["version"], plan["state"], plan["checkpoint"]) == (
             "context",
@@ -447,9 +447,7 @@ async def test_projector_reset_dry_run_names_the_version_and_empties_nothing(
         assert await p.redis.exists(marker)
         assert (await v1.checkpoint()).seq == checkpoint and await v1.position("s0") == 3
 
-        done = await cli(p, "reset", "context", "--yes", "--json")
-        assert done.returncode == 0, done.stderr
-        report = json.loads(done.stdout)
+        report = await answer(p, "reset", "context", "--yes")
         assert set(plan) - {"dry_run", "state"} == set(report)
         assert (report["version"], report["checkpoint"]) == (1, checkpoint)
         assert report["applied"] == 6
@@ -522,9 +520,7 @@ async def test_dlq_retry_dry_run_lists_the_letters_and_applies_nothing(
         v1 = p.model("context", 1)
         assert await v1.position("s0") == 2
 
-        dry = await cli(p, "dlq", "retry", "--aggregate", "s0", "--dry-run", "--json")
-        assert dry.returncode == 0, dry.stderr
-        plan = json.loads(dry.stdout)
+        plan = await answer(p, "dlq", "retry", "--aggregate", "s0", "--dry-run")
         assert plan == {
             "applied": None,
             "failed": {},
@@ -538,9 +534,8 @@ async def test_dlq_retry_dry_run_lists_the_letters_and_applies_nothing(
         ]
         assert await v1.position("s0") == 2
 
-        done = await cli(p, "dlq", "retry", "--aggregate", "s0", "--json")
-        assert done.returncode == 0, done.stderr  # the handler takes it now: applied
-        report = json.loads(done.stdout)
+        # The handler takes it now: applied.
+        report = await answer(p, "dlq", "retry", "--aggregate", "s0")
         assert set(plan) - {"dry_run", "would_retry"} == set(report)
         assert report == {"applied": plan["would_retry"], "failed": {}}
         assert await p.dead_letters.list(p.spec("context", 1)) == []
