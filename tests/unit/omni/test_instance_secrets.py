@@ -27,6 +27,16 @@ def _config(provider: str, form: str, field: str, value: str) -> InstanceConfig:
     return InstanceConfig.model_validate({"provider": provider, "format": form, **values})
 
 
+def _refused_at_load(monkeypatch: pytest.MonkeyPatch, instances: str) -> str:
+    """IngestSettings.load() with JETSOURCE_INGEST__INSTANCES set to ``instances`` (no
+    secrets directory) refuses them: what it says (settings_error)."""
+    monkeypatch.setenv("JETSOURCE_SECRETS_DIR", "/nonexistent-secrets")
+    monkeypatch.setenv("JETSOURCE_INGEST__INSTANCES", instances)
+    with pytest.raises(ValidationError) as refused:
+        IngestSettings.load()
+    return settings_error(refused.value, IngestSettings)
+
+
 @pytest.mark.parametrize(("provider", "form", "field"), FIELDS)
 @pytest.mark.parametrize("value", ["", "   ", "\t\n"])
 def test_an_empty_secret_is_refused_naming_its_field(
@@ -40,14 +50,10 @@ def test_an_empty_secret_is_refused_naming_its_field(
 def test_an_api_key_with_spaces_at_an_end_is_refused_without_showing_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("JETSOURCE_SECRETS_DIR", "/nonexistent-secrets")
-    monkeypatch.setenv(
-        "JETSOURCE_INGEST__INSTANCES",
+    message = _refused_at_load(
+        monkeypatch,
         '{"evo": {"provider": "whatsapp", "format": "evolution", "api_key": " key-9c1e "}}',
     )
-    with pytest.raises(ValidationError) as refused:
-        IngestSettings.load()
-    message = settings_error(refused.value, IngestSettings)
     assert message.startswith("bad setting: JETSOURCE_INGEST__INSTANCES[evo][api_key]: ")
     assert "api_key begins or ends with whitespace" in message
     assert "key-9c1e" not in message
@@ -83,14 +89,10 @@ def test_a_secret_that_shows_nothing_is_refused_naming_its_field(
 def test_a_secret_of_invisible_characters_is_refused_at_settings_load_naming_the_setting(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("JETSOURCE_SECRETS_DIR", "/nonexistent-secrets")
-    monkeypatch.setenv(
-        "JETSOURCE_INGEST__INSTANCES",
+    message = _refused_at_load(
+        monkeypatch,
         '{"bot": {"provider": "discord", "format": "forwarder", "shared_secret": "\\u200b"}}',
     )
-    with pytest.raises(ValidationError) as refused:
-        IngestSettings.load()
-    message = settings_error(refused.value, IngestSettings)
     assert message.startswith("bad setting: JETSOURCE_INGEST__INSTANCES[bot][shared_secret]: ")
     assert "shows nothing" in message
     assert "\u200b" not in message
