@@ -313,17 +313,12 @@ async def test_projector_drop_dry_run_checks_and_deletes_nothing(
     nothing: the version stays in the control entry with its data; the drop then
     deletes it."""
     from jetsource.projection import admin
-    from jetsource.projection.runtime import Worker
     from tests.integration.test_admin_contract import cli
-    from tests.projector_fixtures import context_projection, seed
+    from tests.projector_fixtures import build_context_v1, context_projection, seed
 
     async with context_projection(settings, unique) as p:
         await seed(p.store, ["s0", "s1"], 3)
-        await p.control.ensure("context", 1)
-        v1 = p.model("context", 1)
-        await Worker(p.nc, p.store, v1, p.dead_letters, p.settings.projector).run(
-            until_caught_up=True
-        )
+        await build_context_v1(p)
         await admin.rebuild(p, "context", 2)
         v2 = p.model("context", 2)
         assert await v2.position("s0") == 3
@@ -359,9 +354,8 @@ async def test_dlq_discard_dry_run_lists_the_letters_and_discards_nothing(
     letters the discard would take and refuses the one behind another of its story,
     as the discard does; the letters stay and nothing is remembered as discarded; the
     discard then takes the same letters."""
-    from jetsource.projection.runtime import Worker
     from tests.integration.test_admin_contract import cli
-    from tests.projector_fixtures import context_projection, seed
+    from tests.projector_fixtures import build_context_v1, context_projection, seed
 
     async with context_projection(settings, unique) as p:
         await seed(p.store, ["s0"], 3)
@@ -370,11 +364,7 @@ async def test_dlq_discard_dry_run_lists_the_letters_and_discards_nothing(
         for _ in range(2):  # two letters of s0: the second is behind the first
             ack = await p.nc.request(f"{prefix}.s0.DecisionAdded", b"\xff", 5)
             junk.append(int(json.loads(ack.data)["seq"]))
-        await p.control.ensure("context", 1)
-        v1 = p.model("context", 1)
-        await Worker(p.nc, p.store, v1, p.dead_letters, p.settings.projector).run(
-            until_caught_up=True
-        )
+        await build_context_v1(p)
         letters = sorted(await p.dead_letters.list(p.spec("context", 1)), key=lambda d: d.dlq_seq)
         assert [d.original_seq for d in letters] == junk
         first, second = (d.dlq_seq for d in letters)
@@ -411,17 +401,12 @@ async def test_projector_reset_dry_run_names_the_version_and_empties_nothing(
     would empty, its state and checkpoint; the version keeps its data and state (the
     control entry is not written, a key only the first build wrote stays); the reset
     then empties and rebuilds that version."""
-    from jetsource.projection.runtime import Worker
     from tests.integration.test_admin_contract import cli
-    from tests.projector_fixtures import context_projection, seed
+    from tests.projector_fixtures import build_context_v1, context_projection, seed
 
     async with context_projection(settings, unique) as p:
         await seed(p.store, ["s0", "s1"], 3)
-        await p.control.ensure("context", 1)
-        v1 = p.model("context", 1)
-        await Worker(p.nc, p.store, v1, p.dead_letters, p.settings.projector).run(
-            until_caught_up=True
-        )
+        v1 = await build_context_v1(p)
         checkpoint = (await v1.checkpoint()).seq
         # A key the build wrote that the rebuild does not write again: a real reset
         # empties the namespace, so it goes.
