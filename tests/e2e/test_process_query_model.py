@@ -167,8 +167,7 @@ def fold(log: Log, occurred: dict[str, int]) -> dict[str, dict[str, Any]]:
             r["started"], r["attrs"] = occ, dict(e.attributes)
         if e.event_type in ENDS:
             r["status"], r["ended"] = ENDS[e.event_type], occ
-            if e.event_type == "process_failed":
-                r["error"] = data.get("error")
+            r["error"] = data.get("error") if e.event_type == "process_failed" else None
             for c in below(p):
                 if procs[c]["status"] == "running":
                     procs[c]["status"], procs[c]["ended"] = "interrupted", occ

@@ -319,8 +319,7 @@ def fold(log: Sequence[RecordedEvent]) -> dict[str, dict[str, Any]]:
             p["attributes"] = dict(body.attributes)
         if e.event_type in ENDINGS:
             p["status"], p["ended_at"] = ENDINGS[e.event_type], occ
-            if e.event_type == "process_failed":
-                p["error"] = data.get("error")
+            p["error"] = data.get("error") if e.event_type == "process_failed" else None
             for c in below(pid):
                 if procs[c]["status"] == "running":
                     procs[c]["status"], procs[c]["ended_at"] = "interrupted", occ

@@ -261,9 +261,10 @@ local function apply_event(i)
       if ending then
         redis.call('ZADD', p .. ':ends:' .. id, seqtext, seqtext .. '|' .. occ)
         set_status(id, ending, occ)
+        -- the error is the last ending's: a completion after a failure clears it
         if ending == 'failed' and err ~= '' then
           redis.call('HSET', h, 'error', err)
-        elseif ending == 'failed' then
+        else
           redis.call('HDEL', h, 'error')
         end
         if REVERT then
