@@ -7,6 +7,7 @@ Global options: ``--output table|json|plain`` (also ``JETSOURCE_OUTPUT``) and
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -16,7 +17,14 @@ from typing import Any, NoReturn
 import typer
 import typer.main
 
-from jetsource.cli import output
+from jetsource.cli import (
+    INTERRUPTED,
+    STOPPED_BEFORE_DONE,
+    cancelled_code,
+    group_of,
+    output,
+)
+from jetsource.cli import json_requested as _json_requested
 from jetsource.cli.lazy import Entry, LazyCommands, LazyGroup
 
 
@@ -24,9 +32,46 @@ def _group(name: str, help: str) -> Entry:
     return Entry(f"jetsource.cli.{name}:app", help, group=True)
 
 
-# Groups whose error codes are gRPC status names (README "One error format in every
-# group"): Ctrl-C is CANCELLED there, ``cancelled`` in the NATS admin groups.
-GRPC_CODE_GROUPS = frozenset({"ctx", "process", "sessions", "observe", "omni", "tui"})
+def _is_abort(exc: BaseException) -> bool:
+    """Click's Abort (Typer's own copy, or click's): a prompt's answer to Ctrl-C or the
+    end of input, or a confirmation answered no."""
+    return any(c.__name__ == "Abort" for c in type(exc).__mro__)
+
+
+# The root context's meta key for its command line (what _cancelled reads).
+_ARGS = "jetsource.args"
+
+
+def _cancelled(args: list[str], group: str | None, message: str) -> NoReturn:
+    """The ``cancelled`` error (``CANCELLED`` in the gRPC groups), exit 130: JSON when
+    the command line asks for it, even when the Ctrl-C came before the options were
+    read."""
+    if _json_requested(args):
+        output.set_mode(output.Mode.json)
+    elif output.mode() == output.Mode.json:  # another run's, in this process (tests)
+        output.set_mode(None)
+    output.fail(INTERRUPTED, cancelled_code(group or group_of(args)), message)
+
+
+def _caused_by_ctrl_c(exc: BaseException) -> bool:
+    """``exc`` wraps a KeyboardInterrupt: Python 3.11 makes one that breaks a class's
+    creation (an import in a command, a dataclass or pydantic field) a RuntimeError
+    "Error calling __set_name__", which read "INTERNAL: unexpected RuntimeError", exit 1."""
+    cause = exc.__cause__
+    while cause is not None:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        cause = cause.__cause__
+    return False
+
+
+def _aborted(exc: BaseException) -> str:
+    """What a command stopped at a prompt says (:func:`_is_abort`)."""
+    if isinstance(exc.__context__, KeyboardInterrupt):
+        return STOPPED_BEFORE_DONE
+    if isinstance(exc.__context__, EOFError):
+        return "no answer at the prompt (end of input): nothing was done"
+    return "not confirmed: nothing was done"
 
 
 _NATS = "NATS with JetStream (JETSOURCE_NATS__URL)"
@@ -100,25 +145,47 @@ class _Root(LazyGroup):
         assert isinstance(commands, LazyCommands)
         commands.on_load.append(_say_needs)
 
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any
+    ) -> Any:
+        """Read the command line; Ctrl-C while it is read (a group's module loading)
+        ends the command as one inside it does (:meth:`invoke`): Typer's answer was exit
+        130 and nothing said."""
+        words = list(args)
+        try:
+            ctx = super().make_context(info_name, args, parent, **extra)
+        except KeyboardInterrupt:
+            _cancelled(words, "", STOPPED_BEFORE_DONE)
+        ctx.meta[_ARGS] = words
+        return ctx
+
     def invoke(self, ctx: Any) -> Any:
         """Run the command; Ctrl-C that no command handled itself (one waiting to
-        connect, a read) ends it as every group's own handler does: exit 130 with the
-        ``cancelled`` error (Typer's own answer was exit 130 and nothing said, not even
-        JSON with ``-o json``). A reader of stdout that left (``| head -1``) ends any
-        command with exit 0 and nothing said, as the watches end: Click's answer was
-        exit 1 ("refused by the server") in silence, or Python's exit 120 and a
-        traceback-like line when the last write was only flushed at exit."""
+        connect, a read, a confirmation prompt) ends it as every group's own handler
+        does: exit 130 with the ``cancelled`` error (Typer's own answer was exit 130 and
+        nothing said, not even JSON with ``-o json``; at a prompt, Click's ``Aborted!``
+        and exit 1, "refused by the server"). A prompt ended otherwise (no input left, a
+        confirmation answered no) is ``cancelled`` too, saying nothing was done. A reader
+        of stdout that left (``| head -1``) ends any command with exit 0 and nothing
+        said, as the watches end: Click's answer was exit 1 ("refused by the server") in
+        silence, or Python's exit 120 and a traceback-like line when the last write was
+        only flushed at exit."""
+        words = ctx.meta.get(_ARGS, [])
         try:
             result = super().invoke(ctx)
             sys.stdout.flush()  # a reader that left shows here, not at exit
             return result
         except KeyboardInterrupt:
-            group = ctx.invoked_subcommand or ""
-            code = "CANCELLED" if group in GRPC_CODE_GROUPS else "cancelled"
-            output.fail(130, code, "stopped (Ctrl-C) before it was done")
+            _cancelled(words, ctx.invoked_subcommand, STOPPED_BEFORE_DONE)
         except BrokenPipeError:
             _stdout_to_devnull()
             raise typer.Exit(0) from None
+        except Exception as exc:
+            if _caused_by_ctrl_c(exc):
+                _cancelled(words, ctx.invoked_subcommand, STOPPED_BEFORE_DONE)
+            if not _is_abort(exc):
+                raise
+            _cancelled(words, ctx.invoked_subcommand, _aborted(exc))
 
     entries = {  # noqa: RUF012
         "tui": Entry(
@@ -217,19 +284,6 @@ def root(
     output.capture_warnings()
 
 
-def _json_requested(args: list[str]) -> bool:
-    """Whether the command line (or JETSOURCE_OUTPUT) asks for JSON: ``-o json``,
-    ``--output json``, ``--output=json``, ``-ojson`` or a command's ``--json``."""
-    if os.environ.get("JETSOURCE_OUTPUT", "").lower() == "json":
-        return True
-    for i, arg in enumerate(args):
-        if arg == "--json" or arg.lower() in ("--output=json", "-ojson"):
-            return True
-        if arg in ("-o", "--output") and i + 1 < len(args) and args[i + 1].lower() == "json":
-            return True
-    return False
-
-
 def _sigterm_as_ctrl_c(signum: int, frame: Any) -> None:
     """SIGTERM (``kill``, ``timeout``, a CI limit, systemd) stops a command as Ctrl-C
     does: the command's own Ctrl-C handling runs (a replay or reset recorded
@@ -276,9 +330,19 @@ def main() -> None:
             _stdout_to_devnull()
             sys.exit(0)
         raise
+    except KeyboardInterrupt:  # before the command line was read (Typer building it)
+        _stopped_before_run(sys.argv[1:])
     except Exception as exc:
         _unexpected(exc, as_json)
     sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _stopped_before_run(args: list[str]) -> NoReturn:
+    """Ctrl-C (or SIGTERM, named) before the command line was read: the ``cancelled``
+    error, exit 130, as :meth:`_Root.invoke` says it inside a command."""
+    with contextlib.suppress(typer.Exit):  # output.fail's way out of a command
+        _cancelled(args, None, STOPPED_BEFORE_DONE)
+    sys.exit(INTERRUPTED)
 
 
 def _command(as_json: bool) -> Any:  # typer's Click (it may bring its own copy)
@@ -306,8 +370,10 @@ def _no_help_without_command(command: Any) -> None:
 def _unexpected(exc: Exception, as_json: bool) -> NoReturn:
     """An exception no command handled: print it as an error, exit 1 or 2."""
     kinds = {c.__name__ for c in type(exc).__mro__}  # Click's, by name: typer may bring its own
-    if "Abort" in kinds:
-        _error(as_json, {"code": "ABORTED", "message": "aborted", "exit_code": 1})
+    if "Abort" in kinds or _caused_by_ctrl_c(exc):  # as _Root.invoke says it
+        code = cancelled_code(group_of(sys.argv[1:]))
+        message = STOPPED_BEFORE_DONE if _caused_by_ctrl_c(exc) else _aborted(exc)
+        _error(as_json, {"code": code, "message": message, "exit_code": INTERRUPTED})
     if "ClickException" in kinds:
         body: dict[str, object] = {
             "code": "INVALID_ARGUMENT" if "UsageError" in kinds else "ERROR",
