@@ -320,7 +320,9 @@ def show(session_id: str, output: Mode | None = OUTPUT, as_json: bool = JSON) ->
 @app.command()
 def export(
     session_id: str,
-    after: int = typer.Option(0, "--after", min=0, help="only events with seq above this"),
+    after: int = typer.Option(
+        0, "--after", min=0, max=out.I64, help="only events with seq above this"
+    ),
     output: Mode | None = ERRORS_AS,
     as_json: bool = ERRORS_JSON,
 ) -> None:
@@ -340,7 +342,7 @@ def export(
 @app.command()
 def follow(
     session_id: str,
-    after: int = typer.Option(0, "--after", min=0, help="start after this seq"),
+    after: int = typer.Option(0, "--after", min=0, max=out.I64, help="start after this seq"),
     stop: bool = typer.Option(True, "--stop/--no-stop", help="end after session_ended"),
     output: Mode | None = ERRORS_AS,
     as_json: bool = ERRORS_JSON,

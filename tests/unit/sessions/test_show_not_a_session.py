@@ -22,6 +22,10 @@ class Reader:
     async def first(self, session_id: str) -> Recorded | None:
         return next(iter(self.recorded.get(session_id, [])), None)
 
+    async def tail(self, session_id: str) -> tuple[int, int]:
+        got = self.recorded.get(session_id, [])
+        return (got[-1].event.seq, got[-1].recorded_ns) if got else (0, 0)
+
 
 def rec(pid: str, seq: int, kind: str, data: dict[str, object]) -> Recorded:
     return Recorded(SessionEvent(1_000_000, pid, seq, kind, data), 1_000_000, seq)

@@ -294,7 +294,9 @@ class Sessions:
             # export --after of a task's id printed the task's events as a session's
             await self._a_session(session_id)
         recorded = await self.reader.events(session_id, after_seq)
-        if not recorded and after_seq == 0:
+        # Nothing above ``after_seq`` of a session the ledger does not know (or a pruned
+        # one) is NOT_FOUND as from the first seq: it printed nothing and exited 0.
+        if not recorded and (after_seq == 0 or not (await self.reader.tail(session_id))[0]):
             raise SessionNotFoundError(f"session {session_id!r} not found")
         if after_seq == 0:
             not_a_session(session_id, recorded)
