@@ -11,6 +11,7 @@ A real grpc server (start_grpc) in front of a small echo service."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 import grpc
@@ -19,7 +20,7 @@ from google.protobuf.wrappers_pb2 import BytesValue, Int64Value
 from grpc_status import rpc_status  # type: ignore[import-untyped]
 
 from jetsource.client import open_channel
-from jetsource.core.grpcserver import GrpcEndpoint, start_grpc
+from jetsource.core.grpcserver import GrpcEndpoint, refused_counter, start_grpc
 from jetsource.core.settings import GrpcServerSettings
 
 SERVICE = "test.Echo"
@@ -29,11 +30,33 @@ async def _say(request: Int64Value, context: grpc.aio.ServicerContext) -> BytesV
     return BytesValue(value=b"x" * request.value)
 
 
+SENT_AFTER: list[bytes] = []
+
+
 async def _say_many(
     request: Int64Value, context: grpc.aio.ServicerContext
 ) -> AsyncIterator[BytesValue]:
     yield BytesValue(value=b"small")
     yield BytesValue(value=b"x" * request.value)
+    SENT_AFTER.append(b"after")
+    yield BytesValue(value=b"after")
+
+
+async def _not_found(request: Int64Value, context: grpc.aio.ServicerContext) -> BytesValue | None:
+    """A status set with context.set_code: grpc answers it and discards the answer (None,
+    or one of any size)."""
+    context.set_code(grpc.StatusCode.NOT_FOUND)
+    context.set_details("no such thing")
+    return BytesValue(value=b"x" * request.value) if request.value else None
+
+
+async def _gather_not_found(
+    requests: AsyncIterator[Int64Value], context: grpc.aio.ServicerContext
+) -> None:
+    async for _ in requests:
+        pass
+    context.set_code(grpc.StatusCode.NOT_FOUND)
+    context.set_details("no such thing")
 
 
 def _add(server: grpc.aio.Server) -> None:
@@ -47,6 +70,12 @@ def _add(server: grpc.aio.Server) -> None:
                     ),
                     "SayMany": grpc.unary_stream_rpc_method_handler(
                         _say_many, Int64Value.FromString, BytesValue.SerializeToString
+                    ),
+                    "NotFound": grpc.unary_unary_rpc_method_handler(
+                        _not_found, Int64Value.FromString, BytesValue.SerializeToString
+                    ),
+                    "GatherNotFound": grpc.stream_unary_rpc_method_handler(
+                        _gather_not_found, Int64Value.FromString, BytesValue.SerializeToString
                     ),
                 },
             ),
@@ -115,13 +144,65 @@ async def test_a_streamed_answer_past_the_limit_ends_the_stream_naming_it(
     async with grpc.aio.insecure_channel(f"127.0.0.1:{small.port}") as channel:
         _, many = _stubs(channel)
         got = [m.value async for m in many(Int64Value(value=100), timeout=5)]
-        assert got == [b"small", b"x" * 100]
+        assert got == [b"small", b"x" * 100, b"after"]
         seen: list[bytes] = []
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             async for m in many(Int64Value(value=5000), timeout=5):
                 seen.append(m.value)
         assert seen == [b"small"]
         _assert_too_large(caught.value, "SayMany", 4096)
+        # nothing after the refused message is made or sent (the stream ended there;
+        # the first call, under the limit, went on to its last message)
+        assert SENT_AFTER == [b"after"]
+
+
+@pytest.mark.parametrize("size", [0, 10, 5000])
+async def test_a_status_set_by_the_handler_is_answered_as_set(
+    small: GrpcEndpoint, size: int
+) -> None:
+    """None, a small answer, or one past the limit: grpc discards the answer of a call
+    whose handler set a status, and answers that status (not INTERNAL for None, not
+    ANSWER_TOO_LARGE for an answer nobody would have sent)."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{small.port}") as channel:
+        call = channel.unary_unary(
+            f"/{SERVICE}/NotFound", Int64Value.SerializeToString, BytesValue.FromString
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(Int64Value(value=size), timeout=5)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND, caught.value
+        assert caught.value.details() == "no such thing"
+
+
+async def test_a_status_set_by_a_client_stream_handler_is_answered_as_set(
+    small: GrpcEndpoint,
+) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{small.port}") as channel:
+        call = channel.stream_unary(
+            f"/{SERVICE}/GatherNotFound", Int64Value.SerializeToString, BytesValue.FromString
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(iter([Int64Value(value=1)]), timeout=5)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND, caught.value
+        assert caught.value.details() == "no such thing"
+
+
+async def test_an_answer_too_large_is_counted_and_logged(
+    small: GrpcEndpoint, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The refusal leaves a trace for the operator: jetsource_grpc_refused_total with
+    reason answer_too_large, and a warning naming the method and the size."""
+    counter = refused_counter().labels(SERVICE, "answer_too_large")
+    before = counter._value.get()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{small.port}") as channel:
+        say, _ = _stubs(channel)
+        with (
+            caplog.at_level(logging.WARNING, logger="jetsource.grpc"),
+            pytest.raises(grpc.aio.AioRpcError),
+        ):
+            await say(Int64Value(value=5000), timeout=5)
+    assert counter._value.get() == before + 1
+    lines = [r.getMessage() for r in caplog.records if "/test.Echo/Say" in r.getMessage()]
+    assert lines and "5,00" in lines[0] and "4,096-byte" in lines[0], lines
 
 
 async def test_jetsource_clients_take_what_a_server_above_4_mib_sends() -> None:

@@ -330,15 +330,40 @@ def answer_too_large(method: str, request: Any, size: int, limit: int) -> RpcErr
     )
 
 
-def _sizer(
-    serialize: Callable[[Any], bytes] | None, method: str, limit: int
-) -> Callable[[Any, Any], bytes]:
-    """Encode a handler's answer here (grpc is then given bytes), refused by
-    :func:`answer_too_large` past ``limit`` (0: no limit)."""
+def _discarded(context: grpc.aio.ServicerContext) -> bool:
+    """Whether the handler set a status other than OK (``context.set_code``): grpc then
+    sends that status and discards the answer, whatever it is (None included)."""
+    code = context.code()
+    return code is not None and code is not grpc.StatusCode.OK
 
-    def encoded(answer: Any, request: Any) -> bytes:
-        body: bytes = answer if serialize is None else serialize(answer)
+
+def _sizer(
+    guard: Guard, serialize: Callable[[Any], bytes] | None, method: str, limit: int
+) -> Callable[[Any, Any, grpc.aio.ServicerContext], bytes]:
+    """Encode a handler's answer here (grpc is then given bytes), refused by
+    :func:`answer_too_large` past ``limit`` (0: no limit), counted and logged by the
+    guard (``answer_too_large``). An answer grpc discards (a status set with
+    ``context.set_code``) is neither encoded nor measured: the status is answered, as
+    grpc answered it when it encoded. Checked only on the paths where it changes
+    something (an answer that does not encode, or past the limit), not per call."""
+
+    def encoded(answer: Any, request: Any, context: grpc.aio.ServicerContext) -> bytes:
+        try:
+            body: bytes = answer if serialize is None else serialize(answer)
+        except TypeError:
+            if _discarded(context):
+                return b""
+            raise
         if limit and len(body) > limit:
+            if _discarded(context):
+                return b""
+            guard.refused(
+                ANSWER_TOO_LARGE,
+                context,
+                method,
+                f"the answer is {len(body):,} bytes encoded, past the {limit:,}-byte "
+                f"message limit ({MESSAGE_LIMIT_SETTING})",
+            )
             raise answer_too_large(method, request, len(body), limit)
         return body
 
@@ -394,7 +419,8 @@ def refused_counter() -> Counter:
     if _refused is None:
         _refused = Counter(
             "jetsource_grpc_refused_total",
-            "gRPC calls refused before their handler ran, by service and reason",
+            "gRPC calls refused by the guard, by service and reason (before their handler "
+            "ran; answer_too_large after it)",
             ["service", "reason"],
         )
     return _refused
@@ -403,6 +429,9 @@ def refused_counter() -> Counter:
 UNAUTHENTICATED = "unauthenticated"  # no, or no valid, bearer token
 CLIENT_BUSY = "client_busy"  # max_inflight_per_client calls in flight already
 OPEN_STREAMS = "open_streams"  # a quarter of max_concurrent_rpcs in watches/reflection
+# An answer past grpc.max_message_bytes, refused after its handler ran (the service's
+# own request counter has the call as answered).
+ANSWER_TOO_LARGE = "answer_too_large"
 # One warning line per reason at most this often; the lines between are counted in the
 # next one (a client retrying a wrong token in a loop must not flood the log).
 REFUSAL_LOG_EVERY_S = 10.0
@@ -437,7 +466,7 @@ class Guard:
         self._service = service
         self._refused = {
             r: refused_counter().labels(service, r)
-            for r in (UNAUTHENTICATED, CLIENT_BUSY, OPEN_STREAMS)
+            for r in (UNAUTHENTICATED, CLIENT_BUSY, OPEN_STREAMS, ANSWER_TOO_LARGE)
         }
         # reason -> when its last line was logged, and refusals since not logged
         self._logged: dict[str, float] = {}
@@ -480,9 +509,12 @@ class Guard:
         inflight[client] = calls + 1
         return client
 
-    def refused(self, reason: str, context: grpc.aio.ServicerContext, method: str) -> None:
+    def refused(
+        self, reason: str, context: grpc.aio.ServicerContext, method: str, why: str = ""
+    ) -> None:
         """Count a refusal and log it (at most one line per reason every
-        REFUSAL_LOG_EVERY_S, naming the caller's address and never its token)."""
+        REFUSAL_LOG_EVERY_S, naming the caller's address and never its token); ``why``
+        says what was wrong where the reason alone does not."""
         self._refused[reason].inc()
         now = time.monotonic()
         last = self._logged.get(reason)
@@ -491,11 +523,13 @@ class Guard:
             return
         self._logged[reason] = now
         more = self._unlogged.pop(reason, 0)
-        why = {
-            UNAUTHENTICATED: _token_problem(context),
-            CLIENT_BUSY: f"the client has {self._max} calls in flight (max_inflight_per_client)",
-            OPEN_STREAMS: f"{self._open_max} health watch and reflection streams are open",
-        }[reason]
+        if not why:
+            why = {
+                UNAUTHENTICATED: _token_problem(context),
+                CLIENT_BUSY: f"the client has {self._max} calls in flight "
+                "(max_inflight_per_client)",
+                OPEN_STREAMS: f"{self._open_max} health watch and reflection streams are open",
+            }[reason]
         log.warning(
             "%s refused %s from %s: %s%s",
             self._service or "grpc",
@@ -585,7 +619,7 @@ class Guard:
         # Answers are encoded here as well and measured against the message limit
         # (_sizer): grpc is given bytes (no serializer of its own).
         parse = handler.request_deserializer
-        sized = _sizer(handler.response_serializer, method, self._max_message)
+        sized = _sizer(self, handler.response_serializer, method, self._max_message)
         admit, refuse, enter, leave = self._admit, self._refuse, self._enter, self._leave
         if handler.unary_unary is not None:
             inner = handler.unary_unary
@@ -597,7 +631,7 @@ class Guard:
                     await refuse(context, method)
                 try:
                     request = _parse(parse, body)
-                    return sized(await inner(request, context), request)
+                    return sized(await inner(request, context), request, context)
                 except _PASS_THROUGH:
                     raise
                 except Exception as exc:
@@ -616,7 +650,7 @@ class Guard:
                 try:
                     request = _parse(parse, body)
                     async for item in stream(request, context):
-                        yield sized(item, request)
+                        yield sized(item, request, context)
                 except _PASS_THROUGH:
                     raise
                 except Exception as exc:
@@ -638,7 +672,7 @@ class Guard:
                         yield _parse(parse, body)
 
                 try:
-                    return sized(await gather(requests(), context), None)
+                    return sized(await gather(requests(), context), None, context)
                 except _PASS_THROUGH:
                     raise
                 except Exception as exc:
