@@ -37,6 +37,7 @@ from jetsource.core.clock import from_timestamp, to_timestamp
 from jetsource.core.ids import MAX_AGGREGATE_ID_LENGTH, uuid7
 from jetsource.core.printable import not_one_line_at, refused_at
 from jetsource.core.structvalue import SAFE_INTEGER, NotAStructValue, check_struct_value
+from jetsource.domains.process.validation import FIXED_LIMITS
 
 SESSION_KIND = "session"
 SESSION_STARTED, SESSION_ENDED = "session_started", "session_ended"
@@ -224,6 +225,37 @@ def check_numbers(value: Any, where: str) -> None:
         check_struct_value(value, where, _dotted, noun="recorded")
     except NotAStructValue as exc:
         raise EventFormatError(exc.field, exc.message) from None
+    deep = _too_deep_at(value, where, 1)
+    if deep is not None:
+        # The observer's bound (no setting changes it): a payload deeper than this was
+        # recorded straight to the stream (an import, the emitter on the ledger), and
+        # from 34 levels no reader parsed it: the session (and the query reader's
+        # `list`) answered DATA_LOSS until an operator voided the event.
+        raise EventFormatError(deep, f"is nested deeper than {MAX_DEPTH} levels")
+
+
+# Objects and lists in one event's data, itself the first level: the observer's
+# FIXED_LIMITS.max_depth, so both ways to the ledger take the same data.
+MAX_DEPTH = FIXED_LIMITS.max_depth
+
+
+def _too_deep_at(value: Any, where: str, depth: int) -> str | None:
+    """The field of the first object or list of ``value`` (at ``depth``) nested deeper
+    than MAX_DEPTH, or None."""
+    if depth > MAX_DEPTH:
+        return where
+    if isinstance(value, dict):
+        items: Any = ((_dotted(where, k), v) for k, v in value.items())
+    elif isinstance(value, (list, tuple)):
+        items = ((f"{where}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for field_, item in items:
+        if isinstance(item, (dict, list, tuple)):
+            found = _too_deep_at(item, field_, depth + 1)
+            if found is not None:
+                return found
+    return None
 
 
 def _dotted(where: str, key: str) -> str:
