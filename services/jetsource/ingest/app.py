@@ -1,7 +1,10 @@
 """The ingress's HTTP application (FastAPI): webhooks in, reads out.
 
 - ``GET /webhooks/whatsapp/{instance}``: Meta's verification handshake;
-- ``POST /webhooks/whatsapp/{instance}`` (WhatsApp Cloud API and Evolution API) and
+- ``POST /webhooks/whatsapp/{instance}`` (WhatsApp Cloud API and Evolution API),
+  ``POST /webhooks/whatsapp/{instance}/{event}`` (Evolution API's "Webhook by Events":
+  the event's name appended, ``/messages-upsert``; no route for a segment that is no
+  event name, nor on an instance of another format) and
   ``POST /webhooks/discord/{instance}`` (the forwarding bot, or Discord's interactions
   on an ``interactions`` instance): see intake.py;
 - ``/api/v1/...``: the OmniQueryService reads as JSON, and processing status updates;
@@ -689,13 +692,14 @@ def create_app(
         ``WEBHOOK_GLOBAL_WEBHOOK_BY_EVENTS``): each event posted to the instance's URL with
         the event's name appended (``/messages-upsert``, ``/send-message``). Taken as the
         instance's own route (the body's ``event`` decides, the path is archived); an
-        unknown instance is 404 ``unknown_instance`` as there; on an instance of another
-        format, or a segment that is no event name, no route. Every such webhook was 404
-        "no route", which Evolution does not retry: all lost."""
+        unknown instance is 404 ``unknown_instance`` as there; a segment that is no event
+        name (whatever the instance: checked first, so a scanner's two-segment paths are
+        not archived), or an instance of another format, no route. Every such webhook was
+        404 "no route", which Evolution does not retry: all lost."""
+        if not _EVENT_SEGMENT.fullmatch(event):
+            raise HTTPException(status_code=404)
         config = intake.instance("whatsapp", instance)
-        if config is not None and (
-            config.format != "evolution" or not _EVENT_SEGMENT.fullmatch(event)
-        ):
+        if config is not None and config.format != "evolution":
             raise HTTPException(status_code=404)
         return await webhook("whatsapp", instance, request)
 

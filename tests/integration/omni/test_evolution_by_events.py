@@ -62,3 +62,29 @@ async def test_an_event_posted_to_its_own_url_is_the_instances(
             "message": f"no route POST {path}",
             "field": "path",
         }
+
+
+async def test_a_segment_that_is_no_event_name_is_no_route_whatever_the_instance(
+    ingest: Ingest, http: httpx.AsyncClient
+) -> None:
+    """The segment is checked first: with an instance nobody configured it was 404
+    ``unknown_instance`` and the request archived as rejected (a scanner's two-segment
+    paths reached the raw archive); now "no route", as on a configured instance, and
+    nothing archived."""
+    archived = int((await ingest.raw.info())["state"]["messages"])
+    for path in (
+        "/webhooks/whatsapp/nobody/NOT_AN_EVENT",
+        "/webhooks/whatsapp/nobody/wp-login.php",
+        f"{route('acme-cloud')}/NOT_AN_EVENT",
+    ):
+        r = await http.post(path, content=TEXT)
+        assert r.status_code == 404, (path, r.text)
+        assert r.json()["error"] == {
+            "code": "not_found",
+            "message": f"no route POST {path}",
+            "field": "path",
+        }
+    assert int((await ingest.raw.info())["state"]["messages"]) == archived
+    # An event name on an unknown instance is still the instance's refusal.
+    r = await http.post("/webhooks/whatsapp/nobody/messages-upsert", content=TEXT)
+    assert (r.status_code, r.json()["error"]["code"]) == (404, "unknown_instance")
