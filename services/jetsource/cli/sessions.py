@@ -199,6 +199,14 @@ def _run(
         out.fail(INTERRUPTED, "CANCELLED", stopped())
 
 
+class LineTooLargeError(Exception):
+    """An import's line whose event the stream cannot hold (line number, what it said)."""
+
+    def __init__(self, line: int, said: str) -> None:
+        super().__init__(said)
+        self.line, self.said = line, said
+
+
 @contextlib.contextmanager
 def _reader_may_leave() -> Iterator[None]:
     """JSON lines into a pipe whose reader left (``| head -1``): done, exit 0, as
@@ -500,7 +508,7 @@ def import_(
     refused naming the line (exit 1); a bad line is refused naming its line and field
     (exit 2). Nothing of the file is recorded then. Known types are checked against
     the catalog per JETSOURCE_SESSIONS__VALIDATION."""
-    from jetsource.core.errors import ConcurrencyError
+    from jetsource.core.errors import ConcurrencyError, EventTooLargeError
     from jetsource.domains.sessions.catalog import load_catalog
     from jetsource.domains.sessions.format import EventFormatError, SessionEvent, to_canonical
     from jetsource.domains.sessions.importing import ImportConflictError, Line, plan_import
@@ -547,7 +555,14 @@ def import_(
         if not events:
             return []
         if observer is None:  # at exactly their seqs, or ConcurrencyError
-            return await c.writer.record(events, {p.session: p.last for p in plans if p.new})
+            try:
+                return await c.writer.record(events, {p.session: p.last for p in plans if p.new})
+            except EventTooLargeError as exc:
+                if exc.index is None:
+                    raise
+                # A bad line as any other, by its number (it said "event 1", its place
+                # in the append, exit 1)
+                raise LineTooLargeError(new[exc.index].number, str(exc)) from None
         from jetsource._gen.process.v1.observer_pb2_grpc import ObserverServiceStub
         from jetsource.client import open_channel
         from jetsource.domains.sessions.ledger import ObserverWriter
@@ -585,6 +600,16 @@ def import_(
     except ImportConflictError as exc:
         out.fail(
             out.REFUSED, "FAILED_PRECONDITION", str(exc), field=f"line {exc.line}", line=exc.line
+        )
+    except LineTooLargeError as exc:
+        said = re.sub(r"^event \d+ ", "the event ", exc.said)
+        out.fail(
+            out.USAGE,
+            "INVALID_ARGUMENT",
+            f"line {exc.line}: {said} (lines of the file before it may be recorded: the "
+            "import again appends only the rest)",
+            field=f"line {exc.line}",
+            line=exc.line,
         )
     except ConcurrencyError as exc:
         out.fail(

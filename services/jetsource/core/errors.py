@@ -20,7 +20,12 @@ class InvalidAggregateIdError(ValidationError):
 
 
 class EventTooLargeError(ValidationError):
-    pass
+    """An event past the stream's size limit; ``index``: its place among the events of
+    the append (None when the server refused it, not the check before)."""
+
+    def __init__(self, message: str, field: str | None = None, index: int | None = None) -> None:
+        super().__init__(message, field)
+        self.index = index
 
 
 class UnknownEventTypeError(ValidationError):

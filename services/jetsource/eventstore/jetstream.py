@@ -648,7 +648,8 @@ class JetStreamEventStore:
             if size > cfg.max_msg_size:
                 raise EventTooLargeError(
                     f"event {i} ({event_type}) is {size} bytes; the stream accepts at most "
-                    f"{cfg.max_msg_size} bytes per event"
+                    f"{cfg.max_msg_size} bytes per event",
+                    index=i,
                 )
             out.append((event_type, schema_version, payload))
         return out

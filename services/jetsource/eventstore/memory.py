@@ -61,7 +61,8 @@ class InMemoryEventStore:
             if len(payload) + 200 > self._cfg.max_msg_size:
                 raise EventTooLargeError(
                     f"event {i} ({event_type}) is {len(payload)} bytes; the stream accepts at "
-                    f"most {self._cfg.max_msg_size} bytes per event"
+                    f"most {self._cfg.max_msg_size} bytes per event",
+                    index=i,
                 )
         async with self._lock:
             history = self._by_aggregate.get(aggregate_id, [])

@@ -26,7 +26,7 @@ from jetsource._gen.process.v1 import events_pb2
 from jetsource.core.clock import from_timestamp, to_timestamp
 from jetsource.core.codec import PayloadDecodeError
 from jetsource.core.envelope import ANY, Expected, NewEvent, RecordedEvent
-from jetsource.core.errors import CorruptEventError
+from jetsource.core.errors import CorruptEventError, EventTooLargeError
 from jetsource.core.ids import uuid7, validate_aggregate_id
 from jetsource.domains.process.batching import requests, too_large
 from jetsource.domains.process.models.common import is_noop
@@ -253,7 +253,12 @@ class LedgerWriter:
                 news = [_new_event(ce) for ce in run]
                 pid = run[0].process_id
                 expect: Expected = at.get(pid, ANY)
-                result = await self._store.append(pid, news, expect)
+                try:
+                    result = await self._store.append(pid, news, expect)
+                except EventTooLargeError as exc:
+                    if exc.index is not None:  # its place among ``events``, not the piece's
+                        exc.index += k
+                    raise
                 if pid in at:
                     at[pid] += len(run)
                 for ce, news_i, version, seq in zip(
