@@ -185,6 +185,20 @@ UNSIGNED = frozenset(
 )
 
 
+# The most of a reason (and of a field's path) an answer holds. A reason or a path may
+# repeat the body (a value, the keys on the way to a field, every kind of a list):
+# cut, or a body of 4 MiB made an answer as large (the archived reason is cut to 2,000
+# characters as well).
+ANSWERED_CHARS = 2000
+ANSWERED_FIELD_CHARS = 500
+
+
+def answered(text: str, limit: int = ANSWERED_CHARS) -> str:
+    """``text`` as an answer holds it: its first ``limit`` characters when longer, saying
+    how long it was."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 class Rejected(Exception):
     def __init__(
         self, status: int, code: str, reason: str, field: str = "", detail: str = ""
@@ -241,7 +255,9 @@ class Intake:
             record.reason = f"unrecognised: {exc.reason}"[:2000]
             if (failed := await self._archive(record)) is not None:
                 return failed
-            return Answer(200, {"status": "unrecognised", "raw_id": raw_id, "reason": exc.reason})
+            return Answer(
+                200, {"status": "unrecognised", "raw_id": raw_id, "reason": answered(exc.reason)}
+            )
         except Exception as exc:
             # Whatever else a body makes the checks raise: a fault of this code (a body
             # can only be refused for a reason named above). Archived with the verdict
@@ -385,7 +401,7 @@ class Intake:
                 config.format,
             )
         except Malformed as exc:
-            raise Rejected(422, "malformed", str(exc)[:2000], exc.field) from None
+            raise Rejected(422, "malformed", str(exc), exc.field) from None
         except Unrecognised as exc:
             if interactions:
                 # Discord does not retry an interaction: nothing is gained by a 200,
@@ -419,7 +435,7 @@ class Intake:
         record.http_status = rejected.status
         detail = f" ({rejected.detail})" if rejected.detail else ""
         record.reason = f"{rejected.code}: {rejected.reason}{detail}"[:2000]
-        record.field = rejected.field
+        record.field = answered(rejected.field, ANSWERED_FIELD_CHARS)
         if len(record.body) > self.keep_rejected_bytes and (
             rejected.code in UNSIGNED or self._over_archive(record) is not None
         ):
@@ -434,9 +450,9 @@ class Intake:
                     record.headers[name] = f"{value[:HEADER_KEPT]}... ({len(value)} chars)"
         if (failed := await self._archive(record)) is not None:
             return failed
-        error = {"code": rejected.code, "message": rejected.reason, "raw_id": record.id}
+        error = {"code": rejected.code, "message": answered(rejected.reason), "raw_id": record.id}
         if rejected.field:
-            error["field"] = rejected.field
+            error["field"] = answered(rejected.field, ANSWERED_FIELD_CHARS)
         return Answer(rejected.status, {"error": error})
 
     def _over_archive(self, record: RawPayload) -> Rejected | None:

@@ -20,7 +20,7 @@ from typing import Any
 from jetsource._gen.omni.v1 import events_pb2 as pb
 from jetsource._gen.omni.v1.events_pb2 import NormalizedEvent
 from jetsource.domains.omni.normalize.common import Context, Node, digest, iso_time
-from jetsource.domains.omni.normalize.errors import Malformed, Unrecognised
+from jetsource.domains.omni.normalize.errors import Malformed, Unrecognised, quoted
 
 FORMAT = "discord_gateway"
 
@@ -73,7 +73,7 @@ def normalize(ctx: Context, body: Mapping[str, Any]) -> list[NormalizedEvent]:
     dispatch = _Dispatch(ctx, Node(body))
     handler = _HANDLERS.get(dispatch.kind)
     if handler is None:
-        raise Unrecognised(f"Discord dispatch {dispatch.kind!r} is not normalized")
+        raise Unrecognised(f"Discord dispatch {quoted(dispatch.kind)} is not normalized")
     return handler(dispatch)
 
 
@@ -340,7 +340,7 @@ def _presence(dp: _Dispatch) -> list[NormalizedEvent]:
     user = d.obj("user").req_handle("id")
     status = d.req_str("status")
     if status not in _PRESENCE:
-        raise Malformed(d.at("status"), f"unknown presence status {status!r}")
+        raise Malformed(d.at("status"), f"unknown presence status {quoted(status)}")
     ev = dp.event(
         f"presence:{user}:{d.opt_str('guild_id')}:{status}{dp.seq or ':' + digest(d.raw)}"
     )

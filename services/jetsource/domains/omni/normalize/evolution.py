@@ -28,7 +28,7 @@ from jetsource.domains.omni.normalize.common import (
     iso_time,
     unix_millis,
 )
-from jetsource.domains.omni.normalize.errors import Malformed, Unrecognised
+from jetsource.domains.omni.normalize.errors import Malformed, Unrecognised, listed, quoted
 
 FORMAT = "evolution"
 
@@ -197,20 +197,20 @@ def normalize(ctx: Context, body: Mapping[str, Any]) -> list[NormalizedEvent]:
     name = event_name(root.req_str("event"))
     handler = _HANDLERS.get(name)
     if handler is None:
-        raise Unrecognised(f"Evolution API event {root.raw['event']!r} is not normalized")
+        raise Unrecognised(f"Evolution API event {quoted(root.raw['event'])} is not normalized")
     env = _Envelope(ctx, root)
     out: list[NormalizedEvent] = []
     for item in _items(root):
         out.extend(handler(env, item))
     if not out and env.skipped_no_content:
         raise Unrecognised(
-            f"Evolution API event {root.raw['event']!r} carries no message content (only "
+            f"Evolution API event {quoted(root.raw['event'])} carries no message content (only "
             "what Baileys sends beside it: a sender key distribution, context info)"
         )
     if not out and env.skipped_keyless:
         raise Unrecognised(
-            f"Evolution API event {root.raw['event']!r} carries only protocol messages "
-            f"that name no message or chat (no key): {', '.join(sorted(set(env.skipped_keyless)))}"
+            f"Evolution API event {quoted(root.raw['event'])} carries only protocol messages "
+            f"that name no message or chat (no key): {listed(sorted(set(env.skipped_keyless)))}"
         )
     return out
 
@@ -527,7 +527,7 @@ def _update(env: _Envelope, data: Node) -> list[NormalizedEvent]:
     numbered = isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw < 6
     state = _RECEIPT_NUMBERS[raw] if numbered else raw
     if not isinstance(state, str) or state.upper() not in _RECEIPTS:
-        raise Malformed(data.at("status"), f"unknown message status {raw!r}")
+        raise Malformed(data.at("status"), f"unknown message status {quoted(raw)}")
     state = state.upper()
     # In a group (or of a broadcast) each member's receipt of one message comes on its
     # own, naming the member (participant): the member is part of the id (every receipt after the
@@ -620,7 +620,7 @@ def _presence(env: _Envelope, data: Node) -> list[NormalizedEvent]:
         p = presences.obj(jid)
         state = p.req_str("lastKnownPresence")
         if state not in _PRESENCE:
-            raise Malformed(p.at("lastKnownPresence"), f"unknown presence {state!r}")
+            raise Malformed(p.at("lastKnownPresence"), f"unknown presence {quoted(state)}")
         # Presence has no id of its own: the webhook's time tells one report from the next.
         stamp = env.root.opt_str("date_time") or digest(p.raw)
         ev = env.event(f"presence:{chat}:{jid}:{state}:{stamp}")

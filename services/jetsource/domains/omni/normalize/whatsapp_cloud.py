@@ -15,7 +15,7 @@ from typing import Any
 from jetsource._gen.omni.v1 import events_pb2 as pb
 from jetsource._gen.omni.v1.events_pb2 import NormalizedEvent
 from jetsource.domains.omni.normalize.common import Context, Node, digest
-from jetsource.domains.omni.normalize.errors import Malformed, Unrecognised
+from jetsource.domains.omni.normalize.errors import Malformed, Unrecognised, quoted
 
 FORMAT = "whatsapp_cloud"
 OBJECT = "whatsapp_business_account"
@@ -339,7 +339,7 @@ def _status(ctx: Context, status: Node, business: str) -> NormalizedEvent:
     wamid = status.req_str("id")
     state = status.req_str("status")
     if state not in _RECEIPTS:
-        raise Malformed(status.at("status"), f"unknown receipt status {state!r}")
+        raise Malformed(status.at("status"), f"unknown receipt status {quoted(state)}")
     if status.opt_str("recipient_type") == "group":
         # Each member's receipt of a group message comes on its own, naming the member:
         # the member is part of the id (every receipt after the first of a state was
