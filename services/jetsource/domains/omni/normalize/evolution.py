@@ -420,12 +420,32 @@ def _context_info(ev: NormalizedEvent, info: Node) -> None:
 # --- protocol messages: edits and revokes ---------------------------------------------------
 
 
+# Where an edit's new message is: a ProtocolMessage's ``editedMessage``; some Evolution
+# forks send messages.edited as ``{key, message, oldMessage}``, the new message whole.
+_EDITED_BODIES = ("editedMessage", "message")
+
+
+def _edited_body(node: Node) -> str:
+    """The field of ``node`` holding an edited message's new body, or ""."""
+    return next((f for f in _EDITED_BODIES if node.has(f)), "")
+
+
 def _protocol_type(node: Node) -> str:
+    """The protocol message's kind by its ``type``. With no ``type``, by what it holds:
+    an edited message's body is an edit; otherwise Malformed naming ``type``. A missing
+    type was read as REVOKE (proto's 0), so an edit a fork sent without one was stored
+    as a delete for everyone: a delete is never inferred from a field that is missing."""
     raw = node.raw.get("type")
     if isinstance(raw, str):
         return raw.upper()
     if raw is None:
-        return "REVOKE"  # proto default (0) is dropped from JSON
+        if _edited_body(node):
+            return "MESSAGE_EDIT"
+        raise Malformed(
+            node.at("type"),
+            "required field is missing (a revoke says REVOKE or 0; an edit says "
+            "MESSAGE_EDIT or holds its editedMessage)",
+        )
     number = as_int(raw, node.at("type"))
     return _PROTOCOL_TYPES.get(number, f"TYPE_{number}")
 
@@ -452,7 +472,7 @@ def _protocol(
     elif kind == "MESSAGE_EDIT":
         key = proto.obj("key")
         target = key.req_str("id")
-        edited = proto.obj("editedMessage")
+        edited = proto.obj(_edited_body(proto) or "editedMessage")
         ekind, econtent = _content_of(edited, "")
         probe = pb.NormalizedEvent()
         _fill_content(probe, ekind, econtent, edited)
@@ -465,6 +485,10 @@ def _protocol(
         ev.metadata.edit.new_text = probe.content_text
         if proto.has("timestampMs"):
             at = unix_millis(proto.raw["timestampMs"], proto.at("timestampMs"))
+            ev.metadata.edit.edited_at.CopyFrom(at)
+            ev.provider_timestamp.CopyFrom(at)
+        elif proto.has("messageTimestamp"):  # a fork's {key, message, oldMessage}
+            at = proto.unix_seconds("messageTimestamp")
             ev.metadata.edit.edited_at.CopyFrom(at)
             ev.provider_timestamp.CopyFrom(at)
         elif ev.HasField("provider_timestamp"):
@@ -503,7 +527,9 @@ def _edited(env: _Envelope, data: Node) -> list[NormalizedEvent]:
     the outer message named). They name no message and no chat: skipped, and a body
     of only those is Unrecognised (it was 422 naming ``data.key``, refused after every
     retry). A revoke or an edit without a key is still Malformed: it must name its
-    target."""
+    target. An item with no ``type`` is an edit when it holds the edited message
+    (``editedMessage``, or a fork's ``{key, message, oldMessage}``), else Malformed
+    naming ``type``: it was read as a revoke."""
     kind = _protocol_type(data)
     if kind not in ("REVOKE", "MESSAGE_EDIT") and not data.has("key"):
         env.skipped_keyless.append(kind.lower()[:60].encode("ascii", "backslashreplace").decode())
