@@ -2,8 +2,10 @@
 import`): `list` and `show` of both readers answer the same command and error. The
 command was only the process's name and the error only the failure's top-level
 `error`: `list` showed them, `show` said none; and the stream reader's list took an
-`error` from any ending while the query reader's (the registry) takes a failure's,
-kept through a later ending (found by a differential check of both readers)."""
+`error` from any ending while the query reader's took the registry's, a failure's
+(found by a differential check of both readers). Both list the endings' error by the
+rule `show` folds them with (`ending_error`): a failure's kept through a later
+completion, where the registry keeps the last ending's (none after it)."""
 
 from __future__ import annotations
 

@@ -177,15 +177,24 @@ def fold_lifecycle(found: dict[str, ProcessSummary], lifecycle: list[RecordedEve
                 env.event_type, ENDED_STATUS[env.event_type]
             )
             p.ended_ns = occurred or r.recorded_at_ns
-            if p.kind == SESSION_KIND:
+            if p.kind == SESSION_KIND and not p.parent:
                 # A session's error by the rule `sessions show` folds its endings with
                 # (ending_error): any ending's, kept through a later one naming none.
-                # The query reader takes it the same way (QueryReader.sessions).
+                # The query reader takes it the same way (QueryReader.take_errors).
                 p.error = ending_error(p.error, ending_said(env.event_type, _data(r)))
-            elif env.event_type == "process_failed":
-                # Another kind's process, as the registry has it: a failure's error,
-                # kept through a later ending; another ending's ``error`` is not one.
-                p.error = error_text(_data(r).get("error"))
+            else:
+                # Any other process (one of kind session under a parent too), as the
+                # registry has it, the query reader's: the last ending's.
+                p.error = registry_error(env.event_type, _data(r))
+
+
+def registry_error(event_type: str, data: dict[str, Any]) -> str:
+    """A process's error once its ending ``event_type`` (payload ``data``) is read, by
+    the process registry's rule (models/registry.py): the last ending's, a failure's
+    ``data.error`` (as ``error_text``) and none for another ending, which clears the
+    one a failure before it named. The stream reader's fold of any process but a
+    session; the query reader has it from the registry."""
+    return error_text(data.get("error")) if event_type == "process_failed" else ""
 
 
 def stored_event(record: RecordedEvent) -> events_pb2.StoredEvent:
@@ -835,11 +844,13 @@ class QueryReader:
         return [p for p in found.values() if p.kind == SESSION_KIND and not p.parent]
 
     async def take_errors(self, roots: Sequence[ProcessSummary]) -> None:
-        """The registry keeps only a failure's error; a session's is its endings' by
-        the rule `show` folds them with (the ledger reader's too): an ended session's
-        is read from its endings (only those, by type), for the sessions listed only,
-        a few at a time. A session whose endings cannot be read keeps the registry's
-        error (one poisoned session neither hides nor takes the list down); once the
+        """The registry keeps the last ending's error (a failure's, none for another
+        ending); a session's is its endings' by the rule `show` folds them with (the
+        ledger reader's too: any ending's, kept through a later one naming none): an
+        ended session's is read from its endings (only those, by type), for the
+        sessions listed only, a few at a time. A session whose endings cannot be read
+        keeps the registry's error, the last ending's (one poisoned session neither
+        hides nor takes the list down); once the
         query service is unreachable or too slow, the sessions after keep theirs
         without asking (each would wait for the deadline)."""
         ended = [p for p in roots if p.status != "running"]

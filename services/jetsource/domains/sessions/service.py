@@ -173,10 +173,11 @@ class Sessions:
         it was recorded), not its events: the snapshot is left to ``show``.
 
         ``with_errors``: the rows' errors as ``show`` says them, where the reader's
-        summaries lack them (the query reader's registry keeps only a failure's: one
-        read of the endings per ended session listed). Only for a list that shows the
-        error (``sessions list``); read for the rows listed only (after the status
-        filter and ``limit``). Without it a row has the summaries' error."""
+        summaries lack them (the query reader's registry keeps the last ending's, a
+        failure's only: one read of the endings per ended session listed). Only for a
+        list that shows the error (``sessions list``); read for the rows listed only
+        (after the status filter and ``limit``). Without it a row has the summaries'
+        error."""
         roots = sorted(
             (p for p in await self._roots() if found(p, search)),
             key=lambda p: (p.started_ns, p.process_id),
@@ -244,9 +245,9 @@ class Sessions:
             if tail is None or not found(p, search):
                 continue
             # The endings' error, by the rule `show` folds them with (ending_error; the
-            # query reader's registry keeps only a failure's: list_sessions
-            # with_errors reads the endings of the rows listed). A failure that named
-            # none has none; a user's "failed" is "failed".
+            # query reader's registry keeps the last ending's, a failure's only:
+            # list_sessions with_errors reads the endings of the rows listed). A
+            # failure that named none has none; a user's "failed" is "failed".
             error = p.error
             if isinstance(tail, CorruptEventError):
                 # Listed, and said so: one poisoned session neither hides nor takes
