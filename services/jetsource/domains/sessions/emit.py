@@ -13,8 +13,16 @@ Ctrl-C (KeyboardInterrupt), and by its exit code on ``sys.exit()`` (0 or none
 the emitter has been quiet for ``heartbeat_s`` it records a ``session_heartbeat`` so
 readers can tell a quiet session from one whose emitter is gone.
 
-When recording fails (the ledger refused or could not be reached after the writer's
-retries), the session is marked failed: later emits are dropped and counted, and at
+An event too large for the ledger (past the stream's max message size; through the
+observer, past its payload limit or gRPC's message limit) is replaced by an
+``event_too_large`` marker at its place (``data``: its ``type``, ``bytes``, the
+refusal as ``error``), counted in ``dropped``; the events batched with it are recorded
+in order and the session goes on. Each batch is sent in pieces the writer appends
+whole (one request through the observer), so a piece refused for one event recorded
+nothing and is sent again with the marker: nothing is recorded twice.
+
+When recording fails otherwise (the ledger refused or could not be reached after the
+writer's retries), the session is marked failed: later emits are dropped and counted, and at
 the end a best-effort ``session_ended`` with status failed and the commit error is
 recorded (if even that fails, readers see the session without an end and, once quiet,
 as interrupted). The queue is bounded (``max_pending``): when full, ``emit`` drops the
@@ -34,9 +42,10 @@ from typing import Any
 
 from jetsource._gen.process.v1 import events_pb2
 from jetsource.core.aio import stop_task
-from jetsource.core.errors import exit_code
+from jetsource.core.errors import EventTooLargeError, exit_code
 from jetsource.core.printable import not_one_line_at, refused_at
 from jetsource.core.settings import GrpcClientSettings
+from jetsource.domains.process.batching import requests
 from jetsource.domains.sessions.catalog import Validation, load_catalog
 from jetsource.domains.sessions.format import (
     RESERVED,
@@ -49,8 +58,11 @@ from jetsource.domains.sessions.format import (
     to_canonical,
 )
 from jetsource.domains.sessions.ledger import SessionWriter
+from jetsource.eventstore.jsapi import BATCH_LIMIT
 
 HEARTBEAT = "session_heartbeat"
+# Recorded in place of an event too large for the ledger (its type, size and the refusal).
+TOO_LARGE = "event_too_large"
 
 
 class SessionFailedError(RuntimeError):
@@ -124,7 +136,8 @@ class Session:
         return ""
 
     def _canonical(self, event_type: str, data: dict[str, Any]) -> events_pb2.CanonicalEvent:
-        # No event id: the emitter never resends (a failed record fails the session), so
+        # No event id: the emitter resends only a piece refused whole for one event's
+        # size, nothing of it recorded (another failed record fails the session), so
         # there is nothing to deduplicate, and the observer need not claim an id per event
         # (the claim is most of RecordBatch's time).
         return to_canonical(
@@ -153,9 +166,46 @@ class Session:
             self._pending += 1
 
     async def _send(self, batch: list[events_pb2.CanonicalEvent]) -> None:
-        await self._writer.record(batch)
-        self.recorded += len(batch)
-        self._last_sent = time.monotonic()
+        # In pieces each writer sends as one atomic append (one request through the
+        # observer): a piece refused for one event's size recorded nothing of it, so it
+        # is sent again with that event replaced and no event is recorded twice.
+        for piece in requests(batch, BATCH_LIMIT):
+            events = list(piece)
+            replaced: set[int] = set()
+            while True:
+                try:
+                    await self._writer.record(events)
+                except EventTooLargeError as exc:
+                    i = exc.index
+                    if i is None or not 0 <= i < len(events) or i in replaced:
+                        raise
+                    events[i] = self._too_large(events[i], exc)
+                    replaced.add(i)
+                    self.dropped += 1
+                    continue
+                break
+            self.recorded += len(events)
+            self._last_sent = time.monotonic()
+
+    def _too_large(
+        self, event: events_pb2.CanonicalEvent, exc: EventTooLargeError
+    ) -> events_pb2.CanonicalEvent:
+        """What is recorded in place of an event the ledger cannot hold: a marker at
+        its place naming its type, size and the refusal (the rest of its batch and the
+        session go on)."""
+        marker = to_canonical(
+            SessionEvent(
+                time.time_ns(),
+                self.id,
+                0,
+                TOO_LARGE,
+                {"type": event.event_type, "bytes": event.ByteSize(), "error": str(exc)[:500]},
+            ),
+            source=self._source,
+        )
+        if event.HasField("occurred_at"):
+            marker.occurred_at.CopyFrom(event.occurred_at)
+        return marker
 
     async def _run(self) -> None:
         while True:
@@ -173,11 +223,13 @@ class Session:
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
                 queued += 1
+            before = self.recorded
             try:
                 await self._send(batch)
             except Exception as exc:  # the ledger refused or is unreachable: session failed
                 self.error = exc
-                self.dropped += queued + self._queue.qsize()
+                # Less the pieces recorded before the one that failed.
+                self.dropped += max(0, queued - (self.recorded - before)) + self._queue.qsize()
                 self._pending = 0
                 return
             self._pending -= queued

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -322,6 +323,10 @@ async def recorded_at(
     return last, found
 
 
+# The observer's refusal of an event past its payload limit (validation.py).
+_PAYLOAD_TOO_LARGE = re.compile(r"events\[(\d+)\]\.(?:data|typed): the payload is \d+ bytes")
+
+
 class ObserverWriter:
     """Records through the observer's gRPC ``RecordBatch`` (a stub of ObserverService)."""
 
@@ -340,11 +345,17 @@ class ObserverWriter:
         process per request, and gRPC no message over its limit): a long import or a
         batch of large events is recorded, not refused whole."""
         out: list[events_pb2.Position] = []
+        start = 0
         for piece in requests(events, BATCH_LIMIT):
-            out += await self._send(list(piece))
+            out += await self._send(list(piece), start)
+            start += len(piece)
         return out
 
-    async def _send(self, events: list[events_pb2.CanonicalEvent]) -> list[events_pb2.Position]:
+    async def _send(
+        self, events: list[events_pb2.CanonicalEvent], at: int | None = None
+    ) -> list[events_pb2.Position]:
+        """``at``: the place of ``events`` among those given to ``record`` (None for a
+        half of a request split for its size: the half before may be recorded)."""
         from jetsource._gen.process.v1 import observer_pb2
 
         try:
@@ -358,6 +369,17 @@ class ObserverWriter:
             if too_large(exc) and len(events) > 1:
                 half = len(events) // 2
                 return await self._send(events[:half]) + await self._send(events[half:])
+            # One event too large (over the observer's payload limit, or alone over
+            # gRPC's), the request refused whole, nothing of it recorded:
+            # EventTooLargeError with its index among the events given to ``record``,
+            # as LedgerWriter says it, saying what the server said.
+            details = exc.details() or ""
+            if at is not None:
+                if too_large(exc):
+                    raise EventTooLargeError(details, index=at) from exc
+                m = _PAYLOAD_TOO_LARGE.match(details)
+                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT and m:
+                    raise EventTooLargeError(details, index=at + int(m.group(1))) from exc
             raise
         return list(reply.positions)
 
