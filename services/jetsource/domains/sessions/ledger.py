@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import grpc
@@ -147,6 +147,14 @@ class ProcessSummary:
     ended_ns: int = 0
     last_recorded_ns: int = 0
     error: str = ""
+    # What the stream reader's fold keeps for the interrupted rule (``interrupter``),
+    # from the lifecycle events: the stream seq of the first, and of the one that
+    # named the parent with its occurred time (None: it had none), and the process's
+    # own endings (stream seq, occurred or None, ended_ns), in stream order.
+    first_seq: int = field(default=0, compare=False, repr=False)
+    linked_seq: int = field(default=0, compare=False, repr=False)
+    linked_occ: int | None = field(default=None, compare=False, repr=False)
+    ends: tuple[tuple[int, int | None, int], ...] = field(default=(), compare=False, repr=False)
 
 
 LIFECYCLE = frozenset({PROCESS_STARTED, *ENDED_STATUS})
@@ -155,9 +163,12 @@ LIFECYCLE = frozenset({PROCESS_STARTED, *ENDED_STATUS})
 def fold_lifecycle(found: dict[str, ProcessSummary], lifecycle: list[RecordedEvent]) -> None:
     """Lifecycle events (started, ended) folded into ``found`` in stream order: folding
     a ledger in pieces, one after the other, gives what one fold of it gives."""
+    touched: set[str] = set()
     for r in sorted(lifecycle, key=lambda r: r.stream_seq):
         env = r.envelope
         p = found.setdefault(env.aggregate_id, ProcessSummary(env.aggregate_id))
+        touched.add(p.process_id)
+        p.first_seq = p.first_seq or r.stream_seq
         p.last_recorded_ns = max(p.last_recorded_ns, r.recorded_at_ns)
         occurred = from_timestamp(env.occurred_at) if env.HasField("occurred_at") else 0
         named = env.parent_aggregate_id
@@ -166,6 +177,8 @@ def fold_lifecycle(found: dict[str, ProcessSummary], lifecycle: list[RecordedEve
             # a later process_started naming another took the process out of its
             # session's tree here (so `sessions prune` left its events in the stream).
             p.parent = named
+            p.linked_seq = r.stream_seq
+            p.linked_occ = occurred if env.HasField("occurred_at") else None
         if env.event_type == PROCESS_STARTED:
             data = _data(r)
             # Text only, as the registry reads them: a kind of 5 is no kind.
@@ -178,6 +191,9 @@ def fold_lifecycle(found: dict[str, ProcessSummary], lifecycle: list[RecordedEve
                 env.event_type, ENDED_STATUS[env.event_type]
             )
             p.ended_ns = occurred or r.recorded_at_ns
+            p.ends += (
+                (r.stream_seq, occurred if env.HasField("occurred_at") else None, p.ended_ns),
+            )
             if p.kind == SESSION_KIND and not p.parent:
                 # A session's error by the rule `sessions show` folds its endings with
                 # (ending_error): any ending's, kept through a later one naming none.
@@ -187,6 +203,63 @@ def fold_lifecycle(found: dict[str, ProcessSummary], lifecycle: list[RecordedEve
                 # Any other process (one of kind session under a parent too), as the
                 # registry has it, the query reader's: the last ending's.
                 p.error = registry_error(env.event_type, _data(r))
+    interrupt_below(found, touched)
+
+
+def interrupt_below(found: dict[str, ProcessSummary], touched: set[str]) -> None:
+    """The statuses of the processes without an ending of their own under ``touched``
+    (those of the events just folded: a new ending, link or parent can change only
+    theirs and their descendants') worked out again by the registry's interrupted rule
+    (``interrupter``): ``interrupted`` (ended at the ending's time, no error), else
+    ``running``. From the kept positions alone, so a fold in pieces gives one fold's."""
+    if not touched:
+        return
+    kids: dict[str, list[str]] = {}
+    for p in found.values():
+        if p.parent:
+            kids.setdefault(p.parent, []).append(p.process_id)
+    todo, seen = list(touched), set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen:  # a forged parent link makes no cycle here
+            continue
+        seen.add(pid)
+        todo += kids.get(pid, [])
+        p = found[pid]
+        if p.ends:
+            continue  # its own ending stands
+        by = interrupter(found, p)
+        p.status, p.ended_ns = ("running", 0) if by is None else ("interrupted", by)
+
+
+def interrupter(found: dict[str, ProcessSummary], p: ProcessSummary) -> int | None:
+    """When the ancestor's ending that interrupts ``p`` (a process without an ending of
+    its own) ended (its ``ended_ns``), or None: the process registry's rule
+    (models/registry.py, docs/process-ledger.md): the first ending (stream order) of an
+    ancestor stored once the chain of links up to it existed (a link exists from the
+    later of the event naming the parent and the parent's first), or that occurred at
+    or after every start along the chain (each link's time: the occurred time of the
+    event that named the parent; a link without one leaves time out)."""
+    best: tuple[int, int] | None = None  # (stream seq, ended_ns) of the ending
+    since, starts = 0, 0
+    timed = True
+    x, seen = p, {p.process_id}
+    while x.parent and x.parent in found and x.parent not in seen:
+        q = found[x.parent]
+        seen.add(q.process_id)
+        since = max(since, x.linked_seq, q.first_seq)
+        if x.linked_occ is None:
+            timed = False
+        elif timed:
+            starts = x.linked_occ if x is p else max(starts, x.linked_occ)
+        for seq, occurred, ended in q.ends:
+            if best is not None and seq >= best[0]:
+                break
+            if seq >= since or (timed and occurred is not None and occurred >= starts):
+                best = (seq, ended)
+                break
+        x = q
+    return None if best is None else best[1]
 
 
 def registry_error(event_type: str, data: dict[str, Any]) -> str:
