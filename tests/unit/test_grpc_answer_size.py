@@ -50,6 +50,18 @@ async def _not_found(request: Int64Value, context: grpc.aio.ServicerContext) -> 
     return BytesValue(value=b"x" * request.value) if request.value else None
 
 
+async def _many_not_found(
+    request: Int64Value, context: grpc.aio.ServicerContext
+) -> AsyncIterator[BytesValue | None]:
+    """A stream whose handler sets a status, then yields what does not encode (None) or
+    is past the limit: the stream ends there with that status."""
+    yield BytesValue(value=b"first")
+    context.set_code(grpc.StatusCode.NOT_FOUND)
+    context.set_details("gone")
+    yield BytesValue(value=b"x" * request.value) if request.value else None
+    yield BytesValue(value=b"after")
+
+
 async def _gather_not_found(
     requests: AsyncIterator[Int64Value], context: grpc.aio.ServicerContext
 ) -> None:
@@ -73,6 +85,9 @@ def _add(server: grpc.aio.Server) -> None:
                     ),
                     "NotFound": grpc.unary_unary_rpc_method_handler(
                         _not_found, Int64Value.FromString, BytesValue.SerializeToString
+                    ),
+                    "ManyNotFound": grpc.unary_stream_rpc_method_handler(
+                        _many_not_found, Int64Value.FromString, BytesValue.SerializeToString
                     ),
                     "GatherNotFound": grpc.stream_unary_rpc_method_handler(
                         _gather_not_found, Int64Value.FromString, BytesValue.SerializeToString
@@ -171,6 +186,23 @@ async def test_a_status_set_by_the_handler_is_answered_as_set(
             await call(Int64Value(value=size), timeout=5)
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND, caught.value
         assert caught.value.details() == "no such thing"
+
+
+@pytest.mark.parametrize("size", [0, 5000])
+async def test_a_status_set_in_a_stream_ends_it_without_an_empty_message(
+    small: GrpcEndpoint, size: int
+) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{small.port}") as channel:
+        call = channel.unary_stream(
+            f"/{SERVICE}/ManyNotFound", Int64Value.SerializeToString, BytesValue.FromString
+        )
+        got: list[bytes] = []
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for m in call(Int64Value(value=size), timeout=5):
+                got.append(m.value)
+        assert got == [b"first"]
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND, caught.value
+        assert caught.value.details() == "gone"
 
 
 async def test_a_status_set_by_a_client_stream_handler_is_answered_as_set(

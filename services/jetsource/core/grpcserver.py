@@ -650,7 +650,13 @@ class Guard:
                 try:
                     request = _parse(parse, body)
                     async for item in stream(request, context):
-                        yield sized(item, request, context)
+                        body = sized(item, request, context)
+                        if not body and _discarded(context):
+                            # A status set (context.set_code), then an answer that does
+                            # not encode or is past the limit: the stream ends there with
+                            # that status (no empty message in its place).
+                            return
+                        yield body
                 except _PASS_THROUGH:
                     raise
                 except Exception as exc:
