@@ -92,6 +92,17 @@ class Session:
             raise ValueError(
                 f"command holds {refused_at(command, at)}: it takes one line of printable text"
             )
+        if not heartbeat_s > 0:  # NaN too: it would be recorded as interval_s
+            raise ValueError(f"heartbeat_s: {heartbeat_s!r} must be a number of seconds > 0")
+        # What the caller gives is recorded in session_started's data, stored under the
+        # root process's data.session (metadata and argv at the third level): refused
+        # here naming it, as emit() refuses data, rather than recorded and then refused
+        # by the observer or unreadable (NaN; past 20 levels export failed).
+        if metadata:
+            check_numbers(metadata, "metadata", level=3)
+        # sys.argv holds an undecodable byte as a lone surrogate: recorded escaped.
+        argv = [_text(a) if isinstance(a, str) else a for a in argv or []]
+        check_numbers(argv, "argv", level=3)
         self.id = session_id or new_session_id()
         self.command = command
         self._writer = writer
@@ -101,13 +112,13 @@ class Session:
         self._source = source
         self._started: dict[str, Any] = {
             "command": command,
-            "argv": list(argv or []),
-            "cwd": os.getcwd(),
-            "host": socket.gethostname(),
+            "argv": argv,
+            "cwd": _text(os.getcwd()),
+            "host": _text(socket.gethostname()),
             "pid": os.getpid(),
         }
         with contextlib.suppress(Exception):
-            self._started["user"] = getpass.getuser()
+            self._started["user"] = _text(getpass.getuser())
         if metadata:
             self._started["metadata"] = metadata
         self._queue: asyncio.Queue[events_pb2.CanonicalEvent] = asyncio.Queue(max_pending)
@@ -199,7 +210,11 @@ class Session:
                 self.id,
                 0,
                 TOO_LARGE,
-                {"type": event.event_type, "bytes": event.ByteSize(), "error": str(exc)[:500]},
+                {
+                    "type": event.event_type,
+                    "bytes": event.ByteSize(),
+                    "error": _text(str(exc)[:500]),
+                },
             ),
             source=self._source,
         )
@@ -276,9 +291,19 @@ class Session:
             ended |= {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
         if self.dropped:
             ended["dropped"] = self.dropped
+        if "error" in ended:
+            # An exception's text may hold what no Struct holds (a lone surrogate from
+            # a surrogate-escaped path): the ending would not be recorded at all.
+            ended["error"] = _text(ended["error"])
         # Best effort, and never masking the exception that ended the block.
         with contextlib.suppress(Exception):
             await self._writer.record([self._canonical(SESSION_ENDED, ended)])
+
+
+def _text(text: str) -> str:
+    """``text`` as the ledger can record it: a lone surrogate (an undecodable byte of a
+    path or name, surrogate-escaped) as its escape ``\\udcff``."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @contextlib.asynccontextmanager

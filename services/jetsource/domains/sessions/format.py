@@ -171,7 +171,7 @@ class SessionEvent:
         data = doc["data"]
         if not isinstance(data, dict):
             raise EventFormatError("data", f"must be a JSON object, not {type(data).__name__}")
-        check_numbers(data, "data")
+        check_numbers(data, "data", level=stored_level(event_type))
         status = data.get("status")
         if event_type == SESSION_ENDED and not (isinstance(status, str) and status in ENDINGS):
             raise EventFormatError(
@@ -216,22 +216,36 @@ def check_type(event_type: Any) -> None:
         )
 
 
-def check_numbers(value: Any, where: str) -> None:
+def check_numbers(value: Any, where: str, *, level: int = 1) -> None:
     """The ledger keeps data as a protobuf Struct, whose numbers are doubles: an
     integer beyond 2^53 would come back changed, so it is refused, not rounded. A value
     a Struct cannot hold at all (a datetime, a set, bytes, a non-str key) is refused
-    here naming its field (``data.a[0]``), not by protobuf's bare "Unexpected type"."""
+    here naming its field (``data.a[0]``), not by protobuf's bare "Unexpected type".
+
+    ``level``: the level ``value`` (an object or list) is stored at in the recorded
+    event's data, the data object itself the first: session_started's and
+    session_ended's data is stored under ``data.session`` (``stored_level``), a
+    session's metadata under that (3). Nesting is counted as stored, as the observer
+    counts it."""
     try:
         check_struct_value(value, where, _dotted, noun="recorded")
     except NotAStructValue as exc:
         raise EventFormatError(exc.field, exc.message) from None
-    deep = _too_deep_at(value, where, 1)
+    deep = _too_deep_at(value, where, level)
     if deep is not None:
         # The observer's bound (no setting changes it): a payload deeper than this was
         # recorded straight to the stream (an import, the emitter on the ledger), and
         # from 34 levels no reader parsed it: the session (and the query reader's
         # `list`) answered DATA_LOSS until an operator voided the event.
-        raise EventFormatError(deep, f"is nested deeper than {MAX_DEPTH} levels")
+        stored = "" if level == 1 else f" as stored (under {level - 1} the ledger adds)"
+        raise EventFormatError(deep, f"is nested deeper than {MAX_DEPTH} levels{stored}")
+
+
+def stored_level(event_type: str) -> int:
+    """The level a session event's data object is stored at on the ledger (see
+    ``to_canonical``): session_started's and session_ended's under ``data.session``
+    (2), any other event's as the data itself (1)."""
+    return 2 if event_type in (SESSION_STARTED, SESSION_ENDED) else 1
 
 
 # Objects and lists in one event's data, itself the first level: the observer's
