@@ -426,8 +426,17 @@ _EDITED_BODIES = ("editedMessage", "message")
 
 
 def _edited_body(node: Node) -> str:
-    """The field of ``node`` holding an edited message's new body, or ""."""
-    return next((f for f in _EDITED_BODIES if node.has(f)), "")
+    """The field of ``node`` holding an edited message's new body, or "". A ``message``
+    holding a ``protocolMessage`` is not one: it is a whole message around a protocol
+    message (``_wrapped_protocol``), which says what it is."""
+    return next((f for f in _EDITED_BODIES if node.has(f) and not _wrapped_protocol(node, f)), "")
+
+
+def _wrapped_protocol(node: Node, field: str = "message") -> bool:
+    """Does ``node.<field>`` hold a ``protocolMessage`` (a WAMessage as messages.upsert
+    carries it, not an edit's new body)?"""
+    inner = node.raw.get(field)
+    return isinstance(inner, dict) and "protocolMessage" in inner
 
 
 def _protocol_type(node: Node) -> str:
@@ -529,7 +538,12 @@ def _edited(env: _Envelope, data: Node) -> list[NormalizedEvent]:
     retry). A revoke or an edit without a key is still Malformed: it must name its
     target. An item with no ``type`` is an edit when it holds the edited message
     (``editedMessage``, or a fork's ``{key, message, oldMessage}``), else Malformed
-    naming ``type``: it was read as a revoke."""
+    naming ``type``: it was read as a revoke. An item with no ``type`` whose ``message``
+    holds a ``protocolMessage`` (a whole message, as messages.upsert sends it) is read as
+    messages.upsert reads it, by that protocol message (a revoke of its key's message
+    is a delete): it was an edit of the outer message, its body the protocol message."""
+    if data.raw.get("type") is None and _wrapped_protocol(data):
+        return _upsert(env, data)
     kind = _protocol_type(data)
     if kind not in ("REVOKE", "MESSAGE_EDIT") and not data.has("key"):
         env.skipped_keyless.append(kind.lower()[:60].encode("ascii", "backslashreplace").decode())
