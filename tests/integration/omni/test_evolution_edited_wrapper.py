@@ -36,7 +36,7 @@ async def post(http: httpx.AsyncClient, body: dict[str, Any]) -> httpx.Response:
 
 
 def edited(data: Any) -> dict[str, Any]:
-    out = copy.deepcopy(EDIT)
+    out: dict[str, Any] = copy.deepcopy(EDIT)
     out["data"] = data
     return out
 
