@@ -323,8 +323,15 @@ class EventStoreContract:
 
     async def test_oversized_payload_is_rejected(self, store: Store) -> None:
         huge = NewEvent(ev.DecisionAdded(decision_id="d", body="x" * 2_000_000))
-        with pytest.raises(EventTooLargeError, match="bytes"):
+        with pytest.raises(EventTooLargeError, match="bytes") as caught:
             await store.append("big", [created(), huge], NO_STREAM)
+        # Its place among the events appended: callers (the sessions emitter, import)
+        # replace or name that event by it.
+        assert caught.value.index == 1
+        assert await count_all(store) == 0
+        with pytest.raises(EventTooLargeError) as caught:
+            await store.append("big", [huge, created()], NO_STREAM)
+        assert caught.value.index == 0
         assert await count_all(store) == 0
 
     async def test_unregistered_event_type_is_rejected(self, store: Store) -> None:

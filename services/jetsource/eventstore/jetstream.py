@@ -839,7 +839,10 @@ class JetStreamEventStore:
         group is appended on its own, which reloads, retries and finds duplicates as
         ``append`` does. One batch costs one commit where one per aggregate costs one
         each (file storage syncs every atomic commit). An aggregate appears in at most
-        one group; at most ``BATCH_LIMIT`` events in all."""
+        one group; at most ``BATCH_LIMIT`` events in all. An event too large is
+        ``EventTooLargeError`` with ``index`` its place among all the groups' events in
+        the order given (as ``append``'s among its events; the message names its
+        aggregate and its place in that group), None when the server refused the batch."""
         ids = [a for a, _ in groups]
         if len(set(ids)) != len(ids):
             raise ValidationError("append_many: an aggregate appears in two groups")
@@ -851,7 +854,12 @@ class JetStreamEventStore:
         encoded: list[tuple[str, int, bytes]] = []
         for aggregate_id, events in groups:
             check_append(aggregate_id, events, ExpectedVersion.ANY)
-            encoded += self._encode(aggregate_id, events)
+            try:
+                encoded += self._encode(aggregate_id, events)
+            except EventTooLargeError as exc:
+                # Its place in the batch, not in its group (which the index cannot say).
+                index = None if exc.index is None else len(encoded) + exc.index
+                raise EventTooLargeError(f"{aggregate_id}: {exc}", exc.field, index) from None
         await self.start()
         sealed = await self._seal([e for _, events in groups for e in events], encoded)
         # The positions known here (ExpectedVersion.ANY takes them as ``_base`` does; a

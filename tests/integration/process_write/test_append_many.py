@@ -61,6 +61,10 @@ async def test_append_many_refuses_a_bad_batch_and_stores_nothing(observer: Obse
     with pytest.raises(ValidationError):
         await store.append_many([(a, news(1, "a")), (a, news(1, "a"))])
     huge = [NewEvent(_body(blob="x" * (store.settings.max_msg_size + 10)), event_type="big")]
-    with pytest.raises(EventTooLargeError):
-        await store.append_many([(a, news(1, "a")), (f"{a}-2", huge)])
+    with pytest.raises(EventTooLargeError) as caught:
+        await store.append_many([(a, news(2, "a")), (f"{a}-2", news(1, "b") + huge)])
+    # Its place among all the batch's events (it was 1, its place in its group: the
+    # caller could not tell which event).
+    assert caught.value.index == 3
+    assert str(caught.value).startswith(f"{a}-2: event 1 (big)")
     assert await last_seq(store) == before
