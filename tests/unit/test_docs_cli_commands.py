@@ -145,13 +145,17 @@ def test_the_help_names_every_exit_code_the_readme_documents() -> None:
     readme = (ROOT / "README.md").read_text()
     table = readme.split("**Exit codes**", 1)[1].split("\n\n", 2)[1]
     codes = re.findall(r"^\| (\d+) \|", table, flags=re.M)
-    assert codes == ["0", "1", "2", "3"], codes
+    # 130 in the table too: the CLI's own CANCELLED (Ctrl-C, SIGTERM), apart from the
+    # server's CANCELLED (exit 3).
+    assert codes == ["0", "1", "2", "3", "130"], codes
     assert "`cancelled` (exit 130) for Ctrl-C" in readme
     runner = CliRunner()
     for argv in (["--help"], ["projector", "--help"]):
         text = " ".join(runner.invoke(app, argv, env={"COLUMNS": "300"}).output.split())
         said = re.findall(r"\b(\d+) (?:ok|refused|usage|unavailable|stopped)", text)
-        assert said == [*codes, "130"], (argv, said)
+        assert said == codes, (argv, said)
+        # a confirmation declined or unanswered is exit 2, as without --yes (not 130)
+        assert "2 usage (or a confirmation not given)" in text, (argv, text)
 
 
 def test_the_help_says_sigterm_stops_with_130_too() -> None:

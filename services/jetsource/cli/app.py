@@ -1,8 +1,8 @@
 """Root of the `jetsource` command: sub-commands register here (each loaded on use).
 
 Global options: ``--output table|json|plain`` (also ``JETSOURCE_OUTPUT``) and
-``--version``. Exit codes: 0 ok, 1 refused by the server, 2 usage, 3 unavailable,
-130 stopped by Ctrl-C or SIGTERM.
+``--version``. Exit codes: 0 ok, 1 refused by the server, 2 usage (or a confirmation not
+given), 3 unavailable, 130 stopped by Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -57,21 +57,54 @@ def _caused_by_ctrl_c(exc: BaseException) -> bool:
     """``exc`` wraps a KeyboardInterrupt: Python 3.11 makes one that breaks a class's
     creation (an import in a command, a dataclass or pydantic field) a RuntimeError
     "Error calling __set_name__", which read "INTERNAL: unexpected RuntimeError", exit 1."""
+    seen = set()
     cause = exc.__cause__
-    while cause is not None:
+    while cause is not None and id(cause) not in seen:  # a cycle of causes ends
         if isinstance(cause, KeyboardInterrupt):
             return True
+        seen.add(id(cause))
         cause = cause.__cause__
     return False
 
 
-def _aborted(exc: BaseException) -> str:
-    """What a command stopped at a prompt says (:func:`_is_abort`)."""
+# A confirmation declined ("n") or unanswered (the end of input) is the answer of the
+# command run without --yes: exit 2, nothing done (130 is Ctrl-C's and SIGTERM's).
+NOT_CONFIRMED = 2
+
+
+def _aborted(exc: BaseException) -> tuple[int, str]:
+    """(exit code, message) of a command stopped at a prompt (:func:`_is_abort`):
+    Ctrl-C there is ``cancelled``, exit 130; "n" or no input left is not confirmed,
+    exit 2 (it was ``cancelled``, exit 130, as a Ctrl-C)."""
     if isinstance(exc.__context__, KeyboardInterrupt):
-        return STOPPED_BEFORE_DONE
+        return INTERRUPTED, STOPPED_BEFORE_DONE
     if isinstance(exc.__context__, EOFError):
-        return "no answer at the prompt (end of input): nothing was done"
-    return "not confirmed: nothing was done"
+        return (
+            NOT_CONFIRMED,
+            "no answer at the prompt (end of input): not confirmed, nothing was done",
+        )
+    return NOT_CONFIRMED, "not confirmed: nothing was done"
+
+
+def _not_confirmed(args: list[str], message: str) -> NoReturn:
+    """A prompt declined or unanswered: INVALID_ARGUMENT, exit 2, as the command run
+    without --yes says it (JSON with -o json)."""
+    if _json_requested(args):
+        output.set_mode(output.Mode.json)
+    elif output.mode() == output.Mode.json:  # another run's, in this process (tests)
+        output.set_mode(None)
+    output.fail(NOT_CONFIRMED, "INVALID_ARGUMENT", message)
+
+
+class _Escaped(Exception):
+    """An EOFError out of a command (``asyncio.IncompleteReadError`` is one), or the
+    error of an Abort raised from one, carried past Typer, which takes every EOFError
+    for a prompt's (``Abort`` from it: "Aborted." exit 1, or ``cancelled`` exit 130
+    with -o json). :func:`main` says it as the unexpected error it is, as any other."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 _NATS = "NATS with JetStream (JETSOURCE_NATS__URL)"
@@ -165,7 +198,9 @@ class _Root(LazyGroup):
         does: exit 130 with the ``cancelled`` error (Typer's own answer was exit 130 and
         nothing said, not even JSON with ``-o json``; at a prompt, Click's ``Aborted!``
         and exit 1, "refused by the server"). A prompt ended otherwise (no input left, a
-        confirmation answered no) is ``cancelled`` too, saying nothing was done. A reader
+        confirmation answered no) is the command run without --yes: exit 2, saying it
+        was not confirmed and nothing was done. An EOFError out of a command is no
+        prompt's (click makes those an Abort itself): an unexpected error, exit 1. A reader
         of stdout that left (``| head -1``) ends any command with exit 0 and nothing
         said, as the watches end: Click's answer was exit 1 ("refused by the server") in
         silence, or Python's exit 120 and a traceback-like line when the last write was
@@ -180,12 +215,19 @@ class _Root(LazyGroup):
         except BrokenPipeError:
             _stdout_to_devnull()
             raise typer.Exit(0) from None
+        except EOFError as exc:  # no prompt's: click makes those an Abort itself
+            raise _Escaped(exc) from exc
         except Exception as exc:
             if _caused_by_ctrl_c(exc):
                 _cancelled(words, ctx.invoked_subcommand, STOPPED_BEFORE_DONE)
             if not _is_abort(exc):
                 raise
-            _cancelled(words, ctx.invoked_subcommand, _aborted(exc))
+            if exc.__cause__ is not None:  # raised on an error, not by a prompt
+                raise _Escaped(exc.__cause__) from exc
+            code, message = _aborted(exc)
+            if code == NOT_CONFIRMED:
+                _not_confirmed(words, message)
+            _cancelled(words, ctx.invoked_subcommand, message)
 
     entries = {  # noqa: RUF012
         "tui": Entry(
@@ -219,8 +261,8 @@ class _Root(LazyGroup):
         "projector": _group(
             "projector",
             "Read models: status, replay, rebuild, reset, cut over, drop, wait, dead letters."
-            "\n\nEvery command takes --json. Exit codes: 0 ok, 1 refused, 2 usage, "
-            "3 unavailable, 130 stopped by Ctrl-C or SIGTERM.",
+            "\n\nEvery command takes --json. Exit codes: 0 ok, 1 refused, 2 usage (or a "
+            "confirmation not given), 3 unavailable, 130 stopped by Ctrl-C or SIGTERM.",
         ),
         "streams": _group(
             "streams",
@@ -247,7 +289,8 @@ class _Root(LazyGroup):
 app = typer.Typer(
     cls=_Root,
     help="jetsource: event-sourced Context Service on NATS JetStream.\n\n"
-    "Exit codes: 0 ok, 1 refused by the server, 2 usage, 3 unavailable "
+    "Exit codes: 0 ok, 1 refused by the server, 2 usage (or a confirmation not given), "
+    "3 unavailable "
     "(not reachable or no answer in time: retry with the same -k key), "
     "130 stopped by Ctrl-C or SIGTERM (it says how to go on).",
     no_args_is_help=True,
@@ -369,11 +412,24 @@ def _no_help_without_command(command: Any) -> None:
 
 def _unexpected(exc: Exception, as_json: bool) -> NoReturn:
     """An exception no command handled: print it as an error, exit 1 or 2."""
+    if isinstance(exc, _Escaped) and isinstance(exc.error, Exception):
+        exc = exc.error
     kinds = {c.__name__ for c in type(exc).__mro__}  # Click's, by name: typer may bring its own
+    if "Abort" in kinds and exc.__cause__ is not None and not _caused_by_ctrl_c(exc):
+        # Typer's answer to an EOFError (no prompt's: click raises those itself)
+        cause = exc.__cause__
+        exc = cause if isinstance(cause, Exception) else exc
+        kinds = {c.__name__ for c in type(exc).__mro__}
     if "Abort" in kinds or _caused_by_ctrl_c(exc):  # as _Root.invoke says it
         code = cancelled_code(group_of(sys.argv[1:]))
-        message = STOPPED_BEFORE_DONE if _caused_by_ctrl_c(exc) else _aborted(exc)
-        _error(as_json, {"code": code, "message": message, "exit_code": INTERRUPTED})
+        exit_code, message = (
+            (INTERRUPTED, STOPPED_BEFORE_DONE) if _caused_by_ctrl_c(exc) else _aborted(exc)
+        )
+        if exit_code == NOT_CONFIRMED:
+            code = "INVALID_ARGUMENT"
+        else:  # the signal that came (SIGTERM is taken as Ctrl-C)
+            message = message.replace(output.CTRL_C, output.stop_signal())
+        _error(as_json, {"code": code, "message": message, "exit_code": exit_code})
     if "ClickException" in kinds:
         body: dict[str, object] = {
             "code": "INVALID_ARGUMENT" if "UsageError" in kinds else "ERROR",

@@ -5,10 +5,11 @@ tab-separated lines with no box drawing and no wrapping (the default when stdout
 not a terminal), ``json`` writes one JSON document (or one per line for streams).
 User data is never read as Rich markup. Errors go to stderr.
 
-Exit codes: 0 ok, 1 refused by the server, 2 usage, 3 unavailable (not reachable,
-timed out, overloaded: retry with the same idempotency key), 130 interrupted (Ctrl-C or
-SIGTERM). A stream or bucket that does not exist is 1 in every group (``missing``):
-retrying will not help until what creates it has run.
+Exit codes: 0 ok, 1 refused by the server, 2 usage (a confirmation prompt answered no or
+not at all too, as without ``--yes``), 3 unavailable (not reachable, timed out,
+overloaded: retry with the same idempotency key), 130 interrupted (Ctrl-C or SIGTERM).
+A stream or bucket that does not exist is 1 in every group (``missing``): retrying will
+not help until what creates it has run.
 """
 
 from __future__ import annotations

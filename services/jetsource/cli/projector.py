@@ -9,7 +9,8 @@ JSON document on stdout; errors go to stderr (as ``{"error": {...}}`` in JSON mo
 Exit codes: 0 ok, 1 refused (the command cannot be done as asked: a version that is
 not built, already active, being dropped; failed dead letters or stories; a stream
 that does not exist, named with `jetsource streams ensure`), 2 usage
-(an unknown model, an empty or inverted slice, a missing ``--yes``), 3 unavailable
+(an unknown model, an empty or inverted slice, a missing ``--yes`` or a confirmation
+prompt answered no or not at all), 3 unavailable
 (NATS, Valkey or the graph store did not answer; ``wait`` timed out).
 
 Long work (rebuild, reset, replay, dlq retry) draws a progress bar on a terminal; when
@@ -47,8 +48,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 app = typer.Typer(
     help="Read models: status, replay, rebuild, reset, cut over, drop, wait, dead letters.\n\n"
-    "Every command takes --json. Exit codes: 0 ok, 1 refused, 2 usage, 3 unavailable, "
-    "130 stopped by Ctrl-C or SIGTERM.",
+    "Every command takes --json. Exit codes: 0 ok, 1 refused, 2 usage (or a confirmation "
+    "not given), 3 unavailable, 130 stopped by Ctrl-C or SIGTERM.",
     no_args_is_help=True,
 )
 dlq = typer.Typer(help="Dead letters: list, show, retry, discard.", no_args_is_help=True)
