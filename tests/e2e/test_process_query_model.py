@@ -143,28 +143,6 @@ def fold(log: Log, occurred: dict[str, int]) -> dict[str, dict[str, Any]]:
             todo.extend(kids(out[-1]))
         return out
 
-    # Attached below an ancestor that ended earlier in the log: interrupted by such an
-    # ending that occurred at or after every start along the chain (the occurred time
-    # of the event each naming its parent); the first one (global order) wins.
-    started: dict[str, int | None] = {}
-    ends: dict[str, list[tuple[int, int | None]]] = {}
-    by: dict[str, int] = {}
-
-    def attached(c: str) -> None:
-        for n in [c, *below(c)]:
-            if ends.get(n):
-                continue
-            best: tuple[int, int] | None = None
-            x, starts = n, []
-            while x in linked and (t := started.get(x)) is not None:
-                starts.append(t)
-                x = linked[x]
-                for g, o in ends.get(x, []):
-                    if o is not None and o >= max(starts) and (best is None or g < best[0]):
-                        best = (g, o)
-            if best and (procs[n]["status"] == "running" or by[n] > best[0]):
-                procs[n]["status"], procs[n]["ended"], by[n] = "interrupted", best[1], best[0]
-
     for g, e, s in sorted(log, key=lambda x: x[0]):
         p = e.process_id
         if p not in procs:
@@ -173,12 +151,10 @@ def fold(log: Log, occurred: dict[str, int]) -> dict[str, dict[str, Any]]:
             for c, d in declared.items():
                 if d == p and c not in linked and top(p) != c:
                     linked[c] = p
-                    attached(c)
         if e.parent_process_id and p not in declared:
-            declared[p], started[p] = e.parent_process_id, occurred.get(e.event_id)
+            declared[p] = e.parent_process_id
             if e.parent_process_id in procs and top(e.parent_process_id) != p:
                 linked[p] = e.parent_process_id
-                attached(p)
         r = procs[p]
         r["count"] += 1
         r["last_type"], r["last_seq"] = e.event_type, s
@@ -192,10 +168,9 @@ def fold(log: Log, occurred: dict[str, int]) -> dict[str, dict[str, Any]]:
         if e.event_type in ENDS:
             r["status"], r["ended"] = ENDS[e.event_type], occ
             r["error"] = data.get("error") if e.event_type == "process_failed" else None
-            ends.setdefault(p, []).append((g, occ))
             for c in below(p):
                 if procs[c]["status"] == "running":
-                    procs[c]["status"], procs[c]["ended"], by[c] = "interrupted", occ, g
+                    procs[c]["status"], procs[c]["ended"] = "interrupted", occ
     for p, r in procs.items():
         depth, x = 0, p
         while x in linked:

@@ -282,29 +282,6 @@ def fold(log: Sequence[RecordedEvent]) -> dict[str, dict[str, Any]]:
             pid = linked[pid]
         return pid
 
-    # A child attached to an ancestor that ended before (in the log) is interrupted by
-    # such an ending that occurred at or after every start along the chain (the
-    # occurred time of the event each naming its parent): it ran when the ending came,
-    # only stored later. The first such ending (global order) wins, as the cascade's.
-    started: dict[str, int | None] = {}  # child -> occurred of the event naming its parent
-    ends: dict[str, list[tuple[int, int | None]]] = {}  # own endings (global seq, occurred)
-    by: dict[str, int] = {}  # the global seq of the ending that interrupted a process
-
-    def attached(c: str) -> None:
-        for n in [c, *below(c)]:
-            if ends.get(n):
-                continue
-            best: tuple[int, int] | None = None
-            x, starts = n, []
-            while x in linked and (t := started.get(x)) is not None:
-                starts.append(t)
-                x = linked[x]
-                for g, o in ends.get(x, []):
-                    if o is not None and o >= max(starts) and (best is None or g < best[0]):
-                        best = (g, o)
-            if best and (procs[n]["status"] == "running" or by[n] > best[0]):
-                procs[n]["status"], procs[n]["ended_at"], by[n] = "interrupted", best[1], best[0]
-
     for e in log:
         env = e.envelope
         pid = e.aggregate_id
@@ -327,13 +304,11 @@ def fold(log: Sequence[RecordedEvent]) -> dict[str, dict[str, Any]]:
             for c, q in declared.items():
                 if q == pid and c not in linked and top(pid) != c:
                     linked[c] = pid
-                    attached(c)
         parent = env.parent_aggregate_id
         if parent and parent != pid and pid not in declared:
-            declared[pid], started[pid] = parent, occ
+            declared[pid] = parent
             if parent in procs and top(parent) != pid:
                 linked[pid] = parent
-                attached(pid)
         p = procs[pid]
         p["count"] += 1
         p["last_type"], p["last_seq"], p["last_rec"] = e.event_type, e.version, e.recorded_at_ns
@@ -345,11 +320,9 @@ def fold(log: Sequence[RecordedEvent]) -> dict[str, dict[str, Any]]:
         if e.event_type in ENDINGS:
             p["status"], p["ended_at"] = ENDINGS[e.event_type], occ
             p["error"] = data.get("error") if e.event_type == "process_failed" else None
-            ends.setdefault(pid, []).append((e.stream_seq, occ))
             for c in below(pid):
                 if procs[c]["status"] == "running":
                     procs[c]["status"], procs[c]["ended_at"] = "interrupted", occ
-                    by[c] = e.stream_seq
 
     for pid, p in procs.items():
         p["parent"] = linked.get(pid, "")

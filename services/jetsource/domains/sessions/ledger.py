@@ -149,12 +149,11 @@ class ProcessSummary:
     error: str = ""
     # What the stream reader's fold keeps for the interrupted rule (``interrupter``),
     # from the lifecycle events: the stream seq of the first, and of the one that
-    # named the parent with its occurred time (None: it had none), and the process's
-    # own endings (stream seq, occurred or None, ended_ns), in stream order.
+    # named the parent, and the process's own endings (stream seq, ended_ns), in
+    # stream order.
     first_seq: int = field(default=0, compare=False, repr=False)
     linked_seq: int = field(default=0, compare=False, repr=False)
-    linked_occ: int | None = field(default=None, compare=False, repr=False)
-    ends: tuple[tuple[int, int | None, int], ...] = field(default=(), compare=False, repr=False)
+    ends: tuple[tuple[int, int], ...] = field(default=(), compare=False, repr=False)
 
 
 LIFECYCLE = frozenset({PROCESS_STARTED, *ENDED_STATUS})
@@ -178,7 +177,6 @@ def fold_lifecycle(found: dict[str, ProcessSummary], lifecycle: list[RecordedEve
             # session's tree here (so `sessions prune` left its events in the stream).
             p.parent = named
             p.linked_seq = r.stream_seq
-            p.linked_occ = occurred if env.HasField("occurred_at") else None
         if env.event_type == PROCESS_STARTED:
             data = _data(r)
             # Text only, as the registry reads them: a kind of 5 is no kind.
@@ -191,9 +189,7 @@ def fold_lifecycle(found: dict[str, ProcessSummary], lifecycle: list[RecordedEve
                 env.event_type, ENDED_STATUS[env.event_type]
             )
             p.ended_ns = occurred or r.recorded_at_ns
-            p.ends += (
-                (r.stream_seq, occurred if env.HasField("occurred_at") else None, p.ended_ns),
-            )
+            p.ends += ((r.stream_seq, p.ended_ns),)
             if p.kind == SESSION_KIND and not p.parent:
                 # A session's error by the rule `sessions show` folds its endings with
                 # (ending_error): any ending's, kept through a later one naming none.
@@ -237,25 +233,20 @@ def interrupter(found: dict[str, ProcessSummary], p: ProcessSummary) -> int | No
     its own) ended (its ``ended_ns``), or None: the process registry's rule
     (models/registry.py, docs/process-ledger.md): the first ending (stream order) of an
     ancestor stored once the chain of links up to it existed (a link exists from the
-    later of the event naming the parent and the parent's first), or that occurred at
-    or after every start along the chain (each link's time: the occurred time of the
-    event that named the parent; a link without one leaves time out)."""
+    later of the event naming the parent and the parent's first). An ending stored
+    before that interrupts nothing, whatever the events' times (the registry's
+    documented limitation: a child stored after its parent's ending stays running)."""
     best: tuple[int, int] | None = None  # (stream seq, ended_ns) of the ending
-    since, starts = 0, 0
-    timed = True
+    since = 0
     x, seen = p, {p.process_id}
     while x.parent and x.parent in found and x.parent not in seen:
         q = found[x.parent]
         seen.add(q.process_id)
         since = max(since, x.linked_seq, q.first_seq)
-        if x.linked_occ is None:
-            timed = False
-        elif timed:
-            starts = x.linked_occ if x is p else max(starts, x.linked_occ)
-        for seq, occurred, ended in q.ends:
+        for seq, ended in q.ends:
             if best is not None and seq >= best[0]:
                 break
-            if seq >= since or (timed and occurred is not None and occurred >= starts):
+            if seq >= since:
                 best = (seq, ended)
                 break
         x = q

@@ -12,9 +12,9 @@ order processes appeared in the ledger; unique, so a cursor is one number):
 Status: the first event makes a process ``running``; process_completed / _failed /
 _cancelled / _interrupted set theirs (the last one recorded wins), and when a process
 ends, every descendant still ``running`` becomes ``interrupted`` (ended_at = the
-ancestor's ending time), as does one attached later that had started by then. A
-child recorded before its parent is a root (parent_pending) until the parent's first
-event: then it and its whole subtree get the parent's root and their depths.
+ancestor's ending time). A child recorded before its parent is a root (parent_pending)
+until the parent's first event: then it and its whole subtree get the parent's root
+and their depths.
 
 "Still running when the ancestor ended" is a matter of the log's order (global_seq),
 not of the order the model sees events in: the projector keeps each process's order
@@ -24,14 +24,8 @@ holds a process's own endings (score global_seq, member ``<seq>|<occurred ns>``)
 ``declared_at`` the global_seq of the event that named its parent (the link to the
 parent exists from max(declared_at, parent's first)). A process with no ending of its
 own is ``interrupted`` by the first ending (by global_seq) of an ancestor recorded
-once the chain of links up to that ancestor existed, or that occurred at or after
-every start along that chain (``decl_occ`` in a process's hash: the occurred time of
-the event that named its parent; a link without one leaves time out for the chain),
-else ``running``; it is worked out again whenever one of those inputs changes (an
-ending above it, a link above it). The times make the answer the same whatever the
-order a request's events of different processes were stored in: the observer stores
-them process by process, so a child's start sent before its parent's ending may be
-stored after it, and it ran when the parent ended all the same.
+once the chain of links up to that ancestor existed, else ``running``; it is worked
+out again whenever one of those inputs changes (an ending above it, a link above it).
 
 One Lua script per batch applies every event that is the next of its process (by
 process_seq) and moves the checkpoint; a redelivered event changes nothing.
@@ -111,30 +105,6 @@ end
 -- chain of links up to it existed interrupts it. Any order of application (each
 -- process's own events in order) gives the status the log's order gives.
 local OWN = {completed = true, failed = true, cancelled = true}
--- Occurred times (ns, decimal text: past 2^53 a Lua number is not exact) compared.
-local function ns_cmp(a, b)
-  local na, nb = string.sub(a, 1, 1) == '-', string.sub(b, 1, 1) == '-'
-  if na ~= nb then return na and -1 or 1 end
-  local x, y = a, b
-  if na then x, y = string.sub(b, 2), string.sub(a, 2) end
-  if #x ~= #y then return #x < #y and -1 or 1 end
-  if x == y then return 0 end
-  return x < y and -1 or 1
-end
--- The latest start along a chain of links, one more link (its child's ``decl_occ``,
--- the occurred time of the event that named the parent) taken in: '' for no link
--- yet, false once a link has no time (then time decides nothing for the chain).
-local function later_start(chain, node)
-  if chain == false then return false end
-  local t = redis.call('HGET', p .. ':p:' .. node, 'decl_occ')
-  if not t then return false end
-  if chain == '' or ns_cmp(t, chain) > 0 then return t end
-  return chain
-end
--- Whether an ending that occurred at ``occ`` came at or after every start of the chain.
-local function after_starts(chain, occ)
-  return chain ~= false and chain ~= '' and occ ~= '' and ns_cmp(chain, occ) <= 0
-end
 local function derive(id)
   if redis.call('EXISTS', p .. ':ends:' .. id) == 1 then return end
   local h = p .. ':p:' .. id
@@ -142,9 +112,6 @@ local function derive(id)
   -- a row kept before ends:<id> existed: its own ending stands
   if OWN[status] then return end
   local x, since, best, occ, hops = id, 0, nil, '', 0
-  -- the chain walked (its nodes' links), and the latest start of its first ``taken``
-  -- links: read only when an ending recorded before the chain existed needs it
-  local path, taken, starts = {}, 0, ''
   while hops < 100000 do
     local q = redis.call('HGET', p .. ':parent', x)
     if not q then break end
@@ -152,26 +119,12 @@ local function derive(id)
     local qfirst = tonumber(redis.call('HGET', p .. ':first', q) or '0')
     if qfirst > at then at = qfirst end
     if at > since then since = at end
-    table.insert(path, x)
-    local e = redis.call('ZRANGE', p .. ':ends:' .. q, 0, -1, 'WITHSCORES')
-    for k = 1, #e, 2 do
-      local s = tonumber(e[k + 1])
-      if best ~= nil and s >= best then break end
-      local o = string.sub(e[k], string.find(e[k], '|', 1, true) + 1)
-      if s >= since then
-        best, occ = s, o
-        break
-      end
-      -- recorded before the chain existed: it interrupts too if it occurred at or
-      -- after every start along the chain (the child ran when it came)
-      while taken < #path and starts ~= false do
-        taken = taken + 1
-        starts = later_start(starts, path[taken])
-      end
-      if after_starts(starts, o) then
-        best, occ = s, o
-        break
-      end
+    local e = redis.call(
+      'ZRANGEBYSCORE', p .. ':ends:' .. q, string.format('%d', since), '+inf',
+      'WITHSCORES', 'LIMIT', 0, 1)
+    if #e > 0 and (best == nil or tonumber(e[2]) < best) then
+      best = tonumber(e[2])
+      occ = string.sub(e[1], string.find(e[1], '|', 1, true) + 1)
     end
     x, hops = q, hops + 1
   end
@@ -212,7 +165,7 @@ end
 -- derived again. So a root ending over a deep chain costs one pass, not a walk up
 -- from every node (1,000 levels: 500,000 steps in one script).
 local function ended_below(id, seq, occ)
-  local out, since, starts, i = {id}, {[id] = 0}, {[id] = ''}, 1
+  local out, since, i = {id}, {[id] = 0}, 1
   while i <= #out do
     local x = out[i]
     local xfirst = tonumber(redis.call('HGET', p .. ':first', x) or '0')
@@ -221,7 +174,6 @@ local function ended_below(id, seq, occ)
       if xfirst > at then at = xfirst end
       if since[x] > at then at = since[x] end
       since[k] = at
-      starts[k] = later_start(starts[x], k)
       table.insert(out, k)
     end
     i = i + 1
@@ -231,9 +183,7 @@ local function ended_below(id, seq, occ)
     if redis.call('EXISTS', p .. ':ends:' .. n) == 0 then
       local status = redis.call('HGET', p .. ':p:' .. n, 'status')
       if status == 'running' then
-        if since[n] <= seq or after_starts(starts[n], occ) then
-          set_status(n, 'interrupted', occ)
-        end
+        if since[n] <= seq then set_status(n, 'interrupted', occ) end
       elseif not OWN[status] then
         derive(n)
       end
@@ -289,7 +239,6 @@ local function apply_event(i)
       end
       if parent ~= '' and parent ~= id and redis.call('HEXISTS', p .. ':declared', id) == 0 then
         redis.call('HSET', p .. ':declared_at', id, seqtext)
-        if occ ~= '' then redis.call('HSET', h, 'decl_occ', occ) end
       end
       declare(id, parent, seq, moved)
       redis.call('HINCRBY', h, 'count', 1)
