@@ -17,12 +17,12 @@ import pytest
 from jetsource.core.envelope import NO_STREAM
 from jetsource.core.settings import EventStoreSettings
 from jetsource.domains.context.events import registry
-from jetsource.eventstore import jsapi
 from jetsource.eventstore.jetstream import JetStreamEventStore
 from tests.cli_env import streams as cli
 from tests.cli_env import streams_json as ok
 from tests.eventstore_fixtures import created, decision
 from tests.infra import Server, start_nats
+from tests.stream_reads import stored
 
 pytestmark = pytest.mark.integration
 
@@ -79,18 +79,6 @@ async def fill(env: dict[str, str], unique: str) -> None:
             },
         )
     finally:
-        await nc.close()
-
-
-async def stored(url: str, stream: str) -> list[jsapi.RawMessage]:
-    nc = await nats.connect(url)
-    replies = jsapi.Replies(nc)
-    await replies.start()
-    try:
-        page = await jsapi.direct_get_page(replies, stream, None, 1, 1000, 5)
-        return page.messages
-    finally:
-        await replies.stop()
         await nc.close()
 
 

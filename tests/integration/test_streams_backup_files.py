@@ -24,6 +24,7 @@ from tests.cli_env import streams as cli
 from tests.cli_env import streams_json as ok
 from tests.eventstore_fixtures import created, decision
 from tests.infra import Server, second_nats
+from tests.stream_reads import stored
 
 pytestmark = pytest.mark.integration
 
@@ -89,15 +90,7 @@ async def compacted(env: dict[str, str], unique: str) -> None:
 
 
 async def messages(url: str, stream: str) -> list[tuple[int, str, bytes]]:
-    nc = await nats.connect(url)
-    replies = jsapi.Replies(nc)
-    await replies.start()
-    try:
-        page = await jsapi.direct_get_page(replies, stream, None, 1, 1000, 5)
-        return [(m.seq, m.subject, m.data) for m in page.messages]
-    finally:
-        await replies.stop()
-        await nc.close()
+    return [(m.seq, m.subject, m.data) for m in await stored(url, stream)]
 
 
 async def info(url: str, stream: str) -> dict[str, Any] | None:

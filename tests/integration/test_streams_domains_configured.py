@@ -19,10 +19,10 @@ from jetsource.core.envelope import NO_STREAM, NewEvent
 from jetsource.core.settings import EventStoreSettings
 from jetsource.domains.omni.descriptor import omni_domain
 from jetsource.domains.omni.settings import OmniOptions
-from jetsource.eventstore import jsapi
 from jetsource.eventstore.jetstream import JetStreamEventStore
 from tests.cli_env import cli_env, streams
 from tests.infra import Server
+from tests.stream_reads import stored
 
 pytestmark = pytest.mark.integration
 
@@ -88,18 +88,6 @@ async def append_omni(env: dict[str, str], unique: str) -> str:
         await nc.close()
 
 
-async def messages(url: str, stream: str) -> list[jsapi.RawMessage]:
-    nc = await nats.connect(url)
-    replies = jsapi.Replies(nc)
-    await replies.start()
-    try:
-        page = await jsapi.direct_get_page(replies, stream, None, 1, 1000, 5)
-        return page.messages
-    finally:
-        await replies.stop()
-        await nc.close()
-
-
 async def test_omni_only_streams_are_ensured(
     nats_server: Server, unique: str, tmp_path: Path
 ) -> None:
@@ -152,7 +140,7 @@ async def test_omni_only_streams_are_backed_up_and_restored(
     assert [(r["role"], r["stream"], r["messages"]) for r in restored] == [
         ("omni events", f"OR_{unique}", backed["OMNI_EVENTS"]["messages"])
     ], restored
-    back = await messages(url, f"OR_{unique}")
+    back = await stored(url, f"OR_{unique}")
     mine = [m for m in back if f".{identity}." in m.subject]
     assert [m.data for m in mine] == [base64.b64decode(row["data"]) for row in ours]
     assert all(m.subject.startswith(f"or{unique}.events.") for m in mine)

@@ -24,6 +24,7 @@ from jetsource.devstack.servers import free_port
 from jetsource.domains.omni.descriptor import omni_domain
 from jetsource.domains.omni.settings import InstanceConfig, OmniOptions
 from jetsource.domains.omni.signatures import sign
+from jetsource.ingest.server import Ingest, build
 from jetsource.ingest.settings import IngestOptions, IngestSettings
 from jetsource.projection.bootstrap import Projection, open_projection
 from jetsource.projection.domain import DomainRegistry
@@ -100,6 +101,20 @@ def headers_for(instance: str, body: bytes) -> dict[str, str]:
 
 def route(instance: str) -> str:
     return f"/webhooks/{PROVIDER[instance]}/{instance}"
+
+
+@contextlib.asynccontextmanager
+async def ingest_with_limit(settings: IngestSettings, limit: int) -> AsyncIterator[Ingest]:
+    """An ingest of ``settings`` whose gRPC message limit (grpc.max_message_bytes) is
+    ``limit``, stopped after."""
+    limited = settings.model_copy(
+        update={"grpc": settings.grpc.model_copy(update={"max_message_bytes": limit})}
+    )
+    service = await build(limited)
+    try:
+        yield service
+    finally:
+        await service.stop(0)
 
 
 @contextlib.asynccontextmanager

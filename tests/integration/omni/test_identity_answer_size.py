@@ -14,9 +14,10 @@ import pytest
 
 from jetsource._gen.omni.v1 import query_pb2 as oq
 from jetsource._gen.omni.v1 import query_pb2_grpc
-from jetsource.ingest.server import Ingest, build
+from jetsource.ingest.server import Ingest
 from jetsource.ingest.settings import IngestSettings
-from tests.integration.omni.harness import caught_up, projector
+from tests.calls import answer_too_large
+from tests.integration.omni.harness import caught_up, ingest_with_limit, projector
 
 pytestmark = pytest.mark.integration
 
@@ -25,12 +26,8 @@ LIMIT = 1024
 
 @pytest.fixture
 async def small(isettings: IngestSettings) -> AsyncIterator[Ingest]:
-    settings = isettings.model_copy(
-        update={"grpc": isettings.grpc.model_copy(update={"max_message_bytes": LIMIT})}
-    )
-    service = await build(settings)
-    yield service
-    await service.stop(0)
+    async with ingest_with_limit(isettings, LIMIT) as service:
+        yield service
 
 
 async def test_an_identity_past_the_message_limit_is_refused_naming_call_size_and_limit(
@@ -56,12 +53,5 @@ async def test_an_identity_past_the_message_limit_is_refused_naming_call_size_an
                     ),
                 ),
             ):
-                with pytest.raises(grpc.aio.AioRpcError) as caught:
-                    await call
-                error = caught.value
-                assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, error
-                details = error.details() or ""
-                assert details.startswith(f"{name}: the answer is "), details
-                assert "past the 1,024-byte message limit" in details, details
-                assert "JETSOURCE_GRPC__MAX_MESSAGE_BYTES" in details, details
+                await answer_too_large(call, name, LIMIT)
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"

@@ -22,10 +22,10 @@ from jetsource._gen.omni.v1.events_pb2 import (
     NormalizedEvent,
 )
 from jetsource.core.envelope import NO_STREAM, NewEvent
-from jetsource.ingest.server import Ingest, build
+from jetsource.ingest.server import Ingest
 from jetsource.ingest.settings import IngestSettings
 from jetsource.projection.bootstrap import Projection
-from tests.integration.omni.harness import caught_up
+from tests.integration.omni.harness import caught_up, ingest_with_limit
 
 pytestmark = pytest.mark.integration
 
@@ -34,12 +34,8 @@ LIMIT = 256 * 1024  # JETSOURCE_GRPC__MAX_MESSAGE_BYTES: pages of at most 192 Ki
 
 @pytest.fixture
 async def small(isettings: IngestSettings) -> AsyncIterator[Ingest]:
-    settings = isettings.model_copy(
-        update={"grpc": isettings.grpc.model_copy(update={"max_message_bytes": LIMIT})}
-    )
-    service = await build(settings)
-    yield service
-    await service.stop(0)
+    async with ingest_with_limit(isettings, LIMIT) as service:
+        yield service
 
 
 async def read_all(call: Any, request: Any) -> tuple[list[str], list[int]]:
