@@ -24,6 +24,7 @@ import pytest
 
 from tests.cli_env import cli_env, jetsource
 from tests.infra import Server
+from tests.stream_reads import stream_names
 
 ENSURE = "jetsource streams ensure"
 INGEST = "ingest service"
@@ -78,14 +79,6 @@ def _env(nats_url: str, unique: str, tmp_path: Path) -> dict[str, str]:
     )
 
 
-async def _streams(url: str) -> set[str]:
-    nc = await nats.connect(url)
-    try:
-        return {info.config.name or "" for info in await nc.jetstream().streams_info()}
-    finally:
-        await nc.close()
-
-
 @pytest.mark.parametrize(("args", "stream", "status", "hint"), CASES, ids=str)
 async def test_a_missing_stream_is_named_with_what_creates_it_exit_1(
     nats_server: Server,
@@ -113,7 +106,7 @@ async def test_a_missing_stream_is_named_with_what_creates_it_exit_1(
     assert name in error["missing"], error
 
     # Nothing was made on the way (the handles bucket was, by a read of it).
-    assert not {s for s in await _streams(nats_server.url) if unique in s}
+    assert not {s for s in await stream_names(nats_server.url) if unique in s}
 
 
 async def test_an_unknown_handle_in_an_existing_bucket_is_still_not_found(

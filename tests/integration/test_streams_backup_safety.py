@@ -27,6 +27,7 @@ from tests.cli_env import cli_env
 from tests.cli_env import streams as cli
 from tests.cli_env import streams_json as ok
 from tests.infra import Server, second_nats
+from tests.stream_reads import stream_names
 
 pytestmark = pytest.mark.integration
 
@@ -270,14 +271,6 @@ async def test_a_restore_run_again_needs_no_file_of_a_stream_it_restored(
     assert [r["messages"] for r in json.loads(again.stdout)] == [3]
     notes = [json.loads(line) for line in again.stderr.splitlines()]
     assert any("restored from this backup already" in n.get("warning", "") for n in notes)
-
-
-async def stream_names(url: str) -> set[str]:
-    nc = await nats.connect(url)
-    try:
-        return {str(s.config.name) for s in await nc.jetstream().streams_info()}
-    finally:
-        await nc.close()
 
 
 async def test_a_restore_beside_its_source_names_subject_prefix(
