@@ -8,8 +8,6 @@ call). Built cheaply: the service's message limit lowered to 2 KiB."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import grpc
 import pytest
 from google.protobuf import struct_pb2
@@ -18,22 +16,15 @@ from jetsource._gen.process.v1 import query_pb2 as q
 from jetsource._gen.process.v1 import query_pb2_grpc as q_grpc
 from jetsource._gen.process.v1.events_pb2 import ProcessEventBody
 from jetsource.core.envelope import ANY, NewEvent
-from jetsource.core.settings import JetsourceSettings
 from jetsource.domains.process.models import PROCESSES
 from jetsource.processquery.server import build
 from jetsource.projection.bootstrap import Projection
 from tests.calls import answer_too_large
-from tests.integration.process_read.ledger import apply_model, own_ledger
+from tests.integration.process_read.ledger import apply_model
 from tests.projector_fixtures import process_query_settings
 
 pytestmark = pytest.mark.integration
 LIMIT = 2048
-
-
-@pytest.fixture
-async def ledger(settings: JetsourceSettings, unique: str) -> AsyncIterator[Projection]:
-    async with own_ledger(settings, unique) as p:
-        yield p
 
 
 async def test_a_process_past_the_message_limit_is_refused_naming_call_size_and_limit(

@@ -6,7 +6,6 @@ clears it, in ``GetProcess``, the trees and the lists alike."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -17,11 +16,10 @@ from jetsource._gen.process.v1 import query_pb2 as q
 from jetsource._gen.process.v1 import query_pb2_grpc as q_grpc
 from jetsource._gen.process.v1.events_pb2 import ProcessEventBody
 from jetsource.core.envelope import ANY, NewEvent
-from jetsource.core.settings import JetsourceSettings
 from jetsource.domains.process.models import PROCESSES
 from jetsource.processquery.server import build
 from jetsource.projection.bootstrap import Projection
-from tests.integration.process_read.ledger import apply_model, own_ledger
+from tests.integration.process_read.ledger import apply_model
 from tests.projector_fixtures import process_query_settings
 
 pytestmark = pytest.mark.integration
@@ -38,12 +36,6 @@ CASES: dict[str, tuple[list[tuple[str, Any]], Any]] = {
     "completed-then-failed": ([("process_completed", None), ("process_failed", "late")], "late"),
     "failed-twice": ([("process_failed", "one"), ("process_failed", "two")], "two"),
 }
-
-
-@pytest.fixture
-async def ledger(settings: JetsourceSettings, unique: str) -> AsyncIterator[Projection]:
-    async with own_ledger(settings, unique) as p:
-        yield p
 
 
 async def test_the_error_shown_is_the_last_endings(ledger: Projection) -> None:

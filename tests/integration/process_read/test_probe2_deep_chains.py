@@ -15,7 +15,6 @@ event, and a tree answer stays decodable.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -27,20 +26,12 @@ from jetsource._gen.process.v1 import query_pb2 as q
 from jetsource._gen.process.v1 import query_pb2_grpc as q_grpc
 from jetsource._gen.process.v1.events_pb2 import ProcessEventBody
 from jetsource.core.envelope import RecordedEvent
-from jetsource.core.settings import JetsourceSettings
 from jetsource.domains.process.models import PROCESSES, TIMELINE
 from jetsource.processquery.server import build
 from jetsource.projection.bootstrap import Projection
-from tests.integration.process_read.ledger import own_ledger
 from tests.projector_fixtures import process_query_settings
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def ledger(settings: JetsourceSettings, unique: str) -> AsyncIterator[Projection]:
-    async with own_ledger(settings, unique) as p:
-        yield p
 
 
 def event(

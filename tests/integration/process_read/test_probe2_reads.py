@@ -8,7 +8,6 @@ Bad filters are INVALID_ARGUMENT naming the field."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -20,22 +19,15 @@ from jetsource._gen.process.v1 import query_pb2 as q
 from jetsource._gen.process.v1 import query_pb2_grpc as q_grpc
 from jetsource._gen.process.v1.events_pb2 import ProcessEventBody
 from jetsource.core.envelope import ANY, NewEvent
-from jetsource.core.settings import JetsourceSettings
 from jetsource.domains.process.models import PROCESSES, TIMELINE
 from jetsource.processquery.server import build
 from jetsource.projection.bootstrap import Projection
-from tests.integration.process_read.ledger import apply_model, own_ledger
+from tests.integration.process_read.ledger import apply_model
 from tests.projector_fixtures import process_query_settings
 
 pytestmark = pytest.mark.integration
 S = 10**9
 FUTURE = 250_000_000_000 * S  # year 9892
-
-
-@pytest.fixture
-async def ledger(settings: JetsourceSettings, unique: str) -> AsyncIterator[Projection]:
-    async with own_ledger(settings, unique) as p:
-        yield p
 
 
 async def append(

@@ -10,8 +10,6 @@ it, and paging through them (page size 1 to 3) shows each once."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import grpc
 import pytest
 from google.protobuf import struct_pb2
@@ -21,11 +19,10 @@ from jetsource._gen.process.v1 import query_pb2 as q
 from jetsource._gen.process.v1 import query_pb2_grpc as q_grpc
 from jetsource._gen.process.v1.events_pb2 import ProcessEventBody
 from jetsource.core.envelope import ANY, NewEvent
-from jetsource.core.settings import JetsourceSettings
 from jetsource.domains.process.models import PROCESSES
 from jetsource.processquery.server import build
 from jetsource.projection.bootstrap import Projection
-from tests.integration.process_read.ledger import apply_model, own_ledger
+from tests.integration.process_read.ledger import apply_model
 from tests.projector_fixtures import process_query_settings
 
 pytestmark = pytest.mark.integration
@@ -36,12 +33,6 @@ STARTS_US = [1, 3, 5, 7, 9, 11, 13, 40, 70, 100]  # µs after BASE, all under 12
 
 def at(us: int) -> Timestamp:
     return Timestamp(seconds=BASE, nanos=us * 1000)
-
-
-@pytest.fixture
-async def ledger(settings: JetsourceSettings, unique: str) -> AsyncIterator[Projection]:
-    async with own_ledger(settings, unique) as p:
-        yield p
 
 
 async def test_windows_after_2255_answer_exactly_the_processes_started_in_them(

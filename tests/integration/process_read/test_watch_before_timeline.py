@@ -10,7 +10,6 @@ now watched, and its events come as the timeline applies them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -20,20 +19,13 @@ from jetsource._gen.process.v1 import query_pb2 as q
 from jetsource._gen.process.v1 import query_pb2_grpc as q_grpc
 from jetsource._gen.process.v1.events_pb2 import ProcessEventBody
 from jetsource.core.envelope import NO_STREAM, NewEvent
-from jetsource.core.settings import JetsourceSettings
 from jetsource.domains.process.models import PROCESSES, TIMELINE
 from jetsource.processquery.server import build
 from jetsource.projection.bootstrap import Projection
-from tests.integration.process_read.ledger import apply_model, own_ledger
+from tests.integration.process_read.ledger import apply_model
 from tests.projector_fixtures import process_query_settings
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def ledger(settings: JetsourceSettings, unique: str) -> AsyncIterator[Projection]:
-    async with own_ledger(settings, unique) as p:
-        yield p
 
 
 run = apply_model

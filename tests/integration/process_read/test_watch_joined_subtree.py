@@ -20,21 +20,13 @@ from jetsource._gen.process.v1 import query_pb2 as q
 from jetsource._gen.process.v1 import query_pb2_grpc as q_grpc
 from jetsource._gen.process.v1.events_pb2 import ProcessEventBody
 from jetsource.core.envelope import ANY, NewEvent
-from jetsource.core.settings import JetsourceSettings
 from jetsource.domains.process.models import PROCESSES, TIMELINE
 from jetsource.processquery.server import build
 from jetsource.projection.bootstrap import Projection
 from jetsource.projection.runtime import Worker
-from tests.integration.process_read.ledger import own_ledger
 from tests.projector_fixtures import process_query_settings
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def ledger(settings: JetsourceSettings, unique: str) -> AsyncIterator[Projection]:
-    async with own_ledger(settings, unique) as p:
-        yield p
 
 
 async def append(p: Projection, pid: str, event_type: str, parent: str = "") -> None:

@@ -10,7 +10,6 @@ a later page; a filter pages the same way."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -20,12 +19,11 @@ from jetsource._gen.process.v1 import query_pb2 as q
 from jetsource._gen.process.v1 import query_pb2_grpc as q_grpc
 from jetsource._gen.process.v1.events_pb2 import ProcessEventBody
 from jetsource.core.envelope import ANY, NewEvent
-from jetsource.core.settings import JetsourceSettings
 from jetsource.domains.process.models import PROCESSES, TIMELINE
 from jetsource.domains.process.models.timeline import ProcessTimelineModel
 from jetsource.processquery.server import build
 from jetsource.projection.bootstrap import Projection
-from tests.integration.process_read.ledger import apply_model, own_ledger
+from tests.integration.process_read.ledger import apply_model
 from tests.projector_fixtures import process_query_settings
 
 pytestmark = pytest.mark.integration
@@ -37,12 +35,6 @@ def event(typ: str, parent: str = "") -> NewEvent:
     body = ProcessEventBody(data=struct_pb2.Struct())
     body.data.update({"kind": "job"})
     return NewEvent(body, event_type=typ, parent_aggregate_id=parent)
-
-
-@pytest.fixture
-async def ledger(settings: JetsourceSettings, unique: str) -> AsyncIterator[Projection]:
-    async with own_ledger(settings, unique) as p:
-        yield p
 
 
 async def test_a_wide_subtree_pages_from_one_merge(
