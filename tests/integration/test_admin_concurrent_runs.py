@@ -92,6 +92,53 @@ async def test_one_build_per_version_and_a_stopped_one_is_resumed(
     assert time.monotonic() - started < 3
 
 
+async def test_a_drop_that_sees_another_finish_between_its_look_and_claim_returns_0(
+    projection: Projection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second drop waits while the first holds the version, looks again, then claims.
+    When the first ended between that look and the claim, the second said "dropped
+    already: nothing to drop" (an error, ci54b) instead of 0 removed. The window is made
+    certain here: the second's look is answered from before the first ended."""
+    p = projection
+    await seed(p.store, story_ids(4), 5)
+    await build_v1(p)
+    await admin.rebuild(p, "context", 2)
+
+    first = asyncio.create_task(admin.drop(p, "context", 2, settle_s=0.5, verify_s=0.1))
+    for _ in range(200):  # until the first holds the version
+        control = await p.control.get("context")
+        if control is not None and (control.claims.get(2) or {}).get("op") == "drop":
+            break
+        await asyncio.sleep(0.02)
+    else:
+        pytest.fail("the first drop never claimed v2")
+
+    met: list[BaseException] = []
+    real_take, real_control = admin.Lease.take, admin._control
+
+    async def take(self: admin.Lease, *args: object, **kwargs: object) -> ModelControl:
+        try:
+            return await real_take(self, *args, **kwargs)  # type: ignore[arg-type]
+        except admin.Busy as busy:
+            met.append(busy)
+            raise
+
+    async def control_then(pp: Projection, name: str) -> ModelControl:
+        seen = await real_control(pp, name)
+        if met and asyncio.current_task() is second:
+            await first  # the first drop ends after this look, before the claim
+        return seen
+
+    monkeypatch.setattr(admin.Lease, "take", take)
+    monkeypatch.setattr(admin, "_control", control_then)
+    second = asyncio.create_task(admin.drop(p, "context", 2, settle_s=0.1, verify_s=0.1))
+    removed = await asyncio.wait_for(asyncio.gather(first, second), 30)
+    assert met, "the second drop never met the first"
+    assert removed[1] == 0 and removed[0] > 0, removed
+    control = await real_control(p, "context")
+    assert 2 not in control.versions and 2 not in control.claims
+
+
 async def test_a_corrupt_story_fails_alone_in_a_replayed_range(projection: Projection) -> None:
     p = projection
     await seed(p.store, ["good", "bad"], 4)

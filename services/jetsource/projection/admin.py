@@ -1505,11 +1505,17 @@ async def drop(
     keys/nodes were removed: 0 from a drop that met another one of the version
     running (it waits for that one to finish; every key is counted once)."""
     await drop_plan(p, name, version)
+    met_another = False
+
+    class _FinishedByAnother(Exception):
+        pass
 
     def mark(c: ModelControl) -> None:
         if c.active == version:
             raise AdminError(f"{name} v{version} is active; cut over to another version first")
         if version not in c.versions:
+            if met_another:  # the other drop ended between our look and our claim
+                raise _FinishedByAnother
             raise AdminError(f"{name} v{version} is dropped already: nothing to drop")
         c.versions[version] = DROPPED
 
@@ -1520,7 +1526,10 @@ async def drop(
         try:
             await lease.take(mark, over=frozenset({"rebuild", "reset"}))
             break
-        except Busy:
+        except _FinishedByAnother:
+            return 0
+        except Busy as busy:
+            met_another = met_another or busy.claim.get("op") == "drop"
             await asyncio.sleep(0.2)
             if version not in (await _control(p, name)).versions:
                 return 0  # the other drop finished it
