@@ -76,7 +76,8 @@ async def test_a_quoted_value_is_cut_saying_its_length(
     r = await post(http, "acme-evo", json.dumps(status).encode())
     assert r.status_code == 422, r.text[:300]
     assert r.json()["error"]["message"] == (
-        f"data.status: unknown message status {'y' * 80!r}... (100000 characters)"
+        f"data.status: message status {'y' * 20!r}... (100000 characters): a message "
+        "status is at most 64 characters"
     )
 
 

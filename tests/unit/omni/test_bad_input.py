@@ -57,7 +57,7 @@ MALFORMED: list[tuple[str, Callable[[Body], None], str]] = [
     ),
     (
         "whatsapp/cloud/status_read.json",
-        lambda b: _value(b)["statuses"][0].update(status="seen"),
+        lambda b: _value(b)["statuses"][0].update(status=7),
         "entry[0].changes[0].value.statuses[0].status",
     ),
     ("whatsapp/cloud/text.json", lambda b: b.update(entry={}), "entry"),
@@ -91,13 +91,13 @@ MALFORMED: list[tuple[str, Callable[[Body], None], str]] = [
     ),
     (
         "whatsapp/evolution/status_read.json",
-        lambda b: b["data"].update(status="SEEN"),
+        lambda b: b["data"].update(status=["SEEN"]),
         "data.status",
     ),
     (
         "whatsapp/evolution/presence_composing.json",
         lambda b: b["data"]["presences"]["5511912345678@s.whatsapp.net"].update(
-            lastKnownPresence="away"
+            lastKnownPresence=""
         ),
         "data.presences.5511912345678@s.whatsapp.net.lastKnownPresence",
     ),
@@ -117,7 +117,7 @@ MALFORMED: list[tuple[str, Callable[[Body], None], str]] = [
         lambda b: b["d"].update(emoji={"id": None, "name": None}),
         "d.emoji.name",
     ),
-    ("discord/presence.json", lambda b: b["d"].update(status="busy"), "d.status"),
+    ("discord/presence.json", lambda b: b["d"].update(status="x" * 65), "d.status"),
     ("discord/poll_vote_add.json", lambda b: b["d"].pop("answer_id"), "d.answer_id"),
     ("discord/delete_bulk.json", lambda b: b["d"].update(ids=[]), "d.ids"),
     # An empty id or voter in a list: stored as the delete of message "" (provider

@@ -17,7 +17,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from jetsource._gen.omni.v1.events_pb2 import NormalizedEvent
 from jetsource.core.printable import not_one_line_at, refused_at
-from jetsource.domains.omni.normalize.errors import Malformed
+from jetsource.domains.omni.normalize.errors import Malformed, quoted
 
 # The longest handle (a sender's or recipient's id on its provider) the identity service
 # takes (identity.MAX_EXTERNAL_ID): a body naming a longer one is Malformed, naming the
@@ -29,6 +29,10 @@ MAX_CONVERSATION_ID = 256
 # Integers a normalizer takes: a 64-bit field's range, and at most this many ASCII digits
 # when sent as a string (int() of a 5,000-digit string raises past Python's own limit).
 MIN_INT, MAX_INT, MAX_INT_DIGITS = -(2**63), 2**64 - 1, 20
+
+# The longest value of an enum-like field (a receipt's status, a presence) a normalizer
+# keeps when it does not know it (see provider_kind).
+MAX_KIND = 64
 
 # Fixed forever: event ids are uuid5(OMNI_NAMESPACE, the JSON array
 # [provider, instance, provider_event_id]) (JSON, so that no choice of strings can collide).
@@ -221,6 +225,29 @@ def check_handle(value: str, field: str) -> str:
             field,
             f"holds {refused_at(value, at)}: a handle is one line of printable text",
         )
+    return value
+
+
+def provider_kind(value: str, field: str, what: str) -> str:
+    """``value`` of an enum-like field (a receipt's ``status``, a presence) as it came,
+    known to this normalizer or not: providers add values (WhatsApp's receipt statuses
+    ``deleted``, ``warning``, ``played``; Discord's presences) without notice, and a
+    body naming one was refused 422 naming the field, which the provider retries and
+    at last disables the webhook for, losing the rest of the body. The caller maps a
+    value it does not know to the enum's UNSPECIFIED and keeps the value in
+    ``metadata.extra``. Still Malformed, naming ``field``: an empty value, one longer
+    than MAX_KIND characters (it is part of the event's provider id, shown and logged)
+    or one that is not one line of printable text."""
+    if not value:
+        raise Malformed(field, "must not be empty")
+    if len(value) > MAX_KIND:
+        raise Malformed(
+            field,
+            f"{what} {quoted(value, 20)}: a {what} is at most {MAX_KIND} characters",
+        )
+    at = not_one_line_at(value)
+    if at is not None:
+        raise Malformed(field, f"{what} holds {refused_at(value, at)}: it is one line of text")
     return value
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from jetsource._gen.omni.v1 import events_pb2 as pb
 from jetsource._gen.omni.v1.events_pb2 import NormalizedEvent
-from jetsource.domains.omni.normalize.common import Context, Node, digest, iso_time
+from jetsource.domains.omni.normalize.common import Context, Node, digest, iso_time, provider_kind
 from jetsource.domains.omni.normalize.errors import Malformed, Unrecognised, quoted
 
 FORMAT = "discord_gateway"
@@ -338,9 +338,9 @@ def _poll_vote(removed: bool) -> Callable[[_Dispatch], list[NormalizedEvent]]:
 def _presence(dp: _Dispatch) -> list[NormalizedEvent]:
     d = dp.d
     user = d.obj("user").req_handle("id")
-    status = d.req_str("status")
-    if status not in _PRESENCE:
-        raise Malformed(d.at("status"), f"unknown presence status {quoted(status)}")
+    # A status this normalizer does not know (Discord adds them): presence UNSPECIFIED,
+    # the value kept in extra["presence_status"]; it was 422 naming the field.
+    status = provider_kind(d.req_str("status"), d.at("status"), "presence status")
     ev = dp.event(
         f"presence:{user}:{d.opt_str('guild_id')}:{status}{dp.seq or ':' + digest(d.raw)}"
     )
@@ -349,7 +349,9 @@ def _presence(dp: _Dispatch) -> list[NormalizedEvent]:
     ev.sender_handle = user
     ev.sender_name = _display_name(d.opt_obj("user"))
     p = ev.metadata.presence
-    p.status = _PRESENCE[status]
+    p.status = _PRESENCE.get(status, pb.PRESENCE_STATUS_UNSPECIFIED)
+    if status not in _PRESENCE:
+        ev.metadata.extra["presence_status"] = status
     client = d.opt_obj("client_status")
     if client is not None:
         for k in sorted(client.raw):

@@ -26,6 +26,7 @@ from jetsource.domains.omni.normalize.common import (
     check_handle,
     digest,
     iso_time,
+    provider_kind,
     unix_millis,
 )
 from jetsource.domains.omni.normalize.errors import Malformed, Unrecognised, listed, quoted
@@ -564,11 +565,16 @@ def _update(env: _Envelope, data: Node) -> list[NormalizedEvent]:
     raw = data.raw.get("status")
     if raw is None or (isinstance(raw, str) and raw.upper() == "DELETED"):
         return [_changed(env, key, msg_id, data)]
-    numbered = isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw < 6
-    state = _RECEIPT_NUMBERS[raw] if numbered else raw
-    if not isinstance(state, str) or state.upper() not in _RECEIPTS:
-        raise Malformed(data.at("status"), f"unknown message status {quoted(raw)}")
-    state = state.upper()
+    # A status this normalizer does not know (a name or a number Baileys adds) is a
+    # receipt all the same, of status UNSPECIFIED, the value kept in extra["status"]: it
+    # was 422 naming the field, and Evolution's retries of the body failed alike.
+    if isinstance(raw, str):
+        state = provider_kind(raw, data.at("status"), "message status").upper()
+    elif isinstance(raw, int) and not isinstance(raw, bool):
+        number = as_int(raw, data.at("status"))
+        state = _RECEIPT_NUMBERS[number] if 0 <= number < 6 else str(number)
+    else:
+        raise Malformed(data.at("status"), "must be a string or an integer")
     # In a group (or of a broadcast) each member's receipt of one message comes on its
     # own, naming the member (participant): the member is part of the id (every receipt after the
     # first of a state was taken for a re-delivery of it, and lost).
@@ -579,7 +585,7 @@ def _update(env: _Envelope, data: Node) -> list[NormalizedEvent]:
     if member and key.opt_bool("fromMe"):
         ev.recipient_handle = member  # whose receipt of the business's message it is
     ev.event_type = pb.EVENT_TYPE_STATUS
-    ev.metadata.receipt.status = _RECEIPTS[state]
+    ev.metadata.receipt.status = _RECEIPTS.get(state, pb.RECEIPT_STATUS_UNSPECIFIED)
     ev.metadata.receipt.target_message_id = msg_id
     ev.metadata.extra["status"] = state
     return [ev]
@@ -658,9 +664,8 @@ def _presence(env: _Envelope, data: Node) -> list[NormalizedEvent]:
     out = []
     for jid in sorted(presences.raw):
         p = presences.obj(jid)
-        state = p.req_str("lastKnownPresence")
-        if state not in _PRESENCE:
-            raise Malformed(p.at("lastKnownPresence"), f"unknown presence {quoted(state)}")
+        where = p.at("lastKnownPresence")
+        state = provider_kind(p.req_str("lastKnownPresence"), where, "presence")
         # Presence has no id of its own: the webhook's time tells one report from the next.
         stamp = env.root.opt_str("date_time") or digest(p.raw)
         ev = env.event(f"presence:{chat}:{jid}:{state}:{stamp}")
@@ -669,7 +674,10 @@ def _presence(env: _Envelope, data: Node) -> list[NormalizedEvent]:
         ev.sender_handle = check_handle(handle(jid), presences.at(jid))
         ev.recipient_handle = env.own
         ev.conversation_id = ev.channel_id = handle(chat)
-        ev.metadata.presence.status = _PRESENCE[state]
+        # One this normalizer does not know: UNSPECIFIED, the value kept (it was 422).
+        ev.metadata.presence.status = _PRESENCE.get(state, pb.PRESENCE_STATUS_UNSPECIFIED)
+        if state not in _PRESENCE:
+            ev.metadata.extra["presence_status"] = state
         if p.has("lastSeen"):
             ev.metadata.presence.last_seen.CopyFrom(p.unix_seconds("lastSeen"))
         out.append(ev)

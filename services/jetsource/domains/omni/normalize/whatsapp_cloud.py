@@ -14,8 +14,8 @@ from typing import Any
 
 from jetsource._gen.omni.v1 import events_pb2 as pb
 from jetsource._gen.omni.v1.events_pb2 import NormalizedEvent
-from jetsource.domains.omni.normalize.common import Context, Node, digest
-from jetsource.domains.omni.normalize.errors import Malformed, Unrecognised, quoted
+from jetsource.domains.omni.normalize.common import Context, Node, digest, provider_kind
+from jetsource.domains.omni.normalize.errors import Unrecognised
 
 FORMAT = "whatsapp_cloud"
 OBJECT = "whatsapp_business_account"
@@ -337,9 +337,10 @@ def _interactive(ev: NormalizedEvent, msg: Node, kind: str) -> None:
 
 def _status(ctx: Context, status: Node, business: str) -> NormalizedEvent:
     wamid = status.req_str("id")
-    state = status.req_str("status")
-    if state not in _RECEIPTS:
-        raise Malformed(status.at("status"), f"unknown receipt status {quoted(state)}")
+    # A status this normalizer does not know (Meta adds them) is a receipt all the same,
+    # of status UNSPECIFIED, the value kept in extra["status"]; it was 422 naming the
+    # field, and Meta's retries of the body, its other messages with it, failed alike.
+    state = provider_kind(status.req_str("status"), status.at("status"), "receipt status")
     if status.opt_str("recipient_type") == "group":
         # Each member's receipt of a group message comes on its own, naming the member:
         # the member is part of the id (every receipt after the first of a state was
@@ -357,7 +358,9 @@ def _status(ctx: Context, status: Node, business: str) -> NormalizedEvent:
     ev.sender_handle = business
     ev.provider_timestamp.CopyFrom(status.unix_seconds("timestamp"))
     receipt = ev.metadata.receipt
-    receipt.status = _RECEIPTS[state]
+    receipt.status = _RECEIPTS.get(state, pb.RECEIPT_STATUS_UNSPECIFIED)
+    if state not in _RECEIPTS:
+        ev.metadata.extra["status"] = state
     receipt.target_message_id = wamid
     for err in status.objs("errors"):
         data = err.opt_obj("error_data")
