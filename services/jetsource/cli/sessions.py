@@ -207,6 +207,33 @@ class LineTooLargeError(Exception):
         self.line, self.said = line, said
 
 
+class LineRefusedError(Exception):
+    """An import's line whose event the observer refused as bad input (line number,
+    what it said of the event, its ``events[i].`` left out)."""
+
+    def __init__(self, line: int, said: str) -> None:
+        super().__init__(said)
+        self.line, self.said = line, said
+
+
+# What the observer says of one event of a request it refused as bad input:
+# ``events[3].data.name: ...`` (validation.py's field paths).
+_EVENT_REFUSED = re.compile(r"events\[(\d+)\](?:\.|: )(.*)", re.DOTALL)
+
+
+def _refused_event(exc: Any) -> tuple[int, str] | None:
+    """(index of the event in the request, what was said of it without ``events[i].``)
+    when the observer refused one event as bad input; else None."""
+    import grpc
+
+    if exc.code() != grpc.StatusCode.INVALID_ARGUMENT:
+        return None
+    m = _EVENT_REFUSED.match(exc.details() or "")
+    if m is None:
+        return None
+    return int(m.group(1)), m.group(2)
+
+
 @contextlib.contextmanager
 def _reader_may_leave() -> Iterator[None]:
     """JSON lines into a pipe whose reader left (``| head -1``): done, exit 0, as
@@ -563,17 +590,38 @@ def import_(
                 # A bad line as any other, by its number (it said "event 1", its place
                 # in the append, exit 1)
                 raise LineTooLargeError(new[exc.index].number, str(exc)) from None
+        import grpc
+
         from jetsource._gen.process.v1.observer_pb2_grpc import ObserverServiceStub
         from jetsource.client import open_channel
+        from jetsource.domains.process.batching import requests
         from jetsource.domains.sessions.ledger import ObserverWriter
+        from jetsource.eventstore.jsapi import BATCH_LIMIT
 
         # TLS and the token as every client: JETSOURCE_CLIENT__TLS__..., __TOKEN.
         channel, metadata = open_channel(observer, settings.client)
+        positions: list[Any] = []
         async with channel:
             writer = ObserverWriter(
                 ObserverServiceStub(channel), settings.client.timeout_s, metadata
             )
-            positions = await writer.record(events)
+            # Piece by piece (the requests the writer sends), so that an event the
+            # observer refuses is named by its line in the file, as on the stream: it
+            # said the index among the events sent (events[1], "event 1"), not the line.
+            start = 0
+            for piece in requests(events, BATCH_LIMIT):
+                try:
+                    positions += await writer.record(list(piece))
+                except EventTooLargeError as exc:
+                    if exc.index is None or not 0 <= exc.index < len(piece):
+                        raise
+                    raise LineTooLargeError(new[start + exc.index].number, str(exc)) from None
+                except grpc.aio.AioRpcError as exc:
+                    refused = _refused_event(exc)
+                    if refused is None or not 0 <= refused[0] < len(piece):
+                        raise
+                    raise LineRefusedError(new[start + refused[0]].number, refused[1]) from None
+                start += len(piece)
         # The observer appends after whatever is there: a session recorded to since it
         # was read has the lines elsewhere than at their seq. Say so.
         for line, p in zip(new, positions, strict=True):
@@ -603,11 +651,22 @@ def import_(
         )
     except LineTooLargeError as exc:
         said = re.sub(r"^event \d+ ", "the event ", exc.said)
+        # The observer's refusal names the event's place in its request: the line is said.
+        said = re.sub(r"^events\[\d+\]\.", "", said)
         out.fail(
             out.USAGE,
             "INVALID_ARGUMENT",
             f"line {exc.line}: {said} (lines of the file before it may be recorded: the "
             "import again appends only the rest)",
+            field=f"line {exc.line}",
+            line=exc.line,
+        )
+    except LineRefusedError as exc:
+        out.fail(
+            out.USAGE,
+            "INVALID_ARGUMENT",
+            f"line {exc.line}: {exc.said} (the observer refused it; lines of the file before "
+            "it may be recorded: the import again appends only the rest)",
             field=f"line {exc.line}",
             line=exc.line,
         )
