@@ -417,6 +417,12 @@ def prune(
         min=0,
         help="keep the newest N ended sessions (0: no count rule); default: the setting",
     ),
+    unended_after: str = typer.Option(
+        None,
+        "--unended-after",
+        help="a session with no ending counts as ended once quiet this long (1d; more "
+        "than any emitter's heartbeat); default: JETSOURCE_SESSIONS__PRUNE_UNENDED_AFTER_S",
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="say what would go, remove nothing"),
     every: str = typer.Option(
         None,
@@ -427,8 +433,11 @@ def prune(
     output: Mode | None = OUTPUT,
     as_json: bool = JSON,
 ) -> None:
-    """Remove ended (completed or failed) sessions, with every process nested under
-    them, by age and by count. Active and interrupted sessions are never removed.
+    """Remove ended sessions, with every process nested under them, by age and by
+    count. Ended: completed, failed or interrupted (cancelled, Ctrl-C) by the session's
+    ending, and a session with no ending (its emitter gone) once nothing has been
+    recorded for it for --unended-after (default 1 day; its end is its last event).
+    Active sessions are never removed.
 
     Each tree is announced by a tombstone on the ledger (the read models forget it),
     then purged from the stream with its idempotency claims; a run killed midway is
@@ -437,6 +446,17 @@ def prune(
 
     _use(output, as_json)
     age = _duration_option("--older-than", older_than) if older_than is not None else None
+    unended = (
+        _duration_option("--unended-after", unended_after) if unended_after is not None else None
+    )
+    if unended is not None and unended <= 0:
+        out.fail(
+            out.USAGE,
+            "INVALID_ARGUMENT",
+            f"--unended-after: {unended_after!r}; a session with no ending needs a time "
+            "quiet (more than any emitter's heartbeat) before it counts as ended",
+            field="--unended-after",
+        )
     interval = (
         _duration_option("--every", every)
         if every is not None
@@ -452,7 +472,7 @@ def prune(
 
     async def work(c: SessionsClient) -> None:
         while True:
-            report = await c.sessions.prune(c.purger, age, keep, dry_run)
+            report = await c.sessions.prune(c.purger, age, keep, dry_run, unended)
             if out.mode() == Mode.json:
                 out.emit_json(report.to_dict())
             else:

@@ -597,7 +597,7 @@ class Run:
         rng = self.rng
         ended = sorted(
             (s for s in self.sessions.values()
-             if s.status in ("completed", "failed") and not s.pruned),
+             if s.status in ("completed", "failed", "interrupted") and not s.pruned),
             key=lambda s: s.end_hi,
             reverse=True,
         )  # fmt: skip

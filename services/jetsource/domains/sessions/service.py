@@ -2,8 +2,10 @@
 
 Built on a ``SessionReader`` (the ledger) and, for pruning, a ``Purger``: the one
 role that may remove history from the stream carrying sessions. Only whole *ended*
-sessions (completed or failed) are pruned, with every process nested under them;
-active and interrupted sessions never are.
+sessions are pruned, with every process nested under them: completed, failed or
+interrupted by their ending, and those with no ending (their emitter gone) once
+nothing has been recorded for them for ``prune_unended_after_s``. Active sessions
+never are.
 """
 
 from __future__ import annotations
@@ -31,10 +33,12 @@ from jetsource.domains.sessions.progress import SessionState, evolve, fold
 from jetsource.domains.sessions.record import (
     COMPLETED,
     FAILED,
+    INTERRUPTED,
     SessionRecord,
     record_of,
     session_status,
 )
+from jetsource.domains.sessions.settings import PRUNE_UNENDED_AFTER_S as DAY_S
 from jetsource.domains.sessions.settings import SessionsSettings
 
 
@@ -105,11 +109,20 @@ class PruneReport:
 
 
 def choose_prunable(
-    records: Iterable[SessionRecord], now: int, older_than_s: float, keep: int
+    records: Iterable[SessionRecord],
+    now: int,
+    older_than_s: float,
+    keep: int,
+    unended_after_s: float = DAY_S,
 ) -> list[SessionRecord]:
-    """Ended sessions (completed or failed) older than ``older_than_s`` (by end time;
-    0: no age rule) or beyond the newest ``keep`` ended ones (0: no count rule),
-    oldest first. Active and interrupted sessions are never chosen.
+    """Ended sessions older than ``older_than_s`` (by end time; 0: no age rule) or
+    beyond the newest ``keep`` ended ones (0: no count rule), oldest first.
+
+    Ended: completed, failed or interrupted by the session's ending, and a session with
+    no ending (interrupted: its emitter went quiet) once nothing has been recorded for
+    it for ``unended_after_s`` (then its end is its last event recorded). An active
+    session, and one with no ending quiet for less than that (its emitter may only be
+    slow or cut off for a while), is never chosen and holds no place of ``keep``.
 
     The end time is the one the session says (its emitter's clock), but never later
     than the stream recorded it: an emitter whose clock was ahead (a year, or 2099)
@@ -120,8 +133,18 @@ def choose_prunable(
         said, recorded = r.ended_ns, r.last_recorded_ns
         return min(said, recorded) if said and recorded else said or recorded
 
+    def is_ended(r: SessionRecord) -> bool:
+        if r.status in (COMPLETED, FAILED):
+            return True
+        if r.status != INTERRUPTED:
+            return False
+        if r.ended_ns:  # interrupted by its ending (cancelled, Ctrl-C)
+            return True
+        quiet_since = r.last_recorded_ns
+        return bool(quiet_since) and now - quiet_since > unended_after_s * NS
+
     ended = sorted(
-        (r for r in records if r.status in (COMPLETED, FAILED)),
+        (r for r in records if is_ended(r)),
         key=lambda r: (ended_at(r), r.session_id),
         reverse=True,
     )
@@ -369,9 +392,13 @@ class Sessions:
         older_than_s: float | None = None,
         keep: int | None = None,
         dry_run: bool = False,
+        unended_after_s: float | None = None,
     ) -> PruneReport:
         older = self.settings.prune_older_than_s if older_than_s is None else older_than_s
         keep_n = self.settings.prune_keep if keep is None else keep
+        unended = (
+            self.settings.prune_unended_after_s if unended_after_s is None else unended_after_s
+        )
         resumed = 0
         if not dry_run:
             if purger is None:
@@ -382,7 +409,7 @@ class Sessions:
             except PermissionError as exc:
                 raise PruneDeniedError(str(exc)) from exc
         records = await self.list_sessions()
-        chosen = choose_prunable(records, self._clock(), older, keep_n)
+        chosen = choose_prunable(records, self._clock(), older, keep_n, unended)
         report = PruneReport(dry_run=dry_run, kept=len(records) - len(chosen), resumed=resumed)
         procs = await self.reader.processes()
         below: dict[str, list[str]] = {}

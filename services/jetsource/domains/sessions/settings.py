@@ -8,6 +8,9 @@ from pydantic import BaseModel, Field
 from jetsource.core.settings import JetsourceSettings
 from jetsource.domains.sessions.catalog import Validation
 
+# How long a session with no ending must have been quiet before a prune takes it (a day).
+PRUNE_UNENDED_AFTER_S = 86_400.0
+
 
 class SessionsSettings(BaseModel):
     # The ledger stream that carries sessions (the process domain's).
@@ -27,10 +30,15 @@ class SessionsSettings(BaseModel):
     # is shown as interrupted: its emitter is gone.
     interrupted_after_s: float = Field(default=60.0, gt=0)
     # The periodic pruner (``jetsource sessions prune --every``, the Helm CronJob):
-    # completed sessions older than this go (0: no age limit) ...
+    # ended sessions older than this go (0: no age limit) ...
     prune_older_than_s: float = Field(default=30 * 86_400.0, ge=0)
-    # ... and beyond the newest ``prune_keep`` completed ones (0: no count limit).
+    # ... and beyond the newest ``prune_keep`` ended ones (0: no count limit). Ended:
+    # completed, failed or interrupted by the session's ending, and ...
     prune_keep: int = Field(default=1000, ge=0)
+    # ... a session with no ending once nothing (no event, no heartbeat) has been
+    # recorded for it for this long (its end: its last event recorded). Well above
+    # any emitter's heartbeat interval, so that a live session is never pruned.
+    prune_unended_after_s: float = Field(default=PRUNE_UNENDED_AFTER_S, gt=0)
     # How often the long-running pruner runs (0: it does not).
     prune_every_s: float = Field(default=0.0, ge=0)
     # The observer's claims bucket: the claims of pruned processes' events go too.
