@@ -183,7 +183,9 @@ def _emit(as_json: bool, document: dict[str, Any], text: str) -> None:
 def raw_show(
     raw_id: str = typer.Argument(..., help="the raw payload id (an event's raw_ref)"),
     as_json: bool = typer.Option(False, "--json", help="print it as JSON"),
-    body_only: bool = typer.Option(False, "--body", help="print only the body, as received"),
+    body_only: bool = typer.Option(
+        False, "--body", help="print only the body, as archived (credentials redacted)"
+    ),
 ) -> None:
     """Show one archived request: when, where, headers, verdict, reason and body."""
 
@@ -216,6 +218,7 @@ def raw_show(
         f"  events     {', '.join(record.event_ids) or '-'}",
         f"  body       {record.body_size} bytes"
         + (" (truncated)" if record.body_truncated else ""),
+        *([f"  redacted   {', '.join(record.body_redacted)}"] if record.body_redacted else []),
         "  headers",
         *(f"    {k}: {v}" for k, v in sorted(record.headers.items())),
         "",

@@ -25,6 +25,7 @@ from tests.fixtures.omni import HERE as GATEWAY_FIXTURES
 from tests.fixtures.omni_interactions import MALFORMED, NORMALIZED, UNKNOWN, body, raw
 from tests.integration.omni.harness import (
     INSTANCES,
+    archived,
     caught_up,
     headers_for,
     omni_settings,
@@ -95,7 +96,7 @@ async def test_a_ping_is_answered_pong_and_archived(
     assert r.json() == {"type": 1}
     record = await ingest.raw.get(r.headers["x-jetsource-raw-id"])
     assert record is not None and record.verdict == VERDICT_ACCEPTED
-    assert record.http_status == 200 and record.body == payload and not record.event_ids
+    assert record.http_status == 200 and record.body == archived(payload) and not record.event_ids
     assert record.headers["x-signature-ed25519"]  # archived as received
     assert await events_in(ingest) == before
 
@@ -161,7 +162,7 @@ async def test_a_bad_signature_is_401_naming_the_header_and_writes_nothing_else(
     assert error["code"] == "bad_signature" and error["field"] == field, error
     record = await ingest.raw.get(error["raw_id"])
     assert record is not None and record.verdict == VERDICT_REJECTED
-    assert record.http_status == 401 and record.field == field and record.body == sent
+    assert record.http_status == 401 and record.field == field and record.body == archived(sent)
     assert await events_in(ingest) == before
     assert await kv_keys(ingest.nc, bucket) == []
 

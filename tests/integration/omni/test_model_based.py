@@ -63,7 +63,7 @@ from jetsource.ingest.server import Ingest
 from jetsource.projection import admin
 from jetsource.projection.bootstrap import Projection
 from tests.fixtures.omni import HERE
-from tests.integration.omni.harness import SECRETS, caught_up, headers_for, route
+from tests.integration.omni.harness import SECRETS, archived, caught_up, headers_for, route
 
 pytestmark = pytest.mark.integration
 
@@ -663,7 +663,7 @@ class Harness:
             assert [e["id"] for e in body["events"]] == [e.id for e in hook.events], body
             pairs.append((hook, body["raw_id"]))
             self.m.raw[body["raw_id"]] = RawRecord(
-                "VERDICT_ACCEPTED", 200, hook.body, [e.id for e in hook.events]
+                "VERDICT_ACCEPTED", 200, archived(hook.body), [e.id for e in hook.events]
             )
             self.m.raw_messages += 1
             self.m.delivered.append(hook)
@@ -731,7 +731,7 @@ class Harness:
         else:
             assert answer["error"]["code"] == code, answer
             raw_id = answer["error"]["raw_id"]
-        self.m.raw[raw_id] = RawRecord(verdict, expect_status, body, [])
+        self.m.raw[raw_id] = RawRecord(verdict, expect_status, archived(body), [])
         self.seen[f"bad: {how}"] += 1
         self.m.raw_messages += 1
 

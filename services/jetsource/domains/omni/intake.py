@@ -53,7 +53,7 @@ from jetsource.core.errors import (
 )
 from jetsource.core.ids import uuid7
 from jetsource.core.printable import not_one_line_at, refused_at
-from jetsource.domains.omni import signatures
+from jetsource.domains.omni import redact, signatures
 from jetsource.domains.omni.events import stable_uuid
 from jetsource.domains.omni.identity import IdentityService, check_handle
 from jetsource.domains.omni.normalize import (
@@ -322,7 +322,10 @@ class Intake:
         )
 
     def _record(self, request: WebhookRequest, raw_id: str, received_ns: int) -> RawPayload:
-        body = request.body
+        # Credentials in the body (Evolution's apikey, an interaction's token) and the
+        # query are not archived (redact.py); the checks read the request as it came.
+        body, in_body = redact.body(request.body)
+        query, in_query = redact.query(request.query)
         return RawPayload(
             id=raw_id,
             provider=request.provider,
@@ -330,12 +333,13 @@ class Intake:
             received_at=to_timestamp(received_ns),
             method=request.method,
             path=request.path,
-            query=request.query,
+            query=query,
             headers=signatures.redacted(request.headers),
             body=body,
-            body_size=request.body_size if request.body_size >= 0 else len(body),
+            body_size=request.body_size if request.body_size >= 0 else len(request.body),
             body_truncated=request.truncated,
             remote_addr=request.remote_addr,
+            body_redacted=redact.listed([*in_body, *in_query]),
         )
 
     def _checked(

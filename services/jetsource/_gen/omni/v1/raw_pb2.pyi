@@ -98,6 +98,7 @@ class RawPayload(_message.Message):
     FIELD_FIELD_NUMBER: _builtins.int
     EVENT_IDS_FIELD_NUMBER: _builtins.int
     REMOTE_ADDR_FIELD_NUMBER: _builtins.int
+    BODY_REDACTED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """A UUIDv7; the normalized events' raw_ref."""
     provider: _builtins.str
@@ -106,8 +107,10 @@ class RawPayload(_message.Message):
     path: _builtins.str
     query: _builtins.str
     body: _builtins.bytes
-    """The body as received (bytes, not re-encoded). Truncated only for a body over the
-    ingress limit (body_truncated true, body_size the size announced or read).
+    """The body as received (bytes, not re-encoded) but for credentials: the string value
+    of a key such as apikey or token is "[redacted]" (body_redacted lists them).
+    Truncated only for a body over the ingress limit (body_truncated true, body_size the
+    size announced or read).
     """
     body_size: _builtins.int
     body_truncated: _builtins.bool
@@ -127,6 +130,13 @@ class RawPayload(_message.Message):
 
     @_builtins.property
     def event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def body_redacted(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What was redacted before archiving: the paths of body fields whose values were
+        replaced by "[redacted]" (apikey, data.token; the key alone for a body that is no
+        JSON) and, as ?name, query parameters. Empty: body and query as received.
+        """
+
     def __init__(
         self,
         *,
@@ -147,10 +157,11 @@ class RawPayload(_message.Message):
         field: _builtins.str = ...,
         event_ids: _abc.Iterable[_builtins.str] | None = ...,
         remote_addr: _builtins.str = ...,
+        body_redacted: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["received_at", b"received_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "body_size", b"body_size", "body_truncated", b"body_truncated", "event_ids", b"event_ids", "field", b"field", "headers", b"headers", "http_status", b"http_status", "id", b"id", "instance", b"instance", "method", b"method", "path", b"path", "provider", b"provider", "query", b"query", "reason", b"reason", "received_at", b"received_at", "remote_addr", b"remote_addr", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "body_redacted", b"body_redacted", "body_size", b"body_size", "body_truncated", b"body_truncated", "event_ids", b"event_ids", "field", b"field", "headers", b"headers", "http_status", b"http_status", "id", b"id", "instance", b"instance", "method", b"method", "path", b"path", "provider", b"provider", "query", b"query", "reason", b"reason", "received_at", b"received_at", "remote_addr", b"remote_addr", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,129 @@
+"""Evolution API sends its instance's ``apikey`` in every webhook body, and the raw archive
+kept it verbatim: a credential at rest, answered again by ``GetEvent`` with
+``include_raw``, ``/api/v1/raw/{id}`` and ``jetsource omni raw show``. Through the
+ingress on real NATS and Valkey: the value of a credential's key (``apikey``, ``token``,
+... at any depth; a query parameter of such a name) is archived as ``"[redacted]"``,
+``body_redacted`` says where, and the rest of the body is the one received byte for
+byte, so that a record replayed is the same events; whatever the verdict (accepted,
+rejected, a body cut short); a key spelt with escapes is found as well."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from jetsource._gen.omni.v1.raw_pb2 import (
+    VERDICT_ACCEPTED,
+    VERDICT_REJECTED,
+    VERDICT_UNRECOGNISED,
+    RawPayload,
+)
+from jetsource.ingest.server import Ingest
+from tests.fixtures.omni import HERE
+from tests.integration.omni.harness import headers_for, route
+
+pytestmark = pytest.mark.integration
+
+KEY = "B6D711FCDE4D4FD5936544120E713976"  # the fixtures' apikey
+SECRET = 's3cr3t-\u00e9-\\"quoted\\"'  # as JSON text: escapes of its own
+
+
+def evolution(name: str = "text") -> str:
+    return (HERE / f"whatsapp/evolution/{name}.json").read_text()
+
+
+async def post(
+    http: httpx.AsyncClient, body: bytes, query: str = "", instance: str = "acme-evo"
+) -> httpx.Response:
+    url = route(instance) + (f"?{query}" if query else "")
+    return await http.post(url, content=body, headers=headers_for(instance, body))
+
+
+async def record_of(ingest: Ingest, r: httpx.Response) -> RawPayload:
+    answer = r.json()
+    raw_id = answer.get("raw_id") or answer["error"]["raw_id"]
+    record = await ingest.raw.get(raw_id)
+    assert record is not None
+    return record
+
+
+async def test_the_apikey_in_an_evolution_body_is_not_archived_and_the_rest_is_as_sent(
+    ingest: Ingest, http: httpx.AsyncClient
+) -> None:
+    text = evolution()
+    assert f'"apikey": "{KEY}"' in text
+    # Spacing, key order and escapes of the provider's own: kept as they came.
+    sent = text.replace('"apikey": ', '"apikey" :\t').replace('"text"', '"te\\u0078t"')
+    sent = sent.replace("}", ', "nested": {"Token": "' + SECRET + '", "n": 1.50}}', 1)
+    r = await post(http, sent.encode(), query="a=1&apikey=" + KEY)
+    assert r.status_code == 200, r.text
+    record = await record_of(ingest, r)
+    assert record.verdict == VERDICT_ACCEPTED
+    assert KEY.encode() not in record.body and b"s3cr3t" not in record.body
+    expected = sent.replace(KEY, "[redacted]").replace(SECRET, "[redacted]")
+    assert record.body == expected.encode()
+    assert record.query == "a=1&apikey=[redacted]"
+    assert KEY not in str(record)
+    assert list(record.body_redacted) == ["apikey", "data.key.nested.Token", "?apikey"], (
+        record.body_redacted
+    )
+    assert record.body_size == len(sent.encode())  # the size received
+
+    # Replayed from the archive: the same events (stored before).
+    again = await post(http, record.body)
+    assert again.status_code == 200, again.text
+    assert [(e["id"], e["stored"]) for e in again.json()["events"]] == [
+        (e["id"], False) for e in r.json()["events"]
+    ]
+
+
+async def test_a_refused_or_unrecognised_body_is_redacted_too(
+    ingest: Ingest, http: httpx.AsyncClient
+) -> None:
+    body = json.loads(evolution())
+    body["data"].pop("key")
+    r = await post(http, json.dumps(body).encode())
+    assert r.status_code == 422, r.text
+    record = await record_of(ingest, r)
+    assert record.verdict == VERDICT_REJECTED and KEY.encode() not in record.body
+    assert list(record.body_redacted) == ["apikey"]
+
+    body = json.loads(evolution())
+    body["event"] = "connection.update"
+    r = await post(http, json.dumps(body).encode())
+    assert r.status_code == 200 and r.json()["status"] == "unrecognised", r.text
+    record = await record_of(ingest, r)
+    assert record.verdict == VERDICT_UNRECOGNISED and KEY.encode() not in record.body
+
+    # No JSON at all (refused 400): the value after the key is still not kept.
+    cut = b'{"event": "messages.upsert", "apikey": "' + KEY.encode() + b'", "data": {'
+    r = await post(http, cut)
+    assert r.status_code == 400, r.text
+    record = await record_of(ingest, r)
+    assert KEY.encode() not in record.body and list(record.body_redacted) == ["apikey"]
+    # Cut short inside the value: what came of it is not kept either.
+    r = await post(http, cut[: cut.index(KEY.encode()) + 10])
+    record = await record_of(ingest, r)
+    assert KEY[:10].encode() not in record.body and record.body.endswith(b'"apikey": "[redacted]"')
+
+
+async def test_a_key_spelt_with_escapes_is_found(ingest: Ingest, http: httpx.AsyncClient) -> None:
+    sent = evolution().replace('"apikey"', '"api\\u006bey"')
+    r = await post(http, sent.encode())
+    assert r.status_code == 200, r.text
+    record = await record_of(ingest, r)
+    assert KEY.encode() not in record.body
+    assert json.loads(record.body) == {**json.loads(sent), "apikey": "[redacted]"}
+    assert list(record.body_redacted) == ["apikey"]
+
+
+async def test_a_body_without_credentials_is_archived_as_sent(
+    ingest: Ingest, http: httpx.AsyncClient
+) -> None:
+    sent = (HERE / "whatsapp/cloud/text.json").read_bytes()
+    r = await post(http, sent, instance="acme-cloud")
+    assert r.status_code == 200, r.text
+    record = await record_of(ingest, r)
+    assert record.body == sent and not record.body_redacted
