@@ -207,6 +207,22 @@ class LineTooLargeError(Exception):
         self.line, self.said = line, said
 
 
+def _address_problem(value: str) -> str | None:
+    """What is wrong with a ``host:port`` given on the command line, or None. gRPC takes
+    an empty target as UNKNOWN, a port past 65535 modulo 65536 (99999 dials 34463) and
+    a host without a port as port 443."""
+    if not value.strip() or any(c.isspace() for c in value):
+        return "is not host:port (empty, or holds a space)"
+    if "://" in value:
+        return "is not host:port: give it without a scheme"
+    host, colon, port = value.rpartition(":")
+    if not colon or not host or host == "[]":
+        return "is not host:port: it names no port"
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+        return f"is not host:port: the port {port!r} is not 1 to 65535"
+    return None
+
+
 class LineRefusedError(Exception):
     """An import's line whose event the observer refused as bad input (line number,
     what it said of the event, its ``events[i].`` left out)."""
@@ -522,10 +538,11 @@ def tui(
     from jetsource.domains.sessions.settings import SessionsAppSettings
     from jetsource.tui.app import run
 
-    # An empty --query fell back to the default service, as --omni's check says it must not.
+    # An empty --query fell back to the default service, as --omni's check says it must
+    # not; a port past 65535 was dialled modulo 65536.
     for flag, value in (("--query", query), ("--omni", omni)):
-        if value is not None and (not value.strip() or " " in value):
-            raise typer.BadParameter("host:port, no spaces", param_hint=f"'{flag}'")
+        if value is not None and (problem := _address_problem(value)) is not None:
+            raise typer.BadParameter(f"{value!r} {problem}", param_hint=f"'{flag}'")
     address = query or _target("query", None, None).address
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         # Piped or in a script it drew escape codes into the pipe and never ended.
@@ -562,16 +579,36 @@ def import_(
     from jetsource.domains.sessions.settings import SessionsAppSettings
 
     _use(output, as_json)
+    if observer is not None and (problem := _address_problem(observer)) is not None:
+        # Said before the file is read or anything connects: an empty one was gRPC's
+        # UNKNOWN (exit 1, C-core log lines before the JSON), port 99999 was dialled as
+        # 34463 (the refusal named that port), a URL was UNAVAILABLE (exit 3).
+        out.fail(
+            out.USAGE, "INVALID_ARGUMENT", f"--observer: {observer!r} {problem}", field="--observer"
+        )
     settings = SessionsAppSettings.load()
     try:
-        stream = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+        # Bytes, each line decoded by itself: a text stream decodes ahead in chunks, so
+        # a byte that is not UTF-8 on line 7 was said to be on line 1. Lines end at
+        # '\n' only, as an editor and `sed -n 7p` count them.
+        stream = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
     except OSError as exc:
         out.fail(out.USAGE, "INVALID_ARGUMENT", f"{path}: {exc.strerror or exc}")
     lines: list[Line] = []
-    number = 0
     try:
         with stream:
-            for number, text in enumerate(stream, 1):
+            for number, raw in enumerate(stream, 1):
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    out.fail(
+                        out.USAGE,
+                        "INVALID_ARGUMENT",
+                        f"{path}: line {number} is not UTF-8 text (byte {exc.start + 1} of "
+                        "the line)",
+                        field=f"line {number}",
+                        line=number,
+                    )
                 if not text.strip():
                     continue
                 try:
@@ -586,8 +623,6 @@ def import_(
                         line=number,
                     )
                 lines.append(Line(number, event))
-    except UnicodeDecodeError:
-        out.fail(out.USAGE, "INVALID_ARGUMENT", f"{path}: line {number + 1} is not UTF-8 text")
     except OSError as exc:
         out.fail(out.USAGE, "INVALID_ARGUMENT", f"{path}: {exc.strerror or exc}")
 

@@ -1,0 +1,113 @@
+"""`jetsource sessions import` names the place of bad input, before anything connects.
+
+- A byte that is not UTF-8 was said to be on line 1 when it was on line 7 (the file
+  was read as text, decoded ahead in chunks); now its line (blank lines counted) and
+  its byte, with ``field``/``line`` in JSON, from a file and from stdin.
+- ``--observer`` that is no host:port: empty was gRPC's UNKNOWN (exit 1, C-core log
+  lines before the JSON error), port 99999 was dialled as 34463 (the refusal named
+  that port), a URL or a host without a port went to DNS or port 443 (UNAVAILABLE,
+  exit 3). Now INVALID_ARGUMENT naming --observer, exit 2, and so `tui --query/--omni`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from jetsource.cli import output as out
+from jetsource.cli.sessions import app, tui
+
+# Nothing listens there: a command that connected would fail otherwise.
+ENV = {"JETSOURCE_NATS__URL": "nats://127.0.0.1:1", "JETSOURCE_CLIENT__TIMEOUT_S": "1"}
+TS = "2026-12-07T03:00:00.000Z"
+SID = "01a25272-da87-7000-9a67-3aa68ce96011"
+
+
+def _run(args: Sequence[str], stdin: bytes | None = None) -> tuple[int, str, str]:
+    result = CliRunner(env=ENV).invoke(app, list(args), input=stdin, catch_exceptions=False)
+    out.set_mode(None)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def _file_with_a_bad_byte_on_line_7() -> bytes:
+    lines = [
+        json.dumps({"ts": TS, "session": SID, "seq": i, "type": "note", "data": {}}).encode()
+        for i in range(2, 7)
+    ]
+    lines.insert(2, b"")  # a blank line is a line
+    bad = b'{"ts": "%s", "session": "%s", "seq": 7, "type": "note", "data": {"t": "\xff"}}'
+    lines.append(bad % (TS.encode(), SID.encode()))
+    return b"\n".join(lines) + b"\n"
+
+
+@pytest.mark.parametrize("from_stdin", [False, True])
+def test_a_byte_that_is_not_utf8_is_named_by_its_line(tmp_path: Path, from_stdin: bool) -> None:
+    data = _file_with_a_bad_byte_on_line_7()
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(data)
+    args = ["import", "-" if from_stdin else str(path)]
+    code, _, stderr = _run([*args, "-o", "json"], data if from_stdin else None)
+    assert code == 2, stderr
+    error = json.loads(stderr)["error"]
+    assert (error["code"], error["line"], error["field"]) == ("INVALID_ARGUMENT", 7, "line 7")
+    assert "line 7 is not UTF-8 text (byte 128 of the line)" in error["message"], error
+    code, _, stderr = _run(args, data if from_stdin else None)
+    assert code == 2 and "line 7 is not UTF-8 text" in stderr, stderr
+
+
+def test_lines_end_at_newline_only(tmp_path: Path) -> None:
+    """A carriage return is no line break (an editor and `sed -n Np` count '\\n'): a
+    CRLF file's bad line is named as the editor shows it."""
+    good = json.dumps({"ts": TS, "session": SID, "seq": 1, "type": "session_started",
+                       "data": {"command": "x"}})  # fmt: skip
+    bad = json.dumps({"ts": TS, "session": SID, "seq": 2, "type": "Bad", "data": {}})
+    path = tmp_path / "crlf.jsonl"
+    path.write_bytes(f"{good}\r\n\r\n{bad}\r\n".encode())
+    code, _, stderr = _run(["import", str(path), "-o", "json"])
+    assert code == 2, stderr
+    error = json.loads(stderr)["error"]
+    assert error["line"] == 3 and error["message"].startswith("line 3: type: "), error
+
+
+@pytest.mark.parametrize(
+    ("target", "said"),
+    [
+        ("", "empty"),
+        ("  ", "empty"),
+        ("127.0.0.1:99999", "the port '99999' is not 1 to 65535"),
+        ("127.0.0.1:0", "the port '0' is not 1 to 65535"),
+        ("localhost", "names no port"),
+        (":50053", "names no port"),
+        ("http://localhost:50053", "without a scheme"),
+        ("a b:1", "holds a space"),
+    ],
+)
+def test_an_observer_that_is_no_host_port_is_refused_naming_the_option(
+    tmp_path: Path, target: str, said: str
+) -> None:
+    path = tmp_path / "ok.jsonl"
+    line = {"ts": TS, "session": SID, "seq": 1, "type": "session_started",
+            "data": {"command": "x"}}  # fmt: skip
+    path.write_text(json.dumps(line) + "\n")
+    code, _, stderr = _run(["import", str(path), "--observer", target, "-o", "json"])
+    assert code == 2, stderr
+    (doc,) = [json.loads(x) for x in stderr.splitlines()]  # nothing but the JSON error
+    error = doc["error"]
+    assert (error["code"], error["field"]) == ("INVALID_ARGUMENT", "--observer"), error
+    assert said in error["message"], error
+
+
+@pytest.mark.parametrize("flag", ["--query", "--omni"])
+def test_the_tui_refuses_a_port_past_65535(flag: str) -> None:
+    import typer
+
+    one = typer.Typer()
+    one.command()(tui)
+    result = CliRunner(env=ENV).invoke(one, [flag, "127.0.0.1:99999"], catch_exceptions=False)
+    out.set_mode(None)
+    assert result.exit_code == 2, result.output
+    assert "not 1 to 65535" in result.output, result.output
