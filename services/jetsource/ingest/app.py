@@ -827,8 +827,11 @@ def create_app(
         return {"identities": [as_json(i) for i in found], "next_page_token": token}
 
     @api.get("/identities/{identity_id}", tags=["reads"], dependencies=[Depends(known_parameters)])
-    async def identity(identity_id: str) -> dict[str, Any]:
-        return {"identity": as_json(await reads.identity(identity_id))}
+    async def identity(
+        identity_id: str, page_size: int = 0, page_token: str = ""
+    ) -> dict[str, Any]:
+        view, token = await reads.identity_page(identity_id, page_size, page_token)
+        return {"identity": as_json(view), "next_page_token": token}
 
     @api.get(
         "/identities/{identity_id}/timeline",

@@ -32,7 +32,7 @@ READS = {
     "/api/v1/raw/raw-1": "none",
     "/api/v1/conversations/whatsapp/acme-cloud/1": "page_size, page_token",
     "/api/v1/identities": "provider, include_merged, page_size, page_token",
-    "/api/v1/identities/idn-1": "none",
+    "/api/v1/identities/idn-1": "page_size, page_token",
     "/api/v1/identities/idn-1/timeline": "page_size, page_token",
     "/api/v1/handles/whatsapp/1": "none",
 }

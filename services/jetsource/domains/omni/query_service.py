@@ -162,7 +162,10 @@ class OmniQueryService(query_pb2_grpc.OmniQueryServiceServicer):
         return pb.GetConversationResponse(events=events, next_page_token=token)
 
     async def _get_identity(self, request: pb.GetIdentityRequest) -> pb.GetIdentityResponse:
-        return pb.GetIdentityResponse(identity=await self.reads.identity(request.identity_id))
+        view, token = await self.reads.identity_page(
+            request.identity_id, request.page_size, request.page_token
+        )
+        return pb.GetIdentityResponse(identity=view, next_page_token=token)
 
     async def _find_identity(self, request: pb.FindIdentityRequest) -> pb.FindIdentityResponse:
         return pb.FindIdentityResponse(

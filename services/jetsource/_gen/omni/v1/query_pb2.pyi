@@ -379,15 +379,27 @@ class GetIdentityRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     IDENTITY_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     identity_id: _builtins.str
+    page_size: _builtins.int
+    """Handles per answer, in the order of their names (provider:external_id). 0: the
+    server's max page size (1000 by default; not the lists' 50, so that a client that
+    does not page, written before this field, still sees every handle of all but the
+    rarest identity); at most that.
+    """
+    page_token: _builtins.str
+    """The previous answer's next_page_token: the handles after its last."""
     def __init__(
         self,
         *,
         identity_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity_id", b"identity_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity_id", b"identity_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -420,16 +432,24 @@ class GetIdentityResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     IDENTITY_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Set when the identity has handles after this page's: ask again with it. Empty when
+    there is nothing more.
+    """
     @_builtins.property
-    def identity(self) -> Global___IdentityView: ...
+    def identity(self) -> Global___IdentityView:
+        """The identity with one page of its handles (its other fields whole on every page)."""
+
     def __init__(
         self,
         *,
         identity: Global___IdentityView | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
