@@ -449,8 +449,9 @@ def prune(
     output: Mode | None = OUTPUT,
     as_json: bool = JSON,
 ) -> None:
-    """Remove ended sessions, with every process nested under them, by age and by
-    count. Ended: completed, failed or interrupted (cancelled, Ctrl-C) by the session's
+    """Remove ended sessions, with every process nested under them, by age and count.
+
+    Ended: completed, failed or interrupted (cancelled, Ctrl-C) by the session's
     ending, and a session with no ending (its emitter gone) once nothing has been
     recorded for it for --unended-after (default 1 day; its end is its last event).
     Active sessions are never removed.
