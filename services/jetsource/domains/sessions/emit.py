@@ -43,9 +43,10 @@ from typing import Any
 from jetsource._gen.process.v1 import events_pb2
 from jetsource.core.aio import stop_task
 from jetsource.core.errors import EventTooLargeError, exit_code
-from jetsource.core.printable import not_one_line_at, refused_at
+from jetsource.core.printable import ID_TAKES, not_id_at, not_one_line_at, refused_at
 from jetsource.core.settings import GrpcClientSettings
 from jetsource.domains.process.batching import requests
+from jetsource.domains.process.validation import FIXED_LIMITS
 from jetsource.domains.sessions.catalog import Validation, load_catalog
 from jetsource.domains.sessions.format import (
     RESERVED,
@@ -94,6 +95,23 @@ class Session:
             )
         if not heartbeat_s > 0:  # NaN too: it would be recorded as interval_s
             raise ValueError(f"heartbeat_s: {heartbeat_s!r} must be a number of seconds > 0")
+        # The emitter's own options, said naming them: 'bogus' was "'bogus' is not a
+        # valid Validation"; max_pending 0 or below made the queue unbounded; a source
+        # the observer refuses (past 256 characters, a line break) failed the session's
+        # start through it and was recorded on the ledger.
+        try:
+            validation = Validation(validation)
+        except ValueError:
+            raise ValueError(
+                f"validation: {validation!r} is not one of {', '.join(Validation)}"
+            ) from None
+        for name, value in (("max_pending", max_pending), ("max_batch", max_batch)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}: {value!r} must be an integer >= 1")
+        if len(source) > FIXED_LIMITS.max_text:
+            raise ValueError(f"source is {len(source)} characters; at most {FIXED_LIMITS.max_text}")
+        if (at := not_id_at(source)) is not None:
+            raise ValueError(f"source contains {refused_at(source, at)}: it takes {ID_TAKES}")
         # What the caller gives is recorded in session_started's data, stored under the
         # root process's data.session (metadata and argv at the third level): refused
         # here naming it, as emit() refuses data, rather than recorded and then refused
