@@ -526,7 +526,43 @@ class _Rewindable(Protocol):
     ) -> int: ...
 
 
-async def _replay_aggregate(p: Projection, model: ReadModel, aggregate_id: str) -> tuple[int, int]:
+class _VersionFenced(AdminError):
+    """The version a replay writes was marked dropped or resetting (or dropped whole)
+    since the replay looked: it stops before writing another story."""
+
+
+Fence = Callable[[], Awaitable[None]]
+
+
+def _version_fence(p: Projection, name: str, version: int, present: bool) -> Fence:
+    """What a replay asks right before each story's write: :class:`_VersionFenced`
+    once ``drop`` or ``reset`` has marked ``version`` (or a drop has removed it, when
+    it was in the entry at the start). A replay checked the version's state once, at
+    its start: one that met a drop went on writing its stories into the namespace the
+    drop was deleting, and a story written after the drop's last check stayed there
+    with the version gone from the entry (half dropped). Asked before each write, the
+    write comes within the drop's settle time, as a worker's batch does."""
+
+    async def fence() -> None:
+        try:
+            control = await p.control.get(name)
+        except Exception as exc:  # NATS away: not fenced (as a worker's DropFence)
+            log.warning("replay %s v%d: version state not read: %r", name, version, exc)
+            return
+        state = control.versions.get(version) if control is not None else None
+        if state in (DROPPED, RESETTING) or (present and state is None):
+            doing = "being reset" if state == RESETTING else "dropped"
+            raise _VersionFenced(
+                f"{name} v{version} is {doing} now (another run): the replay stopped before "
+                "writing more; the stories it wrote before are whole, the others as they were"
+            )
+
+    return fence
+
+
+async def _replay_aggregate(
+    p: Projection, model: ReadModel, aggregate_id: str, fence: Fence | None = None
+) -> tuple[int, int]:
     """Write one aggregate again, whole, in one atomic step guarded by its stored
     version: (the version it was at, the version written).
 
@@ -584,6 +620,8 @@ async def _replay_aggregate(p: Projection, model: ReadModel, aggregate_id: str) 
                 heard = erasures_heard()
                 events.clear()
                 await read_up_to(v)
+            if fence is not None:  # (after every other await: the write comes next)
+                await fence()
             # The model folds (and keeps the fold across attempts): the engine knows
             # no domain's state.
             return await target.rewind(aggregate_id, v, events=events, guard=g)
@@ -862,8 +900,9 @@ async def replay(
         "state": "running",
     }
     await _record_replay(p, name, entry)
+    fence = _version_fence(p, name, version, version in control.versions)
     try:
-        await _replay_slices(p, name, model, slices, report, progress, len(events))
+        await _replay_slices(p, name, model, slices, report, progress, len(events), fence)
     except (Exception, asyncio.CancelledError):
         # Stopped midway (Ctrl-C, NATS lost): the run is recorded as stopped, not left
         # `running` for good. Each story is one atomic step: those written are whole,
@@ -900,8 +939,10 @@ async def _replay_slices(
     report: ReplayReport,
     progress: Progress,
     total: int,
+    fence: Fence | None = None,
 ) -> None:
-    """Each story of the slice written again (one atomic step each), into ``report``."""
+    """Each story of the slice written again (one atomic step each), into ``report``;
+    stopped (:class:`_VersionFenced`) once the version is being dropped or reset."""
     done = 0
     for agg, evs in slices.items():
         # A Ctrl-C that a library below swallowed (a store client that turns the
@@ -909,7 +950,9 @@ async def _replay_slices(
         # the replay ran on to the end and exited 0.
         honour_cancel()
         try:
-            was, written = await _replay_aggregate(p, model, agg)
+            was, written = await _replay_aggregate(p, model, agg, fence)
+        except _VersionFenced:
+            raise  # no story of it is written any more: the run stops here
         except Exception as exc:  # this aggregate's write did not happen: go on
             log.warning("replay %s %s failed: %s", name, agg, exc)
             why = (
@@ -1004,6 +1047,16 @@ async def rebuild(
     try:
         await lease.take(begin)
     except Busy as exc:
+        if exc.claim.get("op") == "drop":
+            # A drop holds it (marked dropped with its claim): "being built ... wait
+            # for it" sent the operator to a wait that says it will never be live.
+            raise Busy(
+                f"{name} v{to_version} is being dropped by another run "
+                f"({describe_claim(exc.claim)}); rebuild it once that drop has finished",
+                exc.claim,
+            ) from None
+        if exc.claim.get("op") == "reset":
+            raise _reset_busy(name, to_version, exc.claim) from None
         raise Busy(
             f"{name} v{to_version} is being built by another run ({describe_claim(exc.claim)}): "
             f"wait for it (`jetsource projector wait {name} --version {to_version}`); if that "
@@ -1270,8 +1323,11 @@ def _refuse_pinned_reset(p: Projection, name: str) -> None:
 
 
 def _reset_busy(name: str, version: int, claim: dict[str, Any]) -> Busy:
+    # What the holder does, as its claim says (a rebuild resuming a stopped reset's
+    # build holds the active version too: "being reset" named the wrong command).
+    doing = {"rebuild": "built", "drop": "dropped"}.get(str(claim.get("op")), "reset")
     return Busy(
-        f"{name} v{version} is being reset by another run ({describe_claim(claim)}); "
+        f"{name} v{version} is being {doing} by another run ({describe_claim(claim)}); "
         f"if that run is gone, running this again {taken_over_when(claim)} finishes it",
         claim,
     )
@@ -1386,7 +1442,8 @@ async def cutover(
         if drop_old and left:
             removed = 0
             for old in left:
-                removed += await drop(p, name, old)
+                # Seen in the entry: gone by its claim, another drop finished it (0).
+                removed += await _drop_seen(p, name, old)
             spec = p.spec(name, version)
             store = p.store_for(name)
             info = await jsapi.consumer_info(
@@ -1432,8 +1489,30 @@ async def cutover(
     # (a cutover to a version holding them was silent).
     letters = await _retry(lambda: p.dead_letters.count(spec), f"cutover {name}")
     old = control.active
-    control.active = version
-    await p.control.save(name, control)
+
+    class _CutOverMeanwhile(Exception):
+        pass
+
+    def switch(c: ModelControl) -> None:
+        # Decided on the entry as it is at the write, not as it was read above: any
+        # other run's write meanwhile (a build's heartbeat or progress, a drop's mark)
+        # failed the compare-and-set with "changed meanwhile; try again", and a
+        # version marked dropped or resetting since must not become the active one.
+        nonlocal old
+        if c.active == version:
+            raise _CutOverMeanwhile
+        if c.versions.get(version) != LIVE:
+            raise AdminError(
+                f"{name} v{version} is {c.versions.get(version, 'absent')} now (another run "
+                "changed it meanwhile); nothing was cut over"
+            )
+        old = c.active
+        c.active = version
+
+    try:
+        await _save(p, name, switch)
+    except _CutOverMeanwhile:  # another cutover to it won: answered as run after it
+        return await cutover(p, name, version, drop_old, max_lag)
     result: dict[str, Any] = {"model": name, "active": version, "previous": old, "lag": lag}
     result["dead_letters"] = letters
     if letters:
@@ -1446,7 +1525,7 @@ async def cutover(
             name,
         )
     if drop_old and old != version:
-        result["dropped"] = await drop(p, name, old)
+        result["dropped"] = await _drop_seen(p, name, old)
     return result
 
 
@@ -1505,7 +1584,20 @@ async def drop(
     keys/nodes were removed: 0 from a drop that met another one of the version
     running (it waits for that one to finish; every key is counted once)."""
     await drop_plan(p, name, version)
-    met_another = False
+    return await _drop_seen(p, name, version, settle_s, verify_s)
+
+
+async def _drop_seen(
+    p: Projection,
+    name: str,
+    version: int,
+    settle_s: float | None = None,
+    verify_s: float = 1.0,
+) -> int:
+    """:func:`drop` of a version its caller saw in the control entry. Only a drop
+    removes a version from the entry, so one gone by the time this run claims it was
+    finished by another drop of it, which counted its keys: 0, not "dropped already"
+    (a drop whose look at the entry came just before another drop ended said that)."""
 
     class _FinishedByAnother(Exception):
         pass
@@ -1513,10 +1605,8 @@ async def drop(
     def mark(c: ModelControl) -> None:
         if c.active == version:
             raise AdminError(f"{name} v{version} is active; cut over to another version first")
-        if version not in c.versions:
-            if met_another:  # the other drop ended between our look and our claim
-                raise _FinishedByAnother
-            raise AdminError(f"{name} v{version} is dropped already: nothing to drop")
+        if version not in c.versions:  # another drop ended between our look and claim
+            raise _FinishedByAnother
         c.versions[version] = DROPPED
 
     # A drop fences a build of the version (it takes the build's claim); a second drop
@@ -1528,8 +1618,7 @@ async def drop(
             break
         except _FinishedByAnother:
             return 0
-        except Busy as busy:
-            met_another = met_another or busy.claim.get("op") == "drop"
+        except Busy:
             await asyncio.sleep(0.2)
             if version not in (await _control(p, name)).versions:
                 return 0  # the other drop finished it
@@ -1661,6 +1750,43 @@ async def dlq_list(
     return sorted(out, key=lambda d: (d.original_seq, d.time_ns, d.dlq_seq))
 
 
+async def _letter_fenced(p: Projection, letter: DeadLetter) -> str | None:
+    """Why a dead letter's version must not be written now, or None: ``drop`` or
+    ``reset`` marked it (or a drop removed it) since the letter was listed. Asked right
+    before the letter's write: a retry or discard that met a drop wrote its story into
+    the namespace the drop was deleting (left there, the version gone from the entry).
+    A model with no entry (listed as v1) is not fenced."""
+    try:
+        control = await p.control.get(letter.model)
+    except Exception as exc:  # NATS away: not fenced (as a worker's DropFence)
+        log.warning("%s v%d: version state not read: %r", letter.model, letter.version, exc)
+        return None
+    if control is None:
+        return None
+    state = control.versions.get(letter.version)
+    if state in (DROPPED, RESETTING) or state is None:
+        doing = "being reset" if state == RESETTING else "dropped"
+        return f"{letter.model} v{letter.version} is {doing} now (another run): not written"
+    return None
+
+
+# What NATS answers a delete of a message gone already (JSStreamMsgDeleteFailedF, "no
+# message found"); jsapi.delete_message takes only 10037 for that.
+_ERR_NO_MESSAGE_FOUND = 10057
+
+
+async def _delete_letter(p: Projection, dlq_seq: int) -> bool:
+    """Remove a dead letter; False when it was gone already (another retry or discard
+    of it, or a drop or reset clearing its version, removed it meanwhile): the second
+    of two retries at once failed with JsApiError 10057 "no message found"."""
+    try:
+        return await p.dead_letters.delete(dlq_seq)
+    except jsapi.JsApiError as exc:
+        if exc.err_code in (_ERR_NO_MESSAGE_FOUND, jsapi.ERR_SEQUENCE_NOT_FOUND):
+            return False
+        raise
+
+
 @dataclass
 class DlqReport:
     done: list[int] = field(default_factory=list)  # dlq sequences cleared
@@ -1717,8 +1843,10 @@ async def dlq_retry(
                 continue
             reason = await _retry_one(p, letter)
             if reason is None:
-                await p.dead_letters.delete(letter.dlq_seq)
-                report.done.append(letter.dlq_seq)
+                # Counted by the run that removes it: two retries at once both applied
+                # it (the second finding it applied) and both reported it done.
+                if await _delete_letter(p, letter.dlq_seq):
+                    report.done.append(letter.dlq_seq)
             else:
                 report.failed[letter.dlq_seq] = reason
                 stuck.add(key)
@@ -1791,6 +1919,9 @@ async def _retry_one(p: Projection, letter: DeadLetter) -> str | None:
     if isinstance(record, str):
         return record
     model = p.model(letter.model, letter.version)
+    fenced = await _letter_fenced(p, letter)
+    if fenced is not None:
+        return fenced
     outcome = await model.apply([record])
     if record.stream_seq in outcome.done:
         return None
@@ -1840,8 +1971,8 @@ async def dlq_discard(
             # place left in their stories, and remembers them then).
             await _save(p, model, add)
         for letter in stepped:
-            await p.dead_letters.delete(letter.dlq_seq)
-            report.done.append(letter.dlq_seq)
+            if await _delete_letter(p, letter.dlq_seq):  # (one run counts it)
+                report.done.append(letter.dlq_seq)
         stepped.clear()
 
     for letter in letters:
@@ -1862,6 +1993,10 @@ async def dlq_discard(
             continue
         model = p.model(letter.model, letter.version)
         record = await _its_place(p, letter, model)
+        fenced = await _letter_fenced(p, letter)
+        if fenced is not None:
+            report.failed[letter.dlq_seq] = fenced
+            continue
         if record is not None and isinstance(record.event, UnknownEvent):
             # A newer release's event: a no-op at its place, exactly as a rebuild reads
             # it (the runtime steps over a discarded one so; nothing was written before,
