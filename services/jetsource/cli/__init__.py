@@ -7,13 +7,21 @@ itself, so a Ctrl-C while it loads is said as every other Ctrl-C is: one line, e
 from __future__ import annotations
 
 import os
-import signal
 import sys
-import types
-from typing import TYPE_CHECKING, Any, NoReturn
 
+# typing (10 ms of imports) only for the type checker: this module is imported before
+# main can take a Ctrl-C (or SIGTERM) as one line; one while it loads was a traceback.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import signal as _signal
+    from types import ModuleType
+    from typing import Any, NoReturn
+
     from jetsource.cli.app import app
+else:
+    import _signal  # signal's C half, loaded with the interpreter (signal: 10 ms of enum)
+
+    ModuleType = type(sys)
 
 __all__ = ["app", "main"]
 
@@ -55,7 +63,7 @@ def cancelled_code(group: str) -> str:
     return "CANCELLED" if group in GRPC_CODE_GROUPS else "cancelled"
 
 
-# The signal (SIGTERM) that stopped the command line while it loaded, if not Ctrl-C.
+# The signals that stopped the command line while it loaded ("Ctrl-C" or "SIGTERM").
 _stopped_by: list[str] = []
 
 
@@ -63,41 +71,101 @@ def _sigterm_while_loading(signum: int, frame: Any) -> None:
     """SIGTERM while the command line loads is taken as Ctrl-C, as once it runs
     (:func:`jetsource.cli.app._sigterm_as_ctrl_c`): it was the default action, exit 143
     in silence."""
-    _stopped_by.append(signal.Signals(signum).name)
+    _stopped_by.append("SIGTERM")  # the one signal it is put in place for
     raise KeyboardInterrupt
 
 
-def stopped_before_run(args: list[str]) -> NoReturn:
-    """Ctrl-C (or SIGTERM, named) before the command line was read (its modules
-    loading, the Click command built): said as one inside a command is, on stderr, exit
-    130."""
+def _sigint_while_loading(signum: int, frame: Any) -> None:
+    """Ctrl-C while the command line loads: Python's own KeyboardInterrupt, noted, so
+    that an import it broke is known as one when it says something else (``import
+    ssl`` is ``ImportError: PyCapsule_Import could not import module "_socket"``, a
+    traceback)."""
+    _stopped_by.append("Ctrl-C")
+    raise KeyboardInterrupt
+
+
+def forget_caught_interrupt() -> None:
+    """Python (3.11, 3.12) under ``-m`` ends by SIGINT (returncode -2, where the
+    ``cancelled`` line said exit 130) when a KeyboardInterrupt ended any string ``exec``
+    (dataclasses and namedtuple make their methods so), caught or not: the flag saying
+    so is cleared by the next string exec, this one. A KeyboardInterrupt let out after
+    it still ends by SIGINT."""
+    exec("None")
+
+
+def stopped_before_run(args: list[str], by: str | None = None) -> NoReturn:
+    """Ctrl-C (or SIGTERM, named: ``by``, or the one :func:`_sigterm_while_loading`
+    took) before the command line was read (its modules loading, the Click command
+    built): said as one inside a command is, on stderr, exit 130."""
     import json
 
     code = cancelled_code(group_of(args))
     message = STOPPED_BEFORE_DONE
-    if _stopped_by:
-        message = message.replace("Ctrl-C", _stopped_by[-1])
+    by = by or (_stopped_by[-1] if _stopped_by else None)
+    if by:
+        message = message.replace("Ctrl-C", by)
     if json_requested(args):
         body = {"code": code, "message": message, "exit_code": INTERRUPTED}
         sys.stderr.write(json.dumps({"error": body}) + "\n")
     else:
         sys.stderr.write(f"{code}: {message}\n")
     sys.stderr.flush()
+    forget_caught_interrupt()
     sys.exit(INTERRUPTED)
+
+
+class noting_signals:  # named as the function it is used as: with noting_signals():
+    """Ctrl-C (and SIGTERM, taken as one) noted while modules load, so that an import it
+    broke is said as the Ctrl-C it was (a KeyboardInterrupt out of the block) when it
+    said something else (``import ssl``: ``ImportError: PyCapsule_Import could not
+    import module "_socket"``, a traceback) or nothing: a KeyboardInterrupt raised in a
+    weakref callback (the import system's, as it lets go of a module's lock) or in
+    pydantic-core building a validator is only reported ("Exception ignored in ...")
+    and the command went on, as if no signal had come. Python's own SIGINT handler is
+    put back after (asyncio.run cancels the command on Ctrl-C only with it in place)."""
+
+    def __enter__(self) -> None:
+        self.noted = len(_stopped_by)
+        # not where SIGINT is ignored (a job started with & from a script)
+        self.ours = _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler
+        if self.ours:
+            _signal.signal(_signal.SIGINT, _sigint_while_loading)
+        self.hook = sys.unraisablehook
+        sys.unraisablehook = _lost_interrupt_unsaid
+
+    def __exit__(self, kind: Any, error: BaseException | None, tb: Any) -> None:
+        sys.unraisablehook = self.hook
+        if self.ours and _signal.getsignal(_signal.SIGINT) is _sigint_while_loading:
+            _signal.signal(_signal.SIGINT, _signal.default_int_handler)
+        if len(_stopped_by) == self.noted or not isinstance(error, Exception | None):
+            return  # no signal came, or its KeyboardInterrupt (SystemExit) goes on
+        raise KeyboardInterrupt from error
+
+
+def _lost_interrupt_unsaid(unraisable: Any) -> None:
+    """A KeyboardInterrupt Python could only report (``Exception ignored in ...``) is
+    not said: the signal was noted (:class:`noting_signals`), and is said as one line."""
+    if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+        sys.__unraisablehook__(unraisable)
 
 
 def main() -> None:
     """The ``jetsource`` command (:func:`jetsource.cli.app.main`, which puts its own
     SIGTERM handler in place of the one taking it while the command line loads)."""
-    signal.signal(signal.SIGTERM, _sigterm_while_loading)
+    _signal.signal(_signal.SIGTERM, _sigterm_while_loading)
+    _stopped_by.clear()  # another run's, in this process (tests)
     try:
-        from jetsource.cli.app import main as run
-    except KeyboardInterrupt:
-        stopped_before_run(sys.argv[1:])
-    try:
-        run()
-    except KeyboardInterrupt:  # before run put its handlers in place
-        stopped_before_run(sys.argv[1:])
+        try:
+            with noting_signals():
+                from jetsource.cli.app import main as run
+        except KeyboardInterrupt:
+            stopped_before_run(sys.argv[1:])
+        try:
+            run()
+        except KeyboardInterrupt:  # before run put its handlers in place
+            stopped_before_run(sys.argv[1:])
+    finally:
+        forget_caught_interrupt()
 
 
 def __getattr__(name: str) -> Any:
@@ -108,13 +176,13 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class _Cli(types.ModuleType):
+class _Cli(ModuleType):
     """``jetsource.cli.app`` is the Typer app (as when this module imported it), also
     once the submodule of that name is loaded: the import system binds the submodule
     here, which hid the lazy :func:`__getattr__`."""
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name == "app" and isinstance(value, types.ModuleType):
+        if name == "app" and isinstance(value, ModuleType):
             value = value.app
         super().__setattr__(name, value)
 

@@ -19,6 +19,7 @@ import typer
 import typer.core
 import typer.main
 
+from jetsource.cli import noting_signals
 from jetsource.cli.output import Mode
 
 
@@ -103,7 +104,8 @@ def _build(name: str, entry: Entry) -> Any:
     front: inside a parent (so no completion options of its own, and a group of one
     command stays a group)."""
     module_name, attr = entry.target.split(":")
-    target = getattr(importlib.import_module(module_name), attr)
+    with noting_signals():  # a Ctrl-C the import lost or said otherwise stops it
+        target = getattr(importlib.import_module(module_name), attr)
     parent = typer.Typer(add_completion=False)
     parent.callback()(_nothing)
     if entry.group:
