@@ -505,7 +505,9 @@ def prune(
                     f"{out.count(report.events, 'event')}); kept {report.kept}"
                 )
                 for r in report.pruned:
-                    out.line(f"  {r.session_id}\t{r.status}\t{_ts(r.ended_ns)}\t{r.command}")
+                    # A session with no ending ended, for the prune, at its last event.
+                    end = _ts(r.ended_ns or r.last_recorded_ns)
+                    out.line(f"  {r.session_id}\t{r.status}\t{end}\t{r.command}")
             if not interval:
                 return
             await asyncio.sleep(interval)

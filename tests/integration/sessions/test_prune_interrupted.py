@@ -99,6 +99,20 @@ async def test_the_cli_takes_the_unended_age_and_refuses_a_bad_one(
     )
     assert code == 0, stderr
     assert json.loads(stdout)["sessions"] == [gone, cancelled]
+    # In text each is said with its end: the one with no ending, its last event's time.
+    result = await asyncio.to_thread(
+        CliRunner(env=env).invoke,
+        app,
+        ["prune", "--dry-run", "--older-than", "1s", "--keep", "0", "--unended-after", "1s"],
+        catch_exceptions=False,
+    )
+    out.set_mode(None)
+    rows = [line.split("\t") for line in result.stdout.splitlines() if line.startswith("  ")]
+    assert [(r[0].strip(), r[1]) for r in rows] == [
+        (gone, "interrupted"),
+        (cancelled, "interrupted"),
+    ]
+    assert all(r[2].startswith("20") for r in rows), rows  # was empty for the gone one
     for bad in ("0", "soon"):
         code, stdout, stderr = await asyncio.to_thread(prune, "--unended-after", bad)
         assert code == 2, (bad, stderr)
