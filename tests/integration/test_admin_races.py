@@ -346,3 +346,26 @@ async def test_a_dead_letter_discard_meeting_a_drop_of_its_version_writes_nothin
         "context v2 is dropped now (another run): not written"
     ], report
     assert await admin._count(p.model("context", 2)) == 0
+
+
+async def test_a_wait_that_meets_a_drop_after_its_look_is_not_answered_live(
+    projection: Projection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`wait` looked (v2 live), a drop marked v2, then wait read v2's consumer (still
+    there, nothing pending: the drop deletes it after its settle time) and answered
+    "live and caught up" for a version being dropped. Now it is looked at again."""
+    p = projection
+    await two_versions(p)
+    real_unacknowledged = admin.unacknowledged
+    dropping: list[asyncio.Task[int]] = []
+
+    async def unacknowledged_after_mark(pp: Projection, name: str, version: int) -> int | None:
+        if not dropping:
+            dropping.append(asyncio.create_task(admin.drop(p, "context", 2, settle_s=1.0)))
+            await marked(p, 2, DROPPED)
+        return await real_unacknowledged(pp, name, version)
+
+    monkeypatch.setattr(admin, "unacknowledged", unacknowledged_after_mark)
+    with pytest.raises(admin.AdminError, match="being dropped; it will never be live"):
+        await admin.wait(p, "context", 2, timeout_s=10)
+    assert dropping and await dropping[0] > 0

@@ -11,6 +11,7 @@ raises :class:`UsageError`; a wait that ran out of time raises :class:`WaitTimeo
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import os
@@ -532,6 +533,11 @@ class _VersionFenced(AdminError):
 
 
 Fence = Callable[[], Awaitable[None]]
+# The fence of the replay run this task is in (set by _replay_slices): asked by
+# _replay_aggregate right before each write, its signature unchanged.
+_REPLAY_FENCE: contextvars.ContextVar[Fence | None] = contextvars.ContextVar(
+    "replay_fence", default=None
+)
 
 
 def _version_fence(p: Projection, name: str, version: int, present: bool) -> Fence:
@@ -560,9 +566,7 @@ def _version_fence(p: Projection, name: str, version: int, present: bool) -> Fen
     return fence
 
 
-async def _replay_aggregate(
-    p: Projection, model: ReadModel, aggregate_id: str, fence: Fence | None = None
-) -> tuple[int, int]:
+async def _replay_aggregate(p: Projection, model: ReadModel, aggregate_id: str) -> tuple[int, int]:
     """Write one aggregate again, whole, in one atomic step guarded by its stored
     version: (the version it was at, the version written).
 
@@ -620,6 +624,7 @@ async def _replay_aggregate(
                 heard = erasures_heard()
                 events.clear()
                 await read_up_to(v)
+            fence = _REPLAY_FENCE.get()
             if fence is not None:  # (after every other await: the write comes next)
                 await fence()
             # The model folds (and keeps the fold across attempts): the engine knows
@@ -943,6 +948,22 @@ async def _replay_slices(
 ) -> None:
     """Each story of the slice written again (one atomic step each), into ``report``;
     stopped (:class:`_VersionFenced`) once the version is being dropped or reset."""
+    token = _REPLAY_FENCE.set(fence)  # this run's, for its writes only
+    try:
+        await _replay_each(p, name, model, slices, report, progress, total)
+    finally:
+        _REPLAY_FENCE.reset(token)
+
+
+async def _replay_each(
+    p: Projection,
+    name: str,
+    model: ReadModel,
+    slices: dict[str, list[RecordedEvent]],
+    report: ReplayReport,
+    progress: Progress,
+    total: int,
+) -> None:
     done = 0
     for agg, evs in slices.items():
         # A Ctrl-C that a library below swallowed (a store client that turns the
@@ -950,7 +971,7 @@ async def _replay_slices(
         # the replay ran on to the end and exited 0.
         honour_cancel()
         try:
-            was, written = await _replay_aggregate(p, model, agg, fence)
+            was, written = await _replay_aggregate(p, model, agg)
         except _VersionFenced:
             raise  # no story of it is written any more: the run stops here
         except Exception as exc:  # this aggregate's write did not happen: go on
@@ -1715,12 +1736,20 @@ async def wait(
         lag = await unacknowledged(p, name, version) if state == LIVE else None
         waited = time.monotonic() - started
         if state == LIVE and lag == 0:
+            checkpoint = (await p.model(name, version).checkpoint()).seq
+            if pinned is None:
+                # Still live once its consumer was read: a drop or reset that marked it
+                # after the look above (its consumer not deleted yet, nothing pending)
+                # was answered "live and caught up"; looked at again, it is said as such.
+                again = await p.control.get(name)
+                if (again.versions.get(version) if again else None) != LIVE:
+                    continue
             return {
                 "model": name,
                 "version": version,
                 "state": state,
                 "lag": 0,
-                "checkpoint": (await p.model(name, version).checkpoint()).seq,
+                "checkpoint": checkpoint,
                 "waited_s": round(waited, 3),
             }
         if timeout_s is not None and waited >= timeout_s:
