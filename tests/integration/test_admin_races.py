@@ -369,3 +369,58 @@ async def test_a_wait_that_meets_a_drop_after_its_look_is_not_answered_live(
     with pytest.raises(admin.AdminError, match="being dropped; it will never be live"):
         await admin.wait(p, "context", 2, timeout_s=10)
     assert dropping and await dropping[0] > 0
+
+
+async def test_a_drop_whose_letters_another_run_removes_meanwhile_finishes(
+    projection: Projection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A drop lists the version's dead letters and deletes them; one removed between
+    (a dlq retry of it, the other of a reset and a drop) failed the drop half-way with
+    JsApiError 10057 "no message found", the version left marked dropped."""
+    p = projection
+    await two_versions(p)
+    await a_letter_to_retry(p)
+    real_list = p.dead_letters.list
+    removed: list[bool] = []
+
+    async def list_then_another_removes(*args: Any, **kwargs: Any) -> Any:
+        letters = await real_list(*args, **kwargs)
+        if letters and not removed:
+            removed.append(await p.dead_letters.delete(letters[0].dlq_seq))
+        return letters
+
+    monkeypatch.setattr(p.dead_letters, "list", list_then_another_removes)
+    assert await admin.drop(p, "context", 2, settle_s=0.1, verify_s=0.1) > 0
+    assert removed == [True]
+    control = await p.control.get("context")
+    assert control is not None and 2 not in control.versions and 2 not in control.claims
+
+
+async def test_a_reset_whose_version_is_cut_over_from_and_dropped_meanwhile_says_so(
+    projection: Projection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`reset` marked v1 (active) resetting; before its truncation an operator cut over to
+    v2 and dropped v1 (the drop takes a reset's claim). The reset said "changed state
+    while it was truncated"; it says the version was dropped and what is active."""
+    p = projection
+    await two_versions(p)
+    real_truncate = admin._truncate
+    meanwhile: list[int] = []
+
+    async def truncate_after(pp: Projection, name: str, version: int, verify_s: float) -> int:
+        if not meanwhile:
+            meanwhile.append(0)
+            await admin.cutover(p, "context", 2)
+            meanwhile.append(await admin.drop(p, "context", 1, settle_s=0.1, verify_s=0.1))
+        return await real_truncate(pp, name, version, verify_s)
+
+    monkeypatch.setattr(admin, "_truncate", truncate_after)
+    with pytest.raises(
+        admin.AdminError,
+        match=r"context v1 was dropped by another run while it was reset \(the active "
+        r"version is v2 now\)",
+    ):
+        await admin.reset(p, "context", settle_s=0.1, verify_s=0.1)
+    assert meanwhile[1] > 0
+    control = await p.control.get("context")
+    assert control is not None and control.active == 2 and 1 not in control.versions

@@ -1403,7 +1403,13 @@ async def reset(
             await _truncate(p, name, version, verify_s)
 
             def building(c: ModelControl) -> None:
-                if c.versions.get(version) != RESETTING:
+                state = c.versions.get(version)
+                if state in (None, DROPPED):  # cut over from and dropped meanwhile
+                    raise AdminError(
+                        f"{name} v{version} was dropped by another run while it was reset "
+                        f"(the active version is v{c.active} now): nothing to build"
+                    )
+                if state != RESETTING:
                     raise AdminError(f"{name} v{version} changed state while it was truncated")
                 c.versions[version] = BUILDING
 
@@ -1431,7 +1437,7 @@ async def _truncate(p: Projection, name: str, version: int, verify_s: float) -> 
         removed += await _retry(model.drop, f"truncate {name} v{version}")
         # Its dead letters go with its data: the next build of this version (a reset's,
         # or a rebuild after a drop) would park their stories from the first event.
-        letters = await _retry(lambda: p.dead_letters.clear(spec), f"truncate {name} v{version}")
+        letters = await _retry(lambda: _clear_letters(p, spec), f"truncate {name} v{version}")
         if letters:
             log.info("%s v%d: %d dead letters removed", name, version, letters)
         await asyncio.sleep(verify_s)
@@ -1548,6 +1554,17 @@ async def cutover(
     if drop_old and old != version:
         result["dropped"] = await _drop_seen(p, name, old)
     return result
+
+
+async def _clear_letters(p: Projection, spec: Any) -> int:
+    """Every dead letter of one model version deleted (DeadLetters.clear), one removed
+    meanwhile by another run (a dlq retry or discard of it, the other of a reset and a
+    drop of the version) passed over: it failed the drop half-way with JsApiError 10057
+    "no message found". Returns how many this run deleted."""
+    removed = 0
+    for letter in await p.dead_letters.list(spec):
+        removed += await _delete_letter(p, letter.dlq_seq)
+    return removed
 
 
 async def _leftovers(p: Projection, name: str, version: int) -> tuple[bool, int]:
