@@ -207,9 +207,9 @@ def jetsource(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     ("args", "message", "field"),
     [
         (["process", "list", "--page-size", "-1", "-o", "json"], "--page-size", "--page-size"),
-        (["-o", "json", "process", "list", "--nope"], "No such option: --nope", None),
+        (["-o", "json", "process", "list", "--nope"], "No such option: --nope", "--nope"),
         (["--output=json", "ctx", "show"], "Missing argument", "context_id"),
-        (["omni", "raw", "show", "--json", "--nope"], "No such option", None),
+        (["omni", "raw", "show", "--json", "--nope"], "No such option", "--nope"),
     ],
 )
 def test_a_usage_error_asked_for_json_is_a_json_error(

@@ -104,12 +104,13 @@ def stopped_before_run(args: list[str], by: str | None = None) -> NoReturn:
     by = by or (_stopped_by[-1] if _stopped_by else None)
     if by:
         message = message.replace("Ctrl-C", by)
+    line = f"{code}: {message}\n"
     if json_requested(args):
         body = {"code": code, "message": message, "exit_code": INTERRUPTED}
-        sys.stderr.write(json.dumps({"error": body}) + "\n")
-    else:
-        sys.stderr.write(f"{code}: {message}\n")
-    sys.stderr.flush()
+        line = json.dumps({"error": body}) + "\n"
+    if sys.stderr is not None:  # closed (2>&-) and main not yet run
+        sys.stderr.write(line)
+        sys.stderr.flush()
     forget_caught_interrupt()
     sys.exit(INTERRUPTED)
 
@@ -149,10 +150,31 @@ def _lost_interrupt_unsaid(unraisable: Any) -> None:
         sys.__unraisablehook__(unraisable)
 
 
+def _closed_streams_to_devnull() -> None:
+    """A standard stream closed when the command starts (``>&-``, ``2>&-``, ``<&-``) is
+    /dev/null: Python made it None, and the first write, or a prompt, was an
+    AttributeError (a traceback and exit 1 for ``--version >&-``; ``INTERNAL``, exit 1,
+    for a confirmation with stdin closed, not the ``add --yes`` of one with no input;
+    exit 1 for a usage error with stderr closed, not 2). Output with no reader is
+    dropped, as a reader that left (``| head -1``) is; the exit code tells the rest."""
+    for fd, name in enumerate(("stdin", "stdout", "stderr")):
+        if getattr(sys, name) is not None:
+            continue
+        try:
+            devnull = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+            if devnull != fd:
+                os.dup2(devnull, fd)
+                os.close(devnull)
+            setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))  # noqa: SIM115
+        except OSError:
+            pass
+
+
 def main() -> None:
     """The ``jetsource`` command (:func:`jetsource.cli.app.main`, which puts its own
     SIGTERM handler in place of the one taking it while the command line loads)."""
     _signal.signal(_signal.SIGTERM, _sigterm_while_loading)
+    _closed_streams_to_devnull()
     _stopped_by.clear()  # another run's, in this process (tests)
     try:
         try:

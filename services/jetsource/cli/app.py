@@ -439,6 +439,8 @@ def _unexpected(exc: Exception, as_json: bool) -> NoReturn:
         param = getattr(exc, "param", None)
         if param is not None:
             body["field"] = (param.opts or [param.name])[0]
+        elif getattr(exc, "option_name", None):  # no such option, or one without its value
+            body["field"] = exc.option_name  # type: ignore[attr-defined]
         _error(as_json, body)
     if "ValidationError" in kinds and _settings_error(exc):
         message = output.settings_message(exc)  # type: ignore[arg-type]
