@@ -20,6 +20,7 @@ from jetsource._gen.omni.v1.raw_pb2 import (
     VERDICT_UNRECOGNISED,
     RawPayload,
 )
+from jetsource.domains.omni import redact
 from jetsource.ingest.server import Ingest
 from tests.fixtures.omni import HERE
 from tests.integration.omni.harness import headers_for, route
@@ -127,3 +128,34 @@ async def test_a_body_without_credentials_is_archived_as_sent(
     assert r.status_code == 200, r.text
     record = await record_of(ingest, r)
     assert record.body == sent and not record.body_redacted
+
+
+async def test_a_key_holding_a_lone_surrogate_is_archived_and_answered(
+    ingest: Ingest, http: httpx.AsyncClient
+) -> None:
+    """A path of body_redacted holding "\\ud800" (no UTF-8) made protobuf refuse the
+    record, built before the checks: 500, nothing archived, a traceback per request."""
+    for sent, path in (
+        (b'{"\\ud800": {"token": "x"}}', "\\ud800.token"),
+        (b'{"\\ud800x": {"to\\u006ben": "x"}}', "\\ud800x.token"),
+    ):
+        r = await post(http, sent)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "unparseable", r.text
+        record = await record_of(ingest, r)
+        assert record.verdict == VERDICT_REJECTED and list(record.body_redacted) == [path]
+        assert b'"x"' not in record.body
+        record.body.decode("utf-8")  # written as UTF-8 (an escape), not surrogate bytes
+    # Whatever redaction raises, the record is built: the body withheld and said so.
+    body = evolution().encode()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(redact, "body", _raises)
+        r = await post(http, body)
+    assert r.status_code == 200, r.text
+    record = await record_of(ingest, r)
+    assert record.verdict == VERDICT_ACCEPTED and record.body == b"" and not record.query
+    assert KEY.encode() not in record.SerializeToString()
+    assert list(record.body_redacted) == ["(the whole body and query: not archived, RuntimeError)"]
+
+
+def _raises(raw: bytes) -> tuple[bytes, list[str]]:
+    raise RuntimeError("a redaction fault")

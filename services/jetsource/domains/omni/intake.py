@@ -322,6 +322,29 @@ class Intake:
         )
 
     def _record(self, request: WebhookRequest, raw_id: str, received_ns: int) -> RawPayload:
+        """The request's archive record. Never raises: it is built before the checks, and
+        a body it could not describe was a 500 with nothing archived (a key holding a
+        lone surrogate, 1e8e4a8). Should redaction itself fail, the body is withheld (it
+        may hold a credential) and the record says so; the request is answered and
+        archived as any other."""
+        try:
+            return self._described(request, raw_id, received_ns)
+        except Exception as exc:
+            log.error(
+                "webhook %s: describing the request for the archive failed", raw_id, exc_info=exc
+            )
+            record = RawPayload(
+                id=raw_id,
+                provider=request.provider.encode("utf-8", "backslashreplace").decode(),
+                instance=request.instance.encode("utf-8", "backslashreplace").decode(),
+                received_at=to_timestamp(received_ns),
+                body_size=request.body_size if request.body_size >= 0 else len(request.body),
+                body_truncated=request.truncated,
+                body_redacted=[f"(the whole body and query: not archived, {type(exc).__name__})"],
+            )
+            return record
+
+    def _described(self, request: WebhookRequest, raw_id: str, received_ns: int) -> RawPayload:
         # Credentials in the body (Evolution's apikey, an interaction's token) and the
         # query are not archived (redact.py); the checks read the request as it came.
         body, in_body = redact.body(request.body)

@@ -98,7 +98,12 @@ def body(raw: bytes) -> tuple[bytes, list[str]]:
         paths = []
         _replace(parsed, "", paths, only_left=False)
         text = json.dumps(parsed, ensure_ascii=False, separators=(",", ":"))
-        return text.encode("utf-8", "surrogatepass"), paths
+        try:
+            return text.encode("utf-8"), paths
+        except UnicodeEncodeError:
+            # A lone surrogate (written "\\ud800" in the body): kept as that escape,
+            # never as bytes that are no UTF-8.
+            return json.dumps(parsed, separators=(",", ":")).encode(), paths
     return redacted, paths
 
 
@@ -133,9 +138,17 @@ def _replace(value: Any, path: str, paths: list[str], *, only_left: bool) -> boo
 LISTED, LISTED_CHARS = 100, 200
 
 
+def printable(path: str) -> str:
+    """``path`` as a protobuf string can hold it: a key may hold a lone surrogate
+    (``"\\ud800"`` in the body), which is no UTF-8 and which protobuf refuses (the record
+    was not built: a 500, nothing archived); such a character is written ``\\ud800``."""
+    return path.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def listed(paths: list[str]) -> list[str]:
-    """``paths`` as a record keeps them (bounded, see LISTED)."""
-    out = [p if len(p) <= LISTED_CHARS else f"{p[:LISTED_CHARS]}..." for p in paths[:LISTED]]
+    """``paths`` as a record keeps them (bounded, see LISTED; see printable)."""
+    out = [printable(p) for p in paths[:LISTED]]
+    out = [p if len(p) <= LISTED_CHARS else f"{p[:LISTED_CHARS]}..." for p in out]
     if len(paths) > LISTED:
         out.append(f"... and {len(paths) - LISTED} more")
     return out
