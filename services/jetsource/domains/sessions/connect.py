@@ -52,9 +52,10 @@ async def open_sessions(settings: SessionsAppSettings) -> AsyncIterator[Sessions
         s = settings.sessions
         replies = jsapi.Replies(nc)
         await replies.start()
-        reader: SessionReader = LedgerReader(
+        ledger = LedgerReader(
             store, nc.jetstream(), s.stream, s.subject_prefix, settings.client.timeout_s, replies
         )
+        reader: SessionReader = ledger
         channel = None
         if s.reader == "query":
             channel, metadata = open_channel(s.process_query, settings.client)
@@ -65,7 +66,9 @@ async def open_sessions(settings: SessionsAppSettings) -> AsyncIterator[Sessions
             store, replies, s.stream, s.subject_prefix, s.claims_bucket, s.purge_timeout_s
         )
         try:
-            yield SessionsClient(nc, store, Sessions(reader, s), LedgerWriter(store), purger)
+            yield SessionsClient(
+                nc, store, Sessions(reader, s, stream=ledger), LedgerWriter(store), purger
+            )
         finally:
             if channel is not None:
                 await channel.close()

@@ -24,7 +24,7 @@ import grpc
 from google.protobuf import json_format
 
 from jetsource._gen.process.v1 import events_pb2
-from jetsource.core.clock import from_timestamp, to_timestamp
+from jetsource.core.clock import from_timestamp, parse_rfc3339_ns, to_timestamp
 from jetsource.core.codec import PayloadDecodeError
 from jetsource.core.envelope import ANY, Expected, NewEvent, RecordedEvent
 from jetsource.core.errors import CorruptEventError, EventTooLargeError
@@ -565,6 +565,24 @@ class LedgerReader:
             int(state.get("last_seq", 0)),
             int(state.get("messages", 0)),
         )
+
+    async def server_now_ns(self) -> int:
+        """The time now by the NATS server that records the stream (one STREAM.INFO:
+        its ``ts``, nats-server 2.10 and later; else the stream's newest message's
+        time, ``state.last_ts``, which is never later than the server's now), never
+        the local clock: the times a session's events were recorded are the server's,
+        so a quiet measured against it is not moved by a local clock set wrong. 0 if
+        the stream says neither (empty, an older server)."""
+        info = await self._store.stream_info()
+        for text in (info.get("ts"), info.get("state", {}).get("last_ts")):
+            if isinstance(text, str) and text:
+                try:
+                    ns = parse_rfc3339_ns(text)
+                except ValueError:
+                    continue
+                if ns > 0:  # an empty stream's last_ts is year 1
+                    return ns
+        return 0
 
     async def tail_at(self, process_id: str) -> tuple[int, int, int]:
         """``tail`` and the stream sequence of the message it read: (last seq, when it

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -114,6 +114,7 @@ def choose_prunable(
     older_than_s: float,
     keep: int,
     unended_after_s: float = DAY_S,
+    quiet: Collection[str] | None = None,
 ) -> list[SessionRecord]:
     """Ended sessions older than ``older_than_s`` (by end time; 0: no age rule) or
     beyond the newest ``keep`` ended ones (0: no count rule), oldest first.
@@ -127,7 +128,10 @@ def choose_prunable(
     The end time is the one the session says (its emitter's clock), but never later
     than the stream recorded it: an emitter whose clock was ahead (a year, or 2099)
     would otherwise have its sessions kept past the age limit until then, and ranked
-    newest, holding places of ``keep`` from sessions that did end later."""
+    newest, holding places of ``keep`` from sessions that did end later.
+
+    ``quiet``: the ids of the sessions with no ending found quiet on the stream itself
+    (``Sessions.prune``); one not in it is not chosen, however quiet by ``now``."""
 
     def ended_at(r: SessionRecord) -> int:
         said, recorded = r.ended_ns, r.last_recorded_ns
@@ -140,6 +144,8 @@ def choose_prunable(
             return False
         if r.ended_ns:  # interrupted by its ending (cancelled, Ctrl-C)
             return True
+        if quiet is not None and r.session_id not in quiet:
+            return False
         quiet_since = r.last_recorded_ns
         return bool(quiet_since) and now - quiet_since > unended_after_s * NS
 
@@ -167,10 +173,14 @@ class Sessions:
         reader: SessionReader,
         settings: SessionsSettings | None = None,
         clock: Callable[[], int] = now_ns,
+        stream: LedgerReader | None = None,
     ) -> None:
         self.reader = reader
         self.settings = settings or SessionsSettings()
         self._clock = clock
+        # The stream itself, which prune asks whether a session with no ending is
+        # quiet: the reader may be the read models (behind when the projector is).
+        self.stream = stream if stream is not None else _stream_of(reader)
 
     async def _record(self, session_id: str, recorded: list[Recorded]) -> SessionRecord:
         if not recorded:
@@ -409,7 +419,10 @@ class Sessions:
             except PermissionError as exc:
                 raise PruneDeniedError(str(exc)) from exc
         records = await self.list_sessions()
-        chosen = choose_prunable(records, self._clock(), older, keep_n, unended)
+        quiet = await self._quiet_on_the_stream(records, unended)
+        if quiet is not None:
+            records = [quiet.get(r.session_id, r) for r in records]
+        chosen = choose_prunable(records, self._clock(), older, keep_n, unended, quiet)
         report = PruneReport(dry_run=dry_run, kept=len(records) - len(chosen), resumed=resumed)
         procs = await self.reader.processes()
         below: dict[str, list[str]] = {}
@@ -445,6 +458,46 @@ class Sessions:
             assert purger is not None
             await purger.complete()
         return report
+
+    async def _quiet_on_the_stream(
+        self, records: Sequence[SessionRecord], unended_after_s: float
+    ) -> dict[str, SessionRecord] | None:
+        """The sessions with no ending that the stream itself says are quiet for
+        longer than ``unended_after_s``, by id, each with its last event's time as the
+        stream recorded it; None with no stream to ask (then the reader's word and the
+        local clock judge).
+
+        The reader's last recorded time (the query reader's read model) moves only as
+        the projector applies events: one stopped or behind longer than the unended
+        age made a live, heartbeating session look quiet, and the prune took it (its
+        tombstone then hid it for good). And the local clock may be off the NATS
+        server's, which recorded the times. So each one's tail is read again from the
+        stream, and its quiet is the server's time now (``server_now_ns``) minus that.
+        A dry run asks the same (the two agree)."""
+        if self.stream is None:
+            return None
+        unended = [r for r in records if r.status == INTERRUPTED and not r.ended_ns]
+        if not unended:
+            return {}
+        server_now = await self.stream.server_now_ns()
+        stream = self.stream
+
+        async def tail(session_id: str) -> tuple[int, int]:
+            try:
+                return await stream.tail(session_id)
+            except CorruptEventError:  # listed, and said so; not judged quiet
+                return 0, 0
+
+        tails = await asyncio.gather(*(tail(r.session_id) for r in unended))
+        out = {}
+        for r, (seq, last_ns) in zip(unended, tails, strict=True):
+            if seq and last_ns and server_now - last_ns > unended_after_s * NS:
+                out[r.session_id] = replace(r, last_recorded_ns=last_ns)
+        return out
+
+
+def _stream_of(reader: SessionReader) -> LedgerReader | None:
+    return reader if isinstance(reader, LedgerReader) else None
 
 
 # A session's tail as the list reads it: (last seq, when it was recorded), or what
