@@ -66,3 +66,42 @@ def test_one_account_error_for_two_numbers_is_two_events() -> None:
     first, second = events(path, body)
     assert first.id != second.id
     assert (first.recipient_handle, second.recipient_handle) == ("15550783881", "15550009999")
+
+
+def test_an_unknown_status_holding_a_colon_is_not_another_members_receipt() -> None:
+    """Ids join their parts with ':': a group receipt of no member and status
+    'read:4915100000001' had the id of member 4915100000001's 'read' (the second
+    stored was taken for a re-delivery and lost). Each keeps an id of its own, a
+    re-delivery the same one, and the status is kept as it came."""
+    path = "whatsapp/cloud/group_status_read.json"
+    ids = []
+    for status, member in (("read", "4915100000001"), ("read:4915100000001", None)):
+        body = BY_PATH[path].body()
+        s = body["entry"][0]["changes"][0]["value"]["statuses"][0]
+        s["status"] = status
+        if member:
+            s["recipient_participant_id"] = member
+        else:
+            s.pop("recipient_participant_id", None)
+        (e,) = [e for e in events(path, body) if e.event_type == pb.EVENT_TYPE_STATUS]
+        assert [x.id for x in events(path, body) if x.event_type] == [e.id]
+        ids.append(e.id)
+    assert ids[0] != ids[1]
+    assert e.metadata.extra["status"] == "read:4915100000001"
+
+    path = "whatsapp/evolution/status_read.json"
+    ids = []
+    for status, jid, member in (
+        ("READ", "120363041967849074@g.us", "5521998887777@s.whatsapp.net"),
+        ("READ:5521998887777", "5521998887777@s.whatsapp.net", None),
+        ("Warning%", "5521998887777@s.whatsapp.net", None),
+        ("Warning%25", "5521998887777@s.whatsapp.net", None),
+    ):
+        body = BY_PATH[path].body()
+        body["data"].update(remoteJid=jid, status=status)
+        if member:
+            body["data"]["participant"] = member
+        (e,) = events(path, body)
+        ids.append(e.id)
+        assert e.metadata.extra["status"] == status  # not upper-cased
+    assert len(set(ids)) == len(ids)

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -249,6 +250,18 @@ def provider_kind(value: str, field: str, what: str) -> str:
     if at is not None:
         raise Malformed(field, f"{what} holds {refused_at(value, at)}: it is one line of text")
     return value
+
+
+def id_part(value: str) -> str:
+    """``value`` (an enum-like field's, see provider_kind) as a part of a provider event
+    id: as it came when made of ``[A-Za-z0-9_.-~]`` only (every value known today, so
+    their ids are unchanged), else percent-encoded (UTF-8). The parts of an id are
+    joined by ':', so a value holding one made one id of two receipts: a group receipt
+    of status ``read:4915100000001`` and no member had the id of member 4915100000001's
+    ``read``, and the second stored was taken for a re-delivery and lost. Encoded,
+    distinct values are distinct ids (no ':' left, a '%' written ``%25``), and a
+    re-delivery is the same id."""
+    return quote(value, safe="", errors="surrogatepass")
 
 
 def as_int(value: Any, field: str) -> int:

@@ -19,7 +19,14 @@ from typing import Any
 
 from jetsource._gen.omni.v1 import events_pb2 as pb
 from jetsource._gen.omni.v1.events_pb2 import NormalizedEvent
-from jetsource.domains.omni.normalize.common import Context, Node, digest, iso_time, provider_kind
+from jetsource.domains.omni.normalize.common import (
+    Context,
+    Node,
+    digest,
+    id_part,
+    iso_time,
+    provider_kind,
+)
 from jetsource.domains.omni.normalize.errors import Malformed, Unrecognised, quoted
 
 FORMAT = "discord_gateway"
@@ -342,7 +349,7 @@ def _presence(dp: _Dispatch) -> list[NormalizedEvent]:
     # the value kept in extra["presence_status"]; it was 422 naming the field.
     status = provider_kind(d.req_str("status"), d.at("status"), "presence status")
     ev = dp.event(
-        f"presence:{user}:{d.opt_str('guild_id')}:{status}{dp.seq or ':' + digest(d.raw)}"
+        f"presence:{user}:{d.opt_str('guild_id')}:{id_part(status)}{dp.seq or ':' + digest(d.raw)}"
     )
     ev.event_type = pb.EVENT_TYPE_PRESENCE
     ev.direction = dp.direction(user)

@@ -25,6 +25,7 @@ from jetsource.domains.omni.normalize.common import (
     as_int,
     check_handle,
     digest,
+    id_part,
     iso_time,
     provider_kind,
     unix_millis,
@@ -569,7 +570,10 @@ def _update(env: _Envelope, data: Node) -> list[NormalizedEvent]:
     # receipt all the same, of status UNSPECIFIED, the value kept in extra["status"]: it
     # was 422 naming the field, and Evolution's retries of the body failed alike.
     if isinstance(raw, str):
-        state = provider_kind(raw, data.at("status"), "message status").upper()
+        # A name known in any case is kept upper-case, as Baileys writes it; one not
+        # known is kept as it came ("Warning" was stored as "WARNING").
+        state = provider_kind(raw, data.at("status"), "message status")
+        state = state.upper() if state.upper() in _RECEIPTS else state
     elif isinstance(raw, int) and not isinstance(raw, bool):
         number = as_int(raw, data.at("status"))
         state = _RECEIPT_NUMBERS[number] if 0 <= number < 6 else str(number)
@@ -580,7 +584,8 @@ def _update(env: _Envelope, data: Node) -> list[NormalizedEvent]:
     # first of a state was taken for a re-delivery of it, and lost).
     group = shared_chat(key.req_str("remoteJid"))
     member = _person(key, "participant", None) if group else ""
-    ev = env.event(f"{msg_id}:{state}:{member}" if member else f"{msg_id}:{state}")
+    part = id_part(state)
+    ev = env.event(f"{msg_id}:{part}:{member}" if member else f"{msg_id}:{part}")
     env.route(ev, key)
     if member and key.opt_bool("fromMe"):
         ev.recipient_handle = member  # whose receipt of the business's message it is
@@ -668,7 +673,7 @@ def _presence(env: _Envelope, data: Node) -> list[NormalizedEvent]:
         state = provider_kind(p.req_str("lastKnownPresence"), where, "presence")
         # Presence has no id of its own: the webhook's time tells one report from the next.
         stamp = env.root.opt_str("date_time") or digest(p.raw)
-        ev = env.event(f"presence:{chat}:{jid}:{state}:{stamp}")
+        ev = env.event(f"presence:{chat}:{jid}:{id_part(state)}:{stamp}")
         ev.event_type = pb.EVENT_TYPE_PRESENCE
         ev.direction = pb.DIRECTION_INBOUND
         ev.sender_handle = check_handle(handle(jid), presences.at(jid))

@@ -14,7 +14,13 @@ from typing import Any
 
 from jetsource._gen.omni.v1 import events_pb2 as pb
 from jetsource._gen.omni.v1.events_pb2 import NormalizedEvent
-from jetsource.domains.omni.normalize.common import Context, Node, digest, provider_kind
+from jetsource.domains.omni.normalize.common import (
+    Context,
+    Node,
+    digest,
+    id_part,
+    provider_kind,
+)
 from jetsource.domains.omni.normalize.errors import Unrecognised
 
 FORMAT = "whatsapp_cloud"
@@ -346,11 +352,12 @@ def _status(ctx: Context, status: Node, business: str) -> NormalizedEvent:
         # the member is part of the id (every receipt after the first of a state was
         # taken for a re-delivery of it, and lost).
         member = status.opt_handle("recipient_participant_id")
-        ev = ctx.event(FORMAT, f"{wamid}:{state}:{member}" if member else f"{wamid}:{state}")
+        part = id_part(state)
+        ev = ctx.event(FORMAT, f"{wamid}:{part}:{member}" if member else f"{wamid}:{part}")
         ev.conversation_id = ev.channel_id = status.req_str("recipient_id")
         ev.recipient_handle = member
     else:
-        ev = ctx.event(FORMAT, f"{wamid}:{state}")
+        ev = ctx.event(FORMAT, f"{wamid}:{id_part(state)}")
         recipient = _user(status, "recipient_id", ev.metadata.extra)
         ev.conversation_id = ev.channel_id = ev.recipient_handle = recipient
     ev.event_type = pb.EVENT_TYPE_STATUS
