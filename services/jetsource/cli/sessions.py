@@ -232,24 +232,6 @@ class LineRefusedError(Exception):
         self.line, self.said = line, said
 
 
-# What the observer says of one event of a request it refused as bad input:
-# ``events[3].data.name: ...`` (validation.py's field paths).
-_EVENT_REFUSED = re.compile(r"events\[(\d+)\](?:\.|: )(.*)", re.DOTALL)
-
-
-def _refused_event(exc: Any) -> tuple[int, str] | None:
-    """(index of the event in the request, what was said of it without ``events[i].``)
-    when the observer refused one event as bad input; else None."""
-    import grpc
-
-    if exc.code() != grpc.StatusCode.INVALID_ARGUMENT:
-        return None
-    m = _EVENT_REFUSED.match(exc.details() or "")
-    if m is None:
-        return None
-    return int(m.group(1)), m.group(2)
-
-
 @contextlib.contextmanager
 def _reader_may_leave() -> Iterator[None]:
     """JSON lines into a pipe whose reader left (``| head -1``): done, exit 0, as
@@ -648,13 +630,9 @@ def import_(
                 # A bad line as any other, by its number (it said "event 1", its place
                 # in the append, exit 1)
                 raise LineTooLargeError(new[exc.index].number, str(exc)) from None
-        import grpc
-
         from jetsource._gen.process.v1.observer_pb2_grpc import ObserverServiceStub
         from jetsource.client import open_channel
-        from jetsource.domains.process.batching import requests
-        from jetsource.domains.sessions.ledger import ObserverWriter
-        from jetsource.eventstore.jsapi import BATCH_LIMIT
+        from jetsource.domains.sessions.ledger import EventRefusedError, ObserverWriter
 
         # TLS and the token as every client: JETSOURCE_CLIENT__TLS__..., __TOKEN.
         channel, metadata = open_channel(observer, settings.client)
@@ -663,23 +641,20 @@ def import_(
             writer = ObserverWriter(
                 ObserverServiceStub(channel), settings.client.timeout_s, metadata
             )
-            # Piece by piece (the requests the writer sends), so that an event the
-            # observer refuses is named by its line in the file, as on the stream: it
-            # said the index among the events sent (events[1], "event 1"), not the line.
-            start = 0
-            for piece in requests(events, BATCH_LIMIT):
-                try:
-                    positions += await writer.record(list(piece))
-                except EventTooLargeError as exc:
-                    if exc.index is None or not 0 <= exc.index < len(piece):
-                        raise
-                    raise LineTooLargeError(new[start + exc.index].number, str(exc)) from None
-                except grpc.aio.AioRpcError as exc:
-                    refused = _refused_event(exc)
-                    if refused is None or not 0 <= refused[0] < len(piece):
-                        raise
-                    raise LineRefusedError(new[start + refused[0]].number, refused[1]) from None
-                start += len(piece)
+            # An event the observer refuses is named by its line in the file, as on the
+            # stream: the writer's errors name it by its place among ``events`` (the
+            # observer's events[i] counts from its request: a piece, or a half of one
+            # split for gRPC's message limit, which named the wrong line).
+            try:
+                positions += await writer.record(events)
+            except EventTooLargeError as exc:
+                if exc.index is None or not 0 <= exc.index < len(new):
+                    raise
+                raise LineTooLargeError(new[exc.index].number, str(exc)) from None
+            except EventRefusedError as exc:
+                if not 0 <= exc.index < len(new):
+                    raise
+                raise LineRefusedError(new[exc.index].number, exc.said) from None
         # The observer appends after whatever is there: a session recorded to since it
         # was read has the lines elsewhere than at their seq. Say so.
         for line, p in zip(new, positions, strict=True):

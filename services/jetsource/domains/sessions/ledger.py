@@ -391,6 +391,28 @@ async def recorded_at(
 _PAYLOAD_TOO_LARGE = re.compile(r"events\[(\d+)\]\.(?:data|typed): the payload is \d+ bytes")
 
 
+# What the observer says of one event of a request it refused as bad input:
+# ``events[3].data.name: ...`` (validation.py's field paths).
+_EVENT_REFUSED = re.compile(r"events\[(\d+)\](?:\.|: )(.*)", re.DOTALL)
+
+
+class EventRefusedError(grpc.aio.AioRpcError):  # type: ignore[misc]
+    """The observer refused one event as bad input (INVALID_ARGUMENT, as it said it:
+    still an ``AioRpcError``); ``index``: its place among the events given to
+    ``ObserverWriter.record`` (the observer's ``events[i]`` counts from its request,
+    a piece or a half of one), ``said``: what it said of it without ``events[i].``."""
+
+    def __init__(self, exc: grpc.aio.AioRpcError, index: int, said: str) -> None:
+        super().__init__(
+            exc.code(),
+            exc.initial_metadata(),
+            exc.trailing_metadata(),
+            exc.details(),
+            exc.debug_error_string(),
+        )
+        self.index, self.said = index, said
+
+
 class ObserverWriter:
     """Records through the observer's gRPC ``RecordBatch`` (a stub of ObserverService)."""
 
@@ -416,10 +438,13 @@ class ObserverWriter:
         return out
 
     async def _send(
-        self, events: list[events_pb2.CanonicalEvent], at: int | None = None
+        self, events: list[events_pb2.CanonicalEvent], at: int
     ) -> list[events_pb2.Position]:
-        """``at``: the place of ``events`` among those given to ``record`` (None for a
-        half of a request split for its size: the half before may be recorded)."""
+        """``at``: the place of ``events`` among those given to ``record``, a half of a
+        request split for its size too (the half before it may be recorded, as the
+        pieces before are): a refusal of one event names it by its place among them.
+        A half's refusal counted its events from the half: the import named the wrong
+        line."""
         from jetsource._gen.process.v1 import observer_pb2
 
         try:
@@ -432,18 +457,24 @@ class ObserverWriter:
             # Over a server's smaller message limit: the same bytes would never pass.
             if too_large(exc) and len(events) > 1:
                 half = len(events) // 2
-                return await self._send(events[:half]) + await self._send(events[half:])
+                return await self._send(events[:half], at) + await self._send(
+                    events[half:], at + half
+                )
             # One event too large (over the observer's payload limit, or alone over
             # gRPC's), the request refused whole, nothing of it recorded:
             # EventTooLargeError with its index among the events given to ``record``,
             # as LedgerWriter says it, saying what the server said.
             details = exc.details() or ""
-            if at is not None:
-                if too_large(exc):
-                    raise EventTooLargeError(details, index=at) from exc
-                m = _PAYLOAD_TOO_LARGE.match(details)
-                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT and m:
-                    raise EventTooLargeError(details, index=at + int(m.group(1))) from exc
+            if too_large(exc):
+                raise EventTooLargeError(details, index=at) from exc
+            m = _PAYLOAD_TOO_LARGE.match(details)
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT and m:
+                raise EventTooLargeError(details, index=at + int(m.group(1))) from exc
+            # Another refusal of one event (``events[i].field: ...``): the same error
+            # naming it by its place among the events given to ``record``.
+            refused = _EVENT_REFUSED.match(details)
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT and refused:
+                raise EventRefusedError(exc, at + int(refused.group(1)), refused.group(2)) from exc
             raise
         return list(reply.positions)
 
