@@ -219,6 +219,7 @@ def raw_show(
         f"  body       {record.body_size} bytes"
         + (" (truncated)" if record.body_truncated else ""),
         *([f"  redacted   {', '.join(record.body_redacted)}"] if record.body_redacted else []),
+        *([f"  sha256     {record.body_sha256.hex()} (as received)"] if record.body_sha256 else []),
         "  headers",
         *(f"    {k}: {v}" for k, v in sorted(record.headers.items())),
         "",

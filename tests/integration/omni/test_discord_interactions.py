@@ -8,6 +8,7 @@ archived with its verdict."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from jetsource._gen.omni.v1.raw_pb2 import VERDICT_ACCEPTED, VERDICT_REJECTED
+from jetsource.domains.omni import signatures
 from jetsource.domains.omni.settings import InstanceConfig
 from jetsource.ingest.server import Ingest, build
 from jetsource.projection.bootstrap import Projection
@@ -303,3 +305,24 @@ async def test_a_custom_id_the_bot_chose_is_stored_as_sent(
     (stored,) = await ingest.store.read_aggregate(r.headers["x-jetsource-event-id"])
     assert isinstance(stored.event, NormalizedEvent)
     assert stored.event.metadata.extra["custom_id"] == sent
+
+
+async def test_the_archived_interaction_is_tied_to_the_signed_body_by_its_digest(
+    served: tuple[Ingest, httpx.AsyncClient, Projection],
+) -> None:
+    """The interaction's token is redacted before archiving, so its Ed25519 signature
+    no longer verifies the archived body (raw.proto said signatures "can be checked
+    again"); body_sha256 is the digest of the body as signed."""
+    ingest, http, _ = served
+    payload = raw(STORED[0])
+    headers = signed(payload)
+    r = await http.post(f"/webhooks/discord/{APP}", content=payload, headers=headers)
+    assert r.status_code == 200, r.text
+    record = await ingest.raw.get(r.headers["x-jetsource-raw-id"])
+    assert record is not None and list(record.body_redacted) == ["token"]
+    assert record.body != payload
+    assert record.body_sha256 == hashlib.sha256(payload).digest()
+    config = InstanceConfig(provider="discord", format="interactions", public_key=PUBLIC)
+    stamp = int(headers["x-signature-timestamp"])
+    assert signatures.problem(config, dict(record.headers), payload, stamp) is None
+    assert signatures.problem(config, dict(record.headers), record.body, stamp) is not None

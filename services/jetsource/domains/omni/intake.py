@@ -26,6 +26,7 @@ answers a raw id with its latest record).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 from collections.abc import Iterator, Mapping
@@ -341,6 +342,7 @@ class Intake:
                 body_size=request.body_size if request.body_size >= 0 else len(request.body),
                 body_truncated=request.truncated,
                 body_redacted=[f"(the whole body and query: not archived, {type(exc).__name__})"],
+                body_sha256=hashlib.sha256(request.body).digest(),
             )
             return record
 
@@ -363,6 +365,7 @@ class Intake:
             body_truncated=request.truncated,
             remote_addr=request.remote_addr,
             body_redacted=redact.listed([*in_body, *in_query]),
+            body_sha256=hashlib.sha256(request.body).digest(),
         )
 
     def _checked(

@@ -7,8 +7,10 @@ interactions carry the interaction's ``token`` (good for 15 minutes to answer as
 application); a forwarder may add others. Each string value of an object key named in
 ``SECRET_KEYS`` (compared without case, at any depth) is replaced by ``"[redacted]"``, and
 so is the value of a query parameter of such a name. Everything else of the body is kept
-byte for byte (spacing, key order, escapes, numbers as written), so that a record can be
-replayed: a replayed body is the provider's with those values replaced. The record's
+byte for byte (spacing, key order, escapes, numbers as written): a replayed body is the
+provider's with those values replaced, and gives the same events but for what a redacted
+value fed (an interaction's ``metadata.extra["interaction_token"]`` is ``[redacted]``).
+The record's
 ``body_redacted`` lists what was replaced (the fields' paths, as a refusal names them:
 ``apikey``, ``data.token``; the key alone when the body is no JSON, a refused one cut
 short). A value is only found this way where the key is written as plain text; a body
@@ -16,8 +18,10 @@ spelling a key with ``\\u`` escapes is read as JSON and written again whole (com
 keys in their order) with its values replaced: the one case where more than the values
 changes. Bodies with no such key are archived as they came.
 
-A signed body (WhatsApp Cloud, Discord) carries none of these today; one that did no
-longer matches its signature once redacted (the headers' signatures are kept).
+A signed body that holds one no longer matches its signature once redacted (the
+headers' signatures are kept): Discord's interactions, Ed25519-signed, carry ``token``,
+so their archived body does not verify; the record's ``body_sha256``, the digest of the
+body as received, ties it to the signed original. (WhatsApp Cloud's bodies carry none.)
 """
 
 from __future__ import annotations

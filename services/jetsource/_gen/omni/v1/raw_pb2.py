@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bjetsource/omni/v1/raw.proto\x12\x11jetsource.omni.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe0\x03\n\nRawPayload\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x10\n\x08instance\x18\x03 \x01(\t\x12/\n\x0breceived_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06method\x18\x05 \x01(\t\x12\x0c\n\x04path\x18\x06 \x01(\t\x12\r\n\x05query\x18\x07 \x01(\t\x12;\n\x07headers\x18\x08 \x03(\x0b\x32*.jetsource.omni.v1.RawPayload.HeadersEntry\x12\x0c\n\x04\x62ody\x18\t \x01(\x0c\x12\x11\n\tbody_size\x18\n \x01(\x04\x12\x16\n\x0e\x62ody_truncated\x18\x0b \x01(\x08\x12+\n\x07verdict\x18\x0c \x01(\x0e\x32\x1a.jetsource.omni.v1.Verdict\x12\x13\n\x0bhttp_status\x18\r \x01(\r\x12\x0e\n\x06reason\x18\x0e \x01(\t\x12\r\n\x05\x66ield\x18\x0f \x01(\t\x12\x11\n\tevent_ids\x18\x10 \x03(\t\x12\x13\n\x0bremote_addr\x18\x11 \x01(\t\x12\x15\n\rbody_redacted\x18\x12 \x03(\t\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*h\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x14\n\x10VERDICT_ACCEPTED\x10\x01\x12\x14\n\x10VERDICT_REJECTED\x10\x02\x12\x18\n\x14VERDICT_UNRECOGNISED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bjetsource/omni/v1/raw.proto\x12\x11jetsource.omni.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf5\x03\n\nRawPayload\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x10\n\x08instance\x18\x03 \x01(\t\x12/\n\x0breceived_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06method\x18\x05 \x01(\t\x12\x0c\n\x04path\x18\x06 \x01(\t\x12\r\n\x05query\x18\x07 \x01(\t\x12;\n\x07headers\x18\x08 \x03(\x0b\x32*.jetsource.omni.v1.RawPayload.HeadersEntry\x12\x0c\n\x04\x62ody\x18\t \x01(\x0c\x12\x11\n\tbody_size\x18\n \x01(\x04\x12\x16\n\x0e\x62ody_truncated\x18\x0b \x01(\x08\x12+\n\x07verdict\x18\x0c \x01(\x0e\x32\x1a.jetsource.omni.v1.Verdict\x12\x13\n\x0bhttp_status\x18\r \x01(\r\x12\x0e\n\x06reason\x18\x0e \x01(\t\x12\r\n\x05\x66ield\x18\x0f \x01(\t\x12\x11\n\tevent_ids\x18\x10 \x03(\t\x12\x13\n\x0bremote_addr\x18\x11 \x01(\t\x12\x15\n\rbody_redacted\x18\x12 \x03(\t\x12\x13\n\x0b\x62ody_sha256\x18\x13 \x01(\x0c\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*h\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x14\n\x10VERDICT_ACCEPTED\x10\x01\x12\x14\n\x10VERDICT_REJECTED\x10\x02\x12\x18\n\x14VERDICT_UNRECOGNISED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,10 +35,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RAWPAYLOAD_HEADERSENTRY']._loaded_options = None
   _globals['_RAWPAYLOAD_HEADERSENTRY']._serialized_options = b'8\001'
-  _globals['_VERDICT']._serialized_start=566
-  _globals['_VERDICT']._serialized_end=670
+  _globals['_VERDICT']._serialized_start=587
+  _globals['_VERDICT']._serialized_end=691
   _globals['_RAWPAYLOAD']._serialized_start=84
-  _globals['_RAWPAYLOAD']._serialized_end=564
-  _globals['_RAWPAYLOAD_HEADERSENTRY']._serialized_start=518
-  _globals['_RAWPAYLOAD_HEADERSENTRY']._serialized_end=564
+  _globals['_RAWPAYLOAD']._serialized_end=585
+  _globals['_RAWPAYLOAD_HEADERSENTRY']._serialized_start=539
+  _globals['_RAWPAYLOAD_HEADERSENTRY']._serialized_end=585
 # @@protoc_insertion_point(module_scope)

@@ -57,7 +57,9 @@ Global___Verdict: _TypeAlias = Verdict  # noqa: Y015
 
 @_typing.final
 class RawPayload(_message.Message):
-    """One request body exactly as received, in the OMNI_RAW stream (subject omni.raw.<id>)."""
+    """One webhook request as received but for its credentials (see body), in the OMNI_RAW
+    stream (subject omni.raw.<id>).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -99,6 +101,7 @@ class RawPayload(_message.Message):
     EVENT_IDS_FIELD_NUMBER: _builtins.int
     REMOTE_ADDR_FIELD_NUMBER: _builtins.int
     BODY_REDACTED_FIELD_NUMBER: _builtins.int
+    BODY_SHA256_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """A UUIDv7; the normalized events' raw_ref."""
     provider: _builtins.str
@@ -120,12 +123,20 @@ class RawPayload(_message.Message):
     field: _builtins.str
     """The field a rejection names (missing or malformed), if any."""
     remote_addr: _builtins.str
+    body_sha256: _builtins.bytes
+    """SHA-256 of the body as received, before anything was redacted (of the bytes read,
+    for a body cut short): with the provider's copy of a request, or a signature over
+    it, it shows which request this record is of, though body no longer matches it.
+    """
     @_builtins.property
     def received_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def headers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Request headers, lower-case names; secrets (api keys, authorization) are replaced by
-        "[redacted]" (signatures are kept: they can be checked again).
+        "[redacted]". Signature headers are kept, but they verify the body only when nothing
+        of it was redacted (body_redacted empty): a Discord interaction's token is, so its
+        Ed25519 signature no longer verifies the archived body; body_sha256 ties the record
+        to the body that was signed.
         """
 
     @_builtins.property
@@ -158,10 +169,11 @@ class RawPayload(_message.Message):
         event_ids: _abc.Iterable[_builtins.str] | None = ...,
         remote_addr: _builtins.str = ...,
         body_redacted: _abc.Iterable[_builtins.str] | None = ...,
+        body_sha256: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["received_at", b"received_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "body_redacted", b"body_redacted", "body_size", b"body_size", "body_truncated", b"body_truncated", "event_ids", b"event_ids", "field", b"field", "headers", b"headers", "http_status", b"http_status", "id", b"id", "instance", b"instance", "method", b"method", "path", b"path", "provider", b"provider", "query", b"query", "reason", b"reason", "received_at", b"received_at", "remote_addr", b"remote_addr", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "body_redacted", b"body_redacted", "body_sha256", b"body_sha256", "body_size", b"body_size", "body_truncated", b"body_truncated", "event_ids", b"event_ids", "field", b"field", "headers", b"headers", "http_status", b"http_status", "id", b"id", "instance", b"instance", "method", b"method", "path", b"path", "provider", b"provider", "query", b"query", "reason", b"reason", "received_at", b"received_at", "remote_addr", b"remote_addr", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
