@@ -106,6 +106,11 @@ async def test_handles_are_paged_none_skipped_or_repeated(
                     await get(size, bad, who)
                 assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad
                 assert field in (caught.value.details() or ""), caught.value.details()
+            # What 0 means here is the max page, as the refusal says (it said "(0: 50)").
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await get(MAX_PAGE + 1, "", person)
+            details = caught.value.details() or ""
+            assert f"page_size must be 0..{MAX_PAGE} (0: {MAX_PAGE})" in details, details
         # REST: the same pages.
         transport = httpx.ASGITransport(app=small_pages.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as http:

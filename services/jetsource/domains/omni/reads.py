@@ -228,12 +228,13 @@ def _identity_view(
     return view
 
 
-def page_size(requested: int, maximum: int) -> int:
+def page_size(requested: int, maximum: int, default: int = DEFAULT_PAGE) -> int:
+    """``requested``, or ``default`` for 0; else ValidationError naming page_size, saying
+    what 0 means for this read (GetIdentity's 0 is the maximum, not DEFAULT_PAGE: its
+    refusal said "(0: 50)")."""
     if requested < 0 or requested > maximum:
-        raise ValidationError(
-            f"page_size must be 0..{maximum} (0: {DEFAULT_PAGE})", field="page_size"
-        )
-    return requested or DEFAULT_PAGE
+        raise ValidationError(f"page_size must be 0..{maximum} (0: {default})", field="page_size")
+    return requested or default
 
 
 _TOKEN_VERSION = 1
@@ -678,7 +679,7 @@ class OmniReads:
         identity; an identity of more handles answered them all, past the gRPC message
         limit from some 10,000 on (ANSWER_TOO_LARGE, the identity unreadable)."""
         check_identity_id(identity_id)
-        size = page_size(size, self.max_page_size) if size else self.max_page_size
+        size = page_size(size, self.max_page_size, default=self.max_page_size)
         after = self._tokens.after("identity", identity_id, token)
         view = await self.identity(identity_id)
         names = [f"{h.provider}:{h.external_id}" for h in view.handles]
