@@ -96,3 +96,23 @@ def test_an_unknown_option_in_json_is_named_in_field(
     error = json.loads(run.stderr.strip())["error"]
     assert error["code"] == "INVALID_ARGUMENT" and error["message"].startswith(message), error
     assert error.get("field") == field, error  # it had none
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_a_usage_error_whose_stderr_reader_left_is_still_exit_2(as_json: bool) -> None:
+    # Click and Rich took stderr's broken pipe for stdout's reader leaving: exit 0 (text),
+    # 1 (JSON).
+    read, write = os.pipe()
+    os.close(read)  # stderr's reader is gone before the error is written
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "jetsource", *(["-o", "json"] * as_json), "no-such"],
+            env=clean_environ(),
+            stdout=subprocess.PIPE,
+            stderr=write,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write)
+    assert (run.returncode, run.stdout) == (2, b"")

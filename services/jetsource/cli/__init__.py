@@ -170,11 +170,47 @@ def _closed_streams_to_devnull() -> None:
             pass
 
 
+class _StderrWithoutReader:
+    """stderr, once its reader left (``2>&1 | head -1``, a log pipe closed), taking what
+    is written to /dev/null: Click and Rich took its broken pipe for stdout's reader
+    leaving, so a usage error ended with exit 0 (text) or 1 (JSON), not 2; the exit code
+    is the command's, as it is with stderr closed from the start."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return int(self._stream.write(text))
+        except BrokenPipeError:
+            self._to_devnull()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._to_devnull()
+            self._stream.flush()
+
+    def _to_devnull(self) -> None:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def main() -> None:
     """The ``jetsource`` command (:func:`jetsource.cli.app.main`, which puts its own
     SIGTERM handler in place of the one taking it while the command line loads)."""
     _signal.signal(_signal.SIGTERM, _sigterm_while_loading)
     _closed_streams_to_devnull()
+    sys.stderr = _StderrWithoutReader(sys.stderr)
     _stopped_by.clear()  # another run's, in this process (tests)
     try:
         try:
