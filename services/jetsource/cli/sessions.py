@@ -208,19 +208,35 @@ class LineTooLargeError(Exception):
 
 
 def _address_problem(value: str) -> str | None:
-    """What is wrong with a ``host:port`` given on the command line, or None. gRPC takes
-    an empty target as UNKNOWN, a port past 65535 modulo 65536 (99999 dials 34463) and
-    a host without a port as port 443."""
-    if not value.strip() or any(c.isspace() for c in value):
+    """What is wrong with a gRPC target given on the command line, or None. A target
+    with a scheme (``dns:///host:port``, ``unix:/path``, ``unix:///path``,
+    ``ipv6:[::1]:50051``) is gRPC's to resolve, as every other client's ``--target``
+    (``output.target``): only said empty or holding a space. A plain ``host:port`` must
+    name a port 1 to 65535: gRPC takes an empty target as UNKNOWN, a port past 65535
+    modulo 65536 (99999 dials 34463) and a host without a port as port 443."""
+    try:
+        out.target(value)
+    except typer.BadParameter:
         return "is not host:port (empty, or holds a space)"
-    if "://" in value:
-        return "is not host:port: give it without a scheme"
+    scheme = _SCHEME.match(value)
+    if scheme is not None:
+        if scheme.group(1).lower() in ("http", "https"):
+            return (
+                "is an http(s) URL: give host:port without a scheme (or a gRPC target "
+                "such as dns:///host:port or unix:/path)"
+            )
+        return None
     host, colon, port = value.rpartition(":")
     if not colon or not host or host == "[]":
         return "is not host:port: it names no port"
     if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
         return f"is not host:port: the port {port!r} is not 1 to 65535"
     return None
+
+
+# A gRPC target with a scheme (RFC 3986's letters), not a host:port: what follows the
+# first colon is not a port (``localhost:50051`` and ``example.com:443`` are plain).
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):(?![0-9]*$)")
 
 
 class LineRefusedError(Exception):
