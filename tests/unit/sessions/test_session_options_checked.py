@@ -34,6 +34,10 @@ class _Writer:
         ({"max_pending": -3}, "max_pending: -3 must be an integer >= 1"),
         ({"max_pending": 2.5}, "max_pending: 2.5 must be an integer >= 1"),
         ({"max_batch": 0}, "max_batch: 0 must be an integer >= 1"),
+        ({"max_batch": 0.0}, "max_batch: 0.0 must be an integer >= 1"),
+        ({"max_pending": float("nan")}, "max_pending: nan must be an integer >= 1"),
+        ({"max_pending": float("inf")}, "max_pending: inf must be an integer >= 1"),
+        ({"max_batch": True}, "max_batch: True must be an integer >= 1"),
         ({"source": "s" * 300}, "source is 300 characters; at most 256"),
         ({"source": "bad\nsource"}, "source contains a control character (U+000A at position 3)"),
     ],
@@ -56,3 +60,17 @@ async def test_good_options_still_record() -> None:
     s.emit("custom_note", {"n": 1})
     await s.close()
     assert [e.source for e in writer.recorded] == ["a.b"] * 3
+
+
+async def test_whole_number_floats_are_taken_as_before() -> None:
+    """max_pending=1e4, max_batch=2.0 (a config file's number, a division) worked before
+    the options were checked (fb75049 refused them): taken, as ints."""
+    writer = _Writer()
+    s = Session(writer, "probe", max_pending=1e4, max_batch=2.0)  # type: ignore[arg-type]
+    assert (s._queue.maxsize, s._max_batch) == (10_000, 2)
+    assert isinstance(s._max_batch, int)
+    await s.__aenter__()
+    for n in range(3):
+        s.emit("custom_note", {"n": n})
+    await s.close()
+    assert len(writer.recorded) == 5  # started, three notes, ended

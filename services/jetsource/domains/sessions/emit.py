@@ -70,6 +70,17 @@ class SessionFailedError(RuntimeError):
     pass
 
 
+def _count_option(name: str, value: object) -> int:
+    """``max_pending`` / ``max_batch`` as an int >= 1: a whole-number float (``1e4``,
+    ``500.0``, what a config file or a division gives) is taken as it was before its
+    check was added (fb75049 refused it); a fraction, a bool, NaN or below 1 is refused
+    naming the option."""
+    taken = int(value) if isinstance(value, float) and value.is_integer() else value
+    if not isinstance(taken, int) or isinstance(taken, bool) or taken < 1:
+        raise ValueError(f"{name}: {value!r} must be an integer >= 1")
+    return taken
+
+
 class Session:
     def __init__(
         self,
@@ -105,9 +116,8 @@ class Session:
             raise ValueError(
                 f"validation: {validation!r} is not one of {', '.join(Validation)}"
             ) from None
-        for name, value in (("max_pending", max_pending), ("max_batch", max_batch)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: {value!r} must be an integer >= 1")
+        max_pending = _count_option("max_pending", max_pending)
+        max_batch = _count_option("max_batch", max_batch)
         if len(source) > FIXED_LIMITS.max_text:
             raise ValueError(f"source is {len(source)} characters; at most {FIXED_LIMITS.max_text}")
         if (at := not_id_at(source)) is not None:
