@@ -424,3 +424,26 @@ async def test_a_reset_whose_version_is_cut_over_from_and_dropped_meanwhile_says
     assert meanwhile[1] > 0
     control = await p.control.get("context")
     assert control is not None and control.active == 2 and 1 not in control.versions
+
+
+async def test_a_cutover_whose_old_version_another_cutover_replaced_is_refused(
+    projection: Projection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cutover 2 --drop-old` looked (v1 active); another cutover made v3 active before
+    its write. Cut over from v3 it would drop v3, a version its operator never saw
+    active: refused naming both, nothing changed (it failed "changed meanwhile")."""
+    p = projection
+    await two_versions(p)
+    await admin.rebuild(p, "context", 3)
+
+    async def another_cutover() -> None:
+        await admin.cutover(p, "context", 3)
+
+    between_look_and_write(p, monkeypatch, another_cutover)
+    with pytest.raises(
+        admin.AdminError, match=r"active version changed meanwhile \(v1 when looked at, v3 now"
+    ):
+        await admin.cutover(p, "context", 2, drop_old=True)
+    control = await p.control.get("context")
+    assert control is not None and control.active == 3
+    assert control.versions == {1: "live", 2: "live", 3: "live"}, control.versions

@@ -1525,15 +1525,18 @@ async def cutover(
         # other run's write meanwhile (a build's heartbeat or progress, a drop's mark)
         # failed the compare-and-set with "changed meanwhile; try again", and a
         # version marked dropped or resetting since must not become the active one.
-        nonlocal old
         if c.active == version:
             raise _CutOverMeanwhile
+        if c.active != old:  # --drop-old would drop one the operator never saw active
+            raise AdminError(
+                f"{name}: the active version changed meanwhile (v{old} when looked at, "
+                f"v{c.active} now: another cutover); nothing was cut over, try again"
+            )
         if c.versions.get(version) != LIVE:
             raise AdminError(
                 f"{name} v{version} is {c.versions.get(version, 'absent')} now (another run "
                 "changed it meanwhile); nothing was cut over"
             )
-        old = c.active
         c.active = version
 
     try:
