@@ -102,12 +102,13 @@ def headers_for(instance: str, body: bytes) -> dict[str, str]:
 
 # The keys whose string values the raw archive does not keep (fixtures carry Evolution's
 # apikey and interactions' token); written out here, not taken from the ingress's code.
-_ARCHIVE_SECRET = re.compile(rb'("(?:apikey|token)"\s*:\s*)"(?:[^"\\]|\\.)*"')
+_ARCHIVE_SECRET = re.compile(rb'("(?:apikey|token|messageSecret)"\s*:\s*)"(?:[^"\\]|\\.)*"')
 
 
 def archived(body: bytes) -> bytes:
-    """``body`` as the raw archive keeps it: an ``apikey`` or ``token`` string value is
-    ``"[redacted]"``, the rest byte for byte."""
+    """``body`` as the raw archive keeps it: an ``apikey``, ``token`` or ``messageSecret``
+    (Evolution's poll-vote key, a name ending in "secret") string value is
+    ``"[redacted]"``, the rest byte for byte (the fixtures hold no other)."""
     return _ARCHIVE_SECRET.sub(rb'\1"[redacted]"', body)
 
 

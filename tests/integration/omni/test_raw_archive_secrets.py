@@ -67,7 +67,8 @@ async def test_the_apikey_in_an_evolution_body_is_not_archived_and_the_rest_is_a
     assert record.body == expected.encode()
     assert record.query == "a=1&apikey=[redacted]"
     assert KEY not in str(record)
-    assert list(record.body_redacted) == ["apikey", "data.key.nested.Token", "?apikey"], (
+    # In the order they come in the body, then the query's.
+    assert list(record.body_redacted) == ["data.key.nested.Token", "apikey", "?apikey"], (
         record.body_redacted
     )
     assert record.body_size == len(sent.encode())  # the size received
@@ -159,3 +160,50 @@ async def test_a_key_holding_a_lone_surrogate_is_archived_and_answered(
 
 def _raises(raw: bytes) -> tuple[bytes, list[str]]:
     raise RuntimeError("a redaction fault")
+
+
+async def test_any_value_of_any_credentials_name_is_redacted_in_body_and_headers(
+    ingest: Ingest, http: httpx.AsyncClient
+) -> None:
+    """One rule of names for headers, query and body: a `token` or `x-webhook-secret`
+    header, camelCase keys, a list or a number under a secret key, a form-encoded body
+    were archived as they came; an escaped key made the body be written again."""
+    body = json.loads(evolution())
+    body["data"]["accessToken"] = "sEcReT-one"
+    body["data"]["authorization"] = ["Bearer sEcReT-two"]
+    body["clientSecret"] = 987654321987654321
+    sent = json.dumps(body, indent=1).replace('"apikey"', '"api\\u006bey"')
+    sent = sent.replace("{", '{"n": 1e400, "d": 1, "d": 2,', 1)
+    url = route("acme-evo")
+    headers = {
+        **headers_for("acme-evo", sent.encode()),
+        "token": "sEcReT-three",
+        "x-webhook-secret": "sEcReT-four",
+    }
+    r = await http.post(url, content=sent.encode(), headers=headers)
+    assert r.status_code == 200, r.text
+    record = await record_of(ingest, r)
+    for secret in (KEY, "sEcReT", "987654321987654321"):
+        assert secret.encode() not in record.SerializeToString(), secret
+    assert record.headers["token"] == record.headers["x-webhook-secret"] == "[redacted]"
+    assert sorted(record.body_redacted) == sorted(
+        ["apikey", "data.accessToken", "data.authorization", "clientSecret"]
+    )
+    # Only the values' spans changed: the number beyond a double, the key sent twice.
+    assert record.body.startswith(b'{"n": 1e400, "d": 1, "d": 2,')
+    assert len(record.body) == len(sent.encode()) - sum(
+        len(v) - len('"[redacted]"')
+        for v in (
+            f'"{KEY}"',
+            '"sEcReT-one"',
+            '[\n   "Bearer sEcReT-two"\n  ]',
+            "987654321987654321",
+        )
+    )
+
+    form = b"event=messages.upsert&apikey=" + KEY.encode()
+    r = await post(http, form)
+    assert r.status_code == 400, r.text
+    record = await record_of(ingest, r)
+    assert record.body == b"event=messages.upsert&apikey=[redacted]"
+    assert list(record.body_redacted) == ["apikey"]

@@ -1,22 +1,26 @@
-"""Credentials a provider puts in a webhook's body or query string, taken out before the
-request is archived (``OMNI_RAW`` keeps records for as long as its retention says, and
-``GetEvent`` with ``include_raw`` and ``jetsource omni raw show`` answer them).
+"""Credentials a provider puts in a webhook's body, query string or headers, taken out
+before the request is archived (``OMNI_RAW`` keeps records for as long as its retention
+says, and ``GetEvent`` with ``include_raw`` and ``jetsource omni raw show`` answer them).
 
 Evolution API sends its instance's ``apikey`` in every webhook body; Discord's
 interactions carry the interaction's ``token`` (good for 15 minutes to answer as the
-application); a forwarder may add others. Each string value of an object key named in
-``SECRET_KEYS`` (compared without case, at any depth) is replaced by ``"[redacted]"``, and
-so is the value of a query parameter of such a name. Everything else of the body is kept
-byte for byte (spacing, key order, escapes, numbers as written): a replayed body is the
-provider's with those values replaced, and gives the same events but for what a redacted
-value fed (an interaction's ``metadata.extra["interaction_token"]`` is ``[redacted]``).
-The record's
+application); a forwarder may add others. One rule of names (``secret_name``) serves
+headers, query parameters, form fields and JSON keys alike: without case or the
+separators ``-``, ``_``, ``.`` and space, a name is a credential's when it ends in
+``token``, ``secret``, ``password``, ``apikey``, ``authorization`` or ``cookie``
+(``apikey``, ``api_key``, ``accessToken``, ``clientSecret``, ``x-auth-token``,
+``x-webhook-secret``, ``hub.verify_token``, ``Proxy-Authorization``). The value of a
+JSON key of such a name, whatever it is (a string, a number, a list, an object), at any
+depth, is replaced by ``"[redacted]"``; so is the value of such a query parameter or
+field of a form-encoded body (a body that does not start with ``{`` or ``[``).
+Everything else of the body is kept byte for byte (spacing, key order, escapes, numbers
+as written, a key sent twice): only the values' spans are rewritten, a key spelt with
+``\\u`` escapes included. A replayed body is the provider's with those values replaced,
+and gives the same events but for what a redacted value fed (an interaction's
+``metadata.extra["interaction_token"]`` is ``[redacted]``). The record's
 ``body_redacted`` lists what was replaced (the fields' paths, as a refusal names them:
-``apikey``, ``data.token``; the key alone when the body is no JSON, a refused one cut
-short). A value is only found this way where the key is written as plain text; a body
-spelling a key with ``\\u`` escapes is read as JSON and written again whole (compact,
-keys in their order) with its values replaced: the one case where more than the values
-changes. Bodies with no such key are archived as they came.
+``apikey``, ``data.token``, ``?apikey`` for the query; a body that is no JSON, one cut
+short, is read as far as it goes). Bodies with no such key are archived as they came.
 
 A signed body that holds one no longer matches its signature once redacted (the
 headers' signatures are kept): Discord's interactions, Ed25519-signed, carry ``token``,
@@ -28,112 +32,128 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
 from urllib.parse import unquote_plus
 
-# Key names (compared in lower case) whose string values are credentials.
-SECRET_KEYS = frozenset(
-    {
-        "apikey",
-        "api_key",
-        "x-api-key",
-        "token",
-        "access_token",
-        "refresh_token",
-        "verify_token",
-        "hub.verify_token",
-        "client_secret",
-        "secret",
-        "password",
-        "authorization",
-    }
-)
+# A name (a header's, a query parameter's, a JSON key's) whose value is a credential,
+# compared without case or the separators below.
+SECRET_SUFFIXES = ("token", "secret", "password", "apikey", "authorization", "cookie")
+_SEPARATORS = str.maketrans("", "", "-_. ")
 MARK = "[redacted]"
 _MARK_JSON = json.dumps(MARK).encode()
 
-# A key named in SECRET_KEYS and its colon. For JSON text this is a key and nothing else
-# when its opening quote is not escaped (an even run of backslashes before it): inside a
-# string every quote is escaped, and after a string's closing quote no letter may come.
-_KEY = re.compile(
-    rb'"(' + b"|".join(re.escape(k.encode()) for k in sorted(SECRET_KEYS)) + rb')"\s*:\s*',
+
+def secret_name(name: str) -> bool:
+    """Whether the value of a header, query parameter, form field or JSON key named
+    ``name`` is a credential (see the module's docstring)."""
+    return name.lower().translate(_SEPARATORS).endswith(SECRET_SUFFIXES)
+
+
+# Whether a body may hold such a name at all: its letters with a separator or none
+# between them, or an escape (a key may spell one with escapes). Most bodies hold none
+# and are archived without being read further.
+_MAYBE = re.compile(
+    b"|".join(b"[-_. ]?".join(re.escape(bytes([c])) for c in w.encode()) for w in SECRET_SUFFIXES)
+    + rb"|\\u",
     re.IGNORECASE,
 )
-# A JSON string token from its opening quote; the second: one cut short by the body's end.
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_CUT_STRING = re.compile(rb'"(?:[^"\\]|\\.)*\\?\Z', re.DOTALL)
-# An escape of a character a key of SECRET_KEYS is made of (U+0020 to U+007F): how
-# a key hides from _KEY. Other escapes (an emoji's surrogates) cannot spell one.
-_ASCII_ESCAPE = re.compile(rb"\\u00[2-7][0-9a-fA-F]")
+# The tokens of JSON text, read leniently (a body refused as no JSON is redacted too):
+# a string (or one cut short by the body's end), a structural character, a run of
+# anything else (a number, a literal, garbage), white space.
+_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*(?:"|\\?\Z)|[{}\[\]:,]|[^"{}\[\]:,\s]+|\s+', re.DOTALL)
 
 
-def _escaped(body: bytes, at: int) -> bool:
-    n = 0
-    while at - n - 1 >= 0 and body[at - n - 1] == 0x5C:  # backslash
-        n += 1
-    return n % 2 == 1
+def _key(token: bytes) -> str:
+    try:
+        key = json.loads(token)
+    except ValueError:  # cut short, a bad escape, no UTF-8
+        return token[1:].rstrip(b'"').decode("utf-8", "replace")
+    return key if isinstance(key, str) else ""
 
 
 def body(raw: bytes) -> tuple[bytes, list[str]]:
     """``raw`` with every secret value replaced, and what was replaced (see the module's
     docstring); ``raw`` itself and [] when it holds none."""
-    out = bytearray()
-    keys: list[str] = []
-    last = 0
-    for m in _KEY.finditer(raw):
-        if m.start() < last or _escaped(raw, m.start()):
-            continue
-        at = m.end()
-        value = _STRING.match(raw, at) or _CUT_STRING.match(raw, at)
-        if value is None:
-            continue  # a number, an object, ...: not a credential written as text
-        out += raw[last:at] + _MARK_JSON
-        last = value.end()
-        keys.append(m.group(1).decode())
-    redacted = bytes(out + raw[last:]) if keys else raw
-    if not keys and _ASCII_ESCAPE.search(raw) is None:
+    first = raw.lstrip().removeprefix(b"\xef\xbb\xbf").lstrip()[:1]  # past a UTF-8 BOM
+    if first not in (b"{", b"["):
+        text, names = _form(raw.decode("latin-1"))
+        return (text.encode("latin-1"), names) if names else (raw, [])
+    if _MAYBE.search(raw) is None:
         return raw, []
-    try:
-        parsed = json.loads(redacted)
-    except (ValueError, RecursionError):
-        return redacted, keys  # no JSON (refused, cut short): the keys found
+    out = bytearray()
     paths: list[str] = []
-    if _replace(parsed, "", paths, only_left=True):
-        # A key spelt with escapes, which the plain-text search cannot see.
-        paths = []
-        _replace(parsed, "", paths, only_left=False)
-        text = json.dumps(parsed, ensure_ascii=False, separators=(",", ":"))
-        try:
-            return text.encode("utf-8"), paths
-        except UnicodeEncodeError:
-            # A lone surrogate (written "\\ud800" in the body): kept as that escape,
-            # never as bytes that are no UTF-8.
-            return json.dumps(parsed, separators=(",", ":")).encode(), paths
-    return redacted, paths
+    last = 0
+    # Each open container: [is an object, its current key or index, a key is expected].
+    stack: list[list[object]] = []
+    tokens = _TOKEN.finditer(raw)
+    for m in tokens:
+        t = m.group()
+        c = t[:1]
+        if c.isspace():
+            continue
+        top = stack[-1] if stack else None
+        if c == b"," and top is not None:
+            if top[0]:
+                top[2] = True
+            else:
+                top[1] = int(top[1]) + 1  # type: ignore[call-overload]
+            continue
+        if c == b":" or c in (b"}", b"]"):
+            if c != b":" and stack:
+                stack.pop()
+            continue
+        if top is not None and top[0] and top[2]:
+            # A key (or, in a body that is no JSON, whatever stands there).
+            top[1], top[2] = (_key(t) if c == b'"' else ""), False
+            continue
+        # A value.
+        if top is not None and top[0] and isinstance(top[1], str) and secret_name(top[1]):
+            end = m.end()
+            if c in (b"{", b"["):
+                depth = 1
+                for inner in tokens:
+                    ic = inner.group()[:1]
+                    if ic in (b"{", b"["):
+                        depth += 1
+                    elif ic in (b"}", b"]"):
+                        depth -= 1
+                    if depth == 0:
+                        end = inner.end()
+                        break
+                else:
+                    end = len(raw)
+            out += raw[last : m.start()] + _MARK_JSON
+            last = end
+            paths.append(_path(stack))
+            top[1] = ""  # its value is had: a second value is no credential's
+            continue
+        if c in (b"{", b"["):
+            stack.append([c == b"{", "" if c == b"{" else 0, c == b"{"])
+    if not paths:
+        return raw, []
+    return bytes(out + raw[last:]), paths
 
 
-def _replace(value: Any, path: str, paths: list[str], *, only_left: bool) -> bool:
-    """Walk ``value``: list each secret key's path in ``paths``; True when one still
-    holds a credential (only_left) or replace it (not only_left)."""
-    left = False
-    todo: list[tuple[Any, str]] = [(value, path)]
-    while todo:
-        node, where = todo.pop()
-        if isinstance(node, dict):
-            items = []
-            for k, v in node.items():
-                at = f"{where}.{k}" if where else str(k)
-                if isinstance(k, str) and k.lower() in SECRET_KEYS and isinstance(v, str):
-                    paths.append(at)
-                    if v != MARK:
-                        left = True
-                        if not only_left:
-                            node[k] = MARK
-                    continue
-                items.append((v, at))
-            todo.extend(reversed(items))
-        elif isinstance(node, list):
-            todo.extend((v, f"{where}[{i}]") for i, v in reversed(list(enumerate(node))))
-    return left
+def _path(stack: list[list[object]]) -> str:
+    """The path of the value of the innermost key, as a refusal names it."""
+    path = ""
+    for is_object, at, _ in stack:
+        path = (f"{path}.{at}" if path else str(at)) if is_object else f"{path}[{at}]"
+    return path
+
+
+def _form(raw: str) -> tuple[str, list[str]]:
+    """``name=value&...`` with the value of each field of a secret name replaced, and
+    the names replaced."""
+    if "=" not in raw:
+        return raw, []
+    parts = raw.split("&")
+    names: list[str] = []
+    for i, part in enumerate(parts):
+        name, eq, _ = part.partition("=")
+        if eq and secret_name(unquote_plus(name)):
+            parts[i] = f"{name}={MARK}"
+            names.append(unquote_plus(name))
+    return ("&".join(parts), names) if names else (raw, [])
 
 
 # What a record lists of what was redacted: the first LISTED paths, each cut to
@@ -159,15 +179,7 @@ def listed(paths: list[str]) -> list[str]:
 
 
 def query(raw: str) -> tuple[str, list[str]]:
-    """A query string with the value of each parameter named in SECRET_KEYS replaced
-    (``apikey=[redacted]``), and the names replaced."""
-    if not raw:
-        return raw, []
-    parts = raw.split("&")
-    names: list[str] = []
-    for i, part in enumerate(parts):
-        name, eq, _ = part.partition("=")
-        if eq and unquote_plus(name).lower() in SECRET_KEYS:
-            parts[i] = f"{name}={MARK}"
-            names.append(f"?{unquote_plus(name)}")
-    return ("&".join(parts), names) if names else (raw, [])
+    """A query string with the value of each parameter of a secret name replaced
+    (``apikey=[redacted]``), and the names replaced (``?apikey``)."""
+    text, names = _form(raw)
+    return text, [f"?{n}" for n in names]

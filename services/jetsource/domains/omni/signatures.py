@@ -13,6 +13,7 @@ from functools import lru_cache
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from jetsource.domains.omni import redact
 from jetsource.domains.omni.settings import InstanceConfig
 
 SIGNATURE_HEADERS = {
@@ -169,4 +170,10 @@ def handshake_problem(
 
 
 def redacted(headers: Mapping[str, str]) -> dict[str, str]:
-    return {k: ("[redacted]" if k in SECRET_HEADERS else v) for k, v in headers.items()}
+    """``headers`` with the value of each of SECRET_HEADERS, or of a name redact.py takes
+    for a credential's (``token``, ``x-webhook-secret``, ``x-auth-token``: the rule the
+    body and query go by), replaced by "[redacted]"."""
+    return {
+        k: ("[redacted]" if k in SECRET_HEADERS or redact.secret_name(k) else v)
+        for k, v in headers.items()
+    }

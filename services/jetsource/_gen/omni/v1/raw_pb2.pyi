@@ -110,8 +110,9 @@ class RawPayload(_message.Message):
     path: _builtins.str
     query: _builtins.str
     body: _builtins.bytes
-    """The body as received (bytes, not re-encoded) but for credentials: the string value
-    of a key such as apikey or token is "[redacted]" (body_redacted lists them).
+    """The body as received (bytes, not re-encoded) but for credentials: the value of a
+    key such as apikey, token or clientSecret is "[redacted]" (body_redacted lists them;
+    only those values' bytes differ).
     Truncated only for a body over the ingress limit (body_truncated true, body_size the
     size announced or read).
     """
@@ -144,8 +145,8 @@ class RawPayload(_message.Message):
     @_builtins.property
     def body_redacted(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """What was redacted before archiving: the paths of body fields whose values were
-        replaced by "[redacted]" (apikey, data.token; the key alone for a body that is no
-        JSON) and, as ?name, query parameters. Empty: body and query as received.
+        replaced by "[redacted]" (apikey, data.token; a form-encoded body's field names)
+        and, as ?name, query parameters. Empty: body and query as received.
         """
 
     def __init__(
