@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import re
 import sys
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
@@ -237,6 +237,21 @@ def _address_problem(value: str) -> str | None:
 # A gRPC target with a scheme (RFC 3986's letters), not a host:port: what follows the
 # first colon is not a port (``localhost:50051`` and ``example.com:443`` are plain).
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):(?![0-9]*$)")
+
+
+def _lines(stream: Iterable[bytes]) -> Iterator[bytes]:
+    """The lines of a binary stream, without their ends, each ending at '\r\n', a lone
+    '\r' or '\n' (Python's universal newlines, what the import read as text took):
+    9125e05 split at '\n' only, so a file of lone-CR line endings (classic Mac, some
+    exporters) became one line, refused. '\r' is no byte of a multi-byte UTF-8
+    character: each line is still decoded by itself, and numbered as an editor does."""
+    for chunk in stream:
+        ended = chunk.endswith(b"\n")
+        body = chunk[: -2 if chunk.endswith(b"\r\n") else -1] if ended else chunk
+        parts = body.split(b"\r")
+        if not ended and parts[-1] == b"":  # the last line ended by '\r' (or nothing)
+            parts.pop()
+        yield from parts
 
 
 class LineRefusedError(Exception):
@@ -591,14 +606,15 @@ def import_(
     try:
         # Bytes, each line decoded by itself: a text stream decodes ahead in chunks, so
         # a byte that is not UTF-8 on line 7 was said to be on line 1. Lines end at
-        # '\n' only, as an editor and `sed -n 7p` count them.
+        # '\r\n', '\r' or '\n', as the text stream's universal newlines had them
+        # (_lines).
         stream = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
     except OSError as exc:
         out.fail(out.USAGE, "INVALID_ARGUMENT", f"{path}: {exc.strerror or exc}")
     lines: list[Line] = []
     try:
         with stream:
-            for number, raw in enumerate(stream, 1):
+            for number, raw in enumerate(_lines(stream), 1):
                 try:
                     text = raw.decode("utf-8")
                 except UnicodeDecodeError as exc:

@@ -60,8 +60,8 @@ def test_a_byte_that_is_not_utf8_is_named_by_its_line(tmp_path: Path, from_stdin
 
 
 def test_lines_end_at_newline_only(tmp_path: Path) -> None:
-    """A carriage return is no line break (an editor and `sed -n Np` count '\\n'): a
-    CRLF file's bad line is named as the editor shows it."""
+    """'\\r\\n' is one line break, not two (an editor counts it so): a CRLF file's bad
+    line is named as the editor shows it."""
     good = json.dumps({"ts": TS, "session": SID, "seq": 1, "type": "session_started",
                        "data": {"command": "x"}})  # fmt: skip
     bad = json.dumps({"ts": TS, "session": SID, "seq": 2, "type": "Bad", "data": {}})
@@ -148,3 +148,27 @@ def test_the_tui_takes_a_grpc_target_with_a_scheme(flag: str) -> None:
         out.set_mode(None)
         # Past the check: refused only for want of a terminal (the test has none).
         assert "needs a terminal" in result.output, (target, result.output)
+
+
+@pytest.mark.parametrize("from_stdin", [False, True])
+def test_lone_carriage_returns_end_lines_as_before(tmp_path: Path, from_stdin: bool) -> None:
+    """Lines ending at a lone '\\r' (and mixed with '\\r\\n' and '\\n') were lines when the
+    file was read as text (universal newlines); read as bytes split at '\\n' only, a
+    lone-CR file was one line, refused as line 1. Each is a line again, numbered so."""
+    good = json.dumps({"ts": TS, "session": SID, "seq": 1, "type": "session_started",
+                       "data": {"command": "x"}})  # fmt: skip
+    note = json.dumps({"ts": TS, "session": SID, "seq": 2, "type": "note", "data": {}})
+    bad = json.dumps({"ts": TS, "session": SID, "seq": 3, "type": "Bad", "data": {}})
+    for data, line in (
+        (f"{good}\r\r{note}\r{bad}\r".encode(), 4),  # lone CR only (a blank line 2)
+        (f"{good}\r\n{note}\r{bad}\n".encode(), 3),  # mixed
+        (f"{good}\r{note}\r\n\r\n{bad}".encode(), 4),  # no end after the last
+    ):
+        path = tmp_path / "cr.jsonl"
+        path.write_bytes(data)
+        args = ["import", "-" if from_stdin else str(path), "-o", "json"]
+        code, _, stderr = _run(args, data if from_stdin else None)
+        assert code == 2, stderr
+        error = json.loads(stderr)["error"]
+        assert error["line"] == line, (data, error)
+        assert error["message"].startswith(f"line {line}: type: "), error
