@@ -69,3 +69,34 @@ async def test_a_refusal_in_a_half_of_a_split_request_names_its_line(
     # The lines before it were recorded, in their halves.
     exported = (await cli(app, "export", sid)).stdout.splitlines()
     assert [json.loads(x)["seq"] for x in exported] == [1, 2, 3, 4]
+
+
+async def test_the_emitter_replaces_an_event_refused_in_a_half_and_records_none_twice(
+    narrow: Observer, nats_server: Server
+) -> None:
+    """The emitter through the same observer: an event refused in a half of a split
+    request (raised as gRPC's error before: the half had no place) is recorded as its
+    event_too_large marker in its place; the half recorded before it is not twice."""
+    import grpc
+
+    from jetsource._gen.process.v1.observer_pb2_grpc import ObserverServiceStub
+    from jetsource.domains.sessions.emit import session
+    from jetsource.domains.sessions.ledger import ObserverWriter
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{narrow.port}") as channel:
+        writer = ObserverWriter(ObserverServiceStub(channel), 30.0)
+        async with session(writer, "big", heartbeat_s=60, max_batch=10) as s:
+            for i in range(3):
+                s.emit("custom_note", {"blob": "x" * 200_000, "i": i})
+            s.emit("custom_note", {"blob": "y" * 400_000})
+            s.emit("custom_note", {"n": 1})
+        assert s.dropped == 1
+    recorded = await narrow.store.read_aggregate(s.id)
+    types = [r.envelope.event_type for r in recorded]
+    assert types == [
+        "process_started",
+        *["custom_note"] * 3,
+        "event_too_large",
+        "custom_note",
+        "process_completed",
+    ], types

@@ -218,6 +218,15 @@ class Session:
                     i = exc.index
                     if i is None or not 0 <= i < len(events) or i in replaced:
                         raise
+                    # Through the observer a piece is split for gRPC's message limit:
+                    # the halves before the refused one are recorded (sent again, they
+                    # were recorded twice); the ledger's append recorded none.
+                    done = getattr(exc, "recorded", 0)
+                    if 0 < done <= i:
+                        self.recorded += done
+                        events = events[done:]
+                        replaced = {r - done for r in replaced if r >= done}
+                        i -= done
                     events[i] = self._too_large(events[i], exc)
                     replaced.add(i)
                     self.dropped += 1

@@ -396,6 +396,18 @@ _PAYLOAD_TOO_LARGE = re.compile(r"events\[(\d+)\]\.(?:data|typed): the payload i
 _EVENT_REFUSED = re.compile(r"events\[(\d+)\](?:\.|: )(.*)", re.DOTALL)
 
 
+class RefusedTooLargeError(EventTooLargeError):
+    """The observer refused an event for its size (``index``: its place among the
+    events given to ``ObserverWriter.record``); ``recorded``: how many of those before
+    it were recorded all the same (the pieces, and the halves of a request split for
+    its size, sent before the refused request): sent again, they would be recorded
+    twice."""
+
+    def __init__(self, message: str, index: int, recorded: int) -> None:
+        super().__init__(message, index=index)
+        self.recorded = recorded
+
+
 class EventRefusedError(grpc.aio.AioRpcError):  # type: ignore[misc]
     """The observer refused one event as bad input (INVALID_ARGUMENT, as it said it:
     still an ``AioRpcError``); ``index``: its place among the events given to
@@ -466,10 +478,11 @@ class ObserverWriter:
             # as LedgerWriter says it, saying what the server said.
             details = exc.details() or ""
             if too_large(exc):
-                raise EventTooLargeError(details, index=at) from exc
+                raise RefusedTooLargeError(details, index=at, recorded=at) from exc
             m = _PAYLOAD_TOO_LARGE.match(details)
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT and m:
-                raise EventTooLargeError(details, index=at + int(m.group(1))) from exc
+                index = at + int(m.group(1))
+                raise RefusedTooLargeError(details, index=index, recorded=at) from exc
             # Another refusal of one event (``events[i].field: ...``): the same error
             # naming it by its place among the events given to ``record``.
             refused = _EVENT_REFUSED.match(details)
