@@ -303,3 +303,17 @@ async def test_a_stream_whose_subjects_overlap_another_is_named_with_its_subject
         await jsapi.ensure_stream(replies, config, 5)
     assert caught.value.err_code == jsapi.ERR_SUBJECTS_OVERLAP
     assert f"stream {stream[1]}_B wants {prefix}.b.>" in str(caught.value)
+
+
+async def test_deleting_a_message_already_gone_answers_false(
+    stream: tuple[Replies, str, str],
+) -> None:
+    """Two runs removing one message (two `dlq retry` of a letter, a drop clearing
+    letters while a retry removes one): the second met JsApiError 10057 "no message
+    found" (only 10037 was taken for "gone") and failed half-way. Both codes are False."""
+    replies, name, p = stream
+    ack = await jsapi.publish(replies, out(f"{p}.x", b"0"), 5)
+    await jsapi.publish(replies, out(f"{p}.y", b"1"), 5)
+    assert await jsapi.delete_message(replies, name, ack.seq, 5) is True
+    assert await jsapi.delete_message(replies, name, ack.seq, 5) is False
+    assert await jsapi.delete_message(replies, name, 999, 5) is False  # past the end

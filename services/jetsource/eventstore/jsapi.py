@@ -58,6 +58,8 @@ ERR_DUPLICATE_IN_PROCESS = 10158
 ERR_MESSAGE_TOO_LARGE = 10054
 ERR_CONSUMER_NOT_FOUND = 10014
 ERR_SEQUENCE_NOT_FOUND = 10037
+# STREAM.MSG.DELETE of a sequence deleted already (or past the end): 500/10057.
+ERR_NO_MESSAGE_FOUND = 10057
 ERR_NO_SUITABLE_PEERS = 10005  # no servers to place a stream's replicas on
 ERR_CLUSTER_UNAVAILABLE = 10008  # 503: JetStream has no meta leader (cluster forming, quorum lost)
 # A cluster that is still forming (or a peer restarting) answers "no suitable peers ...,
@@ -1524,8 +1526,8 @@ async def delete_message(replies: Replies, stream: str, seq: int, timeout: float
     try:
         body = await api(replies, f"STREAM.MSG.DELETE.{stream}", {"seq": seq}, timeout)
     except JsApiError as exc:
-        if exc.err_code == ERR_SEQUENCE_NOT_FOUND:
-            return False
+        if exc.err_code in (ERR_SEQUENCE_NOT_FOUND, ERR_NO_MESSAGE_FOUND):
+            return False  # gone already: another run removed it
         raise
     return bool(body.get("success"))
 

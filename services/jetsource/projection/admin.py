@@ -1819,21 +1819,12 @@ async def _letter_fenced(p: Projection, letter: DeadLetter) -> str | None:
     return None
 
 
-# What NATS answers a delete of a message gone already (JSStreamMsgDeleteFailedF, "no
-# message found"); jsapi.delete_message takes only 10037 for that.
-_ERR_NO_MESSAGE_FOUND = 10057
-
-
 async def _delete_letter(p: Projection, dlq_seq: int) -> bool:
     """Remove a dead letter; False when it was gone already (another retry or discard
     of it, or a drop or reset clearing its version, removed it meanwhile): the second
-    of two retries at once failed with JsApiError 10057 "no message found"."""
-    try:
-        return await p.dead_letters.delete(dlq_seq)
-    except jsapi.JsApiError as exc:
-        if exc.err_code in (_ERR_NO_MESSAGE_FOUND, jsapi.ERR_SEQUENCE_NOT_FOUND):
-            return False
-        raise
+    of two retries at once failed with JsApiError 10057 "no message found", which
+    jsapi.delete_message now takes for "gone" as it took 10037."""
+    return await p.dead_letters.delete(dlq_seq)
 
 
 @dataclass
