@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 from urllib.parse import unquote_plus
 
 # A name (a header's, a query parameter's, a JSON key's) whose value is a credential,
@@ -58,8 +59,8 @@ _MAYBE = re.compile(
 )
 # The tokens of JSON text, read leniently (a body refused as no JSON is redacted too):
 # a string (or one cut short by the body's end), a structural character, a run of
-# anything else (a number, a literal, garbage), white space.
-_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*(?:"|\\?\Z)|[{}\[\]:,]|[^"{}\[\]:,\s]+|\s+', re.DOTALL)
+# anything else (a number, a literal, garbage); white space is passed over.
+_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*(?:"|\\?\Z)|[{}\[\]:,]|[^"{}\[\]:,\s]+', re.DOTALL)
 
 
 def _key(token: bytes) -> str:
@@ -82,62 +83,74 @@ def body(raw: bytes) -> tuple[bytes, list[str]]:
     out = bytearray()
     paths: list[str] = []
     last = 0
-    # Each open container: [is an object, its current key or index, a key is expected].
-    stack: list[list[object]] = []
+    # Each open container: [is an object, its current key (the token, bytes) or index,
+    # a key is expected, the current key is a credential's].
+    stack: list[list[Any]] = []
+    top: list[Any] | None = None
     tokens = _TOKEN.finditer(raw)
     for m in tokens:
         t = m.group()
-        c = t[:1]
-        if c.isspace():
-            continue
-        top = stack[-1] if stack else None
-        if c == b"," and top is not None:
-            if top[0]:
-                top[2] = True
-            else:
-                top[1] = int(top[1]) + 1  # type: ignore[call-overload]
-            continue
-        if c == b":" or c in (b"}", b"]"):
-            if c != b":" and stack:
-                stack.pop()
-            continue
-        if top is not None and top[0] and top[2]:
-            # A key (or, in a body that is no JSON, whatever stands there).
-            top[1], top[2] = (_key(t) if c == b'"' else ""), False
-            continue
-        # A value.
-        if top is not None and top[0] and isinstance(top[1], str) and secret_name(top[1]):
-            end = m.end()
-            if c in (b"{", b"["):
-                depth = 1
-                for inner in tokens:
-                    ic = inner.group()[:1]
-                    if ic in (b"{", b"["):
-                        depth += 1
-                    elif ic in (b"}", b"]"):
-                        depth -= 1
-                    if depth == 0:
-                        end = inner.end()
-                        break
+        c = t[0]
+        if c == 0x2C:  # ,
+            if top is not None:
+                if top[0]:
+                    top[2] = True
                 else:
-                    end = len(raw)
-            out += raw[last : m.start()] + _MARK_JSON
-            last = end
-            paths.append(_path(stack))
-            top[1] = ""  # its value is had: a second value is no credential's
+                    top[1] += 1
             continue
-        if c in (b"{", b"["):
-            stack.append([c == b"{", "" if c == b"{" else 0, c == b"{"])
+        if c == 0x3A:  # :
+            continue
+        if c == 0x7D or c == 0x5D:  # } ]
+            if stack:
+                stack.pop()
+                top = stack[-1] if stack else None
+            continue
+        if top is not None and top[0]:
+            if top[2]:
+                # A key (or, in a body that is no JSON, whatever stands there).
+                top[1], top[2] = t, False
+                top[3] = c == 0x22 and _MAYBE.search(t) is not None and secret_name(_key(t))
+                continue
+            if top[3]:
+                # The value of a credential's key, whatever it is.
+                end = m.end()
+                if c == 0x7B or c == 0x5B:  # { [
+                    end = len(raw)
+                    depth = 1
+                    for inner in tokens:
+                        ic = inner.group()[0]
+                        if ic == 0x7B or ic == 0x5B:
+                            depth += 1
+                        elif ic == 0x7D or ic == 0x5D:
+                            depth -= 1
+                            if depth == 0:
+                                end = inner.end()
+                                break
+                out += raw[last : m.start()] + _MARK_JSON
+                last = end
+                paths.append(_path(stack))
+                top[3] = False  # its value is had: a second value is no credential's
+                continue
+        if c == 0x7B:  # {
+            top = [True, b"", True, False]
+            stack.append(top)
+        elif c == 0x5B:  # [
+            top = [False, 0, False, False]
+            stack.append(top)
     if not paths:
         return raw, []
     return bytes(out + raw[last:]), paths
 
 
-def _path(stack: list[list[object]]) -> str:
+def _path(stack: list[list[Any]]) -> str:
     """The path of the value of the innermost key, as a refusal names it."""
     path = ""
-    for is_object, at, _ in stack:
-        path = (f"{path}.{at}" if path else str(at)) if is_object else f"{path}[{at}]"
+    for is_object, at, _, _ in stack:
+        if is_object:
+            key = _key(at) if at[:1] == b'"' else ""
+            path = f"{path}.{key}" if path else key
+        else:
+            path = f"{path}[{at}]"
     return path
 
 
