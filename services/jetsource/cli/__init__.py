@@ -130,7 +130,10 @@ class noting_signals:  # named as the function it is used as: with noting_signal
         # not where SIGINT is ignored (a job started with & from a script)
         self.ours = _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler
         if self.ours:
-            _signal.signal(_signal.SIGINT, _sigint_while_loading)
+            try:
+                _signal.signal(_signal.SIGINT, _sigint_while_loading)
+            except ValueError:  # not the main thread: signals are the main thread's
+                self.ours = False
         self.hook = sys.unraisablehook
         sys.unraisablehook = _lost_interrupt_unsaid
 
