@@ -225,7 +225,9 @@ def _address_problem(value: str) -> str | None:
                 "is an http(s) URL: give host:port without a scheme (or a gRPC target "
                 "such as dns:///host:port or unix:/path)"
             )
-        return None
+        if scheme.group(1).lower() in _GRPC_SCHEMES:
+            return None
+        # Not a scheme gRPC resolves (``host:abc``): checked as the host:port it is.
     host, colon, port = value.rpartition(":")
     if not colon or not host or host == "[]":
         return "is not host:port: it names no port"
@@ -237,6 +239,8 @@ def _address_problem(value: str) -> str | None:
 # A gRPC target with a scheme (RFC 3986's letters), not a host:port: what follows the
 # first colon is not a port (``localhost:50051`` and ``example.com:443`` are plain).
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):(?![0-9]*$)")
+# The name resolvers grpcio ships (a target of another scheme is not one it can dial).
+_GRPC_SCHEMES = frozenset({"dns", "unix", "unix-abstract", "ipv4", "ipv6", "vsock", "xds"})
 
 
 def _lines(stream: Iterable[bytes]) -> Iterator[bytes]:

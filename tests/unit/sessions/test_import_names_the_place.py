@@ -84,6 +84,8 @@ def test_lines_end_at_newline_only(tmp_path: Path) -> None:
         (":50053", "names no port"),
         ("http://localhost:50053", "without a scheme"),
         ("a b:1", "holds a space"),
+        ("observer:abc", "the port 'abc' is not 1 to 65535"),  # no scheme gRPC knows
+        ("observer:50053x", "the port '50053x' is not 1 to 65535"),
     ],
 )
 def test_an_observer_that_is_no_host_port_is_refused_naming_the_option(
