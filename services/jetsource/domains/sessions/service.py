@@ -418,8 +418,11 @@ class Sessions:
                 resumed = await purger.finish_pending()
             except PermissionError as exc:
                 raise PruneDeniedError(str(exc)) from exc
+        # The server's time before the list's tails are read: an event recorded while
+        # they are read is then later than it, never quiet.
+        server_now = await self.stream.server_now_ns() if self.stream is not None else 0
         records = await self.list_sessions()
-        quiet = await self._quiet_on_the_stream(records, unended)
+        quiet = await self._quiet_on_the_stream(records, unended, server_now)
         if quiet is not None:
             records = [quiet.get(r.session_id, r) for r in records]
         chosen = choose_prunable(records, self._clock(), older, keep_n, unended, quiet)
@@ -460,26 +463,44 @@ class Sessions:
         return report
 
     async def _quiet_on_the_stream(
-        self, records: Sequence[SessionRecord], unended_after_s: float
+        self, records: Sequence[SessionRecord], unended_after_s: float, server_now: int
     ) -> dict[str, SessionRecord] | None:
         """The sessions with no ending that the stream itself says are quiet for
         longer than ``unended_after_s``, by id, each with its last event's time as the
         stream recorded it; None with no stream to ask (then the reader's word and the
-        local clock judge).
+        local clock judge). ``server_now``: the server's time (``server_now_ns``),
+        taken before ``records`` were read.
 
         The reader's last recorded time (the query reader's read model) moves only as
         the projector applies events: one stopped or behind longer than the unended
         age made a live, heartbeating session look quiet, and the prune took it (its
         tombstone then hid it for good). And the local clock may be off the NATS
         server's, which recorded the times. So each one's tail is read again from the
-        stream, and its quiet is the server's time now (``server_now_ns``) minus that.
-        A dry run asks the same (the two agree)."""
+        stream, and its quiet is the server's time now minus that. A dry run asks the
+        same (the two agree).
+
+        Only the sessions the reader already says are quiet, by the local clock and by
+        the server's, are asked (a reader behind only makes a session look quieter, and
+        ``choose_prunable`` takes none the local clock says is not), TAIL_BATCH at a
+        time: every unended session's tail at once (10,000 of them) went past what
+        NATS answers, and every run failed, pruning nothing. When the reader is the
+        stream, the tails the list just read are the stream's word: none is read
+        again."""
         if self.stream is None:
             return None
-        unended = [r for r in records if r.status == INTERRUPTED and not r.ended_ns]
-        if not unended:
-            return {}
-        server_now = await self.stream.server_now_ns()
+        now = self._clock()
+        limit = unended_after_s * NS
+
+        def looks_quiet(r: SessionRecord) -> bool:
+            last = r.last_recorded_ns
+            return now - last > limit and server_now - last > limit
+
+        unended = [
+            r for r in records if r.status == INTERRUPTED and not r.ended_ns and looks_quiet(r)
+        ]
+        if self.stream is self.reader:
+            # A corrupt event's row (no count) is listed, and said so; not judged quiet.
+            return {r.session_id: r for r in unended if r.event_count and r.last_recorded_ns}
         stream = self.stream
 
         async def tail(session_id: str) -> tuple[int, int]:
@@ -488,11 +509,13 @@ class Sessions:
             except CorruptEventError:  # listed, and said so; not judged quiet
                 return 0, 0
 
-        tails = await asyncio.gather(*(tail(r.session_id) for r in unended))
         out = {}
-        for r, (seq, last_ns) in zip(unended, tails, strict=True):
-            if seq and last_ns and server_now - last_ns > unended_after_s * NS:
-                out[r.session_id] = replace(r, last_recorded_ns=last_ns)
+        for at in range(0, len(unended), TAIL_BATCH):
+            chunk = unended[at : at + TAIL_BATCH]
+            tails = await asyncio.gather(*(tail(r.session_id) for r in chunk))
+            for r, (seq, last_ns) in zip(chunk, tails, strict=True):
+                if seq and last_ns and server_now - last_ns > limit:
+                    out[r.session_id] = replace(r, last_recorded_ns=last_ns)
         return out
 
 
