@@ -228,6 +228,20 @@ async def test_a_rebuild_or_reset_meeting_another_command_names_it(
         await admin.reset(p, "context")
     assert "context v1 is being built by another run (rebuild on" in str(busy.value), busy.value
 
+    def resetting(c: ModelControl) -> None:
+        c.versions[1] = BUILDING  # the active version, as a reset builds it again
+        c.claims[1] = fresh_claim("reset")
+
+    # A rebuild of a version a reset holds said "running this again ... finishes it":
+    # the rebuild run again does not; the reset does.
+    await admin._save(p, "context", resetting)
+    with pytest.raises(admin.Busy) as busy:
+        await admin.rebuild(p, "context", 1)
+    message = str(busy.value)
+    assert "context v1 is being reset by another run (reset on" in message, message
+    assert "if that run is gone, `jetsource projector reset context --yes` " in message, message
+    assert "running this again" not in message, message
+
 
 async def test_a_replay_meeting_a_drop_of_its_version_stops_and_leaves_nothing(
     projection: Projection, monkeypatch: pytest.MonkeyPatch

@@ -1095,7 +1095,7 @@ async def rebuild(
                 exc.claim,
             ) from None
         if exc.claim.get("op") == "reset":
-            raise _reset_busy(name, to_version, exc.claim) from None
+            raise _reset_busy(name, to_version, exc.claim, by="rebuild") from None
         raise Busy(
             f"{name} v{to_version} is being built by another run ({describe_claim(exc.claim)}): "
             f"wait for it (`jetsource projector wait {name} --version {to_version}`); if that "
@@ -1361,13 +1361,20 @@ def _refuse_pinned_reset(p: Projection, name: str) -> None:
         )
 
 
-def _reset_busy(name: str, version: int, claim: dict[str, Any]) -> Busy:
+def _reset_busy(name: str, version: int, claim: dict[str, Any], by: str = "reset") -> Busy:
     # What the holder does, as its claim says (a rebuild resuming a stopped reset's
     # build holds the active version too: "being reset" named the wrong command).
     doing = {"rebuild": "built", "drop": "dropped"}.get(str(claim.get("op")), "reset")
+    # A rebuild (``by``) refused by a reset's claim: the reset is what finishes it
+    # ("running this again" sent the operator to run the rebuild again).
+    again = (
+        f"`jetsource projector reset {name} --yes`"
+        if doing == "reset" and by != "reset"
+        else "running this again"
+    )
     return Busy(
         f"{name} v{version} is being {doing} by another run ({describe_claim(claim)}); "
-        f"if that run is gone, running this again {taken_over_when(claim)} finishes it",
+        f"if that run is gone, {again} {taken_over_when(claim)} finishes it",
         claim,
     )
 
