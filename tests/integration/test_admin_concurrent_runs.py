@@ -104,7 +104,9 @@ async def test_a_drop_that_sees_another_finish_between_its_look_and_claim_return
     await build_v1(p)
     await admin.rebuild(p, "context", 2)
 
-    first = asyncio.create_task(admin.drop(p, "context", 2, settle_s=0.5, verify_s=0.1))
+    # settle_s 3: the first holds v2 long enough that the second surely meets its claim
+    # (with 0.5 s a loaded 2-core machine could start the second after the first ended).
+    first = asyncio.create_task(admin.drop(p, "context", 2, settle_s=3.0, verify_s=0.1))
     for _ in range(200):  # until the first holds the version
         control = await p.control.get("context")
         if control is not None and (control.claims.get(2) or {}).get("op") == "drop":

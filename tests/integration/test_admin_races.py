@@ -399,16 +399,23 @@ async def test_a_wait_that_meets_a_drop_after_its_look_is_not_answered_live(
     await two_versions(p)
     real_unacknowledged = admin.unacknowledged
     dropping: list[asyncio.Task[int]] = []
+    lags: list[int | None] = []
 
     async def unacknowledged_after_mark(pp: Projection, name: str, version: int) -> int | None:
         if not dropping:
-            dropping.append(asyncio.create_task(admin.drop(p, "context", 2, settle_s=1.0)))
+            # A settle time the consumer surely outlives on a loaded machine (with 1 s the
+            # consumer could be gone by the read below, and the test pass without the
+            # window it is about).
+            dropping.append(asyncio.create_task(admin.drop(p, "context", 2, settle_s=5.0)))
             await marked(p, 2, DROPPED)
-        return await real_unacknowledged(pp, name, version)
+        lag = await real_unacknowledged(pp, name, version)
+        lags.append(lag)
+        return lag
 
     monkeypatch.setattr(admin, "unacknowledged", unacknowledged_after_mark)
     with pytest.raises(admin.AdminError, match="being dropped; it will never be live"):
         await admin.wait(p, "context", 2, timeout_s=10)
+    assert lags[:1] == [0], lags  # the window: the consumer read, still there, caught up
     assert dropping and await dropping[0] > 0
 
 
