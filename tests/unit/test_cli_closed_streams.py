@@ -116,3 +116,23 @@ def test_a_usage_error_whose_stderr_reader_left_is_still_exit_2(as_json: bool) -
     finally:
         os.close(write)
     assert (run.returncode, run.stdout) == (2, b"")
+
+
+def test_stderr_closed_escapes_what_it_cannot_encode_as_python_does() -> None:
+    # The stand-in for the closed stderr was strict where Python's own stderr escapes:
+    # a word of bytes not UTF-8 (b'\xff' of a file name, '\udcff' in Python) written
+    # there was a UnicodeEncodeError, exit 1.
+    code = (
+        "import sys; from jetsource.cli import _closed_streams_to_devnull as f; f(); "
+        "print('no-such-\\udcff', file=sys.stderr); sys.stderr.flush()"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        env=clean_environ(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        preexec_fn=closing(2),
+    )
+    assert run.returncode == 0, run.stdout

@@ -103,6 +103,19 @@ def _not_ours(stderr: str) -> bool:
     return bool(frames) and not any(OURS in line for line in frames)
 
 
+def _lost_before_ours(stderr: str, as_json: bool) -> bool:
+    """A Ctrl-C Python lost before any module of ours ran (runpy importing the jetsource
+    package: its KeyboardInterrupt raised in the import system's weakref callback, only
+    reported): the report, no frame of ours, then the command's own end, unanswered."""
+    lines = stderr.strip().splitlines()
+    if not lines or not lines[0].startswith("Exception ignored in:") or OURS in stderr:
+        return False
+    if "KeyboardInterrupt" not in stderr:
+        return False
+    last = json.loads(lines[-1])["error"]["code"] if as_json else lines[-1].partition(":")[0]
+    return bool(last == "unavailable")
+
+
 @pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_in_the_first_moments_is_one_line_or_before_python(
@@ -110,19 +123,21 @@ def test_a_signal_in_the_first_moments_is_one_line_or_before_python(
 ) -> None:
     """A real signal at several delays after the start: never a traceback of ours, and
     once any module of ours runs, exit 130 and the one line. The last one is sent once
-    the command is connecting (to a server that accepts and never answers)."""
+    the command is connecting (to a server that accepts and never answers). A signal
+    Python lost before then ends the command at its short --timeout (exit 3)."""
     name = "Ctrl-C" if sig == signal.SIGINT else "SIGTERM"
-    argv = [*(["-o", "json"] if as_json else []), "streams", "ensure"]
-    with socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(64)
-        silent.settimeout(60)
-        env = clean_environ() | {
-            "JETSOURCE_NATS__URL": f"nats://127.0.0.1:{silent.getsockname()[1]}",
-            "JETSOURCE_NATS__CONNECT_TIMEOUT_S": "60",
-        }
-        outcomes = []
-        for delay in [0, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.2, None]:
+    argv = [*(["-o", "json"] if as_json else []), "streams", "ensure", "--timeout", "5"]
+    outcomes = []
+    for delay in [0, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.2, None]:
+        # a server of its own per run: an earlier run's connection is never the one
+        # accepted below as this run's
+        with socket.socket() as silent:
+            silent.bind(("127.0.0.1", 0))
+            silent.listen(64)
+            silent.settimeout(60)
+            env = clean_environ() | {
+                "JETSOURCE_NATS__URL": f"nats://127.0.0.1:{silent.getsockname()[1]}",
+            }
             child = subprocess.Popen(
                 [sys.executable, "-m", "jetsource", *argv],
                 env=env,
@@ -142,10 +157,12 @@ def test_a_signal_in_the_first_moments_is_one_line_or_before_python(
                 if child.poll() is None:
                     child.kill()
                     child.communicate()
-            outcomes.append((delay, child.returncode, err))
+        outcomes.append((delay, child.returncode, err))
     for delay, code, err in outcomes:
         if sig == signal.SIGINT and code in (1, -sig) and _not_ours(err):
             pass  # the interpreter's own start (site, runpy) was broken
+        elif sig == signal.SIGINT and delay is not None and code == 3:
+            assert _lost_before_ours(err, as_json), (delay, err)  # else: lost by us
         elif code == -sig:  # before the interpreter took signals: the default action
             assert err == "", (delay, err)
         else:
@@ -224,7 +241,11 @@ def test_ctrl_c_an_import_says_otherwise_is_still_ctrl_c(tmp_path: Path, as_json
 
 @pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
 @pytest.mark.parametrize("how", ["SIGINT", "SIGTERM"])
-@pytest.mark.parametrize("at", ["jetsource.cli.app", "jetsource.cli.ctx"], ids=["load", "group"])
+@pytest.mark.parametrize(
+    "at",
+    ["jetsource.cli", "jetsource.cli.app", "jetsource.cli.ctx"],
+    ids=["entry", "load", "group"],
+)
 def test_a_signal_whose_interrupt_python_lost_still_stops_it(
     tmp_path: Path, at: str, how: str, as_json: bool
 ) -> None:
@@ -235,3 +256,27 @@ def test_a_signal_whose_interrupt_python_lost_still_stops_it(
     assert run.returncode == 130, (run.returncode, run.stderr)
     name = "Ctrl-C" if how == "SIGINT" else "SIGTERM"
     assert said(run.stderr, as_json) == ("CANCELLED", STOPPED.format(name))
+
+
+def test_noting_signals_in_a_thread_leaves_the_process_hook() -> None:
+    # 6857d42 left SIGINT alone in a thread, but the unraisable hook (the process's) was
+    # still swapped there, for as long as the thread's block, whatever the main thread did.
+    import threading
+
+    from jetsource.cli import noting_signals
+
+    hook, handler = sys.unraisablehook, signal.getsignal(signal.SIGINT)
+    seen: list[object] = []
+
+    def load() -> None:
+        with noting_signals():
+            import jetsource.cli.output  # noqa: F401
+
+            seen.append(sys.unraisablehook)
+            seen.append(signal.getsignal(signal.SIGINT))
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    thread.join(30)
+    assert seen == [hook, handler]
+    assert (sys.unraisablehook, signal.getsignal(signal.SIGINT)) == (hook, handler)

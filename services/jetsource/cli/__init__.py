@@ -134,16 +134,27 @@ class noting_signals:  # named as the function it is used as: with noting_signal
                 _signal.signal(_signal.SIGINT, _sigint_while_loading)
             except ValueError:  # not the main thread: signals are the main thread's
                 self.ours = False
-        self.hook = sys.unraisablehook
-        sys.unraisablehook = _lost_interrupt_unsaid
+        # the hook is the process's: not swapped from another thread (where no signal's
+        # KeyboardInterrupt is raised), whose block could end after the main thread's
+        self.hook = sys.unraisablehook if _in_main_thread() else None
+        if self.hook is not None:
+            sys.unraisablehook = _lost_interrupt_unsaid
 
     def __exit__(self, kind: Any, error: BaseException | None, tb: Any) -> None:
-        sys.unraisablehook = self.hook
+        if self.hook is not None:
+            sys.unraisablehook = self.hook
         if self.ours and _signal.getsignal(_signal.SIGINT) is _sigint_while_loading:
             _signal.signal(_signal.SIGINT, _signal.default_int_handler)
         if len(_stopped_by) == self.noted or not isinstance(error, Exception | None):
             return  # no signal came, or its KeyboardInterrupt (SystemExit) goes on
         raise KeyboardInterrupt from error
+
+
+def _in_main_thread() -> bool:
+    """Whether this is the main thread (threading, 5 ms of imports, only looked at when
+    something imported it: no thread was started through it otherwise)."""
+    threading = sys.modules.get("threading")
+    return threading is None or threading.current_thread() is threading.main_thread()
 
 
 def _lost_interrupt_unsaid(unraisable: Any) -> None:
@@ -168,7 +179,10 @@ def _closed_streams_to_devnull() -> None:
             if devnull != fd:
                 os.dup2(devnull, fd)
                 os.close(devnull)
-            setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))  # noqa: SIM115
+            # as Python's own stderr: what it cannot encode is escaped, not an error
+            errors = "backslashreplace" if fd == 2 else "strict"
+            stream = open(fd, "r" if fd == 0 else "w", errors=errors, closefd=False)  # noqa: SIM115
+            setattr(sys, name, stream)
         except OSError:
             pass
 
