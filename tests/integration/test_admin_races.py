@@ -32,7 +32,7 @@ from jetsource.domains.context.samples import story_events
 from jetsource.eventstore import jsapi
 from jetsource.projection import admin
 from jetsource.projection.bootstrap import Projection
-from jetsource.projection.control import BUILDING, DROPPED, ModelControl
+from jetsource.projection.control import BUILDING, DROPPED, LIVE, ModelControl
 from tests.projector_fixtures import build_context_v1, context_projection, seed, story_ids
 
 pytestmark = pytest.mark.integration
@@ -240,6 +240,20 @@ async def test_a_rebuild_or_reset_meeting_another_command_names_it(
     message = str(busy.value)
     assert "context v1 is being reset by another run (reset on" in message, message
     assert "if that run is gone, `jetsource projector reset context --yes` " in message, message
+    assert "running this again" not in message, message
+
+    def dropping_active(c: ModelControl) -> None:
+        c.versions[1] = LIVE
+        c.claims[1] = fresh_claim("drop")
+
+    # A reset meeting a drop's claim said "running this again ... finishes it": a reset
+    # run again finishes no drop; the drop does.
+    await admin._save(p, "context", dropping_active)
+    with pytest.raises(admin.Busy) as busy:
+        await admin.reset(p, "context")
+    message = str(busy.value)
+    assert "context v1 is being dropped by another run (drop on" in message, message
+    assert "`jetsource projector drop context --version 1` " in message, message
     assert "running this again" not in message, message
 
 

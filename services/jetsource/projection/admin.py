@@ -1367,11 +1367,12 @@ def _reset_busy(name: str, version: int, claim: dict[str, Any], by: str = "reset
     doing = {"rebuild": "built", "drop": "dropped"}.get(str(claim.get("op")), "reset")
     # A rebuild (``by``) refused by a reset's claim: the reset is what finishes it
     # ("running this again" sent the operator to run the rebuild again).
-    again = (
-        f"`jetsource projector reset {name} --yes`"
-        if doing == "reset" and by != "reset"
-        else "running this again"
-    )
+    if doing == "reset" and by != "reset":
+        again = f"`jetsource projector reset {name} --yes`"
+    elif doing == "dropped":  # only a drop finishes a drop (it said "running this again")
+        again = f"`jetsource projector drop {name} --version {version}`"
+    else:
+        again = "running this again"
     return Busy(
         f"{name} v{version} is being {doing} by another run ({describe_claim(claim)}); "
         f"if that run is gone, {again} {taken_over_when(claim)} finishes it",
