@@ -4,6 +4,8 @@ replaced, every other byte as received; a look-alike inside a string value left 
 from __future__ import annotations
 
 import json
+import time
+import tracemalloc
 
 import pytest
 
@@ -91,3 +93,82 @@ def test_query_parameters_and_the_listed_bound() -> None:
     many = redact.listed([f"x{i}.{'k' * 300}" for i in range(150)])
     assert len(many) == 101 and many[-1] == "... and 50 more"
     assert all(len(p) <= redact.LISTED_CHARS + 3 for p in many)
+
+
+def _timed(raw: bytes) -> tuple[bytes, list[str], float]:
+    start = time.perf_counter()
+    kept, paths = redact.body(raw)
+    return kept, paths, time.perf_counter() - start
+
+
+@pytest.mark.parametrize(("depth", "values"), [(1000, 10000), (5000, 20000), (500, 20000)])
+def test_many_values_deep_down_are_redacted_in_linear_time(depth: int, values: int) -> None:
+    """Each redacted value's path was built by walking the whole nesting (json.loads of
+    every key on the way), before any signature check: 1000 levels and 10,000 values
+    (126 KB) took 21.7 s, 5000 levels did not end. Paths are built for the first LISTED
+    values only, and a body nested past MAX_DEPTH is read flat (keys alone)."""
+    sent = b'{"a":' * depth + b"[" + b'{"token":0},' * values + b"0]" + b"}" * depth
+    kept, paths, took = _timed(sent)
+    assert took < 2, took  # 0.05-0.3 s here
+    assert kept == sent.replace(b'"token":0', b'"token":"[redacted]"')
+    assert len(paths) == values
+    listed = redact.listed(paths)
+    assert listed[-1] == f"... and {values - redact.LISTED} more"
+    if depth > redact.MAX_DEPTH:
+        assert listed[0] == "token"  # read flat: the key alone
+    else:
+        assert listed[0].startswith("a.a.a.") and len(listed[0]) == redact.LISTED_CHARS + 3
+
+
+def test_a_value_past_the_depth_bound_is_redacted_whatever_it_is() -> None:
+    deep = b"[" * (redact.MAX_DEPTH + 5)
+    sent = deep + b'{"x": 1, "clientSecret": {"a": ["s", "}"]}, "y": "token"}' + b"]" * 600
+    kept, paths = redact.body(sent)
+    assert kept == deep + b'{"x": 1, "clientSecret": "[redacted]", "y": "token"}' + b"]" * 600
+    assert paths == ["clientSecret"]
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b'"' + b"a" * (4 << 20) + b'"}',  # a long string
+        b'"' + b"\\\\" * (2 << 20) + b'"}',  # backslashes
+        b'"' + b'\\"' * (1 << 20) + b'"}',  # escaped quotes
+        b"[" * (4 << 20) + b"}",  # brackets
+        b'"' + b"\\" * (4 << 20),  # cut short in a run of backslashes
+    ],
+)
+def test_a_large_body_is_read_in_bounded_memory(tail: bytes) -> None:
+    """The string token's regex kept ~100 bytes of state per byte of a string (4 MiB:
+    +455 MB) and a stack entry per bracket (4 MiB of '[': 405 MB). Now a body's peak is
+    about two copies of it."""
+    sent = b'{"apikey":"k","text":' + tail
+    tracemalloc.start()
+    try:
+        kept, paths = redact.body(sent)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert paths == ["apikey"] and kept == sent.replace(b'"k"', b'"[redacted]"', 1)
+    assert peak < 3 * len(sent), peak
+
+
+@pytest.mark.parametrize(
+    "key", ["api__key", "x-auth--token", "access_ _token", "API-KEY", "Client..Secret"]
+)
+def test_every_name_the_rule_takes_is_found_in_a_body(key: str) -> None:
+    """The body's pre-check allowed one separator between letters where secret_name
+    takes any run of them: {"api__key": "S"} was archived as it came."""
+    assert redact.secret_name(key)
+    sent = json.dumps({key: "S", "n": 1}).encode()
+    assert redact.body(sent) == (sent.replace(b'"S"', b'"[redacted]"'), [key])
+
+
+def test_only_ascii_is_folded() -> None:
+    """str.lower folds U+212A KELVIN SIGN to k, which the body's pre-check (ASCII) did
+    not: secret_name took "api\u212aey" yet its body was archived as it came. Names
+    are compared folding ASCII only, as the pre-check does."""
+    sent = '{"api\u212aey": "S"}'.encode()
+    assert not redact.secret_name("api\u212aey")
+    assert redact.body(sent) == (sent, [])
+    assert redact.secret_name("APIKEY") and redact.secret_name("Api-Key")
