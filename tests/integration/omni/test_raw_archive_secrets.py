@@ -207,3 +207,20 @@ async def test_any_value_of_any_credentials_name_is_redacted_in_body_and_headers
     record = await record_of(ingest, r)
     assert record.body == b"event=messages.upsert&apikey=[redacted]"
     assert list(record.body_redacted) == ["apikey"]
+
+
+async def test_an_evolution_record_carries_no_digest_of_the_body_holding_its_apikey(
+    ingest: Ingest, http: httpx.AsyncClient
+) -> None:
+    """body_sha256 was the unsalted SHA-256 of every body as received: with the archived
+    body (its apikey "[redacted]") anyone reading the record could put guesses back,
+    hash them and find the apikey offline. Only a Discord interaction's record carries
+    it (test_discord_interactions); an Evolution record none."""
+    sent = evolution().replace(KEY, "hunter2").encode()
+    r = await post(http, sent)
+    record = await record_of(ingest, r)
+    assert list(record.body_redacted) == ["apikey"]
+    assert b"hunter2" not in record.body
+    assert record.body_sha256 == b""
+    guess = record.body.replace(b'"[redacted]"', b'"hunter2"')
+    assert guess == sent  # what a digest would have confirmed

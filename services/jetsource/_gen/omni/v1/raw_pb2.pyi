@@ -126,8 +126,10 @@ class RawPayload(_message.Message):
     remote_addr: _builtins.str
     body_sha256: _builtins.bytes
     """SHA-256 of the body as received, before anything was redacted (of the bytes read,
-    for a body cut short): with the provider's copy of a request, or a signature over
-    it, it shows which request this record is of, though body no longer matches it.
+    for a body cut short), for a Discord interaction only (format "interactions"): its
+    Ed25519 signature covers that body, and the redacted token is random and short-lived.
+    Empty for every other record: an unsalted digest would let whoever reads the archive
+    confirm guesses of a redacted credential (an Evolution apikey) offline.
     """
     @_builtins.property
     def received_at(self) -> _timestamp_pb2.Timestamp: ...
