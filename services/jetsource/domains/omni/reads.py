@@ -247,6 +247,16 @@ _NAME_TOKEN = 2
 _NAME_TOKEN_CHARS = 4096
 
 
+def _body_and_tag(token: str) -> tuple[bytes, bytes]:
+    """A page token's body and its MAC (unpadded URL-safe base64); a token that is no
+    base64 is refused naming ``page_token``."""
+    try:
+        raw = base64.urlsafe_b64decode(token.encode("ascii") + b"=" * (-len(token) % 4))
+    except (ValueError, binascii.Error, UnicodeEncodeError):
+        raise ValidationError(_TOKEN_FAULT, field="page_token") from None
+    return raw[:-_TAG], raw[-_TAG:]
+
+
 class PageTokens:
     """Page tokens bound to the list they page (see the module's docstring). The key
     comes from the read models' prefix, so every ingest replica reads every replica's
@@ -269,11 +279,7 @@ class PageTokens:
         """The highest stream sequence a page may start at (no token: the newest)."""
         if not token:
             return float("inf")
-        try:
-            raw = base64.urlsafe_b64decode(token.encode("ascii") + b"=" * (-len(token) % 4))
-        except (ValueError, binascii.Error, UnicodeEncodeError):
-            raise ValidationError(_TOKEN_FAULT, field="page_token") from None
-        body, tag = raw[:-_TAG], raw[-_TAG:]
+        body, tag = _body_and_tag(token)
         if (
             len(body) != 1 + _SEQ.size
             or body[0] != _TOKEN_VERSION
@@ -299,11 +305,7 @@ class PageTokens:
             return None
         if len(token) > _NAME_TOKEN_CHARS:
             raise ValidationError(_TOKEN_FAULT, field="page_token")
-        try:
-            raw = base64.urlsafe_b64decode(token.encode("ascii") + b"=" * (-len(token) % 4))
-        except (ValueError, binascii.Error, UnicodeEncodeError):
-            raise ValidationError(_TOKEN_FAULT, field="page_token") from None
-        body, tag = raw[:-_TAG], raw[-_TAG:]
+        body, tag = _body_and_tag(token)
         if (
             len(body) < 2
             or body[0] != _NAME_TOKEN
