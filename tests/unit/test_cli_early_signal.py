@@ -29,6 +29,7 @@ import pytest
 
 import jetsource
 from tests.cli_env import clean_environ
+from tests.unit.test_cli_interrupt_anywhere import said_on as said
 
 STOPPED = "stopped ({}) before it was done"
 OURS = str(Path(jetsource.__file__).parent)
@@ -62,18 +63,6 @@ import runpy
 
 runpy._run_module_as_main("jetsource")
 """
-
-
-def said(stderr: str, as_json: bool) -> tuple[str, str]:
-    """(code, message) of the one line a cancelled command wrote on stderr."""
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1, lines
-    if as_json:
-        error = json.loads(lines[0])["error"]
-        assert error["exit_code"] == 130, error
-        return error["code"], error["message"]
-    code, _, message = lines[0].partition(": ")
-    return code, message
 
 
 @pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])

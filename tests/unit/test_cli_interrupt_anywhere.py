@@ -45,7 +45,12 @@ STOPPED = "stopped (Ctrl-C) before it was done"
 
 def said(result: Any, as_json: bool) -> tuple[str, str]:
     """(code, message) of the one line a cancelled command wrote on stderr."""
-    lines = result.stderr.strip().splitlines()
+    return said_on(result.stderr, as_json)
+
+
+def said_on(stderr: str, as_json: bool) -> tuple[str, str]:
+    """(code, message) of the one line a cancelled command wrote on ``stderr``."""
+    lines = stderr.strip().splitlines()
     assert len(lines) == 1, lines
     if as_json:
         error = json.loads(lines[0])["error"]

@@ -29,7 +29,7 @@ async def _ended(client: SessionsClient, how: BaseException | None) -> str:
     return s.id
 
 
-async def _gone(client: SessionsClient) -> str:
+async def gone_session(client: SessionsClient) -> str:
     """A session whose emitter died: no ending, nothing recorded after its start."""
     s = Session(client.writer, "emitter died", heartbeat_s=60)
     await s.__aenter__()
@@ -43,7 +43,7 @@ async def test_interrupted_sessions_are_pruned_by_age_and_count_and_a_live_one_n
 ) -> None:
     cancelled = await _ended(client, asyncio.CancelledError())
     ctrl_c = await _ended(client, KeyboardInterrupt())
-    gone = await _gone(client)
+    gone = await gone_session(client)
     async with session(client.writer, "live", heartbeat_s=0.1) as live:
         await asyncio.sleep(1.3)  # the gone one is quiet past 1 s; the live one beats
         young = await _ended(client, None)
@@ -79,7 +79,7 @@ async def test_interrupted_sessions_are_pruned_by_age_and_count_and_a_live_one_n
 async def test_the_cli_takes_the_unended_age_and_refuses_a_bad_one(
     client: SessionsClient, app_settings: SessionsAppSettings
 ) -> None:
-    gone = await _gone(client)
+    gone = await gone_session(client)
     cancelled = await _ended(client, asyncio.CancelledError())
     await asyncio.sleep(1.2)
     env = {**env_of(app_settings), "JETSOURCE_SESSIONS__INTERRUPTED_AFTER_S": "0.5"}

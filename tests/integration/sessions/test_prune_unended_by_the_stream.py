@@ -14,9 +14,10 @@ from typing import Any
 
 from jetsource.core.clock import NS, now_ns
 from jetsource.domains.sessions.connect import SessionsClient
-from jetsource.domains.sessions.emit import Session, session
+from jetsource.domains.sessions.emit import session
 from jetsource.domains.sessions.ledger import LedgerReader
 from jetsource.domains.sessions.service import Sessions
+from tests.integration.sessions.test_prune_interrupted import gone_session
 
 DAY = 86_400
 
@@ -38,21 +39,12 @@ class BehindReader:
         return self.frozen[process_id]
 
 
-async def _gone(client: SessionsClient) -> str:
-    """A session whose emitter died: no ending, nothing recorded after its start."""
-    s = Session(client.writer, "emitter died", heartbeat_s=60)
-    await s.__aenter__()
-    assert s._task is not None
-    s._task.cancel()
-    return s.id
-
-
 async def test_a_live_session_is_not_pruned_while_the_read_model_is_behind(
     client: SessionsClient,
 ) -> None:
     stream = client.sessions.reader
     assert isinstance(stream, LedgerReader)
-    gone = await _gone(client)
+    gone = await gone_session(client)
     async with session(client.writer, "live", heartbeat_s=0.1) as live:
         behind = BehindReader(stream)
         quick = client.sessions.settings.model_copy(
@@ -80,7 +72,7 @@ async def test_a_pruner_clock_ahead_of_the_server_does_not_prune_a_live_session(
     client: SessionsClient,
 ) -> None:
     stream = client.sessions.reader
-    gone = await _gone(client)
+    gone = await gone_session(client)
     async with session(client.writer, "live", heartbeat_s=0.1) as live:
         await asyncio.sleep(1.0)
         # The pruner's clock two days ahead: by it, both are quiet for two days.
