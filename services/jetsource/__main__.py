@@ -14,37 +14,32 @@ line."""
 
 import sys
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from signal import SIGINT, SIGTERM, default_int_handler, getsignal
-    from signal import signal as set_handler
-else:  # signal's C half, loaded with the interpreter (signal itself: 10 ms of enum)
-    from _signal import SIGINT, SIGTERM, default_int_handler, getsignal
-    from _signal import signal as set_handler
-
 _stopped_by: list[str] = []
+try:  # from here on: a KeyboardInterrupt before our handlers are in place is said too
+    TYPE_CHECKING = False
+    if TYPE_CHECKING:
+        from signal import SIGINT, SIGTERM, default_int_handler, getsignal
+        from signal import signal as set_handler
+    else:  # signal's C half, loaded with the interpreter (signal itself: 10 ms of enum)
+        from _signal import SIGINT, SIGTERM, default_int_handler, getsignal
+        from _signal import signal as set_handler
 
+    def _sigterm(signum: int, frame: object) -> None:
+        """SIGTERM before :func:`jetsource.cli.main` takes it: as Ctrl-C, named."""
+        _stopped_by.append("SIGTERM")
+        raise KeyboardInterrupt
 
-def _sigterm(signum: int, frame: object) -> None:
-    """SIGTERM before :func:`jetsource.cli.main` takes it: as Ctrl-C, named."""
-    _stopped_by.append("SIGTERM")
-    raise KeyboardInterrupt
+    def _sigint(signum: int, frame: object) -> None:
+        """Ctrl-C while ``jetsource.cli`` is imported: noted, said once it is loaded (a
+        KeyboardInterrupt raised there may be one Python can only report, and lose)."""
+        _stopped_by.append("Ctrl-C")
 
+    def _lost_interrupt_unsaid(unraisable: object) -> None:
+        """A KeyboardInterrupt Python could only report is not said: its signal was noted."""
+        if not isinstance(getattr(unraisable, "exc_value", None), KeyboardInterrupt):
+            sys.__unraisablehook__(unraisable)  # type: ignore[arg-type]
 
-def _sigint(signum: int, frame: object) -> None:
-    """Ctrl-C while ``jetsource.cli`` is imported: noted, said once it is loaded (a
-    KeyboardInterrupt raised there may be one Python can only report, and lose)."""
-    _stopped_by.append("Ctrl-C")
-
-
-def _lost_interrupt_unsaid(unraisable: object) -> None:
-    """A KeyboardInterrupt Python could only report is not said: its signal was noted."""
-    if not isinstance(getattr(unraisable, "exc_value", None), KeyboardInterrupt):
-        sys.__unraisablehook__(unraisable)  # type: ignore[arg-type]
-
-
-set_handler(SIGTERM, _sigterm)
-try:
+    set_handler(SIGTERM, _sigterm)
     hook = sys.unraisablehook
     sys.unraisablehook = _lost_interrupt_unsaid
     # not where SIGINT is ignored (a job started with & from a script)
