@@ -36,6 +36,7 @@ from pathlib import Path
 import grpc
 import httpx
 from pydantic import SecretStr
+from tests.projector_fixtures import start_projector
 
 from bench.common import (
     Aim,
@@ -75,7 +76,6 @@ from jetsource.eventstore.jetstream import JetStreamEventStore
 from jetsource.ingest.settings import IngestOptions, IngestSettings
 from jetsource.projection.bootstrap import open_projection
 from jetsource.projection.domain import DomainRegistry
-from jetsource.projection.host import ProjectorService
 from jetsource.projection.settings import ProjectorOptions
 
 SECRET = "bench-app-secret"
@@ -421,12 +421,27 @@ async def run(args: argparse.Namespace) -> list[Table]:
                 raise RuntimeError((tmp / "ingest.log").read_text()[-2000:])
             await asyncio.sleep(0.2)
 
+        # The projector as its own process, as deployed: run in this process, every batch
+        # it applied stalled the bench's clients (their webhooks sent late, timed from when
+        # they were due), and its CPU was booked as the client's.
         p = await open_projection(settings, domains=DomainRegistry([DOMAIN]))
-        projector = ProjectorService(p)
-        stop_projector = asyncio.Event()
-        projecting = asyncio.create_task(projector.run(stop_projector))
+        projector = start_projector(
+            {
+                **env,
+                "JETSOURCE_PROJECTOR__HTTP_PORT": str(free_port()),
+                "JETSOURCE_PROJECTOR__MODELS": json.dumps(list(p.model_names())),
+            },
+            tmp / "projector.log",
+        )
+        procs.append(projector)
         try:
-            meter = CpuMeter({"jetsource-ingest": ingress.pid, "nats-server": procs[0].pid}).start()
+            meter = CpuMeter(
+                {
+                    "jetsource-ingest": ingress.pid,
+                    "projector": projector.pid,
+                    "nats-server": procs[0].pid,
+                }
+            ).start()
             ingest, failures, body_bytes = await ingest_phase(
                 "127.0.0.1", settings.ingest.http_port, args.rate, args.seconds
             )
@@ -468,8 +483,6 @@ async def run(args: argparse.Namespace) -> list[Table]:
                 info = await jsapi.api(p.stores["omni"]._replies, f"STREAM.INFO.{name}", {}, 5.0)
                 final_messages[name] = int(info["state"]["messages"])
         finally:
-            stop_projector.set()
-            await projecting
             await p.close()
     finally:
         for proc in reversed(procs):
