@@ -75,6 +75,12 @@ SCAN_LIMIT = 5_000
 # at that event); a page holds one event at least.
 PAGE_MARGIN = 64 * 1024
 DEFAULT_PAGE_BYTES = 4 * 1024 * 1024 - PAGE_MARGIN
+# The handles (and merged identities) an identity holds in FindIdentity, ListIdentities
+# and GetIdentityTimeline answers: the first by name, their counts beside them; the rest
+# are GetIdentity's to page (every one of them was answered: an identity of tens of
+# thousands of handles bloated every list page it was on, past the message limit broke
+# the answer).
+LISTED_HANDLES = 100
 
 
 # Walks the narrowest index newest first and keeps the events whose filter fields match,
@@ -219,12 +225,23 @@ def _identity_view(
         merged_into=_text(doc.get(b"into")),
         created_by=_text(doc.get(b"by")),
         merged_from=sorted(_text(m) for m in merged),
+        handle_count=len(handles),
+        merged_from_count=len(merged),
     )
     for name, instance in sorted(handles.items()):
         provider, _, external_id = _text(name).partition(":")
         view.handles.append(
             Handle(provider=provider, external_id=external_id, instance=_text(instance))
         )
+    return view
+
+
+def listed(view: IdentityView, most: int) -> IdentityView:
+    """``view`` as the reads other than GetIdentity answer it: its first ``most`` handles
+    (by name) and merged identities (by id); handle_count and merged_from_count say how
+    many it has."""
+    del view.handles[most:]
+    del view.merged_from[most:]
     return view
 
 
@@ -396,6 +413,9 @@ class OmniReads:
         self.raw = raw
         self._seq_at_time = seq_at_time
         self.max_page_size = max_page_size
+        # Handles per identity in the answers other than GetIdentity's: no more than
+        # GetIdentity's first page holds.
+        self.listed = min(LISTED_HANDLES, max_page_size)
         self._default_floor: tuple[float, int] | None = None
         self._filter = redis.register_script(_FILTER_LUA)
         self._tokens = PageTokens(prefix)
@@ -629,7 +649,7 @@ class OmniReads:
         events, next_token = await self._page(
             ns, [f"tl:{i}" for i in ids], size, top, "timeline", identity_id
         )
-        return identity, events, next_token
+        return listed(identity, self.listed), events, next_token
 
     # -- identities ---------------------------------------------------------------------------
 
@@ -746,7 +766,7 @@ class OmniReads:
         while view.merged_into and view.merged_into not in seen:
             seen.add(view.merged_into)
             view = await self.identity(view.merged_into)
-        return view
+        return listed(view, self.listed)
 
     async def _held(self, provider: str, external_id: str) -> bool:
         """Whether the handles bucket says an identity holds the handle."""
@@ -801,6 +821,7 @@ class OmniReads:
                 ):
                     continue
                 if include_merged or not view.merged_into:
+                    listed(view, self.listed)
                     used += view.ByteSize() + 8
                     if out and used > self.max_page_bytes:
                         # Cut by its bytes (identities with many handles): the next page

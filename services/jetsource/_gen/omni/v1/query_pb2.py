@@ -28,7 +28,7 @@ from jetsource._gen.omni.v1 import events_pb2 as jetsource_dot_omni_dot_v1_dot_e
 from jetsource._gen.omni.v1 import raw_pb2 as jetsource_dot_omni_dot_v1_dot_raw__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1djetsource/omni/v1/query.proto\x12\x11jetsource.omni.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ejetsource/omni/v1/events.proto\x1a\x1bjetsource/omni/v1/raw.proto\"\x9c\x01\n\x10ProcessingStatus\x12\r\n\x05state\x18\x01 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x02 \x01(\r\x12\x13\n\x0bretry_count\x18\x03 \x01(\r\x12\x0e\n\x06worker\x18\x04 \x01(\t\x12\x12\n\nlast_error\x18\x05 \x01(\t\x12.\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x87\x01\n\tEventView\x12\x31\n\x05\x65vent\x18\x01 \x01(\x0b\x32\".jetsource.omni.v1.NormalizedEvent\x12\x12\n\nstream_seq\x18\x02 \x01(\x04\x12\x33\n\x06status\x18\x03 \x01(\x0b\x32#.jetsource.omni.v1.ProcessingStatus\"W\n\x06Handle\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x13\n\x0b\x65xternal_id\x18\x02 \x01(\t\x12\x10\n\x08instance\x18\x03 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x04 \x01(\t\"\xa3\x01\n\x0cIdentityView\x12\x13\n\x0bidentity_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12*\n\x07handles\x18\x03 \x03(\x0b\x32\x19.jetsource.omni.v1.Handle\x12\x13\n\x0bmerged_into\x18\x04 \x01(\t\x12\x13\n\x0bmerged_from\x18\x05 \x03(\t\x12\x12\n\ncreated_by\x18\x06 \x01(\t\"\xf2\x01\n\x17ListRecentEventsRequest\x12\x10\n\x08instance\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x30\n\nevent_type\x18\x03 \x01(\x0e\x32\x1c.jetsource.omni.v1.EventType\x12/\n\tdirection\x18\x04 \x01(\x0e\x32\x1c.jetsource.omni.v1.Direction\x12)\n\x05since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x06 \x01(\r\x12\x12\n\npage_token\x18\x07 \x01(\t\"a\n\x18ListRecentEventsResponse\x12,\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1c.jetsource.omni.v1.EventView\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"8\n\x0fGetEventRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x13\n\x0binclude_raw\x18\x02 \x01(\x08\"k\n\x10GetEventResponse\x12+\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1c.jetsource.omni.v1.EventView\x12*\n\x03raw\x18\x02 \x01(\x0b\x32\x1d.jetsource.omni.v1.RawPayload\"X\n\x1aGetIdentityTimelineRequest\x12\x13\n\x0bidentity_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"\x97\x01\n\x1bGetIdentityTimelineResponse\x12\x31\n\x08identity\x18\x01 \x01(\x0b\x32\x1f.jetsource.omni.v1.IdentityView\x12,\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x1c.jetsource.omni.v1.EventView\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"|\n\x16GetConversationRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x10\n\x08instance\x18\x02 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"`\n\x17GetConversationResponse\x12,\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1c.jetsource.omni.v1.EventView\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"P\n\x12GetIdentityRequest\x12\x13\n\x0bidentity_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"<\n\x13\x46indIdentityRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x13\n\x0b\x65xternal_id\x18\x02 \x01(\t\"a\n\x13GetIdentityResponse\x12\x31\n\x08identity\x18\x01 \x01(\x0b\x32\x1f.jetsource.omni.v1.IdentityView\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"I\n\x14\x46indIdentityResponse\x12\x31\n\x08identity\x18\x01 \x01(\x0b\x32\x1f.jetsource.omni.v1.IdentityView\"h\n\x15ListIdentitiesRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x16\n\x0einclude_merged\x18\x02 \x01(\x08\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"f\n\x16ListIdentitiesResponse\x12\x33\n\nidentities\x18\x01 \x03(\x0b\x32\x1f.jetsource.omni.v1.IdentityView\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xda\x05\n\x10OmniQueryService\x12k\n\x10ListRecentEvents\x12*.jetsource.omni.v1.ListRecentEventsRequest\x1a+.jetsource.omni.v1.ListRecentEventsResponse\x12S\n\x08GetEvent\x12\".jetsource.omni.v1.GetEventRequest\x1a#.jetsource.omni.v1.GetEventResponse\x12t\n\x13GetIdentityTimeline\x12-.jetsource.omni.v1.GetIdentityTimelineRequest\x1a..jetsource.omni.v1.GetIdentityTimelineResponse\x12h\n\x0fGetConversation\x12).jetsource.omni.v1.GetConversationRequest\x1a*.jetsource.omni.v1.GetConversationResponse\x12\\\n\x0bGetIdentity\x12%.jetsource.omni.v1.GetIdentityRequest\x1a&.jetsource.omni.v1.GetIdentityResponse\x12_\n\x0c\x46indIdentity\x12&.jetsource.omni.v1.FindIdentityRequest\x1a\'.jetsource.omni.v1.FindIdentityResponse\x12\x65\n\x0eListIdentities\x12(.jetsource.omni.v1.ListIdentitiesRequest\x1a).jetsource.omni.v1.ListIdentitiesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1djetsource/omni/v1/query.proto\x12\x11jetsource.omni.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ejetsource/omni/v1/events.proto\x1a\x1bjetsource/omni/v1/raw.proto\"\x9c\x01\n\x10ProcessingStatus\x12\r\n\x05state\x18\x01 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x02 \x01(\r\x12\x13\n\x0bretry_count\x18\x03 \x01(\r\x12\x0e\n\x06worker\x18\x04 \x01(\t\x12\x12\n\nlast_error\x18\x05 \x01(\t\x12.\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x87\x01\n\tEventView\x12\x31\n\x05\x65vent\x18\x01 \x01(\x0b\x32\".jetsource.omni.v1.NormalizedEvent\x12\x12\n\nstream_seq\x18\x02 \x01(\x04\x12\x33\n\x06status\x18\x03 \x01(\x0b\x32#.jetsource.omni.v1.ProcessingStatus\"W\n\x06Handle\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x13\n\x0b\x65xternal_id\x18\x02 \x01(\t\x12\x10\n\x08instance\x18\x03 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x04 \x01(\t\"\xd4\x01\n\x0cIdentityView\x12\x13\n\x0bidentity_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12*\n\x07handles\x18\x03 \x03(\x0b\x32\x19.jetsource.omni.v1.Handle\x12\x13\n\x0bmerged_into\x18\x04 \x01(\t\x12\x13\n\x0bmerged_from\x18\x05 \x03(\t\x12\x12\n\ncreated_by\x18\x06 \x01(\t\x12\x14\n\x0chandle_count\x18\x07 \x01(\r\x12\x19\n\x11merged_from_count\x18\x08 \x01(\r\"\xf2\x01\n\x17ListRecentEventsRequest\x12\x10\n\x08instance\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x30\n\nevent_type\x18\x03 \x01(\x0e\x32\x1c.jetsource.omni.v1.EventType\x12/\n\tdirection\x18\x04 \x01(\x0e\x32\x1c.jetsource.omni.v1.Direction\x12)\n\x05since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x06 \x01(\r\x12\x12\n\npage_token\x18\x07 \x01(\t\"a\n\x18ListRecentEventsResponse\x12,\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1c.jetsource.omni.v1.EventView\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"8\n\x0fGetEventRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x13\n\x0binclude_raw\x18\x02 \x01(\x08\"k\n\x10GetEventResponse\x12+\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1c.jetsource.omni.v1.EventView\x12*\n\x03raw\x18\x02 \x01(\x0b\x32\x1d.jetsource.omni.v1.RawPayload\"X\n\x1aGetIdentityTimelineRequest\x12\x13\n\x0bidentity_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"\x97\x01\n\x1bGetIdentityTimelineResponse\x12\x31\n\x08identity\x18\x01 \x01(\x0b\x32\x1f.jetsource.omni.v1.IdentityView\x12,\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x1c.jetsource.omni.v1.EventView\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"|\n\x16GetConversationRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x10\n\x08instance\x18\x02 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"`\n\x17GetConversationResponse\x12,\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1c.jetsource.omni.v1.EventView\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"P\n\x12GetIdentityRequest\x12\x13\n\x0bidentity_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"<\n\x13\x46indIdentityRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x13\n\x0b\x65xternal_id\x18\x02 \x01(\t\"a\n\x13GetIdentityResponse\x12\x31\n\x08identity\x18\x01 \x01(\x0b\x32\x1f.jetsource.omni.v1.IdentityView\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"I\n\x14\x46indIdentityResponse\x12\x31\n\x08identity\x18\x01 \x01(\x0b\x32\x1f.jetsource.omni.v1.IdentityView\"h\n\x15ListIdentitiesRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x16\n\x0einclude_merged\x18\x02 \x01(\x08\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"f\n\x16ListIdentitiesResponse\x12\x33\n\nidentities\x18\x01 \x03(\x0b\x32\x1f.jetsource.omni.v1.IdentityView\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xda\x05\n\x10OmniQueryService\x12k\n\x10ListRecentEvents\x12*.jetsource.omni.v1.ListRecentEventsRequest\x1a+.jetsource.omni.v1.ListRecentEventsResponse\x12S\n\x08GetEvent\x12\".jetsource.omni.v1.GetEventRequest\x1a#.jetsource.omni.v1.GetEventResponse\x12t\n\x13GetIdentityTimeline\x12-.jetsource.omni.v1.GetIdentityTimelineRequest\x1a..jetsource.omni.v1.GetIdentityTimelineResponse\x12h\n\x0fGetConversation\x12).jetsource.omni.v1.GetConversationRequest\x1a*.jetsource.omni.v1.GetConversationResponse\x12\\\n\x0bGetIdentity\x12%.jetsource.omni.v1.GetIdentityRequest\x1a&.jetsource.omni.v1.GetIdentityResponse\x12_\n\x0c\x46indIdentity\x12&.jetsource.omni.v1.FindIdentityRequest\x1a\'.jetsource.omni.v1.FindIdentityResponse\x12\x65\n\x0eListIdentities\x12(.jetsource.omni.v1.ListIdentitiesRequest\x1a).jetsource.omni.v1.ListIdentitiesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,35 +42,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HANDLE']._serialized_start=443
   _globals['_HANDLE']._serialized_end=530
   _globals['_IDENTITYVIEW']._serialized_start=533
-  _globals['_IDENTITYVIEW']._serialized_end=696
-  _globals['_LISTRECENTEVENTSREQUEST']._serialized_start=699
-  _globals['_LISTRECENTEVENTSREQUEST']._serialized_end=941
-  _globals['_LISTRECENTEVENTSRESPONSE']._serialized_start=943
-  _globals['_LISTRECENTEVENTSRESPONSE']._serialized_end=1040
-  _globals['_GETEVENTREQUEST']._serialized_start=1042
-  _globals['_GETEVENTREQUEST']._serialized_end=1098
-  _globals['_GETEVENTRESPONSE']._serialized_start=1100
-  _globals['_GETEVENTRESPONSE']._serialized_end=1207
-  _globals['_GETIDENTITYTIMELINEREQUEST']._serialized_start=1209
-  _globals['_GETIDENTITYTIMELINEREQUEST']._serialized_end=1297
-  _globals['_GETIDENTITYTIMELINERESPONSE']._serialized_start=1300
-  _globals['_GETIDENTITYTIMELINERESPONSE']._serialized_end=1451
-  _globals['_GETCONVERSATIONREQUEST']._serialized_start=1453
-  _globals['_GETCONVERSATIONREQUEST']._serialized_end=1577
-  _globals['_GETCONVERSATIONRESPONSE']._serialized_start=1579
-  _globals['_GETCONVERSATIONRESPONSE']._serialized_end=1675
-  _globals['_GETIDENTITYREQUEST']._serialized_start=1677
-  _globals['_GETIDENTITYREQUEST']._serialized_end=1757
-  _globals['_FINDIDENTITYREQUEST']._serialized_start=1759
-  _globals['_FINDIDENTITYREQUEST']._serialized_end=1819
-  _globals['_GETIDENTITYRESPONSE']._serialized_start=1821
-  _globals['_GETIDENTITYRESPONSE']._serialized_end=1918
-  _globals['_FINDIDENTITYRESPONSE']._serialized_start=1920
-  _globals['_FINDIDENTITYRESPONSE']._serialized_end=1993
-  _globals['_LISTIDENTITIESREQUEST']._serialized_start=1995
-  _globals['_LISTIDENTITIESREQUEST']._serialized_end=2099
-  _globals['_LISTIDENTITIESRESPONSE']._serialized_start=2101
-  _globals['_LISTIDENTITIESRESPONSE']._serialized_end=2203
-  _globals['_OMNIQUERYSERVICE']._serialized_start=2206
-  _globals['_OMNIQUERYSERVICE']._serialized_end=2936
+  _globals['_IDENTITYVIEW']._serialized_end=745
+  _globals['_LISTRECENTEVENTSREQUEST']._serialized_start=748
+  _globals['_LISTRECENTEVENTSREQUEST']._serialized_end=990
+  _globals['_LISTRECENTEVENTSRESPONSE']._serialized_start=992
+  _globals['_LISTRECENTEVENTSRESPONSE']._serialized_end=1089
+  _globals['_GETEVENTREQUEST']._serialized_start=1091
+  _globals['_GETEVENTREQUEST']._serialized_end=1147
+  _globals['_GETEVENTRESPONSE']._serialized_start=1149
+  _globals['_GETEVENTRESPONSE']._serialized_end=1256
+  _globals['_GETIDENTITYTIMELINEREQUEST']._serialized_start=1258
+  _globals['_GETIDENTITYTIMELINEREQUEST']._serialized_end=1346
+  _globals['_GETIDENTITYTIMELINERESPONSE']._serialized_start=1349
+  _globals['_GETIDENTITYTIMELINERESPONSE']._serialized_end=1500
+  _globals['_GETCONVERSATIONREQUEST']._serialized_start=1502
+  _globals['_GETCONVERSATIONREQUEST']._serialized_end=1626
+  _globals['_GETCONVERSATIONRESPONSE']._serialized_start=1628
+  _globals['_GETCONVERSATIONRESPONSE']._serialized_end=1724
+  _globals['_GETIDENTITYREQUEST']._serialized_start=1726
+  _globals['_GETIDENTITYREQUEST']._serialized_end=1806
+  _globals['_FINDIDENTITYREQUEST']._serialized_start=1808
+  _globals['_FINDIDENTITYREQUEST']._serialized_end=1868
+  _globals['_GETIDENTITYRESPONSE']._serialized_start=1870
+  _globals['_GETIDENTITYRESPONSE']._serialized_end=1967
+  _globals['_FINDIDENTITYRESPONSE']._serialized_start=1969
+  _globals['_FINDIDENTITYRESPONSE']._serialized_end=2042
+  _globals['_LISTIDENTITIESREQUEST']._serialized_start=2044
+  _globals['_LISTIDENTITIESREQUEST']._serialized_end=2148
+  _globals['_LISTIDENTITIESRESPONSE']._serialized_start=2150
+  _globals['_LISTIDENTITIESRESPONSE']._serialized_end=2252
+  _globals['_OMNIQUERYSERVICE']._serialized_start=2255
+  _globals['_OMNIQUERYSERVICE']._serialized_end=2985
 # @@protoc_insertion_point(module_scope)

@@ -126,16 +126,36 @@ class IdentityView(_message.Message):
     MERGED_INTO_FIELD_NUMBER: _builtins.int
     MERGED_FROM_FIELD_NUMBER: _builtins.int
     CREATED_BY_FIELD_NUMBER: _builtins.int
+    HANDLE_COUNT_FIELD_NUMBER: _builtins.int
+    MERGED_FROM_COUNT_FIELD_NUMBER: _builtins.int
     identity_id: _builtins.str
     display_name: _builtins.str
     merged_into: _builtins.str
     """Set when this identity was merged into another."""
     created_by: _builtins.str
     """first_contact or admin."""
+    handle_count: _builtins.int
+    """How many handles the identity has, whatever this answer holds of them (0 from a
+    server older than this field, which sent them all).
+    """
+    merged_from_count: _builtins.int
+    """How many identities were merged into this one directly (as handle_count)."""
     @_builtins.property
-    def handles(self) -> _containers.RepeatedCompositeFieldContainer[Global___Handle]: ...
+    def handles(self) -> _containers.RepeatedCompositeFieldContainer[Global___Handle]:
+        """In the order of their names (provider:external_id). GetIdentity: one page of them
+        (see its page_size). FindIdentity, ListIdentities and GetIdentityTimeline: the first
+        100 at most, fewer when the server's max page size is lower (what GetIdentity's
+        first page starts with); when handle_count is larger, GetIdentity pages through
+        them all.
+        """
+
     @_builtins.property
-    def merged_from(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def merged_from(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The identities merged into this one directly, in the order of their ids. GetIdentity:
+        all of them. FindIdentity, ListIdentities and GetIdentityTimeline: as many as they
+        hold handles at most; when merged_from_count is larger, GetIdentity has them all.
+        """
+
     def __init__(
         self,
         *,
@@ -145,10 +165,12 @@ class IdentityView(_message.Message):
         merged_into: _builtins.str = ...,
         merged_from: _abc.Iterable[_builtins.str] | None = ...,
         created_by: _builtins.str = ...,
+        handle_count: _builtins.int = ...,
+        merged_from_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_by", b"created_by", "display_name", b"display_name", "handles", b"handles", "identity_id", b"identity_id", "merged_from", b"merged_from", "merged_into", b"merged_into"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_by", b"created_by", "display_name", b"display_name", "handle_count", b"handle_count", "handles", b"handles", "identity_id", b"identity_id", "merged_from", b"merged_from", "merged_from_count", b"merged_from_count", "merged_into", b"merged_into"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -97,6 +97,7 @@ class OmniQueryServiceServicer:
 
     def GetIdentityTimeline(self, request, context):
         """Everything an identity sent or received, across providers (merged identities included).
+        The identity with its first handles and merges only (see IdentityView).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -110,20 +111,23 @@ class OmniQueryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetIdentity(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One identity, its handles paged.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def FindIdentity(self, request, context):
-        """Which identity a handle resolves to, as the read model has it.
+        """Which identity a handle resolves to, as the read model has it: with its first
+        handles and merges only (see IdentityView), GetIdentity has the rest.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListIdentities(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Each identity with its first handles and merges only (see IdentityView).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

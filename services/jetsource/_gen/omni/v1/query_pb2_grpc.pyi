@@ -42,13 +42,19 @@ class OmniQueryServiceStub:
     GetEvent: _grpc.UnaryUnaryMultiCallable[_query_pb2.GetEventRequest, _query_pb2.GetEventResponse]
     """One normalized event, its processing status and (include_raw) its raw payload."""
     GetIdentityTimeline: _grpc.UnaryUnaryMultiCallable[_query_pb2.GetIdentityTimelineRequest, _query_pb2.GetIdentityTimelineResponse]
-    """Everything an identity sent or received, across providers (merged identities included)."""
+    """Everything an identity sent or received, across providers (merged identities included).
+    The identity with its first handles and merges only (see IdentityView).
+    """
     GetConversation: _grpc.UnaryUnaryMultiCallable[_query_pb2.GetConversationRequest, _query_pb2.GetConversationResponse]
     """One conversation (chat or channel) of one instance, newest first."""
     GetIdentity: _grpc.UnaryUnaryMultiCallable[_query_pb2.GetIdentityRequest, _query_pb2.GetIdentityResponse]
+    """One identity, its handles paged."""
     FindIdentity: _grpc.UnaryUnaryMultiCallable[_query_pb2.FindIdentityRequest, _query_pb2.FindIdentityResponse]
-    """Which identity a handle resolves to, as the read model has it."""
+    """Which identity a handle resolves to, as the read model has it: with its first
+    handles and merges only (see IdentityView), GetIdentity has the rest.
+    """
     ListIdentities: _grpc.UnaryUnaryMultiCallable[_query_pb2.ListIdentitiesRequest, _query_pb2.ListIdentitiesResponse]
+    """Each identity with its first handles and merges only (see IdentityView)."""
 
 @_typing.type_check_only
 class OmniQueryServiceAsyncStub(OmniQueryServiceStub):
@@ -63,13 +69,19 @@ class OmniQueryServiceAsyncStub(OmniQueryServiceStub):
     GetEvent: _aio.UnaryUnaryMultiCallable[_query_pb2.GetEventRequest, _query_pb2.GetEventResponse]  # type: ignore[assignment]
     """One normalized event, its processing status and (include_raw) its raw payload."""
     GetIdentityTimeline: _aio.UnaryUnaryMultiCallable[_query_pb2.GetIdentityTimelineRequest, _query_pb2.GetIdentityTimelineResponse]  # type: ignore[assignment]
-    """Everything an identity sent or received, across providers (merged identities included)."""
+    """Everything an identity sent or received, across providers (merged identities included).
+    The identity with its first handles and merges only (see IdentityView).
+    """
     GetConversation: _aio.UnaryUnaryMultiCallable[_query_pb2.GetConversationRequest, _query_pb2.GetConversationResponse]  # type: ignore[assignment]
     """One conversation (chat or channel) of one instance, newest first."""
     GetIdentity: _aio.UnaryUnaryMultiCallable[_query_pb2.GetIdentityRequest, _query_pb2.GetIdentityResponse]  # type: ignore[assignment]
+    """One identity, its handles paged."""
     FindIdentity: _aio.UnaryUnaryMultiCallable[_query_pb2.FindIdentityRequest, _query_pb2.FindIdentityResponse]  # type: ignore[assignment]
-    """Which identity a handle resolves to, as the read model has it."""
+    """Which identity a handle resolves to, as the read model has it: with its first
+    handles and merges only (see IdentityView), GetIdentity has the rest.
+    """
     ListIdentities: _aio.UnaryUnaryMultiCallable[_query_pb2.ListIdentitiesRequest, _query_pb2.ListIdentitiesResponse]  # type: ignore[assignment]
+    """Each identity with its first handles and merges only (see IdentityView)."""
 
 class OmniQueryServiceServicer(metaclass=_abc_1.ABCMeta):
     """Reads of the omni domain, answered from its read models (Valkey), except GetEvent's raw
@@ -99,7 +111,9 @@ class OmniQueryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _query_pb2.GetIdentityTimelineRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_query_pb2.GetIdentityTimelineResponse, _abc.Awaitable[_query_pb2.GetIdentityTimelineResponse]]:
-        """Everything an identity sent or received, across providers (merged identities included)."""
+        """Everything an identity sent or received, across providers (merged identities included).
+        The identity with its first handles and merges only (see IdentityView).
+        """
 
     @_abc_1.abstractmethod
     def GetConversation(
@@ -114,7 +128,8 @@ class OmniQueryServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _query_pb2.GetIdentityRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_query_pb2.GetIdentityResponse, _abc.Awaitable[_query_pb2.GetIdentityResponse]]: ...
+    ) -> _typing.Union[_query_pb2.GetIdentityResponse, _abc.Awaitable[_query_pb2.GetIdentityResponse]]:
+        """One identity, its handles paged."""
 
     @_abc_1.abstractmethod
     def FindIdentity(
@@ -122,13 +137,16 @@ class OmniQueryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _query_pb2.FindIdentityRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_query_pb2.FindIdentityResponse, _abc.Awaitable[_query_pb2.FindIdentityResponse]]:
-        """Which identity a handle resolves to, as the read model has it."""
+        """Which identity a handle resolves to, as the read model has it: with its first
+        handles and merges only (see IdentityView), GetIdentity has the rest.
+        """
 
     @_abc_1.abstractmethod
     def ListIdentities(
         self,
         request: _query_pb2.ListIdentitiesRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_query_pb2.ListIdentitiesResponse, _abc.Awaitable[_query_pb2.ListIdentitiesResponse]]: ...
+    ) -> _typing.Union[_query_pb2.ListIdentitiesResponse, _abc.Awaitable[_query_pb2.ListIdentitiesResponse]]:
+        """Each identity with its first handles and merges only (see IdentityView)."""
 
 def add_OmniQueryServiceServicer_to_server(servicer: OmniQueryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

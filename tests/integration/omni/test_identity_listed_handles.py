@@ -1,0 +1,130 @@
+"""FindIdentity, ListIdentities and GetIdentityTimeline answered every handle (and every
+merged identity) of each identity they held, after GetIdentity was paged (22eb0ed): an
+identity of tens of thousands of handles bloated each of those answers, past the gRPC
+message limit broke them. Now they hold the first handles by name and the first merged
+identities by id, min(100, the max page size) of each, as GetIdentity's first page
+starts; IdentityView.handle_count and merged_from_count say how many there are (on
+GetIdentity too) and GetIdentity pages through the rest. Through the ingest's gRPC and
+REST on real NATS and Valkey, the max page size lowered to 10."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import httpx
+import pytest
+
+from jetsource._gen.omni.v1 import query_pb2 as oq
+from jetsource._gen.omni.v1 import query_pb2_grpc
+from jetsource.ingest.server import Ingest, build
+from jetsource.ingest.settings import IngestSettings
+from tests.integration.omni.harness import caught_up, projector
+
+pytestmark = pytest.mark.integration
+
+MAX_PAGE = 10
+
+
+@pytest.fixture
+async def small_pages(isettings: IngestSettings) -> AsyncIterator[Ingest]:
+    settings = isettings.model_copy(
+        update={"ingest": isettings.ingest.model_copy(update={"max_page_size": MAX_PAGE})}
+    )
+    service = await build(settings)
+    try:
+        yield service
+    finally:
+        await service.stop(0)
+
+
+def names(view: oq.IdentityView) -> list[str]:
+    return [f"{h.provider}:{h.external_id}" for h in view.handles]
+
+
+async def test_list_find_and_timeline_hold_the_first_handles_and_say_how_many(
+    small_pages: Ingest, isettings: IngestSettings
+) -> None:
+    ids = small_pages.identities
+    person = await ids.create("Many", actor="test")
+    numbers = [f"4915100000{i:03d}" for i in range(25)]
+    for n in numbers:
+        await ids.link(person, "whatsapp", n, actor="test")
+    merged = []
+    for i in range(12):
+        other = await ids.create(f"Merged {i}", actor="test")
+        await ids.link(other, "discord", f"7000{i:02d}", actor="test")
+        await ids.merge(person, other, actor="test")
+        merged.append(other)
+    few = await ids.create("Few", actor="test")
+    await ids.link(few, "whatsapp", "4915199999999", actor="test")
+    every = sorted(
+        [*(f"whatsapp:{n}" for n in numbers), *(f"discord:7000{i:02d}" for i in range(12))]
+    )
+    async with projector(isettings) as p:
+        await caught_up(p)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{small_pages.grpc.port}") as channel:
+            stub = query_pb2_grpc.OmniQueryServiceStub(channel)
+
+            def bounded(view: oq.IdentityView) -> None:
+                assert view.identity_id == person and view.display_name == "Many"
+                assert names(view) == every[:MAX_PAGE], names(view)
+                assert view.handle_count == len(every)
+                assert list(view.merged_from) == sorted(merged)[:MAX_PAGE]
+                assert view.merged_from_count == len(merged)
+
+            found = await stub.FindIdentity(
+                oq.FindIdentityRequest(provider="whatsapp", external_id=numbers[3]), timeout=5
+            )
+            bounded(found.identity)
+            # A merged identity's handle finds its survivor, bounded alike.
+            found = await stub.FindIdentity(
+                oq.FindIdentityRequest(provider="discord", external_id="700005"), timeout=5
+            )
+            bounded(found.identity)
+            timeline = await stub.GetIdentityTimeline(
+                oq.GetIdentityTimelineRequest(identity_id=person), timeout=5
+            )
+            bounded(timeline.identity)
+            listed = await stub.ListIdentities(
+                oq.ListIdentitiesRequest(provider="whatsapp", page_size=MAX_PAGE), timeout=5
+            )
+            by_id = {i.identity_id: i for i in listed.identities}
+            bounded(by_id[person])
+            # An identity of fewer: whole, its counts its lengths.
+            small = by_id[few]
+            assert names(small) == ["whatsapp:4915199999999"] and small.handle_count == 1
+            assert not small.merged_from and small.merged_from_count == 0
+
+            # GetIdentity says the same counts and pages through every handle.
+            got: list[str] = []
+            token = ""
+            while True:
+                page = await stub.GetIdentity(
+                    oq.GetIdentityRequest(identity_id=person, page_token=token), timeout=5
+                )
+                assert page.identity.handle_count == len(every)
+                assert page.identity.merged_from_count == len(merged)
+                assert sorted(page.identity.merged_from) == sorted(merged)
+                got += names(page.identity)
+                token = page.next_page_token
+                if not token:
+                    break
+            assert got == every
+        # REST: the same bound and counts.
+        transport = httpx.ASGITransport(app=small_pages.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as http:
+            for path in (
+                f"/api/v1/handles/whatsapp/{numbers[0]}",
+                f"/api/v1/identities/{person}/timeline",
+            ):
+                r = await http.get(path)
+                assert r.status_code == 200, r.text
+                view = r.json()["identity"]
+                assert len(view["handles"]) == MAX_PAGE and view["handle_count"] == len(every)
+                assert len(view["merged_from"]) == MAX_PAGE
+                assert view["merged_from_count"] == len(merged)
+            r = await http.get("/api/v1/identities", params={"provider": "whatsapp"})
+            assert r.status_code == 200, r.text
+            view = next(i for i in r.json()["identities"] if i["identity_id"] == person)
+            assert len(view["handles"]) == MAX_PAGE and view["handle_count"] == len(every)
