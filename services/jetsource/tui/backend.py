@@ -318,13 +318,30 @@ class Backend:
             "GetEvent", pb.GetEventRequest(event_id=event_id, include_raw=True)
         )
 
-    async def identity(self, identity_id: str) -> Any:
+    async def identity(self, identity_id: str, most: int = 1, token: str = "") -> tuple[Any, str]:
+        """GetIdentity's pages followed (next_page_token), from ``token``, until ``most``
+        handles came (a page past it at most: the server's page size) or there are no
+        more: the identity with those handles, and the token to go on from ("" when
+        every handle came). One page was read: an identity of more handles than the
+        server's page (1,000) showed that many as if they were all."""
         from jetsource._gen.omni.v1 import query_pb2 as pb
 
-        got = await self._omni_call("GetIdentity", pb.GetIdentityRequest(identity_id=identity_id))
-        return got.identity
+        view: Any = None
+        while True:
+            got = await self._omni_call(
+                "GetIdentity", pb.GetIdentityRequest(identity_id=identity_id, page_token=token)
+            )
+            if view is None:
+                view = got.identity
+            else:
+                view.handles.extend(got.identity.handles)
+            token = got.next_page_token
+            if not token or len(view.handles) >= most:
+                return view, token
 
     async def find_identity(self, provider: str, handle: str) -> Any:
+        """FindIdentity: the identity with its first handles only (the server's bound;
+        handle_count says how many it has)."""
         from jetsource._gen.omni.v1 import query_pb2 as pb
 
         got = await self._omni_call(

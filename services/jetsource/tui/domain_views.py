@@ -161,7 +161,7 @@ def _line(out: Text, label: str, value: object) -> None:
 class OmniScreen(ListScreen):
     """The messaging ingress's recent events (ListRecentEvents), newest first; Enter
     one event (GetEvent, with its raw payload); i an identity by id or provider:handle
-    (GetIdentity / FindIdentity) with its handles."""
+    (GetIdentity / FindIdentity) with its handles, HANDLES_AT_ONCE at a time (n: more)."""
 
     TITLE_TEXT = "Messages (omni)"
     COLUMNS = ("seq", "received", "provider", "instance", "type", "direction", "sender",
@@ -170,10 +170,19 @@ class OmniScreen(ListScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
         *ListScreen.BINDINGS,
         Binding("i", "focus_identity", "Identity"),
+        Binding("n", "more_handles", "More handles"),
     ]
+    # Handles an identity's detail reads at a time (GetIdentity's pages followed); n
+    # reads as many more. Only the server's first page (1,000) was shown, as if all.
+    HANDLES_AT_ONCE = 5_000
+    # Merged identities named in the detail (the rest counted).
+    MERGED_SHOWN = 100
 
     def __init__(self, backend: Backend, refresh_s: float = 2.0) -> None:
         super().__init__(backend, refresh_s, "omni-screen")
+        # The identity the detail shows and the token its handles go on from ("": all
+        # shown); None while the detail shows something else.
+        self._handles: tuple[Any, str] | None = None
 
     def extra(self) -> ComposeResult:
         yield SafeInput(placeholder="identity: its id, or provider:handle, then Enter",
@@ -209,27 +218,65 @@ class OmniScreen(ListScreen):
         try:
             if sep and provider and handle:
                 found = await self.backend.find_identity(provider.strip(), handle.strip())
-            else:
-                found = await self.backend.identity(value)
+                value = found.identity_id  # its handles: GetIdentity's pages
+            ident, token = await self.backend.identity(value, self.HANDLES_AT_ONCE)
         except StackDown as exc:
             self.query_one(Banner).show(f"{exc} — retrying every {self.refresh_s:g}s")
             return
         except LookupError as exc:
             self.notify(f"identity {clean(value, 80)!r}: {clean(exc, 300)}", severity="error")
             return
-        self.query_one("#detail", Static).update(self._identity(found))
+        self._handles = (ident, token)
+        self.query_one("#detail", Static).update(self._identity(ident, token))
 
-    @staticmethod
-    def _identity(ident: Any) -> Text:
+    def action_more_handles(self) -> None:
+        if self._handles is None or not self._handles[1]:
+            self.notify("no identity with more handles is shown", severity="warning")
+            return
+        self.more_handles()
+
+    @work(exclusive=True, group="detail")
+    @while_shown
+    async def more_handles(self) -> None:
+        if self._handles is None or not self._handles[1]:
+            return
+        ident, token = self._handles
+        try:
+            more, token = await self.backend.identity(
+                ident.identity_id, self.HANDLES_AT_ONCE, token
+            )
+        except StackDown as exc:
+            self.query_one(Banner).show(f"{exc} — retrying every {self.refresh_s:g}s")
+            return
+        except LookupError as exc:
+            self.notify(f"identity {ident.identity_id}: {clean(exc, 300)}", severity="error")
+            return
+        ident.handles.extend(more.handles)
+        self._handles = (ident, token)
+        self.query_one("#detail", Static).update(self._identity(ident, token))
+
+    @classmethod
+    def _identity(cls, ident: Any, token: str = "") -> Text:
         out = Text()
         out.append(f"Identity {clean(ident.identity_id)}\n", style="bold")
         _line(out, "name", ident.display_name)
         _line(out, "created by", ident.created_by)
         if ident.merged_into:
             _line(out, "merged into", ident.merged_into)
-        if ident.merged_from:
-            _line(out, "merged from", ", ".join(ident.merged_from))
-        out.append(f"\nHandles ({len(ident.handles)})\n", style="bold")
+        merged = max(ident.merged_from_count, len(ident.merged_from))
+        if merged:
+            named = ", ".join(ident.merged_from[: cls.MERGED_SHOWN])
+            rest = merged - min(len(ident.merged_from), cls.MERGED_SHOWN)
+            _line(out, "merged from", f"{named} (and {rest} more)" if rest else named)
+        # handle_count: 0 from a server older than it (which sent every handle).
+        count = max(ident.handle_count, len(ident.handles))
+        if token or count > len(ident.handles):
+            out.append(
+                f"\nHandles ({count}; the first {len(ident.handles)} shown, n: more)\n",
+                style="bold",
+            )
+        else:
+            out.append(f"\nHandles ({count})\n", style="bold")
         for h in ident.handles:
             name = f"  {clean(h.display_name, CELL_WIDTH)}" if h.display_name else ""
             where = f"  [{clean(h.instance, CELL_WIDTH)}]" if h.instance else ""
@@ -277,6 +324,7 @@ class OmniScreen(ListScreen):
     async def detail(self, key: str) -> Text:
         from jetsource._gen.omni.v1 import events_pb2, raw_pb2
 
+        self._handles = None  # an event now: n has no identity to go on with
         got = await self.backend.omni_event(key)
         view, e, st = got.event, got.event.event, got.event.status
         out = Text()
