@@ -10,7 +10,11 @@ Order of work, so that a fault loses nothing and applies nothing twice:
    the stream. A request failing one is archived with the reason and answered 4xx
    (200 for an "unrecognised" kind, so the provider does not retry it for ever);
    nothing else is written. Whatever else these checks raise (a fault of this code,
-   not of the body) is archived as well, rejected with 500, and logged.
+   not of the body) is archived as well, rejected with 500, and logged. The archive
+   record (its credentials redacted) is built after these checks: a request refused
+   before its signature held is archived cut to keep_rejected_bytes, and only that
+   much of it is redacted (an unauthenticated 4 MiB body was redacted whole, ~1 s of
+   the event loop, before its signature was looked at).
 2. At once: identities of the handles resolved (idempotent, see identity.py), and
    the raw payload archived (``OMNI_RAW``) with the verdict and the event ids.
 3. Each normalized event appended on its own subject, expecting it empty: a second
@@ -243,12 +247,15 @@ class Intake:
     async def handle(self, request: WebhookRequest) -> Answer:
         received_ns = now_ns()
         raw_id = uuid7()
-        record = self._record(request, raw_id, received_ns)
         try:
             events, reply = self._checked(request, raw_id, received_ns)
         except Rejected as rejected:
-            return await self._reject(record, rejected)
+            unsigned = rejected.code in UNSIGNED
+            return await self._reject(
+                self._record(request, raw_id, received_ns, cut=unsigned), rejected
+            )
         except Unrecognised as exc:
+            record = self._record(request, raw_id, received_ns)
             if (too_large := self._over_archive(record)) is not None:
                 return await self._reject(record, too_large)
             record.verdict = VERDICT_UNRECOGNISED
@@ -264,7 +271,10 @@ class Intake:
             # can only be refused for a reason named above). Archived with the verdict
             # and the fault, logged with its traceback, answered without it.
             log.error("webhook %s: checking the body failed unexpectedly", raw_id, exc_info=exc)
-            return await self._reject(record, _fault("checking the body", exc))
+            return await self._reject(
+                self._record(request, raw_id, received_ns), _fault("checking the body", exc)
+            )
+        record = self._record(request, raw_id, received_ns)
         record.event_ids.extend(e.id for e in events)
         if (too_large := self._over_archive(record)) is not None:
             del record.event_ids[:]
@@ -322,14 +332,17 @@ class Intake:
             },
         )
 
-    def _record(self, request: WebhookRequest, raw_id: str, received_ns: int) -> RawPayload:
-        """The request's archive record. Never raises: it is built before the checks, and
-        a body it could not describe was a 500 with nothing archived (a key holding a
-        lone surrogate, 1e8e4a8). Should redaction itself fail, the body is withheld (it
-        may hold a credential) and the record says so; the request is answered and
-        archived as any other."""
+    def _record(
+        self, request: WebhookRequest, raw_id: str, received_ns: int, cut: bool = False
+    ) -> RawPayload:
+        """The request's archive record. Never raises: a body it could not describe was
+        a 500 with nothing archived (a key holding a lone surrogate, 1e8e4a8). Should
+        redaction itself fail, the body is withheld (it may hold a credential) and the
+        record says so; the request is answered and archived as any other. ``cut``: a
+        request refused before its signature held (UNSIGNED), archived cut to
+        keep_rejected_bytes; only that much of its body is redacted."""
         try:
-            return self._described(request, raw_id, received_ns)
+            return self._described(request, raw_id, received_ns, cut)
         except Exception as exc:
             log.error(
                 "webhook %s: describing the request for the archive failed", raw_id, exc_info=exc
@@ -357,10 +370,18 @@ class Intake:
             return b""
         return hashlib.sha256(request.body).digest()
 
-    def _described(self, request: WebhookRequest, raw_id: str, received_ns: int) -> RawPayload:
+    def _described(
+        self, request: WebhookRequest, raw_id: str, received_ns: int, cut: bool = False
+    ) -> RawPayload:
         # Credentials in the body (Evolution's apikey, an interaction's token) and the
         # query are not archived (redact.py); the checks read the request as it came.
-        body, in_body = redact.body(request.body)
+        # Anybody's bytes (``cut``) are redacted as far as they are kept: what was cut
+        # off is never archived, and a value the cut ends in is redacted as any (the
+        # reading of a body cut short), so nothing of a credential is kept.
+        kept = request.body
+        if cut and len(kept) > self.keep_rejected_bytes:
+            kept = kept[: self.keep_rejected_bytes]
+        body, in_body = redact.body(kept)
         query, in_query = redact.query(request.query)
         return RawPayload(
             id=raw_id,
@@ -373,7 +394,7 @@ class Intake:
             headers=signatures.redacted(request.headers),
             body=body,
             body_size=request.body_size if request.body_size >= 0 else len(request.body),
-            body_truncated=request.truncated,
+            body_truncated=request.truncated or len(kept) < len(request.body),
             remote_addr=request.remote_addr,
             body_redacted=redact.listed([*in_body, *in_query]),
             body_sha256=self._digest(request),
