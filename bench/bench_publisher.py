@@ -20,6 +20,14 @@ Ratios are against the BEST peer row at the same number of clients. CPU per comm
 the bench process (gRPC clients; for the peer, everything), the publisher and
 nats-server (utime + stime from /proc/<pid>/stat before and after each row).
 
+Commands per client (``--commands`` N, 200 by default): rows whose command costs
+about a millisecond (ours with the cache, the floors, the peer with snapshots) send
+10xN from 1 client and 2.5xN from each of 16, so each row runs for seconds and its
+p50/p99 are of thousands of commands (N from 1 client was a quarter of a second:
+the row's first moments weighed on its figures); the rows that fold the whole history
+per command (ours without the cache: N and N/4; the peer without snapshots: N/4) take
+tens of milliseconds per command.
+
     python -m bench.bench_publisher [--history 1000] [--commands 200]
 """
 
@@ -60,6 +68,18 @@ from jetsource.eventstore.jetstream import JetStreamEventStore
 ROOT = str(Path(__file__).resolve().parents[1])  # for bench.floor_server's PYTHONPATH
 QUICK = ["--history", "100", "--commands", "20"]
 CLIENTS = (1, 16)
+SLOW = ("no-cache", "plain")  # the rows that fold the whole history per command
+
+
+def per_client(label: str, clients: int, base: int) -> int:
+    """Commands each client sends in the row (see the module's docstring)."""
+    if label == "plain":
+        return max(10, base // 4)
+    if label in SLOW:
+        return base if clients == 1 else max(10, base // 4)
+    return base * 10 if clients == 1 else base * 5 // 2
+
+
 OURS = {
     "cached": "jetsource publisher (default: cached fold)",
     "workers": "jetsource publisher, 2 workers on one port (publisher.workers=2)",
@@ -197,7 +217,7 @@ async def drive_floor(
             stories = [f"floor-{mode}-{clients}-{i}" for i in range(clients)]
             meter = CpuMeter({"floor": p.pid, "nats-server": nats_pid})
             out[(mode, clients)] = await drive_jetsource(
-                FLOORS[mode], service.address(), stories, commands, meter
+                FLOORS[mode], service.address(), stories, per_client(mode, clients, commands), meter
             )
             print(out[(mode, clients)].line(), f"[{clients} client(s)]")
     finally:
@@ -235,6 +255,17 @@ def table(rows: dict[tuple[str, int], Stats], history: int) -> Table:
             t.row(_cells(s, clients, None, name))
     for line in floor_notes(rows):
         t.note(line)
+    counts = {(label, clients): s.count for (label, clients), s in rows.items() if s.count}
+    if counts:
+        t.note(
+            "Commands timed per row (after one untimed command per story): "
+            + "; ".join(
+                f"{clients} client(s): "
+                + ", ".join(f"{label} {n:,}" for (label, c), n in counts.items() if c == clients)
+                for clients in CLIENTS
+            )
+            + "."
+        )
     t.note(
         "CPU ms per command: the bench process (the gRPC clients; for pyeventsourcing "
         "everything, SQLite included) + the publisher + nats-server, from getrusage and "
@@ -293,7 +324,11 @@ async def run(history: int, commands: int) -> list[Table]:
     server = NatsServer(tmp / "nats", port=free_port(), monitor_port=free_port())
     proc = server.start()
     server.wait_ready(proc, 30)
-    print(f"{history}-event stories; {commands} commands per client; cpus={CPUS}")
+    print(
+        f"{history}-event stories; commands per client: {per_client('cached', 1, commands)} "
+        f"(1 client), {per_client('cached', 16, commands)} (16 clients), whole-history rows "
+        f"fewer; cpus={CPUS}"
+    )
     publishers = []
     rows: dict[tuple[str, int], Stats] = {}
     try:
@@ -331,7 +366,11 @@ async def run(history: int, commands: int) -> list[Table]:
                 await seed_jetsource(server.address(), stories, history)
                 meter = CpuMeter({**pids, "nats-server": proc.pid})
                 rows[(label, clients)] = await drive_jetsource(
-                    OURS[label], service.address(), stories, commands, meter
+                    OURS[label],
+                    service.address(),
+                    stories,
+                    per_client(label, clients, commands),
+                    meter,
                 )
                 print(rows[(label, clients)].line(), f"[{clients} client(s)]")
             stop(p)
@@ -344,7 +383,7 @@ async def run(history: int, commands: int) -> list[Table]:
                 app, story_cls = peer.make_app(tmp / f"peer-{config}.sqlite", config)
                 for clients in CLIENTS:
                     ids = [peer.seed_story(app, story_cls, history) for _ in range(clients)]
-                    n = max(10, commands // 4) if config == "plain" else commands
+                    n = per_client(config, clients, commands)
                     rows[(config, clients)] = drive_peer(
                         app, ids, n, f"c{clients}", peer.LABELS[config]
                     )
