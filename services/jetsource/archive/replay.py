@@ -24,12 +24,21 @@ from jetsource.eventstore.jsapi import RawMessage
 # Files an archived message in the model's dead letters: (message, story, reason),
 # unless a letter of its sequence is there already.
 Letter = Callable[[RawMessage, str, str], Awaitable[None]]
+# True once the model's version may no longer be written (a drop or reset marked it,
+# or a drop of it ended): asked before each batch and letter.
+Fenced = Callable[[], Awaitable[bool]]
 
 BATCH = 500
 
 
 class ReplayError(JetsourceError):
     pass
+
+
+class ReplayFenced(ReplayError):
+    """The model's version was dropped or reset (by another run) while the archive was
+    applied: stopped before the next write; what was applied before stays (the drop
+    or reset deletes it)."""
 
 
 def _newer_release_reason(event: UnknownEvent, model: Any) -> str:
@@ -47,6 +56,7 @@ async def replay_archive(
     model: Any,
     letter: Letter | None = None,
     discarded: Collection[int] = (),
+    fenced: Fenced | None = None,
 ) -> int:
     """Apply the archived part of the stream (merged with the live events among it)
     to ``model`` (a projection ReadModel: the archive sits below the projection
@@ -58,7 +68,13 @@ async def replay_archive(
     parks behind it (its later archived events are not applied nor filed: the
     rebuild after the upgrade applies them; its live ones are the worker's, parked
     there); without ``letter`` a ReplayError names it. One in ``discarded`` (the
-    model's discarded dead letters) or voided is a no-op at its place."""
+    model's discarded dead letters) or voided is a no-op at its place.
+
+    ``fenced`` is asked before each batch and each letter (as a worker asks its
+    DropFence before each batch): once it answers True nothing more is written and
+    :class:`ReplayFenced` says so. Unfenced, a drop of the version during this phase
+    had it written on into the namespace the drop emptied (keys left, the version
+    gone from the control entry)."""
     entries = await archive.entries()
     if not entries:
         return 0
@@ -88,9 +104,11 @@ async def replay_archive(
     records = [merged[s] for s in sorted(merged)]
     if types is not None:
         records = [r for r in records if r.event_type in types]
-    records = await _park_newer_releases(store, records, archived, model, letter, discarded)
+    stop = _Stop(model, fenced)
+    records = await _park_newer_releases(store, records, archived, model, letter, discarded, stop)
     applied = 0
     for i in range(0, len(records), BATCH):
+        await stop.check(applied)
         outcome = await model.apply(records[i : i + BATCH])
         if outcome.failed or outcome.waiting:
             seq, why = next(iter({**outcome.failed, **outcome.waiting}.items()))
@@ -102,6 +120,24 @@ async def replay_archive(
     return applied
 
 
+class _Stop:
+    """``fenced`` asked before a write: ReplayFenced once it answers True."""
+
+    def __init__(self, model: Any, fenced: Fenced | None) -> None:
+        self.model = model
+        self.fenced = fenced
+
+    async def check(self, applied: int) -> None:
+        if self.fenced is None or not await self.fenced():
+            return
+        spec = self.model.spec
+        raise ReplayFenced(
+            f"{spec.name} v{spec.version} was dropped or reset by another run while the "
+            f"archive was applied to it: stopped after {applied} archived events, "
+            "nothing more written"
+        )
+
+
 async def _park_newer_releases(
     store: JetStreamEventStore,
     records: list[RecordedEvent],
@@ -109,6 +145,7 @@ async def _park_newer_releases(
     model: Any,
     letter: Letter | None,
     discarded: Collection[int],
+    stop: _Stop | None = None,
 ) -> list[RecordedEvent]:
     """``records`` without the events a newer release wrote and what follows them in
     their stories (filed when archived); a discarded or voided one is a no-op at its
@@ -133,6 +170,8 @@ async def _park_newer_releases(
                     f"{agg!r} not applied: {_newer_release_reason(r.event, model)}"
                 )
             if seq in archived:
+                if stop is not None:
+                    await stop.check(0)
                 await letter(archived[seq], agg, _newer_release_reason(r.event, model))
             # (one still in the live stream is dead-lettered on its delivery)
             parked[agg] = seq

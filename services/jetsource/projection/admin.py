@@ -44,6 +44,7 @@ from jetsource.projection.control import (
     RESETTING,
     ControlError,
     ModelControl,
+    version_dropped,
 )
 from jetsource.projection.deadletters import NO_STORY, DeadLetter
 from jetsource.projection.runtime import Worker
@@ -1216,13 +1217,33 @@ async def _keep_progress(p: Projection, name: str, version: int, meter: Meter) -
 async def _from_archive(p: Projection, name: str, model: ReadModel) -> None:
     """On a compacted stream a build starts with what only the archive still holds
     (merged in stream order with the live events among it); the worker goes on from
-    the live stream."""
+    the live stream.
+
+    Fenced as the live phase's worker is (its DropFence, the same cache): before each
+    batch and letter, the version's state; once a drop or reset has marked it (or a
+    drop of it has ended) nothing more is written and the build stops saying so, as
+    it does when the drop comes during the live phase. Unfenced, a drop during this
+    phase was followed by the archive's next batches written into the namespace the
+    drop emptied (keys left, the version gone from the entry)."""
     store = p.store_for(name)
     archive = p.archive_of(store) if p.settings.archive.read else None
     if archive is None:
         return
-    from jetsource.archive.replay import replay_archive
+    from jetsource.archive.replay import ReplayFenced, replay_archive
 
+    version = model.spec.version
+
+    async def fenced() -> bool:
+        bucket = p.settings.projector.control_bucket
+        if not await version_dropped(p.nc, bucket, name, version, gone_too=True):
+            return False
+        # Confirmed on a fresh read: the cached answer may be from before this build
+        # (a drop of the version just before it was built again).
+        state = (await _control(p, name)).versions.get(version)
+        return state != BUILDING
+
+    if await fenced():
+        _still_building(name, version, await _control(p, name), None)
     await model.setup()
 
     async def letter(raw: jsapi.RawMessage, aggregate_id: str, reason: str) -> None:
@@ -1234,8 +1255,18 @@ async def _from_archive(p: Projection, name: str, model: ReadModel) -> None:
 
     control = await p.control.get(name)
     discarded = set(control.discarded) if control is not None else set()
-    applied = await replay_archive(store, archive, model, letter, discarded)
-    log.info("%s v%d: %d events applied from the archive", name, model.spec.version, applied)
+    try:
+        applied = await replay_archive(store, archive, model, letter, discarded, fenced)
+    except ReplayFenced as exc:
+        stopped: ReplayFenced | None = exc
+    else:
+        stopped = None
+    if stopped is not None:
+        log.warning("%s", stopped)
+        # The state as the live phase says it ("was dropped while it was being built").
+        _still_building(name, version, await _control(p, name), None)
+        raise AdminError(str(stopped))
+    log.info("%s v%d: %d events applied from the archive", name, version, applied)
 
 
 def _still_building(name: str, version: int, c: ModelControl, lease: Lease | None) -> None:

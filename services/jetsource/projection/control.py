@@ -192,6 +192,8 @@ class DropFence:
         self._kv: KeyValue | None = None
         self._checked = -float("inf")
         self._dropped = False
+        # The entry, read, no longer lists the version: a drop of it has ended.
+        self.gone = False
 
     async def dropped(self) -> bool:
         now = time.monotonic()
@@ -203,29 +205,36 @@ class DropFence:
                 self._kv = await self._js.key_value(self.bucket)
             entry = await self._kv.get(self.model)
         except Exception:  # no bucket, no entry, NATS away: not fenced
-            self._dropped = False
+            self._dropped = self.gone = False
             return False
         if entry.value is None:
-            self._dropped = False
+            self._dropped = self.gone = False
             return False
         versions = ModelControl.decode(entry.value, 0).versions
         self._dropped = versions.get(self.version) in FENCED
+        self.gone = self.version not in versions
         return self._dropped
 
 
 _FENCES: dict[tuple[int, str, str, int], DropFence] = {}
 
 
-async def version_dropped(nc: NATS, bucket: str, model: str, version: int) -> bool:
+async def version_dropped(
+    nc: NATS, bucket: str, model: str, version: int, gone_too: bool = False
+) -> bool:
     """True while ``jetsource projector drop`` or ``reset`` has marked ``model``
     ``version`` (dropped, resetting): its worker must stop before writing anything
     more. Cheap enough to ask before every batch (one KV read per quarter second per
-    version and connection)."""
+    version and connection). ``gone_too``: also True once the entry no longer lists
+    the version (a drop of it has ended), for a caller that saw it listed (a build's
+    archive phase); a worker of a version never listed (v1 of a model with no entry
+    yet) must not be fenced by that. The same cache either way."""
     key = (id(nc), bucket, model, version)
     fence = _FENCES.get(key)
     if fence is None or fence.nc is not nc:
         fence = _FENCES[key] = DropFence(nc, bucket, model, version)
-    return await fence.dropped()
+    dropped = await fence.dropped()
+    return dropped or (gone_too and fence.gone)
 
 
 log = logging.getLogger("jetsource.projection.control")

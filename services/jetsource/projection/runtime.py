@@ -442,9 +442,10 @@ class Worker:
         discarded = await discarded_sequences(self.nc, self.o.control_bucket, self.spec.name)
         try:
             applied = await replay_archive(
-                self.store, self.history.archive, self.model, letter, discarded
+                self.store, self.history.archive, self.model, letter, discarded, self._dropped
             )
-        except ReplayError as exc:  # e.g. another partition's worker wrote meanwhile
+        except ReplayError as exc:  # e.g. another partition's worker wrote meanwhile, or
+            # a drop or reset marked the version (ReplayFenced: the loop stops on it)
             log.warning("%s v%s: %s", *self._labels, exc, extra=self._log)
             return
         log.info(
