@@ -10,7 +10,9 @@ scans the streams as the erase does and names the aggregates and model versions 
 would be written again.
 
 Exit codes: 0 done, 1 some models or aggregates were not written again (run it again:
-it is safe and finishes the work), 2 usage, 3 unavailable.
+it is safe and finishes the work), 2 usage, 3 unavailable. A model version another run
+dropped (or reset) during the erase is said under "skipped", not failed: it was emptied,
+nothing of it is left to erase (0 when every other version was written).
 """
 
 from __future__ import annotations
@@ -81,6 +83,8 @@ def erase(
         )
         for problem in report.failed:
             output.line(f"  failed: {problem}")
+        for skipped in report.skipped:  # dropped meanwhile: nothing of it to erase
+            output.line(f"  skipped: {skipped}")
     if report.failed:  # running it again finishes it (projection.erasure)
         output.fail(
             REFUSED,

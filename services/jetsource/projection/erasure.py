@@ -34,7 +34,7 @@ from jetsource.eventstore import jsapi
 from jetsource.eventstore.jetstream import JetStreamEventStore
 from jetsource.projection import admin
 from jetsource.projection.bootstrap import Projection
-from jetsource.projection.control import BUILDING, LIVE
+from jetsource.projection.control import BUILDING, LIVE, RESETTING
 from jetsource.projection.snapshots import SnapshotModel
 
 log = logging.getLogger("jetsource.erasure")
@@ -52,6 +52,9 @@ class ErasureReport:
     aggregates: dict[str, list[str]] = field(default_factory=dict)  # domain -> ids
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     failed: list[str] = field(default_factory=list)
+    # Model versions dropped (or being reset) by another run during the erase: emptied,
+    # nothing of them left to erase; said, not failed (exit 0 if the rest was written).
+    skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def summary(self) -> dict[str, Any]:
@@ -62,6 +65,7 @@ class ErasureReport:
             "aggregates": self.aggregates,
             "models": self.models,
             "failed": self.failed,
+            "skipped": self.skipped,
             "seconds": round(self.seconds, 3),
         }
 
@@ -301,20 +305,74 @@ async def _plan(p: Projection, report: ErasureReport) -> Plan:
     return plan
 
 
+def _failed_version(key: str) -> int | None:
+    """The version of a ``failed`` key ("AGG vN", "* vN"); None for "*"."""
+    _, _, tail = key.rpartition(" v")
+    return int(tail) if tail.isdigit() else None
+
+
+async def _emptied(p: Projection, name: str, version: int) -> str | None:
+    """What another run did to ``version`` meanwhile when it is no longer live nor
+    being built: "dropped" (marked, or gone from the entry) or "being reset"; None
+    when it still holds data (or the entry does not read: a failure stays one)."""
+    try:
+        control = await p.control.get(name)
+    except Exception:
+        return None
+    if control is None:
+        return None
+    state = control.versions.get(version)
+    if state in (LIVE, BUILDING):
+        return None
+    return "being reset" if state == RESETTING else "dropped"
+
+
+def _skip(report: ErasureReport, name: str, version: int, doing: str) -> None:
+    """``version`` of ``name`` was emptied by another run during the erase: what any
+    pass failed on in it is no failure (nothing of it is left to erase), the report
+    says it once."""
+    entry = report.models[name]
+    for key in [k for k in entry["failed"] if _failed_version(k) == version]:
+        del entry["failed"][key]
+    entry["versions"].pop(str(version), None)
+    emptied = entry.setdefault("emptied_meanwhile", {})
+    if str(version) in emptied:
+        return
+    emptied[str(version)] = doing
+    why = (
+        "its rebuild reads the events as erased"
+        if doing == "being reset"
+        else "nothing of it left to erase"
+    )
+    report.skipped.append(f"{name} v{version}: {doing} by another run meanwhile ({why})")
+
+
 async def _write_again(p: Projection, report: ErasureReport, plan: Plan, tally: _Tally) -> None:
-    """Every planned model version writes its affected aggregates again."""
+    """Every planned model version writes its affected aggregates again. A version
+    another run drops (or resets) meanwhile is skipped and said so, not failed: a
+    write into it that fails on the drop stops its pass, and what a pass before
+    failed on in a version this plan no longer has (dropped or being reset since) is
+    no failure either. That failure made the erase exit 1 and "run the same erase
+    again", whose plan no longer had the version."""
     for domain, name, ids, versions in plan:
         entry = report.models[name]
         entry["failed"].pop("*", None)
+        for key in list(entry["failed"]):
+            gone = _failed_version(key)
+            if gone is not None and gone not in versions:
+                doing = await _emptied(p, name, gone)
+                if doing is not None:
+                    _skip(report, name, gone, doing)
         written = {agg: 0 for agg in ids}
+        emptied: set[int] = set()
         for version in versions:
             try:
                 model = p.model(name, version)
             except Exception as exc:  # a version this code does not know: say so
                 entry["failed"][f"* v{version}"] = f"model not available here: {exc!r}"
                 continue
-            count = 0
-            for agg in ids:
+            here: list[str] = []  # written in this version
+            for i, agg in enumerate(ids):
                 key = f"{agg} v{version}"
                 try:
                     if isinstance(model, SnapshotModel):
@@ -324,18 +382,31 @@ async def _write_again(p: Projection, report: ErasureReport, plan: Plan, tally: 
                         if r.failed:
                             raise RuntimeError("; ".join(r.failed.values()))
                     entry["failed"].pop(key, None)
-                    written[agg] += 1
-                    count += 1
+                    here.append(agg)
                 except Exception as exc:
+                    doing = None
+                    if not isinstance(model, SnapshotModel):  # (pinned: no versions)
+                        doing = await _emptied(p, name, version)
+                    if doing is not None:
+                        log.info("erasure: %s v%d %s by another run", name, version, doing)
+                        _skip(report, name, version, doing)
+                        emptied.add(version)
+                        for _ in ids[i:]:
+                            tally.step()
+                        break
                     log.warning("erasure: %s v%d %s not written again: %r", name, version, agg, exc)
                     entry["failed"][key] = repr(exc)
                 tally.step()
-            entry["versions"][str(version)] = count
+            if version not in emptied:  # (what an emptied one was given is gone)
+                entry["versions"][str(version)] = len(here)
+                for agg in here:
+                    written[agg] += 1
         # None written where no version is (all dropped or being reset), as the dry
         # run counts it: every aggregate was "written" in all of no versions. A model
         # a pass before wrote (its version dropped since) keeps what that pass said.
-        if versions:
-            entry["aggregates"] = sum(1 for n in written.values() if n == len(versions))
+        holding = len(versions) - len(emptied)
+        if holding:
+            entry["aggregates"] = sum(1 for n in written.values() if n == holding)
         elif not entry["versions"]:
             entry["aggregates"] = 0
     report.failed = [
