@@ -73,10 +73,14 @@ async def test_list_find_and_timeline_hold_the_first_handles_and_say_how_many(
                 assert list(view.merged_from) == sorted(merged)[:MAX_PAGE]
                 assert view.merged_from_count == len(merged)
 
+            # A handle sorting past the first MAX_PAGE: the first MAX_PAGE - 1 and it
+            # (see test_find_identity_lists_the_handle_it_was_asked_about).
             found = await stub.FindIdentity(
                 oq.FindIdentityRequest(provider="whatsapp", external_id=numbers[3]), timeout=5
             )
-            bounded(found.identity)
+            assert names(found.identity) == [*every[: MAX_PAGE - 1], f"whatsapp:{numbers[3]}"]
+            assert found.identity.handle_count == len(every)
+            assert list(found.identity.merged_from) == sorted(merged)[:MAX_PAGE]
             # A merged identity's handle finds its survivor, bounded alike.
             found = await stub.FindIdentity(
                 oq.FindIdentityRequest(provider="discord", external_id="700005"), timeout=5
@@ -128,3 +132,60 @@ async def test_list_find_and_timeline_hold_the_first_handles_and_say_how_many(
             assert r.status_code == 200, r.text
             view = next(i for i in r.json()["identities"] if i["identity_id"] == person)
             assert len(view["handles"]) == MAX_PAGE and view["handle_count"] == len(every)
+
+
+async def test_find_identity_lists_the_handle_it_was_asked_about(
+    small_pages: Ingest, isettings: IngestSettings
+) -> None:
+    """FindIdentity cut an identity's handles to the first by name, so a handle sorting
+    past them found its identity without itself (the differential check's FindIdentity
+    "lists the handle" failed for an identity of more handles than the cut). Now the
+    looked-up handle is always listed: the first MAX_PAGE - 1 and it when it sorts past
+    them, still in name order; the first MAX_PAGE when it is among them. gRPC and REST
+    alike, for a handle of the identity and one of an identity merged into it."""
+    ids = small_pages.identities
+    person = await ids.create("Long", actor="test")
+    numbers = [f"4917600000{i:03d}" for i in range(25)]
+    for n in numbers:
+        await ids.link(person, "whatsapp", n, actor="test")
+    other = await ids.create("Merged late", actor="test")
+    await ids.link(other, "whatsapp", "4919900000000", actor="test")
+    await ids.merge(person, other, actor="test")
+    every = sorted([*(f"whatsapp:{n}" for n in numbers), "whatsapp:4919900000000"])
+    cases = {
+        # provider, external_id -> the handles the answer lists
+        ("whatsapp", numbers[0]): every[:MAX_PAGE],
+        ("whatsapp", numbers[MAX_PAGE - 1]): every[:MAX_PAGE],
+        ("whatsapp", numbers[MAX_PAGE]): [*every[: MAX_PAGE - 1], f"whatsapp:{numbers[MAX_PAGE]}"],
+        ("whatsapp", numbers[-1]): [*every[: MAX_PAGE - 1], f"whatsapp:{numbers[-1]}"],
+        ("whatsapp", "4919900000000"): [*every[: MAX_PAGE - 1], "whatsapp:4919900000000"],
+    }
+    async with projector(isettings) as p:
+        await caught_up(p)
+        transport = httpx.ASGITransport(app=small_pages.app)
+        async with (
+            grpc.aio.insecure_channel(f"127.0.0.1:{small_pages.grpc.port}") as channel,
+            httpx.AsyncClient(transport=transport, base_url="http://ingest") as http,
+        ):
+            stub = query_pb2_grpc.OmniQueryServiceStub(channel)
+            for (provider, external_id), expected in cases.items():
+                found = (
+                    await stub.FindIdentity(
+                        oq.FindIdentityRequest(provider=provider, external_id=external_id),
+                        timeout=5,
+                    )
+                ).identity
+                assert found.identity_id == person
+                assert names(found) == expected, (provider, external_id, names(found))
+                assert found.handle_count == len(every)
+                r = await http.get(f"/api/v1/handles/{provider}/{external_id}")
+                assert r.status_code == 200, r.text
+                view = r.json()["identity"]
+                assert view["identity_id"] == person
+                assert [f"{h['provider']}:{h['external_id']}" for h in view["handles"]] == expected
+                assert view["handle_count"] == len(every)
+            # The other reads keep the first MAX_PAGE by name.
+            timeline = await stub.GetIdentityTimeline(
+                oq.GetIdentityTimelineRequest(identity_id=person), timeout=5
+            )
+            assert names(timeline.identity) == every[:MAX_PAGE]

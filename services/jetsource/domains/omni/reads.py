@@ -236,10 +236,20 @@ def _identity_view(
     return view
 
 
-def listed(view: IdentityView, most: int) -> IdentityView:
+def listed(view: IdentityView, most: int, keep: tuple[str, str] | None = None) -> IdentityView:
     """``view`` as the reads other than GetIdentity answer it: its first ``most`` handles
     (by name) and merged identities (by id); handle_count and merged_from_count say how
-    many it has."""
+    many it has. ``keep`` (FindIdentity's handle, provider and external_id) is among the
+    handles whatever its name: when it sorts past the first ``most``, the answer is the
+    first ``most`` - 1 and it (still in the order of their names; FindIdentity answered
+    an identity without the very handle it was asked about)."""
+    if keep is not None and len(view.handles) > most:
+        past = [h for h in view.handles[most:] if (h.provider, h.external_id) == keep]
+        if past:
+            kept = Handle()
+            kept.CopyFrom(past[0])
+            del view.handles[max(most - 1, 0) :]
+            view.handles.append(kept)
     del view.handles[most:]
     del view.merged_from[most:]
     return view
@@ -766,7 +776,7 @@ class OmniReads:
         while view.merged_into and view.merged_into not in seen:
             seen.add(view.merged_into)
             view = await self.identity(view.merged_into)
-        return listed(view, self.listed)
+        return listed(view, self.listed, keep=(provider, external_id))
 
     async def _held(self, provider: str, external_id: str) -> bool:
         """Whether the handles bucket says an identity holds the handle."""

@@ -146,7 +146,8 @@ class IdentityView(_message.Message):
         (see its page_size). FindIdentity, ListIdentities and GetIdentityTimeline: the first
         100 at most, fewer when the server's max page size is lower (what GetIdentity's
         first page starts with); when handle_count is larger, GetIdentity pages through
-        them all.
+        them all. FindIdentity always lists the handle it was asked about: when that one
+        sorts past the first N, it answers the first N - 1 and it (still in name order).
         """
 
     @_builtins.property

@@ -119,7 +119,8 @@ class OmniQueryServiceServicer:
 
     def FindIdentity(self, request, context):
         """Which identity a handle resolves to, as the read model has it: with its first
-        handles and merges only (see IdentityView), GetIdentity has the rest.
+        handles and merges only (see IdentityView), the handle asked about always among
+        them; GetIdentity has the rest.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

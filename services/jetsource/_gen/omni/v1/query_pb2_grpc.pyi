@@ -51,7 +51,8 @@ class OmniQueryServiceStub:
     """One identity, its handles paged."""
     FindIdentity: _grpc.UnaryUnaryMultiCallable[_query_pb2.FindIdentityRequest, _query_pb2.FindIdentityResponse]
     """Which identity a handle resolves to, as the read model has it: with its first
-    handles and merges only (see IdentityView), GetIdentity has the rest.
+    handles and merges only (see IdentityView), the handle asked about always among
+    them; GetIdentity has the rest.
     """
     ListIdentities: _grpc.UnaryUnaryMultiCallable[_query_pb2.ListIdentitiesRequest, _query_pb2.ListIdentitiesResponse]
     """Each identity with its first handles and merges only (see IdentityView)."""
@@ -78,7 +79,8 @@ class OmniQueryServiceAsyncStub(OmniQueryServiceStub):
     """One identity, its handles paged."""
     FindIdentity: _aio.UnaryUnaryMultiCallable[_query_pb2.FindIdentityRequest, _query_pb2.FindIdentityResponse]  # type: ignore[assignment]
     """Which identity a handle resolves to, as the read model has it: with its first
-    handles and merges only (see IdentityView), GetIdentity has the rest.
+    handles and merges only (see IdentityView), the handle asked about always among
+    them; GetIdentity has the rest.
     """
     ListIdentities: _aio.UnaryUnaryMultiCallable[_query_pb2.ListIdentitiesRequest, _query_pb2.ListIdentitiesResponse]  # type: ignore[assignment]
     """Each identity with its first handles and merges only (see IdentityView)."""
@@ -138,7 +140,8 @@ class OmniQueryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_query_pb2.FindIdentityResponse, _abc.Awaitable[_query_pb2.FindIdentityResponse]]:
         """Which identity a handle resolves to, as the read model has it: with its first
-        handles and merges only (see IdentityView), GetIdentity has the rest.
+        handles and merges only (see IdentityView), the handle asked about always among
+        them; GetIdentity has the rest.
         """
 
     @_abc_1.abstractmethod
