@@ -335,6 +335,8 @@ class Backend:
                 view = got.identity
             else:
                 view.handles.extend(got.identity.handles)
+                # The total as the last page has it (handles linked while paging).
+                view.handle_count = got.identity.handle_count
             token = got.next_page_token
             if not token or len(view.handles) >= most:
                 return view, token

@@ -252,6 +252,7 @@ class OmniScreen(ListScreen):
             self.notify(f"identity {ident.identity_id}: {clean(exc, 300)}", severity="error")
             return
         ident.handles.extend(more.handles)
+        ident.handle_count = more.handle_count  # the total as its last page had it
         self._handles = (ident, token)
         self.query_one("#detail", Static).update(self._identity(ident, token))
 
@@ -268,13 +269,16 @@ class OmniScreen(ListScreen):
             named = ", ".join(ident.merged_from[: cls.MERGED_SHOWN])
             rest = merged - min(len(ident.merged_from), cls.MERGED_SHOWN)
             _line(out, "merged from", f"{named} (and {rest} more)" if rest else named)
-        # handle_count: 0 from a server older than it (which sent every handle).
-        count = max(ident.handle_count, len(ident.handles))
-        if token or count > len(ident.handles):
-            out.append(
-                f"\nHandles ({count}; the first {len(ident.handles)} shown, n: more)\n",
-                style="bold",
-            )
+        # handle_count (the last page's): 0 from a server older than it (which sent
+        # every handle). n is offered only while a page token goes on: offered from the
+        # count alone, it was offered (and refused) when handles were linked away or in
+        # while paging; then the count and the handles read differ, and both are said.
+        count = ident.handle_count or len(ident.handles)
+        shown = len(ident.handles)
+        if token:
+            out.append(f"\nHandles ({count}; the first {shown} shown, n: more)\n", style="bold")
+        elif count != shown:
+            out.append(f"\nHandles ({count}; {shown} shown)\n", style="bold")
         else:
             out.append(f"\nHandles ({count})\n", style="bold")
         for h in ident.handles:
