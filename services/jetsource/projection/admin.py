@@ -1232,6 +1232,7 @@ async def _from_archive(p: Projection, name: str, model: ReadModel) -> None:
     from jetsource.archive.replay import ReplayFenced, replay_archive
 
     version = model.spec.version
+    seen: list[ModelControl] = []  # the entry as fenced() last read it
 
     async def fenced() -> bool:
         bucket = p.settings.projector.control_bucket
@@ -1239,11 +1240,15 @@ async def _from_archive(p: Projection, name: str, model: ReadModel) -> None:
             return False
         # Confirmed on a fresh read: the cached answer may be from before this build
         # (a drop of the version just before it was built again).
-        state = (await _control(p, name)).versions.get(version)
-        return state != BUILDING
+        seen[:] = [await _control(p, name)]
+        return seen[0].versions.get(version) != BUILDING
 
     if await fenced():
-        _still_building(name, version, await _control(p, name), None)
+        # Said from the read that fenced it, never from a second one: that read could
+        # show the version building again, another run's build of it, and this run
+        # went on into setup and the archive phase of a build it no longer held.
+        _still_building(name, version, seen[0], None)
+        raise AdminError(f"{name} v{version} was dropped while it was being built")
     await model.setup()
 
     async def letter(raw: jsapi.RawMessage, aggregate_id: str, reason: str) -> None:
@@ -1259,6 +1264,13 @@ async def _from_archive(p: Projection, name: str, model: ReadModel) -> None:
         applied = await replay_archive(store, archive, model, letter, discarded, fenced)
     except ReplayFenced as exc:
         stopped: ReplayFenced | None = exc
+    except Exception:
+        # The fence is asked before each batch, not with it: a drop's truncation that
+        # lands inside a batch fails that batch's write on the store (a raw
+        # "...:born is gone or another one"). Said as the fence says it once the
+        # version is no longer this build's; otherwise the error stands.
+        await _raise_unless_building(p, name, version)
+        raise
     else:
         stopped = None
     if stopped is not None:
@@ -1267,6 +1279,16 @@ async def _from_archive(p: Projection, name: str, model: ReadModel) -> None:
         _still_building(name, version, await _control(p, name), None)
         raise AdminError(str(stopped))
     log.info("%s v%d: %d events applied from the archive", name, version, applied)
+
+
+async def _raise_unless_building(p: Projection, name: str, version: int) -> None:
+    """:func:`_still_building` on a fresh read of the entry; nothing when the entry
+    does not read (the caller's own error stands)."""
+    try:
+        control = await _control(p, name)
+    except Exception:
+        return
+    _still_building(name, version, control, None)
 
 
 def _still_building(name: str, version: int, c: ModelControl, lease: Lease | None) -> None:
