@@ -340,11 +340,34 @@ def _skip(report: ErasureReport, name: str, version: int, doing: str) -> None:
         return
     emptied[str(version)] = doing
     why = (
-        "its rebuild reads the events as erased"
+        # Until that reset ends, queries read the values it has not yet rebuilt (the
+        # erased ones among them): a reset that stopped is finished by running it again.
+        f"its rebuild reads the events as erased; if that reset stopped, finish it with "
+        f"`jetsource projector reset {name} --yes`"
         if doing == "being reset"
         else "nothing of it left to erase"
     )
-    report.skipped.append(f"{name} v{version}: {doing} by another run meanwhile ({why})")
+    report.skipped.append(
+        f"{_skipped_prefix(name, version)}{doing} by another run meanwhile ({why})"
+    )
+
+
+def _skipped_prefix(name: str, version: int) -> str:
+    return f"{name} v{version}: "
+
+
+def _unskip(report: ErasureReport, name: str, version: int) -> None:
+    """``version`` of ``name``, emptied by another run during a pass before, was built
+    again and this pass wrote it: it is no longer skipped (the report said it both
+    skipped and written)."""
+    entry = report.models[name]
+    emptied = entry.get("emptied_meanwhile")
+    if not emptied or emptied.pop(str(version), None) is None:
+        return
+    if not emptied:
+        del entry["emptied_meanwhile"]
+    prefix = _skipped_prefix(name, version)
+    report.skipped = [s for s in report.skipped if not s.startswith(prefix)]
 
 
 async def _write_again(p: Projection, report: ErasureReport, plan: Plan, tally: _Tally) -> None:
@@ -353,7 +376,8 @@ async def _write_again(p: Projection, report: ErasureReport, plan: Plan, tally: 
     write into it that fails on the drop stops its pass, and what a pass before
     failed on in a version this plan no longer has (dropped or being reset since) is
     no failure either. That failure made the erase exit 1 and "run the same erase
-    again", whose plan no longer had the version."""
+    again", whose plan no longer had the version. One skipped in a pass before and
+    built again since is written by this pass and no longer said skipped."""
     for domain, name, ids, versions in plan:
         entry = report.models[name]
         entry["failed"].pop("*", None)
@@ -365,6 +389,10 @@ async def _write_again(p: Projection, report: ErasureReport, plan: Plan, tally: 
                     _skip(report, name, gone, doing)
         written = {agg: 0 for agg in ids}
         emptied: set[int] = set()
+        # The control entry read once per version on its first failure (not once per
+        # failed story: a store away failed every story with one read each) and once
+        # more after its stories, when one failed, for a drop that came after that read.
+        asked: set[int] = set()
         for version in versions:
             try:
                 model = p.model(name, version)
@@ -385,7 +413,9 @@ async def _write_again(p: Projection, report: ErasureReport, plan: Plan, tally: 
                     here.append(agg)
                 except Exception as exc:
                     doing = None
-                    if not isinstance(model, SnapshotModel):  # (pinned: no versions)
+                    # (pinned: no versions)
+                    if not isinstance(model, SnapshotModel) and version not in asked:
+                        asked.add(version)
                         doing = await _emptied(p, name, version)
                     if doing is not None:
                         log.info("erasure: %s v%d %s by another run", name, version, doing)
@@ -397,10 +427,16 @@ async def _write_again(p: Projection, report: ErasureReport, plan: Plan, tally: 
                     log.warning("erasure: %s v%d %s not written again: %r", name, version, agg, exc)
                     entry["failed"][key] = repr(exc)
                 tally.step()
+            if version in asked and version not in emptied:
+                doing = await _emptied(p, name, version)  # dropped after the first read
+                if doing is not None:
+                    _skip(report, name, version, doing)
+                    emptied.add(version)
             if version not in emptied:  # (what an emptied one was given is gone)
                 entry["versions"][str(version)] = len(here)
                 for agg in here:
                     written[agg] += 1
+                _unskip(report, name, version)  # emptied in a pass before, built again
         # None written where no version is (all dropped or being reset), as the dry
         # run counts it: every aggregate was "written" in all of no versions. A model
         # a pass before wrote (its version dropped since) keeps what that pass said.
