@@ -521,6 +521,11 @@ def prune(
                     f"({out.count(report.processes, 'process')}, "
                     f"{out.count(report.events, 'event')}); kept {report.kept}"
                 )
+                if report.uncounted:
+                    out.line(
+                        f"events not counted (a corrupt event, no stream to count on): "
+                        f"{', '.join(report.uncounted)}"
+                    )
                 for r in report.pruned:
                     # A session with no ending ended, for the prune, at its last event.
                     end = _ts(r.ended_ns or r.last_recorded_ns)

@@ -719,6 +719,21 @@ class LedgerReader:
         last = await self._store.read_aggregate(process_id, from_version=version)
         return (version, int(last[-1].recorded_at_ns)) if last else (0, 0)
 
+    async def held(self, process_id: str) -> int | None:
+        """How many messages the stream holds on the process's subjects, whatever they
+        are (a corrupt one too): what a purge of them removes. One STREAM.INFO with a
+        subject filter, nothing decoded; None without the reader's replies."""
+        validate_aggregate_id(process_id)
+        if self._replies is None:
+            return None
+        info = await jsapi.api(
+            self._replies,
+            f"STREAM.INFO.{self._stream}",
+            {"subjects_filter": f"{self._prefix}.{process_id}.>"},
+            self._store.settings.request_timeout_s,
+        )
+        return sum(int(n) for n in (info.get("state", {}).get("subjects") or {}).values())
+
     async def endings(self, session_id: str) -> list[int]:
         """Read from the session's ending subjects alone (a filtered read each), not
         its whole history."""
