@@ -192,6 +192,11 @@ class _Root(LazyGroup):
         ctx.meta[_ARGS] = words
         return ctx
 
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        # The command line, for the eager ``--version`` (its ``-o json`` may follow it).
+        ctx.meta[_ARGS] = list(args)
+        return list(super().parse_args(ctx, args))
+
     def invoke(self, ctx: Any) -> Any:
         """Run the command; Ctrl-C that no command handled itself (one waiting to
         connect, a read, a confirmation prompt) ends it as every group's own handler
@@ -297,11 +302,17 @@ app = typer.Typer(
 )
 
 
-def _version(value: bool) -> None:
+def _version(ctx: typer.Context, value: bool) -> None:
+    """Asked for JSON (``-o json`` before or after it, ``JETSOURCE_OUTPUT=json``):
+    ``{"version": ...}``; it printed the text line. Eager: read before ``--output``
+    is, so the command line ``_Root.parse_args`` kept is asked."""
     if value:
         from jetsource import __version__  # the version build_info reports
 
-        typer.echo(f"jetsource {__version__}")
+        if _json_requested(ctx.meta.get(_ARGS, [])):
+            typer.echo(output.json_text({"version": __version__}))
+        else:
+            typer.echo(f"jetsource {__version__}")
         raise typer.Exit()
 
 
@@ -445,6 +456,8 @@ def _unexpected(exc: Exception, as_json: bool) -> NoReturn:
     if "ValidationError" in kinds and _settings_error(exc):
         message = output.settings_message(exc)  # type: ignore[arg-type]
         body = {"code": "INVALID_ARGUMENT", "message": message, "exit_code": 2}
+        # The variable at fault, as every other usage error names its option.
+        body["field"] = output.settings_fields(exc)[0]  # type: ignore[arg-type]
         _error(as_json, body)
     if "DomainsError" in kinds:  # JETSOURCE_PROJECTOR__DOMAINS names no registry
         field = getattr(exc, "field", None)

@@ -145,7 +145,12 @@ def _settings() -> JetsourceSettings:
     try:
         return JetsourceSettings.load()
     except ValidationError as exc:
-        out.fail(out.USAGE, "INVALID_ARGUMENT", out.settings_message(exc))
+        out.fail(
+            out.USAGE,
+            "INVALID_ARGUMENT",
+            out.settings_message(exc),
+            field=out.settings_fields(exc)[0],
+        )
 
 
 def _local(host: str, port: int) -> str:

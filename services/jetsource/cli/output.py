@@ -495,13 +495,22 @@ def exit_code(code: grpc.StatusCode, details: str = "") -> int:
     return UNAVAILABLE if code.name in UNAVAILABLE_NAMES else REFUSED
 
 
+def settings_fields(exc: pydantic.ValidationError) -> list[str]:
+    """The environment variables of the settings that did not parse, in the order
+    ``settings_message`` says them: a JSON error's ``field`` is the first."""
+    return [_variable(error["loc"]) for error in exc.errors()] or ["JETSOURCE_*"]
+
+
+def _variable(loc: Sequence[int | str]) -> str:
+    return "JETSOURCE_" + "__".join(str(part) for part in loc).upper()
+
+
 def settings_message(exc: pydantic.ValidationError) -> str:
     """Each setting that did not parse, by its environment variable:
     ``JETSOURCE_PROJECTOR__BATCH_SIZE='abc': Input should be a valid integer, ...``."""
     parts = []
     for error in exc.errors():
-        path = [str(part) for part in error["loc"]]
-        name = "JETSOURCE_" + "__".join(path).upper()
+        name = _variable(error["loc"])
         # Secrets not echoed, credentials in a URL masked, as the services show them.
         value = shown_input(name, error)
         # A validator's own message, without pydantic's "Value error, " before it.
