@@ -5,10 +5,12 @@ next event of that partition visible in the read model (p50, max).
 
     python -m bench.bench_scaleout [--stories 3000] [--events 60] [--failovers 6]
 
-3,000 stories (180,000 events): with 1,000 a rebuild with 2 workers ran 5 s, of which
-starting the two worker processes (interpreter and imports, about 0.75 s each on 2
-busy cores) was a sixth, while the 1-worker rebuild runs in this process: the
-speed-up measured start-up more than parallel work.
+3,000 stories (180,000 events; 1,000 before 2026-12-08): each rebuild runs for seconds
+past its fixed costs (setting the version up, the consumers, starting the worker
+processes). Measured first on 2026-12-08: the 1-worker rebuild gained more from it than
+the 2-worker one (8,586 -> 11,962 events/s against 12,051 -> 15,335), so the speed-up
+fell from 1.40x to 1.28x: start-up was not what held the 2-worker rebuild back; one
+worker with nats-server and Valkey already keeps 1.7 of the 2 cores busy.
 
 Everything runs here on embedded servers (nats-server, Valkey); the workers and the
 projectors are processes of their own, as in production.
