@@ -3,7 +3,8 @@ many stored events, identity resolution cached and uncached, and storage over th
 payloads.
 
 Servers: nats-server and Valkey (embedded, a temp dir), jetsource-ingest as its own
-process (uvicorn + gRPC), the omni read models projected in this process.
+process (uvicorn + gRPC), the omni read models projected by the projector as its own
+process (started and ready before the clock).
 
 1. Ingest: WhatsApp Cloud API text webhooks (signed, 1,000 senders, each a new message)
    sent open-loop at ``--rate`` per second for ``--seconds``; latency from the moment a
@@ -424,16 +425,45 @@ async def run(args: argparse.Namespace) -> list[Table]:
         # The projector as its own process, as deployed: run in this process, every batch
         # it applied stalled the bench's clients (their webhooks sent late, timed from when
         # they were due), and its CPU was booked as the client's.
+        # Started and ready (its /healthz answers 200 once every worker runs) before the
+        # clock, as the ingress is: its start-up is not the ingest row's.
         p = await open_projection(settings, domains=DomainRegistry([DOMAIN]))
+        projector_port = free_port()
         projector = start_projector(
             {
                 **env,
-                "JETSOURCE_PROJECTOR__HTTP_PORT": str(free_port()),
-                "JETSOURCE_PROJECTOR__MODELS": json.dumps(list(p.model_names())),
+                "JETSOURCE_PROJECTOR__HTTP_PORT": str(projector_port),
+                "JETSOURCE_PROJECTOR__MODELS": json.dumps(p.default_models()),
             },
             tmp / "projector.log",
         )
         procs.append(projector)
+
+        def projector_alive() -> None:
+            if projector.poll() is not None:
+                raise RuntimeError(
+                    f"the projector exited ({projector.returncode}):\n"
+                    + (tmp / "projector.log").read_text()[-2000:]
+                )
+
+        deadline = time.monotonic() + 60
+        while True:
+            projector_alive()
+            try:
+                async with httpx.AsyncClient() as probe:
+                    health = await probe.get(
+                        f"http://127.0.0.1:{projector_port}/healthz", timeout=1
+                    )
+                    if health.status_code == 200:
+                        break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    "the projector was not ready in 60 s:\n"
+                    + (tmp / "projector.log").read_text()[-2000:]
+                )
+            await asyncio.sleep(0.2)
         try:
             meter = CpuMeter(
                 {
@@ -472,8 +502,11 @@ async def run(args: argparse.Namespace) -> list[Table]:
                         if info is None
                         else (int(info.get("num_pending", 0)) + int(info.get("num_ack_pending", 0)))
                     )
-                if not left or time.monotonic() - caught > 600:
+                if not left:
                     break
+                projector_alive()
+                if time.monotonic() - caught > 600:
+                    raise RuntimeError(f"the projector left {left} events unapplied after 600 s")
                 await asyncio.sleep(0.5)
             projected_in = time.monotonic() - caught
             queries = await query_phase(f"127.0.0.1:{settings.ingest.grpc_port}", args.queries)
