@@ -10,6 +10,7 @@ option. The real entry point, in a process of its own."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -75,3 +76,95 @@ def test_text_says_the_bad_setting_once() -> None:
     assert run.returncode == 2
     assert "JETSOURCE_SESSIONS__PRUNE_KEEP='abc'" in run.stderr
     assert "(field:" not in run.stderr  # the message names it already
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (["--version", "-o", "table"], {"JETSOURCE_OUTPUT": "json"}),
+        (["-o", "json", "-o", "table", "--version"], {}),
+        (["--output=json", "--version", "-oplain"], {}),
+    ],
+    ids=["line-over-env", "last-o", "last-short"],
+)
+def test_version_takes_the_last_output_asked(args: list[str], env: dict[str, str]) -> None:
+    # The command line wins over the environment, the last -o over an earlier one, as
+    # --output itself reads them: it printed JSON for any -o json or the environment.
+    run = jetsource(*args, **env)
+    assert run.returncode == 0 and run.stdout == f"jetsource {__version__}\n", run.stdout
+
+
+def test_version_last_output_json_is_json() -> None:
+    run = jetsource("-o", "table", "--version", "-o", "json", JETSOURCE_OUTPUT="plain")
+    assert json.loads(run.stdout) == {"version": __version__}
+
+
+def _error_of(env: dict[str, str]) -> Exception:
+    from jetsource.core.settings import JetsourceSettings
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name in [n for n in os.environ if n.startswith("JETSOURCE_")]:
+            mp.delenv(name)
+        for name, value in env.items():
+            mp.setenv(name, value)
+        with pytest.raises(Exception) as caught:
+            JetsourceSettings.load()
+    return caught.value
+
+
+def test_a_sections_own_check_names_the_variables_its_message_names() -> None:
+    from jetsource.cli import output
+
+    exc = _error_of({"JETSOURCE_EVENTSTORE__RETENTION": "age"})
+    # Was JETSOURCE_EVENTSTORE: a prefix, no variable (the section's model validator).
+    assert output.settings_fields(exc) == [  # type: ignore[arg-type]
+        "JETSOURCE_EVENTSTORE__RETENTION",
+        "JETSOURCE_EVENTSTORE__MAX_AGE_S",
+    ]
+
+
+def test_a_list_index_is_no_part_of_the_variable() -> None:
+    import pydantic
+    import pydantic_settings
+
+    from jetsource.cli import output
+
+    class Inner(pydantic.BaseModel):
+        port: int
+
+    class Settings(pydantic_settings.BaseSettings):
+        instances: list[Inner] = []
+        hosts: list[int] = []
+
+    with pytest.raises(pydantic.ValidationError) as caught:
+        Settings(instances=[{"port": "x"}], hosts=[1, "y"])  # type: ignore[list-item]
+    # Was JETSOURCE_INSTANCES__0__PORT and JETSOURCE_HOSTS__1: no such variables.
+    assert output.settings_fields(caught.value) == ["JETSOURCE_INSTANCES", "JETSOURCE_HOSTS"]
+
+
+def test_a_sections_check_naming_nothing_has_no_field() -> None:
+    import pydantic
+    import pydantic_settings
+
+    from jetsource.cli import output
+
+    class Section(pydantic.BaseModel):
+        a: int = 0
+
+        @pydantic.model_validator(mode="after")
+        def _never(self) -> Section:
+            raise ValueError("this section is refused")
+
+    class Settings(pydantic_settings.BaseSettings):
+        section: Section = Section.model_construct()
+        table: dict[str, int] = {}
+
+        @pydantic.field_validator("table")
+        @classmethod
+        def _table(cls, value: dict[str, int]) -> dict[str, int]:
+            raise ValueError("no table")
+
+    with pytest.raises(pydantic.ValidationError) as caught:
+        Settings(section={"a": 1}, table={"k": 1})  # type: ignore[arg-type]
+    # The section is a prefix (no field); a dict setting's own check names it.
+    assert output.settings_fields(caught.value) == ["JETSOURCE_TABLE"]

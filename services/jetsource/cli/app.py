@@ -309,11 +309,31 @@ def _version(ctx: typer.Context, value: bool) -> None:
     if value:
         from jetsource import __version__  # the version build_info reports
 
-        if _json_requested(ctx.meta.get(_ARGS, [])):
+        if _output_asked(ctx.meta.get(_ARGS, [])) == "json":
             typer.echo(output.json_text({"version": __version__}))
         else:
             typer.echo(f"jetsource {__version__}")
         raise typer.Exit()
+
+
+def _output_asked(args: list[str]) -> str:
+    """The output ``args`` ask for as ``--output`` reads it: the last ``-o``/``--output``
+    on the command line (``-o json -o table``: table), else ``JETSOURCE_OUTPUT`` (the
+    command line wins over the environment); "" for neither. ``json_requested`` says
+    JSON for any ``-o json`` or the environment, which is right for an error before
+    the options are read but not for ``--version``, whose output is the option's."""
+    asked = ""
+    words = iter(args)
+    for arg in words:
+        if arg in ("-o", "--output"):
+            asked = next(words, asked)
+        elif arg.startswith("--output="):
+            asked = arg.removeprefix("--output=")
+        elif arg.startswith("-o") and not arg.startswith("--"):
+            asked = arg.removeprefix("-o")
+        elif arg == "--":
+            break
+    return (asked or os.environ.get("JETSOURCE_OUTPUT", "")).lower()
 
 
 @app.callback()
@@ -457,7 +477,9 @@ def _unexpected(exc: Exception, as_json: bool) -> NoReturn:
         message = output.settings_message(exc)  # type: ignore[arg-type]
         body = {"code": "INVALID_ARGUMENT", "message": message, "exit_code": 2}
         # The variable at fault, as every other usage error names its option.
-        body["field"] = output.settings_fields(exc)[0]  # type: ignore[arg-type]
+        fields = output.settings_fields(exc)  # type: ignore[arg-type]
+        if fields:
+            body["field"] = fields[0]
         _error(as_json, body)
     if "DomainsError" in kinds:  # JETSOURCE_PROJECTOR__DOMAINS names no registry
         field = getattr(exc, "field", None)

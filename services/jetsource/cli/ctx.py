@@ -145,12 +145,9 @@ def _settings() -> JetsourceSettings:
     try:
         return JetsourceSettings.load()
     except ValidationError as exc:
-        out.fail(
-            out.USAGE,
-            "INVALID_ARGUMENT",
-            out.settings_message(exc),
-            field=out.settings_fields(exc)[0],
-        )
+        fields = out.settings_fields(exc)
+        named = {"field": fields[0]} if fields else {}
+        out.fail(out.USAGE, "INVALID_ARGUMENT", out.settings_message(exc), **named)
 
 
 def _local(host: str, port: int) -> str:

@@ -497,8 +497,54 @@ def exit_code(code: grpc.StatusCode, details: str = "") -> int:
 
 def settings_fields(exc: pydantic.ValidationError) -> list[str]:
     """The environment variables of the settings that did not parse, in the order
-    ``settings_message`` says them: a JSON error's ``field`` is the first."""
-    return [_variable(error["loc"]) for error in exc.errors()] or ["JETSOURCE_*"]
+    ``settings_message`` says them: a JSON error's ``field`` is the first (none: no
+    ``field``). A list's index is no variable (``JETSOURCE_OMNI__INSTANCES``, not
+    ``..._INSTANCES__0``). A section's own check (a model validator: its ``loc`` is the
+    section, ``JETSOURCE_EVENTSTORE``, a prefix and no variable) names the variables
+    its message names (``retention age needs max_age_s > 0``: RETENTION, MAX_AGE_S),
+    else none."""
+    fields: list[str] = []
+    for error in exc.errors():
+        loc = list(error["loc"])
+        cut = next((i for i, part in enumerate(loc) if isinstance(part, int)), len(loc))
+        names = [_variable(loc[:cut])] if cut == len(loc) or cut > 0 else []
+        if cut == len(loc) and _is_section(exc.title, loc):
+            given = error.get("input")
+            names = _named_in(str(error["msg"]), loc, given if isinstance(given, dict) else {})
+        fields.extend(n for n in names if n not in fields)
+    return fields
+
+
+def _is_section(title: str, loc: Sequence[int | str]) -> bool:
+    """``loc`` ends at a section of the settings class named ``title`` (a model: its
+    own check's error), not at a setting (a dict setting's input is a mapping too)."""
+    import pydantic
+    import pydantic_settings
+
+    todo: list[type] = [pydantic_settings.BaseSettings]
+    model: Any = None
+    while todo and model is None:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        model = cls if cls.__name__ == title else None
+    for part in loc:
+        fields = getattr(model, "model_fields", None)
+        if not isinstance(part, str) or not fields or part not in fields:
+            return False
+        model = fields[part].annotation
+    return isinstance(model, type) and issubclass(model, pydantic.BaseModel)
+
+
+def _named_in(message: str, loc: Sequence[int | str], given: dict[str, Any]) -> list[str]:
+    """The variables a section check's message names: JETSOURCE_* names as they are,
+    and the section's settings by name (one given, or a snake_case one)."""
+    named = []
+    for word in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", message):
+        if word.startswith("JETSOURCE_"):
+            named.append(word)
+        elif word in given or re.fullmatch(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)+", word):
+            named.append(_variable([*loc, word]))
+    return named
 
 
 def _variable(loc: Sequence[int | str]) -> str:
