@@ -33,6 +33,7 @@ from jetsource.eventstore import jsapi
 from jetsource.projection import admin
 from jetsource.projection.bootstrap import Projection
 from jetsource.projection.control import BUILDING, DROPPED, LIVE, ModelControl
+from tests.admin_fixtures import marked, set_version_state
 from tests.projector_fixtures import build_context_v1, context_projection, seed, story_ids
 
 pytestmark = pytest.mark.integration
@@ -49,15 +50,6 @@ async def two_versions(p: Projection) -> None:
     await seed(p.store, story_ids(4), 5)
     await build_context_v1(p)
     await admin.rebuild(p, "context", 2)
-
-
-async def marked(p: Projection, version: int, state: str) -> None:
-    for _ in range(250):
-        control = await p.control.get("context")
-        if control is not None and control.versions.get(version) == state:
-            return
-        await asyncio.sleep(0.02)
-    pytest.fail(f"v{version} never {state}")
 
 
 def fresh_claim(op: str) -> dict[str, Any]:
@@ -149,10 +141,7 @@ async def test_cutover_drop_old_run_again_while_the_first_finishes_the_drop_retu
     await two_versions(p)
     await admin.cutover(p, "context", 2)
 
-    def stopped_drop(c: ModelControl) -> None:
-        c.versions[1] = DROPPED
-
-    await admin._save(p, "context", stopped_drop)
+    await set_version_state(p, 1, DROPPED)  # left so by a drop that stopped
 
     real_control = admin._control
     looked: list[int] = []

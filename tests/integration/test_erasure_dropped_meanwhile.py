@@ -14,12 +14,11 @@ from typing import Any
 
 import pytest
 
-from jetsource._gen.context.v1 import events_pb2 as ev
-from jetsource.core.envelope import NewEvent
 from jetsource.core.settings import JetsourceSettings
 from jetsource.projection import admin, erasure
 from jetsource.projection.bootstrap import Projection
 from jetsource.projection.control import DROPPED
+from tests.admin_fixtures import marked, stories_of
 from tests.projector_fixtures import build_context_v1, context_projection
 
 pytestmark = pytest.mark.integration
@@ -31,15 +30,6 @@ async def projection(settings: JetsourceSettings, unique: str) -> AsyncIterator[
         yield p
 
 
-async def _marked(p: Projection, version: int, state: str) -> None:
-    for _ in range(250):
-        control = await p.control.get("context")
-        if control is not None and control.versions.get(version) == state:
-            return
-        await asyncio.sleep(0.02)
-    pytest.fail(f"v{version} never {state}")
-
-
 @pytest.mark.parametrize("drop", ["whole", "marked"])
 async def test_a_version_dropped_during_an_erase_is_skipped_not_failed(
     projection: Projection, unique: str, monkeypatch: pytest.MonkeyPatch, drop: str
@@ -47,15 +37,7 @@ async def test_a_version_dropped_during_an_erase_is_skipped_not_failed(
     p = projection
     monkeypatch.setattr(erasure, "GRACE_S", 0.05)
     ana = f"ana-{unique}"
-    for story in ("s1", "s2"):
-        await p.store.append(
-            story,
-            [
-                NewEvent(ev.ContextCreated(title="T", created_by=ana), metadata={"actor": ana}),
-                NewEvent(ev.DecisionAdded(decision_id="d1", author=ana, title="D")),
-            ],
-            0,
-        )
+    await stories_of(p, ana)
     v1 = await build_context_v1(p)
     await admin.rebuild(p, "context", 2)  # v1 active, v2 live beside it
     real_replay = admin._replay_aggregate
@@ -68,7 +50,7 @@ async def test_a_version_dropped_during_an_erase_is_skipped_not_failed(
             if drop == "whole":
                 await task
             else:
-                await _marked(p, 2, DROPPED)
+                await marked(p, 2, DROPPED)
         return await real_replay(pp, model, agg)
 
     monkeypatch.setattr(admin, "_replay_aggregate", replay_meeting_a_drop)

@@ -9,11 +9,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from jetsource._gen.context.v1 import events_pb2 as ev
-from jetsource.core.envelope import NewEvent
 from jetsource.core.settings import JetsourceSettings
 from jetsource.projection import erasure
 from jetsource.projection.bootstrap import Projection
+from tests.admin_fixtures import stories_of
 from tests.projector_fixtures import context_projection, two_live_context_versions
 
 pytestmark = pytest.mark.integration
@@ -31,15 +30,7 @@ async def test_erase_rewrites_the_inactive_version_too(
     p = projection
     monkeypatch.setattr(erasure, "GRACE_S", 0.05)
     ana = f"ana-{unique}"
-    for story in ("s1", "s2"):
-        await p.store.append(
-            story,
-            [
-                NewEvent(ev.ContextCreated(title="T", created_by=ana), metadata={"actor": ana}),
-                NewEvent(ev.DecisionAdded(decision_id="d1", author=ana, title="D")),
-            ],
-            0,
-        )
+    await stories_of(p, ana)
     v1, v2 = await two_live_context_versions(p)
     for model in (v1, v2):
         assert ana in repr(await model.read("s1"))

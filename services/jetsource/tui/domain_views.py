@@ -220,14 +220,19 @@ class OmniScreen(ListScreen):
                 found = await self.backend.find_identity(provider.strip(), handle.strip())
                 value = found.identity_id  # its handles: GetIdentity's pages
             ident, token = await self.backend.identity(value, self.HANDLES_AT_ONCE)
-        except StackDown as exc:
-            self.query_one(Banner).show(f"{exc} — retrying every {self.refresh_s:g}s")
-            return
-        except LookupError as exc:
-            self.notify(f"identity {clean(value, 80)!r}: {clean(exc, 300)}", severity="error")
+        except (StackDown, LookupError) as exc:
+            self._identity_unread(exc, repr(clean(value, 80)))
             return
         self._handles = (ident, token)
         self.query_one("#detail", Static).update(self._identity(ident, token))
+
+    def _identity_unread(self, exc: StackDown | LookupError, label: str) -> None:
+        """Say why an identity (``label``) was not read: the stack down on the banner,
+        any other failure (not found, a bad argument) as an error."""
+        if isinstance(exc, StackDown):
+            self.query_one(Banner).show(f"{exc} — retrying every {self.refresh_s:g}s")
+        else:
+            self.notify(f"identity {label}: {clean(exc, 300)}", severity="error")
 
     def action_more_handles(self) -> None:
         if self._handles is None or not self._handles[1]:
@@ -245,11 +250,8 @@ class OmniScreen(ListScreen):
             more, token = await self.backend.identity(
                 ident.identity_id, self.HANDLES_AT_ONCE, token
             )
-        except StackDown as exc:
-            self.query_one(Banner).show(f"{exc} — retrying every {self.refresh_s:g}s")
-            return
-        except LookupError as exc:
-            self.notify(f"identity {ident.identity_id}: {clean(exc, 300)}", severity="error")
+        except (StackDown, LookupError) as exc:
+            self._identity_unread(exc, ident.identity_id)
             return
         ident.handles.extend(more.handles)
         ident.handle_count = more.handle_count  # the total as its last page had it

@@ -17,6 +17,7 @@ from jetsource.archive import replay
 from jetsource.projection import admin
 from jetsource.projection.bootstrap import Projection
 from jetsource.projection.control import BUILDING, DROPPED
+from tests.admin_fixtures import marked, set_version_state
 from tests.history_fixtures import save_snapshots
 from tests.integration.archive.fixtures import compact_at
 from tests.integration.archive.test_newer_release_compacted import archive_worker
@@ -38,15 +39,6 @@ async def _compacted(p: Projection) -> None:
         last = max(last, records[-1].recorded_at_ns)
     report = (await compact_at(p, last)).report
     assert report.purged >= 64, report
-
-
-async def _marked(p: Projection, version: int, state: str) -> None:
-    for _ in range(250):
-        control = await p.control.get("context")
-        if control is not None and control.versions.get(version) == state:
-            return
-        await asyncio.sleep(0.02)
-    pytest.fail(f"v{version} never {state}")
 
 
 @pytest.mark.parametrize("drop", ["whole", "marked"])
@@ -82,7 +74,7 @@ async def test_a_drop_during_a_rebuilds_archive_phase_stops_its_writes(
                     if drop == "whole":
                         await task
                     else:
-                        await _marked(p, 2, DROPPED)
+                        await marked(p, 2, DROPPED)
                         await asyncio.sleep(admin.FENCE_EVERY_S)
                 return outcome
 
@@ -108,10 +100,7 @@ async def test_a_workers_archive_replay_of_a_dropped_version_writes_nothing(
     p = compacting
     await _compacted(p)
 
-    def mark(c: Any) -> None:
-        c.versions[2] = DROPPED
-
-    await admin._save(p, "context", mark)
+    await set_version_state(p, 2, DROPPED)
     model = p.model("context", 2)
     await model.setup()
     await archive_worker(p, model)._apply_archive()
@@ -171,10 +160,7 @@ async def test_a_fenced_archive_phase_stops_though_another_run_builds_the_versio
     p = compacting
     await _compacted(p)
 
-    def building(c: Any) -> None:
-        c.versions[2] = BUILDING
-
-    await admin._save(p, "context", building)
+    await set_version_state(p, 2, BUILDING)
     real_control = admin._control
     reads: list[int] = []
 

@@ -9,7 +9,7 @@ from jetsource.ingest.server import Ingest, build
 from jetsource.ingest.settings import IngestSettings
 from jetsource.projection.bootstrap import Projection
 from tests.infra import Server
-from tests.integration.omni.harness import omni_settings, projector
+from tests.integration.omni.harness import SMALL_PAGE, omni_settings, projector, running_ingest
 
 
 @pytest.fixture
@@ -22,6 +22,16 @@ async def ingest(isettings: IngestSettings) -> AsyncIterator[Ingest]:
     service = await build(isettings)
     yield service
     await service.stop(0)
+
+
+@pytest.fixture
+async def small_pages(isettings: IngestSettings) -> AsyncIterator[Ingest]:
+    """The ingest with its max page size lowered to SMALL_PAGE."""
+    settings = isettings.model_copy(
+        update={"ingest": isettings.ingest.model_copy(update={"max_page_size": SMALL_PAGE})}
+    )
+    async with running_ingest(settings) as service:
+        yield service
 
 
 @pytest.fixture

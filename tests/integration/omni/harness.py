@@ -123,11 +123,27 @@ async def ingest_with_limit(settings: IngestSettings, limit: int) -> AsyncIterat
     limited = settings.model_copy(
         update={"grpc": settings.grpc.model_copy(update={"max_message_bytes": limit})}
     )
-    service = await build(limited)
+    async with running_ingest(limited) as service:
+        yield service
+
+
+@contextlib.asynccontextmanager
+async def running_ingest(settings: IngestSettings) -> AsyncIterator[Ingest]:
+    """An ingest of ``settings`` in this process, stopped after."""
+    service = await build(settings)
     try:
         yield service
     finally:
         await service.stop(0)
+
+
+SMALL_PAGE = 10
+"""The max page size of ``small_pages`` (tests/integration/omni/conftest.py)."""
+
+
+def handle_names(view: Any) -> list[str]:
+    """An IdentityView's handles as ``provider:external_id``, in the order answered."""
+    return [f"{h.provider}:{h.external_id}" for h in view.handles]
 
 
 @contextlib.asynccontextmanager

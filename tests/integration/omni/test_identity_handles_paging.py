@@ -9,38 +9,18 @@ that many). Through the ingest's gRPC and REST on real NATS and Valkey."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import grpc
 import httpx
 import pytest
 
 from jetsource._gen.omni.v1 import query_pb2 as oq
 from jetsource._gen.omni.v1 import query_pb2_grpc
-from jetsource.ingest.server import Ingest, build
+from jetsource.ingest.server import Ingest
 from jetsource.ingest.settings import IngestSettings
-from tests.integration.omni.harness import caught_up, projector
+from tests.integration.omni.harness import SMALL_PAGE as MAX_PAGE
+from tests.integration.omni.harness import caught_up, handle_names, projector
 
 pytestmark = pytest.mark.integration
-
-MAX_PAGE = 10
-
-
-@pytest.fixture
-async def small_pages(isettings: IngestSettings) -> AsyncIterator[Ingest]:
-    """The ingest with its max page size lowered to MAX_PAGE."""
-    settings = isettings.model_copy(
-        update={"ingest": isettings.ingest.model_copy(update={"max_page_size": MAX_PAGE})}
-    )
-    service = await build(settings)
-    try:
-        yield service
-    finally:
-        await service.stop(0)
-
-
-def names(view: oq.IdentityView) -> list[str]:
-    return [f"{h.provider}:{h.external_id}" for h in view.handles]
 
 
 async def test_handles_are_paged_none_skipped_or_repeated(
@@ -68,28 +48,28 @@ async def test_handles_are_paged_none_skipped_or_repeated(
 
             # No page_size (a client written before paging): the max page, and a token.
             first = await get()
-            assert names(first.identity) == every[:MAX_PAGE] and first.next_page_token
+            assert handle_names(first.identity) == every[:MAX_PAGE] and first.next_page_token
             assert first.identity.display_name == "Many"
 
             # Pages of 7 while handles are linked between them (one before the cursor,
             # one after it): every handle held for the whole scan is seen once.
             seen: list[str] = []
             page = await get(7)
-            seen += names(page.identity)
+            seen += handle_names(page.identity)
             await ids.link(person, "whatsapp", "4915100000001", actor="test")  # before
             await ids.link(person, "whatsapp", "4915100000049", actor="test")  # after
             await caught_up(p)
             while page.next_page_token:
                 page = await get(7, page.next_page_token)
                 assert len(page.identity.handles) <= 7
-                seen += names(page.identity)
+                seen += handle_names(page.identity)
             assert len(seen) == len(set(seen)), seen
             assert set(every) <= set(seen) and "whatsapp:4915100000049" in seen
             assert "whatsapp:4915100000001" not in seen  # linked behind the cursor
 
             # An identity of fewer handles than a page: one page, no token.
             small = await get(who=other)
-            assert names(small.identity) == ["whatsapp:4915199999999"]
+            assert handle_names(small.identity) == ["whatsapp:4915199999999"]
             assert not small.next_page_token
 
             # Bad paging is INVALID_ARGUMENT naming the field: a size over the max, a

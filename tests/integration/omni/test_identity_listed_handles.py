@@ -9,37 +9,18 @@ REST on real NATS and Valkey, the max page size lowered to 10."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import grpc
 import httpx
 import pytest
 
 from jetsource._gen.omni.v1 import query_pb2 as oq
 from jetsource._gen.omni.v1 import query_pb2_grpc
-from jetsource.ingest.server import Ingest, build
+from jetsource.ingest.server import Ingest
 from jetsource.ingest.settings import IngestSettings
-from tests.integration.omni.harness import caught_up, projector
+from tests.integration.omni.harness import SMALL_PAGE as MAX_PAGE
+from tests.integration.omni.harness import caught_up, handle_names, projector
 
 pytestmark = pytest.mark.integration
-
-MAX_PAGE = 10
-
-
-@pytest.fixture
-async def small_pages(isettings: IngestSettings) -> AsyncIterator[Ingest]:
-    settings = isettings.model_copy(
-        update={"ingest": isettings.ingest.model_copy(update={"max_page_size": MAX_PAGE})}
-    )
-    service = await build(settings)
-    try:
-        yield service
-    finally:
-        await service.stop(0)
-
-
-def names(view: oq.IdentityView) -> list[str]:
-    return [f"{h.provider}:{h.external_id}" for h in view.handles]
 
 
 async def test_list_find_and_timeline_hold_the_first_handles_and_say_how_many(
@@ -68,7 +49,7 @@ async def test_list_find_and_timeline_hold_the_first_handles_and_say_how_many(
 
             def bounded(view: oq.IdentityView) -> None:
                 assert view.identity_id == person and view.display_name == "Many"
-                assert names(view) == every[:MAX_PAGE], names(view)
+                assert handle_names(view) == every[:MAX_PAGE], handle_names(view)
                 assert view.handle_count == len(every)
                 assert list(view.merged_from) == sorted(merged)[:MAX_PAGE]
                 assert view.merged_from_count == len(merged)
@@ -78,7 +59,10 @@ async def test_list_find_and_timeline_hold_the_first_handles_and_say_how_many(
             found = await stub.FindIdentity(
                 oq.FindIdentityRequest(provider="whatsapp", external_id=numbers[3]), timeout=5
             )
-            assert names(found.identity) == [*every[: MAX_PAGE - 1], f"whatsapp:{numbers[3]}"]
+            assert handle_names(found.identity) == [
+                *every[: MAX_PAGE - 1],
+                f"whatsapp:{numbers[3]}",
+            ]
             assert found.identity.handle_count == len(every)
             assert list(found.identity.merged_from) == sorted(merged)[:MAX_PAGE]
             # A merged identity's handle finds its survivor, bounded alike.
@@ -97,7 +81,7 @@ async def test_list_find_and_timeline_hold_the_first_handles_and_say_how_many(
             bounded(by_id[person])
             # An identity of fewer: whole, its counts its lengths.
             small = by_id[few]
-            assert names(small) == ["whatsapp:4915199999999"] and small.handle_count == 1
+            assert handle_names(small) == ["whatsapp:4915199999999"] and small.handle_count == 1
             assert not small.merged_from and small.merged_from_count == 0
 
             # GetIdentity says the same counts and pages through every handle.
@@ -110,7 +94,7 @@ async def test_list_find_and_timeline_hold_the_first_handles_and_say_how_many(
                 assert page.identity.handle_count == len(every)
                 assert page.identity.merged_from_count == len(merged)
                 assert sorted(page.identity.merged_from) == sorted(merged)
-                got += names(page.identity)
+                got += handle_names(page.identity)
                 token = page.next_page_token
                 if not token:
                     break
@@ -176,7 +160,7 @@ async def test_find_identity_lists_the_handle_it_was_asked_about(
                     )
                 ).identity
                 assert found.identity_id == person
-                assert names(found) == expected, (provider, external_id, names(found))
+                assert handle_names(found) == expected, (provider, external_id, handle_names(found))
                 assert found.handle_count == len(every)
                 r = await http.get(f"/api/v1/handles/{provider}/{external_id}")
                 assert r.status_code == 200, r.text
@@ -188,4 +172,4 @@ async def test_find_identity_lists_the_handle_it_was_asked_about(
             timeline = await stub.GetIdentityTimeline(
                 oq.GetIdentityTimelineRequest(identity_id=person), timeout=5
             )
-            assert names(timeline.identity) == every[:MAX_PAGE]
+            assert handle_names(timeline.identity) == every[:MAX_PAGE]
