@@ -560,6 +560,15 @@ class LedgerReader:
                 last = (await self.tail(p.process_id))[1]
                 p.last_recorded_ns = max(p.last_recorded_ns, last)
 
+    async def started_since(self, after_seq: int) -> dict[str, ProcessSummary]:
+        """The processes started after stream sequence ``after_seq`` (a ``mark``'s
+        ``last_seq``), from their start events alone: one filtered read from there,
+        not the lifecycle of every process."""
+        started = await self._lifecycle(f"{self._prefix}.*.{PROCESS_STARTED}", after_seq + 1)
+        found: dict[str, ProcessSummary] = {}
+        fold_lifecycle(found, started)
+        return found
+
     async def _summaries(self) -> dict[str, ProcessSummary]:
         """Every process from its lifecycle events (started, ended)."""
         return await self.lifecycle()
@@ -726,11 +735,16 @@ class LedgerReader:
         validate_aggregate_id(process_id)
         if self._replies is None:
             return None
-        info = await jsapi.api(
-            self._replies,
-            f"STREAM.INFO.{self._stream}",
-            {"subjects_filter": f"{self._prefix}.{process_id}.>"},
-            self._store.settings.request_timeout_s,
+        replies = self._replies
+        # Through the store's retries and error mapping, as ``stream_info``: one
+        # timeout raised a bare TimeoutError ("unexpected ... (a bug)", exit 1).
+        info = await self._store._call(
+            lambda: jsapi.api(
+                replies,
+                f"STREAM.INFO.{self._stream}",
+                {"subjects_filter": f"{self._prefix}.{process_id}.>"},
+                self._store.settings.request_timeout_s,
+            )
         )
         return sum(int(n) for n in (info.get("state", {}).get("subjects") or {}).values())
 
