@@ -168,3 +168,13 @@ def test_a_sections_check_naming_nothing_has_no_field() -> None:
         Settings(section={"a": 1}, table={"k": 1})  # type: ignore[arg-type]
     # The section is a prefix (no field); a dict setting's own check names it.
     assert output.settings_fields(caught.value) == ["JETSOURCE_TABLE"]
+
+
+@pytest.mark.parametrize("value", ["5", '"x"', "[]"])
+def test_a_section_set_to_no_object_names_the_sections_variable(value: str) -> None:
+    from jetsource.cli import output
+
+    exc = _error_of({"JETSOURCE_EVENTSTORE": value})
+    # The section's variable is the one at fault (67ac680 gave no field: it took the
+    # type error for the section's own check, whose message names no setting).
+    assert output.settings_fields(exc)[:1] == ["JETSOURCE_EVENTSTORE"]  # type: ignore[arg-type]

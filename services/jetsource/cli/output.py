@@ -500,24 +500,30 @@ def settings_fields(exc: pydantic.ValidationError) -> list[str]:
     ``settings_message`` says them: a JSON error's ``field`` is the first (none: no
     ``field``). A list's index is no variable (``JETSOURCE_OMNI__INSTANCES``, not
     ``..._INSTANCES__0``). A section's own check (a model validator: its ``loc`` is the
-    section, ``JETSOURCE_EVENTSTORE``, a prefix and no variable) names the variables
-    its message names (``retention age needs max_age_s > 0``: RETENTION, MAX_AGE_S),
-    else none."""
+    section, ``JETSOURCE_EVENTSTORE``, a prefix and no variable) names the section's
+    settings its message names (``retention age needs max_age_s > 0``: RETENTION,
+    MAX_AGE_S), else none; any other error at a section names the section's variable
+    (``JETSOURCE_EVENTSTORE=5``: not an object; that variable is the one at fault)."""
     fields: list[str] = []
     for error in exc.errors():
         loc = list(error["loc"])
         cut = next((i for i, part in enumerate(loc) if isinstance(part, int)), len(loc))
         names = [_variable(loc[:cut])] if cut == len(loc) or cut > 0 else []
-        if cut == len(loc) and _is_section(exc.title, loc):
+        section = _section(exc.title, loc) if cut == len(loc) else None
+        if section is not None and error["type"] in ("value_error", "assertion_error"):
             given = error.get("input")
-            names = _named_in(str(error["msg"]), loc, given if isinstance(given, dict) else {})
+            named = _named_in(
+                str(error["msg"]), loc, given if isinstance(given, dict) else {}, section
+            )
+            names = named
         fields.extend(n for n in names if n not in fields)
     return fields
 
 
-def _is_section(title: str, loc: Sequence[int | str]) -> bool:
-    """``loc`` ends at a section of the settings class named ``title`` (a model: its
-    own check's error), not at a setting (a dict setting's input is a mapping too)."""
+def _section(title: str, loc: Sequence[int | str]) -> Any:
+    """The model when ``loc`` ends at a section of the settings class named ``title``
+    (a model: its own check's error), not at a setting (a dict setting's input is a
+    mapping too); else None."""
     import pydantic
     import pydantic_settings
 
@@ -530,19 +536,22 @@ def _is_section(title: str, loc: Sequence[int | str]) -> bool:
     for part in loc:
         fields = getattr(model, "model_fields", None)
         if not isinstance(part, str) or not fields or part not in fields:
-            return False
+            return None
         model = fields[part].annotation
-    return isinstance(model, type) and issubclass(model, pydantic.BaseModel)
+    return model if isinstance(model, type) and issubclass(model, pydantic.BaseModel) else None
 
 
-def _named_in(message: str, loc: Sequence[int | str], given: dict[str, Any]) -> list[str]:
+def _named_in(
+    message: str, loc: Sequence[int | str], given: dict[str, Any], section: Any
+) -> list[str]:
     """The variables a section check's message names: JETSOURCE_* names as they are,
-    and the section's settings by name (one given, or a snake_case one)."""
+    and the section's own settings by name (one given, or one of its fields)."""
+    own = getattr(section, "model_fields", {})
     named = []
     for word in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", message):
         if word.startswith("JETSOURCE_"):
             named.append(word)
-        elif word in given or re.fullmatch(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)+", word):
+        elif word in given or word in own:
             named.append(_variable([*loc, word]))
     return named
 
