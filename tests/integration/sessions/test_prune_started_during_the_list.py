@@ -82,3 +82,38 @@ async def test_a_dry_run_reads_no_mark(client: SessionsClient) -> None:
         del stream.started_since
     assert {r.session_id for r in plan.pruned} >= set(done)
     assert calls == []
+
+
+class BehindTheStream(StartsAChild):
+    """A reader of the read models (``READER=query``): its first ``processes`` has not
+    applied ``hidden``'s start yet, recorded before the prune's mark of the stream."""
+
+    lags_the_stream = True
+
+    def __init__(self, reader: LedgerReader, client: SessionsClient, hidden: str) -> None:
+        super().__init__(reader, client, "")
+        self._first = False  # starts no child: ``hidden`` was started before the prune
+        self._hidden = hidden
+
+    async def processes(self) -> Any:
+        first = not self.asked
+        got = await super().processes()
+        return {k: v for k, v in got.items() if not (first and k == self._hidden)}
+
+
+async def test_a_child_the_read_models_had_not_applied_is_pruned_with_its_session(
+    client: SessionsClient,
+) -> None:
+    """The mark covers starts after it; a reader behind the stream may also miss one
+    before it, so a real run reads it again (as before 0866ed9) and merges both."""
+    done = await ended(client, 3)
+    child = await child_of(client, done[0])
+    reader = cast(LedgerReader, client.sessions.reader)
+    behind = BehindTheStream(reader, client, child)
+    s = Sessions(cast(Any, behind), client.sessions.settings, stream=client.sessions.stream)
+    report = await s.prune(client.purger, older_than_s=0, keep=1)
+    assert [r.session_id for r in report.pruned] == done[:2]
+    assert report.processes == 3, report  # was 2: the unapplied child was left behind
+    left = await reader.processes()
+    assert child not in left, "the child outlived its pruned session"
+    assert behind.asked == ["processes", "processes"]

@@ -998,6 +998,10 @@ class QueryReader:
     ``GetProcessTimeline``, live follow from ``WatchSession``. What the read models
     forget (a pruned session) is gone from here too."""
 
+    # What it answers is what the projector has applied, behind the stream: a prune
+    # reads its processes again before it tombstones (``Sessions._with_started_since``).
+    lags_the_stream = True
+
     def __init__(
         self,
         stub: Any,

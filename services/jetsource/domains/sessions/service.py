@@ -500,10 +500,15 @@ class Sessions:
         """``procs`` and the processes started since it was read, for a real run's
         trees: on the stream those started after ``since`` (one filtered read of the
         start events from there, merged: one already read stays as read); with no
-        stream to read from a mark, every process read again."""
+        stream to read from a mark, every process read again. A reader other than the
+        stream (the read models, ``READER=query``) may not have applied a start
+        recorded before the mark when it was read: it is read again too (cheap there),
+        so what the first read missed and the mark does not cover is in the second."""
         if since is None or self.stream is None:
             return await self.reader.processes()
         started = await self.stream.started_since(since.last_seq)
+        if getattr(self.reader, "lags_the_stream", False):
+            procs = {**procs, **(await self.reader.processes())}
         return {**started, **procs}
 
     async def _count(
